@@ -1,0 +1,359 @@
+//! The typed configuration of a [`Database`](crate::Database).
+//!
+//! Plain structs with public fields, each documented with its default, and a
+//! builder that validates on [`DbConfigBuilder::build`]. Only the binary reads
+//! files and the environment; the library takes this struct.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default number of read-lane connections.
+pub const DEFAULT_READERS: usize = 4;
+/// Default number of heavy-lane connections.
+pub const DEFAULT_HEAVY_READERS: usize = 2;
+/// Default capacity of the write queue.
+pub const DEFAULT_WRITE_QUEUE: usize = 4096;
+/// Default largest group-commit batch.
+pub const DEFAULT_MAX_BATCH: usize = 1024;
+/// Default capacity of the heavy-lane queue.
+pub const DEFAULT_HEAVY_QUEUE: usize = 256;
+/// Default busy timeout.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default page cache per connection, in SQLite's `cache_size` units (negative: KiB).
+pub const DEFAULT_CACHE_SIZE: i64 = -64_000;
+/// Default memory map size in bytes.
+pub const DEFAULT_MMAP_SIZE: u64 = 256 * 1024 * 1024;
+/// Default limit on the WAL file size kept after a checkpoint.
+pub const DEFAULT_JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// Default prepared statements cached per connection.
+pub const DEFAULT_STATEMENT_CACHE: usize = 128;
+/// Default deadline of an operation that does not set one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default interval between connection health checks.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What an acknowledged write survives. Maps to `PRAGMA synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = NORMAL` in WAL mode: an acknowledged write survives a
+    /// crash of the process, but the last commits may be lost on power loss or
+    /// an operating-system crash. The database is never corrupted either way.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit is fsynced before it is acknowledged;
+    /// an acknowledged write survives power loss too. Group commit amortizes
+    /// one fsync over every write of a batch.
+    Full,
+}
+
+impl Durability {
+    /// Parses `"normal"` or `"full"`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `key` for anything else.
+    pub fn parse(key: &str, value: &str) -> Result<Durability> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Durability::Normal),
+            "full" => Ok(Durability::Full),
+            _ => Err(Error::config(key, format!("{value:?}"), "\"normal\" or \"full\"")),
+        }
+    }
+
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// Where SQLite keeps temporary tables and indices. Maps to `PRAGMA temp_store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TempStore {
+    /// SQLite's compile-time default.
+    Default,
+    /// Temporary files.
+    File,
+    /// Memory.
+    #[default]
+    Memory,
+}
+
+impl TempStore {
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            TempStore::Default => "DEFAULT",
+            TempStore::File => "FILE",
+            TempStore::Memory => "MEMORY",
+        }
+    }
+}
+
+/// How litebridge keeps the write-ahead log from growing without bound.
+///
+/// SQLite's own auto-checkpoint is disabled; the writer thread checkpoints
+/// itself after commits, so checkpoint work never lands on a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Run a `PASSIVE` checkpoint after a commit once the WAL holds this many pages.
+    /// Default: 1000 (SQLite's own default).
+    pub passive_pages: u32,
+    /// When a passive checkpoint cannot keep up (readers pin old snapshots) and the
+    /// WAL file exceeds this size, run a `RESTART` checkpoint, which waits (up to
+    /// `restart_wait`) for readers to move on and then lets the WAL start over.
+    /// Default: 64 MiB.
+    pub max_wal_bytes: u64,
+    /// How long a `RESTART` checkpoint may wait for readers. Default: 200 ms.
+    pub restart_wait: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            passive_pages: 1000,
+            max_wal_bytes: 64 * 1024 * 1024,
+            restart_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The configuration of a [`Database`](crate::Database).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DbConfig {
+    /// Read-lane connections (point reads). Default: [`DEFAULT_READERS`].
+    pub readers: usize,
+    /// Heavy-lane connections (long queries on their own threads). Default: [`DEFAULT_HEAVY_READERS`].
+    pub heavy_readers: usize,
+    /// Capacity of the write queue; callers wait (or get `overloaded` on the
+    /// `try_` path) beyond it. Default: [`DEFAULT_WRITE_QUEUE`].
+    pub write_queue: usize,
+    /// Largest number of requests in one group-commit transaction. Default: [`DEFAULT_MAX_BATCH`].
+    pub max_batch: usize,
+    /// How long the writer waits for more requests before committing a batch
+    /// that is not full. Zero commits whatever is queued at once, which gives
+    /// the lowest latency; a small wait (100 us - 1 ms) gives bigger batches
+    /// under `durability = full`. Default: zero.
+    pub max_wait: Duration,
+    /// Capacity of the heavy-lane queue. Default: [`DEFAULT_HEAVY_QUEUE`].
+    pub heavy_queue: usize,
+    /// What an acknowledged write survives. Default: [`Durability::Normal`].
+    pub durability: Durability,
+    /// How long SQLite retries when another process holds a lock. Default: [`DEFAULT_BUSY_TIMEOUT`].
+    pub busy_timeout: Duration,
+    /// `PRAGMA cache_size` per connection (negative: KiB). Default: [`DEFAULT_CACHE_SIZE`].
+    pub cache_size: i64,
+    /// `PRAGMA mmap_size` in bytes. Default: [`DEFAULT_MMAP_SIZE`].
+    pub mmap_size: u64,
+    /// `PRAGMA temp_store`. Default: [`TempStore::Memory`].
+    pub temp_store: TempStore,
+    /// `PRAGMA foreign_keys`. Default: true.
+    pub foreign_keys: bool,
+    /// `PRAGMA journal_size_limit` in bytes. Default: [`DEFAULT_JOURNAL_SIZE_LIMIT`].
+    pub journal_size_limit: i64,
+    /// Prepared statements cached per connection. Default: [`DEFAULT_STATEMENT_CACHE`].
+    pub statement_cache: usize,
+    /// Deadline of an operation that does not set its own; `None` for no deadline.
+    /// Default: [`DEFAULT_TIMEOUT`].
+    pub default_timeout: Option<Duration>,
+    /// Interval between health checks of idle connections. Default: [`DEFAULT_HEALTH_CHECK_INTERVAL`].
+    pub health_check_interval: Duration,
+    /// WAL checkpoint policy. Default: [`CheckpointConfig::default`].
+    pub checkpoint: CheckpointConfig,
+    /// Run `PRAGMA quick_check` when opening and refuse a damaged file. Default: true.
+    pub quick_check_on_open: bool,
+    /// Create the database file when it does not exist. Default: true.
+    pub create: bool,
+    #[doc(hidden)]
+    pub faults: Option<std::sync::Arc<crate::fault::Faults>>,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            readers: DEFAULT_READERS,
+            heavy_readers: DEFAULT_HEAVY_READERS,
+            write_queue: DEFAULT_WRITE_QUEUE,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_wait: Duration::ZERO,
+            heavy_queue: DEFAULT_HEAVY_QUEUE,
+            durability: Durability::Normal,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            cache_size: DEFAULT_CACHE_SIZE,
+            mmap_size: DEFAULT_MMAP_SIZE,
+            temp_store: TempStore::Memory,
+            foreign_keys: true,
+            journal_size_limit: DEFAULT_JOURNAL_SIZE_LIMIT,
+            statement_cache: DEFAULT_STATEMENT_CACHE,
+            default_timeout: Some(DEFAULT_TIMEOUT),
+            health_check_interval: DEFAULT_HEALTH_CHECK_INTERVAL,
+            checkpoint: CheckpointConfig::default(),
+            quick_check_on_open: true,
+            create: true,
+            faults: None,
+        }
+    }
+}
+
+impl DbConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> DbConfigBuilder {
+        DbConfigBuilder {
+            config: DbConfig::default(),
+        }
+    }
+
+    /// Checks every value, naming the first bad one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] with the key (as in the `[db]` section of the
+    /// configuration file), the value and what was expected.
+    pub fn validate(&self) -> Result<()> {
+        fn range(key: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
+            if v < lo || v > hi {
+                return Err(Error::config(
+                    format!("db.{key}"),
+                    v,
+                    format!("an integer from {lo} to {hi}"),
+                ));
+            }
+            Ok(())
+        }
+        range("readers", self.readers, 1, 256)?;
+        range("heavy_readers", self.heavy_readers, 1, 64)?;
+        range("write_queue", self.write_queue, 1, 1 << 24)?;
+        range("max_batch", self.max_batch, 1, 1 << 20)?;
+        range("heavy_queue", self.heavy_queue, 1, 1 << 20)?;
+        range("statement_cache", self.statement_cache, 0, 1 << 16)?;
+        if self.max_wait > Duration::from_secs(1) {
+            return Err(Error::config(
+                "db.max_wait_ms",
+                self.max_wait.as_millis(),
+                "at most 1000 ms (it delays every write)",
+            ));
+        }
+        if self.health_check_interval < Duration::from_millis(10) {
+            return Err(Error::config(
+                "db.health_check_interval_ms",
+                self.health_check_interval.as_millis(),
+                "at least 10 ms",
+            ));
+        }
+        if self.default_timeout == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "db.timeout_ms",
+                0,
+                "a positive number of milliseconds (omit it for no deadline)",
+            ));
+        }
+        if self.checkpoint.passive_pages == 0 {
+            return Err(Error::config(
+                "db.checkpoint_pages",
+                0,
+                "a positive number of pages",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a validated [`DbConfig`].
+#[derive(Debug, Clone)]
+pub struct DbConfigBuilder {
+    config: DbConfig,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[$doc]
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl DbConfigBuilder {
+    setter! {
+        /// Sets [`DbConfig::readers`].
+        readers: usize,
+        /// Sets [`DbConfig::heavy_readers`].
+        heavy_readers: usize,
+        /// Sets [`DbConfig::write_queue`].
+        write_queue: usize,
+        /// Sets [`DbConfig::max_batch`].
+        max_batch: usize,
+        /// Sets [`DbConfig::max_wait`].
+        max_wait: Duration,
+        /// Sets [`DbConfig::heavy_queue`].
+        heavy_queue: usize,
+        /// Sets [`DbConfig::durability`].
+        durability: Durability,
+        /// Sets [`DbConfig::busy_timeout`].
+        busy_timeout: Duration,
+        /// Sets [`DbConfig::cache_size`].
+        cache_size: i64,
+        /// Sets [`DbConfig::mmap_size`].
+        mmap_size: u64,
+        /// Sets [`DbConfig::temp_store`].
+        temp_store: TempStore,
+        /// Sets [`DbConfig::foreign_keys`].
+        foreign_keys: bool,
+        /// Sets [`DbConfig::journal_size_limit`].
+        journal_size_limit: i64,
+        /// Sets [`DbConfig::statement_cache`].
+        statement_cache: usize,
+        /// Sets [`DbConfig::default_timeout`].
+        default_timeout: Option<Duration>,
+        /// Sets [`DbConfig::health_check_interval`].
+        health_check_interval: Duration,
+        /// Sets [`DbConfig::checkpoint`].
+        checkpoint: CheckpointConfig,
+        /// Sets [`DbConfig::quick_check_on_open`].
+        quick_check_on_open: bool,
+        /// Sets [`DbConfig::create`].
+        create: bool,
+    }
+
+    #[doc(hidden)]
+    pub fn faults(mut self, faults: std::sync::Arc<crate::fault::Faults>) -> Self {
+        self.config.faults = Some(faults);
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid key, its value and what was expected.
+    pub fn build(self) -> Result<DbConfig> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = DbConfig::builder().readers(0).build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration `db.readers` = 0: expected an integer from 1 to 256"
+        );
+    }
+
+    #[test]
+    fn durability_parses_and_refuses() {
+        assert_eq!(Durability::parse("d", "FULL").unwrap(), Durability::Full);
+        let err = Durability::parse("db.durability", "fast").unwrap_err();
+        assert!(err.to_string().contains("db.durability"), "{err}");
+        assert!(err.to_string().contains("\"fast\""), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Running one statement on a connection: preparing through the connection's
+//! statement cache, binding [`Params`], collecting [`Rows`]. Shared by the
+//! read lane, the heavy lane and the writer.
+
+use rusqlite::{CachedStatement, Connection};
+
+use crate::error::{Error, Result};
+use crate::value::{ExecResult, Params, Rows, Value};
+
+const SQLITE_INTERRUPT: i32 = 9;
+const SQLITE_NOMEM: i32 = 7;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_MISUSE: i32 = 21;
+
+/// Whether an error means the connection itself is broken (rather than the
+/// statement being wrong), so the connection should be replaced.
+pub(crate) fn is_connection_failure(err: &Error) -> bool {
+    matches!(
+        err.sqlite_codes(),
+        Some((SQLITE_INTERRUPT | SQLITE_NOMEM | SQLITE_IOERR | SQLITE_CANTOPEN | SQLITE_MISUSE, _))
+    )
+}
+
+pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<CachedStatement<'c>> {
+    Ok(conn.prepare_cached(sql)?)
+}
+
+/// Binds `params` to every parameter of `stmt`, refusing missing or unknown ones.
+pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Result<()> {
+    let count = stmt.parameter_count();
+    match params {
+        Params::None if count == 0 => Ok(()),
+        Params::None => Err(Error::invalid(
+            "params",
+            format!("the statement takes {count} parameters, none were given"),
+        )),
+        Params::Positional(values) => {
+            if values.len() != count {
+                return Err(Error::invalid(
+                    "params",
+                    format!(
+                        "the statement takes {count} parameters, {} were given",
+                        values.len()
+                    ),
+                ));
+            }
+            for (i, v) in values.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, v)?;
+            }
+            Ok(())
+        }
+        Params::Named(pairs) => {
+            let mut bound = vec![false; count + 1];
+            for (name, v) in pairs {
+                let index = find_parameter(stmt, name)?.ok_or_else(|| {
+                    Error::invalid(
+                        name.clone(),
+                        "the statement has no parameter of this name".to_owned(),
+                    )
+                })?;
+                stmt.raw_bind_parameter(index, v)?;
+                bound[index] = true;
+            }
+            if let Some(missing) = (1..=count).find(|&i| !bound[i]) {
+                let name = stmt
+                    .parameter_name(missing)
+                    .map_or_else(|| format!("?{missing}"), str::to_owned);
+                return Err(Error::invalid(name, "no value was given for this parameter"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn find_parameter(stmt: &rusqlite::Statement<'_>, name: &str) -> Result<Option<usize>> {
+    if name.starts_with([':', '@', '$']) {
+        return Ok(stmt.parameter_index(name)?);
+    }
+    for prefix in [':', '@', '$'] {
+        if let Some(i) = stmt.parameter_index(&format!("{prefix}{name}"))? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs a read-only statement and collects up to `max_rows` rows.
+pub(crate) fn query(
+    conn: &Connection,
+    sql: &str,
+    params: &Params,
+    max_rows: Option<usize>,
+) -> Result<Rows> {
+    let mut stmt = prepare(conn, sql)?;
+    if !stmt.readonly() {
+        return Err(Error::ReadOnly {
+            message: "this statement writes; queries run read-only statements only (use execute for writes)"
+                .into(),
+        });
+    }
+    bind(&mut stmt, params)?;
+    let ncols = stmt.column_count();
+    let columns = (0..ncols)
+        .map(|i| stmt.column_name(i).map(str::to_owned))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let limit = max_rows.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut truncated = false;
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next()? {
+        if out.len() == limit {
+            truncated = true;
+            break;
+        }
+        let mut values = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            values.push(Value::from_ref(row.get_ref(i)?));
+        }
+        out.push(values);
+    }
+    Ok(Rows {
+        columns,
+        rows: out,
+        truncated,
+    })
+}
+
+/// Runs one statement for its effect, stepping through any rows it returns
+/// (`RETURNING`), and reports the changes.
+pub(crate) fn execute(conn: &Connection, sql: &str, params: &Params) -> Result<ExecResult> {
+    let mut stmt = prepare(conn, sql)?;
+    bind(&mut stmt, params)?;
+    let before = conn.total_changes();
+    let mut rows = stmt.raw_query();
+    while rows.next()?.is_some() {}
+    drop(rows);
+    // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so a
+    // CREATE or a SELECT would report the previous statement's count.
+    let changed = conn.total_changes() != before;
+    Ok(ExecResult {
+        changes: if changed { conn.changes() } else { 0 },
+        last_insert_rowid: conn.last_insert_rowid(),
+    })
+}

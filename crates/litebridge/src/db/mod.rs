@@ -1,0 +1,631 @@
+//! The SQLite engine: one writer with group commit, a read lane, a heavy lane.
+//!
+//! # Design
+//!
+//! **One writer.** SQLite allows one write transaction at a time. Several
+//! read-write connections do not write faster; they queue on the file lock
+//! and show it as p99 latency (baselines, finding 3). So exactly one thread
+//! owns the only read-write connection, and every write is a request on its
+//! bounded queue ([`writer`]).
+//!
+//! **Group commit.** The writer takes everything queued (up to `max_batch`)
+//! into one transaction and answers each caller after COMMIT
+//! ([`group_commit`]). One COMMIT (one fsync under `durability = full`) pays
+//! for the whole batch, which is where the throughput comes from, and each
+//! caller still gets its own result and its own error. `max_wait` trades
+//! latency for batch size: zero (the default) commits what is queued
+//! immediately; under load the queue fills while the previous batch commits,
+//! so batches grow by themselves exactly when it pays.
+//!
+//! **Reads on the caller's thread.** The read lane runs point reads inline
+//! ([`readers`]): a thread hand-off costs more than the read. Long queries go
+//! to the heavy lane ([`heavy`]), a few connections on their own threads with
+//! their own queue, so they cannot starve point reads.
+//!
+//! **Deadlines inside SQLite.** A statement still running at its deadline is
+//! interrupted by a progress handler reading a thread-local context
+//! ([`guard`]); an interrupt can never hit another caller's statement. A
+//! request whose deadline passes while it is queued is never started. A write
+//! that times out did not commit: the writer, not the caller's timer, decides.
+//!
+//! **Checkpoints** are run by the writer after it has answered a batch (and
+//! when idle), passive first and `TRUNCATE` when readers keep the WAL from
+//! being reused, so the WAL stays bounded under continuous reads and writes.
+
+mod backup;
+mod exec;
+mod ffi;
+mod group_commit;
+mod guard;
+mod heavy;
+mod open;
+mod readers;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+pub use backup::{BackupProgress, BackupReport, CheckReport, check_file};
+pub use writer::{CheckpointMode, CheckpointReport};
+
+use crate::config::DbConfig;
+use crate::error::{Error, Result};
+use crate::stats::{Counters, DbStats};
+use crate::value::{ExecResult, Params, Rows, Statement};
+use group_commit::Job;
+use guard::Budget;
+use heavy::HeavyLane;
+use open::Opener;
+use readers::ReaderPool;
+use writer::{Admission, WriterHandle};
+
+/// Which connections run a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lane {
+    /// The read lane: short queries, run on the caller's thread.
+    #[default]
+    Read,
+    /// The heavy lane: long queries, on their own threads and queue.
+    Heavy,
+}
+
+impl Lane {
+    /// Parses `"read"` or `"heavy"`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `lane` for anything else.
+    pub fn parse(s: &str) -> Result<Lane> {
+        match s {
+            "read" => Ok(Lane::Read),
+            "heavy" => Ok(Lane::Heavy),
+            _ => Err(Error::invalid(
+                "lane",
+                format!("{s:?} is not a lane; expected \"read\" or \"heavy\""),
+            )),
+        }
+    }
+}
+
+/// Options of one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryOptions {
+    /// Deadline; `None` uses [`DbConfig::default_timeout`].
+    pub timeout: Option<Duration>,
+    /// Rows returned at most; more set [`Rows::truncated`]. Default: all.
+    pub max_rows: Option<usize>,
+    /// Which connections run it. Default: [`Lane::Read`].
+    pub lane: Lane,
+}
+
+/// Options of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOptions {
+    /// Deadline, covering the time queued; `None` uses [`DbConfig::default_timeout`].
+    /// A write that times out did not commit.
+    pub timeout: Option<Duration>,
+    /// Answer `overloaded` at once when the write queue is full, instead of waiting.
+    pub no_wait: bool,
+}
+
+/// Health of a database, for readiness checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Whether the writer accepts writes and readers are available.
+    pub healthy: bool,
+    /// What is wrong, when not healthy.
+    pub problems: Vec<String>,
+}
+
+/// A litebridge database: one writer with group commit, a read lane and a
+/// heavy lane over one SQLite file. Cheap to clone; every clone is the same
+/// database.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.inner.opener.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    opener: Opener,
+    writer: WriterHandle,
+    readers: ReaderPool,
+    heavy: HeavyLane,
+    counters: Arc<Counters>,
+    default_timeout: Option<Duration>,
+    health: Mutex<Option<(flume::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        if let Some((stop, thread)) = lock(&self.health).take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.readers.close();
+        self.heavy.shutdown();
+        self.writer.shutdown();
+    }
+
+    fn budget(&self, timeout: Option<Duration>) -> Budget {
+        Budget::new(timeout.or(self.default_timeout))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Database {
+    /// Opens (creating it if allowed) the database file at `path`.
+    ///
+    /// Checks the path, proves the file is a SQLite database without writing
+    /// to it, runs `quick_check` when [`DbConfig::quick_check_on_open`] is set,
+    /// switches it to WAL, then opens the readers and starts the threads.
+    ///
+    /// # Errors
+    /// - [`Error::Config`] for an invalid configuration, naming the key.
+    /// - [`Error::Open`] when the path is a directory, its directory does not
+    ///   exist, it is not writable, or the file is not a SQLite database.
+    /// - [`Error::Corrupt`] when `quick_check` finds damage, naming the file.
+    pub async fn open(path: impl AsRef<Path>, config: DbConfig) -> Result<Database> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Database::open_blocking(path, config))
+            .await
+            .map_err(|e| Error::Internal {
+                message: format!("opening the database panicked: {e}"),
+            })?
+    }
+
+    fn open_blocking(path: PathBuf, config: DbConfig) -> Result<Database> {
+        config.validate()?;
+        Opener::validate_path(&path, config.create)?;
+        let default_timeout = config.default_timeout;
+        let opener = Opener {
+            path,
+            config: Arc::new(config),
+        };
+        let counters = Arc::new(Counters::default());
+        let writer = WriterHandle::start(opener.clone(), counters.clone())?;
+        let readers = ReaderPool::new(opener.clone(), counters.clone())?;
+        let heavy = HeavyLane::start(&opener, counters.clone())?;
+        let inner = Arc::new(Inner {
+            opener,
+            writer,
+            readers,
+            heavy,
+            counters,
+            default_timeout,
+            health: Mutex::new(None),
+        });
+        let (stop_tx, stop_rx) = flume::bounded::<()>(0);
+        let weak = Arc::downgrade(&inner);
+        let interval = inner.opener.config.health_check_interval;
+        let thread = std::thread::Builder::new()
+            .name("litebridge-health".into())
+            .spawn(move || {
+                // Disconnection (the sender dropped) is the stop signal.
+                while let Err(flume::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.readers.health_check(interval);
+                    inner.counters.health_checked_now();
+                }
+            })
+            .map_err(|e| Error::io("cannot start the health thread", "litebridge-health", e))?;
+        *lock(&inner.health) = Some((stop_tx, thread));
+        Ok(Database { inner })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.opener.path
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &DbConfig {
+        &self.inner.opener.config
+    }
+
+    // ----- reads -------------------------------------------------------------
+
+    /// Runs a read-only statement on the read lane with the default options.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] for a statement that writes; [`Error::Sql`] from
+    /// SQLite; [`Error::InvalidArgument`] for parameters that do not match;
+    /// [`Error::Timeout`] past the deadline.
+    pub async fn query(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
+        self.query_with(sql, params, QueryOptions::default()).await
+    }
+
+    /// Runs a read-only statement with explicit options (deadline, row limit, lane).
+    ///
+    /// # Errors
+    /// As [`Database::query`]; on the heavy lane also [`Error::Overloaded`].
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: QueryOptions,
+    ) -> Result<Rows> {
+        let params = params.into();
+        let budget = self.inner.budget(options.timeout);
+        match options.lane {
+            Lane::Read => {
+                self.read_lane(&budget, |conn| exec::query(conn, sql, &params, options.max_rows))
+                    .await
+            }
+            Lane::Heavy => {
+                let sql = sql.to_owned();
+                self.heavy_lane(budget, move |conn| {
+                    exec::query(conn, &sql, &params, options.max_rows)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `f` with a read-only connection of the read lane, on this thread.
+    /// `f` may be called a second time if the first connection turns out to be
+    /// broken.
+    ///
+    /// # Errors
+    /// What `f` returns; [`Error::Timeout`] if no connection frees up in time.
+    pub async fn read<T>(&self, f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+        let budget = self.inner.budget(None);
+        self.read_lane(&budget, f).await
+    }
+
+    /// Runs `f` with a read-only connection of the heavy lane, on its thread.
+    ///
+    /// # Errors
+    /// What `f` returns; [`Error::Overloaded`] when the heavy queue is full.
+    pub async fn read_heavy<T, F>(&self, timeout: Option<Duration>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let budget = self.inner.budget(timeout);
+        self.heavy_lane(budget, f).await
+    }
+
+    async fn read_lane<T>(
+        &self,
+        budget: &Budget,
+        f: impl FnMut(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let c = &self.inner.counters;
+        c.reads_active.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.readers.run(budget, f).await;
+        c.reads_active.fetch_sub(1, Ordering::Relaxed);
+        c.reads.fetch_add(1, Ordering::Relaxed);
+        c.read_latency.record(started.elapsed());
+        self.count_error(&r, &c.read_errors);
+        r
+    }
+
+    async fn heavy_lane<T, F>(&self, budget: Budget, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let started = Instant::now();
+        let c = &self.inner.counters;
+        let r = self.inner.heavy.run(budget, f).await;
+        c.heavy.fetch_add(1, Ordering::Relaxed);
+        c.heavy_latency.record(started.elapsed());
+        self.count_error(&r, &c.heavy_errors);
+        r
+    }
+
+    fn count_error<T>(&self, r: &Result<T>, errors: &std::sync::atomic::AtomicU64) {
+        if let Err(e) = r {
+            errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, Error::Timeout { .. }) {
+                self.inner.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    // ----- writes ------------------------------------------------------------
+
+    /// Runs one statement through group commit; answers after COMMIT.
+    ///
+    /// # Errors
+    /// [`Error::Sql`] for this statement alone (the rest of its batch commits);
+    /// [`Error::Timeout`] if it did not commit before the deadline;
+    /// [`Error::Unavailable`] if the writer died while holding it (not committed).
+    pub async fn execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+        self.execute_with(sql, params, WriteOptions::default()).await
+    }
+
+    /// As [`Database::execute`], but answers [`Error::Overloaded`] at once
+    /// instead of waiting when the write queue is full.
+    ///
+    /// # Errors
+    /// As [`Database::execute`], plus [`Error::Overloaded`].
+    pub async fn try_execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+        let options = WriteOptions {
+            no_wait: true,
+            ..WriteOptions::default()
+        };
+        self.execute_with(sql, params, options).await
+    }
+
+    /// Runs one statement through group commit with explicit options.
+    ///
+    /// # Errors
+    /// As [`Database::execute`].
+    pub async fn execute_with(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: WriteOptions,
+    ) -> Result<ExecResult> {
+        let sql = sql.to_owned();
+        let params = params.into();
+        self.submit(options, false, move |conn| exec::execute(conn, &sql, &params))
+            .await
+    }
+
+    /// Runs several statements as one atomic unit: all of them commit or none.
+    ///
+    /// # Errors
+    /// The first failing statement's error, with its index in the message
+    /// (nothing of the batch is committed).
+    pub async fn batch(&self, statements: Vec<Statement>, options: WriteOptions) -> Result<Vec<ExecResult>> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(options, true, move |conn| {
+            statements
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    exec::execute(conn, &s.sql, &s.params).map_err(|e| at_statement(i, e))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs one statement once per parameter set, atomically (bulk insert).
+    ///
+    /// # Errors
+    /// The first failing row's error, naming its index (nothing is committed).
+    pub async fn execute_many(&self, sql: &str, rows: Vec<Params>, options: WriteOptions) -> Result<ExecResult> {
+        let sql = sql.to_owned();
+        self.submit(options, true, move |conn| {
+            let mut stmt = exec::prepare(conn, &sql)?;
+            let mut changes = 0;
+            for (i, p) in rows.iter().enumerate() {
+                exec::bind(&mut stmt, p).map_err(|e| at_row(i, e))?;
+                changes += stmt.raw_execute().map_err(|e| at_row(i, e.into()))? as u64;
+            }
+            Ok(ExecResult {
+                changes,
+                last_insert_rowid: conn.last_insert_rowid(),
+            })
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer connection inside the group-commit transaction,
+    /// in its own savepoint: if `f` fails, its changes are rolled back alone.
+    /// The result is returned after COMMIT.
+    ///
+    /// `f` may be called more than once: when another request of the same
+    /// batch aborts the transaction, the others are run again. Keep side
+    /// effects outside the database out of it.
+    ///
+    /// # Errors
+    /// What `f` returns; [`Error::Internal`] if it panics; otherwise as
+    /// [`Database::execute`].
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.submit(WriteOptions::default(), true, f).await
+    }
+
+    /// As [`Database::write`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`Database::write`], plus [`Error::Overloaded`] with `no_wait`.
+    pub async fn write_with<T, F>(&self, options: WriteOptions, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.submit(options, true, f).await
+    }
+
+    async fn submit<T, F>(&self, options: WriteOptions, multi: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        let started = Instant::now();
+        let budget = self.inner.budget(options.timeout);
+        let (job, reply) = Job::new(budget, multi, f);
+        let admission = if options.no_wait {
+            Admission::Try
+        } else {
+            Admission::Wait
+        };
+        let c = &self.inner.counters;
+        let r = match self.inner.writer.submit(job, admission).await {
+            Ok(()) => reply.await.unwrap_or_else(|_| Err(Error::writer_gone())),
+            Err(e) => Err(e),
+        };
+        c.writes.fetch_add(1, Ordering::Relaxed);
+        c.write_latency.record(started.elapsed());
+        if r.is_err() {
+            c.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    // ----- operations --------------------------------------------------------
+
+    /// Copies the database to `dest` with the online backup API while reads
+    /// and writes go on, verifies the copy with `quick_check`, and only then
+    /// puts it in place. `progress` is called after each step.
+    ///
+    /// # Errors
+    /// [`Error::Open`]/[`Error::Io`] for the destination; [`Error::Corrupt`] if
+    /// the copy fails verification (nothing is left at `dest`).
+    pub async fn backup_to(
+        &self,
+        dest: impl AsRef<Path>,
+        progress: impl FnMut(BackupProgress) + Send + 'static,
+    ) -> Result<BackupReport> {
+        let source = self.inner.opener.path.clone();
+        let dest = dest.as_ref().to_path_buf();
+        let busy = self.inner.opener.config.busy_timeout;
+        tokio::task::spawn_blocking(move || backup::backup(&source, &dest, busy, progress))
+            .await
+            .map_err(|e| Error::Internal {
+                message: format!("the backup panicked: {e}"),
+            })?
+    }
+
+    /// Runs a checkpoint now, from a connection of its own (`Restart` and
+    /// `Truncate` wait for the writer's current batch and for readers).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if it could not get the locks in time.
+    pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointReport> {
+        let path = self.inner.opener.path.clone();
+        let busy = self.inner.opener.config.busy_timeout;
+        let counters = self.inner.counters.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(busy)?;
+            let r = writer::checkpoint(&conn, mode)?;
+            counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            Ok(r)
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("the checkpoint panicked: {e}"),
+        })?
+    }
+
+    /// Checks the file: `quick_check`, or with `full` `integrity_check` and
+    /// `foreign_key_check`, from a read-only connection of its own.
+    ///
+    /// # Errors
+    /// [`Error::Open`] if the file cannot be opened.
+    pub async fn check(&self, full: bool) -> Result<CheckReport> {
+        let path = self.inner.opener.path.clone();
+        tokio::task::spawn_blocking(move || check_file(&path, full))
+            .await
+            .map_err(|e| Error::Internal {
+                message: format!("the check panicked: {e}"),
+            })?
+    }
+
+    /// The size of the `-wal` file in bytes (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(self.inner.opener.wal_path()).map_or(0, |m| m.len())
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> DbStats {
+        let i = &self.inner;
+        let mut s = DbStats::from_counters(&i.counters);
+        s.write_queue = i.writer.queued();
+        s.heavy_queue = i.heavy.queued();
+        s.readers = i.readers.size();
+        s.available_readers = i.readers.available();
+        s.heavy_readers = i.heavy.size();
+        s.available_heavy = i
+            .heavy
+            .size()
+            .saturating_sub(i.counters.heavy_active.load(Ordering::Relaxed));
+        s.active_connections = i.counters.reads_active.load(Ordering::Relaxed)
+            + i.counters.heavy_active.load(Ordering::Relaxed)
+            + i.counters.write_active.load(Ordering::Relaxed);
+        s.wal_bytes = self.wal_bytes();
+        s
+    }
+
+    /// Whether the writer accepts writes and the readers are there.
+    pub fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        if !self.inner.writer.is_running() {
+            problems.push("the writer thread is not running".to_owned());
+        }
+        if self.inner.readers.size() == 0 {
+            problems.push("there are no read connections".to_owned());
+        }
+        Health {
+            healthy: problems.is_empty(),
+            problems,
+        }
+    }
+
+    /// Commits what is queued, checkpoints, stops every thread and closes the
+    /// connections. Calls made afterwards (from any clone) get `unavailable`.
+    pub async fn close(&self) {
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.shutdown()).await;
+    }
+}
+
+fn at_statement(i: usize, e: Error) -> Error {
+    prefix(e, &format!("statements[{i}]"))
+}
+
+fn at_row(i: usize, e: Error) -> Error {
+    prefix(e, &format!("rows[{i}]"))
+}
+
+/// Names the failing item of a multi-statement request in its error.
+fn prefix(e: Error, at: &str) -> Error {
+    match e {
+        Error::Sql {
+            code,
+            extended_code,
+            message,
+        } => Error::Sql {
+            code,
+            extended_code,
+            message: format!("{at}: {message}"),
+        },
+        Error::InvalidArgument { param, message } => Error::InvalidArgument {
+            param: format!("{at}.{param}"),
+            message,
+        },
+        Error::ReadOnly { message } => Error::ReadOnly {
+            message: format!("{at}: {message}"),
+        },
+        Error::Forbidden { message } => Error::Forbidden {
+            message: format!("{at}: {message}"),
+        },
+        other => other,
+    }
+}

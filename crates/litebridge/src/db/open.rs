@@ -1,0 +1,199 @@
+//! Opening the database file and its connections, with the pragmas from
+//! [`DbConfig`].
+//!
+//! Order matters. The writer connection opens first, proves the file is a
+//! SQLite database by *reading* it (so a wrong file is refused with nothing
+//! written), optionally runs `quick_check`, and only then switches the file to
+//! WAL. Readers open afterwards, read-only, and never touch `journal_mode`:
+//! the mode is persistent in the file, so there is no race between many
+//! connections setting it on a new file (the failure mode of pools that run
+//! the same init pragmas on every connection at once).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::DbConfig;
+use crate::db::guard;
+use crate::error::{Error, Result};
+
+/// Opens connections to one database file. Cloned into every component that
+/// may have to replace a broken connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Opener {
+    pub(crate) path: PathBuf,
+    pub(crate) config: Arc<DbConfig>,
+}
+
+impl Opener {
+    /// Checks the path before SQLite sees it, so each mistake gets its own message.
+    pub(crate) fn validate_path(path: &Path, create: bool) -> Result<()> {
+        let open_err = |reason: String| Error::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let s = path.to_string_lossy();
+        if s.is_empty() {
+            return Err(open_err("the path is empty".into()));
+        }
+        if s == ":memory:" || s.starts_with("file:") {
+            return Err(open_err(
+                "litebridge needs a database file (WAL mode, several connections); use a file in a temporary directory instead of an in-memory database".into(),
+            ));
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Err(open_err("it is a directory, not a file".into())),
+            Ok(m) if !m.is_file() => return Err(open_err("it is not a regular file".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Err(open_err("the file does not exist (and creating it is turned off)".into()));
+                }
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                match std::fs::metadata(parent) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(open_err(format!(
+                            "{} is not a directory",
+                            parent.display()
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(open_err(format!(
+                            "the directory {} does not exist",
+                            parent.display()
+                        )));
+                    }
+                }
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Opens the read-write connection, refusing files that are not SQLite
+    /// databases or (when configured) are damaged, then sets WAL and the pragmas.
+    pub(crate) fn open_writer(&self, first: bool) -> Result<Connection> {
+        let c = &self.config;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if c.create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
+        conn.busy_timeout(c.busy_timeout)?;
+        // Read before anything writes: a file that is not a database is refused untouched.
+        conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| self.open_error(e))?;
+        if first && c.quick_check_on_open {
+            let problems = quick_check(&conn, 20).map_err(|e| self.open_error(e))?;
+            if !problems.is_empty() {
+                return Err(Error::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "quick_check found {}{}",
+                        problems.join("; "),
+                        " (run `litebridge check --full`, or restore a backup)"
+                    ),
+                });
+            }
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| self.open_error(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Open {
+                path: self.path.clone(),
+                reason: format!("WAL mode could not be enabled (the journal mode stayed {mode:?}); the file system may not support shared memory"),
+            });
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {};
+             PRAGMA foreign_keys = {};
+             PRAGMA journal_size_limit = {};
+             PRAGMA wal_autocheckpoint = 0;",
+            c.durability.pragma_value(),
+            if c.foreign_keys { "ON" } else { "OFF" },
+            c.journal_size_limit,
+        ))?;
+        self.common(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Opens a read-only connection for the read or heavy lane.
+    pub(crate) fn open_reader(&self) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
+        conn.busy_timeout(self.config.busy_timeout)?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        self.common(&mut conn)?;
+        Ok(conn)
+    }
+
+    fn common(&self, conn: &mut Connection) -> Result<()> {
+        let c = &self.config;
+        conn.execute_batch(&format!(
+            "PRAGMA cache_size = {};
+             PRAGMA mmap_size = {};
+             PRAGMA temp_store = {};",
+            c.cache_size,
+            c.mmap_size,
+            c.temp_store.pragma_value(),
+        ))?;
+        conn.set_prepared_statement_cache_capacity(c.statement_cache);
+        guard::install(conn)
+    }
+
+    fn open_error(&self, e: rusqlite::Error) -> Error {
+        let reason = match Error::from(e) {
+            Error::Corrupt { detail, .. } if detail.contains("not a database") => {
+                "the file is not a SQLite database".to_owned()
+            }
+            Error::Corrupt { detail, .. } => {
+                return Error::Corrupt {
+                    path: self.path.clone(),
+                    detail,
+                };
+            }
+            Error::Busy { message } => format!("it is locked by another process ({message})"),
+            Error::ReadOnly { .. } => "the file or its directory is not writable".to_owned(),
+            other => other.to_string(),
+        };
+        Error::Open {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// The `-wal` file of the database.
+    pub(crate) fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+}
+
+/// Runs `PRAGMA quick_check(limit)` and returns the problems (empty when "ok").
+pub(crate) fn quick_check(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<String>> {
+    check_pragma(conn, &format!("PRAGMA quick_check({limit})"))
+}
+
+/// Runs `PRAGMA integrity_check(limit)` and returns the problems (empty when "ok").
+pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<String>> {
+    check_pragma(conn, &format!("PRAGMA integrity_check({limit})"))
+}
+
+fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(if rows.len() == 1 && rows[0] == "ok" {
+        Vec::new()
+    } else {
+        rows
+    })
+}

@@ -1,0 +1,191 @@
+//! The read lane: a pool of read-only connections used *on the caller's thread*.
+//!
+//! A point read costs a few microseconds in SQLite; handing it to another
+//! thread and back costs ~50 us on this class of machine (baselines, finding
+//! 2). So a read takes a permit (waiting asynchronously, up to its deadline,
+//! when every connection is busy), checks out a connection, runs the statement
+//! right there, and puts the connection back. The price is that a read blocks
+//! the calling task's thread while it runs: long queries belong on the heavy
+//! lane, and every read carries a deadline enforced inside SQLite.
+//!
+//! Read-your-writes: WAL readers see every transaction committed before their
+//! read transaction starts. A statement here starts and ends its own read
+//! transaction (statements are reset when returned to the cache, and the
+//! authorizer refuses `BEGIN`), so a read that starts after a write was
+//! acknowledged sees it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::db::exec::is_connection_failure;
+use crate::db::guard::{self, Budget};
+use crate::db::open::Opener;
+use crate::error::{Error, Result, TimeoutStage};
+use crate::stats::Counters;
+
+struct Slot {
+    conn: Connection,
+    checked: Instant,
+}
+
+/// The read-lane connections.
+pub(crate) struct ReaderPool {
+    idle: Mutex<VecDeque<Slot>>,
+    permits: Semaphore,
+    size: usize,
+    opener: Opener,
+    counters: Arc<Counters>,
+}
+
+impl ReaderPool {
+    pub(crate) fn new(opener: Opener, counters: Arc<Counters>) -> Result<ReaderPool> {
+        let size = opener.config.readers;
+        let idle = (0..size)
+            .map(|_| {
+                Ok(Slot {
+                    conn: opener.open_reader()?,
+                    checked: Instant::now(),
+                })
+            })
+            .collect::<Result<VecDeque<_>>>()?;
+        Ok(ReaderPool {
+            idle: Mutex::new(idle),
+            permits: Semaphore::new(size),
+            size,
+            opener,
+            counters,
+        })
+    }
+
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Slot>> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (push and pop are single operations), so poisoning is ignored.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    pub(crate) fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Runs `f` on a read-only connection, on this thread.
+    ///
+    /// A connection that fails as a connection (not because of the statement)
+    /// is replaced and `f` is tried once more on the fresh one.
+    pub(crate) async fn run<T>(
+        &self,
+        budget: &Budget,
+        mut f: impl FnMut(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let _permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters.read_waiters.fetch_add(1, Ordering::Relaxed);
+                let acquired = match budget.deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), self.permits.acquire())
+                        .await
+                        .map_err(|_| budget.timeout_error(TimeoutStage::Queued)),
+                    None => Ok(self.permits.acquire().await),
+                };
+                self.counters.read_waiters.fetch_sub(1, Ordering::Relaxed);
+                acquired?.map_err(|_| Error::closed())?
+            }
+        };
+        let mut slot = self.checkout();
+        let mut result = Self::attempt(&mut slot, budget, &mut f);
+        if let Err(e) = &result
+            && is_connection_failure(e)
+            && !budget.expired()
+        {
+            self.counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+            match self.opener.open_reader() {
+                Ok(conn) => {
+                    slot.conn = conn;
+                    result = Self::attempt(&mut slot, budget, &mut f);
+                }
+                Err(open) => result = Err(open),
+            }
+        }
+        self.idle().push_back(slot);
+        result
+    }
+
+    fn attempt<T>(
+        slot: &mut Slot,
+        budget: &Budget,
+        f: &mut impl FnMut(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let scope = guard::enter(budget, true);
+        let r = f(&slot.conn).map_err(|e| scope.map_err(e));
+        drop(scope);
+        if !slot.conn.is_autocommit() {
+            // Cannot happen through the authorizer; a connection left inside a
+            // transaction would stop seeing new commits, so close it cleanly.
+            let _ = slot.conn.execute_batch("ROLLBACK");
+        }
+        r
+    }
+
+    fn checkout(&self) -> Slot {
+        let mut slot = self
+            .idle()
+            .pop_back()
+            .expect("a permit guarantees an idle connection");
+        if let Some(faults) = &self.opener.config.faults
+            && faults.take_break_reader()
+        {
+            // Every statement on this connection now fails, as on a broken one.
+            let _ = slot.conn.progress_handler(1, Some(|| true));
+        }
+        slot
+    }
+
+    /// Checks idle connections not checked within `interval`, replacing broken ones.
+    /// Runs on the health thread; never waits for a busy connection.
+    pub(crate) fn health_check(&self, interval: Duration) {
+        for _ in 0..self.size {
+            let Ok(permit) = self.permits.try_acquire() else {
+                return;
+            };
+            let Some(mut slot) = self.idle().pop_front() else {
+                return;
+            };
+            if slot.checked.elapsed() >= interval / 2 {
+                if let Err(e) = probe(&slot.conn) {
+                    self.counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+                    match self.opener.open_reader() {
+                        Ok(conn) => slot.conn = conn,
+                        Err(open) => {
+                            // Keep the old one; the next check tries again.
+                            let _ = (e, open);
+                        }
+                    }
+                }
+                slot.checked = Instant::now();
+            }
+            self.idle().push_back(slot);
+            drop(permit);
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.permits.close();
+        self.idle().clear();
+    }
+}
+
+/// A cheap statement that fails on a broken connection.
+pub(crate) fn probe(conn: &Connection) -> Result<()> {
+    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
+    conn.prepare_cached("SELECT count(*) FROM sqlite_schema")?
+        .query_row([], |r| r.get::<_, i64>(0))?;
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! The writer thread: the only read-write connection, its bounded queue, and
+//! the supervisor that restarts it.
+//!
+//! Callers put a [`WriteJob`] on a bounded queue and await its answer. The
+//! thread takes what is queued (up to `max_batch`, waiting up to `max_wait` for
+//! more), hands it to [`commit_batch`], then, with every caller answered, runs
+//! any checkpoint that is due, so checkpoint I/O never delays an
+//! acknowledgement. When idle it checks its connection and checkpoints.
+//!
+//! If the thread panics, the requests of the batch in hand are answered with
+//! an `unavailable` error as their reply channels drop (they did not commit:
+//! the connection, and with it the open transaction, is dropped too), and the
+//! supervisor opens a new connection and goes on with the queue. Nobody hangs.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::db::group_commit::{WriteJob, commit_batch};
+use crate::db::guard::{self, Budget};
+use crate::db::open::Opener;
+use crate::error::{Error, Result, TimeoutStage};
+use crate::stats::Counters;
+
+/// A message on the writer's queue.
+pub(crate) enum Msg {
+    Job(Box<dyn WriteJob>),
+    /// Commit what came before, answer what comes after with `closed`, exit.
+    Stop,
+}
+
+/// How callers reach the writer thread.
+pub(crate) struct WriterHandle {
+    tx: flume::Sender<Msg>,
+    /// Kept so that a request that slipped in after the writer exited can be
+    /// answered instead of waiting forever.
+    drain: flume::Receiver<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    capacity: usize,
+    counters: Arc<Counters>,
+}
+
+/// Whether a caller waits for room in a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Wait,
+    Try,
+}
+
+impl WriterHandle {
+    /// Opens the writer connection (failing `open` if it cannot) and starts the thread.
+    pub(crate) fn start(opener: Opener, counters: Arc<Counters>) -> Result<WriterHandle> {
+        let conn = opener.open_writer(true)?;
+        let capacity = opener.config.write_queue;
+        let (tx, rx) = flume::bounded(capacity);
+        let c = counters.clone();
+        let drain = rx.clone();
+        let thread = std::thread::Builder::new()
+            .name("litebridge-writer".into())
+            .spawn(move || supervise(conn, rx, opener, c))
+            .map_err(|e| Error::io("cannot start the writer thread", "litebridge-writer", e))?;
+        Ok(WriterHandle {
+            tx,
+            drain,
+            thread: Mutex::new(Some(thread)),
+            closed: AtomicBool::new(false),
+            capacity,
+            counters,
+        })
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+            && self
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+    }
+
+    /// Queues a job. On the `Try` path a full queue answers `overloaded` at
+    /// once; on the `Wait` path the caller waits for room until its deadline.
+    pub(crate) async fn submit(&self, job: Box<dyn WriteJob>, admission: Admission) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        let job = match self.tx.try_send(Msg::Job(job)) {
+            Ok(()) => return self.after_send(),
+            Err(flume::TrySendError::Disconnected(_)) => return Err(Error::closed()),
+            Err(flume::TrySendError::Full(job)) => job,
+        };
+        if admission == Admission::Try {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Overloaded {
+                queue: "write",
+                capacity: self.capacity,
+                retry_after: Duration::from_millis(10),
+            });
+        }
+        let budget = match &job {
+            Msg::Job(j) => j.budget().clone(),
+            Msg::Stop => Budget::default(),
+        };
+        let send = self.tx.send_async(job);
+        let sent = match budget.deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(budget.timeout_error(TimeoutStage::Queued));
+                }
+            },
+            None => send.await,
+        };
+        sent.map_err(|_| Error::closed())?;
+        self.after_send()
+    }
+
+    fn after_send(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            // Closed while we were sending: the writer may already be gone.
+            // Whatever is still queued is answered here (a request answered
+            // `closed` was never run).
+            self.fail_queued();
+        }
+        Ok(())
+    }
+
+    fn fail_queued(&self) {
+        while let Ok(msg) = self.drain.try_recv() {
+            if let Msg::Job(job) = msg {
+                job.finish(Err(Error::closed()));
+            }
+        }
+    }
+
+    /// Stops accepting, lets the thread commit what was queued before, checkpoint and exit.
+    pub(crate) fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.tx.send(Msg::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        self.fail_queued();
+    }
+}
+
+/// Restarts the writer loop whenever it dies, until it is stopped.
+fn supervise(conn: Connection, rx: flume::Receiver<Msg>, opener: Opener, counters: Arc<Counters>) {
+    let mut conn = Some(conn);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            writer_loop(&mut conn, &rx, &opener, &counters)
+        }));
+        match run {
+            Ok(()) => return,
+            Err(_) => {
+                // The connection may hold a half-done transaction: drop it, which
+                // rolls it back, and start from a fresh one.
+                conn = None;
+                counters.writer_restarts.fetch_add(1, Ordering::Relaxed);
+                counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn writer_loop(
+    slot: &mut Option<Connection>,
+    rx: &flume::Receiver<Msg>,
+    opener: &Opener,
+    counters: &Counters,
+) {
+    let config = opener.config.clone();
+    let max_batch = config.max_batch;
+    let idle_tick = config.health_check_interval.min(Duration::from_secs(1));
+    let check_fks = config.foreign_keys;
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch.min(4096));
+    let wal_pages = Arc::new(AtomicU32::new(0));
+    let mut hooked = false;
+    let mut last_check = Instant::now();
+    let mut checkpointer = Checkpointer::new(opener);
+    loop {
+        if slot.is_none() {
+            match opener.open_writer(false) {
+                Ok(c) => *slot = Some(c),
+                Err(e) => {
+                    // Cannot open: answer what is queued rather than leave it waiting.
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Msg::Job(job)) => job.finish(Err(e)),
+                        Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => return,
+                        Err(flume::RecvTimeoutError::Timeout) => {}
+                    }
+                    continue;
+                }
+            }
+            hooked = false;
+        }
+        let conn = slot.as_mut().expect("opened above");
+        if !hooked {
+            install_hooks(conn, &wal_pages, opener);
+            hooked = true;
+        }
+        let mut stopping = false;
+        let first = match rx.recv_timeout(idle_tick) {
+            Ok(Msg::Job(job)) => job,
+            Ok(Msg::Stop) => {
+                checkpointer.on_close(conn, counters);
+                return;
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {
+                if last_check.elapsed() >= config.health_check_interval {
+                    last_check = Instant::now();
+                    counters.health_checked_now();
+                    if !healthy(conn) {
+                        counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+                        *slot = None;
+                        continue;
+                    }
+                }
+                if wal_pages.load(Ordering::Relaxed) > 0 {
+                    checkpointer.idle(conn, &wal_pages, counters);
+                }
+                continue;
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                checkpointer.on_close(conn, counters);
+                return;
+            }
+        };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !stopping && !config.max_wait.is_zero() && batch.len() < max_batch {
+            let until = Instant::now() + config.max_wait;
+            while batch.len() < max_batch {
+                match rx.recv_deadline(until) {
+                    Ok(Msg::Job(job)) => batch.push(job),
+                    Ok(Msg::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        counters.write_active.store(1, Ordering::Relaxed);
+        let panic_now = config
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.take_panic_writer());
+        commit_batch(conn, &mut batch, counters, check_fks, panic_now);
+        counters.write_active.store(0, Ordering::Relaxed);
+        if stopping {
+            checkpointer.on_close(conn, counters);
+            return;
+        }
+        checkpointer.after_commit(conn, &wal_pages, counters);
+    }
+}
+
+fn install_hooks(conn: &mut Connection, wal_pages: &Arc<AtomicU32>, opener: &Opener) {
+    let pages = wal_pages.clone();
+    // SQLite calls this after every commit with the number of pages in the WAL.
+    let _ = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
+        pages.store(u32::try_from(n).unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }));
+    if let Some(faults) = opener.config.faults.clone() {
+        // Returning true turns the COMMIT into a rollback, as a real failure would.
+        let _ = conn.commit_hook(Some(move || faults.take_fail_commit()));
+    }
+}
+
+fn healthy(conn: &Connection) -> bool {
+    if !conn.is_autocommit() {
+        return false;
+    }
+    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .is_ok()
+}
+
+/// The checkpoint policy (see [`CheckpointConfig`](crate::CheckpointConfig)).
+struct Checkpointer {
+    wal_path: std::path::PathBuf,
+    passive_pages: u32,
+    max_wal_bytes: u64,
+    restart_wait: Duration,
+    busy_timeout: Duration,
+}
+
+impl Checkpointer {
+    fn new(opener: &Opener) -> Checkpointer {
+        let c = &opener.config;
+        Checkpointer {
+            wal_path: opener.wal_path(),
+            passive_pages: c.checkpoint.passive_pages,
+            max_wal_bytes: c.checkpoint.max_wal_bytes,
+            restart_wait: c.checkpoint.restart_wait,
+            busy_timeout: c.busy_timeout,
+        }
+    }
+
+    fn after_commit(&mut self, conn: &Connection, wal_pages: &AtomicU32, counters: &Counters) {
+        if wal_pages.load(Ordering::Relaxed) < self.passive_pages {
+            return;
+        }
+        self.run(conn, CheckpointMode::Passive, wal_pages, counters);
+        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if size > self.max_wal_bytes {
+            // Readers keep pinning old frames, so passive checkpoints cannot
+            // catch up: wait briefly for them and restart the log.
+            let _ = conn.busy_timeout(self.restart_wait);
+            self.run(conn, CheckpointMode::Truncate, wal_pages, counters);
+            let _ = conn.busy_timeout(self.busy_timeout);
+        }
+    }
+
+    fn idle(&mut self, conn: &Connection, wal_pages: &AtomicU32, counters: &Counters) {
+        self.run(conn, CheckpointMode::Passive, wal_pages, counters);
+    }
+
+    fn on_close(&mut self, conn: &Connection, counters: &Counters) {
+        let _ = conn.busy_timeout(self.restart_wait);
+        let pages = AtomicU32::new(0);
+        self.run(conn, CheckpointMode::Truncate, &pages, counters);
+    }
+
+    fn run(&mut self, conn: &Connection, mode: CheckpointMode, wal_pages: &AtomicU32, counters: &Counters) {
+        if let Ok(r) = checkpoint(conn, mode) {
+            counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            if r.log_pages == r.checkpointed_pages || r.log_pages < 0 {
+                wal_pages.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A `PRAGMA wal_checkpoint` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Copy what can be copied without waiting for anyone.
+    Passive,
+    /// Wait for the writer lock and for readers on old snapshots, copy everything.
+    Full,
+    /// As `Full`, then make the next writer start the log from the beginning.
+    Restart,
+    /// As `Restart`, then truncate the `-wal` file to zero bytes.
+    Truncate,
+}
+
+impl CheckpointMode {
+    /// Parses `passive`, `full`, `restart` or `truncate` (any case).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `mode` for anything else.
+    pub fn parse(s: &str) -> Result<CheckpointMode> {
+        match s.to_ascii_lowercase().as_str() {
+            "passive" => Ok(CheckpointMode::Passive),
+            "full" => Ok(CheckpointMode::Full),
+            "restart" => Ok(CheckpointMode::Restart),
+            "truncate" => Ok(CheckpointMode::Truncate),
+            _ => Err(Error::invalid(
+                "mode",
+                format!("{s:?} is not a checkpoint mode; expected passive, full, restart or truncate"),
+            )),
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            CheckpointMode::Full => "PRAGMA wal_checkpoint(FULL)",
+            CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
+            CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        }
+    }
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Whether it could not finish because of readers or another writer.
+    pub busy: bool,
+    /// Frames in the WAL (-1 if not in WAL mode).
+    pub log_pages: i64,
+    /// Frames copied back into the database (-1 if not in WAL mode).
+    pub checkpointed_pages: i64,
+}
+
+pub(crate) fn checkpoint(conn: &Connection, mode: CheckpointMode) -> Result<CheckpointReport> {
+    let (busy, log, done) = conn.query_row(mode.sql(), [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    Ok(CheckpointReport {
+        busy: busy != 0,
+        log_pages: log,
+        checkpointed_pages: done,
+    })
+}

@@ -1,0 +1,452 @@
+//! The one error type of the library.
+//!
+//! Every failure a caller can see is an [`Error`]. Callers decide what to do
+//! with [`Error::kind`] (a stable, wire-visible classification matching the
+//! spec's error table) and [`Error::is_recoverable`] (whether trying the same
+//! thing again later can succeed). Errors are never classified by message text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A stable classification of an [`Error`], as named on the wire (`data.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// SQLite rejected the statement: syntax, constraint, missing table, ...
+    Sql,
+    /// The operation's deadline passed. A timed-out write did not commit.
+    Timeout,
+    /// A queue is full; try again later.
+    Overloaded,
+    /// SQLite stayed busy (locked by another process) past the busy timeout.
+    Busy,
+    /// A write was sent on a read-only path.
+    ReadOnly,
+    /// The database file is damaged.
+    Corrupt,
+    /// A component is not running (closed, restarting, failed to open).
+    Unavailable,
+    /// A parameter or argument given by the caller is invalid.
+    InvalidArgument,
+    /// A configuration value is invalid.
+    Config,
+    /// A file-system operation failed.
+    Io,
+    /// A check found a problem that is not corruption (for example a foreign-key violation).
+    CheckFailed,
+    /// The statement is not allowed (transaction control, engine settings).
+    Forbidden,
+    /// A bug or a panic in caller-supplied code.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The wire name of this kind, as in the spec's error table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Sql => "sql",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Busy => "busy",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Config => "config",
+            ErrorKind::Io => "io",
+            ErrorKind::CheckFailed => "check_failed",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in litebridge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite rejected a statement.
+    #[error("{message}")]
+    Sql {
+        /// The primary result code (`SQLITE_CONSTRAINT` = 19, ...).
+        code: i32,
+        /// The extended result code (`SQLITE_CONSTRAINT_UNIQUE` = 2067, ...).
+        extended_code: i32,
+        /// SQLite's own message.
+        message: String,
+    },
+    /// The deadline passed before the operation finished; a write that times out did not commit.
+    #[error("timed out after {} ms {stage}", after.as_millis())]
+    Timeout {
+        /// The timeout that applied.
+        after: Duration,
+        /// Where the time ran out.
+        stage: TimeoutStage,
+    },
+    /// A bounded queue is full.
+    #[error("{queue} queue is full ({capacity} waiting); retry after {} ms", retry_after.as_millis())]
+    Overloaded {
+        /// Which queue.
+        queue: &'static str,
+        /// Its capacity.
+        capacity: usize,
+        /// A suggested wait before retrying.
+        retry_after: Duration,
+    },
+    /// SQLite reported `SQLITE_BUSY`/`SQLITE_LOCKED` after the busy timeout.
+    #[error("database is locked: {message}")]
+    Busy {
+        /// SQLite's message.
+        message: String,
+    },
+    /// A statement that writes was sent on a read path.
+    #[error("{message}")]
+    ReadOnly {
+        /// What was refused and what to use instead.
+        message: String,
+    },
+    /// The database file is damaged.
+    #[error("database {} is corrupt: {detail}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// A component is not available (closed, restarting, could not be opened).
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable {
+        /// The component.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A caller-supplied argument is invalid.
+    #[error("invalid parameter `{param}`: {message}")]
+    InvalidArgument {
+        /// The parameter's name (or position).
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration `{key}` = {value}: expected {expected}")]
+    Config {
+        /// The configuration key.
+        key: String,
+        /// The rejected value.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// A database file could not be opened or created.
+    #[error("cannot open database {}: {reason}", path.display())]
+    Open {
+        /// The path that was given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A file-system operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("cannot read", "cannot rename", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The statement is not allowed on this path.
+    #[error("{message}")]
+    Forbidden {
+        /// What was refused and why.
+        message: String,
+    },
+    /// Caller-supplied code panicked, or litebridge hit a bug.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What happened.
+        message: String,
+    },
+    /// An integrity or foreign-key check found problems.
+    #[error("check of {} failed: {detail}", path.display())]
+    CheckFailed {
+        /// The checked file.
+        path: PathBuf,
+        /// The first problems reported.
+        detail: String,
+    },
+}
+
+impl Clone for Error {
+    /// Errors are cloned when one failure (a failed COMMIT, a full disk) is the
+    /// answer to every request of a batch. `std::io::Error` is not `Clone`, so
+    /// an I/O error is rebuilt from its kind and message.
+    fn clone(&self) -> Self {
+        match self {
+            Error::Sql { code, extended_code, message } => Error::Sql {
+                code: *code,
+                extended_code: *extended_code,
+                message: message.clone(),
+            },
+            Error::Timeout { after, stage } => Error::Timeout { after: *after, stage: *stage },
+            Error::Overloaded { queue, capacity, retry_after } => Error::Overloaded {
+                queue,
+                capacity: *capacity,
+                retry_after: *retry_after,
+            },
+            Error::Busy { message } => Error::Busy { message: message.clone() },
+            Error::ReadOnly { message } => Error::ReadOnly { message: message.clone() },
+            Error::Corrupt { path, detail } => Error::Corrupt { path: path.clone(), detail: detail.clone() },
+            Error::Unavailable { what, reason } => Error::Unavailable { what, reason: reason.clone() },
+            Error::InvalidArgument { param, message } => Error::InvalidArgument {
+                param: param.clone(),
+                message: message.clone(),
+            },
+            Error::Config { key, value, expected } => Error::Config {
+                key: key.clone(),
+                value: value.clone(),
+                expected: expected.clone(),
+            },
+            Error::Open { path, reason } => Error::Open { path: path.clone(), reason: reason.clone() },
+            Error::Io { action, path, source } => Error::Io {
+                action,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::CheckFailed { path, detail } => Error::CheckFailed { path: path.clone(), detail: detail.clone() },
+            Error::Forbidden { message } => Error::Forbidden { message: message.clone() },
+            Error::Internal { message } => Error::Internal { message: message.clone() },
+        }
+    }
+}
+
+/// Where a [`Error::Timeout`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutStage {
+    /// While waiting in a queue; the operation never started.
+    Queued,
+    /// While the statement ran; it was interrupted (a write was rolled back).
+    Running,
+}
+
+impl std::fmt::Display for TimeoutStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutStage::Queued => "while queued; it was never started",
+            TimeoutStage::Running => "while running; it was interrupted and nothing was committed",
+        })
+    }
+}
+
+impl Error {
+    /// The stable classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Sql { .. } => ErrorKind::Sql,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Overloaded { .. } => ErrorKind::Overloaded,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::ReadOnly { .. } => ErrorKind::ReadOnly,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Unavailable { .. } | Error::Open { .. } => ErrorKind::Unavailable,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::CheckFailed { .. } => ErrorKind::CheckFailed,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the same operation, tried again later, can succeed.
+    ///
+    /// True for timeouts, full queues, lock contention and components that are
+    /// restarting; false for errors in the request itself or damaged files.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Error::Timeout { .. }
+            | Error::Overloaded { .. }
+            | Error::Busy { .. }
+            | Error::Unavailable { .. } => true,
+            // SQLITE_FULL and I/O errors can go away when space returns.
+            Error::Sql { code, .. } => {
+                matches!(*code, SQLITE_FULL | SQLITE_IOERR | SQLITE_NOMEM)
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLite primary and extended result codes, when SQLite produced this error.
+    pub fn sqlite_codes(&self) -> Option<(i32, i32)> {
+        match self {
+            Error::Sql {
+                code,
+                extended_code,
+                ..
+            } => Some((*code, *extended_code)),
+            _ => None,
+        }
+    }
+
+    /// A suggested wait before retrying, for errors that carry one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Overloaded { retry_after, .. } => Some(*retry_after),
+            Error::Busy { .. } => Some(Duration::from_millis(50)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn config(
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Error {
+        Error::Config {
+            key: key.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn writer_gone() -> Error {
+        Error::Unavailable {
+            what: "writer",
+            reason: "the writer thread stopped while handling this request; it is being restarted and the request did not commit".into(),
+        }
+    }
+
+    pub(crate) fn closed() -> Error {
+        Error::Unavailable {
+            what: "database",
+            reason: "it has been closed".into(),
+        }
+    }
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_NOMEM: i32 = 7;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_NOTADB: i32 = 26;
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                let message = msg.unwrap_or_else(|| f.to_string());
+                match f.code as i32 {
+                    _ if matches!(f.extended_code & 0xff, SQLITE_BUSY | SQLITE_LOCKED) => {
+                        Error::Busy { message }
+                    }
+                    _ if f.extended_code & 0xff == SQLITE_READONLY => Error::ReadOnly {
+                        message: format!("{message} (this path is read-only)"),
+                    },
+                    _ if matches!(f.extended_code & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB) => {
+                        Error::Corrupt {
+                            path: PathBuf::new(),
+                            detail: message,
+                        }
+                    }
+                    _ => Error::Sql {
+                        code: f.extended_code & 0xff,
+                        extended_code: f.extended_code,
+                        message,
+                    },
+                }
+            }
+            rusqlite::Error::InvalidParameterName(name) => {
+                Error::invalid(name, "the statement has no parameter of this name")
+            }
+            rusqlite::Error::InvalidParameterCount(given, expected) => Error::invalid(
+                "params",
+                format!("the statement takes {expected} parameters, {given} were given"),
+            ),
+            rusqlite::Error::MultipleStatement => Error::invalid(
+                "sql",
+                "only one statement is allowed here; use batch for several",
+            ),
+            rusqlite::Error::Empty => Error::invalid("sql", "there is no statement in it"),
+            rusqlite::Error::SqlInputError {
+                error, msg, offset, ..
+            } => Error::Sql {
+                code: error.extended_code & 0xff,
+                extended_code: error.extended_code,
+                message: format!("{msg} (at offset {offset})"),
+            },
+            other => Error::Sql {
+                code: 1,
+                extended_code: 1,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_errors_are_sql_and_not_recoverable() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(k INTEGER PRIMARY KEY)")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let err: Error = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err().into();
+        assert_eq!(err.kind(), ErrorKind::Sql);
+        assert_eq!(err.sqlite_codes(), Some((19, 1555)));
+        assert!(!err.is_recoverable());
+    }
+
+    #[test]
+    fn syntax_errors_carry_their_offset() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let err: Error = conn.prepare("SELEC 1").unwrap_err().into();
+        assert_eq!(err.kind(), ErrorKind::Sql);
+        assert!(err.to_string().contains("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn kinds_have_wire_names() {
+        let e = Error::Overloaded {
+            queue: "write",
+            capacity: 4,
+            retry_after: Duration::from_millis(5),
+        };
+        assert_eq!(e.kind().as_str(), "overloaded");
+        assert!(e.is_recoverable());
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(5)));
+    }
+}

@@ -1,0 +1,51 @@
+//! # litebridge
+//!
+//! A resilient SQLite service: one writer with group commit, a pool of
+//! readers, a lane for heavy queries, real query deadlines, health checks,
+//! WAL checkpoints, online backups and integrity checks. This crate is the
+//! library; it never sees a transport. The `litebridge` binary serves it.
+//!
+//! ```no_run
+//! # async fn demo() -> litebridge::Result<()> {
+//! use litebridge::{Database, DbConfig, params};
+//! let db = Database::open("app.db", DbConfig::default()).await?;
+//! db.execute("CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)", ()).await?;
+//! db.execute("INSERT INTO kv(k, v) VALUES (?1, ?2)", params![1, "one"]).await?;
+//! let rows = db.query("SELECT v FROM kv WHERE k = ?1", params![1]).await?;
+//! assert_eq!(rows.rows[0][0], litebridge::Value::from("one"));
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`error`]: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
+//! - [`config`]: [`DbConfig`] and its builder; `DEFAULT_*` values.
+//! - [`value`]: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
+//! - [`db`]: [`Database`]; the design note is there. Inside: `writer` (the
+//!   thread and its queue), `group_commit` (one transaction per batch),
+//!   `readers` (read lane), `heavy` (heavy lane), `guard` (deadlines and the
+//!   statement guard), `exec` (binding and running), `open` (pragmas),
+//!   `backup` (online backup, checks), `ffi` (the one unsafe call).
+//! - [`stats`]: [`DbStats`], the statistics of spec section 6.
+//! - `histogram`: the lock-free latency histogram behind the percentiles.
+//! - `fault`: fault switches for tests (hidden).
+
+pub mod config;
+pub mod db;
+pub mod error;
+#[doc(hidden)]
+pub mod fault;
+mod histogram;
+pub mod stats;
+pub mod value;
+
+pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempStore};
+pub use db::{
+    BackupProgress, BackupReport, CheckReport, CheckpointMode, CheckpointReport, Database, Health,
+    Lane, QueryOptions, WriteOptions, check_file,
+};
+pub use error::{Error, ErrorKind, Result, TimeoutStage};
+pub use histogram::LatencySummary;
+pub use rusqlite;
+pub use stats::DbStats;
+pub use value::{ExecResult, Params, Rows, Statement, Value};

@@ -1,0 +1,327 @@
+//! SQLite values, statement parameters and results, with the JSON mapping of
+//! spec section 3 (shared by every transport).
+//!
+//! SQLite to JSON: INTEGER to a number (exact 64-bit), REAL to a number, TEXT to
+//! a string, NULL to null, BLOB to `{"$blob": "<base64>"}`. JSON to SQLite: the
+//! reverse; booleans bind as 0/1; arrays and other objects are refused.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One SQLite value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// NULL.
+    Null,
+    /// A 64-bit integer.
+    Integer(i64),
+    /// A double.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    /// Converts one JSON value to a SQLite value.
+    ///
+    /// # Errors
+    /// A message saying why the value cannot be bound (arrays, objects other
+    /// than `{"$blob": ...}`, integers beyond 64 bits, bad base64).
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Value, String> {
+        use serde_json::Value as J;
+        Ok(match v {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Integer(i64::from(*b)),
+            J::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::Integer(i)
+                } else if n.is_u64() {
+                    return Err(format!("{n} does not fit in a 64-bit signed integer"));
+                } else {
+                    Value::Real(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            J::String(s) => Value::Text(s.clone()),
+            J::Object(map) => match (map.len(), map.get("$blob")) {
+                (1, Some(J::String(b64))) => Value::Blob(
+                    BASE64
+                        .decode(b64)
+                        .map_err(|e| format!("`$blob` is not valid base64: {e}"))?,
+                ),
+                _ => {
+                    return Err(
+                        "objects cannot be bound, except {\"$blob\": \"<base64>\"} for a blob"
+                            .into(),
+                    );
+                }
+            },
+            J::Array(_) => return Err("arrays cannot be bound to a parameter".into()),
+        })
+    }
+
+    /// Converts to JSON (see the module documentation for the mapping).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Integer(i) => J::from(*i),
+            Value::Real(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Blob(b) => {
+                let mut m = serde_json::Map::with_capacity(1);
+                m.insert("$blob".into(), J::String(BASE64.encode(b)));
+                J::Object(m)
+            }
+        }
+    }
+
+    pub(crate) fn from_ref(v: ValueRef<'_>) -> Value {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(f) => Value::Real(f),
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Real(_) => s.serialize_unit(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Blob(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$blob", &BASE64.encode(b))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Value::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value { Value::Integer(i64::from(v)) }
+        }
+    )*};
+}
+from_int!(i8, i16, i32, i64, u8, u16, u32, bool);
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Value::Blob(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The parameters of one statement: none, positional (`?`, `?N`) or named
+/// (`:name`, `@name`, `$name`; a name given without its prefix matches any).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Params {
+    /// No parameters.
+    #[default]
+    None,
+    /// Bound in order to `?1`, `?2`, ...
+    Positional(Vec<Value>),
+    /// Bound by name.
+    Named(Vec<(String, Value)>),
+}
+
+impl Params {
+    /// Converts the JSON `params` of a request: absent or null, an array, or an object.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the offending parameter (`params[2]`, `params.name`).
+    pub fn from_json(v: Option<&serde_json::Value>) -> Result<Params> {
+        use serde_json::Value as J;
+        match v {
+            None | Some(J::Null) => Ok(Params::None),
+            Some(J::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Value::from_json(v).map_err(|m| Error::invalid(format!("params[{i}]"), m)))
+                .collect::<Result<Vec<_>>>()
+                .map(Params::Positional),
+            Some(J::Object(map)) => map
+                .iter()
+                .map(|(k, v)| {
+                    Value::from_json(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|m| Error::invalid(format!("params.{k}"), m))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Params::Named),
+            Some(_) => Err(Error::invalid(
+                "params",
+                "expected an array (positional) or an object (named)",
+            )),
+        }
+    }
+
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Params::None => true,
+            Params::Positional(v) => v.is_empty(),
+            Params::Named(v) => v.is_empty(),
+        }
+    }
+}
+
+impl From<()> for Params {
+    fn from(_: ()) -> Params {
+        Params::None
+    }
+}
+impl From<Vec<Value>> for Params {
+    fn from(v: Vec<Value>) -> Params {
+        Params::Positional(v)
+    }
+}
+impl<const N: usize> From<[Value; N]> for Params {
+    fn from(v: [Value; N]) -> Params {
+        Params::Positional(v.into())
+    }
+}
+impl<K: Into<String>> From<Vec<(K, Value)>> for Params {
+    fn from(v: Vec<(K, Value)>) -> Params {
+        Params::Named(v.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+/// Positional [`Params`] from expressions convertible to [`Value`]:
+/// `params![1, "two", 3.0]`.
+#[macro_export]
+macro_rules! params {
+    () => { $crate::Params::None };
+    ($($v:expr),+ $(,)?) => {
+        $crate::Params::Positional(vec![$($crate::Value::from($v)),+])
+    };
+}
+
+/// The result of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Rows {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Rows, each with one value per column.
+    pub rows: Vec<Vec<Value>>,
+    /// Whether rows were left out because of `max_rows`.
+    pub truncated: bool,
+}
+
+/// The result of a statement that writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct ExecResult {
+    /// Rows changed by the statement.
+    pub changes: u64,
+    /// The rowid of the last row inserted through this connection.
+    pub last_insert_rowid: i64,
+}
+
+/// One statement of a [`batch`](crate::Database::batch).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Statement {
+    /// The SQL text: exactly one statement.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Params,
+}
+
+impl Statement {
+    /// A statement with parameters.
+    pub fn new(sql: impl Into<String>, params: impl Into<Params>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            params: params.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trip_is_exact_for_64_bit_integers() {
+        let big = i64::MAX;
+        let v = Value::from_json(&json!(big)).unwrap();
+        assert_eq!(v, Value::Integer(big));
+        assert_eq!(serde_json::to_string(&v).unwrap(), big.to_string());
+    }
+
+    #[test]
+    fn blobs_use_the_dollar_blob_object() {
+        let v = Value::Blob(vec![0, 1, 255]);
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j, json!({"$blob": "AAH/"}));
+        assert_eq!(Value::from_json(&j).unwrap(), v);
+        assert_eq!(v.to_json(), j);
+    }
+
+    #[test]
+    fn arrays_and_objects_are_refused_naming_the_parameter() {
+        let err = Params::from_json(Some(&json!([1, [2]]))).unwrap_err();
+        assert_eq!(err.to_string(), "invalid parameter `params[1]`: arrays cannot be bound to a parameter");
+        let err = Params::from_json(Some(&json!({"a": {"b": 1}}))).unwrap_err();
+        assert!(err.to_string().contains("params.a"), "{err}");
+        let err = Params::from_json(Some(&json!(18446744073709551615u64))).unwrap_err();
+        assert!(err.to_string().contains("`params`"), "{err}");
+    }
+
+    #[test]
+    fn booleans_bind_as_integers() {
+        assert_eq!(Value::from_json(&json!(true)).unwrap(), Value::Integer(1));
+    }
+}
