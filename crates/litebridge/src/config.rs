@@ -56,7 +56,11 @@ impl Durability {
         match value.trim().to_ascii_lowercase().as_str() {
             "normal" => Ok(Durability::Normal),
             "full" => Ok(Durability::Full),
-            _ => Err(Error::config(key, format!("{value:?}"), "\"normal\" or \"full\"")),
+            _ => Err(Error::config(
+                key,
+                format!("{value:?}"),
+                "\"normal\" or \"full\"",
+            )),
         }
     }
 

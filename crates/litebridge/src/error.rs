@@ -195,39 +195,78 @@ impl Clone for Error {
     /// an I/O error is rebuilt from its kind and message.
     fn clone(&self) -> Self {
         match self {
-            Error::Sql { code, extended_code, message } => Error::Sql {
+            Error::Sql {
+                code,
+                extended_code,
+                message,
+            } => Error::Sql {
                 code: *code,
                 extended_code: *extended_code,
                 message: message.clone(),
             },
-            Error::Timeout { after, stage } => Error::Timeout { after: *after, stage: *stage },
-            Error::Overloaded { queue, capacity, retry_after } => Error::Overloaded {
+            Error::Timeout { after, stage } => Error::Timeout {
+                after: *after,
+                stage: *stage,
+            },
+            Error::Overloaded {
+                queue,
+                capacity,
+                retry_after,
+            } => Error::Overloaded {
                 queue,
                 capacity: *capacity,
                 retry_after: *retry_after,
             },
-            Error::Busy { message } => Error::Busy { message: message.clone() },
-            Error::ReadOnly { message } => Error::ReadOnly { message: message.clone() },
-            Error::Corrupt { path, detail } => Error::Corrupt { path: path.clone(), detail: detail.clone() },
-            Error::Unavailable { what, reason } => Error::Unavailable { what, reason: reason.clone() },
+            Error::Busy { message } => Error::Busy {
+                message: message.clone(),
+            },
+            Error::ReadOnly { message } => Error::ReadOnly {
+                message: message.clone(),
+            },
+            Error::Corrupt { path, detail } => Error::Corrupt {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::Unavailable { what, reason } => Error::Unavailable {
+                what,
+                reason: reason.clone(),
+            },
             Error::InvalidArgument { param, message } => Error::InvalidArgument {
                 param: param.clone(),
                 message: message.clone(),
             },
-            Error::Config { key, value, expected } => Error::Config {
+            Error::Config {
+                key,
+                value,
+                expected,
+            } => Error::Config {
                 key: key.clone(),
                 value: value.clone(),
                 expected: expected.clone(),
             },
-            Error::Open { path, reason } => Error::Open { path: path.clone(), reason: reason.clone() },
-            Error::Io { action, path, source } => Error::Io {
+            Error::Open { path, reason } => Error::Open {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
                 action,
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
-            Error::CheckFailed { path, detail } => Error::CheckFailed { path: path.clone(), detail: detail.clone() },
-            Error::Forbidden { message } => Error::Forbidden { message: message.clone() },
-            Error::Internal { message } => Error::Internal { message: message.clone() },
+            Error::CheckFailed { path, detail } => Error::CheckFailed {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::Forbidden { message } => Error::Forbidden {
+                message: message.clone(),
+            },
+            Error::Internal { message } => Error::Internal {
+                message: message.clone(),
+            },
         }
     }
 }
@@ -329,7 +368,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
         Error::Io {
             action,
             path: path.into(),
@@ -424,7 +467,10 @@ mod tests {
         conn.execute_batch("CREATE TABLE t(k INTEGER PRIMARY KEY)")
             .unwrap();
         conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
-        let err: Error = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err().into();
+        let err: Error = conn
+            .execute("INSERT INTO t VALUES (1)", [])
+            .unwrap_err()
+            .into();
         assert_eq!(err.kind(), ErrorKind::Sql);
         assert_eq!(err.sqlite_codes(), Some((19, 1555)));
         assert!(!err.is_recoverable());

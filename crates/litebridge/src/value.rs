@@ -189,7 +189,9 @@ impl Params {
             Some(J::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Value::from_json(v).map_err(|m| Error::invalid(format!("params[{i}]"), m)))
+                .map(|(i, v)| {
+                    Value::from_json(v).map_err(|m| Error::invalid(format!("params[{i}]"), m))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Params::Positional),
             Some(J::Object(map)) => map
@@ -313,7 +315,10 @@ mod tests {
     #[test]
     fn arrays_and_objects_are_refused_naming_the_parameter() {
         let err = Params::from_json(Some(&json!([1, [2]]))).unwrap_err();
-        assert_eq!(err.to_string(), "invalid parameter `params[1]`: arrays cannot be bound to a parameter");
+        assert_eq!(
+            err.to_string(),
+            "invalid parameter `params[1]`: arrays cannot be bound to a parameter"
+        );
         let err = Params::from_json(Some(&json!({"a": {"b": 1}}))).unwrap_err();
         assert!(err.to_string().contains("params.a"), "{err}");
         let err = Params::from_json(Some(&json!(18446744073709551615u64))).unwrap_err();

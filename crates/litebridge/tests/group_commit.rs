@@ -28,7 +28,10 @@ async fn eight_concurrent_writers_every_acknowledged_row_once() {
         acked.extend(t.await.unwrap());
     }
     assert_eq!(acked.len(), 8 * per_writer as usize);
-    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, acked.len() as i64);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM kv").await,
+        acked.len() as i64
+    );
     for k in acked.iter().step_by(97) {
         let rows = db
             .query("SELECT count(*) FROM kv WHERE k = ?1", params![*k])
@@ -84,7 +87,10 @@ async fn partial_effects_of_a_failed_statement_are_never_committed() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k IN (50, 51)").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM kv WHERE k IN (50, 51)").await,
+        0
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 41);
 }
 
@@ -132,7 +138,10 @@ async fn batch_is_all_or_nothing_and_names_the_failing_statement() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().starts_with("statements[1]: UNIQUE"), "{err}");
+    assert!(
+        err.to_string().starts_with("statements[1]: UNIQUE"),
+        "{err}"
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 2").await, 0);
 }
 
@@ -141,13 +150,21 @@ async fn execute_many_is_atomic_and_names_the_failing_row() {
     let (_dir, db) = open_kv(config()).await;
     let rows = (0..1000).map(|k| params![k, "x"]).collect();
     let r = db
-        .execute_many("INSERT INTO kv VALUES (?1, ?2)", rows, WriteOptions::default())
+        .execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            rows,
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(r.changes, 1000);
     let bad = vec![params![5000, "x"], params![5, "dup"]];
     let err = db
-        .execute_many("INSERT INTO kv VALUES (?1, ?2)", bad, WriteOptions::default())
+        .execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            bad,
+            WriteOptions::default(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("rows[1]:"), "{err}");
@@ -174,7 +191,9 @@ async fn a_closure_write_that_fails_rolls_back_alone() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    let panicked = db.write(|_| -> litebridge::Result<()> { panic!("boom") }).await;
+    let panicked = db
+        .write(|_| -> litebridge::Result<()> { panic!("boom") })
+        .await;
     assert_eq!(panicked.unwrap_err().kind(), ErrorKind::Internal);
     insert(&db, 3).await.unwrap();
 }
@@ -200,7 +219,13 @@ async fn a_deferred_foreign_key_left_unresolved_fails_only_its_request() {
 #[tokio::test]
 async fn transaction_control_in_a_request_is_refused() {
     let (_dir, db) = open_kv(config()).await;
-    for sql in ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT x", "PRAGMA journal_mode = DELETE"] {
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT x",
+        "PRAGMA journal_mode = DELETE",
+    ] {
         let e = db.execute(sql, ()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
     }

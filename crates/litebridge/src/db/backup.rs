@@ -68,7 +68,9 @@ pub(crate) fn backup(
     src.busy_timeout(busy_timeout)?;
     // Pin one snapshot for the whole copy (see the module documentation).
     src.execute_batch("BEGIN")?;
-    src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     let result = (|| -> Result<u64> {
         let mut dst = Connection::open(&partial).map_err(|e| Error::Open {
             path: partial.clone(),
@@ -95,7 +97,9 @@ pub(crate) fn backup(
             }
         };
         // The copy is a self-contained file: no WAL to carry around with it.
-        let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get::<_, String>(0));
+        let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+            r.get::<_, String>(0)
+        });
         let problems = quick_check(&dst, 10)?;
         if !problems.is_empty() {
             return Err(Error::Corrupt {
@@ -194,7 +198,11 @@ pub fn check_file(path: &Path, full: bool) -> Result<CheckReport> {
     let run = |f: fn(&Connection, u32) -> rusqlite::Result<Vec<String>>| -> Vec<String> {
         f(&conn, 100).unwrap_or_else(|e| vec![Error::from(e).to_string()])
     };
-    let problems = if full { run(integrity_check) } else { run(quick_check) };
+    let problems = if full {
+        run(integrity_check)
+    } else {
+        run(quick_check)
+    };
     let mut fk = Vec::new();
     if full {
         let found = (|| -> rusqlite::Result<Vec<String>> {
@@ -203,7 +211,8 @@ pub fn check_file(path: &Path, full: bool) -> Result<CheckReport> {
                 Ok(format!(
                     "{} rowid {} -> {}",
                     r.get::<_, String>(0)?,
-                    r.get::<_, Option<i64>>(1)?.map_or("?".into(), |v| v.to_string()),
+                    r.get::<_, Option<i64>>(1)?
+                        .map_or("?".into(), |v| v.to_string()),
                     r.get::<_, String>(2)?
                 ))
             })?;

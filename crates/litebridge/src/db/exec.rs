@@ -18,7 +18,10 @@ const SQLITE_MISUSE: i32 = 21;
 pub(crate) fn is_connection_failure(err: &Error) -> bool {
     matches!(
         err.sqlite_codes(),
-        Some((SQLITE_INTERRUPT | SQLITE_NOMEM | SQLITE_IOERR | SQLITE_CANTOPEN | SQLITE_MISUSE, _))
+        Some((
+            SQLITE_INTERRUPT | SQLITE_NOMEM | SQLITE_IOERR | SQLITE_CANTOPEN | SQLITE_MISUSE,
+            _
+        ))
     )
 }
 
@@ -66,7 +69,10 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
                 let name = stmt
                     .parameter_name(missing)
                     .map_or_else(|| format!("?{missing}"), str::to_owned);
-                return Err(Error::invalid(name, "no value was given for this parameter"));
+                return Err(Error::invalid(
+                    name,
+                    "no value was given for this parameter",
+                ));
             }
             Ok(())
         }

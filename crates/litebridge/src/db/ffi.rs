@@ -23,5 +23,9 @@ pub(crate) fn deferred_fk_violations(conn: &Connection) -> i32 {
             0,
         )
     };
-    if rc == rusqlite::ffi::SQLITE_OK { current } else { 0 }
+    if rc == rusqlite::ffi::SQLITE_OK {
+        current
+    } else {
+        0
+    }
 }

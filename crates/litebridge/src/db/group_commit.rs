@@ -69,7 +69,11 @@ where
     T: Send + 'static,
     F: FnMut(&Connection) -> Result<T> + Send + 'static,
 {
-    pub(crate) fn new(budget: Budget, multi: bool, f: F) -> (Box<Self>, oneshot::Receiver<Result<T>>) {
+    pub(crate) fn new(
+        budget: Budget,
+        multi: bool,
+        f: F,
+    ) -> (Box<Self>, oneshot::Receiver<Result<T>>) {
         let (reply, rx) = oneshot::channel();
         (
             Box::new(Job {
@@ -177,13 +181,23 @@ pub(crate) fn commit_batch(
     counters.batch(jobs.len());
     let mut careful = false;
     let outcome = loop {
-        if !status.iter().any(|s| matches!(s, Status::Done | Status::Pending)) {
+        if !status
+            .iter()
+            .any(|s| matches!(s, Status::Done | Status::Pending))
+        {
             break Ok(());
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             break Err(Error::from(e));
         }
-        match run_pass(conn, jobs, &mut status, careful, check_deferred_fks, counters) {
+        match run_pass(
+            conn,
+            jobs,
+            &mut status,
+            careful,
+            check_deferred_fks,
+            counters,
+        ) {
             Pass::Complete => {}
             Pass::Rerun { careful: c } => {
                 counters.batch_reruns.fetch_add(1, Ordering::Relaxed);
@@ -284,8 +298,7 @@ fn run_pass(
                     return Pass::Rerun { careful: false };
                 }
                 if savepoint {
-                    let undo = conn
-                        .execute_batch("ROLLBACK TO lb_request; RELEASE lb_request");
+                    let undo = conn.execute_batch("ROLLBACK TO lb_request; RELEASE lb_request");
                     *s = Status::Failed(e);
                     if let Err(u) = undo {
                         return Pass::Abort(u.into());
@@ -318,7 +331,10 @@ fn is_environmental(e: &Error) -> bool {
         Error::Corrupt { .. } | Error::Busy { .. } | Error::ReadOnly { .. } => true,
         _ => matches!(
             e.sqlite_codes(),
-            Some((SQLITE_NOMEM | SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN, _))
+            Some((
+                SQLITE_NOMEM | SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN,
+                _
+            ))
         ),
     }
 }

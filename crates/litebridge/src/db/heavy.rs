@@ -7,8 +7,8 @@
 //! passed in the queue is never started; one already running is interrupted
 //! by the progress handler through the caller's cancellation flag.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,9 @@ impl HeavyLane {
             let handle = std::thread::Builder::new()
                 .name(format!("litebridge-heavy-{i}"))
                 .spawn(move || heavy_thread(conn, rx, opener, counters))
-                .map_err(|e| Error::io("cannot start a heavy-lane thread", "litebridge-heavy", e))?;
+                .map_err(|e| {
+                    Error::io("cannot start a heavy-lane thread", "litebridge-heavy", e)
+                })?;
             threads.push(handle);
         }
         Ok(HeavyLane {

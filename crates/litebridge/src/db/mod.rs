@@ -269,8 +269,10 @@ impl Database {
         let budget = self.inner.budget(options.timeout);
         match options.lane {
             Lane::Read => {
-                self.read_lane(&budget, |conn| exec::query(conn, sql, &params, options.max_rows))
-                    .await
+                self.read_lane(&budget, |conn| {
+                    exec::query(conn, sql, &params, options.max_rows)
+                })
+                .await
             }
             Lane::Heavy => {
                 let sql = sql.to_owned();
@@ -354,7 +356,8 @@ impl Database {
     /// [`Error::Timeout`] if it did not commit before the deadline;
     /// [`Error::Unavailable`] if the writer died while holding it (not committed).
     pub async fn execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
-        self.execute_with(sql, params, WriteOptions::default()).await
+        self.execute_with(sql, params, WriteOptions::default())
+            .await
     }
 
     /// As [`Database::execute`], but answers [`Error::Overloaded`] at once
@@ -382,8 +385,10 @@ impl Database {
     ) -> Result<ExecResult> {
         let sql = sql.to_owned();
         let params = params.into();
-        self.submit(options, false, move |conn| exec::execute(conn, &sql, &params))
-            .await
+        self.submit(options, false, move |conn| {
+            exec::execute(conn, &sql, &params)
+        })
+        .await
     }
 
     /// Runs several statements as one atomic unit: all of them commit or none.
@@ -391,7 +396,11 @@ impl Database {
     /// # Errors
     /// The first failing statement's error, with its index in the message
     /// (nothing of the batch is committed).
-    pub async fn batch(&self, statements: Vec<Statement>, options: WriteOptions) -> Result<Vec<ExecResult>> {
+    pub async fn batch(
+        &self,
+        statements: Vec<Statement>,
+        options: WriteOptions,
+    ) -> Result<Vec<ExecResult>> {
         if statements.is_empty() {
             return Ok(Vec::new());
         }
@@ -411,7 +420,12 @@ impl Database {
     ///
     /// # Errors
     /// The first failing row's error, naming its index (nothing is committed).
-    pub async fn execute_many(&self, sql: &str, rows: Vec<Params>, options: WriteOptions) -> Result<ExecResult> {
+    pub async fn execute_many(
+        &self,
+        sql: &str,
+        rows: Vec<Params>,
+        options: WriteOptions,
+    ) -> Result<ExecResult> {
         let sql = sql.to_owned();
         self.submit(options, true, move |conn| {
             let mut stmt = exec::prepare(conn, &sql)?;
@@ -521,7 +535,8 @@ impl Database {
         tokio::task::spawn_blocking(move || {
             let conn = Connection::open_with_flags(
                 &path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             conn.busy_timeout(busy)?;
             let r = writer::checkpoint(&conn, mode)?;

@@ -48,7 +48,9 @@ impl Opener {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !create {
-                    return Err(open_err("the file does not exist (and creating it is turned off)".into()));
+                    return Err(open_err(
+                        "the file does not exist (and creating it is turned off)".into(),
+                    ));
                 }
                 let parent = match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p,
@@ -57,10 +59,7 @@ impl Opener {
                 match std::fs::metadata(parent) {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
-                        return Err(open_err(format!(
-                            "{} is not a directory",
-                            parent.display()
-                        )));
+                        return Err(open_err(format!("{} is not a directory", parent.display())));
                     }
                     Err(_) => {
                         return Err(open_err(format!(
@@ -83,7 +82,8 @@ impl Opener {
         if c.create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let mut conn = Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
+        let mut conn =
+            Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
         conn.busy_timeout(c.busy_timeout)?;
         // Read before anything writes: a file that is not a database is refused untouched.
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
@@ -107,7 +107,9 @@ impl Opener {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Open {
                 path: self.path.clone(),
-                reason: format!("WAL mode could not be enabled (the journal mode stayed {mode:?}); the file system may not support shared memory"),
+                reason: format!(
+                    "WAL mode could not be enabled (the journal mode stayed {mode:?}); the file system may not support shared memory"
+                ),
             });
         }
         conn.execute_batch(&format!(
@@ -126,7 +128,8 @@ impl Opener {
     /// Opens a read-only connection for the read or heavy lane.
     pub(crate) fn open_reader(&self) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
+        let mut conn =
+            Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
         conn.busy_timeout(self.config.busy_timeout)?;
         conn.execute_batch("PRAGMA query_only = ON;")?;
         self.common(&mut conn)?;

@@ -105,7 +105,9 @@ impl ReaderPool {
             && is_connection_failure(e)
             && !budget.expired()
         {
-            self.counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .failed_connections
+                .fetch_add(1, Ordering::Relaxed);
             match self.opener.open_reader() {
                 Ok(conn) => {
                     slot.conn = conn;
@@ -160,7 +162,9 @@ impl ReaderPool {
             };
             if slot.checked.elapsed() >= interval / 2 {
                 if let Err(e) = probe(&slot.conn) {
-                    self.counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .failed_connections
+                        .fetch_add(1, Ordering::Relaxed);
                     match self.opener.open_reader() {
                         Ok(conn) => slot.conn = conn,
                         Err(open) => {

@@ -286,10 +286,12 @@ fn writer_loop(
 fn install_hooks(conn: &mut Connection, wal_pages: &Arc<AtomicU32>, opener: &Opener) {
     let pages = wal_pages.clone();
     // SQLite calls this after every commit with the number of pages in the WAL.
-    let _ = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
-        pages.store(u32::try_from(n).unwrap_or(0), Ordering::Relaxed);
-        Ok(())
-    }));
+    let _ = conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
+            pages.store(u32::try_from(n).unwrap_or(0), Ordering::Relaxed);
+            Ok(())
+        },
+    ));
     if let Some(faults) = opener.config.faults.clone() {
         // Returning true turns the COMMIT into a rollback, as a real failure would.
         let _ = conn.commit_hook(Some(move || faults.take_fail_commit()));
@@ -301,8 +303,10 @@ fn healthy(conn: &Connection) -> bool {
         return false;
     }
     let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-        .is_ok()
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok()
 }
 
 /// The checkpoint policy (see [`CheckpointConfig`](crate::CheckpointConfig)).
@@ -351,7 +355,13 @@ impl Checkpointer {
         self.run(conn, CheckpointMode::Truncate, &pages, counters);
     }
 
-    fn run(&mut self, conn: &Connection, mode: CheckpointMode, wal_pages: &AtomicU32, counters: &Counters) {
+    fn run(
+        &mut self,
+        conn: &Connection,
+        mode: CheckpointMode,
+        wal_pages: &AtomicU32,
+        counters: &Counters,
+    ) {
         if let Ok(r) = checkpoint(conn, mode) {
             counters.checkpoints.fetch_add(1, Ordering::Relaxed);
             if r.log_pages == r.checkpointed_pages || r.log_pages < 0 {
@@ -387,7 +397,9 @@ impl CheckpointMode {
             "truncate" => Ok(CheckpointMode::Truncate),
             _ => Err(Error::invalid(
                 "mode",
-                format!("{s:?} is not a checkpoint mode; expected passive, full, restart or truncate"),
+                format!(
+                    "{s:?} is not a checkpoint mode; expected passive, full, restart or truncate"
+                ),
             )),
         }
     }
@@ -415,7 +427,11 @@ pub struct CheckpointReport {
 
 pub(crate) fn checkpoint(conn: &Connection, mode: CheckpointMode) -> Result<CheckpointReport> {
     let (busy, log, done) = conn.query_row(mode.sql(), [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     })?;
     Ok(CheckpointReport {
         busy: busy != 0,

@@ -1,0 +1,206 @@
+//! Deadlines are real: a statement still running at its deadline is
+//! interrupted on its own connection, a timed-out write did not commit, a
+//! request whose deadline passed in the queue never starts, and a dropped
+//! caller does not leave a connection busy.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Gate, count, hold_writer, insert, open_kv};
+use litebridge::{DbConfig, ErrorKind, Lane, QueryOptions, TimeoutStage, WriteOptions, params};
+
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+fn within(timeout_ms: u64) -> QueryOptions {
+    QueryOptions {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        ..QueryOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_query_is_interrupted_on_time_while_other_readers_go_on() {
+    let (_dir, db) = open_kv(DbConfig::builder().readers(2)).await;
+    insert(&db, 1).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (db, done, reads) = (db.clone(), done.clone(), reads.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                db.query("SELECT v FROM kv WHERE k = 1", ()).await.unwrap();
+                reads.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let e = db.query_with(ENDLESS, (), within(300)).await.unwrap_err();
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    assert!(
+        matches!(
+            e,
+            litebridge::Error::Timeout {
+                stage: TimeoutStage::Running,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "interrupted early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "interrupted late: {took:?}");
+    assert!(reads.load(Ordering::Relaxed) > 0, "point reads stalled");
+    // The interrupted connection is fine afterwards.
+    for _ in 0..4 {
+        db.query("SELECT count(*) FROM kv", ()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_lane_queries_are_interrupted_too() {
+    let (_dir, db) = open_kv(DbConfig::builder().heavy_readers(1)).await;
+    let opts = QueryOptions {
+        lane: Lane::Heavy,
+        ..within(200)
+    };
+    let e = db.query_with(ENDLESS, (), opts).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let ok = db
+        .query_with(
+            "SELECT 1",
+            (),
+            QueryOptions {
+                lane: Lane::Heavy,
+                ..QueryOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_is_absent() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    let endless_insert = "INSERT INTO kv(k, v) \
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, 'v' FROM c";
+    let neighbour = {
+        let db = db.clone();
+        tokio::spawn(async move { insert(&db, -1).await })
+    };
+    let e = db
+        .execute_with(
+            endless_insert,
+            (),
+            WriteOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            litebridge::Error::Timeout {
+                stage: TimeoutStage::Running,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    neighbour.await.unwrap().unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k > 0").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_deadline_passed_in_the_queue_is_never_started() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    let gate = Gate::default();
+    let holder = hold_writer(&db, &gate).await;
+    let ran = Arc::new(AtomicBool::new(false));
+    let late = {
+        let (db, ran) = (db.clone(), ran.clone());
+        tokio::spawn(async move {
+            db.write_with(
+                WriteOptions {
+                    timeout: Some(Duration::from_millis(50)),
+                    ..WriteOptions::default()
+                },
+                move |c| {
+                    ran.store(true, Ordering::SeqCst);
+                    c.execute("INSERT INTO kv VALUES (5, 'late')", [])?;
+                    Ok(())
+                },
+            )
+            .await
+        })
+    };
+    // Real time must pass for the deadline: the writer is held meanwhile.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    gate.open();
+    holder.await.unwrap().unwrap();
+    let e = late.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            litebridge::Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "an expired request was started"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_caller_does_not_leave_a_connection_busy() {
+    let (_dir, db) = open_kv(DbConfig::builder().heavy_readers(1)).await;
+    let heavy = QueryOptions {
+        lane: Lane::Heavy,
+        timeout: Some(Duration::from_secs(120)),
+        ..QueryOptions::default()
+    };
+    // The caller gives up (drops its future) long before the query's deadline.
+    let r = tokio::time::timeout(
+        Duration::from_millis(100),
+        db.query_with(ENDLESS, (), heavy),
+    )
+    .await;
+    assert!(r.is_err());
+    // With one heavy connection, this only runs if the endless one was interrupted.
+    let started = Instant::now();
+    db.query_with("SELECT 1", (), heavy).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A dropped write that had not started is never run.
+    let gate = Gate::default();
+    let holder = hold_writer(&db, &gate).await;
+    let dropped = {
+        let db = db.clone();
+        tokio::spawn(async move { insert(&db, 9).await })
+    };
+    common::eventually(Duration::from_secs(5), || db.stats().write_queue == 1).await;
+    dropped.abort();
+    let _ = dropped.await;
+    gate.open();
+    holder.await.unwrap().unwrap();
+    insert(&db, 10).await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 9").await, 0);
+    let _ = params![1];
+}

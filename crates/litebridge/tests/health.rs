@@ -1,0 +1,98 @@
+//! Broken connections are replaced, and a dead writer thread gives errors,
+//! never hangs, and comes back.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{count, eventually, insert, open_kv};
+use litebridge::fault::Faults;
+use litebridge::{DbConfig, ErrorKind};
+
+#[tokio::test]
+async fn a_reader_that_fails_is_replaced_and_the_read_succeeds() {
+    let faults = Arc::new(Faults::default());
+    let (_dir, db) = open_kv(DbConfig::builder().readers(2).faults(faults.clone())).await;
+    insert(&db, 1).await.unwrap();
+    faults.break_readers(1);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
+    assert_eq!(db.stats().failed_connections, 1);
+    for _ in 0..10 {
+        assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
+    }
+    assert_eq!(db.stats().failed_connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_replaces_a_broken_idle_reader() {
+    let faults = Arc::new(Faults::default());
+    let (_dir, db) = open_kv(
+        DbConfig::builder()
+            .readers(2)
+            .health_check_interval(Duration::from_millis(20))
+            .faults(faults.clone()),
+    )
+    .await;
+    faults.break_readers(1);
+    // Check a connection out without running a statement: it goes back broken.
+    db.read(|_| Ok(())).await.unwrap();
+    assert_eq!(db.stats().failed_connections, 0);
+    eventually(Duration::from_secs(10), || {
+        db.stats().failed_connections == 1
+    })
+    .await;
+    assert!(db.stats().last_health_check.is_some());
+    for _ in 0..10 {
+        count(&db, "SELECT count(*) FROM kv").await;
+    }
+    assert_eq!(db.stats().failed_connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writer_gives_errors_not_hangs_and_is_restarted() {
+    let faults = Arc::new(Faults::default());
+    let (_dir, db) = open_kv(DbConfig::builder().faults(faults.clone())).await;
+    insert(&db, 1).await.unwrap();
+    faults.panic_writer();
+    let doomed = tokio::time::timeout(Duration::from_secs(10), insert(&db, 2))
+        .await
+        .expect("a caller of a dead writer must not hang");
+    let e = doomed.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_recoverable());
+    // The supervisor restarts the writer; writes work again.
+    insert(&db, 3).await.unwrap();
+    assert_eq!(db.stats().writer_restarts, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 2").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 2);
+    assert!(db.health().healthy);
+}
+
+#[tokio::test]
+async fn closing_commits_what_was_queued_and_refuses_what_comes_after() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    let path = db.path().to_path_buf();
+    let pending: Vec<_> = (0..50i64)
+        .map(|k| {
+            let db = db.clone();
+            tokio::spawn(async move { insert(&db, k).await })
+        })
+        .collect();
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    db.close().await;
+    let e = insert(&db, 99).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        db.query("SELECT 1", ()).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    assert!(!db.health().healthy);
+    drop(db);
+    let reopened = litebridge::Database::open(&path, DbConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(count(&reopened, "SELECT count(*) FROM kv").await, 50);
+}

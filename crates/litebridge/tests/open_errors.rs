@@ -1,0 +1,107 @@
+//! Mistakes a new user makes get one clear error naming what is wrong, and
+//! nothing is written.
+
+use litebridge::{Database, DbConfig, ErrorKind};
+
+#[tokio::test]
+async fn a_directory_as_the_database_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Database::open(dir.path(), DbConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains("directory"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_directory_and_an_unwritable_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("app.db");
+    let e = Database::open(&path, DbConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no-such-dir") && e.to_string().contains("does not exist"),
+        "{e}"
+    );
+
+    // Not writable even for root.
+    let e = Database::open("/proc/litebridge-test.db", DbConfig::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("/proc/litebridge-test.db"), "{e}");
+    assert!(!std::path::Path::new("/proc/litebridge-test.db").exists());
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let content = "these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &content).unwrap();
+    let e = Database::open(&path, DbConfig::default())
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("notes.txt") && msg.contains("not a SQLite database"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "files were created: {names:?}");
+}
+
+#[tokio::test]
+async fn a_bad_config_value_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let mut config = DbConfig::default();
+    config.readers = 0;
+    let e = Database::open(&path, config).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("db.readers"), "{e}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_refused_at_open_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);
+             CREATE INDEX t_v ON t(v);
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000)
+             INSERT INTO t SELECT x, printf('%0100d', x) FROM c;",
+        )
+        .unwrap();
+    }
+    corrupt_middle_pages(&path);
+    let e = Database::open(&path, DbConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("app.db"), "{e}");
+    let r = litebridge::check_file(&path, false).unwrap();
+    assert!(!r.ok);
+}
+
+/// Overwrites a few pages in the middle of the file with garbage.
+pub fn corrupt_middle_pages(path: &std::path::Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    for page in [len / 4096 / 2, len / 4096 / 2 + 3] {
+        f.seek(SeekFrom::Start(page * 4096 + 8)).unwrap();
+        f.write_all(&[0xA5; 2000]).unwrap();
+    }
+}
