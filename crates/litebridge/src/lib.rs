@@ -42,7 +42,7 @@ pub mod value;
 pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempStore};
 pub use db::{
     BackupProgress, BackupReport, CheckReport, CheckpointMode, CheckpointReport, Database, Health,
-    Lane, QueryOptions, WriteOptions, check_file,
+    Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, restore_file,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::LatencySummary;

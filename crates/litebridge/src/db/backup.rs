@@ -45,8 +45,15 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
-/// Copies the database at `source` to `dest`, verified, reporting progress.
-pub(crate) fn backup(
+/// Copies the database file at `source` to `dest` while other connections
+/// (in this process or another) go on reading and writing, verifies the copy
+/// with `quick_check`, and renames it into place. `progress` is called after
+/// each step of 1024 pages.
+///
+/// # Errors
+/// [`Error::Open`] for a bad source or destination; [`Error::Corrupt`] when the
+/// copy fails verification (then nothing is left at `dest`).
+pub fn backup_file(
     source: &Path,
     dest: &Path,
     busy_timeout: Duration,

@@ -136,7 +136,16 @@ pub(crate) fn query(
 /// (`RETURNING`), and reports the changes.
 pub(crate) fn execute(conn: &Connection, sql: &str, params: &Params) -> Result<ExecResult> {
     let mut stmt = prepare(conn, sql)?;
-    bind(&mut stmt, params)?;
+    execute_prepared(conn, &mut stmt, params)
+}
+
+/// As [`execute`], with a statement already prepared.
+pub(crate) fn execute_prepared(
+    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &Params,
+) -> Result<ExecResult> {
+    bind(stmt, params)?;
     let before = conn.total_changes();
     let mut rows = stmt.raw_query();
     while rows.next()?.is_some() {}

@@ -33,13 +33,16 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
-use rusqlite::Connection;
+use std::time::Instant;
+
+use rusqlite::{CachedStatement, Connection};
 use tokio::sync::oneshot;
 
-use crate::db::ffi;
 use crate::db::guard::{self, Budget};
+use crate::db::{exec, ffi};
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
+use crate::value::{ExecResult, Params};
 
 /// One write request as the writer thread sees it.
 pub(crate) trait WriteJob: Send {
@@ -49,7 +52,7 @@ pub(crate) trait WriteJob: Send {
     /// Whether the request runs several statements and needs its own savepoint.
     fn multi(&self) -> bool;
     /// Runs the request inside the open transaction, keeping its result.
-    fn run(&mut self, conn: &Connection) -> Result<()>;
+    fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()>;
     /// Answers the caller: the kept result if `outcome` is Ok, else the error.
     fn finish(self: Box<Self>, outcome: Result<()>);
 }
@@ -105,7 +108,7 @@ where
         self.multi
     }
 
-    fn run(&mut self, conn: &Connection) -> Result<()> {
+    fn run<'c>(&mut self, conn: &'c Connection, _: &mut StatementSlot<'c>) -> Result<()> {
         let f = &mut self.f;
         match catch_unwind(AssertUnwindSafe(|| f(conn))) {
             Ok(Ok(v)) => {
@@ -117,6 +120,89 @@ where
                 message: format!("the write closure panicked: {}", panic_message(&panic)),
             }),
         }
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<()>) {
+        let answer = match (outcome, self.result) {
+            (Ok(()), Some(v)) => Ok(v),
+            (Ok(()), None) => Err(Error::Internal {
+                message: "a write finished without a result".into(),
+            }),
+            (Err(e), _) => Err(e),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The prepared statement of the previous single-statement request of a pass,
+/// kept so a run of requests with the same SQL (the common case: many callers
+/// inserting the same way) skips the statement cache's lookup and return.
+pub(crate) struct StatementSlot<'c> {
+    current: Option<(String, CachedStatement<'c>)>,
+}
+
+impl<'c> StatementSlot<'c> {
+    fn new() -> Self {
+        StatementSlot { current: None }
+    }
+
+    fn get(&mut self, conn: &'c Connection, sql: &str) -> Result<&mut CachedStatement<'c>> {
+        let hit = matches!(&self.current, Some((s, _)) if s == sql);
+        if !hit {
+            self.current = None;
+            let stmt = exec::prepare(conn, sql)?;
+            self.current = Some((sql.to_owned(), stmt));
+        }
+        Ok(&mut self.current.as_mut().expect("set above").1)
+    }
+}
+
+/// A single-statement write (`execute`): no savepoint, statement reuse.
+pub(crate) struct ExecJob {
+    sql: String,
+    params: Params,
+    result: Option<ExecResult>,
+    reply: oneshot::Sender<Result<ExecResult>>,
+    budget: Budget,
+}
+
+impl ExecJob {
+    pub(crate) fn new(
+        budget: Budget,
+        sql: String,
+        params: Params,
+    ) -> (Box<Self>, oneshot::Receiver<Result<ExecResult>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Box::new(ExecJob {
+                sql,
+                params,
+                result: None,
+                reply,
+                budget,
+            }),
+            rx,
+        )
+    }
+}
+
+impl WriteJob for ExecJob {
+    fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn multi(&self) -> bool {
+        false
+    }
+
+    fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()> {
+        let stmt = slot.get(conn, &self.sql)?;
+        self.result = Some(exec::execute_prepared(conn, stmt, &self.params)?);
+        Ok(())
     }
 
     fn finish(self: Box<Self>, outcome: Result<()>) {
@@ -164,6 +250,7 @@ pub(crate) fn commit_batch(
     check_deferred_fks: bool,
     panic_for_test: bool,
 ) {
+    let now = Instant::now();
     let mut status: Vec<Status> = Vec::with_capacity(jobs.len());
     for job in jobs.iter() {
         status.push(if job.abandoned() {
@@ -171,7 +258,7 @@ pub(crate) fn commit_batch(
                 what: "caller",
                 reason: "went away before the write started".into(),
             })
-        } else if job.budget().expired() {
+        } else if job.budget().expired_at(now) {
             counters.timeouts.fetch_add(1, Ordering::Relaxed);
             Status::Failed(job.budget().timeout_error(TimeoutStage::Queued))
         } else {
@@ -187,8 +274,8 @@ pub(crate) fn commit_batch(
         {
             break Ok(());
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            break Err(Error::from(e));
+        if let Err(e) = run_cached(conn, &guard::internal_sql().begin) {
+            break Err(e);
         }
         match run_pass(
             conn,
@@ -218,12 +305,11 @@ pub(crate) fn commit_batch(
         if panic_for_test {
             panic!("writer thread killed by fault injection");
         }
-        match conn.execute_batch("COMMIT") {
+        match run_cached(conn, &guard::internal_sql().commit) {
             Ok(()) => break Ok(()),
             Err(e) => {
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
                 rollback(conn);
-                let e = Error::from(e);
                 break Err(Error::Sql {
                     code: e.sqlite_codes().map_or(1, |c| c.0),
                     extended_code: e.sqlite_codes().map_or(1, |c| c.1),
@@ -250,22 +336,26 @@ fn run_pass(
     check_deferred_fks: bool,
     counters: &Counters,
 ) -> Pass {
+    let mut slot = StatementSlot::new();
+    // Deadlines are compared with one clock reading per pass; a statement
+    // that runs long is still interrupted on time by the progress handler.
+    let now = Instant::now();
     for (job, s) in jobs.iter_mut().zip(status.iter_mut()) {
         if !matches!(s, Status::Pending) {
             continue;
         }
-        if job.budget().expired() {
+        if job.budget().expired_at(now) {
             counters.timeouts.fetch_add(1, Ordering::Relaxed);
             *s = Status::Failed(job.budget().timeout_error(TimeoutStage::Queued));
             continue;
         }
         let savepoint = careful || job.multi();
-        if savepoint && let Err(e) = conn.execute_batch("SAVEPOINT lb_request") {
-            return Pass::Abort(e.into());
+        if savepoint && let Err(e) = run_cached(conn, &guard::internal_sql().savepoint) {
+            return Pass::Abort(e);
         }
         let before = conn.total_changes();
         let scope = guard::enter(job.budget(), true);
-        let mut result = job.run(conn).map_err(|e| scope.map_err(e));
+        let mut result = job.run(conn, &mut slot).map_err(|e| scope.map_err(e));
         drop(scope);
         if result.is_ok() && check_deferred_fks && ffi::deferred_fk_violations(conn) > 0 {
             result = Err(Error::Sql {
@@ -276,8 +366,8 @@ fn run_pass(
         }
         match result {
             Ok(()) => {
-                if savepoint && let Err(e) = conn.execute_batch("RELEASE lb_request") {
-                    return Pass::Abort(e.into());
+                if savepoint && let Err(e) = run_cached(conn, &guard::internal_sql().release) {
+                    return Pass::Abort(e);
                 }
                 *s = Status::Done;
             }
@@ -313,6 +403,13 @@ fn run_pass(
         }
     }
     Pass::Complete
+}
+
+/// Runs one of litebridge's own statements (see [`guard::InternalSql`])
+/// through the statement cache.
+fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 fn rollback(conn: &Connection) {

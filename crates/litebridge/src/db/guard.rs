@@ -51,6 +51,10 @@ impl Budget {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    pub(crate) fn expired_at(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
     fn is_cancelled(&self) -> bool {
         self.cancelled
             .as_ref()
@@ -177,6 +181,42 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
                 Authorization::Deny
             }
             None => Authorization::Allow,
+        }
+    })
+}
+
+/// The text of litebridge's own statements (BEGIN, COMMIT, savepoints, probes).
+///
+/// The authorizer runs when a statement is *prepared*, and prepared statements
+/// are cached by their text. If `COMMIT` prepared by the writer (allowed) sat
+/// in the cache under the text `COMMIT`, a client sending `COMMIT` would get
+/// that cached, already-authorized statement. So every internal statement
+/// carries a comment with a per-process random tag that client SQL cannot
+/// reproduce, and client text never hits an internal cache entry.
+pub(crate) struct InternalSql {
+    pub(crate) begin: String,
+    pub(crate) commit: String,
+    pub(crate) savepoint: String,
+    pub(crate) release: String,
+    pub(crate) probe: String,
+}
+
+pub(crate) fn internal_sql() -> &'static InternalSql {
+    static SQL: std::sync::OnceLock<InternalSql> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let random = || {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        let tag = format!("/* litebridge {:016x}{:016x} */", random(), random());
+        InternalSql {
+            begin: format!("BEGIN IMMEDIATE {tag}"),
+            commit: format!("COMMIT {tag}"),
+            savepoint: format!("SAVEPOINT lb_request {tag}"),
+            release: format!("RELEASE lb_request {tag}"),
+            probe: format!("SELECT count(*) FROM sqlite_schema {tag}"),
         }
     })
 }

@@ -40,6 +40,7 @@ mod guard;
 mod heavy;
 mod open;
 mod readers;
+mod restore;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -50,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-pub use backup::{BackupProgress, BackupReport, CheckReport, check_file};
+pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file};
+pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 
 use crate::config::DbConfig;
@@ -383,12 +385,9 @@ impl Database {
         params: impl Into<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
-        let sql = sql.to_owned();
-        let params = params.into();
-        self.submit(options, false, move |conn| {
-            exec::execute(conn, &sql, &params)
-        })
-        .await
+        let budget = self.inner.budget(options.timeout);
+        let (job, reply) = group_commit::ExecJob::new(budget, sql.to_owned(), params.into());
+        self.submit_job(options, job, reply).await
     }
 
     /// Runs several statements as one atomic unit: all of them commit or none.
@@ -478,9 +477,18 @@ impl Database {
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        let started = Instant::now();
         let budget = self.inner.budget(options.timeout);
         let (job, reply) = Job::new(budget, multi, f);
+        self.submit_job(options, job, reply).await
+    }
+
+    async fn submit_job<T>(
+        &self,
+        options: WriteOptions,
+        job: Box<dyn group_commit::WriteJob>,
+        reply: tokio::sync::oneshot::Receiver<Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
         let admission = if options.no_wait {
             Admission::Try
         } else {
@@ -516,7 +524,7 @@ impl Database {
         let source = self.inner.opener.path.clone();
         let dest = dest.as_ref().to_path_buf();
         let busy = self.inner.opener.config.busy_timeout;
-        tokio::task::spawn_blocking(move || backup::backup(&source, &dest, busy, progress))
+        tokio::task::spawn_blocking(move || backup::backup_file(&source, &dest, busy, progress))
             .await
             .map_err(|e| Error::Internal {
                 message: format!("the backup panicked: {e}"),

@@ -189,7 +189,7 @@ impl ReaderPool {
 /// A cheap statement that fails on a broken connection.
 pub(crate) fn probe(conn: &Connection) -> Result<()> {
     let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
-    conn.prepare_cached("SELECT count(*) FROM sqlite_schema")?
+    conn.prepare_cached(&guard::internal_sql().probe)?
         .query_row([], |r| r.get::<_, i64>(0))?;
     Ok(())
 }

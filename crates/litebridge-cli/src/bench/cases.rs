@@ -1,0 +1,243 @@
+//! The benchmark cases and their baselines (spec section 8). Every case calls
+//! the public async API, one request per operation, each acknowledged on its
+//! own; every baseline is the plain rusqlite design it is compared with.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use litebridge::{Database, DbConfig, Durability, WriteOptions, params};
+use rusqlite::Connection;
+
+use super::measure::{Figures, Rng, Samples, stop_after};
+use crate::CliResult;
+
+/// The 100-byte value of every benchmark row.
+pub(crate) const VALUE: &str = "litebridge-benchmark-value-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVW";
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)";
+const INSERT: &str = "INSERT INTO kv(k, v) VALUES (?1, ?2)";
+const SELECT: &str = "SELECT v FROM kv WHERE k = ?1";
+/// Rows in the table that point reads look up.
+pub(crate) const READ_ROWS: u64 = 100_000;
+
+fn raw_connection(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+    c.execute_batch(&format!("PRAGMA synchronous = {synchronous}; {CREATE};"))?;
+    Ok(c)
+}
+
+async fn open_db(path: &Path, durability: Durability, readers: usize) -> CliResult<Database> {
+    let config = DbConfig::builder()
+        .durability(durability)
+        .readers(readers)
+        .build()?;
+    let db = Database::open(path, config).await?;
+    db.execute(CREATE, ()).await?;
+    Ok(db)
+}
+
+// ----- writes ----------------------------------------------------------------
+
+/// `raw-txn`: one thread, one transaction at a time, a cached statement.
+pub(crate) fn raw_txn(path: &Path, seconds: f64) -> CliResult<Figures> {
+    let conn = raw_connection(path, "NORMAL").map_err(litebridge::Error::from)?;
+    let stop = stop_after(seconds);
+    let mut samples = Samples::with_capacity(4_000_000);
+    let started = Instant::now();
+    let mut k = 0i64;
+    'outer: loop {
+        conn.execute_batch("BEGIN")
+            .map_err(litebridge::Error::from)?;
+        let mut stmt = conn
+            .prepare_cached(INSERT)
+            .map_err(litebridge::Error::from)?;
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            stmt.execute(rusqlite::params![k, VALUE])
+                .map_err(litebridge::Error::from)?;
+            samples.record(t);
+            k += 1;
+        }
+        drop(stmt);
+        conn.execute_batch("COMMIT")
+            .map_err(litebridge::Error::from)?;
+        if stop.load(Ordering::Relaxed) {
+            break 'outer;
+        }
+    }
+    Ok(Figures::from_samples(vec![samples], started.elapsed()))
+}
+
+/// `mutex` / `mutex-full`: 8 threads sharing one connection behind a mutex,
+/// one autocommit transaction per row.
+pub(crate) fn mutex(path: &Path, seconds: f64, full: bool) -> CliResult<Figures> {
+    let sync = if full { "FULL" } else { "NORMAL" };
+    let conn = Arc::new(Mutex::new(
+        raw_connection(path, sync).map_err(litebridge::Error::from)?,
+    ));
+    let stop = stop_after(seconds);
+    let next_key = Arc::new(AtomicI64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (conn, stop, next_key) = (conn.clone(), stop.clone(), next_key.clone());
+            std::thread::spawn(move || {
+                let mut samples = Samples::with_capacity(200_000);
+                while !stop.load(Ordering::Relaxed) {
+                    let k = next_key.fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                    c.prepare_cached(INSERT)
+                        .and_then(|mut s| s.execute(rusqlite::params![k, VALUE]))
+                        .expect("insert");
+                    drop(c);
+                    samples.record(start);
+                }
+                samples
+            })
+        })
+        .collect();
+    let all = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
+    Ok(Figures::from_samples(all, started.elapsed()))
+}
+
+/// `producers` tasks, each keeping `depth` one-row INSERT requests in flight
+/// through group commit; every request waits for its own acknowledgement
+/// (after COMMIT).
+pub(crate) async fn group_commit(
+    path: &Path,
+    seconds: f64,
+    producers: usize,
+    depth: usize,
+    durability: Durability,
+) -> CliResult<Figures> {
+    let db = open_db(path, durability, 2).await?;
+    let stop = stop_after(seconds);
+    // One key sequence for every caller, as in the baselines: rows append.
+    let next_key = Arc::new(AtomicI64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let (db, stop, next_key) = (db.clone(), stop.clone(), next_key.clone());
+            tokio::spawn(async move {
+                let mut samples = Samples::with_capacity(65_536);
+                let mut in_flight = FuturesUnordered::new();
+                loop {
+                    while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
+                        let k = next_key.fetch_add(1, Ordering::Relaxed);
+                        let db = &db;
+                        in_flight.push(async move {
+                            let start = Instant::now();
+                            db.execute(INSERT, params![k, VALUE]).await.map(|_| start)
+                        });
+                    }
+                    match in_flight.next().await {
+                        Some(acked) => samples.record(acked?),
+                        None => break,
+                    }
+                }
+                Ok::<_, litebridge::Error>(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(producers);
+    for t in tasks {
+        all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
+    }
+    let figures = Figures::from_samples(all, started.elapsed());
+    if std::env::var_os("LITEBRIDGE_BENCH_STATS").is_some() {
+        eprintln!("{:#?}", db.stats());
+    }
+    db.close().await;
+    Ok(figures)
+}
+
+// ----- reads -----------------------------------------------------------------
+
+/// Fills the table point reads look up.
+pub(crate) async fn populate(path: &Path) -> CliResult {
+    let db = open_db(path, Durability::Normal, 1).await?;
+    let rows = (0..READ_ROWS as i64).map(|k| params![k, VALUE]).collect();
+    db.execute_many(INSERT, rows, WriteOptions::default())
+        .await?;
+    db.close().await;
+    Ok(())
+}
+
+/// `raw-threads`: 2 threads, each with its own connection, point reads.
+pub(crate) fn raw_threads(path: &Path, seconds: f64) -> CliResult<Figures> {
+    let stop = stop_after(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let stop = stop.clone();
+            let path = path.to_path_buf();
+            std::thread::spawn(move || -> rusqlite::Result<Samples> {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                let mut stmt = conn.prepare_cached(SELECT)?;
+                let mut rng = Rng::new(t + 1);
+                let mut samples = Samples::with_capacity(1_000_000);
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let k = rng.below(READ_ROWS) as i64;
+                    let v: String = stmt.query_row([k], |r| r.get(0))?;
+                    std::hint::black_box(v);
+                    samples.record(start);
+                }
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.push(
+            t.join()
+                .map_err(|_| crate::Failure::new("a baseline thread panicked"))?
+                .map_err(litebridge::Error::from)?,
+        );
+    }
+    Ok(Figures::from_samples(all, started.elapsed()))
+}
+
+/// `read-point`: 64 concurrent callers, point reads through the read lane of 2 readers.
+pub(crate) async fn read_point(path: &Path, seconds: f64) -> CliResult<Figures> {
+    let db = open_db(path, Durability::Normal, 2).await?;
+    let stop: Arc<AtomicBool> = stop_after(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let (db, stop) = (db.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(t + 100);
+                let mut samples = Samples::with_capacity(100_000);
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let k = rng.below(READ_ROWS) as i64;
+                    let rows = db.query(SELECT, params![k]).await?;
+                    std::hint::black_box(rows);
+                    samples.record(start);
+                }
+                Ok::<_, litebridge::Error>(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
+    }
+    let figures = Figures::from_samples(all, started.elapsed());
+    db.close().await;
+    Ok(figures)
+}

@@ -1,0 +1,76 @@
+//! Collecting operation counts and latencies, and turning them into figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What one producer saw: per-operation latencies in nanoseconds.
+#[derive(Debug, Default)]
+pub(crate) struct Samples(pub(crate) Vec<u32>);
+
+impl Samples {
+    pub(crate) fn with_capacity(n: usize) -> Samples {
+        Samples(Vec::with_capacity(n))
+    }
+
+    pub(crate) fn record(&mut self, since: Instant) {
+        self.0
+            .push(u32::try_from(since.elapsed().as_nanos()).unwrap_or(u32::MAX));
+    }
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figures {
+    pub(crate) ops: u64,
+    pub(crate) ops_per_sec: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+}
+
+impl Figures {
+    pub(crate) fn from_samples(all: Vec<Samples>, elapsed: Duration) -> Figures {
+        let mut lat: Vec<u32> = all.into_iter().flat_map(|s| s.0).collect();
+        lat.sort_unstable();
+        let q = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            let i = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
+            f64::from(lat[i]) / 1000.0
+        };
+        Figures {
+            ops: lat.len() as u64,
+            ops_per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+            p50_us: q(0.50),
+            p99_us: q(0.99),
+        }
+    }
+}
+
+/// A flag that turns true after `seconds`, set by a timer thread.
+pub(crate) fn stop_after(seconds: f64) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// A small fast generator for benchmark keys (xorshift64*).
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}

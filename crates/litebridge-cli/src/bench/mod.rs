@@ -1,0 +1,190 @@
+//! `litebridge bench`: each case against a baseline measured in the same run
+//! on the same machine, so the ratio holds when the machine's speed drifts.
+
+mod cases;
+mod measure;
+
+use std::path::Path;
+
+use litebridge::Durability;
+use measure::Figures;
+
+use crate::output::Progress;
+use crate::{CliResult, Failure};
+
+/// A case and what it is compared with.
+struct Case {
+    name: &'static str,
+    baseline: &'static str,
+    /// The ratio the issue asks for.
+    target: f64,
+    what: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "write-pipelined",
+        baseline: "raw-txn",
+        target: 0.75,
+        what: "8 producers x 64 in flight, one-row INSERT through group commit",
+    },
+    Case {
+        name: "write-sequential",
+        baseline: "mutex",
+        target: 1.2,
+        what: "8 producers x 1 in flight",
+    },
+    Case {
+        name: "write-full",
+        baseline: "mutex-full",
+        target: 3.0,
+        what: "8 producers x 1 in flight, durability full",
+    },
+    Case {
+        name: "read-point",
+        baseline: "raw-threads",
+        target: 0.7,
+        what: "64 callers, point reads by primary key, 2 readers",
+    },
+];
+
+pub(crate) async fn run(case: &str, seconds: f64, json: bool, dir: Option<&Path>) -> CliResult {
+    let selected: Vec<&Case> = if case == "all" {
+        CASES.iter().collect()
+    } else {
+        match CASES.iter().find(|c| c.name == case) {
+            Some(c) => vec![c],
+            None => {
+                let names: Vec<_> = CASES.iter().map(|c| c.name).collect();
+                return Err(Failure::new(format!(
+                    "unknown bench case {case:?}; the cases are: all, {}",
+                    names.join(", ")
+                )));
+            }
+        }
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
+        return Err(Failure::new(format!(
+            "--seconds {seconds} is out of range; give a number of seconds from 0.1 to 600"
+        )));
+    }
+    let base = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir(),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("litebridge-bench-")
+        .tempdir_in(&base)
+        .map_err(|e| {
+            Failure::new(format!(
+                "cannot create a scratch directory in {}: {e}",
+                base.display()
+            ))
+        })?;
+    if !json {
+        println!(
+            "{:<17} {:>12} {:>9} {:>9}   {:<12} {:>12} {:>7} {:>7}",
+            "case", "ops/s", "p50 us", "p99 us", "baseline", "ops/s", "ratio", "target"
+        );
+    }
+    for (i, c) in selected.iter().enumerate() {
+        let progress = Progress::new(format!("bench ({}/{}) {}:", i + 1, selected.len(), c.name));
+        let dir = scratch.path().join(c.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+        let (figures, baseline) = run_case(c, &dir, seconds, &progress).await?;
+        progress.finish();
+        let _ = std::fs::remove_dir_all(&dir);
+        let ratio = figures.ops_per_sec / baseline.ops_per_sec;
+        if json {
+            let line = serde_json::json!({
+                "case": c.name,
+                "ops_per_sec": round(figures.ops_per_sec),
+                "p50_us": round(figures.p50_us),
+                "p99_us": round(figures.p99_us),
+                "baseline": c.baseline,
+                "baseline_ops_per_sec": round(baseline.ops_per_sec),
+                "ratio": (ratio * 1000.0).round() / 1000.0,
+                "baseline_p50_us": round(baseline.p50_us),
+                "baseline_p99_us": round(baseline.p99_us),
+                "target_ratio": c.target,
+                "ops": figures.ops,
+                "baseline_ops": baseline.ops,
+                "seconds": seconds,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<17} {:>12.0} {:>9.1} {:>9.1}   {:<12} {:>12.0} {:>7.2} {:>6}{}",
+                c.name,
+                figures.ops_per_sec,
+                figures.p50_us,
+                figures.p99_us,
+                c.baseline,
+                baseline.ops_per_sec,
+                ratio,
+                format!(">={}", c.target),
+                if ratio >= c.target {
+                    ""
+                } else {
+                    "  (below target)"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn round(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+async fn run_case(
+    c: &Case,
+    dir: &Path,
+    seconds: f64,
+    progress: &Progress,
+) -> CliResult<(Figures, Figures)> {
+    let base_path = dir.join("baseline.db");
+    let case_path = dir.join("case.db");
+    progress.message(&format!("baseline {} ({seconds} s)", c.baseline));
+    let skip = std::env::var_os("LB_SKIP_BASELINE").is_some();
+    let baseline = match c.baseline {
+        _ if skip => Figures {
+            ops: 1,
+            ops_per_sec: 1.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+        },
+        "raw-txn" => blocking(move || cases::raw_txn(&base_path, seconds)).await?,
+        "mutex" => blocking(move || cases::mutex(&base_path, seconds, false)).await?,
+        "mutex-full" => blocking(move || cases::mutex(&base_path, seconds, true)).await?,
+        "raw-threads" => {
+            cases::populate(&case_path).await?;
+            let p = case_path.clone();
+            blocking(move || cases::raw_threads(&p, seconds)).await?
+        }
+        other => return Err(Failure::new(format!("no baseline {other}"))),
+    };
+    progress.message(&format!("{} ({seconds} s): {}", c.name, c.what));
+    let figures = match c.name {
+        "write-pipelined" => {
+            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
+        }
+        "write-sequential" => {
+            cases::group_commit(&case_path, seconds, 8, 1, Durability::Normal).await?
+        }
+        "write-full" => cases::group_commit(&case_path, seconds, 8, 1, Durability::Full).await?,
+        "read-point" => cases::read_point(&case_path, seconds).await?,
+        other => return Err(Failure::new(format!("no case {other}"))),
+    };
+    Ok((figures, baseline))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> CliResult<T> + Send + 'static,
+) -> CliResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::new(format!("a baseline panicked: {e}")))?
+}

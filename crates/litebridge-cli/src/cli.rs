@@ -1,0 +1,85 @@
+//! The command line (spec section 2).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// litebridge: a resilient SQLite service and process bridge.
+#[derive(Debug, Parser)]
+#[command(name = "litebridge", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run one SQL statement and print its rows (a table, or JSON with --json).
+    ///
+    /// Each PARAM binds to ?1, ?2, ...; it is read as JSON when it parses
+    /// (42, 1.5, null, "42" as text, {"$blob": "..."}), as plain text otherwise.
+    Query {
+        /// The database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// One SQL statement.
+        sql: String,
+        /// Positional parameters.
+        params: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Create the database file if it does not exist.
+        #[arg(long)]
+        create: bool,
+        /// Stop the statement after this many milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Check a database file: quick_check, or integrity_check and foreign_key_check
+    /// with --full. Exit code 0 when sound, 2 when damaged.
+    Check {
+        /// The database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// Run the full integrity and foreign-key checks.
+        #[arg(long)]
+        full: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a database online (writers keep going), verified before it is put in place.
+    Backup {
+        /// The database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// The backup file to write.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Replace a database with a verified backup; the replaced file is kept aside.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The database file to replace.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Measure litebridge against baselines run on this machine in the same run.
+    Bench {
+        /// A case name, or "all".
+        #[arg(long, default_value = "all")]
+        case: String,
+        /// Seconds each case and each baseline runs.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// One JSON object per line per case.
+        #[arg(long)]
+        json: bool,
+        /// Directory for the benchmark's scratch databases (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}

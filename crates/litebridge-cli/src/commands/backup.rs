@@ -1,0 +1,57 @@
+//! `litebridge backup` and `litebridge restore`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::output::{Progress, human_age, human_bytes, utc_stamp};
+use crate::{CliResult, Failure};
+
+pub(crate) fn backup(db: &Path, to: &Path) -> CliResult {
+    if !db.is_file() {
+        return Err(Failure::new(format!(
+            "database {} does not exist or is not a file",
+            db.display()
+        )));
+    }
+    let bar = Progress::new(format!("backup {}", db.display()));
+    let report = litebridge::backup_file(db, to, Duration::from_secs(5), |p| {
+        bar.ratio(p.copied, p.total)
+    })?;
+    bar.finish();
+    println!(
+        "backed up {} to {} ({}, {} pages, verified) in {} ms",
+        db.display(),
+        report.path.display(),
+        human_bytes(report.bytes),
+        report.pages,
+        report.elapsed.as_millis()
+    );
+    Ok(())
+}
+
+pub(crate) fn restore(from: &Path, db: &Path) -> CliResult {
+    if !from.is_file() {
+        return Err(Failure::new(format!(
+            "backup {} does not exist or is not a file",
+            from.display()
+        )));
+    }
+    let mut aside = db.as_os_str().to_owned();
+    aside.push(format!(".replaced-{}", utc_stamp(SystemTime::now(), true)));
+    let bar = Progress::new(format!("restore {}", from.display()));
+    let report = litebridge::restore_file(from, db, Path::new(&aside), |done, total| {
+        bar.ratio(done, total)
+    })?;
+    bar.finish();
+    println!(
+        "restored {} from {} ({}, backup taken {} ago)",
+        db.display(),
+        from.display(),
+        human_bytes(report.bytes),
+        human_age(report.backup_age)
+    );
+    if let Some(kept) = report.replaced_kept_at {
+        println!("the replaced database is kept at {}", kept.display());
+    }
+    Ok(())
+}
