@@ -9,11 +9,8 @@ use crate::histogram::{Histogram, LatencySummary};
 /// Live counters, shared by the components of one database.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) reads: AtomicU64,
     pub(crate) read_errors: AtomicU64,
-    pub(crate) writes: AtomicU64,
     pub(crate) write_errors: AtomicU64,
-    pub(crate) heavy: AtomicU64,
     pub(crate) heavy_errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) overloaded: AtomicU64,
@@ -26,7 +23,6 @@ pub(crate) struct Counters {
     pub(crate) commit_failures: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) read_waiters: AtomicUsize,
-    pub(crate) reads_active: AtomicUsize,
     pub(crate) heavy_active: AtomicUsize,
     pub(crate) write_active: AtomicUsize,
     pub(crate) last_health_check_unix_ms: AtomicU64,
@@ -122,11 +118,11 @@ impl DbStats {
         let batched = c.batched_requests.load(Ordering::Relaxed);
         let last = c.last_health_check_unix_ms.load(Ordering::Relaxed);
         DbStats {
-            total_reads: c.reads.load(Ordering::Relaxed),
+            total_reads: c.read_latency.count(),
             read_errors: c.read_errors.load(Ordering::Relaxed),
-            total_writes: c.writes.load(Ordering::Relaxed),
+            total_writes: c.write_latency.count(),
             write_errors: c.write_errors.load(Ordering::Relaxed),
-            total_heavy: c.heavy.load(Ordering::Relaxed),
+            total_heavy: c.heavy_latency.count(),
             heavy_errors: c.heavy_errors.load(Ordering::Relaxed),
             timeouts: c.timeouts.load(Ordering::Relaxed),
             overloaded: c.overloaded.load(Ordering::Relaxed),

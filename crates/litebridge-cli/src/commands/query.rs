@@ -55,7 +55,7 @@ pub(crate) async fn run(
                 timeout,
                 ..WriteOptions::default()
             };
-            let r = db.execute_with(sql, params, write).await?;
+            let r = db.execute_with(sql.to_owned(), params, write).await?;
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {

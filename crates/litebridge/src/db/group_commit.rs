@@ -30,6 +30,7 @@
 //! transaction are given to every request not yet answered rather than
 //! retried one request at a time.
 
+use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
@@ -138,7 +139,7 @@ where
 /// kept so a run of requests with the same SQL (the common case: many callers
 /// inserting the same way) skips the statement cache's lookup and return.
 pub(crate) struct StatementSlot<'c> {
-    current: Option<(String, CachedStatement<'c>)>,
+    current: Option<(Cow<'static, str>, CachedStatement<'c>)>,
 }
 
 impl<'c> StatementSlot<'c> {
@@ -146,20 +147,27 @@ impl<'c> StatementSlot<'c> {
         StatementSlot { current: None }
     }
 
-    fn get(&mut self, conn: &'c Connection, sql: &str) -> Result<&mut CachedStatement<'c>> {
-        let hit = matches!(&self.current, Some((s, _)) if s == sql);
+    fn get(
+        &mut self,
+        conn: &'c Connection,
+        sql: &Cow<'static, str>,
+    ) -> Result<&mut CachedStatement<'c>> {
+        let hit = matches!(&self.current, Some((s, _))
+            // The same string literal: no need to compare the text.
+            if (s.as_ptr() == sql.as_ptr() && s.len() == sql.len()) || s == sql);
         if !hit {
             self.current = None;
             let stmt = exec::prepare(conn, sql)?;
-            self.current = Some((sql.to_owned(), stmt));
+            self.current = Some((sql.clone(), stmt));
         }
         Ok(&mut self.current.as_mut().expect("set above").1)
     }
 }
 
-/// A single-statement write (`execute`): no savepoint, statement reuse.
+/// A single-statement write (`execute`): no savepoint, statement reuse, and
+/// carried inline on the queue (no allocation of its own).
 pub(crate) struct ExecJob {
-    sql: String,
+    sql: Cow<'static, str>,
     params: Params,
     result: Option<ExecResult>,
     reply: oneshot::Sender<Result<ExecResult>>,
@@ -169,34 +177,20 @@ pub(crate) struct ExecJob {
 impl ExecJob {
     pub(crate) fn new(
         budget: Budget,
-        sql: String,
+        sql: Cow<'static, str>,
         params: Params,
-    ) -> (Box<Self>, oneshot::Receiver<Result<ExecResult>>) {
+    ) -> (Self, oneshot::Receiver<Result<ExecResult>>) {
         let (reply, rx) = oneshot::channel();
         (
-            Box::new(ExecJob {
+            ExecJob {
                 sql,
                 params,
                 result: None,
                 reply,
                 budget,
-            }),
+            },
             rx,
         )
-    }
-}
-
-impl WriteJob for ExecJob {
-    fn budget(&self) -> &Budget {
-        &self.budget
-    }
-
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-
-    fn multi(&self) -> bool {
-        false
     }
 
     fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()> {
@@ -205,7 +199,7 @@ impl WriteJob for ExecJob {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, outcome: Result<()>) {
+    fn finish(self, outcome: Result<()>) {
         let answer = match (outcome, self.result) {
             (Ok(()), Some(v)) => Ok(v),
             (Ok(()), None) => Err(Error::Internal {
@@ -214,6 +208,49 @@ impl WriteJob for ExecJob {
             (Err(e), _) => Err(e),
         };
         let _ = self.reply.send(answer);
+    }
+}
+
+/// A write request on the queue: a single statement inline, anything else boxed.
+pub(crate) enum Request {
+    Exec(ExecJob),
+    Other(Box<dyn WriteJob>),
+}
+
+impl Request {
+    pub(crate) fn budget(&self) -> &Budget {
+        match self {
+            Request::Exec(j) => &j.budget,
+            Request::Other(j) => j.budget(),
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        match self {
+            Request::Exec(j) => j.reply.is_closed(),
+            Request::Other(j) => j.abandoned(),
+        }
+    }
+
+    fn multi(&self) -> bool {
+        match self {
+            Request::Exec(_) => false,
+            Request::Other(j) => j.multi(),
+        }
+    }
+
+    fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()> {
+        match self {
+            Request::Exec(j) => j.run(conn, slot),
+            Request::Other(j) => j.run(conn, slot),
+        }
+    }
+
+    pub(crate) fn finish(self, outcome: Result<()>) {
+        match self {
+            Request::Exec(j) => j.finish(outcome),
+            Request::Other(j) => j.finish(outcome),
+        }
     }
 }
 
@@ -245,7 +282,7 @@ enum Pass {
 /// Runs one batch of requests as one transaction and answers every caller.
 pub(crate) fn commit_batch(
     conn: &Connection,
-    jobs: &mut Vec<Box<dyn WriteJob>>,
+    jobs: &mut Vec<Request>,
     counters: &Counters,
     check_deferred_fks: bool,
     panic_for_test: bool,
@@ -330,7 +367,7 @@ pub(crate) fn commit_batch(
 
 fn run_pass(
     conn: &Connection,
-    jobs: &mut [Box<dyn WriteJob>],
+    jobs: &mut [Request],
     status: &mut [Status],
     careful: bool,
     check_deferred_fks: bool,

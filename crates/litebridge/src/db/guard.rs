@@ -31,8 +31,10 @@ use crate::error::{Error, Result, TimeoutStage};
 const PROGRESS_OPS: i32 = 1000;
 
 /// The deadline and cancellation of one operation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Budget {
+    /// When the operation was asked for (its latency is measured from here).
+    pub(crate) started: Instant,
     pub(crate) deadline: Option<Instant>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
@@ -40,8 +42,10 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn new(timeout: Option<Duration>) -> Budget {
+        let started = Instant::now();
         Budget {
-            deadline: timeout.map(|t| Instant::now() + t),
+            started,
+            deadline: timeout.map(|t| started + t),
             timeout,
             cancelled: None,
         }

@@ -28,11 +28,13 @@
 //! request whose deadline passes while it is queued is never started. A write
 //! that times out did not commit: the writer, not the caller's timer, decides.
 //!
-//! **Checkpoints** are run by the writer after it has answered a batch (and
-//! when idle), passive first and `TRUNCATE` when readers keep the WAL from
-//! being reused, so the WAL stays bounded under continuous reads and writes.
+//! **Checkpoints** run on a thread of their own ([`checkpointer`]), nudged by
+//! the writer when the WAL passes a threshold: passive first, `TRUNCATE` when
+//! readers keep the WAL from being reused, so the WAL stays bounded under
+//! continuous reads and writes and checkpoint I/O never stalls a write.
 
 mod backup;
+mod checkpointer;
 mod exec;
 mod ffi;
 mod group_commit;
@@ -43,6 +45,7 @@ mod readers;
 mod restore;
 mod writer;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -59,7 +62,7 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::stats::{Counters, DbStats};
 use crate::value::{ExecResult, Params, Rows, Statement};
-use group_commit::Job;
+use group_commit::{Job, Request};
 use guard::Budget;
 use heavy::HeavyLane;
 use open::Opener;
@@ -142,6 +145,7 @@ impl std::fmt::Debug for Database {
 struct Inner {
     opener: Opener,
     writer: WriterHandle,
+    checkpointer: checkpointer::Checkpointer,
     readers: ReaderPool,
     heavy: HeavyLane,
     counters: Arc<Counters>,
@@ -164,6 +168,7 @@ impl Inner {
         self.readers.close();
         self.heavy.shutdown();
         self.writer.shutdown();
+        self.checkpointer.shutdown();
     }
 
     fn budget(&self, timeout: Option<Duration>) -> Budget {
@@ -205,12 +210,13 @@ impl Database {
             config: Arc::new(config),
         };
         let counters = Arc::new(Counters::default());
-        let writer = WriterHandle::start(opener.clone(), counters.clone())?;
+        let (writer, checkpointer) = WriterHandle::start(opener.clone(), counters.clone())?;
         let readers = ReaderPool::new(opener.clone(), counters.clone())?;
         let heavy = HeavyLane::start(&opener, counters.clone())?;
         let inner = Arc::new(Inner {
             opener,
             writer,
+            checkpointer,
             readers,
             heavy,
             counters,
@@ -317,10 +323,7 @@ impl Database {
     ) -> Result<T> {
         let started = Instant::now();
         let c = &self.inner.counters;
-        c.reads_active.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.readers.run(budget, f).await;
-        c.reads_active.fetch_sub(1, Ordering::Relaxed);
-        c.reads.fetch_add(1, Ordering::Relaxed);
         c.read_latency.record(started.elapsed());
         self.count_error(&r, &c.read_errors);
         r
@@ -334,7 +337,6 @@ impl Database {
         let started = Instant::now();
         let c = &self.inner.counters;
         let r = self.inner.heavy.run(budget, f).await;
-        c.heavy.fetch_add(1, Ordering::Relaxed);
         c.heavy_latency.record(started.elapsed());
         self.count_error(&r, &c.heavy_errors);
         r
@@ -353,11 +355,17 @@ impl Database {
 
     /// Runs one statement through group commit; answers after COMMIT.
     ///
+    /// `sql` is a string literal or an owned `String` (a literal costs no copy).
+    ///
     /// # Errors
     /// [`Error::Sql`] for this statement alone (the rest of its batch commits);
     /// [`Error::Timeout`] if it did not commit before the deadline;
     /// [`Error::Unavailable`] if the writer died while holding it (not committed).
-    pub async fn execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+    pub async fn execute(
+        &self,
+        sql: impl Into<Cow<'static, str>>,
+        params: impl Into<Params>,
+    ) -> Result<ExecResult> {
         self.execute_with(sql, params, WriteOptions::default())
             .await
     }
@@ -367,7 +375,11 @@ impl Database {
     ///
     /// # Errors
     /// As [`Database::execute`], plus [`Error::Overloaded`].
-    pub async fn try_execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+    pub async fn try_execute(
+        &self,
+        sql: impl Into<Cow<'static, str>>,
+        params: impl Into<Params>,
+    ) -> Result<ExecResult> {
         let options = WriteOptions {
             no_wait: true,
             ..WriteOptions::default()
@@ -381,13 +393,13 @@ impl Database {
     /// As [`Database::execute`].
     pub async fn execute_with(
         &self,
-        sql: &str,
+        sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
         let budget = self.inner.budget(options.timeout);
-        let (job, reply) = group_commit::ExecJob::new(budget, sql.to_owned(), params.into());
-        self.submit_job(options, job, reply).await
+        let (job, reply) = group_commit::ExecJob::new(budget, sql.into(), params.into());
+        self.submit_job(options, Request::Exec(job), reply).await
     }
 
     /// Runs several statements as one atomic unit: all of them commit or none.
@@ -479,16 +491,16 @@ impl Database {
     {
         let budget = self.inner.budget(options.timeout);
         let (job, reply) = Job::new(budget, multi, f);
-        self.submit_job(options, job, reply).await
+        self.submit_job(options, Request::Other(job), reply).await
     }
 
     async fn submit_job<T>(
         &self,
         options: WriteOptions,
-        job: Box<dyn group_commit::WriteJob>,
+        job: Request,
         reply: tokio::sync::oneshot::Receiver<Result<T>>,
     ) -> Result<T> {
-        let started = Instant::now();
+        let started = job.budget().started;
         let admission = if options.no_wait {
             Admission::Try
         } else {
@@ -499,7 +511,6 @@ impl Database {
             Ok(()) => reply.await.unwrap_or_else(|_| Err(Error::writer_gone())),
             Err(e) => Err(e),
         };
-        c.writes.fetch_add(1, Ordering::Relaxed);
         c.write_latency.record(started.elapsed());
         if r.is_err() {
             c.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -589,7 +600,7 @@ impl Database {
             .heavy
             .size()
             .saturating_sub(i.counters.heavy_active.load(Ordering::Relaxed));
-        s.active_connections = i.counters.reads_active.load(Ordering::Relaxed)
+        s.active_connections = (i.readers.size() - i.readers.available())
             + i.counters.heavy_active.load(Ordering::Relaxed)
             + i.counters.write_active.load(Ordering::Relaxed);
         s.wal_bytes = self.wal_bytes();

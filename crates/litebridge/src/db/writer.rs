@@ -3,9 +3,9 @@
 //!
 //! Callers put a [`WriteJob`] on a bounded queue and await its answer. The
 //! thread takes what is queued (up to `max_batch`, waiting up to `max_wait` for
-//! more), hands it to [`commit_batch`], then, with every caller answered, runs
-//! any checkpoint that is due, so checkpoint I/O never delays an
-//! acknowledgement. When idle it checks its connection and checkpoints.
+//! more) and hands it to [`commit_batch`]. After a commit that leaves the WAL
+//! past the checkpoint threshold it nudges the checkpointer thread, so
+//! checkpoint I/O never runs here. When idle it checks its connection.
 //!
 //! If the thread panics, the requests of the batch in hand are answered with
 //! an `unavailable` error as their reply channels drop (they did not commit:
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::db::group_commit::{WriteJob, commit_batch};
+use crate::db::checkpointer::{Checkpointer, Nudge};
+use crate::db::group_commit::{Request, commit_batch};
 use crate::db::guard::{self, Budget};
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
@@ -28,7 +29,7 @@ use crate::stats::Counters;
 
 /// A message on the writer's queue.
 pub(crate) enum Msg {
-    Job(Box<dyn WriteJob>),
+    Job(Request),
     /// Commit what came before, answer what comes after with `closed`, exit.
     Stop,
 }
@@ -54,24 +55,30 @@ pub(crate) enum Admission {
 
 impl WriterHandle {
     /// Opens the writer connection (failing `open` if it cannot) and starts the thread.
-    pub(crate) fn start(opener: Opener, counters: Arc<Counters>) -> Result<WriterHandle> {
+    pub(crate) fn start(
+        opener: Opener,
+        counters: Arc<Counters>,
+    ) -> Result<(WriterHandle, Checkpointer)> {
         let conn = opener.open_writer(true)?;
+        let checkpointer = Checkpointer::start(&opener, counters.clone())?;
+        let nudge = checkpointer.nudge();
         let capacity = opener.config.write_queue;
         let (tx, rx) = flume::bounded(capacity);
         let c = counters.clone();
         let drain = rx.clone();
         let thread = std::thread::Builder::new()
             .name("litebridge-writer".into())
-            .spawn(move || supervise(conn, rx, opener, c))
+            .spawn(move || supervise(conn, rx, opener, c, nudge))
             .map_err(|e| Error::io("cannot start the writer thread", "litebridge-writer", e))?;
-        Ok(WriterHandle {
+        let handle = WriterHandle {
             tx,
             drain,
             thread: Mutex::new(Some(thread)),
             closed: AtomicBool::new(false),
             capacity,
             counters,
-        })
+        };
+        Ok((handle, checkpointer))
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -90,7 +97,7 @@ impl WriterHandle {
 
     /// Queues a job. On the `Try` path a full queue answers `overloaded` at
     /// once; on the `Wait` path the caller waits for room until its deadline.
-    pub(crate) async fn submit(&self, job: Box<dyn WriteJob>, admission: Admission) -> Result<()> {
+    pub(crate) async fn submit(&self, job: Request, admission: Admission) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
@@ -109,7 +116,7 @@ impl WriterHandle {
         }
         let budget = match &job {
             Msg::Job(j) => j.budget().clone(),
-            Msg::Stop => Budget::default(),
+            Msg::Stop => Budget::new(None),
         };
         let send = self.tx.send_async(job);
         let sent = match budget.deadline {
@@ -159,12 +166,18 @@ impl WriterHandle {
 }
 
 /// Restarts the writer loop whenever it dies, until it is stopped.
-fn supervise(conn: Connection, rx: flume::Receiver<Msg>, opener: Opener, counters: Arc<Counters>) {
+fn supervise(
+    conn: Connection,
+    rx: flume::Receiver<Msg>,
+    opener: Opener,
+    counters: Arc<Counters>,
+    nudge: Nudge,
+) {
     let mut conn = Some(conn);
     let mut backoff = Duration::from_millis(10);
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
-            writer_loop(&mut conn, &rx, &opener, &counters)
+            writer_loop(&mut conn, &rx, &opener, &counters, &nudge)
         }));
         match run {
             Ok(()) => return,
@@ -186,16 +199,17 @@ fn writer_loop(
     rx: &flume::Receiver<Msg>,
     opener: &Opener,
     counters: &Counters,
+    nudge: &Nudge,
 ) {
     let config = opener.config.clone();
     let max_batch = config.max_batch;
     let idle_tick = config.health_check_interval.min(Duration::from_secs(1));
     let check_fks = config.foreign_keys;
-    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch.min(4096));
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch.min(4096));
     let wal_pages = Arc::new(AtomicU32::new(0));
     let mut hooked = false;
     let mut last_check = Instant::now();
-    let mut checkpointer = Checkpointer::new(opener);
+    let passive_pages = config.checkpoint.passive_pages;
     loop {
         if slot.is_none() {
             match opener.open_writer(false) {
@@ -220,10 +234,7 @@ fn writer_loop(
         let mut stopping = false;
         let first = match spin_recv(rx).map_or_else(|| rx.recv_timeout(idle_tick), Ok) {
             Ok(Msg::Job(job)) => job,
-            Ok(Msg::Stop) => {
-                checkpointer.on_close(conn, counters);
-                return;
-            }
+            Ok(Msg::Stop) => return,
             Err(flume::RecvTimeoutError::Timeout) => {
                 if last_check.elapsed() >= config.health_check_interval {
                     last_check = Instant::now();
@@ -234,18 +245,21 @@ fn writer_loop(
                         continue;
                     }
                 }
-                if wal_pages.load(Ordering::Relaxed) > 0 {
-                    checkpointer.idle(conn, &wal_pages, counters);
-                }
                 continue;
             }
-            Err(flume::RecvTimeoutError::Disconnected) => {
-                checkpointer.on_close(conn, counters);
-                return;
-            }
+            Err(flume::RecvTimeoutError::Disconnected) => return,
         };
         batch.push(first);
-        while batch.len() < max_batch {
+        // Take what is queued under one lock when it fits in the batch.
+        if rx.len() < max_batch - batch.len() {
+            for msg in rx.drain() {
+                match msg {
+                    Msg::Job(job) => batch.push(job),
+                    Msg::Stop => stopping = true,
+                }
+            }
+        }
+        while !stopping && batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => batch.push(job),
                 Ok(Msg::Stop) => {
@@ -275,11 +289,10 @@ fn writer_loop(
             .is_some_and(|f| f.take_panic_writer());
         commit_batch(conn, &mut batch, counters, check_fks, panic_now);
         counters.write_active.store(0, Ordering::Relaxed);
+        nudge.after_commit(conn, &wal_pages, passive_pages, counters);
         if stopping {
-            checkpointer.on_close(conn, counters);
             return;
         }
-        checkpointer.after_commit(conn, &wal_pages, counters);
     }
 }
 
@@ -326,68 +339,6 @@ fn healthy(conn: &Connection) -> bool {
         r.get::<_, i64>(0)
     })
     .is_ok()
-}
-
-/// The checkpoint policy (see [`CheckpointConfig`](crate::CheckpointConfig)).
-struct Checkpointer {
-    wal_path: std::path::PathBuf,
-    passive_pages: u32,
-    max_wal_bytes: u64,
-    restart_wait: Duration,
-    busy_timeout: Duration,
-}
-
-impl Checkpointer {
-    fn new(opener: &Opener) -> Checkpointer {
-        let c = &opener.config;
-        Checkpointer {
-            wal_path: opener.wal_path(),
-            passive_pages: c.checkpoint.passive_pages,
-            max_wal_bytes: c.checkpoint.max_wal_bytes,
-            restart_wait: c.checkpoint.restart_wait,
-            busy_timeout: c.busy_timeout,
-        }
-    }
-
-    fn after_commit(&mut self, conn: &Connection, wal_pages: &AtomicU32, counters: &Counters) {
-        if wal_pages.load(Ordering::Relaxed) < self.passive_pages {
-            return;
-        }
-        self.run(conn, CheckpointMode::Passive, wal_pages, counters);
-        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        if size > self.max_wal_bytes {
-            // Readers keep pinning old frames, so passive checkpoints cannot
-            // catch up: wait briefly for them and restart the log.
-            let _ = conn.busy_timeout(self.restart_wait);
-            self.run(conn, CheckpointMode::Truncate, wal_pages, counters);
-            let _ = conn.busy_timeout(self.busy_timeout);
-        }
-    }
-
-    fn idle(&mut self, conn: &Connection, wal_pages: &AtomicU32, counters: &Counters) {
-        self.run(conn, CheckpointMode::Passive, wal_pages, counters);
-    }
-
-    fn on_close(&mut self, conn: &Connection, counters: &Counters) {
-        let _ = conn.busy_timeout(self.restart_wait);
-        let pages = AtomicU32::new(0);
-        self.run(conn, CheckpointMode::Truncate, &pages, counters);
-    }
-
-    fn run(
-        &mut self,
-        conn: &Connection,
-        mode: CheckpointMode,
-        wal_pages: &AtomicU32,
-        counters: &Counters,
-    ) {
-        if let Ok(r) = checkpoint(conn, mode) {
-            counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-            if r.log_pages == r.checkpointed_pages || r.log_pages < 0 {
-                wal_pages.store(0, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 /// A `PRAGMA wal_checkpoint` mode.
