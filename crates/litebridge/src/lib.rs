@@ -25,7 +25,9 @@
 //!   thread and its queue), `group_commit` (one transaction per batch),
 //!   `readers` (read lane), `heavy` (heavy lane), `guard` (deadlines and the
 //!   statement guard), `exec` (binding and running), `open` (pragmas),
-//!   `backup` (online backup, checks), `ffi` (the one unsafe call).
+//!   `checkpointer` (WAL checkpoints off the writer thread), `backup` (online
+//!   backup, checks), `restore` (restore with the old file kept aside), `ffi`
+//!   (the one unsafe call).
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `fault`: fault switches for tests (hidden).
@@ -49,3 +51,8 @@ pub use histogram::LatencySummary;
 pub use rusqlite;
 pub use stats::DbStats;
 pub use value::{ExecResult, Params, Rows, Statement, Value};
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

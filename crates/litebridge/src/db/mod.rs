@@ -6,11 +6,11 @@
 //! read-write connections do not write faster; they queue on the file lock
 //! and show it as p99 latency (baselines, finding 3). So exactly one thread
 //! owns the only read-write connection, and every write is a request on its
-//! bounded queue ([`writer`]).
+//! bounded queue (`writer`).
 //!
 //! **Group commit.** The writer takes everything queued (up to `max_batch`)
 //! into one transaction and answers each caller after COMMIT
-//! ([`group_commit`]). One COMMIT (one fsync under `durability = full`) pays
+//! (`group_commit`). One COMMIT (one fsync under `durability = full`) pays
 //! for the whole batch, which is where the throughput comes from, and each
 //! caller still gets its own result and its own error. `max_wait` trades
 //! latency for batch size: zero (the default) commits what is queued
@@ -18,17 +18,17 @@
 //! so batches grow by themselves exactly when it pays.
 //!
 //! **Reads on the caller's thread.** The read lane runs point reads inline
-//! ([`readers`]): a thread hand-off costs more than the read. Long queries go
-//! to the heavy lane ([`heavy`]), a few connections on their own threads with
+//! (`readers`): a thread hand-off costs more than the read. Long queries go
+//! to the heavy lane (`heavy`), a few connections on their own threads with
 //! their own queue, so they cannot starve point reads.
 //!
 //! **Deadlines inside SQLite.** A statement still running at its deadline is
 //! interrupted by a progress handler reading a thread-local context
-//! ([`guard`]); an interrupt can never hit another caller's statement. A
+//! (`guard`); an interrupt can never hit another caller's statement. A
 //! request whose deadline passes while it is queued is never started. A write
 //! that times out did not commit: the writer, not the caller's timer, decides.
 //!
-//! **Checkpoints** run on a thread of their own ([`checkpointer`]), nudged by
+//! **Checkpoints** run on a thread of their own (`checkpointer`), nudged by
 //! the writer when the WAL passes a threshold: passive first, `TRUNCATE` when
 //! readers keep the WAL from being reused, so the WAL stays bounded under
 //! continuous reads and writes and checkpoint I/O never stalls a write.

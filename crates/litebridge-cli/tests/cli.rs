@@ -1,0 +1,292 @@
+//! The `litebridge` binary end to end: exit codes, messages, files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn litebridge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(args)
+        .output()
+        .expect("run litebridge")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A database with a table of 5000 rows and an index.
+fn sample_db(dir: &Path) -> PathBuf {
+    let path = dir.join("app.db");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);
+         CREATE INDEX t_v ON t(v);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000)
+         INSERT INTO t SELECT x, printf('%0100d', x) FROM c;",
+    )
+    .unwrap();
+    path
+}
+
+fn corrupt_middle_pages(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    for page in [len / 4096 / 2, len / 4096 / 2 + 3] {
+        f.seek(SeekFrom::Start(page * 4096 + 8)).unwrap();
+        f.write_all(&[0xA5; 2000]).unwrap();
+    }
+}
+
+#[test]
+fn check_exits_0_when_sound_and_2_when_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let ok = litebridge(&["check", "--db", s(&db)]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("passed quick_check"));
+    let full = litebridge(&["check", "--db", s(&db), "--full", "--json"]);
+    assert_eq!(full.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+
+    corrupt_middle_pages(&db);
+    let bad = litebridge(&["check", "--db", s(&db)]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stdout));
+    assert!(
+        text(&bad.stdout).contains("FAILED"),
+        "{}",
+        text(&bad.stdout)
+    );
+    assert!(
+        text(&bad.stderr).contains("app.db is damaged"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let bad_json = litebridge(&["check", "--db", s(&db), "--json"]);
+    assert_eq!(bad_json.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&bad_json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(!v["problems"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn query_writes_and_reads_as_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let missing = litebridge(&["query", "--db", s(&db), "SELECT 1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("does not exist"),
+        "{}",
+        text(&missing.stderr)
+    );
+    assert!(
+        !db.exists(),
+        "query must not create a database without --create"
+    );
+
+    let create = litebridge(&[
+        "query",
+        "--db",
+        s(&db),
+        "--create",
+        "CREATE TABLE kv(k INTEGER PRIMARY KEY, v)",
+    ]);
+    assert_eq!(create.status.code(), Some(0), "{}", text(&create.stderr));
+    let insert = litebridge(&[
+        "query",
+        "--db",
+        s(&db),
+        "INSERT INTO kv VALUES (?1, ?2)",
+        "9007199254740993",
+        "hello",
+    ]);
+    assert_eq!(insert.status.code(), Some(0), "{}", text(&insert.stderr));
+    assert!(text(&insert.stdout).contains("1 row(s) changed"));
+
+    let table = litebridge(&["query", "--db", s(&db), "SELECT k, v FROM kv"]);
+    let out = text(&table.stdout);
+    assert!(
+        out.contains("9007199254740993") && out.contains("hello") && out.contains("(1 row)"),
+        "{out}"
+    );
+
+    let json = litebridge(&[
+        "query",
+        "--db",
+        s(&db),
+        "--json",
+        "SELECT k, v FROM kv WHERE v = ?1",
+        "hello",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["columns"], serde_json::json!(["k", "v"]));
+    assert_eq!(v["rows"][0][0].as_i64(), Some(9_007_199_254_740_993));
+
+    let bad = litebridge(&["query", "--db", s(&db), "SELEC nonsense"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("syntax error"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn backup_then_restore_keeps_the_replaced_file_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let backup = dir.path().join("app.backup");
+    let b = litebridge(&["backup", "--db", s(&db), "--to", s(&backup)]);
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    assert!(text(&b.stdout).contains("verified"));
+
+    // The live database moves on after the backup.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM t WHERE k > 10", [])
+        .unwrap();
+    let r = litebridge(&["restore", "--from", s(&backup), "--db", s(&db)]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    let out = text(&r.stdout);
+    assert!(out.contains("kept at"), "{out}");
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("app.db.replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept: i64 = rusqlite::Connection::open(dir.path().join(&aside[0]))
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 10, "the replaced database must be kept as it was");
+}
+
+#[test]
+fn restore_refuses_a_damaged_backup_and_a_database_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let backup = dir.path().join("copy.db");
+    std::fs::copy(&db, &backup).unwrap();
+    corrupt_middle_pages(&backup);
+    let r = litebridge(&["restore", "--from", s(&backup), "--db", s(&db)]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("failed verification"),
+        "{}",
+        text(&r.stderr)
+    );
+
+    let good = dir.path().join("good.db");
+    assert_eq!(
+        litebridge(&["backup", "--db", s(&db), "--to", s(&good)])
+            .status
+            .code(),
+        Some(0)
+    );
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    holder
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    let r = litebridge(&["restore", "--from", s(&good), "--db", s(&db)]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r.stdout));
+    assert!(text(&r.stderr).contains("in use"), "{}", text(&r.stderr));
+    drop(holder);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("replaced"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing may be moved when the restore is refused: {left:?}"
+    );
+}
+
+#[test]
+fn user_mistakes_get_one_clear_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(
+        &notes,
+        "not a database at all, just some words\n".repeat(100),
+    )
+    .unwrap();
+    for (args, needle) in [
+        (vec!["check", "--db", s(dir.path())], "directory"),
+        (vec!["check", "--db", s(&notes)], "not a SQLite database"),
+        (
+            vec!["query", "--db", s(&notes), "SELECT 1"],
+            "not a SQLite database",
+        ),
+        (
+            vec!["backup", "--db", "/nonexistent/app.db", "--to", "/tmp/x.db"],
+            "does not exist",
+        ),
+        (vec!["bench", "--case", "nope"], "unknown bench case"),
+        (vec!["bench", "--seconds=-1"], "out of range"),
+    ] {
+        let out = litebridge(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let out = litebridge(&["query"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--db"), "{}", text(&out.stderr));
+    let help = litebridge(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).contains("bench"));
+}
+
+#[test]
+fn bench_prints_one_json_object_per_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = litebridge(&[
+        "bench",
+        "--case",
+        "write-sequential",
+        "--seconds",
+        "0.2",
+        "--json",
+        "--dir",
+        s(dir.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["case"], "write-sequential");
+    assert_eq!(v["baseline"], "mutex");
+    for key in [
+        "ops_per_sec",
+        "p50_us",
+        "p99_us",
+        "baseline_ops_per_sec",
+        "ratio",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    let scratch: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(scratch.is_empty(), "the bench left files behind");
+}
