@@ -101,3 +101,38 @@ async fn max_rows_truncates_and_says_so() {
     assert!(!all.truncated);
     assert_eq!(all.rows.len(), 10);
 }
+
+#[tokio::test]
+async fn nothing_a_caller_runs_on_a_shared_connection_leaks_to_the_next() {
+    let (_dir, db) = open_kv(config().readers(1)).await;
+    // Pragma reads work through query.
+    let mode = db.query("PRAGMA journal_mode", ()).await.unwrap();
+    assert_eq!(mode.rows[0][0], Value::from("wal"));
+    let info = db.query("PRAGMA table_info(kv)", ()).await.unwrap();
+    assert_eq!(info.rows.len(), 2);
+    // Assignments and temp objects on a read connection are refused.
+    for sql in [
+        "PRAGMA cache_size = 1",
+        "/* sneaky */ PRAGMA query_only = 0",
+        "CREATE TEMP TABLE scratch(x)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+    ] {
+        let e = db.query(sql, ()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // Engine pragmas cannot be changed through the writer either.
+    for sql in [
+        "PRAGMA foreign_keys = OFF",
+        "PRAGMA synchronous = OFF",
+        "PRAGMA busy_timeout = 0",
+    ] {
+        let e = db.execute(sql, ()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let fk = db.query("PRAGMA foreign_keys", ()).await.unwrap();
+    assert_eq!(fk.rows[0][0], Value::Integer(1));
+    // A database-level setting stored in the file is fine.
+    db.execute("PRAGMA user_version = 7", ()).await.unwrap();
+    let v = db.query("PRAGMA user_version", ()).await.unwrap();
+    assert_eq!(v.rows[0][0], Value::Integer(7));
+}

@@ -99,7 +99,11 @@ pub(crate) fn query(
     max_rows: Option<usize>,
 ) -> Result<Rows> {
     let mut stmt = prepare(conn, sql)?;
-    if !stmt.readonly() {
+    // sqlite3_stmt_readonly() is conservative about pragmas (`PRAGMA
+    // journal_mode` reads as a write); pragma assignments on a read connection
+    // are refused by the authorizer and the connection is read-only anyway, so
+    // this check only has to give writes a helpful message.
+    if !stmt.readonly() && !starts_with_keyword(sql, "PRAGMA") {
         return Err(Error::ReadOnly {
             message: "this statement writes; queries run read-only statements only (use execute for writes)"
                 .into(),
@@ -130,6 +134,22 @@ pub(crate) fn query(
         rows: out,
         truncated,
     })
+}
+
+/// Whether the first keyword of `sql`, after spaces and comments, is `keyword`.
+fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    rest.get(..keyword.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
 }
 
 /// Runs one statement for its effect, stepping through any rows it returns

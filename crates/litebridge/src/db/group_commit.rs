@@ -39,7 +39,7 @@ use std::time::Instant;
 use rusqlite::{CachedStatement, Connection};
 use tokio::sync::oneshot;
 
-use crate::db::guard::{self, Budget};
+use crate::db::guard::{self, Budget, Mode};
 use crate::db::{exec, ffi};
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
@@ -393,7 +393,7 @@ fn run_pass(
             return Pass::Abort(e);
         }
         let before = conn.total_changes();
-        let scope = guard::enter(job.budget(), true);
+        let scope = guard::enter(job.budget(), Mode::Writer);
         let mut result = job.run(conn, &mut slot).map_err(|e| scope.map_err(e));
         drop(scope);
         if result.is_ok() && check_deferred_fks && ffi::deferred_fk_violations(conn) > 0 {

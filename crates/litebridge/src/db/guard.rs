@@ -10,11 +10,14 @@
 //!
 //! - The progress handler interrupts a statement once its deadline passes or
 //!   its caller has gone away (heavy lane).
-//! - The authorizer refuses, in client SQL only, statements that would break
-//!   the engine: transaction control (the writer owns BEGIN/COMMIT; a reader
-//!   left inside BEGIN would stop seeing new commits) and pragmas that change
-//!   the journal or locking mode. litebridge's own statements run outside a
-//!   client context and are not restricted.
+//! - The authorizer refuses, in caller-supplied SQL only, statements that
+//!   would break the engine or leak from one caller to the next through a
+//!   shared connection: transaction control everywhere (the writer owns
+//!   BEGIN/COMMIT; a reader left inside BEGIN would stop seeing new commits),
+//!   engine pragmas on the writer (journal and locking mode, `synchronous`,
+//!   `foreign_keys`, ...), and on readers any pragma assignment and any
+//!   temporary table, view, index or trigger. litebridge's own statements run
+//!   in [`Mode::Internal`] and are not restricted.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -73,9 +76,20 @@ impl Budget {
     }
 }
 
+/// Whose SQL runs, which decides what the authorizer allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// litebridge's own statements.
+    Internal,
+    /// Caller SQL on the writer connection.
+    Writer,
+    /// Caller SQL on a read-only connection shared by every caller.
+    Reader,
+}
+
 struct Current {
     budget: Budget,
-    client: bool,
+    mode: Mode,
     denied: Option<String>,
 }
 
@@ -86,13 +100,12 @@ thread_local! {
 /// Marks the current thread as running one operation until dropped.
 pub(crate) struct Scope(());
 
-/// Enters an operation on this thread. `client` marks caller-supplied SQL,
-/// which the authorizer restricts.
-pub(crate) fn enter(budget: &Budget, client: bool) -> Scope {
+/// Enters an operation on this thread until the returned scope drops.
+pub(crate) fn enter(budget: &Budget, mode: Mode) -> Scope {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Current {
             budget: budget.clone(),
-            client,
+            mode,
             denied: None,
         });
     });
@@ -141,7 +154,8 @@ fn should_interrupt() -> bool {
     })
 }
 
-/// Pragmas whose assignment would break the engine's assumptions.
+/// Pragmas whose assignment would break the engine's assumptions or change
+/// its configured behaviour for every other caller.
 const ENGINE_PRAGMAS: &[&str] = &[
     "journal_mode",
     "locking_mode",
@@ -149,6 +163,26 @@ const ENGINE_PRAGMAS: &[&str] = &[
     "query_only",
     "synchronous",
     "writable_schema",
+    "foreign_keys",
+    "busy_timeout",
+    "mmap_size",
+    "journal_size_limit",
+];
+
+/// Pragmas that take an argument (`PRAGMA table_info(t)`) only to read: the
+/// authorizer cannot tell `PRAGMA x(v)` from `PRAGMA x = v`, so these are the
+/// ones a read connection accepts with a value.
+const INTROSPECTION_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
 ];
 
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
@@ -157,19 +191,20 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         let Some(cur) = c.as_mut() else {
             return Authorization::Allow;
         };
-        if !cur.client {
-            return Authorization::Allow;
-        }
-        let denied = match ctx.action {
-            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
+        let denied = match (cur.mode, ctx.action) {
+            (Mode::Internal, _) => None,
+            (_, AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }) => Some(
                 "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) is not allowed: \
                  every request is already atomic; use batch for several statements in one transaction"
                     .to_owned(),
             ),
-            AuthAction::Pragma {
-                pragma_name,
-                pragma_value: Some(_),
-            } if ENGINE_PRAGMAS
+            (
+                Mode::Writer,
+                AuthAction::Pragma {
+                    pragma_name,
+                    pragma_value: Some(_),
+                },
+            ) if ENGINE_PRAGMAS
                 .iter()
                 .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
             {
@@ -177,6 +212,30 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
                     "PRAGMA {pragma_name} is managed by litebridge and cannot be changed through a request"
                 ))
             }
+            (
+                Mode::Reader,
+                AuthAction::Pragma {
+                    pragma_name,
+                    pragma_value: Some(_),
+                },
+            ) if !INTROSPECTION_PRAGMAS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+            {
+                Some(format!(
+                    "PRAGMA {pragma_name} = ... cannot run on a shared read connection; send it with execute"
+                ))
+            }
+            (
+                Mode::Reader,
+                AuthAction::CreateTempTable { .. }
+                | AuthAction::CreateTempIndex { .. }
+                | AuthAction::CreateTempTrigger { .. }
+                | AuthAction::CreateTempView { .. },
+            ) => Some(
+                "temporary tables, views, indexes and triggers cannot be created on a shared read connection"
+                    .to_owned(),
+            ),
             _ => None,
         };
         match denied {

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::db::exec::is_connection_failure;
-use crate::db::guard::{self, Budget};
+use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::db::readers::probe;
 use crate::error::{Error, Result, TimeoutStage};
@@ -109,7 +109,7 @@ impl HeavyLane {
                 return false;
             }
             counters.heavy_active.fetch_add(1, Ordering::Relaxed);
-            let scope = guard::enter(&budget, true);
+            let scope = guard::enter(&budget, Mode::Reader);
             let result = f(conn).map_err(|e| scope.map_err(e));
             drop(scope);
             counters.heavy_active.fetch_sub(1, Ordering::Relaxed);

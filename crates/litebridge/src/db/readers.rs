@@ -23,7 +23,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::db::exec::is_connection_failure;
-use crate::db::guard::{self, Budget};
+use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
@@ -125,7 +125,7 @@ impl ReaderPool {
         budget: &Budget,
         f: &mut impl FnMut(&Connection) -> Result<T>,
     ) -> Result<T> {
-        let scope = guard::enter(budget, true);
+        let scope = guard::enter(budget, Mode::Reader);
         let r = f(&slot.conn).map_err(|e| scope.map_err(e));
         drop(scope);
         if !slot.conn.is_autocommit() {
@@ -188,7 +188,7 @@ impl ReaderPool {
 
 /// A cheap statement that fails on a broken connection.
 pub(crate) fn probe(conn: &Connection) -> Result<()> {
-    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
+    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), Mode::Internal);
     conn.prepare_cached(&guard::internal_sql().probe)?
         .query_row([], |r| r.get::<_, i64>(0))?;
     Ok(())

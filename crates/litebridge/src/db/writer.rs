@@ -22,7 +22,7 @@ use rusqlite::Connection;
 
 use crate::db::checkpointer::{Checkpointer, Nudge};
 use crate::db::group_commit::{Request, commit_batch};
-use crate::db::guard::{self, Budget};
+use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
@@ -334,7 +334,7 @@ fn healthy(conn: &Connection) -> bool {
     if !conn.is_autocommit() {
         return false;
     }
-    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), false);
+    let _scope = guard::enter(&Budget::new(Some(Duration::from_secs(5))), Mode::Internal);
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })
