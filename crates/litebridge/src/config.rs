@@ -100,8 +100,13 @@ impl TempStore {
 /// itself after commits, so checkpoint work never lands on a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointConfig {
-    /// Run a `PASSIVE` checkpoint after a commit once the WAL holds this many pages.
-    /// Default: 1000 (SQLite's own default).
+    /// Run a `PASSIVE` checkpoint once the WAL holds this many pages.
+    /// Default: 4000 (~16 MB with 4 KiB pages). SQLite's own 1000 checkpoints
+    /// four times as often, and a page rewritten by many commits (the end of
+    /// a table that grows) is copied back once per checkpoint, not once per
+    /// commit: measured here, 4000 gives ~25 % more pipelined writes than 1000
+    /// (8000 and 16000 give no more). 4000 frames also stay within one
+    /// wal-index hash segment (4096 frames), so reads find pages as fast.
     pub passive_pages: u32,
     /// When a passive checkpoint cannot keep up (readers pin old snapshots) and the
     /// WAL file exceeds this size, run a `RESTART` checkpoint, which waits (up to
@@ -115,7 +120,7 @@ pub struct CheckpointConfig {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
-            passive_pages: 1000,
+            passive_pages: 4000,
             max_wal_bytes: 64 * 1024 * 1024,
             restart_wait: Duration::from_millis(200),
         }

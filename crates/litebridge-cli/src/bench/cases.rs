@@ -153,9 +153,6 @@ pub(crate) async fn group_commit(
         all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
     }
     let figures = Figures::from_samples(all, started.elapsed());
-    if std::env::var_os("LITEBRIDGE_BENCH_STATS").is_some() {
-        eprintln!("{:#?}", db.stats());
-    }
     db.close().await;
     Ok(figures)
 }

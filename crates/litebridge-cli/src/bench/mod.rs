@@ -148,14 +148,7 @@ async fn run_case(
     let base_path = dir.join("baseline.db");
     let case_path = dir.join("case.db");
     progress.message(&format!("baseline {} ({seconds} s)", c.baseline));
-    let skip = std::env::var_os("LB_SKIP_BASELINE").is_some();
     let baseline = match c.baseline {
-        _ if skip => Figures {
-            ops: 1,
-            ops_per_sec: 1.0,
-            p50_us: 0.0,
-            p99_us: 0.0,
-        },
         "raw-txn" => blocking(move || cases::raw_txn(&base_path, seconds)).await?,
         "mutex" => blocking(move || cases::mutex(&base_path, seconds, false)).await?,
         "mutex-full" => blocking(move || cases::mutex(&base_path, seconds, true)).await?,

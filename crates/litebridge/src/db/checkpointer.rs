@@ -1,29 +1,33 @@
-//! The checkpointer: keeps the WAL bounded without ever stalling a write.
+//! Checkpoints: keeping the WAL bounded without stalling writes.
 //!
-//! A checkpoint copies WAL frames back into the database file and fsyncs it,
-//! milliseconds of blocking I/O. Run on the writer thread, it stalls every
-//! queued request (and measured as ~13 % of the writer's time and the whole
-//! p99 under a pipelined load). In WAL mode a checkpoint can run from another
-//! connection while the writer keeps appending, so it runs here, on a thread
-//! and connection of its own:
+//! A checkpoint copies WAL frames back into the database file and fsyncs it:
+//! milliseconds of blocking I/O. Run on the writer thread it stalls every
+//! queued request (measured: ~13 % of the writer's time, and all of the p99,
+//! under a pipelined load). In WAL mode a `PASSIVE` checkpoint can run from
+//! another connection while the writer keeps appending, so the bulk of the
+//! copying runs here, on a thread and connection of its own:
 //!
-//! - the writer counts WAL pages (through the WAL hook) and, after a commit
-//!   past [`CheckpointConfig::passive_pages`](crate::CheckpointConfig), nudges
-//!   this thread, which runs a `PASSIVE` checkpoint (waits for nobody) and
-//!   records how far it got;
+//! - the writer counts WAL frames (through the WAL hook); after a commit past
+//!   [`CheckpointConfig::passive_pages`](crate::CheckpointConfig) it nudges this
+//!   thread, which runs `PASSIVE` and records how far it got;
 //! - a background checkpoint never quite catches up with a writer that keeps
-//!   committing, and SQLite only restarts the log when *every* frame has been
-//!   copied. So once this thread has copied all but a few frames, the writer
-//!   runs one short `PASSIVE` checkpoint itself between two batches (a few
-//!   pages and one fsync); its next transaction then starts the log over;
-//! - when readers keep pinning old frames and the `-wal` file grows past
-//!   `max_wal_bytes`, it runs `TRUNCATE`, which waits up to `restart_wait` for
-//!   them and lets the log start over;
-//! - when idle it checkpoints what is left; at close it truncates the WAL.
+//!   committing, and SQLite only restarts the log once *every* frame has been
+//!   copied. So when this thread has copied all but a few frames, the writer
+//!   runs one short `PASSIVE` itself between two batches; its next
+//!   transaction then starts the log over;
+//! - when readers keep pinning old frames and the `-wal` file passes
+//!   `max_wal_bytes`, the writer runs `TRUNCATE` between two batches, waiting
+//!   up to `restart_wait` for them. It must be the writer: `TRUNCATE` needs the
+//!   write lock, which a busy writer takes again the instant it is released,
+//!   so any other connection would starve. Checkpoints asked for through
+//!   [`Database::checkpoint`](crate::Database::checkpoint) run there too;
+//! - SQLite refuses a checkpoint while another one runs (`SQLITE_BUSY`, without
+//!   waiting), so every checkpoint of this process takes one mutex first;
+//! - when idle this thread checkpoints what is left; at close it truncates.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,7 +38,7 @@ use crate::db::writer::{CheckpointMode, CheckpointReport, checkpoint};
 use crate::error::{Error, Result};
 use crate::stats::Counters;
 
-/// Messages to the checkpointer.
+/// Messages to the checkpoint thread.
 enum Kick {
     /// The WAL passed the passive threshold.
     Wal,
@@ -42,58 +46,36 @@ enum Kick {
     Stop,
 }
 
-/// Handle to the checkpointer thread.
-pub(crate) struct Checkpointer {
-    tx: flume::Sender<Kick>,
-    progress: Arc<Progress>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Progress shared between the checkpointer and the writer.
+/// State shared by the checkpoint thread and the writer.
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
+struct Progress {
     /// WAL frames known to be copied into the database by the last checkpoint.
     backfilled: AtomicU32,
     /// Whether a background checkpoint is running.
     busy: AtomicBool,
+    /// Held by whoever runs a checkpoint in this process.
+    lock: Mutex<()>,
 }
 
-/// What the writer holds to drive checkpoints.
-#[derive(Clone)]
-pub(crate) struct Nudge {
-    tx: flume::Sender<Kick>,
-    progress: Arc<Progress>,
-}
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-impl Nudge {
-    /// Called by the writer after a commit, with the WAL's size in frames.
-    pub(crate) fn after_commit(
-        &self,
-        conn: &Connection,
-        wal_frames: &AtomicU32,
-        passive_pages: u32,
-        counters: &Counters,
-    ) {
-        let frames = wal_frames.load(Ordering::Relaxed);
-        if frames < passive_pages || self.progress.busy.load(Ordering::Acquire) {
-            return;
-        }
-        let left = frames.saturating_sub(self.progress.backfilled.load(Ordering::Acquire));
-        if left <= passive_pages / 4 {
-            // Finish the job here so the log restarts with the next batch.
-            if let Ok(r) = checkpoint(conn, CheckpointMode::Passive) {
-                counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                if r.log_pages == r.checkpointed_pages {
-                    wal_frames.store(0, Ordering::Relaxed);
-                    self.progress.backfilled.store(0, Ordering::Release);
-                }
-            }
-        } else {
-            // One pending nudge is enough: the checkpoint it starts covers
-            // every commit made before it.
-            let _ = self.tx.try_send(Kick::Wal);
+    fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.lock.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
+}
+
+/// Handle to the checkpoint thread.
+pub(crate) struct Checkpointer {
+    tx: flume::Sender<Kick>,
+    progress: Arc<Progress>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Checkpointer {
@@ -102,22 +84,21 @@ impl Checkpointer {
             &opener.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        conn.busy_timeout(opener.config.busy_timeout)?;
+        // One pending nudge is enough: the checkpoint it starts covers every
+        // commit made before it.
         let (tx, rx) = flume::bounded(1);
         let progress = Arc::new(Progress::default());
         let worker = Worker {
             progress: progress.clone(),
             conn,
-            wal_path: opener.wal_path(),
-            max_wal_bytes: opener.config.checkpoint.max_wal_bytes,
             restart_wait: opener.config.checkpoint.restart_wait,
-            busy_timeout: opener.config.busy_timeout,
             idle: opener
                 .config
                 .health_check_interval
                 .min(Duration::from_secs(1)),
             counters,
         };
-        worker.conn.busy_timeout(worker.busy_timeout)?;
         let thread = std::thread::Builder::new()
             .name("litebridge-checkpoint".into())
             .spawn(move || worker.run(&rx))
@@ -131,14 +112,21 @@ impl Checkpointer {
         Ok(Checkpointer {
             tx,
             progress,
-            thread: std::sync::Mutex::new(Some(thread)),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
-    pub(crate) fn nudge(&self) -> Nudge {
+    /// What the writer uses to drive checkpoints.
+    pub(crate) fn nudge(&self, opener: &Opener) -> Nudge {
+        let c = &opener.config;
         Nudge {
             tx: self.tx.clone(),
             progress: self.progress.clone(),
+            wal_path: opener.wal_path(),
+            passive_pages: c.checkpoint.passive_pages,
+            max_wal_bytes: c.checkpoint.max_wal_bytes,
+            restart_wait: c.checkpoint.restart_wait,
+            busy_timeout: c.busy_timeout,
         }
     }
 
@@ -152,13 +140,87 @@ impl Checkpointer {
     }
 }
 
-struct Worker {
+/// The writer's side of checkpointing (see the module documentation).
+#[derive(Clone)]
+pub(crate) struct Nudge {
+    tx: flume::Sender<Kick>,
     progress: Arc<Progress>,
-    conn: Connection,
     wal_path: PathBuf,
+    passive_pages: u32,
     max_wal_bytes: u64,
     restart_wait: Duration,
     busy_timeout: Duration,
+}
+
+impl Nudge {
+    /// Called by the writer after each commit, with the WAL's size in frames.
+    pub(crate) fn after_commit(
+        &self,
+        conn: &Connection,
+        wal_frames: &AtomicU32,
+        counters: &Counters,
+    ) {
+        let frames = wal_frames.load(Ordering::Relaxed);
+        if frames < self.passive_pages {
+            return;
+        }
+        let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if wal_bytes > self.max_wal_bytes {
+            // Readers keep the log from restarting: wait for them, briefly.
+            if let Some(_guard) = self.progress.try_lock() {
+                let _ = conn.busy_timeout(self.restart_wait);
+                let _ = self.run(conn, CheckpointMode::Truncate, wal_frames, counters);
+                let _ = conn.busy_timeout(self.busy_timeout);
+            }
+            return;
+        }
+        if self.progress.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let left = frames.saturating_sub(self.progress.backfilled.load(Ordering::Acquire));
+        if left <= self.passive_pages / 4 {
+            // Finish the job here so the log restarts with the next batch.
+            if let Some(_guard) = self.progress.try_lock() {
+                let _ = self.run(conn, CheckpointMode::Passive, wal_frames, counters);
+            }
+        } else {
+            let _ = self.tx.try_send(Kick::Wal);
+        }
+    }
+
+    /// Runs a checkpoint a caller asked for, on the writer's connection.
+    pub(crate) fn on_demand(
+        &self,
+        conn: &Connection,
+        mode: CheckpointMode,
+        wal_frames: &AtomicU32,
+        counters: &Counters,
+    ) -> Result<CheckpointReport> {
+        let _guard = self.progress.lock();
+        self.run(conn, mode, wal_frames, counters)
+    }
+
+    fn run(
+        &self,
+        conn: &Connection,
+        mode: CheckpointMode,
+        wal_frames: &AtomicU32,
+        counters: &Counters,
+    ) -> Result<CheckpointReport> {
+        let r = checkpoint(conn, mode)?;
+        counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if !r.busy && r.log_pages == r.checkpointed_pages {
+            wal_frames.store(0, Ordering::Relaxed);
+            self.progress.backfilled.store(0, Ordering::Release);
+        }
+        Ok(r)
+    }
+}
+
+struct Worker {
+    progress: Arc<Progress>,
+    conn: Connection,
+    restart_wait: Duration,
     idle: Duration,
     counters: Arc<Counters>,
 }
@@ -170,18 +232,18 @@ impl Worker {
             match rx.recv_timeout(self.idle) {
                 Ok(Kick::Wal) => {
                     self.progress.busy.store(true, Ordering::Release);
+                    let guard = self.progress.lock();
                     if let Some(r) = self.checkpoint(CheckpointMode::Passive) {
                         let done = u32::try_from(r.checkpointed_pages).unwrap_or(0);
                         self.progress.backfilled.store(done, Ordering::Release);
                     }
-                    if self.wal_bytes() > self.max_wal_bytes {
-                        self.truncate();
-                    }
+                    drop(guard);
                     self.progress.busy.store(false, Ordering::Release);
                     dirty = true;
                 }
                 Err(flume::RecvTimeoutError::Timeout) if dirty => {
-                    // Idle: finish the job so the next writes start a fresh log.
+                    // Idle: copy what is left so the next write starts a fresh log.
+                    let _guard = self.progress.lock();
                     self.checkpoint(CheckpointMode::Passive);
                     dirty = false;
                 }
@@ -194,26 +256,17 @@ impl Worker {
         }
     }
 
-    fn wal_bytes(&self) -> u64 {
-        std::fs::metadata(&self.wal_path).map_or(0, |m| m.len())
-    }
-
     fn checkpoint(&self, mode: CheckpointMode) -> Option<CheckpointReport> {
         let r = checkpoint(&self.conn, mode).ok()?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         Some(r)
     }
 
-    /// Waits (briefly) for readers on old snapshots and the writer, then
-    /// empties the WAL file.
+    /// At close, after the writer stopped: waits briefly for readers on old
+    /// snapshots, then empties the WAL file.
     fn truncate(&self) {
+        let _guard = self.progress.lock();
         let _ = self.conn.busy_timeout(self.restart_wait);
-        if self
-            .checkpoint(CheckpointMode::Truncate)
-            .is_some_and(|r| !r.busy)
-        {
-            self.progress.backfilled.store(0, Ordering::Release);
-        }
-        let _ = self.conn.busy_timeout(self.busy_timeout);
+        self.checkpoint(CheckpointMode::Truncate);
     }
 }

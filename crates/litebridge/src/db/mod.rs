@@ -542,30 +542,15 @@ impl Database {
             })?
     }
 
-    /// Runs a checkpoint now, from a connection of its own (`Restart` and
-    /// `Truncate` wait for the writer's current batch and for readers).
+    /// Runs a checkpoint now, on the writer thread between two batches
+    /// (`Restart` and `Truncate` also wait, up to the busy timeout, for readers
+    /// on old snapshots).
     ///
     /// # Errors
-    /// [`Error::Busy`] if it could not get the locks in time.
+    /// [`Error::Busy`] if the locks could not be had in time;
+    /// [`Error::Unavailable`] once closed.
     pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointReport> {
-        let path = self.inner.opener.path.clone();
-        let busy = self.inner.opener.config.busy_timeout;
-        let counters = self.inner.counters.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = Connection::open_with_flags(
-                &path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(busy)?;
-            let r = writer::checkpoint(&conn, mode)?;
-            counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-            Ok(r)
-        })
-        .await
-        .map_err(|e| Error::Internal {
-            message: format!("the checkpoint panicked: {e}"),
-        })?
+        self.inner.writer.checkpoint(mode).await
     }
 
     /// Checks the file: `quick_check`, or with `full` `integrity_check` and

@@ -30,6 +30,11 @@ use crate::stats::Counters;
 /// A message on the writer's queue.
 pub(crate) enum Msg {
     Job(Request),
+    /// Run a checkpoint between two batches and answer with its report.
+    Checkpoint(
+        CheckpointMode,
+        tokio::sync::oneshot::Sender<Result<CheckpointReport>>,
+    ),
     /// Commit what came before, answer what comes after with `closed`, exit.
     Stop,
 }
@@ -61,7 +66,7 @@ impl WriterHandle {
     ) -> Result<(WriterHandle, Checkpointer)> {
         let conn = opener.open_writer(true)?;
         let checkpointer = Checkpointer::start(&opener, counters.clone())?;
-        let nudge = checkpointer.nudge();
+        let nudge = checkpointer.nudge(&opener);
         let capacity = opener.config.write_queue;
         let (tx, rx) = flume::bounded(capacity);
         let c = counters.clone();
@@ -116,7 +121,7 @@ impl WriterHandle {
         }
         let budget = match &job {
             Msg::Job(j) => j.budget().clone(),
-            Msg::Stop => Budget::new(None),
+            Msg::Stop | Msg::Checkpoint(..) => Budget::new(None),
         };
         let send = self.tx.send_async(job);
         let sent = match budget.deadline {
@@ -133,6 +138,20 @@ impl WriterHandle {
         self.after_send()
     }
 
+    /// Runs a checkpoint on the writer thread between two batches.
+    pub(crate) async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointReport> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send_async(Msg::Checkpoint(mode, reply))
+            .await
+            .map_err(|_| Error::closed())?;
+        self.after_send()?;
+        answer.await.unwrap_or_else(|_| Err(Error::writer_gone()))
+    }
+
     fn after_send(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             // Closed while we were sending: the writer may already be gone.
@@ -145,8 +164,12 @@ impl WriterHandle {
 
     fn fail_queued(&self) {
         while let Ok(msg) = self.drain.try_recv() {
-            if let Msg::Job(job) = msg {
-                job.finish(Err(Error::closed()));
+            match msg {
+                Msg::Job(job) => job.finish(Err(Error::closed())),
+                Msg::Checkpoint(_, reply) => {
+                    let _ = reply.send(Err(Error::closed()));
+                }
+                Msg::Stop => {}
             }
         }
     }
@@ -206,10 +229,13 @@ fn writer_loop(
     let idle_tick = config.health_check_interval.min(Duration::from_secs(1));
     let check_fks = config.foreign_keys;
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch.min(4096));
+    let mut asked: Vec<(
+        CheckpointMode,
+        tokio::sync::oneshot::Sender<Result<CheckpointReport>>,
+    )> = Vec::new();
     let wal_pages = Arc::new(AtomicU32::new(0));
     let mut hooked = false;
     let mut last_check = Instant::now();
-    let passive_pages = config.checkpoint.passive_pages;
     loop {
         if slot.is_none() {
             match opener.open_writer(false) {
@@ -218,6 +244,9 @@ fn writer_loop(
                     // Cannot open: answer what is queued rather than leave it waiting.
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(Msg::Job(job)) => job.finish(Err(e)),
+                        Ok(Msg::Checkpoint(_, reply)) => {
+                            let _ = reply.send(Err(e));
+                        }
                         Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => return,
                         Err(flume::RecvTimeoutError::Timeout) => {}
                     }
@@ -234,6 +263,10 @@ fn writer_loop(
         let mut stopping = false;
         let first = match spin_recv(rx).map_or_else(|| rx.recv_timeout(idle_tick), Ok) {
             Ok(Msg::Job(job)) => job,
+            Ok(Msg::Checkpoint(mode, reply)) => {
+                let _ = reply.send(nudge.on_demand(conn, mode, &wal_pages, counters));
+                continue;
+            }
             Ok(Msg::Stop) => return,
             Err(flume::RecvTimeoutError::Timeout) => {
                 if last_check.elapsed() >= config.health_check_interval {
@@ -255,6 +288,7 @@ fn writer_loop(
             for msg in rx.drain() {
                 match msg {
                     Msg::Job(job) => batch.push(job),
+                    Msg::Checkpoint(mode, reply) => asked.push((mode, reply)),
                     Msg::Stop => stopping = true,
                 }
             }
@@ -262,6 +296,7 @@ fn writer_loop(
         while !stopping && batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Checkpoint(mode, reply)) => asked.push((mode, reply)),
                 Ok(Msg::Stop) => {
                     stopping = true;
                     break;
@@ -274,6 +309,7 @@ fn writer_loop(
             while batch.len() < max_batch {
                 match rx.recv_deadline(until) {
                     Ok(Msg::Job(job)) => batch.push(job),
+                    Ok(Msg::Checkpoint(mode, reply)) => asked.push((mode, reply)),
                     Ok(Msg::Stop) => {
                         stopping = true;
                         break;
@@ -289,7 +325,10 @@ fn writer_loop(
             .is_some_and(|f| f.take_panic_writer());
         commit_batch(conn, &mut batch, counters, check_fks, panic_now);
         counters.write_active.store(0, Ordering::Relaxed);
-        nudge.after_commit(conn, &wal_pages, passive_pages, counters);
+        for (mode, reply) in asked.drain(..) {
+            let _ = reply.send(nudge.on_demand(conn, mode, &wal_pages, counters));
+        }
+        nudge.after_commit(conn, &wal_pages, counters);
         if stopping {
             return;
         }
