@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::Connection;
 
@@ -321,7 +321,7 @@ impl Database {
         budget: &Budget,
         f: impl FnMut(&Connection) -> Result<T>,
     ) -> Result<T> {
-        let started = Instant::now();
+        let started = budget.started;
         let c = &self.inner.counters;
         let r = self.inner.readers.run(budget, f).await;
         c.read_latency.record(started.elapsed());
@@ -334,7 +334,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let started = Instant::now();
+        let started = budget.started;
         let c = &self.inner.counters;
         let r = self.inner.heavy.run(budget, f).await;
         c.heavy_latency.record(started.elapsed());
