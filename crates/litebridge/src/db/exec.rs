@@ -26,6 +26,14 @@ pub(crate) fn is_connection_failure(err: &Error) -> bool {
 }
 
 pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<CachedStatement<'c>> {
+    // SQLite stops reading at a NUL byte, so anything after one would be
+    // silently ignored: refuse it instead.
+    if let Some(at) = sql.bytes().position(|b| b == 0) {
+        return Err(Error::invalid(
+            "sql",
+            format!("it contains a NUL byte at offset {at}"),
+        ));
+    }
     Ok(conn.prepare_cached(sql)?)
 }
 

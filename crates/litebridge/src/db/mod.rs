@@ -129,6 +129,13 @@ pub struct Health {
 /// A litebridge database: one writer with group commit, a read lane and a
 /// heavy lane over one SQLite file. Cheap to clone; every clone is the same
 /// database.
+///
+/// Use it inside a Tokio runtime with its time driver enabled (the default
+/// `#[tokio::main]` or `Builder::enable_all`): waits for a full queue or a busy
+/// pool are bounded by deadlines. Dropping the last clone (or [`close`]) commits
+/// what is queued, checkpoints and joins the threads.
+///
+/// [`close`]: Database::close
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
@@ -163,7 +170,12 @@ impl Inner {
     fn shutdown(&self) {
         if let Some((stop, thread)) = lock(&self.health).take() {
             drop(stop);
-            let _ = thread.join();
+            // The health thread holds the database for a moment while it
+            // checks; if the last handle went away meanwhile, this drop runs
+            // on that thread, which must not wait for itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
         self.readers.close();
         self.heavy.shutdown();
