@@ -124,14 +124,7 @@ where
     }
 
     fn finish(self: Box<Self>, outcome: Result<()>) {
-        let answer = match (outcome, self.result) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(Error::Internal {
-                message: "a write finished without a result".into(),
-            }),
-            (Err(e), _) => Err(e),
-        };
-        let _ = self.reply.send(answer);
+        answer(self.reply, outcome, self.result);
     }
 }
 
@@ -202,14 +195,7 @@ impl ExecJob {
     }
 
     fn finish(self, outcome: Result<()>) {
-        let answer = match (outcome, self.result) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(Error::Internal {
-                message: "a write finished without a result".into(),
-            }),
-            (Err(e), _) => Err(e),
-        };
-        let _ = self.reply.send(answer);
+        answer(self.reply, outcome, self.result);
     }
 }
 
@@ -254,6 +240,18 @@ impl Request {
             Request::Other(j) => j.finish(outcome),
         }
     }
+}
+
+/// Sends a caller its answer: the kept result when the batch committed.
+fn answer<T>(reply: oneshot::Sender<Result<T>>, outcome: Result<()>, result: Option<T>) {
+    let answer = match (outcome, result) {
+        (Ok(()), Some(v)) => Ok(v),
+        (Ok(()), None) => Err(Error::Internal {
+            message: "a write finished without a result".into(),
+        }),
+        (Err(e), _) => Err(e),
+    };
+    let _ = reply.send(answer);
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
