@@ -41,6 +41,8 @@ pub enum ErrorKind {
     Forbidden,
     /// A bug or a panic in caller-supplied code.
     Internal,
+    /// A circuit breaker is open: calls are refused until `retry_after`.
+    CircuitOpen,
 }
 
 impl ErrorKind {
@@ -60,6 +62,7 @@ impl ErrorKind {
             ErrorKind::CheckFailed => "check_failed",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Internal => "internal",
+            ErrorKind::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -179,6 +182,14 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A circuit breaker refused the call without trying it.
+    #[error("circuit breaker `{breaker}` is open; retry after {} ms", retry_after.as_millis())]
+    CircuitOpen {
+        /// The breaker's name (the method it guards).
+        breaker: String,
+        /// How long until it lets a probe through.
+        retry_after: Duration,
+    },
     /// An integrity or foreign-key check found problems.
     #[error("check of {} failed: {detail}", path.display())]
     CheckFailed {
@@ -267,6 +278,13 @@ impl Clone for Error {
             Error::Internal { message } => Error::Internal {
                 message: message.clone(),
             },
+            Error::CircuitOpen {
+                breaker,
+                retry_after,
+            } => Error::CircuitOpen {
+                breaker: breaker.clone(),
+                retry_after: *retry_after,
+            },
         }
     }
 }
@@ -307,6 +325,7 @@ impl Error {
             Error::CheckFailed { .. } => ErrorKind::CheckFailed,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Internal { .. } => ErrorKind::Internal,
+            Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
         }
     }
 
@@ -319,7 +338,8 @@ impl Error {
             Error::Timeout { .. }
             | Error::Overloaded { .. }
             | Error::Busy { .. }
-            | Error::Unavailable { .. } => true,
+            | Error::Unavailable { .. }
+            | Error::CircuitOpen { .. } => true,
             // SQLITE_FULL and I/O errors can go away when space returns.
             Error::Sql { code, .. } => {
                 matches!(*code, SQLITE_FULL | SQLITE_IOERR | SQLITE_NOMEM)
@@ -343,7 +363,9 @@ impl Error {
     /// A suggested wait before retrying, for errors that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Overloaded { retry_after, .. } => Some(*retry_after),
+            Error::Overloaded { retry_after, .. } | Error::CircuitOpen { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Error::Busy { .. } => Some(Duration::from_millis(50)),
             _ => None,
         }

@@ -28,6 +28,8 @@
 //!   `checkpointer` (WAL checkpoints off the writer thread), `backup` (online
 //!   backup, checks), `restore` (restore with the old file kept aside), `ffi`
 //!   (the one unsafe call).
+//! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
+//!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `fault`: fault switches for tests (hidden).
@@ -38,6 +40,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fault;
 mod histogram;
+pub mod resilience;
 pub mod stats;
 pub mod value;
 
