@@ -1,0 +1,340 @@
+"""The worker: a method registry and the JSON-RPC loop.
+
+Design:
+- The protocol owns stdout. At start the real fd 1 is duplicated to a private
+  descriptor for replies, and fd 1 itself is pointed at stderr, so nothing a
+  handler prints (``print()``, a C library writing to fd 1) can corrupt it.
+- A reader thread reads stdin line by line (``readline`` has no length limit,
+  unlike asyncio streams) and hands each line to the event loop.
+- ``async def`` handlers run as tasks on the loop; plain functions run in a
+  thread pool. Many calls are in flight at once; replies are written whole,
+  under a lock, in the order they finish.
+- ``$/cancelRequest`` cancels an async handler's task and marks a sync
+  handler's call, which can look with ``cancelled()``.
+- When stdin closes the worker stops taking calls, lets the ones in flight
+  finish (up to ``drain_timeout``) and exits, so a worker never outlives
+  litebridge.
+"""
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import json
+import os
+import sys
+import threading
+import traceback
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+WORKER_ERROR = -32004
+
+_request_id = contextvars.ContextVar("litebridge_request_id", default=None)
+_cancel_flag = contextvars.ContextVar("litebridge_cancel_flag", default=None)
+
+
+def current_request_id():
+    """The id of the JSON-RPC call being handled (None outside a call)."""
+    return _request_id.get()
+
+
+def cancelled():
+    """True once litebridge has cancelled the call being handled.
+
+    A long synchronous handler should look now and then and stop early; an
+    ``async def`` handler is cancelled with ``asyncio.CancelledError``.
+    """
+    flag = _cancel_flag.get()
+    return flag is not None and flag.is_set()
+
+
+class WorkerError(Exception):
+    """Raise to return an error with a chosen ``type`` (default: the class name)."""
+
+    def __init__(self, message, type_name=None):
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class _Method:
+    __slots__ = ("name", "func", "idempotent", "cache_ttl_s", "is_async")
+
+    def __init__(self, name, func, idempotent, cache_ttl_s):
+        self.name = name
+        self.func = func
+        self.idempotent = idempotent
+        self.cache_ttl_s = cache_ttl_s
+        self.is_async = inspect.iscoroutinefunction(func)
+
+    def describe(self):
+        d = {"name": self.name, "idempotent": self.idempotent}
+        if self.cache_ttl_s is not None:
+            d["cache_ttl_s"] = self.cache_ttl_s
+        return d
+
+
+class Worker:
+    """A registry of methods and the loop that serves them."""
+
+    def __init__(self, max_threads=32, drain_timeout=10.0):
+        self._methods = {}
+        self._resolver = None
+        self._max_threads = max_threads
+        self._drain_timeout = drain_timeout
+        self._out = None
+        self._out_lock = threading.Lock()
+        self._loop = None
+        self._inflight = {}  # id -> (task, cancel flag, is_async)
+        self._signatures = {}
+
+    # ----- registration -------------------------------------------------
+
+    def method(self, name=None, idempotent=True, cache_ttl_s=None):
+        """Decorator registering a function (sync or ``async def``).
+
+        ``idempotent=False`` tells litebridge never to retry the call on
+        another worker after a crash. ``cache_ttl_s`` makes results cacheable.
+        """
+
+        def register(func):
+            key = name or func.__name__
+            if key.startswith("$/"):
+                raise ValueError("method names starting with '$/' are reserved")
+            self._methods[key] = _Method(key, func, idempotent, cache_ttl_s)
+            return func
+
+        return register
+
+    def add(self, func, name=None, idempotent=True, cache_ttl_s=None):
+        """Registers ``func`` without the decorator syntax."""
+        return self.method(name, idempotent, cache_ttl_s)(func)
+
+    def set_resolver(self, resolver):
+        """Resolves names not registered: ``resolver(name) -> callable or None``."""
+        self._resolver = resolver
+
+    # ----- serving --------------------------------------------------------
+
+    def run(self):
+        """Serves stdin/stdout until stdin closes. Never returns early."""
+        self._take_stdout()
+        try:
+            asyncio.run(self._serve())
+        except KeyboardInterrupt:
+            pass
+
+    def _take_stdout(self):
+        sys.stdout.flush()
+        self._out = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    async def _serve(self):
+        self._loop = asyncio.get_running_loop()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._max_threads, thread_name_prefix="litebridge-handler"
+        )
+        lines = asyncio.Queue()
+        reader = threading.Thread(
+            target=self._read_stdin, args=(lines,), name="litebridge-stdin", daemon=True
+        )
+        reader.start()
+        self._notify(
+            "$/ready",
+            {
+                "pid": os.getpid(),
+                "methods": [m.describe() for m in self._methods.values()],
+                "dynamic": self._resolver is not None,
+            },
+        )
+        while True:
+            line = await lines.get()
+            if line is None:
+                break
+            self._dispatch(line)
+        pending = [t for t, _, _ in self._inflight.values()]
+        if pending:
+            await asyncio.wait(
+                [asyncio.ensure_future(p) if not asyncio.isfuture(p) else p for p in pending],
+                timeout=self._drain_timeout,
+            )
+        self._pool.shutdown(wait=False)
+
+    def _read_stdin(self, lines):
+        stdin = sys.stdin.buffer
+        while True:
+            try:
+                line = stdin.readline()
+            except (OSError, ValueError):
+                line = b""
+            if not line:
+                self._loop.call_soon_threadsafe(lines.put_nowait, None)
+                return
+            if line.strip():
+                self._loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    def _dispatch(self, line):
+        try:
+            msg = json.loads(line)
+        except ValueError as e:
+            self._reply_error(None, PARSE_ERROR, "parse error: %s" % e)
+            return
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(
+            msg.get("method"), str
+        ):
+            if isinstance(msg, dict) and "method" not in msg and "id" in msg:
+                return  # a stray response: litebridge does not send these
+            self._reply_error(msg.get("id") if isinstance(msg, dict) else None,
+                              INVALID_REQUEST, "invalid request")
+            return
+        method = msg["method"]
+        rid = msg.get("id")
+        params = msg.get("params")
+        if method == "$/cancelRequest":
+            self._cancel(params)
+            return
+        if method == "$/ping":
+            if rid is not None:
+                self._reply(rid, {"pong": True, "pid": os.getpid(), "in_flight": len(self._inflight)})
+            return
+        target = self._methods.get(method)
+        func = target.func if target else None
+        is_async = target.is_async if target else False
+        if func is None and self._resolver is not None:
+            try:
+                func = self._resolver(method)
+            except Exception as e:  # a refused or broken dotted path
+                self._reply_exception(rid, e, METHOD_NOT_FOUND)
+                return
+            is_async = func is not None and inspect.iscoroutinefunction(func)
+        if func is None:
+            if rid is not None:
+                self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
+            return
+        if params is None:
+            args, kwargs = (), {}
+        elif isinstance(params, list):
+            args, kwargs = tuple(params), {}
+        elif isinstance(params, dict):
+            args, kwargs = (), params
+        else:
+            self._reply_error(rid, INVALID_PARAMS, "params must be an array or an object")
+            return
+        problem = self._check_params(func, args, kwargs)
+        if problem is not None:
+            self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
+            return
+        flag = threading.Event()
+        ctx = contextvars.copy_context()
+        ctx.run(_request_id.set, rid)
+        ctx.run(_cancel_flag.set, flag)
+        if is_async:
+            # A task copies the context current at its creation: ctx here.
+            task = ctx.run(self._loop.create_task, self._run_async(rid, func, args, kwargs))
+        else:
+            fut = self._loop.run_in_executor(self._pool, ctx.run, self._call_sync, func, args, kwargs)
+            task = self._loop.create_task(self._finish_sync(rid, fut))
+        if rid is not None:
+            self._inflight[rid] = (task, flag, is_async)
+            task.add_done_callback(lambda _t, rid=rid: self._inflight.pop(rid, None))
+
+    def _check_params(self, func, args, kwargs):
+        """Binds the params to the signature (cached per function): a mismatch
+        is the caller's mistake and must not look like the handler failing."""
+        sig = self._signatures.get(func, False)
+        if sig is False:
+            try:
+                sig = inspect.signature(func)
+            except (TypeError, ValueError):
+                sig = None
+            self._signatures[func] = sig
+        if sig is None:
+            return None
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            return str(e)
+        return None
+
+    @staticmethod
+    def _call_sync(func, args, kwargs):
+        return func(*args, **kwargs)
+
+    async def _run_async(self, rid, func, args, kwargs):
+        try:
+            result = await func(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+            return
+        except Exception as e:
+            self._reply_exception(rid, e)
+            return
+        self._reply(rid, result)
+
+    async def _finish_sync(self, rid, fut):
+        try:
+            result = await fut
+        except Exception as e:
+            self._reply_exception(rid, e)
+            return
+        self._reply(rid, result)
+
+    def _cancel(self, params):
+        rid = params.get("id") if isinstance(params, dict) else None
+        entry = self._inflight.get(rid)
+        if entry is None:
+            return
+        task, flag, is_async = entry
+        flag.set()
+        if is_async:
+            task.cancel()
+        # A thread cannot be stopped from outside: a synchronous handler sees
+        # cancelled() and returns early; its answer is still sent.
+
+    # ----- writing --------------------------------------------------------
+
+    def _write(self, obj):
+        try:
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            rid = obj.get("id")
+            data = json.dumps({
+                "jsonrpc": "2.0", "id": rid,
+                "error": {"code": WORKER_ERROR,
+                          "message": "the result is not JSON serializable: %s" % e,
+                          "data": {"type": "TypeError", "traceback": "",
+                                   "kind": "worker_error", "recoverable": False}},
+            })
+        payload = (data + "\n").encode("utf-8", "surrogatepass")
+        with self._out_lock:
+            view = memoryview(payload)
+            while view:
+                n = os.write(self._out, view)
+                view = view[n:]
+
+    def _notify(self, method, params):
+        self._write({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def _reply(self, rid, result):
+        if rid is not None:
+            self._write({"jsonrpc": "2.0", "id": rid, "result": result})
+
+    def _reply_error(self, rid, code, message, data=None):
+        err = {"code": code, "message": message}
+        if data is not None:
+            d = {"kind": "worker_error", "recoverable": False}
+            d.update(data)
+            err["data"] = d
+        self._write({"jsonrpc": "2.0", "id": rid, "error": err})
+
+    def _reply_exception(self, rid, e, code=WORKER_ERROR):
+        if rid is None:
+            return
+        type_name = getattr(e, "type_name", None) or type(e).__name__
+        self._reply_error(rid, code, str(e) or type_name, {
+            "type": type_name,
+            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+        })

@@ -1,0 +1,182 @@
+"""End-to-end tests of the worker SDK: real processes, real pipes."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON_DIR = os.path.dirname(HERE)
+EXAMPLE = os.path.join(PYTHON_DIR, "..", "examples", "worker.py")
+
+
+class Peer:
+    """litebridge's side of the pipes, minimal."""
+
+    def __init__(self, argv, env=None):
+        full_env = dict(os.environ, PYTHONPATH=PYTHON_DIR)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        self.next_id = 0
+        self.ready = self.read()
+
+    def send(self, obj):
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.proc.stdin.write(data + b"\n")
+        self.proc.stdin.flush()
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise EOFError("the worker closed stdout; stderr: %s" % self.proc.stderr.read().decode())
+        return json.loads(line)
+
+    def call(self, method, params=None):
+        self.next_id += 1
+        msg = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return self.next_id
+
+    def roundtrip(self, method, params=None):
+        rid = self.call(method, params)
+        reply = self.read()
+        assert reply["id"] == rid, reply
+        return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+class ExampleWorkerTest(unittest.TestCase):
+    def setUp(self):
+        self.peer = Peer([sys.executable, EXAMPLE])
+
+    def tearDown(self):
+        self.peer.close()
+
+    def test_ready_lists_methods_with_their_flags(self):
+        ready = self.peer.ready
+        self.assertEqual(ready["method"], "$/ready")
+        self.assertEqual(ready["params"]["pid"], self.peer.proc.pid)
+        methods = {m["name"]: m for m in ready["params"]["methods"]}
+        self.assertTrue(methods["echo"]["idempotent"])
+        self.assertFalse(methods["charge"]["idempotent"])
+        self.assertEqual(methods["analyze"]["cache_ttl_s"], 60)
+        self.assertNotIn("cache_ttl_s", methods["echo"])
+
+    def test_positional_and_named_params(self):
+        self.assertEqual(self.peer.roundtrip("echo", [42])["result"], 42)
+        r = self.peer.roundtrip("analyze", {"description": "a b c", "domain": "finance"})
+        self.assertEqual(r["result"], {"domain": "finance", "words": 3})
+        self.assertEqual(self.peer.roundtrip("analyze", ["x y"])["result"]["domain"], "general")
+
+    def test_exceptions_carry_type_and_traceback(self):
+        err = self.peer.roundtrip("fail", ["kaput"])["error"]
+        self.assertEqual(err["code"], -32004)
+        self.assertEqual(err["message"], "kaput")
+        self.assertEqual(err["data"]["type"], "ValueError")
+        self.assertIn("raise ValueError(message)", err["data"]["traceback"])
+        self.assertEqual(err["data"]["kind"], "worker_error")
+        custom = self.peer.roundtrip("charge", ["acct", -1])["error"]
+        self.assertEqual(custom["data"]["type"], "ValueError")
+
+    def test_unknown_methods_and_bad_params(self):
+        self.assertEqual(self.peer.roundtrip("nope")["error"]["code"], -32601)
+        self.assertEqual(self.peer.roundtrip("echo", {"wrong": 1})["error"]["code"], -32602)
+        self.assertEqual(self.peer.roundtrip("echo", "scalar")["error"]["code"], -32602)
+
+    def test_garbage_lines_get_parse_errors_and_the_worker_goes_on(self):
+        self.peer.send(b"{not json")
+        self.assertEqual(self.peer.read()["error"]["code"], -32700)
+        self.peer.send({"jsonrpc": "1.0", "id": 9, "method": "echo"})
+        self.assertEqual(self.peer.read()["error"]["code"], -32600)
+        self.assertEqual(self.peer.roundtrip("echo", [1])["result"], 1)
+
+    def test_print_in_a_handler_cannot_corrupt_the_protocol(self):
+        for _ in range(20):
+            self.assertEqual(self.peer.roundtrip("analyze", ["hello world"])["result"]["words"], 2)
+
+    def test_lines_of_any_size(self):
+        big = "x" * (10 * 1024 * 1024)
+        self.assertEqual(len(self.peer.roundtrip("echo", [big])["result"]), len(big))
+
+    def test_calls_run_concurrently(self):
+        started = time.monotonic()
+        ids = [self.peer.call("wait", [0.3]) for _ in range(10)]
+        ids += [self.peer.call("spin", [0.3]) for _ in range(4)]
+        replies = [self.peer.read() for _ in ids]
+        self.assertEqual(sorted(r["id"] for r in replies), sorted(ids))
+        self.assertLess(time.monotonic() - started, 2.0, "calls ran one after another")
+
+    def test_cancellation_reaches_async_and_sync_handlers(self):
+        a = self.peer.call("wait", [30])
+        s = self.peer.call("spin", [30])
+        time.sleep(0.1)
+        self.peer.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": a}})
+        self.peer.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": s}})
+        replies = {r["id"]: r for r in (self.peer.read(), self.peer.read())}
+        self.assertEqual(replies[a]["error"]["data"]["type"], "CancelledError")
+        self.assertEqual(replies[s]["result"], "cancelled")
+
+    def test_ping(self):
+        r = self.peer.roundtrip("$/ping")["result"]
+        self.assertTrue(r["pong"])
+        self.assertEqual(r["pid"], self.peer.proc.pid)
+
+    def test_exits_when_stdin_closes_after_finishing_calls(self):
+        rid = self.peer.call("wait", [0.2])
+        self.peer.proc.stdin.close()
+        reply = self.peer.read()
+        self.assertEqual(reply["id"], rid)
+        self.assertEqual(self.peer.proc.wait(timeout=10), 0)
+
+
+class GenericModeTest(unittest.TestCase):
+    def setUp(self):
+        self.trace = tempfile.mktemp()
+        self.peer = Peer(
+            [sys.executable, "-m", "litebridge_worker", "--root", os.path.join(HERE, "fixtures"),
+             "--allow", "pkg.tools"],
+            env={"SECRET_TRACE": self.trace},
+        )
+
+    def tearDown(self):
+        self.peer.close()
+        if os.path.exists(self.trace):
+            os.unlink(self.trace)
+
+    def test_dotted_functions_and_class_methods(self):
+        self.assertTrue(self.peer.ready["params"]["dynamic"])
+        self.assertEqual(self.peer.roundtrip("pkg.tools.add", [2, 3])["result"], 5)
+        r = self.peer.roundtrip("pkg.tools.Agent.analyze_requirements",
+                                {"description": "portfolio risk", "domain": "finance"})
+        self.assertEqual(r["result"], {"domain": "finance", "length": 14, "calls": 1})
+        r = self.peer.roundtrip("pkg.tools.Agent.analyze_requirements", ["x"])
+        self.assertEqual(r["result"]["calls"], 2, "the instance is reused")
+
+    def test_paths_outside_the_prefixes_are_refused_before_import(self):
+        for name in ["secret.run", "os.system", "pkg.tools._private", "pkg.tools.__class__"]:
+            err = self.peer.roundtrip(name, ["echo pwned"])["error"]
+            self.assertEqual(err["code"], -32601, name)
+        self.assertFalse(os.path.exists(self.trace), "a refused module was imported")
+        self.assertEqual(self.peer.roundtrip("pkg.tools.missing")["error"]["code"], -32601)
+
+
+if __name__ == "__main__":
+    unittest.main()
