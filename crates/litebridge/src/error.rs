@@ -43,6 +43,10 @@ pub enum ErrorKind {
     Internal,
     /// A circuit breaker is open: calls are refused until `retry_after`.
     CircuitOpen,
+    /// A worker's handler raised an exception.
+    WorkerError,
+    /// A worker process died with the call in flight; its outcome is unknown.
+    WorkerCrashed,
 }
 
 impl ErrorKind {
@@ -63,6 +67,8 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Internal => "internal",
             ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::WorkerError => "worker_error",
+            ErrorKind::WorkerCrashed => "worker_crashed",
         }
     }
 }
@@ -182,6 +188,31 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A worker's handler raised an exception (or refused the call).
+    #[error("worker raised {type_name}: {message}")]
+    WorkerError {
+        /// The JSON-RPC error code the worker sent (-32004 for an exception).
+        code: i64,
+        /// The exception's message.
+        message: String,
+        /// The exception's type (`ValueError`, ...).
+        type_name: String,
+        /// The worker's traceback.
+        traceback: String,
+    },
+    /// The worker process died while the call was in flight.
+    #[error(
+        "worker process {pid} died ({exit}) with the call in flight; its outcome is unknown{}",
+        stderr_tail(stderr)
+    )]
+    WorkerCrashed {
+        /// The process id.
+        pid: u32,
+        /// How it ended: `exit code 1`, `signal 9 (SIGKILL)`, ...
+        exit: String,
+        /// The last lines it wrote to stderr.
+        stderr: Vec<String>,
+    },
     /// A circuit breaker refused the call without trying it.
     #[error("circuit breaker `{breaker}` is open; retry after {} ms", retry_after.as_millis())]
     CircuitOpen {
@@ -285,6 +316,22 @@ impl Clone for Error {
                 breaker: breaker.clone(),
                 retry_after: *retry_after,
             },
+            Error::WorkerError {
+                code,
+                message,
+                type_name,
+                traceback,
+            } => Error::WorkerError {
+                code: *code,
+                message: message.clone(),
+                type_name: type_name.clone(),
+                traceback: traceback.clone(),
+            },
+            Error::WorkerCrashed { pid, exit, stderr } => Error::WorkerCrashed {
+                pid: *pid,
+                exit: exit.clone(),
+                stderr: stderr.clone(),
+            },
         }
     }
 }
@@ -326,6 +373,8 @@ impl Error {
             Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Internal { .. } => ErrorKind::Internal,
             Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            Error::WorkerError { .. } => ErrorKind::WorkerError,
+            Error::WorkerCrashed { .. } => ErrorKind::WorkerCrashed,
         }
     }
 
@@ -339,7 +388,8 @@ impl Error {
             | Error::Overloaded { .. }
             | Error::Busy { .. }
             | Error::Unavailable { .. }
-            | Error::CircuitOpen { .. } => true,
+            | Error::CircuitOpen { .. }
+            | Error::WorkerCrashed { .. } => true,
             // SQLITE_FULL and I/O errors can go away when space returns.
             Error::Sql { code, .. } => {
                 matches!(*code, SQLITE_FULL | SQLITE_IOERR | SQLITE_NOMEM)
@@ -414,6 +464,13 @@ impl Error {
             what: "database",
             reason: "it has been closed".into(),
         }
+    }
+}
+
+fn stderr_tail(lines: &[String]) -> String {
+    match lines.last() {
+        Some(last) => format!("; its last stderr line: {last}"),
+        None => String::new(),
     }
 }
 

@@ -31,6 +31,8 @@
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.
+//! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
+//!   JSON-RPC on stdin/stdout; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `fault`: fault switches for tests (hidden).
 
@@ -43,6 +45,7 @@ mod histogram;
 pub mod resilience;
 pub mod stats;
 pub mod value;
+pub mod workers;
 
 pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempStore};
 pub use db::{

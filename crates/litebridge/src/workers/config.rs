@@ -1,0 +1,132 @@
+//! The configuration of a [`WorkerPool`](crate::workers::WorkerPool).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::resilience::{Backoff, BreakerConfig, Growth, RetryPolicy};
+
+/// How to run and supervise a pool of worker processes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The program and its arguments, e.g. `["python3", "examples/worker.py"]`.
+    pub command: Vec<String>,
+    /// Working directory of the workers. Default: litebridge's.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Worker processes. Default: 2.
+    pub processes: usize,
+    /// Calls in flight on one worker at most. Default: 64.
+    pub max_in_flight: usize,
+    /// Calls that may wait for a free worker; more get `overloaded`. Default: 1024.
+    pub queue: usize,
+    /// How long a new worker has to send `$/ready`. Default: 10 s.
+    pub start_timeout: Duration,
+    /// Deadline of a call that does not set one, time queued included. Default: 30 s.
+    pub call_timeout: Duration,
+    /// After `$/cancelRequest`, how long a worker may stay busy with the call
+    /// before it is killed and replaced. Default: 5 s.
+    pub cancel_grace: Duration,
+    /// At shutdown, how long workers get after stdin closes, and again after
+    /// SIGTERM, before SIGKILL. Default: 5 s.
+    pub shutdown_grace: Duration,
+    /// Waits between restarts of a worker that keeps dying.
+    /// Default: exponential from 100 ms, doubling, at most 10 s, no jitter.
+    pub restart_backoff: Backoff,
+    /// More restarts than this within a minute mark the pool unhealthy (it
+    /// keeps restarting, at the backoff's slowest pace). Default: 10.
+    pub max_restarts_per_minute: u32,
+    /// Retries of idempotent calls after a crash. Default: 3 attempts.
+    pub retry: RetryPolicy,
+    /// The per-method circuit breakers. Default: [`BreakerConfig::default`].
+    pub breaker: BreakerConfig,
+    /// Stderr lines kept per worker for crash reports. Default: 20.
+    pub stderr_lines: usize,
+    /// The longest line a worker may write; longer is a protocol error. Default: 256 MiB.
+    pub max_line_bytes: usize,
+}
+
+impl WorkerConfig {
+    /// A configuration running `command` (program and arguments).
+    pub fn new<I, S>(command: I) -> WorkerConfig
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        WorkerConfig {
+            command: command.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env: Vec::new(),
+            processes: 2,
+            max_in_flight: 64,
+            queue: 1024,
+            start_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            restart_backoff: Backoff {
+                growth: Growth::Exponential {
+                    base: Duration::from_millis(100),
+                    factor: 2.0,
+                },
+                max: Duration::from_secs(10),
+                full_jitter: false,
+            },
+            max_restarts_per_minute: 10,
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            stderr_lines: 20,
+            max_line_bytes: 256 * 1024 * 1024,
+        }
+    }
+
+    /// Splits a command line on whitespace (`"python3 examples/worker.py"`).
+    pub fn from_command_line(line: &str) -> WorkerConfig {
+        WorkerConfig::new(line.split_whitespace())
+    }
+
+    /// Checks every value, naming the first bad one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] with the key, the value and what was expected.
+    pub fn validate(&self) -> Result<()> {
+        if self.command.is_empty() || self.command[0].trim().is_empty() {
+            return Err(Error::config(
+                "workers.command",
+                "\"\"",
+                "a program to run, e.g. \"python3 examples/worker.py\"",
+            ));
+        }
+        if !(1..=256).contains(&self.processes) {
+            return Err(Error::config(
+                "workers.processes",
+                self.processes,
+                "an integer from 1 to 256",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return Err(Error::config(
+                "workers.max_in_flight",
+                self.max_in_flight,
+                "an integer from 1 to 100000",
+            ));
+        }
+        if self.start_timeout.is_zero() {
+            return Err(Error::config(
+                "workers.start_timeout_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(Error::config(
+                "workers.timeout_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! The worker bridge: long-lived worker processes called over JSON-RPC 2.0 on
+//! their stdin/stdout.
+//!
+//! # Design
+//!
+//! **Many calls per pipe.** A round trip to a process costs a thread wake-up
+//! on each side (~70 us here); one call at a time per worker would cap a pool
+//! near 14k calls/s. Each worker takes up to `max_in_flight` calls at once,
+//! matched to answers by id, and a call goes to the least-loaded worker.
+//! Callers beyond every worker's limit wait in a bounded queue (then
+//! `overloaded`), inside their deadline.
+//!
+//! **Crashes.** The reader task of a worker sees its stdout end, collects the
+//! exit status, and fails every call in flight with `worker_crashed` (pid,
+//! exit code or signal, its last stderr lines): the outcome of those calls is
+//! unknown, so only methods the worker declared idempotent are retried, on
+//! another worker, by the pool's retry policy. The supervisor starts a
+//! replacement with backoff; more than `max_restarts_per_minute` restarts
+//! mark the pool unhealthy instead of spinning.
+//!
+//! **Deadlines and cancellation.** A call's deadline covers its time queued.
+//! When it passes, or the caller drops the future, the worker gets
+//! `$/cancelRequest`; a worker still busy with the call after `cancel_grace`
+//! is killed and replaced, so a stuck handler cannot hold a slot forever.
+//!
+//! **Process groups.** Each worker leads its own process group, so shutdown
+//! (drain, close stdin, SIGTERM, SIGKILL) reaches what it started. Workers
+//! exit by themselves when stdin closes, so none outlives litebridge.
+//!
+//! **Breakers.** One circuit breaker per method, around the retries: each call
+//! reports one outcome. Crashes, timeouts and exceptions count as failures;
+//! bad params and a full queue do not.
+
+mod config;
+mod pool;
+mod process;
+mod protocol;
+mod signal;
+
+pub use config::WorkerConfig;
+pub use pool::{CallOptions, PoolStatus, WorkerPool, WorkerStatus};
+pub use protocol::MethodInfo;

@@ -1,0 +1,432 @@
+//! One worker process: spawned in its own process group, spoken to through
+//! three tasks (stdin writer, stdout reader, stderr forwarder).
+//!
+//! The reader owns the child. When stdout ends (the process died, or closed
+//! it), the reader collects the exit status, fails every call still in flight
+//! with `worker_crashed` (pid, exit, the last stderr lines), and tells the
+//! pool, which starts a replacement.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::workers::config::WorkerConfig;
+use crate::workers::protocol::{self, Incoming, MethodInfo};
+use crate::workers::signal;
+
+type Reply = oneshot::Sender<Result<Json>>;
+
+/// A running worker.
+#[derive(Debug)]
+pub(crate) struct Process {
+    /// The pool's number for this process (for logs and events).
+    pub(crate) id: u64,
+    pub(crate) pid: u32,
+    pub(crate) methods: HashMap<String, MethodInfo>,
+    pub(crate) dynamic: bool,
+    pub(crate) started: Instant,
+    /// Calls sent and not yet answered (cancelled ones included).
+    pub(crate) load: AtomicUsize,
+    pub(crate) calls: AtomicU64,
+    stdin: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    pending: Mutex<HashMap<u64, Reply>>,
+    /// Calls given up by their caller that the worker has not answered yet.
+    cancelled: Mutex<HashMap<u64, Instant>>,
+    dead: AtomicBool,
+    exited: watch::Receiver<Option<String>>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    cancel_grace: Duration,
+}
+
+impl Process {
+    /// Starts the command and waits for its `$/ready`.
+    ///
+    /// `on_exit` receives `id` when the process ends after it was ready.
+    pub(crate) async fn spawn(
+        config: &WorkerConfig,
+        id: u64,
+        on_exit: mpsc::UnboundedSender<u64>,
+    ) -> Result<Arc<Process>> {
+        let shown = config.command.join(" ");
+        let mut cmd = Command::new(&config.command[0]);
+        cmd.args(&config.command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a shutdown can signal everything it started.
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &config.cwd {
+            cmd.current_dir(dir);
+        }
+        for (k, v) in &config.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| Error::Unavailable {
+            what: "workers",
+            reason: format!("cannot start `{shown}`: {e}"),
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let stderr_pipe = child.stderr.take().expect("piped");
+
+        let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
+        tokio::spawn(forward_stderr(
+            stderr_pipe,
+            stderr.clone(),
+            id,
+            pid,
+            config.stderr_lines,
+        ));
+
+        let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+        let mut line = Vec::new();
+        let ready = tokio::time::timeout(config.start_timeout, async {
+            loop {
+                line.clear();
+                match read_line(&mut reader, &mut line, config.max_line_bytes).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+                match protocol::parse(&line) {
+                    Ok(Incoming::Ready(r)) => return Some(r),
+                    Ok(other) => tracing::warn!(worker = id, pid, "before $/ready: {other:?}"),
+                    Err(e) => tracing::warn!(worker = id, pid, "before $/ready: {e}"),
+                }
+            }
+        })
+        .await;
+        let ready = match ready {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let exit = describe_exit(child.wait().await.ok());
+                // Let the stderr task catch the last lines.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(Error::Unavailable {
+                    what: "workers",
+                    reason: format!(
+                        "`{shown}` ended before it was ready ({exit}){}",
+                        last_line(&stderr)
+                    ),
+                });
+            }
+            Err(_) => {
+                signal::kill_group(pid, libc::SIGKILL);
+                let _ = child.wait().await;
+                return Err(Error::Unavailable {
+                    what: "workers",
+                    reason: format!(
+                        "`{shown}` did not send $/ready within {} ms{}",
+                        config.start_timeout.as_millis(),
+                        last_line(&stderr)
+                    ),
+                });
+            }
+        };
+
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_stdin(stdin, stdin_rx));
+        let (exited_tx, exited_rx) = watch::channel(None);
+        let process = Arc::new(Process {
+            id,
+            pid: ready.pid.unwrap_or(pid),
+            methods: ready
+                .methods
+                .into_iter()
+                .map(|m| (m.name.clone(), m))
+                .collect(),
+            dynamic: ready.dynamic,
+            started: Instant::now(),
+            load: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            stdin: Mutex::new(Some(stdin_tx)),
+            pending: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+            exited: exited_rx,
+            stderr,
+            cancel_grace: config.cancel_grace,
+        });
+        tokio::spawn(read_stdout(
+            process.clone(),
+            reader,
+            child,
+            exited_tx,
+            on_exit,
+            config.max_line_bytes,
+        ));
+        Ok(process)
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Sends a call; the answer arrives on the returned channel.
+    pub(crate) fn send(
+        &self,
+        id: u64,
+        method: &str,
+        params: &Json,
+    ) -> Result<oneshot::Receiver<Result<Json>>> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if self.is_dead() {
+                return Err(self.crash_error());
+            }
+            pending.insert(id, tx);
+        }
+        self.load.fetch_add(1, Ordering::AcqRel);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let sent = lock(&self.stdin)
+            .as_ref()
+            .is_some_and(|s| s.send(protocol::request(id, method, params)).is_ok());
+        if !sent {
+            lock(&self.pending).remove(&id);
+            self.load.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.crash_error());
+        }
+        Ok(rx)
+    }
+
+    /// The caller of `id` gave up: tells the worker with `$/cancelRequest`, and
+    /// kills the worker if it has not answered within the grace period.
+    pub(crate) fn abandon(self: &Arc<Self>, id: u64) {
+        if lock(&self.pending).remove(&id).is_none() {
+            return; // already answered
+        }
+        lock(&self.cancelled).insert(id, Instant::now());
+        if let Some(s) = lock(&self.stdin).as_ref() {
+            let _ = s.send(protocol::notification(
+                "$/cancelRequest",
+                &serde_json::json!({ "id": id }),
+            ));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(me.cancel_grace).await;
+            let stuck = lock(&me.cancelled).contains_key(&id);
+            if stuck && !me.is_dead() {
+                tracing::warn!(
+                    worker = me.id,
+                    pid = me.pid,
+                    "call {id} still running {} ms after $/cancelRequest: killing the worker",
+                    me.cancel_grace.as_millis()
+                );
+                signal::kill_group(me.pid, libc::SIGKILL);
+            }
+        });
+    }
+
+    /// Closes stdin: a well-behaved worker finishes its calls and exits.
+    pub(crate) fn close_stdin(&self) {
+        lock(&self.stdin).take();
+    }
+
+    pub(crate) fn signal(&self, sig: i32) {
+        if !self.is_dead() {
+            signal::kill_group(self.pid, sig);
+        }
+    }
+
+    /// Waits until the process has ended, up to `limit`; true if it has.
+    pub(crate) async fn wait_exit(&self, limit: Duration) -> bool {
+        let mut rx = self.exited.clone();
+        tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+            .await
+            .is_ok()
+    }
+
+    fn crash_error(&self) -> Error {
+        Error::WorkerCrashed {
+            pid: self.pid,
+            exit: self
+                .exited
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "it is stopping".into()),
+            stderr: lock(&self.stderr).iter().cloned().collect(),
+        }
+    }
+
+    fn answer(&self, id: u64, outcome: Result<Json>) {
+        let waiting = lock(&self.pending).remove(&id);
+        let was_cancelled = lock(&self.cancelled).remove(&id).is_some();
+        if waiting.is_some() || was_cancelled {
+            self.load.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(tx) = waiting {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn last_line(stderr: &Mutex<VecDeque<String>>) -> String {
+    lock(stderr)
+        .back()
+        .map(|l| format!("; its last stderr line: {l}"))
+        .unwrap_or_default()
+}
+
+/// Reads one line into `buf` (newline included); a line longer than `max` is an error.
+async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(buf.len());
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(&available[..take]);
+        r.consume(take);
+        if buf.len() > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a line longer than {max} bytes"),
+            ));
+        }
+        if done {
+            return Ok(buf.len());
+        }
+    }
+}
+
+async fn write_stdin(
+    mut stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(line) = rx.recv().await {
+        if stdin.write_all(&line).await.is_err() {
+            return;
+        }
+        // Write everything queued before flushing once.
+        while let Ok(more) = rx.try_recv() {
+            if stdin.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if stdin.flush().await.is_err() {
+            return;
+        }
+    }
+    // The sender was dropped: closing stdin tells the worker to finish.
+    let _ = stdin.shutdown().await;
+}
+
+async fn forward_stderr(
+    pipe: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    id: u64,
+    pid: u32,
+    keep: usize,
+) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "litebridge::worker", worker = id, pid, "{line}");
+        let mut t = lock(&tail);
+        if t.len() >= keep.max(1) {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
+
+async fn read_stdout(
+    process: Arc<Process>,
+    mut reader: BufReader<tokio::process::ChildStdout>,
+    mut child: Child,
+    exited: watch::Sender<Option<String>>,
+    on_exit: mpsc::UnboundedSender<u64>,
+    max_line: usize,
+) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line(&mut reader, &mut line, max_line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(
+                    worker = process.id,
+                    pid = process.pid,
+                    "protocol broken ({e}): killing the worker"
+                );
+                signal::kill_group(process.pid, libc::SIGKILL);
+                break;
+            }
+        }
+        match protocol::parse(&line) {
+            Ok(Incoming::Response { id, outcome }) => process.answer(id, outcome),
+            Ok(Incoming::Notification(m)) => {
+                tracing::debug!(worker = process.id, "notification {m}");
+            }
+            Ok(Incoming::Ready(_)) => {}
+            Err(e) => {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                tracing::warn!(
+                    worker = process.id,
+                    pid = process.pid,
+                    "ignored a line on stdout ({e}): {shown}"
+                );
+            }
+        }
+    }
+    // Stdout is closed: the process is ending (or closed it; then it is killed).
+    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            signal::kill_group(process.pid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    let exit = describe_exit(status);
+    // Give the stderr task a moment to take in the last lines.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    process.dead.store(true, Ordering::Release);
+    let _ = exited.send(Some(exit.clone()));
+    let stderr: Vec<String> = lock(&process.stderr).iter().cloned().collect();
+    let orphans: Vec<Reply> = lock(&process.pending).drain().map(|(_, tx)| tx).collect();
+    lock(&process.cancelled).clear();
+    process.load.store(0, Ordering::Release);
+    for tx in orphans {
+        let _ = tx.send(Err(Error::WorkerCrashed {
+            pid: process.pid,
+            exit: exit.clone(),
+            stderr: stderr.clone(),
+        }));
+    }
+    let _ = on_exit.send(process.id);
+}
+
+fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "exit status unknown".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => format!("signal {sig} ({})", signal::name(sig)),
+            _ => "exit status unknown".into(),
+        },
+    }
+}

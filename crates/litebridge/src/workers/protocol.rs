@@ -1,0 +1,168 @@
+//! The worker protocol: newline-delimited JSON-RPC 2.0 on the worker's
+//! stdin/stdout (spec section 4).
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::error::Error;
+
+/// A method a worker offers, from its `$/ready`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MethodInfo {
+    /// The name callers use.
+    pub name: String,
+    /// Whether the call may be retried on another worker after a crash.
+    #[serde(default = "yes")]
+    pub idempotent: bool,
+    /// When set, results may be cached this long.
+    #[serde(default)]
+    pub cache_ttl_s: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The parameters of `$/ready`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Ready {
+    pub(crate) pid: Option<u32>,
+    #[serde(default)]
+    pub(crate) methods: Vec<MethodInfo>,
+    /// Whether it accepts names it did not list (generic dotted-path mode).
+    #[serde(default)]
+    pub(crate) dynamic: bool,
+}
+
+/// One line from a worker.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Ready(Ready),
+    Response {
+        id: u64,
+        outcome: Result<Json, Error>,
+    },
+    /// A notification other than `$/ready` (ignored, logged).
+    Notification(String),
+}
+
+#[derive(Deserialize)]
+struct Line {
+    jsonrpc: Option<String>,
+    id: Option<Json>,
+    method: Option<String>,
+    params: Option<Json>,
+    result: Option<Json>,
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    code: i64,
+    message: String,
+    data: Option<Json>,
+}
+
+/// Parses one line; `Err` describes what is wrong with it.
+pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
+    let l: Line = serde_json::from_slice(line).map_err(|e| format!("not JSON-RPC: {e}"))?;
+    if l.jsonrpc.as_deref() != Some("2.0") {
+        return Err("missing \"jsonrpc\": \"2.0\"".into());
+    }
+    if let Some(method) = l.method {
+        if method == "$/ready" {
+            let ready: Ready = serde_json::from_value(l.params.unwrap_or(Json::Null))
+                .map_err(|e| format!("bad $/ready: {e}"))?;
+            return Ok(Incoming::Ready(ready));
+        }
+        return Ok(Incoming::Notification(method));
+    }
+    let id =
+        l.id.as_ref()
+            .and_then(Json::as_u64)
+            .ok_or_else(|| "a response without a numeric id".to_owned())?;
+    let outcome = match (l.result, l.error) {
+        (_, Some(e)) => Err(worker_error(e)),
+        (Some(r), None) => Ok(r),
+        (None, None) => Ok(Json::Null),
+    };
+    Ok(Incoming::Response { id, outcome })
+}
+
+fn worker_error(e: WireError) -> Error {
+    let field = |k: &str| {
+        e.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match e.code {
+        -32601 => Error::invalid("method", e.message),
+        -32602 => Error::invalid("params", e.message),
+        _ => Error::WorkerError {
+            code: e.code,
+            message: e.message,
+            type_name: {
+                let t = field("type");
+                if t.is_empty() { "Error".to_owned() } else { t }
+            },
+            traceback: field("traceback"),
+        },
+    }
+}
+
+/// A request line (with its newline).
+pub(crate) fn request(id: u64, method: &str, params: &Json) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": method, "params": params,
+    }))
+    .unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// A notification line (with its newline).
+pub(crate) fn notification(method: &str, params: &Json) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0", "method": method, "params": params,
+    }))
+    .unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ready_responses_and_errors() {
+        match parse(br#"{"jsonrpc":"2.0","method":"$/ready","params":{"pid":7,"methods":[{"name":"a"},{"name":"b","idempotent":false,"cache_ttl_s":60}]}}"#).unwrap() {
+            Incoming::Ready(r) => {
+                assert_eq!(r.pid, Some(7));
+                assert!(r.methods[0].idempotent);
+                assert!(!r.methods[1].idempotent);
+                assert_eq!(r.methods[1].cache_ttl_s, Some(60.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(br#"{"jsonrpc":"2.0","id":3,"result":[1,2]}"#).unwrap() {
+            Incoming::Response {
+                id: 3,
+                outcome: Ok(v),
+            } => assert_eq!(v, serde_json::json!([1, 2])),
+            other => panic!("{other:?}"),
+        }
+        match parse(br#"{"jsonrpc":"2.0","id":4,"error":{"code":-32004,"message":"boom","data":{"type":"ValueError","traceback":"tb"}}}"#).unwrap() {
+            Incoming::Response { id: 4, outcome: Err(Error::WorkerError { type_name, traceback, .. }) } => {
+                assert_eq!(type_name, "ValueError");
+                assert_eq!(traceback, "tb");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(b"garbage").is_err());
+        assert!(parse(br#"{"id":1,"result":1}"#).is_err());
+    }
+}

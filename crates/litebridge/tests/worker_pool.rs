@@ -1,0 +1,409 @@
+//! The worker pool against real Python workers built on the SDK.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use litebridge::ErrorKind;
+use litebridge::resilience::BreakerConfig;
+use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn config(script: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::new([
+        "python3".to_owned(),
+        repo()
+            .join("crates/litebridge/tests/workers")
+            .join(script)
+            .display()
+            .to_string(),
+    ]);
+    c.env.push((
+        "PYTHONPATH".into(),
+        repo().join("python").display().to_string(),
+    ));
+    c.start_timeout = Duration::from_secs(20);
+    c.call_timeout = Duration::from_secs(20);
+    c.shutdown_grace = Duration::from_secs(3);
+    c
+}
+
+fn inline(code: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::new(["python3", "-c", code]);
+    c.start_timeout = Duration::from_millis(800);
+    c
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_the_workers() {
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    let status = pool.status();
+    assert!(status.healthy);
+    assert_eq!(status.workers.len(), 2);
+    assert!(pool.idempotent("echo"));
+    assert!(!pool.idempotent("record_once"));
+    assert!(!pool.idempotent("no_such_method"));
+    assert!(pool.methods().iter().any(|m| m.name == "hang"));
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let p = pool.clone();
+            tokio::spawn(async move { p.call("echo", json!([i]), CallOptions::default()).await })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(c.await.unwrap().unwrap(), json!(i));
+    }
+    let pids: std::collections::HashSet<_> = futures_pids(&pool).await;
+    assert_eq!(pids.len(), 2, "both workers served calls");
+    let e = pool
+        .call("no_such_method", json!([]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = pool
+        .call("always_fails", json!([]), CallOptions::default())
+        .await
+        .unwrap_err();
+    match e {
+        litebridge::Error::WorkerError {
+            type_name,
+            traceback,
+            ..
+        } => {
+            assert_eq!(type_name, "RuntimeError");
+            assert!(traceback.contains("broken on purpose"));
+        }
+        other => panic!("{other:?}"),
+    }
+    pool.shutdown().await;
+}
+
+async fn futures_pids(pool: &WorkerPool) -> std::collections::HashSet<u64> {
+    let mut set = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let p = pool.clone();
+                tokio::spawn(async move { p.call("pid", json!([]), CallOptions::default()).await })
+            })
+            .collect();
+        for c in calls {
+            set.insert(c.await.unwrap().unwrap().as_u64().unwrap());
+        }
+        if set.len() == 2 {
+            break;
+        }
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_fails_only_what_cannot_be_retried() {
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("executions.txt");
+    let path = log.display().to_string();
+    let mut idem = Vec::new();
+    let mut once = Vec::new();
+    for i in 0..20 {
+        let (p, file) = (pool.clone(), path.clone());
+        idem.push(tokio::spawn(async move {
+            p.call(
+                "record_idem",
+                json!([file, format!("idem-{i}"), 0.6]),
+                CallOptions::default(),
+            )
+            .await
+        }));
+        let (p, path) = (pool.clone(), path.clone());
+        once.push(tokio::spawn(async move {
+            p.call(
+                "record_once",
+                json!([path, format!("once-{i}"), 0.6]),
+                CallOptions::default(),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let victim = pool.status().workers[0].pid;
+    unsafe_kill(victim);
+    for c in idem {
+        c.await
+            .unwrap()
+            .expect("idempotent calls succeed through retries");
+    }
+    let mut crashed = Vec::new();
+    for (i, c) in once.into_iter().enumerate() {
+        match c.await.unwrap() {
+            Ok(_) => {}
+            Err(litebridge::Error::WorkerCrashed { pid, exit, .. }) => {
+                assert_eq!(pid, victim);
+                assert!(exit.contains("SIGKILL"), "{exit}");
+                crashed.push(format!("once-{i}"));
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(
+        !crashed.is_empty(),
+        "the victim had non-idempotent calls in flight"
+    );
+    let executions = std::fs::read_to_string(&log).unwrap();
+    for i in 0..20 {
+        let token = format!("once-{i}");
+        let n = executions.lines().filter(|l| *l == token).count();
+        let expected = usize::from(!crashed.contains(&token));
+        assert_eq!(n, expected, "{token} ran {n} times");
+    }
+    // The pool replaced the worker.
+    let started = Instant::now();
+    while pool.status().workers.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no replacement"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pool.status().restarts, 1);
+    pool.shutdown().await;
+}
+
+fn unsafe_kill(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_times_out_and_a_stuck_worker_is_replaced() {
+    let mut c = config("test_worker.py");
+    c.cancel_grace = Duration::from_millis(500);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cancelled");
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..CallOptions::default()
+    };
+    let started = Instant::now();
+    let e = pool
+        .call("hang", json!([marker.display().to_string()]), opts)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let seen = Instant::now();
+    while !marker.exists() {
+        assert!(
+            seen.elapsed() < Duration::from_secs(5),
+            "the handler never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pool.status().restarts,
+        0,
+        "a worker that honours cancel is kept"
+    );
+
+    // A handler that ignores cancellation gets its worker killed and replaced.
+    let e = pool.call("stubborn", json!([60]), opts).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let waited = Instant::now();
+    while pool.status().restarts == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the stuck worker was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        pool.call("echo", json!(["ok"]), CallOptions::default())
+            .await
+            .unwrap(),
+        json!("ok")
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_garbage_and_big_results_do_not_break_the_pool() {
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            pool.call("noisy", json!([]), CallOptions::default())
+                .await
+                .unwrap(),
+            json!("still fine")
+        );
+    }
+    let big = pool
+        .call("big", json!([10 * 1024 * 1024]), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(big.as_str().unwrap().len(), 10 * 1024 * 1024);
+    assert_eq!(pool.status().restarts, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_die_at_start_or_never_get_ready_give_one_clear_error() {
+    let e = WorkerPool::start(inline(
+        "import sys; print('cannot load the model', file=sys.stderr); sys.exit(3)",
+    ))
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ended before it was ready") && msg.contains("exit code 3"),
+        "{msg}"
+    );
+    assert!(msg.contains("cannot load the model"), "{msg}");
+
+    let started = Instant::now();
+    let e = WorkerPool::start(inline("import time; time.sleep(60)"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("did not send $/ready within 800 ms"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let e = WorkerPool::start(WorkerConfig::new(["/nonexistent/worker-binary"]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot start `/nonexistent/worker-binary`"),
+        "{e}"
+    );
+    let e = WorkerPool::start(WorkerConfig::new(Vec::<String>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_for_a_method_that_keeps_failing() {
+    let mut c = config("test_worker.py");
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    for _ in 0..3 {
+        let e = pool
+            .call("always_fails", json!([]), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerError);
+    }
+    let e = pool
+        .call("always_fails", json!([]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert!(e.retry_after().is_some());
+    // Other methods are not affected; a reset closes it.
+    pool.call("echo", json!([1]), CallOptions::default())
+        .await
+        .unwrap();
+    assert!(pool.reset_breaker("always_fails"));
+    let e = pool
+        .call("always_fails", json!([]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerError);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.max_in_flight = 1;
+    c.queue = 1;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let busy = {
+        let p = pool.clone();
+        tokio::spawn(async move {
+            p.call("stubborn", json!([0.5]), CallOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = {
+        let p = pool.clone();
+        tokio::spawn(async move { p.call("echo", json!([2]), CallOptions::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = pool
+        .call("echo", json!([3]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
+    busy.await.unwrap().unwrap();
+    assert_eq!(queued.await.unwrap().unwrap(), json!(2));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_calls_in_flight_leaves_no_process() {
+    let mut c = config("test_worker.py");
+    c.shutdown_grace = Duration::from_millis(500);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pids: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+    let quick = {
+        let p = pool.clone();
+        tokio::spawn(async move {
+            p.call("stubborn", json!([0.2]), CallOptions::default())
+                .await
+        })
+    };
+    let slow = {
+        let p = pool.clone();
+        tokio::spawn(async move {
+            p.call("stubborn", json!([60]), CallOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    pool.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        quick.await.unwrap().unwrap(),
+        json!("finished"),
+        "calls that finish in the grace period are answered"
+    );
+    let e = slow.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::WorkerCrashed | ErrorKind::Timeout),
+        "{e}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived the shutdown");
+    }
+    let e = pool
+        .call("echo", json!([1]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+}

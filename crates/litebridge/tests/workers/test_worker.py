@@ -1,0 +1,74 @@
+"""The worker the pool tests drive (built on the SDK)."""
+
+import os
+import sys
+import time
+
+from litebridge_worker import Worker, cancelled
+
+worker = Worker()
+
+
+@worker.method()
+def echo(value=None):
+    return value
+
+
+@worker.method()
+def pid():
+    return os.getpid()
+
+
+@worker.method()
+def record_idem(path, token, delay=0.0):
+    time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    return token
+
+
+@worker.method(idempotent=False)
+def record_once(path, token, delay=0.0):
+    time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    return token
+
+
+@worker.method()
+def hang(marker, seconds=60):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cancelled():
+            open(marker, "w").write("cancel seen")
+            return "cancelled"
+        time.sleep(0.01)
+    return "finished"
+
+
+@worker.method()
+def stubborn(seconds=60):
+    time.sleep(seconds)
+    return "finished"
+
+
+@worker.method()
+def noisy():
+    print("this goes to stderr, not the protocol")
+    os.write(worker._out, b"this line is garbage on the protocol\n")
+    return "still fine"
+
+
+@worker.method()
+def big(n):
+    return "x" * n
+
+
+@worker.method()
+def always_fails():
+    raise RuntimeError("broken on purpose")
+
+
+if __name__ == "__main__":
+    print("test worker starting", file=sys.stderr)
+    worker.run()
