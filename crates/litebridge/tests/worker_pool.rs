@@ -135,8 +135,29 @@ async fn a_killed_worker_fails_only_what_cannot_be_retried() {
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let victim = pool.status().workers[0].pid;
+    // Wait until every call is on a worker, then kill the busiest one.
+    let waited = Instant::now();
+    while pool
+        .status()
+        .workers
+        .iter()
+        .map(|w| w.in_flight)
+        .sum::<usize>()
+        < 40
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the calls never got out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let victim = pool
+        .status()
+        .workers
+        .iter()
+        .max_by_key(|w| w.in_flight)
+        .unwrap()
+        .pid;
     unsafe_kill(victim);
     for c in idem {
         c.await
