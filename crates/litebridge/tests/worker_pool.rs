@@ -120,7 +120,7 @@ async fn a_killed_worker_fails_only_what_cannot_be_retried() {
         idem.push(tokio::spawn(async move {
             p.call(
                 "record_idem",
-                json!([file, format!("idem-{i}"), 0.6]),
+                json!([file, format!("idem-{i}"), 2.0]),
                 CallOptions::default(),
             )
             .await
@@ -129,7 +129,7 @@ async fn a_killed_worker_fails_only_what_cannot_be_retried() {
         once.push(tokio::spawn(async move {
             p.call(
                 "record_once",
-                json!([path, format!("once-{i}"), 0.6]),
+                json!([path, format!("once-{i}"), 2.0]),
                 CallOptions::default(),
             )
             .await
