@@ -31,7 +31,7 @@ const SDK_ECHO: &str = r#"
 from litebridge_worker import Worker
 w = Worker()
 @w.method()
-def echo(value=None):
+async def echo(value=None):
     return value
 w.run()
 "#;
