@@ -90,6 +90,39 @@ class _Method:
         return d
 
 
+class _Resume:
+    """Continues a coroutine that was started eagerly and is waiting on
+    ``first``: yields what it yields to the Task driving this, and forwards
+    what the Task sends or throws (cancellation) back into it."""
+
+    __slots__ = ("coro", "first", "ctx")
+
+    def __init__(self, coro, first, ctx):
+        self.coro = coro
+        self.first = first
+        self.ctx = ctx
+
+    async def run(self):
+        return await self
+
+    def __await__(self):
+        coro, ctx = self.coro, self.ctx
+        to_yield = self.first
+        while True:
+            try:
+                yield to_yield
+            except BaseException as e:  # cancellation, thrown in by the Task
+                try:
+                    to_yield = ctx.run(coro.throw, e)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                to_yield = ctx.run(coro.send, None)
+            except StopIteration as done:
+                return done.value
+
+
 class _Shape:
     """What a function accepts, precomputed: checking a call against it costs
     a few comparisons instead of ``Signature.bind``'s microseconds."""
@@ -302,8 +335,20 @@ class Worker:
         ctx = contextvars.copy_context()
         ctx.run(_current.set, flag)
         if is_async:
-            # A task copies the context current at its creation: ctx here.
-            task = ctx.run(self._loop.create_task, self._run_async(rid, func, args, kwargs))
+            # Run it eagerly: a handler that finishes without waiting on
+            # anything is answered here, without the cost of a Task.
+            try:
+                coro = ctx.run(func, *args, **kwargs)
+                first = ctx.run(coro.send, None)
+            except StopIteration as done:
+                self._reply(rid, done.value)
+                return
+            except Exception as e:
+                self._reply_exception(rid, e)
+                return
+            # It is waiting on `first`: a Task carries it on from there, in ctx.
+            resumed = _Resume(coro, first, ctx).run()
+            task = ctx.run(self._loop.create_task, self._finish_async(rid, resumed))
             if rid is not None:
                 self._inflight[rid] = (task, flag, True)
                 task.add_done_callback(lambda _t, rid=rid: self._inflight.pop(rid, None))
@@ -333,9 +378,9 @@ class Worker:
             if rid is not None:
                 self._inflight.pop(rid, None)
 
-    async def _run_async(self, rid, func, args, kwargs):
+    async def _finish_async(self, rid, awaitable):
         try:
-            result = await func(*args, **kwargs)
+            result = await awaitable
         except asyncio.CancelledError:
             self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
             return
