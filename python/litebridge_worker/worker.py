@@ -178,6 +178,8 @@ class Worker:
         self._drain_timeout = drain_timeout
         self._out = None
         self._out_lock = threading.Lock()
+        # json.dumps with non-default options builds an encoder per call.
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._loop = None
         self._inflight = {}  # id -> (task, cancel flag, is_async)
         self._signatures = {}
@@ -332,20 +334,25 @@ class Worker:
             self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
             return
         flag = _Call(rid)
-        ctx = contextvars.copy_context()
-        ctx.run(_current.set, flag)
+        token = _current.set(flag)
+        try:
+            if is_async:
+                # Run it eagerly: a handler that finishes without waiting on
+                # anything is answered here, without the cost of a Task.
+                try:
+                    coro = func(*args, **kwargs)
+                    first = coro.send(None)
+                except StopIteration as done:
+                    self._reply(rid, done.value)
+                    return
+                except Exception as e:
+                    self._reply_exception(rid, e)
+                    return
+            # The call goes on elsewhere: it takes a copy of this context.
+            ctx = contextvars.copy_context()
+        finally:
+            _current.reset(token)
         if is_async:
-            # Run it eagerly: a handler that finishes without waiting on
-            # anything is answered here, without the cost of a Task.
-            try:
-                coro = ctx.run(func, *args, **kwargs)
-                first = ctx.run(coro.send, None)
-            except StopIteration as done:
-                self._reply(rid, done.value)
-                return
-            except Exception as e:
-                self._reply_exception(rid, e)
-                return
             # It is waiting on `first`: a Task carries it on from there, in ctx.
             resumed = _Resume(coro, first, ctx).run()
             task = ctx.run(self._loop.create_task, self._finish_async(rid, resumed))
@@ -405,7 +412,7 @@ class Worker:
 
     def _write(self, obj):
         try:
-            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+            data = self._encode(obj)
         except (TypeError, ValueError) as e:
             rid = obj.get("id")
             data = json.dumps({
@@ -415,19 +422,31 @@ class Worker:
                           "data": {"type": "TypeError", "traceback": "",
                                    "kind": "worker_error", "recoverable": False}},
             })
-        payload = (data + "\n").encode("utf-8", "surrogatepass")
+        self._send((data + "\n").encode("utf-8", "surrogatepass"))
+
+    def _send(self, payload):
         with self._out_lock:
-            view = memoryview(payload)
-            while view:
-                n = os.write(self._out, view)
-                view = view[n:]
+            n = os.write(self._out, payload)
+            if n < len(payload):
+                view = memoryview(payload)[n:]
+                while view:
+                    n = os.write(self._out, view)
+                    view = view[n:]
 
     def _notify(self, method, params):
         self._write({"jsonrpc": "2.0", "method": method, "params": params})
 
     def _reply(self, rid, result):
-        if rid is not None:
+        if rid is None:
+            return
+        try:
+            body = self._encode(result)
+        except (TypeError, ValueError):
+            # Let _write report what cannot be serialized.
             self._write({"jsonrpc": "2.0", "id": rid, "result": result})
+            return
+        line = '{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (self._encode(rid), body)
+        self._send(line.encode("utf-8", "surrogatepass"))
 
     def _reply_error(self, rid, code, message, data=None):
         err = {"code": code, "message": message}

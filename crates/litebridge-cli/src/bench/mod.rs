@@ -208,7 +208,8 @@ async fn run_case(
         }
         "write-full" => cases::group_commit(&case_path, seconds, 8, 1, Durability::Full).await?,
         "read-point" => cases::read_point(&case_path, seconds).await?,
-        "bridge-pipelined" => bridge::bridge(seconds, 2, 2, 64).await?,
+        // 128 calls in flight from one caller (one reply path, as the write cases).
+        "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         other => return Err(Failure::new(format!("no case {other}"))),
     };

@@ -71,6 +71,9 @@ pub struct PoolStatus {
 
 struct Shared {
     config: WorkerConfig,
+    /// Retries calls that crashed a worker (for idempotent methods).
+    retry_crashes: RetryPolicy,
+    no_retry: RetryPolicy,
     slots: Vec<RwLock<Option<Arc<Process>>>>,
     next_call: AtomicU64,
     next_process: AtomicU64,
@@ -110,7 +113,13 @@ impl WorkerPool {
     pub async fn start(config: WorkerConfig) -> Result<WorkerPool> {
         config.validate()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let retry_crashes = config
+            .retry
+            .clone()
+            .retry_if(|e| matches!(e, Error::WorkerCrashed { .. }));
         let shared = Arc::new(Shared {
+            retry_crashes,
+            no_retry: RetryPolicy::none(),
             slots: (0..config.processes).map(|_| RwLock::new(None)).collect(),
             next_call: AtomicU64::new(1),
             next_process: AtomicU64::new(1),
@@ -172,18 +181,17 @@ impl WorkerPool {
         let timeout = options.timeout.unwrap_or(s.config.call_timeout);
         let deadline = Instant::now() + timeout;
         let breaker = s.breakers.get(method);
+        let custom;
         let policy = if options.retry && self.idempotent(method) {
-            let mut p = s
-                .config
-                .retry
-                .clone()
-                .retry_if(|e| matches!(e, Error::WorkerCrashed { .. }));
-            if let Some(n) = options.max_attempts {
-                p = p.max_attempts(n);
+            match options.max_attempts {
+                Some(n) => {
+                    custom = s.retry_crashes.clone().max_attempts(n);
+                    &custom
+                }
+                None => &s.retry_crashes,
             }
-            p
         } else {
-            RetryPolicy::none()
+            &s.no_retry
         };
         // The breaker sees one outcome per call, after its retries: one worker
         // dying with many calls in flight is one event, and the calls it took
@@ -206,10 +214,12 @@ impl WorkerPool {
     /// Whether `method` may be retried after a crash: declared idempotent by
     /// the workers. Unknown methods are not.
     pub fn idempotent(&self, method: &str) -> bool {
-        self.live()
-            .iter()
-            .find_map(|p| p.methods.get(method))
-            .is_some_and(|m| m.idempotent)
+        self.shared.slots.iter().any(|slot| {
+            read(slot)
+                .as_ref()
+                .and_then(|p| p.methods.get(method))
+                .is_some_and(|m| m.idempotent)
+        })
     }
 
     async fn call_once(
@@ -263,12 +273,7 @@ impl WorkerPool {
             let notified = s.capacity.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(p) = self
-                .live()
-                .into_iter()
-                .filter(|p| p.load.load(Ordering::Acquire) < s.config.max_in_flight)
-                .min_by_key(|p| p.load.load(Ordering::Acquire))
-            {
+            if let Some(p) = self.least_loaded() {
                 break Ok(p);
             }
             if !counted {
@@ -293,6 +298,22 @@ impl WorkerPool {
             s.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         r
+    }
+
+    /// The live worker with the fewest calls in flight and room for one more.
+    fn least_loaded(&self) -> Option<Arc<Process>> {
+        let max = self.shared.config.max_in_flight;
+        let mut best: Option<(usize, Arc<Process>)> = None;
+        for slot in &self.shared.slots {
+            let guard = read(slot);
+            let Some(p) = guard.as_ref() else { continue };
+            let load = p.load.load(Ordering::Acquire);
+            if p.is_dead() || load >= max || best.as_ref().is_some_and(|(l, _)| *l <= load) {
+                continue;
+            }
+            best = Some((load, p.clone()));
+        }
+        best.map(|(_, p)| p)
     }
 
     fn live(&self) -> Vec<Arc<Process>> {

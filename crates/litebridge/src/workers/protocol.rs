@@ -113,12 +113,26 @@ fn worker_error(e: WireError) -> Error {
     }
 }
 
-/// A request line (with its newline).
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'a str,
+    params: &'a Json,
+}
+
+/// A request line (with its newline), serialized straight from borrowed parts.
 pub(crate) fn request(id: u64, method: &str, params: &Json) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&serde_json::json!({
-        "jsonrpc": "2.0", "id": id, "method": method, "params": params,
-    }))
-    .unwrap_or_default();
+    let mut out = Vec::with_capacity(64 + method.len());
+    let _ = serde_json::to_writer(
+        &mut out,
+        &Request {
+            jsonrpc: "2.0",
+            id,
+            method,
+            params,
+        },
+    );
     out.push(b'\n');
     out
 }
