@@ -428,3 +428,138 @@ async fn shutdown_with_calls_in_flight_leaves_no_process() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycling_after_n_calls_loses_no_call_and_runs_none_twice() {
+    let mut c = config("test_worker.py");
+    c.recycle_after_calls = Some(40);
+    c.health_interval = Duration::from_millis(30);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let mut events = pool.subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt").display().to_string();
+    let mut calls = Vec::new();
+    for i in 0..400 {
+        let (p, log) = (pool.clone(), log.clone());
+        calls.push(tokio::spawn(async move {
+            p.call(
+                "record_once",
+                json!([log, format!("t{i}"), 0.01]),
+                CallOptions::default(),
+            )
+            .await
+        }));
+        if i % 16 == 15 {
+            // Spread the calls over a second or so: starting a replacement
+            // takes a Python start-up.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for c in calls {
+        c.await
+            .unwrap()
+            .expect("no call is lost while workers are recycled");
+    }
+    let status = pool.status();
+    assert!(status.recycled >= 2, "{status:?}");
+    assert_eq!(
+        status.restarts, 0,
+        "recycling is not restarting after a crash"
+    );
+    let text = std::fs::read_to_string(dir.path().join("log.txt")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        assert!(seen.insert(line.to_owned()), "{line} ran twice");
+    }
+    assert_eq!(seen.len(), 400);
+    let mut recycled_events = 0;
+    while let Ok(e) = events.try_recv() {
+        if matches!(e, litebridge::workers::PoolEvent::WorkerRecycled { .. }) {
+            recycled_events += 1;
+        }
+    }
+    assert!(recycled_events >= 2);
+    let stats = status
+        .methods
+        .iter()
+        .find(|m| m.method == "record_once")
+        .unwrap();
+    assert!(stats.calls >= 300 && stats.errors == 0, "{stats:?}");
+    assert!(stats.latency.p50 > Duration::ZERO);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_pings_is_replaced() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.ping_timeout = Duration::from_millis(300);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let mut events = pool.subscribe();
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(200)),
+        retry: false,
+        ..CallOptions::default()
+    };
+    let e = pool
+        .call("block_loop", json!([60]), opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let waited = Instant::now();
+    while pool.status().restarts == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the blocked worker was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        pool.call("echo", json!(["back"]), CallOptions::default())
+            .await
+            .unwrap(),
+        json!("back")
+    );
+    let mut saw_exit = false;
+    while let Ok(e) = events.try_recv() {
+        saw_exit |= matches!(e, litebridge::workers::PoolEvent::WorkerExited { .. });
+    }
+    assert!(saw_exit);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_budget_when_every_call_crashes_its_worker() {
+    use litebridge::resilience::{RetryBudget, RetryPolicy};
+    let mut c = config("test_worker.py");
+    c.max_restarts_per_minute = 10_000;
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(Duration::from_millis(20));
+    c.retry = RetryPolicy::default()
+        .max_attempts(5)
+        .budget(std::sync::Arc::new(RetryBudget::new(
+            0.1,
+            0,
+            Duration::from_secs(60),
+        )));
+    c.breaker.consecutive_failures = None;
+    c.breaker.minimum_calls = 1000;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("attempts.txt");
+    for _ in 0..20 {
+        let e = pool
+            .call(
+                "crash_me",
+                json!([log.display().to_string()]),
+                CallOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    }
+    let attempts = std::fs::read_to_string(&log).unwrap().lines().count();
+    // 20 first attempts plus at most 10 % of them as retries.
+    assert!((20..=22).contains(&attempts), "{attempts} attempts");
+    pool.shutdown().await;
+}

@@ -46,6 +46,18 @@ pub struct WorkerConfig {
     pub stderr_lines: usize,
     /// The longest line a worker may write; longer is a protocol error. Default: 256 MiB.
     pub max_line_bytes: usize,
+    /// Interval of `$/ping` health checks and recycling checks. Default: 10 s.
+    pub health_interval: Duration,
+    /// A worker not answering `$/ping` within this is killed and replaced. Default: 5 s.
+    pub ping_timeout: Duration,
+    /// Recycle a worker after this many calls. Default: none.
+    pub recycle_after_calls: Option<u64>,
+    /// Recycle a worker older than this. Default: none.
+    pub max_age: Option<Duration>,
+    /// Recycle a worker that had no call for this long. Default: none.
+    pub max_idle: Option<Duration>,
+    /// Recycle a worker whose resident memory passes this many bytes. Default: none.
+    pub max_rss_bytes: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -79,6 +91,12 @@ impl WorkerConfig {
             breaker: BreakerConfig::default(),
             stderr_lines: 20,
             max_line_bytes: 256 * 1024 * 1024,
+            health_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(5),
+            recycle_after_calls: None,
+            max_age: None,
+            max_idle: None,
+            max_rss_bytes: None,
         }
     }
 
@@ -118,6 +136,20 @@ impl WorkerConfig {
                 "workers.start_timeout_ms",
                 0,
                 "a positive number of milliseconds",
+            ));
+        }
+        if self.health_interval < Duration::from_millis(10) {
+            return Err(Error::config(
+                "workers.health_interval_ms",
+                self.health_interval.as_millis(),
+                "at least 10 ms",
+            ));
+        }
+        if self.recycle_after_calls == Some(0) {
+            return Err(Error::config(
+                "workers.recycle_after_calls",
+                0,
+                "a positive number of calls",
             ));
         }
         if self.call_timeout.is_zero() {

@@ -27,6 +27,13 @@
 //! (drain, close stdin, SIGTERM, SIGKILL) reaches what it started. Workers
 //! exit by themselves when stdin closes, so none outlives litebridge.
 //!
+//! **Recycling and health.** Every `health_interval` each worker gets
+//! `$/ping` (no answer in `ping_timeout`: killed and replaced) and is checked
+//! against the recycling limits (calls served, age, idle time, resident
+//! memory). A recycled worker's replacement is started and swapped in first;
+//! the old one then finishes the calls it has, sees stdin close and exits, so
+//! no call is lost.
+//!
 //! **Breakers.** One circuit breaker per method, around the retries: each call
 //! reports one outcome. Crashes, timeouts and exceptions count as failures;
 //! bad params and a full queue do not.
@@ -38,5 +45,5 @@ mod protocol;
 mod signal;
 
 pub use config::WorkerConfig;
-pub use pool::{CallOptions, PoolStatus, WorkerPool, WorkerStatus};
+pub use pool::{CallOptions, MethodStats, PoolEvent, PoolStatus, WorkerPool, WorkerStatus};
 pub use protocol::MethodInfo;

@@ -35,6 +35,77 @@ impl Default for CallOptions {
     }
 }
 
+/// Something that happened in the pool, for subscribers.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PoolEvent {
+    /// The pool started with this many workers.
+    Started {
+        /// Worker processes.
+        processes: usize,
+    },
+    /// A worker process sent `$/ready`.
+    WorkerStarted {
+        /// The pool's number for it.
+        id: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker process ended without being asked to.
+    WorkerExited {
+        /// The pool's number for it.
+        id: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A replacement for a dead worker is ready.
+    WorkerRestarted {
+        /// The new worker.
+        id: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker was replaced on purpose and is finishing its calls.
+    WorkerRecycled {
+        /// The retired worker.
+        id: u64,
+        /// Why.
+        reason: String,
+        /// The worker that took its place.
+        replaced_by: u64,
+    },
+    /// A call is tried again after a crash.
+    Retry {
+        /// The method.
+        method: String,
+        /// The attempt that failed.
+        attempt: u32,
+    },
+    /// A circuit breaker changed state.
+    Breaker(crate::resilience::BreakerEvent),
+    /// The pool is shutting down.
+    Shutdown,
+}
+
+/// Statistics of one method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodStats {
+    /// The method.
+    pub method: String,
+    /// Calls completed.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Latency percentiles, retries included.
+    pub latency: crate::LatencySummary,
+}
+
+#[derive(Default)]
+struct MethodCounters {
+    errors: AtomicU64,
+    latency: crate::histogram::Histogram,
+}
+
 /// A snapshot of one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStatus {
@@ -67,6 +138,10 @@ pub struct PoolStatus {
     pub crashes: u64,
     /// The circuit breakers, one per method called.
     pub breakers: Vec<BreakerStatus>,
+    /// Workers recycled on purpose.
+    pub recycled: u64,
+    /// Per-method statistics, by name.
+    pub methods: Vec<MethodStats>,
 }
 
 struct Shared {
@@ -85,6 +160,10 @@ struct Shared {
     crashes: AtomicU64,
     storm: AtomicBool,
     closing: AtomicBool,
+    recycled: AtomicU64,
+    events: tokio::sync::broadcast::Sender<PoolEvent>,
+    stats: RwLock<std::collections::HashMap<String, Arc<MethodCounters>>>,
+    exit_tx: mpsc::UnboundedSender<u64>,
 }
 
 /// A pool of long-lived worker processes called over JSON-RPC on their
@@ -131,6 +210,10 @@ impl WorkerPool {
             crashes: AtomicU64::new(0),
             storm: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            recycled: AtomicU64::new(0),
+            events: tokio::sync::broadcast::channel(1024).0,
+            stats: RwLock::new(std::collections::HashMap::new()),
+            exit_tx: exit_tx.clone(),
             config,
         });
         let mut starting = tokio::task::JoinSet::new();
@@ -144,7 +227,13 @@ impl WorkerPool {
         let mut failure = None;
         while let Some(joined) = starting.join_next().await {
             match joined {
-                Ok((slot, Ok(p))) => *write(&shared.slots[slot]) = Some(p),
+                Ok((slot, Ok(p))) => {
+                    let _ = shared.events.send(PoolEvent::WorkerStarted {
+                        id: p.id,
+                        pid: p.pid,
+                    });
+                    *write(&shared.slots[slot]) = Some(p);
+                }
                 Ok((_, Err(e))) => failure = failure.or(Some(e)),
                 Err(e) => {
                     failure = failure.or(Some(Error::Internal {
@@ -159,6 +248,18 @@ impl WorkerPool {
             return Err(e);
         }
         tokio::spawn(supervise(Arc::downgrade(&pool.shared), exit_rx, exit_tx));
+        tokio::spawn(maintain(Arc::downgrade(&pool.shared)));
+        let mut breaker_events = pool.shared.breakers.subscribe();
+        let weak = Arc::downgrade(&pool.shared);
+        tokio::spawn(async move {
+            while let Ok(e) = breaker_events.recv().await {
+                let Some(s) = weak.upgrade() else { return };
+                let _ = s.events.send(PoolEvent::Breaker(e));
+            }
+        });
+        let _ = pool.shared.events.send(PoolEvent::Started {
+            processes: pool.shared.slots.len(),
+        });
         Ok(pool)
     }
 
@@ -197,9 +298,23 @@ impl WorkerPool {
         // dying with many calls in flight is one event, and the calls it took
         // down may well succeed elsewhere.
         let permit = breaker.acquire()?;
+        let started = Instant::now();
         let r = policy
-            .run(|_| self.call_once(method, &params, deadline, timeout))
+            .run_with(
+                |_| self.call_once(method, &params, deadline, timeout),
+                |retry| {
+                    let _ = s.events.send(PoolEvent::Retry {
+                        method: method.to_owned(),
+                        attempt: retry.attempt,
+                    });
+                },
+            )
             .await;
+        let counters = self.counters(method);
+        counters.latency.record(started.elapsed());
+        if r.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
         match &r {
             Ok(_) => permit.success(),
             Err(
@@ -325,6 +440,22 @@ impl WorkerPool {
             .collect()
     }
 
+    fn counters(&self, method: &str) -> Arc<MethodCounters> {
+        if let Some(c) = read(&self.shared.stats).get(method) {
+            return c.clone();
+        }
+        write(&self.shared.stats)
+            .entry(method.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Events from now on: workers starting, exiting, restarting and being
+    /// recycled, retries, breaker changes, shutdown.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
+        self.shared.events.subscribe()
+    }
+
     /// The methods the workers announced in `$/ready`.
     pub fn methods(&self) -> Vec<crate::workers::MethodInfo> {
         let mut v: Vec<_> = self
@@ -373,6 +504,23 @@ impl WorkerPool {
             restarts: s.restarts.load(Ordering::Relaxed),
             crashes: s.crashes.load(Ordering::Relaxed),
             breakers: s.breakers.statuses(),
+            recycled: s.recycled.load(Ordering::Relaxed),
+            methods: {
+                let mut v: Vec<MethodStats> = read(&s.stats)
+                    .iter()
+                    .map(|(name, c)| {
+                        let latency = c.latency.summary();
+                        MethodStats {
+                            method: name.clone(),
+                            calls: latency.count,
+                            errors: c.errors.load(Ordering::Relaxed),
+                            latency,
+                        }
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.method.cmp(&b.method));
+                v
+            },
         }
     }
 
@@ -381,7 +529,9 @@ impl WorkerPool {
     /// finally SIGKILL to any process group still alive.
     pub async fn shutdown(&self) {
         let s = &self.shared;
-        s.closing.store(true, Ordering::Release);
+        if !s.closing.swap(true, Ordering::AcqRel) {
+            let _ = s.events.send(PoolEvent::Shutdown);
+        }
         s.capacity.notify_waiters();
         let grace = s.config.shutdown_grace;
         let drained = Instant::now() + grace;
@@ -455,6 +605,12 @@ async fn supervise(
             continue;
         };
         s.crashes.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = read(&s.slots[slot]).as_ref() {
+            let _ = s.events.send(PoolEvent::WorkerExited {
+                id: p.id,
+                pid: p.pid,
+            });
+        }
         let (s2, tx) = (s.clone(), exit_tx.clone());
         drop(s);
         tokio::spawn(async move { restart(s2, slot, tx).await });
@@ -495,6 +651,7 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         match Process::spawn(&s.config, id, exit_tx.clone()).await {
             Ok(p) => {
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
+                let _ = s.events.send(PoolEvent::WorkerRestarted { id, pid: p.pid });
                 *write(&s.slots[slot]) = Some(p);
                 s.restarts.fetch_add(1, Ordering::Relaxed);
                 s.capacity.notify_waiters();
@@ -503,4 +660,136 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
             Err(e) => tracing::warn!("restarting a worker failed: {e}"),
         }
     }
+}
+
+/// Why a worker is recycled, if it should be.
+fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
+    if let Some(n) = config.recycle_after_calls
+        && p.calls.load(Ordering::Relaxed) >= n
+    {
+        return Some(format!("served {n} calls"));
+    }
+    if let Some(age) = config.max_age
+        && p.started.elapsed() >= age
+    {
+        return Some(format!("older than {} s", age.as_secs_f64()));
+    }
+    if let Some(idle) = config.max_idle {
+        let last = *p.last_call.lock().unwrap_or_else(|e| e.into_inner());
+        if p.load.load(Ordering::Relaxed) == 0 && last.elapsed() >= idle {
+            return Some(format!("idle for {} s", idle.as_secs_f64()));
+        }
+    }
+    if let Some(limit) = config.max_rss_bytes
+        && p.rss_bytes().is_some_and(|rss| rss > limit)
+    {
+        return Some(format!("resident memory over {limit} bytes"));
+    }
+    None
+}
+
+/// Pings every worker and recycles those due, every `health_interval`.
+async fn maintain(shared: std::sync::Weak<Shared>) {
+    let interval = match shared.upgrade() {
+        Some(s) => s.config.health_interval,
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.closing.load(Ordering::Acquire) {
+            return;
+        }
+        for slot in 0..s.slots.len() {
+            let Some(p) = read(&s.slots[slot]).clone() else {
+                continue;
+            };
+            if p.is_dead() {
+                continue;
+            }
+            if let Some(reason) = recycle_reason(&s.config, &p) {
+                recycle(&s, slot, &p, reason).await;
+                continue;
+            }
+            ping(&s, &p).await;
+        }
+    }
+}
+
+/// Kills a worker that does not answer `$/ping` in time (it is then replaced).
+async fn ping(s: &Shared, p: &Arc<Process>) {
+    let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+    let Ok(reply) = p.send(id, "$/ping", &Json::Null) else {
+        return;
+    };
+    match tokio::time::timeout(s.config.ping_timeout, reply).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(
+                worker = p.id,
+                pid = p.pid,
+                "no answer to $/ping: killing the worker"
+            );
+            p.abandon(id);
+            p.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// Starts a replacement, swaps it in, then lets the old worker finish its
+/// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
+async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) {
+    let id = s.next_process.fetch_add(1, Ordering::Relaxed);
+    let fresh = match Process::spawn(&s.config, id, s.exit_tx.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                worker = old.id,
+                "recycling postponed, the replacement did not start: {e}"
+            );
+            return;
+        }
+    };
+    {
+        let mut current = write(&s.slots[slot]);
+        if !current.as_ref().is_some_and(|p| Arc::ptr_eq(p, old)) {
+            drop(current);
+            // The slot changed meanwhile (the old worker died): keep the new one out.
+            fresh.close_stdin();
+            return;
+        }
+        *current = Some(fresh.clone());
+    }
+    s.recycled.fetch_add(1, Ordering::Relaxed);
+    s.capacity.notify_waiters();
+    tracing::info!(
+        worker = old.id,
+        replaced_by = id,
+        "recycling a worker: {reason}"
+    );
+    let _ = s.events.send(PoolEvent::WorkerRecycled {
+        id: old.id,
+        reason,
+        replaced_by: id,
+    });
+    let _ = s
+        .events
+        .send(PoolEvent::WorkerStarted { id, pid: fresh.pid });
+    let old = old.clone();
+    let grace = s.config.shutdown_grace;
+    let drain = s.config.call_timeout;
+    tokio::spawn(async move {
+        // Calls already sent are answered as usual; then stdin closes.
+        let until = Instant::now() + drain;
+        while old.load.load(Ordering::Acquire) > 0 && Instant::now() < until && !old.is_dead() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        old.close_stdin();
+        if !old.wait_exit(grace).await {
+            old.signal(libc::SIGTERM);
+            if !old.wait_exit(grace).await {
+                old.signal(libc::SIGKILL);
+            }
+        }
+    });
 }

@@ -37,6 +37,8 @@ pub(crate) struct Process {
     /// Calls sent and not yet answered (cancelled ones included).
     pub(crate) load: AtomicUsize,
     pub(crate) calls: AtomicU64,
+    /// When the last call was sent.
+    pub(crate) last_call: Mutex<Instant>,
     stdin: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     pending: Mutex<HashMap<u64, Reply>>,
     /// Calls given up by their caller that the worker has not answered yet.
@@ -149,6 +151,7 @@ impl Process {
             started: Instant::now(),
             load: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
+            last_call: Mutex::new(Instant::now()),
             stdin: Mutex::new(Some(stdin_tx)),
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
@@ -188,7 +191,10 @@ impl Process {
             pending.insert(id, tx);
         }
         self.load.fetch_add(1, Ordering::AcqRel);
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !method.starts_with("$/") {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.last_call) = Instant::now();
+        }
         let sent = lock(&self.stdin)
             .as_ref()
             .is_some_and(|s| s.send(protocol::request(id, method, params)).is_ok());
@@ -232,6 +238,13 @@ impl Process {
     /// Closes stdin: a well-behaved worker finishes its calls and exits.
     pub(crate) fn close_stdin(&self) {
         lock(&self.stdin).take();
+    }
+
+    /// Resident memory in bytes, from `/proc` (None where it cannot be read).
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * signal::page_size())
     }
 
     pub(crate) fn signal(&self, sig: i32) {

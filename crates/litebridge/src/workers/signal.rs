@@ -34,3 +34,11 @@ pub(crate) fn name(sig: i32) -> &'static str {
         _ => "signal",
     }
 }
+
+/// The size of a memory page, for `/proc/PID/statm`.
+#[allow(unsafe_code)]
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096)
+}

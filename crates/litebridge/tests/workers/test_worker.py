@@ -69,6 +69,19 @@ def always_fails():
     raise RuntimeError("broken on purpose")
 
 
+@worker.method()
+async def block_loop(seconds=60):
+    time.sleep(seconds)  # blocks the event loop: $/ping goes unanswered
+    return "unblocked"
+
+
+@worker.method()
+def crash_me(path):
+    with open(path, "a") as f:
+        f.write("attempt\n")
+    os._exit(1)
+
+
 if __name__ == "__main__":
     print("test worker starting", file=sys.stderr)
     worker.run()
