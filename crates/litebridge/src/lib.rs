@@ -31,6 +31,7 @@
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.
+//! - [`store`]: [`Cache`](store::Cache), the two-level cache (memory and the database).
 //! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
 //!   JSON-RPC on stdin/stdout; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
@@ -44,6 +45,7 @@ pub mod fault;
 mod histogram;
 pub mod resilience;
 pub mod stats;
+pub mod store;
 pub mod value;
 pub mod workers;
 

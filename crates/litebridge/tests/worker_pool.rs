@@ -220,7 +220,7 @@ async fn a_hanging_call_times_out_and_a_stuck_worker_is_replaced() {
     };
     let started = Instant::now();
     let e = pool
-        .call("hang", json!([marker.display().to_string()]), opts)
+        .call("hang", json!([marker.display().to_string()]), opts.clone())
         .await
         .unwrap_err();
     let took = started.elapsed();
@@ -561,5 +561,59 @@ async fn retries_stay_within_the_budget_when_every_call_crashes_its_worker() {
     let attempts = std::fs::read_to_string(&log).unwrap().lines().count();
     // 20 first attempts plus at most 10 % of them as retries.
     assert!((20..=22).contains(&attempts), "{attempts} attempts");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cacheable_results_come_from_the_cache_and_survive_a_restart() {
+    use litebridge::store::{Cache, CacheConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let db =
+        litebridge::Database::open(dir.path().join("cache.db"), litebridge::DbConfig::default())
+            .await
+            .unwrap();
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(
+        Cache::open(Some(db.clone()), CacheConfig::default())
+            .await
+            .unwrap(),
+    );
+    let log = dir.path().join("computed.txt");
+    let args = json!([log.display().to_string(), 12]);
+    // Concurrent misses: one computation.
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (p, a) = (pool.clone(), args.clone());
+            tokio::spawn(async move { p.call("slow_square", a, CallOptions::default()).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), json!(144));
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    // An explicit key caches a method that is not declared cacheable.
+    let opts = CallOptions {
+        cache_key: Some("pid-once".into()),
+        ..CallOptions::default()
+    };
+    let first = pool.call("pid", json!([]), opts.clone()).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            pool.call("pid", json!([]), opts.clone()).await.unwrap(),
+            first
+        );
+    }
+    pool.shutdown().await;
+
+    // A new pool and cache on the same database: L2 answers, no worker call.
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(Cache::open(Some(db), CacheConfig::default()).await.unwrap());
+    assert_eq!(
+        pool.call("slow_square", args, CallOptions::default())
+            .await
+            .unwrap(),
+        json!(144)
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
     pool.shutdown().await;
 }

@@ -15,7 +15,7 @@ use crate::workers::config::WorkerConfig;
 use crate::workers::process::Process;
 
 /// Options of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOptions {
     /// Deadline, time queued included; `None` uses [`WorkerConfig::call_timeout`].
     pub timeout: Option<Duration>,
@@ -23,6 +23,13 @@ pub struct CallOptions {
     pub retry: bool,
     /// Attempts at most when retrying; `None` uses the pool's retry policy.
     pub max_attempts: Option<u32>,
+    /// Cache the result under this key (with a cache attached through
+    /// [`WorkerPool::use_cache`]). Methods a worker declares cacheable are
+    /// cached under their name and parameters without one.
+    pub cache_key: Option<String>,
+    /// Lifetime of the cached result; `None` uses the method's `cache_ttl_s`
+    /// or the cache's default.
+    pub cache_ttl: Option<Duration>,
 }
 
 impl Default for CallOptions {
@@ -31,6 +38,8 @@ impl Default for CallOptions {
             timeout: None,
             retry: true,
             max_attempts: None,
+            cache_key: None,
+            cache_ttl: None,
         }
     }
 }
@@ -164,6 +173,7 @@ struct Shared {
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     stats: RwLock<std::collections::HashMap<String, Arc<MethodCounters>>>,
     exit_tx: mpsc::UnboundedSender<u64>,
+    cache: std::sync::OnceLock<crate::store::Cache>,
 }
 
 /// A pool of long-lived worker processes called over JSON-RPC on their
@@ -214,6 +224,7 @@ impl WorkerPool {
             events: tokio::sync::broadcast::channel(1024).0,
             stats: RwLock::new(std::collections::HashMap::new()),
             exit_tx: exit_tx.clone(),
+            cache: std::sync::OnceLock::new(),
             config,
         });
         let mut starting = tokio::task::JoinSet::new();
@@ -272,6 +283,51 @@ impl WorkerPool {
     /// [`Error::CircuitOpen`] when the method's breaker is open;
     /// [`Error::InvalidArgument`] for an unknown method or bad params.
     pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
+        if let Some(cache) = self.shared.cache.get()
+            && let Some((key, ttl)) = self.cache_key(method, &params, &options)
+        {
+            return cache
+                .get_or_load(&key, ttl, || self.call_uncached(method, params, options))
+                .await;
+        }
+        self.call_uncached(method, params, options).await
+    }
+
+    /// Caches results through `cache` from now on (the first cache given stays).
+    pub fn use_cache(&self, cache: crate::store::Cache) {
+        let _ = self.shared.cache.set(cache);
+    }
+
+    /// The cache key and lifetime of a call, when its result may be cached.
+    fn cache_key(
+        &self,
+        method: &str,
+        params: &Json,
+        options: &CallOptions,
+    ) -> Option<(String, Option<Duration>)> {
+        let declared = self.shared.slots.iter().find_map(|slot| {
+            read(slot)
+                .as_ref()
+                .and_then(|p| p.methods.get(method))
+                .and_then(|m| m.cache_ttl_s)
+        });
+        let ttl = options
+            .cache_ttl
+            .or_else(|| declared.and_then(|s| Duration::try_from_secs_f64(s).ok()));
+        match (&options.cache_key, declared) {
+            (Some(k), _) => Some((format!("bridge:{method}:{k}"), ttl)),
+            // serde_json keeps object keys sorted: the text is canonical.
+            (None, Some(_)) => Some((format!("bridge:{method}:{params}"), ttl)),
+            (None, None) => None,
+        }
+    }
+
+    async fn call_uncached(
+        &self,
+        method: &str,
+        params: Json,
+        options: CallOptions,
+    ) -> Result<Json> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable {

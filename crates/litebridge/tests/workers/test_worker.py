@@ -82,6 +82,14 @@ def crash_me(path):
     os._exit(1)
 
 
+@worker.method(cache_ttl_s=60)
+def slow_square(path, x):
+    with open(path, "a") as f:
+        f.write("computed\n")
+    time.sleep(0.2)
+    return x * x
+
+
 if __name__ == "__main__":
     print("test worker starting", file=sys.stderr)
     worker.run()
