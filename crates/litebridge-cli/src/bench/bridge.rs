@@ -178,3 +178,37 @@ pub(crate) async fn bridge(
     pool.shutdown().await;
     Ok(figures)
 }
+
+/// `bridge-cached`: one caller, sequential calls whose result is in the
+/// cache (a scratch database behind it), through the same `call` API.
+pub(crate) async fn bridge_cached(seconds: f64, dir: &std::path::Path) -> CliResult<Figures> {
+    let sdk = sdk_dir()?;
+    let mut config = WorkerConfig::new(["python3", "-c", SDK_ECHO]);
+    config.processes = 1;
+    config
+        .env
+        .push(("PYTHONPATH".into(), sdk.display().to_string()));
+    let pool = WorkerPool::start(config).await?;
+    let db =
+        litebridge::Database::open(dir.join("cache.db"), litebridge::DbConfig::default()).await?;
+    pool.use_cache(litebridge::store::Cache::open(Some(db.clone()), Default::default()).await?);
+    let options = CallOptions {
+        cache_key: Some("bench".into()),
+        ..CallOptions::default()
+    };
+    pool.call("echo", json!(["cached"]), options.clone())
+        .await?;
+    let stop = stop_after(seconds);
+    let started = Instant::now();
+    let mut samples = Samples::with_capacity(1 << 22);
+    while !stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        pool.call("echo", json!(["cached"]), options.clone())
+            .await?;
+        samples.record(start);
+    }
+    let figures = Figures::from_samples(vec![samples], started.elapsed());
+    pool.shutdown().await;
+    db.close().await;
+    Ok(figures)
+}

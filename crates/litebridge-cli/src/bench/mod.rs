@@ -20,6 +20,8 @@ enum Target {
     Ratio(f64),
     /// p50 at most this many microseconds above the baseline's.
     P50Within(f64),
+    /// p50 at most this many microseconds.
+    P50AtMost(f64),
 }
 
 impl Target {
@@ -27,6 +29,7 @@ impl Target {
         match self {
             Target::Ratio(r) => f.ops_per_sec / b.ops_per_sec >= r,
             Target::P50Within(us) => f.p50_us <= b.p50_us + us,
+            Target::P50AtMost(us) => f.p50_us <= us,
         }
     }
 
@@ -34,6 +37,7 @@ impl Target {
         match self {
             Target::Ratio(r) => format!(">={r}"),
             Target::P50Within(us) => format!("p50+{us}us"),
+            Target::P50AtMost(us) => format!("p50<={us}us"),
         }
     }
 }
@@ -82,6 +86,12 @@ const CASES: &[Case] = &[
         baseline: "raw-pipe-seq",
         target: Target::P50Within(25.0),
         what: "1 Python SDK worker, 1 call in flight, echo",
+    },
+    Case {
+        name: "bridge-cached",
+        baseline: "raw-pipe-seq",
+        target: Target::P50AtMost(5.0),
+        what: "1 caller, sequential calls answered from the cache",
     },
 ];
 
@@ -211,6 +221,7 @@ async fn run_case(
         // 128 calls in flight from one caller (one reply path, as the write cases).
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
+        "bridge-cached" => bridge::bridge_cached(seconds, dir).await?,
         other => return Err(Failure::new(format!("no case {other}"))),
     };
     Ok((figures, baseline))
