@@ -617,3 +617,66 @@ async fn cacheable_results_come_from_the_cache_and_survive_a_restart() {
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_cancels_its_call_in_the_worker() {
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cancelled");
+    let call = pool.call(
+        "hang",
+        json!([marker.display().to_string()]),
+        CallOptions::default(),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), call)
+            .await
+            .is_err()
+    );
+    let waited = Instant::now();
+    while !marker.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the worker never heard of it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_storm_marks_the_pool_unhealthy_instead_of_spinning() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.max_restarts_per_minute = 2;
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(Duration::from_millis(10));
+    c.restart_backoff.max = Duration::from_millis(300);
+    let pool = WorkerPool::start(c).await.unwrap();
+    for round in 0..3 {
+        let waited = Instant::now();
+        let pid = loop {
+            if let Some(w) = pool.status().workers.first() {
+                break w.pid;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(20),
+                "no worker in round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        unsafe_kill(pid);
+        while pool.status().workers.first().is_some_and(|w| w.pid == pid) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let waited = Instant::now();
+    while pool.status().healthy {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "three restarts in a minute with a limit of two"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(pool.status().crashes >= 3);
+    pool.shutdown().await;
+}
