@@ -680,3 +680,53 @@ async fn a_restart_storm_marks_the_pool_unhealthy_instead_of_spinning() {
     assert!(pool.status().crashes >= 3);
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_recycled_by_age_idle_time_and_memory() {
+    for (name, tweak) in [
+        (
+            "age",
+            (|c: &mut WorkerConfig| c.max_age = Some(Duration::from_millis(200)))
+                as fn(&mut WorkerConfig),
+        ),
+        ("idle", |c: &mut WorkerConfig| {
+            c.max_idle = Some(Duration::from_millis(200))
+        }),
+        ("memory", |c: &mut WorkerConfig| {
+            c.max_rss_bytes = Some(1024)
+        }),
+    ] {
+        let mut c = config("test_worker.py");
+        c.processes = 1;
+        c.health_interval = Duration::from_millis(50);
+        tweak(&mut c);
+        let pool = WorkerPool::start(c).await.unwrap();
+        let mut events = pool.subscribe();
+        let waited = Instant::now();
+        let reason = loop {
+            match events.try_recv() {
+                Ok(litebridge::workers::PoolEvent::WorkerRecycled { reason, .. }) => break reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(20),
+                "{name}: never recycled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let expected = match name {
+            "age" => "older than",
+            "idle" => "idle for",
+            _ => "resident memory",
+        };
+        assert!(reason.contains(expected), "{name}: {reason}");
+        assert_eq!(
+            pool.call("echo", json!([name]), CallOptions::default())
+                .await
+                .unwrap(),
+            json!(name)
+        );
+        pool.shutdown().await;
+    }
+}
