@@ -14,6 +14,18 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Serve the JSON-RPC method table on stdin/stdout, one JSON value per line.
+    Stdio {
+        /// The database file (created if missing).
+        #[arg(long, default_value = "litebridge.db")]
+        db: PathBuf,
+        /// The worker command line, e.g. "python3 examples/worker.py"; no bridge if absent.
+        #[arg(long)]
+        workers: Option<String>,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+    },
     /// Run one SQL statement and print its rows (a table, or JSON with --json).
     ///
     /// Each PARAM binds to ?1, ?2, ...; it is read as JSON when it parses

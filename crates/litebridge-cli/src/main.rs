@@ -4,6 +4,8 @@ mod bench;
 mod cli;
 mod commands;
 mod output;
+mod rpc;
+mod transport;
 
 use std::process::ExitCode;
 
@@ -72,6 +74,11 @@ fn main() -> ExitCode {
                 timeout_ms,
             } => commands::query::run(&db, &sql, &params, json, create, timeout_ms).await,
             Command::Check { db, full, json } => commands::check::run(&db, full, json),
+            Command::Stdio {
+                db,
+                workers,
+                processes,
+            } => commands::serve::stdio(&db, workers.as_deref(), processes).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
             Command::Restore { from, db } => commands::backup::restore(&from, &db),
             Command::Bench {

@@ -32,6 +32,8 @@
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.
 //! - [`store`]: [`Cache`](store::Cache), the two-level cache (memory and the database).
+//! - [`Service`]: the database, workers and cache wired together; what the
+//!   transports call.
 //! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
 //!   JSON-RPC on stdin/stdout; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
@@ -44,6 +46,7 @@ pub mod error;
 pub mod fault;
 mod histogram;
 pub mod resilience;
+mod service;
 pub mod stats;
 pub mod store;
 pub mod value;
@@ -57,6 +60,7 @@ pub use db::{
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::LatencySummary;
 pub use rusqlite;
+pub use service::Service;
 pub use stats::DbStats;
 pub use value::{ExecResult, Params, Rows, Statement, Value};
 

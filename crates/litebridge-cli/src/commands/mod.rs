@@ -3,3 +3,4 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod query;
+pub(crate) mod serve;

@@ -1,0 +1,733 @@
+//! The method table (spec section 3), shared by every transport, and strict
+//! JSON-RPC 2.0 processing: single requests, batches (run concurrently,
+//! answered in any order), notifications (never answered), ids echoed
+//! exactly, the standard errors with `id: null` where the specification says
+//! so. Library errors become JSON-RPC errors in one function, [`wire_error`].
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use litebridge::workers::CallOptions;
+use litebridge::{
+    CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
+};
+use serde_json::{Map, Value as Json, json};
+
+/// Rows a query returns when it does not say (`max_rows`).
+pub(crate) const DEFAULT_MAX_ROWS: usize = 10_000;
+/// The most rows a query may ask for.
+pub(crate) const MAX_ROWS: usize = 1_000_000;
+/// Requests in one batch at most.
+pub(crate) const MAX_BATCH: usize = 1_000;
+
+/// A failed request, before it is put on the wire.
+#[derive(Debug)]
+pub(crate) enum RpcError {
+    Parse(String),
+    InvalidRequest(String),
+    MethodNotFound(String),
+    InvalidParams(String),
+    App(Error),
+}
+
+impl From<Error> for RpcError {
+    fn from(e: Error) -> RpcError {
+        match e {
+            Error::InvalidArgument { .. } => RpcError::InvalidParams(e.to_string()),
+            other => RpcError::App(other),
+        }
+    }
+}
+
+/// The one place a failure becomes a JSON-RPC error object.
+pub(crate) fn wire_error(e: &RpcError) -> Json {
+    let (code, message, data) = match e {
+        RpcError::Parse(m) => (-32700, format!("Parse error: {m}"), None),
+        RpcError::InvalidRequest(m) => (-32600, format!("Invalid Request: {m}"), None),
+        RpcError::MethodNotFound(m) => (-32601, format!("Method not found: {m}"), None),
+        RpcError::InvalidParams(m) => (-32602, format!("Invalid params: {m}"), None),
+        RpcError::App(e) => {
+            let mut data = Map::new();
+            data.insert("kind".into(), json!(e.kind().as_str()));
+            data.insert("recoverable".into(), json!(e.is_recoverable()));
+            if let Some(r) = e.retry_after() {
+                data.insert("retry_after_ms".into(), json!(r.as_millis() as u64));
+            }
+            let code = match e {
+                Error::Sql {
+                    code,
+                    extended_code,
+                    ..
+                } => {
+                    data.insert("sqlite_code".into(), json!(code));
+                    data.insert("sqlite_extended_code".into(), json!(extended_code));
+                    -32000
+                }
+                Error::Timeout { after, .. } => {
+                    data.insert("timeout_ms".into(), json!(after.as_millis() as u64));
+                    -32001
+                }
+                Error::Overloaded { .. } | Error::Busy { .. } => -32002,
+                Error::CircuitOpen { breaker, .. } => {
+                    data.insert("breaker".into(), json!(breaker));
+                    -32003
+                }
+                Error::WorkerError {
+                    type_name,
+                    traceback,
+                    ..
+                } => {
+                    data.insert("type".into(), json!(type_name));
+                    data.insert("traceback".into(), json!(traceback));
+                    -32004
+                }
+                Error::WorkerCrashed { pid, exit, stderr } => {
+                    data.insert("pid".into(), json!(pid));
+                    data.insert("exit".into(), json!(exit));
+                    data.insert("stderr".into(), json!(stderr));
+                    -32005
+                }
+                Error::Forbidden { .. } => -32007,
+                Error::ReadOnly { .. } => -32009,
+                Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
+                _ if e.kind() == ErrorKind::InvalidArgument => -32602,
+                _ => -32603,
+            };
+            (code, e.to_string(), Some(Json::Object(data)))
+        }
+    };
+    let mut err = Map::new();
+    err.insert("code".into(), json!(code));
+    err.insert("message".into(), json!(message));
+    if let Some(d) = data {
+        err.insert("data".into(), d);
+    }
+    Json::Object(err)
+}
+
+fn error_reply(id: Json, e: &RpcError) -> Json {
+    json!({"jsonrpc": "2.0", "error": wire_error(e), "id": id})
+}
+
+/// Answers one line of input (a request or a batch); `None` when nothing is
+/// to be answered (notifications only).
+pub(crate) async fn handle(service: &Service, input: &[u8]) -> Option<Json> {
+    let value: Json = match serde_json::from_slice(input) {
+        Ok(v) => v,
+        Err(e) => return Some(error_reply(Json::Null, &RpcError::Parse(e.to_string()))),
+    };
+    match value {
+        Json::Array(items) if items.is_empty() => Some(error_reply(
+            Json::Null,
+            &RpcError::InvalidRequest("an empty batch".into()),
+        )),
+        Json::Array(items) if items.len() > MAX_BATCH => Some(error_reply(
+            Json::Null,
+            &RpcError::InvalidRequest(format!(
+                "a batch of {} requests; at most {MAX_BATCH} are allowed",
+                items.len()
+            )),
+        )),
+        Json::Array(items) => {
+            let replies: Vec<Json> = join_all(items.into_iter().map(|r| handle_one(service, r)))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            (!replies.is_empty()).then_some(Json::Array(replies))
+        }
+        single => handle_one(service, single).await,
+    }
+}
+
+async fn handle_one(service: &Service, request: Json) -> Option<Json> {
+    let Json::Object(mut req) = request else {
+        return Some(error_reply(
+            Json::Null,
+            &RpcError::InvalidRequest("a request must be an object".into()),
+        ));
+    };
+    let id = req.remove("id");
+    let id_ok = matches!(
+        id,
+        None | Some(Json::Null | Json::String(_) | Json::Number(_))
+    );
+    let echo = if id_ok {
+        id.clone().unwrap_or(Json::Null)
+    } else {
+        Json::Null
+    };
+    if !id_ok {
+        return Some(error_reply(
+            echo,
+            &RpcError::InvalidRequest("`id` must be a string, a number or null".into()),
+        ));
+    }
+    if req.get("jsonrpc") != Some(&json!("2.0")) {
+        return Some(error_reply(
+            echo,
+            &RpcError::InvalidRequest("`jsonrpc` must be \"2.0\"".into()),
+        ));
+    }
+    let Some(Json::String(method)) = req.remove("method") else {
+        return Some(error_reply(
+            echo,
+            &RpcError::InvalidRequest("`method` must be a string".into()),
+        ));
+    };
+    let params = req.remove("params");
+    if !matches!(params, None | Some(Json::Array(_) | Json::Object(_))) {
+        return Some(error_reply(
+            echo,
+            &RpcError::InvalidRequest("`params` must be an array or an object".into()),
+        ));
+    }
+    let outcome = dispatch(service, &method, params).await;
+    // A notification (no `id` member) is never answered, not even with an error.
+    id.as_ref()?;
+    Some(match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": echo}),
+        Err(e) => error_reply(echo, &e),
+    })
+}
+
+/// Named parameters, or positional ones mapped to the method's names in order.
+struct Args {
+    method: &'static str,
+    map: Map<String, Json>,
+}
+
+impl Args {
+    fn new(method: &'static str, names: &[&str], params: Option<Json>) -> Result<Args, RpcError> {
+        let map = match params {
+            None => Map::new(),
+            Some(Json::Object(m)) => {
+                if let Some(unknown) = m.keys().find(|k| !names.contains(&k.as_str())) {
+                    return Err(RpcError::InvalidParams(format!(
+                        "{method} has no parameter `{unknown}` (it takes: {})",
+                        names.join(", ")
+                    )));
+                }
+                m
+            }
+            Some(Json::Array(items)) => {
+                if items.len() > names.len() {
+                    return Err(RpcError::InvalidParams(format!(
+                        "{method} takes at most {} positional parameters ({}), {} were given",
+                        names.len(),
+                        names.join(", "),
+                        items.len()
+                    )));
+                }
+                names.iter().map(|n| (*n).to_owned()).zip(items).collect()
+            }
+            Some(_) => {
+                return Err(RpcError::InvalidParams(
+                    "params must be an array or an object".into(),
+                ));
+            }
+        };
+        Ok(Args { method, map })
+    }
+
+    fn take(&mut self, name: &str) -> Option<Json> {
+        self.map.remove(name).filter(|v| !v.is_null())
+    }
+
+    fn bad(&self, name: &str, expected: &str, got: &Json) -> RpcError {
+        RpcError::InvalidParams(format!(
+            "{}: `{name}` must be {expected}, got {got}",
+            self.method
+        ))
+    }
+
+    fn string(&mut self, name: &str) -> Result<String, RpcError> {
+        match self.take(name) {
+            Some(Json::String(s)) => Ok(s),
+            Some(other) => Err(self.bad(name, "a string", &other)),
+            None => Err(RpcError::InvalidParams(format!(
+                "{}: `{name}` is required",
+                self.method
+            ))),
+        }
+    }
+
+    fn opt_string(&mut self, name: &str) -> Result<Option<String>, RpcError> {
+        match self.take(name) {
+            Some(Json::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.bad(name, "a string", &other)),
+            None => Ok(None),
+        }
+    }
+
+    fn opt_u64(&mut self, name: &str) -> Result<Option<u64>, RpcError> {
+        match self.take(name) {
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.bad(name, "a non-negative integer", &v)),
+            None => Ok(None),
+        }
+    }
+
+    fn opt_bool(&mut self, name: &str) -> Result<Option<bool>, RpcError> {
+        match self.take(name) {
+            Some(Json::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(self.bad(name, "true or false", &other)),
+            None => Ok(None),
+        }
+    }
+
+    fn opt_secs(&mut self, name: &str) -> Result<Option<Duration>, RpcError> {
+        match self.take(name) {
+            Some(v) => v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .map(Some)
+                .ok_or_else(|| self.bad(name, "a positive number of seconds", &v)),
+            None => Ok(None),
+        }
+    }
+
+    fn timeout(&mut self) -> Result<Option<Duration>, RpcError> {
+        match self.opt_u64("timeout_ms")? {
+            Some(0) => Err(RpcError::InvalidParams(format!(
+                "{}: `timeout_ms` must be positive",
+                self.method
+            ))),
+            other => Ok(other.map(Duration::from_millis)),
+        }
+    }
+
+    fn sql_params(&mut self) -> Result<Params, RpcError> {
+        Ok(Params::from_json(self.take("params").as_ref())?)
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Json, RpcError> {
+    serde_json::to_value(v).map_err(|e| {
+        RpcError::App(Error::Internal {
+            message: e.to_string(),
+        })
+    })
+}
+
+fn workers(service: &Service) -> Result<&litebridge::workers::WorkerPool, RpcError> {
+    service.workers.as_ref().ok_or_else(|| {
+        RpcError::App(Error::Unavailable {
+            what: "bridge",
+            reason: "no workers are configured (start litebridge with --workers \"CMD\")".into(),
+        })
+    })
+}
+
+async fn dispatch(service: &Service, method: &str, params: Option<Json>) -> Result<Json, RpcError> {
+    let db = &service.db;
+    match method {
+        "sql.query" => {
+            let mut a = Args::new(
+                "sql.query",
+                &["sql", "params", "timeout_ms", "max_rows", "lane"],
+                params,
+            )?;
+            let sql = a.string("sql")?;
+            let p = a.sql_params()?;
+            let timeout = a.timeout()?;
+            let max_rows = a
+                .opt_u64("max_rows")?
+                .map_or(DEFAULT_MAX_ROWS, |n| n as usize);
+            if max_rows > MAX_ROWS {
+                return Err(RpcError::InvalidParams(format!(
+                    "sql.query: `max_rows` is at most {MAX_ROWS}"
+                )));
+            }
+            let lane = match a.opt_string("lane")? {
+                Some(l) => Lane::parse(&l)?,
+                None => Lane::Read,
+            };
+            let rows = db
+                .query_with(
+                    &sql,
+                    p,
+                    QueryOptions {
+                        timeout,
+                        max_rows: Some(max_rows),
+                        lane,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    Error::ReadOnly { .. } => RpcError::App(Error::ReadOnly {
+                        message:
+                            "sql.query runs read-only statements; send writes with sql.execute"
+                                .into(),
+                    }),
+                    other => other.into(),
+                })?;
+            to_json(&rows)
+        }
+        "sql.execute" => {
+            let mut a = Args::new("sql.execute", &["sql", "params", "timeout_ms"], params)?;
+            let sql = a.string("sql")?;
+            let p = a.sql_params()?;
+            let timeout = a.timeout()?;
+            let r = db
+                .execute_with(
+                    sql,
+                    p,
+                    WriteOptions {
+                        timeout,
+                        ..WriteOptions::default()
+                    },
+                )
+                .await?;
+            to_json(&r)
+        }
+        "sql.batch" => {
+            let mut a = Args::new("sql.batch", &["statements", "timeout_ms"], params)?;
+            let timeout = a.timeout()?;
+            let statements = match a.take("statements") {
+                Some(Json::Array(items)) if !items.is_empty() => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let mut st = Args::new("sql.batch", &["sql", "params"], Some(s)).map_err(
+                            |e| match e {
+                                RpcError::InvalidParams(m) => {
+                                    RpcError::InvalidParams(format!("statements[{i}]: {m}"))
+                                }
+                                other => other,
+                            },
+                        )?;
+                        Ok(Statement::new(st.string("sql")?, st.sql_params()?))
+                    })
+                    .collect::<Result<Vec<_>, RpcError>>()?,
+                Some(other) => {
+                    return Err(a.bad("statements", "a non-empty array of {sql, params}", &other));
+                }
+                None => {
+                    return Err(RpcError::InvalidParams(
+                        "sql.batch: `statements` is required".into(),
+                    ));
+                }
+            };
+            let results = db
+                .batch(
+                    statements,
+                    WriteOptions {
+                        timeout,
+                        ..WriteOptions::default()
+                    },
+                )
+                .await?;
+            Ok(json!({ "results": to_json(&results)? }))
+        }
+        "sql.execute_many" => {
+            let mut a = Args::new("sql.execute_many", &["sql", "rows", "timeout_ms"], params)?;
+            let sql = a.string("sql")?;
+            let timeout = a.timeout()?;
+            let rows = match a.take("rows") {
+                Some(Json::Array(rows)) => rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        Params::from_json(Some(r))
+                            .map_err(|e| RpcError::InvalidParams(format!("rows[{i}]: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(other) => return Err(a.bad("rows", "an array of parameter lists", &other)),
+                None => {
+                    return Err(RpcError::InvalidParams(
+                        "sql.execute_many: `rows` is required".into(),
+                    ));
+                }
+            };
+            let r = db
+                .execute_many(
+                    &sql,
+                    rows,
+                    WriteOptions {
+                        timeout,
+                        ..WriteOptions::default()
+                    },
+                )
+                .await?;
+            Ok(json!({ "changes": r.changes }))
+        }
+        "bridge.call" => {
+            let mut a = Args::new(
+                "bridge.call",
+                &[
+                    "method",
+                    "params",
+                    "timeout_ms",
+                    "retry",
+                    "max_retries",
+                    "cache_key",
+                    "cache_ttl_s",
+                ],
+                params,
+            )?;
+            let target = a.string("method")?;
+            let call_params = a.take("params").unwrap_or(Json::Array(Vec::new()));
+            if !matches!(call_params, Json::Array(_) | Json::Object(_)) {
+                return Err(a.bad("params", "an array or an object", &call_params));
+            }
+            let options = CallOptions {
+                timeout: a.timeout()?,
+                retry: a.opt_bool("retry")?.unwrap_or(true),
+                max_attempts: a
+                    .opt_u64("max_retries")?
+                    .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
+                cache_key: a.opt_string("cache_key")?,
+                cache_ttl: a.opt_secs("cache_ttl_s")?,
+            };
+            Ok(workers(service)?
+                .call(&target, call_params, options)
+                .await?)
+        }
+        "bridge.stats" | "bridge.health" => {
+            Args::new("bridge.stats", &[], params)?;
+            let pool = workers(service)?;
+            let s = pool.status();
+            let stats = json!({
+                "healthy": s.healthy,
+                "processes": s.processes,
+                "workers": s.workers.iter().map(|w| json!({
+                    "id": w.id, "pid": w.pid, "in_flight": w.in_flight, "calls": w.calls,
+                    "uptime_ms": w.uptime.as_millis() as u64,
+                })).collect::<Vec<_>>(),
+                "waiting": s.waiting,
+                "restarts": s.restarts,
+                "crashes": s.crashes,
+                "recycled": s.recycled,
+                "breakers": s.breakers.iter().map(|b| json!({
+                    "method": &*b.name, "state": b.state.as_str(), "calls": b.calls,
+                    "failure_rate": b.failure_rate, "slow_call_rate": b.slow_call_rate,
+                    "consecutive_failures": b.consecutive_failures,
+                })).collect::<Vec<_>>(),
+                "methods": s.methods.iter().map(|m| json!({
+                    "method": m.method, "calls": m.calls, "errors": m.errors,
+                    "p50_ms": ms(m.latency.p50), "p95_ms": ms(m.latency.p95), "p99_ms": ms(m.latency.p99),
+                })).collect::<Vec<_>>(),
+                "cache": cache_stats(service),
+            });
+            Ok(stats)
+        }
+        "bridge.breaker.reset" => {
+            let mut a = Args::new("bridge.breaker.reset", &["method"], params)?;
+            let target = a.string("method")?;
+            Ok(json!({ "reset": workers(service)?.reset_breaker(&target) }))
+        }
+        "cache.get" => {
+            let mut a = Args::new("cache.get", &["key"], params)?;
+            let key = a.string("key")?;
+            let value = service.cache.get(&user_key(&key)).await?;
+            Ok(json!({ "found": value.is_some(), "value": value }))
+        }
+        "cache.set" => {
+            let mut a = Args::new("cache.set", &["key", "value", "ttl_s"], params)?;
+            let key = a.string("key")?;
+            let value = a
+                .take("value")
+                .ok_or_else(|| RpcError::InvalidParams("cache.set: `value` is required".into()))?;
+            let ttl = a.opt_secs("ttl_s")?;
+            service.cache.set(&user_key(&key), value, ttl).await?;
+            Ok(json!({ "ok": true }))
+        }
+        "cache.delete" => {
+            let mut a = Args::new("cache.delete", &["key"], params)?;
+            let key = a.string("key")?;
+            Ok(json!({ "deleted": service.cache.delete(&user_key(&key)).await? }))
+        }
+        "cache.stats" => {
+            Args::new("cache.stats", &[], params)?;
+            Ok(cache_stats(service))
+        }
+        "pool.health" => {
+            Args::new("pool.health", &[], params)?;
+            Ok(pool_health(service))
+        }
+        "pool.stats" => {
+            Args::new("pool.stats", &[], params)?;
+            Ok(pool_stats(service))
+        }
+        "persistence.stats" => {
+            Args::new("persistence.stats", &[], params)?;
+            let s = db.stats();
+            let ops = s.total_reads + s.total_writes + s.total_heavy;
+            let errors = s.read_errors + s.write_errors + s.heavy_errors;
+            let health = pool_health(service);
+            Ok(json!({
+                "persistence_layer": "litebridge",
+                "connection_pool": "enabled",
+                "statistics": {
+                    "total_operations": ops,
+                    "total_errors": errors,
+                    "average_response_time_ms": ms(mean(&s)),
+                    "error_rate_percent": format!("{:.2}", percent(errors, ops)),
+                    "success_rate_percent": format!("{:.2}", 100.0 - percent(errors, ops)),
+                },
+                "pool_health": {
+                    "healthy": health["healthy"],
+                    "total_connections": health["pool_status"]["total_connections"],
+                    "active_connections": health["pool_status"]["active_connections"],
+                    "available_readers": health["pool_status"]["available_readers"],
+                    "available_workers": health["pool_status"]["available_workers"],
+                },
+            }))
+        }
+        "admin.backup" => {
+            let mut a = Args::new("admin.backup", &["to"], params)?;
+            let to = match a.opt_string("to")? {
+                Some(t) => std::path::PathBuf::from(t),
+                None => {
+                    let mut p = db.path().as_os_str().to_owned();
+                    p.push(format!(
+                        ".backup-{}",
+                        crate::output::utc_stamp(std::time::SystemTime::now(), true)
+                    ));
+                    std::path::PathBuf::from(p)
+                }
+            };
+            let r = db.backup_to(&to, |_| {}).await?;
+            Ok(json!({
+                "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
+                "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,
+            }))
+        }
+        "admin.check" => {
+            let mut a = Args::new("admin.check", &["full"], params)?;
+            let full = a.opt_bool("full")?.unwrap_or(false);
+            let r = db.check(full).await?;
+            Ok(json!({
+                "ok": r.ok, "problems": r.problems, "foreign_key_violations": r.foreign_key_violations,
+                "elapsed_ms": r.elapsed.as_millis() as u64,
+            }))
+        }
+        "admin.checkpoint" => {
+            let mut a = Args::new("admin.checkpoint", &["mode"], params)?;
+            let mode = match a.opt_string("mode")? {
+                Some(m) => CheckpointMode::parse(&m)?,
+                None => CheckpointMode::Passive,
+            };
+            let r = db.checkpoint(mode).await?;
+            Ok(json!({
+                "busy": r.busy, "log_pages": r.log_pages, "checkpointed_pages": r.checkpointed_pages,
+                "wal_bytes": db.wal_bytes(),
+            }))
+        }
+        other => Err(RpcError::MethodNotFound(other.to_owned())),
+    }
+}
+
+/// Keys given to `cache.*` live apart from the bridge's own entries.
+fn user_key(key: &str) -> String {
+    format!("user:{key}")
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn mean(s: &litebridge::DbStats) -> Duration {
+    let n = s.read_latency.count + s.write_latency.count;
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let total = s.read_latency.mean.as_secs_f64() * s.read_latency.count as f64
+        + s.write_latency.mean.as_secs_f64() * s.write_latency.count as f64;
+    Duration::from_secs_f64(total / n as f64)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    crate::output::utc_stamp(t, false)
+}
+
+fn cache_stats(service: &Service) -> Json {
+    let c = service.cache.stats();
+    json!({
+        "hits": c.l1_hits + c.l2_hits, "l1_hits": c.l1_hits, "l2_hits": c.l2_hits,
+        "misses": c.misses, "hit_rate": c.hit_rate, "evictions": c.evictions,
+        "l1_size": c.l1_entries,
+    })
+}
+
+/// `pool.health`, with the seed system's field names (spec section 6).
+fn pool_health(service: &Service) -> Json {
+    let s = service.db.stats();
+    let h = service.db.health();
+    let workers_ok = service.workers.as_ref().is_none_or(|w| w.status().healthy);
+    json!({
+        "healthy": h.healthy && workers_ok,
+        "problems": h.problems,
+        "pool_status": {
+            "total_connections": s.readers + s.heavy_readers + 1,
+            "active_connections": s.active_connections,
+            "available_readers": s.available_readers,
+            "available_workers": s.available_heavy,
+            "queue_lengths": {
+                "read_queue": s.read_queue,
+                "write_queue": s.write_queue,
+                "worker_queue": s.heavy_queue,
+            },
+        },
+        "last_health_check": s.last_health_check.map(rfc3339),
+        "timestamp": rfc3339(std::time::SystemTime::now()),
+    })
+}
+
+/// `pool.stats`, with the seed system's field names plus percentiles.
+fn pool_stats(service: &Service) -> Json {
+    let s = service.db.stats();
+    let ops = s.total_reads + s.total_writes + s.total_heavy;
+    let errors = s.read_errors + s.write_errors + s.heavy_errors;
+    json!({
+        "pool_metrics": {
+            "total_reads": s.total_reads,
+            "total_writes": s.total_writes,
+            "total_worker_tasks": s.total_heavy,
+            "failed_connections": s.failed_connections,
+            "average_read_time": ms(s.read_latency.mean),
+            "average_write_time": ms(s.write_latency.mean),
+            "read_p50_ms": ms(s.read_latency.p50),
+            "read_p95_ms": ms(s.read_latency.p95),
+            "read_p99_ms": ms(s.read_latency.p99),
+            "write_p50_ms": ms(s.write_latency.p50),
+            "write_p95_ms": ms(s.write_latency.p95),
+            "write_p99_ms": ms(s.write_latency.p99),
+            "batches": {
+                "count": s.batches,
+                "avg_size": s.avg_batch_size,
+                "max_size": s.max_batch_size,
+            },
+            "wal_bytes": s.wal_bytes,
+            "active_connections": s.active_connections,
+            "available_readers": s.available_readers,
+            "available_workers": s.available_heavy,
+            "timeouts": s.timeouts,
+            "overloaded": s.overloaded,
+            "writer_restarts": s.writer_restarts,
+            "checkpoints": s.checkpoints,
+        },
+        "persistence_metrics": {
+            "total_operations": ops,
+            "total_errors": errors,
+            "average_response_time": ms(mean(&s)),
+            "error_rate": format!("{:.2}%", percent(errors, ops)),
+        },
+        "health_status": {
+            "healthy": service.db.health().healthy,
+            "last_check": s.last_health_check.map(rfc3339),
+        },
+    })
+}

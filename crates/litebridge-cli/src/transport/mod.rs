@@ -1,0 +1,3 @@
+//! Transports: framing only; every request goes through [`crate::rpc`].
+
+pub(crate) mod stdio;

@@ -1,0 +1,284 @@
+//! `litebridge stdio` against the JSON-RPC 2.0 specification's own examples
+//! (its section 7), adapted to litebridge's methods.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::{Value, json};
+
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+impl Session {
+    fn start() -> Session {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["stdio", "--db"])
+            .arg(dir.path().join("rpc.db"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Session {
+            child,
+            stdin,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stdin.write_all(line.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(
+            self.stdout.read_line(&mut line).unwrap() > 0,
+            "stdout closed"
+        );
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Sends `line` and proves it got no reply: the next reply is the probe's.
+    fn no_reply(&mut self, line: &str) {
+        self.send(line);
+        let probe = self.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT 'probe'"},"id":"probe"}"#);
+        assert_eq!(probe["id"], "probe", "{line} was answered: {probe}");
+    }
+
+    /// Requests run concurrently, so the effect of a notification (which has
+    /// no reply to wait for) shows up a little later: poll for it.
+    fn eventually_rows(&mut self, sql: &str, expected: Value) {
+        let started = std::time::Instant::now();
+        loop {
+            let r = self.call(&format!(
+                r#"{{"jsonrpc":"2.0","method":"sql.query","params":{{"sql":"{sql}"}},"id":"poll"}}"#
+            ));
+            if r["result"]["rows"] == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{sql}: {r}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "unexpected output after the last reply: {rest}"
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+#[test]
+fn positional_and_named_parameters() {
+    let mut s = Session::start();
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT ?1 - ?2",[42,23]],"id":1}"#,
+    );
+    assert_eq!(
+        r,
+        json!({"jsonrpc":"2.0","result":{"columns":["?1 - ?2"],"rows":[[19]],"truncated":false},"id":1})
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT :subtrahend - :minuend AS d","params":{"subtrahend":23,"minuend":42}},"id":3}"#);
+    assert_eq!(r["result"]["rows"], json!([[-19]]));
+    assert_eq!(r["id"], 3);
+    assert!(s.finish().success());
+}
+
+#[test]
+fn notifications_run_but_are_never_answered() {
+    let mut s = Session::start();
+    s.call(
+        r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"CREATE TABLE t(x)"},"id":0}"#,
+    );
+    s.no_reply(
+        r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)"}}"#,
+    );
+    s.no_reply(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#);
+    s.eventually_rows("SELECT count(*) FROM t", json!([[1]]));
+    assert!(s.finish().success());
+}
+
+#[test]
+fn standard_errors_and_ids_echoed_exactly() {
+    let mut s = Session::start();
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"foobar","id":"1"}"#);
+    assert_eq!(r["error"]["code"], -32601);
+    assert_eq!(r["id"], "1");
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"foobar, "params":"bar","baz]"#);
+    assert_eq!(r["error"]["code"], -32700);
+    assert_eq!(r["id"], Value::Null);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#);
+    assert_eq!(r["error"]["code"], -32600);
+    assert_eq!(r["id"], Value::Null);
+    for id in [
+        r#"12345678901234567890"#,
+        r#"1.5"#,
+        r#""a-string""#,
+        r#"null"#,
+        r#"-7"#,
+    ] {
+        let r = s.call(&format!(
+            r#"{{"jsonrpc":"2.0","method":"pool.health","id":{id}}}"#
+        ));
+        assert_eq!(serde_json::to_string(&r["id"]).unwrap(), id, "{r}");
+        assert_eq!(r["result"]["healthy"], true);
+    }
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT 1","nope":1},"id":2}"#,
+    );
+    assert_eq!(r["error"]["code"], -32602);
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("nope"),
+        "{r}"
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT ?1","params":[[1]]},"id":3}"#);
+    assert_eq!(r["error"]["code"], -32602);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("params[0]"),
+        "{r}"
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELEC 1"},"id":4}"#);
+    assert_eq!(r["error"]["code"], -32000);
+    assert_eq!(r["error"]["data"]["kind"], "sql");
+    assert_eq!(r["error"]["data"]["recoverable"], false);
+    assert_eq!(r["error"]["data"]["sqlite_code"], 1);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"CREATE TABLE sneaky(x)"},"id":5}"#);
+    assert_eq!(r["error"]["code"], -32009);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sql.execute"),
+        "{r}"
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"bridge.call","params":{"method":"x"},"id":6}"#);
+    assert_eq!(r["error"]["code"], -32010);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--workers"),
+        "{r}"
+    );
+    assert!(s.finish().success());
+}
+
+#[test]
+fn batches() {
+    let mut s = Session::start();
+    // Invalid JSON in a batch: one parse error.
+    let r = s.call(
+        r#"[{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":"1"},{"jsonrpc":"2.0","method""#,
+    );
+    assert_eq!(r["error"]["code"], -32700);
+    // An empty array: one Invalid Request, not an array.
+    let r = s.call("[]");
+    assert_eq!(r["error"]["code"], -32600);
+    assert_eq!(r["id"], Value::Null);
+    // An invalid batch: one error per element.
+    let r = s.call("[1]");
+    assert_eq!(r.as_array().unwrap().len(), 1);
+    assert_eq!(r[0]["error"]["code"], -32600);
+    let r = s.call("[1,2,3]");
+    assert_eq!(r.as_array().unwrap().len(), 3);
+    // A mixed batch: every request but the notification answered, in any order.
+    let r = s.call(concat!(
+        "[",
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT ?1 + ?2",[1,2]],"id":"1"},"#,
+        r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"CREATE TABLE n(x)"}},"#,
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT ?1 - ?2",[42,23]],"id":"2"},"#,
+        r#"{"foo":"boo"},"#,
+        r#"{"jsonrpc":"2.0","method":"foo.get","params":{"name":"myself"},"id":"5"},"#,
+        r#"{"jsonrpc":"2.0","method":"pool.stats","id":"9"}"#,
+        "]"
+    ));
+    let replies = r.as_array().unwrap();
+    assert_eq!(replies.len(), 5, "{r}");
+    let by_id = |id: &str| replies.iter().find(|x| x["id"] == id).unwrap().clone();
+    assert_eq!(by_id("1")["result"]["rows"], json!([[3]]));
+    assert_eq!(by_id("2")["result"]["rows"], json!([[19]]));
+    assert_eq!(by_id("5")["error"]["code"], -32601);
+    assert!(by_id("9")["result"]["pool_metrics"]["total_reads"].is_u64());
+    assert!(
+        replies
+            .iter()
+            .any(|x| x["id"].is_null() && x["error"]["code"] == -32600)
+    );
+    // A batch of notifications only: no output at all.
+    s.no_reply(r#"[{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"INSERT INTO n VALUES (1)"}},{"jsonrpc":"2.0","method":"pool.health"}]"#);
+    s.eventually_rows("SELECT count(*) FROM n", json!([[1]]));
+    assert!(s.finish().success());
+}
+
+#[test]
+fn the_rest_of_the_method_table() {
+    let mut s = Session::start();
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.batch","params":{"statements":[{"sql":"CREATE TABLE kv(k INTEGER PRIMARY KEY, v)"},{"sql":"INSERT INTO kv VALUES (?1, ?2)","params":[9007199254740993,{"$blob":"AAH/"}]}]},"id":1}"#);
+    assert_eq!(r["result"]["results"][1]["changes"], 1, "{r}");
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT k, v FROM kv"},"id":2}"#,
+    );
+    assert_eq!(
+        r["result"]["rows"],
+        json!([[9007199254740993u64, {"$blob": "AAH/"}]])
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.execute_many","params":{"sql":"INSERT INTO kv VALUES (?1, 'x')","rows":[[1],[2],[3]]},"id":3}"#);
+    assert_eq!(r["result"]["changes"], 3);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT k FROM kv ORDER BY k","max_rows":2,"lane":"heavy"},"id":4}"#);
+    assert_eq!(r["result"]["rows"], json!([[1], [2]]));
+    assert_eq!(r["result"]["truncated"], true);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"cache.set","params":{"key":"a","value":{"deep":[1,2]},"ttl_s":60},"id":5}"#);
+    assert_eq!(r["result"]["ok"], true);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"cache.get","params":{"key":"a"},"id":6}"#);
+    assert_eq!(
+        r["result"],
+        json!({"found": true, "value": {"deep": [1, 2]}})
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"cache.stats","id":7}"#);
+    assert_eq!(r["result"]["hits"], 1);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"persistence.stats","id":8}"#);
+    assert_eq!(
+        r["result"]["statistics"]["success_rate_percent"], "100.00",
+        "{r}"
+    );
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"admin.check","params":{"full":true},"id":9}"#);
+    assert_eq!(r["result"]["ok"], true);
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"admin.checkpoint","params":{"mode":"truncate"},"id":10}"#,
+    );
+    assert_eq!(r["result"]["busy"], false, "{r}");
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"admin.checkpoint","params":{"mode":"sideways"},"id":11}"#,
+    );
+    assert_eq!(r["error"]["code"], -32602);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"admin.backup","id":12}"#);
+    assert_eq!(r["result"]["verified"], true, "{r}");
+    assert!(s.finish().success());
+}
