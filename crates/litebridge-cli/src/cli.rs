@@ -14,6 +14,21 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Serve JSON-RPC over HTTP (POST /rpc), with /health, /ready and /metrics.
+    Serve {
+        /// The database file (created if missing).
+        #[arg(long, default_value = "litebridge.db")]
+        db: PathBuf,
+        /// The address to listen on; port 0 picks a free one (printed first on stdout).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// The worker command line, e.g. "python3 examples/worker.py"; no bridge if absent.
+        #[arg(long)]
+        workers: Option<String>,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+    },
     /// Serve the JSON-RPC method table on stdin/stdout, one JSON value per line.
     Stdio {
         /// The database file (created if missing).

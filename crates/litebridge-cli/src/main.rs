@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod metrics;
 mod output;
 mod rpc;
 mod transport;
@@ -79,6 +80,12 @@ fn main() -> ExitCode {
                 workers,
                 processes,
             } => commands::serve::stdio(&db, workers.as_deref(), processes).await,
+            Command::Serve {
+                db,
+                listen,
+                workers,
+                processes,
+            } => commands::serve::http(&db, &listen, workers.as_deref(), processes).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
             Command::Restore { from, db } => commands::backup::restore(&from, &db),
             Command::Bench {

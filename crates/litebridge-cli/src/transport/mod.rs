@@ -1,3 +1,4 @@
 //! Transports: framing only; every request goes through [`crate::rpc`].
 
+pub(crate) mod http;
 pub(crate) mod stdio;

@@ -1,0 +1,207 @@
+//! `litebridge serve` end to end: the HTTP contract of issue 4.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(db: &std::path::Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .arg("serve")
+            .arg("--db")
+            .arg(db)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {first:?}"))
+            .trim()
+            .to_owned();
+        Server { child, addr }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |i| i + 4);
+        (status, raw[split..].to_vec())
+    }
+
+    fn rpc(&self, body: Value) -> Value {
+        let (status, bytes) = self.request(
+            "POST",
+            "/rpc",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_http_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("http.db");
+    let server = Server::start(&db, &[]);
+    let (status, body) = server.request("GET", "/health", None, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = server.request("GET", "/ready", None, b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["ready"],
+        true
+    );
+
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.execute", "params": {"sql": "CREATE TABLE t(x)"}, "id": 1}));
+    assert_eq!(r["id"], 1);
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.execute", "params": ["INSERT INTO t VALUES (?1)", [7]], "id": 2}));
+    assert_eq!(r["result"]["changes"], 1);
+    // Errors are 200 with a JSON-RPC error.
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "nope", "id": 3}));
+    assert_eq!(r["error"]["code"], -32601);
+    // Notifications only: 204, no body.
+    let (status, body) = server.request(
+        "POST",
+        "/rpc",
+        Some("application/json"),
+        br#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (8)"}}"#,
+    );
+    assert_eq!((status, body.len()), (204, 0));
+    // Wrong content type: 415; too large: 413.
+    let (status, _) = server.request("POST", "/rpc", Some("text/plain"), b"{}");
+    assert_eq!(status, 415);
+    let big = vec![b' '; 17 * 1024 * 1024];
+    let (status, _) = server.request("POST", "/rpc", Some("application/json"), &big);
+    assert_eq!(status, 413);
+    // Metrics: valid text exposition, names prefixed.
+    let (status, body) = server.request("GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    for line in text.lines() {
+        assert!(
+            line.starts_with("# HELP litebridge_")
+                || line.starts_with("# TYPE litebridge_")
+                || line.starts_with("litebridge_"),
+            "{line}"
+        );
+        if !line.starts_with('#') {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert!(text.contains("litebridge_db_writes_total"));
+    // SIGTERM: graceful exit 0, and what was acknowledged is on disk.
+    assert!(server.stop().success());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert!(n >= 1);
+}
+
+#[test]
+fn serve_with_python_workers_and_a_bridge_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("b.db"),
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "2",
+        ],
+    );
+    let (status, _) = server.request("GET", "/ready", None, b"");
+    assert_eq!(status, 200);
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "bridge.call", "params": {"method": "analyze", "params": {"description": "a b c", "domain": "finance"}}, "id": "a"}));
+    assert_eq!(r["result"], json!({"domain": "finance", "words": 3}), "{r}");
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "bridge.call", "params": {"method": "fail", "params": ["bad input"]}, "id": "b"}));
+    assert_eq!(r["error"]["code"], -32004);
+    assert_eq!(r["error"]["data"]["type"], "ValueError");
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "bridge.stats", "id": "c"}));
+    assert_eq!(r["result"]["workers"].as_array().unwrap().len(), 2);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_bad_listen_address_is_one_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "serve",
+            "--listen",
+            "localhost-ish",
+            "--db",
+            "/tmp/never-created.db",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("localhost-ish"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/tmp/never-created.db").exists());
+}
