@@ -3,6 +3,7 @@
 
 mod bridge;
 mod cases;
+mod http;
 mod measure;
 
 use std::path::Path;
@@ -86,6 +87,18 @@ const CASES: &[Case] = &[
         baseline: "raw-pipe-seq",
         target: Target::P50Within(25.0),
         what: "1 Python SDK worker, 1 call in flight, echo",
+    },
+    Case {
+        name: "http-query",
+        baseline: "http-health",
+        target: Target::Ratio(0.5),
+        what: "JSON-RPC sql.query point reads over HTTP, 32 keep-alive clients",
+    },
+    Case {
+        name: "http-execute",
+        baseline: "http-health",
+        target: Target::Ratio(0.35),
+        what: "JSON-RPC sql.execute inserts over HTTP, 64 keep-alive clients",
     },
     Case {
         name: "bridge-cached",
@@ -195,6 +208,24 @@ async fn run_case(
     let base_path = dir.join("baseline.db");
     let case_path = dir.join("case.db");
     progress.message(&format!("baseline {} ({seconds} s)", c.baseline));
+    if let Some((load, clients)) = match c.name {
+        "http-query" => Some((http::Load::Query, 32)),
+        "http-execute" => Some((http::Load::Execute, 64)),
+        _ => None,
+    } {
+        // One server for the case and its baseline, as the spec asks.
+        let server = http::Bench::start(dir).await?;
+        progress.message(&format!("baseline http-health ({seconds} s)"));
+        let measured = async {
+            let baseline = server.run(http::Load::Health, clients, seconds).await?;
+            progress.message(&format!("{} ({seconds} s): {}", c.name, c.what));
+            let figures = server.run(load, clients, seconds).await?;
+            Ok::<_, Failure>((figures, baseline))
+        }
+        .await;
+        server.shutdown().await;
+        return measured;
+    }
     let baseline = match c.baseline {
         "raw-txn" => blocking(move || cases::raw_txn(&base_path, seconds)).await?,
         "mutex" => blocking(move || cases::mutex(&base_path, seconds, false)).await?,

@@ -1,0 +1,182 @@
+//! HTTP cases: JSON-RPC over `POST /rpc` against `GET /health` on the same
+//! server, which the bench starts itself on 127.0.0.1:0, with keep-alive
+//! clients (a minimal HTTP/1.1 client: what is measured is the server).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use litebridge::store::CacheConfig;
+use litebridge::{DbConfig, Service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::cases::{READ_ROWS, VALUE};
+use super::measure::{Figures, Rng, Samples, stop_after};
+use crate::{CliResult, Failure};
+
+/// What each client sends.
+#[derive(Clone, Copy)]
+pub(crate) enum Load {
+    Health,
+    Query,
+    Execute,
+}
+
+/// A running server for the HTTP cases.
+pub(crate) struct Bench {
+    addr: std::net::SocketAddr,
+    service: Arc<Service>,
+    server: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Bench {
+    pub(crate) async fn start(dir: &Path) -> CliResult<Bench> {
+        let service = Arc::new(
+            Service::open(
+                dir.join("http.db"),
+                DbConfig::default(),
+                None,
+                CacheConfig::default(),
+            )
+            .await?,
+        );
+        service
+            .db
+            .execute(
+                "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)",
+                (),
+            )
+            .await?;
+        let rows = (0..READ_ROWS as i64)
+            .map(|k| litebridge::params![k, VALUE])
+            .collect();
+        service
+            .db
+            .execute_many(
+                "INSERT INTO kv VALUES (?1, ?2)",
+                rows,
+                litebridge::WriteOptions::default(),
+            )
+            .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Failure::new(format!("cannot listen on 127.0.0.1:0: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = crate::transport::http::router(service.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Bench {
+            addr,
+            service,
+            server,
+            stop,
+        })
+    }
+
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.service.shutdown().await;
+    }
+
+    /// `clients` keep-alive connections, one request in flight on each.
+    pub(crate) async fn run(&self, load: Load, clients: usize, seconds: f64) -> CliResult<Figures> {
+        let stop = stop_after(seconds);
+        let next_key = Arc::new(AtomicI64::new(1 << 40));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (stop, next_key, addr) = (stop.clone(), next_key.clone(), self.addr);
+                tokio::spawn(async move {
+                    let mut conn = TcpStream::connect(addr).await?;
+                    conn.set_nodelay(true)?;
+                    let mut rng = Rng::new(c as u64 + 7);
+                    let mut samples = Samples::with_capacity(1 << 18);
+                    let mut buf = Vec::with_capacity(4096);
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = match load {
+                            Load::Health => "GET /health HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
+                            Load::Query => rpc(&format!(
+                                r#"{{"jsonrpc":"2.0","method":"sql.query","params":["SELECT v FROM kv WHERE k = ?1",[{}]],"id":1}}"#,
+                                rng.below(READ_ROWS)
+                            )),
+                            Load::Execute => rpc(&format!(
+                                r#"{{"jsonrpc":"2.0","method":"sql.execute","params":["INSERT INTO kv VALUES (?1, ?2)",[{}, "{VALUE}"]],"id":1}}"#,
+                                next_key.fetch_add(1, Ordering::Relaxed)
+                            )),
+                        };
+                        let start = Instant::now();
+                        conn.write_all(request.as_bytes()).await?;
+                        let status = read_response(&mut conn, &mut buf).await?;
+                        if status != 200 {
+                            return Err(std::io::Error::other(format!("HTTP {status}")));
+                        }
+                        samples.record(start);
+                    }
+                    Ok::<_, std::io::Error>(samples)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(
+                t.await
+                    .map_err(|e| Failure::new(e.to_string()))?
+                    .map_err(|e| Failure::new(format!("HTTP client: {e}")))?,
+            );
+        }
+        Ok(Figures::from_samples(all, started.elapsed()))
+    }
+}
+
+fn rpc(body: &str) -> String {
+    format!(
+        "POST /rpc HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Reads one response (headers and a Content-Length body); returns the status.
+async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
