@@ -16,30 +16,16 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Serve JSON-RPC over HTTP (POST /rpc), with /health, /ready and /metrics.
     Serve {
-        /// The database file (created if missing).
-        #[arg(long, default_value = "litebridge.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        common: ServiceArgs,
         /// The address to listen on; port 0 picks a free one (printed first on stdout).
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: String,
-        /// The worker command line, e.g. "python3 examples/worker.py"; no bridge if absent.
         #[arg(long)]
-        workers: Option<String>,
-        /// Worker processes.
-        #[arg(long, default_value_t = 2)]
-        processes: usize,
+        listen: Option<String>,
     },
     /// Serve the JSON-RPC method table on stdin/stdout, one JSON value per line.
     Stdio {
-        /// The database file (created if missing).
-        #[arg(long, default_value = "litebridge.db")]
-        db: PathBuf,
-        /// The worker command line, e.g. "python3 examples/worker.py"; no bridge if absent.
-        #[arg(long)]
-        workers: Option<String>,
-        /// Worker processes.
-        #[arg(long, default_value_t = 2)]
-        processes: usize,
+        #[command(flatten)]
+        common: ServiceArgs,
     },
     /// Run one SQL statement and print its rows (a table, or JSON with --json).
     ///
@@ -109,4 +95,25 @@ pub(crate) enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// What `serve` and `stdio` share. Flags override the environment, which
+/// overrides the configuration file, which overrides the defaults.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServiceArgs {
+    /// A TOML configuration file (sections server, db, workers, cache).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// The database file (created if missing). Default: litebridge.db.
+    #[arg(long)]
+    pub(crate) db: Option<PathBuf>,
+    /// The worker command line, e.g. "python3 examples/worker.py"; no bridge if absent.
+    #[arg(long)]
+    pub(crate) workers: Option<String>,
+    /// Worker processes. Default: 2.
+    #[arg(long)]
+    pub(crate) processes: Option<usize>,
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
 }

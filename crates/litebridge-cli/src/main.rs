@@ -6,6 +6,7 @@ mod commands;
 mod metrics;
 mod output;
 mod rpc;
+mod settings;
 mod transport;
 
 use std::process::ExitCode;
@@ -75,17 +76,8 @@ fn main() -> ExitCode {
                 timeout_ms,
             } => commands::query::run(&db, &sql, &params, json, create, timeout_ms).await,
             Command::Check { db, full, json } => commands::check::run(&db, full, json),
-            Command::Stdio {
-                db,
-                workers,
-                processes,
-            } => commands::serve::stdio(&db, workers.as_deref(), processes).await,
-            Command::Serve {
-                db,
-                listen,
-                workers,
-                processes,
-            } => commands::serve::http(&db, &listen, workers.as_deref(), processes).await,
+            Command::Stdio { common } => commands::serve::stdio(&common).await,
+            Command::Serve { common, listen } => commands::serve::http(&common, listen).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
             Command::Restore { from, db } => commands::backup::restore(&from, &db),
             Command::Bench {

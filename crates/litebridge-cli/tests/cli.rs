@@ -290,3 +290,60 @@ fn bench_prints_one_json_object_per_case() {
     let scratch: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(scratch.is_empty(), "the bench left files behind");
 }
+
+#[test]
+fn configuration_sources_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("litebridge.toml");
+    std::fs::write(
+        &file,
+        "[db]\nreaders = 3\ndurability = \"full\"\n[workers]\nprocesses = 4\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "serve",
+            "--print-config",
+            "--config",
+            s(&file),
+            "--processes",
+            "6",
+        ])
+        .env("POOL_MAX_READERS", "5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("readers = 5  # environment POOL_MAX_READERS"),
+        "{shown}"
+    );
+    assert!(shown.contains("durability = \"full\"  # file"), "{shown}");
+    assert!(
+        shown.contains("processes = 6  # flag --processes"),
+        "{shown}"
+    );
+    std::fs::write(&file, "[db]\nreaders = 3\nwal_mode = true\n").unwrap();
+    let out = litebridge(&["serve", "--print-config", "--config", s(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown configuration key `db.wal_mode`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db", s(&dir.path().join("x.db"))])
+        .env("LITEBRIDGE_DB_DURABILITY", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("db.durability") && err.contains("sometimes") && err.contains("normal, full"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("x.db").exists(),
+        "nothing is created when the configuration is refused"
+    );
+}

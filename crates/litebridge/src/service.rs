@@ -24,7 +24,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the database, starts the workers (if any) and the cache.
+    /// Opens the database, starts the workers (if any) and the cache. With
+    /// `cache_bridge`, worker results are cached (calls with a cache key and
+    /// methods the workers declare cacheable).
     ///
     /// # Errors
     /// What [`Database::open`], [`WorkerPool::start`] or [`Cache::open`] return;
@@ -34,6 +36,7 @@ impl Service {
         db_config: DbConfig,
         workers: Option<WorkerConfig>,
         cache: CacheConfig,
+        cache_bridge: bool,
     ) -> Result<Service> {
         let db = Database::open(db_path, db_config).await?;
         let cache = match Cache::open(Some(db.clone()), cache).await {
@@ -46,7 +49,9 @@ impl Service {
         let workers = match workers {
             Some(config) => match WorkerPool::start(config).await {
                 Ok(pool) => {
-                    pool.use_cache(cache.clone());
+                    if cache_bridge {
+                        pool.use_cache(cache.clone());
+                    }
                     Some(pool)
                 }
                 Err(e) => {

@@ -40,6 +40,7 @@ impl Bench {
                 DbConfig::default(),
                 None,
                 CacheConfig::default(),
+                true,
             )
             .await?,
         );

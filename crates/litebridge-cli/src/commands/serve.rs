@@ -1,32 +1,53 @@
 //! `litebridge serve` (HTTP) and `litebridge stdio`.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use litebridge::store::CacheConfig;
-use litebridge::workers::WorkerConfig;
-use litebridge::{DbConfig, Service};
+use litebridge::Service;
 
+use crate::cli::ServiceArgs;
+use crate::settings::Settings;
 use crate::{CliResult, Failure};
 
-async fn open(db: &Path, workers: Option<&str>, processes: usize) -> CliResult<Service> {
-    let workers = workers.map(|cmd| {
-        let mut c = WorkerConfig::from_command_line(cmd);
-        c.processes = processes;
-        c
-    });
-    Ok(Service::open(db, DbConfig::default(), workers, CacheConfig::default()).await?)
+/// The effective settings: defaults, file, environment, then these flags.
+fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
+    let mut flags = Vec::new();
+    if let Some(db) = &args.db {
+        flags.push(("db.path", "db", db.display().to_string()));
+    }
+    if let Some(w) = &args.workers {
+        flags.push(("workers.command", "workers", w.clone()));
+    }
+    if let Some(n) = args.processes {
+        flags.push(("workers.processes", "processes", n.to_string()));
+    }
+    if let Some(l) = listen {
+        flags.push(("server.listen", "listen", l));
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Settings::load(args.config.as_deref(), &env, &flags)
+}
+
+async fn open(s: &Settings) -> CliResult<Service> {
+    Ok(Service::open(
+        s.db_path(),
+        s.db_config()?,
+        s.worker_config(),
+        s.cache_config(),
+        s.cache_enabled(),
+    )
+    .await?)
 }
 
 /// Serves HTTP until SIGTERM or SIGINT: stops accepting, lets requests in
 /// flight finish, then stops the workers and closes the database (commit,
 /// checkpoint). A second signal exits at once.
-pub(crate) async fn http(
-    db: &Path,
-    listen: &str,
-    workers: Option<&str>,
-    processes: usize,
-) -> CliResult {
+pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResult {
+    let s = settings(args, listen)?;
+    if args.print_config {
+        print!("{}", s.describe());
+        return Ok(());
+    }
+    let listen = s.listen().to_owned();
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         Failure::new(format!(
             "--listen {listen:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:7070"
@@ -35,7 +56,7 @@ pub(crate) async fn http(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::new(format!("cannot listen on {addr}: {e}")))?;
-    let service = Arc::new(open(db, workers, processes).await?);
+    let service = Arc::new(open(&s).await?);
     let local = listener
         .local_addr()
         .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
@@ -71,8 +92,14 @@ async fn shutdown_signal() {
     }
 }
 
-pub(crate) async fn stdio(db: &Path, workers: Option<&str>, processes: usize) -> CliResult {
-    let service = open(db, workers, processes).await?;
+pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {
+    let s = settings(args, None)?;
+    if args.print_config {
+        // stdout belongs to the protocol: the configuration goes to stderr.
+        eprint!("{}", s.describe());
+        return Ok(());
+    }
+    let service = open(&s).await?;
     crate::transport::stdio::serve(service, tokio::io::stdin(), tokio::io::stdout())
         .await
         .map_err(|e| Failure::new(format!("stdio transport: {e}")))

@@ -1,0 +1,575 @@
+//! Configuration (spec section 7): defaults, then one TOML file, then
+//! environment variables, then flags. Every key is in one table: its section,
+//! its environment names (`LITEBRIDGE_<SECTION>_<KEY>` and the seed system's
+//! names), its kind and its default. A key that is not in the table, or a
+//! value that does not fit its kind, is refused naming the key, the value and
+//! what was expected. `--print-config` shows each value and where it came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use litebridge::store::CacheConfig;
+use litebridge::workers::WorkerConfig;
+use litebridge::{DbConfig, Durability};
+
+use crate::Failure;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool,
+    Text,
+    /// One of the listed words.
+    Word(&'static [&'static str]),
+}
+
+struct Key {
+    name: &'static str,
+    env: &'static [&'static str],
+    kind: Kind,
+    default: &'static str,
+    help: &'static str,
+}
+
+const fn int(min: i64, max: i64) -> Kind {
+    Kind::Int { min, max }
+}
+
+const KEYS: &[Key] = &[
+    Key {
+        name: "server.listen",
+        env: &[],
+        kind: Kind::Text,
+        default: "127.0.0.1:7070",
+        help: "address of `serve`",
+    },
+    Key {
+        name: "db.path",
+        env: &[],
+        kind: Kind::Text,
+        default: "litebridge.db",
+        help: "the database file",
+    },
+    Key {
+        name: "db.readers",
+        env: &["POOL_MAX_READERS"],
+        kind: int(1, 256),
+        default: "4",
+        help: "read-lane connections",
+    },
+    Key {
+        name: "db.heavy_readers",
+        env: &["POOL_MAX_WORKERS"],
+        kind: int(1, 64),
+        default: "2",
+        help: "heavy-lane connections",
+    },
+    Key {
+        name: "db.write_queue",
+        env: &[],
+        kind: int(1, 16_777_216),
+        default: "4096",
+        help: "write queue capacity",
+    },
+    Key {
+        name: "db.max_batch",
+        env: &[],
+        kind: int(1, 1_048_576),
+        default: "1024",
+        help: "requests per group commit at most",
+    },
+    Key {
+        name: "db.max_wait_ms",
+        env: &[],
+        kind: int(0, 1000),
+        default: "0",
+        help: "wait for a fuller batch",
+    },
+    Key {
+        name: "db.durability",
+        env: &[],
+        kind: Kind::Word(&["normal", "full"]),
+        default: "normal",
+        help: "what an acknowledged write survives",
+    },
+    Key {
+        name: "db.busy_timeout_ms",
+        env: &[],
+        kind: int(0, 3_600_000),
+        default: "5000",
+        help: "wait on locks held by other processes",
+    },
+    Key {
+        name: "db.cache_size",
+        env: &["POOL_CACHE_SIZE"],
+        kind: int(-1_000_000_000, 1_000_000_000),
+        default: "-64000",
+        help: "PRAGMA cache_size per connection",
+    },
+    Key {
+        name: "db.mmap_size",
+        env: &["POOL_MMAP_SIZE"],
+        kind: int(0, 1 << 40),
+        default: "268435456",
+        help: "PRAGMA mmap_size",
+    },
+    Key {
+        name: "db.timeout_ms",
+        env: &["POOL_ACQUIRE_TIMEOUT"],
+        kind: int(1, 86_400_000),
+        default: "30000",
+        help: "default deadline of a database operation",
+    },
+    Key {
+        name: "db.health_check_interval_ms",
+        env: &["POOL_HEALTH_CHECK"],
+        kind: int(10, 86_400_000),
+        default: "60000",
+        help: "connection health checks",
+    },
+    Key {
+        name: "db.quick_check_on_open",
+        env: &[],
+        kind: Kind::Bool,
+        default: "true",
+        help: "refuse a damaged file at start",
+    },
+    Key {
+        name: "workers.command",
+        env: &[],
+        kind: Kind::Text,
+        default: "",
+        help: "worker command line (no bridge when empty)",
+    },
+    Key {
+        name: "workers.python",
+        env: &["PYTHON_EXECUTABLE"],
+        kind: Kind::Text,
+        default: "python3",
+        help: "replaces a leading `python3` in workers.command",
+    },
+    Key {
+        name: "workers.processes",
+        env: &["MAX_PROCESSES"],
+        kind: int(1, 256),
+        default: "2",
+        help: "worker processes",
+    },
+    Key {
+        name: "workers.max_in_flight",
+        env: &[],
+        kind: int(1, 100_000),
+        default: "64",
+        help: "calls in flight per worker",
+    },
+    Key {
+        name: "workers.timeout_ms",
+        env: &["REQUEST_TIMEOUT"],
+        kind: int(1, 86_400_000),
+        default: "30000",
+        help: "default deadline of a worker call",
+    },
+    Key {
+        name: "workers.retry_attempts",
+        env: &["RETRY_ATTEMPTS"],
+        kind: int(1, 100),
+        default: "3",
+        help: "attempts of an idempotent call",
+    },
+    Key {
+        name: "workers.breaker_threshold",
+        env: &["CIRCUIT_BREAKER_THRESHOLD"],
+        kind: int(1, 10_000),
+        default: "5",
+        help: "failures in a row that open a method's breaker",
+    },
+    Key {
+        name: "workers.recycle_after_calls",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "0",
+        help: "recycle a worker after this many calls (0: never)",
+    },
+    Key {
+        name: "cache.enabled",
+        env: &["CACHE_ENABLED"],
+        kind: Kind::Bool,
+        default: "true",
+        help: "cache worker results (cacheable methods, cache keys)",
+    },
+    Key {
+        name: "cache.max_entries",
+        env: &[],
+        kind: int(1, 1 << 32),
+        default: "10000",
+        help: "entries kept in memory",
+    },
+];
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(n) => write!(f, "environment {n}"),
+            Source::Flag(n) => write!(f, "flag --{n}"),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+fn check(k: &Key, raw: &str, from: &Source) -> Result<String, Failure> {
+    let bad = |expected: String| {
+        Failure::new(format!(
+            "invalid configuration `{}` = {raw:?} (from {from}): expected {expected}",
+            k.name
+        ))
+    };
+    match k.kind {
+        Kind::Int { min, max } => match raw.trim().parse::<i64>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(v.to_string()),
+            _ => Err(bad(format!("an integer from {min} to {max}"))),
+        },
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok("true".into()),
+            "false" | "0" | "no" | "off" => Ok("false".into()),
+            _ => Err(bad("true or false".into())),
+        },
+        Kind::Text => Ok(raw.to_owned()),
+        Kind::Word(words) => {
+            let v = raw.trim().to_ascii_lowercase();
+            if words.contains(&v.as_str()) {
+                Ok(v)
+            } else {
+                Err(bad(format!("one of {}", words.join(", "))))
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the environment `env`, then `flags`.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        flags: &[(&'static str, &'static str, String)],
+    ) -> Result<Settings, Failure> {
+        let mut values: BTreeMap<&'static str, (String, Source)> = KEYS
+            .iter()
+            .map(|k| (k.name, (k.default.to_owned(), Source::Default)))
+            .collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::new(format!(
+                    "cannot read the configuration file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                Failure::new(format!(
+                    "the configuration file {} is not valid TOML: {e}",
+                    path.display()
+                ))
+            })?;
+            for (section, body) in table {
+                let toml::Value::Table(entries) = body else {
+                    return Err(Failure::new(format!(
+                        "{}: `{section}` must be a [section] (sections: server, db, workers, cache)",
+                        path.display()
+                    )));
+                };
+                for (name, value) in entries {
+                    let full = format!("{section}.{name}");
+                    let k = key(&full).ok_or_else(|| {
+                        Failure::new(format!(
+                            "{}: unknown configuration key `{full}` (known keys: {})",
+                            path.display(),
+                            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                        ))
+                    })?;
+                    let raw = match value {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        _ => {
+                            return Err(Failure::new(format!(
+                                "{}: `{full}` must be a string, a number or true/false",
+                                path.display()
+                            )));
+                        }
+                    };
+                    let from = Source::File(path.to_path_buf());
+                    let v = check(k, &raw, &from)?;
+                    values.insert(k.name, (v, from));
+                }
+            }
+        }
+        let env_map: BTreeMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for (name, value) in &env_map {
+            if let Some(rest) = name.strip_prefix("LITEBRIDGE_") {
+                let full = rest.to_ascii_lowercase().replacen('_', ".", 1);
+                let k = key(&full).ok_or_else(|| {
+                    Failure::new(format!(
+                        "unknown configuration variable {name} (it would set `{full}`)"
+                    ))
+                })?;
+                let from = Source::Env((*name).to_owned());
+                values.insert(k.name, (check(k, value, &from)?, from));
+            }
+        }
+        for k in KEYS {
+            // The seed system's names, unless the LITEBRIDGE_ name was given.
+            if matches!(values[k.name].1, Source::Env(_)) {
+                continue;
+            }
+            for alias in k.env {
+                if let Some(value) = env_map.get(alias) {
+                    let from = Source::Env((*alias).to_owned());
+                    values.insert(k.name, (check(k, value, &from)?, from));
+                }
+            }
+        }
+        for (name, flag, value) in flags {
+            let k = key(name).expect("flags map to known keys");
+            let from = Source::Flag(flag);
+            values.insert(k.name, (check(k, value, &from)?, from));
+        }
+        Ok(Settings { values })
+    }
+
+    fn get(&self, name: &str) -> &str {
+        &self.values[name].0
+    }
+
+    fn int(&self, name: &str) -> i64 {
+        self.get(name).parse().unwrap_or(0)
+    }
+
+    fn ms(&self, name: &str) -> Duration {
+        Duration::from_millis(self.int(name).max(0) as u64)
+    }
+
+    fn bool(&self, name: &str) -> bool {
+        self.get(name) == "true"
+    }
+
+    pub(crate) fn db_path(&self) -> PathBuf {
+        PathBuf::from(self.get("db.path"))
+    }
+
+    pub(crate) fn listen(&self) -> &str {
+        self.get("server.listen")
+    }
+
+    pub(crate) fn db_config(&self) -> Result<DbConfig, Failure> {
+        let b = DbConfig::builder()
+            .readers(self.int("db.readers") as usize)
+            .heavy_readers(self.int("db.heavy_readers") as usize)
+            .write_queue(self.int("db.write_queue") as usize)
+            .max_batch(self.int("db.max_batch") as usize)
+            .max_wait(self.ms("db.max_wait_ms"))
+            .durability(Durability::parse(
+                "db.durability",
+                self.get("db.durability"),
+            )?)
+            .busy_timeout(self.ms("db.busy_timeout_ms"))
+            .cache_size(self.int("db.cache_size"))
+            .mmap_size(self.int("db.mmap_size") as u64)
+            .default_timeout(Some(self.ms("db.timeout_ms")))
+            .health_check_interval(self.ms("db.health_check_interval_ms"))
+            .quick_check_on_open(self.bool("db.quick_check_on_open"));
+        Ok(b.build()?)
+    }
+
+    pub(crate) fn worker_config(&self) -> Option<WorkerConfig> {
+        let command = self.get("workers.command").trim();
+        if command.is_empty() {
+            return None;
+        }
+        let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+        if words[0] == "python3" {
+            words[0] = self.get("workers.python").to_owned();
+        }
+        let mut c = WorkerConfig::new(words);
+        c.processes = self.int("workers.processes") as usize;
+        c.max_in_flight = self.int("workers.max_in_flight") as usize;
+        c.call_timeout = self.ms("workers.timeout_ms");
+        c.retry = c
+            .retry
+            .max_attempts(self.int("workers.retry_attempts") as u32);
+        c.breaker.consecutive_failures = Some(self.int("workers.breaker_threshold") as u32);
+        let recycle = self.int("workers.recycle_after_calls");
+        c.recycle_after_calls = (recycle > 0).then_some(recycle as u64);
+        Some(c)
+    }
+
+    pub(crate) fn cache_enabled(&self) -> bool {
+        self.bool("cache.enabled")
+    }
+
+    pub(crate) fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            max_entries: self.int("cache.max_entries") as u64,
+            ..CacheConfig::default()
+        }
+    }
+
+    /// `key = value  # source`, one line each, by section.
+    pub(crate) fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for k in KEYS {
+            let (s, name) = k.name.split_once('.').expect("section.key");
+            if s != section {
+                out.push_str(&format!(
+                    "{}[{s}]\n",
+                    if section.is_empty() { "" } else { "\n" }
+                ));
+                section = s;
+            }
+            let (value, from) = &self.values[k.name];
+            let shown = match k.kind {
+                Kind::Text => format!("{value:?}"),
+                Kind::Word(_) => format!("{value:?}"),
+                _ => value.clone(),
+            };
+            out.push_str(&format!("{name} = {shown}  # {from}; {}\n", k.help));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_over_env_over_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lb.toml");
+        std::fs::write(
+            &file,
+            "[db]\nreaders = 3\ndurability = \"full\"\n[workers]\nprocesses = 5\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            &env(&[
+                ("LITEBRIDGE_DB_READERS", "6"),
+                ("MAX_PROCESSES", "7"),
+                ("POOL_MAX_WORKERS", "3"),
+            ]),
+            &[("workers.processes", "processes", "8".into())],
+        )
+        .unwrap();
+        assert_eq!(s.get("db.readers"), "6");
+        assert_eq!(s.get("db.durability"), "full");
+        assert_eq!(s.get("workers.processes"), "8");
+        assert_eq!(s.get("db.heavy_readers"), "3");
+        let shown = s.describe();
+        assert!(
+            shown.contains("readers = 6  # environment LITEBRIDGE_DB_READERS"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("processes = 8  # flag --processes"),
+            "{shown}"
+        );
+        assert!(shown.contains("durability = \"full\"  # file"), "{shown}");
+        assert!(
+            shown.contains("heavy_readers = 3  # environment POOL_MAX_WORKERS"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lb.toml");
+        std::fs::write(&file, "[db]\nreadrs = 3\n").unwrap();
+        let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
+        assert!(
+            e.message.contains("unknown configuration key `db.readrs`"),
+            "{}",
+            e.message
+        );
+        let e = Settings::load(None, &env(&[("POOL_MAX_READERS", "many")]), &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid configuration `db.readers` = \"many\" (from environment POOL_MAX_READERS): expected an integer from 1 to 256"
+        );
+        let e =
+            Settings::load(None, &env(&[("LITEBRIDGE_DB_DURABILITY", "fast")]), &[]).unwrap_err();
+        assert!(e.message.contains("one of normal, full"), "{}", e.message);
+        let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_NOPE", "1")]), &[]).unwrap_err();
+        assert!(e.message.contains("LITEBRIDGE_DB_NOPE"), "{}", e.message);
+        std::fs::write(&file, "not toml at all [").unwrap();
+        let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
+        assert!(e.message.contains("not valid TOML"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_seed_systems_names_reach_the_typed_configs() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("POOL_CACHE_SIZE", "-32000"),
+                ("POOL_HEALTH_CHECK", "1000"),
+                ("REQUEST_TIMEOUT", "1500"),
+                ("RETRY_ATTEMPTS", "5"),
+                ("CIRCUIT_BREAKER_THRESHOLD", "9"),
+                ("PYTHON_EXECUTABLE", "/usr/bin/python3.11"),
+                ("CACHE_ENABLED", "false"),
+                ("LITEBRIDGE_WORKERS_COMMAND", "python3 examples/worker.py"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let db = s.db_config().unwrap();
+        assert_eq!(db.cache_size, -32000);
+        assert_eq!(db.health_check_interval, Duration::from_secs(1));
+        let w = s.worker_config().unwrap();
+        assert_eq!(
+            w.command,
+            vec![
+                "/usr/bin/python3.11".to_owned(),
+                "examples/worker.py".into()
+            ]
+        );
+        assert_eq!(w.call_timeout, Duration::from_millis(1500));
+        assert_eq!(w.retry.attempts(), 5);
+        assert_eq!(w.breaker.consecutive_failures, Some(9));
+        assert!(!s.cache_enabled());
+    }
+}
