@@ -2,6 +2,7 @@
 ``litebridge serve --workers "python3 examples/worker.py"``."""
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from litebridge_worker import Worker, WorkerError, cancelled  # noqa: E402
 
 worker = Worker()
+log = logging.getLogger("example")
 
 
 @worker.method()
@@ -23,6 +25,7 @@ def echo(value=None):
 def analyze(description, domain="general"):
     """A stand-in for real work: counts words per domain."""
     print("analyzing", len(description), "characters")  # goes to the log, not the protocol
+    log.info("analyzing for %s", domain)  # carries the request id
     return {"domain": domain, "words": len(description.split())}
 
 

@@ -13,7 +13,7 @@ stdin/stdout (see the litebridge spec, section 4)::
     worker.run()
 """
 
-from .worker import Worker, WorkerError, cancelled, current_request_id
+from .worker import RequestIdFilter, Worker, WorkerError, cancelled, current_request_id
 
-__all__ = ["Worker", "WorkerError", "cancelled", "current_request_id"]
+__all__ = ["RequestIdFilter", "Worker", "WorkerError", "cancelled", "current_request_id"]
 __version__ = "0.1.0"

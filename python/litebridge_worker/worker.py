@@ -23,6 +23,7 @@ import concurrent.futures
 import contextvars
 import inspect
 import json
+import logging
 import os
 import sys
 import threading
@@ -35,14 +36,15 @@ INVALID_PARAMS = -32602
 WORKER_ERROR = -32004
 
 class _Call:
-    """The call being handled: its id and whether it was cancelled. A plain
-    attribute (set under the GIL) is all a flag needs; a threading.Event per
-    call cost more than the call itself."""
+    """The call being handled: its id, litebridge's request id, and whether it
+    was cancelled. A plain attribute (set under the GIL) is all a flag needs;
+    a threading.Event per call cost more than the call itself."""
 
-    __slots__ = ("id", "cancelled")
+    __slots__ = ("id", "request_id", "cancelled")
 
-    def __init__(self, rid):
+    def __init__(self, rid, request_id=None):
         self.id = rid
+        self.request_id = request_id
         self.cancelled = False
 
 
@@ -50,9 +52,19 @@ _current = contextvars.ContextVar("litebridge_call", default=None)
 
 
 def current_request_id():
-    """The id of the JSON-RPC call being handled (None outside a call)."""
+    """litebridge's request id for the call being handled (the X-Request-Id of
+    the HTTP request behind it), or None outside a call or when none was sent.
+    Log records carry it as ``request_id`` (see ``Worker.run``)."""
     call = _current.get()
-    return None if call is None else call.id
+    return None if call is None else call.request_id
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` (``-`` outside a call) to every log record."""
+
+    def filter(self, record):
+        record.request_id = current_request_id() or "-"
+        return True
 
 
 def cancelled():
@@ -213,8 +225,22 @@ class Worker:
     # ----- serving --------------------------------------------------------
 
     def run(self):
-        """Serves stdin/stdout until stdin closes. Never returns early."""
+        """Serves stdin/stdout until stdin closes. Never returns early.
+
+        Logging goes to stderr (which litebridge forwards to its own log); if
+        the program set up no logging, records are formatted with the request
+        id of the call that logged them.
+        """
         self._take_stdout()
+        root = logging.getLogger()
+        if not root.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter(
+                "%(levelname)s %(name)s [request %(request_id)s] %(message)s"))
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+        for handler in root.handlers:
+            handler.addFilter(RequestIdFilter())
         try:
             asyncio.run(self._serve())
         except KeyboardInterrupt:
@@ -333,7 +359,8 @@ class Worker:
         if problem is not None:
             self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
             return
-        flag = _Call(rid)
+        meta = msg.get("meta")
+        flag = _Call(rid, meta.get("request_id") if isinstance(meta, dict) else None)
         token = _current.set(flag)
         try:
             if is_async:

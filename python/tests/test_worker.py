@@ -134,6 +134,18 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertEqual(replies[a]["error"]["data"]["type"], "CancelledError")
         self.assertEqual(replies[s]["result"], "cancelled")
 
+    def test_log_records_carry_the_request_id(self):
+        self.peer.send({"jsonrpc": "2.0", "id": 77, "method": "analyze",
+                        "params": ["x y", "finance"], "meta": {"request_id": "req-4242"}})
+        self.assertEqual(self.peer.read()["result"]["words"], 2)
+        self.peer.call("analyze", ["no meta"])
+        self.peer.read()
+        self.peer.proc.stdin.close()
+        self.peer.proc.wait(timeout=10)
+        err = self.peer.proc.stderr.read().decode()
+        self.assertIn("INFO example [request req-4242] analyzing for finance", err)
+        self.assertIn("[request -] analyzing for general", err)
+
     def test_ping(self):
         r = self.peer.roundtrip("$/ping")["result"]
         self.assertTrue(r["pong"])

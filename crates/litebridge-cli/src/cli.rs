@@ -113,6 +113,9 @@ pub(crate) struct ServiceArgs {
     /// Worker processes. Default: 2.
     #[arg(long)]
     pub(crate) processes: Option<usize>,
+    /// Log format on stderr: auto (text on a terminal, JSON otherwise), json or text.
+    #[arg(long)]
+    pub(crate) log_format: Option<String>,
     /// Print the effective configuration, with where each value came from, and exit.
     #[arg(long)]
     pub(crate) print_config: bool,

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod logging;
 mod metrics;
 mod output;
 mod rpc;

@@ -110,8 +110,17 @@ fn error_reply(id: Json, e: &RpcError) -> Json {
 }
 
 /// Answers one line of input (a request or a batch); `None` when nothing is
-/// to be answered (notifications only).
-pub(crate) async fn handle(service: &Service, input: &[u8]) -> Option<Json> {
+/// to be answered (notifications only). Everything it logs carries `request_id`,
+/// which is also passed to the workers.
+pub(crate) async fn handle(service: &Service, input: &[u8], request_id: &str) -> Option<Json> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("request", request_id = %request_id);
+    handle_in_span(service, input, request_id)
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(service: &Service, input: &[u8], request_id: &str) -> Option<Json> {
     let value: Json = match serde_json::from_slice(input) {
         Ok(v) => v,
         Err(e) => return Some(error_reply(Json::Null, &RpcError::Parse(e.to_string()))),
@@ -129,18 +138,22 @@ pub(crate) async fn handle(service: &Service, input: &[u8]) -> Option<Json> {
             )),
         )),
         Json::Array(items) => {
-            let replies: Vec<Json> = join_all(items.into_iter().map(|r| handle_one(service, r)))
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
+            let replies: Vec<Json> = join_all(
+                items
+                    .into_iter()
+                    .map(|r| handle_one(service, r, request_id)),
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
             (!replies.is_empty()).then_some(Json::Array(replies))
         }
-        single => handle_one(service, single).await,
+        single => handle_one(service, single, request_id).await,
     }
 }
 
-async fn handle_one(service: &Service, request: Json) -> Option<Json> {
+async fn handle_one(service: &Service, request: Json, request_id: &str) -> Option<Json> {
     let Json::Object(mut req) = request else {
         return Some(error_reply(
             Json::Null,
@@ -182,7 +195,18 @@ async fn handle_one(service: &Service, request: Json) -> Option<Json> {
             &RpcError::InvalidRequest("`params` must be an array or an object".into()),
         ));
     }
-    let outcome = dispatch(service, &method, params).await;
+    let started = std::time::Instant::now();
+    let outcome = dispatch(service, &method, params, request_id).await;
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match &outcome {
+        Ok(_) => tracing::debug!(method = %method, elapsed_us, "ok"),
+        Err(RpcError::App(e))
+            if !matches!(e.kind(), ErrorKind::Sql | ErrorKind::InvalidArgument) =>
+        {
+            tracing::warn!(method = %method, elapsed_us, kind = e.kind().as_str(), "{e}");
+        }
+        Err(e) => tracing::debug!(method = %method, elapsed_us, "refused: {e:?}"),
+    }
     // A notification (no `id` member) is never answered, not even with an error.
     id.as_ref()?;
     Some(match outcome {
@@ -322,7 +346,12 @@ fn workers(service: &Service) -> Result<&litebridge::workers::WorkerPool, RpcErr
     })
 }
 
-async fn dispatch(service: &Service, method: &str, params: Option<Json>) -> Result<Json, RpcError> {
+async fn dispatch(
+    service: &Service,
+    method: &str,
+    params: Option<Json>,
+    request_id: &str,
+) -> Result<Json, RpcError> {
     let db = &service.db;
     match method {
         "sql.query" => {
@@ -482,6 +511,7 @@ async fn dispatch(service: &Service, method: &str, params: Option<Json>) -> Resu
                     .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
                 cache_key: a.opt_string("cache_key")?,
                 cache_ttl: a.opt_secs("cache_ttl_s")?,
+                request_id: Some(request_id.to_owned()),
             };
             Ok(workers(service)?
                 .call(&target, call_params, options)

@@ -48,6 +48,20 @@ const KEYS: &[Key] = &[
         help: "address of `serve`",
     },
     Key {
+        name: "server.log_level",
+        env: &["LOG_LEVEL"],
+        kind: Kind::Word(&["error", "warn", "info", "debug", "trace"]),
+        default: "info",
+        help: "log verbosity (logs go to stderr)",
+    },
+    Key {
+        name: "server.log_format",
+        env: &[],
+        kind: Kind::Word(&["auto", "json", "text"]),
+        default: "auto",
+        help: "text on a terminal, JSON otherwise",
+    },
+    Key {
         name: "db.path",
         env: &[],
         kind: Kind::Text,
@@ -383,6 +397,14 @@ impl Settings {
 
     pub(crate) fn listen(&self) -> &str {
         self.get("server.listen")
+    }
+
+    pub(crate) fn log_level(&self) -> &str {
+        self.get("server.log_level")
+    }
+
+    pub(crate) fn log_format(&self) -> &str {
+        self.get("server.log_format")
     }
 
     pub(crate) fn db_config(&self) -> Result<DbConfig, Failure> {

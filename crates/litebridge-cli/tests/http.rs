@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 struct Server {
     child: Child,
     addr: String,
+    log: std::path::PathBuf,
 }
 
 impl Server {
     fn start(db: &std::path::Path, extra: &[&str]) -> Server {
+        let log = db.with_extension("log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
             .arg("serve")
             .arg("--db")
@@ -22,7 +24,7 @@ impl Server {
             .args(extra)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let mut first = String::new();
@@ -34,7 +36,7 @@ impl Server {
             .unwrap_or_else(|| panic!("first line: {first:?}"))
             .trim()
             .to_owned();
-        Server { child, addr }
+        Server { child, addr, log }
     }
 
     fn request(
@@ -44,6 +46,18 @@ impl Server {
         content_type: Option<&str>,
         body: &[u8],
     ) -> (u16, Vec<u8>) {
+        let (status, _, body) = self.request_with(method, path, content_type, &[], body);
+        (status, body)
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut head = format!(
@@ -53,6 +67,9 @@ impl Server {
         );
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
         s.write_all(head.as_bytes()).unwrap();
@@ -69,7 +86,8 @@ impl Server {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map_or(raw.len(), |i| i + 4);
-        (status, raw[split..].to_vec())
+        let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        (status, headers, raw[split..].to_vec())
     }
 
     fn rpc(&self, body: Value) -> Value {
@@ -182,7 +200,27 @@ fn serve_with_python_workers_and_a_bridge_call() {
     assert_eq!(r["error"]["data"]["type"], "ValueError");
     let r = server.rpc(json!({"jsonrpc": "2.0", "method": "bridge.stats", "id": "c"}));
     assert_eq!(r["result"]["workers"].as_array().unwrap().len(), 2);
+    // The request id reaches the worker's log line, forwarded into ours.
+    let body = json!({"jsonrpc": "2.0", "method": "bridge.call", "params": {"method": "analyze", "params": ["x", "ids"]}, "id": "d"});
+    let (status, headers, _) = server.request_with(
+        "POST",
+        "/rpc",
+        Some("application/json"),
+        &[("X-Request-Id", "req-e2e-77")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert!(headers.contains("x-request-id: req-e2e-77"), "{headers}");
+    let log = server.log.clone();
     assert!(server.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("[request req-e2e-77] analyzing for ids"))
+        .unwrap_or_else(|| panic!("no worker line with the request id in:\n{text}"));
+    let entry: Value =
+        serde_json::from_str(line).expect("logs are JSON when stderr is not a terminal");
+    assert!(entry["worker"].is_u64(), "{entry}");
 }
 
 #[test]

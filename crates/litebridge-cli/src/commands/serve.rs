@@ -23,6 +23,9 @@ fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
     if let Some(l) = listen {
         flags.push(("server.listen", "listen", l));
     }
+    if let Some(f) = &args.log_format {
+        flags.push(("server.log_format", "log-format", f.clone()));
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     Settings::load(args.config.as_deref(), &env, &flags)
 }
@@ -47,6 +50,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         print!("{}", s.describe());
         return Ok(());
     }
+    crate::logging::init(s.log_level(), s.log_format());
     let listen = s.listen().to_owned();
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         Failure::new(format!(
@@ -99,6 +103,7 @@ pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {
         eprint!("{}", s.describe());
         return Ok(());
     }
+    crate::logging::init(s.log_level(), s.log_format());
     let service = open(&s).await?;
     crate::transport::stdio::serve(service, tokio::io::stdin(), tokio::io::stdout())
         .await

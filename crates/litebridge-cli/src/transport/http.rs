@@ -67,10 +67,19 @@ async fn rpc_handler(
             &json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null}),
         );
     }
-    match rpc::handle(&service, &body).await {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(crate::logging::new_request_id, str::to_owned);
+    let mut response = match rpc::handle(&service, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),
+    };
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
     }
+    response
 }
 
 async fn ready(State(service): State<Arc<Service>>) -> Response {

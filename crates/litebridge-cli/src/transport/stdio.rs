@@ -62,7 +62,8 @@ where
         let permit = permits.clone().acquire_owned().await.expect("never closed");
         let (service, tx, request) = (service.clone(), tx.clone(), std::mem::take(&mut line));
         tokio::spawn(async move {
-            if let Some(reply) = rpc::handle(&service, &request).await {
+            let request_id = crate::logging::new_request_id();
+            if let Some(reply) = rpc::handle(&service, &request, &request_id).await {
                 let _ = tx.send(serde_json::to_vec(&reply).unwrap_or_default());
             }
             drop(permit);

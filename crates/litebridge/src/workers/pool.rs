@@ -30,6 +30,9 @@ pub struct CallOptions {
     /// Lifetime of the cached result; `None` uses the method's `cache_ttl_s`
     /// or the cache's default.
     pub cache_ttl: Option<Duration>,
+    /// The id of the request this call serves, sent to the worker (as
+    /// `meta.request_id`) so its logs can name it.
+    pub request_id: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -40,6 +43,7 @@ impl Default for CallOptions {
             max_attempts: None,
             cache_key: None,
             cache_ttl: None,
+            request_id: None,
         }
     }
 }
@@ -355,9 +359,10 @@ impl WorkerPool {
         // down may well succeed elsewhere.
         let permit = breaker.acquire()?;
         let started = Instant::now();
+        let request_id = options.request_id.as_deref();
         let r = policy
             .run_with(
-                |_| self.call_once(method, &params, deadline, timeout),
+                |_| self.call_once(method, &params, request_id, deadline, timeout),
                 |retry| {
                     let _ = s.events.send(PoolEvent::Retry {
                         method: method.to_owned(),
@@ -397,13 +402,14 @@ impl WorkerPool {
         &self,
         method: &str,
         params: &Json,
+        request_id: Option<&str>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Json> {
         let s = &self.shared;
         let process = self.pick(deadline, timeout).await?;
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
-        let reply = process.send(id, method, params)?;
+        let reply = process.send(id, method, params, request_id)?;
         // If this future is dropped (the caller went away) or times out, the
         // worker is told to cancel, and killed if it stays stuck.
         let mut guard = Abandon {
@@ -775,7 +781,7 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
 /// Kills a worker that does not answer `$/ping` in time (it is then replaced).
 async fn ping(s: &Shared, p: &Arc<Process>) {
     let id = s.next_call.fetch_add(1, Ordering::Relaxed);
-    let Ok(reply) = p.send(id, "$/ping", &Json::Null) else {
+    let Ok(reply) = p.send(id, "$/ping", &Json::Null, None) else {
         return;
     };
     match tokio::time::timeout(s.config.ping_timeout, reply).await {

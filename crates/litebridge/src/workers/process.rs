@@ -181,6 +181,7 @@ impl Process {
         id: u64,
         method: &str,
         params: &Json,
+        request_id: Option<&str>,
     ) -> Result<oneshot::Receiver<Result<Json>>> {
         let (tx, rx) = oneshot::channel();
         {
@@ -195,9 +196,10 @@ impl Process {
             self.calls.fetch_add(1, Ordering::Relaxed);
             *lock(&self.last_call) = Instant::now();
         }
-        let sent = lock(&self.stdin)
-            .as_ref()
-            .is_some_and(|s| s.send(protocol::request(id, method, params)).is_ok());
+        let sent = lock(&self.stdin).as_ref().is_some_and(|s| {
+            s.send(protocol::request(id, method, params, request_id))
+                .is_ok()
+        });
         if !sent {
             lock(&self.pending).remove(&id);
             self.load.fetch_sub(1, Ordering::AcqRel);

@@ -119,10 +119,19 @@ struct Request<'a> {
     id: u64,
     method: &'a str,
     params: &'a Json,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta<'a>>,
+}
+
+/// What litebridge tells a worker about a call besides its params (an extra
+/// member of the request object, which JSON-RPC peers ignore).
+#[derive(serde::Serialize)]
+struct Meta<'a> {
+    request_id: &'a str,
 }
 
 /// A request line (with its newline), serialized straight from borrowed parts.
-pub(crate) fn request(id: u64, method: &str, params: &Json) -> Vec<u8> {
+pub(crate) fn request(id: u64, method: &str, params: &Json, request_id: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + method.len());
     let _ = serde_json::to_writer(
         &mut out,
@@ -131,6 +140,7 @@ pub(crate) fn request(id: u64, method: &str, params: &Json) -> Vec<u8> {
             id,
             method,
             params,
+            meta: request_id.map(|request_id| Meta { request_id }),
         },
     );
     out.push(b'\n');
