@@ -1,10 +1,61 @@
 //! Prometheus text exposition: every metric name in one place, all starting
 //! with `litebridge_`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use litebridge::{LatencySummary, Service};
+use litebridge::{LatencyHistogram, LatencySummary, Service};
+
+/// JSON-RPC requests by method and outcome, and their latency by method.
+#[derive(Default)]
+struct Requests {
+    outcomes: RwLock<HashMap<(&'static str, &'static str), Arc<AtomicU64>>>,
+    latency: RwLock<HashMap<&'static str, Arc<LatencyHistogram>>>,
+}
+
+fn requests() -> &'static Requests {
+    static REQUESTS: OnceLock<Requests> = OnceLock::new();
+    REQUESTS.get_or_init(Requests::default)
+}
+
+/// Counts one request. `method` must be a name from the method table (or
+/// "other"), so hostile input cannot create labels without bound.
+pub(crate) fn record_request(method: &'static str, outcome: &'static str, took: Duration) {
+    let r = requests();
+    let counter = r
+        .outcomes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(method, outcome))
+        .cloned();
+    let counter = counter.unwrap_or_else(|| {
+        r.outcomes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((method, outcome))
+            .or_default()
+            .clone()
+    });
+    counter.fetch_add(1, Ordering::Relaxed);
+    let hist = r
+        .latency
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(method)
+        .cloned();
+    let hist = hist.unwrap_or_else(|| {
+        r.latency
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(method)
+            .or_default()
+            .clone()
+    });
+    hist.record(took);
+}
 
 struct Out(String);
 
@@ -56,6 +107,49 @@ fn escape(s: &str) -> String {
 /// The metrics of `service` now.
 pub(crate) fn render(service: &Service) -> String {
     let mut o = Out(String::with_capacity(4096));
+    let r = requests();
+    let mut outcomes: Vec<_> = r
+        .outcomes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+        .collect();
+    outcomes.sort();
+    o.metric(
+        "requests_total",
+        "counter",
+        "JSON-RPC requests by method and outcome.",
+    );
+    for ((method, outcome), n) in outcomes {
+        o.value(
+            "requests_total",
+            &format!("method=\"{method}\",outcome=\"{outcome}\""),
+            n as f64,
+        );
+    }
+    let mut latency: Vec<_> = r
+        .latency
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (*k, v.summary()))
+        .collect();
+    latency.sort_by_key(|(k, _)| *k);
+    o.metric(
+        "request_seconds",
+        "summary",
+        "JSON-RPC request latency by method.",
+    );
+    for (method, s) in latency {
+        o.summary(
+            "request_seconds",
+            "",
+            &format!("method=\"{method}\""),
+            &s,
+            false,
+        );
+    }
     let s = service.db.stats();
     o.single(
         "db_reads_total",

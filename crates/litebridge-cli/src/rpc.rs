@@ -20,6 +20,28 @@ pub(crate) const MAX_ROWS: usize = 1_000_000;
 /// Requests in one batch at most.
 pub(crate) const MAX_BATCH: usize = 1_000;
 
+/// Every method of the table (the only values the `method` metric label takes).
+pub(crate) const METHODS: &[&str] = &[
+    "sql.query",
+    "sql.execute",
+    "sql.batch",
+    "sql.execute_many",
+    "bridge.call",
+    "bridge.stats",
+    "bridge.health",
+    "bridge.breaker.reset",
+    "cache.get",
+    "cache.set",
+    "cache.delete",
+    "cache.stats",
+    "pool.health",
+    "pool.stats",
+    "persistence.stats",
+    "admin.backup",
+    "admin.check",
+    "admin.checkpoint",
+];
+
 /// A failed request, before it is put on the wire.
 #[derive(Debug)]
 pub(crate) enum RpcError {
@@ -197,7 +219,24 @@ async fn handle_one(service: &Service, request: Json, request_id: &str) -> Optio
     }
     let started = std::time::Instant::now();
     let outcome = dispatch(service, &method, params, request_id).await;
-    let elapsed_us = started.elapsed().as_micros() as u64;
+    let took = started.elapsed();
+    let elapsed_us = took.as_micros() as u64;
+    crate::metrics::record_request(
+        METHODS
+            .iter()
+            .copied()
+            .find(|m| *m == method)
+            .unwrap_or("other"),
+        match &outcome {
+            Ok(_) => "ok",
+            Err(RpcError::App(e)) => e.kind().as_str(),
+            Err(RpcError::InvalidParams(_)) => "invalid_params",
+            Err(RpcError::MethodNotFound(_)) => "method_not_found",
+            Err(RpcError::InvalidRequest(_)) => "invalid_request",
+            Err(RpcError::Parse(_)) => "parse_error",
+        },
+        took,
+    );
     match &outcome {
         Ok(_) => tracing::debug!(method = %method, elapsed_us, "ok"),
         Err(RpcError::App(e))

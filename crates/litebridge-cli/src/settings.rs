@@ -48,6 +48,20 @@ const KEYS: &[Key] = &[
         help: "address of `serve`",
     },
     Key {
+        name: "server.max_concurrent_requests",
+        env: &[],
+        kind: int(1, 1_000_000),
+        default: "1024",
+        help: "HTTP requests handled at once; more get `overloaded`",
+    },
+    Key {
+        name: "server.shutdown_grace_ms",
+        env: &[],
+        kind: int(0, 3_600_000),
+        default: "10000",
+        help: "time requests in flight get to finish after SIGTERM",
+    },
+    Key {
         name: "server.log_level",
         env: &["LOG_LEVEL"],
         kind: Kind::Word(&["error", "warn", "info", "debug", "trace"]),
@@ -397,6 +411,14 @@ impl Settings {
 
     pub(crate) fn listen(&self) -> &str {
         self.get("server.listen")
+    }
+
+    pub(crate) fn max_concurrent_requests(&self) -> usize {
+        self.int("server.max_concurrent_requests") as usize
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        self.ms("server.shutdown_grace_ms")
     }
 
     pub(crate) fn log_level(&self) -> &str {

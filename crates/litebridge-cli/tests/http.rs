@@ -15,6 +15,10 @@ struct Server {
 
 impl Server {
     fn start(db: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with(db, extra, &[])
+    }
+
+    fn start_with(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = db.with_extension("log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
             .arg("serve")
@@ -22,6 +26,7 @@ impl Server {
             .arg(db)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -170,6 +175,18 @@ fn the_http_contract() {
         }
     }
     assert!(text.contains("litebridge_db_writes_total"));
+    assert!(
+        text.contains(r#"litebridge_requests_total{method="sql.execute",outcome="ok"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"litebridge_requests_total{method="other",outcome="method_not_found"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"litebridge_request_seconds{method="sql.execute",quantile="0.99"}"#),
+        "{text}"
+    );
     // SIGTERM: graceful exit 0, and what was acknowledged is on disk.
     assert!(server.stop().success());
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -242,4 +259,39 @@ fn a_bad_listen_address_is_one_clear_error() {
         "{err}"
     );
     assert!(!std::path::Path::new("/tmp/never-created.db").exists());
+}
+
+#[test]
+fn past_the_concurrency_limit_requests_are_refused_as_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::sync::Arc::new(Server::start_with(
+        &dir.path().join("c.db"),
+        &[],
+        &[("LITEBRIDGE_SERVER_MAX_CONCURRENT_REQUESTS", "1")],
+    ));
+    let slow = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": {
+                "sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10000000) SELECT count(*) FROM c",
+                "lane": "heavy"}, "id": "slow"}))
+        })
+    };
+    let started = Instant::now();
+    let refused = loop {
+        let r = server.rpc(json!({"jsonrpc": "2.0", "method": "pool.health", "id": "quick"}));
+        if r["error"]["code"] == -32002 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never refused: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(refused["error"]["data"]["kind"], "overloaded");
+    assert!(refused["error"]["data"]["retry_after_ms"].is_u64());
+    assert_eq!(slow.join().unwrap()["result"]["rows"], json!([[10000000]]));
+    let server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    assert!(server.stop().success());
 }

@@ -24,8 +24,9 @@ struct Shard {
     max_nanos: AtomicU64,
 }
 
-/// Concurrent latency histogram.
-pub(crate) struct Histogram {
+/// A concurrent latency histogram: cheap to record into from many threads,
+/// read as percentiles with [`Histogram::summary`].
+pub struct Histogram {
     shards: Box<[Shard]>,
 }
 
@@ -82,7 +83,8 @@ fn value_of(i: usize) -> u64 {
 }
 
 impl Histogram {
-    pub(crate) fn record(&self, d: Duration) {
+    /// Records one sample.
+    pub fn record(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[shard_index()];
         shard.buckets[index(nanos)].fetch_add(1, Ordering::Relaxed);
@@ -93,7 +95,7 @@ impl Histogram {
     }
 
     /// Samples recorded so far.
-    pub(crate) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.shards
             .iter()
             .flat_map(|s| s.buckets.iter())
@@ -101,7 +103,8 @@ impl Histogram {
             .sum()
     }
 
-    pub(crate) fn summary(&self) -> LatencySummary {
+    /// Percentiles of what was recorded.
+    pub fn summary(&self) -> LatencySummary {
         let mut counts = vec![0u64; BUCKETS];
         let (mut sum, mut max) = (0u64, 0u64);
         for shard in self.shards.iter() {

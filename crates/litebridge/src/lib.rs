@@ -58,7 +58,7 @@ pub use db::{
     Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, restore_file,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
-pub use histogram::LatencySummary;
+pub use histogram::{Histogram as LatencyHistogram, LatencySummary};
 pub use rusqlite;
 pub use service::Service;
 pub use stats::DbStats;

@@ -69,7 +69,7 @@ impl Bench {
             .local_addr()
             .map_err(|e| Failure::new(e.to_string()))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::transport::http::router(service.clone());
+        let app = crate::transport::http::router(service.clone(), 1024);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {

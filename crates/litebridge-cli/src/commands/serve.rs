@@ -67,11 +67,23 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     println!("listening on {local}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let app = crate::transport::http::router(service.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Failure::new(format!("the HTTP server failed: {e}")))?;
+    let app = crate::transport::http::router(service.clone(), s.max_concurrent_requests());
+    // After the signal, requests in flight get the grace period, then the
+    // connections still open are dropped.
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        notify.notify_one();
+    });
+    let grace = s.shutdown_grace();
+    tokio::select! {
+        r = server => r.map_err(|e| Failure::new(format!("the HTTP server failed: {e}")))?,
+        () = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still running after {} ms: closing them", grace.as_millis());
+        }
+    }
     // A second signal while draining: leave now.
     let drain = service.shutdown();
     tokio::select! {

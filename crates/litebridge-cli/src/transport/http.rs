@@ -24,8 +24,22 @@ use crate::{metrics, rpc};
 /// The largest request body accepted.
 pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// The routes, for `axum::serve` (and for tests, without a socket).
-pub(crate) fn router(service: Arc<Service>) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    service: Arc<Service>,
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+/// The routes, for `axum::serve` (and for tests, without a socket), handling
+/// at most `max_concurrent` JSON-RPC requests at once.
+pub(crate) fn router(service: Arc<Service>, max_concurrent: usize) -> Router {
+    let state = AppState {
+        service,
+        permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
+        limit: max_concurrent,
+    };
     Router::new()
         .route("/rpc", post(rpc_handler))
         .route(
@@ -35,7 +49,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(service)
+        .with_state(state)
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -47,11 +61,20 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
         .into_response()
 }
 
-async fn rpc_handler(
-    State(service): State<Arc<Service>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    // Refused at once past the limit, before any work: `overloaded`, retry later.
+    let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
+        let e = rpc::RpcError::App(litebridge::Error::Overloaded {
+            queue: "request",
+            capacity: state.limit,
+            retry_after: std::time::Duration::from_millis(100),
+        });
+        return json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null}),
+        );
+    };
+    let service = &state.service;
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -72,7 +95,7 @@ async fn rpc_handler(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(crate::logging::new_request_id, str::to_owned);
-    let mut response = match rpc::handle(&service, &body, &request_id).await {
+    let mut response = match rpc::handle(service, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),
     };
@@ -82,7 +105,8 @@ async fn rpc_handler(
     response
 }
 
-async fn ready(State(service): State<Arc<Service>>) -> Response {
+async fn ready(State(state): State<AppState>) -> Response {
+    let service = &state.service;
     let db = service.db.health();
     let mut problems = db.problems;
     if let Some(w) = &service.workers {
@@ -106,11 +130,11 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     )
 }
 
-async fn metrics_handler(State(service): State<Arc<Service>>) -> Response {
+async fn metrics_handler(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&service),
+        metrics::render(&state.service),
     )
         .into_response()
 }
