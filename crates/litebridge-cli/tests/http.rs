@@ -295,3 +295,161 @@ fn past_the_concurrency_limit_requests_are_refused_as_overloaded() {
     let server = std::sync::Arc::try_unwrap(server).ok().unwrap();
     assert!(server.stop().success());
 }
+
+/// The JSON-RPC 2.0 specification's section 7 examples over HTTP.
+#[test]
+fn the_specification_examples_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("spec.db"), &[]);
+    let post = |body: &str| -> (u16, Value) {
+        let (status, bytes) =
+            server.request("POST", "/rpc", Some("application/json"), body.as_bytes());
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, v)
+    };
+    let (_, r) = post(
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT ?1 - ?2",[42,23]],"id":1}"#,
+    );
+    assert_eq!(
+        (r["result"]["rows"].clone(), r["id"].clone()),
+        (json!([[19]]), json!(1))
+    );
+    let (_, r) = post(
+        r#"{"jsonrpc":"2.0","method":"sql.query","params":{"sql":"SELECT :a - :b","params":{"a":23,"b":42}},"id":3}"#,
+    );
+    assert_eq!(r["result"]["rows"], json!([[-19]]));
+    assert_eq!(post(r#"{"jsonrpc":"2.0","method":"pool.health"}"#).0, 204);
+    let (_, r) = post(r#"{"jsonrpc":"2.0","method":"foobar","id":"1"}"#);
+    assert_eq!(
+        (r["error"]["code"].clone(), r["id"].clone()),
+        (json!(-32601), json!("1"))
+    );
+    let (_, r) = post(r#"{"jsonrpc":"2.0","method":"foobar, "params":"bar","baz]"#);
+    assert_eq!(
+        (r["error"]["code"].clone(), r["id"].clone()),
+        (json!(-32700), Value::Null)
+    );
+    let (_, r) = post(r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#);
+    assert_eq!(
+        (r["error"]["code"].clone(), r["id"].clone()),
+        (json!(-32600), Value::Null)
+    );
+    let (_, r) = post(
+        r#"[{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":"1"},{"jsonrpc":"2.0","method""#,
+    );
+    assert_eq!(r["error"]["code"], -32700);
+    let (_, r) = post("[]");
+    assert_eq!(r["error"]["code"], -32600);
+    let (_, r) = post("[1,2,3]");
+    assert_eq!(r.as_array().unwrap().len(), 3);
+    let (_, r) = post(
+        r#"[{"jsonrpc":"2.0","method":"sql.query","params":["SELECT 1"],"id":"1"},{"jsonrpc":"2.0","method":"pool.health"},{"foo":"boo"},{"jsonrpc":"2.0","method":"foo.get","id":"5"}]"#,
+    );
+    assert_eq!(r.as_array().unwrap().len(), 3, "{r}");
+    let (status, r) = post(
+        r#"[{"jsonrpc":"2.0","method":"pool.health"},{"jsonrpc":"2.0","method":"pool.stats"}]"#,
+    );
+    assert_eq!((status, r), (204, Value::Null));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn hostile_input_leaves_the_server_up_and_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("h.db"), &[]);
+    // Deeply nested JSON: a parse error, not a stack overflow.
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, body) = server.request("POST", "/rpc", Some("application/json"), deep.as_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        -32700
+    );
+    // Binary garbage and wrong types.
+    let (_, body) = server.request(
+        "POST",
+        "/rpc",
+        Some("application/json"),
+        &[0xff, 0xfe, 0x00, 0x81, 0x7b],
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        -32700
+    );
+    let r = server
+        .rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": {"sql": 42}, "id": 1}));
+    assert_eq!(r["error"]["code"], -32602);
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": {"sql": "SELECT 1", "max_rows": -1}, "id": 2}));
+    assert_eq!(r["error"]["code"], -32602);
+    // A client that goes away mid-request, many times.
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        let _ = s.write_all(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\":");
+        drop(s);
+    }
+    let (status, _) = server.request("GET", "/ready", None, b"");
+    assert_eq!(status, 200);
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": ["SELECT 'still here'"], "id": 3}));
+    assert_eq!(r["result"]["rows"], json!([["still here"]]));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn sigterm_during_a_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let server = std::sync::Arc::new(Server::start(&db, &[]));
+    server.rpc(json!({"jsonrpc": "2.0", "method": "sql.execute", "params": {"sql": "CREATE TABLE acks(k INTEGER PRIMARY KEY)"}, "id": 0}));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..100_000i64 {
+                    let k = w * 1_000_000 + i;
+                    let body = json!({"jsonrpc": "2.0", "method": "sql.execute", "params": ["INSERT INTO acks VALUES (?1)", [k]], "id": k});
+                    let mut s = match TcpStream::connect(&server.addr) {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    };
+                    let text = body.to_string();
+                    let req = format!("POST /rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len());
+                    if s.write_all(req.as_bytes()).is_err() {
+                        break;
+                    }
+                    let mut raw = Vec::new();
+                    let _ = s.read_to_end(&mut raw);
+                    let raw = String::from_utf8_lossy(&raw);
+                    if raw.contains("\"changes\":1") {
+                        acked.push(k);
+                    } else {
+                        break;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let acked: Vec<i64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let mut server = std::sync::Arc::try_unwrap(server).ok().unwrap();
+    assert!(server.child.wait().unwrap().success());
+    assert!(acked.len() > 10, "the load did not run: {}", acked.len());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT count(*) FROM acks WHERE k = ?1")
+        .unwrap();
+    for k in &acked {
+        let n: i64 = stmt.query_row([k], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "acknowledged write {k} is missing");
+    }
+}

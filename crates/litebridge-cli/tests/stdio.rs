@@ -282,3 +282,18 @@ fn the_rest_of_the_method_table() {
     assert_eq!(r["result"]["verified"], true, "{r}");
     assert!(s.finish().success());
 }
+
+#[test]
+fn binary_garbage_on_stdin_is_answered_and_the_session_goes_on() {
+    let mut s = Session::start();
+    s.stdin.write_all(&[0xff, 0xfe, 0x00, 0x01, b'\n']).unwrap();
+    s.stdin.flush().unwrap();
+    let r = s.recv();
+    assert_eq!(r["error"]["code"], -32700);
+    let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
+    let r = s.call(&deep);
+    assert_eq!(r["error"]["code"], -32700);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT 2"],"id":1}"#);
+    assert_eq!(r["result"]["rows"], json!([[2]]));
+    assert!(s.finish().success());
+}
