@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use litebridge::{LatencyHistogram, LatencySummary, Service};
 
+/// Bucket bounds of `litebridge_request_seconds`, in seconds.
+const BUCKETS_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
 /// JSON-RPC requests by method and outcome, and their latency by method.
 #[derive(Default)]
 struct Requests {
@@ -133,21 +139,42 @@ pub(crate) fn render(service: &Service) -> String {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(k, v)| (*k, v.summary()))
+        .map(|(k, v)| (*k, v.clone()))
         .collect();
     latency.sort_by_key(|(k, _)| *k);
     o.metric(
         "request_seconds",
-        "summary",
+        "histogram",
         "JSON-RPC request latency by method.",
     );
-    for (method, s) in latency {
-        o.summary(
-            "request_seconds",
-            "",
+    let bounds: Vec<Duration> = BUCKETS_SECONDS
+        .iter()
+        .map(|s| Duration::from_secs_f64(*s))
+        .collect();
+    for (method, h) in latency {
+        let counts = h.cumulative(&bounds);
+        for (le, n) in BUCKETS_SECONDS.iter().zip(&counts) {
+            o.value(
+                "request_seconds_bucket",
+                &format!("method=\"{method}\",le=\"{le}\""),
+                *n as f64,
+            );
+        }
+        let s = h.summary();
+        o.value(
+            "request_seconds_bucket",
+            &format!("method=\"{method}\",le=\"+Inf\""),
+            s.count as f64,
+        );
+        o.value(
+            "request_seconds_sum",
             &format!("method=\"{method}\""),
-            &s,
-            false,
+            s.mean.as_secs_f64() * s.count as f64,
+        );
+        o.value(
+            "request_seconds_count",
+            &format!("method=\"{method}\""),
+            s.count as f64,
         );
     }
     let s = service.db.stats();

@@ -184,7 +184,11 @@ fn the_http_contract() {
         "{text}"
     );
     assert!(
-        text.contains(r#"litebridge_request_seconds{method="sql.execute",quantile="0.99"}"#),
+        text.contains(r#"litebridge_request_seconds_bucket{method="sql.execute",le="+Inf"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE litebridge_request_seconds histogram"),
         "{text}"
     );
     // SIGTERM: graceful exit 0, and what was acknowledged is on disk.

@@ -103,6 +103,29 @@ impl Histogram {
             .sum()
     }
 
+    /// Samples at or below each of `bounds` (ascending), as Prometheus
+    /// histogram buckets count them; a sample counts by its bucket's middle.
+    pub fn cumulative(&self, bounds: &[Duration]) -> Vec<u64> {
+        let mut counts = vec![0u64; BUCKETS];
+        for shard in self.shards.iter() {
+            for (c, b) in counts.iter_mut().zip(shard.buckets.iter()) {
+                *c += b.load(Ordering::Relaxed);
+            }
+        }
+        bounds
+            .iter()
+            .map(|bound| {
+                let limit = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| value_of(*i) <= limit)
+                    .map(|(_, c)| c)
+                    .sum()
+            })
+            .collect()
+    }
+
     /// Percentiles of what was recorded.
     pub fn summary(&self) -> LatencySummary {
         let mut counts = vec![0u64; BUCKETS];
