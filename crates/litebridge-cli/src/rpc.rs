@@ -30,6 +30,14 @@ pub(crate) const METHODS: &[&str] = &[
     "bridge.stats",
     "bridge.health",
     "bridge.breaker.reset",
+    "state.save",
+    "state.load",
+    "state.list",
+    "state.delete",
+    "memory.store",
+    "memory.get",
+    "memory.list",
+    "memory.delete",
     "cache.get",
     "cache.set",
     "cache.delete",
@@ -588,6 +596,110 @@ async fn dispatch(
             let mut a = Args::new("bridge.breaker.reset", &["method"], params)?;
             let target = a.string("method")?;
             Ok(json!({ "reset": workers(service)?.reset_breaker(&target) }))
+        }
+        "state.save" => {
+            let mut a = Args::new(
+                "state.save",
+                &[
+                    "run_id",
+                    "state",
+                    "status",
+                    "total_steps",
+                    "error_message",
+                    "execution_time_ms",
+                    "memory_usage_mb",
+                ],
+                params,
+            )?;
+            let run_id = a.string("run_id")?;
+            let state = a
+                .take("state")
+                .ok_or_else(|| RpcError::InvalidParams("state.save: `state` is required".into()))?;
+            let status = a.opt_string("status")?;
+            let total_steps = a.opt_u64("total_steps")?.map(|n| n as i64);
+            let error_message = a.opt_string("error_message")?;
+            let execution_time_ms = a.opt_u64("execution_time_ms")?.map(|n| n as i64);
+            let memory_usage_mb = match a.take("memory_usage_mb") {
+                Some(v) => Some(
+                    v.as_f64()
+                        .ok_or_else(|| a.bad("memory_usage_mb", "a number", &v))?,
+                ),
+                None => None,
+            };
+            let saved = service
+                .state
+                .save(litebridge::store::StateUpdate {
+                    run_id,
+                    state,
+                    status,
+                    total_steps,
+                    error_message,
+                    execution_time_ms,
+                    memory_usage_mb,
+                })
+                .await?;
+            to_json(&saved)
+        }
+        "state.load" => {
+            let mut a = Args::new("state.load", &["run_id"], params)?;
+            let run_id = a.string("run_id")?;
+            to_json(&service.state.load(&run_id).await?)
+        }
+        "state.list" => {
+            let mut a = Args::new("state.list", &["status", "limit", "after"], params)?;
+            let status = a.opt_string("status")?;
+            let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
+            let after = a.opt_string("after")?;
+            let runs = service
+                .state
+                .list(status.as_deref(), limit, after.as_deref())
+                .await?;
+            let next = (runs.len() == limit)
+                .then(|| runs.last().map(|r| r.run_id.clone()))
+                .flatten();
+            Ok(json!({ "runs": to_json(&runs)?, "next": next }))
+        }
+        "state.delete" => {
+            let mut a = Args::new("state.delete", &["run_id"], params)?;
+            let run_id = a.string("run_id")?;
+            Ok(json!({ "deleted": service.state.delete(&run_id).await? }))
+        }
+        "memory.store" => {
+            let mut a = Args::new(
+                "memory.store",
+                &["namespace", "key", "value", "ttl_s"],
+                params,
+            )?;
+            let namespace = a.string("namespace")?;
+            let key = a.string("key")?;
+            let value = a.take("value").ok_or_else(|| {
+                RpcError::InvalidParams("memory.store: `value` is required".into())
+            })?;
+            let ttl = a.opt_secs("ttl_s")?;
+            service.memory.store(&namespace, &key, &value, ttl).await?;
+            Ok(json!({ "ok": true }))
+        }
+        "memory.get" => {
+            let mut a = Args::new("memory.get", &["namespace", "key"], params)?;
+            let (namespace, key) = (a.string("namespace")?, a.string("key")?);
+            let value = service.memory.get(&namespace, &key).await?;
+            Ok(json!({ "found": value.is_some(), "value": value }))
+        }
+        "memory.list" => {
+            let mut a = Args::new("memory.list", &["namespace", "prefix", "limit"], params)?;
+            let namespace = a.string("namespace")?;
+            let prefix = a.opt_string("prefix")?;
+            let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
+            let entries = service
+                .memory
+                .list(&namespace, prefix.as_deref(), limit)
+                .await?;
+            Ok(json!({ "entries": to_json(&entries)? }))
+        }
+        "memory.delete" => {
+            let mut a = Args::new("memory.delete", &["namespace", "key"], params)?;
+            let (namespace, key) = (a.string("namespace")?, a.string("key")?);
+            Ok(json!({ "deleted": service.memory.delete(&namespace, &key).await? }))
         }
         "cache.get" => {
             let mut a = Args::new("cache.get", &["key"], params)?;

@@ -297,3 +297,40 @@ fn binary_garbage_on_stdin_is_answered_and_the_session_goes_on() {
     assert_eq!(r["result"]["rows"], json!([[2]]));
     assert!(s.finish().success());
 }
+
+#[test]
+fn state_and_memory_methods() {
+    let mut s = Session::start();
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"state.save","params":{"run_id":"r1","state":{"step":1},"status":"running","total_steps":4},"id":1}"#);
+    assert_eq!(r["result"]["status"], "running", "{r}");
+    assert!(r["result"]["created_at"].as_i64().unwrap() > 1_700_000_000_000_000);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"state.save","params":["r2",{"step":9}],"id":2}"#);
+    assert_eq!(r["result"]["state"], json!({"step": 9}));
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"state.list","params":{"limit":1},"id":3}"#);
+    assert_eq!(r["result"]["runs"][0]["run_id"], "r1");
+    assert_eq!(r["result"]["next"], "r1");
+    let r = s.call(
+        r#"{"jsonrpc":"2.0","method":"state.list","params":{"limit":1,"after":"r1"},"id":4}"#,
+    );
+    assert_eq!(r["result"]["runs"][0]["run_id"], "r2");
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"state.load","params":{"run_id":"nope"},"id":5}"#);
+    assert_eq!(r["result"], Value::Null);
+    let r = s
+        .call(r#"{"jsonrpc":"2.0","method":"state.save","params":{"run_id":"","state":1},"id":6}"#);
+    assert_eq!(r["error"]["code"], -32602);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"memory.store","params":{"namespace":"a","key":"k1","value":[1,2],"ttl_s":3600},"id":7}"#);
+    assert_eq!(r["result"]["ok"], true);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"memory.get","params":["a","k1"],"id":8}"#);
+    assert_eq!(r["result"], json!({"found": true, "value": [1, 2]}));
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"memory.list","params":{"namespace":"a","prefix":"k"},"id":9}"#);
+    assert_eq!(r["result"]["entries"][0]["key"], "k1");
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"memory.delete","params":{"namespace":"a","key":"k1"},"id":10}"#);
+    assert_eq!(r["result"]["deleted"], true);
+    // litebridge's own tables are not for clients to write by accident; they are
+    // prefixed, and an injection through a value is only data.
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"memory.store","params":{"namespace":"x'); DROP TABLE litebridge_state; --","key":"k","value":1},"id":11}"#);
+    assert_eq!(r["result"]["ok"], true);
+    let r = s.call(r#"{"jsonrpc":"2.0","method":"state.load","params":{"run_id":"r2"},"id":12}"#);
+    assert_eq!(r["result"]["run_id"], "r2");
+    assert!(s.finish().success());
+}

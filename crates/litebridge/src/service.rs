@@ -2,12 +2,16 @@
 //! Every transport (HTTP, stdio, MCP) calls this, through one method table.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::DbConfig;
 use crate::db::Database;
 use crate::error::Result;
-use crate::store::{Cache, CacheConfig};
+use crate::store::{Cache, CacheConfig, MemoryStore, StateStore};
+
+/// How often expired memory entries are deleted.
+pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::workers::{WorkerConfig, WorkerPool};
 
 /// Everything a transport serves.
@@ -19,6 +23,10 @@ pub struct Service {
     pub workers: Option<WorkerPool>,
     /// The two-level cache (also the bridge's result cache).
     pub cache: Cache,
+    /// Workflow state.
+    pub state: StateStore,
+    /// Agent memory.
+    pub memory: MemoryStore,
     /// When the service started.
     pub started: SystemTime,
 }
@@ -39,6 +47,13 @@ impl Service {
         cache_bridge: bool,
     ) -> Result<Service> {
         let db = Database::open(db_path, db_config).await?;
+        if let Err(e) = crate::store::migrate(&db).await {
+            db.close().await;
+            return Err(e);
+        }
+        let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
+        let state = StateStore::new(db.clone(), clock.clone());
+        let memory = MemoryStore::new(db.clone(), clock);
         let cache = match Cache::open(Some(db.clone()), cache).await {
             Ok(c) => c,
             Err(e) => {
@@ -61,10 +76,28 @@ impl Service {
             },
             None => None,
         };
+        // Expired memory entries are never returned; this reclaims their rows.
+        let sweeper = memory.clone();
+        let weak_db = db.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if !weak_db.health().healthy {
+                    return; // closed
+                }
+                if let Err(e) = sweeper.sweep().await {
+                    tracing::warn!("sweeping expired memory entries failed: {e}");
+                }
+            }
+        });
         Ok(Service {
             db,
             workers,
             cache,
+            state,
+            memory,
             started: SystemTime::now(),
         })
     }

@@ -122,12 +122,6 @@ impl moka::Expiry<String, Entry> for Expire {
     }
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS litebridge_cache(
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    expires_at INTEGER
-) WITHOUT ROWID";
-
 fn micros(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
 }
@@ -151,7 +145,7 @@ impl Cache {
         clock: Arc<dyn Clock>,
     ) -> Result<Cache> {
         if let Some(db) = &db {
-            db.execute(SCHEMA, ()).await?;
+            super::schema::migrate(db).await?;
         }
         let counters = Arc::new(Counters::default());
         let evictions = counters.evictions.clone();

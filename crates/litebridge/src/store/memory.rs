@@ -1,0 +1,240 @@
+//! Agent memory: values by namespace and key, with an optional time to live.
+//! An expired entry is never returned (every read compares with the clock)
+//! and is deleted by [`MemoryStore::sweep`], which the service runs in the
+//! background.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::cache::Clock;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::params;
+use crate::value::Value;
+
+/// Longest namespace or key accepted.
+pub const MAX_NAME: usize = 1024;
+
+/// One entry of a namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryEntry {
+    /// Its key.
+    pub key: String,
+    /// Its value.
+    pub value: Json,
+    /// When it expires, microseconds since the epoch (`None`: never).
+    pub expires_at: Option<i64>,
+}
+
+/// The memory store.
+#[derive(Clone)]
+pub struct MemoryStore {
+    db: Database,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+fn check(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(Error::invalid(
+            what,
+            format!("must be 1 to {MAX_NAME} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest string greater than every string starting with `prefix`
+/// (so a prefix search is a key range, with no LIKE escaping to get wrong).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+impl MemoryStore {
+    /// The store over `db` (its table comes from the schema migrations).
+    pub fn new(db: Database, clock: Arc<dyn Clock>) -> MemoryStore {
+        MemoryStore { db, clock }
+    }
+
+    fn now_us(&self) -> i64 {
+        i64::try_from(
+            self.clock
+                .now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros(),
+        )
+        .unwrap_or(i64::MAX)
+    }
+
+    /// Stores `value` under `namespace`/`key`, for `ttl` if given.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for empty or overlong names; write errors.
+    pub async fn store(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &Json,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        check(namespace, "namespace")?;
+        check(key, "key")?;
+        let now = self.now_us();
+        let expires =
+            ttl.map(|t| now.saturating_add(i64::try_from(t.as_micros()).unwrap_or(i64::MAX)));
+        let text =
+            serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
+        self.db
+            .execute(
+                "INSERT INTO litebridge_memory(namespace, key, value, expires_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(namespace, key) DO UPDATE SET
+                     value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+                params![namespace, key, text, expires, now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The value, unless absent or expired.
+    ///
+    /// # Errors
+    /// Read errors; bad names.
+    pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Json>> {
+        check(namespace, "namespace")?;
+        check(key, "key")?;
+        let rows = self
+            .db
+            .query(
+                "SELECT value FROM litebridge_memory
+                 WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+                params![namespace, key, self.now_us()],
+            )
+            .await?;
+        Ok(rows
+            .rows
+            .into_iter()
+            .next()
+            .and_then(|r| match r.into_iter().next() {
+                Some(Value::Text(t)) => serde_json::from_str(&t).ok(),
+                _ => None,
+            }))
+    }
+
+    /// Live entries of a namespace in key order, optionally with a key prefix.
+    ///
+    /// # Errors
+    /// Read errors; bad names.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        prefix: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryEntry>> {
+        check(namespace, "namespace")?;
+        let start = prefix.unwrap_or("");
+        let end = prefix.and_then(prefix_end);
+        let rows = self
+            .db
+            .query(
+                "SELECT key, value, expires_at FROM litebridge_memory
+                 WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+                   AND (expires_at IS NULL OR expires_at > ?4)
+                 ORDER BY key LIMIT ?5",
+                params![
+                    namespace,
+                    start,
+                    end,
+                    self.now_us(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+            )
+            .await?;
+        Ok(rows
+            .rows
+            .into_iter()
+            .map(|r| {
+                let mut it = r.into_iter();
+                let key = match it.next() {
+                    Some(Value::Text(t)) => t,
+                    _ => String::new(),
+                };
+                let value = match it.next() {
+                    Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
+                    _ => Json::Null,
+                };
+                let expires_at = match it.next() {
+                    Some(Value::Integer(i)) => Some(i),
+                    _ => None,
+                };
+                MemoryEntry {
+                    key,
+                    value,
+                    expires_at,
+                }
+            })
+            .collect())
+    }
+
+    /// Deletes an entry; whether a live one existed.
+    ///
+    /// # Errors
+    /// Write errors; bad names.
+    pub async fn delete(&self, namespace: &str, key: &str) -> Result<bool> {
+        check(namespace, "namespace")?;
+        check(key, "key")?;
+        Ok(self
+            .db
+            .execute(
+                "DELETE FROM litebridge_memory WHERE namespace = ?1 AND key = ?2
+                 AND (expires_at IS NULL OR expires_at > ?3)",
+                params![namespace, key, self.now_us()],
+            )
+            .await?
+            .changes
+            > 0)
+    }
+
+    /// Deletes every expired entry; how many.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub async fn sweep(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .execute(
+                "DELETE FROM litebridge_memory WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                params![self.now_us()],
+            )
+            .await?
+            .changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(prefix_end("abc").as_deref(), Some("abd"));
+        assert_eq!(prefix_end("a%_").as_deref(), Some("a%`"));
+        assert_eq!(prefix_end("").as_deref(), None);
+    }
+}

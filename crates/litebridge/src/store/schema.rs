@@ -1,0 +1,91 @@
+//! litebridge's own tables and their versioned migrations, run at open.
+//!
+//! The version lives in `litebridge_meta`, not in `PRAGMA user_version`: that
+//! pragma belongs to the application whose data shares the file (and requests
+//! may set it), so litebridge keeping its schema there would be clobbered or
+//! clobber it. Every table litebridge owns starts with `litebridge_`.
+//!
+//! Migrations run in one write, so a database is at one version or the next,
+//! never in between. A database written by a newer litebridge is refused.
+
+use crate::db::Database;
+use crate::error::{Error, Result};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migration `n` takes a database from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the three stores.
+    "CREATE TABLE IF NOT EXISTS litebridge_cache(
+         key TEXT PRIMARY KEY,
+         value TEXT NOT NULL,
+         expires_at INTEGER
+     ) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS litebridge_state(
+         run_id TEXT PRIMARY KEY,
+         state TEXT NOT NULL,
+         status TEXT,
+         total_steps INTEGER,
+         error_message TEXT,
+         execution_time_ms INTEGER,
+         memory_usage_mb REAL,
+         created_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS litebridge_state_status ON litebridge_state(status, run_id);
+     CREATE TABLE IF NOT EXISTS litebridge_memory(
+         namespace TEXT NOT NULL,
+         key TEXT NOT NULL,
+         value TEXT NOT NULL,
+         expires_at INTEGER,
+         updated_at INTEGER NOT NULL,
+         PRIMARY KEY (namespace, key)
+     ) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS litebridge_memory_expiry ON litebridge_memory(expires_at)
+         WHERE expires_at IS NOT NULL;",
+];
+
+/// Brings the database to [`SCHEMA_VERSION`]; returns the version it found.
+///
+/// # Errors
+/// [`Error::Unavailable`] naming both versions when the database was written
+/// by a newer litebridge; SQLite errors from a migration (nothing applied).
+pub async fn migrate(db: &Database) -> Result<i64> {
+    let path = db.path().display().to_string();
+    db.write(move |c| {
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        )?;
+        let found: i64 = c
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM litebridge_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                other => Err(other),
+            })?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::Unavailable {
+                what: "database",
+                reason: format!(
+                    "{path} was written by a newer litebridge (schema version {found}; this one knows up to {SCHEMA_VERSION}); upgrade litebridge or restore an older backup"
+                ),
+            });
+        }
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            c.execute_batch(sql).map_err(|e| Error::Internal {
+                message: format!("schema migration {from} -> {} failed: {e}", from + 1),
+            })?;
+        }
+        c.execute(
+            "INSERT INTO litebridge_meta(key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        Ok(found)
+    })
+    .await
+}

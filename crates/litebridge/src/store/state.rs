@@ -1,0 +1,235 @@
+//! Workflow state: one row per run in `litebridge_state` (WITHOUT ROWID,
+//! integer epoch-microsecond timestamps), saved with `ON CONFLICT DO UPDATE`
+//! so `created_at` survives updates, listed in pages by key.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::cache::Clock;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::params;
+use crate::value::Value;
+
+/// Longest run id accepted.
+pub const MAX_RUN_ID: usize = 1024;
+
+/// What `save` writes. Monitoring fields left `None` keep their stored value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateUpdate {
+    /// The run.
+    pub run_id: String,
+    /// Its state (any JSON).
+    pub state: Json,
+    /// `running`, `completed`, `failed`, ...
+    pub status: Option<String>,
+    /// Steps in the run.
+    pub total_steps: Option<i64>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// How long it ran.
+    pub execution_time_ms: Option<i64>,
+    /// Memory it used.
+    pub memory_usage_mb: Option<f64>,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateRecord {
+    /// The run.
+    pub run_id: String,
+    /// Its state.
+    pub state: Json,
+    /// Its status.
+    pub status: Option<String>,
+    /// Steps in the run.
+    pub total_steps: Option<i64>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// How long it ran.
+    pub execution_time_ms: Option<i64>,
+    /// Memory it used.
+    pub memory_usage_mb: Option<f64>,
+    /// First saved, microseconds since the epoch.
+    pub created_at: i64,
+    /// Last saved, microseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// The state store.
+#[derive(Clone)]
+pub struct StateStore {
+    db: Database,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").finish_non_exhaustive()
+    }
+}
+
+fn now_us(clock: &dyn Clock) -> i64 {
+    i64::try_from(
+        clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+fn check_run_id(run_id: &str) -> Result<()> {
+    if run_id.is_empty() || run_id.len() > MAX_RUN_ID {
+        return Err(Error::invalid(
+            "run_id",
+            format!("must be 1 to {MAX_RUN_ID} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "run_id, state, status, total_steps, error_message, execution_time_ms, memory_usage_mb, created_at, updated_at";
+
+fn record(row: Vec<Value>) -> StateRecord {
+    let mut it = row.into_iter();
+    let mut next = || it.next().unwrap_or(Value::Null);
+    let text = |v: Value| match v {
+        Value::Text(t) => Some(t),
+        _ => None,
+    };
+    let int = |v: Value| match v {
+        Value::Integer(i) => Some(i),
+        _ => None,
+    };
+    StateRecord {
+        run_id: text(next()).unwrap_or_default(),
+        state: text(next())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Json::Null),
+        status: text(next()),
+        total_steps: int(next()),
+        error_message: text(next()),
+        execution_time_ms: int(next()),
+        memory_usage_mb: match next() {
+            Value::Real(f) => Some(f),
+            Value::Integer(i) => Some(i as f64),
+            _ => None,
+        },
+        created_at: int(next()).unwrap_or(0),
+        updated_at: int(next()).unwrap_or(0),
+    }
+}
+
+impl StateStore {
+    /// The store over `db` (its table comes from the schema migrations).
+    pub fn new(db: Database, clock: Arc<dyn Clock>) -> StateStore {
+        StateStore { db, clock }
+    }
+
+    /// Inserts or updates a run; returns it as stored.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty or overlong run id; write errors.
+    pub async fn save(&self, u: StateUpdate) -> Result<StateRecord> {
+        check_run_id(&u.run_id)?;
+        let now = now_us(self.clock.as_ref());
+        let state =
+            serde_json::to_string(&u.state).map_err(|e| Error::invalid("state", e.to_string()))?;
+        let run_id = u.run_id.clone();
+        self.db
+            .execute(
+                "INSERT INTO litebridge_state(run_id, state, status, total_steps, error_message,
+                     execution_time_ms, memory_usage_mb, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT(run_id) DO UPDATE SET
+                     state = excluded.state,
+                     status = COALESCE(excluded.status, status),
+                     total_steps = COALESCE(excluded.total_steps, total_steps),
+                     error_message = COALESCE(excluded.error_message, error_message),
+                     execution_time_ms = COALESCE(excluded.execution_time_ms, execution_time_ms),
+                     memory_usage_mb = COALESCE(excluded.memory_usage_mb, memory_usage_mb),
+                     updated_at = excluded.updated_at",
+                params![
+                    u.run_id,
+                    state,
+                    u.status,
+                    u.total_steps,
+                    u.error_message,
+                    u.execution_time_ms,
+                    u.memory_usage_mb,
+                    now
+                ],
+            )
+            .await?;
+        self.load(&run_id).await?.ok_or_else(|| Error::Internal {
+            message: "a saved run could not be read back".into(),
+        })
+    }
+
+    /// The run, or `None`.
+    ///
+    /// # Errors
+    /// Read errors; [`Error::InvalidArgument`] for a bad run id.
+    pub async fn load(&self, run_id: &str) -> Result<Option<StateRecord>> {
+        check_run_id(run_id)?;
+        let rows = self
+            .db
+            .query(
+                &format!("SELECT {COLUMNS} FROM litebridge_state WHERE run_id = ?1"),
+                params![run_id],
+            )
+            .await?;
+        Ok(rows.rows.into_iter().next().map(record))
+    }
+
+    /// Up to `limit` runs after the run id `after` (in key order), optionally
+    /// with one status; the last run id is the cursor for the next page.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<StateRecord>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM litebridge_state
+                     WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2
+                     ORDER BY run_id LIMIT ?3"
+                ),
+                params![
+                    status,
+                    after.unwrap_or(""),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+            )
+            .await?;
+        Ok(rows.rows.into_iter().map(record).collect())
+    }
+
+    /// Deletes a run; whether it existed.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub async fn delete(&self, run_id: &str) -> Result<bool> {
+        check_run_id(run_id)?;
+        Ok(self
+            .db
+            .execute(
+                "DELETE FROM litebridge_state WHERE run_id = ?1",
+                params![run_id],
+            )
+            .await?
+            .changes
+            > 0)
+    }
+}
