@@ -74,8 +74,14 @@ pub(crate) enum Command {
     /// Replace a database with a verified backup; the replaced file is kept aside.
     Restore {
         /// The backup file.
+        #[arg(long, required_unless_present = "latest", conflicts_with = "latest")]
+        from: Option<PathBuf>,
+        /// Use the newest backup in the backup directory that passes verification.
         #[arg(long)]
-        from: PathBuf,
+        latest: bool,
+        /// The backup directory for --latest (default: <db>.backups).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// The database file to replace.
         #[arg(long)]
         db: PathBuf,
@@ -116,6 +122,10 @@ pub(crate) struct ServiceArgs {
     /// Log format on stderr: auto (text on a terminal, JSON otherwise), json or text.
     #[arg(long)]
     pub(crate) log_format: Option<String>,
+    /// If the database fails quick_check, move it aside and restore the newest
+    /// verified backup before starting.
+    #[arg(long)]
+    pub(crate) recover: bool,
     /// Print the effective configuration, with where each value came from, and exit.
     #[arg(long)]
     pub(crate) print_config: bool,

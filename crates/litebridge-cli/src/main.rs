@@ -80,7 +80,15 @@ fn main() -> ExitCode {
             Command::Stdio { common } => commands::serve::stdio(&common).await,
             Command::Serve { common, listen } => commands::serve::http(&common, listen).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
-            Command::Restore { from, db } => commands::backup::restore(&from, &db),
+            Command::Restore {
+                from,
+                latest,
+                dir,
+                db,
+            } => match (from, latest) {
+                (Some(from), _) => commands::backup::restore(&from, &db),
+                (None, _) => commands::backup::restore_latest(&db, dir.as_deref()),
+            },
             Command::Bench {
                 case,
                 seconds,

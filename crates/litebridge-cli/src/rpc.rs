@@ -761,18 +761,18 @@ async fn dispatch(
         }
         "admin.backup" => {
             let mut a = Args::new("admin.backup", &["to"], params)?;
-            let to = match a.opt_string("to")? {
-                Some(t) => std::path::PathBuf::from(t),
-                None => {
+            let r = match (a.opt_string("to")?, &service.backups) {
+                (Some(to), _) => db.backup_to(std::path::PathBuf::from(to), |_| {}).await?,
+                (None, Some(policy)) => litebridge::backups::take(db, policy).await?,
+                (None, None) => {
                     let mut p = db.path().as_os_str().to_owned();
                     p.push(format!(
-                        ".backup-{}",
+                        ".{}.backup",
                         crate::output::utc_stamp(std::time::SystemTime::now(), true)
                     ));
-                    std::path::PathBuf::from(p)
+                    db.backup_to(std::path::PathBuf::from(p), |_| {}).await?
                 }
             };
-            let r = db.backup_to(&to, |_| {}).await?;
             Ok(json!({
                 "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
                 "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,

@@ -223,6 +223,34 @@ const KEYS: &[Key] = &[
         help: "recycle a worker after this many calls (0: never)",
     },
     Key {
+        name: "backup.enabled",
+        env: &["POOL_ENABLE_BACKUP"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "take verified backups on a schedule",
+    },
+    Key {
+        name: "backup.dir",
+        env: &[],
+        kind: Kind::Text,
+        default: "",
+        help: "where backups go (default: <db>.backups)",
+    },
+    Key {
+        name: "backup.interval_s",
+        env: &[],
+        kind: int(1, 31_536_000),
+        default: "3600",
+        help: "between two scheduled backups",
+    },
+    Key {
+        name: "backup.keep",
+        env: &[],
+        kind: int(1, 100_000),
+        default: "24",
+        help: "backups kept; older ones are deleted",
+    },
+    Key {
         name: "cache.enabled",
         env: &["CACHE_ENABLED"],
         kind: Kind::Bool,
@@ -469,6 +497,32 @@ impl Settings {
         let recycle = self.int("workers.recycle_after_calls");
         c.recycle_after_calls = (recycle > 0).then_some(recycle as u64);
         Some(c)
+    }
+
+    /// Where backups of the database go.
+    pub(crate) fn backup_dir(&self) -> PathBuf {
+        match self.get("backup.dir") {
+            "" => {
+                let mut p = self.db_path().into_os_string();
+                p.push(".backups");
+                PathBuf::from(p)
+            }
+            dir => PathBuf::from(dir),
+        }
+    }
+
+    /// The backup policy: always known (for `admin.backup` and recovery);
+    /// scheduled only when `backup.enabled`.
+    pub(crate) fn backup_policy(&self) -> litebridge::backups::BackupPolicy {
+        litebridge::backups::BackupPolicy {
+            dir: self.backup_dir(),
+            interval: Duration::from_secs(self.int("backup.interval_s").max(1) as u64),
+            keep: self.int("backup.keep").max(1) as usize,
+        }
+    }
+
+    pub(crate) fn backup_enabled(&self) -> bool {
+        self.bool("backup.enabled")
     }
 
     pub(crate) fn cache_enabled(&self) -> bool {

@@ -347,3 +347,82 @@ fn configuration_sources_and_refusals() {
         "nothing is created when the configuration is refused"
     );
 }
+
+#[test]
+fn recover_uses_the_newest_backup_that_passes_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let backups = dir.path().join("app.db.backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let older = backups.join("app.db.20260101T000000Z.backup");
+    let newer = backups.join("app.db.20260102T000000Z.backup");
+    assert_eq!(
+        litebridge(&["backup", "--db", s(&db), "--to", s(&older)])
+            .status
+            .code(),
+        Some(0)
+    );
+    // Grow the table (no DELETE: damage on free pages is invisible to quick_check).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO t SELECT k + 100000, v FROM t", [])
+        .unwrap();
+    assert_eq!(
+        litebridge(&["backup", "--db", s(&db), "--to", s(&newer)])
+            .status
+            .code(),
+        Some(0)
+    );
+    // The newest backup is damaged; so is the database.
+    corrupt_middle_pages(&newer);
+    corrupt_middle_pages(&db);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db", s(&db)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("corrupt") && err.contains("20260101T000000Z") && err.contains("--recover"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--recover", "--db", s(&db)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("restored") && text(&out.stderr).contains("20260101T000000Z"),
+        "{}",
+        text(&out.stderr)
+    );
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000, "the older, sound backup was restored");
+    let damaged: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("app.db.damaged-"))
+        .collect();
+    assert_eq!(
+        damaged.len(),
+        1,
+        "the damaged file is kept aside: {damaged:?}"
+    );
+
+    // restore --latest with no usable backup: one clear error.
+    std::fs::remove_file(&older).unwrap();
+    let out = litebridge(&["restore", "--latest", "--db", s(&db)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("passes verification"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -18,6 +18,7 @@
 //!
 //! # Layout
 //!
+//! - [`backups`]: scheduled, verified, pruned backups and recovery from them.
 //! - [`error`]: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
 //! - [`config`]: [`DbConfig`] and its builder; `DEFAULT_*` values.
 //! - [`value`]: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
@@ -39,6 +40,7 @@
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `fault`: fault switches for tests (hidden).
 
+pub mod backups;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -56,6 +58,7 @@ pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempSt
 pub use db::{
     BackupProgress, BackupReport, CheckReport, CheckpointMode, CheckpointReport, Database, Health,
     Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, restore_file,
+    utc_stamp,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::{Histogram as LatencyHistogram, LatencySummary};

@@ -29,6 +29,8 @@ pub struct Service {
     pub memory: MemoryStore,
     /// When the service started.
     pub started: SystemTime,
+    /// Where `admin.backup` writes, recorded and pruned (set by the caller).
+    pub backups: Option<crate::backups::BackupPolicy>,
 }
 
 impl Service {
@@ -99,6 +101,7 @@ impl Service {
             state,
             memory,
             started: SystemTime::now(),
+            backups: None,
         })
     }
 

@@ -55,3 +55,30 @@ pub(crate) fn restore(from: &Path, db: &Path) -> CliResult {
     }
     Ok(())
 }
+
+pub(crate) fn restore_latest(db: &Path, dir: Option<&Path>) -> CliResult {
+    let dir = dir.map_or_else(
+        || {
+            let mut p = db.as_os_str().to_owned();
+            p.push(".backups");
+            std::path::PathBuf::from(p)
+        },
+        Path::to_path_buf,
+    );
+    match litebridge::backups::recover(db, &dir, true)? {
+        litebridge::backups::Recovery::Restored { from, age, report } => {
+            println!(
+                "restored {} from {} ({}, backup taken {} ago)",
+                db.display(),
+                from.display(),
+                human_bytes(report.bytes),
+                human_age(age)
+            );
+            if let Some(kept) = report.replaced_kept_at {
+                println!("the replaced database is kept at {}", kept.display());
+            }
+            Ok(())
+        }
+        litebridge::backups::Recovery::Sound => Ok(()),
+    }
+}

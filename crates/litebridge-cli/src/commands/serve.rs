@@ -30,15 +30,57 @@ fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
     Settings::load(args.config.as_deref(), &env, &flags)
 }
 
-async fn open(s: &Settings) -> CliResult<Service> {
-    Ok(Service::open(
-        s.db_path(),
+/// Recovers first when asked, opens the service, schedules backups when
+/// configured; a damaged database is refused naming the newest verified backup.
+async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
+    let db = s.db_path();
+    let policy = s.backup_policy();
+    if recover {
+        match litebridge::backups::recover(&db, &policy.dir, false)? {
+            litebridge::backups::Recovery::Sound => {
+                tracing::info!("{} passes quick_check; nothing to recover", db.display());
+            }
+            litebridge::backups::Recovery::Restored { from, age, report } => {
+                eprintln!(
+                    "recovered {}: restored {} (taken {} ago); the damaged file is kept at {}",
+                    db.display(),
+                    from.display(),
+                    crate::output::human_age(age),
+                    report
+                        .replaced_kept_at
+                        .map_or_else(|| "-".into(), |p| p.display().to_string())
+                );
+            }
+        }
+    }
+    let opened = Service::open(
+        &db,
         s.db_config()?,
         s.worker_config(),
         s.cache_config(),
         s.cache_enabled(),
     )
-    .await?)
+    .await;
+    let mut service = match opened {
+        Ok(service) => service,
+        Err(e @ litebridge::Error::Corrupt { .. }) => {
+            let hint = match litebridge::backups::newest_verified(&policy.dir, &db) {
+                Some((p, age)) => format!(
+                    "; the newest verified backup is {} (taken {} ago): start with --recover to restore it",
+                    p.display(),
+                    crate::output::human_age(age)
+                ),
+                None => format!("; no verified backup was found in {}", policy.dir.display()),
+            };
+            return Err(Failure::new(format!("{e}{hint}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if s.backup_enabled() {
+        litebridge::backups::schedule(service.db.clone(), policy.clone());
+    }
+    service.backups = Some(policy);
+    Ok(service)
 }
 
 /// Serves HTTP until SIGTERM or SIGINT: stops accepting, lets requests in
@@ -60,7 +102,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::new(format!("cannot listen on {addr}: {e}")))?;
-    let service = Arc::new(open(&s).await?);
+    let service = Arc::new(open(&s, args.recover).await?);
     let local = listener
         .local_addr()
         .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
@@ -116,7 +158,7 @@ pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {
         return Ok(());
     }
     crate::logging::init(s.log_level(), s.log_format());
-    let service = open(&s).await?;
+    let service = open(&s, args.recover).await?;
     crate::transport::stdio::serve(service, tokio::io::stdin(), tokio::io::stdout())
         .await
         .map_err(|e| Failure::new(format!("stdio transport: {e}")))

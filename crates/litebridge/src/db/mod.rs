@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file};
+pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file, utc_stamp};
 pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 

@@ -1,0 +1,172 @@
+//! Scheduled backups and recovery from them.
+//!
+//! Backups go to one directory as `<db file name>.<UTC time>.backup`. Each is
+//! written with the online backup API and verified before it gets its name
+//! (see [`Database::backup_to`]); the newest is recorded in `LATEST`, and the
+//! oldest beyond `keep` are deleted. Recovery never trusts a name: it checks
+//! the candidates newest first and uses the first that passes `quick_check`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::db::{BackupReport, Database, RestoreReport, check_file, restore_file, utc_stamp};
+use crate::error::{Error, Result};
+
+/// Where and how often backups are taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPolicy {
+    /// The directory (created if missing).
+    pub dir: PathBuf,
+    /// Between two scheduled backups.
+    pub interval: Duration,
+    /// Backups kept; older ones are deleted. At least 1.
+    pub keep: usize,
+}
+
+fn prefix(db: &Path) -> String {
+    format!(
+        "{}.",
+        db.file_name().map_or_else(
+            || "litebridge.db".into(),
+            |n| n.to_string_lossy().into_owned()
+        )
+    )
+}
+
+/// The backups of `db` in `dir`, newest first.
+pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
+    let prefix = prefix(db);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".backup"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // The UTC stamp in the name sorts in time order.
+    found.sort();
+    found.reverse();
+    found
+}
+
+/// The newest backup of `db` in `dir` that passes `quick_check` now, with its age.
+pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
+    list(dir, db).into_iter().find_map(|p| {
+        let ok = check_file(&p, false).is_ok_and(|r| r.ok);
+        if !ok {
+            tracing::warn!("backup {} fails verification; it is skipped", p.display());
+            return None;
+        }
+        let age = std::fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        Some((p, age))
+    })
+}
+
+/// Takes one verified backup of `db` into the policy's directory, records
+/// it as the newest, and prunes the oldest beyond `keep`.
+///
+/// # Errors
+/// The directory cannot be created or written; the copy fails verification.
+pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> {
+    std::fs::create_dir_all(&policy.dir)
+        .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
+    let name = format!(
+        "{}{}.backup",
+        prefix(db.path()),
+        utc_stamp(SystemTime::now(), true)
+    );
+    let mut dest = policy.dir.join(&name);
+    // Two backups within one second get distinct names.
+    let mut n = 1;
+    while dest.exists() {
+        dest = policy
+            .dir
+            .join(format!("{}.{n}.backup", name.trim_end_matches(".backup")));
+        n += 1;
+    }
+    let report = db.backup_to(&dest, |_| {}).await?;
+    let latest = policy.dir.join("LATEST");
+    let tmp = policy.dir.join("LATEST.partial");
+    std::fs::write(&tmp, format!("{}\n", dest.display()))
+        .and_then(|()| std::fs::rename(&tmp, &latest))
+        .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
+    for old in list(&policy.dir, db.path())
+        .into_iter()
+        .skip(policy.keep.max(1))
+    {
+        if let Err(e) = std::fs::remove_file(&old) {
+            tracing::warn!("cannot prune the old backup {}: {e}", old.display());
+        }
+    }
+    Ok(report)
+}
+
+/// Takes a backup every `policy.interval` until the database closes.
+pub fn schedule(db: Database, policy: BackupPolicy) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(policy.interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if !db.health().healthy {
+                return;
+            }
+            match take(&db, &policy).await {
+                Ok(r) => {
+                    tracing::info!(path = %r.path.display(), bytes = r.bytes, "scheduled backup taken and verified")
+                }
+                Err(e) => tracing::error!("scheduled backup failed: {e}"),
+            }
+        }
+    })
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The database passed `quick_check`; nothing was touched.
+    Sound,
+    /// It was replaced by a backup.
+    Restored {
+        /// The backup used.
+        from: PathBuf,
+        /// How old it was.
+        age: Duration,
+        /// What the restore did (where the damaged file was moved).
+        report: RestoreReport,
+    },
+}
+
+/// Restores the newest verified backup over `db` when `force` is set or the
+/// database fails `quick_check`; the damaged file is moved aside, never deleted.
+///
+/// # Errors
+/// [`Error::Unavailable`] when no backup in `dir` passes verification; the
+/// restore's own errors.
+pub fn recover(db: &Path, dir: &Path, force: bool) -> Result<Recovery> {
+    let sound = db.exists() && check_file(db, false).is_ok_and(|r| r.ok);
+    if sound && !force {
+        return Ok(Recovery::Sound);
+    }
+    let (from, age) = newest_verified(dir, db).ok_or_else(|| Error::Unavailable {
+        what: "backup",
+        reason: format!(
+            "no backup of {} in {} passes verification",
+            db.display(),
+            dir.display()
+        ),
+    })?;
+    let mut aside = db.as_os_str().to_owned();
+    aside.push(format!(".damaged-{}", utc_stamp(SystemTime::now(), true)));
+    let report = restore_file(&from, db, Path::new(&aside), |_, _| {})?;
+    Ok(Recovery::Restored { from, age, report })
+}
