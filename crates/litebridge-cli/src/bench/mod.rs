@@ -5,6 +5,7 @@ mod bridge;
 mod cases;
 mod http;
 mod measure;
+mod stores;
 
 use std::path::Path;
 
@@ -105,6 +106,18 @@ const CASES: &[Case] = &[
         baseline: "raw-pipe-seq",
         target: Target::P50AtMost(5.0),
         what: "1 caller, sequential calls answered from the cache",
+    },
+    Case {
+        name: "state-save",
+        baseline: "mutex-state",
+        target: Target::Ratio(1.0),
+        what: "8 producers x 1 in flight, StateStore::save upserts over 1,000 runs",
+    },
+    Case {
+        name: "cache-get-hit",
+        baseline: "hashmap-mutex",
+        target: Target::P50AtMost(2.0),
+        what: "1 caller, Cache::get of keys held in L1",
     },
 ];
 
@@ -232,6 +245,8 @@ async fn run_case(
         "mutex-full" => blocking(move || cases::mutex(&base_path, seconds, true)).await?,
         "raw-pipe" => bridge::raw_pipe(seconds, 2, 64).await?,
         "raw-pipe-seq" => bridge::raw_pipe(seconds, 1, 1).await?,
+        "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
+        "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
             cases::populate(&case_path).await?;
             let p = case_path.clone();
@@ -253,6 +268,8 @@ async fn run_case(
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-cached" => bridge::bridge_cached(seconds, dir).await?,
+        "state-save" => stores::state_save(&case_path, seconds).await?,
+        "cache-get-hit" => stores::cache_get_hit(&case_path, seconds).await?,
         other => return Err(Failure::new(format!("no case {other}"))),
     };
     Ok((figures, baseline))

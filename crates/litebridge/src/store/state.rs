@@ -140,21 +140,27 @@ impl StateStore {
         let now = now_us(self.clock.as_ref());
         let state =
             serde_json::to_string(&u.state).map_err(|e| Error::invalid("state", e.to_string()))?;
-        let run_id = u.run_id.clone();
-        self.db
-            .execute(
-                "INSERT INTO litebridge_state(run_id, state, status, total_steps, error_message,
-                     execution_time_ms, memory_usage_mb, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-                 ON CONFLICT(run_id) DO UPDATE SET
-                     state = excluded.state,
-                     status = COALESCE(excluded.status, status),
-                     total_steps = COALESCE(excluded.total_steps, total_steps),
-                     error_message = COALESCE(excluded.error_message, error_message),
-                     execution_time_ms = COALESCE(excluded.execution_time_ms, execution_time_ms),
-                     memory_usage_mb = COALESCE(excluded.memory_usage_mb, memory_usage_mb),
-                     updated_at = excluded.updated_at",
-                params![
+        // One trip through the writer: the upsert returns the row as stored,
+        // in the same transaction, so no concurrent save can come between.
+        let sql = format!(
+            "INSERT INTO litebridge_state(run_id, state, status, total_steps, error_message,
+                 execution_time_ms, memory_usage_mb, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT(run_id) DO UPDATE SET
+                 state = excluded.state,
+                 status = COALESCE(excluded.status, status),
+                 total_steps = COALESCE(excluded.total_steps, total_steps),
+                 error_message = COALESCE(excluded.error_message, error_message),
+                 execution_time_ms = COALESCE(excluded.execution_time_ms, execution_time_ms),
+                 memory_usage_mb = COALESCE(excluded.memory_usage_mb, memory_usage_mb),
+                 updated_at = excluded.updated_at
+             RETURNING {COLUMNS}"
+        );
+        let row = self
+            .db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut rows = stmt.query(rusqlite::params![
                     u.run_id,
                     state,
                     u.status,
@@ -163,12 +169,17 @@ impl StateStore {
                     u.execution_time_ms,
                     u.memory_usage_mb,
                     now
-                ],
-            )
+                ])?;
+                let row = rows.next()?.ok_or_else(|| Error::Internal {
+                    message: "an upsert returned no row".into(),
+                })?;
+                let values = (0..9)
+                    .map(|i| row.get_ref(i).map(Value::from_ref))
+                    .collect::<rusqlite::Result<Vec<Value>>>()?;
+                Ok(values)
+            })
             .await?;
-        self.load(&run_id).await?.ok_or_else(|| Error::Internal {
-            message: "a saved run could not be read back".into(),
-        })
+        Ok(record(row))
     }
 
     /// The run, or `None`.
