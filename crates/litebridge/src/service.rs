@@ -87,7 +87,7 @@ impl Service {
             loop {
                 tick.tick().await;
                 if !weak_db.health().healthy {
-                    return; // closed
+                    return; // closed, or found damaged: leave it alone
                 }
                 if let Err(e) = sweeper.sweep().await {
                     tracing::warn!("sweeping expired memory entries failed: {e}");

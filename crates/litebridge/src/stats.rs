@@ -29,9 +29,31 @@ pub(crate) struct Counters {
     pub(crate) read_latency: Histogram,
     pub(crate) write_latency: Histogram,
     pub(crate) heavy_latency: Histogram,
+    /// The first SQLITE_CORRUPT met by a running operation: the service is
+    /// unhealthy from then on (only a restart, after check/restore, clears it).
+    pub(crate) corruption: std::sync::Mutex<Option<String>>,
 }
 
 impl Counters {
+    /// Notes an operation's error; SQLITE_CORRUPT marks the database damaged.
+    pub(crate) fn saw<T>(&self, r: &crate::Result<T>) {
+        if let Err(crate::Error::Corrupt { detail, .. }) = r {
+            let mut seen = self.corruption.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.is_none() {
+                tracing::error!(detail = %detail, "SQLITE_CORRUPT met at run time; the database is marked unhealthy");
+                *seen = Some(detail.clone());
+            }
+        }
+    }
+
+    /// What corruption was met, if any.
+    pub(crate) fn corruption(&self) -> Option<String> {
+        self.corruption
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn batch(&self, size: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batched_requests

@@ -105,3 +105,50 @@ pub fn corrupt_middle_pages(path: &std::path::Path) {
         f.write_all(&[0xA5; 2000]).unwrap();
     }
 }
+
+#[tokio::test]
+async fn corruption_met_at_run_time_marks_the_database_unhealthy_and_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);
+             CREATE INDEX t_v ON t(v);
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000)
+             INSERT INTO t SELECT x, printf('%0100d', x) FROM c;",
+        )
+        .unwrap();
+    }
+    corrupt_middle_pages(&path);
+    // Opened without the check, as a file damaged after start would be.
+    let config = DbConfig::builder()
+        .quick_check_on_open(false)
+        .build()
+        .unwrap();
+    let db = Database::open(&path, config).await.unwrap();
+    assert!(db.health().healthy);
+    let scans = [
+        "SELECT max(length(v)) FROM t NOT INDEXED",
+        "SELECT count(*) FROM t INDEXED BY t_v WHERE v > ''",
+    ];
+    let mut errors = Vec::new();
+    for sql in scans {
+        if let Err(e) = db.query(sql, ()).await {
+            errors.push(e);
+        }
+    }
+    let e = errors
+        .iter()
+        .find(|e| e.kind() == ErrorKind::Corrupt)
+        .unwrap_or_else(|| panic!("no scan met the damage: {errors:?}"));
+    assert!(!e.is_recoverable(), "corruption is never retried blindly");
+    let health = db.health();
+    assert!(!health.healthy);
+    assert!(
+        health.problems.iter().any(|p| p.contains("SQLITE_CORRUPT")),
+        "{:?}",
+        health.problems
+    );
+    db.close().await;
+}

@@ -355,6 +355,7 @@ impl Database {
     }
 
     fn count_error<T>(&self, r: &Result<T>, errors: &std::sync::atomic::AtomicU64) {
+        self.inner.counters.saw(r);
         if let Err(e) = r {
             errors.fetch_add(1, Ordering::Relaxed);
             if matches!(e, Error::Timeout { .. }) {
@@ -524,6 +525,7 @@ impl Database {
             Err(e) => Err(e),
         };
         c.write_latency.record(started.elapsed());
+        c.saw(&r);
         if r.is_err() {
             c.write_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -612,6 +614,11 @@ impl Database {
         }
         if self.inner.readers.size() == 0 {
             problems.push("there are no read connections".to_owned());
+        }
+        if let Some(detail) = self.inner.counters.corruption() {
+            problems.push(format!(
+                "SQLITE_CORRUPT met at run time ({detail}); run `litebridge check`, then restart with --recover"
+            ));
         }
         Health {
             healthy: problems.is_empty(),
