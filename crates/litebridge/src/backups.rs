@@ -147,12 +147,19 @@ pub enum Recovery {
 }
 
 /// Restores the newest verified backup over `db` when `force` is set or the
-/// database fails `quick_check`; the damaged file is moved aside, never deleted.
+/// database fails `quick_check`; the file it replaces is moved aside (named
+/// `.damaged-<time>` when it failed the check, `.replaced-<time>` otherwise),
+/// never deleted. `progress(done, total)` follows the copy.
 ///
 /// # Errors
 /// [`Error::Unavailable`] when no backup in `dir` passes verification; the
 /// restore's own errors.
-pub fn recover(db: &Path, dir: &Path, force: bool) -> Result<Recovery> {
+pub fn recover(
+    db: &Path,
+    dir: &Path,
+    force: bool,
+    progress: impl FnMut(u64, u64),
+) -> Result<Recovery> {
     let sound = db.exists() && check_file(db, false).is_ok_and(|r| r.ok);
     if sound && !force {
         return Ok(Recovery::Sound);
@@ -166,7 +173,8 @@ pub fn recover(db: &Path, dir: &Path, force: bool) -> Result<Recovery> {
         ),
     })?;
     let mut aside = db.as_os_str().to_owned();
-    aside.push(format!(".damaged-{}", utc_stamp(SystemTime::now(), true)));
-    let report = restore_file(&from, db, Path::new(&aside), |_, _| {})?;
+    let why = if sound { "replaced" } else { "damaged" };
+    aside.push(format!(".{why}-{}", utc_stamp(SystemTime::now(), true)));
+    let report = restore_file(&from, db, Path::new(&aside), progress)?;
     Ok(Recovery::Restored { from, age, report })
 }

@@ -65,7 +65,11 @@ pub(crate) fn restore_latest(db: &Path, dir: Option<&Path>) -> CliResult {
         },
         Path::to_path_buf,
     );
-    match litebridge::backups::recover(db, &dir, true)? {
+    let bar = Progress::new(format!("restore --latest {}", db.display()));
+    let recovery =
+        litebridge::backups::recover(db, &dir, true, |done, total| bar.ratio(done, total));
+    bar.finish();
+    match recovery? {
         litebridge::backups::Recovery::Restored { from, age, report } => {
             println!(
                 "restored {} from {} ({}, backup taken {} ago)",

@@ -36,7 +36,12 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
     let db = s.db_path();
     let policy = s.backup_policy();
     if recover {
-        match litebridge::backups::recover(&db, &policy.dir, false)? {
+        let bar = crate::output::Progress::new(format!("recover {}", db.display()));
+        let recovery = litebridge::backups::recover(&db, &policy.dir, false, |done, total| {
+            bar.ratio(done, total)
+        });
+        bar.finish();
+        match recovery? {
             litebridge::backups::Recovery::Sound => {
                 tracing::info!("{} passes quick_check; nothing to recover", db.display());
             }
