@@ -48,10 +48,22 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    // The UTC stamp in the name sorts in time order.
-    found.sort();
-    found.reverse();
+    // The UTC stamp in the name sorts in time order; a second backup within
+    // one second is `<stamp>.<n>.backup` and comes after `<stamp>.backup`.
+    found.sort_by_cached_key(|p| std::cmp::Reverse(order(p)));
     found
+}
+
+/// `(stamp, n)` of `<db>.<stamp>[.<n>].backup`.
+fn order(p: &Path) -> (String, u64) {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = name.trim_end_matches(".backup");
+    match stem.rsplit_once('.') {
+        Some((stamp, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (stamp.to_owned(), n.parse().unwrap_or(u64::MAX))
+        }
+        _ => (stem.to_owned(), 0),
+    }
 }
 
 /// The newest backup of `db` in `dir` that passes `quick_check` now, with its age.
@@ -79,20 +91,24 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> {
     std::fs::create_dir_all(&policy.dir)
         .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
-    let name = format!(
-        "{}{}.backup",
+    let stem = format!(
+        "{}{}",
         prefix(db.path()),
         utc_stamp(SystemTime::now(), true)
     );
-    let mut dest = policy.dir.join(&name);
-    // Two backups within one second get distinct names.
-    let mut n = 1;
-    while dest.exists() {
-        dest = policy
-            .dir
-            .join(format!("{}.{n}.backup", name.trim_end_matches(".backup")));
-        n += 1;
-    }
+    // Backups within one second get `.1`, `.2`, ... after the newest of that
+    // second still present (pruning only removes older ones), so names stay
+    // in time order.
+    let newest_this_second = list(&policy.dir, db.path())
+        .iter()
+        .map(|p| order(p))
+        .filter(|(s, _)| *s == stem)
+        .map(|(_, n)| n)
+        .max();
+    let dest = match newest_this_second {
+        None => policy.dir.join(format!("{stem}.backup")),
+        Some(n) => policy.dir.join(format!("{stem}.{}.backup", n + 1)),
+    };
     let report = db.backup_to(&dest, |_| {}).await?;
     let latest = policy.dir.join("LATEST");
     let tmp = policy.dir.join("LATEST.partial");

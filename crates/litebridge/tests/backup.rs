@@ -95,3 +95,39 @@ async fn a_backup_to_a_directory_is_refused_naming_it() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_are_verified_recorded_and_pruned_newest_kept() {
+    use litebridge::backups::{BackupPolicy, list, newest_verified, take};
+    let (dir, db) = open_kv(config()).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    let mut taken = Vec::new();
+    // Several within one second: distinct names, still in time order.
+    for k in 0..4i64 {
+        db.execute("INSERT INTO kv VALUES (?1, 'v')", params![k])
+            .await
+            .unwrap();
+        taken.push(take(&db, &policy).await.unwrap().path);
+    }
+    let kept = list(&policy.dir, db.path());
+    assert_eq!(kept, [taken[3].clone(), taken[2].clone()], "the newest two");
+    let latest = std::fs::read_to_string(policy.dir.join("LATEST")).unwrap();
+    assert_eq!(latest.trim(), taken[3].display().to_string());
+    // The newest verified one holds every row written before it.
+    let (newest, _) = newest_verified(&policy.dir, db.path()).unwrap();
+    assert_eq!(newest, taken[3]);
+    let c = rusqlite::Connection::open(&newest).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 4);
+    // A damaged newest backup is skipped for the one before it.
+    drop(c);
+    std::fs::write(&taken[3], b"not a database at all").unwrap();
+    assert_eq!(newest_verified(&policy.dir, db.path()).unwrap().0, taken[2]);
+    db.close().await;
+}
