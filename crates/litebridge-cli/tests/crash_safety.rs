@@ -4,12 +4,14 @@
 //! batch may be half visible. Both durability modes; and with workers, no
 //! worker process may outlive the kill.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const KILLS: usize = 20;
 const WRITERS: i64 = 4;
@@ -20,27 +22,12 @@ struct Server {
 }
 
 fn start(db: &std::path::Path, durability: &str, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .arg("serve")
-        .arg("--db")
-        .arg(db)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("LITEBRIDGE_DB_DURABILITY", durability)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {first:?}"))
-        .trim()
-        .to_owned();
+    let (child, addr) = common::spawn_serve(
+        db,
+        extra,
+        &[("LITEBRIDGE_DB_DURABILITY", durability)],
+        Stdio::null(),
+    );
     Server { child, addr }
 }
 

@@ -1,11 +1,13 @@
 //! `litebridge serve` end to end: the HTTP contract of issue 4.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod common;
 
 struct Server {
     child: Child,
@@ -20,27 +22,8 @@ impl Server {
 
     fn start_with(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = db.with_extension("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-            .arg("serve")
-            .arg("--db")
-            .arg(db)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line: {first:?}"))
-            .trim()
-            .to_owned();
+        let stderr = std::fs::File::create(&log).unwrap();
+        let (child, addr) = common::spawn_serve(db, extra, env, stderr.into());
         Server { child, addr, log }
     }
 

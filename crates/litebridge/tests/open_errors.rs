@@ -74,7 +74,19 @@ async fn a_bad_config_value_is_refused_before_anything_is_created() {
 #[tokio::test]
 async fn a_damaged_file_is_refused_at_open_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.db");
+    let path = damaged_db(dir.path());
+    let e = Database::open(&path, DbConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("app.db"), "{e}");
+    let r = litebridge::check_file(&path, false).unwrap();
+    assert!(!r.ok);
+}
+
+/// `app.db` with a table and an index of 5,000 rows, pages in its middle overwritten.
+fn damaged_db(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("app.db");
     {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(
@@ -86,13 +98,7 @@ async fn a_damaged_file_is_refused_at_open_naming_it() {
         .unwrap();
     }
     corrupt_middle_pages(&path);
-    let e = Database::open(&path, DbConfig::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(e.to_string().contains("app.db"), "{e}");
-    let r = litebridge::check_file(&path, false).unwrap();
-    assert!(!r.ok);
+    path
 }
 
 /// Overwrites a few pages in the middle of the file with garbage.
@@ -109,18 +115,7 @@ pub fn corrupt_middle_pages(path: &std::path::Path) {
 #[tokio::test]
 async fn corruption_met_at_run_time_marks_the_database_unhealthy_and_is_not_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.db");
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(
-            "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);
-             CREATE INDEX t_v ON t(v);
-             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000)
-             INSERT INTO t SELECT x, printf('%0100d', x) FROM c;",
-        )
-        .unwrap();
-    }
-    corrupt_middle_pages(&path);
+    let path = damaged_db(dir.path());
     // Opened without the check, as a file damaged after start would be.
     let config = DbConfig::builder()
         .quick_check_on_open(false)

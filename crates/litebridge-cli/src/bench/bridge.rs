@@ -13,7 +13,7 @@ use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::measure::{Figures, Samples, stop_after};
+use super::measure::{Figures, Samples, gather_tasks, stop_after};
 use crate::{CliResult, Failure};
 
 /// The smallest JSON-RPC echo loop Python can run: the baseline.
@@ -170,11 +170,7 @@ pub(crate) async fn bridge(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.push(t.await.map_err(|e| Failure::new(e.to_string()))??);
-    }
-    let figures = Figures::from_samples(all, started.elapsed());
+    let figures = gather_tasks(tasks, started).await?;
     pool.shutdown().await;
     Ok(figures)
 }

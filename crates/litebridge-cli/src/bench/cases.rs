@@ -12,7 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use litebridge::{Database, DbConfig, Durability, WriteOptions, params};
 use rusqlite::Connection;
 
-use super::measure::{Figures, Rng, Samples, stop_after};
+use super::measure::{Figures, Rng, Samples, gather_tasks, gather_threads, stop_after};
 use crate::CliResult;
 
 /// The 100-byte value of every benchmark row.
@@ -108,11 +108,7 @@ pub(crate) fn mutex(path: &Path, seconds: f64, full: bool) -> CliResult<Figures>
             })
         })
         .collect();
-    let all = threads
-        .into_iter()
-        .map(|t| t.join().unwrap_or_default())
-        .collect();
-    Ok(Figures::from_samples(all, started.elapsed()))
+    Ok(gather_threads(threads, started))
 }
 
 /// `producers` tasks, each keeping `depth` one-row INSERT requests in flight
@@ -154,11 +150,7 @@ pub(crate) async fn group_commit(
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(producers);
-    for t in tasks {
-        all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
-    }
-    let figures = Figures::from_samples(all, started.elapsed());
+    let figures = gather_tasks(tasks, started).await?;
     db.close().await;
     Ok(figures)
 }
@@ -236,11 +228,7 @@ pub(crate) async fn read_point(path: &Path, seconds: f64) -> CliResult<Figures> 
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
-    }
-    let figures = Figures::from_samples(all, started.elapsed());
+    let figures = gather_tasks(tasks, started).await?;
     db.close().await;
     Ok(figures)
 }

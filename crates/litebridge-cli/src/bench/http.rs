@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::cases::{READ_ROWS, VALUE};
-use super::measure::{Figures, Rng, Samples, stop_after};
+use super::measure::{Figures, Rng, Samples, gather_tasks, stop_after};
 use crate::{CliResult, Failure};
 
 /// What each client sends.
@@ -100,6 +100,7 @@ impl Bench {
             .map(|c| {
                 let (stop, next_key, addr) = (stop.clone(), next_key.clone(), self.addr);
                 tokio::spawn(async move {
+                    let client = async move {
                     let mut conn = TcpStream::connect(addr).await?;
                     conn.set_nodelay(true)?;
                     let mut rng = Rng::new(c as u64 + 7);
@@ -126,18 +127,14 @@ impl Bench {
                         samples.record(start);
                     }
                     Ok::<_, std::io::Error>(samples)
+                    };
+                    client
+                        .await
+                        .map_err(|e| Failure::new(format!("HTTP client: {e}")))
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.push(
-                t.await
-                    .map_err(|e| Failure::new(e.to_string()))?
-                    .map_err(|e| Failure::new(format!("HTTP client: {e}")))?,
-            );
-        }
-        Ok(Figures::from_samples(all, started.elapsed()))
+        gather_tasks(tasks, started).await
     }
 }
 

@@ -74,3 +74,30 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
     }
 }
+
+/// Waits for the producer tasks of a run and turns their samples into figures.
+pub(crate) async fn gather_tasks<E>(
+    tasks: Vec<tokio::task::JoinHandle<Result<Samples, E>>>,
+    started: Instant,
+) -> crate::CliResult<Figures>
+where
+    crate::Failure: From<E>,
+{
+    let mut all = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        all.push(t.await.map_err(|e| crate::Failure::new(e.to_string()))??);
+    }
+    Ok(Figures::from_samples(all, started.elapsed()))
+}
+
+/// As [`gather_tasks`] for baseline threads (a thread that panicked adds no samples).
+pub(crate) fn gather_threads(
+    threads: Vec<std::thread::JoinHandle<Samples>>,
+    started: Instant,
+) -> Figures {
+    let all = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
+    Figures::from_samples(all, started.elapsed())
+}

@@ -13,7 +13,7 @@ use litebridge::{Database, DbConfig, Durability};
 use rusqlite::Connection;
 use serde_json::{Value as Json, json};
 
-use super::measure::{Figures, Rng, Samples, stop_after};
+use super::measure::{Figures, Rng, Samples, gather_tasks, gather_threads, stop_after};
 use crate::{CliResult, Failure};
 
 /// Runs the upserts spread over; each save rewrites one of them.
@@ -92,11 +92,7 @@ pub(crate) async fn mutex_state(path: &Path, seconds: f64) -> CliResult<Figures>
                 })
             })
             .collect();
-        let all = threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_default())
-            .collect();
-        Ok(Figures::from_samples(all, started.elapsed()))
+        Ok(gather_threads(threads, started))
     })
     .await
 }
@@ -139,11 +135,7 @@ pub(crate) async fn state_save(path: &Path, seconds: f64) -> CliResult<Figures> 
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.push(t.await.map_err(|e| Failure::new(e.to_string()))??);
-    }
-    let figures = Figures::from_samples(all, started.elapsed());
+    let figures = gather_tasks(tasks, started).await?;
     db.close().await;
     Ok(figures)
 }
