@@ -47,6 +47,10 @@ pub enum ErrorKind {
     WorkerError,
     /// A worker process died with the call in flight; its outcome is unknown.
     WorkerCrashed,
+    /// No valid credentials (missing, unknown or revoked API key).
+    Unauthorized,
+    /// A per-key quota (daily, monthly or concurrent requests) is used up.
+    QuotaExceeded,
 }
 
 impl ErrorKind {
@@ -69,6 +73,8 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::WorkerError => "worker_error",
             ErrorKind::WorkerCrashed => "worker_crashed",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -176,11 +182,29 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The statement is not allowed on this path.
+    /// The statement or method is not allowed (authorizer rule, missing scope).
     #[error("{message}")]
     Forbidden {
         /// What was refused and why.
         message: String,
+    },
+    /// The caller did not prove who it is.
+    #[error("{message}")]
+    Unauthorized {
+        /// What was missing or wrong (never the secret itself).
+        message: String,
+    },
+    /// A quota of the caller's key is used up.
+    #[error("the {quota} quota of key {key:?} ({limit} requests) is used up; retry after {} ms", retry_after.as_millis())]
+    QuotaExceeded {
+        /// Which quota: `daily`, `monthly` or `concurrent`.
+        quota: &'static str,
+        /// The key's name.
+        key: String,
+        /// The limit that was reached.
+        limit: u64,
+        /// When the quota frees up.
+        retry_after: Duration,
     },
     /// Caller-supplied code panicked, or litebridge hit a bug.
     #[error("internal error: {message}")]
@@ -306,6 +330,20 @@ impl Clone for Error {
             Error::Forbidden { message } => Error::Forbidden {
                 message: message.clone(),
             },
+            Error::Unauthorized { message } => Error::Unauthorized {
+                message: message.clone(),
+            },
+            Error::QuotaExceeded {
+                quota,
+                key,
+                limit,
+                retry_after,
+            } => Error::QuotaExceeded {
+                quota,
+                key: key.clone(),
+                limit: *limit,
+                retry_after: *retry_after,
+            },
             Error::Internal { message } => Error::Internal {
                 message: message.clone(),
             },
@@ -371,6 +409,8 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::CheckFailed { .. } => ErrorKind::CheckFailed,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             Error::Internal { .. } => ErrorKind::Internal,
             Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Error::WorkerError { .. } => ErrorKind::WorkerError,
@@ -389,6 +429,7 @@ impl Error {
             | Error::Busy { .. }
             | Error::Unavailable { .. }
             | Error::CircuitOpen { .. }
+            | Error::QuotaExceeded { .. }
             | Error::WorkerCrashed { .. } => true,
             // SQLITE_FULL and I/O errors can go away when space returns.
             Error::Sql { code, .. } => {
@@ -413,9 +454,9 @@ impl Error {
     /// A suggested wait before retrying, for errors that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Overloaded { retry_after, .. } | Error::CircuitOpen { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Error::Overloaded { retry_after, .. }
+            | Error::CircuitOpen { retry_after, .. }
+            | Error::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             Error::Busy { .. } => Some(Duration::from_millis(50)),
             _ => None,
         }

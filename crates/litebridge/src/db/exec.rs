@@ -2,7 +2,9 @@
 //! statement cache, binding [`Params`], collecting [`Rows`]. Shared by the
 //! read lane, the heavy lane and the writer.
 
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::{CachedStatement, Connection, Statement};
+
+use crate::db::guard;
 
 use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params, Rows, Value};
@@ -25,7 +27,36 @@ pub(crate) fn is_connection_failure(err: &Error) -> bool {
     )
 }
 
-pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<CachedStatement<'c>> {
+/// A statement from the connection's cache, or prepared outside it.
+pub(crate) enum Prepared<'c> {
+    Cached(CachedStatement<'c>),
+    Fresh(Statement<'c>),
+}
+
+impl<'c> std::ops::Deref for Prepared<'c> {
+    type Target = Statement<'c>;
+    fn deref(&self) -> &Statement<'c> {
+        match self {
+            Prepared::Cached(s) => s,
+            Prepared::Fresh(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Prepared<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Prepared::Cached(s) => s,
+            Prepared::Fresh(s) => s,
+        }
+    }
+}
+
+/// Prepares `sql` through the connection's statement cache, except client SQL
+/// naming litebridge's own tables: it could otherwise be served the cached
+/// statement of the same text that a trusted store prepared (and the
+/// authorizer allowed); prepared afresh, the authorizer sees it as client SQL.
+pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>> {
     // SQLite stops reading at a NUL byte, so anything after one would be
     // silently ignored: refuse it instead.
     if let Some(at) = sql.bytes().position(|b| b == 0) {
@@ -34,7 +65,18 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<CachedState
             format!("it contains a NUL byte at offset {at}"),
         ));
     }
-    Ok(conn.prepare_cached(sql)?)
+    if mentions_own_tables(sql) && guard::is_client() {
+        return Ok(Prepared::Fresh(conn.prepare(sql)?));
+    }
+    Ok(Prepared::Cached(conn.prepare_cached(sql)?))
+}
+
+/// Whether `sql` contains `litebridge_` in any letter case.
+pub(crate) fn mentions_own_tables(sql: &str) -> bool {
+    let p = guard::OWN_PREFIX.as_bytes();
+    sql.as_bytes()
+        .windows(p.len())
+        .any(|w| w.eq_ignore_ascii_case(p))
 }
 
 /// Binds `params` to every parameter of `stmt`, refusing missing or unknown ones.

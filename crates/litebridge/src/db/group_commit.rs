@@ -36,9 +36,10 @@ use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::db::exec::Prepared;
 use crate::db::guard::{self, Budget, Mode};
 use crate::db::{exec, ffi};
 use crate::error::{Error, Result, TimeoutStage};
@@ -131,8 +132,11 @@ where
 /// The prepared statement of the previous single-statement request of a pass,
 /// kept so a run of requests with the same SQL (the common case: many callers
 /// inserting the same way) skips the statement cache's lookup and return.
+///
+/// The slot remembers whether trusted code prepared its statement: client SQL
+/// must never be served a statement the authorizer passed for trusted code.
 pub(crate) struct StatementSlot<'c> {
-    current: Option<(Cow<'static, str>, CachedStatement<'c>)>,
+    current: Option<(Cow<'static, str>, bool, Prepared<'c>)>,
 }
 
 impl<'c> StatementSlot<'c> {
@@ -146,16 +150,17 @@ impl<'c> StatementSlot<'c> {
         &mut self,
         conn: &'c Connection,
         sql: &Cow<'static, str>,
-    ) -> Result<&mut CachedStatement<'c>> {
-        let hit = matches!(&self.current, Some((s, _))
+        trusted: bool,
+    ) -> Result<&mut Prepared<'c>> {
+        let hit = matches!(&self.current, Some((s, t, _))
             // The same string literal: no need to compare the text.
-            if (s.as_ptr() == sql.as_ptr() && s.len() == sql.len()) || s == sql);
+            if *t == trusted && ((s.as_ptr() == sql.as_ptr() && s.len() == sql.len()) || s == sql));
         if !hit {
             self.current = None;
             let stmt = exec::prepare(conn, sql)?;
-            self.current = Some((sql.clone(), stmt));
+            self.current = Some((sql.clone(), trusted, stmt));
         }
-        Ok(&mut self.current.as_mut().expect("set above").1)
+        Ok(&mut self.current.as_mut().expect("set above").2)
     }
 }
 
@@ -189,7 +194,7 @@ impl ExecJob {
     }
 
     fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()> {
-        let stmt = slot.get(conn, &self.sql)?;
+        let stmt = slot.get(conn, &self.sql, self.budget.trusted)?;
         self.result = Some(exec::execute_prepared(conn, stmt, &self.params)?);
         Ok(())
     }

@@ -18,6 +18,28 @@
 //!   `foreign_keys`, ...), and on readers any pragma assignment and any
 //!   temporary table, view, index or trigger. litebridge's own statements run
 //!   in [`Mode::Internal`] and are not restricted.
+//!
+//! Client SQL (SQL text given to `query`, `execute`, `batch` and
+//! `execute_many`: everything the RPC runs) is held to more rules than
+//! closures (`read`, `write`), which are the embedding application's own Rust
+//! code and run trusted, like the stores (SECURITY.md lists the rules):
+//! - no ATTACH or DETACH (VACUUM and `VACUUM INTO` attach a database
+//!   internally, so they are refused too: no file is written by a request);
+//! - no `load_extension()` or `fts3_tokenizer()`;
+//! - pragma assignments only from an allowlist (introspection everywhere,
+//!   `user_version`, `application_id`, `optimize` and `incremental_vacuum` on
+//!   the writer), and none of the pragmas that act without a value
+//!   (`wal_checkpoint`, `shrink_memory`, ...);
+//! - litebridge's own tables (`litebridge_*`: keys, quotas, cache, stores,
+//!   migrations) can be neither read, written, altered, dropped, indexed nor
+//!   given triggers, and no object may be created under that prefix.
+//!
+//! Because the authorizer runs when
+//! a statement is prepared and prepared statements are cached by their text,
+//! a client sending the exact text of a trusted statement could otherwise get
+//! the trusted, already-authorized statement from the cache; every trusted
+//! statement names a `litebridge_` table, and client SQL that contains that
+//! prefix is prepared outside the cache (see `exec::prepare`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -41,6 +63,8 @@ pub(crate) struct Budget {
     pub(crate) deadline: Option<Instant>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    /// litebridge's own code (the stores): may use litebridge's tables.
+    pub(crate) trusted: bool,
 }
 
 impl Budget {
@@ -51,6 +75,15 @@ impl Budget {
             deadline: timeout.map(|t| started + t),
             timeout,
             cancelled: None,
+            trusted: false,
+        }
+    }
+
+    /// The same budget, marked as litebridge's own code.
+    pub(crate) fn trusted(self) -> Budget {
+        Budget {
+            trusted: true,
+            ..self
         }
     }
 
@@ -146,6 +179,16 @@ impl Scope {
 const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_AUTH: i32 = 23;
 
+/// Whether the operation running on this thread runs client SQL (anything but
+/// litebridge's own trusted or internal statements).
+pub(crate) fn is_client() -> bool {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|cur| cur.mode != Mode::Internal && !cur.budget.trusted)
+    })
+}
+
 fn should_interrupt() -> bool {
     CURRENT.with(|c| {
         c.borrow()
@@ -155,7 +198,7 @@ fn should_interrupt() -> bool {
 }
 
 /// Pragmas whose assignment would break the engine's assumptions or change
-/// its configured behaviour for every other caller.
+/// its configured behaviour for every other caller (trusted code included).
 const ENGINE_PRAGMAS: &[&str] = &[
     "journal_mode",
     "locking_mode",
@@ -167,6 +210,7 @@ const ENGINE_PRAGMAS: &[&str] = &[
     "busy_timeout",
     "mmap_size",
     "journal_size_limit",
+    "trusted_schema",
 ];
 
 /// Pragmas that take an argument (`PRAGMA table_info(t)`) only to read: the
@@ -185,58 +229,56 @@ const INTROSPECTION_PRAGMAS: &[&str] = &[
     "quick_check",
 ];
 
+/// The only pragmas client SQL may set, on the writer: they change the
+/// application's own data or statistics, never the engine.
+const CLIENT_SETTABLE_PRAGMAS: &[&str] = &[
+    "user_version",
+    "application_id",
+    "optimize",
+    "incremental_vacuum",
+];
+
+/// Pragmas that act even without a value; client SQL may not run them.
+const ACTING_PRAGMAS: &[&str] = &[
+    "wal_checkpoint",
+    "shrink_memory",
+    "soft_heap_limit",
+    "hard_heap_limit",
+    "threads",
+];
+
+/// SQL functions client SQL may not call.
+const FORBIDDEN_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer"];
+
+/// The prefix of every table litebridge owns.
+pub(crate) const OWN_PREFIX: &str = "litebridge_";
+
+fn listed(list: &[&str], name: &str) -> bool {
+    list.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+fn own(name: Option<&str>) -> bool {
+    name.is_some_and(|n| {
+        n.get(..OWN_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+    })
+}
+
+const OWN_TABLES: &str = "litebridge's own tables (litebridge_*) cannot be read or changed through client SQL; use the state, memory and cache methods";
+
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(cur) = c.as_mut() else {
             return Authorization::Allow;
         };
-        let denied = match (cur.mode, ctx.action) {
-            (Mode::Internal, _) => None,
-            (_, AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }) => Some(
-                "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) is not allowed: \
-                 every request is already atomic; use batch for several statements in one transaction"
-                    .to_owned(),
-            ),
-            (
-                Mode::Writer,
-                AuthAction::Pragma {
-                    pragma_name,
-                    pragma_value: Some(_),
-                },
-            ) if ENGINE_PRAGMAS
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
-            {
-                Some(format!(
-                    "PRAGMA {pragma_name} is managed by litebridge and cannot be changed through a request"
-                ))
-            }
-            (
-                Mode::Reader,
-                AuthAction::Pragma {
-                    pragma_name,
-                    pragma_value: Some(_),
-                },
-            ) if !INTROSPECTION_PRAGMAS
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
-            {
-                Some(format!(
-                    "PRAGMA {pragma_name} = ... cannot run on a shared read connection; send it with execute"
-                ))
-            }
-            (
-                Mode::Reader,
-                AuthAction::CreateTempTable { .. }
-                | AuthAction::CreateTempIndex { .. }
-                | AuthAction::CreateTempTrigger { .. }
-                | AuthAction::CreateTempView { .. },
-            ) => Some(
-                "temporary tables, views, indexes and triggers cannot be created on a shared read connection"
-                    .to_owned(),
-            ),
-            _ => None,
+        let denied = match cur.mode {
+            Mode::Internal => None,
+            mode => common_rule(mode, ctx.action).or_else(|| {
+                (!cur.budget.trusted)
+                    .then(|| client_rule(mode, ctx.action))
+                    .flatten()
+            }),
         };
         match denied {
             Some(reason) => {
@@ -246,6 +288,148 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
             None => Authorization::Allow,
         }
     })
+}
+
+/// Rules for every caller of the writer and the readers, trusted or not.
+fn common_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
+    match (mode, action) {
+        (_, AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }) => Some(
+            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) is not allowed: \
+             every request is already atomic; use batch for several statements in one transaction"
+                .to_owned(),
+        ),
+        (
+            Mode::Writer,
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(_),
+            },
+        ) if listed(ENGINE_PRAGMAS, pragma_name) => Some(format!(
+            "PRAGMA {pragma_name} is managed by litebridge and cannot be changed through a request"
+        )),
+        (
+            Mode::Reader,
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(_),
+            },
+        ) if !listed(INTROSPECTION_PRAGMAS, pragma_name) => Some(format!(
+            "PRAGMA {pragma_name} = ... cannot run on a shared read connection; send it with execute"
+        )),
+        (
+            Mode::Reader,
+            AuthAction::CreateTempTable { .. }
+            | AuthAction::CreateTempIndex { .. }
+            | AuthAction::CreateTempTrigger { .. }
+            | AuthAction::CreateTempView { .. },
+        ) => Some(
+            "temporary tables, views, indexes and triggers cannot be created on a shared read connection"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+/// Rules for client SQL only.
+fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
+    match action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some(
+            "ATTACH, DETACH and VACUUM are not allowed through a request \
+             (no other file can be opened or written; use admin.backup for a copy)"
+                .to_owned(),
+        ),
+        AuthAction::Function { function_name } if listed(FORBIDDEN_FUNCTIONS, function_name) => {
+            Some(format!("the function {function_name}() is not allowed"))
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if !listed(INTROSPECTION_PRAGMAS, pragma_name)
+            && !(mode == Mode::Writer && listed(CLIENT_SETTABLE_PRAGMAS, pragma_name)) =>
+        {
+            Some(format!(
+                "PRAGMA {pragma_name} cannot be set through a request (settable: {})",
+                CLIENT_SETTABLE_PRAGMAS.join(", ")
+            ))
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: None,
+        } if listed(ACTING_PRAGMAS, pragma_name)
+            || (mode == Mode::Reader
+                && listed(&["optimize", "incremental_vacuum"], pragma_name)) =>
+        {
+            Some(format!(
+                "PRAGMA {pragma_name} cannot run through a request: litebridge manages it"
+            ))
+        }
+        AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("dbstat") => {
+            Some("the dbstat table is not available to client SQL".to_owned())
+        }
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Reindex {
+            index_name: table_name,
+        }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::DropTempTable { table_name }
+        | AuthAction::CreateView {
+            view_name: table_name,
+        }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        }
+        | AuthAction::DropView {
+            view_name: table_name,
+        }
+        | AuthAction::DropTempView {
+            view_name: table_name,
+        }
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::DropVtable { table_name, .. }
+            if own(Some(table_name)) =>
+        {
+            Some(OWN_TABLES.to_owned())
+        }
+        AuthAction::CreateIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::DropIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::DropTempIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTrigger {
+            trigger_name: index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempTrigger {
+            trigger_name: index_name,
+            table_name,
+        }
+        | AuthAction::DropTrigger {
+            trigger_name: index_name,
+            table_name,
+        }
+        | AuthAction::DropTempTrigger {
+            trigger_name: index_name,
+            table_name,
+        } if own(Some(index_name)) || own(Some(table_name)) => Some(OWN_TABLES.to_owned()),
+        _ => None,
+    }
 }
 
 /// The text of litebridge's own statements (BEGIN, COMMIT, savepoints, probes).

@@ -285,8 +285,17 @@ impl Database {
         params: impl Into<Params>,
         options: QueryOptions,
     ) -> Result<Rows> {
-        let params = params.into();
         let budget = self.inner.budget(options.timeout);
+        self.query_in(sql, params.into(), options, budget).await
+    }
+
+    async fn query_in(
+        &self,
+        sql: &str,
+        params: Params,
+        options: QueryOptions,
+        budget: Budget,
+    ) -> Result<Rows> {
         match options.lane {
             Lane::Read => {
                 self.read_lane(&budget, |conn| {
@@ -311,7 +320,7 @@ impl Database {
     /// # Errors
     /// What `f` returns; [`Error::Timeout`] if no connection frees up in time.
     pub async fn read<T>(&self, f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
-        let budget = self.inner.budget(None);
+        let budget = self.inner.budget(None).trusted();
         self.read_lane(&budget, f).await
     }
 
@@ -324,7 +333,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let budget = self.inner.budget(timeout);
+        let budget = self.inner.budget(timeout).trusted();
         self.heavy_lane(budget, f).await
     }
 
@@ -415,6 +424,34 @@ impl Database {
         self.submit_job(options, Request::Exec(job), reply).await
     }
 
+    /// A read of the stores: may use litebridge's own tables (see `guard`).
+    pub(crate) async fn query_trusted(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
+        debug_assert!(
+            exec::mentions_own_tables(sql),
+            "trusted SQL names litebridge_ tables"
+        );
+        let options = QueryOptions::default();
+        let budget = self.inner.budget(options.timeout).trusted();
+        self.query_in(sql, params.into(), options, budget).await
+    }
+
+    /// A write of the stores: may use litebridge's own tables (see `guard`).
+    pub(crate) async fn execute_trusted(
+        &self,
+        sql: impl Into<Cow<'static, str>>,
+        params: impl Into<Params>,
+    ) -> Result<ExecResult> {
+        let sql = sql.into();
+        debug_assert!(
+            exec::mentions_own_tables(&sql),
+            "trusted SQL names litebridge_ tables"
+        );
+        let budget = self.inner.budget(None).trusted();
+        let (job, reply) = group_commit::ExecJob::new(budget, sql, params.into());
+        self.submit_job(WriteOptions::default(), Request::Exec(job), reply)
+            .await
+    }
+
     /// Runs several statements as one atomic unit: all of them commit or none.
     ///
     /// # Errors
@@ -428,7 +465,7 @@ impl Database {
         if statements.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(options, true, move |conn| {
+        self.submit(options, false, move |conn| {
             statements
                 .iter()
                 .enumerate()
@@ -451,7 +488,7 @@ impl Database {
         options: WriteOptions,
     ) -> Result<ExecResult> {
         let sql = sql.to_owned();
-        self.submit(options, true, move |conn| {
+        self.submit(options, false, move |conn| {
             let mut stmt = exec::prepare(conn, &sql)?;
             let mut changes = 0;
             for (i, p) in rows.iter().enumerate() {
@@ -497,13 +534,16 @@ impl Database {
         self.submit(options, true, f).await
     }
 
-    async fn submit<T, F>(&self, options: WriteOptions, multi: bool, f: F) -> Result<T>
+    /// Queues a closure for group commit (always in its own savepoint):
+    /// `trusted` for application closures, false when it runs client SQL.
+    async fn submit<T, F>(&self, options: WriteOptions, trusted: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        let budget = self.inner.budget(options.timeout);
-        let (job, reply) = Job::new(budget, multi, f);
+        let mut budget = self.inner.budget(options.timeout);
+        budget.trusted = trusted;
+        let (job, reply) = Job::new(budget, true, f);
         self.submit_job(options, Request::Other(job), reply).await
     }
 

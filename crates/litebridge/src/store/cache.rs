@@ -200,7 +200,7 @@ impl Cache {
     async fn l2_get(&self, key: &str) -> Result<Option<Entry>> {
         let Some(db) = &self.db else { return Ok(None) };
         let rows = db
-            .query(
+            .query_trusted(
                 "SELECT value, expires_at FROM litebridge_cache WHERE key = ?1",
                 params![key],
             )
@@ -234,7 +234,7 @@ impl Cache {
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
-            db.execute(
+            db.execute_trusted(
                 "INSERT INTO litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
                 params![key, text, expires.map(micros)],
@@ -261,7 +261,7 @@ impl Cache {
         let in_l1 = self.l1.remove(key).await.is_some();
         let in_l2 = match &self.db {
             Some(db) => {
-                db.execute("DELETE FROM litebridge_cache WHERE key = ?1", params![key])
+                db.execute_trusted("DELETE FROM litebridge_cache WHERE key = ?1", params![key])
                     .await?
                     .changes
                     > 0

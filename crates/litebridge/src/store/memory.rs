@@ -101,7 +101,7 @@ impl MemoryStore {
         let text =
             serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
         self.db
-            .execute(
+            .execute_trusted(
                 "INSERT INTO litebridge_memory(namespace, key, value, expires_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(namespace, key) DO UPDATE SET
@@ -121,7 +121,7 @@ impl MemoryStore {
         check(key, "key")?;
         let rows = self
             .db
-            .query(
+            .query_trusted(
                 "SELECT value FROM litebridge_memory
                  WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
                 params![namespace, key, self.now_us()],
@@ -152,7 +152,7 @@ impl MemoryStore {
         let end = prefix.and_then(prefix_end);
         let rows = self
             .db
-            .query(
+            .query_trusted(
                 "SELECT key, value, expires_at FROM litebridge_memory
                  WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
                    AND (expires_at IS NULL OR expires_at > ?4)
@@ -201,7 +201,7 @@ impl MemoryStore {
         check(key, "key")?;
         Ok(self
             .db
-            .execute(
+            .execute_trusted(
                 "DELETE FROM litebridge_memory WHERE namespace = ?1 AND key = ?2
                  AND (expires_at IS NULL OR expires_at > ?3)",
                 params![namespace, key, self.now_us()],
@@ -218,7 +218,7 @@ impl MemoryStore {
     pub async fn sweep(&self) -> Result<u64> {
         Ok(self
             .db
-            .execute(
+            .execute_trusted(
                 "DELETE FROM litebridge_memory WHERE expires_at IS NOT NULL AND expires_at <= ?1",
                 params![self.now_us()],
             )

@@ -190,7 +190,7 @@ impl StateStore {
         check_run_id(run_id)?;
         let rows = self
             .db
-            .query(
+            .query_trusted(
                 &format!("SELECT {COLUMNS} FROM litebridge_state WHERE run_id = ?1"),
                 params![run_id],
             )
@@ -211,7 +211,7 @@ impl StateStore {
     ) -> Result<Vec<StateRecord>> {
         let rows = self
             .db
-            .query(
+            .query_trusted(
                 &format!(
                     "SELECT {COLUMNS} FROM litebridge_state
                      WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2
@@ -235,7 +235,7 @@ impl StateStore {
         check_run_id(run_id)?;
         Ok(self
             .db
-            .execute(
+            .execute_trusted(
                 "DELETE FROM litebridge_state WHERE run_id = ?1",
                 params![run_id],
             )
