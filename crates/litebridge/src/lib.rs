@@ -40,6 +40,7 @@
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `fault`: fault switches for tests (hidden).
 
+pub mod auth;
 pub mod backups;
 pub mod config;
 pub mod db;

@@ -12,7 +12,7 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `n` takes a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +44,23 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS litebridge_memory_expiry ON litebridge_memory(expires_at)
          WHERE expires_at IS NOT NULL;",
+    // 1 -> 2: API keys (hashes only) and their quota counters.
+    "CREATE TABLE IF NOT EXISTS litebridge_keys(
+         id INTEGER PRIMARY KEY,
+         name TEXT NOT NULL UNIQUE,
+         hash TEXT NOT NULL UNIQUE,
+         scopes TEXT NOT NULL,
+         tier TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         revoked_at INTEGER,
+         last_used_at INTEGER
+     );
+     CREATE TABLE IF NOT EXISTS litebridge_quota(
+         key_id INTEGER NOT NULL,
+         period TEXT NOT NULL,
+         count INTEGER NOT NULL,
+         PRIMARY KEY (key_id, period)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found.

@@ -1,0 +1,442 @@
+//! Who may call, what they may do, and how much.
+//!
+//! - **Keys** ([`create_key`], [`list_keys`], [`revoke_key`]) live in the
+//!   database the service serves, stored as hashes. [`Auth`] keeps the active
+//!   ones in memory, indexed by hash, so checking a request is one SHA-256
+//!   and one map lookup; it re-reads them when `keys_version` changes
+//!   ([`Auth::refresh`], every second while serving), which is how a key
+//!   revoked by `litebridge keys revoke` from another process stops working
+//!   without a restart.
+//! - **Scopes** ([`Scope`], [`Scopes`]) say which methods a caller may use;
+//!   the method table names the scope each method needs and asks
+//!   [`Caller::require`].
+//! - **Quotas** ([`Tiers`]): a key's tier limits its requests per UTC day and
+//!   month ([`Caller::charge`], per call) and its requests in flight
+//!   ([`Caller::enter`], per transport message). See `quota` for how counts
+//!   persist.
+//!
+//! Transports decide who the caller is: HTTP from the bearer key, stdio and
+//! MCP as the local user with scopes from configuration ([`Caller::local`]).
+//! Nothing here sees a transport, a secret after hashing, or a request's
+//! parameters.
+
+mod keys;
+mod quota;
+mod scope;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub use keys::{KeyInfo, NewKey, create_key, list_keys, revoke_key};
+pub use quota::{InFlight, TierLimits, Tiers};
+pub use scope::{Scope, Scopes};
+
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::store::Clock;
+use quota::{Meter, Period, Usage, periods};
+
+/// One active key, as the service holds it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    id: i64,
+    name: String,
+    scopes: Scopes,
+    tier: String,
+    meter: Arc<Meter>,
+}
+
+impl KeyEntry {
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its tier.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    /// Requests counted today and this month (UTC).
+    pub fn used(&self) -> (u64, u64) {
+        self.meter.used()
+    }
+}
+
+/// Who is calling: what they may do and whose quotas they use.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    scopes: Scopes,
+    key: Option<Arc<KeyEntry>>,
+}
+
+impl Caller {
+    /// The local user (stdio, MCP, HTTP on loopback without keys), with the
+    /// configured scopes and no quotas.
+    pub fn local(scopes: Scopes) -> Caller {
+        Caller { scopes, key: None }
+    }
+
+    /// What the caller may do.
+    pub fn scopes(&self) -> Scopes {
+        self.scopes
+    }
+
+    /// The key the caller presented, if any.
+    pub fn key(&self) -> Option<&KeyEntry> {
+        self.key.as_deref()
+    }
+
+    /// Refuses `method` unless the caller holds `scope`.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] naming the method, the scope it needs and the
+    /// caller's scopes.
+    pub fn require(&self, scope: Scope, method: &str) -> Result<()> {
+        if self.scopes.allows(scope) {
+            return Ok(());
+        }
+        let who = match &self.key {
+            Some(k) => format!("key {:?}", k.name),
+            None => "this session".to_owned(),
+        };
+        Err(Error::Forbidden {
+            message: format!(
+                "{method} needs the `{}` scope; {who} has `{}`",
+                scope.as_str(),
+                self.scopes
+            ),
+        })
+    }
+
+    /// Counts one call against the key's daily and monthly quotas.
+    ///
+    /// # Errors
+    /// [`Error::QuotaExceeded`] with the time until the quota resets.
+    pub fn charge(&self) -> Result<()> {
+        match &self.key {
+            Some(k) => k.meter.charge(),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one of the key's concurrent-request slots for one transport
+    /// message (a request or a whole batch).
+    ///
+    /// # Errors
+    /// [`Error::QuotaExceeded`] (`concurrent`) when all are taken.
+    pub fn enter(&self) -> Result<InFlight> {
+        match &self.key {
+            Some(k) => k.meter.enter(),
+            None => Ok(InFlight::none()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    version: Option<String>,
+    by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    tiers: Tiers,
+    clock: Arc<dyn Clock>,
+    registry: RwLock<Arc<Registry>>,
+    /// One refresh or flush at a time.
+    busy: tokio::sync::Mutex<()>,
+    /// Keys dropped from the registry with counts not yet written.
+    retired: Mutex<Vec<Arc<KeyEntry>>>,
+}
+
+/// The keys and quotas of one service.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+impl Auth {
+    /// Loads the active keys of `db` and what they used this day and month.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn open(db: Database, tiers: Tiers, clock: Arc<dyn Clock>) -> Result<Auth> {
+        let auth = Auth {
+            inner: Arc::new(Inner {
+                db,
+                tiers,
+                clock,
+                registry: RwLock::new(Arc::new(Registry::default())),
+                busy: tokio::sync::Mutex::new(()),
+                retired: Mutex::new(Vec::new()),
+            }),
+        };
+        auth.prune().await?;
+        auth.refresh().await?;
+        Ok(auth)
+    }
+
+    /// The tiers keys may be given.
+    pub fn tiers(&self) -> &Tiers {
+        &self.inner.tiers
+    }
+
+    fn registry(&self) -> Arc<Registry> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether any key is active (then every HTTP request needs one).
+    pub fn has_keys(&self) -> bool {
+        !self.registry().by_hash.is_empty()
+    }
+
+    /// The caller presenting `secret`.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for an unknown or revoked key (the message
+    /// never repeats the secret).
+    pub fn authenticate(&self, secret: &str) -> Result<Caller> {
+        let digest = keys::hash(secret.trim());
+        match self.registry().by_hash.get(&digest) {
+            Some(k) => Ok(Caller {
+                scopes: k.scopes,
+                key: Some(k.clone()),
+            }),
+            None => Err(Error::Unauthorized {
+                message: "the API key is not valid (unknown or revoked)".into(),
+            }),
+        }
+    }
+
+    /// Re-reads the keys when `keys_version` changed; true when it did.
+    /// Keys still active keep their counters.
+    ///
+    /// # Errors
+    /// SQLite errors (the keys in memory stay as they were).
+    pub async fn refresh(&self) -> Result<bool> {
+        let _one = self.inner.busy.lock().await;
+        let current = self.registry();
+        let version = self.inner.db.read(keys::version).await?;
+        if version == current.version && current.version.is_some() {
+            return Ok(false);
+        }
+        let (day, month, _) = periods(self.inner.clock.now());
+        let (dname, mname) = (day.name(), month.name());
+        let rows = self
+            .inner
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT k.id, k.name, k.hash, k.scopes, k.tier,
+                            coalesce((SELECT count FROM litebridge_quota q WHERE q.key_id = k.id AND q.period = ?1), 0),
+                            coalesce((SELECT count FROM litebridge_quota q WHERE q.key_id = k.id AND q.period = ?2), 0)
+                     FROM litebridge_keys k WHERE k.revoked_at IS NULL",
+                )?;
+                let rows = stmt.query_map([&dname, &mname], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        let by_id: HashMap<i64, &Arc<KeyEntry>> =
+            current.by_hash.values().map(|k| (k.id, k)).collect();
+        let mut next = Registry {
+            version,
+            by_hash: HashMap::with_capacity(rows.len()),
+        };
+        for (id, name, digest, scopes, tier, used_day, used_month) in rows {
+            let Some(digest) = keys::unhex(&digest) else {
+                tracing::warn!(key = %name, "key has a malformed hash; it is ignored");
+                continue;
+            };
+            let entry = match by_id.get(&id) {
+                Some(e) => Arc::clone(e),
+                None => {
+                    let limits = self.inner.tiers.get(&tier).unwrap_or_else(|| {
+                        tracing::warn!(key = %name, tier = %tier, "key has a tier the configuration does not define; it gets the limits of `free`");
+                        self.inner.tiers.get("free").unwrap_or(TierLimits {
+                            daily: Some(0),
+                            monthly: Some(0),
+                            concurrent: Some(0),
+                        })
+                    });
+                    Arc::new(KeyEntry {
+                        id,
+                        scopes: Scopes::parse(&scopes).unwrap_or(Scopes::NONE),
+                        meter: Arc::new(Meter {
+                            name: name.clone(),
+                            limits,
+                            usage: Mutex::new(Usage::resume(
+                                (day, used_day.max(0) as u64),
+                                (month, used_month.max(0) as u64),
+                            )),
+                            clock: self.inner.clock.clone(),
+                        }),
+                        name,
+                        tier,
+                    })
+                }
+            };
+            next.by_hash.insert(digest, entry);
+        }
+        let kept: std::collections::HashSet<i64> = next.by_hash.values().map(|k| k.id).collect();
+        let gone: Vec<Arc<KeyEntry>> = current
+            .by_hash
+            .values()
+            .filter(|k| !kept.contains(&k.id))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            tracing::info!(keys = gone.len(), "revoked keys no longer accepted");
+            self.inner
+                .retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(gone);
+        }
+        *self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(true)
+    }
+
+    /// Adds the counts of the requests since the last flush to
+    /// `litebridge_quota`, and records each key's last use.
+    ///
+    /// # Errors
+    /// SQLite errors; the counts are kept for the next flush.
+    pub async fn flush(&self) -> Result<()> {
+        let _one = self.inner.busy.lock().await;
+        let retired =
+            std::mem::take(&mut *self.inner.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        let entries: Vec<Arc<KeyEntry>> = self
+            .registry()
+            .by_hash
+            .values()
+            .cloned()
+            .chain(retired)
+            .collect();
+        let mut taken = Vec::new();
+        for e in &entries {
+            let (pending, last) = e
+                .meter
+                .usage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_pending();
+            if !pending.is_empty() || last.is_some() {
+                taken.push((e.clone(), pending, last));
+            }
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(i64, Vec<(String, u64)>, Option<i64>)> = taken
+            .iter()
+            .map(|(e, p, l)| {
+                (
+                    e.id,
+                    p.iter().map(|(per, n)| (per.name(), *n)).collect(),
+                    *l,
+                )
+            })
+            .collect();
+        let written = self
+            .inner
+            .db
+            .write(move |c| {
+                let mut add = c.prepare_cached(
+                    "INSERT INTO litebridge_quota(key_id, period, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key_id, period) DO UPDATE SET count = count + excluded.count",
+                )?;
+                let mut used = c.prepare_cached(
+                    "UPDATE litebridge_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+                )?;
+                for (id, pending, last) in &rows {
+                    for (period, n) in pending {
+                        add.execute(rusqlite::params![id, period, *n as i64])?;
+                    }
+                    if let Some(ms) = last {
+                        used.execute(rusqlite::params![id, ms])?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            for (entry, pending, last) in taken {
+                entry
+                    .meter
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restore_pending(pending, last);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes counts of periods that can no longer matter (days over 40
+    /// days old, months over 13 months old).
+    async fn prune(&self) -> Result<()> {
+        let (day, month, _) = periods(self.inner.clock.now());
+        let (Period::Day(d), Period::Month(m)) = (day, month) else {
+            return Ok(());
+        };
+        let (old_day, old_month) = (Period::Day(d - 40).name(), Period::Month(m - 13).name());
+        self.inner
+            .db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM litebridge_quota WHERE (period LIKE 'd%' AND period < ?1) OR (period LIKE 'm%' AND period < ?2)",
+                    [&old_day, &old_month],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Refreshes the keys and flushes the counters every `interval` until
+    /// the database closes. Stop it by aborting the handle; call
+    /// [`Auth::flush`] once more at shutdown.
+    pub fn maintain(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if !auth.inner.db.health().healthy {
+                    continue;
+                }
+                if let Err(e) = auth.refresh().await {
+                    tracing::warn!("re-reading the API keys failed: {e}");
+                }
+                if let Err(e) = auth.flush().await {
+                    tracing::warn!(
+                        "writing the quota counters failed (kept for the next try): {e}"
+                    );
+                }
+            }
+        })
+    }
+}
