@@ -81,7 +81,10 @@ async fn keys_are_stored_as_hashes_listed_without_secrets_and_checked() {
             .iter()
             .map(|k| (k.name.as_str(), k.scopes.to_string(), k.tier.as_str()))
             .collect::<Vec<_>>(),
-        vec![("ci", "read".into(), "pro"), ("ops", "admin".into(), "enterprise")]
+        vec![
+            ("ci", "read".into(), "pro"),
+            ("ops", "admin".into(), "enterprise")
+        ]
     );
     // The secret is nowhere in the file.
     db.close().await;
@@ -93,14 +96,20 @@ async fn keys_are_stored_as_hashes_listed_without_secrets_and_checked() {
     assert!(!bytes.windows(needle.len()).any(|w| w == needle));
 
     let db = open(&dir).await;
-    let auth = Auth::open(db.clone(), tiers(), TestClock::new()).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers(), TestClock::new())
+        .await
+        .unwrap();
     assert!(auth.has_keys());
     let caller = auth.authenticate(&secret).unwrap();
     assert_eq!(caller.key().unwrap().name(), "ci");
     assert!(caller.require(Scope::Read, "sql.query").is_ok());
     let e = caller.require(Scope::Write, "sql.execute").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Forbidden);
-    assert!(e.to_string().contains("sql.execute needs the `write` scope"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("sql.execute needs the `write` scope"),
+        "{e}"
+    );
     for wrong in ["", "lb_", "lb_nope", &secret[..secret.len() - 1]] {
         let e = auth.authenticate(wrong).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
@@ -140,12 +149,17 @@ async fn revocation_from_another_connection_takes_effect_at_refresh() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(&dir).await;
     let secret = key(&db, "temp", "write", "pro").await;
-    let auth = Auth::open(db.clone(), tiers(), TestClock::new()).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers(), TestClock::new())
+        .await
+        .unwrap();
     assert!(auth.authenticate(&secret).is_ok());
     // Another process: its own handle on the file.
     let other = open(&dir).await;
     assert!(revoke_key(&other, "temp").await.unwrap());
-    assert!(!revoke_key(&other, "temp").await.unwrap(), "already revoked");
+    assert!(
+        !revoke_key(&other, "temp").await.unwrap(),
+        "already revoked"
+    );
     assert!(auth.refresh().await.unwrap());
     assert_eq!(
         auth.authenticate(&secret).unwrap_err().kind(),
@@ -171,7 +185,9 @@ async fn daily_and_monthly_quotas_run_out_and_reset_with_the_calendar() {
     let db = open(&dir).await;
     let secret = key(&db, "small", "read", "tiny").await;
     let clock = TestClock::new();
-    let auth = Auth::open(db.clone(), tiers(), clock.clone()).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers(), clock.clone())
+        .await
+        .unwrap();
     let caller = auth.authenticate(&secret).unwrap();
     for _ in 0..3 {
         caller.charge().unwrap();
@@ -198,7 +214,9 @@ async fn counts_persist_across_restarts() {
     let db = open(&dir).await;
     let secret = key(&db, "small", "read", "tiny").await;
     let clock = TestClock::new();
-    let auth = Auth::open(db.clone(), tiers(), clock.clone()).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers(), clock.clone())
+        .await
+        .unwrap();
     let caller = auth.authenticate(&secret).unwrap();
     caller.charge().unwrap();
     caller.charge().unwrap();
@@ -214,7 +232,10 @@ async fn counts_persist_across_restarts() {
     caller.charge().unwrap();
     assert_eq!(quota(caller.charge().unwrap_err()).0, "daily");
     let listed = list_keys(&db).await.unwrap();
-    assert!(listed[0].last_used.is_some(), "the flush recorded the last use");
+    assert!(
+        listed[0].last_used.is_some(),
+        "the flush recorded the last use"
+    );
 }
 
 #[tokio::test]
@@ -222,7 +243,9 @@ async fn the_concurrent_limit_refuses_past_its_slots_and_frees_them() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(&dir).await;
     let secret = key(&db, "small", "read", "tiny").await;
-    let auth = Auth::open(db.clone(), tiers(), TestClock::new()).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers(), TestClock::new())
+        .await
+        .unwrap();
     let caller = auth.authenticate(&secret).unwrap();
     let a = caller.enter().unwrap();
     let _b = caller.enter().unwrap();

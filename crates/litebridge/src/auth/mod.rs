@@ -134,6 +134,9 @@ impl Caller {
     }
 }
 
+/// A key's id, its counts per period name and its last use, to be written.
+type PendingRow = (i64, Vec<(String, u64)>, Option<i64>);
+
 #[derive(Debug, Default)]
 struct Registry {
     version: Option<String>,
@@ -348,7 +351,7 @@ impl Auth {
         if taken.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(i64, Vec<(String, u64)>, Option<i64>)> = taken
+        let rows: Vec<PendingRow> = taken
             .iter()
             .map(|(e, p, l)| {
                 (

@@ -344,8 +344,8 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
         AuthAction::Pragma {
             pragma_name,
             pragma_value: Some(_),
-        } if !listed(INTROSPECTION_PRAGMAS, pragma_name)
-            && !(mode == Mode::Writer && listed(CLIENT_SETTABLE_PRAGMAS, pragma_name)) =>
+        } if !(listed(INTROSPECTION_PRAGMAS, pragma_name)
+            || (mode == Mode::Writer && listed(CLIENT_SETTABLE_PRAGMAS, pragma_name))) =>
         {
             Some(format!(
                 "PRAGMA {pragma_name} cannot be set through a request (settable: {})",
