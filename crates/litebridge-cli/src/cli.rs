@@ -86,6 +86,12 @@ pub(crate) enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Manage API keys (stored in the database as hashes; a running server
+    /// notices changes within `security.key_refresh_ms`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Measure litebridge against baselines run on this machine in the same run.
     Bench {
         /// A case name, or "all".
@@ -100,6 +106,43 @@ pub(crate) enum Command {
         /// Directory for the benchmark's scratch databases (default: the system's temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysAction {
+    /// Create a key; its secret is printed once, as the last word of the last line.
+    Create {
+        /// The database file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// What the key may do: read, write, bridge, admin, or a comma-separated list.
+        #[arg(long)]
+        scope: String,
+        /// Its tier (quotas): free, pro or enterprise.
+        #[arg(long, default_value = "free")]
+        tier: String,
+        /// A unique name (made up when absent).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List keys: names, scopes, tiers, creation, revocation and last use; never secrets.
+    List {
+        /// The database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by name; running servers stop accepting it without a restart.
+    Revoke {
+        /// The database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// The key's name.
+        #[arg(long)]
+        name: String,
     },
 }
 

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
                 (Some(from), _) => commands::backup::restore(&from, &db),
                 (None, _) => commands::backup::restore_latest(&db, dir.as_deref()),
             },
+            Command::Keys { action } => commands::keys::run(action).await,
             Command::Bench {
                 case,
                 seconds,

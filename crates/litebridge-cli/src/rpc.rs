@@ -3,10 +3,16 @@
 //! answered in any order), notifications (never answered), ids echoed
 //! exactly, the standard errors with `id: null` where the specification says
 //! so. Library errors become JSON-RPC errors in one function, [`wire_error`].
+//!
+//! Every method names the scope it needs ([`METHODS`]). The transport says
+//! who is calling ([`Caller`]); here each call is checked against the
+//! caller's scopes and charged to its key's quotas before it runs, and each
+//! transport message takes one of the key's concurrent-request slots.
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use litebridge::auth::{Auth, Caller, Scope};
 use litebridge::workers::CallOptions;
 use litebridge::{
     CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
@@ -20,34 +26,38 @@ pub(crate) const MAX_ROWS: usize = 1_000_000;
 /// Requests in one batch at most.
 pub(crate) const MAX_BATCH: usize = 1_000;
 
-/// Every method of the table (the only values the `method` metric label takes).
-pub(crate) const METHODS: &[&str] = &[
-    "sql.query",
-    "sql.execute",
-    "sql.batch",
-    "sql.execute_many",
-    "bridge.call",
-    "bridge.stats",
-    "bridge.health",
-    "bridge.breaker.reset",
-    "state.save",
-    "state.load",
-    "state.list",
-    "state.delete",
-    "memory.store",
-    "memory.get",
-    "memory.list",
-    "memory.delete",
-    "cache.get",
-    "cache.set",
-    "cache.delete",
-    "cache.stats",
-    "pool.health",
-    "pool.stats",
-    "persistence.stats",
-    "admin.backup",
-    "admin.check",
-    "admin.checkpoint",
+/// Every method of the table and the scope it needs (the method names are
+/// also the only values the `method` metric label takes).
+pub(crate) const METHODS: &[(&str, Scope)] = &[
+    ("sql.query", Scope::Read),
+    ("sql.execute", Scope::Write),
+    ("sql.batch", Scope::Write),
+    ("sql.execute_many", Scope::Write),
+    ("bridge.call", Scope::Bridge),
+    ("bridge.stats", Scope::Read),
+    ("bridge.health", Scope::Read),
+    ("bridge.breaker.reset", Scope::Bridge),
+    ("state.save", Scope::Write),
+    ("state.load", Scope::Read),
+    ("state.list", Scope::Read),
+    ("state.delete", Scope::Write),
+    ("memory.store", Scope::Write),
+    ("memory.get", Scope::Read),
+    ("memory.list", Scope::Read),
+    ("memory.delete", Scope::Write),
+    ("cache.get", Scope::Read),
+    ("cache.set", Scope::Write),
+    ("cache.delete", Scope::Write),
+    ("cache.stats", Scope::Read),
+    ("pool.health", Scope::Read),
+    ("pool.stats", Scope::Read),
+    ("persistence.stats", Scope::Read),
+    ("admin.backup", Scope::Admin),
+    ("admin.check", Scope::Admin),
+    ("admin.checkpoint", Scope::Admin),
+    ("admin.keys.create", Scope::Admin),
+    ("admin.keys.list", Scope::Admin),
+    ("admin.keys.revoke", Scope::Admin),
 ];
 
 /// A failed request, before it is put on the wire.
@@ -117,7 +127,13 @@ pub(crate) fn wire_error(e: &RpcError) -> Json {
                     data.insert("stderr".into(), json!(stderr));
                     -32005
                 }
+                Error::Unauthorized { .. } => -32006,
                 Error::Forbidden { .. } => -32007,
+                Error::QuotaExceeded { quota, limit, .. } => {
+                    data.insert("quota".into(), json!(quota));
+                    data.insert("limit".into(), json!(limit));
+                    -32008
+                }
                 Error::ReadOnly { .. } => -32009,
                 Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
                 _ if e.kind() == ErrorKind::InvalidArgument => -32602,
@@ -139,21 +155,43 @@ fn error_reply(id: Json, e: &RpcError) -> Json {
     json!({"jsonrpc": "2.0", "error": wire_error(e), "id": id})
 }
 
-/// Answers one line of input (a request or a batch); `None` when nothing is
-/// to be answered (notifications only). Everything it logs carries `request_id`,
-/// which is also passed to the workers.
-pub(crate) async fn handle(service: &Service, input: &[u8], request_id: &str) -> Option<Json> {
+/// What every transport serves: the service and its keys.
+pub(crate) struct App {
+    pub(crate) service: Service,
+    pub(crate) auth: Auth,
+}
+
+/// Answers one line of input (a request or a batch) from `caller`; `None`
+/// when nothing is to be answered (notifications only). Everything it logs
+/// carries `request_id` (also passed to the workers) and the key's name.
+pub(crate) async fn handle(
+    app: &App,
+    caller: &Caller,
+    input: &[u8],
+    request_id: &str,
+) -> Option<Json> {
     use tracing::Instrument as _;
-    let span = tracing::info_span!("request", request_id = %request_id);
-    handle_in_span(service, input, request_id)
+    let key = caller.key().map(|k| k.name().to_owned());
+    let span = tracing::info_span!("request", request_id = %request_id, key = key.as_deref());
+    handle_in_span(app, caller, input, request_id)
         .instrument(span)
         .await
 }
 
-async fn handle_in_span(service: &Service, input: &[u8], request_id: &str) -> Option<Json> {
+async fn handle_in_span(
+    app: &App,
+    caller: &Caller,
+    input: &[u8],
+    request_id: &str,
+) -> Option<Json> {
     let value: Json = match serde_json::from_slice(input) {
         Ok(v) => v,
         Err(e) => return Some(error_reply(Json::Null, &RpcError::Parse(e.to_string()))),
+    };
+    // One concurrent-request slot of the caller's key for the whole message.
+    let _slot = match caller.enter() {
+        Ok(slot) => slot,
+        Err(e) => return refuse_all(value, &RpcError::App(e)),
     };
     match value {
         Json::Array(items) if items.is_empty() => Some(error_reply(
@@ -171,7 +209,7 @@ async fn handle_in_span(service: &Service, input: &[u8], request_id: &str) -> Op
             let replies: Vec<Json> = join_all(
                 items
                     .into_iter()
-                    .map(|r| handle_one(service, r, request_id)),
+                    .map(|r| handle_one(app, caller, r, request_id)),
             )
             .await
             .into_iter()
@@ -179,11 +217,34 @@ async fn handle_in_span(service: &Service, input: &[u8], request_id: &str) -> Op
             .collect();
             (!replies.is_empty()).then_some(Json::Array(replies))
         }
-        single => handle_one(service, single, request_id).await,
+        single => handle_one(app, caller, single, request_id).await,
     }
 }
 
-async fn handle_one(service: &Service, request: Json, request_id: &str) -> Option<Json> {
+/// The same error for every request of a message, each with its own id
+/// (notifications get nothing).
+fn refuse_all(value: Json, e: &RpcError) -> Option<Json> {
+    let reply = |r: &Json| match r {
+        Json::Object(m) => m
+            .get("id")
+            .map(|id| error_reply(if valid_id(id) { id.clone() } else { Json::Null }, e)),
+        _ => Some(error_reply(Json::Null, e)),
+    };
+    match &value {
+        Json::Array(items) if !items.is_empty() => {
+            let replies: Vec<Json> = items.iter().filter_map(reply).collect();
+            (!replies.is_empty()).then_some(Json::Array(replies))
+        }
+        Json::Array(_) => Some(error_reply(Json::Null, e)),
+        single => reply(single),
+    }
+}
+
+fn valid_id(id: &Json) -> bool {
+    matches!(id, Json::Null | Json::String(_) | Json::Number(_))
+}
+
+async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str) -> Option<Json> {
     let Json::Object(mut req) = request else {
         return Some(error_reply(
             Json::Null,
@@ -191,10 +252,7 @@ async fn handle_one(service: &Service, request: Json, request_id: &str) -> Optio
         ));
     };
     let id = req.remove("id");
-    let id_ok = matches!(
-        id,
-        None | Some(Json::Null | Json::String(_) | Json::Number(_))
-    );
+    let id_ok = id.as_ref().is_none_or(valid_id);
     let echo = if id_ok {
         id.clone().unwrap_or(Json::Null)
     } else {
@@ -226,15 +284,18 @@ async fn handle_one(service: &Service, request: Json, request_id: &str) -> Optio
         ));
     }
     let started = std::time::Instant::now();
-    let outcome = dispatch(service, &method, params, request_id).await;
+    let known = METHODS.iter().find(|(m, _)| *m == method);
+    let outcome = match known {
+        None => Err(RpcError::MethodNotFound(method.clone())),
+        Some((name, scope)) => match caller.require(*scope, name).and_then(|()| caller.charge()) {
+            Ok(()) => dispatch(app, caller, name, params, request_id).await,
+            Err(e) => Err(RpcError::App(e)),
+        },
+    };
     let took = started.elapsed();
     let elapsed_us = took.as_micros() as u64;
     crate::metrics::record_request(
-        METHODS
-            .iter()
-            .copied()
-            .find(|m| *m == method)
-            .unwrap_or("other"),
+        known.map_or("other", |(m, _)| m),
         match &outcome {
             Ok(_) => "ok",
             Err(RpcError::App(e)) => e.kind().as_str(),
@@ -394,11 +455,13 @@ fn workers(service: &Service) -> Result<&litebridge::workers::WorkerPool, RpcErr
 }
 
 async fn dispatch(
-    service: &Service,
+    app: &App,
+    caller: &Caller,
     method: &str,
     params: Option<Json>,
     request_id: &str,
 ) -> Result<Json, RpcError> {
+    let service = &app.service;
     let db = &service.db;
     match method {
         "sql.query" => {
@@ -798,6 +861,42 @@ async fn dispatch(
                 "busy": r.busy, "log_pages": r.log_pages, "checkpointed_pages": r.checkpointed_pages,
                 "wal_bytes": db.wal_bytes(),
             }))
+        }
+        "admin.keys.create" => {
+            let mut a = Args::new("admin.keys.create", &["scope", "tier", "name"], params)?;
+            let scopes = litebridge::auth::Scopes::parse(&a.string("scope")?)?;
+            let tier = a.opt_string("tier")?.unwrap_or_else(|| "free".to_owned());
+            let name = a.opt_string("name")?;
+            let (key, secret) = litebridge::auth::create_key(
+                db,
+                app.auth.tiers(),
+                litebridge::auth::NewKey { name, scopes, tier },
+            )
+            .await?;
+            app.auth.refresh().await?;
+            tracing::info!(by = caller.key().map(|k| k.name()), key = %key.name, scopes = %key.scopes, "API key created");
+            Ok(json!({
+                "name": key.name, "scopes": key.scopes.to_string(), "tier": key.tier, "secret": secret,
+            }))
+        }
+        "admin.keys.list" => {
+            Args::new("admin.keys.list", &[], params)?;
+            let keys = litebridge::auth::list_keys(db).await?;
+            Ok(json!({ "keys": keys.iter().map(|k| json!({
+                "name": k.name, "scopes": k.scopes.to_string(), "tier": k.tier,
+                "created": rfc3339(k.created),
+                "revoked": k.revoked.map(rfc3339),
+                "last_used": k.last_used.map(rfc3339),
+            })).collect::<Vec<_>>() }))
+        }
+        "admin.keys.revoke" => {
+            let mut a = Args::new("admin.keys.revoke", &["name"], params)?;
+            let name = a.string("name")?;
+            let revoked = litebridge::auth::revoke_key(db, &name).await?;
+            // Effective at once here; other servers on the file at their next refresh.
+            app.auth.refresh().await?;
+            tracing::info!(by = caller.key().map(|k| k.name()), key = %name, revoked, "API key revoked");
+            Ok(json!({ "revoked": revoked }))
         }
         other => Err(RpcError::MethodNotFound(other.to_owned())),
     }

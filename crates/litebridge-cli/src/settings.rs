@@ -251,6 +251,83 @@ const KEYS: &[Key] = &[
         help: "backups kept; older ones are deleted",
     },
     Key {
+        name: "security.local_scopes",
+        env: &[],
+        kind: Kind::Text,
+        default: "admin",
+        help: "scopes of stdio/MCP sessions and of HTTP on loopback while no key exists (read, write, bridge, admin; comma-separated)",
+    },
+    Key {
+        name: "security.key_refresh_ms",
+        env: &[],
+        kind: int(50, 3_600_000),
+        default: "1000",
+        help: "how often keys are re-read (revocations by other processes) and quota counts written",
+    },
+    Key {
+        name: "quota.free_daily",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "10000",
+        help: "free tier: requests per UTC day (0: unlimited)",
+    },
+    Key {
+        name: "quota.free_monthly",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "200000",
+        help: "free tier: requests per UTC month (0: unlimited)",
+    },
+    Key {
+        name: "quota.free_concurrent",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "4",
+        help: "free tier: requests in flight at once (0: unlimited)",
+    },
+    Key {
+        name: "quota.pro_daily",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "1000000",
+        help: "pro tier: requests per UTC day (0: unlimited)",
+    },
+    Key {
+        name: "quota.pro_monthly",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "20000000",
+        help: "pro tier: requests per UTC month (0: unlimited)",
+    },
+    Key {
+        name: "quota.pro_concurrent",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "32",
+        help: "pro tier: requests in flight at once (0: unlimited)",
+    },
+    Key {
+        name: "quota.enterprise_daily",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "0",
+        help: "enterprise tier: requests per UTC day (0: unlimited)",
+    },
+    Key {
+        name: "quota.enterprise_monthly",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "0",
+        help: "enterprise tier: requests per UTC month (0: unlimited)",
+    },
+    Key {
+        name: "quota.enterprise_concurrent",
+        env: &[],
+        kind: int(0, i64::MAX),
+        default: "256",
+        help: "enterprise tier: requests in flight at once (0: unlimited)",
+    },
+    Key {
         name: "cache.enabled",
         env: &["CACHE_ENABLED"],
         kind: Kind::Bool,
@@ -352,7 +429,7 @@ impl Settings {
             for (section, body) in table {
                 let toml::Value::Table(entries) = body else {
                     return Err(Failure::new(format!(
-                        "{}: `{section}` must be a [section] (sections: server, db, workers, cache)",
+                        "{}: `{section}` must be a [section] (sections: server, db, workers, backup, cache, security, quota)",
                         path.display()
                     )));
                 };
@@ -431,6 +508,41 @@ impl Settings {
 
     fn bool(&self, name: &str) -> bool {
         self.get(name) == "true"
+    }
+
+    /// The scopes of local sessions.
+    pub(crate) fn local_scopes(&self) -> Result<litebridge::auth::Scopes, Failure> {
+        let raw = self.get("security.local_scopes");
+        litebridge::auth::Scopes::parse(raw).map_err(|e| {
+            Failure::new(format!(
+                "invalid configuration `security.local_scopes` = {raw:?} (from {}): {e}",
+                self.values["security.local_scopes"].1
+            ))
+        })
+    }
+
+    pub(crate) fn key_refresh(&self) -> Duration {
+        self.ms("security.key_refresh_ms")
+    }
+
+    /// The tiers, with the configured limits.
+    pub(crate) fn tiers(&self) -> litebridge::auth::Tiers {
+        let mut tiers = litebridge::auth::Tiers::default();
+        for t in ["free", "pro", "enterprise"] {
+            let limit = |what: &str| {
+                let v = self.int(&format!("quota.{t}_{what}"));
+                (v > 0).then_some(v as u64)
+            };
+            tiers.set(
+                t,
+                litebridge::auth::TierLimits {
+                    daily: limit("daily"),
+                    monthly: limit("monthly"),
+                    concurrent: limit("concurrent").map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+                },
+            );
+        }
+        tiers
     }
 
     pub(crate) fn db_path(&self) -> PathBuf {

@@ -2,109 +2,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
 
-struct Server {
-    child: Child,
-    addr: String,
-    log: std::path::PathBuf,
-}
-
-impl Server {
-    fn start(db: &std::path::Path, extra: &[&str]) -> Server {
-        Server::start_with(db, extra, &[])
-    }
-
-    fn start_with(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let log = db.with_extension("log");
-        let stderr = std::fs::File::create(&log).unwrap();
-        let (child, addr) = common::spawn_serve(db, extra, env, stderr.into());
-        Server { child, addr, log }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> (u16, Vec<u8>) {
-        let (status, _, body) = self.request_with(method, path, content_type, &[], body);
-        (status, body)
-    }
-
-    fn request_with(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        extra: &[(&str, &str)],
-        body: &[u8],
-    ) -> (u16, String, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        if let Some(ct) = content_type {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        for (k, v) in extra {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        let _ = s.write_all(body);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(raw.len(), |i| i + 4);
-        let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-        (status, headers, raw[split..].to_vec())
-    }
-
-    fn rpc(&self, body: Value) -> Value {
-        let (status, bytes) = self.request(
-            "POST",
-            "/rpc",
-            Some("application/json"),
-            body.to_string().as_bytes(),
-        );
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+use common::Server;
 
 #[test]
 fn the_http_contract() {

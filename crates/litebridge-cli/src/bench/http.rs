@@ -1,12 +1,17 @@
 //! HTTP cases: JSON-RPC over `POST /rpc` against `GET /health` on the same
 //! server, which the bench starts itself on 127.0.0.1:0, with keep-alive
 //! clients (a minimal HTTP/1.1 client: what is measured is the server).
+//!
+//! A secured server has one API key (tier `pro` with limits no run reaches,
+//! so every request is authenticated, scope-checked, counted and given a
+//! concurrent slot) and its clients send it; an open one has no key.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
+use litebridge::auth::{Auth, NewKey, Scopes, TierLimits, Tiers};
 use litebridge::store::CacheConfig;
 use litebridge::{DbConfig, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,23 +32,25 @@ pub(crate) enum Load {
 /// A running server for the HTTP cases.
 pub(crate) struct Bench {
     addr: std::net::SocketAddr,
-    service: Arc<Service>,
+    app: Arc<crate::rpc::App>,
+    upkeep: tokio::task::JoinHandle<()>,
+    /// The `Authorization` header line clients send (secured servers).
+    authorization: Arc<str>,
     server: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Bench {
-    pub(crate) async fn start(dir: &Path) -> CliResult<Bench> {
-        let service = Arc::new(
-            Service::open(
-                dir.join("http.db"),
-                DbConfig::default(),
-                None,
-                CacheConfig::default(),
-                true,
-            )
-            .await?,
-        );
+    pub(crate) async fn start(dir: &Path, secured: bool) -> CliResult<Bench> {
+        let file = if secured { "http-keys.db" } else { "http.db" };
+        let service = Service::open(
+            dir.join(file),
+            DbConfig::default(),
+            None,
+            CacheConfig::default(),
+            true,
+        )
+        .await?;
         service
             .db
             .execute(
@@ -68,10 +75,45 @@ impl Bench {
         let addr = listener
             .local_addr()
             .map_err(|e| Failure::new(e.to_string()))?;
+        let mut tiers = Tiers::default();
+        tiers.set(
+            "pro",
+            TierLimits {
+                daily: Some(1 << 40),
+                monthly: Some(1 << 41),
+                concurrent: Some(1024),
+            },
+        );
+        let authorization: Arc<str> = if secured {
+            let (_, secret) = litebridge::auth::create_key(
+                &service.db,
+                &tiers,
+                NewKey {
+                    name: None,
+                    scopes: Scopes::parse("read,write")?,
+                    tier: "pro".into(),
+                },
+            )
+            .await?;
+            format!("Authorization: Bearer {secret}\r\n").into()
+        } else {
+            "".into()
+        };
+        let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
+        let auth = Auth::open(service.db.clone(), tiers, clock).await?;
+        let upkeep = auth.maintain(std::time::Duration::from_secs(1));
+        let app = Arc::new(crate::rpc::App { service, auth });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::transport::http::router(service.clone(), 1024);
+        let router = crate::transport::http::router(
+            app.clone(),
+            1024,
+            crate::transport::http::Access {
+                exposed: false,
+                local: Scopes::ALL,
+            },
+        );
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })
@@ -79,7 +121,9 @@ impl Bench {
         });
         Ok(Bench {
             addr,
-            service,
+            app,
+            upkeep,
+            authorization,
             server,
             stop,
         })
@@ -88,7 +132,9 @@ impl Bench {
     pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
-        self.service.shutdown().await;
+        self.upkeep.abort();
+        let _ = self.app.auth.flush().await;
+        self.app.service.shutdown().await;
     }
 
     /// `clients` keep-alive connections, one request in flight on each.
@@ -99,6 +145,7 @@ impl Bench {
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
                 let (stop, next_key, addr) = (stop.clone(), next_key.clone(), self.addr);
+                let auth = self.authorization.clone();
                 tokio::spawn(async move {
                     let client = async move {
                     let mut conn = TcpStream::connect(addr).await?;
@@ -109,11 +156,11 @@ impl Bench {
                     while !stop.load(Ordering::Relaxed) {
                         let request = match load {
                             Load::Health => "GET /health HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
-                            Load::Query => rpc(&format!(
+                            Load::Query => rpc(&auth, &format!(
                                 r#"{{"jsonrpc":"2.0","method":"sql.query","params":["SELECT v FROM kv WHERE k = ?1",[{}]],"id":1}}"#,
                                 rng.below(READ_ROWS)
                             )),
-                            Load::Execute => rpc(&format!(
+                            Load::Execute => rpc(&auth, &format!(
                                 r#"{{"jsonrpc":"2.0","method":"sql.execute","params":["INSERT INTO kv VALUES (?1, ?2)",[{}, "{VALUE}"]],"id":1}}"#,
                                 next_key.fetch_add(1, Ordering::Relaxed)
                             )),
@@ -123,6 +170,12 @@ impl Bench {
                         let status = read_response(&mut conn, &mut buf).await?;
                         if status != 200 {
                             return Err(std::io::Error::other(format!("HTTP {status}")));
+                        }
+                        if !matches!(load, Load::Health) && buf.windows(8).any(|w| w == b"\"error\":") {
+                            return Err(std::io::Error::other(format!(
+                                "the server answered an error: {}",
+                                String::from_utf8_lossy(&buf)
+                            )));
                         }
                         samples.record(start);
                     }
@@ -138,9 +191,9 @@ impl Bench {
     }
 }
 
-fn rpc(body: &str) -> String {
+fn rpc(authorization: &str, body: &str) -> String {
     format!(
-        "POST /rpc HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /rpc HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }

@@ -29,6 +29,17 @@ pub(crate) struct Figures {
 }
 
 impl Figures {
+    /// The mean of runs of equal length.
+    pub(crate) fn mean(runs: &[Figures]) -> Figures {
+        let n = runs.len().max(1) as f64;
+        Figures {
+            ops: runs.iter().map(|f| f.ops).sum(),
+            ops_per_sec: runs.iter().map(|f| f.ops_per_sec).sum::<f64>() / n,
+            p50_us: runs.iter().map(|f| f.p50_us).sum::<f64>() / n,
+            p99_us: runs.iter().map(|f| f.p99_us).sum::<f64>() / n,
+        }
+    }
+
     pub(crate) fn from_samples(all: Vec<Samples>, elapsed: Duration) -> Figures {
         let mut lat: Vec<u32> = all.into_iter().flat_map(|s| s.0).collect();
         lat.sort_unstable();

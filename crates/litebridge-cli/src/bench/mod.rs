@@ -102,6 +102,12 @@ const CASES: &[Case] = &[
         what: "JSON-RPC sql.execute inserts over HTTP, 64 keep-alive clients",
     },
     Case {
+        name: "http-query-keys",
+        baseline: "http-query",
+        target: Target::Ratio(0.95),
+        what: "http-query with an API key on every request, scopes and quotas on (vs. a server without keys)",
+    },
+    Case {
         name: "bridge-cached",
         baseline: "raw-pipe-seq",
         target: Target::P50AtMost(5.0),
@@ -227,7 +233,7 @@ async fn run_case(
         _ => None,
     } {
         // One server for the case and its baseline, as the spec asks.
-        let server = http::Bench::start(dir).await?;
+        let server = http::Bench::start(dir, false).await?;
         progress.message(&format!("baseline http-health ({seconds} s)"));
         let measured = async {
             let baseline = server.run(http::Load::Health, clients, seconds).await?;
@@ -238,6 +244,9 @@ async fn run_case(
         .await;
         server.shutdown().await;
         return measured;
+    }
+    if c.name == "http-query-keys" {
+        return keys_on_off(dir, seconds, progress).await;
     }
     let baseline = match c.baseline {
         "raw-txn" => blocking(move || cases::raw_txn(&base_path, seconds)).await?,
@@ -273,6 +282,41 @@ async fn run_case(
         other => return Err(Failure::new(format!("no case {other}"))),
     };
     Ok((figures, baseline))
+}
+
+/// `http-query` against a server with keys and quotas on and one without,
+/// alternating four times so both see the same drift of the machine.
+async fn keys_on_off(
+    dir: &Path,
+    seconds: f64,
+    progress: &Progress,
+) -> CliResult<(Figures, Figures)> {
+    const ROUNDS: usize = 4;
+    let open = http::Bench::start(dir, false).await?;
+    let secured = match http::Bench::start(dir, true).await {
+        Ok(s) => s,
+        Err(e) => {
+            open.shutdown().await;
+            return Err(e);
+        }
+    };
+    let slice = seconds / ROUNDS as f64;
+    let measured = async {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 1..=ROUNDS {
+            progress.message(&format!("http-query without keys, round {round}/{ROUNDS}"));
+            off.push(open.run(http::Load::Query, 32, slice).await?);
+            progress.message(&format!(
+                "http-query with keys and quotas, round {round}/{ROUNDS}"
+            ));
+            on.push(secured.run(http::Load::Query, 32, slice).await?);
+        }
+        Ok::<_, Failure>((Figures::mean(&on), Figures::mean(&off)))
+    }
+    .await;
+    open.shutdown().await;
+    secured.shutdown().await;
+    measured
 }
 
 async fn blocking<T: Send + 'static>(

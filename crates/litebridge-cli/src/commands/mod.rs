@@ -2,5 +2,6 @@
 
 pub(crate) mod backup;
 pub(crate) mod check;
+pub(crate) mod keys;
 pub(crate) mod query;
 pub(crate) mod serve;

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use litebridge::Service;
+use litebridge::auth::{Auth, Caller};
 
 use crate::cli::ServiceArgs;
+use crate::rpc;
 use crate::settings::Settings;
 use crate::{CliResult, Failure};
 
@@ -28,6 +30,25 @@ fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
     Settings::load(args.config.as_deref(), &env, &flags)
+}
+
+/// Opens the service and its keys; keeps the keys fresh and the quota
+/// counters written every `security.key_refresh_ms`.
+async fn open_app(
+    s: &Settings,
+    recover: bool,
+) -> CliResult<(rpc::App, tokio::task::JoinHandle<()>)> {
+    let service = open(s, recover).await?;
+    let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
+    let auth = match Auth::open(service.db.clone(), s.tiers(), clock).await {
+        Ok(a) => a,
+        Err(e) => {
+            service.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let upkeep = auth.maintain(s.key_refresh());
+    Ok((rpc::App { service, auth }, upkeep))
 }
 
 /// Recovers first when asked, opens the service, schedules backups when
@@ -104,22 +125,55 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
             "--listen {listen:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:7070"
         ))
     })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Failure::new(format!("cannot listen on {addr}: {e}")))?;
-    let service = Arc::new(open(&s, args.recover).await?);
+    let local_scopes = s.local_scopes()?;
+    let exposed = !addr.ip().is_loopback();
+    let no_keys = || {
+        Failure::new(format!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could read and \
+             change {}; create one with `litebridge keys create --db {} --scope read` (clients send \
+             `Authorization: Bearer KEY`), or listen on 127.0.0.1",
+            s.db_path().display(),
+            s.db_path().display()
+        ))
+    };
+    // A file that does not exist holds no keys: refuse before creating it.
+    if exposed && !s.db_path().exists() {
+        return Err(no_keys());
+    }
+    let (app, upkeep) = open_app(&s, args.recover).await?;
+    if exposed && !app.auth.has_keys() {
+        upkeep.abort();
+        app.service.shutdown().await;
+        return Err(no_keys());
+    }
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            upkeep.abort();
+            app.service.shutdown().await;
+            return Err(Failure::new(format!("cannot listen on {addr}: {e}")));
+        }
+    };
+    let app = Arc::new(app);
     let local = listener
         .local_addr()
         .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
     println!("listening on {local}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let app = crate::transport::http::router(service.clone(), s.max_concurrent_requests());
+    let router = crate::transport::http::router(
+        app.clone(),
+        s.max_concurrent_requests(),
+        crate::transport::http::Access {
+            exposed,
+            local: local_scopes,
+        },
+    );
     // After the signal, requests in flight get the grace period, then the
     // connections still open are dropped.
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         notify.notify_one();
@@ -132,7 +186,11 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         }
     }
     // A second signal while draining: leave now.
-    let drain = service.shutdown();
+    upkeep.abort();
+    if let Err(e) = app.auth.flush().await {
+        tracing::warn!("writing the quota counters at shutdown failed: {e}");
+    }
+    let drain = app.service.shutdown();
     tokio::select! {
         () = drain => {}
         () = shutdown_signal() => std::process::exit(130),
@@ -163,8 +221,10 @@ pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {
         return Ok(());
     }
     crate::logging::init(s.log_level(), s.log_format());
-    let service = open(&s, args.recover).await?;
-    crate::transport::stdio::serve(service, tokio::io::stdin(), tokio::io::stdout())
-        .await
-        .map_err(|e| Failure::new(format!("stdio transport: {e}")))
+    let caller = Caller::local(s.local_scopes()?);
+    let (app, upkeep) = open_app(&s, args.recover).await?;
+    let served =
+        crate::transport::stdio::serve(app, caller, tokio::io::stdin(), tokio::io::stdout()).await;
+    upkeep.abort();
+    served.map_err(|e| Failure::new(format!("stdio transport: {e}")))
 }

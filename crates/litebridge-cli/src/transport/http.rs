@@ -7,6 +7,13 @@
 //! - `GET /ready`: 200 when the writer accepts writes, readers are there and
 //!   the workers (if any) are healthy; 503 with the problems otherwise.
 //! - `GET /metrics`: Prometheus text exposition.
+//!
+//! Authentication: `Authorization: Bearer KEY`. While any key exists, or
+//! when the server listens beyond loopback, `/rpc` and `/metrics` need one
+//! (401 with `unauthorized` otherwise, before the body is looked at).
+//! Without keys on loopback, requests run with the local scopes.
+//! `/health` and `/ready` stay open: load balancers probe them and they tell
+//! nothing but up or down.
 
 use std::sync::Arc;
 
@@ -16,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use litebridge::Service;
+use litebridge::auth::{Caller, Scope, Scopes};
 use serde_json::json;
 
 use crate::{metrics, rpc};
@@ -27,18 +34,29 @@ pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    service: Arc<Service>,
+    app: Arc<rpc::App>,
     permits: Arc<tokio::sync::Semaphore>,
     limit: usize,
+    access: Access,
+}
+
+/// Who may call without a key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Access {
+    /// Listening beyond loopback: a key is always needed.
+    pub(crate) exposed: bool,
+    /// The scopes of keyless requests on loopback while no key exists.
+    pub(crate) local: Scopes,
 }
 
 /// The routes, for `axum::serve` (and for tests, without a socket), handling
 /// at most `max_concurrent` JSON-RPC requests at once.
-pub(crate) fn router(service: Arc<Service>, max_concurrent: usize) -> Router {
+pub(crate) fn router(app: Arc<rpc::App>, max_concurrent: usize, access: Access) -> Router {
     let state = AppState {
-        service,
+        app,
         permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
         limit: max_concurrent,
+        access,
     };
     Router::new()
         .route("/rpc", post(rpc_handler))
@@ -61,7 +79,57 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
         .into_response()
 }
 
+fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
+    let mut r = json_response(
+        status,
+        &json!({"jsonrpc": "2.0", "error": rpc::wire_error(e), "id": null}),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// The caller a request speaks for, or the 401 to send back.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let unauthorized = |message: &str| {
+        rpc_error(
+            StatusCode::UNAUTHORIZED,
+            &rpc::RpcError::App(litebridge::Error::Unauthorized {
+                message: message.to_owned(),
+            }),
+        )
+    };
+    match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let secret = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, secret)| secret.trim())
+                .ok_or_else(|| unauthorized("the Authorization header must be `Bearer KEY`"))?;
+            state
+                .app
+                .auth
+                .authenticate(secret)
+                .map_err(|e| unauthorized(&e.to_string()))
+        }
+        None if state.access.exposed || state.app.auth.has_keys() => Err(unauthorized(
+            "this server needs an API key: send `Authorization: Bearer KEY` (keys come from `litebridge keys create`)",
+        )),
+        None => Ok(Caller::local(state.access.local)),
+    }
+}
+
 async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
     // Refused at once past the limit, before any work: `overloaded`, retry later.
     let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
         let e = rpc::RpcError::App(litebridge::Error::Overloaded {
@@ -74,7 +142,6 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
             &json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null}),
         );
     };
-    let service = &state.service;
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -95,7 +162,7 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(crate::logging::new_request_id, str::to_owned);
-    let mut response = match rpc::handle(service, &body, &request_id).await {
+    let mut response = match rpc::handle(&state.app, &caller, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),
     };
@@ -106,7 +173,7 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let service = &state.service;
+    let service = &state.app.service;
     let db = service.db.health();
     let mut problems = db.problems;
     if let Some(w) = &service.workers {
@@ -130,11 +197,18 @@ async fn ready(State(state): State<AppState>) -> Response {
     )
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> Response {
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    if let Err(e) = caller.require(Scope::Read, "/metrics") {
+        return rpc_error(StatusCode::FORBIDDEN, &rpc::RpcError::App(e));
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.service),
+        metrics::render(&state.app.service),
     )
         .into_response()
 }

@@ -6,10 +6,13 @@
 //! they may come back in another order than the requests (ids tell them
 //! apart). When stdin ends, the requests in flight are answered, then the
 //! service shuts down.
+//!
+//! The session runs as the local user: every request has the scopes of
+//! `security.local_scopes` and no quotas.
 
 use std::sync::Arc;
 
-use litebridge::Service;
+use litebridge::auth::Caller;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -21,7 +24,12 @@ pub(crate) const MAX_IN_FLIGHT: usize = 256;
 pub(crate) const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// Serves `input` until it ends, writing replies to `output`.
-pub(crate) async fn serve<R, W>(service: Service, input: R, mut output: W) -> std::io::Result<()>
+pub(crate) async fn serve<R, W>(
+    app: rpc::App,
+    caller: Caller,
+    input: R,
+    mut output: W,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -40,7 +48,7 @@ where
         Ok::<_, std::io::Error>(())
     });
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let service = Arc::new(service);
+    let app = Arc::new((app, caller));
     let mut reader = BufReader::with_capacity(1 << 16, input);
     let mut line = Vec::new();
     loop {
@@ -60,10 +68,10 @@ where
             continue;
         }
         let permit = permits.clone().acquire_owned().await.expect("never closed");
-        let (service, tx, request) = (service.clone(), tx.clone(), std::mem::take(&mut line));
+        let (app, tx, request) = (app.clone(), tx.clone(), std::mem::take(&mut line));
         tokio::spawn(async move {
             let request_id = crate::logging::new_request_id();
-            if let Some(reply) = rpc::handle(&service, &request, &request_id).await {
+            if let Some(reply) = rpc::handle(&app.0, &app.1, &request, &request_id).await {
                 let _ = tx.send(serde_json::to_vec(&reply).unwrap_or_default());
             }
             drop(permit);
@@ -73,7 +81,11 @@ where
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
     drop(tx);
     let written = writer.await.unwrap_or(Ok(()));
-    service.shutdown().await;
+    let (app, _) = &*app;
+    if let Err(e) = app.auth.flush().await {
+        tracing::warn!("writing the quota counters at shutdown failed: {e}");
+    }
+    app.service.shutdown().await;
     written
 }
 

@@ -1,7 +1,13 @@
-//! Shared by the end-to-end tests: starting the real `litebridge serve`.
+//! Shared by the end-to-end tests: starting the real `litebridge serve` and
+//! talking HTTP to it. (Each test binary uses a part of it.)
+#![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Starts `litebridge serve --db DB --listen 127.0.0.1:0 EXTRA...` from the
 /// repository root with `env` added and its stderr sent to `stderr`; returns
@@ -34,4 +40,127 @@ pub(crate) fn spawn_serve(
         .trim()
         .to_owned();
     (child, addr)
+}
+
+/// A running `litebridge serve`, stopped with SIGTERM by [`Server::stop`].
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+    pub(crate) log: std::path::PathBuf,
+}
+
+impl Server {
+    pub(crate) fn start(db: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with(db, extra, &[])
+    }
+
+    pub(crate) fn start_with(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let log = db.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let (child, addr) = spawn_serve(db, extra, env, stderr.into());
+        Server { child, addr, log }
+    }
+
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let (status, _, body) = self.request_with(method, path, content_type, &[], body);
+        (status, body)
+    }
+
+    pub(crate) fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |i| i + 4);
+        let headers = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        (status, headers, raw[split..].to_vec())
+    }
+
+    pub(crate) fn rpc(&self, body: Value) -> Value {
+        let (status, bytes) = self.request(
+            "POST",
+            "/rpc",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A JSON-RPC call with `Authorization: Bearer KEY` (none when `key` is
+    /// `None`): the HTTP status and the parsed body.
+    pub(crate) fn rpc_as(&self, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("Authorization", b))
+            .into_iter()
+            .collect();
+        let (status, _, bytes) = self.request_with(
+            "POST",
+            "/rpc",
+            Some("application/json"),
+            &headers,
+            body.to_string().as_bytes(),
+        );
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -1,0 +1,442 @@
+//! Keys, scopes, quotas and the exposure policy, end to end against the real
+//! binary.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+
+use common::Server;
+
+fn litebridge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `keys create`; returns the secret (the last word of the last line).
+fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &str) -> String {
+    let out = litebridge(&[
+        "keys",
+        "create",
+        "--db",
+        db.to_str().unwrap(),
+        "--scope",
+        scope,
+        "--tier",
+        tier,
+        "--name",
+        name,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("lb_"), "{stdout}");
+    secret
+}
+
+fn call(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+}
+
+fn code(reply: &Value) -> Option<i64> {
+    reply["error"]["code"].as_i64()
+}
+
+#[test]
+fn a_non_loopback_listen_without_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let out = litebridge(&["serve", "--db", db.to_str().unwrap(), "--listen", addr]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("without API keys") && err.contains("keys create"),
+            "{err}"
+        );
+        assert!(!db.exists(), "nothing is created");
+    }
+    // An existing file without keys is refused as well; with a key it serves.
+    let q = litebridge(&[
+        "query",
+        "--create",
+        "--db",
+        db.to_str().unwrap(),
+        "SELECT 1",
+    ]);
+    assert!(q.status.success());
+    let out = litebridge(&[
+        "serve",
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let secret = create_key(&db, "remote", "read", "free");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.starts_with("listening on 0.0.0.0:"), "{first}");
+    assert!(!secret.is_empty());
+}
+
+#[test]
+fn the_keys_command_creates_lists_and_revokes_without_showing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let secret = create_key(&db, "ci", "read,bridge", "pro");
+    create_key(&db, "ops", "admin", "enterprise");
+    let list = litebridge(&["keys", "list", "--db", db.to_str().unwrap(), "--json"]);
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(!text.contains(&secret[3..]), "a secret was listed: {text}");
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(keys[0]["name"], "ci");
+    assert_eq!(keys[0]["scopes"], "read,bridge");
+    assert_eq!(keys[0]["tier"], "pro");
+    assert_eq!(keys[1]["scopes"], "admin");
+    assert!(keys[0]["revoked"].is_null());
+    let table = litebridge(&["keys", "list", "--db", db.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("enterprise"));
+
+    let r = litebridge(&[
+        "keys",
+        "revoke",
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        "ci",
+    ]);
+    assert!(r.status.success());
+    let again = litebridge(&[
+        "keys",
+        "revoke",
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        "ci",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no active key named \"ci\""));
+    for (args, needle) in [
+        (vec!["--scope", "root"], "\"root\""),
+        (vec!["--scope", "read", "--tier", "gold"], "\"gold\""),
+        (vec!["--scope", "read", "--name", "ops"], "exists already"),
+        (vec!["--scope", "read", "--name", "a b"], "\"a b\""),
+    ] {
+        let mut all = vec!["keys", "create", "--db", db.to_str().unwrap()];
+        all.extend(args);
+        let out = litebridge(&all);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+    let missing = litebridge(&["keys", "list", "--db", "/nonexistent/x.db"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+/// Every method with parameters that pass validation, and the scope it needs.
+fn methods() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        ("sql.query", json!({"sql": "SELECT 1"}), "read"),
+        (
+            "sql.execute",
+            json!({"sql": "INSERT INTO t VALUES (1)"}),
+            "write",
+        ),
+        (
+            "sql.batch",
+            json!({"statements": [{"sql": "INSERT INTO t VALUES (2)"}]}),
+            "write",
+        ),
+        (
+            "sql.execute_many",
+            json!({"sql": "INSERT INTO t VALUES (?1)", "rows": [[3]]}),
+            "write",
+        ),
+        (
+            "bridge.call",
+            json!({"method": "echo", "params": [1]}),
+            "bridge",
+        ),
+        ("bridge.stats", json!({}), "read"),
+        ("bridge.health", json!({}), "read"),
+        ("bridge.breaker.reset", json!({"method": "echo"}), "bridge"),
+        ("state.save", json!({"run_id": "r", "state": {}}), "write"),
+        ("state.load", json!({"run_id": "r"}), "read"),
+        ("state.list", json!({}), "read"),
+        ("state.delete", json!({"run_id": "r"}), "write"),
+        (
+            "memory.store",
+            json!({"namespace": "n", "key": "k", "value": 1}),
+            "write",
+        ),
+        ("memory.get", json!({"namespace": "n", "key": "k"}), "read"),
+        ("memory.list", json!({"namespace": "n"}), "read"),
+        (
+            "memory.delete",
+            json!({"namespace": "n", "key": "k"}),
+            "write",
+        ),
+        ("cache.get", json!({"key": "k"}), "read"),
+        ("cache.set", json!({"key": "k", "value": 1}), "write"),
+        ("cache.delete", json!({"key": "k"}), "write"),
+        ("cache.stats", json!({}), "read"),
+        ("pool.health", json!({}), "read"),
+        ("pool.stats", json!({}), "read"),
+        ("persistence.stats", json!({}), "read"),
+        ("admin.check", json!({}), "admin"),
+        ("admin.checkpoint", json!({}), "admin"),
+        ("admin.backup", json!({}), "admin"),
+        ("admin.keys.list", json!({}), "admin"),
+        (
+            "admin.keys.create",
+            json!({"scope": "read", "name": "made-by-rpc"}),
+            "admin",
+        ),
+        ("admin.keys.revoke", json!({"name": "made-by-rpc"}), "admin"),
+    ]
+}
+
+fn allowed(key_scope: &str, needed: &str) -> bool {
+    match key_scope {
+        "admin" => true,
+        "write" => matches!(needed, "read" | "write"),
+        "read" => needed == "read",
+        "bridge" => needed == "bridge",
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn each_scope_reaches_its_methods_and_is_refused_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let q = litebridge(&[
+        "query",
+        "--create",
+        "--db",
+        db.to_str().unwrap(),
+        "CREATE TABLE t(x)",
+    ]);
+    assert!(q.status.success());
+    let keys: Vec<(&str, String)> = ["read", "write", "bridge", "admin"]
+        .into_iter()
+        .map(|s| (s, create_key(&db, &format!("k-{s}"), s, "enterprise")))
+        .collect();
+    let server = Server::start(
+        &db,
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+    );
+    for (scope, secret) in &keys {
+        for (method, params, needed) in methods() {
+            let (status, reply) = server.rpc_as(Some(secret), &call(method, params));
+            assert_eq!(status, 200);
+            if allowed(scope, needed) {
+                assert!(
+                    reply.get("result").is_some() && reply.get("error").is_none(),
+                    "{scope} key, {method}: {reply}"
+                );
+            } else {
+                assert_eq!(code(&reply), Some(-32007), "{scope} key, {method}: {reply}");
+                assert_eq!(reply["error"]["data"]["kind"], "forbidden");
+                let message = reply["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains(method) && message.contains(needed),
+                    "{message}"
+                );
+            }
+        }
+    }
+    // Without a key, or with a wrong one: 401 and `unauthorized`, nothing runs.
+    for key in [None, Some("lb_wrong"), Some("")] {
+        let (status, reply) = server.rpc_as(key, &call("sql.query", json!({"sql": "SELECT 1"})));
+        assert_eq!(status, 401, "{reply}");
+        assert_eq!(code(&reply), Some(-32006), "{reply}");
+        assert_eq!(reply["error"]["data"]["kind"], "unauthorized");
+    }
+    let (status, headers, _) = server.request_with("GET", "/metrics", None, &[], b"");
+    assert_eq!(status, 401);
+    assert!(headers.contains("www-authenticate: bearer"), "{headers}");
+    let bearer = format!("Bearer {}", keys[0].1);
+    let (status, _, body) =
+        server.request_with("GET", "/metrics", None, &[("Authorization", &bearer)], b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("litebridge_"));
+    let bridge_only = format!("Bearer {}", keys[2].1);
+    let (status, _, _) = server.request_with(
+        "GET",
+        "/metrics",
+        None,
+        &[("Authorization", &bridge_only)],
+        b"",
+    );
+    assert_eq!(status, 403);
+    // Health and readiness stay open to probes.
+    assert_eq!(server.request("GET", "/health", None, b"").0, 200);
+    // Secrets and parameter values are not in the log.
+    let status = server.stop();
+    assert!(status.success());
+    let log = std::fs::read_to_string(db.with_extension("log")).unwrap();
+    for (_, secret) in &keys {
+        assert!(!log.contains(&secret[3..]), "a secret reached the log");
+    }
+    assert!(
+        log.contains("k-admin"),
+        "requests are logged with the key's name"
+    );
+}
+
+#[test]
+fn a_key_revoked_from_another_process_stops_working_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let secret = create_key(&db, "leaked", "read", "free");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_SECURITY_KEY_REFRESH_MS", "100")]);
+    let q = call("sql.query", json!({"sql": "SELECT 1"}));
+    assert_eq!(server.rpc_as(Some(&secret), &q).0, 200);
+    let out = litebridge(&[
+        "keys",
+        "revoke",
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        "leaked",
+    ]);
+    assert!(out.status.success());
+    let started = Instant::now();
+    loop {
+        let (status, reply) = server.rpc_as(Some(&secret), &q);
+        if status == 401 {
+            assert_eq!(code(&reply), Some(-32006));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still accepted: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+}
+
+#[test]
+fn quotas_run_out_with_retry_after_and_the_concurrent_limit_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let config = dir.path().join("q.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 3\nfree_concurrent = 1\n").unwrap();
+    let small = create_key(&db, "small", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let q = call("sql.query", json!({"sql": "SELECT 1"}));
+    for _ in 0..3 {
+        let (_, reply) = server.rpc_as(Some(&small), &q);
+        assert!(reply["result"].is_object(), "{reply}");
+    }
+    let (_, reply) = server.rpc_as(Some(&small), &q);
+    assert_eq!(code(&reply), Some(-32008), "{reply}");
+    let data = &reply["error"]["data"];
+    assert_eq!(data["kind"], "quota_exceeded");
+    assert_eq!(data["quota"], "daily");
+    assert_eq!(data["limit"], 3);
+    assert_eq!(data["recoverable"], true);
+    let after = data["retry_after_ms"].as_u64().unwrap();
+    assert!(after > 0 && after <= 86_400_000, "{after}");
+    server.stop();
+
+    // The count survives a restart; a key of another name still has its own.
+    let other = create_key(&db, "other", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let (_, reply) = server.rpc_as(Some(&small), &q);
+    assert_eq!(reply["error"]["data"]["quota"], "daily", "{reply}");
+    // One slow request holds the only concurrent slot of `other`.
+    let slow = call(
+        "sql.query",
+        json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+               "timeout_ms": 1500, "lane": "heavy"}),
+    );
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| server.rpc_as(Some(&other), &slow));
+        std::thread::sleep(Duration::from_millis(400));
+        let (_, reply) = server.rpc_as(Some(&other), &q);
+        assert_eq!(reply["error"]["data"]["quota"], "concurrent", "{reply}");
+        let (_, held) = holder.join().unwrap();
+        assert_eq!(held["error"]["data"]["kind"], "timeout", "{held}");
+    });
+    let (_, reply) = server.rpc_as(Some(&other), &q);
+    assert!(
+        reply["result"].is_object(),
+        "the slot is free again: {reply}"
+    );
+    server.stop();
+}
+
+#[test]
+fn stdio_runs_with_the_configured_local_scopes() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db"])
+        .arg(dir.path().join("l.db"))
+        .env("LITEBRIDGE_SECURITY_LOCAL_SCOPES", "read")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |req: Value| {
+        writeln!(stdin, "{req}").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert!(ask(call("sql.query", json!({"sql": "SELECT 1"})))["result"].is_object());
+    let r = ask(call("sql.execute", json!({"sql": "CREATE TABLE x(a)"})));
+    assert_eq!(code(&r), Some(-32007), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this session")
+    );
+    drop(ask);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
