@@ -421,22 +421,23 @@ fn stdio_runs_with_the_configured_local_scopes() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ask = |req: Value| {
-        writeln!(stdin, "{req}").unwrap();
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        serde_json::from_str::<Value>(&line).unwrap()
-    };
-    assert!(ask(call("sql.query", json!({"sql": "SELECT 1"})))["result"].is_object());
-    let r = ask(call("sql.execute", json!({"sql": "CREATE TABLE x(a)"})));
-    assert_eq!(code(&r), Some(-32007), "{r}");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("this session")
-    );
-    drop(ask);
+    {
+        let mut ask = |req: Value| {
+            writeln!(stdin, "{req}").unwrap();
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            serde_json::from_str::<Value>(&line).unwrap()
+        };
+        assert!(ask(call("sql.query", json!({"sql": "SELECT 1"})))["result"].is_object());
+        let r = ask(call("sql.execute", json!({"sql": "CREATE TABLE x(a)"})));
+        assert_eq!(code(&r), Some(-32007), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("this session")
+        );
+    }
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }

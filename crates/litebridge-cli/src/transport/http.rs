@@ -93,15 +93,10 @@ fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
     r
 }
 
-/// The caller a request speaks for, or the 401 to send back.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
-    let unauthorized = |message: &str| {
-        rpc_error(
-            StatusCode::UNAUTHORIZED,
-            &rpc::RpcError::App(litebridge::Error::Unauthorized {
-                message: message.to_owned(),
-            }),
-        )
+/// The caller a request speaks for, or why not (401).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, litebridge::Error> {
+    let unauthorized = |message: &str| litebridge::Error::Unauthorized {
+        message: message.to_owned(),
     };
     match headers.get(header::AUTHORIZATION) {
         Some(value) => {
@@ -112,11 +107,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Respons
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, secret)| secret.trim())
                 .ok_or_else(|| unauthorized("the Authorization header must be `Bearer KEY`"))?;
-            state
-                .app
-                .auth
-                .authenticate(secret)
-                .map_err(|e| unauthorized(&e.to_string()))
+            state.app.auth.authenticate(secret)
         }
         None if state.access.exposed || state.app.auth.has_keys() => Err(unauthorized(
             "this server needs an API key: send `Authorization: Bearer KEY` (keys come from `litebridge keys create`)",
@@ -125,10 +116,18 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Respons
     }
 }
 
+fn refused(e: litebridge::Error) -> Response {
+    let status = match e.kind() {
+        litebridge::ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    rpc_error(status, &rpc::RpcError::App(e))
+}
+
 async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(e) => return refused(e),
     };
     // Refused at once past the limit, before any work: `overloaded`, retry later.
     let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
@@ -200,10 +199,10 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
-        Err(refused) => return refused,
+        Err(e) => return refused(e),
     };
     if let Err(e) = caller.require(Scope::Read, "/metrics") {
-        return rpc_error(StatusCode::FORBIDDEN, &rpc::RpcError::App(e));
+        return refused(e);
     }
     (
         StatusCode::OK,
