@@ -98,12 +98,12 @@ async fn statements_that_cannot_run_in_the_group_transaction_fail_alone() {
     let (_dir, db) = open_kv(config()).await;
     insert(&db, 1).await.unwrap();
     let e = db.execute("VACUUM", ()).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
     let e = db
         .query("SELECT load_extension('/tmp/evil.so')", ())
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
     insert(&db, 2).await.unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 2);
 }

@@ -65,6 +65,15 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
             format!("it contains a NUL byte at offset {at}"),
         ));
     }
+    // VACUUM attaches a database of its own (refused by the authorizer when
+    // it runs), or fails inside the writer's transaction: say so plainly.
+    if starts_with_keyword(sql, "VACUUM") && guard::is_client() {
+        return Err(Error::Forbidden {
+            message: "VACUUM and VACUUM INTO are not allowed through a request \
+                      (no file is written by a request; use admin.backup for a copy)"
+                .into(),
+        });
+    }
     if mentions_own_tables(sql) && guard::is_client() {
         return Ok(Prepared::Fresh(conn.prepare(sql)?));
     }

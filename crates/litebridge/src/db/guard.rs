@@ -167,15 +167,25 @@ impl Scope {
                     what: "caller",
                     reason: "the caller went away; the statement was interrupted".into(),
                 },
+                // A denied function is reported as SQLITE_ERROR ("not
+                // authorized to use function"), everything else as SQLITE_AUTH.
                 Some((SQLITE_AUTH, _)) if cur.denied.is_some() => Error::Forbidden {
                     message: cur.denied.clone().unwrap_or_default(),
                 },
+                Some((SQLITE_ERROR, _))
+                    if cur.denied.is_some() && err.to_string().contains("not authorized") =>
+                {
+                    Error::Forbidden {
+                        message: cur.denied.clone().unwrap_or_default(),
+                    }
+                }
                 _ => err,
             }
         })
     }
 }
 
+const SQLITE_ERROR: i32 = 1;
 const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_AUTH: i32 = 23;
 
@@ -469,7 +479,12 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
 }
 
 /// Installs the progress handler and the authorizer on a connection.
+///
+/// Defensive mode is switched on as well: even SQL that got past the
+/// authorizer cannot corrupt the file on purpose (no `writable_schema`
+/// edits, no writes to shadow tables or to `sqlite_dbpage`).
 pub(crate) fn install(conn: &mut Connection) -> Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.progress_handler(PROGRESS_OPS, Some(should_interrupt))?;
     conn.authorizer(Some(authorize))?;
     Ok(())

@@ -1,0 +1,315 @@
+//! The SQL authorizer against client SQL: one test per way around it.
+//!
+//! `query` is all a read-scoped key reaches; `execute`, `batch` and
+//! `execute_many` are what a write-scoped key adds. Closures (`read`,
+//! `write`) are the embedding application's code and are not restricted.
+
+use std::sync::Arc;
+
+use litebridge::store::{StateStore, StateUpdate, SystemClock, migrate};
+use litebridge::{Database, DbConfig, Error, ErrorKind, Statement, WriteOptions};
+
+async fn open() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(
+        dir.path().join("a.db"),
+        DbConfig::builder().readers(1).build().unwrap(),
+    )
+    .await
+    .unwrap();
+    migrate(&db).await.unwrap();
+    db.execute("CREATE TABLE t(x)", ()).await.unwrap();
+    (dir, db)
+}
+
+fn refused(e: &Error, sql: &str) {
+    assert!(
+        matches!(e.kind(), ErrorKind::Forbidden | ErrorKind::ReadOnly),
+        "{sql}: expected a refusal, got {e:?}"
+    );
+}
+
+async fn query_refused(db: &Database, sql: &str) -> Error {
+    let e = db.query(sql, ()).await.expect_err(sql);
+    refused(&e, sql);
+    e
+}
+
+async fn execute_refused(db: &Database, sql: &str) -> Error {
+    let e = db.execute(sql.to_owned(), ()).await.expect_err(sql);
+    refused(&e, sql);
+    e
+}
+
+async fn count(db: &Database, sql: &'static str) -> i64 {
+    db.read(move |c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_read_path_cannot_write_through_a_cte() {
+    let (_d, db) = open().await;
+    let sql = "WITH x(v) AS (SELECT 1) INSERT INTO t SELECT v FROM x";
+    let e = query_refused(&db, sql).await;
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    for sql in [
+        "WITH x AS (SELECT 1) UPDATE t SET x = 2",
+        "WITH x AS (SELECT 1) DELETE FROM t",
+        "INSERT INTO t VALUES (1) RETURNING x",
+        "REPLACE INTO t VALUES (1)",
+        "CREATE TABLE u(y)",
+        "DROP TABLE t",
+    ] {
+        query_refused(&db, sql).await;
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM t").await, 0);
+}
+
+#[tokio::test]
+async fn the_read_path_cannot_change_pragmas_or_turn_query_only_off() {
+    let (_d, db) = open().await;
+    for sql in [
+        "PRAGMA query_only = 0",
+        "PRAGMA query_only = OFF",
+        "PRAGMA main.query_only = false",
+        "/* x */ pragma QUERY_ONLY=0",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA writable_schema = 1",
+        "PRAGMA trusted_schema = 1",
+        "PRAGMA cache_size = 1",
+        "PRAGMA user_version = 9",
+        "PRAGMA wal_checkpoint",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA optimize",
+        "PRAGMA shrink_memory",
+    ] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // Still read-only afterwards.
+    let e = db.query("INSERT INTO t VALUES (1)", ()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    // Reading a pragma is fine.
+    db.query("PRAGMA user_version", ()).await.unwrap();
+}
+
+#[tokio::test]
+async fn vacuum_into_writes_no_file_from_either_path() {
+    let (d, db) = open().await;
+    let target = d.path().join("stolen.db");
+    let sql = format!("VACUUM INTO '{}'", target.display());
+    for sql in [sql.as_str(), "VACUUM", "/* c */ vacuum main INTO '/tmp/x.db'"] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    }
+    assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn attach_and_detach_are_refused_everywhere() {
+    let (d, db) = open().await;
+    let other = d.path().join("other.db");
+    let attach = format!("ATTACH DATABASE '{}' AS o", other.display());
+    let e = query_refused(&db, &attach).await;
+    assert!(e.to_string().contains("ATTACH"), "{e}");
+    execute_refused(&db, &attach).await;
+    execute_refused(&db, "ATTACH ':memory:' AS m").await;
+    execute_refused(&db, "ATTACH 'file:x?mode=memory' AS m").await;
+    execute_refused(&db, "DETACH DATABASE temp").await;
+    let e = db
+        .batch(
+            vec![
+                Statement::new("INSERT INTO t VALUES (1)", ()),
+                Statement::new(attach.clone(), ()),
+            ],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM t").await,
+        0,
+        "the batch is all or nothing"
+    );
+    assert!(!other.exists());
+}
+
+#[tokio::test]
+async fn extensions_cannot_be_loaded() {
+    let (_d, db) = open().await;
+    for sql in [
+        "SELECT load_extension('/tmp/evil.so')",
+        "SELECT LOAD_EXTENSION('/tmp/evil.so', 'entry')",
+        "SELECT fts3_tokenizer('simple')",
+    ] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+        execute_refused(&db, sql).await;
+    }
+}
+
+#[tokio::test]
+async fn the_writer_refuses_security_and_durability_pragmas() {
+    let (_d, db) = open().await;
+    for sql in [
+        "PRAGMA writable_schema = ON",
+        "PRAGMA main.writable_schema = 1",
+        "PRAGMA journal_mode = OFF",
+        "PRAGMA journal_mode = MEMORY",
+        "PRAGMA synchronous = OFF",
+        "PRAGMA query_only = 1",
+        "PRAGMA trusted_schema = ON",
+        "PRAGMA locking_mode = EXCLUSIVE",
+        "PRAGMA ignore_check_constraints = 1",
+        "PRAGMA schema_version = 1",
+        "PRAGMA secure_delete = 0",
+        "PRAGMA cell_size_check = 0",
+        "PRAGMA recursive_triggers = 0",
+        "PRAGMA defer_foreign_keys = 1",
+        "PRAGMA temp_store_directory = '/tmp'",
+        "PRAGMA data_store_directory = '/tmp'",
+        "PRAGMA hard_heap_limit = 1",
+        "PRAGMA soft_heap_limit = 1",
+        "PRAGMA threads = 8",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA max_page_count = 1",
+        "PRAGMA page_size = 512",
+        "PRAGMA auto_vacuum = FULL",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let mode = db.query("PRAGMA journal_mode", ()).await.unwrap();
+    assert_eq!(mode.rows[0][0], litebridge::Value::from("wal"));
+    // The application's own settings in the file stay settable.
+    db.execute("PRAGMA user_version = 3", ()).await.unwrap();
+    db.execute("PRAGMA application_id = 77", ()).await.unwrap();
+}
+
+#[tokio::test]
+async fn litebridges_own_tables_are_hidden_from_client_sql() {
+    let (_d, db) = open().await;
+    for sql in [
+        "SELECT * FROM litebridge_keys",
+        "SELECT count(*) FROM litebridge_quota",
+        "SELECT value FROM litebridge_meta",
+        "SELECT * FROM LITEBRIDGE_CACHE",
+        "SELECT * FROM \"litebridge_state\"",
+        "SELECT * FROM [litebridge_memory]",
+        "SELECT * FROM main.litebridge_keys",
+        "SELECT (SELECT count(*) FROM litebridge_keys)",
+        "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM litebridge_keys)",
+        "SELECT * FROM t JOIN litebridge_keys",
+        "SELECT * FROM dbstat",
+    ] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // Through a view made for the purpose: reading it is refused.
+    db.execute("CREATE VIEW peek AS SELECT * FROM litebridge_keys", ())
+        .await
+        .ok();
+    query_refused(&db, "SELECT * FROM peek").await;
+    // Naming the prefix in a literal is harmless.
+    let r = db
+        .query(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'litebridge_%'",
+            (),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r.rows[0][0], litebridge::Value::Integer(n) if n > 0));
+}
+
+#[tokio::test]
+async fn litebridges_own_tables_are_read_only_and_unalterable() {
+    let (_d, db) = open().await;
+    for sql in [
+        "INSERT INTO litebridge_cache VALUES ('k', '1', NULL)",
+        "UPDATE litebridge_keys SET scopes = 'admin'",
+        "DELETE FROM litebridge_quota",
+        "INSERT OR REPLACE INTO litebridge_meta VALUES ('schema_version', '0')",
+        "DROP TABLE litebridge_state",
+        "ALTER TABLE litebridge_memory RENAME TO m",
+        "ALTER TABLE litebridge_memory ADD COLUMN z",
+        "CREATE INDEX i ON litebridge_keys(name)",
+        "DROP INDEX litebridge_state_status",
+        "CREATE TRIGGER tr AFTER INSERT ON litebridge_keys BEGIN SELECT 1; END",
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON litebridge_keys BEGIN SELECT 1; END",
+        "CREATE TABLE litebridge_evil(x)",
+        "CREATE VIEW litebridge_v AS SELECT 1",
+        "CREATE TABLE copy AS SELECT * FROM litebridge_keys",
+        "INSERT INTO t SELECT hash FROM litebridge_keys",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let e = db
+        .execute_many(
+            "INSERT INTO litebridge_cache VALUES (?1, '1', NULL)",
+            vec![litebridge::params!["a"], litebridge::params!["b"]],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden);
+    assert_eq!(count(&db, "SELECT count(*) FROM litebridge_cache").await, 0);
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'copy'"
+        )
+        .await
+            == 0
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_on_a_client_table_cannot_write_litebridges_tables() {
+    let (_d, db) = open().await;
+    // Creating it may pass; firing it from client SQL cannot.
+    let _ = db
+        .execute(
+            "CREATE TRIGGER sneak AFTER INSERT ON t BEGIN \
+             INSERT INTO litebridge_cache VALUES ('planted', '1', NULL); END",
+            (),
+        )
+        .await;
+    let e = db
+        .execute("INSERT INTO t VALUES (1)", ())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(count(&db, "SELECT count(*) FROM litebridge_cache").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM t").await, 0);
+}
+
+#[tokio::test]
+async fn the_statement_cache_never_hands_client_sql_a_trusted_statement() {
+    let (_d, db) = open().await;
+    let store = StateStore::new(db.clone(), Arc::new(SystemClock));
+    store
+        .save(StateUpdate {
+            run_id: "secret-run".into(),
+            state: serde_json::json!({"token": "s3cret"}),
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+    // The store's own text, now in the reader's statement cache.
+    assert!(store.load("secret-run").await.unwrap().is_some());
+    let text = "SELECT run_id, state, status, total_steps, error_message, execution_time_ms, \
+                memory_usage_mb, created_at, updated_at FROM litebridge_state WHERE run_id = ?1";
+    for _ in 0..3 {
+        let e = db
+            .query(text, litebridge::params!["secret-run"])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+        assert!(store.load("secret-run").await.unwrap().is_some());
+    }
+}
