@@ -25,6 +25,16 @@ pub(crate) const DEFAULT_MAX_ROWS: usize = 10_000;
 pub(crate) const MAX_ROWS: usize = 1_000_000;
 /// Requests in one batch at most.
 pub(crate) const MAX_BATCH: usize = 1_000;
+/// The longest SQL text a request may send (bytes).
+pub(crate) const MAX_SQL: usize = 1 << 20;
+/// Statements in one `sql.batch` at most.
+pub(crate) const MAX_STATEMENTS: usize = 10_000;
+/// Parameter rows in one `sql.execute_many` at most.
+pub(crate) const MAX_MANY_ROWS: usize = 1_000_000;
+/// The longest deadline a request may ask for.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// The longest worker method name.
+pub(crate) const MAX_METHOD_NAME: usize = 256;
 
 /// Every method of the table and the scope it needs (the method names are
 /// also the only values the `method` metric label takes).
@@ -428,8 +438,28 @@ impl Args {
                 "{}: `timeout_ms` must be positive",
                 self.method
             ))),
+            Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
+                Err(RpcError::InvalidParams(format!(
+                    "{}: `timeout_ms` is at most {}",
+                    self.method,
+                    MAX_TIMEOUT.as_millis()
+                )))
+            }
             other => Ok(other.map(Duration::from_millis)),
         }
+    }
+
+    /// The `sql` parameter, at most [`MAX_SQL`] bytes.
+    fn sql(&mut self) -> Result<String, RpcError> {
+        let sql = self.string("sql")?;
+        if sql.len() > MAX_SQL {
+            return Err(RpcError::InvalidParams(format!(
+                "{}: `sql` is {} bytes; at most {MAX_SQL} are allowed",
+                self.method,
+                sql.len()
+            )));
+        }
+        Ok(sql)
     }
 
     fn sql_params(&mut self) -> Result<Params, RpcError> {
@@ -470,7 +500,7 @@ async fn dispatch(
                 &["sql", "params", "timeout_ms", "max_rows", "lane"],
                 params,
             )?;
-            let sql = a.string("sql")?;
+            let sql = a.sql()?;
             let p = a.sql_params()?;
             let timeout = a.timeout()?;
             let max_rows = a
@@ -508,7 +538,7 @@ async fn dispatch(
         }
         "sql.execute" => {
             let mut a = Args::new("sql.execute", &["sql", "params", "timeout_ms"], params)?;
-            let sql = a.string("sql")?;
+            let sql = a.sql()?;
             let p = a.sql_params()?;
             let timeout = a.timeout()?;
             let r = db
@@ -527,6 +557,12 @@ async fn dispatch(
             let mut a = Args::new("sql.batch", &["statements", "timeout_ms"], params)?;
             let timeout = a.timeout()?;
             let statements = match a.take("statements") {
+                Some(Json::Array(items)) if items.len() > MAX_STATEMENTS => {
+                    return Err(RpcError::InvalidParams(format!(
+                        "sql.batch: {} statements; at most {MAX_STATEMENTS} are allowed",
+                        items.len()
+                    )));
+                }
                 Some(Json::Array(items)) if !items.is_empty() => items
                     .into_iter()
                     .enumerate()
@@ -539,7 +575,7 @@ async fn dispatch(
                                 other => other,
                             },
                         )?;
-                        Ok(Statement::new(st.string("sql")?, st.sql_params()?))
+                        Ok(Statement::new(st.sql()?, st.sql_params()?))
                     })
                     .collect::<Result<Vec<_>, RpcError>>()?,
                 Some(other) => {
@@ -564,9 +600,15 @@ async fn dispatch(
         }
         "sql.execute_many" => {
             let mut a = Args::new("sql.execute_many", &["sql", "rows", "timeout_ms"], params)?;
-            let sql = a.string("sql")?;
+            let sql = a.sql()?;
             let timeout = a.timeout()?;
             let rows = match a.take("rows") {
+                Some(Json::Array(rows)) if rows.len() > MAX_MANY_ROWS => {
+                    return Err(RpcError::InvalidParams(format!(
+                        "sql.execute_many: {} rows; at most {MAX_MANY_ROWS} are allowed",
+                        rows.len()
+                    )));
+                }
                 Some(Json::Array(rows)) => rows
                     .iter()
                     .enumerate()
@@ -609,6 +651,16 @@ async fn dispatch(
                 params,
             )?;
             let target = a.string("method")?;
+            if target.is_empty()
+                || target.len() > MAX_METHOD_NAME
+                || target.chars().any(char::is_control)
+            {
+                return Err(a.bad(
+                    "method",
+                    &format!("a method name of 1 to {MAX_METHOD_NAME} characters, without control characters"),
+                    &Json::String(target.chars().take(64).collect()),
+                ));
+            }
             let call_params = a.take("params").unwrap_or(Json::Array(Vec::new()));
             if !matches!(call_params, Json::Array(_) | Json::Object(_)) {
                 return Err(a.bad("params", "an array or an object", &call_params));
@@ -1011,3 +1063,7 @@ fn pool_stats(service: &Service) -> Json {
         },
     })
 }
+
+#[cfg(test)]
+#[path = "rpc_properties.rs"]
+mod properties;

@@ -99,7 +99,11 @@ async fn vacuum_into_writes_no_file_from_either_path() {
     let (d, db) = open().await;
     let target = d.path().join("stolen.db");
     let sql = format!("VACUUM INTO '{}'", target.display());
-    for sql in [sql.as_str(), "VACUUM", "/* c */ vacuum main INTO '/tmp/x.db'"] {
+    for sql in [
+        sql.as_str(),
+        "VACUUM",
+        "/* c */ vacuum main INTO '/tmp/x.db'",
+    ] {
         let e = query_refused(&db, sql).await;
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
         let e = execute_refused(&db, sql).await;
