@@ -688,7 +688,13 @@ fn hostile_requests_over_http() {
             failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
         }
     }
-    assert!(failures.is_empty(), "{} of {} answered wrongly:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} answered wrongly:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     let (status, _) = server.rpc_as(
         Some(&key),
         &json!({"jsonrpc": "2.0", "method": "pool.health", "id": 1}),
@@ -752,7 +758,13 @@ fn hostile_requests_over_stdio() {
             failures.push(e.downcast_ref::<String>().cloned().unwrap_or_default());
         }
     }
-    assert!(failures.is_empty(), "{} of {} answered wrongly:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} answered wrongly:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     drop(stdin);
     assert!(child.wait().unwrap().success());
     intact(&db, dir.path());
