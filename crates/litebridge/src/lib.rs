@@ -42,6 +42,7 @@
 
 pub mod auth;
 pub mod backups;
+mod calendar;
 pub mod config;
 pub mod db;
 pub mod error;
