@@ -99,7 +99,39 @@ class _Method:
         d = {"name": self.name, "idempotent": self.idempotent}
         if self.cache_ttl_s is not None:
             d["cache_ttl_s"] = self.cache_ttl_s
+        doc = inspect.getdoc(self.func)
+        if doc:
+            # The first paragraph: what litebridge shows agents (MCP tools).
+            d["description"] = doc.split("\n\n", 1)[0].strip()[:1000]
+        params = _describe_params(self.func)
+        if params is not None:
+            d["params"] = params
         return d
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean",
+               list: "array", tuple: "array", dict: "object"}
+
+
+def _describe_params(func):
+    """The handler's parameters as ``[{name, required, type?}]``; None when
+    they cannot be described (``*args`` style handlers take anything)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    out = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return None
+        if p.kind is p.POSITIONAL_ONLY:
+            return None
+        item = {"name": p.name, "required": p.default is p.empty}
+        json_type = _JSON_TYPES.get(p.annotation)
+        if json_type is not None:
+            item["type"] = json_type
+        out.append(item)
+    return out
 
 
 class _Resume:

@@ -27,6 +27,11 @@ pub(crate) enum Command {
         #[command(flatten)]
         common: ServiceArgs,
     },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: litebridge as tools for LLM agents.
+    Mcp {
+        #[command(flatten)]
+        common: ServiceArgs,
+    },
     /// Run one SQL statement and print its rows (a table, or JSON with --json).
     ///
     /// Each PARAM binds to ?1, ?2, ...; it is read as JSON when it parses

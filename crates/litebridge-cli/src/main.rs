@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             } => commands::query::run(&db, &sql, &params, json, create, timeout_ms).await,
             Command::Check { db, full, json } => commands::check::run(&db, full, json),
             Command::Stdio { common } => commands::serve::stdio(&common).await,
+            Command::Mcp { common } => commands::serve::mcp(&common).await,
             Command::Serve { common, listen } => commands::serve::http(&common, listen).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
             Command::Restore {

@@ -43,6 +43,7 @@ pub(crate) const METHODS: &[(&str, Scope)] = &[
     ("sql.execute", Scope::Write),
     ("sql.batch", Scope::Write),
     ("sql.execute_many", Scope::Write),
+    ("sql.schema", Scope::Read),
     ("bridge.call", Scope::Bridge),
     ("bridge.stats", Scope::Read),
     ("bridge.health", Scope::Read),
@@ -293,10 +294,29 @@ async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str)
             &RpcError::InvalidRequest("`params` must be an array or an object".into()),
         ));
     }
+    let outcome = call(app, caller, &method, params, request_id).await;
+    // A notification (no `id` member) is never answered, not even with an error.
+    id.as_ref()?;
+    Some(match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": echo}),
+        Err(e) => error_reply(echo, &e),
+    })
+}
+
+/// Runs one call of the method table for `caller`: the scope it needs, the
+/// key's quotas, the method itself, the metrics and the log line. Every
+/// transport (JSON-RPC over HTTP and stdio, MCP tools) goes through here.
+pub(crate) async fn call(
+    app: &App,
+    caller: &Caller,
+    method: &str,
+    params: Option<Json>,
+    request_id: &str,
+) -> Result<Json, RpcError> {
     let started = std::time::Instant::now();
     let known = METHODS.iter().find(|(m, _)| *m == method);
     let outcome = match known {
-        None => Err(RpcError::MethodNotFound(method.clone())),
+        None => Err(RpcError::MethodNotFound(method.to_owned())),
         Some((name, scope)) => match caller.require(*scope, name).and_then(|()| caller.charge()) {
             Ok(()) => dispatch(app, caller, name, params, request_id).await,
             Err(e) => Err(RpcError::App(e)),
@@ -325,12 +345,7 @@ async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str)
         }
         Err(e) => tracing::debug!(method = %method, elapsed_us, "refused: {e:?}"),
     }
-    // A notification (no `id` member) is never answered, not even with an error.
-    id.as_ref()?;
-    Some(match outcome {
-        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": echo}),
-        Err(e) => error_reply(echo, &e),
-    })
+    outcome
 }
 
 /// Named parameters, or positional ones mapped to the method's names in order.
@@ -635,6 +650,10 @@ async fn dispatch(
                 )
                 .await?;
             Ok(json!({ "changes": r.changes }))
+        }
+        "sql.schema" => {
+            Args::new("sql.schema", &[], params)?;
+            Ok(json!({ "tables": to_json(&db.schema().await?)? }))
         }
         "bridge.call" => {
             let mut a = Args::new(

@@ -111,6 +111,7 @@ impl Bench {
                 exposed: false,
                 local: Scopes::ALL,
             },
+            None,
         );
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router)

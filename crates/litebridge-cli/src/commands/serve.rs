@@ -161,6 +161,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     println!("listening on {local}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
     let router = crate::transport::http::router(
         app.clone(),
         s.max_concurrent_requests(),
@@ -168,6 +169,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
             exposed,
             local: local_scopes,
         },
+        Some(mcp_stop.clone()),
     );
     // After the signal, requests in flight get the grace period, then the
     // connections still open are dropped.
@@ -176,6 +178,8 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        // MCP event streams stay open by design: end them so the drain can finish.
+        mcp_stop.cancel();
         notify.notify_one();
     });
     let grace = s.shutdown_grace();
@@ -211,6 +215,26 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `litebridge mcp`: MCP over stdin/stdout as the local user.
+pub(crate) async fn mcp(args: &ServiceArgs) -> CliResult {
+    let s = settings(args, None)?;
+    if args.print_config {
+        eprint!("{}", s.describe());
+        return Ok(());
+    }
+    crate::logging::init(s.log_level(), s.log_format());
+    let caller = Caller::local(s.local_scopes()?);
+    let (app, upkeep) = open_app(&s, args.recover).await?;
+    let app = Arc::new(app);
+    let served = crate::transport::mcp::serve_stdio(app.clone(), caller).await;
+    upkeep.abort();
+    if let Err(e) = app.auth.flush().await {
+        tracing::warn!("writing the quota counters at shutdown failed: {e}");
+    }
+    app.service.shutdown().await;
+    served.map_err(|e| Failure::new(format!("mcp: {e}")))
 }
 
 pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {

@@ -7,6 +7,7 @@
 //! - `GET /ready`: 200 when the writer accepts writes, readers are there and
 //!   the workers (if any) are healthy; 503 with the problems otherwise.
 //! - `GET /metrics`: Prometheus text exposition.
+//! - `/mcp`: MCP over streamable HTTP (see [`crate::transport::mcp`]).
 //!
 //! Authentication: `Authorization: Bearer KEY`. While any key exists, or
 //! when the server listens beyond loopback, `/rpc` and `/metrics` need one
@@ -50,13 +51,31 @@ pub(crate) struct Access {
 }
 
 /// The routes, for `axum::serve` (and for tests, without a socket), handling
-/// at most `max_concurrent` JSON-RPC requests at once.
-pub(crate) fn router(app: Arc<rpc::App>, max_concurrent: usize, access: Access) -> Router {
+/// at most `max_concurrent` JSON-RPC requests at once; with `mcp`, also
+/// `/mcp`, whose sessions end when that token is cancelled.
+pub(crate) fn router(
+    app: Arc<rpc::App>,
+    max_concurrent: usize,
+    access: Access,
+    mcp: Option<tokio_util::sync::CancellationToken>,
+) -> Router {
     let state = AppState {
         app,
         permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
         limit: max_concurrent,
         access,
+    };
+    let mcp = match mcp {
+        Some(stop) => Router::new()
+            .nest_service(
+                "/mcp",
+                crate::transport::mcp::http_service(state.app.clone(), access.exposed, stop),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::transport::mcp::authenticate,
+            )),
+        None => Router::new(),
     };
     Router::new()
         .route("/rpc", post(rpc_handler))
@@ -68,6 +87,7 @@ pub(crate) fn router(app: Arc<rpc::App>, max_concurrent: usize, access: Access) 
         .route("/metrics", get(metrics_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+        .merge(mcp)
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -94,7 +114,10 @@ fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
 }
 
 /// The caller a request speaks for, or why not (401).
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, litebridge::Error> {
+pub(crate) fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, litebridge::Error> {
     let unauthorized = |message: &str| litebridge::Error::Unauthorized {
         message: message.to_owned(),
     };
@@ -116,7 +139,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, litebri
     }
 }
 
-fn refused(e: litebridge::Error) -> Response {
+/// The 401 (or 403) for a refused request.
+pub(crate) fn refused(e: litebridge::Error) -> Response {
     let status = match e.kind() {
         litebridge::ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         _ => StatusCode::FORBIDDEN,

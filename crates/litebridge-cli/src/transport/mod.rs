@@ -1,4 +1,5 @@
 //! Transports: framing only; every request goes through [`crate::rpc`].
 
 pub(crate) mod http;
+pub(crate) mod mcp;
 pub(crate) mod stdio;

@@ -40,6 +40,7 @@ mod ffi;
 mod group_commit;
 mod guard;
 mod heavy;
+mod introspect;
 mod open;
 mod readers;
 mod restore;
@@ -55,6 +56,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file, utc_stamp};
+pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
 pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 

@@ -46,4 +46,4 @@ mod signal;
 
 pub use config::WorkerConfig;
 pub use pool::{CallOptions, MethodStats, PoolEvent, PoolStatus, WorkerPool, WorkerStatus};
-pub use protocol::MethodInfo;
+pub use protocol::{MethodInfo, ParamInfo};

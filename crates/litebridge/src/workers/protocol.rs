@@ -17,6 +17,26 @@ pub struct MethodInfo {
     /// When set, results may be cached this long.
     #[serde(default)]
     pub cache_ttl_s: Option<f64>,
+    /// What the method does (the first paragraph of its docstring).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Its named parameters, when the worker could describe them.
+    #[serde(default)]
+    pub params: Option<Vec<ParamInfo>>,
+}
+
+/// One parameter of a worker method, from its `$/ready`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ParamInfo {
+    /// The name.
+    pub name: String,
+    /// Whether the call must give it.
+    #[serde(default)]
+    pub required: bool,
+    /// Its JSON type (`integer`, `number`, `string`, `boolean`, `array`,
+    /// `object`), when the handler's annotation says.
+    #[serde(default, rename = "type")]
+    pub json_type: Option<String>,
 }
 
 fn yes() -> bool {

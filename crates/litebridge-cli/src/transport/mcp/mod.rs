@@ -1,0 +1,163 @@
+//! MCP (Model Context Protocol) for LLM agents, with the official SDK (rmcp):
+//! `litebridge mcp` over stdio, and `/mcp` (streamable HTTP) on `serve`.
+//!
+//! The tools are the method table's ([`tools`]); this module only says who
+//! the caller is. Over stdio it is the local user with
+//! `security.local_scopes`; over HTTP the same bearer-key check as `/rpc`
+//! runs as a middleware in front of rmcp, which hands the request's parts
+//! (with the [`Caller`] in their extensions) to the handler, so
+//! `tools/list` and `tools/call` see the key's scopes and quotas.
+
+mod tools;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use litebridge::auth::Caller;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::rpc::App;
+
+const INSTRUCTIONS: &str = "litebridge: a SQLite database and a pool of worker processes. \
+Call `schema` to see the tables, `query` to read (read-only SQL, values as params), \
+`execute` to change data (one statement, committed when it returns). \
+`memory_*` remembers values by namespace and key (with optional TTL), `state_*` keeps \
+workflow runs, `cache_*` caches values. Tools named worker_* call the workers' methods. \
+Errors say their kind and whether retrying can help.";
+
+/// The MCP server of one session.
+#[derive(Clone)]
+pub(crate) struct McpServer {
+    app: Arc<App>,
+    /// The caller of a stdio session; HTTP requests bring their own.
+    local: Option<Caller>,
+}
+
+impl McpServer {
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Caller>().cloned())
+            .or_else(|| self.local.clone())
+            .ok_or_else(|| ErrorData::invalid_request("no credentials", None))
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("litebridge", env!("CARGO_PKG_VERSION"))
+                    .with_title("litebridge"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = self.caller(&context)?;
+        Ok(ListToolsResult::with_all_items(tools::list(
+            &self.app, &caller,
+        )))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = self.caller(&context)?;
+        let request_id = crate::logging::new_request_id();
+        let args = request.arguments.unwrap_or_default();
+        let call = tools::call(&self.app, &caller, &request.name, args, &request_id);
+        // A cancelled call (notifications/cancelled) stops waiting; the
+        // database interrupts what it was running when its future drops.
+        let result = tokio::select! {
+            r = call => r,
+            () = context.ct.cancelled() => {
+                let mut r = CallToolResult::error(vec![ContentBlock::text("cancelled by the client")]);
+                r.is_error = Some(true);
+                r
+            }
+        };
+        Ok(result.into())
+    }
+
+    fn get_tool(&self, _name: &str) -> Option<Tool> {
+        // Arguments are checked by the method table, with messages naming
+        // the parameter; rmcp's own schema check is not needed in front.
+        None
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client closes it.
+pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Result<()> {
+    let server = McpServer {
+        app,
+        local: Some(caller),
+    };
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
+    Ok(())
+}
+
+/// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.
+/// `exposed` (listening beyond loopback) lifts the Host check that protects
+/// local servers from DNS rebinding: every request needs a key there anyway.
+pub(crate) fn http_service(
+    app: Arc<App>,
+    exposed: bool,
+    stop: CancellationToken,
+) -> StreamableHttpService<McpServer, LocalSessionManager> {
+    let mut config = StreamableHttpServerConfig::default();
+    config.cancellation_token = stop;
+    if exposed {
+        config = config.disable_allowed_hosts();
+    }
+    StreamableHttpService::new(
+        move || {
+            Ok(McpServer {
+                app: app.clone(),
+                local: None,
+            })
+        },
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// The `/rpc` authentication in front of `/mcp`: the [`Caller`] goes into
+/// the request's extensions, or the request is refused with 401.
+pub(crate) async fn authenticate(
+    State(state): State<crate::transport::http::AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match crate::transport::http::authenticate(&state, request.headers()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => crate::transport::http::refused(e),
+    }
+}

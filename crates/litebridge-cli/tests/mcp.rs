@@ -1,0 +1,476 @@
+//! `litebridge mcp` with rmcp's own client against the real binary, and
+//! `/mcp` on `serve` over streamable HTTP with the keys of `/rpc`.
+
+use std::collections::BTreeSet;
+
+use rmcp::ServiceExt as _;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use serde_json::{Value, json};
+
+mod common;
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Client {
+    let (transport, _) = TokioChildProcess::builder(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_litebridge")).configure(|cmd| {
+            cmd.arg("mcp")
+                .arg("--db")
+                .arg(db)
+                .args(extra)
+                .envs(env.iter().copied())
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        }),
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    ().serve(transport).await.expect("initialize")
+}
+
+async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+}
+
+/// The structured result of a call that must succeed.
+async fn ok(client: &Client, tool: &str, args: Value) -> Value {
+    let r = call(client, tool, args).await;
+    assert_ne!(r.is_error, Some(true), "{tool}: {r:?}");
+    assert!(!r.content.is_empty(), "{tool}: no readable text");
+    r.structured_content
+        .unwrap_or_else(|| panic!("{tool}: no structured content"))
+}
+
+/// The structured error of a call that must fail.
+async fn fails(client: &Client, tool: &str, args: Value) -> Value {
+    let r = call(client, tool, args).await;
+    assert_eq!(r.is_error, Some(true), "{tool}: {r:?}");
+    let text = r.content[0]
+        .as_text()
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    assert!(text.starts_with("error ("), "{text}");
+    r.structured_content.unwrap()["error"].clone()
+}
+
+async fn tool_names(client: &Client) -> BTreeSet<String> {
+    client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_over_stdio_with_rmcps_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let client = connect(
+        &db,
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "litebridge");
+    assert!(
+        info.instructions
+            .as_deref()
+            .unwrap_or_default()
+            .contains("schema")
+    );
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: BTreeSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    for expected in [
+        "query",
+        "execute",
+        "schema",
+        "pool_health",
+        "pool_stats",
+        "persistence_stats",
+        "state_save",
+        "state_load",
+        "memory_store",
+        "memory_get",
+        "memory_list",
+        "cache_get",
+        "cache_set",
+        "bridge_call",
+        "backup",
+        "worker_echo",
+        "worker_analyze",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for t in &tools {
+        assert!(
+            t.description.as_deref().is_some_and(|d| d.len() > 10),
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            t.input_schema.get("type"),
+            Some(&json!("object")),
+            "{}",
+            t.name
+        );
+    }
+    let analyze = tools.iter().find(|t| t.name == "worker_analyze").unwrap();
+    assert!(
+        analyze
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("counts words")
+    );
+    assert_eq!(analyze.input_schema["required"], json!(["description"]));
+
+    ok(
+        &client,
+        "execute",
+        json!({"sql": "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)"}),
+    )
+    .await;
+    let r = ok(
+        &client,
+        "execute",
+        json!({"sql": "INSERT INTO notes(body) VALUES (?1), (?2)", "params": ["a", "b"]}),
+    )
+    .await;
+    assert_eq!(r["changes"], 2);
+    let r = ok(
+        &client,
+        "query",
+        json!({"sql": "SELECT id, body FROM notes ORDER BY id"}),
+    )
+    .await;
+    assert_eq!(r["rows"], json!([[1, "a"], [2, "b"]]));
+    let text = call(
+        &client,
+        "query",
+        json!({"sql": "SELECT body FROM notes WHERE id = 1"}),
+    )
+    .await;
+    let text = text.content[0].as_text().unwrap().text.clone();
+    assert!(text.contains("body") && text.contains("(1 row)"), "{text}");
+    let r = ok(&client, "schema", json!({})).await;
+    let notes = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "notes")
+        .unwrap()
+        .clone();
+    assert_eq!(notes["columns"][1]["name"], "body");
+    assert_eq!(notes["columns"][1]["not_null"], true);
+    assert_eq!(notes["row_estimate"], 2);
+    assert!(
+        r["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| !t["name"].as_str().unwrap().starts_with("litebridge_")),
+        "litebridge's own tables are not shown: {r}"
+    );
+    assert_eq!(ok(&client, "pool_health", json!({})).await["healthy"], true);
+    assert!(
+        ok(&client, "pool_stats", json!({})).await["pool_metrics"]["total_writes"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    assert_eq!(
+        ok(&client, "persistence_stats", json!({})).await["persistence_layer"],
+        "litebridge"
+    );
+    ok(
+        &client,
+        "state_save",
+        json!({"run_id": "run-1", "state": {"step": 3}, "status": "running"}),
+    )
+    .await;
+    let r = ok(&client, "state_load", json!({"run_id": "run-1"})).await;
+    assert_eq!(r["state"], json!({"step": 3}));
+    ok(
+        &client,
+        "memory_store",
+        json!({"namespace": "agent", "key": "goal", "value": "ship it", "ttl_s": 60}),
+    )
+    .await;
+    assert_eq!(
+        ok(
+            &client,
+            "memory_get",
+            json!({"namespace": "agent", "key": "goal"})
+        )
+        .await["value"],
+        "ship it"
+    );
+    assert_eq!(
+        ok(&client, "memory_list", json!({"namespace": "agent"})).await["entries"][0]["key"],
+        "goal"
+    );
+    ok(&client, "cache_set", json!({"key": "k", "value": [1, 2]})).await;
+    assert_eq!(
+        ok(&client, "cache_get", json!({"key": "k"})).await["value"],
+        json!([1, 2])
+    );
+    assert_eq!(
+        ok(
+            &client,
+            "bridge_call",
+            json!({"method": "echo", "params": ["hi"]})
+        )
+        .await["result"],
+        "hi"
+    );
+    assert_eq!(
+        ok(
+            &client,
+            "worker_analyze",
+            json!({"description": "one two three"})
+        )
+        .await["words"],
+        3
+    );
+    let to = dir.path().join("copy.db");
+    let r = ok(&client, "backup", json!({"to": to.to_str().unwrap()})).await;
+    assert_eq!(r["verified"], true);
+    assert!(to.exists());
+
+    // Failures are tool errors an agent can act on.
+    let e = fails(&client, "query", json!({"sql": "SELECT * FROM missing"})).await;
+    assert_eq!(e["kind"], "sql");
+    assert_eq!(e["recoverable"], false);
+    assert!(e["message"].as_str().unwrap().contains("missing"));
+    let e = fails(
+        &client,
+        "query",
+        json!({"sql": "INSERT INTO notes(body) VALUES ('x')"}),
+    )
+    .await;
+    assert_eq!(e["kind"], "read_only");
+    let e = fails(&client, "query", json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "timeout_ms": 100})).await;
+    assert_eq!(e["kind"], "timeout");
+    assert_eq!(e["recoverable"], true);
+    let e = fails(&client, "execute", json!({"sql": "ATTACH 'x.db' AS x"})).await;
+    assert_eq!(e["kind"], "forbidden");
+    let e = fails(&client, "query", json!({"sqll": "SELECT 1"})).await;
+    assert_eq!(e["kind"], "invalid_params");
+    let e = fails(&client, "worker_fail", json!({"message": "boom"})).await;
+    assert_eq!(e["kind"], "worker_error");
+    let e = fails(&client, "no_such_tool", json!({})).await;
+    assert_eq!(e["kind"], "method_not_found");
+
+    // Results are bounded, with a marker saying so.
+    let r = call(&client, "query", json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 50000) SELECT x, printf('%040d', x) FROM c", "max_rows": 50000})).await;
+    let s = r.structured_content.unwrap();
+    assert_eq!(s["truncated"], true);
+    let shown = s["rows"].as_array().unwrap().len();
+    assert!(shown > 100 && shown < 50_000, "{shown}");
+    let text = r.content[0].as_text().unwrap().text.clone();
+    assert!(
+        text.contains(&format!("truncated: {shown} of 50000 rows")),
+        "{}",
+        &text[text.len() - 300..]
+    );
+    assert!(text.len() < 200_000);
+    let r = call(&client, "query", json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 500) SELECT x FROM c"})).await;
+    assert_eq!(
+        r.structured_content.unwrap()["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        100,
+        "100 rows unless asked"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_session_has_no_write_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ro.db");
+    let client = connect(
+        &db,
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("LITEBRIDGE_SECURITY_LOCAL_SCOPES", "read")],
+    )
+    .await;
+    let names = tool_names(&client).await;
+    let expected: BTreeSet<String> = [
+        "query",
+        "schema",
+        "pool_health",
+        "pool_stats",
+        "persistence_stats",
+        "state_load",
+        "memory_get",
+        "memory_list",
+        "cache_get",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(names, expected);
+    // Called anyway: refused by scope.
+    let e = fails(&client, "execute", json!({"sql": "CREATE TABLE t(x)"})).await;
+    assert_eq!(e["kind"], "forbidden");
+    let e = fails(&client, "worker_echo", json!({"value": 1})).await;
+    assert_eq!(e["kind"], "forbidden");
+    ok(&client, "query", json!({"sql": "SELECT 1"})).await;
+    client.cancel().await.unwrap();
+}
+
+/// Reads a streamable-HTTP reply: JSON, or the `data:` lines of an event stream.
+fn mcp_reply(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return v;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("no reply in {text}"))
+}
+
+fn mcp_post(
+    server: &common::Server,
+    key: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, String, Value) {
+    let bearer = format!("Bearer {key}");
+    let mut headers = vec![
+        ("Authorization", bearer.as_str()),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(s) = session {
+        headers.push(("Mcp-Session-Id", s));
+    }
+    let (status, head, bytes) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &headers,
+        body.to_string().as_bytes(),
+    );
+    let value = if bytes.is_empty() || status >= 300 && status != 401 {
+        Value::Null
+    } else {
+        mcp_reply(&bytes)
+    };
+    (status, head, value)
+}
+
+#[test]
+fn mcp_over_http_uses_the_keys_of_rpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let key = |scope: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args([
+                "keys",
+                "create",
+                "--db",
+                db.to_str().unwrap(),
+                "--scope",
+                scope,
+                "--name",
+                scope,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    let (read, write) = (key("read"), key("write"));
+    let server = common::Server::start(&db, &[]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    // No key, or a wrong one: 401 before MCP sees anything.
+    for k in ["", "lb_wrong"] {
+        let (status, head, _) = mcp_post(&server, k, None, init.clone());
+        assert_eq!(status, 401, "{head}");
+    }
+    let tools_of = |secret: &str| {
+        let (status, head, reply) = mcp_post(&server, secret, None, init.clone());
+        assert_eq!(status, 200, "{head} {reply}");
+        assert_eq!(reply["result"]["serverInfo"]["name"], "litebridge");
+        let session = head
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp-session-id:"))
+            .map(|s| s.trim().to_owned());
+        let s = session.as_deref();
+        let (status, _, _) = mcp_post(
+            &server,
+            secret,
+            s,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        );
+        assert!(status == 202 || status == 200, "{status}");
+        let (_, _, reply) = mcp_post(
+            &server,
+            secret,
+            s,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        );
+        let names: BTreeSet<String> = reply["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        let (_, _, created) = mcp_post(
+            &server,
+            secret,
+            s,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "execute", "arguments": {"sql": "CREATE TABLE IF NOT EXISTS t(x)"}}}),
+        );
+        (names, created["result"].clone())
+    };
+    let (names, created) = tools_of(&read);
+    assert!(
+        names.contains("query") && !names.contains("execute"),
+        "{names:?}"
+    );
+    assert_eq!(created["isError"], true, "{created}");
+    assert_eq!(created["structuredContent"]["error"]["kind"], "forbidden");
+    let (names, created) = tools_of(&write);
+    assert!(
+        names.contains("execute") && !names.contains("backup"),
+        "{names:?}"
+    );
+    assert_eq!(created["isError"], false, "{created}");
+    assert!(server.stop().success());
+}
