@@ -79,6 +79,33 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertFalse(methods["charge"]["idempotent"])
         self.assertEqual(methods["analyze"]["cache_ttl_s"], 60)
         self.assertNotIn("cache_ttl_s", methods["echo"])
+        # What agents are shown (MCP tools): the docstring and the parameters.
+        self.assertEqual(methods["analyze"]["description"], "A stand-in for real work: counts words per domain.")
+        self.assertEqual(
+            methods["analyze"]["params"],
+            [{"name": "description", "required": True}, {"name": "domain", "required": False}],
+        )
+        self.assertEqual(methods["wait"]["params"], [{"name": "seconds", "required": True}])
+
+    def test_parameter_types_come_from_annotations(self):
+        from litebridge_worker.worker import _describe_params
+
+        def typed(a: int, b: str = "x", *, c: float = 1.0, d=None):
+            pass
+
+        def anything(*args, **kwargs):
+            pass
+
+        self.assertEqual(
+            _describe_params(typed),
+            [
+                {"name": "a", "required": True, "type": "integer"},
+                {"name": "b", "required": False, "type": "string"},
+                {"name": "c", "required": False, "type": "number"},
+                {"name": "d", "required": False},
+            ],
+        )
+        self.assertIsNone(_describe_params(anything))
 
     def test_positional_and_named_params(self):
         self.assertEqual(self.peer.roundtrip("echo", [42])["result"], 42)
