@@ -190,6 +190,20 @@ impl Inner {
     }
 }
 
+/// The result of an `execute`, its SQL and parameters dropped here, on the
+/// caller's thread (see `group_commit::ExecReply`).
+async fn exec_reply(
+    reply: tokio::sync::oneshot::Receiver<group_commit::ExecReply>,
+) -> Result<ExecResult> {
+    match reply.await {
+        Ok(r) => {
+            drop(r.leftovers);
+            r.result
+        }
+        Err(_) => Err(Error::writer_gone()),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -423,7 +437,8 @@ impl Database {
     ) -> Result<ExecResult> {
         let budget = self.inner.budget(options.timeout);
         let (job, reply) = group_commit::ExecJob::new(budget, sql.into(), params.into());
-        self.submit_job(options, Request::Exec(job), reply).await
+        self.submit_job(options, Request::Exec(job), exec_reply(reply))
+            .await
     }
 
     /// A read of the stores: may use litebridge's own tables (see `guard`).
@@ -450,7 +465,7 @@ impl Database {
         );
         let budget = self.inner.budget(None).trusted();
         let (job, reply) = group_commit::ExecJob::new(budget, sql, params.into());
-        self.submit_job(WriteOptions::default(), Request::Exec(job), reply)
+        self.submit_job(WriteOptions::default(), Request::Exec(job), exec_reply(reply))
             .await
     }
 
@@ -546,6 +561,7 @@ impl Database {
         let mut budget = self.inner.budget(options.timeout);
         budget.trusted = trusted;
         let (job, reply) = Job::new(budget, true, f);
+        let reply = async { reply.await.unwrap_or_else(|_| Err(Error::writer_gone())) };
         self.submit_job(options, Request::Other(job), reply).await
     }
 
@@ -553,7 +569,7 @@ impl Database {
         &self,
         options: WriteOptions,
         job: Request,
-        reply: tokio::sync::oneshot::Receiver<Result<T>>,
+        reply: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let started = job.budget().started;
         let admission = if options.no_wait {
@@ -563,7 +579,7 @@ impl Database {
         };
         let c = &self.inner.counters;
         let r = match self.inner.writer.submit(job, admission).await {
-            Ok(()) => reply.await.unwrap_or_else(|_| Err(Error::writer_gone())),
+            Ok(()) => reply.await,
             Err(e) => Err(e),
         };
         c.write_latency.record(started.elapsed());
