@@ -18,6 +18,8 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: API keys (hashed), [`Scopes`](auth::Scopes), tiers and quotas,
+//!   [`Caller`](auth::Caller); the design note is there (SECURITY.md for the whole).
 //! - [`backups`]: scheduled, verified, pruned backups and recovery from them.
 //! - [`error`]: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
 //! - [`config`]: [`DbConfig`] and its builder; `DEFAULT_*` values.
@@ -25,7 +27,8 @@
 //! - [`db`]: [`Database`]; the design note is there. Inside: `writer` (the
 //!   thread and its queue), `group_commit` (one transaction per batch),
 //!   `readers` (read lane), `heavy` (heavy lane), `guard` (deadlines and the
-//!   statement guard), `exec` (binding and running), `open` (pragmas),
+//!   statement guard and the SQL authorizer), `exec` (binding and running),
+//!   `introspect` ([`Database::schema`]), `open` (pragmas),
 //!   `checkpointer` (WAL checkpoints off the writer thread), `backup` (online
 //!   backup, checks), `restore` (restore with the old file kept aside), `ffi`
 //!   (the one unsafe call).
@@ -38,6 +41,7 @@
 //! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
 //!   JSON-RPC on stdin/stdout; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
+//! - `calendar`: UTC civil dates for stamps and quota periods.
 //! - `fault`: fault switches for tests (hidden).
 
 pub mod auth;
