@@ -190,6 +190,14 @@ impl Inner {
     }
 }
 
+fn admission(options: &WriteOptions) -> Admission {
+    if options.no_wait {
+        Admission::Try
+    } else {
+        Admission::Wait
+    }
+}
+
 /// The result of an `execute`, its SQL and parameters dropped here, on the
 /// caller's thread (see `group_commit::ExecReply`).
 async fn exec_reply(
@@ -399,13 +407,12 @@ impl Database {
     /// [`Error::Sql`] for this statement alone (the rest of its batch commits);
     /// [`Error::Timeout`] if it did not commit before the deadline;
     /// [`Error::Unavailable`] if the writer died while holding it (not committed).
-    pub async fn execute(
+    pub fn execute(
         &self,
         sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
-    ) -> Result<ExecResult> {
-        self.execute_with(sql, params, WriteOptions::default())
-            .await
+    ) -> impl std::future::Future<Output = Result<ExecResult>> + Send + '_ {
+        self.run_exec(sql.into(), params.into(), WriteOptions::default(), false)
     }
 
     /// As [`Database::execute`], but answers [`Error::Overloaded`] at once
@@ -413,32 +420,61 @@ impl Database {
     ///
     /// # Errors
     /// As [`Database::execute`], plus [`Error::Overloaded`].
-    pub async fn try_execute(
+    pub fn try_execute(
         &self,
         sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
-    ) -> Result<ExecResult> {
+    ) -> impl std::future::Future<Output = Result<ExecResult>> + Send + '_ {
         let options = WriteOptions {
             no_wait: true,
             ..WriteOptions::default()
         };
-        self.execute_with(sql, params, options).await
+        self.run_exec(sql.into(), params.into(), options, false)
     }
 
     /// Runs one statement through group commit with explicit options.
     ///
     /// # Errors
     /// As [`Database::execute`].
-    pub async fn execute_with(
+    pub fn execute_with(
         &self,
         sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
         options: WriteOptions,
+    ) -> impl std::future::Future<Output = Result<ExecResult>> + Send + '_ {
+        self.run_exec(sql.into(), params.into(), options, false)
+    }
+
+    /// One statement through group commit. Everything up to the queue is
+    /// done before the first await, and nothing large is held across one:
+    /// the future a caller drives per request stays small (it is moved and
+    /// allocated once per request by whatever polls it; measured).
+    async fn run_exec(
+        &self,
+        sql: Cow<'static, str>,
+        params: Params,
+        options: WriteOptions,
+        trusted: bool,
     ) -> Result<ExecResult> {
-        let budget = self.inner.budget(options.timeout);
-        let (job, reply) = group_commit::ExecJob::new(budget, sql.into(), params.into());
-        self.submit_job(options, Request::Exec(job), exec_reply(reply))
-            .await
+        let mut budget = self.inner.budget(options.timeout);
+        budget.trusted = trusted;
+        let started = budget.started;
+        let (job, reply) = group_commit::ExecJob::new(budget, sql, params);
+        let queued = match self
+            .inner
+            .writer
+            .submit_now(Request::Exec(job), admission(&options))
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,
+            Err(e) => Err(e),
+        };
+        let r = match queued {
+            Ok(()) => exec_reply(reply).await,
+            Err(e) => Err(e),
+        };
+        self.record_write(started, &r);
+        r
     }
 
     /// A read of the stores: may use litebridge's own tables (see `guard`).
@@ -453,20 +489,17 @@ impl Database {
     }
 
     /// A write of the stores: may use litebridge's own tables (see `guard`).
-    pub(crate) async fn execute_trusted(
+    pub(crate) fn execute_trusted(
         &self,
         sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
-    ) -> Result<ExecResult> {
+    ) -> impl std::future::Future<Output = Result<ExecResult>> + Send + '_ {
         let sql = sql.into();
         debug_assert!(
             exec::mentions_own_tables(&sql),
             "trusted SQL names litebridge_ tables"
         );
-        let budget = self.inner.budget(None).trusted();
-        let (job, reply) = group_commit::ExecJob::new(budget, sql, params.into());
-        self.submit_job(WriteOptions::default(), Request::Exec(job), exec_reply(reply))
-            .await
+        self.run_exec(sql, params.into(), WriteOptions::default(), true)
     }
 
     /// Runs several statements as one atomic unit: all of them commit or none.
@@ -572,22 +605,26 @@ impl Database {
         reply: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let started = job.budget().started;
-        let admission = if options.no_wait {
-            Admission::Try
-        } else {
-            Admission::Wait
+        let queued = match self.inner.writer.submit_now(job, admission(&options)) {
+            Ok(None) => Ok(()),
+            Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,
+            Err(e) => Err(e),
         };
-        let c = &self.inner.counters;
-        let r = match self.inner.writer.submit(job, admission).await {
+        let r = match queued {
             Ok(()) => reply.await,
             Err(e) => Err(e),
         };
+        self.record_write(started, &r);
+        r
+    }
+
+    fn record_write<T>(&self, started: std::time::Instant, r: &Result<T>) {
+        let c = &self.inner.counters;
         c.write_latency.record(started.elapsed());
-        c.saw(&r);
+        c.saw(r);
         if r.is_err() {
             c.write_errors.fetch_add(1, Ordering::Relaxed);
         }
-        r
     }
 
     // ----- operations --------------------------------------------------------

@@ -100,14 +100,19 @@ impl WriterHandle {
                 .is_some_and(|t| !t.is_finished())
     }
 
-    /// Queues a job. On the `Try` path a full queue answers `overloaded` at
-    /// once; on the `Wait` path the caller waits for room until its deadline.
-    pub(crate) async fn submit(&self, job: Request, admission: Admission) -> Result<()> {
+    /// Queues a job if there is room now. A full queue gives the job back
+    /// (`Ok(Some(job))`) on the `Wait` path and answers `overloaded` on the
+    /// `Try` path.
+    ///
+    /// Not async: the common case needs no future at all, and the caller's
+    /// future stays small (it is moved and allocated once per request by
+    /// whoever drives it; the waiting path is boxed, see [`Self::wait_for_room`]).
+    pub(crate) fn submit_now(&self, job: Request, admission: Admission) -> Result<Option<Msg>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
         let job = match self.tx.try_send(Msg::Job(job)) {
-            Ok(()) => return self.after_send(),
+            Ok(()) => return self.after_send().map(|()| None),
             Err(flume::TrySendError::Disconnected(_)) => return Err(Error::closed()),
             Err(flume::TrySendError::Full(job)) => job,
         };
@@ -119,6 +124,12 @@ impl WriterHandle {
                 retry_after: Duration::from_millis(10),
             });
         }
+        Ok(Some(job))
+    }
+
+    /// Waits for room for a job the queue was too full to take, until the
+    /// job's deadline.
+    pub(crate) async fn wait_for_room(&self, job: Msg) -> Result<()> {
         let budget = match &job {
             Msg::Job(j) => j.budget().clone(),
             Msg::Stop | Msg::Checkpoint(..) => Budget::new(None),
