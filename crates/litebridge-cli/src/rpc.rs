@@ -182,8 +182,7 @@ pub(crate) async fn handle(
     request_id: &str,
 ) -> Option<Json> {
     use tracing::Instrument as _;
-    let key = caller.key().map(|k| k.name().to_owned());
-    let span = tracing::info_span!("request", request_id = %request_id, key = key.as_deref());
+    let span = tracing::info_span!("request", request_id = %request_id, key = caller.key().map(|k| k.name()));
     handle_in_span(app, caller, input, request_id)
         .instrument(span)
         .await
