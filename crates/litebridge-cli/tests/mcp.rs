@@ -474,3 +474,70 @@ fn mcp_over_http_uses_the_keys_of_rpc() {
     assert_eq!(created["isError"], false, "{created}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn mcp_tool_calls_count_against_the_keys_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let config = dir.path().join("q.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 2\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "keys",
+            "create",
+            "--db",
+            db.to_str().unwrap(),
+            "--scope",
+            "read",
+            "--tier",
+            "free",
+            "--name",
+            "agent",
+        ])
+        .output()
+        .unwrap();
+    let secret = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (status, head, _) = mcp_post(&server, &secret, None, init);
+    assert_eq!(status, 200);
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id:"))
+        .map(|s| s.trim().to_owned());
+    let s = session.as_deref();
+    mcp_post(
+        &server,
+        &secret,
+        s,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    let query = |id: u64| {
+        mcp_post(
+            &server,
+            &secret,
+            s,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "SELECT 1"}}}),
+        )
+        .2["result"]
+            .clone()
+    };
+    assert_eq!(query(2)["isError"], false);
+    assert_eq!(query(3)["isError"], false);
+    let refused = query(4);
+    assert_eq!(refused["isError"], true, "{refused}");
+    let e = &refused["structuredContent"]["error"];
+    assert_eq!(e["kind"], "quota_exceeded");
+    assert_eq!(e["recoverable"], true);
+    assert_eq!(e["data"]["quota"], "daily");
+    assert!(e["data"]["retry_after_ms"].as_u64().unwrap() > 0);
+    let text = refused["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("retrying after"), "{text}");
+    assert!(server.stop().success());
+}
