@@ -604,30 +604,6 @@ fn seed(db: &std::path::Path) {
     }
 }
 
-fn create_key(db: &std::path::Path, name: &str, scope: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args([
-            "keys",
-            "create",
-            "--db",
-            db.to_str().unwrap(),
-            "--scope",
-            scope,
-            "--tier",
-            "enterprise",
-            "--name",
-            name,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
 fn intact(db: &std::path::Path, dir: &std::path::Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     let v: String = conn
@@ -664,7 +640,7 @@ fn hostile_requests_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
     seed(&db);
-    let key = create_key(&db, "hostile", "write");
+    let key = common::create_key(&db, "hostile", "write", "enterprise");
     let server = common::Server::start(&db, &[]);
     let cases = cases(dir.path().to_str().unwrap());
     assert!(cases.len() >= 200, "{} cases", cases.len());

@@ -392,27 +392,7 @@ fn mcp_post(
 fn mcp_over_http_uses_the_keys_of_rpc() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let key = |scope: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
-            .args([
-                "keys",
-                "create",
-                "--db",
-                db.to_str().unwrap(),
-                "--scope",
-                scope,
-                "--name",
-                scope,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .to_owned()
-    };
+    let key = |scope: &str| common::create_key(&db, scope, scope, "free");
     let (read, write) = (key("read"), key("write"));
     let server = common::Server::start(&db, &[]);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -481,26 +461,7 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
     std::fs::write(&config, "[quota]\nfree_daily = 2\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args([
-            "keys",
-            "create",
-            "--db",
-            db.to_str().unwrap(),
-            "--scope",
-            "read",
-            "--tier",
-            "free",
-            "--name",
-            "agent",
-        ])
-        .output()
-        .unwrap();
-    let secret = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
+    let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});

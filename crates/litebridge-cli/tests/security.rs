@@ -8,43 +8,13 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::Server;
+use common::{Server, create_key};
 
 fn litebridge(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_litebridge"))
         .args(args)
         .output()
         .unwrap()
-}
-
-/// `keys create`; returns the secret (the last word of the last line).
-fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &str) -> String {
-    let out = litebridge(&[
-        "keys",
-        "create",
-        "--db",
-        db.to_str().unwrap(),
-        "--scope",
-        scope,
-        "--tier",
-        tier,
-        "--name",
-        name,
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = stdout
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap()
-        .to_owned();
-    assert!(secret.starts_with("lb_"), "{stdout}");
-    secret
 }
 
 fn call(method: &str, params: Value) -> Value {

@@ -217,16 +217,28 @@ async fn shutdown_signal() {
     }
 }
 
-/// `litebridge mcp`: MCP over stdin/stdout as the local user.
-pub(crate) async fn mcp(args: &ServiceArgs) -> CliResult {
+/// What `stdio` and `mcp` share: a session of the local user. `None` when
+/// only the configuration was asked for (printed on stderr: stdout belongs
+/// to the protocol).
+async fn local_session(
+    args: &ServiceArgs,
+) -> CliResult<Option<(rpc::App, Caller, tokio::task::JoinHandle<()>)>> {
     let s = settings(args, None)?;
     if args.print_config {
         eprint!("{}", s.describe());
-        return Ok(());
+        return Ok(None);
     }
     crate::logging::init(s.log_level(), s.log_format());
     let caller = Caller::local(s.local_scopes()?);
     let (app, upkeep) = open_app(&s, args.recover).await?;
+    Ok(Some((app, caller, upkeep)))
+}
+
+/// `litebridge mcp`: MCP over stdin/stdout as the local user.
+pub(crate) async fn mcp(args: &ServiceArgs) -> CliResult {
+    let Some((app, caller, upkeep)) = local_session(args).await? else {
+        return Ok(());
+    };
     let app = Arc::new(app);
     let served = crate::transport::mcp::serve_stdio(app.clone(), caller).await;
     upkeep.abort();
@@ -237,16 +249,11 @@ pub(crate) async fn mcp(args: &ServiceArgs) -> CliResult {
     served.map_err(|e| Failure::new(format!("mcp: {e}")))
 }
 
+/// `litebridge stdio`: the JSON-RPC method table on stdin/stdout.
 pub(crate) async fn stdio(args: &ServiceArgs) -> CliResult {
-    let s = settings(args, None)?;
-    if args.print_config {
-        // stdout belongs to the protocol: the configuration goes to stderr.
-        eprint!("{}", s.describe());
+    let Some((app, caller, upkeep)) = local_session(args).await? else {
         return Ok(());
-    }
-    crate::logging::init(s.log_level(), s.log_format());
-    let caller = Caller::local(s.local_scopes()?);
-    let (app, upkeep) = open_app(&s, args.recover).await?;
+    };
     let served =
         crate::transport::stdio::serve(app, caller, tokio::io::stdin(), tokio::io::stdout()).await;
     upkeep.abort();

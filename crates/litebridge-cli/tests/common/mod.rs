@@ -9,6 +9,30 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `litebridge keys create`; returns the secret (the last word of the last line).
+pub(crate) fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["keys", "create", "--db"])
+        .arg(db)
+        .args(["--scope", scope, "--tier", tier, "--name", name])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("lb_"), "{stdout}");
+    secret
+}
+
 /// Starts `litebridge serve --db DB --listen 127.0.0.1:0 EXTRA...` from the
 /// repository root with `env` added and its stderr sent to `stderr`; returns
 /// the process and the address from its first line (`listening on ADDR`).
