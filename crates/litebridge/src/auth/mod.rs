@@ -139,6 +139,8 @@ type PendingRow = (i64, Vec<(String, u64)>, Option<i64>);
 
 #[derive(Debug, Default)]
 struct Registry {
+    /// Whether the keys were read at least once.
+    loaded: bool,
     version: Option<String>,
     by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
 }
@@ -227,7 +229,7 @@ impl Auth {
         let _one = self.inner.busy.lock().await;
         let current = self.registry();
         let version = self.inner.db.read(keys::version).await?;
-        if version == current.version && current.version.is_some() {
+        if current.loaded && version == current.version {
             return Ok(false);
         }
         let (day, month, _) = periods(self.inner.clock.now());
@@ -259,6 +261,7 @@ impl Auth {
         let by_id: HashMap<i64, &Arc<KeyEntry>> =
             current.by_hash.values().map(|k| (k.id, k)).collect();
         let mut next = Registry {
+            loaded: true,
             version,
             by_hash: HashMap::with_capacity(rows.len()),
         };
