@@ -162,7 +162,8 @@ pub(crate) fn wire_error(e: &RpcError) -> Json {
     Json::Object(err)
 }
 
-fn error_reply(id: Json, e: &RpcError) -> Json {
+/// A whole JSON-RPC error reply.
+pub(crate) fn error_reply(id: Json, e: &RpcError) -> Json {
     json!({"jsonrpc": "2.0", "error": wire_error(e), "id": id})
 }
 

@@ -99,11 +99,9 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
         .into_response()
 }
 
+/// A JSON-RPC error with `id: null` (the request was not read), with `status`.
 fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
-    let mut r = json_response(
-        status,
-        &json!({"jsonrpc": "2.0", "error": rpc::wire_error(e), "id": null}),
-    );
+    let mut r = json_response(status, &rpc::error_reply(serde_json::Value::Null, e));
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -160,10 +158,7 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
             capacity: state.limit,
             retry_after: std::time::Duration::from_millis(100),
         });
-        return json_response(
-            StatusCode::OK,
-            &json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null}),
-        );
+        return rpc_error(StatusCode::OK, &e);
     };
     let json_type = headers
         .get(header::CONTENT_TYPE)
@@ -175,10 +170,7 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
         });
     if !json_type {
         let e = rpc::RpcError::InvalidRequest("the Content-Type must be application/json".into());
-        return json_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null}),
-        );
+        return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e);
     }
     let request_id = headers
         .get("x-request-id")

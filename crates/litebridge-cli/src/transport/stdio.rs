@@ -59,8 +59,7 @@ where
         }
         if line.len() > MAX_LINE {
             let e = rpc::RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"));
-            let reply =
-                serde_json::json!({"jsonrpc": "2.0", "error": rpc::wire_error(&e), "id": null});
+            let reply = rpc::error_reply(serde_json::Value::Null, &e);
             let _ = tx.send(serde_json::to_vec(&reply).unwrap_or_default());
             continue;
         }
