@@ -36,12 +36,14 @@
 mod backup;
 mod checkpointer;
 mod exec;
+mod execute;
 mod ffi;
 mod group_commit;
 mod guard;
 mod heavy;
 mod introspect;
 mod open;
+mod queue;
 mod readers;
 mod restore;
 mod writer;
@@ -188,6 +190,15 @@ impl Inner {
     fn budget(&self, timeout: Option<Duration>) -> Budget {
         Budget::new(timeout.or(self.default_timeout))
     }
+
+    fn record_write<T>(&self, started: std::time::Instant, r: &Result<T>) {
+        let c = &self.counters;
+        c.write_latency.record(started.elapsed());
+        c.saw(r);
+        if r.is_err() {
+            c.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn admission(options: &WriteOptions) -> Admission {
@@ -195,20 +206,6 @@ fn admission(options: &WriteOptions) -> Admission {
         Admission::Try
     } else {
         Admission::Wait
-    }
-}
-
-/// The result of an `execute`, its SQL and parameters dropped here, on the
-/// caller's thread (see `group_commit::ExecReply`).
-async fn exec_reply(
-    reply: tokio::sync::oneshot::Receiver<group_commit::ExecReply>,
-) -> Result<ExecResult> {
-    match reply.await {
-        Ok(r) => {
-            drop(r.leftovers);
-            r.result
-        }
-        Err(_) => Err(Error::writer_gone()),
     }
 }
 
@@ -445,36 +442,15 @@ impl Database {
         self.run_exec(sql.into(), params.into(), options, false)
     }
 
-    /// One statement through group commit. Everything up to the queue is
-    /// done before the first await, and nothing large is held across one:
-    /// the future a caller drives per request stays small (it is moved and
-    /// allocated once per request by whatever polls it; measured).
-    async fn run_exec(
+    /// One statement through group commit (see [`execute::Execute`]).
+    fn run_exec(
         &self,
         sql: Cow<'static, str>,
         params: Params,
         options: WriteOptions,
         trusted: bool,
-    ) -> Result<ExecResult> {
-        let mut budget = self.inner.budget(options.timeout);
-        budget.trusted = trusted;
-        let started = budget.started;
-        let (job, reply) = group_commit::ExecJob::new(budget, sql, params);
-        let queued = match self
-            .inner
-            .writer
-            .submit_now(Request::Exec(job), admission(&options))
-        {
-            Ok(None) => Ok(()),
-            Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,
-            Err(e) => Err(e),
-        };
-        let r = match queued {
-            Ok(()) => exec_reply(reply).await,
-            Err(e) => Err(e),
-        };
-        self.record_write(started, &r);
-        r
+    ) -> execute::Execute<'_> {
+        execute::Execute::new(&self.inner, sql, params, options, trusted)
     }
 
     /// A read of the stores: may use litebridge's own tables (see `guard`).
@@ -614,17 +590,8 @@ impl Database {
             Ok(()) => reply.await,
             Err(e) => Err(e),
         };
-        self.record_write(started, &r);
+        self.inner.record_write(started, &r);
         r
-    }
-
-    fn record_write<T>(&self, started: std::time::Instant, r: &Result<T>) {
-        let c = &self.inner.counters;
-        c.write_latency.record(started.elapsed());
-        c.saw(r);
-        if r.is_err() {
-            c.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     // ----- operations --------------------------------------------------------

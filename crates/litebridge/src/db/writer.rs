@@ -1,9 +1,10 @@
 //! The writer thread: the only read-write connection, its bounded queue, and
 //! the supervisor that restarts it.
 //!
-//! Callers put a [`WriteJob`] on a bounded queue and await its answer. The
-//! thread takes what is queued (up to `max_batch`, waiting up to `max_wait` for
-//! more) and hands it to [`commit_batch`]. After a commit that leaves the WAL
+//! Callers put a [`WriteJob`] on a bounded queue ([`WriteQueue`]) and await
+//! its answer. The thread takes everything queued at once (waiting up to
+//! `max_wait` for more) and hands it to [`commit_batch`] in transactions of
+//! at most `max_batch` requests. After a commit that leaves the WAL
 //! past the checkpoint threshold it nudges the checkpointer thread, so
 //! checkpoint I/O never runs here. When idle it checks its connection.
 //!
@@ -24,30 +25,15 @@ use crate::db::checkpointer::{Checkpointer, Nudge};
 use crate::db::group_commit::{Request, commit_batch};
 use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
+use crate::db::queue::{Asked, Refused, Taken, WriteQueue};
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
 
-/// A message on the writer's queue.
-pub(crate) enum Msg {
-    Job(Request),
-    /// Run a checkpoint between two batches and answer with its report.
-    Checkpoint(
-        CheckpointMode,
-        tokio::sync::oneshot::Sender<Result<CheckpointReport>>,
-    ),
-    /// Commit what came before, answer what comes after with `closed`, exit.
-    Stop,
-}
-
 /// How callers reach the writer thread.
 pub(crate) struct WriterHandle {
-    tx: flume::Sender<Msg>,
-    /// Kept so that a request that slipped in after the writer exited can be
-    /// answered instead of waiting forever.
-    drain: flume::Receiver<Msg>,
+    queue: Arc<WriteQueue>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
-    capacity: usize,
     counters: Arc<Counters>,
 }
 
@@ -67,27 +53,24 @@ impl WriterHandle {
         let conn = opener.open_writer(true)?;
         let checkpointer = Checkpointer::start(&opener, counters.clone())?;
         let nudge = checkpointer.nudge(&opener);
-        let capacity = opener.config.write_queue;
-        let (tx, rx) = flume::bounded(capacity);
+        let queue = Arc::new(WriteQueue::new(opener.config.write_queue));
         let c = counters.clone();
-        let drain = rx.clone();
+        let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name("litebridge-writer".into())
-            .spawn(move || supervise(conn, rx, opener, c, nudge))
+            .spawn(move || supervise(conn, &q, opener, c, nudge))
             .map_err(|e| Error::io("cannot start the writer thread", "litebridge-writer", e))?;
         let handle = WriterHandle {
-            tx,
-            drain,
+            queue,
             thread: Mutex::new(Some(thread)),
             closed: AtomicBool::new(false),
-            capacity,
             counters,
         };
         Ok((handle, checkpointer))
     }
 
     pub(crate) fn queued(&self) -> usize {
-        self.tx.len()
+        self.queue.len()
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -107,20 +90,20 @@ impl WriterHandle {
     /// Not async: the common case needs no future at all, and the caller's
     /// future stays small (it is moved and allocated once per request by
     /// whoever drives it; the waiting path is boxed, see [`Self::wait_for_room`]).
-    pub(crate) fn submit_now(&self, job: Request, admission: Admission) -> Result<Option<Msg>> {
+    pub(crate) fn submit_now(&self, job: Request, admission: Admission) -> Result<Option<Request>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
-        let job = match self.tx.try_send(Msg::Job(job)) {
-            Ok(()) => return self.after_send().map(|()| None),
-            Err(flume::TrySendError::Disconnected(_)) => return Err(Error::closed()),
-            Err(flume::TrySendError::Full(job)) => job,
+        let job = match self.queue.push(job) {
+            Ok(()) => return Ok(None),
+            Err(Refused::Stopped) => return Err(Error::closed()),
+            Err(Refused::Full(job)) => job,
         };
         if admission == Admission::Try {
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded {
                 queue: "write",
-                capacity: self.capacity,
+                capacity: self.queue.capacity(),
                 retry_after: Duration::from_millis(10),
             });
         }
@@ -129,24 +112,16 @@ impl WriterHandle {
 
     /// Waits for room for a job the queue was too full to take, until the
     /// job's deadline.
-    pub(crate) async fn wait_for_room(&self, job: Msg) -> Result<()> {
-        let budget = match &job {
-            Msg::Job(j) => j.budget().clone(),
-            Msg::Stop | Msg::Checkpoint(..) => Budget::new(None),
-        };
-        let send = self.tx.send_async(job);
-        let sent = match budget.deadline {
-            Some(d) => match tokio::time::timeout_at(d.into(), send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(budget.timeout_error(TimeoutStage::Queued));
-                }
-            },
-            None => send.await,
-        };
-        sent.map_err(|_| Error::closed())?;
-        self.after_send()
+    pub(crate) async fn wait_for_room(&self, job: Request) -> Result<()> {
+        let deadline = job.budget().deadline;
+        match self.queue.push_waiting(job, deadline).await {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(job)) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(job.budget().timeout_error(TimeoutStage::Queued))
+            }
+            Err(Refused::Stopped) => Err(Error::closed()),
+        }
     }
 
     /// Runs a checkpoint on the writer thread between two batches.
@@ -155,34 +130,8 @@ impl WriterHandle {
             return Err(Error::closed());
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send_async(Msg::Checkpoint(mode, reply))
-            .await
-            .map_err(|_| Error::closed())?;
-        self.after_send()?;
+        self.queue.ask((mode, reply)).map_err(|_| Error::closed())?;
         answer.await.unwrap_or_else(|_| Err(Error::writer_gone()))
-    }
-
-    fn after_send(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            // Closed while we were sending: the writer may already be gone.
-            // Whatever is still queued is answered here (a request answered
-            // `closed` was never run).
-            self.fail_queued();
-        }
-        Ok(())
-    }
-
-    fn fail_queued(&self) {
-        while let Ok(msg) = self.drain.try_recv() {
-            match msg {
-                Msg::Job(job) => job.finish(Err(Error::closed())),
-                Msg::Checkpoint(_, reply) => {
-                    let _ = reply.send(Err(Error::closed()));
-                }
-                Msg::Stop => {}
-            }
-        }
     }
 
     /// Stops accepting, lets the thread commit what was queued before, checkpoint and exit.
@@ -190,19 +139,33 @@ impl WriterHandle {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _ = self.tx.send(Msg::Stop);
+        self.queue.stop();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
-        self.fail_queued();
+        // The writer takes everything with the stop signal; this only finds
+        // something if the thread is gone for another reason.
+        let (mut jobs, mut asked) = (Vec::new(), Vec::new());
+        self.queue.take_now(&mut jobs, &mut asked);
+        answer_all(&mut jobs, &mut asked, &Error::closed());
+    }
+}
+
+/// Answers every request and checkpoint request with `e` (none of them ran).
+fn answer_all(jobs: &mut Vec<Request>, asked: &mut Vec<Asked>, e: &Error) {
+    for job in jobs.drain(..) {
+        job.finish(Err(e.clone()));
+    }
+    for (_, reply) in asked.drain(..) {
+        let _ = reply.send(Err(e.clone()));
     }
 }
 
 /// Restarts the writer loop whenever it dies, until it is stopped.
 fn supervise(
     conn: Connection,
-    rx: flume::Receiver<Msg>,
+    queue: &WriteQueue,
     opener: Opener,
     counters: Arc<Counters>,
     nudge: Nudge,
@@ -211,7 +174,7 @@ fn supervise(
     let mut backoff = Duration::from_millis(10);
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
-            writer_loop(&mut conn, &rx, &opener, &counters, &nudge)
+            writer_loop(&mut conn, queue, &opener, &counters, &nudge)
         }));
         match run {
             Ok(()) => return,
@@ -230,7 +193,7 @@ fn supervise(
 
 fn writer_loop(
     slot: &mut Option<Connection>,
-    rx: &flume::Receiver<Msg>,
+    queue: &WriteQueue,
     opener: &Opener,
     counters: &Counters,
     nudge: &Nudge,
@@ -239,11 +202,8 @@ fn writer_loop(
     let max_batch = config.max_batch;
     let idle_tick = config.health_check_interval.min(Duration::from_secs(1));
     let check_fks = config.foreign_keys;
-    let mut batch: Vec<Request> = Vec::with_capacity(max_batch.min(4096));
-    let mut asked: Vec<(
-        CheckpointMode,
-        tokio::sync::oneshot::Sender<Result<CheckpointReport>>,
-    )> = Vec::new();
+    let mut batch: Vec<Request> = Vec::with_capacity(config.write_queue.min(4096));
+    let mut asked: Vec<Asked> = Vec::new();
     let wal_pages = Arc::new(AtomicU32::new(0));
     let mut hooked = false;
     let mut last_check = Instant::now();
@@ -253,13 +213,15 @@ fn writer_loop(
                 Ok(c) => *slot = Some(c),
                 Err(e) => {
                     // Cannot open: answer what is queued rather than leave it waiting.
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(Msg::Job(job)) => job.finish(Err(e)),
-                        Ok(Msg::Checkpoint(_, reply)) => {
-                            let _ = reply.send(Err(e));
-                        }
-                        Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => return,
-                        Err(flume::RecvTimeoutError::Timeout) => {}
+                    let taken = queue.take(
+                        &mut batch,
+                        &mut asked,
+                        Duration::ZERO,
+                        Duration::from_millis(200),
+                    );
+                    answer_all(&mut batch, &mut asked, &e);
+                    if taken == Taken::Stop {
+                        return;
                     }
                     continue;
                 }
@@ -271,70 +233,45 @@ fn writer_loop(
             install_hooks(conn, &wal_pages, opener);
             hooked = true;
         }
-        let mut stopping = false;
-        let first = match spin_recv(rx).map_or_else(|| rx.recv_timeout(idle_tick), Ok) {
-            Ok(Msg::Job(job)) => job,
-            Ok(Msg::Checkpoint(mode, reply)) => {
-                let _ = reply.send(nudge.on_demand(conn, mode, &wal_pages, counters));
-                continue;
-            }
-            Ok(Msg::Stop) => return,
-            Err(flume::RecvTimeoutError::Timeout) => {
-                if last_check.elapsed() >= config.health_check_interval {
-                    last_check = Instant::now();
-                    counters.health_checked_now();
-                    if !healthy(conn) {
-                        counters.failed_connections.fetch_add(1, Ordering::Relaxed);
-                        *slot = None;
-                        continue;
-                    }
+        let mut taken = queue.take(&mut batch, &mut asked, SPIN, idle_tick);
+        if taken == Taken::Idle {
+            if last_check.elapsed() >= config.health_check_interval {
+                last_check = Instant::now();
+                counters.health_checked_now();
+                if !healthy(conn) {
+                    counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+                    *slot = None;
                 }
-                continue;
             }
-            Err(flume::RecvTimeoutError::Disconnected) => return,
-        };
-        batch.push(first);
-        // One message at a time, not `drain()`: draining hands the channel's
-        // buffer to the writer, and the producers then grow a new one from
-        // nothing for every batch (reallocations, copies and fresh pages on
-        // their cores, frees on the writer's: measured).
-        while !stopping && batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => batch.push(job),
-                Ok(Msg::Checkpoint(mode, reply)) => asked.push((mode, reply)),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
+            continue;
         }
-        if !stopping && !config.max_wait.is_zero() && batch.len() < max_batch {
-            let until = Instant::now() + config.max_wait;
-            while batch.len() < max_batch {
-                match rx.recv_deadline(until) {
-                    Ok(Msg::Job(job)) => batch.push(job),
-                    Ok(Msg::Checkpoint(mode, reply)) => asked.push((mode, reply)),
-                    Ok(Msg::Stop) => {
-                        stopping = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+        if taken == Taken::Work
+            && !config.max_wait.is_zero()
+            && !batch.is_empty()
+            && batch.len() < max_batch
+        {
+            taken = queue.take_more(
+                &mut batch,
+                &mut asked,
+                max_batch,
+                Instant::now() + config.max_wait,
+            );
         }
-        counters.write_active.store(1, Ordering::Relaxed);
-        let panic_now = config
-            .faults
-            .as_ref()
-            .is_some_and(|f| f.take_panic_writer());
-        commit_batch(conn, &mut batch, counters, check_fks, panic_now);
-        counters.write_active.store(0, Ordering::Relaxed);
+        while !batch.is_empty() {
+            counters.write_active.store(1, Ordering::Relaxed);
+            let panic_now = config
+                .faults
+                .as_ref()
+                .is_some_and(|f| f.take_panic_writer());
+            let n = batch.len().min(max_batch);
+            commit_batch(conn, &mut batch, n, counters, check_fks, panic_now);
+            counters.write_active.store(0, Ordering::Relaxed);
+            nudge.after_commit(conn, &wal_pages, counters);
+        }
         for (mode, reply) in asked.drain(..) {
             let _ = reply.send(nudge.on_demand(conn, mode, &wal_pages, counters));
         }
-        nudge.after_commit(conn, &wal_pages, counters);
-        if stopping {
+        if taken == Taken::Stop {
             return;
         }
     }
@@ -345,19 +282,6 @@ fn writer_loop(
 /// answered are about to send their next requests, so the writer first polls
 /// the queue for a short while, yielding its core to them, before it parks.
 const SPIN: Duration = Duration::from_micros(60);
-
-fn spin_recv(rx: &flume::Receiver<Msg>) -> Option<Msg> {
-    let start = Instant::now();
-    loop {
-        if let Ok(m) = rx.try_recv() {
-            return Some(m);
-        }
-        if start.elapsed() >= SPIN {
-            return None;
-        }
-        std::thread::yield_now();
-    }
-}
 
 fn install_hooks(conn: &mut Connection, wal_pages: &Arc<AtomicU32>, opener: &Opener) {
     let pages = wal_pages.clone();
