@@ -46,6 +46,7 @@ mod open;
 mod queue;
 mod readers;
 mod restore;
+mod wal_vfs;
 mod writer;
 
 use std::borrow::Cow;

@@ -82,8 +82,12 @@ impl Opener {
         if c.create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let mut conn =
-            Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
+        // The writer's WAL writes go through `wal_vfs` (one write per commit).
+        let mut conn = match crate::db::wal_vfs::name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(&self.path, flags, vfs),
+            None => Connection::open_with_flags(&self.path, flags),
+        }
+        .map_err(|e| self.open_error(e))?;
         conn.busy_timeout(c.busy_timeout)?;
         // Read before anything writes: a file that is not a database is refused untouched.
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))

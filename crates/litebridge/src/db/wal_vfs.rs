@@ -1,0 +1,485 @@
+//! A thin VFS over SQLite's `unix` VFS that writes each commit's WAL frames
+//! in one system call. Only the writer's connection uses it.
+//!
+//! # Why
+//!
+//! SQLite appends a commit to the WAL one frame at a time, and each frame in
+//! two `pwrite`s: its 24-byte header, then the page. A frame is not aligned
+//! to the file system's blocks, so every call dirties one or two page-cache
+//! pages the previous call dirtied already, and the kernel's per-page work
+//! (`write_begin`/`write_end`, marking buffers dirty) runs about three times
+//! per page written. Under a pipelined insert load that was ~7 % of all CPU
+//! (BENCHMARKS.md, "Profile"). Here the frames of a commit are gathered in
+//! memory and handed to the `unix` VFS as one write when the commit frame's
+//! page arrives.
+//!
+//! # Why this is safe
+//!
+//! SQLite publishes a commit to other connections only after the frames are
+//! written: `sqlite3WalFrames` writes every frame (the commit frame last),
+//! syncs if asked, and only then updates the wal-index that readers consult.
+//! The buffer is flushed while the commit frame is being written, so by the
+//! time anyone can look for those frames, they are in the file. Nothing is
+//! acknowledged before COMMIT returns, so a process that dies with frames
+//! still in the buffer loses only a transaction nobody was told about, the
+//! same as dying in the middle of SQLite's own writes (recovery ignores
+//! frames after the last valid commit frame). A failed flush is the failed
+//! write of the commit frame: SQLite rolls the commit back.
+//!
+//! The buffer is also flushed before anything that could observe the file
+//! (a read, the size, a sync, a truncate, a file-control, close), before any
+//! write that is not the next byte of the buffer (SQLite rewriting a frame
+//! in place), and whenever it passes 1 MiB (a transaction spilling pages
+//! before it commits). Every other file, the database and its shared-memory
+//! index included, goes straight to `unix`.
+//!
+//! Proven by the crash harness (`litebridge-cli/tests/crash_safety.rs`:
+//! SIGKILL under load, every acknowledged write present exactly once, in
+//! both durability modes) and the readers-see-commits tests.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_int, c_void};
+use std::sync::OnceLock;
+
+use rusqlite::ffi;
+
+/// The name the writer's connection opens with.
+pub(crate) const NAME: &CStr = c"litebridge-wal";
+
+/// A buffer larger than this is written out even without a commit.
+const MAX_BUFFER: usize = 1 << 20;
+/// The largest single write handed to the unix VFS.
+const WRITE_PIECE: usize = 64 * 1024;
+/// The size of a WAL frame header.
+const FRAME_HEADER: c_int = 24;
+
+/// Registers the VFS (once per process) and returns its name, or `None` if
+/// SQLite has no `unix` VFS to wrap (then the default VFS is used).
+pub(crate) fn name() -> Option<&'static CStr> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    REGISTERED.get_or_init(register).then_some(NAME)
+}
+
+fn register() -> bool {
+    // SAFETY: sqlite3_vfs_find only reads SQLite's VFS list; the returned
+    // VFS lives for the whole process (VFSes are never unregistered here).
+    let unix = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
+    if unix.is_null() {
+        return false;
+    }
+    // SAFETY: `unix` is a valid, registered VFS: copying its struct copies
+    // its function pointers, which stay valid for the process's lifetime.
+    let mut vfs: ffi::sqlite3_vfs = unsafe { *unix };
+    let Ok(unix_size) = usize::try_from(vfs.szOsFile) else {
+        return false;
+    };
+    let Ok(size) = c_int::try_from(std::mem::size_of::<ShimFile>() + unix_size) else {
+        return false;
+    };
+    vfs.szOsFile = size;
+    vfs.pNext = std::ptr::null_mut();
+    vfs.zName = NAME.as_ptr();
+    vfs.pAppData = unix.cast();
+    vfs.xOpen = Some(shim_open);
+    // The other methods are the `unix` ones: none of them reads the VFS
+    // struct it is called with beyond fields copied unchanged (only xOpen
+    // reads pAppData, and xOpen is ours).
+    let vfs: &'static mut ffi::sqlite3_vfs = Box::leak(Box::new(vfs));
+    // SAFETY: `vfs` is a complete, 'static VFS; registering it as
+    // non-default does not affect connections that do not name it.
+    unsafe { ffi::sqlite3_vfs_register(vfs, 0) == ffi::SQLITE_OK }
+}
+
+/// The file as SQLite sees it: our header, then the `unix` file it wraps
+/// (in the same allocation of `szOsFile` bytes, which SQLite makes 8-byte
+/// aligned).
+#[repr(C)]
+struct ShimFile {
+    base: ffi::sqlite3_file,
+    /// The WAL's pending frames; null for every other file.
+    buffer: *mut Pending,
+}
+
+struct Pending {
+    data: Vec<u8>,
+    /// The file offset of `data[0]`.
+    start: i64,
+    /// A commit frame's header is in `data`; its page comes next.
+    commit_header: bool,
+}
+
+/// The `unix` file inside a shim file.
+///
+/// # Safety
+/// `file` must point at a `ShimFile` allocation of the size this VFS asked for.
+unsafe fn real(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    // SAFETY: (caller) the allocation holds a ShimFile followed by the unix file.
+    unsafe {
+        file.cast::<u8>()
+            .add(std::mem::size_of::<ShimFile>())
+            .cast()
+    }
+}
+
+/// # Safety
+/// `file` must point at an open `ShimFile` whose real file is open.
+unsafe fn methods(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_methods {
+    // SAFETY: (caller) an open unix file's pMethods points at a static table.
+    unsafe { &*(*real(file)).pMethods }
+}
+
+unsafe extern "C" fn shim_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite gives us our VFS (whose pAppData is the unix VFS) and
+    // an uninitialised allocation of szOsFile bytes for `file`.
+    unsafe {
+        let unix = (*vfs).pAppData.cast::<ffi::sqlite3_vfs>();
+        let shim = file.cast::<ShimFile>();
+        (*shim).base.pMethods = std::ptr::null();
+        (*shim).buffer = std::ptr::null_mut();
+        let inner = real(file);
+        let Some(open) = (*unix).xOpen else {
+            return ffi::SQLITE_CANTOPEN;
+        };
+        let rc = open(unix, name, inner, flags, out_flags);
+        if rc != ffi::SQLITE_OK || (*inner).pMethods.is_null() {
+            return rc;
+        }
+        if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            (*shim).buffer = Box::into_raw(Box::new(Pending {
+                data: Vec::with_capacity(64 * 1024),
+                start: 0,
+                commit_header: false,
+            }));
+        }
+        (*shim).base.pMethods = &PASS_METHODS;
+        rc
+    }
+}
+
+/// Writes out the pending frames, if any.
+///
+/// # Safety
+/// `file` must be an open `ShimFile`.
+unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: (caller) open shim file; its buffer, when not null, is ours.
+    unsafe {
+        let pending = (*file.cast::<ShimFile>()).buffer;
+        if pending.is_null() || (*pending).data.is_empty() {
+            return ffi::SQLITE_OK;
+        }
+        let p = &mut *pending;
+        let Some(write) = methods(file).xWrite else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        // The unix VFS writes at most 128 KiB - 1 bytes per call (it masks
+        // the length to 17 bits): hand it pieces it takes whole.
+        let mut rc = ffi::SQLITE_OK;
+        let mut offset = p.start;
+        for piece in p.data.chunks(WRITE_PIECE) {
+            let len = c_int::try_from(piece.len()).expect("a piece fits an int");
+            rc = write(real(file), piece.as_ptr().cast(), len, offset);
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+            offset += i64::from(len);
+        }
+        // Whatever the outcome, these bytes are SQLite's problem now: on an
+        // error it rolls the transaction back and writes the frames again.
+        p.data.clear();
+        p.commit_header = false;
+        rc
+    }
+}
+
+unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite closes an open file once; the buffer is freed here only.
+    unsafe {
+        let flushed = flush(file);
+        let shim = file.cast::<ShimFile>();
+        if !(*shim).buffer.is_null() {
+            drop(Box::from_raw((*shim).buffer));
+            (*shim).buffer = std::ptr::null_mut();
+        }
+        let rc = match methods(file).xClose {
+            Some(close) => close(real(file)),
+            None => ffi::SQLITE_OK,
+        };
+        if flushed != ffi::SQLITE_OK {
+            flushed
+        } else {
+            rc
+        }
+    }
+}
+
+unsafe extern "C" fn x_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite calls with an open file and a buffer of `amount` bytes.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        match methods(file).xRead {
+            Some(read) => read(real(file), buf, amount, offset),
+            None => ffi::SQLITE_IOERR_READ,
+        }
+    }
+}
+
+unsafe extern "C" fn x_write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite calls with an open file and `amount` readable bytes.
+    unsafe {
+        let pending = (*file.cast::<ShimFile>()).buffer;
+        let Ok(len) = usize::try_from(amount) else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        if pending.is_null() {
+            return match methods(file).xWrite {
+                Some(write) => write(real(file), data, amount, offset),
+                None => ffi::SQLITE_IOERR_WRITE,
+            };
+        }
+        let p = &mut *pending;
+        let end = p.start + p.data.len() as i64;
+        if !p.data.is_empty() && offset != end {
+            // Not the next byte (a frame rewritten in place): keep order.
+            let rc = flush(file);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
+        if p.data.is_empty() {
+            p.start = offset;
+        }
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+        p.data.extend_from_slice(bytes);
+        if amount == FRAME_HEADER && offset >= 32 {
+            // A frame header: bytes 4..8 are the database size after the
+            // commit for a commit frame, zero otherwise.
+            p.commit_header = bytes[4..8] != [0, 0, 0, 0];
+            return ffi::SQLITE_OK;
+        }
+        if p.commit_header || p.data.len() >= MAX_BUFFER {
+            return flush(file);
+        }
+        ffi::SQLITE_OK
+    }
+}
+
+unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    // SAFETY: SQLite calls with an open file.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        match methods(file).xTruncate {
+            Some(f) => f(real(file), size),
+            None => ffi::SQLITE_IOERR_TRUNCATE,
+        }
+    }
+}
+
+unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    // SAFETY: SQLite calls with an open file.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        match methods(file).xSync {
+            Some(f) => f(real(file), flags),
+            None => ffi::SQLITE_IOERR_FSYNC,
+        }
+    }
+}
+
+unsafe extern "C" fn x_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    // SAFETY: SQLite calls with an open file and a place for the size.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        match methods(file).xFileSize {
+            Some(f) => f(real(file), size),
+            None => ffi::SQLITE_IOERR_FSTAT,
+        }
+    }
+}
+
+unsafe extern "C" fn x_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: SQLite calls with an open file; `arg` is for the unix VFS.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        match methods(file).xFileControl {
+            Some(f) => f(real(file), op, arg),
+            None => ffi::SQLITE_NOTFOUND,
+        }
+    }
+}
+
+// The rest only forward to the unix file.
+
+unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xLock
+            .map_or(ffi::SQLITE_OK, |f| f(real(file), level))
+    }
+}
+
+unsafe extern "C" fn x_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xUnlock
+            .map_or(ffi::SQLITE_OK, |f| f(real(file), level))
+    }
+}
+
+unsafe extern "C" fn x_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xCheckReservedLock
+            .map_or(ffi::SQLITE_OK, |f| f(real(file), out))
+    }
+}
+
+unsafe extern "C" fn x_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe { methods(file).xSectorSize.map_or(4096, |f| f(real(file))) }
+}
+
+unsafe extern "C" fn x_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xDeviceCharacteristics
+            .map_or(0, |f| f(real(file)))
+    }
+}
+
+unsafe extern "C" fn x_shm_map(
+    file: *mut ffi::sqlite3_file,
+    page: c_int,
+    size: c_int,
+    extend: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file).xShmMap.map_or(ffi::SQLITE_IOERR_SHMMAP, |f| {
+            f(real(file), page, size, extend, out)
+        })
+    }
+}
+
+unsafe extern "C" fn x_shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xShmLock
+            .map_or(ffi::SQLITE_IOERR_SHMLOCK, |f| {
+                f(real(file), offset, n, flags)
+            })
+    }
+}
+
+unsafe extern "C" fn x_shm_barrier(file: *mut ffi::sqlite3_file) {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        if let Some(f) = methods(file).xShmBarrier {
+            f(real(file));
+        }
+    }
+}
+
+unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xShmUnmap
+            .map_or(ffi::SQLITE_OK, |f| f(real(file), delete))
+    }
+}
+
+unsafe extern "C" fn x_fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        match methods(file).xFetch {
+            Some(f) => f(real(file), offset, amount, out),
+            None => {
+                *out = std::ptr::null_mut();
+                ffi::SQLITE_OK
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn x_unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut c_void) -> c_int {
+    // SAFETY: forwarding an open file's call to the file it wraps.
+    unsafe {
+        methods(file)
+            .xUnfetch
+            .map_or(ffi::SQLITE_OK, |f| f(real(file), offset, p))
+    }
+}
+
+static PASS_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: Some(x_shm_map),
+    xShmLock: Some(x_shm_lock),
+    xShmBarrier: Some(x_shm_barrier),
+    xShmUnmap: Some(x_shm_unmap),
+    xFetch: Some(x_fetch),
+    xUnfetch: Some(x_unfetch),
+};
