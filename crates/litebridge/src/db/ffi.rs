@@ -1,5 +1,5 @@
-//! The one place litebridge calls SQLite's C API directly, for what rusqlite
-//! does not wrap.
+//! Calls of SQLite's C API for what rusqlite does not wrap (the other place
+//! that touches the C API is the writer's VFS, `wal_vfs`).
 
 use rusqlite::Connection;
 

@@ -6,7 +6,10 @@
 //! read-write connections do not write faster; they queue on the file lock
 //! and show it as p99 latency (baselines, finding 3). So exactly one thread
 //! owns the only read-write connection, and every write is a request on its
-//! bounded queue (`writer`).
+//! bounded queue (`writer`, `queue`). What the writer does per request is
+//! what limits a pipelined load, so the hand-off is lean: the queue is taken
+//! whole under one lock, `execute`'s future is small (`execute`), and each
+//! commit's WAL frames leave in one write (`wal_vfs`).
 //!
 //! **Group commit.** The writer takes everything queued (up to `max_batch`)
 //! into one transaction and answers each caller after COMMIT
