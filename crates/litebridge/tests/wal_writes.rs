@@ -42,6 +42,16 @@ async fn recovered_copy(dir: &Path, db: &Database) -> Database {
         .unwrap()
 }
 
+/// The rows are `expected` through the readers, and in a copy recovered
+/// from the WAL, which passes a full integrity check.
+async fn assert_seen_everywhere(dir: &Path, db: &Database, expected: &[(i64, String)]) {
+    assert_eq!(values(db).await, expected, "through the readers");
+    let copy = recovered_copy(dir, db).await;
+    assert_eq!(values(&copy).await, expected, "recovered from the WAL");
+    assert!(copy.check(true).await.unwrap().ok);
+    copy.close().await;
+}
+
 async fn values(db: &Database) -> Vec<(i64, String)> {
     db.query("SELECT k, v FROM kv ORDER BY k", ())
         .await
@@ -89,11 +99,7 @@ async fn pages_spilled_and_rewritten_before_a_commit_are_what_readers_and_recove
         .unwrap();
     }
     let expected: Vec<(i64, String)> = (0..4_100).map(|k| (k, value(k, 2))).collect();
-    assert_eq!(values(&db).await, expected, "through the readers");
-    let copy = recovered_copy(dir.path(), &db).await;
-    assert_eq!(values(&copy).await, expected, "recovered from the WAL");
-    assert!(copy.check(true).await.unwrap().ok);
-    copy.close().await;
+    assert_seen_everywhere(dir.path(), &db, &expected).await;
     db.close().await;
 }
 
@@ -136,14 +142,10 @@ async fn a_spilled_transaction_rolled_back_leaves_nothing_behind() {
         .unwrap();
     }
     let expected: Vec<(i64, String)> = (0..100).map(|k| (k, value(k, 0))).collect();
-    assert_eq!(values(&db).await, expected, "through the readers");
     assert_eq!(
         count(&db, "SELECT count(*) FROM kv WHERE k >= 1000").await,
         0
     );
-    let copy = recovered_copy(dir.path(), &db).await;
-    assert_eq!(values(&copy).await, expected, "recovered from the WAL");
-    assert!(copy.check(true).await.unwrap().ok);
-    copy.close().await;
+    assert_seen_everywhere(dir.path(), &db, &expected).await;
     db.close().await;
 }

@@ -219,6 +219,26 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
+/// Writes out the pending frames, then forwards the call, unless the
+/// write failed.
+///
+/// # Safety
+/// `file` must be an open `ShimFile`; `forward` gets the unix file and its
+/// methods.
+unsafe fn after_flush(
+    file: *mut ffi::sqlite3_file,
+    forward: impl FnOnce(&'static ffi::sqlite3_io_methods, *mut ffi::sqlite3_file) -> c_int,
+) -> c_int {
+    // SAFETY: (caller) an open shim file wrapping an open unix file.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        forward(methods(file), real(file))
+    }
+}
+
 unsafe extern "C" fn x_read(
     file: *mut ffi::sqlite3_file,
     buf: *mut c_void,
@@ -227,14 +247,10 @@ unsafe extern "C" fn x_read(
 ) -> c_int {
     // SAFETY: SQLite calls with an open file and a buffer of `amount` bytes.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods(file).xRead {
-            Some(read) => read(real(file), buf, amount, offset),
-            None => ffi::SQLITE_IOERR_READ,
-        }
+        after_flush(file, |m, f| {
+            m.xRead
+                .map_or(ffi::SQLITE_IOERR_READ, |read| read(f, buf, amount, offset))
+        })
     }
 }
 
@@ -245,83 +261,83 @@ unsafe extern "C" fn x_write(
     offset: i64,
 ) -> c_int {
     // SAFETY: SQLite calls with an open file and `amount` readable bytes.
+    // The buffer is only reached through `pending`, one borrow at a time
+    // (`flush` borrows it too).
     unsafe {
         let pending = (*file.cast::<ShimFile>()).buffer;
         let Ok(len) = usize::try_from(amount) else {
             return ffi::SQLITE_IOERR_WRITE;
         };
         if pending.is_null() {
-            return match methods(file).xWrite {
-                Some(write) => write(real(file), data, amount, offset),
-                None => ffi::SQLITE_IOERR_WRITE,
-            };
+            return methods(file)
+                .xWrite
+                .map_or(ffi::SQLITE_IOERR_WRITE, |write| {
+                    write(real(file), data, amount, offset)
+                });
         }
-        let p = &mut *pending;
-        let end = p.start + p.data.len() as i64;
-        if !p.data.is_empty() && offset != end {
-            // Not the next byte (a frame rewritten in place): keep order.
+        let next = {
+            let p = &*pending;
+            p.data.is_empty() || offset == p.start + p.data.len() as i64
+        };
+        if !next {
+            // Not the next byte (a frame rewritten in place): keep the order.
             let rc = flush(file);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
         }
-        if p.data.is_empty() {
-            p.start = offset;
-        }
         let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
-        p.data.extend_from_slice(bytes);
-        if amount == FRAME_HEADER && offset >= 32 {
-            // A frame header: bytes 4..8 are the database size after the
-            // commit for a commit frame, zero otherwise.
-            p.commit_header = bytes[4..8] != [0, 0, 0, 0];
-            return ffi::SQLITE_OK;
+        let must_flush = {
+            let p = &mut *pending;
+            if p.data.is_empty() {
+                p.start = offset;
+            }
+            p.data.extend_from_slice(bytes);
+            if amount == FRAME_HEADER && offset >= 32 {
+                // A frame header: bytes 4..8 are the database size after
+                // the commit for a commit frame, zero otherwise. Its page
+                // comes next.
+                p.commit_header = bytes[4..8] != [0, 0, 0, 0];
+                false
+            } else {
+                p.commit_header || p.data.len() >= MAX_BUFFER
+            }
+        };
+        if must_flush {
+            flush(file)
+        } else {
+            ffi::SQLITE_OK
         }
-        if p.commit_header || p.data.len() >= MAX_BUFFER {
-            return flush(file);
-        }
-        ffi::SQLITE_OK
     }
 }
 
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: SQLite calls with an open file.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods(file).xTruncate {
-            Some(f) => f(real(file), size),
-            None => ffi::SQLITE_IOERR_TRUNCATE,
-        }
+        after_flush(file, |m, f| {
+            m.xTruncate
+                .map_or(ffi::SQLITE_IOERR_TRUNCATE, |truncate| truncate(f, size))
+        })
     }
 }
 
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: SQLite calls with an open file.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods(file).xSync {
-            Some(f) => f(real(file), flags),
-            None => ffi::SQLITE_IOERR_FSYNC,
-        }
+        after_flush(file, |m, f| {
+            m.xSync
+                .map_or(ffi::SQLITE_IOERR_FSYNC, |sync| sync(f, flags))
+        })
     }
 }
 
 unsafe extern "C" fn x_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     // SAFETY: SQLite calls with an open file and a place for the size.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods(file).xFileSize {
-            Some(f) => f(real(file), size),
-            None => ffi::SQLITE_IOERR_FSTAT,
-        }
+        after_flush(file, |m, f| {
+            m.xFileSize
+                .map_or(ffi::SQLITE_IOERR_FSTAT, |file_size| file_size(f, size))
+        })
     }
 }
 
@@ -332,14 +348,10 @@ unsafe extern "C" fn x_file_control(
 ) -> c_int {
     // SAFETY: SQLite calls with an open file; `arg` is for the unix VFS.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods(file).xFileControl {
-            Some(f) => f(real(file), op, arg),
-            None => ffi::SQLITE_NOTFOUND,
-        }
+        after_flush(file, |m, f| {
+            m.xFileControl
+                .map_or(ffi::SQLITE_NOTFOUND, |control| control(f, op, arg))
+        })
     }
 }
 
