@@ -64,16 +64,14 @@ struct Lease {
     own: bool,
 }
 
-static FREE: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-static FREE_FILLED: std::sync::Once = std::sync::Once::new();
+/// The owned shards not lent to a thread.
+static FREE: std::sync::LazyLock<std::sync::Mutex<Vec<usize>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new((0..SHARDS - 1).rev().collect()));
 
 struct Held(Lease);
 
 impl Held {
     fn take() -> Held {
-        FREE_FILLED.call_once(|| {
-            *FREE.lock().unwrap_or_else(|p| p.into_inner()) = (0..SHARDS - 1).rev().collect();
-        });
         let index = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
         Held(match index {
             Some(index) => Lease { index, own: true },

@@ -260,13 +260,11 @@ impl WriteQueue {
 
     /// Takes whatever is queued without waiting (for answering it when the
     /// writer cannot run it).
-    pub(crate) fn take_now(&self, jobs: &mut Vec<Request>, asked: &mut Vec<Asked>) -> bool {
+    pub(crate) fn take_now(&self, jobs: &mut Vec<Request>, asked: &mut Vec<Asked>) {
         let s = self.lock();
-        let stop = s.stop;
         if s.has_work() {
             self.hand_over(s, jobs, asked);
         }
-        stop
     }
 }
 
