@@ -307,7 +307,7 @@ async fn the_statement_cache_never_hands_client_sql_a_trusted_statement() {
     // The store's own text, now in the reader's statement cache.
     assert!(store.load("secret-run").await.unwrap().is_some());
     let text = "SELECT run_id, state, status, total_steps, error_message, execution_time_ms, \
-                memory_usage_mb, created_at, updated_at FROM litebridge_state WHERE run_id = ?1";
+                memory_usage_mb, created_at, updated_at FROM main.litebridge_state WHERE run_id = ?1";
     for _ in 0..3 {
         let e = db
             .query(text, litebridge::params!["secret-run"])
@@ -316,4 +316,221 @@ async fn the_statement_cache_never_hands_client_sql_a_trusted_statement() {
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
         assert!(store.load("secret-run").await.unwrap().is_some());
     }
+}
+
+#[tokio::test]
+async fn temporary_objects_are_refused_on_every_connection() {
+    let (_d, db) = open().await;
+    // On the writer they would outlive the request and reach every other
+    // caller: a temp table named like an ordinary one shadows it for them.
+    for sql in [
+        "CREATE TEMP TABLE t(x)",
+        "CREATE TABLE temp.shadow(x)",
+        "CREATE TEMPORARY VIEW v AS SELECT 1",
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+        "CREATE TEMP TABLE litebridge_state(run_id TEXT PRIMARY KEY, state TEXT) WITHOUT ROWID",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let e = db
+        .batch(
+            vec![
+                Statement::new("CREATE TEMP TABLE x(a)", ()),
+                Statement::new("INSERT INTO x VALUES (1)", ()),
+            ],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM temp.sqlite_schema").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_table_cannot_be_renamed_into_litebridges_namespace() {
+    let (_d, db) = open().await;
+    db.execute("CREATE TABLE plain(a, b)", ()).await.unwrap();
+    db.execute("INSERT INTO plain VALUES (1, 2)", ())
+        .await
+        .unwrap();
+    db.execute(
+        "CREATE TRIGGER plain_tr AFTER INSERT ON plain BEGIN SELECT 1; END",
+        (),
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "ALTER TABLE plain RENAME TO litebridge_future",
+        "ALTER TABLE main.plain RENAME TO \"LiteBridge_Keys2\"",
+        "/* c */ ALTER TABLE plain RENAME TO [litebridge_x]",
+        "ALTER TABLE plain RENAME TO `litebridge_quota2`",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+        assert!(e.to_string().contains("litebridge_"), "{e}");
+    }
+    // Inside a batch the whole batch fails and nothing of it stays.
+    let e = db
+        .batch(
+            vec![
+                Statement::new("INSERT INTO plain VALUES (3, 4)", ()),
+                Statement::new("ALTER TABLE plain RENAME TO litebridge_future", ()),
+            ],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    // The same text again: never served from a cache without the check.
+    for _ in 0..3 {
+        execute_refused(&db, "ALTER TABLE plain RENAME TO litebridge_future").await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'litebridge%' AND name NOT IN \
+             ('litebridge_meta','litebridge_cache','litebridge_state','litebridge_state_status',\
+              'litebridge_memory','litebridge_memory_expiry','litebridge_keys','litebridge_quota')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM plain").await, 1);
+    // Ordinary renames still work, twice (the statement is prepared each time).
+    db.execute("ALTER TABLE plain RENAME TO plain2", ())
+        .await
+        .unwrap();
+    db.execute("ALTER TABLE plain2 RENAME TO plain", ())
+        .await
+        .unwrap();
+    db.execute("ALTER TABLE plain RENAME COLUMN b TO c", ())
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(c) FROM plain").await, 1);
+}
+
+#[tokio::test]
+async fn a_clients_trigger_never_runs_with_trusted_rights() {
+    let (_d, db) = open().await;
+    // A trigger on a table the application writes from a (trusted) closure.
+    db.execute(
+        "CREATE TRIGGER sneak AFTER INSERT ON t BEGIN \
+         INSERT INTO litebridge_cache VALUES ('planted', '1', NULL); \
+         UPDATE litebridge_meta SET value = '99' WHERE key = 'schema_version'; END",
+        (),
+    )
+    .await
+    .unwrap();
+    let e = db
+        .write(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(count(&db, "SELECT count(*) FROM litebridge_cache").await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT CAST(value AS INTEGER) FROM litebridge_meta WHERE key = 'schema_version'"
+        )
+        .await,
+        litebridge::store::SCHEMA_VERSION
+    );
+}
+
+#[tokio::test]
+async fn planner_statistics_of_litebridges_tables_are_never_gathered_or_shown() {
+    let (_d, db) = open().await;
+    let store = StateStore::new(db.clone(), Arc::new(SystemClock));
+    for i in 0..20 {
+        store
+            .save(StateUpdate {
+                run_id: format!("private-run-{i}"),
+                state: serde_json::json!({}),
+                status: Some("secret-status".into()),
+                ..StateUpdate::default()
+            })
+            .await
+            .unwrap();
+    }
+    db.execute("CREATE INDEX t_x ON t(x)", ()).await.unwrap();
+    db.execute("INSERT INTO t VALUES (1), (2)", ())
+        .await
+        .unwrap();
+    // ANALYZE in every form works, and leaves litebridge's tables out.
+    for sql in [
+        "ANALYZE",
+        "ANALYZE main",
+        "ANALYZE litebridge_state",
+        "ANALYZE t",
+        "PRAGMA optimize",
+    ] {
+        db.execute(sql, ())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(count(&db, "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 't'").await > 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_stat1 WHERE tbl LIKE 'litebridge%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_stat4 WHERE tbl LIKE 'litebridge%'"
+        )
+        .await,
+        0
+    );
+    for sql in [
+        "SELECT CAST(sample AS TEXT) FROM sqlite_stat4",
+        "SELECT * FROM sqlite_stat1",
+        "SELECT * FROM main.SQLITE_STAT1",
+        "SELECT (SELECT count(*) FROM sqlite_stat4)",
+    ] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    for sql in [
+        "INSERT INTO sqlite_stat1 VALUES ('litebridge_keys', NULL, '1000000')",
+        "UPDATE sqlite_stat1 SET stat = '1'",
+        "DELETE FROM sqlite_stat1",
+        "DROP TABLE sqlite_stat1",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn introspection_neither_describes_litebridges_tables_nor_tells_file_paths() {
+    let (_d, db) = open().await;
+    for sql in [
+        "SELECT * FROM pragma_table_info('litebridge_keys')",
+        "SELECT * FROM pragma_index_list('litebridge_state')",
+        "SELECT * FROM pragma_index_info('litebridge_state_status')",
+        "PRAGMA table_info(litebridge_memory)",
+        "PRAGMA main.table_xinfo(\"litebridge_quota\")",
+        "PRAGMA database_list",
+        "SELECT file FROM pragma_database_list",
+        "PRAGMA temp_store_directory",
+        "PRAGMA data_store_directory",
+    ] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // The same for the client's own tables works.
+    let r = db
+        .query("SELECT name FROM pragma_table_info('t')", ())
+        .await
+        .unwrap();
+    assert_eq!(r.rows.len(), 1);
+    db.query("PRAGMA quick_check(1)", ()).await.unwrap();
 }

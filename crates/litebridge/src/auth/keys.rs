@@ -111,7 +111,7 @@ pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
 }
 
 pub(crate) const BUMP_VERSION: &str =
-    "INSERT INTO litebridge_meta(key, value) VALUES ('keys_version', '1')
+    "INSERT INTO main.litebridge_meta(key, value) VALUES ('keys_version', '1')
      ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1";
 
 /// Creates a key; returns it and its secret, which exists nowhere else.
@@ -142,7 +142,7 @@ pub async fn create_key(db: &Database, tiers: &Tiers, new: NewKey) -> Result<(Ke
     let id = db
         .write(move |c| {
             let taken: bool = c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM litebridge_keys WHERE name = ?1)",
+                "SELECT EXISTS(SELECT 1 FROM main.litebridge_keys WHERE name = ?1)",
                 [&n],
                 |r| r.get(0),
             )?;
@@ -153,7 +153,7 @@ pub async fn create_key(db: &Database, tiers: &Tiers, new: NewKey) -> Result<(Ke
                 ));
             }
             c.execute(
-                "INSERT INTO litebridge_keys(name, hash, scopes, tier, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO main.litebridge_keys(name, hash, scopes, tier, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 rusqlite::params![n, digest, scopes.to_string(), t, unix_ms(created)],
             )?;
             c.execute(BUMP_VERSION, [])?;
@@ -180,7 +180,7 @@ pub async fn list_keys(db: &Database) -> Result<Vec<KeyInfo>> {
     db.read(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT id, name, scopes, tier, created_at, revoked_at, last_used_at
-             FROM litebridge_keys ORDER BY id",
+             FROM main.litebridge_keys ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -222,7 +222,7 @@ pub async fn revoke_key(db: &Database, name: &str) -> Result<bool> {
     let now = unix_ms(SystemTime::now());
     db.write(move |c| {
         let n = c.execute(
-            "UPDATE litebridge_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            "UPDATE main.litebridge_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             rusqlite::params![name, now],
         )?;
         if n > 0 {
@@ -236,7 +236,7 @@ pub async fn revoke_key(db: &Database, name: &str) -> Result<bool> {
 /// The version of the key table, bumped by every change.
 pub(crate) fn version(c: &rusqlite::Connection) -> Result<Option<String>> {
     Ok(c.query_row(
-        "SELECT value FROM litebridge_meta WHERE key = 'keys_version'",
+        "SELECT value FROM main.litebridge_meta WHERE key = 'keys_version'",
         [],
         |r| r.get(0),
     )

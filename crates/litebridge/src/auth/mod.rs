@@ -240,9 +240,9 @@ impl Auth {
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT k.id, k.name, k.hash, k.scopes, k.tier,
-                            coalesce((SELECT count FROM litebridge_quota q WHERE q.key_id = k.id AND q.period = ?1), 0),
-                            coalesce((SELECT count FROM litebridge_quota q WHERE q.key_id = k.id AND q.period = ?2), 0)
-                     FROM litebridge_keys k WHERE k.revoked_at IS NULL",
+                            coalesce((SELECT count FROM main.litebridge_quota q WHERE q.key_id = k.id AND q.period = ?1), 0),
+                            coalesce((SELECT count FROM main.litebridge_quota q WHERE q.key_id = k.id AND q.period = ?2), 0)
+                     FROM main.litebridge_keys k WHERE k.revoked_at IS NULL",
                 )?;
                 let rows = stmt.query_map([&dname, &mname], |r| {
                     Ok((
@@ -369,11 +369,11 @@ impl Auth {
             .db
             .write(move |c| {
                 let mut add = c.prepare_cached(
-                    "INSERT INTO litebridge_quota(key_id, period, count) VALUES (?1, ?2, ?3)
+                    "INSERT INTO main.litebridge_quota(key_id, period, count) VALUES (?1, ?2, ?3)
                      ON CONFLICT(key_id, period) DO UPDATE SET count = count + excluded.count",
                 )?;
                 let mut used = c.prepare_cached(
-                    "UPDATE litebridge_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+                    "UPDATE main.litebridge_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
                 )?;
                 for (id, pending, last) in &rows {
                     for (period, n) in pending {
@@ -412,7 +412,7 @@ impl Auth {
             .db
             .write(move |c| {
                 c.execute(
-                    "DELETE FROM litebridge_quota WHERE (period LIKE 'd%' AND period < ?1) OR (period LIKE 'm%' AND period < ?2)",
+                    "DELETE FROM main.litebridge_quota WHERE (period LIKE 'd%' AND period < ?1) OR (period LIKE 'm%' AND period < ?2)",
                     [&old_day, &old_month],
                 )?;
                 Ok(())

@@ -4,7 +4,7 @@
 
 use rusqlite::{CachedStatement, Connection, Statement};
 
-use crate::db::guard;
+use crate::db::guard::{self, Ddl, OWN_PREFIX};
 
 use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params, Rows, Value};
@@ -27,8 +27,16 @@ pub(crate) fn is_connection_failure(err: &Error) -> bool {
     )
 }
 
-/// A statement from the connection's cache, or prepared outside it.
-pub(crate) enum Prepared<'c> {
+/// A statement from the connection's cache, or prepared outside it, with
+/// what it does to the schema when it is client SQL.
+pub(crate) struct Prepared<'c> {
+    stmt: Stmt<'c>,
+    /// Noted by the authorizer while the statement was prepared (client SQL
+    /// only; a statement from the cache never changes the schema).
+    ddl: Ddl,
+}
+
+enum Stmt<'c> {
     Cached(CachedStatement<'c>),
     Fresh(Statement<'c>),
 }
@@ -36,26 +44,32 @@ pub(crate) enum Prepared<'c> {
 impl<'c> std::ops::Deref for Prepared<'c> {
     type Target = Statement<'c>;
     fn deref(&self) -> &Statement<'c> {
-        match self {
-            Prepared::Cached(s) => s,
-            Prepared::Fresh(s) => s,
+        match &self.stmt {
+            Stmt::Cached(s) => s,
+            Stmt::Fresh(s) => s,
         }
     }
 }
 
 impl std::ops::DerefMut for Prepared<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        match self {
-            Prepared::Cached(s) => s,
-            Prepared::Fresh(s) => s,
+        match &mut self.stmt {
+            Stmt::Cached(s) => s,
+            Stmt::Fresh(s) => s,
         }
     }
 }
 
-/// Prepares `sql` through the connection's statement cache, except client SQL
-/// naming litebridge's own tables: it could otherwise be served the cached
-/// statement of the same text that a trusted store prepared (and the
-/// authorizer allowed); prepared afresh, the authorizer sees it as client SQL.
+/// Prepares `sql` through the connection's statement cache, except:
+///
+/// - client SQL naming litebridge's own tables: it could otherwise be served
+///   the cached statement of the same text that a trusted store prepared (and
+///   the authorizer allowed); prepared afresh, the authorizer sees it as
+///   client SQL;
+/// - client SQL that changes the schema: the authorizer runs only when a
+///   statement is prepared, and what it notes about a schema change (see
+///   [`schema_change`]) must be noted each time the statement runs, so such
+///   a statement never stays in the cache.
 pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>> {
     // SQLite stops reading at a NUL byte, so anything after one would be
     // silently ignored: refuse it instead.
@@ -65,19 +79,49 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
             format!("it contains a NUL byte at offset {at}"),
         ));
     }
+    let client = guard::is_client();
+    if !client {
+        return Ok(Prepared {
+            stmt: Stmt::Cached(conn.prepare_cached(sql)?),
+            ddl: Ddl::default(),
+        });
+    }
     // VACUUM attaches a database of its own (refused by the authorizer when
     // it runs), or fails inside the writer's transaction: say so plainly.
-    if starts_with_keyword(sql, "VACUUM") && guard::is_client() {
+    if starts_with_keyword(sql, "VACUUM") {
         return Err(Error::Forbidden {
             message: "VACUUM and VACUUM INTO are not allowed through a request \
                       (no file is written by a request; use admin.backup for a copy)"
                 .into(),
         });
     }
-    if mentions_own_tables(sql) && guard::is_client() {
-        return Ok(Prepared::Fresh(conn.prepare(sql)?));
+    let maintenance = is_maintenance(sql);
+    guard::begin_prepare(maintenance);
+    if !mentions_own_tables(sql) {
+        let cached = conn.prepare_cached(sql)?;
+        let ddl = guard::prepared_ddl();
+        if !ddl.any {
+            return Ok(Prepared {
+                stmt: Stmt::Cached(cached),
+                ddl,
+            });
+        }
+        cached.discard();
+        guard::begin_prepare(maintenance);
     }
-    Ok(Prepared::Cached(conn.prepare_cached(sql)?))
+    let fresh = conn.prepare(sql)?;
+    Ok(Prepared {
+        stmt: Stmt::Fresh(fresh),
+        ddl: guard::prepared_ddl(),
+    })
+}
+
+/// Whether `sql` is `ANALYZE` or `PRAGMA optimize`, whose own work reads and
+/// clears SQLite's planner statistics. Erring towards yes is harmless: neither
+/// statement returns those rows to its caller.
+fn is_maintenance(sql: &str) -> bool {
+    starts_with_keyword(sql, "ANALYZE")
+        || (starts_with_keyword(sql, "PRAGMA") && sql.to_ascii_lowercase().contains("optimize"))
 }
 
 /// Whether `sql` contains `litebridge_` in any letter case.
@@ -221,14 +265,17 @@ pub(crate) fn execute(conn: &Connection, sql: &str, params: &Params) -> Result<E
 /// As [`execute`], with a statement already prepared.
 pub(crate) fn execute_prepared(
     conn: &Connection,
-    stmt: &mut rusqlite::Statement<'_>,
+    stmt: &mut Prepared<'_>,
     params: &Params,
 ) -> Result<ExecResult> {
     bind(stmt, params)?;
     let before = conn.total_changes();
-    let mut rows = stmt.raw_query();
-    while rows.next()?.is_some() {}
-    drop(rows);
+    let ddl = stmt.ddl;
+    if ddl.any {
+        schema_change(conn, ddl, || step_through(stmt))?;
+    } else {
+        step_through(stmt)?;
+    }
     // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so a
     // CREATE or a SELECT would report the previous statement's count.
     let changed = conn.total_changes() != before;
@@ -236,4 +283,55 @@ pub(crate) fn execute_prepared(
         changes: if changed { conn.changes() } else { 0 },
         last_insert_rowid: conn.last_insert_rowid(),
     })
+}
+
+fn step_through(stmt: &mut Statement<'_>) -> Result<()> {
+    let mut rows = stmt.raw_query();
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// Runs a client statement that changes the schema.
+///
+/// An `ALTER TABLE` runs in a savepoint and is undone if litebridge's
+/// namespace changed: SQLite tells the authorizer only the old name of a
+/// rename, so `ALTER TABLE t RENAME TO litebridge_x` can only be caught by
+/// looking at the schema afterwards. (Left in place, such a table would be
+/// adopted by a later migration, or shadow one of litebridge's tables.)
+fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !ddl.alters {
+        return run();
+    }
+    let sql = guard::internal_sql();
+    let internal = |text: &str| -> Result<()> {
+        guard::internal(|| conn.prepare_cached(text)?.execute([]).map(drop))?;
+        Ok(())
+    };
+    let own_objects = || -> Result<Option<String>> {
+        Ok(guard::internal(|| {
+            conn.prepare_cached(&sql.own_objects)?
+                .query_row([], |r| r.get::<_, Option<String>>(0))
+        })?)
+    };
+    let before = own_objects()?;
+    internal(&sql.ddl_savepoint)?;
+    let result = run();
+    if conn.is_autocommit() {
+        // The statement took the whole transaction down with it; the savepoint went too.
+        return result;
+    }
+    let renamed_into_ours = result.is_ok() && own_objects()? != before;
+    if result.is_err() || renamed_into_ours {
+        internal(&sql.ddl_undo)?;
+    }
+    internal(&sql.ddl_release)?;
+    if renamed_into_ours {
+        return Err(Error::Forbidden {
+            message: format!(
+                "a table cannot be renamed to a name starting with {OWN_PREFIX} \
+                 (reserved for litebridge's own tables); nothing was changed"
+            ),
+        });
+    }
+    result
 }

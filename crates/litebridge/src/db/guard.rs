@@ -28,11 +28,27 @@
 //! - no `load_extension()` or `fts3_tokenizer()`;
 //! - pragma assignments only from an allowlist (introspection everywhere,
 //!   `user_version`, `application_id`, `optimize` and `incremental_vacuum` on
-//!   the writer), and none of the pragmas that act without a value
-//!   (`wal_checkpoint`, `shrink_memory`, ...);
+//!   the writer), none of the pragmas that act without a value
+//!   (`wal_checkpoint`, `shrink_memory`, ...), and none that tell file paths
+//!   (`database_list`, `temp_store_directory`, `data_store_directory`);
+//! - no temporary table, view, index or trigger on any connection: every
+//!   connection is shared, so a temporary object would reach every later
+//!   caller (a temporary table shadows an ordinary one of the same name);
 //! - litebridge's own tables (`litebridge_*`: keys, quotas, cache, stores,
-//!   migrations) can be neither read, written, altered, dropped, indexed nor
-//!   given triggers, and no object may be created under that prefix.
+//!   migrations) can be neither read, written, altered, dropped, indexed,
+//!   described by the introspection pragmas nor given triggers, and no object
+//!   may be created under that prefix. `ALTER TABLE ... RENAME TO` tells the
+//!   authorizer only the old name, so `exec` runs a client's `ALTER TABLE` in a
+//!   savepoint and undoes it if litebridge's namespace changed;
+//! - the planner statistics (`sqlite_stat*`) are neither read nor written by
+//!   a client; `ANALYZE` and `PRAGMA optimize` still work (their own reads
+//!   and clears are allowed while they run), and leave litebridge's tables out
+//!   (their rows would be sampled into `sqlite_stat4`).
+//!
+//! What a trigger or a view does is held to the client rules even inside a
+//! trusted statement (the authorizer is told which trigger or view acts):
+//! litebridge has none of its own, so every one came from a client. Trusted
+//! statements name their schema (`main.litebridge_*`) as a second line.
 //!
 //! Because the authorizer runs when
 //! a statement is prepared and prepared statements are cached by their text,
@@ -124,6 +140,24 @@ struct Current {
     budget: Budget,
     mode: Mode,
     denied: Option<String>,
+    /// What the client statement being prepared does to the schema.
+    ddl: Ddl,
+    /// The client statement being prepared is `ANALYZE` or `PRAGMA
+    /// optimize`: SQLite's own work for it may use the `sqlite_stat*` tables.
+    maintenance: bool,
+}
+
+/// What a client statement does to the schema, as its authorizer calls showed
+/// while it was prepared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ddl {
+    /// It creates a table, index, view, trigger or virtual table.
+    pub(crate) creates: bool,
+    /// It is an `ALTER TABLE` (which may rename a table to any name: the
+    /// authorizer is only told the old one).
+    pub(crate) alters: bool,
+    /// It changes the schema in any way (create, alter, drop).
+    pub(crate) any: bool,
 }
 
 thread_local! {
@@ -140,6 +174,8 @@ pub(crate) fn enter(budget: &Budget, mode: Mode) -> Scope {
             budget: budget.clone(),
             mode,
             denied: None,
+            ddl: Ddl::default(),
+            maintenance: false,
         });
     });
     Scope(())
@@ -197,6 +233,42 @@ pub(crate) fn is_client() -> bool {
             .as_ref()
             .is_some_and(|cur| cur.mode != Mode::Internal && !cur.budget.trusted)
     })
+}
+
+/// Marks the start of preparing one client statement: clears what the last
+/// one did to the schema, and notes whether this one is `ANALYZE`/`PRAGMA
+/// optimize` (decided from its text by the caller).
+pub(crate) fn begin_prepare(maintenance: bool) {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.ddl = Ddl::default();
+            cur.maintenance = maintenance;
+        }
+    });
+}
+
+/// What the statement just prepared does to the schema.
+pub(crate) fn prepared_ddl() -> Ddl {
+    CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.ddl).unwrap_or_default())
+}
+
+/// Runs `f` as litebridge's own code (no authorizer rule applies), then
+/// returns to the operation's own mode.
+pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
+    let saved = CURRENT.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .map(|cur| std::mem::replace(&mut cur.mode, Mode::Internal))
+    });
+    let r = f();
+    if let Some(mode) = saved {
+        CURRENT.with(|c| {
+            if let Some(cur) = c.borrow_mut().as_mut() {
+                cur.mode = mode;
+            }
+        });
+    }
+    r
 }
 
 fn should_interrupt() -> bool {
@@ -276,28 +348,78 @@ fn own(name: Option<&str>) -> bool {
 
 const OWN_TABLES: &str = "litebridge's own tables (litebridge_*) cannot be read or changed through client SQL; use the state, memory and cache methods";
 
+/// What the authorizer answers for one action.
+enum Verdict {
+    Deny(String),
+    /// Leave the object out silently (`ANALYZE` of litebridge's tables).
+    Ignore,
+}
+
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(cur) = c.as_mut() else {
             return Authorization::Allow;
         };
-        let denied = match cur.mode {
-            Mode::Internal => None,
-            mode => common_rule(mode, ctx.action).or_else(|| {
-                (!cur.budget.trusted)
-                    .then(|| client_rule(mode, ctx.action))
+        if cur.mode == Mode::Internal {
+            return Authorization::Allow;
+        }
+        // What a trigger or a view does is held to the rules of client SQL
+        // even inside a trusted statement: litebridge has no trigger or view
+        // of its own, so every one was created by a client, and a client's
+        // trigger must never run with litebridge's rights.
+        let client = !cur.budget.trusted || ctx.accessor.is_some_and(|a| !own(Some(a)));
+        if client {
+            note_ddl(&mut cur.ddl, ctx.action);
+        }
+        let verdict = common_rule(cur.mode, ctx.action)
+            .map(Verdict::Deny)
+            .or_else(|| {
+                client
+                    .then(|| client_rule(cur.mode, cur.maintenance, ctx.action, ctx.database_name))
                     .flatten()
-            }),
-        };
-        match denied {
-            Some(reason) => {
+            });
+        match verdict {
+            Some(Verdict::Deny(reason)) => {
                 cur.denied = Some(reason);
                 Authorization::Deny
             }
+            Some(Verdict::Ignore) => Authorization::Ignore,
             None => Authorization::Allow,
         }
     })
+}
+
+/// Records what an action of a client statement does to the schema.
+fn note_ddl(ddl: &mut Ddl, action: AuthAction<'_>) {
+    match action {
+        AuthAction::CreateTable { .. }
+        | AuthAction::CreateIndex { .. }
+        | AuthAction::CreateView { .. }
+        | AuthAction::CreateTrigger { .. }
+        | AuthAction::CreateVtable { .. }
+        | AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::CreateTempTrigger { .. } => {
+            ddl.creates = true;
+            ddl.any = true;
+        }
+        AuthAction::AlterTable { .. } => {
+            ddl.alters = true;
+            ddl.any = true;
+        }
+        AuthAction::DropTable { .. }
+        | AuthAction::DropIndex { .. }
+        | AuthAction::DropView { .. }
+        | AuthAction::DropTrigger { .. }
+        | AuthAction::DropVtable { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempIndex { .. }
+        | AuthAction::DropTempView { .. }
+        | AuthAction::DropTempTrigger { .. } => ddl.any = true,
+        _ => {}
+    }
 }
 
 /// Rules for every caller of the writer and the readers, trusted or not.
@@ -340,24 +462,65 @@ fn common_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
     }
 }
 
-/// Rules for client SQL only.
-fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
+/// Pragmas that tell where the server's files are.
+const PATH_PRAGMAS: &[&str] = &[
+    "database_list",
+    "temp_store_directory",
+    "data_store_directory",
+];
+
+/// Whether `name` is one of SQLite's planner statistics tables.
+fn stat_table(name: &str) -> bool {
+    name.get(..11)
+        .is_some_and(|p| p.eq_ignore_ascii_case("sqlite_stat"))
+}
+
+const STATS: &str = "the planner statistics (sqlite_stat*) cannot be read or changed through a request; ANALYZE updates them";
+
+const TEMP_OBJECTS: &str = "temporary tables, views, indexes and triggers are not allowed through a request: \
+     a connection is shared by every caller, so they would reach (and could shadow tables for) other callers; \
+     use an ordinary table";
+
+/// Rules for client SQL only. `maintenance`: the statement is `ANALYZE` or
+/// `PRAGMA optimize`, whose own work reads and clears `sqlite_stat*`.
+fn client_rule(
+    mode: Mode,
+    maintenance: bool,
+    action: AuthAction<'_>,
+    database: Option<&str>,
+) -> Option<Verdict> {
+    let deny = |reason: String| Some(Verdict::Deny(reason));
+    let mut schema_change = Ddl::default();
+    note_ddl(&mut schema_change, action);
+    // `CREATE TABLE temp.x` is reported as CREATE_TABLE in database "temp".
+    if schema_change.creates && database.is_some_and(|d| d.eq_ignore_ascii_case("temp")) {
+        return deny(TEMP_OBJECTS.to_owned());
+    }
     match action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some(
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => deny(
             "ATTACH, DETACH and VACUUM are not allowed through a request \
              (no other file can be opened or written; use admin.backup for a copy)"
                 .to_owned(),
         ),
         AuthAction::Function { function_name } if listed(FORBIDDEN_FUNCTIONS, function_name) => {
-            Some(format!("the function {function_name}() is not allowed"))
+            deny(format!("the function {function_name}() is not allowed"))
+        }
+        AuthAction::Pragma { pragma_name, .. } if listed(PATH_PRAGMAS, pragma_name) => {
+            deny(format!(
+                "PRAGMA {pragma_name} tells where the server's files are and is not available through a request"
+            ))
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } if listed(INTROSPECTION_PRAGMAS, pragma_name) => {
+            own(Some(value)).then(|| Verdict::Deny(OWN_TABLES.to_owned()))
         }
         AuthAction::Pragma {
             pragma_name,
             pragma_value: Some(_),
-        } if !(listed(INTROSPECTION_PRAGMAS, pragma_name)
-            || (mode == Mode::Writer && listed(CLIENT_SETTABLE_PRAGMAS, pragma_name))) =>
-        {
-            Some(format!(
+        } if !(mode == Mode::Writer && listed(CLIENT_SETTABLE_PRAGMAS, pragma_name)) => {
+            deny(format!(
                 "PRAGMA {pragma_name} cannot be set through a request (settable: {})",
                 CLIENT_SETTABLE_PRAGMAS.join(", ")
             ))
@@ -369,13 +532,44 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
             || (mode == Mode::Reader
                 && listed(&["optimize", "incremental_vacuum"], pragma_name)) =>
         {
-            Some(format!(
+            deny(format!(
                 "PRAGMA {pragma_name} cannot run through a request: litebridge manages it"
             ))
         }
-        AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("dbstat") => {
-            Some("the dbstat table is not available to client SQL".to_owned())
+        AuthAction::Read { table_name, .. }
+            if table_name.eq_ignore_ascii_case("dbstat")
+                || table_name.eq_ignore_ascii_case("sqlite_dbpage") =>
+        {
+            deny(format!(
+                "the {table_name} table is not available to client SQL"
+            ))
         }
+        // ANALYZE (and PRAGMA optimize) read and clear these tables as part of
+        // their work; nothing else may use them.
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name }
+            if stat_table(table_name) =>
+        {
+            (!maintenance).then(|| Verdict::Deny(STATS.to_owned()))
+        }
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+            if stat_table(table_name) =>
+        {
+            deny(STATS.to_owned())
+        }
+        // ANALYZE with no argument visits every table: litebridge's are left
+        // out (their rows would be sampled into sqlite_stat4).
+        AuthAction::Analyze { table_name } if own(Some(table_name)) => Some(Verdict::Ignore),
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. } => deny(TEMP_OBJECTS.to_owned()),
         AuthAction::Read { table_name, .. }
         | AuthAction::Insert { table_name }
         | AuthAction::Update { table_name, .. }
@@ -385,13 +579,9 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
             index_name: table_name,
         }
         | AuthAction::CreateTable { table_name }
-        | AuthAction::CreateTempTable { table_name }
         | AuthAction::DropTable { table_name }
         | AuthAction::DropTempTable { table_name }
         | AuthAction::CreateView {
-            view_name: table_name,
-        }
-        | AuthAction::CreateTempView {
             view_name: table_name,
         }
         | AuthAction::DropView {
@@ -404,13 +594,9 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
         | AuthAction::DropVtable { table_name, .. }
             if own(Some(table_name)) =>
         {
-            Some(OWN_TABLES.to_owned())
+            deny(OWN_TABLES.to_owned())
         }
         AuthAction::CreateIndex {
-            index_name,
-            table_name,
-        }
-        | AuthAction::CreateTempIndex {
             index_name,
             table_name,
         }
@@ -426,10 +612,6 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
             trigger_name: index_name,
             table_name,
         }
-        | AuthAction::CreateTempTrigger {
-            trigger_name: index_name,
-            table_name,
-        }
         | AuthAction::DropTrigger {
             trigger_name: index_name,
             table_name,
@@ -437,7 +619,7 @@ fn client_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
         | AuthAction::DropTempTrigger {
             trigger_name: index_name,
             table_name,
-        } if own(Some(index_name)) || own(Some(table_name)) => Some(OWN_TABLES.to_owned()),
+        } if own(Some(index_name)) || own(Some(table_name)) => deny(OWN_TABLES.to_owned()),
         _ => None,
     }
 }
@@ -456,6 +638,12 @@ pub(crate) struct InternalSql {
     pub(crate) savepoint: String,
     pub(crate) release: String,
     pub(crate) probe: String,
+    /// Around a client's `ALTER TABLE` (see `exec::schema_change`).
+    pub(crate) ddl_savepoint: String,
+    pub(crate) ddl_release: String,
+    pub(crate) ddl_undo: String,
+    /// The names of every object in `main` and `temp` under litebridge's prefix.
+    pub(crate) own_objects: String,
 }
 
 pub(crate) fn internal_sql() -> &'static InternalSql {
@@ -474,6 +662,14 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
             savepoint: format!("SAVEPOINT lb_request {tag}"),
             release: format!("RELEASE lb_request {tag}"),
             probe: format!("SELECT count(*) FROM sqlite_schema {tag}"),
+            ddl_savepoint: format!("SAVEPOINT lb_ddl {tag}"),
+            ddl_release: format!("RELEASE lb_ddl {tag}"),
+            ddl_undo: format!("ROLLBACK TO lb_ddl {tag}"),
+            own_objects: format!(
+                "SELECT group_concat(name, ' ' ORDER BY name) FROM (\
+                 SELECT name FROM main.sqlite_schema WHERE name LIKE 'litebridge\\_%' ESCAPE '\\' \
+                 UNION ALL SELECT name FROM temp.sqlite_schema WHERE name LIKE 'litebridge\\_%' ESCAPE '\\') {tag}"
+            ),
         }
     })
 }

@@ -2,9 +2,10 @@
 //! their columns, indexes and a row estimate (for agents and tools that must
 //! write SQL against a schema they have not seen).
 //!
-//! It runs as client SQL on the read lane, so it sees exactly what a
-//! `query` could: litebridge's own tables and SQLite's internal and shadow
-//! tables are left out. Row counts are estimates, cheap on any size: the
+//! It runs on the read lane as litebridge's own code (it reads the planner
+//! statistics, which client SQL may not) and shows what a `query` could see:
+//! litebridge's own tables and SQLite's internal and shadow tables are left
+//! out. Row counts are estimates, cheap on any size: the
 //! `ANALYZE` statistics when there are some, otherwise the largest rowid
 //! (an upper bound after deletes), and none for views and WITHOUT ROWID
 //! tables without statistics.
@@ -148,7 +149,7 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
 /// Row counts from `sqlite_stat1`, when `ANALYZE` has run.
 fn analyze_stats(conn: &Connection) -> Result<HashMap<String, i64>> {
     let present: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1')",
+        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_stat1')",
         [],
         |r| r.get(0),
     )?;
@@ -156,7 +157,7 @@ fn analyze_stats(conn: &Connection) -> Result<HashMap<String, i64>> {
         return Ok(HashMap::new());
     }
     let mut stmt =
-        conn.prepare("SELECT tbl, max(CAST(stat AS INTEGER)) FROM sqlite_stat1 GROUP BY tbl")?;
+        conn.prepare("SELECT tbl, max(CAST(stat AS INTEGER)) FROM main.sqlite_stat1 GROUP BY tbl")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -168,7 +169,7 @@ impl Database {
     /// # Errors
     /// SQLite errors; [`crate::Error::Timeout`] past the default deadline.
     pub async fn schema(&self) -> Result<Vec<TableInfo>> {
-        let budget = self.inner.budget(None);
+        let budget = self.inner.budget(None).trusted();
         self.read_lane(&budget, describe).await
     }
 }

@@ -522,8 +522,9 @@ impl Database {
             let mut stmt = exec::prepare(conn, &sql)?;
             let mut changes = 0;
             for (i, p) in rows.iter().enumerate() {
-                exec::bind(&mut stmt, p).map_err(|e| at_row(i, e))?;
-                changes += stmt.raw_execute().map_err(|e| at_row(i, e.into()))? as u64;
+                changes += exec::execute_prepared(conn, &mut stmt, p)
+                    .map_err(|e| at_row(i, e))?
+                    .changes;
             }
             Ok(ExecResult {
                 changes,

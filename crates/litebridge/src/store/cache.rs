@@ -201,7 +201,7 @@ impl Cache {
         let Some(db) = &self.db else { return Ok(None) };
         let rows = db
             .query_trusted(
-                "SELECT value, expires_at FROM litebridge_cache WHERE key = ?1",
+                "SELECT value, expires_at FROM main.litebridge_cache WHERE key = ?1",
                 params![key],
             )
             .await?;
@@ -235,7 +235,7 @@ impl Cache {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
             db.execute_trusted(
-                "INSERT INTO litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO main.litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
                 params![key, text, expires.map(micros)],
             )
@@ -261,9 +261,12 @@ impl Cache {
         let in_l1 = self.l1.remove(key).await.is_some();
         let in_l2 = match &self.db {
             Some(db) => {
-                db.execute_trusted("DELETE FROM litebridge_cache WHERE key = ?1", params![key])
-                    .await?
-                    .changes
+                db.execute_trusted(
+                    "DELETE FROM main.litebridge_cache WHERE key = ?1",
+                    params![key],
+                )
+                .await?
+                .changes
                     > 0
             }
             None => false,

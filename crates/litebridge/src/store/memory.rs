@@ -102,7 +102,7 @@ impl MemoryStore {
             serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
         self.db
             .execute_trusted(
-                "INSERT INTO litebridge_memory(namespace, key, value, expires_at, updated_at)
+                "INSERT INTO main.litebridge_memory(namespace, key, value, expires_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(namespace, key) DO UPDATE SET
                      value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
@@ -122,7 +122,7 @@ impl MemoryStore {
         let rows = self
             .db
             .query_trusted(
-                "SELECT value FROM litebridge_memory
+                "SELECT value FROM main.litebridge_memory
                  WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
                 params![namespace, key, self.now_us()],
             )
@@ -153,7 +153,7 @@ impl MemoryStore {
         let rows = self
             .db
             .query_trusted(
-                "SELECT key, value, expires_at FROM litebridge_memory
+                "SELECT key, value, expires_at FROM main.litebridge_memory
                  WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
                    AND (expires_at IS NULL OR expires_at > ?4)
                  ORDER BY key LIMIT ?5",
@@ -202,7 +202,7 @@ impl MemoryStore {
         Ok(self
             .db
             .execute_trusted(
-                "DELETE FROM litebridge_memory WHERE namespace = ?1 AND key = ?2
+                "DELETE FROM main.litebridge_memory WHERE namespace = ?1 AND key = ?2
                  AND (expires_at IS NULL OR expires_at > ?3)",
                 params![namespace, key, self.now_us()],
             )
@@ -219,7 +219,7 @@ impl MemoryStore {
         Ok(self
             .db
             .execute_trusted(
-                "DELETE FROM litebridge_memory WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                "DELETE FROM main.litebridge_memory WHERE expires_at IS NOT NULL AND expires_at <= ?1",
                 params![self.now_us()],
             )
             .await?

@@ -7,6 +7,13 @@
 //!
 //! Migrations run in one write, so a database is at one version or the next,
 //! never in between. A database written by a newer litebridge is refused.
+//!
+//! Every statement names its schema (`main.`), and a migration after the
+//! first creates its tables with plain `CREATE TABLE`: a table of the same
+//! name that someone else made first is an error, never adopted. After migrating, anything in
+//! litebridge's namespace that litebridge did not create (a trigger on one of
+//! its tables, an extra table or view) stops the open: client SQL cannot make
+//! such an object, so finding one means the file was tampered with.
 
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -16,13 +23,16 @@ pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `n` takes a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 0 -> 1: the three stores.
-    "CREATE TABLE IF NOT EXISTS litebridge_cache(
+    // 0 -> 1: the three stores. `IF NOT EXISTS` here only: the cache table
+    // predates versioning, and a file at version 0 has never been served (a
+    // server migrates before it answers anyone), so nothing in it came from a
+    // client. Every later migration uses plain `CREATE`.
+    "CREATE TABLE IF NOT EXISTS main.litebridge_cache(
          key TEXT PRIMARY KEY,
          value TEXT NOT NULL,
          expires_at INTEGER
      ) WITHOUT ROWID;
-     CREATE TABLE IF NOT EXISTS litebridge_state(
+     CREATE TABLE IF NOT EXISTS main.litebridge_state(
          run_id TEXT PRIMARY KEY,
          state TEXT NOT NULL,
          status TEXT,
@@ -33,8 +43,8 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL,
          updated_at INTEGER NOT NULL
      ) WITHOUT ROWID;
-     CREATE INDEX IF NOT EXISTS litebridge_state_status ON litebridge_state(status, run_id);
-     CREATE TABLE IF NOT EXISTS litebridge_memory(
+     CREATE INDEX IF NOT EXISTS main.litebridge_state_status ON litebridge_state(status, run_id);
+     CREATE TABLE IF NOT EXISTS main.litebridge_memory(
          namespace TEXT NOT NULL,
          key TEXT NOT NULL,
          value TEXT NOT NULL,
@@ -42,10 +52,10 @@ const MIGRATIONS: &[&str] = &[
          updated_at INTEGER NOT NULL,
          PRIMARY KEY (namespace, key)
      ) WITHOUT ROWID;
-     CREATE INDEX IF NOT EXISTS litebridge_memory_expiry ON litebridge_memory(expires_at)
+     CREATE INDEX IF NOT EXISTS main.litebridge_memory_expiry ON litebridge_memory(expires_at)
          WHERE expires_at IS NOT NULL;",
     // 1 -> 2: API keys (hashes only) and their quota counters.
-    "CREATE TABLE IF NOT EXISTS litebridge_keys(
+    "CREATE TABLE main.litebridge_keys(
          id INTEGER PRIMARY KEY,
          name TEXT NOT NULL UNIQUE,
          hash TEXT NOT NULL UNIQUE,
@@ -55,7 +65,7 @@ const MIGRATIONS: &[&str] = &[
          revoked_at INTEGER,
          last_used_at INTEGER
      );
-     CREATE TABLE IF NOT EXISTS litebridge_quota(
+     CREATE TABLE main.litebridge_quota(
          key_id INTEGER NOT NULL,
          period TEXT NOT NULL,
          count INTEGER NOT NULL,
@@ -63,20 +73,54 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
+/// Every object litebridge creates (tables and their indexes; SQLite's own
+/// `sqlite_autoindex_*` indexes of these tables are expected too).
+const OWN_OBJECTS: &[&str] = &[
+    "litebridge_meta",
+    "litebridge_cache",
+    "litebridge_state",
+    "litebridge_state_status",
+    "litebridge_memory",
+    "litebridge_memory_expiry",
+    "litebridge_keys",
+    "litebridge_quota",
+];
+
+/// Objects named `litebridge_*`, or attached to such a table, that
+/// litebridge did not create, as `type name`.
+fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare(
+        "SELECT type, name FROM main.sqlite_schema
+         WHERE (name LIKE 'litebridge\\_%' ESCAPE '\\' OR tbl_name LIKE 'litebridge\\_%' ESCAPE '\\')
+           AND NOT (type = 'index' AND name LIKE 'sqlite\\_autoindex\\_litebridge\\_%' ESCAPE '\\')
+         ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut foreign = Vec::new();
+    for row in rows {
+        let (kind, name) = row?;
+        if !OWN_OBJECTS.iter().any(|o| o.eq_ignore_ascii_case(&name)) {
+            foreign.push(format!("{kind} {name}"));
+        }
+    }
+    Ok(foreign)
+}
+
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it found.
 ///
 /// # Errors
 /// [`Error::Unavailable`] naming both versions when the database was written
-/// by a newer litebridge; SQLite errors from a migration (nothing applied).
+/// by a newer litebridge, or naming the objects in litebridge's namespace
+/// that it did not create; SQLite errors from a migration (nothing applied).
 pub async fn migrate(db: &Database) -> Result<i64> {
     let path = db.path().display().to_string();
     db.write(move |c| {
         c.execute_batch(
-            "CREATE TABLE IF NOT EXISTS litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS main.litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
         )?;
         let found: i64 = c
             .query_row(
-                "SELECT CAST(value AS INTEGER) FROM litebridge_meta WHERE key = 'schema_version'",
+                "SELECT CAST(value AS INTEGER) FROM main.litebridge_meta WHERE key = 'schema_version'",
                 [],
                 |r| r.get(0),
             )
@@ -98,10 +142,21 @@ pub async fn migrate(db: &Database) -> Result<i64> {
             })?;
         }
         c.execute(
-            "INSERT INTO litebridge_meta(key, value) VALUES ('schema_version', ?1)
+            "INSERT INTO main.litebridge_meta(key, value) VALUES ('schema_version', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [SCHEMA_VERSION.to_string()],
         )?;
+        let foreign = foreign_objects(c)?;
+        if !foreign.is_empty() {
+            return Err(Error::Unavailable {
+                what: "database",
+                reason: format!(
+                    "{path} has objects in litebridge's namespace that litebridge did not create: {}; \
+                     review them (and the API keys: `litebridge keys list`), drop them with `litebridge query`, then start again",
+                    foreign.join(", ")
+                ),
+            });
+        }
         Ok(found)
     })
     .await

@@ -143,7 +143,7 @@ impl StateStore {
         // One trip through the writer: the upsert returns the row as stored,
         // in the same transaction, so no concurrent save can come between.
         let sql = format!(
-            "INSERT INTO litebridge_state(run_id, state, status, total_steps, error_message,
+            "INSERT INTO main.litebridge_state(run_id, state, status, total_steps, error_message,
                  execution_time_ms, memory_usage_mb, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
              ON CONFLICT(run_id) DO UPDATE SET
@@ -191,7 +191,7 @@ impl StateStore {
         let rows = self
             .db
             .query_trusted(
-                &format!("SELECT {COLUMNS} FROM litebridge_state WHERE run_id = ?1"),
+                &format!("SELECT {COLUMNS} FROM main.litebridge_state WHERE run_id = ?1"),
                 params![run_id],
             )
             .await?;
@@ -213,7 +213,7 @@ impl StateStore {
             .db
             .query_trusted(
                 &format!(
-                    "SELECT {COLUMNS} FROM litebridge_state
+                    "SELECT {COLUMNS} FROM main.litebridge_state
                      WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2
                      ORDER BY run_id LIMIT ?3"
                 ),
@@ -236,7 +236,7 @@ impl StateStore {
         Ok(self
             .db
             .execute_trusted(
-                "DELETE FROM litebridge_state WHERE run_id = ?1",
+                "DELETE FROM main.litebridge_state WHERE run_id = ?1",
                 params![run_id],
             )
             .await?
