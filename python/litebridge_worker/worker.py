@@ -218,6 +218,7 @@ class Worker:
     def __init__(self, max_threads=32, drain_timeout=10.0):
         self._methods = {}
         self._resolver = None
+        self._prefixes = None
         self._max_threads = max_threads
         self._drain_timeout = drain_timeout
         self._out = None
@@ -251,8 +252,24 @@ class Worker:
         return self.method(name, idempotent, cache_ttl_s)(func)
 
     def set_resolver(self, resolver):
-        """Resolves names not registered: ``resolver(name) -> callable or None``."""
+        """Resolves names not registered: ``resolver(name) -> callable or None``.
+
+        An exception from the resolver is answered as method not found, with
+        its message. If the resolver has a ``prefixes`` attribute (dotted
+        names, as ``dotted.DottedResolver`` has), ``$/ready`` announces them,
+        without trailing dots, as the only names it may serve; a plain
+        callable announces none. ``None`` removes the resolver.
+        """
+        prefixes = getattr(resolver, "prefixes", None)
+        if prefixes is not None:
+            if isinstance(prefixes, str):
+                prefixes = [prefixes]
+            prefixes = list(prefixes)
+            if not all(isinstance(p, str) for p in prefixes):
+                raise TypeError("resolver.prefixes must be strings")
+            prefixes = [p.rstrip(".") for p in prefixes]
         self._resolver = resolver
+        self._prefixes = prefixes
 
     # ----- serving --------------------------------------------------------
 
@@ -294,14 +311,14 @@ class Worker:
         fd = sys.stdin.buffer.fileno()
         os.set_blocking(fd, False)
         self._loop.add_reader(fd, self._on_readable, fd)
-        self._notify(
-            "$/ready",
-            {
-                "pid": os.getpid(),
-                "methods": [m.describe() for m in self._methods.values()],
-                "dynamic": self._resolver is not None,
-            },
-        )
+        ready = {
+            "pid": os.getpid(),
+            "methods": [m.describe() for m in self._methods.values()],
+            "dynamic": self._resolver is not None,
+        }
+        if self._resolver is not None and self._prefixes is not None:
+            ready["prefixes"] = self._prefixes
+        self._notify("$/ready", ready)
         await self._eof
         self._loop.remove_reader(fd)
         deadline = self._loop.time() + self._drain_timeout
