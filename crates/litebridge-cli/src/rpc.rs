@@ -338,6 +338,12 @@ pub(crate) async fn call(
     );
     match &outcome {
         Ok(_) => tracing::debug!(method = %method, elapsed_us, "ok"),
+        // What a worker raised or printed often quotes the call's parameters,
+        // which are never logged at the default level: only the kind is.
+        Err(RpcError::App(e @ (Error::WorkerError { .. } | Error::WorkerCrashed { .. }))) => {
+            tracing::warn!(method = %method, elapsed_us, kind = e.kind().as_str(), "the worker call failed");
+            tracing::debug!(method = %method, "{e}");
+        }
         Err(RpcError::App(e))
             if !matches!(e.kind(), ErrorKind::Sql | ErrorKind::InvalidArgument) =>
         {
@@ -692,6 +698,8 @@ async fn dispatch(
                     .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
                 cache_key: a.opt_string("cache_key")?,
                 cache_ttl: a.opt_secs("cache_ttl_s")?,
+                // Each key's `cache_key` entries are its own (local sessions share one).
+                cache_scope: Some(caller.key().map_or("local", |k| k.name()).to_owned()),
                 request_id: Some(request_id.to_owned()),
             };
             Ok(workers(service)?
@@ -895,17 +903,17 @@ async fn dispatch(
         }
         "admin.backup" => {
             let mut a = Args::new("admin.backup", &["to"], params)?;
-            let r = match (a.opt_string("to")?, &service.backups) {
-                (Some(to), _) => db.backup_to(std::path::PathBuf::from(to), |_| {}).await?,
-                (None, Some(policy)) => litebridge::backups::take(db, policy).await?,
-                (None, None) => {
-                    let mut p = db.path().as_os_str().to_owned();
-                    p.push(format!(
-                        ".{}.backup",
-                        crate::output::utc_stamp(std::time::SystemTime::now(), true)
-                    ));
-                    db.backup_to(std::path::PathBuf::from(p), |_| {}).await?
-                }
+            let policy = service.backups.as_ref().ok_or_else(|| {
+                RpcError::App(Error::Unavailable {
+                    what: "backups",
+                    reason: "this service has no backup directory configured".into(),
+                })
+            })?;
+            let r = match a.opt_string("to")? {
+                // A name in the backup directory, never a path: a request
+                // does not choose where the service writes (SECURITY.md).
+                Some(name) => litebridge::backups::take_named(db, policy, &name).await?,
+                None => litebridge::backups::take(db, policy).await?,
             };
             Ok(json!({
                 "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,

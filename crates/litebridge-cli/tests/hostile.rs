@@ -508,10 +508,6 @@ fn cases(dir: &str) -> Vec<(String, Expect)> {
         ),
         ("sql.query", json!({"sql": "SELECT * FROM secret"})),
         (
-            "sql.query",
-            json!({"sql": "PRAGMA table_info(litebridge_keys)"}),
-        ),
-        (
             "sql.execute",
             json!({"sql": "INSERT INTO scratch VALUES (?1)", "params": ["litebridge_keys"]}),
         ),
@@ -520,6 +516,14 @@ fn cases(dir: &str) -> Vec<(String, Expect)> {
     ] {
         add(req(m, p), Fine);
     }
+    // litebridge's own tables are not even described.
+    add(
+        req(
+            "sql.query",
+            json!({"sql": "PRAGMA table_info(litebridge_keys)"}),
+        ),
+        Code(-32007),
+    );
 
     // --- notifications: never answered, whatever they hold ----------------------
     for raw in [

@@ -287,7 +287,7 @@ fn hostile_input_leaves_the_server_up_and_healthy() {
     // A client that goes away mid-request, many times.
     for _ in 0..50 {
         let mut s = TcpStream::connect(&server.addr).unwrap();
-        let _ = s.write_all(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\":");
+        let _ = s.write_all(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\":");
         drop(s);
     }
     let (status, _) = server.request("GET", "/ready", None, b"");
@@ -316,7 +316,7 @@ fn sigterm_during_a_write_load_loses_no_acknowledged_write() {
                         Err(_) => break,
                     };
                     let text = body.to_string();
-                    let req = format!("POST /rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len());
+                    let req = format!("POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len());
                     if s.write_all(req.as_bytes()).is_err() {
                         break;
                     }

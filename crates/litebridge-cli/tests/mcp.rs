@@ -252,10 +252,15 @@ async fn every_tool_over_stdio_with_rmcps_client() {
         .await["words"],
         3
     );
-    let to = dir.path().join("copy.db");
-    let r = ok(&client, "backup", json!({"to": to.to_str().unwrap()})).await;
+    // A backup goes to the backup directory, under the name given.
+    let r = ok(&client, "backup", json!({"to": "copy.db"})).await;
     assert_eq!(r["verified"], true);
-    assert!(to.exists());
+    assert!(dir.path().join("agent.db.backups/copy.db").exists());
+    // Never a path chosen by the caller.
+    let to = dir.path().join("elsewhere.db");
+    let e = fails(&client, "backup", json!({"to": to.to_str().unwrap()})).await;
+    assert_eq!(e["kind"], "invalid_params", "{e}");
+    assert!(!to.exists());
 
     // Failures are tool errors an agent can act on.
     let e = fails(&client, "query", json!({"sql": "SELECT * FROM missing"})).await;
@@ -460,7 +465,8 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
-    std::fs::write(&config, "[quota]\nfree_daily = 2\n").unwrap();
+    // initialize, then two tool calls; the third is refused.
+    std::fs::write(&config, "[quota]\nfree_daily = 3\n").unwrap();
     let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

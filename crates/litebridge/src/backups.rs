@@ -83,6 +83,37 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
     })
 }
 
+/// Takes one verified backup of `db` named `name` in the policy's directory
+/// (not recorded as the newest, never pruned). `name` is a plain file name:
+/// one with a directory in it, a hidden one (`.x`, where partial copies are
+/// written) or one with control characters is refused, and so is a name
+/// that exists already: a request never chooses where the service writes
+/// nor replaces a file.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `to` for a name that is not plain;
+/// otherwise as [`Database::backup_to`].
+pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Result<BackupReport> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control);
+    if !plain {
+        return Err(Error::invalid(
+            "to",
+            format!(
+                "{:?} is not a plain file name; a backup is written to the backup directory \
+                 under a name of its own (no directory, not starting with a dot)",
+                name.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&policy.dir)
+        .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
+    db.backup_to(policy.dir.join(name), |_| {}).await
+}
+
 /// Takes one verified backup of `db` into the policy's directory, records
 /// it as the newest, and prunes the oldest beyond `keep`.
 ///

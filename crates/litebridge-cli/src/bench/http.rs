@@ -156,7 +156,7 @@ impl Bench {
                     let mut buf = Vec::with_capacity(4096);
                     while !stop.load(Ordering::Relaxed) {
                         let request = match load {
-                            Load::Health => "GET /health HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
+                            Load::Health => "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
                             Load::Query => rpc(&auth, &format!(
                                 r#"{{"jsonrpc":"2.0","method":"sql.query","params":["SELECT v FROM kv WHERE k = ?1",[{}]],"id":1}}"#,
                                 rng.below(READ_ROWS)
@@ -194,7 +194,7 @@ impl Bench {
 
 fn rpc(authorization: &str, body: &str) -> String {
     format!(
-        "POST /rpc HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
+        "POST /rpc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }

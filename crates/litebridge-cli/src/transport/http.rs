@@ -9,19 +9,25 @@
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `/mcp`: MCP over streamable HTTP (see [`crate::transport::mcp`]).
 //!
-//! Authentication: `Authorization: Bearer KEY`. While any key exists, or
-//! when the server listens beyond loopback, `/rpc` and `/metrics` need one
-//! (401 with `unauthorized` otherwise, before the body is looked at).
-//! Without keys on loopback, requests run with the local scopes.
-//! `/health` and `/ready` stay open: load balancers probe them and they tell
-//! nothing but up or down.
+//! Authentication: `Authorization: Bearer KEY`. Once any key has been
+//! created in the database (revoked ones count), or when the server listens
+//! beyond loopback, `/rpc`, `/mcp` and `/metrics` need one (401 with
+//! `unauthorized` otherwise, before the body is read). Without keys on
+//! loopback, requests run with the local scopes. `/health` and `/ready` stay
+//! open: load balancers probe them and they tell nothing but up or down.
+//!
+//! In front of every route, [`same_site`] refuses (403) what a web page in a
+//! browser could send: on a loopback listener a `Host` that is not a
+//! loopback name (DNS rebinding: a page whose name now points at 127.0.0.1),
+//! and everywhere an `Origin` of another site.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use litebridge::auth::{Caller, Scope, Scopes};
@@ -86,8 +92,84 @@ pub(crate) fn router(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state.clone())
         .merge(mcp)
+        .layer(axum::middleware::from_fn_with_state(state, same_site))
+}
+
+/// Refuses requests a web page could have sent (see the module docs).
+async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match check_site(state.access.exposed, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(reason) => rpc_error(
+            StatusCode::FORBIDDEN,
+            &rpc::RpcError::App(litebridge::Error::Forbidden { message: reason }),
+        ),
+    }
+}
+
+/// The `Host` and `Origin` rules: on loopback the host must be a loopback
+/// name; an `Origin`, when present, must be a loopback one on loopback, and
+/// the request's own host otherwise.
+pub(crate) fn check_site(exposed: bool, headers: &HeaderMap) -> Result<(), String> {
+    let host = match headers.get(header::HOST) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| "the Host header is not readable text".to_owned())?,
+        ),
+    };
+    if !exposed
+        && let Some(h) = host
+        && !is_loopback(authority_host(h))
+    {
+        return Err(format!(
+            "this server listens on loopback and answers only to a loopback Host \
+             (localhost, 127.0.0.1, [::1]), not {:?} (protection against DNS rebinding)",
+            h.chars().take(100).collect::<String>()
+        ));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let origin_authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .filter(|a| !a.is_empty() && !a.contains('/'));
+    let same = match (origin_authority, exposed) {
+        (None, _) => false,
+        (Some(a), false) => is_loopback(authority_host(a)),
+        (Some(a), true) => {
+            host.is_some_and(|h| authority_host(h).eq_ignore_ascii_case(authority_host(a)))
+        }
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "requests from the web page at {:?} are refused: a browser may reach this server only from its own site",
+            origin.chars().take(100).collect::<String>()
+        ))
+    }
+}
+
+/// The host of `host[:port]` or `[v6]:port`, without the port.
+fn authority_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -137,17 +219,20 @@ pub(crate) fn authenticate(
     }
 }
 
-/// The 401 (or 403) for a refused request.
+/// The 401 (429 past a quota, 403 otherwise) for a refused request.
 pub(crate) fn refused(e: litebridge::Error) -> Response {
     let status = match e.kind() {
         litebridge::ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        litebridge::ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
     rpc_error(status, &rpc::RpcError::App(e))
 }
 
-async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let caller = match authenticate(&state, &headers) {
+async fn rpc_handler(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers();
+    // The key is checked before a byte of the body is read.
+    let caller = match authenticate(&state, headers) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
@@ -177,6 +262,14 @@ async fn rpc_handler(State(state): State<AppState>, headers: HeaderMap, body: By
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(crate::logging::new_request_id, str::to_owned);
+    // Read under the body limit (413 past it).
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(b) => b,
+        Err(rejection) => {
+            let e = rpc::RpcError::InvalidRequest(rejection.body_text());
+            return rpc_error(rejection.status(), &e);
+        }
+    };
     let mut response = match rpc::handle(&state.app, &caller, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),

@@ -197,9 +197,13 @@ impl Auth {
             .clone()
     }
 
-    /// Whether any key is active (then every HTTP request needs one).
+    /// Whether keys are in use: once any key has been created in this
+    /// database, every HTTP request needs one, even after every key is
+    /// revoked (revoking them all refuses everyone rather than letting
+    /// everyone in as the local user).
     pub fn has_keys(&self) -> bool {
-        !self.registry().by_hash.is_empty()
+        let r = self.registry();
+        r.version.is_some() || !r.by_hash.is_empty()
     }
 
     /// The caller presenting `secret`.

@@ -7,9 +7,18 @@
 //! however many commits happen meanwhile: the backup is the database exactly
 //! as of its first step. Pages are copied in steps so progress can be shown.
 //!
-//! The copy is written to `FILE.partial`, verified with `quick_check`, and only
-//! then renamed over `FILE`, so a crash or a failed verification never leaves a
-//! half-written file under the backup's name.
+//! The copy is written to a new file of its own beside `FILE` (created
+//! exclusively, under a random name), verified with `quick_check`, and only
+//! then moved to `FILE`, so a crash or a failed verification never leaves a
+//! half-written file under the backup's name, and no existing file is ever
+//! opened for writing.
+//!
+//! A destination is refused when it is a symbolic link, when it is the
+//! database itself or its `-wal`, `-shm` or `-journal` (by name or as the same
+//! file through another link), and when a `-wal`, `-shm` or `-journal` lies
+//! beside it: that is a database in use (or one with a log still to apply),
+//! and a file swapped in under it would be served, or patched with the old
+//! log, by whoever has it open.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,27 +56,88 @@ pub struct BackupReport {
 
 /// Copies the database file at `source` to `dest` while other connections
 /// (in this process or another) go on reading and writing, verifies the copy
-/// with `quick_check`, and renames it into place. `progress` is called after
+/// with `quick_check`, and moves it into place. `progress` is called after
 /// each step of 1024 pages.
 ///
+/// An existing `dest` is replaced only if it is a regular file that is not a
+/// database in use: a symbolic link, the database itself or its `-wal`,
+/// `-shm` or `-journal` (under any name), and a file with one of those
+/// companions beside it are refused (see the module documentation).
+///
 /// # Errors
-/// [`Error::Open`] for a bad source or destination; [`Error::Corrupt`] when the
-/// copy fails verification (then nothing is left at `dest`).
+/// [`Error::Open`] for a bad source or a refused destination (the reason
+/// says which rule); [`Error::Corrupt`] when the copy fails verification
+/// (then nothing is left at `dest`).
 pub fn backup_file(
     source: &Path,
     dest: &Path,
     busy_timeout: Duration,
+    progress: impl FnMut(BackupProgress),
+) -> Result<BackupReport> {
+    copy_verified(source, dest, Existing::Replace, busy_timeout, progress)
+}
+
+/// What a backup does when its destination exists (and is safe to replace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Replace a regular file that is no database in use.
+    Replace,
+    /// Refuse: the backup only ever creates a new file.
+    Refuse,
+}
+
+pub(crate) fn copy_verified(
+    source: &Path,
+    dest: &Path,
+    existing: Existing,
+    busy_timeout: Duration,
     mut progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
     let started = Instant::now();
-    if dest.is_dir() {
-        return Err(Error::Open {
-            path: dest.to_path_buf(),
-            reason: "the backup destination is a directory; give a file name".into(),
-        });
+    check_destination(source, dest, existing)?;
+    let partial = create_partial(dest)?;
+    let result = copy_into(source, &partial, busy_timeout, &mut progress);
+    let pages = match result {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    // Checked again right before the move: a database may have appeared there.
+    let placed = check_destination(source, dest, existing).and_then(|()| match existing {
+        Existing::Replace => std::fs::rename(&partial, dest)
+            .map_err(|e| Error::io("cannot move the backup to", dest, e)),
+        // A hard link fails if the name exists: no window to replace anything.
+        Existing::Refuse => std::fs::hard_link(&partial, dest)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => exists_error(dest),
+                _ => Error::io("cannot move the backup to", dest, e),
+            })
+            .map(|()| {
+                let _ = std::fs::remove_file(&partial);
+            }),
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
     }
-    let partial = with_suffix(dest, ".partial");
-    let _ = std::fs::remove_file(&partial);
+    let bytes = std::fs::metadata(dest).map_or(0, |m| m.len());
+    Ok(BackupReport {
+        path: dest.to_path_buf(),
+        bytes,
+        pages,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Copies `source` into the empty file `partial` and verifies the copy.
+fn copy_into(
+    source: &Path,
+    partial: &Path,
+    busy_timeout: Duration,
+    progress: &mut impl FnMut(BackupProgress),
+) -> Result<u64> {
     let src = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -79,8 +149,8 @@ pub fn backup_file(
         r.get::<_, i64>(0)
     })?;
     let result = (|| -> Result<u64> {
-        let mut dst = Connection::open(&partial).map_err(|e| Error::Open {
-            path: partial.clone(),
+        let mut dst = Connection::open(partial).map_err(|e| Error::Open {
+            path: partial.to_path_buf(),
             reason: Error::from(e).to_string(),
         })?;
         let pages = {
@@ -110,7 +180,7 @@ pub fn backup_file(
         let problems = quick_check(&dst, 10)?;
         if !problems.is_empty() {
             return Err(Error::Corrupt {
-                path: partial.clone(),
+                path: partial.to_path_buf(),
                 detail: format!("the backup failed verification: {}", problems.join("; ")),
             });
         }
@@ -118,20 +188,127 @@ pub fn backup_file(
         Ok(pages)
     })();
     let _ = src.execute_batch("COMMIT");
-    let pages = match result {
-        Ok(p) => p,
+    result
+}
+
+/// The companions SQLite keeps beside a database file.
+const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+fn exists_error(dest: &Path) -> Error {
+    Error::Open {
+        path: dest.to_path_buf(),
+        reason:
+            "a file of that name exists already; a backup never replaces one here, give a new name"
+                .into(),
+    }
+}
+
+/// Refuses a destination that is a link, the database (or one of its
+/// companions) under any name, or a database in use.
+fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(Error::Open {
+            path: dest.to_path_buf(),
+            reason,
+        })
+    };
+    let name = match dest.file_name() {
+        Some(n) if !dest.as_os_str().is_empty() => n,
+        _ => return refuse("the backup destination needs a file name".into()),
+    };
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = match std::fs::canonicalize(parent) {
+        Ok(d) if d.is_dir() => d,
+        Ok(_) => return refuse(format!("{} is not a directory", parent.display())),
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
+            return refuse(format!(
+                "its directory {} cannot be used: {e}",
+                parent.display()
+            ));
         }
     };
-    std::fs::rename(&partial, dest).map_err(|e| Error::io("cannot move the backup to", dest, e))?;
-    let bytes = std::fs::metadata(dest).map_or(0, |m| m.len());
-    Ok(BackupReport {
-        path: dest.to_path_buf(),
-        bytes,
-        pages,
-        elapsed: started.elapsed(),
+    let dest_real = dir.join(name);
+    // The database and its companions, by name (the companions need not exist yet).
+    let source_real = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    let mut own = vec![source_real.clone()];
+    own.extend(COMPANIONS.iter().map(|c| with_suffix(&source_real, c)));
+    if own.contains(&dest_real) {
+        return refuse(format!(
+            "it is the database being backed up, or its {}; choose another file",
+            COMPANIONS.join("/")
+        ));
+    }
+    match std::fs::symlink_metadata(&dest_real) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return refuse(
+                "it is a symbolic link; a backup is only written to a file of its own".into(),
+            );
+        }
+        Ok(m) if m.is_dir() => {
+            return refuse("the backup destination is a directory; give a file name".into());
+        }
+        Ok(m) => {
+            if existing == Existing::Refuse {
+                return Err(exists_error(dest));
+            }
+            if !m.is_file() {
+                return refuse("it is not a regular file".into());
+            }
+            // The same file under another name (a hard link).
+            if own.iter().any(|p| same_file(p, &m)) {
+                return refuse("it is the database being backed up, under another name".into());
+            }
+        }
+        Err(_) => {}
+    }
+    for c in COMPANIONS {
+        let p = with_suffix(&dest_real, c);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return refuse(format!(
+                "{} exists beside it: that is a database in use (or with a log still to apply), \
+                 which a backup never replaces; choose another file",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn same_file(path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+}
+
+/// Creates the empty file the copy is written to, beside `dest`, under a
+/// name nobody else has (exclusively: it cannot be an existing file or link).
+fn create_partial(dest: &Path) -> Result<PathBuf> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    for _ in 0..8 {
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).map_err(|e| Error::Internal {
+            message: format!("no random bytes from the operating system: {e}"),
+        })?;
+        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let partial = parent.join(format!(".{name}.{tag}.partial"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+        {
+            Ok(_) => return Ok(partial),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("cannot create the backup file", &partial, e)),
+        }
+    }
+    Err(Error::Internal {
+        message: "could not find a free name for the backup's partial file".into(),
     })
 }
 

@@ -601,13 +601,18 @@ impl Database {
 
     // ----- operations --------------------------------------------------------
 
-    /// Copies the database to `dest` with the online backup API while reads
-    /// and writes go on, verifies the copy with `quick_check`, and only then
-    /// puts it in place. `progress` is called after each step.
+    /// Copies the database to the new file `dest` with the online backup API
+    /// while reads and writes go on, verifies the copy with `quick_check`, and
+    /// only then puts it in place. `progress` is called after each step.
+    ///
+    /// It never replaces a file: `dest` must not exist (see [`backup_file`]
+    /// for what else is refused).
     ///
     /// # Errors
-    /// [`Error::Open`]/[`Error::Io`] for the destination; [`Error::Corrupt`] if
-    /// the copy fails verification (nothing is left at `dest`).
+    /// [`Error::Open`] for a destination that exists, is a link, is this
+    /// database or one of its companions, or lies in a directory that cannot
+    /// be used; [`Error::Io`] when writing fails; [`Error::Corrupt`] if the
+    /// copy fails verification (nothing is left at `dest`).
     pub async fn backup_to(
         &self,
         dest: impl AsRef<Path>,
@@ -616,11 +621,13 @@ impl Database {
         let source = self.inner.opener.path.clone();
         let dest = dest.as_ref().to_path_buf();
         let busy = self.inner.opener.config.busy_timeout;
-        tokio::task::spawn_blocking(move || backup::backup_file(&source, &dest, busy, progress))
-            .await
-            .map_err(|e| Error::Internal {
-                message: format!("the backup panicked: {e}"),
-            })?
+        tokio::task::spawn_blocking(move || {
+            backup::copy_verified(&source, &dest, backup::Existing::Refuse, busy, progress)
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("the backup panicked: {e}"),
+        })?
     }
 
     /// Runs a checkpoint now, on the writer thread between two batches

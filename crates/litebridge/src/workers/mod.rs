@@ -37,8 +37,13 @@
 //! **Breakers.** One circuit breaker per method, around the retries: each call
 //! reports one outcome. Crashes, timeouts and exceptions count as failures;
 //! bad params and a full queue do not.
+//!
+//! **Names.** Only methods a worker announced (or, in generic mode, names
+//! under the prefixes it announced) reach a worker; the protocol's own `$/`
+//! names never do, and per-method state stays bounded (`names`).
 
 mod config;
+mod names;
 mod pool;
 mod process;
 mod protocol;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
 use crate::workers::config::WorkerConfig;
+use crate::workers::names::MethodNames;
 use crate::workers::process::Process;
 
 /// Options of one call.
@@ -30,6 +31,12 @@ pub struct CallOptions {
     /// Lifetime of the cached result; `None` uses the method's `cache_ttl_s`
     /// or the cache's default.
     pub cache_ttl: Option<Duration>,
+    /// Whose `cache_key` this is. Results cached under an explicit key are
+    /// kept apart per scope (the RPC gives the caller's key name), so one
+    /// caller can neither read nor poison another's entry; results of a
+    /// method declared cacheable are keyed by its parameters and shared.
+    /// `None`: one shared scope.
+    pub cache_scope: Option<String>,
     /// The id of the request this call serves, sent to the worker (as
     /// `meta.request_id`) so its logs can name it.
     pub request_id: Option<String>,
@@ -43,6 +50,7 @@ impl Default for CallOptions {
             max_attempts: None,
             cache_key: None,
             cache_ttl: None,
+            cache_scope: None,
             request_id: None,
         }
     }
@@ -176,6 +184,7 @@ struct Shared {
     recycled: AtomicU64,
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     stats: RwLock<std::collections::HashMap<String, Arc<MethodCounters>>>,
+    names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
 }
@@ -227,6 +236,7 @@ impl WorkerPool {
             recycled: AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
             stats: RwLock::new(std::collections::HashMap::new()),
+            names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
             config,
@@ -243,6 +253,7 @@ impl WorkerPool {
         while let Some(joined) = starting.join_next().await {
             match joined {
                 Ok((slot, Ok(p))) => {
+                    shared.names.learn(&p);
                     let _ = shared.events.send(PoolEvent::WorkerStarted {
                         id: p.id,
                         pid: p.pid,
@@ -285,8 +296,11 @@ impl WorkerPool {
     /// when the worker died (after retries, for idempotent methods);
     /// [`Error::Timeout`]; [`Error::Overloaded`] when the queue is full;
     /// [`Error::CircuitOpen`] when the method's breaker is open;
-    /// [`Error::InvalidArgument`] for an unknown method or bad params.
+    /// [`Error::InvalidArgument`] for a method no worker announced (or, in
+    /// generic mode, outside the announced prefixes), a name of the worker
+    /// protocol (`$/...`), or bad params.
     pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
+        self.shared.names.check(method)?;
         if let Some(cache) = self.shared.cache.get()
             && let Some((key, ttl)) = self.cache_key(method, &params, &options)
         {
@@ -319,9 +333,21 @@ impl WorkerPool {
             .cache_ttl
             .or_else(|| declared.and_then(|s| Duration::try_from_secs_f64(s).ok()));
         match (&options.cache_key, declared) {
-            (Some(k), _) => Some((format!("bridge:{method}:{k}"), ttl)),
+            // Lengths first, so no choice of scope, method and key can spell
+            // another caller's entry (or a declared one).
+            (Some(k), _) => {
+                let scope = options.cache_scope.as_deref().unwrap_or("");
+                Some((
+                    format!(
+                        "bridge:key:{}:{scope}:{}:{method}:{k}",
+                        scope.len(),
+                        method.len()
+                    ),
+                    ttl,
+                ))
+            }
             // serde_json keeps object keys sorted: the text is canonical.
-            (None, Some(_)) => Some((format!("bridge:{method}:{params}"), ttl)),
+            (None, Some(_)) => Some((format!("bridge:params:{method}:{params}"), ttl)),
             (None, None) => None,
         }
     }
@@ -341,7 +367,8 @@ impl WorkerPool {
         }
         let timeout = options.timeout.unwrap_or(s.config.call_timeout);
         let deadline = Instant::now() + timeout;
-        let breaker = s.breakers.get(method);
+        let state = s.names.state_name(method);
+        let breaker = s.breakers.get(&state);
         let custom;
         let policy = if options.retry && self.idempotent(method) {
             match options.max_attempts {
@@ -371,7 +398,7 @@ impl WorkerPool {
                 },
             )
             .await;
-        let counters = self.counters(method);
+        let counters = self.counters(&state);
         counters.latency.record(started.elapsed());
         if r.is_err() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -712,6 +739,7 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         let id = s.next_process.fetch_add(1, Ordering::Relaxed);
         match Process::spawn(&s.config, id, exit_tx.clone()).await {
             Ok(p) => {
+                s.names.learn(&p);
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
                 let _ = s.events.send(PoolEvent::WorkerRestarted { id, pid: p.pid });
                 *write(&s.slots[slot]) = Some(p);
@@ -803,7 +831,10 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
 async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) {
     let id = s.next_process.fetch_add(1, Ordering::Relaxed);
     let fresh = match Process::spawn(&s.config, id, s.exit_tx.clone()).await {
-        Ok(p) => p,
+        Ok(p) => {
+            s.names.learn(&p);
+            p
+        }
         Err(e) => {
             tracing::warn!(
                 worker = old.id,

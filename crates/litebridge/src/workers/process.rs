@@ -33,6 +33,8 @@ pub(crate) struct Process {
     pub(crate) pid: u32,
     pub(crate) methods: HashMap<String, MethodInfo>,
     pub(crate) dynamic: bool,
+    /// The prefixes a generic-mode worker serves, when it said.
+    pub(crate) prefixes: Option<Vec<String>>,
     pub(crate) started: Instant,
     /// Calls sent and not yet answered (cancelled ones included).
     pub(crate) load: AtomicUsize,
@@ -148,6 +150,7 @@ impl Process {
                 .map(|m| (m.name.clone(), m))
                 .collect(),
             dynamic: ready.dynamic,
+            prefixes: ready.prefixes,
             started: Instant::now(),
             load: AtomicUsize::new(0),
             calls: AtomicU64::new(0),

@@ -52,6 +52,9 @@ pub(crate) struct Ready {
     /// Whether it accepts names it did not list (generic dotted-path mode).
     #[serde(default)]
     pub(crate) dynamic: bool,
+    /// In generic mode, the dotted prefixes it serves (`None`: not said).
+    #[serde(default)]
+    pub(crate) prefixes: Option<Vec<String>>,
 }
 
 /// One line from a worker.

@@ -18,7 +18,8 @@ use axum::response::Response;
 use litebridge::auth::Caller;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::{
@@ -64,12 +65,24 @@ impl ServerHandler for McpServer {
             .with_instructions(INSTRUCTIONS)
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        // Like every request, it costs the key one call of its quota.
+        charge(&self.caller(&context)?)?;
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let caller = self.caller(&context)?;
+        charge(&caller)?;
         Ok(ListToolsResult::with_all_items(tools::list(
             &self.app, &caller,
         )))
@@ -104,6 +117,17 @@ impl ServerHandler for McpServer {
     }
 }
 
+/// Charges one call to the caller's key (tool calls are charged by the
+/// method table; this is for the protocol's own requests).
+fn charge(caller: &Caller) -> Result<(), ErrorData> {
+    caller.charge().map_err(|e| {
+        ErrorData::invalid_request(
+            e.to_string(),
+            Some(serde_json::json!({"kind": e.kind().as_str(), "recoverable": e.is_recoverable()})),
+        )
+    })
+}
+
 /// Serves MCP on stdin/stdout until the client closes it.
 pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Result<()> {
     let server = McpServer {
@@ -123,7 +147,13 @@ pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Resul
 
 /// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.
 /// `exposed` (listening beyond loopback) lifts the Host check that protects
-/// local servers from DNS rebinding: every request needs a key there anyway.
+/// local servers from DNS rebinding: every request needs a key there anyway
+/// (and the router's own Host and Origin check runs in front either way).
+///
+/// Stateless: each POST is answered on its own, with a JSON body, and no
+/// session is kept between requests. litebridge's tools need no server-sent
+/// notifications, and a server that keeps a session per `initialize` holds
+/// memory for anyone who asks (sessions were unbounded).
 pub(crate) fn http_service(
     app: Arc<App>,
     exposed: bool,
@@ -131,6 +161,9 @@ pub(crate) fn http_service(
 ) -> StreamableHttpService<McpServer, LocalSessionManager> {
     let mut config = StreamableHttpServerConfig::default();
     config.cancellation_token = stop;
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.max_request_body_bytes = crate::transport::http::MAX_BODY;
     if exposed {
         config = config.disable_allowed_hosts();
     }
@@ -147,7 +180,8 @@ pub(crate) fn http_service(
 }
 
 /// The `/rpc` authentication in front of `/mcp`: the [`Caller`] goes into
-/// the request's extensions, or the request is refused with 401.
+/// the request's extensions, or the request is refused with 401. Each
+/// request holds one of the key's concurrent slots while it runs.
 pub(crate) async fn authenticate(
     State(state): State<crate::transport::http::AppState>,
     mut request: Request,
@@ -155,6 +189,10 @@ pub(crate) async fn authenticate(
 ) -> Response {
     match crate::transport::http::authenticate(&state, request.headers()) {
         Ok(caller) => {
+            let _slot = match caller.enter() {
+                Ok(slot) => slot,
+                Err(e) => return crate::transport::http::refused(e),
+            };
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -266,7 +266,7 @@ const DEFS: &[Def] = &[
         description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
         schema: || {
             object(
-                json!({"to": {"type": "string", "description": "A file to write (default: the configured backup directory)."}}),
+                json!({"to": {"type": "string", "description": "A file name for the backup in the backup directory (no directory; a new name). Default: a timestamped name."}}),
                 &[],
             )
         },

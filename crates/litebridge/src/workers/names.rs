@@ -1,0 +1,146 @@
+//! Which method names reach a worker, and under which name each call's
+//! state (breaker, statistics, metric series) is kept.
+//!
+//! A name reaches a worker only if a worker announced it in `$/ready`, or a
+//! worker in generic mode (`dynamic`) serves names under prefixes it
+//! announced (any name, if it announced none). Names of the worker protocol
+//! itself (`$/cancelRequest`, `$/ping`, anything starting with `$`) never
+//! do: a caller could otherwise cancel other callers' calls or ping.
+//!
+//! Per-method state is made on first use, so an unbounded set of names
+//! would grow memory and `/metrics` without end. Announced methods are a
+//! fixed set; names served dynamically get state of their own up to
+//! [`MAX_DYNAMIC`], and share the state named [`OTHER`] beyond it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::workers::process::Process;
+
+/// Dynamic method names that get state of their own.
+pub(crate) const MAX_DYNAMIC: usize = 256;
+/// The state shared by dynamic names past [`MAX_DYNAMIC`].
+pub(crate) const OTHER: &str = "(other)";
+
+#[derive(Default)]
+struct Known {
+    announced: HashSet<String>,
+    dynamic: bool,
+    /// `None`: a dynamic worker that announced no prefixes (any name).
+    prefixes: Option<Vec<String>>,
+    /// Dynamic names that have state of their own.
+    tracked: HashSet<String>,
+}
+
+/// The names the workers offer, learnt from every `$/ready`.
+#[derive(Default)]
+pub(crate) struct MethodNames {
+    known: RwLock<Known>,
+}
+
+impl MethodNames {
+    /// Adds what a worker announced (every worker runs the same command, so
+    /// this is the same set each time; the union survives restarts).
+    pub(crate) fn learn(&self, p: &Process) {
+        let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
+        k.announced.extend(p.methods.keys().cloned());
+        if p.dynamic {
+            let first = !k.dynamic;
+            k.dynamic = true;
+            k.prefixes = match (first, k.prefixes.take(), &p.prefixes) {
+                (true, _, announced) => announced.clone(),
+                (false, Some(mut had), Some(more)) => {
+                    had.extend(
+                        more.iter()
+                            .filter(|m| !had.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                    Some(had)
+                }
+                // One dynamic worker without prefixes accepts any name.
+                (false, _, _) => None,
+            };
+        }
+    }
+
+    /// Refuses a name no worker serves.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `method`.
+    pub(crate) fn check(&self, method: &str) -> Result<()> {
+        if method.starts_with('$') {
+            return Err(Error::invalid(
+                "method",
+                format!(
+                    "{method:?}: names starting with `$` belong to the worker protocol and cannot be called"
+                ),
+            ));
+        }
+        let k = self.known.read().unwrap_or_else(|e| e.into_inner());
+        if k.announced.contains(method) {
+            return Ok(());
+        }
+        if k.dynamic {
+            return match &k.prefixes {
+                None => Ok(()),
+                Some(prefixes) if prefixes.iter().any(|p| under(method, p)) => Ok(()),
+                Some(prefixes) => Err(Error::invalid(
+                    "method",
+                    format!(
+                        "{method:?} is neither a method the workers announced nor under their allowed prefixes ({})",
+                        prefixes.join(", ")
+                    ),
+                )),
+            };
+        }
+        let mut offered: Vec<&str> = k.announced.iter().map(String::as_str).collect();
+        offered.sort_unstable();
+        let more = offered.len().saturating_sub(20);
+        offered.truncate(20);
+        Err(Error::invalid(
+            "method",
+            format!(
+                "no worker offers {method:?}; the workers announced: {}{}",
+                if offered.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    offered.join(", ")
+                },
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        ))
+    }
+
+    /// The name the state of a call of `method` is kept under.
+    pub(crate) fn state_name<'a>(&self, method: &'a str) -> Cow<'a, str> {
+        {
+            let k = self.known.read().unwrap_or_else(|e| e.into_inner());
+            if k.announced.contains(method) || k.tracked.contains(method) {
+                return Cow::Borrowed(method);
+            }
+            if k.tracked.len() >= MAX_DYNAMIC {
+                return Cow::Borrowed(OTHER);
+            }
+        }
+        let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if k.tracked.len() < MAX_DYNAMIC {
+            k.tracked.insert(method.to_owned());
+            Cow::Borrowed(method)
+        } else {
+            Cow::Borrowed(OTHER)
+        }
+    }
+}
+
+/// Whether `name` is `prefix` or lies beneath it (`a.b` under `a`, not `ab`).
+fn under(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
