@@ -1,0 +1,582 @@
+//! The red team's attacks, one test each, against the real binary.
+//!
+//! Each test is named after an attack that worked against an earlier
+//! version (SECURITY.md, "Red-teaming", says how they were found and how to
+//! add one). An attack is written the way the attacker sent it, and the
+//! test checks both that it is refused and that nothing of it took effect.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+
+use common::{Server, create_key};
+
+fn call(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+}
+
+/// The error code of a reply (0 for a result).
+fn code(reply: &Value) -> i64 {
+    reply["error"]["code"].as_i64().unwrap_or(0)
+}
+
+/// Sends `head` (request line and headers, without the final blank line)
+/// and `body` on a fresh connection; the status and the body.
+fn raw(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn rpc_head(host: &str, extra: &str, len: usize) -> String {
+    format!(
+        "POST /rpc HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len}{extra}"
+    )
+}
+
+const STATE_COLUMNS: &str = "run_id TEXT PRIMARY KEY, state TEXT NOT NULL, status TEXT, total_steps INTEGER, \
+     error_message TEXT, execution_time_ms INTEGER, memory_usage_mb REAL, created_at INTEGER NOT NULL, \
+     updated_at INTEGER NOT NULL";
+
+/// sha256("lb_evil_secret_0123456789").
+const EVIL_HASH: &str = "8902c152d50372021d7501d448bf3cf52a371fb28e54837d2d0791ee407f4788";
+const EVIL_SECRET: &str = "lb_evil_secret_0123456789";
+
+#[test]
+fn write_key_becomes_admin_through_a_shadow_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let write = create_key(&db, "writer", "write", "pro");
+    let server = Server::start(&db, &["--config", "/dev/null"]);
+    let as_writer = |sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1
+    };
+    let steps = [
+        format!("CREATE TEMP TABLE x({STATE_COLUMNS}) WITHOUT ROWID"),
+        format!(
+            "CREATE TEMP TRIGGER t AFTER INSERT ON x BEGIN \
+             INSERT INTO main.litebridge_keys(name, hash, scopes, tier, created_at) \
+             VALUES ('evil', '{EVIL_HASH}', 'admin', 'enterprise', 0); \
+             UPDATE main.litebridge_meta SET value = value + 1 WHERE key = 'keys_version'; END"
+        ),
+        "ALTER TABLE temp.x RENAME TO litebridge_state".to_owned(),
+        // The same on the tables behind revocation and quotas, and a table
+        // planted for a later migration to adopt.
+        "CREATE TABLE plain(key TEXT PRIMARY KEY, value TEXT, expires_at INTEGER) WITHOUT ROWID"
+            .to_owned(),
+        "ALTER TABLE plain RENAME TO litebridge_future".to_owned(),
+        "ALTER TABLE plain RENAME TO litebridge_keys2".to_owned(),
+    ];
+    for sql in &steps {
+        let r = as_writer(sql);
+        if !sql.starts_with("CREATE TABLE plain") {
+            // Refused (the later steps fail for want of the first one too).
+            assert_ne!(code(&r), 0, "{sql}: {r}");
+        }
+    }
+    // The store write lands in the real table and the trigger never ran.
+    let saved = server
+        .rpc_as(
+            Some(&write),
+            &call("state.save", json!({"run_id": "r1", "state": {"ok": 1}})),
+        )
+        .1;
+    assert_eq!(code(&saved), 0, "{saved}");
+    std::thread::sleep(Duration::from_millis(1_500)); // past one key refresh
+    let (status, _) = server.rpc_as(Some(EVIL_SECRET), &call("pool.health", json!({})));
+    assert_eq!(status, 401, "the planted secret must not be a key");
+    let (_, r) = server.rpc_as(Some(&write), &call("admin.keys.list", json!({})));
+    assert_eq!(code(&r), -32007, "still a write key: {r}");
+    assert!(server.stop().success());
+    // After a restart the acknowledged write is there, in the real table.
+    let server = Server::start(&db, &[]);
+    let loaded = server
+        .rpc_as(Some(&write), &call("state.load", json!({"run_id": "r1"})))
+        .1;
+    assert_eq!(loaded["result"]["state"], json!({"ok": 1}), "{loaded}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn generic_mode_escapes_its_allow_list_through_an_imported_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let trace = dir.path().join("shell-ran");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--workers",
+            "python3 -m litebridge_worker --root python/tests/fixtures --allow pkg.tools",
+        ],
+        &[("PYTHONPATH", "python")],
+    );
+    let touch = format!("touch {}", trace.display());
+    for method in [
+        "pkg.tools.os.system",
+        "pkg.tools.run_shell",
+        "pkg.tools.evaluate",
+        "pkg.tools.Agent.system",
+        "pkg.tools.Agent.helper_module.system",
+        "pkg.tools.shell",
+    ] {
+        let r = server.rpc(call(
+            "bridge.call",
+            json!({"method": method, "params": [touch]}),
+        ));
+        assert_ne!(code(&r), 0, "{method}: {r}");
+    }
+    // Outside the prefixes: refused before reaching a worker.
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "os.system", "params": [touch]}),
+    ));
+    assert_eq!(code(&r), -32602, "{r}");
+    let ok = server.rpc(call(
+        "bridge.call",
+        json!({"method": "pkg.tools.add", "params": [2, 3]}),
+    ));
+    assert_eq!(ok["result"], 5, "{ok}");
+    assert!(!trace.exists(), "a shell command ran");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let server = Server::start(&db, &[]);
+    let body = call("sql.execute", json!({"sql": "CREATE TABLE pwned(x)"})).to_string();
+    let evil = [
+        ("evil.example:7070", ""),
+        ("evil.example", ""),
+        ("127.0.0.1.evil.example", ""),
+        ("localhost.evil.example", ""),
+        // A loopback Host, but the request comes from a page of another site.
+        ("127.0.0.1", "\r\nOrigin: http://evil.example"),
+        ("localhost", "\r\nOrigin: null"),
+        (
+            "localhost",
+            "\r\nOrigin: https://localhost.evil.example:7070",
+        ),
+    ];
+    for (host, extra) in evil {
+        let (status, reply) = raw(
+            &server.addr,
+            &rpc_head(host, extra, body.len()),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 403, "Host {host}{extra}: {reply}");
+        for path in ["/metrics", "/health", "/ready"] {
+            let (status, _) = raw(
+                &server.addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: {host}{extra}"),
+                b"",
+            );
+            assert_eq!(status, 403, "{path} with Host {host}{extra}");
+        }
+        let (status, _) = raw(
+            &server.addr,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 2{extra}"
+            ),
+            b"{}",
+        );
+        assert_eq!(status, 403, "/mcp with Host {host}{extra}");
+    }
+    // The server's own names work, with or without a same-site Origin.
+    for (host, extra) in [
+        ("127.0.0.1", ""),
+        ("localhost", ""),
+        ("[::1]", ""),
+        ("localhost", "\r\nOrigin: http://localhost:3000"),
+    ] {
+        let q = call("sql.query", json!({"sql": "SELECT 1"})).to_string();
+        let (status, reply) = raw(&server.addr, &rpc_head(host, extra, q.len()), q.as_bytes());
+        assert_eq!(status, 200, "Host {host}{extra}: {reply}");
+    }
+    let tables = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name = 'pwned'"}),
+    ));
+    assert_eq!(tables["result"]["rows"][0][0], 0);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn private_rows_leak_through_planner_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let write = create_key(&db, "writer", "write", "pro");
+    let read = create_key(&db, "reader", "read", "pro");
+    let server = Server::start(&db, &[]);
+    for i in 0..30 {
+        let r = server
+            .rpc_as(
+                Some(&write),
+                &call(
+                    "memory.store",
+                    json!({"namespace": "tenant-secret", "key": format!("private-{i}"), "value": i}),
+                ),
+            )
+            .1;
+        assert_eq!(code(&r), 0, "{r}");
+    }
+    for sql in [
+        "ANALYZE litebridge_memory",
+        "ANALYZE litebridge_keys",
+        "ANALYZE litebridge_state",
+        "ANALYZE",
+    ] {
+        let r = server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1;
+        assert_eq!(
+            code(&r),
+            0,
+            "{sql} runs (leaving litebridge's tables out): {r}"
+        );
+    }
+    for sql in [
+        "SELECT CAST(sample AS TEXT) FROM sqlite_stat4",
+        "SELECT * FROM sqlite_stat1",
+    ] {
+        let r = server
+            .rpc_as(Some(&read), &call("sql.query", json!({"sql": sql})))
+            .1;
+        assert_eq!(code(&r), -32007, "{sql}: {r}");
+        assert!(!r.to_string().contains("private-"), "{r}");
+    }
+    for sql in [
+        "INSERT INTO sqlite_stat1 VALUES ('litebridge_keys', NULL, '1')",
+        "DELETE FROM sqlite_stat1",
+    ] {
+        let r = server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1;
+        assert_eq!(code(&r), -32007, "{sql}: {r}");
+    }
+    assert!(server.stop().success());
+    // Nothing about litebridge's tables was gathered.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_stat1 WHERE tbl LIKE 'litebridge%') + \
+                    (SELECT count(*) FROM sqlite_stat4 WHERE tbl LIKE 'litebridge%')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn a_bridge_key_reaches_the_worker_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let bridge = create_key(&db, "caller", "bridge", "pro");
+    let server = Server::start(&db, &["--workers", "python3 examples/worker.py"]);
+    // Another client's call, in flight while the attacker guesses ids.
+    let addr = server.addr.clone();
+    let (key, body) = (
+        bridge.clone(),
+        call("bridge.call", json!({"method": "wait", "params": [1.0]})).to_string(),
+    );
+    let other = std::thread::spawn(move || {
+        raw(
+            &addr,
+            &rpc_head(
+                "127.0.0.1",
+                &format!("\r\nAuthorization: Bearer {key}"),
+                body.len(),
+            ),
+            body.as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for id in 1..20 {
+        for method in ["$/cancelRequest", "$/ping", "$/ready"] {
+            let r = server
+                .rpc_as(
+                    Some(&bridge),
+                    &call(
+                        "bridge.call",
+                        json!({"method": method, "params": {"id": id}}),
+                    ),
+                )
+                .1;
+            assert_eq!(code(&r), -32602, "{method}: {r}");
+        }
+    }
+    for method in ["no_such_method", "echo.extra", "\u{0435}cho"] {
+        let r = server
+            .rpc_as(
+                Some(&bridge),
+                &call("bridge.call", json!({"method": method})),
+            )
+            .1;
+        assert_eq!(code(&r), -32602, "{method}: {r}");
+    }
+    let (status, reply) = other.join().unwrap();
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(
+        reply["result"], 1.0,
+        "the other call was not touched: {reply}"
+    );
+    let stats = server
+        .rpc_as(
+            Some(&bridge),
+            &call("bridge.call", json!({"method": "echo", "params": [1]})),
+        )
+        .1;
+    assert_eq!(stats["result"], 1);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn the_body_is_read_before_the_key_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    create_key(&db, "someone", "read", "free");
+    let server = Server::start(&db, &[]);
+    // Headers that announce 16 MiB, and not one byte of body: the answer
+    // comes at once, without waiting for the body.
+    let started = Instant::now();
+    let (status, _) = raw(
+        &server.addr,
+        &rpc_head("127.0.0.1", "", 16 * 1024 * 1024),
+        b"",
+    );
+    assert_eq!(status, 401);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn revoking_every_key_turns_keyless_admin_back_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    create_key(&db, "only", "read", "free");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["keys", "revoke", "--db"])
+        .arg(&db)
+        .args(["--name", "only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = Server::start(&db, &[]);
+    let (status, r) = server.rpc_as(None, &call("admin.keys.list", json!({})));
+    assert_eq!(status, 401, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn introspection_describes_litebridges_tables_and_tells_file_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("i.db");
+    let server = Server::start(&db, &[]);
+    for sql in [
+        "SELECT * FROM pragma_database_list",
+        "PRAGMA database_list",
+        "SELECT * FROM pragma_table_info('litebridge_keys')",
+        "PRAGMA index_list(litebridge_memory)",
+    ] {
+        let r = server.rpc(call("sql.query", json!({"sql": sql})));
+        assert_eq!(code(&r), -32007, "{sql}: {r}");
+        assert!(!r.to_string().contains(dir.path().to_str().unwrap()), "{r}");
+    }
+    assert!(server.stop().success());
+}
+
+#[test]
+fn admin_backup_writes_over_any_file_the_service_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let server = Server::start(&db, &[]);
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    let names = [
+        victim.to_str().unwrap().to_owned(),
+        db.to_str().unwrap().to_owned(),
+        format!("{}-wal", db.display()),
+        "../live.db".to_owned(),
+        "../victim.txt".to_owned(),
+        ".hidden".to_owned(),
+        String::new(),
+    ];
+    for to in &names {
+        let r = server.rpc(call("admin.backup", json!({"to": to})));
+        assert_ne!(code(&r), 0, "to {to:?}: {r}");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    // A plain name goes into the backup directory, once.
+    let r = server.rpc(call("admin.backup", json!({"to": "nightly.db"})));
+    assert_eq!(code(&r), 0, "{r}");
+    assert!(dir.path().join("live.db.backups/nightly.db").is_file());
+    let again = server.rpc(call("admin.backup", json!({"to": "nightly.db"})));
+    assert_ne!(
+        code(&again),
+        0,
+        "an existing backup is not replaced: {again}"
+    );
+    let w = server.rpc(call(
+        "sql.execute",
+        json!({"sql": "INSERT INTO t VALUES (1)"}),
+    ));
+    assert_eq!(code(&w), 0);
+    assert!(server.stop().success());
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "the live database is intact");
+}
+
+#[test]
+fn a_backup_on_the_command_line_replaces_the_live_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let server = Server::start(&db, &[]);
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let hard = dir.path().join("hard.db");
+    std::fs::hard_link(&db, &hard).unwrap();
+    let wal = format!("{}-wal", db.display());
+    for to in [
+        db.to_str().unwrap(),
+        link.to_str().unwrap(),
+        hard.to_str().unwrap(),
+        wal.as_str(),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["backup", "--db"])
+            .arg(&db)
+            .args(["--to", to])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "--to {to}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(to) || stderr.contains("live.db"),
+            "{stderr}"
+        );
+    }
+    // The server goes on, and what it acknowledges survives a restart.
+    let w = server.rpc(call(
+        "sql.execute",
+        json!({"sql": "INSERT INTO t VALUES (1)"}),
+    ));
+    assert_eq!(code(&w), 0, "{w}");
+    assert!(server.stop().success());
+    let server = Server::start(&db, &[]);
+    let r = server.rpc(call("sql.query", json!({"sql": "SELECT count(*) FROM t"})));
+    assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn one_keys_cache_key_serves_another_keys_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let alice = create_key(&db, "alice", "bridge", "pro");
+    let mallory = create_key(&db, "mallory", "bridge", "pro");
+    let server = Server::start(&db, &["--workers", "python3 examples/worker.py"]);
+    let echo = |key: &str, value: &str| {
+        server
+            .rpc_as(
+                Some(key),
+                &call(
+                    "bridge.call",
+                    json!({"method": "echo", "params": [value], "cache_key": "shared", "cache_ttl_s": 60}),
+                ),
+            )
+            .1["result"]
+            .clone()
+    };
+    // Mallory poisons the key first; Alice must get her own result.
+    assert_eq!(echo(&mallory, "poison"), "poison");
+    assert_eq!(echo(&alice, "alice's"), "alice's");
+    // And each is served from the cache afterwards.
+    assert_eq!(echo(&alice, "other"), "alice's");
+    assert_eq!(echo(&mallory, "other"), "poison");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn mcp_sessions_are_unbounded_and_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let config = dir.path().join("m.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 5\n").unwrap();
+    let key = create_key(&db, "agent", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let auth = format!("Bearer {key}");
+    let mut refused = 0;
+    for _ in 0..8 {
+        let (status, head, body) = server.request_with(
+            "POST",
+            "/mcp",
+            Some("application/json"),
+            &[
+                ("Authorization", auth.as_str()),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            init.as_bytes(),
+        );
+        assert!(
+            !head.contains("mcp-session-id"),
+            "no session is kept: {head}"
+        );
+        let reply: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status != 200 || reply.get("error").is_some() {
+            assert!(reply.to_string().contains("quota"), "{status} {reply}");
+            refused += 1;
+        }
+    }
+    // Five initializations fit the day's quota; the rest do not.
+    assert_eq!(refused, 3);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn worker_error_messages_with_parameter_values_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let server = Server::start(&db, &["--workers", "python3 examples/worker.py"]);
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "fail", "params": ["card 4111-1111-1111-1111"]}),
+    ));
+    assert_eq!(code(&r), -32004, "{r}");
+    let log = server.log.clone();
+    assert!(server.stop().success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("worker"), "the failure is logged: {log}");
+    assert!(!log.contains("4111-1111"), "{log}");
+}
