@@ -216,3 +216,61 @@ fn no_worker_outlives_a_killed_server() {
         }
     }
 }
+
+/// The report's recipe: a transaction big enough to spill pages before its
+/// COMMIT (a 2 MB page cache; 20,000 rows of 500 bytes, all updated, then a
+/// marker), acknowledged, then SIGKILL at once with no later write. Three
+/// times, in both durability modes.
+#[test]
+fn an_acknowledged_spilling_transaction_survives_sigkill() {
+    for durability in ["normal", "full"] {
+        for attempt in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("spill.db");
+            let (child, addr) = common::spawn_serve(
+                &db,
+                &[],
+                &[
+                    ("LITEBRIDGE_DB_DURABILITY", durability),
+                    ("LITEBRIDGE_DB_CACHE_SIZE", "-2000"),
+                ],
+                Stdio::null(),
+            );
+            let mut child = child;
+            call(
+                &addr,
+                r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"CREATE TABLE big(k INTEGER PRIMARY KEY, v TEXT)"},"id":1}"#,
+            )
+            .expect("schema");
+            let reply = call(
+                &addr,
+                r#"{"jsonrpc":"2.0","method":"sql.batch","params":{"statements":[
+                    {"sql":"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000) INSERT INTO big SELECT i, printf('%.500c', 'x') FROM c"},
+                    {"sql":"UPDATE big SET v = printf('%.500c', 'y')"},
+                    {"sql":"INSERT INTO big VALUES (-1, 'marker')"}]},"id":2}"#,
+            )
+            .expect("the batch is answered");
+            assert!(reply.contains("\"result\""), "{reply}");
+            child.kill().unwrap(); // SIGKILL, right after the acknowledgement
+            child.wait().unwrap();
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let (marker, updated): (i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM big WHERE k = -1), \
+                            (SELECT count(*) FROM big WHERE v LIKE 'y%')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(
+                (marker, updated),
+                (1, 20_000),
+                "{durability}, attempt {attempt}: the acknowledged transaction is lost"
+            );
+            let integrity: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(integrity, "ok");
+        }
+    }
+}

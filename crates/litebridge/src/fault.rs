@@ -45,6 +45,28 @@ impl Faults {
     }
 }
 
+/// The writer's WAL shim (`db::wal_vfs`) is one per process, so its switch
+/// is too: 0 is off; `n` fails the `n`-th write-out of gathered frames from
+/// now on, once.
+static WAL_FLUSH_FAILURE: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the `n`-th write-out of gathered WAL frames from now fail (once), in
+/// every database of the process, as a full disk or an I/O error would. `0`
+/// turns it off. Tests that use it run in a process of their own.
+pub fn fail_wal_flush(n: usize) {
+    WAL_FLUSH_FAILURE.store(n, Ordering::SeqCst);
+}
+
+/// Whether this write-out of WAL frames is to fail.
+pub(crate) fn take_wal_flush_failure() -> bool {
+    if WAL_FLUSH_FAILURE.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    WAL_FLUSH_FAILURE
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok_and(|n| n == 1)
+}
+
 fn take_one(counter: &AtomicUsize) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -18,24 +18,49 @@
 //! SQLite publishes a commit to other connections only after the frames are
 //! written: `sqlite3WalFrames` writes every frame (the commit frame last),
 //! syncs if asked, and only then updates the wal-index that readers consult.
-//! The buffer is flushed while the commit frame is being written, so by the
-//! time anyone can look for those frames, they are in the file. Nothing is
-//! acknowledged before COMMIT returns, so a process that dies with frames
-//! still in the buffer loses only a transaction nobody was told about, the
-//! same as dying in the middle of SQLite's own writes (recovery ignores
-//! frames after the last valid commit frame). A failed flush is the failed
-//! write of the commit frame: SQLite rolls the commit back.
+//! Nothing is acknowledged before COMMIT returns. So the one thing that must
+//! hold is: **when a write that completes a commit returns, every byte of it
+//! is in the file**, and nothing written later is put before it.
 //!
-//! The buffer is also flushed before anything that could observe the file
-//! (a read, the size, a sync, a truncate, a file-control, close), before any
-//! write that is not the next byte of the buffer (SQLite rewriting a frame
-//! in place), and whenever it passes 1 MiB (a transaction spilling pages
-//! before it commits). Every other file, the database and its shared-memory
-//! index included, goes straight to `unix`.
+//! - Only *appends* are gathered: a write at exactly the end of what this
+//!   log generation holds (`end`: one past the highest byte written since
+//!   the log last restarted at offset 0). Anything else is SQLite writing in
+//!   place over frames of the open transaction (a page changed again after
+//!   it spilled, or `walRewriteChecksums` rewriting frame headers at commit):
+//!   the buffer is written out first, then that write goes straight through.
+//!   (An earlier version buffered a rewritten commit frame header, waiting for
+//!   a page that never comes: the acknowledged transaction was in memory only
+//!   until the next write. `tests/wal_writes.rs` keeps that case.)
+//! - An appended commit frame is a header saying the database size (non-zero
+//!   only for a commit frame) followed by its page: the buffer is written out
+//!   as part of the write of that page, so the commit's last append returns
+//!   only once everything is in the file, and a commit's checksum rewrites
+//!   and syncs come after it in order.
+//! - The buffer is also written out before anything that could observe the
+//!   file (a read, the size, a sync, a truncate, a file-control, close), and
+//!   whenever it passes 1 MiB (a transaction spilling pages before it commits).
 //!
-//! Proven by the crash harness (`litebridge-cli/tests/crash_safety.rs`:
-//! SIGKILL under load, every acknowledged write present exactly once, in
-//! both durability modes) and the readers-see-commits tests.
+//! So the buffer only ever holds frames of a transaction that has not
+//! committed. If writing it out fails:
+//!
+//! - during a write or a sync, SQLite gets the error of its own write and
+//!   abandons the transaction: the frames are dropped (they belong to a
+//!   transaction that will never commit, and writing them later could only
+//!   put a rolled-back commit frame in the log);
+//! - during anything else (a read, the size, a file-control whose result
+//!   SQLite may ignore), they are kept and written with the next write,
+//!   which fails in turn if the disk still refuses: an error SQLite might
+//!   ignore never loses a frame it believes written.
+//!
+//! Every other file, the database and its shared-memory index included,
+//! goes straight to `unix`.
+//!
+//! Proven by `tests/wal_writes.rs` (a transaction that spills and rewrites in
+//! place, recovered from a copy of the files taken right after COMMIT
+//! returns, with no later write; failing flushes injected at each point) and
+//! the crash harness (`litebridge-cli/tests/crash_safety.rs`: SIGKILL under
+//! load and right after a spilling transaction is acknowledged, every
+//! acknowledged write present exactly once, in both durability modes).
 
 #![allow(unsafe_code)]
 
@@ -107,6 +132,19 @@ struct Pending {
     start: i64,
     /// A commit frame's header is in `data`; its page comes next.
     commit_header: bool,
+    /// One past the highest byte written in this log generation (buffered
+    /// or not), once known: a write here is an append.
+    end: Option<i64>,
+}
+
+/// What happens to pending frames that could not be written out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    /// SQLite sees the error as the failure of its own write or sync and
+    /// abandons the transaction.
+    Drop,
+    /// SQLite might ignore the error: keep them for the next attempt.
+    Keep,
 }
 
 /// The `unix` file inside a shim file.
@@ -156,6 +194,7 @@ unsafe extern "C" fn shim_open(
                 data: Vec::with_capacity(64 * 1024),
                 start: 0,
                 commit_header: false,
+                end: None,
             }));
         }
         (*shim).base.pMethods = &PASS_METHODS;
@@ -163,11 +202,12 @@ unsafe extern "C" fn shim_open(
     }
 }
 
-/// Writes out the pending frames, if any.
+/// Writes out the pending frames, if any. On failure `on_error` decides
+/// whether they are kept for another attempt (see the module docs).
 ///
 /// # Safety
 /// `file` must be an open `ShimFile`.
-unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
+unsafe fn flush(file: *mut ffi::sqlite3_file, on_error: OnError) -> c_int {
     // SAFETY: (caller) open shim file; its buffer, when not null, is ours.
     unsafe {
         let pending = (*file.cast::<ShimFile>()).buffer;
@@ -178,22 +218,39 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         let Some(write) = methods(file).xWrite else {
             return ffi::SQLITE_IOERR_WRITE;
         };
+        let mut rc = if crate::fault::take_wal_flush_failure() {
+            ffi::SQLITE_IOERR_WRITE
+        } else {
+            ffi::SQLITE_OK
+        };
         // The unix VFS writes at most 128 KiB - 1 bytes per call (it masks
         // the length to 17 bits): hand it pieces it takes whole.
-        let mut rc = ffi::SQLITE_OK;
         let mut offset = p.start;
-        for piece in p.data.chunks(WRITE_PIECE) {
-            let len = c_int::try_from(piece.len()).expect("a piece fits an int");
-            rc = write(real(file), piece.as_ptr().cast(), len, offset);
-            if rc != ffi::SQLITE_OK {
-                break;
+        let mut written = 0;
+        if rc == ffi::SQLITE_OK {
+            for piece in p.data.chunks(WRITE_PIECE) {
+                let len = c_int::try_from(piece.len()).expect("a piece fits an int");
+                rc = write(real(file), piece.as_ptr().cast(), len, offset);
+                if rc != ffi::SQLITE_OK {
+                    break;
+                }
+                offset += i64::from(len);
+                written += piece.len();
             }
-            offset += i64::from(len);
         }
-        // Whatever the outcome, these bytes are SQLite's problem now: on an
-        // error it rolls the transaction back and writes the frames again.
-        p.data.clear();
-        p.commit_header = false;
+        if rc == ffi::SQLITE_OK {
+            p.data.clear();
+            p.commit_header = false;
+        } else if on_error == OnError::Drop {
+            // Nothing past `start` is in the file for sure.
+            p.end = Some(p.start);
+            p.data.clear();
+            p.commit_header = false;
+        } else {
+            // Keep what is not written yet, from where the file stopped.
+            p.data.drain(..written);
+            p.start = offset;
+        }
         rc
     }
 }
@@ -201,7 +258,7 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: SQLite closes an open file once; the buffer is freed here only.
     unsafe {
-        let flushed = flush(file);
+        let flushed = flush(file, OnError::Drop);
         let shim = file.cast::<ShimFile>();
         if !(*shim).buffer.is_null() {
             drop(Box::from_raw((*shim).buffer));
@@ -227,11 +284,12 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
 /// methods.
 unsafe fn after_flush(
     file: *mut ffi::sqlite3_file,
+    on_error: OnError,
     forward: impl FnOnce(&'static ffi::sqlite3_io_methods, *mut ffi::sqlite3_file) -> c_int,
 ) -> c_int {
     // SAFETY: (caller) an open shim file wrapping an open unix file.
     unsafe {
-        let rc = flush(file);
+        let rc = flush(file, on_error);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
@@ -247,7 +305,7 @@ unsafe extern "C" fn x_read(
 ) -> c_int {
     // SAFETY: SQLite calls with an open file and a buffer of `amount` bytes.
     unsafe {
-        after_flush(file, |m, f| {
+        after_flush(file, OnError::Keep, |m, f| {
             m.xRead
                 .map_or(ffi::SQLITE_IOERR_READ, |read| read(f, buf, amount, offset))
         })
@@ -268,23 +326,43 @@ unsafe extern "C" fn x_write(
         let Ok(len) = usize::try_from(amount) else {
             return ffi::SQLITE_IOERR_WRITE;
         };
-        if pending.is_null() {
-            return methods(file)
+        let forward = |file: *mut ffi::sqlite3_file| {
+            methods(file)
                 .xWrite
                 .map_or(ffi::SQLITE_IOERR_WRITE, |write| {
                     write(real(file), data, amount, offset)
-                });
-        }
-        let next = {
-            let p = &*pending;
-            p.data.is_empty() || offset == p.start + p.data.len() as i64
+                })
         };
-        if !next {
-            // Not the next byte (a frame rewritten in place): keep the order.
-            let rc = flush(file);
+        if pending.is_null() {
+            return forward(file);
+        }
+        let until = offset + i64::from(amount);
+        let append = {
+            let p = &mut *pending;
+            if offset == 0 {
+                // The log starts over (a new header): what follows overwrites
+                // the old generation from the start.
+                p.end = Some(0);
+            }
+            if p.data.is_empty() {
+                p.end == Some(offset)
+            } else {
+                offset == p.start + p.data.len() as i64
+            }
+        };
+        if !append {
+            // A write in place (or where the log's end is not known yet):
+            // everything gathered goes first, then this write, straight through.
+            let rc = flush(file, OnError::Drop);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
+            let rc = forward(file);
+            if rc == ffi::SQLITE_OK {
+                let p = &mut *pending;
+                p.end = Some(p.end.map_or(until, |e| e.max(until)));
+            }
+            return rc;
         }
         let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
         let must_flush = {
@@ -293,10 +371,11 @@ unsafe extern "C" fn x_write(
                 p.start = offset;
             }
             p.data.extend_from_slice(bytes);
+            p.end = Some(until);
             if amount == FRAME_HEADER && offset >= 32 {
-                // A frame header: bytes 4..8 are the database size after
-                // the commit for a commit frame, zero otherwise. Its page
-                // comes next.
+                // An appended frame header: bytes 4..8 are the database size
+                // after the commit for a commit frame, zero otherwise. Its
+                // page comes next.
                 p.commit_header = bytes[4..8] != [0, 0, 0, 0];
                 false
             } else {
@@ -304,7 +383,7 @@ unsafe extern "C" fn x_write(
             }
         };
         if must_flush {
-            flush(file)
+            flush(file, OnError::Drop)
         } else {
             ffi::SQLITE_OK
         }
@@ -314,17 +393,23 @@ unsafe extern "C" fn x_write(
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: SQLite calls with an open file.
     unsafe {
-        after_flush(file, |m, f| {
+        let rc = after_flush(file, OnError::Keep, |m, f| {
             m.xTruncate
                 .map_or(ffi::SQLITE_IOERR_TRUNCATE, |truncate| truncate(f, size))
-        })
+        });
+        let pending = (*file.cast::<ShimFile>()).buffer;
+        if rc == ffi::SQLITE_OK && !pending.is_null() {
+            let p = &mut *pending;
+            p.end = p.end.map(|e| e.min(size));
+        }
+        rc
     }
 }
 
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: SQLite calls with an open file.
     unsafe {
-        after_flush(file, |m, f| {
+        after_flush(file, OnError::Drop, |m, f| {
             m.xSync
                 .map_or(ffi::SQLITE_IOERR_FSYNC, |sync| sync(f, flags))
         })
@@ -334,7 +419,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
 unsafe extern "C" fn x_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     // SAFETY: SQLite calls with an open file and a place for the size.
     unsafe {
-        after_flush(file, |m, f| {
+        after_flush(file, OnError::Keep, |m, f| {
             m.xFileSize
                 .map_or(ffi::SQLITE_IOERR_FSTAT, |file_size| file_size(f, size))
         })
@@ -348,7 +433,7 @@ unsafe extern "C" fn x_file_control(
 ) -> c_int {
     // SAFETY: SQLite calls with an open file; `arg` is for the unix VFS.
     unsafe {
-        after_flush(file, |m, f| {
+        after_flush(file, OnError::Keep, |m, f| {
             m.xFileControl
                 .map_or(ffi::SQLITE_NOTFOUND, |control| control(f, op, arg))
         })
