@@ -19,7 +19,9 @@ served only when all of these hold:
   ``Class.method``, where the class is found in the module's ``__dict__`` with
   the module's name as ``__module__``, and the method is found in the
   ``__dict__`` of the first class of its MRO that has the name; that class
-  must be defined in a module under the root, and the method must be a plain
+  must be defined in a module under the root whose dotted name, with the
+  class's and the method's, lies under an allowed prefix (a method inherited
+  from a class outside the prefixes is refused), and the method must be a plain
   function, or a ``staticmethod`` or ``classmethod`` of one, whose
   ``__module__`` is that class's. Builtins, anything imported from another
   module, ``functools.partial`` objects, callable instances, classes called
@@ -251,6 +253,10 @@ class DottedResolver:
         if not self._class_under_root(owner):
             raise Refused("%r: %s is inherited from %s.%s, which is not under --root"
                           % (name, method, owner.__module__, owner.__qualname__))
+        defined_as = "%s.%s.%s" % (owner.__module__, owner.__qualname__, method)
+        if not allowed(defined_as, self.prefixes):
+            raise Refused("%r: %s is inherited from %s, outside the allowed prefixes %s"
+                          % (name, method, defined_as, ", ".join(self.prefixes)))
         kind = type(attr)
         func = attr.__func__ if kind in (staticmethod, classmethod) else attr
         if type(func) is not types.FunctionType or func.__module__ != owner.__module__:

@@ -172,8 +172,14 @@ class GenericModeServesTest(GenericWorkerCase):
         self.assertIn("pkg.tools.NeedsArguments.method", err["message"])
         self.assertIn("with no arguments failed", err["message"])
 
-    def test_method_inherited_from_a_class_under_the_root(self):
-        self.assertEqual(self.peer.roundtrip("pkg.tools.Agent.describe")["result"], "described by Agent")
+    def test_method_inherited_from_a_class_outside_the_prefixes_is_refused(self):
+        # Base lives in pkg.base: under the root, but not under --allow pkg.tools.
+        reply = self.peer.roundtrip("pkg.tools.Agent.describe")
+        self.assertNotIn("result", reply)
+        self.assertIn("outside the allowed prefixes", reply["error"]["message"])
+
+    def test_method_inherited_from_a_class_under_the_prefix(self):
+        self.assertEqual(self.peer.roundtrip("pkg.tools.Child.shared")["result"], "shared by Child")
 
     def test_instance_attribute_cannot_shadow_the_method(self):
         params = self.shell_params()

@@ -146,6 +146,11 @@ pub(crate) fn wire_error(e: &RpcError) -> Json {
                     -32008
                 }
                 Error::ReadOnly { .. } => -32009,
+                Error::TooLarge { what, limit } => {
+                    data.insert("what".into(), json!(what));
+                    data.insert("limit".into(), json!(limit));
+                    -32011
+                }
                 Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
                 _ if e.kind() == ErrorKind::InvalidArgument => -32602,
                 _ => -32603,
@@ -698,8 +703,12 @@ async fn dispatch(
                     .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
                 cache_key: a.opt_string("cache_key")?,
                 cache_ttl: a.opt_secs("cache_ttl_s")?,
-                // Each key's `cache_key` entries are its own (local sessions share one).
-                cache_scope: Some(caller.key().map_or("local", |k| k.name()).to_owned()),
+                // Each key's `cache_key` entries are its own (local sessions
+                // share one scope, which no key name can spell).
+                cache_scope: Some(caller.key().map_or_else(
+                    || "local session".to_owned(),
+                    |k| format!("key {}", k.name()),
+                )),
                 request_id: Some(request_id.to_owned()),
             };
             Ok(workers(service)?

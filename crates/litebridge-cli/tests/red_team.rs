@@ -425,6 +425,9 @@ fn admin_backup_writes_over_any_file_the_service_can_write() {
         "../victim.txt".to_owned(),
         ".hidden".to_owned(),
         String::new(),
+        // Named like a scheduled backup: recovery would take it for the newest.
+        "live.db.29991231T000000Z.backup".to_owned(),
+        "LATEST".to_owned(),
     ];
     for to in &names {
         let r = server.rpc(call("admin.backup", json!({"to": to})));
@@ -579,4 +582,204 @@ fn worker_error_messages_with_parameter_values_are_logged() {
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("worker"), "the failure is logged: {log}");
     assert!(!log.contains("4111-1111"), "{log}");
+}
+
+// ---- Found by the red team after the first fixes -------------------------------
+
+#[test]
+fn a_client_trigger_reads_litebridges_tables_through_a_foreign_key_cascade() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fk.db");
+    let write = create_key(&db, "writer", "write", "pro");
+    let server = Server::start(&db, &[]);
+    let x = |sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1
+    };
+    let saved = server
+        .rpc_as(
+            Some(&write),
+            &call("state.save", json!({"run_id": "secret-run", "state": {}})),
+        )
+        .1;
+    assert_eq!(code(&saved), 0, "{saved}");
+    assert_eq!(code(&x("CREATE TABLE spy(x TEXT)")), 0);
+    assert_eq!(code(&x("INSERT INTO spy VALUES ('secret-run')")), 0);
+    assert_eq!(code(&x("CREATE TABLE loot(src, a, b, c, d)")), 0);
+    let fk = x(
+        "ALTER TABLE spy ADD COLUMN r TEXT GENERATED ALWAYS AS (x) VIRTUAL \
+                REFERENCES litebridge_state(run_id) ON DELETE CASCADE",
+    );
+    assert_eq!(code(&fk), -32007, "{fk}");
+    let trigger = x("CREATE TRIGGER tr AFTER DELETE ON spy BEGIN \
+         INSERT INTO loot SELECT 'keys', * FROM (WITH litebridge_x AS \
+           (SELECT id, name, hash, scopes FROM main.litebridge_keys) SELECT * FROM litebridge_x); END");
+    assert_eq!(code(&trigger), 0, "{trigger}");
+    // The trusted delete touches no client table.
+    let deleted = server
+        .rpc_as(
+            Some(&write),
+            &call("state.delete", json!({"run_id": "secret-run"})),
+        )
+        .1;
+    assert_eq!(deleted["result"]["deleted"], true, "{deleted}");
+    let loot = server
+        .rpc_as(
+            Some(&write),
+            &call("sql.query", json!({"sql": "SELECT count(*) FROM loot"})),
+        )
+        .1;
+    assert_eq!(loot["result"]["rows"][0][0], 0, "{loot}");
+    let spied = server
+        .rpc_as(
+            Some(&write),
+            &call("sql.query", json!({"sql": "SELECT count(*) FROM spy"})),
+        )
+        .1;
+    assert_eq!(spied["result"]["rows"][0][0], 1, "no cascade: {spied}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn foreign_key_check_tells_which_keys_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oracle.db");
+    let write = create_key(&db, "writer", "write", "pro");
+    let server = Server::start(&db, &[]);
+    let x = |sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1
+    };
+    assert_eq!(code(&x("CREATE TABLE spy2(x TEXT)")), 0);
+    assert_eq!(
+        code(&x(
+            "INSERT INTO spy2 VALUES ('writer'), ('admin'), ('nosuchkey')"
+        )),
+        0
+    );
+    let r = x(
+        "ALTER TABLE spy2 ADD COLUMN r TEXT GENERATED ALWAYS AS (x) VIRTUAL REFERENCES litebridge_keys(name)",
+    );
+    assert_eq!(code(&r), -32007, "{r}");
+    let q = server
+        .rpc_as(
+            Some(&write),
+            &call(
+                "sql.query",
+                json!({"sql": "SELECT count(*) FROM pragma_foreign_key_check('spy2')"}),
+            ),
+        )
+        .1;
+    assert_eq!(q["result"]["rows"][0][0], 0, "{q}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_temp_trigger_hides_on_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tt.db");
+    let server = Server::start(&db, &[]);
+    for sql in ["CREATE TABLE t(a)", "CREATE TABLE tlog(x)"] {
+        assert_eq!(
+            code(&server.rpc(call("sql.execute", json!({"sql": sql})))),
+            0
+        );
+    }
+    let r = server.rpc(call(
+        "sql.execute",
+        json!({"sql": "CREATE TRIGGER temp.tr9 AFTER INSERT ON main.t BEGIN INSERT INTO tlog VALUES ('fired'); END"}),
+    ));
+    assert_eq!(code(&r), -32007, "{r}");
+    server.rpc(call(
+        "sql.execute",
+        json!({"sql": "INSERT INTO t VALUES (1)"}),
+    ));
+    let n = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT count(*) FROM tlog"}),
+    ));
+    assert_eq!(n["result"]["rows"][0][0], 0, "{n}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_backup_replaces_another_databases_wal_or_shm() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.db");
+    let other = dir.path().join("other.db");
+    let server = Server::start(&victim, &[]);
+    server.rpc(call(
+        "sql.execute",
+        json!({"sql": "CREATE TABLE important(x)"}),
+    ));
+    server.rpc(call(
+        "sql.execute",
+        json!({"sql": "INSERT INTO important VALUES (42)"}),
+    ));
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE o(x)")
+        .unwrap();
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let to = format!("{}{suffix}", victim.display());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["backup", "--db"])
+            .arg(&other)
+            .args(["--to", &to])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "--to {to}: {out:?}");
+    }
+    // A database another process has open (and is using) is not replaced either.
+    let held = dir.path().join("held.db");
+    let conn = rusqlite::Connection::open(&held).unwrap();
+    conn.execute_batch("CREATE TABLE h(x); BEGIN; SELECT * FROM h;")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["backup", "--db"])
+        .arg(&other)
+        .arg("--to")
+        .arg(&held)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    drop(conn);
+    let r = server.rpc(call("sql.query", json!({"sql": "SELECT x FROM important"})));
+    assert_eq!(r["result"]["rows"][0][0], 42, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn junk_method_names_open_everyones_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("junk.db");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--workers",
+            "python3 -m litebridge_worker --root python/tests/fixtures --allow pkg.tools",
+        ],
+        &[("PYTHONPATH", "python")],
+    );
+    for i in 0..300 {
+        let r = server.rpc(call(
+            "bridge.call",
+            json!({"method": format!("pkg.tools.junk{i}"), "params": []}),
+        ));
+        assert_ne!(code(&r), 0);
+    }
+    for _ in 0..40 {
+        server.rpc(call("bridge.call", json!({"method": "pkg.tools.fail"})));
+    }
+    let ok = server.rpc(call(
+        "bridge.call",
+        json!({"method": "pkg.tools.add", "params": [1, 2]}),
+    ));
+    assert_eq!(ok["result"], 3, "{ok}");
+    let stats = server.rpc(call("bridge.stats", json!({})));
+    let methods = stats["result"]["methods"].as_array().unwrap();
+    assert!(methods.len() <= 3, "junk names got no state: {methods:?}");
+    assert!(server.stop().success());
 }

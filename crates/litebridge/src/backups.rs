@@ -86,9 +86,10 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 /// Takes one verified backup of `db` named `name` in the policy's directory
 /// (not recorded as the newest, never pruned). `name` is a plain file name:
 /// one with a directory in it, a hidden one (`.x`, where partial copies are
-/// written) or one with control characters is refused, and so is a name
-/// that exists already: a request never chooses where the service writes
-/// nor replaces a file.
+/// written), one with control characters and one named like a scheduled
+/// backup (`<db>.<time>.backup`, or `LATEST`) are refused, and so is a name
+/// that exists already: a request never chooses where the service writes,
+/// replaces a file, or passes its copy off as a scheduled backup.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] naming `to` for a name that is not plain;
@@ -106,6 +107,16 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
                 "{:?} is not a plain file name; a backup is written to the backup directory \
                  under a name of its own (no directory, not starting with a dot)",
                 name.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    let scheduled = prefix(db.path());
+    if name.starts_with(&scheduled) && name.ends_with(".backup") || name == "LATEST" {
+        return Err(Error::invalid(
+            "to",
+            format!(
+                "{name:?} is named like a scheduled backup ({scheduled}<time>.backup) or its record; \
+                 those names are kept for the schedule, which prunes and recovers from them"
             ),
         ));
     }

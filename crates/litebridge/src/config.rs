@@ -32,6 +32,14 @@ pub const DEFAULT_STATEMENT_CACHE: usize = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval between connection health checks.
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Default longest time one client request may run on the writer.
+pub const DEFAULT_MAX_WRITE_HOLD: Duration = Duration::from_secs(10);
+/// Default largest result (and largest single value) a client query may build.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// Default most schema objects (tables, indexes, views, triggers) client SQL may create.
+pub const DEFAULT_MAX_SCHEMA_OBJECTS: usize = 5_000;
+/// Default largest schema (the SQL text of every object) client SQL may grow.
+pub const DEFAULT_MAX_SCHEMA_BYTES: usize = 4 * 1024 * 1024;
 
 /// What an acknowledged write survives. Maps to `PRAGMA synchronous`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -174,6 +182,27 @@ pub struct DbConfig {
     pub quick_check_on_open: bool,
     /// Create the database file when it does not exist. Default: true.
     pub create: bool,
+    /// The longest one client request (SQL text given to `execute`, `batch`,
+    /// `execute_many`) may run on the writer, whatever its own deadline: past
+    /// it the statement is interrupted and the request fails with `timeout`
+    /// (nothing of it commits). Every other write waits behind the writer, so
+    /// this bounds what one caller can make everyone wait; a batch stops
+    /// taking new requests once it has run this long, and `/ready` reports a
+    /// writer busy longer. Default: [`DEFAULT_MAX_WRITE_HOLD`].
+    pub max_write_hold: Duration,
+    /// The largest result a client query may return, and the longest single
+    /// value (text or blob) client SQL may build (SQLite's length limit on
+    /// client connections): refused with `too_large` before more is built.
+    /// Default: [`DEFAULT_MAX_RESULT_BYTES`].
+    pub max_result_bytes: usize,
+    /// The most objects (tables, indexes, views, triggers) the schema may
+    /// hold for client SQL to create another: every connection re-reads the
+    /// whole schema after a change, so its size is everyone's latency.
+    /// Default: [`DEFAULT_MAX_SCHEMA_OBJECTS`].
+    pub max_schema_objects: usize,
+    /// The most bytes of SQL text the schema may hold for client SQL to
+    /// create another object. Default: [`DEFAULT_MAX_SCHEMA_BYTES`].
+    pub max_schema_bytes: usize,
     #[doc(hidden)]
     pub faults: Option<std::sync::Arc<crate::fault::Faults>>,
 }
@@ -200,6 +229,10 @@ impl Default for DbConfig {
             checkpoint: CheckpointConfig::default(),
             quick_check_on_open: true,
             create: true,
+            max_write_hold: DEFAULT_MAX_WRITE_HOLD,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_schema_objects: DEFAULT_MAX_SCHEMA_OBJECTS,
+            max_schema_bytes: DEFAULT_MAX_SCHEMA_BYTES,
             faults: None,
         }
     }
@@ -256,6 +289,18 @@ impl DbConfig {
                 "a positive number of milliseconds (omit it for no deadline)",
             ));
         }
+        if self.max_write_hold < Duration::from_millis(10)
+            || self.max_write_hold > Duration::from_secs(3_600)
+        {
+            return Err(Error::config(
+                "db.max_write_hold_ms",
+                self.max_write_hold.as_millis(),
+                "from 10 to 3600000 milliseconds",
+            ));
+        }
+        range("max_result_bytes", self.max_result_bytes, 1024, 1 << 30)?;
+        range("max_schema_objects", self.max_schema_objects, 1, 1_000_000)?;
+        range("max_schema_bytes", self.max_schema_bytes, 1024, 1 << 30)?;
         if self.checkpoint.passive_pages == 0 {
             return Err(Error::config(
                 "db.checkpoint_pages",
@@ -325,6 +370,14 @@ impl DbConfigBuilder {
         quick_check_on_open: bool,
         /// Sets [`DbConfig::create`].
         create: bool,
+        /// Sets [`DbConfig::max_write_hold`].
+        max_write_hold: Duration,
+        /// Sets [`DbConfig::max_result_bytes`].
+        max_result_bytes: usize,
+        /// Sets [`DbConfig::max_schema_objects`].
+        max_schema_objects: usize,
+        /// Sets [`DbConfig::max_schema_bytes`].
+        max_schema_bytes: usize,
     }
 
     #[doc(hidden)]

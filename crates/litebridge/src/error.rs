@@ -51,6 +51,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// A per-key quota (daily, monthly or concurrent requests) is used up.
     QuotaExceeded,
+    /// A result, a value or a message is over a configured limit.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -75,6 +77,7 @@ impl ErrorKind {
             ErrorKind::WorkerCrashed => "worker_crashed",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }
@@ -245,6 +248,15 @@ pub enum Error {
         /// How long until it lets a probe through.
         retry_after: Duration,
     },
+    /// Something a request built or asked for is over a configured limit; it
+    /// was refused before more of it was built.
+    #[error("{what} is over the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large (names the setting that limits it).
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// An integrity or foreign-key check found problems.
     #[error("check of {} failed: {detail}", path.display())]
     CheckFailed {
@@ -327,6 +339,10 @@ impl Clone for Error {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            Error::TooLarge { what, limit } => Error::TooLarge {
+                what: what.clone(),
+                limit: *limit,
+            },
             Error::Forbidden { message } => Error::Forbidden {
                 message: message.clone(),
             },
@@ -382,6 +398,9 @@ pub enum TimeoutStage {
     Queued,
     /// While the statement ran; it was interrupted (a write was rolled back).
     Running,
+    /// A write ran past `db.max_write_hold`, the longest one request may hold
+    /// the writer; it was interrupted and rolled back.
+    WriterHold,
 }
 
 impl std::fmt::Display for TimeoutStage {
@@ -389,6 +408,10 @@ impl std::fmt::Display for TimeoutStage {
         f.write_str(match self {
             TimeoutStage::Queued => "while queued; it was never started",
             TimeoutStage::Running => "while running; it was interrupted and nothing was committed",
+            TimeoutStage::WriterHold => {
+                "while holding the writer (db.max_write_hold: the longest one request may make \
+                 every other write wait); it was interrupted and nothing was committed"
+            }
         })
     }
 }
@@ -408,6 +431,7 @@ impl Error {
             Error::Config { .. } => ErrorKind::Config,
             Error::Io { .. } => ErrorKind::Io,
             Error::CheckFailed { .. } => ErrorKind::CheckFailed,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,

@@ -534,3 +534,83 @@ async fn introspection_neither_describes_litebridges_tables_nor_tells_file_paths
     assert_eq!(r.rows.len(), 1);
     db.query("PRAGMA quick_check(1)", ()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_table_cannot_reference_litebridges_tables() {
+    let (_d, db) = open().await;
+    db.execute("CREATE TABLE spy(x TEXT)", ()).await.unwrap();
+    db.execute("INSERT INTO spy VALUES ('run-1')", ())
+        .await
+        .unwrap();
+    for sql in [
+        // A virtual generated column's REFERENCES is not checked by SQLite
+        // on ALTER: rows pointing at litebridge's would exist at once, and a
+        // cascade would run this table's triggers inside a trusted DELETE.
+        "ALTER TABLE spy ADD COLUMN r TEXT GENERATED ALWAYS AS (x) VIRTUAL \
+         REFERENCES litebridge_state(run_id) ON DELETE CASCADE",
+        "ALTER TABLE spy ADD COLUMN k TEXT REFERENCES \"LiteBridge_Keys\"(name)",
+        "CREATE TABLE pin(x TEXT REFERENCES litebridge_keys(name))",
+        "CREATE TABLE pin2(x TEXT, FOREIGN KEY (x) REFERENCES [litebridge_memory](key))",
+        "CREATE TABLE pin3(x TEXT REFERENCES litebridge_future(x))",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+        assert!(e.to_string().contains("foreign key"), "{sql}: {e}");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'pin%' OR sql LIKE '%litebridge%' AND name NOT LIKE 'litebridge%'"
+        )
+        .await,
+        0
+    );
+    // Foreign keys between client tables still work.
+    db.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)", ())
+        .await
+        .unwrap();
+    db.execute(
+        "CREATE TABLE child(p INTEGER REFERENCES parent(id) ON DELETE CASCADE)",
+        (),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_temp_trigger_on_a_main_table_is_refused() {
+    let (_d, db) = open().await;
+    // Reported to the authorizer in the table's schema, not as temporary.
+    for sql in [
+        "CREATE TRIGGER temp.tr AFTER INSERT ON main.t BEGIN SELECT 1; END",
+        "CREATE TEMP TRIGGER tr2 AFTER INSERT ON main.t BEGIN SELECT 1; END",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM temp.sqlite_schema").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_cte_named_like_litebridge_gives_a_trigger_no_trusted_rights() {
+    let (_d, db) = open().await;
+    db.execute("CREATE TABLE loot(v)", ()).await.unwrap();
+    db.execute(
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN \
+         INSERT INTO loot SELECT * FROM (WITH litebridge_x AS (SELECT hash FROM main.litebridge_keys) \
+         SELECT * FROM litebridge_x); END",
+        (),
+    )
+    .await
+    .unwrap();
+    // Fired from the application's own (trusted) closure.
+    let e = db
+        .write(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(count(&db, "SELECT count(*) FROM loot").await, 0);
+}

@@ -110,54 +110,64 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
 
 /// The `Host` and `Origin` rules: on loopback the host must be a loopback
 /// name; an `Origin`, when present, must be a loopback one on loopback, and
-/// the request's own host otherwise.
+/// the request's own host otherwise. Every value of a repeated header is
+/// held to them.
 pub(crate) fn check_site(exposed: bool, headers: &HeaderMap) -> Result<(), String> {
-    let host = match headers.get(header::HOST) {
-        None => None,
-        Some(v) => Some(
+    let mut hosts = Vec::new();
+    for v in headers.get_all(header::HOST) {
+        hosts.push(
             v.to_str()
                 .map_err(|_| "the Host header is not readable text".to_owned())?,
-        ),
-    };
-    if !exposed
-        && let Some(h) = host
-        && !is_loopback(authority_host(h))
-    {
+        );
+    }
+    if !exposed && let Some(h) = hosts.iter().find(|h| !is_loopback(authority_host(h))) {
         return Err(format!(
             "this server listens on loopback and answers only to a loopback Host \
              (localhost, 127.0.0.1, [::1]), not {:?} (protection against DNS rebinding)",
             h.chars().take(100).collect::<String>()
         ));
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("");
-    let origin_authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .filter(|a| !a.is_empty() && !a.contains('/'));
-    let same = match (origin_authority, exposed) {
-        (None, _) => false,
-        (Some(a), false) => is_loopback(authority_host(a)),
-        (Some(a), true) => {
-            host.is_some_and(|h| authority_host(h).eq_ignore_ascii_case(authority_host(a)))
+    for origin in headers.get_all(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .filter(|a| !a.is_empty() && !a.contains('/'));
+        let same = match (authority, exposed) {
+            (None, _) => false,
+            (Some(a), false) => is_loopback(authority_host(a)),
+            (Some(a), true) => {
+                !hosts.is_empty()
+                    && hosts
+                        .iter()
+                        .all(|h| authority_host(h).eq_ignore_ascii_case(authority_host(a)))
+            }
+        };
+        if !same {
+            return Err(format!(
+                "requests from the web page at {:?} are refused: a browser may reach this server only from its own site",
+                origin.chars().take(100).collect::<String>()
+            ));
         }
-    };
-    if same {
-        Ok(())
-    } else {
-        Err(format!(
-            "requests from the web page at {:?} are refused: a browser may reach this server only from its own site",
-            origin.chars().take(100).collect::<String>()
-        ))
     }
+    Ok(())
 }
 
-/// The host of `host[:port]` or `[v6]:port`, without the port.
+/// The host of `host[:port]` or `[v6]:port`, without the port (anything
+/// after the bracket but a port keeps the whole text, which is no address).
 fn authority_host(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
+        return match rest.split_once(']') {
+            Some((v6, "")) => v6,
+            Some((v6, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                v6
+            }
+            _ => authority,
+        };
     }
     match authority.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,

@@ -15,10 +15,11 @@
 //!
 //! A destination is refused when it is a symbolic link, when it is the
 //! database itself or its `-wal`, `-shm` or `-journal` (by name or as the same
-//! file through another link), and when a `-wal`, `-shm` or `-journal` lies
-//! beside it: that is a database in use (or one with a log still to apply),
-//! and a file swapped in under it would be served, or patched with the old
-//! log, by whoever has it open.
+//! file through another link), when its name ends like one of those (another
+//! database's log or index), when another process holds SQLite's locks on it,
+//! and when a `-wal`, `-shm` or `-journal` lies beside it: each is a database
+//! in use (or one with a log still to apply), and a file swapped in under it
+//! would be served, or patched with the old log, by whoever has it open.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -241,6 +242,13 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
             COMPANIONS.join("/")
         ));
     }
+    let lossy = name.to_string_lossy();
+    if let Some(c) = COMPANIONS.iter().find(|c| lossy.ends_with(*c)) {
+        return refuse(format!(
+            "a name ending in {c} is where SQLite keeps a database's log or index; \
+             a backup is never written there"
+        ));
+    }
     match std::fs::symlink_metadata(&dest_real) {
         Ok(m) if m.file_type().is_symlink() => {
             return refuse(
@@ -260,6 +268,13 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
             // The same file under another name (a hard link).
             if own.iter().any(|p| same_file(p, &m)) {
                 return refuse("it is the database being backed up, under another name".into());
+            }
+            // A database some process has open (in any journal mode).
+            if crate::db::ffi::locked_by_another_process(&dest_real) {
+                return refuse(
+                    "another process has it open as a database; a backup never replaces a database in use"
+                        .into(),
+                );
             }
         }
         Err(_) => {}

@@ -2,7 +2,7 @@
 //! statement cache, binding [`Params`], collecting [`Rows`]. Shared by the
 //! read lane, the heavy lane and the writer.
 
-use rusqlite::{CachedStatement, Connection, Statement};
+use rusqlite::{CachedStatement, Connection, OptionalExtension as _, Statement};
 
 use crate::db::guard::{self, Ddl, OWN_PREFIX};
 
@@ -291,18 +291,51 @@ fn step_through(stmt: &mut Statement<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Runs a client statement that changes the schema.
+/// Runs a client statement that changes the schema, on the writer.
 ///
-/// An `ALTER TABLE` runs in a savepoint and is undone if litebridge's
-/// namespace changed: SQLite tells the authorizer only the old name of a
-/// rename, so `ALTER TABLE t RENAME TO litebridge_x` can only be caught by
-/// looking at the schema afterwards. (Left in place, such a table would be
-/// adopted by a later migration, or shadow one of litebridge's tables.)
+/// Before it: a statement that creates an object is refused while the schema
+/// is at its limits (`DbConfig::max_schema_objects`, `max_schema_bytes`):
+/// every connection re-reads the whole schema after a change, so its size is
+/// everyone's latency.
+///
+/// Around it: a savepoint, and the statement is undone when afterwards
+///
+/// - litebridge's namespace changed: SQLite tells the authorizer only the old
+///   name of a rename, so `ALTER TABLE t RENAME TO litebridge_x` can only be
+///   caught by looking (left in place, such a table would be adopted by a
+///   later migration, or shadow one of litebridge's tables);
+/// - a temporary object exists: `CREATE TRIGGER temp.t ... ON main.x` is
+///   reported to the authorizer in `main`;
+/// - a client table has a foreign key to one of litebridge's tables: its
+///   cascades would run client triggers inside litebridge's own statements,
+///   and `foreign_key_check` would answer questions about litebridge's rows.
 fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>) -> Result<T> {
-    if !ddl.alters {
+    let sql = guard::internal_sql();
+    let limits = guard::schema_limits();
+    if ddl.creates
+        && let Some((max_objects, max_bytes)) = limits
+    {
+        let (objects, bytes) = guard::internal(|| {
+            conn.prepare_cached(&sql.schema_size)?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        })?;
+        if objects as usize >= max_objects {
+            return Err(Error::TooLarge {
+                what: format!("the schema ({objects} objects; db.max_schema_objects)"),
+                limit: max_objects as u64,
+            });
+        }
+        if bytes as usize >= max_bytes {
+            return Err(Error::TooLarge {
+                what: format!("the schema's SQL ({bytes} bytes; db.max_schema_bytes)"),
+                limit: max_bytes as u64,
+            });
+        }
+    }
+    if limits.is_none() {
+        // Not on the writer (a read connection refuses the statement anyway).
         return run();
     }
-    let sql = guard::internal_sql();
     let internal = |text: &str| -> Result<()> {
         guard::internal(|| conn.prepare_cached(text)?.execute([]).map(drop))?;
         Ok(())
@@ -320,18 +353,56 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         // The statement took the whole transaction down with it; the savepoint went too.
         return result;
     }
-    let renamed_into_ours = result.is_ok() && own_objects()? != before;
-    if result.is_err() || renamed_into_ours {
+    let refused = match &result {
+        Err(_) => None,
+        Ok(_) => refusal(conn, sql, before)?,
+    };
+    if result.is_err() || refused.is_some() {
         internal(&sql.ddl_undo)?;
     }
     internal(&sql.ddl_release)?;
-    if renamed_into_ours {
-        return Err(Error::Forbidden {
-            message: format!(
+    match refused {
+        Some(message) => Err(Error::Forbidden { message }),
+        None => result,
+    }
+}
+
+/// Why a schema change that ran must be undone, if it must.
+fn refusal(
+    conn: &Connection,
+    sql: &guard::InternalSql,
+    before: Option<String>,
+) -> Result<Option<String>> {
+    guard::internal(|| -> Result<Option<String>> {
+        let now: Option<String> = conn
+            .prepare_cached(&sql.own_objects)?
+            .query_row([], |r| r.get(0))?;
+        if now != before {
+            return Ok(Some(format!(
                 "a table cannot be renamed to a name starting with {OWN_PREFIX} \
                  (reserved for litebridge's own tables); nothing was changed"
-            ),
-        });
-    }
-    result
+            )));
+        }
+        let temp: i64 = conn
+            .prepare_cached(&sql.temp_objects)?
+            .query_row([], |r| r.get(0))?;
+        if temp > 0 {
+            return Ok(Some(
+                "temporary tables, views, indexes and triggers are not allowed through a request \
+                 (a connection is shared by every caller); nothing was changed"
+                    .to_owned(),
+            ));
+        }
+        let reference: Option<(String, String)> = conn
+            .prepare_cached(&sql.foreign_refs)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((table, parent)) = reference {
+            return Ok(Some(format!(
+                "table {table} would have a foreign key to {parent}: litebridge's own tables \
+                 cannot be referenced by client tables; nothing was changed"
+            )));
+        }
+        Ok(None)
+    })
 }

@@ -29,3 +29,29 @@ pub(crate) fn deferred_fk_violations(conn: &Connection) -> i32 {
         0
     }
 }
+
+/// Whether another process holds one of SQLite's locks on the database file
+/// at `path` (a connection is open on it and reading or writing): SQLite's
+/// unix VFS takes POSIX record locks on the bytes from `PENDING_BYTE`
+/// (1 GiB) on, which `F_GETLK` reports without taking any. A file that
+/// cannot be opened, or is not locked, answers false.
+#[allow(unsafe_code)]
+pub(crate) fn locked_by_another_process(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    const PENDING_BYTE: libc::off_t = 0x4000_0000;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: `flock` is plain data, fully initialised here; fcntl(F_GETLK)
+    // only reads and writes that struct for the open descriptor of `file`,
+    // which lives until the end of this function.
+    unsafe {
+        let mut query: libc::flock = std::mem::zeroed();
+        query.l_type = libc::F_WRLCK as libc::c_short;
+        query.l_whence = libc::SEEK_SET as libc::c_short;
+        query.l_start = PENDING_BYTE;
+        query.l_len = 512;
+        libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut query) == 0
+            && query.l_type != libc::F_UNLCK as libc::c_short
+    }
+}

@@ -354,16 +354,31 @@ enum Pass {
     Abort(Error),
 }
 
-/// Runs the first `n` requests of `queued` as one transaction, answers
-/// their callers and removes them.
+/// What bounds a batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Check deferred foreign keys at the end of each request.
+    pub(crate) check_deferred_fks: bool,
+    /// The longest a client request may run (`DbConfig::max_write_hold`);
+    /// also when a batch stops taking new requests.
+    pub(crate) max_hold: std::time::Duration,
+    /// `DbConfig::max_schema_objects` and `max_schema_bytes`.
+    pub(crate) max_schema: (usize, usize),
+}
+
+/// Runs up to the first `n` requests of `queued` as one transaction, answers
+/// their callers and removes them. A batch that has run `max_hold` takes no
+/// further request: those stay at the front of `queued` for the next batch.
+/// Returns how many were answered.
 pub(crate) fn commit_batch(
     conn: &Connection,
     queued: &mut Vec<Request>,
     n: usize,
     counters: &Counters,
-    check_deferred_fks: bool,
+    limits: Limits,
     panic_for_test: bool,
-) {
+) -> usize {
+    let mut n = n;
     let jobs = &mut queued[..n];
     let now = Instant::now();
     let mut status: Vec<Status> = Vec::with_capacity(jobs.len());
@@ -380,10 +395,9 @@ pub(crate) fn commit_batch(
             Status::Pending
         });
     }
-    counters.batch(jobs.len());
     let mut careful = false;
     let outcome = loop {
-        if !status
+        if !status[..n]
             .iter()
             .any(|s| matches!(s, Status::Done | Status::Pending))
         {
@@ -394,10 +408,12 @@ pub(crate) fn commit_batch(
         }
         match run_pass(
             conn,
-            jobs,
-            &mut status,
+            &mut jobs[..n],
+            &mut status[..n],
             careful,
-            check_deferred_fks,
+            limits,
+            now,
+            &mut n,
             counters,
         ) {
             Pass::Complete => {}
@@ -433,6 +449,7 @@ pub(crate) fn commit_batch(
             }
         }
     };
+    counters.batch(n);
     for (job, s) in queued.drain(..n).zip(status) {
         let answer = match (s, &outcome) {
             (Status::Failed(e), _) => Err(e),
@@ -441,14 +458,18 @@ pub(crate) fn commit_batch(
         };
         job.finish(answer);
     }
+    n
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_pass(
     conn: &Connection,
     jobs: &mut [Request],
     status: &mut [Status],
     careful: bool,
-    check_deferred_fks: bool,
+    limits: Limits,
+    batch_started: Instant,
+    taken: &mut usize,
     counters: &Counters,
 ) -> Pass {
     let mut slot = StatementSlot::new();
@@ -474,15 +495,28 @@ fn run_pass(
             *s = Status::Failed(job.budget().timeout_error(TimeoutStage::Queued));
             continue;
         }
+        // One clock reading per request (vDSO, ~20 ns) bounds everyone's
+        // wait: a batch that has held the writer `max_hold` ends here (the
+        // rest run in the next one), and client SQL may run `max_hold` at
+        // most, whatever its own deadline.
+        let at = Instant::now();
+        if i > 0 && at.duration_since(batch_started) >= limits.max_hold {
+            *taken = i;
+            break;
+        }
+        let rules = (!job.budget().trusted).then(|| guard::WriterRules {
+            hold: (at + limits.max_hold, limits.max_hold),
+            max_schema: limits.max_schema,
+        });
         let savepoint = careful || job.multi();
         if savepoint && let Err(e) = run_cached(conn, &guard::internal_sql().savepoint) {
             return Pass::Abort(e);
         }
         let before = conn.total_changes();
-        let scope = guard::enter(job.budget(), Mode::Writer);
+        let scope = guard::enter_writer(job.budget(), Mode::Writer, rules);
         let mut result = job.run(conn, &mut slot).map_err(|e| scope.map_err(e));
         drop(scope);
-        if result.is_ok() && check_deferred_fks && ffi::deferred_fk_violations(conn) > 0 {
+        if result.is_ok() && limits.check_deferred_fks && ffi::deferred_fk_violations(conn) > 0 {
             result = Err(Error::Sql {
                 code: 19,
                 extended_code: 787,

@@ -140,6 +140,10 @@ struct Current {
     budget: Budget,
     mode: Mode,
     denied: Option<String>,
+    /// What a client write on the writer is held to (none elsewhere).
+    writer: Option<WriterRules>,
+    /// The database was halted while this operation ran (see [`install`]).
+    halted: bool,
     /// What the client statement being prepared does to the schema.
     ddl: Ddl,
     /// The client statement being prepared is `ANALYZE` or `PRAGMA
@@ -167,13 +171,31 @@ thread_local! {
 /// Marks the current thread as running one operation until dropped.
 pub(crate) struct Scope(());
 
+/// The limits of a client request on the writer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterRules {
+    /// It is interrupted at `hold.0`, having held the writer `hold.1`
+    /// (`DbConfig::max_write_hold`), whatever its own deadline.
+    pub(crate) hold: (Instant, Duration),
+    /// It may create schema objects while the schema holds fewer than this
+    /// many objects and bytes of SQL (`DbConfig::max_schema_objects`, `_bytes`).
+    pub(crate) max_schema: (usize, usize),
+}
+
 /// Enters an operation on this thread until the returned scope drops.
 pub(crate) fn enter(budget: &Budget, mode: Mode) -> Scope {
+    enter_writer(budget, mode, None)
+}
+
+/// As [`enter`], for a request on the writer, with the rules for client SQL.
+pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRules>) -> Scope {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Current {
             budget: budget.clone(),
             mode,
             denied: None,
+            writer,
+            halted: false,
             ddl: Ddl::default(),
             maintenance: false,
         });
@@ -195,10 +217,21 @@ impl Scope {
         CURRENT.with(|c| {
             let c = c.borrow();
             let Some(cur) = c.as_ref() else { return err };
+            let hold = cur.writer.map(|w| w.hold);
+            let held_too_long = hold.is_some_and(|(until, _)| Instant::now() >= until);
             match err.sqlite_codes() {
+                Some((SQLITE_INTERRUPT, _)) if cur.halted => Error::Unavailable {
+                    what: "database",
+                    reason: "it is shutting down; the statement was interrupted and nothing of it was committed"
+                        .into(),
+                },
                 Some((SQLITE_INTERRUPT, _)) if cur.budget.expired() => {
                     cur.budget.timeout_error(TimeoutStage::Running)
                 }
+                Some((SQLITE_INTERRUPT, _)) if held_too_long => Error::Timeout {
+                    after: hold.map(|(_, d)| d).unwrap_or_default(),
+                    stage: TimeoutStage::WriterHold,
+                },
                 Some((SQLITE_INTERRUPT, _)) if cur.budget.is_cancelled() => Error::Unavailable {
                     what: "caller",
                     reason: "the caller went away; the statement was interrupted".into(),
@@ -247,6 +280,15 @@ pub(crate) fn begin_prepare(maintenance: bool) {
     });
 }
 
+/// The schema limits of the client write running on this thread, if any.
+pub(crate) fn schema_limits() -> Option<(usize, usize)> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|cur| cur.writer.map(|w| w.max_schema))
+    })
+}
+
 /// What the statement just prepared does to the schema.
 pub(crate) fn prepared_ddl() -> Ddl {
     CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.ddl).unwrap_or_default())
@@ -273,10 +315,24 @@ pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
 
 fn should_interrupt() -> bool {
     CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .is_some_and(|cur| cur.budget.expired() || cur.budget.is_cancelled())
+        c.borrow().as_ref().is_some_and(|cur| {
+            let now = Instant::now();
+            cur.budget.expired_at(now)
+                || cur.budget.is_cancelled()
+                || cur.writer.is_some_and(|w| now >= w.hold.0)
+        })
     })
+}
+
+/// Notes that the operation on this thread was interrupted because its
+/// database was halted.
+fn halted() -> bool {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.halted = true;
+        }
+    });
+    true
 }
 
 /// Pragmas whose assignment would break the engine's assumptions or change
@@ -364,11 +420,13 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         if cur.mode == Mode::Internal {
             return Authorization::Allow;
         }
-        // What a trigger or a view does is held to the rules of client SQL
-        // even inside a trusted statement: litebridge has no trigger or view
-        // of its own, so every one was created by a client, and a client's
-        // trigger must never run with litebridge's rights.
-        let client = !cur.budget.trusted || ctx.accessor.is_some_and(|a| !own(Some(a)));
+        // Whatever acts through a trigger, a view or a named subquery is held
+        // to the rules of client SQL even inside a trusted statement:
+        // litebridge's own statements use none of them, so every one came
+        // from a client (and its name proves nothing: a client may call a
+        // CTE `litebridge_x`). A client's trigger never runs with
+        // litebridge's rights.
+        let client = !cur.budget.trusted || ctx.accessor.is_some();
         if client {
             note_ddl(&mut cur.ddl, ctx.action);
         }
@@ -644,6 +702,12 @@ pub(crate) struct InternalSql {
     pub(crate) ddl_undo: String,
     /// The names of every object in `main` and `temp` under litebridge's prefix.
     pub(crate) own_objects: String,
+    /// The objects in `main` and the bytes of their SQL.
+    pub(crate) schema_size: String,
+    /// A client table with a foreign key to one of litebridge's, if any.
+    pub(crate) foreign_refs: String,
+    /// The objects in `temp`.
+    pub(crate) temp_objects: String,
 }
 
 pub(crate) fn internal_sql() -> &'static InternalSql {
@@ -665,6 +729,15 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
             ddl_savepoint: format!("SAVEPOINT lb_ddl {tag}"),
             ddl_release: format!("RELEASE lb_ddl {tag}"),
             ddl_undo: format!("ROLLBACK TO lb_ddl {tag}"),
+            schema_size: format!(
+                "SELECT count(*), coalesce(sum(length(sql)), 0) FROM main.sqlite_schema {tag}"
+            ),
+            foreign_refs: format!(
+                "SELECT m.name, f.\"table\" FROM main.sqlite_schema AS m, pragma_foreign_key_list(m.name) AS f \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'litebridge\\_%' ESCAPE '\\' \
+                   AND m.sql LIKE '%litebridge%' AND f.\"table\" LIKE 'litebridge%' LIMIT 1 {tag}"
+            ),
+            temp_objects: format!("SELECT count(*) FROM temp.sqlite_schema {tag}"),
             own_objects: format!(
                 "SELECT group_concat(name, ' ' ORDER BY name) FROM (\
                  SELECT name FROM main.sqlite_schema WHERE name LIKE 'litebridge\\_%' ESCAPE '\\' \
@@ -676,12 +749,24 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
 
 /// Installs the progress handler and the authorizer on a connection.
 ///
+/// `halt` is the database's: once set, every statement on the connection is
+/// interrupted at its next progress check (shutting down within a deadline).
+///
 /// Defensive mode is switched on as well: even SQL that got past the
 /// authorizer cannot corrupt the file on purpose (no `writable_schema`
 /// edits, no writes to shadow tables or to `sqlite_dbpage`).
-pub(crate) fn install(conn: &mut Connection) -> Result<()> {
+pub(crate) fn install(conn: &mut Connection, halt: Arc<AtomicBool>) -> Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-    conn.progress_handler(PROGRESS_OPS, Some(should_interrupt))?;
+    conn.progress_handler(
+        PROGRESS_OPS,
+        Some(move || {
+            if halt.load(Ordering::Relaxed) {
+                halted()
+            } else {
+                should_interrupt()
+            }
+        }),
+    )?;
     conn.authorizer(Some(authorize))?;
     Ok(())
 }

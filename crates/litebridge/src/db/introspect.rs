@@ -86,10 +86,16 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
     })?;
     let listed: Vec<(String, String, bool)> = rows.collect::<rusqlite::Result<_>>()?;
     let stats = analyze_stats(conn)?;
+    // Prepared here, not through the statement cache: a trusted statement in
+    // the cache could be served to client SQL of the same text.
+    let mut cols =
+        conn.prepare("SELECT name, type, \"notnull\", pk, dflt_value FROM pragma_table_info(?1)")?;
+    let mut idx = conn.prepare(
+        "SELECT name, \"unique\" FROM pragma_index_list(?1) WHERE origin != 'pk' OR ?2 ORDER BY name",
+    )?;
+    let mut ic = conn
+        .prepare("SELECT name FROM pragma_index_info(?1) WHERE name IS NOT NULL ORDER BY seqno")?;
     for (name, kind, without_rowid) in listed.into_iter().filter(|(n, _, _)| !hidden(n)) {
-        let mut cols = conn.prepare_cached(
-            "SELECT name, type, \"notnull\", pk, dflt_value FROM pragma_table_info(?1)",
-        )?;
         let columns = cols
             .query_map([&name], |r| {
                 Ok(ColumnInfo {
@@ -101,9 +107,6 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut idx = conn.prepare_cached(
-            "SELECT name, \"unique\" FROM pragma_index_list(?1) WHERE origin != 'pk' OR ?2 ORDER BY name",
-        )?;
         let names = idx
             .query_map(rusqlite::params![&name, without_rowid], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
@@ -111,9 +114,6 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut indexes = Vec::with_capacity(names.len());
         for (index, unique) in names {
-            let mut ic = conn.prepare_cached(
-                "SELECT name FROM pragma_index_info(?1) WHERE name IS NOT NULL ORDER BY seqno",
-            )?;
             let columns = ic
                 .query_map([&index], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

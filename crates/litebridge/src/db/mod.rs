@@ -245,6 +245,7 @@ impl Database {
         let opener = Opener {
             path,
             config: Arc::new(config),
+            halt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let counters = Arc::new(Counters::default());
         let (writer, checkpointer) = WriterHandle::start(opener.clone(), counters.clone())?;
@@ -689,6 +690,16 @@ impl Database {
         if self.inner.readers.size() == 0 {
             problems.push("there are no read connections".to_owned());
         }
+        let hold = self.inner.opener.config.max_write_hold;
+        if let Some(busy) = self.inner.writer.busy_for()
+            && busy > hold
+        {
+            problems.push(format!(
+                "the writer has been running one batch for {} ms (over db.max_write_hold, {} ms): writes are waiting",
+                busy.as_millis(),
+                hold.as_millis()
+            ));
+        }
         if let Some(detail) = self.inner.counters.corruption() {
             problems.push(format!(
                 "SQLITE_CORRUPT met at run time ({detail}); run `litebridge check`, then restart with --recover"
@@ -700,8 +711,18 @@ impl Database {
         }
     }
 
+    /// Interrupts every statement running on any connection of this
+    /// database, and every one started afterwards, for good: to shut down
+    /// within a deadline. Whatever was not committed is not (each request
+    /// fails whole with `unavailable`); what was committed stays. Call
+    /// [`Database::close`] afterwards.
+    pub fn interrupt(&self) {
+        self.inner.opener.halt.store(true, Ordering::Relaxed);
+    }
+
     /// Commits what is queued, checkpoints, stops every thread and closes the
     /// connections. Calls made afterwards (from any clone) get `unavailable`.
+    /// It waits for what is running; [`Database::interrupt`] ends that.
     pub async fn close(&self) {
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || inner.shutdown()).await;

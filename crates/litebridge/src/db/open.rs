@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -24,6 +25,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Opener {
     pub(crate) path: PathBuf,
     pub(crate) config: Arc<DbConfig>,
+    /// Set by [`crate::Database::interrupt`]: every statement on every
+    /// connection of the database is interrupted (see `guard::install`).
+    pub(crate) halt: Arc<AtomicBool>,
 }
 
 impl Opener {
@@ -151,7 +155,7 @@ impl Opener {
             c.temp_store.pragma_value(),
         ))?;
         conn.set_prepared_statement_cache_capacity(c.statement_cache);
-        guard::install(conn)
+        guard::install(conn, self.halt.clone())
     }
 
     fn open_error(&self, e: rusqlite::Error) -> Error {

@@ -159,6 +159,11 @@ impl WriteQueue {
         Ok(())
     }
 
+    /// Whether [`WriteQueue::stop`] was called.
+    pub(crate) fn stopped(&self) -> bool {
+        self.lock().stop
+    }
+
     /// Tells the writer to commit what is queued and exit; nothing is
     /// accepted after this.
     pub(crate) fn stop(&self) {
@@ -242,6 +247,23 @@ impl WriteQueue {
                 .0;
             s.parked = false;
         }
+    }
+
+    /// Takes out the requests whose deadline has passed (while the writer
+    /// is busy with a long batch they would otherwise wait for it), keeping
+    /// the others in order. They never ran: the caller answers them.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<Request> {
+        let mut s = self.lock();
+        if !s.jobs.iter().any(|j| j.budget().expired_at(now)) {
+            return Vec::new();
+        }
+        let (expired, kept): (Vec<Request>, Vec<Request>) = std::mem::take(&mut s.jobs)
+            .into_iter()
+            .partition(|j| j.budget().expired_at(now));
+        s.jobs = kept;
+        drop(s);
+        self.room.notify_waiters();
+        expired
     }
 
     fn hand_over(

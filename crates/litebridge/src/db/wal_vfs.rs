@@ -24,7 +24,8 @@
 //!
 //! - Only *appends* are gathered: a write at exactly the end of what this
 //!   log generation holds (`end`: one past the highest byte written since
-//!   the log last restarted at offset 0). Anything else is SQLite writing in
+//!   the log last restarted at offset 0), starting at a frame's header (or
+//!   the log's), so a frame is gathered whole or not at all. Anything else is SQLite writing in
 //!   place over frames of the open transaction (a page changed again after
 //!   it spilled, or `walRewriteChecksums` rewriting frame headers at commit):
 //!   the buffer is written out first, then that write goes straight through.
@@ -345,7 +346,11 @@ unsafe extern "C" fn x_write(
                 p.end = Some(0);
             }
             if p.data.is_empty() {
-                p.end == Some(offset)
+                // Gathering starts only at the log's header or a frame's
+                // header, at the end: a frame's page always follows its
+                // header the same way (gathered or straight through), so a
+                // commit frame's page is never held while its header is out.
+                p.end == Some(offset) && (offset == 0 || amount == FRAME_HEADER)
             } else {
                 offset == p.start + p.data.len() as i64
             }

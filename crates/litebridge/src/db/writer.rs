@@ -12,9 +12,16 @@
 //! an `unavailable` error as their reply channels drop (they did not commit:
 //! the connection, and with it the open transaction, is dropped too), and the
 //! supervisor opens a new connection and goes on with the queue. Nobody hangs.
+//!
+//! **Nobody waits on one caller for long.** A client request may hold the
+//! writer at most `max_write_hold` (its statements are interrupted past it,
+//! and a batch takes no new request once it has run that long: the rest wait
+//! for the next one). While a batch runs longer than a moment, a watch
+//! thread answers the queued requests whose deadline has passed with
+//! `timeout` (they never ran), so every caller hears back by its deadline.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::db::checkpointer::{Checkpointer, Nudge};
-use crate::db::group_commit::{Request, commit_batch};
+use crate::db::group_commit::{Limits, Request, commit_batch};
 use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::db::queue::{Asked, Refused, Taken, WriteQueue};
@@ -33,9 +40,51 @@ use crate::stats::Counters;
 pub(crate) struct WriterHandle {
     queue: Arc<WriteQueue>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    watch: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     counters: Arc<Counters>,
+    busy: Arc<Busy>,
 }
+
+/// Since when the writer has been running its current batch.
+pub(crate) struct Busy {
+    base: Instant,
+    /// Nanoseconds after `base` the batch started, plus one; 0 when idle.
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn new() -> Busy {
+        Busy {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    fn start(&self) {
+        let at = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.since.store(at + 1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current batch has run; `None` when idle.
+    pub(crate) fn running_for(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.base
+                    .elapsed()
+                    .saturating_sub(Duration::from_nanos(at - 1)),
+            ),
+        }
+    }
+}
+
+/// The watch thread looks at the writer this often.
+const WATCH_TICK: Duration = Duration::from_millis(50);
 
 /// Whether a caller waits for room in a full queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,19 +103,37 @@ impl WriterHandle {
         let checkpointer = Checkpointer::start(&opener, counters.clone())?;
         let nudge = checkpointer.nudge(&opener);
         let queue = Arc::new(WriteQueue::new(opener.config.write_queue));
-        let c = counters.clone();
-        let q = queue.clone();
+        let busy = Arc::new(Busy::new());
+        let (c, q, b) = (counters.clone(), queue.clone(), busy.clone());
         let thread = std::thread::Builder::new()
             .name("litebridge-writer".into())
-            .spawn(move || supervise(conn, &q, opener, c, nudge))
+            .spawn(move || supervise(conn, &q, opener, c, nudge, &b))
             .map_err(|e| Error::io("cannot start the writer thread", "litebridge-writer", e))?;
+        let (c, q, b) = (counters.clone(), queue.clone(), busy.clone());
+        let watch = std::thread::Builder::new()
+            .name("litebridge-writer-watch".into())
+            .spawn(move || watch(&q, &b, &c))
+            .map_err(|e| {
+                Error::io(
+                    "cannot start the writer's watch thread",
+                    "litebridge-writer-watch",
+                    e,
+                )
+            })?;
         let handle = WriterHandle {
             queue,
             thread: Mutex::new(Some(thread)),
+            watch: Mutex::new(Some(watch)),
             closed: AtomicBool::new(false),
             counters,
+            busy,
         };
         Ok((handle, checkpointer))
+    }
+
+    /// How long the writer has been running its current batch (`None` when idle).
+    pub(crate) fn busy_for(&self) -> Option<Duration> {
+        self.busy.running_for()
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -144,6 +211,11 @@ impl WriterHandle {
         if let Some(t) = thread {
             let _ = t.join();
         }
+        let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = watch {
+            t.thread().unpark();
+            let _ = t.join();
+        }
         // The writer takes everything with the stop signal; this only finds
         // something if the thread is gone for another reason.
         let (mut jobs, mut asked) = (Vec::new(), Vec::new());
@@ -162,6 +234,22 @@ fn answer_all(jobs: &mut Vec<Request>, asked: &mut Vec<Asked>, e: &Error) {
     }
 }
 
+/// While the writer runs one batch for longer than a tick, answers the
+/// queued requests whose deadline passes with `timeout` (taken out of the
+/// queue, so they never run). Ends when the queue is stopped.
+fn watch(queue: &WriteQueue, busy: &Busy, counters: &Counters) {
+    while !queue.stopped() {
+        std::thread::park_timeout(WATCH_TICK);
+        if busy.running_for().is_some_and(|d| d >= WATCH_TICK) {
+            for job in queue.expire(Instant::now()) {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                let e = job.budget().timeout_error(TimeoutStage::Queued);
+                job.finish(Err(e));
+            }
+        }
+    }
+}
+
 /// Restarts the writer loop whenever it dies, until it is stopped.
 fn supervise(
     conn: Connection,
@@ -169,16 +257,18 @@ fn supervise(
     opener: Opener,
     counters: Arc<Counters>,
     nudge: Nudge,
+    busy: &Busy,
 ) {
     let mut conn = Some(conn);
     let mut backoff = Duration::from_millis(10);
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
-            writer_loop(&mut conn, queue, &opener, &counters, &nudge)
+            writer_loop(&mut conn, queue, &opener, &counters, &nudge, busy)
         }));
         match run {
             Ok(()) => return,
             Err(_) => {
+                busy.end();
                 // The connection may hold a half-done transaction: drop it, which
                 // rolls it back, and start from a fresh one.
                 conn = None;
@@ -197,6 +287,7 @@ fn writer_loop(
     opener: &Opener,
     counters: &Counters,
     nudge: &Nudge,
+    busy: &Busy,
 ) {
     let config = opener.config.clone();
     let max_batch = config.max_batch;
@@ -259,12 +350,19 @@ fn writer_loop(
         }
         while !batch.is_empty() {
             counters.write_active.store(1, Ordering::Relaxed);
+            busy.start();
             let panic_now = config
                 .faults
                 .as_ref()
                 .is_some_and(|f| f.take_panic_writer());
             let n = batch.len().min(max_batch);
-            commit_batch(conn, &mut batch, n, counters, check_fks, panic_now);
+            let limits = Limits {
+                check_deferred_fks: check_fks,
+                max_hold: config.max_write_hold,
+                max_schema: (config.max_schema_objects, config.max_schema_bytes),
+            };
+            commit_batch(conn, &mut batch, n, counters, limits, panic_now);
+            busy.end();
             counters.write_active.store(0, Ordering::Relaxed);
             nudge.after_commit(conn, &wal_pages, counters);
         }

@@ -9,10 +9,12 @@
 //!
 //! Per-method state is made on first use, so an unbounded set of names
 //! would grow memory and `/metrics` without end. Announced methods are a
-//! fixed set; names served dynamically get state of their own up to
-//! [`MAX_DYNAMIC`], and share the state named [`OTHER`] beyond it.
+//! fixed set. A name served dynamically gets state of its own (a breaker,
+//! statistics) once a call of it has succeeded, up to [`MAX_DYNAMIC`] names;
+//! until then, and beyond that, its calls count in the statistics named
+//! [`OTHER`] and go through no breaker: calls of names that do not exist
+//! can neither use up the room nor open a breaker that other callers share.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::RwLock;
 
@@ -118,23 +120,19 @@ impl MethodNames {
         ))
     }
 
-    /// The name the state of a call of `method` is kept under.
-    pub(crate) fn state_name<'a>(&self, method: &'a str) -> Cow<'a, str> {
-        {
-            let k = self.known.read().unwrap_or_else(|e| e.into_inner());
-            if k.announced.contains(method) || k.tracked.contains(method) {
-                return Cow::Borrowed(method);
-            }
-            if k.tracked.len() >= MAX_DYNAMIC {
-                return Cow::Borrowed(OTHER);
-            }
-        }
+    /// The name the state (breaker, statistics) of a call of `method` is
+    /// kept under, when it has state of its own.
+    pub(crate) fn state_name<'a>(&self, method: &'a str) -> Option<&'a str> {
+        let k = self.known.read().unwrap_or_else(|e| e.into_inner());
+        (k.announced.contains(method) || k.tracked.contains(method)).then_some(method)
+    }
+
+    /// Gives a dynamic name that has just been served state of its own, if
+    /// there is room.
+    pub(crate) fn promote(&self, method: &str) {
         let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
-        if k.tracked.len() < MAX_DYNAMIC {
+        if k.tracked.len() < MAX_DYNAMIC && !k.announced.contains(method) {
             k.tracked.insert(method.to_owned());
-            Cow::Borrowed(method)
-        } else {
-            Cow::Borrowed(OTHER)
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
 use crate::workers::config::WorkerConfig;
-use crate::workers::names::MethodNames;
+use crate::workers::names::{self, MethodNames};
 use crate::workers::process::Process;
 
 /// Options of one call.
@@ -368,7 +368,6 @@ impl WorkerPool {
         let timeout = options.timeout.unwrap_or(s.config.call_timeout);
         let deadline = Instant::now() + timeout;
         let state = s.names.state_name(method);
-        let breaker = s.breakers.get(&state);
         let custom;
         let policy = if options.retry && self.idempotent(method) {
             match options.max_attempts {
@@ -384,7 +383,11 @@ impl WorkerPool {
         // The breaker sees one outcome per call, after its retries: one worker
         // dying with many calls in flight is one event, and the calls it took
         // down may well succeed elsewhere.
-        let permit = breaker.acquire()?;
+        let breaker = state.map(|name| s.breakers.get(name));
+        let permit = match &breaker {
+            Some(b) => Some(b.acquire()?),
+            None => None,
+        };
         let started = Instant::now();
         let request_id = options.request_id.as_deref();
         let r = policy
@@ -398,18 +401,22 @@ impl WorkerPool {
                 },
             )
             .await;
-        let counters = self.counters(&state);
+        let counters = self.counters(state.unwrap_or(names::OTHER));
         counters.latency.record(started.elapsed());
         if r.is_err() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
-        match &r {
-            Ok(_) => permit.success(),
-            Err(
-                Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
+        match (&r, permit) {
+            (Ok(_), Some(permit)) => permit.success(),
+            (Ok(_), None) => s.names.promote(method),
+            (
+                Err(
+                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
+                ),
+                Some(permit),
             ) => permit.failure(),
             // The caller's mistake or our own queue: not the method's health.
-            Err(_) => drop(permit),
+            (Err(_), permit) => drop(permit),
         }
         r
     }
