@@ -160,6 +160,34 @@ const KEYS: &[Key] = &[
         help: "connection health checks",
     },
     Key {
+        name: "db.max_write_hold_ms",
+        env: &[],
+        kind: int(10, 3_600_000),
+        default: "10000",
+        help: "longest one client request may hold the writer",
+    },
+    Key {
+        name: "db.max_result_bytes",
+        env: &[],
+        kind: int(1024, 1 << 30),
+        default: "67108864",
+        help: "largest query result and largest value client SQL may build",
+    },
+    Key {
+        name: "db.max_schema_objects",
+        env: &[],
+        kind: int(1, 1_000_000),
+        default: "5000",
+        help: "schema objects past which client SQL may create no more",
+    },
+    Key {
+        name: "db.max_schema_bytes",
+        env: &[],
+        kind: int(1024, 1 << 30),
+        default: "4194304",
+        help: "schema SQL bytes past which client SQL may create no more",
+    },
+    Key {
         name: "db.quick_check_on_open",
         env: &[],
         kind: Kind::Bool,
@@ -585,7 +613,11 @@ impl Settings {
             .mmap_size(self.int("db.mmap_size") as u64)
             .default_timeout(Some(self.ms("db.timeout_ms")))
             .health_check_interval(self.ms("db.health_check_interval_ms"))
-            .quick_check_on_open(self.bool("db.quick_check_on_open"));
+            .quick_check_on_open(self.bool("db.quick_check_on_open"))
+            .max_write_hold(self.ms("db.max_write_hold_ms"))
+            .max_result_bytes(self.int("db.max_result_bytes") as usize)
+            .max_schema_objects(self.int("db.max_schema_objects") as usize)
+            .max_schema_bytes(self.int("db.max_schema_bytes") as usize);
         Ok(b.build()?)
     }
 

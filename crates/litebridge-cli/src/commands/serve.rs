@@ -171,8 +171,11 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         },
         Some(mcp_stop.clone()),
     );
-    // After the signal, requests in flight get the grace period, then the
-    // connections still open are dropped.
+    // After the signal, requests in flight get the grace period less a
+    // reserve, then the connections still open are dropped; the reserve is
+    // for closing the database, which gets what is still running interrupted
+    // if it is not done by the end of the grace period (nothing half-done is
+    // committed: each request is atomic).
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -183,21 +186,38 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         notify.notify_one();
     });
     let grace = s.shutdown_grace();
+    let reserve = (grace / 2).min(std::time::Duration::from_secs(2));
+    let mut deadline = None;
     tokio::select! {
         r = server => r.map_err(|e| Failure::new(format!("the HTTP server failed: {e}")))?,
-        () = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("requests still running after {} ms: closing them", grace.as_millis());
+        () = async {
+            signalled.notified().await;
+            deadline = Some(tokio::time::Instant::now() + grace);
+            tokio::time::sleep(grace - reserve).await;
+        } => {
+            tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
         }
     }
-    // A second signal while draining: leave now.
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
     upkeep.abort();
-    if let Err(e) = app.auth.flush().await {
-        tracing::warn!("writing the quota counters at shutdown failed: {e}");
-    }
-    let drain = app.service.shutdown();
+    let close = async {
+        if let Err(e) = app.auth.flush().await {
+            tracing::warn!("writing the quota counters at shutdown failed: {e}");
+        }
+        app.service.shutdown().await;
+    };
+    tokio::pin!(close);
     tokio::select! {
-        () = drain => {}
+        () = &mut close => {}
+        // A second signal while draining: leave now.
         () = shutdown_signal() => std::process::exit(130),
+        () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
+            tracing::warn!("the database is still busy at the end of the grace period: interrupting what runs (it is not committed)");
+            app.service.db.interrupt();
+            if tokio::time::timeout_at(deadline, &mut close).await.is_err() {
+                tracing::warn!("leaving with the database still closing; its log is recovered at the next start");
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,206 @@
+//! One client cannot take the service from the others: the data-safety and
+//! availability report, one test per item (the SIGKILL items are in
+//! `crash_safety.rs`, the backup ones in `red_team.rs`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+
+use common::Server;
+
+fn call(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+}
+
+/// A statement that runs until it is interrupted.
+const FOREVER: &str = "INSERT INTO t SELECT count(*) FROM \
+    (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT i FROM c)";
+
+fn ready(server: &Server) -> (u16, Value) {
+    let (status, body) = server.request("GET", "/ready", None, b"");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn one_request_holds_the_writer_for_an_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hold.db");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_DB_MAX_WRITE_HOLD_MS", "2000")]);
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    let addr_server = &server;
+    std::thread::scope(|scope| {
+        let long = scope.spawn(move || {
+            addr_server.rpc(call(
+                "sql.execute",
+                json!({"sql": FOREVER, "timeout_ms": 3_600_000}),
+            ))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // A store write with no deadline of its own is answered, after the
+        // hold ends the long statement.
+        let started = Instant::now();
+        let saved = server.rpc(call("state.save", json!({"run_id": "r", "state": 1})));
+        assert!(saved["result"].is_object(), "{saved}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let long = long.join().unwrap();
+        assert_eq!(long["error"]["data"]["kind"], "timeout", "{long}");
+        assert_eq!(long["error"]["data"]["timeout_ms"], 2000, "{long}");
+        assert!(
+            long["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_write_hold"),
+            "{long}"
+        );
+    });
+    // While one runs past half the hold, /ready says so; then it is ready again.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            server.rpc(call(
+                "sql.execute",
+                json!({"sql": FOREVER, "timeout_ms": 3_600_000}),
+            ))
+        });
+        std::thread::sleep(Duration::from_millis(1_400));
+        let (status, body) = ready(&server);
+        assert_eq!(status, 503, "{body}");
+        assert!(body.to_string().contains("writer"), "{body}");
+    });
+    let (status, body) = ready(&server);
+    assert_eq!(status, 200, "{body}");
+    let n = server.rpc(call("sql.query", json!({"sql": "SELECT count(*) FROM t"})));
+    assert_eq!(
+        n["result"]["rows"][0][0], 0,
+        "nothing of the long ones committed"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_queued_request_is_answered_by_its_deadline_while_the_writer_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queued.db");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &[
+            ("LITEBRIDGE_DB_MAX_WRITE_HOLD_MS", "60000"),
+            ("LITEBRIDGE_DB_TIMEOUT_MS", "1000"),
+        ],
+    );
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            server.rpc(call(
+                "sql.execute",
+                json!({"sql": FOREVER, "timeout_ms": 4_000}),
+            ))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let r = server.rpc(call(
+            "memory.store",
+            json!({"namespace": "n", "key": "k", "value": 1}),
+        ));
+        let took = started.elapsed();
+        assert_eq!(r["error"]["data"]["kind"], "timeout", "{r}");
+        assert!(
+            took < Duration::from_millis(2_000),
+            "answered at its 1 s deadline, not when the writer got free: {took:?}"
+        );
+    });
+    // It never ran.
+    let got = server.rpc(call("memory.get", json!({"namespace": "n", "key": "k"})));
+    assert_eq!(got["result"]["found"], false, "{got}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period_while_a_statement_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("term.db");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &[
+            ("LITEBRIDGE_DB_MAX_WRITE_HOLD_MS", "3600000"),
+            ("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500"),
+        ],
+    );
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    server.rpc(call(
+        "sql.execute",
+        json!({"sql": "INSERT INTO t VALUES (1)"}),
+    ));
+    let addr = server.addr.clone();
+    let long = std::thread::spawn(move || {
+        let body = call(
+            "sql.execute",
+            json!({"sql": FOREVER, "timeout_ms": 3_600_000}),
+        )
+        .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = s.write_all(
+            format!(
+                "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = server.stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_millis(3_000), "exit took {took:?}");
+    long.join().unwrap();
+    // What was committed is there; nothing of the interrupted statement is.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn a_shadow_table_swallows_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shadow.db");
+    let server = Server::start(&db, &[]);
+    for sql in [
+        "CREATE TEMP TABLE x(namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, \
+         expires_at INTEGER, updated_at INTEGER NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID",
+        "ALTER TABLE temp.x RENAME TO litebridge_memory",
+    ] {
+        let r = server.rpc(call("sql.execute", json!({"sql": sql})));
+        assert!(r["error"].is_object(), "{sql}: {r}");
+    }
+    let r = server.rpc(call(
+        "memory.store",
+        json!({"namespace": "agent", "key": "goal", "value": "kept"}),
+    ));
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert!(server.stop().success());
+    let server = Server::start(&db, &[]);
+    let got = server.rpc(call(
+        "memory.get",
+        json!({"namespace": "agent", "key": "goal"}),
+    ));
+    assert_eq!(got["result"]["value"], "kept", "{got}");
+    assert!(server.stop().success());
+}
