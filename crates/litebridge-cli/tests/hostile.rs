@@ -376,10 +376,15 @@ fn cases(dir: &str) -> Vec<(String, Expect)> {
         add(x(sql), Code(FORBIDDEN));
     }
     add(q("SELECT 1; DROP TABLE secret"), Code(PARAMS));
+    // Values over db.max_result_bytes: refused before they are built.
     for sql in [
         "SELECT zeroblob(2000000000)",
         "SELECT randomblob(2000000000)",
         "SELECT printf('%.*c', 2000000000, 'x')",
+    ] {
+        add(q(sql), Code(-32011));
+    }
+    for sql in [
         "SELECT * FROM no_such_table",
         "SELEC 1",
         "SELECT * FROM sqlite_dbpage",

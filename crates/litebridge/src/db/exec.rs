@@ -13,6 +13,7 @@ const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_NOMEM: i32 = 7;
 const SQLITE_IOERR: i32 = 10;
 const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_TOOBIG: i32 = 18;
 const SQLITE_MISUSE: i32 = 21;
 
 /// Whether an error means the connection itself is broken (rather than the
@@ -194,12 +195,38 @@ fn find_parameter(stmt: &rusqlite::Statement<'_>, name: &str) -> Result<Option<u
     Ok(None)
 }
 
-/// Runs a read-only statement and collects up to `max_rows` rows.
+/// SQLite's "string or blob too big" as the error a caller acts on.
+fn too_big(conn: &Connection, e: Error) -> Error {
+    match e.sqlite_codes() {
+        Some((SQLITE_TOOBIG, _)) => Error::TooLarge {
+            what: "a value the statement built (text or blob; db.max_result_bytes)".into(),
+            limit: conn
+                .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)
+                .map_or(0, |n| n.max(0) as u64),
+        },
+        _ => e,
+    }
+}
+
+/// Runs a read-only statement and collects up to `max_rows` rows, and at
+/// most `max_bytes` bytes of values (past it: `too_large`, before another
+/// row is kept).
 pub(crate) fn query(
     conn: &Connection,
     sql: &str,
     params: &Params,
     max_rows: Option<usize>,
+    max_bytes: usize,
+) -> Result<Rows> {
+    query_rows(conn, sql, params, max_rows, max_bytes).map_err(|e| too_big(conn, e))
+}
+
+fn query_rows(
+    conn: &Connection,
+    sql: &str,
+    params: &Params,
+    max_rows: Option<usize>,
+    max_bytes: usize,
 ) -> Result<Rows> {
     let mut stmt = prepare(conn, sql)?;
     // sqlite3_stmt_readonly() is conservative about pragmas (`PRAGMA
@@ -220,6 +247,7 @@ pub(crate) fn query(
     let limit = max_rows.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     let mut truncated = false;
+    let mut bytes: usize = columns.iter().map(String::len).sum();
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
         if out.len() == limit {
@@ -228,7 +256,22 @@ pub(crate) fn query(
         }
         let mut values = Vec::with_capacity(ncols);
         for i in 0..ncols {
-            values.push(Value::from_ref(row.get_ref(i)?));
+            let value = row.get_ref(i)?;
+            // Counted before it is copied out of SQLite.
+            bytes += match value {
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.len(),
+                _ => 8,
+            };
+            if bytes > max_bytes {
+                return Err(Error::TooLarge {
+                    what: format!(
+                        "the query's result ({} rows so far; db.max_result_bytes, or ask for fewer rows with max_rows)",
+                        out.len()
+                    ),
+                    limit: max_bytes as u64,
+                });
+            }
+            values.push(Value::from_ref(value));
         }
         out.push(values);
     }
@@ -272,10 +315,11 @@ pub(crate) fn execute_prepared(
     let before = conn.total_changes();
     let ddl = stmt.ddl;
     if ddl.any {
-        schema_change(conn, ddl, || step_through(stmt))?;
+        schema_change(conn, ddl, || step_through(stmt))
     } else {
-        step_through(stmt)?;
+        step_through(stmt)
     }
+    .map_err(|e| too_big(conn, e))?;
     // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so a
     // CREATE or a SELECT would report the previous statement's count.
     let changed = conn.total_changes() != before;

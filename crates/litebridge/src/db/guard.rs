@@ -144,6 +144,11 @@ struct Current {
     writer: Option<WriterRules>,
     /// The database was halted while this operation ran (see [`install`]).
     halted: bool,
+    /// A read on the caller's (async runtime) thread still running at this
+    /// time is interrupted, to be run again off that thread (see [`run_inline`]).
+    inline_until: Option<Instant>,
+    /// It was, for that reason.
+    inline_exceeded: bool,
     /// What the client statement being prepared does to the schema.
     ddl: Ddl,
     /// The client statement being prepared is `ANALYZE` or `PRAGMA
@@ -196,6 +201,8 @@ pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRul
             denied: None,
             writer,
             halted: false,
+            inline_until: None,
+            inline_exceeded: false,
             ddl: Ddl::default(),
             maintenance: false,
         });
@@ -210,6 +217,12 @@ impl Drop for Scope {
 }
 
 impl Scope {
+    /// Whether the operation was interrupted to be moved off the caller's
+    /// thread (see [`run_inline`]).
+    pub(crate) fn inline_exceeded(&self) -> bool {
+        CURRENT.with(|c| c.borrow().as_ref().is_some_and(|cur| cur.inline_exceeded))
+    }
+
     /// Turns a failure of this operation into the error the caller should see:
     /// an interrupt becomes `timeout` (or `unavailable` when the caller left),
     /// an authorizer refusal becomes `forbidden` with the reason.
@@ -313,14 +326,48 @@ pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// How long a read runs on the caller's thread before it is moved off it.
+const INLINE_BUDGET: Duration = Duration::from_millis(5);
+
+/// Marks the operation on this thread as a read run inline on the caller's
+/// thread, a worker of the async runtime: if it is still running after
+/// [`INLINE_BUDGET`] it is interrupted, and [`Scope::inline_exceeded`] tells
+/// the read lane to run it again inside `tokio::task::block_in_place`, which
+/// first hands the thread's other tasks (other requests, `/health`) to
+/// another thread. A point read never pays for this; a long query pays a few
+/// milliseconds and one thread hand-off, and a few long queries can no
+/// longer freeze every request. (Outside a multi-threaded runtime there is
+/// no other thread to hand work to, and the read just goes on.)
+pub(crate) fn run_inline() {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.inline_until = Some(cur.budget.started + INLINE_BUDGET);
+        }
+    });
+}
+
+fn on_runtime_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 fn should_interrupt() -> bool {
     CURRENT.with(|c| {
-        c.borrow().as_ref().is_some_and(|cur| {
-            let now = Instant::now();
-            cur.budget.expired_at(now)
-                || cur.budget.is_cancelled()
-                || cur.writer.is_some_and(|w| now >= w.hold.0)
-        })
+        let mut c = c.borrow_mut();
+        let Some(cur) = c.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        if cur.inline_until.is_some_and(|t| now >= t) {
+            cur.inline_until = None;
+            if on_runtime_worker() {
+                cur.inline_exceeded = true;
+                return true;
+            }
+        }
+        cur.budget.expired_at(now)
+            || cur.budget.is_cancelled()
+            || cur.writer.is_some_and(|w| now >= w.hold.0)
     })
 }
 

@@ -322,17 +322,18 @@ impl Database {
         options: QueryOptions,
         budget: Budget,
     ) -> Result<Rows> {
+        let max_bytes = self.inner.opener.config.max_result_bytes;
         match options.lane {
             Lane::Read => {
                 self.read_lane(&budget, |conn| {
-                    exec::query(conn, sql, &params, options.max_rows)
+                    exec::query(conn, sql, &params, options.max_rows, max_bytes)
                 })
                 .await
             }
             Lane::Heavy => {
                 let sql = sql.to_owned();
                 self.heavy_lane(budget, move |conn| {
-                    exec::query(conn, &sql, &params, options.max_rows)
+                    exec::query(conn, &sql, &params, options.max_rows, max_bytes)
                 })
                 .await
             }

@@ -155,6 +155,11 @@ impl Opener {
             c.temp_store.pragma_value(),
         ))?;
         conn.set_prepared_statement_cache_capacity(c.statement_cache);
+        // No single value (text or blob) longer than the largest result a
+        // client may get: `randomblob(6e8)` or `printf('%.*c', 1e9, 'x')`
+        // fail before the memory is taken.
+        let longest = i32::try_from(c.max_result_bytes).unwrap_or(i32::MAX);
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, longest)?;
         guard::install(conn, self.halt.clone())
     }
 

@@ -5,8 +5,12 @@
 //! 2). So a read takes a permit (waiting asynchronously, up to its deadline,
 //! when every connection is busy), checks out a connection, runs the statement
 //! right there, and puts the connection back. The price is that a read blocks
-//! the calling task's thread while it runs: long queries belong on the heavy
-//! lane, and every read carries a deadline enforced inside SQLite.
+//! the calling task's thread while it runs: a read still running after a few
+//! milliseconds is interrupted and run again inside `block_in_place`, which
+//! hands that thread's other tasks to another thread first
+//! (`guard::run_inline`), so long queries never freeze the service. Long
+//! queries still belong on the heavy lane, and every read carries a deadline
+//! enforced inside SQLite.
 //!
 //! Read-your-writes: WAL readers see every transaction committed before their
 //! read transaction starts. A statement here starts and ends its own read
@@ -100,7 +104,15 @@ impl ReaderPool {
             }
         };
         let mut slot = self.checkout();
-        let mut result = Self::attempt(&mut slot, budget, &mut f);
+        let mut result = match Self::attempt(&mut slot, budget, &mut f, true) {
+            Some(r) => r,
+            // Still running after a few milliseconds on the caller's thread:
+            // again, with that thread's other work handed elsewhere.
+            None => tokio::task::block_in_place(|| {
+                Self::attempt(&mut slot, budget, &mut f, false)
+                    .unwrap_or_else(|| Err(Error::closed()))
+            }),
+        };
         if let Err(e) = &result
             && is_connection_failure(e)
             && !budget.expired()
@@ -111,7 +123,8 @@ impl ReaderPool {
             match self.opener.open_reader() {
                 Ok(conn) => {
                     slot.conn = conn;
-                    result = Self::attempt(&mut slot, budget, &mut f);
+                    result = Self::attempt(&mut slot, budget, &mut f, false)
+                        .unwrap_or_else(|| Err(Error::closed()));
                 }
                 Err(open) => result = Err(open),
             }
@@ -120,20 +133,27 @@ impl ReaderPool {
         result
     }
 
+    /// Runs `f` once; `None` when it ran `inline` past its budget there and
+    /// was interrupted to be run again off this thread.
     fn attempt<T>(
         slot: &mut Slot,
         budget: &Budget,
         f: &mut impl FnMut(&Connection) -> Result<T>,
-    ) -> Result<T> {
+        inline: bool,
+    ) -> Option<Result<T>> {
         let scope = guard::enter(budget, Mode::Reader);
+        if inline {
+            guard::run_inline();
+        }
         let r = f(&slot.conn).map_err(|e| scope.map_err(e));
+        let moved = r.is_err() && scope.inline_exceeded();
         drop(scope);
         if !slot.conn.is_autocommit() {
             // Cannot happen through the authorizer; a connection left inside a
             // transaction would stop seeing new commits, so close it cleanly.
             let _ = slot.conn.execute_batch("ROLLBACK");
         }
-        r
+        (!moved).then_some(r)
     }
 
     fn checkout(&self) -> Slot {

@@ -1,0 +1,76 @@
+//! One request cannot hold gigabytes: values SQLite builds are capped by its
+//! length limit, results by `db.max_result_bytes`, both refused with
+//! `too_large` before the memory is taken. A process of its own, so its
+//! peak resident size says what these requests cost.
+
+mod common;
+
+use common::config;
+use litebridge::{Database, ErrorKind, Lane, QueryOptions};
+
+fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_request_holds_gigabytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(
+        dir.path().join("m.db"),
+        config().max_result_bytes(8 * 1024 * 1024).build().unwrap(),
+    )
+    .await
+    .unwrap();
+    let before = peak_rss_mb();
+    for (sql, lane) in [
+        (
+            "SELECT length(a) + length(b) + length(c) FROM \
+             (SELECT randomblob(6e8) a, randomblob(6e8) b, randomblob(6e8) c)",
+            Lane::Read,
+        ),
+        ("SELECT printf('%.*c', 999999999, 'x')", Lane::Read),
+        (
+            "SELECT length(printf('%.*c', 999999999, 'x') || printf('%.*c', 999999999, 'y'))",
+            Lane::Heavy,
+        ),
+        ("SELECT zeroblob(100000000)", Lane::Heavy),
+        // Many values each under the limit: the result's total is capped.
+        (
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) \
+             SELECT randomblob(1000000) FROM c",
+            Lane::Read,
+        ),
+    ] {
+        let e = db
+            .query_with(
+                sql,
+                (),
+                QueryOptions {
+                    lane,
+                    ..QueryOptions::default()
+                },
+            )
+            .await
+            .expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{sql}: {e}");
+    }
+    let e = db
+        .execute("CREATE TABLE big AS SELECT randomblob(6e8) AS b", ())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    let grew = peak_rss_mb().saturating_sub(before);
+    assert!(grew < 200, "the peak resident size grew by {grew} MB");
+    // Within the limits everything still works.
+    let ok = db
+        .query("SELECT length(randomblob(1000000))", ())
+        .await
+        .unwrap();
+    assert_eq!(ok.rows[0][0], litebridge::Value::Integer(1_000_000));
+    db.close().await;
+}
