@@ -55,6 +55,20 @@ const KEYS: &[Key] = &[
         help: "HTTP requests handled at once; more get `overloaded`",
     },
     Key {
+        name: "server.max_connections",
+        env: &[],
+        kind: int(1, 1_000_000),
+        default: "1024",
+        help: "HTTP connections open at once; more wait to be accepted",
+    },
+    Key {
+        name: "server.read_timeout_ms",
+        env: &[],
+        kind: int(100, 3_600_000),
+        default: "30000",
+        help: "a request's head, then its body, must arrive within this",
+    },
+    Key {
         name: "server.shutdown_grace_ms",
         env: &[],
         kind: int(0, 3_600_000),
@@ -583,6 +597,13 @@ impl Settings {
 
     pub(crate) fn max_concurrent_requests(&self) -> usize {
         self.int("server.max_concurrent_requests") as usize
+    }
+
+    pub(crate) fn accept_limits(&self) -> crate::transport::accept::Limits {
+        crate::transport::accept::Limits {
+            max_connections: self.int("server.max_connections") as usize,
+            read_timeout: self.ms("server.read_timeout_ms"),
+        }
     }
 
     pub(crate) fn shutdown_grace(&self) -> Duration {

@@ -242,3 +242,86 @@ fn a_few_long_queries_freeze_every_request_health_included() {
     });
     assert!(server.stop().success());
 }
+
+#[test]
+fn slow_and_stalled_clients_take_every_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slow.db");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &[
+            ("LITEBRIDGE_SERVER_MAX_CONNECTIONS", "8"),
+            ("LITEBRIDGE_SERVER_READ_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for i in 0..12 {
+        let (addr, stop) = (server.addr.clone(), stop.clone());
+        attackers.push(std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            // Each attacker reconnects as soon as it is dropped.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = std::net::TcpStream::connect(&addr) else { break };
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                match i % 3 {
+                    // A head trickled a byte at a time.
+                    0 => {
+                        let _ = s.write_all(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+                    }
+                    // A head, then a body that stops.
+                    1 => {
+                        let _ = s.write_all(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\"");
+                    }
+                    // Nothing at all.
+                    _ => {}
+                }
+                let mut buf = [0u8; 512];
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return answers;
+                    }
+                    if i % 3 == 0 && s.write_all(b"a").is_err() {
+                        break;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            answers
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Honest clients keep being served, within about a read timeout or two.
+    for i in 0..6 {
+        let started = Instant::now();
+        let r = server.rpc(call(
+            "sql.query",
+            json!({"sql": "SELECT ?1", "params": [i]}),
+        ));
+        let took = started.elapsed();
+        assert_eq!(r["result"]["rows"][0][0], i, "{r}");
+        assert!(took < Duration::from_secs(4), "request {i} took {took:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<String> = attackers
+        .into_iter()
+        .flat_map(|a| a.join().unwrap())
+        .collect();
+    // Stalled bodies were told so.
+    assert!(
+        answers.iter().any(|a| a.starts_with("HTTP/1.1 408")),
+        "{answers:?}"
+    );
+    assert!(server.stop().success());
+}

@@ -111,15 +111,21 @@ impl Bench {
                 exposed: false,
                 local: Scopes::ALL,
             },
+            std::time::Duration::from_secs(30),
             None,
         );
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let limits = crate::transport::accept::Limits {
+            max_connections: 1024,
+            read_timeout: std::time::Duration::from_secs(30),
+        };
+        let server = tokio::spawn(crate::transport::accept::serve(
+            listener,
+            router,
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Bench {
             addr,
             app,

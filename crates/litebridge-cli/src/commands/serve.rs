@@ -162,6 +162,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let limits = s.accept_limits();
     let router = crate::transport::http::router(
         app.clone(),
         s.max_concurrent_requests(),
@@ -169,6 +170,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
             exposed,
             local: local_scopes,
         },
+        limits.read_timeout,
         Some(mcp_stop.clone()),
     );
     // After the signal, requests in flight get the grace period less a
@@ -178,7 +180,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     // committed: each request is atomic).
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = crate::transport::accept::serve(listener, router, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         // MCP event streams stay open by design: end them so the drain can finish.
@@ -189,7 +191,7 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     let reserve = (grace / 2).min(std::time::Duration::from_secs(2));
     let mut deadline = None;
     tokio::select! {
-        r = server => r.map_err(|e| Failure::new(format!("the HTTP server failed: {e}")))?,
+        () = server => {}
         () = async {
             signalled.notified().await;
             deadline = Some(tokio::time::Instant::now() + grace);

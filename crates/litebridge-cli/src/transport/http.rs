@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     permits: Arc<tokio::sync::Semaphore>,
     limit: usize,
     access: Access,
+    /// A request body must arrive whole within this.
+    read_timeout: std::time::Duration,
 }
 
 /// Who may call without a key.
@@ -56,13 +58,15 @@ pub(crate) struct Access {
     pub(crate) local: Scopes,
 }
 
-/// The routes, for `axum::serve` (and for tests, without a socket), handling
-/// at most `max_concurrent` JSON-RPC requests at once; with `mcp`, also
-/// `/mcp`, whose sessions end when that token is cancelled.
+/// The routes, for [`crate::transport::accept::serve`] (and for tests,
+/// without a socket), handling at most `max_concurrent` JSON-RPC requests at
+/// once, each body read within `read_timeout`; with `mcp`, also `/mcp`,
+/// whose requests end when that token is cancelled.
 pub(crate) fn router(
     app: Arc<rpc::App>,
     max_concurrent: usize,
     access: Access,
+    read_timeout: std::time::Duration,
     mcp: Option<tokio_util::sync::CancellationToken>,
 ) -> Router {
     let state = AppState {
@@ -70,6 +74,7 @@ pub(crate) fn router(
         permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
         limit: max_concurrent,
         access,
+        read_timeout,
     };
     let mcp = match mcp {
         Some(stop) => Router::new()
@@ -272,14 +277,23 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(crate::logging::new_request_id, str::to_owned);
-    // Read under the body limit (413 past it).
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(b) => b,
-        Err(rejection) => {
-            let e = rpc::RpcError::InvalidRequest(rejection.body_text());
-            return rpc_error(rejection.status(), &e);
-        }
-    };
+    // Read under the body limit (413 past it), within the read timeout (408
+    // past it: a client trickling its body holds a request slot no longer).
+    let body =
+        match tokio::time::timeout(state.read_timeout, Bytes::from_request(request, &())).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(rejection)) => {
+                let e = rpc::RpcError::InvalidRequest(rejection.body_text());
+                return rpc_error(rejection.status(), &e);
+            }
+            Err(_) => {
+                let e = rpc::RpcError::InvalidRequest(format!(
+                    "the body did not arrive within {} ms (server.read_timeout_ms)",
+                    state.read_timeout.as_millis()
+                ));
+                return rpc_error(StatusCode::REQUEST_TIMEOUT, &e);
+            }
+        };
     let mut response = match rpc::handle(&state.app, &caller, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),
