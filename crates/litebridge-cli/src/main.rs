@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod json;
 mod logging;
 mod metrics;
 mod output;

@@ -200,9 +200,19 @@ async fn handle_in_span(
     input: &[u8],
     request_id: &str,
 ) -> Option<Json> {
-    let value: Json = match serde_json::from_slice(input) {
+    let value: Json = match crate::json::parse(input) {
         Ok(v) => v,
-        Err(e) => return Some(error_reply(Json::Null, &RpcError::Parse(e.to_string()))),
+        Err(crate::json::Unreadable::Syntax(e)) => {
+            return Some(error_reply(Json::Null, &RpcError::Parse(e)));
+        }
+        Err(crate::json::Unreadable::Duplicate(member)) => {
+            return Some(error_reply(
+                Json::Null,
+                &RpcError::InvalidRequest(format!(
+                    "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
+                )),
+            ));
+        }
     };
     // One concurrent-request slot of the caller's key for the whole message.
     let _slot = match caller.enter() {

@@ -325,3 +325,68 @@ fn slow_and_stalled_clients_take_every_connection() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn select_1e999_comes_back_as_null_and_a_duplicated_member_is_resolved_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("values.db");
+    let server = Server::start(&db, &[]);
+    let r = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT 1e999, -1e999, 1.5"}),
+    ));
+    assert_eq!(
+        r["result"]["rows"][0],
+        json!([{"$real": "Infinity"}, {"$real": "-Infinity"}, 1.5]),
+        "{r}"
+    );
+    // And back: an infinite REAL binds as itself.
+    let r = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT ?1 > 1e308, typeof(?1)", "params": [{"$real": "Infinity"}]}),
+    ));
+    assert_eq!(r["result"]["rows"][0], json!([1, "real"]), "{r}");
+    // A member named twice: which one was meant is not clear, nothing runs.
+    server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    let text = r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)","sql":"DROP TABLE t"},"id":7}"#;
+    let (status, body) = server.request("POST", "/rpc", Some("application/json"), text.as_bytes());
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"sql\""),
+        "{reply}"
+    );
+    let n = server.rpc(call("sql.query", json!({"sql": "SELECT count(*) FROM t"})));
+    assert_eq!(n["result"]["rows"][0][0], 0, "{n}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn every_distinct_name_sent_to_bridge_call_creates_state_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("names.db");
+    let server = Server::start(&db, &["--workers", "python3 examples/worker.py"]);
+    let metrics_lines = || {
+        let (_, body) = server.request("GET", "/metrics", None, b"");
+        String::from_utf8_lossy(&body).lines().count()
+    };
+    server.rpc(call(
+        "bridge.call",
+        json!({"method": "echo", "params": [1]}),
+    ));
+    let before = metrics_lines();
+    for i in 0..300 {
+        let r = server.rpc(call("bridge.call", json!({"method": format!("m{i}")})));
+        assert_eq!(r["error"]["code"], -32602, "{r}");
+    }
+    let after = metrics_lines();
+    assert!(
+        after <= before + 5,
+        "/metrics grew from {before} to {after} lines"
+    );
+    assert!(server.stop().success());
+}

@@ -2,8 +2,11 @@
 //! spec section 3 (shared by every transport).
 //!
 //! SQLite to JSON: INTEGER to a number (exact 64-bit), REAL to a number, TEXT to
-//! a string, NULL to null, BLOB to `{"$blob": "<base64>"}`. JSON to SQLite: the
-//! reverse; booleans bind as 0/1; arrays and other objects are refused.
+//! a string, NULL to null, BLOB to `{"$blob": "<base64>"}`. A REAL that JSON
+//! has no number for (infinity: `SELECT 1e999`; SQLite stores no NaN) is
+//! `{"$real": "Infinity"}` or `{"$real": "-Infinity"}`, never a null or
+//! another number. JSON to SQLite: the reverse; booleans bind as 0/1; arrays
+//! and other objects are refused.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -49,15 +52,25 @@ impl Value {
                 }
             }
             J::String(s) => Value::Text(s.clone()),
-            J::Object(map) => match (map.len(), map.get("$blob")) {
-                (1, Some(J::String(b64))) => Value::Blob(
+            J::Object(map) => match (map.len(), map.get("$blob"), map.get("$real")) {
+                (1, Some(J::String(b64)), _) => Value::Blob(
                     BASE64
                         .decode(b64)
                         .map_err(|e| format!("`$blob` is not valid base64: {e}"))?,
                 ),
+                (1, _, Some(J::String(r))) => match r.as_str() {
+                    "Infinity" => Value::Real(f64::INFINITY),
+                    "-Infinity" => Value::Real(f64::NEG_INFINITY),
+                    other => {
+                        return Err(format!(
+                            "`$real` is \"Infinity\" or \"-Infinity\" (finite numbers are plain JSON numbers), not {other:?}"
+                        ));
+                    }
+                },
                 _ => {
                     return Err(
-                        "objects cannot be bound, except {\"$blob\": \"<base64>\"} for a blob"
+                        "objects cannot be bound, except {\"$blob\": \"<base64>\"} for a blob \
+                         and {\"$real\": \"Infinity\"} for an infinite REAL"
                             .into(),
                     );
                 }
@@ -72,7 +85,14 @@ impl Value {
         match self {
             Value::Null => J::Null,
             Value::Integer(i) => J::from(*i),
-            Value::Real(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Real(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => J::Number(n),
+                None => {
+                    let mut m = serde_json::Map::with_capacity(1);
+                    m.insert("$real".into(), J::String(non_finite(*f).into()));
+                    J::Object(m)
+                }
+            },
             Value::Text(s) => J::String(s.clone()),
             Value::Blob(b) => {
                 let mut m = serde_json::Map::with_capacity(1);
@@ -93,13 +113,29 @@ impl Value {
     }
 }
 
+/// How a REAL JSON has no number for is written (`$real`).
+fn non_finite(f: f64) -> &'static str {
+    if f.is_nan() {
+        // SQLite stores NaN as NULL; a NaN can only come from the application.
+        "NaN"
+    } else if f > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
+}
+
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self {
             Value::Null => s.serialize_unit(),
             Value::Integer(i) => s.serialize_i64(*i),
             Value::Real(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::Real(_) => s.serialize_unit(),
+            Value::Real(f) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$real", non_finite(*f))?;
+                m.end()
+            }
             Value::Text(t) => s.serialize_str(t),
             Value::Blob(b) => {
                 let mut m = s.serialize_map(Some(1))?;

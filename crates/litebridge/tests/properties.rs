@@ -28,7 +28,8 @@ fn json() -> impl Strategy<Value = Json> {
     })
 }
 
-/// Every value SQLite can hold and JSON can carry (no NaN or infinity).
+/// Every value SQLite can hold: infinities travel as `{"$real": ...}` (SQLite
+/// stores no NaN).
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
@@ -36,6 +37,8 @@ fn value() -> impl Strategy<Value = Value> {
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(Value::Real),
+        Just(Value::Real(f64::INFINITY)),
+        Just(Value::Real(f64::NEG_INFINITY)),
         any::<String>().prop_map(Value::Text),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Value::Blob),
     ]

@@ -730,3 +730,79 @@ async fn workers_are_recycled_by_age_idle_time_and_memory() {
         pool.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_started_through_a_wrapper_are_never_killed() {
+    // A shell script that runs the worker as its child (no exec): the worker
+    // reports its own pid, which leads no process group.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("wrapper.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\npython3 {} \"$@\"\necho wrapper done >&2\n",
+            repo()
+                .join("crates/litebridge/tests/workers/test_worker.py")
+                .display()
+        ),
+    )
+    .unwrap();
+    let mut c = WorkerConfig::new(["sh".to_owned(), script.display().to_string()]);
+    c.env.push((
+        "PYTHONPATH".into(),
+        repo().join("python").display().to_string(),
+    ));
+    c.processes = 1;
+    c.start_timeout = Duration::from_secs(20);
+    c.shutdown_grace = Duration::from_millis(500);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pid = pool.status().workers[0].pid;
+    let reported = pool
+        .call("pid", json!([]), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reported, json!(pid), "the worker's own pid");
+    // A call that ignores stdin closing keeps the worker busy for a minute.
+    let p = pool.clone();
+    let busy = tokio::spawn(async move {
+        p.call("stubborn", json!([60]), CallOptions::default())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    pool.shutdown().await;
+    while alive(pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the worker {pid} outlived the shutdown by {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    busy.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_stderr_with_huge_lines_and_invalid_utf8_stays_readable() {
+    let mut c = inline(
+        "import os, sys, time\n\
+         os.write(2, b'x' * (4 * 1024 * 1024))\n\
+         os.write(2, b'\\n\\xff\\xfe broken bytes\\n')\n\
+         os.write(2, b'the last words\\n')\n\
+         time.sleep(0.2)\n\
+         sys.exit(4)\n",
+    );
+    c.start_timeout = Duration::from_secs(5);
+    let e = WorkerPool::start(c).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the last words"),
+        "{}",
+        &msg[..msg.len().min(500)]
+    );
+    assert!(
+        msg.len() < 64 * 1024,
+        "the message holds {} bytes",
+        msg.len()
+    );
+}

@@ -30,7 +30,12 @@ type Reply = oneshot::Sender<Result<Json>>;
 pub(crate) struct Process {
     /// The pool's number for this process (for logs and events).
     pub(crate) id: u64,
+    /// The pid the worker reported in `$/ready` (or the spawned process's).
     pub(crate) pid: u32,
+    /// The process group we started it in (the spawned process's pid): a
+    /// worker started through a wrapper (`timeout`, a script, `uv run`)
+    /// reports its own pid, but signals go to the whole group.
+    group: u32,
     pub(crate) methods: HashMap<String, MethodInfo>,
     pub(crate) dynamic: bool,
     /// The prefixes a generic-mode worker serves, when it said.
@@ -144,6 +149,7 @@ impl Process {
         let process = Arc::new(Process {
             id,
             pid: ready.pid.unwrap_or(pid),
+            group: pid,
             methods: ready
                 .methods
                 .into_iter()
@@ -235,7 +241,7 @@ impl Process {
                     "call {id} still running {} ms after $/cancelRequest: killing the worker",
                     me.cancel_grace.as_millis()
                 );
-                signal::kill_group(me.pid, libc::SIGKILL);
+                signal::kill_group(me.group, libc::SIGKILL);
             }
         });
     }
@@ -254,7 +260,7 @@ impl Process {
 
     pub(crate) fn signal(&self, sig: i32) {
         if !self.is_dead() {
-            signal::kill_group(self.pid, sig);
+            signal::kill_group(self.group, sig);
         }
     }
 
@@ -352,6 +358,14 @@ async fn write_stdin(
     let _ = stdin.shutdown().await;
 }
 
+/// The longest stderr line kept whole; the rest of a longer one is dropped
+/// (and the line marked so): a worker printing megabytes without a newline
+/// cannot make litebridge hold them.
+const MAX_STDERR_LINE: usize = 16 * 1024;
+
+/// Forwards the worker's stderr to the log line by line, keeping the last
+/// `keep` lines. Bytes that are not UTF-8 are shown as U+FFFD and the lines
+/// after them still come through.
 async fn forward_stderr(
     pipe: tokio::process::ChildStderr,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -359,15 +373,50 @@ async fn forward_stderr(
     pid: u32,
     keep: usize,
 ) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "litebridge::worker", worker = id, pid, "{line}");
-        let mut t = lock(&tail);
-        if t.len() >= keep.max(1) {
-            t.pop_front();
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = BufReader::new(pipe);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let (done, used, eof) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => (true, 0, true),
+            Ok(chunk) => match chunk.iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    take(&mut line, &mut cut, &chunk[..at]);
+                    (true, at + 1, false)
+                }
+                None => {
+                    take(&mut line, &mut cut, chunk);
+                    (false, chunk.len(), false)
+                }
+            },
+        };
+        reader.consume(used);
+        if done && (!line.is_empty() || cut || !eof) {
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            if cut {
+                text.push_str(" [line cut: longer than 16 KiB]");
+            }
+            tracing::info!(target: "litebridge::worker", worker = id, pid, "{text}");
+            let mut t = lock(&tail);
+            if t.len() >= keep.max(1) {
+                t.pop_front();
+            }
+            t.push_back(text);
+            line.clear();
+            cut = false;
         }
-        t.push_back(line);
+        if eof {
+            return;
+        }
     }
+}
+
+/// Adds `bytes` to a stderr line, up to [`MAX_STDERR_LINE`].
+fn take(line: &mut Vec<u8>, cut: &mut bool, bytes: &[u8]) {
+    let room = MAX_STDERR_LINE.saturating_sub(line.len());
+    line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    *cut |= bytes.len() > room;
 }
 
 async fn read_stdout(
@@ -390,7 +439,7 @@ async fn read_stdout(
                     pid = process.pid,
                     "protocol broken ({e}): killing the worker"
                 );
-                signal::kill_group(process.pid, libc::SIGKILL);
+                signal::kill_group(process.group, libc::SIGKILL);
                 break;
             }
         }
@@ -414,7 +463,7 @@ async fn read_stdout(
     let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
         Ok(s) => s.ok(),
         Err(_) => {
-            signal::kill_group(process.pid, libc::SIGKILL);
+            signal::kill_group(process.group, libc::SIGKILL);
             child.wait().await.ok()
         }
     };
