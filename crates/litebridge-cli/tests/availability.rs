@@ -390,3 +390,50 @@ fn every_distinct_name_sent_to_bridge_call_creates_state_forever() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn schema_bloat_stalls_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bloat.db");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_DB_MAX_SCHEMA_OBJECTS", "200")]);
+    let creates = |from: usize, n: usize| {
+        let statements: Vec<Value> = (from..from + n)
+            .map(|i| json!({"sql": format!("CREATE TABLE t{i}(a INTEGER PRIMARY KEY, b TEXT)")}))
+            .collect();
+        server.rpc(call("sql.batch", json!({ "statements": statements })))
+    };
+    let tables = || {
+        server.rpc(call(
+            "sql.query",
+            json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name GLOB 't[0-9]*'"}),
+        ))["result"]["rows"][0][0]
+            .as_i64()
+            .unwrap()
+    };
+    let r = creates(0, 300);
+    assert_eq!(r["error"]["data"]["kind"], "too_large", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_schema_objects"),
+        "{r}"
+    );
+    assert_eq!(tables(), 0, "the batch is atomic");
+    let r = creates(0, 150);
+    assert!(r["result"].is_object(), "{r}");
+    let r = creates(150, 100);
+    assert_eq!(r["error"]["data"]["kind"], "too_large", "{r}");
+    assert_eq!(tables(), 150);
+    // Dropping makes room again; reads after DDL stay quick.
+    let r = server.rpc(call("sql.execute", json!({"sql": "DROP TABLE t0"})));
+    assert!(r["result"].is_object(), "{r}");
+    let started = Instant::now();
+    assert_eq!(tables(), 149);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.stop().success());
+}
