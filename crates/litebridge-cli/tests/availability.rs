@@ -437,3 +437,57 @@ fn schema_bloat_stalls_everyone() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn clients_that_never_read_their_answer_or_trickle_an_mcp_body_hold_every_connection() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("noread.db");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &[
+            ("LITEBRIDGE_SERVER_MAX_CONNECTIONS", "4"),
+            ("LITEBRIDGE_SERVER_READ_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let mut held = Vec::new();
+    // Two ask for 40 MB and never read it.
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        let body = call(
+            "sql.query",
+            json!({"sql": "SELECT hex(zeroblob(20000000))"}),
+        )
+        .to_string();
+        s.write_all(
+            format!(
+                "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        held.push(s);
+    }
+    // Two trickle an /mcp body.
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 100000\r\n\r\n{")
+            .unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, _) = server.request("GET", "/health", None, b"");
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    drop(held);
+    assert!(server.stop().success());
+}

@@ -783,3 +783,59 @@ fn junk_method_names_open_everyones_breaker() {
     assert!(methods.len() <= 3, "junk names got no state: {methods:?}");
     assert!(server.stop().success());
 }
+
+// ---- Found by the red team in the third round -------------------------------------
+
+#[test]
+fn mcp_takes_the_last_of_a_duplicated_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mdup.db");
+    let server = Server::start(&db, &[]);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute","arguments":{"sql":"CREATE TABLE first(x)","sql":"CREATE TABLE second(x)"}}}"#;
+    let (status, _, reply) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[("Accept", "application/json, text/event-stream")],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&reply));
+    let r = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name IN ('first', 'second')"}),
+    ));
+    assert_eq!(r["result"]["rows"][0][0], 0, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_backup_replaces_a_database_another_program_has_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    let live = dir.path().join("live.db");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch("CREATE TABLE s(x)")
+        .unwrap();
+    // Open and idle in rollback-journal mode: no lock held, no file beside it.
+    let app = rusqlite::Connection::open(&live).unwrap();
+    app.execute_batch("CREATE TABLE app(x); INSERT INTO app VALUES (1);")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["backup", "--db"])
+        .arg(&source)
+        .arg("--to")
+        .arg(&live)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("open"),
+        "{out:?}"
+    );
+    app.execute("INSERT INTO app VALUES (2)", []).unwrap();
+    let n: i64 = app
+        .query_row("SELECT count(*) FROM app", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}

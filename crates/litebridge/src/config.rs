@@ -85,10 +85,13 @@ impl Durability {
 pub enum TempStore {
     /// SQLite's compile-time default.
     Default,
-    /// Temporary files.
-    File,
-    /// Memory.
+    /// Temporary files (through a small page cache of their own): the
+    /// memory of a `DISTINCT`, `GROUP BY` or `UNION` over big values stays
+    /// bounded whatever the request.
     #[default]
+    File,
+    /// Memory: faster for big temporary results, but one request can then
+    /// hold as much memory as its temporary b-trees grow to.
     Memory,
 }
 
@@ -163,7 +166,7 @@ pub struct DbConfig {
     pub cache_size: i64,
     /// `PRAGMA mmap_size` in bytes. Default: [`DEFAULT_MMAP_SIZE`].
     pub mmap_size: u64,
-    /// `PRAGMA temp_store`. Default: [`TempStore::Memory`].
+    /// `PRAGMA temp_store`. Default: [`TempStore::File`].
     pub temp_store: TempStore,
     /// `PRAGMA foreign_keys`. Default: true.
     pub foreign_keys: bool,
@@ -220,7 +223,7 @@ impl Default for DbConfig {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             cache_size: DEFAULT_CACHE_SIZE,
             mmap_size: DEFAULT_MMAP_SIZE,
-            temp_store: TempStore::Memory,
+            temp_store: TempStore::File,
             foreign_keys: true,
             journal_size_limit: DEFAULT_JOURNAL_SIZE_LIMIT,
             statement_cache: DEFAULT_STATEMENT_CACHE,

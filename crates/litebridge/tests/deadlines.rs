@@ -204,3 +204,34 @@ async fn a_dropped_caller_does_not_leave_a_connection_busy() {
     assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 9").await, 0);
     let _ = params![1];
 }
+
+/// A statement whose time goes into one step of SQLite (one long function
+/// call) is never seen by the progress handler; ending past its deadline it
+/// must still not commit, and the rest of its batch must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_ends_past_its_deadline_inside_one_step_does_not_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = litebridge::Database::open(dir.path().join("d.db"), litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE x(v)", ()).await.unwrap();
+    let slow = db.execute_with(
+        "INSERT INTO x SELECT instr(printf('%.*c', 450000, 'a'), printf('%.*c', 225000, 'a') || 'b')",
+        (),
+        litebridge::WriteOptions {
+            timeout: Some(std::time::Duration::from_millis(200)),
+            ..Default::default()
+        },
+    );
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        db.execute("INSERT INTO x VALUES ('innocent')", ()).await
+    };
+    let (slow, other) = tokio::join!(slow, other);
+    let e = slow.unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::Timeout, "{e}");
+    other.unwrap();
+    let rows = db.query("SELECT v FROM x", ()).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![litebridge::Value::from("innocent")]]);
+    db.close().await;
+}

@@ -59,6 +59,16 @@ async fn one_read_request_holds_gigabytes() {
             .expect_err(sql);
         assert_eq!(e.kind(), ErrorKind::TooLarge, "{sql}: {e}");
     }
+    // Temporary b-trees (DISTINCT over big values) live in files, not memory.
+    let distinct = db
+        .query(
+            "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300) \
+             SELECT DISTINCT x || hex(zeroblob(500000)) FROM c)",
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(distinct.rows[0][0], litebridge::Value::Integer(300));
     let e = db
         .execute("CREATE TABLE big AS SELECT randomblob(6e8) AS b", ())
         .await

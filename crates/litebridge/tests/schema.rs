@@ -86,3 +86,51 @@ async fn tables_views_indexes_and_estimates_without_litebridges_own() {
     assert!(tables.iter().all(|t| !t.name.starts_with("sqlite_")));
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ddl_cannot_grow_the_schema_past_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = litebridge::Database::open(
+        dir.path().join("s.db"),
+        litebridge::DbConfig::builder()
+            .max_schema_bytes(64 * 1024)
+            .max_schema_objects(20)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    db.execute("CREATE TABLE a(x)", ()).await.unwrap();
+    // A large default grows the schema's SQL through ALTER.
+    let big = "x".repeat(100 * 1024);
+    let e = db
+        .execute(
+            format!("ALTER TABLE a ADD COLUMN y TEXT DEFAULT '{big}'"),
+            (),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
+    let cols = db
+        .query("SELECT count(*) FROM pragma_table_info('a')", ())
+        .await
+        .unwrap();
+    assert_eq!(
+        cols.rows[0][0],
+        litebridge::Value::Integer(1),
+        "the column was not added"
+    );
+    let e = db
+        .execute(format!("CREATE VIEW v AS SELECT '{big}' AS big"), ())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
+    for i in 0..19 {
+        db.execute(format!("CREATE TABLE t{i}(x)"), ())
+            .await
+            .unwrap();
+    }
+    let e = db.execute("CREATE INDEX i ON a(x)", ()).await.unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
+    db.close().await;
+}

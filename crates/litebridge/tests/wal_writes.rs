@@ -193,3 +193,69 @@ async fn a_spilling_transaction_is_in_the_file_when_its_commit_returns() {
         db.close().await;
     }
 }
+
+/// A transaction that spills pages and then rolls back leaves its frames
+/// gathered but never written: another connection (another process) may
+/// commit frames at the same offsets, and must keep them. (A 2 MB cache: the
+/// pages that spill past it, under the 1 MiB a buffer is written out at,
+/// are still gathered when the transaction rolls back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_spill_never_overwrites_another_connections_commit() {
+    for rows in [1201, 1301] {
+        let (dir, db) = open_kv(small_cache().cache_size(-2000)).await;
+        db.execute("CREATE TABLE other(v TEXT)", ()).await.unwrap();
+        db.checkpoint(litebridge::CheckpointMode::Truncate)
+            .await
+            .unwrap();
+        // Frames gathered, then the whole transaction rolls back.
+        let failed = db
+            .execute(
+                format!(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
+                     INSERT OR ROLLBACK INTO kv(k, v) \
+                     SELECT CASE WHEN x = {rows} THEN x - 1 ELSE x END, randomblob(2000) FROM c"
+                ),
+                (),
+            )
+            .await;
+        assert!(failed.is_err());
+        // Another process commits where the rolled-back frames would go.
+        let other = rusqlite::Connection::open(dir.path().join("test.db")).unwrap();
+        other
+            .execute(
+                "INSERT INTO other VALUES ('committed by another process')",
+                [],
+            )
+            .unwrap();
+        drop(other);
+        db.execute("INSERT INTO kv(k, v) VALUES (424242, 'acked')", ())
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM other").await,
+            1,
+            "{rows} rows"
+        );
+        assert!(
+            db.check(true).await.unwrap().ok,
+            "the live file ({rows} rows)"
+        );
+        let copy = recovered_copy(dir.path(), &db).await;
+        assert_eq!(
+            count(&copy, "SELECT count(*) FROM other").await,
+            1,
+            "{rows} rows"
+        );
+        assert_eq!(
+            count(&copy, "SELECT count(*) FROM kv WHERE k = 424242").await,
+            1,
+            "{rows} rows"
+        );
+        assert!(
+            copy.check(true).await.unwrap().ok,
+            "recovered ({rows} rows)"
+        );
+        copy.close().await;
+        db.close().await;
+    }
+}

@@ -2,11 +2,13 @@
 //! at most `max_connections` at once (beyond that, connections wait in the
 //! listen backlog), and a request's head must arrive whole within
 //! `read_timeout`, on a new connection and between requests of a kept-alive
-//! one. A slow or stalled client (slowloris) holds a connection for that
-//! long at most, and a flood of them cannot push out everyone else for
-//! longer. The body has the same deadline, enforced where it is read
-//! (`http::rpc_handler`). On shutdown: stop accepting, let requests in
-//! flight finish, close idle connections.
+//! one; and a response write that makes no progress for as long fails the
+//! connection (a client that never reads its answer holds neither a slot
+//! nor the answer's memory). A slow or stalled client (slowloris) holds a
+//! connection for that long at most, and a flood of them cannot push out
+//! everyone else for longer. A body has the same deadline, enforced where
+//! it is read (`http::rpc_handler`, the `/mcp` middleware). On shutdown:
+//! stop accepting, let requests in flight finish, close idle connections.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,7 +69,8 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = TokioIo::new(Patient::new(stream, limits.read_timeout));
+        let conn = builder.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -78,4 +81,99 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection whose writes must make progress: one that stays pending for
+/// `timeout` fails with `TimedOut`, and hyper closes the connection.
+struct Patient<T> {
+    io: T,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Patient<T> {
+    fn new(io: T, timeout: Duration) -> Self {
+        Patient {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through, timing how long it stays pending.
+    fn watch<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        outcome: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::future::Future as _;
+        match outcome {
+            std::task::Poll::Pending => {
+                let timeout = self.timeout;
+                let stall = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client has not read its answer within server.read_timeout_ms",
+                    )));
+                }
+                std::task::Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Patient<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Patient<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let outcome = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let outcome = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let outcome = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

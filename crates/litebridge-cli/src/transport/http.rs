@@ -304,6 +304,40 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
     response
 }
 
+/// Reads `request`'s body whole, within the read timeout and the body
+/// limit, refuses JSON that names a member twice, and gives the request back
+/// with the body in memory (for `/mcp`, whose SDK would read it with no
+/// deadline and keep a duplicated member's last value).
+pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    let limited = axum::body::to_bytes(body, MAX_BODY);
+    let bytes = match tokio::time::timeout(state.read_timeout, limited).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            let e = rpc::RpcError::InvalidRequest(format!(
+                "the body could not be read whole or is over {MAX_BODY} bytes"
+            ));
+            return Err(rpc_error(StatusCode::PAYLOAD_TOO_LARGE, &e));
+        }
+        Err(_) => {
+            let e = rpc::RpcError::InvalidRequest(format!(
+                "the body did not arrive within {} ms (server.read_timeout_ms)",
+                state.read_timeout.as_millis()
+            ));
+            return Err(rpc_error(StatusCode::REQUEST_TIMEOUT, &e));
+        }
+    };
+    if let Err(crate::json::Unreadable::Duplicate(member)) = crate::json::parse(&bytes)
+        && !bytes.is_empty()
+    {
+        let e = rpc::RpcError::InvalidRequest(format!(
+            "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
+        ));
+        return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
 async fn ready(State(state): State<AppState>) -> Response {
     let service = &state.app.service;
     let db = service.db.health();

@@ -16,8 +16,9 @@
 //! A destination is refused when it is a symbolic link, when it is the
 //! database itself or its `-wal`, `-shm` or `-journal` (by name or as the same
 //! file through another link), when its name ends like one of those (another
-//! database's log or index), when another process holds SQLite's locks on it,
-//! and when a `-wal`, `-shm` or `-journal` lies beside it: each is a database
+//! database's log or index), when another process has it open (SQLite's locks
+//! on it, or `/proc/<pid>/fd`), and when a `-wal`, `-shm` or `-journal` lies
+//! beside it: each is a database
 //! in use (or one with a log still to apply), and a file swapped in under it
 //! would be served, or patched with the old log, by whoever has it open.
 
@@ -269,11 +270,11 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
             if own.iter().any(|p| same_file(p, &m)) {
                 return refuse("it is the database being backed up, under another name".into());
             }
-            // A database some process has open (in any journal mode).
-            if crate::db::ffi::locked_by_another_process(&dest_real) {
+            // A database some process has open (in any journal mode): one
+            // using it holds SQLite's locks; an idle one only has it open.
+            if crate::db::ffi::locked_by_another_process(&dest_real) || open_elsewhere(&dest_real) {
                 return refuse(
-                    "another process has it open as a database; a backup never replaces a database in use"
-                        .into(),
+                    "another process has it open; a backup never replaces a file in use".into(),
                 );
             }
         }
@@ -290,6 +291,35 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether another process has `path` open, as `/proc/<pid>/fd` shows
+/// (processes of other users are not visible unless this one is root; where
+/// there is no `/proc`, nothing is found).
+fn open_elsewhere(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(target) = std::fs::metadata(path) else {
+        return false;
+    };
+    let me = std::process::id().to_string();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|p| {
+        let name = p.file_name();
+        let Some(pid) = name.to_str() else {
+            return false;
+        };
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::metadata(fd.path())
+                    .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+            })
+        })
+    })
 }
 
 fn same_file(path: &Path, meta: &std::fs::Metadata) -> bool {

@@ -337,10 +337,11 @@ fn step_through(stmt: &mut Statement<'_>) -> Result<()> {
 
 /// Runs a client statement that changes the schema, on the writer.
 ///
-/// Before it: a statement that creates an object is refused while the schema
-/// is at its limits (`DbConfig::max_schema_objects`, `max_schema_bytes`):
-/// every connection re-reads the whole schema after a change, so its size is
-/// everyone's latency.
+/// Before it: a statement that creates or alters is refused while the schema
+/// is at its limits (`DbConfig::max_schema_objects`, `max_schema_bytes`), and
+/// undone if it took the schema past them (an `ADD COLUMN` with a large
+/// default): every connection re-reads the whole schema after a change, so
+/// its size is everyone's latency.
 ///
 /// Around it: a savepoint, and the statement is undone when afterwards
 ///
@@ -355,30 +356,12 @@ fn step_through(stmt: &mut Statement<'_>) -> Result<()> {
 ///   and `foreign_key_check` would answer questions about litebridge's rows.
 fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>) -> Result<T> {
     let sql = guard::internal_sql();
-    let limits = guard::schema_limits();
-    if ddl.creates
-        && let Some((max_objects, max_bytes)) = limits
-    {
-        let (objects, bytes) = guard::internal(|| {
-            conn.prepare_cached(&sql.schema_size)?
-                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        })?;
-        if objects as usize >= max_objects {
-            return Err(Error::TooLarge {
-                what: format!("the schema ({objects} objects; db.max_schema_objects)"),
-                limit: max_objects as u64,
-            });
-        }
-        if bytes as usize >= max_bytes {
-            return Err(Error::TooLarge {
-                what: format!("the schema's SQL ({bytes} bytes; db.max_schema_bytes)"),
-                limit: max_bytes as u64,
-            });
-        }
-    }
-    if limits.is_none() {
+    let Some(limits) = guard::schema_limits() else {
         // Not on the writer (a read connection refuses the statement anyway).
         return run();
+    };
+    if ddl.creates || ddl.alters {
+        schema_within(conn, sql, limits, true)?;
     }
     let internal = |text: &str| -> Result<()> {
         guard::internal(|| conn.prepare_cached(text)?.execute([]).map(drop))?;
@@ -399,16 +382,51 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
     }
     let refused = match &result {
         Err(_) => None,
-        Ok(_) => refusal(conn, sql, before)?,
+        Ok(_) => match refusal(conn, sql, before)? {
+            Some(message) => Some(Error::Forbidden { message }),
+            // What it grew the schema to (an ALTER can add a large default).
+            None if ddl.creates || ddl.alters => schema_within(conn, sql, limits, false).err(),
+            None => None,
+        },
     };
     if result.is_err() || refused.is_some() {
         internal(&sql.ddl_undo)?;
     }
     internal(&sql.ddl_release)?;
     match refused {
-        Some(message) => Err(Error::Forbidden { message }),
+        Some(e) => Err(e),
         None => result,
     }
+}
+
+/// Refuses when the schema is at (`before`: before a statement that creates
+/// or alters) or past (after it) `db.max_schema_objects` or
+/// `db.max_schema_bytes`.
+fn schema_within(
+    conn: &Connection,
+    sql: &guard::InternalSql,
+    (max_objects, max_bytes): (usize, usize),
+    before: bool,
+) -> Result<()> {
+    let (objects, bytes) = guard::internal(|| {
+        conn.prepare_cached(&sql.schema_size)?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+    })?;
+    let (objects, bytes) = (objects as usize, bytes as usize);
+    let over = |n: usize, max: usize| if before { n >= max } else { n > max };
+    if over(objects, max_objects) {
+        return Err(Error::TooLarge {
+            what: format!("the schema ({objects} objects; db.max_schema_objects)"),
+            limit: max_objects as u64,
+        });
+    }
+    if over(bytes, max_bytes) {
+        return Err(Error::TooLarge {
+            what: format!("the schema's SQL ({bytes} bytes; db.max_schema_bytes)"),
+            limit: max_bytes as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Why a schema change that ran must be undone, if it must.

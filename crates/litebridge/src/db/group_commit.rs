@@ -476,6 +476,7 @@ fn run_pass(
     // Deadlines are compared with one clock reading per pass; a statement
     // that runs long is still interrupted on time by the progress handler.
     let now = Instant::now();
+    let mut last_ok: Option<Finished> = None;
     for i in 0..jobs.len() {
         // The requests were built on the callers' cores: start loading the
         // next ones' parameters while this one runs (a chain of two misses,
@@ -500,6 +501,10 @@ fn run_pass(
         // rest run in the next one), and client SQL may run `max_hold` at
         // most, whatever its own deadline.
         let at = Instant::now();
+        if let Some(pass) = overran(&mut last_ok, at, status, counters) {
+            return pass;
+        }
+        let (job, s) = (&mut jobs[i], &mut status[i]);
         if i > 0 && at.duration_since(batch_started) >= limits.max_hold {
             *taken = i;
             break;
@@ -529,6 +534,12 @@ fn run_pass(
                     return Pass::Abort(e);
                 }
                 *s = Status::Done;
+                last_ok = Some(Finished {
+                    index: i,
+                    deadline: job.budget().deadline,
+                    timeout: job.budget().timeout,
+                    hold: rules.map(|r| r.hold),
+                });
             }
             Err(e) => {
                 if matches!(e, Error::Timeout { .. }) {
@@ -561,7 +572,45 @@ fn run_pass(
             }
         }
     }
-    Pass::Complete
+    overran(&mut last_ok, Instant::now(), status, counters).unwrap_or(Pass::Complete)
+}
+
+/// The last request of a pass that ran without an error, and what bounded it.
+struct Finished {
+    index: usize,
+    deadline: Option<Instant>,
+    timeout: Option<std::time::Duration>,
+    hold: Option<(Instant, std::time::Duration)>,
+}
+
+/// Whether the last request that succeeded ended past its deadline or its
+/// hold (`now` is read right after it ended): a statement whose time went
+/// into one long step of SQLite is never seen by the progress handler, and
+/// must not commit as if it had been on time. It fails with `timeout`, and
+/// the transaction is rolled back and the others run again.
+fn overran(
+    last_ok: &mut Option<Finished>,
+    now: Instant,
+    status: &mut [Status],
+    counters: &Counters,
+) -> Option<Pass> {
+    let f = last_ok.take()?;
+    let error = if let Some((_, after)) = f.hold.filter(|(until, _)| now >= *until) {
+        Error::Timeout {
+            after,
+            stage: TimeoutStage::WriterHold,
+        }
+    } else if f.deadline.is_some_and(|d| now >= d) {
+        Error::Timeout {
+            after: f.timeout.unwrap_or_default(),
+            stage: TimeoutStage::Running,
+        }
+    } else {
+        return None;
+    };
+    counters.timeouts.fetch_add(1, Ordering::Relaxed);
+    status[f.index] = Status::Failed(error);
+    Some(Pass::Rerun { careful: false })
 }
 
 /// Runs one of litebridge's own statements (see [`guard::InternalSql`])

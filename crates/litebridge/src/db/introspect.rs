@@ -170,6 +170,6 @@ impl Database {
     /// SQLite errors; [`crate::Error::Timeout`] past the default deadline.
     pub async fn schema(&self) -> Result<Vec<TableInfo>> {
         let budget = self.inner.budget(None).trusted();
-        self.read_lane(&budget, describe).await
+        self.read_lane(&budget, false, describe).await
     }
 }

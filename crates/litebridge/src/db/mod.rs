@@ -325,7 +325,7 @@ impl Database {
         let max_bytes = self.inner.opener.config.max_result_bytes;
         match options.lane {
             Lane::Read => {
-                self.read_lane(&budget, |conn| {
+                self.read_lane(&budget, true, |conn| {
                     exec::query(conn, sql, &params, options.max_rows, max_bytes)
                 })
                 .await
@@ -348,7 +348,7 @@ impl Database {
     /// What `f` returns; [`Error::Timeout`] if no connection frees up in time.
     pub async fn read<T>(&self, f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
         let budget = self.inner.budget(None).trusted();
-        self.read_lane(&budget, f).await
+        self.read_lane(&budget, false, f).await
     }
 
     /// Runs `f` with a read-only connection of the heavy lane, on its thread.
@@ -367,11 +367,12 @@ impl Database {
     async fn read_lane<T>(
         &self,
         budget: &Budget,
+        inline: bool,
         f: impl FnMut(&Connection) -> Result<T>,
     ) -> Result<T> {
         let started = budget.started;
         let c = &self.inner.counters;
-        let r = self.inner.readers.run(budget, f).await;
+        let r = self.inner.readers.run(budget, inline, f).await;
         c.read_latency.record(started.elapsed());
         self.count_error(&r, &c.read_errors);
         r

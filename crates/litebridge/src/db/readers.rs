@@ -84,9 +84,16 @@ impl ReaderPool {
     ///
     /// A connection that fails as a connection (not because of the statement)
     /// is replaced and `f` is tried once more on the fresh one.
+    ///
+    /// With `inline`, `f` is client SQL that propagates every error: if it
+    /// is still running after a few milliseconds it is interrupted and run
+    /// again inside `block_in_place` (see `guard::run_inline`). Closures of
+    /// the application are never run twice for that (one that swallowed the
+    /// interrupt would return a wrong answer).
     pub(crate) async fn run<T>(
         &self,
         budget: &Budget,
+        inline: bool,
         mut f: impl FnMut(&Connection) -> Result<T>,
     ) -> Result<T> {
         let _permit = match self.permits.try_acquire() {
@@ -104,8 +111,10 @@ impl ReaderPool {
             }
         };
         let mut slot = self.checkout();
-        let mut result = match Self::attempt(&mut slot, budget, &mut f, true) {
+        let mut result = match Self::attempt(&mut slot, budget, &mut f, inline) {
             Some(r) => r,
+            // Past its deadline already: not run again.
+            None if budget.expired() => Err(budget.timeout_error(TimeoutStage::Running)),
             // Still running after a few milliseconds on the caller's thread:
             // again, with that thread's other work handed elsewhere.
             None => tokio::task::block_in_place(|| {

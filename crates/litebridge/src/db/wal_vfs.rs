@@ -42,7 +42,11 @@
 //!   whenever it passes 1 MiB (a transaction spilling pages before it commits).
 //!
 //! So the buffer only ever holds frames of a transaction that has not
-//! committed. If writing it out fails:
+//! committed. When a write transaction ends (the database's shared-memory
+//! write lock is released) or the file closes, whatever is still gathered
+//! was rolled back and is dropped, never written: another connection (or
+//! process) may have committed frames at the same offsets since. If writing
+//! it out fails:
 //!
 //! - during a write or a sync, SQLite gets the error of its own write and
 //!   abandons the transaction: the frames are dropped (they belong to a
@@ -125,6 +129,10 @@ struct ShimFile {
     base: ffi::sqlite3_file,
     /// The WAL's pending frames; null for every other file.
     buffer: *mut Pending,
+    /// The WAL's database file, and the database's WAL (while both are open;
+    /// null otherwise): the end of a write transaction shows on the
+    /// database's shared-memory locks, and empties the WAL's buffer.
+    link: *mut ShimFile,
 }
 
 struct Pending {
@@ -182,6 +190,7 @@ unsafe extern "C" fn shim_open(
         let shim = file.cast::<ShimFile>();
         (*shim).base.pMethods = std::ptr::null();
         (*shim).buffer = std::ptr::null_mut();
+        (*shim).link = std::ptr::null_mut();
         let inner = real(file);
         let Some(open) = (*unix).xOpen else {
             return ffi::SQLITE_CANTOPEN;
@@ -197,6 +206,14 @@ unsafe extern "C" fn shim_open(
                 commit_header: false,
                 end: None,
             }));
+            // The database file of this WAL, opened by the same connection
+            // through this VFS (so a ShimFile too).
+            let db = ffi::sqlite3_database_file_object(name);
+            if !db.is_null() {
+                let db = db.cast::<ShimFile>();
+                (*db).link = shim;
+                (*shim).link = db;
+            }
         }
         (*shim).base.pMethods = &PASS_METHODS;
         rc
@@ -257,22 +274,48 @@ unsafe fn flush(file: *mut ffi::sqlite3_file, on_error: OnError) -> c_int {
 }
 
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite closes an open file once; the buffer is freed here only.
+    // SAFETY: SQLite closes an open file once; the buffer is freed here only,
+    // and the link of the other file is cleared before this one goes.
     unsafe {
-        let flushed = flush(file, OnError::Drop);
         let shim = file.cast::<ShimFile>();
+        // Whatever is still gathered belongs to no committed transaction
+        // (a commit leaves the buffer empty): it is dropped, never written.
         if !(*shim).buffer.is_null() {
             drop(Box::from_raw((*shim).buffer));
             (*shim).buffer = std::ptr::null_mut();
         }
-        let rc = match methods(file).xClose {
+        if !(*shim).link.is_null() {
+            (*(*shim).link).link = std::ptr::null_mut();
+            (*shim).link = std::ptr::null_mut();
+        }
+        match methods(file).xClose {
             Some(close) => close(real(file)),
             None => ffi::SQLITE_OK,
-        };
-        if flushed != ffi::SQLITE_OK {
-            flushed
-        } else {
-            rc
+        }
+    }
+}
+
+/// The index of the WAL's write lock among the shared-memory locks.
+const WAL_WRITE_LOCK: c_int = 0;
+
+/// Drops the frames gathered for a transaction that ended without
+/// committing (see [`x_shm_lock`]).
+///
+/// # Safety
+/// `wal` must be null or an open WAL `ShimFile`.
+unsafe fn discard(wal: *mut ShimFile) {
+    // SAFETY: (caller) null or an open WAL shim whose buffer is ours.
+    unsafe {
+        if wal.is_null() || (*wal).buffer.is_null() {
+            return;
+        }
+        let p = &mut *(*wal).buffer;
+        if !p.data.is_empty() {
+            p.data.clear();
+            p.commit_header = false;
+            // What the file holds past the last write that reached it is
+            // not known: the next write goes straight through and tells.
+            p.end = None;
         }
     }
 }
@@ -509,13 +552,26 @@ unsafe extern "C" fn x_shm_lock(
     n: c_int,
     flags: c_int,
 ) -> c_int {
-    // SAFETY: forwarding an open file's call to the file it wraps.
+    // SAFETY: forwarding an open file's call to the file it wraps; `link`
+    // of a database file is null or its open WAL shim.
     unsafe {
-        methods(file)
+        let rc = methods(file)
             .xShmLock
             .map_or(ffi::SQLITE_IOERR_SHMLOCK, |f| {
                 f(real(file), offset, n, flags)
-            })
+            });
+        // The write lock released: the write transaction is over. A commit
+        // left the buffer empty; anything still in it was rolled back, and
+        // written later it would land over frames another connection may
+        // commit at the same offsets meanwhile.
+        if rc == ffi::SQLITE_OK
+            && flags & ffi::SQLITE_SHM_UNLOCK != 0
+            && offset <= WAL_WRITE_LOCK
+            && WAL_WRITE_LOCK < offset + n
+        {
+            discard((*file.cast::<ShimFile>()).link);
+        }
+        rc
     }
 }
 

@@ -181,10 +181,11 @@ pub(crate) fn http_service(
 
 /// The `/rpc` authentication in front of `/mcp`: the [`Caller`] goes into
 /// the request's extensions, or the request is refused with 401. Each
-/// request holds one of the key's concurrent slots while it runs.
+/// request holds one of the key's concurrent slots while it runs, and its
+/// body is read first (deadline, limit, no member named twice).
 pub(crate) async fn authenticate(
     State(state): State<crate::transport::http::AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     match crate::transport::http::authenticate(&state, request.headers()) {
@@ -193,6 +194,13 @@ pub(crate) async fn authenticate(
                 Ok(slot) => slot,
                 Err(e) => return crate::transport::http::refused(e),
             };
+            // The body is read here, under the same deadline and limit as
+            // `/rpc`'s, and refused if an object names a member twice.
+            let request = match crate::transport::http::read_whole(&state, request).await {
+                Ok(r) => r,
+                Err(refused) => return refused,
+            };
+            let mut request = request;
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
