@@ -216,7 +216,7 @@ async fn a_write_that_ends_past_its_deadline_inside_one_step_does_not_commit() {
         .unwrap();
     db.execute("CREATE TABLE x(v)", ()).await.unwrap();
     let slow = db.execute_with(
-        "INSERT INTO x SELECT instr(printf('%.*c', 450000, 'a'), printf('%.*c', 225000, 'a') || 'b')",
+        "INSERT INTO x SELECT printf('%.*c', 2000000, 'a') LIKE '%' || printf('%.*c', 900, 'a') || 'b'",
         (),
         litebridge::WriteOptions {
             timeout: Some(std::time::Duration::from_millis(200)),

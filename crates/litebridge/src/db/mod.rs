@@ -41,6 +41,7 @@ mod checkpointer;
 mod exec;
 mod execute;
 mod ffi;
+mod functions;
 mod group_commit;
 mod guard;
 mod heavy;

@@ -19,6 +19,9 @@ use crate::config::DbConfig;
 use crate::db::guard;
 use crate::error::{Error, Result};
 
+/// The longest LIKE or GLOB pattern.
+pub(crate) const MAX_LIKE_PATTERN: i32 = 1000;
+
 /// Opens connections to one database file. Cloned into every component that
 /// may have to replace a broken connection.
 #[derive(Debug, Clone)]
@@ -160,6 +163,16 @@ impl Opener {
         // fail before the memory is taken.
         let longest = i32::try_from(c.max_result_bytes).unwrap_or(i32::MAX);
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, longest)?;
+        // `instr` and `replace` in linear time: one call of SQLite's own can
+        // run for hours on long values, and cannot be interrupted.
+        crate::db::functions::install(conn, c.max_result_bytes)?;
+        // LIKE and GLOB take up to len(value) * len(pattern) in one step,
+        // which no deadline can interrupt: patterns of 1000 bytes at most
+        // (SQLite allows 50,000) keep that step to seconds.
+        conn.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
+            MAX_LIKE_PATTERN,
+        )?;
         guard::install(conn, self.halt.clone())
     }
 

@@ -8,8 +8,10 @@
 //! the calling task's thread while it runs: a read still running after a few
 //! milliseconds is interrupted and run again inside `block_in_place`, which
 //! hands that thread's other tasks to another thread first
-//! (`guard::run_inline`), so long queries never freeze the service. Long
-//! queries still belong on the heavy lane, and every read carries a deadline
+//! (`guard::run_inline`, client SQL only), so long queries do not freeze the
+//! service (a single step of SQLite is interrupted only when it returns; the
+//! quadratic ones are made short, see `functions` and `open`). Long queries
+//! still belong on the heavy lane, and every read carries a deadline
 //! enforced inside SQLite.
 //!
 //! Read-your-writes: WAL readers see every transaction committed before their

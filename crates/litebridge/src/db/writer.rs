@@ -15,8 +15,9 @@
 //!
 //! **Nobody waits on one caller for long.** A client request may hold the
 //! writer at most `max_write_hold` (its statements are interrupted past it,
-//! and a batch takes no new request once it has run that long: the rest wait
-//! for the next one). While a batch runs longer than a moment, a watch
+//! between their steps; one that ends past it inside a single long step
+//! fails all the same, and its batch re-runs without it; and a batch takes
+//! no new request once it has run that long: the rest wait for the next one). While a batch runs longer than a moment, a watch
 //! thread answers the queued requests whose deadline has passed with
 //! `timeout` (they never ran), so every caller hears back by its deadline.
 
