@@ -839,3 +839,53 @@ fn a_backup_replaces_a_database_another_program_has_open() {
         .unwrap();
     assert_eq!(n, 2);
 }
+
+// ---- Found by the red team in the fourth round ------------------------------------
+
+#[test]
+fn a_table_named_pragma_foreign_key_list_blocks_key_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pfk.db");
+    let write = create_key(&db, "writer", "write", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let leaked = create_key(&db, "leaked", "read", "pro");
+    let server = Server::start(&db, &[]);
+    let x = |sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({"sql": sql})))
+            .1
+    };
+    for sql in [
+        "CREATE TABLE pragma_foreign_key_list(x)",
+        "CREATE TABLE rk(x REFERENCES litebridge_keys(revoked_at))",
+        "CREATE TABLE rq(x REFERENCES litebridge_quota(count))",
+    ] {
+        let r = x(sql);
+        assert_eq!(code(&r), -32007, "{sql}: {r}");
+    }
+    let r = server
+        .rpc_as(
+            Some(&admin),
+            &call("admin.keys.revoke", json!({"name": "leaked"})),
+        )
+        .1;
+    assert_eq!(r["result"]["revoked"], true, "{r}");
+    let (status, _) = server.rpc_as(Some(&leaked), &call("pool.health", json!({})));
+    assert_eq!(status, 401);
+    let r = server
+        .rpc_as(
+            Some(&write),
+            &call(
+                "memory.store",
+                json!({"namespace": "n", "key": "k", "value": 1}),
+            ),
+        )
+        .1;
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert!(server.stop().success());
+    // And it starts again.
+    let server = Server::start(&db, &[]);
+    let (status, _) = server.rpc_as(Some(&admin), &call("pool.health", json!({})));
+    assert_eq!(status, 200);
+    assert!(server.stop().success());
+}

@@ -614,3 +614,132 @@ async fn a_cte_named_like_litebridge_gives_a_trigger_no_trusted_rights() {
     assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
     assert_eq!(count(&db, "SELECT count(*) FROM loot").await, 0);
 }
+
+#[tokio::test]
+async fn a_table_named_like_a_table_valued_function_is_refused() {
+    let (_d, db) = open().await;
+    // It would stand in for the function in litebridge's own checks and in
+    // every other caller's queries.
+    for sql in [
+        "CREATE TABLE pragma_foreign_key_list(x)",
+        "CREATE TABLE Pragma_Table_Info(x)",
+        "CREATE VIEW json_each AS SELECT 1",
+        "CREATE TABLE JSON_TREE(x)",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    db.execute("CREATE TABLE plain(x)", ()).await.unwrap();
+    let e = execute_refused(&db, "ALTER TABLE plain RENAME TO pragma_index_list").await;
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    // And with none of them, a foreign key to litebridge's tables is still caught.
+    let e = execute_refused(
+        &db,
+        "CREATE TABLE rk(x REFERENCES litebridge_keys(revoked_at))",
+    )
+    .await;
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('rk') OR name LIKE 'pragma%' OR lower(name) LIKE 'json%'").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_cut_short_by_the_deadline_never_passes_a_change() {
+    let (_d, db) = open().await;
+    for i in 0..300 {
+        db.execute(format!("CREATE TABLE filler{i}(x)"), ())
+            .await
+            .unwrap();
+    }
+    db.execute("CREATE TABLE plain(x)", ()).await.unwrap();
+    for timeout_ms in 1..40u64 {
+        let _ = db
+            .execute_with(
+                "ALTER TABLE plain RENAME TO litebridge_jobs",
+                (),
+                WriteOptions {
+                    timeout: Some(std::time::Duration::from_millis(timeout_ms)),
+                    ..WriteOptions::default()
+                },
+            )
+            .await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'litebridge_jobs'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn external_content_full_text_tables_are_refused() {
+    let (_d, db) = open().await;
+    db.execute("CREATE TABLE src(x)", ()).await.unwrap();
+    for sql in [
+        "CREATE VIRTUAL TABLE f4 USING fts4(x, content=\"src\")",
+        "CREATE VIRTUAL TABLE f4b USING fts4(x, \"content\" = src)",
+        "CREATE VIRTUAL TABLE k4 USING fts4(name, content='litebridge_keys')",
+        "CREATE VIRTUAL TABLE f5 USING fts5(x, content='src')",
+        "CREATE VIRTUAL TABLE f5b USING fts5(x, content_rowid=x)",
+    ] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // An ordinary full-text table works, and the file stays sound.
+    db.execute("CREATE VIRTUAL TABLE plain_fts USING fts5(x, prefix=2)", ())
+        .await
+        .unwrap();
+    assert!(db.check(false).await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn the_writers_counters_show_no_one_elses_rows() {
+    let (_d, db) = open().await;
+    db.execute("CREATE TABLE c(x)", ()).await.unwrap();
+    // A trusted insert into litebridge's tables (rowid 1 of litebridge_keys).
+    litebridge::auth::create_key(
+        &db,
+        &litebridge::auth::Tiers::default(),
+        litebridge::auth::NewKey {
+            name: Some("k".into()),
+            scopes: litebridge::auth::Scopes::parse("read").unwrap(),
+            tier: "free".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let r = db.execute("UPDATE c SET x = x WHERE 0", ()).await.unwrap();
+    assert_eq!(r.last_insert_rowid, 0);
+    db.execute("INSERT INTO c SELECT last_insert_rowid()", ())
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT x FROM c").await, 0);
+    for sql in ["SELECT changes()", "SELECT total_changes()"] {
+        let e = query_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let e = query_refused(
+        &db,
+        "SELECT * FROM pragma_index_info('sqlite_autoindex_litebridge_keys_2')",
+    )
+    .await;
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_twice_in_one_batch_works() {
+    let (_d, db) = open().await;
+    let (a, b, c) = tokio::join!(
+        db.execute("ANALYZE", ()),
+        db.execute("ANALYZE", ()),
+        db.execute("ANALYZE", ())
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+}

@@ -120,6 +120,24 @@ async fn a_quadratic_instr_or_replace_takes_milliseconds() {
     )
     .await
     .unwrap();
+    // A number among the arguments takes the same linear path.
+    let r = db
+        .query(
+            "SELECT length(replace(printf('%.*c', 400000, 'a'), printf('%.*c', 200000, 'a') || 'b', 0))",
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows[0][0], Value::Integer(400_000));
+    // Past the length limit: too_large, like SQLite's own.
+    let e = db
+        .query(
+            "SELECT replace(printf('%.*c', 8000000, 'a'), 'a', 1234567890123456789)",
+            (),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "{:?}",

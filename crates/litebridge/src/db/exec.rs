@@ -2,7 +2,7 @@
 //! statement cache, binding [`Params`], collecting [`Rows`]. Shared by the
 //! read lane, the heavy lane and the writer.
 
-use rusqlite::{CachedStatement, Connection, OptionalExtension as _, Statement};
+use rusqlite::{CachedStatement, Connection, Statement};
 
 use crate::db::guard::{self, Ddl, OWN_PREFIX};
 
@@ -35,6 +35,8 @@ pub(crate) struct Prepared<'c> {
     /// Noted by the authorizer while the statement was prepared (client SQL
     /// only; a statement from the cache never changes the schema).
     ddl: Ddl,
+    /// Client SQL that is `ANALYZE` or `PRAGMA optimize` (see `guard`).
+    maintenance: bool,
 }
 
 enum Stmt<'c> {
@@ -85,6 +87,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
         return Ok(Prepared {
             stmt: Stmt::Cached(conn.prepare_cached(sql)?),
             ddl: Ddl::default(),
+            maintenance: false,
         });
     }
     // VACUUM attaches a database of its own (refused by the authorizer when
@@ -105,15 +108,51 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
             return Ok(Prepared {
                 stmt: Stmt::Cached(cached),
                 ddl,
+                maintenance,
             });
         }
         cached.discard();
         guard::begin_prepare(maintenance);
     }
     let fresh = conn.prepare(sql)?;
+    let ddl = guard::prepared_ddl();
+    if ddl.creates && external_content(sql) {
+        return Err(Error::Forbidden {
+            message: "full-text tables with a content= or content_rowid= option are not available through a request: \
+                      their index can fall out of step with the table it reads (which the integrity \
+                      check at start takes for damage), or read one of litebridge's"
+                .into(),
+        });
+    }
     Ok(Prepared {
         stmt: Stmt::Fresh(fresh),
-        ddl: guard::prepared_ddl(),
+        ddl,
+        maintenance,
+    })
+}
+
+/// Whether `sql` (a statement that creates something) gives a `content=` or
+/// `content_rowid=` option: an external-content or contentless full-text
+/// table, whose index `quick_check` reports as malformed once it is out of
+/// step (and the start refuses a damaged file). Erring towards yes only
+/// refuses a `CREATE`.
+fn external_content(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("virtual") {
+        return false;
+    }
+    let bytes = lower.as_bytes();
+    let option = |name: &'static str| lower.match_indices(name).collect::<Vec<_>>();
+    let mut found = option("content");
+    found.extend(option("content_rowid"));
+    found.into_iter().any(|(at, word)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let starts_word = before.is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'));
+        // `content=x`, `content = x`, `"content"=x`, ...
+        let rest = lower[at + word.len()..].trim_start_matches(|c: char| {
+            c.is_ascii_whitespace() || matches!(c, '"' | '\'' | '`' | ']')
+        });
+        starts_word && rest.starts_with('=')
     })
 }
 
@@ -312,6 +351,11 @@ pub(crate) fn execute_prepared(
     params: &Params,
 ) -> Result<ExecResult> {
     bind(stmt, params)?;
+    if stmt.maintenance {
+        // Run again from the writer's statement slot: the flag is the
+        // request's, not the statement's.
+        guard::begin_prepare(true);
+    }
     let before = conn.total_changes();
     let ddl = stmt.ddl;
     if ddl.any {
@@ -380,13 +424,15 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         // The statement took the whole transaction down with it; the savepoint went too.
         return result;
     }
+    // Fail closed: a check that could not run refuses the change.
     let refused = match &result {
         Err(_) => None,
-        Ok(_) => match refusal(conn, sql, before)? {
-            Some(message) => Some(Error::Forbidden { message }),
+        Ok(_) => match refusal(conn, sql, before) {
+            Err(e) => Some(e),
+            Ok(Some(message)) => Some(Error::Forbidden { message }),
             // What it grew the schema to (an ALTER can add a large default).
-            None if ddl.creates || ddl.alters => schema_within(conn, sql, limits, false).err(),
-            None => None,
+            Ok(None) if ddl.creates || ddl.alters => schema_within(conn, sql, limits, false).err(),
+            Ok(None) => None,
         },
     };
     if result.is_err() || refused.is_some() {
@@ -397,6 +443,38 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         Some(e) => Err(e),
         None => result,
     }
+}
+
+/// A client table with a foreign key to one of litebridge's tables, and that
+/// table. Only tables whose SQL names `litebridge` can have one; each is
+/// asked with the `PRAGMA` statement (a client table named like a
+/// table-valued pragma function cannot stand in for it).
+pub(crate) fn foreign_key_to_own(
+    conn: &Connection,
+    sql: &guard::InternalSql,
+) -> Result<Option<(String, String)>> {
+    let candidates: Vec<String> = conn
+        .prepare_cached(&sql.foreign_refs)?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in candidates {
+        let pragma = format!(
+            "PRAGMA main.foreign_key_list(\"{}\")",
+            table.replace('"', "\"\"")
+        );
+        let mut stmt = conn.prepare(&pragma)?;
+        let parents = stmt.query_map([], |r| r.get::<_, String>(2))?;
+        for parent in parents {
+            let parent = parent?;
+            if parent
+                .get(..OWN_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+            {
+                return Ok(Some((table, parent)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Refuses when the schema is at (`before`: before a statement that creates
@@ -441,8 +519,8 @@ fn refusal(
             .query_row([], |r| r.get(0))?;
         if now != before {
             return Ok(Some(format!(
-                "a table cannot be renamed to a name starting with {OWN_PREFIX} \
-                 (reserved for litebridge's own tables); nothing was changed"
+                "names starting with {OWN_PREFIX} (litebridge's own tables) or pragma_, and the names \
+                 of SQLite's table-valued functions (json_each, ...), are reserved; nothing was changed"
             )));
         }
         let temp: i64 = conn
@@ -455,11 +533,7 @@ fn refusal(
                     .to_owned(),
             ));
         }
-        let reference: Option<(String, String)> = conn
-            .prepare_cached(&sql.foreign_refs)?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((table, parent)) = reference {
+        if let Some((table, parent)) = foreign_key_to_own(conn, sql)? {
             return Ok(Some(format!(
                 "table {table} would have a foreign key to {parent}: litebridge's own tables \
                  cannot be referenced by client tables; nothing was changed"

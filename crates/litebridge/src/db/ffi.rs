@@ -55,3 +55,14 @@ pub(crate) fn locked_by_another_process(path: &std::path::Path) -> bool {
             && query.l_type != libc::F_UNLCK as libc::c_short
     }
 }
+
+/// Sets the connection's "last inserted rowid" (`sqlite3_set_last_insert_rowid`):
+/// the writer zeroes it before each client request, so neither
+/// `last_insert_rowid()` nor the request's result can show a rowid another
+/// caller, or litebridge's own stores, inserted before it.
+#[allow(unsafe_code)]
+pub(crate) fn set_last_insert_rowid(conn: &Connection, rowid: i64) {
+    // SAFETY: `handle()` is the live connection owned by `conn`, used on this
+    // thread only while `conn` is borrowed; the call sets one field of it.
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) }
+}

@@ -517,6 +517,9 @@ fn run_pass(
         if savepoint && let Err(e) = run_cached(conn, &guard::internal_sql().savepoint) {
             return Pass::Abort(e);
         }
+        if rules.is_some() {
+            ffi::set_last_insert_rowid(conn, 0);
+        }
         let before = conn.total_changes();
         let scope = guard::enter_writer(job.budget(), Mode::Writer, rules);
         let mut result = job.run(conn, &mut slot).map_err(|e| scope.map_err(e));

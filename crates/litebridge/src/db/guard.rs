@@ -45,10 +45,14 @@
 //!   and clears are allowed while they run), and leave litebridge's tables out
 //!   (their rows would be sampled into `sqlite_stat4`).
 //!
-//! What a trigger or a view does is held to the client rules even inside a
-//! trusted statement (the authorizer is told which trigger or view acts):
-//! litebridge has none of its own, so every one came from a client. Trusted
-//! statements name their schema (`main.litebridge_*`) as a second line.
+//! What a trigger, a view or a named subquery does is held to the client
+//! rules even inside a trusted statement (the authorizer is told which one
+//! acts): litebridge's own statements use none, so every one came from a
+//! client. No client table has a foreign key to litebridge's (so no cascade
+//! reaches a client table from a trusted statement) and no client virtual
+//! table reads one of litebridge's (`content=` is refused): `exec` checks
+//! both after every schema change. Trusted statements name their schema
+//! (`main.litebridge_*`) as a second line.
 //!
 //! Because the authorizer runs when
 //! a statement is prepared and prepared statements are cached by their text,
@@ -281,9 +285,10 @@ pub(crate) fn is_client() -> bool {
     })
 }
 
-/// Marks the start of preparing one client statement: clears what the last
-/// one did to the schema, and notes whether this one is `ANALYZE`/`PRAGMA
-/// optimize` (decided from its text by the caller).
+/// Marks the start of preparing (or running a statement prepared earlier)
+/// one client statement: clears what the last one did to the schema, and
+/// notes whether this one is `ANALYZE`/`PRAGMA optimize` (decided from its
+/// text by the caller).
 pub(crate) fn begin_prepare(maintenance: bool) {
     CURRENT.with(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
@@ -310,6 +315,9 @@ pub(crate) fn prepared_ddl() -> Ddl {
 /// Runs `f` as litebridge's own code (no authorizer rule applies), then
 /// returns to the operation's own mode.
 pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
+    // Litebridge's own checks are not interrupted by the caller's deadline
+    // or hold (`should_interrupt` does not interrupt in Internal mode): a
+    // check cut short must never count as a check passed.
     let saved = CURRENT.with(|c| {
         c.borrow_mut()
             .as_mut()
@@ -357,6 +365,9 @@ fn should_interrupt() -> bool {
         let Some(cur) = c.as_mut() else {
             return false;
         };
+        if cur.mode == Mode::Internal {
+            return false;
+        }
         let now = Instant::now();
         if cur.inline_until.is_some_and(|t| now >= t) {
             cur.inline_until = None;
@@ -432,8 +443,15 @@ const ACTING_PRAGMAS: &[&str] = &[
     "threads",
 ];
 
-/// SQL functions client SQL may not call.
-const FORBIDDEN_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer"];
+/// SQL functions client SQL may not call: native code, and counters of the
+/// shared writer connection that count litebridge's own and other callers'
+/// writes (`last_insert_rowid()` is zeroed before each request instead).
+const FORBIDDEN_FUNCTIONS: &[&str] = &[
+    "load_extension",
+    "fts3_tokenizer",
+    "changes",
+    "total_changes",
+];
 
 /// The prefix of every table litebridge owns.
 pub(crate) const OWN_PREFIX: &str = "litebridge_";
@@ -443,10 +461,9 @@ fn listed(list: &[&str], name: &str) -> bool {
 }
 
 fn own(name: Option<&str>) -> bool {
-    name.is_some_and(|n| {
-        n.get(..OWN_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
-    })
+    const AUTOINDEX: &str = "sqlite_autoindex_litebridge_";
+    let starts = |n: &str, p: &str| n.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    name.is_some_and(|n| starts(n, OWN_PREFIX) || starts(n, AUTOINDEX))
 }
 
 const OWN_TABLES: &str = "litebridge's own tables (litebridge_*) cannot be read or changed through client SQL; use the state, memory and cache methods";
@@ -747,15 +764,24 @@ pub(crate) struct InternalSql {
     pub(crate) ddl_savepoint: String,
     pub(crate) ddl_release: String,
     pub(crate) ddl_undo: String,
-    /// The names of every object in `main` and `temp` under litebridge's prefix.
+    /// The names of every object in `main` and `temp` under a reserved name
+    /// (see [`RESERVED`]).
     pub(crate) own_objects: String,
     /// The objects in `main` and the bytes of their SQL.
     pub(crate) schema_size: String,
-    /// A client table with a foreign key to one of litebridge's, if any.
+    /// The client tables whose SQL names `litebridge` (the only ones that
+    /// can have a foreign key to one of litebridge's tables).
     pub(crate) foreign_refs: String,
     /// The objects in `temp`.
     pub(crate) temp_objects: String,
 }
+
+/// The names no client object may take, as an SQL condition on `name`:
+/// litebridge's prefix, and the eponymous virtual tables that litebridge's
+/// own statements and every caller's queries use (a table named
+/// `pragma_table_info` would stand in for the function of that name).
+const RESERVED: &str = "(name LIKE 'litebridge\\_%' ESCAPE '\\' OR name LIKE 'pragma\\_%' ESCAPE '\\' \
+     OR lower(name) IN ('json_each', 'json_tree', 'jsonb_each', 'jsonb_tree', 'dbstat', 'sqlite_dbpage'))";
 
 pub(crate) fn internal_sql() -> &'static InternalSql {
     static SQL: std::sync::OnceLock<InternalSql> = std::sync::OnceLock::new();
@@ -780,15 +806,15 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
                 "SELECT count(*), coalesce(sum(length(sql)), 0) FROM main.sqlite_schema {tag}"
             ),
             foreign_refs: format!(
-                "SELECT m.name, f.\"table\" FROM main.sqlite_schema AS m, pragma_foreign_key_list(m.name) AS f \
-                 WHERE m.type = 'table' AND m.name NOT LIKE 'litebridge\\_%' ESCAPE '\\' \
-                   AND m.sql LIKE '%litebridge%' AND f.\"table\" LIKE 'litebridge%' LIMIT 1 {tag}"
+                "SELECT name FROM main.sqlite_schema \
+                 WHERE type = 'table' AND name NOT LIKE 'litebridge\\_%' ESCAPE '\\' \
+                   AND sql LIKE '%litebridge%' {tag}"
             ),
             temp_objects: format!("SELECT count(*) FROM temp.sqlite_schema {tag}"),
             own_objects: format!(
                 "SELECT group_concat(name, ' ' ORDER BY name) FROM (\
-                 SELECT name FROM main.sqlite_schema WHERE name LIKE 'litebridge\\_%' ESCAPE '\\' \
-                 UNION ALL SELECT name FROM temp.sqlite_schema WHERE name LIKE 'litebridge\\_%' ESCAPE '\\') {tag}"
+                 SELECT name FROM main.sqlite_schema WHERE {RESERVED} \
+                 UNION ALL SELECT name FROM temp.sqlite_schema WHERE {RESERVED}) {tag}"
             ),
         }
     })

@@ -67,6 +67,11 @@ pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
 pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 
+/// For the open-time check of litebridge's namespace (`store::schema`).
+pub(crate) fn foreign_key_to_own(conn: &Connection) -> Result<Option<(String, String)>> {
+    exec::foreign_key_to_own(conn, guard::internal_sql())
+}
+
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::stats::{Counters, DbStats};

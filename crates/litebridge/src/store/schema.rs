@@ -146,7 +146,10 @@ pub async fn migrate(db: &Database) -> Result<i64> {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [SCHEMA_VERSION.to_string()],
         )?;
-        let foreign = foreign_objects(c)?;
+        let mut foreign = foreign_objects(c)?;
+        if let Some((table, parent)) = crate::db::foreign_key_to_own(c)? {
+            foreign.push(format!("table {table} (a foreign key to {parent})"));
+        }
         if !foreign.is_empty() {
             return Err(Error::Unavailable {
                 what: "database",
