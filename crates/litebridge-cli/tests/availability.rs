@@ -311,7 +311,7 @@ fn slow_and_stalled_clients_take_every_connection() {
         ));
         let took = started.elapsed();
         assert_eq!(r["result"]["rows"][0][0], i, "{r}");
-        assert!(took < Duration::from_secs(4), "request {i} took {took:?}");
+        assert!(took < Duration::from_secs(6), "request {i} took {took:?}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers: Vec<String> = attackers
@@ -478,12 +478,15 @@ fn clients_that_never_read_their_answer_or_trickle_an_mcp_body_hold_every_connec
         held.push(s);
     }
     std::thread::sleep(Duration::from_millis(300));
+    // Building the answers takes CPU time (more when other tests run beside
+    // this one); then each stalled write gives its slot up after 1 s. Before,
+    // the slots stayed taken for good.
     for _ in 0..3 {
         let started = Instant::now();
         let (status, _) = server.request("GET", "/health", None, b"");
         assert_eq!(status, 200);
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
