@@ -188,6 +188,13 @@ const KEYS: &[Key] = &[
         help: "largest query result and largest value client SQL may build",
     },
     Key {
+        name: "db.max_request_memory",
+        env: &[],
+        kind: int(1 << 20, 1 << 40),
+        default: "268435456",
+        help: "most memory SQLite may take for one client request (page cache growth included)",
+    },
+    Key {
         name: "db.max_schema_objects",
         env: &[],
         kind: int(1, 1_000_000),
@@ -637,6 +644,7 @@ impl Settings {
             .quick_check_on_open(self.bool("db.quick_check_on_open"))
             .max_write_hold(self.ms("db.max_write_hold_ms"))
             .max_result_bytes(self.int("db.max_result_bytes") as usize)
+            .max_request_memory(self.int("db.max_request_memory") as usize)
             .max_schema_objects(self.int("db.max_schema_objects") as usize)
             .max_schema_bytes(self.int("db.max_schema_bytes") as usize);
         Ok(b.build()?)

@@ -36,6 +36,8 @@ pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_WRITE_HOLD: Duration = Duration::from_secs(10);
 /// Default largest result (and largest single value) a client query may build.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// Default most memory SQLite may take for one client request.
+pub const DEFAULT_MAX_REQUEST_MEMORY: usize = 256 * 1024 * 1024;
 /// Default most schema objects (tables, indexes, views, triggers) client SQL may create.
 pub const DEFAULT_MAX_SCHEMA_OBJECTS: usize = 5_000;
 /// Default largest schema (the SQL text of every object) client SQL may grow.
@@ -198,6 +200,14 @@ pub struct DbConfig {
     /// client connections): refused with `too_large` before more is built.
     /// Default: [`DEFAULT_MAX_RESULT_BYTES`].
     pub max_result_bytes: usize,
+    /// The most memory SQLite may take for one client request (what it
+    /// allocates minus what it frees while the request runs: values being
+    /// built, sorts, the growth of the connection's page cache), refused
+    /// with `too_large` past it: one step of a statement can hold many
+    /// values at once (a row of many columns, each under the length limit).
+    /// Must leave room for the page cache (`cache_size`) and one result
+    /// (`max_result_bytes`). Default: [`DEFAULT_MAX_REQUEST_MEMORY`].
+    pub max_request_memory: usize,
     /// The most objects (tables, indexes, views, triggers) the schema may
     /// hold for client SQL to create another: every connection re-reads the
     /// whole schema after a change, so its size is everyone's latency.
@@ -234,6 +244,7 @@ impl Default for DbConfig {
             create: true,
             max_write_hold: DEFAULT_MAX_WRITE_HOLD,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_request_memory: DEFAULT_MAX_REQUEST_MEMORY,
             max_schema_objects: DEFAULT_MAX_SCHEMA_OBJECTS,
             max_schema_bytes: DEFAULT_MAX_SCHEMA_BYTES,
             faults: None,
@@ -302,6 +313,25 @@ impl DbConfig {
             ));
         }
         range("max_result_bytes", self.max_result_bytes, 1024, 1 << 30)?;
+        range(
+            "max_request_memory",
+            self.max_request_memory,
+            1 << 20,
+            1 << 40,
+        )?;
+        let cache_bytes = self.cache_bytes();
+        if self.max_request_memory < cache_bytes.saturating_add(self.max_result_bytes) {
+            return Err(Error::config(
+                "db.max_request_memory",
+                self.max_request_memory,
+                format!(
+                    "at least the page cache (db.cache_size: {cache_bytes} bytes) plus the largest \
+                     result (db.max_result_bytes: {}), {} bytes",
+                    self.max_result_bytes,
+                    cache_bytes.saturating_add(self.max_result_bytes)
+                ),
+            ));
+        }
         range("max_schema_objects", self.max_schema_objects, 1, 1_000_000)?;
         range("max_schema_bytes", self.max_schema_bytes, 1024, 1 << 30)?;
         if self.checkpoint.passive_pages == 0 {
@@ -312,6 +342,19 @@ impl DbConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl DbConfig {
+    /// The most bytes one connection's page cache may hold (`cache_size`
+    /// in pages is taken at 4 KiB a page, SQLite's default page size).
+    fn cache_bytes(&self) -> usize {
+        let bytes = if self.cache_size < 0 {
+            self.cache_size.unsigned_abs().saturating_mul(1024)
+        } else {
+            self.cache_size.unsigned_abs().saturating_mul(4096)
+        };
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 }
 
@@ -377,6 +420,8 @@ impl DbConfigBuilder {
         max_write_hold: Duration,
         /// Sets [`DbConfig::max_result_bytes`].
         max_result_bytes: usize,
+        /// Sets [`DbConfig::max_request_memory`].
+        max_request_memory: usize,
         /// Sets [`DbConfig::max_schema_objects`].
         max_schema_objects: usize,
         /// Sets [`DbConfig::max_schema_bytes`].
@@ -412,6 +457,30 @@ mod tests {
             err.to_string(),
             "invalid configuration `db.readers` = 0: expected an integer from 1 to 256"
         );
+    }
+
+    #[test]
+    fn the_request_memory_leaves_room_for_the_cache_and_a_result() {
+        let err = DbConfig::builder()
+            .cache_size(-100_000)
+            .max_request_memory(64 << 20)
+            .build()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("`db.max_request_memory` = 67108864"),
+            "{message}"
+        );
+        assert!(
+            message.contains("db.cache_size: 102400000 bytes"),
+            "{message}"
+        );
+        DbConfig::builder()
+            .cache_size(-1000)
+            .max_result_bytes(1 << 20)
+            .max_request_memory(4 << 20)
+            .build()
+            .unwrap();
     }
 
     #[test]

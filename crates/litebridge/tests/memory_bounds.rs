@@ -1,6 +1,8 @@
 //! One request cannot hold gigabytes: values SQLite builds are capped by its
-//! length limit, results by `db.max_result_bytes`, both refused with
-//! `too_large` before the memory is taken. A process of its own, so its
+//! length limit, results by `db.max_result_bytes`, and what SQLite holds at
+//! once for one request (a row of many values, each under the limit) by
+//! `db.max_request_memory`, all refused with `too_large` before the memory is
+//! taken. A process of its own, so its
 //! peak resident size says what these requests cost.
 
 mod common;
@@ -17,16 +19,35 @@ fn peak_rss_mb() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+/// One row of `n` values of 7 MB each, all held at once by the subquery,
+/// summed to one small number.
+fn wide_row(n: usize) -> String {
+    let columns: Vec<String> = (0..n)
+        .map(|i| format!("randomblob(7000000) c{i}"))
+        .collect();
+    let sum: Vec<String> = (0..n).map(|i| format!("length(c{i})")).collect();
+    format!(
+        "SELECT {} FROM (SELECT {} LIMIT 1)",
+        sum.join(" + "),
+        columns.join(", ")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_read_request_holds_gigabytes() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(
         dir.path().join("m.db"),
-        config().max_result_bytes(8 * 1024 * 1024).build().unwrap(),
+        config()
+            .max_result_bytes(8 * 1024 * 1024)
+            .max_request_memory(96 * 1024 * 1024)
+            .build()
+            .unwrap(),
     )
     .await
     .unwrap();
     let before = peak_rss_mb();
+    let wide = wide_row(120);
     for (sql, lane) in [
         (
             "SELECT length(a) + length(b) + length(c) FROM \
@@ -45,6 +66,10 @@ async fn one_read_request_holds_gigabytes() {
              SELECT randomblob(1000000) FROM c",
             Lane::Read,
         ),
+        // Many values each under the limit held at once in one step (a
+        // subquery's row): SQLite's memory for the request is capped.
+        (wide.as_str(), Lane::Read),
+        (wide.as_str(), Lane::Heavy),
     ] {
         let e = db
             .query_with(
@@ -56,7 +81,7 @@ async fn one_read_request_holds_gigabytes() {
                 },
             )
             .await
-            .expect_err(sql);
+            .expect_err(&sql[..sql.len().min(120)]);
         assert_eq!(e.kind(), ErrorKind::TooLarge, "{sql}: {e}");
     }
     // Temporary b-trees (DISTINCT over big values) live in files, not memory.
@@ -74,6 +99,21 @@ async fn one_read_request_holds_gigabytes() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    // A write holding as much fails alone: the others in its batch commit.
+    db.execute("CREATE TABLE t(x)", ()).await.unwrap();
+    let wide_insert = format!("INSERT INTO t {wide}");
+    let (a, b, c) = tokio::join!(
+        db.execute("INSERT INTO t VALUES (1)", ()),
+        db.execute(wide_insert, ()),
+        db.execute("INSERT INTO t VALUES (2)", ()),
+    );
+    a.unwrap();
+    c.unwrap();
+    let e = b.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("db.max_request_memory"), "{e}");
+    let rows = db.query("SELECT x FROM t ORDER BY x", ()).await.unwrap();
+    assert_eq!(rows.rows.len(), 2);
     let grew = peak_rss_mb().saturating_sub(before);
     assert!(grew < 200, "the peak resident size grew by {grew} MB");
     // Within the limits everything still works.

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 
+use crate::db::heap;
 use crate::error::{Error, Result, TimeoutStage};
 
 /// VM instructions between two calls of the progress handler. A call costs one
@@ -85,6 +86,9 @@ pub(crate) struct Budget {
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
     /// litebridge's own code (the stores): may use litebridge's tables.
     pub(crate) trusted: bool,
+    /// The most memory SQLite may take for client SQL of this operation
+    /// (`DbConfig::max_request_memory`; see `heap`).
+    pub(crate) memory: Option<usize>,
 }
 
 impl Budget {
@@ -96,6 +100,15 @@ impl Budget {
             timeout,
             cancelled: None,
             trusted: false,
+            memory: None,
+        }
+    }
+
+    /// The same budget, with SQLite's memory for client SQL capped.
+    pub(crate) fn with_memory(self, bytes: usize) -> Budget {
+        Budget {
+            memory: Some(bytes),
+            ..self
         }
     }
 
@@ -198,6 +211,12 @@ pub(crate) fn enter(budget: &Budget, mode: Mode) -> Scope {
 
 /// As [`enter`], for a request on the writer, with the rules for client SQL.
 pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRules>) -> Scope {
+    if mode != Mode::Internal
+        && !budget.trusted
+        && let Some(bytes) = budget.memory
+    {
+        heap::arm(bytes);
+    }
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Current {
             budget: budget.clone(),
@@ -216,6 +235,7 @@ pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRul
 
 impl Drop for Scope {
     fn drop(&mut self) {
+        heap::disarm();
         CURRENT.with(|c| c.borrow_mut().take());
     }
 }
@@ -237,6 +257,10 @@ impl Scope {
             let hold = cur.writer.map(|w| w.hold);
             let held_too_long = hold.is_some_and(|(until, _)| Instant::now() >= until);
             match err.sqlite_codes() {
+                Some((SQLITE_NOMEM, _)) if heap::refused() => Error::TooLarge {
+                    what: "the memory SQLite took for this request (db.max_request_memory)".into(),
+                    limit: cur.budget.memory.unwrap_or_default() as u64,
+                },
                 Some((SQLITE_INTERRUPT, _)) if cur.halted => Error::Unavailable {
                     what: "database",
                     reason: "it is shutting down; the statement was interrupted and nothing of it was committed"
@@ -272,6 +296,7 @@ impl Scope {
 }
 
 const SQLITE_ERROR: i32 = 1;
+const SQLITE_NOMEM: i32 = 7;
 const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_AUTH: i32 = 23;
 

@@ -44,6 +44,7 @@ mod ffi;
 mod functions;
 mod group_commit;
 mod guard;
+mod heap;
 mod heavy;
 mod introspect;
 mod open;
@@ -199,6 +200,7 @@ impl Inner {
 
     fn budget(&self, timeout: Option<Duration>) -> Budget {
         Budget::new(timeout.or(self.default_timeout))
+            .with_memory(self.opener.config.max_request_memory)
     }
 
     fn record_write<T>(&self, started: std::time::Instant, r: &Result<T>) {

@@ -89,6 +89,9 @@ impl Opener {
         if c.create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
+        // Before SQLite initializes (the first connection does): the
+        // per-request memory budget needs litebridge's allocator.
+        crate::db::heap::install();
         // The writer's WAL writes go through `wal_vfs` (one write per commit).
         let mut conn = match crate::db::wal_vfs::name() {
             Some(vfs) => Connection::open_with_flags_and_vfs(&self.path, flags, vfs),
@@ -139,6 +142,7 @@ impl Opener {
     /// Opens a read-only connection for the read or heavy lane.
     pub(crate) fn open_reader(&self) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        crate::db::heap::install();
         let mut conn =
             Connection::open_with_flags(&self.path, flags).map_err(|e| self.open_error(e))?;
         conn.busy_timeout(self.config.busy_timeout)?;
