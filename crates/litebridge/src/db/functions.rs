@@ -27,16 +27,31 @@
 //! (`tests/functions_property.rs`).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use memchr::memmem::Finder;
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{ToSql, ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
+use crate::db::guard::Ticker;
+
 const SQLITE_TOOBIG: i32 = 18;
 
-/// Replaces `instr` and `replace` on `conn`; `max_len` is its length limit.
-pub(crate) fn install(conn: &Connection, max_len: usize) -> rusqlite::Result<()> {
+/// Replaces SQLite's functions that can run long in one call on `conn`:
+/// `instr` and `replace` (linear here), `like`, `glob`, two-argument
+/// `trim`/`ltrim`/`rtrim` and `unhex` (interruptible, see `patterns` and
+/// [`trim`]), and `json_patch` (refused past [`MAX_PATCH_WORK`]).
+/// `max_len` and `max_pattern` are the connection's length and LIKE
+/// pattern limits; `halt` is the database's (see `guard::install`).
+pub(crate) fn install(
+    conn: &Connection,
+    max_len: usize,
+    max_pattern: usize,
+    halt: Arc<AtomicBool>,
+) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS;
@@ -44,6 +59,32 @@ pub(crate) fn install(conn: &Connection, max_len: usize) -> rusqlite::Result<()>
     conn.create_scalar_function("replace", 3, flags, move |ctx| {
         replace_function(ctx, max_len)
     })?;
+    for (name, glob, args) in [("like", false, 2), ("like", false, 3), ("glob", true, 2)] {
+        let halt = halt.clone();
+        conn.create_scalar_function(name, args, flags, move |ctx| {
+            crate::db::patterns::function(ctx, glob, max_pattern, &halt)
+        })?;
+    }
+    for (name, side) in [
+        ("trim", Side::Both),
+        ("ltrim", Side::Left),
+        ("rtrim", Side::Right),
+    ] {
+        let halt = halt.clone();
+        conn.create_scalar_function(name, 2, flags, move |ctx| trim_function(ctx, side, &halt))?;
+    }
+    conn.create_scalar_function("unhex", 2, flags, move |ctx| unhex_function(ctx, &halt))?;
+    for (name, sql) in [
+        ("json_patch", "SELECT json_patch(?1, ?2)"),
+        ("jsonb_patch", "SELECT jsonb_patch(?1, ?2)"),
+    ] {
+        conn.create_scalar_function(
+            name,
+            2,
+            flags | FunctionFlags::SQLITE_RESULT_SUBTYPE,
+            move |ctx| json_patch_function(ctx, name, sql),
+        )?;
+    }
     Ok(())
 }
 
@@ -67,6 +108,12 @@ fn bytes(v: ValueRef<'_>) -> rusqlite::Result<Option<(std::borrow::Cow<'_, [u8]>
         ValueRef::Blob(b) => Some((Cow::Borrowed(b), true)),
         number => Some((Cow::Owned(as_text(number)?), false)),
     })
+}
+
+/// An argument as `sqlite3_value_text` gives it: text and blobs as their
+/// bytes, numbers as SQLite writes them; `None` for NULL.
+pub(crate) fn text(v: ValueRef<'_>) -> rusqlite::Result<Option<std::borrow::Cow<'_, [u8]>>> {
+    Ok(bytes(v)?.map(|(b, _)| b))
 }
 
 fn instr_function(ctx: &mut Context<'_>) -> rusqlite::Result<RawOrValue> {
@@ -170,6 +217,228 @@ pub(crate) fn replace(
     }
     out.extend_from_slice(&x[last..]);
     Ok(out)
+}
+
+/// Which ends `trim` strips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+    Both,
+}
+
+fn trim_function(ctx: &Context<'_>, side: Side, halt: &AtomicBool) -> rusqlite::Result<RawOrValue> {
+    let (Some(x), Some(set)) = (text(ctx.get_raw(0))?, text(ctx.get_raw(1))?) else {
+        return Ok(RawOrValue::Value(Value::Null));
+    };
+    let mut ticker = Ticker::new(halt);
+    let (start, end) = trim(&x, &set, side, &mut ticker)?;
+    Ok(RawOrValue::Raw(RawText(x[start..end].to_vec())))
+}
+
+/// SQLite's `trim(X, Y)` (`trimFunc`): the range of `x` left once every
+/// character of `set` (split as SQLite splits it, up to its first NUL) is
+/// stripped from the chosen ends, trying at each place the set's
+/// characters in their order. SQLite compares every character of the set
+/// at every place stripped (`len(X) * len(Y)`: 80 s for 1 MiB and a set of
+/// 19,000 characters); here each length of character present in the set
+/// is one table lookup, and the work is counted by `ticker`.
+fn trim(
+    x: &[u8],
+    set: &[u8],
+    side: Side,
+    ticker: &mut Ticker<'_>,
+) -> rusqlite::Result<(usize, usize)> {
+    let set = &set[..memchr::memchr(0, set).unwrap_or(set.len())];
+    // The first index in the set of each character, by its length in bytes.
+    let mut by_len: Vec<(usize, HashMap<&[u8], usize>)> = Vec::new();
+    let (mut at, mut index) = (0, 0);
+    while at < set.len() {
+        let start = at;
+        at += 1;
+        if set[start] >= 0xC0 {
+            while set.get(at).is_some_and(|b| b & 0xC0 == 0x80) {
+                at += 1;
+            }
+        }
+        let len = at - start;
+        let slot = match by_len.iter().position(|(l, _)| *l == len) {
+            Some(i) => i,
+            None => {
+                by_len.push((len, HashMap::new()));
+                by_len.len() - 1
+            }
+        };
+        by_len[slot].1.entry(&set[start..at]).or_insert(index);
+        index += 1;
+        ticker.tick()?;
+    }
+    // The length of the set's first character found at this end of `rest`.
+    let mut first = |rest: &[u8], left: bool| -> rusqlite::Result<Option<usize>> {
+        let mut best: Option<(usize, usize)> = None;
+        for (len, chars) in &by_len {
+            ticker.tick()?;
+            if *len > rest.len() {
+                continue;
+            }
+            let piece = if left {
+                &rest[..*len]
+            } else {
+                &rest[rest.len() - len..]
+            };
+            if let Some(&i) = chars.get(piece)
+                && best.is_none_or(|(b, _)| i < b)
+            {
+                best = Some((i, *len));
+            }
+        }
+        Ok(best.map(|(_, len)| len))
+    };
+    let (mut start, mut end) = (0, x.len());
+    if side != Side::Right {
+        while start < end {
+            let Some(len) = first(&x[start..end], true)? else {
+                break;
+            };
+            start += len;
+        }
+    }
+    if side != Side::Left {
+        while start < end {
+            let Some(len) = first(&x[start..end], false)? else {
+                break;
+            };
+            end -= len;
+        }
+    }
+    Ok((start, end))
+}
+
+fn unhex_function(ctx: &Context<'_>, halt: &AtomicBool) -> rusqlite::Result<Value> {
+    let (Some(hex), Some(pass)) = (text(ctx.get_raw(0))?, text(ctx.get_raw(1))?) else {
+        return Ok(Value::Null);
+    };
+    let mut ticker = Ticker::new(halt);
+    Ok(unhex(&hex, &pass, &mut ticker)?.map_or(Value::Null, Value::Blob))
+}
+
+/// SQLite's `unhex(X, Y)` (`unhexFunc`): pairs of hexadecimal digits of `x`
+/// (up to its first NUL), with characters of `pass` allowed between pairs;
+/// `None` (NULL) for anything else. SQLite looks each character between
+/// pairs up in `pass` from its start (`len(X) * len(Y)`); here in a set.
+fn unhex(x: &[u8], pass: &[u8], ticker: &mut Ticker<'_>) -> rusqlite::Result<Option<Vec<u8>>> {
+    let mut allowed = std::collections::HashSet::new();
+    let mut at = 0;
+    while at < pass.len() {
+        allowed.insert(read_utf8(pass, &mut at));
+        ticker.tick()?;
+    }
+    let x = &x[..memchr::memchr(0, x).unwrap_or(x.len())];
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(x.len() / 2);
+    let mut at = 0;
+    while at < x.len() {
+        ticker.tick()?;
+        let high = loop {
+            let Some(&c) = x.get(at) else {
+                return Ok(Some(out));
+            };
+            if let Some(d) = digit(c) {
+                break d;
+            }
+            if !allowed.contains(&read_utf8(x, &mut at)) {
+                return Ok(None);
+            }
+            ticker.tick()?;
+        };
+        at += 1;
+        let Some(low) = x.get(at).copied().and_then(digit) else {
+            return Ok(None);
+        };
+        at += 1;
+        out.push(high << 4 | low);
+    }
+    Ok(Some(out))
+}
+
+/// `sqlite3Utf8Read` over `s` from `at` (which it moves past the character):
+/// a lead byte and every continuation byte after it; 0 at the end.
+fn read_utf8(s: &[u8], at: &mut usize) -> u32 {
+    const TRANS1: [u8; 64] = [
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
+        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d,
+        0x1e, 0x1f, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c,
+        0x0d, 0x0e, 0x0f, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x00, 0x01, 0x02, 0x03,
+        0x00, 0x01, 0x00, 0x00,
+    ];
+    let Some(&b) = s.get(*at) else { return 0 };
+    *at += 1;
+    let mut c = u32::from(b);
+    if c >= 0xC0 {
+        c = u32::from(TRANS1[(c - 0xC0) as usize]);
+        while let Some(&n) = s.get(*at) {
+            if n & 0xC0 != 0x80 {
+                break;
+            }
+            c = c.wrapping_shl(6).wrapping_add(u32::from(n & 0x3F));
+            *at += 1;
+        }
+        if c < 0x80 || (c & 0xFFFF_F800) == 0xD800 {
+            c = 0xFFFD;
+        }
+    }
+    c
+}
+
+/// The most work (the product of its arguments' lengths) one `json_patch`
+/// call may take: SQLite merges each member of the patch by a search
+/// through the target's members (two objects of 500 KB take 10 s), in one
+/// step no deadline can stop. About a second at most here.
+pub(crate) const MAX_PATCH_WORK: u64 = 1 << 34;
+
+/// SQLite's subtype for text that is JSON (`json_object` embeds it as is).
+const JSON_SUBTYPE: std::ffi::c_uint = b'J' as std::ffi::c_uint;
+
+fn json_patch_function(
+    ctx: &Context<'_>,
+    name: &str,
+    sql: &str,
+) -> rusqlite::Result<(RawOrValue, rusqlite::functions::SubType)> {
+    let (a, b) = (ctx.get_raw(0), ctx.get_raw(1));
+    let len = |v: ValueRef<'_>| match v {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.len() as u64,
+        _ => 0,
+    };
+    let work = len(a).saturating_mul(len(b));
+    if work > MAX_PATCH_WORK {
+        return Err(SqlError::UserFunctionError(
+            format!(
+                "{name} over values of {} and {} bytes is refused: SQLite's merge takes their \
+                 product ({work}) in one step, which no deadline can interrupt (at most {MAX_PATCH_WORK})",
+                len(a),
+                len(b)
+            )
+            .into(),
+        ));
+    }
+    // SQLite's own merge, on this thread's connection without overrides.
+    BUILTINS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(Connection::open_in_memory()?);
+        }
+        let conn = cell.as_ref().expect("opened above");
+        let mut stmt = conn.prepare_cached(sql)?;
+        stmt.query_row([Arg(a), Arg(b)], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Text(t) => (RawOrValue::Raw(RawText(t.to_vec())), Some(JSON_SUBTYPE)),
+                ValueRef::Blob(b) => (RawOrValue::Value(Value::Blob(b.to_vec())), None),
+                ValueRef::Integer(i) => (RawOrValue::Value(Value::Integer(i)), None),
+                ValueRef::Real(f) => (RawOrValue::Value(Value::Real(f)), None),
+                ValueRef::Null => (RawOrValue::Value(Value::Null), None),
+            })
+        })
+    })
 }
 
 /// An argument bound as it came (text that is not UTF-8 included).

@@ -407,6 +407,49 @@ fn should_interrupt() -> bool {
     })
 }
 
+/// Counts the work of one long call of a SQL function of litebridge's own
+/// (`patterns`, `functions`) and stops it when the operation must stop, as
+/// the progress handler does between the steps of a statement: SQLite
+/// cannot interrupt a step while it runs one function call.
+pub(crate) struct Ticker<'a> {
+    left: u32,
+    halt: &'a AtomicBool,
+}
+
+/// Units of work between two checks (a unit is a character compared or a
+/// place tried: a check every few hundred microseconds at most).
+const TICKS: u32 = 1 << 16;
+
+impl<'a> Ticker<'a> {
+    /// `halt` is the database's (see [`install`]).
+    pub(crate) fn new(halt: &'a AtomicBool) -> Ticker<'a> {
+        Ticker { left: TICKS, halt }
+    }
+
+    /// One unit of work; every [`TICKS`] units, an error if the operation
+    /// must stop. The error is SQLITE_INTERRUPT, which `Scope::map_err`
+    /// turns into the reason, as for an interrupt between steps.
+    pub(crate) fn tick(&mut self) -> rusqlite::Result<()> {
+        self.left -= 1;
+        if self.left > 0 {
+            return Ok(());
+        }
+        self.left = TICKS;
+        let stop = if self.halt.load(Ordering::Relaxed) {
+            halted()
+        } else {
+            should_interrupt()
+        };
+        if stop {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(SQLITE_INTERRUPT),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Notes that the operation on this thread was interrupted because its
 /// database was halted.
 fn halted() -> bool {

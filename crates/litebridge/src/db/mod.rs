@@ -48,6 +48,7 @@ mod heap;
 mod heavy;
 mod introspect;
 mod open;
+mod patterns;
 mod queue;
 mod readers;
 mod restore;

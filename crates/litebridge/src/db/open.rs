@@ -167,12 +167,18 @@ impl Opener {
         // fail before the memory is taken.
         let longest = i32::try_from(c.max_result_bytes).unwrap_or(i32::MAX);
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, longest)?;
-        // `instr` and `replace` in linear time: one call of SQLite's own can
-        // run for hours on long values, and cannot be interrupted.
-        crate::db::functions::install(conn, c.max_result_bytes)?;
-        // LIKE and GLOB take up to len(value) * len(pattern) in one step,
-        // which no deadline can interrupt: patterns of 1000 bytes at most
-        // (SQLite allows 50,000) keep that step to seconds.
+        // SQLite's functions that can run for minutes or hours in one call
+        // (which no deadline interrupts) replaced: `instr` and `replace`
+        // linear, LIKE/GLOB/trim/unhex interruptible, json_patch bounded.
+        crate::db::functions::install(
+            conn,
+            c.max_result_bytes,
+            MAX_LIKE_PATTERN as usize,
+            self.halt.clone(),
+        )?;
+        // LIKE and GLOB take up to len(value) * len(pattern): patterns of
+        // 1000 bytes at most (SQLite allows 50,000) keep that work small
+        // even before the deadline stops it.
         conn.set_limit(
             rusqlite::limits::Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
             MAX_LIKE_PATTERN,
