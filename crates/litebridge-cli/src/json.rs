@@ -19,6 +19,13 @@ pub(crate) enum Unreadable {
     Duplicate(String),
 }
 
+/// What a request that names a member twice is told.
+pub(crate) fn duplicate_refusal(member: &str) -> String {
+    format!(
+        "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
+    )
+}
+
 /// Parses `input` as one JSON value whose objects name each member once.
 pub(crate) fn parse(input: &[u8]) -> Result<Value, Unreadable> {
     let duplicate = RefCell::new(None);

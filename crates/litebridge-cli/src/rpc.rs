@@ -208,9 +208,7 @@ async fn handle_in_span(
         Err(crate::json::Unreadable::Duplicate(member)) => {
             return Some(error_reply(
                 Json::Null,
-                &RpcError::InvalidRequest(format!(
-                    "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
-                )),
+                &RpcError::InvalidRequest(crate::json::duplicate_refusal(&member)),
             ));
         }
     };
@@ -944,7 +942,8 @@ async fn dispatch(
             let full = a.opt_bool("full")?.unwrap_or(false);
             let r = db.check(full).await?;
             Ok(json!({
-                "ok": r.ok, "problems": r.problems, "foreign_key_violations": r.foreign_key_violations,
+                "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
+                "foreign_key_violations": r.foreign_key_violations,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
             }))
         }

@@ -508,3 +508,64 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     assert!(text.contains("retrying after"), "{text}");
     assert!(server.stop().success());
 }
+
+/// `litebridge mcp` on stdio refuses a message that names a member twice,
+/// as `/rpc`, `/mcp` and stdio JSON-RPC do (the SDK alone kept the last):
+/// answered -32600 with the request's id, and nothing runs.
+#[test]
+fn mcp_over_stdio_refuses_a_duplicated_member() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dup.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .arg("mcp")
+        .arg("--db")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut send = move |line: &str| {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut answer = || -> Value {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert!(answer()["result"]["serverInfo"].is_object());
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    send(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"execute","arguments":{"sql":"CREATE TABLE first(x)","sql":"CREATE TABLE second(x)"}}}"#,
+    );
+    let refused = answer();
+    assert_eq!(refused["id"], 2, "{refused}");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"sql\""),
+        "{refused}"
+    );
+    // The session goes on; nothing of the refused call ran.
+    send(
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT count(*) AS n FROM sqlite_schema WHERE name IN ('first', 'second')"}}}"#,
+    );
+    let counted = answer();
+    assert_eq!(counted["id"], 3, "{counted}");
+    assert_eq!(
+        counted["result"]["structuredContent"]["rows"][0][0], 0,
+        "{counted}"
+    );
+    drop(send); // closes stdin: the session ends
+    assert!(child.wait().unwrap().success());
+}

@@ -131,3 +131,54 @@ async fn scheduled_backups_are_verified_recorded_and_pruned_newest_kept() {
     assert_eq!(newest_verified(&policy.dir, db.path()).unwrap().0, taken[2]);
     db.close().await;
 }
+
+/// A full-text table whose own index disagrees with its content (any writer
+/// of the file can make one: an external-content table whose content
+/// changed without it) is not damage to the file: the database opens,
+/// backs up and checks `ok`, with the disagreement reported apart.
+#[tokio::test]
+async fn a_full_text_index_out_of_step_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fts.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO docs VALUES (1, 'alpha beta'), (2, 'gamma delta');
+             CREATE VIRTUAL TABLE ft USING fts4(body, content='docs');
+             INSERT INTO ft(ft) VALUES ('rebuild');
+             UPDATE docs SET body = 'epsilon' WHERE id = 1;",
+        )
+        .unwrap();
+        let found: Vec<String> = conn
+            .prepare("PRAGMA quick_check")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            found.iter().any(|l| l.contains("FTS4 table main.ft")),
+            "the check is expected to see the index out of step: {found:?}"
+        );
+    }
+    let report = litebridge::check_file(&path, false).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(report.virtual_table_problems.len(), 1, "{report:?}");
+    let full = litebridge::check_file(&path, true).unwrap();
+    assert!(full.ok, "{full:?}");
+    let db = litebridge::Database::open(&path, config().build().unwrap())
+        .await
+        .unwrap();
+    let report = db.check(false).await.unwrap();
+    assert!(
+        report.ok && report.virtual_table_problems.len() == 1,
+        "{report:?}"
+    );
+    let copy = dir.path().join("copy.db");
+    db.backup_to(&copy, |_| {}).await.unwrap();
+    assert!(litebridge::check_file(&copy, false).unwrap().ok);
+    db.close().await;
+}

@@ -17,11 +17,20 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
             "db": path.display().to_string(),
             "check": if full { "full" } else { "quick" },
             "problems": report.problems,
+            "virtual_table_problems": report.virtual_table_problems,
             "foreign_key_violations": report.foreign_key_violations,
             "elapsed_ms": report.elapsed.as_millis() as u64,
         });
         println!("{v}");
-    } else if report.ok {
+        return finish(path, &report, json);
+    }
+    for p in &report.virtual_table_problems {
+        println!(
+            "warning: {p} (not damage to the file; rebuild the table's index: \
+             INSERT INTO t(t) VALUES('rebuild'))"
+        );
+    }
+    if report.ok {
         println!(
             "ok: {} passed {what} ({} ms)",
             path.display(),
@@ -33,6 +42,11 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
             println!("  {p}");
         }
     }
+    finish(path, &report, json)
+}
+
+/// Exit 0 when sound, 2 (with the way out) when damaged.
+fn finish(path: &Path, report: &litebridge::CheckReport, json: bool) -> CliResult {
     if report.ok {
         Ok(())
     } else {

@@ -330,9 +330,7 @@ pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Req
     if let Err(crate::json::Unreadable::Duplicate(member)) = crate::json::parse(&bytes)
         && !bytes.is_empty()
     {
-        let e = rpc::RpcError::InvalidRequest(format!(
-            "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
-        ));
+        let e = rpc::RpcError::InvalidRequest(crate::json::duplicate_refusal(&member));
         return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))

@@ -90,7 +90,7 @@ where
 
 /// Reads one line; past [`MAX_LINE`] bytes the rest of it is skipped (the
 /// caller answers it as too large) so memory stays bounded.
-async fn read_line<R: AsyncRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncRead + Unpin>(
     r: &mut BufReader<R>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::open::{integrity_check, quick_check};
+use crate::db::open::{Findings, integrity_check, quick_check};
 use crate::error::{Error, Result};
 
 /// Pages copied per backup step.
@@ -179,7 +179,7 @@ fn copy_into(
         let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
         });
-        let problems = quick_check(&dst, 10)?;
+        let problems = quick_check(&dst, 10)?.damage;
         if !problems.is_empty() {
             return Err(Error::Corrupt {
                 path: partial.to_path_buf(),
@@ -385,8 +385,13 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 pub struct CheckReport {
     /// True when no problem was found.
     pub ok: bool,
-    /// Problems reported by `quick_check` / `integrity_check` (first 100).
+    /// Damage reported by `quick_check` / `integrity_check` (first 100).
     pub problems: Vec<String>,
+    /// Full-text and R-tree tables whose own index disagrees with their
+    /// content, as the same check reports them: not damage to the file (it
+    /// does not make `ok` false); `INSERT INTO t(t) VALUES('rebuild')`
+    /// rebuilds the index of full-text table `t`.
+    pub virtual_table_problems: Vec<String>,
     /// Foreign-key violations (`full` checks only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,
     /// How long the check took.
@@ -436,14 +441,18 @@ pub fn check_file(path: &Path, full: bool) -> Result<CheckReport> {
         return Ok(CheckReport {
             ok: false,
             problems: vec![e.to_string()],
+            virtual_table_problems: Vec::new(),
             foreign_key_violations: Vec::new(),
             elapsed: started.elapsed(),
         });
     }
-    let run = |f: fn(&Connection, u32) -> rusqlite::Result<Vec<String>>| -> Vec<String> {
-        f(&conn, 100).unwrap_or_else(|e| vec![Error::from(e).to_string()])
+    let run = |f: fn(&Connection, u32) -> rusqlite::Result<Findings>| -> Findings {
+        f(&conn, 100).unwrap_or_else(|e| Findings {
+            damage: vec![Error::from(e).to_string()],
+            virtual_tables: Vec::new(),
+        })
     };
-    let problems = if full {
+    let found = if full {
         run(integrity_check)
     } else {
         run(quick_check)
@@ -465,9 +474,11 @@ pub fn check_file(path: &Path, full: bool) -> Result<CheckReport> {
         })();
         fk = found.unwrap_or_else(|e| vec![Error::from(e).to_string()]);
     }
+    let problems = found.damage;
     Ok(CheckReport {
         ok: problems.is_empty() && fk.is_empty(),
         problems,
+        virtual_table_problems: found.virtual_tables,
         foreign_key_violations: fk,
         elapsed: started.elapsed(),
     })

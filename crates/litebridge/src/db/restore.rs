@@ -73,7 +73,7 @@ pub fn restore_file(
     let partial = with_suffix(db, ".restoring");
     let bytes = copy_synced(from, &partial, &mut progress)?;
     let conn = Connection::open_with_flags(&partial, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let problems = quick_check(&conn, 10)?;
+    let problems = quick_check(&conn, 10)?.damage;
     drop(conn);
     if !problems.is_empty() {
         let _ = std::fs::remove_file(&partial);

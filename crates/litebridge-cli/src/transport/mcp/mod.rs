@@ -8,6 +8,7 @@
 //! (with the [`Caller`] in their extensions) to the handler, so
 //! `tools/list` and `tools/call` see the key's scopes and quotas.
 
+mod stdio;
 mod tools;
 
 use std::sync::Arc;
@@ -134,15 +135,16 @@ pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Resul
         app,
         local: Some(caller),
     };
+    let (input, output, writing) = stdio::checked(tokio::io::stdin(), tokio::io::stdout());
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve((input, output))
         .await
         .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
     running
         .waiting()
         .await
         .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
-    Ok(())
+    writing.await.unwrap_or(Ok(()))
 }
 
 /// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.
