@@ -346,6 +346,16 @@ fn select_1e999_comes_back_as_null_and_a_duplicated_member_is_resolved_silently(
         json!({"sql": "SELECT ?1 > 1e308, typeof(?1)", "params": [{"$real": "Infinity"}]}),
     ));
     assert_eq!(r["result"]["rows"][0], json!([1, "real"]), "{r}");
+    // Text that is not UTF-8: its bytes, unchanged, as a blob (not U+FFFD).
+    let r = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT CAST(X'41FF42' AS TEXT), 'é'"}),
+    ));
+    assert_eq!(
+        r["result"]["rows"][0],
+        json!([{"$blob": "Qf9C"}, "é"]),
+        "{r}"
+    );
     // A member named twice: which one was meant is not clear, nothing runs.
     server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
     let text = r#"{"jsonrpc":"2.0","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)","sql":"DROP TABLE t"},"id":7}"#;

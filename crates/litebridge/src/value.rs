@@ -25,7 +25,8 @@ pub enum Value {
     Integer(i64),
     /// A double.
     Real(f64),
-    /// UTF-8 text.
+    /// UTF-8 text. (A TEXT value of SQLite's that is not valid UTF-8 is read
+    /// as a [`Value::Blob`] of its bytes, never changed.)
     Text(String),
     /// Bytes.
     Blob(Vec<u8>),
@@ -107,7 +108,13 @@ impl Value {
             ValueRef::Null => Value::Null,
             ValueRef::Integer(i) => Value::Integer(i),
             ValueRef::Real(f) => Value::Real(f),
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            // Text that is not UTF-8 (SQLite stores what it is given) has no
+            // `String`, and replacing its bad bytes would change the value
+            // unseen: its bytes come back unchanged, as a blob.
+            ValueRef::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => Value::Text(s.to_owned()),
+                Err(_) => Value::Blob(t.to_vec()),
+            },
             ValueRef::Blob(b) => Value::Blob(b.to_vec()),
         }
     }

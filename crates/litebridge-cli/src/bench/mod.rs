@@ -226,7 +226,11 @@ async fn run_case(
 ) -> CliResult<(Figures, Figures)> {
     let base_path = dir.join("baseline.db");
     let case_path = dir.join("case.db");
-    progress.message(&format!("baseline {} ({seconds} s)", c.baseline));
+    // The baseline and the case take turns, each round a third of the time,
+    // so both see the same drift of a noisy machine (one baseline run then
+    // one case run moved the read-point ratio by 0.2 from run to run).
+    let slice = seconds / ROUNDS as f64;
+    progress.message(&format!("baseline {} ({slice} s)", c.baseline));
     if let Some((load, clients)) = match c.name {
         "http-query" => Some((http::Load::Query, 32)),
         "http-execute" => Some((http::Load::Execute, 64)),
@@ -234,12 +238,15 @@ async fn run_case(
     } {
         // One server for the case and its baseline, as the spec asks.
         let server = http::Bench::start(dir, false).await?;
-        progress.message(&format!("baseline http-health ({seconds} s)"));
         let measured = async {
-            let baseline = server.run(http::Load::Health, clients, seconds).await?;
-            progress.message(&format!("{} ({seconds} s): {}", c.name, c.what));
-            let figures = server.run(load, clients, seconds).await?;
-            Ok::<_, Failure>((figures, baseline))
+            let (mut figures, mut baselines) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                progress.message(&format!("baseline http-health ({slice} s)"));
+                baselines.push(server.run(http::Load::Health, clients, slice).await?);
+                progress.message(&format!("{} ({slice} s): {}", c.name, c.what));
+                figures.push(server.run(load, clients, slice).await?);
+            }
+            Ok::<_, Failure>((Figures::mean(&figures), Figures::mean(&baselines)))
         }
         .await;
         server.shutdown().await;
@@ -248,7 +255,31 @@ async fn run_case(
     if c.name == "http-query-keys" {
         return keys_on_off(dir, seconds, progress).await;
     }
-    let baseline = match c.baseline {
+    let (mut figures, mut baselines) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round > 0 {
+            progress.message(&format!("baseline {} ({slice} s)", c.baseline));
+        }
+        baselines.push(run_baseline(c, &base_path, &case_path, slice, round == 0).await?);
+        progress.message(&format!("{} ({slice} s): {}", c.name, c.what));
+        figures.push(run_measured(c, dir, &case_path, slice).await?);
+    }
+    Ok((Figures::mean(&figures), Figures::mean(&baselines)))
+}
+
+/// Rounds of baseline and case in [`run_case`].
+const ROUNDS: usize = 3;
+
+/// One run of `c`'s baseline (`first`: the first of the case).
+async fn run_baseline(
+    c: &Case,
+    base_path: &Path,
+    case_path: &Path,
+    seconds: f64,
+    first: bool,
+) -> CliResult<Figures> {
+    let (base_path, case_path) = (base_path.to_path_buf(), case_path.to_path_buf());
+    Ok(match c.baseline {
         "raw-txn" => blocking(move || cases::raw_txn(&base_path, seconds)).await?,
         "mutex" => blocking(move || cases::mutex(&base_path, seconds, false)).await?,
         "mutex-full" => blocking(move || cases::mutex(&base_path, seconds, true)).await?,
@@ -257,14 +288,19 @@ async fn run_case(
         "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
         "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
-            cases::populate(&case_path).await?;
-            let p = case_path.clone();
-            blocking(move || cases::raw_threads(&p, seconds)).await?
+            if first {
+                cases::populate(&case_path).await?;
+            }
+            blocking(move || cases::raw_threads(&case_path, seconds)).await?
         }
         other => return Err(Failure::new(format!("no baseline {other}"))),
-    };
-    progress.message(&format!("{} ({seconds} s): {}", c.name, c.what));
-    let figures = match c.name {
+    })
+}
+
+/// One run of case `c`.
+async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> CliResult<Figures> {
+    let case_path = case_path.to_path_buf();
+    Ok(match c.name {
         "write-pipelined" => {
             cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
         }
@@ -280,8 +316,7 @@ async fn run_case(
         "state-save" => stores::state_save(&case_path, seconds).await?,
         "cache-get-hit" => stores::cache_get_hit(&case_path, seconds).await?,
         other => return Err(Failure::new(format!("no case {other}"))),
-    };
-    Ok((figures, baseline))
+    })
 }
 
 /// `http-query` against a server with keys and quotas on and one without,

@@ -166,10 +166,12 @@ fn is_maintenance(sql: &str) -> bool {
 
 /// Whether `sql` contains `litebridge_` in any letter case.
 pub(crate) fn mentions_own_tables(sql: &str) -> bool {
-    let p = guard::OWN_PREFIX.as_bytes();
-    sql.as_bytes()
-        .windows(p.len())
-        .any(|w| w.eq_ignore_ascii_case(p))
+    let (p, s) = (guard::OWN_PREFIX.as_bytes(), sql.as_bytes());
+    // Only where an `l` starts (on every read: kept to one fast scan).
+    memchr::memchr2_iter(b'l', b'L', s).any(|at| {
+        s.get(at..at + p.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(p))
+    })
 }
 
 /// Binds `params` to every parameter of `stmt`, refusing missing or unknown ones.
@@ -541,4 +543,30 @@ fn refusal(
         }
         Ok(None)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions_own_tables;
+
+    #[test]
+    fn own_tables_are_seen_in_any_case_anywhere() {
+        for sql in [
+            "litebridge_keys",
+            "SELECT * FROM main.LiteBridge_Keys",
+            "SELECT 1 /* llitebridge_ */",
+            "xlitebridge_",
+        ] {
+            assert!(mentions_own_tables(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            "l",
+            "litebridge",
+            "SELECT lite_bridge_keys",
+            "litebridge-keys",
+        ] {
+            assert!(!mentions_own_tables(sql), "{sql}");
+        }
+    }
 }
