@@ -224,12 +224,18 @@ async fn run_case(
     seconds: f64,
     progress: &Progress,
 ) -> CliResult<(Figures, Figures)> {
-    let base_path = dir.join("baseline.db");
-    let case_path = dir.join("case.db");
     // The baseline and the case take turns, each round a third of the time,
     // so both see the same drift of a noisy machine (one baseline run then
     // one case run moved the read-point ratio by 0.2 from run to run).
     let slice = seconds / ROUNDS as f64;
+    // Fresh files each round: a table grown by the last round would slow
+    // the next.
+    let paths = |round: usize| {
+        (
+            dir.join(format!("baseline-{round}.db")),
+            dir.join(format!("case-{round}.db")),
+        )
+    };
     progress.message(&format!("baseline {} ({slice} s)", c.baseline));
     if let Some((load, clients)) = match c.name {
         "http-query" => Some((http::Load::Query, 32)),
@@ -260,7 +266,8 @@ async fn run_case(
         if round > 0 {
             progress.message(&format!("baseline {} ({slice} s)", c.baseline));
         }
-        baselines.push(run_baseline(c, &base_path, &case_path, slice, round == 0).await?);
+        let (base_path, case_path) = paths(round);
+        baselines.push(run_baseline(c, &base_path, &case_path, slice).await?);
         progress.message(&format!("{} ({slice} s): {}", c.name, c.what));
         figures.push(run_measured(c, dir, &case_path, slice).await?);
     }
@@ -270,13 +277,13 @@ async fn run_case(
 /// Rounds of baseline and case in [`run_case`].
 const ROUNDS: usize = 3;
 
-/// One run of `c`'s baseline (`first`: the first of the case).
+/// One run of `c`'s baseline (for `raw-threads`, after filling the table
+/// the case then reads).
 async fn run_baseline(
     c: &Case,
     base_path: &Path,
     case_path: &Path,
     seconds: f64,
-    first: bool,
 ) -> CliResult<Figures> {
     let (base_path, case_path) = (base_path.to_path_buf(), case_path.to_path_buf());
     Ok(match c.baseline {
@@ -288,9 +295,7 @@ async fn run_baseline(
         "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
         "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
-            if first {
-                cases::populate(&case_path).await?;
-            }
+            cases::populate(&case_path).await?;
             blocking(move || cases::raw_threads(&case_path, seconds)).await?
         }
         other => return Err(Failure::new(format!("no baseline {other}"))),
