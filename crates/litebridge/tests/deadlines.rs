@@ -235,3 +235,37 @@ async fn a_write_that_ends_past_its_deadline_inside_one_step_does_not_commit() {
     assert_eq!(rows.rows, vec![vec![litebridge::Value::from("innocent")]]);
     db.close().await;
 }
+
+/// One row of many expensive columns is one stretch of SQLite with no
+/// progress check in it: the query cannot be stopped at its deadline, but it
+/// is not answered as if it had been on time either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_ends_past_its_deadline_in_one_step_is_a_timeout() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    db.execute("CREATE TABLE b(v TEXT)", ()).await.unwrap();
+    db.execute("INSERT INTO b VALUES (printf('%.*c', 4000000, 'a'))", ())
+        .await
+        .unwrap();
+    let columns = vec!["length(v)"; 100].join(", ");
+    let sql = format!("SELECT {columns} FROM b");
+    for lane in [Lane::Read, Lane::Heavy] {
+        let started = Instant::now();
+        let r = db
+            .query_with(
+                &sql,
+                (),
+                QueryOptions {
+                    timeout: Some(Duration::from_millis(20)),
+                    lane,
+                    ..QueryOptions::default()
+                },
+            )
+            .await;
+        let e = r.expect_err("answered past its deadline");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+    // Within its deadline the same query answers.
+    let r = db.query(&sql, ()).await.unwrap();
+    assert_eq!(r.rows[0].len(), 100);
+}

@@ -114,6 +114,32 @@ async fn one_read_request_holds_gigabytes() {
     assert!(e.to_string().contains("db.max_request_memory"), "{e}");
     let rows = db.query("SELECT x FROM t ORDER BY x", ()).await.unwrap();
     assert_eq!(rows.rows.len(), 2);
+    // litebridge's own functions count what they hold outside SQLite: trim's
+    // table of a set of 600,000 distinct characters (29 MB) is over a
+    // 16 MiB budget.
+    let small = Database::open(
+        dir.path().join("small.db"),
+        config()
+            .cache_size(-2000)
+            .max_result_bytes(8 * 1024 * 1024)
+            .max_request_memory(16 * 1024 * 1024)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let e = small
+        .query(
+            "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < 600000) \
+             SELECT trim('x', group_concat(unhex(printf('F8%02X%02X%02X%02X', 128 + (i >> 18) % 64, \
+             128 + (i >> 12) % 64, 128 + (i >> 6) % 64, 128 + i % 64)), '')) FROM c",
+            (),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("db.max_request_memory"), "{e}");
+    small.close().await;
     let grew = peak_rss_mb().saturating_sub(before);
     assert!(grew < 200, "the peak resident size grew by {grew} MB");
     // Within the limits everything still works.

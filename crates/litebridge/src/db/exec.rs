@@ -42,14 +42,46 @@ pub(crate) struct Prepared<'c> {
 enum Stmt<'c> {
     Cached(CachedStatement<'c>),
     Fresh(Statement<'c>),
+    /// A cached statement too big to keep ([`MAX_CACHED_STATEMENT`]): used
+    /// once, then discarded instead of going back to the cache.
+    Oversized(Option<CachedStatement<'c>>),
+}
+
+/// The most memory a prepared statement may hold and still be kept in the
+/// connection's cache after it ran. A statement's memory is counted in its
+/// request's budget while it is prepared, but a cached one stays when the
+/// request is over: `SELECT x IN (1, 1, ... 450,000 times)` holds 45 MB,
+/// and 128 of them per connection would hold gigabytes between requests.
+/// Ordinary statements hold a few kilobytes.
+pub(crate) const MAX_CACHED_STATEMENT: i32 = 256 * 1024;
+
+impl<'c> Stmt<'c> {
+    fn cached(stmt: CachedStatement<'c>) -> Stmt<'c> {
+        if stmt.get_status(rusqlite::StatementStatus::MemUsed) > MAX_CACHED_STATEMENT {
+            Stmt::Oversized(Some(stmt))
+        } else {
+            Stmt::Cached(stmt)
+        }
+    }
+}
+
+impl Drop for Stmt<'_> {
+    fn drop(&mut self) {
+        if let Stmt::Oversized(stmt) = self
+            && let Some(stmt) = stmt.take()
+        {
+            stmt.discard();
+        }
+    }
 }
 
 impl<'c> std::ops::Deref for Prepared<'c> {
     type Target = Statement<'c>;
     fn deref(&self) -> &Statement<'c> {
         match &self.stmt {
-            Stmt::Cached(s) => s,
+            Stmt::Cached(s) | Stmt::Oversized(Some(s)) => s,
             Stmt::Fresh(s) => s,
+            Stmt::Oversized(None) => unreachable!("taken only when dropped"),
         }
     }
 }
@@ -57,8 +89,9 @@ impl<'c> std::ops::Deref for Prepared<'c> {
 impl std::ops::DerefMut for Prepared<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         match &mut self.stmt {
-            Stmt::Cached(s) => s,
+            Stmt::Cached(s) | Stmt::Oversized(Some(s)) => s,
             Stmt::Fresh(s) => s,
+            Stmt::Oversized(None) => unreachable!("taken only when dropped"),
         }
     }
 }
@@ -85,7 +118,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
     let client = guard::is_client();
     if !client {
         return Ok(Prepared {
-            stmt: Stmt::Cached(conn.prepare_cached(sql)?),
+            stmt: Stmt::cached(conn.prepare_cached(sql)?),
             ddl: Ddl::default(),
             maintenance: false,
         });
@@ -106,7 +139,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
         let ddl = guard::prepared_ddl();
         if !ddl.any {
             return Ok(Prepared {
-                stmt: Stmt::Cached(cached),
+                stmt: Stmt::cached(cached),
                 ddl,
                 maintenance,
             });
@@ -548,6 +581,20 @@ fn refusal(
 #[cfg(test)]
 mod tests {
     use super::mentions_own_tables;
+
+    #[test]
+    fn a_statement_holding_megabytes_is_not_kept_in_the_cache() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let used = || crate::db::ffi::statement_memory(&conn);
+        drop(super::prepare(&conn, "SELECT 1").unwrap());
+        let small = used();
+        assert!(small > 0, "a small statement stays cached");
+        let list = vec!["1"; 100_000].join(",");
+        let big = super::prepare(&conn, &format!("SELECT 1 IN ({list})")).unwrap();
+        assert!(used() > small + super::MAX_CACHED_STATEMENT);
+        drop(big);
+        assert_eq!(used(), small, "the big one was finalized, not cached");
+    }
 
     #[test]
     fn own_tables_are_seen_in_any_case_anywhere() {

@@ -7,21 +7,27 @@ use rusqlite::Connection;
 /// transaction (`SQLITE_DBSTATUS_DEFERRED_FKS`). The writer checks it after
 /// each request so that a request leaving a violation behind fails alone,
 /// instead of making the whole batch's COMMIT fail.
-#[allow(unsafe_code)]
 pub(crate) fn deferred_fk_violations(conn: &Connection) -> i32 {
+    db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS)
+}
+
+/// The bytes of memory the connection's prepared statements (its statement
+/// cache) hold (`SQLITE_DBSTATUS_STMT_USED`).
+#[cfg(test)]
+pub(crate) fn statement_memory(conn: &Connection) -> i32 {
+    db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_STMT_USED)
+}
+
+/// One of the connection's counters (`sqlite3_db_status`); 0 if unknown.
+#[allow(unsafe_code)]
+fn db_status(conn: &Connection, op: std::ffi::c_int) -> i32 {
     let mut current = 0;
     let mut highwater = 0;
     // SAFETY: `handle()` is the live connection owned by `conn`, used on this
     // thread only while `conn` is borrowed; sqlite3_db_status only reads a
     // counter of that connection into the two out-parameters.
     let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_status(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
-            &mut current,
-            &mut highwater,
-            0,
-        )
+        rusqlite::ffi::sqlite3_db_status(conn.handle(), op, &mut current, &mut highwater, 0)
     };
     if rc == rusqlite::ffi::SQLITE_OK {
         current

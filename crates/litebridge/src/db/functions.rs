@@ -37,6 +37,7 @@ use rusqlite::types::{ToSql, ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
 use crate::db::guard::Ticker;
+use crate::db::heap::Charge;
 
 const SQLITE_TOOBIG: i32 = 18;
 
@@ -200,6 +201,8 @@ pub(crate) fn replace(
     if pattern.first().is_none_or(|&b| b == 0) {
         return Ok(x.to_vec());
     }
+    // The result being built is the request's memory (up to the limit).
+    let _charge = Charge::take(x.len().max(max_len.min(x.len().saturating_mul(2))))?;
     let mut out = Vec::with_capacity(x.len());
     let mut last = 0;
     for at in Finder::new(pattern).find_iter(x) {
@@ -250,6 +253,9 @@ fn trim(
     ticker: &mut Ticker<'_>,
 ) -> rusqlite::Result<(usize, usize)> {
     let set = &set[..memchr::memchr(0, set).unwrap_or(set.len())];
+    // The tables below, about 48 bytes a distinct character, are the
+    // request's memory.
+    let mut charge = Charge::take(0)?;
     // The first index in the set of each character, by its length in bytes.
     let mut by_len: Vec<(usize, HashMap<&[u8], usize>)> = Vec::new();
     let (mut at, mut index) = (0, 0);
@@ -269,7 +275,12 @@ fn trim(
                 by_len.len() - 1
             }
         };
-        by_len[slot].1.entry(&set[start..at]).or_insert(index);
+        if let std::collections::hash_map::Entry::Vacant(new) =
+            by_len[slot].1.entry(&set[start..at])
+        {
+            charge.grow(48)?;
+            new.insert(index);
+        }
         index += 1;
         ticker.tick()?;
     }
@@ -327,10 +338,15 @@ fn unhex_function(ctx: &Context<'_>, halt: &AtomicBool) -> rusqlite::Result<Valu
 /// `None` (NULL) for anything else. SQLite looks each character between
 /// pairs up in `pass` from its start (`len(X) * len(Y)`); here in a set.
 fn unhex(x: &[u8], pass: &[u8], ticker: &mut Ticker<'_>) -> rusqlite::Result<Option<Vec<u8>>> {
+    // The set (about 16 bytes a distinct character) and the result are the
+    // request's memory.
+    let mut charge = Charge::take(x.len() / 2)?;
     let mut allowed = std::collections::HashSet::new();
     let mut at = 0;
     while at < pass.len() {
-        allowed.insert(read_utf8(pass, &mut at));
+        if allowed.insert(read_utf8(pass, &mut at)) {
+            charge.grow(16)?;
+        }
         ticker.tick()?;
     }
     let x = &x[..memchr::memchr(0, x).unwrap_or(x.len())];
@@ -393,8 +409,10 @@ fn read_utf8(s: &[u8], at: &mut usize) -> u32 {
 /// The most work (the product of its arguments' lengths) one `json_patch`
 /// call may take: SQLite merges each member of the patch by a search
 /// through the target's members (two objects of 500 KB take 10 s), in one
-/// step no deadline can stop. About a second at most here.
-pub(crate) const MAX_PATCH_WORK: u64 = 1 << 34;
+/// step no deadline can stop. A member of JSONB can be 2 bytes, so a
+/// product of 2^30 bytes is up to 2.7e8 pairs of members: about 2 s at
+/// worst on this kind of machine (a 1 MB document with a 1 KB patch).
+pub(crate) const MAX_PATCH_WORK: u64 = 1 << 30;
 
 /// SQLite's subtype for text that is JSON (`json_object` embeds it as is).
 const JSON_SUBTYPE: std::ffi::c_uint = b'J' as std::ffi::c_uint;
@@ -437,6 +455,16 @@ fn json_patch_function(
                 ValueRef::Real(f) => (RawOrValue::Value(Value::Real(f)), None),
                 ValueRef::Null => (RawOrValue::Value(Value::Null), None),
             })
+        })
+        // Out of memory there is this request's budget: the code alone, so
+        // that it reaches the caller as too_large (a message would turn it
+        // into a plain SQL error).
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OutOfMemory) => SqlError::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOMEM),
+                None,
+            ),
+            _ => e,
         })
     })
 }

@@ -95,6 +95,43 @@ pub(crate) fn refused() -> bool {
     REFUSED.with(Cell::get)
 }
 
+/// Memory litebridge's own SQL functions hold outside SQLite's allocator
+/// (a lookup table, a result being built), taken from the budget of the
+/// operation on this thread while it lives and given back when dropped.
+pub(crate) struct Charge(usize);
+
+impl Charge {
+    /// Takes `bytes`, or fails with SQLITE_NOMEM (which `guard` reports as
+    /// `too_large`, naming `db.max_request_memory`) past the budget.
+    pub(crate) fn take(bytes: usize) -> rusqlite::Result<Charge> {
+        if take(bytes) {
+            Ok(Charge(bytes))
+        } else {
+            Err(out_of_memory())
+        }
+    }
+
+    /// Takes `bytes` more.
+    pub(crate) fn grow(&mut self, bytes: usize) -> rusqlite::Result<()> {
+        if take(bytes) {
+            self.0 += bytes;
+            Ok(())
+        } else {
+            Err(out_of_memory())
+        }
+    }
+}
+
+fn out_of_memory() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_NOMEM), None)
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        give(self.0);
+    }
+}
+
 /// Takes `bytes` from the budget; false (and nothing taken) if that would
 /// overdraw it.
 fn take(bytes: usize) -> bool {

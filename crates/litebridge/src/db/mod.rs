@@ -332,17 +332,31 @@ impl Database {
         budget: Budget,
     ) -> Result<Rows> {
         let max_bytes = self.inner.opener.config.max_result_bytes;
+        // A query whose time went into one long step of SQLite (which the
+        // progress handler never sees) and ended past its deadline is not
+        // answered as if it had been on time.
+        let on_time = {
+            let budget = budget.clone();
+            move |rows: Rows| {
+                if budget.expired() {
+                    Err(budget.timeout_error(crate::TimeoutStage::Running))
+                } else {
+                    Ok(rows)
+                }
+            }
+        };
         match options.lane {
             Lane::Read => {
                 self.read_lane(&budget, true, |conn| {
                     exec::query(conn, sql, &params, options.max_rows, max_bytes)
+                        .and_then(on_time.clone())
                 })
                 .await
             }
             Lane::Heavy => {
                 let sql = sql.to_owned();
                 self.heavy_lane(budget, move |conn| {
-                    exec::query(conn, &sql, &params, options.max_rows, max_bytes)
+                    exec::query(conn, &sql, &params, options.max_rows, max_bytes).and_then(on_time)
                 })
                 .await
             }
