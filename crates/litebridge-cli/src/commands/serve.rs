@@ -180,6 +180,8 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     // committed: each request is atomic).
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
+    let grace = s.shutdown_grace();
+    exit_after_grace(grace);
     let server = crate::transport::accept::serve(listener, router, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
@@ -187,7 +189,6 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         mcp_stop.cancel();
         notify.notify_one();
     });
-    let grace = s.shutdown_grace();
     let reserve = (grace / 2).min(std::time::Duration::from_secs(2));
     let mut deadline = None;
     tokio::select! {
@@ -226,6 +227,35 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         }
     }
     Ok(())
+}
+
+/// Exits the process `grace` after the first SIGTERM or SIGINT, on a thread
+/// and a signal listener of its own: the drain below runs on the async
+/// runtime, whose threads a long step of SQLite can hold past the grace
+/// period (a row of many expensive columns runs with no check), and then
+/// neither its timers nor its signal listener would run on time. Leaving
+/// then is as safe as a crash: nothing uncommitted survives, and the next
+/// start recovers the log.
+fn exit_after_grace(grace: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("litebridge-exit".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(shutdown_signal());
+            std::thread::sleep(grace);
+            tracing::warn!(
+                "the grace period is over: leaving with the database still closing; its log is recovered at the next start"
+            );
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no watchdog for the grace period: {e}");
+    }
 }
 
 async fn shutdown_signal() {
