@@ -57,7 +57,12 @@ pub(crate) const MAX_CACHED_STATEMENT: i32 = 256 * 1024;
 
 impl<'c> Stmt<'c> {
     fn cached(stmt: CachedStatement<'c>) -> Stmt<'c> {
-        if stmt.get_status(rusqlite::StatementStatus::MemUsed) > MAX_CACHED_STATEMENT {
+        // Measuring a statement walks all of it (SQLITE_STMTSTATUS_MEMUSED
+        // counts as if freeing it): only a fresh one, never run, is measured;
+        // one that ran came from the cache, where only small ones are kept.
+        if stmt.get_status(rusqlite::StatementStatus::Run) == 0
+            && stmt.get_status(rusqlite::StatementStatus::MemUsed) > MAX_CACHED_STATEMENT
+        {
             Stmt::Oversized(Some(stmt))
         } else {
             Stmt::Cached(stmt)
