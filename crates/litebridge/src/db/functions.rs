@@ -1,4 +1,7 @@
-//! `instr` and `replace` in linear time, in place of SQLite's own.
+//! SQLite's functions that can run long in one call, replaced: `instr`,
+//! `replace`, two-argument `trim`/`ltrim`/`rtrim` and `unhex` in linear
+//! time, `json_patch`/`jsonb_patch` bounded, and (in `patterns`) `like` and
+//! `glob` interruptible.
 //!
 //! # Why
 //!
@@ -20,6 +23,12 @@
 //!   the replacement is; else every
 //!   non-overlapping match, left to right, replaced; the result is text,
 //!   refused as too big past the length limit.
+//!
+//! - `trim`, `unhex`: see [`trim`] and [`unhex`]; SQLite compares each
+//!   character of the set at every place (`len(X) * len(Y)`), these look
+//!   each one up in a table, whose memory counts in the request's budget.
+//! - `json_patch`: SQLite's own (on this thread's plain connection), refused
+//!   past [`MAX_PATCH_WORK`].
 //!
 //! Arguments that are numbers are turned into text by SQLite's own rules
 //! (`CAST(x AS TEXT)` on an in-memory connection of this thread), then
