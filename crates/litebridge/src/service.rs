@@ -55,7 +55,7 @@ impl Service {
         }
         let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
         let state = StateStore::new(db.clone(), clock.clone());
-        let memory = MemoryStore::new(db.clone(), clock);
+        let memory = MemoryStore::new(db.clone(), clock.clone());
         let cache = match Cache::open(Some(db.clone()), cache).await {
             Ok(c) => c,
             Err(e) => {
@@ -79,16 +79,21 @@ impl Service {
             None => None,
         };
         // Expired memory entries are never returned; this reclaims their rows.
-        let sweeper = memory.clone();
-        let weak_db = db.clone();
+        // The task holds the database weakly: dropping the service's last
+        // handle closes it, and the task ends.
+        let weak = db.downgrade();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if !weak_db.health().healthy {
+                let Some(db) = weak.upgrade() else {
+                    return; // every handle was dropped
+                };
+                if !db.health().healthy {
                     return; // closed, or found damaged: leave it alone
                 }
+                let sweeper = MemoryStore::new(db, clock.clone());
                 if let Err(e) = sweeper.sweep().await {
                     tracing::warn!("sweeping expired memory entries failed: {e}");
                 }

@@ -157,6 +157,18 @@ pub struct Database {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep its [`Database`] open: background tasks hold
+/// one, so dropping the last `Database` still closes it.
+#[derive(Clone)]
+pub(crate) struct WeakDatabase(std::sync::Weak<Inner>);
+
+impl WeakDatabase {
+    /// The database, while a `Database` handle of it is still held.
+    pub(crate) fn upgrade(&self) -> Option<Database> {
+        self.0.upgrade().map(|inner| Database { inner })
+    }
+}
+
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
@@ -735,6 +747,11 @@ impl Database {
             healthy: problems.is_empty(),
             problems,
         }
+    }
+
+    /// A handle that does not keep this database open.
+    pub(crate) fn downgrade(&self) -> WeakDatabase {
+        WeakDatabase(Arc::downgrade(&self.inner))
     }
 
     /// Interrupts every statement running on any connection of this
