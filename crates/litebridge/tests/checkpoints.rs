@@ -37,7 +37,7 @@ async fn the_wal_stays_bounded_under_continuous_reads_and_writes() {
         }));
     }
     let mut max_wal = 0;
-    for round in 0..150i64 {
+    for round in 0..300i64 {
         let rows = (0..500)
             .map(|i| params![round * 1000 + i, "v".repeat(100)])
             .collect();
@@ -54,10 +54,11 @@ async fn the_wal_stays_bounded_under_continuous_reads_and_writes() {
     for r in readers {
         r.await.unwrap();
     }
-    // ~10 MB were written; the WAL may overshoot the limit by the batches
-    // written while a restart waits for the readers (a loaded CI machine
-    // saw 4.2 x the limit once; unbounded, it would reach ~20 x).
-    assert!(max_wal < 6 * limit, "WAL grew to {max_wal} bytes");
+    // ~20 MB were written (unbounded, the WAL would reach ~40 x the limit).
+    // It may overshoot the limit by the batches written while a restart
+    // waits for the readers: 1.3 x on a quiet machine, up to 6.9 x seen on
+    // a loaded one, where the readers' scans take longer.
+    assert!(max_wal < 12 * limit, "WAL grew to {max_wal} bytes");
     assert!(db.stats().checkpoints > 0);
     let r = db.checkpoint(CheckpointMode::Truncate).await.unwrap();
     assert!(!r.busy);
