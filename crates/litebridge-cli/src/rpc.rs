@@ -724,7 +724,13 @@ async fn dispatch(
                 .await?)
         }
         "bridge.stats" | "bridge.health" => {
-            Args::new("bridge.stats", &[], params)?;
+            // Each named as called in its errors (both take no parameters).
+            let name = if method == "bridge.health" {
+                "bridge.health"
+            } else {
+                "bridge.stats"
+            };
+            Args::new(name, &[], params)?;
             let pool = workers(service)?;
             let s = pool.status();
             let stats = json!({

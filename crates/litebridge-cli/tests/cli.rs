@@ -256,7 +256,12 @@ fn usage_errors_exit_1_and_help_exits_0() {
     assert!(text(&out.stderr).contains("--db"), "{}", text(&out.stderr));
     let help = litebridge(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
-    assert!(text(&help.stdout).contains("bench"));
+    for command in [
+        "serve", "stdio", "mcp", "query", "check", "backup", "restore", "keys", "bench",
+    ] {
+        assert!(text(&help.stdout).contains(command), "{command}");
+    }
+    assert!(text(&help.stdout).contains("HTTP, stdio and MCP"));
 }
 
 #[test]

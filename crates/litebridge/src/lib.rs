@@ -25,13 +25,17 @@
 //! - [`config`]: [`DbConfig`] and its builder; `DEFAULT_*` values.
 //! - [`value`]: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
 //! - [`db`]: [`Database`]; the design note is there. Inside: `writer` (the
-//!   thread and its queue), `group_commit` (one transaction per batch),
-//!   `readers` (read lane), `heavy` (heavy lane), `guard` (deadlines and the
-//!   statement guard and the SQL authorizer), `exec` (binding and running),
-//!   `introspect` ([`Database::schema`]), `open` (pragmas),
-//!   `checkpointer` (WAL checkpoints off the writer thread), `backup` (online
-//!   backup, checks), `restore` (restore with the old file kept aside), `ffi`
-//!   (the one unsafe call).
+//!   thread), `queue` (its bounded queue and admission), `group_commit` (one
+//!   transaction per batch), `execute` (the future of one write), `readers`
+//!   (read lane), `heavy` (heavy lane), `guard` (deadlines, the statement
+//!   guard and the SQL authorizer), `heap` (SQLite's allocator with a memory
+//!   budget per request), `functions` and `patterns` (SQLite's functions that
+//!   could run long in one call, replaced), `exec` (binding and running),
+//!   `introspect` ([`Database::schema`]), `open` (pragmas), `checkpointer`
+//!   (WAL checkpoints off the writer thread), `wal_vfs` (the writer's WAL
+//!   writes, one per commit), `backup` (online backup, checks), `restore`
+//!   (restore with the old file kept aside), `ffi` (calls of SQLite's C API
+//!   that rusqlite does not wrap).
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - [`stats`]: [`DbStats`], the statistics of spec section 6.

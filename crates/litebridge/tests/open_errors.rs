@@ -138,6 +138,8 @@ async fn corruption_met_at_run_time_marks_the_database_unhealthy_and_is_not_retr
         .find(|e| e.kind() == ErrorKind::Corrupt)
         .unwrap_or_else(|| panic!("no scan met the damage: {errors:?}"));
     assert!(!e.is_recoverable(), "corruption is never retried blindly");
+    // The message names the damaged file (it printed an empty path).
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     let health = db.health();
     assert!(!health.healthy);
     assert!(

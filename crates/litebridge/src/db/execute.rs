@@ -76,6 +76,7 @@ impl<'a> Execute<'a> {
 
     fn finish(&mut self, started: Instant, r: Result<ExecResult>) -> Poll<Result<ExecResult>> {
         self.state = State::Done;
+        let r = self.inner.named(r);
         self.inner.record_write(started, &r);
         Poll::Ready(r)
     }

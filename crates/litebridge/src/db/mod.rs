@@ -216,6 +216,18 @@ impl Inner {
             .with_memory(self.opener.config.max_request_memory)
     }
 
+    /// `r`, with this database's path in a `Corrupt` error: SQLite's
+    /// SQLITE_CORRUPT comes without one (it printed an empty path).
+    fn named<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| match e {
+            Error::Corrupt { path, detail } if path.as_os_str().is_empty() => Error::Corrupt {
+                path: self.opener.path.clone(),
+                detail,
+            },
+            other => other,
+        })
+    }
+
     fn record_write<T>(&self, started: std::time::Instant, r: &Result<T>) {
         let c = &self.counters;
         c.write_latency.record(started.elapsed());
@@ -407,7 +419,9 @@ impl Database {
     ) -> Result<T> {
         let started = budget.started;
         let c = &self.inner.counters;
-        let r = self.inner.readers.run(budget, inline, f).await;
+        let r = self
+            .inner
+            .named(self.inner.readers.run(budget, inline, f).await);
         c.read_latency.record(started.elapsed());
         self.count_error(&r, &c.read_errors);
         r
@@ -420,7 +434,7 @@ impl Database {
     {
         let started = budget.started;
         let c = &self.inner.counters;
-        let r = self.inner.heavy.run(budget, f).await;
+        let r = self.inner.named(self.inner.heavy.run(budget, f).await);
         c.heavy_latency.record(started.elapsed());
         self.count_error(&r, &c.heavy_errors);
         r
@@ -629,10 +643,10 @@ impl Database {
             Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,
             Err(e) => Err(e),
         };
-        let r = match queued {
+        let r = self.inner.named(match queued {
             Ok(()) => reply.await,
             Err(e) => Err(e),
-        };
+        });
         self.inner.record_write(started, &r);
         r
     }
