@@ -1,4 +1,5 @@
-//! The command line (spec section 2).
+//! The command line: `serve`, `stdio`, `mcp`, `query`, `check`, `backup`,
+//! `restore`, `keys` and `bench`.
 
 use std::path::PathBuf;
 

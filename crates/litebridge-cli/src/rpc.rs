@@ -1,4 +1,4 @@
-//! The method table (spec section 3), shared by every transport, and strict
+//! The method table (the README lists it), shared by every transport, and strict
 //! JSON-RPC 2.0 processing: single requests, batches (run concurrently,
 //! answered in any order), notifications (never answered), ids echoed
 //! exactly, the standard errors with `id: null` where the specification says
@@ -1045,7 +1045,7 @@ fn cache_stats(service: &Service) -> Json {
     })
 }
 
-/// `pool.health`, with the seed system's field names (spec section 6).
+/// `pool.health`, with the field names of the seed system's statistics.
 fn pool_health(service: &Service) -> Json {
     let s = service.db.stats();
     let h = service.db.health();

@@ -1,4 +1,4 @@
-//! Configuration (spec section 7): defaults, then one TOML file, then
+//! Configuration: defaults, then one TOML file, then
 //! environment variables, then flags. Every key is in one table: its section,
 //! its environment names (`LITEBRIDGE_<SECTION>_<KEY>` and the seed system's
 //! names), its kind and its default. A key that is not in the table, or a

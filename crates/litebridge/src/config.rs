@@ -109,8 +109,11 @@ impl TempStore {
 
 /// How litebridge keeps the write-ahead log from growing without bound.
 ///
-/// SQLite's own auto-checkpoint is disabled; the writer thread checkpoints
-/// itself after commits, so checkpoint work never lands on a reader.
+/// SQLite's own auto-checkpoint is disabled: a checkpoint thread with a
+/// connection of its own copies the log back (`PASSIVE`) once it holds
+/// `passive_pages`, so neither the writer nor a reader pays for it; the
+/// writer runs only the short last step that lets the log start over, and
+/// the `TRUNCATE` past `max_wal_bytes` (see the `checkpointer` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointConfig {
     /// Run a `PASSIVE` checkpoint once the WAL holds this many pages.

@@ -38,7 +38,7 @@
 //!   that rusqlite does not wrap).
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
-//! - [`stats`]: [`DbStats`], the statistics of spec section 6.
+//! - [`stats`]: [`DbStats`], the database's statistics.
 //! - [`store`]: [`Cache`](store::Cache), the two-level cache (memory and the database).
 //! - [`Service`]: the database, workers and cache wired together; what the
 //!   transports call.

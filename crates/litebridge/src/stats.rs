@@ -1,5 +1,5 @@
 //! Counters kept by the database's components and the snapshot they give
-//! (spec section 6). Every field is an atomic updated without locks.
+//! (the statistics `/metrics` and the `*.stats` methods show). Every field is an atomic updated without locks.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};

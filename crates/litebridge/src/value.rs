@@ -1,5 +1,5 @@
-//! SQLite values, statement parameters and results, with the JSON mapping of
-//! spec section 3 (shared by every transport).
+//! SQLite values, statement parameters and results, with their JSON mapping
+//! (shared by every transport; the README's "The command line" shows it).
 //!
 //! SQLite to JSON: INTEGER to a number (exact 64-bit), REAL to a number, TEXT to
 //! a string, NULL to null, BLOB to `{"$blob": "<base64>"}`. A REAL that JSON

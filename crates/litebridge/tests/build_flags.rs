@@ -1,6 +1,7 @@
 //! The bundled SQLite must be built without SQLITE_ENABLE_MEMORY_MANAGEMENT
-//! and with memory statistics off (baselines, finding 1): both put every
-//! connection behind one global mutex and cap read scaling.
+//! and with memory statistics off (`.cargo/config.toml`): both put every
+//! connection behind one global mutex and cap read scaling (two readers
+//! reached 1.37x one reader with it, 1.84x without).
 
 #[test]
 fn sqlite_is_built_for_read_scaling() {

@@ -1,8 +1,8 @@
 //! The read lane: a pool of read-only connections used *on the caller's thread*.
 //!
 //! A point read costs a few microseconds in SQLite; handing it to another
-//! thread and back costs ~50 us on this class of machine (baselines, finding
-//! 2). So a read takes a permit (waiting asynchronously, up to its deadline,
+//! thread and back costs ~50 us on this class of machine (an idle vCPU is
+//! slow to wake). So a read takes a permit (waiting asynchronously, up to its deadline,
 //! when every connection is busy), checks out a connection, runs the statement
 //! right there, and puts the connection back. The price is that a read blocks
 //! the calling task's thread while it runs: a read still running after a few

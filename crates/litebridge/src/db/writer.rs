@@ -1,7 +1,7 @@
 //! The writer thread: the only read-write connection, its bounded queue, and
 //! the supervisor that restarts it.
 //!
-//! Callers put a [`WriteJob`] on a bounded queue ([`WriteQueue`]) and await
+//! Callers put a `WriteJob` on a bounded queue ([`WriteQueue`]) and await
 //! its answer. The thread takes everything queued at once (waiting up to
 //! `max_wait` for more) and hands it to [`commit_batch`] in transactions of
 //! at most `max_batch` requests. After a commit that leaves the WAL
@@ -376,8 +376,8 @@ fn writer_loop(
     }
 }
 
-/// Waking a parked thread costs ~50 us on this class of machine (baselines,
-/// finding 2), more than a whole batch. Right after a batch the callers it
+/// Waking a parked thread costs ~50 us on this class of machine (an idle
+/// vCPU is slow to wake), more than a whole batch. Right after a batch the callers it
 /// answered are about to send their next requests, so the writer first polls
 /// the queue for a short while, yielding its core to them, before it parks.
 const SPIN: Duration = Duration::from_micros(60);

@@ -1,5 +1,5 @@
 //! The worker protocol: newline-delimited JSON-RPC 2.0 on the worker's
-//! stdin/stdout (spec section 4).
+//! stdin/stdout (the README's "The Python worker SDK" describes it for authors).
 
 use serde::Deserialize;
 use serde_json::Value as Json;

@@ -1,4 +1,4 @@
-//! The MCP tools: each one a method of the table (spec section 3) with a
+//! The MCP tools: each one a method of the table (`rpc`) with a
 //! JSON schema and a description an agent can act on, plus one tool per
 //! worker method announced in `$/ready`.
 //!
