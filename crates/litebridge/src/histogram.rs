@@ -8,6 +8,7 @@
 //! merges the shards. `hdrhistogram` needs a lock
 //! around every record, which is what this avoids on the hot path.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ struct Held(Lease);
 
 impl Held {
     fn take() -> Held {
-        let index = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let index = lock(&FREE).pop();
         Held(match index {
             Some(index) => Lease { index, own: true },
             None => Lease {
@@ -88,9 +89,7 @@ impl Drop for Held {
         if self.0.own {
             // The mutex orders this thread's last stores before the next
             // owner's first loads.
-            FREE.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.0.index);
+            lock(&FREE).push(self.0.index);
         }
     }
 }

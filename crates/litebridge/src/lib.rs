@@ -46,6 +46,7 @@
 //!   JSON-RPC on stdin/stdout; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `calendar`: UTC civil dates for stamps and quota periods.
+//! - `sync`: the crate's locks, which ignore poisoning (the reason is there).
 //! - `fault`: fault switches for tests (hidden).
 
 pub mod auth;
@@ -61,6 +62,7 @@ pub mod resilience;
 mod service;
 pub mod stats;
 pub mod store;
+mod sync;
 pub mod value;
 pub mod workers;
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::histogram::{Histogram, LatencySummary};
+use crate::sync::lock;
 
 /// Live counters, shared by the components of one database.
 #[derive(Debug, Default)]
@@ -38,7 +39,7 @@ impl Counters {
     /// Notes an operation's error; SQLITE_CORRUPT marks the database damaged.
     pub(crate) fn saw<T>(&self, r: &crate::Result<T>) {
         if let Err(crate::Error::Corrupt { detail, .. }) = r {
-            let mut seen = self.corruption.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.corruption);
             if seen.is_none() {
                 tracing::error!(detail = %detail, "SQLITE_CORRUPT met at run time; the database is marked unhealthy");
                 *seen = Some(detail.clone());
@@ -48,10 +49,7 @@ impl Counters {
 
     /// What corruption was met, if any.
     pub(crate) fn corruption(&self) -> Option<String> {
-        self.corruption
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.corruption).clone()
     }
 
     pub(crate) fn batch(&self, size: usize) {

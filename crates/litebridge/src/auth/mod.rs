@@ -35,6 +35,7 @@ pub use scope::{Scope, Scopes};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::store::Clock;
+use crate::sync::{lock, read, write};
 use quota::{Meter, Period, Usage, periods};
 
 /// One active key, as the service holds it.
@@ -190,11 +191,7 @@ impl Auth {
     }
 
     fn registry(&self) -> Arc<Registry> {
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.inner.registry).clone()
     }
 
     /// Whether keys are in use: once any key has been created in this
@@ -313,17 +310,9 @@ impl Auth {
             .collect();
         if !gone.is_empty() {
             tracing::info!(keys = gone.len(), "revoked keys no longer accepted");
-            self.inner
-                .retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(gone);
+            lock(&self.inner.retired).extend(gone);
         }
-        *self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        *write(&self.inner.registry) = Arc::new(next);
         Ok(true)
     }
 
@@ -334,8 +323,7 @@ impl Auth {
     /// SQLite errors; the counts are kept for the next flush.
     pub async fn flush(&self) -> Result<()> {
         let _one = self.inner.busy.lock().await;
-        let retired =
-            std::mem::take(&mut *self.inner.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        let retired = std::mem::take(&mut *lock(&self.inner.retired));
         let entries: Vec<Arc<KeyEntry>> = self
             .registry()
             .by_hash
@@ -345,12 +333,7 @@ impl Auth {
             .collect();
         let mut taken = Vec::new();
         for e in &entries {
-            let (pending, last) = e
-                .meter
-                .usage
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take_pending();
+            let (pending, last) = lock(&e.meter.usage).take_pending();
             if !pending.is_empty() || last.is_some() {
                 taken.push((e.clone(), pending, last));
             }
@@ -392,12 +375,7 @@ impl Auth {
             .await;
         if let Err(e) = written {
             for (entry, pending, last) in taken {
-                entry
-                    .meter
-                    .usage
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .restore_pending(pending, last);
+                lock(&entry.meter.usage).restore_pending(pending, last);
             }
             return Err(e);
         }

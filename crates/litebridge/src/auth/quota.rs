@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use crate::calendar::{civil_from_days, days_from_civil};
 use crate::error::{Error, Result};
 use crate::store::Clock;
+use crate::sync::lock;
 
 /// The limits of one tier; `None` is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +217,7 @@ const CONCURRENT_RETRY: Duration = Duration::from_millis(50);
 
 impl Meter {
     fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
-        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.usage)
     }
 
     /// Counts one request against the daily and monthly quotas.

@@ -37,6 +37,7 @@ use crate::db::open::Opener;
 use crate::db::writer::{CheckpointMode, CheckpointReport, checkpoint};
 use crate::error::{Error, Result};
 use crate::stats::Counters;
+use crate::sync::lock;
 
 /// Messages to the checkpoint thread.
 enum Kick {
@@ -59,7 +60,7 @@ struct Progress {
 
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.lock)
     }
 
     fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
@@ -132,7 +133,7 @@ impl Checkpointer {
 
     /// Truncates the WAL and stops the thread. Call after the writer stopped.
     pub(crate) fn shutdown(&self) {
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = lock(&self.thread).take();
         if let Some(t) = thread {
             let _ = self.tx.send(Kick::Stop);
             let _ = t.join();

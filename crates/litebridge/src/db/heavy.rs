@@ -21,6 +21,7 @@ use crate::db::open::Opener;
 use crate::db::readers::probe;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
+use crate::sync::lock;
 
 type Job = Box<dyn FnOnce(&Connection) -> bool + Send>;
 
@@ -152,7 +153,7 @@ impl HeavyLane {
         for _ in 0..self.size {
             let _ = self.tx.send(None);
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             let _ = t.join();
         }

@@ -78,6 +78,7 @@ pub(crate) fn foreign_key_to_own(conn: &Connection) -> Result<Option<(String, St
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::stats::{Counters, DbStats};
+use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement};
 use group_commit::{Job, Request};
 use guard::Budget;
@@ -245,10 +246,6 @@ fn admission(options: &WriteOptions) -> Admission {
     } else {
         Admission::Wait
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Database {

@@ -32,6 +32,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::db::group_commit::Request;
 use crate::db::writer::{CheckpointMode, CheckpointReport};
 use crate::error::Result;
+use crate::sync::lock;
 
 /// A checkpoint asked of the writer, with where to send its report.
 pub(crate) type Asked = (CheckpointMode, oneshot::Sender<Result<CheckpointReport>>);
@@ -91,7 +92,7 @@ impl WriteQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves the state consistent (every
         // change is a single push or swap), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub(crate) fn capacity(&self) -> usize {

@@ -33,6 +33,7 @@ use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
+use crate::sync::lock;
 
 struct Slot {
     conn: Connection,
@@ -71,7 +72,7 @@ impl ReaderPool {
     fn idle(&self) -> MutexGuard<'_, VecDeque<Slot>> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (push and pop are single operations), so poisoning is ignored.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.idle)
     }
 
     pub(crate) fn size(&self) -> usize {

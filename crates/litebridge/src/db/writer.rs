@@ -36,6 +36,7 @@ use crate::db::open::Opener;
 use crate::db::queue::{Asked, Refused, Taken, WriteQueue};
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
+use crate::sync::lock;
 
 /// How callers reach the writer thread.
 pub(crate) struct WriterHandle {
@@ -143,10 +144,7 @@ impl WriterHandle {
 
     pub(crate) fn is_running(&self) -> bool {
         !self.closed.load(Ordering::Relaxed)
-            && self
-                .thread
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            && lock(&self.thread)
                 .as_ref()
                 .is_some_and(|t| !t.is_finished())
     }
@@ -208,11 +206,11 @@ impl WriterHandle {
             return;
         }
         self.queue.stop();
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = lock(&self.thread).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
-        let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let watch = lock(&self.watch).take();
         if let Some(t) = watch {
             t.thread().unpark();
             let _ = t.join();

@@ -5,6 +5,7 @@
 //! delay), which spreads retries of many callers instead of synchronizing them
 //! into waves. The random source is a trait so tests can make delays exact.
 
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ impl Default for DefaultRandom {
 
 impl Random for DefaultRandom {
     fn next_f64(&self) -> f64 {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.0);
         *s ^= *s >> 12;
         *s ^= *s << 25;
         *s ^= *s >> 27;

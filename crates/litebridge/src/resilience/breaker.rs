@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::sync::{lock, read, write};
 
 /// Configuration of every breaker of a registry.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,7 +231,7 @@ impl CircuitBreaker {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Asks to make one call.
@@ -434,15 +435,10 @@ impl BreakerRegistry {
 
     /// The breaker for `name`, made closed on first use.
     pub fn get(&self, name: &str) -> Arc<CircuitBreaker> {
-        if let Some(b) = self
-            .breakers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
+        if let Some(b) = read(&self.breakers).get(name) {
             return b.clone();
         }
-        let mut map = self.breakers.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = write(&self.breakers);
         map.entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(CircuitBreaker::new(
@@ -456,12 +452,7 @@ impl BreakerRegistry {
 
     /// Resets the breaker for `name`; false if there is none.
     pub fn reset(&self, name: &str) -> bool {
-        let b = self
-            .breakers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
+        let b = read(&self.breakers).get(name).cloned();
         b.map(|b| b.reset()).is_some()
     }
 
@@ -472,13 +463,7 @@ impl BreakerRegistry {
 
     /// Snapshots of every breaker, by name.
     pub fn statuses(&self) -> Vec<BreakerStatus> {
-        let mut v: Vec<_> = self
-            .breakers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|b| b.status())
-            .collect();
+        let mut v: Vec<_> = read(&self.breakers).values().map(|b| b.status()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

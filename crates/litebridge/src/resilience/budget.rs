@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::sync::lock;
 use tokio::time::Instant;
 
 const BUCKETS: u32 = 10;
@@ -80,7 +81,7 @@ impl RetryBudget {
     fn with_window(&self, f: impl FnOnce(&mut VecDeque<Bucket>)) {
         let now = Instant::now();
         let width = self.window / BUCKETS;
-        let mut w = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.state);
         while w
             .front()
             .is_some_and(|b| now.duration_since(b.start) >= self.window)

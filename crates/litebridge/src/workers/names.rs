@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 use crate::workers::process::Process;
 
 /// Dynamic method names that get state of their own.
@@ -46,7 +47,7 @@ impl MethodNames {
     /// Adds what a worker announced (every worker runs the same command, so
     /// this is the same set each time; the union survives restarts).
     pub(crate) fn learn(&self, p: &Process) {
-        let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut k = write(&self.known);
         k.announced.extend(p.methods.keys().cloned());
         if p.dynamic {
             let first = !k.dynamic;
@@ -81,7 +82,7 @@ impl MethodNames {
                 ),
             ));
         }
-        let k = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let k = read(&self.known);
         if k.announced.contains(method) {
             return Ok(());
         }
@@ -123,14 +124,14 @@ impl MethodNames {
     /// The name the state (breaker, statistics) of a call of `method` is
     /// kept under, when it has state of its own.
     pub(crate) fn state_name<'a>(&self, method: &'a str) -> Option<&'a str> {
-        let k = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let k = read(&self.known);
         (k.announced.contains(method) || k.tracked.contains(method)).then_some(method)
     }
 
     /// Gives a dynamic name that has just been served state of its own, if
     /// there is room.
     pub(crate) fn promote(&self, method: &str) {
-        let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut k = write(&self.known);
         if k.tracked.len() < MAX_DYNAMIC && !k.announced.contains(method) {
             k.tracked.insert(method.to_owned());
         }

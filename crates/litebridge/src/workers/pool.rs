@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
+use crate::sync::{lock, read, write};
 use crate::workers::config::WorkerConfig;
 use crate::workers::names::{self, MethodNames};
 use crate::workers::process::Process;
@@ -674,14 +675,6 @@ impl Drop for Abandon {
     }
 }
 
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Replaces workers that end, with backoff, until the pool closes.
 async fn supervise(
     shared: std::sync::Weak<Shared>,
@@ -721,7 +714,7 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         }
         attempt += 1;
         let storm = {
-            let mut times = s.restart_times.lock().unwrap_or_else(|p| p.into_inner());
+            let mut times = lock(&s.restart_times);
             let now = Instant::now();
             times.push_back(now);
             while times
@@ -772,7 +765,7 @@ fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
         return Some(format!("older than {} s", age.as_secs_f64()));
     }
     if let Some(idle) = config.max_idle {
-        let last = *p.last_call.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *lock(&p.last_call);
         if p.load.load(Ordering::Relaxed) == 0 && last.elapsed() >= idle {
             return Some(format!("idle for {} s", idle.as_secs_f64()));
         }

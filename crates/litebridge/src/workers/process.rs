@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use crate::workers::config::WorkerConfig;
 use crate::workers::protocol::{self, Incoming, MethodInfo};
 use crate::workers::signal;
@@ -294,10 +295,6 @@ impl Process {
             let _ = tx.send(outcome);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn last_line(stderr: &Mutex<VecDeque<String>>) -> String {
