@@ -539,14 +539,10 @@ fn stderr_tail(lines: &[String]) -> String {
     }
 }
 
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_NOMEM: i32 = 7;
-const SQLITE_READONLY: i32 = 8;
-const SQLITE_IOERR: i32 = 10;
-const SQLITE_CORRUPT: i32 = 11;
-const SQLITE_FULL: i32 = 13;
-const SQLITE_NOTADB: i32 = 26;
+use rusqlite::ffi::{
+    SQLITE_BUSY, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_LOCKED, SQLITE_NOMEM,
+    SQLITE_NOTADB, SQLITE_READONLY,
+};
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {

@@ -9,12 +9,9 @@ use crate::db::guard::{self, Ddl, OWN_PREFIX};
 use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params, Rows, Value};
 
-const SQLITE_INTERRUPT: i32 = 9;
-const SQLITE_NOMEM: i32 = 7;
-const SQLITE_IOERR: i32 = 10;
-const SQLITE_CANTOPEN: i32 = 14;
-const SQLITE_TOOBIG: i32 = 18;
-const SQLITE_MISUSE: i32 = 21;
+use rusqlite::ffi::{
+    SQLITE_CANTOPEN, SQLITE_INTERRUPT, SQLITE_IOERR, SQLITE_MISUSE, SQLITE_NOMEM, SQLITE_TOOBIG,
+};
 
 /// Whether an error means the connection itself is broken (rather than the
 /// statement being wrong), so the connection should be replaced.

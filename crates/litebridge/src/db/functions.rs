@@ -48,7 +48,7 @@ use rusqlite::{Connection, Error as SqlError};
 use crate::db::guard::Ticker;
 use crate::db::heap::Charge;
 
-const SQLITE_TOOBIG: i32 = 18;
+use rusqlite::ffi::SQLITE_TOOBIG;
 
 /// Replaces SQLite's functions that can run long in one call on `conn`:
 /// `instr` and `replace` (linear here), `like`, `glob`, two-argument

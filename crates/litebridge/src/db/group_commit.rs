@@ -527,8 +527,8 @@ fn run_pass(
         drop(scope);
         if result.is_ok() && limits.check_deferred_fks && ffi::deferred_fk_violations(conn) > 0 {
             result = Err(Error::Sql {
-                code: 19,
-                extended_code: 787,
+                code: rusqlite::ffi::SQLITE_CONSTRAINT,
+                extended_code: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
                 message: "FOREIGN KEY constraint failed (a deferred foreign key was left unresolved at the end of the request)".into(),
             });
         }
@@ -632,10 +632,7 @@ fn rollback(conn: &Connection) {
 
 /// Errors that come from the machine, not the request.
 fn is_environmental(e: &Error) -> bool {
-    const SQLITE_NOMEM: i32 = 7;
-    const SQLITE_IOERR: i32 = 10;
-    const SQLITE_FULL: i32 = 13;
-    const SQLITE_CANTOPEN: i32 = 14;
+    use rusqlite::ffi::{SQLITE_CANTOPEN, SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM};
     match e {
         Error::Corrupt { .. } | Error::Busy { .. } | Error::ReadOnly { .. } => true,
         _ => matches!(

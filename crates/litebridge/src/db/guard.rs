@@ -295,10 +295,7 @@ impl Scope {
     }
 }
 
-const SQLITE_ERROR: i32 = 1;
-const SQLITE_NOMEM: i32 = 7;
-const SQLITE_INTERRUPT: i32 = 9;
-const SQLITE_AUTH: i32 = 23;
+use rusqlite::ffi::{SQLITE_AUTH, SQLITE_ERROR, SQLITE_INTERRUPT, SQLITE_NOMEM};
 
 /// Whether the operation running on this thread runs client SQL (anything but
 /// litebridge's own trusted or internal statements).
