@@ -89,7 +89,10 @@ impl std::fmt::Display for ErrorKind {
 }
 
 /// Everything that can go wrong in litebridge.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`: one failure (a failed COMMIT, a full disk) is the answer to every
+/// request of a batch; the I/O error is shared, not rebuilt.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// SQLite rejected a statement.
@@ -183,7 +186,7 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The statement or method is not allowed (authorizer rule, missing scope).
     #[error("{message}")]
@@ -265,129 +268,6 @@ pub enum Error {
         /// The first problems reported.
         detail: String,
     },
-}
-
-impl Clone for Error {
-    /// Errors are cloned when one failure (a failed COMMIT, a full disk) is the
-    /// answer to every request of a batch. `std::io::Error` is not `Clone`, so
-    /// an I/O error is rebuilt from its kind and message.
-    fn clone(&self) -> Self {
-        match self {
-            Error::Sql {
-                code,
-                extended_code,
-                message,
-            } => Error::Sql {
-                code: *code,
-                extended_code: *extended_code,
-                message: message.clone(),
-            },
-            Error::Timeout { after, stage } => Error::Timeout {
-                after: *after,
-                stage: *stage,
-            },
-            Error::Overloaded {
-                queue,
-                capacity,
-                retry_after,
-            } => Error::Overloaded {
-                queue,
-                capacity: *capacity,
-                retry_after: *retry_after,
-            },
-            Error::Busy { message } => Error::Busy {
-                message: message.clone(),
-            },
-            Error::ReadOnly { message } => Error::ReadOnly {
-                message: message.clone(),
-            },
-            Error::Corrupt { path, detail } => Error::Corrupt {
-                path: path.clone(),
-                detail: detail.clone(),
-            },
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            Error::InvalidArgument { param, message } => Error::InvalidArgument {
-                param: param.clone(),
-                message: message.clone(),
-            },
-            Error::Config {
-                key,
-                value,
-                expected,
-            } => Error::Config {
-                key: key.clone(),
-                value: value.clone(),
-                expected: expected.clone(),
-            },
-            Error::Open { path, reason } => Error::Open {
-                path: path.clone(),
-                reason: reason.clone(),
-            },
-            Error::Io {
-                action,
-                path,
-                source,
-            } => Error::Io {
-                action,
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            Error::CheckFailed { path, detail } => Error::CheckFailed {
-                path: path.clone(),
-                detail: detail.clone(),
-            },
-            Error::TooLarge { what, limit } => Error::TooLarge {
-                what: what.clone(),
-                limit: *limit,
-            },
-            Error::Forbidden { message } => Error::Forbidden {
-                message: message.clone(),
-            },
-            Error::Unauthorized { message } => Error::Unauthorized {
-                message: message.clone(),
-            },
-            Error::QuotaExceeded {
-                quota,
-                key,
-                limit,
-                retry_after,
-            } => Error::QuotaExceeded {
-                quota,
-                key: key.clone(),
-                limit: *limit,
-                retry_after: *retry_after,
-            },
-            Error::Internal { message } => Error::Internal {
-                message: message.clone(),
-            },
-            Error::CircuitOpen {
-                breaker,
-                retry_after,
-            } => Error::CircuitOpen {
-                breaker: breaker.clone(),
-                retry_after: *retry_after,
-            },
-            Error::WorkerError {
-                code,
-                message,
-                type_name,
-                traceback,
-            } => Error::WorkerError {
-                code: *code,
-                message: message.clone(),
-                type_name: type_name.clone(),
-                traceback: traceback.clone(),
-            },
-            Error::WorkerCrashed { pid, exit, stderr } => Error::WorkerCrashed {
-                pid: *pid,
-                exit: exit.clone(),
-                stderr: stderr.clone(),
-            },
-        }
-    }
 }
 
 /// Where a [`Error::Timeout`] happened.
@@ -513,7 +393,7 @@ impl Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            source: std::sync::Arc::new(source),
         }
     }
 
