@@ -18,6 +18,23 @@ fn call(method: &str, params: Value) -> Value {
 const FOREVER: &str = "INSERT INTO t SELECT count(*) FROM \
     (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT i FROM c)";
 
+/// POSTs `body` to `/rpc` on a connection of its own and waits up to `wait`
+/// for the answer or the connection's end (whichever the server gives).
+fn post_and_wait(addr: &str, body: &str, wait: Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(
+        format!(
+            "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+}
+
 fn ready(server: &Server) -> (u16, Value) {
     let (status, body) = server.request("GET", "/ready", None, b"");
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -154,18 +171,7 @@ fn sigterm_exits_within_the_grace_period_while_a_statement_runs() {
             json!({"sql": FOREVER, "timeout_ms": 3_600_000}),
         )
         .to_string();
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        use std::io::{Read, Write};
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let _ = s.write_all(
-            format!(
-                "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        post_and_wait(&addr, &body, Duration::from_secs(30));
     });
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -209,20 +215,9 @@ fn sigterm_exits_within_the_grace_period_while_queries_hold_every_thread() {
         .map(|_| {
             let (addr, sql) = (server.addr.clone(), sql.clone());
             std::thread::spawn(move || {
-                let body = call("sql.query", json!({"sql": sql, "timeout_ms": 3_600_000}))
-                    .to_string();
-                let mut s = std::net::TcpStream::connect(&addr).unwrap();
-                use std::io::{Read, Write};
-                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                let _ = s.write_all(
-                    format!(
-                        "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                let mut out = Vec::new();
-                let _ = s.read_to_end(&mut out);
+                let body =
+                    call("sql.query", json!({"sql": sql, "timeout_ms": 3_600_000})).to_string();
+                post_and_wait(&addr, &body, Duration::from_secs(60));
             })
         })
         .collect();

@@ -47,6 +47,7 @@ use rusqlite::{Connection, Error as SqlError};
 
 use crate::db::guard::Ticker;
 use crate::db::heap::Charge;
+use crate::db::patterns::read_utf8;
 
 use rusqlite::ffi::SQLITE_TOOBIG;
 
@@ -384,35 +385,6 @@ fn unhex(x: &[u8], pass: &[u8], ticker: &mut Ticker<'_>) -> rusqlite::Result<Opt
         out.push(high << 4 | low);
     }
     Ok(Some(out))
-}
-
-/// `sqlite3Utf8Read` over `s` from `at` (which it moves past the character):
-/// a lead byte and every continuation byte after it; 0 at the end.
-fn read_utf8(s: &[u8], at: &mut usize) -> u32 {
-    const TRANS1: [u8; 64] = [
-        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
-        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d,
-        0x1e, 0x1f, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c,
-        0x0d, 0x0e, 0x0f, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x00, 0x01, 0x02, 0x03,
-        0x00, 0x01, 0x00, 0x00,
-    ];
-    let Some(&b) = s.get(*at) else { return 0 };
-    *at += 1;
-    let mut c = u32::from(b);
-    if c >= 0xC0 {
-        c = u32::from(TRANS1[(c - 0xC0) as usize]);
-        while let Some(&n) = s.get(*at) {
-            if n & 0xC0 != 0x80 {
-                break;
-            }
-            c = c.wrapping_shl(6).wrapping_add(u32::from(n & 0x3F));
-            *at += 1;
-        }
-        if c < 0x80 || (c & 0xFFFF_F800) == 0xD800 {
-            c = 0xFFFD;
-        }
-    }
-    c
 }
 
 /// The most work (the product of its arguments' lengths) one `json_patch`

@@ -87,25 +87,7 @@ impl<'a> Cursor<'a> {
     /// `sqlite3Utf8Read`: one character, leniently (any lead byte and the
     /// continuation bytes after it); 0 at the end, without moving.
     fn read(&mut self) -> u32 {
-        let Some(&b) = self.s.get(self.at) else {
-            return 0;
-        };
-        self.at += 1;
-        let mut c = u32::from(b);
-        if c >= 0xC0 {
-            c = u32::from(TRANS1[(c - 0xC0) as usize]);
-            while let Some(&n) = self.s.get(self.at) {
-                if n & 0xC0 != 0x80 {
-                    break;
-                }
-                c = c.wrapping_shl(6).wrapping_add(u32::from(n & 0x3F));
-                self.at += 1;
-            }
-            if c < 0x80 || (c & 0xFFFF_F800) == 0xD800 {
-                c = 0xFFFD;
-            }
-        }
-        c
+        read_utf8(self.s, &mut self.at)
     }
 
     /// `SQLITE_SKIP_UTF8`.
@@ -119,6 +101,31 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// `sqlite3Utf8Read` over `s` from `at` (moved past the character): a lead
+/// byte and every continuation byte after it, as SQLite reads them; 0 at
+/// the end, without moving.
+pub(crate) fn read_utf8(s: &[u8], at: &mut usize) -> u32 {
+    let Some(&b) = s.get(*at) else {
+        return 0;
+    };
+    *at += 1;
+    let mut c = u32::from(b);
+    if c >= 0xC0 {
+        c = u32::from(TRANS1[(c - 0xC0) as usize]);
+        while let Some(&n) = s.get(*at) {
+            if n & 0xC0 != 0x80 {
+                break;
+            }
+            c = c.wrapping_shl(6).wrapping_add(u32::from(n & 0x3F));
+            *at += 1;
+        }
+        if c < 0x80 || (c & 0xFFFF_F800) == 0xD800 {
+            c = 0xFFFD;
+        }
+    }
+    c
 }
 
 /// `sqlite3Utf8Trans1`: the payload bits of a lead byte 0xC0..=0xFF.
