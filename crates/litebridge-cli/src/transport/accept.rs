@@ -18,8 +18,10 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::transport::standby::Standby;
 
 /// What one server holds its clients to.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +33,9 @@ pub(crate) struct Limits {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains.
+///
+/// A standby acceptor on a thread of its own answers `/health`, `/ready` and
+/// `/metrics` while every thread of this runtime is held (see `standby`).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -39,11 +44,8 @@ pub(crate) async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout)
-        .keep_alive(true);
+    let builder = http1(limits);
+    let standby = Standby::start(&listener, router.clone(), limits, permits.clone());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -67,10 +69,8 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let io = TokioIo::new(Patient::new(stream, limits.read_timeout));
-        let conn = builder.serve_connection(io, service);
+        let conn = builder.serve_connection(io(stream, limits), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -80,12 +80,34 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    match standby {
+        Some(standby) => {
+            tokio::join!(graceful.shutdown(), standby.stop());
+        }
+        None => graceful.shutdown().await,
+    }
+}
+
+/// The HTTP/1 settings every connection is served with.
+pub(crate) fn http1(limits: Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .keep_alive(true);
+    builder
+}
+
+/// An accepted connection as hyper serves it: no Nagle delay, and writes
+/// that must make progress within `read_timeout`.
+pub(crate) fn io(stream: TcpStream, limits: Limits) -> TokioIo<Patient<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    TokioIo::new(Patient::new(stream, limits.read_timeout))
 }
 
 /// A connection whose writes must make progress: one that stays pending for
 /// `timeout` fails with `TimedOut`, and hyper closes the connection.
-struct Patient<T> {
+pub(crate) struct Patient<T> {
     io: T,
     timeout: Duration,
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,

@@ -336,10 +336,20 @@ pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Req
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+async fn ready(
+    State(state): State<AppState>,
+    stalled: Option<axum::Extension<crate::transport::standby::Stalled>>,
+) -> Response {
     let service = &state.app.service;
     let db = service.db.health();
     let mut problems = db.problems;
+    if let Some(axum::Extension(crate::transport::standby::Stalled(age))) = stalled {
+        problems.push(format!(
+            "every request thread has been busy for {} ms (long steps of SQLite); \
+             requests wait until one frees",
+            age.as_millis()
+        ));
+    }
     if let Some(w) = &service.workers {
         let s = w.status();
         if !s.healthy {

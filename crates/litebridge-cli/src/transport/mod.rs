@@ -3,4 +3,5 @@
 pub(crate) mod accept;
 pub(crate) mod http;
 pub(crate) mod mcp;
+pub(crate) mod standby;
 pub(crate) mod stdio;
