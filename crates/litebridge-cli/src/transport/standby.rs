@@ -25,6 +25,7 @@
 //! the standby wakes at the same pace to read it, and it shares the
 //! connection cap (`server.max_connections`) with the main loop.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::os::fd::AsFd as _;
 use std::pin::Pin;
@@ -54,6 +55,9 @@ pub(crate) const STALE: Duration = Duration::from_millis(200);
 
 /// The paths the standby answers itself; every other one runs on the main runtime.
 const CONTROL: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// A request's answer, run here or on the main runtime.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Put on requests the standby served while the main runtime was held: how
 /// long it has not run. `/ready` reports it.
@@ -228,10 +232,8 @@ impl Acceptor {
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<Body>,
-        Error = std::convert::Infallible,
-        Future = Pin<
-            Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>,
-        >,
+        Error = Infallible,
+        Future = Answer,
     > + use<> {
         let local = TowerToHyperService::new(self.router.clone());
         let (main, heartbeat) = (self.main.clone(), self.heartbeat.clone());
@@ -256,7 +258,7 @@ impl Acceptor {
                         *lost.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                         Ok(lost)
                     })
-            }) as Pin<Box<dyn Future<Output = _> + Send>>
+            }) as Answer
         })
     }
 }
