@@ -560,27 +560,26 @@ fn clients_that_never_read_their_answer_or_trickle_an_mcp_body_hold_every_connec
     assert!(server.stop().success());
 }
 
-/// A query that SQLite runs as one long step with no progress check: one
-/// row of many expensive columns (each `hex` of 16 MB), so the read lane
-/// cannot interrupt it and move it off the runtime thread it started on.
-fn uninterruptible_row(columns: usize) -> String {
+/// One row of many expensive columns (each `hex` of 16 MB): one long step
+/// of SQLite with no progress check in it, which used to hold the runtime
+/// thread it started on for its whole run.
+fn expensive_row(columns: usize) -> String {
     let cols = vec!["length(hex(b))"; columns].join(", ");
     format!("SELECT {cols} FROM (SELECT zeroblob(16000000) AS b)")
 }
 
 #[test]
-fn health_answers_while_every_runtime_thread_is_held() {
+fn a_few_rows_of_expensive_columns_freeze_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("held.db");
     let server = Server::start(&db, &[]);
-    // How long one such query runs here, to hold the threads long enough.
+    // How long one such query runs here, to make them last seconds.
     let started = Instant::now();
-    let r = server.rpc(call("sql.query", json!({"sql": uninterruptible_row(10)})));
+    let r = server.rpc(call("sql.query", json!({"sql": expensive_row(4)})));
     assert!(r["result"]["rows"].is_array(), "{r}");
-    let per_column = started.elapsed() / 10;
+    let per_column = started.elapsed() / 4;
     let columns = (Duration::from_secs(6).as_nanos() / per_column.as_nanos().max(1)) as usize;
-    let columns = columns.clamp(20, 1900);
-    let held = uninterruptible_row(columns);
+    let held = expensive_row(columns.clamp(20, 1900));
     std::thread::scope(|scope| {
         // More of them than the runtime has threads, from clients of their own.
         for _ in 0..4 {
@@ -591,7 +590,6 @@ fn health_answers_while_every_runtime_thread_is_held() {
             });
         }
         std::thread::sleep(Duration::from_millis(700));
-        // A request sent meanwhile waits for a thread and is answered.
         let waiting =
             scope.spawn(|| server.rpc(call("sql.query", json!({"sql": "SELECT 7 AS x"}))));
         for _ in 0..4 {
@@ -600,21 +598,10 @@ fn health_answers_while_every_runtime_thread_is_held() {
             let took = started.elapsed();
             assert_eq!(status, 200);
             assert!(took < Duration::from_millis(500), "/health took {took:?}");
-            // Readiness says why this process should get no work now.
-            let (status, body) = ready(&server);
-            assert_eq!(status, 503, "{body}");
-            assert!(
-                body["problems"].to_string().contains("request thread"),
-                "{body}"
-            );
-            assert!(started.elapsed() < Duration::from_millis(1000));
             std::thread::sleep(Duration::from_millis(200));
         }
         let answer = waiting.join().unwrap();
         assert_eq!(answer["result"]["rows"][0][0], 7, "{answer}");
     });
-    // Once the threads are free, readiness is back.
-    let (status, body) = ready(&server);
-    assert_eq!(status, 200, "{body}");
     assert!(server.stop().success());
 }

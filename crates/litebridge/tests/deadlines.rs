@@ -269,3 +269,90 @@ async fn a_query_that_ends_past_its_deadline_in_one_step_is_a_timeout() {
     let r = db.query(&sql, ()).await.unwrap();
     assert_eq!(r.rows[0].len(), 100);
 }
+
+/// `n` copies of `term` summed as a balanced tree (a left-deep sum of
+/// thousands of terms passes SQLite's expression depth limit).
+fn balanced_sum(term: &str, n: usize) -> String {
+    if n == 1 {
+        return term.to_owned();
+    }
+    format!(
+        "({} + {})",
+        balanced_sum(term, n / 2),
+        balanced_sum(term, n - n / 2)
+    )
+}
+
+/// How many `length(hex(b))` over the 4 MB in `big` make `work` of one step here.
+async fn terms_for(db: &litebridge::Database, work: Duration) -> usize {
+    let probe = format!("SELECT {} FROM big", balanced_sum("length(hex(b))", 10));
+    let started = Instant::now();
+    db.query(&probe, ()).await.unwrap();
+    let per_term = started.elapsed() / 10;
+    let n = work.as_nanos() / per_term.as_nanos().max(1);
+    usize::try_from(n).unwrap_or(usize::MAX).clamp(50, 5_000)
+}
+
+/// One step of SQLite that makes large values (here a sum of thousands of
+/// `length(hex(b))` over 4 MB, ~30 s of work in one row) is stopped near
+/// its deadline: the allocator asks whether the operation must stop every
+/// megabyte it hands out, where the progress handler is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_long_step_that_makes_large_values_is_stopped_at_its_deadline() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    db.execute("CREATE TABLE big(b)", ()).await.unwrap();
+    db.execute("INSERT INTO big VALUES (zeroblob(4000000))", ())
+        .await
+        .unwrap();
+    let terms = terms_for(&db, Duration::from_secs(30)).await;
+    let expensive = balanced_sum("length(hex(b))", terms);
+    let read = format!("SELECT {expensive} FROM big");
+    for lane in [Lane::Read, Lane::Heavy] {
+        let started = Instant::now();
+        let e = db
+            .query_with(
+                &read,
+                (),
+                QueryOptions {
+                    timeout: Some(Duration::from_millis(200)),
+                    lane,
+                    ..QueryOptions::default()
+                },
+            )
+            .await
+            .expect_err("a step of ~30 s answered within 200 ms");
+        let took = started.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{lane:?}: {e}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{lane:?}: stopped after {took:?}"
+        );
+    }
+    // A write: stopped too, nothing of it committed, its batch commits.
+    db.execute("CREATE TABLE x(v)", ()).await.unwrap();
+    let slow = db.execute_with(
+        format!("INSERT INTO x SELECT {expensive} FROM big"),
+        (),
+        WriteOptions {
+            timeout: Some(Duration::from_millis(200)),
+            ..WriteOptions::default()
+        },
+    );
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        db.execute("INSERT INTO x VALUES ('innocent')", ()).await
+    };
+    let started = Instant::now();
+    let (slow, other) = tokio::join!(slow, other);
+    let e = slow.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    other.unwrap();
+    let rows = db.query("SELECT v FROM x", ()).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![litebridge::Value::from("innocent")]]);
+    db.close().await;
+}

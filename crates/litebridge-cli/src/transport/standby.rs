@@ -262,3 +262,100 @@ impl Acceptor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::Extension;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::transport::accept;
+
+    /// GETs `path` on a connection of its own; the answer's status line and body.
+    fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let status = answer.lines().next().unwrap_or_default().to_owned();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        format!("{status} {body}")
+    }
+
+    #[test]
+    fn control_paths_are_answered_while_every_runtime_thread_is_held() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let holding = Arc::new(AtomicUsize::new(0));
+        let router = {
+            let holding = holding.clone();
+            Router::new()
+                .route("/health", get(|| async { "ok" }))
+                .route(
+                    "/ready",
+                    get(|stalled: Option<Extension<Stalled>>| async move {
+                        if stalled.is_some() {
+                            "stalled"
+                        } else {
+                            "ready"
+                        }
+                    }),
+                )
+                // A handler that holds its runtime thread, as a long step of
+                // SQLite run inline does.
+                .route(
+                    "/hold",
+                    get(move || async move {
+                        holding.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_secs(2));
+                        "held"
+                    }),
+                )
+                .route("/work", get(|| async { "done" }))
+        };
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limits = accept::Limits {
+            max_connections: 64,
+            read_timeout: Duration::from_secs(10),
+        };
+        let server = runtime.spawn(accept::serve(listener, router, limits, async {
+            let _ = stopped.await;
+        }));
+        let holders: Vec<_> = (0..2)
+            .map(|_| std::thread::spawn(move || get_path(addr, "/hold")))
+            .collect();
+        while holding.load(Ordering::SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        assert!(get_path(addr, "/health").ends_with(" ok"));
+        let took = started.elapsed();
+        assert!(took < STALE * 2 + BEAT * 4, "/health took {took:?}");
+        assert!(get_path(addr, "/ready").ends_with(" stalled"));
+        // Any other request waits for the main runtime and runs there.
+        assert!(get_path(addr, "/work").ends_with(" done"));
+        for holder in holders {
+            assert!(holder.join().unwrap().ends_with(" held"));
+        }
+        // Running again: nothing reports a stall any more.
+        let started = Instant::now();
+        while !get_path(addr, "/ready").ends_with(" ready") {
+            assert!(started.elapsed() < Duration::from_secs(5), "still stalled");
+        }
+        stop.send(()).unwrap();
+        runtime.block_on(server).unwrap();
+    }
+}

@@ -256,7 +256,13 @@ impl Scope {
             let Some(cur) = c.as_ref() else { return err };
             let hold = cur.writer.map(|w| w.hold);
             let held_too_long = hold.is_some_and(|(until, _)| Instant::now() >= until);
-            match err.sqlite_codes() {
+            // An allocation refused because the operation had to stop is an
+            // interrupt that came through the allocator (see `heap`).
+            let codes = match err.sqlite_codes() {
+                Some((SQLITE_NOMEM, _)) if heap::stopped() => Some((SQLITE_INTERRUPT, 0)),
+                codes => codes,
+            };
+            match codes {
                 Some((SQLITE_NOMEM, _)) if heap::refused() => Error::TooLarge {
                     what: "the memory SQLite took for this request (db.max_request_memory)".into(),
                     limit: cur.budget.memory.unwrap_or_default() as u64,
@@ -381,9 +387,15 @@ fn on_runtime_worker() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
-fn should_interrupt() -> bool {
+/// Whether the operation on this thread must stop now: its deadline, its
+/// hold on the writer, its caller gone, or a read to move off the caller's
+/// thread. Asked by the progress handler, [`Ticker`] and `heap` (which may
+/// ask while this module looks at the operation: then the answer is no).
+pub(crate) fn should_interrupt() -> bool {
     CURRENT.with(|c| {
-        let mut c = c.borrow_mut();
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return false;
+        };
         let Some(cur) = c.as_mut() else {
             return false;
         };

@@ -22,6 +22,17 @@
 //! SQLite's heap, so the budget must leave room for it to grow to
 //! `cache_size` (checked when the configuration is built).
 //!
+//! The same counter is where a long step of SQLite is stopped. SQLite looks
+//! at its progress handler (deadlines, holds, the read lane's move off the
+//! caller's thread) only between the steps of a loop, so one row of hundreds
+//! of expensive columns over a large value ran for tens of seconds without a
+//! check. Expensive work over large values makes large values: every
+//! [`CHECK_EVERY`] bytes an operation allocates, the allocator asks `guard`
+//! whether it must stop, and if so refuses that allocation; SQLite unwinds
+//! as for any `SQLITE_NOMEM`, and `guard` reports what the progress handler
+//! would have (`timeout`, the hold, the caller gone, or a read moved off the
+//! runtime thread).
+//!
 //! The allocator can only be installed before SQLite initializes, which the
 //! first connection of the process does: [`install`] runs before litebridge
 //! opens its first connection. If something else in the process opened a
@@ -42,12 +53,19 @@ const HEADER: usize = 8;
 const ALIGN: usize = 8;
 /// Not armed: allocations are not counted.
 const UNLIMITED: i64 = i64::MAX;
+/// Bytes an operation may allocate between two checks of whether it must
+/// stop: a check costs ~50 ns, and making a megabyte costs far more.
+const CHECK_EVERY: i64 = 1 << 20;
 
 thread_local! {
     /// Bytes the operation on this thread may still make SQLite allocate.
     static LEFT: Cell<i64> = const { Cell::new(UNLIMITED) };
     /// An allocation was refused since the budget was armed.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// Bytes still to allocate before the next check.
+    static UNTIL_CHECK: Cell<i64> = const { Cell::new(CHECK_EVERY) };
+    /// An allocation was refused because the operation must stop.
+    static STOPPED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Installs the allocator, once per process, before SQLite initializes.
@@ -83,6 +101,8 @@ pub(crate) fn install() -> bool {
 pub(crate) fn arm(bytes: usize) {
     LEFT.with(|l| l.set(i64::try_from(bytes).unwrap_or(UNLIMITED)));
     REFUSED.with(|r| r.set(false));
+    UNTIL_CHECK.with(|u| u.set(CHECK_EVERY));
+    STOPPED.with(|s| s.set(false));
 }
 
 /// Disarms it: allocations are no longer counted.
@@ -93,6 +113,12 @@ pub(crate) fn disarm() {
 /// Whether an allocation was refused since the budget was last armed.
 pub(crate) fn refused() -> bool {
     REFUSED.with(Cell::get)
+}
+
+/// Whether an allocation was refused since the budget was last armed
+/// because the operation must stop (`guard::should_interrupt`).
+pub(crate) fn stopped() -> bool {
+    STOPPED.with(Cell::get)
 }
 
 /// Memory litebridge's own SQL functions hold outside SQLite's allocator
@@ -145,8 +171,26 @@ fn take(bytes: usize) -> bool {
             REFUSED.with(|r| r.set(true));
             return false;
         }
+        if must_stop(bytes) {
+            STOPPED.with(|s| s.set(true));
+            return false;
+        }
         l.set(left - bytes);
         true
+    })
+}
+
+/// Counts `bytes` towards the next check; at the check, whether the
+/// operation must stop.
+fn must_stop(bytes: i64) -> bool {
+    UNTIL_CHECK.with(|u| {
+        let until = u.get().saturating_sub(bytes);
+        if until > 0 {
+            u.set(until);
+            return false;
+        }
+        u.set(CHECK_EVERY);
+        crate::db::guard::should_interrupt()
     })
 }
 
