@@ -356,3 +356,67 @@ async fn one_long_step_that_makes_large_values_is_stopped_at_its_deadline() {
     assert_eq!(rows.rows, vec![vec![litebridge::Value::from("innocent")]]);
     db.close().await;
 }
+
+/// A call that walks a large value to return small ones (`json_extract`
+/// with a hundred paths to the end of a JSONB document of ~1 MB, in hundreds of
+/// columns: seconds of work in one step) is stopped near its deadline too:
+/// its small allocations are counted towards the allocator's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_long_step_of_small_answers_from_a_large_document_is_stopped() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    let n = 150_000;
+    let doc = format!(
+        "[{}]",
+        (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
+    let paths = (0..100)
+        .map(|i| format!("'$[{}]'", n - 1 - i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The document as JSONB, which SQLite walks without parsing it again.
+    let doc = db
+        .query("SELECT jsonb(?1)", [litebridge::Value::from(doc.as_str())])
+        .await
+        .unwrap()
+        .rows[0][0]
+        .clone();
+    let call = format!("json_extract(?1, {paths})");
+    // Calibrate: one call, then enough columns for ~30 s.
+    let started = Instant::now();
+    db.query(&format!("SELECT {call}"), [doc.clone()])
+        .await
+        .unwrap();
+    let per_call = started.elapsed();
+    let columns = (Duration::from_secs(30).as_nanos() / per_call.as_nanos().max(1)) as usize;
+    let columns = columns.clamp(10, 1_900);
+    // Each column a distinct expression, so that SQLite does not compute one
+    // and reuse it.
+    let sql = format!(
+        "SELECT {}",
+        (0..columns)
+            .map(|i| format!("json_extract(?1, {paths}, '$[{i}]')"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for lane in [Lane::Read, Lane::Heavy] {
+        let started = Instant::now();
+        let e = db
+            .query_with(
+                &sql,
+                [doc.clone()],
+                QueryOptions {
+                    timeout: Some(Duration::from_millis(200)),
+                    lane,
+                    ..QueryOptions::default()
+                },
+            )
+            .await
+            .expect_err("seconds of work answered within 200 ms");
+        let took = started.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{lane:?}: {e}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{lane:?}: stopped after {took:?} ({columns} columns of {per_call:?})"
+        );
+    }
+}

@@ -26,9 +26,10 @@
 //! at its progress handler (deadlines, holds, the read lane's move off the
 //! caller's thread) only between the steps of a loop, so one row of hundreds
 //! of expensive columns over a large value ran for tens of seconds without a
-//! check. Expensive work over large values makes large values: every
-//! [`CHECK_EVERY`] bytes an operation allocates, the allocator asks `guard`
-//! whether it must stop, and if so refuses that allocation; SQLite unwinds
+//! check. Expensive work over large values makes values, large or many:
+//! every [`CHECK_EVERY`] bytes or 16 allocations an operation makes, the
+//! allocator asks `guard` whether it must stop, and if so refuses that
+//! allocation; SQLite unwinds
 //! as for any `SQLITE_NOMEM`, and `guard` reports what the progress handler
 //! would have (`timeout`, the hold, the caller gone, or a read moved off the
 //! runtime thread).
@@ -56,6 +57,11 @@ const UNLIMITED: i64 = i64::MAX;
 /// Bytes an operation may allocate between two checks of whether it must
 /// stop: a check costs ~50 ns, and making a megabyte costs far more.
 const CHECK_EVERY: i64 = 1 << 20;
+/// What an allocation counts towards the next check at least, so that many
+/// small ones are checked too (every 16 of them): a call that walks a
+/// large value to return a small one (`json_extract` with many paths into a
+/// document of megabytes) still allocates its answer.
+const CHECK_MIN: i64 = 1 << 16;
 
 thread_local! {
     /// Bytes the operation on this thread may still make SQLite allocate.
@@ -184,7 +190,7 @@ fn take(bytes: usize) -> bool {
 /// operation must stop.
 fn must_stop(bytes: i64) -> bool {
     UNTIL_CHECK.with(|u| {
-        let until = u.get().saturating_sub(bytes);
+        let until = u.get().saturating_sub(bytes.max(CHECK_MIN));
         if until > 0 {
             u.set(until);
             return false;
