@@ -21,6 +21,24 @@ struct Server {
     addr: String,
 }
 
+impl Server {
+    /// SIGKILL, as a crash.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// A test that failed leaves no server running behind it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start(db: &std::path::Path, durability: &str, extra: &[&str]) -> Server {
     let (child, addr) = common::spawn_serve(
         db,
@@ -109,9 +127,7 @@ fn run(durability: &str) -> (usize, usize) {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(30 + rng.below(250)));
-        let mut child = s.child;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        s.kill(); // SIGKILL
         stop.store(true, Ordering::Relaxed);
         let acked: Vec<i64> = writers
             .into_iter()
@@ -198,9 +214,7 @@ fn no_worker_outlives_a_killed_server() {
         .map(|w| w["pid"].as_u64().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
-    let mut child = s.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    s.kill();
     let started = Instant::now();
     for pid in pids {
         while std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -27,9 +27,10 @@
 //! - [`db`]: [`Database`]; the design note is there. Inside: `writer` (the
 //!   thread), `queue` (its bounded queue and admission), `group_commit` (one
 //!   transaction per batch), `execute` (the future of one write), `readers`
-//!   (read lane), `heavy` (heavy lane), `guard` (deadlines, the statement
-//!   guard and the SQL authorizer), `heap` (SQLite's allocator with a memory
-//!   budget per request), `functions` and `patterns` (SQLite's functions that
+//!   (read lane), `inline` (which threads run a read right now), `heavy`
+//!   (heavy lane), `guard` (deadlines, the statement guard and the SQL
+//!   authorizer), `heap` (SQLite's allocator with a memory budget per
+//!   request, where long steps are also stopped), `functions` and `patterns` (SQLite's functions that
 //!   could run long in one call, replaced), `exec` (binding and running),
 //!   `introspect` ([`Database::schema`]), `open` (pragmas), `checkpointer`
 //!   (WAL checkpoints off the writer thread), `wal_vfs` (the writer's WAL
@@ -69,8 +70,8 @@ pub mod workers;
 pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempStore};
 pub use db::{
     BackupProgress, BackupReport, CheckReport, CheckpointMode, CheckpointReport, Database, Health,
-    Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, restore_file,
-    utc_stamp,
+    Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, inline_reads,
+    restore_file, utc_stamp,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::{Histogram as LatencyHistogram, LatencySummary};

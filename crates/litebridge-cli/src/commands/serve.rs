@@ -247,6 +247,8 @@ fn exit_after_grace(grace: std::time::Duration) {
                 return;
             };
             runtime.block_on(shutdown_signal());
+            // Heard even while every runtime thread is held.
+            crate::transport::standby::note_signal();
             std::thread::sleep(grace);
             tracing::warn!(
                 "the grace period is over: leaving with the database still closing; its log is recovered at the next start"

@@ -21,7 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::transport::standby::Standby;
+use crate::transport::standby::{self, Standby};
 
 /// What one server holds its clients to.
 #[derive(Debug, Clone, Copy)]
@@ -42,10 +42,28 @@ pub(crate) async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(
+        listener,
+        router,
+        limits,
+        shutdown,
+        standby::Rules::default(),
+    )
+    .await;
+}
+
+/// As [`serve`], with the standby's rules given.
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    rules: standby::Rules,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let builder = http1(limits);
-    let standby = Standby::start(&listener, router.clone(), limits, permits.clone());
+    let standby = Standby::start(&listener, router.clone(), limits, permits.clone(), rules);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

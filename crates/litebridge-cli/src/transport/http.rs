@@ -3,9 +3,13 @@
 //! - `POST /rpc`: `application/json` only (415 otherwise); bodies past the
 //!   limit get 413; every JSON-RPC reply, errors included, is 200; a request
 //!   of notifications only gets 204.
-//! - `GET /health`: liveness, 200 while the process serves.
-//! - `GET /ready`: 200 when the writer accepts writes, readers are there and
-//!   the workers (if any) are healthy; 503 with the problems otherwise.
+//! - `GET /health`: liveness, 200 while the process serves; 503 once every
+//!   request thread has been held for a minute (see
+//!   [`crate::transport::standby`], which answers these three paths while
+//!   the request threads are held).
+//! - `GET /ready`: 200 when the writer accepts writes, readers are there,
+//!   the workers (if any) are healthy and the request threads are not held;
+//!   503 with the problems otherwise.
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `/mcp`: MCP over streamable HTTP (see [`crate::transport::mcp`]).
 //!

@@ -4,38 +4,54 @@
 //! Reads run SQLite on the runtime's threads (the read lane's design: a hop
 //! to another thread costs more than a point read). A read still running
 //! after a few milliseconds is moved off its thread, but only when SQLite
-//! looks at its progress handler, and some single steps never do (one row of
-//! hundreds of expensive columns over a large value). A few of those at once
-//! hold every runtime thread for as long as they run: nothing accepts, and a
-//! health probe times out on a process that is alive and will recover.
+//! looks at its progress handler or allocates (see `litebridge`'s `db::heap`),
+//! and a few single steps do neither for a long time (FTS5's `snippet()` over
+//! a document of many matching tokens). A few of those at once hold every
+//! runtime thread for as long as they run: nothing accepts, and a health
+//! probe times out on a process that is alive and will recover.
 //!
 //! So a second, single-threaded runtime on a thread of its own shares the
 //! listening socket (a duplicate of its descriptor). The main runtime stores
-//! a heartbeat every [`BEAT`]; while it is fresh the standby only looks at
-//! it. Once it is [`STALE`] the standby accepts too, racing the main loop for
-//! new connections (the kernel gives each to one of them): it answers the
-//! control paths itself and hands every other request to the main runtime,
-//! to run there when a thread frees (holding its connection meanwhile, as the
-//! backlog would have). `/ready` served this way reports the stall as a
-//! problem, so a load balancer stops sending work to a jammed process while
-//! its liveness probe still passes. Connections the standby accepted are not
-//! kept alive, so clients come back to the main loop once it runs again.
+//! a heartbeat every [`BEAT`]; the standby reads it at the same pace. The
+//! main runtime counts as *held* when its heartbeat is older than [`STALE`]
+//! and every one of its workers is inside a read
+//! ([`litebridge::inline_reads`]), or when the heartbeat is older than
+//! [`HELD_ANYWAY`] whatever the reason; a runtime that is only busy (many
+//! short tasks queued) is not held, and is left alone.
 //!
-//! It costs the hot path nothing: the heartbeat is one timer every 50 ms,
-//! the standby wakes at the same pace to read it, and it shares the
-//! connection cap (`server.max_connections`) with the main loop.
+//! While it is held, the standby accepts too, racing the main loop for new
+//! connections (the kernel gives each to one of them), up to [`RESERVE`]
+//! connections of its own outside `server.max_connections`, so that a cap
+//! already taken by waiting clients cannot keep a probe out. It answers the
+//! control paths itself: `/ready` with 503 naming the stall (a load balancer
+//! stops sending work to a jammed process), `/health` with 200 until the
+//! stall passes [`LIVENESS`] and 503 after (a process held that long is
+//! restarted by its liveness probe), `/metrics` as always. Every other
+//! request is handed to the main runtime, to run there when a thread frees,
+//! holding one of the `server.max_connections` slots meanwhile (none free:
+//! 503 with `Retry-After`); a client that goes away cancels it once the
+//! runtime runs again. Its connections are not kept alive, so clients come
+//! back to the main loop once it runs. After SIGTERM it hands nothing more
+//! to the main runtime (503).
+//!
+//! Connections already open on the main loop are not helped: a kept-alive
+//! scrape of `/metrics` waits with the rest. Only new connections reach the
+//! standby.
+//!
+//! It costs the hot path nothing: a read sets a flag of its own thread, the
+//! heartbeat is one timer every 50 ms, and the standby wakes at that pace.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::os::fd::AsFd as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -50,25 +66,66 @@ use crate::transport::accept::{Limits, http1, io};
 /// How often the main runtime proves it runs.
 pub(crate) const BEAT: Duration = Duration::from_millis(50);
 
-/// A heartbeat older than this means every runtime thread is held.
+/// A heartbeat older than this, with every worker inside a read: held.
 pub(crate) const STALE: Duration = Duration::from_millis(200);
+
+/// A heartbeat older than this is held, whatever holds it.
+pub(crate) const HELD_ANYWAY: Duration = Duration::from_secs(2);
+
+/// Held for longer than this, `/health` fails.
+pub(crate) const LIVENESS: Duration = Duration::from_secs(60);
+
+/// What the standby goes by; [`Rules::default`] in a server, other values in
+/// tests (which hold threads without SQLite, and cannot wait a minute).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    /// How many threads are inside a read ([`litebridge::inline_reads`]).
+    pub(crate) inline_reads: fn() -> usize,
+    /// Held for longer than this, `/health` fails ([`LIVENESS`]).
+    pub(crate) liveness: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            inline_reads: litebridge::inline_reads,
+            liveness: LIVENESS,
+        }
+    }
+}
+
+/// Connections the standby may hold at once, beyond `server.max_connections`.
+pub(crate) const RESERVE: usize = 8;
 
 /// The paths the standby answers itself; every other one runs on the main runtime.
 const CONTROL: [&str; 3] = ["/health", "/ready", "/metrics"];
 
-/// A request's answer, run here or on the main runtime.
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// Set once a shutdown signal arrived (by the exit watchdog's thread, which
+/// hears it even while the main runtime is held).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Notes that the process is shutting down: the standby hands no more work
+/// to the main runtime.
+pub(crate) fn note_signal() {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
 
 /// Put on requests the standby served while the main runtime was held: how
 /// long it has not run. `/ready` reports it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stalled(pub(crate) Duration);
 
-/// The main runtime's last sign of life.
+/// A request's answer, run here or on the main runtime.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// The main runtime's last sign of life, and how to tell held from busy.
 struct Heartbeat {
     epoch: Instant,
     /// Milliseconds from `epoch` to the last beat.
     last: AtomicU64,
+    /// The main runtime's worker threads.
+    workers: usize,
+    rules: Rules,
 }
 
 impl Heartbeat {
@@ -80,18 +137,21 @@ impl Heartbeat {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
-    /// How long the main runtime has not run, once that is past [`STALE`].
-    fn stalled(&self) -> Option<Duration> {
+    /// How long the main runtime has been held, if it is (see the module docs).
+    fn held(&self) -> Option<Duration> {
         let age =
             Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)));
-        (age > STALE).then_some(age)
+        let held = age > HELD_ANYWAY
+            || (age > STALE && (self.rules.inline_reads)() >= self.workers.max(1));
+        held.then_some(age)
     }
 }
 
-/// A running standby acceptor and the main runtime's heartbeat.
+/// A running standby acceptor and the main runtime's heartbeat. Dropping it
+/// stops both (without waiting for the standby's connections).
 pub(crate) struct Standby {
     stop: Arc<Notify>,
-    done: oneshot::Receiver<()>,
+    done: Option<oneshot::Receiver<()>>,
     heart: tokio::task::JoinHandle<()>,
 }
 
@@ -104,6 +164,7 @@ impl Standby {
         router: Router,
         limits: Limits,
         permits: Arc<Semaphore>,
+        rules: Rules,
     ) -> Option<Standby> {
         let socket = match listener.as_fd().try_clone_to_owned() {
             Ok(fd) => std::net::TcpListener::from(fd),
@@ -112,9 +173,12 @@ impl Standby {
                 return None;
             }
         };
+        let main = Handle::current();
         let heartbeat = Arc::new(Heartbeat {
             epoch: Instant::now(),
             last: AtomicU64::new(0),
+            workers: main.metrics().num_workers(),
+            rules,
         });
         let stop = Arc::new(Notify::new());
         let (finished, done) = oneshot::channel();
@@ -123,7 +187,7 @@ impl Standby {
             limits,
             permits,
             heartbeat: heartbeat.clone(),
-            main: Handle::current(),
+            main,
             stop: stop.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -148,20 +212,34 @@ impl Standby {
                 tokio::time::sleep(BEAT).await;
             }
         });
-        Some(Standby { stop, done, heart })
+        Some(Standby {
+            stop,
+            done: Some(done),
+            heart,
+        })
     }
 
     /// Stops accepting and waits for the standby's connections to drain.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(mut self) {
         self.heart.abort();
         self.stop.notify_one();
-        let _ = self.done.await;
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.heart.abort();
+        self.stop.notify_one();
     }
 }
 
 struct Acceptor {
     router: Router,
     limits: Limits,
+    /// The main loop's connection slots (`server.max_connections`).
     permits: Arc<Semaphore>,
     heartbeat: Arc<Heartbeat>,
     main: Handle,
@@ -177,13 +255,14 @@ impl Acceptor {
                 return;
             }
         };
+        let reserve = Arc::new(Semaphore::new(RESERVE));
         let graceful = GracefulShutdown::new();
         let mut builder = http1(self.limits);
         builder.keep_alive(false);
         let stopped = self.stop.notified();
         tokio::pin!(stopped);
         loop {
-            if self.heartbeat.stalled().is_none() {
+            if self.heartbeat.held().is_none() || SIGNALLED.load(Ordering::Relaxed) {
                 tokio::select! {
                     biased;
                     () = &mut stopped => break,
@@ -193,7 +272,7 @@ impl Acceptor {
             let permit = tokio::select! {
                 biased;
                 () = &mut stopped => break,
-                p = self.permits.clone().acquire_owned() => match p {
+                p = reserve.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -236,31 +315,84 @@ impl Acceptor {
         Future = Answer,
     > + use<> {
         let local = TowerToHyperService::new(self.router.clone());
-        let (main, heartbeat) = (self.main.clone(), self.heartbeat.clone());
-        hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            let control = CONTROL.contains(&request.uri().path());
-            if let Some(age) = heartbeat.stalled() {
+        let (main, heartbeat, permits) = (
+            self.main.clone(),
+            self.heartbeat.clone(),
+            self.permits.clone(),
+        );
+        hyper::service::service_fn(move |mut request: Request<Incoming>| -> Answer {
+            let path = request.uri().path();
+            let held = heartbeat.held();
+            if path == "/health"
+                && let Some(age) = held.filter(|age| *age > heartbeat.rules.liveness)
+            {
+                return answer_now(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{{\"status\":\"held\",\"held_ms\":{},\"reason\":\"every request thread has been busy for longer than {} s\"}}",
+                        age.as_millis(),
+                        heartbeat.rules.liveness.as_secs_f64()
+                    ),
+                );
+            }
+            let control = CONTROL.contains(&path);
+            if let Some(age) = held {
                 request.extensions_mut().insert(Stalled(age));
             }
+            if control {
+                return Box::pin(local.call(request));
+            }
+            if SIGNALLED.load(Ordering::Relaxed) {
+                return answer_now(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"the server is shutting down"}"#.to_owned(),
+                );
+            }
+            // The request holds a connection slot while it waits for the
+            // main runtime, as it would on a connection of the main loop.
+            let Ok(slot) = permits.clone().try_acquire_owned() else {
+                return answer_now(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"every request thread is busy and every connection is taken (server.max_connections); retry later"}"#.to_owned(),
+                );
+            };
             let answer = local.call(request);
-            let main = main.clone();
+            let run = main.spawn(async move {
+                let answer = answer.await;
+                drop(slot);
+                answer
+            });
             Box::pin(async move {
-                if control {
-                    return answer.await;
-                }
-                // A client that goes away cancels its request, as on the main loop.
-                AbortOnDropHandle::new(main.spawn(answer))
-                    .await
-                    .unwrap_or_else(|_| {
-                        let mut lost = Response::new(Body::from(
-                            "the request ended without an answer (the server is shutting down)",
-                        ));
-                        *lost.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                        Ok(lost)
-                    })
-            }) as Answer
+                // A client that goes away cancels its request, once the main
+                // runtime runs it.
+                AbortOnDropHandle::new(run).await.unwrap_or_else(|_| {
+                    answer_now_sync(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"error":"the request ended without an answer (the server is shutting down)"}"#.to_owned(),
+                    )
+                })
+            })
         })
     }
+}
+
+/// A JSON answer of the standby's own.
+fn answer_now_sync(status: StatusCode, body: String) -> Result<Response<Body>, Infallible> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("a header value"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, "1".parse().expect("a header value"));
+    }
+    Ok(response)
+}
+
+fn answer_now(status: StatusCode, body: String) -> Answer {
+    Box::pin(std::future::ready(answer_now_sync(status, body)))
 }
 
 #[cfg(test)]
@@ -274,33 +406,24 @@ mod tests {
     use super::*;
     use crate::transport::accept;
 
-    /// GETs `path` on a connection of its own; the answer's status line and body.
-    fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        let status = answer.lines().next().unwrap_or_default().to_owned();
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        format!("{status} {body}")
+    /// A server on a runtime of two workers, with routes that hold their
+    /// thread as a long step of SQLite run inline does. Each test has its
+    /// own counter of held threads (tests run in parallel).
+    struct Held {
+        runtime: tokio::runtime::Runtime,
+        addr: std::net::SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        server: Option<tokio::task::JoinHandle<()>>,
     }
 
-    #[test]
-    fn control_paths_are_answered_while_every_runtime_thread_is_held() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let holding = Arc::new(AtomicUsize::new(0));
-        let router = {
-            let holding = holding.clone();
-            Router::new()
+    impl Held {
+        fn start(rules: Rules, max_connections: usize) -> Held {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let router = Router::new()
                 .route("/health", get(|| async { "ok" }))
                 .route(
                     "/ready",
@@ -312,50 +435,232 @@ mod tests {
                         }
                     }),
                 )
-                // A handler that holds its runtime thread, as a long step of
-                // SQLite run inline does.
+                // Busy, not held: 20 ms of work that is not a read.
                 .route(
-                    "/hold",
-                    get(move || async move {
-                        holding.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_secs(2));
-                        "held"
+                    "/busy",
+                    get(|| async {
+                        std::thread::sleep(Duration::from_millis(20));
+                        "busy"
                     }),
                 )
-                .route("/work", get(|| async { "done" }))
-        };
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let limits = accept::Limits {
-            max_connections: 64,
-            read_timeout: Duration::from_secs(10),
-        };
-        let server = runtime.spawn(accept::serve(listener, router, limits, async {
-            let _ = stopped.await;
-        }));
-        let holders: Vec<_> = (0..2)
-            .map(|_| std::thread::spawn(move || get_path(addr, "/hold")))
-            .collect();
-        while holding.load(Ordering::SeqCst) < 2 {
-            std::thread::yield_now();
+                .route("/work", get(|| async { "done" }));
+            let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let limits = accept::Limits {
+                max_connections,
+                read_timeout: Duration::from_secs(10),
+            };
+            let server = runtime.spawn(accept::serve_with(
+                listener,
+                router,
+                limits,
+                async {
+                    let _ = stopped.await;
+                },
+                rules,
+            ));
+            Held {
+                runtime,
+                addr,
+                stop: Some(stop),
+                server: Some(server),
+            }
         }
+
+        /// Holds both runtime threads for 2 s, as two long steps of SQLite
+        /// run inline do; returns once both are held. (Spawned from outside
+        /// the runtime, each goes to an idle worker: requests could meet in
+        /// one worker's LIFO slot, where the other cannot take the second.)
+        fn hold_both(&self, inside: &'static AtomicUsize) -> Vec<tokio::task::JoinHandle<()>> {
+            let holders = (0..2)
+                .map(|_| {
+                    self.runtime.spawn(async move {
+                        inside.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_secs(2));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            let started = Instant::now();
+            while inside.load(Ordering::SeqCst) < 2 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the threads were not held"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            holders
+        }
+
+        fn release(&self, holders: Vec<tokio::task::JoinHandle<()>>) {
+            for holder in holders {
+                self.runtime.block_on(holder).unwrap();
+            }
+        }
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(server) = self.server.take() {
+                let _ = self.runtime.block_on(server);
+            }
+        }
+    }
+
+    /// GETs `path` on a connection of its own; the status line and body.
+    fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        let status = answer.lines().next().unwrap_or_default().to_owned();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        format!("{status} {body}")
+    }
+
+    /// The rules of a test whose held threads are counted by `count`.
+    fn counted_by(count: fn() -> usize) -> Rules {
+        Rules {
+            inline_reads: count,
+            liveness: LIVENESS,
+        }
+    }
+
+    #[test]
+    fn control_paths_are_answered_while_every_runtime_thread_is_held() {
+        static HELD_A: AtomicUsize = AtomicUsize::new(0);
+        let server = Held::start(counted_by(|| HELD_A.load(Ordering::SeqCst)), 64);
+        let holders = server.hold_both(&HELD_A);
         let started = Instant::now();
-        assert!(get_path(addr, "/health").ends_with(" ok"));
+        assert!(get_path(server.addr, "/health").ends_with(" ok"));
         let took = started.elapsed();
         assert!(took < STALE * 2 + BEAT * 4, "/health took {took:?}");
-        assert!(get_path(addr, "/ready").ends_with(" stalled"));
+        assert!(get_path(server.addr, "/ready").ends_with(" stalled"));
         // Any other request waits for the main runtime and runs there.
-        assert!(get_path(addr, "/work").ends_with(" done"));
-        for holder in holders {
-            assert!(holder.join().unwrap().ends_with(" held"));
-        }
+        assert!(get_path(server.addr, "/work").ends_with(" done"));
+        server.release(holders);
         // Running again: nothing reports a stall any more.
         let started = Instant::now();
-        while !get_path(addr, "/ready").ends_with(" ready") {
+        while !get_path(server.addr, "/ready").ends_with(" ready") {
             assert!(started.elapsed() < Duration::from_secs(5), "still stalled");
         }
-        stop.send(()).unwrap();
-        runtime.block_on(server).unwrap();
+    }
+
+    /// Clients waiting for the held runtime take every connection slot; a
+    /// probe still gets in (the standby has a reserve of its own), and
+    /// requests beyond the slots are refused at once instead of piling up.
+    #[test]
+    fn a_probe_gets_in_when_waiting_clients_take_every_slot() {
+        static HELD_B: AtomicUsize = AtomicUsize::new(0);
+        let server = Held::start(counted_by(|| HELD_B.load(Ordering::SeqCst)), 4);
+        let holders = server.hold_both(&HELD_B);
+        let waiting: Vec<_> = (0..6)
+            .map(|_| {
+                let addr = server.addr;
+                std::thread::spawn(move || get_path(addr, "/work"))
+            })
+            .collect();
+        std::thread::sleep(STALE + BEAT * 4);
+        let started = Instant::now();
+        assert!(get_path(server.addr, "/health").ends_with(" ok"));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let answers: Vec<String> = waiting.into_iter().map(|w| w.join().unwrap()).collect();
+        let done = answers.iter().filter(|a| a.ends_with(" done")).count();
+        let refused = answers.iter().filter(|a| a.contains(" 503 ")).count();
+        assert_eq!(done + refused, 6, "{answers:?}");
+        assert!(
+            refused >= 1,
+            "more waited than there are slots: {answers:?}"
+        );
+        server.release(holders);
+    }
+
+    /// A client that sends a request and goes away during the stall leaves
+    /// no task behind beyond the connection slots.
+    #[test]
+    fn clients_that_go_away_during_a_stall_leave_no_pile_of_tasks() {
+        static HELD_C: AtomicUsize = AtomicUsize::new(0);
+        let server = Held::start(counted_by(|| HELD_C.load(Ordering::SeqCst)), 8);
+        let holders = server.hold_both(&HELD_C);
+        std::thread::sleep(STALE + BEAT * 4);
+        for _ in 0..200 {
+            if let Ok(mut s) = std::net::TcpStream::connect(server.addr) {
+                let padding = "x".repeat(8_000);
+                let _ = write!(
+                    s,
+                    "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {padding}\r\n\r\n"
+                );
+                // Gone without waiting for the answer.
+            }
+        }
+        let alive = server.runtime.metrics().num_alive_tasks();
+        // The server, its heartbeat, the two held requests' connections, and
+        // at most one waiting request per slot.
+        assert!(alive <= 4 + 8, "{alive} tasks alive");
+        server.release(holders);
+    }
+
+    /// A runtime busy with short tasks that are not reads is not held: the
+    /// standby stays out and `/ready` never reports a stall.
+    #[test]
+    fn a_busy_runtime_is_not_reported_as_held() {
+        static HELD_D: AtomicUsize = AtomicUsize::new(0);
+        let server = Held::start(counted_by(|| HELD_D.load(Ordering::SeqCst)), 256);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Enough clients that a task waits longer than `STALE` for a thread.
+        let load: Vec<_> = (0..40)
+            .map(|_| {
+                let (addr, stop) = (server.addr, stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        get_path(addr, "/busy");
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(1_500) {
+            let answer = get_path(server.addr, "/ready");
+            assert!(answer.ends_with(" ready"), "{answer}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for l in load {
+            l.join().unwrap();
+        }
+    }
+
+    /// Held past the liveness bound, `/health` fails, so that a process
+    /// held for good is restarted by its liveness probe.
+    #[test]
+    fn health_fails_once_held_past_the_liveness_bound() {
+        static HELD_E: AtomicUsize = AtomicUsize::new(0);
+        let rules = Rules {
+            inline_reads: || HELD_E.load(Ordering::SeqCst),
+            liveness: Duration::from_millis(600),
+        };
+        let server = Held::start(rules, 64);
+        let holders = server.hold_both(&HELD_E);
+        std::thread::sleep(STALE + BEAT * 4);
+        assert!(get_path(server.addr, "/health").ends_with(" ok"));
+        std::thread::sleep(Duration::from_millis(600));
+        let answer = get_path(server.addr, "/health");
+        assert!(
+            answer.contains(" 503 ") && answer.contains("held_ms"),
+            "{answer}"
+        );
+        server.release(holders);
     }
 }

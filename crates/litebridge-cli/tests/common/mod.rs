@@ -188,3 +188,13 @@ impl Server {
         }
     }
 }
+
+/// A test that failed before `stop` leaves no server running behind it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -47,6 +47,7 @@ mod group_commit;
 mod guard;
 mod heap;
 mod heavy;
+mod inline;
 mod introspect;
 mod open;
 mod patterns;
@@ -66,6 +67,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file, utc_stamp};
+pub use inline::inline_reads;
 pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
 pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::db::exec::is_connection_failure;
 use crate::db::guard::{self, Budget, Mode};
+use crate::db::inline;
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
@@ -154,9 +155,10 @@ impl ReaderPool {
         inline: bool,
     ) -> Option<Result<T>> {
         let scope = guard::enter(budget, Mode::Reader);
-        if inline {
+        let _inline = inline.then(|| {
             guard::run_inline();
-        }
+            inline::enter()
+        });
         let r = f(&slot.conn).map_err(|e| scope.map_err(e));
         let moved = r.is_err() && scope.inline_exceeded();
         drop(scope);
