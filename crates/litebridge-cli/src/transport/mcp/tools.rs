@@ -421,22 +421,20 @@ pub(crate) async fn call(
 }
 
 fn error_result(e: &RpcError) -> CallToolResult {
-    let wire = rpc::wire_error(e);
-    let kind = wire["data"]["kind"].as_str().unwrap_or(match e {
-        RpcError::InvalidParams(_) => "invalid_params",
-        RpcError::MethodNotFound(_) => "method_not_found",
-        _ => "invalid_request",
-    });
-    let recoverable = wire["data"]["recoverable"].as_bool().unwrap_or(false);
-    let message = wire["message"].as_str().unwrap_or_default().to_owned();
+    let (kind, recoverable, message) = (e.kind(), e.is_recoverable(), e.message());
     let mut structured = json!({
-        "error": {"kind": kind, "recoverable": recoverable, "message": message, "code": wire["code"]},
+        "error": {"kind": kind, "recoverable": recoverable, "message": message, "code": e.code()},
     });
-    if let Some(data) = wire.get("data") {
-        structured["error"]["data"] = data.clone();
+    let data = e.data();
+    if let Some(data) = &data {
+        structured["error"]["data"] = Json::Object(data.clone());
     }
     let advice = if recoverable {
-        match wire["data"]["retry_after_ms"].as_u64() {
+        match data
+            .as_ref()
+            .and_then(|d| d.get("retry_after_ms"))
+            .and_then(Json::as_u64)
+        {
             Some(ms) => format!("retrying after {ms} ms can help"),
             None => "retrying later can help".to_owned(),
         }

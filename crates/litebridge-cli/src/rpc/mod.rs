@@ -2,7 +2,7 @@
 //! JSON-RPC 2.0 processing: single requests, batches (run concurrently,
 //! answered in any order), notifications (never answered), ids echoed
 //! exactly, the standard errors with `id: null` where the specification says
-//! so. Library errors become JSON-RPC errors in one function, [`wire_error`].
+//! so. Library errors become JSON-RPC errors in one place, [`RpcError`].
 //!
 //! Every method names the scope it needs ([`METHODS`]). The transport says
 //! who is calling ([`Caller`]); here each call is checked against the
@@ -18,6 +18,10 @@ use litebridge::{
     CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
 };
 use serde_json::{Map, Value as Json, json};
+
+mod error;
+
+pub(crate) use error::RpcError;
 
 /// Rows a query returns when it does not say (`max_rows`).
 pub(crate) const DEFAULT_MAX_ROWS: usize = 10_000;
@@ -71,105 +75,9 @@ pub(crate) const METHODS: &[(&str, Scope)] = &[
     ("admin.keys.revoke", Scope::Admin),
 ];
 
-/// A failed request, before it is put on the wire.
-#[derive(Debug)]
-pub(crate) enum RpcError {
-    Parse(String),
-    InvalidRequest(String),
-    MethodNotFound(String),
-    InvalidParams(String),
-    App(Error),
-}
-
-impl From<Error> for RpcError {
-    fn from(e: Error) -> RpcError {
-        match e {
-            Error::InvalidArgument { .. } => RpcError::InvalidParams(e.to_string()),
-            other => RpcError::App(other),
-        }
-    }
-}
-
-/// The one place a failure becomes a JSON-RPC error object.
-pub(crate) fn wire_error(e: &RpcError) -> Json {
-    let (code, message, data) = match e {
-        RpcError::Parse(m) => (-32700, format!("Parse error: {m}"), None),
-        RpcError::InvalidRequest(m) => (-32600, format!("Invalid Request: {m}"), None),
-        RpcError::MethodNotFound(m) => (-32601, format!("Method not found: {m}"), None),
-        RpcError::InvalidParams(m) => (-32602, format!("Invalid params: {m}"), None),
-        RpcError::App(e) => {
-            let mut data = Map::new();
-            data.insert("kind".into(), json!(e.kind().as_str()));
-            data.insert("recoverable".into(), json!(e.is_recoverable()));
-            if let Some(r) = e.retry_after() {
-                data.insert("retry_after_ms".into(), json!(r.as_millis() as u64));
-            }
-            let code = match e {
-                Error::Sql {
-                    code,
-                    extended_code,
-                    ..
-                } => {
-                    data.insert("sqlite_code".into(), json!(code));
-                    data.insert("sqlite_extended_code".into(), json!(extended_code));
-                    -32000
-                }
-                Error::Timeout { after, .. } => {
-                    data.insert("timeout_ms".into(), json!(after.as_millis() as u64));
-                    -32001
-                }
-                Error::Overloaded { .. } | Error::Busy { .. } => -32002,
-                Error::CircuitOpen { breaker, .. } => {
-                    data.insert("breaker".into(), json!(breaker));
-                    -32003
-                }
-                Error::WorkerError {
-                    type_name,
-                    traceback,
-                    ..
-                } => {
-                    data.insert("type".into(), json!(type_name));
-                    data.insert("traceback".into(), json!(traceback));
-                    -32004
-                }
-                Error::WorkerCrashed { pid, exit, stderr } => {
-                    data.insert("pid".into(), json!(pid));
-                    data.insert("exit".into(), json!(exit));
-                    data.insert("stderr".into(), json!(stderr));
-                    -32005
-                }
-                Error::Unauthorized { .. } => -32006,
-                Error::Forbidden { .. } => -32007,
-                Error::QuotaExceeded { quota, limit, .. } => {
-                    data.insert("quota".into(), json!(quota));
-                    data.insert("limit".into(), json!(limit));
-                    -32008
-                }
-                Error::ReadOnly { .. } => -32009,
-                Error::TooLarge { what, limit } => {
-                    data.insert("what".into(), json!(what));
-                    data.insert("limit".into(), json!(limit));
-                    -32011
-                }
-                Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
-                _ if e.kind() == ErrorKind::InvalidArgument => -32602,
-                _ => -32603,
-            };
-            (code, e.to_string(), Some(Json::Object(data)))
-        }
-    };
-    let mut err = Map::new();
-    err.insert("code".into(), json!(code));
-    err.insert("message".into(), json!(message));
-    if let Some(d) = data {
-        err.insert("data".into(), d);
-    }
-    Json::Object(err)
-}
-
 /// A whole JSON-RPC error reply.
 pub(crate) fn error_reply(id: Json, e: &RpcError) -> Json {
-    json!({"jsonrpc": "2.0", "error": wire_error(e), "id": id})
+    json!({"jsonrpc": "2.0", "error": e.to_wire(), "id": id})
 }
 
 /// What every transport serves: the service and its keys.
@@ -339,14 +247,7 @@ pub(crate) async fn call(
     let elapsed_us = took.as_micros() as u64;
     crate::metrics::record_request(
         known.map_or("other", |(m, _)| m),
-        match &outcome {
-            Ok(_) => "ok",
-            Err(RpcError::App(e)) => e.kind().as_str(),
-            Err(RpcError::InvalidParams(_)) => "invalid_params",
-            Err(RpcError::MethodNotFound(_)) => "method_not_found",
-            Err(RpcError::InvalidRequest(_)) => "invalid_request",
-            Err(RpcError::Parse(_)) => "parse_error",
-        },
+        outcome.as_ref().map_or_else(RpcError::kind, |_| "ok"),
         took,
     );
     match &outcome {
@@ -1116,5 +1017,4 @@ fn pool_stats(service: &Service) -> Json {
 }
 
 #[cfg(test)]
-#[path = "rpc_properties.rs"]
 mod properties;
