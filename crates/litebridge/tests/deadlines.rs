@@ -420,3 +420,69 @@ async fn one_long_step_of_small_answers_from_a_large_document_is_stopped() {
         );
     }
 }
+
+/// Queries stopped at their deadlines at many points while their rows are
+/// built and read (texts whose lengths are multiples of 8, which SQLite may
+/// reallocate to terminate when they are read; a refused reallocation there
+/// would make rusqlite panic, which `heap::lenient` rules out): every
+/// outcome is an answer, and both lanes are whole afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_stopped_while_their_rows_are_read_leave_the_lanes_whole() {
+    let (_dir, db) = open_kv(DbConfig::builder().readers(2).heavy_readers(1)).await;
+    db.execute("CREATE TABLE docs(body TEXT)", ())
+        .await
+        .unwrap();
+    // Texts whose lengths are multiples of 8 and too large for lookaside,
+    // so SQLite cannot terminate them in place.
+    db.execute(
+        "INSERT INTO docs SELECT printf('%.*c', 8 * (1000 + value % 200), 'q') \
+         FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c LIMIT 3000) SELECT value FROM c)",
+        (),
+    )
+    .await
+    .unwrap();
+    for lane in [Lane::Read, Lane::Heavy] {
+        for timeout_ms in [5, 10, 20, 30, 40, 60] {
+            for _ in 0..4 {
+                let r = db
+                    .query_with(
+                        "SELECT replace(body, 'q', 'r'), substr(body, 2) FROM docs",
+                        (),
+                        QueryOptions {
+                            timeout: Some(Duration::from_millis(timeout_ms)),
+                            lane,
+                            ..QueryOptions::default()
+                        },
+                    )
+                    .await;
+                if let Err(e) = r {
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::TooLarge),
+                        "{lane:?}: {e}"
+                    );
+                }
+            }
+        }
+    }
+    // Every connection of both lanes still answers.
+    let (a, b, c) = tokio::join!(
+        db.query("SELECT count(*) FROM docs", ()),
+        db.query("SELECT count(*) FROM docs", ()),
+        db.query("SELECT count(*) FROM docs", ()),
+    );
+    for r in [a, b, c] {
+        r.unwrap();
+    }
+    for _ in 0..2 {
+        db.query_with(
+            "SELECT count(*) FROM docs",
+            (),
+            QueryOptions {
+                lane: Lane::Heavy,
+                ..QueryOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+}

@@ -5,6 +5,7 @@
 use rusqlite::{CachedStatement, Connection, Statement};
 
 use crate::db::guard::{self, Ddl, OWN_PREFIX};
+use crate::db::heap;
 
 use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params, Rows, Value};
@@ -332,7 +333,7 @@ fn query_rows(
         }
         let mut values = Vec::with_capacity(ncols);
         for i in 0..ncols {
-            let value = row.get_ref(i)?;
+            let value = heap::lenient(|| row.get_ref(i))?;
             // Counted before it is copied out of SQLite.
             bytes += match value {
                 rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.len(),
@@ -472,8 +473,14 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
             Ok(None) => None,
         },
     };
-    if result.is_err() || refused.is_some() {
-        internal(&sql.ddl_undo)?;
+    if (result.is_err() || refused.is_some())
+        && let Err(e) = internal(&sql.ddl_undo)
+    {
+        // Fail closed: a change that could not be undone must not commit
+        // with the rest of the batch. Rolling the whole transaction back
+        // makes group commit run the others again without it.
+        let _ = guard::internal(|| conn.execute_batch("ROLLBACK"));
+        return Err(e);
     }
     internal(&sql.ddl_release)?;
     match refused {

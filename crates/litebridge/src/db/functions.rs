@@ -46,10 +46,16 @@ use rusqlite::types::{ToSql, ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
 use crate::db::guard::Ticker;
-use crate::db::heap::Charge;
+use crate::db::heap::{self, Charge};
 use crate::db::patterns::read_utf8;
 
 use rusqlite::ffi::SQLITE_TOOBIG;
+
+/// Argument `i` of a function call, read without risking a refused
+/// allocation while SQLite terminates a text (see `heap::lenient`).
+pub(crate) fn arg<'a>(ctx: &'a Context<'_>, i: usize) -> ValueRef<'a> {
+    heap::lenient(|| ctx.get_raw(i))
+}
 
 /// Replaces SQLite's functions that can run long in one call on `conn`:
 /// `instr` and `replace` (linear here), `like`, `glob`, two-argument
@@ -128,8 +134,7 @@ pub(crate) fn text(v: ValueRef<'_>) -> rusqlite::Result<Option<std::borrow::Cow<
 }
 
 fn instr_function(ctx: &mut Context<'_>) -> rusqlite::Result<RawOrValue> {
-    let (Some((hay, h_blob)), Some((needle, n_blob))) =
-        (bytes(ctx.get_raw(0))?, bytes(ctx.get_raw(1))?)
+    let (Some((hay, h_blob)), Some((needle, n_blob))) = (bytes(arg(ctx, 0))?, bytes(arg(ctx, 1))?)
     else {
         return Ok(RawOrValue::Value(Value::Null));
     };
@@ -143,14 +148,13 @@ fn instr_function(ctx: &mut Context<'_>) -> rusqlite::Result<RawOrValue> {
 fn replace_function(ctx: &mut Context<'_>, max_len: usize) -> rusqlite::Result<RawOrValue> {
     // In SQLite's order: the string, the pattern, an empty pattern (the
     // string itself, whatever the replacement), then the replacement.
-    let (Some((x, _)), Some((pattern, _))) = (bytes(ctx.get_raw(0))?, bytes(ctx.get_raw(1))?)
-    else {
+    let (Some((x, _)), Some((pattern, _))) = (bytes(arg(ctx, 0))?, bytes(arg(ctx, 1))?) else {
         return Ok(RawOrValue::Value(Value::Null));
     };
     if pattern.first().is_none_or(|&b| b == 0) {
         return Ok(RawOrValue::Raw(RawText(x.into_owned())));
     }
-    let Some((rep, _)) = bytes(ctx.get_raw(2))? else {
+    let Some((rep, _)) = bytes(arg(ctx, 2))? else {
         return Ok(RawOrValue::Value(Value::Null));
     };
     replace(&x, &pattern, &rep, max_len).map(|out| RawOrValue::Raw(RawText(out)))
@@ -241,7 +245,7 @@ enum Side {
 }
 
 fn trim_function(ctx: &Context<'_>, side: Side, halt: &AtomicBool) -> rusqlite::Result<RawOrValue> {
-    let (Some(x), Some(set)) = (text(ctx.get_raw(0))?, text(ctx.get_raw(1))?) else {
+    let (Some(x), Some(set)) = (text(arg(ctx, 0))?, text(arg(ctx, 1))?) else {
         return Ok(RawOrValue::Value(Value::Null));
     };
     let mut ticker = Ticker::new(halt);
@@ -336,7 +340,7 @@ fn trim(
 }
 
 fn unhex_function(ctx: &Context<'_>, halt: &AtomicBool) -> rusqlite::Result<Value> {
-    let (Some(hex), Some(pass)) = (text(ctx.get_raw(0))?, text(ctx.get_raw(1))?) else {
+    let (Some(hex), Some(pass)) = (text(arg(ctx, 0))?, text(arg(ctx, 1))?) else {
         return Ok(Value::Null);
     };
     let mut ticker = Ticker::new(halt);
@@ -403,7 +407,7 @@ fn json_patch_function(
     name: &str,
     sql: &str,
 ) -> rusqlite::Result<(RawOrValue, rusqlite::functions::SubType)> {
-    let (a, b) = (ctx.get_raw(0), ctx.get_raw(1));
+    let (a, b) = (arg(ctx, 0), arg(ctx, 1));
     let len = |v: ValueRef<'_>| match v {
         ValueRef::Text(t) | ValueRef::Blob(t) => t.len() as u64,
         _ => 0,
@@ -429,7 +433,7 @@ fn json_patch_function(
         let conn = cell.as_ref().expect("opened above");
         let mut stmt = conn.prepare_cached(sql)?;
         stmt.query_row([Arg(a), Arg(b)], |r| {
-            Ok(match r.get_ref(0)? {
+            Ok(match heap::lenient(|| r.get_ref(0))? {
                 ValueRef::Text(t) => (RawOrValue::Raw(RawText(t.to_vec())), Some(JSON_SUBTYPE)),
                 ValueRef::Blob(b) => (RawOrValue::Value(Value::Blob(b.to_vec())), None),
                 ValueRef::Integer(i) => (RawOrValue::Value(Value::Integer(i)), None),
@@ -473,7 +477,9 @@ fn as_text(number: ValueRef<'_>) -> rusqlite::Result<Vec<u8>> {
         }
         let conn = b.as_ref().expect("opened above");
         let mut stmt = conn.prepare_cached("SELECT CAST(?1 AS TEXT)")?;
-        stmt.query_row([Arg(number)], |r| Ok(r.get_ref(0)?.as_bytes()?.to_vec()))
+        stmt.query_row([Arg(number)], |r| {
+            Ok(heap::lenient(|| r.get_ref(0))?.as_bytes()?.to_vec())
+        })
     })
 }
 #[cfg(test)]

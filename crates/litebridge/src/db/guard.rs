@@ -258,9 +258,12 @@ impl Scope {
             let held_too_long = hold.is_some_and(|(until, _)| Instant::now() >= until);
             // An allocation refused because the operation had to stop is an
             // interrupt that came through the allocator (see `heap`).
-            let codes = match err.sqlite_codes() {
-                Some((SQLITE_NOMEM, _)) if heap::stopped() => Some((SQLITE_INTERRUPT, 0)),
-                codes => codes,
+            // Whatever error it surfaced as (a function of litebridge's own
+            // reports it as SQLITE_ERROR "out of memory").
+            let codes = if heap::stopped() && !heap::refused() {
+                Some((SQLITE_INTERRUPT, 0))
+            } else {
+                err.sqlite_codes()
             };
             match codes {
                 Some((SQLITE_NOMEM, _)) if heap::refused() => Error::TooLarge {
@@ -351,7 +354,9 @@ pub(crate) fn internal<T>(f: impl FnOnce() -> T) -> T {
             .as_mut()
             .map(|cur| std::mem::replace(&mut cur.mode, Mode::Internal))
     });
-    let r = f();
+    // Nor do they run on what is left of the client's memory budget: an
+    // undo refused for want of memory would leave the client's change in.
+    let r = heap::unbudgeted(f);
     if let Some(mode) = saved {
         CURRENT.with(|c| {
             if let Some(cur) = c.borrow_mut().as_mut() {
@@ -401,6 +406,11 @@ pub(crate) fn should_interrupt() -> bool {
         };
         if cur.mode == Mode::Internal {
             return false;
+        }
+        if cur.inline_exceeded {
+            // Until the operation stops: a refused allocation SQLite could
+            // do without must not make the move be forgotten.
+            return true;
         }
         let now = Instant::now();
         if cur.inline_until.is_some_and(|t| now >= t) {

@@ -72,6 +72,21 @@ thread_local! {
     static UNTIL_CHECK: Cell<i64> = const { Cell::new(CHECK_EVERY) };
     /// An allocation was refused because the operation must stop.
     static STOPPED: Cell<bool> = const { Cell::new(false) };
+    /// Inside [`lenient`]: SQLite's allocations are counted, never refused.
+    static LENIENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, reading a value SQLite has already made, with SQLite's
+/// allocations counted but never refused. Reading a text can make SQLite
+/// add its terminating NUL (a reallocation of a few bytes), and rusqlite
+/// panics when that fails ("unexpected SQLITE_TEXT ... NULL data"): so every
+/// read of a column or of a function's argument goes through here. The
+/// statement's next step is checked as usual.
+pub(crate) fn lenient<T>(f: impl FnOnce() -> T) -> T {
+    let before = LENIENT.with(|l| l.replace(true));
+    let r = f();
+    LENIENT.with(|l| l.set(before));
+    r
 }
 
 /// Installs the allocator, once per process, before SQLite initializes.
@@ -111,9 +126,22 @@ pub(crate) fn arm(bytes: usize) {
     STOPPED.with(|s| s.set(false));
 }
 
-/// Disarms it: allocations are no longer counted.
+/// Disarms it: allocations are no longer counted, and what the operation
+/// ran into is forgotten.
 pub(crate) fn disarm() {
     LEFT.with(|l| l.set(UNLIMITED));
+    REFUSED.with(|r| r.set(false));
+    STOPPED.with(|s| s.set(false));
+}
+
+/// Runs `f` (litebridge's own statements inside a client operation) with
+/// the operation's budget put aside: its own work is never refused for what
+/// the client used, and not charged to it.
+pub(crate) fn unbudgeted<T>(f: impl FnOnce() -> T) -> T {
+    let left = LEFT.with(|l| l.replace(UNLIMITED));
+    let r = f();
+    LEFT.with(|l| l.set(left));
+    r
 }
 
 /// Whether an allocation was refused since the budget was last armed.
@@ -173,6 +201,10 @@ fn take(bytes: usize) -> bool {
             return true;
         }
         let bytes = i64::try_from(bytes).unwrap_or(UNLIMITED);
+        if LENIENT.with(Cell::get) {
+            l.set(left.saturating_sub(bytes));
+            return true;
+        }
         if bytes > left {
             REFUSED.with(|r| r.set(true));
             return false;
@@ -338,6 +370,23 @@ mod tests {
         assert!(take(usize::MAX / 2), "disarmed, nothing is counted");
         arm(10);
         assert!(!refused(), "arming clears the refusal");
+        disarm();
+    }
+
+    /// Reading a value (`lenient`) is never refused, but still counted;
+    /// litebridge's own statements (`unbudgeted`) are neither refused nor
+    /// charged to the operation.
+    #[test]
+    fn reads_are_counted_never_refused_and_own_work_is_not_charged() {
+        arm(100);
+        assert!(lenient(|| take(150)), "a read past the budget is allowed");
+        assert!(!take(1), "and counted: the budget is spent");
+        assert!(refused());
+        disarm();
+        assert!(!refused(), "disarming forgets what the operation ran into");
+        arm(100);
+        assert!(unbudgeted(|| take(1_000)));
+        assert!(take(100), "own work was not charged");
         disarm();
     }
 }

@@ -27,6 +27,7 @@ use std::sync::atomic::AtomicBool;
 use rusqlite::Error as SqlError;
 use rusqlite::functions::Context;
 
+use crate::db::functions::arg;
 use crate::db::guard::Ticker;
 
 /// How one of the two functions matches (`compareInfo` in SQLite).
@@ -320,14 +321,14 @@ pub(crate) fn function(
 ) -> rusqlite::Result<Option<bool>> {
     use crate::db::functions::text;
     let mut info = if glob { GLOB } else { LIKE };
-    let pattern = text(ctx.get_raw(0))?;
+    let pattern = text(arg(ctx, 0))?;
     if pattern.as_ref().map_or(0, |p| p.len()) > max_pattern {
         return Err(SqlError::UserFunctionError(
             "LIKE or GLOB pattern too complex".into(),
         ));
     }
     let escape = if ctx.len() == 3 {
-        let Some(esc) = text(ctx.get_raw(2))? else {
+        let Some(esc) = text(arg(ctx, 2))? else {
             return Ok(None);
         };
         let mut chars = Cursor::new(&esc);
@@ -352,7 +353,7 @@ pub(crate) fn function(
     } else {
         info.match_set
     };
-    let (Some(pattern), Some(string)) = (pattern, text(ctx.get_raw(1))?) else {
+    let (Some(pattern), Some(string)) = (pattern, text(arg(ctx, 1))?) else {
         return Ok(None);
     };
     let mut ticker = Ticker::new(halt);
