@@ -138,7 +138,8 @@ fn cases(dir: &str) -> Vec<(String, Expect)> {
         " sql.query",
         "SQL.QUERY",
         "sql.query\u{0}",
-        "rpc.discover",
+        "rpc.discover.x",
+        "rpc.Discover",
         "__proto__",
         "constructor",
         "../../etc/passwd",
@@ -155,6 +156,10 @@ fn cases(dir: &str) -> Vec<(String, Expect)> {
     ] {
         add(req(m, json!({})), Code(NO_METHOD));
     }
+    // The table describes itself (OpenRPC's convention); it takes no parameters.
+    add(req("rpc.discover", json!({})), Fine);
+    add(req("rpc.discover", json!([])), Fine);
+    add(req("rpc.discover", json!({"x": 1})), Code(PARAMS));
 
     // --- scopes: a write key reaches no bridge and no admin method: -32007 -------
     for (m, p) in [

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use litebridge::auth::{Auth, Caller, Scope};
+use litebridge::auth::{Auth, Caller};
 use litebridge::workers::CallOptions;
 use litebridge::{
     CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
@@ -20,8 +20,10 @@ use litebridge::{
 use serde_json::{Map, Value as Json, json};
 
 mod error;
+mod table;
 
 pub(crate) use error::RpcError;
+pub(crate) use table::{METHODS, Method};
 
 /// Rows a query returns when it does not say (`max_rows`).
 pub(crate) const DEFAULT_MAX_ROWS: usize = 10_000;
@@ -39,41 +41,6 @@ pub(crate) const MAX_MANY_ROWS: usize = 1_000_000;
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// The longest worker method name.
 pub(crate) const MAX_METHOD_NAME: usize = 256;
-
-/// Every method of the table and the scope it needs (the method names are
-/// also the only values the `method` metric label takes).
-pub(crate) const METHODS: &[(&str, Scope)] = &[
-    ("sql.query", Scope::Read),
-    ("sql.execute", Scope::Write),
-    ("sql.batch", Scope::Write),
-    ("sql.execute_many", Scope::Write),
-    ("sql.schema", Scope::Read),
-    ("bridge.call", Scope::Bridge),
-    ("bridge.stats", Scope::Read),
-    ("bridge.health", Scope::Read),
-    ("bridge.breaker.reset", Scope::Bridge),
-    ("state.save", Scope::Write),
-    ("state.load", Scope::Read),
-    ("state.list", Scope::Read),
-    ("state.delete", Scope::Write),
-    ("memory.store", Scope::Write),
-    ("memory.get", Scope::Read),
-    ("memory.list", Scope::Read),
-    ("memory.delete", Scope::Write),
-    ("cache.get", Scope::Read),
-    ("cache.set", Scope::Write),
-    ("cache.delete", Scope::Write),
-    ("cache.stats", Scope::Read),
-    ("pool.health", Scope::Read),
-    ("pool.stats", Scope::Read),
-    ("persistence.stats", Scope::Read),
-    ("admin.backup", Scope::Admin),
-    ("admin.check", Scope::Admin),
-    ("admin.checkpoint", Scope::Admin),
-    ("admin.keys.create", Scope::Admin),
-    ("admin.keys.list", Scope::Admin),
-    ("admin.keys.revoke", Scope::Admin),
-];
 
 /// A whole JSON-RPC error reply.
 pub(crate) fn error_reply(id: Json, e: &RpcError) -> Json {
@@ -235,18 +202,21 @@ pub(crate) async fn call(
     request_id: &str,
 ) -> Result<Json, RpcError> {
     let started = std::time::Instant::now();
-    let known = METHODS.iter().find(|(m, _)| *m == method);
+    let known = table::find(method);
     let outcome = match known {
         None => Err(RpcError::MethodNotFound(method.to_owned())),
-        Some((name, scope)) => match caller.require(*scope, name).and_then(|()| caller.charge()) {
-            Ok(()) => dispatch(app, caller, name, params, request_id).await,
+        Some(m) => match caller
+            .require(m.scope, m.name)
+            .and_then(|()| caller.charge())
+        {
+            Ok(()) => dispatch(app, caller, m, params, request_id).await,
             Err(e) => Err(RpcError::App(e)),
         },
     };
     let took = started.elapsed();
     let elapsed_us = took.as_micros() as u64;
     crate::metrics::record_request(
-        known.map_or("other", |(m, _)| m),
+        known.map_or("other", |m| m.name),
         outcome.as_ref().map_or_else(RpcError::kind, |_| "ok"),
         took,
     );
@@ -422,19 +392,15 @@ fn workers(service: &Service) -> Result<&litebridge::workers::WorkerPool, RpcErr
 async fn dispatch(
     app: &App,
     caller: &Caller,
-    method: &str,
+    method: &'static Method,
     params: Option<Json>,
     request_id: &str,
 ) -> Result<Json, RpcError> {
     let service = &app.service;
     let db = &service.db;
-    match method {
+    let mut a = Args::new(method.name, &method.param_names(), params)?;
+    match method.name {
         "sql.query" => {
-            let mut a = Args::new(
-                "sql.query",
-                &["sql", "params", "timeout_ms", "max_rows", "lane"],
-                params,
-            )?;
             let sql = a.sql()?;
             let p = a.sql_params()?;
             let timeout = a.timeout()?;
@@ -472,7 +438,6 @@ async fn dispatch(
             to_json(&rows)
         }
         "sql.execute" => {
-            let mut a = Args::new("sql.execute", &["sql", "params", "timeout_ms"], params)?;
             let sql = a.sql()?;
             let p = a.sql_params()?;
             let timeout = a.timeout()?;
@@ -489,7 +454,6 @@ async fn dispatch(
             to_json(&r)
         }
         "sql.batch" => {
-            let mut a = Args::new("sql.batch", &["statements", "timeout_ms"], params)?;
             let timeout = a.timeout()?;
             let statements = match a.take("statements") {
                 Some(Json::Array(items)) if items.len() > MAX_STATEMENTS => {
@@ -534,7 +498,6 @@ async fn dispatch(
             Ok(json!({ "results": to_json(&results)? }))
         }
         "sql.execute_many" => {
-            let mut a = Args::new("sql.execute_many", &["sql", "rows", "timeout_ms"], params)?;
             let sql = a.sql()?;
             let timeout = a.timeout()?;
             let rows = match a.take("rows") {
@@ -571,24 +534,8 @@ async fn dispatch(
                 .await?;
             Ok(json!({ "changes": r.changes }))
         }
-        "sql.schema" => {
-            Args::new("sql.schema", &[], params)?;
-            Ok(json!({ "tables": to_json(&db.schema().await?)? }))
-        }
+        "sql.schema" => Ok(json!({ "tables": to_json(&db.schema().await?)? })),
         "bridge.call" => {
-            let mut a = Args::new(
-                "bridge.call",
-                &[
-                    "method",
-                    "params",
-                    "timeout_ms",
-                    "retry",
-                    "max_retries",
-                    "cache_key",
-                    "cache_ttl_s",
-                ],
-                params,
-            )?;
             let target = a.string("method")?;
             if target.is_empty()
                 || target.len() > MAX_METHOD_NAME
@@ -625,13 +572,6 @@ async fn dispatch(
                 .await?)
         }
         "bridge.stats" | "bridge.health" => {
-            // Each named as called in its errors (both take no parameters).
-            let name = if method == "bridge.health" {
-                "bridge.health"
-            } else {
-                "bridge.stats"
-            };
-            Args::new(name, &[], params)?;
             let pool = workers(service)?;
             let s = pool.status();
             let stats = json!({
@@ -659,24 +599,10 @@ async fn dispatch(
             Ok(stats)
         }
         "bridge.breaker.reset" => {
-            let mut a = Args::new("bridge.breaker.reset", &["method"], params)?;
             let target = a.string("method")?;
             Ok(json!({ "reset": workers(service)?.reset_breaker(&target) }))
         }
         "state.save" => {
-            let mut a = Args::new(
-                "state.save",
-                &[
-                    "run_id",
-                    "state",
-                    "status",
-                    "total_steps",
-                    "error_message",
-                    "execution_time_ms",
-                    "memory_usage_mb",
-                ],
-                params,
-            )?;
             let run_id = a.string("run_id")?;
             let state = a
                 .take("state")
@@ -707,12 +633,10 @@ async fn dispatch(
             to_json(&saved)
         }
         "state.load" => {
-            let mut a = Args::new("state.load", &["run_id"], params)?;
             let run_id = a.string("run_id")?;
             to_json(&service.state.load(&run_id).await?)
         }
         "state.list" => {
-            let mut a = Args::new("state.list", &["status", "limit", "after"], params)?;
             let status = a.opt_string("status")?;
             let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
             let after = a.opt_string("after")?;
@@ -726,16 +650,10 @@ async fn dispatch(
             Ok(json!({ "runs": to_json(&runs)?, "next": next }))
         }
         "state.delete" => {
-            let mut a = Args::new("state.delete", &["run_id"], params)?;
             let run_id = a.string("run_id")?;
             Ok(json!({ "deleted": service.state.delete(&run_id).await? }))
         }
         "memory.store" => {
-            let mut a = Args::new(
-                "memory.store",
-                &["namespace", "key", "value", "ttl_s"],
-                params,
-            )?;
             let namespace = a.string("namespace")?;
             let key = a.string("key")?;
             let value = a.take("value").ok_or_else(|| {
@@ -746,13 +664,11 @@ async fn dispatch(
             Ok(json!({ "ok": true }))
         }
         "memory.get" => {
-            let mut a = Args::new("memory.get", &["namespace", "key"], params)?;
             let (namespace, key) = (a.string("namespace")?, a.string("key")?);
             let value = service.memory.get(&namespace, &key).await?;
             Ok(json!({ "found": value.is_some(), "value": value }))
         }
         "memory.list" => {
-            let mut a = Args::new("memory.list", &["namespace", "prefix", "limit"], params)?;
             let namespace = a.string("namespace")?;
             let prefix = a.opt_string("prefix")?;
             let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
@@ -763,18 +679,15 @@ async fn dispatch(
             Ok(json!({ "entries": to_json(&entries)? }))
         }
         "memory.delete" => {
-            let mut a = Args::new("memory.delete", &["namespace", "key"], params)?;
             let (namespace, key) = (a.string("namespace")?, a.string("key")?);
             Ok(json!({ "deleted": service.memory.delete(&namespace, &key).await? }))
         }
         "cache.get" => {
-            let mut a = Args::new("cache.get", &["key"], params)?;
             let key = a.string("key")?;
             let value = service.cache.get(&user_key(&key)).await?;
             Ok(json!({ "found": value.is_some(), "value": value }))
         }
         "cache.set" => {
-            let mut a = Args::new("cache.set", &["key", "value", "ttl_s"], params)?;
             let key = a.string("key")?;
             let value = a
                 .take("value")
@@ -784,24 +697,13 @@ async fn dispatch(
             Ok(json!({ "ok": true }))
         }
         "cache.delete" => {
-            let mut a = Args::new("cache.delete", &["key"], params)?;
             let key = a.string("key")?;
             Ok(json!({ "deleted": service.cache.delete(&user_key(&key)).await? }))
         }
-        "cache.stats" => {
-            Args::new("cache.stats", &[], params)?;
-            Ok(cache_stats(service))
-        }
-        "pool.health" => {
-            Args::new("pool.health", &[], params)?;
-            Ok(pool_health(service))
-        }
-        "pool.stats" => {
-            Args::new("pool.stats", &[], params)?;
-            Ok(pool_stats(service))
-        }
+        "cache.stats" => Ok(cache_stats(service)),
+        "pool.health" => Ok(pool_health(service)),
+        "pool.stats" => Ok(pool_stats(service)),
         "persistence.stats" => {
-            Args::new("persistence.stats", &[], params)?;
             let s = db.stats();
             let ops = s.total_reads + s.total_writes + s.total_heavy;
             let errors = s.read_errors + s.write_errors + s.heavy_errors;
@@ -826,7 +728,6 @@ async fn dispatch(
             }))
         }
         "admin.backup" => {
-            let mut a = Args::new("admin.backup", &["to"], params)?;
             let policy = service.backups.as_ref().ok_or_else(|| {
                 RpcError::App(Error::Unavailable {
                     what: "backups",
@@ -845,7 +746,6 @@ async fn dispatch(
             }))
         }
         "admin.check" => {
-            let mut a = Args::new("admin.check", &["full"], params)?;
             let full = a.opt_bool("full")?.unwrap_or(false);
             let r = db.check(full).await?;
             Ok(json!({
@@ -855,7 +755,6 @@ async fn dispatch(
             }))
         }
         "admin.checkpoint" => {
-            let mut a = Args::new("admin.checkpoint", &["mode"], params)?;
             let mode = match a.opt_string("mode")? {
                 Some(m) => CheckpointMode::parse(&m)?,
                 None => CheckpointMode::Passive,
@@ -867,7 +766,6 @@ async fn dispatch(
             }))
         }
         "admin.keys.create" => {
-            let mut a = Args::new("admin.keys.create", &["scope", "tier", "name"], params)?;
             let scopes = litebridge::auth::Scopes::parse(&a.string("scope")?)?;
             let tier = a.opt_string("tier")?.unwrap_or_else(|| "free".to_owned());
             let name = a.opt_string("name")?;
@@ -884,7 +782,6 @@ async fn dispatch(
             }))
         }
         "admin.keys.list" => {
-            Args::new("admin.keys.list", &[], params)?;
             let keys = litebridge::auth::list_keys(db).await?;
             Ok(json!({ "keys": keys.iter().map(|k| json!({
                 "name": k.name, "scopes": k.scopes.to_string(), "tier": k.tier,
@@ -894,7 +791,6 @@ async fn dispatch(
             })).collect::<Vec<_>>() }))
         }
         "admin.keys.revoke" => {
-            let mut a = Args::new("admin.keys.revoke", &["name"], params)?;
             let name = a.string("name")?;
             let revoked = litebridge::auth::revoke_key(db, &name).await?;
             // Effective at once here; other servers on the file at their next refresh.
@@ -902,6 +798,7 @@ async fn dispatch(
             tracing::info!(by = caller.key().map(|k| k.name()), key = %name, revoked, "API key revoked");
             Ok(json!({ "revoked": revoked }))
         }
+        "rpc.discover" => Ok(table::openrpc()),
         other => Err(RpcError::MethodNotFound(other.to_owned())),
     }
 }

@@ -71,7 +71,7 @@ fn request() -> impl Strategy<Value = Json> {
         prop::sample::select(
             METHODS
                 .iter()
-                .map(|(m, _)| (*m).to_owned())
+                .map(|m| m.name.to_owned())
                 .collect::<Vec<_>>()
         )
         .prop_map(Json::String),
@@ -217,4 +217,48 @@ fn every_input_is_answered_per_the_specification() {
         })
         .unwrap();
     rt.block_on(app.service.shutdown());
+}
+
+/// Every method of the table reaches its implementation: none is listed
+/// (and offered as a tool and in `rpc.discover`) without being served.
+#[test]
+fn every_method_of_the_table_is_served() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let service = Service::open(
+            dir.path().join("m.db"),
+            DbConfig::default(),
+            None,
+            CacheConfig::default(),
+            false,
+        )
+        .await
+        .unwrap();
+        let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let app = App { service, auth };
+        let caller = Caller::local(Scopes::parse("read,write,bridge,admin").unwrap());
+        for m in METHODS {
+            let request = json!({"jsonrpc": "2.0", "method": m.name, "params": {}, "id": 1});
+            let reply = handle(&app, &caller, request.to_string().as_bytes(), "m")
+                .await
+                .unwrap();
+            assert_ne!(reply["error"]["code"], json!(-32601), "{}: {reply}", m.name);
+        }
+        let discovered = handle(
+            &app,
+            &caller,
+            br#"{"jsonrpc":"2.0","method":"rpc.discover","id":1}"#,
+            "m",
+        )
+        .await
+        .unwrap();
+        assert_eq!(discovered["result"]["openrpc"], "1.3.2");
+        app.service.shutdown().await;
+    });
 }

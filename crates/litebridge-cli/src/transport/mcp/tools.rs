@@ -1,6 +1,6 @@
-//! The MCP tools: each one a method of the table (`rpc`) with a
-//! JSON schema and a description an agent can act on, plus one tool per
-//! worker method announced in `$/ready`.
+//! The MCP tools: the methods of the table (`rpc::METHODS`) marked as
+//! tools, with the table's description and parameter schemas, plus one tool
+//! per worker method announced in `$/ready`.
 //!
 //! A session sees only the tools its scopes allow (a read-only session has no
 //! `execute`, no `state_save`, ...), and calls go through [`rpc::call`], so
@@ -24,17 +24,6 @@ const DEFAULT_QUERY_ROWS: u64 = 100;
 /// Tool names of worker methods start with this.
 const WORKER_PREFIX: &str = "worker_";
 
-/// One tool of the table.
-struct Def {
-    name: &'static str,
-    method: &'static str,
-    scope: Scope,
-    read_only: bool,
-    needs_workers: bool,
-    description: &'static str,
-    schema: fn() -> Json,
-}
-
 fn object(properties: Json, required: &[&str]) -> Json {
     json!({
         "type": "object",
@@ -43,235 +32,6 @@ fn object(properties: Json, required: &[&str]) -> Json {
         "additionalProperties": false,
     })
 }
-
-fn sql_params() -> Json {
-    json!({
-        "type": ["array", "object"],
-        "description": "Values for ?1, ?2, ... (an array) or for :name parameters (an object). Numbers, strings, booleans, null; a blob is {\"$blob\": \"<base64>\"}.",
-    })
-}
-
-fn timeout() -> Json {
-    json!({"type": "integer", "minimum": 1, "maximum": 3_600_000, "description": "Give up after this many milliseconds (a write that times out did not commit)."})
-}
-
-const DEFS: &[Def] = &[
-    Def {
-        name: "query",
-        method: "sql.query",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Run one read-only SQL statement (SELECT, WITH ... SELECT, PRAGMA reads) and get its rows. Use `schema` first to see the tables. Returns {columns, rows, truncated}; at most `max_rows` rows (default 100). Writes are refused: use `execute`.",
-        schema: || {
-            object(
-                json!({
-                    "sql": {"type": "string", "description": "One SQLite statement. Use ?1, ?2 or :name placeholders for values instead of pasting them into the text."},
-                    "params": sql_params(),
-                    "max_rows": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "description": "Most rows to return (default 100)."},
-                    "lane": {"type": "string", "enum": ["read", "heavy"], "description": "`heavy` for long scans and aggregates, so point reads are not held up."},
-                    "timeout_ms": timeout(),
-                }),
-                &["sql"],
-            )
-        },
-    },
-    Def {
-        name: "execute",
-        method: "sql.execute",
-        scope: Scope::Write,
-        read_only: false,
-        needs_workers: false,
-        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
-        schema: || {
-            object(
-                json!({
-                    "sql": {"type": "string", "description": "One SQLite statement; values go in `params`."},
-                    "params": sql_params(),
-                    "timeout_ms": timeout(),
-                }),
-                &["sql"],
-            )
-        },
-    },
-    Def {
-        name: "schema",
-        method: "sql.schema",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
-        schema: || object(json!({}), &[]),
-    },
-    Def {
-        name: "pool_health",
-        method: "pool.health",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
-        schema: || object(json!({}), &[]),
-    },
-    Def {
-        name: "pool_stats",
-        method: "pool.stats",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
-        schema: || object(json!({}), &[]),
-    },
-    Def {
-        name: "persistence_stats",
-        method: "persistence.stats",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
-        schema: || object(json!({}), &[]),
-    },
-    Def {
-        name: "state_save",
-        method: "state.save",
-        scope: Scope::Write,
-        read_only: false,
-        needs_workers: false,
-        description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
-        schema: || {
-            object(
-                json!({
-                    "run_id": {"type": "string", "description": "The run's id (1 to 1024 bytes)."},
-                    "state": {"description": "Any JSON value: the run's state."},
-                    "status": {"type": "string", "description": "For example running, done, failed."},
-                    "total_steps": {"type": "integer", "minimum": 0},
-                    "error_message": {"type": "string"},
-                    "execution_time_ms": {"type": "integer", "minimum": 0},
-                    "memory_usage_mb": {"type": "number"},
-                }),
-                &["run_id", "state"],
-            )
-        },
-    },
-    Def {
-        name: "state_load",
-        method: "state.load",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Load a workflow run's saved state; null when there is none.",
-        schema: || object(json!({"run_id": {"type": "string"}}), &["run_id"]),
-    },
-    Def {
-        name: "memory_store",
-        method: "memory.store",
-        scope: Scope::Write,
-        read_only: false,
-        needs_workers: false,
-        description: "Remember a value under namespace + key, optionally for ttl_s seconds (then it is gone). Overwrites.",
-        schema: || {
-            object(
-                json!({
-                    "namespace": {"type": "string", "description": "For example the agent's or the user's name."},
-                    "key": {"type": "string"},
-                    "value": {"description": "Any JSON value."},
-                    "ttl_s": {"type": "number", "exclusiveMinimum": 0, "description": "Forget it after this many seconds."},
-                }),
-                &["namespace", "key", "value"],
-            )
-        },
-    },
-    Def {
-        name: "memory_get",
-        method: "memory.get",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Recall the value stored under namespace + key. Returns {found, value}.",
-        schema: || {
-            object(
-                json!({"namespace": {"type": "string"}, "key": {"type": "string"}}),
-                &["namespace", "key"],
-            )
-        },
-    },
-    Def {
-        name: "memory_list",
-        method: "memory.list",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
-        schema: || {
-            object(
-                json!({
-                    "namespace": {"type": "string"},
-                    "prefix": {"type": "string"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
-                }),
-                &["namespace"],
-            )
-        },
-    },
-    Def {
-        name: "cache_get",
-        method: "cache.get",
-        scope: Scope::Read,
-        read_only: true,
-        needs_workers: false,
-        description: "Read a cached value by key. Returns {found, value}.",
-        schema: || object(json!({"key": {"type": "string"}}), &["key"]),
-    },
-    Def {
-        name: "cache_set",
-        method: "cache.set",
-        scope: Scope::Write,
-        read_only: false,
-        needs_workers: false,
-        description: "Cache a value under a key, optionally for ttl_s seconds.",
-        schema: || {
-            object(
-                json!({
-                    "key": {"type": "string"},
-                    "value": {"description": "Any JSON value."},
-                    "ttl_s": {"type": "number", "exclusiveMinimum": 0},
-                }),
-                &["key", "value"],
-            )
-        },
-    },
-    Def {
-        name: "bridge_call",
-        method: "bridge.call",
-        scope: Scope::Bridge,
-        read_only: false,
-        needs_workers: true,
-        description: "Call a method of the worker processes by name (the worker_* tools do the same, one per method). Returns the method's result.",
-        schema: || {
-            object(
-                json!({
-                    "method": {"type": "string", "description": "The worker method's name."},
-                    "params": {"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."},
-                    "timeout_ms": timeout(),
-                }),
-                &["method"],
-            )
-        },
-    },
-    Def {
-        name: "backup",
-        method: "admin.backup",
-        scope: Scope::Admin,
-        read_only: false,
-        needs_workers: false,
-        description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
-        schema: || {
-            object(
-                json!({"to": {"type": "string", "description": "A file name for the backup in the backup directory (no directory; a new name). Default: a timestamped name."}}),
-                &[],
-            )
-        },
-    },
-];
 
 fn tool(name: String, description: String, schema: Json, read_only: bool) -> Tool {
     let schema = match schema {
@@ -334,16 +94,19 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
 /// worker method.
 pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
     let workers = app.service.workers.as_ref();
-    let mut tools: Vec<Tool> = DEFS
+    let mut tools: Vec<Tool> = rpc::METHODS
         .iter()
-        .filter(|d| caller.scopes().allows(d.scope) && (!d.needs_workers || workers.is_some()))
-        .map(|d| {
-            tool(
-                d.name.to_owned(),
-                d.description.to_owned(),
-                (d.schema)(),
-                d.read_only,
-            )
+        .filter(|m| caller.scopes().allows(m.scope))
+        .filter_map(|m| {
+            let t = m.tool.as_ref()?;
+            (!t.needs_workers || workers.is_some()).then(|| {
+                tool(
+                    t.name.to_owned(),
+                    m.description.to_owned(),
+                    m.params_schema(),
+                    m.read_only,
+                )
+            })
         })
         .collect();
     if let Some(pool) = workers.filter(|_| caller.scopes().allows(Scope::Bridge)) {
@@ -378,12 +141,15 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
 /// What a tool name runs: a method of the table with its params, or `None`
 /// for a name that is no tool.
 fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static str, Json)> {
-    if let Some(d) = DEFS.iter().find(|d| d.name == name) {
+    if let Some(m) = rpc::METHODS
+        .iter()
+        .find(|m| m.tool.as_ref().is_some_and(|t| t.name == name))
+    {
         let mut args = args;
-        if d.name == "query" && !args.contains_key("max_rows") {
+        if m.name == "sql.query" && !args.contains_key("max_rows") {
             args.insert("max_rows".into(), json!(DEFAULT_QUERY_ROWS));
         }
-        return Some((d.method, Json::Object(args)));
+        return Some((m.name, Json::Object(args)));
     }
     let pool = app.service.workers.as_ref()?;
     let method = pool

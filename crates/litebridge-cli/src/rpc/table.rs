@@ -1,0 +1,583 @@
+//! The method table: every method's name, scope, description, parameters
+//! (with their JSON schemas) and annotations, written once. The scope check,
+//! the parameter names (`Args`), the `/metrics` method labels, the MCP tools
+//! and their schemas, and `rpc.discover` (an OpenRPC document) are all read
+//! from here, so they cannot drift apart.
+
+use litebridge::auth::Scope;
+use serde_json::{Map, Value as Json, json};
+
+use crate::rpc::{DEFAULT_MAX_ROWS, MAX_METHOD_NAME, MAX_ROWS, MAX_TIMEOUT};
+
+/// One parameter of a method.
+pub(crate) struct Param {
+    pub(crate) name: &'static str,
+    pub(crate) required: bool,
+    /// Its JSON schema, with a description.
+    pub(crate) schema: fn() -> Json,
+}
+
+/// How a method is offered to MCP clients.
+pub(crate) struct Tool {
+    /// The tool's name.
+    pub(crate) name: &'static str,
+    /// Shown only when workers are configured.
+    pub(crate) needs_workers: bool,
+}
+
+/// One method of the table.
+pub(crate) struct Method {
+    pub(crate) name: &'static str,
+    pub(crate) scope: Scope,
+    /// What it does and returns, for people and agents.
+    pub(crate) description: &'static str,
+    pub(crate) params: &'static [Param],
+    /// It changes nothing.
+    pub(crate) read_only: bool,
+    /// The MCP tool that runs it, if it is one.
+    pub(crate) tool: Option<Tool>,
+}
+
+impl Method {
+    /// The parameter names in order (positional parameters map to them).
+    pub(crate) fn param_names(&self) -> Vec<&'static str> {
+        self.params.iter().map(|p| p.name).collect()
+    }
+
+    /// Its parameters as the JSON schema of one object.
+    pub(crate) fn params_schema(&self) -> Json {
+        let properties: Map<String, Json> = self
+            .params
+            .iter()
+            .map(|p| (p.name.to_owned(), (p.schema)()))
+            .collect();
+        let required: Vec<&str> = self
+            .params
+            .iter()
+            .filter(|p| p.required)
+            .map(|p| p.name)
+            .collect();
+        json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+}
+
+/// The method named `name`.
+pub(crate) fn find(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+const fn param(name: &'static str, required: bool, schema: fn() -> Json) -> Param {
+    Param {
+        name,
+        required,
+        schema,
+    }
+}
+
+const fn tool(name: &'static str) -> Option<Tool> {
+    Some(Tool {
+        name,
+        needs_workers: false,
+    })
+}
+
+fn sql() -> Json {
+    json!({"type": "string", "description": "One SQLite statement (at most 1 MiB). Use ?1, ?2 or :name placeholders for values instead of pasting them into the text."})
+}
+
+fn sql_params() -> Json {
+    json!({
+        "type": ["array", "object"],
+        "description": "Values for ?1, ?2, ... (an array) or for :name parameters (an object). Numbers, strings, booleans, null; a blob is {\"$blob\": \"<base64>\"}.",
+    })
+}
+
+fn timeout() -> Json {
+    json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.default_timeout_ms."})
+}
+
+fn text(description: &'static str) -> Json {
+    json!({"type": "string", "description": description})
+}
+
+fn any(description: &'static str) -> Json {
+    json!({"description": description})
+}
+
+fn ttl() -> Json {
+    json!({"type": "number", "exclusiveMinimum": 0, "description": "Forget it after this many seconds."})
+}
+
+fn limit() -> Json {
+    json!({"type": "integer", "minimum": 1, "maximum": 10_000, "description": "Most entries to return (default 100)."})
+}
+
+const SQL_PARAM: Param = param("sql", true, sql);
+const PARAMS_PARAM: Param = param("params", false, sql_params);
+const TIMEOUT_PARAM: Param = param("timeout_ms", false, timeout);
+const NO_PARAMS: &[Param] = &[];
+
+/// Every method, in the order the README lists them.
+pub(crate) const METHODS: &[Method] = &[
+    Method {
+        name: "sql.query",
+        scope: Scope::Read,
+        description: "Run one read-only SQL statement (SELECT, WITH ... SELECT, PRAGMA reads) and get its rows. Use `schema` first to see the tables. Returns {columns, rows, truncated}; at most `max_rows` rows. Writes are refused: use `execute`.",
+        params: &[
+            SQL_PARAM,
+            PARAMS_PARAM,
+            TIMEOUT_PARAM,
+            param(
+                "max_rows",
+                false,
+                || json!({"type": "integer", "minimum": 0, "maximum": MAX_ROWS, "description": format!("Most rows to return (default {DEFAULT_MAX_ROWS}; 100 as an MCP tool).")}),
+            ),
+            param(
+                "lane",
+                false,
+                || json!({"type": "string", "enum": ["read", "heavy"], "description": "`heavy` for long scans and aggregates, so point reads are not held up (default `read`)."}),
+            ),
+        ],
+        read_only: true,
+        tool: tool("query"),
+    },
+    Method {
+        name: "sql.execute",
+        scope: Scope::Write,
+        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
+        params: &[SQL_PARAM, PARAMS_PARAM, TIMEOUT_PARAM],
+        read_only: false,
+        tool: tool("execute"),
+    },
+    Method {
+        name: "sql.batch",
+        scope: Scope::Write,
+        description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement.",
+        params: &[
+            param(
+                "statements",
+                true,
+                || json!({"type": "array", "minItems": 1, "maxItems": crate::rpc::MAX_STATEMENTS, "items": {"type": "object", "properties": {"sql": sql(), "params": sql_params()}, "required": ["sql"], "additionalProperties": false}, "description": "The statements, in order."}),
+            ),
+            TIMEOUT_PARAM,
+        ],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "sql.execute_many",
+        scope: Scope::Write,
+        description: "Run one statement once per parameter row, in one transaction. Returns {changes}.",
+        params: &[
+            SQL_PARAM,
+            param(
+                "rows",
+                true,
+                || json!({"type": "array", "maxItems": crate::rpc::MAX_MANY_ROWS, "items": sql_params(), "description": "One parameter list (or object) per run."}),
+            ),
+            TIMEOUT_PARAM,
+        ],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "sql.schema",
+        scope: Scope::Read,
+        description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: tool("schema"),
+    },
+    Method {
+        name: "bridge.call",
+        scope: Scope::Bridge,
+        description: "Call a method of the worker processes by name (the worker_* tools do the same, one per method). Returns the method's result.",
+        params: &[
+            param(
+                "method",
+                true,
+                || json!({"type": "string", "minLength": 1, "maxLength": MAX_METHOD_NAME, "description": "The worker method's name."}),
+            ),
+            param(
+                "params",
+                false,
+                || json!({"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."}),
+            ),
+            TIMEOUT_PARAM,
+            param(
+                "retry",
+                false,
+                || json!({"type": "boolean", "description": "Retry an idempotent method after a recoverable failure (default true)."}),
+            ),
+            param(
+                "max_retries",
+                false,
+                || json!({"type": "integer", "minimum": 0, "description": "Retries at most (default: the server's bridge.retry_attempts)."}),
+            ),
+            param("cache_key", false, || {
+                text(
+                    "Cache the result under this key (per API key) and answer from the cache while it is fresh.",
+                )
+            }),
+            param(
+                "cache_ttl_s",
+                false,
+                || json!({"type": "number", "exclusiveMinimum": 0, "description": "How long a cached result stays fresh, in seconds."}),
+            ),
+        ],
+        read_only: false,
+        tool: Some(Tool {
+            name: "bridge_call",
+            needs_workers: true,
+        }),
+    },
+    Method {
+        name: "bridge.stats",
+        scope: Scope::Read,
+        description: "The worker pool's statistics: processes, calls, restarts, crashes, breakers and per-method latency percentiles.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "bridge.health",
+        scope: Scope::Read,
+        description: "The worker pool's health: the same figures as bridge.stats, with `healthy`.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "bridge.breaker.reset",
+        scope: Scope::Bridge,
+        description: "Close a worker method's circuit breaker now. Returns {reset}: whether there was one.",
+        params: &[param("method", true, || text("The worker method's name."))],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "state.save",
+        scope: Scope::Write,
+        description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
+        params: &[
+            param("run_id", true, || text("The run's id (1 to 1024 bytes).")),
+            param("state", true, || any("Any JSON value: the run's state.")),
+            param("status", false, || {
+                text("For example running, done, failed.")
+            }),
+            param(
+                "total_steps",
+                false,
+                || json!({"type": "integer", "minimum": 0}),
+            ),
+            param("error_message", false, || json!({"type": "string"})),
+            param(
+                "execution_time_ms",
+                false,
+                || json!({"type": "integer", "minimum": 0}),
+            ),
+            param("memory_usage_mb", false, || json!({"type": "number"})),
+        ],
+        read_only: false,
+        tool: tool("state_save"),
+    },
+    Method {
+        name: "state.load",
+        scope: Scope::Read,
+        description: "Load a workflow run's saved state; null when there is none.",
+        params: &[param("run_id", true, || text("The run's id."))],
+        read_only: true,
+        tool: tool("state_load"),
+    },
+    Method {
+        name: "state.list",
+        scope: Scope::Read,
+        description: "List saved runs, newest first, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
+        params: &[
+            param("status", false, || text("Only runs with this status.")),
+            param("limit", false, limit),
+            param("after", false, || text("The `next` of the previous page.")),
+        ],
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "state.delete",
+        scope: Scope::Write,
+        description: "Delete a run's saved state. Returns {deleted}.",
+        params: &[param("run_id", true, || text("The run's id."))],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "memory.store",
+        scope: Scope::Write,
+        description: "Remember a value under namespace + key, optionally for ttl_s seconds (then it is gone). Overwrites.",
+        params: &[
+            param("namespace", true, || {
+                text("For example the agent's or the user's name.")
+            }),
+            param("key", true, || json!({"type": "string"})),
+            param("value", true, || any("Any JSON value.")),
+            param("ttl_s", false, ttl),
+        ],
+        read_only: false,
+        tool: tool("memory_store"),
+    },
+    Method {
+        name: "memory.get",
+        scope: Scope::Read,
+        description: "Recall the value stored under namespace + key. Returns {found, value}.",
+        params: &[
+            param("namespace", true, || json!({"type": "string"})),
+            param("key", true, || json!({"type": "string"})),
+        ],
+        read_only: true,
+        tool: tool("memory_get"),
+    },
+    Method {
+        name: "memory.list",
+        scope: Scope::Read,
+        description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
+        params: &[
+            param("namespace", true, || json!({"type": "string"})),
+            param("prefix", false, || json!({"type": "string"})),
+            param("limit", false, limit),
+        ],
+        read_only: true,
+        tool: tool("memory_list"),
+    },
+    Method {
+        name: "memory.delete",
+        scope: Scope::Write,
+        description: "Forget the value under namespace + key. Returns {deleted}.",
+        params: &[
+            param("namespace", true, || json!({"type": "string"})),
+            param("key", true, || json!({"type": "string"})),
+        ],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "cache.get",
+        scope: Scope::Read,
+        description: "Read a cached value by key. Returns {found, value}.",
+        params: &[param("key", true, || json!({"type": "string"}))],
+        read_only: true,
+        tool: tool("cache_get"),
+    },
+    Method {
+        name: "cache.set",
+        scope: Scope::Write,
+        description: "Cache a value under a key, optionally for ttl_s seconds.",
+        params: &[
+            param("key", true, || json!({"type": "string"})),
+            param("value", true, || any("Any JSON value.")),
+            param("ttl_s", false, ttl),
+        ],
+        read_only: false,
+        tool: tool("cache_set"),
+    },
+    Method {
+        name: "cache.delete",
+        scope: Scope::Write,
+        description: "Remove a cached value. Returns {deleted}.",
+        params: &[param("key", true, || json!({"type": "string"}))],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "cache.stats",
+        scope: Scope::Read,
+        description: "The two-level cache's figures: hits, misses, hit rate, entries and bytes in memory.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "pool.health",
+        scope: Scope::Read,
+        description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: tool("pool_health"),
+    },
+    Method {
+        name: "pool.stats",
+        scope: Scope::Read,
+        description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: tool("pool_stats"),
+    },
+    Method {
+        name: "persistence.stats",
+        scope: Scope::Read,
+        description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: tool("persistence_stats"),
+    },
+    Method {
+        name: "admin.backup",
+        scope: Scope::Admin,
+        description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
+        params: &[param("to", false, || {
+            text(
+                "A file name for the backup in the backup directory (no directory; a new name). Default: a timestamped name.",
+            )
+        })],
+        read_only: false,
+        tool: tool("backup"),
+    },
+    Method {
+        name: "admin.check",
+        scope: Scope::Admin,
+        description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, foreign_key_violations, elapsed_ms}.",
+        params: &[param(
+            "full",
+            false,
+            || json!({"type": "boolean", "description": "The full integrity check instead of the quick one (default false)."}),
+        )],
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "admin.checkpoint",
+        scope: Scope::Admin,
+        description: "Checkpoint the WAL now. Returns {busy, log_pages, checkpointed_pages, wal_bytes}.",
+        params: &[param(
+            "mode",
+            false,
+            || json!({"type": "string", "enum": ["passive", "full", "restart", "truncate"], "description": "SQLite's checkpoint mode (default passive)."}),
+        )],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "admin.keys.create",
+        scope: Scope::Admin,
+        description: "Create an API key. Returns {name, scopes, tier, secret}; the secret is shown only this once.",
+        params: &[
+            param("scope", true, || {
+                text("Comma-separated scopes: read, write, bridge, admin.")
+            }),
+            param(
+                "tier",
+                false,
+                || json!({"type": "string", "enum": ["free", "pro", "enterprise"], "description": "Its quota tier (default free)."}),
+            ),
+            param("name", false, || text("Its name (default: generated).")),
+        ],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "admin.keys.list",
+        scope: Scope::Admin,
+        description: "List the API keys (never their secrets): name, scopes, tier, created, revoked, last used.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: None,
+    },
+    Method {
+        name: "admin.keys.revoke",
+        scope: Scope::Admin,
+        description: "Revoke an API key by name, at once. Returns {revoked}.",
+        params: &[param("name", true, || text("The key's name."))],
+        read_only: false,
+        tool: None,
+    },
+    Method {
+        name: "rpc.discover",
+        scope: Scope::Read,
+        description: "This table as an OpenRPC 1.3 document: every method, its scope, parameters and their JSON schemas.",
+        params: NO_PARAMS,
+        read_only: true,
+        tool: None,
+    },
+];
+
+/// The table as an OpenRPC 1.3 document (`rpc.discover`).
+pub(crate) fn openrpc() -> Json {
+    let methods: Vec<Json> = METHODS
+        .iter()
+        .map(|m| {
+            let params: Vec<Json> = m
+                .params
+                .iter()
+                .map(|p| {
+                    let schema = (p.schema)();
+                    let mut d = json!({"name": p.name, "required": p.required, "schema": schema});
+                    if let Some(text) = schema.get("description") {
+                        d["description"] = text.clone();
+                    }
+                    d
+                })
+                .collect();
+            let summary = m.description.split(". ").next().unwrap_or(m.description);
+            json!({
+                "name": m.name,
+                "summary": summary.trim_end_matches('.'),
+                "description": m.description,
+                "paramStructure": "either",
+                "params": params,
+                "result": {"name": "result", "schema": {}},
+                "x-scope": m.scope.as_str(),
+                "x-read-only": m.read_only,
+            })
+        })
+        .collect();
+    json!({
+        "openrpc": "1.3.2",
+        "info": {
+            "title": "litebridge",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "SQLite service and process bridge: the JSON-RPC 2.0 method table served over HTTP (POST /rpc), stdio and as MCP tools. Each method needs the scope named in x-scope.",
+        },
+        "methods": methods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A method cannot be added half-described: a name of its own, a
+    /// sentence for people and agents, and a JSON schema per parameter;
+    /// tool names are unique too.
+    #[test]
+    fn every_method_is_fully_described() {
+        let mut names = std::collections::BTreeSet::new();
+        let mut tools = std::collections::BTreeSet::new();
+        for m in METHODS {
+            assert!(names.insert(m.name), "{} twice", m.name);
+            assert!(
+                m.description.len() > 20 && m.description.ends_with('.'),
+                "{}: describe it in a sentence",
+                m.name
+            );
+            let mut params = std::collections::BTreeSet::new();
+            for p in m.params {
+                assert!(params.insert(p.name), "{}: `{}` twice", m.name, p.name);
+                assert!(
+                    (p.schema)().is_object(),
+                    "{}: `{}` needs a schema",
+                    m.name,
+                    p.name
+                );
+            }
+            assert_eq!(m.params_schema()["type"], "object");
+            if let Some(t) = &m.tool {
+                assert!(tools.insert(t.name), "tool {} twice", t.name);
+            }
+        }
+        let doc = openrpc();
+        assert_eq!(doc["methods"].as_array().map(Vec::len), Some(METHODS.len()));
+    }
+}
