@@ -1,13 +1,15 @@
-//! The method table (the README lists it), shared by every transport, and strict
-//! JSON-RPC 2.0 processing: single requests, batches (run concurrently,
-//! answered in any order), notifications (never answered), ids echoed
-//! exactly, the standard errors with `id: null` where the specification says
-//! so. Library errors become JSON-RPC errors in one place, [`RpcError`].
+//! The method table, shared by every transport, and strict JSON-RPC 2.0
+//! processing: single requests, batches (run concurrently, answered in any
+//! order), notifications (never answered), ids echoed exactly, the standard
+//! errors with `id: null` where the specification says so.
 //!
-//! Every method names the scope it needs ([`METHODS`]). The transport says
-//! who is calling ([`Caller`]); here each call is checked against the
-//! caller's scopes and charged to its key's quotas before it runs, and each
-//! transport message takes one of the key's concurrent-request slots.
+//! Layout: `table` defines every method once (name, scope, description,
+//! parameters and their schemas, MCP tool, implementation); `sql`,
+//! `bridge`, `stores`, `stats` and `admin` hold the implementations; `error`
+//! turns every failure into a JSON-RPC error ([`RpcError`]); this file reads
+//! requests, checks each call against the caller's scopes and quotas
+//! ([`call`]), and holds the parameter reader ([`Args`]). Each transport
+//! message takes one of the key's concurrent-request slots.
 
 use std::time::Duration;
 
@@ -19,7 +21,12 @@ use litebridge::{
 };
 use serde_json::{Map, Value as Json, json};
 
+mod admin;
+mod bridge;
 mod error;
+mod sql;
+mod stats;
+mod stores;
 mod table;
 
 pub(crate) use error::RpcError;
@@ -238,8 +245,19 @@ pub(crate) async fn call(
     outcome
 }
 
+/// What a method runs with: who calls, on what, under which request id.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) app: &'a App,
+    pub(crate) caller: &'a Caller,
+    pub(crate) request_id: &'a str,
+}
+
+/// A method's answer, to come.
+pub(crate) type Answer<'a> = futures_util::future::BoxFuture<'a, Result<Json, RpcError>>;
+
 /// Named parameters, or positional ones mapped to the method's names in order.
-struct Args {
+pub(crate) struct Args {
     method: &'static str,
     map: Map<String, Json>,
 }
@@ -396,411 +414,16 @@ async fn dispatch(
     params: Option<Json>,
     request_id: &str,
 ) -> Result<Json, RpcError> {
-    let service = &app.service;
-    let db = &service.db;
-    let mut a = Args::new(method.name, &method.param_names(), params)?;
-    match method.name {
-        "sql.query" => {
-            let sql = a.sql()?;
-            let p = a.sql_params()?;
-            let timeout = a.timeout()?;
-            let max_rows = a
-                .opt_u64("max_rows")?
-                .map_or(DEFAULT_MAX_ROWS, |n| n as usize);
-            if max_rows > MAX_ROWS {
-                return Err(RpcError::InvalidParams(format!(
-                    "sql.query: `max_rows` is at most {MAX_ROWS}"
-                )));
-            }
-            let lane = match a.opt_string("lane")? {
-                Some(l) => Lane::parse(&l)?,
-                None => Lane::Read,
-            };
-            let rows = db
-                .query_with(
-                    &sql,
-                    p,
-                    QueryOptions {
-                        timeout,
-                        max_rows: Some(max_rows),
-                        lane,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    Error::ReadOnly { .. } => RpcError::App(Error::ReadOnly {
-                        message:
-                            "sql.query runs read-only statements; send writes with sql.execute"
-                                .into(),
-                    }),
-                    other => other.into(),
-                })?;
-            to_json(&rows)
-        }
-        "sql.execute" => {
-            let sql = a.sql()?;
-            let p = a.sql_params()?;
-            let timeout = a.timeout()?;
-            let r = db
-                .execute_with(
-                    sql,
-                    p,
-                    WriteOptions {
-                        timeout,
-                        ..WriteOptions::default()
-                    },
-                )
-                .await?;
-            to_json(&r)
-        }
-        "sql.batch" => {
-            let timeout = a.timeout()?;
-            let statements = match a.take("statements") {
-                Some(Json::Array(items)) if items.len() > MAX_STATEMENTS => {
-                    return Err(RpcError::InvalidParams(format!(
-                        "sql.batch: {} statements; at most {MAX_STATEMENTS} are allowed",
-                        items.len()
-                    )));
-                }
-                Some(Json::Array(items)) if !items.is_empty() => items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let mut st = Args::new("sql.batch", &["sql", "params"], Some(s)).map_err(
-                            |e| match e {
-                                RpcError::InvalidParams(m) => {
-                                    RpcError::InvalidParams(format!("statements[{i}]: {m}"))
-                                }
-                                other => other,
-                            },
-                        )?;
-                        Ok(Statement::new(st.sql()?, st.sql_params()?))
-                    })
-                    .collect::<Result<Vec<_>, RpcError>>()?,
-                Some(other) => {
-                    return Err(a.bad("statements", "a non-empty array of {sql, params}", &other));
-                }
-                None => {
-                    return Err(RpcError::InvalidParams(
-                        "sql.batch: `statements` is required".into(),
-                    ));
-                }
-            };
-            let results = db
-                .batch(
-                    statements,
-                    WriteOptions {
-                        timeout,
-                        ..WriteOptions::default()
-                    },
-                )
-                .await?;
-            Ok(json!({ "results": to_json(&results)? }))
-        }
-        "sql.execute_many" => {
-            let sql = a.sql()?;
-            let timeout = a.timeout()?;
-            let rows = match a.take("rows") {
-                Some(Json::Array(rows)) if rows.len() > MAX_MANY_ROWS => {
-                    return Err(RpcError::InvalidParams(format!(
-                        "sql.execute_many: {} rows; at most {MAX_MANY_ROWS} are allowed",
-                        rows.len()
-                    )));
-                }
-                Some(Json::Array(rows)) => rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        Params::from_json(Some(r))
-                            .map_err(|e| RpcError::InvalidParams(format!("rows[{i}]: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                Some(other) => return Err(a.bad("rows", "an array of parameter lists", &other)),
-                None => {
-                    return Err(RpcError::InvalidParams(
-                        "sql.execute_many: `rows` is required".into(),
-                    ));
-                }
-            };
-            let r = db
-                .execute_many(
-                    &sql,
-                    rows,
-                    WriteOptions {
-                        timeout,
-                        ..WriteOptions::default()
-                    },
-                )
-                .await?;
-            Ok(json!({ "changes": r.changes }))
-        }
-        "sql.schema" => Ok(json!({ "tables": to_json(&db.schema().await?)? })),
-        "bridge.call" => {
-            let target = a.string("method")?;
-            if target.is_empty()
-                || target.len() > MAX_METHOD_NAME
-                || target.chars().any(char::is_control)
-            {
-                return Err(a.bad(
-                    "method",
-                    &format!("a method name of 1 to {MAX_METHOD_NAME} characters, without control characters"),
-                    &Json::String(target.chars().take(64).collect()),
-                ));
-            }
-            let call_params = a.take("params").unwrap_or(Json::Array(Vec::new()));
-            if !matches!(call_params, Json::Array(_) | Json::Object(_)) {
-                return Err(a.bad("params", "an array or an object", &call_params));
-            }
-            let options = CallOptions {
-                timeout: a.timeout()?,
-                retry: a.opt_bool("retry")?.unwrap_or(true),
-                max_attempts: a
-                    .opt_u64("max_retries")?
-                    .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
-                cache_key: a.opt_string("cache_key")?,
-                cache_ttl: a.opt_secs("cache_ttl_s")?,
-                // Each key's `cache_key` entries are its own (local sessions
-                // share one scope, which no key name can spell).
-                cache_scope: Some(caller.key().map_or_else(
-                    || "local session".to_owned(),
-                    |k| format!("key {}", k.name()),
-                )),
-                request_id: Some(request_id.to_owned()),
-            };
-            Ok(workers(service)?
-                .call(&target, call_params, options)
-                .await?)
-        }
-        "bridge.stats" | "bridge.health" => {
-            let pool = workers(service)?;
-            let s = pool.status();
-            let stats = json!({
-                "healthy": s.healthy,
-                "processes": s.processes,
-                "workers": s.workers.iter().map(|w| json!({
-                    "id": w.id, "pid": w.pid, "in_flight": w.in_flight, "calls": w.calls,
-                    "uptime_ms": w.uptime.as_millis() as u64,
-                })).collect::<Vec<_>>(),
-                "waiting": s.waiting,
-                "restarts": s.restarts,
-                "crashes": s.crashes,
-                "recycled": s.recycled,
-                "breakers": s.breakers.iter().map(|b| json!({
-                    "method": &*b.name, "state": b.state.as_str(), "calls": b.calls,
-                    "failure_rate": b.failure_rate, "slow_call_rate": b.slow_call_rate,
-                    "consecutive_failures": b.consecutive_failures,
-                })).collect::<Vec<_>>(),
-                "methods": s.methods.iter().map(|m| json!({
-                    "method": m.method, "calls": m.calls, "errors": m.errors,
-                    "p50_ms": ms(m.latency.p50), "p95_ms": ms(m.latency.p95), "p99_ms": ms(m.latency.p99),
-                })).collect::<Vec<_>>(),
-                "cache": cache_stats(service),
-            });
-            Ok(stats)
-        }
-        "bridge.breaker.reset" => {
-            let target = a.string("method")?;
-            Ok(json!({ "reset": workers(service)?.reset_breaker(&target) }))
-        }
-        "state.save" => {
-            let run_id = a.string("run_id")?;
-            let state = a
-                .take("state")
-                .ok_or_else(|| RpcError::InvalidParams("state.save: `state` is required".into()))?;
-            let status = a.opt_string("status")?;
-            let total_steps = a.opt_u64("total_steps")?.map(|n| n as i64);
-            let error_message = a.opt_string("error_message")?;
-            let execution_time_ms = a.opt_u64("execution_time_ms")?.map(|n| n as i64);
-            let memory_usage_mb = match a.take("memory_usage_mb") {
-                Some(v) => Some(
-                    v.as_f64()
-                        .ok_or_else(|| a.bad("memory_usage_mb", "a number", &v))?,
-                ),
-                None => None,
-            };
-            let saved = service
-                .state
-                .save(litebridge::store::StateUpdate {
-                    run_id,
-                    state,
-                    status,
-                    total_steps,
-                    error_message,
-                    execution_time_ms,
-                    memory_usage_mb,
-                })
-                .await?;
-            to_json(&saved)
-        }
-        "state.load" => {
-            let run_id = a.string("run_id")?;
-            to_json(&service.state.load(&run_id).await?)
-        }
-        "state.list" => {
-            let status = a.opt_string("status")?;
-            let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
-            let after = a.opt_string("after")?;
-            let runs = service
-                .state
-                .list(status.as_deref(), limit, after.as_deref())
-                .await?;
-            let next = (runs.len() == limit)
-                .then(|| runs.last().map(|r| r.run_id.clone()))
-                .flatten();
-            Ok(json!({ "runs": to_json(&runs)?, "next": next }))
-        }
-        "state.delete" => {
-            let run_id = a.string("run_id")?;
-            Ok(json!({ "deleted": service.state.delete(&run_id).await? }))
-        }
-        "memory.store" => {
-            let namespace = a.string("namespace")?;
-            let key = a.string("key")?;
-            let value = a.take("value").ok_or_else(|| {
-                RpcError::InvalidParams("memory.store: `value` is required".into())
-            })?;
-            let ttl = a.opt_secs("ttl_s")?;
-            service.memory.store(&namespace, &key, &value, ttl).await?;
-            Ok(json!({ "ok": true }))
-        }
-        "memory.get" => {
-            let (namespace, key) = (a.string("namespace")?, a.string("key")?);
-            let value = service.memory.get(&namespace, &key).await?;
-            Ok(json!({ "found": value.is_some(), "value": value }))
-        }
-        "memory.list" => {
-            let namespace = a.string("namespace")?;
-            let prefix = a.opt_string("prefix")?;
-            let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
-            let entries = service
-                .memory
-                .list(&namespace, prefix.as_deref(), limit)
-                .await?;
-            Ok(json!({ "entries": to_json(&entries)? }))
-        }
-        "memory.delete" => {
-            let (namespace, key) = (a.string("namespace")?, a.string("key")?);
-            Ok(json!({ "deleted": service.memory.delete(&namespace, &key).await? }))
-        }
-        "cache.get" => {
-            let key = a.string("key")?;
-            let value = service.cache.get(&user_key(&key)).await?;
-            Ok(json!({ "found": value.is_some(), "value": value }))
-        }
-        "cache.set" => {
-            let key = a.string("key")?;
-            let value = a
-                .take("value")
-                .ok_or_else(|| RpcError::InvalidParams("cache.set: `value` is required".into()))?;
-            let ttl = a.opt_secs("ttl_s")?;
-            service.cache.set(&user_key(&key), value, ttl).await?;
-            Ok(json!({ "ok": true }))
-        }
-        "cache.delete" => {
-            let key = a.string("key")?;
-            Ok(json!({ "deleted": service.cache.delete(&user_key(&key)).await? }))
-        }
-        "cache.stats" => Ok(cache_stats(service)),
-        "pool.health" => Ok(pool_health(service)),
-        "pool.stats" => Ok(pool_stats(service)),
-        "persistence.stats" => {
-            let s = db.stats();
-            let ops = s.total_reads + s.total_writes + s.total_heavy;
-            let errors = s.read_errors + s.write_errors + s.heavy_errors;
-            let health = pool_health(service);
-            Ok(json!({
-                "persistence_layer": "litebridge",
-                "connection_pool": "enabled",
-                "statistics": {
-                    "total_operations": ops,
-                    "total_errors": errors,
-                    "average_response_time_ms": ms(mean(&s)),
-                    "error_rate_percent": format!("{:.2}", percent(errors, ops)),
-                    "success_rate_percent": format!("{:.2}", 100.0 - percent(errors, ops)),
-                },
-                "pool_health": {
-                    "healthy": health["healthy"],
-                    "total_connections": health["pool_status"]["total_connections"],
-                    "active_connections": health["pool_status"]["active_connections"],
-                    "available_readers": health["pool_status"]["available_readers"],
-                    "available_workers": health["pool_status"]["available_workers"],
-                },
-            }))
-        }
-        "admin.backup" => {
-            let policy = service.backups.as_ref().ok_or_else(|| {
-                RpcError::App(Error::Unavailable {
-                    what: "backups",
-                    reason: "this service has no backup directory configured".into(),
-                })
-            })?;
-            let r = match a.opt_string("to")? {
-                // A name in the backup directory, never a path: a request
-                // does not choose where the service writes (SECURITY.md).
-                Some(name) => litebridge::backups::take_named(db, policy, &name).await?,
-                None => litebridge::backups::take(db, policy).await?,
-            };
-            Ok(json!({
-                "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
-                "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,
-            }))
-        }
-        "admin.check" => {
-            let full = a.opt_bool("full")?.unwrap_or(false);
-            let r = db.check(full).await?;
-            Ok(json!({
-                "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
-                "foreign_key_violations": r.foreign_key_violations,
-                "elapsed_ms": r.elapsed.as_millis() as u64,
-            }))
-        }
-        "admin.checkpoint" => {
-            let mode = match a.opt_string("mode")? {
-                Some(m) => CheckpointMode::parse(&m)?,
-                None => CheckpointMode::Passive,
-            };
-            let r = db.checkpoint(mode).await?;
-            Ok(json!({
-                "busy": r.busy, "log_pages": r.log_pages, "checkpointed_pages": r.checkpointed_pages,
-                "wal_bytes": db.wal_bytes(),
-            }))
-        }
-        "admin.keys.create" => {
-            let scopes = litebridge::auth::Scopes::parse(&a.string("scope")?)?;
-            let tier = a.opt_string("tier")?.unwrap_or_else(|| "free".to_owned());
-            let name = a.opt_string("name")?;
-            let (key, secret) = litebridge::auth::create_key(
-                db,
-                app.auth.tiers(),
-                litebridge::auth::NewKey { name, scopes, tier },
-            )
-            .await?;
-            app.auth.refresh().await?;
-            tracing::info!(by = caller.key().map(|k| k.name()), key = %key.name, scopes = %key.scopes, "API key created");
-            Ok(json!({
-                "name": key.name, "scopes": key.scopes.to_string(), "tier": key.tier, "secret": secret,
-            }))
-        }
-        "admin.keys.list" => {
-            let keys = litebridge::auth::list_keys(db).await?;
-            Ok(json!({ "keys": keys.iter().map(|k| json!({
-                "name": k.name, "scopes": k.scopes.to_string(), "tier": k.tier,
-                "created": rfc3339(k.created),
-                "revoked": k.revoked.map(rfc3339),
-                "last_used": k.last_used.map(rfc3339),
-            })).collect::<Vec<_>>() }))
-        }
-        "admin.keys.revoke" => {
-            let name = a.string("name")?;
-            let revoked = litebridge::auth::revoke_key(db, &name).await?;
-            // Effective at once here; other servers on the file at their next refresh.
-            app.auth.refresh().await?;
-            tracing::info!(by = caller.key().map(|k| k.name()), key = %name, revoked, "API key revoked");
-            Ok(json!({ "revoked": revoked }))
-        }
-        "rpc.discover" => Ok(table::openrpc()),
-        other => Err(RpcError::MethodNotFound(other.to_owned())),
-    }
+    let args = Args::new(method.name, &method.param_names(), params)?;
+    (method.run)(
+        Ctx {
+            app,
+            caller,
+            request_id,
+        },
+        args,
+    )
+    .await
 }
 
 /// Keys given to `cache.*` live apart from the bridge's own entries.
@@ -834,7 +457,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     crate::output::utc_stamp(t, false)
 }
 
-fn cache_stats(service: &Service) -> Json {
+fn cache_figures(service: &Service) -> Json {
     let c = service.cache.stats();
     json!({
         "hits": c.l1_hits + c.l2_hits, "l1_hits": c.l1_hits, "l2_hits": c.l2_hits,
@@ -844,7 +467,7 @@ fn cache_stats(service: &Service) -> Json {
 }
 
 /// `pool.health`, with the field names of the seed system's statistics.
-fn pool_health(service: &Service) -> Json {
+fn health_of(service: &Service) -> Json {
     let s = service.db.stats();
     let h = service.db.health();
     let workers_ok = service.workers.as_ref().is_none_or(|w| w.status().healthy);
@@ -868,7 +491,7 @@ fn pool_health(service: &Service) -> Json {
 }
 
 /// `pool.stats`, with the seed system's field names plus percentiles.
-fn pool_stats(service: &Service) -> Json {
+fn stats_of(service: &Service) -> Json {
     let s = service.db.stats();
     let ops = s.total_reads + s.total_writes + s.total_heavy;
     let errors = s.read_errors + s.write_errors + s.heavy_errors;

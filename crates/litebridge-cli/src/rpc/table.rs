@@ -7,7 +7,7 @@
 use litebridge::auth::Scope;
 use serde_json::{Map, Value as Json, json};
 
-use crate::rpc::{DEFAULT_MAX_ROWS, MAX_METHOD_NAME, MAX_ROWS, MAX_TIMEOUT};
+use crate::rpc::{Answer, Args, Ctx, DEFAULT_MAX_ROWS, MAX_METHOD_NAME, MAX_ROWS, MAX_TIMEOUT};
 
 /// One parameter of a method.
 pub(crate) struct Param {
@@ -36,7 +36,13 @@ pub(crate) struct Method {
     pub(crate) read_only: bool,
     /// The MCP tool that runs it, if it is one.
     pub(crate) tool: Option<Tool>,
+    /// What it does.
+    pub(crate) run: Run,
 }
+
+/// A method's implementation: its parameters read into [`Args`] (names
+/// checked against the table), the answer to come.
+pub(crate) type Run = for<'a> fn(Ctx<'a>, Args) -> Answer<'a>;
 
 impl Method {
     /// The parameter names in order (positional parameters map to them).
@@ -126,6 +132,7 @@ const NO_PARAMS: &[Param] = &[];
 pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.query",
+        run: super::sql::sql_query,
         scope: Scope::Read,
         description: "Run one read-only SQL statement (SELECT, WITH ... SELECT, PRAGMA reads) and get its rows. Use `schema` first to see the tables. Returns {columns, rows, truncated}; at most `max_rows` rows. Writes are refused: use `execute`.",
         params: &[
@@ -148,6 +155,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "sql.execute",
+        run: super::sql::sql_execute,
         scope: Scope::Write,
         description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
         params: &[SQL_PARAM, PARAMS_PARAM, TIMEOUT_PARAM],
@@ -156,6 +164,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "sql.batch",
+        run: super::sql::sql_batch,
         scope: Scope::Write,
         description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement.",
         params: &[
@@ -171,6 +180,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "sql.execute_many",
+        run: super::sql::sql_execute_many,
         scope: Scope::Write,
         description: "Run one statement once per parameter row, in one transaction. Returns {changes}.",
         params: &[
@@ -187,6 +197,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "sql.schema",
+        run: super::sql::sql_schema,
         scope: Scope::Read,
         description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
         params: NO_PARAMS,
@@ -195,6 +206,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.call",
+        run: super::bridge::bridge_call,
         scope: Scope::Bridge,
         description: "Call a method of the worker processes by name (the worker_* tools do the same, one per method). Returns the method's result.",
         params: &[
@@ -238,6 +250,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.stats",
+        run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's statistics: processes, calls, restarts, crashes, breakers and per-method latency percentiles.",
         params: NO_PARAMS,
@@ -246,6 +259,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.health",
+        run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's health: the same figures as bridge.stats, with `healthy`.",
         params: NO_PARAMS,
@@ -254,6 +268,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.breaker.reset",
+        run: super::bridge::bridge_breaker_reset,
         scope: Scope::Bridge,
         description: "Close a worker method's circuit breaker now. Returns {reset}: whether there was one.",
         params: &[param("method", true, || text("The worker method's name."))],
@@ -262,6 +277,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "state.save",
+        run: super::stores::state_save,
         scope: Scope::Write,
         description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
         params: &[
@@ -288,6 +304,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "state.load",
+        run: super::stores::state_load,
         scope: Scope::Read,
         description: "Load a workflow run's saved state; null when there is none.",
         params: &[param("run_id", true, || text("The run's id."))],
@@ -296,6 +313,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "state.list",
+        run: super::stores::state_list,
         scope: Scope::Read,
         description: "List saved runs, newest first, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
         params: &[
@@ -308,6 +326,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "state.delete",
+        run: super::stores::state_delete,
         scope: Scope::Write,
         description: "Delete a run's saved state. Returns {deleted}.",
         params: &[param("run_id", true, || text("The run's id."))],
@@ -316,6 +335,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "memory.store",
+        run: super::stores::memory_store,
         scope: Scope::Write,
         description: "Remember a value under namespace + key, optionally for ttl_s seconds (then it is gone). Overwrites.",
         params: &[
@@ -331,6 +351,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "memory.get",
+        run: super::stores::memory_get,
         scope: Scope::Read,
         description: "Recall the value stored under namespace + key. Returns {found, value}.",
         params: &[
@@ -342,6 +363,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "memory.list",
+        run: super::stores::memory_list,
         scope: Scope::Read,
         description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
         params: &[
@@ -354,6 +376,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "memory.delete",
+        run: super::stores::memory_delete,
         scope: Scope::Write,
         description: "Forget the value under namespace + key. Returns {deleted}.",
         params: &[
@@ -365,6 +388,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "cache.get",
+        run: super::stores::cache_get,
         scope: Scope::Read,
         description: "Read a cached value by key. Returns {found, value}.",
         params: &[param("key", true, || json!({"type": "string"}))],
@@ -373,6 +397,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "cache.set",
+        run: super::stores::cache_set,
         scope: Scope::Write,
         description: "Cache a value under a key, optionally for ttl_s seconds.",
         params: &[
@@ -385,6 +410,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "cache.delete",
+        run: super::stores::cache_delete,
         scope: Scope::Write,
         description: "Remove a cached value. Returns {deleted}.",
         params: &[param("key", true, || json!({"type": "string"}))],
@@ -393,6 +419,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "cache.stats",
+        run: super::stats::cache_stats,
         scope: Scope::Read,
         description: "The two-level cache's figures: hits, misses, hit rate, entries and bytes in memory.",
         params: NO_PARAMS,
@@ -401,6 +428,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "pool.health",
+        run: super::stats::pool_health,
         scope: Scope::Read,
         description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
         params: NO_PARAMS,
@@ -409,6 +437,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "pool.stats",
+        run: super::stats::pool_stats,
         scope: Scope::Read,
         description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
         params: NO_PARAMS,
@@ -417,6 +446,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "persistence.stats",
+        run: super::stats::persistence_stats,
         scope: Scope::Read,
         description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
         params: NO_PARAMS,
@@ -425,6 +455,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.backup",
+        run: super::admin::admin_backup,
         scope: Scope::Admin,
         description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
         params: &[param("to", false, || {
@@ -437,6 +468,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.check",
+        run: super::admin::admin_check,
         scope: Scope::Admin,
         description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, foreign_key_violations, elapsed_ms}.",
         params: &[param(
@@ -449,6 +481,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.checkpoint",
+        run: super::admin::admin_checkpoint,
         scope: Scope::Admin,
         description: "Checkpoint the WAL now. Returns {busy, log_pages, checkpointed_pages, wal_bytes}.",
         params: &[param(
@@ -461,6 +494,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.keys.create",
+        run: super::admin::admin_keys_create,
         scope: Scope::Admin,
         description: "Create an API key. Returns {name, scopes, tier, secret}; the secret is shown only this once.",
         params: &[
@@ -479,6 +513,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.keys.list",
+        run: super::admin::admin_keys_list,
         scope: Scope::Admin,
         description: "List the API keys (never their secrets): name, scopes, tier, created, revoked, last used.",
         params: NO_PARAMS,
@@ -487,6 +522,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "admin.keys.revoke",
+        run: super::admin::admin_keys_revoke,
         scope: Scope::Admin,
         description: "Revoke an API key by name, at once. Returns {revoked}.",
         params: &[param("name", true, || text("The key's name."))],
@@ -495,6 +531,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "rpc.discover",
+        run: super::admin::rpc_discover,
         scope: Scope::Read,
         description: "This table as an OpenRPC 1.3 document: every method, its scope, parameters and their JSON schemas.",
         params: NO_PARAMS,
