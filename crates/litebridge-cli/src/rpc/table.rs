@@ -104,7 +104,7 @@ fn sql_params() -> Json {
 }
 
 fn timeout() -> Json {
-    json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.default_timeout_ms."})
+    json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.timeout_ms."})
 }
 
 fn text(description: &'static str) -> Json {
@@ -229,7 +229,7 @@ pub(crate) const METHODS: &[Method] = &[
             param(
                 "max_retries",
                 false,
-                || json!({"type": "integer", "minimum": 0, "description": "Retries at most (default: the server's bridge.retry_attempts)."}),
+                || json!({"type": "integer", "minimum": 0, "description": "Retries at most (default: the server's workers.retry_attempts, which counts attempts, less one)."}),
             ),
             param("cache_key", false, || {
                 text(
@@ -616,5 +616,70 @@ mod tests {
         }
         let doc = openrpc();
         assert_eq!(doc["methods"].as_array().map(Vec::len), Some(METHODS.len()));
+    }
+}
+
+/// The table as Markdown: `docs/methods.md`, kept current by a test.
+pub(crate) fn reference() -> String {
+    let mut out = String::from(
+        "# Methods\n\n\
+         Generated from `crates/litebridge-cli/src/rpc/table.rs` (the test\n\
+         `the_method_reference_is_current` fails when this file is stale; run it with\n\
+         `LITEBRIDGE_UPDATE_DOCS=1` to rewrite it). The same table answers `rpc.discover`\n\
+         as an OpenRPC 1.3 document. Parameters are named (an object) or positional (an\n\
+         array, in the order below). Each method needs the scope shown.\n",
+    );
+    for m in METHODS {
+        out.push_str(&format!(
+            "\n## `{}`\n\nScope `{}`{}{}.\n\n{}\n",
+            m.name,
+            m.scope.as_str(),
+            if m.read_only { ", read-only" } else { "" },
+            m.tool
+                .as_ref()
+                .map(|t| format!(", MCP tool `{}`", t.name))
+                .unwrap_or_default(),
+            m.description
+        ));
+        if !m.params.is_empty() {
+            out.push_str("\n| parameter | required | schema |\n|---|---|---|\n");
+            for p in m.params {
+                let mut schema = (p.schema)();
+                let description = schema
+                    .as_object_mut()
+                    .and_then(|o| o.remove("description"))
+                    .and_then(|d| d.as_str().map(str::to_owned));
+                let shape = serde_json::to_string(&schema).unwrap_or_default();
+                out.push_str(&format!(
+                    "| `{}` | {} | `{}`{} |\n",
+                    p.name,
+                    if p.required { "yes" } else { "no" },
+                    shape.replace('|', "\\|"),
+                    description
+                        .map(|d| format!(" {}", d.replace('|', "\\|")))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod reference_tests {
+    /// `docs/methods.md` is what the table says today.
+    #[test]
+    fn the_method_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/methods.md");
+        let want = super::reference();
+        if std::env::var_os("LITEBRIDGE_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let got = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            got == want,
+            "{} is stale: run `LITEBRIDGE_UPDATE_DOCS=1 cargo test -p litebridge-cli the_method_reference_is_current`",
+            path.display()
+        );
     }
 }
