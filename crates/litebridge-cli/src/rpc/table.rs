@@ -620,7 +620,8 @@ mod tests {
 }
 
 /// The table as Markdown: `docs/methods.md`, kept current by a test.
-pub(crate) fn reference() -> String {
+#[cfg(test)]
+fn reference() -> String {
     let mut out = String::from(
         "# Methods\n\n\
          Generated from `crates/litebridge-cli/src/rpc/table.rs` (the test\n\
