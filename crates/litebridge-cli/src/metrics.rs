@@ -113,6 +113,17 @@ fn escape(s: &str) -> String {
 /// The metrics of `service` now.
 pub(crate) fn render(service: &Service) -> String {
     let mut o = Out(String::with_capacity(4096));
+    request_metrics(&mut o);
+    db_metrics(&mut o, &service.db.stats());
+    cache_metrics(&mut o, &service.cache.stats());
+    if let Some(w) = &service.workers {
+        worker_metrics(&mut o, &w.status());
+    }
+    o.0
+}
+
+/// JSON-RPC requests by method and outcome, and their latency.
+fn request_metrics(o: &mut Out) {
     let r = requests();
     let mut outcomes: Vec<_> = r
         .outcomes
@@ -177,7 +188,10 @@ pub(crate) fn render(service: &Service) -> String {
             s.count as f64,
         );
     }
-    let s = service.db.stats();
+}
+
+/// The database: operations, errors, queues, group commit, the WAL.
+fn db_metrics(o: &mut Out, s: &litebridge::DbStats) {
     o.single(
         "db_reads_total",
         "counter",
@@ -272,7 +286,10 @@ pub(crate) fn render(service: &Service) -> String {
         &s.write_latency,
         true,
     );
-    let c = service.cache.stats();
+}
+
+/// The two-level cache.
+fn cache_metrics(o: &mut Out, c: &litebridge::store::CacheStats) {
     o.single(
         "cache_hits_total",
         "counter",
@@ -297,73 +314,73 @@ pub(crate) fn render(service: &Service) -> String {
         "Entries in memory.",
         c.l1_entries as f64,
     );
-    if let Some(w) = &service.workers {
-        let p = w.status();
-        o.single(
-            "workers_processes",
-            "gauge",
-            "Worker processes running.",
-            p.workers.len() as f64,
-        );
-        o.single(
-            "workers_in_flight",
-            "gauge",
-            "Calls in flight on the workers.",
-            p.workers.iter().map(|w| w.in_flight).sum::<usize>() as f64,
-        );
-        o.single(
-            "workers_waiting",
-            "gauge",
-            "Calls waiting for a worker.",
-            p.waiting as f64,
-        );
-        o.single(
-            "workers_restarts_total",
-            "counter",
-            "Worker restarts after a crash.",
-            p.restarts as f64,
-        );
-        o.single(
-            "workers_recycles_total",
-            "counter",
-            "Workers recycled on purpose.",
-            p.recycled as f64,
-        );
-        o.single(
-            "workers_healthy",
-            "gauge",
-            "1 when every worker slot is served.",
-            f64::from(u8::from(p.healthy)),
-        );
-        o.metric(
-            "breaker_state",
-            "gauge",
-            "Circuit breaker state per method (1 for the current state).",
-        );
-        for b in &p.breakers {
-            for state in ["closed", "open", "half_open", "forced_open"] {
-                let v = f64::from(u8::from(b.state.as_str() == state));
-                o.value(
-                    "breaker_state",
-                    &format!("method=\"{}\",state=\"{state}\"", escape(&b.name)),
-                    v,
-                );
-            }
-        }
-        o.metric(
-            "bridge_call_seconds",
-            "summary",
-            "Worker call latency per method, retries included.",
-        );
-        for m in &p.methods {
-            o.summary(
-                "bridge_call_seconds",
-                "",
-                &format!("method=\"{}\"", escape(&m.method)),
-                &m.latency,
-                false,
+}
+
+/// The worker pool: processes, calls, breakers, per-method latency.
+fn worker_metrics(o: &mut Out, p: &litebridge::workers::PoolStatus) {
+    o.single(
+        "workers_processes",
+        "gauge",
+        "Worker processes running.",
+        p.workers.len() as f64,
+    );
+    o.single(
+        "workers_in_flight",
+        "gauge",
+        "Calls in flight on the workers.",
+        p.workers.iter().map(|w| w.in_flight).sum::<usize>() as f64,
+    );
+    o.single(
+        "workers_waiting",
+        "gauge",
+        "Calls waiting for a worker.",
+        p.waiting as f64,
+    );
+    o.single(
+        "workers_restarts_total",
+        "counter",
+        "Worker restarts after a crash.",
+        p.restarts as f64,
+    );
+    o.single(
+        "workers_recycles_total",
+        "counter",
+        "Workers recycled on purpose.",
+        p.recycled as f64,
+    );
+    o.single(
+        "workers_healthy",
+        "gauge",
+        "1 when every worker slot is served.",
+        f64::from(u8::from(p.healthy)),
+    );
+    o.metric(
+        "breaker_state",
+        "gauge",
+        "Circuit breaker state per method (1 for the current state).",
+    );
+    for b in &p.breakers {
+        for state in ["closed", "open", "half_open", "forced_open"] {
+            let v = f64::from(u8::from(b.state.as_str() == state));
+            o.value(
+                "breaker_state",
+                &format!("method=\"{}\",state=\"{state}\"", escape(&b.name)),
+                v,
             );
         }
     }
-    o.0
+    o.metric(
+        "bridge_call_seconds",
+        "summary",
+        "Worker call latency per method, retries included.",
+    );
+    for m in &p.methods {
+        o.summary(
+            "bridge_call_seconds",
+            "",
+            &format!("method=\"{}\"", escape(&m.method)),
+            &m.latency,
+            false,
+        );
+    }
 }
