@@ -144,6 +144,23 @@ fn check_reply(r: &Json) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A service with no workers, and its keys, on a new file at `path`.
+async fn open_app(path: &std::path::Path) -> App {
+    let service = Service::open(
+        path,
+        DbConfig::default(),
+        None,
+        CacheConfig::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    App { service, auth }
+}
+
 #[test]
 fn every_input_is_answered_per_the_specification() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -153,20 +170,13 @@ fn every_input_is_answered_per_the_specification() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = rt.block_on(async {
-        let service = Service::open(
-            dir.path().join("p.db"),
-            DbConfig::default(),
-            None,
-            CacheConfig::default(),
-            false,
-        )
-        .await
-        .unwrap();
-        service.db.execute("CREATE TABLE t(x)", ()).await.unwrap();
-        let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
+        let app = open_app(&dir.path().join("p.db")).await;
+        app.service
+            .db
+            .execute("CREATE TABLE t(x)", ())
             .await
             .unwrap();
-        App { service, auth }
+        app
     });
     // Everything but admin: no backups written to random paths.
     let caller = Caller::local(Scopes::parse("write,bridge").unwrap());
@@ -229,19 +239,7 @@ fn every_method_of_the_table_is_served() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let service = Service::open(
-            dir.path().join("m.db"),
-            DbConfig::default(),
-            None,
-            CacheConfig::default(),
-            false,
-        )
-        .await
-        .unwrap();
-        let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
-            .await
-            .unwrap();
-        let app = App { service, auth };
+        let app = open_app(&dir.path().join("m.db")).await;
         let caller = Caller::local(Scopes::parse("read,write,bridge,admin").unwrap());
         for m in METHODS {
             let request = json!({"jsonrpc": "2.0", "method": m.name, "params": {}, "id": 1});
