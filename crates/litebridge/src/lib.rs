@@ -30,8 +30,9 @@
 //!   (read lane), `inline` (which threads run a read right now), `heavy`
 //!   (heavy lane), `guard` (deadlines, the statement guard and the SQL
 //!   authorizer), `heap` (SQLite's allocator with a memory budget per
-//!   request, where long steps are also stopped), `functions` and `patterns` (SQLite's functions that
-//!   could run long in one call, replaced), `exec` (binding and running),
+//!   request, where long steps are also stopped), `functions`, `patterns`
+//!   and `snippet` (SQLite's functions that could run long in one call,
+//!   replaced), `exec` (binding and running),
 //!   `introspect` ([`Database::schema`]), `open` (pragmas), `checkpointer`
 //!   (WAL checkpoints off the writer thread), `wal_vfs` (the writer's WAL
 //!   writes, one per commit), `backup` (online backup, checks), `restore`

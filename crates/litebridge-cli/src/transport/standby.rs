@@ -5,8 +5,8 @@
 //! to another thread costs more than a point read). A read still running
 //! after a few milliseconds is moved off its thread, but only when SQLite
 //! looks at its progress handler or allocates (see `litebridge`'s `db::heap`),
-//! and a few single steps do neither for a long time (FTS5's `snippet()` over
-//! a document of many matching tokens). A few of those at once hold every
+//! and a few single steps do neither for a long time (hundreds of comparisons
+//! of large values in one row). A few of those at once hold every
 //! runtime thread for as long as they run: nothing accepts, and a health
 //! probe times out on a process that is alive and will recover.
 //!

@@ -1,7 +1,7 @@
 //! SQLite's functions that can run long in one call, replaced: `instr`,
 //! `replace`, two-argument `trim`/`ltrim`/`rtrim` and `unhex` in linear
-//! time, `json_patch`/`jsonb_patch` bounded, and (in `patterns`) `like` and
-//! `glob` interruptible.
+//! time, `json_patch`/`jsonb_patch` bounded, (in `patterns`) `like` and
+//! `glob` interruptible, and (in `snippet`) FTS5's `snippet()` linear.
 //!
 //! # Why
 //!
@@ -60,7 +60,8 @@ pub(crate) fn arg<'a>(ctx: &'a Context<'_>, i: usize) -> ValueRef<'a> {
 /// Replaces SQLite's functions that can run long in one call on `conn`:
 /// `instr` and `replace` (linear here), `like`, `glob`, two-argument
 /// `trim`/`ltrim`/`rtrim` and `unhex` (interruptible, see `patterns` and
-/// [`trim`]), and `json_patch` (refused past [`MAX_PATCH_WORK`]).
+/// [`trim`]), `json_patch` (refused past [`MAX_PATCH_WORK`]) and FTS5's
+/// `snippet()` (linear, see `snippet`).
 /// `max_len` and `max_pattern` are the connection's length and LIKE
 /// pattern limits; `halt` is the database's (see `guard::install`).
 pub(crate) fn install(
@@ -90,7 +91,10 @@ pub(crate) fn install(
         let halt = halt.clone();
         conn.create_scalar_function(name, 2, flags, move |ctx| trim_function(ctx, side, &halt))?;
     }
-    conn.create_scalar_function("unhex", 2, flags, move |ctx| unhex_function(ctx, &halt))?;
+    let unhex_halt = halt.clone();
+    conn.create_scalar_function("unhex", 2, flags, move |ctx| {
+        unhex_function(ctx, &unhex_halt)
+    })?;
     for (name, sql) in [
         ("json_patch", "SELECT json_patch(?1, ?2)"),
         ("jsonb_patch", "SELECT jsonb_patch(?1, ?2)"),
@@ -102,7 +106,7 @@ pub(crate) fn install(
             move |ctx| json_patch_function(ctx, name, sql),
         )?;
     }
-    Ok(())
+    crate::db::snippet::install(conn, max_len, halt)
 }
 
 /// Bytes returned as TEXT exactly (SQLite's `replace` keeps bytes that are

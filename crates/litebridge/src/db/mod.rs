@@ -54,6 +54,7 @@ mod patterns;
 mod queue;
 mod readers;
 mod restore;
+mod snippet;
 mod wal_vfs;
 mod writer;
 

@@ -177,7 +177,8 @@ impl Opener {
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, longest)?;
         // SQLite's functions that can run for minutes or hours in one call
         // (which no deadline interrupts) replaced: `instr` and `replace`
-        // linear, LIKE/GLOB/trim/unhex interruptible, json_patch bounded.
+        // linear, LIKE/GLOB/trim/unhex interruptible, json_patch bounded,
+        // FTS5's snippet() linear.
         crate::db::functions::install(
             conn,
             c.max_result_bytes,
