@@ -190,7 +190,7 @@ fn request_metrics(o: &mut Out) {
     }
 }
 
-/// The database: operations, errors, queues, group commit, the WAL.
+/// The database: operations and errors by lane, then the writer's.
 fn db_metrics(o: &mut Out, s: &litebridge::DbStats) {
     o.single(
         "db_reads_total",
@@ -226,6 +226,12 @@ fn db_metrics(o: &mut Out, s: &litebridge::DbStats) {
         "Requests refused by a full queue.",
         s.overloaded as f64,
     );
+    writer_metrics(o, s);
+}
+
+/// The writer and the files: group commit, queues, the WAL, restarts,
+/// latency.
+fn writer_metrics(o: &mut Out, s: &litebridge::DbStats) {
     o.single(
         "db_batches_total",
         "counter",

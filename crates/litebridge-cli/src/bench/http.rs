@@ -43,47 +43,14 @@ pub(crate) struct Bench {
 impl Bench {
     pub(crate) async fn start(dir: &Path, secured: bool) -> CliResult<Bench> {
         let file = if secured { "http-keys.db" } else { "http.db" };
-        let service = Service::open(
-            dir.join(file),
-            DbConfig::default(),
-            None,
-            CacheConfig::default(),
-            true,
-        )
-        .await?;
-        service
-            .db
-            .execute(
-                "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)",
-                (),
-            )
-            .await?;
-        let rows = (0..READ_ROWS as i64)
-            .map(|k| litebridge::params![k, VALUE])
-            .collect();
-        service
-            .db
-            .execute_many(
-                "INSERT INTO kv VALUES (?1, ?2)",
-                rows,
-                litebridge::WriteOptions::default(),
-            )
-            .await?;
+        let service = seeded(&dir.join(file)).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| Failure::new(format!("cannot listen on 127.0.0.1:0: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| Failure::new(e.to_string()))?;
-        let mut tiers = Tiers::default();
-        tiers.set(
-            "pro",
-            TierLimits {
-                daily: Some(1 << 40),
-                monthly: Some(1 << 41),
-                concurrent: Some(1024),
-            },
-        );
+        let tiers = roomy_tiers();
         let authorization: Arc<str> = if secured {
             let (_, secret) = litebridge::auth::create_key(
                 &service.db,
@@ -237,4 +204,49 @@ async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The benchmark's database at `path`, with the `kv` table filled.
+async fn seeded(path: &Path) -> CliResult<Service> {
+    let service = Service::open(
+        path,
+        DbConfig::default(),
+        None,
+        CacheConfig::default(),
+        true,
+    )
+    .await?;
+    service
+        .db
+        .execute(
+            "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT)",
+            (),
+        )
+        .await?;
+    let rows = (0..READ_ROWS as i64)
+        .map(|k| litebridge::params![k, VALUE])
+        .collect();
+    service
+        .db
+        .execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            rows,
+            litebridge::WriteOptions::default(),
+        )
+        .await?;
+    Ok(service)
+}
+
+/// A tier ("pro") whose quotas the benchmark never reaches.
+fn roomy_tiers() -> Tiers {
+    let mut tiers = Tiers::default();
+    tiers.set(
+        "pro",
+        TierLimits {
+            daily: Some(1 << 40),
+            monthly: Some(1 << 41),
+            concurrent: Some(1024),
+        },
+    );
+    tiers
 }

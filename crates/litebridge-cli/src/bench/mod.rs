@@ -128,20 +128,7 @@ const CASES: &[Case] = &[
 ];
 
 pub(crate) async fn run(case: &str, seconds: f64, json: bool, dir: Option<&Path>) -> CliResult {
-    let selected: Vec<&Case> = if case == "all" {
-        CASES.iter().collect()
-    } else {
-        match CASES.iter().find(|c| c.name == case) {
-            Some(c) => vec![c],
-            None => {
-                let names: Vec<_> = CASES.iter().map(|c| c.name).collect();
-                return Err(Failure::new(format!(
-                    "unknown bench case {case:?}; the cases are: all, {}",
-                    names.join(", ")
-                )));
-            }
-        }
-    };
+    let selected = select(case)?;
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
         return Err(Failure::new(format!(
             "--seconds {seconds} is out of range; give a number of seconds from 0.1 to 600"
@@ -174,44 +161,67 @@ pub(crate) async fn run(case: &str, seconds: f64, json: bool, dir: Option<&Path>
         let (figures, baseline) = run_case(c, &dir, seconds, &progress).await?;
         progress.finish();
         let _ = std::fs::remove_dir_all(&dir);
-        let ratio = figures.ops_per_sec / baseline.ops_per_sec;
-        if json {
-            let line = serde_json::json!({
-                "case": c.name,
-                "ops_per_sec": round(figures.ops_per_sec),
-                "p50_us": round(figures.p50_us),
-                "p99_us": round(figures.p99_us),
-                "baseline": c.baseline,
-                "baseline_ops_per_sec": round(baseline.ops_per_sec),
-                "ratio": (ratio * 1000.0).round() / 1000.0,
-                "baseline_p50_us": round(baseline.p50_us),
-                "baseline_p99_us": round(baseline.p99_us),
-                "target": c.target.label(),
-                "ops": figures.ops,
-                "baseline_ops": baseline.ops,
-                "seconds": seconds,
-            });
-            println!("{line}");
-        } else {
-            println!(
-                "{:<17} {:>12.0} {:>9.1} {:>9.1}   {:<12} {:>12.0} {:>7.2} {:>10}{}",
-                c.name,
-                figures.ops_per_sec,
-                figures.p50_us,
-                figures.p99_us,
-                c.baseline,
-                baseline.ops_per_sec,
-                ratio,
-                c.target.label(),
-                if c.target.met(&figures, &baseline) {
-                    ""
-                } else {
-                    "  (target not met)"
-                }
-            );
-        }
+        report(c, &figures, &baseline, seconds, json);
     }
     Ok(())
+}
+
+/// The cases `case` names: one, or `all`.
+fn select(case: &str) -> CliResult<Vec<&'static Case>> {
+    if case == "all" {
+        return Ok(CASES.iter().collect());
+    }
+    match CASES.iter().find(|c| c.name == case) {
+        Some(c) => Ok(vec![c]),
+        None => {
+            let names: Vec<_> = CASES.iter().map(|c| c.name).collect();
+            Err(Failure::new(format!(
+                "unknown bench case {case:?}; the cases are: all, {}",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// Prints one case's figures against its baseline's, as a line of JSON or
+/// of the table.
+fn report(c: &Case, figures: &Figures, baseline: &Figures, seconds: f64, json: bool) {
+    let ratio = figures.ops_per_sec / baseline.ops_per_sec;
+    if json {
+        let line = serde_json::json!({
+            "case": c.name,
+            "ops_per_sec": round(figures.ops_per_sec),
+            "p50_us": round(figures.p50_us),
+            "p99_us": round(figures.p99_us),
+            "baseline": c.baseline,
+            "baseline_ops_per_sec": round(baseline.ops_per_sec),
+            "ratio": (ratio * 1000.0).round() / 1000.0,
+            "baseline_p50_us": round(baseline.p50_us),
+            "baseline_p99_us": round(baseline.p99_us),
+            "target": c.target.label(),
+            "ops": figures.ops,
+            "baseline_ops": baseline.ops,
+            "seconds": seconds,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{:<17} {:>12.0} {:>9.1} {:>9.1}   {:<12} {:>12.0} {:>7.2} {:>10}{}",
+            c.name,
+            figures.ops_per_sec,
+            figures.p50_us,
+            figures.p99_us,
+            c.baseline,
+            baseline.ops_per_sec,
+            ratio,
+            c.target.label(),
+            if c.target.met(figures, baseline) {
+                ""
+            } else {
+                "  (target not met)"
+            }
+        );
+    }
 }
 
 fn round(v: f64) -> f64 {

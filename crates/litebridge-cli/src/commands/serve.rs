@@ -119,6 +119,73 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         return Ok(());
     }
     crate::logging::init(s.log_level(), s.log_format());
+    let Bound {
+        app,
+        upkeep,
+        listener,
+        access,
+    } = bind(&s, args.recover).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
+    println!("listening on {local}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let limits = s.accept_limits();
+    let router = crate::transport::http::router(
+        app.clone(),
+        s.max_concurrent_requests(),
+        access,
+        limits.read_timeout,
+        Some(mcp_stop.clone()),
+    );
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let grace = s.shutdown_grace();
+    exit_after_grace(grace);
+    let server = crate::transport::accept::serve(listener, router, limits, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        // MCP event streams stay open by design: end them so the drain can finish.
+        mcp_stop.cancel();
+        notify.notify_one();
+    });
+    // After the signal, requests in flight get the grace period less a
+    // reserve, then the connections still open are dropped; the reserve is
+    // for closing the database, which gets what is still running interrupted
+    // if it is not done by the end of the grace period (nothing half-done is
+    // committed: each request is atomic).
+    let reserve = (grace / 2).min(std::time::Duration::from_secs(2));
+    let mut deadline = None;
+    tokio::select! {
+        () = server => {}
+        () = async {
+            signalled.notified().await;
+            deadline = Some(tokio::time::Instant::now() + grace);
+            tokio::time::sleep(grace - reserve).await;
+        } => {
+            tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
+        }
+    }
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
+    upkeep.abort();
+    close(&app, deadline, reserve).await;
+    Ok(())
+}
+
+/// What `http` serves: the application, its upkeep task, the bound listener
+/// and who may reach it.
+struct Bound {
+    app: Arc<rpc::App>,
+    upkeep: tokio::task::JoinHandle<()>,
+    listener: tokio::net::TcpListener,
+    access: crate::transport::http::Access,
+}
+
+/// Opens the application and binds the listening address, refusing an
+/// address other hosts can reach unless keys exist.
+async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
     let listen = s.listen().to_owned();
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         Failure::new(format!(
@@ -140,69 +207,34 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     if exposed && !s.db_path().exists() {
         return Err(no_keys());
     }
-    let (app, upkeep) = open_app(&s, args.recover).await?;
+    let (app, upkeep) = open_app(s, recover).await?;
     if exposed && !app.auth.has_keys() {
         upkeep.abort();
         app.service.shutdown().await;
         return Err(no_keys());
     }
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Bound {
+            app: Arc::new(app),
+            upkeep,
+            listener,
+            access: crate::transport::http::Access {
+                exposed,
+                local: local_scopes,
+            },
+        }),
         Err(e) => {
             upkeep.abort();
             app.service.shutdown().await;
-            return Err(Failure::new(format!("cannot listen on {addr}: {e}")));
-        }
-    };
-    let app = Arc::new(app);
-    let local = listener
-        .local_addr()
-        .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
-    println!("listening on {local}");
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    let mcp_stop = tokio_util::sync::CancellationToken::new();
-    let limits = s.accept_limits();
-    let router = crate::transport::http::router(
-        app.clone(),
-        s.max_concurrent_requests(),
-        crate::transport::http::Access {
-            exposed,
-            local: local_scopes,
-        },
-        limits.read_timeout,
-        Some(mcp_stop.clone()),
-    );
-    // After the signal, requests in flight get the grace period less a
-    // reserve, then the connections still open are dropped; the reserve is
-    // for closing the database, which gets what is still running interrupted
-    // if it is not done by the end of the grace period (nothing half-done is
-    // committed: each request is atomic).
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let notify = signalled.clone();
-    let grace = s.shutdown_grace();
-    exit_after_grace(grace);
-    let server = crate::transport::accept::serve(listener, router, limits, async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        // MCP event streams stay open by design: end them so the drain can finish.
-        mcp_stop.cancel();
-        notify.notify_one();
-    });
-    let reserve = (grace / 2).min(std::time::Duration::from_secs(2));
-    let mut deadline = None;
-    tokio::select! {
-        () = server => {}
-        () = async {
-            signalled.notified().await;
-            deadline = Some(tokio::time::Instant::now() + grace);
-            tokio::time::sleep(grace - reserve).await;
-        } => {
-            tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
+            Err(Failure::new(format!("cannot listen on {addr}: {e}")))
         }
     }
-    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
-    upkeep.abort();
+}
+
+/// Writes the quota counters, stops the workers and closes the database by
+/// `deadline`: what still runs `reserve / 2` before it is interrupted (it
+/// is not committed); a second signal leaves at once.
+async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::time::Duration) {
     let close = async {
         if let Err(e) = app.auth.flush().await {
             tracing::warn!("writing the quota counters at shutdown failed: {e}");
@@ -226,7 +258,6 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
             }
         }
     }
-    Ok(())
 }
 
 /// Exits the process `grace` after the first SIGTERM or SIGINT, on a thread
