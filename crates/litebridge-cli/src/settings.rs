@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use litebridge::auth::{TierLimits, Tiers};
 use litebridge::store::CacheConfig;
 use litebridge::workers::WorkerConfig;
 use litebridge::{DbConfig, Durability};
@@ -27,16 +28,51 @@ enum Kind {
     Word(&'static [&'static str]),
 }
 
+/// A value, parsed once, when it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Int(i64),
+    Bool(bool),
+    /// Text, or one of a `Word` key's words.
+    Text(String),
+}
+
 struct Key {
     name: &'static str,
     env: &'static [&'static str],
     kind: Kind,
-    default: &'static str,
+    /// The library's own default where it has one, so the two cannot drift.
+    default: fn() -> Value,
     help: &'static str,
 }
 
-const fn int(min: i64, max: i64) -> Kind {
+const fn int_kind(min: i64, max: i64) -> Kind {
     Kind::Int { min, max }
+}
+
+fn int(v: impl TryInto<i64>) -> Value {
+    Value::Int(v.try_into().unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> Value {
+    int(d.as_millis())
+}
+
+fn text(t: impl Into<String>) -> Value {
+    Value::Text(t.into())
+}
+
+fn db() -> DbConfig {
+    DbConfig::default()
+}
+
+fn workers() -> WorkerConfig {
+    WorkerConfig::new(Vec::<String>::new())
+}
+
+/// One of a default tier's limits; 0 for none.
+fn tier(name: &str, limit: fn(TierLimits) -> Option<u64>) -> Value {
+    int(Tiers::default().get(name).and_then(limit).unwrap_or(0))
 }
 
 const KEYS: &[Key] = &[
@@ -44,350 +80,350 @@ const KEYS: &[Key] = &[
         name: "server.listen",
         env: &[],
         kind: Kind::Text,
-        default: "127.0.0.1:7070",
+        default: || text("127.0.0.1:7070"),
         help: "address of `serve`",
     },
     Key {
         name: "server.max_concurrent_requests",
         env: &[],
-        kind: int(1, 1_000_000),
-        default: "1024",
+        kind: int_kind(1, 1_000_000),
+        default: || Value::Int(1024),
         help: "HTTP requests handled at once; more get `overloaded`",
     },
     Key {
         name: "server.max_connections",
         env: &[],
-        kind: int(1, 1_000_000),
-        default: "1024",
+        kind: int_kind(1, 1_000_000),
+        default: || Value::Int(1024),
         help: "HTTP connections open at once; more wait to be accepted",
     },
     Key {
         name: "server.read_timeout_ms",
         env: &[],
-        kind: int(100, 3_600_000),
-        default: "30000",
+        kind: int_kind(100, 3_600_000),
+        default: || ms(Duration::from_secs(30)),
         help: "a request's head, then its body, must arrive within this",
     },
     Key {
         name: "server.shutdown_grace_ms",
         env: &[],
-        kind: int(0, 3_600_000),
-        default: "10000",
+        kind: int_kind(0, 3_600_000),
+        default: || ms(Duration::from_secs(10)),
         help: "time requests in flight get to finish after SIGTERM",
     },
     Key {
         name: "server.log_level",
         env: &["LOG_LEVEL"],
         kind: Kind::Word(&["error", "warn", "info", "debug", "trace"]),
-        default: "info",
+        default: || text("info"),
         help: "log verbosity (logs go to stderr)",
     },
     Key {
         name: "server.log_format",
         env: &[],
         kind: Kind::Word(&["auto", "json", "text"]),
-        default: "auto",
+        default: || text("auto"),
         help: "text on a terminal, JSON otherwise",
     },
     Key {
         name: "db.path",
         env: &[],
         kind: Kind::Text,
-        default: "litebridge.db",
+        default: || text("litebridge.db"),
         help: "the database file",
     },
     Key {
         name: "db.readers",
         env: &["POOL_MAX_READERS"],
-        kind: int(1, 256),
-        default: "4",
+        kind: int_kind(1, 256),
+        default: || int(db().readers),
         help: "read-lane connections",
     },
     Key {
         name: "db.heavy_readers",
         env: &["POOL_MAX_WORKERS"],
-        kind: int(1, 64),
-        default: "2",
+        kind: int_kind(1, 64),
+        default: || int(db().heavy_readers),
         help: "heavy-lane connections",
     },
     Key {
         name: "db.write_queue",
         env: &[],
-        kind: int(1, 16_777_216),
-        default: "4096",
+        kind: int_kind(1, 16_777_216),
+        default: || int(db().write_queue),
         help: "write queue capacity",
     },
     Key {
         name: "db.max_batch",
         env: &[],
-        kind: int(1, 1_048_576),
-        default: "1024",
+        kind: int_kind(1, 1_048_576),
+        default: || int(db().max_batch),
         help: "requests per group commit at most",
     },
     Key {
         name: "db.max_wait_ms",
         env: &[],
-        kind: int(0, 1000),
-        default: "0",
+        kind: int_kind(0, 1000),
+        default: || ms(db().max_wait),
         help: "wait for a fuller batch",
     },
     Key {
         name: "db.durability",
         env: &[],
         kind: Kind::Word(&["normal", "full"]),
-        default: "normal",
+        default: || text(db().durability.to_string()),
         help: "what an acknowledged write survives",
     },
     Key {
         name: "db.busy_timeout_ms",
         env: &[],
-        kind: int(0, 3_600_000),
-        default: "5000",
+        kind: int_kind(0, 3_600_000),
+        default: || ms(db().busy_timeout),
         help: "wait on locks held by other processes",
     },
     Key {
         name: "db.cache_size",
         env: &["POOL_CACHE_SIZE"],
-        kind: int(-1_000_000_000, 1_000_000_000),
-        default: "-64000",
+        kind: int_kind(-1_000_000_000, 1_000_000_000),
+        default: || Value::Int(db().cache_size),
         help: "PRAGMA cache_size per connection",
     },
     Key {
         name: "db.mmap_size",
         env: &["POOL_MMAP_SIZE"],
-        kind: int(0, 1 << 40),
-        default: "268435456",
+        kind: int_kind(0, 1 << 40),
+        default: || int(db().mmap_size),
         help: "PRAGMA mmap_size",
     },
     Key {
         name: "db.timeout_ms",
         env: &["POOL_ACQUIRE_TIMEOUT"],
-        kind: int(1, 86_400_000),
-        default: "30000",
+        kind: int_kind(1, 86_400_000),
+        default: || ms(db().default_timeout.unwrap_or_default()),
         help: "default deadline of a database operation",
     },
     Key {
         name: "db.health_check_interval_ms",
         env: &["POOL_HEALTH_CHECK"],
-        kind: int(10, 86_400_000),
-        default: "60000",
+        kind: int_kind(10, 86_400_000),
+        default: || ms(db().health_check_interval),
         help: "connection health checks",
     },
     Key {
         name: "db.max_write_hold_ms",
         env: &[],
-        kind: int(10, 3_600_000),
-        default: "10000",
+        kind: int_kind(10, 3_600_000),
+        default: || ms(db().max_write_hold),
         help: "longest one client request may hold the writer",
     },
     Key {
         name: "db.max_result_bytes",
         env: &[],
-        kind: int(1024, 1 << 30),
-        default: "67108864",
+        kind: int_kind(1024, 1 << 30),
+        default: || int(db().max_result_bytes),
         help: "largest query result and largest value client SQL may build",
     },
     Key {
         name: "db.max_request_memory",
         env: &[],
-        kind: int(1 << 20, 1 << 40),
-        default: "268435456",
+        kind: int_kind(1 << 20, 1 << 40),
+        default: || int(db().max_request_memory),
         help: "most memory SQLite may take for one client request (page cache growth included)",
     },
     Key {
         name: "db.max_schema_objects",
         env: &[],
-        kind: int(1, 1_000_000),
-        default: "5000",
+        kind: int_kind(1, 1_000_000),
+        default: || int(db().max_schema_objects),
         help: "schema objects past which client SQL may create no more",
     },
     Key {
         name: "db.max_schema_bytes",
         env: &[],
-        kind: int(1024, 1 << 30),
-        default: "4194304",
+        kind: int_kind(1024, 1 << 30),
+        default: || int(db().max_schema_bytes),
         help: "schema SQL bytes past which client SQL may create no more",
     },
     Key {
         name: "db.quick_check_on_open",
         env: &[],
         kind: Kind::Bool,
-        default: "true",
+        default: || Value::Bool(db().quick_check_on_open),
         help: "refuse a damaged file at start",
     },
     Key {
         name: "workers.command",
         env: &[],
         kind: Kind::Text,
-        default: "",
+        default: || text(""),
         help: "worker command line (no bridge when empty)",
     },
     Key {
         name: "workers.python",
         env: &["PYTHON_EXECUTABLE"],
         kind: Kind::Text,
-        default: "python3",
+        default: || text("python3"),
         help: "replaces a leading `python3` in workers.command",
     },
     Key {
         name: "workers.processes",
         env: &["MAX_PROCESSES"],
-        kind: int(1, 256),
-        default: "2",
+        kind: int_kind(1, 256),
+        default: || int(workers().processes),
         help: "worker processes",
     },
     Key {
         name: "workers.max_in_flight",
         env: &[],
-        kind: int(1, 100_000),
-        default: "64",
+        kind: int_kind(1, 100_000),
+        default: || int(workers().max_in_flight),
         help: "calls in flight per worker",
     },
     Key {
         name: "workers.timeout_ms",
         env: &["REQUEST_TIMEOUT"],
-        kind: int(1, 86_400_000),
-        default: "30000",
+        kind: int_kind(1, 86_400_000),
+        default: || ms(workers().call_timeout),
         help: "default deadline of a worker call",
     },
     Key {
         name: "workers.retry_attempts",
         env: &["RETRY_ATTEMPTS"],
-        kind: int(1, 100),
-        default: "3",
+        kind: int_kind(1, 100),
+        default: || int(workers().retry.attempts()),
         help: "attempts of an idempotent call",
     },
     Key {
         name: "workers.breaker_threshold",
         env: &["CIRCUIT_BREAKER_THRESHOLD"],
-        kind: int(1, 10_000),
-        default: "5",
+        kind: int_kind(1, 10_000),
+        default: || int(workers().breaker.consecutive_failures.unwrap_or(0)),
         help: "failures in a row that open a method's breaker",
     },
     Key {
         name: "workers.recycle_after_calls",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "0",
+        kind: int_kind(0, i64::MAX),
+        default: || int(workers().recycle_after_calls.unwrap_or(0)),
         help: "recycle a worker after this many calls (0: never)",
     },
     Key {
         name: "backup.enabled",
         env: &["POOL_ENABLE_BACKUP"],
         kind: Kind::Bool,
-        default: "false",
+        default: || Value::Bool(false),
         help: "take verified backups on a schedule",
     },
     Key {
         name: "backup.dir",
         env: &[],
         kind: Kind::Text,
-        default: "",
+        default: || text(""),
         help: "where backups go (default: <db>.backups)",
     },
     Key {
         name: "backup.interval_s",
         env: &[],
-        kind: int(1, 31_536_000),
-        default: "3600",
+        kind: int_kind(1, 31_536_000),
+        default: || Value::Int(3600),
         help: "between two scheduled backups",
     },
     Key {
         name: "backup.keep",
         env: &[],
-        kind: int(1, 100_000),
-        default: "24",
+        kind: int_kind(1, 100_000),
+        default: || Value::Int(24),
         help: "backups kept; older ones are deleted",
     },
     Key {
         name: "security.local_scopes",
         env: &[],
         kind: Kind::Text,
-        default: "admin",
+        default: || text("admin"),
         help: "scopes of stdio/MCP sessions and of HTTP on loopback while no key exists (read, write, bridge, admin; comma-separated)",
     },
     Key {
         name: "security.key_refresh_ms",
         env: &[],
-        kind: int(50, 3_600_000),
-        default: "1000",
+        kind: int_kind(50, 3_600_000),
+        default: || ms(Duration::from_secs(1)),
         help: "how often keys are re-read (revocations by other processes) and quota counts written",
     },
     Key {
         name: "quota.free_daily",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "10000",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("free", |t| t.daily),
         help: "free tier: requests per UTC day (0: unlimited)",
     },
     Key {
         name: "quota.free_monthly",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "200000",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("free", |t| t.monthly),
         help: "free tier: requests per UTC month (0: unlimited)",
     },
     Key {
         name: "quota.free_concurrent",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "4",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("free", |t| t.concurrent.map(u64::from)),
         help: "free tier: requests in flight at once (0: unlimited)",
     },
     Key {
         name: "quota.pro_daily",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "1000000",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("pro", |t| t.daily),
         help: "pro tier: requests per UTC day (0: unlimited)",
     },
     Key {
         name: "quota.pro_monthly",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "20000000",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("pro", |t| t.monthly),
         help: "pro tier: requests per UTC month (0: unlimited)",
     },
     Key {
         name: "quota.pro_concurrent",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "32",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("pro", |t| t.concurrent.map(u64::from)),
         help: "pro tier: requests in flight at once (0: unlimited)",
     },
     Key {
         name: "quota.enterprise_daily",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "0",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("enterprise", |t| t.daily),
         help: "enterprise tier: requests per UTC day (0: unlimited)",
     },
     Key {
         name: "quota.enterprise_monthly",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "0",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("enterprise", |t| t.monthly),
         help: "enterprise tier: requests per UTC month (0: unlimited)",
     },
     Key {
         name: "quota.enterprise_concurrent",
         env: &[],
-        kind: int(0, i64::MAX),
-        default: "256",
+        kind: int_kind(0, i64::MAX),
+        default: || tier("enterprise", |t| t.concurrent.map(u64::from)),
         help: "enterprise tier: requests in flight at once (0: unlimited)",
     },
     Key {
         name: "cache.enabled",
         env: &["CACHE_ENABLED"],
         kind: Kind::Bool,
-        default: "true",
+        default: || Value::Bool(true),
         help: "cache worker results (cacheable methods, cache keys)",
     },
     Key {
         name: "cache.max_entries",
         env: &[],
-        kind: int(1, 1 << 32),
-        default: "10000",
+        kind: int_kind(1, 1 << 32),
+        default: || int(CacheConfig::default().max_entries),
         help: "entries kept in memory",
     },
 ];
@@ -415,14 +451,14 @@ impl std::fmt::Display for Source {
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    values: BTreeMap<&'static str, (String, Source)>,
+    values: BTreeMap<&'static str, (Value, Source)>,
 }
 
 fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-fn check(k: &Key, raw: &str, from: &Source) -> Result<String, Failure> {
+fn check(k: &Key, raw: &str, from: &Source) -> Result<Value, Failure> {
     let bad = |expected: String| {
         Failure::new(format!(
             "invalid configuration `{}` = {raw:?} (from {from}): expected {expected}",
@@ -431,24 +467,78 @@ fn check(k: &Key, raw: &str, from: &Source) -> Result<String, Failure> {
     };
     match k.kind {
         Kind::Int { min, max } => match raw.trim().parse::<i64>() {
-            Ok(v) if (min..=max).contains(&v) => Ok(v.to_string()),
+            Ok(v) if (min..=max).contains(&v) => Ok(Value::Int(v)),
             _ => Err(bad(format!("an integer from {min} to {max}"))),
         },
         Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok("true".into()),
-            "false" | "0" | "no" | "off" => Ok("false".into()),
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
             _ => Err(bad("true or false".into())),
         },
-        Kind::Text => Ok(raw.to_owned()),
+        Kind::Text => Ok(Value::Text(raw.to_owned())),
         Kind::Word(words) => {
             let v = raw.trim().to_ascii_lowercase();
             if words.contains(&v.as_str()) {
-                Ok(v)
+                Ok(Value::Text(v))
             } else {
                 Err(bad(format!("one of {}", words.join(", "))))
             }
         }
     }
+}
+
+/// Reads the TOML file at `path` into `values`, refusing an unknown key or a
+/// value that does not fit its key, naming the file and the key.
+fn read_file(
+    path: &Path,
+    values: &mut BTreeMap<&'static str, (Value, Source)>,
+) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(format!(
+            "cannot read the configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        Failure::new(format!(
+            "the configuration file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
+    for (section, body) in table {
+        let toml::Value::Table(entries) = body else {
+            return Err(Failure::new(format!(
+                "{}: `{section}` must be a [section] (sections: server, db, workers, backup, cache, security, quota)",
+                path.display()
+            )));
+        };
+        for (name, value) in entries {
+            let full = format!("{section}.{name}");
+            let k = key(&full).ok_or_else(|| {
+                Failure::new(format!(
+                    "{}: unknown configuration key `{full}` (known keys: {})",
+                    path.display(),
+                    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let raw = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(Failure::new(format!(
+                        "{}: `{full}` must be a string, a number or true/false",
+                        path.display()
+                    )));
+                }
+            };
+            let from = Source::File(path.to_path_buf());
+            let v = check(k, &raw, &from)?;
+            values.insert(k.name, (v, from));
+        }
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -458,56 +548,12 @@ impl Settings {
         env: &[(String, String)],
         flags: &[(&'static str, &'static str, String)],
     ) -> Result<Settings, Failure> {
-        let mut values: BTreeMap<&'static str, (String, Source)> = KEYS
+        let mut values: BTreeMap<&'static str, (Value, Source)> = KEYS
             .iter()
-            .map(|k| (k.name, (k.default.to_owned(), Source::Default)))
+            .map(|k| (k.name, ((k.default)(), Source::Default)))
             .collect();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Failure::new(format!(
-                    "cannot read the configuration file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| {
-                Failure::new(format!(
-                    "the configuration file {} is not valid TOML: {e}",
-                    path.display()
-                ))
-            })?;
-            for (section, body) in table {
-                let toml::Value::Table(entries) = body else {
-                    return Err(Failure::new(format!(
-                        "{}: `{section}` must be a [section] (sections: server, db, workers, backup, cache, security, quota)",
-                        path.display()
-                    )));
-                };
-                for (name, value) in entries {
-                    let full = format!("{section}.{name}");
-                    let k = key(&full).ok_or_else(|| {
-                        Failure::new(format!(
-                            "{}: unknown configuration key `{full}` (known keys: {})",
-                            path.display(),
-                            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-                        ))
-                    })?;
-                    let raw = match value {
-                        toml::Value::String(s) => s,
-                        toml::Value::Integer(i) => i.to_string(),
-                        toml::Value::Boolean(b) => b.to_string(),
-                        toml::Value::Float(f) => f.to_string(),
-                        _ => {
-                            return Err(Failure::new(format!(
-                                "{}: `{full}` must be a string, a number or true/false",
-                                path.display()
-                            )));
-                        }
-                    };
-                    let from = Source::File(path.to_path_buf());
-                    let v = check(k, &raw, &from)?;
-                    values.insert(k.name, (v, from));
-                }
-            }
+            read_file(path, &mut values)?;
         }
         let env_map: BTreeMap<&str, &str> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -543,12 +589,23 @@ impl Settings {
         Ok(Settings { values })
     }
 
+    // The accessors below read a key of the kind they name: each key's
+    // value was checked against its kind when it was read (defaults too,
+    // in `every_default_fits_its_key`), and every accessor is exercised by
+    // the tests, so asking a key for another kind is a bug found there.
+
     fn get(&self, name: &str) -> &str {
-        &self.values[name].0
+        match &self.values[name].0 {
+            Value::Text(t) => t,
+            other => unreachable!("`{name}` is read as text but holds {other:?}"),
+        }
     }
 
     fn int(&self, name: &str) -> i64 {
-        self.get(name).parse().unwrap_or(0)
+        match self.values[name].0 {
+            Value::Int(i) => i,
+            ref other => unreachable!("`{name}` is read as an integer but holds {other:?}"),
+        }
     }
 
     fn ms(&self, name: &str) -> Duration {
@@ -556,13 +613,16 @@ impl Settings {
     }
 
     fn bool(&self, name: &str) -> bool {
-        self.get(name) == "true"
+        match self.values[name].0 {
+            Value::Bool(b) => b,
+            ref other => unreachable!("`{name}` is read as true/false but holds {other:?}"),
+        }
     }
 
     /// The scopes of local sessions.
     pub(crate) fn local_scopes(&self) -> Result<litebridge::auth::Scopes, Failure> {
         let raw = self.get("security.local_scopes");
-        litebridge::auth::Scopes::parse(raw).map_err(|e| {
+        raw.parse::<litebridge::auth::Scopes>().map_err(|e| {
             Failure::new(format!(
                 "invalid configuration `security.local_scopes` = {raw:?} (from {}): {e}",
                 self.values["security.local_scopes"].1
@@ -625,6 +685,16 @@ impl Settings {
         self.get("server.log_format")
     }
 
+    fn durability(&self) -> Result<Durability, Failure> {
+        let raw = self.get("db.durability");
+        raw.parse().map_err(|e| {
+            Failure::new(format!(
+                "invalid configuration `db.durability` = {raw:?} (from {}): {e}",
+                self.values["db.durability"].1
+            ))
+        })
+    }
+
     pub(crate) fn db_config(&self) -> Result<DbConfig, Failure> {
         let b = DbConfig::builder()
             .readers(self.int("db.readers") as usize)
@@ -632,10 +702,7 @@ impl Settings {
             .write_queue(self.int("db.write_queue") as usize)
             .max_batch(self.int("db.max_batch") as usize)
             .max_wait(self.ms("db.max_wait_ms"))
-            .durability(Durability::parse(
-                "db.durability",
-                self.get("db.durability"),
-            )?)
+            .durability(self.durability()?)
             .busy_timeout(self.ms("db.busy_timeout_ms"))
             .cache_size(self.int("db.cache_size"))
             .mmap_size(self.int("db.mmap_size") as u64)
@@ -723,10 +790,10 @@ impl Settings {
                 section = s;
             }
             let (value, from) = &self.values[k.name];
-            let shown = match k.kind {
-                Kind::Text => format!("{value:?}"),
-                Kind::Word(_) => format!("{value:?}"),
-                _ => value.clone(),
+            let shown = match value {
+                Value::Text(t) => format!("{t:?}"),
+                Value::Int(i) => i.to_string(),
+                Value::Bool(b) => b.to_string(),
             };
             out.push_str(&format!("{name} = {shown}  # {from}; {}\n", k.help));
         }
@@ -743,6 +810,51 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
+    }
+
+    #[test]
+    fn every_default_fits_its_key() {
+        for k in KEYS {
+            let value = (k.default)();
+            let raw = match &value {
+                Value::Int(i) => i.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Text(t) => t.clone(),
+            };
+            assert_eq!(
+                check(k, &raw, &Source::Default).unwrap(),
+                value,
+                "the default of {}",
+                k.name
+            );
+        }
+        // Every accessor on the defaults: each reads its keys as their kind.
+        let s = Settings::load(None, &[], &[]).unwrap();
+        assert_eq!(
+            format!("{:?}", s.db_config().unwrap()),
+            format!("{:?}", DbConfig::default())
+        );
+        assert!(s.worker_config().is_none());
+        assert_eq!(s.tiers(), Tiers::default());
+        let _ = (
+            s.backup_policy(),
+            s.backup_enabled(),
+            s.cache_config(),
+            s.cache_enabled(),
+        );
+        let _ = (
+            s.local_scopes().unwrap(),
+            s.key_refresh(),
+            s.listen(),
+            s.accept_limits(),
+        );
+        let _ = (
+            s.max_concurrent_requests(),
+            s.shutdown_grace(),
+            s.log_level(),
+            s.log_format(),
+        );
+        assert_eq!(s.db_path(), PathBuf::from("litebridge.db"));
     }
 
     #[test]
@@ -764,10 +876,10 @@ mod tests {
             &[("workers.processes", "processes", "8".into())],
         )
         .unwrap();
-        assert_eq!(s.get("db.readers"), "6");
+        assert_eq!(s.int("db.readers"), 6);
         assert_eq!(s.get("db.durability"), "full");
-        assert_eq!(s.get("workers.processes"), "8");
-        assert_eq!(s.get("db.heavy_readers"), "3");
+        assert_eq!(s.int("workers.processes"), 8);
+        assert_eq!(s.int("db.heavy_readers"), 3);
         let shown = s.describe();
         assert!(
             shown.contains("readers = 6  # environment LITEBRIDGE_DB_READERS"),

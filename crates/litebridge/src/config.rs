@@ -57,23 +57,36 @@ pub enum Durability {
     Full,
 }
 
-impl Durability {
-    /// Parses `"normal"` or `"full"`.
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    /// Parses `"normal"` or `"full"` (any case).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `key` for anything else.
-    pub fn parse(key: &str, value: &str) -> Result<Durability> {
+    /// [`Error::InvalidArgument`] naming the value for anything else.
+    fn from_str(value: &str) -> Result<Durability> {
         match value.trim().to_ascii_lowercase().as_str() {
             "normal" => Ok(Durability::Normal),
             "full" => Ok(Durability::Full),
-            _ => Err(Error::config(
-                key,
-                format!("{value:?}"),
-                "\"normal\" or \"full\"",
+            _ => Err(Error::invalid(
+                "durability",
+                format!("{value:?} is not a durability; expected \"normal\" or \"full\""),
             )),
         }
     }
+}
 
+impl std::fmt::Display for Durability {
+    /// `normal` or `full`, as parsed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Normal => "normal",
+            Durability::Full => "full",
+        })
+    }
+}
+
+impl Durability {
     pub(crate) fn pragma_value(self) -> &'static str {
         match self {
             Durability::Normal => "NORMAL",
@@ -488,9 +501,11 @@ mod tests {
 
     #[test]
     fn durability_parses_and_refuses() {
-        assert_eq!(Durability::parse("d", "FULL").unwrap(), Durability::Full);
-        let err = Durability::parse("db.durability", "fast").unwrap_err();
-        assert!(err.to_string().contains("db.durability"), "{err}");
+        assert_eq!("FULL".parse::<Durability>().unwrap(), Durability::Full);
+        for d in [Durability::Normal, Durability::Full] {
+            assert_eq!(d.to_string().parse::<Durability>().unwrap(), d);
+        }
+        let err = "fast".parse::<Durability>().unwrap_err();
         assert!(err.to_string().contains("\"fast\""), "{err}");
     }
 }

@@ -58,7 +58,7 @@ async fn key(db: &Database, name: &str, scopes: &str, tier: &str) -> String {
         &tiers(),
         NewKey {
             name: Some(name.into()),
-            scopes: Scopes::parse(scopes).unwrap(),
+            scopes: scopes.parse::<Scopes>().unwrap(),
             tier: tier.into(),
         },
     )

@@ -707,7 +707,7 @@ async fn the_writers_counters_show_no_one_elses_rows() {
         &litebridge::auth::Tiers::default(),
         litebridge::auth::NewKey {
             name: Some("k".into()),
-            scopes: litebridge::auth::Scopes::parse("read").unwrap(),
+            scopes: "read".parse::<litebridge::auth::Scopes>().unwrap(),
             tier: "free".into(),
         },
     )

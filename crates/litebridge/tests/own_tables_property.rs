@@ -221,7 +221,7 @@ async fn fixture() -> Fixture {
         &Tiers::default(),
         NewKey {
             name: Some("secret-key-name".into()),
-            scopes: Scopes::parse("read").unwrap(),
+            scopes: "read".parse::<Scopes>().unwrap(),
             tier: "pro".into(),
         },
     )
@@ -340,7 +340,7 @@ async fn attack_then_check(statements: Vec<String>) -> Result<(), TestCaseError>
         .await
         .unwrap();
     let caller = auth.authenticate(&f.secret).unwrap();
-    prop_assert_eq!(caller.scopes(), Scopes::parse("read").unwrap());
+    prop_assert_eq!(caller.scopes(), "read".parse::<Scopes>().unwrap());
     prop_assert!(auth.authenticate(EVIL_SECRET).is_err());
     // Quotas: what is charged is what is counted.
     for _ in 0..7 {

@@ -57,7 +57,7 @@ impl Bench {
                 &tiers,
                 NewKey {
                     name: None,
-                    scopes: Scopes::parse("read,write")?,
+                    scopes: "read,write".parse::<Scopes>()?,
                     tier: "pro".into(),
                 },
             )

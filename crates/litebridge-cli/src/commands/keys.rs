@@ -58,8 +58,9 @@ pub(crate) async fn run(action: KeysAction) -> CliResult {
 }
 
 async fn create(db: &Path, scope: &str, tier: String, name: Option<String>) -> CliResult {
-    let scopes =
-        Scopes::parse(scope).map_err(|e| Failure::new(format!("--scope {scope:?}: {e}")))?;
+    let scopes = scope
+        .parse::<Scopes>()
+        .map_err(|e| Failure::new(format!("--scope {scope:?}: {e}")))?;
     // Check what can be checked before a file is created.
     Tiers::default()
         .check(&tier)

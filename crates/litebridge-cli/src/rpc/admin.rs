@@ -50,7 +50,7 @@ pub(super) fn admin_checkpoint(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
         let service = &app.service;
         let db = &service.db;
         let mode = match a.opt_string("mode")? {
-            Some(m) => CheckpointMode::parse(&m)?,
+            Some(m) => m.parse::<CheckpointMode>()?,
             None => CheckpointMode::Passive,
         };
         let r = db.checkpoint(mode).await?;
@@ -67,7 +67,7 @@ pub(super) fn admin_keys_create(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
         let Ctx { app, caller, .. } = cx;
         let service = &app.service;
         let db = &service.db;
-        let scopes = litebridge::auth::Scopes::parse(&a.string("scope")?)?;
+        let scopes = a.string("scope")?.parse::<litebridge::auth::Scopes>()?;
         let tier = a.opt_string("tier")?.unwrap_or_else(|| "free".to_owned());
         let name = a.opt_string("name")?;
         let (key, secret) = litebridge::auth::create_key(

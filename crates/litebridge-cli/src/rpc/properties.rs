@@ -179,7 +179,7 @@ fn every_input_is_answered_per_the_specification() {
         app
     });
     // Everything but admin: no backups written to random paths.
-    let caller = Caller::local(Scopes::parse("write,bridge").unwrap());
+    let caller = Caller::local("write,bridge".parse::<Scopes>().unwrap());
     let mut runner = TestRunner::new(Config {
         cases: 40_000,
         failure_persistence: None,
@@ -240,7 +240,7 @@ fn every_method_of_the_table_is_served() {
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let app = open_app(&dir.path().join("m.db")).await;
-        let caller = Caller::local(Scopes::parse("read,write,bridge,admin").unwrap());
+        let caller = Caller::local("read,write,bridge,admin".parse::<Scopes>().unwrap());
         for m in METHODS {
             let request = json!({"jsonrpc": "2.0", "method": m.name, "params": {}, "id": 1});
             let reply = handle(&app, &caller, request.to_string().as_bytes(), "m")

@@ -20,7 +20,7 @@ pub(super) fn sql_query(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
             )));
         }
         let lane = match a.opt_string("lane")? {
-            Some(l) => Lane::parse(&l)?,
+            Some(l) => l.parse::<Lane>()?,
             None => Lane::Read,
         };
         let rows = db

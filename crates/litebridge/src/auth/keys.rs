@@ -199,7 +199,7 @@ pub async fn list_keys(db: &Database) -> Result<Vec<KeyInfo>> {
             out.push(KeyInfo {
                 id,
                 name,
-                scopes: Scopes::parse(&scopes).unwrap_or(Scopes::NONE),
+                scopes: scopes.parse::<Scopes>().unwrap_or(Scopes::NONE),
                 tier,
                 created: from_unix_ms(created),
                 revoked: revoked.map(from_unix_ms),

@@ -284,7 +284,7 @@ impl Auth {
                     });
                     Arc::new(KeyEntry {
                         id,
-                        scopes: Scopes::parse(&scopes).unwrap_or(Scopes::NONE),
+                        scopes: scopes.parse::<Scopes>().unwrap_or(Scopes::NONE),
                         meter: Arc::new(Meter {
                             name: name.clone(),
                             limits,

@@ -36,12 +36,16 @@ impl Scope {
     fn bit(self) -> u8 {
         1 << self as u8
     }
+}
 
-    /// Parses one scope name.
+impl std::str::FromStr for Scope {
+    type Err = Error;
+
+    /// Parses one scope name (any case).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming the value and the known scopes.
-    pub fn parse(s: &str) -> Result<Scope> {
+    fn from_str(s: &str) -> Result<Scope> {
         Scope::ALL
             .into_iter()
             .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
@@ -78,15 +82,24 @@ impl Scopes {
         Scopes(bits)
     }
 
+    /// Whether the set holds `scope`.
+    pub fn allows(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+}
+
+impl std::str::FromStr for Scopes {
+    type Err = Error;
+
     /// Parses a comma-separated list (`read,bridge`).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty list or an unknown name.
-    pub fn parse(s: &str) -> Result<Scopes> {
+    fn from_str(s: &str) -> Result<Scopes> {
         let items = s
             .split(',')
             .filter(|p| !p.trim().is_empty())
-            .map(Scope::parse)
+            .map(str::parse::<Scope>)
             .collect::<Result<Vec<_>>>()?;
         if items.is_empty() {
             return Err(Error::invalid(
@@ -95,11 +108,6 @@ impl Scopes {
             ));
         }
         Ok(Scopes::of(items))
-    }
-
-    /// Whether the set holds `scope`.
-    pub fn allows(self, scope: Scope) -> bool {
-        self.0 & scope.bit() != 0
     }
 }
 
@@ -131,12 +139,12 @@ mod tests {
 
     #[test]
     fn implications_and_round_trip() {
-        let w = Scopes::parse("write").unwrap();
+        let w = "write".parse::<Scopes>().unwrap();
         assert!(w.allows(Scope::Read) && w.allows(Scope::Write));
         assert!(!w.allows(Scope::Bridge) && !w.allows(Scope::Admin));
-        let b = Scopes::parse("bridge").unwrap();
+        let b = "bridge".parse::<Scopes>().unwrap();
         assert!(b.allows(Scope::Bridge) && !b.allows(Scope::Read));
-        assert_eq!(Scopes::parse("admin").unwrap(), Scopes::ALL);
+        assert_eq!("admin".parse::<Scopes>().unwrap(), Scopes::ALL);
         for s in [
             "read",
             "write",
@@ -145,12 +153,12 @@ mod tests {
             "write,bridge",
             "admin",
         ] {
-            let parsed = Scopes::parse(s).unwrap();
+            let parsed = s.parse::<Scopes>().unwrap();
             assert_eq!(parsed.to_string(), s);
-            assert_eq!(Scopes::parse(&parsed.to_string()).unwrap(), parsed);
+            assert_eq!(parsed.to_string().parse::<Scopes>().unwrap(), parsed);
         }
-        assert!(Scopes::parse("").is_err());
-        let e = Scopes::parse("read,root").unwrap_err().to_string();
+        assert!("".parse::<Scopes>().is_err());
+        let e = "read,root".parse::<Scopes>().unwrap_err().to_string();
         assert!(e.contains("\"root\""), "{e}");
     }
 }

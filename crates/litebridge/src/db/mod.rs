@@ -100,12 +100,14 @@ pub enum Lane {
     Heavy,
 }
 
-impl Lane {
+impl std::str::FromStr for Lane {
+    type Err = Error;
+
     /// Parses `"read"` or `"heavy"`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `lane` for anything else.
-    pub fn parse(s: &str) -> Result<Lane> {
+    fn from_str(s: &str) -> Result<Lane> {
         match s {
             "read" => Ok(Lane::Read),
             "heavy" => Ok(Lane::Heavy),

@@ -419,12 +419,14 @@ pub enum CheckpointMode {
     Truncate,
 }
 
-impl CheckpointMode {
+impl std::str::FromStr for CheckpointMode {
+    type Err = Error;
+
     /// Parses `passive`, `full`, `restart` or `truncate` (any case).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `mode` for anything else.
-    pub fn parse(s: &str) -> Result<CheckpointMode> {
+    fn from_str(s: &str) -> Result<CheckpointMode> {
         match s.to_ascii_lowercase().as_str() {
             "passive" => Ok(CheckpointMode::Passive),
             "full" => Ok(CheckpointMode::Full),
@@ -438,7 +440,9 @@ impl CheckpointMode {
             )),
         }
     }
+}
 
+impl CheckpointMode {
     fn sql(self) -> &'static str {
         match self {
             CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
