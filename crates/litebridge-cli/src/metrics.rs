@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use litebridge::{LatencyHistogram, LatencySummary, Service};
@@ -31,35 +33,17 @@ fn requests() -> &'static Requests {
 /// "other"), so hostile input cannot create labels without bound.
 pub(crate) fn record_request(method: &'static str, outcome: &'static str, took: Duration) {
     let r = requests();
-    let counter = r
-        .outcomes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&(method, outcome))
-        .cloned();
+    let counter = r.outcomes.read().get(&(method, outcome)).cloned();
     let counter = counter.unwrap_or_else(|| {
         r.outcomes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .entry((method, outcome))
             .or_default()
             .clone()
     });
     counter.fetch_add(1, Ordering::Relaxed);
-    let hist = r
-        .latency
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(method)
-        .cloned();
-    let hist = hist.unwrap_or_else(|| {
-        r.latency
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(method)
-            .or_default()
-            .clone()
-    });
+    let hist = r.latency.read().get(method).cloned();
+    let hist = hist.unwrap_or_else(|| r.latency.write().entry(method).or_default().clone());
     hist.record(took);
 }
 
@@ -128,7 +112,6 @@ fn request_metrics(o: &mut Out) {
     let mut outcomes: Vec<_> = r
         .outcomes
         .read()
-        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
         .collect();
@@ -148,7 +131,6 @@ fn request_metrics(o: &mut Out) {
     let mut latency: Vec<_> = r
         .latency
         .read()
-        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|(k, v)| (*k, v.clone()))
         .collect();

@@ -97,7 +97,7 @@ pub(crate) fn mutex(path: &Path, seconds: f64, full: bool) -> CliResult<Figures>
                 while !stop.load(Ordering::Relaxed) {
                     let k = next_key.fetch_add(1, Ordering::Relaxed);
                     let start = Instant::now();
-                    let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                    let c = conn.lock().expect("no benchmark thread panics");
                     c.prepare_cached(INSERT)
                         .and_then(|mut s| s.execute(rusqlite::params![k, VALUE]))
                         .expect("insert");
