@@ -31,6 +31,10 @@ pub(crate) struct Method {
     pub(crate) scope: Scope,
     /// What it does and returns, for people and agents.
     pub(crate) description: &'static str,
+    /// Parameters of a call that succeeds (a JSON object), run in table
+    /// order: shown in `rpc.discover` and the reference, and run over HTTP
+    /// and stdio by the tests (`tests/every_method.rs`).
+    pub(crate) example: &'static str,
     pub(crate) params: &'static [Param],
     /// It changes nothing.
     pub(crate) read_only: bool,
@@ -48,6 +52,14 @@ impl Method {
     /// The parameter names in order (positional parameters map to them).
     pub(crate) fn param_names(&self) -> Vec<&'static str> {
         self.params.iter().map(|p| p.name).collect()
+    }
+
+    /// Its example's parameters (see [`Method::example`]).
+    pub(crate) fn example_params(&self) -> Map<String, Json> {
+        match serde_json::from_str(self.example) {
+            Ok(Json::Object(o)) => o,
+            _ => Map::new(),
+        }
     }
 
     /// Its parameters as the JSON schema of one object.
@@ -135,6 +147,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::sql::sql_query,
         scope: Scope::Read,
         description: "Run one read-only SQL statement (SELECT, WITH ... SELECT, PRAGMA reads) and get its rows. Use `schema` first to see the tables. Returns {columns, rows, truncated}; at most `max_rows` rows. Writes are refused: use `execute`.",
+        example: r#"{"sql":"SELECT name, type FROM sqlite_schema WHERE type = ?1 LIMIT 5","params":["table"]}"#,
         params: &[
             SQL_PARAM,
             PARAMS_PARAM,
@@ -158,6 +171,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::sql::sql_execute,
         scope: Scope::Write,
         description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
+        example: r#"{"sql":"CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)"}"#,
         params: &[SQL_PARAM, PARAMS_PARAM, TIMEOUT_PARAM],
         read_only: false,
         tool: tool("execute"),
@@ -167,6 +181,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::sql::sql_batch,
         scope: Scope::Write,
         description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement.",
+        example: r#"{"statements":[{"sql":"INSERT INTO notes(body) VALUES (?1)","params":["first"]},{"sql":"UPDATE notes SET body = upper(body) WHERE body = :b","params":{":b":"first"}}]}"#,
         params: &[
             param(
                 "statements",
@@ -183,6 +198,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::sql::sql_execute_many,
         scope: Scope::Write,
         description: "Run one statement once per parameter row, in one transaction. Returns {changes}.",
+        example: r#"{"sql":"INSERT INTO notes(body) VALUES (?1)","rows":[["second"],["third"]]}"#,
         params: &[
             SQL_PARAM,
             param(
@@ -200,6 +216,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::sql::sql_schema,
         scope: Scope::Read,
         description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: tool("schema"),
@@ -209,6 +226,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::bridge::bridge_call,
         scope: Scope::Bridge,
         description: "Call a method of the worker processes by name (the worker_* tools do the same, one per method). Returns the method's result.",
+        example: r#"{"method":"echo","params":{"value":"hello"},"timeout_ms":10000}"#,
         params: &[
             param(
                 "method",
@@ -253,6 +271,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's statistics: processes, calls, restarts, crashes, breakers and per-method latency percentiles.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: None,
@@ -262,6 +281,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's health: the same figures as bridge.stats, with `healthy`.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: None,
@@ -271,6 +291,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::bridge::bridge_breaker_reset,
         scope: Scope::Bridge,
         description: "Close a worker method's circuit breaker now. Returns {reset}: whether there was one.",
+        example: r#"{"method":"echo"}"#,
         params: &[param("method", true, || text("The worker method's name."))],
         read_only: false,
         tool: None,
@@ -280,6 +301,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::state_save,
         scope: Scope::Write,
         description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
+        example: r#"{"run_id":"run-1","state":{"step":2,"items":["a","b"]},"status":"running","total_steps":5}"#,
         params: &[
             param("run_id", true, || text("The run's id (1 to 1024 bytes).")),
             param("state", true, || any("Any JSON value: the run's state.")),
@@ -307,6 +329,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::state_load,
         scope: Scope::Read,
         description: "Load a workflow run's saved state; null when there is none.",
+        example: r#"{"run_id":"run-1"}"#,
         params: &[param("run_id", true, || text("The run's id."))],
         read_only: true,
         tool: tool("state_load"),
@@ -316,6 +339,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::state_list,
         scope: Scope::Read,
         description: "List saved runs, newest first, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
+        example: r#"{"status":"running","limit":10}"#,
         params: &[
             param("status", false, || text("Only runs with this status.")),
             param("limit", false, limit),
@@ -329,6 +353,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::state_delete,
         scope: Scope::Write,
         description: "Delete a run's saved state. Returns {deleted}.",
+        example: r#"{"run_id":"run-1"}"#,
         params: &[param("run_id", true, || text("The run's id."))],
         read_only: false,
         tool: None,
@@ -338,6 +363,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::memory_store,
         scope: Scope::Write,
         description: "Remember a value under namespace + key, optionally for ttl_s seconds (then it is gone). Overwrites.",
+        example: r#"{"namespace":"agent-7","key":"preference","value":{"tone":"brief"},"ttl_s":3600}"#,
         params: &[
             param("namespace", true, || {
                 text("For example the agent's or the user's name.")
@@ -354,6 +380,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::memory_get,
         scope: Scope::Read,
         description: "Recall the value stored under namespace + key. Returns {found, value}.",
+        example: r#"{"namespace":"agent-7","key":"preference"}"#,
         params: &[
             param("namespace", true, || json!({"type": "string"})),
             param("key", true, || json!({"type": "string"})),
@@ -366,6 +393,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::memory_list,
         scope: Scope::Read,
         description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
+        example: r#"{"namespace":"agent-7","prefix":"pref","limit":10}"#,
         params: &[
             param("namespace", true, || json!({"type": "string"})),
             param("prefix", false, || json!({"type": "string"})),
@@ -379,6 +407,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::memory_delete,
         scope: Scope::Write,
         description: "Forget the value under namespace + key. Returns {deleted}.",
+        example: r#"{"namespace":"agent-7","key":"preference"}"#,
         params: &[
             param("namespace", true, || json!({"type": "string"})),
             param("key", true, || json!({"type": "string"})),
@@ -391,6 +420,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::cache_get,
         scope: Scope::Read,
         description: "Read a cached value by key. Returns {found, value}.",
+        example: r#"{"key":"weather:paris"}"#,
         params: &[param("key", true, || json!({"type": "string"}))],
         read_only: true,
         tool: tool("cache_get"),
@@ -400,6 +430,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::cache_set,
         scope: Scope::Write,
         description: "Cache a value under a key, optionally for ttl_s seconds.",
+        example: r#"{"key":"weather:paris","value":{"celsius":18},"ttl_s":600}"#,
         params: &[
             param("key", true, || json!({"type": "string"})),
             param("value", true, || any("Any JSON value.")),
@@ -413,6 +444,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stores::cache_delete,
         scope: Scope::Write,
         description: "Remove a cached value. Returns {deleted}.",
+        example: r#"{"key":"weather:paris"}"#,
         params: &[param("key", true, || json!({"type": "string"}))],
         read_only: false,
         tool: None,
@@ -422,6 +454,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::cache_stats,
         scope: Scope::Read,
         description: "The two-level cache's figures: hits, misses, hit rate, entries and bytes in memory.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: None,
@@ -431,6 +464,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::pool_health,
         scope: Scope::Read,
         description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: tool("pool_health"),
@@ -440,6 +474,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::pool_stats,
         scope: Scope::Read,
         description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: tool("pool_stats"),
@@ -449,6 +484,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::stats::persistence_stats,
         scope: Scope::Read,
         description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: tool("persistence_stats"),
@@ -458,6 +494,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_backup,
         scope: Scope::Admin,
         description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
+        example: r#"{}"#,
         params: &[param("to", false, || {
             text(
                 "A file name for the backup in the backup directory (no directory; a new name). Default: a timestamped name.",
@@ -471,6 +508,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_check,
         scope: Scope::Admin,
         description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, foreign_key_violations, elapsed_ms}.",
+        example: r#"{"full":false}"#,
         params: &[param(
             "full",
             false,
@@ -484,6 +522,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_checkpoint,
         scope: Scope::Admin,
         description: "Checkpoint the WAL now. Returns {busy, log_pages, checkpointed_pages, wal_bytes}.",
+        example: r#"{"mode":"passive"}"#,
         params: &[param(
             "mode",
             false,
@@ -497,6 +536,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_keys_create,
         scope: Scope::Admin,
         description: "Create an API key. Returns {name, scopes, tier, secret}; the secret is shown only this once.",
+        example: r#"{"scope":"read,bridge","tier":"free","name":"dashboard"}"#,
         params: &[
             param("scope", true, || {
                 text("Comma-separated scopes: read, write, bridge, admin.")
@@ -516,6 +556,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_keys_list,
         scope: Scope::Admin,
         description: "List the API keys (never their secrets): name, scopes, tier, created, revoked, last used.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: None,
@@ -525,6 +566,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::admin_keys_revoke,
         scope: Scope::Admin,
         description: "Revoke an API key by name, at once. Returns {revoked}.",
+        example: r#"{"name":"dashboard"}"#,
         params: &[param("name", true, || text("The key's name."))],
         read_only: false,
         tool: None,
@@ -534,6 +576,7 @@ pub(crate) const METHODS: &[Method] = &[
         run: super::admin::rpc_discover,
         scope: Scope::Read,
         description: "This table as an OpenRPC 1.3 document: every method, its scope, parameters and their JSON schemas.",
+        example: r#"{}"#,
         params: NO_PARAMS,
         read_only: true,
         tool: None,
@@ -558,6 +601,11 @@ pub(crate) fn openrpc() -> Json {
                 })
                 .collect();
             let summary = m.description.split(". ").next().unwrap_or(m.description);
+            let example: Vec<Json> = m
+                .example_params()
+                .into_iter()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
             json!({
                 "name": m.name,
                 "summary": summary.trim_end_matches('.'),
@@ -565,6 +613,7 @@ pub(crate) fn openrpc() -> Json {
                 "paramStructure": "either",
                 "params": params,
                 "result": {"name": "result", "schema": {}},
+                "examples": [{"name": format!("{} example", m.name), "params": example}],
                 "x-scope": m.scope.as_str(),
                 "x-read-only": m.read_only,
             })
@@ -610,6 +659,29 @@ mod tests {
                 );
             }
             assert_eq!(m.params_schema()["type"], "object");
+            // An example that names only its parameters, and all the
+            // required ones (the tests run it; its values are checked
+            // against the schemas in tests/openrpc.rs).
+            let example: Json = serde_json::from_str(m.example)
+                .unwrap_or_else(|e| panic!("{}: the example is not JSON: {e}", m.name));
+            let example = example.as_object().unwrap_or_else(|| {
+                panic!("{}: the example must be an object of parameters", m.name)
+            });
+            for name in example.keys() {
+                assert!(
+                    params.contains(name.as_str()),
+                    "{}: the example sets unknown `{name}`",
+                    m.name
+                );
+            }
+            for p in m.params.iter().filter(|p| p.required) {
+                assert!(
+                    example.contains_key(p.name),
+                    "{}: the example lacks `{}`",
+                    m.name,
+                    p.name
+                );
+            }
             if let Some(t) = &m.tool {
                 assert!(tools.insert(t.name), "tool {} twice", t.name);
             }
@@ -662,6 +734,10 @@ fn reference() -> String {
                 ));
             }
         }
+        out.push_str(&format!(
+            "\nExample: `{{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"{}\", \"params\": {}}}`\n",
+            m.name, m.example
+        ));
     }
     out
 }
