@@ -23,6 +23,11 @@
 //! `$/cancelRequest`; a worker still busy with the call after `cancel_grace`
 //! is killed and replaced, so a stuck handler cannot hold a slot forever.
 //!
+//! **Launching.** The pool and `process` see a worker as three byte streams,
+//! a way to signal it and a future of its exit (`launch`): real processes in
+//! production, fakes that hang, crash, print garbage or start slowly in the
+//! tests (`fake`), which run the pool's behaviours under paused time.
+//!
 //! **Process groups.** Each worker leads its own process group, so shutdown
 //! (drain, close stdin, SIGTERM, SIGKILL) reaches what it started. Workers
 //! exit by themselves when stdin closes, so none outlives litebridge.
@@ -43,6 +48,9 @@
 //! names never do, and per-method state stays bounded (`names`).
 
 mod config;
+#[cfg(test)]
+mod fake;
+mod launch;
 mod names;
 mod pool;
 mod process;

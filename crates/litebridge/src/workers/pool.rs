@@ -13,6 +13,7 @@ use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
 use crate::sync::{lock, read, write};
 use crate::workers::config::WorkerConfig;
+use crate::workers::launch::{Launcher, Processes};
 use crate::workers::names::{self, MethodNames};
 use crate::workers::process::Process;
 
@@ -168,6 +169,8 @@ pub struct PoolStatus {
 
 struct Shared {
     config: WorkerConfig,
+    /// Starts the workers: real processes, or a test's fakes.
+    launcher: Arc<dyn Launcher>,
     /// Retries calls that crashed a worker (for idempotent methods).
     retry_crashes: RetryPolicy,
     no_retry: RetryPolicy,
@@ -214,6 +217,14 @@ impl WorkerPool {
     /// in time (the message names the command and its last stderr line). The
     /// workers already started are stopped.
     pub async fn start(config: WorkerConfig) -> Result<WorkerPool> {
+        WorkerPool::start_with(config, Arc::new(Processes)).await
+    }
+
+    /// [`WorkerPool::start`] with workers started by `launcher`.
+    pub(crate) async fn start_with(
+        config: WorkerConfig,
+        launcher: Arc<dyn Launcher>,
+    ) -> Result<WorkerPool> {
         config.validate()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let retry_crashes = config
@@ -221,6 +232,7 @@ impl WorkerPool {
             .clone()
             .retry_if(|e| matches!(e, Error::WorkerCrashed { .. }));
         let shared = Arc::new(Shared {
+            launcher,
             retry_crashes,
             no_retry: RetryPolicy::none(),
             slots: (0..config.processes).map(|_| RwLock::new(None)).collect(),
@@ -247,7 +259,7 @@ impl WorkerPool {
             let (s, tx) = (shared.clone(), exit_tx.clone());
             starting.spawn(async move {
                 let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-                (slot, Process::spawn(&s.config, id, tx).await)
+                (slot, Process::spawn(&s.config, &*s.launcher, id, tx).await)
             });
         }
         let mut failure = None;
@@ -737,7 +749,7 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
             return;
         }
         let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-        match Process::spawn(&s.config, id, exit_tx.clone()).await {
+        match Process::spawn(&s.config, &*s.launcher, id, exit_tx.clone()).await {
             Ok(p) => {
                 s.names.learn(&p);
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
@@ -830,7 +842,7 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
 /// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
 async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) {
     let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-    let fresh = match Process::spawn(&s.config, id, s.exit_tx.clone()).await {
+    let fresh = match Process::spawn(&s.config, &*s.launcher, id, s.exit_tx.clone()).await {
         Ok(p) => {
             s.names.learn(&p);
             p

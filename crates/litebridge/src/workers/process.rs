@@ -1,28 +1,38 @@
-//! One worker process: spawned in its own process group, spoken to through
-//! three tasks (stdin writer, stdout reader, stderr forwarder).
+//! One worker: started by a `Launcher` (a process in its own process group,
+//! or a test's fake), spoken to through three tasks (stdin writer, stdout
+//! reader, stderr forwarder).
 //!
-//! The reader owns the child. When stdout ends (the process died, or closed
-//! it), the reader collects the exit status, fails every call still in flight
-//! with `worker_crashed` (pid, exit, the last stderr lines), and tells the
-//! pool, which starts a replacement.
+//! The reader owns the worker's exit. When stdout ends (the process died, or
+//! closed it), the reader waits for the exit status and for stderr's last
+//! lines, fails every call still in flight with `worker_crashed` (pid, exit,
+//! the last stderr lines), and tells the pool, which starts a replacement.
 
 use std::collections::{HashMap, VecDeque};
-use std::process::Stdio;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::workers::config::WorkerConfig;
+use crate::workers::launch::{Control, Launched, Launcher};
 use crate::workers::protocol::{self, Incoming, MethodInfo};
 use crate::workers::signal;
+
+type Input = Pin<Box<dyn AsyncRead + Send>>;
+type Exit = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// How long the last stderr lines of a worker that ended may take to
+/// arrive (a process it started may still hold stderr open).
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<Json>>;
 
@@ -33,10 +43,10 @@ pub(crate) struct Process {
     pub(crate) id: u64,
     /// The pid the worker reported in `$/ready` (or the spawned process's).
     pub(crate) pid: u32,
-    /// The process group we started it in (the spawned process's pid): a
-    /// worker started through a wrapper (`timeout`, a script, `uv run`)
-    /// reports its own pid, but signals go to the whole group.
-    group: u32,
+    /// Signals to what was started: for a process, its whole group (a worker
+    /// started through a wrapper (`timeout`, a script, `uv run`) reports its
+    /// own pid, but signals go to everything in the group).
+    control: Box<dyn Control>,
     pub(crate) methods: HashMap<String, MethodInfo>,
     pub(crate) dynamic: bool,
     /// The prefixes a generic-mode worker serves, when it said.
@@ -58,40 +68,26 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    /// Starts the command and waits for its `$/ready`.
+    /// Starts a worker with `launcher` and waits for its `$/ready`.
     ///
     /// `on_exit` receives `id` when the process ends after it was ready.
     pub(crate) async fn spawn(
         config: &WorkerConfig,
+        launcher: &dyn Launcher,
         id: u64,
         on_exit: mpsc::UnboundedSender<u64>,
     ) -> Result<Arc<Process>> {
         let shown = config.command.join(" ");
-        let mut cmd = Command::new(&config.command[0]);
-        cmd.args(&config.command[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a shutdown can signal everything it started.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = &config.cwd {
-            cmd.current_dir(dir);
-        }
-        for (k, v) in &config.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().map_err(|e| Error::Unavailable {
-            what: "workers",
-            reason: format!("cannot start `{shown}`: {e}"),
-        })?;
-        let pid = child.id().unwrap_or(0);
-        let stdout = child.stdout.take().expect("piped");
-        let stdin = child.stdin.take().expect("piped");
-        let stderr_pipe = child.stderr.take().expect("piped");
-
+        let Launched {
+            pid,
+            stdin,
+            stdout,
+            stderr: stderr_pipe,
+            control,
+            mut exit,
+        } = launcher.launch(config)?;
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
-        tokio::spawn(forward_stderr(
+        let stderr_done = tokio::spawn(forward_stderr(
             stderr_pipe,
             stderr.clone(),
             id,
@@ -119,9 +115,8 @@ impl Process {
         let ready = match ready {
             Ok(Some(r)) => r,
             Ok(None) => {
-                let exit = describe_exit(child.wait().await.ok());
-                // Let the stderr task catch the last lines.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let exit = exit.await;
+                let _ = tokio::time::timeout(STDERR_DRAIN, stderr_done).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -131,8 +126,8 @@ impl Process {
                 });
             }
             Err(_) => {
-                signal::kill_group(pid, libc::SIGKILL);
-                let _ = child.wait().await;
+                control.signal(libc::SIGKILL);
+                let _ = (&mut exit).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -150,7 +145,7 @@ impl Process {
         let process = Arc::new(Process {
             id,
             pid: ready.pid.unwrap_or(pid),
-            group: pid,
+            control,
             methods: ready
                 .methods
                 .into_iter()
@@ -173,9 +168,12 @@ impl Process {
         tokio::spawn(read_stdout(
             process.clone(),
             reader,
-            child,
-            exited_tx,
-            on_exit,
+            Ended {
+                exit,
+                stderr: stderr_done,
+                exited: exited_tx,
+                on_exit,
+            },
             config.max_line_bytes,
         ));
         Ok(process)
@@ -242,7 +240,7 @@ impl Process {
                     "call {id} still running {} ms after $/cancelRequest: killing the worker",
                     me.cancel_grace.as_millis()
                 );
-                signal::kill_group(me.group, libc::SIGKILL);
+                me.control.signal(libc::SIGKILL);
             }
         });
     }
@@ -261,7 +259,7 @@ impl Process {
 
     pub(crate) fn signal(&self, sig: i32) {
         if !self.is_dead() {
-            signal::kill_group(self.group, sig);
+            self.control.signal(sig);
         }
     }
 
@@ -334,7 +332,7 @@ async fn read_line<R: AsyncRead + Unpin>(
 }
 
 async fn write_stdin(
-    mut stdin: tokio::process::ChildStdin,
+    mut stdin: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     while let Some(line) = rx.recv().await {
@@ -364,7 +362,7 @@ const MAX_STDERR_LINE: usize = 16 * 1024;
 /// `keep` lines. Bytes that are not UTF-8 are shown as U+FFFD and the lines
 /// after them still come through.
 async fn forward_stderr(
-    pipe: tokio::process::ChildStderr,
+    pipe: Input,
     tail: Arc<Mutex<VecDeque<String>>>,
     id: u64,
     pid: u32,
@@ -416,12 +414,20 @@ fn take(line: &mut Vec<u8>, cut: &mut bool, bytes: &[u8]) {
     *cut |= bytes.len() > room;
 }
 
-async fn read_stdout(
-    process: Arc<Process>,
-    mut reader: BufReader<tokio::process::ChildStdout>,
-    mut child: Child,
+/// What the reader does when the worker's stdout ends.
+struct Ended {
+    /// Resolves to how the worker ended.
+    exit: Exit,
+    /// The stderr forwarder, which ends when stderr does.
+    stderr: JoinHandle<()>,
     exited: watch::Sender<Option<String>>,
     on_exit: mpsc::UnboundedSender<u64>,
+}
+
+async fn read_stdout(
+    process: Arc<Process>,
+    mut reader: BufReader<Input>,
+    ended: Ended,
     max_line: usize,
 ) {
     let mut line = Vec::new();
@@ -436,7 +442,7 @@ async fn read_stdout(
                     pid = process.pid,
                     "protocol broken ({e}): killing the worker"
                 );
-                signal::kill_group(process.group, libc::SIGKILL);
+                process.control.signal(libc::SIGKILL);
                 break;
             }
         }
@@ -457,16 +463,21 @@ async fn read_stdout(
         }
     }
     // Stdout is closed: the process is ending (or closed it; then it is killed).
-    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-        Ok(s) => s.ok(),
+    let Ended {
+        mut exit,
+        stderr,
+        exited,
+        on_exit,
+    } = ended;
+    let exit = match tokio::time::timeout(Duration::from_secs(2), &mut exit).await {
+        Ok(how) => how,
         Err(_) => {
-            signal::kill_group(process.group, libc::SIGKILL);
-            child.wait().await.ok()
+            process.control.signal(libc::SIGKILL);
+            exit.await
         }
     };
-    let exit = describe_exit(status);
-    // Give the stderr task a moment to take in the last lines.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Its last stderr lines, which explain the crash, before it is reported.
+    let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
     process.dead.store(true, Ordering::Release);
     let _ = exited.send(Some(exit.clone()));
     let stderr: Vec<String> = lock(&process.stderr).iter().cloned().collect();
@@ -481,16 +492,4 @@ async fn read_stdout(
         }));
     }
     let _ = on_exit.send(process.id);
-}
-
-fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        None => "exit status unknown".into(),
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!("exit code {c}"),
-            (None, Some(sig)) => format!("signal {sig} ({})", signal::name(sig)),
-            _ => "exit status unknown".into(),
-        },
-    }
 }

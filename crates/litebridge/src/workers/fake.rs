@@ -1,0 +1,468 @@
+//! Fake workers for the pool's tests: the worker protocol spoken by a task
+//! over in-memory pipes, doing on cue what real workers do when things go
+//! wrong (hang, crash mid-call, print garbage, start slowly or never), so
+//! the pool's answers to each are tested under paused time, in
+//! milliseconds, exactly. The end-to-end tests with real Python workers
+//! (`tests/worker_pool.rs`) stay beside these.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Result;
+use crate::workers::config::WorkerConfig;
+use crate::workers::launch::{Control, Launched, Launcher};
+use crate::workers::signal;
+
+/// What a fake worker does with a call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Act {
+    /// Answers `{"echo": params, "worker": n}` after this long; stops (and
+    /// answers "cancelled") on `$/cancelRequest`.
+    Answer(Duration),
+    /// Never answers and ignores `$/cancelRequest`, as a stuck handler does.
+    Hang,
+    /// Prints these stderr lines and exits with this code, answering nothing.
+    Crash(i32, &'static [&'static str]),
+    /// Prints a line that is not JSON, then answers.
+    Garbage,
+    /// Prints a line longer than the pool's `max_line_bytes`.
+    Flood,
+}
+
+/// One fake worker's part: the `n`th started (from 1) gets `script(n)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Script {
+    /// Time before `$/ready`; `None`: it never sends it.
+    pub(crate) ready_after: Option<Duration>,
+    /// Its methods and whether each is idempotent.
+    pub(crate) methods: &'static [(&'static str, bool)],
+    /// What it does with a call of a method.
+    pub(crate) act: fn(&str) -> Act,
+}
+
+/// Starts fake workers; counts them.
+pub(crate) struct Fakes {
+    script: Box<dyn Fn(u64) -> Script + Send + Sync>,
+    started: AtomicU64,
+}
+
+impl Fakes {
+    pub(crate) fn new(script: impl Fn(u64) -> Script + Send + Sync + 'static) -> Arc<Fakes> {
+        Arc::new(Fakes {
+            script: Box::new(script),
+            started: AtomicU64::new(0),
+        })
+    }
+
+    /// Workers started so far.
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+impl Launcher for Fakes {
+    fn launch(&self, config: &WorkerConfig) -> Result<Launched> {
+        let n = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+        let (stdin, worker_stdin) = tokio::io::duplex(1 << 16);
+        let (worker_stdout, stdout) = tokio::io::duplex(1 << 16);
+        let (worker_stderr, stderr) = tokio::io::duplex(1 << 16);
+        let (signals, signalled) = mpsc::unbounded_channel();
+        let (exited, exit) = oneshot::channel();
+        let worker = Worker {
+            n,
+            script: (self.script)(n),
+            max_line: config.max_line_bytes,
+            stdout: worker_stdout,
+        };
+        tokio::spawn(async move {
+            let mut stderr = worker_stderr;
+            let (how, last_words) = worker.run(worker_stdin, signalled).await;
+            // As with a real process, the exit can be seen before the last
+            // stderr lines are read: they come a moment later here.
+            let _ = exited.send(how);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            for l in last_words {
+                let _ = stderr.write_all(format!("{l}\n").as_bytes()).await;
+            }
+        });
+        Ok(Launched {
+            // Past any real pid, so `/proc` has nothing under it.
+            pid: 4_000_000_000 + n as u32,
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            control: Box::new(Signals(signals)),
+            exit: Box::pin(
+                async move { exit.await.unwrap_or_else(|_| "exit status unknown".into()) },
+            ),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Signals(mpsc::UnboundedSender<i32>);
+
+impl Control for Signals {
+    fn signal(&self, sig: i32) {
+        let _ = self.0.send(sig);
+    }
+}
+
+struct Worker {
+    n: u64,
+    script: Script,
+    max_line: usize,
+    stdout: DuplexStream,
+}
+
+impl Worker {
+    /// Plays the script; returns how it ended and its last stderr lines.
+    /// Its stdin and stdout close as it returns.
+    async fn run(
+        mut self,
+        stdin: DuplexStream,
+        mut signals: mpsc::UnboundedReceiver<i32>,
+    ) -> (String, &'static [&'static str]) {
+        let killed = |sig: Option<i32>| {
+            let sig = sig.unwrap_or(libc::SIGKILL);
+            (format!("signal {sig} ({})", signal::name(sig)), &[][..])
+        };
+        match self.script.ready_after {
+            Some(after) => tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                sig = signals.recv() => return killed(sig),
+            },
+            None => return killed(signals.recv().await),
+        }
+        let methods: Vec<Json> = self
+            .script
+            .methods
+            .iter()
+            .map(|(name, idempotent)| json!({"name": name, "idempotent": idempotent}))
+            .collect();
+        let pid = 4_000_000_000 + self.n;
+        self.line(json!({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": pid, "methods": methods}}))
+            .await;
+        let (answers, mut answered) = mpsc::unbounded_channel::<Json>();
+        let mut running: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+        let mut lines = BufReader::new(stdin).lines();
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Ok(Some(line)) = line else {
+                        // Stdin closed: finish what runs, then exit.
+                        drop(answers);
+                        while let Some(answer) = answered.recv().await {
+                            self.line(answer).await;
+                        }
+                        return ("exit code 0".into(), &[]);
+                    };
+                    let call: Json = serde_json::from_str(&line).unwrap_or_default();
+                    let method = call["method"].as_str().unwrap_or_default();
+                    let id = call["id"].as_u64();
+                    match (method, id) {
+                        ("$/cancelRequest", _) => {
+                            let target = call["params"]["id"].as_u64().unwrap_or_default();
+                            if let Some(task) = running.remove(&target) {
+                                task.abort();
+                                self.line(json!({"jsonrpc": "2.0", "id": target, "error": {"code": -32004, "message": "cancelled", "data": {"type": "CancelledError"}}})).await;
+                            }
+                        }
+                        ("$/ping", Some(id)) => {
+                            self.line(json!({"jsonrpc": "2.0", "id": id, "result": "pong"})).await;
+                        }
+                        (_, Some(id)) => match (self.script.act)(method) {
+                            Act::Answer(after) => {
+                                let answers = answers.clone();
+                                let result = json!({"echo": call["params"], "worker": self.n});
+                                let task = tokio::spawn(async move {
+                                    tokio::time::sleep(after).await;
+                                    let _ = answers.send(json!({"jsonrpc": "2.0", "id": id, "result": result}));
+                                });
+                                running.insert(id, task.abort_handle());
+                            }
+                            Act::Hang => {}
+                            Act::Crash(code, stderr) => return (format!("exit code {code}"), stderr),
+                            Act::Garbage => {
+                                let _ = self.stdout.write_all(b"this is not JSON\n").await;
+                                self.line(json!({"jsonrpc": "2.0", "id": id, "result": {"worker": self.n}})).await;
+                            }
+                            Act::Flood => {
+                                let _ = self.stdout.write_all(&vec![b'x'; self.max_line + 1]).await;
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+                Some(answer) = answered.recv() => {
+                    if let Some(id) = answer["id"].as_u64() {
+                        running.remove(&id);
+                    }
+                    self.line(answer).await;
+                }
+                sig = signals.recv() => {
+                    // SIGTERM and SIGKILL both end it at once.
+                    return killed(sig);
+                }
+            }
+        }
+    }
+
+    async fn line(&mut self, message: Json) {
+        let _ = self
+            .stdout
+            .write_all(format!("{message}\n").as_bytes())
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::workers::{CallOptions, WorkerPool};
+
+    const METHODS: &[(&str, bool)] = &[
+        ("echo", true),
+        ("slow", true),
+        ("hang", false),
+        ("boom", false),
+        ("flaky", true),
+        ("garbage", true),
+        ("flood", true),
+    ];
+
+    fn act(method: &str) -> Act {
+        match method {
+            "slow" => Act::Answer(Duration::from_secs(20)),
+            "hang" => Act::Hang,
+            "boom" => Act::Crash(
+                3,
+                &[
+                    "Traceback (most recent call last):",
+                    "ValueError: bad input",
+                ],
+            ),
+            "garbage" => Act::Garbage,
+            "flood" => Act::Flood,
+            _ => Act::Answer(Duration::from_millis(5)),
+        }
+    }
+
+    fn ready_at_once(_: u64) -> Script {
+        Script {
+            ready_after: Some(Duration::ZERO),
+            methods: METHODS,
+            act,
+        }
+    }
+
+    fn config(processes: usize) -> WorkerConfig {
+        let mut c = WorkerConfig::new(["fake-worker"]);
+        c.processes = processes;
+        c.call_timeout = Duration::from_secs(1);
+        c.cancel_grace = Duration::from_secs(5);
+        c.start_timeout = Duration::from_secs(10);
+        c.max_line_bytes = 4096;
+        c
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_is_waited_for_within_the_start_timeout_and_a_silent_worker_is_refused() {
+        let slow = Fakes::new(|_| Script {
+            ready_after: Some(Duration::from_secs(9)),
+            ..ready_at_once(0)
+        });
+        let started = tokio::time::Instant::now();
+        let pool = WorkerPool::start_with(config(2), slow).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(9));
+        let r = pool
+            .call("echo", json!([1]), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["echo"], json!([1]));
+        pool.shutdown().await;
+
+        let silent = Fakes::new(|_| Script {
+            ready_after: None,
+            ..ready_at_once(0)
+        });
+        let started = tokio::time::Instant::now();
+        let e = WorkerPool::start_with(config(1), silent).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(
+            e.to_string()
+                .contains("did not send $/ready within 10000 ms"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_call_times_out_and_its_worker_is_killed_after_the_grace_and_replaced() {
+        let fakes = Fakes::new(ready_at_once);
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let e = pool
+            .call("hang", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // The worker ignores $/cancelRequest: killed 5 s later, replaced.
+        until("a replacement", || fakes.started() == 2).await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        until("the replacement serving", || {
+            pool.status().workers.len() == 1
+        })
+        .await;
+        let r = pool
+            .call("echo", json!({}), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["worker"], 2);
+        assert_eq!(pool.status().restarts, 1);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_call_stops_in_its_worker_which_keeps_serving() {
+        let fakes = Fakes::new(ready_at_once);
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let e = pool
+            .call("slow", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            fakes.started(),
+            1,
+            "a worker that honours cancellation is not killed"
+        );
+        let r = pool
+            .call("echo", json!({}), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["worker"], 1);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_mid_call_fails_it_with_the_exit_and_stderr_without_a_retry() {
+        let fakes = Fakes::new(ready_at_once);
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let e = pool
+            .call("boom", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        match &e {
+            Error::WorkerCrashed { pid, exit, stderr } => {
+                assert_eq!(*pid, 4_000_000_001);
+                assert_eq!(exit, "exit code 3");
+                assert_eq!(
+                    stderr.last().map(String::as_str),
+                    Some("ValueError: bad input")
+                );
+            }
+            other => panic!("{other}"),
+        }
+        // Not idempotent: tried once; the replacement serves the next call.
+        until("a replacement", || fakes.started() == 2).await;
+        until("the replacement serving", || {
+            pool.status().workers.len() == 1
+        })
+        .await;
+        assert_eq!(pool.status().crashes, 1);
+        let r = pool
+            .call("echo", json!({}), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["worker"], 2);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotent_call_that_crashed_its_worker_is_retried_on_another() {
+        // The first worker crashes on `flaky`; the others answer it.
+        let fakes = Fakes::new(|n| Script {
+            act: if n == 1 {
+                |m| match m {
+                    "flaky" => Act::Crash(1, &["Segmentation fault"]),
+                    other => act(other),
+                }
+            } else {
+                act
+            },
+            ..ready_at_once(n)
+        });
+        let pool = WorkerPool::start_with(config(2), fakes.clone())
+            .await
+            .unwrap();
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            let r = pool
+                .call("flaky", json!({}), CallOptions::default())
+                .await
+                .unwrap();
+            served.push(r["worker"].as_u64().unwrap());
+        }
+        assert!(!served.contains(&1), "{served:?}");
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn garbage_on_stdout_is_skipped_and_an_overlong_line_gets_the_worker_replaced() {
+        let fakes = Fakes::new(ready_at_once);
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let r = pool
+            .call("garbage", json!({}), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["worker"], 1);
+        let e = pool
+            .call(
+                "flood",
+                json!({}),
+                CallOptions {
+                    retry: false,
+                    ..CallOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        match &e {
+            Error::WorkerCrashed { exit, .. } => assert_eq!(exit, "signal 9 (SIGKILL)"),
+            other => panic!("{other}"),
+        }
+        until("a replacement", || fakes.started() == 2).await;
+        pool.shutdown().await;
+    }
+}
