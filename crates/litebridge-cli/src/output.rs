@@ -106,7 +106,7 @@ impl Progress {
     }
 }
 
-pub(crate) use litebridge::utc_stamp;
+pub(crate) use litebridge::{utc_file_stamp, utc_stamp};
 
 /// "3 h 12 min", "45 s", "2 d 4 h".
 pub(crate) fn human_age(d: Duration) -> String {
@@ -143,12 +143,9 @@ mod tests {
     #[test]
     fn utc_stamps() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_435_509);
-        assert_eq!(utc_stamp(t, false), "2026-11-23T12:05:09Z");
-        assert_eq!(utc_stamp(t, true), "20261123T120509Z");
-        assert_eq!(
-            utc_stamp(SystemTime::UNIX_EPOCH, false),
-            "1970-01-01T00:00:00Z"
-        );
+        assert_eq!(utc_stamp(t), "2026-11-23T12:05:09Z");
+        assert_eq!(utc_file_stamp(t), "20261123T120509Z");
+        assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 
     #[test]

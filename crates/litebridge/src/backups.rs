@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::db::{BackupReport, Database, RestoreReport, check_file, restore_file, utc_stamp};
+use crate::db::{BackupReport, Database, RestoreReport, check_file, restore_file, utc_file_stamp};
 use crate::error::{Error, Result};
 
 /// Where and how often backups are taken.
@@ -69,7 +69,7 @@ fn order(p: &Path) -> (String, u64) {
 /// The newest backup of `db` in `dir` that passes `quick_check` now, with its age.
 pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
     list(dir, db).into_iter().find_map(|p| {
-        let ok = check_file(&p, false).is_ok_and(|r| r.ok);
+        let ok = check_file(&p, crate::db::CheckDepth::Quick).is_ok_and(|r| r.ok);
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
             return None;
@@ -133,11 +133,7 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
 pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> {
     std::fs::create_dir_all(&policy.dir)
         .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
-    let stem = format!(
-        "{}{}",
-        prefix(db.path()),
-        utc_stamp(SystemTime::now(), true)
-    );
+    let stem = format!("{}{}", prefix(db.path()), utc_file_stamp(SystemTime::now()));
     // Backups within one second get `.1`, `.2`, ... after the newest of that
     // second still present (pruning only removes older ones), so names stay
     // in time order.
@@ -218,7 +214,7 @@ pub fn recover(
     force: bool,
     progress: impl FnMut(u64, u64),
 ) -> Result<Recovery> {
-    let sound = db.exists() && check_file(db, false).is_ok_and(|r| r.ok);
+    let sound = db.exists() && check_file(db, crate::db::CheckDepth::Quick).is_ok_and(|r| r.ok);
     if sound && !force {
         return Ok(Recovery::Sound);
     }
@@ -232,7 +228,7 @@ pub fn recover(
     })?;
     let mut aside = db.as_os_str().to_owned();
     let why = if sound { "replaced" } else { "damaged" };
-    aside.push(format!(".{why}-{}", utc_stamp(SystemTime::now(), true)));
+    aside.push(format!(".{why}-{}", utc_file_stamp(SystemTime::now())));
     let report = restore_file(&from, db, Path::new(&aside), progress)?;
     Ok(Recovery::Restored { from, age, report })
 }

@@ -18,13 +18,19 @@
 //!
 //! # Layout
 //!
+//! What a program uses is at the crate's root (the database, its
+//! configuration, values, errors, the service) or in a module named for its
+//! part (`auth`, `backups`, `resilience`, `store`, `workers`); the modules
+//! below without a link are private, their public items re-exported at the
+//! root, so each has one path.
+//!
 //! - [`auth`]: API keys (hashed), [`Scopes`](auth::Scopes), tiers and quotas,
 //!   [`Caller`](auth::Caller); the design note is there (SECURITY.md for the whole).
 //! - [`backups`]: scheduled, verified, pruned backups and recovery from them.
-//! - [`error`]: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
-//! - [`config`]: [`DbConfig`] and its builder; `DEFAULT_*` values.
-//! - [`value`]: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
-//! - [`db`]: [`Database`]; the design note is there. Inside: `writer` (the
+//! - `error`: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
+//! - `config`: [`DbConfig`] and its builder; the `DEFAULT_*` values.
+//! - `value`: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
+//! - `db`: [`Database`]; the design note is there. Inside: `writer` (the
 //!   thread), `queue` (its bounded queue and admission), `group_commit` (one
 //!   transaction per batch), `execute` (the future of one write), `readers`
 //!   (read lane), `inline` (which threads run a read right now), `heavy`
@@ -40,7 +46,7 @@
 //!   that rusqlite does not wrap).
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
-//! - [`stats`]: [`DbStats`], the database's statistics.
+//! - `stats`: [`DbStats`], the database's statistics.
 //! - [`store`]: [`Cache`](store::Cache), the two-level cache (memory and the database).
 //! - [`Service`]: the database, workers and cache wired together; what the
 //!   transports call.
@@ -54,30 +60,37 @@
 pub mod auth;
 pub mod backups;
 mod calendar;
-pub mod config;
-pub mod db;
-pub mod error;
+mod config;
+mod db;
+mod error;
 #[doc(hidden)]
 pub mod fault;
 mod histogram;
 pub mod resilience;
 mod service;
-pub mod stats;
+mod stats;
 pub mod store;
 mod sync;
-pub mod value;
+mod value;
 pub mod workers;
 
-pub use config::{CheckpointConfig, DbConfig, DbConfigBuilder, Durability, TempStore};
+pub use config::{
+    CheckpointConfig, DEFAULT_BUSY_TIMEOUT, DEFAULT_CACHE_SIZE, DEFAULT_HEALTH_CHECK_INTERVAL,
+    DEFAULT_HEAVY_QUEUE, DEFAULT_HEAVY_READERS, DEFAULT_JOURNAL_SIZE_LIMIT, DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_REQUEST_MEMORY, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_SCHEMA_BYTES,
+    DEFAULT_MAX_SCHEMA_OBJECTS, DEFAULT_MAX_WRITE_HOLD, DEFAULT_MMAP_SIZE, DEFAULT_READERS,
+    DEFAULT_STATEMENT_CACHE, DEFAULT_TIMEOUT, DEFAULT_WRITE_QUEUE, DbConfig, DbConfigBuilder,
+    Durability, TempStore,
+};
 pub use db::{
-    BackupProgress, BackupReport, CheckReport, CheckpointMode, CheckpointReport, Database, Health,
-    Lane, QueryOptions, RestoreReport, WriteOptions, backup_file, check_file, inline_reads,
-    restore_file, utc_stamp,
+    BackupProgress, BackupReport, CheckDepth, CheckReport, CheckpointMode, CheckpointReport,
+    ColumnInfo, Database, Health, IndexInfo, Lane, QueryOptions, RestoreReport, TableInfo,
+    WriteOptions, backup_file, check_file, inline_reads, restore_file, utc_file_stamp, utc_stamp,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::{Histogram as LatencyHistogram, LatencySummary};
 pub use rusqlite;
-pub use service::Service;
+pub use service::{Service, ServiceConfig};
 pub use stats::DbStats;
 pub use value::{ExecResult, Params, Rows, Statement, Value};
 

@@ -14,7 +14,57 @@ use crate::store::{Cache, CacheConfig, MemoryStore, StateStore};
 pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::workers::{WorkerConfig, WorkerPool};
 
-/// Everything a transport serves.
+/// What [`Service::open`] opens and starts: the database's settings, the
+/// workers (none by default), the cache, and whether the cache keeps worker
+/// results.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig {
+    /// The database.
+    pub db: DbConfig,
+    /// Worker processes to start; `None` for no bridge.
+    pub workers: Option<WorkerConfig>,
+    /// The two-level cache.
+    pub cache: CacheConfig,
+    /// Cache worker results: calls given a cache key, and methods the workers
+    /// declare cacheable. Default: false.
+    pub cache_worker_results: bool,
+}
+
+/// Everything a transport serves: the database, the stores on it (workflow
+/// state, agent memory, the two-level cache) and the workers. Cheap to
+/// clone; dropping the last handle closes the database.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> litebridge::Result<()> {
+/// use litebridge::{Service, ServiceConfig, params};
+/// use litebridge::store::StateUpdate;
+/// use serde_json::json;
+///
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.db");
+/// let service = Service::open(&path, ServiceConfig::default()).await?;
+///
+/// // SQL: one writer with group commit, readers on the caller's thread.
+/// service.db.execute("CREATE TABLE notes(body TEXT)", ()).await?;
+/// service.db.execute("INSERT INTO notes VALUES (?1)", params!["hello"]).await?;
+/// let rows = service.db.query("SELECT count(*) FROM notes", ()).await?;
+/// assert_eq!(rows.rows[0][0], litebridge::Value::Integer(1));
+///
+/// // A workflow run's state, and an agent's memory with a lifetime.
+/// service.state.save(StateUpdate {
+///     run_id: "run-1".into(),
+///     state: json!({"step": 2}),
+///     status: Some("running".into()),
+///     ..StateUpdate::default()
+/// }).await?;
+/// let ttl = Some(std::time::Duration::from_secs(3600));
+/// service.memory.store("agent-7", "tone", &json!("brief"), ttl).await?;
+/// assert_eq!(service.memory.get("agent-7", "tone").await?, Some(json!("brief")));
+///
+/// service.shutdown().await; // commit, checkpoint, close
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Service {
     /// The database.
@@ -34,20 +84,19 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the database, starts the workers (if any) and the cache. With
-    /// `cache_bridge`, worker results are cached (calls with a cache key and
-    /// methods the workers declare cacheable).
+    /// Opens the database at `db_path`, starts the workers (if any) and the
+    /// cache, as `config` says.
     ///
     /// # Errors
     /// What [`Database::open`], [`WorkerPool::start`] or [`Cache::open`] return;
     /// the parts already started are stopped.
-    pub async fn open(
-        db_path: impl AsRef<Path>,
-        db_config: DbConfig,
-        workers: Option<WorkerConfig>,
-        cache: CacheConfig,
-        cache_bridge: bool,
-    ) -> Result<Service> {
+    pub async fn open(db_path: impl AsRef<Path>, config: ServiceConfig) -> Result<Service> {
+        let ServiceConfig {
+            db: db_config,
+            workers,
+            cache,
+            cache_worker_results,
+        } = config;
         let db = Database::open(db_path, db_config).await?;
         if let Err(e) = crate::store::migrate(&db).await {
             db.close().await;
@@ -66,7 +115,7 @@ impl Service {
         let workers = match workers {
             Some(config) => match WorkerPool::start(config).await {
                 Ok(pool) => {
-                    if cache_bridge {
+                    if cache_worker_results {
                         pool.use_cache(cache.clone());
                     }
                     Some(pool)

@@ -694,7 +694,7 @@ async fn external_content_full_text_tables_are_refused() {
     db.execute("CREATE VIRTUAL TABLE plain_fts USING fts5(x, prefix=2)", ())
         .await
         .unwrap();
-    assert!(db.check(false).await.unwrap().ok);
+    assert!(db.check(litebridge::CheckDepth::Quick).await.unwrap().ok);
 }
 
 #[tokio::test]

@@ -66,7 +66,7 @@ async fn a_backup_under_concurrent_writes_is_consistent() {
     assert!(report.bytes > 8_000_000);
     assert!(!dir.path().join("backup.db.partial").exists());
 
-    let check = litebridge::check_file(&dest, true).unwrap();
+    let check = litebridge::check_file(&dest, litebridge::CheckDepth::Full).unwrap();
     assert!(check.ok, "{:?}", check.problems);
     let copy = rusqlite::Connection::open(&dest).unwrap();
     let base: i64 = copy
@@ -163,22 +163,26 @@ async fn a_full_text_index_out_of_step_is_not_damage() {
             "the check is expected to see the index out of step: {found:?}"
         );
     }
-    let report = litebridge::check_file(&path, false).unwrap();
+    let report = litebridge::check_file(&path, litebridge::CheckDepth::Quick).unwrap();
     assert!(report.ok, "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(report.virtual_table_problems.len(), 1, "{report:?}");
-    let full = litebridge::check_file(&path, true).unwrap();
+    let full = litebridge::check_file(&path, litebridge::CheckDepth::Full).unwrap();
     assert!(full.ok, "{full:?}");
     let db = litebridge::Database::open(&path, config().build().unwrap())
         .await
         .unwrap();
-    let report = db.check(false).await.unwrap();
+    let report = db.check(litebridge::CheckDepth::Quick).await.unwrap();
     assert!(
         report.ok && report.virtual_table_problems.len() == 1,
         "{report:?}"
     );
     let copy = dir.path().join("copy.db");
     db.backup_to(&copy, |_| {}).await.unwrap();
-    assert!(litebridge::check_file(&copy, false).unwrap().ok);
+    assert!(
+        litebridge::check_file(&copy, litebridge::CheckDepth::Quick)
+            .unwrap()
+            .ok
+    );
     db.close().await;
 }

@@ -80,7 +80,7 @@ async fn a_damaged_file_is_refused_at_open_naming_it() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("app.db"), "{e}");
-    let r = litebridge::check_file(&path, false).unwrap();
+    let r = litebridge::check_file(&path, litebridge::CheckDepth::Quick).unwrap();
     assert!(!r.ok);
 }
 

@@ -276,15 +276,9 @@ async fn own_count(db: &Database, sql: &'static str) -> i64 {
 async fn dropping_the_service_closes_its_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("svc.db");
-    let service = litebridge::Service::open(
-        &path,
-        litebridge::DbConfig::default(),
-        None,
-        litebridge::store::CacheConfig::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    let service = litebridge::Service::open(&path, litebridge::ServiceConfig::default())
+        .await
+        .unwrap();
     service
         .memory
         .store("ns", "k", &serde_json::json!(1), None)

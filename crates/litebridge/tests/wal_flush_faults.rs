@@ -65,7 +65,7 @@ async fn a_failed_flush_at_any_point_loses_no_acknowledged_write() {
             .await
             .unwrap();
         assert!(
-            copy.check(true).await.unwrap().ok,
+            copy.check(litebridge::CheckDepth::Full).await.unwrap().ok,
             "flush {n}: damaged copy"
         );
         let rows = copy.query("SELECT k FROM kv ORDER BY k", ()).await.unwrap();

@@ -48,7 +48,7 @@ async fn assert_seen_everywhere(dir: &Path, db: &Database, expected: &[(i64, Str
     assert_eq!(values(db).await, expected, "through the readers");
     let copy = recovered_copy(dir, db).await;
     assert_eq!(values(&copy).await, expected, "recovered from the WAL");
-    assert!(copy.check(true).await.unwrap().ok);
+    assert!(copy.check(litebridge::CheckDepth::Full).await.unwrap().ok);
     copy.close().await;
 }
 
@@ -188,7 +188,7 @@ async fn a_spilling_transaction_is_in_the_file_when_its_commit_returns() {
             count(&copy, "SELECT count(*) FROM kv WHERE v LIKE '%-updated'").await,
             statements
         );
-        assert!(copy.check(true).await.unwrap().ok);
+        assert!(copy.check(litebridge::CheckDepth::Full).await.unwrap().ok);
         copy.close().await;
         db.close().await;
     }
@@ -237,7 +237,7 @@ async fn a_rolled_back_spill_never_overwrites_another_connections_commit() {
             "{rows} rows"
         );
         assert!(
-            db.check(true).await.unwrap().ok,
+            db.check(litebridge::CheckDepth::Full).await.unwrap().ok,
             "the live file ({rows} rows)"
         );
         let copy = recovered_copy(dir.path(), &db).await;
@@ -252,7 +252,7 @@ async fn a_rolled_back_spill_never_overwrites_another_connections_commit() {
             "{rows} rows"
         );
         assert!(
-            copy.check(true).await.unwrap().ok,
+            copy.check(litebridge::CheckDepth::Full).await.unwrap().ok,
             "recovered ({rows} rows)"
         );
         copy.close().await;

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
+use litebridge::Service;
 use litebridge::auth::{Auth, NewKey, Scopes, TierLimits, Tiers};
-use litebridge::store::CacheConfig;
-use litebridge::{DbConfig, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -210,10 +209,10 @@ async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
 async fn seeded(path: &Path) -> CliResult<Service> {
     let service = Service::open(
         path,
-        DbConfig::default(),
-        None,
-        CacheConfig::default(),
-        true,
+        litebridge::ServiceConfig {
+            cache_worker_results: true,
+            ..litebridge::ServiceConfig::default()
+        },
     )
     .await?;
     service

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::output::{Progress, human_age, human_bytes, utc_stamp};
+use crate::output::{Progress, human_age, human_bytes, utc_file_stamp};
 use crate::{CliResult, Failure};
 
 pub(crate) fn backup(db: &Path, to: &Path) -> CliResult {
@@ -37,7 +37,7 @@ pub(crate) fn restore(from: &Path, db: &Path) -> CliResult {
         )));
     }
     let mut aside = db.as_os_str().to_owned();
-    aside.push(format!(".replaced-{}", utc_stamp(SystemTime::now(), true)));
+    aside.push(format!(".replaced-{}", utc_file_stamp(SystemTime::now())));
     let bar = Progress::new(format!("restore {}", from.display()));
     let report = litebridge::restore_file(from, db, Path::new(&aside), |done, total| {
         bar.ratio(done, total)

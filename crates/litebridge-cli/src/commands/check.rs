@@ -5,7 +5,12 @@ use std::path::Path;
 use crate::{CliResult, Failure};
 
 pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
-    let report = litebridge::check_file(path, full)?;
+    let depth = if full {
+        litebridge::CheckDepth::Full
+    } else {
+        litebridge::CheckDepth::Quick
+    };
+    let report = litebridge::check_file(path, depth)?;
     let what = if full {
         "integrity_check and foreign_key_check"
     } else {

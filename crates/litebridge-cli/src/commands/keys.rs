@@ -85,13 +85,13 @@ async fn list(db: &Path, json: bool) -> CliResult {
     let database = open(db, false).await?;
     let keys = list_keys(&database).await;
     database.close().await;
-    let stamp = |t: Option<std::time::SystemTime>| t.map(|t| utc_stamp(t, false));
+    let stamp = |t: Option<std::time::SystemTime>| t.map(utc_stamp);
     let rows: Vec<serde_json::Value> = keys?
         .iter()
         .map(|k| {
             serde_json::json!({
                 "name": k.name, "scopes": k.scopes.to_string(), "tier": k.tier,
-                "created": utc_stamp(k.created, false),
+                "created": utc_stamp(k.created),
                 "revoked": stamp(k.revoked), "last_used": stamp(k.last_used),
             })
         })

@@ -81,10 +81,12 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
     }
     let opened = Service::open(
         &db,
-        s.db_config()?,
-        s.worker_config(),
-        s.cache_config(),
-        s.cache_enabled(),
+        litebridge::ServiceConfig {
+            db: s.db_config()?,
+            workers: s.worker_config(),
+            cache: s.cache_config(),
+            cache_worker_results: s.cache_enabled(),
+        },
     )
     .await;
     let mut service = match opened {

@@ -33,8 +33,11 @@ pub(super) fn admin_check(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
         let Ctx { app, .. } = cx;
         let service = &app.service;
         let db = &service.db;
-        let full = a.opt_bool("full")?.unwrap_or(false);
-        let r = db.check(full).await?;
+        let depth = match a.opt_bool("full")? {
+            Some(true) => litebridge::CheckDepth::Full,
+            _ => litebridge::CheckDepth::Quick,
+        };
+        let r = db.check(depth).await?;
         Ok(json!({
             "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
             "foreign_key_violations": r.foreign_key_violations,

@@ -454,7 +454,7 @@ fn mean(s: &litebridge::DbStats) -> Duration {
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
-    crate::output::utc_stamp(t, false)
+    crate::output::utc_stamp(t)
 }
 
 fn cache_figures(service: &Service) -> Json {

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use litebridge::Service;
 use litebridge::auth::{Auth, Caller, Scopes, Tiers};
-use litebridge::store::{CacheConfig, SystemClock};
-use litebridge::{DbConfig, Service};
+use litebridge::store::SystemClock;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value as Json, json};
@@ -146,15 +146,9 @@ fn check_reply(r: &Json) -> Result<(), TestCaseError> {
 
 /// A service with no workers, and its keys, on a new file at `path`.
 async fn open_app(path: &std::path::Path) -> App {
-    let service = Service::open(
-        path,
-        DbConfig::default(),
-        None,
-        CacheConfig::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    let service = Service::open(path, litebridge::ServiceConfig::default())
+        .await
+        .unwrap();
     let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
         .await
         .unwrap();

@@ -357,20 +357,28 @@ fn create_partial(dest: &Path) -> Result<PathBuf> {
     })
 }
 
-/// `2026-11-23T14:05:09Z` for a time, in UTC (`20261123T140509Z` when `compact`).
-pub fn utc_stamp(t: std::time::SystemTime, compact: bool) -> String {
+/// A time in UTC, ISO 8601 to the second: `2026-11-23T14:05:09Z`.
+pub fn utc_stamp(t: std::time::SystemTime) -> String {
+    let [y, m, d, h, mi, s] = utc_parts(t);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// A time in UTC for a file name (no separators): `20261123T140509Z`.
+pub fn utc_file_stamp(t: std::time::SystemTime) -> String {
+    let [y, m, d, h, mi, s] = utc_parts(t);
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// Year, month, day, hour, minute, second of `t` in UTC (the epoch for a
+/// time before it).
+fn utc_parts(t: std::time::SystemTime) -> [i64; 6] {
     let secs = t
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = crate::calendar::civil_from_days(days);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if compact {
-        format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-    }
+    [y, m, d, rem / 3600, rem % 3600 / 60, rem % 60]
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -392,18 +400,31 @@ pub struct CheckReport {
     /// does not make `ok` false); `INSERT INTO t(t) VALUES('rebuild')`
     /// rebuilds the index of full-text table `t`.
     pub virtual_table_problems: Vec<String>,
-    /// Foreign-key violations (`full` checks only), as `table rowid -> parent`.
+    /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,
     /// How long the check took.
     pub elapsed: Duration,
 }
 
-/// Checks the file at `path` from a read-only connection: `quick_check`, or
-/// with `full`, `integrity_check` and `foreign_key_check`. Never writes to it.
+/// How thoroughly a database file is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckDepth {
+    /// `PRAGMA quick_check`: every page and record, not the indexes'
+    /// contents (seconds per GB).
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check` and `foreign_key_check`: also that every
+    /// index matches its table and every reference resolves.
+    Full,
+}
+
+/// Checks the file at `path` from a read-only connection, as deep as
+/// `depth` says. Never writes to it.
 ///
 /// # Errors
 /// [`Error::Open`] when the file cannot be opened or is not a database.
-pub fn check_file(path: &Path, full: bool) -> Result<CheckReport> {
+pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
+    let full = depth == CheckDepth::Full;
     let started = Instant::now();
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {

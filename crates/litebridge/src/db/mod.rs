@@ -67,7 +67,10 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use backup::{BackupProgress, BackupReport, CheckReport, backup_file, check_file, utc_stamp};
+pub use backup::{
+    BackupProgress, BackupReport, CheckDepth, CheckReport, backup_file, check_file, utc_file_stamp,
+    utc_stamp,
+};
 pub use inline::inline_reads;
 pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
 pub use restore::{RestoreReport, restore_file};
@@ -696,14 +699,14 @@ impl Database {
         self.inner.writer.checkpoint(mode).await
     }
 
-    /// Checks the file: `quick_check`, or with `full` `integrity_check` and
-    /// `foreign_key_check`, from a read-only connection of its own.
+    /// Checks the file as deep as `depth` says, from a read-only connection
+    /// of its own.
     ///
     /// # Errors
     /// [`Error::Open`] if the file cannot be opened.
-    pub async fn check(&self, full: bool) -> Result<CheckReport> {
+    pub async fn check(&self, depth: CheckDepth) -> Result<CheckReport> {
         let path = self.inner.opener.path.clone();
-        tokio::task::spawn_blocking(move || check_file(&path, full))
+        tokio::task::spawn_blocking(move || check_file(&path, depth))
             .await
             .map_err(|e| Error::Internal {
                 message: format!("the check panicked: {e}"),

@@ -46,7 +46,7 @@ pub fn restore_file(
             "the backup and the database are the same file",
         ));
     }
-    let report = check_file(from, false)?;
+    let report = check_file(from, crate::db::CheckDepth::Quick)?;
     if !report.ok {
         return Err(Error::Corrupt {
             path: from.to_path_buf(),

@@ -34,7 +34,47 @@ pub struct RetryEvent<'a> {
 
 type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 
-/// When and how to retry a failed operation.
+/// When and how to retry a failed operation: at most `max_attempts`, with a
+/// backoff between them, only for errors the predicate accepts (by default
+/// those whose [`Error::is_recoverable`] is true), optionally within a
+/// retry budget shared by many callers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use litebridge::resilience::{Backoff, Growth, RetryPolicy};
+/// use litebridge::Error;
+///
+/// let policy = RetryPolicy::default()
+///     .max_attempts(4)
+///     .backoff(Backoff {
+///         growth: Growth::Exponential { base: Duration::from_millis(1), factor: 2.0 },
+///         max: Duration::from_millis(10),
+///         full_jitter: true,
+///     });
+/// // Fails twice with a recoverable error, then succeeds.
+/// let answer = policy
+///     .run(|attempt| async move {
+///         if attempt < 3 {
+///             let retry_after = Duration::from_millis(1);
+///             Err(Error::Overloaded { queue: "demo", capacity: 1, retry_after })
+///         } else {
+///             Ok(attempt)
+///         }
+///     })
+///     .await;
+/// assert_eq!(answer.unwrap(), 3);
+///
+/// // An error that is not recoverable is returned at once.
+/// let refused: litebridge::Result<()> = policy
+///     .run(|_| async {
+///         Err(Error::InvalidArgument { param: "x".into(), message: "is wrong".into() })
+///     })
+///     .await;
+/// assert!(refused.is_err());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,

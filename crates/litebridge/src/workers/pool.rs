@@ -195,6 +195,32 @@ struct Shared {
 
 /// A pool of long-lived worker processes called over JSON-RPC on their
 /// stdin/stdout. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> litebridge::Result<()> {
+/// use std::time::Duration;
+/// use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
+/// use serde_json::json;
+///
+/// // Two Python workers written with the SDK (`python/litebridge_worker`).
+/// let mut config = WorkerConfig::from_command_line("python3 examples/worker.py");
+/// config.processes = 2;
+/// let pool = WorkerPool::start(config).await?;
+///
+/// // A call with its own deadline; a crash of an idempotent method is
+/// // retried on another worker, and each method has a circuit breaker.
+/// let answer = pool
+///     .call(
+///         "analyze",
+///         json!({"description": "a todo app"}),
+///         CallOptions { timeout: Some(Duration::from_secs(60)), ..CallOptions::default() },
+///     )
+///     .await?;
+/// println!("{answer}");
+/// println!("{:?}", pool.status().workers);
+/// pool.shutdown().await; // drain, close stdin, then SIGTERM and SIGKILL
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct WorkerPool {
     shared: Arc<Shared>,
