@@ -436,6 +436,19 @@ impl From<rusqlite::Error> for Error {
                     _ if f.extended_code & 0xff == SQLITE_READONLY => Error::ReadOnly {
                         message: format!("{message} (this path is read-only)"),
                     },
+                    // A virtual table's own index found inconsistent (an FTS5
+                    // table any writer can make so, through its external
+                    // content or its commands): that table's problem, not
+                    // damage to the file, so it does not mark the database
+                    // unhealthy (as `check` reports them apart).
+                    _ if f.extended_code == rusqlite::ffi::SQLITE_CORRUPT_VTAB => Error::Sql {
+                        code: f.extended_code & 0xff,
+                        extended_code: f.extended_code,
+                        message: format!(
+                            "{message} (a full-text or other virtual table's index does not match \
+                             its content; rebuild it, e.g. INSERT INTO t(t) VALUES('rebuild'))"
+                        ),
+                    },
                     _ if matches!(f.extended_code & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB) => {
                         Error::Corrupt {
                             path: PathBuf::new(),

@@ -1,4 +1,5 @@
-//! FTS5's `snippet()` in time linear in the matches of a row.
+//! FTS5's `snippet()` and `highlight()` in time linear in the matches of a
+//! row, and refused where FTS5's own match list would not be.
 //!
 //! # Why
 //!
@@ -8,28 +9,40 @@
 //! the sentence starts: `n * n` in the matches of one document, all inside
 //! one function call that no deadline can interrupt and that allocates
 //! nothing the memory budget could stop (20,000 matches took seconds, a
-//! document at the length limit hours).
+//! document at the length limit hours). Its `highlight()` copies its whole
+//! answer again for each match it marks.
 //!
-//! This is the same function, answer for answer, with the same scores found
-//! by sliding windows. FTS5 gives a row's instances sorted by column and
-//! position (it merges the phrases' position lists), so the instances
-//! inside `[start, start + tokens)` for starts that only grow are a window
-//! whose two ends only move forward, and its score (1,000 per phrase seen,
-//! 1 per further instance) is kept up to date as instances enter and leave.
-//! The sentence start before each instance is found by a pointer that also
-//! only moves forward. What is left is linear: one tokenization of each
-//! column scored and of the one shown, checked for a stop (deadline, hold,
-//! halt) every few thousand tokens, with the memory it holds (instances,
-//! sentence starts, the answer) counted in the request's budget.
+//! These are the same functions, answer for answer, with `snippet()`'s
+//! scores found by sliding windows. FTS5 gives a row's instances sorted by
+//! column and position (it merges the phrases' position lists), so the
+//! instances inside `[start, start + tokens)` for starts that only grow are
+//! a window whose two ends only move forward, and its score (1,000 per
+//! phrase seen, 1 per further instance) is kept up to date as instances
+//! enter and leave. The sentence start before each instance is found by a
+//! pointer that also only moves forward. What is left is linear: one
+//! tokenization of each column scored and of the one shown, checked for a
+//! stop (deadline, hold, halt) every few thousand tokens, with the memory it
+//! holds (instances, counters, sentence starts, the answer) counted in the
+//! request's budget.
 //!
-//! It replaces the built-in on every connection through FTS5's extension
-//! API: `xCreateFunction` under the same name, since FTS5 looks a name up
-//! newest first. On an index that is not corrupt it answers exactly what
-//! SQLite's own does, quirks included (an overlapping token, as trigrams
+//! What neither can change is FTS5's own list of a row's instances, built
+//! in one uninterruptible step before either function sees it: its merge
+//! scans every phrase for each instance, and on `detail=none`/`column`
+//! tables it tokenizes the row once per phrase, up to `phrases^2 * tokens`
+//! (512 phrases over 8,000 tokens took 6 s). A call whose row and query
+//! could ask that of it past [`MAX_WORK`] is refused before it starts,
+//! naming both (as `json_patch` is refused past its work limit).
+//!
+//! They replace the built-ins on every connection through FTS5's extension
+//! API: `xCreateFunction` under the same names, since FTS5 looks a name up
+//! newest first. On an index that is not corrupt they answer exactly what
+//! SQLite's own do, quirks included (an overlapping token, as trigrams
 //! make, copies the rest of the document; with no phrase at all and no
-//! column scored the answer is "out of memory"): tested against SQLite's
-//! own on random tables and queries (`tests/snippet_property.rs`). On a
-//! corrupt one it reports the corruption where SQLite's own sometimes
+//! column scored the answer is "out of memory"; an error met in one column
+//! is forgotten if another column is scored after it): tested against
+//! SQLite's own on random tables (tokenizers, `detail`, column sizes,
+//! contentless), queries and arguments (`tests/snippet_property.rs`). On a
+//! corrupt one they report the corruption where SQLite's own sometimes
 //! carried on.
 
 #![allow(unsafe_code)]
@@ -56,36 +69,51 @@ struct Limits {
     halt: Arc<AtomicBool>,
 }
 
-/// Registers the linear `snippet()` on `conn`, in place of FTS5's own.
+/// Registers the linear `snippet()` and `highlight()` on `conn`, in place
+/// of FTS5's own.
 pub(crate) fn install(
     conn: &Connection,
     max_len: usize,
     halt: Arc<AtomicBool>,
 ) -> rusqlite::Result<()> {
     let api = fts5_api(conn)?;
-    let limits = Box::into_raw(Box::new(Limits { max_len, halt }));
-    // SAFETY: `api` is the connection's live FTS5 global, which outlives
-    // the registration; FTS5 keeps `limits` until the connection closes and
-    // then gives it to `drop_limits`, the only place it is freed.
-    let rc = unsafe {
-        match (*api).xCreateFunction {
-            Some(create) => create(
-                api,
-                c"snippet".as_ptr(),
-                limits.cast(),
-                Some(snippet),
-                Some(drop_limits),
-            ),
-            None => SQLITE_MISUSE,
+    let functions: [(&CStr, Function); 2] = [(c"snippet", snippet), (c"highlight", highlight)];
+    for (name, function) in functions {
+        let limits = Box::into_raw(Box::new(Limits {
+            max_len,
+            halt: halt.clone(),
+        }));
+        // SAFETY: `api` is the connection's live FTS5 global, which outlives
+        // the registration; FTS5 keeps `limits` until the connection closes
+        // and then gives it to `drop_limits`, the only place it is freed.
+        let rc = unsafe {
+            match (*api).xCreateFunction {
+                Some(create) => create(
+                    api,
+                    name.as_ptr(),
+                    limits.cast(),
+                    Some(function),
+                    Some(drop_limits),
+                ),
+                None => SQLITE_MISUSE,
+            }
+        };
+        if rc != SQLITE_OK {
+            // SAFETY: not registered, so FTS5 never saw it: still ours alone.
+            drop(unsafe { Box::from_raw(limits) });
+            return Err(failure(rc, "registering FTS5's snippet() and highlight()"));
         }
-    };
-    if rc != SQLITE_OK {
-        // SAFETY: not registered, so FTS5 never saw it: still ours alone.
-        drop(unsafe { Box::from_raw(limits) });
-        return Err(failure(rc, "registering snippet()"));
     }
     Ok(())
 }
+
+type Function = unsafe extern "C" fn(
+    *const Fts5ExtensionApi,
+    *mut Fts5Context,
+    *mut sqlite3_context,
+    c_int,
+    *mut *mut sqlite3_value,
+);
 
 /// The connection's FTS5 API, asked for as SQLite documents it: `SELECT
 /// fts5(?1)` with a pointer bound as "fts5_api_ptr".
@@ -133,8 +161,8 @@ unsafe extern "C" fn drop_limits(p: *mut c_void) {
     drop(unsafe { Box::from_raw(p.cast::<Limits>()) });
 }
 
-/// The function FTS5 calls for each row: `snippet(tbl, col, open, close,
-/// ellipsis, tokens)`.
+/// `snippet(tbl, col, open, close, ellipsis, tokens)`, called by FTS5 for
+/// each row.
 unsafe extern "C" fn snippet(
     api: *const Fts5ExtensionApi,
     fts: *mut Fts5Context,
@@ -142,25 +170,64 @@ unsafe extern "C" fn snippet(
     n_args: c_int,
     args: *mut *mut sqlite3_value,
 ) {
+    // SAFETY: as FTS5 calls an auxiliary function.
+    unsafe { answer(api, fts, ctx, n_args, args, 5, build) }
+}
+
+/// `highlight(tbl, col, open, close)`, called by FTS5 for each row.
+unsafe extern "C" fn highlight(
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
+    n_args: c_int,
+    args: *mut *mut sqlite3_value,
+) {
+    // SAFETY: as FTS5 calls an auxiliary function.
+    unsafe { answer(api, fts, ctx, n_args, args, 3, mark) }
+}
+
+type Body = fn(&Row<'_>, &[*mut sqlite3_value], &Limits) -> Result<Option<Vec<u8>>, Failure>;
+
+/// Runs `body` for one row with `wanted` arguments and sets the call's
+/// result from it: text, NULL, or the error. A panic is an error too.
+///
+/// # Safety
+/// The arguments are those FTS5 passes an auxiliary function registered by
+/// `install`: its API (version 4 or later is checked here), the row's
+/// context, the call's context and `n_args` values.
+unsafe fn answer(
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
+    n_args: c_int,
+    args: *mut *mut sqlite3_value,
+    wanted: c_int,
+    body: Body,
+) {
     let answer = catch_unwind(AssertUnwindSafe(|| {
-        if n_args != 5 {
-            return Err(Failure::Message(
-                c"wrong number of arguments to function snippet()",
-            ));
+        if n_args != wanted {
+            return Err(Failure::Message(if wanted == 5 {
+                c"wrong number of arguments to function snippet()"
+            } else {
+                c"wrong number of arguments to function highlight()"
+            }));
         }
-        // SAFETY: FTS5 passes its API and the row's context, valid for this
-        // call, and `n_args` values; the user data is the `Limits` given at
-        // registration.
+        // SAFETY: see the function's contract; the user data is the
+        // `Limits` given at registration. `xTokenize_v2` and
+        // `xColumnLocale` are only in version 4 of the API and later.
         let (row, args, limits) = unsafe {
             let api = &*api;
+            if api.iVersion < 4 {
+                return Err(Failure::Code(SQLITE_MISUSE));
+            }
             let limits = match api.xUserData {
                 Some(f) => &*f(fts).cast::<Limits>(),
                 None => return Err(Failure::Code(SQLITE_MISUSE)),
             };
-            let args = std::slice::from_raw_parts(args, 5);
+            let args = std::slice::from_raw_parts(args, wanted as usize);
             (Row { api, fts }, args, limits)
         };
-        build(&row, args, limits).map_err(Failure::Code)
+        body(&row, args, limits)
     }));
     // SAFETY: `ctx` is the call's context; each result function copies what
     // it is given (SQLITE_TRANSIENT) or takes a static string.
@@ -177,6 +244,7 @@ unsafe extern "C" fn snippet(
             Ok(Err(Failure::Code(SQLITE_TOOBIG))) => ffi::sqlite3_result_error_toobig(ctx),
             Ok(Err(Failure::Code(rc))) => ffi::sqlite3_result_error_code(ctx, rc),
             Ok(Err(Failure::Message(m))) => ffi::sqlite3_result_error(ctx, m.as_ptr(), -1),
+            Ok(Err(Failure::Refused(m))) => ffi::sqlite3_result_error(ctx, m.as_ptr(), -1),
             Err(_) => ffi::sqlite3_result_error(ctx, c"snippet() failed".as_ptr(), -1),
         }
     }
@@ -185,6 +253,44 @@ unsafe extern "C" fn snippet(
 enum Failure {
     Code(c_int),
     Message(&'static CStr),
+    /// Refused before the work starts: too much of it (see [`MAX_WORK`]).
+    Refused(std::ffi::CString),
+}
+
+impl From<c_int> for Failure {
+    fn from(rc: c_int) -> Failure {
+        Failure::Code(rc)
+    }
+}
+
+/// The most work one call may ask of FTS5's instance list: the square of
+/// the query's phrases times the row's tokens. FTS5 builds the list in one
+/// step that no deadline interrupts and that allocates little: it merges
+/// the phrases' positions by scanning every phrase for each instance
+/// (`instances * phrases`, and with every phrase matching every token,
+/// `phrases^2 * tokens`), and on `detail=none`/`column` tables it tokenizes
+/// the row for each phrase. 2^28 is well under a second; a query of 8
+/// phrases may still look at rows of 4 million tokens.
+pub(crate) const MAX_WORK: i64 = 1 << 28;
+
+/// Refuses a call whose instance list would take more than [`MAX_WORK`].
+fn check_work(row: &Row<'_>, name: &str, phrases: c_int) -> Result<(), Failure> {
+    let tokens: i64 = (0..row.column_count())
+        .map(|i| i64::from(row.column_size(i).unwrap_or(0).max(0)))
+        .sum();
+    let p = i64::from(phrases.max(0));
+    let work = p.saturating_mul(p).saturating_mul(tokens);
+    if work <= MAX_WORK {
+        return Ok(());
+    }
+    let message = format!(
+        "{name}() over a query of {p} phrases and a row of {tokens} tokens is refused: FTS5 \
+         finds the matches in one step no deadline can interrupt, whose work grows as the \
+         square of the phrases times the tokens ({work}, at most {MAX_WORK}); search with fewer phrases"
+    );
+    Err(Failure::Refused(
+        std::ffi::CString::new(message).unwrap_or_default(),
+    ))
 }
 
 /// One phrase instance: which phrase, in which column, at which token.
@@ -201,46 +307,112 @@ fn build(
     row: &Row<'_>,
     args: &[*mut sqlite3_value],
     limits: &Limits,
-) -> Result<Option<Vec<u8>>, c_int> {
+) -> Result<Option<Vec<u8>>, Failure> {
     let mut ticker = Ticker::new(&limits.halt);
-    let columns = row.column_count();
     let col = clamped_int(args[0]);
-    let open = text_arg(args[1]);
-    let close = text_arg(args[2]);
-    let ellipsis = text_arg(args[3]);
+    let open = text_arg(&args[1]);
+    let close = text_arg(&args[2]);
+    let ellipsis = text_arg(&args[3]);
     let tokens = int_arg(args[4]).clamp(0, 64) as c_int;
     let phrases = row.phrase_count();
+    check_work(row, "snippet", phrases)?;
     let sizes: Vec<c_int> = (0..phrases).map(|p| row.phrase_size(p)).collect();
     let (insts, _charge) = row.instances(phrases)?;
+    let best = choose(row, &insts, &sizes, col, tokens, &mut ticker)?;
 
-    let mut best_col = col.max(0);
-    let mut best_start = 0;
+    let text = row.column_text(best.col)?;
+    let col_size = match best.col_size {
+        0 => row.column_size(best.col)?,
+        n => n,
+    };
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let mut out = Out::new(limits.max_len)?;
+    let mut show = Highlight {
+        text,
+        open,
+        close,
+        range_start: best.start,
+        range_end: best.start + tokens - 1,
+        iter: Coalesced::new(&insts[column_range(&insts, best.col)], &sizes),
+        pos: 0,
+        off: 0,
+        is_open: false,
+    };
+    if best.start > 0 {
+        out.push(ellipsis)?;
+    }
+    while show.iter.start >= 0 && show.iter.start < best.start {
+        show.iter.next();
+    }
+    show.run(row, best.col, &mut out, &mut ticker)?;
+    if show.range_end >= col_size - 1 {
+        out.push(show.rest()?)?;
+    } else {
+        out.push(ellipsis)?;
+    }
+    Ok(Some(out.bytes))
+}
+
+/// The window `snippet()` shows: its column, first token, and the column's
+/// size in tokens (0 when no window scored).
+struct Best {
+    col: c_int,
+    start: c_int,
+    col_size: c_int,
+}
+
+/// Scores a window after each instance, and from the start of its
+/// sentence, in each column `col` names (all when negative), as SQLite's
+/// own does, and keeps the first best.
+fn choose(
+    row: &Row<'_>,
+    insts: &[Inst],
+    sizes: &[c_int],
+    col: c_int,
+    tokens: c_int,
+    ticker: &mut Ticker<'_>,
+) -> Result<Best, Failure> {
+    let mut best = Best {
+        col: col.max(0),
+        start: 0,
+        col_size: 0,
+    };
     let mut best_score = 0i64;
-    let mut col_size = 0;
-    let mut scored_any = false;
-    for i in (0..columns).filter(|&i| col < 0 || col == i) {
-        scored_any = true;
-        let mine = column_range(&insts, i);
-        let mine = &insts[mine];
+    let _charge = Charge::take(sizes.len() * 8).map_err(|_| SQLITE_NOMEM)?;
+    let (mut after_counts, mut sentence_counts) = (vec![0; sizes.len()], vec![0; sizes.len()]);
+    // SQLite's own carries an error from one column to the next, where
+    // reading the column's text resets it: with no phrase at all its
+    // allocation of one flag per phrase fails ("out of memory" unless a
+    // column is scored), and an instance past a column's end (a
+    // contentless table without sizes) ends that column only.
+    let mut pending = (sizes.is_empty()).then_some(SQLITE_NOMEM);
+    for i in (0..row.column_count()).filter(|&i| col < 0 || col == i) {
         let text = row.column_text(i)?;
-        let starts = sentence_starts(row, i, text, &mut ticker)?;
+        pending = None;
+        let mine = &insts[column_range(insts, i)];
+        let starts = sentence_starts(row, i, text, ticker)?;
         let doc_size = row.column_size(i)?;
-        let mut after = Window::new(mine, &sizes);
-        let mut sentence = Window::new(mine, &sizes);
+        let mut after = Window::new(mine, sizes, &mut after_counts);
+        let mut sentence = Window::new(mine, sizes, &mut sentence_counts);
         let mut jj = 0;
         for inst in mine {
             ticker.tick().map_err(|_| ffi::SQLITE_INTERRUPT)?;
             let io = inst.off;
             if io > doc_size {
-                return Err(SQLITE_CORRUPT_VTAB);
+                pending = Some(SQLITE_CORRUPT_VTAB);
+                break;
             }
             after.slide(i64::from(io), i64::from(tokens));
             let score = after.score();
             if score > best_score {
                 best_score = score;
-                best_col = i;
-                best_start = after.adjusted_start(tokens, doc_size);
-                col_size = doc_size;
+                best = Best {
+                    col: i,
+                    start: after.adjusted_start(tokens, doc_size),
+                    col_size: doc_size,
+                };
             }
             if !starts.0.is_empty() && doc_size > tokens {
                 while jj + 1 < starts.0.len() && starts.0[jj + 1] <= io {
@@ -252,68 +424,60 @@ fn build(
                     let score = sentence.score() + if s == 0 { 120 } else { 100 };
                     if score > best_score {
                         best_score = score;
-                        best_col = i;
-                        best_start = s;
-                        col_size = doc_size;
+                        best = Best {
+                            col: i,
+                            start: s,
+                            col_size: doc_size,
+                        };
                     }
                 }
             }
         }
+        after.clear();
+        sentence.clear();
     }
-    if phrases <= 0 && !scored_any {
-        // SQLite's own allocates one flag per phrase, and an allocation of
-        // none fails; a column scored resets that error, none does not.
-        return Err(SQLITE_NOMEM);
+    match pending {
+        Some(rc) => Err(rc.into()),
+        None => Ok(best),
     }
+}
 
-    let text = row.column_text(best_col)?;
-    if col_size == 0 {
-        col_size = row.column_size(best_col)?;
-    }
-    let Some(text) = text else {
-        return Ok(None);
+/// `highlight()`: the whole column, its matches marked, or `None` where
+/// SQLite's answers NULL (a column without text).
+fn mark(
+    row: &Row<'_>,
+    args: &[*mut sqlite3_value],
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let mut ticker = Ticker::new(&limits.halt);
+    let col = clamped_int(args[0]);
+    let open = text_arg(&args[1]);
+    let close = text_arg(&args[2]);
+    let text = match row.column_text(col) {
+        // A column that does not exist: empty, as SQLite's own answers.
+        Err(ffi::SQLITE_RANGE) => return Ok(Some(Vec::new())),
+        Err(rc) => return Err(rc.into()),
+        Ok(None) => return Ok(None),
+        Ok(Some(text)) => text,
     };
-    let mine = &insts[column_range(&insts, best_col)];
+    let phrases = row.phrase_count();
+    check_work(row, "highlight", phrases)?;
+    let sizes: Vec<c_int> = (0..phrases).map(|p| row.phrase_size(p)).collect();
+    let (insts, _charge) = row.instances(phrases)?;
     let mut out = Out::new(limits.max_len)?;
     let mut show = Highlight {
         text,
         open,
         close,
-        range_start: best_start,
-        range_end: best_start + tokens - 1,
-        iter: Coalesced::new(mine, &sizes),
+        range_start: 0,
+        range_end: -1,
+        iter: Coalesced::new(&insts[column_range(&insts, col)], &sizes),
         pos: 0,
         off: 0,
         is_open: false,
     };
-    if best_start > 0 {
-        out.push(ellipsis)?;
-    }
-    while show.iter.start >= 0 && show.iter.start < best_start {
-        show.iter.next();
-    }
-    let locale = row.column_locale(best_col)?;
-    row.tokenize(Some(text), locale, &mut |flags, start, end| {
-        if ticker.tick().is_err() {
-            return ffi::SQLITE_INTERRUPT;
-        }
-        match show.token(flags, start, end, &mut out) {
-            Ok(()) => SQLITE_OK,
-            Err(rc) => rc,
-        }
-    })?;
-    if show.is_open {
-        out.push(close)?;
-    }
-    if show.range_end >= col_size - 1 {
-        out.push(piece(
-            text,
-            show.off,
-            text.len() as i64 - i64::from(show.off),
-        )?)?;
-    } else {
-        out.push(ellipsis)?;
-    }
+    show.run(row, col, &mut out, &mut ticker)?;
+    out.push(show.rest()?)?;
     Ok(Some(out.bytes))
 }
 
@@ -399,8 +563,9 @@ struct Window<'a> {
     insts: &'a [Inst],
     lo: usize,
     hi: usize,
-    /// Instances of each phrase inside.
-    count: Vec<u32>,
+    /// Instances of each phrase inside (all zero when it is empty: one
+    /// array serves every column, see [`Window::clear`]).
+    count: &'a mut [u32],
     /// Phrases with at least one instance inside.
     distinct: i64,
     /// Tokens in each phrase.
@@ -408,14 +573,21 @@ struct Window<'a> {
 }
 
 impl<'a> Window<'a> {
-    fn new(insts: &'a [Inst], sizes: &'a [c_int]) -> Window<'a> {
+    fn new(insts: &'a [Inst], sizes: &'a [c_int], count: &'a mut [u32]) -> Window<'a> {
         Window {
             insts,
             lo: 0,
             hi: 0,
-            count: vec![0; sizes.len()],
+            count,
             distinct: 0,
             sizes,
+        }
+    }
+
+    /// Empties the window, leaving its counts all zero for the next column.
+    fn clear(self) {
+        for inst in &self.insts[self.lo..self.hi] {
+            self.count[inst.phrase as usize] = 0;
         }
     }
 
@@ -520,7 +692,7 @@ struct Highlight<'a> {
     is_open: bool,
 }
 
-impl Highlight<'_> {
+impl<'a> Highlight<'a> {
     fn token(
         &mut self,
         flags: c_int,
@@ -575,6 +747,41 @@ impl Highlight<'_> {
             self.off = end;
         }
         Ok(())
+    }
+
+    /// Passes over the tokens of column `col`, copying and marking.
+    fn run(
+        &mut self,
+        row: &Row<'_>,
+        col: c_int,
+        out: &mut Out,
+        ticker: &mut Ticker<'_>,
+    ) -> Result<(), Failure> {
+        let locale = row.column_locale(col)?;
+        let text = self.text;
+        row.tokenize(Some(text), locale, &mut |flags, start, end| {
+            if ticker.tick().is_err() {
+                return ffi::SQLITE_INTERRUPT;
+            }
+            match self.token(flags, start, end, out) {
+                Ok(()) => SQLITE_OK,
+                Err(rc) => rc,
+            }
+        })?;
+        if self.is_open {
+            out.push(self.close)?;
+            self.is_open = false;
+        }
+        Ok(())
+    }
+
+    /// The text after what was copied.
+    fn rest(&self) -> Result<&'a [u8], c_int> {
+        piece(
+            self.text,
+            self.off,
+            self.text.len() as i64 - i64::from(self.off),
+        )
     }
 
     /// The text from what was copied last up to byte `to`.
@@ -788,10 +995,10 @@ fn clamped_int(v: *mut sqlite3_value) -> c_int {
 
 /// An argument as text up to its first NUL, as SQLite's own reads it (NULL
 /// as empty). Valid for the call.
-fn text_arg<'a>(v: *mut sqlite3_value) -> &'a [u8] {
+fn text_arg(v: &*mut sqlite3_value) -> &[u8] {
     // SAFETY: `v` is one of the call's arguments; the text SQLite returns
     // lives, unchanged, until the call ends, as nothing converts `v` again.
-    let p = heap::lenient(|| unsafe { ffi::sqlite3_value_text(v) });
+    let p = heap::lenient(|| unsafe { ffi::sqlite3_value_text(*v) });
     if p.is_null() {
         return b"";
     }
