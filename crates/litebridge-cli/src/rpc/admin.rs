@@ -1,124 +1,202 @@
 //! `admin.*` and `rpc.discover`: backups, checks, checkpoints, keys, the table itself.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::Handler;
+use super::stats::without_params;
 use super::*;
 
 /// `admin.backup`.
-pub(super) fn admin_backup(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let policy = service.backups.as_ref().ok_or_else(|| {
-            RpcError::App(Error::Unavailable {
-                what: "backups",
-                reason: "this service has no backup directory configured".into(),
-            })
-        })?;
-        let r = match a.opt_string("to")? {
-            // A name in the backup directory, never a path: a request
-            // does not choose where the service writes (SECURITY.md).
-            Some(name) => litebridge::backups::take_named(db, policy, &name).await?,
-            None => litebridge::backups::take(db, policy).await?,
-        };
-        Ok(json!({
-            "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
-            "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,
-        }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminBackup {
+    /// A file name for the backup in the backup directory (no directory; a
+    /// new name). Default: a timestamped name.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+impl Handler for AdminBackup {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let service = &cx.app.service;
+            let db = &service.db;
+            let policy = service.backups.as_ref().ok_or_else(|| {
+                RpcError::App(Error::Unavailable {
+                    what: "backups",
+                    reason: "this service has no backup directory configured".into(),
+                })
+            })?;
+            let r = match self.to {
+                // A name in the backup directory, never a path: a request
+                // does not choose where the service writes (SECURITY.md).
+                Some(name) => litebridge::backups::take_named(db, policy, &name).await?,
+                None => litebridge::backups::take(db, policy).await?,
+            };
+            Ok(json!({
+                "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
+                "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,
+            }))
+        })
+    }
 }
 
 /// `admin.check`.
-pub(super) fn admin_check(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let depth = match a.opt_bool("full")? {
-            Some(true) => litebridge::CheckDepth::Full,
-            _ => litebridge::CheckDepth::Quick,
-        };
-        let r = db.check(depth).await?;
-        Ok(json!({
-            "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
-            "foreign_key_violations": r.foreign_key_violations,
-            "elapsed_ms": r.elapsed.as_millis() as u64,
-        }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminCheck {
+    /// The full integrity check instead of the quick one (default false).
+    #[serde(default)]
+    full: Option<bool>,
+}
+
+impl Handler for AdminCheck {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let depth = match self.full {
+                Some(true) => litebridge::CheckDepth::Full,
+                _ => litebridge::CheckDepth::Quick,
+            };
+            let r = cx.app.service.db.check(depth).await?;
+            Ok(json!({
+                "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
+                "foreign_key_violations": r.foreign_key_violations,
+                "elapsed_ms": r.elapsed.as_millis() as u64,
+            }))
+        })
+    }
 }
 
 /// `admin.checkpoint`.
-pub(super) fn admin_checkpoint(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let mode = match a.opt_string("mode")? {
-            Some(m) => m.parse::<CheckpointMode>()?,
-            None => CheckpointMode::Passive,
-        };
-        let r = db.checkpoint(mode).await?;
-        Ok(json!({
-            "busy": r.busy, "log_pages": r.log_pages, "checkpointed_pages": r.checkpointed_pages,
-            "wal_bytes": db.wal_bytes(),
-        }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminCheckpoint {
+    #[serde(default)]
+    mode: Option<Mode>,
+}
+
+/// SQLite's checkpoint mode.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Mode(CheckpointMode);
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Mode, String> {
+        s.parse().map(Mode).map_err(|e: Error| match e {
+            Error::InvalidArgument { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+}
+
+impl JsonSchema for Mode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CheckpointMode".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": ["passive", "full", "restart", "truncate"], "description": "SQLite's checkpoint mode (default passive)."})
+    }
+}
+
+impl Handler for AdminCheckpoint {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let db = &cx.app.service.db;
+            let mode = self.mode.map_or(CheckpointMode::Passive, |m| m.0);
+            let r = db.checkpoint(mode).await?;
+            Ok(json!({
+                "busy": r.busy, "log_pages": r.log_pages, "checkpointed_pages": r.checkpointed_pages,
+                "wal_bytes": db.wal_bytes(),
+            }))
+        })
+    }
 }
 
 /// `admin.keys.create`.
-pub(super) fn admin_keys_create(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, caller, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let scopes = a.string("scope")?.parse::<litebridge::auth::Scopes>()?;
-        let tier = a.opt_string("tier")?.unwrap_or_else(|| "free".to_owned());
-        let name = a.opt_string("name")?;
-        let (key, secret) = litebridge::auth::create_key(
-            db,
-            app.auth.tiers(),
-            litebridge::auth::NewKey { name, scopes, tier },
-        )
-        .await?;
-        app.auth.refresh().await?;
-        tracing::info!(by = caller.key().map(|k| k.name()), key = %key.name, scopes = %key.scopes, "API key created");
-        Ok(json!({
-            "name": key.name, "scopes": key.scopes.to_string(), "tier": key.tier, "secret": secret,
-        }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysCreate {
+    /// Comma-separated scopes: read, write, bridge, admin.
+    scope: String,
+    /// Its quota tier (default free).
+    #[serde(default)]
+    #[schemars(extend("enum" = ["free", "pro", "enterprise"]))]
+    tier: Option<String>,
+    /// Its name (default: generated).
+    #[serde(default)]
+    name: Option<String>,
 }
 
-/// `admin.keys.list`.
-pub(super) fn admin_keys_list(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let keys = litebridge::auth::list_keys(db).await?;
+impl Handler for KeysCreate {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let Ctx { app, caller, .. } = cx;
+            let scopes = self.scope.parse::<litebridge::auth::Scopes>()?;
+            let tier = self.tier.unwrap_or_else(|| "free".to_owned());
+            let (key, secret) = litebridge::auth::create_key(
+                &app.service.db,
+                app.auth.tiers(),
+                litebridge::auth::NewKey {
+                    name: self.name,
+                    scopes,
+                    tier,
+                },
+            )
+            .await?;
+            app.auth.refresh().await?;
+            tracing::info!(by = caller.key().map(|k| k.name()), key = %key.name, scopes = %key.scopes, "API key created");
+            Ok(json!({
+                "name": key.name, "scopes": key.scopes.to_string(), "tier": key.tier, "secret": secret,
+            }))
+        })
+    }
+}
+
+without_params!(
+    /// `admin.keys.list`.
+    KeysList,
+    |cx| {
+        let keys = litebridge::auth::list_keys(&cx.app.service.db).await?;
         Ok(json!({ "keys": keys.iter().map(|k| json!({
             "name": k.name, "scopes": k.scopes.to_string(), "tier": k.tier,
             "created": rfc3339(k.created),
             "revoked": k.revoked.map(rfc3339),
             "last_used": k.last_used.map(rfc3339),
         })).collect::<Vec<_>>() }))
-    })
-}
+    }
+);
 
 /// `admin.keys.revoke`.
-pub(super) fn admin_keys_revoke(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, caller, .. } = cx;
-        let service = &app.service;
-        let db = &service.db;
-        let name = a.string("name")?;
-        let revoked = litebridge::auth::revoke_key(db, &name).await?;
-        // Effective at once here; other servers on the file at their next refresh.
-        app.auth.refresh().await?;
-        tracing::info!(by = caller.key().map(|k| k.name()), key = %name, revoked, "API key revoked");
-        Ok(json!({ "revoked": revoked }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysRevoke {
+    /// The key's name.
+    name: String,
 }
 
-/// `rpc.discover`.
-pub(super) fn rpc_discover(_cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move { Ok(table::openrpc()) })
+impl Handler for KeysRevoke {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let Ctx { app, caller, .. } = cx;
+            let revoked = litebridge::auth::revoke_key(&app.service.db, &self.name).await?;
+            // Effective at once here; other servers on the file at their next refresh.
+            app.auth.refresh().await?;
+            tracing::info!(by = caller.key().map(|k| k.name()), key = %self.name, revoked, "API key revoked");
+            Ok(json!({ "revoked": revoked }))
+        })
+    }
 }
+
+without_params!(
+    /// `rpc.discover`.
+    Discover,
+    |cx| {
+        let _ = cx;
+        Ok(table::openrpc())
+    }
+);

@@ -1,62 +1,102 @@
 //! `bridge.call` and `bridge.breaker.reset`: the worker processes.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::{Handler, MethodName, TimeoutMs, Ttl};
 use super::*;
 
 /// `bridge.call`.
-pub(super) fn bridge_call(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx {
-            app,
-            caller,
-            request_id,
-            ..
-        } = cx;
-        let service = &app.service;
-        let target = a.string("method")?;
-        if target.is_empty()
-            || target.len() > MAX_METHOD_NAME
-            || target.chars().any(char::is_control)
-        {
-            return Err(a.bad(
-                "method",
-                &format!(
-                    "a method name of 1 to {MAX_METHOD_NAME} characters, without control characters"
-                ),
-                &Json::String(target.chars().take(64).collect()),
-            ));
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BridgeCall {
+    method: MethodName,
+    #[serde(default)]
+    params: Option<CallParams>,
+    #[serde(default)]
+    timeout_ms: Option<TimeoutMs>,
+    /// Retry an idempotent method after a recoverable failure (default true).
+    #[serde(default)]
+    retry: Option<bool>,
+    /// Retries at most (default: the server's workers.retry_attempts, which
+    /// counts attempts, less one).
+    #[serde(default)]
+    max_retries: Option<u64>,
+    /// Cache the result under this key (per API key) and answer from the
+    /// cache while it is fresh.
+    #[serde(default)]
+    cache_key: Option<String>,
+    /// How long a cached result stays fresh, in seconds.
+    #[serde(default)]
+    cache_ttl_s: Option<Ttl>,
+}
+
+/// A worker call's arguments: positional (an array) or named (an object).
+#[derive(Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+struct CallParams(Json);
+
+impl TryFrom<Json> for CallParams {
+    type Error = String;
+    fn try_from(v: Json) -> Result<CallParams, String> {
+        match v {
+            Json::Array(_) | Json::Object(_) => Ok(CallParams(v)),
+            other => Err(format!("must be an array or an object, got {other}")),
         }
-        let call_params = a.take("params").unwrap_or(Json::Array(Vec::new()));
-        if !matches!(call_params, Json::Array(_) | Json::Object(_)) {
-            return Err(a.bad("params", "an array or an object", &call_params));
-        }
-        let options = CallOptions {
-            timeout: a.timeout()?,
-            retry: a.opt_bool("retry")?.unwrap_or(true),
-            max_attempts: a
-                .opt_u64("max_retries")?
-                .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX)),
-            cache_key: a.opt_string("cache_key")?,
-            cache_ttl: a.opt_secs("cache_ttl_s")?,
-            // Each key's `cache_key` entries are its own (local sessions
-            // share one scope, which no key name can spell).
-            cache_scope: Some(caller.key().map_or_else(
-                || "local session".to_owned(),
-                |k| format!("key {}", k.name()),
-            )),
-            request_id: Some(request_id.to_owned()),
-        };
-        Ok(workers(service)?
-            .call(&target, call_params, options)
-            .await?)
-    })
+    }
+}
+
+impl JsonSchema for CallParams {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CallParams".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."})
+    }
+}
+
+impl Handler for BridgeCall {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let options = CallOptions {
+                timeout: self.timeout_ms.map(|t| t.0),
+                retry: self.retry.unwrap_or(true),
+                max_attempts: self
+                    .max_retries
+                    .map(|n| u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX)),
+                cache_key: self.cache_key,
+                cache_ttl: self.cache_ttl_s.map(|t| t.0),
+                // Each key's `cache_key` entries are its own (local sessions
+                // share one scope, which no key name can spell).
+                cache_scope: Some(cx.caller.key().map_or_else(
+                    || "local session".to_owned(),
+                    |k| format!("key {}", k.name()),
+                )),
+                request_id: Some(cx.request_id.to_owned()),
+            };
+            let params = self.params.map_or(Json::Array(Vec::new()), |p| p.0);
+            Ok(workers(&cx.app.service)?
+                .call(&self.method.0, params, options)
+                .await?)
+        })
+    }
 }
 
 /// `bridge.breaker.reset`.
-pub(super) fn bridge_breaker_reset(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let target = a.string("method")?;
-        Ok(json!({ "reset": workers(service)?.reset_breaker(&target) }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BreakerReset {
+    /// The worker method's name.
+    method: String,
+}
+
+impl Handler for BreakerReset {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            Ok(json!({ "reset": workers(&cx.app.service)?.reset_breaker(&self.method) }))
+        })
+    }
 }

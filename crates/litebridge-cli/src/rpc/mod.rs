@@ -4,12 +4,13 @@
 //! errors with `id: null` where the specification says so.
 //!
 //! Layout: `table` defines every method once (name, scope, description,
-//! parameters and their schemas, MCP tool, implementation); `sql`,
-//! `bridge`, `stores`, `stats` and `admin` hold the implementations; `error`
-//! turns every failure into a JSON-RPC error ([`RpcError`]); this file reads
-//! requests, checks each call against the caller's scopes and quotas
-//! ([`call`]), and holds the parameter reader ([`Args`]). Each transport
-//! message takes one of the key's concurrent-request slots.
+//! example, MCP tool, and its parameters' struct); `params` reads
+//! parameters into those structs and derives their schemas; `sql`,
+//! `bridge`, `stores`, `stats` and `admin` hold the structs and what each
+//! method does with them; `error` turns every failure into a JSON-RPC error
+//! ([`RpcError`]); this file reads requests and checks each call against the
+//! caller's scopes and quotas ([`call`]). Each transport message takes one
+//! of the key's concurrent-request slots.
 
 use std::time::Duration;
 
@@ -19,11 +20,12 @@ use litebridge::workers::CallOptions;
 use litebridge::{
     CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
 };
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 
 mod admin;
 mod bridge;
 mod error;
+mod params;
 mod sql;
 mod stats;
 mod stores;
@@ -256,140 +258,6 @@ pub(crate) struct Ctx<'a> {
 /// A method's answer, to come.
 pub(crate) type Answer<'a> = futures_util::future::BoxFuture<'a, Result<Json, RpcError>>;
 
-/// Named parameters, or positional ones mapped to the method's names in order.
-pub(crate) struct Args {
-    method: &'static str,
-    map: Map<String, Json>,
-}
-
-impl Args {
-    fn new(method: &'static str, names: &[&str], params: Option<Json>) -> Result<Args, RpcError> {
-        let map = match params {
-            None => Map::new(),
-            Some(Json::Object(m)) => {
-                if let Some(unknown) = m.keys().find(|k| !names.contains(&k.as_str())) {
-                    return Err(RpcError::InvalidParams(format!(
-                        "{method} has no parameter `{unknown}` (it takes: {})",
-                        names.join(", ")
-                    )));
-                }
-                m
-            }
-            Some(Json::Array(items)) => {
-                if items.len() > names.len() {
-                    return Err(RpcError::InvalidParams(format!(
-                        "{method} takes at most {} positional parameters ({}), {} were given",
-                        names.len(),
-                        names.join(", "),
-                        items.len()
-                    )));
-                }
-                names.iter().map(|n| (*n).to_owned()).zip(items).collect()
-            }
-            Some(_) => {
-                return Err(RpcError::InvalidParams(
-                    "params must be an array or an object".into(),
-                ));
-            }
-        };
-        Ok(Args { method, map })
-    }
-
-    fn take(&mut self, name: &str) -> Option<Json> {
-        self.map.remove(name).filter(|v| !v.is_null())
-    }
-
-    fn bad(&self, name: &str, expected: &str, got: &Json) -> RpcError {
-        RpcError::InvalidParams(format!(
-            "{}: `{name}` must be {expected}, got {got}",
-            self.method
-        ))
-    }
-
-    fn string(&mut self, name: &str) -> Result<String, RpcError> {
-        match self.take(name) {
-            Some(Json::String(s)) => Ok(s),
-            Some(other) => Err(self.bad(name, "a string", &other)),
-            None => Err(RpcError::InvalidParams(format!(
-                "{}: `{name}` is required",
-                self.method
-            ))),
-        }
-    }
-
-    fn opt_string(&mut self, name: &str) -> Result<Option<String>, RpcError> {
-        match self.take(name) {
-            Some(Json::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.bad(name, "a string", &other)),
-            None => Ok(None),
-        }
-    }
-
-    fn opt_u64(&mut self, name: &str) -> Result<Option<u64>, RpcError> {
-        match self.take(name) {
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.bad(name, "a non-negative integer", &v)),
-            None => Ok(None),
-        }
-    }
-
-    fn opt_bool(&mut self, name: &str) -> Result<Option<bool>, RpcError> {
-        match self.take(name) {
-            Some(Json::Bool(b)) => Ok(Some(b)),
-            Some(other) => Err(self.bad(name, "true or false", &other)),
-            None => Ok(None),
-        }
-    }
-
-    fn opt_secs(&mut self, name: &str) -> Result<Option<Duration>, RpcError> {
-        match self.take(name) {
-            Some(v) => v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .map(Some)
-                .ok_or_else(|| self.bad(name, "a positive number of seconds", &v)),
-            None => Ok(None),
-        }
-    }
-
-    fn timeout(&mut self) -> Result<Option<Duration>, RpcError> {
-        match self.opt_u64("timeout_ms")? {
-            Some(0) => Err(RpcError::InvalidParams(format!(
-                "{}: `timeout_ms` must be positive",
-                self.method
-            ))),
-            Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
-                Err(RpcError::InvalidParams(format!(
-                    "{}: `timeout_ms` is at most {}",
-                    self.method,
-                    MAX_TIMEOUT.as_millis()
-                )))
-            }
-            other => Ok(other.map(Duration::from_millis)),
-        }
-    }
-
-    /// The `sql` parameter, at most [`MAX_SQL`] bytes.
-    fn sql(&mut self) -> Result<String, RpcError> {
-        let sql = self.string("sql")?;
-        if sql.len() > MAX_SQL {
-            return Err(RpcError::InvalidParams(format!(
-                "{}: `sql` is {} bytes; at most {MAX_SQL} are allowed",
-                self.method,
-                sql.len()
-            )));
-        }
-        Ok(sql)
-    }
-
-    fn sql_params(&mut self) -> Result<Params, RpcError> {
-        Ok(Params::from_json(self.take("params").as_ref())?)
-    }
-}
-
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Json, RpcError> {
     serde_json::to_value(v).map_err(|e| {
         RpcError::App(Error::Internal {
@@ -414,16 +282,12 @@ async fn dispatch(
     params: Option<Json>,
     request_id: &str,
 ) -> Result<Json, RpcError> {
-    let args = Args::new(method.name, &method.param_names(), params)?;
-    (method.run)(
-        Ctx {
-            app,
-            caller,
-            request_id,
-        },
-        args,
-    )
-    .await
+    let cx = Ctx {
+        app,
+        caller,
+        request_id,
+    };
+    (method.handler.run)(cx, method.name, params).await
 }
 
 /// Keys given to `cache.*` live apart from the bridge's own entries.

@@ -1,13 +1,45 @@
 //! Statistics and health: `pool.*`, `persistence.stats`, `cache.stats`,
 //! `bridge.stats`, `bridge.health`.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::Handler;
 use super::*;
 
+/// Defines a method without parameters: its (empty) parameter struct and
+/// what it answers.
+macro_rules! without_params {
+    ($(#[$doc:meta])* $name:ident, |$cx:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {}
+
+        impl Handler for $name {
+            fn run(self, $cx: Ctx<'_>) -> Answer<'_> {
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+pub(super) use without_params;
+
+without_params!(
+    /// `bridge.stats`.
+    BridgeStats,
+    |cx| bridge_status(&cx.app.service)
+);
+
+without_params!(
+    /// `bridge.health`.
+    BridgeHealth,
+    |cx| bridge_status(&cx.app.service)
+);
+
 /// `bridge.stats`, `bridge.health`.
-pub(super) fn bridge_status(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
+fn bridge_status(service: &Service) -> Result<Json, RpcError> {
+    {
         let pool = workers(service)?;
         let s = pool.status();
         let stats = json!({
@@ -33,41 +65,36 @@ pub(super) fn bridge_status(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
             "cache": cache_figures(service),
         });
         Ok(stats)
-    })
+    }
 }
 
-/// `cache.stats`.
-pub(super) fn cache_stats(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        Ok(cache_figures(service))
-    })
-}
+without_params!(
+    /// `cache.stats`.
+    CacheStats,
+    |cx| Ok(cache_figures(&cx.app.service))
+);
 
-/// `pool.health`.
-pub(super) fn pool_health(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        Ok(health_of(service))
-    })
-}
+without_params!(
+    /// `pool.health`.
+    PoolHealth,
+    |cx| Ok(health_of(&cx.app.service))
+);
 
-/// `pool.stats`.
-pub(super) fn pool_stats(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        Ok(stats_of(service))
-    })
-}
+without_params!(
+    /// `pool.stats`.
+    PoolStats,
+    |cx| Ok(stats_of(&cx.app.service))
+);
 
-/// `persistence.stats`.
-pub(super) fn persistence_stats(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
+without_params!(
+    /// `persistence.stats`.
+    PersistenceStats,
+    |cx| persistence_stats(&cx.app.service)
+);
+
+/// `persistence.stats`: the seed system's totals.
+fn persistence_stats(service: &Service) -> Result<Json, RpcError> {
+    {
         let db = &service.db;
         let s = db.stats();
         let ops = s.total_reads + s.total_writes + s.total_heavy;
@@ -91,5 +118,5 @@ pub(super) fn persistence_stats(cx: Ctx<'_>, _a: Args) -> Answer<'_> {
                 "available_workers": health["pool_status"]["available_workers"],
             },
         }))
-    })
+    }
 }

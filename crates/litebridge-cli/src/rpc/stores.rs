@@ -1,167 +1,263 @@
 //! `state.*`, `memory.*`, `cache.get`/`set`/`delete`: the stores.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::{AnyValue, Handler, Limit, Ttl};
 use super::*;
 
 /// `state.save`.
-pub(super) fn state_save(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let run_id = a.string("run_id")?;
-        let state = a
-            .take("state")
-            .ok_or_else(|| RpcError::InvalidParams("state.save: `state` is required".into()))?;
-        let status = a.opt_string("status")?;
-        let total_steps = a.opt_u64("total_steps")?.map(|n| n as i64);
-        let error_message = a.opt_string("error_message")?;
-        let execution_time_ms = a.opt_u64("execution_time_ms")?.map(|n| n as i64);
-        let memory_usage_mb = match a.take("memory_usage_mb") {
-            Some(v) => Some(
-                v.as_f64()
-                    .ok_or_else(|| a.bad("memory_usage_mb", "a number", &v))?,
-            ),
-            None => None,
-        };
-        let saved = service
-            .state
-            .save(litebridge::store::StateUpdate {
-                run_id,
-                state,
-                status,
-                total_steps,
-                error_message,
-                execution_time_ms,
-                memory_usage_mb,
-            })
-            .await?;
-        to_json(&saved)
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateSave {
+    /// The run's id (1 to 1024 bytes).
+    run_id: String,
+    /// Any JSON value: the run's state.
+    state: AnyValue,
+    /// For example running, done, failed.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    total_steps: Option<u64>,
+    #[serde(default)]
+    error_message: Option<String>,
+    #[serde(default)]
+    execution_time_ms: Option<u64>,
+    #[serde(default)]
+    memory_usage_mb: Option<f64>,
+}
+
+impl Handler for StateSave {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let saved = cx
+                .app
+                .service
+                .state
+                .save(litebridge::store::StateUpdate {
+                    run_id: self.run_id,
+                    state: self.state.0,
+                    status: self.status,
+                    total_steps: self.total_steps.map(as_i64),
+                    error_message: self.error_message,
+                    execution_time_ms: self.execution_time_ms.map(as_i64),
+                    memory_usage_mb: self.memory_usage_mb,
+                })
+                .await?;
+            to_json(&saved)
+        })
+    }
+}
+
+/// `state.load` and `state.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunId {
+    /// The run's id.
+    run_id: String,
 }
 
 /// `state.load`.
-pub(super) fn state_load(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let run_id = a.string("run_id")?;
-        to_json(&service.state.load(&run_id).await?)
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct StateLoad(RunId);
+
+/// `state.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct StateDelete(RunId);
+
+impl Handler for StateLoad {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move { to_json(&cx.app.service.state.load(&self.0.run_id).await?) })
+    }
+}
+
+impl Handler for StateDelete {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            Ok(json!({ "deleted": cx.app.service.state.delete(&self.0.run_id).await? }))
+        })
+    }
 }
 
 /// `state.list`.
-pub(super) fn state_list(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let status = a.opt_string("status")?;
-        let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
-        let after = a.opt_string("after")?;
-        let runs = service
-            .state
-            .list(status.as_deref(), limit, after.as_deref())
-            .await?;
-        let next = (runs.len() == limit)
-            .then(|| runs.last().map(|r| r.run_id.clone()))
-            .flatten();
-        Ok(json!({ "runs": to_json(&runs)?, "next": next }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateList {
+    /// Only runs with this status.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<Limit>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    after: Option<String>,
 }
 
-/// `state.delete`.
-pub(super) fn state_delete(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let run_id = a.string("run_id")?;
-        Ok(json!({ "deleted": service.state.delete(&run_id).await? }))
-    })
+impl Handler for StateList {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let limit = self.limit.unwrap_or_default().0;
+            let runs = cx
+                .app
+                .service
+                .state
+                .list(self.status.as_deref(), limit, self.after.as_deref())
+                .await?;
+            let next = (runs.len() == limit)
+                .then(|| runs.last().map(|r| r.run_id.clone()))
+                .flatten();
+            Ok(json!({ "runs": to_json(&runs)?, "next": next }))
+        })
+    }
 }
 
 /// `memory.store`.
-pub(super) fn memory_store(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let namespace = a.string("namespace")?;
-        let key = a.string("key")?;
-        let value = a
-            .take("value")
-            .ok_or_else(|| RpcError::InvalidParams("memory.store: `value` is required".into()))?;
-        let ttl = a.opt_secs("ttl_s")?;
-        service.memory.store(&namespace, &key, &value, ttl).await?;
-        Ok(json!({ "ok": true }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemoryStore {
+    /// For example the agent's or the user's name.
+    namespace: String,
+    key: String,
+    value: AnyValue,
+    #[serde(default)]
+    ttl_s: Option<Ttl>,
+}
+
+impl Handler for MemoryStore {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let ttl = self.ttl_s.map(|t| t.0);
+            cx.app
+                .service
+                .memory
+                .store(&self.namespace, &self.key, &self.value.0, ttl)
+                .await?;
+            Ok(json!({ "ok": true }))
+        })
+    }
+}
+
+/// `memory.get` and `memory.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemoryKey {
+    namespace: String,
+    key: String,
 }
 
 /// `memory.get`.
-pub(super) fn memory_get(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let (namespace, key) = (a.string("namespace")?, a.string("key")?);
-        let value = service.memory.get(&namespace, &key).await?;
-        Ok(json!({ "found": value.is_some(), "value": value }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct MemoryGet(MemoryKey);
+
+/// `memory.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct MemoryDelete(MemoryKey);
+
+impl Handler for MemoryGet {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let MemoryKey { namespace, key } = self.0;
+            let value = cx.app.service.memory.get(&namespace, &key).await?;
+            Ok(json!({ "found": value.is_some(), "value": value }))
+        })
+    }
+}
+
+impl Handler for MemoryDelete {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let MemoryKey { namespace, key } = self.0;
+            Ok(json!({ "deleted": cx.app.service.memory.delete(&namespace, &key).await? }))
+        })
+    }
 }
 
 /// `memory.list`.
-pub(super) fn memory_list(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let namespace = a.string("namespace")?;
-        let prefix = a.opt_string("prefix")?;
-        let limit = a.opt_u64("limit")?.unwrap_or(100).min(10_000) as usize;
-        let entries = service
-            .memory
-            .list(&namespace, prefix.as_deref(), limit)
-            .await?;
-        Ok(json!({ "entries": to_json(&entries)? }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemoryList {
+    namespace: String,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    limit: Option<Limit>,
 }
 
-/// `memory.delete`.
-pub(super) fn memory_delete(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let (namespace, key) = (a.string("namespace")?, a.string("key")?);
-        Ok(json!({ "deleted": service.memory.delete(&namespace, &key).await? }))
-    })
+impl Handler for MemoryList {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let limit = self.limit.unwrap_or_default().0;
+            let entries = cx
+                .app
+                .service
+                .memory
+                .list(&self.namespace, self.prefix.as_deref(), limit)
+                .await?;
+            Ok(json!({ "entries": to_json(&entries)? }))
+        })
+    }
+}
+
+/// `cache.get` and `cache.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheKey {
+    key: String,
 }
 
 /// `cache.get`.
-pub(super) fn cache_get(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let key = a.string("key")?;
-        let value = service.cache.get(&user_key(&key)).await?;
-        Ok(json!({ "found": value.is_some(), "value": value }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct CacheGet(CacheKey);
+
+/// `cache.delete`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub(super) struct CacheDelete(CacheKey);
+
+impl Handler for CacheGet {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let value = cx.app.service.cache.get(&user_key(&self.0.key)).await?;
+            Ok(json!({ "found": value.is_some(), "value": value }))
+        })
+    }
+}
+
+impl Handler for CacheDelete {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let deleted = cx.app.service.cache.delete(&user_key(&self.0.key)).await?;
+            Ok(json!({ "deleted": deleted }))
+        })
+    }
 }
 
 /// `cache.set`.
-pub(super) fn cache_set(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let key = a.string("key")?;
-        let value = a
-            .take("value")
-            .ok_or_else(|| RpcError::InvalidParams("cache.set: `value` is required".into()))?;
-        let ttl = a.opt_secs("ttl_s")?;
-        service.cache.set(&user_key(&key), value, ttl).await?;
-        Ok(json!({ "ok": true }))
-    })
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheSet {
+    key: String,
+    value: AnyValue,
+    #[serde(default)]
+    ttl_s: Option<Ttl>,
 }
 
-/// `cache.delete`.
-pub(super) fn cache_delete(cx: Ctx<'_>, mut a: Args) -> Answer<'_> {
-    Box::pin(async move {
-        let Ctx { app, .. } = cx;
-        let service = &app.service;
-        let key = a.string("key")?;
-        Ok(json!({ "deleted": service.cache.delete(&user_key(&key)).await? }))
-    })
+impl Handler for CacheSet {
+    fn run(self, cx: Ctx<'_>) -> Answer<'_> {
+        Box::pin(async move {
+            let ttl = self.ttl_s.map(|t| t.0);
+            cx.app
+                .service
+                .cache
+                .set(&user_key(&self.key), self.value.0, ttl)
+                .await?;
+            Ok(json!({ "ok": true }))
+        })
+    }
 }

@@ -1,21 +1,13 @@
-//! The method table: every method's name, scope, description, parameters
-//! (with their JSON schemas) and annotations, written once. The scope check,
-//! the parameter names (`Args`), the `/metrics` method labels, the MCP tools
-//! and their schemas, and `rpc.discover` (an OpenRPC document) are all read
-//! from here, so they cannot drift apart.
+//! The method table: every method's name, scope, description, example,
+//! annotations and parameters (a typed struct, see `params`), written once.
+//! The scope check, the parameters' reading, the `/metrics` method labels,
+//! the MCP tools and their schemas, and `rpc.discover` (an OpenRPC
+//! document) are all read from here, so they cannot drift apart.
 
 use litebridge::auth::Scope;
 use serde_json::{Map, Value as Json, json};
 
-use crate::rpc::{Answer, Args, Ctx, DEFAULT_MAX_ROWS, MAX_METHOD_NAME, MAX_ROWS, MAX_TIMEOUT};
-
-/// One parameter of a method.
-pub(crate) struct Param {
-    pub(crate) name: &'static str,
-    pub(crate) required: bool,
-    /// Its JSON schema, with a description.
-    pub(crate) schema: fn() -> Json,
-}
+use crate::rpc::params::{Typed, handler};
 
 /// How a method is offered to MCP clients.
 pub(crate) struct Tool {
@@ -35,23 +27,19 @@ pub(crate) struct Method {
     /// order: shown in `rpc.discover` and the reference, and run over HTTP
     /// and stdio by the tests (`tests/every_method.rs`).
     pub(crate) example: &'static str,
-    pub(crate) params: &'static [Param],
+    /// Its parameters' struct: how they are read, their schema, and what
+    /// the method does with them.
+    pub(crate) handler: Typed,
     /// It changes nothing.
     pub(crate) read_only: bool,
     /// The MCP tool that runs it, if it is one.
     pub(crate) tool: Option<Tool>,
-    /// What it does.
-    pub(crate) run: Run,
 }
-
-/// A method's implementation: its parameters read into [`Args`] (names
-/// checked against the table), the answer to come.
-pub(crate) type Run = for<'a> fn(Ctx<'a>, Args) -> Answer<'a>;
 
 impl Method {
     /// The parameter names in order (positional parameters map to them).
-    pub(crate) fn param_names(&self) -> Vec<&'static str> {
-        self.params.iter().map(|p| p.name).collect()
+    pub(crate) fn param_names(&self) -> &'static [&'static str] {
+        (self.handler.names)()
     }
 
     /// Its example's parameters (see [`Method::example`]).
@@ -64,37 +52,39 @@ impl Method {
 
     /// Its parameters as the JSON schema of one object.
     pub(crate) fn params_schema(&self) -> Json {
-        let properties: Map<String, Json> = self
-            .params
-            .iter()
-            .map(|p| (p.name.to_owned(), (p.schema)()))
-            .collect();
-        let required: Vec<&str> = self
-            .params
-            .iter()
-            .filter(|p| p.required)
-            .map(|p| p.name)
-            .collect();
-        json!({
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": false,
-        })
+        (self.handler.schema)()
     }
+
+    /// Its parameters in positional order, as the schema describes them.
+    pub(crate) fn params(&self) -> Vec<Param> {
+        let schema = self.params_schema();
+        let required = |name: &str| {
+            schema["required"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|n| n == name))
+        };
+        self.param_names()
+            .iter()
+            .map(|&name| Param {
+                name,
+                required: required(name),
+                schema: schema["properties"][name].clone(),
+            })
+            .collect()
+    }
+}
+
+/// One parameter of a method, as its schema describes it.
+pub(crate) struct Param {
+    pub(crate) name: &'static str,
+    pub(crate) required: bool,
+    /// Its JSON schema, with a description where it has one.
+    pub(crate) schema: Json,
 }
 
 /// The method named `name`.
 pub(crate) fn find(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
-}
-
-const fn param(name: &'static str, required: bool, schema: fn() -> Json) -> Param {
-    Param {
-        name,
-        required,
-        schema,
-    }
 }
 
 const fn tool(name: &'static str) -> Option<Tool> {
@@ -104,162 +94,59 @@ const fn tool(name: &'static str) -> Option<Tool> {
     })
 }
 
-fn sql() -> Json {
-    json!({"type": "string", "description": "One SQLite statement (at most 1 MiB). Use ?1, ?2 or :name placeholders for values instead of pasting them into the text."})
-}
-
-fn sql_params() -> Json {
-    json!({
-        "type": ["array", "object"],
-        "description": "Values for ?1, ?2, ... (an array) or for :name parameters (an object). Numbers, strings, booleans, null; a blob is {\"$blob\": \"<base64>\"}.",
-    })
-}
-
-fn timeout() -> Json {
-    json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.timeout_ms."})
-}
-
-fn text(description: &'static str) -> Json {
-    json!({"type": "string", "description": description})
-}
-
-fn any(description: &'static str) -> Json {
-    json!({"description": description})
-}
-
-fn ttl() -> Json {
-    json!({"type": "number", "exclusiveMinimum": 0, "description": "Forget it after this many seconds."})
-}
-
-fn limit() -> Json {
-    json!({"type": "integer", "minimum": 1, "maximum": 10_000, "description": "Most entries to return (default 100)."})
-}
-
-const SQL_PARAM: Param = param("sql", true, sql);
-const PARAMS_PARAM: Param = param("params", false, sql_params);
-const TIMEOUT_PARAM: Param = param("timeout_ms", false, timeout);
-const NO_PARAMS: &[Param] = &[];
-
 /// Every method, in the order the README lists them.
 pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.query",
-        run: super::sql::sql_query,
         scope: Scope::Read,
         description: "Run one read-only SQL statement (SELECT, WITH ... SELECT, PRAGMA reads) and get its rows. Use `schema` first to see the tables. Returns {columns, rows, truncated}; at most `max_rows` rows. Writes are refused: use `execute`.",
         example: r#"{"sql":"SELECT name, type FROM sqlite_schema WHERE type = ?1 LIMIT 5","params":["table"]}"#,
-        params: &[
-            SQL_PARAM,
-            PARAMS_PARAM,
-            TIMEOUT_PARAM,
-            param(
-                "max_rows",
-                false,
-                || json!({"type": "integer", "minimum": 0, "maximum": MAX_ROWS, "description": format!("Most rows to return (default {DEFAULT_MAX_ROWS}; 100 as an MCP tool).")}),
-            ),
-            param(
-                "lane",
-                false,
-                || json!({"type": "string", "enum": ["read", "heavy"], "description": "`heavy` for long scans and aggregates, so point reads are not held up (default `read`)."}),
-            ),
-        ],
+        handler: handler::<super::sql::SqlQuery>(),
         read_only: true,
         tool: tool("query"),
     },
     Method {
         name: "sql.execute",
-        run: super::sql::sql_execute,
         scope: Scope::Write,
         description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
         example: r#"{"sql":"CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)"}"#,
-        params: &[SQL_PARAM, PARAMS_PARAM, TIMEOUT_PARAM],
+        handler: handler::<super::sql::SqlExecute>(),
         read_only: false,
         tool: tool("execute"),
     },
     Method {
         name: "sql.batch",
-        run: super::sql::sql_batch,
         scope: Scope::Write,
         description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement.",
         example: r#"{"statements":[{"sql":"INSERT INTO notes(body) VALUES (?1)","params":["first"]},{"sql":"UPDATE notes SET body = upper(body) WHERE body = :b","params":{":b":"first"}}]}"#,
-        params: &[
-            param(
-                "statements",
-                true,
-                || json!({"type": "array", "minItems": 1, "maxItems": crate::rpc::MAX_STATEMENTS, "items": {"type": "object", "properties": {"sql": sql(), "params": sql_params()}, "required": ["sql"], "additionalProperties": false}, "description": "The statements, in order."}),
-            ),
-            TIMEOUT_PARAM,
-        ],
+        handler: handler::<super::sql::SqlBatch>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "sql.execute_many",
-        run: super::sql::sql_execute_many,
         scope: Scope::Write,
         description: "Run one statement once per parameter row, in one transaction. Returns {changes}.",
         example: r#"{"sql":"INSERT INTO notes(body) VALUES (?1)","rows":[["second"],["third"]]}"#,
-        params: &[
-            SQL_PARAM,
-            param(
-                "rows",
-                true,
-                || json!({"type": "array", "maxItems": crate::rpc::MAX_MANY_ROWS, "items": sql_params(), "description": "One parameter list (or object) per run."}),
-            ),
-            TIMEOUT_PARAM,
-        ],
+        handler: handler::<super::sql::SqlExecuteMany>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "sql.schema",
-        run: super::sql::sql_schema,
         scope: Scope::Read,
         description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::sql::SqlSchema>(),
         read_only: true,
         tool: tool("schema"),
     },
     Method {
         name: "bridge.call",
-        run: super::bridge::bridge_call,
         scope: Scope::Bridge,
         description: "Call a method of the worker processes by name (the worker_* tools do the same, one per method). Returns the method's result.",
         example: r#"{"method":"echo","params":{"value":"hello"},"timeout_ms":10000}"#,
-        params: &[
-            param(
-                "method",
-                true,
-                || json!({"type": "string", "minLength": 1, "maxLength": MAX_METHOD_NAME, "description": "The worker method's name."}),
-            ),
-            param(
-                "params",
-                false,
-                || json!({"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."}),
-            ),
-            TIMEOUT_PARAM,
-            param(
-                "retry",
-                false,
-                || json!({"type": "boolean", "description": "Retry an idempotent method after a recoverable failure (default true)."}),
-            ),
-            param(
-                "max_retries",
-                false,
-                || json!({"type": "integer", "minimum": 0, "description": "Retries at most (default: the server's workers.retry_attempts, which counts attempts, less one)."}),
-            ),
-            param("cache_key", false, || {
-                text(
-                    "Cache the result under this key (per API key) and answer from the cache while it is fresh.",
-                )
-            }),
-            param(
-                "cache_ttl_s",
-                false,
-                || json!({"type": "number", "exclusiveMinimum": 0, "description": "How long a cached result stays fresh, in seconds."}),
-            ),
-        ],
+        handler: handler::<super::bridge::BridgeCall>(),
         read_only: false,
         tool: Some(Tool {
             name: "bridge_call",
@@ -268,316 +155,226 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.stats",
-        run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's statistics: processes, calls, restarts, crashes, breakers and per-method latency percentiles.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::BridgeStats>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "bridge.health",
-        run: super::stats::bridge_status,
         scope: Scope::Read,
         description: "The worker pool's health: the same figures as bridge.stats, with `healthy`.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::BridgeHealth>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "bridge.breaker.reset",
-        run: super::bridge::bridge_breaker_reset,
         scope: Scope::Bridge,
         description: "Close a worker method's circuit breaker now. Returns {reset}: whether there was one.",
         example: r#"{"method":"echo"}"#,
-        params: &[param("method", true, || text("The worker method's name."))],
+        handler: handler::<super::bridge::BreakerReset>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "state.save",
-        run: super::stores::state_save,
         scope: Scope::Write,
         description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
         example: r#"{"run_id":"run-1","state":{"step":2,"items":["a","b"]},"status":"running","total_steps":5}"#,
-        params: &[
-            param("run_id", true, || text("The run's id (1 to 1024 bytes).")),
-            param("state", true, || any("Any JSON value: the run's state.")),
-            param("status", false, || {
-                text("For example running, done, failed.")
-            }),
-            param(
-                "total_steps",
-                false,
-                || json!({"type": "integer", "minimum": 0}),
-            ),
-            param("error_message", false, || json!({"type": "string"})),
-            param(
-                "execution_time_ms",
-                false,
-                || json!({"type": "integer", "minimum": 0}),
-            ),
-            param("memory_usage_mb", false, || json!({"type": "number"})),
-        ],
+        handler: handler::<super::stores::StateSave>(),
         read_only: false,
         tool: tool("state_save"),
     },
     Method {
         name: "state.load",
-        run: super::stores::state_load,
         scope: Scope::Read,
         description: "Load a workflow run's saved state; null when there is none.",
         example: r#"{"run_id":"run-1"}"#,
-        params: &[param("run_id", true, || text("The run's id."))],
+        handler: handler::<super::stores::StateLoad>(),
         read_only: true,
         tool: tool("state_load"),
     },
     Method {
         name: "state.list",
-        run: super::stores::state_list,
         scope: Scope::Read,
         description: "List saved runs, newest first, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
         example: r#"{"status":"running","limit":10}"#,
-        params: &[
-            param("status", false, || text("Only runs with this status.")),
-            param("limit", false, limit),
-            param("after", false, || text("The `next` of the previous page.")),
-        ],
+        handler: handler::<super::stores::StateList>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "state.delete",
-        run: super::stores::state_delete,
         scope: Scope::Write,
         description: "Delete a run's saved state. Returns {deleted}.",
         example: r#"{"run_id":"run-1"}"#,
-        params: &[param("run_id", true, || text("The run's id."))],
+        handler: handler::<super::stores::StateDelete>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "memory.store",
-        run: super::stores::memory_store,
         scope: Scope::Write,
         description: "Remember a value under namespace + key, optionally for ttl_s seconds (then it is gone). Overwrites.",
         example: r#"{"namespace":"agent-7","key":"preference","value":{"tone":"brief"},"ttl_s":3600}"#,
-        params: &[
-            param("namespace", true, || {
-                text("For example the agent's or the user's name.")
-            }),
-            param("key", true, || json!({"type": "string"})),
-            param("value", true, || any("Any JSON value.")),
-            param("ttl_s", false, ttl),
-        ],
+        handler: handler::<super::stores::MemoryStore>(),
         read_only: false,
         tool: tool("memory_store"),
     },
     Method {
         name: "memory.get",
-        run: super::stores::memory_get,
         scope: Scope::Read,
         description: "Recall the value stored under namespace + key. Returns {found, value}.",
         example: r#"{"namespace":"agent-7","key":"preference"}"#,
-        params: &[
-            param("namespace", true, || json!({"type": "string"})),
-            param("key", true, || json!({"type": "string"})),
-        ],
+        handler: handler::<super::stores::MemoryGet>(),
         read_only: true,
         tool: tool("memory_get"),
     },
     Method {
         name: "memory.list",
-        run: super::stores::memory_list,
         scope: Scope::Read,
         description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
         example: r#"{"namespace":"agent-7","prefix":"pref","limit":10}"#,
-        params: &[
-            param("namespace", true, || json!({"type": "string"})),
-            param("prefix", false, || json!({"type": "string"})),
-            param("limit", false, limit),
-        ],
+        handler: handler::<super::stores::MemoryList>(),
         read_only: true,
         tool: tool("memory_list"),
     },
     Method {
         name: "memory.delete",
-        run: super::stores::memory_delete,
         scope: Scope::Write,
         description: "Forget the value under namespace + key. Returns {deleted}.",
         example: r#"{"namespace":"agent-7","key":"preference"}"#,
-        params: &[
-            param("namespace", true, || json!({"type": "string"})),
-            param("key", true, || json!({"type": "string"})),
-        ],
+        handler: handler::<super::stores::MemoryDelete>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "cache.get",
-        run: super::stores::cache_get,
         scope: Scope::Read,
         description: "Read a cached value by key. Returns {found, value}.",
         example: r#"{"key":"weather:paris"}"#,
-        params: &[param("key", true, || json!({"type": "string"}))],
+        handler: handler::<super::stores::CacheGet>(),
         read_only: true,
         tool: tool("cache_get"),
     },
     Method {
         name: "cache.set",
-        run: super::stores::cache_set,
         scope: Scope::Write,
         description: "Cache a value under a key, optionally for ttl_s seconds.",
         example: r#"{"key":"weather:paris","value":{"celsius":18},"ttl_s":600}"#,
-        params: &[
-            param("key", true, || json!({"type": "string"})),
-            param("value", true, || any("Any JSON value.")),
-            param("ttl_s", false, ttl),
-        ],
+        handler: handler::<super::stores::CacheSet>(),
         read_only: false,
         tool: tool("cache_set"),
     },
     Method {
         name: "cache.delete",
-        run: super::stores::cache_delete,
         scope: Scope::Write,
         description: "Remove a cached value. Returns {deleted}.",
         example: r#"{"key":"weather:paris"}"#,
-        params: &[param("key", true, || json!({"type": "string"}))],
+        handler: handler::<super::stores::CacheDelete>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "cache.stats",
-        run: super::stats::cache_stats,
         scope: Scope::Read,
         description: "The two-level cache's figures: hits, misses, hit rate, entries and bytes in memory.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::CacheStats>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "pool.health",
-        run: super::stats::pool_health,
         scope: Scope::Read,
         description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::PoolHealth>(),
         read_only: true,
         tool: tool("pool_health"),
     },
     Method {
         name: "pool.stats",
-        run: super::stats::pool_stats,
         scope: Scope::Read,
         description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::PoolStats>(),
         read_only: true,
         tool: tool("pool_stats"),
     },
     Method {
         name: "persistence.stats",
-        run: super::stats::persistence_stats,
         scope: Scope::Read,
         description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::stats::PersistenceStats>(),
         read_only: true,
         tool: tool("persistence_stats"),
     },
     Method {
         name: "admin.backup",
-        run: super::admin::admin_backup,
         scope: Scope::Admin,
         description: "Take an online backup of the database, verified before it counts. Returns its path and size.",
         example: r#"{}"#,
-        params: &[param("to", false, || {
-            text(
-                "A file name for the backup in the backup directory (no directory; a new name). Default: a timestamped name.",
-            )
-        })],
+        handler: handler::<super::admin::AdminBackup>(),
         read_only: false,
         tool: tool("backup"),
     },
     Method {
         name: "admin.check",
-        run: super::admin::admin_check,
         scope: Scope::Admin,
         description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, foreign_key_violations, elapsed_ms}.",
         example: r#"{"full":false}"#,
-        params: &[param(
-            "full",
-            false,
-            || json!({"type": "boolean", "description": "The full integrity check instead of the quick one (default false)."}),
-        )],
+        handler: handler::<super::admin::AdminCheck>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "admin.checkpoint",
-        run: super::admin::admin_checkpoint,
         scope: Scope::Admin,
         description: "Checkpoint the WAL now. Returns {busy, log_pages, checkpointed_pages, wal_bytes}.",
         example: r#"{"mode":"passive"}"#,
-        params: &[param(
-            "mode",
-            false,
-            || json!({"type": "string", "enum": ["passive", "full", "restart", "truncate"], "description": "SQLite's checkpoint mode (default passive)."}),
-        )],
+        handler: handler::<super::admin::AdminCheckpoint>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "admin.keys.create",
-        run: super::admin::admin_keys_create,
         scope: Scope::Admin,
         description: "Create an API key. Returns {name, scopes, tier, secret}; the secret is shown only this once.",
         example: r#"{"scope":"read,bridge","tier":"free","name":"dashboard"}"#,
-        params: &[
-            param("scope", true, || {
-                text("Comma-separated scopes: read, write, bridge, admin.")
-            }),
-            param(
-                "tier",
-                false,
-                || json!({"type": "string", "enum": ["free", "pro", "enterprise"], "description": "Its quota tier (default free)."}),
-            ),
-            param("name", false, || text("Its name (default: generated).")),
-        ],
+        handler: handler::<super::admin::KeysCreate>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "admin.keys.list",
-        run: super::admin::admin_keys_list,
         scope: Scope::Admin,
         description: "List the API keys (never their secrets): name, scopes, tier, created, revoked, last used.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::admin::KeysList>(),
         read_only: true,
         tool: None,
     },
     Method {
         name: "admin.keys.revoke",
-        run: super::admin::admin_keys_revoke,
         scope: Scope::Admin,
         description: "Revoke an API key by name, at once. Returns {revoked}.",
         example: r#"{"name":"dashboard"}"#,
-        params: &[param("name", true, || text("The key's name."))],
+        handler: handler::<super::admin::KeysRevoke>(),
         read_only: false,
         tool: None,
     },
     Method {
         name: "rpc.discover",
-        run: super::admin::rpc_discover,
         scope: Scope::Read,
         description: "This table as an OpenRPC 1.3 document: every method, its scope, parameters and their JSON schemas.",
         example: r#"{}"#,
-        params: NO_PARAMS,
+        handler: handler::<super::admin::Discover>(),
         read_only: true,
         tool: None,
     },
@@ -589,10 +386,10 @@ pub(crate) fn openrpc() -> Json {
         .iter()
         .map(|m| {
             let params: Vec<Json> = m
-                .params
-                .iter()
+                .params()
+                .into_iter()
                 .map(|p| {
-                    let schema = (p.schema)();
+                    let schema = p.schema;
                     let mut d = json!({"name": p.name, "required": p.required, "schema": schema});
                     if let Some(text) = schema.get("description") {
                         d["description"] = text.clone();
@@ -649,10 +446,10 @@ mod tests {
                 m.name
             );
             let mut params = std::collections::BTreeSet::new();
-            for p in m.params {
+            for p in m.params() {
                 assert!(params.insert(p.name), "{}: `{}` twice", m.name, p.name);
                 assert!(
-                    (p.schema)().is_object(),
+                    p.schema.is_object(),
                     "{}: `{}` needs a schema",
                     m.name,
                     p.name
@@ -674,7 +471,7 @@ mod tests {
                     m.name
                 );
             }
-            for p in m.params.iter().filter(|p| p.required) {
+            for p in m.params().iter().filter(|p| p.required) {
                 assert!(
                     example.contains_key(p.name),
                     "{}: the example lacks `{}`",
@@ -714,10 +511,11 @@ fn reference() -> String {
                 .unwrap_or_default(),
             m.description
         ));
-        if !m.params.is_empty() {
+        let params = m.params();
+        if !params.is_empty() {
             out.push_str("\n| parameter | required | schema |\n|---|---|---|\n");
-            for p in m.params {
-                let mut schema = (p.schema)();
+            for p in params {
+                let mut schema = p.schema;
                 let description = schema
                     .as_object_mut()
                     .and_then(|o| o.remove("description"))
