@@ -11,6 +11,20 @@
 //! ([`RpcError`]); this file reads requests and checks each call against the
 //! caller's scopes and quotas ([`call`]). Each transport message takes one
 //! of the key's concurrent-request slots.
+//!
+//! # Why the table lives in the binary
+//!
+//! A crate of its own between the library and the binary (JSON in, JSON
+//! out) would let a Rust program mount this API on its own router. It is
+//! not one yet, on purpose: a Rust program that embeds litebridge calls the
+//! library's typed API (`Service`, `Database`, `WorkerPool`), which is what
+//! this table itself calls, and no user has asked to serve the JSON-RPC
+//! surface from their own server. The seam is already transport-free
+//! ([`handle`] takes bytes and a [`Caller`], [`call`] a method name and
+//! JSON), and the table depends only on the library, serde and schemars,
+//! so making it a crate is a move of this directory, not a rewrite, once
+//! someone needs it. Until then one crate fewer keeps builds and the public
+//! API smaller.
 
 use std::time::Duration;
 
