@@ -296,6 +296,30 @@ fn bench_prints_one_json_object_per_case() {
     assert!(scratch.is_empty(), "the bench left files behind");
 }
 
+/// The HTTP cases run in rounds on one server: each round's requests must
+/// be valid after the last's (http-execute's keys once collided from the
+/// second round on, failing the case).
+#[test]
+fn the_http_bench_cases_run_all_their_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["http-query", "http-execute"] {
+        let out = litebridge(&[
+            "bench",
+            "--case",
+            case,
+            "--seconds",
+            "0.3",
+            "--json",
+            "--dir",
+            s(dir.path()),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{case}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(v["case"], case);
+        assert!(v["ratio"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
+}
+
 #[test]
 fn configuration_sources_and_refusals() {
     let dir = tempfile::tempdir().unwrap();

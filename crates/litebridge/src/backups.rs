@@ -5,6 +5,28 @@
 //! (see [`Database::backup_to`]); the newest is recorded in `LATEST`, and the
 //! oldest beyond `keep` are deleted. Recovery never trusts a name: it checks
 //! the candidates newest first and uses the first that passes `quick_check`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> litebridge::Result<()> {
+//! use std::time::Duration;
+//! use litebridge::backups::{BackupPolicy, newest_verified, take};
+//! use litebridge::{Database, DbConfig};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("app.db");
+//! let db = Database::open(&path, DbConfig::default()).await?;
+//! db.execute("CREATE TABLE notes(body TEXT)", ()).await?;
+//! let policy = BackupPolicy {
+//!     dir: dir.path().join("backups"),
+//!     interval: Duration::from_secs(3600), // for `schedule`
+//!     keep: 24,
+//! };
+//! let report = take(&db, &policy).await?; // online, verified before it counts
+//! let (newest, _age) = newest_verified(&policy.dir, &path).expect("one backup");
+//! assert_eq!(newest, report.path);
+//! # Ok(()) }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -200,8 +222,18 @@ pub enum Recovery {
     },
 }
 
-/// Restores the newest verified backup over `db` when `force` is set or the
-/// database fails `quick_check`; the file it replaces is moved aside (named
+/// When [`recover`] restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Only if the database fails `quick_check` (what a start with
+    /// `--recover` does).
+    Damaged,
+    /// Whatever the database's state (`litebridge restore --latest`).
+    Always,
+}
+
+/// Restores the newest verified backup over `db` when `when` says (always,
+/// or if the database fails `quick_check`); the file it replaces is moved aside (named
 /// `.damaged-<time>` when it failed the check, `.replaced-<time>` otherwise),
 /// never deleted. `progress(done, total)` follows the copy.
 ///
@@ -211,9 +243,10 @@ pub enum Recovery {
 pub fn recover(
     db: &Path,
     dir: &Path,
-    force: bool,
+    when: When,
     progress: impl FnMut(u64, u64),
 ) -> Result<Recovery> {
+    let force = when == When::Always;
     let sound = db.exists() && check_file(db, crate::db::CheckDepth::Quick).is_ok_and(|r| r.ok);
     if sound && !force {
         return Ok(Recovery::Sound);

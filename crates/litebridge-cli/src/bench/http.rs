@@ -31,6 +31,8 @@ pub(crate) enum Load {
 /// A running server for the HTTP cases.
 pub(crate) struct Bench {
     addr: std::net::SocketAddr,
+    /// The next key `http-execute` inserts.
+    next_key: Arc<AtomicI64>,
     app: Arc<crate::rpc::App>,
     upkeep: tokio::task::JoinHandle<()>,
     /// The `Authorization` header line clients send (secured servers).
@@ -94,6 +96,9 @@ impl Bench {
         ));
         Ok(Bench {
             addr,
+            // Keys past the seeded rows, and past every earlier run's on this
+            // server (the bench runs the case in rounds).
+            next_key: Arc::new(AtomicI64::new(1 << 40)),
             app,
             upkeep,
             authorization,
@@ -113,7 +118,7 @@ impl Bench {
     /// `clients` keep-alive connections, one request in flight on each.
     pub(crate) async fn run(&self, load: Load, clients: usize, seconds: f64) -> CliResult<Figures> {
         let stop = stop_after(seconds);
-        let next_key = Arc::new(AtomicI64::new(1 << 40));
+        let next_key = self.next_key.clone();
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {

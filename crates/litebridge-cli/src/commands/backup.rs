@@ -66,8 +66,12 @@ pub(crate) fn restore_latest(db: &Path, dir: Option<&Path>) -> CliResult {
         Path::to_path_buf,
     );
     let bar = Progress::new(format!("restore --latest {}", db.display()));
-    let recovery =
-        litebridge::backups::recover(db, &dir, true, |done, total| bar.ratio(done, total));
+    let recovery = litebridge::backups::recover(
+        db,
+        &dir,
+        litebridge::backups::When::Always,
+        |done, total| bar.ratio(done, total),
+    );
     bar.finish();
     match recovery? {
         litebridge::backups::Recovery::Restored { from, age, report } => {

@@ -58,9 +58,12 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
     let policy = s.backup_policy();
     if recover {
         let bar = crate::output::Progress::new(format!("recover {}", db.display()));
-        let recovery = litebridge::backups::recover(&db, &policy.dir, false, |done, total| {
-            bar.ratio(done, total)
-        });
+        let recovery = litebridge::backups::recover(
+            &db,
+            &policy.dir,
+            litebridge::backups::When::Damaged,
+            |done, total| bar.ratio(done, total),
+        );
         bar.finish();
         match recovery? {
             litebridge::backups::Recovery::Sound => {

@@ -19,6 +19,33 @@
 //! MCP as the local user with scopes from configuration ([`Caller::local`]).
 //! Nothing here sees a transport, a secret after hashing, or a request's
 //! parameters.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> litebridge::Result<()> {
+//! use std::sync::Arc;
+//! use litebridge::auth::{Auth, NewKey, Scope, Scopes, Tiers, create_key};
+//! use litebridge::store::{SystemClock, migrate};
+//! use litebridge::{Database, DbConfig};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! let db = Database::open(dir.path().join("app.db"), DbConfig::default()).await?;
+//! migrate(&db).await?; // litebridge's own tables, keys among them
+//! let tiers = Tiers::default();
+//! let (key, secret) = create_key(&db, &tiers, NewKey {
+//!     name: Some("dashboard".into()),
+//!     scopes: "read".parse::<Scopes>()?,
+//!     tier: "free".into(),
+//! }).await?;
+//! assert_eq!(key.name, "dashboard"); // the secret is shown only now
+//!
+//! let auth = Auth::open(db.clone(), tiers, Arc::new(SystemClock)).await?;
+//! let caller = auth.authenticate(&secret)?; // one hash, one lookup
+//! caller.require(Scope::Read, "sql.query")?;
+//! assert!(caller.require(Scope::Write, "sql.execute").is_err());
+//! caller.charge()?; // one request against the key's daily and monthly quota
+//! # Ok(()) }
+//! ```
 
 mod keys;
 mod quota;
