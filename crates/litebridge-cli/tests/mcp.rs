@@ -351,6 +351,69 @@ async fn a_read_only_session_has_no_write_tools() {
     client.cancel().await.unwrap();
 }
 
+/// The MCP tools of a session with each set of local scopes are exactly the
+/// table's methods that set allows (as `rpc.discover` lists them, with their
+/// `x-scope` and `x-mcp-tool`), plus one tool per worker method when the
+/// scopes allow `bridge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_of_each_scope_are_the_table_s_methods_for_that_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db"])
+        .arg(dir.path().join("d.db"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(
+                stdin,
+                r#"{{"jsonrpc":"2.0","method":"rpc.discover","id":1}}"#
+            )?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let methods = doc["result"]["methods"].as_array().unwrap().clone();
+    // What each scope allows: write includes read; admin includes all.
+    let allows = |given: &str, needed: &str| {
+        given
+            .split(',')
+            .any(|g| g == needed || g == "admin" || (g == "write" && needed == "read"))
+    };
+    for scopes in ["read", "write", "bridge", "admin", "read,bridge"] {
+        let client = connect(
+            &dir.path().join(format!("{}.db", scopes.replace(',', "-"))),
+            &[
+                "--workers",
+                "python3 examples/worker.py",
+                "--processes",
+                "1",
+            ],
+            &[("LITEBRIDGE_SECURITY_LOCAL_SCOPES", scopes)],
+        )
+        .await;
+        let names = tool_names(&client).await;
+        let expected: BTreeSet<String> = methods
+            .iter()
+            .filter(|m| allows(scopes, m["x-scope"].as_str().unwrap()))
+            .filter_map(|m| m["x-mcp-tool"].as_str().map(str::to_owned))
+            .collect();
+        let (workers, table): (BTreeSet<String>, BTreeSet<String>) =
+            names.into_iter().partition(|n| n.starts_with("worker_"));
+        assert_eq!(table, expected, "{scopes}");
+        assert_eq!(
+            !workers.is_empty(),
+            allows(scopes, "bridge"),
+            "{scopes}: {workers:?}"
+        );
+        client.cancel().await.unwrap();
+    }
+}
+
 /// Reads a streamable-HTTP reply: JSON, or the `data:` lines of an event stream.
 fn mcp_reply(body: &[u8]) -> Value {
     let text = String::from_utf8_lossy(body);

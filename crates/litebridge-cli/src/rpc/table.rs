@@ -403,7 +403,7 @@ pub(crate) fn openrpc() -> Json {
                 .into_iter()
                 .map(|(name, value)| json!({"name": name, "value": value}))
                 .collect();
-            json!({
+            let mut method = json!({
                 "name": m.name,
                 "summary": summary.trim_end_matches('.'),
                 "description": m.description,
@@ -413,7 +413,11 @@ pub(crate) fn openrpc() -> Json {
                 "examples": [{"name": format!("{} example", m.name), "params": example}],
                 "x-scope": m.scope.as_str(),
                 "x-read-only": m.read_only,
-            })
+            });
+            if let Some(t) = &m.tool {
+                method["x-mcp-tool"] = json!(t.name);
+            }
+            method
         })
         .collect();
     json!({
@@ -421,7 +425,7 @@ pub(crate) fn openrpc() -> Json {
         "info": {
             "title": "litebridge",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "SQLite service and process bridge: the JSON-RPC 2.0 method table served over HTTP (POST /rpc), stdio and as MCP tools. Each method needs the scope named in x-scope.",
+            "description": "SQLite service and process bridge: the JSON-RPC 2.0 method table served over HTTP (POST /rpc), stdio and as MCP tools. Each method needs the scope named in x-scope; x-mcp-tool names the MCP tool that runs it, if one does.",
         },
         "methods": methods,
     })
