@@ -138,11 +138,12 @@ pub struct CheckpointConfig {
     /// wal-index hash segment (4096 frames), so reads find pages as fast.
     pub passive_pages: u32,
     /// When a passive checkpoint cannot keep up (readers pin old snapshots) and the
-    /// WAL file exceeds this size, run a `RESTART` checkpoint, which waits (up to
-    /// `restart_wait`) for readers to move on and then lets the WAL start over.
+    /// WAL file exceeds this size, the writer runs a `TRUNCATE` checkpoint
+    /// between two batches, which waits (up to `restart_wait`) for readers to
+    /// move on, then lets the WAL start over and shrinks the file.
     /// Default: 64 MiB.
     pub max_wal_bytes: u64,
-    /// How long a `RESTART` checkpoint may wait for readers. Default: 200 ms.
+    /// How long that `TRUNCATE` checkpoint may wait for readers. Default: 200 ms.
     pub restart_wait: Duration,
 }
 
