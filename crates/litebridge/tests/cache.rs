@@ -128,3 +128,17 @@ async fn memory_is_bounded_and_evictions_are_counted() {
     assert!(s.l1_entries <= 100, "{s:?}");
     assert!(s.evictions >= 800, "{s:?}");
 }
+
+/// A lifetime past what a clock can count is "never expires", not a panic
+/// (a TTL of 1e19 s overflowed the expiry time and took the request down).
+#[tokio::test]
+async fn a_lifetime_past_the_clock_never_expires() {
+    let cache = Cache::open(None, CacheConfig::default()).await.unwrap();
+    cache.set("k", json!(1), Some(Duration::MAX)).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!(1)));
+    let v = cache
+        .get_or_load("l", Some(Duration::MAX), || async { Ok(json!(2)) })
+        .await
+        .unwrap();
+    assert_eq!(v, json!(2));
+}

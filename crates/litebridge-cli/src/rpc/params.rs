@@ -52,19 +52,24 @@ fn run<'a, P: Handler>(cx: Ctx<'a>, method: &'static str, raw: Option<Json>) -> 
 
 /// Reads `raw` (an object, an array, or nothing) into `P`; a complaint
 /// names `method` and the parameter (`sql.query: \`timeout_ms\`: ...`).
+/// Positional parameters are named first, in the order of `P`'s fields, so
+/// a missing or null one is named like a named one.
 pub(crate) fn parse<P: DeserializeOwned>(method: &str, raw: Option<Json>) -> Result<P, RpcError> {
     let value = match raw {
         None | Some(Json::Null) => Json::Object(Map::new()),
-        Some(Json::Array(items)) if items.len() > field_names::<P>().len() => {
+        Some(Json::Array(items)) => {
             let names = field_names::<P>();
-            return Err(RpcError::InvalidParams(format!(
-                "{method} takes at most {} positional parameters ({}), {} were given",
-                names.len(),
-                names.join(", "),
-                items.len()
-            )));
+            if items.len() > names.len() {
+                return Err(RpcError::InvalidParams(format!(
+                    "{method} takes at most {} positional parameters ({}), {} were given",
+                    names.len(),
+                    names.join(", "),
+                    items.len()
+                )));
+            }
+            Json::Object(names.iter().map(|n| (*n).to_owned()).zip(items).collect())
         }
-        Some(v @ (Json::Object(_) | Json::Array(_))) => v,
+        Some(v @ Json::Object(_)) => v,
         Some(_) => {
             return Err(RpcError::InvalidParams(
                 "params must be an array or an object".into(),
@@ -72,14 +77,28 @@ pub(crate) fn parse<P: DeserializeOwned>(method: &str, raw: Option<Json>) -> Res
         }
     };
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        RpcError::InvalidParams(if path == "." {
+        let path = shortened(&e.path().to_string(), 80);
+        let inner = shortened(&e.into_inner().to_string(), 300);
+        RpcError::InvalidParams(if path == "." || inner.starts_with("unknown field") {
+            // (serde names an unknown field itself.)
             format!("{method}: {inner}")
         } else {
             format!("{method}: `{path}`: {inner}")
         })
     })
+}
+
+/// `text` cut to about `max` bytes (at a character boundary) with a marker:
+/// a complaint never echoes a megabyte the client sent.
+fn shortened(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// `P`'s parameters as the JSON schema of one object (draft 7, every
@@ -243,17 +262,20 @@ parameter!(
     json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.timeout_ms."})
 );
 
+/// The longest lifetime a value may be given: 100 years.
+const MAX_TTL_S: f64 = 100.0 * 365.25 * 86_400.0;
+
 parameter!(
-    /// A lifetime in seconds: positive, finite.
+    /// A lifetime in seconds: positive, at most [`MAX_TTL_S`].
     Ttl(Duration) from f64 = "f64",
     |s| {
-        if s.is_finite() && s > 0.0 {
+        if s > 0.0 && s <= MAX_TTL_S {
             Duration::try_from_secs_f64(s).map_err(|e| e.to_string())
         } else {
-            Err(format!("must be a positive number of seconds, got {s}"))
+            Err(format!("must be a number of seconds above 0 and at most {MAX_TTL_S} (100 years), got {s}"))
         }
     },
-    json_schema!({"type": "number", "exclusiveMinimum": 0, "description": "Forget it after this many seconds."})
+    json_schema!({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TTL_S, "description": "Forget it after this many seconds."})
 );
 
 parameter!(
@@ -266,7 +288,7 @@ parameter!(
             Ok(v)
         }
     },
-    json_schema!({"description": "Any JSON value."})
+    json_schema!({"not": {"type": "null"}, "description": "Any JSON value but null."})
 );
 
 parameter!(
@@ -274,7 +296,7 @@ parameter!(
     /// control character.
     MethodName(String) from String = "String",
     |s| {
-        if s.is_empty() || s.len() > MAX_METHOD_NAME || s.chars().any(char::is_control) {
+        if s.is_empty() || s.chars().count() > MAX_METHOD_NAME || s.chars().any(char::is_control) {
             let shown: String = s.chars().take(64).collect();
             Err(format!(
                 "must be a method name of 1 to {MAX_METHOD_NAME} characters, without control characters, got {shown:?}"
@@ -312,7 +334,7 @@ impl JsonSchema for Limit {
         true
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "integer", "minimum": 1, "maximum": 10_000, "description": "Most entries to return (default 100)."})
+        json_schema!({"type": "integer", "minimum": 0, "description": "Most entries to return (default 100; more than 10,000 returns 10,000)."})
     }
 }
 
@@ -340,10 +362,11 @@ mod tests {
                 json!({"sql": 5}),
                 "sql.query: `sql`: invalid type: integer `5`, expected a string",
             ),
+            (json!([]), "sql.query: missing field `sql`"),
             (json!({}), "sql.query: missing field `sql`"),
             (
                 json!({"sql": "SELECT 1", "sqll": 1}),
-                "sql.query: `sqll`: unknown field `sqll`, expected one of `sql`, `params`, `timeout_ms`, `max_rows`, `lane`",
+                "sql.query: unknown field `sqll`, expected one of `sql`, `params`, `timeout_ms`, `max_rows`, `lane`",
             ),
             (
                 json!({"sql": "SELECT 1", "timeout_ms": 0}),
@@ -388,10 +411,25 @@ mod tests {
             complaint::<SqlBatch>("sql.batch", json!({"statements": []})),
             "sql.batch: `statements`: must hold at least one statement"
         );
+        for raw in [json!({"run_id": "r", "state": null}), json!(["r", null])] {
+            assert_eq!(
+                complaint::<StateSave>("state.save", raw),
+                "state.save: `state`: is required (null is not a value here)"
+            );
+        }
         assert_eq!(
-            complaint::<StateSave>("state.save", json!({"run_id": "r", "state": null})),
-            "state.save: `state`: is required (null is not a value here)"
+            complaint::<crate::rpc::stores::CacheSet>(
+                "cache.set",
+                json!({"key": "k", "value": 1, "ttl_s": 1e19})
+            ),
+            "cache.set: `ttl_s`: must be a number of seconds above 0 and at most 3155760000 (100 years), got 10000000000000000000"
         );
+        // Nothing the client sent is echoed at length.
+        let huge = "k".repeat(1 << 20);
+        let m = complaint::<SqlQuery>("sql.query", json!({ "sql": "SELECT 1", huge.clone(): 1 }));
+        assert!(m.len() < 600, "{}", m.len());
+        let m = complaint::<SqlQuery>("sql.query", json!({ "sql": "SELECT 1", "lane": huge }));
+        assert!(m.len() < 600, "{}", m.len());
         assert_eq!(
             complaint::<BridgeCall>("bridge.call", json!({"method": "m", "params": 3})),
             "bridge.call: `params`: must be an array or an object, got 3"

@@ -225,12 +225,20 @@ impl Cache {
         Ok(self.live(&e).then_some(e))
     }
 
+    /// When an entry stored now for `ttl` (or the default) expires: `None`
+    /// for never, and for a lifetime past what a clock can count (a TTL of
+    /// 1e19 s overflowed and panicked).
+    fn expiry(&self, ttl: Option<Duration>) -> Option<SystemTime> {
+        ttl.or(self.default_ttl)
+            .and_then(|t| self.clock.now().checked_add(t))
+    }
+
     /// Stores `value` under `key` for `ttl` (or the default), in both levels.
     ///
     /// # Errors
     /// Writing L2 failed (then nothing is cached).
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
-        let expires = ttl.or(self.default_ttl).map(|t| self.clock.now() + t);
+        let expires = self.expiry(ttl);
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
@@ -301,7 +309,7 @@ impl Cache {
                 }
                 let value = load().await?;
                 self.set(key, value.clone(), ttl).await?;
-                let expires = ttl.or(self.default_ttl).map(|t| self.clock.now() + t);
+                let expires = self.expiry(ttl);
                 Ok::<_, Error>(Entry {
                     value: Arc::new(value),
                     expires,

@@ -146,7 +146,7 @@ fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static s
         .find(|m| m.tool.as_ref().is_some_and(|t| t.name == name))
     {
         let mut args = args;
-        if m.name == "sql.query" && !args.contains_key("max_rows") {
+        if m.name == "sql.query" && args.get("max_rows").is_none_or(Json::is_null) {
             args.insert("max_rows".into(), json!(DEFAULT_QUERY_ROWS));
         }
         return Some((m.name, Json::Object(args)));
