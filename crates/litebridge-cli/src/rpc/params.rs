@@ -424,6 +424,20 @@ mod tests {
             ),
             "cache.set: `ttl_s`: must be a number of seconds above 0 and at most 3155760000 (100 years), got 10000000000000000000"
         );
+        // Counted before any item is read.
+        let statements = vec![json!({"sql": "SELECT 1"}); crate::rpc::MAX_STATEMENTS + 1];
+        assert_eq!(
+            complaint::<SqlBatch>("sql.batch", json!({ "statements": statements })),
+            "sql.batch: `statements`: 10001 statements; at most 10000 are allowed"
+        );
+        let rows = vec![json!([]); crate::rpc::MAX_MANY_ROWS + 1];
+        assert_eq!(
+            complaint::<crate::rpc::sql::SqlExecuteMany>(
+                "sql.execute_many",
+                json!({ "sql": "INSERT INTO t VALUES (1)", "rows": rows })
+            ),
+            "sql.execute_many: `rows`: 1000001 rows; at most 1000000 are allowed"
+        );
         // Nothing the client sent is echoed at length.
         let huge = "k".repeat(1 << 20);
         let m = complaint::<SqlQuery>("sql.query", json!({ "sql": "SELECT 1", huge.clone(): 1 }));

@@ -178,21 +178,62 @@ struct BatchStatement {
 }
 
 /// A batch's statements: 1 to [`MAX_STATEMENTS`].
-#[derive(Deserialize)]
-#[serde(try_from = "Vec<BatchStatement>")]
 struct Statements(Vec<BatchStatement>);
 
-impl TryFrom<Vec<BatchStatement>> for Statements {
-    type Error = String;
-    fn try_from(v: Vec<BatchStatement>) -> Result<Statements, String> {
-        match v.len() {
-            0 => Err("must hold at least one statement".into()),
-            n if n > MAX_STATEMENTS => Err(format!(
-                "{n} statements; at most {MAX_STATEMENTS} are allowed"
-            )),
-            _ => Ok(Statements(v)),
+impl<'de> Deserialize<'de> for Statements {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Statements, D::Error> {
+        bounded(d, MAX_STATEMENTS, "statements").and_then(|v: Vec<BatchStatement>| {
+            if v.is_empty() {
+                Err(serde::de::Error::custom("must hold at least one statement"))
+            } else {
+                Ok(Statements(v))
+            }
+        })
+    }
+}
+
+/// An array of at most `max` items, refused by its length before any item
+/// is read (a body of millions of rows is not converted to be refused).
+fn bounded<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Items<T> {
+        max: usize,
+        what: &'static str,
+        item: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Items<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {} {}", self.max, self.what)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let too_many = |n: &dyn std::fmt::Display| {
+                serde::de::Error::custom(format!(
+                    "{n} {}; at most {} are allowed",
+                    self.what, self.max
+                ))
+            };
+            if let Some(n) = seq.size_hint().filter(|n| *n > self.max) {
+                return Err(too_many(&n));
+            }
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == self.max {
+                    return Err(too_many(&"more"));
+                }
+                items.push(item);
+            }
+            Ok(items)
         }
     }
+    d.deserialize_seq(Items {
+        max,
+        what,
+        item: std::marker::PhantomData,
+    })
 }
 
 impl JsonSchema for Statements {
@@ -239,20 +280,12 @@ pub(super) struct SqlExecuteMany {
 }
 
 /// One parameter list per run, at most [`MAX_MANY_ROWS`].
-#[derive(Deserialize)]
-#[serde(try_from = "Vec<SqlParams>")]
 struct ManyRows(Vec<Params>);
 
-impl TryFrom<Vec<SqlParams>> for ManyRows {
-    type Error = String;
-    fn try_from(v: Vec<SqlParams>) -> Result<ManyRows, String> {
-        if v.len() > MAX_MANY_ROWS {
-            return Err(format!(
-                "{} rows; at most {MAX_MANY_ROWS} are allowed",
-                v.len()
-            ));
-        }
-        Ok(ManyRows(v.into_iter().map(|p| p.0).collect()))
+impl<'de> Deserialize<'de> for ManyRows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ManyRows, D::Error> {
+        let rows: Vec<SqlParams> = bounded(d, MAX_MANY_ROWS, "rows")?;
+        Ok(ManyRows(rows.into_iter().map(|p| p.0).collect()))
     }
 }
 
