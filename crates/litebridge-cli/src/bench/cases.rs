@@ -92,7 +92,7 @@ pub(crate) fn mutex(path: &Path, seconds: f64, full: bool) -> CliResult<Figures>
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let (conn, stop, next_key) = (conn.clone(), stop.clone(), next_key.clone());
-            std::thread::spawn(move || {
+            super::measure::baseline_thread(move || {
                 let mut samples = Samples::with_capacity(200_000);
                 while !stop.load(Ordering::Relaxed) {
                     let k = next_key.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +175,7 @@ pub(crate) fn raw_threads(path: &Path, seconds: f64) -> CliResult<Figures> {
         .map(|t| {
             let stop = stop.clone();
             let path = path.to_path_buf();
-            std::thread::spawn(move || -> rusqlite::Result<Samples> {
+            super::measure::baseline_thread(move || -> rusqlite::Result<Samples> {
                 let conn = Connection::open_with_flags(
                     &path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -70,6 +70,18 @@ pub(crate) fn stop_after(seconds: f64) -> Arc<AtomicBool> {
     stop
 }
 
+/// Starts a thread of a baseline, named `bench-baseline` so that a profile
+/// tells it from litebridge's own threads (a thread started from a tokio
+/// worker would otherwise inherit the name `tokio-rt-worker`).
+pub(crate) fn baseline_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name("bench-baseline".into())
+        .spawn(f)
+        .expect("a thread can be started")
+}
+
 /// A small fast generator for benchmark keys (xorshift64*).
 pub(crate) struct Rng(u64);
 

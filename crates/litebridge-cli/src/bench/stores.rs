@@ -59,7 +59,7 @@ pub(crate) async fn mutex_state(path: &Path, seconds: f64) -> CliResult<Figures>
         let threads: Vec<_> = (0..PRODUCERS)
             .map(|t| {
                 let (conn, stop) = (conn.clone(), stop.clone());
-                std::thread::spawn(move || {
+                super::measure::baseline_thread(move || {
                     let mut rng = Rng::new(t + 1);
                     let mut samples = Samples::with_capacity(65_536);
                     let mut step = 0;
