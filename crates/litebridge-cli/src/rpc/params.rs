@@ -308,6 +308,14 @@ parameter!(
     json_schema!({"type": "string", "minLength": 1, "maxLength": MAX_METHOD_NAME, "description": "The worker method's name."})
 );
 
+parameter!(
+    /// A count or a duration the stores keep as a 64-bit signed integer:
+    /// 0 to `i64::MAX`.
+    Count(i64) from u64 = "u64",
+    |n| i64::try_from(n).map_err(|_| format!("is at most {}", i64::MAX)),
+    json_schema!({"type": "integer", "minimum": 0, "maximum": i64::MAX})
+);
+
 /// How many entries a list returns: 100 unless given, at most 10,000 (a
 /// larger number is taken as 10,000).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -423,6 +431,13 @@ mod tests {
                 json!({"key": "k", "value": 1, "ttl_s": 1e19})
             ),
             "cache.set: `ttl_s`: must be a number of seconds above 0 and at most 3155760000 (100 years), got 10000000000000000000"
+        );
+        assert_eq!(
+            complaint::<StateSave>(
+                "state.save",
+                json!({"run_id": "r", "state": 1, "total_steps": 1u64 << 63})
+            ),
+            "state.save: `total_steps`: is at most 9223372036854775807"
         );
         // Counted before any item is read.
         let statements = vec![json!({"sql": "SELECT 1"}); crate::rpc::MAX_STATEMENTS + 1];

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{AnyValue, Handler, Limit, Ttl};
+use super::params::{AnyValue, Count, Handler, Limit, Ttl};
 use super::*;
 
 /// `state.save`.
@@ -18,11 +18,11 @@ pub(super) struct StateSave {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
-    total_steps: Option<u64>,
+    total_steps: Option<Count>,
     #[serde(default)]
     error_message: Option<String>,
     #[serde(default)]
-    execution_time_ms: Option<u64>,
+    execution_time_ms: Option<Count>,
     #[serde(default)]
     memory_usage_mb: Option<f64>,
 }
@@ -30,7 +30,6 @@ pub(super) struct StateSave {
 impl Handler for StateSave {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             let saved = cx
                 .app
                 .service
@@ -39,9 +38,9 @@ impl Handler for StateSave {
                     run_id: self.run_id,
                     state: self.state.0,
                     status: self.status,
-                    total_steps: self.total_steps.map(as_i64),
+                    total_steps: self.total_steps.map(|n| n.0),
                     error_message: self.error_message,
-                    execution_time_ms: self.execution_time_ms.map(as_i64),
+                    execution_time_ms: self.execution_time_ms.map(|n| n.0),
                     memory_usage_mb: self.memory_usage_mb,
                 })
                 .await?;
