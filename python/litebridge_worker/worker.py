@@ -19,12 +19,12 @@ Design:
 """
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import json
 import logging
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -218,6 +218,55 @@ class _Shape:
         return None
 
 
+class _Pool:
+    """Threads for synchronous handlers: one SimpleQueue of jobs, threads
+    started on demand up to ``max_threads`` and kept. The threads are
+    daemons, so a handler that never returns cannot keep the process alive
+    past ``drain_timeout`` once stdin has closed (ThreadPoolExecutor's
+    threads are joined at exit, which kept such a worker alive for as long
+    as the handler ran). A job claims an idle thread when it is submitted,
+    so two calls in a row never wait behind one waking thread."""
+
+    def __init__(self, max_threads, prefix):
+        self._jobs = queue.SimpleQueue()
+        self._max = max(1, max_threads)
+        self._prefix = prefix
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job and not yet claimed
+        self._started = 0
+
+    def submit(self, fn, *args):
+        self._jobs.put((fn, args))
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # this job is that thread's
+                return
+            if self._started >= self._max:
+                return  # it waits for the first thread to come free
+            self._started += 1
+            n = self._started
+        threading.Thread(target=self._work, name="%s_%d" % (self._prefix, n), daemon=True).start()
+
+    def _work(self):
+        get, lock = self._jobs.get, self._lock
+        while True:
+            job = get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except BaseException:  # the job answers its own errors; never lose the thread
+                pass
+            job = fn = args = None
+            with lock:
+                self._idle += 1
+
+    def shutdown(self):
+        for _ in range(self._started):
+            self._jobs.put(None)
+
+
 class Worker:
     """A registry of methods and the loop that serves them."""
 
@@ -309,9 +358,7 @@ class Worker:
 
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._max_threads, thread_name_prefix="litebridge-handler"
-        )
+        self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
         fd = sys.stdin.buffer.fileno()
@@ -330,7 +377,7 @@ class Worker:
         deadline = self._loop.time() + self._drain_timeout
         while self._inflight and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
 
     def _on_readable(self, fd):
         try:

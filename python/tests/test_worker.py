@@ -186,6 +186,32 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertEqual(self.peer.proc.wait(timeout=10), 0)
 
 
+class DrainTest(unittest.TestCase):
+    def test_a_hung_sync_handler_does_not_keep_the_worker_past_its_drain(self):
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "stuck.py")
+            with open(script, "w") as f:
+                f.write(
+                    "import time\n"
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker(drain_timeout=0.3)\n"
+                    "@w.method()\n"
+                    "def stuck():\n"
+                    "    time.sleep(30)\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                peer.call("stuck")
+                time.sleep(0.2)  # the handler is running
+                started = time.monotonic()
+                peer.proc.stdin.close()
+                peer.proc.wait(timeout=10)
+                self.assertLess(time.monotonic() - started, 3.0)
+            finally:
+                peer.close()
+
+
 class GenericModeTest(unittest.TestCase):
     def setUp(self):
         self.trace = tempfile.mktemp()
