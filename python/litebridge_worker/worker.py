@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import inspect
 import json
+from json.encoder import encode_basestring as _encode_str
 import logging
 import os
 import queue
@@ -34,6 +35,34 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 WORKER_ERROR = -32004
+
+def _fast_encoder():
+    """The C encoder behind json.dumps, built once with the SDK's options
+    (compact, not ASCII-only) and no circular-reference bookkeeping, so it
+    holds no state threads could share: a circular result raises, and the
+    caller falls back to json's own encoder, which names the problem. None
+    when this Python does not have it or it does not encode as json does
+    (checked here on a sample)."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+        if c_make_encoder is None:
+            return None
+
+        def default(o):
+            raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+
+        enc = c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, True)
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": float("inf")}}
+        ref = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode(sample)
+        if "".join(enc(sample, 0)) != ref:
+            return None
+        return lambda o: "".join(enc(o, 0))
+    except Exception:
+        return None
+
+
+# A result's JSON the fast way (None: json's own encoder only).
+_FAST_ENCODE = _fast_encoder()
 
 # Stdin is read in chunks of this size. Reading 1 MiB at a time made the C
 # library map and unmap a fresh buffer on every read (~13 us per call, most
@@ -394,6 +423,11 @@ class Worker:
                 self._eof.set_result(None)
             return
         buf = self._buf
+        if not buf and data.find(b"\n") == len(data) - 1:
+            # The usual case, one whole line: no copy into the buffer.
+            if data.strip():
+                self._dispatch(data)
+            return
         start = len(buf)
         buf += data
         if b"\n" not in data:
@@ -412,7 +446,7 @@ class Worker:
 
     def _dispatch(self, line):
         try:
-            msg = json.loads(line)
+            msg = json.loads(line.decode("utf-8", "surrogatepass"))
         except ValueError as e:
             self._reply_error(None, PARSE_ERROR, "parse error: %s" % e)
             return
@@ -569,12 +603,21 @@ class Worker:
         if rid is None:
             return
         try:
-            body = self._encode(result)
+            if type(result) is str:
+                body = _encode_str(result)
+            elif _FAST_ENCODE is not None:
+                try:
+                    body = _FAST_ENCODE(result)
+                except Exception:  # a circular result, or one json refuses
+                    body = self._encode(result)
+            else:
+                body = self._encode(result)
         except (TypeError, ValueError):
             # Let _write report what cannot be serialized.
             self._write({"jsonrpc": "2.0", "id": rid, "result": result})
             return
-        line = '{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (self._encode(rid), body)
+        rid_text = "%d" % rid if type(rid) is int else self._encode(rid)
+        line = '{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (rid_text, body)
         self._send(line.encode("utf-8", "surrogatepass"))
 
     def _reply_error(self, rid, code, message, data=None):

@@ -212,6 +212,38 @@ class DrainTest(unittest.TestCase):
                 peer.close()
 
 
+class UnencodableResultTest(unittest.TestCase):
+    def test_a_result_json_cannot_encode_is_an_error_reply_and_the_worker_goes_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "odd.py")
+            with open(script, "w") as f:
+                f.write(
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker()\n"
+                    "@w.method()\n"
+                    "def opaque():\n"
+                    "    return {'x': object()}\n"
+                    "@w.method()\n"
+                    "def circular():\n"
+                    "    c = []\n"
+                    "    c.append(c)\n"
+                    "    return c\n"
+                    "@w.method()\n"
+                    "def text():\n"
+                    "    return 'é\\n'\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                e = peer.roundtrip("opaque")["error"]
+                self.assertIn("not JSON serializable", e["message"])
+                e = peer.roundtrip("circular")["error"]
+                self.assertIn("Circular reference", e["message"])
+                self.assertEqual(peer.roundtrip("text")["result"], "é\n")
+            finally:
+                peer.close()
+
+
 class GenericModeTest(unittest.TestCase):
     def setUp(self):
         self.trace = tempfile.mktemp()
