@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::Handler;
+use super::params::{Handler, parameter};
 use super::stats::without_params;
 use super::*;
 
@@ -76,32 +76,15 @@ pub(super) struct AdminCheckpoint {
     mode: Option<Mode>,
 }
 
-/// SQLite's checkpoint mode.
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
-struct Mode(CheckpointMode);
-
-impl TryFrom<String> for Mode {
-    type Error = String;
-    fn try_from(s: String) -> Result<Mode, String> {
-        s.parse().map(Mode).map_err(|e: Error| match e {
-            Error::InvalidArgument { message, .. } => message,
-            other => other.to_string(),
-        })
-    }
-}
-
-impl JsonSchema for Mode {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "CheckpointMode".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "enum": ["passive", "full", "restart", "truncate"], "description": "SQLite's checkpoint mode (default passive)."})
-    }
-}
+parameter!(
+    /// SQLite's checkpoint mode.
+    Mode(CheckpointMode) from String = "String",
+    |s| s.parse().map_err(|e: Error| match e {
+        Error::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
+    }),
+    schemars::json_schema!({"type": "string", "enum": ["passive", "full", "restart", "truncate"], "description": "SQLite's checkpoint mode (default passive)."})
+);
 
 impl Handler for AdminCheckpoint {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {

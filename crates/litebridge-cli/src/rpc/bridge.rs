@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{Handler, MethodName, TimeoutMs, Ttl};
+use super::params::{Handler, MethodName, TimeoutMs, Ttl, parameter};
 use super::*;
 
 /// `bridge.call`.
@@ -31,32 +31,15 @@ pub(super) struct BridgeCall {
     cache_ttl_s: Option<Ttl>,
 }
 
-/// A worker call's arguments: positional (an array) or named (an object).
-#[derive(Deserialize)]
-#[serde(try_from = "serde_json::Value")]
-struct CallParams(Json);
-
-impl TryFrom<Json> for CallParams {
-    type Error = String;
-    fn try_from(v: Json) -> Result<CallParams, String> {
-        match v {
-            Json::Array(_) | Json::Object(_) => Ok(CallParams(v)),
-            other => Err(format!("must be an array or an object, got {other}")),
-        }
-    }
-}
-
-impl JsonSchema for CallParams {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "CallParams".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."})
-    }
-}
+parameter!(
+    /// A worker call's arguments: positional (an array) or named (an object).
+    CallParams(Json) from Json = "serde_json::Value",
+    |v| match v {
+        Json::Array(_) | Json::Object(_) => Ok(v),
+        other => Err(format!("must be an array or an object, got {other}")),
+    },
+    schemars::json_schema!({"type": ["array", "object"], "description": "Its arguments: positional (array) or named (object)."})
+);
 
 impl Handler for BridgeCall {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {

@@ -198,7 +198,7 @@ fn field_names<P: DeserializeOwned>() -> &'static [&'static str] {
 macro_rules! parameter {
     ($(#[$doc:meta])* $name:ident($inner:ty) from $from:ty = $from_name:literal, $check:expr, $schema:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Deserialize)]
+        #[derive(Debug, Clone, ::serde::Deserialize)]
         #[serde(try_from = $from_name)]
         pub(crate) struct $name(pub(crate) $inner);
 
@@ -210,19 +210,20 @@ macro_rules! parameter {
             }
         }
 
-        impl JsonSchema for $name {
-            fn schema_name() -> Cow<'static, str> {
+        impl ::schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
                 stringify!($name).into()
             }
             fn inline_schema() -> bool {
                 true
             }
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
                 $schema
             }
         }
     };
 }
+pub(crate) use parameter;
 
 parameter!(
     /// One SQLite statement, at most [`MAX_SQL`] bytes.

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{Handler, Sql, SqlParams, TimeoutMs};
+use super::params::{Handler, Sql, SqlParams, TimeoutMs, parameter};
 use super::*;
 
 /// Values of an optional `params`.
@@ -33,60 +33,26 @@ pub(super) struct SqlQuery {
     lane: Option<LaneName>,
 }
 
-/// Rows returned at most: [`DEFAULT_MAX_ROWS`] unless given, at most
-/// [`MAX_ROWS`].
-#[derive(Deserialize)]
-#[serde(try_from = "u64")]
-struct MaxRows(usize);
+parameter!(
+    /// Rows returned at most: [`DEFAULT_MAX_ROWS`] unless given, at most
+    /// [`MAX_ROWS`].
+    MaxRows(usize) from u64 = "u64",
+    |n| match usize::try_from(n) {
+        Ok(n) if n <= MAX_ROWS => Ok(n),
+        _ => Err(format!("is at most {MAX_ROWS}")),
+    },
+    schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_ROWS, "description": format!("Most rows to return (default {DEFAULT_MAX_ROWS}; 100 as an MCP tool).")})
+);
 
-impl TryFrom<u64> for MaxRows {
-    type Error = String;
-    fn try_from(n: u64) -> Result<MaxRows, String> {
-        match usize::try_from(n) {
-            Ok(n) if n <= MAX_ROWS => Ok(MaxRows(n)),
-            _ => Err(format!("is at most {MAX_ROWS}")),
-        }
-    }
-}
-
-impl JsonSchema for MaxRows {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "MaxRows".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_ROWS, "description": format!("Most rows to return (default {DEFAULT_MAX_ROWS}; 100 as an MCP tool).")})
-    }
-}
-
-/// `read` or `heavy`.
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
-struct LaneName(Lane);
-
-impl TryFrom<String> for LaneName {
-    type Error = String;
-    fn try_from(s: String) -> Result<LaneName, String> {
-        s.parse().map(LaneName).map_err(|e: Error| match e {
-            Error::InvalidArgument { message, .. } => message,
-            other => other.to_string(),
-        })
-    }
-}
-
-impl JsonSchema for LaneName {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Lane".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "enum": ["read", "heavy"], "description": "`heavy` for long scans and aggregates, so point reads are not held up (default `read`)."})
-    }
-}
+parameter!(
+    /// `read` or `heavy`.
+    LaneName(Lane) from String = "String",
+    |s| s.parse().map_err(|e: Error| match e {
+        Error::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
+    }),
+    schemars::json_schema!({"type": "string", "enum": ["read", "heavy"], "description": "`heavy` for long scans and aggregates, so point reads are not held up (default `read`)."})
+);
 
 #[cfg(test)]
 impl SqlQuery {
