@@ -23,7 +23,10 @@
 //!   [`Database::checkpoint`](crate::Database::checkpoint) run there too;
 //! - SQLite refuses a checkpoint while another one runs (`SQLITE_BUSY`, without
 //!   waiting), so every checkpoint of this process takes one mutex first;
-//! - when idle this thread checkpoints what is left; at close it truncates.
+//! - when idle this thread checkpoints what is left; at close it truncates;
+//! - the read-mark keeper (`keeper`) follows: refreshed after every commit
+//!   and every checkpoint, set aside for the checkpoints that wait for
+//!   readers, closed before the last one.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::db::keeper::Keeper;
 use crate::db::open::Opener;
 use crate::db::writer::{CheckpointMode, CheckpointReport, checkpoint};
 use crate::error::{Error, Result};
@@ -48,19 +52,33 @@ enum Kick {
 }
 
 /// State shared by the checkpoint thread and the writer.
-#[derive(Debug, Default)]
 struct Progress {
     /// WAL frames known to be copied into the database by the last checkpoint.
     backfilled: AtomicU32,
     /// Whether a background checkpoint is running.
     busy: AtomicBool,
-    /// Held by whoever runs a checkpoint in this process.
+    /// Held by whoever runs a checkpoint in this process (before `keeper`).
     lock: Mutex<()>,
+    keeper: Keeper,
 }
 
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.lock)
+    }
+
+    /// Runs a checkpoint with the keeper out of its way, then moves the
+    /// keeper to the newest snapshot (to slot 0 when every frame is copied,
+    /// which lets the next write restart the log). Call with `lock` held.
+    fn checkpoint(&self, conn: &Connection, mode: CheckpointMode) -> Result<CheckpointReport> {
+        if mode == CheckpointMode::Passive {
+            // PASSIVE waits for nobody, and the keeper's mark is the newest.
+            let r = checkpoint(conn, mode);
+            self.keeper.refresh();
+            r
+        } else {
+            self.keeper.aside(|| checkpoint(conn, mode))
+        }
     }
 
     fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
@@ -89,7 +107,12 @@ impl Checkpointer {
         // One pending nudge is enough: the checkpoint it starts covers every
         // commit made before it.
         let (tx, rx) = flume::bounded(1);
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress {
+            backfilled: AtomicU32::new(0),
+            busy: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            keeper: Keeper::open(&opener.path),
+        });
         let worker = Worker {
             progress: progress.clone(),
             conn,
@@ -161,6 +184,9 @@ impl Nudge {
         wal_frames: &AtomicU32,
         counters: &Counters,
     ) {
+        // First: a keeper left on the last snapshot would stop any
+        // checkpoint short of this commit's frames.
+        self.progress.keeper.refresh();
         let frames = wal_frames.load(Ordering::Relaxed);
         if frames < self.passive_pages {
             return;
@@ -208,7 +234,7 @@ impl Nudge {
         wal_frames: &AtomicU32,
         counters: &Counters,
     ) -> Result<CheckpointReport> {
-        let r = checkpoint(conn, mode)?;
+        let r = self.progress.checkpoint(conn, mode)?;
         counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         if !r.busy && r.log_pages == r.checkpointed_pages {
             wal_frames.store(0, Ordering::Relaxed);
@@ -248,7 +274,10 @@ impl Worker {
                     self.checkpoint(CheckpointMode::Passive);
                     dirty = false;
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    // Commits by another process moved the snapshot on.
+                    self.progress.keeper.refresh();
+                }
                 Ok(Kick::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
                     self.truncate();
                     return;
@@ -258,7 +287,7 @@ impl Worker {
     }
 
     fn checkpoint(&self, mode: CheckpointMode) -> Option<CheckpointReport> {
-        let r = checkpoint(&self.conn, mode).ok()?;
+        let r = self.progress.checkpoint(&self.conn, mode).ok()?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         Some(r)
     }
@@ -267,6 +296,7 @@ impl Worker {
     /// snapshots, then empties the WAL file.
     fn truncate(&self) {
         let _guard = self.progress.lock();
+        self.progress.keeper.close();
         let _ = self.conn.busy_timeout(self.restart_wait);
         self.checkpoint(CheckpointMode::Truncate);
     }

@@ -49,6 +49,7 @@ mod heap;
 mod heavy;
 mod inline;
 mod introspect;
+mod keeper;
 mod open;
 mod patterns;
 mod queue;
