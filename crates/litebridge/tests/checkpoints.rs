@@ -103,3 +103,103 @@ async fn the_wal_restarts_under_steady_writes_without_truncating() {
     assert!(!r.busy);
     assert_eq!(db.wal_bytes(), 0);
 }
+
+/// A second `Database` on the same file (another process, or a
+/// `litebridge stdio` beside a server) that reads nothing holds nothing:
+/// its read-mark keeper must not keep the first one's log from restarting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_second_database_on_the_file_does_not_keep_the_log_from_restarting() {
+    let (dir, db) = open_kv(config().checkpoint(CheckpointConfig {
+        passive_pages: 64,
+        max_wal_bytes: 1 << 30,
+        restart_wait: Duration::from_millis(200),
+    }))
+    .await;
+    let idle = litebridge::Database::open(dir.path().join("test.db"), config().build().unwrap())
+        .await
+        .unwrap();
+    let mut max_wal = 0;
+    for round in 0..400i64 {
+        let rows = (0..50)
+            .map(|i| params![round * 100 + i, "v".repeat(1000)])
+            .collect();
+        db.execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            rows,
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+        db.query("SELECT v FROM kv WHERE k = ?1", params![round])
+            .await
+            .unwrap();
+        max_wal = max_wal.max(db.stats().wal_bytes);
+    }
+    assert!(max_wal < 8 << 20, "WAL grew to {max_wal} bytes");
+    idle.close().await;
+    db.close().await;
+}
+
+/// A second `Database` on the file that keeps reading while the first one
+/// writes: its keeper yields once it sees the other's commits, so the log
+/// stays within its bound and the writer's TRUNCATE is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_database_reading_the_file_does_not_unbound_the_log() {
+    let limit = 512 * 1024;
+    let (dir, db) = open_kv(
+        config()
+            .checkpoint(CheckpointConfig {
+                passive_pages: 64,
+                max_wal_bytes: limit,
+                restart_wait: Duration::from_millis(200),
+            })
+            .journal_size_limit(limit as i64),
+    )
+    .await;
+    let other = litebridge::Database::open(dir.path().join("test.db"), config().build().unwrap())
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (other, stop) = (other.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut k = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                other
+                    .query("SELECT v FROM kv WHERE k = ?1", params![k % 1000])
+                    .await
+                    .unwrap();
+                k += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut max_wal = 0;
+    // Long enough for several of the other's ticks (one a second).
+    let mut round = 0i64;
+    while started.elapsed() < Duration::from_secs(4) {
+        let rows = (0..100)
+            .map(|i| params![round * 1000 + i, "v".repeat(200)])
+            .collect();
+        db.execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            rows,
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+        max_wal = max_wal.max(db.stats().wal_bytes);
+        round += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    eprintln!("largest WAL: {max_wal} bytes over {round} batches");
+    assert!(max_wal < 12 * limit, "WAL grew to {max_wal} bytes");
+    // Held up by the other's keeper, each batch waited `restart_wait` (36
+    // batches in 4 s); 1,000-2,700 without.
+    assert!(round > 200, "only {round} batches in 4 s");
+    other.close().await;
+    let r = db.checkpoint(CheckpointMode::Truncate).await.unwrap();
+    assert!(!r.busy);
+}

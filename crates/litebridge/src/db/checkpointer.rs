@@ -24,15 +24,16 @@
 //! - SQLite refuses a checkpoint while another one runs (`SQLITE_BUSY`, without
 //!   waiting), so every checkpoint of this process takes one mutex first;
 //! - when idle this thread checkpoints what is left; at close it truncates;
-//! - the read-mark keeper (`keeper`) follows: refreshed after every commit
-//!   and every checkpoint, set aside for the checkpoints that wait for
-//!   readers, closed before the last one.
+//! - the read-mark keeper (`keeper`) follows: moved after every commit and
+//!   around every checkpoint, set aside for the checkpoints that wait for
+//!   readers, ticked by this thread at least once a second, closed before
+//!   the last checkpoint.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -59,7 +60,7 @@ struct Progress {
     busy: AtomicBool,
     /// Held by whoever runs a checkpoint in this process (before `keeper`).
     lock: Mutex<()>,
-    keeper: Keeper,
+    keeper: Arc<Keeper>,
 }
 
 impl Progress {
@@ -72,7 +73,10 @@ impl Progress {
     /// which lets the next write restart the log). Call with `lock` held.
     fn checkpoint(&self, conn: &Connection, mode: CheckpointMode) -> Result<CheckpointReport> {
         if mode == CheckpointMode::Passive {
-            // PASSIVE waits for nobody, and the keeper's mark is the newest.
+            // PASSIVE waits for nobody. Moved first: a keeper on an older
+            // snapshot limits what it may copy, and one on slot 0 (left
+            // there by a complete checkpoint) stops it copying anything.
+            self.keeper.refresh();
             let r = checkpoint(conn, mode);
             self.keeper.refresh();
             r
@@ -111,12 +115,14 @@ impl Checkpointer {
             backfilled: AtomicU32::new(0),
             busy: AtomicBool::new(false),
             lock: Mutex::new(()),
-            keeper: Keeper::open(&opener.path),
+            keeper: Arc::new(Keeper::open(&opener.path)),
         });
         let worker = Worker {
             progress: progress.clone(),
             conn,
             restart_wait: opener.config.checkpoint.restart_wait,
+            wal_path: opener.wal_path(),
+            max_wal_bytes: opener.config.checkpoint.max_wal_bytes,
             idle: opener
                 .config
                 .health_check_interval
@@ -138,6 +144,11 @@ impl Checkpointer {
             progress,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// The read-mark keeper, for the readers to mark it used.
+    pub(crate) fn keeper(&self) -> Arc<Keeper> {
+        self.progress.keeper.clone()
     }
 
     /// What the writer uses to drive checkpoints.
@@ -184,15 +195,16 @@ impl Nudge {
         wal_frames: &AtomicU32,
         counters: &Counters,
     ) {
+        let frames = wal_frames.load(Ordering::Relaxed);
+        let past_bound = frames >= self.passive_pages
+            && std::fs::metadata(&self.wal_path).map_or(0, |m| m.len()) > self.max_wal_bytes;
         // First: a keeper left on the last snapshot would stop any
         // checkpoint short of this commit's frames.
-        self.progress.keeper.refresh();
-        let frames = wal_frames.load(Ordering::Relaxed);
+        self.progress.keeper.after_commit(past_bound);
         if frames < self.passive_pages {
             return;
         }
-        let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        if wal_bytes > self.max_wal_bytes {
+        if past_bound {
             // Readers keep the log from restarting: wait for them, briefly.
             if let Some(_guard) = self.progress.try_lock() {
                 let _ = conn.busy_timeout(self.restart_wait);
@@ -248,6 +260,8 @@ struct Worker {
     progress: Arc<Progress>,
     conn: Connection,
     restart_wait: Duration,
+    wal_path: PathBuf,
+    max_wal_bytes: u64,
     idle: Duration,
     counters: Arc<Counters>,
 }
@@ -255,8 +269,15 @@ struct Worker {
 impl Worker {
     fn run(self, rx: &flume::Receiver<Kick>) {
         let mut dirty = false;
+        let mut ticked = Instant::now();
         loop {
-            match rx.recv_timeout(self.idle) {
+            if ticked.elapsed() >= self.idle {
+                // At least once a second, however busy the log keeps this thread.
+                ticked = Instant::now();
+                let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+                self.progress.keeper.tick(wal_bytes > self.max_wal_bytes);
+            }
+            match rx.recv_timeout(self.idle.saturating_sub(ticked.elapsed())) {
                 Ok(Kick::Wal) => {
                     self.progress.busy.store(true, Ordering::Release);
                     let guard = self.progress.lock();
@@ -274,10 +295,7 @@ impl Worker {
                     self.checkpoint(CheckpointMode::Passive);
                     dirty = false;
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    // Commits by another process moved the snapshot on.
-                    self.progress.keeper.refresh();
-                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
                 Ok(Kick::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
                     self.truncate();
                     return;

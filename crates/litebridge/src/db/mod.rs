@@ -289,8 +289,17 @@ impl Database {
         };
         let counters = Arc::new(Counters::default());
         let (writer, checkpointer) = WriterHandle::start(opener.clone(), counters.clone())?;
-        let readers = ReaderPool::new(opener.clone(), counters.clone())?;
-        let heavy = HeavyLane::start(&opener, counters.clone())?;
+        let lanes = ReaderPool::new(opener.clone(), counters.clone(), checkpointer.keeper())
+            .and_then(|readers| Ok((readers, HeavyLane::start(&opener, counters.clone())?)));
+        let (readers, heavy) = match lanes {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                // The threads started so far hold the file: stop them.
+                writer.shutdown();
+                checkpointer.shutdown();
+                return Err(e);
+            }
+        };
         let inner = Arc::new(Inner {
             opener,
             writer,

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use crate::db::exec::is_connection_failure;
 use crate::db::guard::{self, Budget, Mode};
 use crate::db::inline;
+use crate::db::keeper::Keeper;
 use crate::db::open::Opener;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::stats::Counters;
@@ -48,10 +49,15 @@ pub(crate) struct ReaderPool {
     size: usize,
     opener: Opener,
     counters: Arc<Counters>,
+    keeper: Arc<Keeper>,
 }
 
 impl ReaderPool {
-    pub(crate) fn new(opener: Opener, counters: Arc<Counters>) -> Result<ReaderPool> {
+    pub(crate) fn new(
+        opener: Opener,
+        counters: Arc<Counters>,
+        keeper: Arc<Keeper>,
+    ) -> Result<ReaderPool> {
         let size = opener.config.readers;
         let idle = (0..size)
             .map(|_| {
@@ -67,6 +73,7 @@ impl ReaderPool {
             size,
             opener,
             counters,
+            keeper,
         })
     }
 
@@ -114,6 +121,7 @@ impl ReaderPool {
                 acquired?.map_err(|_| Error::closed())?
             }
         };
+        self.keeper.used();
         let mut slot = self.checkout();
         let mut result = match Self::attempt(&mut slot, budget, &mut f, inline) {
             Some(r) => r,
