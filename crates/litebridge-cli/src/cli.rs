@@ -112,6 +112,10 @@ pub(crate) enum Command {
         /// Directory for the benchmark's scratch databases (default: the system's temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Run on this many of the CPUs the process may use (Linux; as `taskset`
+        /// would: every thread and worker process of the run is pinned).
+        #[arg(long)]
+        cores: Option<usize>,
     },
 }
 

@@ -57,6 +57,24 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    if let Command::Bench {
+        cores: Some(n),
+        json,
+        ..
+    } = &cli.command
+    {
+        // Before the runtime: its threads inherit the set and it sizes itself to it.
+        match bench::cores::pin(*n) {
+            Ok(cpus) if !json => {
+                println!("pinned to CPU{} {cpus:?}", if *n == 1 { "" } else { "s" })
+            }
+            Ok(_) => {}
+            Err(f) => {
+                eprintln!("error: {}", f.message);
+                return ExitCode::from(f.code);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,6 +115,7 @@ fn main() -> ExitCode {
                 seconds,
                 json,
                 dir,
+                cores: _,
             } => bench::run(&case, seconds, json, dir.as_deref()).await,
         }
     });

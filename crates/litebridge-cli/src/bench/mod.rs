@@ -3,6 +3,7 @@
 
 mod bridge;
 mod cases;
+pub(crate) mod cores;
 mod http;
 mod measure;
 mod stores;
