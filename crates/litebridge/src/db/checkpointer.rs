@@ -26,8 +26,8 @@
 //! - when idle this thread checkpoints what is left; at close it truncates;
 //! - the read-mark keeper (`keeper`) follows: moved after every commit and
 //!   around every checkpoint, set aside for the checkpoints that wait for
-//!   readers, ticked by this thread at least once a second, closed before
-//!   the last checkpoint.
+//!   readers, ticked by this thread every half `restart_wait` (at most a
+//!   second), closed before the last checkpoint.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -121,8 +121,10 @@ impl Checkpointer {
             progress: progress.clone(),
             conn,
             restart_wait: opener.config.checkpoint.restart_wait,
-            wal_path: opener.wal_path(),
-            max_wal_bytes: opener.config.checkpoint.max_wal_bytes,
+            // Another process's TRUNCATE waits `restart_wait` for readers:
+            // the keeper looks for others twice in that time.
+            tick: (opener.config.checkpoint.restart_wait / 2)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
             idle: opener
                 .config
                 .health_check_interval
@@ -195,16 +197,15 @@ impl Nudge {
         wal_frames: &AtomicU32,
         counters: &Counters,
     ) {
-        let frames = wal_frames.load(Ordering::Relaxed);
-        let past_bound = frames >= self.passive_pages
-            && std::fs::metadata(&self.wal_path).map_or(0, |m| m.len()) > self.max_wal_bytes;
         // First: a keeper left on the last snapshot would stop any
         // checkpoint short of this commit's frames.
-        self.progress.keeper.after_commit(past_bound);
+        self.progress.keeper.refresh();
+        let frames = wal_frames.load(Ordering::Relaxed);
         if frames < self.passive_pages {
             return;
         }
-        if past_bound {
+        let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if wal_bytes > self.max_wal_bytes {
             // Readers keep the log from restarting: wait for them, briefly.
             if let Some(_guard) = self.progress.try_lock() {
                 let _ = conn.busy_timeout(self.restart_wait);
@@ -260,8 +261,7 @@ struct Worker {
     progress: Arc<Progress>,
     conn: Connection,
     restart_wait: Duration,
-    wal_path: PathBuf,
-    max_wal_bytes: u64,
+    tick: Duration,
     idle: Duration,
     counters: Arc<Counters>,
 }
@@ -269,15 +269,16 @@ struct Worker {
 impl Worker {
     fn run(self, rx: &flume::Receiver<Kick>) {
         let mut dirty = false;
+        let mut kicked = Instant::now();
         let mut ticked = Instant::now();
         loop {
-            if ticked.elapsed() >= self.idle {
-                // At least once a second, however busy the log keeps this thread.
+            if ticked.elapsed() >= self.tick {
+                // Every `tick`, however busy the log keeps this thread (a
+                // checkpoint in between may delay it).
                 ticked = Instant::now();
-                let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-                self.progress.keeper.tick(wal_bytes > self.max_wal_bytes);
+                self.progress.keeper.tick();
             }
-            match rx.recv_timeout(self.idle.saturating_sub(ticked.elapsed())) {
+            match rx.recv_timeout(self.tick.saturating_sub(ticked.elapsed())) {
                 Ok(Kick::Wal) => {
                     self.progress.busy.store(true, Ordering::Release);
                     let guard = self.progress.lock();
@@ -288,8 +289,9 @@ impl Worker {
                     drop(guard);
                     self.progress.busy.store(false, Ordering::Release);
                     dirty = true;
+                    kicked = Instant::now();
                 }
-                Err(flume::RecvTimeoutError::Timeout) if dirty => {
+                Err(flume::RecvTimeoutError::Timeout) if dirty && kicked.elapsed() >= self.idle => {
                     // Idle: copy what is left so the next write starts a fresh log.
                     let _guard = self.progress.lock();
                     self.checkpoint(CheckpointMode::Passive);

@@ -13,13 +13,28 @@
 //! a reader that starts on the same snapshot finds that slot already held in
 //! this process and takes its lock without a system call. It is not a
 //! snapshot anyone reads; correctness is SQLite's, as with any other reader.
-//! What it costs is what any open read transaction costs, so it is kept
-//! short of harm:
+//! What it costs is what any open read transaction costs, which is why it
+//! holds one only while it is of use and harms nobody:
 //!
-//! - **It follows every commit.** The writer calls [`Keeper::after_commit`]
-//!   after each batch, so the keeper never pins frames a checkpoint wants to
-//!   copy (a checkpoint copies up to the oldest reader's mark, and this one's
-//!   is the newest). Checkpoints move it before they start, too.
+//! - **Only while this `Database` is alone on the file.** An open read
+//!   transaction keeps *other* writers' logs from restarting and their
+//!   `TRUNCATE` from finishing, and this process cannot move it when they
+//!   commit. So the keeper holds nothing while another `Database` of this
+//!   process has the file open (a count per file) or another process does
+//!   (every SQLite connection holds a shared lock on one byte of the `-shm`
+//!   file, its "dead-man switch", for as long as it is open; Linux lists
+//!   those in `/proc/locks`). Where that cannot be read, it never holds.
+//!   It checks at open and at every tick of the checkpoint thread
+//!   ([`Keeper::tick`], at most half of `restart_wait` apart), so another
+//!   process's `TRUNCATE`, which waits `restart_wait` for readers, finds it
+//!   gone in time.
+//! - **Only while reads use it.** A read wakes it ([`Keeper::used`]); a tick
+//!   with no read since the last one ends its transaction.
+//! - **It follows every commit.** The writer calls [`Keeper::refresh`] after
+//!   each batch, so the keeper never pins frames a checkpoint wants to copy
+//!   (a checkpoint copies up to the oldest reader's mark, and this one's is
+//!   the newest). Checkpoints move it before they start, too: one left on
+//!   slot 0 by a complete checkpoint would stop the next from copying.
 //! - **It lets the log restart.** SQLite starts the WAL over only when no
 //!   reader holds a slot other than 0, and a reader takes slot 0 only once
 //!   every frame is copied. Whoever runs a checkpoint moves the keeper right
@@ -27,25 +42,14 @@
 //!   next write restarts the log.
 //! - **It steps aside for `FULL`, `RESTART` and `TRUNCATE`,** which wait for
 //!   readers: [`Keeper::aside`] ends its transaction for their length.
-//! - **It holds only while it is of use.** Reads mark it used; the checkpoint
-//!   thread's tick ([`Keeper::tick`], at least once a second) ends its
-//!   transaction when no read ran since the last tick. An idle process (a
-//!   `litebridge stdio` beside a server, a second `Database` on the file)
-//!   holds nothing, so it cannot keep another one's log from restarting.
-//! - **It yields to others.** When the tick sees that another process
-//!   committed (the snapshot moved while this process's writer did not
-//!   commit), or the `-wal` file is past `max_wal_bytes`, the keeper holds
-//!   nothing until a tick sees neither: another process's checkpoints and
-//!   `TRUNCATE` are never held up by it for more than a tick.
 //! - **It does not wait for locks.** Its busy timeout is zero: if it cannot
-//!   start a transaction (WAL recovery by another process, say), it stays
-//!   without one until the next move; reads only lose the shortcut. (Its
-//!   mutex is held across a checkpoint set aside for, which the checkpoint
-//!   thread's tick may wait for.)
-//! - A connection that cannot open, or fails to end its transaction, is
-//!   dropped and opened again at the next tick; closed for good before the
-//!   checkpoint thread's last `TRUNCATE`.
+//!   start a transaction, it stays without one until the next move; reads
+//!   only lose the shortcut.
+//! - Every change of what it holds happens under its mutex; a connection
+//!   that cannot end its transaction is dropped and opened again at a tick;
+//!   it is closed for good before the checkpoint thread's last `TRUNCATE`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -58,42 +62,57 @@ use crate::sync::lock;
 /// See the module documentation.
 pub(crate) struct Keeper {
     path: PathBuf,
+    /// The file's identity, as counted in [`OPEN`].
+    file: Option<FileId>,
     state: Mutex<State>,
-    /// Whether the keeper should hold a transaction (it holds one unless it
-    /// could not start it).
+    /// Whether the keeper should hold a transaction (it holds one, unless it
+    /// could not start it). Changed under `state`; read without it as a hint.
     active: AtomicBool,
     /// A read ran since the last tick.
     used: AtomicBool,
-    /// The last tick saw another process commit, or the WAL past its bound.
+    /// Somebody else has the file open. Changed under `state`.
     barred: AtomicBool,
-    /// This process's writer committed since the last tick.
-    committed: AtomicBool,
 }
 
 struct State {
     conn: Option<Connection>,
     closed: bool,
-    /// `PRAGMA data_version` at the last start: it changes when any other
-    /// connection commits.
-    data_version: Option<i64>,
 }
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+/// How many keepers of this process are open on each file.
+static OPEN: Mutex<Option<HashMap<FileId, usize>>> = Mutex::new(None);
+
+/// The byte of the `-shm` file every connection holds a shared lock on while
+/// it is open (SQLite's `UNIX_SHM_DMS`: 120 + 8 lock bytes).
+const SHM_DMS: u64 = 128;
 
 impl Keeper {
     /// A keeper on the database at `path`, holding nothing until a read
     /// uses it.
     pub(crate) fn open(path: &Path) -> Keeper {
-        Keeper {
+        let file = file_id(path);
+        if let Some(id) = file {
+            *lock(&OPEN)
+                .get_or_insert_with(HashMap::new)
+                .entry(id)
+                .or_insert(0) += 1;
+        }
+        let keeper = Keeper {
             path: path.to_path_buf(),
+            file,
             state: Mutex::new(State {
                 conn: connect(path),
                 closed: false,
-                data_version: None,
             }),
             active: AtomicBool::new(false),
             used: AtomicBool::new(false),
-            barred: AtomicBool::new(false),
-            committed: AtomicBool::new(false),
-        }
+            barred: AtomicBool::new(true),
+        };
+        keeper.barred.store(!keeper.alone(), Ordering::Relaxed);
+        keeper
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -113,11 +132,16 @@ impl Keeper {
 
     #[cold]
     fn wake(&self) {
-        // Whoever holds the lock is moving the keeper already.
-        let Ok(mut state) = self.state.try_lock() else {
-            return;
+        // A busy lock: whoever holds it is moving the keeper already.
+        let mut state = match self.state.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        if self.active.load(Ordering::Relaxed) || self.barred.load(Ordering::Relaxed) {
+        if state.closed
+            || self.active.load(Ordering::Relaxed)
+            || self.barred.load(Ordering::Relaxed)
+        {
             return;
         }
         // Set even if the start fails: the next move tries again, not every read.
@@ -125,24 +149,15 @@ impl Keeper {
         state.restart();
     }
 
-    /// Called by the writer after each commit. `wal_past_bound`: the WAL is
-    /// past `max_wal_bytes` (the writer is about to truncate it).
-    pub(crate) fn after_commit(&self, wal_past_bound: bool) {
-        self.committed.store(true, Ordering::Relaxed);
-        if wal_past_bound {
-            self.barred.store(true, Ordering::Relaxed);
-            self.active.store(false, Ordering::Relaxed);
-            self.state().end();
-        } else {
-            self.refresh();
-        }
-    }
-
     /// Moves the keeper's read transaction to the newest snapshot, if it
-    /// holds one.
+    /// holds one. The writer calls it after each batch.
     pub(crate) fn refresh(&self) {
         if self.active.load(Ordering::Relaxed) {
-            self.state().restart();
+            let mut state = self.state();
+            // A tick may have let go meanwhile.
+            if self.active.load(Ordering::Relaxed) {
+                state.restart();
+            }
         }
     }
 
@@ -159,8 +174,8 @@ impl Keeper {
     }
 
     /// The checkpoint thread's tick (see the module documentation).
-    /// `wal_past_bound`: the `-wal` file is past `max_wal_bytes`.
-    pub(crate) fn tick(&self, wal_past_bound: bool) {
+    pub(crate) fn tick(&self) {
+        let alone = self.alone();
         let mut state = self.state();
         if state.closed {
             return;
@@ -168,26 +183,43 @@ impl Keeper {
         if state.conn.is_none() {
             state.conn = connect(&self.path);
         }
-        let before = state.data_version;
-        state.restart();
-        let own = self.committed.swap(false, Ordering::Relaxed);
-        let foreign = !own && before.is_some() && state.data_version != before;
-        let barred = foreign || wal_past_bound;
-        self.barred.store(barred, Ordering::Relaxed);
-        let hold = self.used.swap(false, Ordering::Relaxed) && !barred;
+        self.barred.store(!alone, Ordering::Relaxed);
+        let hold = self.used.swap(false, Ordering::Relaxed) && alone;
         self.active.store(hold, Ordering::Relaxed);
-        if !hold {
+        if hold {
+            state.restart();
+        } else {
             state.end();
         }
+    }
+
+    /// Whether no other `Database` of this process and no other process has
+    /// the file open (false when that cannot be told).
+    fn alone(&self) -> bool {
+        let Some(id) = self.file else { return false };
+        let ours = lock(&OPEN).as_ref().and_then(|m| m.get(&id).copied());
+        ours == Some(1) && !other_process_has_open(&shm_path(&self.path))
     }
 
     /// Ends the transaction and closes the connection for good.
     pub(crate) fn close(&self) {
         let mut state = self.state();
+        if state.closed {
+            return;
+        }
         state.closed = true;
         self.active.store(false, Ordering::Relaxed);
         state.end();
         state.conn = None;
+        if let Some(id) = self.file
+            && let Some(open) = lock(&OPEN).as_mut()
+            && let Some(n) = open.get_mut(&id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&id);
+            }
+        }
     }
 
     /// Whether the keeper holds a read transaction now (for tests).
@@ -197,6 +229,12 @@ impl Keeper {
             .conn
             .as_ref()
             .is_some_and(|c| !c.is_autocommit())
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -220,21 +258,86 @@ fn connect(path: &Path) -> Option<Connection> {
     }
 }
 
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<FileId> {
+    None
+}
+
+fn shm_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+/// Whether `/proc/locks` lists a lock on the `-shm` file's dead-man-switch
+/// byte held by another process. True when that cannot be read: the keeper
+/// then stays out of everyone's way. (Opening the `-shm` file to ask with
+/// `F_GETLK` is not an option: closing any descriptor of a file drops every
+/// POSIX lock this process holds on it, SQLite's included.)
+fn other_process_has_open(shm: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(inode) = std::fs::metadata(shm).map(|m| m.ino()) else {
+            return true;
+        };
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return true;
+        };
+        locks_show_another_process(&locks, inode, std::process::id())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shm;
+        true
+    }
+}
+
+/// Reads `/proc/locks` lines such as
+/// `1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128`.
+fn locks_show_another_process(locks: &str, inode: u64, own_pid: u32) -> bool {
+    locks.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "->" marks a waiter, listed with its own fields shifted by one.
+        let f = if f.get(1) == Some(&"->") {
+            &f[1..]
+        } else {
+            &f[..]
+        };
+        let (Some(pid), Some(id), Some(start), Some(end)) =
+            (f.get(4), f.get(5), f.get(6), f.get(7))
+        else {
+            return false;
+        };
+        let ours = pid.parse::<i64>().ok() == Some(i64::from(own_pid));
+        let same_file = id.rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) == Some(inode);
+        let start = start.parse::<u64>().unwrap_or(u64::MAX);
+        let covers =
+            start <= SHM_DMS && (*end == "EOF" || end.parse::<u64>().is_ok_and(|e| e >= SHM_DMS));
+        same_file && covers && !ours
+    })
+}
+
 impl State {
     /// Ends the transaction held, if any, and starts one on the newest
     /// snapshot. `BEGIN` starts none by itself, the first read does;
-    /// `data_version` reads the header only, never the schema.
+    /// `schema_version` reads the header only, never the schema.
     fn restart(&mut self) {
         self.end();
         let Some(conn) = &self.conn else { return };
         let started = conn.prepare_cached("BEGIN").and_then(|mut s| {
             s.execute([])?;
-            conn.prepare_cached("PRAGMA data_version")?
+            conn.prepare_cached("PRAGMA schema_version")?
                 .query_row([], |r| r.get::<_, i64>(0))
         });
-        match started {
-            Ok(v) => self.data_version = Some(v),
-            Err(_) => self.end(),
+        if started.is_err() {
+            self.end();
         }
     }
 
@@ -277,8 +380,8 @@ mod tests {
         c
     }
 
-    /// A database in WAL mode, its writer, and a keeper a read has woken.
-    fn setup() -> (tempfile::TempDir, Connection, Keeper) {
+    /// A database in WAL mode and its writer.
+    fn database() -> (tempfile::TempDir, PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let writer = open(&path);
@@ -288,6 +391,12 @@ mod tests {
                  CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB);",
             )
             .unwrap();
+        (dir, path, writer)
+    }
+
+    /// ... and a keeper a read has woken.
+    fn setup() -> (tempfile::TempDir, Connection, Keeper) {
+        let (dir, path, writer) = database();
         let keeper = Keeper::open(&path);
         assert!(!keeper.holding(), "a keeper nobody used holds nothing");
         keeper.used();
@@ -300,7 +409,7 @@ mod tests {
         let (_dir, writer, keeper) = setup();
         for n in 0..20 {
             write(&writer, n);
-            keeper.after_commit(false);
+            keeper.refresh();
         }
         // Copies every frame (the keeper's mark is the newest)...
         let (log, copied) = passive(&writer);
@@ -308,7 +417,7 @@ mod tests {
         // ... and moved now, the keeper sits on slot 0: the log restarts.
         keeper.refresh();
         write(&writer, 100);
-        keeper.after_commit(false);
+        keeper.refresh();
         assert!(passive(&writer).0 < 5, "the log did not restart");
     }
 
@@ -316,10 +425,10 @@ mod tests {
     fn a_keeper_on_slot_0_is_moved_before_a_passive_checkpoint_or_it_copies_nothing() {
         let (_dir, writer, keeper) = setup();
         write(&writer, 1);
-        keeper.after_commit(false);
+        keeper.refresh();
         passive(&writer);
         keeper.refresh();
-        // Frames the keeper has not seen (another process's, say).
+        // Frames the keeper has not been moved past.
         for n in 2..10 {
             write(&writer, n);
         }
@@ -337,7 +446,7 @@ mod tests {
     fn truncate_waits_for_no_keeper_set_aside() {
         let (_dir, writer, keeper) = setup();
         write(&writer, 1);
-        keeper.after_commit(false);
+        keeper.refresh();
         let truncate = || {
             writer
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -348,7 +457,7 @@ mod tests {
         // A keeper on a snapshot in the log holds TRUNCATE off...
         assert_eq!(truncate(), 1, "TRUNCATE was not busy");
         write(&writer, 2);
-        keeper.after_commit(false);
+        keeper.refresh();
         // ... and set aside it does not.
         assert_eq!(keeper.aside(truncate), 0);
         assert!(keeper.holding());
@@ -357,54 +466,101 @@ mod tests {
     #[test]
     fn a_keeper_no_read_used_since_the_last_tick_holds_nothing() {
         let (_dir, writer, keeper) = setup();
-        keeper.tick(false);
+        keeper.tick();
         assert!(keeper.holding(), "used since the last tick");
-        keeper.tick(false);
+        keeper.tick();
         assert!(!keeper.holding());
         // The writer's commits do not wake it; a read does.
         write(&writer, 1);
-        keeper.after_commit(false);
+        keeper.refresh();
         assert!(!keeper.holding());
         keeper.used();
         assert!(keeper.holding());
     }
 
     #[test]
-    fn a_keeper_yields_to_another_process_writing_until_it_stops() {
-        let (_dir, writer, keeper) = setup();
-        keeper.tick(false);
-        // Commits this process's writer did not report: someone else's.
-        write(&writer, 1);
-        keeper.used();
-        keeper.tick(false);
-        assert!(!keeper.holding());
-        keeper.used();
-        assert!(!keeper.holding(), "a read woke a barred keeper");
-        // A tick with no foreign commit lifts the bar.
-        keeper.tick(false);
-        keeper.used();
-        assert!(keeper.holding());
-        // This process's own commits are not foreign.
-        write(&writer, 2);
-        keeper.after_commit(false);
-        keeper.tick(false);
-        assert!(keeper.holding());
+    fn two_keepers_of_one_process_on_a_file_hold_nothing() {
+        let (_dir, path, _writer) = database();
+        let first = Keeper::open(&path);
+        first.used();
+        assert!(first.holding());
+        let second = Keeper::open(&path);
+        second.used();
+        assert!(!second.holding());
+        first.tick();
+        first.used();
+        assert!(!first.holding(), "the first one did not let go at its tick");
+        // Alone again once the other one closes.
+        drop(second);
+        first.tick();
+        first.used();
+        assert!(first.holding());
     }
 
     #[test]
-    fn a_keeper_holds_nothing_while_the_log_is_past_its_bound() {
-        let (_dir, writer, keeper) = setup();
-        write(&writer, 1);
-        keeper.after_commit(true);
-        assert!(!keeper.holding());
-        keeper.used();
-        assert!(!keeper.holding());
-        keeper.tick(true);
-        keeper.used();
-        assert!(!keeper.holding());
-        keeper.tick(false);
+    fn a_keeper_holds_nothing_while_another_process_has_the_file_open() {
+        let (_dir, path, _writer) = database();
+        let keeper = Keeper::open(&path);
         keeper.used();
         assert!(keeper.holding());
+        // Another process: a connection that reads once and waits for stdin.
+        let mut other = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 c.execute('SELECT count(*) FROM t').fetchall()\n\
+                 print('open', flush=True)\n\
+                 sys.stdin.read()",
+            ])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "open");
+        keeper.tick();
+        assert!(!keeper.holding());
+        keeper.used();
+        assert!(!keeper.holding(), "a read woke it while the other was open");
+        drop(other.stdin.take());
+        other.wait().unwrap();
+        keeper.tick();
+        keeper.used();
+        assert!(keeper.holding(), "alone again, it did not hold");
+    }
+
+    #[test]
+    fn proc_locks_lines_are_read_for_other_processes_on_the_dead_man_switch() {
+        let locks = "1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128\n\
+                     2: POSIX  ADVISORY  READ 32217 fe:00:10010636 1073741826 1073742335\n\
+                     3: FLOCK  ADVISORY  WRITE 900 00:1a:77 0 EOF\n\
+                     4: -> POSIX  ADVISORY  WRITE 555 fe:00:10010641 120 135\n";
+        // Another process on the byte, by inode.
+        assert!(locks_show_another_process(locks, 10010641, 1));
+        // Our own lock is not another process's.
+        assert!(!locks_show_another_process(
+            "1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128\n",
+            10010641,
+            32217
+        ));
+        // A waiter is somebody too, and a range to EOF covers the byte.
+        assert!(locks_show_another_process(locks, 10010641, 32217));
+        assert!(locks_show_another_process(locks, 77, 1));
+        // Other bytes and other files are not.
+        assert!(!locks_show_another_process(
+            "1: POSIX  ADVISORY  READ 7 fe:00:10010641 0 127\n",
+            10010641,
+            1
+        ));
+        assert!(!locks_show_another_process(locks, 12345, 1));
+        assert!(!locks_show_another_process("", 10010641, 1));
     }
 
     #[test]
@@ -413,7 +569,7 @@ mod tests {
         keeper.close();
         assert!(!keeper.holding());
         keeper.used();
-        keeper.tick(false);
+        keeper.tick();
         keeper.used();
         assert!(!keeper.holding());
     }
