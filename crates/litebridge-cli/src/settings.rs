@@ -252,6 +252,13 @@ const KEYS: &[Key] = &[
         help: "refuse a damaged file at start",
     },
     Key {
+        name: "db.read_mark_keeper",
+        env: &[],
+        kind: Kind::Bool,
+        default: || Value::Bool(db().read_mark_keeper),
+        help: "keep an idle read transaction so point reads skip two lock calls (off if this process writes the file through other connections)",
+    },
+    Key {
         name: "workers.command",
         env: &[],
         kind: Kind::Text,
@@ -709,6 +716,7 @@ impl Settings {
             .default_timeout(Some(self.ms("db.timeout_ms")))
             .health_check_interval(self.ms("db.health_check_interval_ms"))
             .quick_check_on_open(self.bool("db.quick_check_on_open"))
+            .read_mark_keeper(self.bool("db.read_mark_keeper"))
             .max_write_hold(self.ms("db.max_write_hold_ms"))
             .max_result_bytes(self.int("db.max_result_bytes") as usize)
             .max_request_memory(self.int("db.max_request_memory") as usize)

@@ -202,6 +202,13 @@ pub struct DbConfig {
     pub checkpoint: CheckpointConfig,
     /// Run `PRAGMA quick_check` when opening and refuse a damaged file. Default: true.
     pub quick_check_on_open: bool,
+    /// Keep one idle read transaction on the newest snapshot while reads run
+    /// and this `Database` is alone on the file, so point reads skip two lock
+    /// system calls each (see `db::keeper`). Turn off when the application
+    /// writes the same file through connections of its own in this process:
+    /// those cannot be told from litebridge's, and the keeper would hold up
+    /// their checkpoints.
+    pub read_mark_keeper: bool,
     /// Create the database file when it does not exist. Default: true.
     pub create: bool,
     /// The longest one client request (SQL text given to `execute`, `batch`,
@@ -258,6 +265,7 @@ impl Default for DbConfig {
             health_check_interval: DEFAULT_HEALTH_CHECK_INTERVAL,
             checkpoint: CheckpointConfig::default(),
             quick_check_on_open: true,
+            read_mark_keeper: true,
             create: true,
             max_write_hold: DEFAULT_MAX_WRITE_HOLD,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
@@ -431,6 +439,8 @@ impl DbConfigBuilder {
         checkpoint: CheckpointConfig,
         /// Sets [`DbConfig::quick_check_on_open`].
         quick_check_on_open: bool,
+        /// Sets [`DbConfig::read_mark_keeper`].
+        read_mark_keeper: bool,
         /// Sets [`DbConfig::create`].
         create: bool,
         /// Sets [`DbConfig::max_write_hold`].

@@ -79,7 +79,7 @@ async fn the_wal_restarts_under_steady_writes_without_truncating() {
     }))
     .await;
     let mut max_wal = 0;
-    for round in 0..400i64 {
+    for round in 0..800i64 {
         let rows = (0..50)
             .map(|i| params![round * 100 + i, "v".repeat(1000)])
             .collect();
@@ -97,8 +97,10 @@ async fn the_wal_restarts_under_steady_writes_without_truncating() {
         max_wal = max_wal.max(db.stats().wal_bytes);
     }
     eprintln!("largest WAL: {max_wal} bytes");
-    // ~20 MB written; a log that never restarted would be that big.
-    assert!(max_wal < 8 << 20, "WAL grew to {max_wal} bytes");
+    // ~40 MB written; a log that never restarted would be that big (the
+    // largest seen was 4.5 MB with the keeper, 3.8 MB without it, on a
+    // quiet machine; more under load, as the checkpoint thread lags).
+    assert!(max_wal < 16 << 20, "WAL grew to {max_wal} bytes");
     let r = db.checkpoint(CheckpointMode::Truncate).await.unwrap();
     assert!(!r.busy);
     assert_eq!(db.wal_bytes(), 0);
@@ -119,7 +121,7 @@ async fn an_idle_second_database_on_the_file_does_not_keep_the_log_from_restarti
         .await
         .unwrap();
     let mut max_wal = 0;
-    for round in 0..400i64 {
+    for round in 0..800i64 {
         let rows = (0..50)
             .map(|i| params![round * 100 + i, "v".repeat(1000)])
             .collect();
@@ -135,7 +137,7 @@ async fn an_idle_second_database_on_the_file_does_not_keep_the_log_from_restarti
             .unwrap();
         max_wal = max_wal.max(db.stats().wal_bytes);
     }
-    assert!(max_wal < 8 << 20, "WAL grew to {max_wal} bytes");
+    assert!(max_wal < 16 << 20, "WAL grew to {max_wal} bytes");
     idle.close().await;
     db.close().await;
 }

@@ -26,8 +26,8 @@
 //! - when idle this thread checkpoints what is left; at close it truncates;
 //! - the read-mark keeper (`keeper`) follows: moved after every commit and
 //!   around every checkpoint, set aside for the checkpoints that wait for
-//!   readers, ticked by this thread every half `restart_wait` (at most a
-//!   second), closed before the last checkpoint.
+//!   readers, ticked by this thread every half `restart_wait` (10 to 50 ms;
+//!   later when a checkpoint runs long), closed before the last checkpoint.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -115,16 +115,15 @@ impl Checkpointer {
             backfilled: AtomicU32::new(0),
             busy: AtomicBool::new(false),
             lock: Mutex::new(()),
-            keeper: Arc::new(Keeper::open(&opener.path)),
+            keeper: Keeper::open(&opener.path, opener.config.read_mark_keeper),
         });
         let worker = Worker {
             progress: progress.clone(),
             conn,
             restart_wait: opener.config.checkpoint.restart_wait,
-            // Another process's TRUNCATE waits `restart_wait` for readers:
-            // the keeper looks for others twice in that time.
+            // How soon the keeper lets go of a file another process opened.
             tick: (opener.config.checkpoint.restart_wait / 2)
-                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+                .clamp(Duration::from_millis(10), Duration::from_millis(50)),
             idle: opener
                 .config
                 .health_check_interval

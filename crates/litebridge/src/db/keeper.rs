@@ -20,16 +20,19 @@
 //!   transaction keeps *other* writers' logs from restarting and their
 //!   `TRUNCATE` from finishing, and this process cannot move it when they
 //!   commit. So the keeper holds nothing while another `Database` of this
-//!   process has the file open (a count per file) or another process does
-//!   (every SQLite connection holds a shared lock on one byte of the `-shm`
-//!   file, its "dead-man switch", for as long as it is open; Linux lists
-//!   those in `/proc/locks`). Where that cannot be read, it never holds.
-//!   It checks at open and at every tick of the checkpoint thread
-//!   ([`Keeper::tick`], at most half of `restart_wait` apart), so another
-//!   process's `TRUNCATE`, which waits `restart_wait` for readers, finds it
-//!   gone in time.
+//!   process has the file open (a new one makes the others let go at once)
+//!   or another process has (asked of the kernel, see `shm_peers`: every
+//!   SQLite connection that has read the file holds a lock on one byte of
+//!   its `-shm`). Where that cannot be told, it never holds. It asks when it
+//!   opens and at each tick of the checkpoint thread ([`Keeper::tick`], every
+//!   half `restart_wait` up to 50 ms, later when a checkpoint runs long), so
+//!   a process that opens the file later waits at most about a tick for it.
+//!   Connections of this process that are not litebridge's cannot be told
+//!   from its own: `db.read_mark_keeper = false` turns the keeper off for
+//!   an application that writes the file through its own connections.
 //! - **Only while reads use it.** A read wakes it ([`Keeper::used`]); a tick
-//!   with no read since the last one ends its transaction.
+//!   with no read since the last one ends its transaction, and then only
+//!   the next tick (which asks again whether it is alone) lets reads wake it.
 //! - **It follows every commit.** The writer calls [`Keeper::refresh`] after
 //!   each batch, so the keeper never pins frames a checkpoint wants to copy
 //!   (a checkpoint copies up to the oldest reader's mark, and this one's is
@@ -45,24 +48,28 @@
 //! - **It does not wait for locks.** Its busy timeout is zero: if it cannot
 //!   start a transaction, it stays without one until the next move; reads
 //!   only lose the shortcut.
-//! - Every change of what it holds happens under its mutex; a connection
-//!   that cannot end its transaction is dropped and opened again at a tick;
-//!   it is closed for good before the checkpoint thread's last `TRUNCATE`.
+//! - Once open, every change of what it holds happens under its mutex; a
+//!   connection that cannot end its transaction is dropped and opened again
+//!   at a tick; it is closed for good before the checkpoint thread's last
+//!   `TRUNCATE`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::db::shm_peers::{FileId, Peers, file_id};
 use crate::sync::lock;
 
 /// See the module documentation.
 pub(crate) struct Keeper {
+    /// The database file, links followed (SQLite names its `-shm` after it).
     path: PathBuf,
-    /// The file's identity, as counted in [`OPEN`].
+    shm: PathBuf,
+    /// The file's identity when opened, as counted in [`OPEN`].
     file: Option<FileId>,
     state: Mutex<State>,
     /// Whether the keeper should hold a transaction (it holds one, unless it
@@ -70,48 +77,59 @@ pub(crate) struct Keeper {
     active: AtomicBool,
     /// A read ran since the last tick.
     used: AtomicBool,
-    /// Somebody else has the file open. Changed under `state`.
+    /// Somebody else has the file open, or may have. Changed under `state`.
     barred: AtomicBool,
 }
 
 struct State {
     conn: Option<Connection>,
     closed: bool,
+    peers: Peers,
 }
 
-/// A file's device and inode.
-type FileId = (u64, u64);
-
-/// How many keepers of this process are open on each file.
-static OPEN: Mutex<Option<HashMap<FileId, usize>>> = Mutex::new(None);
-
-/// The byte of the `-shm` file every connection holds a shared lock on while
-/// it is open (SQLite's `UNIX_SHM_DMS`: 120 + 8 lock bytes).
-const SHM_DMS: u64 = 128;
+/// The open keepers of this process, per file.
+static OPEN: Mutex<Option<HashMap<FileId, Vec<Weak<Keeper>>>>> = Mutex::new(None);
 
 impl Keeper {
     /// A keeper on the database at `path`, holding nothing until a read
-    /// uses it.
-    pub(crate) fn open(path: &Path) -> Keeper {
-        let file = file_id(path);
-        if let Some(id) = file {
-            *lock(&OPEN)
-                .get_or_insert_with(HashMap::new)
-                .entry(id)
-                .or_insert(0) += 1;
-        }
-        let keeper = Keeper {
-            path: path.to_path_buf(),
-            file,
+    /// uses it (and never when not `enabled`: it then has no connection and
+    /// counts for nothing). Other keepers of this process on the same file
+    /// let go at once.
+    pub(crate) fn open(path: &Path, enabled: bool) -> Arc<Keeper> {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut shm = path.clone().into_os_string();
+        shm.push("-shm");
+        let keeper = Arc::new(Keeper {
+            file: enabled.then(|| file_id(&path)).flatten(),
+            shm: PathBuf::from(shm),
             state: Mutex::new(State {
-                conn: connect(path),
+                conn: enabled.then(|| connect(&path)).flatten(),
                 closed: false,
+                peers: Peers::default(),
             }),
+            path,
             active: AtomicBool::new(false),
             used: AtomicBool::new(false),
             barred: AtomicBool::new(true),
+        });
+        let others: Vec<Arc<Keeper>> = match keeper.file {
+            Some(id) => {
+                let mut open = lock(&OPEN);
+                let list = open.get_or_insert_with(HashMap::new).entry(id).or_default();
+                list.retain(|k| k.strong_count() > 0);
+                list.push(Arc::downgrade(&keeper));
+                list.iter().filter_map(Weak::upgrade).collect()
+            }
+            None => Vec::new(),
         };
-        keeper.barred.store(!keeper.alone(), Ordering::Relaxed);
+        for other in others.iter().filter(|k| !Arc::ptr_eq(k, &keeper)) {
+            other.bar();
+        }
+        {
+            let mut state = keeper.state();
+            let alone = keeper.alone(&mut state);
+            keeper.barred.store(!alone, Ordering::Relaxed);
+        }
         keeper
     }
 
@@ -149,6 +167,14 @@ impl Keeper {
         state.restart();
     }
 
+    /// Lets go until a tick finds it alone again.
+    fn bar(&self) {
+        let mut state = self.state();
+        self.barred.store(true, Ordering::Relaxed);
+        self.active.store(false, Ordering::Relaxed);
+        state.end();
+    }
+
     /// Moves the keeper's read transaction to the newest snapshot, if it
     /// holds one. The writer calls it after each batch.
     pub(crate) fn refresh(&self) {
@@ -173,18 +199,21 @@ impl Keeper {
         out
     }
 
-    /// The checkpoint thread's tick (see the module documentation).
+    /// The checkpoint thread's tick (see the module documentation). Asks
+    /// whether the keeper is alone only when reads used it since the last.
     pub(crate) fn tick(&self) {
-        let alone = self.alone();
         let mut state = self.state();
         if state.closed {
             return;
         }
-        if state.conn.is_none() {
-            state.conn = connect(&self.path);
-        }
-        self.barred.store(!alone, Ordering::Relaxed);
-        let hold = self.used.swap(false, Ordering::Relaxed) && alone;
+        let hold = self.used.swap(false, Ordering::Relaxed) && self.file.is_some() && {
+            if state.conn.is_none() {
+                state.conn = connect(&self.path);
+            }
+            self.alone(&mut state)
+        };
+        // Unused, it may not wake before a tick has asked.
+        self.barred.store(!hold, Ordering::Relaxed);
         self.active.store(hold, Ordering::Relaxed);
         if hold {
             state.restart();
@@ -194,29 +223,42 @@ impl Keeper {
     }
 
     /// Whether no other `Database` of this process and no other process has
-    /// the file open (false when that cannot be told).
-    fn alone(&self) -> bool {
+    /// the file open, and it is still the file this keeper opened (false
+    /// when any of that cannot be told).
+    fn alone(&self, state: &mut State) -> bool {
         let Some(id) = self.file else { return false };
-        let ours = lock(&OPEN).as_ref().and_then(|m| m.get(&id).copied());
-        ours == Some(1) && !other_process_has_open(&shm_path(&self.path))
+        if file_id(&self.path) != Some(id) {
+            return false;
+        }
+        let ours = lock(&OPEN)
+            .as_ref()
+            .and_then(|m| m.get(&id))
+            .map_or(0, |list| {
+                list.iter().filter(|k| k.strong_count() > 0).count()
+            });
+        ours == 1 && !state.peers.another_process_has_open(&self.shm)
     }
 
     /// Ends the transaction and closes the connection for good.
     pub(crate) fn close(&self) {
-        let mut state = self.state();
-        if state.closed {
-            return;
+        {
+            let mut state = self.state();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            self.barred.store(true, Ordering::Relaxed);
+            self.active.store(false, Ordering::Relaxed);
+            state.end();
+            state.conn = None;
         }
-        state.closed = true;
-        self.active.store(false, Ordering::Relaxed);
-        state.end();
-        state.conn = None;
+        // Not under `state`: `open` takes the registry, then others' states.
         if let Some(id) = self.file
             && let Some(open) = lock(&OPEN).as_mut()
-            && let Some(n) = open.get_mut(&id)
+            && let Some(list) = open.get_mut(&id)
         {
-            *n -= 1;
-            if *n == 0 {
+            list.retain(|k| k.strong_count() > 0 && !std::ptr::eq(k.as_ptr(), self));
+            if list.is_empty() {
                 open.remove(&id);
             }
         }
@@ -256,72 +298,6 @@ fn connect(path: &Path) -> Option<Connection> {
             None
         }
     }
-}
-
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(_path: &Path) -> Option<FileId> {
-    None
-}
-
-fn shm_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-shm");
-    PathBuf::from(p)
-}
-
-/// Whether `/proc/locks` lists a lock on the `-shm` file's dead-man-switch
-/// byte held by another process. True when that cannot be read: the keeper
-/// then stays out of everyone's way. (Opening the `-shm` file to ask with
-/// `F_GETLK` is not an option: closing any descriptor of a file drops every
-/// POSIX lock this process holds on it, SQLite's included.)
-fn other_process_has_open(shm: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(inode) = std::fs::metadata(shm).map(|m| m.ino()) else {
-            return true;
-        };
-        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
-            return true;
-        };
-        locks_show_another_process(&locks, inode, std::process::id())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = shm;
-        true
-    }
-}
-
-/// Reads `/proc/locks` lines such as
-/// `1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128`.
-fn locks_show_another_process(locks: &str, inode: u64, own_pid: u32) -> bool {
-    locks.lines().any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // "->" marks a waiter, listed with its own fields shifted by one.
-        let f = if f.get(1) == Some(&"->") {
-            &f[1..]
-        } else {
-            &f[..]
-        };
-        let (Some(pid), Some(id), Some(start), Some(end)) =
-            (f.get(4), f.get(5), f.get(6), f.get(7))
-        else {
-            return false;
-        };
-        let ours = pid.parse::<i64>().ok() == Some(i64::from(own_pid));
-        let same_file = id.rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) == Some(inode);
-        let start = start.parse::<u64>().unwrap_or(u64::MAX);
-        let covers =
-            start <= SHM_DMS && (*end == "EOF" || end.parse::<u64>().is_ok_and(|e| e >= SHM_DMS));
-        same_file && covers && !ours
-    })
 }
 
 impl State {
@@ -395,9 +371,9 @@ mod tests {
     }
 
     /// ... and a keeper a read has woken.
-    fn setup() -> (tempfile::TempDir, Connection, Keeper) {
+    fn setup() -> (tempfile::TempDir, Connection, Arc<Keeper>) {
         let (dir, path, writer) = database();
-        let keeper = Keeper::open(&path);
+        let keeper = Keeper::open(&path, true);
         assert!(!keeper.holding(), "a keeper nobody used holds nothing");
         keeper.used();
         assert!(keeper.holding());
@@ -470,21 +446,25 @@ mod tests {
         assert!(keeper.holding(), "used since the last tick");
         keeper.tick();
         assert!(!keeper.holding());
-        // The writer's commits do not wake it; a read does.
+        // The writer's commits do not wake it; a read does, from the next
+        // tick on (which asks first whether it is still alone).
         write(&writer, 1);
         keeper.refresh();
         assert!(!keeper.holding());
         keeper.used();
+        assert!(!keeper.holding());
+        keeper.tick();
         assert!(keeper.holding());
     }
 
     #[test]
     fn two_keepers_of_one_process_on_a_file_hold_nothing() {
         let (_dir, path, _writer) = database();
-        let first = Keeper::open(&path);
+        let first = Keeper::open(&path, true);
         first.used();
         assert!(first.holding());
-        let second = Keeper::open(&path);
+        let second = Keeper::open(&path, true);
+        assert!(!first.holding(), "the first one did not let go at once");
         second.used();
         assert!(!second.holding());
         first.tick();
@@ -500,7 +480,7 @@ mod tests {
     #[test]
     fn a_keeper_holds_nothing_while_another_process_has_the_file_open() {
         let (_dir, path, _writer) = database();
-        let keeper = Keeper::open(&path);
+        let keeper = Keeper::open(&path, true);
         keeper.used();
         assert!(keeper.holding());
         // Another process: a connection that reads once and waits for stdin.
@@ -537,30 +517,17 @@ mod tests {
     }
 
     #[test]
-    fn proc_locks_lines_are_read_for_other_processes_on_the_dead_man_switch() {
-        let locks = "1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128\n\
-                     2: POSIX  ADVISORY  READ 32217 fe:00:10010636 1073741826 1073742335\n\
-                     3: FLOCK  ADVISORY  WRITE 900 00:1a:77 0 EOF\n\
-                     4: -> POSIX  ADVISORY  WRITE 555 fe:00:10010641 120 135\n";
-        // Another process on the byte, by inode.
-        assert!(locks_show_another_process(locks, 10010641, 1));
-        // Our own lock is not another process's.
-        assert!(!locks_show_another_process(
-            "1: POSIX  ADVISORY  READ 32217 fe:00:10010641 128 128\n",
-            10010641,
-            32217
-        ));
-        // A waiter is somebody too, and a range to EOF covers the byte.
-        assert!(locks_show_another_process(locks, 10010641, 32217));
-        assert!(locks_show_another_process(locks, 77, 1));
-        // Other bytes and other files are not.
-        assert!(!locks_show_another_process(
-            "1: POSIX  ADVISORY  READ 7 fe:00:10010641 0 127\n",
-            10010641,
-            1
-        ));
-        assert!(!locks_show_another_process(locks, 12345, 1));
-        assert!(!locks_show_another_process("", 10010641, 1));
+    fn a_keeper_turned_off_never_holds() {
+        let (_dir, path, _writer) = database();
+        let keeper = Keeper::open(&path, false);
+        keeper.used();
+        keeper.tick();
+        keeper.used();
+        assert!(!keeper.holding());
+        // And counts for nothing: another one on the file is alone.
+        let on = Keeper::open(&path, true);
+        on.used();
+        assert!(on.holding());
     }
 
     #[test]
