@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::db::checkpointer::{Checkpointer, Nudge};
-use crate::db::group_commit::{Limits, Request, commit_batch};
+use crate::db::group_commit::{Limits, Request, Scratch, commit_batch};
 use crate::db::guard::{self, Budget, Mode};
 use crate::db::open::Opener;
 use crate::db::queue::{Asked, Refused, Taken, WriteQueue};
@@ -294,6 +294,7 @@ fn writer_loop(
     let check_fks = config.foreign_keys;
     let mut batch: Vec<Request> = Vec::with_capacity(config.write_queue.min(4096));
     let mut asked: Vec<Asked> = Vec::new();
+    let mut scratch = Scratch::default();
     let wal_pages = Arc::new(AtomicU32::new(0));
     let mut hooked = false;
     let mut last_check = Instant::now();
@@ -360,7 +361,15 @@ fn writer_loop(
                 max_hold: config.max_write_hold,
                 max_schema: (config.max_schema_objects, config.max_schema_bytes),
             };
-            commit_batch(conn, &mut batch, n, counters, limits, panic_now);
+            commit_batch(
+                conn,
+                &mut batch,
+                n,
+                counters,
+                limits,
+                panic_now,
+                &mut scratch,
+            );
             busy.end();
             counters.write_active.store(0, Ordering::Relaxed);
             nudge.after_commit(conn, &wal_pages, counters);
