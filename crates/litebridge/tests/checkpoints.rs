@@ -148,6 +148,10 @@ async fn an_idle_second_database_on_the_file_does_not_keep_the_log_from_restarti
 /// is held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_database_reading_the_file_does_not_unbound_the_log() {
+    second_database_reading().await;
+}
+
+async fn second_database_reading() {
     let limit = 512 * 1024;
     let (dir, db) = open_kv(
         config()
@@ -211,4 +215,60 @@ async fn a_second_database_reading_the_file_does_not_unbound_the_log() {
     other.close().await;
     let r = db.checkpoint(CheckpointMode::Truncate).await.unwrap();
     assert!(!r.busy);
+}
+
+/// A `Database` with its keeper turned off still counts as one on the file:
+/// while it writes, another that keeps reading holds nothing, so the log
+/// restarts (a keeper that followed only its own ticks would keep it from
+/// ever restarting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_its_keeper_off_still_counts_as_one_on_the_file() {
+    let (dir, db) = open_kv(
+        config()
+            .read_mark_keeper(false)
+            .checkpoint(CheckpointConfig {
+                passive_pages: 64,
+                max_wal_bytes: 1 << 30,
+                restart_wait: Duration::from_millis(200),
+            }),
+    )
+    .await;
+    let reading = litebridge::Database::open(dir.path().join("test.db"), config().build().unwrap())
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (reading, stop) = (reading.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut k = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                reading
+                    .query("SELECT v FROM kv WHERE k = ?1", params![k % 1000])
+                    .await
+                    .unwrap();
+                k += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut max_wal = 0;
+    for round in 0..800i64 {
+        let rows = (0..50)
+            .map(|i| params![round * 100 + i, "v".repeat(1000)])
+            .collect();
+        db.execute_many(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            rows,
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+        max_wal = max_wal.max(db.stats().wal_bytes);
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    eprintln!("largest WAL: {max_wal} bytes");
+    assert!(max_wal < 16 << 20, "WAL grew to {max_wal} bytes");
+    reading.close().await;
+    db.close().await;
 }
