@@ -121,6 +121,8 @@ fn names(_fd: i32, _id: FileId) -> bool {
 /// file `fd` is open on; `None` when the kernel would not say.
 #[cfg(unix)]
 #[allow(unsafe_code)]
+// F_UNLCK is a c_int on Linux and a c_short on the BSDs and macOS.
+#[allow(clippy::useless_conversion)]
 fn locked_by_another(fd: i32) -> Option<bool> {
     // SAFETY: `lock` is a plain struct owned by this frame; F_GETLK reads
     // and writes exactly one `flock` through the pointer and takes no lock.
