@@ -253,68 +253,27 @@ class _Pool:
     daemons, so a handler that never returns cannot keep the process alive
     past ``drain_timeout`` once stdin has closed (ThreadPoolExecutor's
     threads are joined at exit, which kept such a worker alive for as long
-    as the handler ran).
+    as the handler ran). A job claims an idle thread when it is submitted,
+    so two calls in a row never wait behind one waking thread."""
 
-    A job claims an idle thread when it is submitted, so two calls in a row
-    never wait behind one waking thread. With no idle thread, the first
-    ``_EAGER`` threads start at once; past them a new one is started only
-    when the queued jobs make no progress for ``_PATIENCE`` (no job finished
-    meanwhile): a handler that takes seconds gets a thread of its own a
-    millisecond later, while a stream of quick calls stays on the threads
-    there are. Starting one per call instead grew the pool to 32 threads
-    contending for the GIL (pipelined quick calls on two cores: 19-20k
-    calls/s, 34-57k now; BENCHMARKS.md)."""
-
-    def __init__(self, max_threads, prefix, loop):
+    def __init__(self, max_threads, prefix):
         self._jobs = queue.SimpleQueue()
         self._max = max(1, max_threads)
         self._prefix = prefix
-        self._loop = loop
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job and not yet claimed
-        self._unclaimed = 0  # queued jobs no thread has claimed
-        self._done = 0  # jobs finished: the queue's progress
-        self._watching = False  # a progress check is scheduled
         self._started = 0
 
     def submit(self, fn, *args):
-        """Queues a job; called on the event loop's thread only."""
         self._jobs.put((fn, args))
         with self._lock:
             if self._idle:
                 self._idle -= 1  # this job is that thread's
                 return
-            if self._started < min(self._max, _EAGER):
-                self._started += 1
-                n = self._started
-            else:
-                self._unclaimed += 1
-                if not self._watching and self._started < self._max:
-                    self._watching = True
-                    self._loop.call_later(_PATIENCE, self._check, self._done)
-                return
-        self._start(n)
-
-    def _check(self, seen):
-        """On the loop's thread: starts a thread if queued jobs made no
-        progress since ``seen``; looks again while some wait."""
-        with self._lock:
-            self._watching = False
-            if not self._unclaimed or self._started >= self._max:
-                return
-            if self._done == seen:
-                self._unclaimed -= 1  # the new thread's job
-                self._started += 1
-                n = self._started
-            else:
-                n = None
-            if self._unclaimed and self._started < self._max:
-                self._watching = True
-                self._loop.call_later(_PATIENCE, self._check, self._done)
-        if n is not None:
-            self._start(n)
-
-    def _start(self, n):
+            if self._started >= self._max:
+                return  # it waits for the first thread to come free
+            self._started += 1
+            n = self._started
         threading.Thread(target=self._work, name="%s_%d" % (self._prefix, n), daemon=True).start()
 
     def _work(self):
@@ -330,24 +289,11 @@ class _Pool:
                 pass
             job = fn = args = None
             with lock:
-                self._done += 1
-                if self._unclaimed:
-                    self._unclaimed -= 1  # the next get() takes a waiting job
-                else:
-                    self._idle += 1
+                self._idle += 1
 
     def shutdown(self):
         for _ in range(self._started):
             self._jobs.put(None)
-
-
-# How long queued synchronous calls may make no progress before the pool
-# starts another thread for them.
-_PATIENCE = 0.001
-# Threads started at once when a job finds none idle, before the pool waits
-# for a lack of progress (sequential calls race the thread that answered the
-# last one back to idle: a second thread keeps them off that race).
-_EAGER = 2
 
 
 class Worker:
@@ -441,7 +387,7 @@ class Worker:
 
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
-        self._pool = _Pool(self._max_threads, "litebridge-handler", self._loop)
+        self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
         fd = sys.stdin.buffer.fileno()

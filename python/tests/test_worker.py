@@ -212,44 +212,6 @@ class DrainTest(unittest.TestCase):
                 peer.close()
 
 
-class PoolSizeTest(unittest.TestCase):
-    def test_a_burst_of_quick_sync_calls_does_not_start_a_thread_per_call(self):
-        # A thread per call grew the pool to 32 threads contending for the
-        # GIL (pipelined quick calls on two cores ran at 0.13 of a bare loop).
-        with tempfile.TemporaryDirectory() as d:
-            script = os.path.join(d, "quick.py")
-            with open(script, "w") as f:
-                f.write(
-                    "import threading, time\n"
-                    "from litebridge_worker import Worker\n"
-                    "w = Worker()\n"
-                    "@w.method()\n"
-                    "def which():\n"
-                    "    return threading.current_thread().name\n"
-                    "@w.method()\n"
-                    "def slow():\n"
-                    "    time.sleep(0.5)\n"
-                    "    return threading.current_thread().name\n"
-                    "w.run()\n"
-                )
-            peer = Peer([sys.executable, script])
-            try:
-                names = set()
-                for _ in range(5):
-                    ids = [peer.call("which") for _ in range(64)]
-                    replies = [peer.read() for _ in ids]
-                    names.update(r["result"] for r in replies)
-                self.assertLessEqual(len(names), 8, sorted(names))
-                # Calls that take long still run side by side, each on a thread.
-                started = time.monotonic()
-                ids = [peer.call("slow") for _ in range(12)]
-                replies = [peer.read() for _ in ids]
-                self.assertEqual(len({r["result"] for r in replies}), 12)
-                self.assertLess(time.monotonic() - started, 3.0)
-            finally:
-                peer.close()
-
-
 class UnencodableResultTest(unittest.TestCase):
     def test_a_result_json_cannot_encode_is_an_error_reply_and_the_worker_goes_on(self):
         with tempfile.TemporaryDirectory() as d:
