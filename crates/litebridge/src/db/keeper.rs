@@ -342,6 +342,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use crate::db::shm_peers::tests::hold_from_another_process;
 
     fn passive(conn: &Connection) -> (i64, i64) {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -482,6 +484,7 @@ mod tests {
         assert!(first.holding());
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_keeper_holds_nothing_while_another_process_has_the_file_open() {
         let (_dir, path, _writer) = database();
@@ -489,30 +492,9 @@ mod tests {
         keeper.used();
         assert!(keeper.holding());
         // Another process: a connection that reads once and waits for stdin.
-        let Ok(mut other) = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3, sys\n\
-                 c = sqlite3.connect(sys.argv[1])\n\
-                 c.execute('SELECT count(*) FROM t').fetchall()\n\
-                 print('open', flush=True)\n\
-                 sys.stdin.read()",
-            ])
-            .arg(&path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-        else {
-            eprintln!("skipped: no python3 to hold the file from another process");
+        let Some(mut other) = hold_from_another_process(&path) else {
             return;
         };
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(other.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "open");
         keeper.tick();
         assert!(!keeper.holding());
         keeper.used();

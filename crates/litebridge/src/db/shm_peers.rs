@@ -143,8 +143,38 @@ fn locked_by_another(_fd: i32) -> Option<bool> {
 }
 
 #[cfg(all(test, unix))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Another process (python3's sqlite3) with `db` open, read once, until
+    /// its stdin closes; `None` without python3 (the caller skips).
+    pub(crate) fn hold_from_another_process(db: &Path) -> Option<std::process::Child> {
+        let Ok(mut other) = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 c.execute('SELECT count(*) FROM t').fetchall()\n\
+                 print('open', flush=True)\n\
+                 sys.stdin.read()",
+            ])
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("skipped: no python3 to hold the file from another process");
+            return None;
+        };
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "open");
+        Some(other)
+    }
 
     #[test]
     fn another_process_on_the_file_is_seen_and_this_one_is_not() {
@@ -159,30 +189,9 @@ mod tests {
             !peers.another_process_has_open(&shm),
             "our own lock counted"
         );
-        let Ok(mut other) = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3, sys\n\
-                 c = sqlite3.connect(sys.argv[1])\n\
-                 c.execute('SELECT count(*) FROM t').fetchall()\n\
-                 print('open', flush=True)\n\
-                 sys.stdin.read()",
-            ])
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-        else {
-            eprintln!("skipped: no python3 to hold the file from another process");
+        let Some(mut other) = hold_from_another_process(&db) else {
             return;
         };
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(other.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "open");
         assert!(peers.another_process_has_open(&shm));
         drop(other.stdin.take());
         other.wait().unwrap();
