@@ -508,7 +508,7 @@ class Worker:
                 except StopIteration as done:
                     self._reply(rid, done.value)
                     return
-                except Exception as e:
+                except BaseException as e:  # SystemExit too: the call is answered, the worker goes on
                     self._reply_exception(rid, e)
                     return
             # The call goes on elsewhere: it takes a copy of this context.
@@ -540,7 +540,7 @@ class Worker:
         """Runs on a pool thread and answers from there."""
         try:
             result = func(*args, **kwargs)
-        except Exception as e:
+        except BaseException as e:  # SystemExit would end the thread with no answer
             self._reply_exception(rid, e)
         else:
             self._reply(rid, result)
@@ -554,7 +554,7 @@ class Worker:
         except asyncio.CancelledError:
             self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
             return
-        except Exception as e:
+        except BaseException as e:  # SystemExit out of a Task would stop the event loop
             self._reply_exception(rid, e)
             return
         self._reply(rid, result)

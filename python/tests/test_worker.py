@@ -244,6 +244,44 @@ class UnencodableResultTest(unittest.TestCase):
                 peer.close()
 
 
+class ExitingHandlerTest(unittest.TestCase):
+    def test_a_handler_raising_system_exit_is_answered_and_the_worker_goes_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "exiting.py")
+            with open(script, "w") as f:
+                f.write(
+                    "import asyncio, sys\n"
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker()\n"
+                    "@w.method()\n"
+                    "def quit_sync():\n"
+                    "    sys.exit(3)\n"
+                    "@w.method()\n"
+                    "def interrupt_sync():\n"
+                    "    raise KeyboardInterrupt()\n"
+                    "@w.method()\n"
+                    "async def quit_eager():\n"
+                    "    sys.exit(4)\n"
+                    "@w.method()\n"
+                    "async def quit_later():\n"
+                    "    await asyncio.sleep(0.01)\n"
+                    "    sys.exit(5)\n"
+                    "@w.method()\n"
+                    "def ok():\n"
+                    "    return 'still here'\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                for method, kind in [("quit_sync", "SystemExit"), ("interrupt_sync", "KeyboardInterrupt"),
+                                     ("quit_eager", "SystemExit"), ("quit_later", "SystemExit")]:
+                    e = peer.roundtrip(method)["error"]
+                    self.assertEqual(e["data"]["type"], kind, method)
+                    self.assertEqual(peer.roundtrip("ok")["result"], "still here", method)
+            finally:
+                peer.close()
+
+
 class GenericModeTest(unittest.TestCase):
     def setUp(self):
         self.trace = tempfile.mktemp()
