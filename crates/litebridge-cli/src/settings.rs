@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use litebridge::auth::{TierLimits, Tiers};
+use litebridge::resilience::{Backoff, Growth};
 use litebridge::store::CacheConfig;
 use litebridge::workers::WorkerConfig;
 use litebridge::{DbConfig, Durability};
@@ -266,11 +267,32 @@ const KEYS: &[Key] = &[
         help: "worker command line (no bridge when empty)",
     },
     Key {
+        name: "workers.framework_path",
+        env: &["SQLITE_FRAMEWORK_PATH"],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "serve the Python functions under this directory by dotted path (generic mode; used when workers.command is empty)",
+    },
+    Key {
+        name: "workers.allow_prefixes",
+        env: &[],
+        kind: Kind::Text,
+        default: || text("src"),
+        help: "generic mode: dotted prefixes that may be called, comma-separated (e.g. \"src.generator,src.tools\")",
+    },
+    Key {
         name: "workers.python",
         env: &["PYTHON_EXECUTABLE"],
         kind: Kind::Text,
         default: || text("python3"),
-        help: "replaces a leading `python3` in workers.command",
+        help: "the Python interpreter: runs generic mode and replaces a leading python/python3/python3.N in workers.command",
+    },
+    Key {
+        name: "workers.python_path",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "directories put before the workers' PYTHONPATH (e.g. where litebridge_worker is), colon-separated",
     },
     Key {
         name: "workers.processes",
@@ -294,18 +316,60 @@ const KEYS: &[Key] = &[
         help: "default deadline of a worker call",
     },
     Key {
-        name: "workers.retry_attempts",
+        name: "workers.max_retries",
         env: &["RETRY_ATTEMPTS"],
-        kind: int_kind(1, 100),
-        default: || int(workers().retry.attempts()),
-        help: "attempts of an idempotent call",
+        kind: int_kind(0, 100),
+        default: || int(workers().retry.retries()),
+        help: "retries of an idempotent call whose worker crashed, after the first attempt (0: none)",
+    },
+    Key {
+        name: "workers.retry_backoff",
+        env: &["RETRY_BACKOFF"],
+        kind: Kind::Word(&["exponential", "linear", "constant"]),
+        default: || text("exponential"),
+        help: "how the wait before each retry grows: doubling, by retry_backoff_ms each time, or not",
+    },
+    Key {
+        name: "workers.retry_backoff_ms",
+        env: &[],
+        kind: int_kind(0, 3_600_000),
+        default: || Value::Int(100),
+        help: "the wait before the first retry (a random part of it, full jitter)",
+    },
+    Key {
+        name: "workers.retry_backoff_max_ms",
+        env: &[],
+        kind: int_kind(0, 3_600_000),
+        default: || ms(Backoff::default().max),
+        help: "the longest wait before a retry",
+    },
+    Key {
+        name: "workers.breaker_enabled",
+        env: &["CIRCUIT_BREAKER_ENABLED"],
+        kind: Kind::Bool,
+        default: || Value::Bool(workers().breaker.enabled),
+        help: "a circuit breaker per method (false: no call is ever refused by one)",
     },
     Key {
         name: "workers.breaker_threshold",
         env: &["CIRCUIT_BREAKER_THRESHOLD"],
         kind: int_kind(1, 10_000),
         default: || int(workers().breaker.consecutive_failures.unwrap_or(0)),
-        help: "failures in a row that open a method's breaker",
+        help: "failures in a row that open a method's breaker (and calls judged before the failure-rate rule applies)",
+    },
+    Key {
+        name: "workers.breaker_open_ms",
+        env: &["CIRCUIT_BREAKER_TIMEOUT"],
+        kind: int_kind(1, 86_400_000),
+        default: || ms(workers().breaker.open_for),
+        help: "how long an open breaker refuses calls before letting probes through",
+    },
+    Key {
+        name: "workers.breaker_slow_call_ms",
+        env: &[],
+        kind: int_kind(0, 86_400_000),
+        default: || ms(workers().breaker.slow_call_duration.unwrap_or_default()),
+        help: "calls at least this long count as slow, and all slow opens the breaker (0: no call is slow; long LLM calls are normal)",
     },
     Key {
         name: "workers.recycle_after_calls",
@@ -313,6 +377,27 @@ const KEYS: &[Key] = &[
         kind: int_kind(0, i64::MAX),
         default: || int(workers().recycle_after_calls.unwrap_or(0)),
         help: "recycle a worker after this many calls (0: never)",
+    },
+    Key {
+        name: "workers.max_idle_ms",
+        env: &["PROCESS_IDLE_TIMEOUT"],
+        kind: int_kind(0, i64::MAX),
+        default: || ms(workers().max_idle.unwrap_or_default()),
+        help: "recycle a worker that had no call for this long (0: never; the seed used 300000)",
+    },
+    Key {
+        name: "workers.max_age_ms",
+        env: &[],
+        kind: int_kind(0, i64::MAX),
+        default: || ms(workers().max_age.unwrap_or_default()),
+        help: "recycle a worker older than this (0: never)",
+    },
+    Key {
+        name: "workers.max_rss_mb",
+        env: &[],
+        kind: int_kind(0, 1 << 30),
+        default: || int(workers().max_rss_bytes.unwrap_or(0) >> 20),
+        help: "recycle a worker whose resident memory passes this many MiB (0: never)",
     },
     Key {
         name: "backup.enabled",
@@ -435,6 +520,33 @@ const KEYS: &[Key] = &[
     },
 ];
 
+/// Keys that changed meaning, refused with what to use instead (a value
+/// reinterpreted in silence would change what a deployment does).
+const RETIRED: &[(&str, &str)] = &[(
+    "workers.retry_attempts",
+    "it counted attempts, the first included; use `workers.max_retries` (environment RETRY_ATTEMPTS), which counts retries after the first attempt as the seed system does (3 means up to 4 attempts; 0 means none)",
+)];
+
+fn unknown_key(name: &str) -> String {
+    match RETIRED.iter().find(|(old, _)| *old == name) {
+        Some((_, instead)) => format!("`{name}` is no longer read: {instead}"),
+        None => format!(
+            "unknown configuration key `{name}` (known keys: {})",
+            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Whether a command's program is a Python interpreter named bare
+/// (`python`, `python3`, `python3.11`), which `workers.python`
+/// (PYTHON_EXECUTABLE), when given, replaces. A path is kept: it was chosen.
+fn is_python(program: &str) -> bool {
+    match program.strip_prefix("python") {
+        Some(rest) => rest.chars().all(|c| c.is_ascii_digit() || c == '.'),
+        None => false,
+    }
+}
+
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -521,13 +633,8 @@ fn read_file(
         };
         for (name, value) in entries {
             let full = format!("{section}.{name}");
-            let k = key(&full).ok_or_else(|| {
-                Failure::new(format!(
-                    "{}: unknown configuration key `{full}` (known keys: {})",
-                    path.display(),
-                    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-                ))
-            })?;
+            let k = key(&full)
+                .ok_or_else(|| Failure::new(format!("{}: {}", path.display(), unknown_key(&full))))?;
             let raw = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
@@ -568,9 +675,11 @@ impl Settings {
             if let Some(rest) = name.strip_prefix("LITEBRIDGE_") {
                 let full = rest.to_ascii_lowercase().replacen('_', ".", 1);
                 let k = key(&full).ok_or_else(|| {
-                    Failure::new(format!(
-                        "unknown configuration variable {name} (it would set `{full}`)"
-                    ))
+                    Failure::new(if RETIRED.iter().any(|(old, _)| *old == full) {
+                        format!("{name}: {}", unknown_key(&full))
+                    } else {
+                        format!("unknown configuration variable {name} (it would set `{full}`)")
+                    })
                 })?;
                 let from = Source::Env((*name).to_owned());
                 values.insert(k.name, (check(k, value, &from)?, from));
@@ -725,26 +834,100 @@ impl Settings {
         Ok(b.build()?)
     }
 
-    pub(crate) fn worker_config(&self) -> Option<WorkerConfig> {
+    /// The worker pool's configuration; `None` when neither a command nor a
+    /// framework path is set (no bridge).
+    ///
+    /// # Errors
+    /// A framework path that is not a directory, or prefixes that are empty,
+    /// naming the key and where its value came from.
+    pub(crate) fn worker_config(&self) -> Result<Option<WorkerConfig>, Failure> {
+        let python = self.get("workers.python").trim();
         let command = self.get("workers.command").trim();
-        if command.is_empty() {
-            return None;
-        }
-        let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
-        if words[0] == "python3" {
-            words[0] = self.get("workers.python").to_owned();
-        }
+        let framework = self.get("workers.framework_path").trim();
+        let words: Vec<String> = if !command.is_empty() {
+            let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+            // Only when given: a default must not replace the program named.
+            let given = self.values["workers.python"].1 != Source::Default;
+            if given && is_python(&words[0]) && !python.is_empty() {
+                words[0] = python.to_owned();
+            }
+            words
+        } else if !framework.is_empty() {
+            self.generic_command(python, framework)?
+        } else {
+            return Ok(None);
+        };
         let mut c = WorkerConfig::new(words);
+        let python_path = self.get("workers.python_path").trim();
+        if !python_path.is_empty() {
+            let joined = match std::env::var("PYTHONPATH") {
+                Ok(old) if !old.is_empty() => format!("{python_path}:{old}"),
+                _ => python_path.to_owned(),
+            };
+            c.env.push(("PYTHONPATH".into(), joined));
+        }
         c.processes = self.int("workers.processes") as usize;
         c.max_in_flight = self.int("workers.max_in_flight") as usize;
         c.call_timeout = self.ms("workers.timeout_ms");
+        let base = self.ms("workers.retry_backoff_ms");
+        let growth = match self.get("workers.retry_backoff") {
+            "linear" => Growth::Linear { base, step: base },
+            "constant" => Growth::Constant(base),
+            _ => Growth::Exponential { base, factor: 2.0 },
+        };
         c.retry = c
             .retry
-            .max_attempts(self.int("workers.retry_attempts") as u32);
+            .max_retries(self.int("workers.max_retries") as u32)
+            .backoff(Backoff {
+                growth,
+                max: self.ms("workers.retry_backoff_max_ms"),
+                full_jitter: true,
+            });
+        c.breaker.enabled = self.bool("workers.breaker_enabled");
         c.breaker.consecutive_failures = Some(self.int("workers.breaker_threshold") as u32);
-        let recycle = self.int("workers.recycle_after_calls");
-        c.recycle_after_calls = (recycle > 0).then_some(recycle as u64);
-        Some(c)
+        c.breaker.open_for = self.ms("workers.breaker_open_ms");
+        let slow = self.ms("workers.breaker_slow_call_ms");
+        c.breaker.slow_call_duration = (!slow.is_zero()).then_some(slow);
+        let positive = |name: &str| (self.int(name) > 0).then(|| self.int(name) as u64);
+        c.recycle_after_calls = positive("workers.recycle_after_calls");
+        c.max_idle = positive("workers.max_idle_ms").map(Duration::from_millis);
+        c.max_age = positive("workers.max_age_ms").map(Duration::from_millis);
+        c.max_rss_bytes = positive("workers.max_rss_mb").map(|mb| mb << 20);
+        Ok(Some(c))
+    }
+
+    /// `python -m litebridge_worker --root DIR --allow PREFIX...`: the SDK's
+    /// generic mode over the seed's framework directory.
+    fn generic_command(&self, python: &str, framework: &str) -> Result<Vec<String>, Failure> {
+        let from = |k: &str| self.values[k].1.to_string();
+        if !Path::new(framework).is_dir() {
+            return Err(Failure::new(format!(
+                "invalid configuration `workers.framework_path` = {framework:?} (from {}): not a directory",
+                from("workers.framework_path")
+            )));
+        }
+        let prefixes: Vec<&str> = self
+            .get("workers.allow_prefixes")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if prefixes.is_empty() {
+            return Err(Failure::new(format!(
+                "invalid configuration `workers.allow_prefixes` = \"\" (from {}): expected dotted prefixes, e.g. \"src.generator\"",
+                from("workers.allow_prefixes")
+            )));
+        }
+        let mut words: Vec<String> = vec![
+            if python.is_empty() { "python3" } else { python }.into(),
+            "-m".into(),
+            "litebridge_worker".into(),
+            "--root".into(),
+            framework.into(),
+            "--allow".into(),
+        ];
+        words.extend(prefixes.into_iter().map(str::to_owned));
+        Ok(words)
     }
 
     /// Where backups of the database go.
@@ -842,7 +1025,7 @@ mod tests {
             format!("{:?}", s.db_config().unwrap()),
             format!("{:?}", DbConfig::default())
         );
-        assert!(s.worker_config().is_none());
+        assert!(s.worker_config().unwrap().is_none());
         assert_eq!(s.tiers(), Tiers::default());
         let _ = (
             s.backup_policy(),
@@ -950,7 +1133,7 @@ mod tests {
         let db = s.db_config().unwrap();
         assert_eq!(db.cache_size, -32000);
         assert_eq!(db.health_check_interval, Duration::from_secs(1));
-        let w = s.worker_config().unwrap();
+        let w = s.worker_config().unwrap().unwrap();
         assert_eq!(
             w.command,
             vec![
@@ -959,8 +1142,124 @@ mod tests {
             ]
         );
         assert_eq!(w.call_timeout, Duration::from_millis(1500));
-        assert_eq!(w.retry.attempts(), 5);
+        assert_eq!(w.retry.retries(), 5, "RETRY_ATTEMPTS counts retries, as the seed's");
         assert_eq!(w.breaker.consecutive_failures, Some(9));
         assert!(!s.cache_enabled());
+    }
+
+    #[test]
+    fn the_seeds_breaker_retry_and_recycling_settings() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("LITEBRIDGE_WORKERS_COMMAND", "python worker.py"),
+                ("RETRY_ATTEMPTS", "0"),
+                ("RETRY_BACKOFF", "linear"),
+                ("CIRCUIT_BREAKER_ENABLED", "false"),
+                ("CIRCUIT_BREAKER_TIMEOUT", "120000"),
+                ("CIRCUIT_BREAKER_THRESHOLD", "20"),
+                ("PROCESS_IDLE_TIMEOUT", "300000"),
+                ("LITEBRIDGE_WORKERS_MAX_RSS_MB", "512"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let w = s.worker_config().unwrap().unwrap();
+        assert_eq!(w.command, ["python", "worker.py"], "PYTHON_EXECUTABLE not given");
+        assert_eq!(w.retry.retries(), 0);
+        assert!(!w.breaker.enabled);
+        assert_eq!(w.breaker.open_for, Duration::from_secs(120));
+        assert_eq!(w.breaker.judged_after(), 20);
+        assert_eq!(w.breaker.slow_call_duration, None);
+        assert_eq!(w.max_idle, Some(Duration::from_secs(300)));
+        assert_eq!(w.max_rss_bytes, Some(512 << 20));
+        assert_eq!(w.max_age, None);
+
+        // The default pool: breakers on, open 60 s, no slow calls, 3 retries.
+        let s = Settings::load(None, &env(&[("LITEBRIDGE_WORKERS_COMMAND", "x")]), &[]).unwrap();
+        let w = s.worker_config().unwrap().unwrap();
+        assert!(w.breaker.enabled);
+        assert_eq!(w.breaker.open_for, Duration::from_secs(60));
+        assert_eq!(w.breaker.slow_call_duration, None);
+        assert_eq!(w.retry.retries(), 3);
+    }
+
+    #[test]
+    fn the_old_retry_attempts_key_is_refused_saying_what_to_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lb.toml");
+        std::fs::write(&file, "[workers]\nretry_attempts = 3\n").unwrap();
+        let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
+        assert!(
+            e.message.contains("`workers.retry_attempts` is no longer read")
+                && e.message.contains("workers.max_retries"),
+            "{}",
+            e.message
+        );
+        let e = Settings::load(None, &env(&[("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS", "3")]), &[])
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS: `workers.retry_attempts`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn sqlite_framework_path_runs_the_generic_worker_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("SQLITE_FRAMEWORK_PATH", root.as_str()),
+                ("PYTHON_EXECUTABLE", "/usr/bin/python3.11"),
+                ("LITEBRIDGE_WORKERS_ALLOW_PREFIXES", "src.generator, src.tools"),
+                ("LITEBRIDGE_WORKERS_PYTHON_PATH", "/opt/sdk"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let w = s.worker_config().unwrap().unwrap();
+        let expected: Vec<String> = [
+            "/usr/bin/python3.11", "-m", "litebridge_worker", "--root", root.as_str(), "--allow",
+            "src.generator", "src.tools",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(w.command, expected);
+        assert!(w.env.iter().any(|(k, v)| k == "PYTHONPATH" && v.starts_with("/opt/sdk")));
+
+        // A command given wins; PYTHON_EXECUTABLE replaces a bare python name only.
+        for (command, program) in [
+            ("python3 w.py", "/usr/bin/python3.11"),
+            ("python3.12 w.py", "/usr/bin/python3.11"),
+            ("/venv/bin/python w.py", "/venv/bin/python"),
+            ("node w.js", "node"),
+        ] {
+            let s = Settings::load(
+                None,
+                &env(&[
+                    ("SQLITE_FRAMEWORK_PATH", root.as_str()),
+                    ("PYTHON_EXECUTABLE", "/usr/bin/python3.11"),
+                    ("LITEBRIDGE_WORKERS_COMMAND", command),
+                ]),
+                &[],
+            )
+            .unwrap();
+            assert_eq!(s.worker_config().unwrap().unwrap().command[0], program, "{command}");
+        }
+
+        let missing = dir.path().join("nope").display().to_string();
+        let s = Settings::load(None, &env(&[("SQLITE_FRAMEWORK_PATH", missing.as_str())]), &[])
+            .unwrap();
+        let e = s.worker_config().unwrap_err();
+        assert!(
+            e.message.contains("`workers.framework_path`")
+                && e.message.contains("environment SQLITE_FRAMEWORK_PATH")
+                && e.message.contains("not a directory"),
+            "{}",
+            e.message
+        );
     }
 }

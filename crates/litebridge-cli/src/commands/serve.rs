@@ -86,7 +86,7 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
         &db,
         litebridge::ServiceConfig {
             db: s.db_config()?,
-            workers: s.worker_config(),
+            workers: s.worker_config()?,
             cache: s.cache_config(),
             cache_worker_results: s.cache_enabled(),
         },

@@ -18,8 +18,8 @@ pub(super) struct BridgeCall {
     /// Retry an idempotent method after a recoverable failure (default true).
     #[serde(default)]
     retry: Option<bool>,
-    /// Retries at most (default: the server's workers.retry_attempts, which
-    /// counts attempts, less one).
+    /// Retries at most after the first attempt, 0 for none (default: the
+    /// server's workers.max_retries).
     #[serde(default)]
     max_retries: Option<u64>,
     /// Cache the result under this key (per API key) and answer from the
@@ -47,9 +47,9 @@ impl Handler for BridgeCall {
             let options = CallOptions {
                 timeout: self.timeout_ms.map(|t| t.0),
                 retry: self.retry.unwrap_or(true),
-                max_attempts: self
+                max_retries: self
                     .max_retries
-                    .map(|n| u32::try_from(n.saturating_add(1)).unwrap_or(u32::MAX)),
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                 cache_key: self.cache_key,
                 cache_ttl: self.cache_ttl_s.map(|t| t.0),
                 // Each key's `cache_key` entries are its own (local sessions

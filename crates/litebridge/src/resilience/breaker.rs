@@ -1,15 +1,24 @@
 //! A circuit breaker with resilience4j's behaviour, and a registry of them.
 //!
 //! **Closed**: calls go through; outcomes fill a count-based sliding window.
-//! Once the window holds `minimum_calls`, a failure rate or a slow-call rate at
-//! or above its threshold opens the breaker; so does a run of
-//! `consecutive_failures` (the seed system's `circuitBreakerThreshold`).
+//! Once the window holds `minimum_calls`, a failure rate (or, when configured,
+//! a slow-call rate) at or above its threshold opens the breaker; so does a
+//! run of `consecutive_failures` (the seed system's `circuitBreakerThreshold`).
 //! **Open**: calls are refused at once with `retry_after` until `open_for` has
 //! passed. **Half-open**: exactly `half_open_probes` calls are let through;
 //! when they have all finished, the breaker closes if their failure rate is
-//! below the threshold and opens again otherwise. Probes that do not finish
-//! within `probe_timeout` count as failed. A naive breaker lets every call
-//! through in half-open; this one never admits more than the probes.
+//! below the threshold and opens again otherwise. A probe that has not
+//! finished by its own call's deadline counts as failed. A naive breaker lets
+//! every call through in half-open; this one never admits more than the probes.
+//!
+//! # Slow calls
+//!
+//! The seed system's calls are LLM requests of 10 s to 2 min: a long call is
+//! the normal case, not a symptom. So no call is slow unless
+//! `slow_call_duration` is set, and a probe is given as long as its caller
+//! gave the call (a fixed probe timeout shorter than the calls would reopen
+//! the breaker forever). What a slow method costs its callers is bounded by
+//! their deadlines, which count as failures when they pass.
 //!
 //! Asking is cheap: one uncontended lock and a `Result` holding a `Copy`
 //! value; the refusal becomes an [`Error`] only if the caller converts it.
@@ -30,6 +39,9 @@ use crate::sync::{lock, read, write};
 /// Configuration of every breaker of a registry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
+    /// Whether the pool keeps breakers at all (the seed's
+    /// `circuitBreakerEnabled`); when false no call is refused. Default: true.
+    pub enabled: bool,
     /// Outcomes kept in the sliding window. Default: 20.
     pub window: usize,
     /// Outcomes needed before the rates are judged. Default: 10.
@@ -39,30 +51,46 @@ pub struct BreakerConfig {
     /// Failures in a row that open the breaker, whatever the window says.
     /// Default: Some(5).
     pub consecutive_failures: Option<u32>,
-    /// A call taking at least this long is slow. Default: 10 s.
-    pub slow_call_duration: Duration,
+    /// A successful call taking at least this long is slow; `None`: no call
+    /// is slow. Default: `None` (see the module's note on slow calls).
+    pub slow_call_duration: Option<Duration>,
     /// Slow-call rate (0-1) that opens the breaker; above 1 never. Default: 1.0.
     pub slow_call_rate: f64,
-    /// How long the breaker stays open. Default: 30 s.
+    /// How long the breaker stays open (the seed's `circuitBreakerTimeout`).
+    /// Default: 60 s.
     pub open_for: Duration,
     /// Calls let through while half-open. Default: 3.
     pub half_open_probes: u32,
-    /// Probes not finished within this count as failed. Default: 10 s.
-    pub probe_timeout: Duration,
+}
+
+impl BreakerConfig {
+    /// Calls in the window before its rates are judged: at least
+    /// `minimum_calls`, and never fewer than `consecutive_failures`, so that a
+    /// threshold of, say, 20 failures in a row is not pre-empted by the rate
+    /// rule tripping on the first 10 of them.
+    pub fn judged_after(&self) -> usize {
+        let run = self.consecutive_failures.map_or(0, |t| t as usize);
+        self.minimum_calls.max(run).max(1)
+    }
+
+    /// Outcomes the window keeps: `window`, widened to [`judged_after`](Self::judged_after).
+    pub fn window_len(&self) -> usize {
+        self.window.max(self.judged_after())
+    }
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
+            enabled: true,
             window: 20,
             minimum_calls: 10,
             failure_rate: 0.5,
             consecutive_failures: Some(5),
-            slow_call_duration: Duration::from_secs(10),
+            slow_call_duration: None,
             slow_call_rate: 1.0,
-            open_for: Duration::from_secs(30),
+            open_for: Duration::from_secs(60),
             half_open_probes: 3,
-            probe_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -138,7 +166,8 @@ struct State {
     slow: usize,
     consecutive: u32,
     opened_at: Instant,
-    probes_started: Instant,
+    /// The latest deadline of the probes let through.
+    probes_due: Instant,
     probes_admitted: u32,
     probes_done: u32,
     probes_failed: u32,
@@ -210,12 +239,12 @@ impl CircuitBreaker {
             state: Mutex::new(State {
                 state: BreakerState::Closed,
                 generation: 0,
-                window: VecDeque::with_capacity(config.window.max(1)),
+                window: VecDeque::with_capacity(config.window_len()),
                 failures: 0,
                 slow: 0,
                 consecutive: 0,
                 opened_at: now,
-                probes_started: now,
+                probes_due: now,
                 probes_admitted: 0,
                 probes_done: 0,
                 probes_failed: 0,
@@ -234,12 +263,13 @@ impl CircuitBreaker {
         lock(&self.state)
     }
 
-    /// Asks to make one call.
+    /// Asks to make one call that will be given up at `deadline` (the limit
+    /// of a probe, if it is one).
     ///
     /// # Errors
     /// [`Rejected`] with `retry_after` while open, or half-open with every
     /// probe already out.
-    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+    pub fn try_acquire(&self, deadline: Instant) -> Result<Permit<'_>, Rejected> {
         let now = Instant::now();
         let mut s = self.lock();
         let probe = match s.state {
@@ -257,9 +287,9 @@ impl CircuitBreaker {
                     });
                 }
                 self.transition(&mut s, BreakerState::HalfOpen, now);
-                self.admit_probe(&mut s, now)?
+                self.admit_probe(&mut s, now, deadline)?
             }
-            BreakerState::HalfOpen => self.admit_probe(&mut s, now)?,
+            BreakerState::HalfOpen => self.admit_probe(&mut s, now, deadline)?,
         };
         Ok(Permit {
             breaker: self,
@@ -274,17 +304,16 @@ impl CircuitBreaker {
     ///
     /// # Errors
     /// [`Error::CircuitOpen`] naming this breaker.
-    pub fn acquire(&self) -> Result<Permit<'_>, Error> {
-        self.try_acquire().map_err(|r| Error::CircuitOpen {
+    pub fn acquire(&self, deadline: Instant) -> Result<Permit<'_>, Error> {
+        self.try_acquire(deadline).map_err(|r| Error::CircuitOpen {
             breaker: self.name.to_string(),
             retry_after: r.retry_after,
         })
     }
 
-    fn admit_probe(&self, s: &mut State, now: Instant) -> Result<bool, Rejected> {
-        let elapsed = now.duration_since(s.probes_started);
-        if elapsed >= self.config.probe_timeout && s.probes_done < self.config.half_open_probes {
-            // The probes did not come back in time: they failed.
+    fn admit_probe(&self, s: &mut State, now: Instant, deadline: Instant) -> Result<bool, Rejected> {
+        if s.probes_admitted > s.probes_done && now >= s.probes_due {
+            // Probes out past their own deadlines did not come back: failed.
             self.transition(s, BreakerState::Open, now);
             return Err(Rejected {
                 retry_after: self.config.open_for,
@@ -292,10 +321,11 @@ impl CircuitBreaker {
         }
         if s.probes_admitted >= self.config.half_open_probes {
             return Err(Rejected {
-                retry_after: self.config.probe_timeout.saturating_sub(elapsed),
+                retry_after: s.probes_due.saturating_duration_since(now),
             });
         }
         s.probes_admitted += 1;
+        s.probes_due = s.probes_due.max(deadline);
         Ok(true)
     }
 
@@ -308,7 +338,7 @@ impl CircuitBreaker {
 
     fn record(&self, generation: u64, probe: bool, failed: bool, took: Duration) {
         let now = Instant::now();
-        let slow = took >= self.config.slow_call_duration;
+        let slow = !failed && self.config.slow_call_duration.is_some_and(|d| took >= d);
         let c = &self.config;
         let mut s = self.lock();
         if s.generation != generation {
@@ -316,7 +346,7 @@ impl CircuitBreaker {
         }
         match s.state {
             BreakerState::Closed => {
-                if s.window.len() >= c.window.max(1)
+                if s.window.len() >= c.window_len()
                     && let Some((f, sl)) = s.window.pop_front()
                 {
                     s.failures -= usize::from(f);
@@ -328,7 +358,7 @@ impl CircuitBreaker {
                 s.consecutive = if failed { s.consecutive + 1 } else { 0 };
                 let n = s.window.len() as f64;
                 let tripped = c.consecutive_failures.is_some_and(|t| s.consecutive >= t)
-                    || (s.window.len() >= c.minimum_calls
+                    || (s.window.len() >= c.judged_after()
                         && (s.failures as f64 / n >= c.failure_rate
                             || s.slow as f64 / n >= c.slow_call_rate));
                 if tripped {
@@ -365,7 +395,7 @@ impl CircuitBreaker {
             }
             BreakerState::Open | BreakerState::ForcedOpen => s.opened_at = now,
             BreakerState::HalfOpen => {
-                s.probes_started = now;
+                s.probes_due = now;
                 s.probes_admitted = 0;
                 s.probes_done = 0;
                 s.probes_failed = 0;

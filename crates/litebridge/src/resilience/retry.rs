@@ -157,6 +157,17 @@ impl RetryPolicy {
         self.max_attempts
     }
 
+    /// Retries after the first attempt (the seed system's count: 0 is no
+    /// retry). Same as `max_attempts(n + 1)`.
+    pub fn max_retries(self, n: u32) -> Self {
+        self.max_attempts(n.saturating_add(1))
+    }
+
+    /// The configured retries: attempts less one.
+    pub fn retries(&self) -> u32 {
+        self.max_attempts - 1
+    }
+
     /// Runs `op` (given the attempt number, from 1) until it succeeds or the
     /// policy gives up, returning the last error.
     ///

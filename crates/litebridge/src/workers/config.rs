@@ -38,7 +38,10 @@ pub struct WorkerConfig {
     /// More restarts than this within a minute mark the pool unhealthy (it
     /// keeps restarting, at the backoff's slowest pace). Default: 10.
     pub max_restarts_per_minute: u32,
-    /// Retries of idempotent calls after a crash. Default: 3 attempts.
+    /// Retries of idempotent calls after a crash. Default: 3 retries (the
+    /// seed's `retryAttempts`), backoff exponential from 100 ms, and no limit
+    /// of its own on the time they take: the call's deadline bounds them (a
+    /// two-minute call that crashes after a minute may still be retried).
     pub retry: RetryPolicy,
     /// The per-method circuit breakers. Default: [`BreakerConfig::default`].
     pub breaker: BreakerConfig,
@@ -87,7 +90,7 @@ impl WorkerConfig {
                 full_jitter: false,
             },
             max_restarts_per_minute: 10,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::default().max_retries(3).max_elapsed(None),
             breaker: BreakerConfig::default(),
             stderr_lines: 20,
             max_line_bytes: 256 * 1024 * 1024,

@@ -236,11 +236,13 @@ mod tests {
         ("flaky", true),
         ("garbage", true),
         ("flood", true),
+        ("llm", false),
     ];
 
     fn act(method: &str) -> Act {
         match method {
             "slow" => Act::Answer(Duration::from_secs(20)),
+            "llm" => Act::Answer(Duration::from_secs(60)),
             "hang" => Act::Hang,
             "boom" => Act::Crash(
                 3,
@@ -463,6 +465,51 @@ mod tests {
             other => panic!("{other}"),
         }
         until("a replacement", || fakes.started() == 2).await;
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_of_a_minute_never_trip_the_breaker_with_the_defaults() {
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(2);
+        c.breaker = crate::resilience::BreakerConfig::default();
+        let pool = WorkerPool::start_with(c, fakes).await.unwrap();
+        let two_minutes = || CallOptions {
+            timeout: Some(Duration::from_secs(120)),
+            ..CallOptions::default()
+        };
+        // Thirty rounds of four calls at once, each taking a minute.
+        for round in 0..30 {
+            let call = || pool.call("llm", json!({}), two_minutes());
+            let (a, b, c, d) = tokio::join!(call(), call(), call(), call());
+            for r in [a, b, c, d] {
+                r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+        let b = &pool.status().breakers[0];
+        assert_eq!((b.state, b.calls), (crate::resilience::BreakerState::Closed, 20));
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_breaker_off_failing_calls_are_never_refused() {
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(1);
+        c.breaker.enabled = false;
+        c.max_restarts_per_minute = 1000;
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        for i in 1..=12u64 {
+            let e = pool
+                .call("hang", json!({}), CallOptions::default())
+                .await
+                .unwrap_err();
+            // Timed out, or lost with the hung worker when it was killed.
+            assert!(
+                matches!(e, Error::Timeout { .. } | Error::WorkerCrashed { .. }),
+                "call {i}: {e}"
+            );
+        }
+        assert!(pool.status().breakers.is_empty());
         pool.shutdown().await;
     }
 }

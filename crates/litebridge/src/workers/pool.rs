@@ -24,8 +24,9 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Retry after a crash when the method is idempotent. Default: true.
     pub retry: bool,
-    /// Attempts at most when retrying; `None` uses the pool's retry policy.
-    pub max_attempts: Option<u32>,
+    /// Retries at most after the first attempt (0: none); `None` uses the
+    /// pool's retry policy.
+    pub max_retries: Option<u32>,
     /// Cache the result under this key (with a cache attached through
     /// [`WorkerPool::use_cache`]). Methods a worker declares cacheable are
     /// cached under their name and parameters without one.
@@ -49,7 +50,7 @@ impl Default for CallOptions {
         CallOptions {
             timeout: None,
             retry: true,
-            max_attempts: None,
+            max_retries: None,
             cache_key: None,
             cache_ttl: None,
             cache_scope: None,
@@ -409,9 +410,9 @@ impl WorkerPool {
         let state = s.names.state_name(method);
         let custom;
         let policy = if options.retry && self.idempotent(method) {
-            match options.max_attempts {
+            match options.max_retries {
                 Some(n) => {
-                    custom = s.retry_crashes.clone().max_attempts(n);
+                    custom = s.retry_crashes.clone().max_retries(n);
                     &custom
                 }
                 None => &s.retry_crashes,
@@ -422,9 +423,12 @@ impl WorkerPool {
         // The breaker sees one outcome per call, after its retries: one worker
         // dying with many calls in flight is one event, and the calls it took
         // down may well succeed elsewhere.
-        let breaker = state.map(|name| s.breakers.get(name));
+        let breaker = state
+            .filter(|_| s.config.breaker.enabled)
+            .map(|name| s.breakers.get(name));
         let permit = match &breaker {
-            Some(b) => Some(b.acquire()?),
+            // A probe is given as long as the call.
+            Some(b) => Some(b.acquire(deadline)?),
             None => None,
         };
         let started = Instant::now();
@@ -447,7 +451,11 @@ impl WorkerPool {
         }
         match (&r, permit) {
             (Ok(_), Some(permit)) => permit.success(),
-            (Ok(_), None) => s.names.promote(method),
+            (Ok(_), None) => {
+                if state.is_none() {
+                    s.names.promote(method);
+                }
+            }
             (
                 Err(
                     Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
