@@ -633,8 +633,9 @@ fn read_file(
         };
         for (name, value) in entries {
             let full = format!("{section}.{name}");
-            let k = key(&full)
-                .ok_or_else(|| Failure::new(format!("{}: {}", path.display(), unknown_key(&full))))?;
+            let k = key(&full).ok_or_else(|| {
+                Failure::new(format!("{}: {}", path.display(), unknown_key(&full)))
+            })?;
             let raw = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
@@ -1142,7 +1143,11 @@ mod tests {
             ]
         );
         assert_eq!(w.call_timeout, Duration::from_millis(1500));
-        assert_eq!(w.retry.retries(), 5, "RETRY_ATTEMPTS counts retries, as the seed's");
+        assert_eq!(
+            w.retry.retries(),
+            5,
+            "RETRY_ATTEMPTS counts retries, as the seed's"
+        );
         assert_eq!(w.breaker.consecutive_failures, Some(9));
         assert!(!s.cache_enabled());
     }
@@ -1165,7 +1170,11 @@ mod tests {
         )
         .unwrap();
         let w = s.worker_config().unwrap().unwrap();
-        assert_eq!(w.command, ["python", "worker.py"], "PYTHON_EXECUTABLE not given");
+        assert_eq!(
+            w.command,
+            ["python", "worker.py"],
+            "PYTHON_EXECUTABLE not given"
+        );
         assert_eq!(w.retry.retries(), 0);
         assert!(!w.breaker.enabled);
         assert_eq!(w.breaker.open_for, Duration::from_secs(120));
@@ -1191,15 +1200,21 @@ mod tests {
         std::fs::write(&file, "[workers]\nretry_attempts = 3\n").unwrap();
         let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
         assert!(
-            e.message.contains("`workers.retry_attempts` is no longer read")
+            e.message
+                .contains("`workers.retry_attempts` is no longer read")
                 && e.message.contains("workers.max_retries"),
             "{}",
             e.message
         );
-        let e = Settings::load(None, &env(&[("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS", "3")]), &[])
-            .unwrap_err();
+        let e = Settings::load(
+            None,
+            &env(&[("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS", "3")]),
+            &[],
+        )
+        .unwrap_err();
         assert!(
-            e.message.starts_with("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS: `workers.retry_attempts`"),
+            e.message
+                .starts_with("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS: `workers.retry_attempts`"),
             "{}",
             e.message
         );
@@ -1214,7 +1229,10 @@ mod tests {
             &env(&[
                 ("SQLITE_FRAMEWORK_PATH", root.as_str()),
                 ("PYTHON_EXECUTABLE", "/usr/bin/python3.11"),
-                ("LITEBRIDGE_WORKERS_ALLOW_PREFIXES", "src.generator, src.tools"),
+                (
+                    "LITEBRIDGE_WORKERS_ALLOW_PREFIXES",
+                    "src.generator, src.tools",
+                ),
                 ("LITEBRIDGE_WORKERS_PYTHON_PATH", "/opt/sdk"),
             ]),
             &[],
@@ -1222,13 +1240,23 @@ mod tests {
         .unwrap();
         let w = s.worker_config().unwrap().unwrap();
         let expected: Vec<String> = [
-            "/usr/bin/python3.11", "-m", "litebridge_worker", "--root", root.as_str(), "--allow",
-            "src.generator", "src.tools",
+            "/usr/bin/python3.11",
+            "-m",
+            "litebridge_worker",
+            "--root",
+            root.as_str(),
+            "--allow",
+            "src.generator",
+            "src.tools",
         ]
         .map(String::from)
         .into();
         assert_eq!(w.command, expected);
-        assert!(w.env.iter().any(|(k, v)| k == "PYTHONPATH" && v.starts_with("/opt/sdk")));
+        assert!(
+            w.env
+                .iter()
+                .any(|(k, v)| k == "PYTHONPATH" && v.starts_with("/opt/sdk"))
+        );
 
         // A command given wins; PYTHON_EXECUTABLE replaces a bare python name only.
         for (command, program) in [
@@ -1247,12 +1275,20 @@ mod tests {
                 &[],
             )
             .unwrap();
-            assert_eq!(s.worker_config().unwrap().unwrap().command[0], program, "{command}");
+            assert_eq!(
+                s.worker_config().unwrap().unwrap().command[0],
+                program,
+                "{command}"
+            );
         }
 
         let missing = dir.path().join("nope").display().to_string();
-        let s = Settings::load(None, &env(&[("SQLITE_FRAMEWORK_PATH", missing.as_str())]), &[])
-            .unwrap();
+        let s = Settings::load(
+            None,
+            &env(&[("SQLITE_FRAMEWORK_PATH", missing.as_str())]),
+            &[],
+        )
+        .unwrap();
         let e = s.worker_config().unwrap_err();
         assert!(
             e.message.contains("`workers.framework_path`")

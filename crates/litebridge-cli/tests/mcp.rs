@@ -632,3 +632,47 @@ fn mcp_over_stdio_refuses_a_duplicated_member() {
     drop(send); // closes stdin: the session ends
     assert!(child.wait().unwrap().success());
 }
+
+/// The seed system's habit, `curl -X POST .../mcp -d '{"method": "pool_health"}'`,
+/// is not MCP: it is told so, and given the `/rpc` request that does it.
+#[test]
+fn a_plain_request_to_mcp_is_told_where_to_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let server = common::Server::start(&db, &[]);
+    for (content_type, body) in [
+        (
+            "application/x-www-form-urlencoded",
+            r#"{"method": "pool_health"}"#,
+        ),
+        ("application/json", r#"{"method": "pool_health"}"#),
+        (
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":1,"method":"pool.health"}"#,
+        ),
+    ] {
+        let (status, head, bytes) =
+            server.request_with("POST", "/mcp", Some(content_type), &[], body.as_bytes());
+        assert_eq!(status, 400, "{content_type} {body}: {head}");
+        let reply: Value = serde_json::from_slice(&bytes).unwrap();
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("use an MCP client")
+                && message.contains("/rpc")
+                && message.contains(r#""method":"pool.health""#),
+            "{message}"
+        );
+    }
+    // What it says to do works.
+    let (status, _, bytes) = server.request_with(
+        "POST",
+        "/rpc",
+        Some("application/json"),
+        &[],
+        br#"{"jsonrpc":"2.0","id":1,"method":"pool.health"}"#,
+    );
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(reply["result"]["healthy"], true, "{reply}");
+    assert!(server.stop().success());
+}

@@ -102,7 +102,10 @@ async fn half_open_admits_only_the_probes_then_closes_on_success() {
     assert_eq!(b.state(), BreakerState::HalfOpen);
     let p2 = b.try_acquire(later()).expect("second probe");
     for _ in 0..10 {
-        assert!(b.try_acquire(later()).is_err(), "only two probes may be out");
+        assert!(
+            b.try_acquire(later()).is_err(),
+            "only two probes may be out"
+        );
     }
     p1.success();
     assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -253,11 +256,16 @@ async fn a_probe_is_given_its_own_calls_deadline() {
     advance(Duration::from_secs(60)).await;
     // Three probes, each a two-minute call that takes 90 s.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let probes: Vec<_> = (0..3).map(|_| b.try_acquire(deadline).expect("probe")).collect();
+    let probes: Vec<_> = (0..3)
+        .map(|_| b.try_acquire(deadline).expect("probe"))
+        .collect();
     let refused = b.try_acquire(later()).expect_err("only the probes");
     assert_eq!(refused.retry_after, Duration::from_secs(120));
     advance(Duration::from_secs(90)).await;
-    assert!(b.try_acquire(later()).is_err(), "still probing, not reopened");
+    assert!(
+        b.try_acquire(later()).is_err(),
+        "still probing, not reopened"
+    );
     assert_eq!(b.state(), BreakerState::HalfOpen);
     for p in probes {
         p.success();

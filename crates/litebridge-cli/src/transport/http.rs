@@ -201,7 +201,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 }
 
 /// A JSON-RPC error with `id: null` (the request was not read), with `status`.
-fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
+pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
     let mut r = json_response(status, &rpc::error_reply(serde_json::Value::Null, e));
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(

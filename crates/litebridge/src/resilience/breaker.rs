@@ -311,7 +311,12 @@ impl CircuitBreaker {
         })
     }
 
-    fn admit_probe(&self, s: &mut State, now: Instant, deadline: Instant) -> Result<bool, Rejected> {
+    fn admit_probe(
+        &self,
+        s: &mut State,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<bool, Rejected> {
         if s.probes_admitted > s.probes_done && now >= s.probes_due {
             // Probes out past their own deadlines did not come back: failed.
             self.transition(s, BreakerState::Open, now);

@@ -487,7 +487,10 @@ mod tests {
             }
         }
         let b = &pool.status().breakers[0];
-        assert_eq!((b.state, b.calls), (crate::resilience::BreakerState::Closed, 20));
+        assert_eq!(
+            (b.state, b.calls),
+            (crate::resilience::BreakerState::Closed, 20)
+        );
         pool.shutdown().await;
     }
 

@@ -202,10 +202,80 @@ pub(crate) async fn authenticate(
                 Ok(r) => r,
                 Err(refused) => return refused,
             };
-            let mut request = request;
+            let (parts, body) = request.into_parts();
+            // In memory already: read_whole put it there.
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            if let Some(advice) = not_mcp(&parts.headers, &bytes) {
+                let e = crate::rpc::RpcError::InvalidRequest(advice);
+                return crate::transport::http::rpc_error(axum::http::StatusCode::BAD_REQUEST, &e);
+            }
+            let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(e) => crate::transport::http::refused(e),
     }
+}
+
+/// Why a POST to `/mcp` is not MCP, with where to go instead; `None` when it
+/// looks like an MCP client's (a JSON-RPC 2.0 body, JSON and an event
+/// stream accepted). The seed system's habit, `curl /mcp -d
+/// '{"method":"pool_health"}'`, got a bare 406 from the SDK; it gets the
+/// `/rpc` request that does what it meant.
+fn not_mcp(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+    let header = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase()
+    };
+    let accept = header(axum::http::header::ACCEPT);
+    let json_body = header(axum::http::header::CONTENT_TYPE).starts_with("application/json");
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let jsonrpc = match &parsed {
+        Some(serde_json::Value::Object(m)) => m.get("jsonrpc").is_some(),
+        Some(serde_json::Value::Array(a)) => a.iter().all(|m| m.get("jsonrpc").is_some()),
+        _ => false,
+    };
+    if json_body
+        && jsonrpc
+        && accept.contains("application/json")
+        && accept.contains("text/event-stream")
+    {
+        return None;
+    }
+    // A tool name the caller meant, as the method it stands for.
+    let meant = parsed
+        .as_ref()
+        .and_then(|v| v.get("method"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|name| {
+            crate::rpc::METHODS
+                .iter()
+                .find(|m| m.name == name || m.tool.as_ref().is_some_and(|t| t.name == name))
+        })
+        .map_or("pool.health", |m| m.name);
+    // Where this request came in (checked by the router: loopback names on a
+    // loopback listener), spelled only with characters a host may have.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or("127.0.0.1:7070");
+    Some(format!(
+        "/mcp speaks the Model Context Protocol (streamable HTTP): use an MCP client, which sends \
+         JSON-RPC 2.0 with `Accept: application/json, text/event-stream`. For plain requests use \
+         POST /rpc, e.g. curl -s http://{host}/rpc -H 'Content-Type: application/json' \
+         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{meant}\"}}'"
+    ))
 }
