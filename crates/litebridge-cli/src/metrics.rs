@@ -302,6 +302,26 @@ fn cache_metrics(o: &mut Out, c: &litebridge::store::CacheStats) {
         "Entries in memory.",
         c.l1_entries as f64,
     );
+    if let Some(n) = c.l2_entries {
+        o.single(
+            "cache_l2_entries",
+            "gauge",
+            "Rows of the cache's table when last counted (after each sweep, or by cache.stats).",
+            n as f64,
+        );
+    }
+    o.single(
+        "cache_l2_errors_total",
+        "counter",
+        "Reads and writes of the cache's table that failed (the cache went on in memory).",
+        c.l2_errors as f64,
+    );
+    o.single(
+        "cache_l2_available",
+        "gauge",
+        "1 while the cache's table is in use, 0 when the cache runs in memory only.",
+        if c.l2_entries.is_some() { 1.0 } else { 0.0 },
+    );
 }
 
 /// The worker pool: processes, calls, breakers, per-method latency.

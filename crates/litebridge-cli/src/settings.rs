@@ -512,6 +512,17 @@ const KEYS: &[Key] = &[
         help: "cache worker results (cacheable methods, cache keys)",
     },
     Key {
+        name: "cache.default_ttl_s",
+        env: &["CACHE_TTL"],
+        kind: int_kind(0, 315_360_000),
+        default: || {
+            int(CacheConfig::default()
+                .default_ttl
+                .map_or(0, |t| t.as_secs()))
+        },
+        help: "lifetime of an entry set without one, in seconds (0: until deleted or evicted)",
+    },
+    Key {
         name: "cache.max_entries",
         env: &[],
         kind: int_kind(1, 1 << 32),
@@ -962,9 +973,10 @@ impl Settings {
     }
 
     pub(crate) fn cache_config(&self) -> CacheConfig {
+        let ttl = self.int("cache.default_ttl_s");
         CacheConfig {
             max_entries: self.int("cache.max_entries") as u64,
-            ..CacheConfig::default()
+            default_ttl: (ttl > 0).then(|| Duration::from_secs(ttl as u64)),
         }
     }
 

@@ -263,6 +263,15 @@ fn the_rest_of_the_method_table() {
     );
     let r = s.call(r#"{"jsonrpc":"2.0","method":"cache.stats","id":7}"#);
     assert_eq!(r["result"]["hits"], 1);
+    assert_eq!(
+        (
+            &r["result"]["l2_size"],
+            &r["result"]["l2"],
+            &r["result"]["l2_errors"]
+        ),
+        (&json!(1), &json!("ok"), &json!(0)),
+        "{r}"
+    );
     let r = s.call(r#"{"jsonrpc":"2.0","method":"persistence.stats","id":8}"#);
     assert_eq!(
         r["result"]["statistics"]["success_rate_percent"], "100.00",

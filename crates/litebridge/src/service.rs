@@ -10,8 +10,10 @@ use crate::db::Database;
 use crate::error::Result;
 use crate::store::{Cache, CacheConfig, MemoryStore, StateStore};
 
-/// How often expired memory entries are deleted.
+/// How often expired memory and cache entries are deleted.
 pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The next cache sweep after one that stopped at its bound.
+const SWEEP_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::workers::{WorkerConfig, WorkerPool};
 
 /// What [`Service::open`] opens and starts: the database's settings, the
@@ -88,7 +90,8 @@ impl Service {
     /// cache, as `config` says.
     ///
     /// # Errors
-    /// What [`Database::open`], [`WorkerPool::start`] or [`Cache::open`] return;
+    /// What [`Database::open`] or [`WorkerPool::start`] return (a cache whose
+    /// table cannot be used goes on in memory, with a warning);
     /// the parts already started are stopped.
     pub async fn open(db_path: impl AsRef<Path>, config: ServiceConfig) -> Result<Service> {
         let ServiceConfig {
@@ -105,13 +108,18 @@ impl Service {
         let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
         let state = StateStore::new(db.clone(), clock.clone());
         let memory = MemoryStore::new(db.clone(), clock.clone());
-        let cache = match Cache::open(Some(db.clone()), cache).await {
+        let cache = match Cache::open(Some(db.clone()), cache.clone()).await {
             Ok(c) => c,
+            // The cache is an optimisation: without its table it goes on in
+            // memory (the seed's cache manager did the same).
             Err(e) => {
-                db.close().await;
-                return Err(e);
+                tracing::warn!(
+                    "the cache's L2 (table litebridge_cache) cannot be used, caching in memory only: {e}"
+                );
+                Cache::memory_only(cache, e.to_string())
             }
         };
+        cache.count_l2().await;
         let workers = match workers {
             Some(config) => match WorkerPool::start(config).await {
                 Ok(pool) => {
@@ -127,25 +135,29 @@ impl Service {
             },
             None => None,
         };
-        // Expired memory entries are never returned; this reclaims their rows.
-        // The task holds the database weakly: dropping the service's last
-        // handle closes it, and the task ends.
+        // Expired memory and cache entries are never returned; this reclaims
+        // their rows. The task holds the database weakly: dropping the
+        // service's last handle closes it, and the task ends.
         let weak = db.downgrade();
+        let cache_sweeper = cache.sweeper();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            tick.tick().await;
+            let mut wait = SWEEP_INTERVAL;
             loop {
-                tick.tick().await;
+                tokio::time::sleep(wait).await;
                 let Some(db) = weak.upgrade() else {
                     return; // every handle was dropped
                 };
                 if !db.health().healthy {
                     return; // closed, or found damaged: leave it alone
                 }
-                let sweeper = MemoryStore::new(db, clock.clone());
-                if let Err(e) = sweeper.sweep().await {
+                if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
                     tracing::warn!("sweeping expired memory entries failed: {e}");
                 }
+                // Bounded per sweep; while it finds more, it comes back soon.
+                wait = match cache_sweeper.sweep(&db).await {
+                    Ok(swept) if swept.more => SWEEP_AGAIN,
+                    _ => SWEEP_INTERVAL,
+                };
             }
         });
         Ok(Service {

@@ -142,3 +142,87 @@ async fn a_lifetime_past_the_clock_never_expires() {
         .unwrap();
     assert_eq!(v, json!(2));
 }
+
+#[tokio::test]
+async fn expired_rows_are_swept_by_bounded_sweeps_and_counted() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let clock = TestClock::new();
+    let cache = Cache::with_clock(Some(db.clone()), CacheConfig::default(), clock.clone())
+        .await
+        .unwrap();
+    for k in 0..5 {
+        cache
+            .set(&format!("live{k}"), json!(k), None)
+            .await
+            .unwrap();
+    }
+    // 10,500 rows that expired long ago, as a cache left running would have.
+    db.write(|c| {
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10500)
+             INSERT INTO main.litebridge_cache(key, value, expires_at)
+             SELECT 'old' || i, '1', 1 FROM n",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(cache.count_l2().await, Some(10_505));
+    assert_eq!(cache.stats().l2_entries, Some(10_505));
+    let sweeper = cache.sweeper();
+    let first = sweeper.sweep(&db).await.unwrap();
+    assert_eq!((first.deleted, first.more), (10_000, true), "bounded");
+    let second = sweeper.sweep(&db).await.unwrap();
+    assert_eq!((second.deleted, second.more), (500, false));
+    assert_eq!(cache.stats().l2_entries, Some(5), "counted after the sweep");
+    // The live ones expire in their turn (default TTL one hour).
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(sweeper.sweep(&db).await.unwrap().deleted, 5);
+    assert_eq!(cache.count_l2().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_full_disk_leaves_the_cache_working_in_memory() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("before", json!(1), None).await.unwrap();
+    let pages = common::count(&db, "PRAGMA page_count").await;
+    db.write(move |c| {
+        c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let big = json!("x".repeat(256 * 1024));
+    cache
+        .set("big", big.clone(), None)
+        .await
+        .expect("kept in memory");
+    assert_eq!(cache.get("big").await.unwrap(), Some(big.clone()));
+    let loaded = cache
+        .get_or_load("loaded", None, || async {
+            Ok(json!("x".repeat(256 * 1024)))
+        })
+        .await
+        .expect("a successful load is not turned into an error by L2");
+    assert_eq!(loaded.as_str().map(str::len), Some(256 * 1024));
+    let stats = cache.stats();
+    assert_eq!(stats.l2_errors, 2, "{stats:?}");
+    assert_eq!(cache.get("before").await.unwrap(), Some(json!(1)));
+    // The database itself is fine: reads work, and so do small writes.
+    assert!(db.health().healthy);
+}
+
+#[tokio::test]
+async fn a_cache_without_its_table_runs_in_memory_and_says_why() {
+    let cache = Cache::memory_only(CacheConfig::default(), "the disk is full");
+    cache.set("k", json!(1), None).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!(1)));
+    let stats = cache.stats();
+    assert_eq!(stats.l2_entries, None);
+    assert_eq!(stats.l2_unavailable.as_deref(), Some("the disk is full"));
+}

@@ -268,7 +268,10 @@ async fn a_database_with_its_keeper_off_still_counts_as_one_on_the_file() {
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     eprintln!("largest WAL: {max_wal} bytes");
-    assert!(max_wal < 16 << 20, "WAL grew to {max_wal} bytes");
+    // Unbounded, the log would pass 40 MB (800 batches of 50 KB); bounded it
+    // stays a few MB, up to 9 MB seen with every test of the file running at
+    // once on two cores (and once past 16 MB under a full workspace run).
+    assert!(max_wal < 24 << 20, "WAL grew to {max_wal} bytes");
     reading.close().await;
     db.close().await;
 }

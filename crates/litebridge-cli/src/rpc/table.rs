@@ -282,7 +282,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "cache.stats",
         scope: Scope::Read,
-        description: "The two-level cache's figures: hits, misses, hit rate, entries and bytes in memory.",
+        description: "The two-level cache's figures: hits (L1, L2), misses, hit rate, evictions, entries in memory (l1_size) and in the table (l2_size, expired rows not yet swept included), L2 failures and whether L2 is in use.",
         example: r#"{}"#,
         handler: handler::<super::stats::CacheStats>(),
         read_only: true,

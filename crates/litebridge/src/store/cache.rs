@@ -12,9 +12,27 @@
 //!
 //! Values are JSON. The L2 table is `litebridge_cache`; its name is fixed
 //! and the values are always bound.
+//!
+//! # When L2 fails
+//!
+//! The cache is an optimisation: a failing L2 (a full disk, a file made
+//! read-only) must not turn a worker call that succeeded into an error, nor
+//! stop the service. A read that fails counts as a miss, a write that fails
+//! leaves the entry in memory only; each is logged (at most once every ten
+//! seconds) and counted in [`CacheStats::l2_errors`]. A delete that fails is
+//! an error, since the entry would come back from L2. [`Cache::memory_only`]
+//! is the cache a service falls back to when L2 cannot even be opened, as
+//! the seed system's cache manager did.
+//!
+//! # Sweeping
+//!
+//! Expired rows are never returned, and [`CacheSweeper::sweep`] deletes them
+//! by the `expires_at` index in bounded batches (each one write of its own,
+//! so other writes interleave); the service runs it every minute, and again
+//! a second later while a sweep finds more than its bound.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
@@ -66,7 +84,7 @@ struct Entry {
 }
 
 /// Counters of a [`Cache`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CacheStats {
     /// Reads answered from memory.
     pub l1_hits: u64,
@@ -78,6 +96,14 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Entries in memory now (approximate).
     pub l1_entries: u64,
+    /// Rows in the L2 table (expired ones not yet swept included) when last
+    /// counted: by [`Cache::count_l2`] and after every sweep. `None` without
+    /// an L2.
+    pub l2_entries: Option<u64>,
+    /// L2 reads and writes that failed (the cache went on in memory).
+    pub l2_errors: u64,
+    /// Why the cache has no L2 although it was meant to, if so.
+    pub l2_unavailable: Option<Arc<str>>,
     /// Hits over reads (0 when nothing was read).
     pub hit_rate: f64,
 }
@@ -88,7 +114,40 @@ struct Counters {
     l2_hits: AtomicU64,
     misses: AtomicU64,
     evictions: Arc<AtomicU64>,
+    l2_errors: AtomicU64,
+    /// `u64::MAX` until counted.
+    l2_entries: AtomicU64,
+    /// When an L2 failure was last logged.
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            l2_entries: AtomicU64::new(u64::MAX),
+            ..Counters::default()
+        }
+    }
+
+    /// Counts an L2 failure, and logs it unless one was logged in the last
+    /// ten seconds (a full disk fails every write).
+    fn l2_failed(&self, what: &str, e: &Error) {
+        let n = self.l2_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = crate::sync::lock(&self.last_warning);
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+            *last = Some(now);
+            tracing::warn!(
+                "the cache's L2 (table litebridge_cache) failed to {what}, going on in memory ({n} failures so far): {e}"
+            );
+        }
+    }
+}
+
+/// Rows deleted by one statement of a sweep.
+const SWEEP_BATCH: u64 = 500;
+/// Statements per sweep: a sweep deletes at most `SWEEP_BATCH * SWEEP_STEPS` rows.
+const SWEEP_STEPS: u64 = 20;
 
 /// The two-level cache. Cheap to clone.
 #[derive(Clone)]
@@ -98,6 +157,7 @@ pub struct Cache {
     clock: Arc<dyn Clock>,
     default_ttl: Option<Duration>,
     counters: Arc<Counters>,
+    l2_unavailable: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -147,7 +207,22 @@ impl Cache {
         if let Some(db) = &db {
             super::schema::migrate(db).await?;
         }
-        let counters = Arc::new(Counters::default());
+        Ok(Cache::build(db, config, clock, None))
+    }
+
+    /// A cache in memory only, because its L2 could not be opened for
+    /// `reason` (shown in [`CacheStats::l2_unavailable`]).
+    pub fn memory_only(config: CacheConfig, reason: impl Into<Arc<str>>) -> Cache {
+        Cache::build(None, config, Arc::new(SystemClock), Some(reason.into()))
+    }
+
+    fn build(
+        db: Option<Database>,
+        config: CacheConfig,
+        clock: Arc<dyn Clock>,
+        l2_unavailable: Option<Arc<str>>,
+    ) -> Cache {
+        let counters = Arc::new(Counters::new());
         let evictions = counters.evictions.clone();
         let l1 = moka::future::Cache::builder()
             .max_capacity(config.max_entries)
@@ -158,23 +233,25 @@ impl Cache {
                 }
             })
             .build();
-        Ok(Cache {
+        Cache {
             l1,
             db,
             clock,
             default_ttl: config.default_ttl,
             counters,
-        })
+            l2_unavailable,
+        }
     }
 
     fn live(&self, e: &Entry) -> bool {
         e.expires.is_none_or(|t| self.clock.now() < t)
     }
 
-    /// The value of `key`, if present and not expired.
+    /// The value of `key`, if present and not expired (an L2 that fails to
+    /// answer counts as a miss).
     ///
     /// # Errors
-    /// Reading L2 failed.
+    /// None today; the `Result` is kept for L2 backends that must report.
     pub async fn get(&self, key: &str) -> Result<Option<Json>> {
         if let Some(e) = self.l1.get(key).await {
             if self.live(&e) {
@@ -183,7 +260,7 @@ impl Cache {
             }
             self.l1.invalidate(key).await;
         }
-        match self.l2_get(key).await? {
+        match self.l2_get(key).await {
             Some(e) => {
                 self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                 let v = (*e.value).clone();
@@ -197,17 +274,23 @@ impl Cache {
         }
     }
 
-    async fn l2_get(&self, key: &str) -> Result<Option<Entry>> {
-        let Some(db) = &self.db else { return Ok(None) };
-        let rows = db
+    /// The live L2 entry of `key`; `None` also when L2 fails (counted).
+    async fn l2_get(&self, key: &str) -> Option<Entry> {
+        let db = self.db.as_ref()?;
+        let rows = match db
             .query_trusted(
                 "SELECT value, expires_at FROM main.litebridge_cache WHERE key = ?1",
                 params![key],
             )
-            .await?;
-        let Some(row) = rows.rows.into_iter().next() else {
-            return Ok(None);
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.counters.l2_failed("read", &e);
+                return None;
+            }
         };
+        let row = rows.rows.into_iter().next()?;
         let expires = match row.get(1) {
             Some(Value::Integer(us)) => {
                 Some(UNIX_EPOCH + Duration::from_micros(u64::try_from(*us).unwrap_or(0)))
@@ -222,7 +305,7 @@ impl Cache {
             value: Arc::new(value),
             expires,
         };
-        Ok(self.live(&e).then_some(e))
+        self.live(&e).then_some(e)
     }
 
     /// When an entry stored now for `ttl` (or the default) expires: `None`
@@ -233,21 +316,26 @@ impl Cache {
             .and_then(|t| self.clock.now().checked_add(t))
     }
 
-    /// Stores `value` under `key` for `ttl` (or the default), in both levels.
+    /// Stores `value` under `key` for `ttl` (or the default), in both levels
+    /// (in memory only if the L2 write fails; counted and logged).
     ///
     /// # Errors
-    /// Writing L2 failed (then nothing is cached).
+    /// `value` cannot be written as JSON.
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
         let expires = self.expiry(ttl);
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
-            db.execute_trusted(
-                "INSERT INTO main.litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
+            if let Err(e) = db
+                .execute_trusted(
+                    "INSERT INTO main.litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                params![key, text, expires.map(micros)],
-            )
-            .await?;
+                    params![key, text, expires.map(micros)],
+                )
+                .await
+            {
+                self.counters.l2_failed("write", &e);
+            }
         }
         self.l1
             .insert(
@@ -287,7 +375,7 @@ impl Cache {
     /// cached.
     ///
     /// # Errors
-    /// What `load` returns, or an L2 error.
+    /// What `load` returns (L2 failures only cost the cache).
     pub async fn get_or_load<F, Fut>(
         &self,
         key: &str,
@@ -304,7 +392,7 @@ impl Cache {
         let entry = self
             .l1
             .try_get_with(key.to_owned(), async {
-                if let Some(e) = self.l2_get(key).await? {
+                if let Some(e) = self.l2_get(key).await {
                     return Ok(e);
                 }
                 let value = load().await?;
@@ -329,17 +417,121 @@ impl Cache {
             c.misses.load(Ordering::Relaxed),
         );
         let reads = h1 + h2 + m;
+        let counted = c.l2_entries.load(Ordering::Relaxed);
         CacheStats {
             l1_hits: h1,
             l2_hits: h2,
             misses: m,
             evictions: c.evictions.load(Ordering::Relaxed),
             l1_entries: self.l1.entry_count(),
+            l2_entries: self
+                .db
+                .as_ref()
+                .map(|_| if counted == u64::MAX { 0 } else { counted }),
+            l2_errors: c.l2_errors.load(Ordering::Relaxed),
+            l2_unavailable: self.l2_unavailable.clone(),
             hit_rate: if reads == 0 {
                 0.0
             } else {
                 (h1 + h2) as f64 / reads as f64
             },
         }
+    }
+}
+
+impl Cache {
+    /// Counts the L2 table's rows now (one scan of its primary key), for
+    /// [`CacheStats::l2_entries`]; `None` without an L2 or when L2 fails.
+    pub async fn count_l2(&self) -> Option<u64> {
+        let db = self.db.as_ref()?;
+        match count_rows(db).await {
+            Ok(n) => {
+                self.counters.l2_entries.store(n, Ordering::Relaxed);
+                Some(n)
+            }
+            Err(e) => {
+                self.counters.l2_failed("count its rows", &e);
+                None
+            }
+        }
+    }
+
+    /// What deletes this cache's expired L2 rows, holding neither the cache
+    /// nor the database (a task that held them would keep them open).
+    pub fn sweeper(&self) -> CacheSweeper {
+        CacheSweeper {
+            clock: self.clock.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+async fn count_rows(db: &Database) -> Result<u64> {
+    let rows = db
+        .query_trusted("SELECT count(*) FROM main.litebridge_cache", ())
+        .await?;
+    Ok(match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// Deletes a cache's expired L2 rows; see the module's note on sweeping.
+#[derive(Clone)]
+pub struct CacheSweeper {
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for CacheSweeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheSweeper").finish_non_exhaustive()
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Expired rows deleted.
+    pub deleted: u64,
+    /// It stopped at its bound with expired rows left: sweep again soon.
+    pub more: bool,
+}
+
+impl CacheSweeper {
+    /// Deletes expired rows of `db`'s cache table, at most
+    /// 500 rows per statement and 20 statements, then counts the rows left.
+    ///
+    /// # Errors
+    /// A delete failed (counted as an L2 failure too).
+    pub async fn sweep(&self, db: &Database) -> Result<Swept> {
+        let now = micros(self.clock.now());
+        let mut deleted = 0;
+        for _ in 0..SWEEP_STEPS {
+            let n = db
+                .execute_trusted(
+                    "DELETE FROM main.litebridge_cache WHERE key IN (
+                         SELECT key FROM main.litebridge_cache
+                         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                    params![now, SWEEP_BATCH as i64],
+                )
+                .await
+                .inspect_err(|e| self.counters.l2_failed("delete expired rows", e))?
+                .changes;
+            deleted += n;
+            if n < SWEEP_BATCH {
+                if let Ok(left) = count_rows(db).await {
+                    self.counters.l2_entries.store(left, Ordering::Relaxed);
+                }
+                return Ok(Swept {
+                    deleted,
+                    more: false,
+                });
+            }
+        }
+        Ok(Swept {
+            deleted,
+            more: true,
+        })
     }
 }

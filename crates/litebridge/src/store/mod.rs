@@ -28,7 +28,7 @@ mod memory;
 mod schema;
 mod state;
 
-pub use cache::{Cache, CacheConfig, CacheStats, Clock, SystemClock};
+pub use cache::{Cache, CacheConfig, CacheStats, CacheSweeper, Clock, Swept, SystemClock};
 pub use memory::{MAX_NAME, MemoryEntry, MemoryStore};
 pub use schema::{SCHEMA_VERSION, migrate};
 pub use state::{MAX_RUN_ID, StateRecord, StateStore, StateUpdate};

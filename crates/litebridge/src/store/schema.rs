@@ -19,7 +19,7 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migration `n` takes a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
          count INTEGER NOT NULL,
          PRIMARY KEY (key_id, period)
      ) WITHOUT ROWID;",
+    // 2 -> 3: the cache's expired rows are found by index and swept.
+    "CREATE INDEX main.litebridge_cache_expiry ON litebridge_cache(expires_at)
+         WHERE expires_at IS NOT NULL;",
 ];
 
 /// Every object litebridge creates (tables and their indexes; SQLite's own
@@ -78,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
 const OWN_OBJECTS: &[&str] = &[
     "litebridge_meta",
     "litebridge_cache",
+    "litebridge_cache_expiry",
     "litebridge_state",
     "litebridge_state_status",
     "litebridge_memory",
