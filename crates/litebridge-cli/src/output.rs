@@ -142,10 +142,13 @@ mod tests {
 
     #[test]
     fn utc_stamps() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_435_509);
-        assert_eq!(utc_stamp(t), "2026-11-23T12:05:09Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_435_509_663);
+        assert_eq!(utc_stamp(t), "2026-11-23T12:05:09.663Z");
         assert_eq!(utc_file_stamp(t), "20261123T120509Z");
-        assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_stamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]

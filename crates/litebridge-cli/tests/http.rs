@@ -108,7 +108,29 @@ fn serve_with_python_workers_and_a_bridge_call() {
     assert_eq!(r["error"]["code"], -32004);
     assert_eq!(r["error"]["data"]["type"], "ValueError");
     let r = server.rpc(json!({"jsonrpc": "2.0", "method": "bridge.stats", "id": "c"}));
-    assert_eq!(r["result"]["workers"].as_array().unwrap().len(), 2);
+    let stats = &r["result"];
+    assert_eq!(stats["workers"].as_array().unwrap().len(), 2);
+    // The seed's pool-wide figures: one success and one failure so far.
+    assert_eq!(
+        (
+            &stats["total_calls"],
+            &stats["successes"],
+            &stats["failures"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["success_rate"], 50.0, "{stats}");
+    assert_eq!(stats["process_count"], 2);
+    assert_eq!(stats["available_processes"], 2, "{stats}");
+    let p = &stats["latency_ms"];
+    let avg = stats["average_latency_ms"].as_f64().unwrap();
+    assert!(
+        avg > 0.0
+            && p["p50"].as_f64() <= p["p95"].as_f64()
+            && p["p95"].as_f64() <= p["p99"].as_f64(),
+        "{stats}"
+    );
     // The request id reaches the worker's log line, forwarded into ours.
     let body = json!({"jsonrpc": "2.0", "method": "bridge.call", "params": {"method": "analyze", "params": ["x", "ids"]}, "id": "d"});
     let (status, headers, _) = server.request_with(

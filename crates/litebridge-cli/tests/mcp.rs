@@ -330,6 +330,7 @@ async fn a_read_only_session_has_no_write_tools() {
     let expected: BTreeSet<String> = [
         "query",
         "schema",
+        "bridge_stats",
         "pool_health",
         "pool_stats",
         "persistence_stats",

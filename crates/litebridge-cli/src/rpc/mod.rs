@@ -321,6 +321,14 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A percentage as the seed system's `error_rate` writes it: `"0%"`,
+/// `"12.5%"`, `"33.33%"` (two decimals at most, no trailing zeros).
+fn percent_text(p: f64) -> String {
+    let text = format!("{p:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
 fn mean(s: &litebridge::DbStats) -> Duration {
     let n = s.read_latency.count + s.write_latency.count;
     if n == 0 {
@@ -410,7 +418,7 @@ fn stats_of(service: &Service) -> Json {
             "total_operations": ops,
             "total_errors": errors,
             "average_response_time": ms(mean(&s)),
-            "error_rate": format!("{:.2}%", percent(errors, ops)),
+            "error_rate": percent_text(percent(errors, ops)),
         },
         "health_status": {
             "healthy": service.db.health().healthy,

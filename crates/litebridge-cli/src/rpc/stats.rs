@@ -63,6 +63,25 @@ fn bridge_status(service: &Service) -> Result<Json, RpcError> {
                 "p50_ms": ms(m.latency.p50), "p95_ms": ms(m.latency.p95), "p99_ms": ms(m.latency.p99),
             })).collect::<Vec<_>>(),
             "cache": cache_figures(service),
+            // The seed's pool-wide figures (its getStats(): totalCalls,
+            // successRate in percent, averageLatency and latency.p50/p95/p99
+            // in ms, processPool.processCount and availableProcesses).
+            "total_calls": s.all.calls,
+            "successes": s.all.calls - s.all.errors,
+            "failures": s.all.errors,
+            "success_rate": if s.all.calls == 0 {
+                100.0
+            } else {
+                round2(percent(s.all.calls - s.all.errors, s.all.calls))
+            },
+            "average_latency_ms": ms(s.all.latency.mean),
+            "latency_ms": {
+                "p50": ms(s.all.latency.p50),
+                "p95": ms(s.all.latency.p95),
+                "p99": ms(s.all.latency.p99),
+            },
+            "process_count": s.workers.len(),
+            "available_processes": s.workers.iter().filter(|w| w.in_flight == 0).count(),
         });
         Ok(stats)
     }
@@ -123,4 +142,9 @@ fn persistence_stats(service: &Service) -> Result<Json, RpcError> {
             },
         }))
     }
+}
+
+/// `x` to two decimals, as a number.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

@@ -156,11 +156,14 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "bridge.stats",
         scope: Scope::Read,
-        description: "The worker pool's statistics: processes, calls, restarts, crashes, breakers and per-method latency percentiles.",
+        description: "The worker pool's statistics: pool-wide calls, success rate (percent), average and p50/p95/p99 latency (ms), process count and idle processes; per worker, per method and per breaker figures; restarts, crashes, the cache.",
         example: r#"{}"#,
         handler: handler::<super::stats::BridgeStats>(),
         read_only: true,
-        tool: None,
+        tool: Some(Tool {
+            name: "bridge_stats",
+            needs_workers: true,
+        }),
     },
     Method {
         name: "bridge.health",

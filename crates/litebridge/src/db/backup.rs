@@ -357,10 +357,16 @@ fn create_partial(dest: &Path) -> Result<PathBuf> {
     })
 }
 
-/// A time in UTC, ISO 8601 to the second: `2026-11-23T14:05:09Z`.
+/// A time in UTC, ISO 8601 to the millisecond as JavaScript's
+/// `toISOString` writes it (the seed system's statistics):
+/// `2026-11-23T14:05:09.663Z`.
 pub fn utc_stamp(t: std::time::SystemTime) -> String {
     let [y, m, d, h, mi, s] = utc_parts(t);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let ms = t
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
 /// A time in UTC for a file name (no separators): `20261123T140509Z`.

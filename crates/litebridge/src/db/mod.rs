@@ -311,6 +311,9 @@ impl Database {
             default_timeout,
             health: Mutex::new(None),
         });
+        // Every connection was just opened and set up: that is a check, and
+        // `last_health_check` is not empty for the first interval.
+        inner.counters.health_checked_now();
         let (stop_tx, stop_rx) = flume::bounded::<()>(0);
         let weak = Arc::downgrade(&inner);
         let interval = inner.opener.config.health_check_interval;

@@ -166,6 +166,8 @@ pub struct PoolStatus {
     pub recycled: u64,
     /// Per-method statistics, by name.
     pub methods: Vec<MethodStats>,
+    /// Every call of every method (named `*`): the seed's pool-wide figures.
+    pub all: MethodStats,
 }
 
 struct Shared {
@@ -189,6 +191,8 @@ struct Shared {
     recycled: AtomicU64,
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     stats: RwLock<std::collections::HashMap<String, Arc<MethodCounters>>>,
+    /// Every call, whatever its method.
+    all: MethodCounters,
     names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
@@ -276,6 +280,7 @@ impl WorkerPool {
             recycled: AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
             stats: RwLock::new(std::collections::HashMap::new()),
+            all: MethodCounters::default(),
             names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
@@ -445,9 +450,12 @@ impl WorkerPool {
             )
             .await;
         let counters = self.counters(state.unwrap_or(names::OTHER));
-        counters.latency.record(started.elapsed());
+        let took = started.elapsed();
+        counters.latency.record(took);
+        s.all.latency.record(took);
         if r.is_err() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
+            s.all.errors.fetch_add(1, Ordering::Relaxed);
         }
         match (&r, permit) {
             (Ok(_), Some(permit)) => permit.success(),
@@ -663,6 +671,15 @@ impl WorkerPool {
                     .collect();
                 v.sort_by(|a, b| a.method.cmp(&b.method));
                 v
+            },
+            all: {
+                let latency = s.all.latency.summary();
+                MethodStats {
+                    method: "*".into(),
+                    calls: latency.count,
+                    errors: s.all.errors.load(Ordering::Relaxed),
+                    latency,
+                }
             },
         }
     }
