@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod events;
 mod json;
 mod logging;
 mod metrics;

@@ -53,6 +53,8 @@ pub enum ErrorKind {
     QuotaExceeded,
     /// A result, a value or a message is over a configured limit.
     TooLarge,
+    /// The method has no meaning on this backend or transport.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -78,6 +80,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 }
@@ -260,6 +263,19 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The method has no meaning here (this backend, this transport); the
+    /// message says what to use instead.
+    #[error("{what} is not supported {here}: {instead}")]
+    Unsupported {
+        /// The method or feature.
+        what: String,
+        /// Where it was asked for (`over HTTP`, `on PostgreSQL`).
+        here: String,
+        /// What to use instead.
+        instead: String,
+        /// The storage backend serving (`sqlite`).
+        backend: &'static str,
+    },
     /// An integrity or foreign-key check found problems.
     #[error("check of {} failed: {detail}", path.display())]
     CheckFailed {
@@ -312,6 +328,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::CheckFailed { .. } => ErrorKind::CheckFailed,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,

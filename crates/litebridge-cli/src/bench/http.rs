@@ -70,7 +70,7 @@ impl Bench {
         let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
         let auth = Auth::open(service.db.clone(), tiers, clock).await?;
         let upkeep = auth.maintain(std::time::Duration::from_secs(1));
-        let app = Arc::new(crate::rpc::App { service, auth });
+        let app = Arc::new(crate::rpc::App::new(service, auth));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = crate::transport::http::router(
             app.clone(),

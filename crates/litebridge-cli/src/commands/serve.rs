@@ -48,7 +48,7 @@ async fn open_app(
         }
     };
     let upkeep = auth.maintain(s.key_refresh());
-    Ok((rpc::App { service, auth }, upkeep))
+    Ok((rpc::App::new(service, auth), upkeep))
 }
 
 /// Recovers first when asked, opens the service, schedules backups when
@@ -149,11 +149,14 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     let notify = signalled.clone();
     let grace = s.shutdown_grace();
     exit_after_grace(grace);
+    let events = app.events.clone();
     let server = crate::transport::accept::serve(listener, router, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
-        // MCP event streams stay open by design: end them so the drain can finish.
+        // MCP and /events streams stay open by design: end them (after a
+        // `shutdown` event) so the drain can finish.
         mcp_stop.cancel();
+        events.close();
         notify.notify_one();
     });
     // After the signal, requests in flight get the grace period less a

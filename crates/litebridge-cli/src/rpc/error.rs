@@ -45,7 +45,8 @@ impl RpcError {
     }
 
     /// The JSON-RPC error code: the specification's for request errors,
-    /// litebridge's (-32000 to -32011, listed in the README) for the rest.
+    /// litebridge's (-32000 to -32012, the error table of the product
+    /// contract) for the rest.
     pub(crate) fn code(&self) -> i64 {
         match self {
             RpcError::Parse(_) => -32700,
@@ -65,6 +66,7 @@ impl RpcError {
                 Error::ReadOnly { .. } => -32009,
                 Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
                 Error::TooLarge { .. } => -32011,
+                Error::Unsupported { .. } => -32012,
                 _ if e.kind() == ErrorKind::InvalidArgument => -32602,
                 _ => -32603,
             },
@@ -131,6 +133,7 @@ impl RpcError {
                 put("what", json!(what));
                 put("limit", json!(limit));
             }
+            Error::Unsupported { backend, .. } => put("backend", json!(backend)),
             _ => {}
         }
         Some(data)
@@ -202,6 +205,17 @@ mod tests {
                 }),
                 -32011,
                 "too_large",
+                false,
+            ),
+            (
+                RpcError::App(Error::Unsupported {
+                    what: "events.subscribe".into(),
+                    here: "over HTTP".into(),
+                    instead: "read GET /events".into(),
+                    backend: "sqlite",
+                }),
+                -32012,
+                "unsupported",
                 false,
             ),
         ];

@@ -26,6 +26,7 @@
 //! someone needs it. Until then one crate fewer keeps builds and the public
 //! API smaller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -39,6 +40,7 @@ use serde_json::{Value as Json, json};
 mod admin;
 mod bridge;
 mod error;
+mod events;
 mod params;
 mod sql;
 mod stats;
@@ -46,6 +48,7 @@ mod stores;
 mod table;
 
 pub(crate) use error::RpcError;
+pub(crate) use events::{SESSION, Session};
 pub(crate) use table::{METHODS, Method};
 
 /// Rows a query returns when it does not say (`max_rows`).
@@ -74,6 +77,24 @@ pub(crate) fn error_reply(id: Json, e: &RpcError) -> Json {
 pub(crate) struct App {
     pub(crate) service: Service,
     pub(crate) auth: Auth,
+    /// The pool's events, for `/events` and stdio subscribers.
+    pub(crate) events: Arc<crate::events::Events>,
+}
+
+impl App {
+    /// The application over `service` and `auth`, its events following the
+    /// worker pool (when there is one).
+    pub(crate) fn new(service: Service, auth: Auth) -> App {
+        let events = crate::events::Events::new();
+        if let Some(pool) = &service.workers {
+            events.follow(pool);
+        }
+        App {
+            service,
+            auth,
+            events,
+        }
+    }
 }
 
 /// Answers one line of input (a request or a batch) from `caller`; `None`

@@ -15,7 +15,7 @@ use super::{App, METHODS, handle};
 
 const CODES: &[i64] = &[
     -32700, -32600, -32601, -32602, -32603, -32000, -32001, -32002, -32003, -32004, -32005, -32006,
-    -32007, -32008, -32009, -32010,
+    -32007, -32008, -32009, -32010, -32011, -32012,
 ];
 
 fn json_value() -> impl Strategy<Value = Json> {
@@ -152,7 +152,7 @@ async fn open_app(path: &std::path::Path) -> App {
     let auth = Auth::open(service.db.clone(), Tiers::default(), Arc::new(SystemClock))
         .await
         .unwrap();
-    App { service, auth }
+    App::new(service, auth)
 }
 
 #[test]

@@ -100,6 +100,7 @@ pub(crate) fn router(
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_handler))
+        .route("/events", get(events_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone())
         .merge(mcp)
@@ -246,6 +247,46 @@ pub(crate) fn refused(e: litebridge::Error) -> Response {
         _ => StatusCode::FORBIDDEN,
     };
     rpc_error(status, &rpc::RpcError::App(e))
+}
+
+/// `GET /events`: the event stream as server-sent events (`id`, `event`,
+/// `data` the event's JSON), for keys with the read scope, under the Host and
+/// Origin rules of every route. The request counts against the key's quotas
+/// like one call, but holds none of its concurrent slots while it streams. A
+/// `Last-Event-ID` header resumes after that event (see `events`).
+async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
+        return refused(e);
+    }
+    match caller.enter() {
+        Ok(slot) => drop(slot),
+        Err(e) => return refused(e),
+    }
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let subscription = state.app.events.subscribe(after);
+    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+        let item = sub.next().await?;
+        let event = match &item {
+            crate::events::Item::Event(e) => axum::response::sse::Event::default()
+                .id(e.id.to_string())
+                .event(e.name),
+            crate::events::Item::Missed(_) => axum::response::sse::Event::default().event("missed"),
+        }
+        .data(item.json());
+        Some((Ok::<_, std::convert::Infallible>(event), sub))
+    });
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(
+            axum::response::sse::KeepAlive::new().interval(std::time::Duration::from_secs(15)),
+        )
+        .into_response()
 }
 
 async fn rpc_handler(State(state): State<AppState>, request: Request) -> Response {

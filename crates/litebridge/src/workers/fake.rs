@@ -379,6 +379,7 @@ mod tests {
         let pool = WorkerPool::start_with(config(1), fakes.clone())
             .await
             .unwrap();
+        let mut events = pool.subscribe();
         let e = pool
             .call("boom", json!({}), CallOptions::default())
             .await
@@ -401,6 +402,15 @@ mod tests {
         })
         .await;
         assert_eq!(pool.status().crashes, 1);
+        // The event says how it ended and what it last printed.
+        let exited = loop {
+            if let crate::workers::PoolEvent::WorkerExited { error, .. } =
+                events.recv().await.unwrap()
+            {
+                break error;
+            }
+        };
+        assert_eq!(exited, "exit code 3; stderr: ValueError: bad input");
         let r = pool
             .call("echo", json!({}), CallOptions::default())
             .await

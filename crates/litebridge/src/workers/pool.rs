@@ -81,6 +81,9 @@ pub enum PoolEvent {
         id: u64,
         /// Its pid.
         pid: u32,
+        /// How it ended (`exit code 3`, `signal 9 (SIGKILL)`) and its last
+        /// line on stderr.
+        error: String,
     },
     /// A replacement for a dead worker is ready.
     WorkerRestarted {
@@ -102,8 +105,14 @@ pub enum PoolEvent {
     Retry {
         /// The method.
         method: String,
-        /// The attempt that failed.
+        /// The attempt that failed (1 for the first).
         attempt: u32,
+        /// Attempts the call may make in all.
+        max_attempts: u32,
+        /// Why the attempt failed.
+        error: String,
+        /// The wait before the next attempt.
+        delay: Duration,
     },
     /// A circuit breaker changed state.
     Breaker(crate::resilience::BreakerEvent),
@@ -323,8 +332,28 @@ impl WorkerPool {
         let mut breaker_events = pool.shared.breakers.subscribe();
         let weak = Arc::downgrade(&pool.shared);
         tokio::spawn(async move {
-            while let Ok(e) = breaker_events.recv().await {
+            loop {
+                let e = match breaker_events.recv().await {
+                    Ok(e) => e,
+                    // Changes it missed are gone; the next ones still count.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
                 let Some(s) = weak.upgrade() else { return };
+                if e.to == crate::resilience::BreakerState::Closed {
+                    tracing::info!(
+                        method = &*e.breaker,
+                        "circuit breaker {} -> closed",
+                        e.from.as_str()
+                    );
+                } else {
+                    tracing::warn!(
+                        method = &*e.breaker,
+                        "circuit breaker {} -> {}",
+                        e.from.as_str(),
+                        e.to.as_str()
+                    );
+                }
                 let _ = s.events.send(PoolEvent::Breaker(e));
             }
         });
@@ -442,9 +471,18 @@ impl WorkerPool {
             .run_with(
                 |_| self.call_once(method, &params, request_id, deadline, timeout),
                 |retry| {
+                    tracing::warn!(
+                        method,
+                        attempt = retry.attempt,
+                        "retrying a call after: {}",
+                        retry.error
+                    );
                     let _ = s.events.send(PoolEvent::Retry {
                         method: method.to_owned(),
                         attempt: retry.attempt,
+                        max_attempts: policy.attempts(),
+                        error: retry.error.to_string(),
+                        delay: retry.delay,
                     });
                 },
             )
@@ -761,6 +799,7 @@ async fn supervise(
             let _ = s.events.send(PoolEvent::WorkerExited {
                 id: p.id,
                 pid: p.pid,
+                error: p.ending(),
             });
         }
         let (s2, tx) = (s.clone(), exit_tx.clone());

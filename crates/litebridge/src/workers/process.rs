@@ -271,6 +271,19 @@ impl Process {
             .is_ok()
     }
 
+    /// How the process ended, with its last stderr line, for events.
+    pub(crate) fn ending(&self) -> String {
+        let exit = self
+            .exited
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "it is stopping".into());
+        match lock(&self.stderr).back() {
+            Some(line) => format!("{exit}; stderr: {line}"),
+            None => exit,
+        }
+    }
+
     fn crash_error(&self) -> Error {
         Error::WorkerCrashed {
             pid: self.pid,

@@ -1,0 +1,233 @@
+//! The event stream through both transports, with real Python workers:
+//! `GET /events` (server-sent events) and `events.subscribe` over stdio.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Opens `GET /events` with `headers`; the status line and the stream.
+fn open_events(addr: &str, headers: &[(&str, &str)]) -> (String, BufReader<TcpStream>) {
+    open_events_as(addr, addr, headers)
+}
+
+/// As [`open_events`], naming `host` in the `Host` header.
+fn open_events_as(
+    addr: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (String, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("GET /events HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    // The rest of the head.
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    (status, reader)
+}
+
+/// Reads server-sent events until one named `name`; returns its data.
+fn until_event(stream: &mut BufReader<TcpStream>, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut current = String::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if stream.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("the stream ended before a {name} event");
+        }
+        let line = line.trim_end();
+        if let Some(e) = line.strip_prefix("event: ") {
+            current = e.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && current == name
+        {
+            return serde_json::from_str(data).unwrap();
+        }
+    }
+    panic!("no {name} event within 20 s");
+}
+
+fn fail_five_times(server: &common::Server) {
+    for i in 0..5 {
+        let r = server.rpc(json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+            "params": {"method": "fail", "params": ["on purpose"]}}));
+        assert_eq!(r["error"]["data"]["kind"], "worker_error", "{r}");
+    }
+}
+
+#[test]
+fn events_over_http_are_server_sent_with_the_seeds_names_and_end_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(
+        &dir.path().join("e.db"),
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+    );
+    // A foreign Host is refused as on every route.
+    let (status, _) = open_events_as(&server.addr, "evil.example", &[]);
+    assert!(status.contains(" 403 "), "{status}");
+    let (status, mut stream) = open_events(&server.addr, &[]);
+    assert!(status.contains(" 200 "), "{status}");
+    fail_five_times(&server);
+    let e = until_event(&mut stream, "circuit-breaker-state-change");
+    assert_eq!(
+        (&e["method"], &e["from"], &e["to"]),
+        (&json!("fail"), &json!("closed"), &json!("open")),
+        "{e}"
+    );
+    assert!(
+        e["ts"].as_str().unwrap().ends_with('Z') && e["id"].as_u64().unwrap() >= 2,
+        "{e}"
+    );
+    // `started` was before this reader came: a reader resuming from 0 gets it.
+    let (_, mut again) = open_events(&server.addr, &[("Last-Event-ID", "0")]);
+    let started = until_event(&mut again, "started");
+    assert_eq!(started["processes"], 1);
+    assert_eq!(started["id"], 1);
+    // SIGTERM: the stream gets `shutdown` and ends; the server does not wait
+    // out its grace period on it.
+    let begun = Instant::now();
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    until_event(&mut stream, "shutdown");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let mut server = server;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        begun.elapsed()
+    );
+}
+
+#[test]
+fn events_over_http_need_the_read_scope_once_keys_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let bridge_only = common::create_key(&db, "b", "bridge", "free");
+    let reader = common::create_key(&db, "r", "read", "free");
+    let server = common::Server::start(&db, &[]);
+    let (status, _) = open_events(&server.addr, &[]);
+    assert!(status.contains(" 401 "), "{status}");
+    let (status, _) = open_events(
+        &server.addr,
+        &[("Authorization", &format!("Bearer {bridge_only}"))],
+    );
+    assert!(status.contains(" 403 "), "{status}");
+    let (status, _) = open_events(
+        &server.addr,
+        &[("Authorization", &format!("Bearer {reader}"))],
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    // Over /rpc the subscription is refused, saying where to go.
+    let (_, r) = server.rpc_as(
+        Some(&reader),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe"}),
+    );
+    assert_eq!(r["error"]["code"], -32012, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GET /events"),
+        "{r}"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn events_over_stdio_come_as_notifications_after_subscribing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "stdio",
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+            "--db",
+        ])
+        .arg(dir.path().join("s.db"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut send = |v: Value| {
+        writeln!(stdin, "{v}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut lines = Vec::new();
+    let read = |stdout: &mut BufReader<_>| -> Value {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    // Not subscribed: five failures, then a probe; no notification between.
+    for i in 0..5 {
+        send(json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+            "params": {"method": "fail", "params": ["x"]}}));
+        lines.push(read(&mut stdout));
+    }
+    assert!(lines.iter().all(|l| l.get("id").is_some()), "{lines:?}");
+    send(json!({"jsonrpc": "2.0", "id": "sub", "method": "events.subscribe"}));
+    assert_eq!(read(&mut stdout)["result"], json!({"subscribed": true}));
+    send(
+        json!({"jsonrpc": "2.0", "id": "reset", "method": "bridge.breaker.reset",
+        "params": {"method": "fail"}}),
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 2 && Instant::now() < deadline {
+        got.push(read(&mut stdout));
+    }
+    let note = got
+        .iter()
+        .find(|v| v["method"] == "event")
+        .unwrap_or_else(|| panic!("no event in {got:?}"));
+    let p = &note["params"];
+    assert_eq!(p["event"], "circuit-breaker-state-change");
+    assert_eq!(
+        (&p["from"], &p["to"]),
+        (&json!("open"), &json!("closed")),
+        "{p}"
+    );
+    assert!(note.get("id").is_none(), "a notification");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
