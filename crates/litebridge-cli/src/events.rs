@@ -1,10 +1,25 @@
 //! The event stream: what happens in the worker pool, with the seed
 //! system's names (`started`, `process-started`, `process-error`,
 //! `process-restarted`, `process-recycling`, `retry`,
-//! `circuit-breaker-state-change`, `shutdown`), each a JSON object with an
-//! `id` (a sequence number), the `event` name and a `ts` (UTC, to the
-//! millisecond). Delivered by `GET /events` (server-sent events) and to
-//! stdio sessions that called `events.subscribe`, and logged.
+//! `circuit-breaker-state-change`, `shutdown`), each a JSON object with a
+//! `seq` (its number in this run of the server), the `event` name, a `ts`
+//! (UTC, to the millisecond) and its own fields (`id` is the worker's, as in
+//! the seed). Delivered by `GET /events` (server-sent events, whose `id` is
+//! `RUN-SEQ`, the run being the server's start time in ms) and to stdio
+//! sessions that called `events.subscribe`, and logged.
+//!
+//! What workers print (stderr) may quote callers' parameters: events carry
+//! how a worker ended and the kind of a retried failure, never its output,
+//! as the request log does.
+//!
+//! # Who may read, and how many
+//!
+//! A stream is a connection held open: at most [`MAX_STREAMS`] at once, and
+//! [`MAX_STREAMS_PER_KEY`] per key (local callers count as one), each
+//! ending after [`STREAM_LIFETIME`] (an `EventSource` reconnects with its
+//! `Last-Event-ID` and loses nothing the ring still holds) or as soon as
+//! its key is revoked; so readers cannot take the connections requests
+//! need.
 //!
 //! # Slow consumers
 //!
@@ -35,12 +50,18 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const BUFFER: usize = 1024;
 /// Events kept for late and returning readers.
 pub(crate) const RING: usize = 256;
+/// Streams open at once, in all.
+pub(crate) const MAX_STREAMS: usize = 64;
+/// Streams open at once per key.
+pub(crate) const MAX_STREAMS_PER_KEY: usize = 4;
+/// How long one stream lasts before the reader must reconnect.
+pub(crate) const STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One event, serialized once for every reader.
 #[derive(Debug)]
 pub(crate) struct Event {
-    /// Its sequence number, from 1.
-    pub(crate) id: u64,
+    /// Its sequence number in this run, from 1.
+    pub(crate) seq: u64,
     /// Its name (`retry`, ...).
     pub(crate) name: &'static str,
     /// The whole object, as JSON text.
@@ -75,7 +96,11 @@ impl Item {
 /// The server's events: published here, read by any number of subscribers.
 #[derive(Debug)]
 pub(crate) struct Events {
+    /// This run of the server: its start, in ms since the epoch.
+    run: u64,
     tx: broadcast::Sender<Arc<Event>>,
+    /// Streams open, in all and per key name (`None`: local callers).
+    streams: Mutex<(usize, std::collections::HashMap<Option<String>, usize>)>,
     /// The last events, oldest first; also the lock that orders publishing.
     ring: Mutex<VecDeque<Arc<Event>>>,
     next: AtomicU64,
@@ -85,8 +110,13 @@ pub(crate) struct Events {
 
 impl Events {
     pub(crate) fn new() -> Arc<Events> {
+        let run = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Arc::new(Events {
+            run,
             tx: broadcast::channel(BUFFER).0,
+            streams: Mutex::new((0, std::collections::HashMap::new())),
             ring: Mutex::new(VecDeque::with_capacity(RING)),
             next: AtomicU64::new(1),
             shutdown_sent: AtomicBool::new(false),
@@ -98,15 +128,18 @@ impl Events {
     /// library logs where they happen).
     pub(crate) fn publish(&self, name: &'static str, fields: Map<String, Json>) {
         let mut ring = lock(&self.ring);
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let mut object = Map::with_capacity(fields.len() + 3);
-        object.insert("id".into(), json!(id));
+        object.insert("seq".into(), json!(seq));
         object.insert("event".into(), json!(name));
         object.insert(
             "ts".into(),
             json!(crate::output::utc_stamp(SystemTime::now())),
         );
-        object.extend(fields);
+        for (k, v) in fields {
+            // The event's own fields never hide the three above.
+            object.entry(k).or_insert(v);
+        }
         let text = Json::Object(object).to_string();
         match name {
             "retry" | "circuit-breaker-state-change" => tracing::debug!(event = name, "{text}"),
@@ -114,7 +147,7 @@ impl Events {
             _ => tracing::info!(event = name, "{text}"),
         }
         let event = Arc::new(Event {
-            id,
+            seq,
             name,
             json: text,
         });
@@ -126,14 +159,16 @@ impl Events {
         let _ = self.tx.send(event);
     }
 
-    /// Publishes the pool's events from now on (and `started` at once: the
-    /// pool's own was sent before anyone could listen).
+    /// Publishes the pool's events from now on (and `started` and each
+    /// worker's `process-started` at once: the pool sent its own before
+    /// anyone could listen).
     pub(crate) fn follow(self: &Arc<Self>, pool: &WorkerPool) {
         let mut rx = pool.subscribe();
-        self.publish(
-            "started",
-            object(json!({"processes": pool.status().processes})),
-        );
+        let status = pool.status();
+        self.publish("started", object(json!({"processes": status.processes})));
+        for w in &status.workers {
+            self.publish("process-started", object(json!({"id": w.id, "pid": w.pid})));
+        }
         let events = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -175,19 +210,66 @@ impl Events {
         self.closed.cancel();
     }
 
-    /// A reader of the events after `after` (a `Last-Event-ID`), or of the
-    /// events from now on.
+    /// The server-sent event id of `e`: `RUN-SEQ`.
+    pub(crate) fn sse_id(&self, e: &Event) -> String {
+        format!("{}-{}", self.run, e.seq)
+    }
+
+    /// Where a reader presenting `Last-Event-ID: text` resumes: after that
+    /// event of this run; from the start of this run for an id of another
+    /// run (the server restarted) or one it cannot read.
+    pub(crate) fn resume_after(&self, text: &str) -> u64 {
+        match text.trim().split_once('-') {
+            Some((run, seq)) if run.parse() == Ok(self.run) => seq.parse().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Leave to open one more stream for `key` (a key's name; `None` for
+    /// local callers), given back when the ticket drops.
+    ///
+    /// # Errors
+    /// [`litebridge::Error::Overloaded`] past [`MAX_STREAMS`] or
+    /// [`MAX_STREAMS_PER_KEY`].
+    pub(crate) fn open_stream(
+        self: &Arc<Self>,
+        key: Option<String>,
+    ) -> Result<StreamTicket, litebridge::Error> {
+        let mut s = lock(&self.streams);
+        let mine = s.1.get(&key).copied().unwrap_or(0);
+        let (limit, count) = if s.0 >= MAX_STREAMS {
+            (MAX_STREAMS, s.0)
+        } else if mine >= MAX_STREAMS_PER_KEY {
+            (MAX_STREAMS_PER_KEY, mine)
+        } else {
+            s.0 += 1;
+            *s.1.entry(key.clone()).or_insert(0) += 1;
+            return Ok(StreamTicket {
+                events: self.clone(),
+                key,
+            });
+        };
+        debug_assert!(count >= limit);
+        Err(litebridge::Error::Overloaded {
+            queue: "event streams",
+            capacity: limit,
+            retry_after: std::time::Duration::from_secs(5),
+        })
+    }
+
+    /// A reader of the events after `after` (a sequence number of this
+    /// run), or of the events from now on.
     pub(crate) fn subscribe(&self, after: Option<u64>) -> Subscription {
         let ring = lock(&self.ring);
         // Under the ring's lock: nothing is published between the two.
         let rx = self.tx.subscribe();
-        let newest = self.next.load(Ordering::Relaxed) - 1;
+        let newest = self.next.load(Ordering::Relaxed).saturating_sub(1);
         let mut backlog = VecDeque::new();
         let mut missed = 0;
         if let Some(after) = after.filter(|a| *a < newest) {
-            let oldest = ring.front().map_or(newest + 1, |e| e.id);
+            let oldest = ring.front().map_or(newest + 1, |e| e.seq);
             missed = oldest.saturating_sub(after + 1);
-            backlog.extend(ring.iter().filter(|e| e.id > after).cloned());
+            backlog.extend(ring.iter().filter(|e| e.seq > after).cloned());
         }
         Subscription {
             missed,
@@ -206,6 +288,26 @@ impl Events {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One open stream, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct StreamTicket {
+    events: Arc<Events>,
+    key: Option<String>,
+}
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        let mut s = lock(&self.events.streams);
+        s.0 = s.0.saturating_sub(1);
+        if let Some(n) = s.1.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                s.1.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// One reader's place in the stream.
@@ -254,9 +356,9 @@ fn describe(e: &PoolEvent) -> Option<(&'static str, Map<String, Json>)> {
         PoolEvent::WorkerStarted { id, pid } => {
             ("process-started", object(json!({"id": id, "pid": pid})))
         }
-        PoolEvent::WorkerExited { id, pid, error } => (
+        PoolEvent::WorkerExited { id, pid, exit, .. } => (
             "process-error",
-            object(json!({"id": id, "pid": pid, "error": error})),
+            object(json!({"id": id, "pid": pid, "error": exit})),
         ),
         PoolEvent::WorkerRestarted { id, pid } => {
             ("process-restarted", object(json!({"id": id, "pid": pid})))
@@ -273,13 +375,14 @@ fn describe(e: &PoolEvent) -> Option<(&'static str, Map<String, Json>)> {
             method,
             attempt,
             max_attempts,
-            error,
+            kind,
             delay,
+            ..
         } => (
             "retry",
             object(json!({
                 "method": method, "attempt": attempt, "max_attempts": max_attempts,
-                "error": error, "delay_ms": delay.as_millis() as u64,
+                "error": kind.as_str(), "delay_ms": delay.as_millis() as u64,
             })),
         ),
         PoolEvent::Breaker(b) => (
@@ -299,7 +402,7 @@ mod tests {
         items
             .iter()
             .map(|i| match i {
-                Item::Event(e) => e.id.to_string(),
+                Item::Event(e) => e.seq.to_string(),
                 Item::Missed(n) => format!("missed {n}"),
             })
             .collect()
@@ -343,7 +446,7 @@ mod tests {
         }
         let mut late = events.subscribe(Some(2));
         let items = drain(&mut late).await;
-        let oldest = events.recent()[0].id;
+        let oldest = events.recent()[0].seq;
         assert_eq!(ids(&items[..1]), [format!("missed {}", oldest - 3)]);
         assert_eq!(items.len(), 1 + RING);
         // A new reader starts from now.
@@ -363,7 +466,65 @@ mod tests {
         assert_eq!(e.name, "shutdown");
         let v: Json = serde_json::from_str(&e.json).unwrap();
         assert_eq!(v["event"], "shutdown");
+        assert_eq!(v["seq"], 1);
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
         assert!(reader.next().await.is_none(), "ended");
+    }
+
+    #[tokio::test]
+    async fn an_events_own_id_is_the_workers_and_never_hides_the_sequence() {
+        let events = Events::new();
+        events.publish(
+            "process-started",
+            object(json!({"id": 7, "pid": 42, "seq": 999, "event": "forged"})),
+        );
+        let v: Json = serde_json::from_str(&events.recent()[0].json).unwrap();
+        assert_eq!(
+            (&v["id"], &v["seq"], &v["event"]),
+            (&json!(7), &json!(1), &json!("process-started"))
+        );
+    }
+
+    #[test]
+    fn last_event_ids_of_this_run_resume_and_others_start_over() {
+        let events = Events::new();
+        let run = events.run;
+        assert_eq!(events.resume_after(&format!("{run}-12")), 12);
+        assert_eq!(events.resume_after(&format!("{}-12", run - 1)), 0);
+        for junk in [
+            "",
+            "12",
+            "x-y",
+            "-",
+            &format!("{run}-"),
+            "18446744073709551615-1",
+        ] {
+            assert_eq!(events.resume_after(junk), 0, "{junk:?}");
+        }
+        let mut far = events.subscribe(Some(u64::MAX));
+        assert!(far.backlog.is_empty() && far.missed == 0);
+        drop(far.rx.try_recv());
+    }
+
+    #[test]
+    fn streams_are_capped_in_all_and_per_key() {
+        let events = Events::new();
+        let mine: Vec<_> = (0..MAX_STREAMS_PER_KEY)
+            .map(|_| events.open_stream(Some("k".into())).unwrap())
+            .collect();
+        assert!(events.open_stream(Some("k".into())).is_err());
+        let others: Vec<_> = (0..MAX_STREAMS - MAX_STREAMS_PER_KEY)
+            .map(|i| {
+                events
+                    .open_stream(Some(format!("o{}", i / MAX_STREAMS_PER_KEY)))
+                    .unwrap()
+            })
+            .collect();
+        assert!(events.open_stream(None).is_err(), "all taken");
+        drop(mine);
+        assert!(events.open_stream(Some("k".into())).is_ok(), "given back");
+        drop(others);
+        assert_eq!(lock(&events.streams).0, 0);
+        assert!(lock(&events.streams).1.is_empty());
     }
 }

@@ -856,6 +856,12 @@ impl Settings {
         let python = self.get("workers.python").trim();
         let command = self.get("workers.command").trim();
         let framework = self.get("workers.framework_path").trim();
+        if !command.is_empty() && !framework.is_empty() {
+            tracing::warn!(
+                "workers.command is set, so workers.framework_path ({}) is not used",
+                self.values["workers.framework_path"].1
+            );
+        }
         let words: Vec<String> = if !command.is_empty() {
             let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
             // Only when given: a default must not replace the program named.
@@ -930,12 +936,28 @@ impl Settings {
                 from("workers.allow_prefixes")
             )));
         }
+        // Dotted names only: a prefix like `--root` would be read by the
+        // worker as an option and widen what it serves.
+        let dotted = |p: &str| {
+            p.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        };
+        if let Some(bad) = prefixes.iter().find(|p| !dotted(p)) {
+            return Err(Failure::new(format!(
+                "invalid configuration `workers.allow_prefixes` (from {}): {bad:?} is not a dotted Python name (e.g. \"src.generator\")",
+                from("workers.allow_prefixes")
+            )));
+        }
         let mut words: Vec<String> = vec![
             if python.is_empty() { "python3" } else { python }.into(),
             "-m".into(),
             "litebridge_worker".into(),
-            "--root".into(),
-            framework.into(),
+            // One word, whatever the path begins with.
+            format!("--root={framework}"),
             "--allow".into(),
         ];
         words.extend(prefixes.into_iter().map(str::to_owned));
@@ -1251,12 +1273,12 @@ mod tests {
         )
         .unwrap();
         let w = s.worker_config().unwrap().unwrap();
+        let root_flag = format!("--root={root}");
         let expected: Vec<String> = [
             "/usr/bin/python3.11",
             "-m",
             "litebridge_worker",
-            "--root",
-            root.as_str(),
+            root_flag.as_str(),
             "--allow",
             "src.generator",
             "src.tools",
@@ -1293,6 +1315,26 @@ mod tests {
                 "{command}"
             );
         }
+
+        // A prefix that is no dotted name (one that would read as an option).
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("SQLITE_FRAMEWORK_PATH", root.as_str()),
+                (
+                    "LITEBRIDGE_WORKERS_ALLOW_PREFIXES",
+                    "src,--root,/,--allow,os",
+                ),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let e = s.worker_config().unwrap_err();
+        assert!(
+            e.message.contains("\"--root\" is not a dotted Python name"),
+            "{}",
+            e.message
+        );
 
         let missing = dir.path().join("nope").display().to_string();
         let s = Settings::load(

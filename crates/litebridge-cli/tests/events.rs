@@ -64,6 +64,20 @@ fn until_event(stream: &mut BufReader<TcpStream>, name: &str) -> Value {
     panic!("no {name} event within 20 s");
 }
 
+/// Reads until the body's last chunk (the connection itself stays open).
+fn until_ended(stream: &mut BufReader<TcpStream>) {
+    loop {
+        let mut line = String::new();
+        assert!(
+            stream.read_line(&mut line).unwrap() > 0,
+            "closed, not ended"
+        );
+        if line == "0\r\n" {
+            return;
+        }
+    }
+}
+
 fn fail_five_times(server: &common::Server) {
     for i in 0..5 {
         let r = server.rpc(json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
@@ -97,14 +111,17 @@ fn events_over_http_are_server_sent_with_the_seeds_names_and_end_at_shutdown() {
         "{e}"
     );
     assert!(
-        e["ts"].as_str().unwrap().ends_with('Z') && e["id"].as_u64().unwrap() >= 2,
+        e["ts"].as_str().unwrap().ends_with('Z') && e["seq"].as_u64().unwrap() >= 2,
         "{e}"
     );
-    // `started` was before this reader came: a reader resuming from 0 gets it.
-    let (_, mut again) = open_events(&server.addr, &[("Last-Event-ID", "0")]);
+    // `started` was before this reader came: a reader whose last id is of
+    // another run (the server restarted) gets this run's from the start.
+    let (_, mut again) = open_events(&server.addr, &[("Last-Event-ID", "1-99")]);
     let started = until_event(&mut again, "started");
     assert_eq!(started["processes"], 1);
-    assert_eq!(started["id"], 1);
+    assert_eq!(started["seq"], 1);
+    let worker = until_event(&mut again, "process-started");
+    assert_eq!(worker["id"], 1, "the worker's id, as in the seed");
     // SIGTERM: the stream gets `shutdown` and ends; the server does not wait
     // out its grace period on it.
     let begun = Instant::now();
@@ -138,6 +155,7 @@ fn events_over_http_need_the_read_scope_once_keys_exist() {
     let db = dir.path().join("k.db");
     let bridge_only = common::create_key(&db, "b", "bridge", "free");
     let reader = common::create_key(&db, "r", "read", "free");
+    let other = common::create_key(&db, "r2", "read", "free");
     let server = common::Server::start(&db, &[]);
     let (status, _) = open_events(&server.addr, &[]);
     assert!(status.contains(" 401 "), "{status}");
@@ -146,14 +164,41 @@ fn events_over_http_need_the_read_scope_once_keys_exist() {
         &[("Authorization", &format!("Bearer {bridge_only}"))],
     );
     assert!(status.contains(" 403 "), "{status}");
-    let (status, _) = open_events(
-        &server.addr,
-        &[("Authorization", &format!("Bearer {reader}"))],
+    let bearer = format!("Bearer {reader}");
+    let auth = [("Authorization", bearer.as_str())];
+    let mut streams: Vec<_> = (0..4)
+        .map(|_| {
+            let (status, stream) = open_events(&server.addr, &auth);
+            assert!(status.contains(" 200 "), "{status}");
+            stream
+        })
+        .collect();
+    // A fifth stream of the same key is refused: streams hold connections.
+    let (status, _) = open_events(&server.addr, &auth);
+    assert!(status.contains(" 503 "), "{status}");
+    // Revoked from another process: its streams end within seconds.
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["keys", "revoke", "--db"])
+        .arg(&db)
+        .args(["--name", "r"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(status.contains(" 200 "), "{status}");
+    let begun = Instant::now();
+    until_ended(&mut streams[0]);
+    assert!(
+        begun.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        begun.elapsed()
+    );
+    streams.clear();
     // Over /rpc the subscription is refused, saying where to go.
     let (_, r) = server.rpc_as(
-        Some(&reader),
+        Some(&other),
         &json!({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe"}),
     );
     assert_eq!(r["error"]["code"], -32012, "{r}");

@@ -567,7 +567,7 @@ fn code_of(r: &Value) -> i64 {
         (Some(_), None) => 0,
         (None, Some(e)) => {
             let code = e["code"].as_i64().unwrap();
-            if (-32010..=-32000).contains(&code) {
+            if (-32012..=-32000).contains(&code) {
                 assert!(e["data"]["kind"].is_string(), "{r}");
             }
             code

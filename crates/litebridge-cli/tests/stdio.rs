@@ -343,3 +343,50 @@ fn state_and_memory_methods() {
     assert_eq!(r["result"]["run_id"], "r2");
     assert!(s.finish().success());
 }
+
+/// The seed's way of configuring the bridge: `SQLITE_FRAMEWORK_PATH` alone
+/// starts generic mode over that directory, and its dotted functions and
+/// class methods answer `bridge.call` (the SDK found through
+/// `workers.python_path`).
+#[test]
+fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db"])
+        .arg(dir.path().join("f.db"))
+        .env(
+            "SQLITE_FRAMEWORK_PATH",
+            format!("{root}/python/tests/fixtures"),
+        )
+        .env("LITEBRIDGE_WORKERS_ALLOW_PREFIXES", "pkg.tools")
+        .env("LITEBRIDGE_WORKERS_PYTHON_PATH", format!("{root}/python"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut call = |line: &str| -> Value {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut reply = String::new();
+        stdout.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
+    };
+    let r = call(
+        r#"{"jsonrpc":"2.0","id":1,"method":"bridge.call","params":{"method":"pkg.tools.add","params":[2,3]}}"#,
+    );
+    assert_eq!(r["result"], 5, "{r}");
+    let r = call(
+        r#"{"jsonrpc":"2.0","id":2,"method":"bridge.call","params":{"method":"pkg.tools.Agent.analyze_requirements","params":{"description":"a b"}}}"#,
+    );
+    assert!(r.get("result").is_some(), "{r}");
+    let r = call(
+        r#"{"jsonrpc":"2.0","id":3,"method":"bridge.call","params":{"method":"os.system","params":["true"]}}"#,
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

@@ -198,11 +198,17 @@ async fn a_full_disk_leaves_the_cache_working_in_memory() {
     .await
     .unwrap();
     let big = json!("x".repeat(256 * 1024));
+    // An explicit set that cannot be stored says so, and leaves nothing
+    // behind that a later read could mistake for it.
     cache
-        .set("big", big.clone(), None)
+        .set("before", big.clone(), None)
         .await
-        .expect("kept in memory");
-    assert_eq!(cache.get("big").await.unwrap(), Some(big.clone()));
+        .expect_err("the disk is full");
+    assert_eq!(
+        cache.get("before").await.unwrap(),
+        Some(json!(1)),
+        "the stored value, not the lost one"
+    );
     let loaded = cache
         .get_or_load("loaded", None, || async {
             Ok(json!("x".repeat(256 * 1024)))
@@ -210,9 +216,13 @@ async fn a_full_disk_leaves_the_cache_working_in_memory() {
         .await
         .expect("a successful load is not turned into an error by L2");
     assert_eq!(loaded.as_str().map(str::len), Some(256 * 1024));
+    assert_eq!(
+        cache.get("loaded").await.unwrap(),
+        Some(loaded),
+        "in memory"
+    );
     let stats = cache.stats();
     assert_eq!(stats.l2_errors, 2, "{stats:?}");
-    assert_eq!(cache.get("before").await.unwrap(), Some(json!(1)));
     // The database itself is fine: reads work, and so do small writes.
     assert!(db.health().healthy);
 }

@@ -67,12 +67,13 @@ fn bridge_status(service: &Service) -> Result<Json, RpcError> {
             // successRate in percent, averageLatency and latency.p50/p95/p99
             // in ms, processPool.processCount and availableProcesses).
             "total_calls": s.all.calls,
-            "successes": s.all.calls - s.all.errors,
+            // Two counters read apart: never fewer successes than none.
+            "successes": s.all.calls.saturating_sub(s.all.errors),
             "failures": s.all.errors,
             "success_rate": if s.all.calls == 0 {
                 100.0
             } else {
-                round2(percent(s.all.calls - s.all.errors, s.all.calls))
+                round2(percent(s.all.calls.saturating_sub(s.all.errors), s.all.calls))
             },
             "average_latency_ms": ms(s.all.latency.mean),
             "latency_ms": {
@@ -91,8 +92,12 @@ without_params!(
     /// `cache.stats`.
     CacheStats,
     |cx| {
-        // Counted now: the table is bounded by the sweeps.
-        cx.app.service.cache.count_l2().await;
+        // Counted at most every few seconds, whoever asks how often.
+        cx.app
+            .service
+            .cache
+            .count_l2_within(std::time::Duration::from_secs(5))
+            .await;
         Ok(cache_figures(&cx.app.service))
     }
 );

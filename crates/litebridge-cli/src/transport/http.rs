@@ -249,44 +249,95 @@ pub(crate) fn refused(e: litebridge::Error) -> Response {
     rpc_error(status, &rpc::RpcError::App(e))
 }
 
-/// `GET /events`: the event stream as server-sent events (`id`, `event`,
-/// `data` the event's JSON), for keys with the read scope, under the Host and
-/// Origin rules of every route. The request counts against the key's quotas
-/// like one call, but holds none of its concurrent slots while it streams. A
-/// `Last-Event-ID` header resumes after that event (see `events`).
+/// `GET /events`: the event stream as server-sent events (`id` `RUN-SEQ`,
+/// `event`, `data` the event's JSON), for keys with the read scope, under
+/// the Host and Origin rules of every route. Opening one counts as a
+/// request against the key's quotas; the stream holds none of its
+/// concurrent slots, but streams are capped, end after an hour and when the
+/// key is revoked (see `events`). A `Last-Event-ID` header resumes.
 async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
+    let admitted = caller
+        .require(litebridge::auth::Scope::Read, "GET /events")
+        .and_then(|()| caller.charge())
+        .and_then(|()| caller.enter().map(drop));
+    if let Err(e) = admitted {
         return refused(e);
     }
-    match caller.enter() {
-        Ok(slot) => drop(slot),
-        Err(e) => return refused(e),
-    }
+    let ticket = match state
+        .app
+        .events
+        .open_stream(caller.key().map(|k| k.name().to_owned()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            return rpc_error(StatusCode::SERVICE_UNAVAILABLE, &rpc::RpcError::App(e));
+        }
+    };
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let subscription = state.app.events.subscribe(after);
-    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
-        let item = sub.next().await?;
-        let event = match &item {
-            crate::events::Item::Event(e) => axum::response::sse::Event::default()
-                .id(e.id.to_string())
-                .event(e.name),
-            crate::events::Item::Missed(_) => axum::response::sse::Event::default().event("missed"),
-        }
-        .data(item.json());
-        Some((Ok::<_, std::convert::Infallible>(event), sub))
+        .map(|v| state.app.events.resume_after(v));
+    let stream = EventStream {
+        subscription: state.app.events.subscribe(after),
+        app: state.app.clone(),
+        caller,
+        ends: tokio::time::Instant::now() + crate::events::STREAM_LIFETIME,
+        _ticket: ticket,
+    };
+    let stream = futures_util::stream::unfold(stream, |mut s| async move {
+        let event = s.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), s))
     });
     axum::response::sse::Sse::new(stream)
         .keep_alive(
             axum::response::sse::KeepAlive::new().interval(std::time::Duration::from_secs(15)),
         )
         .into_response()
+}
+
+/// One `/events` reader: its place in the stream, who it is, when it ends.
+struct EventStream {
+    subscription: crate::events::Subscription,
+    app: Arc<rpc::App>,
+    caller: litebridge::auth::Caller,
+    ends: tokio::time::Instant,
+    _ticket: crate::events::StreamTicket,
+}
+
+impl EventStream {
+    /// The next server-sent event; `None` when the stream ends (closed, its
+    /// lifetime over, its key revoked, checked every few seconds).
+    async fn next(&mut self) -> Option<axum::response::sse::Event> {
+        const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+        loop {
+            if !self.app.auth.still_valid(&self.caller) {
+                return None;
+            }
+            let wake = (tokio::time::Instant::now() + RECHECK).min(self.ends);
+            let item = tokio::select! {
+                item = self.subscription.next() => item?,
+                () = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= self.ends {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let event = match &item {
+                crate::events::Item::Event(e) => axum::response::sse::Event::default()
+                    .id(self.app.events.sse_id(e))
+                    .event(e.name),
+                crate::events::Item::Missed(_) => {
+                    axum::response::sse::Event::default().event("missed")
+                }
+            };
+            return Some(event.data(item.json()));
+        }
+    }
 }
 
 async fn rpc_handler(State(state): State<AppState>, request: Request) -> Response {

@@ -248,6 +248,16 @@ impl Auth {
         }
     }
 
+    /// Whether `caller` is still let in: its key has not been revoked since
+    /// it was presented (a local caller always is). For requests that last,
+    /// as event streams do.
+    pub fn still_valid(&self, caller: &Caller) -> bool {
+        match caller.key() {
+            None => true,
+            Some(k) => self.registry().by_hash.values().any(|e| e.id == k.id),
+        }
+    }
+
     /// Re-reads the keys when `keys_version` changed; true when it did.
     /// Keys still active keep their counters.
     ///

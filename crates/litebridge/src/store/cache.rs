@@ -17,12 +17,16 @@
 //!
 //! The cache is an optimisation: a failing L2 (a full disk, a file made
 //! read-only) must not turn a worker call that succeeded into an error, nor
-//! stop the service. A read that fails counts as a miss, a write that fails
-//! leaves the entry in memory only; each is logged (at most once every ten
-//! seconds) and counted in [`CacheStats::l2_errors`]. A delete that fails is
-//! an error, since the entry would come back from L2. [`Cache::memory_only`]
-//! is the cache a service falls back to when L2 cannot even be opened, as
-//! the seed system's cache manager did.
+//! stop the service. A read that fails counts as a miss; a result loaded by
+//! [`Cache::get_or_load`] whose L2 write fails stays in memory only (no
+//! older row of its key can be live in L2, or it would have been found).
+//! Each failure is logged (at most once every ten seconds) and counted in
+//! [`CacheStats::l2_errors`]. An explicit [`Cache::set`] or
+//! [`Cache::delete`] that fails is an error, and the key is dropped from
+//! memory: an older row left in L2 would otherwise come back once memory
+//! let the new value go. [`Cache::memory_only`] is the cache a service falls
+//! back to when L2 cannot even be opened, as the seed system's cache
+//! manager did.
 //!
 //! # Sweeping
 //!
@@ -119,6 +123,8 @@ struct Counters {
     l2_entries: AtomicU64,
     /// When an L2 failure was last logged.
     last_warning: Mutex<Option<std::time::Instant>>,
+    /// When `count_l2_within` last counted the L2 rows.
+    counted_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Counters {
@@ -316,13 +322,24 @@ impl Cache {
             .and_then(|t| self.clock.now().checked_add(t))
     }
 
-    /// Stores `value` under `key` for `ttl` (or the default), in both levels
-    /// (in memory only if the L2 write fails; counted and logged).
+    /// Stores `value` under `key` for `ttl` (or the default), in both levels.
     ///
     /// # Errors
-    /// `value` cannot be written as JSON.
+    /// `value` cannot be written as JSON, or writing L2 failed (then the key
+    /// is in neither level: see the module's note).
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
+        if let Err(e) = self.store(key, value, ttl).await {
+            self.l1.invalidate(key).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes both levels; the L2 error is counted and returned, with the
+    /// value already in memory.
+    async fn store(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
         let expires = self.expiry(ttl);
+        let mut failed = None;
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
@@ -335,6 +352,7 @@ impl Cache {
                 .await
             {
                 self.counters.l2_failed("write", &e);
+                failed = Some(e);
             }
         }
         self.l1
@@ -346,7 +364,7 @@ impl Cache {
                 },
             )
             .await;
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Removes `key` from both levels; whether it was there.
@@ -396,7 +414,8 @@ impl Cache {
                     return Ok(e);
                 }
                 let value = load().await?;
-                self.set(key, value.clone(), ttl).await?;
+                // Kept in memory even if L2 fails (counted): the load succeeded.
+                let _ = self.store(key, value.clone(), ttl).await;
                 let expires = self.expiry(ttl);
                 Ok::<_, Error>(Entry {
                     value: Arc::new(value),
@@ -456,12 +475,29 @@ impl Cache {
         }
     }
 
+    /// As [`Cache::count_l2`], unless this was counted within `fresh` (or a
+    /// count is running): for statistics any caller may ask for, which must
+    /// not each scan the table.
+    pub async fn count_l2_within(&self, fresh: Duration) {
+        {
+            let mut at = crate::sync::lock(&self.counters.counted_at);
+            if at.is_some_and(|t| t.elapsed() < fresh) {
+                return;
+            }
+            // Taken now: a caller arriving during the count skips it too.
+            *at = Some(std::time::Instant::now());
+        }
+        self.count_l2().await;
+    }
+
     /// What deletes this cache's expired L2 rows, holding neither the cache
-    /// nor the database (a task that held them would keep them open).
+    /// nor the database (a task that held them would keep them open); one
+    /// that does nothing for a cache without L2.
     pub fn sweeper(&self) -> CacheSweeper {
         CacheSweeper {
             clock: self.clock.clone(),
             counters: self.counters.clone(),
+            enabled: self.db.is_some(),
         }
     }
 }
@@ -481,6 +517,7 @@ async fn count_rows(db: &Database) -> Result<u64> {
 pub struct CacheSweeper {
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
+    enabled: bool,
 }
 
 impl std::fmt::Debug for CacheSweeper {
@@ -505,6 +542,12 @@ impl CacheSweeper {
     /// # Errors
     /// A delete failed (counted as an L2 failure too).
     pub async fn sweep(&self, db: &Database) -> Result<Swept> {
+        if !self.enabled {
+            return Ok(Swept {
+                deleted: 0,
+                more: false,
+            });
+        }
         let now = micros(self.clock.now());
         let mut deleted = 0;
         for _ in 0..SWEEP_STEPS {

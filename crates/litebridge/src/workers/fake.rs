@@ -404,13 +404,17 @@ mod tests {
         assert_eq!(pool.status().crashes, 1);
         // The event says how it ended and what it last printed.
         let exited = loop {
-            if let crate::workers::PoolEvent::WorkerExited { error, .. } =
-                events.recv().await.unwrap()
+            if let crate::workers::PoolEvent::WorkerExited {
+                exit, last_stderr, ..
+            } = events.recv().await.unwrap()
             {
-                break error;
+                break (exit, last_stderr);
             }
         };
-        assert_eq!(exited, "exit code 3; stderr: ValueError: bad input");
+        assert_eq!(
+            exited,
+            ("exit code 3".into(), Some("ValueError: bad input".into()))
+        );
         let r = pool
             .call("echo", json!({}), CallOptions::default())
             .await

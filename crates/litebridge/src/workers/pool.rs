@@ -81,9 +81,11 @@ pub enum PoolEvent {
         id: u64,
         /// Its pid.
         pid: u32,
-        /// How it ended (`exit code 3`, `signal 9 (SIGKILL)`) and its last
-        /// line on stderr.
-        error: String,
+        /// How it ended (`exit code 3`, `signal 9 (SIGKILL)`).
+        exit: String,
+        /// Its last line on stderr, if any (it may quote a call's
+        /// parameters: not for every eye).
+        last_stderr: Option<String>,
     },
     /// A replacement for a dead worker is ready.
     WorkerRestarted {
@@ -109,7 +111,10 @@ pub enum PoolEvent {
         attempt: u32,
         /// Attempts the call may make in all.
         max_attempts: u32,
-        /// Why the attempt failed.
+        /// Why the attempt failed, as a kind (`worker_crashed`).
+        kind: crate::ErrorKind,
+        /// Why the attempt failed, in full (it may quote the worker's
+        /// stderr: not for every eye).
         error: String,
         /// The wait before the next attempt.
         delay: Duration,
@@ -471,16 +476,20 @@ impl WorkerPool {
             .run_with(
                 |_| self.call_once(method, &params, request_id, deadline, timeout),
                 |retry| {
+                    // What a worker printed may quote the call's params:
+                    // the kind at the default level, the rest at debug.
                     tracing::warn!(
                         method,
                         attempt = retry.attempt,
-                        "retrying a call after: {}",
-                        retry.error
+                        kind = retry.error.kind().as_str(),
+                        "retrying a call"
                     );
+                    tracing::debug!(method, "the attempt failed: {}", retry.error);
                     let _ = s.events.send(PoolEvent::Retry {
                         method: method.to_owned(),
                         attempt: retry.attempt,
                         max_attempts: policy.attempts(),
+                        kind: retry.error.kind(),
                         error: retry.error.to_string(),
                         delay: retry.delay,
                     });
@@ -796,10 +805,12 @@ async fn supervise(
         };
         s.crashes.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = read(&s.slots[slot]).as_ref() {
+            let (exit, last_stderr) = p.ending();
             let _ = s.events.send(PoolEvent::WorkerExited {
                 id: p.id,
                 pid: p.pid,
-                error: p.ending(),
+                exit,
+                last_stderr,
             });
         }
         let (s2, tx) = (s.clone(), exit_tx.clone());

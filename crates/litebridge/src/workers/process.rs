@@ -271,17 +271,14 @@ impl Process {
             .is_ok()
     }
 
-    /// How the process ended, with its last stderr line, for events.
-    pub(crate) fn ending(&self) -> String {
+    /// How the process ended, and its last stderr line, for events.
+    pub(crate) fn ending(&self) -> (String, Option<String>) {
         let exit = self
             .exited
             .borrow()
             .clone()
             .unwrap_or_else(|| "it is stopping".into());
-        match lock(&self.stderr).back() {
-            Some(line) => format!("{exit}; stderr: {line}"),
-            None => exit,
-        }
+        (exit, lock(&self.stderr).back().cloned())
     }
 
     fn crash_error(&self) -> Error {

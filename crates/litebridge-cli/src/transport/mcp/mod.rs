@@ -207,7 +207,9 @@ pub(crate) async fn authenticate(
             let bytes = axum::body::to_bytes(body, usize::MAX)
                 .await
                 .unwrap_or_default();
-            if let Some(advice) = not_mcp(&parts.headers, &bytes) {
+            if parts.method == axum::http::Method::POST
+                && let Some(advice) = not_mcp(&parts.headers, &bytes)
+            {
                 let e = crate::rpc::RpcError::InvalidRequest(advice);
                 return crate::transport::http::rpc_error(axum::http::StatusCode::BAD_REQUEST, &e);
             }
