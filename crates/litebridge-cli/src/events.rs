@@ -14,12 +14,13 @@
 //!
 //! # Who may read, and how many
 //!
-//! A stream is a connection held open: at most [`MAX_STREAMS`] at once, and
-//! [`MAX_STREAMS_PER_KEY`] per key (local callers count as one), each
-//! ending after [`STREAM_LIFETIME`] (an `EventSource` reconnects with its
-//! `Last-Event-ID` and loses nothing the ring still holds) or as soon as
-//! its key is revoked; so readers cannot take the connections requests
-//! need.
+//! A stream is a connection held open: at most [`MAX_STREAMS`] at once, so
+//! readers cannot take the connections requests need. A key holds at most
+//! [`MAX_STREAMS_PER_KEY`]: a new one ends that key's oldest (a client that
+//! vanished without closing, asleep or off the network, would otherwise
+//! hold its place until the kernel gives up on the connection, minutes
+//! later). Each stream ends after [`STREAM_LIFETIME`] (an `EventSource`
+//! reconnects with its `Last-Event-ID`) or as soon as its key is revoked.
 //!
 //! # Slow consumers
 //!
@@ -99,8 +100,7 @@ pub(crate) struct Events {
     /// This run of the server: its start, in ms since the epoch.
     run: u64,
     tx: broadcast::Sender<Arc<Event>>,
-    /// Streams open, in all and per key name (`None`: local callers).
-    streams: Mutex<(usize, std::collections::HashMap<Option<String>, usize>)>,
+    streams: Mutex<Streams>,
     /// The last events, oldest first; also the lock that orders publishing.
     ring: Mutex<VecDeque<Arc<Event>>>,
     next: AtomicU64,
@@ -116,7 +116,7 @@ impl Events {
         Arc::new(Events {
             run,
             tx: broadcast::channel(BUFFER).0,
-            streams: Mutex::new((0, std::collections::HashMap::new())),
+            streams: Mutex::new(Streams::default()),
             ring: Mutex::new(VecDeque::with_capacity(RING)),
             next: AtomicU64::new(1),
             shutdown_sent: AtomicBool::new(false),
@@ -226,34 +226,41 @@ impl Events {
     }
 
     /// Leave to open one more stream for `key` (a key's name; `None` for
-    /// local callers), given back when the ticket drops.
+    /// local callers, who have only the overall limit), given back when the
+    /// ticket drops; a key at its limit loses its oldest stream.
     ///
     /// # Errors
-    /// [`litebridge::Error::Overloaded`] past [`MAX_STREAMS`] or
-    /// [`MAX_STREAMS_PER_KEY`].
+    /// [`litebridge::Error::Overloaded`] past [`MAX_STREAMS`].
     pub(crate) fn open_stream(
         self: &Arc<Self>,
         key: Option<String>,
     ) -> Result<StreamTicket, litebridge::Error> {
         let mut s = lock(&self.streams);
-        let mine = s.1.get(&key).copied().unwrap_or(0);
-        let (limit, count) = if s.0 >= MAX_STREAMS {
-            (MAX_STREAMS, s.0)
-        } else if mine >= MAX_STREAMS_PER_KEY {
-            (MAX_STREAMS_PER_KEY, mine)
-        } else {
-            s.0 += 1;
-            *s.1.entry(key.clone()).or_insert(0) += 1;
-            return Ok(StreamTicket {
-                events: self.clone(),
-                key,
+        if s.total >= MAX_STREAMS {
+            return Err(litebridge::Error::Overloaded {
+                queue: "event streams",
+                capacity: MAX_STREAMS,
+                retry_after: std::time::Duration::from_secs(5),
             });
-        };
-        debug_assert!(count >= limit);
-        Err(litebridge::Error::Overloaded {
-            queue: "event streams",
-            capacity: limit,
-            retry_after: std::time::Duration::from_secs(5),
+        }
+        s.next_id += 1;
+        let id = s.next_id;
+        let ended = CancellationToken::new();
+        if let Some(k) = &key {
+            let mine = s.per_key.entry(k.clone()).or_default();
+            if mine.len() >= MAX_STREAMS_PER_KEY
+                && let Some((_, oldest)) = mine.pop_front()
+            {
+                oldest.cancel();
+            }
+            mine.push_back((id, ended.clone()));
+        }
+        s.total += 1;
+        Ok(StreamTicket {
+            events: self.clone(),
+            key,
+            id,
+            ended,
         })
     }
 
@@ -290,21 +297,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The streams open: how many, and each key's, oldest first.
+#[derive(Debug, Default)]
+struct Streams {
+    total: usize,
+    per_key: std::collections::HashMap<String, VecDeque<(u64, CancellationToken)>>,
+    next_id: u64,
+}
+
 /// One open stream, counted until dropped.
 #[derive(Debug)]
 pub(crate) struct StreamTicket {
     events: Arc<Events>,
     key: Option<String>,
+    id: u64,
+    ended: CancellationToken,
+}
+
+impl StreamTicket {
+    /// Cancelled when a newer stream of the same key took this one's place.
+    pub(crate) fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
 }
 
 impl Drop for StreamTicket {
     fn drop(&mut self) {
         let mut s = lock(&self.events.streams);
-        s.0 = s.0.saturating_sub(1);
-        if let Some(n) = s.1.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                s.1.remove(&self.key);
+        s.total = s.total.saturating_sub(1);
+        if let Some(k) = &self.key
+            && let Some(mine) = s.per_key.get_mut(k)
+        {
+            mine.retain(|(id, _)| *id != self.id);
+            if mine.is_empty() {
+                s.per_key.remove(k);
             }
         }
     }
@@ -507,24 +533,29 @@ mod tests {
     }
 
     #[test]
-    fn streams_are_capped_in_all_and_per_key() {
+    fn streams_are_capped_in_all_and_a_keys_newest_ends_its_oldest() {
         let events = Events::new();
-        let mine: Vec<_> = (0..MAX_STREAMS_PER_KEY)
+        let mut mine: Vec<_> = (0..MAX_STREAMS_PER_KEY)
             .map(|_| events.open_stream(Some("k".into())).unwrap())
             .collect();
-        assert!(events.open_stream(Some("k".into())).is_err());
+        let newest = events.open_stream(Some("k".into())).unwrap();
+        assert!(mine[0].ended().is_cancelled(), "the oldest ends");
+        assert!(mine[1..].iter().all(|t| !t.ended().is_cancelled()));
+        mine.remove(0);
+        mine.push(newest);
         let others: Vec<_> = (0..MAX_STREAMS - MAX_STREAMS_PER_KEY)
-            .map(|i| {
-                events
-                    .open_stream(Some(format!("o{}", i / MAX_STREAMS_PER_KEY)))
-                    .unwrap()
-            })
+            .map(|_| events.open_stream(None).unwrap())
             .collect();
         assert!(events.open_stream(None).is_err(), "all taken");
+        assert!(
+            events.open_stream(Some("other".into())).is_err(),
+            "all taken"
+        );
         drop(mine);
         assert!(events.open_stream(Some("k".into())).is_ok(), "given back");
         drop(others);
-        assert_eq!(lock(&events.streams).0, 0);
-        assert!(lock(&events.streams).1.is_empty());
+        let s = lock(&events.streams);
+        assert_eq!(s.total, 0);
+        assert!(s.per_key.is_empty());
     }
 }

@@ -936,19 +936,18 @@ impl Settings {
                 from("workers.allow_prefixes")
             )));
         }
-        // Dotted names only: a prefix like `--root` would be read by the
-        // worker as an option and widen what it serves.
+        // Dotted paths of public names, as the SDK accepts them (a trailing
+        // dot allowed): a prefix like `--root` would be read by the worker
+        // as an option and widen what it serves.
         let dotted = |p: &str| {
-            p.split('.').all(|part| {
-                part.chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            p.trim_end_matches('.').split('.').all(|part| {
+                part.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                     && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             })
         };
         if let Some(bad) = prefixes.iter().find(|p| !dotted(p)) {
             return Err(Failure::new(format!(
-                "invalid configuration `workers.allow_prefixes` (from {}): {bad:?} is not a dotted Python name (e.g. \"src.generator\")",
+                "invalid configuration `workers.allow_prefixes` (from {}): {bad:?} is not a dotted path of public Python names (e.g. \"src.generator\")",
                 from("workers.allow_prefixes")
             )));
         }
@@ -1331,7 +1330,8 @@ mod tests {
         .unwrap();
         let e = s.worker_config().unwrap_err();
         assert!(
-            e.message.contains("\"--root\" is not a dotted Python name"),
+            e.message
+                .contains("\"--root\" is not a dotted path of public Python names"),
             "{}",
             e.message
         );

@@ -252,21 +252,19 @@ pub(crate) fn refused(e: litebridge::Error) -> Response {
 /// `GET /events`: the event stream as server-sent events (`id` `RUN-SEQ`,
 /// `event`, `data` the event's JSON), for keys with the read scope, under
 /// the Host and Origin rules of every route. Opening one counts as a
-/// request against the key's quotas; the stream holds none of its
-/// concurrent slots, but streams are capped, end after an hour and when the
-/// key is revoked (see `events`). A `Last-Event-ID` header resumes.
+/// request against the key's quotas (a refused one does not); the stream
+/// holds none of its concurrent slots, but streams are capped, a key's
+/// newest ends its oldest, and each ends after an hour and when its key is
+/// revoked (see `events`). A `Last-Event-ID` header resumes.
 async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    let admitted = caller
-        .require(litebridge::auth::Scope::Read, "GET /events")
-        .and_then(|()| caller.charge())
-        .and_then(|()| caller.enter().map(drop));
-    if let Err(e) = admitted {
+    if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
         return refused(e);
     }
+    // The place first: a refused stream costs the key nothing.
     let ticket = match state
         .app
         .events
@@ -274,9 +272,15 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
     {
         Ok(t) => t,
         Err(e) => {
-            return rpc_error(StatusCode::SERVICE_UNAVAILABLE, &rpc::RpcError::App(e));
+            let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, &rpc::RpcError::App(e));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return r;
         }
     };
+    if let Err(e) = caller.charge().and_then(|()| caller.enter().map(drop)) {
+        return refused(e);
+    }
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -286,7 +290,7 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
         app: state.app.clone(),
         caller,
         ends: tokio::time::Instant::now() + crate::events::STREAM_LIFETIME,
-        _ticket: ticket,
+        ticket,
     };
     let stream = futures_util::stream::unfold(stream, |mut s| async move {
         let event = s.next().await?;
@@ -305,12 +309,13 @@ struct EventStream {
     app: Arc<rpc::App>,
     caller: litebridge::auth::Caller,
     ends: tokio::time::Instant,
-    _ticket: crate::events::StreamTicket,
+    ticket: crate::events::StreamTicket,
 }
 
 impl EventStream {
     /// The next server-sent event; `None` when the stream ends (closed, its
-    /// lifetime over, its key revoked, checked every few seconds).
+    /// lifetime over, its place taken by a newer stream of its key, its key
+    /// revoked, checked every few seconds).
     async fn next(&mut self) -> Option<axum::response::sse::Event> {
         const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
         loop {
@@ -320,6 +325,7 @@ impl EventStream {
             let wake = (tokio::time::Instant::now() + RECHECK).min(self.ends);
             let item = tokio::select! {
                 item = self.subscription.next() => item?,
+                () = self.ticket.ended().cancelled() => return None,
                 () = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= self.ends {
                         return None;

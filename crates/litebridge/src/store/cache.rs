@@ -18,15 +18,26 @@
 //! The cache is an optimisation: a failing L2 (a full disk, a file made
 //! read-only) must not turn a worker call that succeeded into an error, nor
 //! stop the service. A read that fails counts as a miss; a result loaded by
-//! [`Cache::get_or_load`] whose L2 write fails stays in memory only (no
-//! older row of its key can be live in L2, or it would have been found).
+//! [`Cache::get_or_load`] whose L2 write fails stays in memory only (an
+//! older row of its key, if L2 could not be read either, may come back once
+//! memory lets it go: a result of the same call, by its key).
 //! Each failure is logged (at most once every ten seconds) and counted in
 //! [`CacheStats::l2_errors`]. An explicit [`Cache::set`] or
-//! [`Cache::delete`] that fails is an error, and the key is dropped from
-//! memory: an older row left in L2 would otherwise come back once memory
-//! let the new value go. [`Cache::memory_only`] is the cache a service falls
-//! back to when L2 cannot even be opened, as the seed system's cache
-//! manager did.
+//! [`Cache::delete`] that fails is an error, and leaves the key out of
+//! memory, so what is read next comes from L2.
+//! [`Cache::memory_only`] is the cache a service falls back to when L2
+//! cannot even be opened, as the seed system's cache manager did.
+//!
+//! # Memory never older than the table
+//!
+//! A `set` or `delete` of a key and a `get` copying the key's row from L2
+//! into memory take turns (one of [`STRIPES`] locks, by the key's hash): a
+//! `get` that read the old row cannot put it in memory after a `set` wrote
+//! the new one. A write takes the key out of memory first and puts the new
+//! value in only once L2 has it, so a caller that goes away mid-write
+//! leaves memory empty rather than stale. `get_or_load`'s results are not
+//! in this order (its load may take minutes); the RPC layer keeps its keys
+//! (`bridge:`) apart from those of `cache.set` (`user:`).
 //!
 //! # Sweeping
 //!
@@ -150,6 +161,9 @@ impl Counters {
     }
 }
 
+/// Locks that order writes of a key against copies of it into memory.
+const STRIPES: usize = 64;
+
 /// Rows deleted by one statement of a sweep.
 const SWEEP_BATCH: u64 = 500;
 /// Statements per sweep: a sweep deletes at most `SWEEP_BATCH * SWEEP_STEPS` rows.
@@ -164,6 +178,7 @@ pub struct Cache {
     default_ttl: Option<Duration>,
     counters: Arc<Counters>,
     l2_unavailable: Option<Arc<str>>,
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -246,7 +261,16 @@ impl Cache {
             default_ttl: config.default_ttl,
             counters,
             l2_unavailable,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
+    }
+
+    /// The lock that orders writes of `key` against copies of it into memory.
+    fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % self.stripes.len()]
     }
 
     fn live(&self, e: &Entry) -> bool {
@@ -265,6 +289,14 @@ impl Cache {
                 return Ok(Some((*e.value).clone()));
             }
             self.l1.invalidate(key).await;
+        }
+        let _turn = self.stripe(key).lock().await;
+        // Set while this waited its turn?
+        if let Some(e) = self.l1.get(key).await
+            && self.live(&e)
+        {
+            self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((*e.value).clone()));
         }
         match self.l2_get(key).await {
             Some(e) => {
@@ -326,18 +358,23 @@ impl Cache {
     ///
     /// # Errors
     /// `value` cannot be written as JSON, or writing L2 failed (then the key
-    /// is in neither level: see the module's note).
+    /// is out of memory, and L2 holds what it held before: see the module's
+    /// note).
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
-        if let Err(e) = self.store(key, value, ttl).await {
-            self.l1.invalidate(key).await;
-            return Err(e);
-        }
-        Ok(())
+        let _turn = self.stripe(key).lock().await;
+        self.l1.invalidate(key).await;
+        self.store(key, value, ttl, false).await
     }
 
-    /// Writes both levels; the L2 error is counted and returned, with the
-    /// value already in memory.
-    async fn store(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
+    /// Writes L2, then memory; when L2 fails the error is counted and
+    /// returned, and memory gets the value only if `keep_on_failure`.
+    async fn store(
+        &self,
+        key: &str,
+        value: Json,
+        ttl: Option<Duration>,
+        keep_on_failure: bool,
+    ) -> Result<()> {
         let expires = self.expiry(ttl);
         let mut failed = None;
         if let Some(db) = &self.db {
@@ -352,6 +389,9 @@ impl Cache {
                 .await
             {
                 self.counters.l2_failed("write", &e);
+                if !keep_on_failure {
+                    return Err(e);
+                }
                 failed = Some(e);
             }
         }
@@ -372,6 +412,7 @@ impl Cache {
     /// # Errors
     /// Writing L2 failed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
+        let _turn = self.stripe(key).lock().await;
         let in_l1 = self.l1.remove(key).await.is_some();
         let in_l2 = match &self.db {
             Some(db) => {
@@ -415,7 +456,7 @@ impl Cache {
                 }
                 let value = load().await?;
                 // Kept in memory even if L2 fails (counted): the load succeeded.
-                let _ = self.store(key, value.clone(), ttl).await;
+                let _ = self.store(key, value.clone(), ttl, true).await;
                 let expires = self.expiry(ttl);
                 Ok::<_, Error>(Entry {
                     value: Arc::new(value),
