@@ -390,3 +390,67 @@ fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// `$/cancelRequest` withdraws a running worker call (answered at once with
+/// -32800, the call cancelled in its worker) but never a write, whose
+/// outcome it could not promise.
+#[test]
+fn cancel_request_withdraws_a_call_but_not_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "stdio",
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+            "--db",
+        ])
+        .arg(dir.path().join("c.db"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut send = |line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut recv = || -> Value {
+        let mut reply = String::new();
+        stdout.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":"long","method":"bridge.call","params":{"method":"wait","params":[30]}}"#,
+    );
+    send(
+        r#"{"jsonrpc":"2.0","id":"w","method":"sql.execute","params":{"sql":"CREATE TABLE t(x)"}}"#,
+    );
+    assert_eq!(recv()["id"], "w");
+    let started = std::time::Instant::now();
+    send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"long"}}"#);
+    // A write cannot be withdrawn: its answer is its outcome.
+    send(
+        r#"{"jsonrpc":"2.0","id":"w2","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)"}}"#,
+    );
+    send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w2"}}"#);
+    let mut replies = vec![recv(), recv()];
+    replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_owned());
+    assert_eq!(replies[0]["id"], "long");
+    assert_eq!(replies[0]["error"]["code"], -32800, "{}", replies[0]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(replies[1]["result"]["changes"], 1, "{}", replies[1]);
+    // The worker let the call go: it answers the next one.
+    send(
+        r#"{"jsonrpc":"2.0","id":"next","method":"bridge.call","params":{"method":"echo","params":{"value":7}}}"#,
+    );
+    let r = recv();
+    assert_eq!(r["id"], "next");
+    assert_eq!(r["result"], 7, "{r}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

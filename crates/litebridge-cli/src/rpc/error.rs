@@ -12,6 +12,8 @@ pub(crate) enum RpcError {
     InvalidRequest(String),
     MethodNotFound(String),
     InvalidParams(String),
+    /// The client withdrew the request (`$/cancelRequest` over stdio).
+    Cancelled,
     App(Error),
 }
 
@@ -34,6 +36,7 @@ impl RpcError {
             RpcError::InvalidRequest(_) => "invalid_request",
             RpcError::MethodNotFound(_) => "method_not_found",
             RpcError::InvalidParams(_) => "invalid_params",
+            RpcError::Cancelled => "cancelled",
             RpcError::App(e) => e.kind().as_str(),
         }
     }
@@ -53,6 +56,9 @@ impl RpcError {
             RpcError::InvalidRequest(_) => -32600,
             RpcError::MethodNotFound(_) => -32601,
             RpcError::InvalidParams(_) => -32602,
+            // The Language Server Protocol's RequestCancelled, which
+            // `$/cancelRequest` comes from.
+            RpcError::Cancelled => -32800,
             RpcError::App(e) => match e {
                 Error::Sql { .. } => -32000,
                 Error::Timeout { .. } => -32001,
@@ -80,6 +86,7 @@ impl RpcError {
             RpcError::InvalidRequest(m) => format!("Invalid Request: {m}"),
             RpcError::MethodNotFound(m) => format!("Method not found: {m}"),
             RpcError::InvalidParams(m) => format!("Invalid params: {m}"),
+            RpcError::Cancelled => "Request cancelled by the client".to_owned(),
             RpcError::App(e) => e.to_string(),
         }
     }
@@ -175,6 +182,7 @@ mod tests {
                 "method_not_found",
                 false,
             ),
+            (RpcError::Cancelled, -32800, "cancelled", false),
             (
                 RpcError::InvalidParams("x".into()),
                 -32602,

@@ -49,7 +49,7 @@ mod table;
 
 pub(crate) use error::RpcError;
 pub(crate) use events::{SESSION, Session};
-pub(crate) use table::{METHODS, Method};
+pub(crate) use table::{METHODS, Method, find};
 
 /// Rows a query returns when it does not say (`max_rows`).
 pub(crate) const DEFAULT_MAX_ROWS: usize = 10_000;

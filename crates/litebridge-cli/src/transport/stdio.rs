@@ -10,14 +10,25 @@
 //! The session runs as the local user: every request has the scopes of
 //! `security.local_scopes` and no quotas.
 //!
+//! `$/cancelRequest` (a notification, `{"id": ID}`, as in the Language
+//! Server Protocol) withdraws a request still running: it is answered at
+//! once with -32800 `cancelled`, and its work is dropped (a worker call is
+//! cancelled in its worker, a read stops). Only reads and `bridge.call` can
+//! be withdrawn: a write already queued may still commit, so it is answered
+//! when it has (its `timeout_ms` is what bounds it); a batch of requests is
+//! one unit and runs to its end.
+//!
 //! After `events.subscribe`, the pool's events are written between replies
 //! as `event` notifications. They wait for stdout in a queue of their own of
 //! [`EVENT_QUEUE`] lines: a reader slower than that misses events (and is
 //! sent a `missed` event with their count) rather than slowing the bridge
 //! or holding up replies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
 
 use litebridge::auth::Caller;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -73,6 +84,9 @@ where
     ));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let app = Arc::new((app, caller));
+    // Requests that may be withdrawn, by their id's JSON text.
+    let withdrawable: Arc<std::sync::Mutex<HashMap<String, Arc<CancellationToken>>>> =
+        Arc::default();
     let mut reader = BufReader::with_capacity(1 << 16, input);
     let mut line = Vec::new();
     loop {
@@ -90,12 +104,45 @@ where
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let withdraw = match probe(&line) {
+            Probe::Cancel(id) => {
+                if let Some(token) = lock(&withdrawable).get(&id) {
+                    token.cancel();
+                }
+                continue;
+            }
+            Probe::Withdrawable(id) => {
+                let token = Arc::new(CancellationToken::new());
+                lock(&withdrawable).insert(id.clone(), token.clone());
+                Some((id, token))
+            }
+            Probe::Other => None,
+        };
         let permit = permits.clone().acquire_owned().await.expect("never closed");
         let (app, tx, request) = (app.clone(), tx.clone(), std::mem::take(&mut line));
-        let session = session.clone();
+        let (session, withdrawable) = (session.clone(), withdrawable.clone());
         tokio::spawn(rpc::SESSION.scope(session, async move {
             let request_id = crate::logging::new_request_id();
-            if let Some(reply) = rpc::handle(&app.0, &app.1, &request, &request_id).await {
+            let work = rpc::handle(&app.0, &app.1, &request, &request_id);
+            let reply = match &withdraw {
+                None => work.await,
+                Some((id, token)) => {
+                    let reply = tokio::select! {
+                        reply = work => reply,
+                        () = token.cancelled() => {
+                            let id = serde_json::from_str(id).unwrap_or(serde_json::Value::Null);
+                            Some(rpc::error_reply(id, &rpc::RpcError::Cancelled))
+                        }
+                    };
+                    let mut map = lock(&withdrawable);
+                    // Unless a later request took the same id.
+                    if map.get(id).is_some_and(|t| Arc::ptr_eq(t, token)) {
+                        map.remove(id);
+                    }
+                    reply
+                }
+            };
+            if let Some(reply) = reply {
                 let _ = tx.send(serde_json::to_vec(&reply).unwrap_or_default());
             }
             drop(permit);
@@ -112,6 +159,56 @@ where
     }
     app.service.shutdown().await;
     written
+}
+
+/// What a line is, as far as withdrawing goes.
+enum Probe {
+    /// `$/cancelRequest` for the request of this id (its JSON text).
+    Cancel(String),
+    /// A request of this id that `$/cancelRequest` may withdraw.
+    Withdrawable(String),
+    Other,
+}
+
+/// Reads a line's `id` and `method` (skipping its params): a cancellation,
+/// a withdrawable request (a read, or `bridge.call`), or anything else.
+fn probe(line: &[u8]) -> Probe {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: Option<serde_json::Value>,
+        method: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cancel {
+        params: CancelParams,
+    }
+    #[derive(serde::Deserialize)]
+    struct CancelParams {
+        id: serde_json::Value,
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(line) else {
+        return Probe::Other;
+    };
+    let Some(method) = head.method else {
+        return Probe::Other;
+    };
+    if method == "$/cancelRequest" {
+        return match serde_json::from_slice::<Cancel>(line) {
+            Ok(c) => Probe::Cancel(c.params.id.to_string()),
+            Err(_) => Probe::Other,
+        };
+    }
+    let withdrawable = method == "bridge.call" || rpc::find(&method).is_some_and(|m| m.read_only);
+    match head.id {
+        Some(id) if withdrawable && (id.is_string() || id.is_number()) => {
+            Probe::Withdrawable(id.to_string())
+        }
+        _ => Probe::Other,
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes the events of `subscription` as notifications while `on`, into
