@@ -438,7 +438,7 @@ fn cancel_request_withdraws_a_call_but_not_a_write() {
         r#"{"jsonrpc":"2.0","id":"w2","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)"}}"#,
     );
     send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w2"}}"#);
-    let mut replies = vec![recv(), recv()];
+    let mut replies = [recv(), recv()];
     replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_owned());
     assert_eq!(replies[0]["id"], "long");
     assert_eq!(replies[0]["error"]["code"], -32800, "{}", replies[0]);
