@@ -531,6 +531,9 @@ const KEYS: &[Key] = &[
     },
 ];
 
+/// Environment variables of the clients, never read as configuration.
+const CLIENT_PREFIX: &str = "LITEBRIDGE_CLIENT_";
+
 /// Keys that changed meaning, refused with what to use instead (a value
 /// reinterpreted in silence would change what a deployment does).
 const RETIRED: &[(&str, &str)] = &[(
@@ -684,6 +687,11 @@ impl Settings {
         let env_map: BTreeMap<&str, &str> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         for (name, value) in &env_map {
+            // Reserved for the clients (`LITEBRIDGE_CLIENT_BIN`, `_URL`,
+            // `_KEY`), which often share an environment with a server.
+            if name.starts_with(CLIENT_PREFIX) {
+                continue;
+            }
             if let Some(rest) = name.strip_prefix("LITEBRIDGE_") {
                 let full = rest.to_ascii_lowercase().replacen('_', ".", 1);
                 let k = key(&full).ok_or_else(|| {
@@ -1142,6 +1150,16 @@ mod tests {
         assert!(e.message.contains("one of normal, full"), "{}", e.message);
         let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_NOPE", "1")]), &[]).unwrap_err();
         assert!(e.message.contains("LITEBRIDGE_DB_NOPE"), "{}", e.message);
+        // The clients' own variables share the environment and are not ours.
+        Settings::load(
+            None,
+            &env(&[
+                ("LITEBRIDGE_CLIENT_BIN", "/usr/local/bin/litebridge"),
+                ("LITEBRIDGE_CLIENT_KEY", "lb_x"),
+            ]),
+            &[],
+        )
+        .unwrap();
         std::fs::write(&file, "not toml at all [").unwrap();
         let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
         assert!(e.message.contains("not valid TOML"), "{}", e.message);

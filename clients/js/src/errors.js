@@ -1,0 +1,122 @@
+// One error class per litebridge error kind, chosen by the reply's
+// `data.kind` (falling back to its code). Each carries the code, the kind,
+// whether trying again later can help, when (`retryAfter`, ms) and the
+// reply's `data`. Messages are the server's, which name parameters and
+// limits but never quote SQL text or values.
+
+export class LitebridgeError extends Error {
+  constructor(message, { code = 0, kind = 'internal', recoverable = false, retryAfter, data } = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.code = code;
+    this.kind = kind;
+    this.recoverable = recoverable;
+    this.retryAfter = retryAfter;
+    this.data = data ?? {};
+  }
+}
+
+export class SqlError extends LitebridgeError {}
+export class TimeoutError extends LitebridgeError {}
+export class OverloadedError extends LitebridgeError {}
+export class BusyError extends LitebridgeError {}
+export class ReadOnlyError extends LitebridgeError {}
+export class CorruptError extends LitebridgeError {}
+export class UnavailableError extends LitebridgeError {}
+export class InvalidArgumentError extends LitebridgeError {}
+export class ConfigError extends LitebridgeError {}
+export class IoError extends LitebridgeError {}
+export class CheckFailedError extends LitebridgeError {}
+export class ForbiddenError extends LitebridgeError {}
+export class InternalError extends LitebridgeError {}
+export class CircuitOpenError extends LitebridgeError {}
+export class UnauthorizedError extends LitebridgeError {}
+export class QuotaExceededError extends LitebridgeError {}
+export class TooLargeError extends LitebridgeError {}
+export class UnsupportedError extends LitebridgeError {}
+export class CancelledError extends LitebridgeError {}
+/** The request itself was malformed (parse error, invalid request, unknown method). */
+export class ProtocolError extends LitebridgeError {}
+/** The connection to litebridge failed: the child exited, or HTTP failed. */
+export class ConnectionError extends LitebridgeError {}
+
+/** An exception raised in a worker: its Python `type` and `traceback`. */
+export class WorkerError extends LitebridgeError {
+  get type() {
+    return this.data.type;
+  }
+  get traceback() {
+    return this.data.traceback;
+  }
+}
+
+/** A worker died with the call in flight: its `pid`, `exit` and last `stderr` lines. */
+export class WorkerCrashedError extends LitebridgeError {}
+
+const BY_KIND = {
+  sql: SqlError,
+  timeout: TimeoutError,
+  overloaded: OverloadedError,
+  busy: BusyError,
+  read_only: ReadOnlyError,
+  corrupt: CorruptError,
+  unavailable: UnavailableError,
+  invalid_argument: InvalidArgumentError,
+  invalid_params: InvalidArgumentError,
+  config: ConfigError,
+  io: IoError,
+  check_failed: CheckFailedError,
+  forbidden: ForbiddenError,
+  internal: InternalError,
+  circuit_open: CircuitOpenError,
+  worker_error: WorkerError,
+  worker_crashed: WorkerCrashedError,
+  unauthorized: UnauthorizedError,
+  quota_exceeded: QuotaExceededError,
+  too_large: TooLargeError,
+  unsupported: UnsupportedError,
+  cancelled: CancelledError,
+};
+
+const BY_CODE = {
+  [-32700]: ['parse_error', ProtocolError],
+  [-32600]: ['invalid_request', ProtocolError],
+  [-32601]: ['method_not_found', ProtocolError],
+  [-32602]: ['invalid_params', InvalidArgumentError],
+  [-32603]: ['internal', InternalError],
+  [-32800]: ['cancelled', CancelledError],
+  [-32000]: ['sql', SqlError],
+  [-32001]: ['timeout', TimeoutError],
+  [-32002]: ['overloaded', OverloadedError],
+  [-32003]: ['circuit_open', CircuitOpenError],
+  [-32004]: ['worker_error', WorkerError],
+  [-32005]: ['worker_crashed', WorkerCrashedError],
+  [-32006]: ['unauthorized', UnauthorizedError],
+  [-32007]: ['forbidden', ForbiddenError],
+  [-32008]: ['quota_exceeded', QuotaExceededError],
+  [-32009]: ['read_only', ReadOnlyError],
+  [-32010]: ['unavailable', UnavailableError],
+  [-32011]: ['too_large', TooLargeError],
+  [-32012]: ['unsupported', UnsupportedError],
+};
+
+/** The error for a JSON-RPC error object. */
+export function fromWire(error) {
+  const data = error?.data && typeof error.data === 'object' ? error.data : {};
+  const code = Number(error?.code ?? 0);
+  const byCode = BY_CODE[code];
+  const kind = typeof data.kind === 'string' ? data.kind : byCode?.[0] ?? 'internal';
+  const Class = BY_KIND[kind] ?? byCode?.[1] ?? LitebridgeError;
+  return new Class(String(error?.message ?? 'unknown error'), {
+    code,
+    kind,
+    recoverable: data.recoverable === true,
+    retryAfter: typeof data.retry_after_ms === 'number' ? data.retry_after_ms : undefined,
+    data,
+  });
+}
+
+/** Whether trying the same thing again later can succeed. */
+export function isRecoverableError(e) {
+  return e instanceof LitebridgeError && e.recoverable;
+}

@@ -1,0 +1,172 @@
+// Type declarations of the litebridge client (src/index.js).
+
+import { EventEmitter } from 'node:events';
+
+export type Value = null | number | bigint | string | boolean | Uint8Array;
+export type Params = Value[] | Record<string, Value>;
+export type Row = Record<string, Value>;
+
+export interface RequestOptions {
+  /** Aborting withdraws the request (stdio: `$/cancelRequest`; HTTP: the request is closed). */
+  signal?: AbortSignal;
+  /** Integers past 2^53 as BigInt; without it such an integer is a RangeError. */
+  bigint?: boolean;
+}
+
+export interface QueryOptions extends RequestOptions {
+  /** Deadline in ms, sent to the server (`timeout_ms`). */
+  timeout?: number;
+  maxRows?: number;
+  lane?: 'read' | 'heavy';
+  /** Rows as objects keyed by column (default) or as arrays. */
+  rows?: 'objects' | 'arrays';
+}
+
+export interface WriteOptions extends RequestOptions {
+  /** Deadline in ms, sent to the server: a write that timed out did not commit. */
+  timeout?: number;
+}
+
+export interface CallOptions extends RequestOptions {
+  timeout?: number;
+  retry?: boolean;
+  maxRetries?: number;
+  cacheKey?: string;
+  /** Seconds. */
+  cacheTtl?: number;
+}
+
+export interface SpawnOptions {
+  /** The `litebridge` binary; default `LITEBRIDGE_CLIENT_BIN`, then `litebridge` on PATH. */
+  bin?: string;
+  db?: string;
+  config?: string;
+  /** Worker command line, e.g. `python3 worker.py`. */
+  workers?: string;
+  processes?: number;
+  /** Serve the Python functions under this directory (generic mode). */
+  frameworkPath?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  shutdownGrace?: number;
+  bigint?: boolean;
+}
+
+export interface ConnectOptions {
+  /** Default `LITEBRIDGE_CLIENT_KEY`. */
+  key?: string;
+  fetch?: typeof fetch;
+  /** Send the calls of one tick as one JSON-RPC batch. */
+  batch?: boolean;
+  bigint?: boolean;
+}
+
+export class Statement {
+  readonly text: string;
+  readonly params: Value[];
+}
+
+/** sql`... ${value} ...`: the values become bound parameters. */
+export function sql(strings: TemplateStringsArray, ...values: Value[]): Statement;
+
+export interface ExecResult {
+  changes: number;
+  last_insert_rowid: number | bigint;
+}
+
+export interface LitebridgeEvent {
+  seq: number;
+  event: string;
+  ts: string;
+  [field: string]: unknown;
+}
+
+export class Client extends EventEmitter {
+  static spawn(options?: SpawnOptions): Client;
+  static connect(url?: string, options?: ConnectOptions): Client;
+  request<T = unknown>(method: string, params?: unknown, options?: RequestOptions): Promise<T>;
+  query<R = Row>(sql: string | Statement, params?: Params, options?: QueryOptions): Promise<R[]>;
+  get<R = Row>(sql: string | Statement, params?: Params, options?: QueryOptions): Promise<R | undefined>;
+  execute(sql: string | Statement, params?: Params, options?: WriteOptions): Promise<ExecResult>;
+  batch(
+    statements: ({ sql: string; params?: Params } | Statement)[],
+    options?: WriteOptions,
+  ): Promise<{ results: ExecResult[] }>;
+  executeMany(sql: string, rows: Params[], options?: WriteOptions): Promise<{ changes: number }>;
+  schema(options?: RequestOptions): Promise<unknown>;
+  call<T = unknown>(method: string, params?: unknown[] | Record<string, unknown>, options?: CallOptions): Promise<T>;
+  stats(options?: RequestOptions): Promise<Record<string, unknown>>;
+  health(options?: RequestOptions): Promise<Record<string, unknown>>;
+  isHealthy(options?: RequestOptions): Promise<boolean>;
+  metrics(): Promise<string>;
+  resetBreaker(method: string, options?: RequestOptions): Promise<{ reset: boolean }>;
+  readonly state: {
+    save(runId: string, state: unknown, extra?: Record<string, unknown>): Promise<unknown>;
+    load(runId: string): Promise<unknown>;
+    list(options?: { status?: string; limit?: number; after?: string }): Promise<unknown>;
+    delete(runId: string): Promise<unknown>;
+  };
+  readonly memory: {
+    store(namespace: string, key: string, value: unknown, ttl?: number): Promise<unknown>;
+    get(namespace: string, key: string): Promise<{ found: boolean; value?: unknown }>;
+    list(namespace: string, options?: { prefix?: string; limit?: number }): Promise<unknown>;
+    delete(namespace: string, key: string): Promise<unknown>;
+  };
+  readonly cache: {
+    get(key: string): Promise<{ found: boolean; value?: unknown }>;
+    set(key: string, value: unknown, ttl?: number): Promise<unknown>;
+    delete(key: string): Promise<unknown>;
+    stats(): Promise<Record<string, unknown>>;
+  };
+  readonly admin: {
+    backup(to?: string): Promise<unknown>;
+    check(full?: boolean): Promise<unknown>;
+    checkpoint(mode?: string): Promise<unknown>;
+    createKey(scope: string, options?: { tier?: string; name?: string }): Promise<unknown>;
+    listKeys(): Promise<unknown>;
+    revokeKey(name: string): Promise<unknown>;
+  };
+  close(): Promise<void>;
+  shutdown(): Promise<void>;
+  on(event: string, listener: (event: LitebridgeEvent) => void): this;
+}
+
+export function spawnClient(options?: SpawnOptions): Client;
+export function connect(url?: string, options?: ConnectOptions): Client;
+
+export class LitebridgeError extends Error {
+  readonly code: number;
+  readonly kind: string;
+  readonly recoverable: boolean;
+  /** Milliseconds, when the server said when to try again. */
+  readonly retryAfter?: number;
+  readonly data: Record<string, unknown>;
+}
+export class SqlError extends LitebridgeError {}
+export class TimeoutError extends LitebridgeError {}
+export class OverloadedError extends LitebridgeError {}
+export class BusyError extends LitebridgeError {}
+export class ReadOnlyError extends LitebridgeError {}
+export class CorruptError extends LitebridgeError {}
+export class UnavailableError extends LitebridgeError {}
+export class InvalidArgumentError extends LitebridgeError {}
+export class ConfigError extends LitebridgeError {}
+export class IoError extends LitebridgeError {}
+export class CheckFailedError extends LitebridgeError {}
+export class ForbiddenError extends LitebridgeError {}
+export class InternalError extends LitebridgeError {}
+export class CircuitOpenError extends LitebridgeError {}
+export class UnauthorizedError extends LitebridgeError {}
+export class QuotaExceededError extends LitebridgeError {}
+export class TooLargeError extends LitebridgeError {}
+export class UnsupportedError extends LitebridgeError {}
+export class CancelledError extends LitebridgeError {}
+export class ProtocolError extends LitebridgeError {}
+export class ConnectionError extends LitebridgeError {}
+export class WorkerError extends LitebridgeError {
+  readonly type?: string;
+  readonly traceback?: string;
+}
+export class WorkerCrashedError extends LitebridgeError {}
+export function fromWire(error: { code?: number; message?: string; data?: unknown }): LitebridgeError;
+export function isRecoverableError(e: unknown): boolean;

@@ -1,0 +1,274 @@
+// The litebridge client: one API over a spawned `litebridge stdio` (the
+// embedded default) or a server's HTTP endpoint. See README.md.
+
+import { EventEmitter } from 'node:events';
+
+import { fromWire, CancelledError, UnsupportedError } from './errors.js';
+import { revive } from './json.js';
+import { HttpTransport, StdioTransport } from './transports.js';
+
+export * from './errors.js';
+
+const EVENT_NAMES = new Set([
+  'started',
+  'process-started',
+  'process-error',
+  'process-restarted',
+  'process-recycling',
+  'retry',
+  'circuit-breaker-state-change',
+  'shutdown',
+  'missed',
+]);
+
+/** A statement with its values bound: what `sql` tagged templates make. */
+export class Statement {
+  constructor(text, params) {
+    this.text = text;
+    this.params = params;
+  }
+}
+
+/**
+ * sql`SELECT * FROM t WHERE id = ${id}`: the values become bound
+ * parameters (`?1`, `?2`, ...), never text of the statement.
+ */
+export function sql(strings, ...values) {
+  let text = strings[0];
+  for (let i = 0; i < values.length; i++) text += `?${i + 1}${strings[i + 1]}`;
+  return new Statement(text, values);
+}
+
+function statementOf(sqlOrStatement, params) {
+  if (sqlOrStatement instanceof Statement) return [sqlOrStatement.text, sqlOrStatement.params];
+  return [sqlOrStatement, params];
+}
+
+function ms(value) {
+  return value === undefined ? undefined : Math.max(1, Math.round(value));
+}
+
+export class Client extends EventEmitter {
+  /**
+   * Starts `litebridge stdio` as a child and talks to it over its pipes.
+   * The binary: `options.bin`, else `LITEBRIDGE_CLIENT_BIN`, else `litebridge`
+   * on PATH (never through a shell).
+   */
+  static spawn(options = {}) {
+    const bin = options.bin ?? process.env.LITEBRIDGE_CLIENT_BIN ?? 'litebridge';
+    const args = ['stdio'];
+    if (options.db) args.push('--db', options.db);
+    if (options.config) args.push('--config', options.config);
+    if (options.workers) args.push('--workers', options.workers);
+    if (options.processes) args.push('--processes', String(options.processes));
+    args.push(...(options.args ?? []));
+    const env = { ...process.env, ...(options.env ?? {}) };
+    // The client's own variables (its key above all) are not the server's
+    // nor its workers' business.
+    for (const name of Object.keys(env)) if (name.startsWith('LITEBRIDGE_CLIENT_')) delete env[name];
+    if (options.frameworkPath) env.SQLITE_FRAMEWORK_PATH = options.frameworkPath;
+    const transport = new StdioTransport({ bin, args, env, shutdownGrace: options.shutdownGrace });
+    return new Client(transport, options);
+  }
+
+  /** Talks to `litebridge serve` at `url` (`http://127.0.0.1:7070`). */
+  static connect(url = process.env.LITEBRIDGE_CLIENT_URL, options = {}) {
+    if (!url) throw new TypeError('connect(url): give the server URL, or set LITEBRIDGE_CLIENT_URL');
+    const key = options.key ?? process.env.LITEBRIDGE_CLIENT_KEY;
+    return new Client(new HttpTransport({ url, key, fetch: options.fetch, batch: options.batch }), options);
+  }
+
+  constructor(transport, options = {}) {
+    super();
+    this.transport = transport;
+    this.bigint = options.bigint === true;
+    this.nextId = 1;
+    this.on('newListener', (name) => {
+      if (EVENT_NAMES.has(name)) this.transport.subscribe((e) => this.emit(e.event, e));
+    });
+  }
+
+  /** Calls `method` of the method table with `params`; its result. */
+  async request(method, params, { signal, bigint = this.bigint } = {}) {
+    signal?.throwIfAborted();
+    const id = this.nextId++;
+    const msg = { jsonrpc: '2.0', id, method };
+    if (params !== undefined) msg.params = params;
+    let onAbort;
+    const aborted = new Promise((_, reject) => {
+      onAbort = () => {
+        this.transport.cancel(id);
+        reject(signal.reason ?? new CancelledError('aborted', { kind: 'cancelled' }));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      const reply = await Promise.race([this.transport.request(msg, signal), aborted]);
+      if (reply?.error) throw fromWire(reply.error);
+      return revive(reply?.result, { bigint });
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  // ----- SQL ------------------------------------------------------------
+
+  /**
+   * Rows of a read-only statement: objects keyed by column (`rows:
+   * 'arrays'` for arrays). Options: `timeout` (ms), `maxRows`, `lane`
+   * ('read' or 'heavy'), `signal`, `bigint`.
+   */
+  async query(sqlText, params, options = {}) {
+    const [text, values] = statementOf(sqlText, params);
+    const r = await this.request(
+      'sql.query',
+      { sql: text, params: values ?? [], timeout_ms: ms(options.timeout), max_rows: options.maxRows, lane: options.lane },
+      options,
+    );
+    if (options.rows === 'arrays') return r.rows;
+    return r.rows.map((row) => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])));
+  }
+
+  /** The first row, or undefined. */
+  async get(sqlText, params, options = {}) {
+    const rows = await this.query(sqlText, params, { ...options, maxRows: 1 });
+    return rows[0];
+  }
+
+  /**
+   * One statement that changes data, committed when this resolves:
+   * `{changes, last_insert_rowid}`. Its deadline (`timeout`, ms) is sent
+   * with it: a write that timed out did not commit.
+   */
+  async execute(sqlText, params, options = {}) {
+    const [text, values] = statementOf(sqlText, params);
+    return this.request('sql.execute', { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) }, options);
+  }
+
+  /** Statements (`[{sql, params}]` or sql`` statements) in one transaction. */
+  async batch(statements, options = {}) {
+    const list = statements.map((s) => (s instanceof Statement ? { sql: s.text, params: s.params } : s));
+    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, options);
+  }
+
+  /** One statement for each row of parameters, in one transaction. */
+  async executeMany(sqlText, rows, options = {}) {
+    return this.request('sql.execute_many', { sql: sqlText, rows, timeout_ms: ms(options.timeout) }, options);
+  }
+
+  async schema(options = {}) {
+    return this.request('sql.schema', {}, options);
+  }
+
+  // ----- the bridge -------------------------------------------------------
+
+  /**
+   * Calls a worker method. Options: `timeout` (ms), `retry` (default true),
+   * `maxRetries`, `cacheKey`, `cacheTtl` (s), `signal` (aborting cancels the
+   * call in its worker), `bigint`.
+   */
+  async call(method, params, options = {}) {
+    return this.request(
+      'bridge.call',
+      {
+        method,
+        params,
+        timeout_ms: ms(options.timeout),
+        retry: options.retry,
+        max_retries: options.maxRetries,
+        cache_key: options.cacheKey,
+        cache_ttl_s: options.cacheTtl,
+      },
+      options,
+    );
+  }
+
+  async stats(options) {
+    return this.request('bridge.stats', {}, options);
+  }
+
+  async health(options) {
+    return this.request('pool.health', {}, options);
+  }
+
+  async isHealthy(options) {
+    try {
+      return (await this.health(options)).healthy === true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** `/metrics` in Prometheus' text format (HTTP only). */
+  async metrics() {
+    const t = this.transport;
+    if (!(t instanceof HttpTransport)) {
+      throw new UnsupportedError('metrics are served over HTTP (GET /metrics); this client runs litebridge stdio', {
+        kind: 'unsupported',
+      });
+    }
+    const res = await t.fetch(`${t.url}/metrics`, { headers: t.headers() });
+    return res.text();
+  }
+
+  async resetBreaker(method, options) {
+    return this.request('bridge.breaker.reset', { method }, options);
+  }
+
+  get state() {
+    return {
+      save: (runId, state, extra = {}) => this.request('state.save', { run_id: runId, state, ...extra }),
+      load: (runId) => this.request('state.load', { run_id: runId }),
+      list: (options = {}) => this.request('state.list', options),
+      delete: (runId) => this.request('state.delete', { run_id: runId }),
+    };
+  }
+
+  get memory() {
+    return {
+      store: (namespace, key, value, ttl) => this.request('memory.store', { namespace, key, value, ttl_s: ttl }),
+      get: (namespace, key) => this.request('memory.get', { namespace, key }),
+      list: (namespace, options = {}) => this.request('memory.list', { namespace, ...options }),
+      delete: (namespace, key) => this.request('memory.delete', { namespace, key }),
+    };
+  }
+
+  get cache() {
+    return {
+      get: (key) => this.request('cache.get', { key }),
+      set: (key, value, ttl) => this.request('cache.set', { key, value, ttl_s: ttl }),
+      delete: (key) => this.request('cache.delete', { key }),
+      stats: () => this.request('cache.stats', {}),
+    };
+  }
+
+  get admin() {
+    return {
+      backup: (to) => this.request('admin.backup', to === undefined ? {} : { to }),
+      check: (full = false) => this.request('admin.check', { full }),
+      checkpoint: (mode) => this.request('admin.checkpoint', mode === undefined ? {} : { mode }),
+      createKey: (scope, options = {}) => this.request('admin.keys.create', { scope, ...options }),
+      listKeys: () => this.request('admin.keys.list', {}),
+      revokeKey: (name) => this.request('admin.keys.revoke', { name }),
+    };
+  }
+
+  /** Stops: a spawned litebridge drains, commits, checkpoints and exits. */
+  async close() {
+    await this.transport.close();
+  }
+
+  async shutdown() {
+    await this.close();
+  }
+}
+
+/** `Client.spawn(options)`. */
+export function spawnClient(options) {
+  return Client.spawn(options);
+}
+
+/** `Client.connect(url, options)`. */
+export function connect(url, options) {
+  return Client.connect(url, options);
+}

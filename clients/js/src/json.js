@@ -1,0 +1,152 @@
+// JSON as litebridge speaks it: blobs are {"$blob": base64}, and integers
+// are 64-bit. JavaScript numbers hold integers exactly only up to 2^53, so
+// text with an integer past that is parsed by hand and the integer becomes
+// a BigInt (what happens to it then is the caller's `bigint` option).
+
+const LONG_DIGITS = /\d{16,}/;
+
+/** Parses a reply; unsafe integers become BigInt. */
+export function parse(text) {
+  if (!LONG_DIGITS.test(text)) return JSON.parse(text);
+  return new Parser(text).value();
+}
+
+class Parser {
+  constructor(text) {
+    this.s = text;
+    this.i = 0;
+  }
+
+  value() {
+    this.ws();
+    const c = this.s[this.i];
+    let v;
+    if (c === '{') v = this.object();
+    else if (c === '[') v = this.array();
+    else if (c === '"') v = this.string();
+    else if (c === 't') v = this.word('true', true);
+    else if (c === 'f') v = this.word('false', false);
+    else if (c === 'n') v = this.word('null', null);
+    else v = this.number();
+    this.ws();
+    return v;
+  }
+
+  ws() {
+    while (this.i < this.s.length && ' \t\n\r'.includes(this.s[this.i])) this.i++;
+  }
+
+  word(w, v) {
+    if (this.s.startsWith(w, this.i)) {
+      this.i += w.length;
+      return v;
+    }
+    throw new SyntaxError(`bad JSON at ${this.i}`);
+  }
+
+  object() {
+    const out = {};
+    this.i++;
+    this.ws();
+    if (this.s[this.i] === '}') {
+      this.i++;
+      return out;
+    }
+    for (;;) {
+      this.ws();
+      const k = this.string();
+      this.ws();
+      if (this.s[this.i++] !== ':') throw new SyntaxError(`bad JSON at ${this.i}`);
+      out[k] = this.value();
+      const c = this.s[this.i++];
+      if (c === '}') return out;
+      if (c !== ',') throw new SyntaxError(`bad JSON at ${this.i}`);
+    }
+  }
+
+  array() {
+    const out = [];
+    this.i++;
+    this.ws();
+    if (this.s[this.i] === ']') {
+      this.i++;
+      return out;
+    }
+    for (;;) {
+      out.push(this.value());
+      const c = this.s[this.i++];
+      if (c === ']') return out;
+      if (c !== ',') throw new SyntaxError(`bad JSON at ${this.i}`);
+    }
+  }
+
+  string() {
+    // The string's own text, unescaped by the native parser.
+    const start = this.i;
+    if (this.s[this.i] !== '"') throw new SyntaxError(`bad JSON at ${this.i}`);
+    this.i++;
+    while (this.i < this.s.length) {
+      const c = this.s[this.i];
+      if (c === '\\') this.i += 2;
+      else if (c === '"') {
+        this.i++;
+        return JSON.parse(this.s.slice(start, this.i));
+      } else this.i++;
+    }
+    throw new SyntaxError('unterminated JSON string');
+  }
+
+  number() {
+    const m = /^-?\d+(\.\d+)?([eE][+-]?\d+)?/.exec(this.s.slice(this.i, this.i + 400));
+    if (!m) throw new SyntaxError(`bad JSON at ${this.i}`);
+    this.i += m[0].length;
+    if (m[1] === undefined && m[2] === undefined) {
+      const n = Number(m[0]);
+      return Number.isSafeInteger(n) ? n : BigInt(m[0]);
+    }
+    return Number(m[0]);
+  }
+}
+
+/** Writes a request: BigInt as an exact integer, Uint8Array as a blob. */
+export function stringify(value) {
+  let big = false;
+  const text = JSON.stringify(value, (_k, v) => {
+    if (typeof v === 'bigint') {
+      big = true;
+      return `\u0000bigint:${v.toString()}`;
+    }
+    if (v instanceof Uint8Array) return { $blob: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') };
+    if (v && typeof v === 'object' && v.type === 'Buffer' && Array.isArray(v.data)) {
+      // Buffer.toJSON ran before the replacer saw the Buffer.
+      return { $blob: Buffer.from(v.data).toString('base64') };
+    }
+    return v;
+  });
+  return big ? text.replace(/"\\u0000bigint:(-?\d+)"/g, '$1') : text;
+}
+
+/**
+ * Values of a result as the caller asked: blobs become Uint8Array, and a
+ * BigInt is kept (`bigint: true`) or refused with an error naming the option
+ * (as better-sqlite3 does), never rounded.
+ */
+export function revive(value, { bigint = false } = {}) {
+  if (typeof value === 'bigint') {
+    if (bigint) return value;
+    throw new RangeError(
+      `the integer ${value} is past JavaScript's safe range (2^53): pass { bigint: true } to get it as a BigInt`,
+    );
+  }
+  if (Array.isArray(value)) return value.map((v) => revive(v, { bigint }));
+  if (value && typeof value === 'object') {
+    const keys = Object.keys(value);
+    if (keys.length === 1 && keys[0] === '$blob' && typeof value.$blob === 'string') {
+      return new Uint8Array(Buffer.from(value.$blob, 'base64'));
+    }
+    const out = {};
+    for (const k of keys) out[k] = revive(value[k], { bigint });
+    return out;
+  }
+  return value;
+}

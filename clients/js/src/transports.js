@@ -1,0 +1,253 @@
+// The two ways to reach litebridge: a child `litebridge stdio` (spawned,
+// newline-delimited JSON-RPC on its pipes) and HTTP (`POST /rpc`). Both
+// take a request object and give back the parsed reply, and both feed
+// events (`onEvent`) once asked to.
+
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { once } from 'node:events';
+
+import { ConnectionError } from './errors.js';
+import { parse, stringify } from './json.js';
+
+const STDERR_LINES = 20;
+
+/** A `litebridge stdio` child, started again on the next request after it died. */
+export class StdioTransport {
+  constructor({ bin, args, env, shutdownGrace = 10_000 }) {
+    this.bin = bin;
+    this.args = args;
+    this.env = env;
+    this.shutdownGrace = shutdownGrace;
+    this.child = null;
+    this.pending = new Map();
+    this.stderr = [];
+    this.onEvent = null;
+    this.subscribed = false;
+    this.closing = false;
+    this.writing = Promise.resolve();
+  }
+
+  start() {
+    const child = spawn(this.bin, this.args, {
+      env: this.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      windowsHide: true,
+    });
+    this.child = child;
+    this.stderr = [];
+    child.on('error', (e) => this.died(child, `could not run ${this.bin}: ${e.message}`));
+    child.on('exit', (code, signal) =>
+      this.died(child, signal ? `litebridge was killed by ${signal}` : `litebridge exited with code ${code}`),
+    );
+    createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) => this.line(line));
+    createInterface({ input: child.stderr, crlfDelay: Infinity }).on('line', (line) => {
+      this.stderr.push(line);
+      if (this.stderr.length > STDERR_LINES) this.stderr.shift();
+    });
+    child.stdin.on('error', () => {}); // the exit says why
+    if (this.subscribed) this.write({ jsonrpc: '2.0', method: 'events.subscribe', id: null });
+  }
+
+  died(child, why) {
+    if (this.child !== child) return;
+    this.child = null;
+    const tail = this.stderr.length ? `; its last lines on stderr:\n${this.stderr.join('\n')}` : '';
+    const error = new ConnectionError(`${why}${tail}`, { kind: 'unavailable', recoverable: true });
+    for (const { reject } of this.pending.values()) reject(error);
+    this.pending.clear();
+  }
+
+  line(text) {
+    let msg;
+    try {
+      msg = parse(text);
+    } catch {
+      return; // litebridge writes only JSON; nothing to answer
+    }
+    if (msg && msg.method === 'event' && msg.id === undefined) {
+      this.onEvent?.(msg.params);
+      return;
+    }
+    const waiter = this.pending.get(String(msg?.id));
+    if (waiter) {
+      this.pending.delete(String(msg.id));
+      waiter.resolve(msg);
+    }
+  }
+
+  write(obj) {
+    const child = this.child;
+    const text = `${stringify(obj)}\n`;
+    // Backpressure: the next write waits for the pipe to drain.
+    this.writing = this.writing.then(async () => {
+      if (!child || child.stdin.destroyed) return;
+      if (!child.stdin.write(text)) await once(child.stdin, 'drain').catch(() => {});
+    });
+  }
+
+  request(obj) {
+    if (this.closing) return Promise.reject(new ConnectionError('the client is shut down', { kind: 'unavailable' }));
+    if (!this.child) this.start();
+    return new Promise((resolve, reject) => {
+      this.pending.set(String(obj.id), { resolve, reject });
+      this.write(obj);
+    });
+  }
+
+  /** Withdraws request `id`: its answer is no longer awaited. */
+  cancel(id) {
+    this.pending.delete(String(id));
+    if (this.child) this.write({ jsonrpc: '2.0', method: '$/cancelRequest', params: { id } });
+  }
+
+  subscribe(onEvent) {
+    this.onEvent = onEvent;
+    this.subscribed = true;
+    if (!this.child) this.start();
+    else this.write({ jsonrpc: '2.0', method: 'events.subscribe', id: null });
+  }
+
+  /**
+   * Closes stdin, so litebridge finishes what it was asked, commits,
+   * checkpoints and exits; then SIGTERM, then SIGKILL, if it does not.
+   */
+  async close() {
+    this.closing = true;
+    const child = this.child;
+    if (!child) return;
+    await this.writing;
+    const exited = once(child, 'exit');
+    child.stdin.end();
+    const within = (ms) => Promise.race([exited.then(() => true), new Promise((r) => setTimeout(r, ms, false).unref())]);
+    if (await within(this.shutdownGrace)) return;
+    child.kill('SIGTERM');
+    if (await within(5_000)) return;
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/** `POST /rpc` with a bearer key; optionally the calls of one tick in one batch. */
+export class HttpTransport {
+  constructor({ url, key, fetch: fetchImpl = globalThis.fetch, batch = false }) {
+    this.url = url.replace(/\/+$/, '');
+    this.key = key;
+    this.fetch = fetchImpl;
+    this.batch = batch;
+    this.queue = null;
+    this.streams = null;
+  }
+
+  headers(extra = {}) {
+    const h = { ...extra };
+    if (this.key) h.authorization = `Bearer ${this.key}`;
+    return h;
+  }
+
+  async post(body, signal) {
+    let res;
+    try {
+      res = await this.fetch(`${this.url}/rpc`, {
+        method: 'POST',
+        headers: this.headers({ 'content-type': 'application/json' }),
+        body,
+        signal,
+      });
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      throw new ConnectionError(`cannot reach ${this.url}: ${e.cause?.message ?? e.message}`, {
+        kind: 'unavailable',
+        recoverable: true,
+      });
+    }
+    const text = await res.text();
+    if (res.status === 204) return null;
+    try {
+      return parse(text);
+    } catch {
+      throw new ConnectionError(`${this.url}/rpc answered ${res.status} with no JSON: ${text.slice(0, 200)}`, {
+        kind: 'unavailable',
+      });
+    }
+  }
+
+  async request(obj, signal) {
+    if (!this.batch || signal) return this.post(stringify(obj), signal);
+    // Gathered until the end of this tick, sent as one batch.
+    if (!this.queue) {
+      const queue = (this.queue = []);
+      queueMicrotask(() => this.flush(queue));
+    }
+    return new Promise((resolve, reject) => this.queue.push({ obj, resolve, reject }));
+  }
+
+  async flush(queue) {
+    this.queue = null;
+    try {
+      const replies = await this.post(stringify(queue.map((q) => q.obj)));
+      const byId = new Map((Array.isArray(replies) ? replies : [replies]).map((r) => [String(r?.id), r]));
+      for (const q of queue) {
+        const r = byId.get(String(q.obj.id));
+        if (r) q.resolve(r);
+        else q.reject(new ConnectionError('the batch reply had no answer for this request', { kind: 'internal' }));
+      }
+    } catch (e) {
+      for (const q of queue) q.reject(e);
+    }
+  }
+
+  cancel() {
+    // The aborted fetch is the cancellation.
+  }
+
+  /** Reads `GET /events`, reconnecting with `Last-Event-ID` until closed. */
+  subscribe(onEvent) {
+    if (this.streams) return;
+    const controller = (this.streams = new AbortController());
+    let last;
+    const run = async () => {
+      while (!controller.signal.aborted) {
+        try {
+          const res = await this.fetch(`${this.url}/events`, {
+            headers: this.headers(last ? { 'last-event-id': last } : {}),
+            signal: controller.signal,
+          });
+          if (!res.ok) throw new Error(`GET /events answered ${res.status}`);
+          let buffer = '';
+          let id;
+          let data = '';
+          for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
+            buffer += chunk;
+            let nl;
+            while ((nl = buffer.indexOf('\n')) >= 0) {
+              const line = buffer.slice(0, nl).replace(/\r$/, '');
+              buffer = buffer.slice(nl + 1);
+              if (line === '') {
+                if (data) {
+                  if (id) last = id;
+                  try {
+                    onEvent(parse(data));
+                  } catch {
+                    // not JSON: skipped
+                  }
+                }
+                data = '';
+                id = undefined;
+              } else if (line.startsWith('data:')) data += line.slice(5).trimStart();
+              else if (line.startsWith('id:')) id = line.slice(3).trim();
+            }
+          }
+        } catch {
+          if (controller.signal.aborted) return;
+        }
+        await new Promise((r) => setTimeout(r, 1000).unref());
+      }
+    };
+    run();
+  }
+
+  async close() {
+    this.streams?.abort();
+  }
+}

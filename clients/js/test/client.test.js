@@ -1,0 +1,122 @@
+// The client over a spawned `litebridge stdio`, against the real binary
+// and real Python workers.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+
+import {
+  Client,
+  sql,
+  SqlError,
+  ForbiddenError,
+  ReadOnlyError,
+  WorkerError,
+  TimeoutError,
+  CircuitOpenError,
+  ConnectionError,
+  isRecoverableError,
+} from '../src/index.js';
+import { BIN, WORKER, alive, tempDir } from './helpers.js';
+
+function client(t, options = {}) {
+  const dir = tempDir(t);
+  const c = Client.spawn({ bin: BIN, db: join(dir, 'c.db'), workers: WORKER, processes: 1, ...options });
+  t.after(() => c.close());
+  return c;
+}
+
+test('rows as objects or arrays, values bound, blobs and 64-bit integers exact', async (t) => {
+  const c = client(t);
+  await c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, data BLOB, big INTEGER)');
+  const blob = new Uint8Array([0, 1, 2, 255]);
+  const big = 9223372036854775807n;
+  const r = await c.execute('INSERT INTO t(name, data, big) VALUES (?1, ?2, ?3)', ['ada', blob, big]);
+  assert.deepEqual(r, { changes: 1, last_insert_rowid: 1 });
+  const name = 'ada';
+  const rows = await c.query(sql`SELECT id, name, data, big FROM t WHERE name = ${name}`, undefined, { bigint: true });
+  assert.deepEqual(rows, [{ id: 1, name: 'ada', data: blob, big }]);
+  assert.deepEqual(await c.query('SELECT id, name FROM t', [], { rows: 'arrays' }), [[1, 'ada']]);
+  assert.deepEqual(await c.get('SELECT name FROM t WHERE id = ?1', [1]), { name: 'ada' });
+  // Never rounded: refused, naming the option.
+  await assert.rejects(c.query('SELECT big FROM t'), /pass \{ bigint: true \}/);
+  const inj = "x'); DROP TABLE t; --";
+  assert.deepEqual(await c.query(sql`SELECT count(*) AS n FROM t WHERE name = ${inj}`), [{ n: 0 }]);
+});
+
+test('every failure is its own class, with code, kind and data', async (t) => {
+  const c = client(t);
+  await c.execute('CREATE TABLE u(x INTEGER UNIQUE)');
+  await c.execute('INSERT INTO u VALUES (1)');
+  const unique = await c.execute('INSERT INTO u VALUES (1)').catch((e) => e);
+  assert.ok(unique instanceof SqlError, unique);
+  assert.equal(unique.code, -32000);
+  assert.equal(unique.data.sqlite_extended_code, 2067);
+  assert.ok(!unique.message.includes('INSERT'), 'no SQL text in the message');
+  assert.ok((await c.execute('BEGIN').catch((e) => e)) instanceof ForbiddenError);
+  assert.ok((await c.query('INSERT INTO u VALUES (2)').catch((e) => e)) instanceof ReadOnlyError);
+  const py = await c.call('fail', ['bad input']).catch((e) => e);
+  assert.ok(py instanceof WorkerError, py);
+  assert.equal(py.type, 'ValueError');
+  assert.match(py.traceback, /Traceback/);
+  const slow = await c.call('wait', [5], { timeout: 200 }).catch((e) => e);
+  assert.ok(slow instanceof TimeoutError, slow);
+  assert.ok(isRecoverableError(slow));
+});
+
+test('a breaker opens with retryAfter, events say so, and a reset closes it', async (t) => {
+  const c = client(t);
+  const changes = [];
+  c.on('circuit-breaker-state-change', (e) => changes.push(`${e.from}->${e.to}`));
+  for (let i = 0; i < 5; i++) await c.call('fail', ['x']).catch(() => {});
+  const open = await c.call('fail', ['x']).catch((e) => e);
+  assert.ok(open instanceof CircuitOpenError, open);
+  assert.ok(open.retryAfter > 0);
+  assert.deepEqual(await c.resetBreaker('fail'), { reset: true });
+  await assert.rejects(c.call('fail', ['x']), WorkerError);
+  for (let i = 0; i < 50 && changes.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(changes.slice(0, 2), ['closed->open', 'open->closed']);
+});
+
+test('abort cancels the call in its worker; the next call works', async (t) => {
+  const c = client(t);
+  const controller = new AbortController();
+  const started = Date.now();
+  const waiting = c.call('wait', [30], { signal: controller.signal });
+  setTimeout(() => controller.abort(), 100);
+  await assert.rejects(waiting, { name: 'AbortError' });
+  assert.ok(Date.now() - started < 5000);
+  assert.equal(await c.call('echo', { value: 3 }), 3);
+});
+
+test('500 calls at once', async (t) => {
+  const c = client(t);
+  const results = await Promise.all(Array.from({ length: 500 }, (_, i) => c.call('echo', { value: i })));
+  assert.deepEqual(results, Array.from({ length: 500 }, (_, i) => i));
+});
+
+test('a killed litebridge fails what was pending clearly; the next call starts it again', async (t) => {
+  const c = client(t);
+  await c.call('echo', { value: 1 });
+  const pid = c.transport.child.pid;
+  const pending = c.call('wait', [10]);
+  process.kill(pid, 'SIGKILL');
+  const e = await pending.catch((x) => x);
+  assert.ok(e instanceof ConnectionError, e);
+  assert.match(e.message, /killed by SIGKILL/);
+  assert.equal(await c.call('echo', { value: 2 }), 2);
+  assert.notEqual(c.transport.child.pid, pid);
+});
+
+test('close drains and leaves no process behind', async (t) => {
+  const c = client(t);
+  await c.execute('CREATE TABLE k(x)');
+  await c.execute('INSERT INTO k VALUES (1)');
+  const stats = await c.stats();
+  const pids = [c.transport.child.pid, ...stats.workers.map((w) => w.pid)];
+  assert.ok(pids.every(alive));
+  await c.close();
+  for (let i = 0; i < 100 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(pids.filter(alive), []);
+  await assert.rejects(c.call('echo', {}), ConnectionError);
+});
