@@ -41,77 +41,97 @@ const SETTINGS = {
 
 /** The seed's bridge: a spawned litebridge serving the framework's functions. */
 export class SQLiteFrameworkBridge extends Client {
+  #snapshot = null;
+  #refreshing = false;
+  #calls = 0;
+  #failures = 0;
+  /** The last call latencies, ms (a ring). */
+  #latencies = [];
+
   constructor(config = {}) {
     const env = { ...(config.env ?? {}) };
     for (const [option, name] of Object.entries(SETTINGS)) {
       if (config[option] !== undefined) env[name] = String(config[option]);
     }
     if (config.debug) env.LITEBRIDGE_SERVER_LOG_LEVEL = 'debug';
+    if (config.frameworkPath) env.LITEBRIDGE_WORKERS_FRAMEWORK_PATH = config.frameworkPath;
     const spawned = Client.spawn({
       ...config,
+      frameworkPath: undefined,
       processes: config.maxProcesses ?? config.processes,
       env,
     });
     super(spawned.transport, config);
-    this.stats = { snapshot: null };
   }
 
   /** Starts the workers and waits until they answer (the seed's `start`). */
   async start() {
-    await this.waitForReady(config_ready_ms);
+    await this.waitForReady(READY_MS);
     return this;
   }
 
-  /** Resolves once litebridge and its workers are up, within `timeout` ms. */
-  async waitForReady(timeout = config_ready_ms) {
+  /**
+   * Resolves once litebridge and its workers are up, within `timeout` ms.
+   * A litebridge that cannot start (no binary, a bad setting, no workers)
+   * is an error at once, not a wait.
+   */
+  async waitForReady(timeout = READY_MS) {
     const deadline = Date.now() + timeout;
-    let last;
-    while (Date.now() < deadline) {
-      try {
-        const s = await this.request('bridge.health', {});
-        this.stats.snapshot = s;
-        if (s.healthy) return;
-      } catch (e) {
-        last = e;
-        if (!(e instanceof ConnectionError) && e.kind !== 'unavailable') throw e;
+    for (;;) {
+      const s = await this.request('bridge.health', {});
+      this.#snapshot = s;
+      if (s.healthy) return;
+      if (Date.now() >= deadline) {
+        throw new TimeoutError(`the workers were not all up within ${timeout} ms`, { kind: 'timeout', recoverable: true });
       }
       await new Promise((r) => setTimeout(r, 50));
     }
-    throw new TimeoutError(`litebridge was not ready within ${timeout} ms${last ? `: ${last.message}` : ''}`, {
-      kind: 'timeout',
-      recoverable: true,
-    });
   }
 
   async call(method, params, options) {
-    const r = await super.call(method, params, options);
-    this.refresh();
-    return r;
+    const started = performance.now();
+    try {
+      const r = await super.call(method, params, options);
+      return r;
+    } catch (e) {
+      this.#failures++;
+      throw e;
+    } finally {
+      this.#calls++;
+      this.#latencies.push(performance.now() - started);
+      if (this.#latencies.length > 1000) this.#latencies.shift();
+      this.#refresh();
+    }
   }
 
-  refresh() {
-    this.request('bridge.stats', {}).then(
-      (s) => (this.stats.snapshot = s),
-      () => {},
-    );
+  /** The pool's figures, asked again at most one at a time. */
+  #refresh() {
+    if (this.#refreshing) return;
+    this.#refreshing = true;
+    this.request('bridge.stats', {})
+      .then((s) => (this.#snapshot = s), () => {})
+      .finally(() => (this.#refreshing = false));
   }
 
   /**
-   * The seed's statistics, from the latest snapshot (refreshed after each
-   * call): totalCalls, successRate (percent), averageLatency and
-   * latency.{p50,p95,p99} (ms), processPool.{processCount,availableProcesses}.
+   * The seed's statistics, now: totalCalls, successRate (percent),
+   * averageLatency and latency.{p50,p95,p99} (ms) of this bridge's calls
+   * (the last 1,000), and processPool.{processCount,availableProcesses} from
+   * the pool's latest figures.
    */
   getStats() {
-    const s = this.stats.snapshot ?? {};
+    const sorted = [...this.#latencies].sort((a, b) => a - b);
+    const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : 0);
+    const s = this.#snapshot ?? {};
     return {
-      totalCalls: s.total_calls ?? 0,
-      successes: s.successes ?? 0,
-      failures: s.failures ?? 0,
-      successRate: s.success_rate ?? 100,
-      averageLatency: s.average_latency_ms ?? 0,
-      latency: s.latency_ms ?? { p50: 0, p95: 0, p99: 0 },
+      totalCalls: this.#calls,
+      successes: this.#calls - this.#failures,
+      failures: this.#failures,
+      successRate: this.#calls ? ((this.#calls - this.#failures) * 100) / this.#calls : 100,
+      averageLatency: sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : 0,
+      latency: { p50: at(0.5), p95: at(0.95), p99: at(0.99) },
       processPool: {
-        processCount: s.process_count ?? 0,
+        processCount: s.process_count ?? s.workers?.length ?? 0,
         availableProcesses: s.available_processes ?? 0,
       },
       circuitBreakers: s.breakers ?? [],
@@ -120,10 +140,10 @@ export class SQLiteFrameworkBridge extends Client {
   }
 
   isHealthy() {
-    return this.stats.snapshot?.healthy === true;
+    return this.transport.child !== null && this.#snapshot?.healthy === true;
   }
 
-  /** The snapshot's figures in Prometheus' text format. */
+  /** The seed's figures in Prometheus' text format. */
   getMetrics() {
     const s = this.getStats();
     return [
@@ -146,7 +166,7 @@ export class SQLiteFrameworkBridge extends Client {
   }
 }
 
-const config_ready_ms = 30_000;
+const READY_MS = 30_000;
 
 /** Creates and starts a bridge (the seed's Quick Start). */
 export async function createBridge(config = {}) {

@@ -7,7 +7,7 @@ export type Params = Value[] | Record<string, Value>;
 export type Row = Record<string, Value>;
 
 export interface RequestOptions {
-  /** Aborting withdraws the request (stdio: `$/cancelRequest`; HTTP: the request is closed). */
+  /** Aborting withdraws a read or a worker call (stdio: `$/cancelRequest`; HTTP: the request is closed). */
   signal?: AbortSignal;
   /** Integers past 2^53 as BigInt; without it such an integer is a RangeError. */
   bigint?: boolean;
@@ -22,8 +22,12 @@ export interface QueryOptions extends RequestOptions {
   rows?: 'objects' | 'arrays';
 }
 
-export interface WriteOptions extends RequestOptions {
-  /** Deadline in ms, sent to the server: a write that timed out did not commit. */
+export interface WriteOptions {
+  /**
+   * Deadline in ms, sent to the server: a write that timed out did not
+   * commit. (There is no `signal`: a write once sent may commit whatever the
+   * client does, so it is answered with its outcome.)
+   */
   timeout?: number;
 }
 

@@ -3,7 +3,7 @@
 
 import { EventEmitter } from 'node:events';
 
-import { fromWire, CancelledError, UnsupportedError } from './errors.js';
+import { fromWire, CancelledError, TooLargeError, UnsupportedError } from './errors.js';
 import { revive } from './json.js';
 import { HttpTransport, StdioTransport } from './transports.js';
 
@@ -19,6 +19,27 @@ const EVENT_NAMES = new Set([
   'circuit-breaker-state-change',
   'shutdown',
   'missed',
+]);
+
+// What an AbortSignal may withdraw: reads and worker calls. A write already
+// sent may commit whatever the client does, so its answer is awaited and is
+// its outcome (bound a write with `timeout`: one that timed out did not commit).
+const WITHDRAWABLE = new Set([
+  'sql.query',
+  'sql.schema',
+  'bridge.call',
+  'bridge.stats',
+  'bridge.health',
+  'state.load',
+  'state.list',
+  'memory.get',
+  'memory.list',
+  'cache.get',
+  'cache.stats',
+  'pool.health',
+  'pool.stats',
+  'persistence.stats',
+  'rpc.discover',
 ]);
 
 /** A statement with its values bound: what `sql` tagged templates make. */
@@ -45,7 +66,11 @@ function statementOf(sqlOrStatement, params) {
 }
 
 function ms(value) {
-  return value === undefined ? undefined : Math.max(1, Math.round(value));
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    throw new TypeError(`timeout must be a positive number of milliseconds, not ${String(value)}`);
+  }
+  return Math.max(1, Math.round(value));
 }
 
 export class Client extends EventEmitter {
@@ -66,7 +91,8 @@ export class Client extends EventEmitter {
     // The client's own variables (its key above all) are not the server's
     // nor its workers' business.
     for (const name of Object.keys(env)) if (name.startsWith('LITEBRIDGE_CLIENT_')) delete env[name];
-    if (options.frameworkPath) env.SQLITE_FRAMEWORK_PATH = options.frameworkPath;
+    // The server's own name: an inherited setting cannot silently win over it.
+    if (options.frameworkPath) env.LITEBRIDGE_WORKERS_FRAMEWORK_PATH = options.frameworkPath;
     const transport = new StdioTransport({ bin, args, env, shutdownGrace: options.shutdownGrace });
     return new Client(transport, options);
   }
@@ -88,9 +114,14 @@ export class Client extends EventEmitter {
     });
   }
 
-  /** Calls `method` of the method table with `params`; its result. */
+  /**
+   * Calls `method` of the method table with `params`; its result. `signal`
+   * withdraws a read or a worker call; a write, once sent, is answered with
+   * its outcome whatever the signal does.
+   */
   async request(method, params, { signal, bigint = this.bigint } = {}) {
     signal?.throwIfAborted();
+    if (!WITHDRAWABLE.has(method)) signal = undefined;
     const id = this.nextId++;
     const msg = { jsonrpc: '2.0', id, method };
     if (params !== undefined) msg.params = params;
@@ -125,6 +156,12 @@ export class Client extends EventEmitter {
       { sql: text, params: values ?? [], timeout_ms: ms(options.timeout), max_rows: options.maxRows, lane: options.lane },
       options,
     );
+    if (r.truncated && options.maxRows === undefined) {
+      throw new TooLargeError(
+        `the query has more than ${r.rows.length} rows, the server's default limit: pass maxRows (up to 1000000) or page with LIMIT`,
+        { kind: 'too_large' },
+      );
+    }
     if (options.rows === 'arrays') return r.rows;
     return r.rows.map((row) => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])));
   }
@@ -142,18 +179,27 @@ export class Client extends EventEmitter {
    */
   async execute(sqlText, params, options = {}) {
     const [text, values] = statementOf(sqlText, params);
-    return this.request('sql.execute', { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) }, options);
+    // A committed write is never reported as a failure: an unsafe rowid is a BigInt.
+    return this.request(
+      'sql.execute',
+      { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) },
+      { ...options, bigint: true },
+    );
   }
 
   /** Statements (`[{sql, params}]` or sql`` statements) in one transaction. */
   async batch(statements, options = {}) {
     const list = statements.map((s) => (s instanceof Statement ? { sql: s.text, params: s.params } : s));
-    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, options);
+    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, { ...options, bigint: true });
   }
 
   /** One statement for each row of parameters, in one transaction. */
   async executeMany(sqlText, rows, options = {}) {
-    return this.request('sql.execute_many', { sql: sqlText, rows, timeout_ms: ms(options.timeout) }, options);
+    return this.request(
+      'sql.execute_many',
+      { sql: sqlText, rows, timeout_ms: ms(options.timeout) },
+      { ...options, bigint: true },
+    );
   }
 
   async schema(options = {}) {

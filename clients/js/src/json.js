@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+
 // JSON as litebridge speaks it: blobs are {"$blob": base64}, and integers
 // are 64-bit. JavaScript numbers hold integers exactly only up to 2^53, so
 // text with an integer past that is parsed by hand and the integer becomes
@@ -7,8 +9,17 @@ const LONG_DIGITS = /\d{16,}/;
 
 /** Parses a reply; unsafe integers become BigInt. */
 export function parse(text) {
-  if (!LONG_DIGITS.test(text)) return JSON.parse(text);
+  const fast = JSON.parse(text);
+  // Only a reply with an integer past 2^53 is read again, by hand.
+  if (!LONG_DIGITS.test(text) || !hasUnsafe(fast)) return fast;
   return new Parser(text).value();
+}
+
+function hasUnsafe(v) {
+  if (typeof v === 'number') return Number.isInteger(v) && !Number.isSafeInteger(v);
+  if (Array.isArray(v)) return v.some(hasUnsafe);
+  if (v && typeof v === 'object') return Object.values(v).some(hasUnsafe);
+  return false;
 }
 
 class Parser {
@@ -57,7 +68,7 @@ class Parser {
       const k = this.string();
       this.ws();
       if (this.s[this.i++] !== ':') throw new SyntaxError(`bad JSON at ${this.i}`);
-      out[k] = this.value();
+      put(out, k, this.value());
       const c = this.s[this.i++];
       if (c === '}') return out;
       if (c !== ',') throw new SyntaxError(`bad JSON at ${this.i}`);
@@ -108,13 +119,17 @@ class Parser {
   }
 }
 
-/** Writes a request: BigInt as an exact integer, Uint8Array as a blob. */
+/**
+ * Writes a request: BigInt as an exact integer, Uint8Array as a blob. A
+ * BigInt goes through a placeholder string made unique to this call, so no
+ * string of the caller's can pass for one.
+ */
 export function stringify(value) {
-  let big = false;
+  let tag = null;
   const text = JSON.stringify(value, (_k, v) => {
     if (typeof v === 'bigint') {
-      big = true;
-      return `\u0000bigint:${v.toString()}`;
+      tag ??= `\u0000bigint:${randomUUID()}:`;
+      return `${tag}${v.toString()}`;
     }
     if (v instanceof Uint8Array) return { $blob: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') };
     if (v && typeof v === 'object' && v.type === 'Buffer' && Array.isArray(v.data)) {
@@ -123,7 +138,19 @@ export function stringify(value) {
     }
     return v;
   });
-  return big ? text.replace(/"\\u0000bigint:(-?\d+)"/g, '$1') : text;
+  if (tag === null) return text;
+  const quoted = JSON.stringify(tag).slice(1, -1).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  // Only where the placeholder is a whole value (not a member's name).
+  return text.replace(new RegExp(`"${quoted}(-?\\d+)"(?!\\s*:)`, 'g'), '$1');
+}
+
+/** Sets `out[k] = v` as an own property, `__proto__` included. */
+function put(out, k, v) {
+  if (k === '__proto__') {
+    Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+  } else {
+    out[k] = v;
+  }
 }
 
 /**
@@ -144,8 +171,11 @@ export function revive(value, { bigint = false } = {}) {
     if (keys.length === 1 && keys[0] === '$blob' && typeof value.$blob === 'string') {
       return new Uint8Array(Buffer.from(value.$blob, 'base64'));
     }
+    if (keys.length === 1 && keys[0] === '$real' && typeof value.$real === 'string') {
+      return Number(value.$real); // Infinity, -Infinity
+    }
     const out = {};
-    for (const k of keys) out[k] = revive(value[k], { bigint });
+    for (const k of keys) put(out, k, revive(value[k], { bigint }));
     return out;
   }
   return value;

@@ -7,10 +7,12 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
 
-import { ConnectionError } from './errors.js';
+import { ConnectionError, TooLargeError, fromWire } from './errors.js';
 import { parse, stringify } from './json.js';
 
 const STDERR_LINES = 20;
+/** The longest line `litebridge stdio` reads (its MAX_LINE). */
+const MAX_LINE = 64 * 1024 * 1024;
 
 /** A `litebridge stdio` child, started again on the next request after it died. */
 export class StdioTransport {
@@ -76,9 +78,8 @@ export class StdioTransport {
     }
   }
 
-  write(obj) {
+  write(obj, text = `${stringify(obj)}\n`) {
     const child = this.child;
-    const text = `${stringify(obj)}\n`;
     // Backpressure: the next write waits for the pipe to drain.
     this.writing = this.writing.then(async () => {
       if (!child || child.stdin.destroyed) return;
@@ -88,10 +89,20 @@ export class StdioTransport {
 
   request(obj) {
     if (this.closing) return Promise.reject(new ConnectionError('the client is shut down', { kind: 'unavailable' }));
+    // Refused here what litebridge could only answer without an id (which
+    // no caller would ever get): a line past its limit.
+    const text = `${stringify(obj)}\n`;
+    if (text.length > MAX_LINE) {
+      return Promise.reject(
+        new TooLargeError(`the request is ${text.length} bytes; litebridge stdio reads lines of ${MAX_LINE} at most`, {
+          kind: 'too_large',
+        }),
+      );
+    }
     if (!this.child) this.start();
     return new Promise((resolve, reject) => {
       this.pending.set(String(obj.id), { resolve, reject });
-      this.write(obj);
+      this.write(obj, text);
     });
   }
 
@@ -102,6 +113,7 @@ export class StdioTransport {
   }
 
   subscribe(onEvent) {
+    if (this.closing) return;
     this.onEvent = onEvent;
     this.subscribed = true;
     if (!this.child) this.start();
@@ -116,17 +128,23 @@ export class StdioTransport {
     this.closing = true;
     const child = this.child;
     if (!child) return;
-    await this.writing;
     const exited = once(child, 'exit');
-    child.stdin.end();
     const within = (ms) => Promise.race([exited.then(() => true), new Promise((r) => setTimeout(r, ms, false).unref())]);
-    if (await within(this.shutdownGrace)) return;
+    // The grace period counts from now, writes still queued included: a
+    // child that stopped reading must not keep this waiting for ever.
+    const ends = Date.now() + this.shutdownGrace;
+    await Promise.race([this.writing, within(this.shutdownGrace)]);
+    child.stdin.end();
+    if (await within(Math.max(0, ends - Date.now()))) return;
     child.kill('SIGTERM');
     if (await within(5_000)) return;
     child.kill('SIGKILL');
     await exited;
   }
 }
+
+/** Requests in one batch at most (the server takes 1,000). */
+const MAX_BATCH = 1000;
 
 /** `POST /rpc` with a bearer key; optionally the calls of one tick in one batch. */
 export class HttpTransport {
@@ -175,7 +193,7 @@ export class HttpTransport {
   async request(obj, signal) {
     if (!this.batch || signal) return this.post(stringify(obj), signal);
     // Gathered until the end of this tick, sent as one batch.
-    if (!this.queue) {
+    if (!this.queue || this.queue.length >= MAX_BATCH) {
       const queue = (this.queue = []);
       queueMicrotask(() => this.flush(queue));
     }
@@ -183,9 +201,14 @@ export class HttpTransport {
   }
 
   async flush(queue) {
-    this.queue = null;
+    if (this.queue === queue) this.queue = null;
     try {
       const replies = await this.post(stringify(queue.map((q) => q.obj)));
+      if (!Array.isArray(replies) && replies?.error) {
+        // One answer for the whole batch (a bad key, overloaded): everyone's.
+        for (const q of queue) q.reject(fromWire(replies.error));
+        return;
+      }
       const byId = new Map((Array.isArray(replies) ? replies : [replies]).map((r) => [String(r?.id), r]));
       for (const q of queue) {
         const r = byId.get(String(q.obj.id));

@@ -120,3 +120,33 @@ test('close drains and leaves no process behind', async (t) => {
   assert.deepEqual(pids.filter(alive), []);
   await assert.rejects(c.call('echo', {}), ConnectionError);
 });
+
+test('what a review found: truncated reads, aborted writes, odd values', async (t) => {
+  const c = client(t);
+  // More rows than the server's default limit: said, not cut silently.
+  const many = 'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) SELECT i FROM n';
+  await assert.rejects(c.query(many), { name: 'TooLargeError' });
+  assert.equal((await c.query(many, [], { maxRows: 20000 })).length, 20000);
+  // A write once sent is answered with its outcome, whatever the signal.
+  await c.execute('CREATE TABLE w(x)');
+  const controller = new AbortController();
+  const writing = c.executeMany('INSERT INTO w VALUES (?1)', Array.from({ length: 20000 }, (_, i) => [i]), {
+    signal: controller.signal,
+  });
+  controller.abort();
+  assert.deepEqual(await writing, { changes: 20000 });
+  // No string passes for a BigInt; __proto__ stays data; infinities come back.
+  const value = { s: '\u0000bigint:42', n: 7n, __proto__: null };
+  Object.defineProperty(value, '__proto__', { value: { admin: true }, enumerable: true });
+  await c.memory.store('ns', 'k', value);
+  const got = (await c.memory.get('ns', 'k')).value;
+  assert.equal(got.s, '\u0000bigint:42');
+  assert.equal(got.n, 7);
+  assert.deepEqual(Object.keys(got).sort(), ['__proto__', 'n', 's']);
+  assert.equal(got.admin, undefined, 'not inherited');
+  assert.deepEqual(await c.query('SELECT 1e999 AS x'), [{ x: Infinity }]);
+  // A committed insert with a rowid past 2^53 is not reported as a failure.
+  await c.execute('CREATE TABLE r(id INTEGER PRIMARY KEY)');
+  const r = await c.execute('INSERT INTO r VALUES (9007199254740993)');
+  assert.equal(r.last_insert_rowid, 9007199254740993n);
+});

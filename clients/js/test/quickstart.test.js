@@ -43,3 +43,28 @@ test('the seed Quick Start runs unchanged but for the import', async (t) => {
   delete process.env.LITEBRIDGE_DB_PATH;
   delete process.env.LITEBRIDGE_WORKERS_PYTHON_PATH;
 });
+
+test('the seed getStats counts the calls just made; a bad binary fails at once', async (t) => {
+  const dir = tempDir(t);
+  const { createBridge, PythonError } = await import('../src/compat.js');
+  const bridge = await createBridge({
+    bin: BIN,
+    db: join(dir, 'stats.db'),
+    frameworkPath: FRAMEWORK,
+    env: { LITEBRIDGE_WORKERS_PYTHON_PATH: SDK },
+  });
+  t.after(() => bridge.shutdown());
+  await bridge.call('src.generator.llm_agent_interface.analyze_requirements', { description: 'a b' });
+  await assert.rejects(
+    bridge.call('src.generator.llm_agent_interface.analyze_requirements', { description: 5 }),
+    PythonError,
+  );
+  const s = bridge.getStats();
+  assert.equal(s.totalCalls, 2);
+  assert.equal(s.successRate, 50);
+  assert.ok(s.latency.p95 > 0);
+  assert.equal(typeof (await bridge.stats()).total_calls, 'number');
+  const started = Date.now();
+  await assert.rejects(createBridge({ bin: join(dir, 'no-such-litebridge'), frameworkPath: FRAMEWORK }), /could not run/);
+  assert.ok(Date.now() - started < 5000);
+});
