@@ -11,7 +11,10 @@ import { once } from 'node:events';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(HERE, '..', '..', '..');
-export const BIN = process.env.LITEBRIDGE_CLIENT_BIN ?? join(REPO, 'target', 'debug', 'litebridge');
+// The binary `cargo test` built (in CARGO_TARGET_DIR when that is set).
+export const BIN =
+  process.env.LITEBRIDGE_CLIENT_BIN ??
+  join(resolve(REPO, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug', 'litebridge');
 export const WORKER = `python3 ${join(REPO, 'examples', 'worker.py')}`;
 export const SDK = join(REPO, 'python');
 export const FRAMEWORK = join(HERE, 'fixtures', 'framework');
