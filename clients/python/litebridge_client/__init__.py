@@ -1,0 +1,270 @@
+"""The litebridge client for Python programs (3.9+, standard library only):
+one API over a spawned ``litebridge stdio`` or a server's HTTP endpoint,
+synchronous (``Client``) and asyncio (``AsyncClient``)."""
+
+import asyncio
+import base64
+import itertools
+import os
+import queue
+import threading
+
+from .errors import *  # noqa: F401,F403 - the error classes are the package's
+from .errors import CancelledError, LitebridgeError, TooLargeError, from_wire
+from .transports import HttpTransport, StdioTransport, find_binary
+
+__all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
+
+
+def _encode(v):
+    """Values to the wire: bytes as {"$blob": base64}."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    return v
+
+
+def _decode(v):
+    """Values from the wire: {"$blob"} as bytes, {"$real"} as float."""
+    if isinstance(v, dict):
+        if len(v) == 1 and isinstance(v.get("$blob"), str):
+            return base64.b64decode(v["$blob"], validate=True)
+        if len(v) == 1 and isinstance(v.get("$real"), str):
+            return float(v["$real"].lower().replace("infinity", "inf"))
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def _ms(seconds):
+    if seconds is None:
+        return None
+    if not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError("timeout must be a positive number of seconds, not %r" % (seconds,))
+    return max(1, int(round(seconds * 1000)))
+
+
+def _clean(params):
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _spawn_transport(bin, db, workers, processes, framework_path, config, args, env, shutdown_grace):
+    argv = [find_binary(bin), "stdio"]
+    if db:
+        argv += ["--db", str(db)]
+    if config:
+        argv += ["--config", str(config)]
+    if workers:
+        argv += ["--workers", workers]
+    if processes:
+        argv += ["--processes", str(processes)]
+    argv += list(args or [])
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    # The client's own variables (its key above all) are not the server's.
+    for name in [n for n in child_env if n.startswith("LITEBRIDGE_CLIENT_")]:
+        del child_env[name]
+    if framework_path:
+        child_env["LITEBRIDGE_WORKERS_FRAMEWORK_PATH"] = str(framework_path)
+    return StdioTransport(argv, child_env, shutdown_grace)
+
+
+class _Methods:
+    """The method table, over ``self._call(method, params)``."""
+
+    def query(self, sql, params=(), *, timeout=None, max_rows=None, lane=None, rows="dicts"):
+        """Rows of a read-only statement: dicts keyed by column (``rows="tuples"`` for tuples)."""
+        return self._then(
+            self._call("sql.query", _clean({"sql": sql, "params": _encode(list(params) if isinstance(params, tuple) else params),
+                                            "timeout_ms": _ms(timeout), "max_rows": max_rows, "lane": lane})),
+            lambda r: self._rows(r, rows, max_rows),
+        )
+
+    @staticmethod
+    def _rows(r, rows, max_rows):
+        if r["truncated"] and max_rows is None:
+            raise TooLargeError(
+                "the query has more than %d rows, the server's default limit: pass max_rows (up to 1000000) "
+                "or page with LIMIT" % len(r["rows"]), kind="too_large")
+        if rows == "tuples":
+            return [tuple(row) for row in r["rows"]]
+        return [dict(zip(r["columns"], row)) for row in r["rows"]]
+
+    def execute(self, sql, params=(), *, timeout=None):
+        """One statement that changes data, committed when this returns."""
+        return self._call("sql.execute", _clean({"sql": sql, "params": _encode(list(params) if isinstance(params, tuple) else params),
+                                                 "timeout_ms": _ms(timeout)}))
+
+    def batch(self, statements, *, timeout=None):
+        return self._call("sql.batch", _clean({"statements": _encode(statements), "timeout_ms": _ms(timeout)}))
+
+    def execute_many(self, sql, rows, *, timeout=None):
+        return self._call("sql.execute_many", _clean({"sql": sql, "rows": _encode(rows), "timeout_ms": _ms(timeout)}))
+
+    def schema(self):
+        return self._call("sql.schema", {})
+
+    def call(self, method, params=None, *, timeout=None, retry=None, max_retries=None, cache_key=None,
+             cache_ttl=None):
+        """Calls a worker method; its result."""
+        return self._call("bridge.call", _clean({
+            "method": method, "params": params, "timeout_ms": _ms(timeout), "retry": retry,
+            "max_retries": max_retries, "cache_key": cache_key, "cache_ttl_s": cache_ttl,
+        }))
+
+    def stats(self):
+        return self._call("bridge.stats", {})
+
+    def health(self):
+        return self._call("pool.health", {})
+
+    def reset_breaker(self, method):
+        return self._call("bridge.breaker.reset", {"method": method})
+
+    def cache_get(self, key):
+        return self._call("cache.get", {"key": key})
+
+    def cache_set(self, key, value, ttl=None):
+        return self._call("cache.set", _clean({"key": key, "value": value, "ttl_s": ttl}))
+
+    def memory_store(self, namespace, key, value, ttl=None):
+        return self._call("memory.store", _clean({"namespace": namespace, "key": key, "value": value, "ttl_s": ttl}))
+
+    def memory_get(self, namespace, key):
+        return self._call("memory.get", {"namespace": namespace, "key": key})
+
+    def state_save(self, run_id, state, **extra):
+        return self._call("state.save", dict({"run_id": run_id, "state": state}, **extra))
+
+    def state_load(self, run_id):
+        return self._call("state.load", {"run_id": run_id})
+
+
+class Client(_Methods):
+    """Synchronous client; a context manager that closes on exit."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def spawn(cls, *, bin=None, db=None, workers=None, processes=None, framework_path=None, config=None,
+              args=None, env=None, shutdown_grace=10.0):
+        """Starts ``litebridge stdio`` (``bin``, else ``LITEBRIDGE_CLIENT_BIN``, else PATH; no shell)."""
+        return cls(_spawn_transport(bin, db, workers, processes, framework_path, config, args, env, shutdown_grace))
+
+    @classmethod
+    def connect(cls, url=None, *, key=None, timeout=None):
+        """Talks to ``litebridge serve`` at ``url`` (else ``LITEBRIDGE_CLIENT_URL``)."""
+        url = url or os.environ.get("LITEBRIDGE_CLIENT_URL")
+        if not url:
+            raise ValueError("connect(url): give the server URL, or set LITEBRIDGE_CLIENT_URL")
+        return cls(HttpTransport(url, key or os.environ.get("LITEBRIDGE_CLIENT_KEY"), timeout))
+
+    def request(self, method, params=None):
+        """Calls ``method`` of the method table; its result."""
+        return self._call(method, params)
+
+    def _call(self, method, params):
+        rid = next(self._ids)
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        try:
+            reply = self._transport.request(msg).result()
+        except KeyboardInterrupt:
+            self._transport.cancel(rid)
+            raise
+        if reply.get("error"):
+            raise from_wire(reply["error"])
+        return _decode(reply.get("result"))
+
+    @staticmethod
+    def _then(value, f):
+        return f(value)
+
+    def events(self):
+        """The pool's events (dicts with ``event``, ``seq``, ``ts``) from now
+        on, as an iterator; a reader more than 1,024 behind misses events
+        rather than slowing the bridge."""
+        q = queue.Queue(maxsize=1024)
+
+        def put(e):
+            try:
+                q.put_nowait(e)
+            except queue.Full:
+                pass
+
+        if isinstance(self._transport, HttpTransport):
+            res = self._transport.open_events()
+
+            def pump():
+                for e in self._transport.read_events(res):
+                    put(e)
+
+            threading.Thread(target=pump, daemon=True, name="litebridge-events").start()
+        else:
+            self._transport.subscribe(put)
+        return iter(q.get, None)
+
+    def close(self):
+        """A spawned litebridge drains, commits, checkpoints and exits."""
+        self._transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient(_Methods):
+    """The asyncio mirror of ``Client``: every method is awaited, and
+    cancelling the task sends ``$/cancelRequest`` (over stdio)."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def spawn(cls, **options):
+        return cls(Client.spawn(**options)._transport)
+
+    @classmethod
+    def connect(cls, url=None, **options):
+        return cls(Client.connect(url, **options)._transport)
+
+    async def request(self, method, params=None):
+        return await self._call(method, params)
+
+    async def _call(self, method, params):
+        rid = next(self._ids)
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        fut = self._transport.request(msg)
+        try:
+            reply = await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self._transport.cancel(rid)
+            raise
+        if reply.get("error"):
+            raise from_wire(reply["error"])
+        return _decode(reply.get("result"))
+
+    @staticmethod
+    async def _then(value, f):
+        return f(await value)
+
+    async def close(self):
+        await asyncio.get_running_loop().run_in_executor(None, self._transport.close)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()

@@ -1,0 +1,138 @@
+"""The Python client against the real binary (spawned, and over HTTP with a key)."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import litebridge_client as lb  # noqa: E402
+
+BIN = os.environ.get("LITEBRIDGE_CLIENT_BIN") or os.path.join(
+    os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR", "target")), "debug", "litebridge")
+WORKER = "python3 %s" % os.path.join(REPO, "examples", "worker.py")
+
+
+class SpawnedTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.client = lb.Client.spawn(bin=BIN, db=os.path.join(self.dir.name, "c.db"), workers=WORKER, processes=1)
+
+    def tearDown(self):
+        self.client.close()
+        self.dir.cleanup()
+
+    def test_rows_values_and_errors(self):
+        c = self.client
+        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB, big INTEGER UNIQUE)")
+        c.execute("INSERT INTO t(data, big) VALUES (?1, ?2)", (b"\x00\x01\xff", 2 ** 63 - 1))
+        self.assertEqual(c.query("SELECT data, big FROM t"), [{"data": b"\x00\x01\xff", "big": 2 ** 63 - 1}])
+        self.assertEqual(c.query("SELECT id FROM t", rows="tuples"), [(1,)])
+        with self.assertRaises(lb.SqlError) as e:
+            c.execute("INSERT INTO t(big) VALUES (?1)", (2 ** 63 - 1,))
+        self.assertEqual(e.exception.data["sqlite_extended_code"], 2067)
+        with self.assertRaises(lb.ForbiddenError):
+            c.execute("BEGIN")
+        with self.assertRaises(lb.ReadOnlyError):
+            c.query("DELETE FROM t")
+        with self.assertRaises(lb.WorkerError) as e:
+            c.call("fail", ["bad input"])
+        self.assertEqual(e.exception.type, "ValueError")
+        self.assertIn("Traceback", e.exception.traceback)
+        with self.assertRaises(TimeoutError):  # the built-in, too
+            c.call("wait", [5], timeout=0.2)
+        many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) SELECT i FROM n"
+        with self.assertRaises(lb.TooLargeError):
+            c.query(many)
+        self.assertEqual(len(c.query(many, max_rows=20000)), 20000)
+
+    def test_a_killed_litebridge_fails_pending_calls_and_the_next_one_works(self):
+        c = self.client
+        self.assertEqual(c.call("echo", {"value": 1}), 1)
+        pid = c._transport.proc.pid
+        fut = c._transport.request({"jsonrpc": "2.0", "id": "w", "method": "bridge.call",
+                                    "params": {"method": "wait", "params": [10]}})
+        os.kill(pid, signal.SIGKILL)
+        with self.assertRaises(lb.ConnectionError) as e:
+            fut.result(timeout=10)
+        self.assertIn("killed by signal 9", str(e.exception))
+        self.assertEqual(c.call("echo", {"value": 2}), 2)
+
+    def test_events_and_breaker(self):
+        c = self.client
+        events = c.events()
+        for _ in range(5):
+            with self.assertRaises(lb.WorkerError):
+                c.call("fail", ["x"])
+        with self.assertRaises(lb.CircuitOpenError) as e:
+            c.call("fail", ["x"])
+        self.assertGreater(e.exception.retry_after, 0)
+        seen = next(e for e in events if e["event"] == "circuit-breaker-state-change")
+        self.assertEqual((seen["from"], seen["to"]), ("closed", "open"))
+
+
+class AsyncTest(unittest.TestCase):
+    def test_cancelling_a_task_cancels_the_call_in_its_worker(self):
+        async def main():
+            with tempfile.TemporaryDirectory() as d:
+                async with lb.AsyncClient.spawn(bin=BIN, db=os.path.join(d, "a.db"), workers=WORKER,
+                                                processes=1) as c:
+                    self.assertEqual(await c.call("echo", {"value": 1}), 1)
+                    task = asyncio.ensure_future(c.call("wait", [30]))
+                    await asyncio.sleep(0.2)
+                    started = time.monotonic()
+                    task.cancel()
+                    with self.assertRaises(asyncio.CancelledError):
+                        await task
+                    self.assertLess(time.monotonic() - started, 2)
+                    results = await asyncio.gather(*(c.call("echo", {"value": i}) for i in range(500)))
+                    self.assertEqual(results, list(range(500)))
+                    rows = await c.query("SELECT 1 AS x")
+                    self.assertEqual(rows, [{"x": 1}])
+
+        asyncio.run(main())
+
+
+class HttpTest(unittest.TestCase):
+    def test_over_http_with_keys(self):
+        with tempfile.TemporaryDirectory() as d:
+            db = os.path.join(d, "h.db")
+
+            def key(name, scope):
+                out = subprocess.run([BIN, "keys", "create", "--db", db, "--scope", scope, "--name", name],
+                                     capture_output=True, text=True, check=True).stdout
+                return out.split()[-1]
+
+            admin, reader = key("admin", "admin"), key("reader", "read")
+            server = subprocess.Popen([BIN, "serve", "--db", db, "--listen", "127.0.0.1:0"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                url = "http://" + server.stdout.readline().split()[-1]
+                c = lb.Client.connect(url, key=admin)
+                c.execute("CREATE TABLE t(x)")
+                c.execute("INSERT INTO t VALUES (?1)", (7,))
+                self.assertEqual(c.query("SELECT x FROM t"), [{"x": 7}])
+                with self.assertRaises(lb.UnauthorizedError):
+                    lb.Client.connect(url, key="lb_wrong").query("SELECT 1")
+                with self.assertRaises(lb.ForbiddenError):
+                    lb.Client.connect(url, key=reader).execute("DELETE FROM t")
+                with self.assertRaises(lb.UnsupportedError):
+                    c.request("events.subscribe", {})
+                with self.assertRaises(lb.UnauthorizedError):
+                    lb.Client.connect(url, key="lb_wrong").events()
+                c.close()
+            finally:
+                server.terminate()
+                server.wait(timeout=20)
+                server.stdout.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
