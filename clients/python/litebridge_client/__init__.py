@@ -17,9 +17,11 @@ __all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
 
 
 def _encode(v):
-    """Values to the wire: bytes as {"$blob": base64}."""
+    """Values to the wire: bytes as {"$blob": base64}, infinities as {"$real"}."""
     if isinstance(v, (bytes, bytearray, memoryview)):
         return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, float) and v in (float("inf"), float("-inf")):
+        return {"$real": "Infinity" if v > 0 else "-Infinity"}
     if isinstance(v, dict):
         return {k: _encode(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -112,7 +114,7 @@ class _Methods:
              cache_ttl=None):
         """Calls a worker method; its result."""
         return self._call("bridge.call", _clean({
-            "method": method, "params": params, "timeout_ms": _ms(timeout), "retry": retry,
+            "method": method, "params": _encode(params), "timeout_ms": _ms(timeout), "retry": retry,
             "max_retries": max_retries, "cache_key": cache_key, "cache_ttl_s": cache_ttl,
         }))
 
@@ -129,16 +131,17 @@ class _Methods:
         return self._call("cache.get", {"key": key})
 
     def cache_set(self, key, value, ttl=None):
-        return self._call("cache.set", _clean({"key": key, "value": value, "ttl_s": ttl}))
+        return self._call("cache.set", dict(_clean({"key": key, "ttl_s": ttl}), value=_encode(value)))
 
     def memory_store(self, namespace, key, value, ttl=None):
-        return self._call("memory.store", _clean({"namespace": namespace, "key": key, "value": value, "ttl_s": ttl}))
+        return self._call("memory.store", dict(_clean({"namespace": namespace, "key": key, "ttl_s": ttl}),
+                                                value=_encode(value)))
 
     def memory_get(self, namespace, key):
         return self._call("memory.get", {"namespace": namespace, "key": key})
 
     def state_save(self, run_id, state, **extra):
-        return self._call("state.save", dict({"run_id": run_id, "state": state}, **extra))
+        return self._call("state.save", dict({"run_id": run_id, "state": _encode(state)}, **extra))
 
     def state_load(self, run_id):
         return self._call("state.load", {"run_id": run_id})

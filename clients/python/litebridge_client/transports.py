@@ -24,6 +24,8 @@ class StdioTransport:
         self.env = env
         self.shutdown_grace = shutdown_grace
         self.lock = threading.Lock()
+        # Whole lines only: two threads writing at once would interleave them.
+        self.write_lock = threading.Lock()
         self.proc = None
         self.pending = {}
         self.stderr = collections.deque(maxlen=_STDERR_LINES)
@@ -63,8 +65,11 @@ class StdioTransport:
                 continue
             with self.lock:
                 fut = self.pending.pop(json.dumps(msg.get("id")) if isinstance(msg, dict) else None, None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            if fut is not None:
+                try:
+                    fut.set_result(msg)
+                except concurrent.futures.InvalidStateError:
+                    pass  # cancelled meanwhile
         proc.stdout.close()
         code = proc.wait()
         try:
@@ -79,18 +84,27 @@ class StdioTransport:
         why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
         tail = "; its last lines on stderr:\n%s" % "\n".join(self.stderr) if self.stderr else ""
         for fut in waiting:
-            if not fut.done():
+            try:
                 fut.set_exception(ConnectionError(why + tail, kind="unavailable", recoverable=True))
+            except concurrent.futures.InvalidStateError:
+                pass
 
-    def _write(self, proc, obj):
-        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+    def _write(self, proc, obj, data=None):
+        if data is None:
+            data = encode_line(obj)
         try:
-            proc.stdin.write(data)  # blocks while the pipe is full: backpressure
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError):
+            with self.write_lock:
+                # Blocks while the pipe is full: backpressure.
+                view = memoryview(data)
+                while view:
+                    n = proc.stdin.write(view)
+                    view = view[n or len(view):]
+                proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
             pass  # the reader thread reports the exit
 
     def request(self, obj):
+        data = encode_line(obj)  # refused here, before anything waits on it
         fut = concurrent.futures.Future()
         with self.lock:
             if self.closing:
@@ -99,7 +113,7 @@ class StdioTransport:
                 self._start()
             proc = self.proc
             self.pending[json.dumps(obj["id"])] = fut
-        self._write(proc, obj)
+        self._write(proc, obj, data)
         return fut
 
     def cancel(self, rid):
@@ -131,10 +145,11 @@ class StdioTransport:
             proc.stdin.close()
         except OSError:
             pass
-        for step in (lambda: None, proc.terminate, proc.kill):
-            step()
+        for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
+            if step is not None:
+                step()
             try:
-                proc.wait(timeout=self.shutdown_grace if step is not proc.kill else None)
+                proc.wait(timeout=limit)
                 return
             except subprocess.TimeoutExpired:
                 continue
@@ -173,7 +188,7 @@ class HttpTransport:
             raise ConnectionError("%s/rpc answered with no JSON: %r" % (self.url, text[:200]), kind="unavailable") from e
 
     def request(self, obj):
-        body = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+        body = encode_line(obj)
         return self.executor.submit(self._post, body)
 
     def cancel(self, rid):
@@ -207,6 +222,18 @@ class HttpTransport:
 
     def close(self):
         self.executor.shutdown(wait=False)
+
+
+def encode_line(obj):
+    """A request as a line of strict JSON: NaN and infinities are refused
+    here (litebridge could not read the line, nor say which request it was)."""
+    try:
+        return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+    except ValueError as e:
+        from .errors import InvalidArgumentError
+        raise InvalidArgumentError(
+            "a value is NaN or infinite, which JSON cannot carry (pass float('inf') to SQL as a parameter "
+            "only through {'$real': 'Infinity'})", kind="invalid_argument") from e
 
 
 def find_binary(explicit=None):

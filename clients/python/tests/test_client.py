@@ -53,6 +53,20 @@ class SpawnedTest(unittest.TestCase):
             c.query(many)
         self.assertEqual(len(c.query(many, max_rows=20000)), 20000)
 
+    def test_threads_share_a_client_and_bad_values_are_refused_not_hung(self):
+        import concurrent.futures as cf
+        c = self.client
+        big = "x" * 100_000  # past a pipe's 64 KiB: writes of two threads would interleave
+        with cf.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda i: c.call("echo", {"value": big + str(i)}), range(32)))
+        self.assertEqual(results, [big + str(i) for i in range(32)])
+        with self.assertRaises(lb.InvalidArgumentError):
+            c.query("SELECT ?1", (float("nan"),))
+        self.assertEqual(c.query("SELECT ?1 AS x", (float("inf"),)), [{"x": float("inf")}])
+        c.cache_set("k", {"b": [1]})
+        self.assertEqual(c.cache_get("k"), {"found": True, "value": {"b": [1]}})
+        self.assertEqual(c.health()["healthy"], True)
+
     def test_a_killed_litebridge_fails_pending_calls_and_the_next_one_works(self):
         c = self.client
         self.assertEqual(c.call("echo", {"value": 1}), 1)
