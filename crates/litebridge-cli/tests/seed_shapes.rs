@@ -5,10 +5,9 @@
 //! rates as the seed writes them). Members litebridge adds are listed here,
 //! so adding one is a decision a test records.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
+
+mod common;
 
 /// Seed 002, `pool_health`.
 const POOL_HEALTH: &str = r#"{
@@ -182,16 +181,8 @@ fn compare(seed: &Value, ours: &Value, path: &str, problems: &mut Vec<String>) {
 
 fn call_all(methods: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["stdio", "--db"])
-        .arg(dir.path().join("seed.db"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let db = dir.path().join("seed.db").display().to_string();
+    let mut session = common::StdioSession::start(&["--db", &db], &[]);
     let mut answers = Vec::new();
     // Some traffic first, so the figures are not all zero.
     let mut lines = vec![
@@ -207,18 +198,14 @@ fn call_all(methods: &[&str]) -> Vec<Value> {
     );
     for line in lines {
         let id = line["id"].clone();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-        let mut reply = String::new();
-        stdout.read_line(&mut reply).unwrap();
-        let reply: Value = serde_json::from_str(&reply).unwrap();
+        session.send_json(line);
+        let reply = session.recv();
         assert_eq!(reply["id"], id, "{reply}");
         if methods.contains(&id.as_str().unwrap_or("")) {
             answers.push(reply["result"].clone());
         }
     }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    session.finish();
     answers
 }
 

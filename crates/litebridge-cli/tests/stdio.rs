@@ -6,6 +6,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde_json::{Value, json};
 
+mod common;
+
 struct Session {
     child: Child,
     stdin: ChildStdin,
@@ -352,29 +354,20 @@ fn state_and_memory_methods() {
 fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
     let dir = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["stdio", "--db"])
-        .arg(dir.path().join("f.db"))
-        .env(
-            "SQLITE_FRAMEWORK_PATH",
-            format!("{root}/python/tests/fixtures"),
-        )
-        .env("LITEBRIDGE_WORKERS_ALLOW_PREFIXES", "pkg.tools")
-        .env("LITEBRIDGE_WORKERS_PYTHON_PATH", format!("{root}/python"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut call = |line: &str| -> Value {
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-        let mut reply = String::new();
-        stdout.read_line(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
-    };
+    let db = dir.path().join("f.db").display().to_string();
+    let (fixtures, sdk) = (
+        format!("{root}/python/tests/fixtures"),
+        format!("{root}/python"),
+    );
+    let mut s = common::StdioSession::start(
+        &["--db", &db],
+        &[
+            ("SQLITE_FRAMEWORK_PATH", &fixtures),
+            ("LITEBRIDGE_WORKERS_ALLOW_PREFIXES", "pkg.tools"),
+            ("LITEBRIDGE_WORKERS_PYTHON_PATH", &sdk),
+        ],
+    );
+    let mut call = |line: &str| s.call(line);
     let r = call(
         r#"{"jsonrpc":"2.0","id":1,"method":"bridge.call","params":{"method":"pkg.tools.add","params":[2,3]}}"#,
     );
@@ -387,8 +380,7 @@ fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
         r#"{"jsonrpc":"2.0","id":3,"method":"bridge.call","params":{"method":"os.system","params":["true"]}}"#,
     );
     assert_eq!(r["error"]["code"], -32602, "{r}");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    s.finish();
 }
 
 /// `$/cancelRequest` withdraws a running worker call (answered at once with
@@ -397,60 +389,44 @@ fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
 #[test]
 fn cancel_request_withdraws_a_call_but_not_a_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args([
-            "stdio",
+    let db = dir.path().join("c.db").display().to_string();
+    let mut s = common::StdioSession::start(
+        &[
             "--workers",
             "python3 examples/worker.py",
             "--processes",
             "1",
             "--db",
-        ])
-        .arg(dir.path().join("c.db"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut send = |line: &str| {
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    };
-    let mut recv = || -> Value {
-        let mut reply = String::new();
-        stdout.read_line(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
-    };
-    send(
+            &db,
+        ],
+        &[],
+    );
+    s.send(
         r#"{"jsonrpc":"2.0","id":"long","method":"bridge.call","params":{"method":"wait","params":[30]}}"#,
     );
-    send(
+    s.send(
         r#"{"jsonrpc":"2.0","id":"w","method":"sql.execute","params":{"sql":"CREATE TABLE t(x)"}}"#,
     );
-    assert_eq!(recv()["id"], "w");
+    assert_eq!(s.recv()["id"], "w");
     let started = std::time::Instant::now();
-    send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"long"}}"#);
+    s.send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"long"}}"#);
     // A write cannot be withdrawn: its answer is its outcome.
-    send(
+    s.send(
         r#"{"jsonrpc":"2.0","id":"w2","method":"sql.execute","params":{"sql":"INSERT INTO t VALUES (1)"}}"#,
     );
-    send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w2"}}"#);
-    let mut replies = [recv(), recv()];
+    s.send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w2"}}"#);
+    let mut replies = [s.recv(), s.recv()];
     replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_owned());
     assert_eq!(replies[0]["id"], "long");
     assert_eq!(replies[0]["error"]["code"], -32800, "{}", replies[0]);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(replies[1]["result"]["changes"], 1, "{}", replies[1]);
     // The worker let the call go: it answers the next one.
-    send(
+    s.send(
         r#"{"jsonrpc":"2.0","id":"next","method":"bridge.call","params":{"method":"echo","params":{"value":7}}}"#,
     );
-    let r = recv();
+    let r = s.recv();
     assert_eq!(r["id"], "next");
     assert_eq!(r["result"], 7, "{r}");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    s.finish();
 }

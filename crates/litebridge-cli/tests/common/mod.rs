@@ -198,3 +198,77 @@ impl Drop for Server {
         }
     }
 }
+
+/// A running `litebridge stdio ARGS...` started from the repository root
+/// with `env` added: one JSON value per line each way.
+pub(crate) struct StdioSession {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl StdioSession {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> StdioSession {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .arg("stdio")
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        StdioSession {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Writes one line.
+    pub(crate) fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Writes `v` as one line.
+    pub(crate) fn send_json(&mut self, v: Value) {
+        self.send(&v.to_string());
+    }
+
+    /// Reads one line as JSON.
+    pub(crate) fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(
+            self.stdout.read_line(&mut line).unwrap() > 0,
+            "stdout closed"
+        );
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Sends `line` and reads the next line.
+    pub(crate) fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Closes stdin and checks that litebridge exits 0.
+    pub(crate) fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A test that failed before `finish` leaves no litebridge behind.
+impl Drop for StdioSession {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
