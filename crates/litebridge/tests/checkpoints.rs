@@ -234,7 +234,10 @@ async fn second_database_reading() {
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     eprintln!("largest WAL: {max_wal} bytes over {round} batches");
-    assert!(max_wal < 12 * limit, "WAL grew to {max_wal} bytes");
+    // A log that never restarts holds every batch (~21 KB each, 35-45 MB in
+    // 4 s); one that restarts stays near 0.7 MB alone and reached 6.4 MB on a
+    // loaded CI run (a reader descheduled mid-snapshot holds it up). See BOUND.
+    assert!(max_wal < BOUND, "WAL grew to {max_wal} bytes");
     // Held up by the other's keeper, each batch waited `restart_wait` (36
     // batches in 4 s); 1,000-2,700 without.
     assert!(round > 200, "only {round} batches in 4 s");
