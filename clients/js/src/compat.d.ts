@@ -1,6 +1,6 @@
 // Type declarations of the seed system's API (src/compat.js).
 
-import { Client, SpawnOptions, CallOptions, LitebridgeError } from './index.js';
+import { Client, SpawnOptions, LitebridgeError } from './index.js';
 
 export {
   TimeoutError,
@@ -45,11 +45,16 @@ export interface SeedStats {
   raw: Record<string, unknown>;
 }
 
-export class SQLiteFrameworkBridge extends Client {
+/**
+ * A `Client` whose `isHealthy()` answers at once (the seed's signature) from
+ * the latest pool figures; `Client.isHealthy()` asks the server.
+ */
+declare const SeedClient: new (...args: any[]) => Omit<Client, 'isHealthy'>;
+
+export class SQLiteFrameworkBridge extends SeedClient {
   constructor(config?: BridgeConfig);
   start(): Promise<this>;
   waitForReady(timeout?: number): Promise<void>;
-  call<T = unknown>(method: string, params?: unknown[] | Record<string, unknown>, options?: CallOptions): Promise<T>;
   getStats(): SeedStats;
   isHealthy(): boolean;
   getMetrics(): string;
