@@ -132,6 +132,8 @@ export class Client extends EventEmitter {
   };
   close(): Promise<void>;
   shutdown(): Promise<void>;
+  /** A refused event stream (a bad or revoked key over HTTP), emitted only when listened for. */
+  on(event: 'error', listener: (error: LitebridgeError) => void): this;
   on(event: string, listener: (event: LitebridgeEvent) => void): this;
 }
 

@@ -110,7 +110,12 @@ export class Client extends EventEmitter {
     this.bigint = options.bigint === true;
     this.nextId = 1;
     this.on('newListener', (name) => {
-      if (EVENT_NAMES.has(name)) this.transport.subscribe((e) => this.emit(e.event, e));
+      if (!EVENT_NAMES.has(name)) return;
+      this.transport.subscribe(
+        (e) => this.emit(e.event, e),
+        // A stream refused for good (a bad or revoked key); 'error' only when listened for.
+        (error) => this.listenerCount('error') > 0 && this.emit('error', error),
+      );
     });
   }
 

@@ -14,6 +14,18 @@ const STDERR_LINES = 20;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
 const MAX_LINE = 64 * 1024 * 1024;
 
+/** The litebridge error an HTTP error response carries, else a ConnectionError. */
+async function errorOf(res, what) {
+  const text = await res.text().catch(() => '');
+  try {
+    const reply = parse(text);
+    if (reply?.error) return fromWire(reply.error);
+  } catch {
+    // not JSON
+  }
+  return new ConnectionError(`${what} answered ${res.status}`, { kind: 'unavailable', recoverable: true });
+}
+
 /** A `litebridge stdio` child, started again on the next request after it died. */
 export class StdioTransport {
   constructor({ bin, args, env, shutdownGrace = 10_000 }) {
@@ -224,19 +236,37 @@ export class HttpTransport {
     // The aborted fetch is the cancellation.
   }
 
-  /** Reads `GET /events`, reconnecting with `Last-Event-ID` until closed. */
-  subscribe(onEvent) {
+  /**
+   * Reads `GET /events`, reconnecting with `Last-Event-ID` until closed:
+   * after 1 s, doubling to 30 s while it keeps failing, or after the
+   * server's `Retry-After`. A refusal for good (401, 403: a bad or revoked
+   * key) ends it and is given to `onEnd`.
+   */
+  subscribe(onEvent, onEnd = () => {}) {
     if (this.streams) return;
     const controller = (this.streams = new AbortController());
     let last;
+    let pause = 1000;
     const run = async () => {
       while (!controller.signal.aborted) {
+        let wait = pause;
         try {
           const res = await this.fetch(`${this.url}/events`, {
             headers: this.headers(last ? { 'last-event-id': last } : {}),
             signal: controller.signal,
           });
-          if (!res.ok) throw new Error(`GET /events answered ${res.status}`);
+          if (!res.ok) {
+            const error = await errorOf(res, 'GET /events');
+            if (res.status === 401 || res.status === 403) {
+              this.streams = null;
+              onEnd(error);
+              return;
+            }
+            const after = Number(res.headers.get('retry-after'));
+            if (Number.isFinite(after) && after >= 0) wait = Math.min(after, 300) * 1000;
+            throw error;
+          }
+          pause = 1000;
           let buffer = '';
           let id;
           let data = '';
@@ -264,7 +294,8 @@ export class HttpTransport {
         } catch {
           if (controller.signal.aborted) return;
         }
-        await new Promise((r) => setTimeout(r, 1000).unref());
+        await new Promise((r) => setTimeout(r, wait).unref());
+        pause = Math.min(pause * 2, 30_000);
       }
     };
     run();

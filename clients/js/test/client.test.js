@@ -15,6 +15,7 @@ import {
   TimeoutError,
   CircuitOpenError,
   ConnectionError,
+  WorkerCrashedError,
   isRecoverableError,
 } from '../src/index.js';
 import { BIN, WORKER, alive, tempDir } from './helpers.js';
@@ -106,6 +107,23 @@ test('a killed litebridge fails what was pending clearly; the next call starts i
   assert.match(e.message, /killed by SIGKILL/);
   assert.equal(await c.call('echo', { value: 2 }), 2);
   assert.notEqual(c.transport.child.pid, pid);
+});
+
+test('a killed worker: a call that may not be retried fails naming the signal, an idempotent one is retried, the next call works', async (t) => {
+  const c = client(t);
+  await c.call('echo', { value: 1 });
+  const [{ pid }] = (await c.stats()).workers;
+  const notRetried = c.call('wait', [5], { retry: false }).catch((e) => e);
+  const retried = c.call('wait', [0.5]);
+  await new Promise((r) => setTimeout(r, 200));
+  process.kill(pid, 'SIGKILL');
+  const e = await notRetried;
+  assert.ok(e instanceof WorkerCrashedError, e);
+  assert.equal(e.kind, 'worker_crashed');
+  assert.match(e.message, new RegExp(`worker process ${pid} died \\(signal 9 \\(SIGKILL\\)\\)`));
+  assert.equal(await retried, 0.5);
+  assert.equal(await c.call('echo', { value: 2 }), 2);
+  assert.notEqual((await c.stats()).workers[0].pid, pid);
 });
 
 test('close drains and leaves no process behind', async (t) => {

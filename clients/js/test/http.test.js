@@ -37,6 +37,19 @@ test('over HTTP with a key: the same API, keys and scopes enforced, events and m
 
   const metrics = await c.metrics();
   assert.match(metrics, /# TYPE/);
+
+  // A stream whose key is revoked ends with the refusal of its reconnection, as an 'error'.
+  const watcher = (await c.admin.createKey('read', { name: 'watcher' })).secret;
+  const w = Client.connect(url, { key: watcher });
+  t.after(() => w.close());
+  const ended = new Promise((resolve) => w.on('error', resolve));
+  w.on('circuit-breaker-state-change', () => {});
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await c.admin.revokeKey('watcher'), { revoked: true });
+  const started = Date.now();
+  const error = await ended;
+  assert.ok(error instanceof UnauthorizedError, error);
+  assert.ok(Date.now() - started < 15_000);
 });
 
 test('batching the calls of one tick, and aborting a call', async (t) => {

@@ -6,11 +6,10 @@ import asyncio
 import base64
 import itertools
 import os
-import queue
-import threading
 
 from .errors import *  # noqa: F401,F403 - the error classes are the package's
 from .errors import CancelledError, LitebridgeError, TooLargeError, from_wire
+from .events import AsyncEventStream, EventStream
 from .transports import HttpTransport, StdioTransport, find_binary
 
 __all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
@@ -96,6 +95,11 @@ class _Methods:
             return [tuple(row) for row in r["rows"]]
         return [dict(zip(r["columns"], row)) for row in r["rows"]]
 
+    def get(self, sql, params=(), *, timeout=None, lane=None, rows="dicts"):
+        """The first row of a read-only statement, or None."""
+        return self._then(self.query(sql, params, timeout=timeout, max_rows=1, lane=lane, rows=rows),
+                          lambda r: r[0] if r else None)
+
     def execute(self, sql, params=(), *, timeout=None):
         """One statement that changes data, committed when this returns."""
         return self._call("sql.execute", _clean({"sql": sql, "params": _encode(list(params) if isinstance(params, tuple) else params),
@@ -146,6 +150,60 @@ class _Methods:
     def state_load(self, run_id):
         return self._call("state.load", {"run_id": run_id})
 
+    def state_list(self, *, status=None, limit=None, after=None):
+        """Saved runs, newest first: ``{"runs": [...], "next": ...}``."""
+        return self._call("state.list", _clean({"status": status, "limit": limit, "after": after}))
+
+    def state_delete(self, run_id):
+        return self._call("state.delete", {"run_id": run_id})
+
+    def memory_list(self, namespace, *, prefix=None, limit=None):
+        return self._call("memory.list", _clean({"namespace": namespace, "prefix": prefix, "limit": limit}))
+
+    def memory_delete(self, namespace, key):
+        return self._call("memory.delete", {"namespace": namespace, "key": key})
+
+    def cache_delete(self, key):
+        return self._call("cache.delete", {"key": key})
+
+    def cache_stats(self):
+        return self._call("cache.stats", {})
+
+    def bridge_health(self):
+        """The worker pool's figures with ``healthy``."""
+        return self._call("bridge.health", {})
+
+    def pool_stats(self):
+        """The database's figures: reads, writes, latency percentiles, WAL."""
+        return self._call("pool.stats", {})
+
+    def persistence_stats(self):
+        return self._call("persistence.stats", {})
+
+    def discover(self):
+        """The method table as an OpenRPC document."""
+        return self._call("rpc.discover", {})
+
+    def backup(self, to=None):
+        """An online backup, verified (admin scope)."""
+        return self._call("admin.backup", _clean({"to": to}))
+
+    def check(self, full=False):
+        return self._call("admin.check", {"full": full})
+
+    def checkpoint(self, mode=None):
+        return self._call("admin.checkpoint", _clean({"mode": mode}))
+
+    def create_key(self, scope, *, tier=None, name=None):
+        """A new API key; its ``secret`` is shown only this once."""
+        return self._call("admin.keys.create", _clean({"scope": scope, "tier": tier, "name": name}))
+
+    def list_keys(self):
+        return self._call("admin.keys.list", {})
+
+    def revoke_key(self, name):
+        return self._call("admin.keys.revoke", {"name": name})
+
 
 class Client(_Methods):
     """Synchronous client; a context manager that closes on exit."""
@@ -190,29 +248,21 @@ class Client(_Methods):
     def _then(value, f):
         return f(value)
 
-    def events(self):
+    def is_healthy(self):
+        """Whether the database answers and says it is healthy (False when unreachable)."""
+        try:
+            return self.health().get("healthy") is True
+        except LitebridgeError:
+            return False
+
+    def events(self, maxsize=1024):
         """The pool's events (dicts with ``event``, ``seq``, ``ts``) from now
-        on, as an iterator; a reader more than 1,024 behind misses events
-        rather than slowing the bridge."""
-        q = queue.Queue(maxsize=1024)
-
-        def put(e):
-            try:
-                q.put_nowait(e)
-            except queue.Full:
-                pass
-
-        if isinstance(self._transport, HttpTransport):
-            res = self._transport.open_events()
-
-            def pump():
-                for e in self._transport.read_events(res):
-                    put(e)
-
-            threading.Thread(target=pump, daemon=True, name="litebridge-events").start()
-        else:
-            self._transport.subscribe(put)
-        return iter(q.get, None)
+        on: an iterator that ends when it or the client is closed (see
+        ``litebridge_client.events``). A reader more than ``maxsize`` behind
+        misses events, and is told how many, rather than slowing the bridge."""
+        stream = EventStream(maxsize, on_close=self._transport.unsubscribe)
+        self._transport.subscribe(stream)
+        return stream
 
     def close(self):
         """A spawned litebridge drains, commits, checkpoints and exits."""
@@ -262,6 +312,20 @@ class AsyncClient(_Methods):
     @staticmethod
     async def _then(value, f):
         return f(await value)
+
+    async def is_healthy(self):
+        """Whether the database answers and says it is healthy (False when unreachable)."""
+        try:
+            return (await self.health()).get("healthy") is True
+        except LitebridgeError:
+            return False
+
+    def events(self, maxsize=1024):
+        """The pool's events for ``async for``; see ``Client.events``. Call
+        it from the event loop that reads them."""
+        stream = AsyncEventStream(maxsize, on_close=self._transport.unsubscribe)
+        self._transport.subscribe(stream)
+        return stream
 
     async def close(self):
         await asyncio.get_running_loop().run_in_executor(None, self._transport.close)

@@ -14,6 +14,24 @@ import urllib.request
 from .errors import ConnectionError
 
 _STDERR_LINES = 20
+_EVENTS_SILENCE = 30.0
+
+
+def _http_error(e, what):
+    """The litebridge error an HTTP error response carries, else a ConnectionError."""
+    from .errors import from_wire
+    try:
+        return from_wire(json.loads(e.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return ConnectionError("%s answered %d" % (what, e.code), kind="unavailable")
+
+
+def _retry_after(e):
+    """Seconds from a ``Retry-After`` header, if any."""
+    try:
+        return min(max(float(e.headers.get("Retry-After", "")), 0.0), 300.0)
+    except (TypeError, ValueError):
+        return None
 
 
 class StdioTransport:
@@ -29,7 +47,7 @@ class StdioTransport:
         self.proc = None
         self.pending = {}
         self.stderr = collections.deque(maxlen=_STDERR_LINES)
-        self.events = None  # a callable, once subscribed
+        self.streams = set()  # the event streams subscribed
         self.closing = False
 
     def _start(self):
@@ -45,7 +63,7 @@ class StdioTransport:
         threading.Thread(target=self._read, args=(proc,), daemon=True, name="litebridge-stdout").start()
         threading.Thread(target=self._read_stderr, args=(proc, self.stderr), daemon=True,
                          name="litebridge-stderr").start()
-        if self.events is not None:
+        if self.streams:
             self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.subscribe"})
 
     def _read_stderr(self, proc, tail):
@@ -60,8 +78,10 @@ class StdioTransport:
             except ValueError:
                 continue
             if isinstance(msg, dict) and msg.get("method") == "event" and "id" not in msg:
-                if self.events is not None:
-                    self.events(msg.get("params"))
+                with self.lock:
+                    streams = list(self.streams)
+                for stream in streams:
+                    stream.put(msg.get("params"))
                 continue
             with self.lock:
                 fut = self.pending.pop(json.dumps(msg.get("id")) if isinstance(msg, dict) else None, None)
@@ -123,15 +143,28 @@ class StdioTransport:
         if proc is not None:
             self._write(proc, {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": rid}})
 
-    def subscribe(self, on_event):
+    def subscribe(self, stream):
+        """Feeds ``stream`` the events (``events.subscribe`` once for all)."""
         with self.lock:
-            self.events = on_event
             if self.closing:
+                stream.end()
                 return
+            first = not self.streams
+            self.streams.add(stream)
             if self.proc is None:
-                self._start()
+                self._start()  # subscribes
+                return
             proc = self.proc
-        self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.subscribe"})
+        if first:
+            self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.subscribe"})
+
+    def unsubscribe(self, stream):
+        with self.lock:
+            self.streams.discard(stream)
+            last = not self.streams
+            proc = None if self.closing else self.proc
+        if last and proc is not None:
+            self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.unsubscribe"})
 
     def close(self):
         """Closes stdin (litebridge finishes, commits, checkpoints and exits),
@@ -139,6 +172,9 @@ class StdioTransport:
         with self.lock:
             self.closing = True
             proc = self.proc
+            streams, self.streams = self.streams, set()
+        for stream in streams:
+            stream.end()
         if proc is None:
             return
         try:
@@ -163,6 +199,9 @@ class HttpTransport:
         self.key = key
         self.timeout = timeout
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="litebridge-http")
+        self.lock = threading.Lock()
+        self.streams = set()
+        self.closing = False
 
     def headers(self, extra=None):
         h = dict(extra or {})
@@ -194,33 +233,76 @@ class HttpTransport:
     def cancel(self, rid):
         pass  # an HTTP request cannot be withdrawn once sent
 
-    def open_events(self):
-        """Opens ``GET /events`` (server-sent events); the response."""
-        req = urllib.request.Request(self.url + "/events", headers=self.headers({"Accept": "text/event-stream"}))
-        try:
-            return urllib.request.urlopen(req)
-        except urllib.error.HTTPError as e:
-            body = e.read()
+    def subscribe(self, stream):
+        """Feeds ``stream`` from ``GET /events`` in a thread of its own."""
+        with self.lock:
+            if self.closing:
+                stream.end()
+                return
+            self.streams.add(stream)
+        threading.Thread(target=self._pump, args=(stream,), daemon=True, name="litebridge-events").start()
+
+    def unsubscribe(self, stream):
+        with self.lock:
+            self.streams.discard(stream)
+
+    def _pump(self, stream):
+        """Reads the stream, reconnecting with ``Last-Event-ID`` after a
+        pause (1 s, doubling to 30 s, or the server's ``Retry-After``) until
+        ``stream`` ends; a refusal for good (401, 403) ends it with its error."""
+        last_id, pause = None, 1.0
+        while not stream.closed:
+            headers = {"Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            req = urllib.request.Request(self.url + "/events", headers=self.headers(headers))
+            wait = None
             try:
-                from .errors import from_wire
-                raise from_wire(json.loads(body)["error"]) from None
-            except (ValueError, KeyError, TypeError):
-                raise ConnectionError("GET /events answered %d" % e.code, kind="unavailable") from None
+                # The server writes a comment every 15 s: 30 s of silence is a lost connection.
+                with urllib.request.urlopen(req, timeout=_EVENTS_SILENCE) as res:
+                    pause = 1.0
+                    last_id = self._read_events(res, stream, last_id)
+            except urllib.error.HTTPError as e:
+                error = _http_error(e, "GET /events")
+                if e.code in (401, 403):
+                    stream.end(error)
+                    return
+                wait = _retry_after(e)
+            except OSError:
+                pass
+            if stream.wait_closed(wait if wait is not None else pause):
+                return
+            pause = min(pause * 2, 30.0)
 
     @staticmethod
-    def read_events(res):
-        """The events of an open ``GET /events`` response."""
-        with res:
-            data = ""
-            for raw in res:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if line.startswith("data:"):
-                    data += line[5:].lstrip()
-                elif line == "" and data:
-                    yield json.loads(data)
-                    data = ""
+    def _read_events(res, stream, last_id):
+        """Hands the events of an open ``GET /events`` to ``stream``; the
+        last event id seen."""
+        data, event_id = "", None
+        for raw in res:
+            if stream.closed:
+                break
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data:"):
+                data += line[5:].lstrip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line == "" and data:
+                if event_id:
+                    last_id = event_id
+                try:
+                    stream.put(json.loads(data))
+                except ValueError:
+                    pass
+                data, event_id = "", None
+        return last_id
 
     def close(self):
+        with self.lock:
+            self.closing = True
+            streams, self.streams = self.streams, set()
+        for stream in streams:
+            stream.end()
         self.executor.shutdown(wait=False)
 
 

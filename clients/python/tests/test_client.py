@@ -1,6 +1,7 @@
 """The Python client against the real binary (spawned, and over HTTP with a key)."""
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import litebridge_client as lb  # noqa: E402
 BIN = os.environ.get("LITEBRIDGE_CLIENT_BIN") or os.path.join(
     os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR", "target")), "debug", "litebridge")
 WORKER = "python3 %s" % os.path.join(REPO, "examples", "worker.py")
+PACKAGE = os.path.join(os.path.dirname(HERE), "litebridge_client")
 
 
 class SpawnedTest(unittest.TestCase):
@@ -79,17 +81,73 @@ class SpawnedTest(unittest.TestCase):
         self.assertIn("killed by signal 9", str(e.exception))
         self.assertEqual(c.call("echo", {"value": 2}), 2)
 
+    def test_a_killed_worker_fails_calls_that_may_not_be_retried_and_the_next_one_works(self):
+        c = self.client
+        self.assertEqual(c.call("echo", {"value": 1}), 1)
+        pid = c.stats()["workers"][0]["pid"]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            not_retried = pool.submit(c.call, "wait", [5], retry=False)
+            retried = pool.submit(c.call, "wait", [0.5])
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+            with self.assertRaises(lb.WorkerCrashedError) as e:
+                not_retried.result(timeout=10)
+            self.assertEqual(e.exception.kind, "worker_crashed")
+            self.assertIn("worker process %d died (signal 9 (SIGKILL))" % pid, str(e.exception))
+            self.assertEqual(retried.result(timeout=10), 0.5)
+        self.assertEqual(c.call("echo", {"value": 2}), 2)
+        self.assertNotEqual(c.stats()["workers"][0]["pid"], pid)
+
     def test_events_and_breaker(self):
         c = self.client
-        events = c.events()
+        events, also = c.events(), c.events()
         for _ in range(5):
             with self.assertRaises(lb.WorkerError):
                 c.call("fail", ["x"])
         with self.assertRaises(lb.CircuitOpenError) as e:
             c.call("fail", ["x"])
         self.assertGreater(e.exception.retry_after, 0)
+        for stream in (events, also):  # every stream gets every event
+            seen = next(e for e in stream if e["event"] == "circuit-breaker-state-change")
+            self.assertEqual((seen["from"], seen["to"]), ("closed", "open"))
+        also.close()
+        self.assertEqual(list(also), [])
+        self.assertEqual(c.reset_breaker("fail"), {"reset": True})
         seen = next(e for e in events if e["event"] == "circuit-breaker-state-change")
-        self.assertEqual((seen["from"], seen["to"]), ("closed", "open"))
+        self.assertEqual(seen["to"], "closed")
+        with self.assertRaises(TimeoutError):  # no event within 0.1 s
+            events.get(timeout=0.1)
+        c.close()
+        self.assertEqual(list(events), [])  # ends with its client
+
+    def test_the_method_table_has_a_method_each(self):
+        c = self.client
+        names = {m["name"] for m in c.discover()["methods"]}
+        self.assertIn("sql.query", names)
+        source = ""
+        for name in os.listdir(PACKAGE):
+            if name.endswith(".py"):
+                with open(os.path.join(PACKAGE, name)) as f:
+                    source += f.read()
+        self.assertEqual(sorted(n for n in names if '"%s"' % n not in source), [])
+        c.execute("CREATE TABLE t(x)")
+        c.execute_many("INSERT INTO t VALUES (?1)", [[1], [2]])
+        self.assertEqual(c.get("SELECT x FROM t ORDER BY x"), {"x": 1})
+        self.assertIsNone(c.get("SELECT x FROM t WHERE x > 5"))
+        self.assertTrue(c.is_healthy())
+        c.state_save("run-1", {"step": 1}, status="running")
+        self.assertEqual([r["run_id"] for r in c.state_list(status="running")["runs"]], ["run-1"])
+        self.assertEqual(c.state_delete("run-1"), {"deleted": True})
+        c.memory_store("agent", "k1", {"v": 1})
+        self.assertEqual(len(c.memory_list("agent", prefix="k")["entries"]), 1)
+        self.assertEqual(c.memory_delete("agent", "k1"), {"deleted": True})
+        c.cache_set("k", b"\x00")
+        self.assertEqual(c.cache_get("k")["value"], b"\x00")
+        self.assertEqual(c.cache_delete("k"), {"deleted": True})
+        self.assertIn("hits", c.cache_stats())
+        self.assertIn("wal_bytes", c.pool_stats()["pool_metrics"])
+        self.assertTrue(c.bridge_health()["healthy"])
+        self.assertTrue(c.check()["ok"])
 
 
 class AsyncTest(unittest.TestCase):
@@ -113,6 +171,24 @@ class AsyncTest(unittest.TestCase):
 
         asyncio.run(main())
 
+    def test_events_with_async_for(self):
+        async def main():
+            with tempfile.TemporaryDirectory() as d:
+                async with lb.AsyncClient.spawn(bin=BIN, db=os.path.join(d, "a.db"), workers=WORKER,
+                                                processes=1) as c:
+                    async with c.events() as events:
+                        for _ in range(5):
+                            with self.assertRaises(lb.WorkerError):
+                                await c.call("fail", ["x"])
+                        async for e in events:
+                            if e["event"] == "circuit-breaker-state-change":
+                                self.assertEqual(e["to"], "open")
+                                break
+                    self.assertEqual([e async for e in events], [])
+                    self.assertTrue(await c.is_healthy())
+
+        asyncio.run(main())
+
 
 class HttpTest(unittest.TestCase):
     def test_over_http_with_keys(self):
@@ -125,7 +201,8 @@ class HttpTest(unittest.TestCase):
                 return out.split()[-1]
 
             admin, reader = key("admin", "admin"), key("reader", "read")
-            server = subprocess.Popen([BIN, "serve", "--db", db, "--listen", "127.0.0.1:0"],
+            server = subprocess.Popen([BIN, "serve", "--db", db, "--listen", "127.0.0.1:0", "--workers", WORKER,
+                                       "--processes", "1"],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             try:
                 url = "http://" + server.stdout.readline().split()[-1]
@@ -140,7 +217,20 @@ class HttpTest(unittest.TestCase):
                 with self.assertRaises(lb.UnsupportedError):
                     c.request("events.subscribe", {})
                 with self.assertRaises(lb.UnauthorizedError):
-                    lb.Client.connect(url, key="lb_wrong").events()
+                    next(lb.Client.connect(url, key="lb_wrong").events())
+                # A stream whose key is revoked ends with the refusal of its reconnection.
+                watcher = c.create_key("read", name="watcher")["secret"]
+                stream = lb.Client.connect(url, key=watcher).events()
+                for _ in range(5):
+                    with self.assertRaises(lb.WorkerError):
+                        c.call("fail", ["x"])
+                seen = next(e for e in stream if e["event"] == "circuit-breaker-state-change")
+                self.assertEqual(seen["to"], "open")
+                self.assertEqual(c.revoke_key("watcher"), {"revoked": True})
+                started = time.monotonic()
+                with self.assertRaises(lb.UnauthorizedError):
+                    list(stream)
+                self.assertLess(time.monotonic() - started, 15)
                 c.close()
             finally:
                 server.terminate()

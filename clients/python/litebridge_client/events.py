@@ -1,0 +1,150 @@
+"""The pool's events as iterators: ``for e in client.events()`` and
+``async for e in async_client.events()``.
+
+Events come from a thread (the stdio reader, or an HTTP stream's own) and
+nobody waits for a slow reader: past ``maxsize`` queued events the newest are
+dropped and counted, and the reader is told how many with a ``missed`` event
+(the server's own name for the same thing), as ``GET /events`` does.
+
+A stream ends (its iterator stops) when it is closed, when its client is
+closed, or when the server refuses it for good (a revoked or bad key: then
+the iterator raises that error once the events before it are read). Over
+HTTP a broken connection is opened again with ``Last-Event-ID``, after 1 s,
+doubling to 30 s while it keeps failing; the server's ring gives back what
+was missed meanwhile, or says how many are lost.
+"""
+
+import asyncio
+import collections
+import threading
+
+_END = object()
+
+
+class EventStream:
+    """The synchronous stream: an iterator and a context manager."""
+
+    def __init__(self, maxsize=1024, on_close=None):
+        self._items = collections.deque()
+        self._cond = threading.Condition()
+        self._maxsize = maxsize
+        self._dropped = 0
+        self._on_close = on_close
+        self._ended = False
+        self._error = None
+
+    @property
+    def closed(self):
+        return self._ended
+
+    def put(self, event):
+        """Called by the transport's thread; never blocks."""
+        with self._cond:
+            if self._ended:
+                return
+            if len(self._items) >= self._maxsize:
+                self._dropped += 1
+                return
+            if self._dropped:
+                self._items.append({"event": "missed", "count": self._dropped})
+                self._dropped = 0
+            self._items.append(event)
+            self._cond.notify()
+
+    def end(self, error=None):
+        """Ends the stream after what is queued; ``error`` is raised then."""
+        with self._cond:
+            if self._ended:
+                return
+            self._ended = True
+            self._error = error
+            self._items.append(_END)
+            self._cond.notify_all()
+
+    def close(self):
+        """Stops the stream (and its subscription); the iterator ends."""
+        self.end()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
+
+    def wait_closed(self, timeout):
+        """Whether the stream ended within ``timeout`` seconds (for the
+        transport's pauses between reconnections)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._ended, timeout)
+
+    def _take(self, timeout=None):
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items, timeout):
+                raise TimeoutError("no event within %s s" % timeout)
+            item = self._items.popleft()
+            if item is _END:
+                self._items.append(_END)  # stays ended
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopIteration
+            return item
+
+    def get(self, timeout=None):
+        """The next event, waiting up to ``timeout`` seconds (``TimeoutError``);
+        ``StopIteration`` once the stream has ended."""
+        return self._take(timeout)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._take()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncEventStream(EventStream):
+    """The asyncio stream: ``async for``; events handed to the loop that
+    created it."""
+
+    def __init__(self, maxsize=1024, on_close=None):
+        super().__init__(maxsize, on_close)
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+
+    def _wake(self):
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is reading
+
+    def put(self, event):
+        super().put(event)
+        self._wake()
+
+    def end(self, error=None):
+        super().end(error)
+        self._wake()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while True:
+            self._ready.clear()
+            with self._cond:
+                if self._items:
+                    break
+            await self._ready.wait()
+        try:
+            return self._take(0)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
