@@ -73,6 +73,26 @@ function ms(value) {
   return Math.max(1, Math.round(value));
 }
 
+/** Rows as objects keyed by column (`__proto__` a column like any other). */
+function objects(columns, rows) {
+  const out = new Array(rows.length);
+  const n = columns.length;
+  const special = columns.includes('__proto__');
+  for (let r = 0; r < rows.length; r++) {
+    const row = rows[r];
+    const o = {};
+    for (let i = 0; i < n; i++) {
+      if (special) {
+        Object.defineProperty(o, columns[i], { value: row[i], enumerable: true, writable: true, configurable: true });
+      } else {
+        o[columns[i]] = row[i];
+      }
+    }
+    out[r] = o;
+  }
+  return out;
+}
+
 export class Client extends EventEmitter {
   /**
    * Starts `litebridge stdio` as a child and talks to it over its pipes.
@@ -130,6 +150,11 @@ export class Client extends EventEmitter {
     const id = this.nextId++;
     const msg = { jsonrpc: '2.0', id, method };
     if (params !== undefined) msg.params = params;
+    if (!signal) {
+      const reply = await this.transport.request(msg);
+      if (reply?.error) throw fromWire(reply.error);
+      return revive(reply?.result, { bigint });
+    }
     let onAbort;
     const aborted = new Promise((_, reject) => {
       onAbort = () => {
@@ -168,7 +193,7 @@ export class Client extends EventEmitter {
       );
     }
     if (options.rows === 'arrays') return r.rows;
-    return r.rows.map((row) => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])));
+    return objects(r.columns, r.rows);
   }
 
   /** The first row, or undefined. */

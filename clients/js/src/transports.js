@@ -39,7 +39,9 @@ export class StdioTransport {
     this.onEvent = null;
     this.subscribed = false;
     this.closing = false;
-    this.writing = Promise.resolve();
+    // Lines waiting for the pipe to drain (backpressure), and who waits for them.
+    this.backlog = [];
+    this.drained = null;
   }
 
   start() {
@@ -54,7 +56,20 @@ export class StdioTransport {
     child.on('exit', (code, signal) =>
       this.died(child, signal ? `litebridge was killed by ${signal}` : `litebridge exited with code ${code}`),
     );
-    createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) => this.line(line));
+    // Lines split by hand: readline's own work was a fifth of the client's per call.
+    let partial = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      let start = 0;
+      let nl;
+      while ((nl = chunk.indexOf('\n', start)) >= 0) {
+        const line = partial + chunk.slice(start, nl);
+        partial = '';
+        start = nl + 1;
+        this.line(line);
+      }
+      partial += chunk.slice(start);
+    });
     createInterface({ input: child.stderr, crlfDelay: Infinity }).on('line', (line) => {
       this.stderr.push(line);
       if (this.stderr.length > STDERR_LINES) this.stderr.shift();
@@ -66,6 +81,9 @@ export class StdioTransport {
   died(child, why) {
     if (this.child !== child) return;
     this.child = null;
+    this.backlog = [];
+    this.drained?.resolve();
+    this.drained = null;
     const tail = this.stderr.length ? `; its last lines on stderr:\n${this.stderr.join('\n')}` : '';
     const error = new ConnectionError(`${why}${tail}`, { kind: 'unavailable', recoverable: true });
     for (const { reject } of this.pending.values()) reject(error);
@@ -92,11 +110,27 @@ export class StdioTransport {
 
   write(obj, text = `${stringify(obj)}\n`) {
     const child = this.child;
-    // Backpressure: the next write waits for the pipe to drain.
-    this.writing = this.writing.then(async () => {
-      if (!child || child.stdin.destroyed) return;
-      if (!child.stdin.write(text)) await once(child.stdin, 'drain').catch(() => {});
-    });
+    if (!child || child.stdin.destroyed) return;
+    // Backpressure: once the pipe is full, lines wait here, in order, for it to drain.
+    if (this.drained) {
+      this.backlog.push(text);
+      return;
+    }
+    if (child.stdin.write(text)) return;
+    let resolve;
+    this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });
+    const flush = () => {
+      if (this.child !== child) return;
+      while (this.backlog.length) {
+        if (!child.stdin.write(this.backlog.shift())) {
+          child.stdin.once('drain', flush);
+          return;
+        }
+      }
+      this.drained.resolve();
+      this.drained = null;
+    };
+    child.stdin.once('drain', flush);
   }
 
   request(obj) {
@@ -145,7 +179,7 @@ export class StdioTransport {
     // The grace period counts from now, writes still queued included: a
     // child that stopped reading must not keep this waiting for ever.
     const ends = Date.now() + this.shutdownGrace;
-    await Promise.race([this.writing, within(this.shutdownGrace)]);
+    await Promise.race([this.drained ?? Promise.resolve(), within(this.shutdownGrace)]);
     child.stdin.end();
     if (await within(Math.max(0, ends - Date.now()))) return;
     child.kill('SIGTERM');

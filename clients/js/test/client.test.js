@@ -163,6 +163,9 @@ test('what a review found: truncated reads, aborted writes, odd values', async (
   assert.deepEqual(Object.keys(got).sort(), ['__proto__', 'n', 's']);
   assert.equal(got.admin, undefined, 'not inherited');
   assert.deepEqual(await c.query('SELECT 1e999 AS x'), [{ x: Infinity }]);
+  const [row] = await c.query(`SELECT json('{"admin":true}') AS "__proto__", 2 AS y`);
+  assert.deepEqual(Object.keys(row), ['__proto__', 'y']);
+  assert.equal(row.admin, undefined, 'a column named __proto__ is data');
   // A committed insert with a rowid past 2^53 is not reported as a failure.
   await c.execute('CREATE TABLE r(id INTEGER PRIMARY KEY)');
   const r = await c.execute('INSERT INTO r VALUES (9007199254740993)');
