@@ -3,42 +3,17 @@ one API over a spawned ``litebridge stdio`` or a server's HTTP endpoint,
 synchronous (``Client``) and asyncio (``AsyncClient``)."""
 
 import asyncio
-import base64
 import itertools
 import os
 
 from .errors import *  # noqa: F401,F403 - the error classes are the package's
-from .errors import CancelledError, LitebridgeError, TooLargeError, from_wire
+from .errors import LitebridgeError, TooLargeError, from_wire
 from .events import AsyncEventStream, EventStream
-from .transports import HttpTransport, StdioTransport, find_binary
+from .astdio import AsyncStdioTransport
+from .stdio import StdioTransport
+from .transports import HttpTransport, find_binary
 
 __all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
-
-
-def _encode(v):
-    """Values to the wire: bytes as {"$blob": base64}, infinities as {"$real"}."""
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
-    if isinstance(v, float) and v in (float("inf"), float("-inf")):
-        return {"$real": "Infinity" if v > 0 else "-Infinity"}
-    if isinstance(v, dict):
-        return {k: _encode(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_encode(x) for x in v]
-    return v
-
-
-def _decode(v):
-    """Values from the wire: {"$blob"} as bytes, {"$real"} as float."""
-    if isinstance(v, dict):
-        if len(v) == 1 and isinstance(v.get("$blob"), str):
-            return base64.b64decode(v["$blob"], validate=True)
-        if len(v) == 1 and isinstance(v.get("$real"), str):
-            return float(v["$real"].lower().replace("infinity", "inf"))
-        return {k: _decode(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_decode(x) for x in v]
-    return v
 
 
 def _ms(seconds):
@@ -53,7 +28,8 @@ def _clean(params):
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _spawn_transport(bin, db, workers, processes, framework_path, config, args, env, shutdown_grace):
+def _spawn_transport(kind, bin=None, db=None, workers=None, processes=None, framework_path=None, config=None,
+                     args=None, env=None, shutdown_grace=10.0):
     argv = [find_binary(bin), "stdio"]
     if db:
         argv += ["--db", str(db)]
@@ -71,7 +47,7 @@ def _spawn_transport(bin, db, workers, processes, framework_path, config, args, 
         del child_env[name]
     if framework_path:
         child_env["LITEBRIDGE_WORKERS_FRAMEWORK_PATH"] = str(framework_path)
-    return StdioTransport(argv, child_env, shutdown_grace)
+    return kind(argv, child_env, shutdown_grace)
 
 
 class _Methods:
@@ -79,11 +55,14 @@ class _Methods:
 
     def query(self, sql, params=(), *, timeout=None, max_rows=None, lane=None, rows="dicts"):
         """Rows of a read-only statement: dicts keyed by column (``rows="tuples"`` for tuples)."""
-        return self._then(
-            self._call("sql.query", _clean({"sql": sql, "params": _encode(list(params) if isinstance(params, tuple) else params),
-                                            "timeout_ms": _ms(timeout), "max_rows": max_rows, "lane": lane})),
-            lambda r: self._rows(r, rows, max_rows),
-        )
+        p = {"sql": sql, "params": params}
+        if timeout is not None:
+            p["timeout_ms"] = _ms(timeout)
+        if max_rows is not None:
+            p["max_rows"] = max_rows
+        if lane is not None:
+            p["lane"] = lane
+        return self._then(self._call("sql.query", p), lambda r: self._rows(r, rows, max_rows))
 
     @staticmethod
     def _rows(r, rows, max_rows):
@@ -102,14 +81,14 @@ class _Methods:
 
     def execute(self, sql, params=(), *, timeout=None):
         """One statement that changes data, committed when this returns."""
-        return self._call("sql.execute", _clean({"sql": sql, "params": _encode(list(params) if isinstance(params, tuple) else params),
+        return self._call("sql.execute", _clean({"sql": sql, "params": params,
                                                  "timeout_ms": _ms(timeout)}))
 
     def batch(self, statements, *, timeout=None):
-        return self._call("sql.batch", _clean({"statements": _encode(statements), "timeout_ms": _ms(timeout)}))
+        return self._call("sql.batch", _clean({"statements": statements, "timeout_ms": _ms(timeout)}))
 
     def execute_many(self, sql, rows, *, timeout=None):
-        return self._call("sql.execute_many", _clean({"sql": sql, "rows": _encode(rows), "timeout_ms": _ms(timeout)}))
+        return self._call("sql.execute_many", _clean({"sql": sql, "rows": rows, "timeout_ms": _ms(timeout)}))
 
     def schema(self):
         return self._call("sql.schema", {})
@@ -117,10 +96,14 @@ class _Methods:
     def call(self, method, params=None, *, timeout=None, retry=None, max_retries=None, cache_key=None,
              cache_ttl=None):
         """Calls a worker method; its result."""
-        return self._call("bridge.call", _clean({
-            "method": method, "params": _encode(params), "timeout_ms": _ms(timeout), "retry": retry,
-            "max_retries": max_retries, "cache_key": cache_key, "cache_ttl_s": cache_ttl,
-        }))
+        p = {"method": method}
+        if params is not None:
+            p["params"] = params
+        if timeout is not None or retry is not None or max_retries is not None or cache_key is not None \
+                or cache_ttl is not None:
+            p.update(_clean({"timeout_ms": _ms(timeout), "retry": retry, "max_retries": max_retries,
+                             "cache_key": cache_key, "cache_ttl_s": cache_ttl}))
+        return self._call("bridge.call", p)
 
     def stats(self):
         return self._call("bridge.stats", {})
@@ -135,17 +118,17 @@ class _Methods:
         return self._call("cache.get", {"key": key})
 
     def cache_set(self, key, value, ttl=None):
-        return self._call("cache.set", dict(_clean({"key": key, "ttl_s": ttl}), value=_encode(value)))
+        return self._call("cache.set", dict(_clean({"key": key, "ttl_s": ttl}), value=value))
 
     def memory_store(self, namespace, key, value, ttl=None):
         return self._call("memory.store", dict(_clean({"namespace": namespace, "key": key, "ttl_s": ttl}),
-                                                value=_encode(value)))
+                                                value=value))
 
     def memory_get(self, namespace, key):
         return self._call("memory.get", {"namespace": namespace, "key": key})
 
     def state_save(self, run_id, state, **extra):
-        return self._call("state.save", dict({"run_id": run_id, "state": _encode(state)}, **extra))
+        return self._call("state.save", dict({"run_id": run_id, "state": state}, **extra))
 
     def state_load(self, run_id):
         return self._call("state.load", {"run_id": run_id})
@@ -216,7 +199,8 @@ class Client(_Methods):
     def spawn(cls, *, bin=None, db=None, workers=None, processes=None, framework_path=None, config=None,
               args=None, env=None, shutdown_grace=10.0):
         """Starts ``litebridge stdio`` (``bin``, else ``LITEBRIDGE_CLIENT_BIN``, else PATH; no shell)."""
-        return cls(_spawn_transport(bin, db, workers, processes, framework_path, config, args, env, shutdown_grace))
+        return cls(_spawn_transport(StdioTransport, bin, db, workers, processes, framework_path, config, args, env,
+                                    shutdown_grace))
 
     @classmethod
     def connect(cls, url=None, *, key=None, timeout=None):
@@ -236,13 +220,13 @@ class Client(_Methods):
         if params is not None:
             msg["params"] = params
         try:
-            reply = self._transport.request(msg).result()
+            reply = self._transport.call(msg)
         except KeyboardInterrupt:
             self._transport.cancel(rid)
             raise
         if reply.get("error"):
             raise from_wire(reply["error"])
-        return _decode(reply.get("result"))
+        return reply.get("result")
 
     @staticmethod
     def _then(value, f):
@@ -285,7 +269,8 @@ class AsyncClient(_Methods):
 
     @classmethod
     def spawn(cls, **options):
-        return cls(Client.spawn(**options)._transport)
+        """``Client.spawn``'s options; the child belongs to the event loop of the first request."""
+        return cls(_spawn_transport(AsyncStdioTransport, **options))
 
     @classmethod
     def connect(cls, url=None, **options):
@@ -299,15 +284,14 @@ class AsyncClient(_Methods):
         msg = {"jsonrpc": "2.0", "id": rid, "method": method}
         if params is not None:
             msg["params"] = params
-        fut = self._transport.request(msg)
         try:
-            reply = await asyncio.wrap_future(fut)
+            reply = await self._transport.acall(msg)
         except asyncio.CancelledError:
             self._transport.cancel(rid)
             raise
         if reply.get("error"):
             raise from_wire(reply["error"])
-        return _decode(reply.get("result"))
+        return reply.get("result")
 
     @staticmethod
     async def _then(value, f):
@@ -328,7 +312,7 @@ class AsyncClient(_Methods):
         return stream
 
     async def close(self):
-        await asyncio.get_running_loop().run_in_executor(None, self._transport.close)
+        await self._transport.aclose()
 
     async def __aenter__(self):
         return self

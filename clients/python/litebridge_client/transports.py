@@ -1,19 +1,18 @@
-"""The ways to reach litebridge: a child ``litebridge stdio`` (its pipes,
-one JSON value per line, replies matched by id in a reader thread) and
-HTTP (``POST /rpc``). Both take a request and give a concurrent Future."""
+"""HTTP (``POST /rpc`` and ``GET /events``) for both clients, and what the
+transports share (the request line, the binary). The child ``litebridge
+stdio`` is ``stdio`` (synchronous) and ``astdio`` (asyncio)."""
 
-import collections
+import asyncio
+import base64
 import concurrent.futures
 import json
 import os
-import subprocess
 import threading
 import urllib.error
 import urllib.request
 
 from .errors import ConnectionError
 
-_STDERR_LINES = 20
 _EVENTS_SILENCE = 30.0
 
 
@@ -32,163 +31,6 @@ def _retry_after(e):
         return min(max(float(e.headers.get("Retry-After", "")), 0.0), 300.0)
     except (TypeError, ValueError):
         return None
-
-
-class StdioTransport:
-    """A ``litebridge stdio`` child, started again on the next request after it died."""
-
-    def __init__(self, argv, env, shutdown_grace=10.0):
-        self.argv = argv
-        self.env = env
-        self.shutdown_grace = shutdown_grace
-        self.lock = threading.Lock()
-        # Whole lines only: two threads writing at once would interleave them.
-        self.write_lock = threading.Lock()
-        self.proc = None
-        self.pending = {}
-        self.stderr = collections.deque(maxlen=_STDERR_LINES)
-        self.streams = set()  # the event streams subscribed
-        self.closing = False
-
-    def _start(self):
-        try:
-            proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=self.env, bufsize=0,
-            )
-        except OSError as e:
-            raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
-        self.proc = proc
-        self.stderr = collections.deque(maxlen=_STDERR_LINES)
-        threading.Thread(target=self._read, args=(proc,), daemon=True, name="litebridge-stdout").start()
-        threading.Thread(target=self._read_stderr, args=(proc, self.stderr), daemon=True,
-                         name="litebridge-stderr").start()
-        if self.streams:
-            self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.subscribe"})
-
-    def _read_stderr(self, proc, tail):
-        for line in proc.stderr:
-            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
-        proc.stderr.close()
-
-    def _read(self, proc):
-        for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(msg, dict) and msg.get("method") == "event" and "id" not in msg:
-                with self.lock:
-                    streams = list(self.streams)
-                for stream in streams:
-                    stream.put(msg.get("params"))
-                continue
-            with self.lock:
-                fut = self.pending.pop(json.dumps(msg.get("id")) if isinstance(msg, dict) else None, None)
-            if fut is not None:
-                try:
-                    fut.set_result(msg)
-                except concurrent.futures.InvalidStateError:
-                    pass  # cancelled meanwhile
-        proc.stdout.close()
-        code = proc.wait()
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        with self.lock:
-            if self.proc is proc:
-                self.proc = None
-            waiting = list(self.pending.values())
-            self.pending.clear()
-        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
-        tail = "; its last lines on stderr:\n%s" % "\n".join(self.stderr) if self.stderr else ""
-        for fut in waiting:
-            try:
-                fut.set_exception(ConnectionError(why + tail, kind="unavailable", recoverable=True))
-            except concurrent.futures.InvalidStateError:
-                pass
-
-    def _write(self, proc, obj, data=None):
-        if data is None:
-            data = encode_line(obj)
-        try:
-            with self.write_lock:
-                # Blocks while the pipe is full: backpressure.
-                view = memoryview(data)
-                while view:
-                    n = proc.stdin.write(view)
-                    view = view[n or len(view):]
-                proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # the reader thread reports the exit
-
-    def request(self, obj):
-        data = encode_line(obj)  # refused here, before anything waits on it
-        fut = concurrent.futures.Future()
-        with self.lock:
-            if self.closing:
-                raise ConnectionError("the client is closed", kind="unavailable")
-            if self.proc is None:
-                self._start()
-            proc = self.proc
-            self.pending[json.dumps(obj["id"])] = fut
-        self._write(proc, obj, data)
-        return fut
-
-    def cancel(self, rid):
-        with self.lock:
-            self.pending.pop(json.dumps(rid), None)
-            proc = self.proc
-        if proc is not None:
-            self._write(proc, {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": rid}})
-
-    def subscribe(self, stream):
-        """Feeds ``stream`` the events (``events.subscribe`` once for all)."""
-        with self.lock:
-            if self.closing:
-                stream.end()
-                return
-            first = not self.streams
-            self.streams.add(stream)
-            if self.proc is None:
-                self._start()  # subscribes
-                return
-            proc = self.proc
-        if first:
-            self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.subscribe"})
-
-    def unsubscribe(self, stream):
-        with self.lock:
-            self.streams.discard(stream)
-            last = not self.streams
-            proc = None if self.closing else self.proc
-        if last and proc is not None:
-            self._write(proc, {"jsonrpc": "2.0", "id": None, "method": "events.unsubscribe"})
-
-    def close(self):
-        """Closes stdin (litebridge finishes, commits, checkpoints and exits),
-        then SIGTERM, then SIGKILL if it does not."""
-        with self.lock:
-            self.closing = True
-            proc = self.proc
-            streams, self.streams = self.streams, set()
-        for stream in streams:
-            stream.end()
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
-            if step is not None:
-                step()
-            try:
-                proc.wait(timeout=limit)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 class HttpTransport:
@@ -222,13 +64,18 @@ class HttpTransport:
         except OSError as e:
             raise ConnectionError("cannot reach %s: %s" % (self.url, e), kind="unavailable", recoverable=True) from e
         try:
-            return json.loads(text)
+            return decode_line(text)
         except ValueError as e:
             raise ConnectionError("%s/rpc answered with no JSON: %r" % (self.url, text[:200]), kind="unavailable") from e
 
-    def request(self, obj):
+    def call(self, obj):
+        """Sends ``obj`` and returns its reply (a dict), in this thread."""
+        return self._post(encode_line(obj))
+
+    async def acall(self, obj):
+        """``call`` for asyncio, in a thread of the transport's."""
         body = encode_line(obj)
-        return self.executor.submit(self._post, body)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body)
 
     def cancel(self, rid):
         pass  # an HTTP request cannot be withdrawn once sent
@@ -305,17 +152,80 @@ class HttpTransport:
             stream.end()
         self.executor.shutdown(wait=False)
 
+    async def aclose(self):
+        self.close()
+
+
+def _blob(v):
+    """What the encoder cannot write itself: bytes, as {"$blob": base64}."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
+    raise TypeError("a %s is not a value litebridge takes (JSON values and bytes)" % type(v).__name__)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_blob)
+
+
+def _reals(v):
+    """Infinities as {"$real": "Infinity"} (JSON has no word for them)."""
+    if isinstance(v, float) and v in (_INF, -_INF):
+        return {"$real": "Infinity" if v > 0 else "-Infinity"}
+    if isinstance(v, dict):
+        return {k: _reals(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_reals(x) for x in v]
+    return v
+
+
+_INF = float("inf")
+
 
 def encode_line(obj):
-    """A request as a line of strict JSON: NaN and infinities are refused
-    here (litebridge could not read the line, nor say which request it was)."""
+    """A request as a line of strict JSON, bytes as blobs and infinities as
+    reals; NaN is refused here (litebridge could not read the line, nor say
+    which request it was)."""
     try:
-        return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
-    except ValueError as e:
-        from .errors import InvalidArgumentError
-        raise InvalidArgumentError(
-            "a value is NaN or infinite, which JSON cannot carry (pass float('inf') to SQL as a parameter "
-            "only through {'$real': 'Infinity'})", kind="invalid_argument") from e
+        text = _ENCODER.encode(obj)
+    except ValueError:
+        try:
+            text = _ENCODER.encode(_reals(obj))  # the rare request with an infinity
+        except ValueError as e:
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(
+                "a value is NaN, which JSON cannot carry and SQLite stores as NULL: pass None",
+                kind="invalid_argument") from e
+    return (text + "\n").encode("utf-8")
+
+
+def _revive(d):
+    """{"$blob"} as bytes and {"$real"} as float, wherever they are."""
+    if len(d) == 1:
+        if isinstance(d.get("$blob"), str):
+            try:
+                return base64.b64decode(d["$blob"], validate=True)
+            except ValueError:
+                return d
+        if isinstance(d.get("$real"), str):
+            try:
+                return float(d["$real"])
+            except ValueError:
+                return d
+    return d
+
+
+_DECODER = json.JSONDecoder()
+_REVIVER = json.JSONDecoder(object_hook=_revive)
+
+
+def decode_line(line):
+    """A reply (UTF-8 bytes); values decoded, and only a line with a "$...
+    key anywhere pays for looking at every object."""
+    return (_REVIVER if b'"$' in line else _DECODER).decode(line.decode("utf-8"))
+
+
+def pending_key(rid):
+    """A request id as a key of the requests waiting (ids are ours: ints)."""
+    return rid if type(rid) in (int, str) else json.dumps(rid)
 
 
 def find_binary(explicit=None):

@@ -72,12 +72,13 @@ class SpawnedTest(unittest.TestCase):
     def test_a_killed_litebridge_fails_pending_calls_and_the_next_one_works(self):
         c = self.client
         self.assertEqual(c.call("echo", {"value": 1}), 1)
-        pid = c._transport.proc.pid
-        fut = c._transport.request({"jsonrpc": "2.0", "id": "w", "method": "bridge.call",
-                                    "params": {"method": "wait", "params": [10]}})
-        os.kill(pid, signal.SIGKILL)
-        with self.assertRaises(lb.ConnectionError) as e:
-            fut.result(timeout=10)
+        pid = c._transport.child.proc.pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(c.call, "wait", [10])
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+            with self.assertRaises(lb.ConnectionError) as e:
+                fut.result(timeout=10)
         self.assertIn("killed by signal 9", str(e.exception))
         self.assertEqual(c.call("echo", {"value": 2}), 2)
 

@@ -1,0 +1,218 @@
+"""A child ``litebridge stdio`` for the asyncio client, read and written by
+the event loop itself (``asyncio.create_subprocess_exec``): replies resolve
+their futures where they are read, with no thread in between (a reader
+thread waking the loop for every reply held pipelined calls to a third of a
+hand-written loop's rate; ``bench/bench.py``).
+
+An ``AsyncClient`` belongs to the event loop of its first request: the
+child, its pipes and the futures are that loop's.
+"""
+
+import asyncio
+import collections
+
+from .errors import ConnectionError
+from .transports import decode_line, encode_line, pending_key
+
+_STDERR_LINES = 20
+# The longest reply line read (a query's rows come in one line).
+_LINE_LIMIT = 1 << 30
+# Written data past this waits for the pipe to drain (backpressure).
+_HIGH_WATER = 1 << 20
+
+
+class _Child:
+    def __init__(self, proc):
+        self.proc = proc
+        self.pending = {}  # request id (see pending_key) -> future
+        self.stderr = collections.deque(maxlen=_STDERR_LINES)
+        self.ended = False
+        self.tasks = ()
+        self.outbox = []  # lines of this loop iteration, written together at its end
+
+
+class AsyncStdioTransport:
+    """A ``litebridge stdio`` child, started again on the next request after it died."""
+
+    def __init__(self, argv, env, shutdown_grace=10.0):
+        self.argv = argv
+        self.env = env
+        self.shutdown_grace = shutdown_grace
+        self.child = None
+        self.starting = None  # the start under way, shared by those who wait for it
+        self.streams = set()
+        self.closing = False
+
+    async def _live_child(self):
+        child = self.child
+        if child is not None and not child.ended and child.proc.returncode is None:
+            return child
+        if self.starting is None:
+            self.starting = asyncio.ensure_future(self._start())
+        try:
+            return await asyncio.shield(self.starting)
+        finally:
+            if self.starting is not None and self.starting.done():
+                self.starting = None
+
+    async def _start(self):
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self.env, limit=_LINE_LIMIT)
+        except OSError as e:
+            raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
+        child = self.child = _Child(proc)
+        child.tasks = (asyncio.ensure_future(self._read(child)), asyncio.ensure_future(self._read_stderr(child)))
+        if self.streams:
+            self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
+        return child
+
+    @staticmethod
+    async def _read_stderr(child):
+        async for line in child.proc.stderr:
+            child.stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    async def _read(self, child):
+        try:
+            while True:
+                line = await child.proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    msg = decode_line(line)
+                except ValueError:
+                    continue  # litebridge writes only JSON: nothing to answer
+                if not isinstance(msg, dict):
+                    continue
+                if msg.get("method") == "event" and "id" not in msg:
+                    for stream in list(self.streams):
+                        stream.put(msg.get("params"))
+                    continue
+                fut = child.pending.pop(pending_key(msg.get("id")), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (ValueError, asyncio.LimitOverrunError, OSError):
+            pass  # a line past the limit, or the pipe failed: the child is of no more use
+        finally:
+            await self._ended(child)
+
+    async def _ended(self, child):
+        child.ended = True
+        if self.child is child:
+            self.child = None
+        if child.proc.returncode is None and child.proc.stdin is not None:
+            child.proc.stdin.close()
+        code = await child.proc.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(child.tasks[1]), 1.0)  # its last stderr lines
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        waiting, child.pending = list(child.pending.values()), {}
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(ConnectionError(why + tail, kind="unavailable", recoverable=True))
+
+    @classmethod
+    def _send(cls, child, data):
+        """Queues a line: the lines of one iteration of the loop go in one
+        write (pipelined calls: one system call for many, not one each), in
+        the order they were sent."""
+        if not child.outbox:
+            try:
+                asyncio.get_running_loop().call_soon(cls._flush, child)
+            except RuntimeError:  # outside the loop (a stream closed from a thread): at once
+                cls._write(child, data)
+                return
+        child.outbox.append(data)
+
+    @classmethod
+    def _flush(cls, child):
+        if child.outbox:
+            data = b"".join(child.outbox)
+            child.outbox.clear()
+            cls._write(child, data)
+
+    @staticmethod
+    def _write(child, data):
+        try:
+            child.proc.stdin.write(data)
+        except (OSError, RuntimeError):
+            pass  # the reader sees the end and says why
+
+    async def acall(self, obj):
+        """Sends ``obj`` and returns its reply (a dict)."""
+        data = encode_line(obj)  # refused here, before anything waits on it
+        if self.closing:
+            raise ConnectionError("the client is closed", kind="unavailable")
+        child = self.child
+        if child is None or child.ended or child.proc.returncode is not None:
+            child = await self._live_child()
+        fut = asyncio.get_running_loop().create_future()
+        child.pending[pending_key(obj["id"])] = fut
+        self._send(child, data)
+        transport = child.proc.stdin.transport
+        if transport is not None and transport.get_write_buffer_size() > _HIGH_WATER:
+            try:
+                await child.proc.stdin.drain()
+            except OSError:
+                pass
+        return await fut
+
+    def cancel(self, rid):
+        """Withdraws request ``rid``: ``$/cancelRequest``, its answer no longer awaited."""
+        child = self.child
+        if child is not None and child.pending.pop(pending_key(rid), None) is not None:
+            self._send(child, encode_line({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": rid}}))
+
+    def subscribe(self, stream):
+        """Feeds ``stream`` the events (``events.subscribe`` once for all)."""
+        if self.closing:
+            stream.end()
+            return
+        first = not self.streams
+        self.streams.add(stream)
+        child = self.child
+        if child is None or child.ended:
+            asyncio.ensure_future(self._live_child())  # subscribes when started
+        elif first:
+            self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
+
+    def unsubscribe(self, stream):
+        self.streams.discard(stream)
+        child = self.child
+        if not self.streams and child is not None and not self.closing:
+            self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.unsubscribe"}))
+
+    async def aclose(self):
+        """Closes stdin (litebridge finishes, commits, checkpoints and exits),
+        then SIGTERM, then SIGKILL if it does not."""
+        self.closing = True
+        streams, self.streams = self.streams, set()
+        for stream in streams:
+            stream.end()
+        if self.starting is not None:
+            try:
+                await self.starting
+            except ConnectionError:
+                pass
+        child = self.child
+        if child is None:
+            return
+        proc = child.proc
+        self._flush(child)  # what was asked before the close is answered
+        proc.stdin.close()
+        for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
+            if step is not None:
+                try:
+                    step()
+                except ProcessLookupError:
+                    pass
+            try:
+                await asyncio.wait_for(proc.wait(), limit)
+                break
+            except asyncio.TimeoutError:
+                continue
+        await asyncio.gather(*child.tasks, return_exceptions=True)

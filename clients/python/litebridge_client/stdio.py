@@ -1,0 +1,292 @@
+"""A child ``litebridge stdio`` for the synchronous client: one JSON value
+per line on its pipes, replies matched by id.
+
+Why no reader thread: handing each reply from a reader thread to the caller
+is two thread wake-ups per call where a hand-written loop has one; measured
+here it added ~100 us to a call of ~100 us (``bench/bench.py``). So the
+calling threads read the replies themselves, one at a time (leader and
+followers): a caller takes the reader's place if it is free and reads until
+its own reply comes, handing the others' replies to them on the way; a
+caller that finds the place taken waits until its reply is handed over or
+the place is free again. One thread alone reads its own replies, like the
+hand-written loop.
+
+Events need a reader when nobody calls: while event streams are subscribed
+a follower thread holds the reader's place (calls then pay the hand-off).
+
+A child that died is noticed by whoever reads next (end of its stdout:
+every request still waiting on it fails with ``ConnectionError`` naming the
+exit and its last stderr lines), or by the next request (``poll``), which
+starts a new one.
+"""
+
+import collections
+import io
+import subprocess
+import threading
+
+from .errors import ConnectionError
+from .transports import decode_line, encode_line, pending_key
+
+_STDERR_LINES = 20
+
+
+class _Waiter:
+    """One request's reply, or the error that ended it."""
+
+    __slots__ = ("reply", "error", "done")
+
+    def __init__(self):
+        self.reply = None
+        self.error = None
+        self.done = False
+
+
+class _Child:
+    """One litebridge process and the requests sent to it."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        # The pipes are unbuffered (a write never waits on another's buffer,
+        # and close never on a blocked writer); reads go through a buffer.
+        self.out = io.BufferedReader(proc.stdout, 1 << 16)
+        self.err = io.BufferedReader(proc.stderr, 1 << 12)
+        self.pending = {}  # request id (see pending_key) -> _Waiter
+        self.read_lock = threading.Lock()  # held by the thread reading stdout
+        self.turn = threading.Condition()  # a reply handed over, or the reader's place freed
+        self.waiting = 0  # threads waiting on `turn` (changed under it)
+        self.stderr = collections.deque(maxlen=_STDERR_LINES)
+        self.ended = False
+        self.followed = False  # a follower thread reads for the event streams
+
+
+class StdioTransport:
+    """A ``litebridge stdio`` child, started again on the next request after it died."""
+
+    def __init__(self, argv, env, shutdown_grace=10.0):
+        self.argv = argv
+        self.env = env
+        self.shutdown_grace = shutdown_grace
+        self.lock = threading.Lock()
+        # Whole lines only: two threads writing at once would interleave them.
+        self.write_lock = threading.Lock()
+        self.child = None
+        self.streams = set()  # the event streams subscribed
+        self.closing = False
+
+    # ----- starting ---------------------------------------------------------
+
+    def _live_child(self):
+        """The running child, started if there is none. Call with ``lock`` held."""
+        child = self.child
+        if child is not None and not child.ended and child.proc.poll() is None:
+            return child
+        try:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=self.env, bufsize=0)
+        except OSError as e:
+            raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
+        child = self.child = _Child(proc)
+        threading.Thread(target=self._read_stderr, args=(child,), daemon=True, name="litebridge-stderr").start()
+        if self.streams:
+            self._write(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
+            self._follow(child)
+        return child
+
+    @staticmethod
+    def _read_stderr(child):
+        for line in child.err:
+            child.stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+        child.err.close()
+
+    # ----- writing ----------------------------------------------------------
+
+    def _write(self, child, data):
+        try:
+            with self.write_lock:
+                # Blocks while the pipe is full: backpressure.
+                view = memoryview(data)
+                while view:
+                    n = child.proc.stdin.write(view)
+                    view = view[n or len(view):]
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # whoever reads next sees the end and says why
+
+    # ----- requests ---------------------------------------------------------
+
+    def call(self, obj):
+        """Sends ``obj`` and returns its reply (a dict)."""
+        data = encode_line(obj)  # refused here, before anything waits on it
+        waiter = _Waiter()
+        with self.lock:
+            if self.closing:
+                raise ConnectionError("the client is closed", kind="unavailable")
+            child = self._live_child()
+            child.pending[pending_key(obj["id"])] = waiter
+        self._write(child, data)
+        self._wait(child, waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def _wait(self, child, waiter):
+        """Until ``waiter`` is done: reads when the reader's place is free,
+        else waits to be handed the reply (or the place)."""
+        while not waiter.done:
+            if child.read_lock.acquire(blocking=False):
+                try:
+                    while not waiter.done:
+                        self._read_one(child, waiter)
+                finally:
+                    child.read_lock.release()
+                    self._wake(child)
+            else:
+                with child.turn:
+                    # Counted before looking: a reader that frees its place
+                    # or hands this reply over after the look sees the count.
+                    child.waiting += 1
+                    try:
+                        if not waiter.done and child.read_lock.locked():
+                            child.turn.wait()
+                    finally:
+                        child.waiting -= 1
+
+    @staticmethod
+    def _wake(child):
+        """Wakes the threads waiting on ``child``, if any (most calls have none)."""
+        if child.waiting:
+            with child.turn:
+                child.turn.notify_all()
+
+    def _read_one(self, child, mine):
+        """Reads one line of ``child`` and hands it to whom it is for. Call
+        with ``child.read_lock`` held."""
+        line = child.out.readline()
+        if not line:
+            self._ended(child)
+            return
+        try:
+            msg = decode_line(line)
+        except ValueError:
+            return  # litebridge writes only JSON: nothing to answer
+        if not isinstance(msg, dict):
+            return
+        if msg.get("method") == "event" and "id" not in msg:
+            for stream in list(self.streams):
+                stream.put(msg.get("params"))
+            return
+        waiter = child.pending.pop(pending_key(msg.get("id")), None)
+        if waiter is None:
+            return  # withdrawn, or the answer to a subscription
+        waiter.reply = msg
+        waiter.done = True
+        if waiter is not mine:
+            self._wake(child)
+
+    def _ended(self, child):
+        """``child``'s stdout ended: every request still waiting on it fails."""
+        code = child.proc.wait()
+        for pipe in (child.proc.stdin, child.out):
+            try:
+                pipe.close()
+            except (OSError, ValueError):
+                pass
+        with self.lock:
+            child.ended = True
+            waiting = list(child.pending.values())
+            child.pending.clear()
+            if self.child is child:
+                self.child = None
+        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        for waiter in waiting:
+            waiter.error = ConnectionError(why + tail, kind="unavailable", recoverable=True)
+            waiter.done = True
+        with child.turn:
+            child.turn.notify_all()
+
+    def cancel(self, rid):
+        """Withdraws request ``rid``: ``$/cancelRequest``, its answer no longer awaited."""
+        with self.lock:
+            child = self.child
+        if child is None:
+            return
+        waiter = child.pending.pop(pending_key(rid), None)
+        if waiter is not None:
+            self._write(child, encode_line({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": rid}}))
+
+    # ----- events -----------------------------------------------------------
+
+    def subscribe(self, stream):
+        """Feeds ``stream`` the events (``events.subscribe`` once for all)."""
+        with self.lock:
+            if self.closing:
+                stream.end()
+                return
+            first = not self.streams
+            self.streams.add(stream)
+            if self.child is None or self.child.ended:
+                self._live_child()  # subscribes and follows
+                return
+            child = self.child
+        if first:
+            self._write(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
+        self._follow(child)
+
+    def _follow(self, child):
+        """A thread that reads ``child`` while event streams are subscribed."""
+        if child.followed:
+            return
+        child.followed = True
+
+        def follow():
+            with child.read_lock:
+                while self.streams and not child.ended:
+                    self._read_one(child, None)
+                child.followed = False
+            self._wake(child)
+
+        threading.Thread(target=follow, daemon=True, name="litebridge-events").start()
+
+    def unsubscribe(self, stream):
+        with self.lock:
+            self.streams.discard(stream)
+            last = not self.streams
+            child = None if self.closing else self.child
+        if last and child is not None:
+            # Its answer wakes the follower, which then stops.
+            self._write(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.unsubscribe"}))
+
+    # ----- stopping ---------------------------------------------------------
+
+    def close(self):
+        """Closes stdin (litebridge finishes, commits, checkpoints and exits),
+        then SIGTERM, then SIGKILL if it does not."""
+        with self.lock:
+            self.closing = True
+            child = self.child
+            streams, self.streams = self.streams, set()
+        for stream in streams:
+            stream.end()
+        if child is None:
+            return
+        proc = child.proc
+        try:
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
+            if step is not None:
+                step()
+            try:
+                proc.wait(timeout=limit)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Whoever still waits on it is told, and its pipes are closed.
+        if child.read_lock.acquire(timeout=1.0):
+            try:
+                while not child.ended:
+                    self._read_one(child, None)
+            finally:
+                child.read_lock.release()
