@@ -238,6 +238,74 @@ class HttpTest(unittest.TestCase):
                 server.wait(timeout=20)
                 server.stdout.close()
 
+    def test_a_low_quota_is_its_own_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            db = os.path.join(d, "q.db")
+            out = subprocess.run([BIN, "keys", "create", "--db", db, "--scope", "read", "--tier", "free",
+                                  "--name", "free"], capture_output=True, text=True, check=True).stdout
+            env = dict(os.environ, LITEBRIDGE_QUOTA_FREE_DAILY="2")
+            server = subprocess.Popen([BIN, "serve", "--db", db, "--listen", "127.0.0.1:0"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                c = lb.Client.connect("http://" + server.stdout.readline().split()[-1], key=out.split()[-1])
+                c.query("SELECT 1")
+                c.query("SELECT 1")
+                with self.assertRaises(lb.QuotaExceededError) as e:
+                    c.query("SELECT 1")
+                self.assertGreater(e.exception.retry_after, 0)
+                c.close()
+            finally:
+                server.terminate()
+                server.wait(timeout=20)
+                server.stdout.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is not running.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+class ShutdownTest(unittest.TestCase):
+    def test_close_commits_and_leaves_no_process_behind(self):
+        with tempfile.TemporaryDirectory() as d:
+            db = os.path.join(d, "s.db")
+            c = lb.Client.spawn(bin=BIN, db=db, workers=WORKER, processes=2)
+            c.execute("CREATE TABLE k(x)")
+            c.execute("INSERT INTO k VALUES (1)")
+            pids = [c._transport.child.proc.pid] + [w["pid"] for w in c.stats()["workers"]]
+            self.assertTrue(all(_alive(p) for p in pids))
+            c.close()
+            deadline = time.monotonic() + 5
+            while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertEqual([p for p in pids if _alive(p)], [])
+            with self.assertRaises(lb.ConnectionError):
+                c.query("SELECT 1")
+            with lb.Client.spawn(bin=BIN, db=db) as again:
+                self.assertEqual(again.query("SELECT x FROM k"), [{"x": 1}])
+
+    def test_async_close_leaves_no_process_behind(self):
+        async def main():
+            with tempfile.TemporaryDirectory() as d:
+                c = lb.AsyncClient.spawn(bin=BIN, db=os.path.join(d, "a.db"), workers=WORKER, processes=1)
+                await c.execute("CREATE TABLE k(x)")
+                pids = [c._transport.child.proc.pid] + [w["pid"] for w in (await c.stats())["workers"]]
+                await c.close()
+                deadline = time.monotonic() + 5
+                while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                self.assertEqual([p for p in pids if _alive(p)], [])
+
+        asyncio.run(main())
+
 
 if __name__ == "__main__":
     unittest.main()
