@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
 
+import { InvalidArgumentError } from './errors.js';
+
 // JSON as litebridge speaks it: blobs are {"$blob": base64}, and integers
 // are 64-bit. JavaScript numbers hold integers exactly only up to 2^53, so
 // text with an integer past that is parsed by hand and the integer becomes
@@ -119,25 +121,50 @@ class Parser {
   }
 }
 
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+// A lone surrogate as JSON.stringify escapes it (an even run of backslashes before it).
+const LONE_SURROGATE = /(?<!\\)(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
+
 /**
- * Writes a request: BigInt as an exact integer, Uint8Array as a blob. A
- * BigInt goes through a placeholder string made unique to this call, so no
- * string of the caller's can pass for one.
+ * Writes a request: BigInt as an exact integer, Uint8Array as a blob,
+ * infinities as `{"$real": "Infinity"}`. A BigInt goes through a
+ * placeholder string made unique to this call, so no string of the
+ * caller's can pass for one. Refused here, as `InvalidArgumentError`, what
+ * litebridge could not read or would store as something else (NaN, a lone
+ * surrogate, a BigInt past 64 bits): litebridge would answer an unreadable
+ * line without its id, and nobody would get the answer.
  */
 export function stringify(value) {
-  // Most requests hold neither: the native writer alone, without a replacer
-  // called for every value (a third of the client's own time per call).
-  if (plain(value)) return JSON.stringify(value);
+  // Most requests hold none of those: the native writer alone, without a
+  // replacer called for every value (a third of the client's own time per call).
+  const text = plain(value) ? JSON.stringify(value) : replaced(value);
+  if (text.includes('\\ud') && LONE_SURROGATE.test(text)) {
+    throw new InvalidArgumentError('a string holds a lone surrogate (half of a UTF-16 pair), which is not Unicode text and JSON cannot carry', { kind: 'invalid_argument' });
+  }
+  return text;
+}
+
+function replaced(value) {
   let tag = null;
-  const text = JSON.stringify(value, (_k, v) => {
+  const text = JSON.stringify(value, function (key, v) {
+    // `this[key]` is the value before its toJSON (a Buffer's gives {type, data}).
+    const original = this[key];
     if (typeof v === 'bigint') {
+      if (v < I64_MIN || v > I64_MAX) {
+        throw new InvalidArgumentError(`the integer ${v} is past SQLite's 64 bits (-2^63 to 2^63-1)`, { kind: 'invalid_argument' });
+      }
       tag ??= `\u0000bigint:${randomUUID()}:`;
       return `${tag}${v.toString()}`;
     }
-    if (v instanceof Uint8Array) return { $blob: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') };
-    if (v && typeof v === 'object' && v.type === 'Buffer' && Array.isArray(v.data)) {
-      // Buffer.toJSON ran before the replacer saw the Buffer.
-      return { $blob: Buffer.from(v.data).toString('base64') };
+    if (original instanceof Uint8Array) {
+      return { $blob: Buffer.from(original.buffer, original.byteOffset, original.byteLength).toString('base64') };
+    }
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      if (Number.isNaN(v)) {
+        throw new InvalidArgumentError('a value is NaN, which JSON cannot carry (SQLite stores it as NULL: pass null)', { kind: 'invalid_argument' });
+      }
+      return { $real: v > 0 ? 'Infinity' : '-Infinity' };
     }
     return v;
   });
@@ -149,6 +176,7 @@ export function stringify(value) {
 
 /** Whether `JSON.stringify` writes `v` as litebridge reads it (no BigInt, no bytes). */
 function plain(v, depth = 0) {
+  if (typeof v === 'number') return Number.isFinite(v);
   if (typeof v === 'bigint') return false;
   if (v === null || typeof v !== 'object') return true;
   // Deep or cyclic: the general path, whose native writer names a cycle.

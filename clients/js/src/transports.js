@@ -98,7 +98,14 @@ export class StdioTransport {
       return; // litebridge writes only JSON; nothing to answer
     }
     if (msg && msg.method === 'event' && msg.id === undefined) {
-      this.onEvent?.(msg.params);
+      try {
+        this.onEvent?.(msg.params);
+      } catch (e) {
+        // A listener's own error: thrown on its own, not through the replies still to read.
+        process.nextTick(() => {
+          throw e;
+        });
+      }
       return;
     }
     const waiter = this.pending.get(String(msg?.id));
@@ -137,10 +144,17 @@ export class StdioTransport {
     if (this.closing) return Promise.reject(new ConnectionError('the client is shut down', { kind: 'unavailable' }));
     // Refused here what litebridge could only answer without an id (which
     // no caller would ever get): a line past its limit.
-    const text = `${stringify(obj)}\n`;
-    if (text.length > MAX_LINE) {
+    let text;
+    try {
+      text = `${stringify(obj)}\n`;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    // In bytes, as litebridge counts (a string's length counts UTF-16 units).
+    const bytes = text.length > MAX_LINE / 3 ? Buffer.byteLength(text) - 1 : text.length - 1;
+    if (bytes > MAX_LINE) {
       return Promise.reject(
-        new TooLargeError(`the request is ${text.length} bytes; litebridge stdio reads lines of ${MAX_LINE} at most`, {
+        new TooLargeError(`the request is ${bytes} bytes; litebridge stdio reads lines of ${MAX_LINE} at most`, {
           kind: 'too_large',
         }),
       );
@@ -188,6 +202,9 @@ export class StdioTransport {
     await exited;
   }
 }
+
+/** How long an event stream may stay silent before it is opened again (ms). */
+const EVENTS_SILENCE = 30_000;
 
 /** Requests in one batch at most (the server takes 1,000). */
 const MAX_BATCH = 1000;
@@ -284,10 +301,15 @@ export class HttpTransport {
     const run = async () => {
       while (!controller.signal.aborted) {
         let wait = pause;
+        // The server writes a comment every 15 s: 30 s of silence is a lost connection.
+        const connection = new AbortController();
+        const stop = () => connection.abort();
+        controller.signal.addEventListener('abort', stop, { once: true });
+        let silence = setTimeout(stop, EVENTS_SILENCE).unref();
         try {
           const res = await this.fetch(`${this.url}/events`, {
             headers: this.headers(last ? { 'last-event-id': last } : {}),
-            signal: controller.signal,
+            signal: connection.signal,
           });
           if (!res.ok) {
             const error = await errorOf(res, 'GET /events');
@@ -305,6 +327,8 @@ export class HttpTransport {
           let id;
           let data = '';
           for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
+            clearTimeout(silence);
+            silence = setTimeout(stop, EVENTS_SILENCE).unref();
             buffer += chunk;
             let nl;
             while ((nl = buffer.indexOf('\n')) >= 0) {
@@ -313,10 +337,21 @@ export class HttpTransport {
               if (line === '') {
                 if (data) {
                   if (id) last = id;
+                  let event;
                   try {
-                    onEvent(parse(data));
+                    event = parse(data);
                   } catch {
                     // not JSON: skipped
+                  }
+                  if (event !== undefined) {
+                    try {
+                      onEvent(event);
+                    } catch (e) {
+                      // A listener's own error: thrown on its own, the stream goes on.
+                      process.nextTick(() => {
+                        throw e;
+                      });
+                    }
                   }
                 }
                 data = '';
@@ -327,6 +362,9 @@ export class HttpTransport {
           }
         } catch {
           if (controller.signal.aborted) return;
+        } finally {
+          clearTimeout(silence);
+          controller.signal.removeEventListener('abort', stop);
         }
         await new Promise((r) => setTimeout(r, wait).unref());
         pause = Math.min(pause * 2, 30_000);

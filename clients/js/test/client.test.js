@@ -171,3 +171,23 @@ test('what a review found: truncated reads, aborted writes, odd values', async (
   const r = await c.execute('INSERT INTO r VALUES (9007199254740993)');
   assert.equal(r.last_insert_rowid, 9007199254740993n);
 });
+
+test('what a second review found: values litebridge could not read are refused before they are sent', async (t) => {
+  const c = client(t);
+  // Each would have been answered without its id (the call waiting for ever), or stored changed.
+  await assert.rejects(c.query('SELECT ?1', [NaN]), { name: 'InvalidArgumentError', message: /NaN/ });
+  await assert.rejects(c.query('SELECT ?1', ['\ud800']), { name: 'InvalidArgumentError', message: /lone surrogate/ });
+  await assert.rejects(c.query('SELECT ?1', [2n ** 70n]), { name: 'InvalidArgumentError', message: /64 bits/ });
+  // A line over litebridge's limit counted in bytes, not UTF-16 units.
+  await assert.rejects(c.query('SELECT ?1', ['é'.repeat(40 * 1024 * 1024)]), { name: 'TooLargeError' });
+  // Infinities travel as reals, both ways; a backslash before "ud800" is text.
+  assert.deepEqual(await c.query('SELECT ?1 AS a, ?2 AS b', [Infinity, -Infinity]), [{ a: Infinity, b: -Infinity }]);
+  assert.deepEqual(await c.query('SELECT ?1 AS s', ['\\ud800']), [{ s: '\\ud800' }]);
+  // An object shaped like a Buffer's JSON is data, whatever else the request holds.
+  const shaped = { type: 'Buffer', data: [1, 2] };
+  await c.memory.store('ns', 'a', { shaped, n: 7n });
+  await c.memory.store('ns', 'b', { shaped });
+  assert.deepEqual((await c.memory.get('ns', 'a')).value.shaped, shaped);
+  assert.deepEqual((await c.memory.get('ns', 'b')).value.shaped, shaped);
+  assert.deepEqual(await c.query('SELECT 1 AS one'), [{ one: 1 }]);
+});

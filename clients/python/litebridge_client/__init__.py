@@ -221,7 +221,7 @@ class Client(_Methods):
             msg["params"] = params
         try:
             reply = self._transport.call(msg)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, a signal handler's exception: the call is withdrawn
             self._transport.cancel(rid)
             raise
         if reply.get("error"):

@@ -12,7 +12,7 @@ import asyncio
 import collections
 
 from .errors import ConnectionError
-from .transports import decode_line, encode_line, pending_key
+from .transports import MAX_LINE, decode_line, encode_line, pending_key
 
 _STDERR_LINES = 20
 # The longest reply line read (a query's rows come in one line).
@@ -22,8 +22,10 @@ _HIGH_WATER = 1 << 20
 
 
 class _Child:
-    def __init__(self, proc):
+    def __init__(self, proc, loop):
         self.proc = proc
+        self.loop = loop  # the loop its pipes belong to
+        self.reason = None  # why this client stopped it, if it did
         self.pending = {}  # request id (see pending_key) -> future
         self.stderr = collections.deque(maxlen=_STDERR_LINES)
         self.ended = False
@@ -62,7 +64,7 @@ class AsyncStdioTransport:
                 stderr=asyncio.subprocess.PIPE, env=self.env, limit=_LINE_LIMIT)
         except OSError as e:
             raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
-        child = self.child = _Child(proc)
+        child = self.child = _Child(proc, asyncio.get_running_loop())
         child.tasks = (asyncio.ensure_future(self._read(child)), asyncio.ensure_future(self._read_stderr(child)))
         if self.streams:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
@@ -92,8 +94,12 @@ class AsyncStdioTransport:
                 fut = child.pending.pop(pending_key(msg.get("id")), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-        except (ValueError, asyncio.LimitOverrunError, OSError):
-            pass  # a line past the limit, or the pipe failed: the child is of no more use
+        except (ValueError, asyncio.LimitOverrunError, OSError) as e:
+            # A line past the limit, or the pipe failed: the child is of no more use.
+            child.reason = ("a reply line was longer than %d bytes, which this client does not read"
+                            % _LINE_LIMIT if not isinstance(e, OSError) else "reading its answers failed: %s" % e)
+            if child.proc.returncode is None:
+                child.proc.kill()
         finally:
             await self._ended(child)
 
@@ -109,6 +115,8 @@ class AsyncStdioTransport:
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
         why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+        if child.reason:
+            why = "%s, so it was stopped (%s)" % (child.reason, why)
         tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
         waiting, child.pending = list(child.pending.values()), {}
         for fut in waiting:
@@ -120,12 +128,19 @@ class AsyncStdioTransport:
         """Queues a line: the lines of one iteration of the loop go in one
         write (pipelined calls: one system call for many, not one each), in
         the order they were sent."""
-        if not child.outbox:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not child.loop:
+            # From another thread (a stream closed there): the pipe is the loop's.
             try:
-                asyncio.get_running_loop().call_soon(cls._flush, child)
-            except RuntimeError:  # outside the loop (a stream closed from a thread): at once
-                cls._write(child, data)
-                return
+                child.loop.call_soon_threadsafe(cls._send, child, data)
+            except RuntimeError:
+                pass  # that loop is closed: nobody reads this child any more
+            return
+        if not child.outbox:
+            child.loop.call_soon(cls._flush, child)
         child.outbox.append(data)
 
     @classmethod
@@ -144,7 +159,7 @@ class AsyncStdioTransport:
 
     async def acall(self, obj):
         """Sends ``obj`` and returns its reply (a dict)."""
-        data = encode_line(obj)  # refused here, before anything waits on it
+        data = encode_line(obj, MAX_LINE)  # refused here, before anything waits on it
         if self.closing:
             raise ConnectionError("the client is closed", kind="unavailable")
         child = self.child

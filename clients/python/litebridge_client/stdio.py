@@ -22,13 +22,18 @@ starts a new one.
 
 import collections
 import io
+import os
 import subprocess
 import threading
 
 from .errors import ConnectionError
-from .transports import decode_line, encode_line, pending_key
+from .transports import MAX_LINE, decode_line, encode_line, pending_key
 
 _STDERR_LINES = 20
+# How long a thread waiting for its reply sleeps before it looks again.
+_RECHECK = 0.1
+# Bytes of stdout read at once.
+_READ = 1 << 16
 
 
 class _Waiter:
@@ -48,8 +53,11 @@ class _Child:
     def __init__(self, proc):
         self.proc = proc
         # The pipes are unbuffered (a write never waits on another's buffer,
-        # and close never on a blocked writer); reads go through a buffer.
-        self.out = io.BufferedReader(proc.stdout, 1 << 16)
+        # and close never on a blocked writer). stdout is read into `buf`,
+        # whose lines from `start` on are not yet handed over (`_read_one`).
+        self.fd = proc.stdout.fileno()
+        self.buf = bytearray()
+        self.start = 0
         self.err = io.BufferedReader(proc.stderr, 1 << 12)
         self.pending = {}  # request id (see pending_key) -> _Waiter
         self.read_lock = threading.Lock()  # held by the thread reading stdout
@@ -81,6 +89,14 @@ class StdioTransport:
         child = self.child
         if child is not None and not child.ended and child.proc.poll() is None:
             return child
+        if child is not None and not child.ended and not child.pending and not child.followed:
+            # Died while idle: nobody will read its end, so its pipes are closed here.
+            child.ended = True
+            for pipe in (child.proc.stdin, child.proc.stdout):
+                try:
+                    pipe.close()
+                except (OSError, ValueError):
+                    pass
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=self.env, bufsize=0)
@@ -102,21 +118,36 @@ class StdioTransport:
     # ----- writing ----------------------------------------------------------
 
     def _write(self, child, data):
+        """Writes one whole line. An exception (Ctrl-C) that arrives once part
+        of it is written waits until the rest is: half a line would join the
+        next request to it, and litebridge could answer neither."""
+        interrupted = None
         try:
             with self.write_lock:
                 # Blocks while the pipe is full: backpressure.
                 view = memoryview(data)
                 while view:
-                    n = child.proc.stdin.write(view)
-                    view = view[n or len(view):]
+                    try:
+                        n = child.proc.stdin.write(view)
+                    except (OSError, ValueError):
+                        raise
+                    except BaseException as e:
+                        if len(view) == len(data):
+                            raise  # nothing written: nothing to finish
+                        interrupted = e
+                        continue
+                    if n:
+                        view = view[n:]
         except (BrokenPipeError, OSError, ValueError):
             pass  # whoever reads next sees the end and says why
+        if interrupted is not None:
+            raise interrupted
 
     # ----- requests ---------------------------------------------------------
 
     def call(self, obj):
         """Sends ``obj`` and returns its reply (a dict)."""
-        data = encode_line(obj)  # refused here, before anything waits on it
+        data = encode_line(obj, MAX_LINE)  # refused here, before anything waits on it
         waiter = _Waiter()
         with self.lock:
             if self.closing:
@@ -144,10 +175,13 @@ class StdioTransport:
                 with child.turn:
                     # Counted before looking: a reader that frees its place
                     # or hands this reply over after the look sees the count.
+                    # The wait is bounded all the same: an exception landing
+                    # between a reader's release and its wake-up skips the
+                    # wake-up, and this thread then looks again soon.
                     child.waiting += 1
                     try:
                         if not waiter.done and child.read_lock.locked():
-                            child.turn.wait()
+                            child.turn.wait(_RECHECK)
                     finally:
                         child.waiting -= 1
 
@@ -160,33 +194,56 @@ class StdioTransport:
 
     def _read_one(self, child, mine):
         """Reads one line of ``child`` and hands it to whom it is for. Call
-        with ``child.read_lock`` held."""
-        line = child.out.readline()
-        if not line:
-            self._ended(child)
-            return
+        with ``child.read_lock`` held.
+
+        The line leaves ``child.buf`` only once it is handed over, and handing
+        it over twice does no harm: a reader interrupted on the way (Ctrl-C
+        lands in the thread that happens to read) leaves it for the next one,
+        so no other thread's reply is lost. (What stays open is the instant
+        between the read system call's return and its bytes joining the
+        buffer.)"""
+        buf = child.buf
+        nl = buf.find(b"\n", child.start)
+        while nl < 0:
+            if child.start:
+                if child.start == len(buf):
+                    buf.clear()
+                else:
+                    del buf[:child.start]
+                child.start = 0
+            try:
+                data = os.read(child.fd, _READ)
+            except OSError:
+                data = b""  # closed under it: the end, as far as this reader goes
+            if not data:
+                self._ended(child)
+                return
+            buf += data
+            nl = buf.find(b"\n", len(buf) - len(data))
+        line = buf[child.start:nl]
         try:
             msg = decode_line(line)
         except ValueError:
-            return  # litebridge writes only JSON: nothing to answer
-        if not isinstance(msg, dict):
-            return
-        if msg.get("method") == "event" and "id" not in msg:
-            for stream in list(self.streams):
-                stream.put(msg.get("params"))
-            return
-        waiter = child.pending.pop(pending_key(msg.get("id")), None)
-        if waiter is None:
-            return  # withdrawn, or the answer to a subscription
-        waiter.reply = msg
-        waiter.done = True
-        if waiter is not mine:
-            self._wake(child)
+            msg = None  # litebridge writes only JSON: nothing to answer
+        if isinstance(msg, dict):
+            if msg.get("method") == "event" and "id" not in msg:
+                for stream in list(self.streams):
+                    stream.put(msg.get("params"))
+            else:
+                key = pending_key(msg.get("id"))
+                waiter = child.pending.get(key)
+                if waiter is not None:
+                    waiter.reply = msg
+                    waiter.done = True
+                    child.pending.pop(key, None)
+                    if waiter is not mine:
+                        self._wake(child)
+        child.start = nl + 1
 
     def _ended(self, child):
         """``child``'s stdout ended: every request still waiting on it fails."""
         code = child.proc.wait()
-        for pipe in (child.proc.stdin, child.out):
+        for pipe in (child.proc.stdin, child.proc.stdout):
             try:
                 pipe.close()
             except (OSError, ValueError):
@@ -235,16 +292,23 @@ class StdioTransport:
 
     def _follow(self, child):
         """A thread that reads ``child`` while event streams are subscribed."""
-        if child.followed:
-            return
-        child.followed = True
+        with child.turn:  # (not `lock`: `_live_child` calls this holding it)
+            if child.followed:
+                return
+            child.followed = True
 
         def follow():
-            with child.read_lock:
-                while self.streams and not child.ended:
-                    self._read_one(child, None)
-                child.followed = False
-            self._wake(child)
+            try:
+                with child.read_lock:
+                    while self.streams and not child.ended:
+                        self._read_one(child, None)
+            finally:
+                with child.turn:
+                    child.followed = False
+                    again = bool(self.streams) and not child.ended
+                self._wake(child)
+                if again:  # subscribed again as it stopped
+                    self._follow(child)
 
         threading.Thread(target=follow, daemon=True, name="litebridge-events").start()
 
@@ -261,7 +325,8 @@ class StdioTransport:
 
     def close(self):
         """Closes stdin (litebridge finishes, commits, checkpoints and exits),
-        then SIGTERM, then SIGKILL if it does not."""
+        then SIGTERM, then SIGKILL if it does not. Interrupted (Ctrl-C), it
+        kills the child before giving up: no litebridge is left behind."""
         with self.lock:
             self.closing = True
             child = self.child
@@ -272,17 +337,29 @@ class StdioTransport:
             return
         proc = child.proc
         try:
-            proc.stdin.close()
-        except (OSError, ValueError):
-            pass
-        for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
-            if step is not None:
-                step()
+            # Not under another thread's write: its descriptor could be
+            # reused by the time that write goes on. A writer stuck on a full
+            # pipe is freed by ending the child.
+            if not self.write_lock.acquire(timeout=self.shutdown_grace):
+                proc.terminate()
+                self.write_lock.acquire()
             try:
-                proc.wait(timeout=limit)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+                proc.stdin.close()
+            except (OSError, ValueError):
+                pass
+            finally:
+                self.write_lock.release()
+            for step, limit in ((None, self.shutdown_grace), (proc.terminate, 5.0), (proc.kill, None)):
+                if step is not None:
+                    step()
+                try:
+                    proc.wait(timeout=limit)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        except BaseException:
+            proc.kill()
+            raise
         # Whoever still waits on it is told, and its pipes are closed.
         if child.read_lock.acquire(timeout=1.0):
             try:

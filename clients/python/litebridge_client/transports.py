@@ -7,6 +7,7 @@ import base64
 import concurrent.futures
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -163,38 +164,82 @@ def _blob(v):
     raise TypeError("a %s is not a value litebridge takes (JSON values and bytes)" % type(v).__name__)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_blob)
+# Non-ASCII written as UTF-8 (shorter), and encoded strictly: a lone
+# surrogate is refused here (litebridge's parser refuses it, and could not
+# say which request it was).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_blob)
+_INF = float("inf")
+_I64 = (-(1 << 63), (1 << 63) - 1)
+# A run of 19 digits or more: maybe an integer past 64 bits.
+_LONG = re.compile(r"\d{19,}")
+# The longest line `litebridge stdio` reads (its MAX_LINE), newline aside.
+MAX_LINE = 64 * 1024 * 1024
 
 
-def _reals(v):
+def _reals(v, depth=0):
     """Infinities as {"$real": "Infinity"} (JSON has no word for them)."""
+    if depth > 200:
+        raise ValueError("the value is nested more than 200 deep, or contains itself")
     if isinstance(v, float) and v in (_INF, -_INF):
         return {"$real": "Infinity" if v > 0 else "-Infinity"}
     if isinstance(v, dict):
-        return {k: _reals(x) for k, x in v.items()}
+        return {k: _reals(x, depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_reals(x) for x in v]
+        return [_reals(x, depth + 1) for x in v]
     return v
 
 
-_INF = float("inf")
+def _past_i64(v, depth=0):
+    """The first integer of ``v`` outside SQLite's 64 bits, if any."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v if not _I64[0] <= v <= _I64[1] else None
+    if depth < 200 and isinstance(v, (dict, list, tuple)):
+        for x in (v.values() if isinstance(v, dict) else v):
+            found = _past_i64(x, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
-def encode_line(obj):
-    """A request as a line of strict JSON, bytes as blobs and infinities as
-    reals; NaN is refused here (litebridge could not read the line, nor say
-    which request it was)."""
+def _invalid(message):
+    from .errors import InvalidArgumentError
+    return InvalidArgumentError(message, kind="invalid_argument")
+
+
+def encode_line(obj, limit=None):
+    """A request as a line of strict JSON in UTF-8: bytes as blobs,
+    infinities as reals. Refused here, with ``InvalidArgumentError``, what
+    litebridge could not read or would store as something else (NaN, a
+    lone surrogate, an integer past 64 bits, a value that contains itself),
+    and with ``TooLargeError`` a line over ``limit`` bytes: litebridge would
+    answer such a line without its id, so nobody would get the answer."""
     try:
         text = _ENCODER.encode(obj)
     except ValueError:
         try:
             text = _ENCODER.encode(_reals(obj))  # the rare request with an infinity
-        except ValueError as e:
-            from .errors import InvalidArgumentError
-            raise InvalidArgumentError(
-                "a value is NaN, which JSON cannot carry and SQLite stores as NULL: pass None",
-                kind="invalid_argument") from e
-    return (text + "\n").encode("utf-8")
+        except (ValueError, RecursionError) as e:
+            why = str(e)
+            if "nan" in why.lower() or "float" in why.lower():
+                why = "a value is NaN, which JSON cannot carry (SQLite stores it as NULL: pass None)"
+            raise _invalid("cannot send the request: %s" % why) from None
+    except RecursionError:
+        raise _invalid("cannot send the request: a value is nested too deep") from None
+    if _LONG.search(text):
+        big = _past_i64(obj)
+        if big is not None:
+            raise _invalid("the integer %d is past SQLite's 64 bits (-2**63 to 2**63-1): pass it as text "
+                           "or a float" % big)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid("a string holds a lone surrogate (half of a UTF-16 pair), which is not Unicode "
+                       "text and JSON cannot carry") from None
+    if limit is not None and len(data) > limit:
+        from .errors import TooLargeError
+        raise TooLargeError("the request is %d bytes; litebridge stdio reads lines of %d bytes at most"
+                            % (len(data), limit), kind="too_large")
+    return data + b"\n"
 
 
 def _revive(d):

@@ -121,6 +121,51 @@ class SpawnedTest(unittest.TestCase):
         c.close()
         self.assertEqual(list(events), [])  # ends with its client
 
+    def test_values_litebridge_could_not_read_are_refused_before_they_are_sent(self):
+        c = self.client
+        # Each would have been answered without its id (the call waiting for ever), or stored changed.
+        for value, error, words in [
+            (float("nan"), lb.InvalidArgumentError, "NaN"),
+            ("\ud800", lb.InvalidArgumentError, "lone surrogate"),
+            (2 ** 70, lb.InvalidArgumentError, "64 bits"),
+            (-(2 ** 63) - 1, lb.InvalidArgumentError, "64 bits"),
+            ("x" * (64 * 1024 * 1024), lb.TooLargeError, "bytes at most"),
+        ]:
+            with self.assertRaises(error) as e:
+                c.query("SELECT ?1", (value,))
+            self.assertIn(words, str(e.exception))
+        loop = []
+        loop.append(loop)
+        with self.assertRaises(lb.InvalidArgumentError):
+            c.query("SELECT ?1", (loop,))
+        self.assertEqual(c.query("SELECT ?1 AS a, ?2 AS b, ?3 AS c", (float("inf"), 2 ** 63 - 1, "é\\ud800")),
+                         [{"a": float("inf"), "b": 2 ** 63 - 1, "c": "é\\ud800"}])
+
+    def test_an_interrupted_reader_leaves_the_others_replies_to_them(self):
+        c = self.client
+        self.assertEqual(c.call("echo", {"value": 1}), 1)
+
+        class Alarm(Exception):
+            pass
+
+        def ring(*_):
+            raise Alarm()
+
+        old = signal.signal(signal.SIGALRM, ring)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                # This (main) thread reads for both (it asked first); the
+                # alarm interrupts it mid-read.
+                signal.setitimer(signal.ITIMER_REAL, 0.3)
+                other = pool.submit(lambda: (time.sleep(0.1), c.call("wait", [0.6]))[1])
+                with self.assertRaises(Alarm):
+                    c.call("wait", [5])
+                self.assertEqual(other.result(timeout=10), 0.6)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        self.assertEqual(c.call("echo", {"value": 2}), 2)
+
     def test_the_method_table_has_a_method_each(self):
         c = self.client
         names = {m["name"] for m in c.discover()["methods"]}
@@ -187,6 +232,11 @@ class AsyncTest(unittest.TestCase):
                                 break
                     self.assertEqual([e async for e in events], [])
                     self.assertTrue(await c.is_healthy())
+                    with self.assertRaises(lb.InvalidArgumentError):
+                        await c.query("SELECT ?1", ("\ud800",))
+                    with self.assertRaises(lb.TooLargeError):
+                        await c.query("SELECT ?1", ("x" * (64 * 1024 * 1024),))
+                    self.assertEqual(await c.query("SELECT 1 AS x"), [{"x": 1}])
 
         asyncio.run(main())
 
