@@ -152,7 +152,7 @@ function replaced(value) {
     const original = this[key];
     if (typeof v === 'bigint') {
       if (v < I64_MIN || v > I64_MAX) {
-        throw new InvalidArgumentError(`the integer ${v} is past SQLite's 64 bits (-2^63 to 2^63-1)`, { kind: 'invalid_argument' });
+        throw new InvalidArgumentError("a BigInt is past SQLite's 64 bits (-2^63 to 2^63-1)", { kind: 'invalid_argument' });
       }
       tag ??= `\u0000bigint:${randomUUID()}:`;
       return `${tag}${v.toString()}`;
@@ -212,7 +212,7 @@ function reviveValue(value, bigint) {
   if (typeof value === 'bigint') {
     if (bigint) return value;
     throw new RangeError(
-      `the integer ${value} is past JavaScript's safe range (2^53): pass { bigint: true } to get it as a BigInt`,
+      "an integer of the result is past JavaScript's safe range (2^53): pass { bigint: true } to get it as a BigInt",
     );
   }
   if (Array.isArray(value)) {

@@ -226,10 +226,8 @@ def encode_line(obj, limit=None):
     except RecursionError:
         raise _invalid("cannot send the request: a value is nested too deep") from None
     if _LONG.search(text):
-        big = _past_i64(obj)
-        if big is not None:
-            raise _invalid("the integer %d is past SQLite's 64 bits (-2**63 to 2**63-1): pass it as text "
-                           "or a float" % big)
+        if _past_i64(obj) is not None:
+            raise _invalid("an integer is past SQLite's 64 bits (-2**63 to 2**63-1): pass it as text or a float")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
