@@ -187,6 +187,18 @@ impl Histogram {
 
     /// Percentiles of what was recorded.
     pub fn summary(&self) -> LatencySummary {
+        let snapshot = self.snapshot();
+        summarize(
+            &snapshot.counts,
+            snapshot.sum_nanos,
+            Some(snapshot.max_nanos),
+        )
+    }
+
+    /// The counts now: the difference of two snapshots
+    /// ([`HistogramSnapshot::since`]) is what was recorded between them, so
+    /// a recent window's percentiles come from counters kept since start.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         let mut counts = vec![0u64; BUCKETS];
         let (mut sum, mut max) = (0u64, 0u64);
         for shard in self.shards.iter() {
@@ -196,29 +208,75 @@ impl Histogram {
             sum = sum.wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
             max = max.max(shard.max_nanos.load(Ordering::Relaxed));
         }
-        let total: u64 = counts.iter().sum();
-        let quantile = |q: f64| -> Duration {
-            if total == 0 {
-                return Duration::ZERO;
-            }
-            let rank = ((q * total as f64).ceil() as u64).max(1);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return Duration::from_nanos(value_of(i));
-                }
-            }
-            Duration::from_nanos(max)
-        };
-        LatencySummary {
-            count: total,
-            mean: Duration::from_nanos(sum.checked_div(total).unwrap_or(0)),
-            p50: quantile(0.50),
-            p95: quantile(0.95),
-            p99: quantile(0.99),
-            max: Duration::from_nanos(max),
+        HistogramSnapshot {
+            counts: counts.into_boxed_slice(),
+            sum_nanos: sum,
+            max_nanos: max,
         }
+    }
+}
+
+/// A [`Histogram`]'s counts at one moment.
+#[derive(Clone)]
+pub struct HistogramSnapshot {
+    counts: Box<[u64]>,
+    sum_nanos: u64,
+    max_nanos: u64,
+}
+
+impl std::fmt::Debug for HistogramSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistogramSnapshot")
+            .field("count", &self.counts.iter().sum::<u64>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HistogramSnapshot {
+    /// Percentiles of what was recorded between `earlier` and this snapshot
+    /// (both of the same histogram). Its `max` is the middle of the highest
+    /// bucket that grew: the largest sample is kept only since start.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> LatencySummary {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .zip(earlier.counts.iter())
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        summarize(
+            &counts,
+            self.sum_nanos.wrapping_sub(earlier.sum_nanos),
+            None,
+        )
+    }
+}
+
+/// Percentiles of bucket `counts`; `max` when known, else the highest
+/// non-empty bucket's middle.
+fn summarize(counts: &[u64], sum: u64, max: Option<u64>) -> LatencySummary {
+    let total: u64 = counts.iter().sum();
+    let max = max.unwrap_or_else(|| counts.iter().rposition(|c| *c > 0).map_or(0, value_of));
+    let quantile = |q: f64| -> Duration {
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Duration::from_nanos(value_of(i));
+            }
+        }
+        Duration::from_nanos(max)
+    };
+    LatencySummary {
+        count: total,
+        mean: Duration::from_nanos(sum.checked_div(total).unwrap_or(0)),
+        p50: quantile(0.50),
+        p95: quantile(0.95),
+        p99: quantile(0.99),
+        max: Duration::from_nanos(max),
     }
 }
 
@@ -242,6 +300,36 @@ pub struct LatencySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_is_the_difference_of_two_snapshots() {
+        let h = Histogram::default();
+        for _ in 0..1000 {
+            h.record(Duration::from_millis(100));
+        }
+        let before = h.snapshot();
+        for _ in 0..90 {
+            h.record(Duration::from_micros(10));
+        }
+        for _ in 0..10 {
+            h.record(Duration::from_millis(2));
+        }
+        let window = h.snapshot().since(&before);
+        assert_eq!(window.count, 100);
+        let near = |d: Duration, want: Duration| {
+            let (d, want) = (d.as_nanos() as f64, want.as_nanos() as f64);
+            (d - want).abs() / want < 0.07
+        };
+        assert!(near(window.p50, Duration::from_micros(10)), "{window:?}");
+        assert!(near(window.p95, Duration::from_millis(2)), "{window:?}");
+        assert!(near(window.max, Duration::from_millis(2)), "{window:?}");
+        assert!(near(window.mean, Duration::from_micros(209)), "{window:?}");
+        // Since start, the 100 ms samples dominate.
+        assert!(near(h.summary().p50, Duration::from_millis(100)));
+        // An empty window is zeros.
+        let now = h.snapshot();
+        assert_eq!(now.since(&now), LatencySummary::default());
+    }
 
     #[test]
     fn no_sample_is_lost_when_threads_come_and_go() {

@@ -88,10 +88,10 @@ pub use db::{
     WriteOptions, backup_file, check_file, inline_reads, restore_file, utc_file_stamp, utc_stamp,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
-pub use histogram::{Histogram as LatencyHistogram, LatencySummary};
+pub use histogram::{Histogram as LatencyHistogram, HistogramSnapshot, LatencySummary};
 pub use rusqlite;
 pub use service::{Service, ServiceConfig};
-pub use stats::DbStats;
+pub use stats::{DbStats, LatencySnapshots};
 pub use value::{ExecResult, Params, Rows, Statement, Value};
 
 /// The README's examples, compiled as doctests so they stay true.

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::histogram::{Histogram, LatencySummary};
+use crate::histogram::{Histogram, HistogramSnapshot, LatencySummary};
 use crate::sync::lock;
 
 /// Live counters, shared by the components of one database.
@@ -167,4 +167,17 @@ impl DbStats {
             ..DbStats::default()
         }
     }
+}
+
+/// The latency histograms of one database at one moment, by lane (see
+/// [`Database::latency_snapshots`](crate::Database::latency_snapshots)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LatencySnapshots {
+    /// Reads on the read lane.
+    pub read: HistogramSnapshot,
+    /// Writes, to the acknowledgement after COMMIT.
+    pub write: HistogramSnapshot,
+    /// Queries on the heavy lane.
+    pub heavy: HistogramSnapshot,
 }

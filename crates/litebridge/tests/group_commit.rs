@@ -234,3 +234,30 @@ async fn transaction_control_in_a_request_is_refused() {
     insert(&db, 1).await.unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
 }
+
+/// The difference of two latency snapshots counts what ran between them,
+/// lane by lane (the dashboard's recent percentiles come from it).
+#[tokio::test]
+async fn latency_snapshots_give_a_window_of_reads_and_writes() {
+    let (_dir, db) = open_kv(config()).await;
+    insert(&db, 1).await.unwrap();
+    count(&db, "SELECT count(*) FROM kv").await;
+    let before = db.latency_snapshots();
+    for k in 2..12 {
+        insert(&db, k).await.unwrap();
+    }
+    for _ in 0..5 {
+        assert!(count(&db, "SELECT count(*) FROM kv").await > 0);
+    }
+    let after = db.latency_snapshots();
+    let writes = after.write.since(&before.write);
+    assert_eq!(writes.count, 10);
+    assert!(writes.p50 > std::time::Duration::ZERO && writes.p50 <= writes.max);
+    assert_eq!(after.read.since(&before.read).count, 5);
+    assert_eq!(after.heavy.since(&before.heavy).count, 0);
+    assert_eq!(
+        db.stats().total_writes,
+        12,
+        "the table's creation and 11 inserts, since start"
+    );
+}

@@ -85,7 +85,7 @@ pub(crate) fn foreign_key_to_own(conn: &Connection) -> Result<Option<(String, St
 
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
-use crate::stats::{Counters, DbStats};
+use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement};
 use group_commit::{Job, Request};
@@ -730,6 +730,19 @@ impl Database {
     /// The size of the `-wal` file in bytes (0 when there is none).
     pub fn wal_bytes(&self) -> u64 {
         std::fs::metadata(self.inner.opener.wal_path()).map_or(0, |m| m.len())
+    }
+
+    /// The latency histograms' counts now, by lane: the difference of two
+    /// ([`HistogramSnapshot::since`](crate::HistogramSnapshot::since)) gives
+    /// a recent window's percentiles, where [`stats`](Self::stats) gives
+    /// them since start.
+    pub fn latency_snapshots(&self) -> LatencySnapshots {
+        let c = &self.inner.counters;
+        LatencySnapshots {
+            read: c.read_latency.snapshot(),
+            write: c.write_latency.snapshot(),
+            heavy: c.heavy_latency.snapshot(),
+        }
     }
 
     /// A snapshot of the statistics.
