@@ -22,6 +22,9 @@ pub(crate) enum Command {
         /// The address to listen on; port 0 picks a free one (printed first on stdout).
         #[arg(long)]
         listen: Option<String>,
+        /// No dashboard at `/` (`server.dashboard = false`).
+        #[arg(long)]
+        no_dashboard: bool,
     },
     /// Serve the JSON-RPC method table on stdin/stdout, one JSON value per line.
     Stdio {

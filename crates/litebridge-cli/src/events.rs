@@ -287,9 +287,13 @@ impl Events {
     }
 
     /// The events kept, oldest first.
-    #[cfg(test)]
     pub(crate) fn recent(&self) -> Vec<Arc<Event>> {
         lock(&self.ring).iter().cloned().collect()
+    }
+
+    /// When this run of the server started, ms since the Unix epoch.
+    pub(crate) fn started_ms(&self) -> u64 {
+        self.run
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod dashboard;
 mod events;
 mod json;
 mod logging;
@@ -99,7 +100,11 @@ fn main() -> ExitCode {
             Command::Check { db, full, json } => commands::check::run(&db, full, json),
             Command::Stdio { common } => commands::serve::stdio(&common).await,
             Command::Mcp { common } => commands::serve::mcp(&common).await,
-            Command::Serve { common, listen } => commands::serve::http(&common, listen).await,
+            Command::Serve {
+                common,
+                listen,
+                no_dashboard,
+            } => commands::serve::http(&common, listen, no_dashboard).await,
             Command::Backup { db, to } => commands::backup::backup(&db, &to),
             Command::Restore {
                 from,

@@ -47,6 +47,29 @@ pub(crate) fn record_request(method: &'static str, outcome: &'static str, took: 
     hist.record(took);
 }
 
+/// JSON-RPC requests so far, and those that failed.
+pub(crate) fn request_totals() -> (u64, u64) {
+    let outcomes = requests().outcomes.read();
+    let mut all = 0;
+    let mut failed = 0;
+    for ((_, outcome), n) in outcomes.iter() {
+        let n = n.load(Ordering::Relaxed);
+        all += n;
+        if *outcome != "ok" {
+            failed += n;
+        }
+    }
+    (all, failed)
+}
+
+/// The latency histogram of `method`'s requests now (empty before the first).
+pub(crate) fn request_latency(method: &'static str) -> litebridge::HistogramSnapshot {
+    let r = requests();
+    let hist = r.latency.read().get(method).cloned();
+    hist.unwrap_or_else(|| r.latency.write().entry(method).or_default().clone())
+        .snapshot()
+}
+
 struct Out(String);
 
 impl Out {

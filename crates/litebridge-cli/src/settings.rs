@@ -113,6 +113,13 @@ const KEYS: &[Key] = &[
         help: "time requests in flight get to finish after SIGTERM",
     },
     Key {
+        name: "server.dashboard",
+        env: &[],
+        kind: Kind::Bool,
+        default: || Value::Bool(true),
+        help: "the dashboard at `/` and its data at `GET /api/dashboard` (same keys and scopes as /rpc)",
+    },
+    Key {
         name: "server.log_level",
         env: &["LOG_LEVEL"],
         kind: Kind::Word(&["error", "warn", "info", "debug", "trace"]),
@@ -796,6 +803,10 @@ impl Settings {
 
     pub(crate) fn listen(&self) -> &str {
         self.get("server.listen")
+    }
+
+    pub(crate) fn dashboard(&self) -> bool {
+        self.bool("server.dashboard")
     }
 
     pub(crate) fn max_concurrent_requests(&self) -> usize {

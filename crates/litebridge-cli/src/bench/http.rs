@@ -81,6 +81,7 @@ impl Bench {
             },
             std::time::Duration::from_secs(30),
             None,
+            false,
         );
         let limits = crate::transport::accept::Limits {
             max_connections: 1024,

@@ -11,7 +11,7 @@ use crate::settings::Settings;
 use crate::{CliResult, Failure};
 
 /// The effective settings: defaults, file, environment, then these flags.
-fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
+fn settings(args: &ServiceArgs, listen: Option<String>, no_dashboard: bool) -> CliResult<Settings> {
     let mut flags = Vec::new();
     if let Some(db) = &args.db {
         flags.push(("db.path", "db", db.display().to_string()));
@@ -27,6 +27,9 @@ fn settings(args: &ServiceArgs, listen: Option<String>) -> CliResult<Settings> {
     }
     if let Some(f) = &args.log_format {
         flags.push(("server.log_format", "log-format", f.clone()));
+    }
+    if no_dashboard {
+        flags.push(("server.dashboard", "no-dashboard", "false".to_owned()));
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
     Settings::load(args.config.as_deref(), &env, &flags)
@@ -117,8 +120,12 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
 /// Serves HTTP until SIGTERM or SIGINT: stops accepting, lets requests in
 /// flight finish, then stops the workers and closes the database (commit,
 /// checkpoint). A second signal exits at once.
-pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResult {
-    let s = settings(args, listen)?;
+pub(crate) async fn http(
+    args: &ServiceArgs,
+    listen: Option<String>,
+    no_dashboard: bool,
+) -> CliResult {
+    let s = settings(args, listen, no_dashboard)?;
     if args.print_config {
         print!("{}", s.describe());
         return Ok(());
@@ -144,7 +151,10 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
         access,
         limits.read_timeout,
         Some(mcp_stop.clone()),
+        s.dashboard(),
     );
+    // The dashboard's history, sampled while the server runs.
+    let sampler = s.dashboard().then(|| app.history.clone().run(app.clone()));
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
     let grace = s.shutdown_grace();
@@ -178,6 +188,9 @@ pub(crate) async fn http(args: &ServiceArgs, listen: Option<String>) -> CliResul
     }
     let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
     upkeep.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     close(&app, deadline, reserve).await;
     Ok(())
 }
@@ -320,7 +333,7 @@ async fn shutdown_signal() {
 async fn local_session(
     args: &ServiceArgs,
 ) -> CliResult<Option<(rpc::App, Caller, tokio::task::JoinHandle<()>)>> {
-    let s = settings(args, None)?;
+    let s = settings(args, None, false)?;
     if args.print_config {
         eprint!("{}", s.describe());
         return Ok(None);

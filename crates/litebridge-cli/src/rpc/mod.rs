@@ -49,6 +49,7 @@ mod table;
 
 pub(crate) use error::RpcError;
 pub(crate) use events::{SESSION, Session};
+pub(crate) use stats::bridge_status;
 pub(crate) use table::{METHODS, Method, find};
 
 /// Rows a query returns when it does not say (`max_rows`).
@@ -79,6 +80,8 @@ pub(crate) struct App {
     pub(crate) auth: Auth,
     /// The pool's events, for `/events` and stdio subscribers.
     pub(crate) events: Arc<crate::events::Events>,
+    /// The dashboard's last minutes (sampled only while `serve` runs it).
+    pub(crate) history: Arc<crate::dashboard::history::History>,
 }
 
 impl App {
@@ -93,6 +96,7 @@ impl App {
             service,
             auth,
             events,
+            history: crate::dashboard::history::History::new(),
         }
     }
 }
@@ -364,7 +368,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     crate::output::utc_stamp(t)
 }
 
-fn cache_figures(service: &Service) -> Json {
+pub(crate) fn cache_figures(service: &Service) -> Json {
     let c = service.cache.stats();
     json!({
         "hits": c.l1_hits + c.l2_hits, "l1_hits": c.l1_hits, "l2_hits": c.l2_hits,
@@ -379,7 +383,7 @@ fn cache_figures(service: &Service) -> Json {
 }
 
 /// `pool.health`, with the field names of the seed system's statistics.
-fn health_of(service: &Service) -> Json {
+pub(crate) fn health_of(service: &Service) -> Json {
     let s = service.db.stats();
     let h = service.db.health();
     let workers_ok = service.workers.as_ref().is_none_or(|w| w.status().healthy);
@@ -403,7 +407,7 @@ fn health_of(service: &Service) -> Json {
 }
 
 /// `pool.stats`, with the seed system's field names plus percentiles.
-fn stats_of(service: &Service) -> Json {
+pub(crate) fn stats_of(service: &Service) -> Json {
     let s = service.db.stats();
     let ops = s.total_reads + s.total_writes + s.total_heavy;
     let errors = s.read_errors + s.write_errors + s.heavy_errors;

@@ -38,7 +38,7 @@ without_params!(
 );
 
 /// `bridge.stats`, `bridge.health`.
-fn bridge_status(service: &Service) -> Result<Json, RpcError> {
+pub(crate) fn bridge_status(service: &Service) -> Result<Json, RpcError> {
     {
         let pool = workers(service)?;
         let s = pool.status();

@@ -72,6 +72,7 @@ pub(crate) fn router(
     access: Access,
     read_timeout: std::time::Duration,
     mcp: Option<tokio_util::sync::CancellationToken>,
+    dashboard: bool,
 ) -> Router {
     let state = AppState {
         app,
@@ -92,7 +93,17 @@ pub(crate) fn router(
             )),
         None => Router::new(),
     };
+    let dashboard = if dashboard {
+        Router::new()
+            .route("/", get(dashboard_file))
+            .route("/dashboard/app.js", get(dashboard_file))
+            .route("/dashboard/app.css", get(dashboard_file))
+            .route("/api/dashboard", get(dashboard_data))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(dashboard)
         .route("/rpc", post(rpc_handler))
         .route(
             "/health",
@@ -471,6 +482,43 @@ async fn ready(
         status,
         &json!({"ready": problems.is_empty(), "problems": problems}),
     )
+}
+
+/// The dashboard's files (see [`crate::dashboard`]): no data in them, so no key.
+async fn dashboard_file(uri: axum::http::Uri) -> Response {
+    crate::dashboard::file(uri.path()).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+/// Where a dashboard page is: the last history point it has.
+#[derive(serde::Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+/// `GET /api/dashboard?since=SEQ`: the dashboard's data, for keys with the
+/// read scope (quotas per key for admin keys only). Not counted against
+/// quotas, as `/metrics` is not: a page open all day asks every 2 s.
+async fn dashboard_data(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Response {
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    if let Err(e) = caller.require(Scope::Read, "GET /api/dashboard") {
+        return refused(e);
+    }
+    let mut r = json_response(
+        StatusCode::OK,
+        &crate::dashboard::data(&state.app, q.since.unwrap_or(0), caller.scopes()),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -92,6 +92,22 @@ impl KeyEntry {
     }
 }
 
+/// One key's use of its quotas (see [`Auth::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// The key's name.
+    pub name: String,
+    /// Its tier.
+    pub tier: String,
+    /// Requests counted today (UTC).
+    pub today: u64,
+    /// Requests counted this month (UTC).
+    pub month: u64,
+    /// Its tier's limits.
+    pub limits: TierLimits,
+}
+
 /// Who is calling: what they may do and whose quotas they use.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -246,6 +262,31 @@ impl Auth {
                 message: "the API key is not valid (unknown or revoked)".into(),
             }),
         }
+    }
+
+    /// Every active key's use of its quotas now, by name.
+    pub fn usage(&self) -> Vec<KeyUsage> {
+        let registry = self.registry();
+        let mut out: Vec<KeyUsage> = registry
+            .by_hash
+            .values()
+            .map(|k| {
+                let (today, month) = k.used();
+                KeyUsage {
+                    name: k.name.clone(),
+                    tier: k.tier.clone(),
+                    today,
+                    month,
+                    limits: self.inner.tiers.get(&k.tier).unwrap_or(TierLimits {
+                        daily: None,
+                        monthly: None,
+                        concurrent: None,
+                    }),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Whether `caller` is still let in: its key has not been revoked since

@@ -1,0 +1,140 @@
+//! The dashboard: a page at `/` that shows the server living, and the JSON
+//! behind it at `GET /api/dashboard`.
+//!
+//! # Why it is built this way
+//!
+//! - **Nothing to install.** The page is three files embedded in the binary
+//!   (`page/`), plain HTML, CSS and JavaScript with no build step and no
+//!   library: its charts are SVG polylines of a few lines each.
+//! - **History on the server.** A sampler ([`history`]) takes the figures
+//!   every second and keeps five minutes, so a page opened late, or brought
+//!   back from a hidden tab, shows the last minutes at once; the page asks
+//!   for the points after the last it has (`?since=SEQ`) every two seconds,
+//!   and not at all while hidden. Polling passes through every proxy and
+//!   needs no connection held open (the event stream's places are few).
+//! - **As strict as `/rpc`.** The data takes the same keys and the read
+//!   scope (quotas per key only for admin keys); the page's actions are
+//!   `POST /rpc` calls under the key's own scopes. The key is typed into the
+//!   page and kept in the tab's `sessionStorage`: never a cookie (so no
+//!   request is made with it that the page did not make) and never in a URL
+//!   (so never in a log). The files carry no data, so they are served
+//!   without a key, under the Host and Origin rules of every route and a
+//!   Content-Security-Policy that allows only the page's own script, style
+//!   and `fetch`es (no inline script, no frames); the script writes text
+//!   with `textContent` only.
+//! - `--no-dashboard` (`http.dashboard = false`) leaves `/` unanswered.
+
+pub(crate) mod history;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value as Json, json};
+
+use crate::rpc::App;
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/app.js");
+const STYLE: &str = include_str!("page/app.css");
+
+/// The policy every file of the page is served with.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Events shown.
+const EVENTS: usize = 50;
+
+/// One of the page's files, by its path; `None` for another path.
+pub(crate) fn file(path: &str) -> Option<Response> {
+    let (body, kind) = match path {
+        "/" => (INDEX, "text/html; charset=utf-8"),
+        "/dashboard/app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "/dashboard/app.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    Some(
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+    )
+}
+
+/// `GET /api/dashboard?since=SEQ`: the figures now, the history points
+/// after `since`, the latest events; with `admin`, quotas per key.
+pub(crate) fn data(app: &App, since: u64, scopes: litebridge::auth::Scopes) -> Json {
+    let admin = scopes.allows(litebridge::auth::Scope::Admin);
+    let service = &app.service;
+    let health = crate::rpc::health_of(service);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let events: Vec<Json> = {
+        let recent = app.events.recent();
+        let skip = recent.len().saturating_sub(EVENTS);
+        recent[skip..]
+            .iter()
+            .filter_map(|e| serde_json::from_str(&e.json).ok())
+            .collect()
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        // What the page may offer this key (its actions are checked by /rpc all the same).
+        "scopes": scopes.to_string(),
+        "uptime_s": now_ms.saturating_sub(app.events.started_ms()) / 1000,
+        "ready": health["healthy"],
+        "problems": health["problems"],
+        "points": app.history.since(since),
+        "db": crate::rpc::stats_of(service),
+        "health": health,
+        "bridge": service.workers.as_ref().and_then(|_| crate::rpc::bridge_status(service).ok()),
+        "cache": crate::rpc::cache_figures(service),
+        "backups": service.backups.as_ref().map(|p| backups(p, &service.db)),
+        "quotas": admin.then(|| quotas(app)),
+        "events": events,
+    })
+}
+
+fn quotas(app: &App) -> Json {
+    Json::Array(
+        app.auth
+            .usage()
+            .into_iter()
+            .map(|k| {
+                json!({
+                    "name": k.name, "tier": k.tier, "today": k.today, "month": k.month,
+                    "daily_limit": k.limits.daily, "monthly_limit": k.limits.monthly,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The backups' state from their directory: the newest file and its age
+/// (verified at the time it was written), when the next is due.
+fn backups(policy: &litebridge::backups::BackupPolicy, db: &litebridge::Database) -> Json {
+    let newest = litebridge::backups::list(&policy.dir, db.path())
+        .into_iter()
+        .next();
+    let age = newest
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok());
+    json!({
+        "dir": policy.dir.display().to_string(),
+        "interval_s": policy.interval.as_secs(),
+        "keep": policy.keep,
+        "newest": newest.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        "age_s": age.map(|a| a.as_secs()),
+        "next_due_s": age.map(|a| policy.interval.saturating_sub(a).as_secs()),
+    })
+}
