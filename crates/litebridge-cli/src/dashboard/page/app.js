@@ -101,7 +101,7 @@ function facts(listId, pairs) {
   }
 }
 
-function chart(svgId, values) {
+function chart(svgId, values, format) {
   const svg = $(svgId);
   svg.replaceChildren();
   if (values.length < 2) return;
@@ -117,7 +117,7 @@ function chart(svgId, values) {
   const label = document.createElementNS('http://www.w3.org/2000/svg', 'text');
   label.setAttribute('x', '2');
   label.setAttribute('y', '10');
-  label.textContent = 'max ' + num(max, 1);
+  label.textContent = 'max ' + format(max);
   svg.appendChild(label);
 }
 
@@ -142,18 +142,20 @@ function render(d) {
   $('requests-rate').textContent = last ? num(last.requests_per_s, 1) : '–';
   $('errors-rate').textContent = last ? num(last.errors_per_s, 1) : '–';
   $('errors-rate').className = 'value ' + (last && last.errors_per_s > 0 ? 'degraded' : '');
-  chart('chart-requests', points.map((p) => p.requests_per_s));
-  chart('chart-latency', points.map((p) => p.write.p99_ms));
-  chart('chart-wal', points.map((p) => p.wal_bytes));
+  chart('chart-requests', points.map((p) => p.requests_per_s), (x) => num(x, 1) + ' requests/s');
+  chart('chart-latency', points.map((p) => p.write.p99_ms), (x) => 'write p99 ' + msText(x));
+  chart('chart-wal', points.map((p) => p.wal_bytes), bytes);
 
   const lanes = last ? [['reads', last.read], ['writes', last.write]] : [];
   if (last && last.call) lanes.push(['worker calls', last.call]);
   rows('latency', lanes, (tr, [name, w]) => {
+    // Nothing ran in that second: no percentiles, rather than zeros.
+    const ran = w.per_s > 0;
     cell(tr, name);
     cell(tr, num(w.per_s, 1));
-    cell(tr, msText(w.p50_ms));
-    cell(tr, msText(w.p95_ms));
-    cell(tr, msText(w.p99_ms));
+    cell(tr, ran ? msText(w.p50_ms) : '–');
+    cell(tr, ran ? msText(w.p95_ms) : '–');
+    cell(tr, ran ? msText(w.p99_ms) : '–');
   });
 
   const m = (d.db && d.db.pool_metrics) || {};

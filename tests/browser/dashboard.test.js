@@ -1,0 +1,139 @@
+// The dashboard in a real browser: Debian's Chromium (scripts/install-chromium.sh)
+// driven by playwright-core, against the real litebridge binary with real
+// Python workers, loaded through the JavaScript client. A screenshot is left
+// at target/dashboard.png (or under CARGO_TARGET_DIR) for a person to look at.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import http from 'node:http';
+import { join, resolve } from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+import { Client } from '../../clients/js/src/index.js';
+import { REPO, WORKER, createKey, serve, tempDir } from '../../clients/js/test/helpers.js';
+
+const BROWSER = process.env.LITEBRIDGE_CHROMIUM ?? execFileSync('bash', [join(REPO, 'scripts', 'install-chromium.sh')], {
+  encoding: 'utf8',
+  stdio: ['ignore', 'pipe', 'inherit'],
+}).trim();
+const SHOTS = resolve(REPO, process.env.CARGO_TARGET_DIR ?? 'target');
+
+/** GET `path` with a chosen Host header; the status. */
+function statusWithHost(url, path, host) {
+  const { hostname, port } = new URL(url);
+  return new Promise((done, fail) => {
+    http
+      .get({ hostname, port, path, headers: { Host: host } }, (res) => {
+        res.resume();
+        done(res.statusCode);
+      })
+      .on('error', fail);
+  });
+}
+
+/** `litebridge_NAME` from /metrics. */
+async function metric(url, key, name) {
+  const text = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${key}` } })).text();
+  const line = text.split('\n').find((l) => l.startsWith(`litebridge_${name} `));
+  return Number(line.split(' ')[1]);
+}
+
+test('the dashboard shows the server living, resets a breaker, and keeps its rules', async (t) => {
+  const dir = tempDir(t);
+  const db = join(dir, 'd.db');
+  const key = createKey(db, 'operator', 'admin');
+  const { url } = await serve(t, db, ['--workers', WORKER, '--processes', '2']);
+
+  const browser = await chromium.launch({
+    executablePath: BROWSER,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking'],
+  });
+  t.after(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    // A CSP violation is reported as a console error ("Refused to ...").
+    if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+
+  // Without a key: the page says one is needed.
+  await page.goto(`${url}/`);
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'key needed');
+  // The key typed in, kept for the tab only.
+  await page.fill('#key', key);
+  await page.click('#key-form button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready');
+  assert.equal(await page.evaluate(() => document.cookie), '');
+  assert.ok(!page.url().includes(key));
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('litebridge.key')), key);
+
+  // Load through the client: the figures move.
+  const client = Client.connect(url, { key });
+  t.after(() => client.close());
+  await client.execute('CREATE TABLE t(x)');
+  const until = Date.now() + 5000;
+  let i = 0;
+  while (Date.now() < until) {
+    await Promise.all([client.execute('INSERT INTO t VALUES (?1)', [i]), client.call('echo', { value: i })]);
+    i++;
+  }
+  await page.waitForFunction(() => Number(document.getElementById('requests-rate').textContent.replace(/,/g, '')) > 0, null, {
+    timeout: 10_000,
+  });
+  await page.waitForFunction(() => document.querySelectorAll('#workers tbody tr').length === 2);
+  await page.waitForFunction(() => document.querySelectorAll('#chart-requests polyline').length === 1);
+
+  // The page and /metrics agree on the writes. (Quota counters are written
+  // in the background, so the count may move on: the page's figure lies
+  // between two reads of /metrics taken around it.)
+  const pageWrites = () =>
+    page.evaluate(() => {
+      const dts = [...document.querySelectorAll('#wal dt')];
+      const dd = dts.find((d) => d.textContent === 'reads, writes')?.nextElementSibling;
+      return dd ? Number(dd.textContent.split(', ')[1].replace(/,/g, '')) : -1;
+    });
+  const before = await metric(url, key, 'db_writes_total');
+  await page.waitForFunction(
+    (n) => {
+      const dts = [...document.querySelectorAll('#wal dt')];
+      const dd = dts.find((d) => d.textContent === 'reads, writes')?.nextElementSibling;
+      return dd && Number(dd.textContent.split(', ')[1].replace(/,/g, '')) >= n;
+    },
+    before,
+    { timeout: 10_000 },
+  );
+  const shown = await pageWrites();
+  const after = await metric(url, key, 'db_writes_total');
+  assert.ok(before <= shown && shown <= after, `/metrics ${before}..${after}, the page ${shown}`);
+  assert.ok(shown >= i, `${i} inserts were made, the page shows ${shown} writes`);
+
+  // A breaker opened by failures, reset from the page.
+  for (let k = 0; k < 5; k++) await client.call('fail', ['x']).catch(() => {});
+  const reset = page.locator('#breakers button', { hasText: 'Reset' });
+  await reset.waitFor({ timeout: 10_000 });
+  assert.equal(await page.locator('#breakers td.failing').first().textContent(), 'open');
+  await reset.click();
+  await page.waitForFunction(() => document.getElementById('message').textContent.includes('is closed'));
+  await page.waitForFunction(() => document.querySelector('#breakers td.ok')?.textContent === 'closed');
+  assert.equal(await client.call('echo', { value: 'after' }), 'after');
+
+  // Readable on a narrow screen too; a picture for a person.
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, 'dashboard.png'), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a narrow screen`);
+  await page.screenshot({ path: join(SHOTS, 'dashboard-narrow.png'), fullPage: true });
+
+  // A foreign Host is refused, the page's files and its data alike.
+  assert.equal(await statusWithHost(url, '/', 'evil.example'), 403);
+  assert.equal(await statusWithHost(url, '/api/dashboard', 'evil.example'), 403);
+
+  assert.deepEqual(problems, []);
+});
