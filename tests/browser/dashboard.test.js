@@ -123,12 +123,46 @@ test('the dashboard shows the server living, resets a breaker, and keeps its rul
   await page.waitForFunction(() => document.querySelector('#breakers td.ok')?.textContent === 'closed');
   assert.equal(await client.call('echo', { value: 'after' }), 'after');
 
+  // A backup taken from the page.
+  await page.click('#backup-now');
+  await page.waitForFunction(() => document.getElementById('message').textContent.startsWith('Backup written'), null, {
+    timeout: 20_000,
+  });
+  await page.waitForFunction(() => {
+    const dts = [...document.querySelectorAll('#backups dt')];
+    const newest = dts.find((d) => d.textContent === 'newest')?.nextElementSibling.textContent;
+    return newest && newest !== 'none yet';
+  });
+
+  // Hidden, the page stops asking; shown again, it asks at once.
+  const asked = [];
+  page.on('request', (r) => r.url().includes('/api/dashboard') && asked.push(Date.now()));
+  const hide = (state) =>
+    page.evaluate((s) => {
+      Object.defineProperty(document, 'visibilityState', { value: s, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, state);
+  await hide('hidden');
+  await new Promise((r) => setTimeout(r, 500)); // a request already on its way may land
+  const hiddenAt = asked.length;
+  await new Promise((r) => setTimeout(r, 5000));
+  assert.equal(asked.length, hiddenAt, 'no request while hidden');
+  await hide('visible');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.ok(asked.length > hiddenAt, 'asked again when shown');
+
   // Readable on a narrow screen too; a picture for a person.
   mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: join(SHOTS, 'dashboard.png'), fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a narrow screen`);
+  const wide = await page.evaluate(() =>
+    [...document.querySelectorAll('body *')]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((e) => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}px`)
+      .slice(0, 5),
+  );
+  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a narrow screen: ${wide.join(', ')}`);
   await page.screenshot({ path: join(SHOTS, 'dashboard-narrow.png'), fullPage: true });
 
   // A foreign Host is refused, the page's files and its data alike.

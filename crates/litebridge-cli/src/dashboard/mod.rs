@@ -94,6 +94,7 @@ pub(crate) fn data(app: &App, since: u64, scopes: litebridge::auth::Scopes) -> J
         "problems": health["problems"],
         "points": app.history.since(since),
         "db": crate::rpc::stats_of(service),
+        "db_bytes": std::fs::metadata(service.db.path()).ok().map(|m| m.len()),
         "health": health,
         "bridge": service.workers.as_ref().and_then(|_| crate::rpc::bridge_status(service).ok()),
         "cache": crate::rpc::cache_figures(service),

@@ -169,6 +169,7 @@ function render(d) {
     ['writer restarts', num(m.writer_restarts, 0), m.writer_restarts ? 'failing' : ''],
   ]);
   facts('wal', [
+    ['database size', bytes(d.db_bytes)],
     ['WAL size', bytes(m.wal_bytes)],
     ['checkpoints', num(m.checkpoints, 0)],
     ['reads, writes', num(m.total_reads, 0) + ', ' + num(m.total_writes, 0)],
