@@ -67,7 +67,7 @@ test('the dashboard shows the server living, resets a breaker, and keeps its rul
   await page.waitForFunction(() => document.getElementById('status').textContent === 'key needed');
   // The key typed in, kept for the tab only.
   await page.fill('#key', key);
-  await page.click('#key-form button[type=submit]');
+  await page.click('#use-key');
   await page.waitForFunction(() => document.getElementById('status').textContent === 'ready');
   assert.equal(await page.evaluate(() => document.cookie), '');
   assert.ok(!page.url().includes(key));
@@ -95,14 +95,14 @@ test('the dashboard shows the server living, resets a breaker, and keeps its rul
   const pageWrites = () =>
     page.evaluate(() => {
       const dts = [...document.querySelectorAll('#wal dt')];
-      const dd = dts.find((d) => d.textContent === 'reads, writes')?.nextElementSibling;
+      const dd = dts.find((d) => d.textContent === 'reads, writes since start')?.nextElementSibling;
       return dd ? Number(dd.textContent.split(', ')[1].replace(/,/g, '')) : -1;
     });
   const before = await metric(url, key, 'db_writes_total');
   await page.waitForFunction(
     (n) => {
       const dts = [...document.querySelectorAll('#wal dt')];
-      const dd = dts.find((d) => d.textContent === 'reads, writes')?.nextElementSibling;
+      const dd = dts.find((d) => d.textContent === 'reads, writes since start')?.nextElementSibling;
       return dd && Number(dd.textContent.split(', ')[1].replace(/,/g, '')) >= n;
     },
     before,

@@ -25,6 +25,14 @@ fn data(s: &Server, key: Option<&str>, since: u64) -> Value {
     let (status, headers, body) = get(s, &format!("/api/dashboard?since={since}"), key);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(headers.contains("cache-control: no-store"), "{headers}");
+    assert!(
+        headers.contains("x-content-type-options: nosniff"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("cross-origin-resource-policy: same-origin"),
+        "{headers}"
+    );
     serde_json::from_slice(&body).unwrap()
 }
 
@@ -55,6 +63,8 @@ fn the_page_and_its_data_under_keys_and_load() {
         assert!(!headers.contains("unsafe-inline"), "{headers}");
         assert!(headers.contains("x-content-type-options: nosniff"));
         assert!(headers.contains("referrer-policy: no-referrer"));
+        assert!(headers.contains("cross-origin-resource-policy: same-origin"));
+        assert!(headers.contains("cross-origin-opener-policy: same-origin"));
         assert!(!body.is_empty());
     }
     let (_, _, page) = get(&s, "/", None);
@@ -73,13 +83,38 @@ fn the_page_and_its_data_under_keys_and_load() {
     // The data: a key with the read scope; quotas for admin keys only.
     assert_eq!(get(&s, "/api/dashboard", None).0, 401);
     assert_eq!(get(&s, "/api/dashboard", Some("lb_wrong")).0, 401);
+    assert_eq!(
+        get(&s, "/api/dashboard?since=x", None).0,
+        401,
+        "the key first"
+    );
     let (status, _, body) = get(&s, "/api/dashboard?since=x", Some(&reader));
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("since"));
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["data"]["kind"], "invalid_argument");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`since`"),
+        "{error}"
+    );
     let first = data(&s, Some(&reader), 0);
     assert_eq!(first["scopes"], "read");
     assert!(first["quotas"].is_null(), "{first}");
+    assert!(
+        first["backups"].is_null(),
+        "the backup directory names the database's: admin only"
+    );
     assert_eq!(first["ready"], true);
+    let run = first["run"].as_u64().unwrap();
+    assert!(run > 0);
+    let everything = data(&s, Some(&admin), 0);
+    assert_eq!(everything["backups"]["scheduled"], false, "{everything}");
+    // Past the last point (a page of an earlier run): every point, and the run.
+    let later = data(&s, Some(&reader), 1_000_000);
+    assert_eq!(later["run"].as_u64(), Some(run));
+    assert_eq!(later["points"], data(&s, Some(&reader), 0)["points"]);
     let quotas = data(&s, Some(&admin), 0)["quotas"].clone();
     let names: Vec<&str> = quotas
         .as_array()
@@ -130,17 +165,34 @@ fn the_page_and_its_data_under_keys_and_load() {
     let point = seen.expect("a point with requests, writes and worker calls within 20 s");
     assert!(point["write"]["p99_ms"].as_f64().unwrap() > 0.0, "{point}");
     assert!(point["wal_bytes"].as_u64().unwrap() > 0, "{point}");
-    let d = data(&s, Some(&reader), 0);
-    let metrics = String::from_utf8(get(&s, "/metrics", Some(&reader)).2).unwrap();
-    let total_writes = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("litebridge_db_writes_total "))
-        .unwrap()
-        .parse::<f64>()
-        .unwrap();
-    assert_eq!(
-        d["db"]["pool_metrics"]["total_writes"].as_f64(),
-        Some(total_writes)
+    // The figures are a second old at most: they lie between two reads of
+    // /metrics taken around them (quota counters are written in the
+    // background, so the count moves on).
+    let writes = || {
+        let metrics = String::from_utf8(get(&s, "/metrics", Some(&reader)).2).unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("litebridge_db_writes_total "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let before = writes();
+    let started = Instant::now();
+    let d = loop {
+        let d = data(&s, Some(&reader), 0);
+        if d["db"]["pool_metrics"]["total_writes"].as_f64().unwrap() >= before
+            || started.elapsed() > Duration::from_secs(5)
+        {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shown = d["db"]["pool_metrics"]["total_writes"].as_f64().unwrap();
+    let after = writes();
+    assert!(
+        before <= shown && shown <= after,
+        "/metrics {before}..{after}, the dashboard {shown}"
     );
     assert_eq!(d["bridge"]["workers"].as_array().unwrap().len(), 1);
     assert!(

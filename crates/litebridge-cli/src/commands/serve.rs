@@ -154,7 +154,9 @@ pub(crate) async fn http(
         s.dashboard(),
     );
     // The dashboard's history, sampled while the server runs.
-    let sampler = s.dashboard().then(|| app.history.clone().run(app.clone()));
+    let sampler = s
+        .dashboard()
+        .then(|| app.history.clone().run(app.clone(), s.backup_enabled()));
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
     let grace = s.shutdown_grace();

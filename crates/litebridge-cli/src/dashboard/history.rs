@@ -8,7 +8,7 @@
 //! since start, which would hide a slow minute behind a fast day. Gauges
 //! (queues, WAL size) are read as they are.
 //!
-//! The ring is bounded ([`KEPT`] points, about 60 kB of JSON) and each point
+//! The ring is bounded ([`KEPT`] points, about 110 kB of JSON) and each point
 //! has a sequence number: a page asks for the points after the last it has.
 
 use std::collections::VecDeque;
@@ -77,7 +77,15 @@ struct Sample {
 /// See the module documentation.
 pub(crate) struct History {
     state: Mutex<State>,
+    /// The figures of the last sample, built by [`History::run`] for
+    /// `dashboard::data` (requests copy them instead of building them).
+    figures: Mutex<Option<serde_json::Value>>,
+    /// The backups' state, read every [`BACKUPS_EVERY`] periods off the runtime.
+    backups: Mutex<serde_json::Value>,
 }
+
+/// How often (in periods) the backup directory is read.
+const BACKUPS_EVERY: u32 = 5;
 
 struct State {
     last: Option<Sample>,
@@ -93,6 +101,8 @@ impl History {
                 points: VecDeque::with_capacity(KEPT),
                 next_seq: 1,
             }),
+            figures: Mutex::new(None),
+            backups: Mutex::new(serde_json::Value::Null),
         })
     }
 
@@ -171,14 +181,56 @@ impl History {
             .collect()
     }
 
-    /// Samples `service` every [`PERIOD`] until the task is aborted.
-    pub(crate) fn run(self: Arc<Self>, app: Arc<crate::rpc::App>) -> tokio::task::JoinHandle<()> {
+    /// The `seq` of the newest point (0 before the first).
+    pub(crate) fn last_seq(&self) -> u64 {
+        lock(&self.state).next_seq - 1
+    }
+
+    /// The figures of the last sample, if one was taken.
+    pub(crate) fn figures(&self) -> Option<serde_json::Value> {
+        lock(&self.figures).clone()
+    }
+
+    /// The backups' state when last read (`null` before, or without a policy).
+    pub(crate) fn backups(&self) -> serde_json::Value {
+        lock(&self.backups).clone()
+    }
+
+    /// Samples `service` every [`PERIOD`], and builds the figures the
+    /// dashboard's requests copy, until the task is aborted; `scheduled`:
+    /// whether backups run on a schedule.
+    pub(crate) fn run(
+        self: Arc<Self>,
+        app: Arc<crate::rpc::App>,
+        scheduled: bool,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PERIOD);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = 0u32;
             loop {
                 every.tick().await;
+                if ticks.is_multiple_of(BACKUPS_EVERY)
+                    && let Some(policy) = app.service.backups.clone()
+                {
+                    // A directory listing may block (a slow disk, a network
+                    // mount): never on the runtime.
+                    let db = app.service.db.path().to_owned();
+                    let uptime = Duration::from_millis(
+                        unix_ms(SystemTime::now()).saturating_sub(app.events.started_ms()),
+                    );
+                    if let Ok(b) = tokio::task::spawn_blocking(move || {
+                        crate::dashboard::backups(&policy, &db, scheduled, uptime)
+                    })
+                    .await
+                    {
+                        *lock(&self.backups) = b;
+                    }
+                }
+                ticks = ticks.wrapping_add(1);
                 self.sample(&app.service);
+                let figures = crate::dashboard::figures(&app);
+                *lock(&self.figures) = Some(figures);
             }
         })
     }

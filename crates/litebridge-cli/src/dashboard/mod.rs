@@ -12,8 +12,18 @@
 //!   for the points after the last it has (`?since=SEQ`) every two seconds,
 //!   and not at all while hidden. Polling passes through every proxy and
 //!   needs no connection held open (the event stream's places are few).
+//! - **Cheap to ask.** The sampler also builds the figures once a second
+//!   (and reads the backup directory every five, off the runtime); a
+//!   request copies them and the points it lacks, so pages polling cost
+//!   next to nothing and a slow disk never holds a request.
+//! - **Honest when the server is not.** The figures carry the time they
+//!   were built and the run of the server: the page says "stale" when they
+//!   stop moving, gives up on an answer after 5 s, and starts its charts
+//!   over when the server restarted.
 //! - **As strict as `/rpc`.** The data takes the same keys and the read
-//!   scope (quotas per key only for admin keys); the page's actions are
+//!   scope (quotas per key and the backups, whose directory names the
+//!   database's, only for admin keys; the key's limit of requests at once
+//!   applies); the page's actions are
 //!   `POST /rpc` calls under the key's own scopes. The key is typed into the
 //!   page and kept in the tab's `sessionStorage`: never a cookie (so no
 //!   request is made with it that the page did not make) and never in a URL
@@ -61,6 +71,17 @@ pub(crate) fn file(path: &str) -> Option<Response> {
                 (header::REFERRER_POLICY, "no-referrer"),
                 (header::X_FRAME_OPTIONS, "DENY"),
                 (header::CACHE_CONTROL, "no-cache"),
+                // Other sites may not load the files (a <script> tag there
+                // would tell them litebridge runs here), nor keep a handle
+                // on a window of the page they opened.
+                (
+                    header::HeaderName::from_static("cross-origin-resource-policy"),
+                    "same-origin",
+                ),
+                (
+                    header::HeaderName::from_static("cross-origin-opener-policy"),
+                    "same-origin",
+                ),
             ],
             body,
         )
@@ -68,10 +89,35 @@ pub(crate) fn file(path: &str) -> Option<Response> {
     )
 }
 
-/// `GET /api/dashboard?since=SEQ`: the figures now, the history points
-/// after `since`, the latest events; with `admin`, quotas per key.
+/// `GET /api/dashboard?since=SEQ`: the figures of the last sample, the
+/// history points after `since`; for `admin` keys, quotas per key and the
+/// backups (their directory names the database's). The figures are built
+/// once a second by the sampler, not per request: a page, or many, polling
+/// costs a copy and the points.
 pub(crate) fn data(app: &App, since: u64, scopes: litebridge::auth::Scopes) -> Json {
     let admin = scopes.allows(litebridge::auth::Scope::Admin);
+    let mut d = app.history.figures().unwrap_or_else(|| figures(app));
+    // A page that asks for points past the last one has seen another run
+    // (the server restarted): it gets them all, and `run` tells it so.
+    let last = app.history.last_seq();
+    let since = if since > last { 0 } else { since };
+    if let Json::Object(m) = &mut d {
+        m.insert("scopes".into(), json!(scopes.to_string()));
+        m.insert("points".into(), json!(app.history.since(since)));
+        m.insert(
+            "quotas".into(),
+            if admin { quotas(app) } else { Json::Null },
+        );
+        if !admin {
+            m.insert("backups".into(), Json::Null);
+        }
+    }
+    d
+}
+
+/// The figures now, but for the points, the caller's scopes and quotas:
+/// what the sampler keeps for `data`.
+pub(crate) fn figures(app: &App) -> Json {
     let service = &app.service;
     let health = crate::rpc::health_of(service);
     let now_ms = std::time::SystemTime::now()
@@ -85,21 +131,31 @@ pub(crate) fn data(app: &App, since: u64, scopes: litebridge::auth::Scopes) -> J
             .filter_map(|e| serde_json::from_str(&e.json).ok())
             .collect()
     };
+    let mut problems: Vec<Json> = health["problems"].as_array().cloned().unwrap_or_default();
+    if let Some(w) = &service.workers {
+        let s = w.status();
+        if !s.healthy {
+            problems.push(json!(format!(
+                "{} of {} workers are running",
+                s.workers.len(),
+                s.processes
+            )));
+        }
+    }
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        // What the page may offer this key (its actions are checked by /rpc all the same).
-        "scopes": scopes.to_string(),
+        // This run of the server: a page that sees it change starts its charts over.
+        "run": app.events.started_ms(),
+        "ts": now_ms,
         "uptime_s": now_ms.saturating_sub(app.events.started_ms()) / 1000,
         "ready": health["healthy"],
-        "problems": health["problems"],
-        "points": app.history.since(since),
+        "problems": problems,
         "db": crate::rpc::stats_of(service),
         "db_bytes": std::fs::metadata(service.db.path()).ok().map(|m| m.len()),
         "health": health,
         "bridge": service.workers.as_ref().and_then(|_| crate::rpc::bridge_status(service).ok()),
         "cache": crate::rpc::cache_figures(service),
-        "backups": service.backups.as_ref().map(|p| backups(p, &service.db)),
-        "quotas": admin.then(|| quotas(app)),
+        "backups": app.history.backups(),
         "events": events,
     })
 }
@@ -119,10 +175,17 @@ fn quotas(app: &App) -> Json {
     )
 }
 
-/// The backups' state from their directory: the newest file and its age
-/// (verified at the time it was written), when the next is due.
-fn backups(policy: &litebridge::backups::BackupPolicy, db: &litebridge::Database) -> Json {
-    let newest = litebridge::backups::list(&policy.dir, db.path())
+/// The backups' state, read from their directory (off the runtime, every
+/// 5 s, by the sampler): the newest file (each is verified before it
+/// counts) and its age; with `scheduled`, when the next is due (the
+/// schedule runs every interval from the server's start).
+pub(crate) fn backups(
+    policy: &litebridge::backups::BackupPolicy,
+    db: &std::path::Path,
+    scheduled: bool,
+    uptime: std::time::Duration,
+) -> Json {
+    let newest = litebridge::backups::list(&policy.dir, db)
         .into_iter()
         .next();
     let age = newest
@@ -130,12 +193,14 @@ fn backups(policy: &litebridge::backups::BackupPolicy, db: &litebridge::Database
         .and_then(|p| std::fs::metadata(p).ok())
         .and_then(|m| m.modified().ok())
         .and_then(|t| t.elapsed().ok());
+    let interval = policy.interval.as_secs().max(1);
     json!({
         "dir": policy.dir.display().to_string(),
-        "interval_s": policy.interval.as_secs(),
+        "scheduled": scheduled,
+        "interval_s": interval,
         "keep": policy.keep,
         "newest": newest.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         "age_s": age.map(|a| a.as_secs()),
-        "next_due_s": age.map(|a| policy.interval.saturating_sub(a).as_secs()),
+        "next_due_s": scheduled.then(|| interval - uptime.as_secs() % interval),
     })
 }

@@ -489,19 +489,15 @@ async fn dashboard_file(uri: axum::http::Uri) -> Response {
     crate::dashboard::file(uri.path()).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
 }
 
-/// Where a dashboard page is: the last history point it has.
-#[derive(serde::Deserialize)]
-struct Since {
-    since: Option<u64>,
-}
-
 /// `GET /api/dashboard?since=SEQ`: the dashboard's data, for keys with the
-/// read scope (quotas per key for admin keys only). Not counted against
-/// quotas, as `/metrics` is not: a page open all day asks every 2 s.
+/// read scope (quotas per key and backups for admin keys only). Not counted
+/// against quotas, as `/metrics` is not (a page asks every 2 s), but held
+/// to the key's limit of requests at once; the figures are built once a
+/// second by the sampler, so a request costs a copy.
 async fn dashboard_data(
     State(state): State<AppState>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<Since>,
+    uri: axum::http::Uri,
 ) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
@@ -510,13 +506,48 @@ async fn dashboard_data(
     if let Err(e) = caller.require(Scope::Read, "GET /api/dashboard") {
         return refused(e);
     }
+    let _in_flight = match caller.enter() {
+        Ok(g) => g,
+        Err(e) => return refused(e),
+    };
+    let mut since = 0;
+    for (name, value) in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        if name == "since" {
+            match value.parse::<u64>() {
+                Ok(n) => since = n,
+                Err(_) => {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        &rpc::RpcError::App(litebridge::Error::InvalidArgument {
+                            param: "since".into(),
+                            message: "the `seq` of a point: a whole number (0 for all)".into(),
+                        }),
+                    );
+                }
+            }
+        }
+    }
     let mut r = json_response(
         StatusCode::OK,
-        &crate::dashboard::data(&state.app, q.since.unwrap_or(0), caller.scopes()),
+        &crate::dashboard::data(&state.app, since, caller.scopes()),
     );
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        axum::http::HeaderValue::from_static("same-origin"),
     );
     r
 }

@@ -5,11 +5,14 @@
 'use strict';
 
 const POLL_MS = 2000;
+// An answer that takes longer is given up on, and the page says the server does not answer.
+const ANSWER_MS = 5000;
 const KEPT = 300;
 const KEY = 'litebridge.key';
 
 let points = [];
 let lastSeq = 0;
+let run = null;
 let timer = null;
 let scopes = '';
 
@@ -124,8 +127,10 @@ function chart(svgId, values, format) {
 function render(d) {
   const ready = d.ready === true;
   const status = $('status');
-  status.textContent = ready ? 'ready' : 'not ready';
-  status.className = 'badge ' + (ready ? 'ok' : 'failing');
+  // Figures older than a few seconds are not the server now (its sampler is held).
+  const stale = Date.now() - d.ts > 3 * POLL_MS;
+  status.textContent = stale ? 'stale' : ready ? 'ready' : 'not ready';
+  status.className = 'badge ' + (stale ? 'unknown' : ready ? 'ok' : 'failing');
   $('version').textContent = 'v' + d.version;
   $('uptime').textContent = 'up ' + duration(d.uptime_s);
   const problems = d.problems || [];
@@ -164,15 +169,17 @@ function render(d) {
     ['batches/s', num(last ? last.batches_per_s : null, 1)],
     ['requests per batch', num(last ? last.batch_size : null, 1)],
     ['largest batch', num(m.batches ? m.batches.max_size : null, 0)],
-    ['timeouts', num(m.timeouts, 0), m.timeouts ? 'degraded' : ''],
-    ['overloaded', num(m.overloaded, 0), m.overloaded ? 'degraded' : ''],
-    ['writer restarts', num(m.writer_restarts, 0), m.writer_restarts ? 'failing' : ''],
+    ['timeouts, last second', num(last ? last.timeouts : null, 0), last && last.timeouts ? 'degraded' : ''],
+    ['overloaded, last second', num(last ? last.overloaded : null, 0), last && last.overloaded ? 'degraded' : ''],
+    ['timeouts since start', num(m.timeouts, 0)],
+    ['overloaded since start', num(m.overloaded, 0)],
+    ['writer restarts since start', num(m.writer_restarts, 0), m.writer_restarts ? 'degraded' : ''],
   ]);
   facts('wal', [
     ['database size', bytes(d.db_bytes)],
     ['WAL size', bytes(m.wal_bytes)],
     ['checkpoints', num(m.checkpoints, 0)],
-    ['reads, writes', num(m.total_reads, 0) + ', ' + num(m.total_writes, 0)],
+    ['reads, writes since start', num(m.total_reads, 0) + ', ' + num(m.total_writes, 0)],
   ]);
   const pool = (d.health && d.health.pool_status) || {};
   const queues = pool.queue_lengths || {};
@@ -196,9 +203,9 @@ function render(d) {
     });
     facts('pool', [
       ['processes', num(b.workers.length, 0) + ' of ' + num(b.processes, 0), b.healthy ? 'ok' : 'failing'],
-      ['restarts', num(b.restarts, 0)],
-      ['crashes', num(b.crashes, 0), b.crashes ? 'degraded' : ''],
-      ['recycled', num(b.recycled, 0)],
+      ['restarts since start', num(b.restarts, 0)],
+      ['crashes since start', num(b.crashes, 0), b.crashes ? 'degraded' : ''],
+      ['recycled since start', num(b.recycled, 0)],
       ['calls waiting', num(b.waiting, 0)],
     ]);
     const canReset = scopes.includes('bridge') || scopes.includes('admin');
@@ -251,10 +258,10 @@ function render(d) {
   if (d.backups) {
     const k = d.backups;
     facts('backups', [
-      ['newest', k.newest || 'none yet', k.newest ? '' : 'degraded'],
+      ['newest', k.newest || 'none yet', k.newest || !k.scheduled ? '' : 'degraded'],
       ['age', duration(k.age_s)],
-      ['next due in', duration(k.next_due_s)],
-      ['every', duration(k.interval_s)],
+      ['schedule', k.scheduled ? 'every ' + duration(k.interval_s) : 'none (taken on demand)'],
+      ['next due in', k.scheduled ? duration(k.next_due_s) : '–'],
       ['directory', k.dir],
     ]);
     $('backup-now').hidden = !scopes.includes('admin');
@@ -281,7 +288,11 @@ function render(d) {
 async function poll() {
   timer = null;
   try {
-    const res = await fetch('/api/dashboard?since=' + lastSeq, { headers: headers(), cache: 'no-store' });
+    const res = await fetch('/api/dashboard?since=' + lastSeq, {
+      headers: headers(),
+      cache: 'no-store',
+      signal: AbortSignal.timeout(ANSWER_MS),
+    });
     const body = await res.json().catch(() => null);
     if (!res.ok) {
       const why = body && body.error ? body.error.message : 'HTTP ' + res.status;
@@ -289,6 +300,12 @@ async function poll() {
       $('status').textContent = res.status === 401 ? 'key needed' : 'refused';
       $('status').className = 'badge unknown';
     } else {
+      if (body.run !== run) {
+        // Another run of the server: its points start over.
+        run = body.run;
+        points = [];
+        lastSeq = 0;
+      }
       for (const p of body.points) if (p.seq > lastSeq) points.push(p);
       if (points.length > KEPT) points = points.slice(points.length - KEPT);
       if (points.length) lastSeq = points[points.length - 1].seq;
@@ -297,7 +314,7 @@ async function poll() {
       render(body);
     }
   } catch (e) {
-    say('The server does not answer: ' + e.message, true);
+    say(e.name === 'TimeoutError' ? 'The server has not answered for ' + ANSWER_MS / 1000 + ' s.' : 'The server does not answer: ' + e.message, true);
     $('status').textContent = 'unreachable';
     $('status').className = 'badge failing';
   }
@@ -330,12 +347,17 @@ async function resetBreaker(method) {
 }
 
 async function backupNow() {
+  const button = $('backup-now');
+  if (button.disabled) return;
+  button.disabled = true;
   say('Backing up…');
   try {
     const r = await rpc('admin.backup', {});
     say('Backup written: ' + r.path + ' (' + bytes(r.bytes) + ').');
   } catch (e) {
     say('Backup failed: ' + e.message, true);
+  } finally {
+    button.disabled = false;
   }
   refresh();
 }
@@ -347,12 +369,16 @@ function refresh() {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  $('key-form').addEventListener('submit', (e) => {
-    e.preventDefault();
+  // Not a form: a browser offers to save what a form submits, and the key is for this tab only.
+  const useKey = () => {
     const k = $('key').value.trim();
     if (k) sessionStorage.setItem(KEY, k);
     $('key').value = '';
     refresh();
+  };
+  $('use-key').addEventListener('click', useKey);
+  $('key').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') useKey();
   });
   $('forget').addEventListener('click', () => {
     sessionStorage.removeItem(KEY);
