@@ -138,26 +138,32 @@ def raw_async_pipelined(bin, args, case, seconds, depth):
         reader = asyncio.ensure_future(read())
         for i in range(200):  # warm
             await send(i)
-        done = 0
-        t0 = time.perf_counter()
-        end = t0 + seconds
-
-        async def lane(k):
-            nonlocal done
-            i = k
-            while time.perf_counter() < end:
-                await send(i)
-                done += 1
-                i += depth
-
-        await asyncio.gather(*(lane(k) for k in range(depth)))
-        elapsed = time.perf_counter() - t0
+        done, elapsed = await lanes(send, seconds, depth)
         proc.stdin.close()
         await proc.wait()
         await reader
         return done, elapsed
 
     return asyncio.run(main())
+
+
+async def lanes(send, seconds, depth):
+    """``depth`` tasks each awaiting ``send(i)`` in turn for ``seconds``:
+    calls made, and the seconds they took."""
+    done = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+
+    async def lane(k):
+        nonlocal done
+        i = k
+        while time.perf_counter() < end:
+            await send(i)
+            done += 1
+            i += depth
+
+    await asyncio.gather(*(lane(k) for k in range(depth)))
+    return done, time.perf_counter() - t0
 
 
 def client_sequential(c, case, seconds, into):
@@ -179,23 +185,7 @@ def client_pipelined(bin, args, case, seconds, depth):
         async with lb.AsyncClient.spawn(bin=bin, args=args) as c:
             for i in range(200):  # warm
                 await call(c, i)
-            return await timed(c)
-
-    async def timed(c):
-        done = 0
-        t0 = time.perf_counter()
-        end = t0 + seconds
-
-        async def lane(k):
-            nonlocal done
-            i = k
-            while time.perf_counter() < end:
-                await call(c, i)
-                done += 1
-                i += depth
-
-        await asyncio.gather(*(lane(k) for k in range(depth)))
-        return done, time.perf_counter() - t0
+            return await lanes(lambda i: call(c, i), seconds, depth)
 
     return asyncio.run(main())
 

@@ -12,13 +12,7 @@ use serde_json::{Value, json};
 const WORKER: &str = "python3 examples/worker.py";
 
 fn get(s: &Server, path: &str, key: Option<&str>) -> (u16, String, Vec<u8>) {
-    let bearer = key.map(|k| format!("Bearer {k}"));
-    let headers: Vec<(&str, &str)> = bearer
-        .as_deref()
-        .map(|b| ("Authorization", b))
-        .into_iter()
-        .collect();
-    s.request_with("GET", path, None, &headers, b"")
+    s.request_as(key, "GET", path, None, b"")
 }
 
 fn data(s: &Server, key: Option<&str>, since: u64) -> Value {

@@ -150,17 +150,11 @@ impl Server {
     /// A JSON-RPC call with `Authorization: Bearer KEY` (none when `key` is
     /// `None`): the HTTP status and the parsed body.
     pub(crate) fn rpc_as(&self, key: Option<&str>, body: &Value) -> (u16, Value) {
-        let bearer = key.map(|k| format!("Bearer {k}"));
-        let headers: Vec<(&str, &str)> = bearer
-            .as_deref()
-            .map(|b| ("Authorization", b))
-            .into_iter()
-            .collect();
-        let (status, _, bytes) = self.request_with(
+        let (status, _, bytes) = self.request_as(
+            key,
             "POST",
             "/rpc",
             Some("application/json"),
-            &headers,
             body.to_string().as_bytes(),
         );
         let value = if bytes.is_empty() {
@@ -170,6 +164,25 @@ impl Server {
                 .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
         };
         (status, value)
+    }
+
+    /// A request with `Authorization: Bearer KEY` (none when `key` is
+    /// `None`): the status, the head (lower case) and the body.
+    pub(crate) fn request_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("Authorization", b))
+            .into_iter()
+            .collect();
+        self.request_with(method, path, content_type, &headers, body)
     }
 
     pub(crate) fn stop(mut self) -> std::process::ExitStatus {
