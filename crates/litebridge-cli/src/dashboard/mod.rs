@@ -9,7 +9,7 @@
 //! - **History on the server.** A sampler ([`history`]) takes the figures
 //!   every second and keeps five minutes, so a page opened late, or brought
 //!   back from a hidden tab, shows the last minutes at once; the page asks
-//!   for the points after the last it has (`?since=SEQ`) every two seconds,
+//!   for the points after the last it has (`?since=SEQ`) every second (a change shows within two),
 //!   and not at all while hidden. Polling passes through every proxy and
 //!   needs no connection held open (the event stream's places are few).
 //! - **Cheap to ask.** The sampler also builds the figures once a second

@@ -491,7 +491,7 @@ async fn dashboard_file(uri: axum::http::Uri) -> Response {
 
 /// `GET /api/dashboard?since=SEQ`: the dashboard's data, for keys with the
 /// read scope (quotas per key and backups for admin keys only). Not counted
-/// against quotas, as `/metrics` is not (a page asks every 2 s), but held
+/// against quotas, as `/metrics` is not (a page asks every second), but held
 /// to the key's limit of requests at once; the figures are built once a
 /// second by the sampler, so a request costs a copy.
 async fn dashboard_data(

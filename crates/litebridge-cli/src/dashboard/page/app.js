@@ -1,10 +1,10 @@
-// The litebridge dashboard: polls GET /api/dashboard every 2 s (not while
+// The litebridge dashboard: polls GET /api/dashboard every second (not while
 // the tab is hidden) and draws what it says. Text goes in with textContent
 // only; the key lives in this tab's sessionStorage, never in a URL or a
 // cookie. See crates/litebridge-cli/src/dashboard/mod.rs.
 'use strict';
 
-const POLL_MS = 2000;
+const POLL_MS = 1000;
 // An answer that takes longer is given up on, and the page says the server does not answer.
 const ANSWER_MS = 5000;
 const KEPT = 300;
@@ -13,6 +13,8 @@ const KEY = 'litebridge.key';
 let points = [];
 let lastSeq = 0;
 let run = null;
+let seenTs = null;
+let seenTsAt = 0;
 let timer = null;
 let scopes = '';
 
@@ -127,8 +129,13 @@ function chart(svgId, values, format) {
 function render(d) {
   const ready = d.ready === true;
   const status = $('status');
-  // Figures older than a few seconds are not the server now (its sampler is held).
-  const stale = Date.now() - d.ts > 3 * POLL_MS;
+  // Figures that stopped changing are not the server now (its sampler is
+  // held). Judged by this page's clock only: the server's may differ.
+  if (d.ts !== seenTs) {
+    seenTs = d.ts;
+    seenTsAt = Date.now();
+  }
+  const stale = Date.now() - seenTsAt > 5 * POLL_MS;
   status.textContent = stale ? 'stale' : ready ? 'ready' : 'not ready';
   status.className = 'badge ' + (stale ? 'unknown' : ready ? 'ok' : 'failing');
   $('version').textContent = 'v' + d.version;
