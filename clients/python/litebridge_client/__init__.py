@@ -53,6 +53,14 @@ def _spawn_transport(kind, bin=None, db=None, workers=None, processes=None, fram
 class _Methods:
     """The method table, over ``self._call(method, params)``."""
 
+    def _request(self, method, params):
+        """A new request id, and the request."""
+        rid = next(self._ids)
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        return rid, msg
+
     def query(self, sql, params=(), *, timeout=None, max_rows=None, lane=None, rows="dicts"):
         """Rows of a read-only statement: dicts keyed by column (``rows="tuples"`` for tuples)."""
         p = {"sql": sql, "params": params}
@@ -215,10 +223,7 @@ class Client(_Methods):
         return self._call(method, params)
 
     def _call(self, method, params):
-        rid = next(self._ids)
-        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            msg["params"] = params
+        rid, msg = self._request(method, params)
         try:
             reply = self._transport.call(msg)
         except BaseException:  # Ctrl-C, a signal handler's exception: the call is withdrawn
@@ -280,10 +285,7 @@ class AsyncClient(_Methods):
         return await self._call(method, params)
 
     async def _call(self, method, params):
-        rid = next(self._ids)
-        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            msg["params"] = params
+        rid, msg = self._request(method, params)
         try:
             reply = await self._transport.acall(msg)
         except asyncio.CancelledError:

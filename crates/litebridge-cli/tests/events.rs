@@ -219,17 +219,7 @@ fn events_over_http_need_the_read_scope_once_keys_exist() {
 fn events_over_stdio_come_as_notifications_after_subscribing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db").display().to_string();
-    let mut s = common::StdioSession::start(
-        &[
-            "--workers",
-            "python3 examples/worker.py",
-            "--processes",
-            "1",
-            "--db",
-            &db,
-        ],
-        &[],
-    );
+    let mut s = common::StdioSession::with_worker(&db);
     let mut lines = Vec::new();
     // Not subscribed: five failures, then a probe; no notification between.
     for i in 0..5 {

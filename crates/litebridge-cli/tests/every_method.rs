@@ -4,9 +4,6 @@
 //! every transport (the `events.*` methods, over HTTP, answer `unsupported`
 //! naming `GET /events`, HTTP's own event stream).
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
 mod common;
@@ -70,24 +67,12 @@ fn every_method_s_example_succeeds_over_http_and_stdio() {
     assert!(server.stop().success());
 
     // stdio: the same examples, one line each, answered in order.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["stdio", "--db"])
-        .arg(dir.path().join("s.db"))
-        .args(workers)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let db = dir.path().join("s.db").display().to_string();
+    let mut s = common::StdioSession::start(&["--db", &db, workers[0], workers[1]], &[]);
     for (i, (method, params)) in methods.iter().enumerate() {
-        writeln!(stdin, "{}", call(i + 1, method, params)).unwrap();
-        let reply: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let reply = s.call(&call(i + 1, method, params).to_string());
         assert_eq!(reply["id"], json!(i + 1), "{reply}");
         assert_succeeded("stdio", method, &reply);
     }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    s.finish();
 }

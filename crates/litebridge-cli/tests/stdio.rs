@@ -390,17 +390,7 @@ fn sqlite_framework_path_alone_serves_the_frameworks_functions() {
 fn cancel_request_withdraws_a_call_but_not_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db").display().to_string();
-    let mut s = common::StdioSession::start(
-        &[
-            "--workers",
-            "python3 examples/worker.py",
-            "--processes",
-            "1",
-            "--db",
-            &db,
-        ],
-        &[],
-    );
+    let mut s = common::StdioSession::with_worker(&db);
     s.send(
         r#"{"jsonrpc":"2.0","id":"long","method":"bridge.call","params":{"method":"wait","params":[30]}}"#,
     );

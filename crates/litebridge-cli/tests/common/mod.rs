@@ -241,6 +241,21 @@ impl StdioSession {
         }
     }
 
+    /// `litebridge stdio` on `db` with one worker running the example.
+    pub(crate) fn with_worker(db: &str) -> StdioSession {
+        StdioSession::start(
+            &[
+                "--workers",
+                "python3 examples/worker.py",
+                "--processes",
+                "1",
+                "--db",
+                db,
+            ],
+            &[],
+        )
+    }
+
     /// Writes one line.
     pub(crate) fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("open");
