@@ -13,7 +13,7 @@ use litebridge::{Database, DbConfig, Durability, WriteOptions, params};
 use rusqlite::Connection;
 
 use super::measure::{Figures, Rng, Samples, gather_tasks, gather_threads, stop_after};
-use crate::CliResult;
+use crate::{CliResult, Failure};
 
 /// The 100-byte value of every benchmark row.
 pub(crate) const VALUE: &str = "litebridge-benchmark-value-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVW";
@@ -122,23 +122,103 @@ pub(crate) async fn group_commit(
     durability: Durability,
 ) -> CliResult<Figures> {
     let db = open_db(path, durability, 2).await?;
+    let each = db.clone();
+    let figures = pipelined_inserts(seconds, producers, depth, move |k| {
+        let db = each.clone();
+        async move {
+            db.execute(INSERT, params![k, VALUE]).await?;
+            Ok(())
+        }
+    })
+    .await;
+    db.close().await;
+    figures
+}
+
+/// `raw-group`: group commit as one would write it by hand, for the same load
+/// as `write-pipelined`: one thread with its own connection takes what is
+/// queued on a channel (up to the library's default batch of 1,024), runs it
+/// in one transaction and answers each request after COMMIT; SQLite's own
+/// automatic checkpoint, which runs on that thread after a COMMIT.
+pub(crate) async fn raw_group(
+    path: &Path,
+    seconds: f64,
+    producers: usize,
+    depth: usize,
+) -> CliResult<Figures> {
+    type Ack = tokio::sync::oneshot::Sender<()>;
+    let conn = raw_connection(path, "NORMAL").map_err(litebridge::Error::from)?;
+    let (queue, requests) = std::sync::mpsc::channel::<(i64, Ack)>();
+    let writer = super::measure::baseline_thread(move || -> rusqlite::Result<()> {
+        let mut batch = Vec::with_capacity(litebridge::DEFAULT_MAX_BATCH);
+        while let Ok(first) = requests.recv() {
+            batch.push(first);
+            batch.extend(
+                requests
+                    .try_iter()
+                    .take(litebridge::DEFAULT_MAX_BATCH - 1),
+            );
+            conn.execute_batch("BEGIN")?;
+            let mut stmt = conn.prepare_cached(INSERT)?;
+            for (k, _) in &batch {
+                stmt.execute(rusqlite::params![k, VALUE])?;
+            }
+            drop(stmt);
+            conn.execute_batch("COMMIT")?;
+            for (_, ack) in batch.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+        Ok(())
+    });
+    let figures = pipelined_inserts(seconds, producers, depth, move |k| {
+        let queue = queue.clone();
+        async move {
+            let (ack, acked) = tokio::sync::oneshot::channel();
+            let gone = || Failure::new("the raw-group writer stopped");
+            queue.send((k, ack)).map_err(|_| gone())?;
+            acked.await.map_err(|_| gone())
+        }
+    })
+    .await;
+    // The load has dropped every sender: the writer ends.
+    match writer.join() {
+        Ok(Ok(())) => figures,
+        Ok(Err(e)) => Err(litebridge::Error::from(e).into()),
+        Err(_) => Err(Failure::new("the raw-group writer panicked")),
+    }
+}
+
+/// `producers` tasks, each keeping `depth` requests in flight, with keys
+/// from one sequence (rows append); `insert(k)` is one request, timed from
+/// its first poll to its acknowledgement.
+async fn pipelined_inserts<F, R>(
+    seconds: f64,
+    producers: usize,
+    depth: usize,
+    insert: F,
+) -> CliResult<Figures>
+where
+    F: Fn(i64) -> R + Send + Sync + 'static,
+    R: std::future::Future<Output = CliResult<()>> + Send,
+{
+    let insert = Arc::new(insert);
     let stop = stop_after(seconds);
-    // One key sequence for every caller, as in the baselines: rows append.
     let next_key = Arc::new(AtomicI64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..producers)
         .map(|_| {
-            let (db, stop, next_key) = (db.clone(), stop.clone(), next_key.clone());
+            let (insert, stop, next_key) = (insert.clone(), stop.clone(), next_key.clone());
             tokio::spawn(async move {
                 let mut samples = Samples::with_capacity(65_536);
                 let mut in_flight = FuturesUnordered::new();
                 loop {
                     while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
                         let k = next_key.fetch_add(1, Ordering::Relaxed);
-                        let db = &db;
+                        let request = insert(k);
                         in_flight.push(async move {
                             let start = Instant::now();
-                            db.execute(INSERT, params![k, VALUE]).await.map(|_| start)
+                            request.await.map(|()| start)
                         });
                     }
                     match in_flight.next().await {
@@ -146,13 +226,11 @@ pub(crate) async fn group_commit(
                         None => break,
                     }
                 }
-                Ok::<_, litebridge::Error>(samples)
+                Ok::<_, Failure>(samples)
             })
         })
         .collect();
-    let figures = gather_tasks(tasks, started).await?;
-    db.close().await;
-    Ok(figures)
+    gather_tasks(tasks, started).await
 }
 
 // ----- reads -----------------------------------------------------------------
