@@ -153,11 +153,7 @@ pub(crate) async fn raw_group(
         let mut batch = Vec::with_capacity(litebridge::DEFAULT_MAX_BATCH);
         while let Ok(first) = requests.recv() {
             batch.push(first);
-            batch.extend(
-                requests
-                    .try_iter()
-                    .take(litebridge::DEFAULT_MAX_BATCH - 1),
-            );
+            batch.extend(requests.try_iter().take(litebridge::DEFAULT_MAX_BATCH - 1));
             conn.execute_batch("BEGIN")?;
             let mut stmt = conn.prepare_cached(INSERT)?;
             for (k, _) in &batch {

@@ -329,7 +329,9 @@ async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> C
         "write-pipelined" => {
             cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
         }
-        "write-group" => cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?,
+        "write-group" => {
+            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
+        }
         "write-sequential" => {
             cases::group_commit(&case_path, seconds, 8, 1, Durability::Normal).await?
         }
