@@ -55,6 +55,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The method has no meaning on this backend or transport.
     Unsupported,
+    /// A write's COMMIT was sent but its answer was lost (the connection to
+    /// the database failed): it may or may not have committed.
+    OutcomeUnknown,
 }
 
 impl ErrorKind {
@@ -73,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::CheckFailed => "check_failed",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
             ErrorKind::Internal => "internal",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::WorkerError => "worker_error",
@@ -171,6 +175,26 @@ pub enum Error {
         value: String,
         /// What was expected.
         expected: String,
+    },
+    /// PostgreSQL rejected a statement (kind `sql`).
+    #[error("{message}")]
+    Postgres {
+        /// The SQLSTATE (`23505` unique violation, ...).
+        sqlstate: String,
+        /// PostgreSQL's message, with its detail and hint when it sent them.
+        message: String,
+    },
+    /// A write's COMMIT was sent and the connection failed before its
+    /// answer came: it may have committed or not. Never retried
+    /// automatically; a write with an idempotency key can be sent again.
+    #[error(
+        "{what}: the connection failed after COMMIT was sent ({reason}); the write may or may not have committed"
+    )]
+    OutcomeUnknown {
+        /// What was being done.
+        what: String,
+        /// The connection's error.
+        reason: String,
     },
     /// A database file could not be opened or created.
     #[error("cannot open database {}: {reason}", path.display())]
@@ -316,7 +340,8 @@ impl Error {
     /// The stable classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Sql { .. } => ErrorKind::Sql,
+            Error::Sql { .. } | Error::Postgres { .. } => ErrorKind::Sql,
+            Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Overloaded { .. } => ErrorKind::Overloaded,
             Error::Busy { .. } => ErrorKind::Busy,

@@ -52,6 +52,8 @@
 //!   transports call.
 //! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
 //!   JSON-RPC on stdin/stdout; the design note is there.
+//! - [`pg`] (feature `postgres`): [`PgDatabase`](pg::PgDatabase), the
+//!   clients' SQL on PostgreSQL; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
 //! - `calendar`: UTC civil dates for stamps and quota periods.
 //! - `sync`: the crate's locks, which ignore poisoning (the reason is there).
@@ -66,6 +68,8 @@ mod error;
 #[doc(hidden)]
 pub mod fault;
 mod histogram;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod resilience;
 mod service;
 mod stats;

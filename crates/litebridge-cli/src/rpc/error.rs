@@ -60,7 +60,7 @@ impl RpcError {
             // `$/cancelRequest` comes from.
             RpcError::Cancelled => -32800,
             RpcError::App(e) => match e {
-                Error::Sql { .. } => -32000,
+                Error::Sql { .. } | Error::Postgres { .. } => -32000,
                 Error::Timeout { .. } => -32001,
                 Error::Overloaded { .. } | Error::Busy { .. } => -32002,
                 Error::CircuitOpen { .. } => -32003,
@@ -73,6 +73,7 @@ impl RpcError {
                 Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
                 Error::TooLarge { .. } => -32011,
                 Error::Unsupported { .. } => -32012,
+                Error::OutcomeUnknown { .. } => -32013,
                 _ if e.kind() == ErrorKind::InvalidArgument => -32602,
                 _ => -32603,
             },
@@ -117,6 +118,7 @@ impl RpcError {
                 put("sqlite_code", json!(code));
                 put("sqlite_extended_code", json!(extended_code));
             }
+            Error::Postgres { sqlstate, .. } => put("sqlstate", json!(sqlstate)),
             Error::Timeout { after, .. } => put("timeout_ms", json!(after.as_millis() as u64)),
             Error::CircuitOpen { breaker, .. } => put("breaker", json!(breaker)),
             Error::WorkerError {

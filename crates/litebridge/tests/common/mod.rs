@@ -94,3 +94,5 @@ pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bo
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
+#[cfg(feature = "postgres")]
+pub mod pg;

@@ -1,0 +1,187 @@
+//! [`PgConfig`]: where the PostgreSQL backend connects, and as whom.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The configuration of a [`PgDatabase`](super::PgDatabase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgConfig {
+    /// The connection URL, as `pg_autoctl show uri` prints it: it may list
+    /// several hosts (`postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write`).
+    /// Its user owns litebridge's own schema.
+    pub url: String,
+    /// The login role that runs the clients' SQL. It must not be a superuser
+    /// and must have no rights on litebridge's schema. `None` uses the URL's
+    /// user, which is refused when that user is a superuser.
+    pub client_user: Option<String>,
+    /// That role's password, when it needs one.
+    pub client_password: Option<String>,
+    /// The schema the clients' SQL resolves names in first (its
+    /// `search_path`). `None` keeps the role's own.
+    pub client_schema: Option<String>,
+    /// Connections for the clients' SQL. Default: 16.
+    pub connections: usize,
+    /// How long to wait for a connection to be made. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// The deadline of a request that gives none. Default: 30 s.
+    pub default_timeout: Duration,
+    /// The most bytes a query's rows may hold. Default: the SQLite backend's
+    /// [`DEFAULT_MAX_RESULT_BYTES`](crate::DEFAULT_MAX_RESULT_BYTES).
+    pub max_result_bytes: usize,
+    /// Prepared statements kept per connection. Default: 256.
+    pub statement_cache: usize,
+}
+
+impl PgConfig {
+    /// A configuration for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> PgConfig {
+        PgConfig {
+            url: url.into(),
+            client_user: None,
+            client_password: None,
+            client_schema: None,
+            connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            default_timeout: Duration::from_secs(30),
+            max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
+            statement_cache: 256,
+        }
+    }
+
+    /// Sets [`PgConfig::client_user`] (and its password).
+    #[must_use]
+    pub fn client(mut self, user: impl Into<String>, password: Option<String>) -> PgConfig {
+        self.client_user = Some(user.into());
+        self.client_password = password;
+        self
+    }
+
+    /// Sets [`PgConfig::client_schema`].
+    #[must_use]
+    pub fn client_schema(mut self, schema: impl Into<String>) -> PgConfig {
+        self.client_schema = Some(schema.into());
+        self
+    }
+
+    /// The URL parsed, refused with the reason when it is not one.
+    pub(crate) fn parsed(&self) -> Result<tokio_postgres::Config> {
+        let mut c: tokio_postgres::Config = self.url.parse().map_err(|e| Error::Config {
+            key: "postgres.url".into(),
+            value: redact(&self.url),
+            expected: format!("a PostgreSQL connection URL or key=value string ({e})"),
+        })?;
+        if c.get_hosts().is_empty() {
+            return Err(Error::Config {
+                key: "postgres.url".into(),
+                value: redact(&self.url),
+                expected: "a URL that names at least one host".into(),
+            });
+        }
+        if c.get_user().is_none() {
+            return Err(Error::Config {
+                key: "postgres.url".into(),
+                value: redact(&self.url),
+                expected: "a URL that names its user (postgres://user@host/db)".into(),
+            });
+        }
+        c.connect_timeout(self.connect_timeout);
+        c.application_name("litebridge");
+        Ok(c)
+    }
+
+    /// The connection settings of the clients' SQL.
+    pub(crate) fn client_config(&self) -> Result<tokio_postgres::Config> {
+        let mut c = self.parsed()?;
+        if let Some(user) = &self.client_user {
+            c.user(user);
+            match &self.client_password {
+                Some(p) => c.password(p),
+                None => c.password(Vec::<u8>::new()),
+            };
+        }
+        let mut options =
+            String::from("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601");
+        if let Some(schema) = &self.client_schema {
+            if !schema
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                || schema.is_empty()
+            {
+                return Err(Error::Config {
+                    key: "postgres.client_schema".into(),
+                    value: schema.clone(),
+                    expected: "a schema name of letters, digits and underscores".into(),
+                });
+            }
+            options.push_str(" -c search_path=");
+            options.push_str(schema);
+        }
+        c.options(&options);
+        Ok(c)
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid setting.
+    pub fn validate(&self) -> Result<()> {
+        self.client_config()?;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::Config {
+                    key: key.into(),
+                    value: v.to_string(),
+                    expected: format!("{lo} to {hi}"),
+                })
+            }
+        };
+        range("postgres.connections", self.connections, 1, 1000)?;
+        range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    // postgres://user:secret@host -> postgres://user:***@host
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, hosts)) = rest.split_once('@')
+        && let Some((user, _)) = auth.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{hosts}");
+    }
+    if url.contains("password") {
+        return "(a key=value string with a password, not shown)".into();
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        let e = PgConfig::new("postgres://u:hunter2@")
+            .validate()
+            .expect_err("no host");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("postgres.url"), "{e}");
+        let e = PgConfig::new("postgres://127.0.0.1/db")
+            .validate()
+            .expect_err("no user");
+        assert!(e.to_string().contains("user"), "{e}");
+        let e = PgConfig::new("postgres://u@h/db")
+            .client_schema("x; DROP")
+            .validate()
+            .expect_err("bad schema");
+        assert!(e.to_string().contains("client_schema"), "{e}");
+        PgConfig::new("postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write")
+            .validate()
+            .expect("two hosts");
+    }
+}

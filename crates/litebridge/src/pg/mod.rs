@@ -1,0 +1,573 @@
+//! The PostgreSQL backend: the clients' SQL on a PostgreSQL server or
+//! cluster (feature `postgres`).
+//!
+//! # Design
+//!
+//! There is no writer thread and no group commit here: PostgreSQL commits
+//! concurrent sessions together itself. Each request takes a connection of
+//! a pool (deadpool-postgres over tokio-postgres) for itself and runs in a
+//! transaction litebridge opens and ends:
+//!
+//! - **Reads** run in `BEGIN READ ONLY` ... `COMMIT`, sent together with the
+//!   query (tokio-postgres pipelines what is sent before an answer is
+//!   awaited): one round trip. A read-only *transaction*, not a read-only
+//!   session default: the clients' SQL can call `set_config()`, which could
+//!   switch a session default off for the requests that follow on the same
+//!   connection, but not the mode of a transaction that has begun.
+//! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
+//!   they succeeded: two round trips. The deadline covers both. Until
+//!   `COMMIT` is sent, a deadline or a lost connection means nothing
+//!   committed (`timeout`, `unavailable`); after, a lost answer means the
+//!   outcome is unknown (`outcome_unknown`), never reported as either.
+//! - **Deadlines** are enforced by the client: at the deadline litebridge
+//!   sends PostgreSQL's cancel request for the connection's query and drops
+//!   the connection, so no request outlives its deadline and no server
+//!   backend keeps running for it.
+//! - **Who runs the SQL.** The clients' SQL logs in as its own role
+//!   ([`PgConfig::client_user`]), never a superuser: PostgreSQL's privileges,
+//!   not a statement filter, keep it away from litebridge's own tables.
+//!   Statements that change the session or end the transaction are refused
+//!   before they are sent (`sql`).
+//! - **Prepared statements** are cached per connection, at most
+//!   [`PgConfig::statement_cache`] (the cache starts over when full). A
+//!   statement whose parameter types the server cannot infer (`SELECT $1`)
+//!   is prepared again with types taken from the values.
+
+mod config;
+mod error;
+mod sql;
+mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
+use tokio_postgres::{NoTls, Statement as PgStatement};
+
+pub use config::PgConfig;
+
+use crate::error::{Error, Result, TimeoutStage};
+use crate::value::{ExecResult, Params, Rows, Statement, Value};
+use crate::{QueryOptions, WriteOptions};
+use error::{connection_lost, error_chain, from_pg};
+use types::{Cell, Param, readable};
+
+/// A PostgreSQL database serving the clients' SQL. Cheap to clone; every
+/// clone is the same pool.
+#[derive(Clone)]
+pub struct PgDatabase {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PgConfig,
+    client: Pool,
+}
+
+impl std::fmt::Debug for PgDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDatabase")
+            .field("url", &config::redact(&self.inner.config.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A statement ready to run: its SQL for PostgreSQL and its values.
+struct Prepared {
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Prepared {
+    fn new(sql: &str, params: Params) -> Result<Prepared> {
+        sql::check_allowed(sql)?;
+        let (sql, _) = sql::translate(sql)?;
+        let values = match params {
+            Params::None => Vec::new(),
+            Params::Positional(v) => v,
+            Params::Named(_) => {
+                return Err(Error::invalid(
+                    "params",
+                    "named parameters are not supported on PostgreSQL: pass an array for $1, $2, ...",
+                ));
+            }
+        };
+        Ok(Prepared { sql, values })
+    }
+}
+
+impl PgDatabase {
+    /// Connects to the server (the first host of the URL that answers as
+    /// its `target_session_attrs` asks) and checks the role that runs the
+    /// clients' SQL.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad setting; [`Error::Unavailable`] when no
+    /// host answers; [`Error::Forbidden`] when the clients' role is a
+    /// superuser.
+    pub async fn connect(config: PgConfig) -> Result<PgDatabase> {
+        config.validate()?;
+        let manager = Manager::from_config(
+            config.client_config()?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let client = Pool::builder(manager)
+            .max_size(config.connections)
+            .build()
+            .map_err(|e| Error::Internal {
+                message: format!("cannot build the PostgreSQL pool: {e}"),
+            })?;
+        let db = PgDatabase {
+            inner: Arc::new(Inner { config, client }),
+        };
+        let deadline = Instant::now() + db.inner.config.connect_timeout;
+        let conn = db.connection(deadline).await?;
+        let row = conn
+            .query_one(
+                "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let (user, superuser): (String, bool) = (row.get(0), row.get(1));
+        if superuser {
+            return Err(Error::Forbidden {
+                message: format!(
+                    "the clients' SQL would run as {user:?}, a superuser, who can read and change \
+                     litebridge's own tables; set postgres.client_user to a role without \
+                     superuser rights (docs/postgres.md shows how to create one)"
+                ),
+            });
+        }
+        Ok(db)
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    /// Runs a read-only statement and returns its rows.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] for a statement that writes; [`Error::Postgres`]
+    /// from the server; [`Error::Timeout`]; [`Error::TooLarge`] past
+    /// [`PgConfig::max_result_bytes`]; [`Error::Unavailable`] when the
+    /// server cannot be reached.
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: QueryOptions,
+    ) -> Result<Rows> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
+        let deadline = Instant::now() + timeout;
+        let p = Prepared::new(sql, params.into())?;
+        let mut conn = self.connection(deadline).await?;
+        let stmt = self.prepare(&conn, &p, deadline, timeout).await?;
+        readable_columns(&stmt)?;
+        let max_rows = options.max_rows.unwrap_or(usize::MAX);
+        let max_bytes = self.inner.config.max_result_bytes;
+        let run = async {
+            let begin = conn.batch_execute("BEGIN READ ONLY");
+            let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
+            let commit = conn.batch_execute("COMMIT");
+            let (begun, rows, committed) = tokio::join!(begin, rows, commit);
+            begun.map_err(|e| from_pg(&e, timeout))?;
+            let rows = rows?;
+            committed.map_err(|e| from_pg(&e, timeout))?;
+            Ok::<_, Error>(rows)
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => {
+                if matches!(e, Error::TooLarge { .. }) || is_lost(&e) {
+                    // Rows may still be coming, or the connection is gone.
+                    discard(conn).await;
+                } else {
+                    // The transaction is over (its COMMIT was a rollback).
+                    let _ = conn.batch_execute("ROLLBACK").await;
+                    drop(conn);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                cancel(&mut conn).await;
+                discard(conn).await;
+                Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Running,
+                })
+            }
+        }
+    }
+
+    /// Runs one statement that writes, in a transaction of its own.
+    ///
+    /// # Errors
+    /// As [`PgDatabase::query_with`]; [`Error::OutcomeUnknown`] when the
+    /// connection failed after `COMMIT` was sent.
+    pub async fn execute_with(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: WriteOptions,
+    ) -> Result<ExecResult> {
+        let p = Prepared::new(sql, params.into())?;
+        let results = self.write(vec![p], options, false).await?;
+        Ok(results.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs several statements as one transaction: all of them commit or none.
+    ///
+    /// # Errors
+    /// The first failing statement's error, naming its index (nothing of the
+    /// batch is committed).
+    pub async fn batch(
+        &self,
+        statements: Vec<Statement>,
+        options: WriteOptions,
+    ) -> Result<Vec<ExecResult>> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = statements
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Prepared::new(&s.sql, s.params).map_err(|e| at("statements", i, e)))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(prepared, options, false).await
+    }
+
+    /// Runs one statement once per parameter set, in one transaction.
+    ///
+    /// # Errors
+    /// The first failing row's error, naming its index (nothing is committed).
+    pub async fn execute_many(
+        &self,
+        sql: &str,
+        rows: Vec<Params>,
+        options: WriteOptions,
+    ) -> Result<ExecResult> {
+        if rows.is_empty() {
+            Prepared::new(sql, Params::None)?;
+            return Ok(ExecResult::default());
+        }
+        let prepared = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Prepared::new(sql, p).map_err(|e| at("rows", i, e)))
+            .collect::<Result<Vec<_>>>()?;
+        let results = self.write(prepared, options, true).await?;
+        Ok(ExecResult {
+            changes: results.iter().map(|r| r.changes).sum(),
+            last_insert_rowid: 0,
+        })
+    }
+
+    /// Stops handing out connections and closes the idle ones.
+    pub fn close(&self) {
+        self.inner.client.close();
+    }
+
+    /// Runs `statements` in one transaction: `BEGIN` and the statements sent
+    /// together, then `COMMIT`.
+    async fn write(
+        &self,
+        statements: Vec<Prepared>,
+        options: WriteOptions,
+        rows: bool,
+    ) -> Result<Vec<ExecResult>> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
+        let deadline = Instant::now() + timeout;
+        let mut conn = self.connection(deadline).await?;
+        let what = if rows { "rows" } else { "statements" };
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (i, p) in statements.iter().enumerate() {
+            // One preparation for `execute_many`'s rows, which share their SQL.
+            if rows && i > 0 {
+                break;
+            }
+            let stmt = self
+                .prepare(&conn, p, deadline, timeout)
+                .await
+                .map_err(|e| {
+                    if statements.len() > 1 {
+                        at(what, i, e)
+                    } else {
+                        e
+                    }
+                })?;
+            prepared.push(stmt);
+        }
+        let run = async {
+            let begin = conn.batch_execute("BEGIN");
+            let each = statements.iter().enumerate().map(|(i, p)| {
+                let stmt = &prepared[if rows { 0 } else { i }];
+                let conn = &conn;
+                async move {
+                    conn.execute_raw(stmt, p.values.iter().map(Param))
+                        .await
+                        .map(|changes| ExecResult {
+                            changes,
+                            last_insert_rowid: 0,
+                        })
+                }
+            });
+            let (begun, results) = tokio::join!(begin, futures_util::future::join_all(each));
+            begun.map_err(|e| from_pg(&e, timeout))?;
+            let many = results.len() > 1;
+            results
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.map_err(|e| {
+                        let e = from_pg(&e, timeout);
+                        if many { at(what, i, e) } else { e }
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let results = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(e)) => {
+                // A connection that is gone, or cannot roll back, is not reused.
+                if is_lost(&e) || conn.batch_execute("ROLLBACK").await.is_err() {
+                    discard(conn).await;
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                cancel(&mut conn).await;
+                discard(conn).await;
+                return Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Running,
+                });
+            }
+        };
+        match tokio::time::timeout_at(deadline, conn.batch_execute("COMMIT")).await {
+            Ok(Ok(())) => Ok(results),
+            Ok(Err(e)) if e.as_db_error().is_some() && !connection_lost(&e) => {
+                // The server answered: the COMMIT failed (a deferred
+                // constraint, a serialization failure) and nothing committed.
+                Err(from_pg(&e, timeout))
+            }
+            Ok(Err(e)) => {
+                discard(conn).await;
+                Err(Error::OutcomeUnknown {
+                    what: "the write".into(),
+                    reason: error_chain(&e),
+                })
+            }
+            Err(_) => {
+                discard(conn).await;
+                Err(Error::OutcomeUnknown {
+                    what: "the write".into(),
+                    reason: format!(
+                        "no answer to COMMIT within the deadline of {} ms",
+                        timeout.as_millis()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// A connection of the pool, waited for until `deadline`.
+    async fn connection(&self, deadline: Instant) -> Result<Object> {
+        match tokio::time::timeout_at(deadline, self.inner.client.get()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
+                what: "the PostgreSQL server",
+                reason: error_chain(&e),
+            }),
+            Ok(Err(e)) => Err(Error::Unavailable {
+                what: "the PostgreSQL pool",
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(Error::Timeout {
+                after: deadline.saturating_duration_since(Instant::now()),
+                stage: TimeoutStage::Queued,
+            }),
+        }
+    }
+
+    /// The statement prepared on `conn` (cached), with types from the values
+    /// when the server cannot infer them.
+    async fn prepare(
+        &self,
+        conn: &Object,
+        p: &Prepared,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<PgStatement> {
+        if conn.statement_cache.size() >= self.inner.config.statement_cache {
+            conn.statement_cache.clear();
+        }
+        let prepared = tokio::time::timeout_at(deadline, async {
+            match conn.prepare_cached(&p.sql).await {
+                Err(e)
+                    if e.code()
+                        == Some(&tokio_postgres::error::SqlState::INDETERMINATE_DATATYPE) =>
+                {
+                    let types: Vec<Type> = p.values.iter().map(type_hint).collect();
+                    conn.prepare_typed_cached(&p.sql, &types).await
+                }
+                other => other,
+            }
+        })
+        .await;
+        let stmt = match prepared {
+            Ok(Ok(stmt)) => stmt,
+            Ok(Err(e)) => return Err(from_pg(&e, timeout)),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Running,
+                });
+            }
+        };
+        if stmt.params().len() != p.values.len() {
+            return Err(Error::invalid(
+                "params",
+                format!(
+                    "the statement takes {} parameters, {} were given",
+                    stmt.params().len(),
+                    p.values.len()
+                ),
+            ));
+        }
+        Ok(stmt)
+    }
+}
+
+/// The type a value suggests, for a parameter the server cannot type.
+fn type_hint(v: &Value) -> Type {
+    match v {
+        Value::Integer(_) => Type::INT8,
+        Value::Real(_) => Type::FLOAT8,
+        Value::Blob(_) => Type::BYTEA,
+        Value::Null | Value::Text(_) => Type::TEXT,
+    }
+}
+
+/// Refuses a statement with a column litebridge cannot read, naming it.
+fn readable_columns(stmt: &PgStatement) -> Result<()> {
+    match stmt.columns().iter().find(|c| !readable(c.type_())) {
+        None => Ok(()),
+        Some(c) => Err(Error::invalid(
+            "sql",
+            format!(
+                "column {:?} has type {}, which litebridge does not map to JSON; cast it, \
+                 e.g. {}::text (docs/postgres.md lists the types)",
+                c.name(),
+                c.type_().name(),
+                c.name()
+            ),
+        )),
+    }
+}
+
+/// Reads up to `max_rows` rows (noting whether more came), refusing past
+/// `max_bytes`.
+async fn read_rows(
+    conn: &Object,
+    stmt: &PgStatement,
+    values: &[Value],
+    max_rows: usize,
+    max_bytes: usize,
+) -> Result<Rows> {
+    let timeout = Duration::ZERO;
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let stream = conn
+        .query_raw(stmt, values.iter().map(Param))
+        .await
+        .map_err(|e| from_pg(&e, timeout))?;
+    futures_util::pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    while let Some(row) = stream.next().await {
+        let row = row.map_err(|e| from_pg(&e, timeout))?;
+        if rows.len() == max_rows {
+            truncated = true;
+            break;
+        }
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, name) in columns.iter().enumerate() {
+            let Cell(v) = row.try_get::<_, Cell>(i).map_err(|e| {
+                Error::invalid(
+                    "sql",
+                    format!("column {name:?} cannot be read: {}", error_chain(&e)),
+                )
+            })?;
+            bytes += value_size(&v);
+            out.push(v);
+        }
+        if bytes > max_bytes {
+            return Err(Error::TooLarge {
+                what: "the query's rows (postgres.max_result_bytes; ask for fewer with max_rows)"
+                    .into(),
+                limit: max_bytes as u64,
+            });
+        }
+        rows.push(out);
+    }
+    Ok(Rows {
+        columns,
+        rows,
+        truncated,
+    })
+}
+
+fn value_size(v: &Value) -> usize {
+    16 + match v {
+        Value::Text(s) => s.len(),
+        Value::Blob(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// Whether `e` means the connection is gone.
+fn is_lost(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { .. })
+}
+
+/// Asks the server to stop what `conn` is running (within a second).
+async fn cancel(conn: &mut Object) {
+    let token = conn.cancel_token();
+    let _ = tokio::time::timeout(Duration::from_secs(1), token.cancel_query(NoTls)).await;
+}
+
+/// Drops the connection instead of returning it to the pool.
+async fn discard(conn: Object) {
+    drop(Object::take(conn));
+}
+
+/// `e` naming the item of a multi-item request it came from.
+fn at(what: &str, i: usize, e: Error) -> Error {
+    let place = format!("{what}[{i}]");
+    match e {
+        Error::Postgres { sqlstate, message } => Error::Postgres {
+            sqlstate,
+            message: format!("{place}: {message}"),
+        },
+        Error::InvalidArgument { param, message } => Error::InvalidArgument {
+            param: format!("{place}.{param}"),
+            message,
+        },
+        Error::ReadOnly { message } => Error::ReadOnly {
+            message: format!("{place}: {message}"),
+        },
+        Error::Forbidden { message } => Error::Forbidden {
+            message: format!("{place}: {message}"),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,89 @@
+//! A PostgreSQL server for the tests: `LITEBRIDGE_TEST_PG` (a URL whose user
+//! may create roles and schemas; scripts/pg-cluster.sh starts one and prints
+//! it). Each test gets a schema of its own, owned by the clients' role, so
+//! tests run side by side. Without the variable the PostgreSQL half of a test
+//! is skipped, unless `LITEBRIDGE_TEST_REQUIRE` names `pg` (the README's test
+//! command sets it), when it fails.
+
+use litebridge::pg::{PgConfig, PgDatabase};
+use tokio_postgres::NoTls;
+
+/// The role every test's client SQL runs as.
+pub const CLIENT_ROLE: &str = "lb_test_client";
+
+/// The admin URL, or `None` when PostgreSQL tests are skipped.
+pub fn url() -> Option<String> {
+    match std::env::var("LITEBRIDGE_TEST_PG") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            let required = std::env::var("LITEBRIDGE_TEST_REQUIRE").unwrap_or_default();
+            assert!(
+                !required.split(',').any(|s| s.trim() == "pg"),
+                "LITEBRIDGE_TEST_REQUIRE names pg but LITEBRIDGE_TEST_PG is not set \
+                 (eval \"$(scripts/pg-cluster.sh start)\")"
+            );
+            eprintln!("LITEBRIDGE_TEST_PG is not set: the PostgreSQL half is skipped");
+            None
+        }
+    }
+}
+
+/// A connection as the admin user, its task spawned.
+pub async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh schema owned by the clients' role; dropped with [`Schema::drop_now`].
+pub struct Schema {
+    pub name: String,
+    pub url: String,
+}
+
+impl Schema {
+    pub async fn new() -> Option<Schema> {
+        let url = url()?;
+        let admin = admin(&url).await;
+        // Roles are the cluster's: made once, by whichever test comes first.
+        let _ = admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {CLIENT_ROLE} LOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+            ))
+            .await;
+        let name = format!("t_{:016x}", rand_u64());
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {name} AUTHORIZATION {CLIENT_ROLE}"))
+            .await
+            .unwrap();
+        Some(Schema { name, url })
+    }
+
+    /// The configuration of a database whose client SQL runs in this schema.
+    pub fn config(&self) -> PgConfig {
+        PgConfig::new(self.url.clone())
+            .client(CLIENT_ROLE, None)
+            .client_schema(self.name.clone())
+    }
+
+    pub async fn open(&self) -> PgDatabase {
+        PgDatabase::connect(self.config()).await.unwrap()
+    }
+
+    pub async fn drop_now(self) {
+        let admin = admin(&self.url).await;
+        admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}

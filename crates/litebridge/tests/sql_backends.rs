@@ -1,0 +1,578 @@
+//! One behaviour suite for the clients' SQL, run on both backends: each test
+//! body below runs as `sqlite_<name>` on a SQLite file and as
+//! `postgres_<name>` on PostgreSQL (skipped without `LITEBRIDGE_TEST_PG`, see
+//! common/pg.rs). The SQL is the subset both dialects share, with numbered
+//! placeholders. The declared differences (docs/postgres.md) are tested
+//! apart, at the end.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::time::Duration;
+
+use litebridge::pg::PgDatabase;
+use litebridge::{
+    Database, DbConfig, Error, ErrorKind, ExecResult, Params, QueryOptions, Rows, Statement, Value,
+    WriteOptions, params,
+};
+
+/// The database under test, either backend (SQLite's with the directory
+/// that holds its file, removed when the test ends).
+#[allow(dead_code)]
+enum Backend {
+    Sqlite(Database, tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl Backend {
+    async fn query(&self, sql: &str, p: impl Into<Params>) -> Result<Rows, Error> {
+        self.query_with(sql, p, QueryOptions::default()).await
+    }
+
+    async fn query_with(
+        &self,
+        sql: &str,
+        p: impl Into<Params>,
+        o: QueryOptions,
+    ) -> Result<Rows, Error> {
+        match self {
+            Backend::Sqlite(db, _) => db.query_with(sql, p, o).await,
+            Backend::Postgres(db) => db.query_with(sql, p, o).await,
+        }
+    }
+
+    async fn execute(&self, sql: &str, p: impl Into<Params>) -> Result<ExecResult, Error> {
+        self.execute_with(sql, p, WriteOptions::default()).await
+    }
+
+    async fn execute_with(
+        &self,
+        sql: &str,
+        p: impl Into<Params>,
+        o: WriteOptions,
+    ) -> Result<ExecResult, Error> {
+        match self {
+            Backend::Sqlite(db, _) => db.execute_with(sql.to_owned(), p, o).await,
+            Backend::Postgres(db) => db.execute_with(sql, p, o).await,
+        }
+    }
+
+    async fn batch(&self, s: Vec<Statement>) -> Result<Vec<ExecResult>, Error> {
+        match self {
+            Backend::Sqlite(db, _) => db.batch(s, WriteOptions::default()).await,
+            Backend::Postgres(db) => db.batch(s, WriteOptions::default()).await,
+        }
+    }
+
+    async fn execute_many(&self, sql: &str, rows: Vec<Params>) -> Result<ExecResult, Error> {
+        match self {
+            Backend::Sqlite(db, _) => db.execute_many(sql, rows, WriteOptions::default()).await,
+            Backend::Postgres(db) => db.execute_many(sql, rows, WriteOptions::default()).await,
+        }
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let rows = self
+            .query(&format!("SELECT count(*) FROM {table}"), ())
+            .await
+            .unwrap();
+        match rows.rows[0][0] {
+            Value::Integer(n) => n,
+            ref v => panic!("count is {v:?}"),
+        }
+    }
+}
+
+/// Runs `body` on SQLite as `sqlite_<name>` and on PostgreSQL as `postgres_<name>`.
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let db = super::Database::open(dir.path().join("t.db"), super::DbConfig::default())
+                    .await
+                    .unwrap();
+                super::$body(&super::Backend::Sqlite(db, dir)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(schema) = super::common::pg::Schema::new().await else {
+                    return;
+                };
+                let db = schema.open().await;
+                super::$body(&super::Backend::Postgres(db.clone())).await;
+                db.close();
+                schema.drop_now().await;
+            }
+        }
+    };
+}
+
+const CREATE: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+                      qty BIGINT, price DOUBLE PRECISION, data BYTEA)";
+
+/// SQLite has no BYTEA type name but takes any; PostgreSQL needs it.
+async fn create(b: &Backend) {
+    b.execute(CREATE, ()).await.unwrap();
+}
+
+both!(values_round_trip, values_round_trip_body);
+async fn values_round_trip_body(b: &Backend) {
+    create(b).await;
+    let r = b
+        .execute(
+            "INSERT INTO items(id, name, qty, price, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![1, "çé 😀 'quoted' ?1", i64::MAX, 0.1, vec![0u8, 1, 255]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.changes, 1);
+    b.execute(
+        "INSERT INTO items(id, name, qty, price, data) VALUES ($1, $2, $3, $4, $5)",
+        params![2, "nulls", Value::Null, Value::Null, Value::Null],
+    )
+    .await
+    .unwrap();
+    let rows = b
+        .query(
+            "SELECT id, name, qty, price, data FROM items ORDER BY id",
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.columns, ["id", "name", "qty", "price", "data"]);
+    assert_eq!(
+        rows.rows[0],
+        [
+            Value::Integer(1),
+            Value::Text("çé 😀 'quoted' ?1".into()),
+            Value::Integer(i64::MAX),
+            Value::Real(0.1),
+            Value::Blob(vec![0, 1, 255]),
+        ]
+    );
+    assert_eq!(
+        rows.rows[1],
+        [
+            Value::Integer(2),
+            Value::Text("nulls".into()),
+            Value::Null,
+            Value::Null,
+            Value::Null
+        ]
+    );
+    // A comparison reads as 1 or 0 on both.
+    let rows = b
+        .query(
+            "SELECT qty = ?1, qty > ?1 FROM items WHERE id = 1",
+            params![i64::MAX],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.rows[0], [Value::Integer(1), Value::Integer(0)]);
+}
+
+both!(constraint_is_sql, constraint_is_sql_body);
+async fn constraint_is_sql_body(b: &Backend) {
+    create(b).await;
+    b.execute(
+        "INSERT INTO items(id, name) VALUES (?1, ?2)",
+        params![1, "a"],
+    )
+    .await
+    .unwrap();
+    let e = b
+        .execute(
+            "INSERT INTO items(id, name) VALUES (?1, ?2)",
+            params![2, "a"],
+        )
+        .await
+        .expect_err("unique");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    assert!(!e.is_recoverable());
+    let e = b
+        .query("SELECT * FROM no_such_table", ())
+        .await
+        .expect_err("no table");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    assert!(e.to_string().contains("no_such_table"), "{e}");
+    let e = b.query("SELEC 1", ()).await.expect_err("syntax");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+}
+
+both!(query_is_read_only, query_is_read_only_body);
+async fn query_is_read_only_body(b: &Backend) {
+    create(b).await;
+    let e = b
+        .query("INSERT INTO items(id, name) VALUES (1, 'x')", ())
+        .await
+        .expect_err("a write on the read path");
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    assert_eq!(b.count("items").await, 0);
+    // A write hidden in a CTE is a write too.
+    let e = b
+        .query(
+            "WITH w AS (INSERT INTO items(id, name) VALUES (2, 'y') RETURNING id) SELECT * FROM w",
+            (),
+        )
+        .await
+        .expect_err("a write in a CTE");
+    assert!(
+        matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::Sql),
+        "{e}"
+    );
+    assert_eq!(b.count("items").await, 0);
+}
+
+both!(batch_is_atomic, batch_is_atomic_body);
+async fn batch_is_atomic_body(b: &Backend) {
+    create(b).await;
+    let e = b
+        .batch(vec![
+            Statement::new(
+                "INSERT INTO items(id, name) VALUES (?1, ?2)",
+                params![1, "a"],
+            ),
+            Statement::new(
+                "INSERT INTO items(id, name) VALUES (?1, ?2)",
+                params![2, "a"],
+            ),
+        ])
+        .await
+        .expect_err("the second fails");
+    assert!(e.to_string().contains("statements[1]"), "{e}");
+    assert_eq!(b.count("items").await, 0);
+    let r = b
+        .batch(vec![
+            Statement::new(
+                "INSERT INTO items(id, name) VALUES (?1, ?2)",
+                params![1, "a"],
+            ),
+            Statement::new("UPDATE items SET qty = ?1 WHERE id = ?2", params![5, 1]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.iter().map(|r| r.changes).collect::<Vec<_>>(), [1, 1]);
+}
+
+both!(execute_many_is_atomic, execute_many_is_atomic_body);
+async fn execute_many_is_atomic_body(b: &Backend) {
+    create(b).await;
+    let sql = "INSERT INTO items(id, name) VALUES (?1, ?2)";
+    let rows: Vec<Params> = (0..100).map(|i| params![i, format!("n{i}")]).collect();
+    assert_eq!(b.execute_many(sql, rows).await.unwrap().changes, 100);
+    let rows: Vec<Params> = vec![params![200, "new"], params![201, "n5"]];
+    let e = b.execute_many(sql, rows).await.expect_err("a duplicate");
+    assert!(e.to_string().contains("rows[1]"), "{e}");
+    assert_eq!(b.count("items").await, 100);
+}
+
+both!(
+    session_statements_are_forbidden,
+    session_statements_are_forbidden_body
+);
+async fn session_statements_are_forbidden_body(b: &Backend) {
+    for sql in ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT s"] {
+        let e = b.execute(sql, ()).await.expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+}
+
+both!(max_rows_truncates, max_rows_truncates_body);
+async fn max_rows_truncates_body(b: &Backend) {
+    create(b).await;
+    let rows: Vec<Params> = (0..10).map(|i| params![i, format!("n{i}")]).collect();
+    b.execute_many("INSERT INTO items(id, name) VALUES (?1, ?2)", rows)
+        .await
+        .unwrap();
+    let options = QueryOptions {
+        max_rows: Some(3),
+        ..QueryOptions::default()
+    };
+    let r = b
+        .query_with("SELECT id FROM items ORDER BY id", (), options)
+        .await
+        .unwrap();
+    assert_eq!(r.rows.len(), 3);
+    assert!(r.truncated);
+    // The connection is fine afterwards.
+    assert_eq!(b.count("items").await, 10);
+}
+
+both!(
+    deadline_stops_a_long_query,
+    deadline_stops_a_long_query_body
+);
+async fn deadline_stops_a_long_query_body(b: &Backend) {
+    let long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) \
+                SELECT count(*) FROM c";
+    let started = std::time::Instant::now();
+    let e = b
+        .query_with(
+            long,
+            (),
+            QueryOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..QueryOptions::default()
+            },
+        )
+        .await
+        .expect_err("too long");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A write that runs past its deadline did not commit.
+    create(b).await;
+    let e = b
+        .execute_with(
+            &format!("INSERT INTO items(id, name) SELECT 1, 'x' FROM ({long}) AS t"),
+            (),
+            WriteOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .expect_err("too long");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(b.count("items").await, 0);
+}
+
+both!(wrong_parameter_count, wrong_parameter_count_body);
+async fn wrong_parameter_count_body(b: &Backend) {
+    create(b).await;
+    let e = b
+        .execute("INSERT INTO items(id, name) VALUES (?1, ?2)", params![1])
+        .await
+        .expect_err("one missing");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("params"), "{e}");
+}
+
+// ----- PostgreSQL only: its mapping and its declared differences ------------
+
+async fn pg() -> Option<(common::pg::Schema, PgDatabase)> {
+    let schema = common::pg::Schema::new().await?;
+    let db = schema.open().await;
+    Some((schema, db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_types_read_as_documented() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let r = db
+        .query_with(
+            "SELECT 12345.678::numeric, true, 'NaN'::float8, 'Infinity'::float8, \
+             '{\"a\": [1, 2]}'::jsonb, '{\"b\":1}'::json, \
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, DATE '2026-12-01', \
+             TIMESTAMP '2026-12-01 10:20:30.5', TIMESTAMPTZ '2026-12-01 10:20:30+02', \
+             TIME '01:02:03', 'x'::char(3), 7::int2, 8::int4, 9::oid",
+            (),
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.rows[0],
+        [
+            Value::Text("12345.678".into()),
+            Value::Integer(1),
+            Value::Text("NaN".into()),
+            Value::Real(f64::INFINITY),
+            Value::Text("{\"a\": [1, 2]}".into()),
+            Value::Text("{\"b\":1}".into()),
+            Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            Value::Text("2026-12-01".into()),
+            Value::Text("2026-12-01 10:20:30.5".into()),
+            Value::Text("2026-12-01 08:20:30+00".into()),
+            Value::Text("01:02:03".into()),
+            Value::Text("x  ".into()),
+            Value::Integer(7),
+            Value::Integer(8),
+            Value::Integer(9),
+        ]
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_parameters_bind_to_the_inferred_types() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    db.execute_with(
+        "CREATE TABLE t(n numeric, u uuid, ts timestamptz, j jsonb, b boolean, i int4, f real)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    db.execute_with(
+        "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            "123456789012345678901234567890.5",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "2026-12-01T10:00:00Z",
+            "{\"k\": true}",
+            1,
+            42,
+            1.5
+        ],
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let r = db
+        .query_with(
+            "SELECT n, u, ts, j, b, i, f FROM t",
+            (),
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.rows[0][0],
+        Value::Text("123456789012345678901234567890.5".into())
+    );
+    assert_eq!(r.rows[0][2], Value::Text("2026-12-01 10:00:00+00".into()));
+    assert_eq!(r.rows[0][3], Value::Text("{\"k\": true}".into()));
+    assert_eq!(r.rows[0][4], Value::Integer(1));
+    assert_eq!(r.rows[0][6], Value::Real(1.5));
+    // Out of range for int4, named by its position.
+    let e = db
+        .execute_with(
+            "INSERT INTO t(i) VALUES (?1)",
+            params![i64::from(i32::MAX) + 1],
+            WriteOptions::default(),
+        )
+        .await
+        .expect_err("out of range");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.to_string().contains("params[0]") && e.to_string().contains("int4"),
+        "{e}"
+    );
+    // A blob is no uuid; text that is no uuid is refused by PostgreSQL.
+    let e = db
+        .execute_with(
+            "INSERT INTO t(u) VALUES (?1)",
+            params![vec![1u8]],
+            WriteOptions::default(),
+        )
+        .await
+        .expect_err("blob");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = db
+        .execute_with(
+            "INSERT INTO t(u) VALUES (?1)",
+            params!["nope"],
+            WriteOptions::default(),
+        )
+        .await
+        .expect_err("bad uuid");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    // A parameter the server cannot type takes the value's.
+    let r = db
+        .query_with("SELECT ?1, ?2", params![5, "x"], QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.rows[0], [Value::Integer(5), Value::Text("x".into())]);
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refusals_name_what_to_do() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let q = |sql: &'static str, p: Params| {
+        let db = db.clone();
+        async move { db.query_with(sql, p, QueryOptions::default()).await }
+    };
+    let e = q("SELECT '{}'::jsonb ? 'a'", Params::None)
+        .await
+        .expect_err("bare ?");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("jsonb_exists"), "{e}");
+    let e = q("SELECT interval '1 day' AS span", Params::None)
+        .await
+        .expect_err("interval");
+    assert!(
+        e.to_string().contains("\"span\"") && e.to_string().contains("::text"),
+        "{e}"
+    );
+    let r = q("SELECT (interval '1 day')::text", Params::None)
+        .await
+        .unwrap();
+    assert_eq!(r.rows[0][0], Value::Text("P1D".into()));
+    let e = q(
+        "SELECT ?1",
+        Params::Named(vec![(":a".into(), Value::Integer(1))]),
+    )
+    .await
+    .expect_err("named");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = db
+        .execute_with("SET search_path = public", (), WriteOptions::default())
+        .await
+        .expect_err("SET");
+    assert_eq!(e.kind(), ErrorKind::Forbidden);
+    // Two statements in one string are refused by the server's protocol.
+    let e = db
+        .execute_with("SELECT 1; SELECT 2", (), WriteOptions::default())
+        .await
+        .expect_err("two statements");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_superuser_for_client_sql() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    // The test URL's user is the cluster's superuser.
+    let e = PgDatabase::connect(litebridge::pg::PgConfig::new(url))
+        .await
+        .expect_err("superuser");
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("client_user"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_holds_against_set_config() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    db.execute_with("CREATE TABLE t(x int)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    // Turning the session's default off from inside a read does not make
+    // the next read (on the same pooled connection) writable.
+    for _ in 0..20 {
+        let _ = db
+            .query_with(
+                "SELECT set_config('default_transaction_read_only', 'off', false)",
+                (),
+                QueryOptions::default(),
+            )
+            .await;
+        let e = db
+            .query_with("INSERT INTO t VALUES (1)", (), QueryOptions::default())
+            .await
+            .expect_err("still read-only");
+        assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    }
+    db.close();
+    schema.drop_now().await;
+}
