@@ -27,6 +27,8 @@
 //! - [`auth`]: API keys (hashed), [`Scopes`](auth::Scopes), tiers and quotas,
 //!   [`Caller`](auth::Caller); the design note is there (SECURITY.md for the whole).
 //! - [`backups`]: scheduled, verified, pruned backups and recovery from them.
+//! - `backend`: [`Backend`], the database under the stores (SQLite or
+//!   PostgreSQL), and how their statements are written once for both.
 //! - `error`: [`Error`], [`ErrorKind`], `kind()` and `is_recoverable()`.
 //! - `config`: [`DbConfig`] and its builder; the `DEFAULT_*` values.
 //! - `value`: [`Value`], [`Params`], [`Rows`]: SQLite values and their JSON mapping.
@@ -60,6 +62,7 @@
 //! - `fault`: fault switches for tests (hidden).
 
 pub mod auth;
+mod backend;
 pub mod backups;
 mod calendar;
 mod config;
@@ -78,6 +81,7 @@ mod sync;
 mod value;
 pub mod workers;
 
+pub use backend::Backend;
 pub use config::{
     CheckpointConfig, DEFAULT_BUSY_TIMEOUT, DEFAULT_CACHE_SIZE, DEFAULT_HEALTH_CHECK_INTERVAL,
     DEFAULT_HEAVY_QUEUE, DEFAULT_HEAVY_READERS, DEFAULT_JOURNAL_SIZE_LIMIT, DEFAULT_MAX_BATCH,

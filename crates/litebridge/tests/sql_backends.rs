@@ -479,12 +479,27 @@ async fn postgres_parameters_bind_to_the_inferred_types() {
         .await
         .expect_err("bad uuid");
     assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
-    // A parameter the server cannot type takes the value's.
+    // A parameter the server cannot type takes the value's type.
     let r = db
-        .query_with("SELECT ?1, ?2", params![5, "x"], QueryOptions::default())
+        .query_with(
+            "SELECT ?1 IS NULL, ?2 IS NULL",
+            params![5, Value::Null],
+            QueryOptions::default(),
+        )
         .await
         .unwrap();
-    assert_eq!(r.rows[0], [Value::Integer(5), Value::Text("x".into())]);
+    assert_eq!(r.rows[0], [Value::Integer(0), Value::Integer(1)]);
+    // One the server types as text from its context (a select list) is text:
+    // a declared difference; a cast gives the type.
+    let r = db
+        .query_with(
+            "SELECT ?1, ?2::bigint",
+            params![5, 5],
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows[0], [Value::Text("5".into()), Value::Integer(5)]);
     db.close();
     schema.drop_now().await;
 }
@@ -542,7 +557,16 @@ async fn postgres_refuses_a_superuser_for_client_sql() {
         return;
     };
     // The test URL's user is the cluster's superuser.
-    let e = PgDatabase::connect(litebridge::pg::PgConfig::new(url))
+    let e =
+        PgDatabase::connect(litebridge::pg::PgConfig::new(url.clone()).client("postgres2", None))
+            .await
+            .expect_err("no such role");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let admin = common::pg::admin(&url).await;
+    let _ = admin
+        .batch_execute("DO $$ BEGIN CREATE ROLE lb_test_super LOGIN SUPERUSER; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+        .await;
+    let e = PgDatabase::connect(litebridge::pg::PgConfig::new(url).client("lb_test_super", None))
         .await
         .expect_err("superuser");
     assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");

@@ -298,6 +298,13 @@ pub(crate) fn query(
     query_rows(conn, sql, params, max_rows, max_bytes).map_err(|e| too_big(conn, e))
 }
 
+/// Runs a statement of the stores that writes and returns rows (an upsert
+/// with `RETURNING`), on the writer's connection.
+pub(crate) fn query_writing(conn: &Connection, sql: &str, params: &Params) -> Result<Rows> {
+    let stmt = prepare(conn, sql)?;
+    collect_rows(stmt, params, None, usize::MAX)
+}
+
 fn query_rows(
     conn: &Connection,
     sql: &str,
@@ -305,7 +312,7 @@ fn query_rows(
     max_rows: Option<usize>,
     max_bytes: usize,
 ) -> Result<Rows> {
-    let mut stmt = prepare(conn, sql)?;
+    let stmt = prepare(conn, sql)?;
     // sqlite3_stmt_readonly() is conservative about pragmas (`PRAGMA
     // journal_mode` reads as a write); pragma assignments on a read connection
     // are refused by the authorizer and the connection is read-only anyway, so
@@ -316,6 +323,15 @@ fn query_rows(
                 .into(),
         });
     }
+    collect_rows(stmt, params, max_rows, max_bytes)
+}
+
+fn collect_rows(
+    mut stmt: Prepared<'_>,
+    params: &Params,
+    max_rows: Option<usize>,
+    max_bytes: usize,
+) -> Result<Rows> {
     bind(&mut stmt, params)?;
     let ncols = stmt.column_count();
     let columns = (0..ncols)

@@ -554,6 +554,20 @@ impl Database {
         self.run_exec(sql, params.into(), WriteOptions::default(), true)
     }
 
+    /// A write of the stores that returns rows (an upsert with `RETURNING`).
+    pub(crate) async fn write_returning_trusted(
+        &self,
+        sql: String,
+        params: Params,
+    ) -> Result<Rows> {
+        debug_assert!(
+            exec::mentions_own_tables(&sql),
+            "trusted SQL names litebridge_ tables"
+        );
+        self.write(move |c| exec::query_writing(c, &sql, &params))
+            .await
+    }
+
     /// Runs several statements as one atomic unit: all of them commit or none.
     ///
     /// # Errors

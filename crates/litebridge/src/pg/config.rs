@@ -12,15 +12,18 @@ pub struct PgConfig {
     /// several hosts (`postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write`).
     /// Its user owns litebridge's own schema.
     pub url: String,
-    /// The login role that runs the clients' SQL. It must not be a superuser
-    /// and must have no rights on litebridge's schema. `None` uses the URL's
-    /// user, which is refused when that user is a superuser.
+    /// The login role that runs the clients' SQL: another role than the
+    /// URL's user, not a superuser, with no rights on litebridge's schema
+    /// (checked at connect). Required.
     pub client_user: Option<String>,
     /// That role's password, when it needs one.
     pub client_password: Option<String>,
     /// The schema the clients' SQL resolves names in first (its
     /// `search_path`). `None` keeps the role's own.
     pub client_schema: Option<String>,
+    /// litebridge's own schema (the stores, keys, quotas), owned by the URL's
+    /// user. Default: `litebridge`.
+    pub schema: String,
     /// Connections for the clients' SQL. Default: 16.
     pub connections: usize,
     /// How long to wait for a connection to be made. Default: 5 s.
@@ -42,6 +45,7 @@ impl PgConfig {
             client_user: None,
             client_password: None,
             client_schema: None,
+            schema: "litebridge".into(),
             connections: 16,
             connect_timeout: Duration::from_secs(5),
             default_timeout: Duration::from_secs(30),
@@ -55,6 +59,13 @@ impl PgConfig {
     pub fn client(mut self, user: impl Into<String>, password: Option<String>) -> PgConfig {
         self.client_user = Some(user.into());
         self.client_password = password;
+        self
+    }
+
+    /// Sets [`PgConfig::schema`].
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> PgConfig {
+        self.schema = schema.into();
         self
     }
 
@@ -122,12 +133,42 @@ impl PgConfig {
         Ok(c)
     }
 
+    /// The connection settings of litebridge's own work (the stores).
+    pub(crate) fn own_config(&self) -> Result<tokio_postgres::Config> {
+        let mut c = self.parsed()?;
+        c.options(SESSION);
+        Ok(c)
+    }
+
     /// Checks the values.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first invalid setting.
     pub fn validate(&self) -> Result<()> {
         self.client_config()?;
+        schema_name("postgres.schema", &self.schema)?;
+        let owner = self.parsed()?.get_user().map(str::to_owned);
+        match &self.client_user {
+            None => {
+                return Err(Error::Config {
+                    key: "postgres.client_user".into(),
+                    value: "(none)".into(),
+                    expected: "the role that runs the clients' SQL: another role than the URL's \
+                               user, which owns litebridge's own tables (docs/postgres.md)"
+                        .into(),
+                });
+            }
+            Some(u) if Some(u) == owner.as_ref() => {
+                return Err(Error::Config {
+                    key: "postgres.client_user".into(),
+                    value: u.clone(),
+                    expected: "another role than the URL's user, which owns litebridge's own \
+                               tables: the clients' SQL must not be able to reach them"
+                        .into(),
+                });
+            }
+            Some(_) => {}
+        }
         let range = |key: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -142,6 +183,31 @@ impl PgConfig {
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         Ok(())
+    }
+}
+
+/// Every session's settings: times printed as the result mapping reads them.
+const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
+
+/// Refuses a schema name that would need quoting (litebridge writes it
+/// into SQL as it is): lower-case letters, digits and `_`, a letter first.
+fn schema_name(key: &str, name: &str) -> Result<()> {
+    let ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config {
+            key: key.into(),
+            value: name.to_owned(),
+            expected:
+                "a schema name of lower-case letters, digits and underscores, a letter first, \
+                       at most 63 bytes"
+                    .into(),
+        })
     }
 }
 
@@ -181,7 +247,23 @@ mod tests {
             .expect_err("bad schema");
         assert!(e.to_string().contains("client_schema"), "{e}");
         PgConfig::new("postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write")
+            .client("c", None)
             .validate()
             .expect("two hosts");
+        let e = PgConfig::new("postgres://u@h/db")
+            .validate()
+            .expect_err("no client role");
+        assert!(e.to_string().contains("client_user"), "{e}");
+        let e = PgConfig::new("postgres://u@h/db")
+            .client("u", None)
+            .validate()
+            .expect_err("the owner runs client SQL");
+        assert!(e.to_string().contains("client_user"), "{e}");
+        let e = PgConfig::new("postgres://u@h/db")
+            .client("c", None)
+            .schema("Lb")
+            .validate()
+            .expect_err("needs quoting");
+        assert!(e.to_string().contains("postgres.schema"), "{e}");
     }
 }

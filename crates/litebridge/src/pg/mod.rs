@@ -35,6 +35,7 @@
 
 mod config;
 mod error;
+mod schema;
 mod sql;
 mod types;
 
@@ -44,6 +45,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Statement as PgStatement};
 
@@ -64,7 +66,18 @@ pub struct PgDatabase {
 
 struct Inner {
     config: PgConfig,
+    /// The clients' SQL, as [`PgConfig::client_user`].
     client: Pool,
+    /// litebridge's own work (the stores), as the URL's user.
+    own: Pool,
+}
+
+/// Whose SQL a request runs: the clients' (checked, on their role) or
+/// litebridge's own (the stores' fixed statements, on the owner's role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Client,
+    Own,
 }
 
 impl std::fmt::Debug for PgDatabase {
@@ -84,6 +97,11 @@ struct Prepared {
 impl Prepared {
     fn new(sql: &str, params: Params) -> Result<Prepared> {
         sql::check_allowed(sql)?;
+        Prepared::own(sql, params)
+    }
+
+    /// A statement of litebridge's own (not checked: its text is fixed).
+    fn own(sql: &str, params: Params) -> Result<Prepared> {
         let (sql, _) = sql::translate(sql)?;
         let values = match params {
             Params::None => Vec::new(),
@@ -110,24 +128,32 @@ impl PgDatabase {
     /// superuser.
     pub async fn connect(config: PgConfig) -> Result<PgDatabase> {
         config.validate()?;
-        let manager = Manager::from_config(
-            config.client_config()?,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let client = Pool::builder(manager)
-            .max_size(config.connections)
-            .build()
-            .map_err(|e| Error::Internal {
-                message: format!("cannot build the PostgreSQL pool: {e}"),
-            })?;
+        let pool = |c: tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_config(
+                c,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|e| Error::Internal {
+                    message: format!("cannot build the PostgreSQL pool: {e}"),
+                })
+        };
+        let client = pool(config.client_config()?, config.connections)?;
+        let own = pool(config.own_config()?, config.connections.min(8))?;
         let db = PgDatabase {
-            inner: Arc::new(Inner { config, client }),
+            inner: Arc::new(Inner {
+                config,
+                client,
+                own,
+            }),
         };
         let deadline = Instant::now() + db.inner.config.connect_timeout;
-        let conn = db.connection(deadline).await?;
+        let conn = db.connection(Who::Client, deadline).await?;
         let row = conn
             .query_one(
                 "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -136,6 +162,7 @@ impl PgDatabase {
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?;
         let (user, superuser): (String, bool) = (row.get(0), row.get(1));
+        drop(conn);
         if superuser {
             return Err(Error::Forbidden {
                 message: format!(
@@ -145,6 +172,9 @@ impl PgDatabase {
                 ),
             });
         }
+        let mut own = db.connection(Who::Own, deadline).await?;
+        let schema = db.inner.config.schema.clone();
+        schema::migrate(&mut own, &schema, &user).await?;
         Ok(db)
     }
 
@@ -166,10 +196,52 @@ impl PgDatabase {
         params: impl Into<Params>,
         options: QueryOptions,
     ) -> Result<Rows> {
+        let p = Prepared::new(sql, params.into())?;
+        self.read(Who::Client, p, options).await
+    }
+
+    /// A read of the stores (litebridge's own tables).
+    pub(crate) async fn own_query(&self, sql: &str, params: Params) -> Result<Rows> {
+        let p = Prepared::own(sql, params)?;
+        self.read(Who::Own, p, QueryOptions::default()).await
+    }
+
+    /// A write of the stores.
+    pub(crate) async fn own_execute(&self, sql: &str, params: Params) -> Result<ExecResult> {
+        let p = Prepared::own(sql, params)?;
+        let done = self
+            .write(Who::Own, vec![p], WriteOptions::default(), Shape::Each)
+            .await?;
+        Ok(done
+            .into_iter()
+            .next()
+            .map(|d| d.result)
+            .unwrap_or_default())
+    }
+
+    /// A write of the stores that returns rows (an upsert with `RETURNING`).
+    pub(crate) async fn own_write_rows(&self, sql: &str, params: Params) -> Result<Rows> {
+        let p = Prepared::own(sql, params)?;
+        let done = self
+            .write(Who::Own, vec![p], WriteOptions::default(), Shape::Returning)
+            .await?;
+        Ok(done
+            .into_iter()
+            .next()
+            .and_then(|d| d.rows)
+            .unwrap_or_default())
+    }
+
+    /// The schema of litebridge's own tables.
+    pub(crate) fn own_schema(&self) -> &str {
+        &self.inner.config.schema
+    }
+
+    /// Runs one statement read-only.
+    async fn read(&self, who: Who, p: Prepared, options: QueryOptions) -> Result<Rows> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let p = Prepared::new(sql, params.into())?;
-        let mut conn = self.connection(deadline).await?;
+        let mut conn = self.connection(who, deadline).await?;
         let stmt = self.prepare(&conn, &p, deadline, timeout).await?;
         readable_columns(&stmt)?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
@@ -220,8 +292,14 @@ impl PgDatabase {
         options: WriteOptions,
     ) -> Result<ExecResult> {
         let p = Prepared::new(sql, params.into())?;
-        let results = self.write(vec![p], options, false).await?;
-        Ok(results.into_iter().next().unwrap_or_default())
+        let done = self
+            .write(Who::Client, vec![p], options, Shape::Each)
+            .await?;
+        Ok(done
+            .into_iter()
+            .next()
+            .map(|d| d.result)
+            .unwrap_or_default())
     }
 
     /// Runs several statements as one transaction: all of them commit or none.
@@ -242,7 +320,10 @@ impl PgDatabase {
             .enumerate()
             .map(|(i, s)| Prepared::new(&s.sql, s.params).map_err(|e| at("statements", i, e)))
             .collect::<Result<Vec<_>>>()?;
-        self.write(prepared, options, false).await
+        let done = self
+            .write(Who::Client, prepared, options, Shape::Each)
+            .await?;
+        Ok(done.into_iter().map(|d| d.result).collect())
     }
 
     /// Runs one statement once per parameter set, in one transaction.
@@ -264,9 +345,11 @@ impl PgDatabase {
             .enumerate()
             .map(|(i, p)| Prepared::new(sql, p).map_err(|e| at("rows", i, e)))
             .collect::<Result<Vec<_>>>()?;
-        let results = self.write(prepared, options, true).await?;
+        let done = self
+            .write(Who::Client, prepared, options, Shape::Rows)
+            .await?;
         Ok(ExecResult {
-            changes: results.iter().map(|r| r.changes).sum(),
+            changes: done.iter().map(|d| d.result.changes).sum(),
             last_insert_rowid: 0,
         })
     }
@@ -274,63 +357,76 @@ impl PgDatabase {
     /// Stops handing out connections and closes the idle ones.
     pub fn close(&self) {
         self.inner.client.close();
+        self.inner.own.close();
     }
 
     /// Runs `statements` in one transaction: `BEGIN` and the statements sent
     /// together, then `COMMIT`.
     async fn write(
         &self,
+        who: Who,
         statements: Vec<Prepared>,
         options: WriteOptions,
-        rows: bool,
-    ) -> Result<Vec<ExecResult>> {
+        shape: Shape,
+    ) -> Result<Vec<Done>> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let mut conn = self.connection(deadline).await?;
-        let what = if rows { "rows" } else { "statements" };
+        let max_bytes = self.inner.config.max_result_bytes;
+        let mut conn = self.connection(who, deadline).await?;
+        let what = if shape == Shape::Rows {
+            "rows"
+        } else {
+            "statements"
+        };
+        let many = statements.len() > 1;
         let mut prepared = Vec::with_capacity(statements.len());
         for (i, p) in statements.iter().enumerate() {
             // One preparation for `execute_many`'s rows, which share their SQL.
-            if rows && i > 0 {
+            if shape == Shape::Rows && i > 0 {
                 break;
             }
             let stmt = self
                 .prepare(&conn, p, deadline, timeout)
                 .await
-                .map_err(|e| {
-                    if statements.len() > 1 {
-                        at(what, i, e)
-                    } else {
-                        e
-                    }
-                })?;
+                .map_err(|e| if many { at(what, i, e) } else { e })?;
             prepared.push(stmt);
         }
         let run = async {
             let begin = conn.batch_execute("BEGIN");
             let each = statements.iter().enumerate().map(|(i, p)| {
-                let stmt = &prepared[if rows { 0 } else { i }];
+                let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
                 let conn = &conn;
                 async move {
-                    conn.execute_raw(stmt, p.values.iter().map(Param))
+                    if shape == Shape::Returning {
+                        let rows = read_rows(conn, stmt, &p.values, usize::MAX, max_bytes).await?;
+                        return Ok(Done {
+                            result: ExecResult {
+                                changes: rows.rows.len() as u64,
+                                last_insert_rowid: 0,
+                            },
+                            rows: Some(rows),
+                        });
+                    }
+                    let changes = conn
+                        .execute_raw(stmt, p.values.iter().map(Param))
                         .await
-                        .map(|changes| ExecResult {
+                        .map_err(|e| from_pg(&e, timeout))?;
+                    Ok(Done {
+                        result: ExecResult {
                             changes,
                             last_insert_rowid: 0,
-                        })
+                        },
+                        rows: None,
+                    })
                 }
             });
             let (begun, results) = tokio::join!(begin, futures_util::future::join_all(each));
             begun.map_err(|e| from_pg(&e, timeout))?;
-            let many = results.len() > 1;
             results
                 .into_iter()
                 .enumerate()
-                .map(|(i, r)| {
-                    r.map_err(|e| {
-                        let e = from_pg(&e, timeout);
-                        if many { at(what, i, e) } else { e }
-                    })
+                .map(|(i, r): (usize, Result<Done>)| {
+                    r.map_err(|e| if many { at(what, i, e) } else { e })
                 })
                 .collect::<Result<Vec<_>>>()
         };
@@ -379,9 +475,13 @@ impl PgDatabase {
         }
     }
 
-    /// A connection of the pool, waited for until `deadline`.
-    async fn connection(&self, deadline: Instant) -> Result<Object> {
-        match tokio::time::timeout_at(deadline, self.inner.client.get()).await {
+    /// A connection of `who`'s pool, waited for until `deadline`.
+    async fn connection(&self, who: Who, deadline: Instant) -> Result<Object> {
+        let pool = match who {
+            Who::Client => &self.inner.client,
+            Who::Own => &self.inner.own,
+        };
+        match tokio::time::timeout_at(deadline, pool.get()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
                 what: "the PostgreSQL server",
@@ -412,9 +512,13 @@ impl PgDatabase {
         }
         let prepared = tokio::time::timeout_at(deadline, async {
             match conn.prepare_cached(&p.sql).await {
+                // The server could not type a parameter (42P18), or typed
+                // one two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
                 Err(e)
-                    if e.code()
-                        == Some(&tokio_postgres::error::SqlState::INDETERMINATE_DATATYPE) =>
+                    if matches!(
+                        e.code(),
+                        Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
+                    ) =>
                 {
                     let types: Vec<Type> = p.values.iter().map(type_hint).collect();
                     conn.prepare_typed_cached(&p.sql, &types).await
@@ -445,6 +549,23 @@ impl PgDatabase {
         }
         Ok(stmt)
     }
+}
+
+/// What a write's statements are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Each its own statement.
+    Each,
+    /// One statement, once per parameter set (`execute_many`).
+    Rows,
+    /// One statement whose rows are read (`RETURNING`).
+    Returning,
+}
+
+/// One statement's outcome.
+struct Done {
+    result: ExecResult,
+    rows: Option<Rows>,
 }
 
 /// The type a value suggests, for a parameter the server cannot type.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::cache::Clock;
-use crate::db::Database;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::params;
 use crate::value::Value;
@@ -32,7 +32,7 @@ pub struct MemoryEntry {
 /// The memory store.
 #[derive(Clone)]
 pub struct MemoryStore {
-    db: Database,
+    db: Backend,
     clock: Arc<dyn Clock>,
 }
 
@@ -67,8 +67,11 @@ fn prefix_end(prefix: &str) -> Option<String> {
 
 impl MemoryStore {
     /// The store over `db` (its table comes from the schema migrations).
-    pub fn new(db: Database, clock: Arc<dyn Clock>) -> MemoryStore {
-        MemoryStore { db, clock }
+    pub fn new(db: impl Into<Backend>, clock: Arc<dyn Clock>) -> MemoryStore {
+        MemoryStore {
+            db: db.into(),
+            clock,
+        }
     }
 
     fn now_us(&self) -> i64 {
@@ -101,11 +104,15 @@ impl MemoryStore {
         let text =
             serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
         self.db
-            .execute_trusted(
-                "INSERT INTO main.litebridge_memory(namespace, key, value, expires_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(namespace, key) DO UPDATE SET
-                     value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+            .own_execute(
+                format!(
+                    "INSERT INTO {}(namespace, key, value, expires_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(namespace, key) DO UPDATE SET
+                         value = excluded.value, expires_at = excluded.expires_at,
+                         updated_at = excluded.updated_at",
+                    self.db.own("memory")
+                ),
                 params![namespace, key, text, expires, now],
             )
             .await?;
@@ -121,9 +128,12 @@ impl MemoryStore {
         check(key, "key")?;
         let rows = self
             .db
-            .query_trusted(
-                "SELECT value FROM main.litebridge_memory
-                 WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+            .own_query(
+                &format!(
+                    "SELECT value FROM {}
+                     WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+                    self.db.own("memory")
+                ),
                 params![namespace, key, self.now_us()],
             )
             .await?;
@@ -152,11 +162,14 @@ impl MemoryStore {
         let end = prefix.and_then(prefix_end);
         let rows = self
             .db
-            .query_trusted(
-                "SELECT key, value, expires_at FROM main.litebridge_memory
-                 WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
-                   AND (expires_at IS NULL OR expires_at > ?4)
-                 ORDER BY key LIMIT ?5",
+            .own_query(
+                &format!(
+                    "SELECT key, value, expires_at FROM {}
+                     WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+                       AND (expires_at IS NULL OR expires_at > ?4)
+                     ORDER BY key LIMIT ?5",
+                    self.db.own("memory")
+                ),
                 params![
                     namespace,
                     start,
@@ -201,9 +214,12 @@ impl MemoryStore {
         check(key, "key")?;
         Ok(self
             .db
-            .execute_trusted(
-                "DELETE FROM main.litebridge_memory WHERE namespace = ?1 AND key = ?2
-                 AND (expires_at IS NULL OR expires_at > ?3)",
+            .own_execute(
+                format!(
+                    "DELETE FROM {} WHERE namespace = ?1 AND key = ?2
+                     AND (expires_at IS NULL OR expires_at > ?3)",
+                    self.db.own("memory")
+                ),
                 params![namespace, key, self.now_us()],
             )
             .await?
@@ -218,8 +234,11 @@ impl MemoryStore {
     pub async fn sweep(&self) -> Result<u64> {
         Ok(self
             .db
-            .execute_trusted(
-                "DELETE FROM main.litebridge_memory WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            .own_execute(
+                format!(
+                    "DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                    self.db.own("memory")
+                ),
                 params![self.now_us()],
             )
             .await?

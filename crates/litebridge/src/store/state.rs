@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::cache::Clock;
-use crate::db::Database;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::params;
 use crate::value::Value;
@@ -62,7 +62,7 @@ pub struct StateRecord {
 /// The state store.
 #[derive(Clone)]
 pub struct StateStore {
-    db: Database,
+    db: Backend,
     clock: Arc<dyn Clock>,
 }
 
@@ -127,8 +127,11 @@ fn record(row: Vec<Value>) -> StateRecord {
 
 impl StateStore {
     /// The store over `db` (its table comes from the schema migrations).
-    pub fn new(db: Database, clock: Arc<dyn Clock>) -> StateStore {
-        StateStore { db, clock }
+    pub fn new(db: impl Into<Backend>, clock: Arc<dyn Clock>) -> StateStore {
+        StateStore {
+            db: db.into(),
+            clock,
+        }
     }
 
     /// Inserts or updates a run; returns it as stored.
@@ -143,24 +146,25 @@ impl StateStore {
         // One trip through the writer: the upsert returns the row as stored,
         // in the same transaction, so no concurrent save can come between.
         let sql = format!(
-            "INSERT INTO main.litebridge_state(run_id, state, status, total_steps, error_message,
+            "INSERT INTO {table}(run_id, state, status, total_steps, error_message,
                  execution_time_ms, memory_usage_mb, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
              ON CONFLICT(run_id) DO UPDATE SET
                  state = excluded.state,
-                 status = COALESCE(excluded.status, status),
-                 total_steps = COALESCE(excluded.total_steps, total_steps),
-                 error_message = COALESCE(excluded.error_message, error_message),
-                 execution_time_ms = COALESCE(excluded.execution_time_ms, execution_time_ms),
-                 memory_usage_mb = COALESCE(excluded.memory_usage_mb, memory_usage_mb),
+                 status = COALESCE(excluded.status, litebridge_state.status),
+                 total_steps = COALESCE(excluded.total_steps, litebridge_state.total_steps),
+                 error_message = COALESCE(excluded.error_message, litebridge_state.error_message),
+                 execution_time_ms = COALESCE(excluded.execution_time_ms, litebridge_state.execution_time_ms),
+                 memory_usage_mb = COALESCE(excluded.memory_usage_mb, litebridge_state.memory_usage_mb),
                  updated_at = excluded.updated_at
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}",
+            table = self.db.own("state")
         );
-        let row = self
+        let rows = self
             .db
-            .write(move |c| {
-                let mut stmt = c.prepare_cached(&sql)?;
-                let mut rows = stmt.query(rusqlite::params![
+            .own_write_rows(
+                sql,
+                params![
                     u.run_id,
                     state,
                     u.status,
@@ -169,16 +173,16 @@ impl StateStore {
                     u.execution_time_ms,
                     u.memory_usage_mb,
                     now
-                ])?;
-                let row = rows.next()?.ok_or_else(|| Error::Internal {
-                    message: "an upsert returned no row".into(),
-                })?;
-                let values = (0..9)
-                    .map(|i| row.get_ref(i).map(Value::from_ref))
-                    .collect::<rusqlite::Result<Vec<Value>>>()?;
-                Ok(values)
-            })
+                ],
+            )
             .await?;
+        let row = rows
+            .rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal {
+                message: "an upsert returned no row".into(),
+            })?;
         Ok(record(row))
     }
 
@@ -190,8 +194,11 @@ impl StateStore {
         check_run_id(run_id)?;
         let rows = self
             .db
-            .query_trusted(
-                &format!("SELECT {COLUMNS} FROM main.litebridge_state WHERE run_id = ?1"),
+            .own_query(
+                &format!(
+                    "SELECT {COLUMNS} FROM {} WHERE run_id = ?1",
+                    self.db.own("state")
+                ),
                 params![run_id],
             )
             .await?;
@@ -211,11 +218,12 @@ impl StateStore {
     ) -> Result<Vec<StateRecord>> {
         let rows = self
             .db
-            .query_trusted(
+            .own_query(
                 &format!(
-                    "SELECT {COLUMNS} FROM main.litebridge_state
+                    "SELECT {COLUMNS} FROM {}
                      WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2
-                     ORDER BY run_id LIMIT ?3"
+                     ORDER BY run_id LIMIT ?3",
+                    self.db.own("state")
                 ),
                 params![
                     status,
@@ -235,8 +243,8 @@ impl StateStore {
         check_run_id(run_id)?;
         Ok(self
             .db
-            .execute_trusted(
-                "DELETE FROM main.litebridge_state WHERE run_id = ?1",
+            .own_execute(
+                format!("DELETE FROM {} WHERE run_id = ?1", self.db.own("state")),
                 params![run_id],
             )
             .await?

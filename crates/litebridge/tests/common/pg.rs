@@ -62,11 +62,18 @@ impl Schema {
         Some(Schema { name, url })
     }
 
-    /// The configuration of a database whose client SQL runs in this schema.
+    /// The configuration of a database whose client SQL runs in this schema
+    /// and whose own tables are in `<schema>_own`.
     pub fn config(&self) -> PgConfig {
         PgConfig::new(self.url.clone())
             .client(CLIENT_ROLE, None)
             .client_schema(self.name.clone())
+            .schema(self.own())
+    }
+
+    /// The schema of litebridge's own tables.
+    pub fn own(&self) -> String {
+        format!("{}_own", self.name)
     }
 
     pub async fn open(&self) -> PgDatabase {
@@ -76,7 +83,11 @@ impl Schema {
     pub async fn drop_now(self) {
         let admin = admin(&self.url).await;
         admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .batch_execute(&format!(
+                "DROP SCHEMA {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE",
+                self.name,
+                self.own()
+            ))
             .await
             .unwrap();
     }

@@ -1,0 +1,287 @@
+//! The stores on both backends: each body runs as `sqlite` on a SQLite file
+//! and as `postgres` on PostgreSQL (skipped without `LITEBRIDGE_TEST_PG`,
+//! see common/pg.rs), through the same store code.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use litebridge::store::{Clock, MemoryStore, StateStore, StateUpdate, migrate};
+use litebridge::{Backend, Database, DbConfig, ErrorKind};
+use serde_json::json;
+
+#[derive(Debug)]
+struct TestClock(Mutex<SystemTime>);
+
+impl TestClock {
+    fn new() -> Arc<TestClock> {
+        Arc::new(TestClock(Mutex::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        )))
+    }
+    fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Runs `body` on a migrated SQLite file and on a migrated PostgreSQL schema.
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let db = super::Database::open(dir.path().join("t.db"), super::DbConfig::default())
+                    .await
+                    .unwrap();
+                super::migrate(&db).await.unwrap();
+                super::$body(super::Backend::Sqlite(db.clone())).await;
+                db.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(schema) = super::common::pg::Schema::new().await else {
+                    return;
+                };
+                let db = schema.open().await;
+                super::$body(super::Backend::Postgres(db.clone())).await;
+                db.close();
+                schema.drop_now().await;
+            }
+        }
+    };
+}
+
+fn update(run: &str, state: serde_json::Value) -> StateUpdate {
+    StateUpdate {
+        run_id: run.into(),
+        state,
+        ..StateUpdate::default()
+    }
+}
+
+both!(state_upserts_keep_created_at_and_page_by_key, state_body);
+async fn state_body(db: Backend) {
+    let clock = TestClock::new();
+    let store = StateStore::new(db, clock.clone());
+    let first = store
+        .save(StateUpdate {
+            status: Some("running".into()),
+            total_steps: Some(3),
+            memory_usage_mb: Some(12.5),
+            ..update("run-b", json!({"step": 1, "big": i64::MAX}))
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.created_at, first.updated_at);
+    assert_eq!(first.memory_usage_mb, Some(12.5));
+    clock.advance(Duration::from_secs(5));
+    let second = store
+        .save(StateUpdate {
+            execution_time_ms: Some(1200),
+            ..update("run-b", json!({"step": 2}))
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.created_at, first.created_at);
+    assert_eq!(second.updated_at, first.updated_at + 5_000_000);
+    assert_eq!(second.status.as_deref(), Some("running"));
+    assert_eq!(second.total_steps, Some(3));
+    assert_eq!(second.execution_time_ms, Some(1200));
+    for r in ["run-a", "run-c", "run-d", "run-e"] {
+        store
+            .save(StateUpdate {
+                status: Some(if r == "run-c" { "failed" } else { "running" }.into()),
+                ..update(r, json!(r))
+            })
+            .await
+            .unwrap();
+    }
+    let ids = |v: Vec<litebridge::store::StateRecord>| {
+        v.into_iter().map(|r| r.run_id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.list(Some("running"), 2, None).await.unwrap()),
+        ["run-a", "run-b"]
+    );
+    assert_eq!(
+        ids(store.list(Some("running"), 2, Some("run-b")).await.unwrap()),
+        ["run-d", "run-e"]
+    );
+    assert_eq!(store.list(None, 100, None).await.unwrap().len(), 5);
+    assert!(store.delete("run-a").await.unwrap());
+    assert!(!store.delete("run-a").await.unwrap());
+    assert_eq!(store.load("run-a").await.unwrap(), None);
+    assert_eq!(
+        store.load("run-b").await.unwrap().unwrap().state,
+        json!({"step": 2})
+    );
+    let e = store.save(update("", json!(1))).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+both!(concurrent_upserts_of_one_run_leave_one_row, concurrent_body);
+async fn concurrent_body(db: Backend) {
+    let store = StateStore::new(db, Arc::new(litebridge::store::SystemClock));
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move { s.save(update("same", json!({"writer": i}))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(store.list(None, 100, None).await.unwrap().len(), 1);
+}
+
+both!(memory_entries_expire_exactly_and_are_swept, memory_body);
+async fn memory_body(db: Backend) {
+    let clock = TestClock::new();
+    let mem = MemoryStore::new(db, clock.clone());
+    mem.store("agent-1", "goal", &json!("ship it"), None)
+        .await
+        .unwrap();
+    mem.store(
+        "agent-1",
+        "scratch/a",
+        &json!(1),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    mem.store(
+        "agent-1",
+        "scratch/b",
+        &json!(2),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    mem.store("agent-1", "scratch%_", &json!(3), None)
+        .await
+        .unwrap();
+    mem.store("agent-2", "goal", &json!("other"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        mem.get("agent-2", "goal").await.unwrap(),
+        Some(json!("other"))
+    );
+    let keys =
+        |v: Vec<litebridge::store::MemoryEntry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(mem.list("agent-1", Some("scratch/"), 10).await.unwrap()),
+        ["scratch/a", "scratch/b"]
+    );
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        mem.get("agent-1", "scratch/a").await.unwrap(),
+        None,
+        "expired at its TTL"
+    );
+    assert!(!mem.delete("agent-1", "scratch/a").await.unwrap());
+    assert_eq!(mem.sweep().await.unwrap(), 1);
+    assert_eq!(mem.sweep().await.unwrap(), 0);
+    assert_eq!(keys(mem.list("agent-1", None, 10).await.unwrap()).len(), 3);
+}
+
+/// The clients' role cannot reach litebridge's own tables on PostgreSQL:
+/// not through the client SQL path, whatever it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_client_sql_cannot_reach_the_stores() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let db = schema.open().await;
+    let store = StateStore::new(db.clone(), Arc::new(litebridge::store::SystemClock));
+    store
+        .save(update("secret-run", json!({"token": "s3cret"})))
+        .await
+        .unwrap();
+    let own = schema.own();
+    for sql in [
+        format!("SELECT * FROM {own}.litebridge_state"),
+        format!("SELECT * FROM {own}.litebridge_keys"),
+        format!("SELECT * FROM {own}.litebridge_meta"),
+    ] {
+        let e = db
+            .query_with(&sql, (), litebridge::QueryOptions::default())
+            .await
+            .expect_err(&sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    for sql in [
+        format!("UPDATE {own}.litebridge_keys SET scopes = 'admin'"),
+        format!("CREATE TABLE {own}.evil(x int)"),
+        format!("DROP TABLE {own}.litebridge_state"),
+        format!(
+            "CREATE TRIGGER t AFTER INSERT ON {own}.litebridge_state FOR EACH ROW EXECUTE FUNCTION now()"
+        ),
+    ] {
+        let e = db
+            .execute_with(&sql, (), litebridge::WriteOptions::default())
+            .await
+            .expect_err(&sql);
+        assert!(
+            matches!(e.kind(), ErrorKind::Forbidden | ErrorKind::Sql),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(
+        store.load("secret-run").await.unwrap().unwrap().state,
+        json!({"token": "s3cret"})
+    );
+    // A schema the clients' role may use is refused at connect.
+    let admin = common::pg::admin(&schema.url).await;
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {own} TO {}",
+            common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    let e = litebridge::pg::PgDatabase::connect(schema.config())
+        .await
+        .expect_err("the clients' role can use the schema");
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("REVOKE"), "{e}");
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Two front ends starting at once on a new schema migrate one after the
+/// other (an advisory lock), and both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_front_ends_migrate_together() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let config = schema.config();
+            tokio::spawn(async move { litebridge::pg::PgDatabase::connect(config).await })
+        })
+        .collect();
+    let mut dbs = Vec::new();
+    for o in opens {
+        dbs.push(o.await.unwrap().unwrap());
+    }
+    let a = MemoryStore::new(dbs[0].clone(), Arc::new(litebridge::store::SystemClock));
+    let b = MemoryStore::new(dbs[3].clone(), Arc::new(litebridge::store::SystemClock));
+    a.store("ns", "k", &json!("from a"), None).await.unwrap();
+    assert_eq!(b.get("ns", "k").await.unwrap(), Some(json!("from a")));
+    for db in dbs {
+        db.close();
+    }
+    schema.drop_now().await;
+}
