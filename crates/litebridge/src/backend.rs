@@ -29,6 +29,12 @@ impl From<Database> for Backend {
     }
 }
 
+impl From<&Database> for Backend {
+    fn from(db: &Database) -> Backend {
+        Backend::Sqlite(db.clone())
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl From<crate::pg::PgDatabase> for Backend {
     fn from(db: crate::pg::PgDatabase) -> Backend {

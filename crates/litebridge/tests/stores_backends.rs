@@ -285,3 +285,36 @@ async fn postgres_front_ends_migrate_together() {
     }
     schema.drop_now().await;
 }
+
+both!(cache_l2_is_shared_and_swept, cache_body);
+async fn cache_body(db: Backend) {
+    use litebridge::store::{Cache, CacheConfig};
+    let clock = TestClock::new();
+    // Two caches on one database: two front ends with their own memory.
+    let a = Cache::with_backend(db.clone(), CacheConfig::default(), clock.clone());
+    let b = Cache::with_backend(db.clone(), CacheConfig::default(), clock.clone());
+    a.set(
+        "k",
+        json!({"n": i64::MAX, "s": "ü"}),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.get("k").await.unwrap(),
+        Some(json!({"n": i64::MAX, "s": "ü"}))
+    );
+    assert_eq!(b.stats().l2_hits, 1);
+    a.set("forever", json!(1), None).await.unwrap();
+    for i in 0..3 {
+        a.set(&format!("short{i}"), json!(i), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(10));
+    let swept = a.sweeper().sweep(db.clone()).await.unwrap();
+    assert_eq!(swept.deleted, 4, "k and the three short ones");
+    assert_eq!(a.count_l2().await, Some(1));
+    assert!(b.delete("forever").await.unwrap());
+    assert_eq!(a.count_l2().await, Some(0));
+}

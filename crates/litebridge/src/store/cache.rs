@@ -52,6 +52,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
 
+use crate::backend::Backend;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::params;
@@ -173,7 +174,7 @@ const SWEEP_STEPS: u64 = 20;
 #[derive(Clone)]
 pub struct Cache {
     l1: moka::future::Cache<String, Entry>,
-    db: Option<Database>,
+    db: Option<Backend>,
     clock: Arc<dyn Clock>,
     default_ttl: Option<Duration>,
     counters: Arc<Counters>,
@@ -228,7 +229,13 @@ impl Cache {
         if let Some(db) = &db {
             super::schema::migrate(db).await?;
         }
-        Ok(Cache::build(db, config, clock, None))
+        Ok(Cache::build(db.map(Backend::from), config, clock, None))
+    }
+
+    /// A cache with its L2 on `db`, whose tables are migrated already (a
+    /// [`Service`](crate::Service)'s, or a PostgreSQL database's).
+    pub fn with_backend(db: Backend, config: CacheConfig, clock: Arc<dyn Clock>) -> Cache {
+        Cache::build(Some(db), config, clock, None)
     }
 
     /// A cache in memory only, because its L2 could not be opened for
@@ -238,7 +245,7 @@ impl Cache {
     }
 
     fn build(
-        db: Option<Database>,
+        db: Option<Backend>,
         config: CacheConfig,
         clock: Arc<dyn Clock>,
         l2_unavailable: Option<Arc<str>>,
@@ -316,8 +323,11 @@ impl Cache {
     async fn l2_get(&self, key: &str) -> Option<Entry> {
         let db = self.db.as_ref()?;
         let rows = match db
-            .query_trusted(
-                "SELECT value, expires_at FROM main.litebridge_cache WHERE key = ?1",
+            .own_query(
+                &format!(
+                    "SELECT value, expires_at FROM {} WHERE key = ?1",
+                    db.own("cache")
+                ),
                 params![key],
             )
             .await
@@ -381,9 +391,13 @@ impl Cache {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
             if let Err(e) = db
-                .execute_trusted(
-                    "INSERT INTO main.litebridge_cache(key, value, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                .own_execute(
+                    format!(
+                        "INSERT INTO {}(key, value, expires_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                             expires_at = excluded.expires_at",
+                        db.own("cache")
+                    ),
                     params![key, text, expires.map(micros)],
                 )
                 .await
@@ -416,8 +430,8 @@ impl Cache {
         let in_l1 = self.l1.remove(key).await.is_some();
         let in_l2 = match &self.db {
             Some(db) => {
-                db.execute_trusted(
-                    "DELETE FROM main.litebridge_cache WHERE key = ?1",
+                db.own_execute(
+                    format!("DELETE FROM {} WHERE key = ?1", db.own("cache")),
                     params![key],
                 )
                 .await?
@@ -543,9 +557,9 @@ impl Cache {
     }
 }
 
-async fn count_rows(db: &Database) -> Result<u64> {
+async fn count_rows(db: &Backend) -> Result<u64> {
     let rows = db
-        .query_trusted("SELECT count(*) FROM main.litebridge_cache", ())
+        .own_query(&format!("SELECT count(*) FROM {}", db.own("cache")), ())
         .await?;
     Ok(match rows.rows.first().and_then(|r| r.first()) {
         Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
@@ -582,7 +596,8 @@ impl CacheSweeper {
     ///
     /// # Errors
     /// A delete failed (counted as an L2 failure too).
-    pub async fn sweep(&self, db: &Database) -> Result<Swept> {
+    pub async fn sweep(&self, db: impl Into<Backend>) -> Result<Swept> {
+        let db = &db.into();
         if !self.enabled {
             return Ok(Swept {
                 deleted: 0,
@@ -593,10 +608,13 @@ impl CacheSweeper {
         let mut deleted = 0;
         for _ in 0..SWEEP_STEPS {
             let n = db
-                .execute_trusted(
-                    "DELETE FROM main.litebridge_cache WHERE key IN (
-                         SELECT key FROM main.litebridge_cache
-                         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                .own_execute(
+                    format!(
+                        "DELETE FROM {t} WHERE key IN (
+                             SELECT key FROM {t}
+                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                        t = db.own("cache")
+                    ),
                     params![now, SWEEP_BATCH as i64],
                 )
                 .await
