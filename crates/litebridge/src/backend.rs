@@ -84,6 +84,27 @@ impl Backend {
         }
     }
 
+    /// Writes of litebridge's own tables in one transaction: all or none.
+    pub(crate) async fn own_batch(
+        &self,
+        statements: Vec<(String, Params)>,
+    ) -> Result<Vec<ExecResult>> {
+        match self {
+            Backend::Sqlite(db) => db.batch_trusted(statements).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.own_batch(statements).await,
+        }
+    }
+
+    /// Whether the database is open and (on SQLite) its writer and readers run.
+    pub(crate) fn is_open(&self) -> bool {
+        match self {
+            Backend::Sqlite(db) => db.health().healthy,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.is_open(),
+        }
+    }
+
     /// A write of litebridge's own tables that returns rows (`RETURNING`).
     pub(crate) async fn own_write_rows(
         &self,

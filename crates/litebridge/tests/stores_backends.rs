@@ -318,3 +318,53 @@ async fn cache_body(db: Backend) {
     assert!(b.delete("forever").await.unwrap());
     assert_eq!(a.count_l2().await, Some(0));
 }
+
+both!(keys_and_quotas_are_shared_by_front_ends, keys_body);
+async fn keys_body(db: Backend) {
+    use litebridge::auth::{Auth, NewKey, Scope, Scopes, Tiers, create_key, list_keys, revoke_key};
+    let tiers = Tiers::default();
+    let new = |name: &str| NewKey {
+        name: Some(name.into()),
+        scopes: "read,write".parse::<Scopes>().unwrap(),
+        tier: "free".into(),
+    };
+    let (info, secret) = create_key(db.clone(), &tiers, new("ci")).await.unwrap();
+    assert!(info.id > 0);
+    let e = create_key(db.clone(), &tiers, new("ci"))
+        .await
+        .expect_err("taken");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("exists already"), "{e}");
+    let clock = TestClock::new();
+    // Two front ends on one database.
+    let a = Auth::open(db.clone(), tiers.clone(), clock.clone())
+        .await
+        .unwrap();
+    let b = Auth::open(db.clone(), tiers.clone(), clock.clone())
+        .await
+        .unwrap();
+    let caller = a.authenticate(&secret).unwrap();
+    caller.require(Scope::Write, "sql.execute").unwrap();
+    for _ in 0..3 {
+        a.authenticate(&secret).unwrap().charge().unwrap();
+        b.authenticate(&secret).unwrap().charge().unwrap();
+    }
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    // A third front end sees what both counted.
+    let c = Auth::open(db.clone(), tiers.clone(), clock.clone())
+        .await
+        .unwrap();
+    assert_eq!(c.authenticate(&secret).unwrap().key().unwrap().used().0, 6);
+    let listed = list_keys(db.clone()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].last_used.is_some());
+    // Revoked through one front end: the other stops accepting it at its
+    // next refresh.
+    assert!(revoke_key(db.clone(), "ci").await.unwrap());
+    assert!(!revoke_key(db.clone(), "ci").await.unwrap());
+    assert!(b.refresh().await.unwrap());
+    let e = b.authenticate(&secret).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized);
+    assert!(!b.still_valid(&caller));
+}

@@ -12,13 +12,14 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use rusqlite::OptionalExtension as _;
 use sha2::Digest as _;
 
 use crate::auth::quota::Tiers;
 use crate::auth::scope::Scopes;
-use crate::db::Database;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::params;
+use crate::value::{Params, Value};
 
 /// What `keys create` asks for.
 #[derive(Debug, Clone)]
@@ -110,16 +111,26 @@ pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-pub(crate) const BUMP_VERSION: &str =
-    "INSERT INTO main.litebridge_meta(key, value) VALUES ('keys_version', '1')
-     ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1";
+pub(crate) fn bump_version(db: &Backend) -> String {
+    format!(
+        "INSERT INTO {t}(key, value) VALUES ('keys_version', '1')
+         ON CONFLICT(key) DO UPDATE
+             SET value = CAST(CAST(litebridge_meta.value AS INTEGER) + 1 AS TEXT)",
+        t = db.own("meta")
+    )
+}
 
 /// Creates a key; returns it and its secret, which exists nowhere else.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for a bad name, an unknown tier, no scope or a
 /// name already in use (revoked keys keep their names).
-pub async fn create_key(db: &Database, tiers: &Tiers, new: NewKey) -> Result<(KeyInfo, String)> {
+pub async fn create_key(
+    db: impl Into<Backend>,
+    tiers: &Tiers,
+    new: NewKey,
+) -> Result<(KeyInfo, String)> {
+    let db = db.into();
     tiers.check(&new.tier)?;
     if new.scopes == Scopes::NONE {
         return Err(Error::invalid("scope", "a key needs at least one scope"));
@@ -138,28 +149,46 @@ pub async fn create_key(db: &Database, tiers: &Tiers, new: NewKey) -> Result<(Ke
     let digest = hex(&hash(&secret));
     let created = SystemTime::now();
     let (scopes, tier) = (new.scopes, new.tier);
-    let (n, t) = (name.clone(), tier.clone());
-    let id = db
-        .write(move |c| {
-            let taken: bool = c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM main.litebridge_keys WHERE name = ?1)",
-                [&n],
-                |r| r.get(0),
-            )?;
-            if taken {
-                return Err(Error::invalid(
-                    "name",
-                    format!("a key named {n:?} exists already (names of revoked keys stay taken)"),
-                ));
-            }
-            c.execute(
-                "INSERT INTO main.litebridge_keys(name, hash, scopes, tier, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![n, digest, scopes.to_string(), t, unix_ms(created)],
-            )?;
-            c.execute(BUMP_VERSION, [])?;
-            Ok(c.last_insert_rowid())
-        })
+    let taken = |e: Error| match &e {
+        // SQLite's SQLITE_CONSTRAINT_UNIQUE, PostgreSQL's unique_violation:
+        // the name is the only unique column a new key can collide on (a
+        // 32-byte random secret's hash does not).
+        Error::Sql { extended_code, .. } if *extended_code == 2067 => name_taken(&name),
+        Error::Postgres { sqlstate, .. } if sqlstate == "23505" => name_taken(&name),
+        _ => e,
+    };
+    db.own_batch(vec![
+        (
+            format!(
+                "INSERT INTO {}(name, hash, scopes, tier, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                db.own("keys")
+            ),
+            params![
+                name.clone(),
+                digest,
+                scopes.to_string(),
+                tier.clone(),
+                unix_ms(created)
+            ],
+        ),
+        (bump_version(&db), Params::None),
+    ])
+    .await
+    .map_err(taken)?;
+    let rows = db
+        .own_query(
+            &format!("SELECT id FROM {} WHERE name = ?1", db.own("keys")),
+            params![name.clone()],
+        )
         .await?;
+    let id = match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(id)) => *id,
+        _ => {
+            return Err(Error::Internal {
+                message: format!("key {name:?} was created but cannot be read back"),
+            });
+        }
+    };
     let info = KeyInfo {
         id,
         name,
@@ -176,39 +205,54 @@ pub async fn create_key(db: &Database, tiers: &Tiers, new: NewKey) -> Result<(Ke
 ///
 /// # Errors
 /// SQLite errors.
-pub async fn list_keys(db: &Database) -> Result<Vec<KeyInfo>> {
-    db.read(|c| {
-        let mut stmt = c.prepare_cached(
-            "SELECT id, name, scopes, tier, created_at, revoked_at, last_used_at
-             FROM main.litebridge_keys ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, scopes, tier, created, revoked, last_used) = row?;
-            out.push(KeyInfo {
-                id,
-                name,
-                scopes: scopes.parse::<Scopes>().unwrap_or(Scopes::NONE),
-                tier,
-                created: from_unix_ms(created),
-                revoked: revoked.map(from_unix_ms),
-                last_used: last_used.map(from_unix_ms),
-            });
-        }
-        Ok(out)
-    })
-    .await
+pub async fn list_keys(db: impl Into<Backend>) -> Result<Vec<KeyInfo>> {
+    let db = db.into();
+    let rows = db
+        .own_query(
+            &format!(
+                "SELECT id, name, scopes, tier, created_at, revoked_at, last_used_at
+                 FROM {} ORDER BY id",
+                db.own("keys")
+            ),
+            (),
+        )
+        .await?;
+    Ok(rows
+        .rows
+        .into_iter()
+        .map(|r| KeyInfo {
+            id: int(&r[0]).unwrap_or(0),
+            name: text(&r[1]),
+            scopes: text(&r[2]).parse::<Scopes>().unwrap_or(Scopes::NONE),
+            tier: text(&r[3]),
+            created: from_unix_ms(int(&r[4]).unwrap_or(0)),
+            revoked: int(&r[5]).map(from_unix_ms),
+            last_used: int(&r[6]).map(from_unix_ms),
+        })
+        .collect())
+}
+
+/// A column read as an integer (`None` for NULL).
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A column read as text (empty for NULL).
+pub(crate) fn text(v: &Value) -> String {
+    match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    }
+}
+
+fn name_taken(name: &str) -> Error {
+    Error::invalid(
+        "name",
+        format!("a key named {name:?} exists already (names of revoked keys stay taken)"),
+    )
 }
 
 /// Revokes the active key named `name`; false when there is none. Servers
@@ -217,28 +261,37 @@ pub async fn list_keys(db: &Database) -> Result<Vec<KeyInfo>> {
 ///
 /// # Errors
 /// SQLite errors.
-pub async fn revoke_key(db: &Database, name: &str) -> Result<bool> {
-    let name = name.to_owned();
+pub async fn revoke_key(db: impl Into<Backend>, name: &str) -> Result<bool> {
+    let db = db.into();
     let now = unix_ms(SystemTime::now());
-    db.write(move |c| {
-        let n = c.execute(
-            "UPDATE main.litebridge_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-            rusqlite::params![name, now],
-        )?;
-        if n > 0 {
-            c.execute(BUMP_VERSION, [])?;
-        }
-        Ok(n > 0)
-    })
-    .await
+    // The revocation and the version bump commit together, so every server
+    // sees the revocation at its next refresh. The bump runs even when no
+    // key matched: a spare refresh, never a missed one.
+    let done = db
+        .own_batch(vec![
+            (
+                format!(
+                    "UPDATE {} SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    db.own("keys")
+                ),
+                params![name, now],
+            ),
+            (bump_version(&db), Params::None),
+        ])
+        .await?;
+    Ok(done.first().is_some_and(|r| r.changes > 0))
 }
 
 /// The version of the key table, bumped by every change.
-pub(crate) fn version(c: &rusqlite::Connection) -> Result<Option<String>> {
-    Ok(c.query_row(
-        "SELECT value FROM main.litebridge_meta WHERE key = 'keys_version'",
-        [],
-        |r| r.get(0),
-    )
-    .optional()?)
+pub(crate) async fn version(db: &Backend) -> Result<Option<String>> {
+    let rows = db
+        .own_query(
+            &format!(
+                "SELECT value FROM {} WHERE key = 'keys_version'",
+                db.own("meta")
+            ),
+            (),
+        )
+        .await?;
+    Ok(rows.rows.first().and_then(|r| r.first()).map(text))
 }

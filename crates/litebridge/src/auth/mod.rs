@@ -59,8 +59,9 @@ pub use keys::{KeyInfo, NewKey, create_key, list_keys, revoke_key};
 pub use quota::{InFlight, TierLimits, Tiers};
 pub use scope::{Scope, Scopes};
 
-use crate::db::Database;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::params;
 use crate::store::Clock;
 use crate::sync::{lock, read, write};
 use quota::{Meter, Period, Usage, periods};
@@ -191,7 +192,7 @@ struct Registry {
 
 #[derive(Debug)]
 struct Inner {
-    db: Database,
+    db: Backend,
     tiers: Tiers,
     clock: Arc<dyn Clock>,
     registry: RwLock<Arc<Registry>>,
@@ -212,10 +213,10 @@ impl Auth {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn open(db: Database, tiers: Tiers, clock: Arc<dyn Clock>) -> Result<Auth> {
+    pub async fn open(db: impl Into<Backend>, tiers: Tiers, clock: Arc<dyn Clock>) -> Result<Auth> {
         let auth = Auth {
             inner: Arc::new(Inner {
-                db,
+                db: db.into(),
                 tiers,
                 clock,
                 registry: RwLock::new(Arc::new(Registry::default())),
@@ -307,36 +308,41 @@ impl Auth {
     pub async fn refresh(&self) -> Result<bool> {
         let _one = self.inner.busy.lock().await;
         let current = self.registry();
-        let version = self.inner.db.read(keys::version).await?;
+        let db = &self.inner.db;
+        let version = keys::version(db).await?;
         if current.loaded && version == current.version {
             return Ok(false);
         }
         let (day, month, _) = periods(self.inner.clock.now());
         let (dname, mname) = (day.name(), month.name());
-        let rows = self
-            .inner
-            .db
-            .read(move |c| {
-                let mut stmt = c.prepare_cached(
+        let rows = db
+            .own_query(
+                &format!(
                     "SELECT k.id, k.name, k.hash, k.scopes, k.tier,
-                            coalesce((SELECT count FROM main.litebridge_quota q WHERE q.key_id = k.id AND q.period = ?1), 0),
-                            coalesce((SELECT count FROM main.litebridge_quota q WHERE q.key_id = k.id AND q.period = ?2), 0)
-                     FROM main.litebridge_keys k WHERE k.revoked_at IS NULL",
-                )?;
-                let rows = stmt.query_map([&dname, &mname], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                    ))
-                })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-            })
+                            coalesce((SELECT count FROM {q} q WHERE q.key_id = k.id AND q.period = ?1), 0),
+                            coalesce((SELECT count FROM {q} q WHERE q.key_id = k.id AND q.period = ?2), 0)
+                     FROM {k} k WHERE k.revoked_at IS NULL",
+                    q = db.own("quota"),
+                    k = db.own("keys")
+                ),
+                params![dname, mname],
+            )
             .await?;
+        let rows: Vec<(i64, String, String, String, String, i64, i64)> = rows
+            .rows
+            .into_iter()
+            .map(|r| {
+                (
+                    keys::int(&r[0]).unwrap_or(0),
+                    keys::text(&r[1]),
+                    keys::text(&r[2]),
+                    keys::text(&r[3]),
+                    keys::text(&r[4]),
+                    keys::int(&r[5]).unwrap_or(0),
+                    keys::int(&r[6]).unwrap_or(0),
+                )
+            })
+            .collect();
         let by_id: HashMap<i64, &Arc<KeyEntry>> =
             current.by_hash.values().map(|k| (k.id, k)).collect();
         let mut next = Registry {
@@ -429,28 +435,32 @@ impl Auth {
                 )
             })
             .collect();
-        let written = self
-            .inner
-            .db
-            .write(move |c| {
-                let mut add = c.prepare_cached(
-                    "INSERT INTO main.litebridge_quota(key_id, period, count) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(key_id, period) DO UPDATE SET count = count + excluded.count",
-                )?;
-                let mut used = c.prepare_cached(
-                    "UPDATE main.litebridge_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
-                )?;
-                for (id, pending, last) in &rows {
-                    for (period, n) in pending {
-                        add.execute(rusqlite::params![id, period, *n as i64])?;
-                    }
-                    if let Some(ms) = last {
-                        used.execute(rusqlite::params![id, ms])?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
+        let db = &self.inner.db;
+        let (add, used) = (
+            format!(
+                "INSERT INTO {}(key_id, period, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key_id, period) DO UPDATE
+                     SET count = litebridge_quota.count + excluded.count",
+                db.own("quota")
+            ),
+            format!(
+                "UPDATE {} SET last_used_at = CASE
+                     WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END
+                 WHERE id = ?1",
+                db.own("keys")
+            ),
+        );
+        let mut statements = Vec::new();
+        for (id, pending, last) in &rows {
+            for (period, n) in pending {
+                statements.push((add.clone(), params![*id, period.clone(), *n as i64]));
+            }
+            if let Some(ms) = last {
+                statements.push((used.clone(), params![*id, *ms]));
+            }
+        }
+        // Every key's counts in one transaction: all written or all kept.
+        let written = db.own_batch(statements).await;
         if let Err(e) = written {
             for (entry, pending, last) in taken {
                 lock(&entry.meter.usage).restore_pending(pending, last);
@@ -468,16 +478,17 @@ impl Auth {
             return Ok(());
         };
         let (old_day, old_month) = (Period::Day(d - 40).name(), Period::Month(m - 13).name());
-        self.inner
-            .db
-            .write(move |c| {
-                c.execute(
-                    "DELETE FROM main.litebridge_quota WHERE (period LIKE 'd%' AND period < ?1) OR (period LIKE 'm%' AND period < ?2)",
-                    [&old_day, &old_month],
-                )?;
-                Ok(())
-            })
-            .await
+        let db = &self.inner.db;
+        db.own_execute(
+            format!(
+                "DELETE FROM {} WHERE (period LIKE 'd%' AND period < ?1)
+                     OR (period LIKE 'm%' AND period < ?2)",
+                db.own("quota")
+            ),
+            params![old_day, old_month],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Refreshes the keys and flushes the counters every `interval` until
@@ -491,7 +502,7 @@ impl Auth {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if !auth.inner.db.health().healthy {
+                if !auth.inner.db.is_open() {
                     continue;
                 }
                 if let Err(e) = auth.refresh().await {

@@ -568,6 +568,26 @@ impl Database {
             .await
     }
 
+    /// Writes of the stores in one transaction (all or none).
+    pub(crate) async fn batch_trusted(
+        &self,
+        statements: Vec<(String, Params)>,
+    ) -> Result<Vec<ExecResult>> {
+        debug_assert!(
+            statements
+                .iter()
+                .all(|(sql, _)| exec::mentions_own_tables(sql)),
+            "trusted SQL names litebridge_ tables"
+        );
+        self.write(move |c| {
+            statements
+                .iter()
+                .map(|(sql, p)| exec::execute(c, sql, p))
+                .collect()
+        })
+        .await
+    }
+
     /// Runs several statements as one atomic unit: all of them commit or none.
     ///
     /// # Errors

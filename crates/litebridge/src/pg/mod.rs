@@ -232,6 +232,26 @@ impl PgDatabase {
             .unwrap_or_default())
     }
 
+    /// Writes of the stores in one transaction.
+    pub(crate) async fn own_batch(
+        &self,
+        statements: Vec<(String, Params)>,
+    ) -> Result<Vec<ExecResult>> {
+        let prepared = statements
+            .into_iter()
+            .map(|(sql, p)| Prepared::own(&sql, p))
+            .collect::<Result<Vec<_>>>()?;
+        let done = self
+            .write(Who::Own, prepared, WriteOptions::default(), Shape::Each)
+            .await?;
+        Ok(done.into_iter().map(|d| d.result).collect())
+    }
+
+    /// Whether it still hands out connections (not closed).
+    pub(crate) fn is_open(&self) -> bool {
+        !self.inner.client.is_closed()
+    }
+
     /// The schema of litebridge's own tables.
     pub(crate) fn own_schema(&self) -> &str {
         &self.inner.config.schema
