@@ -373,7 +373,7 @@ async fn postgres_types_read_as_documented() {
              '{\"a\": [1, 2]}'::jsonb, '{\"b\":1}'::json, \
              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, DATE '2026-12-01', \
              TIMESTAMP '2026-12-01 10:20:30.5', TIMESTAMPTZ '2026-12-01 10:20:30+02', \
-             TIME '01:02:03', 'x'::char(3), 7::int2, 8::int4, 9::oid",
+             TIME '01:02:03', 'x'::char(3), 7::int2, 8::int4, 9::oid, 'y'::\"char\"",
             (),
             QueryOptions::default(),
         )
@@ -397,6 +397,7 @@ async fn postgres_types_read_as_documented() {
             Value::Integer(7),
             Value::Integer(8),
             Value::Integer(9),
+            Value::Text("y".into()),
         ]
     );
     db.close();
@@ -561,7 +562,7 @@ async fn postgres_refuses_a_superuser_for_client_sql() {
         PgDatabase::connect(litebridge::pg::PgConfig::new(url.clone()).client("postgres2", None))
             .await
             .expect_err("no such role");
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     let admin = common::pg::admin(&url).await;
     let _ = admin
         .batch_execute("DO $$ BEGIN CREATE ROLE lb_test_super LOGIN SUPERUSER; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
@@ -597,6 +598,202 @@ async fn postgres_read_only_holds_against_set_config() {
             .expect_err("still read-only");
         assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
     }
+    db.close();
+    schema.drop_now().await;
+}
+
+// ----- PostgreSQL: what one request leaves must not reach the next ---------
+// (found by a hostile review; one connection, so the next request surely
+// gets the same one when it is reused)
+
+async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
+    let schema = common::pg::Schema::new().await?;
+    let mut config = schema.config();
+    config.connections = 1;
+    let db = PgDatabase::connect(config).await.unwrap();
+    Some((schema, db))
+}
+
+async fn one_text(db: &PgDatabase, sql: &str) -> String {
+    let r = db
+        .query_with(sql, (), QueryOptions::default())
+        .await
+        .unwrap();
+    match &r.rows[0][0] {
+        Value::Text(t) => t.clone(),
+        Value::Integer(i) => i.to_string(),
+        v => panic!("{v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_session_state_does_not_outlive_its_request() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let w = WriteOptions::default();
+    db.execute_with("CREATE TABLE items(id int PRIMARY KEY, name text)", (), w)
+        .await
+        .unwrap();
+    // Settings made with set_config() from a read.
+    for (name, value) in [
+        ("TimeZone", "America/New_York"),
+        ("search_path", "pg_catalog"),
+        ("statement_timeout", "1"),
+        ("default_transaction_read_only", "on"),
+        ("synchronous_commit", "off"),
+    ] {
+        let _ = db
+            .query_with(
+                "SELECT set_config(?1, ?2, false)",
+                params![name, value],
+                QueryOptions::default(),
+            )
+            .await
+            .unwrap();
+        let now = one_text(&db, &format!("SELECT current_setting('{name}')")).await;
+        assert_ne!(now, value, "{name} outlived the request that set it");
+    }
+    // A temporary table named like a real one does not catch later writes.
+    db.execute_with("CREATE TEMP TABLE items(id int, name text)", (), w)
+        .await
+        .unwrap();
+    db.execute_with("INSERT INTO items VALUES (1, 'real')", (), w)
+        .await
+        .unwrap();
+    assert_eq!(one_text(&db, "SELECT count(*) FROM items").await, "1");
+    let admin = common::pg::admin(&schema.url).await;
+    let n: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}.items", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the write went to the real table");
+    // An advisory lock taken by a request is released after it.
+    let _ = one_text(&db, "SELECT pg_advisory_lock(4242)::text").await;
+    let free: bool = admin
+        .query_one("SELECT pg_try_advisory_lock(4242)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free, "the advisory lock outlived its request");
+    // A statement prepared with SQL (which could take the name of one of
+    // litebridge's) gets its connection dropped.
+    db.query_with(
+        "SELECT 1 FROM (SELECT 1) AS t WHERE ?1 = 1",
+        params![1],
+        QueryOptions::default(),
+    )
+    .await
+    .unwrap();
+    let _ = db
+        .execute_with(
+            "DO $$ BEGIN EXECUTE 'PREPARE evil AS SELECT 1'; END $$",
+            (),
+            w,
+        )
+        .await;
+    assert_eq!(
+        one_text(
+            &db,
+            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+        )
+        .await,
+        "0"
+    );
+    // A cursor held past the transaction is closed.
+    let _ = db
+        .execute_with(
+            "DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$",
+            (),
+            w,
+        )
+        .await;
+    assert_eq!(
+        one_text(&db, "SELECT count(*) FROM pg_cursors WHERE is_holdable").await,
+        "0"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_leading_semicolon_does_not_pass_the_filter() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let w = WriteOptions::default();
+    db.execute_with("CREATE TABLE t(x int PRIMARY KEY)", (), w)
+        .await
+        .unwrap();
+    let e = db
+        .batch(
+            vec![
+                Statement::new("INSERT INTO t VALUES (1)", ()),
+                Statement::new(";COMMIT", ()),
+                Statement::new("INSERT INTO t VALUES (1)", ()),
+            ],
+            w,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "0");
+    for sql in [
+        ";SET search_path = public",
+        "--x\rSET search_path = public",
+        " ;; DEALLOCATE ALL",
+    ] {
+        let e = db.execute_with(sql, (), w).await.expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_statement_that_ignores_cancel_is_terminated() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let e = db
+        .execute_with(
+            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
+             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* runaway */",
+            (),
+            WriteOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Cancel (ignored), two seconds, then terminated.
+    let admin = common::pg::admin(&schema.url).await;
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        left = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* runaway */' \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the runaway statement still runs");
     db.close();
     schema.drop_now().await;
 }

@@ -102,8 +102,12 @@ impl PgConfig {
         Ok(c)
     }
 
-    /// The connection settings of the clients' SQL.
-    pub(crate) fn client_config(&self) -> Result<tokio_postgres::Config> {
+    /// The connection settings of the clients' SQL. Settings that decide
+    /// how litebridge reads the SQL and its results, and the server's
+    /// `synchronous_commit`, are fixed in the connection's start-up options,
+    /// which win over a role's own defaults (`ALTER ROLE ... SET`, which the
+    /// clients' role can run on itself) and which `RESET ALL` returns to.
+    pub(crate) fn client_config(&self, synchronous_commit: &str) -> Result<tokio_postgres::Config> {
         let mut c = self.parsed()?;
         if let Some(user) = &self.client_user {
             c.user(user);
@@ -112,20 +116,27 @@ impl PgConfig {
                 None => c.password(Vec::<u8>::new()),
             };
         }
-        let mut options =
-            String::from("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601");
-        if let Some(schema) = &self.client_schema {
-            if !schema
+        let mut options = format!(
+            "{SESSION} -c standard_conforming_strings=on -c default_transaction_read_only=off \
+             -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+             -c row_security=on"
+        );
+        if !synchronous_commit.is_empty() {
+            if !synchronous_commit
                 .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-                || schema.is_empty()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
             {
                 return Err(Error::Config {
-                    key: "postgres.client_schema".into(),
-                    value: schema.clone(),
-                    expected: "a schema name of letters, digits and underscores".into(),
+                    key: "synchronous_commit (the server's)".into(),
+                    value: synchronous_commit.to_owned(),
+                    expected: "one of PostgreSQL's values".into(),
                 });
             }
+            options.push_str(" -c synchronous_commit=");
+            options.push_str(synchronous_commit);
+        }
+        if let Some(schema) = &self.client_schema {
+            schema_name("postgres.client_schema", schema)?;
             options.push_str(" -c search_path=");
             options.push_str(schema);
         }
@@ -145,7 +156,7 @@ impl PgConfig {
     /// # Errors
     /// [`Error::Config`] naming the first invalid setting.
     pub fn validate(&self) -> Result<()> {
-        self.client_config()?;
+        self.client_config("")?;
         schema_name("postgres.schema", &self.schema)?;
         let owner = self.parsed()?.get_user().map(str::to_owned);
         match &self.client_user {

@@ -42,7 +42,9 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::collections::HashMap;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, ObjectId, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
@@ -52,6 +54,7 @@ use tokio_postgres::{NoTls, Statement as PgStatement};
 pub use config::PgConfig;
 
 use crate::error::{Error, Result, TimeoutStage};
+use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
 use error::{connection_lost, error_chain, from_pg};
@@ -70,6 +73,9 @@ struct Inner {
     client: Pool,
     /// litebridge's own work (the stores), as the URL's user.
     own: Pool,
+    /// The server process of each of the clients' connections, for
+    /// stopping one that ignores a cancel request.
+    pids: std::sync::Mutex<HashMap<ObjectId, i32>>,
 }
 
 /// Whose SQL a request runs: the clients' (checked, on their role) or
@@ -143,39 +149,30 @@ impl PgDatabase {
                     message: format!("cannot build the PostgreSQL pool: {e}"),
                 })
         };
-        let client = pool(config.client_config()?, config.connections)?;
+        let deadline = Instant::now() + config.connect_timeout;
         let own = pool(config.own_config()?, config.connections.min(8))?;
-        let db = PgDatabase {
+        let mut owner = connect_to(&own, deadline).await?;
+        let client_user = config.client_user.clone().unwrap_or_default();
+        check_client_role(&owner, &client_user).await?;
+        schema::migrate(&mut owner, &config.schema, &client_user).await?;
+        // The server's own durability setting, fixed for the clients'
+        // sessions so that a role-level setting cannot lower it.
+        let sync: String = owner
+            .query_one("SELECT current_setting('synchronous_commit')", &[])
+            .await
+            .map_err(|e| from_pg(&e, Duration::ZERO))?
+            .get(0);
+        drop(owner);
+        let client = pool(config.client_config(&sync)?, config.connections)?;
+        drop(connect_to(&client, deadline).await?);
+        Ok(PgDatabase {
             inner: Arc::new(Inner {
                 config,
                 client,
                 own,
+                pids: std::sync::Mutex::new(HashMap::new()),
             }),
-        };
-        let deadline = Instant::now() + db.inner.config.connect_timeout;
-        let conn = db.connection(Who::Client, deadline).await?;
-        let row = conn
-            .query_one(
-                "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .map_err(|e| from_pg(&e, Duration::ZERO))?;
-        let (user, superuser): (String, bool) = (row.get(0), row.get(1));
-        drop(conn);
-        if superuser {
-            return Err(Error::Forbidden {
-                message: format!(
-                    "the clients' SQL would run as {user:?}, a superuser, who can read and change \
-                     litebridge's own tables; set postgres.client_user to a role without \
-                     superuser rights (docs/postgres.md shows how to create one)"
-                ),
-            });
-        }
-        let mut own = db.connection(Who::Own, deadline).await?;
-        let schema = db.inner.config.schema.clone();
-        schema::migrate(&mut own, &schema, &user).await?;
-        Ok(db)
+        })
     }
 
     /// The configuration it was opened with.
@@ -261,8 +258,11 @@ impl PgDatabase {
     async fn read(&self, who: Who, p: Prepared, options: QueryOptions) -> Result<Rows> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let mut conn = self.connection(who, deadline).await?;
-        let stmt = self.prepare(&conn, &p, deadline, timeout).await?;
+        let conn = self.connection(who, deadline).await?;
+        let stmt = match self.prepare(&conn, &p, deadline, timeout).await {
+            Ok(stmt) => stmt,
+            Err(e) => return Err(self.failed(who, conn, e).await),
+        };
         readable_columns(&stmt)?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
@@ -270,28 +270,26 @@ impl PgDatabase {
             let begin = conn.batch_execute("BEGIN READ ONLY");
             let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
             let commit = conn.batch_execute("COMMIT");
-            let (begun, rows, committed) = tokio::join!(begin, rows, commit);
+            let reset = reset_session(&conn, who);
+            let (begun, rows, committed, clean) = tokio::join!(begin, rows, commit, reset);
             begun.map_err(|e| from_pg(&e, timeout))?;
             let rows = rows?;
             committed.map_err(|e| from_pg(&e, timeout))?;
-            Ok::<_, Error>(rows)
+            Ok::<_, Error>((rows, clean))
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => {
-                if matches!(e, Error::TooLarge { .. }) || is_lost(&e) {
-                    // Rows may still be coming, or the connection is gone.
-                    discard(conn).await;
-                } else {
-                    // The transaction is over (its COMMIT was a rollback).
-                    let _ = conn.batch_execute("ROLLBACK").await;
-                    drop(conn);
+            Ok(Ok((rows, clean))) => {
+                if !clean {
+                    self.discard(conn);
                 }
+                Ok(rows)
+            }
+            Ok(Err(e)) => {
+                self.after_error(who, conn).await;
                 Err(e)
             }
             Err(_) => {
-                cancel(&mut conn).await;
-                discard(conn).await;
+                self.stop(conn);
                 Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
@@ -392,7 +390,7 @@ impl PgDatabase {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
         let max_bytes = self.inner.config.max_result_bytes;
-        let mut conn = self.connection(who, deadline).await?;
+        let conn = self.connection(who, deadline).await?;
         let what = if shape == Shape::Rows {
             "rows"
         } else {
@@ -405,11 +403,13 @@ impl PgDatabase {
             if shape == Shape::Rows && i > 0 {
                 break;
             }
-            let stmt = self
-                .prepare(&conn, p, deadline, timeout)
-                .await
-                .map_err(|e| if many { at(what, i, e) } else { e })?;
-            prepared.push(stmt);
+            match self.prepare(&conn, p, deadline, timeout).await {
+                Ok(stmt) => prepared.push(stmt),
+                Err(e) => {
+                    let e = self.failed(who, conn, e).await;
+                    return Err(if many { at(what, i, e) } else { e });
+                }
+            }
         }
         let run = async {
             let begin = conn.batch_execute("BEGIN");
@@ -453,37 +453,41 @@ impl PgDatabase {
         let results = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => {
-                // A connection that is gone, or cannot roll back, is not reused.
-                if is_lost(&e) || conn.batch_execute("ROLLBACK").await.is_err() {
-                    discard(conn).await;
-                }
+                self.after_error(who, conn).await;
                 return Err(e);
             }
             Err(_) => {
-                cancel(&mut conn).await;
-                discard(conn).await;
+                self.stop(conn);
                 return Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
                 });
             }
         };
-        match tokio::time::timeout_at(deadline, conn.batch_execute("COMMIT")).await {
-            Ok(Ok(())) => Ok(results),
-            Ok(Err(e)) if e.as_db_error().is_some() && !connection_lost(&e) => {
+        let commit =
+            async { tokio::join!(conn.batch_execute("COMMIT"), reset_session(&conn, who)) };
+        match tokio::time::timeout_at(deadline, commit).await {
+            Ok((Ok(()), clean)) => {
+                if !clean {
+                    self.discard(conn);
+                }
+                Ok(results)
+            }
+            Ok((Err(e), _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server answered: the COMMIT failed (a deferred
                 // constraint, a serialization failure) and nothing committed.
+                self.discard(conn);
                 Err(from_pg(&e, timeout))
             }
-            Ok(Err(e)) => {
-                discard(conn).await;
+            Ok((Err(e), _)) => {
+                self.discard(conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: error_chain(&e),
                 })
             }
             Err(_) => {
-                discard(conn).await;
+                self.stop(conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: format!(
@@ -495,6 +499,71 @@ impl PgDatabase {
         }
     }
 
+    /// `e` from preparing on `conn`: a prepare cut off by the deadline may
+    /// still run on the server, so its connection is stopped.
+    async fn failed(&self, who: Who, conn: Object, e: Error) -> Error {
+        if matches!(e, Error::Timeout { .. }) {
+            self.stop(conn);
+        } else {
+            self.after_error(who, conn).await;
+        }
+        e
+    }
+
+    /// After a failed request: the clients' connections are dropped (what
+    /// a failed statement left in the session is not looked into); one of
+    /// litebridge's own is rolled back and kept, unless it is gone.
+    async fn after_error(&self, who: Who, conn: Object) {
+        if who == Who::Client || conn.batch_execute("ROLLBACK").await.is_err() {
+            self.discard(conn);
+        }
+    }
+
+    /// Drops a connection instead of returning it to the pool.
+    fn discard(&self, conn: Object) {
+        lock(&self.inner.pids).remove(&Object::id(&conn));
+        drop(Object::take(conn));
+    }
+
+    /// Stops what a connection runs past its deadline, off the caller's
+    /// time: PostgreSQL's cancel request, then, if the server process has
+    /// not answered within two seconds (a statement can catch a cancel and
+    /// go on), `pg_terminate_backend` from litebridge's own role. The
+    /// connection is dropped either way.
+    fn stop(&self, conn: Object) {
+        let token = conn.cancel_token();
+        let pid = lock(&self.inner.pids).remove(&Object::id(&conn));
+        let own = self.inner.own.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
+            let answered = tokio::time::timeout(STOP_GRACE, conn.batch_execute("ROLLBACK")).await;
+            drop(Object::take(conn));
+            if answered.is_ok() {
+                return;
+            }
+            let Some(pid) = pid else { return };
+            let killed = async {
+                let c = own.get().await.map_err(|e| e.to_string())?;
+                c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| error_chain(&e))
+            };
+            match tokio::time::timeout(STOP_GRACE, killed).await {
+                Ok(Ok(_)) => tracing::warn!(
+                    pid,
+                    "a PostgreSQL statement went on past its deadline and a cancel; its server process was terminated"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    pid,
+                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process could not be terminated (give litebridge's role pg_signal_backend): {e}"
+                ),
+                Err(_) => {
+                    tracing::warn!(pid, "terminating a runaway PostgreSQL statement timed out")
+                }
+            }
+        });
+    }
+
     /// A connection of `who`'s pool, waited for until `deadline`.
     async fn connection(&self, who: Who, deadline: Instant) -> Result<Object> {
         let pool = match who {
@@ -502,7 +571,31 @@ impl PgDatabase {
             Who::Own => &self.inner.own,
         };
         match tokio::time::timeout_at(deadline, pool.get()).await {
-            Ok(Ok(c)) => Ok(c),
+            Ok(Ok(c)) if who == Who::Own => Ok(c),
+            Ok(Ok(c)) => {
+                let id = Object::id(&c);
+                if !lock(&self.inner.pids).contains_key(&id) {
+                    let pid = tokio::time::timeout_at(
+                        deadline,
+                        c.query_one("SELECT pg_backend_pid()", &[]),
+                    )
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        after: Duration::ZERO,
+                        stage: TimeoutStage::Queued,
+                    })?
+                    .map_err(|e| from_pg(&e, Duration::ZERO))?
+                    .get::<_, i32>(0);
+                    let mut pids = lock(&self.inner.pids);
+                    // Connections the pool dropped on its own leave entries:
+                    // bounded by starting over.
+                    if pids.len() > 4 * self.inner.config.connections {
+                        pids.clear();
+                    }
+                    pids.insert(id, pid);
+                }
+                Ok(c)
+            }
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
                 what: "the PostgreSQL server",
                 reason: error_chain(&e),
@@ -675,20 +768,98 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
-/// Whether `e` means the connection is gone.
-fn is_lost(e: &Error) -> bool {
-    matches!(e, Error::Unavailable { .. })
+/// How long a runaway statement is given at each step of [`PgDatabase::stop`].
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Statements that end what a request may have left in its session (the
+/// clients' SQL can reach them through functions and `DO` blocks, past any
+/// statement filter): cursors, notifications, advisory locks, temporary
+/// tables, settings made with `set_config()`. The count at the end finds a
+/// statement prepared with SQL's `PREPARE`, which could take the name of one
+/// of litebridge's own: such a connection is dropped.
+const RESET: &str = "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; \
+                     DISCARD SEQUENCES; RESET ALL; \
+                     SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+
+/// Resets the session of a clients' connection; whether it may be reused.
+async fn reset_session(conn: &Object, who: Who) -> bool {
+    if who == Who::Own {
+        return true;
+    }
+    match conn.simple_query(RESET).await {
+        Ok(messages) => {
+            messages.iter().rev().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|n| n == "0"),
+                _ => None,
+            }) == Some(true)
+        }
+        Err(_) => false,
+    }
 }
 
-/// Asks the server to stop what `conn` is running (within a second).
-async fn cancel(conn: &mut Object) {
-    let token = conn.cancel_token();
-    let _ = tokio::time::timeout(Duration::from_secs(1), token.cancel_query(NoTls)).await;
+/// The clients' role may not be one that can reach past the database's
+/// privileges: a superuser, a role that creates roles, or one that reads or
+/// writes the server's files or runs programs there.
+async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result<()> {
+    let row = owner
+        .query_opt(
+            "SELECT rolsuper, rolcreaterole,
+                    pg_has_role(oid, 'pg_read_server_files', 'MEMBER')
+                    OR pg_has_role(oid, 'pg_write_server_files', 'MEMBER')
+                    OR pg_has_role(oid, 'pg_execute_server_program', 'MEMBER')
+             FROM pg_roles WHERE rolname = $1",
+            &[&user],
+        )
+        .await
+        .map_err(|e| from_pg(&e, Duration::ZERO))?;
+    let Some(row) = row else {
+        return Err(Error::Config {
+            key: "postgres.client_user".into(),
+            value: user.to_owned(),
+            expected: "an existing login role (docs/postgres.md shows how to create one)".into(),
+        });
+    };
+    let (superuser, createrole, files): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let why = if superuser {
+        "a superuser"
+    } else if createrole {
+        "a role with CREATEROLE"
+    } else if files {
+        "a member of pg_read_server_files, pg_write_server_files or pg_execute_server_program"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Forbidden {
+        message: format!(
+            "the clients' SQL would run as {user:?}, {why}, who can reach litebridge's own \
+             tables or the server itself; set postgres.client_user to a plain login role \
+             (docs/postgres.md shows how to create one)"
+        ),
+    })
 }
 
-/// Drops the connection instead of returning it to the pool.
-async fn discard(conn: Object) {
-    drop(Object::take(conn));
+/// A first connection of `pool`, by `deadline`.
+async fn connect_to(pool: &Pool, deadline: Instant) -> Result<Object> {
+    match tokio::time::timeout_at(deadline, pool.get()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(deadpool_postgres::PoolError::Backend(e))) => {
+            Err(match from_pg(&e, Duration::ZERO) {
+                Error::Postgres { message, .. } => Error::Unavailable {
+                    what: "the PostgreSQL server",
+                    reason: message,
+                },
+                other => other,
+            })
+        }
+        Ok(Err(e)) => Err(Error::Unavailable {
+            what: "the PostgreSQL server",
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Error::Unavailable {
+            what: "the PostgreSQL server",
+            reason: "no connection within postgres.connect_timeout".into(),
+        }),
+    }
 }
 
 /// `e` naming the item of a multi-item request it came from.

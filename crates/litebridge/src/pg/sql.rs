@@ -28,24 +28,26 @@ pub(crate) fn translate(sql: &str) -> Result<(String, usize)> {
     let mut copied = 0;
     while i < b.len() {
         match b[i] {
-            b'\'' => {
-                let escapes =
-                    i > 0 && matches!(b[i - 1], b'E' | b'e') && (i < 2 || !is_ident(b[i - 2]));
-                i = skip_quoted(b, i, b'\'', escapes);
+            c if is_ident_start(c) => {
+                // A whole identifier or keyword, `$` included (`a$b`, `col$0`);
+                // `E'...'` is the one prefix whose string takes backslash escapes.
+                let start = i;
+                while i < b.len() && (is_ident(b[i]) || b[i] == b'$') {
+                    i += 1;
+                }
+                if b.get(i) == Some(&b'\'') && matches!(&b[start..i], b"E" | b"e") {
+                    i = skip_quoted(b, i, b'\'', true);
+                }
             }
+            b'\'' => i = skip_quoted(b, i, b'\'', false),
             b'"' => i = skip_quoted(b, i, b'"', false),
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1);
-            }
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_line_comment(b, i),
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
             b'$' => {
                 let digits = count_digits(&b[i + 1..]);
                 if digits > 0 {
                     highest = highest.max(number(sql, i + 1, digits)?);
                     i += 1 + digits;
-                } else if i > 0 && is_ident(b[i - 1]) {
-                    // `$` inside an identifier (`a$b`).
-                    i += 1;
                 } else {
                     i = skip_dollar_quoted(b, i);
                 }
@@ -108,11 +110,13 @@ fn first_word(sql: &str) -> &str {
     let b = sql.as_bytes();
     let mut i = 0;
     loop {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'(') {
+        // PostgreSQL takes `;SET x = 1` as one statement: empty statements
+        // before it are skipped here too.
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'(' || b[i] == b';') {
             i += 1;
         }
         if b[i..].starts_with(b"--") {
-            i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1);
+            i = skip_line_comment(b, i);
         } else if b[i..].starts_with(b"/*") {
             i = skip_block_comment(b, i);
         } else {
@@ -126,8 +130,18 @@ fn first_word(sql: &str) -> &str {
     &sql[i..end]
 }
 
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// Past a `--` comment, which a line feed or a carriage return ends (as
+/// PostgreSQL's lexer reads it).
+fn skip_line_comment(b: &[u8], i: usize) -> usize {
+    memchr::memchr2(b'\n', b'\r', &b[i..]).map_or(b.len(), |n| i + n + 1)
 }
 
 fn count_digits(b: &[u8]) -> usize {
@@ -238,6 +252,17 @@ mod tests {
         assert_eq!(t("SELECT a$b, ?1 FROM t"), "SELECT a$b, $1 FROM t");
         // `e'` after an identifier character is not an escape string.
         assert_eq!(t("SELECT name'\\', ?1"), "SELECT name'\\', $1");
+        // A comment ends at a carriage return too.
+        assert_eq!(t("SELECT 1 --c\r, ?1"), "SELECT 1 --c\r, $1");
+        // `$` inside identifiers opens nothing.
+        assert_eq!(t("SELECT a$$b$, ?1, col$0"), "SELECT a$$b$, $1, col$0");
+        assert_eq!(t("SELECT x$e'\\', ?1"), "SELECT x$e'\\', $1");
+        // The text inside E'' after an identifier named E.
+        assert_eq!(t("SELECT E'\\' ?1', ?2"), "SELECT E'\\' ?1', $2");
+        assert_eq!(
+            t("SELECT U&'?1', B'01', X'?1', ?2"),
+            "SELECT U&'?1', B'01', X'?1', $2"
+        );
     }
 
     #[test]
@@ -269,6 +294,10 @@ mod tests {
             "COPY t FROM STDIN",
             "rollback",
             "(SET x = 1)",
+            ";SET search_path = x",
+            " ; ;COMMIT",
+            "--c\rSET x = 1",
+            ";DEALLOCATE ALL",
         ] {
             let e = check_allowed(sql).expect_err(sql);
             assert_eq!(e.kind(), crate::ErrorKind::Forbidden, "{sql}");

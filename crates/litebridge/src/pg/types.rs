@@ -249,7 +249,8 @@ impl<'a> FromSql<'a> for Cell {
             Type::INT4 => Value::Integer(i64::from(i32::from_sql(ty, raw)?)),
             Type::INT8 => Value::Integer(i64::from_sql(ty, raw)?),
             Type::OID => Value::Integer(i64::from(u32::from_sql(ty, raw)?)),
-            Type::CHAR => Value::Integer(i64::from(i8::from_sql(ty, raw)?)),
+            // `"char"`: one byte, read as text (as PostgreSQL prints it).
+            Type::CHAR => Value::Text(String::from_utf8_lossy(raw).into_owned()),
             Type::FLOAT4 => real(f64::from(f32::from_sql(ty, raw)?)),
             Type::FLOAT8 => real(f64::from_sql(ty, raw)?),
             Type::NUMERIC => Value::Text(numeric(raw)?),
