@@ -35,6 +35,10 @@ pub struct PgConfig {
     pub max_result_bytes: usize,
     /// Prepared statements kept per connection. Default: 256.
     pub statement_cache: usize,
+    /// Streaming replicas to read from when a read asks for it
+    /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
+    /// database, user and settings. Default: none (every read on the primary).
+    pub replicas: Vec<String>,
 }
 
 impl PgConfig {
@@ -51,7 +55,15 @@ impl PgConfig {
             default_timeout: Duration::from_secs(30),
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
             statement_cache: 256,
+            replicas: Vec::new(),
         }
+    }
+
+    /// Sets [`PgConfig::replicas`].
+    #[must_use]
+    pub fn replicas(mut self, replicas: impl IntoIterator<Item = impl Into<String>>) -> PgConfig {
+        self.replicas = replicas.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets [`PgConfig::client_user`] (and its password).
@@ -144,6 +156,42 @@ impl PgConfig {
         Ok(c)
     }
 
+    /// The clients' connection settings for one replica (`host:port`).
+    pub(crate) fn replica_config(
+        &self,
+        replica: &str,
+        synchronous_commit: &str,
+    ) -> Result<tokio_postgres::Config> {
+        let bad = || Error::Config {
+            key: "postgres.replicas".into(),
+            value: replica.to_owned(),
+            expected: "host:port".into(),
+        };
+        let (host, port) = replica.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let client = self.client_config(synchronous_commit)?;
+        let mut c = tokio_postgres::Config::new();
+        c.host(host).port(port);
+        if let Some(u) = client.get_user() {
+            c.user(u);
+        }
+        if let Some(p) = client.get_password() {
+            c.password(p);
+        }
+        if let Some(d) = client.get_dbname() {
+            c.dbname(d);
+        }
+        if let Some(o) = client.get_options() {
+            c.options(o);
+        }
+        c.application_name("litebridge");
+        c.connect_timeout(self.connect_timeout);
+        Ok(c)
+    }
+
     /// The connection settings of litebridge's own work (the stores).
     pub(crate) fn own_config(&self) -> Result<tokio_postgres::Config> {
         let mut c = self.parsed()?;
@@ -193,6 +241,9 @@ impl PgConfig {
         };
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
+        for r in &self.replicas {
+            self.replica_config(r, "")?;
+        }
         Ok(())
     }
 }

@@ -37,9 +37,11 @@ mod config;
 mod error;
 mod schema;
 mod sql;
+mod token;
 mod types;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -52,6 +54,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Statement as PgStatement};
 
 pub use config::PgConfig;
+pub use token::{Consistency, Token};
 
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -76,6 +79,25 @@ struct Inner {
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
     pids: std::sync::Mutex<HashMap<ObjectId, i32>>,
+    /// Streaming replicas for reads that allow them.
+    replicas: Vec<Replica>,
+    /// Round robin among replicas.
+    turn: AtomicUsize,
+    replica_reads: AtomicU64,
+    primary_fallbacks: AtomicU64,
+}
+
+/// A replica and how far it was last seen to have replayed.
+struct Replica {
+    pool: Pool,
+    seen: AtomicU64,
+}
+
+/// Which server a read goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Primary,
+    Replica(usize),
 }
 
 /// Whose SQL a request runs: the clients' (checked, on their role) or
@@ -165,12 +187,28 @@ impl PgDatabase {
         drop(owner);
         let client = pool(config.client_config(&sync)?, config.connections)?;
         drop(connect_to(&client, deadline).await?);
+        // Replicas are not waited for: one that is down costs its reads a
+        // detour to the primary, not the start.
+        let replicas = config
+            .replicas
+            .iter()
+            .map(|r| {
+                Ok(Replica {
+                    pool: pool(config.replica_config(r, &sync)?, config.connections)?,
+                    seen: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(PgDatabase {
             inner: Arc::new(Inner {
                 config,
                 client,
                 own,
                 pids: std::sync::Mutex::new(HashMap::new()),
+                replicas,
+                turn: AtomicUsize::new(0),
+                replica_reads: AtomicU64::new(0),
+                primary_fallbacks: AtomicU64::new(0),
             }),
         })
     }
@@ -258,38 +296,133 @@ impl PgDatabase {
     async fn read(&self, who: Who, p: Prepared, options: QueryOptions) -> Result<Rows> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let conn = self.connection(who, deadline).await?;
-        let stmt = match self.prepare(&conn, &p, deadline, timeout).await {
+        let (rows, _) = self
+            .read_on(Node::Primary, who, &p, options, deadline, timeout)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Runs a read-only statement where `consistency` allows (see the
+    /// `token` module); returns its rows and, for reads that are not
+    /// [`Consistency::Strong`], the position they reflect, to pass on to the
+    /// next read of the session.
+    ///
+    /// # Errors
+    /// As [`PgDatabase::query_with`]. A replica that fails or lags is not an
+    /// error: the read goes to the primary.
+    pub async fn query_at(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: QueryOptions,
+        consistency: Consistency,
+    ) -> Result<(Rows, Option<Token>)> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
+        let deadline = Instant::now() + timeout;
+        let p = Prepared::new(sql, params.into())?;
+        let replicas = &self.inner.replicas;
+        let wanted = match consistency {
+            Consistency::Strong => None,
+            Consistency::Session(t) => Some(t),
+            Consistency::Any => Some(Token(0)),
+        };
+        if let Some(wanted) = wanted
+            && !replicas.is_empty()
+        {
+            // The replica seen furthest along first; round robin among equals.
+            let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+            let mut order: Vec<usize> = (0..replicas.len())
+                .map(|i| (i + turn) % replicas.len())
+                .collect();
+            order.sort_by_key(|i| std::cmp::Reverse(replicas[*i].seen.load(Ordering::Relaxed)));
+            let i = order[0];
+            // A replica failing costs at most half of what is left.
+            let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+            if let Ok((rows, Some(at))) = self
+                .read_on(Node::Replica(i), Who::Client, &p, options, half, timeout)
+                .await
+            {
+                replicas[i].seen.fetch_max(at.0, Ordering::Relaxed);
+                if at >= wanted {
+                    self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok((rows, Some(at.max(wanted))));
+                }
+            }
+            self.inner.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let (rows, _) = self
+            .read_on(Node::Primary, Who::Client, &p, options, deadline, timeout)
+            .await?;
+        Ok((rows, wanted.filter(|_| consistency != Consistency::Strong)))
+    }
+
+    /// Reads served by replicas and reads that went to the primary because
+    /// no replica had replayed far enough (or failed), since connect.
+    pub fn replica_counts(&self) -> (u64, u64) {
+        (
+            self.inner.replica_reads.load(Ordering::Relaxed),
+            self.inner.primary_fallbacks.load(Ordering::Relaxed),
+        )
+    }
+
+    /// One read on `node`; on a replica, with the position it had replayed
+    /// when the read's snapshot was taken.
+    async fn read_on(
+        &self,
+        node: Node,
+        who: Who,
+        p: &Prepared,
+        options: QueryOptions,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Rows, Option<Token>)> {
+        let conn = match node {
+            Node::Primary => self.connection(who, deadline).await?,
+            Node::Replica(i) => replica_connection(&self.inner.replicas[i].pool, deadline).await?,
+        };
+        let stmt = match self.prepare(&conn, p, deadline, timeout).await {
             Ok(stmt) => stmt,
-            Err(e) => return Err(self.failed(who, conn, e).await),
+            Err(e) => return Err(self.failed(node, who, conn, e).await),
         };
         readable_columns(&stmt)?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
         let run = async {
             let begin = conn.batch_execute("BEGIN READ ONLY");
+            let position = async {
+                match node {
+                    Node::Primary => Ok(None),
+                    Node::Replica(_) => conn.simple_query(POSITION).await.map(|m| first_text(&m)),
+                }
+            };
             let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
             let commit = conn.batch_execute("COMMIT");
             let reset = reset_session(&conn, who);
-            let (begun, rows, committed, clean) = tokio::join!(begin, rows, commit, reset);
+            let (begun, position, rows, committed, clean) =
+                tokio::join!(begin, position, rows, commit, reset);
             begun.map_err(|e| from_pg(&e, timeout))?;
+            let position = position.map_err(|e| from_pg(&e, timeout))?;
             let rows = rows?;
             committed.map_err(|e| from_pg(&e, timeout))?;
-            Ok::<_, Error>((rows, clean))
+            let at = match position {
+                Some(text) => Some(text.parse::<Token>()?),
+                None => None,
+            };
+            Ok::<_, Error>((rows, at, clean))
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok((rows, clean))) => {
+            Ok(Ok((rows, at, clean))) => {
                 if !clean {
                     self.discard(conn);
                 }
-                Ok(rows)
+                Ok((rows, at))
             }
             Ok(Err(e)) => {
                 self.after_error(who, conn).await;
                 Err(e)
             }
             Err(_) => {
-                self.stop(conn);
+                self.stop(node, conn);
                 Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
@@ -317,6 +450,30 @@ impl PgDatabase {
             .into_iter()
             .next()
             .map(|d| d.result)
+            .unwrap_or_default())
+    }
+
+    /// As [`PgDatabase::execute_with`], also returning the write's position
+    /// in the log when replicas are configured: pass it to
+    /// [`PgDatabase::query_at`] as [`Consistency::Session`] to read the write
+    /// back from a replica.
+    ///
+    /// # Errors
+    /// As [`PgDatabase::execute_with`].
+    pub async fn execute_at(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: WriteOptions,
+    ) -> Result<(ExecResult, Option<Token>)> {
+        let p = Prepared::new(sql, params.into())?;
+        let done = self
+            .write(Who::Client, vec![p], options, Shape::Each)
+            .await?;
+        Ok(done
+            .into_iter()
+            .next()
+            .map(|d| (d.result, d.token))
             .unwrap_or_default())
     }
 
@@ -406,7 +563,7 @@ impl PgDatabase {
             match self.prepare(&conn, p, deadline, timeout).await {
                 Ok(stmt) => prepared.push(stmt),
                 Err(e) => {
-                    let e = self.failed(who, conn, e).await;
+                    let e = self.failed(Node::Primary, who, conn, e).await;
                     return Err(if many { at(what, i, e) } else { e });
                 }
             }
@@ -425,6 +582,7 @@ impl PgDatabase {
                                 last_insert_rowid: 0,
                             },
                             rows: Some(rows),
+                            token: None,
                         });
                     }
                     let changes = conn
@@ -437,6 +595,7 @@ impl PgDatabase {
                             last_insert_rowid: 0,
                         },
                         rows: None,
+                        token: None,
                     })
                 }
             });
@@ -457,29 +616,52 @@ impl PgDatabase {
                 return Err(e);
             }
             Err(_) => {
-                self.stop(conn);
+                self.stop(Node::Primary, conn);
                 return Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
                 });
             }
         };
-        let commit =
-            async { tokio::join!(conn.batch_execute("COMMIT"), reset_session(&conn, who)) };
+        // With replicas, the write's position in the log, read after its
+        // COMMIT (in the same round trip): the token of read-your-writes.
+        let want_token = who == Who::Client && !self.inner.replicas.is_empty();
+        let commit = async {
+            let position = async {
+                if want_token {
+                    conn.simple_query("SELECT pg_current_wal_insert_lsn()::text")
+                        .await
+                        .ok()
+                        .and_then(|m| first_text(&m))
+                        .and_then(|t| t.parse::<Token>().ok())
+                } else {
+                    None
+                }
+            };
+            tokio::join!(
+                conn.batch_execute("COMMIT"),
+                position,
+                reset_session(&conn, who)
+            )
+        };
         match tokio::time::timeout_at(deadline, commit).await {
-            Ok((Ok(()), clean)) => {
+            Ok((Ok(()), token, clean)) => {
                 if !clean {
                     self.discard(conn);
                 }
+                let mut results = results;
+                for d in &mut results {
+                    d.token = token;
+                }
                 Ok(results)
             }
-            Ok((Err(e), _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
+            Ok((Err(e), _, _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server answered: the COMMIT failed (a deferred
                 // constraint, a serialization failure) and nothing committed.
                 self.discard(conn);
                 Err(from_pg(&e, timeout))
             }
-            Ok((Err(e), _)) => {
+            Ok((Err(e), _, _)) => {
                 self.discard(conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
@@ -487,7 +669,7 @@ impl PgDatabase {
                 })
             }
             Err(_) => {
-                self.stop(conn);
+                self.stop(Node::Primary, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: format!(
@@ -501,9 +683,9 @@ impl PgDatabase {
 
     /// `e` from preparing on `conn`: a prepare cut off by the deadline may
     /// still run on the server, so its connection is stopped.
-    async fn failed(&self, who: Who, conn: Object, e: Error) -> Error {
+    async fn failed(&self, node: Node, who: Who, conn: Object, e: Error) -> Error {
         if matches!(e, Error::Timeout { .. }) {
-            self.stop(conn);
+            self.stop(node, conn);
         } else {
             self.after_error(who, conn).await;
         }
@@ -521,6 +703,8 @@ impl PgDatabase {
 
     /// Drops a connection instead of returning it to the pool.
     fn discard(&self, conn: Object) {
+        // (A replica's connection may remove a primary connection's entry
+        // of the same id: it is learned again at its next use.)
         lock(&self.inner.pids).remove(&Object::id(&conn));
         drop(Object::take(conn));
     }
@@ -530,9 +714,14 @@ impl PgDatabase {
     /// not answered within two seconds (a statement can catch a cancel and
     /// go on), `pg_terminate_backend` from litebridge's own role. The
     /// connection is dropped either way.
-    fn stop(&self, conn: Object) {
+    fn stop(&self, node: Node, conn: Object) {
         let token = conn.cancel_token();
-        let pid = lock(&self.inner.pids).remove(&Object::id(&conn));
+        // The pids are the primary's (a replica's process cannot be ended
+        // from litebridge's own connections, which go to the primary).
+        let pid = match node {
+            Node::Primary => lock(&self.inner.pids).remove(&Object::id(&conn)),
+            Node::Replica(_) => None,
+        };
         let own = self.inner.own.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
@@ -679,6 +868,8 @@ enum Shape {
 struct Done {
     result: ExecResult,
     rows: Option<Rows>,
+    /// The transaction's position in the log, when replicas are configured.
+    token: Option<Token>,
 }
 
 /// The type a value suggests, for a parameter the server cannot type.
@@ -765,6 +956,33 @@ fn value_size(v: &Value) -> usize {
         Value::Text(s) => s.len(),
         Value::Blob(b) => b.len(),
         _ => 0,
+    }
+}
+
+/// A replica's replay position (on a primary, its current one: it has
+/// everything).
+const POSITION: &str = "SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text";
+
+/// The first column of the first row of a simple query's answer.
+fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// A connection of a replica's pool, by `deadline`.
+async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
+    match tokio::time::timeout_at(deadline, pool.get()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(Error::Unavailable {
+            what: "a PostgreSQL replica",
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Error::Timeout {
+            after: Duration::ZERO,
+            stage: TimeoutStage::Queued,
+        }),
     }
 }
 
