@@ -337,6 +337,38 @@ impl std::fmt::Display for TimeoutStage {
 }
 
 impl Error {
+    /// This error naming the item of a multi-item request it came from
+    /// (`statements[2]: ...`, `rows[7].params[0]`).
+    pub(crate) fn at(self, what: &str, i: usize) -> Error {
+        let place = format!("{what}[{i}]");
+        match self {
+            Error::Sql {
+                code,
+                extended_code,
+                message,
+            } => Error::Sql {
+                code,
+                extended_code,
+                message: format!("{place}: {message}"),
+            },
+            Error::Postgres { sqlstate, message } => Error::Postgres {
+                sqlstate,
+                message: format!("{place}: {message}"),
+            },
+            Error::InvalidArgument { param, message } => Error::InvalidArgument {
+                param: format!("{place}.{param}"),
+                message,
+            },
+            Error::ReadOnly { message } => Error::ReadOnly {
+                message: format!("{place}: {message}"),
+            },
+            Error::Forbidden { message } => Error::Forbidden {
+                message: format!("{place}: {message}"),
+            },
+            other => other,
+        }
+    }
+
     /// The stable classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

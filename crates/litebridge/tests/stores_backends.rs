@@ -1,7 +1,7 @@
 //! The stores on both backends: each body runs as `sqlite` on a SQLite file
-//! and as `postgres` on PostgreSQL (skipped without `LITEBRIDGE_TEST_PG`,
-//! see common/pg.rs), through the same store code.
-#![cfg(feature = "postgres")]
+//! and as `postgres` on PostgreSQL (with the `postgres` feature; skipped
+//! without `LITEBRIDGE_TEST_PG`, see common/pg.rs), through the same store
+//! code.
 
 mod common;
 
@@ -47,6 +47,7 @@ macro_rules! both {
                 db.close().await;
             }
 
+            #[cfg(feature = "postgres")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let Some(schema) = super::common::pg::Schema::new().await else {
@@ -197,6 +198,7 @@ async fn memory_body(db: Backend) {
 
 /// The clients' role cannot reach litebridge's own tables on PostgreSQL:
 /// not through the client SQL path, whatever it names.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_client_sql_cannot_reach_the_stores() {
     let Some(schema) = common::pg::Schema::new().await else {
@@ -261,6 +263,7 @@ async fn postgres_client_sql_cannot_reach_the_stores() {
 
 /// Two front ends starting at once on a new schema migrate one after the
 /// other (an advisory lock), and both work.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_front_ends_migrate_together() {
     let Some(schema) = common::pg::Schema::new().await else {

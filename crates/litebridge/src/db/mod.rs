@@ -606,7 +606,7 @@ impl Database {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    exec::execute(conn, &s.sql, &s.params).map_err(|e| at_statement(i, e))
+                    exec::execute(conn, &s.sql, &s.params).map_err(|e| e.at("statements", i))
                 })
                 .collect()
         })
@@ -629,7 +629,7 @@ impl Database {
             let mut changes = 0;
             for (i, p) in rows.iter().enumerate() {
                 changes += exec::execute_prepared(conn, &mut stmt, p)
-                    .map_err(|e| at_row(i, e))?
+                    .map_err(|e| e.at("rows", i))?
                     .changes;
             }
             Ok(ExecResult {
@@ -850,39 +850,5 @@ impl Database {
     pub async fn close(&self) {
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || inner.shutdown()).await;
-    }
-}
-
-fn at_statement(i: usize, e: Error) -> Error {
-    prefix(e, &format!("statements[{i}]"))
-}
-
-fn at_row(i: usize, e: Error) -> Error {
-    prefix(e, &format!("rows[{i}]"))
-}
-
-/// Names the failing item of a multi-statement request in its error.
-fn prefix(e: Error, at: &str) -> Error {
-    match e {
-        Error::Sql {
-            code,
-            extended_code,
-            message,
-        } => Error::Sql {
-            code,
-            extended_code,
-            message: format!("{at}: {message}"),
-        },
-        Error::InvalidArgument { param, message } => Error::InvalidArgument {
-            param: format!("{at}.{param}"),
-            message,
-        },
-        Error::ReadOnly { message } => Error::ReadOnly {
-            message: format!("{at}: {message}"),
-        },
-        Error::Forbidden { message } => Error::Forbidden {
-            message: format!("{at}: {message}"),
-        },
-        other => other,
     }
 }

@@ -493,7 +493,7 @@ impl PgDatabase {
         let prepared = statements
             .into_iter()
             .enumerate()
-            .map(|(i, s)| Prepared::new(&s.sql, s.params).map_err(|e| at("statements", i, e)))
+            .map(|(i, s)| Prepared::new(&s.sql, s.params).map_err(|e| e.at("statements", i)))
             .collect::<Result<Vec<_>>>()?;
         let done = self
             .write(Who::Client, prepared, options, Shape::Each)
@@ -518,7 +518,7 @@ impl PgDatabase {
         let prepared = rows
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Prepared::new(sql, p).map_err(|e| at("rows", i, e)))
+            .map(|(i, p)| Prepared::new(sql, p).map_err(|e| e.at("rows", i)))
             .collect::<Result<Vec<_>>>()?;
         let done = self
             .write(Who::Client, prepared, options, Shape::Rows)
@@ -564,7 +564,7 @@ impl PgDatabase {
                 Ok(stmt) => prepared.push(stmt),
                 Err(e) => {
                     let e = self.failed(Node::Primary, who, conn, e).await;
-                    return Err(if many { at(what, i, e) } else { e });
+                    return Err(if many { e.at(what, i) } else { e });
                 }
             }
         }
@@ -605,7 +605,7 @@ impl PgDatabase {
                 .into_iter()
                 .enumerate()
                 .map(|(i, r): (usize, Result<Done>)| {
-                    r.map_err(|e| if many { at(what, i, e) } else { e })
+                    r.map_err(|e| if many { e.at(what, i) } else { e })
                 })
                 .collect::<Result<Vec<_>>>()
         };
@@ -1077,27 +1077,5 @@ async fn connect_to(pool: &Pool, deadline: Instant) -> Result<Object> {
             what: "the PostgreSQL server",
             reason: "no connection within postgres.connect_timeout".into(),
         }),
-    }
-}
-
-/// `e` naming the item of a multi-item request it came from.
-fn at(what: &str, i: usize, e: Error) -> Error {
-    let place = format!("{what}[{i}]");
-    match e {
-        Error::Postgres { sqlstate, message } => Error::Postgres {
-            sqlstate,
-            message: format!("{place}: {message}"),
-        },
-        Error::InvalidArgument { param, message } => Error::InvalidArgument {
-            param: format!("{place}.{param}"),
-            message,
-        },
-        Error::ReadOnly { message } => Error::ReadOnly {
-            message: format!("{place}: {message}"),
-        },
-        Error::Forbidden { message } => Error::Forbidden {
-            message: format!("{place}: {message}"),
-        },
-        other => other,
     }
 }
