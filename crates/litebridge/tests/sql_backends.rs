@@ -797,3 +797,137 @@ async fn postgres_a_statement_that_ignores_cancel_is_terminated() {
     db.close();
     schema.drop_now().await;
 }
+
+// ----- PostgreSQL: the second hostile review --------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_code_run_while_parsing_stays_in_the_read_only_transaction() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let w = WriteOptions::default();
+    db.batch(
+        vec![
+            Statement::new("CREATE TABLE side(x text)", ()),
+            Statement::new(
+                "CREATE FUNCTION at_parse(v text) RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
+                 PERFORM pg_catalog.set_config('TimeZone', 'America/New_York', false); \
+                 EXECUTE 'PREPARE evil AS SELECT 1'; \
+                 INSERT INTO side VALUES (v); RETURN true; END $f$",
+                (),
+            ),
+            Statement::new("CREATE DOMAIN dp AS text CHECK (at_parse(VALUE))", ()),
+        ],
+        w,
+    )
+    .await
+    .unwrap();
+    // A read whose literal runs the domain's check while it is parsed, and
+    // which litebridge then refuses (a column of a type it does not map).
+    let e = db
+        .query_with(
+            "SELECT '{from-a-read}'::dp[], interval '1 day'",
+            (),
+            QueryOptions::default(),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::InvalidArgument | ErrorKind::ReadOnly | ErrorKind::Sql
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        one_text(&db, "SELECT count(*) FROM side").await,
+        "0",
+        "a read wrote"
+    );
+    assert_eq!(
+        one_text(&db, "SELECT current_setting('TimeZone')").await,
+        "UTC"
+    );
+    assert_eq!(
+        one_text(
+            &db,
+            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+        )
+        .await,
+        "0"
+    );
+    // A batch whose second statement runs such code while parsing commits
+    // nothing when it fails.
+    let e = db
+        .batch(
+            vec![
+                Statement::new("INSERT INTO side VALUES ('first')", ()),
+                Statement::new("SELECT '{from-a-batch}'::dp[], 1/0", ()),
+            ],
+            w,
+        )
+        .await
+        .expect_err("division by zero");
+    assert!(e.to_string().contains("statements[1]"), "{e}");
+    assert_eq!(one_text(&db, "SELECT count(*) FROM side").await, "0");
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Roles made for one test (the cluster's roles are shared by all tests).
+async fn role(admin: &tokio_postgres::Client, sql: &str) {
+    let _ = admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN {sql}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_roles_reached_through_membership_are_refused_and_reset() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    role(&admin, "CREATE ROLE lb_t_plain").await;
+    role(&admin, "CREATE ROLE lb_t_member LOGIN").await;
+    let _ = admin.batch_execute("GRANT lb_t_plain TO lb_t_member").await;
+    role(&admin, "CREATE ROLE lb_t_su_member LOGIN NOINHERIT").await;
+    let _ = admin
+        .batch_execute("GRANT postgres TO lb_t_su_member")
+        .await;
+    role(&admin, "CREATE ROLE lb_t_writer LOGIN NOINHERIT").await;
+    let _ = admin
+        .batch_execute("GRANT pg_write_all_data TO lb_t_writer")
+        .await;
+    for (user, why) in [
+        ("lb_t_su_member", "through role"),
+        ("lb_t_writer", "predefined role"),
+    ] {
+        let e = PgDatabase::connect(schema.config().client(user, None))
+            .await
+            .expect_err(user);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{user}: {e}");
+        assert!(e.to_string().contains(why), "{user}: {e}");
+    }
+    // A plain role it is a member of is allowed, and a `SET ROLE` to it
+    // does not outlive the request.
+    let mut config = schema.config().client("lb_t_member", None);
+    config.client_schema = None;
+    config.connections = 1;
+    let db = PgDatabase::connect(config).await.unwrap();
+    let _ = db
+        .query_with(
+            "SELECT set_config('role', 'lb_t_plain', false)",
+            (),
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one_text(&db, "SELECT current_user::text").await,
+        "lb_t_member"
+    );
+    db.close();
+    schema.drop_now().await;
+}

@@ -128,11 +128,7 @@ impl PgConfig {
                 None => c.password(Vec::<u8>::new()),
             };
         }
-        let mut options = format!(
-            "{SESSION} -c standard_conforming_strings=on -c default_transaction_read_only=off \
-             -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
-             -c row_security=on"
-        );
+        let mut options = format!("{SESSION} {CLIENT_SESSION}");
         if !synchronous_commit.is_empty() {
             if !synchronous_commit
                 .chars()
@@ -147,10 +143,16 @@ impl PgConfig {
             options.push_str(" -c synchronous_commit=");
             options.push_str(synchronous_commit);
         }
-        if let Some(schema) = &self.client_schema {
-            schema_name("postgres.client_schema", schema)?;
-            options.push_str(" -c search_path=");
-            options.push_str(schema);
+        // Pinned too when not configured (PostgreSQL's own default), so
+        // that a role-level default cannot put the clients' functions
+        // before pg_catalog's in every new session.
+        options.push_str(" -c search_path=");
+        match &self.client_schema {
+            Some(schema) => {
+                schema_name("postgres.client_schema", schema)?;
+                options.push_str(schema);
+            }
+            None => options.push_str("\"$user\",public"),
         }
         c.options(&options);
         Ok(c)
@@ -195,7 +197,10 @@ impl PgConfig {
     /// The connection settings of litebridge's own work (the stores).
     pub(crate) fn own_config(&self) -> Result<tokio_postgres::Config> {
         let mut c = self.parsed()?;
-        c.options(SESSION);
+        // litebridge's own statements qualify their tables; pg_catalog alone
+        // keeps a database- or role-level search_path (which a database's
+        // owner may set) from putting someone's operator in front of `=`.
+        c.options(format!("{SESSION} -c search_path=pg_catalog"));
         Ok(c)
     }
 
@@ -250,6 +255,14 @@ impl PgConfig {
 
 /// Every session's settings: times printed as the result mapping reads them.
 const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
+
+/// The clients' sessions also fix what decides how their SQL is read and
+/// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
+const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
+     -c default_transaction_read_only=off -c default_transaction_isolation=read\\ committed \
+     -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+     -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
+     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default";
 
 /// Refuses a schema name that would need quoting (litebridge writes it
 /// into SQL as it is): lower-case letters, digits and `_`, a letter first.

@@ -78,7 +78,7 @@ struct Inner {
     own: Pool,
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
-    pids: std::sync::Mutex<HashMap<ObjectId, i32>>,
+    pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -180,7 +180,10 @@ impl PgDatabase {
         // The server's own durability setting, fixed for the clients'
         // sessions so that a role-level setting cannot lower it.
         let sync: String = owner
-            .query_one("SELECT current_setting('synchronous_commit')", &[])
+            .query_one(
+                "SELECT pg_catalog.current_setting('synchronous_commit')",
+                &[],
+            )
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?
             .get(0);
@@ -380,30 +383,41 @@ impl PgDatabase {
             Node::Primary => self.connection(who, deadline).await?,
             Node::Replica(i) => replica_connection(&self.inner.replicas[i].pool, deadline).await?,
         };
-        let stmt = match self.prepare(&conn, p, deadline, timeout).await {
-            Ok(stmt) => stmt,
-            Err(e) => return Err(self.failed(node, who, conn, e).await),
-        };
-        readable_columns(&stmt)?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
+        // BEGIN goes first, before the statement is parsed: parsing can run
+        // the clients' code (a domain's CHECK on a literal), which must run
+        // inside the read-only transaction. Polled in order, the futures
+        // send BEGIN, then Parse when the statement is not cached yet, then
+        // the rest in one go.
         let run = async {
             let begin = conn.batch_execute("BEGIN READ ONLY");
-            let position = async {
-                match node {
-                    Node::Primary => Ok(None),
-                    Node::Replica(_) => conn.simple_query(POSITION).await.map(|m| first_text(&m)),
-                }
+            let rest = async {
+                let stmt = self
+                    .prepare_within(&conn, p, "BEGIN READ ONLY", timeout)
+                    .await?;
+                readable_columns(&stmt)?;
+                let position = async {
+                    match node {
+                        Node::Primary => Ok(None),
+                        Node::Replica(_) => {
+                            conn.simple_query(POSITION).await.map(|m| first_text(&m))
+                        }
+                    }
+                };
+                let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
+                let commit = conn.batch_execute("COMMIT");
+                let reset = reset_session(&conn, who);
+                let (position, rows, committed, clean) =
+                    tokio::join!(position, rows, commit, reset);
+                let position = position.map_err(|e| from_pg(&e, timeout))?;
+                let rows = rows?;
+                committed.map_err(|e| from_pg(&e, timeout))?;
+                Ok::<_, Error>((position, rows, clean))
             };
-            let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
-            let commit = conn.batch_execute("COMMIT");
-            let reset = reset_session(&conn, who);
-            let (begun, position, rows, committed, clean) =
-                tokio::join!(begin, position, rows, commit, reset);
+            let (begun, rest) = tokio::join!(begin, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
-            let position = position.map_err(|e| from_pg(&e, timeout))?;
-            let rows = rows?;
-            committed.map_err(|e| from_pg(&e, timeout))?;
+            let (position, rows, clean) = rest?;
             let at = match position {
                 Some(text) => Some(text.parse::<Token>()?),
                 None => None,
@@ -413,12 +427,12 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok((rows, at, clean))) => {
                 if !clean {
-                    self.discard(conn);
+                    self.discard(node, conn);
                 }
                 Ok((rows, at))
             }
             Ok(Err(e)) => {
-                self.after_error(who, conn).await;
+                self.after_error(node, who, conn).await;
                 Err(e)
             }
             Err(_) => {
@@ -554,65 +568,70 @@ impl PgDatabase {
             "statements"
         };
         let many = statements.len() > 1;
-        let mut prepared = Vec::with_capacity(statements.len());
-        for (i, p) in statements.iter().enumerate() {
-            // One preparation for `execute_many`'s rows, which share their SQL.
-            if shape == Shape::Rows && i > 0 {
-                break;
-            }
-            match self.prepare(&conn, p, deadline, timeout).await {
-                Ok(stmt) => prepared.push(stmt),
-                Err(e) => {
-                    let e = self.failed(Node::Primary, who, conn, e).await;
-                    return Err(if many { e.at(what, i) } else { e });
-                }
-            }
-        }
+        // BEGIN first, then the statements parsed (inside the transaction:
+        // parsing can run the clients' code), then run together.
         let run = async {
             let begin = conn.batch_execute("BEGIN");
-            let each = statements.iter().enumerate().map(|(i, p)| {
-                let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
-                let conn = &conn;
-                async move {
-                    if shape == Shape::Returning {
-                        let rows = read_rows(conn, stmt, &p.values, usize::MAX, max_bytes).await?;
-                        return Ok(Done {
+            let rest = async {
+                let mut prepared = Vec::with_capacity(statements.len());
+                for (i, p) in statements.iter().enumerate() {
+                    // One preparation for `execute_many`'s rows, which share their SQL.
+                    if shape == Shape::Rows && i > 0 {
+                        break;
+                    }
+                    let stmt = self
+                        .prepare_within(&conn, p, "BEGIN", timeout)
+                        .await
+                        .map_err(|e| if many { e.at(what, i) } else { e })?;
+                    prepared.push(stmt);
+                }
+                let each = statements.iter().enumerate().map(|(i, p)| {
+                    let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
+                    let conn = &conn;
+                    async move {
+                        if shape == Shape::Returning {
+                            let rows =
+                                read_rows(conn, stmt, &p.values, usize::MAX, max_bytes).await?;
+                            return Ok(Done {
+                                result: ExecResult {
+                                    changes: rows.rows.len() as u64,
+                                    last_insert_rowid: 0,
+                                },
+                                rows: Some(rows),
+                                token: None,
+                            });
+                        }
+                        let changes = conn
+                            .execute_raw(stmt, p.values.iter().map(Param))
+                            .await
+                            .map_err(|e| from_pg(&e, timeout))?;
+                        Ok(Done {
                             result: ExecResult {
-                                changes: rows.rows.len() as u64,
+                                changes,
                                 last_insert_rowid: 0,
                             },
-                            rows: Some(rows),
+                            rows: None,
                             token: None,
-                        });
+                        })
                     }
-                    let changes = conn
-                        .execute_raw(stmt, p.values.iter().map(Param))
-                        .await
-                        .map_err(|e| from_pg(&e, timeout))?;
-                    Ok(Done {
-                        result: ExecResult {
-                            changes,
-                            last_insert_rowid: 0,
-                        },
-                        rows: None,
-                        token: None,
+                });
+                let results = futures_util::future::join_all(each).await;
+                results
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r): (usize, Result<Done>)| {
+                        r.map_err(|e| if many { e.at(what, i) } else { e })
                     })
-                }
-            });
-            let (begun, results) = tokio::join!(begin, futures_util::future::join_all(each));
+                    .collect::<Result<Vec<_>>>()
+            };
+            let (begun, rest) = tokio::join!(begin, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
-            results
-                .into_iter()
-                .enumerate()
-                .map(|(i, r): (usize, Result<Done>)| {
-                    r.map_err(|e| if many { e.at(what, i) } else { e })
-                })
-                .collect::<Result<Vec<_>>>()
+            rest
         };
         let results = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => {
-                self.after_error(who, conn).await;
+                self.after_error(Node::Primary, who, conn).await;
                 return Err(e);
             }
             Err(_) => {
@@ -629,7 +648,7 @@ impl PgDatabase {
         let commit = async {
             let position = async {
                 if want_token {
-                    conn.simple_query("SELECT pg_current_wal_insert_lsn()::text")
+                    conn.simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
                         .await
                         .ok()
                         .and_then(|m| first_text(&m))
@@ -647,7 +666,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, commit).await {
             Ok((Ok(()), token, clean)) => {
                 if !clean {
-                    self.discard(conn);
+                    self.discard(Node::Primary, conn);
                 }
                 let mut results = results;
                 for d in &mut results {
@@ -658,11 +677,11 @@ impl PgDatabase {
             Ok((Err(e), _, _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server answered: the COMMIT failed (a deferred
                 // constraint, a serialization failure) and nothing committed.
-                self.discard(conn);
+                self.discard(Node::Primary, conn);
                 Err(from_pg(&e, timeout))
             }
             Ok((Err(e), _, _)) => {
-                self.discard(conn);
+                self.discard(Node::Primary, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: error_chain(&e),
@@ -681,31 +700,21 @@ impl PgDatabase {
         }
     }
 
-    /// `e` from preparing on `conn`: a prepare cut off by the deadline may
-    /// still run on the server, so its connection is stopped.
-    async fn failed(&self, node: Node, who: Who, conn: Object, e: Error) -> Error {
-        if matches!(e, Error::Timeout { .. }) {
-            self.stop(node, conn);
-        } else {
-            self.after_error(who, conn).await;
-        }
-        e
-    }
-
     /// After a failed request: the clients' connections are dropped (what
     /// a failed statement left in the session is not looked into); one of
     /// litebridge's own is rolled back and kept, unless it is gone.
-    async fn after_error(&self, who: Who, conn: Object) {
+    async fn after_error(&self, node: Node, who: Who, conn: Object) {
         if who == Who::Client || conn.batch_execute("ROLLBACK").await.is_err() {
-            self.discard(conn);
+            self.discard(node, conn);
         }
     }
 
     /// Drops a connection instead of returning it to the pool.
-    fn discard(&self, conn: Object) {
-        // (A replica's connection may remove a primary connection's entry
-        // of the same id: it is learned again at its next use.)
-        lock(&self.inner.pids).remove(&Object::id(&conn));
+    fn discard(&self, node: Node, conn: Object) {
+        // Each pool numbers its connections: only the primary's are known.
+        if node == Node::Primary {
+            lock(&self.inner.pids).remove(&Object::id(&conn));
+        }
         drop(Object::take(conn));
     }
 
@@ -719,7 +728,9 @@ impl PgDatabase {
         // The pids are the primary's (a replica's process cannot be ended
         // from litebridge's own connections, which go to the primary).
         let pid = match node {
-            Node::Primary => lock(&self.inner.pids).remove(&Object::id(&conn)),
+            Node::Primary => lock(&self.inner.pids)
+                .remove(&Object::id(&conn))
+                .map(|(pid, _)| pid),
             Node::Replica(_) => None,
         };
         let own = self.inner.own.clone();
@@ -733,7 +744,7 @@ impl PgDatabase {
             let Some(pid) = pid else { return };
             let killed = async {
                 let c = own.get().await.map_err(|e| e.to_string())?;
-                c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+                c.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
                     .await
                     .map_err(|e| error_chain(&e))
             };
@@ -763,10 +774,14 @@ impl PgDatabase {
             Ok(Ok(c)) if who == Who::Own => Ok(c),
             Ok(Ok(c)) => {
                 let id = Object::id(&c);
-                if !lock(&self.inner.pids).contains_key(&id) {
+                let known = lock(&self.inner.pids)
+                    .get_mut(&id)
+                    .map(|(_, used)| *used = Instant::now())
+                    .is_some();
+                if !known {
                     let pid = tokio::time::timeout_at(
                         deadline,
-                        c.query_one("SELECT pg_backend_pid()", &[]),
+                        c.query_one("SELECT pg_catalog.pg_backend_pid()", &[]),
                     )
                     .await
                     .map_err(|_| Error::Timeout {
@@ -777,11 +792,12 @@ impl PgDatabase {
                     .get::<_, i32>(0);
                     let mut pids = lock(&self.inner.pids);
                     // Connections the pool dropped on its own leave entries:
-                    // bounded by starting over.
+                    // past four per connection, those unused for a minute go
+                    // (a connection in use was checked out since).
                     if pids.len() > 4 * self.inner.config.connections {
-                        pids.clear();
+                        pids.retain(|_, (_, used)| used.elapsed() < Duration::from_secs(60));
                     }
-                    pids.insert(id, pid);
+                    pids.insert(id, (pid, Instant::now()));
                 }
                 Ok(c)
             }
@@ -800,45 +816,37 @@ impl PgDatabase {
         }
     }
 
-    /// The statement prepared on `conn` (cached), with types from the values
-    /// when the server cannot infer them.
-    async fn prepare(
+    /// The statement prepared on `conn` (cached) inside the transaction
+    /// `begin` opened, with types from the values when the server cannot
+    /// infer them (the failed Parse ended the transaction: it is begun again).
+    async fn prepare_within(
         &self,
         conn: &Object,
         p: &Prepared,
-        deadline: Instant,
+        begin: &str,
         timeout: Duration,
     ) -> Result<PgStatement> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
         }
-        let prepared = tokio::time::timeout_at(deadline, async {
-            match conn.prepare_cached(&p.sql).await {
-                // The server could not type a parameter (42P18), or typed
-                // one two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
-                    ) =>
-                {
-                    let types: Vec<Type> = p.values.iter().map(type_hint).collect();
-                    conn.prepare_typed_cached(&p.sql, &types).await
-                }
-                other => other,
+        let stmt = match conn.prepare_cached(&p.sql).await {
+            // The server could not type a parameter (42P18), or typed one
+            // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
+                ) =>
+            {
+                let types: Vec<Type> = p.values.iter().map(type_hint).collect();
+                conn.batch_execute(&format!("ROLLBACK; {begin}"))
+                    .await
+                    .map_err(|e| from_pg(&e, timeout))?;
+                conn.prepare_typed_cached(&p.sql, &types).await
             }
-        })
-        .await;
-        let stmt = match prepared {
-            Ok(Ok(stmt)) => stmt,
-            Ok(Err(e)) => return Err(from_pg(&e, timeout)),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    after: timeout,
-                    stage: TimeoutStage::Running,
-                });
-            }
-        };
+            other => other,
+        }
+        .map_err(|e| from_pg(&e, timeout))?;
         if stmt.params().len() != p.values.len() {
             return Err(Error::invalid(
                 "params",
@@ -961,7 +969,8 @@ fn value_size(v: &Value) -> usize {
 
 /// A replica's replay position (on a primary, its current one: it has
 /// everything).
-const POSITION: &str = "SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text";
+const POSITION: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
+                        pg_catalog.pg_current_wal_lsn())::text";
 
 /// The first column of the first row of a simple query's answer.
 fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
@@ -995,9 +1004,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// tables, settings made with `set_config()`. The count at the end finds a
 /// statement prepared with SQL's `PREPARE`, which could take the name of one
 /// of litebridge's own: such a connection is dropped.
-const RESET: &str = "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; \
-                     DISCARD SEQUENCES; RESET ALL; \
-                     SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+///
+/// `RESET ALL` and `RESET ROLE` come first, and every name is qualified with
+/// `pg_catalog`: what follows must not call a function of the clients' own
+/// through a `search_path` they set.
+const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
+                     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+                     SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
 
 /// Resets the session of a clients' connection; whether it may be reused.
 async fn reset_session(conn: &Object, who: Who) -> bool {
@@ -1015,43 +1028,77 @@ async fn reset_session(conn: &Object, who: Who) -> bool {
     }
 }
 
-/// The clients' role may not be one that can reach past the database's
-/// privileges: a superuser, a role that creates roles, or one that reads or
-/// writes the server's files or runs programs there.
+/// The clients' role may not reach past the database's privileges, by
+/// itself or through any role it can `SET ROLE` to (attributes are not
+/// inherited, but `SET ROLE` reaches every role one is a member of): no
+/// superuser, `CREATEROLE`, `REPLICATION` or `BYPASSRLS`; not the owner of
+/// litebridge's schema or the database, nor a member of a role they are in;
+/// none of the predefined roles that read or write everything, the server's
+/// files or programs, or signal other sessions.
 async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result<()> {
-    let row = owner
+    let exists = owner
         .query_opt(
-            "SELECT rolsuper, rolcreaterole,
-                    pg_has_role(oid, 'pg_read_server_files', 'MEMBER')
-                    OR pg_has_role(oid, 'pg_write_server_files', 'MEMBER')
-                    OR pg_has_role(oid, 'pg_execute_server_program', 'MEMBER')
-             FROM pg_roles WHERE rolname = $1",
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
             &[&user],
         )
         .await
         .map_err(|e| from_pg(&e, Duration::ZERO))?;
-    let Some(row) = row else {
+    if exists.is_none() {
         return Err(Error::Config {
             key: "postgres.client_user".into(),
             value: user.to_owned(),
             expected: "an existing login role (docs/postgres.md shows how to create one)".into(),
         });
-    };
-    let (superuser, createrole, files): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    let why = if superuser {
-        "a superuser"
-    } else if createrole {
-        "a role with CREATEROLE"
-    } else if files {
-        "a member of pg_read_server_files, pg_write_server_files or pg_execute_server_program"
-    } else {
+    }
+    let rows = owner
+        .query(
+            "SELECT r.rolname::text,
+                    CASE
+                      WHEN r.rolsuper THEN 'is a superuser'
+                      WHEN r.rolcreaterole THEN 'may create roles'
+                      WHEN r.rolreplication THEN 'may replicate (and make replication slots)'
+                      WHEN r.rolbypassrls THEN 'bypasses row security'
+                      WHEN r.rolname = current_user OR (NOT me.rolsuper
+                        AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))
+                        THEN 'is litebridge''s own role or one it is in'
+                      WHEN r.oid = (SELECT datdba FROM pg_catalog.pg_database
+                                    WHERE datname = pg_catalog.current_database())
+                        THEN 'owns the database'
+                      ELSE 'is a predefined role with access past table privileges'
+                    END
+             FROM pg_catalog.pg_roles r,
+                  (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) me
+             WHERE pg_catalog.pg_has_role($1, r.oid, 'MEMBER')
+               AND (r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls
+                    OR r.rolname = current_user
+                    -- (a superuser is in every role: only another owner's groups count)
+                    OR (NOT me.rolsuper AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))
+                    OR r.oid = (SELECT datdba FROM pg_catalog.pg_database
+                                WHERE datname = pg_catalog.current_database())
+                    OR r.rolname IN ('pg_read_all_data', 'pg_write_all_data', 'pg_signal_backend',
+                                     'pg_read_server_files', 'pg_write_server_files',
+                                     'pg_execute_server_program', 'pg_database_owner',
+                                     'pg_checkpoint'))
+             ORDER BY r.rolname
+             LIMIT 1",
+            &[&user],
+        )
+        .await
+        .map_err(|e| from_pg(&e, Duration::ZERO))?;
+    let Some(row) = rows.first() else {
         return Ok(());
+    };
+    let (role, why): (String, String) = (row.get(0), row.get(1));
+    let through = if role == user {
+        String::new()
+    } else {
+        format!(" (through role {role:?}, which it is a member of)")
     };
     Err(Error::Forbidden {
         message: format!(
-            "the clients' SQL would run as {user:?}, {why}, who can reach litebridge's own \
-             tables or the server itself; set postgres.client_user to a plain login role \
-             (docs/postgres.md shows how to create one)"
+            "the clients' SQL would run as {user:?}, which {why}{through}: it could reach \
+             litebridge's own tables or past the database's privileges; set \
+             postgres.client_user to a plain login role (docs/postgres.md shows how to create one)"
         ),
     })
 }

@@ -66,6 +66,10 @@ pub(crate) fn translate(sql: &str) -> Result<(String, usize)> {
                 }
                 highest = highest.max(number(sql, i + 1, digits)?);
                 out.push_str(&sql[copied..i]);
+                // `x?1` is `x`, then a placeholder; `x$1` would be one name.
+                if i > 0 && (is_ident(b[i - 1]) || b[i - 1] == b'$') {
+                    out.push(' ');
+                }
                 out.push('$');
                 copied = i + 1;
                 i += 1 + digits;
@@ -112,7 +116,8 @@ fn first_word(sql: &str) -> &str {
     loop {
         // PostgreSQL takes `;SET x = 1` as one statement: empty statements
         // before it are skipped here too.
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'(' || b[i] == b';') {
+        // (Vertical tab included: newer servers take it as white space.)
+        while i < b.len() && (b[i].is_ascii_whitespace() || matches!(b[i], b'(' | b';' | 0x0b)) {
             i += 1;
         }
         if b[i..].starts_with(b"--") {
@@ -231,6 +236,7 @@ mod tests {
     #[test]
     fn numbered_question_marks_become_dollars() {
         assert_eq!(t("SELECT ?1, ?2, ?1"), "SELECT $1, $2, $1");
+        assert_eq!(t("SELECT x?1"), "SELECT x $1");
         assert_eq!(translate("SELECT ?1, $3").expect("ok").1, 3);
         assert_eq!(t("SELECT $1::int"), "SELECT $1::int");
     }
@@ -298,6 +304,7 @@ mod tests {
             " ; ;COMMIT",
             "--c\rSET x = 1",
             ";DEALLOCATE ALL",
+            "\x0bCOMMIT",
         ] {
             let e = check_allowed(sql).expect_err(sql);
             assert_eq!(e.kind(), crate::ErrorKind::Forbidden, "{sql}");
