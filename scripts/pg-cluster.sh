@@ -38,7 +38,8 @@ install() {
 
 # PostgreSQL refuses to run as root: as root, its commands run as `postgres`.
 as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # From /: the caller's directory may be closed to the postgres user.
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 print_env() {
