@@ -8,16 +8,17 @@
 #   scripts/pg-cluster.sh env     # prints the settings of a running cluster (eval "$(scripts/pg-cluster.sh env)")
 #   scripts/pg-cluster.sh stop    # stops it and removes its files
 #
-# Everything listens on 127.0.0.1 only. Ports: LITEBRIDGE_PG_PORT (primary,
-# default 55432), +1 (replica), +2 (delayed replica). Files: LITEBRIDGE_PG_DIR
-# (default /tmp/litebridge-pg-$UID). It is a throwaway cluster: trust
+# Everything listens on 127.0.0.1 only. Ports: LB_PG_PORT (primary,
+# default 55432), +1 (replica), +2 (delayed replica). Files: LB_PG_DIR
+# (default /tmp/litebridge-pg-$UID). (Not LITEBRIDGE_*: the binary reads those
+# as its configuration.) It is a throwaway cluster: trust
 # authentication on loopback and fsync off (the tests kill processes, not
 # the machine, so the operating system keeps what was written).
 set -euo pipefail
 
 cmd=${1:-start}
-port=${LITEBRIDGE_PG_PORT:-55432}
-dir=${LITEBRIDGE_PG_DIR:-/tmp/litebridge-pg-$(id -u)}
+port=${LB_PG_PORT:-55432}
+dir=${LB_PG_DIR:-/tmp/litebridge-pg-$(id -u)}
 nodes=("primary:$port" "replica:$((port + 1))" "delayed:$((port + 2))")
 
 bin_dir() {
@@ -43,9 +44,9 @@ as_pg() {
 }
 
 print_env() {
-  echo "export LITEBRIDGE_TEST_PG='postgres://postgres@127.0.0.1:$port/postgres'"
-  echo "export LITEBRIDGE_TEST_PG_REPLICAS='127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))'"
-  echo "export LITEBRIDGE_TEST_PG_DELAYED='127.0.0.1:$((port + 2))'"
+  echo "export LB_TEST_PG='postgres://postgres@127.0.0.1:$port/postgres'"
+  echo "export LB_TEST_PG_REPLICAS='127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))'"
+  echo "export LB_TEST_PG_DELAYED='127.0.0.1:$((port + 2))'"
 }
 
 running() { [ -f "$dir/primary/postmaster.pid" ]; }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 eval "$(scripts/pg-cluster.sh start)"
 trap 'scripts/pg-cluster.sh stop' EXIT
-export LITEBRIDGE_TEST_REQUIRE=pg
+export LB_TEST_REQUIRE=pg
 
 cargo test --workspace
 python3 -m unittest discover -s python/tests -t python

@@ -2,7 +2,7 @@
 //! a read on another front end, is never answered with data older than the
 //! write, even by a replica that replays 300 ms late; the same reads without
 //! the token do see old data (so the test can fail). Needs the cluster of
-//! scripts/pg-cluster.sh (`LITEBRIDGE_TEST_PG_REPLICAS`, `_DELAYED`).
+//! scripts/pg-cluster.sh (`LB_TEST_PG_REPLICAS`, `_DELAYED`).
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -43,12 +43,10 @@ async fn two_front_ends_read_their_writes_from_replicas() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let (Some(replicas), Some(delayed)) = (
-        env("LITEBRIDGE_TEST_PG_REPLICAS"),
-        env("LITEBRIDGE_TEST_PG_DELAYED"),
-    ) else {
+    let (Some(replicas), Some(delayed)) = (env("LB_TEST_PG_REPLICAS"), env("LB_TEST_PG_DELAYED"))
+    else {
         panic!(
-            "LITEBRIDGE_TEST_PG is set but not LITEBRIDGE_TEST_PG_REPLICAS and _DELAYED (scripts/pg-cluster.sh sets all three)"
+            "LB_TEST_PG is set but not LB_TEST_PG_REPLICAS and _DELAYED (scripts/pg-cluster.sh sets all three)"
         );
     };
     let writer = front_end(&schema, &replicas).await;

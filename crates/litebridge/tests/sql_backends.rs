@@ -1,6 +1,6 @@
 //! One behaviour suite for the clients' SQL, run on both backends: each test
 //! body below runs as `sqlite_<name>` on a SQLite file and as
-//! `postgres_<name>` on PostgreSQL (skipped without `LITEBRIDGE_TEST_PG`, see
+//! `postgres_<name>` on PostgreSQL (skipped without `LB_TEST_PG`, see
 //! common/pg.rs). The SQL is the subset both dialects share, with numbered
 //! placeholders. The declared differences (docs/postgres.md) are tested
 //! apart, at the end.

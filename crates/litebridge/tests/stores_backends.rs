@@ -1,6 +1,6 @@
 //! The stores on both backends: each body runs as `sqlite` on a SQLite file
 //! and as `postgres` on PostgreSQL (with the `postgres` feature; skipped
-//! without `LITEBRIDGE_TEST_PG`, see common/pg.rs), through the same store
+//! without `LB_TEST_PG`, see common/pg.rs), through the same store
 //! code.
 
 mod common;

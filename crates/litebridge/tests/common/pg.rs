@@ -1,9 +1,10 @@
-//! A PostgreSQL server for the tests: `LITEBRIDGE_TEST_PG` (a URL whose user
+//! A PostgreSQL server for the tests: `LB_TEST_PG` (a URL whose user
 //! may create roles and schemas; scripts/pg-cluster.sh starts one and prints
 //! it). Each test gets a schema of its own, owned by the clients' role, so
 //! tests run side by side. Without the variable the PostgreSQL half of a test
-//! is skipped, unless `LITEBRIDGE_TEST_REQUIRE` names `pg` (the README's test
-//! command sets it), when it fails.
+//! is skipped, unless `LB_TEST_REQUIRE` names `pg` (the README's test
+//! command sets it), when it fails. (Not `LITEBRIDGE_*`: the binary reads
+//! those as its configuration and refuses unknown ones.)
 
 use litebridge::pg::{PgConfig, PgDatabase};
 use tokio_postgres::NoTls;
@@ -13,16 +14,16 @@ pub const CLIENT_ROLE: &str = "lb_test_client";
 
 /// The admin URL, or `None` when PostgreSQL tests are skipped.
 pub fn url() -> Option<String> {
-    match std::env::var("LITEBRIDGE_TEST_PG") {
+    match std::env::var("LB_TEST_PG") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            let required = std::env::var("LITEBRIDGE_TEST_REQUIRE").unwrap_or_default();
+            let required = std::env::var("LB_TEST_REQUIRE").unwrap_or_default();
             assert!(
                 !required.split(',').any(|s| s.trim() == "pg"),
-                "LITEBRIDGE_TEST_REQUIRE names pg but LITEBRIDGE_TEST_PG is not set \
+                "LB_TEST_REQUIRE names pg but LB_TEST_PG is not set \
                  (eval \"$(scripts/pg-cluster.sh start)\")"
             );
-            eprintln!("LITEBRIDGE_TEST_PG is not set: the PostgreSQL half is skipped");
+            eprintln!("LB_TEST_PG is not set: the PostgreSQL half is skipped");
             None
         }
     }
