@@ -51,6 +51,10 @@ async fn two_front_ends_read_their_writes_from_replicas() {
     };
     let writer = front_end(&schema, &replicas).await;
     let reader = front_end(&schema, &replicas).await;
+    assert!(
+        replicas.iter().any(|r| delayed.contains(r)),
+        "the late replica takes turns too"
+    );
     writer
         .execute_with(
             "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
@@ -86,6 +90,29 @@ async fn two_front_ends_read_their_writes_from_replicas() {
         "a read with the token saw data older than the write"
     );
     assert_eq!(from_replicas + to_primary, 2000);
+    assert!(from_replicas > 0, "no read was served by a replica");
+
+    // Monotonic reads: a session that passes on what each read returns never
+    // sees an older value than it saw before, whichever node serves it (the
+    // 300 ms replica takes turns with the others). Writes go on elsewhere,
+    // and the session never sees their tokens.
+    let mut session = litebridge::pg::Token(0);
+    let mut last = -1;
+    let mut backwards = 0;
+    for i in 3000..4000i64 {
+        writer
+            .execute_with(upsert, params![i], WriteOptions::default())
+            .await
+            .unwrap();
+        let (v, seen) = value(&reader, Consistency::Session(session)).await;
+        if v < last {
+            backwards += 1;
+        }
+        last = last.max(v);
+        session = seen.expect("a session read returns a token");
+    }
+    eprintln!("1000 session reads while another front end writes: {backwards} went back in time");
+    assert_eq!(backwards, 0, "a session read went back in time");
 
     // The same reads without the token, from the replica 300 ms behind: old data.
     let lagging = front_end(&schema, &delayed).await;
@@ -117,6 +144,62 @@ async fn two_front_ends_read_their_writes_from_replicas() {
         9999
     );
     for db in [writer, reader, lagging] {
+        db.close();
+    }
+    schema.drop_now().await;
+}
+
+/// A read that went to the primary returns the primary's position, not the
+/// token it was given: it may have seen later writes (of others), and a
+/// replica between the two positions would otherwise serve the next read of
+/// the session from before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_the_primary_moves_the_session_past_what_it_saw() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    // (The writer lists a replica too: writes return tokens only then.)
+    let writer = front_end(&schema, &delayed).await;
+    let reader = front_end(&schema, &delayed).await;
+    writer
+        .execute_with(
+            "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
+            (),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // Let the late replica have the table before the rounds start.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let upsert = "INSERT INTO kv VALUES (1, ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+    let mut backwards = 0;
+    for round in 0..3i64 {
+        let mine = writer
+            .execute_at(upsert, params![round * 2], WriteOptions::default())
+            .await
+            .unwrap()
+            .1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Someone else's write, whose token this session never gets.
+        writer
+            .execute_with(upsert, params![round * 2 + 1], WriteOptions::default())
+            .await
+            .unwrap();
+        // The replica (300 ms late) is behind `mine`: the primary answers,
+        // with the other write in it.
+        let token = mine.expect("a token");
+        let (first, seen) = value(&reader, Consistency::Session(token)).await;
+        assert_eq!(first, round * 2 + 1);
+        // Now the replica is past `mine` but not past the other write.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let (second, _) = value(&reader, Consistency::Session(seen.unwrap())).await;
+        if second < first {
+            backwards += 1;
+        }
+    }
+    assert_eq!(backwards, 0, "the session went back in time");
+    for db in [writer, reader] {
         db.close();
     }
     schema.drop_now().await;

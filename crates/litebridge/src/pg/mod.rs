@@ -56,7 +56,7 @@ use tokio_postgres::{NoTls, Statement as PgStatement};
 pub use config::PgConfig;
 pub use token::{Consistency, Token};
 
-use crate::error::{Error, Result, TimeoutStage};
+use crate::error::{Error, ErrorKind, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
@@ -87,10 +87,25 @@ struct Inner {
     primary_fallbacks: AtomicU64,
 }
 
-/// A replica and how far it was last seen to have replayed.
+/// A replica, and until when it rests after a failure.
 struct Replica {
     pool: Pool,
-    seen: AtomicU64,
+    down_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How long a replica that failed is left alone.
+const REPLICA_REST: Duration = Duration::from_secs(5);
+
+/// The error of a replica that has not replayed as far as the read needs.
+fn behind() -> Error {
+    Error::Unavailable {
+        what: "a PostgreSQL replica",
+        reason: "it has not replayed as far as the session's token".into(),
+    }
+}
+
+fn is_behind(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { what, reason } if *what == "a PostgreSQL replica" && reason.starts_with("it has not replayed"))
 }
 
 /// Which server a read goes to.
@@ -198,7 +213,7 @@ impl PgDatabase {
             .map(|r| {
                 Ok(Replica {
                     pool: pool(config.replica_config(r, &sync)?, config.connections)?,
-                    seen: AtomicU64::new(0),
+                    down_until: std::sync::Mutex::new(None),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -300,7 +315,7 @@ impl PgDatabase {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
         let (rows, _) = self
-            .read_on(Node::Primary, who, &p, options, deadline, timeout)
+            .read_on(Node::Primary, who, &p, options, deadline, timeout, None)
             .await?;
         Ok(rows)
     }
@@ -330,33 +345,72 @@ impl PgDatabase {
             Consistency::Any => Some(Token(0)),
         };
         if let Some(wanted) = wanted
-            && !replicas.is_empty()
+            && let Some(i) = self.next_replica()
         {
-            // The replica seen furthest along first; round robin among equals.
-            let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-            let mut order: Vec<usize> = (0..replicas.len())
-                .map(|i| (i + turn) % replicas.len())
-                .collect();
-            order.sort_by_key(|i| std::cmp::Reverse(replicas[*i].seen.load(Ordering::Relaxed)));
-            let i = order[0];
             // A replica failing costs at most half of what is left.
             let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
-            if let Ok((rows, Some(at))) = self
-                .read_on(Node::Replica(i), Who::Client, &p, options, half, timeout)
+            match self
+                .read_on(
+                    Node::Replica(i),
+                    Who::Client,
+                    &p,
+                    options,
+                    half,
+                    timeout,
+                    Some(wanted),
+                )
                 .await
             {
-                replicas[i].seen.fetch_max(at.0, Ordering::Relaxed);
-                if at >= wanted {
+                Ok((rows, at)) => {
                     self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
-                    return Ok((rows, Some(at.max(wanted))));
+                    return Ok((rows, Some(at.map_or(wanted, |at| at.max(wanted)))));
+                }
+                Err(e) if is_behind(&e) => {}
+                // The statement's own error: the primary would give it too.
+                Err(e) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Down, or refusing us: left alone for a while.
+                    tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
+                    *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
                 }
             }
             self.inner.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        let (rows, _) = self
-            .read_on(Node::Primary, Who::Client, &p, options, deadline, timeout)
+        let (rows, at) = self
+            .read_on(
+                Node::Primary,
+                Who::Client,
+                &p,
+                options,
+                deadline,
+                timeout,
+                None,
+            )
             .await?;
-        Ok((rows, wanted.filter(|_| consistency != Consistency::Strong)))
+        // The primary's position after the read: nothing the read saw is
+        // past it, so a session that passes it on never goes back in time.
+        Ok((rows, at.map(|at| wanted.map_or(at, |w| at.max(w)))))
+    }
+
+    /// The next replica in turn that is not resting after a failure.
+    fn next_replica(&self) -> Option<usize> {
+        let replicas = &self.inner.replicas;
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        (0..replicas.len())
+            .map(|k| (turn + k) % replicas.len())
+            .find(|i| {
+                let mut down = lock(&replicas[*i].down_until);
+                match *down {
+                    Some(until) if Instant::now() < until => false,
+                    Some(_) => {
+                        *down = None;
+                        true
+                    }
+                    None => true,
+                }
+            })
     }
 
     /// Reads served by replicas and reads that went to the primary because
@@ -368,8 +422,12 @@ impl PgDatabase {
         )
     }
 
-    /// One read on `node`; on a replica, with the position it had replayed
-    /// when the read's snapshot was taken.
+    /// One read on `node`. On a replica, `guard` first: the transaction is
+    /// aborted (an error [`is_behind`] tells) unless the replica has
+    /// replayed that far, so a lagging replica does not run the query.
+    /// With replicas configured, also the node's position read after the
+    /// query: an upper bound of what the read saw.
+    #[allow(clippy::too_many_arguments)]
     async fn read_on(
         &self,
         node: Node,
@@ -378,7 +436,9 @@ impl PgDatabase {
         options: QueryOptions,
         deadline: Instant,
         timeout: Duration,
+        guard: Option<Token>,
     ) -> Result<(Rows, Option<Token>)> {
+        let track = who == Who::Client && !self.inner.replicas.is_empty();
         let conn = match node {
             Node::Primary => self.connection(who, deadline).await?,
             Node::Replica(i) => replica_connection(&self.inner.replicas[i].pool, deadline).await?,
@@ -392,37 +452,72 @@ impl PgDatabase {
         // the rest in one go.
         let run = async {
             let begin = conn.batch_execute("BEGIN READ ONLY");
+            // The guard goes before Parse too: on a replica that is behind,
+            // the statement may name what it has not replayed yet.
+            let guarded = async {
+                match (node, guard) {
+                    (Node::Replica(_), Some(t)) => conn
+                        .simple_query(&format!(
+                            "SELECT 1 / (CASE WHEN COALESCE(pg_catalog.pg_last_wal_replay_lsn() \
+                         >= '{t}'::pg_catalog.pg_lsn, false) THEN 1 ELSE 0 END)"
+                        ))
+                        .await
+                        .map(|_| ()),
+                    _ => Ok(()),
+                }
+            };
             let rest = async {
                 let stmt = self
                     .prepare_within(&conn, p, "BEGIN READ ONLY", timeout)
                     .await?;
                 readable_columns(&stmt)?;
+                let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
                 let position = async {
                     match node {
-                        Node::Primary => Ok(None),
+                        _ if !track => Ok(None),
+                        Node::Primary => conn
+                            .simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+                            .await
+                            .map(|m| first_text(&m)),
                         Node::Replica(_) => {
                             conn.simple_query(POSITION).await.map(|m| first_text(&m))
                         }
                     }
                 };
-                let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
                 let commit = conn.batch_execute("COMMIT");
                 let reset = reset_session(&conn, who);
-                let (position, rows, committed, clean) =
-                    tokio::join!(position, rows, commit, reset);
-                let position = position.map_err(|e| from_pg(&e, timeout))?;
+                let (rows, position, committed, clean) =
+                    tokio::join!(rows, position, commit, reset);
                 let rows = rows?;
+                let position = position.map_err(|e| from_pg(&e, timeout))?;
                 committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, rows, clean))
+                Ok::<_, Error>((position, Some(rows), clean))
             };
-            let (begun, rest) = tokio::join!(begin, rest);
+            let (begun, guarded, rest) = tokio::join!(begin, guarded, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
+            if let Err(e) = guarded {
+                if e.code() == Some(&SqlState::DIVISION_BY_ZERO) {
+                    // Behind: the transaction aborted before the statement
+                    // was parsed, so none of the clients' code ran; rolled
+                    // back, the connection is clean.
+                    let clean = conn.batch_execute("ROLLBACK").await.is_ok();
+                    return Ok((None, None, clean));
+                }
+                return Err(from_pg(&e, timeout));
+            }
             let (position, rows, clean) = rest?;
             let at = match position {
                 Some(text) => Some(text.parse::<Token>()?),
                 None => None,
             };
             Ok::<_, Error>((rows, at, clean))
+        };
+        let run = async {
+            match run.await {
+                Ok((None, _, clean)) => Err((behind(), clean)),
+                Ok((Some(rows), at, clean)) => Ok((rows, at, clean)),
+                Err(e) => Err((e, false)),
+            }
         };
         match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok((rows, at, clean))) => {
@@ -431,7 +526,11 @@ impl PgDatabase {
                 }
                 Ok((rows, at))
             }
-            Ok(Err(e)) => {
+            Ok(Err((e, true))) => {
+                // A replica behind the token: kept, its session is clean.
+                Err(e)
+            }
+            Ok(Err((e, false))) => {
                 self.after_error(node, who, conn).await;
                 Err(e)
             }
