@@ -54,6 +54,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Statement as PgStatement};
 
 pub use config::PgConfig;
+use token::WalLayout;
 pub use token::{Consistency, Token};
 
 use crate::error::{Error, ErrorKind, Result, TimeoutStage};
@@ -83,6 +84,8 @@ struct Inner {
     replicas: Vec<Replica>,
     /// Round robin among replicas.
     turn: AtomicUsize,
+    /// Where the server's WAL pages begin, for the write tokens.
+    wal: WalLayout,
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
 }
@@ -202,6 +205,18 @@ impl PgDatabase {
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?
             .get(0);
+        let layout = owner
+            .query_one(
+                "SELECT (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_block_size'),
+                        (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size')",
+                &[],
+            )
+            .await
+            .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let wal = WalLayout {
+            page: u64::try_from(layout.get::<_, i64>(0)).unwrap_or(0),
+            segment: u64::try_from(layout.get::<_, i64>(1)).unwrap_or(0),
+        };
         drop(owner);
         let client = pool(config.client_config(&sync)?, config.connections)?;
         drop(connect_to(&client, deadline).await?);
@@ -225,6 +240,7 @@ impl PgDatabase {
                 pids: std::sync::Mutex::new(HashMap::new()),
                 replicas,
                 turn: AtomicUsize::new(0),
+                wal,
                 replica_reads: AtomicU64::new(0),
                 primary_fallbacks: AtomicU64::new(0),
             }),
@@ -507,7 +523,11 @@ impl PgDatabase {
             }
             let (position, rows, clean) = rest?;
             let at = match position {
-                Some(text) => Some(text.parse::<Token>()?),
+                // The primary's is an insert position, a replica's a replay one.
+                Some(text) => Some(match node {
+                    Node::Primary => Token::after_commit(text.parse()?, self.inner.wal),
+                    Node::Replica(_) => text.parse()?,
+                }),
                 None => None,
             };
             Ok::<_, Error>((rows, at, clean))
@@ -752,6 +772,7 @@ impl PgDatabase {
                         .ok()
                         .and_then(|m| first_text(&m))
                         .and_then(|t| t.parse::<Token>().ok())
+                        .map(|t| Token::after_commit(t, self.inner.wal))
                 } else {
                     None
                 }

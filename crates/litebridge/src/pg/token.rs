@@ -43,6 +43,34 @@ impl fmt::Display for Token {
     }
 }
 
+/// The server's WAL page and segment sizes, which decide where page headers
+/// sit (read at connect; PostgreSQL's defaults are 8 KiB and 16 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalLayout {
+    pub(crate) page: u64,
+    pub(crate) segment: u64,
+}
+
+impl Token {
+    /// The token for an insert position read after a commit. When the
+    /// commit record ended exactly at the end of a page, the insert position
+    /// is past the next page's header (24 bytes; 40 at the start of a
+    /// segment), where no replica reports a replay position until more WAL
+    /// comes; the page boundary, where the commit record ends, is the token
+    /// then. (No record can end inside a page header.)
+    pub(crate) fn after_commit(insert: Token, wal: WalLayout) -> Token {
+        const SHORT_HEADER: u64 = 24;
+        const LONG_HEADER: u64 = 40;
+        if wal.segment > 0 && insert.0 % wal.segment == LONG_HEADER {
+            Token(insert.0 - LONG_HEADER)
+        } else if wal.page > 0 && insert.0 % wal.page == SHORT_HEADER {
+            Token(insert.0 - SHORT_HEADER)
+        } else {
+            insert
+        }
+    }
+}
+
 /// Where a read may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -59,6 +87,33 @@ pub enum Consistency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_past_a_page_header_is_the_page_boundary() {
+        let wal = WalLayout {
+            page: 8192,
+            segment: 16 << 20,
+        };
+        assert_eq!(
+            Token::after_commit(Token(3 * 8192 + 24), wal),
+            Token(3 * 8192)
+        );
+        assert_eq!(
+            Token::after_commit(Token((16 << 20) + 40), wal),
+            Token(16 << 20)
+        );
+        // Anywhere else, the position as it is.
+        for p in [3 * 8192 + 23, 3 * 8192 + 25, 3 * 8192, (16 << 20) + 16] {
+            assert_eq!(Token::after_commit(Token(p), wal), Token(p));
+        }
+        // Another page size: its own boundaries only.
+        let big = WalLayout {
+            page: 16384,
+            segment: 16 << 20,
+        };
+        assert_eq!(Token::after_commit(Token(8192 + 24), big), Token(8192 + 24));
+        assert_eq!(Token::after_commit(Token(16384 + 24), big), Token(16384));
+    }
 
     #[test]
     fn tokens_read_and_print_as_postgres_does() {
