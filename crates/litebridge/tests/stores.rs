@@ -1,28 +1,10 @@
 //! The state and memory stores and the schema migrations.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
-use litebridge::store::{Clock, SCHEMA_VERSION, StateStore, StateUpdate, migrate};
+use litebridge::store::{SCHEMA_VERSION, StateStore, StateUpdate, migrate};
 use litebridge::{Database, DbConfig};
 use serde_json::json;
-
-#[derive(Debug)]
-struct TestClock(Mutex<SystemTime>);
-
-impl TestClock {
-    fn new() -> Arc<TestClock> {
-        Arc::new(TestClock(Mutex::new(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        )))
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
-    }
-}
 
 async fn open(path: &std::path::Path) -> Database {
     let db = Database::open(path, DbConfig::default()).await.unwrap();
@@ -46,7 +28,7 @@ async fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let db = open(&path).await;
-    let clock = TestClock::new();
+    let clock = Arc::new(litebridge::store::SystemClock);
     let store = StateStore::new(db.clone(), clock.clone());
     store
         .save(update("run-b", json!({"step": 2})))

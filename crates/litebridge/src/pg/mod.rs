@@ -278,27 +278,19 @@ impl PgDatabase {
     /// A write of the stores.
     pub(crate) async fn own_execute(&self, sql: &str, params: Params) -> Result<ExecResult> {
         let p = Prepared::own(sql, params)?;
-        let done = self
-            .write(Who::Own, vec![p], WriteOptions::default(), Shape::Each)
+        let d = self
+            .write_one(Who::Own, p, WriteOptions::default(), Shape::Each)
             .await?;
-        Ok(done
-            .into_iter()
-            .next()
-            .map(|d| d.result)
-            .unwrap_or_default())
+        Ok(d.result)
     }
 
     /// A write of the stores that returns rows (an upsert with `RETURNING`).
     pub(crate) async fn own_write_rows(&self, sql: &str, params: Params) -> Result<Rows> {
         let p = Prepared::own(sql, params)?;
-        let done = self
-            .write(Who::Own, vec![p], WriteOptions::default(), Shape::Returning)
+        let d = self
+            .write_one(Who::Own, p, WriteOptions::default(), Shape::Returning)
             .await?;
-        Ok(done
-            .into_iter()
-            .next()
-            .and_then(|d| d.rows)
-            .unwrap_or_default())
+        Ok(d.rows.unwrap_or_default())
     }
 
     /// Writes of the stores in one transaction.
@@ -576,14 +568,8 @@ impl PgDatabase {
         options: WriteOptions,
     ) -> Result<ExecResult> {
         let p = Prepared::new(sql, params.into())?;
-        let done = self
-            .write(Who::Client, vec![p], options, Shape::Each)
-            .await?;
-        Ok(done
-            .into_iter()
-            .next()
-            .map(|d| d.result)
-            .unwrap_or_default())
+        let d = self.write_one(Who::Client, p, options, Shape::Each).await?;
+        Ok(d.result)
     }
 
     /// As [`PgDatabase::execute_with`], also returning the write's position
@@ -600,14 +586,8 @@ impl PgDatabase {
         options: WriteOptions,
     ) -> Result<(ExecResult, Option<Token>)> {
         let p = Prepared::new(sql, params.into())?;
-        let done = self
-            .write(Who::Client, vec![p], options, Shape::Each)
-            .await?;
-        Ok(done
-            .into_iter()
-            .next()
-            .map(|d| (d.result, d.token))
-            .unwrap_or_default())
+        let d = self.write_one(Who::Client, p, options, Shape::Each).await?;
+        Ok((d.result, d.token))
     }
 
     /// Runs several statements as one transaction: all of them commit or none.
@@ -666,6 +646,18 @@ impl PgDatabase {
     pub fn close(&self) {
         self.inner.client.close();
         self.inner.own.close();
+    }
+
+    /// [`PgDatabase::write`] of one statement: its outcome.
+    async fn write_one(
+        &self,
+        who: Who,
+        p: Prepared,
+        options: WriteOptions,
+        shape: Shape,
+    ) -> Result<Done> {
+        let done = self.write(who, vec![p], options, shape).await?;
+        Ok(done.into_iter().next().unwrap_or_default())
     }
 
     /// Runs `statements` in one transaction: `BEGIN` and the statements sent
@@ -993,6 +985,7 @@ enum Shape {
 }
 
 /// One statement's outcome.
+#[derive(Default)]
 struct Done {
     result: ExecResult,
     rows: Option<Rows>,
