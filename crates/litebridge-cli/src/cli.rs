@@ -127,8 +127,11 @@ pub(crate) enum KeysAction {
     /// Create a key; its secret is printed once, as the last word of the last line.
     Create {
         /// The database file (created if missing).
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        db: Option<PathBuf>,
+        /// Or a configuration file: its database (SQLite or PostgreSQL).
+        #[arg(long, conflicts_with = "db")]
+        config: Option<PathBuf>,
         /// What the key may do: read, write, bridge, admin, or a comma-separated list.
         #[arg(long)]
         scope: String,
@@ -142,8 +145,11 @@ pub(crate) enum KeysAction {
     /// List keys: names, scopes, tiers, creation, revocation and last use; never secrets.
     List {
         /// The database file.
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        db: Option<PathBuf>,
+        /// Or a configuration file: its database (SQLite or PostgreSQL).
+        #[arg(long, conflicts_with = "db")]
+        config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -151,8 +157,11 @@ pub(crate) enum KeysAction {
     /// Revoke a key by name; running servers stop accepting it without a restart.
     Revoke {
         /// The database file.
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        db: Option<PathBuf>,
+        /// Or a configuration file: its database (SQLite or PostgreSQL).
+        #[arg(long, conflicts_with = "db")]
+        config: Option<PathBuf>,
         /// The key's name.
         #[arg(long)]
         name: String,

@@ -122,6 +122,9 @@ pub(crate) fn render(service: &Service) -> String {
     let mut o = Out(String::with_capacity(4096));
     request_metrics(&mut o);
     db_metrics(&mut o, &service.db.stats());
+    if let Some(pg) = service.db.postgres() {
+        cluster_metrics(&mut o, pg);
+    }
     cache_metrics(&mut o, &service.cache.stats());
     if let Some(w) = &service.workers {
         worker_metrics(&mut o, &w.status());
@@ -193,6 +196,58 @@ fn request_metrics(o: &mut Out) {
             s.count as f64,
         );
     }
+}
+
+/// PostgreSQL's nodes as last probed, and where reads went.
+fn cluster_metrics(o: &mut Out, pg: &litebridge::pg::PgDatabase) {
+    let c = pg.cluster();
+    let label = |n: &litebridge::pg::NodeStatus| {
+        format!("node=\"{}\",role=\"{}\"", escape(&n.address), n.role)
+    };
+    let nodes = || std::iter::once(&c.primary).chain(&c.replicas);
+    o.metric(
+        "pg_node_up",
+        "gauge",
+        "1 when the node answered the last probe.",
+    );
+    for n in nodes() {
+        o.value("pg_node_up", &label(n), f64::from(u8::from(n.reachable)));
+    }
+    o.metric(
+        "pg_node_in_recovery",
+        "gauge",
+        "1 when the node is a standby (on the primary: it was demoted).",
+    );
+    for n in nodes() {
+        o.value(
+            "pg_node_in_recovery",
+            &label(n),
+            f64::from(u8::from(n.in_recovery)),
+        );
+    }
+    o.metric(
+        "pg_replica_lag_bytes",
+        "gauge",
+        "Bytes of log a replica has not replayed yet.",
+    );
+    for n in &c.replicas {
+        if let Some(lag) = n.lag_bytes {
+            o.value("pg_replica_lag_bytes", &label(n), lag as f64);
+        }
+    }
+    let (replica_reads, fallbacks) = pg.replica_counts();
+    o.single(
+        "pg_replica_reads_total",
+        "counter",
+        "Reads served by a replica.",
+        replica_reads as f64,
+    );
+    o.single(
+        "pg_primary_fallbacks_total",
+        "counter",
+        "Reads that asked for a replica and went to the primary (none caught up, or one failed).",
+        fallbacks as f64,
+    );
 }
 
 /// The database: operations and errors by lane, then the writer's.

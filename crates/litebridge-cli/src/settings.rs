@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use litebridge::auth::{TierLimits, Tiers};
+use litebridge::pg::PgConfig;
 use litebridge::resilience::{Backoff, Growth};
 use litebridge::store::CacheConfig;
 use litebridge::workers::WorkerConfig;
@@ -25,6 +26,8 @@ enum Kind {
     },
     Bool,
     Text,
+    /// Text never shown (`--print-config` says whether it is set).
+    Secret,
     /// One of the listed words.
     Word(&'static [&'static str]),
 }
@@ -65,6 +68,10 @@ fn text(t: impl Into<String>) -> Value {
 
 fn db() -> DbConfig {
     DbConfig::default()
+}
+
+fn pg() -> PgConfig {
+    PgConfig::new("")
 }
 
 fn workers() -> WorkerConfig {
@@ -132,6 +139,83 @@ const KEYS: &[Key] = &[
         kind: Kind::Word(&["auto", "json", "text"]),
         default: || text("auto"),
         help: "text on a terminal, JSON otherwise",
+    },
+    Key {
+        name: "backend.kind",
+        env: &[],
+        kind: Kind::Word(&["sqlite", "postgres"]),
+        default: || text("sqlite"),
+        help: "the database: a SQLite file (`db.*`) or PostgreSQL (`postgres.*`)",
+    },
+    Key {
+        name: "postgres.url",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "connection URL, several hosts allowed (as `pg_autoctl show uri` prints it); its user owns litebridge's schema",
+    },
+    Key {
+        name: "postgres.client_user",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "the role that runs the clients' SQL: not the URL's user, not a superuser (docs/postgres.md)",
+    },
+    Key {
+        name: "postgres.client_password",
+        env: &[],
+        kind: Kind::Secret,
+        default: || text(""),
+        help: "that role's password, when it needs one",
+    },
+    Key {
+        name: "postgres.client_schema",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "the schema the clients' unqualified names resolve in (empty: the role's own search_path)",
+    },
+    Key {
+        name: "postgres.schema",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(pg().schema),
+        help: "litebridge's own schema (stores, keys, quotas)",
+    },
+    Key {
+        name: "postgres.replicas",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "streaming replicas for reads that allow them, `host:port` separated by commas",
+    },
+    Key {
+        name: "postgres.connections",
+        env: &[],
+        kind: int_kind(1, 1000),
+        default: || int(pg().connections),
+        help: "connections for the clients' SQL, per server",
+    },
+    Key {
+        name: "postgres.connect_timeout_ms",
+        env: &[],
+        kind: int_kind(100, 600_000),
+        default: || ms(pg().connect_timeout),
+        help: "wait for a connection to be made",
+    },
+    Key {
+        name: "postgres.statement_cache",
+        env: &[],
+        kind: int_kind(1, 100_000),
+        default: || int(pg().statement_cache),
+        help: "prepared statements kept per connection",
+    },
+    Key {
+        name: "postgres.health_check_interval_ms",
+        env: &[],
+        kind: int_kind(100, 86_400_000),
+        default: || ms(pg().health_check_interval),
+        help: "probes of the primary and the replicas (health, lag)",
     },
     Key {
         name: "db.path",
@@ -615,7 +699,7 @@ fn check(k: &Key, raw: &str, from: &Source) -> Result<Value, Failure> {
             "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
             _ => Err(bad("true or false".into())),
         },
-        Kind::Text => Ok(Value::Text(raw.to_owned())),
+        Kind::Text | Kind::Secret => Ok(Value::Text(raw.to_owned())),
         Kind::Word(words) => {
             let v = raw.trim().to_ascii_lowercase();
             if words.contains(&v.as_str()) {
@@ -648,7 +732,7 @@ fn read_file(
     for (section, body) in table {
         let toml::Value::Table(entries) = body else {
             return Err(Failure::new(format!(
-                "{}: `{section}` must be a [section] (sections: server, db, workers, backup, cache, security, quota)",
+                "{}: `{section}` must be a [section] (sections: server, backend, db, postgres, workers, backup, cache, security, quota)",
                 path.display()
             )));
         };
@@ -795,6 +879,49 @@ impl Settings {
             );
         }
         tiers
+    }
+
+    /// The PostgreSQL configuration when `backend.kind` is `postgres`;
+    /// `None` for SQLite. `db.timeout_ms` and `db.max_result_bytes` apply
+    /// to both engines.
+    ///
+    /// # Errors
+    /// A PostgreSQL setting that is missing or invalid, naming it.
+    pub(crate) fn pg_config(&self) -> Result<Option<PgConfig>, Failure> {
+        if self.get("backend.kind") != "postgres" {
+            return Ok(None);
+        }
+        let url = self.get("postgres.url").trim();
+        if url.is_empty() {
+            return Err(Failure::new(format!(
+                "`backend.kind` = \"postgres\" (from {}) needs `postgres.url` (environment LITEBRIDGE_POSTGRES_URL): postgres://owner@host:5432/db, several hosts allowed",
+                self.values["backend.kind"].1
+            )));
+        }
+        let optional = |name: &str| {
+            let v = self.get(name).trim();
+            (!v.is_empty()).then(|| v.to_owned())
+        };
+        let mut c = PgConfig::new(url);
+        c.client_user = optional("postgres.client_user");
+        c.client_password = optional("postgres.client_password");
+        c.client_schema = optional("postgres.client_schema");
+        c.schema = self.get("postgres.schema").trim().to_owned();
+        c.replicas = self
+            .get("postgres.replicas")
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.connections = self.int("postgres.connections") as usize;
+        c.connect_timeout = self.ms("postgres.connect_timeout_ms");
+        c.statement_cache = self.int("postgres.statement_cache") as usize;
+        c.health_check_interval = self.ms("postgres.health_check_interval_ms");
+        c.default_timeout = self.ms("db.timeout_ms");
+        c.max_result_bytes = self.int("db.max_result_bytes") as usize;
+        c.validate()?;
+        Ok(Some(c))
     }
 
     pub(crate) fn db_path(&self) -> PathBuf {
@@ -1035,6 +1162,15 @@ impl Settings {
             }
             let (value, from) = &self.values[k.name];
             let shown = match value {
+                Value::Text(t) if k.kind == Kind::Secret => if t.is_empty() {
+                    "\"\""
+                } else {
+                    "(set, not shown)"
+                }
+                .to_owned(),
+                Value::Text(t) if k.name == "postgres.url" => {
+                    format!("{:?}", PgConfig::new(t.as_str()).redacted_url())
+                }
                 Value::Text(t) => format!("{t:?}"),
                 Value::Int(i) => i.to_string(),
                 Value::Bool(b) => b.to_string(),

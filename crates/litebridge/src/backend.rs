@@ -8,9 +8,11 @@
 //! litebridge's own schema on PostgreSQL). Only the tables' definitions
 //! differ (`store/schema.rs`, `pg/schema.rs`).
 
-use crate::db::Database;
-use crate::error::Result;
-use crate::value::{ExecResult, Params, Rows};
+use crate::consistency::{Consistency, Token};
+use crate::db::{Database, Health, QueryOptions, TableInfo, WeakDatabase, WriteOptions};
+use crate::error::{Error, Result};
+use crate::stats::{DbStats, LatencySnapshots};
+use crate::value::{ExecResult, Params, Rows, Statement};
 
 /// The database under the stores. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -35,6 +37,12 @@ impl From<&Database> for Backend {
     }
 }
 
+impl From<&Backend> for Backend {
+    fn from(db: &Backend) -> Backend {
+        db.clone()
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl From<crate::pg::PgDatabase> for Backend {
     fn from(db: crate::pg::PgDatabase) -> Backend {
@@ -42,7 +50,256 @@ impl From<crate::pg::PgDatabase> for Backend {
     }
 }
 
+/// The clients' API, the same on both engines. Where an engine has no
+/// counterpart of a method ([`Database::checkpoint`], file backups), take
+/// the engine's own handle with [`Backend::sqlite`] or
+/// [`Backend::require_sqlite`].
 impl Backend {
+    /// The SQLite database, when this is one.
+    pub fn sqlite(&self) -> Option<&Database> {
+        match self {
+            Backend::Sqlite(db) => Some(db),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The SQLite database, or [`Error::Unsupported`] naming `what` and
+    /// what to do `instead` on another engine.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on PostgreSQL.
+    pub fn require_sqlite(&self, what: &str, instead: &str) -> Result<&Database> {
+        self.sqlite().ok_or_else(|| Error::Unsupported {
+            what: what.to_owned(),
+            here: format!("on {}", self.engine_name()),
+            instead: instead.to_owned(),
+            backend: self.kind(),
+        })
+    }
+
+    /// The PostgreSQL database, when this is one.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&crate::pg::PgDatabase> {
+        match self {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db),
+        }
+    }
+
+    fn engine_name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "SQLite",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// Runs a read-only statement (see [`Database::query`]).
+    ///
+    /// # Errors
+    /// As [`Database::query`] or [`PgDatabase::query_with`](crate::pg::PgDatabase::query_with).
+    pub async fn query(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
+        self.query_with(sql, params, QueryOptions::default()).await
+    }
+
+    /// Runs a read-only statement with options.
+    ///
+    /// # Errors
+    /// As [`Backend::query`].
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: QueryOptions,
+    ) -> Result<Rows> {
+        match self {
+            Backend::Sqlite(db) => db.query_with(sql, params, options).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.query_with(sql, params, options).await,
+        }
+    }
+
+    /// Runs a read-only statement where `consistency` allows, returning the
+    /// position the rows reflect on PostgreSQL with replicas (pass it on in
+    /// [`Consistency::Session`]). SQLite serves every read from its one
+    /// file, sees every acknowledged write and returns no token.
+    ///
+    /// # Errors
+    /// As [`Backend::query`].
+    pub async fn query_at(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: QueryOptions,
+        consistency: Consistency,
+    ) -> Result<(Rows, Option<Token>)> {
+        match self {
+            Backend::Sqlite(db) => {
+                let _ = consistency;
+                Ok((db.query_with(sql, params, options).await?, None))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.query_at(sql, params, options, consistency).await,
+        }
+    }
+
+    /// Runs one statement that writes (see [`Database::execute`]).
+    ///
+    /// # Errors
+    /// As [`Database::execute`] or [`PgDatabase::execute_with`](crate::pg::PgDatabase::execute_with).
+    pub async fn execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+        Ok(self
+            .execute_at(sql, params, WriteOptions::default())
+            .await?
+            .0)
+    }
+
+    /// Runs one statement that writes, with options; returns the write's
+    /// position token on PostgreSQL with replicas.
+    ///
+    /// # Errors
+    /// As [`Backend::execute`].
+    pub async fn execute_at(
+        &self,
+        sql: &str,
+        params: impl Into<Params>,
+        options: WriteOptions,
+    ) -> Result<(ExecResult, Option<Token>)> {
+        match self {
+            Backend::Sqlite(db) => Ok((
+                db.execute_with(sql.to_owned(), params, options).await?,
+                None,
+            )),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.execute_at(sql, params, options).await,
+        }
+    }
+
+    /// Runs statements as one transaction: all commit or none.
+    ///
+    /// # Errors
+    /// The first failing statement's error, naming its index.
+    pub async fn batch_at(
+        &self,
+        statements: Vec<Statement>,
+        options: WriteOptions,
+    ) -> Result<(Vec<ExecResult>, Option<Token>)> {
+        match self {
+            Backend::Sqlite(db) => Ok((db.batch(statements, options).await?, None)),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.batch_at(statements, options).await,
+        }
+    }
+
+    /// Runs one statement once per parameter set, in one transaction.
+    ///
+    /// # Errors
+    /// The first failing row's error, naming its index.
+    pub async fn execute_many_at(
+        &self,
+        sql: &str,
+        rows: Vec<Params>,
+        options: WriteOptions,
+    ) -> Result<(ExecResult, Option<Token>)> {
+        match self {
+            Backend::Sqlite(db) => Ok((db.execute_many(sql, rows, options).await?, None)),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.execute_many_at(sql, rows, options).await,
+        }
+    }
+
+    /// The tables and views the clients' SQL sees.
+    ///
+    /// # Errors
+    /// As [`Backend::query`].
+    pub async fn schema(&self) -> Result<Vec<TableInfo>> {
+        match self {
+            Backend::Sqlite(db) => db.schema().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.schema().await,
+        }
+    }
+
+    /// Counts, errors, latencies and the connections' state.
+    pub fn stats(&self) -> DbStats {
+        match self {
+            Backend::Sqlite(db) => db.stats(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.stats(),
+        }
+    }
+
+    /// Whether it serves reads and writes, and what is wrong if not.
+    pub fn health(&self) -> Health {
+        match self {
+            Backend::Sqlite(db) => db.health(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.health(),
+        }
+    }
+
+    /// The latency histograms by lane.
+    pub fn latency_snapshots(&self) -> LatencySnapshots {
+        match self {
+            Backend::Sqlite(db) => db.latency_snapshots(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.latency_snapshots(),
+        }
+    }
+
+    /// Stops statements running for clients at shutdown: on SQLite every
+    /// statement is interrupted for good; on PostgreSQL no new connection
+    /// is handed out (those running end at their deadlines).
+    pub fn interrupt(&self) {
+        match self {
+            Backend::Sqlite(db) => db.interrupt(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.close(),
+        }
+    }
+
+    /// Closes it: on SQLite commits what is queued, checkpoints and joins
+    /// the threads; on PostgreSQL closes the pools.
+    pub async fn close(&self) {
+        match self {
+            Backend::Sqlite(db) => db.close().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.close(),
+        }
+    }
+
+    /// Runs `work` unless another front end on the same database is running
+    /// work under `lock` (then `None`): on PostgreSQL under a session
+    /// advisory lock, released when `work` ends or is dropped; on SQLite at
+    /// once (its writer takes one request at a time already).
+    ///
+    /// # Errors
+    /// The lock could not be asked for (the server is unreachable).
+    pub(crate) async fn exclusively<T>(
+        &self,
+        lock: i64,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<Option<T>> {
+        match self {
+            Backend::Sqlite(_) => {
+                let _ = lock;
+                Ok(Some(work.await))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.exclusively(lock, work).await,
+        }
+    }
+
+    /// A handle that does not keep it open (for background tasks).
+    pub(crate) fn downgrade(&self) -> WeakBackend {
+        match self {
+            Backend::Sqlite(db) => WeakBackend::Sqlite(db.downgrade()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => WeakBackend::Postgres(db.downgrade()),
+        }
+    }
+
     /// `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -115,6 +372,25 @@ impl Backend {
             Backend::Sqlite(db) => db.write_returning_trusted(sql, params.into()).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.own_write_rows(&sql, params.into()).await,
+        }
+    }
+}
+
+/// A [`Backend`] that does not keep its database open.
+#[derive(Clone)]
+pub(crate) enum WeakBackend {
+    Sqlite(WeakDatabase),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pg::WeakPgDatabase),
+}
+
+impl WeakBackend {
+    /// The database, while a handle of it is still held.
+    pub(crate) fn upgrade(&self) -> Option<Backend> {
+        match self {
+            WeakBackend::Sqlite(w) => w.upgrade().map(Backend::Sqlite),
+            #[cfg(feature = "postgres")]
+            WeakBackend::Postgres(w) => w.upgrade().map(Backend::Postgres),
         }
     }
 }

@@ -66,6 +66,7 @@ mod backend;
 pub mod backups;
 mod calendar;
 mod config;
+mod consistency;
 mod db;
 mod error;
 #[doc(hidden)]
@@ -90,6 +91,7 @@ pub use config::{
     DEFAULT_STATEMENT_CACHE, DEFAULT_TIMEOUT, DEFAULT_WRITE_QUEUE, DbConfig, DbConfigBuilder,
     Durability, TempStore,
 };
+pub use consistency::{Consistency, Token};
 pub use db::{
     BackupProgress, BackupReport, CheckDepth, CheckReport, CheckpointMode, CheckpointReport,
     ColumnInfo, Database, Health, IndexInfo, Lane, QueryOptions, RestoreReport, TableInfo,

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::backend::Backend;
 use crate::config::DbConfig;
 use crate::db::Database;
 use crate::error::Result;
@@ -14,6 +15,12 @@ use crate::store::{Cache, CacheConfig, MemoryStore, StateStore};
 pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// The next cache sweep after one that stopped at its bound.
 const SWEEP_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// The advisory lock a sweep round runs under on PostgreSQL: any fixed
+/// number. The clients' SQL can take it too, but only for the length of one
+/// request (their sessions give up every advisory lock after each), which
+/// skips a round.
+const SWEEP_LOCK: i64 = 0x006c_6273_7765_6570; // "lbsweep"
+
 use crate::workers::{WorkerConfig, WorkerPool};
 
 /// What [`Service::open`] opens and starts: the database's settings, the
@@ -69,8 +76,8 @@ pub struct ServiceConfig {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// The database.
-    pub db: Database,
+    /// The database: SQLite or PostgreSQL.
+    pub db: Backend,
     /// The worker pool, when workers are configured.
     pub workers: Option<WorkerPool>,
     /// The two-level cache (also the bridge's result cache).
@@ -94,31 +101,32 @@ impl Service {
     /// table cannot be used goes on in memory, with a warning);
     /// the parts already started are stopped.
     pub async fn open(db_path: impl AsRef<Path>, config: ServiceConfig) -> Result<Service> {
-        let ServiceConfig {
-            db: db_config,
-            workers,
-            cache,
-            cache_worker_results,
-        } = config;
-        let db = Database::open(db_path, db_config).await?;
+        let db = Database::open(db_path, config.db.clone()).await?;
         if let Err(e) = crate::store::migrate(&db).await {
             db.close().await;
             return Err(e);
         }
+        Service::with_backend(Backend::Sqlite(db), config).await
+    }
+
+    /// Serves `db`, open and migrated already (a
+    /// [`PgDatabase`](crate::pg::PgDatabase) migrates its own schema at
+    /// connect): starts the workers (if any) and the cache as `config` says
+    /// (its `db` settings are not read).
+    ///
+    /// # Errors
+    /// What [`WorkerPool::start`] returns; the database is closed then.
+    pub async fn with_backend(db: Backend, config: ServiceConfig) -> Result<Service> {
+        let ServiceConfig {
+            db: _,
+            workers,
+            cache,
+            cache_worker_results,
+        } = config;
         let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
         let state = StateStore::new(db.clone(), clock.clone());
         let memory = MemoryStore::new(db.clone(), clock.clone());
-        let cache = match Cache::open(Some(db.clone()), cache.clone()).await {
-            Ok(c) => c,
-            // The cache is an optimisation: without its table it goes on in
-            // memory (the seed's cache manager did the same).
-            Err(e) => {
-                tracing::warn!(
-                    "the cache's L2 (table litebridge_cache) cannot be used, caching in memory only: {e}"
-                );
-                Cache::memory_only(cache, e.to_string())
-            }
-        };
+        let cache = Cache::with_backend(db.clone(), cache, clock.clone());
         cache.count_l2().await;
         let workers = match workers {
             Some(config) => match WorkerPool::start(config).await {
@@ -137,7 +145,9 @@ impl Service {
         };
         // Expired memory and cache entries are never returned; this reclaims
         // their rows. The task holds the database weakly: dropping the
-        // service's last handle closes it, and the task ends.
+        // service's last handle closes it, and the task ends. Front ends
+        // sharing a PostgreSQL database take turns: a round runs under an
+        // advisory lock, and one that finds it taken is skipped.
         let weak = db.downgrade();
         let cache_sweeper = cache.sweeper();
         tokio::spawn(async move {
@@ -148,15 +158,25 @@ impl Service {
                     return; // every handle was dropped
                 };
                 if !db.health().healthy {
-                    return; // closed, or found damaged: leave it alone
+                    continue; // down, closed or found damaged: leave it alone
                 }
-                if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
-                    tracing::warn!("sweeping expired memory entries failed: {e}");
-                }
-                // Bounded per sweep; while it finds more, it comes back soon.
-                wait = match cache_sweeper.sweep(&db).await {
-                    Ok(swept) if swept.more => SWEEP_AGAIN,
-                    _ => SWEEP_INTERVAL,
+                let round = async {
+                    if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
+                        tracing::warn!("sweeping expired memory entries failed: {e}");
+                    }
+                    // Bounded per sweep; while it finds more, it comes back soon.
+                    match cache_sweeper.sweep(db.clone()).await {
+                        Ok(swept) if swept.more => SWEEP_AGAIN,
+                        _ => SWEEP_INTERVAL,
+                    }
+                };
+                wait = match Box::pin(db.exclusively(SWEEP_LOCK, round)).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => SWEEP_INTERVAL, // another front end is sweeping
+                    Err(e) => {
+                        tracing::warn!("sweeping expired entries: {e}");
+                        SWEEP_INTERVAL
+                    }
                 };
             }
         });

@@ -233,7 +233,7 @@ async fn seeded(path: &Path) -> CliResult<Service> {
         .collect();
     service
         .db
-        .execute_many(
+        .execute_many_at(
             "INSERT INTO kv VALUES (?1, ?2)",
             rows,
             litebridge::WriteOptions::default(),

@@ -1,47 +1,73 @@
 //! `litebridge keys create | list | revoke`.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use litebridge::auth::{NewKey, Scopes, Tiers, create_key, list_keys, revoke_key};
 use litebridge::store::migrate;
-use litebridge::{Database, DbConfig};
+use litebridge::{Backend, Database, DbConfig};
 
 use crate::cli::KeysAction;
 use crate::output::utc_stamp;
+use crate::settings::Settings;
 use crate::{CliResult, Failure};
 
-async fn open(path: &Path, create: bool) -> CliResult<Database> {
-    if !create && !path.exists() {
-        return Err(Failure::new(format!(
-            "database {} does not exist",
-            path.display()
-        )));
+/// Where the keys are: a SQLite file named by `--db`, or the database a
+/// configuration file (and the environment) names.
+struct Target {
+    db: Option<PathBuf>,
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    /// The database, opened (created only for `create`) and migrated, and
+    /// how to name it in messages.
+    async fn open(&self, create: bool) -> CliResult<(Backend, String)> {
+        let path = match (&self.db, &self.config) {
+            (Some(path), _) => path.clone(),
+            (None, config) => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                let s = Settings::load(config.as_deref(), &env, &[])?;
+                if let Some(pg) = s.pg_config()? {
+                    let name = format!("PostgreSQL at {}", pg.redacted_url());
+                    let db = litebridge::pg::PgDatabase::connect(pg).await?;
+                    return Ok((Backend::Postgres(db), name));
+                }
+                s.db_path()
+            }
+        };
+        if !create && !path.exists() {
+            return Err(Failure::new(format!(
+                "database {} does not exist",
+                path.display()
+            )));
+        }
+        let config = DbConfig::builder()
+            .readers(1)
+            .heavy_readers(1)
+            .quick_check_on_open(false)
+            .create(create)
+            .build()?;
+        let db = Database::open(&path, config).await?;
+        if let Err(e) = migrate(&db).await {
+            db.close().await;
+            return Err(e.into());
+        }
+        Ok((Backend::Sqlite(db), path.display().to_string()))
     }
-    let config = DbConfig::builder()
-        .readers(1)
-        .heavy_readers(1)
-        .quick_check_on_open(false)
-        .create(create)
-        .build()?;
-    let db = Database::open(path, config).await?;
-    if let Err(e) = migrate(&db).await {
-        db.close().await;
-        return Err(e.into());
-    }
-    Ok(db)
 }
 
 pub(crate) async fn run(action: KeysAction) -> CliResult {
     match action {
         KeysAction::Create {
             db,
+            config,
             scope,
             tier,
             name,
-        } => create(&db, &scope, tier, name).await,
-        KeysAction::List { db, json } => list(&db, json).await,
-        KeysAction::Revoke { db, name } => {
-            let database = open(&db, false).await?;
+        } => create(&Target { db, config }, &scope, tier, name).await,
+        KeysAction::List { db, config, json } => list(&Target { db, config }, json).await,
+        KeysAction::Revoke { db, config, name } => {
+            let (database, label) = Target { db, config }.open(false).await?;
             let revoked = revoke_key(&database, &name).await;
             database.close().await;
             if revoked? {
@@ -49,15 +75,14 @@ pub(crate) async fn run(action: KeysAction) -> CliResult {
                 Ok(())
             } else {
                 Err(Failure::new(format!(
-                    "no active key named {name:?} in {} (see `litebridge keys list`)",
-                    db.display()
+                    "no active key named {name:?} in {label} (see `litebridge keys list`)"
                 )))
             }
         }
     }
 }
 
-async fn create(db: &Path, scope: &str, tier: String, name: Option<String>) -> CliResult {
+async fn create(db: &Target, scope: &str, tier: String, name: Option<String>) -> CliResult {
     let scopes = scope
         .parse::<Scopes>()
         .map_err(|e| Failure::new(format!("--scope {scope:?}: {e}")))?;
@@ -65,24 +90,21 @@ async fn create(db: &Path, scope: &str, tier: String, name: Option<String>) -> C
     Tiers::default()
         .check(&tier)
         .map_err(|e| Failure::new(format!("--tier: {e}")))?;
-    let database = open(db, true).await?;
+    let (database, label) = db.open(true).await?;
     let created = create_key(&database, &Tiers::default(), NewKey { name, scopes, tier }).await;
     database.close().await;
     let (key, secret) = created?;
     println!(
-        "created key {:?} (scope {}, tier {}) in {}",
-        key.name,
-        key.scopes,
-        key.tier,
-        db.display()
+        "created key {:?} (scope {}, tier {}) in {label}",
+        key.name, key.scopes, key.tier,
     );
     println!("the secret is stored only as a hash and shown only now: {secret}");
     Ok(())
 }
 
-async fn list(db: &Path, json: bool) -> CliResult {
+async fn list(db: &Target, json: bool) -> CliResult {
     const COLUMNS: [&str; 6] = ["name", "scopes", "tier", "created", "revoked", "last_used"];
-    let database = open(db, false).await?;
+    let (database, _) = db.open(false).await?;
     let keys = list_keys(&database).await;
     database.close().await;
     let stamp = |t: Option<std::time::SystemTime>| t.map(utc_stamp);

@@ -54,9 +54,48 @@ async fn open_app(
     Ok((rpc::App::new(service, auth), upkeep))
 }
 
+/// Opens the service on the configured backend.
+async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
+    match s.pg_config()? {
+        None => open_sqlite(s, recover).await,
+        Some(pg) => open_postgres(s, recover, pg).await,
+    }
+}
+
+/// Connects to PostgreSQL (migrating litebridge's schema) and serves it.
+/// SQLite's file operations are refused here, naming the setting.
+async fn open_postgres(
+    s: &Settings,
+    recover: bool,
+    pg: litebridge::pg::PgConfig,
+) -> CliResult<Service> {
+    if recover {
+        return Err(Failure::new(
+            "--recover restores a SQLite file from its backups; with `backend.kind` = \"postgres\" recovery is the cluster's (pg_auto_failover, pgBackRest, pg_basebackup)",
+        ));
+    }
+    if s.backup_enabled() {
+        return Err(Failure::new(
+            "`backup.enabled` takes SQLite file backups; with `backend.kind` = \"postgres\" back up the cluster with its own tools (pg_basebackup, pgBackRest) and set backup.enabled = false",
+        ));
+    }
+    let db = litebridge::pg::PgDatabase::connect(pg).await?;
+    let service = Service::with_backend(
+        litebridge::Backend::Postgres(db),
+        litebridge::ServiceConfig {
+            db: litebridge::DbConfig::default(),
+            workers: s.worker_config()?,
+            cache: s.cache_config(),
+            cache_worker_results: s.cache_enabled(),
+        },
+    )
+    .await?;
+    Ok(service)
+}
+
 /// Recovers first when asked, opens the service, schedules backups when
 /// configured; a damaged database is refused naming the newest verified backup.
-async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
+async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     let db = s.db_path();
     let policy = s.backup_policy();
     if recover {
@@ -110,8 +149,10 @@ async fn open(s: &Settings, recover: bool) -> CliResult<Service> {
         }
         Err(e) => return Err(e.into()),
     };
-    if s.backup_enabled() {
-        litebridge::backups::schedule(service.db.clone(), policy.clone());
+    if s.backup_enabled()
+        && let Some(db) = service.db.sqlite()
+    {
+        litebridge::backups::schedule(db.clone(), policy.clone());
     }
     service.backups = Some(policy);
     Ok(service)

@@ -212,10 +212,10 @@ impl History {
                 every.tick().await;
                 if ticks.is_multiple_of(BACKUPS_EVERY)
                     && let Some(policy) = app.service.backups.clone()
+                    && let Some(db) = app.service.db.sqlite().map(|d| d.path().to_owned())
                 {
                     // A directory listing may block (a slow disk, a network
                     // mount): never on the runtime.
-                    let db = app.service.db.path().to_owned();
                     let uptime = Duration::from_millis(
                         unix_ms(SystemTime::now()).saturating_sub(app.events.started_ms()),
                     );

@@ -151,7 +151,7 @@ pub(crate) fn figures(app: &App) -> Json {
         "ready": health["healthy"],
         "problems": problems,
         "db": crate::rpc::stats_of(service),
-        "db_bytes": std::fs::metadata(service.db.path()).ok().map(|m| m.len()),
+        "db_bytes": service.db.sqlite().and_then(|db| std::fs::metadata(db.path()).ok()).map(|m| m.len()),
         "health": health,
         "bridge": service.workers.as_ref().and_then(|_| crate::rpc::bridge_status(service).ok()),
         "cache": crate::rpc::cache_figures(service),

@@ -21,7 +21,10 @@ impl Handler for AdminBackup {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
             let service = &cx.app.service;
-            let db = &service.db;
+            let db = service.db.require_sqlite(
+                "admin.backup",
+                "back up the cluster with its own tools (pg_basebackup, pgBackRest)",
+            )?;
             let policy = service.backups.as_ref().ok_or_else(|| {
                 RpcError::App(Error::Unavailable {
                     what: "backups",
@@ -58,7 +61,11 @@ impl Handler for AdminCheck {
                 Some(true) => litebridge::CheckDepth::Full,
                 _ => litebridge::CheckDepth::Quick,
             };
-            let r = cx.app.service.db.check(depth).await?;
+            let db = cx.app.service.db.require_sqlite(
+                "admin.check",
+                "check the cluster with PostgreSQL's own tools (pg_amcheck)",
+            )?;
+            let r = db.check(depth).await?;
             Ok(json!({
                 "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
                 "foreign_key_violations": r.foreign_key_violations,
@@ -89,7 +96,10 @@ parameter!(
 impl Handler for AdminCheckpoint {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let db = &cx.app.service.db;
+            let db = cx.app.service.db.require_sqlite(
+                "admin.checkpoint",
+                "PostgreSQL checkpoints on its own (checkpoint_timeout, max_wal_size)",
+            )?;
             let mode = self.mode.map_or(CheckpointMode::Passive, |m| m.0);
             let r = db.checkpoint(mode).await?;
             Ok(json!({

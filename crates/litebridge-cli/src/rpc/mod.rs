@@ -33,7 +33,8 @@ use futures_util::future::join_all;
 use litebridge::auth::{Auth, Caller};
 use litebridge::workers::CallOptions;
 use litebridge::{
-    CheckpointMode, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement, WriteOptions,
+    CheckpointMode, Consistency, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement,
+    Token, WriteOptions,
 };
 use serde_json::{Value as Json, json};
 
@@ -382,13 +383,37 @@ pub(crate) fn cache_figures(service: &Service) -> Json {
     })
 }
 
+/// On PostgreSQL, the nodes as last probed: `{primary, replicas, replica_reads,
+/// primary_fallbacks}`; `None` on SQLite.
+pub(crate) fn cluster_figures(service: &Service) -> Option<Json> {
+    let pg = service.db.postgres()?;
+    let node = |n: &litebridge::pg::NodeStatus| {
+        json!({
+            "address": n.address, "role": n.role, "reachable": n.reachable,
+            "in_recovery": n.in_recovery,
+            "position": n.position.map(|p| p.to_string()),
+            "lag_bytes": n.lag_bytes, "error": n.error,
+            "checked": n.checked.map(rfc3339),
+        })
+    };
+    let c = pg.cluster();
+    let (replica_reads, primary_fallbacks) = pg.replica_counts();
+    Some(json!({
+        "primary": node(&c.primary),
+        "replicas": c.replicas.iter().map(node).collect::<Vec<_>>(),
+        "replica_reads": replica_reads,
+        "primary_fallbacks": primary_fallbacks,
+    }))
+}
+
 /// `pool.health`, with the field names of the seed system's statistics.
 pub(crate) fn health_of(service: &Service) -> Json {
     let s = service.db.stats();
     let h = service.db.health();
     let workers_ok = service.workers.as_ref().is_none_or(|w| w.status().healthy);
-    json!({
+    let mut answer = json!({
         "healthy": h.healthy && workers_ok,
+        "backend": service.db.kind(),
         "problems": h.problems,
         "pool_status": {
             "total_connections": s.readers + s.heavy_readers + 1,
@@ -403,7 +428,11 @@ pub(crate) fn health_of(service: &Service) -> Json {
         },
         "last_health_check": s.last_health_check.map(rfc3339),
         "timestamp": rfc3339(std::time::SystemTime::now()),
-    })
+    });
+    if let Some(c) = cluster_figures(service) {
+        answer["cluster"] = c;
+    }
+    answer
 }
 
 /// `pool.stats`, with the seed system's field names plus percentiles.
@@ -411,7 +440,8 @@ pub(crate) fn stats_of(service: &Service) -> Json {
     let s = service.db.stats();
     let ops = s.total_reads + s.total_writes + s.total_heavy;
     let errors = s.read_errors + s.write_errors + s.heavy_errors;
-    json!({
+    let mut answer = json!({
+        "backend": service.db.kind(),
         "pool_metrics": {
             "total_reads": s.total_reads,
             "total_writes": s.total_writes,
@@ -449,7 +479,11 @@ pub(crate) fn stats_of(service: &Service) -> Json {
             "healthy": service.db.health().healthy,
             "last_check": s.last_health_check.map(rfc3339),
         },
-    })
+    });
+    if let Some(c) = cluster_figures(service) {
+        answer["cluster"] = c;
+    }
+    answer
 }
 
 #[cfg(test)]

@@ -375,7 +375,7 @@ mod tests {
             (json!({}), "sql.query: missing field `sql`"),
             (
                 json!({"sql": "SELECT 1", "sqll": 1}),
-                "sql.query: unknown field `sqll`, expected one of `sql`, `params`, `timeout_ms`, `max_rows`, `lane`",
+                "sql.query: unknown field `sqll`, expected one of `sql`, `params`, `timeout_ms`, `max_rows`, `lane`, `consistency`, `token`",
             ),
             (
                 json!({"sql": "SELECT 1", "timeout_ms": 0}),
@@ -394,8 +394,12 @@ mod tests {
                 "sql.query: `lane`: \"fast\" is not a lane; expected \"read\" or \"heavy\"",
             ),
             (
+                json!(["SELECT 1", [], 5, 10, "read", "strong", "0/1", "extra"]),
+                "sql.query takes at most 7 positional parameters (sql, params, timeout_ms, max_rows, lane, consistency, token), 8 were given",
+            ),
+            (
                 json!(["SELECT 1", [], 5, 10, "read", "extra"]),
-                "sql.query takes at most 5 positional parameters (sql, params, timeout_ms, max_rows, lane), 6 were given",
+                "sql.query: `consistency`: \"extra\" is not a consistency level (strong, session or any)",
             ),
         ];
         for (raw, expected) in cases {
@@ -480,7 +484,15 @@ mod tests {
     fn positional_parameters_follow_the_declared_order_and_null_is_not_given() {
         assert_eq!(
             field_names::<SqlQuery>(),
-            ["sql", "params", "timeout_ms", "max_rows", "lane"]
+            [
+                "sql",
+                "params",
+                "timeout_ms",
+                "max_rows",
+                "lane",
+                "consistency",
+                "token"
+            ]
         );
         let q: SqlQuery = parse("sql.query", Some(json!(["SELECT ?1", [7], null, 3]))).unwrap();
         let named: SqlQuery = parse(

@@ -11,6 +11,33 @@ fn values(p: Option<SqlParams>) -> Params {
     p.map_or(Params::None, |p| p.0)
 }
 
+/// The session's latest token, on transports that keep sessions (stdio).
+fn session_token() -> Option<Token> {
+    super::SESSION
+        .try_with(|s| s.token.load(std::sync::atomic::Ordering::Acquire))
+        .ok()
+        .filter(|t| *t > 0)
+        .map(Token)
+}
+
+/// Keeps `token` as the session's latest, when it is later, and gives it
+/// back for the answer.
+fn remember(token: Option<Token>) -> Option<Token> {
+    if let Some(t) = token {
+        let _ = super::SESSION
+            .try_with(|s| s.token.fetch_max(t.0, std::sync::atomic::Ordering::AcqRel));
+    }
+    token
+}
+
+/// A write's answer: its result, and its position token when it has one.
+fn with_token(mut answer: Json, token: Option<Token>) -> Json {
+    if let (Some(t), Json::Object(map)) = (remember(token), &mut answer) {
+        map.insert("token".into(), json!(t.to_string()));
+    }
+    answer
+}
+
 fn write_options(timeout: Option<TimeoutMs>) -> WriteOptions {
     WriteOptions {
         timeout: timeout.map(|t| t.0),
@@ -31,7 +58,43 @@ pub(super) struct SqlQuery {
     max_rows: Option<MaxRows>,
     #[serde(default)]
     lane: Option<LaneName>,
+    #[serde(default)]
+    consistency: Option<Level>,
+    #[serde(default)]
+    token: Option<TokenParam>,
 }
+
+/// How fresh a read must be (see `docs/postgres.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LevelName {
+    Strong,
+    Session,
+    Any,
+}
+
+parameter!(
+    /// `strong`, `session` or `any`.
+    Level(LevelName) from String = "String",
+    |s| match s.as_str() {
+        "strong" => Ok(LevelName::Strong),
+        "session" => Ok(LevelName::Session),
+        "any" => Ok(LevelName::Any),
+        _ => Err(format!("{s:?} is not a consistency level (strong, session or any)")),
+    },
+    schemars::json_schema!({"type": "string", "enum": ["strong", "session", "any"], "description": "On PostgreSQL with replicas: `strong` (default) reads the primary; `session` reads a replica that has replayed past `token` (and the session's own writes), else the primary; `any` reads any replica however far behind. SQLite serves every read from its file: all three see every acknowledged write."})
+);
+
+parameter!(
+    /// A position token, as writes and non-strong reads return it.
+    TokenParam(Token) from String = "String",
+    |s| {
+        if s.len() > 20 {
+            return Err("is not a position token (two hex numbers: 0/16B3748)".into());
+        }
+        s.parse::<Token>().map_err(|_| format!("{s:?} is not a position token (two hex numbers: 0/16B3748)"))
+    },
+    schemars::json_schema!({"type": "string", "maxLength": 20, "description": "The `token` a write (or an earlier read) returned: a `session` read sees at least that far. Given alone, it implies `consistency: \"session\"`."})
+);
 
 parameter!(
     /// Rows returned at most: [`DEFAULT_MAX_ROWS`] unless given, at most
@@ -77,11 +140,24 @@ impl Handler for SqlQuery {
                 max_rows: Some(self.max_rows.map_or(DEFAULT_MAX_ROWS, |m| m.0)),
                 lane: self.lane.map_or(Lane::Read, |l| l.0),
             };
-            let rows = cx
+            let given = self.token.map(|t| t.0);
+            let level = self.consistency.map(|c| c.0).unwrap_or(if given.is_some() {
+                LevelName::Session
+            } else {
+                LevelName::Strong
+            });
+            let consistency = match level {
+                LevelName::Strong => Consistency::Strong,
+                LevelName::Any => Consistency::Any,
+                LevelName::Session => {
+                    Consistency::Session(given.max(session_token()).unwrap_or_default())
+                }
+            };
+            let (rows, token) = cx
                 .app
                 .service
                 .db
-                .query_with(&self.sql.0, values(self.params), options)
+                .query_at(&self.sql.0, values(self.params), options, consistency)
                 .await
                 .map_err(|e| match e {
                     Error::ReadOnly { .. } => RpcError::App(Error::ReadOnly {
@@ -91,7 +167,7 @@ impl Handler for SqlQuery {
                     }),
                     other => other.into(),
                 })?;
-            to_json(&rows)
+            Ok(with_token(to_json(&rows)?, token))
         })
     }
 }
@@ -110,17 +186,17 @@ pub(super) struct SqlExecute {
 impl Handler for SqlExecute {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let r = cx
+            let (r, token) = cx
                 .app
                 .service
                 .db
-                .execute_with(
-                    self.sql.0,
+                .execute_at(
+                    &self.sql.0,
                     values(self.params),
                     write_options(self.timeout_ms),
                 )
                 .await?;
-            to_json(&r)
+            Ok(with_token(to_json(&r)?, token))
         })
     }
 }
@@ -224,13 +300,13 @@ impl Handler for SqlBatch {
                 .into_iter()
                 .map(|s| Statement::new(s.sql.0, values(s.params)))
                 .collect();
-            let results = cx
+            let (results, token) = cx
                 .app
                 .service
                 .db
-                .batch(statements, write_options(self.timeout_ms))
+                .batch_at(statements, write_options(self.timeout_ms))
                 .await?;
-            Ok(json!({ "results": to_json(&results)? }))
+            Ok(with_token(json!({ "results": to_json(&results)? }), token))
         })
     }
 }
@@ -271,13 +347,13 @@ impl JsonSchema for ManyRows {
 impl Handler for SqlExecuteMany {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let r = cx
+            let (r, token) = cx
                 .app
                 .service
                 .db
-                .execute_many(&self.sql.0, self.rows.0, write_options(self.timeout_ms))
+                .execute_many_at(&self.sql.0, self.rows.0, write_options(self.timeout_ms))
                 .await?;
-            Ok(json!({ "changes": r.changes }))
+            Ok(with_token(json!({ "changes": r.changes }), token))
         })
     }
 }

@@ -76,6 +76,7 @@ where
     });
     let session = rpc::Session {
         events: Arc::new(AtomicBool::new(false)),
+        token: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let forwarder = tokio::spawn(forward_events(
         app.events.subscribe(None),

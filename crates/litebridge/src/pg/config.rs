@@ -39,6 +39,9 @@ pub struct PgConfig {
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
     pub replicas: Vec<String>,
+    /// How often the primary and the replicas are probed for health and
+    /// lag. Default: 5 s.
+    pub health_check_interval: Duration,
 }
 
 impl PgConfig {
@@ -56,6 +59,7 @@ impl PgConfig {
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
             statement_cache: 256,
             replicas: Vec::new(),
+            health_check_interval: Duration::from_secs(5),
         }
     }
 
@@ -204,6 +208,33 @@ impl PgConfig {
         Ok(c)
     }
 
+    /// The URL with its password, if any, not shown.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// The URL's hosts, `host:port` joined by commas (no user, no password).
+    pub(crate) fn hosts(&self) -> String {
+        let Ok(c) = self.parsed() else {
+            return String::new();
+        };
+        let ports = c.get_ports();
+        c.get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let host = match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Checks the values.
     ///
     /// # Errors
@@ -248,6 +279,13 @@ impl PgConfig {
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         for r in &self.replicas {
             self.replica_config(r, "")?;
+        }
+        if self.health_check_interval < Duration::from_millis(100) {
+            return Err(Error::Config {
+                key: "postgres.health_check_interval".into(),
+                value: format!("{} ms", self.health_check_interval.as_millis()),
+                expected: "at least 100 ms".into(),
+            });
         }
         Ok(())
     }

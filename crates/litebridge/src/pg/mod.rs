@@ -34,7 +34,9 @@
 //!   is prepared again with types taken from the values.
 
 mod config;
+mod describe;
 mod error;
+mod monitor;
 mod schema;
 mod sql;
 mod token;
@@ -53,11 +55,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Statement as PgStatement};
 
+pub use crate::consistency::{Consistency, Token};
 pub use config::PgConfig;
+pub use monitor::{ClusterStatus, NodeStatus};
 use token::WalLayout;
-pub use token::{Consistency, Token};
 
+use crate::db::Health;
 use crate::error::{Error, ErrorKind, Result, TimeoutStage};
+use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
@@ -88,6 +93,20 @@ struct Inner {
     wal: WalLayout,
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
+    /// The clients' requests: counts, errors and latencies.
+    counters: Counters,
+    /// The nodes as last probed (`monitor`).
+    cluster: std::sync::Mutex<ClusterStatus>,
+}
+
+/// A [`PgDatabase`] that does not keep its pools open.
+#[derive(Clone)]
+pub(crate) struct WeakPgDatabase(std::sync::Weak<Inner>);
+
+impl WeakPgDatabase {
+    pub(crate) fn upgrade(&self) -> Option<PgDatabase> {
+        self.0.upgrade().map(|inner| PgDatabase { inner })
+    }
 }
 
 /// A replica, and until when it rests after a failure.
@@ -232,19 +251,130 @@ impl PgDatabase {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(PgDatabase {
-            inner: Arc::new(Inner {
-                config,
-                client,
-                own,
-                pids: std::sync::Mutex::new(HashMap::new()),
-                replicas,
-                turn: AtomicUsize::new(0),
-                wal,
-                replica_reads: AtomicU64::new(0),
-                primary_fallbacks: AtomicU64::new(0),
-            }),
-        })
+        let cluster = ClusterStatus::configured(config.hosts(), &config.replicas);
+        let every = config.health_check_interval;
+        let inner = Arc::new(Inner {
+            config,
+            client,
+            own,
+            pids: std::sync::Mutex::new(HashMap::new()),
+            replicas,
+            turn: AtomicUsize::new(0),
+            wal,
+            replica_reads: AtomicU64::new(0),
+            primary_fallbacks: AtomicU64::new(0),
+            counters: Counters::default(),
+            cluster: std::sync::Mutex::new(cluster),
+        });
+        monitor::probe_all(&inner).await;
+        monitor::watch(Arc::downgrade(&inner), every);
+        Ok(PgDatabase { inner })
+    }
+
+    /// The primary and the replicas as last probed (every
+    /// [`PgConfig::health_check_interval`]).
+    pub fn cluster(&self) -> ClusterStatus {
+        lock(&self.inner.cluster).clone()
+    }
+
+    /// Healthy while the primary answered the last probe and is not in
+    /// recovery.
+    pub fn health(&self) -> Health {
+        lock(&self.inner.cluster).health(self.is_open())
+    }
+
+    /// The clients' requests so far, with the pool's state now. Reads are
+    /// counted as the read lane's, writes as the writer's; there is no
+    /// heavy lane, group commit, checkpoint or log file here.
+    pub fn stats(&self) -> DbStats {
+        let i = &self.inner;
+        let mut s = DbStats::from_counters(&i.counters);
+        let pool = i.client.status();
+        s.readers = pool.max_size;
+        s.available_readers = pool.available;
+        s.active_connections = pool.size.saturating_sub(pool.available);
+        s.read_queue = pool.waiting;
+        s
+    }
+
+    /// The latency histograms (reads, writes; the heavy lane's is empty).
+    pub fn latency_snapshots(&self) -> LatencySnapshots {
+        let c = &self.inner.counters;
+        LatencySnapshots {
+            read: c.read_latency.snapshot(),
+            write: c.write_latency.snapshot(),
+            heavy: c.heavy_latency.snapshot(),
+        }
+    }
+
+    /// Counts a client request's outcome and time.
+    fn counted<T>(&self, write: bool, started: Instant, r: Result<T>) -> Result<T> {
+        let c = &self.inner.counters;
+        let (latency, errors) = if write {
+            (&c.write_latency, &c.write_errors)
+        } else {
+            (&c.read_latency, &c.read_errors)
+        };
+        latency.record(started.elapsed());
+        if let Err(e) = &r {
+            errors.fetch_add(1, Ordering::Relaxed);
+            match e.kind() {
+                ErrorKind::Timeout => {
+                    c.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                ErrorKind::Unavailable | ErrorKind::OutcomeUnknown => {
+                    c.failed_connections.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// Runs `work` while this process holds the session advisory lock
+    /// `key`, or returns `None` at once when another session holds it. The
+    /// connection that holds it is closed afterwards, even when `work` is
+    /// dropped half way, so the lock never stays behind in the pool.
+    pub(crate) async fn exclusively<T>(
+        &self,
+        key: i64,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<Option<T>> {
+        /// Closes the connection when dropped, releasing its locks.
+        struct Closing(Option<Object>);
+        impl Drop for Closing {
+            fn drop(&mut self) {
+                if let Some(c) = self.0.take() {
+                    drop(Object::take(c));
+                }
+            }
+        }
+        let deadline = Instant::now() + self.inner.config.connect_timeout;
+        let conn = Closing(Some(self.connection(Who::Own, deadline).await?));
+        let Some(c) = conn.0.as_ref() else {
+            return Ok(None);
+        };
+        let asked = tokio::time::timeout_at(
+            deadline,
+            c.query_one("SELECT pg_catalog.pg_try_advisory_lock($1)", &[&key]),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            what: "the PostgreSQL server",
+            reason: "no answer to an advisory lock request".into(),
+        })?
+        .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        if !asked.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let out = work.await;
+        drop(conn);
+        Ok(Some(out))
+    }
+
+    /// A handle that does not keep it open.
+    pub(crate) fn downgrade(&self) -> WeakPgDatabase {
+        WeakPgDatabase(Arc::downgrade(&self.inner))
     }
 
     /// The configuration it was opened with.
@@ -265,8 +395,12 @@ impl PgDatabase {
         params: impl Into<Params>,
         options: QueryOptions,
     ) -> Result<Rows> {
-        let p = Prepared::new(sql, params.into())?;
-        self.read(Who::Client, p, options).await
+        let started = Instant::now();
+        let r = match Prepared::new(sql, params.into()) {
+            Ok(p) => self.read(Who::Client, p, options).await,
+            Err(e) => Err(e),
+        };
+        self.counted(false, started, r)
     }
 
     /// A read of the stores (litebridge's own tables).
@@ -329,9 +463,9 @@ impl PgDatabase {
     }
 
     /// Runs a read-only statement where `consistency` allows (see the
-    /// `token` module); returns its rows and, for reads that are not
-    /// [`Consistency::Strong`], the position they reflect, to pass on to the
-    /// next read of the session.
+    /// `token` module); returns its rows and, when replicas are configured,
+    /// the position they reflect (for a strong read, the primary's after
+    /// it), to pass on to the next read of the session.
     ///
     /// # Errors
     /// As [`PgDatabase::query_with`]. A replica that fails or lags is not an
@@ -343,9 +477,21 @@ impl PgDatabase {
         options: QueryOptions,
         consistency: Consistency,
     ) -> Result<(Rows, Option<Token>)> {
+        let started = Instant::now();
+        let r = self.read_at(sql, params.into(), options, consistency).await;
+        self.counted(false, started, r)
+    }
+
+    async fn read_at(
+        &self,
+        sql: &str,
+        params: Params,
+        options: QueryOptions,
+        consistency: Consistency,
+    ) -> Result<(Rows, Option<Token>)> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let p = Prepared::new(sql, params.into())?;
+        let p = Prepared::new(sql, params)?;
         let replicas = &self.inner.replicas;
         let wanted = match consistency {
             Consistency::Strong => None,
@@ -567,9 +713,8 @@ impl PgDatabase {
         params: impl Into<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
-        let p = Prepared::new(sql, params.into())?;
-        let d = self.write_one(Who::Client, p, options, Shape::Each).await?;
-        Ok(d.result)
+        let (result, _) = self.execute_at(sql, params, options).await?;
+        Ok(result)
     }
 
     /// As [`PgDatabase::execute_with`], also returning the write's position
@@ -585,9 +730,12 @@ impl PgDatabase {
         params: impl Into<Params>,
         options: WriteOptions,
     ) -> Result<(ExecResult, Option<Token>)> {
-        let p = Prepared::new(sql, params.into())?;
-        let d = self.write_one(Who::Client, p, options, Shape::Each).await?;
-        Ok((d.result, d.token))
+        let started = Instant::now();
+        let r = match Prepared::new(sql, params.into()) {
+            Ok(p) => self.write_one(Who::Client, p, options, Shape::Each).await,
+            Err(e) => Err(e),
+        };
+        self.counted(true, started, r).map(|d| (d.result, d.token))
     }
 
     /// Runs several statements as one transaction: all of them commit or none.
@@ -600,18 +748,30 @@ impl PgDatabase {
         statements: Vec<Statement>,
         options: WriteOptions,
     ) -> Result<Vec<ExecResult>> {
+        Ok(self.batch_at(statements, options).await?.0)
+    }
+
+    /// As [`PgDatabase::batch`], also returning the transaction's position
+    /// token (see [`PgDatabase::execute_at`]).
+    ///
+    /// # Errors
+    /// As [`PgDatabase::batch`].
+    pub async fn batch_at(
+        &self,
+        statements: Vec<Statement>,
+        options: WriteOptions,
+    ) -> Result<(Vec<ExecResult>, Option<Token>)> {
         if statements.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let prepared = statements
             .into_iter()
             .enumerate()
             .map(|(i, s)| Prepared::new(&s.sql, s.params).map_err(|e| e.at("statements", i)))
-            .collect::<Result<Vec<_>>>()?;
-        let done = self
-            .write(Who::Client, prepared, options, Shape::Each)
-            .await?;
-        Ok(done.into_iter().map(|d| d.result).collect())
+            .collect::<Result<Vec<_>>>();
+        let done = self.client_write(prepared, options, Shape::Each).await?;
+        let token = done.first().and_then(|d| d.token);
+        Ok((done.into_iter().map(|d| d.result).collect(), token))
     }
 
     /// Runs one statement once per parameter set, in one transaction.
@@ -624,22 +784,50 @@ impl PgDatabase {
         rows: Vec<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
+        Ok(self.execute_many_at(sql, rows, options).await?.0)
+    }
+
+    /// As [`PgDatabase::execute_many`], also returning the transaction's
+    /// position token (see [`PgDatabase::execute_at`]).
+    ///
+    /// # Errors
+    /// As [`PgDatabase::execute_many`].
+    pub async fn execute_many_at(
+        &self,
+        sql: &str,
+        rows: Vec<Params>,
+        options: WriteOptions,
+    ) -> Result<(ExecResult, Option<Token>)> {
         if rows.is_empty() {
             Prepared::new(sql, Params::None)?;
-            return Ok(ExecResult::default());
+            return Ok((ExecResult::default(), None));
         }
         let prepared = rows
             .into_iter()
             .enumerate()
             .map(|(i, p)| Prepared::new(sql, p).map_err(|e| e.at("rows", i)))
-            .collect::<Result<Vec<_>>>()?;
-        let done = self
-            .write(Who::Client, prepared, options, Shape::Rows)
-            .await?;
-        Ok(ExecResult {
+            .collect::<Result<Vec<_>>>();
+        let done = self.client_write(prepared, options, Shape::Rows).await?;
+        let result = ExecResult {
             changes: done.iter().map(|d| d.result.changes).sum(),
             last_insert_rowid: 0,
-        })
+        };
+        Ok((result, done.first().and_then(|d| d.token)))
+    }
+
+    /// A write of the clients', counted in the statistics.
+    async fn client_write(
+        &self,
+        prepared: Result<Vec<Prepared>>,
+        options: WriteOptions,
+        shape: Shape,
+    ) -> Result<Vec<Done>> {
+        let started = Instant::now();
+        let r = match prepared {
+            Ok(p) => self.write(Who::Client, p, options, shape).await,
+            Err(e) => Err(e),
+        };
+        self.counted(true, started, r)
     }
 
     /// Stops handing out connections and closes the idle ones.

@@ -1,0 +1,123 @@
+//! `sql.schema` on PostgreSQL: the tables and views the clients' SQL sees
+//! by name, with their columns, indexes and a row estimate.
+//!
+//! It runs as the clients' role, inside a read-only transaction like any
+//! of their reads, on the schemas of that role's `search_path` (so it shows
+//! what an unqualified name in a `query` resolves to). litebridge's own
+//! schema is left out even if a `search_path` names it: the clients' role
+//! has no rights there anyway. The row estimate is the planner's
+//! (`reltuples`), none for views and for tables never analysed or vacuumed.
+
+use std::collections::BTreeMap;
+
+use super::{PgDatabase, Prepared, Who};
+use crate::QueryOptions;
+use crate::db::{ColumnInfo, IndexInfo, TableInfo};
+use crate::error::Result;
+use crate::value::{Params, Value};
+
+const COLUMNS: &str = "SELECT c.relname::text,
+       CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END,
+       a.attname::text,
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
+       a.attnotnull,
+       COALESCE(a.attnum = ANY (pk.indkey::int2[]), false),
+       pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+       CASE WHEN c.relkind IN ('v', 'm') OR c.reltuples < 0 THEN NULL
+            ELSE c.reltuples::int8 END
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+ WHERE n.nspname = ANY (pg_catalog.current_schemas(false))
+   AND n.nspname <> ?1
+   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ ORDER BY c.relname, a.attnum";
+
+const INDEXES: &str = "SELECT t.relname::text, i.relname::text, x.indisunique,
+       COALESCE((SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY k.o)
+                   FROM pg_catalog.unnest(x.indkey::int2[]) WITH ORDINALITY AS k(n, o)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n), '')
+  FROM pg_catalog.pg_index x
+  JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
+  JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = ANY (pg_catalog.current_schemas(false))
+   AND n.nspname <> ?1
+ ORDER BY t.relname, i.relname";
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    }
+}
+
+fn flag(v: &Value) -> bool {
+    matches!(v, Value::Integer(1))
+}
+
+impl PgDatabase {
+    /// The tables and views the clients' SQL sees by name.
+    ///
+    /// # Errors
+    /// As [`PgDatabase::query_with`].
+    pub async fn schema(&self) -> Result<Vec<TableInfo>> {
+        let own = || Params::Positional(vec![Value::Text(self.own_schema().to_owned())]);
+        let columns = self
+            .read(
+                Who::Client,
+                Prepared::own(COLUMNS, own())?,
+                QueryOptions::default(),
+            )
+            .await?;
+        let indexes = self
+            .read(
+                Who::Client,
+                Prepared::own(INDEXES, own())?,
+                QueryOptions::default(),
+            )
+            .await?;
+        let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
+        for r in &columns.rows {
+            let name = text(&r[0]);
+            let t = tables.entry(name.clone()).or_insert_with(|| TableInfo {
+                name,
+                kind: text(&r[1]),
+                without_rowid: false,
+                columns: Vec::new(),
+                indexes: Vec::new(),
+                row_estimate: match r[7] {
+                    Value::Integer(n) => Some(n),
+                    _ => None,
+                },
+            });
+            t.columns.push(ColumnInfo {
+                name: text(&r[2]),
+                decl_type: text(&r[3]),
+                not_null: flag(&r[4]),
+                primary_key: flag(&r[5]),
+                default: match &r[6] {
+                    Value::Text(d) => Some(d.clone()),
+                    _ => None,
+                },
+            });
+        }
+        for r in &indexes.rows {
+            if let Some(t) = tables.get_mut(&text(&r[0])) {
+                let columns = text(&r[3]);
+                t.indexes.push(IndexInfo {
+                    name: text(&r[1]),
+                    unique: flag(&r[2]),
+                    columns: columns
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                });
+            }
+        }
+        Ok(tables.into_values().collect())
+    }
+}

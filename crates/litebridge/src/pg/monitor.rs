@@ -1,0 +1,212 @@
+//! The cluster as litebridge last saw it: which server answers as the
+//! primary, how far each replica has replayed, and whether the service is
+//! healthy.
+//!
+//! # Design
+//!
+//! A task probes every node each [`PgConfig::health_check_interval`]
+//! (and once at connect), with a deadline of its own, and keeps what it
+//! found. Health, readiness, `/metrics` and `pool.*` read that record and
+//! never touch the network: a flood of health checks costs the cluster
+//! nothing, and a node that hangs makes its entry stale, not the check.
+//!
+//! The primary is probed on litebridge's own pool (it reports which
+//! server of the URL's host list answered, and whether that server is in
+//! recovery, as a demoted primary is); each replica on its pool. A
+//! replica's lag is the primary's log position minus the replica's replay
+//! position, both from the same round of probes.
+//!
+//! [`PgConfig::health_check_interval`]: super::PgConfig::health_check_interval
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::Pool;
+
+use super::Inner;
+use super::error::error_chain;
+use crate::consistency::Token;
+use crate::db::Health;
+use crate::sync::lock;
+
+/// One server of the cluster as last probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// Where it is: `host:port` as the server reports it, or as configured
+    /// until it answered.
+    pub address: String,
+    /// `primary` or `replica`: what it is configured as.
+    pub role: &'static str,
+    /// Whether the last probe got an answer.
+    pub reachable: bool,
+    /// Whether the server said it is in recovery (a standby). A primary in
+    /// recovery was demoted: writes fail there.
+    pub in_recovery: bool,
+    /// Its position in the log: the primary's write position, a replica's
+    /// replay position.
+    pub position: Option<Token>,
+    /// A replica's distance behind the primary, in bytes of log.
+    pub lag_bytes: Option<u64>,
+    /// What the last probe failed with.
+    pub error: Option<String>,
+    /// When it was last probed.
+    pub checked: Option<SystemTime>,
+}
+
+/// The primary and the replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStatus {
+    /// The server the URL leads to.
+    pub primary: NodeStatus,
+    /// The configured replicas, in order.
+    pub replicas: Vec<NodeStatus>,
+}
+
+impl ClusterStatus {
+    /// Before the first probe: every node as configured, unreached.
+    pub(super) fn configured(url_hosts: String, replicas: &[String]) -> ClusterStatus {
+        let node = |address: String, role| NodeStatus {
+            address,
+            role,
+            reachable: false,
+            in_recovery: false,
+            position: None,
+            lag_bytes: None,
+            error: Some("not probed yet".into()),
+            checked: None,
+        };
+        ClusterStatus {
+            primary: node(url_hosts, "primary"),
+            replicas: replicas
+                .iter()
+                .map(|r| node(r.clone(), "replica"))
+                .collect(),
+        }
+    }
+
+    /// Healthy while the primary answers and is not in recovery. Replicas
+    /// are not needed: reads fall back to the primary.
+    pub(super) fn health(&self, open: bool) -> Health {
+        let mut problems = Vec::new();
+        let p = &self.primary;
+        if !open {
+            problems.push("the PostgreSQL pool is closed".to_owned());
+        } else if !p.reachable {
+            problems.push(format!(
+                "the PostgreSQL primary ({}) does not answer: {}",
+                p.address,
+                p.error.as_deref().unwrap_or("no answer")
+            ));
+        } else if p.in_recovery {
+            problems.push(format!(
+                "the PostgreSQL server at {} is in recovery (a standby, or a demoted primary): writes fail there until the URL leads to a primary",
+                p.address
+            ));
+        }
+        Health {
+            healthy: problems.is_empty(),
+            problems,
+        }
+    }
+}
+
+/// Longest a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one probe of one node found.
+struct Probe {
+    address: Option<String>,
+    in_recovery: bool,
+    position: Option<Token>,
+}
+
+const PROBE: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, \
+     CASE WHEN pg_catalog.pg_is_in_recovery() \
+          THEN pg_catalog.pg_last_wal_replay_lsn() \
+          ELSE pg_catalog.pg_current_wal_lsn() END::text, \
+     COALESCE(pg_catalog.host(pg_catalog.inet_server_addr()) || ':' || \
+              pg_catalog.current_setting('port'), '')";
+
+async fn probe(pool: &Pool) -> Result<Probe, String> {
+    let run = async {
+        let conn = pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => error_chain(&e),
+            other => other.to_string(),
+        })?;
+        let messages = conn
+            .simple_query(PROBE)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or("the probe returned no row")?;
+        Ok(Probe {
+            in_recovery: row.get(0) == Some("true"),
+            position: row.get(1).and_then(|t| t.parse().ok()),
+            address: row.get(2).filter(|a| !a.is_empty()).map(str::to_owned),
+        })
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    }
+}
+
+fn record(node: &mut NodeStatus, found: Result<Probe, String>) {
+    node.checked = Some(SystemTime::now());
+    match found {
+        Ok(p) => {
+            if let Some(a) = p.address {
+                node.address = a;
+            }
+            node.reachable = true;
+            node.in_recovery = p.in_recovery;
+            node.position = p.position;
+            node.error = None;
+        }
+        Err(e) => {
+            node.reachable = false;
+            node.position = None;
+            node.error = Some(e);
+        }
+    }
+}
+
+/// Probes every node once and records what it found.
+pub(super) async fn probe_all(inner: &Inner) {
+    let primary = probe(&inner.own);
+    let replicas = futures_util::future::join_all(inner.replicas.iter().map(|r| probe(&r.pool)));
+    let (primary, replicas) = tokio::join!(primary, replicas);
+    let mut status = lock(&inner.cluster);
+    record(&mut status.primary, primary);
+    let head = status.primary.position;
+    for (node, found) in status.replicas.iter_mut().zip(replicas) {
+        record(node, found);
+        node.lag_bytes = match (head, node.position) {
+            (Some(h), Some(r)) => Some(h.0.saturating_sub(r.0)),
+            _ => None,
+        };
+    }
+    inner.counters.health_checked_now();
+}
+
+/// Probes every `every` until the database is dropped.
+pub(super) fn watch(inner: Weak<Inner>, every: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.client.is_closed() {
+                return;
+            }
+            probe_all(&inner).await;
+            drop::<Arc<Inner>>(inner);
+        }
+    });
+}
