@@ -119,6 +119,10 @@ pub(crate) enum Command {
         /// would: every thread and worker process of the run is pinned).
         #[arg(long)]
         cores: Option<usize>,
+        /// A PostgreSQL URL for the `pg-*` cases (its user creates a role and
+        /// a schema for the run, dropped at the end); without it they are skipped.
+        #[arg(long)]
+        postgres: Option<String>,
     },
 }
 

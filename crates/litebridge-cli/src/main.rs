@@ -122,7 +122,8 @@ fn main() -> ExitCode {
                 json,
                 dir,
                 cores: _,
-            } => bench::run(&case, seconds, json, dir.as_deref()).await,
+                postgres,
+            } => bench::run(&case, seconds, json, dir.as_deref(), postgres.as_deref()).await,
         }
     });
     match result {

@@ -213,7 +213,7 @@ const KEYS: &[Key] = &[
     Key {
         name: "postgres.health_check_interval_ms",
         env: &[],
-        kind: int_kind(100, 86_400_000),
+        kind: int_kind(100, 60_000),
         default: || ms(pg().health_check_interval),
         help: "probes of the primary and the replicas (health, lag)",
     },
@@ -723,10 +723,17 @@ fn read_file(
             path.display()
         ))
     })?;
+    // The message without the offending line, which may hold a password.
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .and_then(|s| text.get(..s.start))
+            .map(|t| t.matches('\n').count() + 1);
         Failure::new(format!(
-            "the configuration file {} is not valid TOML: {e}",
-            path.display()
+            "the configuration file {} is not valid TOML{}: {}",
+            path.display(),
+            line.map_or_else(String::new, |l| format!(" (line {l})")),
+            e.message()
         ))
     })?;
     for (section, body) in table {
@@ -889,6 +896,16 @@ impl Settings {
     /// A PostgreSQL setting that is missing or invalid, naming it.
     pub(crate) fn pg_config(&self) -> Result<Option<PgConfig>, Failure> {
         if self.get("backend.kind") != "postgres" {
+            // A PostgreSQL setting given to a SQLite service: the data would
+            // go to a local file the operator does not expect.
+            if let Some(k) = KEYS.iter().find(|k| {
+                k.name.starts_with("postgres.") && self.values[k.name].1 != Source::Default
+            }) {
+                return Err(Failure::new(format!(
+                    "`{}` is set (from {}) but `backend.kind` is \"sqlite\" (from {}): set backend.kind = \"postgres\" (LITEBRIDGE_BACKEND_KIND) to use PostgreSQL, or remove the postgres settings",
+                    k.name, self.values[k.name].1, self.values["backend.kind"].1
+                )));
+            }
             return Ok(None);
         }
         let url = self.get("postgres.url").trim();

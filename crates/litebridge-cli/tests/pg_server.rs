@@ -273,6 +273,21 @@ fn every_part_of_the_service_runs_on_postgres() {
     );
     assert!(e.get("error").is_some(), "{e}");
 
+    // Nor can the clients take the lock the front ends' sweeps run under.
+    let e = call(
+        &server,
+        &admin,
+        "sql.execute",
+        json!({"sql": format!("LOCK TABLE {}_own.litebridge_memory IN SHARE UPDATE EXCLUSIVE MODE", setup.schema)}),
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("permission denied"),
+        "{e}"
+    );
+
     // SQLite's file operations answer `unsupported`, saying what to use.
     for (method, names) in [
         ("admin.checkpoint", "checkpoint"),
@@ -507,4 +522,44 @@ fn sqlite_only_settings_are_refused_on_postgres_naming_them() {
     assert!(e.contains("postgres.url"), "{e}");
     let e = run(&[], &[("LITEBRIDGE_POSTGRES_CLIENT_USER", "")]);
     assert!(e.contains("postgres.client_user"), "{e}");
+}
+
+#[test]
+fn postgres_settings_for_a_sqlite_service_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("a.db"))
+        .env("LITEBRIDGE_POSTGRES_URL", "postgres://o@127.0.0.1:1/db")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("postgres.url")
+            && e.contains("LITEBRIDGE_POSTGRES_URL")
+            && e.contains("backend.kind"),
+        "{e}"
+    );
+    assert!(!dir.path().join("a.db").exists(), "a SQLite file was made");
+}
+
+#[test]
+fn a_toml_error_does_not_echo_the_line_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lb.toml");
+    std::fs::write(
+        &file,
+        "[backend]\nkind = \"postgres\"\n[postgres]\nclient_password = \"s3cr3t\\q\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!e.contains("s3cr3t"), "{e}");
+    assert!(e.contains("line 4") && e.contains("lb.toml"), "{e}");
 }

@@ -270,24 +270,25 @@ impl Backend {
     }
 
     /// Runs `work` unless another front end on the same database is running
-    /// work under `lock` (then `None`): on PostgreSQL under a session
-    /// advisory lock, released when `work` ends or is dropped; on SQLite at
-    /// once (its writer takes one request at a time already).
+    /// work under the lock of litebridge's table `table` (then `None`): on
+    /// PostgreSQL a table lock only litebridge's own role can take (see
+    /// [`PgDatabase::exclusively`](crate::pg::PgDatabase)); on SQLite at once
+    /// (its writer takes one request at a time already).
     ///
     /// # Errors
     /// The lock could not be asked for (the server is unreachable).
     pub(crate) async fn exclusively<T>(
         &self,
-        lock: i64,
+        table: &str,
         work: impl std::future::Future<Output = T>,
     ) -> Result<Option<T>> {
         match self {
             Backend::Sqlite(_) => {
-                let _ = lock;
+                let _ = table;
                 Ok(Some(work.await))
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.exclusively(lock, work).await,
+            Backend::Postgres(db) => db.exclusively(table, work).await,
         }
     }
 

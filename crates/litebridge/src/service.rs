@@ -15,12 +15,9 @@ use crate::store::{Cache, CacheConfig, MemoryStore, StateStore};
 pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// The next cache sweep after one that stopped at its bound.
 const SWEEP_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
-/// The advisory lock a sweep round runs under on PostgreSQL: any fixed
-/// number. The clients' SQL can take it too, but only for the length of one
-/// request (their sessions give up every advisory lock after each), which
-/// skips a round.
-const SWEEP_LOCK: i64 = 0x006c_6273_7765_6570; // "lbsweep"
-
+/// The table whose lock a sweep round runs under on PostgreSQL (front ends
+/// take turns; only litebridge's own role can take it).
+const SWEEP_LOCK: &str = "memory";
 use crate::workers::{WorkerConfig, WorkerPool};
 
 /// What [`Service::open`] opens and starts: the database's settings, the
@@ -146,8 +143,9 @@ impl Service {
         // Expired memory and cache entries are never returned; this reclaims
         // their rows. The task holds the database weakly: dropping the
         // service's last handle closes it, and the task ends. Front ends
-        // sharing a PostgreSQL database take turns: a round runs under an
-        // advisory lock, and one that finds it taken is skipped.
+        // sharing a PostgreSQL database take turns: a round runs under a
+        // lock of litebridge's memory table, and one that finds it taken is
+        // skipped.
         let weak = db.downgrade();
         let cache_sweeper = cache.sweeper();
         tokio::spawn(async move {

@@ -931,3 +931,128 @@ async fn postgres_roles_reached_through_membership_are_refused_and_reset() {
     db.close();
     schema.drop_now().await;
 }
+
+// ----- PostgreSQL: a request dropped half way (the caller cancelled or hung
+// up) leaves nothing on its connection (found by the server's review) ------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_dropped_write_neither_commits_nor_reaches_the_next_request() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    db.execute_with("CREATE TABLE t(n bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    // The write is dropped while its transaction is open on the server.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.execute_with(
+            "INSERT INTO t SELECT 1 FROM pg_catalog.pg_sleep(1)",
+            (),
+            WriteOptions::default(),
+        ),
+    )
+    .await;
+    assert!(dropped.is_err(), "the write should still be running");
+    // The next request of the one-connection pool does not run inside it:
+    // it does not see the dropped row, and its COMMIT does not commit it.
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "0");
+    assert_eq!(
+        one_text(&db, "SELECT current_setting('transaction_read_only')").await,
+        "on",
+        "a read runs in its own read-only transaction"
+    );
+    db.execute_with("INSERT INTO t VALUES (2)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "1");
+    assert_eq!(one_text(&db, "SELECT sum(n) FROM t").await, "2");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_dropped_read_does_not_keep_its_connection_busy() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        db.query_with(
+            "SELECT 1 FROM pg_catalog.pg_sleep(20)",
+            (),
+            QueryOptions::default(),
+        ),
+    )
+    .await
+    .expect_err("dropped while sleeping");
+    // The one connection is free at once: the next read does not wait 20 s.
+    let started = std::time::Instant::now();
+    assert_eq!(one_text(&db, "SELECT 1").await, "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the server was asked to cancel the sleep.
+    let admin = common::pg::admin(&schema.url).await;
+    let mut sleeping = 1;
+    for _ in 0..50 {
+        sleeping = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT 1 FROM pg_catalog.pg_sleep(20)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if sleeping == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sleeping, 0, "the dropped read still runs on the server");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_health_sees_the_clients_role_locked_out_and_says_nothing_of_the_server() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    role(&admin, "CREATE ROLE lb_t_lockout LOGIN").await;
+    let _ = admin.batch_execute("ALTER ROLE lb_t_lockout LOGIN").await;
+    let mut config = schema.config().client("lb_t_lockout", None);
+    config.client_schema = None;
+    config.health_check_interval = Duration::from_millis(100);
+    let db = PgDatabase::connect(config).await.unwrap();
+    assert!(db.health().healthy, "{:?}", db.health());
+    admin
+        .batch_execute("ALTER ROLE lb_t_lockout NOLOGIN")
+        .await
+        .unwrap();
+    let mut health = db.health();
+    for _ in 0..50 {
+        if !health.healthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        health = db.health();
+    }
+    let _ = admin.batch_execute("ALTER ROLE lb_t_lockout LOGIN").await;
+    assert!(!health.healthy, "a locked-out clients' role went unnoticed");
+    // Readiness is served without a key: no address, no server message.
+    let text = health.problems.join(" ");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("lb_t_lockout"),
+        "{text}"
+    );
+    // The details are in the cluster's status.
+    let detail = db.cluster().primary.error.unwrap_or_default();
+    assert!(detail.contains("clients' role"), "{detail}");
+    db.close();
+    schema.drop_now().await;
+}

@@ -45,6 +45,11 @@ impl Bench {
     pub(crate) async fn start(dir: &Path, secured: bool) -> CliResult<Bench> {
         let file = if secured { "http-keys.db" } else { "http.db" };
         let service = seeded(&dir.join(file)).await?;
+        Bench::serve(service, secured).await
+    }
+
+    /// Serves `service` (its `kv` table filled) on 127.0.0.1:0.
+    pub(crate) async fn serve(service: Service, secured: bool) -> CliResult<Bench> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| Failure::new(format!("cannot listen on 127.0.0.1:0: {e}")))?;
@@ -118,13 +123,25 @@ impl Bench {
 
     /// `clients` keep-alive connections, one request in flight on each.
     pub(crate) async fn run(&self, load: Load, clients: usize, seconds: f64) -> CliResult<Figures> {
+        Bench::run_on(&[self], load, clients, seconds).await
+    }
+
+    /// As [`Bench::run`], the clients spread over `servers` in turn (the
+    /// keys `http-execute` inserts are the first server's sequence).
+    pub(crate) async fn run_on(
+        servers: &[&Bench],
+        load: Load,
+        clients: usize,
+        seconds: f64,
+    ) -> CliResult<Figures> {
         let stop = stop_after(seconds);
-        let next_key = self.next_key.clone();
+        let next_key = servers[0].next_key.clone();
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
-                let (stop, next_key, addr) = (stop.clone(), next_key.clone(), self.addr);
-                let auth = self.authorization.clone();
+                let server = servers[c % servers.len()];
+                let (stop, next_key, addr) = (stop.clone(), next_key.clone(), server.addr);
+                let auth = server.authorization.clone();
                 tokio::spawn(async move {
                     let client = async move {
                     let mut conn = TcpStream::connect(addr).await?;

@@ -6,6 +6,7 @@ mod cases;
 pub(crate) mod cores;
 mod http;
 mod measure;
+mod pg;
 mod stores;
 
 use std::path::Path;
@@ -117,6 +118,24 @@ const CASES: &[Case] = &[
         what: "http-query with an API key on every request, scopes and quotas on (vs. a server without keys)",
     },
     Case {
+        name: "pg-http-query",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.5),
+        what: "http-query's load on a PostgreSQL backend, against tokio-postgres pipelining on 4 connections",
+    },
+    Case {
+        name: "pg-http-execute",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.35),
+        what: "http-execute's load on a PostgreSQL backend, against tokio-postgres pipelining on 4 connections",
+    },
+    Case {
+        name: "pg-two-front-ends",
+        baseline: "pg-one-front-end",
+        target: Target::Ratio(0.9),
+        what: "pg-http-query's 32 clients spread over two front ends on one database (one process, two services)",
+    },
+    Case {
         name: "bridge-cached",
         baseline: "raw-pipe-seq",
         target: Target::P50AtMost(5.0),
@@ -136,8 +155,26 @@ const CASES: &[Case] = &[
     },
 ];
 
-pub(crate) async fn run(case: &str, seconds: f64, json: bool, dir: Option<&Path>) -> CliResult {
-    let selected = select(case)?;
+pub(crate) async fn run(
+    case: &str,
+    seconds: f64,
+    json: bool,
+    dir: Option<&Path>,
+    postgres: Option<&str>,
+) -> CliResult {
+    let mut selected = select(case)?;
+    if postgres.is_none() {
+        if case.starts_with("pg-") {
+            return Err(Failure::new(format!(
+                "bench case {case} needs --postgres URL (a server whose user may create a role and a schema; scripts/pg-cluster.sh start prints one)"
+            )));
+        }
+        let before = selected.len();
+        selected.retain(|c| !c.name.starts_with("pg-"));
+        if selected.len() < before {
+            eprintln!("the pg-* cases are skipped: give --postgres URL to run them");
+        }
+    }
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
         return Err(Failure::new(format!(
             "--seconds {seconds} is out of range; give a number of seconds from 0.1 to 600"
@@ -167,7 +204,12 @@ pub(crate) async fn run(case: &str, seconds: f64, json: bool, dir: Option<&Path>
         let dir = scratch.path().join(c.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
-        let (figures, baseline) = run_case(c, &dir, seconds, &progress).await?;
+        let (figures, baseline) = match postgres {
+            Some(url) if c.name.starts_with("pg-") => {
+                pg::run_case(c.name, url, seconds, ROUNDS, &progress).await?
+            }
+            _ => run_case(c, &dir, seconds, &progress).await?,
+        };
         progress.finish();
         let _ = std::fs::remove_dir_all(&dir);
         report(c, &figures, &baseline, seconds, json);

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The configuration of a [`PgDatabase`](super::PgDatabase).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The configuration of a [`PgDatabase`](super::PgDatabase). Its `Debug`
+/// shows neither password.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PgConfig {
     /// The connection URL, as `pg_autoctl show uri` prints it: it may list
@@ -42,6 +43,28 @@ pub struct PgConfig {
     /// How often the primary and the replicas are probed for health and
     /// lag. Default: 5 s.
     pub health_check_interval: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &self.redacted_url())
+            .field("client_user", &self.client_user)
+            .field(
+                "client_password",
+                &self.client_password.as_ref().map(|_| "(set, not shown)"),
+            )
+            .field("client_schema", &self.client_schema)
+            .field("schema", &self.schema)
+            .field("connections", &self.connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("default_timeout", &self.default_timeout)
+            .field("max_result_bytes", &self.max_result_bytes)
+            .field("statement_cache", &self.statement_cache)
+            .field("replicas", &self.replicas)
+            .field("health_check_interval", &self.health_check_interval)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -280,11 +303,13 @@ impl PgConfig {
         for r in &self.replicas {
             self.replica_config(r, "")?;
         }
-        if self.health_check_interval < Duration::from_millis(100) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(60))
+            .contains(&self.health_check_interval)
+        {
             return Err(Error::Config {
-                key: "postgres.health_check_interval".into(),
-                value: format!("{} ms", self.health_check_interval.as_millis()),
-                expected: "at least 100 ms".into(),
+                key: "postgres.health_check_interval_ms".into(),
+                value: self.health_check_interval.as_millis().to_string(),
+                expected: "100 to 60000 (health goes stale after two intervals)".into(),
             });
         }
         Ok(())
@@ -333,7 +358,7 @@ pub(crate) fn redact(url: &str) -> String {
     {
         return format!("{scheme}://{user}:***@{hosts}");
     }
-    if url.contains("password") {
+    if url.to_ascii_lowercase().contains("password") {
         return "(a key=value string with a password, not shown)".into();
     }
     url.to_owned()

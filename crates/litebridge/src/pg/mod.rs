@@ -36,6 +36,7 @@
 mod config;
 mod describe;
 mod error;
+mod lease;
 mod monitor;
 mod schema;
 mod sql;
@@ -67,6 +68,7 @@ use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
 use error::{connection_lost, error_chain, from_pg};
+use lease::Lease;
 use types::{Cell, Param, readable};
 
 /// A PostgreSQL database serving the clients' SQL. Cheap to clone; every
@@ -97,6 +99,8 @@ struct Inner {
     counters: Counters,
     /// The nodes as last probed (`monitor`).
     cluster: std::sync::Mutex<ClusterStatus>,
+    /// The probes' own connections.
+    probes: monitor::Probes,
 }
 
 /// A [`PgDatabase`] that does not keep its pools open.
@@ -209,7 +213,9 @@ impl PgDatabase {
                 })
         };
         let deadline = Instant::now() + config.connect_timeout;
-        let own = pool(config.own_config()?, config.connections.min(8))?;
+        // At least three: a sweep holds one for its lock while its
+        // statements take others, and keys and quotas need theirs.
+        let own = pool(config.own_config()?, config.connections.clamp(3, 8))?;
         let mut owner = connect_to(&own, deadline).await?;
         let client_user = config.client_user.clone().unwrap_or_default();
         check_client_role(&owner, &client_user).await?;
@@ -251,6 +257,15 @@ impl PgDatabase {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let probes = monitor::Probes {
+            own: pool(config.own_config()?, 1)?,
+            client: pool(config.client_config(&sync)?, 1)?,
+            replicas: config
+                .replicas
+                .iter()
+                .map(|r| pool(config.replica_config(r, &sync)?, 1))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let cluster = ClusterStatus::configured(config.hosts(), &config.replicas);
         let every = config.health_check_interval;
         let inner = Arc::new(Inner {
@@ -265,6 +280,7 @@ impl PgDatabase {
             primary_fallbacks: AtomicU64::new(0),
             counters: Counters::default(),
             cluster: std::sync::Mutex::new(cluster),
+            probes,
         });
         monitor::probe_all(&inner).await;
         monitor::watch(Arc::downgrade(&inner), every);
@@ -280,7 +296,7 @@ impl PgDatabase {
     /// Healthy while the primary answered the last probe and is not in
     /// recovery.
     pub fn health(&self) -> Health {
-        lock(&self.inner.cluster).health(self.is_open())
+        lock(&self.inner.cluster).health(self.is_open(), self.inner.config.health_check_interval)
     }
 
     /// The clients' requests so far, with the pool's state now. Reads are
@@ -331,45 +347,42 @@ impl PgDatabase {
         r
     }
 
-    /// Runs `work` while this process holds the session advisory lock
-    /// `key`, or returns `None` at once when another session holds it. The
-    /// connection that holds it is closed afterwards, even when `work` is
-    /// dropped half way, so the lock never stays behind in the pool.
+    /// Runs `work` while this front end holds a lock on litebridge's own
+    /// table `table` (its name without the `litebridge_` prefix), or returns
+    /// `None` at once when another session holds it. The lock is a table
+    /// lock (`SHARE UPDATE EXCLUSIVE`, which conflicts with itself, not with
+    /// reads and writes of the rows) taken in a transaction on a connection
+    /// of litebridge's own role: the clients' role has no rights on the
+    /// table, so it cannot take the lock and starve the work (an advisory
+    /// lock's number could be taken by anyone). The connection is closed
+    /// afterwards, even when `work` is dropped half way, so the lock never
+    /// stays behind in the pool.
     pub(crate) async fn exclusively<T>(
         &self,
-        key: i64,
+        table: &str,
         work: impl std::future::Future<Output = T>,
     ) -> Result<Option<T>> {
-        /// Closes the connection when dropped, releasing its locks.
-        struct Closing(Option<Object>);
-        impl Drop for Closing {
-            fn drop(&mut self) {
-                if let Some(c) = self.0.take() {
-                    drop(Object::take(c));
-                }
+        let deadline = Instant::now() + self.inner.config.connect_timeout;
+        // Never released: dropped, the lease closes the connection, which
+        // ends the transaction and its lock.
+        let conn = self.connection(Who::Own, deadline).await?;
+        let sql = format!(
+            "BEGIN; LOCK TABLE {}.litebridge_{table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT",
+            self.own_schema()
+        );
+        match tokio::time::timeout_at(deadline, conn.batch_execute(&sql)).await {
+            Err(_) => Err(Error::Unavailable {
+                what: "the PostgreSQL server",
+                reason: "no answer to a lock request".into(),
+            }),
+            Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(None),
+            Ok(Err(e)) => Err(from_pg(&e, Duration::ZERO)),
+            Ok(Ok(())) => {
+                let out = work.await;
+                drop(conn);
+                Ok(Some(out))
             }
         }
-        let deadline = Instant::now() + self.inner.config.connect_timeout;
-        let conn = Closing(Some(self.connection(Who::Own, deadline).await?));
-        let Some(c) = conn.0.as_ref() else {
-            return Ok(None);
-        };
-        let asked = tokio::time::timeout_at(
-            deadline,
-            c.query_one("SELECT pg_catalog.pg_try_advisory_lock($1)", &[&key]),
-        )
-        .await
-        .map_err(|_| Error::Unavailable {
-            what: "the PostgreSQL server",
-            reason: "no answer to an advisory lock request".into(),
-        })?
-        .map_err(|e| from_pg(&e, Duration::ZERO))?;
-        if !asked.get::<_, bool>(0) {
-            return Ok(None);
-        }
-        let out = work.await;
-        drop(conn);
-        Ok(Some(out))
     }
 
     /// A handle that does not keep it open.
@@ -679,13 +692,16 @@ impl PgDatabase {
         };
         match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok((rows, at, clean))) => {
-                if !clean {
+                if clean {
+                    conn.release();
+                } else {
                     self.discard(node, conn);
                 }
                 Ok((rows, at))
             }
             Ok(Err((e, true))) => {
                 // A replica behind the token: kept, its session is clean.
+                conn.release();
                 Err(e)
             }
             Ok(Err((e, false))) => {
@@ -834,6 +850,13 @@ impl PgDatabase {
     pub fn close(&self) {
         self.inner.client.close();
         self.inner.own.close();
+        let probes = &self.inner.probes;
+        for p in std::iter::once(&probes.own)
+            .chain([&probes.client])
+            .chain(&probes.replicas)
+        {
+            p.close();
+        }
     }
 
     /// [`PgDatabase::write`] of one statement: its outcome.
@@ -965,7 +988,9 @@ impl PgDatabase {
         };
         match tokio::time::timeout_at(deadline, commit).await {
             Ok((Ok(()), token, clean)) => {
-                if !clean {
+                if clean {
+                    conn.release();
+                } else {
                     self.discard(Node::Primary, conn);
                 }
                 let mut results = results;
@@ -1003,19 +1028,21 @@ impl PgDatabase {
     /// After a failed request: the clients' connections are dropped (what
     /// a failed statement left in the session is not looked into); one of
     /// litebridge's own is rolled back and kept, unless it is gone.
-    async fn after_error(&self, node: Node, who: Who, conn: Object) {
+    async fn after_error(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client || conn.batch_execute("ROLLBACK").await.is_err() {
             self.discard(node, conn);
+        } else {
+            conn.release();
         }
     }
 
     /// Drops a connection instead of returning it to the pool.
-    fn discard(&self, node: Node, conn: Object) {
+    fn discard(&self, node: Node, conn: Lease) {
         // Each pool numbers its connections: only the primary's are known.
         if node == Node::Primary {
             lock(&self.inner.pids).remove(&Object::id(&conn));
         }
-        drop(Object::take(conn));
+        drop(Object::take(conn.detach()));
     }
 
     /// Stops what a connection runs past its deadline, off the caller's
@@ -1023,7 +1050,8 @@ impl PgDatabase {
     /// not answered within two seconds (a statement can catch a cancel and
     /// go on), `pg_terminate_backend` from litebridge's own role. The
     /// connection is dropped either way.
-    fn stop(&self, node: Node, conn: Object) {
+    fn stop(&self, node: Node, conn: Lease) {
+        let conn = conn.detach();
         let token = conn.cancel_token();
         // The pids are the primary's (a replica's process cannot be ended
         // from litebridge's own connections, which go to the primary).
@@ -1065,14 +1093,15 @@ impl PgDatabase {
     }
 
     /// A connection of `who`'s pool, waited for until `deadline`.
-    async fn connection(&self, who: Who, deadline: Instant) -> Result<Object> {
+    async fn connection(&self, who: Who, deadline: Instant) -> Result<Lease> {
         let pool = match who {
             Who::Client => &self.inner.client,
             Who::Own => &self.inner.own,
         };
         match tokio::time::timeout_at(deadline, pool.get()).await {
-            Ok(Ok(c)) if who == Who::Own => Ok(c),
+            Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
+                let c = Lease::new(c);
                 let id = Object::id(&c);
                 let known = lock(&self.inner.pids)
                     .get_mut(&id)
@@ -1282,9 +1311,9 @@ fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String>
 }
 
 /// A connection of a replica's pool, by `deadline`.
-async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
+async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Lease> {
     match tokio::time::timeout_at(deadline, pool.get()).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok(Lease::new(c)),
         Ok(Err(e)) => Err(Error::Unavailable {
             what: "a PostgreSQL replica",
             reason: e.to_string(),
@@ -1297,7 +1326,7 @@ async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
 }
 
 /// How long a runaway statement is given at each step of [`PgDatabase::stop`].
-const STOP_GRACE: Duration = Duration::from_secs(2);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Statements that end what a request may have left in its session (the
 /// clients' SQL can reach them through functions and `DO` blocks, past any

@@ -86,23 +86,33 @@ impl ClusterStatus {
         }
     }
 
-    /// Healthy while the primary answers and is not in recovery. Replicas
-    /// are not needed: reads fall back to the primary.
-    pub(super) fn health(&self, open: bool) -> Health {
+    /// Healthy while the primary answers both of litebridge's roles, is not
+    /// in recovery, and was probed lately (`every` is the probes' interval).
+    /// Replicas are not needed: reads fall back to the primary. The problems
+    /// name no address and carry no server message: readiness is served
+    /// without a key (`pool.health` has the details).
+    pub(super) fn health(&self, open: bool, every: Duration) -> Health {
         let mut problems = Vec::new();
         let p = &self.primary;
+        let stale = every * 2 + PROBE_TIMEOUT * 2;
         if !open {
             problems.push("the PostgreSQL pool is closed".to_owned());
         } else if !p.reachable {
-            problems.push(format!(
-                "the PostgreSQL primary ({}) does not answer: {}",
-                p.address,
-                p.error.as_deref().unwrap_or("no answer")
-            ));
+            problems.push(
+                "the PostgreSQL primary does not answer one of litebridge's roles (pool.health says which and why)"
+                    .to_owned(),
+            );
         } else if p.in_recovery {
+            problems.push(
+                "the PostgreSQL server the URL leads to is in recovery (a standby, or a demoted primary): writes fail there until the URL leads to a primary"
+                    .to_owned(),
+            );
+        } else if let Some(age) = p.checked.and_then(|t| t.elapsed().ok())
+            && age > stale
+        {
             problems.push(format!(
-                "the PostgreSQL server at {} is in recovery (a standby, or a demoted primary): writes fail there until the URL leads to a primary",
-                p.address
+                "no probe of the PostgreSQL primary has finished for {} s",
+                age.as_secs()
             ));
         }
         Health {
@@ -129,12 +139,16 @@ const PROBE: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, \
      COALESCE(pg_catalog.host(pg_catalog.inet_server_addr()) || ':' || \
               pg_catalog.current_setting('port'), '')";
 
-async fn probe(pool: &Pool) -> Result<Probe, String> {
+/// One probe on `pool`'s connection; with `fresh`, on a new connection
+/// each time (closed after), so that a role that can no longer log in is
+/// seen at once, not at the next reconnect.
+async fn probe(pool: &Pool, fresh: bool) -> Result<Probe, String> {
     let run = async {
         let conn = pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => error_chain(&e),
             other => other.to_string(),
         })?;
+        let conn = closing_if(conn, fresh);
         let messages = conn
             .simple_query(PROBE)
             .await
@@ -158,6 +172,28 @@ async fn probe(pool: &Pool) -> Result<Probe, String> {
     }
 }
 
+/// The pooled connection, closed when dropped if `fresh`.
+fn closing_if(
+    conn: deadpool_postgres::Object,
+    fresh: bool,
+) -> impl std::ops::Deref<Target = deadpool_postgres::Object> {
+    struct Guard(Option<deadpool_postgres::Object>, bool);
+    impl std::ops::Deref for Guard {
+        type Target = deadpool_postgres::Object;
+        fn deref(&self) -> &deadpool_postgres::Object {
+            self.0.as_ref().expect("held until dropped")
+        }
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let (Some(c), true) = (self.0.take(), self.1) {
+                drop(deadpool_postgres::Object::take(c));
+            }
+        }
+    }
+    Guard(Some(conn), fresh)
+}
+
 fn record(node: &mut NodeStatus, found: Result<Probe, String>) {
     node.checked = Some(SystemTime::now());
     match found {
@@ -178,10 +214,35 @@ fn record(node: &mut NodeStatus, found: Result<Probe, String>) {
     }
 }
 
+/// One connection per node and role, for the probes alone: a probe never
+/// waits behind the workload for a pooled connection (which would report a
+/// busy primary as down), and never holds one the workload needs.
+pub(super) struct Probes {
+    /// The primary, as litebridge's own role.
+    pub(super) own: Pool,
+    /// The primary, as the clients' role (a role locked out, by a password
+    /// changed or a grant revoked, fails every `sql.*` call).
+    pub(super) client: Pool,
+    /// Each replica, as the clients' role.
+    pub(super) replicas: Vec<Pool>,
+}
+
+/// The primary through both roles: its state from litebridge's own, and
+/// whether the clients' role still gets in.
+async fn probe_primary(probes: &Probes) -> Result<Probe, String> {
+    let (own, client) = tokio::join!(probe(&probes.own, false), probe(&probes.client, true));
+    match (own, client) {
+        (Ok(p), Ok(_)) => Ok(p),
+        (Err(e), _) => Err(format!("as litebridge's own role: {e}")),
+        (_, Err(e)) => Err(format!("as the clients' role: {e}")),
+    }
+}
+
 /// Probes every node once and records what it found.
 pub(super) async fn probe_all(inner: &Inner) {
-    let primary = probe(&inner.own);
-    let replicas = futures_util::future::join_all(inner.replicas.iter().map(|r| probe(&r.pool)));
+    let probes = &inner.probes;
+    let primary = probe_primary(probes);
+    let replicas = futures_util::future::join_all(probes.replicas.iter().map(|p| probe(p, false)));
     let (primary, replicas) = tokio::join!(primary, replicas);
     let mut status = lock(&inner.cluster);
     record(&mut status.primary, primary);
