@@ -371,3 +371,81 @@ async fn keys_body(db: Backend) {
     assert_eq!(e.kind(), ErrorKind::Unauthorized);
     assert!(!b.still_valid(&caller));
 }
+
+/// Two front ends' caches on one PostgreSQL L2: a write through one drops
+/// the key from the other's memory (LISTEN/NOTIFY); while a front end's
+/// listener is down, its memory is not used.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_writes_reach_the_other_front_ends_memory() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (da, db_) = (schema.open().await, schema.open().await);
+    let clock = Arc::new(litebridge::store::SystemClock);
+    let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
+    let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
+    let listening = |c: &Cache| c.stats().listening == Some(true);
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !f() {
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    };
+    until("both listening", &|| listening(&a) && listening(&b));
+    b.set("k", json!(1), None).await.unwrap();
+    // (A copy read while b's notification is on its way is not kept.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.get("k").await.unwrap(), Some(json!(1)));
+    let hits = a.stats().l1_hits;
+    assert_eq!(a.get("k").await.unwrap(), Some(json!(1)));
+    assert_eq!(a.stats().l1_hits, hits + 1, "served from memory");
+    // A new value through b: a's memory lets the old one go.
+    b.set("k", json!(2), None).await.unwrap();
+    let mut seen = json!(1);
+    let started = std::time::Instant::now();
+    while seen != json!(2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a kept serving {seen}"
+        );
+        seen = a.get("k").await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    eprintln!("a saw b's write after {:?}", started.elapsed());
+    b.delete("k").await.unwrap();
+    let started = std::time::Instant::now();
+    while a.get("k").await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a kept a deleted key"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // a's listener is cut: a reads the L2 until it listens again.
+    let admin = common::pg::admin(&schema.url).await;
+    a.set("j", json!("old"), None).await.unwrap();
+    let cut = admin
+        .query_one(
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = 'LISTEN \"lbc_{}\"'",
+                schema.own()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(cut, 2, "both listeners found");
+    until("a noticed", &|| !listening(&a));
+    b.set("j", json!("new"), None).await.unwrap();
+    assert_eq!(a.get("j").await.unwrap(), Some(json!("new")));
+    until("a listens again", &|| listening(&a));
+    assert_eq!(a.get("j").await.unwrap(), Some(json!("new")));
+    da.close();
+    db_.close();
+    schema.drop_now().await;
+}

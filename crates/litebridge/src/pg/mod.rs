@@ -37,6 +37,7 @@ mod config;
 mod describe;
 mod error;
 mod lease;
+mod listen;
 mod monitor;
 mod schema;
 mod sql;
@@ -69,6 +70,7 @@ use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
 use error::{connection_lost, error_chain, from_pg};
 use lease::Lease;
+pub(crate) use listen::Heard;
 use types::{Cell, Param, readable};
 
 /// A PostgreSQL database serving the clients' SQL. Cheap to clone; every

@@ -122,6 +122,10 @@ pub struct CacheStats {
     pub l2_unavailable: Option<Arc<str>>,
     /// Hits over reads (0 when nothing was read).
     pub hit_rate: f64,
+    /// With an L2 on PostgreSQL, whether this front end hears the other
+    /// front ends' writes now (its memory is used only then); `None`
+    /// elsewhere.
+    pub listening: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +184,46 @@ pub struct Cache {
     counters: Arc<Counters>,
     l2_unavailable: Option<Arc<str>>,
     stripes: Arc<[tokio::sync::Mutex<()>]>,
+    /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
+    #[cfg(feature = "postgres")]
+    peers: Option<Arc<super::cache_peers::Peers>>,
+}
+
+/// Starts listening for other front ends' writes of the L2 on `pg`.
+#[cfg(feature = "postgres")]
+fn listen_to_peers(
+    pg: &crate::pg::PgDatabase,
+    l1: &moka::future::Cache<String, Entry>,
+) -> Arc<super::cache_peers::Peers> {
+    use crate::pg::Heard;
+    let peers = super::cache_peers::Peers::new(pg.own_schema());
+    let (weak, l1) = (Arc::downgrade(&peers), l1.clone());
+    pg.listen(peers.channel.clone(), move |heard| {
+        let (weak, l1) = (weak.clone(), l1.clone());
+        async move {
+            let Some(p) = weak.upgrade() else {
+                return false; // the cache is gone
+            };
+            match heard {
+                Heard::Listening => {
+                    l1.invalidate_all();
+                    p.set_listening(true);
+                }
+                Heard::Lost => {
+                    p.set_listening(false);
+                    l1.invalidate_all();
+                }
+                Heard::Payload(payload) => match p.heard(&payload) {
+                    None => {}
+                    Some(None) => l1.invalidate_all(),
+                    Some(Some(key)) => l1.invalidate(key).await,
+                },
+                Heard::Idle => {}
+            }
+            true
+        }
+    });
+    peers
 }
 
 impl std::fmt::Debug for Cache {
@@ -261,6 +305,11 @@ impl Cache {
                 }
             })
             .build();
+        #[cfg(feature = "postgres")]
+        let peers = match &db {
+            Some(Backend::Postgres(pg)) => Some(listen_to_peers(pg, &l1)),
+            _ => None,
+        };
         Cache {
             l1,
             db,
@@ -269,7 +318,49 @@ impl Cache {
             counters,
             l2_unavailable,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            #[cfg(feature = "postgres")]
+            peers,
         }
+    }
+
+    /// Whether memory may be read and filled: always, unless other front
+    /// ends share the L2 and this one is not hearing their writes now.
+    fn l1_trusted(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(p) = &self.peers {
+            return p.trusted();
+        }
+        true
+    }
+
+    /// The count of other front ends' writes heard so far (0 without peers).
+    fn generation(&self) -> u64 {
+        #[cfg(feature = "postgres")]
+        if let Some(p) = &self.peers {
+            return p.generation();
+        }
+        0
+    }
+
+    /// The statements of an L2 write of `key`: `write`, and the
+    /// notification other front ends drop the key on, sent with it.
+    fn announced(
+        &self,
+        key: &str,
+        write: (String, crate::value::Params),
+    ) -> Vec<(String, crate::value::Params)> {
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+        let mut statements = vec![write];
+        #[cfg(feature = "postgres")]
+        if let Some(p) = &self.peers {
+            statements.push((
+                "SELECT pg_catalog.pg_notify(?1, ?2)".to_owned(),
+                params![p.channel.clone(), p.payload(key)],
+            ));
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = key;
+        statements
     }
 
     /// The lock that orders writes of `key` against copies of it into memory.
@@ -290,7 +381,8 @@ impl Cache {
     /// # Errors
     /// None today; the `Result` is kept for L2 backends that must report.
     pub async fn get(&self, key: &str) -> Result<Option<Json>> {
-        if let Some(e) = self.l1.get(key).await {
+        let trusted = self.l1_trusted();
+        if trusted && let Some(e) = self.l1.get(key).await {
             if self.live(&e) {
                 self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some((*e.value).clone()));
@@ -299,17 +391,23 @@ impl Cache {
         }
         let _turn = self.stripe(key).lock().await;
         // Set while this waited its turn?
-        if let Some(e) = self.l1.get(key).await
+        if trusted
+            && let Some(e) = self.l1.get(key).await
             && self.live(&e)
         {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((*e.value).clone()));
         }
+        let generation = self.generation();
         match self.l2_get(key).await {
             Some(e) => {
                 self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                 let v = (*e.value).clone();
-                self.l1.insert(key.to_owned(), e).await;
+                // Not if another front end wrote meanwhile: what was read
+                // may be older than what it wrote.
+                if trusted && self.l1_trusted() && self.generation() == generation {
+                    self.l1.insert(key.to_owned(), e).await;
+                }
                 Ok(Some(v))
             }
             None => {
@@ -390,18 +488,16 @@ impl Cache {
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
-            if let Err(e) = db
-                .own_execute(
-                    format!(
-                        "INSERT INTO {}(key, value, expires_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value,
-                             expires_at = excluded.expires_at",
-                        db.own("cache")
-                    ),
-                    params![key, text, expires.map(micros)],
-                )
-                .await
-            {
+            let write = (
+                format!(
+                    "INSERT INTO {}(key, value, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                         expires_at = excluded.expires_at",
+                    db.own("cache")
+                ),
+                params![key, text, expires.map(micros)],
+            );
+            if let Err(e) = db.own_batch(self.announced(key, write)).await {
                 self.counters.l2_failed("write", &e);
                 if !keep_on_failure {
                     return Err(e);
@@ -409,15 +505,17 @@ impl Cache {
                 failed = Some(e);
             }
         }
-        self.l1
-            .insert(
-                key.to_owned(),
-                Entry {
-                    value: Arc::new(value),
-                    expires,
-                },
-            )
-            .await;
+        if self.l1_trusted() {
+            self.l1
+                .insert(
+                    key.to_owned(),
+                    Entry {
+                        value: Arc::new(value),
+                        expires,
+                    },
+                )
+                .await;
+        }
         failed.map_or(Ok(()), Err)
     }
 
@@ -430,13 +528,11 @@ impl Cache {
         let in_l1 = self.l1.remove(key).await.is_some();
         let in_l2 = match &self.db {
             Some(db) => {
-                db.own_execute(
+                let write = (
                     format!("DELETE FROM {} WHERE key = ?1", db.own("cache")),
                     params![key],
-                )
-                .await?
-                .changes
-                    > 0
+                );
+                db.own_batch(self.announced(key, write)).await?[0].changes > 0
             }
             None => false,
         };
@@ -462,6 +558,16 @@ impl Cache {
         if let Some(v) = self.get(key).await? {
             return Ok(v);
         }
+        if !self.l1_trusted() {
+            // Not hearing the other front ends: nothing goes into memory.
+            if let Some(e) = self.l2_get(key).await {
+                return Ok((*e.value).clone());
+            }
+            let value = load().await?;
+            let _ = self.store(key, value.clone(), ttl, true).await;
+            return Ok(value);
+        }
+        let generation = self.generation();
         let entry = self
             .l1
             .try_get_with(key.to_owned(), async {
@@ -479,6 +585,10 @@ impl Cache {
             })
             .await
             .map_err(|e: Arc<Error>| (*e).clone())?;
+        if self.generation() != generation {
+            // Another front end wrote while this loaded or read.
+            self.l1.invalidate(key).await;
+        }
         Ok((*entry.value).clone())
     }
 
@@ -509,7 +619,16 @@ impl Cache {
             } else {
                 (h1 + h2) as f64 / reads as f64
             },
+            listening: self.listening(),
         }
+    }
+
+    fn listening(&self) -> Option<bool> {
+        #[cfg(feature = "postgres")]
+        if let Some(p) = &self.peers {
+            return Some(p.trusted());
+        }
+        None
     }
 }
 

@@ -24,6 +24,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "postgres")]
+mod cache_peers;
 mod memory;
 mod schema;
 mod state;

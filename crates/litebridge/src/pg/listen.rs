@@ -1,0 +1,103 @@
+//! A `LISTEN` connection: PostgreSQL's notifications on one channel, handed
+//! to a callback, with the connection's losses and returns.
+//!
+//! The cache uses it to drop from memory what another front end changed
+//! (`store/cache.rs`). Notifications are not kept for a session that was
+//! not listening, so a lost connection is an event of its own: the
+//! listener must assume it missed some. It reconnects every second until
+//! the callback says to stop.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::PgDatabase;
+
+/// What the listener saw.
+#[derive(Debug)]
+pub(crate) enum Heard {
+    /// Listening (again): what was sent while it was not is lost.
+    Listening,
+    /// A notification's payload.
+    Payload(String),
+    /// The connection was lost (or could not be made).
+    Lost,
+    /// Nothing for a second: answer whether to go on listening.
+    Idle,
+}
+
+/// How long the listener waits before connecting again.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl PgDatabase {
+    /// Listens on `channel` as litebridge's own role, calling `on` with
+    /// what it hears, until `on` answers `false` or the database is closed.
+    pub(crate) fn listen<F, Fut>(&self, channel: String, mut on: F)
+    where
+        F: FnMut(Heard) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                let Some(db) = weak.upgrade() else { return };
+                if !db.is_open() {
+                    return;
+                }
+                let config = db.inner.config.own_config();
+                drop(db);
+                let connected = match config {
+                    Ok(c) => c.connect(NoTls).await.ok(),
+                    Err(_) => None,
+                };
+                if let Some((client, mut connection)) = connected {
+                    // The connection is driven by a task of its own, which
+                    // passes the notifications on and ends with it.
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+                    let driver = tokio::spawn(async move {
+                        let mut messages =
+                            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(Ok(message)) = messages.next().await {
+                            if let AsyncMessage::Notification(n) = message
+                                && tx.send(n.payload().to_owned()).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    if client
+                        .batch_execute(&format!("LISTEN \"{channel}\""))
+                        .await
+                        .is_ok()
+                    {
+                        if !on(Heard::Listening).await {
+                            driver.abort();
+                            return;
+                        }
+                        loop {
+                            let heard = tokio::select! {
+                                p = rx.recv() => match p {
+                                    Some(payload) => Heard::Payload(payload),
+                                    None => break,
+                                },
+                                () = tokio::time::sleep(RETRY) => Heard::Idle,
+                            };
+                            let open = matches!(&heard, Heard::Payload(_))
+                                || weak.upgrade().is_some_and(|db| db.is_open());
+                            if !open || !on(heard).await {
+                                driver.abort();
+                                return;
+                            }
+                        }
+                    }
+                    driver.abort();
+                }
+                if !on(Heard::Lost).await {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        });
+    }
+}
