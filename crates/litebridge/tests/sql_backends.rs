@@ -614,6 +614,20 @@ async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
     Some((schema, db))
 }
 
+/// As [`one_text`], for caller 2 (the state tests leave theirs as caller 1).
+async fn other_text(db: &PgDatabase, sql: &str) -> String {
+    let q = QueryOptions {
+        caller: 2,
+        ..QueryOptions::default()
+    };
+    let r = db.query_with(sql, (), q).await.unwrap();
+    match &r.rows[0][0] {
+        Value::Text(t) => t.clone(),
+        Value::Integer(i) => i.to_string(),
+        v => panic!("{v:?}"),
+    }
+}
+
 async fn one_text(db: &PgDatabase, sql: &str) -> String {
     let r = db
         .query_with(sql, (), QueryOptions::default())
@@ -627,11 +641,20 @@ async fn one_text(db: &PgDatabase, sql: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_session_state_does_not_outlive_its_request() {
+async fn postgres_session_state_does_not_reach_another_caller() {
     let Some((schema, db)) = pg_one_connection().await else {
         return;
     };
-    let w = WriteOptions::default();
+    // Caller 1 leaves state behind; caller 2 (another API key) must not
+    // find it on the one connection they share.
+    let w = WriteOptions {
+        caller: 1,
+        ..WriteOptions::default()
+    };
+    let q = QueryOptions {
+        caller: 1,
+        ..QueryOptions::default()
+    };
     db.execute_with("CREATE TABLE items(id int PRIMARY KEY, name text)", (), w)
         .await
         .unwrap();
@@ -644,24 +667,24 @@ async fn postgres_session_state_does_not_outlive_its_request() {
         ("synchronous_commit", "off"),
     ] {
         let _ = db
-            .query_with(
-                "SELECT set_config(?1, ?2, false)",
-                params![name, value],
-                QueryOptions::default(),
-            )
+            .query_with("SELECT set_config(?1, ?2, false)", params![name, value], q)
             .await
             .unwrap();
-        let now = one_text(&db, &format!("SELECT current_setting('{name}')")).await;
-        assert_ne!(now, value, "{name} outlived the request that set it");
+        let now = other_text(&db, &format!("SELECT current_setting('{name}')")).await;
+        assert_ne!(now, value, "{name} reached another caller");
     }
     // A temporary table named like a real one does not catch later writes.
     db.execute_with("CREATE TEMP TABLE items(id int, name text)", (), w)
         .await
         .unwrap();
-    db.execute_with("INSERT INTO items VALUES (1, 'real')", (), w)
-        .await
-        .unwrap();
-    assert_eq!(one_text(&db, "SELECT count(*) FROM items").await, "1");
+    db.execute_with(
+        "INSERT INTO items VALUES (1, 'real')",
+        (),
+        WriteOptions { caller: 2, ..w },
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_text(&db, "SELECT count(*) FROM items").await, "1");
     let admin = common::pg::admin(&schema.url).await;
     let n: i64 = admin
         .query_one(&format!("SELECT count(*) FROM {}.items", schema.name), &[])
@@ -669,23 +692,23 @@ async fn postgres_session_state_does_not_outlive_its_request() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the write went to the real table");
-    // An advisory lock taken by a request is released after it.
-    let _ = one_text(&db, "SELECT pg_advisory_lock(4242)::text").await;
+    // An advisory lock taken by a caller is released before another's request.
+    let _ = db
+        .query_with("SELECT pg_advisory_lock(4242)::text", (), q)
+        .await
+        .unwrap();
+    let _ = other_text(&db, "SELECT 1").await;
     let free: bool = admin
         .query_one("SELECT pg_try_advisory_lock(4242)", &[])
         .await
         .unwrap()
         .get(0);
-    assert!(free, "the advisory lock outlived its request");
+    assert!(free, "the advisory lock reached another caller");
     // A statement prepared with SQL (which could take the name of one of
     // litebridge's) gets its connection dropped.
-    db.query_with(
-        "SELECT 1 FROM (SELECT 1) AS t WHERE ?1 = 1",
-        params![1],
-        QueryOptions::default(),
-    )
-    .await
-    .unwrap();
+    db.query_with("SELECT 1 FROM (SELECT 1) AS t WHERE ?1 = 1", params![1], q)
+        .await
+        .unwrap();
     let _ = db
         .execute_with(
             "DO $$ BEGIN EXECUTE 'PREPARE evil AS SELECT 1'; END $$",
@@ -694,7 +717,7 @@ async fn postgres_session_state_does_not_outlive_its_request() {
         )
         .await;
     assert_eq!(
-        one_text(
+        other_text(
             &db,
             "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
         )
@@ -710,7 +733,7 @@ async fn postgres_session_state_does_not_outlive_its_request() {
         )
         .await;
     assert_eq!(
-        one_text(&db, "SELECT count(*) FROM pg_cursors WHERE is_holdable").await,
+        other_text(&db, "SELECT count(*) FROM pg_cursors WHERE is_holdable").await,
         "0"
     );
     db.close();
@@ -911,7 +934,7 @@ async fn postgres_roles_reached_through_membership_are_refused_and_reset() {
         assert!(e.to_string().contains(why), "{user}: {e}");
     }
     // A plain role it is a member of is allowed, and a `SET ROLE` to it
-    // does not outlive the request.
+    // does not reach another caller.
     let mut config = schema.config().client("lb_t_member", None);
     config.client_schema = None;
     config.connections = 1;
@@ -920,12 +943,15 @@ async fn postgres_roles_reached_through_membership_are_refused_and_reset() {
         .query_with(
             "SELECT set_config('role', 'lb_t_plain', false)",
             (),
-            QueryOptions::default(),
+            QueryOptions {
+                caller: 1,
+                ..QueryOptions::default()
+            },
         )
         .await
         .unwrap();
     assert_eq!(
-        one_text(&db, "SELECT current_user::text").await,
+        other_text(&db, "SELECT current_user::text").await,
         "lb_t_member"
     );
     db.close();

@@ -38,11 +38,20 @@ fn with_token(mut answer: Json, token: Option<Token>) -> Json {
     answer
 }
 
-fn write_options(timeout: Option<TimeoutMs>) -> WriteOptions {
+fn write_options(timeout: Option<TimeoutMs>, cx: &Ctx<'_>) -> WriteOptions {
     WriteOptions {
         timeout: timeout.map(|t| t.0),
+        caller: caller(cx),
         ..WriteOptions::default()
     }
+}
+
+/// The caller whose requests may share database sessions (PostgreSQL): its
+/// key's id, 0 for local callers.
+fn caller(cx: &Ctx<'_>) -> u64 {
+    cx.caller
+        .key()
+        .map_or(0, |k| u64::try_from(k.id()).unwrap_or(0))
 }
 
 /// `sql.query`.
@@ -139,6 +148,7 @@ impl Handler for SqlQuery {
                 timeout: self.timeout_ms.map(|t| t.0),
                 max_rows: Some(self.max_rows.map_or(DEFAULT_MAX_ROWS, |m| m.0)),
                 lane: self.lane.map_or(Lane::Read, |l| l.0),
+                caller: caller(&cx),
             };
             let given = self.token.map(|t| t.0);
             let level = self.consistency.map(|c| c.0).unwrap_or(if given.is_some() {
@@ -193,7 +203,7 @@ impl Handler for SqlExecute {
                 .execute_at(
                     &self.sql.0,
                     values(self.params),
-                    write_options(self.timeout_ms),
+                    write_options(self.timeout_ms, &cx),
                 )
                 .await?;
             Ok(with_token(to_json(&r)?, token))
@@ -304,7 +314,7 @@ impl Handler for SqlBatch {
                 .app
                 .service
                 .db
-                .batch_at(statements, write_options(self.timeout_ms))
+                .batch_at(statements, write_options(self.timeout_ms, &cx))
                 .await?;
             Ok(with_token(json!({ "results": to_json(&results)? }), token))
         })
@@ -351,7 +361,11 @@ impl Handler for SqlExecuteMany {
                 .app
                 .service
                 .db
-                .execute_many_at(&self.sql.0, self.rows.0, write_options(self.timeout_ms))
+                .execute_many_at(
+                    &self.sql.0,
+                    self.rows.0,
+                    write_options(self.timeout_ms, &cx),
+                )
                 .await?;
             Ok(with_token(json!({ "changes": r.changes }), token))
         })

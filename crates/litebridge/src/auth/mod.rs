@@ -77,6 +77,11 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The key's id (positive; unique in its database).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     /// The key's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -133,6 +133,10 @@ pub struct QueryOptions {
     pub max_rows: Option<usize>,
     /// Which connections run it. Default: [`Lane::Read`].
     pub lane: Lane,
+    /// Who asks (an API key's id; 0 for local callers). On PostgreSQL a
+    /// connection last used for another caller is reset before it runs
+    /// this; SQLite ignores it.
+    pub caller: u64,
 }
 
 /// Options of one write.
@@ -143,6 +147,8 @@ pub struct WriteOptions {
     pub timeout: Option<Duration>,
     /// Answer `overloaded` at once when the write queue is full, instead of waiting.
     pub no_wait: bool,
+    /// Who asks (see [`QueryOptions::caller`]).
+    pub caller: u64,
 }
 
 /// Health of a database, for readiness checks.

@@ -89,6 +89,9 @@ struct Inner {
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
+    /// The caller each of the clients' connections last served (by node):
+    /// one handed to another caller is reset first.
+    callers: std::sync::Mutex<HashMap<(Node, ObjectId), u64>>,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -137,7 +140,7 @@ fn is_behind(e: &Error) -> bool {
 }
 
 /// Which server a read goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Node {
     Primary,
     Replica(usize),
@@ -275,6 +278,7 @@ impl PgDatabase {
             client,
             own,
             pids: std::sync::Mutex::new(HashMap::new()),
+            callers: std::sync::Mutex::new(HashMap::new()),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -608,10 +612,7 @@ impl PgDatabase {
         guard: Option<Token>,
     ) -> Result<(Rows, Option<Token>)> {
         let track = who == Who::Client && !self.inner.replicas.is_empty();
-        let conn = match node {
-            Node::Primary => self.connection(who, deadline).await?,
-            Node::Replica(i) => replica_connection(&self.inner.replicas[i].pool, deadline).await?,
-        };
+        let conn = self.lease(node, who, options.caller, deadline).await?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
         // BEGIN goes first, before the statement is parsed: parsing can run
@@ -654,13 +655,11 @@ impl PgDatabase {
                     }
                 };
                 let commit = conn.batch_execute("COMMIT");
-                let reset = reset_session(&conn, who);
-                let (rows, position, committed, clean) =
-                    tokio::join!(rows, position, commit, reset);
+                let (rows, position, committed) = tokio::join!(rows, position, commit);
                 let rows = rows?;
                 let position = position.map_err(|e| from_pg(&e, timeout))?;
                 committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, Some(rows), clean))
+                Ok::<_, Error>((position, Some(rows), true))
             };
             let (begun, guarded, rest) = tokio::join!(begin, guarded, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
@@ -693,12 +692,8 @@ impl PgDatabase {
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok((rows, at, clean))) => {
-                if clean {
-                    conn.release();
-                } else {
-                    self.discard(node, conn);
-                }
+            Ok(Ok((rows, at, _))) => {
+                self.keep(node, conn, options.caller);
                 Ok((rows, at))
             }
             Ok(Err((e, true))) => {
@@ -885,7 +880,9 @@ impl PgDatabase {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
         let max_bytes = self.inner.config.max_result_bytes;
-        let conn = self.connection(who, deadline).await?;
+        let conn = self
+            .lease(Node::Primary, who, options.caller, deadline)
+            .await?;
         let what = if shape == Shape::Rows {
             "rows"
         } else {
@@ -982,32 +979,24 @@ impl PgDatabase {
                     None
                 }
             };
-            tokio::join!(
-                conn.batch_execute("COMMIT"),
-                position,
-                reset_session(&conn, who)
-            )
+            tokio::join!(conn.batch_execute("COMMIT"), position)
         };
         match tokio::time::timeout_at(deadline, commit).await {
-            Ok((Ok(()), token, clean)) => {
-                if clean {
-                    conn.release();
-                } else {
-                    self.discard(Node::Primary, conn);
-                }
+            Ok((Ok(()), token)) => {
+                self.keep(Node::Primary, conn, options.caller);
                 let mut results = results;
                 for d in &mut results {
                     d.token = token;
                 }
                 Ok(results)
             }
-            Ok((Err(e), _, _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
+            Ok((Err(e), _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server answered: the COMMIT failed (a deferred
                 // constraint, a serialization failure) and nothing committed.
                 self.discard(Node::Primary, conn);
                 Err(from_pg(&e, timeout))
             }
-            Ok((Err(e), _, _)) => {
+            Ok((Err(e), _)) => {
                 self.discard(Node::Primary, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
@@ -1040,9 +1029,11 @@ impl PgDatabase {
 
     /// Drops a connection instead of returning it to the pool.
     fn discard(&self, node: Node, conn: Lease) {
+        let id = Object::id(&conn);
+        lock(&self.inner.callers).remove(&(node, id));
         // Each pool numbers its connections: only the primary's are known.
         if node == Node::Primary {
-            lock(&self.inner.pids).remove(&Object::id(&conn));
+            lock(&self.inner.pids).remove(&id);
         }
         drop(Object::take(conn.detach()));
     }
@@ -1053,6 +1044,7 @@ impl PgDatabase {
     /// go on), `pg_terminate_backend` from litebridge's own role. The
     /// connection is dropped either way.
     fn stop(&self, node: Node, conn: Lease) {
+        lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
         let conn = conn.detach();
         let token = conn.cancel_token();
         // The pids are the primary's (a replica's process cannot be ended
@@ -1092,6 +1084,65 @@ impl PgDatabase {
                 }
             }
         });
+    }
+
+    /// A connection of `node` for `who`, waited for until `deadline`. One of
+    /// the clients' connections that last served another caller is reset
+    /// first ([`RESET`]), and one that cannot be reset cleanly is closed
+    /// and another taken: what a caller leaves in a session (settings,
+    /// advisory locks, temporary tables, held cursors, prepared statements,
+    /// `SET ROLE`) reaches no other caller. A caller's own requests share
+    /// their sessions, as the requests of one client of PostgreSQL would.
+    async fn lease(&self, node: Node, who: Who, caller: u64, deadline: Instant) -> Result<Lease> {
+        loop {
+            let conn = match node {
+                Node::Primary => self.connection(who, deadline).await?,
+                Node::Replica(i) => {
+                    replica_connection(&self.inner.replicas[i].pool, deadline).await?
+                }
+            };
+            if who == Who::Own {
+                return Ok(conn);
+            }
+            // A connection never handed out before needs no reset; one that
+            // was needs its last caller to be this one (an unknown last
+            // caller counts as another).
+            let fresh = Object::metrics(&conn).recycle_count == 0;
+            let last = lock(&self.inner.callers)
+                .get(&(node, Object::id(&conn)))
+                .copied();
+            if fresh || last == Some(caller) {
+                return Ok(conn);
+            }
+            match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
+                Ok(true) => {
+                    lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
+                    return Ok(conn);
+                }
+                Ok(false) => self.discard(node, conn),
+                Err(_) => {
+                    self.stop(node, conn);
+                    return Err(Error::Timeout {
+                        after: deadline.saturating_duration_since(Instant::now()),
+                        stage: TimeoutStage::Queued,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Back to the pool after a clean request of `caller`.
+    fn keep(&self, node: Node, conn: Lease, caller: u64) {
+        let mut callers = lock(&self.inner.callers);
+        // Entries of connections the pool dropped on its own: past four per
+        // connection, start over (a missing entry costs a reset, no more).
+        let most = 4 * (self.inner.config.connections * (1 + self.inner.replicas.len()));
+        if callers.len() > most {
+            callers.clear();
+        }
+        callers.insert((node, Object::id(&conn)), caller);
+        drop(callers);
+        conn.release();
     }
 
     /// A connection of `who`'s pool, waited for until `deadline`.
@@ -1345,10 +1396,7 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
 
 /// Resets the session of a clients' connection; whether it may be reused.
-async fn reset_session(conn: &Object, who: Who) -> bool {
-    if who == Who::Own {
-        return true;
-    }
+async fn reset_session(conn: &Object) -> bool {
     match conn.simple_query(RESET).await {
         Ok(messages) => {
             messages.iter().rev().find_map(|m| match m {
