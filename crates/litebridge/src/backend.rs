@@ -209,15 +209,19 @@ impl Backend {
         }
     }
 
-    /// The tables and views the clients' SQL sees.
+    /// The tables and views the clients' SQL sees (on PostgreSQL, read as
+    /// `options.caller`; SQLite reads them as litebridge's own code).
     ///
     /// # Errors
     /// As [`Backend::query`].
-    pub async fn schema(&self) -> Result<Vec<TableInfo>> {
+    pub async fn schema(&self, options: QueryOptions) -> Result<Vec<TableInfo>> {
         match self {
-            Backend::Sqlite(db) => db.schema().await,
+            Backend::Sqlite(db) => {
+                let _ = options;
+                db.schema().await
+            }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.schema().await,
+            Backend::Postgres(db) => db.schema(options).await,
         }
     }
 

@@ -617,7 +617,7 @@ async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
 /// As [`one_text`], for caller 2 (the state tests leave theirs as caller 1).
 async fn other_text(db: &PgDatabase, sql: &str) -> String {
     let q = QueryOptions {
-        caller: 2,
+        caller: Some(2),
         ..QueryOptions::default()
     };
     let r = db.query_with(sql, (), q).await.unwrap();
@@ -648,11 +648,11 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     // Caller 1 leaves state behind; caller 2 (another API key) must not
     // find it on the one connection they share.
     let w = WriteOptions {
-        caller: 1,
+        caller: Some(1),
         ..WriteOptions::default()
     };
     let q = QueryOptions {
-        caller: 1,
+        caller: Some(1),
         ..QueryOptions::default()
     };
     db.execute_with("CREATE TABLE items(id int PRIMARY KEY, name text)", (), w)
@@ -680,7 +680,10 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     db.execute_with(
         "INSERT INTO items VALUES (1, 'real')",
         (),
-        WriteOptions { caller: 2, ..w },
+        WriteOptions {
+            caller: Some(2),
+            ..w
+        },
     )
     .await
     .unwrap();
@@ -709,13 +712,23 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     db.query_with("SELECT 1 FROM (SELECT 1) AS t WHERE ?1 = 1", params![1], q)
         .await
         .unwrap();
-    let _ = db
-        .execute_with(
-            "DO $$ BEGIN EXECUTE 'PREPARE evil AS SELECT 1'; END $$",
+    db.execute_with(
+        "DO $$ BEGIN EXECUTE 'PREPARE evil AS SELECT 1'; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
+    // (Caller 1's own next request still finds it: its sessions are its own.)
+    let mine = db
+        .query_with(
+            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql",
             (),
-            w,
+            q,
         )
-        .await;
+        .await
+        .unwrap();
+    assert_eq!(mine.rows[0][0], Value::Integer(1));
     assert_eq!(
         other_text(
             &db,
@@ -725,13 +738,13 @@ async fn postgres_session_state_does_not_reach_another_caller() {
         "0"
     );
     // A cursor held past the transaction is closed.
-    let _ = db
-        .execute_with(
-            "DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$",
-            (),
-            w,
-        )
-        .await;
+    db.execute_with(
+        "DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         other_text(&db, "SELECT count(*) FROM pg_cursors WHERE is_holdable").await,
         "0"
@@ -944,7 +957,7 @@ async fn postgres_roles_reached_through_membership_are_refused_and_reset() {
             "SELECT set_config('role', 'lb_t_plain', false)",
             (),
             QueryOptions {
-                caller: 1,
+                caller: Some(1),
                 ..QueryOptions::default()
             },
         )
@@ -1079,6 +1092,131 @@ async fn postgres_health_sees_the_clients_role_locked_out_and_says_nothing_of_th
     // The details are in the cluster's status.
     let detail = db.cluster().primary.error.unwrap_or_default();
     assert!(detail.contains("clients' role"), "{detail}");
+    db.close();
+    schema.drop_now().await;
+}
+
+/// litebridge's statement cache does not carry one caller's parameter types
+/// to another: a statement prepared while caller 1's `search_path` led its
+/// text to a table with a `real` id must not be reused for caller 2, whose
+/// integer would be rounded to a float and update the wrong row (found by a
+/// review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_callers_prepared_statements_do_not_serve_another() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let as_ = |c| WriteOptions {
+        caller: Some(c),
+        ..WriteOptions::default()
+    };
+    db.execute_with(
+        "CREATE TABLE items(id bigint PRIMARY KEY, name text)",
+        (),
+        as_(2),
+    )
+    .await
+    .unwrap();
+    db.execute_with(
+        "INSERT INTO items VALUES (16777216, 'a'), (16777217, 'b')",
+        (),
+        as_(2),
+    )
+    .await
+    .unwrap();
+    // Caller 1's own session resolves `items` to a table of another schema,
+    // with a `real` id: the UPDATE's text is prepared with `real` parameters.
+    let admin = common::pg::admin(&schema.url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {0}_b AUTHORIZATION {1}; CREATE TABLE {0}_b.items(id real, name text); \
+             ALTER TABLE {0}_b.items OWNER TO {1}",
+            schema.name,
+            common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    let update = "UPDATE items SET name = ?2 WHERE id = ?1";
+    db.query_with(
+        &format!(
+            "SELECT set_config('search_path', '{}_b', false)",
+            schema.name
+        ),
+        (),
+        QueryOptions {
+            caller: Some(1),
+            ..QueryOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    db.execute_with(update, params![16_777_217_i64, "x"], as_(1))
+        .await
+        .unwrap();
+    let r = db
+        .execute_with(update, params![16_777_217_i64, "mine"], as_(2))
+        .await
+        .unwrap();
+    assert_eq!(r.changes, 1);
+    let rows: Vec<(i64, String)> = admin
+        .query(
+            &format!("SELECT id, name FROM {}.items ORDER BY id", schema.name),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let _ = admin
+        .batch_execute(&format!("DROP SCHEMA {}_b CASCADE", schema.name))
+        .await;
+    assert_eq!(
+        rows,
+        vec![(16_777_216, "a".into()), (16_777_217, "mine".into())]
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+/// A request of litebridge's own (the stores, on a pool of its own whose
+/// connections are numbered from 0 too) does not stand for a caller of the
+/// clients' connection with the same number (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_own_requests_do_not_skip_a_callers_reset() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let q = |c| QueryOptions {
+        caller: Some(c),
+        ..QueryOptions::default()
+    };
+    db.query_with(
+        "SELECT set_config('search_path', 'pg_catalog', false)",
+        (),
+        q(1),
+    )
+    .await
+    .unwrap();
+    // A store request: its connection of litebridge's own pool is number 0.
+    litebridge::auth::list_keys(db.clone()).await.unwrap();
+    let r = db
+        .query_with("SELECT current_setting('search_path')", (), q(0))
+        .await
+        .unwrap();
+    assert_ne!(r.rows[0][0], Value::Text("pg_catalog".into()));
+    // Nor does sql.schema: it reads as its caller (with caller 1's
+    // search_path it would list pg_catalog's tables).
+    db.query_with(
+        "SELECT set_config('search_path', 'pg_catalog', false)",
+        (),
+        q(1),
+    )
+    .await
+    .unwrap();
+    litebridge::auth::list_keys(db.clone()).await.unwrap();
+    let tables = db.schema(q(2)).await.unwrap();
+    assert!(tables.is_empty(), "{} tables", tables.len());
     db.close();
     schema.drop_now().await;
 }

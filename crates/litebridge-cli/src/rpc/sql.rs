@@ -47,11 +47,13 @@ fn write_options(timeout: Option<TimeoutMs>, cx: &Ctx<'_>) -> WriteOptions {
 }
 
 /// The caller whose requests may share database sessions (PostgreSQL): its
-/// key's id, 0 for local callers.
-fn caller(cx: &Ctx<'_>) -> u64 {
-    cx.caller
-        .key()
-        .map_or(0, |k| u64::try_from(k.id()).unwrap_or(0))
+/// key's id, 0 for local callers; `None` (a fresh session each time) for an
+/// id that is not a key's.
+fn caller(cx: &Ctx<'_>) -> Option<u64> {
+    match cx.caller.key() {
+        None => Some(0),
+        Some(k) => u64::try_from(k.id()).ok().filter(|id| *id > 0),
+    }
 }
 
 /// `sql.query`.
@@ -379,8 +381,12 @@ pub(super) struct SqlSchema {}
 
 impl Handler for SqlSchema {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
-        Box::pin(
-            async move { Ok(json!({ "tables": to_json(&cx.app.service.db.schema().await?)? })) },
-        )
+        Box::pin(async move {
+            let options = QueryOptions {
+                caller: caller(&cx),
+                ..QueryOptions::default()
+            };
+            Ok(json!({ "tables": to_json(&cx.app.service.db.schema(options).await?)? }))
+        })
     }
 }

@@ -133,10 +133,12 @@ pub struct QueryOptions {
     pub max_rows: Option<usize>,
     /// Which connections run it. Default: [`Lane::Read`].
     pub lane: Lane,
-    /// Who asks (an API key's id; 0 for local callers). On PostgreSQL a
-    /// connection last used for another caller is reset before it runs
-    /// this; SQLite ignores it.
-    pub caller: u64,
+    /// Who asks, when the caller's requests may share database sessions
+    /// (an API key's id; the RPC layer gives local callers 0). On
+    /// PostgreSQL a connection that last served another caller, or one that
+    /// gave none, is reset before it runs this; `None` (the default) always
+    /// gets a reset connection. SQLite ignores it.
+    pub caller: Option<u64>,
 }
 
 /// Options of one write.
@@ -148,7 +150,7 @@ pub struct WriteOptions {
     /// Answer `overloaded` at once when the write queue is full, instead of waiting.
     pub no_wait: bool,
     /// Who asks (see [`QueryOptions::caller`]).
-    pub caller: u64,
+    pub caller: Option<u64>,
 }
 
 /// Health of a database, for readiness checks.

@@ -59,25 +59,22 @@ fn flag(v: &Value) -> bool {
 }
 
 impl PgDatabase {
-    /// The tables and views the clients' SQL sees by name.
+    /// The tables and views the clients' SQL sees by name, read for
+    /// `options.caller` (whose session decides the `search_path`).
     ///
     /// # Errors
     /// As [`PgDatabase::query_with`].
-    pub async fn schema(&self) -> Result<Vec<TableInfo>> {
+    pub async fn schema(&self, options: QueryOptions) -> Result<Vec<TableInfo>> {
+        let options = QueryOptions {
+            max_rows: None,
+            ..options
+        };
         let own = || Params::Positional(vec![Value::Text(self.own_schema().to_owned())]);
         let columns = self
-            .read(
-                Who::Client,
-                Prepared::own(COLUMNS, own())?,
-                QueryOptions::default(),
-            )
+            .read(Who::Client, Prepared::own(COLUMNS, own())?, options)
             .await?;
         let indexes = self
-            .read(
-                Who::Client,
-                Prepared::own(INDEXES, own())?,
-                QueryOptions::default(),
-            )
+            .read(Who::Client, Prepared::own(INDEXES, own())?, options)
             .await?;
         let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
         for r in &columns.rows {

@@ -91,7 +91,7 @@ struct Inner {
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
     /// The caller each of the clients' connections last served (by node):
     /// one handed to another caller is reset first.
-    callers: std::sync::Mutex<HashMap<(Node, ObjectId), u64>>,
+    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -106,6 +106,8 @@ struct Inner {
     cluster: std::sync::Mutex<ClusterStatus>,
     /// The probes' own connections.
     probes: monitor::Probes,
+    /// Sent after every clients' request ([`TIDY`]).
+    tidy: &'static str,
 }
 
 /// A [`PgDatabase`] that does not keep its pools open.
@@ -225,6 +227,18 @@ impl PgDatabase {
         let client_user = config.client_user.clone().unwrap_or_default();
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
+        // Temporary objects pile up across a caller's requests (and spill
+        // to disk) unless dropped after each; a clients' role that cannot
+        // make any needs no DISCARD TEMP.
+        let temp: bool = owner
+            .query_one(
+                "SELECT pg_catalog.has_database_privilege($1, pg_catalog.current_database(), 'TEMP')",
+                &[&client_user],
+            )
+            .await
+            .map_err(|e| from_pg(&e, Duration::ZERO))?
+            .get(0);
+        let tidy = if temp { TIDY_TEMP } else { TIDY };
         // The server's own durability setting, fixed for the clients'
         // sessions so that a role-level setting cannot lower it.
         let sync: String = owner
@@ -287,6 +301,7 @@ impl PgDatabase {
             counters: Counters::default(),
             cluster: std::sync::Mutex::new(cluster),
             probes,
+            tidy,
         });
         monitor::probe_all(&inner).await;
         monitor::watch(Arc::downgrade(&inner), every);
@@ -612,7 +627,9 @@ impl PgDatabase {
         guard: Option<Token>,
     ) -> Result<(Rows, Option<Token>)> {
         let track = who == Who::Client && !self.inner.replicas.is_empty();
-        let conn = self.lease(node, who, options.caller, deadline).await?;
+        let conn = self
+            .lease(node, who, options.caller, deadline, timeout)
+            .await?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
         // BEGIN goes first, before the statement is parsed: parsing can run
@@ -655,11 +672,12 @@ impl PgDatabase {
                     }
                 };
                 let commit = conn.batch_execute("COMMIT");
-                let (rows, position, committed) = tokio::join!(rows, position, commit);
+                let (rows, position, committed, tidied) =
+                    tokio::join!(rows, position, commit, self.tidy(&conn, who));
                 let rows = rows?;
                 let position = position.map_err(|e| from_pg(&e, timeout))?;
                 committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, Some(rows), true))
+                Ok::<_, Error>((position, Some(rows), tidied))
             };
             let (begun, guarded, rest) = tokio::join!(begin, guarded, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
@@ -692,8 +710,12 @@ impl PgDatabase {
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok((rows, at, _))) => {
-                self.keep(node, conn, options.caller);
+            Ok(Ok((rows, at, tidied))) => {
+                if tidied {
+                    self.keep(node, who, conn, options.caller);
+                } else {
+                    self.discard(node, who, conn);
+                }
                 Ok((rows, at))
             }
             Ok(Err((e, true))) => {
@@ -706,7 +728,7 @@ impl PgDatabase {
                 Err(e)
             }
             Err(_) => {
-                self.stop(node, conn);
+                self.stop(node, who, conn);
                 Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
@@ -881,7 +903,7 @@ impl PgDatabase {
         let deadline = Instant::now() + timeout;
         let max_bytes = self.inner.config.max_result_bytes;
         let conn = self
-            .lease(Node::Primary, who, options.caller, deadline)
+            .lease(Node::Primary, who, options.caller, deadline, timeout)
             .await?;
         let what = if shape == Shape::Rows {
             "rows"
@@ -956,7 +978,7 @@ impl PgDatabase {
                 return Err(e);
             }
             Err(_) => {
-                self.stop(Node::Primary, conn);
+                self.stop(Node::Primary, who, conn);
                 return Err(Error::Timeout {
                     after: timeout,
                     stage: TimeoutStage::Running,
@@ -979,32 +1001,40 @@ impl PgDatabase {
                     None
                 }
             };
-            tokio::join!(conn.batch_execute("COMMIT"), position)
+            tokio::join!(
+                conn.batch_execute("COMMIT"),
+                position,
+                self.tidy(&conn, who)
+            )
         };
         match tokio::time::timeout_at(deadline, commit).await {
-            Ok((Ok(()), token)) => {
-                self.keep(Node::Primary, conn, options.caller);
+            Ok((Ok(()), token, tidied)) => {
+                if tidied {
+                    self.keep(Node::Primary, who, conn, options.caller);
+                } else {
+                    self.discard(Node::Primary, who, conn);
+                }
                 let mut results = results;
                 for d in &mut results {
                     d.token = token;
                 }
                 Ok(results)
             }
-            Ok((Err(e), _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
+            Ok((Err(e), _, _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server answered: the COMMIT failed (a deferred
                 // constraint, a serialization failure) and nothing committed.
-                self.discard(Node::Primary, conn);
+                self.discard(Node::Primary, who, conn);
                 Err(from_pg(&e, timeout))
             }
-            Ok((Err(e), _)) => {
-                self.discard(Node::Primary, conn);
+            Ok((Err(e), _, _)) => {
+                self.discard(Node::Primary, who, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: error_chain(&e),
                 })
             }
             Err(_) => {
-                self.stop(Node::Primary, conn);
+                self.stop(Node::Primary, who, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: format!(
@@ -1021,19 +1051,22 @@ impl PgDatabase {
     /// litebridge's own is rolled back and kept, unless it is gone.
     async fn after_error(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client || conn.batch_execute("ROLLBACK").await.is_err() {
-            self.discard(node, conn);
+            self.discard(node, who, conn);
         } else {
             conn.release();
         }
     }
 
     /// Drops a connection instead of returning it to the pool.
-    fn discard(&self, node: Node, conn: Lease) {
-        let id = Object::id(&conn);
-        lock(&self.inner.callers).remove(&(node, id));
-        // Each pool numbers its connections: only the primary's are known.
-        if node == Node::Primary {
-            lock(&self.inner.pids).remove(&id);
+    fn discard(&self, node: Node, who: Who, conn: Lease) {
+        // Each pool numbers its connections from 0: the maps hold the
+        // clients' alone (the primary's, for the pids).
+        if who == Who::Client {
+            let id = Object::id(&conn);
+            lock(&self.inner.callers).remove(&(node, id));
+            if node == Node::Primary {
+                lock(&self.inner.pids).remove(&id);
+            }
         }
         drop(Object::take(conn.detach()));
     }
@@ -1043,17 +1076,21 @@ impl PgDatabase {
     /// not answered within two seconds (a statement can catch a cancel and
     /// go on), `pg_terminate_backend` from litebridge's own role. The
     /// connection is dropped either way.
-    fn stop(&self, node: Node, conn: Lease) {
-        lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
+    fn stop(&self, node: Node, who: Who, conn: Lease) {
+        if who == Who::Client {
+            lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
+        }
         let conn = conn.detach();
         let token = conn.cancel_token();
-        // The pids are the primary's (a replica's process cannot be ended
-        // from litebridge's own connections, which go to the primary).
-        let pid = match node {
-            Node::Primary => lock(&self.inner.pids)
+        // The pids are those of the clients' connections to the primary (a
+        // replica's process cannot be ended from litebridge's own
+        // connections, which go to the primary; litebridge's own pool
+        // numbers its connections apart).
+        let pid = match (node, who) {
+            (Node::Primary, Who::Client) => lock(&self.inner.pids)
                 .remove(&Object::id(&conn))
                 .map(|(pid, _)| pid),
-            Node::Replica(_) => None,
+            _ => None,
         };
         let own = self.inner.own.clone();
         tokio::spawn(async move {
@@ -1093,7 +1130,14 @@ impl PgDatabase {
     /// advisory locks, temporary tables, held cursors, prepared statements,
     /// `SET ROLE`) reaches no other caller. A caller's own requests share
     /// their sessions, as the requests of one client of PostgreSQL would.
-    async fn lease(&self, node: Node, who: Who, caller: u64, deadline: Instant) -> Result<Lease> {
+    async fn lease(
+        &self,
+        node: Node,
+        who: Who,
+        caller: Option<u64>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Lease> {
         loop {
             let conn = match node {
                 Node::Primary => self.connection(who, deadline).await?,
@@ -1105,13 +1149,14 @@ impl PgDatabase {
                 return Ok(conn);
             }
             // A connection never handed out before needs no reset; one that
-            // was needs its last caller to be this one (an unknown last
-            // caller counts as another).
+            // was needs its last caller to be this one, named (an unknown
+            // last caller, or one that gave no name, counts as another).
             let fresh = Object::metrics(&conn).recycle_count == 0;
             let last = lock(&self.inner.callers)
                 .get(&(node, Object::id(&conn)))
-                .copied();
-            if fresh || last == Some(caller) {
+                .copied()
+                .flatten();
+            if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
             }
             match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
@@ -1119,11 +1164,11 @@ impl PgDatabase {
                     lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
                     return Ok(conn);
                 }
-                Ok(false) => self.discard(node, conn),
+                Ok(false) => self.discard(node, who, conn),
                 Err(_) => {
-                    self.stop(node, conn);
+                    self.stop(node, who, conn);
                     return Err(Error::Timeout {
-                        after: deadline.saturating_duration_since(Instant::now()),
+                        after: timeout,
                         stage: TimeoutStage::Queued,
                     });
                 }
@@ -1131,8 +1176,21 @@ impl PgDatabase {
         }
     }
 
+    /// After a clients' request's `COMMIT`, in the same round trip (its own
+    /// message, so its failure cannot be taken for the `COMMIT`'s): what
+    /// must not pile up across a caller's requests. Whether it went through
+    /// (if not, the connection is closed).
+    async fn tidy(&self, conn: &Object, who: Who) -> bool {
+        who == Who::Own || conn.batch_execute(self.inner.tidy).await.is_ok()
+    }
+
     /// Back to the pool after a clean request of `caller`.
-    fn keep(&self, node: Node, conn: Lease, caller: u64) {
+    fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>) {
+        if who == Who::Own {
+            // litebridge's own pool numbers its connections apart.
+            conn.release();
+            return;
+        }
         let mut callers = lock(&self.inner.callers);
         // Entries of connections the pool dropped on its own: past four per
         // connection, start over (a missing entry costs a reset, no more).
@@ -1381,31 +1439,34 @@ async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Lease> {
 /// How long a runaway statement is given at each step of [`PgDatabase::stop`].
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Statements that end what a request may have left in its session (the
+/// Statements that end what a caller may have left in its session (the
 /// clients' SQL can reach them through functions and `DO` blocks, past any
 /// statement filter): cursors, notifications, advisory locks, temporary
-/// tables, settings made with `set_config()`. The count at the end finds a
-/// statement prepared with SQL's `PREPARE`, which could take the name of one
-/// of litebridge's own: such a connection is dropped.
+/// tables, settings made with `set_config()`, and every prepared statement
+/// (`DEALLOCATE ALL`: litebridge's own too, whose parameter types and plans
+/// the session's objects may have decided, and any made with SQL's
+/// `PREPARE`, which could take the name of one of litebridge's); the
+/// connection's statement cache is emptied with them.
 ///
 /// `RESET ALL` and `RESET ROLE` come first, and every name is qualified with
 /// `pg_catalog`: what follows must not call a function of the clients' own
 /// through a `search_path` they set.
 const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-                     SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+                     DEALLOCATE ALL";
+
+/// After every clients' request: a notification queue that a listener left
+/// inside a later long transaction would stop every `NOTIFY` of the cluster
+/// once full, and held cursors spill to disk.
+const TIDY: &str = "UNLISTEN *; CLOSE ALL";
+/// [`TIDY`], and temporary objects, for a clients' role that can make them.
+const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
 
 /// Resets the session of a clients' connection; whether it may be reused.
 async fn reset_session(conn: &Object) -> bool {
-    match conn.simple_query(RESET).await {
-        Ok(messages) => {
-            messages.iter().rev().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|n| n == "0"),
-                _ => None,
-            }) == Some(true)
-        }
-        Err(_) => false,
-    }
+    let reset = conn.batch_execute(RESET).await.is_ok();
+    conn.statement_cache.clear();
+    reset
 }
 
 /// The clients' role may not reach past the database's privileges, by
