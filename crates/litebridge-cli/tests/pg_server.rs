@@ -218,6 +218,26 @@ fn every_part_of_the_service_runs_on_postgres() {
     );
     assert_eq!(b["results"].as_array().map(Vec::len), Some(2), "{b}");
     assert!(b["token"].is_string(), "{b}");
+    // A write with an idempotency key, sent twice (a lost answer): once.
+    for _ in 0..2 {
+        let w = ok(
+            &server,
+            &admin,
+            "sql.execute",
+            json!({"sql": "INSERT INTO notes(id, body) VALUES (77, 'once')", "idempotency_key": "order-77"}),
+        );
+        assert_eq!(w["changes"], 1, "{w}");
+    }
+    let e = call(
+        &server,
+        &admin,
+        "sql.execute",
+        json!({"sql": "SELECT 1", "idempotency_key": ""}),
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("idempotency_key"),
+        "{e}"
+    );
     let m = ok(
         &server,
         &admin,

@@ -72,6 +72,7 @@ mod error;
 #[doc(hidden)]
 pub mod fault;
 mod histogram;
+mod idempotency;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod resilience;
@@ -99,6 +100,7 @@ pub use db::{
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::{Histogram as LatencyHistogram, HistogramSnapshot, LatencySummary};
+pub use idempotency::{IdempotencyKey, MAX_IDEMPOTENCY_KEY};
 pub use rusqlite;
 pub use service::{Service, ServiceConfig};
 pub use stats::{DbStats, LatencySnapshots};

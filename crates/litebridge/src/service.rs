@@ -162,6 +162,12 @@ impl Service {
                     if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
                         tracing::warn!("sweeping expired memory entries failed: {e}");
                     }
+                    #[cfg(feature = "postgres")]
+                    if let Some(pg) = db.postgres()
+                        && let Err(e) = pg.forget_claims().await
+                    {
+                        tracing::warn!("sweeping old idempotency records failed: {e}");
+                    }
                     // Bounded per sweep; while it finds more, it comes back soon.
                     match cache_sweeper.sweep(db.clone()).await {
                         Ok(swept) if swept.more => SWEEP_AGAIN,

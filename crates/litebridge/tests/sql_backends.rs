@@ -1220,3 +1220,138 @@ async fn postgres_own_requests_do_not_skip_a_callers_reset() {
     db.close();
     schema.drop_now().await;
 }
+
+// ----- Idempotency keys --------------------------------------------------
+
+fn once(caller: u64, key: &str) -> WriteOptions {
+    WriteOptions {
+        caller: Some(caller),
+        idempotency_key: Some(litebridge::IdempotencyKey::new(caller, key).unwrap()),
+        ..WriteOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_with_an_idempotency_key_applies_once() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    db.execute_with("CREATE TABLE t(n bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let insert = "INSERT INTO t SELECT g FROM generate_series(1, 3) g";
+    // Sent again (a lost answer): the first result, and nothing runs.
+    for _ in 0..3 {
+        let r = db.execute_with(insert, (), once(1, "k1")).await.unwrap();
+        assert_eq!(r.changes, 3);
+    }
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "3");
+    // The same key of another caller is another write.
+    db.execute_with(insert, (), once(2, "k1")).await.unwrap();
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "6");
+    // A batch answers with each statement's first result.
+    let batch = || {
+        vec![
+            Statement::new("INSERT INTO t VALUES (7)", Params::None),
+            Statement::new("DELETE FROM t WHERE n = 1", Params::None),
+        ]
+    };
+    let first = db.batch(batch(), once(1, "b")).await.unwrap();
+    let again = db.batch(batch(), once(1, "b")).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        first.iter().map(|r| r.changes).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "5");
+    // Ten at once with one key: one runs, all answer its result.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.execute_with("INSERT INTO t VALUES (100)", (), once(3, "burst"))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().changes, 1);
+    }
+    assert_eq!(
+        one_text(&db, "SELECT count(*) FROM t WHERE n = 100").await,
+        "1"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failed_write_leaves_its_idempotency_key_free() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    db.execute_with(
+        "CREATE TABLE u(n bigint UNIQUE)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    db.execute_with("INSERT INTO u VALUES (1)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let e = db
+        .execute_with("INSERT INTO u VALUES (1)", (), once(1, "k"))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    db.execute_with("DELETE FROM u", (), WriteOptions::default())
+        .await
+        .unwrap();
+    // Nothing committed the first time: the retry runs.
+    let r = db
+        .execute_with("INSERT INTO u VALUES (1)", (), once(1, "k"))
+        .await
+        .unwrap();
+    assert_eq!(r.changes, 1);
+    assert_eq!(one_text(&db, "SELECT count(*) FROM u").await, "1");
+    // The clients' role cannot read the records or their secret.
+    for table in ["litebridge_claims", "litebridge_meta"] {
+        let e = db
+            .query_with(
+                &format!("SELECT count(*) FROM {}.{table}", schema.own()),
+                (),
+                QueryOptions::default(),
+            )
+            .await
+            .expect_err(table);
+        assert!(e.to_string().contains("permission denied"), "{e}");
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_an_idempotency_key_rather_than_ignore_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("a.db"), DbConfig::default())
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+    let e = db
+        .execute_with("INSERT INTO t VALUES (1)", (), once(1, "k"))
+        .await
+        .expect_err("unsupported");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("idempotency_key"), "{e}");
+    let e = db
+        .execute_many("INSERT INTO t VALUES (?1)", vec![params![1]], once(1, "k"))
+        .await
+        .expect_err("unsupported");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert_eq!(
+        db.query("SELECT count(*) FROM t", ()).await.unwrap().rows[0][0],
+        Value::Integer(0)
+    );
+    db.close().await;
+}

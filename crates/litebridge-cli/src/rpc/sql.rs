@@ -38,13 +38,43 @@ fn with_token(mut answer: Json, token: Option<Token>) -> Json {
     answer
 }
 
-fn write_options(timeout: Option<TimeoutMs>, cx: &Ctx<'_>) -> WriteOptions {
-    WriteOptions {
+fn write_options(
+    timeout: Option<TimeoutMs>,
+    once: Option<OnceKey>,
+    cx: &Ctx<'_>,
+) -> Result<WriteOptions, RpcError> {
+    let caller = caller(cx);
+    let idempotency_key = match once {
+        Some(k) => Some(litebridge::IdempotencyKey::new(
+            caller.unwrap_or(u64::MAX),
+            &k.0,
+        )?),
+        None => None,
+    };
+    Ok(WriteOptions {
         timeout: timeout.map(|t| t.0),
-        caller: caller(cx),
+        caller,
+        idempotency_key,
         ..WriteOptions::default()
-    }
+    })
 }
+
+parameter!(
+    /// A write's idempotency key: 1 to 200 bytes.
+    OnceKey(String) from String = "String",
+    |s| {
+        if s.is_empty() || s.len() > litebridge::MAX_IDEMPOTENCY_KEY {
+            Err(format!(
+                "is {} bytes; give 1 to {}",
+                s.len(),
+                litebridge::MAX_IDEMPOTENCY_KEY
+            ))
+        } else {
+            Ok(s)
+        }
+    },
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 200, "description": "On PostgreSQL: the write applies at most once for this key (per API key, kept 24 hours): a retry with the same key, after a lost answer or `outcome_unknown`, answers with the first one's result instead of running again. SQLite answers `unsupported`."})
+);
 
 /// The caller whose requests may share database sessions (PostgreSQL): its
 /// key's id, 0 for local callers; `None` (a fresh session each time) for an
@@ -193,6 +223,8 @@ pub(super) struct SqlExecute {
     params: Option<SqlParams>,
     #[serde(default)]
     timeout_ms: Option<TimeoutMs>,
+    #[serde(default)]
+    idempotency_key: Option<OnceKey>,
 }
 
 impl Handler for SqlExecute {
@@ -205,7 +237,7 @@ impl Handler for SqlExecute {
                 .execute_at(
                     &self.sql.0,
                     values(self.params),
-                    write_options(self.timeout_ms, &cx),
+                    write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
                 .await?;
             Ok(with_token(to_json(&r)?, token))
@@ -220,6 +252,8 @@ pub(super) struct SqlBatch {
     statements: Statements,
     #[serde(default)]
     timeout_ms: Option<TimeoutMs>,
+    #[serde(default)]
+    idempotency_key: Option<OnceKey>,
 }
 
 /// One statement of a batch.
@@ -316,7 +350,10 @@ impl Handler for SqlBatch {
                 .app
                 .service
                 .db
-                .batch_at(statements, write_options(self.timeout_ms, &cx))
+                .batch_at(
+                    statements,
+                    write_options(self.timeout_ms, self.idempotency_key, &cx)?,
+                )
                 .await?;
             Ok(with_token(json!({ "results": to_json(&results)? }), token))
         })
@@ -331,6 +368,8 @@ pub(super) struct SqlExecuteMany {
     rows: ManyRows,
     #[serde(default)]
     timeout_ms: Option<TimeoutMs>,
+    #[serde(default)]
+    idempotency_key: Option<OnceKey>,
 }
 
 /// One parameter list per run, at most [`MAX_MANY_ROWS`].
@@ -366,7 +405,7 @@ impl Handler for SqlExecuteMany {
                 .execute_many_at(
                     &self.sql.0,
                     self.rows.0,
-                    write_options(self.timeout_ms, &cx),
+                    write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
                 .await?;
             Ok(with_token(json!({ "changes": r.changes }), token))

@@ -102,6 +102,9 @@ impl Future for Execute<'_> {
                     let mut budget = this.inner.budget(options.timeout);
                     budget.trusted = trusted;
                     let started = budget.started;
+                    if options.idempotency_key.is_some() {
+                        return this.finish(started, Err(super::once_unsupported()));
+                    }
                     let (job, reply) = group_commit::ExecJob::new(budget, sql, params);
                     let writer = &this.inner.writer;
                     this.state = match writer.submit_now(Request::Exec(job), admission(&options)) {

@@ -151,6 +151,22 @@ pub struct WriteOptions {
     pub no_wait: bool,
     /// Who asks (see [`QueryOptions::caller`]).
     pub caller: Option<u64>,
+    /// Apply at most once for this key, however often it is sent (on
+    /// PostgreSQL; SQLite answers `unsupported`, it never ignores it).
+    pub idempotency_key: Option<crate::IdempotencyKey>,
+}
+
+/// The answer to a write with an idempotency key on SQLite.
+pub(crate) fn once_unsupported() -> Error {
+    Error::Unsupported {
+        what: "idempotency_key".into(),
+        here: "on SQLite".into(),
+        instead:
+            "send the write without it; a SQLite write that timed out did not commit, and one \
+                  that answered committed"
+                .into(),
+        backend: "sqlite",
+    }
 }
 
 /// Health of a database, for readiness checks.
@@ -700,6 +716,9 @@ impl Database {
         reply: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let started = job.budget().started;
+        if options.idempotency_key.is_some() {
+            return Err(once_unsupported());
+        }
         let queued = match self.inner.writer.submit_now(job, admission(&options)) {
             Ok(None) => Ok(()),
             Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,

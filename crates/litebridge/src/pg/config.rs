@@ -176,7 +176,7 @@ impl PgConfig {
         options.push_str(" -c search_path=");
         match &self.client_schema {
             Some(schema) => {
-                schema_name("postgres.client_schema", schema)?;
+                schema_name("postgres.client_schema", schema, 63)?;
                 options.push_str(schema);
             }
             None => options.push_str("\"$user\",public"),
@@ -264,7 +264,7 @@ impl PgConfig {
     /// [`Error::Config`] naming the first invalid setting.
     pub fn validate(&self) -> Result<()> {
         self.client_config("")?;
-        schema_name("postgres.schema", &self.schema)?;
+        schema_name("postgres.schema", &self.schema, 56)?;
         let owner = self.parsed()?.get_user().map(str::to_owned);
         match &self.client_user {
             None => {
@@ -329,8 +329,8 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
 
 /// Refuses a schema name that would need quoting (litebridge writes it
 /// into SQL as it is): lower-case letters, digits and `_`, a letter first.
-fn schema_name(key: &str, name: &str) -> Result<()> {
-    let ok = name.len() <= 63
+fn schema_name(key: &str, name: &str, max: usize) -> Result<()> {
+    let ok = name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -341,10 +341,10 @@ fn schema_name(key: &str, name: &str) -> Result<()> {
         Err(Error::Config {
             key: key.into(),
             value: name.to_owned(),
-            expected:
+            expected: format!(
                 "a schema name of lower-case letters, digits and underscores, a letter first, \
-                       at most 63 bytes"
-                    .into(),
+                 at most {max} bytes"
+            ),
         })
     }
 }

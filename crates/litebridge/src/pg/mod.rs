@@ -33,6 +33,7 @@
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
+mod claims;
 mod config;
 mod describe;
 mod error;
@@ -108,6 +109,8 @@ struct Inner {
     probes: monitor::Probes,
     /// Sent after every clients' request ([`TIDY`]).
     tidy: &'static str,
+    /// The secret the idempotency records are keyed with (`claims`).
+    claims_secret: [u8; 32],
 }
 
 /// A [`PgDatabase`] that does not keep its pools open.
@@ -227,6 +230,7 @@ impl PgDatabase {
         let client_user = config.client_user.clone().unwrap_or_default();
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
+        let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
         // Temporary objects pile up across a caller's requests (and spill
         // to disk) unless dropped after each; a clients' role that cannot
         // make any needs no DISCARD TEMP.
@@ -302,6 +306,7 @@ impl PgDatabase {
             cluster: std::sync::Mutex::new(cluster),
             probes,
             tidy,
+            claims_secret,
         });
         monitor::probe_all(&inner).await;
         monitor::watch(Arc::downgrade(&inner), every);
@@ -404,6 +409,25 @@ impl PgDatabase {
                 Ok(Some(out))
             }
         }
+    }
+
+    /// Deletes the idempotency records older than [`claims::KEEP`].
+    ///
+    /// # Errors
+    /// The delete failed.
+    pub(crate) async fn forget_claims(&self) -> Result<u64> {
+        let before = std::time::SystemTime::now()
+            .checked_sub(claims::KEEP)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let sql = format!(
+            "DELETE FROM {}.litebridge_claims WHERE created_at < ?1",
+            self.own_schema()
+        );
+        Ok(self
+            .own_execute(&sql, Params::Positional(vec![Value::Integer(before)]))
+            .await?
+            .changes)
     }
 
     /// A handle that does not keep it open.
@@ -911,8 +935,18 @@ impl PgDatabase {
             "statements"
         };
         let many = statements.len() > 1;
+        // With an idempotency key, the record's key (see `claims`).
+        let claim = match (who, options.idempotency_key) {
+            (Who::Client, Some(k)) => Some(claims::row_key(&self.inner.claims_secret, k)),
+            _ => None,
+        };
+        let schema = self.own_schema();
+        // Prepared with the claim, so that the result is recorded in the
+        // same pipeline as (and before) the COMMIT.
+        let mut settle: Option<PgStatement> = None;
         // BEGIN first, then the statements parsed (inside the transaction:
-        // parsing can run the clients' code), then run together.
+        // parsing can run the clients' code), then the claim, then the
+        // statements run together.
         let run = async {
             let begin = conn.batch_execute("BEGIN");
             let rest = async {
@@ -927,6 +961,26 @@ impl PgDatabase {
                         .await
                         .map_err(|e| if many { e.at(what, i) } else { e })?;
                     prepared.push(stmt);
+                }
+                // After the preparations (one may begin the transaction
+                // again), before anything runs: a record of the key means
+                // the write ran and committed; its result is the answer.
+                if let Some(k) = &claim {
+                    let claim_sql = format!("SELECT {schema}_claims.claim($1)");
+                    let settle_sql = format!("SELECT {schema}_claims.settle($1, $2)");
+                    let (stmt, settling) = tokio::join!(
+                        conn.prepare_cached(&claim_sql),
+                        conn.prepare_cached(&settle_sql)
+                    );
+                    let stmt = stmt.map_err(|e| from_pg(&e, timeout))?;
+                    settle = Some(settling.map_err(|e| from_pg(&e, timeout))?);
+                    let row = conn
+                        .query_one(&stmt, &[k])
+                        .await
+                        .map_err(|e| from_pg(&e, timeout))?;
+                    if let Some(stored) = row.get::<_, Option<String>>(0) {
+                        return Ok(Err(stored));
+                    }
                 }
                 let each = statements.iter().enumerate().map(|(i, p)| {
                     let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
@@ -966,13 +1020,20 @@ impl PgDatabase {
                         r.map_err(|e| if many { e.at(what, i) } else { e })
                     })
                     .collect::<Result<Vec<_>>>()
+                    .map(Ok)
             };
             let (begun, rest) = tokio::join!(begin, rest);
             begun.map_err(|e| from_pg(&e, timeout))?;
             rest
         };
         let results = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(results)) => results,
+            Ok(Ok(Ok(results))) => results,
+            Ok(Ok(Err(stored))) => {
+                // Sent before and committed: its first answer, again.
+                return self
+                    .replay(conn, who, options.caller, &stored, deadline, timeout)
+                    .await;
+            }
             Ok(Err(e)) => {
                 self.after_error(Node::Primary, who, conn).await;
                 return Err(e);
@@ -1001,11 +1062,28 @@ impl PgDatabase {
                     None
                 }
             };
-            tokio::join!(
+            // The record of an idempotency key, sent first (a failure aborts
+            // the transaction, and the COMMIT reports it: nothing committed).
+            let settled = async {
+                match (&claim, &settle) {
+                    (Some(k), Some(stmt)) => {
+                        let r: Vec<ExecResult> = results.iter().map(|d| d.result).collect();
+                        conn.execute(stmt, &[k, &claims::encode(&r)])
+                            .await
+                            .map(|_| ())
+                    }
+                    _ => Ok(()),
+                }
+            };
+            let (settled, committed, token, tidied) = tokio::join!(
+                settled,
                 conn.batch_execute("COMMIT"),
                 position,
                 self.tidy(&conn, who)
-            )
+            );
+            // A COMMIT of a transaction the record's failure aborted answers
+            // ROLLBACK, not an error: the record's error is the answer.
+            (settled.and(committed), token, tidied)
         };
         match tokio::time::timeout_at(deadline, commit).await {
             Ok((Ok(()), token, tidied)) => {
@@ -1041,6 +1119,64 @@ impl PgDatabase {
                         "no answer to COMMIT within the deadline of {} ms",
                         timeout.as_millis()
                     ),
+                })
+            }
+        }
+    }
+
+    /// The answer to a write whose idempotency key was recorded: its
+    /// transaction (which ran nothing) rolled back, the first answer's
+    /// results, and, with replicas, the primary's position now (past the
+    /// first write's commit).
+    async fn replay(
+        &self,
+        conn: Lease,
+        who: Who,
+        caller: Option<u64>,
+        stored: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<Done>> {
+        let results = claims::decode(stored);
+        let want_token = !self.inner.replicas.is_empty();
+        let end = async {
+            let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
+                if want_token {
+                    conn.simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+                        .await
+                        .ok()
+                        .and_then(|m| first_text(&m))
+                        .and_then(|t| t.parse::<Token>().ok())
+                } else {
+                    None
+                }
+            });
+            (rolled.is_ok(), position)
+        };
+        match tokio::time::timeout_at(deadline, end).await {
+            Ok((true, token)) => {
+                self.keep(Node::Primary, who, conn, caller);
+                Ok(results?
+                    .into_iter()
+                    .map(|result| Done {
+                        result,
+                        rows: None,
+                        token,
+                    })
+                    .collect())
+            }
+            Ok((false, _)) => {
+                self.discard(Node::Primary, who, conn);
+                Err(Error::Unavailable {
+                    what: "the PostgreSQL server",
+                    reason: "the connection failed while answering a repeated write".into(),
+                })
+            }
+            Err(_) => {
+                self.stop(Node::Primary, who, conn);
+                Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Running,
                 })
             }
         }
