@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Every test: the README's test command. Starts the services the tests need
 # on loopback (a PostgreSQL primary and two replicas, scripts/pg-cluster.sh;
-# installed from Debian's packages on a fresh machine), runs the Rust,
-# Python, JavaScript and browser suites, and stops the services whatever
-# happened. The PostgreSQL tests are required here, not skipped.
+# a pg_auto_failover formation for the failover stage, scripts/pg-failover.sh;
+# both installed from Debian's packages on a fresh machine), runs the Rust,
+# Python, JavaScript and browser suites and the failover stage, and stops
+# the services whatever happened. The PostgreSQL tests are required here,
+# not skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+stop_all() {
+  scripts/pg-failover.sh stop || true
+  scripts/pg-cluster.sh stop
+}
 eval "$(scripts/pg-cluster.sh start)"
-trap 'scripts/pg-cluster.sh stop' EXIT
+trap stop_all EXIT
 export LB_TEST_REQUIRE=pg
 
 cargo test --workspace
@@ -16,3 +22,8 @@ python3 -m unittest discover -s python/tests -t python
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
 python3 -m unittest discover -s clients/python/tests -t clients/python
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
+
+# The failover stage: two front ends under a write load through a planned
+# switchover and a kill -9 of the primary (crates/litebridge-cli/tests/failover.rs).
+eval "$(scripts/pg-failover.sh start)"
+cargo test -p litebridge-cli --test failover -- --ignored --nocapture

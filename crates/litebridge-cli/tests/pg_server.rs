@@ -235,7 +235,10 @@ fn every_part_of_the_service_runs_on_postgres() {
         json!({"sql": "SELECT 1", "idempotency_key": ""}),
     );
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("idempotency_key"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency_key"),
         "{e}"
     );
     let m = ok(

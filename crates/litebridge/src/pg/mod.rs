@@ -1034,6 +1034,20 @@ impl PgDatabase {
                     .replay(conn, who, options.caller, &stored, deadline, timeout)
                     .await;
             }
+            Ok(Err(Error::ReadOnly { message })) => {
+                // A write's transaction is read-write: a read-only server is
+                // a standby, or a primary demoted by a failover. Nothing was
+                // written; the next connection finds the primary again
+                // through the URL's hosts.
+                self.discard(Node::Primary, who, conn);
+                return Err(Error::Unavailable {
+                    what: "the PostgreSQL primary",
+                    reason: format!(
+                        "the server reached is read-only (a standby, or a primary demoted by a \
+                         failover): nothing was written, retry ({message})"
+                    ),
+                });
+            }
             Ok(Err(e)) => {
                 self.after_error(Node::Primary, who, conn).await;
                 return Err(e);

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# A local pg_auto_failover formation on loopback for litebridge's failover
+# tests: a monitor and two PostgreSQL nodes (one primary, one secondary),
+# with the monitor's health checks tightened so that a failover takes
+# seconds rather than the default minute.
+#
+#   scripts/pg-failover.sh start   # installs Debian's postgresql-15-auto-failover when missing, starts, prints the settings
+#   scripts/pg-failover.sh env     # prints the settings (eval "$(scripts/pg-failover.sh env)")
+#   scripts/pg-failover.sh primary # prints the data directory of the node that is primary now
+#   scripts/pg-failover.sh switchover  # a planned switchover (pg_autoctl perform switchover)
+#   scripts/pg-failover.sh stop    # stops it and removes its files
+#
+# Loopback only. Ports: LB_PGAF_PORT (monitor, default 56540), +1 and +2
+# (the nodes). Files: LB_PGAF_DIR (default /tmp/litebridge-pgaf-$UID).
+# Trust authentication and fsync off: a throwaway formation (the tests kill
+# processes, not the machine).
+set -euo pipefail
+
+cmd=${1:-start}
+port=${LB_PGAF_PORT:-56540}
+dir=${LB_PGAF_DIR:-/tmp/litebridge-pgaf-$(id -u)}
+monitor_uri="postgres://autoctl_node@127.0.0.1:$port/pg_auto_failover?sslmode=disable"
+
+bin_dir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+install() {
+  if command -v pg_autoctl >/dev/null && bin_dir >/dev/null; then return 0; fi
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  echo "installing Debian's postgresql-15-auto-failover (first run on this machine)..." >&2
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    postgresql-15-auto-failover >&2
+}
+
+# PostgreSQL refuses to run as root: as root, its commands run as `postgres`.
+as_pg() {
+  local path
+  path="$(bin_dir):$PATH"
+  if [ "$(id -u)" -eq 0 ]; then
+    (cd / && runuser -u postgres -- env PATH="$path" HOME="$dir" "$@")
+  else
+    env PATH="$path" HOME="$dir" "$@"
+  fi
+}
+
+uri() {
+  echo "postgres://postgres@127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))/postgres?target_session_attrs=read-write&connect_timeout=2"
+}
+
+print_env() {
+  echo "export LB_TEST_PGAF='$(uri)'"
+  echo "export LB_TEST_PGAF_DIR='$dir'"
+}
+
+running() { [ -f "$dir/monitor/postmaster.pid" ]; }
+
+# Runs a pg_autoctl service in the background, its output in a log.
+serve() {
+  local name=$1
+  as_pg nohup pg_autoctl run --pgdata "$dir/$name" >"$dir/$name.log" 2>&1 &
+}
+
+psql_at() {
+  local p=$1
+  shift
+  as_pg psql -X -q -t -A -h 127.0.0.1 -p "$p" -U postgres -d postgres "$@"
+}
+
+wait_for() {
+  local what=$1 check=$2 i
+  for i in $(seq 1 240); do
+    if eval "$check" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "pg-failover.sh: $what did not happen within 120 s; logs in $dir" >&2
+  return 1
+}
+
+start() {
+  install
+  if running; then print_env; return 0; fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
+  as_pg pg_autoctl create monitor --pgdata "$dir/monitor" --pgport "$port" \
+    --hostname 127.0.0.1 --auth trust --no-ssl >"$dir/create-monitor.log" 2>&1
+  serve monitor
+  wait_for "the monitor" "psql_at $port -d pg_auto_failover -c 'SELECT 1'"
+  # Seconds, not a minute: checks every 500 ms, a node unhealthy after 2 s.
+  local setting
+  for setting in health_check_period=500 health_check_timeout=1000 health_check_max_retries=1 \
+    health_check_retry_delay=200 node_considered_unhealthy_timeout=2000 \
+    primary_demote_timeout=5000 startup_grace_period=2000; do
+    psql_at "$port" -d pg_auto_failover \
+      -c "ALTER SYSTEM SET pgautofailover.${setting%%=*} = ${setting#*=}" >/dev/null
+  done
+  psql_at "$port" -d pg_auto_failover -c "SELECT pg_reload_conf()" >/dev/null
+  local n
+  for n in 1 2; do
+    as_pg pg_autoctl create postgres --pgdata "$dir/node$n" --pgport "$((port + n))" \
+      --hostname 127.0.0.1 --auth trust --no-ssl --monitor "$monitor_uri" \
+      --name "node$n" >"$dir/create-node$n.log" 2>&1
+    as_pg sh -c "echo 'fsync = off' >> '$dir/node$n/postgresql.conf'"
+    serve "node$n"
+    if [ "$n" -eq 1 ]; then
+      wait_for "node1 as primary" "[ \"\$(state node1)\" = single ]"
+    fi
+  done
+  wait_for "a primary and a secondary" \
+    "[ \"\$(state node1)\$(state node2)\" = primarysecondary ] || [ \"\$(state node1)\$(state node2)\" = secondaryprimary ]"
+  print_env
+}
+
+# The state the monitor reports for node NAME.
+state() {
+  psql_at "$port" -d pg_auto_failover -c \
+    "SELECT reportedstate FROM pgautofailover.node WHERE nodename = '$1'"
+}
+
+primary() {
+  local n
+  for n in 1 2; do
+    if [ "$(state "node$n")" = primary ] || [ "$(state "node$n")" = single ] \
+      || [ "$(state "node$n")" = wait_primary ]; then
+      echo "$dir/node$n"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# A planned switchover: the secondary becomes primary.
+switchover() {
+  as_pg pg_autoctl perform switchover --pgdata "$dir/monitor" >"$dir/switchover.log" 2>&1
+}
+
+stop() {
+  if [ -d "$dir" ]; then
+    local n
+    for n in node1 node2 monitor; do
+      [ -d "$dir/$n" ] && as_pg pg_autoctl stop --pgdata "$dir/$n" --immediate >/dev/null 2>&1 || true
+    done
+    for n in node1 node2 monitor; do
+      [ -f "$dir/$n/postmaster.pid" ] && as_pg "$(bin_dir)/pg_ctl" -D "$dir/$n" -m immediate stop >/dev/null 2>&1 || true
+    done
+    # Whatever is left (a keeper restarting its postgres), by its files.
+    local i
+    for i in 1 2 3 4 5; do
+      pkill -9 -f -- "$dir" 2>/dev/null || true
+      sleep 0.3
+      rm -rf "$dir" 2>/dev/null && break
+    done
+  fi
+}
+
+case "$cmd" in
+  start) start ;;
+  env) print_env ;;
+  primary) primary ;;
+  state) state "$2" ;;
+  switchover) switchover ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|env|primary|state NODE|switchover|stop" >&2; exit 2 ;;
+esac
