@@ -48,12 +48,33 @@ pub(super) async fn install(
         ),
     };
     let tx = owner.transaction().await.map_err(fail)?;
-    tx.execute(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('litebridge claims ' || $1::text))",
-        &[&schema],
-    )
+    // A lock only litebridge's role can take (an advisory lock's number
+    // could be held by any key's SQL): the table the secret is kept in.
+    tx.batch_execute(&format!(
+        "LOCK TABLE {schema}.litebridge_meta IN SHARE ROW EXCLUSIVE MODE"
+    ))
     .await
     .map_err(fail)?;
+    // The functions' schema must be litebridge's: one made first by someone
+    // else would let its owner replace the functions.
+    let foreign: Option<String> = tx
+        .query_opt(
+            "SELECT pg_catalog.pg_get_userbyid(nspowner)::text FROM pg_catalog.pg_namespace
+              WHERE nspname = $1 AND nspowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&format!("{schema}_claims")],
+        )
+        .await
+        .map_err(fail)?
+        .map(|r| r.get(0));
+    if let Some(owner) = foreign {
+        return Err(Error::Forbidden {
+            message: format!(
+                "the schema {schema}_claims, where litebridge keeps its idempotency functions, \
+                 belongs to {owner:?}, not to litebridge's role: drop it (DROP SCHEMA \
+                 {schema}_claims CASCADE) and start again"
+            ),
+        });
+    }
     // The client's role name is quoted as an identifier; the schema's is
     // checked to need no quoting (config.rs).
     let client = format!("\"{}\"", client_user.replace('"', "\"\""));
@@ -66,25 +87,34 @@ pub(super) async fn install(
          CREATE INDEX IF NOT EXISTS litebridge_claims_created ON {schema}.litebridge_claims(created_at);
          CREATE SCHEMA IF NOT EXISTS {schema}_claims;
          REVOKE ALL ON SCHEMA {schema}_claims FROM PUBLIC;
-         CREATE OR REPLACE FUNCTION {schema}_claims.claim(k BYTEA) RETURNS TEXT
-             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
-         DECLARE r TEXT;
+         CREATE OR REPLACE FUNCTION {schema}_claims.claim(k pg_catalog.bytea)
+             RETURNS pg_catalog.text
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         DECLARE r pg_catalog.text;
          BEGIN
-             IF k IS NULL OR octet_length(k) <> 32 THEN
+             IF k IS NULL OR pg_catalog.octet_length(k) <> 32 THEN
                  RAISE EXCEPTION 'a claim is 32 bytes';
              END IF;
-             INSERT INTO {schema}.litebridge_claims(key, result, created_at)
-                 VALUES (k, '', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-                 ON CONFLICT (key) DO NOTHING;
-             IF FOUND THEN
-                 RETURN NULL;
-             END IF;
-             SELECT c.result INTO r FROM {schema}.litebridge_claims c WHERE c.key = k;
-             RETURN r;
+             LOOP
+                 INSERT INTO {schema}.litebridge_claims(key, result, created_at)
+                     VALUES (k, '', (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
+                                     * 1000000)::pg_catalog.int8)
+                     ON CONFLICT (key) DO NOTHING;
+                 IF FOUND THEN
+                     RETURN NULL;
+                 END IF;
+                 SELECT c.result INTO r FROM {schema}.litebridge_claims c WHERE c.key = k;
+                 -- (Swept between the two: claim it again.)
+                 IF FOUND THEN
+                     RETURN r;
+                 END IF;
+             END LOOP;
          END $f$;
-         CREATE OR REPLACE FUNCTION {schema}_claims.settle(k BYTEA, r TEXT) RETURNS VOID
-             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $f$
-             UPDATE {schema}.litebridge_claims SET result = r WHERE key = k AND result = ''
+         CREATE OR REPLACE FUNCTION {schema}_claims.settle(k pg_catalog.bytea, r pg_catalog.text)
+             RETURNS void
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+             UPDATE {schema}.litebridge_claims SET result = r
+              WHERE key = k AND result = '' AND pg_catalog.octet_length(r) <= 100000
          $f$;
          REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT) FROM PUBLIC;
          GRANT USAGE ON SCHEMA {schema}_claims TO {client};
@@ -137,18 +167,54 @@ pub(super) fn row_key(secret: &[u8; 32], key: IdempotencyKey) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// A write's results as stored: the changes of each statement.
-pub(super) fn encode(results: &[ExecResult]) -> String {
-    serde_json::to_string(&results.iter().map(|r| r.changes).collect::<Vec<_>>())
-        .unwrap_or_default()
+/// What identifies a write, so that a key sent again with another write is
+/// refused, not answered with the first write's result: SHA-256 of its
+/// shape, statements and values.
+pub(super) fn fingerprint<'a>(
+    shape: &str,
+    statements: impl Iterator<Item = (&'a str, &'a [crate::value::Value])>,
+) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(shape.as_bytes());
+    for (sql, values) in statements {
+        h.update((sql.len() as u64).to_le_bytes());
+        h.update(sql.as_bytes());
+        let v = serde_json::to_string(values).unwrap_or_default();
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The results a stored record answers with.
-pub(super) fn decode(stored: &str) -> Result<Vec<ExecResult>> {
-    let changes: Vec<u64> = serde_json::from_str(stored).map_err(|_| Error::Internal {
+/// A write's results as stored: its fingerprint and the changes of each
+/// statement.
+pub(super) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
+    serde_json::json!({
+        "write": fingerprint,
+        "changes": results.iter().map(|r| r.changes).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// The results a stored record answers with, if it is the record of the
+/// same write.
+pub(super) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        write: String,
+        changes: Vec<u64>,
+    }
+    let stored: Stored = serde_json::from_str(stored).map_err(|_| Error::Internal {
         message: "an idempotency record holds no result (was it made outside litebridge?)".into(),
     })?;
-    Ok(changes
+    if stored.write != fingerprint {
+        return Err(Error::invalid(
+            "idempotency_key",
+            "was given before with another write (other statements or values); a key names one write",
+        ));
+    }
+    Ok(stored
+        .changes
         .into_iter()
         .map(|changes| ExecResult {
             changes,

@@ -416,16 +416,18 @@ impl PgDatabase {
     /// # Errors
     /// The delete failed.
     pub(crate) async fn forget_claims(&self) -> Result<u64> {
-        let before = std::time::SystemTime::now()
-            .checked_sub(claims::KEEP)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        // The server's clock, which stamped the records; a bounded batch
+        // per round (the next round takes the rest).
+        let keep = i64::try_from(claims::KEEP.as_micros()).unwrap_or(i64::MAX);
         let sql = format!(
-            "DELETE FROM {}.litebridge_claims WHERE created_at < ?1",
-            self.own_schema()
+            "DELETE FROM {s}.litebridge_claims WHERE key IN (
+                 SELECT key FROM {s}.litebridge_claims
+                  WHERE created_at < (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::int8 - ?1
+                  LIMIT 10000)",
+            s = self.own_schema()
         );
         Ok(self
-            .own_execute(&sql, Params::Positional(vec![Value::Integer(before)]))
+            .own_execute(&sql, Params::Positional(vec![Value::Integer(keep)]))
             .await?
             .changes)
     }
@@ -941,6 +943,15 @@ impl PgDatabase {
             _ => None,
         };
         let schema = self.own_schema();
+        // What the key's record must have been made by (see `claims`).
+        let fingerprint = claim.as_ref().map(|_| {
+            claims::fingerprint(
+                &format!("{shape:?}"),
+                statements
+                    .iter()
+                    .map(|p| (p.sql.as_str(), p.values.as_slice())),
+            )
+        });
         // Prepared with the claim, so that the result is recorded in the
         // same pipeline as (and before) the COMMIT.
         let mut settle: Option<PgStatement> = None;
@@ -951,16 +962,26 @@ impl PgDatabase {
             let begin = conn.batch_execute("BEGIN");
             let rest = async {
                 let mut prepared = Vec::with_capacity(statements.len());
+                let mut failed = None;
                 for (i, p) in statements.iter().enumerate() {
                     // One preparation for `execute_many`'s rows, which share their SQL.
                     if shape == Shape::Rows && i > 0 {
                         break;
                     }
-                    let stmt = self
-                        .prepare_within(&conn, p, "BEGIN", timeout)
+                    match self.prepare_within(&conn, p, "BEGIN", timeout).await {
+                        Ok(stmt) => prepared.push(stmt),
+                        Err(e) => {
+                            failed = Some(if many { e.at(what, i) } else { e });
+                            break;
+                        }
+                    }
+                }
+                // A write sent again after it committed may no longer
+                // prepare (it renamed its table): its record answers first.
+                if failed.is_some() && claim.is_some() {
+                    conn.batch_execute("ROLLBACK; BEGIN")
                         .await
-                        .map_err(|e| if many { e.at(what, i) } else { e })?;
-                    prepared.push(stmt);
+                        .map_err(|e| from_pg(&e, timeout))?;
                 }
                 // After the preparations (one may begin the transaction
                 // again), before anything runs: a record of the key means
@@ -981,6 +1002,9 @@ impl PgDatabase {
                     if let Some(stored) = row.get::<_, Option<String>>(0) {
                         return Ok(Err(stored));
                     }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
                 let each = statements.iter().enumerate().map(|(i, p)| {
                     let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
@@ -1030,8 +1054,9 @@ impl PgDatabase {
             Ok(Ok(Ok(results))) => results,
             Ok(Ok(Err(stored))) => {
                 // Sent before and committed: its first answer, again.
+                let fp = fingerprint.as_deref().unwrap_or_default();
                 return self
-                    .replay(conn, who, options.caller, &stored, deadline, timeout)
+                    .replay(conn, who, options.caller, &stored, fp, deadline, timeout)
                     .await;
             }
             Ok(Err(Error::ReadOnly { message })) => {
@@ -1079,10 +1104,10 @@ impl PgDatabase {
             // The record of an idempotency key, sent first (a failure aborts
             // the transaction, and the COMMIT reports it: nothing committed).
             let settled = async {
-                match (&claim, &settle) {
-                    (Some(k), Some(stmt)) => {
+                match (&claim, &settle, &fingerprint) {
+                    (Some(k), Some(stmt), Some(fp)) => {
                         let r: Vec<ExecResult> = results.iter().map(|d| d.result).collect();
-                        conn.execute(stmt, &[k, &claims::encode(&r)])
+                        conn.execute(stmt, &[k, &claims::encode(fp, &r)])
                             .await
                             .map(|_| ())
                     }
@@ -1142,16 +1167,18 @@ impl PgDatabase {
     /// transaction (which ran nothing) rolled back, the first answer's
     /// results, and, with replicas, the primary's position now (past the
     /// first write's commit).
+    #[allow(clippy::too_many_arguments)]
     async fn replay(
         &self,
         conn: Lease,
         who: Who,
         caller: Option<u64>,
         stored: &str,
+        fingerprint: &str,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Vec<Done>> {
-        let results = claims::decode(stored);
+        let results = claims::decode(stored, fingerprint);
         let want_token = !self.inner.replicas.is_empty();
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
