@@ -6,7 +6,7 @@
 #
 #   scripts/pg-failover.sh start   # installs Debian's postgresql-15-auto-failover when missing, starts, prints the settings
 #   scripts/pg-failover.sh env     # prints the settings (eval "$(scripts/pg-failover.sh env)")
-#   scripts/pg-failover.sh primary # prints the data directory of the node that is primary now
+#   scripts/pg-failover.sh primary # the data directory of the node the monitor last saw as primary (may lag a switchover)
 #   scripts/pg-failover.sh switchover  # a planned switchover (pg_autoctl perform switchover)
 #   scripts/pg-failover.sh stop    # stops it and removes its files
 #
