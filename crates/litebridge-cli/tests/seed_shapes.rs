@@ -75,6 +75,9 @@ const PERSISTENCE_STATS: &str = r#"{
 /// What litebridge answers beyond the seed's members, by path.
 const ADDED: &[&str] = &[
     "problems",
+    // Which database serves (sqlite, postgres); on PostgreSQL, `cluster`.
+    "backend",
+    "cluster",
     "pool_metrics.read_p50_ms",
     "pool_metrics.read_p95_ms",
     "pool_metrics.read_p99_ms",

@@ -163,6 +163,11 @@ pub(crate) async fn run(
     postgres: Option<&str>,
 ) -> CliResult {
     let mut selected = select(case)?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
+        return Err(Failure::new(format!(
+            "--seconds {seconds} is out of range; give a number of seconds from 0.1 to 600"
+        )));
+    }
     if postgres.is_none() {
         if case.starts_with("pg-") {
             return Err(Failure::new(format!(
@@ -174,11 +179,6 @@ pub(crate) async fn run(
         if selected.len() < before {
             eprintln!("the pg-* cases are skipped: give --postgres URL to run them");
         }
-    }
-    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
-        return Err(Failure::new(format!(
-            "--seconds {seconds} is out of range; give a number of seconds from 0.1 to 600"
-        )));
     }
     let base = match dir {
         Some(d) => d.to_path_buf(),
