@@ -8,6 +8,7 @@
 #   scripts/pg-failover.sh env     # prints the settings (eval "$(scripts/pg-failover.sh env)")
 #   scripts/pg-failover.sh primary # the data directory of the node the monitor last saw as primary (may lag a switchover)
 #   scripts/pg-failover.sh switchover  # a planned switchover (pg_autoctl perform switchover)
+#   scripts/pg-failover.sh kill DATADIR  # kill -9 of a node's postgres and keeper
 #   scripts/pg-failover.sh stop    # stops it and removes its files
 #
 # Loopback only. Ports: LB_PGAF_PORT (monitor, default 56540), +1 and +2
@@ -135,6 +136,29 @@ primary() {
   return 1
 }
 
+# The pids of a node's pg_autoctl processes (the keeper and its children,
+# which retitle themselves and carry the node's PGDATA) and its postmaster.
+node_pids() {
+  local data=$1 pid
+  for pid in $(pgrep pg_autoctl || true); do
+    if { tr '\0' '\n' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qx -- "$data" \
+      || { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "PGDATA=$data"; then
+      echo "$pid"
+    fi
+  done
+  [ -f "$data/postmaster.pid" ] && head -1 "$data/postmaster.pid"
+  return 0
+}
+
+# kill -9 of a node: its postgres and its keeper at once, as a crash would.
+kill_node() {
+  local pids
+  pids=$(node_pids "$1")
+  # shellcheck disable=SC2086
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+  return 0
+}
+
 # A planned switchover: the secondary becomes primary.
 switchover() {
   as_pg pg_autoctl perform switchover --pgdata "$dir/monitor" >"$dir/switchover.log" 2>&1
@@ -149,9 +173,15 @@ stop() {
     for n in node1 node2 monitor; do
       [ -f "$dir/$n/postmaster.pid" ] && as_pg "$(bin_dir)/pg_ctl" -D "$dir/$n" -m immediate stop >/dev/null 2>&1 || true
     done
-    # Whatever is left (a keeper restarting its postgres), by its files.
-    local i
+    # Whatever is left: pg_autoctl's processes retitle themselves, so they
+    # are found by the HOME they were started with; postgres by its -D.
+    local i pid
     for i in 1 2 3 4 5; do
+      for pid in $(pgrep pg_autoctl || true); do
+        if { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "HOME=$dir"; then
+          kill -9 "$pid" 2>/dev/null || true
+        fi
+      done
       pkill -9 -f -- "$dir" 2>/dev/null || true
       sleep 0.3
       rm -rf "$dir" 2>/dev/null && break
@@ -165,6 +195,7 @@ case "$cmd" in
   primary) primary ;;
   state) state "$2" ;;
   switchover) switchover ;;
+  kill) kill_node "$2" ;;
   stop) stop ;;
-  *) echo "usage: $0 start|env|primary|state NODE|switchover|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|env|primary|state NODE|switchover|kill DATADIR|stop" >&2; exit 2 ;;
 esac
