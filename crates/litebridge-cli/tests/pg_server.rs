@@ -30,28 +30,7 @@ fn url() -> Option<String> {
 }
 
 fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .current_dir("/")
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    common::psql(url, sql).unwrap_or_else(|e| panic!("psql {sql}: {e}"))
 }
 
 /// A schema for the clients' SQL, a configuration file naming it, and the

@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `psql -c SQL` against `url` (from `/`: the tests' directory may be closed
+/// to other users): its output, or psql's complaint.
+pub(crate) fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .current_dir("/")
+        .output()
+        .map_err(|e| format!("psql does not run: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// `litebridge keys create`; returns the secret (the last word of the last line).
 pub(crate) fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
