@@ -94,24 +94,10 @@ impl Setup {
     }
 
     fn key(&self, scope: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-            .args(["keys", "create", "--config", &self.config()])
-            .args(["--scope", scope, "--name", scope])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, secret) =
+            common::keys_create(&["--config", &self.config()], scope, scope, "free");
         assert!(stdout.contains("PostgreSQL at"), "{stdout}");
-        stdout
-            .lines()
-            .last()
-            .and_then(|l| l.split_whitespace().last())
-            .unwrap()
-            .to_owned()
+        secret
     }
 }
 

@@ -8,6 +8,8 @@
 //! litebridge's own schema on PostgreSQL). Only the tables' definitions
 //! differ (`store/schema.rs`, `pg/schema.rs`).
 
+use std::borrow::Cow;
+
 use crate::consistency::{Consistency, Token};
 use crate::db::{Database, Health, QueryOptions, TableInfo, WeakDatabase, WriteOptions};
 use crate::error::{Error, Result};
@@ -148,7 +150,11 @@ impl Backend {
     ///
     /// # Errors
     /// As [`Database::execute`] or [`PgDatabase::execute_with`](crate::pg::PgDatabase::execute_with).
-    pub async fn execute(&self, sql: &str, params: impl Into<Params>) -> Result<ExecResult> {
+    pub async fn execute(
+        &self,
+        sql: impl Into<Cow<'static, str>>,
+        params: impl Into<Params>,
+    ) -> Result<ExecResult> {
         Ok(self
             .execute_at(sql, params, WriteOptions::default())
             .await?
@@ -162,17 +168,15 @@ impl Backend {
     /// As [`Backend::execute`].
     pub async fn execute_at(
         &self,
-        sql: &str,
+        sql: impl Into<Cow<'static, str>>,
         params: impl Into<Params>,
         options: WriteOptions,
     ) -> Result<(ExecResult, Option<Token>)> {
+        // Owned text goes to SQLite's writer as it is (no copy of the SQL).
         match self {
-            Backend::Sqlite(db) => Ok((
-                db.execute_with(sql.to_owned(), params, options).await?,
-                None,
-            )),
+            Backend::Sqlite(db) => Ok((db.execute_with(sql, params, options).await?, None)),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.execute_at(sql, params, options).await,
+            Backend::Postgres(db) => db.execute_at(&sql.into(), params, options).await,
         }
     }
 

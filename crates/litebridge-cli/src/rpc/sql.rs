@@ -235,7 +235,7 @@ impl Handler for SqlExecute {
                 .service
                 .db
                 .execute_at(
-                    &self.sql.0,
+                    self.sql.0,
                     values(self.params),
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )

@@ -35,15 +35,22 @@ pub(crate) fn psql(url: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-/// `litebridge keys create`; returns the secret (the last word of the last line).
+/// `litebridge keys create --db DB`; returns the secret (the last word of the last line).
 pub(crate) fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &str) -> String {
+    let db = db.display().to_string();
+    keys_create(&["--db", &db], name, scope, tier).1
+}
+
+/// `litebridge keys create WHERE...`: its output and the secret (the last
+/// word of the last line).
+pub(crate) fn keys_create(place: &[&str], name: &str, scope: &str, tier: &str) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["keys", "create", "--db"])
-        .arg(db)
+        .args(["keys", "create"])
+        .args(place)
         .args(["--scope", scope, "--tier", tier, "--name", name])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
@@ -56,7 +63,7 @@ pub(crate) fn create_key(db: &std::path::Path, name: &str, scope: &str, tier: &s
         .unwrap()
         .to_owned();
     assert!(secret.starts_with("lb_"), "{stdout}");
-    secret
+    (stdout, secret)
 }
 
 /// Starts `litebridge serve --db DB --listen 127.0.0.1:0 EXTRA...` from the
