@@ -576,28 +576,70 @@ async fn postgres_refuses_a_superuser_for_client_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_read_only_holds_against_set_config() {
-    let Some((schema, db)) = pg().await else {
+    let Some((schema, db)) = pg_one_connection().await else {
         return;
     };
-    db.execute_with("CREATE TABLE t(x int)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    // One caller, named: its requests share the one connection with no
+    // reset between them, as a key's requests do.
+    let w = WriteOptions {
+        caller: Some(1),
+        ..WriteOptions::default()
+    };
+    let q = QueryOptions {
+        caller: Some(1),
+        ..QueryOptions::default()
+    };
+    db.batch(
+        vec![
+            Statement::new("CREATE TABLE t(x int)", ()),
+            Statement::new(
+                "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS                  'INSERT INTO t VALUES (1) RETURNING x'",
+                (),
+            ),
+        ],
+        w,
+    )
+    .await
+    .unwrap();
     // Turning the session's default off from inside a read does not make
-    // the next read (on the same pooled connection) writable.
-    for _ in 0..20 {
+    // the next read (on the same connection) writable, nor the one after a
+    // write.
+    for round in 0..20 {
         let _ = db
             .query_with(
                 "SELECT set_config('default_transaction_read_only', 'off', false)",
                 (),
-                QueryOptions::default(),
+                q,
             )
-            .await;
-        let e = db
-            .query_with("INSERT INTO t VALUES (1)", (), QueryOptions::default())
             .await
-            .expect_err("still read-only");
-        assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+            .unwrap();
+        for sql in ["INSERT INTO t VALUES (1)", "SELECT bump()"] {
+            let e = db
+                .query_with(sql, (), q)
+                .await
+                .expect_err("still read-only");
+            assert_eq!(e.kind(), ErrorKind::ReadOnly, "{sql}: {e}");
+        }
+        if round % 2 == 1 {
+            db.execute_with("DELETE FROM t WHERE false", (), w)
+                .await
+                .unwrap();
+        }
     }
+    let n = db
+        .query_with("SELECT count(*) FROM t", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
+    // Writes still write after reads on the same session.
+    db.execute_with("INSERT INTO t VALUES (2)", (), w)
+        .await
+        .unwrap();
+    let n = db
+        .query_with("SELECT count(*) FROM t", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(1));
     db.close();
     schema.drop_now().await;
 }
@@ -663,7 +705,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
         ("TimeZone", "America/New_York"),
         ("search_path", "pg_catalog"),
         ("statement_timeout", "1"),
-        ("default_transaction_read_only", "on"),
+        ("default_transaction_read_only", "off"),
         ("synchronous_commit", "off"),
     ] {
         let _ = db
