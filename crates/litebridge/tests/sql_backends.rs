@@ -644,6 +644,60 @@ async fn postgres_read_only_holds_against_set_config() {
     schema.drop_now().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_cannot_commit_and_go_on_writing() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let w = WriteOptions {
+        caller: Some(1),
+        ..WriteOptions::default()
+    };
+    let q = QueryOptions {
+        caller: Some(1),
+        ..QueryOptions::default()
+    };
+    db.batch(
+        vec![
+            Statement::new("CREATE TABLE t(x int)", ()),
+            Statement::new(
+                "CREATE PROCEDURE p() LANGUAGE plpgsql AS $f$ BEGIN COMMIT; \
+                 SET TRANSACTION READ WRITE; INSERT INTO t VALUES (1); END $f$",
+                (),
+            ),
+        ],
+        w,
+    )
+    .await
+    .unwrap();
+    // Found by a hostile review: a read runs in the implicit transaction of
+    // its own message, where a DO block or a procedure may COMMIT and go on
+    // in a read-write transaction.
+    for sql in [
+        "DO $$ BEGIN COMMIT; SET TRANSACTION READ WRITE; INSERT INTO t VALUES (2); END $$",
+        "CALL p()",
+        "/* c */ (call p())",
+        "REINDEX TABLE t",
+        "ANALYZE t",
+    ] {
+        let e = db.query_with(sql, (), q).await.expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    let n = db
+        .query_with("SELECT count(*) FROM t", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
+    // A write may call it: its transaction block makes the COMMIT fail.
+    let e = db
+        .execute_with("CALL p()", (), w)
+        .await
+        .expect_err("no commit");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    db.close();
+    schema.drop_now().await;
+}
+
 // ----- PostgreSQL: what one request leaves must not reach the next ---------
 // (found by a hostile review; one connection, so the next request surely
 // gets the same one when it is reused)

@@ -19,7 +19,9 @@
 //!   messages a read, where `BEGIN READ ONLY` ... `COMMIT` took four; the
 //!   `BEGIN` was also sent ahead of the statement unanswered, so a `BEGIN`
 //!   that failed (on a `statement_timeout` the caller set) left the
-//!   statement to run read-write.
+//!   statement to run read-write. Outside a transaction block a `DO` block
+//!   or a procedure may `COMMIT` and go on read-write: reads refuse `DO` and
+//!   `CALL` (`sql::check_read`).
 //! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
 //!   they succeeded: two round trips. The deadline covers both. Until
 //!   `COMMIT` is sent, a deadline or a lost connection means nothing
@@ -192,8 +194,15 @@ struct Prepared {
 }
 
 impl Prepared {
+    /// A clients' statement for a write.
     fn new(sql: &str, params: Params) -> Result<Prepared> {
         sql::check_allowed(sql)?;
+        Prepared::own(sql, params)
+    }
+
+    /// A clients' statement for a read.
+    fn read(sql: &str, params: Params) -> Result<Prepared> {
+        sql::check_read(sql)?;
         Prepared::own(sql, params)
     }
 
@@ -474,7 +483,7 @@ impl PgDatabase {
         options: QueryOptions,
     ) -> Result<Rows> {
         let started = Instant::now();
-        let r = match Prepared::new(sql, params.into()) {
+        let r = match Prepared::read(sql, params.into()) {
             Ok(p) => self.read(Who::Client, p, options).await,
             Err(e) => Err(e),
         };
@@ -569,7 +578,7 @@ impl PgDatabase {
     ) -> Result<(Rows, Option<Token>)> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
-        let p = Prepared::new(sql, params)?;
+        let p = Prepared::read(sql, params)?;
         let replicas = &self.inner.replicas;
         let wanted = match consistency {
             Consistency::Strong => None,
@@ -712,8 +721,9 @@ impl PgDatabase {
                 match (node, guard) {
                     (Node::Replica(_), Some(t)) => conn
                         .simple_query(&format!(
-                            "SELECT 1 / (CASE WHEN COALESCE(pg_catalog.pg_last_wal_replay_lsn() \
-                         >= '{t}'::pg_catalog.pg_lsn, false) THEN 1 ELSE 0 END)"
+                            "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN COALESCE(\
+                             pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
+                             '{t}'::pg_catalog.pg_lsn, false) THEN 1 ELSE 0 END)"
                         ))
                         .await
                         .map(|_| ()),

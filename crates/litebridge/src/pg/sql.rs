@@ -109,6 +109,27 @@ pub(crate) fn check_allowed(sql: &str) -> Result<()> {
     })
 }
 
+/// Refuses, on top of [`check_allowed`], what a read may not run although a
+/// read-only transaction would let it: `DO` and `CALL`, whose code may
+/// `COMMIT` and go on read-write (a read runs in the implicit transaction of
+/// its own message, where a procedure may end the transaction), and the
+/// maintenance that writes catalogs and takes locks (`ANALYZE`, `REINDEX`,
+/// which read-only transactions allow).
+pub(crate) fn check_read(sql: &str) -> Result<()> {
+    check_allowed(sql)?;
+    let word = first_word(sql).to_ascii_uppercase();
+    let why = match word.as_str() {
+        "DO" | "CALL" => "its code may commit and go on writing; run it with sql.execute",
+        "ANALYZE" | "ANALYSE" | "REINDEX" => {
+            "maintenance writes the catalogs; run it with sql.execute or the database's own tools"
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::Forbidden {
+        message: format!("{word} is not allowed in a read (sql.query) on PostgreSQL: {why}"),
+    })
+}
+
 /// The statement's first keyword, past white space and comments.
 fn first_word(sql: &str) -> &str {
     let b = sql.as_bytes();
@@ -286,6 +307,33 @@ mod tests {
         for sql in ["'", "\"", "/*", "$a$", "E'\\", "$", "?", "--"] {
             let _ = translate(sql);
             let _ = check_allowed(sql);
+        }
+    }
+
+    #[test]
+    fn reads_refuse_what_may_commit_or_maintain() {
+        for sql in [
+            "DO $$ BEGIN COMMIT; END $$",
+            "/* x */ do 'BEGIN NULL; END'",
+            "(CALL p())",
+            ";call p()",
+            "ANALYZE t",
+            "analyse t",
+            "REINDEX TABLE CONCURRENTLY t",
+            "COMMIT",
+        ] {
+            let e = check_read(sql).expect_err(sql);
+            assert_eq!(e.kind(), crate::ErrorKind::Forbidden, "{sql}");
+        }
+        for sql in ["DO $$ BEGIN NULL; END $$", "CALL p()", "ANALYZE t"] {
+            check_allowed(sql).expect(sql);
+        }
+        for sql in [
+            "SELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "VALUES (1)",
+        ] {
+            check_read(sql).expect(sql);
         }
     }
 
