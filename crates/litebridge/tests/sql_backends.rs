@@ -688,6 +688,33 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
         .await
         .unwrap();
     assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
+    // Found by the second review: code run while a new statement is parsed
+    // (a domain's CHECK on an array literal), in a transaction of its own,
+    // turns the default off for the statement's transaction after it.
+    db.batch(
+        vec![
+            Statement::new(
+                "CREATE FUNCTION off() RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
+                 PERFORM set_config('default_transaction_read_only', 'off', false); \
+                 RETURN true; END $f$",
+                (),
+            ),
+            Statement::new("CREATE DOMAIN d AS text CHECK (off())", ()),
+        ],
+        w,
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        let sql = format!("INSERT INTO t SELECT cardinality('{{x}}'::d[]) + {i} RETURNING x");
+        let e = db.query_with(&sql, (), q).await.expect_err(&sql);
+        assert_eq!(e.kind(), ErrorKind::ReadOnly, "{sql}: {e}");
+    }
+    let n = db
+        .query_with("SELECT count(*) FROM t", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
     // A write may call it: its transaction block makes the COMMIT fail.
     let e = db
         .execute_with("CALL p()", (), w)

@@ -19,7 +19,11 @@
 //!   messages a read, where `BEGIN READ ONLY` ... `COMMIT` took four; the
 //!   `BEGIN` was also sent ahead of the statement unanswered, so a `BEGIN`
 //!   that failed (on a `statement_timeout` the caller set) left the
-//!   statement to run read-write. Outside a transaction block a `DO` block
+//!   statement to run read-write. Parsing a statement runs in a
+//!   transaction of its own and can run the clients' code (a domain's
+//!   `CHECK`), which can turn the default off for the statement's
+//!   transaction: a statement just parsed has it set again, awaited, before
+//!   it runs. Outside a transaction block a `DO` block
 //!   or a procedure may `COMMIT` and go on read-write: reads refuse `DO` and
 //!   `CALL` (`sql::check_read`).
 //! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
@@ -731,9 +735,18 @@ impl PgDatabase {
                 }
             };
             let rest = async {
-                // Parsing runs the clients' code too (a domain's CHECK on a
-                // literal), in a transaction of its own, read-only as well.
-                let stmt = self.prepare_within(&conn, p, None, timeout).await?;
+                // Parsing runs the clients' code too (a domain's CHECK on an
+                // array literal), in a transaction of its own: read-only as
+                // well, but able to turn the default off for the statement's
+                // own transaction, which begins after it. A statement parsed
+                // now (not found in the cache) has the default set again
+                // before it runs (found by a hostile review).
+                let (stmt, parsed) = self.prepare_within(&conn, p, None, timeout).await?;
+                if client && parsed {
+                    conn.batch_execute("SET default_transaction_read_only = on")
+                        .await
+                        .map_err(|e| from_pg(&e, timeout))?;
+                }
                 readable_columns(&stmt)?;
                 let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
                 let after = async {
@@ -1039,7 +1052,7 @@ impl PgDatabase {
                         break;
                     }
                     match self.prepare_within(&conn, p, Some("BEGIN"), timeout).await {
-                        Ok(stmt) => prepared.push(stmt),
+                        Ok((stmt, _)) => prepared.push(stmt),
                         Err(e) => {
                             failed = Some(if many { e.at(what, i) } else { e });
                             break;
@@ -1528,17 +1541,23 @@ impl PgDatabase {
     /// The statement prepared on `conn` (cached) inside the transaction
     /// `begin` opened (if any), with types from the values when the server
     /// cannot infer them (the failed Parse ended the transaction: it is
-    /// begun again).
+    /// begun again); and whether the server parsed anything for it now
+    /// (parsing can run the clients' code), rather than it coming from the
+    /// cache.
     async fn prepare_within(
         &self,
         conn: &Object,
         p: &Prepared,
         begin: Option<&str>,
         timeout: Duration,
-    ) -> Result<PgStatement> {
+    ) -> Result<(PgStatement, bool)> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
         }
+        // The connection is this request's alone: the cache grows only if
+        // this preparation parsed.
+        let before = conn.statement_cache.size();
+        let mut parsed = false;
         let stmt = match conn.prepare_cached(&p.sql).await {
             // The server could not type a parameter (42P18), or typed one
             // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
@@ -1554,11 +1573,13 @@ impl PgDatabase {
                         .await
                         .map_err(|e| from_pg(&e, timeout))?;
                 }
+                parsed = true;
                 conn.prepare_typed_cached(&p.sql, &types).await
             }
             other => other,
         }
         .map_err(|e| from_pg(&e, timeout))?;
+        let parsed = parsed || conn.statement_cache.size() != before;
         if stmt.params().len() != p.values.len() {
             return Err(Error::invalid(
                 "params",
@@ -1569,7 +1590,7 @@ impl PgDatabase {
                 ),
             ));
         }
-        Ok(stmt)
+        Ok((stmt, parsed))
     }
 }
 
