@@ -715,6 +715,58 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
         .await
         .unwrap();
     assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
+    // Found by the third review: tokio-postgres looks up a type it does not
+    // know with statements of its own, whose operators resolve through the
+    // caller's search_path; they run inside the read's transaction too.
+    let own_schema = {
+        let r = db
+            .query_with("SELECT current_schema()::text", (), q)
+            .await
+            .unwrap();
+        match &r.rows[0][0] {
+            Value::Text(t) => t.clone(),
+            v => panic!("{v:?}"),
+        }
+    };
+    db.batch(
+        vec![
+            Statement::new(
+                "CREATE FUNCTION eq(a oid, b oid) RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
+                 INSERT INTO t VALUES (3); RETURN a OPERATOR(pg_catalog.=) b; END $f$",
+                (),
+            ),
+            Statement::new(
+                "CREATE OPERATOR = (LEFTARG = oid, RIGHTARG = oid, FUNCTION = eq)",
+                (),
+            ),
+            Statement::new("CREATE DOMAIN quiet AS text", ()),
+        ],
+        w,
+    )
+    .await
+    .unwrap();
+    db.query_with(
+        "SELECT set_config('search_path', ?1, false)",
+        params![format!("{own_schema}, pg_catalog")],
+        q,
+    )
+    .await
+    .unwrap();
+    // The lookup runs the planted operator, whose INSERT is refused.
+    let e = db
+        .query_with("SELECT '{x}'::quiet[] AS v", (), q)
+        .await
+        .expect_err("the planted operator ran");
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    let n = db
+        .query_with("SELECT count(*) FROM pg_catalog.pg_class", (), q)
+        .await;
+    assert!(n.is_ok(), "{n:?}");
+    let n = db
+        .query_with(&format!("SELECT count(*) FROM {own_schema}.t"), (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0), "a type lookup wrote");
     // A write may call it: its transaction block makes the COMMIT fail.
     let e = db
         .execute_with("CALL p()", (), w)
@@ -786,7 +838,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
         ("TimeZone", "America/New_York"),
         ("search_path", "pg_catalog"),
         ("statement_timeout", "1"),
-        ("default_transaction_read_only", "off"),
+        ("default_transaction_read_only", "on"),
         ("synchronous_commit", "off"),
     ] {
         let _ = db

@@ -18,30 +18,21 @@ use tokio_postgres::NoTls;
 
 use super::STOP_GRACE;
 
-pub(super) struct Lease {
-    conn: Option<Object>,
-    /// The session's `default_transaction_read_only` is known to be on: set
-    /// by litebridge and seen still on at the end of the last request (see
-    /// `PgDatabase::read_on`).
-    pub(super) read_only: bool,
-}
+pub(super) struct Lease(Option<Object>);
 
 impl Lease {
     pub(super) fn new(conn: Object) -> Lease {
-        Lease {
-            conn: Some(conn),
-            read_only: false,
-        }
+        Lease(Some(conn))
     }
 
     /// Back to the pool: the request ended and its session is clean.
     pub(super) fn release(mut self) {
-        drop(self.conn.take());
+        drop(self.0.take());
     }
 
     /// The connection, out of the lease's care (to be closed or stopped).
     pub(super) fn detach(mut self) -> Object {
-        self.conn
+        self.0
             .take()
             .expect("a lease holds its connection until released")
     }
@@ -50,7 +41,7 @@ impl Lease {
 impl Deref for Lease {
     type Target = Object;
     fn deref(&self) -> &Object {
-        self.conn
+        self.0
             .as_ref()
             .expect("a lease holds its connection until released")
     }
@@ -58,7 +49,7 @@ impl Deref for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(conn) = self.0.take() else { return };
         let token = conn.cancel_token();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

@@ -8,24 +8,18 @@
 //! a pool (deadpool-postgres over tokio-postgres) for itself and runs in a
 //! transaction litebridge opens and ends:
 //!
-//! - **Reads** run alone, each in the implicit transaction of its own
-//!   message, on a session whose `default_transaction_read_only` litebridge
-//!   set (in a round trip of its own, before the session's first read) and
-//!   reads back after every read, in the same round trip as the query
-//!   (tokio-postgres pipelines what is sent before an answer is awaited).
-//!   The mode of a transaction that has run a query cannot be changed; the
-//!   default can (`set_config()`), which is why it is read back: a session
-//!   where it is off is closed before another read runs there. Two
-//!   messages a read, where `BEGIN READ ONLY` ... `COMMIT` took four; the
-//!   `BEGIN` was also sent ahead of the statement unanswered, so a `BEGIN`
-//!   that failed (on a `statement_timeout` the caller set) left the
-//!   statement to run read-write. Parsing a statement runs in a
-//!   transaction of its own and can run the clients' code (a domain's
-//!   `CHECK`), which can turn the default off for the statement's
-//!   transaction: a statement just parsed has it set again, awaited, before
-//!   it runs. Outside a transaction block a `DO` block
-//!   or a procedure may `COMMIT` and go on read-write: reads refuse `DO` and
-//!   `CALL` (`sql::check_read`).
+//! - **Reads** run in `BEGIN READ ONLY` ... `COMMIT`. `BEGIN` is awaited
+//!   first: sent ahead unanswered, a `BEGIN` that failed (on a
+//!   `statement_timeout` the caller set with `set_config()`, or a cancel
+//!   from another session of the clients' role) would leave the statement
+//!   to run in a transaction of its own, read-write. The statement, the
+//!   `COMMIT` and the tidy-up then go together: two round trips. A
+//!   read-only *transaction*, not a read-only session default: a session
+//!   default was tried and hostile reviews broke it three ways (a `DO`
+//!   block that commits, code run while parsing or by tokio-postgres's
+//!   type lookups turning the default off for the statement after it).
+//!   Reads refuse `DO`, `CALL`, `ANALYZE` and `REINDEX` all the same
+//!   (`sql::check_read`).
 //! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
 //!   they succeeded: two round trips. The deadline covers both. Until
 //!   `COMMIT` is sent, a deadline or a lost connection means nothing
@@ -102,9 +96,9 @@ struct Inner {
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
-    /// What is known of each of the clients' sessions between requests (by
-    /// node): one handed to another caller is reset first.
-    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Session>>,
+    /// The caller each of the clients' connections last served (by node):
+    /// one handed to another caller is reset first.
+    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -161,18 +155,6 @@ fn is_behind(e: &Error) -> bool {
 enum Node {
     Primary,
     Replica(usize),
-}
-
-/// What litebridge knows of one of the clients' sessions between requests.
-#[derive(Debug, Clone, Copy)]
-struct Session {
-    /// The caller (API key) it last served; `None`: one that gave no name.
-    caller: Option<u64>,
-    /// Its `default_transaction_read_only` is on: set by litebridge, and
-    /// seen still on at the end of the last request. Reads on the primary
-    /// then run without a transaction block ([`PgDatabase::read_on`]);
-    /// a write turns it off first.
-    read_only: bool,
 }
 
 /// Whose SQL a request runs: the clients' (checked, on their role) or
@@ -667,27 +649,19 @@ impl PgDatabase {
         )
     }
 
-    /// One read on `node`: the statement alone, in the implicit transaction
-    /// of its own message, then (for the clients) [`READ_TIDY`] in the same
-    /// round trip, with the node's position when replicas are configured
-    /// (an upper bound of what the read saw). Two messages where `BEGIN READ
-    /// ONLY` ... `COMMIT` took four.
+    /// One read on `node`, in `BEGIN READ ONLY` ... `COMMIT`. On a replica,
+    /// `guard` first: the transaction is aborted (an error [`is_behind`]
+    /// tells) unless the replica has replayed that far, so a lagging replica
+    /// does not run the query. With replicas configured, also the node's
+    /// position read after the query: an upper bound of what the read saw.
     ///
-    /// On a replica, `guard` goes first: an error [`is_behind`] tells unless
-    /// the replica has replayed that far. The statement, already sent, runs
-    /// anyway (read-only, its answer dropped).
-    ///
-    /// The clients' transaction is read-only because the session's default
-    /// is: a transaction takes its mode from `default_transaction_read_only`
-    /// when it starts, and the clients' SQL cannot turn it off inside one
-    /// that has run a query. It can turn the *default* off for the
-    /// transactions that follow (`set_config()`), so the default is set
-    /// before the first read of a session in a round trip of its own (sent
-    /// ahead of the statement, a `SET` that failed, say on a
-    /// `statement_timeout` the caller set, would leave the statement
-    /// read-write), and read back after every read: a session where it is
-    /// not on any more is closed. This holds on a replica promoted under the
-    /// read too.
+    /// `BEGIN` is awaited before anything else is sent. Sent ahead
+    /// unanswered, a `BEGIN` that failed (a `statement_timeout` the caller
+    /// set, a cancel from another session of the clients' role) would leave
+    /// what follows to run in transactions of its own, read-write, where a
+    /// `DO` block may `COMMIT` and code run while parsing may change the
+    /// session for the statement after it (a session-default design tried
+    /// in its place was broken three ways by hostile reviews).
     #[allow(clippy::too_many_arguments)]
     async fn read_on(
         &self,
@@ -699,28 +673,24 @@ impl PgDatabase {
         timeout: Duration,
         guard: Option<Token>,
     ) -> Result<(Rows, Option<Token>)> {
-        let client = who == Who::Client;
-        let track = client && !self.inner.replicas.is_empty();
+        let track = who == Who::Client && !self.inner.replicas.is_empty();
         let conn = self
             .lease(node, who, options.caller, deadline, timeout)
             .await?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
-        let tidy = match (track, node) {
-            (false, _) => READ_TIDY.to_owned(),
-            (true, Node::Primary) => {
-                format!("{READ_TIDY}; SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
-            }
-            (true, Node::Replica(_)) => format!("{READ_TIDY}; {POSITION}"),
-        };
+        // BEGIN goes first, before the statement is parsed: parsing can run
+        // the clients' code (a domain's CHECK on a literal), which must run
+        // inside the read-only transaction; and so do tokio-postgres's own
+        // type lookups, whose operators resolve through the clients'
+        // `search_path`. Then, polled in order, the futures send Parse when
+        // the statement is not cached yet, then the rest in one go.
         let run = async {
-            if client && !conn.read_only {
-                conn.batch_execute("SET default_transaction_read_only = on")
-                    .await
-                    .map_err(|e| from_pg(&e, timeout))?;
-            }
-            // The guard goes before Parse: on a replica that is behind, the
-            // statement may name what it has not replayed yet.
+            conn.batch_execute("BEGIN READ ONLY")
+                .await
+                .map_err(|e| from_pg(&e, timeout))?;
+            // The guard goes before Parse too: on a replica that is behind,
+            // the statement may name what it has not replayed yet.
             let guarded = async {
                 match (node, guard) {
                     (Node::Replica(_), Some(t)) => conn
@@ -735,91 +705,75 @@ impl PgDatabase {
                 }
             };
             let rest = async {
-                // Parsing runs the clients' code too (a domain's CHECK on an
-                // array literal), in a transaction of its own: read-only as
-                // well, but able to turn the default off for the statement's
-                // own transaction, which begins after it. A statement parsed
-                // now (not found in the cache) has the default set again
-                // before it runs (found by a hostile review).
-                let (stmt, parsed) = self.prepare_within(&conn, p, None, timeout).await?;
-                if client && parsed {
-                    conn.batch_execute("SET default_transaction_read_only = on")
-                        .await
-                        .map_err(|e| from_pg(&e, timeout))?;
-                }
+                let stmt = self
+                    .prepare_within(&conn, p, "BEGIN READ ONLY", timeout)
+                    .await?;
                 readable_columns(&stmt)?;
                 let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
-                let after = async {
-                    if !client {
-                        return Ok(Vec::new());
+                let position = async {
+                    match node {
+                        _ if !track => Ok(None),
+                        Node::Primary => conn
+                            .simple_query(WAL_INSERT_POSITION)
+                            .await
+                            .map(|m| first_text(&m)),
+                        Node::Replica(_) => {
+                            conn.simple_query(POSITION).await.map(|m| first_text(&m))
+                        }
                     }
-                    conn.simple_query(&tidy).await.map(|m| {
-                        m.iter()
-                            .filter_map(|m| match m {
-                                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                    r.get(0).map(str::to_owned)
-                                }
-                                _ => None,
-                            })
-                            .collect::<Vec<String>>()
-                    })
                 };
-                let (rows, after) = tokio::join!(rows, after);
-                Ok::<_, Error>((rows, after))
+                let commit = conn.batch_execute("COMMIT");
+                let (rows, position, committed, tidied) =
+                    tokio::join!(rows, position, commit, self.tidy(&conn, who, false));
+                let rows = rows?;
+                let position = position.map_err(|e| from_pg(&e, timeout))?;
+                committed.map_err(|e| from_pg(&e, timeout))?;
+                Ok::<_, Error>((position, Some(rows), tidied))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
                 if e.code() == Some(&SqlState::DIVISION_BY_ZERO) {
-                    // Behind. The session is as clean as after any read.
-                    let clean = matches!(&rest, Ok((_, Ok(after))) if still_read_only(after));
+                    // Behind: the transaction aborted before the statement
+                    // was parsed, so none of the clients' code ran; rolled
+                    // back, the connection is clean.
+                    let clean = conn.batch_execute("ROLLBACK").await.is_ok();
                     return Ok((None, None, clean));
                 }
                 return Err(from_pg(&e, timeout));
             }
-            let (rows, after) = rest?;
-            let rows = rows?;
-            let Ok(after) = after else {
-                // The tidy-up failed: the read stands, the session does not.
-                return Ok((Some(rows), None, !client));
-            };
-            let clean = !client || still_read_only(&after);
-            let at = match (track, after.get(1)) {
-                (false, _) => None,
+            let (position, rows, clean) = rest?;
+            let at = match position {
                 // The primary's is an insert position, a replica's a replay one.
-                (true, Some(text)) => Some(match node {
+                Some(text) => Some(match node {
                     Node::Primary => Token::after_commit(text.parse()?, self.inner.wal),
                     Node::Replica(_) => text.parse()?,
                 }),
-                (true, None) => {
-                    return Err(Error::Unavailable {
-                        what: "a PostgreSQL node",
-                        reason: "it did not tell its position in the log".into(),
-                    });
-                }
+                None => None,
             };
-            Ok::<_, Error>((Some(rows), at, clean))
+            Ok::<_, Error>((rows, at, clean))
+        };
+        let run = async {
+            match run.await {
+                Ok((None, _, clean)) => Err((behind(), clean)),
+                Ok((Some(rows), at, clean)) => Ok((rows, at, clean)),
+                Err(e) => Err((e, false)),
+            }
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok((Some(rows), at, clean))) => {
-                if clean {
-                    self.keep(node, who, conn, options.caller, client);
+            Ok(Ok((rows, at, tidied))) => {
+                if tidied {
+                    self.keep(node, who, conn, options.caller);
                 } else {
-                    // The default was turned off, or the tidy-up failed: the
-                    // read ran read-only, the session cannot be trusted to.
                     self.discard(node, who, conn);
                 }
                 Ok((rows, at))
             }
-            Ok(Ok((None, _, clean))) => {
-                // A replica behind the token.
-                if clean {
-                    self.keep(node, who, conn, options.caller, client);
-                } else {
-                    self.discard(node, who, conn);
-                }
-                Err(behind())
+            Ok(Err((e, true))) => {
+                // A replica behind the token: kept, its session is clean.
+                conn.release();
+                Err(e)
             }
-            Ok(Err(e)) => {
+            Ok(Err((e, false))) => {
                 self.after_error(node, who, conn).await;
                 Err(e)
             }
@@ -1027,21 +981,8 @@ impl PgDatabase {
         let mut settle: Option<PgStatement> = None;
         // BEGIN first, then the statements parsed (inside the transaction:
         // parsing can run the clients' code), then the claim, then the
-        // statements run together. A session a read left read-only by
-        // default gets the server's default back first, in a message of its
-        // own (in one with BEGIN, the transaction would begin read-only):
-        // not `BEGIN READ WRITE`, which would write through a failover's
-        // fence (see `Error::ReadOnly` below).
+        // statements run together.
         let run = async {
-            let unarm = async {
-                match conn.read_only {
-                    true => {
-                        conn.batch_execute("RESET default_transaction_read_only")
-                            .await
-                    }
-                    false => Ok(()),
-                }
-            };
             let begin = conn.batch_execute("BEGIN");
             let rest = async {
                 let mut prepared = Vec::with_capacity(statements.len());
@@ -1051,8 +992,8 @@ impl PgDatabase {
                     if shape == Shape::Rows && i > 0 {
                         break;
                     }
-                    match self.prepare_within(&conn, p, Some("BEGIN"), timeout).await {
-                        Ok((stmt, _)) => prepared.push(stmt),
+                    match self.prepare_within(&conn, p, "BEGIN", timeout).await {
+                        Ok(stmt) => prepared.push(stmt),
                         Err(e) => {
                             failed = Some(if many { e.at(what, i) } else { e });
                             break;
@@ -1129,8 +1070,7 @@ impl PgDatabase {
                     .collect::<Result<Vec<_>>>()
                     .map(Ok)
             };
-            let (unarmed, begun, rest) = tokio::join!(unarm, begin, rest);
-            unarmed.map_err(|e| from_pg(&e, timeout))?;
+            let (begun, rest) = tokio::join!(begin, rest);
             begun.map_err(|e| match e.as_db_error() {
                 // The server refused BEGIN (a `statement_timeout` the caller
                 // set can cancel it) and ran the statements sent after it,
@@ -1188,7 +1128,7 @@ impl PgDatabase {
         let commit = async {
             let position = async {
                 if want_token {
-                    conn.simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+                    conn.simple_query(WAL_INSERT_POSITION)
                         .await
                         .ok()
                         .and_then(|m| first_text(&m))
@@ -1215,7 +1155,7 @@ impl PgDatabase {
                 settled,
                 conn.batch_execute("COMMIT"),
                 position,
-                self.tidy(&conn, who)
+                self.tidy(&conn, who, true)
             );
             // A COMMIT of a transaction the record's failure aborted answers
             // ROLLBACK, not an error: the record's error is the answer.
@@ -1224,7 +1164,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, commit).await {
             Ok((Ok(()), token, tidied)) => {
                 if tidied {
-                    self.keep(Node::Primary, who, conn, options.caller, false);
+                    self.keep(Node::Primary, who, conn, options.caller);
                 } else {
                     self.discard(Node::Primary, who, conn);
                 }
@@ -1280,7 +1220,7 @@ impl PgDatabase {
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
                 if want_token {
-                    conn.simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+                    conn.simple_query(WAL_INSERT_POSITION)
                         .await
                         .ok()
                         .and_then(|m| first_text(&m))
@@ -1293,7 +1233,7 @@ impl PgDatabase {
         };
         match tokio::time::timeout_at(deadline, end).await {
             Ok((true, token)) => {
-                self.keep(Node::Primary, who, conn, caller, false);
+                self.keep(Node::Primary, who, conn, caller);
                 Ok(results?
                     .into_iter()
                     .map(|result| Done {
@@ -1426,18 +1366,11 @@ impl PgDatabase {
             // was needs its last caller to be this one, named (an unknown
             // last caller, or one that gave no name, counts as another).
             let fresh = Object::metrics(&conn).recycle_count == 0;
-            let known = lock(&self.inner.callers)
+            let last = lock(&self.inner.callers)
                 .get(&(node, Object::id(&conn)))
-                .copied();
-            if fresh {
-                return Ok(conn);
-            }
-            if let Some(session) = known
-                && caller.is_some()
-                && session.caller == caller
-            {
-                let mut conn = conn;
-                conn.read_only = session.read_only;
+                .copied()
+                .flatten();
+            if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
             }
             match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
@@ -1461,13 +1394,14 @@ impl PgDatabase {
     /// message, so its failure cannot be taken for the `COMMIT`'s): what
     /// must not pile up across a caller's requests. Whether it went through
     /// (if not, the connection is closed).
-    async fn tidy(&self, conn: &Object, who: Who) -> bool {
-        who == Who::Own || conn.batch_execute(self.inner.tidy).await.is_ok()
+    async fn tidy(&self, conn: &Object, who: Who, write: bool) -> bool {
+        // A read-only transaction cannot make temporary objects.
+        let tidy = if write { self.inner.tidy } else { TIDY };
+        who == Who::Own || conn.batch_execute(tidy).await.is_ok()
     }
 
-    /// Back to the pool after a clean request of `caller`; `read_only`: the
-    /// session's default was seen on at its end (see [`Session`]).
-    fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>, read_only: bool) {
+    /// Back to the pool after a clean request of `caller`.
+    fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>) {
         if who == Who::Own {
             // litebridge's own pool numbers its connections apart.
             conn.release();
@@ -1480,7 +1414,7 @@ impl PgDatabase {
         if callers.len() > most {
             callers.clear();
         }
-        callers.insert((node, Object::id(&conn)), Session { caller, read_only });
+        callers.insert((node, Object::id(&conn)), caller);
         drop(callers);
         conn.release();
     }
@@ -1539,25 +1473,18 @@ impl PgDatabase {
     }
 
     /// The statement prepared on `conn` (cached) inside the transaction
-    /// `begin` opened (if any), with types from the values when the server
-    /// cannot infer them (the failed Parse ended the transaction: it is
-    /// begun again); and whether the server parsed anything for it now
-    /// (parsing can run the clients' code), rather than it coming from the
-    /// cache.
+    /// `begin` opened, with types from the values when the server cannot
+    /// infer them (the failed Parse ended the transaction: it is begun again).
     async fn prepare_within(
         &self,
         conn: &Object,
         p: &Prepared,
-        begin: Option<&str>,
+        begin: &str,
         timeout: Duration,
-    ) -> Result<(PgStatement, bool)> {
+    ) -> Result<PgStatement> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
         }
-        // The connection is this request's alone: the cache grows only if
-        // this preparation parsed.
-        let before = conn.statement_cache.size();
-        let mut parsed = false;
         let stmt = match conn.prepare_cached(&p.sql).await {
             // The server could not type a parameter (42P18), or typed one
             // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
@@ -1568,18 +1495,14 @@ impl PgDatabase {
                 ) =>
             {
                 let types: Vec<Type> = p.values.iter().map(type_hint).collect();
-                if let Some(begin) = begin {
-                    conn.batch_execute(&format!("ROLLBACK; {begin}"))
-                        .await
-                        .map_err(|e| from_pg(&e, timeout))?;
-                }
-                parsed = true;
+                conn.batch_execute(&format!("ROLLBACK; {begin}"))
+                    .await
+                    .map_err(|e| from_pg(&e, timeout))?;
                 conn.prepare_typed_cached(&p.sql, &types).await
             }
             other => other,
         }
         .map_err(|e| from_pg(&e, timeout))?;
-        let parsed = parsed || conn.statement_cache.size() != before;
         if stmt.params().len() != p.values.len() {
             return Err(Error::invalid(
                 "params",
@@ -1590,7 +1513,7 @@ impl PgDatabase {
                 ),
             ));
         }
-        Ok((stmt, parsed))
+        Ok(stmt)
     }
 }
 
@@ -1704,7 +1627,11 @@ fn value_size(v: &Value) -> usize {
 /// A replica's replay position (on a primary, its current one: it has
 /// everything).
 const POSITION: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
-                        pg_catalog.pg_current_wal_lsn())::text";
+                        pg_catalog.pg_current_wal_lsn())::pg_catalog.text";
+/// The primary's insert position: after a write's `COMMIT`, past its commit
+/// record. (Every name qualified: these run on the clients' sessions, whose
+/// `search_path` the clients set.)
+const WAL_INSERT_POSITION: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::pg_catalog.text";
 
 /// The first column of the first row of a simple query's answer.
 fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
@@ -1752,15 +1679,6 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
 /// once full, and held cursors spill to disk.
 const TIDY: &str = "UNLISTEN *; CLOSE ALL";
-/// After a clients' read ([`PgDatabase::read_on`]): [`TIDY`] (a read-only
-/// transaction cannot make temporary objects), and the session's default
-/// read back ([`still_read_only`]).
-const READ_TIDY: &str = "UNLISTEN *; CLOSE ALL; SHOW default_transaction_read_only";
-
-/// Whether [`READ_TIDY`]'s rows show the session's default still on.
-fn still_read_only(rows: &[String]) -> bool {
-    rows.first().map(String::as_str) == Some("on")
-}
 /// [`TIDY`], and temporary objects, for a clients' role that can make them.
 const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
 

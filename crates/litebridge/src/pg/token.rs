@@ -4,12 +4,11 @@
 //! A write's answer carries a [`Token`]: `pg_current_wal_insert_lsn()`, read
 //! right after its `COMMIT` in the same round trip, so it is past the commit
 //! record. A read with [`Consistency::Session`] and that token runs on a
-//! replica in one round trip: a guard that fails unless the replica's
-//! replay position is at or past the token, the query, the replica's
-//! position again (each its own message; the query on a read-only session,
-//! as every clients' read). The guard runs before the query is parsed and
-//! its snapshot taken, and replay only moves forward, so when it passes the
-//! rows include the write. When it does not, the read goes to
+//! replica: `BEGIN READ ONLY` (awaited), then in one round trip a guard
+//! that aborts the transaction unless the replica's replay position is at
+//! or past the token, the query, the replica's position again, `COMMIT`. The guard runs
+//! before the query is parsed, and replay only moves forward, so when it
+//! passes the rows include the write. When it does not, the read goes to
 //! the primary (which always has it). The answer's token is the later of
 //! the token given and the position read after the query, so a client that
 //! passes it on never reads backwards in time.
