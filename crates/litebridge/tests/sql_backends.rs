@@ -816,6 +816,43 @@ async fn one_text(db: &PgDatabase, sql: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_type_lookup_works_after_the_connection_changes_callers() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    for i in 0..4 {
+        db.execute_with(
+            &format!("CREATE TYPE mood{i} AS ENUM ('calm', 'cross')"),
+            (),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    // tokio-postgres looks a type up (once per connection) with statements
+    // of its own, which a reset for another caller must leave working
+    // (DEALLOCATE ALL did not): each caller reads a type not seen before.
+    for (i, caller) in [1, 2, 1, 3].into_iter().enumerate() {
+        let q = QueryOptions {
+            caller: Some(caller),
+            ..QueryOptions::default()
+        };
+        // The parameter's type is the enum: looked up, then sent as text.
+        let r = db
+            .query_with(
+                &format!("SELECT (?1::mood{i})::text AS m"),
+                params!["cross"],
+                q,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("caller {caller}, mood{i}: {e}"));
+        assert_eq!(r.rows[0][0], Value::Text("cross".into()));
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_session_state_does_not_reach_another_caller() {
     let Some((schema, db)) = pg_one_connection().await else {
         return;

@@ -1662,18 +1662,24 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Statements that end what a caller may have left in its session (the
 /// clients' SQL can reach them through functions and `DO` blocks, past any
 /// statement filter): cursors, notifications, advisory locks, temporary
-/// tables, settings made with `set_config()`, and every prepared statement
-/// (`DEALLOCATE ALL`: litebridge's own too, whose parameter types and plans
-/// the session's objects may have decided, and any made with SQL's
-/// `PREPARE`, which could take the name of one of litebridge's); the
-/// connection's statement cache is emptied with them.
+/// tables, settings made with `set_config()`, and the statements prepared
+/// with SQL's `PREPARE` (which could take the name of one of litebridge's).
+/// litebridge's own prepared statements, whose parameter types and plans
+/// the session's objects may have decided, go with the connection's
+/// statement cache, emptied with the reset (each is closed as it is
+/// dropped). Not `DEALLOCATE ALL`: tokio-postgres keeps statements of its
+/// own for looking up types, which it cannot be told to forget, and the
+/// next key's first read of a type it looks up failed without them.
 ///
 /// `RESET ALL` and `RESET ROLE` come first, and every name is qualified with
 /// `pg_catalog`: what follows must not call a function of the clients' own
 /// through a `search_path` they set.
 const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-                     DEALLOCATE ALL";
+                     DO $$ DECLARE n pg_catalog.text; BEGIN \
+                     FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p \
+                     WHERE p.from_sql LOOP \
+                     EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
 
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
