@@ -553,6 +553,35 @@ async fn postgres_refusals_name_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_client_role_granted_a_parameter() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    // Found by a hostile review: ALTER SYSTEM runs in a read-only transaction.
+    let admin = common::pg::admin(&url).await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE lb_test_param LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT ALTER SYSTEM ON PARAMETER application_name TO lb_test_param",
+        )
+        .await
+        .unwrap();
+    let e = PgDatabase::connect(
+        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_param", None),
+    )
+    .await
+    .expect_err("refused");
+    admin
+        .batch_execute("REVOKE ALTER SYSTEM ON PARAMETER application_name FROM lb_test_param")
+        .await
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("application_name"), "{e}");
+    assert!(e.to_string().contains("ALTER SYSTEM"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_superuser_for_client_sql() {
     let Some(url) = common::pg::url() else {
         return;
@@ -581,14 +610,7 @@ async fn postgres_read_only_holds_against_set_config() {
     };
     // One caller, named: its requests share the one connection with no
     // reset between them, as a key's requests do.
-    let w = WriteOptions {
-        caller: Some(1),
-        ..WriteOptions::default()
-    };
-    let q = QueryOptions {
-        caller: Some(1),
-        ..QueryOptions::default()
-    };
+    let (w, q) = as_caller(1);
     db.batch(
         vec![
             Statement::new("CREATE TABLE t(x int)", ()),
@@ -649,14 +671,7 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
     let Some((schema, db)) = pg_one_connection().await else {
         return;
     };
-    let w = WriteOptions {
-        caller: Some(1),
-        ..WriteOptions::default()
-    };
-    let q = QueryOptions {
-        caller: Some(1),
-        ..QueryOptions::default()
-    };
+    let (w, q) = as_caller(1);
     db.batch(
         vec![
             Statement::new("CREATE TABLE t(x int)", ()),
@@ -789,13 +804,23 @@ async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
     Some((schema, db))
 }
 
+/// Write and query options of one named caller (an API key's id).
+fn as_caller(id: u64) -> (WriteOptions, QueryOptions) {
+    (
+        WriteOptions {
+            caller: Some(id),
+            ..WriteOptions::default()
+        },
+        QueryOptions {
+            caller: Some(id),
+            ..QueryOptions::default()
+        },
+    )
+}
+
 /// As [`one_text`], for caller 2 (the state tests leave theirs as caller 1).
 async fn other_text(db: &PgDatabase, sql: &str) -> String {
-    let q = QueryOptions {
-        caller: Some(2),
-        ..QueryOptions::default()
-    };
-    let r = db.query_with(sql, (), q).await.unwrap();
+    let r = db.query_with(sql, (), as_caller(2).1).await.unwrap();
     match &r.rows[0][0] {
         Value::Text(t) => t.clone(),
         Value::Integer(i) => i.to_string(),
@@ -833,10 +858,7 @@ async fn postgres_a_type_lookup_works_after_the_connection_changes_callers() {
     // of its own, which a reset for another caller must leave working
     // (DEALLOCATE ALL did not): each caller reads a type not seen before.
     for (i, caller) in [1, 2, 1, 3].into_iter().enumerate() {
-        let q = QueryOptions {
-            caller: Some(caller),
-            ..QueryOptions::default()
-        };
+        let (_, q) = as_caller(caller);
         // The parameter's type is the enum: looked up, then sent as text.
         let r = db
             .query_with(
@@ -859,14 +881,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     };
     // Caller 1 leaves state behind; caller 2 (another API key) must not
     // find it on the one connection they share.
-    let w = WriteOptions {
-        caller: Some(1),
-        ..WriteOptions::default()
-    };
-    let q = QueryOptions {
-        caller: Some(1),
-        ..QueryOptions::default()
-    };
+    let (w, q) = as_caller(1);
     db.execute_with("CREATE TABLE items(id int PRIMARY KEY, name text)", (), w)
         .await
         .unwrap();

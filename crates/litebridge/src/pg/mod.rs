@@ -1752,22 +1752,51 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
         )
         .await
         .map_err(|e| from_pg(&e, Duration::ZERO))?;
-    let Some(row) = rows.first() else {
-        return Ok(());
-    };
-    let (role, why): (String, String) = (row.get(0), row.get(1));
-    let through = if role == user {
-        String::new()
-    } else {
-        format!(" (through role {role:?}, which it is a member of)")
-    };
-    Err(Error::Forbidden {
-        message: format!(
-            "the clients' SQL would run as {user:?}, which {why}{through}: it could reach \
-             litebridge's own tables or past the database's privileges; set \
-             postgres.client_user to a plain login role (docs/postgres.md shows how to create one)"
-        ),
-    })
+    if let Some(row) = rows.first() {
+        let (role, why): (String, String) = (row.get(0), row.get(1));
+        let through = if role == user {
+            String::new()
+        } else {
+            format!(" (through role {role:?}, which it is a member of)")
+        };
+        return Err(Error::Forbidden {
+            message: format!(
+                "the clients' SQL would run as {user:?}, which {why}{through}: it could reach \
+                 litebridge's own tables or past the database's privileges; set \
+                 postgres.client_user to a plain login role (docs/postgres.md shows how to \
+                 create one)"
+            ),
+        });
+    }
+    // PostgreSQL 15 can grant `SET` or `ALTER SYSTEM` on a parameter: `ALTER
+    // SYSTEM` runs even in a read-only transaction, and `SET` on a
+    // superuser's parameter (`session_replication_role` turns triggers off)
+    // reaches past privileges. (Older servers have no such grants.)
+    let granted = owner
+        .query_opt(
+            "SELECT a.parname::pg_catalog.text, x.privilege_type::pg_catalog.text
+             FROM pg_catalog.pg_parameter_acl a, pg_catalog.aclexplode(a.paracl) x
+             WHERE x.grantee = 0 OR pg_catalog.pg_has_role($1, x.grantee, 'MEMBER')
+             ORDER BY 1, 2 LIMIT 1",
+            &[&user],
+        )
+        .await;
+    match granted {
+        Ok(None) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(()),
+        Err(e) => Err(from_pg(&e, Duration::ZERO)),
+        Ok(Some(row)) => {
+            let (parameter, privilege): (String, String) = (row.get(0), row.get(1));
+            Err(Error::Forbidden {
+                message: format!(
+                    "the clients' SQL would run as {user:?}, which holds {privilege} on the \
+                     parameter {parameter:?} (directly, through a role or as PUBLIC): a read \
+                     could change the server's configuration or settings only a superuser \
+                     may; revoke it (REVOKE {privilege} ON PARAMETER {parameter} FROM ...)"
+                ),
+            })
+        }
+    }
 }
 
 /// A first connection of `pool`, by `deadline`.
