@@ -685,9 +685,9 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
     )
     .await
     .unwrap();
-    // Found by a hostile review: a read runs in the implicit transaction of
-    // its own message, where a DO block or a procedure may COMMIT and go on
-    // in a read-write transaction.
+    // Found by a hostile review of reads run outside a transaction block (a
+    // design since removed): a DO block or a procedure could COMMIT and go
+    // on in a read-write transaction.
     for sql in [
         "DO $$ BEGIN COMMIT; SET TRANSACTION READ WRITE; INSERT INTO t VALUES (2); END $$",
         "CALL p()",
@@ -703,9 +703,9 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
         .await
         .unwrap();
     assert_eq!(n.rows[0][0], Value::Integer(0), "a read wrote");
-    // Found by the second review: code run while a new statement is parsed
-    // (a domain's CHECK on an array literal), in a transaction of its own,
-    // turns the default off for the statement's transaction after it.
+    // Found by the second review of that design: code run while a new
+    // statement is parsed (a domain's CHECK on an array literal) turned a
+    // read-only session default off for the statement's transaction.
     db.batch(
         vec![
             Statement::new(

@@ -13,18 +13,22 @@
 //!   `statement_timeout` the caller set with `set_config()`, or a cancel
 //!   from another session of the clients' role) would leave the statement
 //!   to run in a transaction of its own, read-write. The statement, the
-//!   `COMMIT` and the tidy-up then go together: two round trips. A
+//!   `COMMIT` and the tidy-up then go together: two round trips (three
+//!   when the statement is not cached yet: its Parse is awaited). A
 //!   read-only *transaction*, not a read-only session default: a session
-//!   default was tried and hostile reviews broke it three ways (a `DO`
-//!   block that commits, code run while parsing or by tokio-postgres's
-//!   type lookups turning the default off for the statement after it).
-//!   Reads refuse `DO`, `CALL`, `ANALYZE` and `REINDEX` all the same
-//!   (`sql::check_read`).
+//!   default was tried and hostile reviews broke it four ways (a `DO`
+//!   block that commits; code run while parsing, by tokio-postgres's type
+//!   lookups, or by a cast in litebridge's own position query resolved
+//!   through the caller's `search_path`, turning the default off for the
+//!   statement after it). Reads refuse `DO`, `CALL`, `ANALYZE` and
+//!   `REINDEX` all the same (`sql::check_read`).
 //! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
 //!   they succeeded: two round trips. The deadline covers both. Until
 //!   `COMMIT` is sent, a deadline or a lost connection means nothing
 //!   committed (`timeout`, `unavailable`); after, a lost answer means the
-//!   outcome is unknown (`outcome_unknown`), never reported as either.
+//!   outcome is unknown (`outcome_unknown`), never reported as either. The
+//!   exception: a `BEGIN` the server refused (its error answers
+//!   `outcome_unknown`), whose statements, sent behind it, ran one by one.
 //! - **Deadlines** are enforced by the client: at the deadline litebridge
 //!   sends PostgreSQL's cancel request for the connection's query and drops
 //!   the connection, so no request outlives its deadline and no server
@@ -113,7 +117,8 @@ struct Inner {
     cluster: std::sync::Mutex<ClusterStatus>,
     /// The probes' own connections.
     probes: monitor::Probes,
-    /// Sent after every clients' request ([`TIDY`]).
+    /// Sent after every clients' write ([`TIDY`] or [`TIDY_TEMP`]); reads
+    /// send [`TIDY`].
     tidy: &'static str,
     /// The secret the idempotency records are keyed with (`claims`).
     claims_secret: [u8; 32],
@@ -658,10 +663,9 @@ impl PgDatabase {
     /// `BEGIN` is awaited before anything else is sent. Sent ahead
     /// unanswered, a `BEGIN` that failed (a `statement_timeout` the caller
     /// set, a cancel from another session of the clients' role) would leave
-    /// what follows to run in transactions of its own, read-write, where a
-    /// `DO` block may `COMMIT` and code run while parsing may change the
-    /// session for the statement after it (a session-default design tried
-    /// in its place was broken three ways by hostile reviews).
+    /// the statement to run read-write in a transaction of its own
+    /// (litebridge sets no read-only session default: see the module's
+    /// design note).
     #[allow(clippy::too_many_arguments)]
     async fn read_on(
         &self,
@@ -1392,8 +1396,10 @@ impl PgDatabase {
 
     /// After a clients' request's `COMMIT`, in the same round trip (its own
     /// message, so its failure cannot be taken for the `COMMIT`'s): what
-    /// must not pile up across a caller's requests. Whether it went through
-    /// (if not, the connection is closed).
+    /// must not pile up across a caller's requests: [`TIDY`], and after a
+    /// `write` the connection's [`TIDY_TEMP`] when the clients' role may
+    /// make temporary objects (a read-only transaction cannot). Whether it
+    /// went through (if not, the connection is closed).
     async fn tidy(&self, conn: &Object, who: Who, write: bool) -> bool {
         // A read-only transaction cannot make temporary objects.
         let tidy = if write { self.inner.tidy } else { TIDY };
@@ -1474,7 +1480,8 @@ impl PgDatabase {
 
     /// The statement prepared on `conn` (cached) inside the transaction
     /// `begin` opened, with types from the values when the server cannot
-    /// infer them (the failed Parse ended the transaction: it is begun again).
+    /// infer them (the failed Parse aborted the transaction: it is begun
+    /// again).
     async fn prepare_within(
         &self,
         conn: &Object,
@@ -1768,10 +1775,11 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
             ),
         });
     }
-    // PostgreSQL 15 can grant `SET` or `ALTER SYSTEM` on a parameter: `ALTER
-    // SYSTEM` runs even in a read-only transaction, and `SET` on a
-    // superuser's parameter (`session_replication_role` turns triggers off)
-    // reaches past privileges. (Older servers have no such grants.)
+    // PostgreSQL 15 can grant `SET` or `ALTER SYSTEM` on a parameter: `SET`
+    // on a superuser's parameter (`session_replication_role` turns triggers
+    // off) reaches past privileges, and `ALTER SYSTEM` changes the server's
+    // configuration (litebridge's transaction blocks stop it today, and
+    // read-only transactions would not). Older servers have no such grants.
     let granted = owner
         .query_opt(
             "SELECT a.parname::pg_catalog.text, x.privilege_type::pg_catalog.text
@@ -1790,9 +1798,9 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
             Err(Error::Forbidden {
                 message: format!(
                     "the clients' SQL would run as {user:?}, which holds {privilege} on the \
-                     parameter {parameter:?} (directly, through a role or as PUBLIC): a read \
-                     could change the server's configuration or settings only a superuser \
-                     may; revoke it (REVOKE {privilege} ON PARAMETER {parameter} FROM ...)"
+                     parameter {parameter:?} (directly, through a role or as PUBLIC): the \
+                     clients' SQL could change settings only a superuser may, or the \
+                     server's configuration; revoke it (REVOKE {privilege} ON PARAMETER {parameter} FROM ...)"
                 ),
             })
         }

@@ -110,16 +110,15 @@ pub(crate) fn check_allowed(sql: &str) -> Result<()> {
 }
 
 /// Refuses, on top of [`check_allowed`], what a read may not run although a
-/// read-only transaction would let it: `DO` and `CALL`, whose code may
-/// `COMMIT` and go on read-write (a read runs in the implicit transaction of
-/// its own message, where a procedure may end the transaction), and the
-/// maintenance that writes catalogs and takes locks (`ANALYZE`, `REINDEX`,
-/// which read-only transactions allow).
+/// read-only transaction would let it: `DO` and `CALL`, which a read has no
+/// use for (inside its `BEGIN READ ONLY` a `COMMIT` of theirs fails; refused
+/// in case that ever changes), and the maintenance that writes catalogs and
+/// takes locks (`ANALYZE`, `REINDEX`, which read-only transactions allow).
 pub(crate) fn check_read(sql: &str) -> Result<()> {
     check_allowed(sql)?;
     let word = first_word(sql).to_ascii_uppercase();
     let why = match word.as_str() {
-        "DO" | "CALL" => "its code may commit and go on writing; run it with sql.execute",
+        "DO" | "CALL" => "a read has no use for it; run it with sql.execute",
         "ANALYZE" | "ANALYSE" | "REINDEX" => {
             "maintenance writes the catalogs; run it with sql.execute or the database's own tools"
         }

@@ -4,7 +4,8 @@
 //! A write's answer carries a [`Token`]: `pg_current_wal_insert_lsn()`, read
 //! right after its `COMMIT` in the same round trip, so it is past the commit
 //! record. A read with [`Consistency::Session`] and that token runs on a
-//! replica: `BEGIN READ ONLY` (awaited), then in one round trip a guard
+//! replica: `BEGIN READ ONLY` (awaited; and a Parse, awaited, for a
+//! statement not cached yet), then in one round trip a guard
 //! that aborts the transaction unless the replica's replay position is at
 //! or past the token, the query, the replica's position again, `COMMIT`. The guard runs
 //! before the query is parsed, and replay only moves forward, so when it
