@@ -615,7 +615,8 @@ async fn postgres_read_only_holds_against_set_config() {
         vec![
             Statement::new("CREATE TABLE t(x int)", ()),
             Statement::new(
-                "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS                  'INSERT INTO t VALUES (1) RETURNING x'",
+                "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS \
+                 'INSERT INTO t VALUES (1) RETURNING x'",
                 (),
             ),
         ],
