@@ -1132,11 +1132,8 @@ impl PgDatabase {
         let commit = async {
             let position = async {
                 if want_token {
-                    conn.simple_query(WAL_INSERT_POSITION)
+                    insert_position(&conn)
                         .await
-                        .ok()
-                        .and_then(|m| first_text(&m))
-                        .and_then(|t| t.parse::<Token>().ok())
                         .map(|t| Token::after_commit(t, self.inner.wal))
                 } else {
                     None
@@ -1224,11 +1221,7 @@ impl PgDatabase {
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
                 if want_token {
-                    conn.simple_query(WAL_INSERT_POSITION)
-                        .await
-                        .ok()
-                        .and_then(|m| first_text(&m))
-                        .and_then(|t| t.parse::<Token>().ok())
+                    insert_position(&conn).await
                 } else {
                     None
                 }
@@ -1639,6 +1632,12 @@ const POSITION: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
 /// record. (Every name qualified: these run on the clients' sessions, whose
 /// `search_path` the clients set.)
 const WAL_INSERT_POSITION: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::pg_catalog.text";
+
+/// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.
+async fn insert_position(conn: &Object) -> Option<Token> {
+    let m = conn.simple_query(WAL_INSERT_POSITION).await.ok()?;
+    first_text(&m)?.parse().ok()
+}
 
 /// The first column of the first row of a simple query's answer.
 fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
