@@ -37,6 +37,7 @@
 //! `shutdown` event first): a server draining its connections at SIGTERM
 //! would otherwise wait out its grace period on streams that never end.
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -295,10 +296,6 @@ impl Events {
     pub(crate) fn started_ms(&self) -> u64 {
         self.run
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The streams open: how many, and each key's, oldest first.

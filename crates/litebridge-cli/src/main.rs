@@ -49,6 +49,13 @@ impl From<litebridge::Error> for Failure {
 
 pub(crate) type CliResult<T = ()> = Result<T, Failure>;
 
+/// A mutex's guard, also after a thread panicked holding it: what the
+/// binary keeps behind its mutexes (figures, event subscribers, sessions)
+/// stays usable after a panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn main() -> ExitCode {
     // Usage errors exit 1 like every other user mistake: 2 is reserved for
     // `check` finding a damaged database.

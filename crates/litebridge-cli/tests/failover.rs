@@ -6,7 +6,10 @@
 //!
 //! Shown: no acknowledged write lost, none applied twice, no request
 //! outliving its deadline, and writes resuming soon after the new primary
-//! accepts them (the figures are printed). Needs `LB_TEST_PGAF`; run by
+//! accepts them (the figures are printed). Meanwhile a session writes on one
+//! front end and reads its write back on the other with the write's token,
+//! with both nodes listed as replicas: no read is stale across the new
+//! timelines, and replicas serve reads again after each failover. Needs `LB_TEST_PGAF`; run by
 //! `scripts/test.sh` as its failover stage (`--ignored`), skipped otherwise.
 
 mod common;
@@ -66,6 +69,93 @@ fn write_loop(server: &Server, next: &AtomicU64, stop: &AtomicBool, seen: &Mutex
     }
 }
 
+/// What the session reader saw.
+#[derive(Default)]
+struct Reads {
+    /// Reads answered, and those older than the session's last write.
+    answered: u64,
+    stale: u64,
+    /// Errors, by kind.
+    errors: std::collections::BTreeMap<String, u64>,
+    /// The timelines of the tokens, in the order first seen.
+    timelines: Vec<u64>,
+}
+
+/// Writes a counter on `writer` and reads it back on `reader` with the
+/// write's token, until `stop`.
+fn session_loop(writer: &Server, reader: &Server, stop: &AtomicBool, reads: &Mutex<Reads>) {
+    let mut value = 0u64;
+    let rpc = |server: &Server, method: &str, params: serde_json::Value| {
+        let (status, body) = server.rpc_as(
+            None,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+        );
+        if status == 200
+            && let Some(result) = body.get("result")
+        {
+            return Ok(result.clone());
+        }
+        Err(body["error"]["data"]["kind"]
+            .as_str()
+            .unwrap_or("http")
+            .to_owned())
+    };
+    let error = |kind: String| {
+        *reads.lock().unwrap().errors.entry(kind).or_default() += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while !stop.load(Ordering::Relaxed) {
+        value += 1;
+        let written = rpc(
+            writer,
+            "sql.execute",
+            json!({"sql": "UPDATE session_value SET v = ?1", "params": [value],
+                   "timeout_ms": TIMEOUT_MS}),
+        );
+        let token = match written {
+            Ok(answer) => answer["token"]
+                .as_str()
+                .expect("a write's token")
+                .to_owned(),
+            Err(kind) => {
+                error(kind);
+                continue;
+            }
+        };
+        let timeline: u64 = token
+            .rsplit_once('@')
+            .and_then(|(_, t)| t.parse().ok())
+            .expect("a token names its timeline");
+        let read = rpc(
+            reader,
+            "sql.query",
+            json!({"sql": "SELECT v FROM session_value", "token": token,
+                   "timeout_ms": TIMEOUT_MS}),
+        );
+        match read {
+            Ok(answer) => {
+                let mut r = reads.lock().unwrap();
+                r.answered += 1;
+                if answer["rows"][0][0].as_u64() != Some(value) {
+                    r.stale += 1;
+                }
+                if !r.timelines.contains(&timeline) {
+                    r.timelines.push(timeline);
+                }
+            }
+            Err(kind) => error(kind),
+        }
+    }
+}
+
+/// Reads served by replicas so far on `server` (`pool.stats`).
+fn replica_reads(server: &Server) -> u64 {
+    let stats = server.rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "pool.stats"}));
+    stats["result"]["cluster"]["replica_reads"]
+        .as_u64()
+        .expect("pool.stats reports the cluster")
+}
+
 /// When the formation's URL first reaches a writable primary again.
 fn writable_since(url: &str, from: Instant) -> Instant {
     let mut said = String::new();
@@ -86,6 +176,16 @@ fn writable_since(url: &str, from: Instant) -> Instant {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The URL's hosts, `host:port` separated by commas.
+fn nodes(url: &str) -> String {
+    let hosts = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(hosts, _)| hosts)
+        .expect("a URL with hosts");
+    hosts.to_owned()
 }
 
 #[test]
@@ -113,7 +213,10 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         &format!(
             "CREATE SCHEMA {schema} AUTHORIZATION {CLIENT_ROLE}; \
              CREATE TABLE {schema}.acks(id bigint NOT NULL); \
-             ALTER TABLE {schema}.acks OWNER TO {CLIENT_ROLE}"
+             ALTER TABLE {schema}.acks OWNER TO {CLIENT_ROLE}; \
+             CREATE TABLE {schema}.session_value(v bigint NOT NULL); \
+             INSERT INTO {schema}.session_value VALUES (0); \
+             ALTER TABLE {schema}.session_value OWNER TO {CLIENT_ROLE}"
         ),
     )
     .unwrap();
@@ -124,7 +227,9 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         format!(
             "[backend]\nkind = \"postgres\"\n[postgres]\nurl = \"{url}\"\nclient_user = \"{CLIENT_ROLE}\"\n\
              client_schema = \"{schema}\"\nschema = \"{schema}_own\"\nconnections = 4\n\
-             connect_timeout_ms = 1000\nhealth_check_interval_ms = 500\n"
+             connect_timeout_ms = 1000\nhealth_check_interval_ms = 500\n\
+             replicas = \"{}\"\n",
+            nodes(&url)
         ),
     )
     .unwrap();
@@ -140,12 +245,20 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
     let next = AtomicU64::new(1);
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(Seen::default());
+    let reads = Mutex::new(Reads::default());
+    // Replica reads on the reading front end: before, between and after.
+    let mut served = Vec::new();
     let (switched, killed, writable, victim) = std::thread::scope(|scope| {
         for w in 0..4 {
             let (server, next, stop, seen) = (&fronts[w % 2], &next, &stop, &seen);
             scope.spawn(move || write_loop(server, next, stop, seen));
         }
+        {
+            let (writer, reader, stop, reads) = (&fronts[0], &fronts[1], &stop, &reads);
+            scope.spawn(move || session_loop(writer, reader, stop, reads));
+        }
         std::thread::sleep(Duration::from_secs(2));
+        served.push(replica_reads(&fronts[1]));
         // A planned switchover.
         let switched = Instant::now();
         let out = Command::new(concat!(
@@ -162,6 +275,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         );
         writable_since(&psql_url, switched);
         std::thread::sleep(Duration::from_secs(3));
+        served.push(replica_reads(&fronts[1]));
         // The primary killed: its postgres and its keeper, at once.
         // The node the URL's writes reach now (the monitor's reported
         // states can lag a switchover).
@@ -182,10 +296,12 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         );
         let writable = writable_since(&psql_url, killed);
         std::thread::sleep(Duration::from_secs(4));
+        served.push(replica_reads(&fronts[1]));
         stop.store(true, Ordering::Relaxed);
         (switched, killed, writable, primary)
     });
     let seen = seen.into_inner().unwrap();
+    let reads = reads.into_inner().unwrap();
     let rows = psql(
         &psql_url,
         &format!("SELECT count(*), count(DISTINCT id) FROM {schema}.acks"),
@@ -240,6 +356,11 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         gap,
         in_between
     );
+    eprintln!(
+        "session reads: {} answered, {} stale; errors {:?}; token timelines {:?}; \
+         replica reads by the reading front end at 2 s, after the switchover, at the end: {served:?}",
+        reads.answered, reads.stale, reads.errors, reads.timelines
+    );
     for f in fronts {
         assert!(f.stop().success());
     }
@@ -255,6 +376,15 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         seen.longest <= Duration::from_millis(TIMEOUT_MS + 1000),
         "a request outlived its deadline: {:?}",
         seen.longest
+    );
+    assert_eq!(
+        reads.stale, 0,
+        "a read with its write's token missed the write"
+    );
+    assert!(
+        reads.timelines.len() >= 3,
+        "the tokens did not follow the two failovers: {:?}",
+        reads.timelines
     );
     let gap = gap.expect("no write was acknowledged after the new primary");
     assert!(

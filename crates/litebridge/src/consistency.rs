@@ -12,9 +12,32 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
-/// A position in PostgreSQL's write-ahead log (`pg_lsn`), written `X/Y` in hex.
+/// A position in PostgreSQL's write-ahead log on a timeline: a write's, or
+/// the latest a read saw. Written `X/Y@T`: the position as `pg_lsn` prints
+/// it (two hex numbers) and the timeline in decimal, `0/16B3748@2`.
+///
+/// The timeline tells histories apart after a failover: the new primary
+/// writes on a new timeline, and a node left on the old one may have
+/// replayed past a position without holding what the new primary wrote
+/// there. A token read without one (`X/Y`, as litebridge wrote them before
+/// timelines) has timeline 0, "unknown", and is served by the primary.
+///
+/// Tokens order by timeline, then position: a later timeline's history
+/// holds everything of the earlier ones that survived the failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Token(pub u64);
+pub struct Token {
+    /// The timeline, 0 when unknown.
+    pub timeline: u32,
+    /// The position in the log, in bytes.
+    pub lsn: u64,
+}
+
+impl Token {
+    /// The position `lsn` on `timeline`.
+    pub const fn new(timeline: u32, lsn: u64) -> Token {
+        Token { timeline, lsn }
+    }
+}
 
 impl FromStr for Token {
     type Err = Error;
@@ -22,19 +45,42 @@ impl FromStr for Token {
         let bad = || {
             Error::invalid(
                 "token",
-                format!("{s:?} is not a position token (two hex numbers: 0/16B3748)"),
+                format!(
+                    "{s:?} is not a position token (a log position and a timeline: 0/16B3748@2)"
+                ),
             )
         };
-        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
-        Ok(Token((u64::from(hi) << 32) | u64::from(lo)))
+        let (position, timeline) = match s.split_once('@') {
+            Some((p, t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                let t: u32 = t.parse().map_err(|_| bad())?;
+                // PostgreSQL shows timelines as `integer`.
+                if t == 0 || t > i32::MAX as u32 {
+                    return Err(bad());
+                }
+                (p, t)
+            }
+            Some(_) => return Err(bad()),
+            None => (s, 0),
+        };
+        let (hi, lo) = position.split_once('/').ok_or_else(bad)?;
+        let hex = |h: &str| {
+            if h.is_empty() || h.len() > 8 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u32::from_str_radix(h, 16).map_err(|_| bad())
+        };
+        let lsn = (u64::from(hex(hi)?) << 32) | u64::from(hex(lo)?);
+        Ok(Token { timeline, lsn })
     }
 }
 
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        write!(f, "{:X}/{:X}", self.lsn >> 32, self.lsn & 0xFFFF_FFFF)?;
+        if self.timeline > 0 {
+            write!(f, "@{}", self.timeline)?;
+        }
+        Ok(())
     }
 }
 
@@ -56,13 +102,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_read_and_print_as_postgres_does() {
-        let t: Token = "16/B374D848".parse().expect("a token");
-        assert_eq!(t.0, 0x16_B374_D848);
-        assert_eq!(t.to_string(), "16/B374D848");
-        assert!("0/1".parse::<Token>().expect("ok") < "1/0".parse::<Token>().expect("ok"));
-        for bad in ["", "1", "x/1", "1/2/3", "100000000/0"] {
+    fn tokens_read_and_print_with_their_timeline() {
+        let t: Token = "16/B374D848@2".parse().expect("a token");
+        assert_eq!(t, Token::new(2, 0x16_B374_D848));
+        assert_eq!(t.to_string(), "16/B374D848@2");
+        // Written before timelines: timeline unknown.
+        let old: Token = "16/B374D848".parse().expect("an old token");
+        assert_eq!(old, Token::new(0, 0x16_B374_D848));
+        assert_eq!(old.to_string(), "16/B374D848");
+        for bad in [
+            "",
+            "1",
+            "x/1",
+            "1/2/3",
+            "100000000/0",
+            "+1/2",
+            "1/-2",
+            "1/2@",
+            "1/2@0",
+            "1/2@x",
+            "1/2@+3",
+            "1/2@2147483648",
+            "1/2@1@2",
+            "@1",
+            "/2@1",
+        ] {
             assert!(bad.parse::<Token>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_later_timeline_is_later_whatever_the_position() {
+        let t = |s: &str| s.parse::<Token>().expect("a token");
+        assert!(t("0/1@1") < t("1/0@1"));
+        assert!(t("5/0@1") < t("0/1@2"));
+        assert!(t("5/0") < t("0/1@1"), "an unknown timeline is the earliest");
     }
 }

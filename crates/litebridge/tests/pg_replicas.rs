@@ -96,7 +96,7 @@ async fn two_front_ends_read_their_writes_from_replicas() {
     // sees an older value than it saw before, whichever node serves it (the
     // 300 ms replica takes turns with the others). Writes go on elsewhere,
     // and the session never sees their tokens.
-    let mut session = litebridge::pg::Token(0);
+    let mut session = litebridge::pg::Token::default();
     let mut last = -1;
     let mut backwards = 0;
     for i in 3000..4000i64 {
@@ -202,5 +202,77 @@ async fn a_read_on_the_primary_moves_the_session_past_what_it_saw() {
     for db in [writer, reader] {
         db.close();
     }
+    schema.drop_now().await;
+}
+
+/// After a failover the new primary writes on a new timeline, and a node
+/// left on the old one may have replayed past a new write's position
+/// without holding it. A token names its timeline, and only a replica on
+/// that timeline serves it. Here the replicas are on the primary's
+/// timeline: a token of the same position on the next timeline stands for
+/// the new primary's write, and must not be served by them (without the
+/// timeline check, they pass it: their replay is past the position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_another_timeline_is_not_served_by_these_replicas() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    let streaming: Vec<String> = replicas
+        .iter()
+        .filter(|r| !delayed.contains(r))
+        .cloned()
+        .collect();
+    let db = front_end(&schema, &streaming).await;
+    db.execute_with(
+        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (_, token) = db
+        .execute_at("INSERT INTO kv VALUES (1, 7)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let token = token.expect("a token");
+    assert!(
+        token.timeline >= 1,
+        "a write's token names its timeline: {token}"
+    );
+    assert!(
+        token.to_string().ends_with(&format!("@{}", token.timeline)),
+        "{token}"
+    );
+    // The replica catches up and serves the token itself.
+    let mut served = false;
+    for _ in 0..100 {
+        let before = db.replica_counts().0;
+        let (v, seen) = value(&db, Consistency::Session(token)).await;
+        assert_eq!(v, 7);
+        assert_eq!(seen.map(|t| t.timeline), Some(token.timeline));
+        if db.replica_counts().0 > before {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served, "the streaming replica never served the token");
+    // The same position on the next timeline, and on none: the primary.
+    for other in [
+        litebridge::pg::Token::new(token.timeline + 1, token.lsn),
+        litebridge::pg::Token::new(0, token.lsn),
+    ] {
+        let (replica_reads, _) = db.replica_counts();
+        let (v, _) = value(&db, Consistency::Session(other)).await;
+        assert_eq!(v, 7);
+        assert_eq!(
+            db.replica_counts().0,
+            replica_reads,
+            "a replica served the token {other}"
+        );
+    }
+    db.close();
     schema.drop_now().await;
 }

@@ -11,6 +11,7 @@
 //! The ring is bounded ([`KEPT`] points, about 110 kB of JSON) and each point
 //! has a sequence number: a page asks for the points after the last it has.
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -252,10 +253,6 @@ fn ms(d: Duration) -> f64 {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use super::*;
 pub(crate) struct Session {
     /// Whether the session's events are written to it.
     pub(crate) events: Arc<AtomicBool>,
-    /// The latest position token of the session's writes and reads (0 for
-    /// none): its `consistency: "session"` reads see at least that far.
-    pub(crate) token: Arc<std::sync::atomic::AtomicU64>,
+    /// The latest position token of the session's writes and reads: its
+    /// `consistency: "session"` reads see at least that far.
+    pub(crate) token: Arc<std::sync::Mutex<Option<litebridge::Token>>>,
 }
 
 tokio::task_local! {

@@ -14,18 +14,19 @@ fn values(p: Option<SqlParams>) -> Params {
 /// The session's latest token, on transports that keep sessions (stdio).
 fn session_token() -> Option<Token> {
     super::SESSION
-        .try_with(|s| s.token.load(std::sync::atomic::Ordering::Acquire))
+        .try_with(|s| *crate::lock(&s.token))
         .ok()
-        .filter(|t| *t > 0)
-        .map(Token)
+        .flatten()
 }
 
 /// Keeps `token` as the session's latest, when it is later, and gives it
 /// back for the answer.
 fn remember(token: Option<Token>) -> Option<Token> {
     if let Some(t) = token {
-        let _ = super::SESSION
-            .try_with(|s| s.token.fetch_max(t.0, std::sync::atomic::Ordering::AcqRel));
+        let _ = super::SESSION.try_with(|s| {
+            let mut latest = crate::lock(&s.token);
+            *latest = (*latest).max(Some(t));
+        });
     }
     token
 }
@@ -129,12 +130,12 @@ parameter!(
     /// A position token, as writes and non-strong reads return it.
     TokenParam(Token) from String = "String",
     |s| {
-        if s.len() > 20 {
-            return Err("is not a position token (two hex numbers: 0/16B3748)".into());
+        if s.len() > 32 {
+            return Err("is not a position token (a log position and a timeline: 0/16B3748@2)".into());
         }
-        s.parse::<Token>().map_err(|_| format!("{s:?} is not a position token (two hex numbers: 0/16B3748)"))
+        s.parse::<Token>().map_err(|_| format!("{s:?} is not a position token (a log position and a timeline: 0/16B3748@2)"))
     },
-    schemars::json_schema!({"type": "string", "maxLength": 20, "description": "The `token` a write (or an earlier read) returned: a `session` read sees at least that far. Given alone, it implies `consistency: \"session\"`."})
+    schemars::json_schema!({"type": "string", "maxLength": 32, "description": "The `token` a write (or an earlier read) returned: a `session` read sees at least that far. Given alone, it implies `consistency: \"session\"`."})
 );
 
 parameter!(

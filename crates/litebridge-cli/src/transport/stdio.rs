@@ -24,6 +24,7 @@
 //! sent a `missed` event with their count) rather than slowing the bridge
 //! or holding up replies.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +77,7 @@ where
     });
     let session = rpc::Session {
         events: Arc::new(AtomicBool::new(false)),
-        token: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        token: Arc::new(std::sync::Mutex::new(None)),
     };
     let forwarder = tokio::spawn(forward_events(
         app.events.subscribe(None),
@@ -206,10 +207,6 @@ fn probe(line: &[u8]) -> Probe {
         }
         _ => Probe::Other,
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes the events of `subscription` as notifications while `on`, into

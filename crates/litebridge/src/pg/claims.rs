@@ -16,6 +16,13 @@
 //!   committed: two sends of one write never both run.
 //! - `settle(k, result)` stores the result, sent before `COMMIT`.
 //!
+//! A third function, `received_timeline()`, is not about claims: on a
+//! replica it answers the timeline its WAL receiver last received, which
+//! PostgreSQL shows only to roles with `pg_read_all_stats` (NULL without it).
+//! Reads on replicas check it against their token's timeline (see `mod.rs`,
+//! `guard_sql`); the schema is where litebridge keeps what the clients' role
+//! may call.
+//!
 //! The clients' SQL can call the functions too, so the row's key is not the
 //! caller's key itself but SHA-256 of a secret (made once, kept in
 //! litebridge's schema, which the clients' role cannot read) and that key:
@@ -116,9 +123,16 @@ pub(super) async fn install(
              UPDATE {schema}.litebridge_claims SET result = r
               WHERE key = k AND result = '' AND pg_catalog.octet_length(r) <= 100000
          $f$;
-         REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT) FROM PUBLIC;
+         CREATE OR REPLACE FUNCTION {schema}_claims.received_timeline()
+             RETURNS pg_catalog.int4
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+             SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver
+         $f$;
+         REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
+             {schema}_claims.received_timeline() FROM PUBLIC;
          GRANT USAGE ON SCHEMA {schema}_claims TO {client};
-         GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT) TO {client};"
+         GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
+             {schema}_claims.received_timeline() TO {client};"
     ))
     .await
     .map_err(fail)?;

@@ -574,9 +574,19 @@ impl PgDatabase {
         let wanted = match consistency {
             Consistency::Strong => None,
             Consistency::Session(t) => Some(t),
-            Consistency::Any => Some(Token(0)),
+            // Position 0 on no timeline in particular: any replica passes.
+            Consistency::Any => Some(Token::new(0, 0)),
+        };
+        // A session token that names no timeline (written before tokens
+        // had one) cannot tell a replica's history from another's: the
+        // primary serves it.
+        let to_replica = match consistency {
+            Consistency::Session(t) => t.timeline > 0,
+            Consistency::Any => true,
+            Consistency::Strong => false,
         };
         if let Some(wanted) = wanted
+            && to_replica
             && let Some(i) = self.next_replica()
         {
             // A replica failing costs at most half of what is left.
@@ -595,7 +605,9 @@ impl PgDatabase {
             {
                 Ok((rows, at)) => {
                     self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
-                    return Ok((rows, Some(at.map_or(wanted, |at| at.max(wanted)))));
+                    // `any` wanted nothing: a token only if the replica told its own.
+                    let answer = at.max(Some(wanted)).filter(|t| *t != Token::default());
+                    return Ok((rows, answer));
                 }
                 Err(e) if is_behind(&e) => {}
                 // The statement's own error: the primary would give it too.
@@ -698,11 +710,7 @@ impl PgDatabase {
             let guarded = async {
                 match (node, guard) {
                     (Node::Replica(_), Some(t)) => conn
-                        .simple_query(&format!(
-                            "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN COALESCE(\
-                             pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
-                             '{t}'::pg_catalog.pg_lsn, false) THEN 1 ELSE 0 END)"
-                        ))
+                        .simple_query(&guard_sql(t, &self.inner.config.schema))
                         .await
                         .map(|_| ()),
                     _ => Ok(()),
@@ -720,10 +728,11 @@ impl PgDatabase {
                         Node::Primary => conn
                             .simple_query(WAL_INSERT_POSITION)
                             .await
-                            .map(|m| first_text(&m)),
-                        Node::Replica(_) => {
-                            conn.simple_query(POSITION).await.map(|m| first_text(&m))
-                        }
+                            .map(|m| primary_token(&m)),
+                        Node::Replica(_) => conn
+                            .simple_query(&replica_position(&self.inner.config.schema))
+                            .await
+                            .map(|m| replica_token(&m)),
                     }
                 };
                 let commit = conn.batch_execute("COMMIT");
@@ -736,23 +745,26 @@ impl PgDatabase {
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
-                if e.code() == Some(&SqlState::DIVISION_BY_ZERO) {
-                    // Behind: the transaction aborted before the statement
-                    // was parsed, so none of the clients' code ran; rolled
-                    // back, the connection is clean.
+                if let Some(code) = e.code() {
+                    // Behind (division by zero), or the guard itself failed
+                    // on this replica (a function not replayed yet, a
+                    // timeout the caller set): the primary serves the read.
+                    // The transaction aborted before the statement was
+                    // parsed, so none of the clients' code ran; rolled back,
+                    // the connection is clean.
+                    if code != &SqlState::DIVISION_BY_ZERO {
+                        tracing::debug!("the replica guard failed, reading from the primary: {e}");
+                    }
                     let clean = conn.batch_execute("ROLLBACK").await.is_ok();
                     return Ok((None, None, clean));
                 }
                 return Err(from_pg(&e, timeout));
             }
             let (position, rows, clean) = rest?;
-            let at = match position {
-                // The primary's is an insert position, a replica's a replay one.
-                Some(text) => Some(match node {
-                    Node::Primary => Token::after_commit(text.parse()?, self.inner.wal),
-                    Node::Replica(_) => text.parse()?,
-                }),
-                None => None,
+            // The primary's is an insert position, a replica's a replay one.
+            let at = match node {
+                Node::Primary => position.map(|t| Token::after_commit(t, self.inner.wal)),
+                Node::Replica(_) => position,
             };
             Ok::<_, Error>((rows, at, clean))
         };
@@ -1624,25 +1636,92 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
-/// A replica's replay position (on a primary, its current one: it has
-/// everything).
-const POSITION: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn(), \
-                        pg_catalog.pg_current_wal_lsn())::pg_catalog.text";
-/// The primary's insert position: after a write's `COMMIT`, past its commit
-/// record. (Every name qualified: these run on the clients' sessions, whose
-/// `search_path` the clients set.)
-const WAL_INSERT_POSITION: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::pg_catalog.text";
+/// The timeline a replica replays on, as far as the clients' role can tell:
+/// the latest of the timeline its WAL receiver last received (through
+/// `<schema>_claims.received_timeline()`, which sees it when litebridge's
+/// own role has `pg_read_all_stats`; NULL otherwise) and the timelines its
+/// control file names for its last restart point and its minimum recovery
+/// point. Each is a timeline of the replica's own history, and none is
+/// later than the one it replays now (a receiver's timeline is past its
+/// replay only before the switch, and then the replay position is short of
+/// any write on that timeline). The control file's catch up only as the
+/// replica writes pages or makes a restart point, which on a quiet replica
+/// can take until its next `checkpoint_timeout`: until then, reads of the
+/// new timeline go to the primary.
+fn replay_timeline(schema: &str) -> String {
+    format!(
+        "GREATEST({schema}_claims.received_timeline(), \
+         (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()), \
+         (SELECT min_recovery_end_timeline FROM pg_catalog.pg_control_recovery()))"
+    )
+}
+
+/// A replica's replay position and [`replay_timeline`].
+fn replica_position(schema: &str) -> String {
+    format!(
+        "SELECT pg_catalog.pg_last_wal_replay_lsn()::pg_catalog.text, \
+         ({})::pg_catalog.text",
+        replay_timeline(schema)
+    )
+}
+
+/// The primary's insert position and the timeline it writes on: after a
+/// write's `COMMIT`, past its commit record. The timeline is the first of
+/// the three numbers of the log file's name, which names the one written
+/// now (the control file's lags behind a promotion until its first
+/// checkpoint). Every name qualified: these run on the clients' sessions,
+/// whose `search_path` the clients set.
+const WAL_INSERT_POSITION: &str = "SELECT l::pg_catalog.text, \
+     pg_catalog.pg_walfile_name(l) \
+     FROM pg_catalog.pg_current_wal_insert_lsn() AS l";
+
+/// The guard a read runs on a replica before its statement: it aborts the
+/// transaction (division by zero, which [`is_behind`] tells) unless the
+/// replica has replayed as far as `token` and, when the token names one,
+/// on its timeline ([`replay_timeline`]).
+fn guard_sql(token: Token, schema: &str) -> String {
+    let timeline = if token.timeline == 0 {
+        String::new()
+    } else {
+        format!(
+            " AND ({}) OPERATOR(pg_catalog.=) {}::pg_catalog.int4",
+            replay_timeline(schema),
+            token.timeline
+        )
+    };
+    let at = Token::new(0, token.lsn);
+    format!(
+        "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN COALESCE(\
+         pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
+         '{at}'::pg_catalog.pg_lsn{timeline}, false) THEN 1 ELSE 0 END)"
+    )
+}
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.
 async fn insert_position(conn: &Object) -> Option<Token> {
     let m = conn.simple_query(WAL_INSERT_POSITION).await.ok()?;
-    first_text(&m)?.parse().ok()
+    primary_token(&m)
 }
 
-/// The first column of the first row of a simple query's answer.
-fn first_text(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+/// A position and a log file's name, as [`WAL_INSERT_POSITION`] answers.
+fn primary_token(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<Token> {
+    let (position, file) = first_two(messages)?;
+    let timeline = u32::from_str_radix(file.get(..8)?, 16).ok()?;
+    let at: Token = position.parse().ok()?;
+    Some(Token::new(timeline, at.lsn))
+}
+
+/// A position and a timeline, as [`replica_position`] answers.
+fn replica_token(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<Token> {
+    let (position, timeline) = first_two(messages)?;
+    let at: Token = position.parse().ok()?;
+    Some(Token::new(timeline.parse().ok()?, at.lsn))
+}
+
+/// The first two columns of the first row of a simple query's answer.
+fn first_two(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<(&str, &str)> {
     messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some((r.get(0)?, r.get(1)?)),
         _ => None,
     })
 }

@@ -250,7 +250,7 @@ pub(super) async fn probe_all(inner: &Inner) {
     for (node, found) in status.replicas.iter_mut().zip(replicas) {
         record(node, found);
         node.lag_bytes = match (head, node.position) {
-            (Some(h), Some(r)) => Some(h.0.saturating_sub(r.0)),
+            (Some(h), Some(r)) => Some(h.lsn.saturating_sub(r.lsn)),
             _ => None,
         };
     }

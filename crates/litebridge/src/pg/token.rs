@@ -36,13 +36,14 @@ impl Token {
     pub(crate) fn after_commit(insert: Token, wal: WalLayout) -> Token {
         const SHORT_HEADER: u64 = 24;
         const LONG_HEADER: u64 = 40;
-        if wal.segment > 0 && insert.0 % wal.segment == LONG_HEADER {
-            Token(insert.0 - LONG_HEADER)
-        } else if wal.page > 0 && insert.0 % wal.page == SHORT_HEADER {
-            Token(insert.0 - SHORT_HEADER)
+        let back = if wal.segment > 0 && insert.lsn % wal.segment == LONG_HEADER {
+            LONG_HEADER
+        } else if wal.page > 0 && insert.lsn % wal.page == SHORT_HEADER {
+            SHORT_HEADER
         } else {
-            insert
-        }
+            0
+        };
+        Token::new(insert.timeline, insert.lsn - back)
     }
 }
 
@@ -57,23 +58,29 @@ mod tests {
             segment: 16 << 20,
         };
         assert_eq!(
-            Token::after_commit(Token(3 * 8192 + 24), wal),
-            Token(3 * 8192)
+            Token::after_commit(Token::new(1, 3 * 8192 + 24), wal),
+            Token::new(1, 3 * 8192)
         );
         assert_eq!(
-            Token::after_commit(Token((16 << 20) + 40), wal),
-            Token(16 << 20)
+            Token::after_commit(Token::new(1, (16 << 20) + 40), wal),
+            Token::new(1, 16 << 20)
         );
         // Anywhere else, the position as it is.
         for p in [3 * 8192 + 23, 3 * 8192 + 25, 3 * 8192, (16 << 20) + 16] {
-            assert_eq!(Token::after_commit(Token(p), wal), Token(p));
+            assert_eq!(Token::after_commit(Token::new(1, p), wal), Token::new(1, p));
         }
         // Another page size: its own boundaries only.
         let big = WalLayout {
             page: 16384,
             segment: 16 << 20,
         };
-        assert_eq!(Token::after_commit(Token(8192 + 24), big), Token(8192 + 24));
-        assert_eq!(Token::after_commit(Token(16384 + 24), big), Token(16384));
+        assert_eq!(
+            Token::after_commit(Token::new(1, 8192 + 24), big),
+            Token::new(1, 8192 + 24)
+        );
+        assert_eq!(
+            Token::after_commit(Token::new(1, 16384 + 24), big),
+            Token::new(1, 16384)
+        );
     }
 }
