@@ -783,6 +783,22 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
         .await
         .unwrap();
     assert_eq!(n.rows[0][0], Value::Integer(0), "a type lookup wrote");
+    // sql.schema's own queries name pg_catalog's operators: the planted
+    // one does not run inside them (it would fail them: its INSERT is
+    // refused in their read-only transaction). (The failed read above
+    // closed its session: the search_path is set again.)
+    db.query_with(
+        "SELECT set_config('search_path', ?1, false)",
+        params![format!("{own_schema}, pg_catalog")],
+        q,
+    )
+    .await
+    .unwrap();
+    let tables = db
+        .schema(q)
+        .await
+        .expect("sql.schema under a planted operator");
+    assert!(tables.iter().any(|t| t.name == "t"), "{tables:?}");
     // A write may call it: its transaction block makes the COMMIT fail.
     let e = db
         .execute_with("CALL p()", (), w)

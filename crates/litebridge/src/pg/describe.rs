@@ -16,35 +16,44 @@ use crate::db::{ColumnInfo, IndexInfo, TableInfo};
 use crate::error::Result;
 use crate::value::{Params, Value};
 
-const COLUMNS: &str = "SELECT c.relname::text,
-       CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END,
-       a.attname::text,
+// Every type and operator named through `pg_catalog`: these run on the
+// clients' sessions, whose `search_path` the clients set (an `=` of their
+// own on `oid` would otherwise run inside litebridge's query).
+const COLUMNS: &str = "SELECT c.relname::pg_catalog.text,
+       CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.\"char\"[])
+            THEN 'view' ELSE 'table' END,
+       a.attname::pg_catalog.text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
        a.attnotnull,
-       COALESCE(a.attnum = ANY (pk.indkey::int2[]), false),
+       COALESCE(a.attnum OPERATOR(pg_catalog.=) ANY (pk.indkey::pg_catalog.int2[]), false),
        pg_catalog.pg_get_expr(d.adbin, d.adrelid),
-       CASE WHEN c.relkind IN ('v', 'm') OR c.reltuples < 0 THEN NULL
-            ELSE c.reltuples::int8 END
+       CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.\"char\"[])
+                 OR c.reltuples OPERATOR(pg_catalog.<) 0::pg_catalog.float4 THEN NULL
+            ELSE c.reltuples::pg_catalog.int8 END
   FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-  LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
-  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
- WHERE n.nspname = ANY (pg_catalog.current_schemas(false))
-   AND n.nspname <> ?1
-   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
+   AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid OPERATOR(pg_catalog.=) c.oid AND pk.indisprimary
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid OPERATOR(pg_catalog.=) c.oid
+   AND d.adnum OPERATOR(pg_catalog.=) a.attnum
+ WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false))
+   AND n.nspname OPERATOR(pg_catalog.<>) ?1::pg_catalog.name
+   AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::pg_catalog.\"char\"[])
  ORDER BY c.relname, a.attnum";
 
-const INDEXES: &str = "SELECT t.relname::text, i.relname::text, x.indisunique,
-       COALESCE((SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY k.o)
-                   FROM pg_catalog.unnest(x.indkey::int2[]) WITH ORDINALITY AS k(n, o)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n), '')
+const INDEXES: &str =
+    "SELECT t.relname::pg_catalog.text, i.relname::pg_catalog.text, x.indisunique,
+       COALESCE((SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY k.o)
+                   FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(n, o)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) t.oid
+                    AND a.attnum OPERATOR(pg_catalog.=) k.n), '')
   FROM pg_catalog.pg_index x
-  JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
-  JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
- WHERE n.nspname = ANY (pg_catalog.current_schemas(false))
-   AND n.nspname <> ?1
+  JOIN pg_catalog.pg_class t ON t.oid OPERATOR(pg_catalog.=) x.indrelid
+  JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) x.indexrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.relnamespace
+ WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false))
+   AND n.nspname OPERATOR(pg_catalog.<>) ?1::pg_catalog.name
  ORDER BY t.relname, i.relname";
 
 fn text(v: &Value) -> String {
