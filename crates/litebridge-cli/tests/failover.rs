@@ -8,8 +8,10 @@
 //! outliving its deadline, and writes resuming soon after the new primary
 //! accepts them (the figures are printed). Meanwhile a session writes on one
 //! front end and reads its write back on the other with the write's token,
-//! with both nodes listed as replicas: no read is stale across the new
-//! timelines, and replicas serve reads again after each failover. Needs `LB_TEST_PGAF`; run by
+//! with both nodes listed as replicas, and an `any` read: no read is stale
+//! across the new timelines, and once no node is in recovery none is
+//! served as from a replica (a promoted node keeps its last replay
+//! position, which once passed the guard). Needs `LB_TEST_PGAF`; run by
 //! `scripts/test.sh` as its failover stage (`--ignored`), skipped otherwise.
 
 mod common;
@@ -144,6 +146,16 @@ fn session_loop(writer: &Server, reader: &Server, stop: &AtomicBool, reads: &Mut
                 }
             }
             Err(kind) => error(kind),
+        }
+        // And an `any` read: any node in recovery may serve it, however
+        // far behind (never a promoted one, whatever it replayed before).
+        if let Err(kind) = rpc(
+            reader,
+            "sql.query",
+            json!({"sql": "SELECT v FROM session_value", "consistency": "any",
+                   "timeout_ms": TIMEOUT_MS}),
+        ) {
+            error(kind);
         }
     }
 }
@@ -295,6 +307,10 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
             String::from_utf8_lossy(&out.stderr)
         );
         let writable = writable_since(&psql_url, killed);
+        // From here on no node is in recovery: the killed one is down and
+        // the other promoted. No read may be served as from a replica.
+        std::thread::sleep(Duration::from_millis(200));
+        served.push(replica_reads(&fronts[1]));
         std::thread::sleep(Duration::from_secs(4));
         served.push(replica_reads(&fronts[1]));
         stop.store(true, Ordering::Relaxed);
@@ -358,7 +374,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
     );
     eprintln!(
         "session reads: {} answered, {} stale; errors {:?}; token timelines {:?}; \
-         replica reads by the reading front end at 2 s, after the switchover, at the end: {served:?}",
+         replica reads by the reading front end at 2 s, after the switchover, once the new primary took writes, at the end: {served:?}",
         reads.answered, reads.stale, reads.errors, reads.timelines
     );
     for f in fronts {
@@ -381,6 +397,11 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         reads.stale, 0,
         "a read with its write's token missed the write"
     );
+    assert_eq!(
+        served[2], served[3],
+        "a promoted node served reads as a replica: {served:?}"
+    );
+    assert!(served[0] > 0, "no read was served by a replica: {served:?}");
     assert!(
         reads.timelines.len() >= 3,
         "the tokens did not follow the two failovers: {:?}",

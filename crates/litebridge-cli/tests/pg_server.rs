@@ -173,6 +173,25 @@ fn every_part_of_the_service_runs_on_postgres() {
     // A strong read's token is the primary's position after it: a session
     // that passes it on reads nothing older afterwards.
     assert!(strong["token"].is_string(), "{strong}");
+    // A session read with no token (HTTP keeps no session) has nothing to
+    // wait for: a replica serves it, as an `any` read.
+    let replica_reads = |server: &Server| {
+        ok(server, &admin, "pool.stats", json!({}))["cluster"]["replica_reads"]
+            .as_u64()
+            .expect("pool.stats reports the cluster")
+    };
+    let before = replica_reads(&server);
+    ok(
+        &server,
+        &admin,
+        "sql.query",
+        json!({"sql": "SELECT 1", "consistency": "session"}),
+    );
+    assert_eq!(
+        replica_reads(&server),
+        before + 1,
+        "a session read without a token went to the primary"
+    );
     let b = ok(
         &server,
         &admin,

@@ -192,9 +192,11 @@ impl Handler for SqlQuery {
             let consistency = match level {
                 LevelName::Strong => Consistency::Strong,
                 LevelName::Any => Consistency::Any,
-                LevelName::Session => {
-                    Consistency::Session(given.max(session_token()).unwrap_or_default())
-                }
+                // With no token (none given, and no session that wrote or
+                // read): nothing to see at least, so any replica.
+                LevelName::Session => given
+                    .max(session_token())
+                    .map_or(Consistency::Any, Consistency::Session),
             };
             let (rows, token) = cx
                 .app

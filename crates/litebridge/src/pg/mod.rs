@@ -56,7 +56,7 @@ mod token;
 mod types;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -109,6 +109,9 @@ struct Inner {
     turn: AtomicUsize,
     /// Where the server's WAL pages begin, for the write tokens.
     wal: WalLayout,
+    /// The latest timeline the primary was seen writing on (0 before the
+    /// first): session tokens of an earlier one go to the primary.
+    primary_timeline: AtomicU32,
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
     /// The clients' requests: counts, errors and latencies.
@@ -122,6 +125,18 @@ struct Inner {
     tidy: &'static str,
     /// The secret the idempotency records are keyed with (`claims`).
     claims_secret: [u8; 32],
+}
+
+impl Inner {
+    /// Notes a position read on the primary: its timeline is the latest
+    /// the primary was seen on (timelines only grow in one cluster).
+    fn primary_at(&self, at: Option<Token>) -> Option<Token> {
+        if let Some(t) = at {
+            self.primary_timeline
+                .fetch_max(t.timeline, Ordering::Relaxed);
+        }
+        at
+    }
 }
 
 /// A [`PgDatabase`] that does not keep its pools open.
@@ -249,6 +264,24 @@ impl PgDatabase {
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
         let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
+        if !config.replicas.is_empty() {
+            // Without it a replica's timeline is unknown: see `received_timeline`.
+            let sees = owner
+                .query_one(
+                    "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
+            if !sees {
+                tracing::warn!(
+                    "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
+                     `session` reads will all go to the primary until it is granted \
+                     pg_read_all_stats (GRANT pg_read_all_stats TO <its role>)"
+                );
+            }
+        }
         // Temporary objects pile up across a caller's requests (and spill
         // to disk) unless dropped after each; a clients' role that cannot
         // make any needs no DISCARD TEMP.
@@ -318,6 +351,7 @@ impl PgDatabase {
             replicas,
             turn: AtomicUsize::new(0),
             wal,
+            primary_timeline: AtomicU32::new(0),
             replica_reads: AtomicU64::new(0),
             primary_fallbacks: AtomicU64::new(0),
             counters: Counters::default(),
@@ -571,22 +605,23 @@ impl PgDatabase {
         let deadline = Instant::now() + timeout;
         let p = Prepared::read(sql, params)?;
         let replicas = &self.inner.replicas;
+        // What a replica must show: replayed this far, on this timeline
+        // (position 0 on no timeline: any replica in recovery).
         let wanted = match consistency {
             Consistency::Strong => None,
-            Consistency::Session(t) => Some(t),
-            // Position 0 on no timeline in particular: any replica passes.
+            Consistency::Session(t) => {
+                // A token naming no timeline (written before tokens had
+                // one), or a timeline the primary has left behind (from
+                // before a failover: a node still on it may hold writes the
+                // cluster gave up), is served by the primary, which moves
+                // the session onto its own timeline.
+                let primary = self.inner.primary_timeline.load(Ordering::Relaxed);
+                (t.timeline > 0 && t.timeline >= primary).then_some(t)
+            }
             Consistency::Any => Some(Token::new(0, 0)),
         };
-        // A session token that names no timeline (written before tokens
-        // had one) cannot tell a replica's history from another's: the
-        // primary serves it.
-        let to_replica = match consistency {
-            Consistency::Session(t) => t.timeline > 0,
-            Consistency::Any => true,
-            Consistency::Strong => false,
-        };
+        let wants_replica = consistency != Consistency::Strong && !replicas.is_empty();
         if let Some(wanted) = wanted
-            && to_replica
             && let Some(i) = self.next_replica()
         {
             // A replica failing costs at most half of what is left.
@@ -605,8 +640,10 @@ impl PgDatabase {
             {
                 Ok((rows, at)) => {
                     self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
-                    // `any` wanted nothing: a token only if the replica told its own.
-                    let answer = at.max(Some(wanted)).filter(|t| *t != Token::default());
+                    // The replica's position, past the token it passed; the
+                    // token itself when the replica could not tell its
+                    // timeline; none for an `any` read that got neither.
+                    let answer = at.or(Some(wanted)).filter(|t| *t != Token::default());
                     return Ok((rows, answer));
                 }
                 Err(e) if is_behind(&e) => {}
@@ -620,6 +657,8 @@ impl PgDatabase {
                     *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
                 }
             }
+        }
+        if wants_replica {
             self.inner.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         let (rows, at) = self
@@ -635,7 +674,10 @@ impl PgDatabase {
             .await?;
         // The primary's position after the read: nothing the read saw is
         // past it, so a session that passes it on never goes back in time.
-        Ok((rows, at.map(|at| wanted.map_or(at, |w| at.max(w)))))
+        // Not the token given, which can only be behind it (or made up: a
+        // position or timeline the primary has not reached would keep the
+        // session on the primary for good).
+        Ok((rows, at))
     }
 
     /// The next replica in turn that is not resting after a failure.
@@ -739,7 +781,13 @@ impl PgDatabase {
                 let (rows, position, committed, tidied) =
                     tokio::join!(rows, position, commit, self.tidy(&conn, who, false));
                 let rows = rows?;
-                let position = position.map_err(|e| from_pg(&e, timeout))?;
+                // A position the server would not give (on a replica, a
+                // function it has not replayed yet) only costs the token.
+                let position = match position {
+                    Ok(p) => p,
+                    Err(e) if e.code().is_some() => None,
+                    Err(e) => return Err(from_pg(&e, timeout)),
+                };
                 committed.map_err(|e| from_pg(&e, timeout))?;
                 Ok::<_, Error>((position, Some(rows), tidied))
             };
@@ -763,7 +811,9 @@ impl PgDatabase {
             let (position, rows, clean) = rest?;
             // The primary's is an insert position, a replica's a replay one.
             let at = match node {
-                Node::Primary => position.map(|t| Token::after_commit(t, self.inner.wal)),
+                Node::Primary => self
+                    .inner
+                    .primary_at(position.map(|t| Token::after_commit(t, self.inner.wal))),
                 Node::Replica(_) => position,
             };
             Ok::<_, Error>((rows, at, clean))
@@ -1144,9 +1194,9 @@ impl PgDatabase {
         let commit = async {
             let position = async {
                 if want_token {
-                    insert_position(&conn)
-                        .await
-                        .map(|t| Token::after_commit(t, self.inner.wal))
+                    let at = insert_position(&conn).await;
+                    self.inner
+                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)))
                 } else {
                     None
                 }
@@ -1233,7 +1283,7 @@ impl PgDatabase {
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
                 if want_token {
-                    insert_position(&conn).await
+                    self.inner.primary_at(insert_position(&conn).await)
                 } else {
                     None
                 }
@@ -1636,32 +1686,29 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
-/// The timeline a replica replays on, as far as the clients' role can tell:
-/// the latest of the timeline its WAL receiver last received (through
-/// `<schema>_claims.received_timeline()`, which sees it when litebridge's
-/// own role has `pg_read_all_stats`; NULL otherwise) and the timelines its
-/// control file names for its last restart point and its minimum recovery
-/// point. Each is a timeline of the replica's own history, and none is
-/// later than the one it replays now (a receiver's timeline is past its
-/// replay only before the switch, and then the replay position is short of
-/// any write on that timeline). The control file's catch up only as the
-/// replica writes pages or makes a restart point, which on a quiet replica
-/// can take until its next `checkpoint_timeout`: until then, reads of the
-/// new timeline go to the primary.
-fn replay_timeline(schema: &str) -> String {
-    format!(
-        "GREATEST({schema}_claims.received_timeline(), \
-         (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()), \
-         (SELECT min_recovery_end_timeline FROM pg_catalog.pg_control_recovery()))"
-    )
+/// The timeline a replica replays on: the one its WAL receiver last
+/// received, through `<schema>_claims.received_timeline()`. PostgreSQL
+/// shows it only to roles with `pg_read_all_stats`, and litebridge's own
+/// role owns the function; without that grant, or while the receiver is
+/// down, it is NULL, and no timeline is known.
+///
+/// Why the receiver's and not the replay's (which no function shows): a
+/// receiver streams only a timeline of the replica's own history, and is
+/// past the replay's timeline only before the replay reaches the switch
+/// point, short of every write on the new timeline. (The control file's
+/// timelines, which every role may read, lag a failover until the next
+/// restart point: a replica replaying the new timeline for minutes would
+/// pass for one on the old.)
+fn received_timeline(schema: &str) -> String {
+    format!("{schema}_claims.received_timeline()")
 }
 
-/// A replica's replay position and [`replay_timeline`].
+/// A replica's replay position and its [`received_timeline`].
 fn replica_position(schema: &str) -> String {
     format!(
         "SELECT pg_catalog.pg_last_wal_replay_lsn()::pg_catalog.text, \
          ({})::pg_catalog.text",
-        replay_timeline(schema)
+        received_timeline(schema)
     )
 }
 
@@ -1677,23 +1724,24 @@ const WAL_INSERT_POSITION: &str = "SELECT l::pg_catalog.text, \
 
 /// The guard a read runs on a replica before its statement: it aborts the
 /// transaction (division by zero, which [`is_behind`] tells) unless the
-/// replica has replayed as far as `token` and, when the token names one,
-/// on its timeline ([`replay_timeline`]).
+/// node is in recovery (a promoted one keeps its last replay position,
+/// and is no replica any more), has replayed as far as `token`, and, when
+/// the token names one, receives its timeline ([`received_timeline`]).
 fn guard_sql(token: Token, schema: &str) -> String {
     let timeline = if token.timeline == 0 {
         String::new()
     } else {
         format!(
-            " AND ({}) OPERATOR(pg_catalog.=) {}::pg_catalog.int4",
-            replay_timeline(schema),
+            " AND COALESCE({} OPERATOR(pg_catalog.=) {}::pg_catalog.int4, false)",
+            received_timeline(schema),
             token.timeline
         )
     };
     let at = Token::new(0, token.lsn);
     format!(
-        "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN COALESCE(\
-         pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
-         '{at}'::pg_catalog.pg_lsn{timeline}, false) THEN 1 ELSE 0 END)"
+        "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN pg_catalog.pg_is_in_recovery() \
+         AND COALESCE(pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
+         '{at}'::pg_catalog.pg_lsn, false){timeline} THEN 1 ELSE 0 END)"
     )
 }
 
@@ -1711,7 +1759,9 @@ fn primary_token(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<Toke
     Some(Token::new(timeline, at.lsn))
 }
 
-/// A position and a timeline, as [`replica_position`] answers.
+/// A position and a timeline, as [`replica_position`] answers: none
+/// without the timeline (a position on an unknown timeline would tell a
+/// later guard nothing it can trust).
 fn replica_token(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<Token> {
     let (position, timeline) = first_two(messages)?;
     let at: Token = position.parse().ok()?;

@@ -43,8 +43,9 @@ pub struct NodeStatus {
     /// Whether the server said it is in recovery (a standby). A primary in
     /// recovery was demoted: writes fail there.
     pub in_recovery: bool,
-    /// Its position in the log: the primary's write position, a replica's
-    /// replay position.
+    /// Its position in the log: the primary's write position, on its
+    /// timeline; a replica's replay position (timeline 0: a replica's is
+    /// not shown to the clients' role the probe runs as).
     pub position: Option<Token>,
     /// A replica's distance behind the primary, in bytes of log.
     pub lag_bytes: Option<u64>,
@@ -137,7 +138,9 @@ const PROBE: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, \
           THEN pg_catalog.pg_last_wal_replay_lsn() \
           ELSE pg_catalog.pg_current_wal_lsn() END::text, \
      COALESCE(pg_catalog.host(pg_catalog.inet_server_addr()) || ':' || \
-              pg_catalog.current_setting('port'), '')";
+              pg_catalog.current_setting('port'), ''), \
+     CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL \
+          ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END";
 
 /// One probe on `pool`'s connection; with `fresh`, on a new connection
 /// each time (closed after), so that a role that can no longer log in is
@@ -162,7 +165,15 @@ async fn probe(pool: &Pool, fresh: bool) -> Result<Probe, String> {
             .ok_or("the probe returned no row")?;
         Ok(Probe {
             in_recovery: row.get(0) == Some("true"),
-            position: row.get(1).and_then(|t| t.parse().ok()),
+            // A primary's timeline, from its log file's name (a replica's
+            // is not shown to every role: none).
+            position: row.get(1).and_then(|t| t.parse::<Token>().ok()).map(|t| {
+                let timeline = row
+                    .get(3)
+                    .and_then(|f| f.get(..8))
+                    .and_then(|tl| u32::from_str_radix(tl, 16).ok());
+                Token::new(timeline.unwrap_or(0), t.lsn)
+            }),
             address: row.get(2).filter(|a| !a.is_empty()).map(str::to_owned),
         })
     };
@@ -247,6 +258,9 @@ pub(super) async fn probe_all(inner: &Inner) {
     let mut status = lock(&inner.cluster);
     record(&mut status.primary, primary);
     let head = status.primary.position;
+    if !status.primary.in_recovery {
+        inner.primary_at(head);
+    }
     for (node, found) in status.replicas.iter_mut().zip(replicas) {
         record(node, found);
         node.lag_bytes = match (head, node.position) {
