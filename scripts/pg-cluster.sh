@@ -21,20 +21,11 @@ port=${LB_PG_PORT:-55432}
 dir=${LB_PG_DIR:-/tmp/litebridge-pg-$(id -u)}
 nodes=("primary:$port" "replica:$((port + 1))" "delayed:$((port + 2))")
 
-bin_dir() {
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=scripts/pg-common.sh
+. "$(dirname "$0")/pg-common.sh"
 
 install() {
-  if bin_dir >/dev/null; then return 0; fi
-  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-  echo "installing Debian's postgresql (first run on this machine)..." >&2
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >&2
+  bin_dir >/dev/null || install_packages postgresql
 }
 
 # PostgreSQL refuses to run as root: as root, its commands run as `postgres`.

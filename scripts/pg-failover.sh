@@ -22,21 +22,12 @@ port=${LB_PGAF_PORT:-56540}
 dir=${LB_PGAF_DIR:-/tmp/litebridge-pgaf-$(id -u)}
 monitor_uri="postgres://autoctl_node@127.0.0.1:$port/pg_auto_failover?sslmode=disable"
 
-bin_dir() {
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=scripts/pg-common.sh
+. "$(dirname "$0")/pg-common.sh"
 
 install() {
   if command -v pg_autoctl >/dev/null && bin_dir >/dev/null; then return 0; fi
-  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-  echo "installing Debian's postgresql-15-auto-failover (first run on this machine)..." >&2
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    postgresql-15-auto-failover >&2
+  install_packages postgresql-15-auto-failover
 }
 
 # PostgreSQL refuses to run as root: as root, its commands run as `postgres`.

@@ -276,3 +276,124 @@ async fn a_token_of_another_timeline_is_not_served_by_these_replicas() {
     db.close();
     schema.drop_now().await;
 }
+
+/// Found by a hostile review: a replica that received a batch the promoted
+/// node never got, pointed at the new primary and restarted after a crash,
+/// replays its own log of that batch past the switch point and then
+/// streams from the new primary, reporting its timeline with a replay
+/// position past the new primary's writes, which it does not hold
+/// (`scripts/pg-fork.sh` builds it: P with standbys A and B, B ahead when
+/// P crashes, A promoted). A session read with a new write's token must not
+/// be served by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
+    if common::pg::url().is_none() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg-fork.sh");
+    let run = |step: &str| {
+        let out = std::process::Command::new(script)
+            .arg(step)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg-fork.sh {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Stopped however the test ends.
+    struct Stop(&'static str);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(self.0).arg("stop").output();
+        }
+    }
+    let _stop = Stop(script);
+    let settings = run("start");
+    let node = |name: &str| {
+        settings
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export LB_TEST_PG_FORK_{name}='")))
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("pg-fork.sh start printed no {name}: {settings}"))
+            .to_owned()
+    };
+    let (p, a, b) = (node("P"), node("A"), node("B"));
+    let url = |at: &str| format!("postgres://postgres@{at}/postgres");
+    // litebridge's schema and functions are made on P, before the fork,
+    // and both standbys replay them.
+    let schema = common::pg::Schema::on(url(&p)).await;
+    schema.open().await.close();
+    let admin = common::pg::admin(&url(&p)).await;
+    let made = admin
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    for standby in [&a, &b] {
+        let s = common::pg::admin(&url(standby)).await;
+        for _ in 0..200 {
+            let r = s
+                .query_one(
+                    "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&made],
+                )
+                .await
+                .unwrap();
+            if r.get::<_, bool>(0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    drop(admin);
+    run("fork");
+    let config = litebridge::pg::PgConfig::new(url(&a))
+        .client(common::pg::CLIENT_ROLE, None)
+        .client_schema(schema.name.clone())
+        .schema(schema.own())
+        .replicas([b.clone()]);
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with(
+        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut served_by_b = 0;
+    for i in 0..20i64 {
+        let (_, token) = db
+            .execute_at(
+                "INSERT INTO kv VALUES (1, ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                params![i],
+                WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        let token = token.expect("a token");
+        assert_eq!(token.timeline, 2, "A writes on timeline 2: {token}");
+        let before = db.replica_counts().0;
+        let read = db
+            .query_at(
+                "SELECT v FROM kv WHERE k = 1",
+                (),
+                QueryOptions::default(),
+                Consistency::Session(token),
+            )
+            .await;
+        served_by_b += db.replica_counts().0 - before;
+        let rows = read.unwrap_or_else(|e| panic!("read {i} with {token}: {e}"));
+        assert_eq!(
+            rows.0.rows[0][0],
+            Value::Integer(i),
+            "read {i} with {token}"
+        );
+    }
+    let (replica_reads, fallbacks) = db.replica_counts();
+    eprintln!("20 session reads: {replica_reads} served by B, {fallbacks} by the primary A");
+    db.close();
+    assert_eq!(served_by_b, 0, "the forked replica served session reads");
+}

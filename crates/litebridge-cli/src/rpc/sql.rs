@@ -20,23 +20,45 @@ fn session_token() -> Option<Token> {
 }
 
 /// Keeps `token` as the session's latest, when it is later, and gives it
-/// back for the answer.
-fn remember(token: Option<Token>) -> Option<Token> {
-    if let Some(t) = token {
-        let _ = super::SESSION.try_with(|s| {
-            let mut latest = crate::lock(&s.token);
-            *latest = (*latest).max(Some(t));
-        });
-    }
+/// back for the answer. After a write that got none (on PostgreSQL, its
+/// position could not be read), the session's mark says "unknown" (a
+/// token on no timeline), so that its `session` reads go to the primary
+/// until a later token comes: the earlier token would let a replica short
+/// of the write serve them.
+fn remember(token: Option<Token>, wrote: bool) -> Option<Token> {
+    let _ = super::SESSION.try_with(|s| {
+        let mut latest = crate::lock(&s.token);
+        *latest = match token {
+            Some(t) => (*latest).max(Some(t)),
+            None if wrote => Some(Token::default()),
+            None => *latest,
+        };
+    });
     token
 }
 
-/// A write's answer: its result, and its position token when it has one.
-fn with_token(mut answer: Json, token: Option<Token>) -> Json {
-    if let (Some(t), Json::Object(map)) = (remember(token), &mut answer) {
+/// An answer with its position token when it has one (`wrote`: a write's).
+fn with_token(mut answer: Json, token: Option<Token>, wrote: bool) -> Json {
+    if let (Some(t), Json::Object(map)) = (remember(token, wrote), &mut answer) {
         map.insert("token".into(), json!(t.to_string()));
     }
     answer
+}
+
+/// Where a `session` read goes, from the token given and the session's.
+fn session_read(given: Option<Token>, session: Option<Token>) -> Consistency {
+    match (given, session) {
+        // No token (none given, and no session that wrote or read):
+        // nothing to see at least, so any replica.
+        (None, None) => Consistency::Any,
+        // A token on no timeline (written before tokens had one, or the
+        // session's mark after a write that got none) is read on the
+        // primary, whatever else is known.
+        (g, s) if [g, s].iter().flatten().any(|t| t.timeline == 0) => {
+            Consistency::Session(Token::default())
+        }
+        (g, s) => g.max(s).map_or(Consistency::Any, Consistency::Session),
+    }
 }
 
 fn write_options(
@@ -192,11 +214,7 @@ impl Handler for SqlQuery {
             let consistency = match level {
                 LevelName::Strong => Consistency::Strong,
                 LevelName::Any => Consistency::Any,
-                // With no token (none given, and no session that wrote or
-                // read): nothing to see at least, so any replica.
-                LevelName::Session => given
-                    .max(session_token())
-                    .map_or(Consistency::Any, Consistency::Session),
+                LevelName::Session => session_read(given, session_token()),
             };
             let (rows, token) = cx
                 .app
@@ -212,7 +230,7 @@ impl Handler for SqlQuery {
                     }),
                     other => other.into(),
                 })?;
-            Ok(with_token(to_json(&rows)?, token))
+            Ok(with_token(to_json(&rows)?, token, false))
         })
     }
 }
@@ -243,7 +261,7 @@ impl Handler for SqlExecute {
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
                 .await?;
-            Ok(with_token(to_json(&r)?, token))
+            Ok(with_token(to_json(&r)?, token, true))
         })
     }
 }
@@ -358,7 +376,11 @@ impl Handler for SqlBatch {
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
                 .await?;
-            Ok(with_token(json!({ "results": to_json(&results)? }), token))
+            Ok(with_token(
+                json!({ "results": to_json(&results)? }),
+                token,
+                true,
+            ))
         })
     }
 }
@@ -411,7 +433,7 @@ impl Handler for SqlExecuteMany {
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
                 .await?;
-            Ok(with_token(json!({ "changes": r.changes }), token))
+            Ok(with_token(json!({ "changes": r.changes }), token, true))
         })
     }
 }
@@ -430,5 +452,57 @@ impl Handler for SqlSchema {
             };
             Ok(json!({ "tables": to_json(&cx.app.service.db.schema(options).await?)? }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_without_a_token_sends_the_sessions_reads_to_the_primary() {
+        let session = super::super::Session {
+            events: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            token: std::sync::Arc::new(std::sync::Mutex::new(None)),
+        };
+        super::super::SESSION.sync_scope(session, || {
+            let t = |tl, lsn| Some(Token::new(tl, lsn));
+            assert_eq!(session_read(None, session_token()), Consistency::Any);
+            remember(t(1, 50), true);
+            assert_eq!(session_token(), t(1, 50));
+            // A later read's token moves it on; an earlier one does not.
+            remember(t(1, 80), false);
+            remember(t(1, 60), false);
+            assert_eq!(session_token(), t(1, 80));
+            // A write that got no token: the primary, until a later token.
+            remember(None, true);
+            assert_eq!(
+                session_read(None, session_token()),
+                Consistency::Session(Token::default())
+            );
+            assert_eq!(
+                session_read(t(1, 90), session_token()),
+                Consistency::Session(Token::default()),
+                "a token given does not cover the write that got none"
+            );
+            remember(t(1, 100), false);
+            assert_eq!(
+                session_read(None, session_token()),
+                Consistency::Session(Token::new(1, 100))
+            );
+            // A read that got no token changes nothing.
+            remember(None, false);
+            assert_eq!(session_token(), t(1, 100));
+            // A token from before timelines, given: the primary.
+            assert_eq!(
+                session_read(t(0, 5), session_token()),
+                Consistency::Session(Token::default())
+            );
+            assert_eq!(
+                session_read(t(2, 5), session_token()),
+                Consistency::Session(Token::new(2, 5)),
+                "a later timeline is later"
+            );
+        });
     }
 }

@@ -18,7 +18,11 @@
 //!
 //! A third function, `received_timeline()`, is not about claims: on a
 //! replica it answers the timeline its WAL receiver last received, which
-//! PostgreSQL shows only to roles with `pg_read_all_stats` (NULL without it).
+//! PostgreSQL shows only to roles with `pg_read_all_stats` (NULL without it),
+//! and only while the replica has replayed no further than the receiver
+//! flushed (NULL otherwise: a replica restarted after a crash can replay
+//! its own log of a history the cluster gave up, past where a receiver on
+//! the new timeline starts).
 //! Reads on replicas check it against their token's timeline (see `mod.rs`,
 //! `guard_sql`); the schema is where litebridge keeps what the clients' role
 //! may call.
@@ -126,7 +130,8 @@ pub(super) async fn install(
          CREATE OR REPLACE FUNCTION {schema}_claims.received_timeline()
              RETURNS pg_catalog.int4
              LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-             SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver
+             SELECT r.received_tli FROM pg_catalog.pg_stat_wal_receiver r
+              WHERE pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.<=) r.flushed_lsn
          $f$;
          REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
              {schema}_claims.received_timeline() FROM PUBLIC;

@@ -112,6 +112,9 @@ struct Inner {
     /// The latest timeline the primary was seen writing on (0 before the
     /// first): session tokens of an earlier one go to the primary.
     primary_timeline: AtomicU32,
+    /// Whether litebridge's role may see a replica's timeline (checked at
+    /// connect): without it, session tokens go to the primary.
+    sees_timelines: bool,
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
     /// The clients' requests: counts, errors and latencies.
@@ -264,8 +267,8 @@ impl PgDatabase {
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
         let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
-        if !config.replicas.is_empty() {
-            // Without it a replica's timeline is unknown: see `received_timeline`.
+        // Without it a replica's timeline is unknown: see `received_timeline`.
+        let sees_timelines = config.replicas.is_empty() || {
             let sees = owner
                 .query_one(
                     "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
@@ -277,11 +280,13 @@ impl PgDatabase {
             if !sees {
                 tracing::warn!(
                     "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
-                     `session` reads will all go to the primary until it is granted \
-                     pg_read_all_stats (GRANT pg_read_all_stats TO <its role>)"
+                     `session` reads with a token will all go to the primary until it is \
+                     granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
+                     then restart)"
                 );
             }
-        }
+            sees
+        };
         // Temporary objects pile up across a caller's requests (and spill
         // to disk) unless dropped after each; a clients' role that cannot
         // make any needs no DISCARD TEMP.
@@ -352,6 +357,7 @@ impl PgDatabase {
             turn: AtomicUsize::new(0),
             wal,
             primary_timeline: AtomicU32::new(0),
+            sees_timelines,
             replica_reads: AtomicU64::new(0),
             primary_fallbacks: AtomicU64::new(0),
             counters: Counters::default(),
@@ -616,7 +622,7 @@ impl PgDatabase {
                 // cluster gave up), is served by the primary, which moves
                 // the session onto its own timeline.
                 let primary = self.inner.primary_timeline.load(Ordering::Relaxed);
-                (t.timeline > 0 && t.timeline >= primary).then_some(t)
+                (t.timeline > 0 && t.timeline >= primary && self.inner.sees_timelines).then_some(t)
             }
             Consistency::Any => Some(Token::new(0, 0)),
         };
@@ -781,30 +787,26 @@ impl PgDatabase {
                 let (rows, position, committed, tidied) =
                     tokio::join!(rows, position, commit, self.tidy(&conn, who, false));
                 let rows = rows?;
-                // A position the server would not give (on a replica, a
-                // function it has not replayed yet) only costs the token.
+                // A replica's position it would not give (a function it
+                // has not replayed yet) only costs the token. The primary's
+                // must come: it fails on a standby reached as the primary.
                 let position = match position {
                     Ok(p) => p,
-                    Err(e) if e.code().is_some() => None,
+                    Err(e) if e.code().is_some() && node != Node::Primary => None,
                     Err(e) => return Err(from_pg(&e, timeout)),
                 };
                 committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, Some(rows), tidied))
+                Ok::<_, Error>((position, Ok(rows), tidied))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
-                if let Some(code) = e.code() {
-                    // Behind (division by zero), or the guard itself failed
-                    // on this replica (a function not replayed yet, a
-                    // timeout the caller set): the primary serves the read.
+                if let Some(behind_it) = e.code().and_then(guard_refusal) {
                     // The transaction aborted before the statement was
                     // parsed, so none of the clients' code ran; rolled back,
-                    // the connection is clean.
-                    if code != &SqlState::DIVISION_BY_ZERO {
-                        tracing::debug!("the replica guard failed, reading from the primary: {e}");
-                    }
+                    // the connection is clean. The primary serves the read.
                     let clean = conn.batch_execute("ROLLBACK").await.is_ok();
-                    return Ok((None, None, clean));
+                    let refusal = if behind_it { behind() } else { not_a_replica() };
+                    return Ok((Err(refusal), None, clean));
                 }
                 return Err(from_pg(&e, timeout));
             }
@@ -820,8 +822,8 @@ impl PgDatabase {
         };
         let run = async {
             match run.await {
-                Ok((None, _, clean)) => Err((behind(), clean)),
-                Ok((Some(rows), at, clean)) => Ok((rows, at, clean)),
+                Ok((Err(refusal), _, clean)) => Err((refusal, clean)),
+                Ok((Ok(rows), at, clean)) => Ok((rows, at, clean)),
                 Err(e) => Err((e, false)),
             }
         };
@@ -835,7 +837,7 @@ impl PgDatabase {
                 Ok((rows, at))
             }
             Ok(Err((e, true))) => {
-                // A replica behind the token: kept, its session is clean.
+                // A replica that refused the guard: kept, its session is clean.
                 conn.release();
                 Err(e)
             }
@@ -1689,8 +1691,10 @@ fn value_size(v: &Value) -> usize {
 /// The timeline a replica replays on: the one its WAL receiver last
 /// received, through `<schema>_claims.received_timeline()`. PostgreSQL
 /// shows it only to roles with `pg_read_all_stats`, and litebridge's own
-/// role owns the function; without that grant, or while the receiver is
-/// down, it is NULL, and no timeline is known.
+/// role owns the function; without that grant, while the receiver is
+/// down, or when the replica has replayed past what the receiver flushed
+/// (after a crash, its own log of a history the cluster gave up), it is
+/// NULL, and no timeline is known.
 ///
 /// Why the receiver's and not the replay's (which no function shows): a
 /// receiver streams only a timeline of the replica's own history, and is
@@ -1722,11 +1726,14 @@ const WAL_INSERT_POSITION: &str = "SELECT l::pg_catalog.text, \
      pg_catalog.pg_walfile_name(l) \
      FROM pg_catalog.pg_current_wal_insert_lsn() AS l";
 
-/// The guard a read runs on a replica before its statement: it aborts the
-/// transaction (division by zero, which [`is_behind`] tells) unless the
-/// node is in recovery (a promoted one keeps its last replay position,
-/// and is no replica any more), has replayed as far as `token`, and, when
-/// the token names one, receives its timeline ([`received_timeline`]).
+/// The guard a read runs on a replica before its statement. It aborts the
+/// transaction before the statement is parsed: with a numeric overflow
+/// (22003) when the node is not in recovery (a promoted one keeps its last
+/// replay position, and is no replica any more); with a division by zero
+/// (22012) unless it has replayed as far as `token` and, when the token
+/// names one, receives its timeline ([`received_timeline`]). (No constant
+/// may overflow or divide by zero: the planner folds constants, in any
+/// branch.)
 fn guard_sql(token: Token, schema: &str) -> String {
     let timeline = if token.timeline == 0 {
         String::new()
@@ -1739,10 +1746,41 @@ fn guard_sql(token: Token, schema: &str) -> String {
     };
     let at = Token::new(0, token.lsn);
     format!(
-        "SELECT 1 OPERATOR(pg_catalog./) (CASE WHEN pg_catalog.pg_is_in_recovery() \
-         AND COALESCE(pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
-         '{at}'::pg_catalog.pg_lsn, false){timeline} THEN 1 ELSE 0 END)"
+        "SELECT CASE WHEN NOT pg_catalog.pg_is_in_recovery() \
+         THEN pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.+) 2147483647::pg_catalog.int4 \
+         ELSE 1 OPERATOR(pg_catalog./) (CASE WHEN \
+         COALESCE(pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.>=) \
+         '{at}'::pg_catalog.pg_lsn, false){timeline} THEN 1 ELSE 0 END) END"
     )
+}
+
+/// What a guard's error says of the replica: `Some(true)` behind (or its
+/// guard could not run there: a function or grant not replayed yet, a
+/// timeout the caller set), `Some(false)` not a replica any more, `None`
+/// neither (the connection's trouble).
+fn guard_refusal(code: &SqlState) -> Option<bool> {
+    if code == &SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
+        Some(false)
+    } else if [
+        SqlState::DIVISION_BY_ZERO,
+        SqlState::UNDEFINED_FUNCTION,
+        SqlState::INVALID_SCHEMA_NAME,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::QUERY_CANCELED,
+    ]
+    .contains(code)
+    {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+fn not_a_replica() -> Error {
+    Error::Unavailable {
+        what: "a PostgreSQL replica",
+        reason: "it is not in recovery (promoted?)".into(),
+    }
 }
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.

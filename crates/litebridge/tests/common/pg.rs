@@ -46,7 +46,11 @@ pub struct Schema {
 
 impl Schema {
     pub async fn new() -> Option<Schema> {
-        let url = url()?;
+        Some(Schema::on(url()?).await)
+    }
+
+    /// A fresh schema on the server at `url` (an admin URL).
+    pub async fn on(url: String) -> Schema {
         let admin = admin(&url).await;
         // Roles are the cluster's: made once, by whichever test comes first.
         let _ = admin
@@ -60,7 +64,7 @@ impl Schema {
             .batch_execute(&format!("CREATE SCHEMA {name} AUTHORIZATION {CLIENT_ROLE}"))
             .await
             .unwrap();
-        Some(Schema { name, url })
+        Schema { name, url }
     }
 
     /// The configuration of a database whose client SQL runs in this schema
