@@ -59,6 +59,9 @@ start() {
     p=${node##*:}
     as_pg "$bin/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$dir/$name" -R -X stream --no-sync
     echo "primary_conninfo = 'host=127.0.0.1 port=$port user=postgres application_name=$name'" | as_pg tee -a "$dir/$name/postgresql.auto.conf" >/dev/null
+    # A read that holds up replay is cancelled after 300 ms (a recovery
+    # conflict, which the tests provoke), not 30 s.
+    echo "max_standby_streaming_delay = '300ms'" | as_pg tee -a "$dir/$name/postgresql.auto.conf" >/dev/null
     if [ "$name" = delayed ]; then
       echo "recovery_min_apply_delay = '300ms'" | as_pg tee -a "$dir/$name/postgresql.auto.conf" >/dev/null
     fi

@@ -397,3 +397,66 @@ async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
     db.close();
     assert_eq!(served_by_b, 0, "the forked replica served session reads");
 }
+
+/// A read that a replica cancels for a recovery conflict (it held up the
+/// replay of a lock the primary took; scripts/pg-cluster.sh's replicas
+/// wait 300 ms) is read again on the primary, which has no such conflict,
+/// instead of answering `busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    let streaming: Vec<String> = replicas
+        .iter()
+        .filter(|r| !delayed.contains(r))
+        .cloned()
+        .collect();
+    let db = front_end(&schema, &streaming).await;
+    db.execute_with(
+        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (_, token) = db
+        .execute_at("INSERT INTO kv VALUES (1, 1)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let token = token.expect("a token");
+    // Wait until the replica serves the token, so the read below runs there.
+    for _ in 0..100 {
+        let before = db.replica_counts().0;
+        value(&db, Consistency::Session(token)).await;
+        if db.replica_counts().0 > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (replica_reads, fallbacks) = db.replica_counts();
+    let read = db.query_at(
+        "SELECT count(*) FROM kv, pg_sleep(2)",
+        (),
+        QueryOptions::default(),
+        Consistency::Session(token),
+    );
+    let lock = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.execute_with(
+            "ALTER TABLE kv ADD COLUMN x int",
+            (),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    };
+    let (read, ()) = tokio::join!(read, lock);
+    let (rows, _) = read.expect("read again on the primary, not busy");
+    assert_eq!(rows.rows[0][0], Value::Integer(1));
+    assert_eq!(db.replica_counts(), (replica_reads, fallbacks + 1));
+    db.close();
+    schema.drop_now().await;
+}

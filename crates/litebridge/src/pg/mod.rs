@@ -653,6 +653,12 @@ impl PgDatabase {
                     return Ok((rows, answer));
                 }
                 Err(e) if is_behind(&e) => {}
+                // A recovery conflict: the replica cancelled the read to
+                // replay what the primary did (a lock, a vacuum). The
+                // primary has no such conflict; the read ran read-only.
+                Err(e) if e.kind() == ErrorKind::Busy => {
+                    tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica conflicted with its recovery, reading from the primary: {e}");
+                }
                 // The statement's own error: the primary would give it too.
                 Err(e) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
                     return Err(e);
