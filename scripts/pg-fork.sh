@@ -39,7 +39,8 @@ opts() {
 -c wal_receiver_status_interval=1s -c wal_retrieve_retry_interval=200ms -p $1"
 }
 pg_start() {
-  as_pg "$(bin_dir)/pg_ctl" -D "$dir/$1" -l "$dir/$1.log" -o "$(opts "$2")" -w -t 30 start >/dev/null
+  as_pg "$(bin_dir)/pg_ctl" -D "$dir/$1" -l "$dir/$1.log" -o "$(opts "$2")" -w -t 30 start >/dev/null \
+    || { tail -20 "$dir/$1.log" >&2; return 1; }
 }
 pg_crash() {
   as_pg "$(bin_dir)/pg_ctl" -D "$dir/$1" -m immediate -w -t 30 stop >/dev/null

@@ -38,6 +38,38 @@ async fn value(db: &PgDatabase, consistency: Consistency) -> (i64, Option<litebr
     }
 }
 
+/// A front end reading from the streaming replica alone (not the late one),
+/// with `kv` made and (1, `v`) written: the write's token.
+async fn on_the_streaming_replica(
+    schema: &common::pg::Schema,
+    v: i64,
+) -> (PgDatabase, litebridge::pg::Token) {
+    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    let streaming: Vec<String> = replicas
+        .iter()
+        .filter(|r| !delayed.contains(r))
+        .cloned()
+        .collect();
+    let db = front_end(schema, &streaming).await;
+    db.execute_with(
+        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (_, token) = db
+        .execute_at(
+            "INSERT INTO kv VALUES (1, ?1)",
+            params![v],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    (db, token.expect("a token"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_front_ends_read_their_writes_from_replicas() {
     let Some(schema) = common::pg::Schema::new().await else {
@@ -217,26 +249,7 @@ async fn a_token_of_another_timeline_is_not_served_by_these_replicas() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
-    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
-    let streaming: Vec<String> = replicas
-        .iter()
-        .filter(|r| !delayed.contains(r))
-        .cloned()
-        .collect();
-    let db = front_end(&schema, &streaming).await;
-    db.execute_with(
-        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
-        (),
-        WriteOptions::default(),
-    )
-    .await
-    .unwrap();
-    let (_, token) = db
-        .execute_at("INSERT INTO kv VALUES (1, 7)", (), WriteOptions::default())
-        .await
-        .unwrap();
-    let token = token.expect("a token");
+    let (db, token) = on_the_streaming_replica(&schema, 7).await;
     assert!(
         token.timeline >= 1,
         "a write's token names its timeline: {token}"
@@ -407,26 +420,7 @@ async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
-    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
-    let streaming: Vec<String> = replicas
-        .iter()
-        .filter(|r| !delayed.contains(r))
-        .cloned()
-        .collect();
-    let db = front_end(&schema, &streaming).await;
-    db.execute_with(
-        "CREATE TABLE kv(k int PRIMARY KEY, v bigint NOT NULL)",
-        (),
-        WriteOptions::default(),
-    )
-    .await
-    .unwrap();
-    let (_, token) = db
-        .execute_at("INSERT INTO kv VALUES (1, 1)", (), WriteOptions::default())
-        .await
-        .unwrap();
-    let token = token.expect("a token");
+    let (db, token) = on_the_streaming_replica(&schema, 1).await;
     // Wait until the replica serves the token, so the read below runs there.
     for _ in 0..100 {
         let before = db.replica_counts().0;
