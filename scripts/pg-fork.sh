@@ -98,7 +98,9 @@ fork() {
   # B follows A, and crashes: it starts again on A's timeline.
   psql_at "$b" -c "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=$a user=postgres application_name=b'" \
     -c "SELECT pg_reload_conf()" >/dev/null
-  sleep 0.5
+  # B refuses the fork while it runs, but fetches A's timeline history.
+  wait_for "B to fetch timeline 2's history" \
+    "[ \"\$(psql_at $b -c \"SELECT count(*) FROM pg_ls_waldir() WHERE name = '00000002.history'\")\" = 1 ]"
   pg_crash b
   pg_start b "$b"
   wait_for "B to accept reads" "[ \"\$(psql_at $b -c 'SELECT pg_is_in_recovery()')\" = t ]"

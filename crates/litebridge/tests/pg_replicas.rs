@@ -376,6 +376,43 @@ async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
     )
     .await
     .unwrap();
+    // The state under test: B streams timeline 2 from A, with a replay
+    // position past anything A wrote and past what its receiver wrote.
+    let on_b = common::pg::admin(&url(&b)).await;
+    let forked = "SELECT r.status = 'streaming' AND r.received_tli = 2 \
+         AND pg_catalog.pg_last_wal_replay_lsn() > r.written_lsn \
+         AND pg_catalog.pg_last_wal_replay_lsn() > $1::text::pg_lsn \
+         FROM pg_catalog.pg_stat_wal_receiver r";
+    let on_a = common::pg::admin(&url(&a)).await;
+    let a_at = || async {
+        on_a.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let mut is_forked = false;
+    for _ in 0..250 {
+        let at = a_at().await;
+        if let Ok(Some(r)) = on_b.query_opt(forked, &[&at]).await
+            && r.get::<_, bool>(0)
+        {
+            is_forked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(is_forked, "B did not reach the forked state");
+    // B answers reads: an `any` read is served there.
+    let before = db.replica_counts();
+    db.query_at("SELECT 1", (), QueryOptions::default(), Consistency::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.replica_counts().0,
+        before.0 + 1,
+        "B serves no read at all"
+    );
+    let (_, fallbacks) = db.replica_counts();
     let mut served_by_b = 0;
     for i in 0..20i64 {
         let (_, token) = db
@@ -405,10 +442,20 @@ async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
             "read {i} with {token}"
         );
     }
-    let (replica_reads, fallbacks) = db.replica_counts();
-    eprintln!("20 session reads: {replica_reads} served by B, {fallbacks} by the primary A");
+    let at = a_at().await;
+    let still = on_b.query_one(forked, &[&at]).await.unwrap();
+    assert!(
+        still.get::<_, bool>(0),
+        "B left the forked state during the reads"
+    );
+    let (_, fallbacks_after) = db.replica_counts();
+    eprintln!(
+        "20 session reads: {served_by_b} served by B, {} by the primary A",
+        fallbacks_after - fallbacks
+    );
     db.close();
     assert_eq!(served_by_b, 0, "the forked replica served session reads");
+    assert_eq!(fallbacks_after - fallbacks, 20);
 }
 
 /// A read that a replica cancels for a recovery conflict (it held up the
@@ -451,6 +498,45 @@ async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
     let (rows, _) = read.expect("read again on the primary, not busy");
     assert_eq!(rows.rows[0][0], Value::Integer(1));
     assert_eq!(db.replica_counts(), (replica_reads, fallbacks + 1));
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Found by a hostile review: a client that ends its own session on a
+/// replica (or runs past the deadline there) must not get the replica left
+/// alone for everyone; only failures before its read began rest it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_ends_its_own_session_does_not_rest_the_replica() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, token) = on_the_streaming_replica(&schema, 3).await;
+    let served = |db: &PgDatabase| db.replica_counts().0;
+    // Until the replica serves the token.
+    for _ in 0..100 {
+        let before = served(&db);
+        value(&db, Consistency::Session(token)).await;
+        if served(&db) > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The read kills its own backend on the replica (and then on the
+    // primary, where it is read again): an error for this client only.
+    let killed = db
+        .query_at(
+            "SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())",
+            (),
+            QueryOptions::default(),
+            Consistency::Session(token),
+        )
+        .await;
+    assert!(killed.is_err(), "{killed:?}");
+    // The next reader is still served by the replica.
+    let before = served(&db);
+    let (v, _) = value(&db, Consistency::Session(token)).await;
+    assert_eq!(v, 3);
+    assert_eq!(served(&db), before + 1, "the replica was left alone");
     db.close();
     schema.drop_now().await;
 }

@@ -18,9 +18,8 @@ use super::*;
 pub(crate) struct Session {
     /// Whether the session's events are written to it.
     pub(crate) events: Arc<AtomicBool>,
-    /// The latest position token of the session's writes and reads: its
-    /// `consistency: "session"` reads see at least that far.
-    pub(crate) token: Arc<std::sync::Mutex<Option<litebridge::Token>>>,
+    /// How far its `consistency: "session"` reads must see.
+    pub(crate) token: Arc<std::sync::Mutex<super::sql::SessionTokens>>,
 }
 
 tokio::task_local! {

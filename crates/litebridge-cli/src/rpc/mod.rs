@@ -50,6 +50,7 @@ mod table;
 
 pub(crate) use error::RpcError;
 pub(crate) use events::{SESSION, Session};
+pub(crate) use sql::SessionTokens;
 pub(crate) use stats::bridge_status;
 pub(crate) use table::{METHODS, Method, find};
 

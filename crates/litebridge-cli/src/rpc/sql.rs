@@ -11,35 +11,100 @@ fn values(p: Option<SqlParams>) -> Params {
     p.map_or(Params::None, |p| p.0)
 }
 
-/// The session's latest token, on transports that keep sessions (stdio).
+/// What a session (stdio keeps one per connection) knows of how far its
+/// `session` reads must see.
+#[derive(Debug, Default)]
+pub(crate) struct SessionTokens {
+    /// The latest token of its answers.
+    latest: Option<Token>,
+    /// Its `sql.*` requests begun so far: each takes the next number.
+    begun: u64,
+    /// Set after a write whose position is unknown (it got no token, or
+    /// answered `outcome_unknown`): requests numbered from here on began
+    /// after it. Until one of them brings a token, the session reads on the
+    /// primary: every token it holds may be short of that write.
+    unknown_from: Option<u64>,
+}
+
+impl SessionTokens {
+    fn begin(&mut self) -> u64 {
+        self.begun += 1;
+        self.begun
+    }
+
+    /// The token its reads wait for: the latest, or one on no timeline
+    /// (read on the primary) while a write's position is unknown.
+    fn current(&self) -> Option<Token> {
+        if self.unknown_from.is_some() {
+            Some(Token::default())
+        } else {
+            self.latest
+        }
+    }
+
+    /// Request `n` answered with `token`. A token lowers nothing; one of a
+    /// request begun after an unknown write covers it, unless an `any`
+    /// read's (a replica however far behind).
+    fn answered(&mut self, n: u64, token: Token, any_read: bool) {
+        self.latest = self.latest.max(Some(token));
+        if !any_read && self.unknown_from.is_some_and(|from| n > from) {
+            self.unknown_from = None;
+        }
+    }
+
+    fn wrote_unknown(&mut self) {
+        self.unknown_from = Some(self.begun);
+    }
+}
+
+/// What a request did, for the session's tokens.
+#[derive(Clone, Copy, PartialEq)]
+enum Did {
+    Read { any: bool },
+    Wrote,
+}
+
+/// This request's number in its session (on transports that keep one).
+fn begin() -> Option<u64> {
+    super::SESSION
+        .try_with(|s| crate::lock(&s.token).begin())
+        .ok()
+}
+
+/// The session's token for its reads.
 fn session_token() -> Option<Token> {
     super::SESSION
-        .try_with(|s| *crate::lock(&s.token))
+        .try_with(|s| crate::lock(&s.token).current())
         .ok()
         .flatten()
 }
 
-/// Keeps `token` as the session's latest, when it is later, and gives it
-/// back for the answer. After a write that got none (on PostgreSQL, its
-/// position could not be read), the session's mark says "unknown" (a
-/// token on no timeline), so that its `session` reads go to the primary
-/// until a later token comes: the earlier token would let a replica short
-/// of the write serve them.
-fn remember(token: Option<Token>, wrote: bool) -> Option<Token> {
+/// Keeps what request `n`'s answer tells of the session's position, and
+/// gives its token back.
+fn remember(n: Option<u64>, token: Option<Token>, did: Did) -> Option<Token> {
     let _ = super::SESSION.try_with(|s| {
-        let mut latest = crate::lock(&s.token);
-        *latest = match token {
-            Some(t) => (*latest).max(Some(t)),
-            None if wrote => Some(Token::default()),
-            None => *latest,
-        };
+        let mut tokens = crate::lock(&s.token);
+        match (n, token) {
+            (Some(n), Some(t)) => tokens.answered(n, t, did == Did::Read { any: true }),
+            (_, None) if did == Did::Wrote => tokens.wrote_unknown(),
+            _ => {}
+        }
     });
     token
 }
 
-/// An answer with its position token when it has one (`wrote`: a write's).
-fn with_token(mut answer: Json, token: Option<Token>, wrote: bool) -> Json {
-    if let (Some(t), Json::Object(map)) = (remember(token, wrote), &mut answer) {
+/// A write that failed: when it may have committed (`outcome_unknown`),
+/// the session no longer knows how far its reads must see.
+fn failed_write(e: Error) -> RpcError {
+    if e.kind() == ErrorKind::OutcomeUnknown {
+        let _ = super::SESSION.try_with(|s| crate::lock(&s.token).wrote_unknown());
+    }
+    RpcError::App(e)
+}
+
+/// An answer with its position token when it has one.
+fn with_token(mut answer: Json, n: Option<u64>, token: Option<Token>, did: Did) -> Json {
+    if let (Some(t), Json::Object(map)) = (remember(n, token, did), &mut answer) {
         map.insert("token".into(), json!(t.to_string()));
     }
     answer
@@ -205,6 +270,7 @@ impl Handler for SqlQuery {
                 lane: self.lane.map_or(Lane::Read, |l| l.0),
                 caller: caller(&cx),
             };
+            let n = begin();
             let given = self.token.map(|t| t.0);
             let level = self.consistency.map(|c| c.0).unwrap_or(if given.is_some() {
                 LevelName::Session
@@ -230,7 +296,10 @@ impl Handler for SqlQuery {
                     }),
                     other => other.into(),
                 })?;
-            Ok(with_token(to_json(&rows)?, token, false))
+            let did = Did::Read {
+                any: consistency == Consistency::Any,
+            };
+            Ok(with_token(to_json(&rows)?, n, token, did))
         })
     }
 }
@@ -251,6 +320,7 @@ pub(super) struct SqlExecute {
 impl Handler for SqlExecute {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
+            let n = begin();
             let (r, token) = cx
                 .app
                 .service
@@ -260,8 +330,9 @@ impl Handler for SqlExecute {
                     values(self.params),
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
-                .await?;
-            Ok(with_token(to_json(&r)?, token, true))
+                .await
+                .map_err(failed_write)?;
+            Ok(with_token(to_json(&r)?, n, token, Did::Wrote))
         })
     }
 }
@@ -367,6 +438,7 @@ impl Handler for SqlBatch {
                 .into_iter()
                 .map(|s| Statement::new(s.sql.0, values(s.params)))
                 .collect();
+            let n = begin();
             let (results, token) = cx
                 .app
                 .service
@@ -375,11 +447,13 @@ impl Handler for SqlBatch {
                     statements,
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
-                .await?;
+                .await
+                .map_err(failed_write)?;
             Ok(with_token(
                 json!({ "results": to_json(&results)? }),
+                n,
                 token,
-                true,
+                Did::Wrote,
             ))
         })
     }
@@ -423,6 +497,7 @@ impl JsonSchema for ManyRows {
 impl Handler for SqlExecuteMany {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
+            let n = begin();
             let (r, token) = cx
                 .app
                 .service
@@ -432,8 +507,14 @@ impl Handler for SqlExecuteMany {
                     self.rows.0,
                     write_options(self.timeout_ms, self.idempotency_key, &cx)?,
                 )
-                .await?;
-            Ok(with_token(json!({ "changes": r.changes }), token, true))
+                .await
+                .map_err(failed_write)?;
+            Ok(with_token(
+                json!({ "changes": r.changes }),
+                n,
+                token,
+                Did::Wrote,
+            ))
         })
     }
 }
@@ -460,49 +541,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_without_a_token_sends_the_sessions_reads_to_the_primary() {
+    fn a_write_of_unknown_position_sends_the_sessions_reads_to_the_primary() {
+        let mut s = SessionTokens::default();
+        let t = |tl, lsn| Token::new(tl, lsn);
+        let tell = |s: &SessionTokens| session_read(None, s.current());
+        assert_eq!(tell(&s), Consistency::Any);
+        let n = s.begin();
+        s.answered(n, t(1, 80), false);
+        // A later token moves it on; an earlier one does not.
+        let n = s.begin();
+        s.answered(n, t(1, 60), false);
+        assert_eq!(s.current(), Some(t(1, 80)));
+        // A write that got no token: the primary...
+        let late = s.begin(); // begun before the write below ended
+        s.begin(); // the write
+        s.wrote_unknown();
+        assert_eq!(tell(&s), Consistency::Session(Token::default()));
+        assert_eq!(
+            session_read(Some(t(1, 90)), s.current()),
+            Consistency::Session(Token::default()),
+            "a token given does not cover the write of unknown position"
+        );
+        // ...even after an older request's token, or an `any` read's...
+        s.answered(late, t(1, 200), false);
+        let n = s.begin();
+        s.answered(n, t(1, 70), true);
+        assert_eq!(tell(&s), Consistency::Session(Token::default()));
+        // ...until a request begun after it brings one.
+        let n = s.begin();
+        s.answered(n, t(1, 100), false);
+        assert_eq!(tell(&s), Consistency::Session(t(1, 200)));
+        // A token from before timelines, given: the primary.
+        assert_eq!(
+            session_read(Some(t(0, 5)), s.current()),
+            Consistency::Session(Token::default())
+        );
+        assert_eq!(
+            session_read(Some(t(2, 5)), s.current()),
+            Consistency::Session(t(2, 5)),
+            "a later timeline is later"
+        );
+    }
+
+    #[test]
+    fn the_session_is_kept_through_the_task_local() {
         let session = super::super::Session {
             events: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            token: std::sync::Arc::new(std::sync::Mutex::new(None)),
+            token: std::sync::Arc::new(std::sync::Mutex::new(SessionTokens::default())),
         };
         super::super::SESSION.sync_scope(session, || {
-            let t = |tl, lsn| Some(Token::new(tl, lsn));
-            assert_eq!(session_read(None, session_token()), Consistency::Any);
-            remember(t(1, 50), true);
-            assert_eq!(session_token(), t(1, 50));
-            // A later read's token moves it on; an earlier one does not.
-            remember(t(1, 80), false);
-            remember(t(1, 60), false);
-            assert_eq!(session_token(), t(1, 80));
-            // A write that got no token: the primary, until a later token.
-            remember(None, true);
+            let n = begin();
+            assert_eq!(n, Some(1));
+            remember(n, Some(Token::new(1, 5)), Did::Read { any: false });
+            assert_eq!(session_token(), Some(Token::new(1, 5)));
+            remember(begin(), None, Did::Read { any: false });
             assert_eq!(
-                session_read(None, session_token()),
-                Consistency::Session(Token::default())
+                session_token(),
+                Some(Token::new(1, 5)),
+                "a read without a token"
             );
-            assert_eq!(
-                session_read(t(1, 90), session_token()),
-                Consistency::Session(Token::default()),
-                "a token given does not cover the write that got none"
-            );
-            remember(t(1, 100), false);
-            assert_eq!(
-                session_read(None, session_token()),
-                Consistency::Session(Token::new(1, 100))
-            );
-            // A read that got no token changes nothing.
-            remember(None, false);
-            assert_eq!(session_token(), t(1, 100));
-            // A token from before timelines, given: the primary.
-            assert_eq!(
-                session_read(t(0, 5), session_token()),
-                Consistency::Session(Token::default())
-            );
-            assert_eq!(
-                session_read(t(2, 5), session_token()),
-                Consistency::Session(Token::new(2, 5)),
-                "a later timeline is later"
-            );
+            remember(begin(), None, Did::Wrote);
+            assert_eq!(session_token(), Some(Token::default()));
+            remember(begin(), Some(Token::new(1, 9)), Did::Wrote);
+            assert_eq!(session_token(), Some(Token::new(1, 9)));
+            let _ = failed_write(Error::OutcomeUnknown {
+                what: "a write".into(),
+                reason: "the connection closed after COMMIT was sent".into(),
+            });
+            assert_eq!(session_token(), Some(Token::default()), "outcome_unknown");
         });
     }
 }

@@ -77,7 +77,7 @@ where
     });
     let session = rpc::Session {
         events: Arc::new(AtomicBool::new(false)),
-        token: Arc::new(std::sync::Mutex::new(None)),
+        token: Arc::new(std::sync::Mutex::new(rpc::SessionTokens::default())),
     };
     let forwarder = tokio::spawn(forward_events(
         app.events.subscribe(None),

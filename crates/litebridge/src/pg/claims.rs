@@ -20,9 +20,11 @@
 //! replica it answers the timeline its WAL receiver last received, which
 //! PostgreSQL shows only to roles with `pg_read_all_stats` (NULL without it),
 //! and only while the replica has replayed no further than the receiver
-//! flushed (NULL otherwise: a replica restarted after a crash can replay
-//! its own log of a history the cluster gave up, past where a receiver on
-//! the new timeline starts).
+//! wrote (NULL otherwise: a replica restarted after a crash can replay its
+//! own log of a history the cluster gave up, past where a receiver on the
+//! new timeline starts). Written, not flushed: after a restart the flushed
+//! position starts at its segment's beginning, behind the replay, until new
+//! WAL comes, which on an idle primary can take hours.
 //! Reads on replicas check it against their token's timeline (see `mod.rs`,
 //! `guard_sql`); the schema is where litebridge keeps what the clients' role
 //! may call.
@@ -131,7 +133,7 @@ pub(super) async fn install(
              RETURNS pg_catalog.int4
              LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
              SELECT r.received_tli FROM pg_catalog.pg_stat_wal_receiver r
-              WHERE pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.<=) r.flushed_lsn
+              WHERE pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.<=) r.written_lsn
          $f$;
          REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
              {schema}_claims.received_timeline() FROM PUBLIC;

@@ -56,7 +56,7 @@ mod token;
 mod types;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -575,7 +575,16 @@ impl PgDatabase {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
         let (rows, _) = self
-            .read_on(Node::Primary, who, &p, options, deadline, timeout, None)
+            .read_on(
+                Node::Primary,
+                who,
+                &p,
+                options,
+                deadline,
+                timeout,
+                None,
+                &AtomicBool::new(false),
+            )
             .await?;
         Ok(rows)
     }
@@ -630,6 +639,7 @@ impl PgDatabase {
         if let Some(wanted) = wanted
             && let Some(i) = self.next_replica()
         {
+            let begun = AtomicBool::new(false);
             // A replica failing costs at most half of what is left.
             let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
             match self
@@ -641,6 +651,7 @@ impl PgDatabase {
                     half,
                     timeout,
                     Some(wanted),
+                    &begun,
                 )
                 .await
             {
@@ -663,10 +674,16 @@ impl PgDatabase {
                 Err(e) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
                     return Err(e);
                 }
-                Err(e) => {
-                    // Down, or refusing us: left alone for a while.
+                // Down, or refusing us, before the read began: left alone
+                // for a while. (Not for a failure of the read itself: a
+                // client can end its own session or run past the deadline,
+                // and would otherwise rest the replica for everyone.)
+                Err(e) if !begun.load(Ordering::Relaxed) || is_not_a_replica(&e) => {
                     tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
                     *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
+                }
+                Err(e) => {
+                    tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica failed, reading from the primary: {e}");
                 }
             }
         }
@@ -682,6 +699,7 @@ impl PgDatabase {
                 deadline,
                 timeout,
                 None,
+                &AtomicBool::new(false),
             )
             .await?;
         // The primary's position after the read: nothing the read saw is
@@ -725,6 +743,8 @@ impl PgDatabase {
     /// tells) unless the replica has replayed that far, so a lagging replica
     /// does not run the query. With replicas configured, also the node's
     /// position read after the query: an upper bound of what the read saw.
+    /// `begun` is set once `BEGIN` is answered: a failure from then on may be
+    /// the statement's doing.
     ///
     /// `BEGIN` is awaited before anything else is sent. Sent ahead
     /// unanswered, a `BEGIN` that failed (a `statement_timeout` the caller
@@ -742,6 +762,7 @@ impl PgDatabase {
         deadline: Instant,
         timeout: Duration,
         guard: Option<Token>,
+        begun: &AtomicBool,
     ) -> Result<(Rows, Option<Token>)> {
         let track = who == Who::Client && !self.inner.replicas.is_empty();
         let conn = self
@@ -759,6 +780,8 @@ impl PgDatabase {
             conn.batch_execute("BEGIN READ ONLY")
                 .await
                 .map_err(|e| from_pg(&e, timeout))?;
+            // From here on a failure may be the statement's doing.
+            begun.store(true, Ordering::Relaxed);
             // The guard goes before Parse too: on a replica that is behind,
             // the statement may name what it has not replayed yet.
             let guarded = async {
@@ -806,7 +829,7 @@ impl PgDatabase {
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
-                if let Some(behind_it) = e.code().and_then(guard_refusal) {
+                if let Some(behind_it) = e.code().map(guard_refusal) {
                     // The transaction aborted before the statement was
                     // parsed, so none of the clients' code ran; rolled back,
                     // the connection is clean. The primary serves the read.
@@ -1698,7 +1721,7 @@ fn value_size(v: &Value) -> usize {
 /// received, through `<schema>_claims.received_timeline()`. PostgreSQL
 /// shows it only to roles with `pg_read_all_stats`, and litebridge's own
 /// role owns the function; without that grant, while the receiver is
-/// down, or when the replica has replayed past what the receiver flushed
+/// down, or when the replica has replayed past what the receiver wrote
 /// (after a crash, its own log of a history the cluster gave up), it is
 /// NULL, and no timeline is known.
 ///
@@ -1745,7 +1768,7 @@ fn guard_sql(token: Token, schema: &str) -> String {
         String::new()
     } else {
         format!(
-            " AND COALESCE({} OPERATOR(pg_catalog.=) {}::pg_catalog.int4, false)",
+            " AND COALESCE({} OPERATOR(pg_catalog.=) {}::pg_catalog.int8, false)",
             received_timeline(schema),
             token.timeline
         )
@@ -1760,26 +1783,13 @@ fn guard_sql(token: Token, schema: &str) -> String {
     )
 }
 
-/// What a guard's error says of the replica: `Some(true)` behind (or its
-/// guard could not run there: a function or grant not replayed yet, a
-/// timeout the caller set), `Some(false)` not a replica any more, `None`
-/// neither (the connection's trouble).
-fn guard_refusal(code: &SqlState) -> Option<bool> {
-    if code == &SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
-        Some(false)
-    } else if [
-        SqlState::DIVISION_BY_ZERO,
-        SqlState::UNDEFINED_FUNCTION,
-        SqlState::INVALID_SCHEMA_NAME,
-        SqlState::INSUFFICIENT_PRIVILEGE,
-        SqlState::QUERY_CANCELED,
-    ]
-    .contains(code)
-    {
-        Some(true)
-    } else {
-        None
-    }
+/// What a guard's error says of the replica: `false` not a replica any
+/// more (22003, from the guard), `true` not to be read now: behind (22012),
+/// or the guard could not run there (a function or grant not replayed yet,
+/// a timeout the caller set, the server short of something). The statement
+/// never ran, so no error of the guard is the client's.
+fn guard_refusal(code: &SqlState) -> bool {
+    code != &SqlState::NUMERIC_VALUE_OUT_OF_RANGE
 }
 
 fn not_a_replica() -> Error {
@@ -1787,6 +1797,10 @@ fn not_a_replica() -> Error {
         what: "a PostgreSQL replica",
         reason: "it is not in recovery (promoted?)".into(),
     }
+}
+
+fn is_not_a_replica(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { what, reason } if *what == "a PostgreSQL replica" && reason.starts_with("it is not in recovery"))
 }
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.
