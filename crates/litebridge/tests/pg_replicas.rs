@@ -70,6 +70,19 @@ async fn on_the_streaming_replica(
     (db, token.expect("a token"))
 }
 
+/// Reads `token` until a replica serves it (it has replayed the write).
+async fn until_the_replica_serves(db: &PgDatabase, token: litebridge::pg::Token) {
+    for _ in 0..100 {
+        let before = db.replica_counts().0;
+        value(db, Consistency::Session(token)).await;
+        if db.replica_counts().0 > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no replica served {token} within 2 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_front_ends_read_their_writes_from_replicas() {
     let Some(schema) = common::pg::Schema::new().await else {
@@ -468,15 +481,8 @@ async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
         return;
     };
     let (db, token) = on_the_streaming_replica(&schema, 1).await;
-    // Wait until the replica serves the token, so the read below runs there.
-    for _ in 0..100 {
-        let before = db.replica_counts().0;
-        value(&db, Consistency::Session(token)).await;
-        if db.replica_counts().0 > before {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // The read below runs there.
+    until_the_replica_serves(&db, token).await;
     let (replica_reads, fallbacks) = db.replica_counts();
     let read = db.query_at(
         "SELECT count(*) FROM kv, pg_sleep(2)",
@@ -512,15 +518,7 @@ async fn a_read_that_ends_its_own_session_does_not_rest_the_replica() {
     };
     let (db, token) = on_the_streaming_replica(&schema, 3).await;
     let served = |db: &PgDatabase| db.replica_counts().0;
-    // Until the replica serves the token.
-    for _ in 0..100 {
-        let before = served(&db);
-        value(&db, Consistency::Session(token)).await;
-        if served(&db) > before {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_the_replica_serves(&db, token).await;
     // The read kills its own backend on the replica (and then on the
     // primary, where it is read again): an error for this client only.
     let killed = db

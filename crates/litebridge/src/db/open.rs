@@ -123,9 +123,7 @@ impl Opener {
                 });
             }
         }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| self.open_error(e))?;
+        let mode = self.switch_to_wal(&conn)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Open {
                 path: self.path.clone(),
@@ -145,6 +143,30 @@ impl Opener {
         ))?;
         self.common(&mut conn)?;
         Ok(conn)
+    }
+
+    /// `PRAGMA journal_mode = WAL`, again while another opener of the same
+    /// new file holds it up, until the busy timeout. SQLite answers busy
+    /// at once, without its busy handler, when two connections that both
+    /// read the file want to change its mode (each waiting on the other's
+    /// lock would deadlock), so the busy timeout alone does not cover many
+    /// openers of one new file; giving up the turn and trying again does.
+    fn switch_to_wal(&self, conn: &Connection) -> Result<String> {
+        let give_up = std::time::Instant::now() + self.config.busy_timeout;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(mode) => return Ok(mode),
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(self.open_error(e)),
+            }
+        }
     }
 
     /// Opens a read-only connection for the read or heavy lane.

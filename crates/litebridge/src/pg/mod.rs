@@ -575,18 +575,32 @@ impl PgDatabase {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
         let (rows, _) = self
-            .read_on(
-                Node::Primary,
-                who,
-                &p,
-                options,
-                deadline,
-                timeout,
-                None,
-                &AtomicBool::new(false),
-            )
+            .read_on_primary(who, &p, options, deadline, timeout)
             .await?;
         Ok(rows)
+    }
+
+    /// [`PgDatabase::read_on`] the primary.
+    async fn read_on_primary(
+        &self,
+        who: Who,
+        p: &Prepared,
+        options: QueryOptions,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Rows, Option<Token>)> {
+        let begun = AtomicBool::new(false);
+        self.read_on(
+            Node::Primary,
+            who,
+            p,
+            options,
+            deadline,
+            timeout,
+            None,
+            &begun,
+        )
+        .await
     }
 
     /// Runs a read-only statement where `consistency` allows (see the
@@ -691,16 +705,7 @@ impl PgDatabase {
             self.inner.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         let (rows, at) = self
-            .read_on(
-                Node::Primary,
-                Who::Client,
-                &p,
-                options,
-                deadline,
-                timeout,
-                None,
-                &AtomicBool::new(false),
-            )
+            .read_on_primary(Who::Client, &p, options, deadline, timeout)
             .await?;
         // The primary's position after the read: nothing the read saw is
         // past it, so a session that passes it on never goes back in time.
