@@ -64,15 +64,7 @@ psql_at() {
   as_pg psql -X -q -t -A -h 127.0.0.1 -p "$p" -U postgres -d postgres "$@"
 }
 
-wait_for() {
-  local what=$1 check=$2 i
-  for i in $(seq 1 240); do
-    if eval "$check" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  echo "pg-failover.sh: $what did not happen within 120 s; logs in $dir" >&2
-  return 1
-}
+# wait_for comes from pg-common.sh; here 240 tries 0.5 s apart (a formation takes seconds).
 
 start() {
   install
@@ -83,7 +75,7 @@ start() {
   as_pg pg_autoctl create monitor --pgdata "$dir/monitor" --pgport "$port" \
     --hostname 127.0.0.1 --auth trust --no-ssl >"$dir/create-monitor.log" 2>&1
   serve monitor
-  wait_for "the monitor" "psql_at $port -d pg_auto_failover -c 'SELECT 1'"
+  wait_for "the monitor" "psql_at $port -d pg_auto_failover -c 'SELECT 1'" 240 0.5
   # Seconds, not a minute: checks every 500 ms, a node unhealthy after 2 s.
   local setting
   for setting in health_check_period=500 health_check_timeout=1000 health_check_max_retries=1 \
@@ -101,11 +93,12 @@ start() {
     as_pg sh -c "echo 'fsync = off' >> '$dir/node$n/postgresql.conf'"
     serve "node$n"
     if [ "$n" -eq 1 ]; then
-      wait_for "node1 as primary" "[ \"\$(state node1)\" = single ]"
+      wait_for "node1 as primary" "[ \"\$(state node1)\" = single ]" 240 0.5
     fi
   done
   wait_for "a primary and a secondary" \
-    "[ \"\$(state node1)\$(state node2)\" = primarysecondary ] || [ \"\$(state node1)\$(state node2)\" = secondaryprimary ]"
+    "[ \"\$(state node1)\$(state node2)\" = primarysecondary ] || [ \"\$(state node1)\$(state node2)\" = secondaryprimary ]" \
+    240 0.5
   print_env
 }
 

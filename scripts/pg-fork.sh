@@ -45,15 +45,6 @@ pg_start() {
 pg_crash() {
   as_pg "$(bin_dir)/pg_ctl" -D "$dir/$1" -m immediate -w -t 30 stop >/dev/null
 }
-wait_for() {
-  local what=$1 check=$2 i
-  for i in $(seq 1 200); do
-    if eval "$check" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "pg-fork.sh: $what did not happen within 20 s; logs in $dir" >&2
-  return 1
-}
 print_env() {
   echo "export LB_TEST_PG_FORK_P='127.0.0.1:$port'"
   echo "export LB_TEST_PG_FORK_A='127.0.0.1:$((port + 1))'"

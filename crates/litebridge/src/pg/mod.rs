@@ -161,16 +161,25 @@ struct Replica {
 /// How long a replica that failed is left alone.
 const REPLICA_REST: Duration = Duration::from_secs(5);
 
-/// The error of a replica that has not replayed as far as the read needs.
-fn behind() -> Error {
+/// Why a replica's guard refused a read: it has not replayed as far as the
+/// read needs, or it is no replica any more.
+const BEHIND: &str = "it has not replayed as far as the session's token";
+const NOT_A_REPLICA: &str = "it is not in recovery (promoted?)";
+
+/// The error of a replica whose guard refused a read, for `why`.
+fn refused(why: &'static str) -> Error {
     Error::Unavailable {
         what: "a PostgreSQL replica",
-        reason: "it has not replayed as far as the session's token".into(),
+        reason: why.into(),
     }
 }
 
+fn is_refused(e: &Error, why: &str) -> bool {
+    matches!(e, Error::Unavailable { what, reason } if *what == "a PostgreSQL replica" && reason == why)
+}
+
 fn is_behind(e: &Error) -> bool {
-    matches!(e, Error::Unavailable { what, reason } if *what == "a PostgreSQL replica" && reason.starts_with("it has not replayed"))
+    is_refused(e, BEHIND)
 }
 
 /// Which server a read goes to.
@@ -692,7 +701,7 @@ impl PgDatabase {
                 // for a while. (Not for a failure of the read itself: a
                 // client can end its own session or run past the deadline,
                 // and would otherwise rest the replica for everyone.)
-                Err(e) if !begun.load(Ordering::Relaxed) || is_not_a_replica(&e) => {
+                Err(e) if !begun.load(Ordering::Relaxed) || is_refused(&e, NOT_A_REPLICA) => {
                     tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
                     *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
                 }
@@ -839,7 +848,7 @@ impl PgDatabase {
                     // parsed, so none of the clients' code ran; rolled back,
                     // the connection is clean. The primary serves the read.
                     let clean = conn.batch_execute("ROLLBACK").await.is_ok();
-                    let refusal = if behind_it { behind() } else { not_a_replica() };
+                    let refusal = refused(if behind_it { BEHIND } else { NOT_A_REPLICA });
                     return Ok((Err(refusal), None, clean));
                 }
                 return Err(from_pg(&e, timeout));
@@ -1795,17 +1804,6 @@ fn guard_sql(token: Token, schema: &str) -> String {
 /// never ran, so no error of the guard is the client's.
 fn guard_refusal(code: &SqlState) -> bool {
     code != &SqlState::NUMERIC_VALUE_OUT_OF_RANGE
-}
-
-fn not_a_replica() -> Error {
-    Error::Unavailable {
-        what: "a PostgreSQL replica",
-        reason: "it is not in recovery (promoted?)".into(),
-    }
-}
-
-fn is_not_a_replica(e: &Error) -> bool {
-    matches!(e, Error::Unavailable { what, reason } if *what == "a PostgreSQL replica" && reason.starts_with("it is not in recovery"))
 }
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.
