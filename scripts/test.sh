@@ -2,20 +2,23 @@
 # Every test: the README's test command. Starts the services the tests need
 # on loopback (a PostgreSQL primary and two replicas, scripts/pg-cluster.sh;
 # a pg_auto_failover formation for the failover stage, scripts/pg-failover.sh;
-# both installed from Debian's packages on a fresh machine), runs the Rust,
+# NATS, scripts/nats.sh, whose binary the NATS tests start their own servers
+# from; all installed from Debian's packages on a fresh machine), runs the Rust,
 # Python, JavaScript and browser suites and the failover stage, and stops
-# the services whatever happened. The PostgreSQL tests are required here,
-# not skipped.
+# the services whatever happened. The PostgreSQL and NATS tests are required
+# here, not skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stop_all() {
   scripts/pg-failover.sh stop || true
+  scripts/nats.sh stop || true
   scripts/pg-cluster.sh stop
 }
-eval "$(scripts/pg-cluster.sh start)"
 trap stop_all EXIT
-export LB_TEST_REQUIRE=pg
+eval "$(scripts/pg-cluster.sh start)"
+eval "$(scripts/nats.sh start)"
+export LB_TEST_REQUIRE=pg,nats
 
 cargo test --workspace
 python3 -m unittest discover -s python/tests -t python

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `stdio`, `mcp`, `query`, `check`, `backup`,
+//! The command line: `serve`, `stdio`, `mcp`, `worker-host`, `query`, `check`, `backup`,
 //! `restore`, `keys` and `bench`.
 
 use std::path::PathBuf;
@@ -35,6 +35,31 @@ pub(crate) enum Command {
     Mcp {
         #[command(flatten)]
         common: ServiceArgs,
+    },
+    /// Run worker processes here and serve them on NATS to front ends with
+    /// `workers.transport = "nats"` (prints `serving METHODS on NATS as host ID`).
+    WorkerHost {
+        /// NATS servers, comma-separated (`nats.url`).
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// The worker command line, e.g. "python3 examples/worker.py" (`workers.command`).
+        #[arg(long, value_name = "CMD")]
+        workers: Option<String>,
+        /// Worker processes (`workers.processes`). Default: 2.
+        #[arg(long, value_name = "N")]
+        processes: Option<usize>,
+        /// This host's id in subjects and errors. Default: the machine's name and the pid.
+        #[arg(long, value_name = "ID")]
+        name: Option<String>,
+        /// A TOML configuration file (sections workers, nats, server).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log format on stderr: auto, json or text.
+        #[arg(long)]
+        log_format: Option<String>,
+        /// Print the effective configuration, with where each value came from, and exit.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Run one SQL statement and print its rows (a table, or JSON with --json).
     ///

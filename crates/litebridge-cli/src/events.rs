@@ -1,6 +1,6 @@
 //! The event stream: what happens in the worker pool, with the seed
 //! system's names (`started`, `process-started`, `process-error`,
-//! `process-restarted`, `process-recycling`, `retry`,
+//! `process-restarted`, `process-recycling`, `host-joined`, `host-lost`, `retry`,
 //! `circuit-breaker-state-change`, `shutdown`), each a JSON object with a
 //! `seq` (its number in this run of the server), the `event` name, a `ts`
 //! (UTC, to the millisecond) and its own fields (`id` is the worker's, as in
@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use litebridge::workers::{PoolEvent, WorkerPool};
+use litebridge::workers::{Bridge, PoolEvent};
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ impl Events {
     /// Publishes the pool's events from now on (and `started` and each
     /// worker's `process-started` at once: the pool sent its own before
     /// anyone could listen).
-    pub(crate) fn follow(self: &Arc<Self>, pool: &WorkerPool) {
+    pub(crate) fn follow(self: &Arc<Self>, pool: &Bridge) {
         let mut rx = pool.subscribe();
         let status = pool.status();
         self.publish("started", object(json!({"processes": status.processes})));
@@ -416,6 +416,10 @@ fn describe(e: &PoolEvent) -> Option<(&'static str, Map<String, Json>)> {
             "circuit-breaker-state-change",
             object(json!({"method": &*b.breaker, "from": b.from.as_str(), "to": b.to.as_str()})),
         ),
+        PoolEvent::HostJoined { host } => ("host-joined", object(json!({"host": host}))),
+        PoolEvent::HostLost { host, reason } => {
+            ("host-lost", object(json!({"host": host, "reason": reason})))
+        }
         PoolEvent::Shutdown => ("shutdown", Map::new()),
         _ => return None,
     })

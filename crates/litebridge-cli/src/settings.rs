@@ -74,6 +74,10 @@ fn pg() -> PgConfig {
     PgConfig::new("")
 }
 
+fn nats() -> litebridge::workers::nats::NatsConfig {
+    litebridge::workers::nats::NatsConfig::new("")
+}
+
 fn workers() -> WorkerConfig {
     WorkerConfig::new(Vec::<String>::new())
 }
@@ -349,6 +353,97 @@ const KEYS: &[Key] = &[
         kind: Kind::Bool,
         default: || Value::Bool(db().read_mark_keeper),
         help: "keep an idle read transaction so point reads skip two lock calls (off if this process writes the file through other connections)",
+    },
+    Key {
+        name: "workers.transport",
+        env: &[],
+        kind: Kind::Word(&["local", "nats"]),
+        default: || text("local"),
+        help: "where bridge.call goes: worker processes started here (`local`) or worker hosts on NATS (`nats`, see `nats.*` and `litebridge worker-host`)",
+    },
+    Key {
+        name: "nats.url",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "NATS servers, comma-separated (nats://n1:4222,nats://n2:4222)",
+    },
+    Key {
+        name: "nats.token",
+        env: &[],
+        kind: Kind::Secret,
+        default: || text(""),
+        help: "the token the NATS servers require, if any",
+    },
+    Key {
+        name: "nats.user",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "the user the NATS servers require, if any (with nats.password)",
+    },
+    Key {
+        name: "nats.password",
+        env: &[],
+        kind: Kind::Secret,
+        default: || text(""),
+        help: "that user's password",
+    },
+    Key {
+        name: "nats.prefix",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(nats().prefix),
+        help: "first token of every subject, so deployments can share a server (same on hosts and front ends)",
+    },
+    Key {
+        name: "nats.queue_group",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(nats().queue_group),
+        help: "the queue group worker hosts serve calls in",
+    },
+    Key {
+        name: "nats.ack_delay_ms",
+        env: &[],
+        kind: int_kind(0, 60_000),
+        default: || ms(nats().ack_delay),
+        help: "a host acknowledges a call still running after this long",
+    },
+    Key {
+        name: "nats.ack_timeout_ms",
+        env: &[],
+        kind: int_kind(1, 600_000),
+        default: || ms(nats().ack_timeout),
+        help: "a call neither acknowledged nor answered this long after ack_delay is lost (worker_crashed)",
+    },
+    Key {
+        name: "nats.heartbeat_ms",
+        env: &[],
+        kind: int_kind(10, 600_000),
+        default: || ms(nats().heartbeat),
+        help: "how often a worker host announces itself",
+    },
+    Key {
+        name: "nats.host_dead_after",
+        env: &[],
+        kind: int_kind(1, 1000),
+        default: || int(nats().host_dead_after),
+        help: "missed heartbeats after which a host is dead and its calls fail (worker_crashed)",
+    },
+    Key {
+        name: "nats.reconnect_grace_ms",
+        env: &[],
+        kind: int_kind(0, 600_000),
+        default: || ms(nats().reconnect_grace),
+        help: "while NATS is unreachable, new calls wait this long before failing (unavailable)",
+    },
+    Key {
+        name: "nats.connect_timeout_ms",
+        env: &[],
+        kind: int_kind(100, 600_000),
+        default: || ms(nats().connect_timeout),
+        help: "wait for the first connection to NATS",
     },
     Key {
         name: "workers.command",
@@ -739,7 +834,7 @@ fn read_file(
     for (section, body) in table {
         let toml::Value::Table(entries) = body else {
             return Err(Failure::new(format!(
-                "{}: `{section}` must be a [section] (sections: server, backend, db, postgres, workers, backup, cache, security, quota)",
+                "{}: `{section}` must be a [section] (sections: server, backend, db, postgres, workers, nats, backup, cache, security, quota)",
                 path.display()
             )));
         };
@@ -1015,7 +1110,107 @@ impl Settings {
     /// # Errors
     /// A framework path that is not a directory, or prefixes that are empty,
     /// naming the key and where its value came from.
+    /// The NATS connection (`nats.*`); `nats.url` must be set.
+    ///
+    /// # Errors
+    /// A missing URL or an invalid value, naming the key.
+    pub(crate) fn nats_config(&self) -> Result<litebridge::workers::nats::NatsConfig, Failure> {
+        let url = self.get("nats.url").trim();
+        if url.is_empty() {
+            return Err(Failure::new(
+                "`nats.url` is needed (environment LITEBRIDGE_NATS_URL, or --nats): nats://host:4222, several servers separated by commas",
+            ));
+        }
+        let optional = |name: &str| {
+            let v = self.get(name).trim();
+            (!v.is_empty()).then(|| v.to_owned())
+        };
+        let mut c = litebridge::workers::nats::NatsConfig::new(url);
+        c.token = optional("nats.token");
+        c.user = optional("nats.user");
+        c.password = optional("nats.password");
+        c.prefix = self.get("nats.prefix").trim().to_owned();
+        c.queue_group = self.get("nats.queue_group").trim().to_owned();
+        c.ack_delay = self.ms("nats.ack_delay_ms");
+        c.ack_timeout = self.ms("nats.ack_timeout_ms");
+        c.heartbeat = self.ms("nats.heartbeat_ms");
+        c.host_dead_after = self.int("nats.host_dead_after") as u32;
+        c.reconnect_grace = self.ms("nats.reconnect_grace_ms");
+        c.connect_timeout = self.ms("nats.connect_timeout_ms");
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The NATS connection of `serve`, `stdio` and `mcp` when
+    /// `workers.transport` is `nats`; `None` for local workers.
+    ///
+    /// # Errors
+    /// As [`Settings::nats_config`].
+    pub(crate) fn worker_transport(
+        &self,
+    ) -> Result<Option<litebridge::workers::nats::NatsConfig>, Failure> {
+        if self.get("workers.transport") == "nats" {
+            self.nats_config().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The settings of each call, whichever transport: deadline, retries, breakers.
+    fn call_settings(&self, mut c: WorkerConfig) -> WorkerConfig {
+        c.call_timeout = self.ms("workers.timeout_ms");
+        let base = self.ms("workers.retry_backoff_ms");
+        let growth = match self.get("workers.retry_backoff") {
+            "linear" => Growth::Linear { base, step: base },
+            "constant" => Growth::Constant(base),
+            _ => Growth::Exponential { base, factor: 2.0 },
+        };
+        c.retry = c
+            .retry
+            .max_retries(self.int("workers.max_retries") as u32)
+            .backoff(Backoff {
+                growth,
+                max: self.ms("workers.retry_backoff_max_ms"),
+                full_jitter: true,
+            });
+        c.breaker.enabled = self.bool("workers.breaker_enabled");
+        c.breaker.consecutive_failures = Some(self.int("workers.breaker_threshold") as u32);
+        c.breaker.open_for = self.ms("workers.breaker_open_ms");
+        let slow = self.ms("workers.breaker_slow_call_ms");
+        c.breaker.slow_call_duration = (!slow.is_zero()).then_some(slow);
+        c
+    }
+
+    /// The workers of `serve`, `stdio` and `mcp`: processes started here, or
+    /// (with `workers.transport = "nats"`) only the settings of each call.
+    ///
+    /// # Errors
+    /// An invalid or contradictory setting, naming it.
     pub(crate) fn worker_config(&self) -> Result<Option<WorkerConfig>, Failure> {
+        if self.get("workers.transport") == "nats" {
+            // The workers run on the hosts; only the call settings are ours.
+            if let Some(k) = ["workers.command", "workers.framework_path"]
+                .into_iter()
+                .find(|k| self.values[*k].1 != Source::Default)
+            {
+                return Err(Failure::new(format!(
+                    "`{k}` is set (from {}) but `workers.transport` is \"nats\" (from {}): over NATS the workers run on worker hosts (`litebridge worker-host --nats URL --workers CMD`); remove {k} here, or set workers.transport = \"local\"",
+                    self.values[k].1, self.values["workers.transport"].1
+                )));
+            }
+            return Ok(Some(
+                self.call_settings(WorkerConfig::new(Vec::<String>::new())),
+            ));
+        }
+        self.local_workers()
+    }
+
+    /// Worker processes to start here (`workers.*`); `None` when no command
+    /// or framework path is set.
+    ///
+    /// # Errors
+    /// An invalid setting, naming it.
+    pub(crate) fn local_workers(&self) -> Result<Option<WorkerConfig>, Failure> {
         let python = self.get("workers.python").trim();
         let command = self.get("workers.command").trim();
         let framework = self.get("workers.framework_path").trim();
@@ -1038,7 +1233,7 @@ impl Settings {
         } else {
             return Ok(None);
         };
-        let mut c = WorkerConfig::new(words);
+        let mut c = self.call_settings(WorkerConfig::new(words));
         let python_path = self.get("workers.python_path").trim();
         if !python_path.is_empty() {
             let joined = match std::env::var("PYTHONPATH") {
@@ -1049,26 +1244,6 @@ impl Settings {
         }
         c.processes = self.int("workers.processes") as usize;
         c.max_in_flight = self.int("workers.max_in_flight") as usize;
-        c.call_timeout = self.ms("workers.timeout_ms");
-        let base = self.ms("workers.retry_backoff_ms");
-        let growth = match self.get("workers.retry_backoff") {
-            "linear" => Growth::Linear { base, step: base },
-            "constant" => Growth::Constant(base),
-            _ => Growth::Exponential { base, factor: 2.0 },
-        };
-        c.retry = c
-            .retry
-            .max_retries(self.int("workers.max_retries") as u32)
-            .backoff(Backoff {
-                growth,
-                max: self.ms("workers.retry_backoff_max_ms"),
-                full_jitter: true,
-            });
-        c.breaker.enabled = self.bool("workers.breaker_enabled");
-        c.breaker.consecutive_failures = Some(self.int("workers.breaker_threshold") as u32);
-        c.breaker.open_for = self.ms("workers.breaker_open_ms");
-        let slow = self.ms("workers.breaker_slow_call_ms");
-        c.breaker.slow_call_duration = (!slow.is_zero()).then_some(slow);
         let positive = |name: &str| (self.int(name) > 0).then(|| self.int(name) as u64);
         c.recycle_after_calls = positive("workers.recycle_after_calls");
         c.max_idle = positive("workers.max_idle_ms").map(Duration::from_millis);

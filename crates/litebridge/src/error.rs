@@ -270,6 +270,28 @@ pub enum Error {
         /// The last lines it wrote to stderr.
         stderr: Vec<String>,
     },
+    /// A worker host stopped answering with the call in flight (kind
+    /// `worker_crashed`): its heartbeats stopped, or it never acknowledged
+    /// the call. The call may or may not have run.
+    #[error(
+        "worker host {host} was lost with the call in flight ({reason}); its outcome is unknown"
+    )]
+    HostLost {
+        /// The host's id (`unknown` when no host acknowledged the call).
+        host: String,
+        /// How it was seen to be lost.
+        reason: String,
+    },
+    /// The connection to the worker hosts was lost with a call in flight
+    /// (kind `outcome_unknown`): the call may or may not have run. Retried
+    /// only for idempotent methods.
+    #[error("call of `{method}`: {reason}; it may or may not have run")]
+    CallOutcomeUnknown {
+        /// The worker method.
+        method: String,
+        /// What was lost.
+        reason: String,
+    },
     /// A circuit breaker refused the call without trying it.
     #[error("circuit breaker `{breaker}` is open; retry after {} ms", retry_after.as_millis())]
     CircuitOpen {
@@ -392,7 +414,8 @@ impl Error {
             Error::Internal { .. } => ErrorKind::Internal,
             Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Error::WorkerError { .. } => ErrorKind::WorkerError,
-            Error::WorkerCrashed { .. } => ErrorKind::WorkerCrashed,
+            Error::WorkerCrashed { .. } | Error::HostLost { .. } => ErrorKind::WorkerCrashed,
+            Error::CallOutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
         }
     }
 
@@ -408,7 +431,8 @@ impl Error {
             | Error::Unavailable { .. }
             | Error::CircuitOpen { .. }
             | Error::QuotaExceeded { .. }
-            | Error::WorkerCrashed { .. } => true,
+            | Error::WorkerCrashed { .. }
+            | Error::HostLost { .. } => true,
             // SQLITE_FULL and I/O errors can go away when space returns.
             Error::Sql { code, .. } => {
                 matches!(*code, SQLITE_FULL | SQLITE_IOERR | SQLITE_NOMEM)

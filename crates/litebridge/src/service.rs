@@ -18,7 +18,10 @@ const SWEEP_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// The table whose lock a sweep round runs under on PostgreSQL (front ends
 /// take turns; only litebridge's own role can take it).
 const SWEEP_LOCK: &str = "memory";
-use crate::workers::{WorkerConfig, WorkerPool};
+use crate::workers::{Bridge, WorkerConfig, WorkerPool};
+
+/// How long calls in flight over NATS get to finish at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What [`Service::open`] opens and starts: the database's settings, the
 /// workers (none by default), the cache, and whether the cache keeps worker
@@ -27,8 +30,14 @@ use crate::workers::{WorkerConfig, WorkerPool};
 pub struct ServiceConfig {
     /// The database.
     pub db: DbConfig,
-    /// Worker processes to start; `None` for no bridge.
+    /// Worker processes to start; `None` for no bridge. With `nats` set,
+    /// only its call settings (deadline, retries, breakers) are used: the
+    /// workers run on worker hosts.
     pub workers: Option<WorkerConfig>,
+    /// Reach the workers through worker hosts on NATS instead of starting
+    /// them here.
+    #[cfg(feature = "nats")]
+    pub nats: Option<crate::workers::nats::NatsConfig>,
     /// The two-level cache.
     pub cache: CacheConfig,
     /// Cache worker results: calls given a cache key, and methods the workers
@@ -75,8 +84,8 @@ pub struct ServiceConfig {
 pub struct Service {
     /// The database: SQLite or PostgreSQL.
     pub db: Backend,
-    /// The worker pool, when workers are configured.
-    pub workers: Option<WorkerPool>,
+    /// The workers, when configured: a local pool or worker hosts on NATS.
+    pub workers: Option<Bridge>,
     /// The two-level cache (also the bridge's result cache).
     pub cache: Cache,
     /// Workflow state.
@@ -119,14 +128,33 @@ impl Service {
             workers,
             cache,
             cache_worker_results,
+            #[cfg(feature = "nats")]
+            nats,
         } = config;
         let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
         let state = StateStore::new(db.clone(), clock.clone());
         let memory = MemoryStore::new(db.clone(), clock.clone());
         let cache = Cache::with_backend(db.clone(), cache, clock.clone());
         cache.count_l2().await;
-        let workers = match workers {
-            Some(config) => match WorkerPool::start(config).await {
+        let started = match workers {
+            None => None,
+            Some(config) => {
+                #[cfg(feature = "nats")]
+                let bridge = match nats {
+                    Some(nats) => {
+                        Box::pin(crate::workers::nats::NatsBridge::connect(nats, &config))
+                            .await
+                            .map(Bridge::Nats)
+                    }
+                    None => WorkerPool::start(config).await.map(Bridge::Local),
+                };
+                #[cfg(not(feature = "nats"))]
+                let bridge = WorkerPool::start(config).await.map(Bridge::Local);
+                Some(bridge)
+            }
+        };
+        let workers = match started {
+            Some(started) => match started {
                 Ok(pool) => {
                     if cache_worker_results {
                         pool.use_cache(cache.clone());
@@ -199,7 +227,7 @@ impl Service {
     /// the database.
     pub async fn shutdown(&self) {
         if let Some(w) = &self.workers {
-            w.shutdown().await;
+            w.shutdown(SHUTDOWN_GRACE).await;
         }
         self.db.close().await;
     }

@@ -5,3 +5,4 @@ pub(crate) mod check;
 pub(crate) mod keys;
 pub(crate) mod query;
 pub(crate) mod serve;
+pub(crate) mod worker_host;

@@ -85,6 +85,7 @@ async fn open_postgres(
         litebridge::ServiceConfig {
             db: litebridge::DbConfig::default(),
             workers: s.worker_config()?,
+            nats: s.worker_transport()?,
             cache: s.cache_config(),
             cache_worker_results: s.cache_enabled(),
         },
@@ -129,6 +130,7 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
         litebridge::ServiceConfig {
             db: s.db_config()?,
             workers: s.worker_config()?,
+            nats: s.worker_transport()?,
             cache: s.cache_config(),
             cache_worker_results: s.cache_enabled(),
         },
@@ -355,7 +357,7 @@ fn exit_after_grace(grace: std::time::Duration) {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -307,7 +307,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Json, RpcError> {
     })
 }
 
-fn workers(service: &Service) -> Result<&litebridge::workers::WorkerPool, RpcError> {
+fn workers(service: &Service) -> Result<&litebridge::workers::Bridge, RpcError> {
     service.workers.as_ref().ok_or_else(|| {
         RpcError::App(Error::Unavailable {
             what: "bridge",

@@ -46,17 +46,25 @@
 //! **Names.** Only methods a worker announced (or, in generic mode, names
 //! under the prefixes it announced) reach a worker; the protocol's own `$/`
 //! names never do, and per-method state stays bounded (`names`).
+//!
+//! **Other machines.** With the `nats` feature, [`nats::WorkerHost`] serves
+//! a pool on NATS and [`nats::NatsBridge`] calls it from a front end; a
+//! service holds either transport as a [`Bridge`].
 
+mod bridge;
 mod config;
 #[cfg(test)]
 mod fake;
 mod launch;
 mod names;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod pool;
 mod process;
 mod protocol;
 mod signal;
 
+pub use bridge::Bridge;
 pub use config::WorkerConfig;
 pub use pool::{CallOptions, MethodStats, PoolEvent, PoolStatus, WorkerPool, WorkerStatus};
 pub use protocol::{MethodInfo, ParamInfo};

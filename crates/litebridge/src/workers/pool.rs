@@ -121,6 +121,19 @@ pub enum PoolEvent {
     },
     /// A circuit breaker changed state.
     Breaker(crate::resilience::BreakerEvent),
+    /// A worker host began sending heartbeats (NATS transport).
+    HostJoined {
+        /// Its id.
+        host: String,
+    },
+    /// A worker host stopped sending heartbeats; the calls it had
+    /// acknowledged failed with `worker_crashed` (NATS transport).
+    HostLost {
+        /// Its id.
+        host: String,
+        /// How it was seen to be lost.
+        reason: String,
+    },
     /// The pool is shutting down.
     Shutdown,
 }
@@ -139,9 +152,9 @@ pub struct MethodStats {
 }
 
 #[derive(Default)]
-struct MethodCounters {
-    errors: AtomicU64,
-    latency: crate::histogram::Histogram,
+pub(crate) struct MethodCounters {
+    pub(crate) errors: AtomicU64,
+    pub(crate) latency: crate::histogram::Histogram,
 }
 
 /// A snapshot of one worker.
@@ -182,6 +195,38 @@ pub struct PoolStatus {
     pub methods: Vec<MethodStats>,
     /// Every call of every method (named `*`): the seed's pool-wide figures.
     pub all: MethodStats,
+}
+
+/// The cache key and lifetime of a call, when its result may be cached:
+/// under the caller's `cache_key`, or under its parameters when the workers
+/// declared the method cacheable (`declared`: its `cache_ttl_s`).
+pub(crate) fn cache_key(
+    method: &str,
+    params: &Json,
+    options: &CallOptions,
+    declared: Option<f64>,
+) -> Option<(String, Option<Duration>)> {
+    let ttl = options
+        .cache_ttl
+        .or_else(|| declared.and_then(|s| Duration::try_from_secs_f64(s).ok()));
+    match (&options.cache_key, declared) {
+        // Lengths first, so no choice of scope, method and key can spell
+        // another caller's entry (or a declared one).
+        (Some(k), _) => {
+            let scope = options.cache_scope.as_deref().unwrap_or("");
+            Some((
+                format!(
+                    "bridge:key:{}:{scope}:{}:{method}:{k}",
+                    scope.len(),
+                    method.len()
+                ),
+                ttl,
+            ))
+        }
+        // serde_json keeps object keys sorted: the text is canonical.
+        (None, Some(_)) => Some((format!("bridge:params:{method}:{params}"), ttl)),
+        (None, None) => None,
+    }
 }
 
 struct Shared {
@@ -408,27 +453,7 @@ impl WorkerPool {
                 .and_then(|p| p.methods.get(method))
                 .and_then(|m| m.cache_ttl_s)
         });
-        let ttl = options
-            .cache_ttl
-            .or_else(|| declared.and_then(|s| Duration::try_from_secs_f64(s).ok()));
-        match (&options.cache_key, declared) {
-            // Lengths first, so no choice of scope, method and key can spell
-            // another caller's entry (or a declared one).
-            (Some(k), _) => {
-                let scope = options.cache_scope.as_deref().unwrap_or("");
-                Some((
-                    format!(
-                        "bridge:key:{}:{scope}:{}:{method}:{k}",
-                        scope.len(),
-                        method.len()
-                    ),
-                    ttl,
-                ))
-            }
-            // serde_json keeps object keys sorted: the text is canonical.
-            (None, Some(_)) => Some((format!("bridge:params:{method}:{params}"), ttl)),
-            (None, None) => None,
-        }
+        cache_key(method, params, options, declared)
     }
 
     async fn call_uncached(

@@ -1,0 +1,77 @@
+//! `litebridge worker-host`: worker processes served on NATS.
+
+use std::path::PathBuf;
+
+use litebridge::workers::WorkerPool;
+use litebridge::workers::nats::WorkerHost;
+
+use crate::settings::Settings;
+use crate::{CliResult, Failure};
+
+/// The command's flags.
+pub(crate) struct Args {
+    pub(crate) nats: Option<String>,
+    pub(crate) workers: Option<String>,
+    pub(crate) processes: Option<usize>,
+    pub(crate) name: Option<String>,
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) log_format: Option<String>,
+    pub(crate) print_config: bool,
+}
+
+/// Starts the pool, serves it on NATS until SIGTERM or SIGINT, then stops
+/// taking calls, finishes those in flight and stops the workers.
+pub(crate) async fn run(args: Args) -> CliResult {
+    let mut flags = Vec::new();
+    if let Some(u) = args.nats {
+        flags.push(("nats.url", "nats", u));
+    }
+    if let Some(w) = args.workers {
+        flags.push(("workers.command", "workers", w));
+    }
+    if let Some(n) = args.processes {
+        flags.push(("workers.processes", "processes", n.to_string()));
+    }
+    if let Some(f) = args.log_format {
+        flags.push(("server.log_format", "log-format", f));
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let s = Settings::load(args.config.as_deref(), &env, &flags)?;
+    if args.print_config {
+        print!("{}", s.describe());
+        return Ok(());
+    }
+    crate::logging::init(s.log_level(), s.log_format());
+    let mut nats = s.nats_config()?;
+    nats.host_id = args.name;
+    nats.validate()?;
+    let Some(workers) = s.local_workers()? else {
+        return Err(Failure::new(
+            "a worker host needs its workers: --workers \"python3 worker.py\" (workers.command) or workers.framework_path",
+        ));
+    };
+    let pool = WorkerPool::start(workers).await?;
+    let host = match WorkerHost::start(pool.clone(), nats).await {
+        Ok(h) => h,
+        Err(e) => {
+            pool.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let methods: Vec<String> = pool.methods().into_iter().map(|m| m.name).collect();
+    println!(
+        "serving {} on NATS as host {}",
+        if methods.is_empty() {
+            "any method under the workers' prefixes".to_owned()
+        } else {
+            methods.join(", ")
+        },
+        host.id()
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    crate::commands::serve::shutdown_signal().await;
+    tracing::info!("shutting down: finishing the calls in flight");
+    host.shutdown().await;
+    Ok(())
+}

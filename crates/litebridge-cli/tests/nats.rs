@@ -1,0 +1,642 @@
+//! Worker hosts over NATS, against a real `nats-server` (Debian's, installed by
+//! `scripts/nats.sh`): each test starts its own server on a free loopback
+//! port, its hosts as `litebridge worker-host` processes (so they can be
+//! killed and paused), and a front end ([`NatsBridge`]) in the test.
+//!
+//! Skipped when no `nats-server` is found, unless `LB_TEST_REQUIRE` names
+//! `nats` (as the README's test command does).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use litebridge::workers::nats::{NatsBridge, NatsConfig};
+use litebridge::workers::{CallOptions, WorkerConfig};
+use litebridge::{Error, ErrorKind};
+use serde_json::{Value as Json, json};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn server_binary() -> Option<PathBuf> {
+    let named = std::env::var_os("LB_TEST_NATS_SERVER").map(PathBuf::from);
+    let found = named
+        .into_iter()
+        .chain(["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from))
+        .find(|p| p.is_file());
+    if found.is_none()
+        && std::env::var("LB_TEST_REQUIRE").is_ok_and(|r| r.split(',').any(|s| s.trim() == "nats"))
+    {
+        panic!(
+            "LB_TEST_REQUIRE names nats but no nats-server was found (run scripts/nats.sh start)"
+        );
+    }
+    found
+}
+
+/// A `nats-server` of this test, on loopback; killed on drop.
+struct Server {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    extra: Vec<String>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        let bin = server_binary()?;
+        let mut s = Server {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            port: 0,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        s.run();
+        Some(s)
+    }
+
+    /// Starts the server: on a port of its choosing the first time (read from
+    /// its ports file), on the same port again after a stop.
+    fn run(&mut self) {
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ports = self
+            .dir
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        let until = Instant::now() + Duration::from_secs(10);
+        let listed = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports)
+                && let Ok(v) = serde_json::from_str::<Json>(&text)
+            {
+                break v;
+            }
+            assert!(Instant::now() < until, "nats-server wrote no ports file");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let url = listed["nats"][0].as_str().unwrap();
+        self.port = url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `litebridge worker-host` process serving `nats_worker.py`.
+struct Host {
+    child: Child,
+}
+
+impl Host {
+    fn start(url: &str, name: &str, processes: usize, env: &[(&str, &str)]) -> Host {
+        let worker = "crates/litebridge-cli/tests/workers/nats_worker.py";
+        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["worker-host", "--nats", url, "--name", name])
+            .args(["--workers", &format!("python3 {worker}")])
+            .args(["--processes", &processes.to_string()])
+            .env("PYTHONPATH", format!("{ROOT}/python"))
+            .env("LB_HOST_TAG", name)
+            .env("LITEBRIDGE_NATS_HEARTBEAT_MS", "200")
+            .env("LITEBRIDGE_NATS_ACK_DELAY_MS", "20")
+            .env("LITEBRIDGE_SERVER_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .current_dir(ROOT)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("serving "), "worker-host said {first:?}");
+        Host { child }
+    }
+
+    /// Sends `sig` with kill(1) (the workspace denies unsafe code).
+    fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {}", self.child.id());
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn front_config(url: &str) -> NatsConfig {
+    let mut c = NatsConfig::new(url);
+    c.heartbeat = Duration::from_millis(200);
+    c.host_dead_after = 3;
+    c.ack_delay = Duration::from_millis(20);
+    c.ack_timeout = Duration::from_millis(500);
+    c.reconnect_grace = Duration::from_millis(500);
+    c
+}
+
+fn calls() -> WorkerConfig {
+    let mut w = WorkerConfig::new(Vec::<String>::new());
+    w.call_timeout = Duration::from_secs(10);
+    w
+}
+
+async fn front(url: &str) -> NatsBridge {
+    NatsBridge::connect(front_config(url), &calls())
+        .await
+        .unwrap()
+}
+
+/// Waits until the front end has read the methods of `hosts` hosts.
+async fn until_hosts(bridge: &NatsBridge, hosts: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while bridge
+        .hosts()
+        .iter()
+        .filter(|h| !h.methods.is_empty())
+        .count()
+        < hosts
+    {
+        assert!(Instant::now() < until, "hosts seen: {:?}", bridge.hosts());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn opts(timeout_ms: u64) -> CallOptions {
+    CallOptions {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        ..CallOptions::default()
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_two_hosts_and_the_methods_are_discovered() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _a = Host::start(&url, "ha", 2, &[]);
+    let _b = Host::start(&url, "hb", 2, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 2).await;
+
+    let methods: HashMap<String, bool> = bridge
+        .methods()
+        .into_iter()
+        .map(|m| (m.name, m.idempotent))
+        .collect();
+    assert_eq!(methods.get("record_once"), Some(&false));
+    assert_eq!(methods.get("record_idem"), Some(&true));
+    assert!(bridge.idempotent("echo") && !bridge.idempotent("record_once"));
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let b = bridge.clone();
+        set.spawn(async move { b.call("nap", json!({"ms": 5}), opts(10_000)).await });
+    }
+    let mut by_host: HashMap<String, usize> = HashMap::new();
+    while let Some(r) = set.join_next().await {
+        let tag = r.unwrap().unwrap();
+        *by_host.entry(tag.as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let (a, b) = (
+        by_host.get("ha").copied().unwrap_or(0),
+        by_host.get("hb").copied().unwrap_or(0),
+    );
+    assert_eq!(a + b, 200, "{by_host:?}");
+    assert!(a >= 40 && b >= 40, "both hosts used: {by_host:?}");
+
+    let s = bridge.status();
+    assert!(s.healthy);
+    assert_eq!(s.processes, 4);
+    assert_eq!(s.all.calls, 200);
+    assert_eq!(
+        s.methods
+            .iter()
+            .find(|m| m.method == "nap")
+            .map(|m| m.calls),
+        Some(200),
+        "{:?}",
+        s.methods
+    );
+    bridge.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_host_for_a_method_is_unavailable_at_once() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let bridge = front(&url).await;
+    let t = Instant::now();
+    let e = bridge
+        .call("echo", json!([1]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        e.to_string().contains("no worker host serves `echo`"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let _h = Host::start(&url, "h1", 1, &[]);
+    until_hosts(&bridge, 1).await;
+    let t = Instant::now();
+    let e = bridge
+        .call("nothing.here", json!([]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    for bad in ["$/ping", "a b", "x.>", "a..b"] {
+        let e = bridge.call(bad, json!([]), opts(1_000)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+    }
+    assert_eq!(
+        bridge
+            .call("echo", json!(["ok"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("ok")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_call_fails_only_what_it_ran_and_idempotent_calls_succeed_elsewhere() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let a = Host::start(&url, "ha", 2, &[]);
+    let _b = Host::start(&url, "hb", 2, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let idem = dir.path().join("idem");
+    let once = dir.path().join("once");
+
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        for (method, path) in [("record_idem", &idem), ("record_once", &once)] {
+            let b = bridge.clone();
+            let params = json!({"path": path, "token": format!("{method}-{i}"), "delay": 1.0});
+            set.spawn(async move { (method, i, b.call(method, params, opts(20_000)).await) });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let killed = Instant::now();
+    a.signal(9);
+    let mut crashed = 0;
+    let mut slowest_failure = Duration::ZERO;
+    while let Some(r) = set.join_next().await {
+        let (method, i, r) = r.unwrap();
+        match (method, r) {
+            ("record_idem", r) => assert_eq!(r.unwrap(), json!("hb"), "idempotent call {i}"),
+            (_, Ok(tag)) => assert_eq!(tag, json!("hb"), "call {i} answered by the dead host"),
+            (_, Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+                assert!(
+                    matches!(&e, Error::HostLost { host, .. } if host == "ha"),
+                    "{e}"
+                );
+                crashed += 1;
+                slowest_failure = slowest_failure.max(killed.elapsed());
+            }
+        }
+    }
+    assert!(
+        crashed > 0,
+        "some non-idempotent calls were on the killed host"
+    );
+    // Heartbeats every 200 ms, dead after 3 missed, checked every 50 ms.
+    assert!(
+        slowest_failure < Duration::from_millis(1_500),
+        "{slowest_failure:?}"
+    );
+    // At most once: no token of the non-idempotent method was written twice.
+    let mut seen = HashMap::new();
+    for t in lines(&once) {
+        *seen.entry(t).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    assert!(lines(&idem).len() >= 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_under_load_fails_fast_and_recovers() {
+    let Some(mut server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 2, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    // Calls in flight when the server goes: those of a method that may not
+    // run twice fail at once, outcome unknown; idempotent ones are tried
+    // again, wait for the connection (500 ms), then fail, not sent.
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let b = bridge.clone();
+        let (method, params) = if i % 2 == 0 {
+            (
+                "record_once",
+                json!({"path": once, "token": format!("t{i}"), "delay": 3.0}),
+            )
+        } else {
+            ("nap", json!({"ms": 3000}))
+        };
+        set.spawn(async move {
+            let r = b.call(method, params, opts(10_000)).await;
+            (method, r, Instant::now())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    server.stop();
+    while let Some(r) = set.join_next().await {
+        let (method, r, at) = r.unwrap();
+        let e = r.unwrap_err();
+        let took = at - stopped;
+        if method == "record_once" {
+            assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+            assert!(took < Duration::from_millis(300), "{took:?}");
+        } else {
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+            assert!(took < Duration::from_millis(1_500), "{took:?}");
+        }
+    }
+    // A new call waits the grace (500 ms), then fails, not sent.
+    let t = Instant::now();
+    let e = bridge
+        .call("echo", json!([1]), opts(10_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    // Back: calls succeed within 2 s of the server's return.
+    server.run();
+    let back = Instant::now();
+    loop {
+        if bridge
+            .call("echo", json!(["again"]), opts(1_000))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "no recovery in 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("recovered {:?} after the server's return", back.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_cancels_the_handler() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cancelled");
+    // Deadline.
+    let e = bridge
+        .call("hang", json!({"marker": marker}), opts(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let gave_up = Instant::now();
+    while !marker.exists() {
+        assert!(
+            gave_up.elapsed() < Duration::from_secs(2),
+            "the handler never saw the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "cancel reached the handler {:?} after the deadline",
+        gave_up.elapsed()
+    );
+    // A caller that drops its call.
+    std::fs::remove_file(&marker).unwrap();
+    let call = bridge.call("hang", json!({"marker": marker}), opts(10_000));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err()
+    );
+    let dropped = Instant::now();
+    while !marker.exists() {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(2),
+            "the handler never saw the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_host_never_starts_a_call_its_caller_gave_up_on() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let host = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once");
+    host.signal(19); // SIGSTOP
+    let e = bridge
+        .call(
+            "record_once",
+            json!({"path": once, "token": "late"}),
+            opts(300),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    // A longer deadline: no acknowledgement in ack_delay + ack_timeout (not
+    // retried here: its outcome is unknown, and retries would find the same
+    // paused host).
+    let t = Instant::now();
+    let no_retry = CallOptions {
+        retry: false,
+        ..opts(10_000)
+    };
+    let e = bridge.call("echo", json!([1]), no_retry).await.unwrap_err();
+    assert!(matches!(&e, Error::HostLost { .. }), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    host.signal(18); // SIGCONT
+    // The host takes the calls it missed, finds the first past its deadline
+    // and answers without running it; the front end counts what comes late.
+    // (The second may be answered late too, or cancelled first.)
+    let until = Instant::now() + Duration::from_secs(3);
+    while bridge.late_answers() < 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        bridge.late_answers() >= 1,
+        "late answers: {}",
+        bridge.late_answers()
+    );
+    assert!(
+        lines(&once).is_empty(),
+        "the expired call ran: {:?}",
+        lines(&once)
+    );
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge
+            .call("echo", json!(["on"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("on")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_servers_limit_are_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
+    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let e = bridge
+        .call("echo", json!(["y".repeat(100_000)]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("params of `echo`"), "{e}");
+    let e = bridge
+        .call("big", json!([100_000]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("the answer of `big`"), "{e}");
+    assert_eq!(
+        bridge
+            .call("big", json!([1000]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("x".repeat(1000))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
+    let Some(server) = Server::start(&["--auth", "s3cret-token"]) else {
+        return;
+    };
+    let url = server.url();
+    // Without the token: refused, named, and the secret is not printed.
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["worker-host", "--nats", &url])
+        .args([
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
+        ])
+        .env("PYTHONPATH", format!("{ROOT}/python"))
+        .env("LITEBRIDGE_NATS_TOKEN", "wrong-token")
+        .env("LITEBRIDGE_NATS_CONNECT_TIMEOUT_MS", "2000")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("NATS") && err.contains(&url), "{err}");
+    assert!(!err.contains("wrong-token"), "{err}");
+
+    let _h = Host::start(&url, "h1", 1, &[("LITEBRIDGE_NATS_TOKEN", "s3cret-token")]);
+    let mut c = front_config(&url);
+    c.token = Some("s3cret-token".into());
+    let bridge = NatsBridge::connect(c.clone(), &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge.call("echo", json!([7]), opts(5_000)).await.unwrap(),
+        json!(7)
+    );
+    // Another deployment on the same server does not reach this host.
+    c.prefix = "other".into();
+    let other = NatsBridge::connect(c, &calls()).await.unwrap();
+    let e = other
+        .call("echo", json!([7]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(other.hosts().is_empty(), "{:?}", other.hosts());
+}

@@ -1,0 +1,62 @@
+"""The worker the NATS tests serve through `litebridge worker-host` (built on the SDK)."""
+
+import os
+import time
+
+from litebridge_worker import Worker, cancelled
+
+worker = Worker()
+
+
+@worker.method()
+def echo(value=None):
+    return value
+
+
+@worker.method()
+def tag():
+    """Which host served the call (the host's LB_HOST_TAG)."""
+    return os.environ.get("LB_HOST_TAG", "?")
+
+
+@worker.method()
+def nap(ms):
+    time.sleep(ms / 1000)
+    return os.environ.get("LB_HOST_TAG", "?")
+
+
+@worker.method()
+def record_idem(path, token, delay=0.0):
+    time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    return os.environ.get("LB_HOST_TAG", "?")
+
+
+@worker.method(idempotent=False)
+def record_once(path, token, delay=0.0):
+    time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    return os.environ.get("LB_HOST_TAG", "?")
+
+
+@worker.method()
+def hang(marker, seconds=60):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cancelled():
+            with open(marker, "w") as f:
+                f.write("cancel seen")
+            return "cancelled"
+        time.sleep(0.005)
+    return "finished"
+
+
+@worker.method()
+def big(n):
+    return "x" * n
+
+
+if __name__ == "__main__":
+    worker.run()

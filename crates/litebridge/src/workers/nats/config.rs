@@ -1,0 +1,211 @@
+//! The configuration of worker hosts over NATS, shared by both ends.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How to reach NATS, and the timings of the call protocol. Both ends (the
+/// worker host and the front end) must agree on `prefix`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// One or more server addresses, comma-separated
+    /// (`nats://n1:4222,nats://n2:4222`).
+    pub url: String,
+    /// The token the servers require, if any.
+    pub token: Option<String>,
+    /// The user the servers require, if any (with `password`).
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<String>,
+    /// The first token of every subject, so two deployments can share a
+    /// server. Letters, digits, `_` and `-`. Default: `lb`.
+    pub prefix: String,
+    /// The queue group the hosts serve calls in. Default: `lb-workers`.
+    pub queue_group: String,
+    /// A host acknowledges a call still running after this long, which tells
+    /// the front end which host to watch. Default: 20 ms.
+    pub ack_delay: Duration,
+    /// A call with neither an acknowledgement nor an answer this long after
+    /// `ack_delay` is taken as lost (`worker_crashed`). Default: 2 s.
+    pub ack_timeout: Duration,
+    /// How often a host announces itself. Default: 1 s.
+    pub heartbeat: Duration,
+    /// A host missing this many heartbeats in a row is taken as dead, and its
+    /// acknowledged calls fail with `worker_crashed`. Default: 3.
+    pub host_dead_after: u32,
+    /// While NATS is unreachable, a new call waits this long for the
+    /// connection to come back before it fails with `unavailable`.
+    /// Default: 2 s.
+    pub reconnect_grace: Duration,
+    /// How long the first connection may take. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// This host's id in subjects and answers (worker hosts only). Letters,
+    /// digits, `_` and `-`. Default: the machine's name and the process id.
+    pub host_id: Option<String>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("prefix", &self.prefix)
+            .field("queue_group", &self.queue_group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConfig {
+    /// A configuration for the servers at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> NatsConfig {
+        NatsConfig {
+            url: url.into(),
+            token: None,
+            user: None,
+            password: None,
+            prefix: "lb".into(),
+            queue_group: "lb-workers".into(),
+            ack_delay: Duration::from_millis(20),
+            ack_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+            host_dead_after: 3,
+            reconnect_grace: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            host_id: None,
+        }
+    }
+
+    /// Checks every value, naming the first bad one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key (`nats.prefix`, ...).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, value: &str, expected: &str| {
+            Err(Error::Config {
+                key: key.into(),
+                value: value.into(),
+                expected: expected.into(),
+            })
+        };
+        if self.url.trim().is_empty() {
+            return bad(
+                "nats.url",
+                "\"\"",
+                "one or more addresses such as nats://127.0.0.1:4222",
+            );
+        }
+        for (key, value) in [
+            ("nats.prefix", Some(&self.prefix)),
+            ("nats.queue_group", Some(&self.queue_group)),
+            ("nats.host_id", self.host_id.as_ref()),
+        ] {
+            if let Some(v) = value
+                && !is_token(v)
+            {
+                return bad(
+                    key,
+                    &format!("{v:?}"),
+                    "1 to 64 letters, digits, `_` or `-` (one subject token)",
+                );
+            }
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return bad(
+                if self.user.is_some() {
+                    "nats.password"
+                } else {
+                    "nats.user"
+                },
+                "(missing)",
+                "nats.user and nats.password given together",
+            );
+        }
+        if self.token.is_some() && self.user.is_some() {
+            return bad(
+                "nats.token",
+                "(set)",
+                "a token or a user and password, not both",
+            );
+        }
+        for (key, d) in [
+            ("nats.heartbeat_ms", self.heartbeat),
+            ("nats.ack_timeout_ms", self.ack_timeout),
+            ("nats.connect_timeout_ms", self.connect_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(key, "0", "a positive number of milliseconds");
+            }
+        }
+        if self.host_dead_after == 0 {
+            return bad("nats.host_dead_after", "0", "at least 1 missed heartbeat");
+        }
+        Ok(())
+    }
+
+    /// How long a host may stay silent before it is taken as dead.
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat * self.host_dead_after
+    }
+
+    /// The NATS connection options: credentials, name and timeouts.
+    pub(crate) fn connect_options(&self, name: &str) -> async_nats::ConnectOptions {
+        let mut o = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(self.connect_timeout)
+            // Requests of our own (discovery) carry their own timeouts.
+            .request_timeout(Some(self.connect_timeout))
+            // A lost server is noticed within a few seconds, not minutes.
+            .ping_interval(Duration::from_secs(2))
+            // Back within half a second of a server's return (the default
+            // backs off to seconds).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(500))
+            });
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        o
+    }
+}
+
+/// One subject token of a name we choose: `[A-Za-z0-9_-]{1,64}`.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let mut c = NatsConfig::new("nats://127.0.0.1:4222");
+        c.validate().unwrap();
+        c.prefix = "lb.evil".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nats.prefix") && e.contains("lb.evil"), "{e}");
+        c.prefix = "lb".into();
+        c.user = Some("u".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nats.password"), "{e}");
+        c.password = Some("p".into());
+        c.token = Some("t".into());
+        assert!(c.validate().unwrap_err().to_string().contains("nats.token"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut c = NatsConfig::new("nats://x");
+        c.token = Some("s3cret".into());
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,913 @@
+//! The front end's side: `bridge.call` over NATS to any host serving the method.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, HeaderMap, StatusCode};
+use futures_util::StreamExt;
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result, TimeoutStage};
+use crate::resilience::{BreakerRegistry, RetryPolicy};
+use crate::sync::{lock, read, write};
+use crate::workers::nats::NatsConfig;
+use crate::workers::nats::wire::{self, Heartbeat, Subjects};
+use crate::workers::pool::{MethodCounters, cache_key};
+use crate::workers::{
+    CallOptions, MethodInfo, MethodStats, PoolEvent, PoolStatus, WorkerConfig, WorkerStatus,
+};
+
+/// Per-method state (breakers, statistics) is kept for this many names;
+/// calls to more share one entry, `(other)`.
+const MAX_METHODS: usize = 256;
+
+/// `bridge.call` over NATS: each call goes to one host of the queue group
+/// serving its method, with the same deadlines, retries, breakers, cache and
+/// statistics as the local [`WorkerPool`](crate::workers::WorkerPool).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct NatsBridge {
+    shared: Arc<Front>,
+}
+
+impl std::fmt::Debug for NatsBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBridge")
+            .field("url", &self.shared.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker host as this front end sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    /// Its id.
+    pub id: String,
+    /// Calls in flight on it, from its last heartbeat.
+    pub in_flight: usize,
+    /// Its worker processes.
+    pub processes: usize,
+    /// Whether its pool says it is healthy.
+    pub healthy: bool,
+    /// Whether it is shutting down.
+    pub draining: bool,
+    /// Since its last heartbeat.
+    pub last_seen: Duration,
+    /// The methods it serves.
+    pub methods: Vec<String>,
+}
+
+struct Known {
+    beat: Option<Heartbeat>,
+    last_seen: Instant,
+    /// From the services protocol's INFO.
+    methods: Vec<MethodInfo>,
+    dynamic: bool,
+    /// The `methods_hash` the methods above were read for.
+    read_for: Option<String>,
+}
+
+/// What reaches a call waiting for its answer.
+enum Reply {
+    Message(async_nats::Message),
+    Lost(Error),
+}
+
+struct Pending {
+    tx: mpsc::UnboundedSender<Reply>,
+    method: String,
+    /// The host that acknowledged the call.
+    host: Option<String>,
+}
+
+struct Front {
+    client: Client,
+    config: NatsConfig,
+    subjects: Subjects,
+    /// Replies come to `<inbox>.<call id>`.
+    inbox: String,
+    calls: Mutex<HashMap<u64, Pending>>,
+    next_call: AtomicU64,
+    hosts: RwLock<HashMap<String, Known>>,
+    connected: watch::Sender<bool>,
+    call_timeout: Duration,
+    /// Idempotent methods: retried after a crash, a lost host or a lost
+    /// connection, and when a host did not start the call.
+    retry_started: RetryPolicy,
+    /// Other methods: retried only when a host did not start the call.
+    retry_unstarted: RetryPolicy,
+    breaker_enabled: bool,
+    breakers: BreakerRegistry,
+    events: tokio::sync::broadcast::Sender<PoolEvent>,
+    stats: RwLock<HashMap<String, Arc<MethodCounters>>>,
+    all: MethodCounters,
+    late: AtomicU64,
+    closing: AtomicBool,
+    cache: OnceLock<crate::store::Cache>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// An error a host gave for a call it did not start: safe to send elsewhere.
+fn unstarted(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Overloaded {
+            queue: "worker host",
+            ..
+        } | Error::Unavailable {
+            what: "worker host",
+            ..
+        }
+    )
+}
+
+/// An error after which the call may or may not have run.
+fn outcome_unknown(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::WorkerCrashed { .. } | Error::HostLost { .. } | Error::CallOutcomeUnknown { .. }
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NatsBridge {
+    /// Connects to NATS and starts following the worker hosts. Calls use the
+    /// deadline, retry and breaker settings of `calls` (its command and
+    /// process settings are the hosts' business).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad configuration; [`Error::Unavailable`] when
+    /// NATS cannot be reached within `connect_timeout`.
+    pub async fn connect(config: NatsConfig, calls: &WorkerConfig) -> Result<NatsBridge> {
+        config.validate()?;
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let client = super::connect(&config, "litebridge front end", Some(event_tx)).await?;
+        let subjects = Subjects::new(&config.prefix);
+        let inbox = client.new_inbox();
+        let unavailable = |e: &dyn std::fmt::Display| Error::Unavailable {
+            what: "NATS",
+            reason: format!("{}: {e}", config.url),
+        };
+        let replies = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let beats = client
+            .subscribe(subjects.heartbeats())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let retry_started = calls
+            .retry
+            .clone()
+            .retry_if(|e| unstarted(e) || outcome_unknown(e));
+        let retry_unstarted = calls.retry.clone().retry_if(unstarted);
+        let shared = Arc::new(Front {
+            client,
+            subjects,
+            inbox,
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            hosts: RwLock::new(HashMap::new()),
+            connected: watch::Sender::new(true),
+            call_timeout: calls.call_timeout,
+            retry_started,
+            retry_unstarted,
+            breaker_enabled: calls.breaker.enabled,
+            breakers: BreakerRegistry::new(calls.breaker.clone()),
+            events: tokio::sync::broadcast::channel(1024).0,
+            stats: RwLock::new(HashMap::new()),
+            all: MethodCounters::default(),
+            late: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            cache: OnceLock::new(),
+            tasks: Mutex::new(Vec::new()),
+            config,
+        });
+        let weak = Arc::downgrade(&shared);
+        let tasks = vec![
+            tokio::spawn(route_replies(weak.clone(), replies)),
+            tokio::spawn(follow_heartbeats(weak.clone(), beats)),
+            tokio::spawn(watch_liveness(weak.clone())),
+            tokio::spawn(follow_connection(weak.clone(), event_rx)),
+            tokio::spawn(forward_breaker_events(weak)),
+        ];
+        *lock(&shared.tasks) = tasks;
+        let bridge = NatsBridge { shared };
+        bridge.discover().await;
+        Ok(bridge)
+    }
+
+    /// Asks every host serving now for its methods (the services protocol's
+    /// INFO), waiting a short while for the answers.
+    async fn discover(&self) {
+        let s = &self.shared;
+        let inbox = s.client.new_inbox();
+        let Ok(mut answers) = s.client.subscribe(inbox.clone()).await else {
+            return;
+        };
+        let subject = format!("$SRV.INFO.{}", wire::SERVICE);
+        if s.client
+            .publish_with_reply(subject, inbox, Default::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(300);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, answers.next()).await {
+            if let Ok(info) = serde_json::from_slice::<async_nats::service::Info>(&m.payload) {
+                s.learn(&info, None);
+            }
+        }
+    }
+
+    /// Calls `method` with `params` on one host serving it.
+    ///
+    /// # Errors
+    /// As [`WorkerPool::call`](crate::workers::WorkerPool::call), and:
+    /// [`Error::Unavailable`] when no host serves the method (at once) or
+    /// NATS stayed unreachable past `reconnect_grace` (the call was not
+    /// sent); [`Error::HostLost`] when the host running it stopped
+    /// answering; [`Error::CallOutcomeUnknown`] when the connection to NATS
+    /// was lost with the call in flight; [`Error::TooLarge`] when the params
+    /// are over the server's `max_payload`.
+    pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
+        if method.starts_with('$') {
+            return Err(Error::invalid(
+                "method",
+                format!(
+                    "{method:?}: names starting with `$` belong to the worker protocol and cannot be called"
+                ),
+            ));
+        }
+        if !wire::method_is_subject_safe(method) {
+            return Err(Error::invalid(
+                "method",
+                format!(
+                    "{method:?} cannot be called over NATS: a name must be dot-separated letters, digits, `_` or `-`"
+                ),
+            ));
+        }
+        if let Some(cache) = self.shared.cache.get() {
+            let declared = self.method(method).and_then(|m| m.cache_ttl_s);
+            if let Some((key, ttl)) = cache_key(method, &params, &options, declared) {
+                return cache
+                    .get_or_load(&key, ttl, || self.call_uncached(method, params, options))
+                    .await;
+            }
+        }
+        self.call_uncached(method, params, options).await
+    }
+
+    async fn call_uncached(
+        &self,
+        method: &str,
+        params: Json,
+        options: CallOptions,
+    ) -> Result<Json> {
+        let s = &self.shared;
+        if s.closing.load(Ordering::Acquire) {
+            return Err(Error::Unavailable {
+                what: "workers",
+                reason: "the bridge is shutting down".into(),
+            });
+        }
+        let timeout = options.timeout.unwrap_or(s.call_timeout);
+        let deadline = Instant::now() + timeout;
+        let state = self.state_name(method);
+        let custom;
+        let base = if self.idempotent(method) {
+            &s.retry_started
+        } else {
+            &s.retry_unstarted
+        };
+        let policy = match (options.retry, options.max_retries) {
+            (false, _) => RetryPolicy::none(),
+            (true, Some(n)) => {
+                custom = base.clone().max_retries(n);
+                custom
+            }
+            (true, None) => base.clone(),
+        };
+        let breaker = s.breaker_enabled.then(|| s.breakers.get(state));
+        let permit = match &breaker {
+            Some(b) => Some(b.acquire(deadline)?),
+            None => None,
+        };
+        let started = Instant::now();
+        let body = Arc::new(serde_json::to_vec(&params).map_err(|e| Error::Internal {
+            message: format!("params of `{method}`: {e}"),
+        })?);
+        let request_id = options.request_id.as_deref();
+        let r = policy
+            .run_with(
+                |_| self.call_once(method, &body, request_id, deadline, timeout),
+                |retry| {
+                    tracing::warn!(
+                        method,
+                        attempt = retry.attempt,
+                        kind = retry.error.kind().as_str(),
+                        "retrying a call on another worker host"
+                    );
+                    let _ = s.events.send(PoolEvent::Retry {
+                        method: method.to_owned(),
+                        attempt: retry.attempt,
+                        max_attempts: policy.attempts(),
+                        kind: retry.error.kind(),
+                        error: retry.error.to_string(),
+                        delay: retry.delay,
+                    });
+                },
+            )
+            .await;
+        let counters = self.counters(state);
+        let took = started.elapsed();
+        counters.latency.record(took);
+        s.all.latency.record(took);
+        if r.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            s.all.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(permit) = permit {
+            match &r {
+                Ok(_) => permit.success(),
+                Err(e)
+                    if outcome_unknown(e)
+                        || matches!(e, Error::Timeout { .. } | Error::WorkerError { .. }) =>
+                {
+                    permit.failure()
+                }
+                Err(_) => drop(permit),
+            }
+        }
+        r
+    }
+
+    /// One attempt: sent to the queue group, then waited for until its
+    /// answer, its deadline, the loss of its host, or no acknowledgement.
+    async fn call_once(
+        &self,
+        method: &str,
+        body: &Arc<Vec<u8>>,
+        request_id: Option<&str>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Json> {
+        let s = &self.shared;
+        self.wait_connected(deadline, timeout).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Queued,
+            });
+        }
+        let limit = s.client.server_info().max_payload;
+        if body.len() + 1024 > limit {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "params of `{method}` ({} bytes), against the NATS server's max_payload",
+                    body.len()
+                ),
+                limit: limit as u64,
+            });
+        }
+        let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+        let reply = format!("{}.{id}", s.inbox);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&s.calls).insert(
+            id,
+            Pending {
+                tx,
+                method: method.to_owned(),
+                host: None,
+            },
+        );
+        let mut guard = Waiting {
+            front: s.clone(),
+            id,
+            reply: reply.clone(),
+            cancel: true,
+        };
+        let mut headers = HeaderMap::new();
+        let left_ms = left.as_millis().max(1) as u64;
+        headers.insert(wire::BUDGET_MS, left_ms.to_string().as_str());
+        headers.insert(wire::DEADLINE, (unix_ms() + left_ms).to_string().as_str());
+        if let Some(rid) =
+            request_id.filter(|r| r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            headers.insert(wire::REQUEST_ID, rid);
+        }
+        if let Err(e) = s
+            .client
+            .publish_with_reply_and_headers(
+                s.subjects.call(method),
+                reply,
+                headers,
+                body.to_vec().into(),
+            )
+            .await
+        {
+            guard.cancel = false;
+            return Err(Error::Unavailable {
+                what: "NATS",
+                reason: format!("the call was not sent: {e}"),
+            });
+        }
+        let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
+        let mut acked = false;
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(Reply::Message(m)) => {
+                        if m.status == Some(StatusCode::NO_RESPONDERS) {
+                            guard.cancel = false;
+                            return Err(Error::Unavailable {
+                                what: "workers",
+                                reason: format!(
+                                    "no worker host serves `{method}` on NATS (subject prefix `{}`); the call was not started",
+                                    s.config.prefix
+                                ),
+                            });
+                        }
+                        let h = m.headers.as_ref();
+                        let host = h.and_then(|h| h.get(wire::HOST)).map_or("(unnamed)", |v| v.as_str());
+                        if h.and_then(|h| h.get(wire::STATUS)).is_some_and(|v| v.as_str() == "accepted") {
+                            acked = true;
+                            continue;
+                        }
+                        guard.cancel = false;
+                        return wire::decode_answer(&m.payload, host);
+                    }
+                    Some(Reply::Lost(e)) => return Err(e),
+                    None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Timeout { after: timeout, stage: TimeoutStage::Running });
+                }
+                () = tokio::time::sleep_until(ack_by), if !acked => {
+                    return Err(Error::HostLost {
+                        host: "unknown".into(),
+                        reason: format!(
+                            "no worker host acknowledged the call within {} ms",
+                            (s.config.ack_delay + s.config.ack_timeout).as_millis()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits (up to `reconnect_grace` and the deadline) for NATS.
+    async fn wait_connected(&self, deadline: Instant, timeout: Duration) -> Result<()> {
+        let s = &self.shared;
+        let mut rx = s.connected.subscribe();
+        if *rx.borrow_and_update() {
+            return Ok(());
+        }
+        let grace = Instant::now() + s.config.reconnect_grace;
+        let until = grace.min(deadline);
+        match tokio::time::timeout_at(until, rx.wait_for(|c| *c)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ if until == deadline && deadline < grace => Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Queued,
+            }),
+            _ => Err(Error::Unavailable {
+                what: "NATS",
+                reason: format!(
+                    "not connected to {} for the last {} ms; the call was not sent",
+                    s.config.url,
+                    s.config.reconnect_grace.as_millis()
+                ),
+            }),
+        }
+    }
+
+    /// The name per-method state is kept under.
+    fn state_name<'a>(&self, method: &'a str) -> &'a str {
+        let known = read(&self.shared.stats).contains_key(method)
+            || read(&self.shared.stats).len() < MAX_METHODS;
+        if known {
+            method
+        } else {
+            super::super::names::OTHER
+        }
+    }
+
+    fn counters(&self, method: &str) -> Arc<MethodCounters> {
+        if let Some(c) = read(&self.shared.stats).get(method) {
+            return c.clone();
+        }
+        write(&self.shared.stats)
+            .entry(method.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn method(&self, name: &str) -> Option<MethodInfo> {
+        read(&self.shared.hosts)
+            .values()
+            .find_map(|h| h.methods.iter().find(|m| m.name == name).cloned())
+    }
+
+    /// Whether `method` may be retried after its outcome became unknown:
+    /// every host announcing it declares it idempotent (so a host on an
+    /// older version that does not cannot be sent a retry).
+    pub fn idempotent(&self, method: &str) -> bool {
+        let hosts = read(&self.shared.hosts);
+        let mut said = hosts
+            .values()
+            .filter_map(|h| h.methods.iter().find(|m| m.name == method))
+            .peekable();
+        said.peek().is_some() && said.all(|m| m.idempotent)
+    }
+
+    /// The methods the hosts announce, one entry a name.
+    pub fn methods(&self) -> Vec<MethodInfo> {
+        let mut by_name: HashMap<String, MethodInfo> = HashMap::new();
+        for h in read(&self.shared.hosts).values() {
+            for m in &h.methods {
+                by_name.entry(m.name.clone()).or_insert_with(|| m.clone());
+            }
+        }
+        let mut v: Vec<_> = by_name.into_values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Whether a host accepts names it did not announce (generic mode).
+    pub fn accepts_any_method(&self) -> bool {
+        read(&self.shared.hosts).values().any(|h| h.dynamic)
+    }
+
+    /// The hosts seen, by id.
+    pub fn hosts(&self) -> Vec<HostStatus> {
+        let mut v: Vec<HostStatus> = read(&self.shared.hosts)
+            .iter()
+            .map(|(id, h)| HostStatus {
+                id: id.clone(),
+                in_flight: h.beat.as_ref().map_or(0, |b| b.in_flight),
+                processes: h.beat.as_ref().map_or(0, |b| b.processes),
+                healthy: h.beat.as_ref().is_some_and(|b| b.healthy),
+                draining: h.beat.as_ref().is_some_and(|b| b.draining),
+                last_seen: h.last_seen.elapsed(),
+                methods: h.methods.iter().map(|m| m.name.clone()).collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Answers that came after their caller had stopped waiting (a deadline,
+    /// a cancel, a lost host): each was counted and dropped.
+    pub fn late_answers(&self) -> u64 {
+        self.shared.late.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        *self.shared.connected.borrow()
+    }
+
+    /// Caches results through `cache` from now on (the first cache given stays).
+    pub fn use_cache(&self, cache: crate::store::Cache) {
+        let _ = self.shared.cache.set(cache);
+    }
+
+    /// Events from now on: hosts joining and lost, retries, breaker changes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Resets the circuit breaker of `method`; false if it has none yet.
+    pub fn reset_breaker(&self, method: &str) -> bool {
+        self.shared.breakers.reset(method)
+    }
+
+    /// A snapshot in the local pool's shape: the workers are the hosts'
+    /// processes (from their heartbeats), the statistics this front end's.
+    pub fn status(&self) -> PoolStatus {
+        let s = &self.shared;
+        let hosts = read(&s.hosts);
+        let mut workers = Vec::new();
+        let (mut processes, mut restarts, mut crashes) = (0, 0, 0);
+        for b in hosts.values().filter_map(|h| h.beat.as_ref()) {
+            processes += b.processes;
+            restarts += b.restarts;
+            crashes += b.crashes;
+            for w in &b.workers {
+                workers.push(WorkerStatus {
+                    id: workers.len() as u64 + 1,
+                    pid: w.pid,
+                    in_flight: w.in_flight,
+                    calls: w.calls,
+                    uptime: Duration::from_millis(w.uptime_ms),
+                });
+            }
+        }
+        let healthy = self.connected()
+            && hosts
+                .values()
+                .any(|h| h.beat.as_ref().is_some_and(|b| b.healthy && !b.draining));
+        drop(hosts);
+        let summary = |name: &str, c: &MethodCounters| {
+            let latency = c.latency.summary();
+            MethodStats {
+                method: name.to_owned(),
+                calls: latency.count,
+                errors: c.errors.load(Ordering::Relaxed),
+                latency,
+            }
+        };
+        let mut methods: Vec<MethodStats> =
+            read(&s.stats).iter().map(|(n, c)| summary(n, c)).collect();
+        methods.sort_by(|a, b| a.method.cmp(&b.method));
+        PoolStatus {
+            healthy,
+            processes,
+            workers,
+            waiting: 0,
+            restarts,
+            crashes,
+            breakers: s.breakers.statuses(),
+            recycled: 0,
+            methods,
+            all: summary("*", &s.all),
+        }
+    }
+
+    /// Refuses new calls, waits (up to `grace`) for the calls in flight,
+    /// then closes the connection.
+    pub async fn shutdown(&self, grace: Duration) {
+        let s = &self.shared;
+        if !s.closing.swap(true, Ordering::AcqRel) {
+            let _ = s.events.send(PoolEvent::Shutdown);
+        }
+        let until = Instant::now() + grace;
+        while !lock(&s.calls).is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for t in lock(&s.tasks).drain(..) {
+            t.abort();
+        }
+        let _ = s.client.flush().await;
+    }
+}
+
+/// A call waiting for its answer; dropping it (answered, timed out, or its
+/// caller gone) forgets the call, and tells the hosts to cancel it unless
+/// it is known to be over.
+struct Waiting {
+    front: Arc<Front>,
+    id: u64,
+    reply: String,
+    cancel: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let pending = lock(&self.front.calls).remove(&self.id);
+        if !self.cancel {
+            return;
+        }
+        // The host that acknowledged it is the one running it; before an
+        // acknowledgement any host may be, and every host listens.
+        let _ = pending;
+        let (client, subject, reply) = (
+            self.front.client.clone(),
+            self.front.subjects.cancel(),
+            std::mem::take(&mut self.reply),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.publish(subject, reply.into()).await;
+            });
+        }
+    }
+}
+
+impl Front {
+    /// Takes in a host's INFO: its id (metadata `host`) and methods.
+    fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) {
+        // Another deployment's host (the services protocol's subjects are
+        // shared by every deployment on the server).
+        if info.metadata.get("prefix") != Some(&self.config.prefix) {
+            return;
+        }
+        let Some(id) = info.metadata.get("host") else {
+            return;
+        };
+        let methods: Vec<MethodInfo> = info
+            .endpoints
+            .iter()
+            .filter_map(|e| wire::method_from_metadata(&e.metadata))
+            .collect();
+        let dynamic = info
+            .endpoints
+            .iter()
+            .any(|e| e.metadata.get("dynamic").is_some_and(|d| d == "true"));
+        let mut hosts = write(&self.hosts);
+        let known = hosts.entry(id.clone()).or_insert_with(|| Known {
+            beat: None,
+            last_seen: Instant::now(),
+            methods: Vec::new(),
+            dynamic: false,
+            read_for: None,
+        });
+        known.methods = methods;
+        known.dynamic = dynamic;
+        known.read_for = hash.or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()));
+    }
+
+    /// Fails every call a lost host had acknowledged.
+    fn host_lost(&self, host: &str, reason: &str) {
+        for p in lock(&self.calls).values() {
+            if p.host.as_deref() == Some(host) {
+                let _ = p.tx.send(Reply::Lost(Error::HostLost {
+                    host: host.to_owned(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+    }
+}
+
+/// Hands each reply to the call waiting for it; counts the ones nobody waits for.
+async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::Subscriber) {
+    while let Some(m) = replies.next().await {
+        let Some(f) = front.upgrade() else { return };
+        let id = m
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        let h = m.headers.as_ref();
+        let host = h
+            .and_then(|h| h.get(wire::HOST))
+            .map(|v| v.as_str().to_owned());
+        let ack = h
+            .and_then(|h| h.get(wire::STATUS))
+            .is_some_and(|v| v.as_str() == "accepted");
+        let mut calls = lock(&f.calls);
+        match id.and_then(|id| calls.get_mut(&id)) {
+            Some(p) => {
+                if ack {
+                    p.host = host;
+                }
+                let _ = p.tx.send(Reply::Message(m));
+            }
+            None if !ack && m.status.is_none() => {
+                drop(calls);
+                f.late.fetch_add(1, Ordering::Relaxed);
+                let started = h
+                    .and_then(|h| h.get(wire::STARTED))
+                    .map(|v| v.as_str() == "1");
+                tracing::warn!(
+                    host = host.as_deref().unwrap_or("(unnamed)"),
+                    started,
+                    "an answer came after its caller stopped waiting; dropped and counted"
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+/// Keeps the hosts' heartbeats, and reads the methods of a host that is new
+/// or changed them.
+async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats::Subscriber) {
+    while let Some(m) = beats.next().await {
+        let Some(f) = front.upgrade() else { return };
+        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&m.payload) else {
+            continue;
+        };
+        let (new, stale) = {
+            let mut hosts = write(&f.hosts);
+            let known = hosts.entry(beat.host.clone()).or_insert_with(|| Known {
+                beat: None,
+                last_seen: Instant::now(),
+                methods: Vec::new(),
+                dynamic: false,
+                read_for: None,
+            });
+            let new = known.beat.is_none();
+            known.last_seen = Instant::now();
+            let stale = known.read_for.as_deref() != Some(beat.methods_hash.as_str());
+            known.beat = Some(beat.clone());
+            (new, stale)
+        };
+        if new {
+            tracing::info!(host = beat.host, "worker host joined");
+            let _ = f.events.send(PoolEvent::HostJoined {
+                host: beat.host.clone(),
+            });
+        }
+        if stale {
+            let (client, hash) = (f.client.clone(), beat.methods_hash.clone());
+            let subject = format!("$SRV.INFO.{}.{}", wire::SERVICE, beat.service_id);
+            let weak = front.clone();
+            tokio::spawn(async move {
+                let Ok(m) = client.request(subject, Default::default()).await else {
+                    return;
+                };
+                let (Some(f), Ok(info)) = (
+                    weak.upgrade(),
+                    serde_json::from_slice::<async_nats::service::Info>(&m.payload),
+                ) else {
+                    return;
+                };
+                f.learn(&info, Some(hash));
+            });
+        }
+    }
+}
+
+/// Declares dead the hosts whose heartbeats stopped.
+async fn watch_liveness(front: std::sync::Weak<Front>) {
+    let every = match front.upgrade() {
+        Some(f) => f.config.heartbeat / 4,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        let Some(f) = front.upgrade() else { return };
+        let dead_after = f.config.dead_after();
+        let dead: Vec<String> = {
+            let mut hosts = write(&f.hosts);
+            let dead: Vec<String> = hosts
+                .iter()
+                .filter(|(_, h)| h.last_seen.elapsed() > dead_after)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &dead {
+                hosts.remove(id);
+            }
+            dead
+        };
+        for host in dead {
+            let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
+            tracing::warn!(host, "worker host lost: {reason}");
+            f.host_lost(&host, &reason);
+            let _ = f.events.send(PoolEvent::HostLost { host, reason });
+        }
+    }
+}
+
+/// Follows the connection: when it drops, every call in flight fails at
+/// once (core NATS loses answers sent during the gap); new calls wait for
+/// its return (`reconnect_grace`).
+async fn follow_connection(
+    front: std::sync::Weak<Front>,
+    mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    while let Some(e) = events.recv().await {
+        let Some(f) = front.upgrade() else { return };
+        match e {
+            async_nats::Event::Disconnected => {
+                f.connected.send_replace(false);
+                tracing::warn!(url = f.config.url, "lost the connection to NATS");
+                for p in lock(&f.calls).values() {
+                    let _ = p.tx.send(Reply::Lost(Error::CallOutcomeUnknown {
+                        method: p.method.clone(),
+                        reason: format!(
+                            "the connection to NATS ({}) was lost with the call in flight",
+                            f.config.url
+                        ),
+                    }));
+                }
+            }
+            async_nats::Event::Connected => {
+                f.connected.send_replace(true);
+                tracing::info!(url = f.config.url, "connected to NATS");
+            }
+            other => tracing::debug!("NATS: {other}"),
+        }
+    }
+}
+
+async fn forward_breaker_events(front: std::sync::Weak<Front>) {
+    let mut rx = match front.upgrade() {
+        Some(f) => f.breakers.subscribe(),
+        None => return,
+    };
+    loop {
+        let e = match rx.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(f) = front.upgrade() else { return };
+        let _ = f.events.send(PoolEvent::Breaker(e));
+    }
+}

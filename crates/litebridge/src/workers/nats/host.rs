@@ -1,0 +1,457 @@
+//! A worker host: a local [`WorkerPool`] served on NATS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::service::ServiceExt;
+use async_nats::{Client, HeaderMap};
+use futures_util::StreamExt;
+use serde_json::{Value as Json, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result, TimeoutStage};
+use crate::sync::lock;
+use crate::workers::nats::NatsConfig;
+use crate::workers::nats::wire::{self, Subjects};
+use crate::workers::{CallOptions, WorkerPool};
+
+/// A worker pool served on NATS: every method its workers announce becomes
+/// an endpoint of the services protocol, in one queue group, so calls spread
+/// over every host serving them. Dropping it stops serving; call
+/// [`WorkerHost::shutdown`] to finish the calls in flight first.
+pub struct WorkerHost {
+    inner: Arc<Host>,
+    tasks: JoinSet<()>,
+    service: Option<async_nats::service::Service>,
+}
+
+impl std::fmt::Debug for WorkerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHost")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Host {
+    id: String,
+    /// Its id in the services protocol.
+    service_id: String,
+    /// Changes when the methods it serves change.
+    methods_hash: String,
+    client: Client,
+    pool: WorkerPool,
+    config: NatsConfig,
+    subjects: Subjects,
+    /// Calls running, by reply subject: the way to cancel each.
+    running: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    draining: AtomicBool,
+    /// Calls cancelled by their callers.
+    cancelled: AtomicU64,
+}
+
+impl WorkerHost {
+    /// Serves `pool` on the NATS servers of `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad configuration; [`Error::Unavailable`] when
+    /// NATS cannot be reached within `connect_timeout` (naming the address)
+    /// or refuses the service.
+    pub async fn start(pool: WorkerPool, config: NatsConfig) -> Result<WorkerHost> {
+        config.validate()?;
+        let id = match &config.host_id {
+            Some(id) => id.clone(),
+            None => default_host_id(),
+        };
+        let client = super::connect(&config, &format!("litebridge worker-host {id}"), None).await?;
+        let subjects = Subjects::new(&config.prefix);
+        let url = config.url.clone();
+        let unavailable = move |e: &dyn std::fmt::Display| Error::Unavailable {
+            what: "NATS",
+            reason: format!("cannot serve the workers on {url}: {e}"),
+        };
+        let stats_pool = pool.clone();
+        let service = client
+            .service_builder()
+            .description("litebridge worker host: calls to Python workers")
+            .metadata(HashMap::from([
+                ("host".to_owned(), id.clone()),
+                ("protocol".to_owned(), "1".to_owned()),
+                // The services protocol's subjects are not prefixed: front
+                // ends of other deployments tell the hosts apart by this.
+                ("prefix".to_owned(), config.prefix.clone()),
+            ]))
+            .queue_group(&config.queue_group)
+            .stats_handler(move |_endpoint, _stats| {
+                let s = stats_pool.status();
+                json!({"crashes": s.crashes, "restarts": s.restarts, "healthy": s.healthy})
+            })
+            .start(wire::SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut endpoints = Vec::new();
+        for m in pool.methods() {
+            if !wire::method_is_subject_safe(&m.name) {
+                tracing::warn!(
+                    method = m.name,
+                    "not served on NATS: a method name must be dot-separated letters, digits, `_` or `-`"
+                );
+                continue;
+            }
+            let e = service
+                .endpoint_builder()
+                .name(m.name.replace('.', "-"))
+                .metadata(wire::method_metadata(&m))
+                .add(subjects.call(&m.name))
+                .await
+                .map_err(|e| unavailable(&e))?;
+            endpoints.push(e);
+        }
+        if pool.accepts_any_method() {
+            let e = service
+                .endpoint_builder()
+                .name("dynamic")
+                .metadata(HashMap::from([("dynamic".to_owned(), "true".to_owned())]))
+                .add(subjects.any_call())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            endpoints.push(e);
+        }
+        let cancels = client
+            .subscribe(subjects.cancel())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let inner = Arc::new(Host {
+            id,
+            service_id: service.info().await.id,
+            methods_hash: methods_hash(&pool),
+            client,
+            pool,
+            config,
+            subjects,
+            running: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            cancelled: AtomicU64::new(0),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(
+            inner.clone(),
+            futures_util::stream::select_all(endpoints),
+        ));
+        tasks.spawn(cancel_on_request(inner.clone(), cancels));
+        tasks.spawn(heartbeat(inner.clone()));
+        inner.client.flush().await.map_err(|e| unavailable(&e))?;
+        tracing::info!(
+            host = inner.id,
+            url = inner.config.url,
+            "serving the workers on NATS"
+        );
+        Ok(WorkerHost {
+            inner,
+            tasks,
+            service: Some(service),
+        })
+    }
+
+    /// This host's id, as the front ends see it.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Calls cancelled by their callers so far.
+    pub fn cancelled(&self) -> u64 {
+        self.inner.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking calls (the services protocol's stop unsubscribes), lets
+    /// the calls in flight finish within the pool's shutdown grace, then
+    /// stops the pool.
+    pub async fn shutdown(mut self) {
+        self.inner.draining.store(true, Ordering::Release);
+        if let Some(service) = self.service.take()
+            && let Err(e) = service.stop().await
+        {
+            tracing::warn!("stopping the NATS service: {e}");
+        }
+        // One more heartbeat says `draining`, so front ends stop counting on it.
+        self.inner.beat().await;
+        let _ = self.inner.client.flush().await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.tasks.shutdown().await;
+        self.inner.pool.shutdown().await;
+        let _ = self.inner.client.flush().await;
+    }
+}
+
+impl Drop for WorkerHost {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// `<machine>-<pid>`, in subject-safe characters.
+fn default_host_id() -> String {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_else(|_| "host".into())
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect::<String>();
+    format!("{machine}-{}", std::process::id())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    h.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+async fn serve(
+    host: Arc<Host>,
+    mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
+) {
+    while let Some(request) = requests.next().await {
+        tokio::spawn(handle(host.clone(), request));
+    }
+}
+
+/// One call: refused when it cannot start in time, acknowledged when it
+/// runs past `ack_delay`, answered once, or dropped (and the worker told to
+/// cancel) when its caller cancels.
+async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
+    let msg = &request.message;
+    let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+        return;
+    };
+    let h = msg.headers.as_ref();
+    let method = host
+        .subjects
+        .method_of(&msg.subject)
+        .unwrap_or_default()
+        .to_owned();
+    let budget = header(h, wire::BUDGET_MS).and_then(|v| v.parse::<u64>().ok());
+    let deadline = header(h, wire::DEADLINE).and_then(|v| v.parse::<u64>().ok());
+    let request_id = header(h, wire::REQUEST_ID).map(str::to_owned);
+    let refuse = |e: Error| async {
+        answer(&host, &request, &method, Err(e)).await;
+    };
+    if host.draining.load(Ordering::Acquire) {
+        return refuse(Error::Unavailable {
+            what: "worker host",
+            reason: "it is shutting down; the call was not started".into(),
+        })
+        .await;
+    }
+    let Some(budget) = budget.map(Duration::from_millis) else {
+        return refuse(Error::invalid(
+            wire::BUDGET_MS,
+            "missing: the call has no deadline",
+        ))
+        .await;
+    };
+    // A call whose caller has given up is never started.
+    let now = unix_ms();
+    if budget.is_zero() || deadline.is_some_and(|d| d + (wire::CLOCK_SKEW.as_millis() as u64) < now)
+    {
+        return refuse(Error::Timeout {
+            after: budget,
+            stage: TimeoutStage::Queued,
+        })
+        .await;
+    }
+    let params: Json = match serde_json::from_slice(&msg.payload) {
+        Ok(p @ (Json::Array(_) | Json::Object(_))) => p,
+        Ok(other) => {
+            return refuse(Error::invalid(
+                "params",
+                format!("must be an array or an object, got {other}"),
+            ))
+            .await;
+        }
+        Err(e) => return refuse(Error::invalid("params", format!("not JSON: {e}"))).await,
+    };
+    let (cancel_tx, mut cancel_rx) = oneshot::channel();
+    lock(&host.running).insert(reply.clone(), cancel_tx);
+    let call = host.pool.call(
+        &method,
+        params,
+        CallOptions {
+            timeout: Some(budget),
+            request_id,
+            ..CallOptions::default()
+        },
+    );
+    tokio::pin!(call);
+    let ack = tokio::time::sleep(host.config.ack_delay);
+    tokio::pin!(ack);
+    let mut acked = false;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut call => break Some(r),
+            () = &mut ack, if !acked => {
+                acked = true;
+                let mut headers = HeaderMap::new();
+                headers.insert(wire::STATUS, "accepted");
+                headers.insert(wire::HOST, host.id.as_str());
+                let _ = host.client.publish_with_headers(reply.clone(), headers, Default::default()).await;
+            }
+            // Its caller gave up: dropping the call tells the worker to cancel.
+            _ = &mut cancel_rx => break None,
+        }
+    };
+    lock(&host.running).remove(&reply);
+    match outcome {
+        Some(r) => answer(&host, &request, &method, r).await,
+        None => {
+            host.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(method, "call cancelled by its caller");
+        }
+    }
+}
+
+/// Sends a call's answer, with the services protocol's error headers.
+async fn answer(
+    host: &Host,
+    request: &async_nats::service::Request,
+    method: &str,
+    outcome: Result<Json>,
+) {
+    let mut body = wire::answer_body(&outcome);
+    let mut outcome = outcome;
+    let limit = host.client.server_info().max_payload;
+    if body.len() + 1024 > limit {
+        let e = Error::TooLarge {
+            what: format!(
+                "the answer of `{method}` ({} bytes; it ran, and its result is lost), against the NATS server's max_payload",
+                body.len()
+            ),
+            limit: limit as u64,
+        };
+        body = wire::answer_body(&Err(e.clone()));
+        outcome = Err(e);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(wire::HOST, host.id.as_str());
+    let started = !matches!(&outcome, Err(e) if wire::not_started(e));
+    headers.insert(wire::STARTED, if started { "1" } else { "0" });
+    if let Err(e) = &outcome {
+        headers.insert(async_nats::service::NATS_SERVICE_ERROR, e.kind().as_str());
+        headers.insert(
+            async_nats::service::NATS_SERVICE_ERROR_CODE,
+            if started { "500" } else { "503" },
+        );
+    }
+    if let Err(e) = request.respond_with_headers(Ok(body.into()), headers).await {
+        tracing::warn!(method, "sending an answer on NATS: {e}");
+    }
+}
+
+async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber) {
+    while let Some(msg) = cancels.next().await {
+        let Ok(reply) = std::str::from_utf8(&msg.payload) else {
+            continue;
+        };
+        if let Some(tx) = lock(&host.running).remove(reply) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A hash of the methods a pool serves (names, and generic mode).
+fn methods_hash(pool: &WorkerPool) -> String {
+    use sha2::Digest;
+    let mut methods: Vec<String> = pool.methods().into_iter().map(|m| m.name).collect();
+    methods.sort();
+    let mut h = sha2::Sha256::new();
+    for m in &methods {
+        h.update(m.as_bytes());
+        h.update([0]);
+    }
+    h.update([u8::from(pool.accepts_any_method())]);
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Host {
+    /// Publishes one heartbeat.
+    async fn beat(&self) {
+        let s = self.pool.status();
+        let beat = wire::Heartbeat {
+            host: self.id.clone(),
+            service_id: self.service_id.clone(),
+            methods_hash: self.methods_hash.clone(),
+            in_flight: lock(&self.running).len(),
+            processes: s.processes,
+            healthy: s.healthy,
+            restarts: s.restarts,
+            crashes: s.crashes,
+            draining: self.draining.load(Ordering::Acquire),
+            workers: s
+                .workers
+                .iter()
+                .map(|w| wire::HeartbeatWorker {
+                    pid: w.pid,
+                    in_flight: w.in_flight,
+                    calls: w.calls,
+                    uptime_ms: w.uptime.as_millis() as u64,
+                })
+                .collect(),
+        };
+        if let Ok(body) = serde_json::to_vec(&beat) {
+            let _ = self
+                .client
+                .publish(self.subjects.heartbeat(&self.id), body.into())
+                .await;
+        }
+    }
+}
+
+/// Announces the host every `heartbeat`; cancels every call in flight once
+/// NATS has been unreachable long enough that the front ends count this host
+/// as dead (their callers have their answer already).
+async fn heartbeat(host: Arc<Host>) {
+    let mut tick = tokio::time::interval(host.config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cut_off_since: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        if host.client.connection_state() == async_nats::connection::State::Connected {
+            cut_off_since = None;
+            host.beat().await;
+            continue;
+        }
+        let since = *cut_off_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= host.config.dead_after() {
+            let gone: Vec<_> = lock(&host.running).drain().collect();
+            if !gone.is_empty() {
+                tracing::warn!(
+                    calls = gone.len(),
+                    "NATS unreachable: cancelling the calls in flight (their callers have given up)"
+                );
+            }
+            for (_, tx) in gone {
+                let _ = tx.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! What crosses NATS: subjects, headers, answers and errors.
+//!
+//! | subject | what |
+//! |---|---|
+//! | `<prefix>.v1.call.<method>` | a call, to the queue group; body = the params (JSON) |
+//! | the call's reply subject | an acknowledgement (only for calls still running after `ack_delay`), then the answer |
+//! | `<prefix>.v1.cancel` | the reply subject of a call its caller gave up on |
+//! | `<prefix>.v1.hb.<host>` | a host's heartbeat ([`Heartbeat`]) |
+//! | `$SRV.PING\|INFO\|STATS.litebridge_workers` | the services protocol (ADR-32), one endpoint per method |
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use crate::error::{Error, TimeoutStage};
+use crate::workers::{MethodInfo, ParamInfo};
+
+/// The services-protocol name of worker hosts.
+pub(crate) const SERVICE: &str = "litebridge_workers";
+
+/// The request's id for the worker's logs.
+pub(crate) const REQUEST_ID: &str = "Litebridge-Request-Id";
+/// Milliseconds left of the call's deadline when it was sent.
+pub(crate) const BUDGET_MS: &str = "Litebridge-Budget-Ms";
+/// The deadline as Unix milliseconds (a host refuses a call already past it).
+pub(crate) const DEADLINE: &str = "Litebridge-Deadline";
+/// `accepted` on an acknowledgement.
+pub(crate) const STATUS: &str = "Litebridge-Status";
+/// The id of the host answering.
+pub(crate) const HOST: &str = "Litebridge-Host";
+/// `0` when the call was never started (safe to send elsewhere), `1` when it was.
+pub(crate) const STARTED: &str = "Litebridge-Started";
+
+/// How much a host's clock may differ from the front end's before a call
+/// that looks expired is refused anyway.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+/// The subjects of one deployment.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub(crate) fn new(prefix: &str) -> Subjects {
+        Subjects {
+            prefix: format!("{prefix}.v1"),
+        }
+    }
+
+    pub(crate) fn call(&self, method: &str) -> String {
+        format!("{}.call.{method}", self.prefix)
+    }
+
+    /// Every call (a host in generic mode).
+    pub(crate) fn any_call(&self) -> String {
+        format!("{}.call.>", self.prefix)
+    }
+
+    /// The method a call subject names.
+    pub(crate) fn method_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".call.")
+            .filter(|m| !m.is_empty())
+    }
+
+    pub(crate) fn cancel(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
+    pub(crate) fn heartbeat(&self, host: &str) -> String {
+        format!("{}.hb.{host}", self.prefix)
+    }
+
+    pub(crate) fn heartbeats(&self) -> String {
+        format!("{}.hb.*", self.prefix)
+    }
+}
+
+/// Whether `method` can be a subject's tail: dot-separated tokens of
+/// letters, digits, `_` and `-` (no wildcards, no spaces).
+pub(crate) fn method_is_subject_safe(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= 200
+        && method.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// What a host announces every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub(crate) host: String,
+    /// Its id in the services protocol (for `$SRV.INFO.<name>.<id>`).
+    pub(crate) service_id: String,
+    /// Changes when the methods it serves change.
+    pub(crate) methods_hash: String,
+    pub(crate) in_flight: usize,
+    pub(crate) processes: usize,
+    pub(crate) healthy: bool,
+    pub(crate) restarts: u64,
+    pub(crate) crashes: u64,
+    pub(crate) draining: bool,
+    #[serde(default)]
+    pub(crate) workers: Vec<HeartbeatWorker>,
+}
+
+/// One worker process of a host, in its heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HeartbeatWorker {
+    pub(crate) pid: u32,
+    pub(crate) in_flight: usize,
+    pub(crate) calls: u64,
+    pub(crate) uptime_ms: u64,
+}
+
+/// A method's description, as endpoint metadata (strings only, per ADR-32).
+pub(crate) fn method_metadata(m: &MethodInfo) -> HashMap<String, String> {
+    let mut meta = HashMap::new();
+    meta.insert("method".into(), m.name.clone());
+    meta.insert("idempotent".into(), m.idempotent.to_string());
+    if let Some(ttl) = m.cache_ttl_s {
+        meta.insert("cache_ttl_s".into(), ttl.to_string());
+    }
+    if let Some(d) = &m.description {
+        meta.insert("description".into(), d.clone());
+    }
+    if let Some(params) = &m.params {
+        let v: Vec<Json> = params
+            .iter()
+            .map(|p| json!({"name": p.name, "required": p.required, "type": p.json_type}))
+            .collect();
+        meta.insert("params".into(), Json::Array(v).to_string());
+    }
+    meta
+}
+
+/// The method an endpoint's metadata describes (`None`: not one of ours).
+pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<MethodInfo> {
+    let name = meta.get("method")?.clone();
+    let params = meta.get("params").and_then(|p| {
+        let v: Vec<Json> = serde_json::from_str(p).ok()?;
+        Some(
+            v.into_iter()
+                .filter_map(|p| {
+                    Some(ParamInfo {
+                        name: p.get("name")?.as_str()?.to_owned(),
+                        required: p.get("required").and_then(Json::as_bool).unwrap_or(false),
+                        json_type: p.get("type").and_then(Json::as_str).map(str::to_owned),
+                    })
+                })
+                .collect(),
+        )
+    });
+    Some(MethodInfo {
+        name,
+        idempotent: meta.get("idempotent").is_some_and(|v| v == "true"),
+        cache_ttl_s: meta.get("cache_ttl_s").and_then(|v| v.parse().ok()),
+        description: meta.get("description").cloned(),
+        params,
+    })
+}
+
+/// An answer's body.
+pub(crate) fn answer_body(outcome: &Result<Json, Error>) -> Vec<u8> {
+    let v = match outcome {
+        Ok(result) => json!({ "result": result }),
+        Err(e) => json!({ "error": encode_error(e) }),
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Whether an error from a host's pool means the call never started.
+pub(crate) fn not_started(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Overloaded { .. }
+            | Error::CircuitOpen { .. }
+            | Error::InvalidArgument { .. }
+            | Error::Unavailable { .. }
+            | Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
+    )
+}
+
+/// An error of a host's pool, for the wire.
+fn encode_error(e: &Error) -> Json {
+    let mut v = json!({ "kind": e.kind().as_str(), "message": e.to_string() });
+    let extra = match e {
+        Error::WorkerError {
+            code,
+            message,
+            type_name,
+            traceback,
+        } => json!({"code": code, "detail": message, "type": type_name, "traceback": traceback}),
+        Error::WorkerCrashed { pid, exit, stderr } => {
+            json!({"pid": pid, "exit": exit, "stderr": stderr})
+        }
+        Error::Timeout { after, stage } => json!({
+            "timeout_ms": after.as_millis() as u64,
+            "queued": matches!(stage, TimeoutStage::Queued),
+        }),
+        Error::Overloaded {
+            capacity,
+            retry_after,
+            ..
+        } => json!({"capacity": capacity, "retry_after_ms": retry_after.as_millis() as u64}),
+        Error::CircuitOpen {
+            breaker,
+            retry_after,
+        } => json!({"breaker": breaker, "retry_after_ms": retry_after.as_millis() as u64}),
+        Error::InvalidArgument { param, message } => json!({"param": param, "detail": message}),
+        Error::TooLarge { what, limit } => json!({"what": what, "limit": limit}),
+        _ => json!({}),
+    };
+    if let (Some(v), Json::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
+}
+
+/// An error from a host, back into litebridge's own: the kind and its
+/// fields survive; the host is named where the kind has room for it.
+pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let n = |k: &str| v.get(k).and_then(Json::as_u64).unwrap_or_default();
+    let ms = |k: &str| Duration::from_millis(n(k));
+    match v.get("kind").and_then(Json::as_str).unwrap_or_default() {
+        "worker_error" => Error::WorkerError {
+            code: v.get("code").and_then(Json::as_i64).unwrap_or(-32004),
+            message: s("detail"),
+            type_name: s("type"),
+            traceback: s("traceback"),
+        },
+        "worker_crashed" => Error::WorkerCrashed {
+            pid: u32::try_from(n("pid")).unwrap_or_default(),
+            exit: format!("{}, on worker host {host}", s("exit")),
+            stderr: v
+                .get("stderr")
+                .and_then(Json::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        "timeout" => Error::Timeout {
+            after: ms("timeout_ms"),
+            stage: if v.get("queued").and_then(Json::as_bool) == Some(true) {
+                TimeoutStage::Queued
+            } else {
+                TimeoutStage::Running
+            },
+        },
+        "overloaded" => Error::Overloaded {
+            queue: "worker host",
+            capacity: usize::try_from(n("capacity")).unwrap_or_default(),
+            retry_after: ms("retry_after_ms"),
+        },
+        "circuit_open" => Error::CircuitOpen {
+            breaker: format!("{} on worker host {host}", s("breaker")),
+            retry_after: ms("retry_after_ms"),
+        },
+        "invalid_argument" => Error::InvalidArgument {
+            param: s("param"),
+            message: s("detail"),
+        },
+        "too_large" => Error::TooLarge {
+            what: s("what"),
+            limit: n("limit"),
+        },
+        "unavailable" => Error::Unavailable {
+            what: "worker host",
+            reason: format!("{host}: {}", s("message")),
+        },
+        _ => Error::Internal {
+            message: format!("worker host {host}: {}", s("message")),
+        },
+    }
+}
+
+/// An answer from a host, back into a call's outcome.
+pub(crate) fn decode_answer(body: &[u8], host: &str) -> Result<Json, Error> {
+    let v: Json = serde_json::from_slice(body).map_err(|e| Error::Internal {
+        message: format!("worker host {host} sent an answer that is not JSON: {e}"),
+    })?;
+    match v {
+        Json::Object(mut o) => {
+            if let Some(r) = o.remove("result") {
+                return Ok(r);
+            }
+            match o.get("error") {
+                Some(e) => Err(decode_error(e, host)),
+                None => Err(Error::Internal {
+                    message: format!(
+                        "worker host {host} sent an answer with neither result nor error"
+                    ),
+                }),
+            }
+        }
+        _ => Err(Error::Internal {
+            message: format!("worker host {host} sent an answer that is not an object"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_a_pool_gives_keeps_its_kind_across_the_wire() {
+        let errors = [
+            Error::WorkerError {
+                code: -32004,
+                message: "boom".into(),
+                type_name: "ValueError".into(),
+                traceback: "tb".into(),
+            },
+            Error::WorkerCrashed {
+                pid: 7,
+                exit: "signal 9 (SIGKILL)".into(),
+                stderr: vec!["last".into()],
+            },
+            Error::Timeout {
+                after: Duration::from_millis(1500),
+                stage: TimeoutStage::Queued,
+            },
+            Error::Overloaded {
+                queue: "worker",
+                capacity: 3,
+                retry_after: Duration::from_millis(50),
+            },
+            Error::CircuitOpen {
+                breaker: "m".into(),
+                retry_after: Duration::from_millis(900),
+            },
+            Error::invalid("params", "missing `x`"),
+            Error::TooLarge {
+                what: "result".into(),
+                limit: 10,
+            },
+            Error::Unavailable {
+                what: "workers",
+                reason: "shutting down".into(),
+            },
+        ];
+        for e in errors {
+            let body = answer_body(&Err(e.clone()));
+            let back = decode_answer(&body, "h1").unwrap_err();
+            assert_eq!(back.kind(), e.kind(), "{e}");
+            assert_eq!(not_started(&back), not_started(&e), "{e}");
+            assert_eq!(back.retry_after(), e.retry_after(), "{e}");
+        }
+        let crashed = decode_answer(
+            &answer_body(&Err(Error::WorkerCrashed {
+                pid: 7,
+                exit: "exit code 1".into(),
+                stderr: vec![],
+            })),
+            "h1",
+        )
+        .unwrap_err();
+        assert!(crashed.to_string().contains("worker host h1"), "{crashed}");
+        assert_eq!(
+            decode_answer(&answer_body(&Ok(json!({"a": [1, 2]}))), "h").unwrap(),
+            json!({"a": [1, 2]})
+        );
+    }
+
+    #[test]
+    fn garbage_from_a_host_is_an_internal_error_naming_it() {
+        for body in [&b"not json"[..], b"[1]", b"{}"] {
+            let e = decode_answer(body, "h9").unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Internal);
+            assert!(e.to_string().contains("h9"), "{e}");
+        }
+    }
+
+    #[test]
+    fn method_names_that_would_change_a_subject_are_not_safe() {
+        for ok in ["echo", "text.analyze", "a-b_c.d1"] {
+            assert!(method_is_subject_safe(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a.*", ">", "a..b", "a.", "x\r\nPUB y", "é"] {
+            assert!(!method_is_subject_safe(bad), "{bad:?}");
+        }
+        let s = Subjects::new("lb");
+        assert_eq!(s.method_of(&s.call("a.b")), Some("a.b"));
+        assert_eq!(s.method_of("lb.v1.hb.x"), None);
+        assert_eq!(s.method_of("lbx.v1.call.a"), None);
+    }
+
+    #[test]
+    fn a_method_survives_its_metadata() {
+        let m = MethodInfo {
+            name: "analyze".into(),
+            idempotent: false,
+            cache_ttl_s: Some(2.5),
+            description: Some("Analyses.".into()),
+            params: Some(vec![ParamInfo {
+                name: "text".into(),
+                required: true,
+                json_type: Some("string".into()),
+            }]),
+        };
+        assert_eq!(method_from_metadata(&method_metadata(&m)), Some(m));
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A local NATS server on loopback for trying worker hosts, and the binary the
+# tests start their own servers from (each test starts, restarts and stops
+# its own, on a free port).
+#
+#   scripts/nats.sh start   # installs Debian's nats-server when missing, starts it, prints the settings
+#   scripts/nats.sh env     # prints the settings (eval "$(scripts/nats.sh env)")
+#   scripts/nats.sh stop    # stops it and removes its files
+#
+# It listens on 127.0.0.1 only. Port: LB_NATS_PORT (default 54222). Files:
+# LB_NATS_DIR (default /tmp/litebridge-nats-$UID). (Not LITEBRIDGE_*: the
+# binary reads those as its configuration.)
+set -euo pipefail
+
+cmd=${1:-start}
+port=${LB_NATS_PORT:-54222}
+dir=${LB_NATS_DIR:-/tmp/litebridge-nats-$(id -u)}
+
+server_bin() { command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }; }
+
+install() {
+  server_bin >/dev/null && return 0
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  echo "installing Debian's nats-server (first run on this machine)..." >&2
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server >&2
+}
+
+print_env() {
+  echo "export LB_TEST_NATS_SERVER='$(server_bin)'"
+  echo "export LB_TEST_NATS='nats://127.0.0.1:$port'"
+}
+
+running() { [ -f "$dir/nats.pid" ] && kill -0 "$(cat "$dir/nats.pid")" 2>/dev/null; }
+
+case "$cmd" in
+  start)
+    install
+    if ! running; then
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      setsid "$(server_bin)" -a 127.0.0.1 -p "$port" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null >/dev/null 2>&1 &
+      for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+        sleep 0.05
+      done
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || {
+        echo "nats.sh: nats-server did not listen on 127.0.0.1:$port; log in $dir/nats.log" >&2
+        exit 1
+      }
+    fi
+    print_env
+    ;;
+  env) print_env ;;
+  stop)
+    if running; then
+      pid=$(cat "$dir/nats.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    fi
+    rm -rf "$dir"
+    ;;
+  *) echo "usage: $0 start|env|stop" >&2; exit 2 ;;
+esac
