@@ -1363,6 +1363,10 @@ impl Settings {
                 Value::Text(t) if k.name == "postgres.url" => {
                     format!("{:?}", PgConfig::new(t.as_str()).redacted_url())
                 }
+                Value::Text(t) if k.name == "nats.url" => format!(
+                    "{:?}",
+                    litebridge::workers::nats::NatsConfig::new(t.as_str()).redacted_url()
+                ),
                 Value::Text(t) => format!("{t:?}"),
                 Value::Int(i) => i.to_string(),
                 Value::Bool(b) => b.to_string(),

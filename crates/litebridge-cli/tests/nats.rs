@@ -386,7 +386,8 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
     until_hosts(&bridge, 1).await;
     // Calls in flight when the server goes: those of a method that may not
     // run twice fail at once, outcome unknown; idempotent ones are tried
-    // again, wait for the connection (500 ms), then fail, not sent.
+    // again, wait for the connection (500 ms), then fail with the same
+    // unknown outcome.
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     let mut set = tokio::task::JoinSet::new();
@@ -416,7 +417,9 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
             assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
             assert!(took < Duration::from_millis(300), "{took:?}");
         } else {
-            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+            // Tried again, not sent (NATS still down): the first attempt's
+            // unknown outcome is what the caller learns.
+            assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
             assert!(took < Duration::from_millis(1_500), "{took:?}");
         }
     }
@@ -450,6 +453,16 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("recovered {:?} after the server's return", back.elapsed());
+    // Losing NATS is not the method's failure: its breaker stayed closed.
+    let tag = bridge
+        .call(
+            "record_once",
+            json!({"path": once, "token": "after"}),
+            opts(5_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tag, json!("h1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,4 +652,298 @@ async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(other.hosts().is_empty(), "{:?}", other.hosts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_front_end_calls_the_hosts_and_reports_them() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 2, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("front.db");
+    let run = |extra: &[(&str, &str)], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["stdio", "--db"])
+            .arg(&db)
+            .env("LITEBRIDGE_WORKERS_TRANSPORT", "nats")
+            .env("LITEBRIDGE_NATS_URL", &url)
+            .env("LITEBRIDGE_NATS_HEARTBEAT_MS", "200")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        // Heartbeats come every 200 ms: let one arrive before stdin closes.
+        std::thread::sleep(Duration::from_millis(600));
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let input = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "bridge.call", "params": {"method": "tag"}}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "bridge.call", "params": {"method": "record_once", "params": {"path": "/nonexistent/x", "token": "t"}}}),
+    ]
+    .iter()
+    .map(|v| format!("{v}\n"))
+    .collect::<String>();
+    let stats = json!({"jsonrpc": "2.0", "id": 3, "method": "bridge.stats"});
+    // The front end is a process of its own: blocking here stops nothing.
+    let out = run(&[], &format!("{input}{stats}\n"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: HashMap<i64, Json> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|v| Some((v["id"].as_i64()?, v)))
+        .collect();
+    assert_eq!(answers[&1]["result"], "h1", "{text}");
+    // The worker's exception crosses the bus with its type and traceback.
+    assert_eq!(
+        answers[&2]["error"]["data"]["kind"], "worker_error",
+        "{text}"
+    );
+    assert!(
+        answers[&2]["error"]["data"]["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("record_once")
+    );
+    let stats = &answers[&3]["result"];
+    assert_eq!(stats["transport"], "nats", "{text}");
+    assert_eq!(stats["hosts"][0]["id"], "h1", "{text}");
+    assert_eq!(stats["processes"], 2, "{text}");
+
+    // A worker command beside the NATS transport is refused, naming both.
+    let out = run(&[("LITEBRIDGE_WORKERS_COMMAND", "python3 w.py")], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("workers.command") && err.contains("workers.transport"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_restarted_under_its_id_fails_its_old_calls_at_once() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let mut host = Host::start(&url, "h1", 1, &[]);
+    // Liveness alone would take 10 s here: only the new instance tells.
+    let mut c = front_config(&url);
+    c.host_dead_after = 50;
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    let b = bridge.clone();
+    let call = tokio::spawn(async move {
+        let no_retry = CallOptions {
+            retry: false,
+            ..opts(30_000)
+        };
+        b.call("nap", json!({"ms": 5000}), no_retry).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.signal(9);
+    let _ = host.child.wait();
+    let killed = Instant::now();
+    host = Host::start(&url, "h1", 1, &[]);
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&e, Error::HostLost { host, reason } if host == "h1" && reason.contains("restarted")),
+        "{e}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(),
+        json!(1)
+    );
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_end_owns_retries_and_a_lost_call_is_never_reported_as_not_started() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let host = Host::start(&url, "h1", 2, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The caller asked for no retry: the host does not retry on its own.
+    let runs = dir.path().join("runs");
+    let no_retry = CallOptions {
+        retry: false,
+        ..opts(10_000)
+    };
+    let e = bridge
+        .call("crash_once", json!({"path": runs}), no_retry)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert!(e.to_string().contains("worker host h1"), "{e}");
+    assert_eq!(lines(&runs).len(), 1, "ran {:?}", lines(&runs));
+    // The only host dies under an idempotent call: the retries find no
+    // host, but the caller learns the call may have run.
+    let b = bridge.clone();
+    let call = tokio::spawn(async move { b.call("nap", json!({"ms": 3000}), opts(20_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.signal(9);
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+}
+
+/// A raw NATS client: a peer on the bus that is not litebridge.
+async fn peer(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
+    use futures_util::StreamExt;
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let evil = peer(&url).await;
+
+    // Calls with hostile headers get answers, and the host lives on.
+    let mut answers = evil.subscribe("evil.answers").await.unwrap();
+    for (budget, deadline) in [
+        (Some("1000"), Some("18446744073709551615")),
+        (Some("-5"), Some("1")),
+        (None, None),
+        (Some("99999999999999999999"), Some("0")),
+    ] {
+        let mut h = async_nats::HeaderMap::new();
+        if let Some(b) = budget {
+            h.insert("Litebridge-Budget-Ms", b);
+        }
+        if let Some(d) = deadline {
+            h.insert("Litebridge-Deadline", d);
+        }
+        evil.publish_with_reply_and_headers("lb.v1.call.echo", "evil.answers", h, "[1]".into())
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("an answer")
+            .unwrap();
+        let v: Json = serde_json::from_slice(&m.payload).unwrap();
+        assert!(
+            v.get("result").is_some() || v["error"]["kind"].is_string(),
+            "{v}"
+        );
+    }
+
+    // A call naming a running call's reply subject is dropped: the running
+    // call keeps its cancel and its answer.
+    let mut seen = evil.subscribe("lb.v1.call.hang").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cancelled");
+    let b = bridge.clone();
+    let m2 = marker.clone();
+    let victim = tokio::spawn(async move {
+        b.call("hang", json!({"marker": m2, "seconds": 1.0}), opts(10_000))
+            .await
+    });
+    let original = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    evil.publish_with_reply_and_headers(
+        "lb.v1.call.echo",
+        original.reply.clone().unwrap(),
+        original.headers.clone().unwrap(),
+        "[\"someone else's answer\"]".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(victim.await.unwrap().unwrap(), json!("finished"));
+    assert!(!marker.exists(), "the victim's handler was cancelled");
+
+    // Forged heartbeats: another host's name, or a flood of names, on a
+    // subject not their own, change nothing.
+    for i in 0..50 {
+        let beat = json!({"host": format!("fake{i}"), "service_id": "x", "methods_hash": "y",
+            "in_flight": 0, "processes": 100000, "healthy": true, "restarts": 0, "crashes": 0,
+            "draining": false, "workers": []});
+        evil.publish("lb.v1.hb.h1", beat.to_string().into())
+            .await
+            .unwrap();
+    }
+    evil.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hosts: Vec<String> = bridge.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(hosts, ["h1"]);
+    assert_eq!(bridge.status().processes, 1);
+
+    // Something else listening on the calls' subjects does not hide that
+    // no host serves a method.
+    let _listener = evil.subscribe("lb.v1.call.>").await.unwrap();
+    evil.flush().await.unwrap();
+    let t = Instant::now();
+    let e = bridge
+        .call("nobody.serves", json!([]), opts(5_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        bridge
+            .call("echo", json!(["still"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("still")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from_running() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let host = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once");
+    host.signal(19); // SIGSTOP
+    let e = bridge
+        .call(
+            "record_once",
+            json!({"path": once, "token": "gave-up", "delay": 0.5}),
+            opts(300),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    // Resumed before the deadline plus the allowed clock skew: only the
+    // cancel, read before the call, keeps it from running.
+    host.signal(18); // SIGCONT
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        lines(&once).is_empty(),
+        "the abandoned call ran: {:?}",
+        lines(&once)
+    );
 }

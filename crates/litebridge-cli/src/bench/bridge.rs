@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
+use litebridge::workers::{Bridge, CallOptions, WorkerConfig, WorkerPool};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,7 +27,7 @@ for line in sys.stdin:
 "#;
 
 /// An SDK worker with one `echo` method.
-const SDK_ECHO: &str = r#"
+pub(crate) const SDK_ECHO: &str = r#"
 from litebridge_worker import Worker
 w = Worker()
 @w.method()
@@ -141,11 +141,26 @@ pub(crate) async fn bridge(
         .env
         .push(("PYTHONPATH".into(), sdk.display().to_string()));
     let pool = WorkerPool::start(config).await?;
+    let bridge = Bridge::Local(pool);
+    let figures = drive(&bridge, seconds, callers, depth, "echo").await;
+    bridge.shutdown(std::time::Duration::ZERO).await;
+    figures
+}
+
+/// `callers` tasks, each keeping `depth` calls of `method` in flight through
+/// `bridge` until `seconds` pass; every call must succeed.
+pub(crate) async fn drive(
+    bridge: &Bridge,
+    seconds: f64,
+    callers: usize,
+    depth: usize,
+    method: &'static str,
+) -> CliResult<Figures> {
     let stop: Arc<AtomicBool> = stop_after(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|c| {
-            let (pool, stop) = (pool.clone(), stop.clone());
+            let (bridge, stop) = (bridge.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut samples = Samples::with_capacity(1 << 18);
                 let mut in_flight = FuturesUnordered::new();
@@ -153,10 +168,11 @@ pub(crate) async fn bridge(
                 loop {
                     while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let (pool, v) = (&pool, c as u64 * 1_000_000_000 + n);
+                        let (bridge, v) = (&bridge, c as u64 * 1_000_000_000 + n);
                         in_flight.push(async move {
                             let start = Instant::now();
-                            pool.call("echo", json!([v]), CallOptions::default())
+                            bridge
+                                .call(method, json!([v]), CallOptions::default())
                                 .await
                                 .map(|_| start)
                         });
@@ -170,9 +186,7 @@ pub(crate) async fn bridge(
             })
         })
         .collect();
-    let figures = gather_tasks(tasks, started).await?;
-    pool.shutdown().await;
-    Ok(figures)
+    gather_tasks(tasks, started).await
 }
 
 /// `bridge-cached`: one caller, sequential calls whose result is in the

@@ -6,10 +6,11 @@ mod cases;
 pub(crate) mod cores;
 mod http;
 mod measure;
+mod nats;
 mod pg;
 mod stores;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use litebridge::Durability;
 use measure::Figures;
@@ -100,6 +101,24 @@ const CASES: &[Case] = &[
         what: "1 Python SDK worker, 1 call in flight, echo",
     },
     Case {
+        name: "bridge-nats-sequential",
+        baseline: "bridge-sequential",
+        target: Target::P50Within(150.0),
+        what: "bridge-sequential's load through a worker host on a local NATS server",
+    },
+    Case {
+        name: "bridge-nats-pipelined",
+        baseline: "bridge-pipelined",
+        target: Target::Ratio(0.5),
+        what: "bridge-pipelined's load through a worker host on a local NATS server",
+    },
+    Case {
+        name: "bridge-nats-two-hosts",
+        baseline: "bridge-nats-one-host",
+        target: Target::Ratio(1.8),
+        what: "two worker hosts against one: 2 workers each, 1 call per worker at a time, a handler sleeping 5 ms, 16 in flight",
+    },
+    Case {
         name: "http-query",
         baseline: "http-health",
         target: Target::Ratio(0.5),
@@ -178,6 +197,20 @@ pub(crate) async fn run(
         selected.retain(|c| !c.name.starts_with("pg-"));
         if selected.len() < before {
             eprintln!("the pg-* cases are skipped: give --postgres URL to run them");
+        }
+    }
+    if nats::server_binary().is_none() {
+        if case.starts_with("bridge-nats-") {
+            return Err(Failure::new(format!(
+                "bench case {case} needs Debian's nats-server (scripts/nats.sh start installs it)"
+            )));
+        }
+        let before = selected.len();
+        selected.retain(|c| !c.name.starts_with("bridge-nats-"));
+        if selected.len() < before {
+            eprintln!(
+                "the bridge-nats-* cases are skipped: nats-server is not installed (scripts/nats.sh start installs it)"
+            );
         }
     }
     let base = match dir {
@@ -354,6 +387,9 @@ async fn run_baseline(
         "raw-group" => cases::raw_group(&base_path, seconds, 8, 64).await?,
         "raw-pipe" => bridge::raw_pipe(seconds, 2, 64).await?,
         "raw-pipe-seq" => bridge::raw_pipe(seconds, 1, 1).await?,
+        "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
+        "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
+        "bridge-nats-one-host" => nats::naps(&scratch(&base_path)?, seconds, 1).await?,
         "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
         "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
@@ -362,6 +398,14 @@ async fn run_baseline(
         }
         other => return Err(Failure::new(format!("no baseline {other}"))),
     })
+}
+
+/// A directory of one run beside `path` (a NATS server's ports file).
+fn scratch(path: &Path) -> CliResult<PathBuf> {
+    let dir = path.with_extension("d");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 /// One run of case `c`.
@@ -383,6 +427,9 @@ async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> C
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-cached" => bridge::bridge_cached(seconds, dir).await?,
+        "bridge-nats-pipelined" => nats::echo(&scratch(&case_path)?, seconds, 2, 128).await?,
+        "bridge-nats-sequential" => nats::echo(&scratch(&case_path)?, seconds, 1, 1).await?,
+        "bridge-nats-two-hosts" => nats::naps(&scratch(&case_path)?, seconds, 2).await?,
         "state-save" => stores::state_save(&case_path, seconds).await?,
         "cache-get-hit" => stores::cache_get_hit(&case_path, seconds).await?,
         other => return Err(Failure::new(format!("no case {other}"))),

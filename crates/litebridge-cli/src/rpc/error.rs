@@ -59,22 +59,23 @@ impl RpcError {
             // The Language Server Protocol's RequestCancelled, which
             // `$/cancelRequest` comes from.
             RpcError::Cancelled => -32800,
-            RpcError::App(e) => match e {
-                Error::Sql { .. } | Error::Postgres { .. } => -32000,
-                Error::Timeout { .. } => -32001,
-                Error::Overloaded { .. } | Error::Busy { .. } => -32002,
-                Error::CircuitOpen { .. } => -32003,
-                Error::WorkerError { .. } => -32004,
-                Error::WorkerCrashed { .. } => -32005,
-                Error::Unauthorized { .. } => -32006,
-                Error::Forbidden { .. } => -32007,
-                Error::QuotaExceeded { .. } => -32008,
-                Error::ReadOnly { .. } => -32009,
-                Error::Corrupt { .. } | Error::Unavailable { .. } | Error::Open { .. } => -32010,
-                Error::TooLarge { .. } => -32011,
-                Error::Unsupported { .. } => -32012,
-                Error::OutcomeUnknown { .. } => -32013,
-                _ if e.kind() == ErrorKind::InvalidArgument => -32602,
+            // By kind, so a new variant of a kind gets its kind's code.
+            RpcError::App(e) => match e.kind() {
+                ErrorKind::Sql => -32000,
+                ErrorKind::Timeout => -32001,
+                ErrorKind::Overloaded | ErrorKind::Busy => -32002,
+                ErrorKind::CircuitOpen => -32003,
+                ErrorKind::WorkerError => -32004,
+                ErrorKind::WorkerCrashed => -32005,
+                ErrorKind::Unauthorized => -32006,
+                ErrorKind::Forbidden => -32007,
+                ErrorKind::QuotaExceeded => -32008,
+                ErrorKind::ReadOnly => -32009,
+                ErrorKind::Corrupt | ErrorKind::Unavailable => -32010,
+                ErrorKind::TooLarge => -32011,
+                ErrorKind::Unsupported => -32012,
+                ErrorKind::OutcomeUnknown => -32013,
+                ErrorKind::InvalidArgument => -32602,
                 _ => -32603,
             },
         }
@@ -134,6 +135,7 @@ impl RpcError {
                 put("exit", json!(exit));
                 put("stderr", json!(stderr));
             }
+            Error::HostLost { host, .. } => put("host", json!(host)),
             Error::QuotaExceeded { quota, limit, .. } => {
                 put("quota", json!(quota));
                 put("limit", json!(limit));
@@ -228,6 +230,24 @@ mod tests {
                 "unsupported",
                 false,
             ),
+            (
+                RpcError::App(Error::HostLost {
+                    host: "host-a".into(),
+                    reason: "no heartbeat for 3000 ms".into(),
+                }),
+                -32005,
+                "worker_crashed",
+                true,
+            ),
+            (
+                RpcError::App(Error::CallOutcomeUnknown {
+                    method: "charge".into(),
+                    reason: "the connection to NATS was lost".into(),
+                }),
+                -32013,
+                "outcome_unknown",
+                false,
+            ),
         ];
         for (e, code, kind, recoverable) in cases {
             assert_eq!(e.code(), code, "{e:?}");
@@ -246,6 +266,11 @@ mod tests {
             stage: litebridge::TimeoutStage::Running,
         });
         assert_eq!(timeout.data().unwrap()["timeout_ms"], 1500);
+        let lost = RpcError::App(Error::HostLost {
+            host: "host-a".into(),
+            reason: "gone".into(),
+        });
+        assert_eq!(lost.data().unwrap()["host"], "host-a");
         // An invalid argument from the library is a parameter error.
         let e: RpcError = Error::InvalidArgument {
             param: "lane".into(),

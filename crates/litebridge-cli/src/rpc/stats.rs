@@ -42,7 +42,8 @@ pub(crate) fn bridge_status(service: &Service) -> Result<Json, RpcError> {
     {
         let pool = workers(service)?;
         let s = pool.status();
-        let stats = json!({
+        let mut stats = json!({
+            "transport": pool.transport(),
             "healthy": s.healthy,
             "processes": s.processes,
             "workers": s.workers.iter().map(|w| json!({
@@ -84,6 +85,20 @@ pub(crate) fn bridge_status(service: &Service) -> Result<Json, RpcError> {
             "process_count": s.workers.len(),
             "available_processes": s.workers.iter().filter(|w| w.in_flight == 0).count(),
         });
+        if pool.transport() == "nats" {
+            stats["hosts"] = pool
+                .hosts()
+                .iter()
+                .map(|h| {
+                    json!({
+                        "id": h.id, "healthy": h.healthy, "draining": h.draining,
+                        "processes": h.processes, "in_flight": h.in_flight,
+                        "last_seen_ms": h.last_seen.as_millis() as u64, "methods": h.methods,
+                    })
+                })
+                .collect();
+            stats["late_answers"] = json!(pool.late_answers());
+        }
         Ok(stats)
     }
 }

@@ -42,6 +42,17 @@ def record_once(path, token, delay=0.0):
 
 
 @worker.method()
+def crash_once(path):
+    """Kills its worker the first time (an idempotent method the host must not retry on its own)."""
+    first = not os.path.exists(path)
+    with open(path, "a") as f:
+        f.write("run\n")
+    if first:
+        os._exit(3)
+    return "ran"
+
+
+@worker.method()
 def hang(marker, seconds=60):
     end = time.monotonic() + seconds
     while time.monotonic() < end:

@@ -96,6 +96,26 @@ impl Bridge {
         }
     }
 
+    /// The worker hosts seen (none for local workers).
+    #[cfg(feature = "nats")]
+    pub fn hosts(&self) -> Vec<crate::workers::nats::HostStatus> {
+        match self {
+            Bridge::Local(_) => Vec::new(),
+            Bridge::Nats(n) => n.hosts(),
+        }
+    }
+
+    /// Answers that came after their caller stopped waiting, counted and
+    /// dropped (always 0 for local workers, whose late answers have no
+    /// caller to reach).
+    #[cfg(feature = "nats")]
+    pub fn late_answers(&self) -> u64 {
+        match self {
+            Bridge::Local(_) => 0,
+            Bridge::Nats(n) => n.late_answers(),
+        }
+    }
+
     /// The transport's name: `local` or `nats`.
     pub fn transport(&self) -> &'static str {
         match self {

@@ -97,6 +97,13 @@ impl NatsConfig {
                 "one or more addresses such as nats://127.0.0.1:4222",
             );
         }
+        if self.url.contains('@') {
+            return bad(
+                "nats.url",
+                &format!("{:?}", self.redacted_url()),
+                "addresses without a user or password: give those as nats.user and nats.password, or a token as nats.token",
+            );
+        }
         for (key, value) in [
             ("nats.prefix", Some(&self.prefix)),
             ("nats.queue_group", Some(&self.queue_group)),
@@ -143,6 +150,21 @@ impl NatsConfig {
             return bad("nats.host_dead_after", "0", "at least 1 missed heartbeat");
         }
         Ok(())
+    }
+
+    /// The addresses with any user and password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|a| match (a.find("://"), a.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}***{}", &a[..scheme + 3], &a[at..])
+                }
+                (None, Some(at)) => format!("***{}", &a[at..]),
+                _ => a.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// How long a host may stay silent before it is taken as dead.
@@ -207,5 +229,17 @@ mod tests {
         let mut c = NatsConfig::new("nats://x");
         c.token = Some("s3cret".into());
         assert!(!format!("{c:?}").contains("s3cret"));
+        // Credentials in the URL are refused without being echoed.
+        let c =
+            NatsConfig::new("nats://u:S3cretPW@127.0.0.1:4222, tls://v:pw2@h:1,n3:4222,w:pw3@h4:4");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nats.url") && e.contains("nats.user"), "{e}");
+        for secret in ["S3cretPW", "pw2", "pw3", "u:", "v:"] {
+            assert!(!e.contains(secret), "{secret} in {e}");
+        }
+        assert_eq!(
+            c.redacted_url(),
+            "nats://***@127.0.0.1:4222, tls://***@h:1,n3:4222,***@h4:4"
+        );
     }
 }

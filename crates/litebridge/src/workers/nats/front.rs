@@ -24,6 +24,10 @@ use crate::workers::{
 /// Per-method state (breakers, statistics) is kept for this many names;
 /// calls to more share one entry, `(other)`.
 const MAX_METHODS: usize = 256;
+/// Hosts followed at most (heartbeats of more are ignored, with a warning).
+const MAX_HOSTS: usize = 1024;
+/// Workers of one host's heartbeat kept at most.
+const MAX_WORKERS_PER_HOST: usize = 1024;
 
 /// `bridge.call` over NATS: each call goes to one host of the queue group
 /// serving its method, with the same deadlines, retries, breakers, cache and
@@ -67,8 +71,9 @@ struct Known {
     /// From the services protocol's INFO.
     methods: Vec<MethodInfo>,
     dynamic: bool,
-    /// The `methods_hash` the methods above were read for.
-    read_for: Option<String>,
+    /// The instance (services-protocol id) and `methods_hash` the methods
+    /// above were read for.
+    read_for: Option<(String, String)>,
 }
 
 /// What reaches a call waiting for its answer.
@@ -80,8 +85,9 @@ enum Reply {
 struct Pending {
     tx: mpsc::UnboundedSender<Reply>,
     method: String,
-    /// The host that acknowledged the call.
-    host: Option<String>,
+    /// The host that acknowledged the call, and its instance (a host
+    /// restarted under the same id is another instance).
+    host: Option<(String, String)>,
 }
 
 struct Front {
@@ -122,6 +128,20 @@ fn unstarted(e: &Error) -> bool {
             what: "worker host",
             ..
         }
+    )
+}
+
+/// An error that says the call never started.
+fn claims_not_started(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable { .. }
+            | Error::Overloaded { .. }
+            | Error::CircuitOpen { .. }
+            | Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
     )
 }
 
@@ -308,9 +328,23 @@ impl NatsBridge {
             message: format!("params of `{method}`: {e}"),
         })?);
         let request_id = options.request_id.as_deref();
+        // The first attempt whose outcome became unknown: if a later one
+        // fails without starting, the caller must still learn the call may
+        // have run.
+        let unknown: Mutex<Option<Error>> = Mutex::new(None);
         let r = policy
             .run_with(
-                |_| self.call_once(method, &body, request_id, deadline, timeout),
+                |_| async {
+                    let r = self
+                        .call_once(method, &body, request_id, deadline, timeout)
+                        .await;
+                    if let Err(e) = &r
+                        && outcome_unknown(e)
+                    {
+                        lock(&unknown).get_or_insert_with(|| e.clone());
+                    }
+                    r
+                },
                 |retry| {
                     tracing::warn!(
                         method,
@@ -329,6 +363,12 @@ impl NatsBridge {
                 },
             )
             .await;
+        let r = match r {
+            Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
+                Err(lock(&unknown).take().unwrap_or(e))
+            }
+            r => r,
+        };
         let counters = self.counters(state);
         let took = started.elapsed();
         counters.latency.record(took);
@@ -381,6 +421,12 @@ impl NatsBridge {
                 limit: limit as u64,
             });
         }
+        // No known host serves it: NATS's no-responders would say so too,
+        // but not while anything else (an operator's `nats sub '>'`)
+        // listens on the subject.
+        if let Some(e) = self.unserved(method) {
+            return Err(e);
+        }
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", s.inbox);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -431,13 +477,7 @@ impl NatsBridge {
                     Some(Reply::Message(m)) => {
                         if m.status == Some(StatusCode::NO_RESPONDERS) {
                             guard.cancel = false;
-                            return Err(Error::Unavailable {
-                                what: "workers",
-                                reason: format!(
-                                    "no worker host serves `{method}` on NATS (subject prefix `{}`); the call was not started",
-                                    s.config.prefix
-                                ),
-                            });
+                            return Err(self.no_host(method));
                         }
                         let h = m.headers.as_ref();
                         let host = h.and_then(|h| h.get(wire::HOST)).map_or("(unnamed)", |v| v.as_str());
@@ -467,6 +507,27 @@ impl NatsBridge {
         }
     }
 
+    /// `unavailable` for a method no host serves.
+    fn no_host(&self, method: &str) -> Error {
+        Error::Unavailable {
+            what: "workers",
+            reason: format!(
+                "no worker host serves `{method}` on NATS (subject prefix `{}`); the call was not started",
+                self.shared.config.prefix
+            ),
+        }
+    }
+
+    /// `unavailable` when every host known has announced its methods and
+    /// none serves `method` (nor takes any name).
+    fn unserved(&self, method: &str) -> Option<Error> {
+        let hosts = read(&self.shared.hosts);
+        let maybe = hosts.values().any(|h| {
+            h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method)
+        });
+        (!maybe).then(|| self.no_host(method))
+    }
+
     /// Waits (up to `reconnect_grace` and the deadline) for NATS.
     async fn wait_connected(&self, deadline: Instant, timeout: Duration) -> Result<()> {
         let s = &self.shared;
@@ -485,8 +546,7 @@ impl NatsBridge {
             _ => Err(Error::Unavailable {
                 what: "NATS",
                 reason: format!(
-                    "not connected to {} for the last {} ms; the call was not sent",
-                    s.config.url,
+                    "not connected to NATS for the last {} ms; the call was not sent",
                     s.config.reconnect_grace.as_millis()
                 ),
             }),
@@ -558,7 +618,7 @@ impl NatsBridge {
                 id: id.clone(),
                 in_flight: h.beat.as_ref().map_or(0, |b| b.in_flight),
                 processes: h.beat.as_ref().map_or(0, |b| b.processes),
-                healthy: h.beat.as_ref().is_some_and(|b| b.healthy),
+                healthy: h.read_for.is_some() && h.beat.as_ref().is_some_and(|b| b.healthy),
                 draining: h.beat.as_ref().is_some_and(|b| b.draining),
                 last_seen: h.last_seen.elapsed(),
                 methods: h.methods.iter().map(|m| m.name.clone()).collect(),
@@ -616,9 +676,9 @@ impl NatsBridge {
             }
         }
         let healthy = self.connected()
-            && hosts
-                .values()
-                .any(|h| h.beat.as_ref().is_some_and(|b| b.healthy && !b.draining));
+            && hosts.values().any(|h| {
+                h.read_for.is_some() && h.beat.as_ref().is_some_and(|b| b.healthy && !b.draining)
+            });
         drop(hosts);
         let summary = |name: &str, c: &MethodCounters| {
             let latency = c.latency.summary();
@@ -696,6 +756,18 @@ impl Drop for Waiting {
     }
 }
 
+impl Known {
+    fn new() -> Known {
+        Known {
+            beat: None,
+            last_seen: Instant::now(),
+            methods: Vec::new(),
+            dynamic: false,
+            read_for: None,
+        }
+    }
+}
+
 impl Front {
     /// Takes in a host's INFO: its id (metadata `host`) and methods.
     fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) {
@@ -717,22 +789,28 @@ impl Front {
             .iter()
             .any(|e| e.metadata.get("dynamic").is_some_and(|d| d == "true"));
         let mut hosts = write(&self.hosts);
-        let known = hosts.entry(id.clone()).or_insert_with(|| Known {
-            beat: None,
-            last_seen: Instant::now(),
-            methods: Vec::new(),
-            dynamic: false,
-            read_for: None,
-        });
+        if !hosts.contains_key(id) && hosts.len() >= MAX_HOSTS {
+            return;
+        }
+        let known = hosts.entry(id.clone()).or_insert_with(Known::new);
+        // An answer about an instance that is gone (the host restarted).
+        if known.beat.as_ref().is_some_and(|b| b.service_id != info.id) {
+            return;
+        }
         known.methods = methods;
         known.dynamic = dynamic;
-        known.read_for = hash.or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()));
+        let hash = hash
+            .or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()))
+            .unwrap_or_default();
+        known.read_for = Some((info.id.clone(), hash));
     }
 
-    /// Fails every call a lost host had acknowledged.
-    fn host_lost(&self, host: &str, reason: &str) {
+    /// Fails every call a lost host had acknowledged (only those of
+    /// `instance`, when given: a restarted host's old calls).
+    fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str) {
         for p in lock(&self.calls).values() {
-            if p.host.as_deref() == Some(host) {
+            let Some((h, i)) = &p.host else { continue };
+            if h == host && instance.is_none_or(|want| want == i) {
                 let _ = p.tx.send(Reply::Lost(Error::HostLost {
                     host: host.to_owned(),
                     reason: reason.to_owned(),
@@ -755,6 +833,9 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         let host = h
             .and_then(|h| h.get(wire::HOST))
             .map(|v| v.as_str().to_owned());
+        let instance = h
+            .and_then(|h| h.get(wire::INSTANCE))
+            .map(|v| v.as_str().to_owned());
         let ack = h
             .and_then(|h| h.get(wire::STATUS))
             .is_some_and(|v| v.as_str() == "accepted");
@@ -762,7 +843,7 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         match id.and_then(|id| calls.get_mut(&id)) {
             Some(p) => {
                 if ack {
-                    p.host = host;
+                    p.host = host.clone().zip(instance);
                 }
                 let _ = p.tx.send(Reply::Message(m));
             }
@@ -788,24 +869,52 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
 async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats::Subscriber) {
     while let Some(m) = beats.next().await {
         let Some(f) = front.upgrade() else { return };
-        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&m.payload) else {
+        let Ok(mut beat) = serde_json::from_slice::<Heartbeat>(&m.payload) else {
             continue;
         };
-        let (new, stale) = {
+        // A host speaks for itself only: on its own subject, under its own name.
+        if m.subject.as_str() != f.subjects.heartbeat(&beat.host)
+            || !super::config::is_token(&beat.host)
+        {
+            continue;
+        }
+        beat.workers.truncate(MAX_WORKERS_PER_HOST);
+        let (new, stale, restarted) = {
             let mut hosts = write(&f.hosts);
-            let known = hosts.entry(beat.host.clone()).or_insert_with(|| Known {
-                beat: None,
-                last_seen: Instant::now(),
-                methods: Vec::new(),
-                dynamic: false,
-                read_for: None,
-            });
+            if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
+                tracing::warn!(
+                    host = beat.host,
+                    "ignoring a worker host: {MAX_HOSTS} are followed already"
+                );
+                continue;
+            }
+            let known = hosts.entry(beat.host.clone()).or_insert_with(Known::new);
             let new = known.beat.is_none();
+            let restarted = known
+                .beat
+                .as_ref()
+                .filter(|b| b.service_id != beat.service_id)
+                .map(|b| b.service_id.clone());
             known.last_seen = Instant::now();
-            let stale = known.read_for.as_deref() != Some(beat.methods_hash.as_str());
+            let stale = known.read_for.as_ref()
+                != Some(&(beat.service_id.clone(), beat.methods_hash.clone()));
+            if restarted.is_some() {
+                // Its methods are read again, for the new instance.
+                known.methods.clear();
+                known.read_for = None;
+            }
             known.beat = Some(beat.clone());
-            (new, stale)
+            (new, stale, restarted)
         };
+        if let Some(old) = restarted {
+            let reason = "it restarted with the call in flight";
+            tracing::warn!(host = beat.host, "worker host restarted");
+            f.host_lost(&beat.host, Some(&old), reason);
+            let _ = f.events.send(PoolEvent::HostLost {
+                host: beat.host.clone(),
+                reason: reason.into(),
+            });
+        }
         if new {
             tracing::info!(host = beat.host, "worker host joined");
             let _ = f.events.send(PoolEvent::HostJoined {
@@ -858,7 +967,7 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
         for host in dead {
             let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
             tracing::warn!(host, "worker host lost: {reason}");
-            f.host_lost(&host, &reason);
+            f.host_lost(&host, None, &reason);
             let _ = f.events.send(PoolEvent::HostLost { host, reason });
         }
     }
@@ -880,10 +989,7 @@ async fn follow_connection(
                 for p in lock(&f.calls).values() {
                     let _ = p.tx.send(Reply::Lost(Error::CallOutcomeUnknown {
                         method: p.method.clone(),
-                        reason: format!(
-                            "the connection to NATS ({}) was lost with the call in flight",
-                            f.config.url
-                        ),
+                        reason: "the connection to NATS was lost with the call in flight".into(),
                     }));
                 }
             }

@@ -46,8 +46,8 @@ struct Host {
     pool: WorkerPool,
     config: NatsConfig,
     subjects: Subjects,
-    /// Calls running, by reply subject: the way to cancel each.
-    running: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Calls running, and cancels that came before their calls.
+    running: Mutex<Running>,
     draining: AtomicBool,
     /// Calls cancelled by their callers.
     cancelled: AtomicU64,
@@ -127,12 +127,12 @@ impl WorkerHost {
         let inner = Arc::new(Host {
             id,
             service_id: service.info().await.id,
-            methods_hash: methods_hash(&pool),
+            methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
             client,
             pool,
             config,
             subjects,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(Running::default()),
             draining: AtomicBool::new(false),
             cancelled: AtomicU64::new(0),
         });
@@ -180,7 +180,7 @@ impl WorkerHost {
         self.inner.beat().await;
         let _ = self.inner.client.flush().await;
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < until {
+        while lock(&self.inner.running).len() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.tasks.shutdown().await;
@@ -259,19 +259,25 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         })
         .await;
     }
-    let Some(budget) = budget.map(Duration::from_millis) else {
+    let (Some(budget), Some(deadline)) = (budget, deadline) else {
         return refuse(Error::invalid(
-            wire::BUDGET_MS,
-            "missing: the call has no deadline",
+            format!("{} and {}", wire::BUDGET_MS, wire::DEADLINE),
+            "missing, or not a whole number of milliseconds: the call has no deadline",
         ))
         .await;
     };
-    // A call whose caller has given up is never started.
+    // A call whose caller has given up is never started: its deadline (by
+    // this host's clock, allowing for skew) bounds its time here, as well as
+    // the budget it was sent with, counted from its arrival (a host paused
+    // with calls queued finds them late).
     let now = unix_ms();
-    if budget.is_zero() || deadline.is_some_and(|d| d + (wire::CLOCK_SKEW.as_millis() as u64) < now)
-    {
+    let left = deadline
+        .saturating_add(wire::CLOCK_SKEW.as_millis() as u64)
+        .saturating_sub(now);
+    let timeout = Duration::from_millis(budget.min(left));
+    if timeout.is_zero() {
         return refuse(Error::Timeout {
-            after: budget,
+            after: Duration::from_millis(budget),
             stage: TimeoutStage::Queued,
         })
         .await;
@@ -288,12 +294,37 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         Err(e) => return refuse(Error::invalid("params", format!("not JSON: {e}"))).await,
     };
     let (cancel_tx, mut cancel_rx) = oneshot::channel();
-    lock(&host.running).insert(reply.clone(), cancel_tx);
+    // One call per reply subject: a second message naming a running call's
+    // reply subject (a peer on the bus) is refused, and cannot take over the
+    // first one's cancel.
+    let started = lock(&host.running).start(&reply, cancel_tx);
+    let ticket = match started {
+        Start::Started(ticket) => ticket,
+        // Not answered: its answer would go to the running call's caller.
+        Start::Duplicate => {
+            tracing::warn!(
+                method,
+                "dropped a call whose reply subject names a call running here"
+            );
+            return;
+        }
+        // Its caller gave up before it came (it is answered, not run).
+        Start::CancelledFirst => {
+            return refuse(Error::Timeout {
+                after: Duration::from_millis(budget),
+                stage: TimeoutStage::Queued,
+            })
+            .await;
+        }
+    };
+    // The front end owns retries (on any host); a retry here would run an
+    // idempotent call again behind a caller that asked for none.
     let call = host.pool.call(
         &method,
         params,
         CallOptions {
-            timeout: Some(budget),
+            timeout: Some(timeout),
+            retry: false,
             request_id,
             ..CallOptions::default()
         },
@@ -310,13 +341,14 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
                 let mut headers = HeaderMap::new();
                 headers.insert(wire::STATUS, "accepted");
                 headers.insert(wire::HOST, host.id.as_str());
+                headers.insert(wire::INSTANCE, host.service_id.as_str());
                 let _ = host.client.publish_with_headers(reply.clone(), headers, Default::default()).await;
             }
             // Its caller gave up: dropping the call tells the worker to cancel.
             _ = &mut cancel_rx => break None,
         }
     };
-    lock(&host.running).remove(&reply);
+    lock(&host.running).finish(&reply, ticket);
     match outcome {
         Some(r) => answer(&host, &request, &method, r).await,
         None => {
@@ -368,28 +400,115 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             continue;
         };
-        if let Some(tx) = lock(&host.running).remove(reply) {
-            let _ = tx.send(());
-        }
+        lock(&host.running).cancel(reply);
     }
 }
 
-/// A hash of the methods a pool serves (names, and generic mode).
-fn methods_hash(pool: &WorkerPool) -> String {
+/// A hash of what a pool announces: every method with its metadata
+/// (idempotency, cache lifetime, description, parameters) and generic mode,
+/// so front ends read the methods again when any of it changes.
+fn methods_hash(methods: &[crate::workers::MethodInfo], dynamic: bool) -> String {
     use sha2::Digest;
-    let mut methods: Vec<String> = pool.methods().into_iter().map(|m| m.name).collect();
-    methods.sort();
+    let mut described: Vec<Vec<(String, String)>> = methods
+        .iter()
+        .map(|m| {
+            let mut meta: Vec<_> = wire::method_metadata(m).into_iter().collect();
+            meta.sort();
+            meta
+        })
+        .collect();
+    described.sort();
     let mut h = sha2::Sha256::new();
-    for m in &methods {
-        h.update(m.as_bytes());
-        h.update([0]);
+    for meta in &described {
+        for (k, v) in meta {
+            for part in [k, v] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.update([0xff]);
     }
-    h.update([u8::from(pool.accepts_any_method())]);
+    h.update([u8::from(dynamic)]);
     h.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Cancels that came before their calls are remembered this long.
+const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
+/// And at most this many of them (a peer on the bus could send any number).
+const EARLY_CANCEL_MAX: usize = 4096;
+
+/// What [`Running::start`] found.
+enum Start {
+    Started(u64),
+    Duplicate,
+    CancelledFirst,
+}
+
+/// The calls running on a host, by reply subject, and the cancels that came
+/// first: a cancel and its call arrive on different subscriptions, and a
+/// call is registered by a task of its own, so the cancel can win the race
+/// (a host paused with both queued always sees it so).
+#[derive(Default)]
+struct Running {
+    calls: HashMap<String, (u64, oneshot::Sender<()>)>,
+    next: u64,
+    early: HashMap<String, tokio::time::Instant>,
+}
+
+impl Running {
+    /// Registers a call, unless one with this reply subject runs already or
+    /// its cancel came first.
+    fn start(&mut self, reply: &str, cancel: oneshot::Sender<()>) -> Start {
+        if self.early.remove(reply).is_some() {
+            return Start::CancelledFirst;
+        }
+        if self.calls.contains_key(reply) {
+            return Start::Duplicate;
+        }
+        self.next += 1;
+        self.calls.insert(reply.to_owned(), (self.next, cancel));
+        Start::Started(self.next)
+    }
+
+    /// Forgets a call that ended, if it is still this one.
+    fn finish(&mut self, reply: &str, ticket: u64) {
+        if self.calls.get(reply).is_some_and(|(t, _)| *t == ticket) {
+            self.calls.remove(reply);
+        }
+    }
+
+    fn cancel(&mut self, reply: &str) {
+        match self.calls.remove(reply) {
+            Some((_, tx)) => {
+                let _ = tx.send(());
+            }
+            None => {
+                let now = tokio::time::Instant::now();
+                self.early
+                    .retain(|_, at| now.duration_since(*at) < EARLY_CANCEL_KEPT);
+                if self.early.len() < EARLY_CANCEL_MAX {
+                    self.early.insert(reply.to_owned(), now);
+                }
+            }
+        }
+    }
+
+    /// Cancels every call; how many there were.
+    fn cancel_all(&mut self) -> usize {
+        let n = self.calls.len();
+        for (_, (_, tx)) in self.calls.drain() {
+            let _ = tx.send(());
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.calls.len()
+    }
 }
 
 impl Host {
@@ -442,16 +561,74 @@ async fn heartbeat(host: Arc<Host>) {
         }
         let since = *cut_off_since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() >= host.config.dead_after() {
-            let gone: Vec<_> = lock(&host.running).drain().collect();
-            if !gone.is_empty() {
+            let gone = lock(&host.running).cancel_all();
+            if gone > 0 {
                 tracing::warn!(
-                    calls = gone.len(),
+                    calls = gone,
                     "NATS unreachable: cancelling the calls in flight (their callers have given up)"
                 );
             }
-            for (_, tx) in gone {
-                let _ = tx.send(());
-            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::MethodInfo;
+
+    fn method(name: &str, idempotent: bool) -> MethodInfo {
+        MethodInfo {
+            name: name.into(),
+            idempotent,
+            cache_ttl_s: None,
+            description: None,
+            params: None,
+        }
+    }
+
+    #[test]
+    fn the_methods_hash_changes_with_any_announced_fact() {
+        let base = methods_hash(&[method("a", true), method("b", true)], false);
+        assert_eq!(
+            base,
+            methods_hash(&[method("b", true), method("a", true)], false)
+        );
+        // A redeploy that makes a method non-idempotent must be read again.
+        assert_ne!(
+            base,
+            methods_hash(&[method("a", true), method("b", false)], false)
+        );
+        let mut cached = method("a", true);
+        cached.cache_ttl_s = Some(5.0);
+        assert_ne!(base, methods_hash(&[cached, method("b", true)], false));
+        assert_ne!(
+            base,
+            methods_hash(&[method("a", true), method("b", true)], true)
+        );
+    }
+
+    #[test]
+    fn a_cancel_that_comes_first_stops_its_call_and_a_duplicate_cannot_take_over() {
+        let mut r = Running::default();
+        r.cancel("_INBOX.x.1");
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(r.start("_INBOX.x.1", tx), Start::CancelledFirst));
+        let (tx, mut rx) = oneshot::channel();
+        let Start::Started(ticket) = r.start("_INBOX.x.2", tx) else {
+            panic!("not started")
+        };
+        let (tx2, _rx2) = oneshot::channel();
+        assert!(matches!(r.start("_INBOX.x.2", tx2), Start::Duplicate));
+        // The duplicate's end does not forget the running call.
+        r.finish("_INBOX.x.2", ticket + 1);
+        assert_eq!(r.len(), 1);
+        r.cancel("_INBOX.x.2");
+        assert!(rx.try_recv().is_ok());
+        // Early cancels are bounded.
+        for i in 0..(EARLY_CANCEL_MAX + 10) {
+            r.cancel(&format!("_INBOX.y.{i}"));
+        }
+        assert!(r.early.len() <= EARLY_CANCEL_MAX);
     }
 }

@@ -30,6 +30,9 @@ pub(crate) const DEADLINE: &str = "Litebridge-Deadline";
 pub(crate) const STATUS: &str = "Litebridge-Status";
 /// The id of the host answering.
 pub(crate) const HOST: &str = "Litebridge-Host";
+/// Which run of that host (its services-protocol id): a host restarted
+/// under the same id is another instance.
+pub(crate) const INSTANCE: &str = "Litebridge-Instance";
 /// `0` when the call was never started (safe to send elsewhere), `1` when it was.
 pub(crate) const STARTED: &str = "Litebridge-Started";
 
@@ -270,9 +273,11 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
             capacity: usize::try_from(n("capacity")).unwrap_or_default(),
             retry_after: ms("retry_after_ms"),
         },
-        "circuit_open" => Error::CircuitOpen {
-            breaker: format!("{} on worker host {host}", s("breaker")),
-            retry_after: ms("retry_after_ms"),
+        // That host's breaker: the call did not start, and another host may
+        // take it (the front end's own breaker judges the method).
+        "circuit_open" => Error::Unavailable {
+            what: "worker host",
+            reason: format!("{host}: {}", s("message")),
         },
         "invalid_argument" => Error::InvalidArgument {
             param: s("param"),
@@ -361,8 +366,19 @@ mod tests {
         for e in errors {
             let body = answer_body(&Err(e.clone()));
             let back = decode_answer(&body, "h1").unwrap_err();
-            assert_eq!(back.kind(), e.kind(), "{e}");
             assert_eq!(not_started(&back), not_started(&e), "{e}");
+            if let Error::CircuitOpen { .. } = e {
+                // One host's breaker: another host may take the call.
+                assert!(matches!(
+                    back,
+                    Error::Unavailable {
+                        what: "worker host",
+                        ..
+                    }
+                ));
+                continue;
+            }
+            assert_eq!(back.kind(), e.kind(), "{e}");
             assert_eq!(back.retry_after(), e.retry_after(), "{e}");
         }
         let crashed = decode_answer(

@@ -1,0 +1,167 @@
+//! NATS cases: `bridge.call` through worker hosts on a NATS server, against
+//! the local pipes in the same run (`bridge-nats-sequential`,
+//! `bridge-nats-pipelined`), and two hosts against one on a handler that
+//! sleeps 5 ms (`bridge-nats-two-hosts`).
+//!
+//! Each run starts its own `nats-server` (Debian's package; `scripts/nats.sh
+//! start` installs it) on a free loopback port, the hosts in this process
+//! ([`WorkerHost`] over a [`WorkerPool`] of Python SDK workers) and one front
+//! end ([`NatsBridge`]), and stops them all at its end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use litebridge::workers::nats::{NatsBridge, NatsConfig, WorkerHost};
+use litebridge::workers::{Bridge, WorkerConfig, WorkerPool};
+
+use super::bridge::{SDK_ECHO, drive, sdk_dir};
+use super::measure::Figures;
+use crate::{CliResult, Failure};
+
+/// A sync handler that sleeps 5 ms: the time of a small LLM-style call
+/// scaled down, so hosts, not the bus, bound the rate.
+const SDK_NAP: &str = r#"
+import time
+from litebridge_worker import Worker
+w = Worker()
+@w.method()
+def nap(value=None):
+    time.sleep(0.005)
+    return value
+w.run()
+"#;
+
+/// A `nats-server` of one run; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+/// Debian's `nats-server`, when installed.
+pub(crate) fn server_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+impl Server {
+    fn start(dir: &Path) -> CliResult<Server> {
+        let bin = server_binary().ok_or_else(|| {
+                Failure::new(
+                    "the bridge-nats-* cases need Debian's nats-server (scripts/nats.sh start installs it)",
+                )
+            })?;
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Failure::new(format!("cannot start nats-server: {e}")))?;
+        let mut server = Server {
+            url: String::new(),
+            child,
+        };
+        let ports = dir.join(format!("nats-server_{}.ports", server.child.id()));
+        let until = Instant::now() + Duration::from_secs(10);
+        server.url = loop {
+            let listed = std::fs::read_to_string(&ports)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            if let Some(url) = listed.as_ref().and_then(|v| v["nats"][0].as_str()) {
+                break url.to_owned();
+            }
+            if Instant::now() > until {
+                return Err(Failure::new("nats-server did not start within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `hosts` worker hosts of `processes` workers each running `program`, at
+/// most `max_in_flight` calls per worker; then `callers` x `depth` calls of
+/// `method` through one front end.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    dir: &Path,
+    seconds: f64,
+    hosts: usize,
+    processes: usize,
+    max_in_flight: usize,
+    program: &'static str,
+    method: &'static str,
+    depth: usize,
+) -> CliResult<Figures> {
+    let server = Server::start(dir)?;
+    let sdk = sdk_dir()?;
+    let mut started = Vec::new();
+    for i in 0..hosts {
+        let mut config = WorkerConfig::new(["python3", "-c", program]);
+        config.processes = processes;
+        config.max_in_flight = max_in_flight;
+        config
+            .env
+            .push(("PYTHONPATH".into(), sdk.display().to_string()));
+        let pool = WorkerPool::start(config).await?;
+        let mut nats = NatsConfig::new(server.url.clone());
+        nats.host_id = Some(format!("bench-{i}"));
+        started.push(WorkerHost::start(pool, nats).await?);
+    }
+    let front = NatsBridge::connect(
+        NatsConfig::new(server.url.clone()),
+        &WorkerConfig::new(Vec::<String>::new()),
+    )
+    .await?;
+    // Every host known before the clock starts.
+    let until = Instant::now() + Duration::from_secs(10);
+    while front
+        .hosts()
+        .iter()
+        .filter(|h| !h.methods.is_empty())
+        .count()
+        < hosts
+    {
+        if Instant::now() > until {
+            return Err(Failure::new(
+                "the worker hosts did not show up on NATS within 10 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bridge = Bridge::Nats(front);
+    let figures = drive(&bridge, seconds, 1, depth, method).await;
+    bridge.shutdown(Duration::from_secs(1)).await;
+    for h in started {
+        h.shutdown().await;
+    }
+    drop(server);
+    figures
+}
+
+/// `bridge-nats-sequential` / `bridge-nats-pipelined`: `bridge-sequential`'s
+/// and `bridge-pipelined`'s loads through one host.
+pub(crate) async fn echo(
+    dir: &Path,
+    seconds: f64,
+    processes: usize,
+    depth: usize,
+) -> CliResult<Figures> {
+    run(dir, seconds, 1, processes, 64, SDK_ECHO, "echo", depth).await
+}
+
+/// `bridge-nats-two-hosts` (and its baseline with one host): two workers per
+/// host taking one call at a time, 16 calls in flight.
+pub(crate) async fn naps(dir: &Path, seconds: f64, hosts: usize) -> CliResult<Figures> {
+    run(dir, seconds, hosts, 2, 1, SDK_NAP, "nap", 16).await
+}
