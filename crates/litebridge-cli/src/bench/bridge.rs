@@ -17,7 +17,7 @@ use super::measure::{Figures, Samples, gather_tasks, stop_after};
 use crate::{CliResult, Failure};
 
 /// The smallest JSON-RPC echo loop Python can run: the baseline.
-const RAW_ECHO: &str = r#"
+pub(crate) const RAW_ECHO: &str = r#"
 import json, sys
 out = sys.stdout
 for line in sys.stdin:

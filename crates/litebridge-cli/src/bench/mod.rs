@@ -107,6 +107,12 @@ const CASES: &[Case] = &[
         what: "bridge-sequential's load through a worker host on a local NATS server",
     },
     Case {
+        name: "bridge-nats-relay",
+        baseline: "raw-nats-relay",
+        target: Target::P50Within(50.0),
+        what: "bridge-nats-sequential against a relay written by hand (async-nats request/reply to the raw echo loop's pipe)",
+    },
+    Case {
         name: "bridge-nats-pipelined",
         baseline: "bridge-pipelined",
         target: Target::Ratio(0.5),
@@ -390,6 +396,7 @@ async fn run_baseline(
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-nats-one-host" => nats::naps(&scratch(&base_path)?, seconds, 1).await?,
+        "raw-nats-relay" => nats::raw_relay(&scratch(&base_path)?, seconds).await?,
         "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
         "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
@@ -428,7 +435,9 @@ async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> C
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-cached" => bridge::bridge_cached(seconds, dir).await?,
         "bridge-nats-pipelined" => nats::echo(&scratch(&case_path)?, seconds, 2, 128).await?,
-        "bridge-nats-sequential" => nats::echo(&scratch(&case_path)?, seconds, 1, 1).await?,
+        "bridge-nats-sequential" | "bridge-nats-relay" => {
+            nats::echo(&scratch(&case_path)?, seconds, 1, 1).await?
+        }
         "bridge-nats-two-hosts" => nats::naps(&scratch(&case_path)?, seconds, 2).await?,
         "state-save" => stores::state_save(&case_path, seconds).await?,
         "cache-get-hit" => stores::cache_get_hit(&case_path, seconds).await?,

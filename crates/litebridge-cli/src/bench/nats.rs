@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use litebridge::workers::nats::{NatsBridge, NatsConfig, WorkerHost};
 use litebridge::workers::{Bridge, WorkerConfig, WorkerPool};
 
-use super::bridge::{SDK_ECHO, drive, sdk_dir};
-use super::measure::Figures;
+use super::bridge::{RAW_ECHO, SDK_ECHO, drive, sdk_dir};
+use super::measure::{Figures, Samples, stop_after};
 use crate::{CliResult, Failure};
 
 /// A sync handler that sleeps 5 ms: the time of a small LLM-style call
@@ -164,4 +164,72 @@ pub(crate) async fn echo(
 /// host taking one call at a time, 16 calls in flight.
 pub(crate) async fn naps(dir: &Path, seconds: f64, hosts: usize) -> CliResult<Figures> {
     run(dir, seconds, hosts, 2, 1, SDK_NAP, "nap", 16).await
+}
+
+/// `raw-nats-relay`: a relay written by hand, the least anyone would write:
+/// async-nats request/reply to a responder that passes each request over a
+/// pipe to `raw-pipe-seq`'s Python echo loop and answers with its line; one
+/// call in flight. What NATS and a pipe cost on this machine, with no
+/// deadlines, acknowledgements, cancels or heartbeats.
+pub(crate) async fn raw_relay(dir: &Path, seconds: f64) -> CliResult<Figures> {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let server = Server::start(dir)?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::new(format!("raw-nats-relay: {what}: {e}"))
+    };
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", RAW_ECHO])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed("cannot start python3", &e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let responder = async_nats::connect(server.url.as_str())
+        .await
+        .map_err(|e| failed("connect", &e))?;
+    let mut requests = responder
+        .subscribe("relay")
+        .await
+        .map_err(|e| failed("subscribe", &e))?;
+    let replies = responder.clone();
+    let relay = tokio::spawn(async move {
+        let mut line = String::new();
+        while let Some(m) = requests.next().await {
+            let Some(reply) = m.reply else { continue };
+            let mut request = br#"{"jsonrpc":"2.0","id":1,"method":"echo","params":"#.to_vec();
+            request.extend_from_slice(&m.payload);
+            request.extend_from_slice(b"}\n");
+            if stdin.write_all(&request).await.is_err() || stdin.flush().await.is_err() {
+                return;
+            }
+            line.clear();
+            if stdout.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let _ = replies.publish(reply, line.clone().into()).await;
+        }
+    });
+    responder.flush().await.map_err(|e| failed("flush", &e))?;
+    let client = async_nats::connect(server.url.as_str())
+        .await
+        .map_err(|e| failed("connect", &e))?;
+    let stop = stop_after(seconds);
+    let started = Instant::now();
+    let mut samples = Samples::with_capacity(1 << 18);
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let start = Instant::now();
+        client
+            .request("relay", format!("[{n}]").into())
+            .await
+            .map_err(|e| failed("request", &e))?;
+        samples.record(start);
+    }
+    relay.abort();
+    drop(child);
+    Ok(Figures::from_samples(vec![samples], started.elapsed()))
 }

@@ -411,7 +411,7 @@ impl NatsBridge {
                 stage: TimeoutStage::Queued,
             });
         }
-        let limit = s.client.server_info().max_payload;
+        let limit = s.client.max_payload();
         if body.len() + 1024 > limit {
             return Err(Error::TooLarge {
                 what: format!(

@@ -367,7 +367,7 @@ async fn answer(
 ) {
     let mut body = wire::answer_body(&outcome);
     let mut outcome = outcome;
-    let limit = host.client.server_info().max_payload;
+    let limit = host.client.max_payload();
     if body.len() + 1024 > limit {
         let e = Error::TooLarge {
             what: format!(
