@@ -128,6 +128,9 @@ pub(crate) fn render(service: &Service) -> String {
     cache_metrics(&mut o, &service.cache.stats());
     if let Some(w) = &service.workers {
         worker_metrics(&mut o, &w.status());
+        if w.transport() == "nats" {
+            host_metrics(&mut o, w);
+        }
     }
     o.0
 }
@@ -399,6 +402,38 @@ fn cache_metrics(o: &mut Out, c: &litebridge::store::CacheStats) {
         "gauge",
         "1 while the cache's table is in use, 0 when the cache runs in memory only.",
         if c.l2_entries.is_some() { 1.0 } else { 0.0 },
+    );
+}
+
+/// Worker hosts over NATS: each one's health and load, and late answers.
+fn host_metrics(o: &mut Out, w: &litebridge::workers::Bridge) {
+    let hosts = w.hosts();
+    let label = |h: &litebridge::workers::nats::HostStatus| format!("host=\"{}\"", escape(&h.id));
+    o.metric(
+        "worker_host_healthy",
+        "gauge",
+        "1 when the worker host's pool is healthy and not shutting down (from its heartbeats).",
+    );
+    for h in &hosts {
+        o.value(
+            "worker_host_healthy",
+            &label(h),
+            f64::from(u8::from(h.healthy && !h.draining)),
+        );
+    }
+    o.metric(
+        "worker_host_in_flight",
+        "gauge",
+        "Calls in flight on the worker host, from its last heartbeat.",
+    );
+    for h in &hosts {
+        o.value("worker_host_in_flight", &label(h), h.in_flight as f64);
+    }
+    o.single(
+        "bridge_late_answers_total",
+        "counter",
+        "Answers that came after their caller stopped waiting (counted and dropped).",
+        w.late_answers() as f64,
     );
 }
 

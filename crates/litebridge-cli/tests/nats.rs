@@ -947,3 +947,57 @@ async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from
         lines(&once)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_name_each_host() {
+    use std::io::{Read as _, Write as _};
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h-metrics", 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("front.db"))
+        .env("LITEBRIDGE_WORKERS_TRANSPORT", "nats")
+        .env("LITEBRIDGE_NATS_URL", &url)
+        .env("LITEBRIDGE_NATS_HEARTBEAT_MS", "200")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let metrics = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics();
+    while !text.contains("litebridge_worker_host_healthy{host=\"h-metrics\"} 1") {
+        assert!(Instant::now() < until, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = metrics();
+    }
+    assert!(
+        text.contains("litebridge_bridge_late_answers_total 0"),
+        "{text}"
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
