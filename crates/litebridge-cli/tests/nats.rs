@@ -1001,3 +1001,40 @@ async fn metrics_name_each_host() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_of_the_docs_are_enough() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/nats-permissions.conf");
+    let Some(server) = Server::start(&["-c", conf]) else { return };
+    let url = server.url();
+    let _h = Host::start(
+        &url,
+        "h1",
+        1,
+        &[("LITEBRIDGE_NATS_USER", "host"), ("LITEBRIDGE_NATS_PASSWORD", "hostpw")],
+    );
+    let mut c = front_config(&url);
+    c.user = Some("front".into());
+    c.password = Some("frontpw".into());
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    // A quick call (one answer) and one acknowledged first (two).
+    assert_eq!(bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(), json!(1));
+    assert_eq!(
+        bridge.call("nap", json!({"ms": 200}), opts(5_000)).await.unwrap(),
+        json!("h1")
+    );
+    // And a cancel.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cancelled");
+    let e = bridge
+        .call("hang", json!({"marker": marker}), opts(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let until = Instant::now() + Duration::from_secs(2);
+    while !marker.exists() {
+        assert!(Instant::now() < until, "the cancel did not reach the handler");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
