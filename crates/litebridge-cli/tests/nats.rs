@@ -1004,14 +1004,22 @@ async fn metrics_name_each_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_of_the_docs_are_enough() {
-    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/nats-permissions.conf");
-    let Some(server) = Server::start(&["-c", conf]) else { return };
+    let conf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/nats-permissions.conf"
+    );
+    let Some(server) = Server::start(&["-c", conf]) else {
+        return;
+    };
     let url = server.url();
     let _h = Host::start(
         &url,
         "h1",
         1,
-        &[("LITEBRIDGE_NATS_USER", "host"), ("LITEBRIDGE_NATS_PASSWORD", "hostpw")],
+        &[
+            ("LITEBRIDGE_NATS_USER", "host"),
+            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
+        ],
     );
     let mut c = front_config(&url);
     c.user = Some("front".into());
@@ -1019,9 +1027,15 @@ async fn permissions_of_the_docs_are_enough() {
     let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
     until_hosts(&bridge, 1).await;
     // A quick call (one answer) and one acknowledged first (two).
-    assert_eq!(bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(), json!(1));
     assert_eq!(
-        bridge.call("nap", json!({"ms": 200}), opts(5_000)).await.unwrap(),
+        bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(),
+        json!(1)
+    );
+    assert_eq!(
+        bridge
+            .call("nap", json!({"ms": 200}), opts(5_000))
+            .await
+            .unwrap(),
         json!("h1")
     );
     // And a cancel.
@@ -1034,7 +1048,10 @@ async fn permissions_of_the_docs_are_enough() {
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     let until = Instant::now() + Duration::from_secs(2);
     while !marker.exists() {
-        assert!(Instant::now() < until, "the cancel did not reach the handler");
+        assert!(
+            Instant::now() < until,
+            "the cancel did not reach the handler"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

