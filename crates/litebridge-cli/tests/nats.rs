@@ -393,7 +393,9 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
     let mut set = tokio::task::JoinSet::new();
     for i in 0..8 {
         let b = bridge.clone();
-        let (method, params) = if i % 2 == 0 {
+        // More than the breaker's five failures in a row, if losing NATS
+        // counted against the method.
+        let (method, params) = if i < 6 {
             (
                 "record_once",
                 json!({"path": once, "token": format!("t{i}"), "delay": 3.0}),
@@ -635,6 +637,24 @@ async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
     assert!(!err.contains("wrong-token"), "{err}");
 
     let _h = Host::start(&url, "h1", 1, &[("LITEBRIDGE_NATS_TOKEN", "s3cret-token")]);
+    // A second host under a live host's id is refused, naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["worker-host", "--nats", &url, "--name", "h1"])
+        .args([
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
+        ])
+        .env("PYTHONPATH", format!("{ROOT}/python"))
+        .env("LITEBRIDGE_NATS_TOKEN", "s3cret-token")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nats.host_id") && err.contains("\"h1\""),
+        "{err}"
+    );
     let mut c = front_config(&url);
     c.token = Some("s3cret-token".into());
     let bridge = NatsBridge::connect(c.clone(), &calls()).await.unwrap();
@@ -875,6 +895,32 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     .unwrap();
     assert_eq!(victim.await.unwrap().unwrap(), json!("finished"));
     assert!(!marker.exists(), "the victim's handler was cancelled");
+
+    // A forged heartbeat in h1's name, as another instance, while a call
+    // runs on h1: h1 answers its PING, so its calls are not failed.
+    let b = bridge.clone();
+    let running = tokio::spawn(async move {
+        let once = CallOptions {
+            retry: false,
+            ..opts(10_000)
+        };
+        b.call("nap", json!({"ms": 800}), once).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forged = json!({"host": "h1", "service_id": "FORGED0instance", "methods_hash": "00",
+        "in_flight": 0, "processes": 1, "healthy": true, "restarts": 0, "crashes": 0,
+        "draining": false, "workers": []});
+    evil.publish("lb.v1.hb.h1", forged.to_string().into())
+        .await
+        .unwrap();
+    // And one whose ids would overflow the server's limits: ignored.
+    let mut huge = forged.clone();
+    huge["service_id"] = json!("x".repeat(5000));
+    evil.publish("lb.v1.hb.h1", huge.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(running.await.unwrap().unwrap(), json!("h1"));
+    assert!(bridge.connected());
 
     // Forged heartbeats: another host's name, or a flood of names, on a
     // subject not their own, change nothing.

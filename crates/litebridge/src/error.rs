@@ -343,6 +343,9 @@ pub enum TimeoutStage {
     /// A write ran past `db.max_write_hold`, the longest one request may hold
     /// the writer; it was interrupted and rolled back.
     WriterHold,
+    /// A worker call ran out while its handler ran: the worker was told to
+    /// cancel, and what the handler did before stays done.
+    InWorker,
 }
 
 impl std::fmt::Display for TimeoutStage {
@@ -350,6 +353,9 @@ impl std::fmt::Display for TimeoutStage {
         f.write_str(match self {
             TimeoutStage::Queued => "while queued; it was never started",
             TimeoutStage::Running => "while running; it was interrupted and nothing was committed",
+            TimeoutStage::InWorker => {
+                "while its worker ran it; the worker was told to cancel, and what it did before stays done"
+            }
             TimeoutStage::WriterHold => {
                 "while holding the writer (db.max_write_hold: the longest one request may make \
                  every other write wait); it was interrupted and nothing was committed"

@@ -594,7 +594,7 @@ impl WorkerPool {
             }
             Err(_) => Err(Error::Timeout {
                 after: timeout,
-                stage: TimeoutStage::Running,
+                stage: TimeoutStage::InWorker,
             }),
         };
         drop(guard);

@@ -74,6 +74,8 @@ struct Known {
     /// The instance (services-protocol id) and `methods_hash` the methods
     /// above were read for.
     read_for: Option<(String, String)>,
+    /// Instances heard from lately (two live hosts sharing an id alternate).
+    instances: Vec<(String, Instant)>,
 }
 
 /// What reaches a call waiting for its answer.
@@ -112,6 +114,8 @@ struct Front {
     stats: RwLock<HashMap<String, Arc<MethodCounters>>>,
     all: MethodCounters,
     late: AtomicU64,
+    /// When [`Front::warn_once_a_minute`] last logged.
+    warned: Mutex<Option<Instant>>,
     closing: AtomicBool,
     cache: OnceLock<crate::store::Cache>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -207,6 +211,7 @@ impl NatsBridge {
             stats: RwLock::new(HashMap::new()),
             all: MethodCounters::default(),
             late: AtomicU64::new(0),
+            warned: Mutex::new(None),
             closing: AtomicBool::new(false),
             cache: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
@@ -380,12 +385,10 @@ impl NatsBridge {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
-                Err(e)
-                    if outcome_unknown(e)
-                        || matches!(e, Error::Timeout { .. } | Error::WorkerError { .. }) =>
-                {
-                    permit.failure()
-                }
+                // A lost host or connection is not the method's health.
+                Err(
+                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
+                ) => permit.failure(),
                 Err(_) => drop(permit),
             }
         }
@@ -492,7 +495,7 @@ impl NatsBridge {
                     None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
                 },
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::Timeout { after: timeout, stage: TimeoutStage::Running });
+                    return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker });
                 }
                 () = tokio::time::sleep_until(ack_by), if !acked => {
                     return Err(Error::HostLost {
@@ -764,11 +767,22 @@ impl Known {
             methods: Vec::new(),
             dynamic: false,
             read_for: None,
+            instances: Vec::new(),
         }
     }
 }
 
 impl Front {
+    /// Logs `message` unless something was logged this way in the last
+    /// minute (what a peer on the bus can trigger at will).
+    fn warn_once_a_minute(&self, message: &str) {
+        let mut last = lock(&self.warned);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!("{message}");
+        }
+    }
+
     /// Takes in a host's INFO: its id (metadata `host`) and methods.
     fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) {
         // Another deployment's host (the services protocol's subjects are
@@ -810,7 +824,7 @@ impl Front {
     fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str) {
         for p in lock(&self.calls).values() {
             let Some((h, i)) = &p.host else { continue };
-            if h == host && instance.is_none_or(|want| want == i) {
+            if h == host && (i.is_empty() || instance.is_none_or(|want| want == i)) {
                 let _ = p.tx.send(Reply::Lost(Error::HostLost {
                     host: host.to_owned(),
                     reason: reason.to_owned(),
@@ -843,7 +857,8 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         match id.and_then(|id| calls.get_mut(&id)) {
             Some(p) => {
                 if ack {
-                    p.host = host.clone().zip(instance);
+                    // No instance named (another version): matches any.
+                    p.host = host.clone().map(|h| (h, instance.unwrap_or_default()));
                 }
                 let _ = p.tx.send(Reply::Message(m));
             }
@@ -878,41 +893,88 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         {
             continue;
         }
+        // Ids are ours to use in subjects: a long or odd one is refused
+        // (it could push a request past the server's limits).
+        if !super::config::is_token(&beat.service_id)
+            || !super::config::is_token(&beat.methods_hash)
+        {
+            continue;
+        }
         beat.workers.truncate(MAX_WORKERS_PER_HOST);
-        let (new, stale, restarted) = {
+        let (new, stale, replaced) = {
             let mut hosts = write(&f.hosts);
             if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
-                tracing::warn!(
-                    host = beat.host,
-                    "ignoring a worker host: {MAX_HOSTS} are followed already"
-                );
-                continue;
+                // Room goes to hosts that answer: one whose INFO never came
+                // (a forged name) makes way.
+                let silent = hosts
+                    .iter()
+                    .filter(|(_, h)| h.read_for.is_none())
+                    .min_by_key(|(_, h)| h.last_seen)
+                    .map(|(id, _)| id.clone());
+                match silent {
+                    Some(id) => {
+                        hosts.remove(&id);
+                    }
+                    None => {
+                        f.warn_once_a_minute(&format!(
+                            "ignoring worker host {}: {MAX_HOSTS} are followed already",
+                            beat.host
+                        ));
+                        continue;
+                    }
+                }
             }
             let known = hosts.entry(beat.host.clone()).or_insert_with(Known::new);
             let new = known.beat.is_none();
-            let restarted = known
+            let now = Instant::now();
+            let dead_after = f.config.dead_after();
+            known
+                .instances
+                .retain(|(_, at)| now.duration_since(*at) <= dead_after);
+            let recent = known.instances.iter().any(|(i, _)| *i == beat.service_id);
+            // Another instance under this id, not heard from lately: the
+            // host restarted, or a second host took the same id.
+            let replaced = known
                 .beat
                 .as_ref()
-                .filter(|b| b.service_id != beat.service_id)
+                .filter(|b| b.service_id != beat.service_id && !recent)
                 .map(|b| b.service_id.clone());
-            known.last_seen = Instant::now();
+            known.instances.retain(|(i, _)| *i != beat.service_id);
+            if known.instances.len() < 4 {
+                known.instances.push((beat.service_id.clone(), now));
+            }
+            known.last_seen = now;
             let stale = known.read_for.as_ref()
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()));
-            if restarted.is_some() {
-                // Its methods are read again, for the new instance.
-                known.methods.clear();
-                known.read_for = None;
-            }
             known.beat = Some(beat.clone());
-            (new, stale, restarted)
+            (new, stale, replaced)
         };
-        if let Some(old) = restarted {
-            let reason = "it restarted with the call in flight";
-            tracing::warn!(host = beat.host, "worker host restarted");
-            f.host_lost(&beat.host, Some(&old), reason);
-            let _ = f.events.send(PoolEvent::HostLost {
-                host: beat.host.clone(),
-                reason: reason.into(),
+        if let Some(old) = replaced {
+            // Asked of the old instance itself: one that answers is alive,
+            // and its calls are not lost.
+            let weak = front.clone();
+            let (client, host) = (f.client.clone(), beat.host.clone());
+            let wait = f.config.heartbeat.max(Duration::from_millis(200));
+            tokio::spawn(async move {
+                let ping = format!("$SRV.PING.{}.{old}", wire::SERVICE);
+                let alive = matches!(
+                    tokio::time::timeout(wait, client.request(ping, Default::default())).await,
+                    Ok(Ok(_))
+                );
+                let Some(f) = weak.upgrade() else { return };
+                if alive {
+                    f.warn_once_a_minute(&format!(
+                        "two live worker hosts use the id {host}: give each its own --name (their lost calls are noticed only at their deadlines)"
+                    ));
+                    return;
+                }
+                let reason = "it restarted with the call in flight";
+                tracing::warn!(host, "worker host restarted");
+                f.host_lost(&host, Some(&old), reason);
+                let _ = f.events.send(PoolEvent::HostLost {
+                    host,
+                    reason: reason.into(),
+                });
             });
         }
         if new {
@@ -951,6 +1013,10 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
     loop {
         tick.tick().await;
         let Some(f) = front.upgrade() else { return };
+        // Cut off from NATS, every host looks silent: none is judged then.
+        if !*f.connected.borrow() {
+            continue;
+        }
         let dead_after = f.config.dead_after();
         let dead: Vec<String> = {
             let mut hosts = write(&f.hosts);
@@ -994,8 +1060,16 @@ async fn follow_connection(
                 }
             }
             async_nats::Event::Connected => {
+                // Hosts get a fresh window to be heard from, and are asked
+                // for their methods again (the ones silent meanwhile may
+                // have changed).
+                for h in write(&f.hosts).values_mut() {
+                    h.last_seen = Instant::now();
+                }
                 f.connected.send_replace(true);
                 tracing::info!(url = f.config.url, "connected to NATS");
+                let bridge = NatsBridge { shared: f.clone() };
+                tokio::spawn(async move { bridge.discover().await });
             }
             other => tracing::debug!("NATS: {other}"),
         }

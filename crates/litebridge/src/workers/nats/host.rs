@@ -73,6 +73,9 @@ impl WorkerHost {
             what: "NATS",
             reason: format!("cannot serve the workers on {url}: {e}"),
         };
+        if let Some(e) = id_in_use(&client, &config, &id).await {
+            return Err(e);
+        }
         let stats_pool = pool.clone();
         let service = client
             .service_builder()
@@ -193,6 +196,40 @@ impl Drop for WorkerHost {
     fn drop(&mut self) {
         self.tasks.abort_all();
     }
+}
+
+/// An error when a live host of this deployment already uses `id` (two
+/// hosts under one id would be taken for one restarting host, and the calls
+/// of either lost silently): asked with the services protocol's PING,
+/// whose answers name each host and its prefix.
+async fn id_in_use(client: &Client, config: &NatsConfig, id: &str) -> Option<Error> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.ok()?;
+    let ping = format!("$SRV.PING.{}", wire::SERVICE);
+    client
+        .publish_with_reply(ping, inbox, Default::default())
+        .await
+        .ok()?;
+    let until = tokio::time::Instant::now() + Duration::from_millis(250);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, answers.next()).await {
+        let Ok(pong) = serde_json::from_slice::<async_nats::service::PingResponse>(&m.payload)
+        else {
+            continue;
+        };
+        if pong.metadata.get("host").map(String::as_str) == Some(id)
+            && pong.metadata.get("prefix") == Some(&config.prefix)
+        {
+            return Some(Error::Config {
+                key: "nats.host_id".into(),
+                value: format!("{id:?}"),
+                expected: format!(
+                    "an id no live worker host of prefix `{}` uses (give each host its own --name)",
+                    config.prefix
+                ),
+            });
+        }
+    }
+    None
 }
 
 /// `<machine>-<pid>`, in subject-safe characters.
@@ -397,9 +434,17 @@ async fn answer(
 
 async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber) {
     while let Some(msg) = cancels.next().await {
+        // A reply subject: short, printable, no spaces (anything else is
+        // not one of ours, and is not kept).
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             continue;
         };
+        if reply.is_empty()
+            || reply.len() > MAX_REPLY_SUBJECT
+            || !reply.bytes().all(|b| b.is_ascii_graphic())
+        {
+            continue;
+        }
         lock(&host.running).cancel(reply);
     }
 }
@@ -438,8 +483,12 @@ fn methods_hash(methods: &[crate::workers::MethodInfo], dynamic: bool) -> String
 
 /// Cancels that came before their calls are remembered this long.
 const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
-/// And at most this many of them (a peer on the bus could send any number).
+/// And at most this many of them (a peer on the bus could send any number);
+/// the oldest make way.
 const EARLY_CANCEL_MAX: usize = 4096;
+/// The longest reply subject a cancel may name (a front end's are about 40
+/// bytes).
+const MAX_REPLY_SUBJECT: usize = 128;
 
 /// What [`Running::start`] found.
 enum Start {
@@ -456,14 +505,16 @@ enum Start {
 struct Running {
     calls: HashMap<String, (u64, oneshot::Sender<()>)>,
     next: u64,
-    early: HashMap<String, tokio::time::Instant>,
+    early: std::collections::HashSet<String>,
+    /// The early cancels in the order they came, to forget the oldest.
+    early_order: std::collections::VecDeque<(tokio::time::Instant, String)>,
 }
 
 impl Running {
     /// Registers a call, unless one with this reply subject runs already or
     /// its cancel came first.
     fn start(&mut self, reply: &str, cancel: oneshot::Sender<()>) -> Start {
-        if self.early.remove(reply).is_some() {
+        if self.early.remove(reply) {
             return Start::CancelledFirst;
         }
         if self.calls.contains_key(reply) {
@@ -488,10 +539,17 @@ impl Running {
             }
             None => {
                 let now = tokio::time::Instant::now();
-                self.early
-                    .retain(|_, at| now.duration_since(*at) < EARLY_CANCEL_KEPT);
-                if self.early.len() < EARLY_CANCEL_MAX {
-                    self.early.insert(reply.to_owned(), now);
+                while let Some((at, oldest)) = self.early_order.front() {
+                    if now.duration_since(*at) < EARLY_CANCEL_KEPT
+                        && self.early_order.len() < EARLY_CANCEL_MAX
+                    {
+                        break;
+                    }
+                    self.early.remove(oldest);
+                    self.early_order.pop_front();
+                }
+                if self.early.insert(reply.to_owned()) {
+                    self.early_order.push_back((now, reply.to_owned()));
                 }
             }
         }
@@ -629,6 +687,11 @@ mod tests {
         for i in 0..(EARLY_CANCEL_MAX + 10) {
             r.cancel(&format!("_INBOX.y.{i}"));
         }
-        assert!(r.early.len() <= EARLY_CANCEL_MAX);
+        assert!(r.early.len() <= EARLY_CANCEL_MAX && r.early_order.len() <= EARLY_CANCEL_MAX);
+        // A flood makes the oldest go, not the newest: a cancel that has
+        // just come still stops its call.
+        r.cancel("_INBOX.z.1");
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(r.start("_INBOX.z.1", tx), Start::CancelledFirst));
     }
 }

@@ -265,7 +265,7 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
             stage: if v.get("queued").and_then(Json::as_bool) == Some(true) {
                 TimeoutStage::Queued
             } else {
-                TimeoutStage::Running
+                TimeoutStage::InWorker
             },
         },
         "overloaded" => Error::Overloaded {
