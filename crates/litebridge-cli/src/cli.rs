@@ -39,27 +39,8 @@ pub(crate) enum Command {
     /// Run worker processes here and serve them on NATS to front ends with
     /// `workers.transport = "nats"` (prints `serving METHODS on NATS as host ID`).
     WorkerHost {
-        /// NATS servers, comma-separated (`nats.url`).
-        #[arg(long, value_name = "URL")]
-        nats: Option<String>,
-        /// The worker command line, e.g. "python3 examples/worker.py" (`workers.command`).
-        #[arg(long, value_name = "CMD")]
-        workers: Option<String>,
-        /// Worker processes (`workers.processes`). Default: 2.
-        #[arg(long, value_name = "N")]
-        processes: Option<usize>,
-        /// This host's id in subjects and errors. Default: the machine's name and the pid.
-        #[arg(long, value_name = "ID")]
-        name: Option<String>,
-        /// A TOML configuration file (sections workers, nats, server).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Log format on stderr: auto, json or text.
-        #[arg(long)]
-        log_format: Option<String>,
-        /// Print the effective configuration, with where each value came from, and exit.
-        #[arg(long)]
-        print_config: bool,
+        #[command(flatten)]
+        args: WorkerHostArgs,
     },
     /// Run one SQL statement and print its rows (a table, or JSON with --json).
     ///
@@ -220,6 +201,32 @@ pub(crate) struct ServiceArgs {
     /// verified backup before starting.
     #[arg(long)]
     pub(crate) recover: bool,
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+}
+
+/// The flags of `worker-host`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerHostArgs {
+    /// NATS servers, comma-separated (`nats.url`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// The worker command line, e.g. "python3 examples/worker.py" (`workers.command`).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) workers: Option<String>,
+    /// Worker processes (`workers.processes`). Default: 2.
+    #[arg(long, value_name = "N")]
+    pub(crate) processes: Option<usize>,
+    /// This host's id in subjects and errors. Default: the machine's name and the pid.
+    #[arg(long, value_name = "ID")]
+    pub(crate) name: Option<String>,
+    /// A TOML configuration file (sections workers, nats, server).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Log format on stderr: auto, json or text.
+    #[arg(long)]
+    pub(crate) log_format: Option<String>,
     /// Print the effective configuration, with where each value came from, and exit.
     #[arg(long)]
     pub(crate) print_config: bool,

@@ -107,26 +107,7 @@ fn main() -> ExitCode {
             Command::Check { db, full, json } => commands::check::run(&db, full, json),
             Command::Stdio { common } => commands::serve::stdio(&common).await,
             Command::Mcp { common } => commands::serve::mcp(&common).await,
-            Command::WorkerHost {
-                nats,
-                workers,
-                processes,
-                name,
-                config,
-                log_format,
-                print_config,
-            } => {
-                commands::worker_host::run(commands::worker_host::Args {
-                    nats,
-                    workers,
-                    processes,
-                    name,
-                    config,
-                    log_format,
-                    print_config,
-                })
-                .await
-            }
+            Command::WorkerHost { args } => commands::worker_host::run(args).await,
             Command::Serve {
                 common,
                 listen,

@@ -119,6 +119,12 @@ const CASES: &[Case] = &[
         what: "bridge-pipelined's load through a worker host on a local NATS server",
     },
     Case {
+        name: "bridge-nats-pipelined-relay",
+        baseline: "raw-nats-relay-pipelined",
+        target: Target::Ratio(0.75),
+        what: "bridge-nats-pipelined against the hand-written relay at the same load (128 in flight, 2 echo loops)",
+    },
+    Case {
         name: "bridge-nats-two-hosts",
         baseline: "bridge-nats-one-host",
         target: Target::Ratio(1.8),
@@ -397,6 +403,9 @@ async fn run_baseline(
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-nats-one-host" => nats::naps(&scratch(&base_path)?, seconds, 1).await?,
         "raw-nats-relay" => nats::raw_relay(&scratch(&base_path)?, seconds).await?,
+        "raw-nats-relay-pipelined" => {
+            nats::raw_relay_pipelined(&scratch(&base_path)?, seconds, 2, 128).await?
+        }
         "mutex-state" => stores::mutex_state(&base_path, seconds).await?,
         "hashmap-mutex" => blocking(move || stores::hashmap_mutex(seconds)).await?,
         "raw-threads" => {
@@ -434,7 +443,9 @@ async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> C
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
         "bridge-sequential" => bridge::bridge(seconds, 1, 1, 1).await?,
         "bridge-cached" => bridge::bridge_cached(seconds, dir).await?,
-        "bridge-nats-pipelined" => nats::echo(&scratch(&case_path)?, seconds, 2, 128).await?,
+        "bridge-nats-pipelined" | "bridge-nats-pipelined-relay" => {
+            nats::echo(&scratch(&case_path)?, seconds, 2, 128).await?
+        }
         "bridge-nats-sequential" | "bridge-nats-relay" => {
             nats::echo(&scratch(&case_path)?, seconds, 1, 1).await?
         }

@@ -233,3 +233,114 @@ pub(crate) async fn raw_relay(dir: &Path, seconds: f64) -> CliResult<Figures> {
     drop(child);
     Ok(Figures::from_samples(vec![samples], started.elapsed()))
 }
+
+/// `raw-nats-relay-pipelined`: the hand-written relay with `depth` requests
+/// in flight from one client, spread over `processes` echo loops (ids match
+/// answers to reply subjects): what NATS and the pipes cost at
+/// `bridge-nats-pipelined`'s load.
+pub(crate) async fn raw_relay_pipelined(
+    dir: &Path,
+    seconds: f64,
+    processes: usize,
+    depth: usize,
+) -> CliResult<Figures> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let server = Server::start(dir)?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::new(format!("raw-nats-relay-pipelined: {what}: {e}"))
+    };
+    let responder = async_nats::connect(server.url.as_str())
+        .await
+        .map_err(|e| failed("connect", &e))?;
+    let waiting: Arc<Mutex<HashMap<u64, async_nats::Subject>>> = Arc::default();
+    let mut loops = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", RAW_ECHO])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed("cannot start python3", &e))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+        let (waiting, replies) = (waiting.clone(), responder.clone());
+        tokio::spawn(async move {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let id = line
+                    .split("\"id\": ")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.trim().parse::<u64>().ok());
+                let reply = id.and_then(|id| waiting.lock().ok()?.remove(&id));
+                if let Some(reply) = reply {
+                    let _ = replies.publish(reply, line.clone().into()).await;
+                }
+            }
+        });
+        loops.push(stdin);
+        children.push(child);
+    }
+    let mut requests = responder
+        .subscribe("relay")
+        .await
+        .map_err(|e| failed("subscribe", &e))?;
+    let relay = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(m) = requests.next().await {
+            let Some(reply) = m.reply else { continue };
+            n += 1;
+            if let Ok(mut w) = waiting.lock() {
+                w.insert(n, reply);
+            }
+            let mut request =
+                format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"echo","params":"#).into_bytes();
+            request.extend_from_slice(&m.payload);
+            request.extend_from_slice(b"}\n");
+            let count = loops.len();
+            let pipe = &mut loops[(n as usize) % count];
+            if pipe.write_all(&request).await.is_err() || pipe.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    responder.flush().await.map_err(|e| failed("flush", &e))?;
+    let client = async_nats::connect(server.url.as_str())
+        .await
+        .map_err(|e| failed("connect", &e))?;
+    let stop = stop_after(seconds);
+    let started = Instant::now();
+    let mut samples = Samples::with_capacity(1 << 20);
+    let mut in_flight = FuturesUnordered::new();
+    let mut n = 0u64;
+    loop {
+        while in_flight.len() < depth && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let client = &client;
+            in_flight.push(async move {
+                let start = Instant::now();
+                client
+                    .request("relay", format!("[{n}]").into())
+                    .await
+                    .map(|_| start)
+            });
+        }
+        match in_flight.next().await {
+            Some(done) => samples.record(done.map_err(|e| failed("request", &e))?),
+            None => break,
+        }
+    }
+    relay.abort();
+    drop(children);
+    Ok(Figures::from_samples(vec![samples], started.elapsed()))
+}

@@ -1,27 +1,15 @@
 //! `litebridge worker-host`: worker processes served on NATS.
 
-use std::path::PathBuf;
-
 use litebridge::workers::WorkerPool;
 use litebridge::workers::nats::WorkerHost;
 
+use crate::cli::WorkerHostArgs;
 use crate::settings::Settings;
 use crate::{CliResult, Failure};
 
-/// The command's flags.
-pub(crate) struct Args {
-    pub(crate) nats: Option<String>,
-    pub(crate) workers: Option<String>,
-    pub(crate) processes: Option<usize>,
-    pub(crate) name: Option<String>,
-    pub(crate) config: Option<PathBuf>,
-    pub(crate) log_format: Option<String>,
-    pub(crate) print_config: bool,
-}
-
 /// Starts the pool, serves it on NATS until SIGTERM or SIGINT, then stops
 /// taking calls, finishes those in flight and stops the workers.
-pub(crate) async fn run(args: Args) -> CliResult {
+pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     let mut flags = Vec::new();
     if let Some(u) = args.nats {
         flags.push(("nats.url", "nats", u));

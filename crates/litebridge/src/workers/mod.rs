@@ -56,6 +56,7 @@ mod config;
 #[cfg(test)]
 mod fake;
 mod launch;
+mod ledger;
 mod names;
 #[cfg(feature = "nats")]
 pub mod nats;

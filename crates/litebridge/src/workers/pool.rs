@@ -14,7 +14,8 @@ use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
 use crate::sync::{lock, read, write};
 use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Launcher, Processes};
-use crate::workers::names::{self, MethodNames};
+use crate::workers::ledger::Ledger;
+use crate::workers::names::MethodNames;
 use crate::workers::process::Process;
 
 /// Options of one call.
@@ -151,12 +152,6 @@ pub struct MethodStats {
     pub latency: crate::LatencySummary,
 }
 
-#[derive(Default)]
-pub(crate) struct MethodCounters {
-    pub(crate) errors: AtomicU64,
-    pub(crate) latency: crate::histogram::Histogram,
-}
-
 /// A snapshot of one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStatus {
@@ -241,17 +236,14 @@ struct Shared {
     next_process: AtomicU64,
     capacity: Notify,
     waiting: AtomicUsize,
-    breakers: BreakerRegistry,
+    /// Breakers, retries' events and statistics.
+    ledger: Arc<Ledger>,
     restart_times: Mutex<VecDeque<Instant>>,
     restarts: AtomicU64,
     crashes: AtomicU64,
     storm: AtomicBool,
     closing: AtomicBool,
     recycled: AtomicU64,
-    events: tokio::sync::broadcast::Sender<PoolEvent>,
-    stats: RwLock<std::collections::HashMap<String, Arc<MethodCounters>>>,
-    /// Every call, whatever its method.
-    all: MethodCounters,
     names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
@@ -330,16 +322,13 @@ impl WorkerPool {
             next_process: AtomicU64::new(1),
             capacity: Notify::new(),
             waiting: AtomicUsize::new(0),
-            breakers: BreakerRegistry::new(config.breaker.clone()),
+            ledger: Ledger::new(&config.breaker),
             restart_times: Mutex::new(VecDeque::new()),
             restarts: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             storm: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             recycled: AtomicU64::new(0),
-            events: tokio::sync::broadcast::channel(1024).0,
-            stats: RwLock::new(std::collections::HashMap::new()),
-            all: MethodCounters::default(),
             names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
@@ -358,7 +347,7 @@ impl WorkerPool {
             match joined {
                 Ok((slot, Ok(p))) => {
                     shared.names.learn(&p);
-                    let _ = shared.events.send(PoolEvent::WorkerStarted {
+                    let _ = shared.ledger.events.send(PoolEvent::WorkerStarted {
                         id: p.id,
                         pid: p.pid,
                     });
@@ -379,35 +368,7 @@ impl WorkerPool {
         }
         tokio::spawn(supervise(Arc::downgrade(&pool.shared), exit_rx, exit_tx));
         tokio::spawn(maintain(Arc::downgrade(&pool.shared)));
-        let mut breaker_events = pool.shared.breakers.subscribe();
-        let weak = Arc::downgrade(&pool.shared);
-        tokio::spawn(async move {
-            loop {
-                let e = match breaker_events.recv().await {
-                    Ok(e) => e,
-                    // Changes it missed are gone; the next ones still count.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(s) = weak.upgrade() else { return };
-                if e.to == crate::resilience::BreakerState::Closed {
-                    tracing::info!(
-                        method = &*e.breaker,
-                        "circuit breaker {} -> closed",
-                        e.from.as_str()
-                    );
-                } else {
-                    tracing::warn!(
-                        method = &*e.breaker,
-                        "circuit breaker {} -> {}",
-                        e.from.as_str(),
-                        e.to.as_str()
-                    );
-                }
-                let _ = s.events.send(PoolEvent::Breaker(e));
-            }
-        });
-        let _ = pool.shared.events.send(PoolEvent::Started {
+        let _ = pool.shared.ledger.events.send(PoolEvent::Started {
             processes: pool.shared.slots.len(),
         });
         Ok(pool)
@@ -484,66 +445,16 @@ impl WorkerPool {
         } else {
             &s.no_retry
         };
-        // The breaker sees one outcome per call, after its retries: one worker
-        // dying with many calls in flight is one event, and the calls it took
-        // down may well succeed elsewhere.
-        let breaker = state
-            .filter(|_| s.config.breaker.enabled)
-            .map(|name| s.breakers.get(name));
-        let permit = match &breaker {
-            // A probe is given as long as the call.
-            Some(b) => Some(b.acquire(deadline)?),
-            None => None,
-        };
-        let started = Instant::now();
         let request_id = options.request_id.as_deref();
-        let r = policy
-            .run_with(
-                |_| self.call_once(method, &params, request_id, deadline, timeout),
-                |retry| {
-                    // What a worker printed may quote the call's params:
-                    // the kind at the default level, the rest at debug.
-                    tracing::warn!(
-                        method,
-                        attempt = retry.attempt,
-                        kind = retry.error.kind().as_str(),
-                        "retrying a call"
-                    );
-                    tracing::debug!(method, "the attempt failed: {}", retry.error);
-                    let _ = s.events.send(PoolEvent::Retry {
-                        method: method.to_owned(),
-                        attempt: retry.attempt,
-                        max_attempts: policy.attempts(),
-                        kind: retry.error.kind(),
-                        error: retry.error.to_string(),
-                        delay: retry.delay,
-                    });
-                },
-            )
+        let r = s
+            .ledger
+            .run(method, state, policy, deadline, |_| {
+                self.call_once(method, &params, request_id, deadline, timeout)
+            })
             .await;
-        let counters = self.counters(state.unwrap_or(names::OTHER));
-        let took = started.elapsed();
-        counters.latency.record(took);
-        s.all.latency.record(took);
-        if r.is_err() {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            s.all.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        match (&r, permit) {
-            (Ok(_), Some(permit)) => permit.success(),
-            (Ok(_), None) => {
-                if state.is_none() {
-                    s.names.promote(method);
-                }
-            }
-            (
-                Err(
-                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
-                ),
-                Some(permit),
-            ) => permit.failure(),
-            // The caller's mistake or our own queue: not the method's health.
-            (Err(_), permit) => drop(permit),
+        // A name outside the announced ones is tracked once it succeeds.
+        if r.is_ok() && state.is_none() {
+            s.names.promote(method);
         }
         r
     }
@@ -663,20 +574,10 @@ impl WorkerPool {
             .collect()
     }
 
-    fn counters(&self, method: &str) -> Arc<MethodCounters> {
-        if let Some(c) = read(&self.shared.stats).get(method) {
-            return c.clone();
-        }
-        write(&self.shared.stats)
-            .entry(method.to_owned())
-            .or_default()
-            .clone()
-    }
-
     /// Events from now on: workers starting, exiting, restarting and being
     /// recycled, retries, breaker changes, shutdown.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
-        self.shared.events.subscribe()
+        self.shared.ledger.events.subscribe()
     }
 
     /// The methods the workers announced in `$/ready`.
@@ -697,12 +598,12 @@ impl WorkerPool {
 
     /// Resets the circuit breaker of `method`; false if it has none yet.
     pub fn reset_breaker(&self, method: &str) -> bool {
-        self.shared.breakers.reset(method)
+        self.shared.ledger.breakers.reset(method)
     }
 
     /// The breakers, for events (`subscribe`) and statistics.
     pub fn breakers(&self) -> &BreakerRegistry {
-        &self.shared.breakers
+        &self.shared.ledger.breakers
     }
 
     /// A snapshot of the pool.
@@ -726,33 +627,10 @@ impl WorkerPool {
             waiting: s.waiting.load(Ordering::Relaxed),
             restarts: s.restarts.load(Ordering::Relaxed),
             crashes: s.crashes.load(Ordering::Relaxed),
-            breakers: s.breakers.statuses(),
+            breakers: s.ledger.breakers.statuses(),
             recycled: s.recycled.load(Ordering::Relaxed),
-            methods: {
-                let mut v: Vec<MethodStats> = read(&s.stats)
-                    .iter()
-                    .map(|(name, c)| {
-                        let latency = c.latency.summary();
-                        MethodStats {
-                            method: name.clone(),
-                            calls: latency.count,
-                            errors: c.errors.load(Ordering::Relaxed),
-                            latency,
-                        }
-                    })
-                    .collect();
-                v.sort_by(|a, b| a.method.cmp(&b.method));
-                v
-            },
-            all: {
-                let latency = s.all.latency.summary();
-                MethodStats {
-                    method: "*".into(),
-                    calls: latency.count,
-                    errors: s.all.errors.load(Ordering::Relaxed),
-                    latency,
-                }
-            },
+            methods: s.ledger.methods(),
+            all: s.ledger.all(),
         }
     }
 
@@ -762,7 +640,7 @@ impl WorkerPool {
     pub async fn shutdown(&self) {
         let s = &self.shared;
         if !s.closing.swap(true, Ordering::AcqRel) {
-            let _ = s.events.send(PoolEvent::Shutdown);
+            let _ = s.ledger.events.send(PoolEvent::Shutdown);
         }
         s.capacity.notify_waiters();
         let grace = s.config.shutdown_grace;
@@ -831,7 +709,7 @@ async fn supervise(
         s.crashes.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = read(&s.slots[slot]).as_ref() {
             let (exit, last_stderr) = p.ending();
-            let _ = s.events.send(PoolEvent::WorkerExited {
+            let _ = s.ledger.events.send(PoolEvent::WorkerExited {
                 id: p.id,
                 pid: p.pid,
                 exit,
@@ -879,7 +757,10 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
             Ok(p) => {
                 s.names.learn(&p);
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
-                let _ = s.events.send(PoolEvent::WorkerRestarted { id, pid: p.pid });
+                let _ = s
+                    .ledger
+                    .events
+                    .send(PoolEvent::WorkerRestarted { id, pid: p.pid });
                 *write(&s.slots[slot]) = Some(p);
                 s.restarts.fetch_add(1, Ordering::Relaxed);
                 s.capacity.notify_waiters();
@@ -998,12 +879,13 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         replaced_by = id,
         "recycling a worker: {reason}"
     );
-    let _ = s.events.send(PoolEvent::WorkerRecycled {
+    let _ = s.ledger.events.send(PoolEvent::WorkerRecycled {
         id: old.id,
         reason,
         replaced_by: id,
     });
     let _ = s
+        .ledger
         .events
         .send(PoolEvent::WorkerStarted { id, pid: fresh.pid });
     let old = old.clone();

@@ -12,14 +12,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result, TimeoutStage};
-use crate::resilience::{BreakerRegistry, RetryPolicy};
+use crate::resilience::RetryPolicy;
 use crate::sync::{lock, read, write};
+use crate::workers::ledger::Ledger;
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
-use crate::workers::pool::{MethodCounters, cache_key};
-use crate::workers::{
-    CallOptions, MethodInfo, MethodStats, PoolEvent, PoolStatus, WorkerConfig, WorkerStatus,
-};
+use crate::workers::pool::cache_key;
+use crate::workers::{CallOptions, MethodInfo, PoolEvent, PoolStatus, WorkerConfig, WorkerStatus};
 
 /// Per-method state (breakers, statistics) is kept for this many names;
 /// calls to more share one entry, `(other)`.
@@ -108,11 +107,8 @@ struct Front {
     retry_started: RetryPolicy,
     /// Other methods: retried only when a host did not start the call.
     retry_unstarted: RetryPolicy,
-    breaker_enabled: bool,
-    breakers: BreakerRegistry,
-    events: tokio::sync::broadcast::Sender<PoolEvent>,
-    stats: RwLock<HashMap<String, Arc<MethodCounters>>>,
-    all: MethodCounters,
+    /// Breakers, retries' events and statistics.
+    ledger: Arc<Ledger>,
     late: AtomicU64,
     /// When [`Front::warn_once_a_minute`] last logged.
     warned: Mutex<Option<Instant>>,
@@ -205,11 +201,7 @@ impl NatsBridge {
             call_timeout: calls.call_timeout,
             retry_started,
             retry_unstarted,
-            breaker_enabled: calls.breaker.enabled,
-            breakers: BreakerRegistry::new(calls.breaker.clone()),
-            events: tokio::sync::broadcast::channel(1024).0,
-            stats: RwLock::new(HashMap::new()),
-            all: MethodCounters::default(),
+            ledger: Ledger::new(&calls.breaker),
             late: AtomicU64::new(0),
             warned: Mutex::new(None),
             closing: AtomicBool::new(false),
@@ -223,7 +215,6 @@ impl NatsBridge {
             tokio::spawn(follow_heartbeats(weak.clone(), beats)),
             tokio::spawn(watch_liveness(weak.clone())),
             tokio::spawn(follow_connection(weak.clone(), event_rx)),
-            tokio::spawn(forward_breaker_events(weak)),
         ];
         *lock(&shared.tasks) = tasks;
         let bridge = NatsBridge { shared };
@@ -323,12 +314,6 @@ impl NatsBridge {
             }
             (true, None) => base.clone(),
         };
-        let breaker = s.breaker_enabled.then(|| s.breakers.get(state));
-        let permit = match &breaker {
-            Some(b) => Some(b.acquire(deadline)?),
-            None => None,
-        };
-        let started = Instant::now();
         let body = Arc::new(serde_json::to_vec(&params).map_err(|e| Error::Internal {
             message: format!("params of `{method}`: {e}"),
         })?);
@@ -337,62 +322,26 @@ impl NatsBridge {
         // fails without starting, the caller must still learn the call may
         // have run.
         let unknown: Mutex<Option<Error>> = Mutex::new(None);
-        let r = policy
-            .run_with(
-                |_| async {
-                    let r = self
-                        .call_once(method, &body, request_id, deadline, timeout)
-                        .await;
-                    if let Err(e) = &r
-                        && outcome_unknown(e)
-                    {
-                        lock(&unknown).get_or_insert_with(|| e.clone());
-                    }
-                    r
-                },
-                |retry| {
-                    tracing::warn!(
-                        method,
-                        attempt = retry.attempt,
-                        kind = retry.error.kind().as_str(),
-                        "retrying a call on another worker host"
-                    );
-                    let _ = s.events.send(PoolEvent::Retry {
-                        method: method.to_owned(),
-                        attempt: retry.attempt,
-                        max_attempts: policy.attempts(),
-                        kind: retry.error.kind(),
-                        error: retry.error.to_string(),
-                        delay: retry.delay,
-                    });
-                },
-            )
+        let r = s
+            .ledger
+            .run(method, Some(state), &policy, deadline, |_| async {
+                let r = self
+                    .call_once(method, &body, request_id, deadline, timeout)
+                    .await;
+                if let Err(e) = &r
+                    && outcome_unknown(e)
+                {
+                    lock(&unknown).get_or_insert_with(|| e.clone());
+                }
+                r
+            })
             .await;
-        let r = match r {
+        match r {
             Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
                 Err(lock(&unknown).take().unwrap_or(e))
             }
             r => r,
-        };
-        let counters = self.counters(state);
-        let took = started.elapsed();
-        counters.latency.record(took);
-        s.all.latency.record(took);
-        if r.is_err() {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            s.all.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(permit) = permit {
-            match &r {
-                Ok(_) => permit.success(),
-                // A lost host or connection is not the method's health.
-                Err(
-                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
-                ) => permit.failure(),
-                Err(_) => drop(permit),
-            }
-        }
-        r
     }
 
     /// One attempt: sent to the queue group, then waited for until its
@@ -558,23 +507,13 @@ impl NatsBridge {
 
     /// The name per-method state is kept under.
     fn state_name<'a>(&self, method: &'a str) -> &'a str {
-        let known = read(&self.shared.stats).contains_key(method)
-            || read(&self.shared.stats).len() < MAX_METHODS;
+        let (tracked, names) = self.shared.ledger.tracks(method);
+        let known = tracked || names < MAX_METHODS;
         if known {
             method
         } else {
             super::super::names::OTHER
         }
-    }
-
-    fn counters(&self, method: &str) -> Arc<MethodCounters> {
-        if let Some(c) = read(&self.shared.stats).get(method) {
-            return c.clone();
-        }
-        write(&self.shared.stats)
-            .entry(method.to_owned())
-            .or_default()
-            .clone()
     }
 
     fn method(&self, name: &str) -> Option<MethodInfo> {
@@ -649,12 +588,12 @@ impl NatsBridge {
 
     /// Events from now on: hosts joining and lost, retries, breaker changes.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
-        self.shared.events.subscribe()
+        self.shared.ledger.events.subscribe()
     }
 
     /// Resets the circuit breaker of `method`; false if it has none yet.
     pub fn reset_breaker(&self, method: &str) -> bool {
-        self.shared.breakers.reset(method)
+        self.shared.ledger.breakers.reset(method)
     }
 
     /// A snapshot in the local pool's shape: the workers are the hosts'
@@ -683,18 +622,6 @@ impl NatsBridge {
                 h.read_for.is_some() && h.beat.as_ref().is_some_and(|b| b.healthy && !b.draining)
             });
         drop(hosts);
-        let summary = |name: &str, c: &MethodCounters| {
-            let latency = c.latency.summary();
-            MethodStats {
-                method: name.to_owned(),
-                calls: latency.count,
-                errors: c.errors.load(Ordering::Relaxed),
-                latency,
-            }
-        };
-        let mut methods: Vec<MethodStats> =
-            read(&s.stats).iter().map(|(n, c)| summary(n, c)).collect();
-        methods.sort_by(|a, b| a.method.cmp(&b.method));
         PoolStatus {
             healthy,
             processes,
@@ -702,10 +629,10 @@ impl NatsBridge {
             waiting: 0,
             restarts,
             crashes,
-            breakers: s.breakers.statuses(),
+            breakers: s.ledger.breakers.statuses(),
             recycled: 0,
-            methods,
-            all: summary("*", &s.all),
+            methods: s.ledger.methods(),
+            all: s.ledger.all(),
         }
     }
 
@@ -714,7 +641,7 @@ impl NatsBridge {
     pub async fn shutdown(&self, grace: Duration) {
         let s = &self.shared;
         if !s.closing.swap(true, Ordering::AcqRel) {
-            let _ = s.events.send(PoolEvent::Shutdown);
+            let _ = s.ledger.events.send(PoolEvent::Shutdown);
         }
         let until = Instant::now() + grace;
         while !lock(&s.calls).is_empty() && Instant::now() < until {
@@ -971,7 +898,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 let reason = "it restarted with the call in flight";
                 tracing::warn!(host, "worker host restarted");
                 f.host_lost(&host, Some(&old), reason);
-                let _ = f.events.send(PoolEvent::HostLost {
+                let _ = f.ledger.events.send(PoolEvent::HostLost {
                     host,
                     reason: reason.into(),
                 });
@@ -979,7 +906,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         }
         if new {
             tracing::info!(host = beat.host, "worker host joined");
-            let _ = f.events.send(PoolEvent::HostJoined {
+            let _ = f.ledger.events.send(PoolEvent::HostJoined {
                 host: beat.host.clone(),
             });
         }
@@ -1034,7 +961,7 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
             let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
             tracing::warn!(host, "worker host lost: {reason}");
             f.host_lost(&host, None, &reason);
-            let _ = f.events.send(PoolEvent::HostLost { host, reason });
+            let _ = f.ledger.events.send(PoolEvent::HostLost { host, reason });
         }
     }
 }
@@ -1073,21 +1000,5 @@ async fn follow_connection(
             }
             other => tracing::debug!("NATS: {other}"),
         }
-    }
-}
-
-async fn forward_breaker_events(front: std::sync::Weak<Front>) {
-    let mut rx = match front.upgrade() {
-        Some(f) => f.breakers.subscribe(),
-        None => return,
-    };
-    loop {
-        let e = match rx.recv().await {
-            Ok(e) => e,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(f) = front.upgrade() else { return };
-        let _ = f.events.send(PoolEvent::Breaker(e));
     }
 }

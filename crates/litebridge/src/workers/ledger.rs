@@ -1,0 +1,185 @@
+//! What the local pool and the NATS bridge share around each call: its
+//! method's circuit breaker, its retries (logged and published as events),
+//! and the statistics by method.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value as Json;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::resilience::{BreakerConfig, BreakerRegistry, RetryPolicy};
+use crate::sync::{read, write};
+use crate::workers::{MethodStats, PoolEvent};
+
+#[derive(Default)]
+struct MethodCounters {
+    errors: AtomicU64,
+    latency: crate::histogram::Histogram,
+}
+
+/// Breakers, retries and statistics of the calls of one bridge.
+pub(crate) struct Ledger {
+    pub(crate) breakers: BreakerRegistry,
+    breaker_enabled: bool,
+    pub(crate) events: tokio::sync::broadcast::Sender<PoolEvent>,
+    stats: RwLock<HashMap<String, Arc<MethodCounters>>>,
+    /// Every call, whatever its method.
+    all: MethodCounters,
+}
+
+impl Ledger {
+    /// A ledger whose breakers follow `breaker`; their changes are logged
+    /// and published as [`PoolEvent::Breaker`] while the ledger lives.
+    pub(crate) fn new(breaker: &BreakerConfig) -> Arc<Ledger> {
+        let ledger = Arc::new(Ledger {
+            breakers: BreakerRegistry::new(breaker.clone()),
+            breaker_enabled: breaker.enabled,
+            events: tokio::sync::broadcast::channel(1024).0,
+            stats: RwLock::new(HashMap::new()),
+            all: MethodCounters::default(),
+        });
+        let mut changes = ledger.breakers.subscribe();
+        let weak = Arc::downgrade(&ledger);
+        tokio::spawn(async move {
+            loop {
+                let e = match changes.recv().await {
+                    Ok(e) => e,
+                    // Changes it missed are gone; the next ones still count.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(l) = weak.upgrade() else { return };
+                if e.to == crate::resilience::BreakerState::Closed {
+                    tracing::info!(
+                        method = &*e.breaker,
+                        "circuit breaker {} -> closed",
+                        e.from.as_str()
+                    );
+                } else {
+                    tracing::warn!(
+                        method = &*e.breaker,
+                        "circuit breaker {} -> {}",
+                        e.from.as_str(),
+                        e.to.as_str()
+                    );
+                }
+                let _ = l.events.send(PoolEvent::Breaker(e));
+            }
+        });
+        ledger
+    }
+
+    /// Whether statistics are kept under `name` already, and how many names
+    /// have them.
+    pub(crate) fn tracks(&self, name: &str) -> (bool, usize) {
+        let stats = read(&self.stats);
+        (stats.contains_key(name), stats.len())
+    }
+
+    /// Runs one call: through its breaker (when `state` names one and
+    /// breakers are on), `op` once per attempt as `policy` says, then
+    /// counted under `state` (or `(other)`). The breaker sees one outcome per
+    /// call, after its retries: one worker dying with many calls in flight
+    /// is one event, and the calls it took down may well succeed elsewhere.
+    /// Crashes, timeouts and exceptions are the method's failures; the
+    /// caller's mistakes, full queues and lost hosts or connections are not.
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        method: &str,
+        state: Option<&str>,
+        policy: &RetryPolicy,
+        deadline: Instant,
+        op: F,
+    ) -> Result<Json>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<Json>>,
+    {
+        let breaker = state
+            .filter(|_| self.breaker_enabled)
+            .map(|name| self.breakers.get(name));
+        let permit = match &breaker {
+            // A probe is given as long as the call.
+            Some(b) => Some(b.acquire(deadline)?),
+            None => None,
+        };
+        let started = Instant::now();
+        let r = policy
+            .run_with(op, |retry| {
+                // What a worker printed may quote the call's params: the
+                // kind at the default level, the rest at debug.
+                tracing::warn!(
+                    method,
+                    attempt = retry.attempt,
+                    kind = retry.error.kind().as_str(),
+                    "retrying a call"
+                );
+                tracing::debug!(method, "the attempt failed: {}", retry.error);
+                let _ = self.events.send(PoolEvent::Retry {
+                    method: method.to_owned(),
+                    attempt: retry.attempt,
+                    max_attempts: policy.attempts(),
+                    kind: retry.error.kind(),
+                    error: retry.error.to_string(),
+                    delay: retry.delay,
+                });
+            })
+            .await;
+        let counters = self.counters(state.unwrap_or(super::names::OTHER));
+        let took = started.elapsed();
+        counters.latency.record(took);
+        self.all.latency.record(took);
+        if r.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            self.all.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(permit) = permit {
+            match &r {
+                Ok(_) => permit.success(),
+                Err(
+                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
+                ) => permit.failure(),
+                Err(_) => drop(permit),
+            }
+        }
+        r
+    }
+
+    fn counters(&self, name: &str) -> Arc<MethodCounters> {
+        if let Some(c) = read(&self.stats).get(name) {
+            return c.clone();
+        }
+        write(&self.stats)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The statistics of each method, by name.
+    pub(crate) fn methods(&self) -> Vec<MethodStats> {
+        let mut v: Vec<MethodStats> = read(&self.stats)
+            .iter()
+            .map(|(name, c)| summary(name, c))
+            .collect();
+        v.sort_by(|a, b| a.method.cmp(&b.method));
+        v
+    }
+
+    /// Every call of every method, named `*`.
+    pub(crate) fn all(&self) -> MethodStats {
+        summary("*", &self.all)
+    }
+}
+
+fn summary(name: &str, c: &MethodCounters) -> MethodStats {
+    let latency = c.latency.summary();
+    MethodStats {
+        method: name.to_owned(),
+        calls: latency.count,
+        errors: c.errors.load(Ordering::Relaxed),
+        latency,
+    }
+}
