@@ -1101,3 +1101,63 @@ async fn permissions_of_the_docs_are_enough() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_come_from_the_hosts_announcements() {
+    use rmcp::ServiceExt as _;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h1", 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let (transport, _) = TokioChildProcess::builder(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_litebridge")).configure(|cmd| {
+            cmd.arg("mcp")
+                .arg("--db")
+                .arg(&db)
+                .env("LITEBRIDGE_WORKERS_TRANSPORT", "nats")
+                .env("LITEBRIDGE_NATS_URL", &url);
+        }),
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let client = ().serve(transport).await.expect("initialize");
+    let tools = client.list_all_tools().await.unwrap();
+    let once = tools
+        .iter()
+        .find(|t| t.name == "worker_record_once")
+        .unwrap_or_else(|| {
+            panic!(
+                "no worker_record_once in {:?}",
+                tools.iter().map(|t| &t.name).collect::<Vec<_>>()
+            )
+        });
+    // The announced parameters became the tool's schema.
+    assert!(
+        serde_json::to_string(&once.input_schema)
+            .unwrap()
+            .contains("token"),
+        "{:?}",
+        once.input_schema
+    );
+    let Json::Object(args) = json!({"value": "over NATS"}) else {
+        unreachable!()
+    };
+    let r = client
+        .call_tool(CallToolRequestParams::new("worker_echo").with_arguments(args))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        serde_json::to_string(&r.structured_content)
+            .unwrap()
+            .contains("over NATS"),
+        "{r:?}"
+    );
+    client.cancel().await.unwrap();
+}
