@@ -53,7 +53,10 @@
 //! - [`Service`]: the database, workers and cache wired together; what the
 //!   transports call.
 //! - [`workers`]: [`WorkerPool`](workers::WorkerPool), worker processes over
-//!   JSON-RPC on stdin/stdout; the design note is there.
+//!   JSON-RPC on stdin/stdout; the design note is there. `workers::nats`
+//!   (feature `nats`): `WorkerHost` serves a pool on NATS and `NatsBridge`
+//!   calls hosts from a front end, with its own design note;
+//!   [`Bridge`](workers::Bridge) is either transport.
 //! - [`pg`] (feature `postgres`): [`PgDatabase`](pg::PgDatabase), the
 //!   clients' SQL on PostgreSQL; the design note is there.
 //! - `histogram`: the lock-free latency histogram behind the percentiles.
