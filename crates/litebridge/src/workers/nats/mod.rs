@@ -5,8 +5,8 @@
 //! **Two ends, one pool unchanged.** A worker host ([`WorkerHost`]) runs
 //! today's [`WorkerPool`](crate::workers::WorkerPool) (the Python SDK as it
 //! is) and serves each announced method as an endpoint of NATS's services
-//! protocol (ADR-32, `$SRV.PING|INFO|STATS.litebridge_workers`), so
-//! operators' own `nats micro` tools see the hosts. Every endpoint is in one
+//! protocol (ADR-32, `$SRV.PING|INFO|STATS.litebridge_workers`), which the
+//! tools operators use for NATS services read. Every endpoint is in one
 //! queue group: NATS hands each call to one of the hosts serving its method.
 //! A front end ([`NatsBridge`]) sends `bridge.call` there instead of to local
 //! pipes, with the pool's deadlines, retries, breakers, cache and statistics.
