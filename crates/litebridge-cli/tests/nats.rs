@@ -1161,3 +1161,29 @@ async fn mcp_tools_come_from_the_hosts_announcements() {
     );
     client.cancel().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let old = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let b = bridge.clone();
+    let call = tokio::spawn(async move {
+        let once = CallOptions {
+            retry: false,
+            ..opts(20_000)
+        };
+        b.call("nap", json!({"ms": 2500}), once).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal(15); // SIGTERM: the old instance drains
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _new = Host::start(&url, "h1", 1, &[]);
+    // The new instance's heartbeats do not fail the old one's call.
+    assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
+    drop(old);
+}

@@ -80,12 +80,14 @@ impl Ledger {
     }
 
     /// Runs one call: through its breaker (when `state` names one and
-    /// breakers are on), `op` once per attempt as `policy` says, then
-    /// counted under `state` (or `(other)`). The breaker sees one outcome per
-    /// call, after its retries: one worker dying with many calls in flight
-    /// is one event, and the calls it took down may well succeed elsewhere.
-    /// Crashes, timeouts and exceptions are the method's failures; the
-    /// caller's mistakes, full queues and lost hosts or connections are not.
+    /// breakers are on), `op` once per attempt as `policy` says, its outcome
+    /// settled by `settle` (what the caller will get), then counted under
+    /// `state` (or `(other)`). The breaker sees one outcome per call, after
+    /// its retries: one worker dying with many calls in flight is one event,
+    /// and the calls it took down may well succeed elsewhere. Crashes,
+    /// timeouts (queued ones too) and exceptions are the method's failures;
+    /// anything else (the caller's mistakes, a full queue, a lost host or
+    /// connection) is not.
     pub(crate) async fn run<F, Fut>(
         &self,
         method: &str,
@@ -93,6 +95,7 @@ impl Ledger {
         policy: &RetryPolicy,
         deadline: Instant,
         op: F,
+        settle: impl FnOnce(Result<Json>) -> Result<Json>,
     ) -> Result<Json>
     where
         F: FnMut(u32) -> Fut,
@@ -128,6 +131,7 @@ impl Ledger {
                 });
             })
             .await;
+        let r = settle(r);
         let counters = self.counters(state.unwrap_or(super::names::OTHER));
         let took = started.elapsed();
         counters.latency.record(took);

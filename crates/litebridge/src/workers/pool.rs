@@ -448,9 +448,14 @@ impl WorkerPool {
         let request_id = options.request_id.as_deref();
         let r = s
             .ledger
-            .run(method, state, policy, deadline, |_| {
-                self.call_once(method, &params, request_id, deadline, timeout)
-            })
+            .run(
+                method,
+                state,
+                policy,
+                deadline,
+                |_| self.call_once(method, &params, request_id, deadline, timeout),
+                |r| r,
+            )
             .await;
         // A name outside the announced ones is tracked once it succeeds.
         if r.is_ok() && state.is_none() {

@@ -23,6 +23,10 @@ use crate::workers::{CallOptions, MethodInfo, PoolEvent, PoolStatus, WorkerConfi
 /// Per-method state (breakers, statistics) is kept for this many names;
 /// calls to more share one entry, `(other)`.
 const MAX_METHODS: usize = 256;
+/// A subject no one serves: asking it, the server itself answers "no
+/// responders", which proves the connection (the services protocol's
+/// namespace, which a front end may publish on).
+const LIVENESS_PROBE: &str = "$SRV.PING.litebridge_liveness_probe";
 /// Hosts followed at most (heartbeats of more are ignored, with a warning).
 const MAX_HOSTS: usize = 1024;
 /// Workers of one host's heartbeat kept at most.
@@ -322,26 +326,33 @@ impl NatsBridge {
         // fails without starting, the caller must still learn the call may
         // have run.
         let unknown: Mutex<Option<Error>> = Mutex::new(None);
-        let r = s
-            .ledger
-            .run(method, Some(state), &policy, deadline, |_| async {
-                let r = self
-                    .call_once(method, &body, request_id, deadline, timeout)
-                    .await;
-                if let Err(e) = &r
-                    && outcome_unknown(e)
-                {
-                    lock(&unknown).get_or_insert_with(|| e.clone());
-                }
-                r
-            })
-            .await;
-        match r {
-            Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
-                Err(lock(&unknown).take().unwrap_or(e))
-            }
-            r => r,
-        }
+        // A later attempt that fails without starting must not hide that
+        // an earlier one may have run (nor count as the method's outcome).
+        s.ledger
+            .run(
+                method,
+                Some(state),
+                &policy,
+                deadline,
+                |_| async {
+                    let r = self
+                        .call_once(method, &body, request_id, deadline, timeout)
+                        .await;
+                    if let Err(e) = &r
+                        && outcome_unknown(e)
+                    {
+                        lock(&unknown).get_or_insert_with(|| e.clone());
+                    }
+                    r
+                },
+                |r| match r {
+                    Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
+                        Err(lock(&unknown).take().unwrap_or(e))
+                    }
+                    r => r,
+                },
+            )
+            .await
     }
 
     /// One attempt: sent to the queue group, then waited for until its
@@ -860,11 +871,13 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 .retain(|(_, at)| now.duration_since(*at) <= dead_after);
             let recent = known.instances.iter().any(|(i, _)| *i == beat.service_id);
             // Another instance under this id, not heard from lately: the
-            // host restarted, or a second host took the same id.
+            // host restarted, or a second host took the same id. An old
+            // instance that said it was draining is finishing its calls
+            // (its replacement may start at once): those are not lost.
             let replaced = known
                 .beat
                 .as_ref()
-                .filter(|b| b.service_id != beat.service_id && !recent)
+                .filter(|b| b.service_id != beat.service_id && !recent && !b.draining)
                 .map(|b| b.service_id.clone());
             known.instances.retain(|(i, _)| *i != beat.service_id);
             if known.instances.len() < 4 {
@@ -945,6 +958,24 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
             continue;
         }
         let dead_after = f.config.dead_after();
+        let silent = read(&f.hosts)
+            .values()
+            .any(|h| h.last_seen.elapsed() > dead_after);
+        // Before judging hosts, this end's own connection: one cut without
+        // a word (no Disconnected yet) would make every host look silent. A
+        // request nobody serves comes back from the server itself.
+        if silent {
+            let wait = f.config.heartbeat.max(Duration::from_millis(200));
+            let probe = f.client.request(LIVENESS_PROBE, Default::default());
+            let server_answered = match tokio::time::timeout(wait, probe).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+                Err(_) => false,
+            };
+            if !server_answered {
+                continue;
+            }
+        }
         let dead: Vec<String> = {
             let mut hosts = write(&f.hosts);
             let dead: Vec<String> = hosts

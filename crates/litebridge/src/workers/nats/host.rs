@@ -174,14 +174,15 @@ impl WorkerHost {
     /// stops the pool.
     pub async fn shutdown(mut self) {
         self.inner.draining.store(true, Ordering::Release);
+        // A heartbeat says `draining` first, so front ends neither count on
+        // this host nor take a replacement under its id for a restart.
+        self.inner.beat().await;
+        let _ = self.inner.client.flush().await;
         if let Some(service) = self.service.take()
             && let Err(e) = service.stop().await
         {
             tracing::warn!("stopping the NATS service: {e}");
         }
-        // One more heartbeat says `draining`, so front ends stop counting on it.
-        self.inner.beat().await;
-        let _ = self.inner.client.flush().await;
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while lock(&self.inner.running).len() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -515,6 +516,7 @@ impl Running {
     /// its cancel came first.
     fn start(&mut self, reply: &str, cancel: oneshot::Sender<()>) -> Start {
         if self.early.remove(reply) {
+            self.early_order.retain(|(_, r)| r != reply);
             return Start::CancelledFirst;
         }
         if self.calls.contains_key(reply) {
