@@ -51,6 +51,31 @@ pub(crate) fn sdk_dir() -> CliResult<PathBuf> {
     }
 }
 
+/// One [`RAW_ECHO`] loop with its stdin and stdout; `baseline` names the
+/// case in the error when python3 cannot start.
+pub(crate) fn spawn_raw_echo(
+    baseline: &str,
+) -> CliResult<(
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    BufReader<tokio::process::ChildStdout>,
+)> {
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", RAW_ECHO])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Failure::new(format!(
+                "cannot start python3 for the {baseline} baseline: {e}"
+            ))
+        })?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    Ok((child, stdin, stdout))
+}
+
 /// `raw-pipe` / `raw-pipe-seq`: `processes` echo loops, `depth` calls in flight
 /// on each, driven directly over their pipes.
 pub(crate) async fn raw_pipe(seconds: f64, processes: usize, depth: usize) -> CliResult<Figures> {
@@ -58,19 +83,7 @@ pub(crate) async fn raw_pipe(seconds: f64, processes: usize, depth: usize) -> Cl
     let started = Instant::now();
     let mut drivers = Vec::new();
     for _ in 0..processes {
-        let mut child = tokio::process::Command::new("python3")
-            .args(["-c", RAW_ECHO])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                Failure::new(format!(
-                    "cannot start python3 for the raw-pipe baseline: {e}"
-                ))
-            })?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let (mut child, mut stdin, mut stdout) = spawn_raw_echo("raw-pipe")?;
         let stop = stop.clone();
         drivers.push(tokio::spawn(async move {
             let mut samples = Samples::with_capacity(1 << 20);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use litebridge::workers::nats::{NatsBridge, NatsConfig, WorkerHost};
 use litebridge::workers::{Bridge, WorkerConfig, WorkerPool};
 
-use super::bridge::{RAW_ECHO, SDK_ECHO, drive, sdk_dir};
+use super::bridge::{SDK_ECHO, drive, sdk_dir, spawn_raw_echo};
 use super::measure::{Figures, Samples, stop_after};
 use crate::{CliResult, Failure};
 
@@ -178,15 +178,7 @@ pub(crate) async fn raw_relay(dir: &Path, seconds: f64) -> CliResult<Figures> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Failure::new(format!("raw-nats-relay: {what}: {e}"))
     };
-    let mut child = tokio::process::Command::new("python3")
-        .args(["-c", RAW_ECHO])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| failed("cannot start python3", &e))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let (child, mut stdin, mut stdout) = spawn_raw_echo("raw-nats-relay")?;
     let responder = async_nats::connect(server.url.as_str())
         .await
         .map_err(|e| failed("connect", &e))?;
@@ -260,15 +252,7 @@ pub(crate) async fn raw_relay_pipelined(
     let mut loops = Vec::new();
     let mut children = Vec::new();
     for _ in 0..processes {
-        let mut child = tokio::process::Command::new("python3")
-            .args(["-c", RAW_ECHO])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| failed("cannot start python3", &e))?;
-        let stdin = child.stdin.take().expect("piped");
-        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+        let (child, stdin, mut stdout) = spawn_raw_echo("raw-nats-relay-pipelined")?;
         let (waiting, replies) = (waiting.clone(), responder.clone());
         tokio::spawn(async move {
             let mut line = String::new();
