@@ -5,15 +5,17 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 
 import { chromium } from 'playwright-core';
 
 import { Client } from '../../clients/js/src/index.js';
-import { REPO, WORKER, createKey, serve, tempDir } from '../../clients/js/test/helpers.js';
+import { BIN, REPO, WORKER, createKey, serve, tempDir } from '../../clients/js/test/helpers.js';
 
 const BROWSER = process.env.LITEBRIDGE_CHROMIUM ?? execFileSync('bash', [join(REPO, 'scripts', 'install-chromium.sh')], {
   encoding: 'utf8',
@@ -41,12 +43,9 @@ async function metric(url, key, name) {
   return Number(line.split(' ')[1]);
 }
 
-test('the dashboard shows the server living, resets a breaker, and keeps its rules', async (t) => {
-  const dir = tempDir(t);
-  const db = join(dir, 'd.db');
-  const key = createKey(db, 'operator', 'admin');
-  const { url } = await serve(t, db, ['--workers', WORKER, '--processes', '2']);
-
+/** Chromium with a page of 1280x800, closed by `t.after`; the page and the
+ * errors it reports (a CSP violation is a console error, "Refused to ..."). */
+async function openPage(t) {
   const browser = await chromium.launch({
     executablePath: BROWSER,
     headless: true,
@@ -58,9 +57,17 @@ test('the dashboard shows the server living, resets a breaker, and keeps its rul
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {
-    // A CSP violation is reported as a console error ("Refused to ...").
     if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
   });
+  return { page, problems };
+}
+
+test('the dashboard shows the server living, resets a breaker, and keeps its rules', async (t) => {
+  const dir = tempDir(t);
+  const db = join(dir, 'd.db');
+  const key = createKey(db, 'operator', 'admin');
+  const { url } = await serve(t, db, ['--workers', WORKER, '--processes', '2']);
+  const { page, problems } = await openPage(t);
 
   // Without a key: the page says one is needed.
   await page.goto(`${url}/`);
@@ -168,6 +175,87 @@ test('the dashboard shows the server living, resets a breaker, and keeps its rul
   // A foreign Host is refused, the page's files and its data alike.
   assert.equal(await statusWithHost(url, '/', 'evil.example'), 403);
   assert.equal(await statusWithHost(url, '/api/dashboard', 'evil.example'), 403);
+
+  assert.deepEqual(problems, []);
+});
+
+test('over NATS, the dashboard lists the worker hosts and shows one lost', async (t) => {
+  // scripts/test.sh starts the server (scripts/nats.sh) and requires this test.
+  const nats = process.env.LB_TEST_NATS;
+  if (!nats) {
+    assert.ok(
+      !(process.env.LB_TEST_REQUIRE ?? '').split(',').includes('nats'),
+      'LB_TEST_REQUIRE names nats but LB_TEST_NATS is not set (eval "$(scripts/nats.sh start)")',
+    );
+    t.skip('no NATS server: eval "$(scripts/nats.sh start)"');
+    return;
+  }
+  // A prefix of its own: other tests' hosts on the same server are not seen.
+  const env = {
+    ...process.env,
+    LITEBRIDGE_NATS_URL: nats,
+    LITEBRIDGE_NATS_PREFIX: `lbdash${process.pid}`,
+    LITEBRIDGE_NATS_HEARTBEAT_MS: '200',
+    LITEBRIDGE_SERVER_LOG_LEVEL: 'warn',
+  };
+  const host = spawn(BIN, ['worker-host', '--name', 'dash-host', '--workers', WORKER, '--processes', '2'], {
+    cwd: REPO,
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.after(() => host.exitCode === null && host.signalCode === null && host.kill('SIGKILL'));
+  const [said] = await once(createInterface({ input: host.stdout }), 'line');
+  assert.ok(said.startsWith('serving '), `worker-host said ${said}`);
+
+  const dir = tempDir(t);
+  const db = join(dir, 'd.db');
+  const key = createKey(db, 'operator', 'admin');
+  const { url } = await serve(t, db, [], { ...env, LITEBRIDGE_WORKERS_TRANSPORT: 'nats' });
+  const { page, problems } = await openPage(t);
+  await page.goto(`${url}/`);
+  await page.fill('#key', key);
+  await page.click('#use-key');
+
+  // The host, from its heartbeats and its announcement.
+  await page.waitForFunction(
+    () => {
+      const cells = [...document.querySelectorAll('#hosts tbody tr:first-child td')].map((td) => td.textContent);
+      return cells[0] === 'dash-host' && cells[1] === 'healthy' && cells[2] === '2' && cells[4].endsWith(' ago');
+    },
+    null,
+    { timeout: 10_000 },
+  );
+  assert.equal(await page.locator('#hosts tbody tr').count(), 1);
+  const methods = await page.locator('#hosts tbody tr td').first().getAttribute('title');
+  assert.ok(methods.replace('methods: ', '').split(', ').includes('echo'), methods);
+  // Its workers (two processes on the host) and a call through it.
+  await page.waitForFunction(() => document.querySelectorAll('#workers tbody tr').length === 2);
+  const client = Client.connect(url, { key });
+  t.after(() => client.close());
+  assert.equal(await client.call('echo', { value: 'over nats' }), 'over nats');
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll('#methods tbody tr')].some((tr) => tr.cells[0].textContent === 'echo' && tr.cells[1].textContent === '1'),
+  );
+  assert.equal(await page.locator('#problems').isHidden(), true);
+  // The host was there before the server: its joining is among the events.
+  assert.ok((await page.locator('#events').textContent()).includes('host-joined  host=dash-host'));
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, 'dashboard-nats.png'), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a narrow screen`);
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  // Killed: its heartbeats stop, it is dropped, and the page says nothing serves.
+  const exited = once(host, 'exit');
+  host.kill('SIGKILL');
+  await exited;
+  await page.waitForFunction(() => document.querySelectorAll('#hosts tbody tr').length === 0, null, { timeout: 10_000 });
+  await page.waitForFunction(() => document.getElementById('problems').textContent.includes('no worker host is serving calls'), null, {
+    timeout: 5_000,
+  });
+  await page.waitForFunction(() => document.getElementById('events').textContent.includes('host-lost'), null, { timeout: 5_000 });
+  await assert.rejects(client.call('echo', { value: 'nobody' }), (e) => e.kind === 'unavailable');
 
   assert.deepEqual(problems, []);
 });

@@ -161,14 +161,20 @@ impl Events {
     }
 
     /// Publishes the pool's events from now on (and `started` and each
-    /// worker's `process-started` at once: the pool sent its own before
-    /// anyone could listen).
+    /// worker's `process-started` at once, or over NATS each host's
+    /// `host-joined`: the pool sent its own before anyone could listen).
     pub(crate) fn follow(self: &Arc<Self>, pool: &Bridge) {
         let mut rx = pool.subscribe();
         let status = pool.status();
         self.publish("started", object(json!({"processes": status.processes})));
-        for w in &status.workers {
-            self.publish("process-started", object(json!({"id": w.id, "pid": w.pid})));
+        if let Bridge::Nats(n) = pool {
+            for h in n.hosts() {
+                self.publish("host-joined", object(json!({"host": h.id})));
+            }
+        } else {
+            for w in &status.workers {
+                self.publish("process-started", object(json!({"id": w.id, "pid": w.pid})));
+            }
         }
         let events = Arc::downgrade(self);
         tokio::spawn(async move {

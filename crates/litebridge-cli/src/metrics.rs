@@ -238,19 +238,25 @@ fn cluster_metrics(o: &mut Out, pg: &litebridge::pg::PgDatabase) {
             o.value("pg_replica_lag_bytes", &label(n), lag as f64);
         }
     }
-    let (replica_reads, fallbacks) = pg.replica_counts();
+    let (replica_reads, _) = pg.replica_counts();
     o.single(
         "pg_replica_reads_total",
         "counter",
         "Reads served by a replica.",
         replica_reads as f64,
     );
-    o.single(
+    o.metric(
         "pg_primary_fallbacks_total",
         "counter",
-        "Reads that asked for a replica and went to the primary (none caught up, or one failed).",
-        fallbacks as f64,
+        "Reads that asked for a replica and went to the primary, by reason (token, resting, behind, not_a_replica, conflict, failed).",
     );
+    for (why, n) in pg.primary_fallbacks() {
+        o.value(
+            "pg_primary_fallbacks_total",
+            &format!("reason=\"{}\"", why.as_str()),
+            n as f64,
+        );
+    }
 }
 
 /// The database: operations and errors by lane, then the writer's.

@@ -97,6 +97,12 @@ impl Server {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Pauses the server (SIGSTOP) or lets it go on (SIGCONT): its
+    /// connections stay open and say nothing, a network cut without a word.
+    fn pause(&self, paused: bool) {
+        signal(self.child.as_ref().unwrap(), if paused { 19 } else { 18 });
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -142,15 +148,19 @@ impl Host {
         Host { child }
     }
 
-    /// Sends `sig` with kill(1) (the workspace denies unsafe code).
     fn signal(&self, sig: i32) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} {}", self.child.id());
+        signal(&self.child, sig);
     }
+}
+
+/// Sends `sig` to `child` with kill(1) (the workspace denies unsafe code).
+fn signal(child: &Child, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {}", child.id());
 }
 
 impl Drop for Host {
@@ -872,6 +882,9 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     // A call naming a running call's reply subject is dropped: the running
     // call keeps its cancel and its answer.
     let mut seen = evil.subscribe("lb.v1.call.hang").await.unwrap();
+    // The server has the subscription before the front end's call comes (on
+    // another connection).
+    evil.flush().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("cancelled");
     let b = bridge.clone();
@@ -1186,4 +1199,51 @@ async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
     // The new instance's heartbeats do not fail the old one's call.
     assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
     drop(old);
+}
+
+/// Everything goes silent at once when the front end's own link to NATS is
+/// cut without a word (here the server paused: its connections stay open
+/// and answer nothing). The hosts are not judged dead for it: the front
+/// end first asks the server, and a server that does not answer says the
+/// fault is on this side. A call a host acknowledged before the cut is
+/// answered when the link comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _h = Host::start(&url, "h-cut", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let mut events = bridge.subscribe();
+    let b = bridge.clone();
+    let call = tokio::spawn(async move { b.call("nap", json!({"ms": 1500}), opts(10_000)).await });
+    // Acknowledged (after 20 ms) before the cut.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.pause(true);
+    // Silent for more than twice the hosts' dead line (3 x 200 ms), less
+    // than the client's own ping timeout.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        bridge.hosts().len(),
+        1,
+        "the host was dropped while the link was cut"
+    );
+    server.pause(false);
+    let answer = call.await.unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    // The hosts' heartbeats resume; nothing was declared lost.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        bridge.hosts().iter().all(|h| h.healthy),
+        "{:?}",
+        bridge.hosts()
+    );
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, litebridge::workers::PoolEvent::HostLost { .. }),
+            "{e:?}"
+        );
+    }
 }

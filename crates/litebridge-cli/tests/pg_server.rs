@@ -407,6 +407,21 @@ fn every_part_of_the_service_runs_on_postgres() {
         metrics.contains("litebridge_pg_replica_lag_bytes{"),
         "{metrics}"
     );
+    for reason in [
+        "token",
+        "resting",
+        "behind",
+        "not_a_replica",
+        "conflict",
+        "failed",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "litebridge_pg_primary_fallbacks_total{{reason=\"{reason}\"}} "
+            )),
+            "{metrics}"
+        );
+    }
     assert!(server.stop().success());
 }
 
@@ -463,6 +478,25 @@ fn a_stdio_session_reads_its_own_writes_from_replicas() {
         st["cluster"]["replica_reads"].as_u64().unwrap(),
     );
     let fallbacks = st["cluster"]["primary_fallbacks"].as_u64().unwrap();
+    let by_reason = st["cluster"]["primary_fallbacks_by_reason"]
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        by_reason.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "behind",
+            "conflict",
+            "failed",
+            "not_a_replica",
+            "resting",
+            "token"
+        ],
+    );
+    assert_eq!(
+        by_reason.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        fallbacks,
+        "{st}"
+    );
     // The reads asked for replicas: each was either served by one that had
     // caught up or sent to the primary.
     assert!(

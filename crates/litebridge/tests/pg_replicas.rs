@@ -7,7 +7,7 @@
 
 mod common;
 
-use litebridge::pg::{Consistency, PgDatabase};
+use litebridge::pg::{Consistency, Fallback, PgDatabase};
 use litebridge::{QueryOptions, Value, WriteOptions, params};
 
 fn env(name: &str) -> Option<Vec<String>> {
@@ -20,6 +20,11 @@ fn env(name: &str) -> Option<Vec<String>> {
 async fn front_end(schema: &common::pg::Schema, replicas: &[String]) -> PgDatabase {
     let config = schema.config().replicas(replicas.iter().cloned());
     PgDatabase::connect(config).await.unwrap()
+}
+
+/// Reads that asked for a replica and went to the primary for `why`.
+fn fell_back(db: &PgDatabase, why: Fallback) -> u64 {
+    db.primary_fallbacks()[why as usize].1
 }
 
 async fn value(db: &PgDatabase, consistency: Consistency) -> (i64, Option<litebridge::pg::Token>) {
@@ -285,18 +290,29 @@ async fn a_token_of_another_timeline_is_not_served_by_these_replicas() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(served, "the streaming replica never served the token");
-    // The same position on the next timeline, and on none: the primary.
-    for other in [
-        litebridge::pg::Token::new(token.timeline + 1, token.lsn),
-        litebridge::pg::Token::new(0, token.lsn),
+    // The same position on the next timeline (the replica's guard refuses
+    // it), and on none (not sent to a replica at all): the primary.
+    for (other, why) in [
+        (
+            litebridge::pg::Token::new(token.timeline + 1, token.lsn),
+            Fallback::Behind,
+        ),
+        (litebridge::pg::Token::new(0, token.lsn), Fallback::Token),
     ] {
         let (replica_reads, _) = db.replica_counts();
+        let before = fell_back(&db, why);
         let (v, _) = value(&db, Consistency::Session(other)).await;
         assert_eq!(v, 7);
         assert_eq!(
             db.replica_counts().0,
             replica_reads,
             "a replica served the token {other}"
+        );
+        assert_eq!(
+            fell_back(&db, why),
+            before + 1,
+            "{other}: {:?}",
+            db.primary_fallbacks()
         );
     }
     db.close();
@@ -426,6 +442,7 @@ async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
         "B serves no read at all"
     );
     let (_, fallbacks) = db.replica_counts();
+    let behind = fell_back(&db, Fallback::Behind);
     let mut served_by_b = 0;
     for i in 0..20i64 {
         let (_, token) = db
@@ -469,6 +486,14 @@ async fn a_replica_on_a_history_the_cluster_gave_up_serves_no_session_read() {
     db.close();
     assert_eq!(served_by_b, 0, "the forked replica served session reads");
     assert_eq!(fallbacks_after - fallbacks, 20);
+    // Each refused by the replica's guard, which saw it was not on the
+    // token's history.
+    assert_eq!(
+        fell_back(&db, Fallback::Behind) - behind,
+        20,
+        "{:?}",
+        db.primary_fallbacks()
+    );
 }
 
 /// A read that a replica cancels for a recovery conflict (it held up the
@@ -484,6 +509,7 @@ async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
     // The read below runs there.
     until_the_replica_serves(&db, token).await;
     let (replica_reads, fallbacks) = db.replica_counts();
+    let conflicts = fell_back(&db, Fallback::Conflict);
     let read = db.query_at(
         "SELECT count(*) FROM kv, pg_sleep(2)",
         (),
@@ -504,6 +530,7 @@ async fn a_read_cancelled_by_a_replicas_recovery_is_read_on_the_primary() {
     let (rows, _) = read.expect("read again on the primary, not busy");
     assert_eq!(rows.rows[0][0], Value::Integer(1));
     assert_eq!(db.replica_counts(), (replica_reads, fallbacks + 1));
+    assert_eq!(fell_back(&db, Fallback::Conflict), conflicts + 1);
     db.close();
     schema.drop_now().await;
 }

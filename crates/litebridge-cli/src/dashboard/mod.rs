@@ -134,7 +134,16 @@ pub(crate) fn figures(app: &App) -> Json {
     let mut problems: Vec<Json> = health["problems"].as_array().cloned().unwrap_or_default();
     if let Some(w) = &service.workers {
         let s = w.status();
-        if !s.healthy {
+        if let (false, litebridge::workers::Bridge::Nats(n)) = (s.healthy, w) {
+            problems.push(json!(if n.connected() {
+                format!(
+                    "no worker host is serving calls ({} known on NATS)",
+                    n.hosts().len()
+                )
+            } else {
+                "NATS is not reachable: no worker host can be called".to_owned()
+            }));
+        } else if !s.healthy {
             problems.push(json!(format!(
                 "{} of {} workers are running",
                 s.workers.len(),

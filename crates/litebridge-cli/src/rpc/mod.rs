@@ -405,6 +405,11 @@ pub(crate) fn cluster_figures(service: &Service) -> Option<Json> {
         "replicas": c.replicas.iter().map(node).collect::<Vec<_>>(),
         "replica_reads": replica_reads,
         "primary_fallbacks": primary_fallbacks,
+        "primary_fallbacks_by_reason": pg
+            .primary_fallbacks()
+            .iter()
+            .map(|(why, n)| (why.as_str().to_owned(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 

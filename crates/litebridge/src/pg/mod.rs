@@ -116,7 +116,8 @@ struct Inner {
     /// connect): without it, session tokens go to the primary.
     sees_timelines: bool,
     replica_reads: AtomicU64,
-    primary_fallbacks: AtomicU64,
+    /// Reads that asked for a replica and went to the primary, by [`Fallback`].
+    primary_fallbacks: [AtomicU64; Fallback::ALL.len()],
     /// The clients' requests: counts, errors and latencies.
     counters: Counters,
     /// The nodes as last probed (`monitor`).
@@ -180,6 +181,51 @@ fn is_refused(e: &Error, why: &str) -> bool {
 
 fn is_behind(e: &Error) -> bool {
     is_refused(e, BEHIND)
+}
+
+/// Why a read that asked for a replica (`session` or `any`) was served by
+/// the primary; counted by [`PgDatabase::primary_fallbacks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// A `session` token no replica is trusted with: one naming no
+    /// timeline, or a timeline the primary has left, or a role that may
+    /// not see the replicas' timelines.
+    Token,
+    /// Every replica was resting after a failure.
+    Resting,
+    /// The replica had not replayed as far as the token (or was on
+    /// another timeline).
+    Behind,
+    /// The node listed as a replica was not in recovery (promoted?).
+    NotAReplica,
+    /// The replica cancelled the read for a recovery conflict.
+    Conflict,
+    /// The replica could not be reached, or the read failed on it.
+    Failed,
+}
+
+impl Fallback {
+    /// Every reason, in the order of [`PgDatabase::primary_fallbacks`].
+    pub const ALL: [Fallback; 6] = [
+        Fallback::Token,
+        Fallback::Resting,
+        Fallback::Behind,
+        Fallback::NotAReplica,
+        Fallback::Conflict,
+        Fallback::Failed,
+    ];
+
+    /// Its name in `/metrics` (`reason`) and `pool.stats`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Token => "token",
+            Fallback::Resting => "resting",
+            Fallback::Behind => "behind",
+            Fallback::NotAReplica => "not_a_replica",
+            Fallback::Conflict => "conflict",
+            Fallback::Failed => "failed",
+        }
+    }
 }
 
 /// Which server a read goes to.
@@ -368,7 +414,7 @@ impl PgDatabase {
             primary_timeline: AtomicU32::new(0),
             sees_timelines,
             replica_reads: AtomicU64::new(0),
-            primary_fallbacks: AtomicU64::new(0),
+            primary_fallbacks: Default::default(),
             counters: Counters::default(),
             cluster: std::sync::Mutex::new(cluster),
             probes,
@@ -659,59 +705,69 @@ impl PgDatabase {
             Consistency::Any => Some(Token::new(0, 0)),
         };
         let wants_replica = consistency != Consistency::Strong && !replicas.is_empty();
-        if let Some(wanted) = wanted
-            && let Some(i) = self.next_replica()
-        {
-            let begun = AtomicBool::new(false);
-            // A replica failing costs at most half of what is left.
-            let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
-            match self
-                .read_on(
-                    Node::Replica(i),
-                    Who::Client,
-                    &p,
-                    options,
-                    half,
-                    timeout,
-                    Some(wanted),
-                    &begun,
-                )
-                .await
-            {
-                Ok((rows, at)) => {
-                    self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
-                    // The replica's position, past the token it passed; the
-                    // token itself when the replica could not tell its
-                    // timeline; none for an `any` read that got neither.
-                    let answer = at.or(Some(wanted)).filter(|t| *t != Token::default());
-                    return Ok((rows, answer));
-                }
-                Err(e) if is_behind(&e) => {}
-                // A recovery conflict: the replica cancelled the read to
-                // replay what the primary did (a lock, a vacuum). The
-                // primary has no such conflict; the read ran read-only.
-                Err(e) if e.kind() == ErrorKind::Busy => {
-                    tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica conflicted with its recovery, reading from the primary: {e}");
-                }
-                // The statement's own error: the primary would give it too.
-                Err(e) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
-                    return Err(e);
-                }
-                // Down, or refusing us, before the read began: left alone
-                // for a while. (Not for a failure of the read itself: a
-                // client can end its own session or run past the deadline,
-                // and would otherwise rest the replica for everyone.)
-                Err(e) if !begun.load(Ordering::Relaxed) || is_refused(&e, NOT_A_REPLICA) => {
-                    tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
-                    *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
-                }
-                Err(e) => {
-                    tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica failed, reading from the primary: {e}");
+        // Why the read ends on the primary, when it asked for a replica.
+        let mut why = Fallback::Token;
+        if let Some(wanted) = wanted {
+            why = Fallback::Resting;
+            if let Some(i) = self.next_replica() {
+                let begun = AtomicBool::new(false);
+                // A replica failing costs at most half of what is left.
+                let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+                match self
+                    .read_on(
+                        Node::Replica(i),
+                        Who::Client,
+                        &p,
+                        options,
+                        half,
+                        timeout,
+                        Some(wanted),
+                        &begun,
+                    )
+                    .await
+                {
+                    Ok((rows, at)) => {
+                        self.inner.replica_reads.fetch_add(1, Ordering::Relaxed);
+                        // The replica's position, past the token it passed; the
+                        // token itself when the replica could not tell its
+                        // timeline; none for an `any` read that got neither.
+                        let answer = at.or(Some(wanted)).filter(|t| *t != Token::default());
+                        return Ok((rows, answer));
+                    }
+                    Err(e) if is_behind(&e) => why = Fallback::Behind,
+                    // A recovery conflict: the replica cancelled the read to
+                    // replay what the primary did (a lock, a vacuum). The
+                    // primary has no such conflict; the read ran read-only.
+                    Err(e) if e.kind() == ErrorKind::Busy => {
+                        tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica conflicted with its recovery, reading from the primary: {e}");
+                        why = Fallback::Conflict;
+                    }
+                    // The statement's own error: the primary would give it too.
+                    Err(e) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                        return Err(e);
+                    }
+                    // Down, or refusing us, before the read began: left alone
+                    // for a while. (Not for a failure of the read itself: a
+                    // client can end its own session or run past the deadline,
+                    // and would otherwise rest the replica for everyone.)
+                    Err(e) if !begun.load(Ordering::Relaxed) || is_refused(&e, NOT_A_REPLICA) => {
+                        tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
+                        *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
+                        why = if is_refused(&e, NOT_A_REPLICA) {
+                            Fallback::NotAReplica
+                        } else {
+                            Fallback::Failed
+                        };
+                    }
+                    Err(e) => {
+                        tracing::debug!(replica = %self.inner.config.replicas[i], "a read on a replica failed, reading from the primary: {e}");
+                        why = Fallback::Failed;
+                    }
                 }
             }
         }
         if wants_replica {
-            self.inner.primary_fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.inner.primary_fallbacks[why as usize].fetch_add(1, Ordering::Relaxed);
         }
         let (rows, at) = self
             .read_on_primary(Who::Client, &p, options, deadline, timeout)
@@ -743,13 +799,24 @@ impl PgDatabase {
             })
     }
 
-    /// Reads served by replicas and reads that went to the primary because
-    /// no replica had replayed far enough (or failed), since connect.
+    /// Reads served by replicas and reads that asked for a replica and went
+    /// to the primary (for any [`Fallback`]), since connect.
     pub fn replica_counts(&self) -> (u64, u64) {
         (
             self.inner.replica_reads.load(Ordering::Relaxed),
-            self.inner.primary_fallbacks.load(Ordering::Relaxed),
+            self.primary_fallbacks().iter().map(|(_, n)| n).sum(),
         )
+    }
+
+    /// The reads that asked for a replica and went to the primary since
+    /// connect, by why, in [`Fallback::ALL`]'s order.
+    pub fn primary_fallbacks(&self) -> [(Fallback, u64); Fallback::ALL.len()] {
+        Fallback::ALL.map(|f| {
+            (
+                f,
+                self.inner.primary_fallbacks[f as usize].load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// One read on `node`, in `BEGIN READ ONLY` ... `COMMIT`. On a replica,

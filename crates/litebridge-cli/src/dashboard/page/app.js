@@ -201,6 +201,8 @@ function render(d) {
   $('workers-section').hidden = !b;
   $('breakers-section').hidden = !b || !b.breakers.length;
   $('methods-section').hidden = !b || !b.methods.length;
+  // Over NATS the workers run on hosts elsewhere, each with its heartbeat.
+  $('hosts-section').hidden = !b || !b.hosts;
   if (b) {
     rows('workers', b.workers, (tr, w) => {
       cell(tr, String(w.pid));
@@ -214,7 +216,24 @@ function render(d) {
       ['crashes since start', num(b.crashes, 0), b.crashes ? 'degraded' : ''],
       ['recycled since start', num(b.recycled, 0)],
       ['calls waiting', num(b.waiting, 0)],
+      ...(b.hosts
+        ? [
+            ['worker hosts', num(b.hosts.filter((h) => h.healthy && !h.draining).length, 0) + ' of ' + num(b.hosts.length, 0) + ' serving'],
+            ['late answers (dropped)', num(b.late_answers, 0), b.late_answers ? 'degraded' : ''],
+          ]
+        : []),
     ]);
+    if (b.hosts) {
+      rows('hosts', b.hosts, (tr, h) => {
+        // Its methods on hover: a list of any length stays out of the table.
+        cell(tr, h.id).title = 'methods: ' + h.methods.join(', ');
+        if (h.draining) cell(tr, 'draining', 'degraded');
+        else cell(tr, h.healthy ? 'healthy' : 'unhealthy', h.healthy ? 'ok' : 'failing');
+        cell(tr, num(h.processes, 0));
+        cell(tr, num(h.in_flight, 0));
+        cell(tr, msText(h.last_seen_ms) + ' ago');
+      });
+    }
     const canReset = scopes.includes('bridge') || scopes.includes('admin');
     rows('breakers', b.breakers, (tr, br) => {
       cell(tr, br.method);

@@ -757,6 +757,14 @@ impl Front {
         known.read_for = Some((info.id.clone(), hash));
     }
 
+    /// Gives every host a fresh window to be heard from: after this end was
+    /// cut off, their silence meanwhile says nothing about them.
+    fn fresh_window(&self) {
+        for h in write(&self.hosts).values_mut() {
+            h.last_seen = Instant::now();
+        }
+    }
+
     /// Fails every call a lost host had acknowledged (only those of
     /// `instance`, when given: a restarted host's old calls).
     fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str) {
@@ -950,6 +958,8 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
         None => return,
     };
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    // Whether the server last failed to answer a probe: this end was cut off.
+    let mut cut = false;
     loop {
         tick.tick().await;
         let Some(f) = front.upgrade() else { return };
@@ -964,7 +974,9 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
         // Before judging hosts, this end's own connection: one cut without
         // a word (no Disconnected yet) would make every host look silent. A
         // request nobody serves comes back from the server itself.
-        if silent {
+        if !silent {
+            cut = false;
+        } else {
             let wait = f.config.heartbeat.max(Duration::from_millis(200));
             let probe = f.client.request(LIVENESS_PROBE, Default::default());
             let server_answered = match tokio::time::timeout(wait, probe).await {
@@ -973,6 +985,15 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 Err(_) => false,
             };
             if !server_answered {
+                cut = true;
+                continue;
+            }
+            // The link is back: the hosts' heartbeats held up behind the
+            // cut are still on their way (the server answered the probe
+            // first), so they get a fresh window rather than a verdict.
+            if cut {
+                cut = false;
+                f.fresh_window();
                 continue;
             }
         }
@@ -1021,9 +1042,7 @@ async fn follow_connection(
                 // Hosts get a fresh window to be heard from, and are asked
                 // for their methods again (the ones silent meanwhile may
                 // have changed).
-                for h in write(&f.hosts).values_mut() {
-                    h.last_seen = Instant::now();
-                }
+                f.fresh_window();
                 f.connected.send_replace(true);
                 tracing::info!(url = f.config.url, "connected to NATS");
                 let bridge = NatsBridge { shared: f.clone() };
