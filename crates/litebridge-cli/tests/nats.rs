@@ -1204,9 +1204,11 @@ async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
 /// Everything goes silent at once when the front end's own link to NATS is
 /// cut without a word (here the server paused: its connections stay open
 /// and answer nothing). The hosts are not judged dead for it: the front
-/// end first asks the server, and a server that does not answer says the
-/// fault is on this side. A call a host acknowledged before the cut is
-/// answered when the link comes back.
+/// end judges only on time its link is shown to work, and when a cut heals
+/// the server can answer before the heartbeats held up behind it arrive.
+/// The pauses end before the first probe, while it waits, and well after;
+/// a call the host acknowledged before each cut is answered after it (the
+/// method is not idempotent, so a host declared lost would fail it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
     let Some(server) = Server::start(&[]) else {
@@ -1217,24 +1219,32 @@ async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
     let bridge = front(&url).await;
     until_hosts(&bridge, 1).await;
     let mut events = bridge.subscribe();
-    let b = bridge.clone();
-    let call = tokio::spawn(async move { b.call("nap", json!({"ms": 1500}), opts(10_000)).await });
-    // Acknowledged (after 20 ms) before the cut.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    server.pause(true);
-    // Silent for more than twice the hosts' dead line (3 x 200 ms), less
-    // than the client's own ping timeout.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        bridge.hosts().len(),
-        1,
-        "the host was dropped while the link was cut"
-    );
-    server.pause(false);
-    let answer = call.await.unwrap();
-    assert!(answer.is_ok(), "{answer:?}");
-    // The hosts' heartbeats resume; nothing was declared lost.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The dead line is 3 x 200 ms; the client's own ping timeout is seconds.
+    for (i, pause_ms) in [650u64, 700, 750, 800, 850, 1_500].into_iter().enumerate() {
+        let b = bridge.clone();
+        let params = json!({
+            "path": dir.path().join(format!("once-{i}")),
+            "token": "t",
+            "delay": (pause_ms + 800) as f64 / 1000.0,
+        });
+        let call = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
+        // Acknowledged (after 20 ms) before the cut.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.pause(true);
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        assert_eq!(
+            bridge.hosts().len(),
+            1,
+            "the host was dropped while the link was cut for {pause_ms} ms"
+        );
+        server.pause(false);
+        let answer = call.await.unwrap();
+        assert_eq!(
+            answer.unwrap_or_else(|e| panic!("after a cut of {pause_ms} ms: {e}")),
+            json!("h-cut")
+        );
+    }
     assert!(
         bridge.hosts().iter().all(|h| h.healthy),
         "{:?}",
@@ -1246,4 +1256,85 @@ async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
             "{e:?}"
         );
     }
+}
+
+/// A host that dies while the front end's link is cut is declared dead
+/// once the link works again: the cut holds the verdict back, it does not
+/// wipe out the host's silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_dies_during_a_cut_is_declared_dead_after_it() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let host = Host::start(&url, "h-dies", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = bridge.clone();
+    let params = json!({"path": dir.path().join("once"), "token": "t", "delay": 5.0});
+    let call = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pause(true);
+    host.signal(9);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    server.pause(false);
+    let healed = Instant::now();
+    let e = call.await.unwrap().unwrap_err();
+    let took = healed.elapsed();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert!(e.to_string().contains("h-dies"), "{e}");
+    assert!(took < Duration::from_millis(2_000), "{took:?}");
+    eprintln!("declared dead {took:?} after the cut healed");
+}
+
+/// Something listening on the probe's subject without answering (an
+/// operator's `nats sub '>'`) swallows the probe; the heartbeats of the
+/// hosts still alive then show the link works, and a dead host is still
+/// declared dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_the_probe_subject_does_not_keep_a_dead_host_alive() {
+    use futures_util::StreamExt;
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let hosts = [
+        ("h-a", Host::start(&url, "h-a", 1, &[])),
+        ("h-b", Host::start(&url, "h-b", 1, &[])),
+    ];
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 2).await;
+    let evil = peer(&url).await;
+    let mut swallowed = evil.subscribe("lb.v1.probe").await.unwrap();
+    evil.flush().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = bridge.clone();
+    let params = json!({"path": dir.path().join("once"), "token": "t", "delay": 8.0});
+    let call = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
+    // The host running it, from the heartbeats.
+    let until = Instant::now() + Duration::from_secs(5);
+    let busy = loop {
+        if let Some(h) = bridge.hosts().into_iter().find(|h| h.in_flight == 1) {
+            break h.id;
+        }
+        assert!(Instant::now() < until, "{:?}", bridge.hosts());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed = Instant::now();
+    hosts.iter().find(|(n, _)| *n == busy).unwrap().1.signal(9);
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert!(e.to_string().contains(&busy), "{e}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    // The probe was asked, and went to the listener.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), swallowed.next())
+            .await
+            .is_ok()
+    );
 }

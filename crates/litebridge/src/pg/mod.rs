@@ -186,6 +186,7 @@ fn is_behind(e: &Error) -> bool {
 /// Why a read that asked for a replica (`session` or `any`) was served by
 /// the primary; counted by [`PgDatabase::primary_fallbacks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fallback {
     /// A `session` token no replica is trusted with: one naming no
     /// timeline, or a timeline the primary has left, or a role that may
@@ -193,8 +194,9 @@ pub enum Fallback {
     Token,
     /// Every replica was resting after a failure.
     Resting,
-    /// The replica had not replayed as far as the token (or was on
-    /// another timeline).
+    /// The replica's guard refused the read: it had not replayed as far as
+    /// the token, was on another timeline, or the guard's own query failed
+    /// there (a statement timeout, a recovery conflict, a missing grant).
     Behind,
     /// The node listed as a replica was not in recovery (promoted?).
     NotAReplica,

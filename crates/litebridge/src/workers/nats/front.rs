@@ -23,12 +23,10 @@ use crate::workers::{CallOptions, MethodInfo, PoolEvent, PoolStatus, WorkerConfi
 /// Per-method state (breakers, statistics) is kept for this many names;
 /// calls to more share one entry, `(other)`.
 const MAX_METHODS: usize = 256;
-/// A subject no one serves: asking it, the server itself answers "no
-/// responders", which proves the connection (the services protocol's
-/// namespace, which a front end may publish on).
-const LIVENESS_PROBE: &str = "$SRV.PING.litebridge_liveness_probe";
 /// Hosts followed at most (heartbeats of more are ignored, with a warning).
 const MAX_HOSTS: usize = 1024;
+/// Methods of one host's announcement kept at most.
+const MAX_METHODS_PER_HOST: usize = 1024;
 /// Workers of one host's heartbeat kept at most.
 const MAX_WORKERS_PER_HOST: usize = 1024;
 
@@ -728,13 +726,19 @@ impl Front {
         if info.metadata.get("prefix") != Some(&self.config.prefix) {
             return;
         }
-        let Some(id) = info.metadata.get("host") else {
+        // Held to the rules of heartbeats: the id names a subject.
+        let Some(id) = info
+            .metadata
+            .get("host")
+            .filter(|id| super::config::is_token(id))
+        else {
             return;
         };
         let methods: Vec<MethodInfo> = info
             .endpoints
             .iter()
             .filter_map(|e| wire::method_from_metadata(&e.metadata))
+            .take(MAX_METHODS_PER_HOST)
             .collect();
         let dynamic = info
             .endpoints
@@ -757,8 +761,36 @@ impl Front {
         known.read_for = Some((info.id.clone(), hash));
     }
 
-    /// Gives every host a fresh window to be heard from: after this end was
-    /// cut off, their silence meanwhile says nothing about them.
+    /// Whether this end's link to NATS works now: a probe on a subject
+    /// nobody serves comes back from the server itself ("no responders"),
+    /// or any answer does; failing that, a heartbeat that came while it was
+    /// waiting shows the link works too (something listening on the
+    /// probe's subject without answering would otherwise keep every host
+    /// from being judged).
+    async fn link_works(&self) -> bool {
+        let sent = Instant::now();
+        let wait = self.config.heartbeat.max(Duration::from_millis(200));
+        let probe = self
+            .client
+            .request(self.subjects.probe(), Default::default());
+        match tokio::time::timeout(wait, probe).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => true,
+            _ => {
+                let heard = read(&self.hosts).values().any(|h| h.last_seen > sent);
+                if heard {
+                    self.warn_once_a_minute(&format!(
+                        "the liveness probe on {} is not answered, though heartbeats come: something listens on it without answering (or may not publish it); hosts are judged dead only while others' heartbeats show the link works",
+                        self.subjects.probe()
+                    ));
+                }
+                heard
+            }
+        }
+    }
+
+    /// Gives every host a fresh window to be heard from: after this end
+    /// lost its connection, their silence meanwhile says nothing about them.
     fn fresh_window(&self) {
         for h in write(&self.hosts).values_mut() {
             h.last_seen = Instant::now();
@@ -951,57 +983,48 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
     }
 }
 
-/// Declares dead the hosts whose heartbeats stopped.
+/// Declares dead the hosts whose heartbeats stopped, judged only on time
+/// this end's own link was shown to work: a cut without a word (no
+/// Disconnected yet) makes every host look silent, and when it heals the
+/// server may answer before the heartbeats held up behind it arrive. So a
+/// host silent for `dead_after` is dead only if, the link once shown to
+/// work, a heartbeat and a quarter more pass (the link still working)
+/// without a word from it.
 async fn watch_liveness(front: std::sync::Weak<Front>) {
     let every = match front.upgrade() {
         Some(f) => f.config.heartbeat / 4,
         None => return,
     };
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    // Whether the server last failed to answer a probe: this end was cut off.
-    let mut cut = false;
+    // When the link was first shown to work with hosts silent.
+    let mut armed: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(f) = front.upgrade() else { return };
         // Cut off from NATS, every host looks silent: none is judged then.
         if !*f.connected.borrow() {
+            armed = None;
             continue;
         }
         let dead_after = f.config.dead_after();
         let silent = read(&f.hosts)
             .values()
             .any(|h| h.last_seen.elapsed() > dead_after);
-        // Before judging hosts, this end's own connection: one cut without
-        // a word (no Disconnected yet) would make every host look silent. A
-        // request nobody serves comes back from the server itself.
-        if !silent {
-            cut = false;
-        } else {
-            let wait = f.config.heartbeat.max(Duration::from_millis(200));
-            let probe = f.client.request(LIVENESS_PROBE, Default::default());
-            let server_answered = match tokio::time::timeout(wait, probe).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
-                Err(_) => false,
-            };
-            if !server_answered {
-                cut = true;
-                continue;
-            }
-            // The link is back: the hosts' heartbeats held up behind the
-            // cut are still on their way (the server answered the probe
-            // first), so they get a fresh window rather than a verdict.
-            if cut {
-                cut = false;
-                f.fresh_window();
-                continue;
-            }
+        if !silent || !f.link_works().await {
+            armed = None;
+            continue;
         }
+        let now = Instant::now();
+        let since = *armed.get_or_insert(now);
+        if now.duration_since(since) < f.config.heartbeat + f.config.heartbeat / 4 {
+            continue;
+        }
+        armed = None;
         let dead: Vec<String> = {
             let mut hosts = write(&f.hosts);
             let dead: Vec<String> = hosts
                 .iter()
-                .filter(|(_, h)| h.last_seen.elapsed() > dead_after)
+                .filter(|(_, h)| h.last_seen.elapsed() > dead_after && h.last_seen < since)
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &dead {

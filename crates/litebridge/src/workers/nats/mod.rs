@@ -23,6 +23,14 @@
 //! lost: a host that took it and stopped (killed, paused) cannot be told
 //! from one that is slow, so its outcome is unknown (`worker_crashed`).
 //!
+//! **Judging a host dead.** Silence proves nothing while this end's own
+//! link may be cut (a cut without a word looks, from here, like every host
+//! dying at once). A host silent for `host_dead_after` heartbeats is judged
+//! only once the link is shown to work (the server answers a probe nobody
+//! serves) and a heartbeat and a quarter more pass without a word from it:
+//! heartbeats held up behind a cut that just healed arrive after the
+//! server's answer.
+//!
 //! **Started or not.** Every answer says whether the call started
 //! (`Litebridge-Started`). A call that did not start (a full host, a host
 //! shutting down, a host's open breaker) may go to another host whatever its

@@ -81,6 +81,14 @@ impl Subjects {
     pub(crate) fn heartbeats(&self) -> String {
         format!("{}.hb.*", self.prefix)
     }
+
+    /// A subject no one serves, which front ends ask to prove their link
+    /// (the server itself answers "no responders"). Hosts and front ends
+    /// may not subscribe to it under the documented permissions, so no
+    /// peer can swallow the probe.
+    pub(crate) fn probe(&self) -> String {
+        format!("{}.probe", self.prefix)
+    }
 }
 
 /// Whether `method` can be a subject's tail: dot-separated tokens of
@@ -145,7 +153,11 @@ pub(crate) fn method_metadata(m: &MethodInfo) -> HashMap<String, String> {
 
 /// The method an endpoint's metadata describes (`None`: not one of ours).
 pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<MethodInfo> {
-    let name = meta.get("method")?.clone();
+    // A name that could not be called (nor named in a subject) is no method.
+    let name = meta
+        .get("method")
+        .filter(|n| method_is_subject_safe(n))?
+        .clone();
     let params = meta.get("params").and_then(|p| {
         let v: Vec<Json> = serde_json::from_str(p).ok()?;
         Some(
