@@ -316,9 +316,10 @@ impl NatsBridge {
             }
             (true, None) => base.clone(),
         };
-        let body = Arc::new(serde_json::to_vec(&params).map_err(|e| Error::Internal {
-            message: format!("params of `{method}`: {e}"),
-        })?);
+        let body =
+            bytes::Bytes::from(serde_json::to_vec(&params).map_err(|e| Error::Internal {
+                message: format!("params of `{method}`: {e}"),
+            })?);
         let request_id = options.request_id.as_deref();
         // The first attempt whose outcome became unknown: if a later one
         // fails without starting, the caller must still learn the call may
@@ -358,7 +359,7 @@ impl NatsBridge {
     async fn call_once(
         &self,
         method: &str,
-        body: &Arc<Vec<u8>>,
+        body: &bytes::Bytes,
         request_id: Option<&str>,
         deadline: Instant,
         timeout: Duration,
@@ -416,12 +417,7 @@ impl NatsBridge {
         }
         if let Err(e) = s
             .client
-            .publish_with_reply_and_headers(
-                s.subjects.call(method),
-                reply,
-                headers,
-                body.to_vec().into(),
-            )
+            .publish_with_reply_and_headers(s.subjects.call(method), reply, headers, body.clone())
             .await
         {
             guard.cancel = false;
@@ -432,6 +428,10 @@ impl NatsBridge {
         }
         let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
         let mut acked = false;
+        // One timer per call: the acknowledgement's time (or the deadline,
+        // if sooner) until the call is acknowledged, then the deadline.
+        let timer = tokio::time::sleep_until(ack_by.min(deadline));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
@@ -443,7 +443,10 @@ impl NatsBridge {
                         let h = m.headers.as_ref();
                         let host = h.and_then(|h| h.get(wire::HOST)).map_or("(unnamed)", |v| v.as_str());
                         if h.and_then(|h| h.get(wire::STATUS)).is_some_and(|v| v.as_str() == "accepted") {
-                            acked = true;
+                            if !acked {
+                                acked = true;
+                                timer.as_mut().reset(deadline);
+                            }
                             continue;
                         }
                         guard.cancel = false;
@@ -452,10 +455,10 @@ impl NatsBridge {
                     Some(Reply::Lost(e)) => return Err(e),
                     None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
                 },
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker });
-                }
-                () = tokio::time::sleep_until(ack_by), if !acked => {
+                () = &mut timer => {
+                    if acked || deadline <= ack_by {
+                        return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker });
+                    }
                     return Err(Error::HostLost {
                         host: "unknown".into(),
                         reason: format!(
@@ -822,12 +825,7 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             .next()
             .and_then(|t| t.parse::<u64>().ok());
         let h = m.headers.as_ref();
-        let host = h
-            .and_then(|h| h.get(wire::HOST))
-            .map(|v| v.as_str().to_owned());
-        let instance = h
-            .and_then(|h| h.get(wire::INSTANCE))
-            .map(|v| v.as_str().to_owned());
+        let host = h.and_then(|h| h.get(wire::HOST)).map(|v| v.as_str());
         let ack = h
             .and_then(|h| h.get(wire::STATUS))
             .is_some_and(|v| v.as_str() == "accepted");
@@ -836,7 +834,8 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             Some(p) => {
                 if ack {
                     // No instance named (another version): matches any.
-                    p.host = host.clone().map(|h| (h, instance.unwrap_or_default()));
+                    let instance = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str());
+                    p.host = host.map(|h| (h.to_owned(), instance.unwrap_or_default().to_owned()));
                 }
                 let _ = p.tx.send(Reply::Message(m));
             }

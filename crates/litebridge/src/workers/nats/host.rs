@@ -257,7 +257,7 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+fn header(h: Option<&HeaderMap>, name: async_nats::HeaderName) -> Option<&str> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
