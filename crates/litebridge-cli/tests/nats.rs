@@ -207,6 +207,37 @@ async fn until_hosts(bridge: &NatsBridge, hosts: usize) {
     }
 }
 
+/// What most tests start with: a server of the test's own (with `extra`
+/// arguments), a `worker-host` per name with `processes` workers each, and
+/// a front end that has read their methods. `None` (the test is skipped)
+/// without a nats-server. Dropped, it stops them all.
+struct Setup {
+    // Declared in the order they stop: the front end, the hosts, the server.
+    bridge: NatsBridge,
+    hosts: Vec<Host>,
+    url: String,
+    server: Server,
+}
+
+impl Setup {
+    async fn start(extra: &[&str], names: &[&str], processes: usize) -> Option<Setup> {
+        let server = Server::start(extra)?;
+        let url = server.url();
+        let hosts = names
+            .iter()
+            .map(|n| Host::start(&url, n, processes, &[]))
+            .collect();
+        let bridge = front(&url).await;
+        until_hosts(&bridge, names.len()).await;
+        Some(Setup {
+            bridge,
+            hosts,
+            url,
+            server,
+        })
+    }
+}
+
 fn opts(timeout_ms: u64) -> CallOptions {
     CallOptions {
         timeout: Some(Duration::from_millis(timeout_ms)),
@@ -224,14 +255,10 @@ fn lines(path: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_two_hosts_and_the_methods_are_discovered() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["ha", "hb"], 2).await else {
         return;
     };
-    let url = server.url();
-    let _a = Host::start(&url, "ha", 2, &[]);
-    let _b = Host::start(&url, "hb", 2, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 2).await;
+    let bridge = setup.bridge.clone();
 
     let methods: HashMap<String, bool> = bridge
         .methods()
@@ -326,14 +353,11 @@ async fn no_host_for_a_method_is_unavailable_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_killed_mid_call_fails_only_what_it_ran_and_idempotent_calls_succeed_elsewhere() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["ha", "hb"], 2).await else {
         return;
     };
-    let url = server.url();
-    let a = Host::start(&url, "ha", 2, &[]);
-    let _b = Host::start(&url, "hb", 2, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 2).await;
+    let bridge = setup.bridge.clone();
+    let a = &setup.hosts[0];
     let dir = tempfile::tempdir().unwrap();
     let idem = dir.path().join("idem");
     let once = dir.path().join("once");
@@ -387,13 +411,10 @@ async fn a_host_killed_mid_call_fails_only_what_it_ran_and_idempotent_calls_succ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_under_load_fails_fast_and_recovers() {
-    let Some(mut server) = Server::start(&[]) else {
+    let Some(mut setup) = Setup::start(&[], &["h1"], 2).await else {
         return;
     };
-    let url = server.url();
-    let _h = Host::start(&url, "h1", 2, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
     // Calls in flight when the server goes: those of a method that may not
     // run twice fail at once, outcome unknown; idempotent ones are tried
     // again, wait for the connection (500 ms), then fail with the same
@@ -420,7 +441,7 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = Instant::now();
-    server.stop();
+    setup.server.stop();
     while let Some(r) = set.join_next().await {
         let (method, r, at) = r.unwrap();
         let e = r.unwrap_err();
@@ -448,7 +469,7 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
         t.elapsed()
     );
     // Back: calls succeed within 2 s of the server's return.
-    server.run();
+    setup.server.run();
     let back = Instant::now();
     loop {
         if bridge
@@ -479,13 +500,10 @@ async fn nats_restarted_under_load_fails_fast_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_cancels_the_handler() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let _h = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("cancelled");
     // Deadline.
@@ -526,13 +544,11 @@ async fn a_caller_that_gives_up_cancels_the_handler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_host_never_starts_a_call_its_caller_gave_up_on() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let host = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let host = &setup.hosts[0];
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     host.signal(19); // SIGSTOP
@@ -594,13 +610,10 @@ async fn payloads_over_the_servers_limit_are_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nats.conf");
     std::fs::write(&conf, "max_payload: 65536\n").unwrap();
-    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
+    let Some(setup) = Setup::start(&["-c", conf.to_str().unwrap()], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let _h = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
     let e = bridge
         .call("echo", json!(["y".repeat(100_000)]), opts(5_000))
         .await
@@ -802,13 +815,11 @@ async fn a_host_restarted_under_its_id_fails_its_old_calls_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_front_end_owns_retries_and_a_lost_call_is_never_reported_as_not_started() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h1"], 2).await else {
         return;
     };
-    let url = server.url();
-    let host = Host::start(&url, "h1", 2, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let host = &setup.hosts[0];
     let dir = tempfile::tempdir().unwrap();
     // The caller asked for no retry: the host does not retry on its own.
     let runs = dir.path().join("runs");
@@ -841,13 +852,11 @@ async fn peer(url: &str) -> async_nats::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     use futures_util::StreamExt;
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let _h = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let url = setup.url.clone();
     let evil = peer(&url).await;
 
     // Calls with hostile headers get answers, and the host lives on.
@@ -977,13 +986,11 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from_running() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let host = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let host = &setup.hosts[0];
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     host.signal(19); // SIGSTOP
@@ -1177,13 +1184,12 @@ async fn mcp_tools_come_from_the_hosts_announcements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(mut setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let url = server.url();
-    let old = Host::start(&url, "h1", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let url = setup.url.clone();
+    let old = setup.hosts.remove(0);
     let b = bridge.clone();
     let call = tokio::spawn(async move {
         let once = CallOptions {
@@ -1211,13 +1217,10 @@ async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
 /// method is not idempotent, so a host declared lost would fail it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h-cut"], 1).await else {
         return;
     };
-    let url = server.url();
-    let _h = Host::start(&url, "h-cut", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
     let mut events = bridge.subscribe();
     let dir = tempfile::tempdir().unwrap();
     // The dead line is 3 x 200 ms; the client's own ping timeout is seconds.
@@ -1231,14 +1234,14 @@ async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
         let call = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
         // Acknowledged (after 20 ms) before the cut.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server.pause(true);
+        setup.server.pause(true);
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         assert_eq!(
             bridge.hosts().len(),
             1,
             "the host was dropped while the link was cut for {pause_ms} ms"
         );
-        server.pause(false);
+        setup.server.pause(false);
         let answer = call.await.unwrap();
         assert_eq!(
             answer.unwrap_or_else(|e| panic!("after a cut of {pause_ms} ms: {e}")),
@@ -1263,22 +1266,20 @@ async fn a_silent_cut_of_the_front_ends_link_is_not_taken_for_dead_hosts() {
 /// wipe out the host's silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_dies_during_a_cut_is_declared_dead_after_it() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(setup) = Setup::start(&[], &["h-dies"], 1).await else {
         return;
     };
-    let url = server.url();
-    let host = Host::start(&url, "h-dies", 1, &[]);
-    let bridge = front(&url).await;
-    until_hosts(&bridge, 1).await;
+    let bridge = setup.bridge.clone();
+    let host = &setup.hosts[0];
     let dir = tempfile::tempdir().unwrap();
     let b = bridge.clone();
     let params = json!({"path": dir.path().join("once"), "token": "t", "delay": 5.0});
     let call = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.pause(true);
+    setup.server.pause(true);
     host.signal(9);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    server.pause(false);
+    setup.server.pause(false);
     let healed = Instant::now();
     let e = call.await.unwrap().unwrap_err();
     let took = healed.elapsed();

@@ -846,7 +846,7 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                     .and_then(|h| h.get(wire::STARTED))
                     .map(|v| v.as_str() == "1");
                 tracing::warn!(
-                    host = host.as_deref().unwrap_or("(unnamed)"),
+                    host = host.unwrap_or("(unnamed)"),
                     started,
                     "an answer came after its caller stopped waiting; dropped and counted"
                 );
