@@ -68,7 +68,11 @@ pub struct HostStatus {
 
 struct Known {
     beat: Option<Heartbeat>,
+    /// Where its window to be heard from starts: its last heartbeat, or a
+    /// fresh start after this end lost its connection.
     last_seen: Instant,
+    /// Its last heartbeat (none for a host known only from its INFO).
+    heard: Option<Instant>,
     /// From the services protocol's INFO.
     methods: Vec<MethodInfo>,
     dynamic: bool,
@@ -114,6 +118,14 @@ struct Front {
     late: AtomicU64,
     /// When [`Front::warn_once_a_minute`] last logged.
     warned: Mutex<Option<Instant>>,
+    /// Where this end sends itself probes of its link, and the probes'
+    /// nonces that came back (the latest few), with a wake-up for each.
+    probe_subject: String,
+    probes_back: Mutex<std::collections::VecDeque<u64>>,
+    probe_came: tokio::sync::Notify,
+    /// When a warning about the probes was last logged (a limiter of its
+    /// own: peers on the bus can trigger the other warnings at will).
+    warned_probe: Mutex<Option<Instant>>,
     closing: AtomicBool,
     cache: OnceLock<crate::store::Cache>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -187,6 +199,12 @@ impl NatsBridge {
             .subscribe(subjects.heartbeats())
             .await
             .map_err(|e| unavailable(&e))?;
+        // The inbox's random part names this end's own probe subject.
+        let probe_subject = subjects.probe(inbox.rsplit('.').next().unwrap_or_default());
+        let probes = client
+            .subscribe(probe_subject.clone())
+            .await
+            .map_err(|e| unavailable(&e))?;
         let retry_started = calls
             .retry
             .clone()
@@ -206,6 +224,10 @@ impl NatsBridge {
             ledger: Ledger::new(&calls.breaker),
             late: AtomicU64::new(0),
             warned: Mutex::new(None),
+            probe_subject,
+            probes_back: Mutex::new(std::collections::VecDeque::new()),
+            probe_came: tokio::sync::Notify::new(),
+            warned_probe: Mutex::new(None),
             closing: AtomicBool::new(false),
             cache: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
@@ -215,6 +237,7 @@ impl NatsBridge {
         let tasks = vec![
             tokio::spawn(route_replies(weak.clone(), replies)),
             tokio::spawn(follow_heartbeats(weak.clone(), beats)),
+            tokio::spawn(follow_probes(weak.clone(), probes)),
             tokio::spawn(watch_liveness(weak.clone())),
             tokio::spawn(follow_connection(weak.clone(), event_rx)),
         ];
@@ -574,7 +597,7 @@ impl NatsBridge {
                 processes: h.beat.as_ref().map_or(0, |b| b.processes),
                 healthy: h.read_for.is_some() && h.beat.as_ref().is_some_and(|b| b.healthy),
                 draining: h.beat.as_ref().is_some_and(|b| b.draining),
-                last_seen: h.last_seen.elapsed(),
+                last_seen: h.heard.unwrap_or(h.last_seen).elapsed(),
                 methods: h.methods.iter().map(|m| m.name.clone()).collect(),
             })
             .collect();
@@ -703,6 +726,7 @@ impl Known {
         Known {
             beat: None,
             last_seen: Instant::now(),
+            heard: None,
             methods: Vec::new(),
             dynamic: false,
             read_for: None,
@@ -764,32 +788,60 @@ impl Front {
         known.read_for = Some((info.id.clone(), hash));
     }
 
-    /// Whether this end's link to NATS works now: a probe on a subject
-    /// nobody serves comes back from the server itself ("no responders"),
-    /// or any answer does; failing that, a heartbeat that came while it was
-    /// waiting shows the link works too (something listening on the
-    /// probe's subject without answering would otherwise keep every host
-    /// from being judged).
+    /// Whether this end's link to NATS works now: it sends itself a probe
+    /// (a random nonce on a subject of its own) and waits a heartbeat for
+    /// it to come back through the server. A peer listening on the subject
+    /// gets a copy and cannot swallow it, nor make one up in advance.
+    /// Failing that, a host's heartbeat that came meanwhile shows the link
+    /// works too (a front end not allowed the probe's subject).
     async fn link_works(&self) -> bool {
         let sent = Instant::now();
+        let mut nonce = [0u8; 8];
+        if getrandom::fill(&mut nonce).is_err() {
+            return false;
+        }
+        let nonce = u64::from_le_bytes(nonce);
+        let came = self.probe_came.notified();
+        tokio::pin!(came);
+        came.as_mut().enable();
         let wait = self.config.heartbeat.max(Duration::from_millis(200));
-        let probe = self
+        let until = sent + wait;
+        let published = self
             .client
-            .request(self.subjects.probe(), Default::default());
-        match tokio::time::timeout(wait, probe).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => true,
-            _ => {
-                let heard = read(&self.hosts).values().any(|h| h.last_seen > sent);
-                if heard {
-                    self.warn_once_a_minute(&format!(
-                        "the liveness probe on {} is not answered, though heartbeats come: something listens on it without answering (or may not publish it); hosts are judged dead only while others' heartbeats show the link works",
-                        self.subjects.probe()
-                    ));
+            .publish(self.probe_subject.clone(), nonce.to_string().into())
+            .await;
+        if published.is_ok() {
+            loop {
+                if lock(&self.probes_back).contains(&nonce) {
+                    return true;
                 }
-                heard
+                if tokio::time::timeout_at(until, came.as_mut()).await.is_err() {
+                    break;
+                }
+                came.set(self.probe_came.notified());
+                came.as_mut().enable();
             }
         }
+        let heard = read(&self.hosts)
+            .values()
+            .any(|h| h.heard.is_some_and(|t| t > sent));
+        let warning = if heard {
+            format!(
+                "this front end's probe on {} did not come back though heartbeats do: allow front ends to publish and subscribe on `{}.v1.probe.*`; until then hosts are judged dead only while others' heartbeats show the link works",
+                self.probe_subject, self.config.prefix
+            )
+        } else {
+            format!(
+                "this front end's link to NATS looks cut (its probe did not come back within {} ms): no worker host is judged dead until it does",
+                wait.as_millis()
+            )
+        };
+        let mut last = lock(&self.warned_probe);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!("{warning}");
+        }
+        heard
     }
 
     /// Gives every host a fresh window to be heard from: after this end
@@ -812,6 +864,29 @@ impl Front {
                 }));
             }
         }
+    }
+}
+
+/// Keeps the nonces of this end's probes that came back (the latest few:
+/// anything else on the subject pushes them out, and only proves the link
+/// works all the same).
+async fn follow_probes(front: std::sync::Weak<Front>, mut probes: async_nats::Subscriber) {
+    while let Some(m) = probes.next().await {
+        let Some(f) = front.upgrade() else { return };
+        let Some(nonce) = std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        {
+            let mut back = lock(&f.probes_back);
+            if back.len() >= 64 {
+                back.pop_front();
+            }
+            back.push_back(nonce);
+        }
+        f.probe_came.notify_waiters();
     }
 }
 
@@ -923,6 +998,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 known.instances.push((beat.service_id.clone(), now));
             }
             known.last_seen = now;
+            known.heard = Some(now);
             let stale = known.read_for.as_ref()
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()));
             known.beat = Some(beat.clone());

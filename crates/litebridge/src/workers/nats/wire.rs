@@ -87,12 +87,10 @@ impl Subjects {
         format!("{}.hb.*", self.prefix)
     }
 
-    /// A subject no one serves, which front ends ask to prove their link
-    /// (the server itself answers "no responders"). Hosts and front ends
-    /// may not subscribe to it under the documented permissions, so no
-    /// peer can swallow the probe.
-    pub(crate) fn probe(&self) -> String {
-        format!("{}.probe", self.prefix)
+    /// Where a front end sends itself probes of its link (`token`: its
+    /// own, from its inbox).
+    pub(crate) fn probe(&self, token: &str) -> String {
+        format!("{}.probe.{token}", self.prefix)
     }
 }
 
