@@ -167,9 +167,13 @@ impl Events {
         let mut rx = pool.subscribe();
         let status = pool.status();
         self.publish("started", object(json!({"processes": status.processes})));
+        // Hosts announced here whose own `host-joined` may still be queued
+        // (they joined between the subscription and the snapshot): told once.
+        let mut announced = std::collections::HashSet::new();
         if let Bridge::Nats(n) = pool {
             for h in n.hosts() {
                 self.publish("host-joined", object(json!({"host": h.id})));
+                announced.insert(h.id);
             }
         } else {
             for w in &status.workers {
@@ -192,6 +196,13 @@ impl Events {
                 let Some(events) = events.upgrade() else {
                     return;
                 };
+                match &e {
+                    PoolEvent::HostJoined { host } if announced.remove(host) => continue,
+                    PoolEvent::HostLost { host, .. } => {
+                        announced.remove(host);
+                    }
+                    _ => {}
+                }
                 if let Some((name, fields)) = describe(&e) {
                     if name == "shutdown" {
                         events.shutdown();
