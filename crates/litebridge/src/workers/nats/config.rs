@@ -31,8 +31,10 @@ pub struct NatsConfig {
     pub ack_timeout: Duration,
     /// How often a host announces itself. Default: 1 s.
     pub heartbeat: Duration,
-    /// A host missing this many heartbeats in a row is taken as dead, and its
-    /// acknowledged calls fail with `worker_crashed`. Default: 3.
+    /// A host missing this many heartbeats in a row is taken as dead (once
+    /// a heartbeat and a quarter more pass with the front end's own link
+    /// shown to work), and its acknowledged calls fail with
+    /// `worker_crashed`. Default: 3.
     pub host_dead_after: u32,
     /// While NATS is unreachable, a new call waits this long for the
     /// connection to come back before it fails with `unavailable`.
