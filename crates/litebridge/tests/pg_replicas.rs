@@ -548,6 +548,7 @@ async fn a_read_that_ends_its_own_session_does_not_rest_the_replica() {
     until_the_replica_serves(&db, token).await;
     // The read kills its own backend on the replica (and then on the
     // primary, where it is read again): an error for this client only.
+    let failed = fell_back(&db, Fallback::Failed);
     let killed = db
         .query_at(
             "SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())",
@@ -557,11 +558,48 @@ async fn a_read_that_ends_its_own_session_does_not_rest_the_replica() {
         )
         .await;
     assert!(killed.is_err(), "{killed:?}");
+    assert_eq!(fell_back(&db, Fallback::Failed), failed + 1);
     // The next reader is still served by the replica.
     let before = served(&db);
     let (v, _) = value(&db, Consistency::Session(token)).await;
     assert_eq!(v, 3);
     assert_eq!(served(&db), before + 1, "the replica was left alone");
     db.close();
+    schema.drop_now().await;
+}
+
+/// Reads that ask for a replica which cannot serve them are answered by the
+/// primary and counted by why: a node that is not in recovery
+/// (`not_a_replica`), one that cannot be reached (`failed`), and then, while
+/// either is left alone, `resting`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_replica_cannot_serve_are_counted_by_why() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let primary: tokio_postgres::Config = schema.url.parse().unwrap();
+    let host = match &primary.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test server is reached over TCP, not {other:?}"),
+    };
+    let primary_node = format!("{host}:{}", primary.get_ports()[0]);
+    // Nothing listens on port 1 of the loopback.
+    for (replica, first) in [
+        (primary_node.as_str(), Fallback::NotAReplica),
+        ("127.0.0.1:1", Fallback::Failed),
+    ] {
+        let db = front_end(&schema, &[replica.to_owned()]).await;
+        for n in 0..2 {
+            let (rows, _) = db
+                .query_at("SELECT 1", (), QueryOptions::default(), Consistency::Any)
+                .await
+                .unwrap_or_else(|e| panic!("replica {replica}, read {n}: {e}"));
+            assert_eq!(rows.rows[0][0], Value::Integer(1));
+        }
+        assert_eq!(fell_back(&db, first), 1, "{replica}");
+        assert_eq!(fell_back(&db, Fallback::Resting), 1, "{replica}");
+        assert_eq!(db.replica_counts(), (0, 2), "{replica}");
+        db.close();
+    }
     schema.drop_now().await;
 }

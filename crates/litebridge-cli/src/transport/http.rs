@@ -392,21 +392,27 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         .map_or_else(crate::logging::new_request_id, str::to_owned);
     // Read under the body limit (413 past it), within the read timeout (408
     // past it: a client trickling its body holds a request slot no longer).
-    let body =
-        match tokio::time::timeout(state.read_timeout, Bytes::from_request(request, &())).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(rejection)) => {
-                let e = rpc::RpcError::InvalidRequest(rejection.body_text());
-                return rpc_error(rejection.status(), &e);
-            }
-            Err(_) => {
-                let e = rpc::RpcError::InvalidRequest(format!(
-                    "the body did not arrive within {} ms (server.read_timeout_ms)",
-                    state.read_timeout.as_millis()
-                ));
-                return rpc_error(StatusCode::REQUEST_TIMEOUT, &e);
-            }
-        };
+    // A body that came with the headers, as most do, is taken at once,
+    // without arming the timer.
+    let mut reading = std::pin::pin!(Bytes::from_request(request, &()));
+    let read = match futures_util::poll!(reading.as_mut()) {
+        std::task::Poll::Ready(read) => Ok(read),
+        std::task::Poll::Pending => tokio::time::timeout(state.read_timeout, reading).await,
+    };
+    let body = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(rejection)) => {
+            let e = rpc::RpcError::InvalidRequest(rejection.body_text());
+            return rpc_error(rejection.status(), &e);
+        }
+        Err(_) => {
+            let e = rpc::RpcError::InvalidRequest(format!(
+                "the body did not arrive within {} ms (server.read_timeout_ms)",
+                state.read_timeout.as_millis()
+            ));
+            return rpc_error(StatusCode::REQUEST_TIMEOUT, &e);
+        }
+    };
     let mut response = match rpc::handle(&state.app, &caller, &body, &request_id).await {
         Some(reply) => json_response(StatusCode::OK, &reply),
         None => StatusCode::NO_CONTENT.into_response(),
