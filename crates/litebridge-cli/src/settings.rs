@@ -390,6 +390,20 @@ const KEYS: &[Key] = &[
         help: "that user's password",
     },
     Key {
+        name: "nats.nkey_file",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "a file holding a user's nkey seed (SU..., as `nk -gen user` prints it), for servers that list the user's public key",
+    },
+    Key {
+        name: "nats.credentials_file",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "a .creds file (a user JWT and its nkey seed, as `nsc` writes it), for servers in operator mode",
+    },
+    Key {
         name: "nats.prefix",
         env: &[],
         kind: Kind::Text,
@@ -1129,6 +1143,8 @@ impl Settings {
         c.token = optional("nats.token");
         c.user = optional("nats.user");
         c.password = optional("nats.password");
+        c.nkey_file = optional("nats.nkey_file").map(std::path::PathBuf::from);
+        c.credentials_file = optional("nats.credentials_file").map(std::path::PathBuf::from);
         c.prefix = self.get("nats.prefix").trim().to_owned();
         c.queue_group = self.get("nats.queue_group").trim().to_owned();
         c.ack_delay = self.ms("nats.ack_delay_ms");

@@ -1137,6 +1137,72 @@ async fn permissions_of_the_docs_are_enough() {
     );
 }
 
+/// Hosts and front ends authenticated by nkeys: the server lists the users'
+/// public keys, each end signs the server's nonce with the seed in its
+/// `nats.nkey_file`. A front end with no seed, or another user's, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_front_ends_authenticate_with_nkeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host_key, front_key) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+            host_key.public_key(),
+            front_key.public_key()
+        ),
+    )
+    .unwrap();
+    let seed_file = |name: &str, key: &nkeys::KeyPair| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{}\n", key.seed().unwrap())).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        path
+    };
+    let (host_seed, front_seed) = (
+        seed_file("host.nk", &host_key),
+        seed_file("front.nk", &front_key),
+    );
+    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
+        return;
+    };
+    let url = server.url();
+    let _host = Host::start(
+        &url,
+        "h1",
+        1,
+        &[("LITEBRIDGE_NATS_NKEY_FILE", host_seed.to_str().unwrap())],
+    );
+    let mut c = front_config(&url);
+    c.nkey_file = Some(front_seed);
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge
+            .call("echo", json!(["signed"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("signed")
+    );
+    // No credentials, and a user the server does not list: refused, and said so.
+    let stranger = seed_file("stranger.nk", &nkeys::KeyPair::new_user());
+    for nkey_file in [None, Some(stranger)] {
+        let mut c = front_config(&url);
+        c.connect_timeout = Duration::from_secs(2);
+        c.nkey_file = nkey_file.clone();
+        let Err(e) = NatsBridge::connect(c, &calls()).await else {
+            panic!("{nkey_file:?} was let in");
+        };
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{nkey_file:?}: {e}");
+        assert!(e.to_string().contains("NATS"), "{e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tools_come_from_the_hosts_announcements() {
     use rmcp::ServiceExt as _;

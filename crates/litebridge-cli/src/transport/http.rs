@@ -395,7 +395,8 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
     // A body that came with the headers, as most do, is taken at once,
     // without arming the timer.
     let mut reading = std::pin::pin!(Bytes::from_request(request, &()));
-    let read = match futures_util::poll!(reading.as_mut()) {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx))).await;
+    let read = match first {
         std::task::Poll::Ready(read) => Ok(read),
         std::task::Poll::Pending => tokio::time::timeout(state.read_timeout, reading).await,
     };

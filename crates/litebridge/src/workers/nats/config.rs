@@ -1,5 +1,6 @@
 //! The configuration of worker hosts over NATS, shared by both ends.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -18,6 +19,12 @@ pub struct NatsConfig {
     pub user: Option<String>,
     /// The user's password.
     pub password: Option<String>,
+    /// A file holding a user's nkey seed (`SU...`, as `nk -gen user`
+    /// prints it), for servers that list the user's public key.
+    pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (a user JWT and its nkey seed, as `nsc` writes it),
+    /// for servers in operator mode.
+    pub credentials_file: Option<PathBuf>,
     /// The first token of every subject, so two deployments can share a
     /// server. Letters, digits, `_` and `-`. Default: `lb`.
     pub prefix: String,
@@ -54,6 +61,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("token", &self.token.as_ref().map(|_| "(set)"))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("nkey_file", &self.nkey_file)
+            .field("credentials_file", &self.credentials_file)
             .field("prefix", &self.prefix)
             .field("queue_group", &self.queue_group)
             .finish_non_exhaustive()
@@ -68,6 +77,8 @@ impl NatsConfig {
             token: None,
             user: None,
             password: None,
+            nkey_file: None,
+            credentials_file: None,
             prefix: "lb".into(),
             queue_group: "lb-workers".into(),
             ack_delay: Duration::from_millis(20),
@@ -132,11 +143,20 @@ impl NatsConfig {
                 "nats.user and nats.password given together",
             );
         }
-        if self.token.is_some() && self.user.is_some() {
+        let ways = [
+            ("nats.token", self.token.is_some()),
+            ("nats.user", self.user.is_some()),
+            ("nats.nkey_file", self.nkey_file.is_some()),
+            ("nats.credentials_file", self.credentials_file.is_some()),
+        ];
+        let mut given = ways.iter().filter(|(_, given)| *given).map(|(key, _)| *key);
+        if let (Some(first), Some(second)) = (given.next(), given.next()) {
             return bad(
-                "nats.token",
+                first,
                 "(set)",
-                "a token or a user and password, not both",
+                &format!(
+                    "one way to authenticate, not both {first} and {second}: a token, a user and password, an nkey file or a credentials file"
+                ),
             );
         }
         for (key, d) in [
@@ -175,7 +195,12 @@ impl NatsConfig {
     }
 
     /// The NATS connection options: credentials, name and timeouts.
-    pub(crate) fn connect_options(&self, name: &str) -> async_nats::ConnectOptions {
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `nats.nkey_file` or `nats.credentials_file`
+    /// when the file cannot be read or holds no credentials (its contents
+    /// are never quoted).
+    pub(crate) async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions> {
         let mut o = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(self.connect_timeout)
@@ -194,11 +219,66 @@ impl NatsConfig {
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
             o = o.user_and_password(u.clone(), p.clone());
         }
-        o
+        let unreadable = |key: &str, path: &PathBuf, expected: String| Error::Config {
+            key: key.into(),
+            value: format!("{:?}", path.display().to_string()),
+            expected,
+        };
+        if let Some(path) = &self.nkey_file {
+            let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                unreadable(
+                    "nats.nkey_file",
+                    path,
+                    format!("a readable file holding a user's nkey seed ({e})"),
+                )
+            })?;
+            let seed = text.trim();
+            // A user seed: `S` (seed), `U` (user), base32 of 1 + 1 + 32 + 2 bytes.
+            if !(seed.len() == 58
+                && seed.starts_with("SU")
+                && seed
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)))
+            {
+                return Err(unreadable(
+                    "nats.nkey_file",
+                    path,
+                    "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
+                ));
+            }
+            warn_if_shared(path);
+            o = o.nkey(seed.to_owned());
+        }
+        if let Some(path) = &self.credentials_file {
+            o = o.credentials_file(path).await.map_err(|e| {
+                unreadable(
+                    "nats.credentials_file",
+                    path,
+                    format!("a readable .creds file, a user JWT and its nkey seed as nsc writes it ({e})"),
+                )
+            })?;
+            warn_if_shared(path);
+        }
+        Ok(o)
     }
 }
 
-/// One subject token of a name we choose: `[A-Za-z0-9_-]{1,64}`.
+/// Warns when a file of secrets can be read by other users of the machine.
+fn warn_if_shared(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "{} holds NATS credentials and other users of this machine may read it: `chmod 600` it",
+                path.display()
+            );
+        }
+    }
+}
+
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -224,6 +304,48 @@ mod tests {
         c.password = Some("p".into());
         c.token = Some("t".into());
         assert!(c.validate().unwrap_err().to_string().contains("nats.token"));
+        c.token = None;
+        c.nkey_file = Some("seed".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("nats.user") && e.contains("nats.nkey_file"),
+            "{e}"
+        );
+        c.user = None;
+        c.password = None;
+        c.validate().unwrap();
+        c.credentials_file = Some("x.creds".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nats.credentials_file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_credentials_file_that_cannot_be_used_is_named_and_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("user.nk");
+        let mut c = NatsConfig::new("nats://127.0.0.1:4222");
+        c.nkey_file = Some(seed.clone());
+        let e = c.connect_options("t").await.err().unwrap().to_string();
+        assert!(e.contains("nats.nkey_file") && e.contains("user.nk"), "{e}");
+        // Not a seed (a public key, say): refused without being echoed.
+        std::fs::write(
+            &seed,
+            "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4\n",
+        )
+        .unwrap();
+        let e = c.connect_options("t").await.err().unwrap().to_string();
+        assert!(e.contains("nats.nkey_file") && e.contains("SU"), "{e}");
+        assert!(!e.contains("UDXU4RCS"), "{e}");
+        c.nkey_file = None;
+        let creds = dir.path().join("user.creds");
+        std::fs::write(&creds, "not a creds file").unwrap();
+        c.credentials_file = Some(creds);
+        let e = c.connect_options("t").await.err().unwrap().to_string();
+        assert!(
+            e.contains("nats.credentials_file") && e.contains("user.creds"),
+            "{e}"
+        );
+        assert!(!e.contains("not a creds file"), "{e}");
     }
 
     #[test]
