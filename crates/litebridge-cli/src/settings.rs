@@ -392,14 +392,14 @@ const KEYS: &[Key] = &[
     Key {
         name: "nats.nkey_file",
         env: &[],
-        kind: Kind::Text,
+        kind: Kind::Secret,
         default: || text(""),
         help: "a file holding a user's nkey seed (SU..., as `nk -gen user` prints it), for servers that list the user's public key",
     },
     Key {
         name: "nats.credentials_file",
         env: &[],
-        kind: Kind::Text,
+        kind: Kind::Secret,
         default: || text(""),
         help: "a .creds file (a user JWT and its nkey seed, as `nsc` writes it), for servers in operator mode",
     },

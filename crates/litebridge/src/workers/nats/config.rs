@@ -1,6 +1,6 @@
 //! The configuration of worker hosts over NATS, shared by both ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -61,8 +61,11 @@ impl std::fmt::Debug for NatsConfig {
             .field("token", &self.token.as_ref().map(|_| "(set)"))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "(set)"))
-            .field("nkey_file", &self.nkey_file)
-            .field("credentials_file", &self.credentials_file)
+            .field("nkey_file", &self.nkey_file.as_deref().map(shown))
+            .field(
+                "credentials_file",
+                &self.credentials_file.as_deref().map(shown),
+            )
             .field("prefix", &self.prefix)
             .field("queue_group", &self.queue_group)
             .finish_non_exhaustive()
@@ -159,6 +162,20 @@ impl NatsConfig {
                 ),
             );
         }
+        for (key, path) in [
+            ("nats.nkey_file", &self.nkey_file),
+            ("nats.credentials_file", &self.credentials_file),
+        ] {
+            if let Some(path) = path
+                && looks_secret(path)
+            {
+                return bad(
+                    key,
+                    "(not shown: it looks like a seed or a .creds file's contents)",
+                    "the name of a file holding the credentials, not the credentials themselves",
+                );
+            }
+        }
         for (key, d) in [
             ("nats.heartbeat_ms", self.heartbeat),
             ("nats.ack_timeout_ms", self.ack_timeout),
@@ -200,7 +217,7 @@ impl NatsConfig {
     /// [`Error::Config`] naming `nats.nkey_file` or `nats.credentials_file`
     /// when the file cannot be read or holds no credentials (its contents
     /// are never quoted).
-    pub(crate) async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions> {
+    pub(crate) fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions> {
         let mut o = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(self.connect_timeout)
@@ -219,66 +236,95 @@ impl NatsConfig {
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
             o = o.user_and_password(u.clone(), p.clone());
         }
-        let unreadable = |key: &str, path: &PathBuf, expected: String| Error::Config {
-            key: key.into(),
-            value: format!("{:?}", path.display().to_string()),
-            expected,
-        };
         if let Some(path) = &self.nkey_file {
-            let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                unreadable(
-                    "nats.nkey_file",
-                    path,
-                    format!("a readable file holding a user's nkey seed ({e})"),
-                )
-            })?;
+            let key = "nats.nkey_file";
+            let text = read_secret(key, path)?;
             let seed = text.trim();
-            // A user seed: `S` (seed), `U` (user), base32 of 1 + 1 + 32 + 2 bytes.
-            if !(seed.len() == 58
-                && seed.starts_with("SU")
-                && seed
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)))
-            {
-                return Err(unreadable(
-                    "nats.nkey_file",
-                    path,
-                    "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
-                ));
+            // A user's seed (`SU...`) with a valid checksum; nkeys's own
+            // complaint is not passed on, as it quotes a character of it.
+            if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(seed).is_err() {
+                return Err(Error::Config {
+                    key: key.into(),
+                    value: format!("{:?}", path.display().to_string()),
+                    expected: "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
+                });
             }
-            warn_if_shared(path);
             o = o.nkey(seed.to_owned());
         }
         if let Some(path) = &self.credentials_file {
-            o = o.credentials_file(path).await.map_err(|e| {
-                unreadable(
-                    "nats.credentials_file",
-                    path,
-                    format!("a readable .creds file, a user JWT and its nkey seed as nsc writes it ({e})"),
-                )
+            let key = "nats.credentials_file";
+            let text = read_secret(key, path)?;
+            o = o.credentials(&text).map_err(|_| Error::Config {
+                key: key.into(),
+                value: format!("{:?}", path.display().to_string()),
+                expected: "a .creds file: a user JWT and its nkey seed, as `nsc` writes it".into(),
             })?;
-            warn_if_shared(path);
         }
         Ok(o)
     }
 }
 
-/// Warns when a file of secrets can be read by other users of the machine.
-fn warn_if_shared(path: &std::path::Path) {
+/// The most a file of credentials may hold (a `.creds` file is ~1 KiB).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a file of credentials named by `key`: a regular file of at most
+/// [`MAX_SECRET_FILE`] bytes (not a device or a pipe, which could block or
+/// never end), with a warning when other users of the machine may read it.
+/// Read once, when connecting: the credentials are kept in memory for
+/// reconnects, so a rotated file takes effect at the next start.
+fn read_secret(key: &str, path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let refuse = |why: String| Error::Config {
+        key: key.into(),
+        value: format!("{:?}", path.display().to_string()),
+        expected: why,
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| refuse(format!("a readable file of credentials ({e})")))?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(refuse(format!(
+            "a regular file of credentials of at most {MAX_SECRET_FILE} bytes"
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE).read_to_string(&mut text))
+        .map_err(|e| refuse(format!("a readable file of credentials ({e})")))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
+        if meta.permissions().mode() & 0o044 != 0 {
             tracing::warn!(
-                "{} holds NATS credentials and other users of this machine may read it: `chmod 600` it",
+                "{} holds NATS credentials that other users of this machine may read: `chmod 600` it",
                 path.display()
             );
         }
     }
+    Ok(text)
 }
 
+/// A seed or a `.creds` file's contents given where a file name belongs.
+fn looks_secret(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    let text = text.trim();
+    text.contains("BEGIN")
+        || (text.len() == 58
+            && text.starts_with('S')
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)))
+}
+
+/// A file name as Debug shows it: hidden when it looks like a secret.
+fn shown(path: &Path) -> String {
+    if looks_secret(path) {
+        "(not shown)".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// One subject token of a name we choose: `[A-Za-z0-9_-]{1,64}`.
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -319,33 +365,74 @@ mod tests {
         assert!(e.contains("nats.credentials_file"), "{e}");
     }
 
-    #[tokio::test]
-    async fn a_credentials_file_that_cannot_be_used_is_named_and_not_quoted() {
+    #[test]
+    fn a_credentials_file_that_cannot_be_used_is_named_and_not_quoted() {
         let dir = tempfile::tempdir().unwrap();
-        let seed = dir.path().join("user.nk");
+        let file = dir.path().join("user.nk");
+        let refusal = |c: &NatsConfig| match c.connect_options("t") {
+            Err(e @ Error::Config { .. }) => e.to_string(),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        };
         let mut c = NatsConfig::new("nats://127.0.0.1:4222");
-        c.nkey_file = Some(seed.clone());
-        let e = c.connect_options("t").await.err().unwrap().to_string();
+        c.nkey_file = Some(file.clone());
+        let e = refusal(&c);
         assert!(e.contains("nats.nkey_file") && e.contains("user.nk"), "{e}");
-        // Not a seed (a public key, say): refused without being echoed.
-        std::fs::write(
-            &seed,
-            "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4\n",
-        )
-        .unwrap();
-        let e = c.connect_options("t").await.err().unwrap().to_string();
-        assert!(e.contains("nats.nkey_file") && e.contains("SU"), "{e}");
-        assert!(!e.contains("UDXU4RCS"), "{e}");
+        // Not a user's seed, or one with a character changed: refused
+        // without being echoed.
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let mut changed = seed.clone().into_bytes();
+        changed[20] = if changed[20] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(changed).unwrap();
+        for text in [
+            "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4".to_owned(),
+            nkeys::KeyPair::new_account().seed().unwrap(),
+            changed,
+        ] {
+            std::fs::write(&file, format!("{text}\n")).unwrap();
+            let e = refusal(&c);
+            assert!(e.contains("nats.nkey_file") && e.contains("SU"), "{e}");
+            assert!(!e.contains(&text[2..12]), "{e}");
+        }
+        std::fs::write(&file, format!("{seed}\n")).unwrap();
+        c.connect_options("t").unwrap();
+        // A device or a pipe is not read.
+        c.nkey_file = Some("/dev/zero".into());
+        let e = refusal(&c);
+        assert!(
+            e.contains("nats.nkey_file") && e.contains("regular file"),
+            "{e}"
+        );
         c.nkey_file = None;
         let creds = dir.path().join("user.creds");
         std::fs::write(&creds, "not a creds file").unwrap();
         c.credentials_file = Some(creds);
-        let e = c.connect_options("t").await.err().unwrap().to_string();
+        let e = refusal(&c);
         assert!(
             e.contains("nats.credentials_file") && e.contains("user.creds"),
             "{e}"
         );
         assert!(!e.contains("not a creds file"), "{e}");
+    }
+
+    #[test]
+    fn a_seed_given_where_its_file_belongs_is_refused_unseen() {
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let mut c = NatsConfig::new("nats://127.0.0.1:4222");
+        c.nkey_file = Some(seed.clone().into());
+        assert!(!format!("{c:?}").contains(&seed[..12]));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("nats.nkey_file") && !e.contains(&seed[..12]),
+            "{e}"
+        );
+        c.nkey_file = None;
+        c.credentials_file = Some("-----BEGIN NATS USER JWT-----\neyJ0eXAi".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("nats.credentials_file") && !e.contains("eyJ0eXAi"),
+            "{e}"
+        );
     }
 
     #[test]

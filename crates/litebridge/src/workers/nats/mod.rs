@@ -70,7 +70,7 @@ async fn connect(
     name: &str,
     events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
 ) -> Result<async_nats::Client> {
-    let mut options = config.connect_options(name).await?;
+    let mut options = config.connect_options(name)?;
     if let Some(tx) = events {
         options = options.event_callback(move |e| {
             let tx = tx.clone();
