@@ -1203,6 +1203,126 @@ async fn hosts_and_front_ends_authenticate_with_nkeys() {
     }
 }
 
+/// A NATS JWT (version 2) of `nats` claims about `subject`, signed by
+/// `issuer`, as `nsc` would write it.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: Json) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "jti": subject,
+        "iat": issued,
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// A `.creds` file for a user of `account`, as `nsc` writes it.
+fn creds(account: &nkeys::KeyPair, path: &Path) {
+    let user = nkeys::KeyPair::new_user();
+    let claims = json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2});
+    let token = jwt(account, &user.public_key(), claims);
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// Hosts and front ends authenticated by `.creds` files on a server in
+/// operator mode (an operator, an account preloaded, users signed by the
+/// account): the JWTs are made here the way `nsc` makes them. A user of an
+/// account the server does not know is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_front_ends_authenticate_with_creds_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, account) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+    );
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
+    let limits = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        json!({"limits": limits, "type": "account", "version": 2}),
+    );
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{operator_jwt}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{account_jwt}\"\n}}\n",
+            account.public_key()
+        ),
+    )
+    .unwrap();
+    let (host_creds, front_creds) = (
+        dir.path().join("host.creds"),
+        dir.path().join("front.creds"),
+    );
+    creds(&account, &host_creds);
+    creds(&account, &front_creds);
+    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
+        return;
+    };
+    let url = server.url();
+    let _host = Host::start(
+        &url,
+        "h1",
+        1,
+        &[(
+            "LITEBRIDGE_NATS_CREDENTIALS_FILE",
+            host_creds.to_str().unwrap(),
+        )],
+    );
+    let mut c = front_config(&url);
+    c.credentials_file = Some(front_creds);
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge
+            .call("echo", json!(["by jwt"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("by jwt")
+    );
+    // A user of another account, unknown to the server: refused.
+    let stranger = dir.path().join("stranger.creds");
+    creds(&nkeys::KeyPair::new_account(), &stranger);
+    let mut c = front_config(&url);
+    c.connect_timeout = Duration::from_secs(2);
+    c.credentials_file = Some(stranger);
+    let Err(e) = NatsBridge::connect(c, &calls()).await else {
+        panic!("a user of an unknown account was let in");
+    };
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("authorization violation"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tools_come_from_the_hosts_announcements() {
     use rmcp::ServiceExt as _;
