@@ -151,6 +151,24 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertEqual(sorted(r["id"] for r in replies), sorted(ids))
         self.assertLess(time.monotonic() - started, 2.0, "calls ran one after another")
 
+    def test_sync_calls_arriving_together_each_get_a_thread_and_threads_are_reused(self):
+        # Each burst arrives in one write, so the worker reads it at once and
+        # hands every call to a thread in one go (the pool's flush); the
+        # second burst finds the first one's threads idle again.
+        for burst in range(2):
+            started = time.monotonic()
+            ids = list(range(1000 * (burst + 1), 1000 * (burst + 1) + 24))
+            lines = b"".join(
+                json.dumps({"jsonrpc": "2.0", "id": i, "method": "spin", "params": [0.3]}).encode() + b"\n"
+                for i in ids
+            )
+            self.peer.proc.stdin.write(lines)
+            self.peer.proc.stdin.flush()
+            replies = [self.peer.read() for _ in ids]
+            self.assertEqual(sorted(r["id"] for r in replies), ids)
+            self.assertTrue(all(r.get("result") == "done" for r in replies), replies[:2])
+            self.assertLess(time.monotonic() - started, 2.0, "burst %d ran one call at a time" % burst)
+
     def test_cancellation_reaches_async_and_sync_handlers(self):
         a = self.peer.call("wait", [30])
         s = self.peer.call("spin", [30])
