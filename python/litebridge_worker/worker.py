@@ -287,8 +287,11 @@ class _Pool:
             if self._started >= self._max:
                 return  # it waits for the first thread to come free
             self._started += 1
-            n = self._started
-        threading.Thread(target=self._work, name="%s_%d" % (self._prefix, n), daemon=True).start()
+        self._start()
+
+    def _start(self):
+        threading.Thread(target=self._work, name="%s_%d" % (self._prefix, self._started),
+                         daemon=True).start()
 
     def flush(self):
         """Wakes the threads the jobs submitted since the last flush claimed.
@@ -298,17 +301,39 @@ class _Pool:
         switch at a time instead of together."""
         to_wake, self._to_wake = self._to_wake, []
         for wake in to_wake:
+            self._wake(wake)
+
+    def _wake(self, wake):
+        try:
             os.write(wake, b"\0")
+        except OSError as e:
+            # Its pipe is broken (a handler closed a descriptor it did not
+            # own): that thread is lost to the pool, and another takes its
+            # place, so its job still runs.
+            logging.getLogger("litebridge_worker").warning(
+                "a handler thread could not be woken (%s); starting another", e)
+            with self._lock:
+                replace = not self._stopping
+            if replace:
+                self._start()
 
     def _work(self):
-        wait, wake = os.pipe()
         lock, jobs, idle = self._lock, self._jobs, self._idle
+        pid = os.getpid()
+        try:
+            wait, wake = os.pipe()
+        except OSError:
+            # No descriptors left: run what is queued, then leave the slot
+            # to a thread that can wait for more.
+            wait = wake = None
         try:
             while True:
                 with lock:
                     if jobs:
                         fn, args = jobs.popleft()
-                    elif self._stopping:
+                    elif self._stopping or wake is None:
+                        if wake is None:
+                            self._started -= 1
                         return
                     else:
                         idle.append(wake)
@@ -321,16 +346,21 @@ class _Pool:
                 except BaseException:  # the job answers its own errors; never lose the thread
                     pass
                 fn = args = None
+                if os.getpid() != pid:
+                    # The handler forked and the child came back here: this
+                    # copy stops, so it cannot take the parent's wake-ups.
+                    return
         finally:
-            os.close(wait)
-            os.close(wake)
+            if wait is not None:
+                os.close(wait)
+                os.close(wake)
 
     def shutdown(self):
         with self._lock:
             self._stopping = True
             idle, self._idle = self._idle, []
         for wake in idle:
-            os.write(wake, b"\0")
+            self._wake(wake)
 
 
 class Worker:
