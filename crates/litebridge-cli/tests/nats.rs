@@ -1168,18 +1168,35 @@ async fn hosts_and_front_ends_authenticate_with_nkeys() {
         seed_file("host.nk", &host_key),
         seed_file("front.nk", &front_key),
     );
+    let stranger = seed_file("stranger.nk", &nkeys::KeyPair::new_user());
+    authenticated(
+        &conf,
+        ("LITEBRIDGE_NATS_NKEY_FILE", &host_seed),
+        |c| c.nkey_file = Some(front_seed.clone()),
+        // No credentials, and a user the server does not list.
+        &[&|c| c.nkey_file = None, &|c| {
+            c.nkey_file = Some(stranger.clone())
+        }],
+    )
+    .await;
+}
+
+/// On a server started with `conf`: a host authenticated by `host_env` and a
+/// front end by `front` serve a call, and a front end set by each of
+/// `refused` is refused for its credentials.
+async fn authenticated(
+    conf: &Path,
+    host_env: (&str, &Path),
+    front: impl Fn(&mut NatsConfig),
+    refused: &[&dyn Fn(&mut NatsConfig)],
+) {
     let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
         return;
     };
     let url = server.url();
-    let _host = Host::start(
-        &url,
-        "h1",
-        1,
-        &[("LITEBRIDGE_NATS_NKEY_FILE", host_seed.to_str().unwrap())],
-    );
+    let _host = Host::start(&url, "h1", 1, &[(host_env.0, host_env.1.to_str().unwrap())]);
     let mut c = front_config(&url);
-    c.nkey_file = Some(front_seed);
+    front(&mut c);
     let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
     until_hosts(&bridge, 1).await;
     assert_eq!(
@@ -1189,17 +1206,18 @@ async fn hosts_and_front_ends_authenticate_with_nkeys() {
             .unwrap(),
         json!("signed")
     );
-    // No credentials, and a user the server does not list: refused, and said so.
-    let stranger = seed_file("stranger.nk", &nkeys::KeyPair::new_user());
-    for nkey_file in [None, Some(stranger)] {
+    for (n, set) in refused.iter().enumerate() {
         let mut c = front_config(&url);
         c.connect_timeout = Duration::from_secs(2);
-        c.nkey_file = nkey_file.clone();
+        set(&mut c);
         let Err(e) = NatsBridge::connect(c, &calls()).await else {
-            panic!("{nkey_file:?} was let in");
+            panic!("refused front end {n} was let in");
         };
-        assert_eq!(e.kind(), ErrorKind::Unavailable, "{nkey_file:?}: {e}");
-        assert!(e.to_string().contains("authorization violation"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{n}: {e}");
+        assert!(
+            e.to_string().contains("authorization violation"),
+            "{n}: {e}"
+        );
     }
 }
 
@@ -1286,41 +1304,16 @@ async fn hosts_and_front_ends_authenticate_with_creds_files() {
     );
     creds(&account, &host_creds);
     creds(&account, &front_creds);
-    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
-        return;
-    };
-    let url = server.url();
-    let _host = Host::start(
-        &url,
-        "h1",
-        1,
-        &[(
-            "LITEBRIDGE_NATS_CREDENTIALS_FILE",
-            host_creds.to_str().unwrap(),
-        )],
-    );
-    let mut c = front_config(&url);
-    c.credentials_file = Some(front_creds);
-    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
-    until_hosts(&bridge, 1).await;
-    assert_eq!(
-        bridge
-            .call("echo", json!(["by jwt"]), opts(5_000))
-            .await
-            .unwrap(),
-        json!("by jwt")
-    );
-    // A user of another account, unknown to the server: refused.
+    // A user of another account, unknown to the server.
     let stranger = dir.path().join("stranger.creds");
     creds(&nkeys::KeyPair::new_account(), &stranger);
-    let mut c = front_config(&url);
-    c.connect_timeout = Duration::from_secs(2);
-    c.credentials_file = Some(stranger);
-    let Err(e) = NatsBridge::connect(c, &calls()).await else {
-        panic!("a user of an unknown account was let in");
-    };
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.to_string().contains("authorization violation"), "{e}");
+    authenticated(
+        &conf,
+        ("LITEBRIDGE_NATS_CREDENTIALS_FILE", &host_creds),
+        |c| c.credentials_file = Some(front_creds.clone()),
+        &[&|c| c.credentials_file = Some(stranger.clone())],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
