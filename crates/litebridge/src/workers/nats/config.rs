@@ -243,21 +243,23 @@ impl NatsConfig {
             // A user's seed (`SU...`) with a valid checksum; nkeys's own
             // complaint is not passed on, as it quotes a character of it.
             if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(seed).is_err() {
-                return Err(Error::Config {
-                    key: key.into(),
-                    value: format!("{:?}", path.display().to_string()),
-                    expected: "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
-                });
+                return Err(refused(
+                    key,
+                    path,
+                    "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
+                ));
             }
             o = o.nkey(seed.to_owned());
         }
         if let Some(path) = &self.credentials_file {
             let key = "nats.credentials_file";
             let text = read_secret(key, path)?;
-            o = o.credentials(&text).map_err(|_| Error::Config {
-                key: key.into(),
-                value: format!("{:?}", path.display().to_string()),
-                expected: "a .creds file: a user JWT and its nkey seed, as `nsc` writes it".into(),
+            o = o.credentials(&text).map_err(|_| {
+                refused(
+                    key,
+                    path,
+                    "a .creds file: a user JWT and its nkey seed, as `nsc` writes it".into(),
+                )
             })?;
         }
         Ok(o)
@@ -274,11 +276,7 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 /// reconnects, so a rotated file takes effect at the next start.
 fn read_secret(key: &str, path: &Path) -> Result<String> {
     use std::io::Read as _;
-    let refuse = |why: String| Error::Config {
-        key: key.into(),
-        value: format!("{:?}", path.display().to_string()),
-        expected: why,
-    };
+    let refuse = |why: String| refused(key, path, why);
     let meta = std::fs::metadata(path)
         .map_err(|e| refuse(format!("a readable file of credentials ({e})")))?;
     if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
@@ -301,6 +299,15 @@ fn read_secret(key: &str, path: &Path) -> Result<String> {
         }
     }
     Ok(text)
+}
+
+/// The file of credentials named by `key` will not do: what it should be.
+fn refused(key: &str, path: &Path, expected: String) -> Error {
+    Error::Config {
+        key: key.into(),
+        value: format!("{:?}", path.display().to_string()),
+        expected,
+    }
 }
 
 /// A seed or a `.creds` file's contents given where a file name belongs.
