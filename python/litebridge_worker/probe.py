@@ -6,6 +6,8 @@ Starts one worker per case and drives it over its stdin/stdout from this
 process, the way litebridge does, with echo calls:
 
   raw          a bare ``for line in stdin`` loop (json.loads, json.dumps): the floor
+  raw-async    the same work in a bare asyncio loop (``add_reader``, ``os.read``,
+               ``os.write``): the floor of any worker that can run ``async def``
   async        the SDK, ``async def echo`` returning at once
   async-await  the SDK, ``async def echo`` that awaits ``asyncio.sleep(0)`` (a real suspension)
   sync         the SDK, ``def echo`` (the usual shape of an LLM handler: a thread per call)
@@ -37,6 +39,33 @@ for line in sys.stdin:
     out.flush()
 """
 
+_RAW_ASYNC = """import asyncio, json, os
+
+async def main():
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    os.set_blocking(0, False)
+    buf = b""
+
+    def readable():
+        nonlocal buf
+        data = os.read(0, 65536)
+        if not data:
+            loop.remove_reader(0)
+            done.set_result(None)
+            return
+        *lines, buf = (buf + data).split(b"\\n")
+        for line in lines:
+            msg = json.loads(line)
+            reply = {"jsonrpc": "2.0", "id": msg["id"], "result": msg["params"]["value"]}
+            os.write(1, (json.dumps(reply) + "\\n").encode())
+
+    loop.add_reader(0, readable)
+    await done
+
+asyncio.run(main())
+"""
+
 _SDK = """import asyncio, sys
 sys.path.insert(0, %(sdk)r)
 from litebridge_worker import Worker
@@ -52,12 +81,14 @@ _HANDLERS = {
     "sync": "def echo(value=None):\n    return value",
 }
 
-CASES = ("raw", "async", "async-await", "sync")
+CASES = ("raw", "raw-async", "async", "async-await", "sync")
 
 
 def _source(case):
     if case == "raw":
         return _RAW
+    if case == "raw-async":
+        return _RAW_ASYNC
     sdk = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return _SDK % {"sdk": sdk, "handler": _HANDLERS[case]}
 
@@ -103,7 +134,7 @@ def run_case(case, calls, warmup, depth):
         try:
             lines = _Lines(p.stdout.fileno())
             inp = p.stdin.fileno()
-            if case != "raw":
+            if not case.startswith("raw"):
                 lines.next()  # $/ready
             for i in range(warmup):
                 os.write(inp, _request(i))
@@ -150,13 +181,25 @@ def _pipelined(inp, lines, first, calls, depth):
     return {"calls_per_s": calls / (time.perf_counter() - started)}
 
 
-def _print(fig, base):
+def _times(a, b, what):
+    """``a`` as a multiple of ``b``; a short run can measure no CPU at all
+    (``/proc`` counts in clock ticks)."""
+    if b > 0:
+        return "%.2fx %s" % (a / b, what)
+    return "?x %s (its CPU was too small to measure: more --calls)" % what
+
+
+def _print(fig, base, floor):
+    """One line per case; the SDK's cases are set against the bare loop and,
+    when it ran, against the bare asyncio loop."""
     if "p50_us" in fig:
         line = "%-12s p50 %7.1f us  p99 %7.1f us  CPU/call %6.1f us" % (
             fig["case"], fig["p50_us"], fig["p99_us"], fig["cpu_us"])
         if base is not None and fig is not base:
-            line += "   p50 bare%+6.1f us  CPU %.2fx bare" % (
-                fig["p50_us"] - base["p50_us"], fig["cpu_us"] / base["cpu_us"])
+            line += "   p50 bare%+6.1f us  CPU %s" % (
+                fig["p50_us"] - base["p50_us"], _times(fig["cpu_us"], base["cpu_us"], "bare"))
+        if floor is not None and fig is not floor and not fig["case"].startswith("raw"):
+            line += ", %s" % _times(fig["cpu_us"], floor["cpu_us"], "asyncio")
     else:
         line = "%-12s %9.0f calls/s  CPU/call %6.1f us" % (fig["case"], fig["calls_per_s"], fig["cpu_us"])
         if base is not None and fig is not base:
@@ -182,15 +225,17 @@ def main(argv=None):
         ap.error("--cases: unknown case %s (expected some of %s)" % (", ".join(unknown), ", ".join(CASES)))
     if args.calls < 1 or args.warmup < 0 or not 1 <= args.depth <= 256:
         ap.error("--calls must be >= 1, --warmup >= 0 and --depth between 1 and 256")
-    base = None
+    base = floor = None
     for case in cases:
         fig = run_case(case, args.calls, args.warmup, args.depth)
         if case == "raw":
             base = fig
+        elif case == "raw-async":
+            floor = fig
         if args.json:
             print(json.dumps(fig), flush=True)
         else:
-            _print(fig, base)
+            _print(fig, base, floor)
     return 0
 
 

@@ -22,7 +22,7 @@ class ProbeTest(unittest.TestCase):
         r = probe("--calls", "200", "--warmup", "20", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         figures = [json.loads(line) for line in r.stdout.splitlines()]
-        self.assertEqual([f["case"] for f in figures], ["raw", "async", "async-await", "sync"])
+        self.assertEqual([f["case"] for f in figures], ["raw", "raw-async", "async", "async-await", "sync"])
         for f in figures:
             self.assertGreater(f["p50_us"], 0)
             self.assertGreaterEqual(f["p99_us"], f["p50_us"])
@@ -35,6 +35,15 @@ class ProbeTest(unittest.TestCase):
         self.assertEqual(len(lines), 2, r.stdout)
         self.assertIn("calls/s", lines[0])
         self.assertIn("of bare", lines[1])
+
+    def test_sdk_cases_are_set_against_the_asyncio_floor_when_it_ran(self):
+        r = probe("--calls", "200", "--warmup", "20", "--cases", "raw,raw-async,async")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 3, r.stdout)
+        self.assertIn("x bare", lines[1])
+        self.assertNotIn("asyncio", lines[1])
+        self.assertIn("x asyncio", lines[2])  # "?x asyncio (...)" when too short to measure
 
     def test_bad_arguments_are_named(self):
         r = probe("--cases", "raw,fast")
