@@ -50,7 +50,7 @@ export class WorkerError extends LitebridgeError {
   }
 }
 
-/** A worker died with the call in flight: its `pid`, `exit` and last `stderr` lines. */
+/** A worker died with the call in flight: its `pid` and `exit` (its stderr stays in the server's log). */
 export class WorkerCrashedError extends LitebridgeError {}
 
 const BY_KIND = {

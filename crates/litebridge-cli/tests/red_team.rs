@@ -889,3 +889,221 @@ fn a_table_named_pragma_foreign_key_list_blocks_key_revocation() {
     assert_eq!(status, 200);
     assert!(server.stop().success());
 }
+
+#[test]
+fn one_batch_ran_past_its_keys_in_flight_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let config = dir.path().join("b.toml");
+    std::fs::write(&config, "[quota]\nfree_concurrent = 2\n").unwrap();
+    let key = create_key(&db, "batcher", "bridge", "free");
+    let server = Server::start(
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+    );
+    // The attack: one message of six calls, with a key allowed two at once.
+    let batch: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+                   "params": {"method": "wait", "params": [0.4]}})
+        })
+        .collect();
+    let started = Instant::now();
+    let (status, reply) = server.rpc_as(Some(&key), &Value::Array(batch));
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    let replies = reply.as_array().unwrap();
+    assert_eq!(replies.len(), 6, "{reply}");
+    for r in replies {
+        assert_eq!(r["result"], 0.4, "every call runs, none refused: {r}");
+    }
+    // Two at a time: three rounds of 0.4 s (all six at once took 0.4 s).
+    assert!(took >= Duration::from_millis(1150), "{took:?}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn one_batchs_replies_took_memory_without_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let config = dir.path().join("m.toml");
+    std::fs::write(&config, "[db]\nmax_result_bytes = 100000\n").unwrap();
+    let key = create_key(&db, "reader", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // Each reply is about 53 kB (a 40,000-byte blob in base64): one fits
+    // under the limit, two do not. The attack sent twenty 16 MB blobs.
+    let batch: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "sql.query",
+                   "params": {"sql": "SELECT zeroblob(40000)"}})
+        })
+        .collect();
+    let (status, reply) = server.rpc_as(Some(&key), &Value::Array(batch));
+    assert_eq!(status, 200, "{reply}");
+    let replies = reply.as_array().unwrap();
+    assert_eq!(replies.len(), 5, "each request is answered");
+    let mut ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    let served = replies.iter().filter(|r| r["result"].is_object()).count();
+    assert_eq!(served, 1, "{reply}");
+    for r in replies.iter().filter(|r| r.get("error").is_some()) {
+        assert_eq!(code(r), -32011, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains("db.max_result_bytes"), "{message}");
+    }
+    // A batch under the limit is answered whole.
+    let small: Vec<Value> = (0..5)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "sql.query", "params": {"sql": "SELECT 1"}}))
+        .collect();
+    let (_, reply) = server.rpc_as(Some(&key), &Value::Array(small));
+    assert!(
+        reply
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"].is_object()),
+        "{reply}"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_bridge_key_stored_cache_keys_of_any_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let bridge = create_key(&db, "bridge", "bridge", "pro");
+    let write = create_key(&db, "writer", "write", "pro");
+    let server = Server::start(&db, &["--workers", "python3 examples/worker.py"]);
+    let huge = "K".repeat(2_000_000);
+    let (_, r) = server.rpc_as(
+        Some(&bridge),
+        &call(
+            "bridge.call",
+            json!({"method": "echo", "params": [1], "cache_key": huge, "cache_ttl_s": 60}),
+        ),
+    );
+    assert_eq!(code(&r), -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cache_key"),
+        "{r}"
+    );
+    for method in ["cache.set", "cache.get", "cache.delete"] {
+        let mut params = json!({"key": huge});
+        if method == "cache.set" {
+            params["value"] = json!(1);
+        }
+        let (_, r) = server.rpc_as(Some(&write), &call(method, params));
+        assert_eq!(code(&r), -32602, "{method}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("key"),
+            "{r}"
+        );
+    }
+    // Up to 1024 bytes is a key like any other.
+    let (_, r) = server.rpc_as(
+        Some(&bridge),
+        &call(
+            "bridge.call",
+            json!({"method": "echo", "params": [1], "cache_key": "K".repeat(1024)}),
+        ),
+    );
+    assert_eq!(r["result"], 1, "{r}");
+    // Nothing of the refused calls was stored.
+    assert!(server.stop().success());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let longest: i64 = conn
+        .query_row(
+            "SELECT coalesce(max(length(key)), 0) FROM litebridge_cache",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(longest < 2048, "{longest}");
+}
+
+#[test]
+fn a_workers_crash_told_one_caller_what_another_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let worker = dir.path().join("w.py");
+    std::fs::write(
+        &worker,
+        "import os, sys, time\n\
+         sys.path.insert(0, 'python')\n\
+         from litebridge_worker import Worker\n\
+         w = Worker()\n\
+         @w.method()\n\
+         def secret_job(token):\n\
+         \x20   print('processing token=%s' % token, flush=True)\n\
+         \x20   return 'ok'\n\
+         @w.method(idempotent=False)\n\
+         def crash():\n\
+         \x20   time.sleep(0.3)\n\
+         \x20   os._exit(3)\n\
+         w.run()\n",
+    )
+    .unwrap();
+    let victim = create_key(&db, "victim", "bridge", "pro");
+    let mallory = create_key(&db, "mallory", "bridge", "pro");
+    let command = format!("python3 {}", worker.display());
+    let server = Server::start(&db, &["--workers", &command, "--processes", "1"]);
+    let (_, r) = server.rpc_as(
+        Some(&victim),
+        &call(
+            "bridge.call",
+            json!({"method": "secret_job", "params": ["VICTIM-SECRET-4242"]}),
+        ),
+    );
+    assert_eq!(r["result"], "ok", "{r}");
+    let (_, r) = server.rpc_as(
+        Some(&mallory),
+        &call("bridge.call", json!({"method": "crash"})),
+    );
+    assert_eq!(r["error"]["data"]["kind"], "worker_crashed", "{r}");
+    assert!(!r.to_string().contains("VICTIM-SECRET"), "{r}");
+    assert_eq!(r["error"]["data"]["exit"], "exit code 3", "{r}");
+    let log_file = server.log.clone();
+    assert!(server.stop().success());
+    // The operator still has the lines, in the server's log.
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("processing token=VICTIM-SECRET-4242"), "{log}");
+}
+
+#[test]
+fn an_mcp_tool_call_took_two_of_its_keys_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mslot.db");
+    let config = dir.path().join("mslot.toml");
+    std::fs::write(&config, "[quota]\nfree_concurrent = 1\n").unwrap();
+    let key = create_key(&db, "agent", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 41 + 1"}}}"#;
+    let auth = format!("Bearer {key}");
+    let (status, _, reply) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        body.as_bytes(),
+    );
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(status, 200, "{reply}");
+    // A key allowed one request at a time gets its one tool call through.
+    assert!(!reply.contains("quota_exceeded"), "{reply}");
+    assert!(reply.contains("42"), "{reply}");
+    assert!(server.stop().success());
+}

@@ -309,6 +309,16 @@ impl Backend {
         }
     }
 
+    /// The most bytes one request's result may take
+    /// (`max_result_bytes` of the engine's configuration).
+    pub fn max_result_bytes(&self) -> usize {
+        match self {
+            Backend::Sqlite(db) => db.config().max_result_bytes,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.config().max_result_bytes,
+        }
+    }
+
     /// `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -258,16 +258,21 @@ pub enum Error {
         traceback: String,
     },
     /// The worker process died while the call was in flight.
+    ///
+    /// The message leaves out what the worker wrote to stderr: that was
+    /// written for every call the process served, and may quote other
+    /// callers' parameters. The lines are in `stderr`, for a program that
+    /// embeds the pool; the server's log has them, and its wire errors do
+    /// not.
     #[error(
-        "worker process {pid} died ({exit}) with the call in flight; its outcome is unknown{}",
-        stderr_tail(stderr)
+        "worker process {pid} died ({exit}) with the call in flight; its outcome is unknown (its last stderr lines are in the server's log)"
     )]
     WorkerCrashed {
         /// The process id.
         pid: u32,
         /// How it ended: `exit code 1`, `signal 9 (SIGKILL)`, ...
         exit: String,
-        /// The last lines it wrote to stderr.
+        /// The last lines it wrote to stderr, while serving any caller.
         stderr: Vec<String>,
     },
     /// A worker host stopped answering with the call in flight (kind
@@ -513,13 +518,6 @@ impl Error {
             what: "database",
             reason: "it has been closed".into(),
         }
-    }
-}
-
-fn stderr_tail(lines: &[String]) -> String {
-    match lines.last() {
-        Some(last) => format!("; its last stderr line: {last}"),
-        None => String::new(),
     }
 }
 

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{Handler, MethodName, TimeoutMs, Ttl, parameter};
+use super::params::{CacheKeyName, Handler, MethodName, TimeoutMs, Ttl, parameter};
 use super::*;
 
 /// `bridge.call`.
@@ -25,8 +25,10 @@ pub(super) struct BridgeCall {
     /// Cache the result under this key (per API key) and answer from the
     /// cache while it is fresh.
     #[serde(default)]
-    cache_key: Option<String>,
-    /// How long a cached result stays fresh, in seconds.
+    cache_key: Option<CacheKeyName>,
+    /// How long a cached result stays fresh, in seconds (for a method the
+    /// workers declared cacheable, and no `cache_key`, at most what they
+    /// declared: that entry is shared by every caller).
     #[serde(default)]
     cache_ttl_s: Option<Ttl>,
 }
@@ -50,7 +52,7 @@ impl Handler for BridgeCall {
                 max_retries: self
                     .max_retries
                     .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-                cache_key: self.cache_key,
+                cache_key: self.cache_key.map(|k| k.0),
                 cache_ttl: self.cache_ttl_s.map(|t| t.0),
                 // Each key's `cache_key` entries are its own (local sessions
                 // share one scope, which no key name can spell).

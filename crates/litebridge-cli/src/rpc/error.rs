@@ -130,10 +130,10 @@ impl RpcError {
                 put("type", json!(type_name));
                 put("traceback", json!(traceback));
             }
-            Error::WorkerCrashed { pid, exit, stderr } => {
+            // Not its stderr: the process wrote it for every caller it served.
+            Error::WorkerCrashed { pid, exit, .. } => {
                 put("pid", json!(pid));
                 put("exit", json!(exit));
-                put("stderr", json!(stderr));
             }
             Error::HostLost { host, .. } => put("host", json!(host)),
             Error::QuotaExceeded { quota, limit, .. } => {

@@ -29,7 +29,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use litebridge::auth::{Auth, Caller};
 use litebridge::workers::CallOptions;
 use litebridge::{
@@ -155,19 +154,96 @@ async fn handle_in_span(
             )),
         )),
         Json::Array(items) => {
-            let replies: Vec<Json> = join_all(
-                items
-                    .into_iter()
-                    .map(|r| handle_one(app, caller, r, request_id)),
-            )
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+            let replies = run_batch(app, caller, items, request_id).await;
             (!replies.is_empty()).then_some(Json::Array(replies))
         }
         single => handle_one(app, caller, single, request_id).await,
     }
+}
+
+/// The most requests of one batch that run at once, whatever the key allows.
+pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
+
+/// Runs a batch's requests, in order of arrival, and answers them in that
+/// order (notifications get nothing).
+///
+/// A batch is bounded as its requests would be if sent one by one:
+/// - **At once:** the message's own concurrent slot runs one request; each
+///   other request running beside it takes a slot of the caller's key, and
+///   waits for one of the batch's own to finish while the key has none free
+///   (so a batch never fails for want of a slot, nor runs more than the key
+///   may). Never more than [`MAX_BATCH_PARALLEL`], keys or not.
+/// - **In memory:** the replies are held until the last is done, so
+///   together they may take what one request's result may
+///   (`db.max_result_bytes`, measured as the JSON sent); a request whose
+///   reply would pass that is answered `too_large` instead.
+async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &str) -> Vec<Json> {
+    use futures_util::StreamExt as _;
+    use futures_util::stream::FuturesUnordered;
+
+    let budget = app.service.db.max_result_bytes();
+    let mut held = 0usize;
+    let mut replies: Vec<Option<Json>> = Vec::with_capacity(items.len());
+    replies.resize_with(items.len(), || None);
+    let mut waiting = items.into_iter().enumerate().peekable();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while waiting.peek().is_some() && running.len() < MAX_BATCH_PARALLEL {
+            // The first runs on the message's slot; the others need one each.
+            let slot = if running.is_empty() {
+                None
+            } else {
+                match caller.enter() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => break,
+                }
+            };
+            let Some((i, request)) = waiting.next() else {
+                break;
+            };
+            let id = request.get("id").filter(|id| valid_id(id)).cloned();
+            running.push(async move {
+                let reply = handle_one(app, caller, request, request_id).await;
+                drop(slot);
+                (i, id, reply)
+            });
+        }
+        let Some((i, id, reply)) = running.next().await else {
+            break;
+        };
+        replies[i] = reply.map(|reply| {
+            let len = json_len(&reply);
+            if held.saturating_add(len) <= budget {
+                held += len;
+                return reply;
+            }
+            let e = RpcError::App(litebridge::Error::TooLarge {
+                what: format!(
+                    "this request's reply ({len} bytes) with the batch's others (db.max_result_bytes counts them together; send fewer requests per batch)"
+                ),
+                limit: budget as u64,
+            });
+            error_reply(id.unwrap_or(Json::Null), &e)
+        });
+    }
+    replies.into_iter().flatten().collect()
+}
+
+/// The length of `value` as JSON text, without writing it anywhere.
+fn json_len(value: &Json) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The same error for every request of a message, each with its own id

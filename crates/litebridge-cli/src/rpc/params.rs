@@ -279,6 +279,23 @@ parameter!(
     json_schema!({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TTL_S, "description": "Forget it after this many seconds."})
 );
 
+/// The longest cache key a caller may give, in bytes (as memory keys and
+/// run ids).
+pub(crate) const MAX_CACHE_KEY: usize = 1024;
+
+parameter!(
+    /// A cache key: 1 to [`MAX_CACHE_KEY`] bytes.
+    CacheKeyName(String) from String = "String",
+    |s| {
+        if s.is_empty() || s.len() > MAX_CACHE_KEY {
+            Err(format!("must be 1 to {MAX_CACHE_KEY} bytes, got {}", s.len()))
+        } else {
+            Ok(s)
+        }
+    },
+    json_schema!({"type": "string", "minLength": 1, "maxLength": MAX_CACHE_KEY, "description": "The cache key (1 to 1024 bytes)."})
+);
+
 parameter!(
     /// Any JSON value but null (null means "not given").
     AnyValue(Json) from Json = "serde_json::Value",

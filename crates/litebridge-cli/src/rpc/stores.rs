@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{AnyValue, Count, Handler, Limit, Ttl};
+use super::params::{AnyValue, CacheKeyName, Count, Handler, Limit, Ttl};
 use super::*;
 
 /// `state.save`.
@@ -206,7 +206,7 @@ impl Handler for MemoryList {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheKey {
-    key: String,
+    key: CacheKeyName,
 }
 
 /// `cache.get`.
@@ -222,7 +222,7 @@ pub(super) struct CacheDelete(CacheKey);
 impl Handler for CacheGet {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let value = cx.app.service.cache.get(&user_key(&self.0.key)).await?;
+            let value = cx.app.service.cache.get(&user_key(&self.0.key.0)).await?;
             Ok(json!({ "found": value.is_some(), "value": value }))
         })
     }
@@ -231,7 +231,12 @@ impl Handler for CacheGet {
 impl Handler for CacheDelete {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
-            let deleted = cx.app.service.cache.delete(&user_key(&self.0.key)).await?;
+            let deleted = cx
+                .app
+                .service
+                .cache
+                .delete(&user_key(&self.0.key.0))
+                .await?;
             Ok(json!({ "deleted": deleted }))
         })
     }
@@ -241,7 +246,7 @@ impl Handler for CacheDelete {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheSet {
-    key: String,
+    key: CacheKeyName,
     value: AnyValue,
     #[serde(default)]
     ttl_s: Option<Ttl>,
@@ -254,7 +259,7 @@ impl Handler for CacheSet {
             cx.app
                 .service
                 .cache
-                .set(&user_key(&self.key), self.value.0, ttl)
+                .set(&user_key(&self.key.0), self.value.0, ttl)
                 .await?;
             Ok(json!({ "ok": true }))
         })

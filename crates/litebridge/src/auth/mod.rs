@@ -47,7 +47,7 @@
 //! # Ok(()) }
 //! ```
 
-mod keys;
+pub(crate) mod keys;
 mod quota;
 mod scope;
 

@@ -195,15 +195,20 @@ pub struct PoolStatus {
 /// The cache key and lifetime of a call, when its result may be cached:
 /// under the caller's `cache_key`, or under its parameters when the workers
 /// declared the method cacheable (`declared`: its `cache_ttl_s`).
+///
+/// An entry keyed by parameters is shared by every caller, so a caller's
+/// `cache_ttl` may only shorten the lifetime the workers declared: a longer
+/// one would decide for everyone how stale their answers may be. Its
+/// parameters are in the key as their JSON text up to [`PARAMS_IN_KEY`]
+/// bytes, and as their SHA-256 past that, so a caller cannot make keys of
+/// any size.
 pub(crate) fn cache_key(
     method: &str,
     params: &Json,
     options: &CallOptions,
     declared: Option<f64>,
 ) -> Option<(String, Option<Duration>)> {
-    let ttl = options
-        .cache_ttl
-        .or_else(|| declared.and_then(|s| Duration::try_from_secs_f64(s).ok()));
+    let declared = declared.and_then(|s| Duration::try_from_secs_f64(s).ok());
     match (&options.cache_key, declared) {
         // Lengths first, so no choice of scope, method and key can spell
         // another caller's entry (or a declared one).
@@ -215,14 +220,28 @@ pub(crate) fn cache_key(
                     scope.len(),
                     method.len()
                 ),
-                ttl,
+                options.cache_ttl.or(declared),
             ))
         }
-        // serde_json keeps object keys sorted: the text is canonical.
-        (None, Some(_)) => Some((format!("bridge:params:{method}:{params}"), ttl)),
+        (None, Some(declared)) => {
+            let ttl = options.cache_ttl.map_or(declared, |t| t.min(declared));
+            // serde_json keeps object keys sorted: the text is canonical.
+            // It begins with `[` or `{`, a digest with `sha256:`.
+            let text = params.to_string();
+            let params = if text.len() > PARAMS_IN_KEY {
+                let digest = crate::auth::keys::hash(&text);
+                format!("sha256:{}", crate::auth::keys::hex(&digest))
+            } else {
+                text
+            };
+            Some((format!("bridge:params:{method}:{params}"), Some(ttl)))
+        }
         (None, None) => None,
     }
 }
+
+/// The longest parameters' text a shared cache key holds as it is.
+pub(crate) const PARAMS_IN_KEY: usize = 1024;
 
 struct Shared {
     config: WorkerConfig,
@@ -910,4 +929,54 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ttl(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    #[test]
+    fn a_caller_may_shorten_a_shared_entrys_lifetime_but_not_lengthen_it() {
+        let longer = CallOptions {
+            cache_ttl: ttl(3_155_760_000),
+            ..CallOptions::default()
+        };
+        let (_, t) = cache_key("now", &json!([]), &longer, Some(1.0)).unwrap();
+        assert_eq!(t, ttl(1));
+        let shorter = CallOptions {
+            cache_ttl: ttl(5),
+            ..CallOptions::default()
+        };
+        let (_, t) = cache_key("now", &json!([]), &shorter, Some(60.0)).unwrap();
+        assert_eq!(t, ttl(5));
+        // Not declared cacheable: no shared entry, whatever the caller asks.
+        assert!(cache_key("now", &json!([]), &longer, None).is_none());
+        // A caller's own entry (its `cache_key`) lives as long as it asks.
+        let own = CallOptions {
+            cache_key: Some("k".into()),
+            ..longer
+        };
+        let (_, t) = cache_key("now", &json!([]), &own, Some(1.0)).unwrap();
+        assert_eq!(t, ttl(3_155_760_000));
+    }
+
+    #[test]
+    fn long_parameters_are_keyed_by_their_digest() {
+        let options = CallOptions::default();
+        let (short, _) = cache_key("m", &json!({"b": 1, "a": [2]}), &options, Some(1.0)).unwrap();
+        assert_eq!(short, r#"bridge:params:m:{"a":[2],"b":1}"#);
+        let big = json!(["x".repeat(10 * PARAMS_IN_KEY)]);
+        let (long, _) = cache_key("m", &big, &options, Some(1.0)).unwrap();
+        assert_eq!(long.len(), "bridge:params:m:sha256:".len() + 64, "{long}");
+        assert!(long.starts_with("bridge:params:m:sha256:"));
+        // The same parameters, the same key; others, another.
+        assert_eq!(cache_key("m", &big, &options, Some(1.0)).unwrap().0, long);
+        let other = json!(["y".repeat(10 * PARAMS_IN_KEY)]);
+        assert_ne!(cache_key("m", &other, &options, Some(1.0)).unwrap().0, long);
+    }
 }

@@ -163,7 +163,9 @@ fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static s
 }
 
 /// Runs a tool for `caller`; every outcome is a tool result (errors too, so
-/// the agent reads them).
+/// the agent reads them). It takes none of the key's concurrent slots: over
+/// HTTP the request's own slot (taken by [`super::authenticate`]) covers
+/// it, and a stdio session's local caller has no quotas.
 pub(crate) async fn call(
     app: &App,
     caller: &Caller,
@@ -175,10 +177,6 @@ pub(crate) async fn call(
         return error_result(&RpcError::MethodNotFound(format!(
             "no tool named {name:?} (tools/list has the tools of this session)"
         )));
-    };
-    let _slot = match caller.enter() {
-        Ok(slot) => slot,
-        Err(e) => return error_result(&RpcError::App(e)),
     };
     match rpc::call(app, caller, method, Some(params), request_id).await {
         Ok(result) => success(result),
