@@ -1107,3 +1107,75 @@ fn an_mcp_tool_call_took_two_of_its_keys_slots() {
     assert!(reply.contains("42"), "{reply}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_write_key_made_the_database_look_damaged_with_a_check_and_an_added_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let write = create_key(&db, "writer", "read,write", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let server = Server::start(&db, &[]);
+    let execute = |server: &Server, sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({ "sql": sql })))
+            .1
+    };
+    let x = |sql: &str| execute(&server, sql);
+    // `"b"` is a string until a column named b exists; then the old rows
+    // break the CHECK, and the generated column becomes NULL.
+    for sql in [
+        r#"CREATE TABLE x(a, CHECK("b" = 'b'))"#,
+        "INSERT INTO x(a) VALUES (1)",
+        "ALTER TABLE x ADD COLUMN b DEFAULT 0",
+        r#"CREATE TABLE g(a, v AS ("b") NOT NULL)"#,
+        "INSERT INTO g(a) VALUES (1)",
+        "ALTER TABLE g ADD COLUMN b",
+    ] {
+        let r = x(sql);
+        assert_eq!(code(&r), 0, "{sql}: {r}");
+    }
+    // Backups go on, and the check calls the file sound, naming the row.
+    let r = server
+        .rpc_as(
+            Some(&admin),
+            &call("admin.backup", json!({"to": "after.db"})),
+        )
+        .1;
+    assert_eq!(code(&r), 0, "{r}");
+    let r = server
+        .rpc_as(Some(&admin), &call("admin.check", json!({})))
+        .1;
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(
+        r["result"]["data_problems"],
+        json!(["NULL value in g.v"]),
+        "{r}"
+    );
+    let w = x("INSERT INTO x(a, b) VALUES (2, 'b')");
+    assert_eq!(code(&w), 0, "{w}");
+    assert!(server.stop().success());
+    // The command-line check agrees, and the server starts again with every
+    // acknowledged row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["check", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NULL value in g.v"),
+        "{out:?}"
+    );
+    let server = Server::start(&db, &[]);
+    let r = server
+        .rpc_as(
+            Some(&write),
+            &call("sql.query", json!({"sql": "SELECT count(*) FROM x"})),
+        )
+        .1;
+    assert_eq!(r["result"]["rows"][0][0], 2, "{r}");
+    // CHECK constraints still hold for new writes.
+    let r = execute(&server, "INSERT INTO x(a, b) VALUES (3, 'c')");
+    assert_ne!(code(&r), 0, "{r}");
+    assert!(server.stop().success());
+}

@@ -23,6 +23,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
             "check": if full { "full" } else { "quick" },
             "problems": report.problems,
             "virtual_table_problems": report.virtual_table_problems,
+            "data_problems": report.data_problems,
             "foreign_key_violations": report.foreign_key_violations,
             "elapsed_ms": report.elapsed.as_millis() as u64,
         });
@@ -33,6 +34,12 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
         println!(
             "warning: {p} (not damage to the file; rebuild the table's index: \
              INSERT INTO t(t) VALUES('rebuild'))"
+        );
+    }
+    for p in &report.data_problems {
+        println!(
+            "warning: {p} (not damage to the file: a row breaks its table's declaration, \
+             as a schema change can leave it)"
         );
     }
     if report.ok {

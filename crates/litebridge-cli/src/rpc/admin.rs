@@ -68,7 +68,7 @@ impl Handler for AdminCheck {
             let r = db.check(depth).await?;
             Ok(json!({
                 "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
-                "foreign_key_violations": r.foreign_key_violations,
+                "data_problems": r.data_problems, "foreign_key_violations": r.foreign_key_violations,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
             }))
         })

@@ -406,6 +406,12 @@ pub struct CheckReport {
     /// does not make `ok` false); `INSERT INTO t(t) VALUES('rebuild')`
     /// rebuilds the index of full-text table `t`.
     pub virtual_table_problems: Vec<String>,
+    /// Rows that break their table's declared types or `NOT NULL` (`NULL
+    /// value in t.c`), as the same check reports them: the data's, not
+    /// damage to the file (it does not make `ok` false). A schema change
+    /// can leave them behind: SQLite checks only a new column's own
+    /// constraints. Tables' `CHECK` constraints are not evaluated by a check.
+    pub data_problems: Vec<String>,
     /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,
     /// How long the check took.
@@ -469,6 +475,7 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
             ok: false,
             problems: vec![e.to_string()],
             virtual_table_problems: Vec::new(),
+            data_problems: Vec::new(),
             foreign_key_violations: Vec::new(),
             elapsed: started.elapsed(),
         });
@@ -476,7 +483,7 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
     let run = |f: fn(&Connection, u32) -> rusqlite::Result<Findings>| -> Findings {
         f(&conn, 100).unwrap_or_else(|e| Findings {
             damage: vec![Error::from(e).to_string()],
-            virtual_tables: Vec::new(),
+            ..Findings::default()
         })
     };
     let found = if full {
@@ -506,6 +513,7 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
         ok: problems.is_empty() && fk.is_empty(),
         problems,
         virtual_table_problems: found.virtual_tables,
+        data_problems: found.data,
         foreign_key_violations: fk,
         elapsed: started.elapsed(),
     })

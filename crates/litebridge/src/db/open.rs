@@ -111,6 +111,13 @@ impl Opener {
                      INSERT INTO t(t) VALUES('rebuild'))"
                 );
             }
+            for line in &found.data {
+                tracing::warn!(
+                    db = %self.path.display(),
+                    "quick_check: {line} (the file is sound; a row breaks its table's \
+                     declaration, as a schema change can leave it)"
+                );
+            }
             let problems = found.damage;
             if !problems.is_empty() {
                 return Err(Error::Corrupt {
@@ -261,6 +268,9 @@ pub(crate) struct Findings {
     pub(crate) damage: Vec<String>,
     /// A full-text or R-tree table whose index disagrees with its content.
     pub(crate) virtual_tables: Vec<String>,
+    /// A row that breaks its table's declared types or `NOT NULL`: the
+    /// data's doing, not the file's (see [`from_the_data`]).
+    pub(crate) data: Vec<String>,
 }
 
 /// Runs `PRAGMA quick_check(limit)`.
@@ -273,11 +283,30 @@ pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result
     check_pragma(conn, &format!("PRAGMA integrity_check({limit})"))
 }
 
+/// Runs an integrity check with tables' `CHECK` constraints left out.
+///
+/// A check is for damage to the file, and a `CHECK` says nothing of that:
+/// a client can make a row break one without any damage (a
+/// `CHECK("b" = 'b')` whose `"b"` was a string until `ALTER TABLE ... ADD
+/// COLUMN b` made it a column: SQLite checks only the new column's own
+/// constraints). Counted as damage, that made every backup fail and the
+/// next start refuse the file. Evaluating them also runs the clients'
+/// expressions on a connection without litebridge's linear functions and
+/// deadlines (a `CHECK (instr(a, b) >= 0)` on large values took seconds
+/// per row at every start and backup). Read-only connections never checked
+/// them (SQLite drops `CHECK`s there), so every check now agrees.
 fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Findings> {
-    let mut stmt = conn.prepare(sql)?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+    let rows = (|| {
+        let mut stmt = conn.prepare(sql)?;
+        stmt.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })();
+    if !ignoring {
+        conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
+    }
+    let rows = rows?;
     let mut found = Findings::default();
     if rows.len() == 1 && rows[0] == "ok" {
         return Ok(found);
@@ -285,11 +314,32 @@ fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Findings> {
     for row in rows {
         if from_virtual_table(&row) {
             found.virtual_tables.push(row);
+        } else if from_the_data(&row) {
+            found.data.push(row);
         } else {
             found.damage.push(row);
         }
     }
     Ok(found)
+}
+
+/// Whether a line of an integrity check is about a row's values against
+/// its table's declaration (`NULL value in t.c`, `non-INTEGER value in
+/// t.c` for a STRICT table, `NUMERIC value in t.c`, `TEXT value in t.c`),
+/// as SQLite words them: a client's schema change can leave such rows
+/// behind (a generated column declared `NOT NULL` whose expression a new
+/// column changed), the file is sound, and the rows read as they are.
+fn from_the_data(line: &str) -> bool {
+    const TYPES: [&str; 6] = ["ANY", "BLOB", "INT", "INTEGER", "REAL", "TEXT"];
+    ["NULL value in ", "NUMERIC value in ", "TEXT value in "]
+        .iter()
+        .any(|p| line.starts_with(p))
+        || line.strip_prefix("non-").is_some_and(|rest| {
+            TYPES.iter().any(|t| {
+                rest.strip_prefix(t)
+                    .is_some_and(|r| r.starts_with(" value in "))
+            })
+        })
 }
 
 /// Whether a line of an integrity check comes from a virtual table's own
@@ -304,4 +354,55 @@ fn from_virtual_table(line: &str) -> bool {
     ]
     .iter()
     .any(|p| line.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_that_break_their_declaration_are_the_datas_and_the_rest_is_damage() {
+        for line in [
+            "NULL value in g.v",
+            "non-INTEGER value in t.c",
+            "non-TEXT value in t.c",
+            "NUMERIC value in t.c",
+            "TEXT value in t.c",
+        ] {
+            assert!(from_the_data(line), "{line}");
+        }
+        for line in [
+            "non-unique entry in index i",
+            "non-INTEGERS value in t.c",
+            "row 3 missing from index i",
+            "*** in database main ***\nTree 2 page 2 cell 0: invalid page number 9",
+            "CHECK constraint failed in x",
+        ] {
+            assert!(!from_the_data(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_check_leaves_check_constraints_out_and_as_it_found_them() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE x(a, CHECK("b" = 'b'));
+               INSERT INTO x(a) VALUES (1);
+               ALTER TABLE x ADD COLUMN b DEFAULT 0;"#,
+        )
+        .unwrap();
+        let found = integrity_check(&conn, 10).unwrap();
+        assert!(
+            found.damage.is_empty() && found.data.is_empty(),
+            "{found:?}"
+        );
+        let on: bool = conn
+            .query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))
+            .unwrap();
+        assert!(!on, "the connection enforces CHECK constraints again");
+        assert!(
+            conn.execute("INSERT INTO x(a, b) VALUES (2, 'c')", [])
+                .is_err()
+        );
+    }
 }
