@@ -816,3 +816,47 @@ async fn worker_stderr_with_huge_lines_and_invalid_utf8_stays_readable() {
         msg.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_closed_its_stdin_is_replaced_without_failing_calls() {
+    let mut c = config("test_worker.py");
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    let broken = pool
+        .call("close_stdin", json!([]), CallOptions::default())
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap() as u32;
+    // The next calls find its stdin closed: it is killed and replaced, and
+    // no call fails for it, nor counts against the breaker.
+    for i in 0..40 {
+        let r = pool.call("echo", json!([i]), CallOptions::default()).await;
+        match r {
+            Ok(v) => assert_eq!(v, json!(i)),
+            // Sent to it before the pipe was known broken: not started.
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(broken) {
+        assert!(Instant::now() < deadline, "worker {broken} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        let v = pool
+            .call("echo", json!([i]), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(v, json!(i));
+    }
+    // Its replacement comes up.
+    while !pool.status().healthy {
+        assert!(Instant::now() < deadline, "{:?}", pool.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.shutdown().await;
+}

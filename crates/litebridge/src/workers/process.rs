@@ -140,7 +140,6 @@ impl Process {
         };
 
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_stdin(stdin, stdin_rx));
         let (exited_tx, exited_rx) = watch::channel(None);
         let process = Arc::new(Process {
             id,
@@ -164,6 +163,24 @@ impl Process {
             exited: exited_rx,
             stderr,
             cancel_grace: config.cancel_grace,
+        });
+        // A worker whose stdin cannot be written (it closed its end, as a
+        // library a handler called may do) can take no more calls, though
+        // it lives and answers what it has: killed, it is replaced, and its
+        // calls in flight end as a crash would end them.
+        let weak = Arc::downgrade(&process);
+        tokio::spawn(async move {
+            if let Err(e) = write_stdin(stdin, stdin_rx).await
+                && let Some(p) = weak.upgrade()
+                && !p.is_dead()
+            {
+                tracing::warn!(
+                    worker = p.id,
+                    pid = p.pid,
+                    "its stdin could not be written ({e}): killing the worker"
+                );
+                p.control.signal(libc::SIGKILL);
+            }
         });
         tokio::spawn(read_stdout(
             process.clone(),
@@ -211,7 +228,18 @@ impl Process {
         if !sent {
             lock(&self.pending).remove(&id);
             self.load.fetch_sub(1, Ordering::AcqRel);
-            return Err(self.crash_error());
+            if self.is_dead() {
+                return Err(self.crash_error());
+            }
+            // Its stdin broke (the worker is being killed) or was closed
+            // (it is being retired): the call never left, so it did not run.
+            return Err(Error::Unavailable {
+                what: "workers",
+                reason: format!(
+                    "worker process {} takes no more calls (its stdin is closed); the call was not sent",
+                    self.pid
+                ),
+            });
         }
         Ok(rx)
     }
@@ -341,26 +369,33 @@ async fn read_line<R: AsyncRead + Unpin>(
     }
 }
 
+/// Writes the queued lines to the worker's stdin until the sender is
+/// dropped (then closes it: the worker finishes and exits), or until a
+/// write fails: then the receiver is closed, so nothing more is queued for
+/// a pipe that takes nothing.
 async fn write_stdin(
     mut stdin: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
-    while let Some(line) = rx.recv().await {
-        if stdin.write_all(&line).await.is_err() {
-            return;
-        }
-        // Write everything queued before flushing once.
-        while let Ok(more) = rx.try_recv() {
-            if stdin.write_all(&more).await.is_err() {
-                return;
+) -> std::io::Result<()> {
+    let written = async {
+        while let Some(line) = rx.recv().await {
+            stdin.write_all(&line).await?;
+            // Write everything queued before flushing once.
+            while let Ok(more) = rx.try_recv() {
+                stdin.write_all(&more).await?;
             }
+            stdin.flush().await?;
         }
-        if stdin.flush().await.is_err() {
-            return;
-        }
+        Ok(())
+    }
+    .await;
+    if written.is_err() {
+        rx.close();
+        return written;
     }
     // The sender was dropped: closing stdin tells the worker to finish.
     let _ = stdin.shutdown().await;
+    Ok(())
 }
 
 /// The longest stderr line kept whole; the rest of a longer one is dropped

@@ -20,6 +20,14 @@ def pid():
 
 
 @worker.method()
+def close_stdin():
+    """Closes the worker's stdin, as a library a handler calls may do: the
+    worker lives on and answers, but can take no more calls."""
+    os.close(0)
+    return os.getpid()
+
+
+@worker.method()
 def record_idem(path, token, delay=0.0):
     time.sleep(delay)
     with open(path, "a") as f:
