@@ -1,9 +1,13 @@
 """The worker: a method registry and the JSON-RPC loop.
 
 Design:
-- The protocol owns stdout. At start the real fd 1 is duplicated to a private
-  descriptor for replies, and fd 1 itself is pointed at stderr, so nothing a
-  handler prints (``print()``, a C library writing to fd 1) can corrupt it.
+- The protocol owns stdout and stdin. At start the real fd 1 is duplicated
+  to a private descriptor for replies, and fd 1 itself is pointed at stderr,
+  so nothing a handler prints (``print()``, a C library writing to fd 1) can
+  corrupt it; the real fd 0 is duplicated to a private descriptor for
+  requests, and fd 0 itself is pointed at ``/dev/null``, so a program a
+  handler starts (which inherits fd 0, as ffmpeg polls it) cannot read the
+  requests meant for the worker.
 - The event loop reads stdin itself (a non-blocking descriptor and a byte
   buffer, so lines of any length work, unlike asyncio streams' 64 KiB limit)
   and dispatches each line where it reads it: no thread hand-off on the way in.
@@ -432,6 +436,7 @@ class Worker:
         id of the call that logged them.
         """
         self._take_stdout()
+        self._take_stdin()
         root = logging.getLogger()
         if not root.handlers:
             handler = logging.StreamHandler(sys.stderr)
@@ -452,12 +457,22 @@ class Worker:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
 
+    def _take_stdin(self):
+        # os.dup's copy is not inherited by child processes; fd 0 now reads
+        # nothing, for the worker's own code and for the programs it starts.
+        self._in = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            os.dup2(devnull, 0)
+        finally:
+            os.close(devnull)
+
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
         self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
-        fd = sys.stdin.buffer.fileno()
+        fd = self._in
         os.set_blocking(fd, False)
         self._loop.add_reader(fd, self._on_readable, fd)
         ready = {

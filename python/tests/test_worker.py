@@ -262,6 +262,46 @@ class UnencodableResultTest(unittest.TestCase):
                 peer.close()
 
 
+class ChildProcessTest(unittest.TestCase):
+    def test_a_program_a_handler_starts_cannot_read_the_requests(self):
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "child.py")
+            with open(script, "w") as f:
+                f.write(
+                    "import subprocess, sys\n"
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker()\n"
+                    "@w.method()\n"
+                    "def child():\n"
+                    "    # Reads its stdin to the end, as a tool that polls it would.\n"
+                    "    out = subprocess.run([sys.executable, '-c', 'import sys; print(len(sys.stdin.buffer.read()))'],\n"
+                    "                         capture_output=True, timeout=5)\n"
+                    "    return int(out.stdout)\n"
+                    "@w.method()\n"
+                    "def own_stdin():\n"
+                    "    return sys.stdin.read()\n"
+                    "@w.method()\n"
+                    "def ok(n):\n"
+                    "    return n\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                # Requests sent behind the child's call reach the worker, not the child.
+                first = peer.call("child")
+                ids = [peer.call("ok", [n]) for n in range(5)]
+                replies = {}
+                for _ in range(6):
+                    r = peer.read()
+                    replies[r["id"]] = r
+                self.assertEqual(replies[first]["result"], 0, replies[first])
+                for n, rid in enumerate(ids):
+                    self.assertEqual(replies[rid]["result"], n)
+                self.assertEqual(peer.roundtrip("own_stdin")["result"], "")
+            finally:
+                peer.close()
+
+
 class ExitingHandlerTest(unittest.TestCase):
     def test_a_handler_raising_system_exit_is_answered_and_the_worker_goes_on(self):
         with tempfile.TemporaryDirectory() as d:
