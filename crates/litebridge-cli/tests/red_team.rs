@@ -1179,3 +1179,22 @@ fn a_write_key_made_the_database_look_damaged_with_a_check_and_an_added_column()
     assert_ne!(code(&r), 0, "{r}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn serve_recover_switched_off_the_memory_budget() {
+    // `--recover` checked the file before the service opened it, and SQLite
+    // takes its allocator once, at its first connection: the per-request
+    // memory budget (db.max_request_memory) was off for the whole run, and
+    // the log said so.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    for extra in [&[][..], &["--recover"][..]] {
+        let server = Server::start(&db, extra);
+        let r = server.rpc(call("sql.query", json!({"sql": "SELECT 1"})));
+        assert_eq!(code(&r), 0, "{r}");
+        let log_file = server.log.clone();
+        assert!(server.stop().success());
+        let log = std::fs::read_to_string(&log_file).unwrap();
+        assert!(!log.contains("is not enforced"), "{extra:?}: {log}");
+    }
+}

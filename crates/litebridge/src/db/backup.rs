@@ -140,6 +140,9 @@ fn copy_into(
     busy_timeout: Duration,
     progress: &mut impl FnMut(BackupProgress),
 ) -> Result<u64> {
+    // Before this process's first connection: SQLite takes its allocator
+    // once, and a database opened later enforces its memory budget by it.
+    crate::db::heap::install();
     let src = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -436,6 +439,9 @@ pub enum CheckDepth {
 /// # Errors
 /// [`Error::Open`] when the file cannot be opened or is not a database.
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
+    // Before this process's first connection (`serve --recover` checks the
+    // file before it opens it): see `copy_into`.
+    crate::db::heap::install();
     let full = depth == CheckDepth::Full;
     let started = Instant::now();
     match std::fs::metadata(path) {

@@ -40,6 +40,9 @@ pub fn restore_file(
     aside: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RestoreReport> {
+    // Before this process's first connection: SQLite takes its allocator
+    // once, and a database opened later enforces its memory budget by it.
+    crate::db::heap::install();
     if same_file(from, db) {
         return Err(Error::invalid(
             "from",

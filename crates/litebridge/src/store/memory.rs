@@ -57,7 +57,9 @@ fn check(name: &str, what: &str) -> Result<()> {
 fn prefix_end(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
-        if let Some(next) = char::from_u32(last as u32 + 1) {
+        // The next scalar value: a range of chars steps over the surrogates
+        // (after U+D7FF comes U+E000, as in UTF-8's byte order).
+        if let Some(next) = (last..=char::MAX).nth(1) {
             chars.push(next);
             return Some(chars.into_iter().collect());
         }
@@ -255,5 +257,10 @@ mod tests {
         assert_eq!(prefix_end("abc").as_deref(), Some("abd"));
         assert_eq!(prefix_end("a%_").as_deref(), Some("a%`"));
         assert_eq!(prefix_end("").as_deref(), None);
+        // Across the surrogates: a\u{D7FF} ends before a\u{E000}, which it
+        // does not start (a hostile review found both listed).
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}").as_deref(), None);
     }
 }
