@@ -455,3 +455,80 @@ fn recover_uses_the_newest_backup_that_passes_verification() {
         text(&out.stderr)
     );
 }
+
+/// A database in WAL mode with `rows` rows in table `table` written to its
+/// log and not checkpointed; the connection that wrote them, to be
+/// forgotten (as a kill -9 would) so the log stays.
+fn with_log(path: &Path, table: &str, rows: u32) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE {table}(x);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT {rows})
+         INSERT INTO {table} SELECT i FROM c;"
+    ))
+    .unwrap();
+    c
+}
+
+#[test]
+fn restore_replayed_a_stale_log_left_beside_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let backup = dir.path().join("b1.db");
+    let b = litebridge(&["backup", "--db", s(&db), "--to", s(&backup)]);
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    // Writes in the log, the process killed, the database file gone (a
+    // crash between a restore's renames, or an operator).
+    let writer = with_log(&db, "later", 6000);
+    assert!(Path::new(&format!("{}-wal", s(&db))).exists());
+    std::mem::forget(writer);
+    std::fs::rename(&db, dir.path().join("elsewhere.db")).unwrap();
+
+    let r = litebridge(&["restore", "--from", s(&backup), "--db", s(&db)]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    // The restored database is the backup, and nothing else.
+    let check = litebridge(&["check", "--db", s(&db)]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000);
+    let later: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'later'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        later, 0,
+        "the stale log was replayed into the restored file"
+    );
+    // The log was moved aside with the name the report gives.
+    assert!(text(&r.stdout).contains("kept at"), "{}", text(&r.stdout));
+}
+
+#[test]
+fn restore_from_a_file_whose_writes_are_still_in_its_log_copied_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    let writer = with_log(&source, "notes", 300);
+    let db = dir.path().join("app.db");
+    let r = litebridge(&["restore", "--from", s(&source), "--db", s(&db)]);
+    drop(writer);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 300);
+    // Nothing is left beside the restored file but what SQLite makes.
+    let extra: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("restoring") || n.contains("partial"))
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
+}

@@ -134,7 +134,7 @@ pub(crate) fn copy_verified(
 }
 
 /// Copies `source` into the empty file `partial` and verifies the copy.
-fn copy_into(
+pub(crate) fn copy_into(
     source: &Path,
     partial: &Path,
     busy_timeout: Duration,
@@ -197,7 +197,7 @@ fn copy_into(
 }
 
 /// The companions SQLite keeps beside a database file.
-const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+pub(crate) const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 fn exists_error(dest: &Path) -> Error {
     Error::Open {
@@ -332,7 +332,7 @@ fn same_file(path: &Path, meta: &std::fs::Metadata) -> bool {
 
 /// Creates the empty file the copy is written to, beside `dest`, under a
 /// name nobody else has (exclusively: it cannot be an existing file or link).
-fn create_partial(dest: &Path) -> Result<PathBuf> {
+pub(crate) fn create_partial(dest: &Path) -> Result<PathBuf> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -1,18 +1,22 @@
 //! Restoring a database file from a backup.
 //!
-//! The backup is verified before anything is touched. The file it replaces
-//! (with its `-wal` and `-shm`) is moved aside, never deleted, and the copy is
-//! written to a temporary name, synced, verified and renamed into place, so a
-//! crash at any point leaves either the old file aside or the new one whole.
+//! The backup is verified before anything is touched, then copied through
+//! SQLite's backup API (its `-wal` included, as SQLite reads it) to a
+//! hidden file beside the database, and the copy verified: until then the
+//! database is not touched, so a copy that fails (a full disk) leaves it as
+//! it was. Then the database's place is cleared: the file and every
+//! companion SQLite would take for it (`-wal`, `-shm`, `-journal`, even with
+//! no database beside them: a stale log would be replayed into the restored
+//! file) are moved aside, never deleted; the copy is renamed into place and
+//! the directory synced. A crash at any point leaves the old file where it
+//! was or aside, and the new one whole or not there.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::backup::{check_file, with_suffix};
-use crate::db::open::quick_check;
+use crate::db::backup::{COMPANIONS, check_file, copy_into, create_partial, with_suffix};
 use crate::error::{Error, Result};
 
 /// What a restore did.
@@ -20,20 +24,24 @@ use crate::error::{Error, Result};
 pub struct RestoreReport {
     /// The restored database file.
     pub path: PathBuf,
-    /// Bytes copied.
+    /// Bytes of the restored file.
     pub bytes: u64,
-    /// Where the replaced file was moved (None when there was none).
+    /// Where the replaced file (or the companions a missing one left
+    /// behind) was moved: None when there was nothing.
     pub replaced_kept_at: Option<PathBuf>,
     /// How old the backup is (from its modification time).
     pub backup_age: Duration,
 }
 
 /// Replaces the database at `db` with the backup at `from`, keeping the
-/// replaced file at `aside`. `progress(copied, total)` is called as bytes are copied.
+/// replaced file at `aside`. `progress(copied, total)` is called as pages
+/// are copied.
 ///
 /// # Errors
 /// [`Error::Corrupt`] if the backup fails verification (nothing is changed);
-/// [`Error::Busy`] if another process has `db` open; [`Error::Io`] for file errors.
+/// [`Error::Busy`] if another process has `db` open; [`Error::Io`] for file
+/// errors (a failed copy changes nothing; a failure after the database was
+/// moved aside moves it back, or names where it is).
 pub fn restore_file(
     from: &Path,
     db: &Path,
@@ -65,34 +73,57 @@ pub fn restore_file(
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
 
-    let replaced_kept_at = if db.exists() {
-        ensure_not_in_use(db)?;
-        move_aside(db, aside)?;
-        Some(aside.to_path_buf())
-    } else {
-        None
+    let partial = create_partial(db)?;
+    let placed = copy_into(from, &partial, Duration::from_secs(5), &mut |p| {
+        progress(p.copied, p.total);
+    })
+    .and_then(|_| place(&partial, db, aside));
+    let replaced_kept_at = match placed {
+        Ok(moved) => moved.then(|| aside.to_path_buf()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
     };
-
-    let partial = with_suffix(db, ".restoring");
-    let bytes = copy_synced(from, &partial, &mut progress)?;
-    let conn = Connection::open_with_flags(&partial, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let problems = quick_check(&conn, 10)?.damage;
-    drop(conn);
-    if !problems.is_empty() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(Error::Corrupt {
-            path: partial,
-            detail: format!("the copy failed verification: {}", problems.join("; ")),
-        });
-    }
-    std::fs::rename(&partial, db)
-        .map_err(|e| Error::io("cannot move the restored file to", db, e))?;
     Ok(RestoreReport {
         path: db.to_path_buf(),
-        bytes,
+        bytes: std::fs::metadata(db).map_or(0, |m| m.len()),
         replaced_kept_at,
         backup_age,
     })
+}
+
+/// Clears `db`'s place (moving the file and its companions to `aside`) and
+/// renames the verified copy `partial` there; whether anything was moved.
+fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
+    if db.exists() {
+        ensure_not_in_use(db)?;
+    }
+    let moved = move_aside(db, aside)?;
+    if let Err(e) = std::fs::rename(partial, db) {
+        let e = if moved && move_back(db, aside).is_err() {
+            std::io::Error::new(
+                e.kind(),
+                format!("{e}; the database is kept at {}", aside.display()),
+            )
+        } else {
+            e
+        };
+        return Err(Error::io("cannot move the restored file to", db, e));
+    }
+    sync_dir(db);
+    Ok(moved)
+}
+
+/// Syncs the directory holding `path`, so the renames outlive a power loss.
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -128,38 +159,35 @@ fn ensure_not_in_use(db: &Path) -> Result<()> {
     }
 }
 
-fn move_aside(db: &Path, aside: &Path) -> Result<()> {
-    for (from, to) in [
-        (db.to_path_buf(), aside.to_path_buf()),
-        (with_suffix(db, "-wal"), with_suffix(aside, "-wal")),
-        (with_suffix(db, "-shm"), with_suffix(aside, "-shm")),
-    ] {
+/// `db` and each companion of it that exists, moved to the same names
+/// beside `aside`; whether anything was moved.
+fn move_aside(db: &Path, aside: &Path) -> Result<bool> {
+    let mut moved = false;
+    for (from, to) in pairs(db, aside) {
         if from.exists() {
             std::fs::rename(&from, &to).map_err(|e| Error::io("cannot move aside", &from, e))?;
+            moved = true;
+        }
+    }
+    Ok(moved)
+}
+
+/// Undoes [`move_aside`].
+fn move_back(db: &Path, aside: &Path) -> std::io::Result<()> {
+    for (to, from) in pairs(db, aside) {
+        if from.exists() {
+            std::fs::rename(&from, &to)?;
         }
     }
     Ok(())
 }
 
-fn copy_synced(from: &Path, to: &Path, progress: &mut impl FnMut(u64, u64)) -> Result<u64> {
-    let mut src = std::fs::File::open(from).map_err(|e| Error::io("cannot read", from, e))?;
-    let total = src.metadata().map_or(0, |m| m.len());
-    let mut dst = std::fs::File::create(to).map_err(|e| Error::io("cannot create", to, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let n = src
-            .read(&mut buf)
-            .map_err(|e| Error::io("cannot read", from, e))?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])
-            .map_err(|e| Error::io("cannot write", to, e))?;
-        copied += n as u64;
-        progress(copied, total);
-    }
-    dst.sync_all()
-        .map_err(|e| Error::io("cannot sync", to, e))?;
-    Ok(copied)
+fn pairs(db: &Path, aside: &Path) -> Vec<(PathBuf, PathBuf)> {
+    std::iter::once((db.to_path_buf(), aside.to_path_buf()))
+        .chain(
+            COMPANIONS
+                .iter()
+                .map(|c| (with_suffix(db, c), with_suffix(aside, c))),
+        )
+        .collect()
 }
