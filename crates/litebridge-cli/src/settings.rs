@@ -593,6 +593,13 @@ const KEYS: &[Key] = &[
         help: "recycle a worker older than this (0: never)",
     },
     Key {
+        name: "workers.max_reply_mb",
+        env: &[],
+        kind: int_kind(1, 4096),
+        default: || int((workers().max_line_bytes >> 20) as i64),
+        help: "the longest line (a reply) a worker may write, in MiB; a longer one is a protocol error and the worker is replaced. litebridge holds a reply as a JSON tree, which can take tens of times its size",
+    },
+    Key {
         name: "workers.max_rss_mb",
         env: &[],
         kind: int_kind(0, 1 << 30),
@@ -1265,6 +1272,7 @@ impl Settings {
         c.max_idle = positive("workers.max_idle_ms").map(Duration::from_millis);
         c.max_age = positive("workers.max_age_ms").map(Duration::from_millis);
         c.max_rss_bytes = positive("workers.max_rss_mb").map(|mb| mb << 20);
+        c.max_line_bytes = (self.int("workers.max_reply_mb") as usize) << 20;
         Ok(Some(c))
     }
 

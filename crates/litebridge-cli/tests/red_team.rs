@@ -1198,3 +1198,47 @@ fn serve_recover_switched_off_the_memory_budget() {
         assert!(!log.contains("is not enforced"), "{extra:?}: {log}");
     }
 }
+
+#[test]
+fn a_workers_reply_took_memory_without_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let config = dir.path().join("w.toml");
+    std::fs::write(&config, "[workers]\nmax_reply_mb = 1\n").unwrap();
+    let server = Server::start(
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+    );
+    let big = "x".repeat(2 << 20);
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "echo", "params": [big], "retry": false}),
+    ));
+    assert_eq!(
+        r["error"]["data"]["kind"],
+        "worker_crashed",
+        "{}",
+        &r.to_string()[..300.min(r.to_string().len())]
+    );
+    // Its replacement answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = server.rpc(call(
+            "bridge.call",
+            json!({"method": "echo", "params": ["small"]}),
+        ));
+        if r["result"] == "small" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.stop().success());
+}

@@ -47,7 +47,11 @@ pub struct WorkerConfig {
     pub breaker: BreakerConfig,
     /// Stderr lines kept per worker for crash reports. Default: 20.
     pub stderr_lines: usize,
-    /// The longest line a worker may write; longer is a protocol error. Default: 256 MiB.
+    /// The longest line a worker may write; longer is a protocol error (the
+    /// worker is replaced). Default: 64 MiB, as a stdio request's line. A
+    /// reply is held as a JSON tree, which for an array of small numbers
+    /// takes about 45 times its text (a hostile review measured a 10 MB
+    /// reply at 450 MB): lower it when workers answer only small results.
     pub max_line_bytes: usize,
     /// Interval of `$/ping` health checks and recycling checks. Default: 10 s.
     pub health_interval: Duration,
@@ -93,7 +97,7 @@ impl WorkerConfig {
             retry: RetryPolicy::default().max_retries(3).max_elapsed(None),
             breaker: BreakerConfig::default(),
             stderr_lines: 20,
-            max_line_bytes: 256 * 1024 * 1024,
+            max_line_bytes: 64 * 1024 * 1024,
             health_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(5),
             recycle_after_calls: None,
