@@ -1242,3 +1242,57 @@ fn a_workers_reply_took_memory_without_bound() {
     }
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_web_pages_img_tag_reaches_a_keyless_server_without_an_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("img.db");
+    let server = Server::start(&db, &[]);
+    // What `<img src="http://127.0.0.1:7070/events">` on another site
+    // sends: a loopback Host, no Origin, Sec-Fetch-Site: cross-site.
+    for path in ["/events", "/api/dashboard", "/metrics", "/"] {
+        let (status, reply) = raw(
+            &server.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors"
+            ),
+            b"",
+        );
+        assert_eq!(status, 403, "{path}: {reply}");
+    }
+    let body = call("sql.execute", json!({"sql": "CREATE TABLE pwned(x)"})).to_string();
+    // A form it submits navigates too, but posts.
+    for extra in [
+        "\r\nSec-Fetch-Site: cross-site",
+        "\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate",
+    ] {
+        let (status, reply) = raw(
+            &server.addr,
+            &rpc_head("127.0.0.1", extra, body.len()),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 403, "{extra}: {reply}");
+    }
+    // The server's own page, a typed address, a link another site's page
+    // showed (the browser opens the page; that page cannot read it) and
+    // tools without the header.
+    for extra in [
+        "\r\nSec-Fetch-Site: same-origin",
+        "\r\nSec-Fetch-Site: none",
+        "\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate",
+        "",
+    ] {
+        let (status, reply) = raw(
+            &server.addr,
+            &format!("GET /api/dashboard HTTP/1.1\r\nHost: 127.0.0.1{extra}"),
+            b"",
+        );
+        assert_eq!(status, 200, "{extra}: {reply}");
+    }
+    let tables = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name = 'pwned'"}),
+    ));
+    assert_eq!(tables["result"]["rows"][0][0], 0);
+    assert!(server.stop().success());
+}

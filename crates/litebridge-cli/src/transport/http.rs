@@ -120,7 +120,7 @@ pub(crate) fn router(
 
 /// Refuses requests a web page could have sent (see the module docs).
 async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match check_site(state.access.exposed, request.headers()) {
+    match check_site(state.access.exposed, request.method(), request.headers()) {
         Ok(()) => next.run(request).await,
         Err(reason) => rpc_error(
             StatusCode::FORBIDDEN,
@@ -129,11 +129,20 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
     }
 }
 
-/// The `Host` and `Origin` rules: on loopback the host must be a loopback
-/// name; an `Origin`, when present, must be a loopback one on loopback, and
-/// the request's own host otherwise. Every value of a repeated header is
-/// held to them.
-pub(crate) fn check_site(exposed: bool, headers: &HeaderMap) -> Result<(), String> {
+/// The `Host`, `Origin` and `Sec-Fetch-Site` rules: on loopback the host
+/// must be a loopback name; an `Origin`, when present, must be a loopback
+/// one on loopback, and the request's own host otherwise; and a request a
+/// browser marks `Sec-Fetch-Site: cross-site` is refused (a page's `<img>`
+/// or `<script>` sends no `Origin`, but that header), unless it is the
+/// browser itself opening a page (`GET`, `Sec-Fetch-Mode: navigate`: a
+/// link to the dashboard; the page it opens is this server's own, and
+/// another site's page cannot read what it shows). Every value of a
+/// repeated header is held to them.
+pub(crate) fn check_site(
+    exposed: bool,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<(), String> {
     let mut hosts = Vec::new();
     for v in headers.get_all(header::HOST) {
         hosts.push(
@@ -170,6 +179,22 @@ pub(crate) fn check_site(exposed: bool, headers: &HeaderMap) -> Result<(), Strin
                 origin.chars().take(100).collect::<String>()
             ));
         }
+    }
+    let is = |name: &str, value: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(value))
+    };
+    let opening_a_page = method == axum::http::Method::GET
+        && is("sec-fetch-mode", b"navigate")
+        && headers.get_all("sec-fetch-mode").iter().count() == 1;
+    if is("sec-fetch-site", b"cross-site") && !opening_a_page {
+        return Err(
+            "requests a web page of another site sent are refused (Sec-Fetch-Site: cross-site): \
+             a browser may reach this server only from its own site"
+                .to_owned(),
+        );
     }
     Ok(())
 }
