@@ -14,6 +14,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Tool, ToolAnnotations};
 use serde_json::{Map, Value as Json, json};
 
 use litebridge::auth::{Caller, Scope};
+use litebridge::workers::MethodInfo;
 
 use crate::rpc::{self, App, RpcError};
 
@@ -65,6 +66,39 @@ fn worker_tool_name(method: &str) -> String {
     name
 }
 
+/// The worker methods as tools: each method's tool name, one to one. A
+/// name [`worker_tool_name`] would give two methods (`a.b` and `a_b`, or
+/// two long names alike in their first 57 characters) is given to neither:
+/// each ends in a digest of its own method's name instead, so an agent
+/// never runs a method other than the one listed, whatever order the
+/// workers announced them in.
+fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)> {
+    tool_names(pool.methods())
+}
+
+fn tool_names(mut methods: Vec<MethodInfo>) -> Vec<(String, MethodInfo)> {
+    use sha2::Digest as _;
+    methods.sort_by(|a, b| a.name.cmp(&b.name));
+    methods.dedup_by(|a, b| a.name == b.name);
+    let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for m in &methods {
+        *uses.entry(worker_tool_name(&m.name)).or_default() += 1;
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            let mut name = worker_tool_name(&m.name);
+            if uses[&name] > 1 {
+                let digest = sha2::Sha256::digest(m.name.as_bytes());
+                let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+                name.truncate(64 - 9);
+                name = format!("{name}_{tag}");
+            }
+            (name, m)
+        })
+        .collect()
+}
+
 fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
     match &m.params {
         Some(params) => {
@@ -110,10 +144,7 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
         })
         .collect();
     if let Some(pool) = workers.filter(|_| caller.scopes().allows(Scope::Bridge)) {
-        let mut methods = pool.methods();
-        methods.sort_by(|a, b| a.name.cmp(&b.name));
-        methods.dedup_by(|a, b| a.name == b.name);
-        for m in methods {
+        for (name, m) in worker_tools(pool) {
             let description = format!(
                 "Worker method `{}`{}{}",
                 m.name,
@@ -127,12 +158,7 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
                     " (not idempotent: never retried)"
                 }
             );
-            tools.push(tool(
-                worker_tool_name(&m.name),
-                description,
-                worker_schema(&m),
-                false,
-            ));
+            tools.push(tool(name, description, worker_schema(&m), false));
         }
     }
     tools
@@ -152,10 +178,7 @@ fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static s
         return Some((m.name, Json::Object(args)));
     }
     let pool = app.service.workers.as_ref()?;
-    let method = pool
-        .methods()
-        .into_iter()
-        .find(|m| worker_tool_name(&m.name) == name)?;
+    let (_, method) = worker_tools(pool).into_iter().find(|(n, _)| n == name)?;
     Some((
         "bridge.call",
         json!({"method": method.name, "params": Json::Object(args)}),
@@ -303,6 +326,40 @@ fn readable_rows(v: &Json) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_methods_whose_tool_names_would_collide_each_get_their_own() {
+        let method = |name: &str| MethodInfo {
+            name: name.into(),
+            idempotent: true,
+            cache_ttl_s: None,
+            description: None,
+            params: None,
+        };
+        let long = "y".repeat(70);
+        let names = [
+            "a.b",
+            "a_b",
+            "plain",
+            &format!("{long}1"),
+            &format!("{long}2"),
+        ];
+        let tools = tool_names(names.iter().rev().map(|n| method(n)).collect());
+        let tool = |m: &str| tools.iter().find(|(_, i)| i.name == m).unwrap().0.clone();
+        assert_eq!(tool("plain"), "worker_plain");
+        let all: std::collections::HashSet<String> = tools.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(all.len(), names.len(), "{tools:?}");
+        for (n, _) in &tools {
+            assert!(n.len() <= 64 && n.starts_with("worker_"), "{n}");
+        }
+        assert!(tool("a.b").starts_with("worker_a_b_") && tool("a.b") != tool("a_b"));
+        // The same name whatever order the workers announced them in.
+        let again = tool_names(names.iter().map(|n| method(n)).collect());
+        assert_eq!(
+            again.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            tools.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn worker_names_become_valid_tool_names() {
