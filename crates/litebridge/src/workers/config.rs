@@ -27,7 +27,8 @@ pub struct WorkerConfig {
     /// Deadline of a call that does not set one, time queued included. Default: 30 s.
     pub call_timeout: Duration,
     /// After `$/cancelRequest`, how long a worker may stay busy with the call
-    /// before it is killed and replaced. Default: 5 s.
+    /// before it is replaced (at the next health check, its other calls
+    /// finishing first). Default: 5 s.
     pub cancel_grace: Duration,
     /// At shutdown, how long workers get after stdin closes, and again after
     /// SIGTERM, before SIGKILL. Default: 5 s.

@@ -21,7 +21,10 @@
 //! **Deadlines and cancellation.** A call's deadline covers its time queued.
 //! When it passes, or the caller drops the future, the worker gets
 //! `$/cancelRequest`; a worker still busy with the call after `cancel_grace`
-//! is killed and replaced, so a stuck handler cannot hold a slot forever.
+//! is replaced at the next health check (recycled: a new worker takes the
+//! slot, the old one finishes its other callers' calls, then is stopped), so
+//! a stuck handler cannot hold a slot forever, and one caller's short
+//! deadline never fails another's call.
 //!
 //! **Launching.** The pool and `process` see a worker as three byte streams,
 //! a way to signal it and a future of its exit (`launch`): real processes in

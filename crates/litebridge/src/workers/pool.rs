@@ -797,6 +797,12 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
 
 /// Why a worker is recycled, if it should be.
 fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
+    if p.is_stuck() {
+        return Some(format!(
+            "a call it was told to cancel still ran {} ms later",
+            p.cancel_grace().as_millis()
+        ));
+    }
     if let Some(n) = config.recycle_after_calls
         && p.calls.load(Ordering::Relaxed) >= n
     {
@@ -916,9 +922,11 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
     let grace = s.config.shutdown_grace;
     let drain = s.config.call_timeout;
     tokio::spawn(async move {
-        // Calls already sent are answered as usual; then stdin closes.
+        // Calls already sent are answered as usual (not those their callers
+        // gave up: a stuck one would hold this for the whole drain); then
+        // stdin closes.
         let until = Instant::now() + drain;
-        while old.load.load(Ordering::Acquire) > 0 && Instant::now() < until && !old.is_dead() {
+        while old.answering() > 0 && Instant::now() < until && !old.is_dead() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         old.close_stdin();

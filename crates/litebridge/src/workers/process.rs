@@ -62,6 +62,9 @@ pub(crate) struct Process {
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Instant>>,
     dead: AtomicBool,
+    /// A call it was told to cancel still ran `cancel_grace` later: the
+    /// pool replaces it (its other calls finish first).
+    stuck: AtomicBool,
     exited: watch::Receiver<Option<String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     cancel_grace: Duration,
@@ -160,6 +163,7 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             exited: exited_rx,
             stderr,
             cancel_grace: config.cancel_grace,
@@ -244,8 +248,13 @@ impl Process {
         Ok(rx)
     }
 
-    /// The caller of `id` gave up: tells the worker with `$/cancelRequest`, and
-    /// kills the worker if it has not answered within the grace period.
+    /// The caller of `id` gave up: tells the worker with `$/cancelRequest`,
+    /// and marks the worker stuck if it has not answered within the grace
+    /// period. A stuck worker is not killed here: it may be running other
+    /// callers' calls, which a kill would fail (as `worker_crashed`, outcome
+    /// unknown, for a method that must not run twice). The pool replaces it
+    /// at its next health check and lets those calls finish first
+    /// (`recycle`); a worker that stops answering pings is killed there.
     pub(crate) fn abandon(self: &Arc<Self>, id: u64) {
         if lock(&self.pending).remove(&id).is_none() {
             return; // already answered
@@ -261,16 +270,30 @@ impl Process {
         tokio::spawn(async move {
             tokio::time::sleep(me.cancel_grace).await;
             let stuck = lock(&me.cancelled).contains_key(&id);
-            if stuck && !me.is_dead() {
+            if stuck && !me.is_dead() && !me.stuck.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
                     worker = me.id,
                     pid = me.pid,
-                    "call {id} still running {} ms after $/cancelRequest: killing the worker",
+                    "call {id} still running {} ms after $/cancelRequest: the worker will be replaced once its other calls are done",
                     me.cancel_grace.as_millis()
                 );
-                me.control.signal(libc::SIGKILL);
             }
         });
+    }
+
+    /// Whether a call it was told to cancel still ran `cancel_grace` later.
+    pub(crate) fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Acquire)
+    }
+
+    /// The grace a cancelled call has to end.
+    pub(crate) fn cancel_grace(&self) -> Duration {
+        self.cancel_grace
+    }
+
+    /// Calls sent to it that a caller still waits for (not the cancelled).
+    pub(crate) fn answering(&self) -> usize {
+        lock(&self.pending).len()
     }
 
     /// Closes stdin: a well-behaved worker finishes its calls and exits.

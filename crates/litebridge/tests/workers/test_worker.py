@@ -21,9 +21,10 @@ def pid():
 
 @worker.method()
 def close_stdin():
-    """Closes the worker's stdin, as a library a handler calls may do: the
-    worker lives on and answers, but can take no more calls."""
-    os.close(0)
+    """Closes the descriptor the worker reads its calls from, as a library a
+    handler calls may close one it does not own (fd 0 itself reads
+    /dev/null): the worker lives on, but can take no more calls."""
+    os.close(worker._in)
     return os.getpid()
 
 
