@@ -143,7 +143,7 @@ pub enum Error {
         message: String,
     },
     /// The database file is damaged.
-    #[error("database {} is corrupt: {detail}", path.display())]
+    #[error("database {}is corrupt: {detail}", named(path))]
     Corrupt {
         /// The damaged file.
         path: PathBuf,
@@ -521,6 +521,16 @@ impl Error {
     }
 }
 
+/// A path followed by a space, or nothing for an empty one (an error from
+/// SQLite knows no path until a caller adds it).
+fn named(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("{} ", path.display())
+    }
+}
+
 use rusqlite::ffi::{
     SQLITE_BUSY, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_LOCKED, SQLITE_NOMEM,
     SQLITE_NOTADB, SQLITE_READONLY,
@@ -595,6 +605,23 @@ impl From<rusqlite::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_error_names_its_file_or_none_without_a_gap() {
+        let named = Error::Corrupt {
+            path: PathBuf::from("/d/app.db"),
+            detail: "malformed".into(),
+        };
+        assert_eq!(
+            named.to_string(),
+            "database /d/app.db is corrupt: malformed"
+        );
+        let unnamed = Error::Corrupt {
+            path: PathBuf::new(),
+            detail: "malformed".into(),
+        };
+        assert_eq!(unnamed.to_string(), "database is corrupt: malformed");
+    }
 
     #[test]
     fn constraint_errors_are_sql_and_not_recoverable() {

@@ -124,6 +124,8 @@ pub(crate) fn copy_verified(
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
+    // The backup's name outlives a power loss, as its bytes do.
+    sync_dir(dest);
     let bytes = std::fs::metadata(dest).map_or(0, |m| m.len());
     Ok(BackupReport {
         path: dest.to_path_buf(),
@@ -131,6 +133,18 @@ pub(crate) fn copy_verified(
         pages,
         elapsed: started.elapsed(),
     })
+}
+
+/// Syncs the directory holding `path`, so a rename or link there outlives
+/// a power loss.
+pub(crate) fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Copies `source` into the empty file `partial` and verifies the copy.

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::backup::{COMPANIONS, check_file, copy_into, create_partial, with_suffix};
+use crate::db::backup::{COMPANIONS, check_file, copy_into, create_partial, sync_dir, with_suffix};
 use crate::error::{Error, Result};
 
 /// What a restore did.
@@ -113,17 +113,6 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
     }
     sync_dir(db);
     Ok(moved)
-}
-
-/// Syncs the directory holding `path`, so the renames outlive a power loss.
-fn sync_dir(path: &Path) {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
