@@ -259,3 +259,45 @@ async fn the_concurrent_limit_refuses_past_its_slots_and_frees_them() {
     let local = Caller::local(Scopes::ALL);
     let _slots: Vec<_> = (0..100).map(|_| local.enter().unwrap()).collect();
 }
+
+#[tokio::test]
+async fn two_servers_on_one_database_count_against_one_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let secret = key(&db, "shared", "read", "tiny").await;
+    let clock = TestClock::new();
+    // Two servers: two `Auth`s, each with its own counts in memory.
+    let one = Auth::open(db.clone(), tiers(), clock.clone())
+        .await
+        .unwrap();
+    let two = Auth::open(db.clone(), tiers(), clock.clone())
+        .await
+        .unwrap();
+    let (a, b) = (
+        one.authenticate(&secret).unwrap(),
+        two.authenticate(&secret).unwrap(),
+    );
+    a.charge().unwrap();
+    a.charge().unwrap();
+    b.charge().unwrap();
+    // Each flush adds its own and reads the other's.
+    one.flush().await.unwrap();
+    two.flush().await.unwrap();
+    one.flush().await.unwrap();
+    assert_eq!(a.key().unwrap().used(), (3, 3));
+    assert_eq!(b.key().unwrap().used(), (3, 3));
+    // The day's three are spent on both.
+    assert_eq!(quota(a.charge().unwrap_err()).0, "daily");
+    assert_eq!(quota(b.charge().unwrap_err()).0, "daily");
+    // A count not written yet is not lost by the reading.
+    clock.advance(Duration::from_secs(3 * 3_600));
+    a.charge().unwrap();
+    one.flush().await.unwrap();
+    two.flush().await.unwrap();
+    b.charge().unwrap();
+    two.flush().await.unwrap();
+    one.flush().await.unwrap();
+    assert_eq!(a.key().unwrap().used(), (2, 5));
+    assert_eq!(b.key().unwrap().used(), (2, 5));
+    assert_eq!(quota(b.charge().unwrap_err()).0, "monthly");
+}

@@ -354,6 +354,12 @@ async fn keys_body(db: Backend) {
     }
     a.flush().await.unwrap();
     b.flush().await.unwrap();
+    a.flush().await.unwrap();
+    // Each front end counts what the other counted, from its next flush.
+    for front in [&a, &b] {
+        let used = front.authenticate(&secret).unwrap().key().unwrap().used();
+        assert_eq!(used.0, 6, "{used:?}");
+    }
     // A third front end sees what both counted.
     let c = Auth::open(db.clone(), tiers.clone(), clock.clone())
         .await

@@ -406,11 +406,54 @@ impl Auth {
     }
 
     /// Adds the counts of the requests since the last flush to
-    /// `litebridge_quota`, and records each key's last use.
+    /// `litebridge_quota`, records each key's last use, then reads every
+    /// key's totals back: what other servers on the same database counted
+    /// is then counted here too (each key's count is the database's total
+    /// plus what this server has not written yet), so their requests add up
+    /// against one quota, within one flush interval.
     ///
     /// # Errors
     /// SQLite errors; the counts are kept for the next flush.
     pub async fn flush(&self) -> Result<()> {
+        self.write_counts().await?;
+        self.read_totals().await
+    }
+
+    /// Sets each key's counts of the current day and month to the
+    /// database's totals plus what is pending here.
+    async fn read_totals(&self) -> Result<()> {
+        let _one = self.inner.busy.lock().await;
+        let (day, month, _) = periods(self.inner.clock.now());
+        let db = &self.inner.db;
+        let rows = db
+            .own_query(
+                &format!(
+                    // CAST: PostgreSQL sums BIGINTs as NUMERIC.
+                    "SELECT key_id,
+                            CAST(coalesce(sum(CASE WHEN period = ?1 THEN count END), 0) AS BIGINT),
+                            CAST(coalesce(sum(CASE WHEN period = ?2 THEN count END), 0) AS BIGINT)
+                     FROM {} WHERE period IN (?1, ?2) GROUP BY key_id",
+                    db.own("quota")
+                ),
+                params![day.name(), month.name()],
+            )
+            .await?;
+        let totals: HashMap<i64, (u64, u64)> = rows
+            .rows
+            .iter()
+            .map(|r| {
+                let n = |v: &crate::Value| keys::int(v).unwrap_or(0).max(0) as u64;
+                (keys::int(&r[0]).unwrap_or(0), (n(&r[1]), n(&r[2])))
+            })
+            .collect();
+        for e in self.registry().by_hash.values() {
+            let (d, m) = totals.get(&e.id).copied().unwrap_or((0, 0));
+            lock(&e.meter.usage).sync(day, d, month, m);
+        }
+        Ok(())
+    }
+
+    async fn write_counts(&self) -> Result<()> {
         let _one = self.inner.busy.lock().await;
         let retired = std::mem::take(&mut *lock(&self.inner.retired));
         let entries: Vec<Arc<KeyEntry>> = self

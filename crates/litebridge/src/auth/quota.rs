@@ -191,6 +191,24 @@ impl Usage {
         (std::mem::take(&mut self.pending), self.last_used_ms.take())
     }
 
+    /// Takes the database's totals of the current periods (every server's
+    /// written counts): the count is that plus what is pending here. Never
+    /// lowers a count: a total read just before this server's own writes
+    /// landed would undercount.
+    pub(crate) fn sync(&mut self, day: Period, day_total: u64, month: Period, month_total: u64) {
+        self.roll(day, month);
+        let pending = |p: Period| {
+            self.pending
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        let (day_pending, month_pending) = (pending(day), pending(month));
+        self.day_count = self.day_count.max(day_total + day_pending);
+        self.month_count = self.month_count.max(month_total + month_pending);
+    }
+
     /// Puts back deltas that could not be written.
     pub(crate) fn restore_pending(&mut self, pending: Vec<(Period, u64)>, last: Option<i64>) {
         for (p, n) in pending {
