@@ -295,7 +295,21 @@ pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result
 /// deadlines (a `CHECK (instr(a, b) >= 0)` on large values took seconds
 /// per row at every start and backup). Read-only connections never checked
 /// them (SQLite drops `CHECK`s there), so every check now agrees.
+///
+/// A check still computes generated columns declared `NOT NULL`, so it
+/// runs with litebridge's linear functions (`instr`, `replace`, ...), as
+/// the writer that stored the rows did: SQLite's own take time quadratic
+/// in a client's values, on a connection no deadline stops.
 fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Findings> {
+    let longest = conn
+        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
+        .max(0) as usize;
+    crate::db::functions::install(
+        conn,
+        longest,
+        MAX_LIKE_PATTERN as usize,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )?;
     let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
     let rows = (|| {
@@ -380,6 +394,34 @@ mod tests {
         ] {
             assert!(!from_the_data(line), "{line}");
         }
+    }
+
+    #[test]
+    fn a_check_computes_generated_columns_with_the_linear_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            // Written as the writer writes: with litebridge's functions.
+            let conn = Connection::open(&path).unwrap();
+            crate::db::functions::install(&conn, 1 << 30, 1000, halt).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE g(a, b, v AS (instr(a, b)) NOT NULL);
+                 INSERT INTO g(a, b) VALUES (printf('%.*c', 800000, 'a'), printf('%.*c', 399999, 'a') || 'b');",
+            )
+            .unwrap();
+        }
+        // A fresh connection, as every check opens: SQLite's own instr took
+        // seconds here (quadratic), on every start and backup.
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let started = std::time::Instant::now();
+        let found = quick_check(&conn, 10).unwrap();
+        assert!(
+            found.damage.is_empty() && found.data.is_empty(),
+            "{found:?}"
+        );
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 
     #[test]
