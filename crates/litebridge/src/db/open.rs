@@ -273,14 +273,14 @@ pub(crate) struct Findings {
     pub(crate) data: Vec<String>,
 }
 
-/// Runs `PRAGMA quick_check(limit)`.
+/// Runs `PRAGMA quick_check`, keeping at most `limit` lines of each kind.
 pub(crate) fn quick_check(conn: &Connection, limit: u32) -> rusqlite::Result<Findings> {
-    check_pragma(conn, &format!("PRAGMA quick_check({limit})"))
+    check_pragma(conn, "quick_check", limit)
 }
 
-/// Runs `PRAGMA integrity_check(limit)`.
+/// Runs `PRAGMA integrity_check`, keeping at most `limit` lines of each kind.
 pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result<Findings> {
-    check_pragma(conn, &format!("PRAGMA integrity_check({limit})"))
+    check_pragma(conn, "integrity_check", limit)
 }
 
 /// Runs an integrity check with tables' `CHECK` constraints left out.
@@ -300,7 +300,12 @@ pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result
 /// runs with litebridge's linear functions (`instr`, `replace`, ...), as
 /// the writer that stored the rows did: SQLite's own take time quadratic
 /// in a client's values, on a connection no deadline stops.
-fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Findings> {
+///
+/// SQLite stops a check after as many lines as it is given, whatever they
+/// say: the data's lines would use up a small limit and hide damage after
+/// them. So the check runs without a limit of its own, and stops once
+/// `limit` lines of damage are found.
+fn check_pragma(conn: &Connection, pragma: &str, limit: u32) -> rusqlite::Result<Findings> {
     let longest = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
         .max(0) as usize;
@@ -310,50 +315,78 @@ fn check_pragma(conn: &Connection, sql: &str) -> rusqlite::Result<Findings> {
         MAX_LIKE_PATTERN as usize,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     )?;
+    let generated = generated_columns(conn)?;
     let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
-    let rows = (|| {
-        let mut stmt = conn.prepare(sql)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+    let limit = limit.max(1) as usize;
+    let found = (|| {
+        let mut found = Findings::default();
+        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({})", i32::MAX))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let line: String = row.get(0)?;
+            if line == "ok" {
+                continue;
+            }
+            let kind = if from_virtual_table(&line) {
+                &mut found.virtual_tables
+            } else if from_the_data(&line, &generated) {
+                &mut found.data
+            } else {
+                &mut found.damage
+            };
+            if kind.len() < limit {
+                kind.push(line);
+            }
+            if found.damage.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
     })();
     if !ignoring {
         conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
     }
-    let rows = rows?;
-    let mut found = Findings::default();
-    if rows.len() == 1 && rows[0] == "ok" {
-        return Ok(found);
-    }
-    for row in rows {
-        if from_virtual_table(&row) {
-            found.virtual_tables.push(row);
-        } else if from_the_data(&row) {
-            found.data.push(row);
-        } else {
-            found.damage.push(row);
-        }
-    }
-    Ok(found)
+    found
 }
 
-/// Whether a line of an integrity check is about a row's values against
-/// its table's declaration (`NULL value in t.c`, `non-INTEGER value in
-/// t.c` for a STRICT table, `NUMERIC value in t.c`, `TEXT value in t.c`),
-/// as SQLite words them: a client's schema change can leave such rows
-/// behind (a generated column declared `NOT NULL` whose expression a new
-/// column changed), the file is sound, and the rows read as they are.
-fn from_the_data(line: &str) -> bool {
+/// The generated columns of every table, as `table.column` (as a check
+/// names a column).
+fn generated_columns(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT m.name, p.name FROM sqlite_schema AS m, pragma_table_xinfo(m.name) AS p
+         WHERE m.type = 'table' AND p.hidden IN (2, 3)",
+    )?;
+    let columns = stmt.query_map([], |r| {
+        Ok(format!(
+            "{}.{}",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?
+        ))
+    })?;
+    columns.collect()
+}
+
+/// Whether a line of an integrity check is about a generated column's value
+/// against its declaration (`NULL value in t.v`, `non-INTEGER value in t.v`
+/// for a STRICT table, `NUMERIC value in t.v`, `TEXT value in t.v`), as
+/// SQLite words them: a client's schema change can leave such values behind
+/// (a generated column declared `NOT NULL` whose expression a new column
+/// changed), and the file is sound. The same line about a stored column is
+/// damage: no statement stores such a value, but a flipped bit in a
+/// record's header does (integer 0 read as NULL).
+fn from_the_data(line: &str, generated: &std::collections::HashSet<String>) -> bool {
     const TYPES: [&str; 6] = ["ANY", "BLOB", "INT", "INTEGER", "REAL", "TEXT"];
-    ["NULL value in ", "NUMERIC value in ", "TEXT value in "]
+    let column = ["NULL value in ", "NUMERIC value in ", "TEXT value in "]
         .iter()
-        .any(|p| line.starts_with(p))
-        || line.strip_prefix("non-").is_some_and(|rest| {
-            TYPES.iter().any(|t| {
-                rest.strip_prefix(t)
-                    .is_some_and(|r| r.starts_with(" value in "))
-            })
-        })
+        .find_map(|p| line.strip_prefix(p))
+        .or_else(|| {
+            let rest = line.strip_prefix("non-")?;
+            TYPES
+                .iter()
+                .find_map(|t| rest.strip_prefix(t)?.strip_prefix(" value in "))
+        });
+    column.is_some_and(|c| generated.contains(c))
 }
 
 /// Whether a line of an integrity check comes from a virtual table's own
@@ -375,24 +408,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_that_break_their_declaration_are_the_datas_and_the_rest_is_damage() {
+    fn only_generated_columns_values_are_the_datas_and_the_rest_is_damage() {
+        let generated: std::collections::HashSet<String> =
+            ["g.v".to_owned(), "a.b.c".to_owned()].into();
         for line in [
             "NULL value in g.v",
-            "non-INTEGER value in t.c",
-            "non-TEXT value in t.c",
-            "NUMERIC value in t.c",
-            "TEXT value in t.c",
+            "NULL value in a.b.c",
+            "non-INTEGER value in g.v",
+            "non-TEXT value in g.v",
+            "NUMERIC value in g.v",
+            "TEXT value in g.v",
         ] {
-            assert!(from_the_data(line), "{line}");
+            assert!(from_the_data(line, &generated), "{line}");
         }
         for line in [
+            // A stored column: a flipped bit, not a statement.
+            "NULL value in t.flag",
+            "NULL value in g.w",
             "non-unique entry in index i",
-            "non-INTEGERS value in t.c",
+            "non-INTEGERS value in g.v",
             "row 3 missing from index i",
             "*** in database main ***\nTree 2 page 2 cell 0: invalid page number 9",
             "CHECK constraint failed in x",
         ] {
-            assert!(!from_the_data(line), "{line}");
+            assert!(!from_the_data(line, &generated), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_datas_lines_do_not_use_up_the_limit_and_hide_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                r#"PRAGMA page_size = 4096;
+                   CREATE TABLE g(a, v AS ("b") NOT NULL);
+                   WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT 50)
+                   INSERT INTO g(a) SELECT i FROM c;
+                   ALTER TABLE g ADD COLUMN b;
+                   CREATE TABLE t(id INTEGER PRIMARY KEY, flag INTEGER NOT NULL);
+                   INSERT INTO t VALUES (1, 0);"#,
+            )
+            .unwrap();
+        }
+        // t's one record: its flag's type byte 8 (the integer 0) made 0
+        // (NULL), as a flipped bit would. The record sits at the end of
+        // t's root page, the last page.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 4096;
+        let page = &mut bytes[last..];
+        let at = page.iter().rposition(|&b| b == 0x08).unwrap();
+        page[at] = 0x00;
+        std::fs::write(&path, &bytes).unwrap();
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        for limit in [1, 5, 20] {
+            let found = quick_check(&conn, limit).unwrap();
+            assert!(!found.damage.is_empty(), "limit {limit}: {found:?}");
+            assert!(found.data.len() <= limit as usize, "{found:?}");
+            assert!(
+                found.data.iter().all(|l| l == "NULL value in g.v"),
+                "{found:?}"
+            );
         }
     }
 
