@@ -38,7 +38,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     }
     for p in &report.data_problems {
         println!(
-            "warning: {p} (not damage to the file: a row breaks its table's declaration, \
+            "warning: {p} (not damage to the file: a generated column breaks its declaration, \
              as a schema change can leave it)"
         );
     }

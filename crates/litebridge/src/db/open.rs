@@ -114,8 +114,8 @@ impl Opener {
             for line in &found.data {
                 tracing::warn!(
                     db = %self.path.display(),
-                    "quick_check: {line} (the file is sound; a row breaks its table's \
-                     declaration, as a schema change can leave it)"
+                    "quick_check: {line} (the file is sound; a generated column breaks \
+                     its declaration, as a schema change can leave it)"
                 );
             }
             let problems = found.damage;
@@ -268,8 +268,8 @@ pub(crate) struct Findings {
     pub(crate) damage: Vec<String>,
     /// A full-text or R-tree table whose index disagrees with its content.
     pub(crate) virtual_tables: Vec<String>,
-    /// A row that breaks its table's declared types or `NOT NULL`: the
-    /// data's doing, not the file's (see [`from_the_data`]).
+    /// A generated column's value that breaks its declared type or `NOT
+    /// NULL`: the data's doing, not the file's (see [`from_the_data`]).
     pub(crate) data: Vec<String>,
 }
 
