@@ -834,16 +834,32 @@ async fn a_worker_that_closed_its_stdin_is_replaced_without_failing_calls() {
         .unwrap()
         .as_u64()
         .unwrap() as u32;
-    // The next calls find its stdin closed: it is killed and replaced, and
-    // no call fails for it, nor counts against the breaker.
+    // The next calls find its stdin closed: it is killed and replaced. A
+    // call that must not run twice either runs once or is answered
+    // `unavailable` (its line never reached a worker), never
+    // `worker_crashed`; none counts against the breaker.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let mut ran = 0;
     for i in 0..40 {
-        let r = pool.call("echo", json!([i]), CallOptions::default()).await;
+        let token = format!("t{i}");
+        let r = pool
+            .call(
+                "record_once",
+                json!([ledger.display().to_string(), token]),
+                CallOptions::default(),
+            )
+            .await;
         match r {
-            Ok(v) => assert_eq!(v, json!(i)),
-            // Sent to it before the pipe was known broken: not started.
+            Ok(v) => {
+                assert_eq!(v, json!(token));
+                ran += 1;
+            }
             Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
         }
     }
+    let recorded = std::fs::read_to_string(&ledger).unwrap_or_default();
+    assert_eq!(recorded.lines().count(), ran, "{recorded}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(broken) {
         assert!(Instant::now() < deadline, "worker {broken} still runs");
@@ -871,20 +887,22 @@ async fn one_callers_short_deadline_never_fails_anothers_call() {
     c.cancel_grace = Duration::from_millis(300);
     c.health_interval = Duration::from_millis(200);
     c.shutdown_grace = Duration::from_secs(1);
+    // Shorter than the other call, which asks for a longer deadline.
+    c.call_timeout = Duration::from_millis(1500);
     let pool = WorkerPool::start(c).await.unwrap();
     let old = pool.status().workers[0].pid;
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("charges");
-    // Another caller's call that must not run twice, running 2 s.
+    // Another caller's call that must not run twice, running 4 s.
     let charge = {
         let (pool, path) = (pool.clone(), ledger.display().to_string());
+        let long = CallOptions {
+            timeout: Some(Duration::from_secs(10)),
+            ..CallOptions::default()
+        };
         tokio::spawn(async move {
-            pool.call(
-                "record_once",
-                json!([path, "charged", 2.0]),
-                CallOptions::default(),
-            )
-            .await
+            pool.call("record_once", json!([path, "charged", 4.0]), long)
+                .await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -503,11 +503,25 @@ impl WorkerPool {
         timeout: Duration,
     ) -> Result<Json> {
         let s = &self.shared;
-        let process = self.pick(deadline, timeout).await?;
-        let id = s.next_call.fetch_add(1, Ordering::Relaxed);
-        let reply = process.send(id, method, params, request_id)?;
+        let mut tries = 0;
+        let (process, id, reply) = loop {
+            let process = self.pick(deadline, timeout).await?;
+            let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+            match process.send(id, method, params, request_id) {
+                Ok(reply) => break (process, id, reply),
+                // It stopped taking calls between the pick and the send (its
+                // stdin broke, or it died): the call never left, so another
+                // worker may take it, whatever the method.
+                Err(e) => {
+                    tries += 1;
+                    if tries >= 3 {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         // If this future is dropped (the caller went away) or times out, the
-        // worker is told to cancel, and killed if it stays stuck.
+        // worker is told to cancel, and replaced if it stays stuck.
         let mut guard = Abandon {
             process: process.clone(),
             id,
@@ -573,18 +587,24 @@ impl WorkerPool {
         r
     }
 
-    /// The live worker with the fewest calls in flight and room for one more.
+    /// The live worker with the fewest calls in flight and room for one
+    /// more, among those taking calls; one stuck on a cancelled call (to be
+    /// replaced) only when no other has room.
     fn least_loaded(&self) -> Option<Arc<Process>> {
         let max = self.shared.config.max_in_flight;
-        let mut best: Option<(usize, Arc<Process>)> = None;
+        let mut best: Option<((bool, usize), Arc<Process>)> = None;
         for slot in &self.shared.slots {
             let guard = read(slot);
             let Some(p) = guard.as_ref() else { continue };
-            let load = p.load.load(Ordering::Acquire);
-            if p.is_dead() || load >= max || best.as_ref().is_some_and(|(l, _)| *l <= load) {
+            let rank = (p.is_stuck(), p.load.load(Ordering::Acquire));
+            if p.is_dead()
+                || !p.takes_calls()
+                || rank.1 >= max
+                || best.as_ref().is_some_and(|(b, _)| *b <= rank)
+            {
                 continue;
             }
-            best = Some((load, p.clone()));
+            best = Some((rank, p.clone()));
         }
         best.map(|(_, p)| p)
     }
@@ -847,8 +867,22 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                 continue;
             }
             if let Some(reason) = recycle_reason(&s.config, &p) {
-                recycle(&s, slot, &p, reason).await;
-                continue;
+                if recycle(&s, slot, &p, reason).await {
+                    continue;
+                }
+                // Not replaced (its replacement cannot start), and stuck on
+                // a cancelled call for longer than a call's default
+                // deadline: killed, as a worker that stops answering pings
+                // is.
+                if p.stuck_for().is_some_and(|t| t >= s.config.call_timeout) {
+                    tracing::warn!(
+                        worker = p.id,
+                        pid = p.pid,
+                        "still stuck on a cancelled call and not replaced: killing the worker"
+                    );
+                    p.signal(libc::SIGKILL);
+                    continue;
+                }
             }
             ping(&s, &p).await;
         }
@@ -877,7 +911,8 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
 
 /// Starts a replacement, swaps it in, then lets the old worker finish its
 /// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
-async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) {
+/// Whether the old worker was swapped out.
+async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) -> bool {
     let id = s.next_process.fetch_add(1, Ordering::Relaxed);
     let fresh = match Process::spawn(&s.config, &*s.launcher, id, s.exit_tx.clone()).await {
         Ok(p) => {
@@ -889,7 +924,7 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
                 worker = old.id,
                 "recycling postponed, the replacement did not start: {e}"
             );
-            return;
+            return false;
         }
     };
     {
@@ -898,7 +933,7 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
             drop(current);
             // The slot changed meanwhile (the old worker died): keep the new one out.
             fresh.close_stdin();
-            return;
+            return true;
         }
         *current = Some(fresh.clone());
     }
@@ -920,12 +955,12 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         .send(PoolEvent::WorkerStarted { id, pid: fresh.pid });
     let old = old.clone();
     let grace = s.config.shutdown_grace;
-    let drain = s.config.call_timeout;
     tokio::spawn(async move {
-        // Calls already sent are answered as usual (not those their callers
-        // gave up: a stuck one would hold this for the whole drain); then
-        // stdin closes.
-        let until = Instant::now() + drain;
+        // Calls already sent are answered as usual, whatever their
+        // deadlines (a caller that gives up at its own takes its call out
+        // of those waited for, as do the cancelled: a stuck one would hold
+        // this up); then stdin closes.
+        let until = Instant::now() + MAX_DRAIN;
         while old.answering() > 0 && Instant::now() < until && !old.is_dead() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -937,7 +972,13 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
             }
         }
     });
+    true
 }
+
+/// The longest a retired worker is left to answer the calls it has (each
+/// also ends at its caller's deadline): the longest deadline a request may
+/// ask for.
+const MAX_DRAIN: Duration = Duration::from_secs(3_600);
 
 #[cfg(test)]
 mod tests {

@@ -57,14 +57,16 @@ pub(crate) struct Process {
     pub(crate) calls: AtomicU64,
     /// When the last call was sent.
     pub(crate) last_call: Mutex<Instant>,
-    stdin: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Lines for its stdin, each with the id of the call it sends (none
+    /// for a notification).
+    stdin: Mutex<Option<mpsc::UnboundedSender<Line>>>,
     pending: Mutex<HashMap<u64, Reply>>,
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Instant>>,
     dead: AtomicBool,
-    /// A call it was told to cancel still ran `cancel_grace` later: the
-    /// pool replaces it (its other calls finish first).
-    stuck: AtomicBool,
+    /// Since when a call it was told to cancel still ran `cancel_grace`
+    /// later: the pool replaces it (its other calls finish first).
+    stuck: Mutex<Option<Instant>>,
     exited: watch::Receiver<Option<String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     cancel_grace: Duration,
@@ -163,18 +165,19 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
-            stuck: AtomicBool::new(false),
+            stuck: Mutex::new(None),
             exited: exited_rx,
             stderr,
             cancel_grace: config.cancel_grace,
         });
         // A worker whose stdin cannot be written (it closed its end, as a
         // library a handler called may do) can take no more calls, though
-        // it lives and answers what it has: killed, it is replaced, and its
-        // calls in flight end as a crash would end them.
+        // it lives and answers what it has. The calls whose lines were not
+        // written are answered `unavailable` (they did not run); then it is
+        // killed and replaced, and the calls it had end as a crash ends them.
         let weak = Arc::downgrade(&process);
         tokio::spawn(async move {
-            if let Err(e) = write_stdin(stdin, stdin_rx).await
+            if let Err((e, unsent)) = write_stdin(stdin, stdin_rx).await
                 && let Some(p) = weak.upgrade()
                 && !p.is_dead()
             {
@@ -183,6 +186,9 @@ impl Process {
                     pid = p.pid,
                     "its stdin could not be written ({e}): killing the worker"
                 );
+                for id in unsent {
+                    p.answer(id, Err(p.not_sent()));
+                }
                 p.control.signal(libc::SIGKILL);
             }
         });
@@ -226,7 +232,7 @@ impl Process {
             *lock(&self.last_call) = Instant::now();
         }
         let sent = lock(&self.stdin).as_ref().is_some_and(|s| {
-            s.send(protocol::request(id, method, params, request_id))
+            s.send((Some(id), protocol::request(id, method, params, request_id)))
                 .is_ok()
         });
         if !sent {
@@ -237,15 +243,20 @@ impl Process {
             }
             // Its stdin broke (the worker is being killed) or was closed
             // (it is being retired): the call never left, so it did not run.
-            return Err(Error::Unavailable {
-                what: "workers",
-                reason: format!(
-                    "worker process {} takes no more calls (its stdin is closed); the call was not sent",
-                    self.pid
-                ),
-            });
+            return Err(self.not_sent());
         }
         Ok(rx)
+    }
+
+    /// The answer to a call whose line never reached the worker.
+    fn not_sent(&self) -> Error {
+        Error::Unavailable {
+            what: "workers",
+            reason: format!(
+                "worker process {} takes no more calls (its stdin is closed); the call was not sent",
+                self.pid
+            ),
+        }
     }
 
     /// The caller of `id` gave up: tells the worker with `$/cancelRequest`,
@@ -261,16 +272,25 @@ impl Process {
         }
         lock(&self.cancelled).insert(id, Instant::now());
         if let Some(s) = lock(&self.stdin).as_ref() {
-            let _ = s.send(protocol::notification(
-                "$/cancelRequest",
-                &serde_json::json!({ "id": id }),
+            let _ = s.send((
+                None,
+                protocol::notification("$/cancelRequest", &serde_json::json!({ "id": id })),
             ));
         }
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(me.cancel_grace).await;
             let stuck = lock(&me.cancelled).contains_key(&id);
-            if stuck && !me.is_dead() && !me.stuck.swap(true, Ordering::AcqRel) {
+            if !stuck || me.is_dead() {
+                return;
+            }
+            let first = {
+                let mut at = lock(&me.stuck);
+                let first = at.is_none();
+                at.get_or_insert_with(Instant::now);
+                first
+            };
+            if first {
                 tracing::warn!(
                     worker = me.id,
                     pid = me.pid,
@@ -281,9 +301,20 @@ impl Process {
         });
     }
 
+    /// Whether a call sent now would reach it: its stdin is neither closed
+    /// (retired) nor broken.
+    pub(crate) fn takes_calls(&self) -> bool {
+        lock(&self.stdin).as_ref().is_some_and(|s| !s.is_closed())
+    }
+
     /// Whether a call it was told to cancel still ran `cancel_grace` later.
     pub(crate) fn is_stuck(&self) -> bool {
-        self.stuck.load(Ordering::Acquire)
+        lock(&self.stuck).is_some()
+    }
+
+    /// How long it has been stuck (see [`Process::is_stuck`]).
+    pub(crate) fn stuck_for(&self) -> Option<Duration> {
+        lock(&self.stuck).map(|at| at.elapsed())
     }
 
     /// The grace a cancelled call has to end.
@@ -392,29 +423,43 @@ async fn read_line<R: AsyncRead + Unpin>(
     }
 }
 
+/// A line for a worker's stdin, with the id of the call it sends.
+type Line = (Option<u64>, Vec<u8>);
+
 /// Writes the queued lines to the worker's stdin until the sender is
 /// dropped (then closes it: the worker finishes and exits), or until a
 /// write fails: then the receiver is closed, so nothing more is queued for
-/// a pipe that takes nothing.
+/// a pipe that takes nothing, and the error comes with the ids of the calls
+/// whose lines were not written whole (the one that failed, and those
+/// queued behind it): a worker never runs a line without its newline.
 async fn write_stdin(
     mut stdin: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    let written = async {
-        while let Some(line) = rx.recv().await {
+    mut rx: mpsc::UnboundedReceiver<Line>,
+) -> Result<(), (std::io::Error, Vec<u64>)> {
+    let mut writing = None;
+    let written: std::io::Result<()> = async {
+        while let Some((id, line)) = rx.recv().await {
+            writing = id;
             stdin.write_all(&line).await?;
+            writing = None;
             // Write everything queued before flushing once.
-            while let Ok(more) = rx.try_recv() {
+            while let Ok((id, more)) = rx.try_recv() {
+                writing = id;
                 stdin.write_all(&more).await?;
+                writing = None;
             }
             stdin.flush().await?;
         }
         Ok(())
     }
     .await;
-    if written.is_err() {
+    if let Err(e) = written {
         rx.close();
-        return written;
+        let mut unsent: Vec<u64> = writing.into_iter().collect();
+        while let Ok((id, _)) = rx.try_recv() {
+            unsent.extend(id);
+        }
+        return Err((e, unsent));
     }
     // The sender was dropped: closing stdin tells the worker to finish.
     let _ = stdin.shutdown().await;
