@@ -936,6 +936,7 @@ fn one_batchs_replies_took_memory_without_bound() {
     let config = dir.path().join("m.toml");
     std::fs::write(&config, "[db]\nmax_result_bytes = 100000\n").unwrap();
     let key = create_key(&db, "reader", "read", "free");
+    let writer = create_key(&db, "writer", "read,write", "pro");
     let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
     // Each reply is about 53 kB (a 40,000-byte blob in base64): one fits
     // under the limit, two do not. The attack sent twenty 16 MB blobs.
@@ -958,6 +959,32 @@ fn one_batchs_replies_took_memory_without_bound() {
         assert_eq!(code(r), -32011, "{r}");
         let message = r["error"]["message"].as_str().unwrap();
         assert!(message.contains("db.max_result_bytes"), "{message}");
+    }
+    // A write's acknowledgement is never dropped for want of room: the
+    // write committed, and its reply says so.
+    let (_, r) = server.rpc_as(
+        Some(&writer),
+        &call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})),
+    );
+    assert_eq!(code(&r), 0, "{r}");
+    let mut batch: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "sql.query",
+                   "params": {"sql": "SELECT zeroblob(40000)"}})
+        })
+        .collect();
+    batch.push(json!({"jsonrpc": "2.0", "id": 9, "method": "sql.execute",
+                      "params": {"sql": "INSERT INTO t VALUES (1)"}}));
+    let (_, reply) = server.rpc_as(Some(&writer), &Value::Array(batch));
+    let replies = reply.as_array().unwrap();
+    let insert = replies.iter().find(|r| r["id"] == 9).unwrap();
+    assert_eq!(insert["result"]["changes"], 1, "{insert}");
+    for r in replies.iter().filter(|r| code(r) == -32011) {
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("ran") || message.contains("did not run"),
+            "{message}"
+        );
     }
     // A batch under the limit is answered whole.
     let small: Vec<Value> = (0..5)

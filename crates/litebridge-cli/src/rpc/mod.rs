@@ -175,8 +175,11 @@ pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
 ///   may). Never more than [`MAX_BATCH_PARALLEL`], keys or not.
 /// - **In memory:** the replies are held until the last is done, so
 ///   together they may take what one request's result may
-///   (`db.max_result_bytes`, measured as the JSON sent); a request whose
-///   reply would pass that is answered `too_large` instead.
+///   (`db.max_result_bytes`, measured as the JSON sent). Once they do, the
+///   requests not started yet are answered `too_large` without running. A
+///   request that ran keeps its reply when it is small ([`SMALL_REPLY`]: a
+///   write's acknowledgement, an error, a new key's secret); a larger one
+///   that does not fit is answered `too_large`, saying that the request ran.
 async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &str) -> Vec<Json> {
     use futures_util::StreamExt as _;
     use futures_util::stream::FuturesUnordered;
@@ -189,6 +192,17 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
     let mut running = FuturesUnordered::new();
     loop {
         while waiting.peek().is_some() && running.len() < MAX_BATCH_PARALLEL {
+            if held >= budget {
+                // Full: what has not started does not run.
+                let e = RpcError::App(litebridge::Error::TooLarge {
+                    what: "the batch's replies, which hold db.max_result_bytes already (this request did not run; send it again, in a smaller batch)".into(),
+                    limit: budget as u64,
+                });
+                for (i, request) in waiting.by_ref() {
+                    replies[i] = refusal(&request, &e);
+                }
+                break;
+            }
             // The first runs on the message's slot; the others need one each.
             let slot = if running.is_empty() {
                 None
@@ -213,13 +227,13 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
         };
         replies[i] = reply.map(|reply| {
             let len = json_len(&reply);
-            if held.saturating_add(len) <= budget {
-                held += len;
+            if len <= SMALL_REPLY || held.saturating_add(len) <= budget {
+                held = held.saturating_add(len);
                 return reply;
             }
             let e = RpcError::App(litebridge::Error::TooLarge {
                 what: format!(
-                    "this request's reply ({len} bytes) with the batch's others (db.max_result_bytes counts them together; send fewer requests per batch)"
+                    "this request's reply ({len} bytes) with the batch's others (db.max_result_bytes counts them together); the request ran: send it alone to get its reply"
                 ),
                 limit: budget as u64,
             });
@@ -227,6 +241,21 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
         });
     }
     replies.into_iter().flatten().collect()
+}
+
+/// A reply a batch keeps whatever its others took, in bytes: 1,000 of them
+/// are 4 MiB.
+const SMALL_REPLY: usize = 4096;
+
+/// The error `e` for one request of a message, with its id; nothing for a
+/// notification.
+fn refusal(request: &Json, e: &RpcError) -> Option<Json> {
+    match request {
+        Json::Object(m) => m
+            .get("id")
+            .map(|id| error_reply(if valid_id(id) { id.clone() } else { Json::Null }, e)),
+        _ => Some(error_reply(Json::Null, e)),
+    }
 }
 
 /// The length of `value` as JSON text, without writing it anywhere.
@@ -249,12 +278,7 @@ fn json_len(value: &Json) -> usize {
 /// The same error for every request of a message, each with its own id
 /// (notifications get nothing).
 fn refuse_all(value: Json, e: &RpcError) -> Option<Json> {
-    let reply = |r: &Json| match r {
-        Json::Object(m) => m
-            .get("id")
-            .map(|id| error_reply(if valid_id(id) { id.clone() } else { Json::Null }, e)),
-        _ => Some(error_reply(Json::Null, e)),
-    };
+    let reply = |r: &Json| refusal(r, e);
     match &value {
         Json::Array(items) if !items.is_empty() => {
             let replies: Vec<Json> = items.iter().filter_map(reply).collect();
