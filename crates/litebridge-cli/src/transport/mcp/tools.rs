@@ -77,26 +77,50 @@ fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)>
 }
 
 fn tool_names(mut methods: Vec<MethodInfo>) -> Vec<(String, MethodInfo)> {
-    use sha2::Digest as _;
     methods.sort_by(|a, b| a.name.cmp(&b.name));
     methods.dedup_by(|a, b| a.name == b.name);
-    let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for m in &methods {
-        *uses.entry(worker_tool_name(&m.name)).or_default() += 1;
+    let mut names: Vec<String> = methods.iter().map(|m| worker_tool_name(&m.name)).collect();
+    let mut digested = vec![false; methods.len()];
+    let mut digits = 8;
+    // Until every name is one method's: a digest's name can be another
+    // method's plain one (`a_b_2e7336dc`), and digests can meet.
+    loop {
+        let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for n in &names {
+            *uses.entry(n.as_str()).or_default() += 1;
+        }
+        let shared: Vec<usize> = (0..names.len())
+            .filter(|&i| uses[names[i].as_str()] > 1)
+            .collect();
+        if shared.is_empty() || digits > 56 {
+            break;
+        }
+        let plain: Vec<usize> = shared.iter().copied().filter(|&i| !digested[i]).collect();
+        if plain.is_empty() {
+            digits += 8;
+        }
+        let renamed: Vec<usize> = (0..names.len())
+            .filter(|&i| digested[i] || plain.contains(&i))
+            .collect();
+        for i in renamed {
+            names[i] = with_digest(&methods[i].name, digits);
+            digested[i] = true;
+        }
     }
-    methods
-        .into_iter()
-        .map(|m| {
-            let mut name = worker_tool_name(&m.name);
-            if uses[&name] > 1 {
-                let digest = sha2::Sha256::digest(m.name.as_bytes());
-                let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-                name.truncate(64 - 9);
-                name = format!("{name}_{tag}");
-            }
-            (name, m)
-        })
-        .collect()
+    names.into_iter().zip(methods).collect()
+}
+
+/// `worker_tool_name(method)` cut to leave room for `_` and `digits` hex
+/// digits of the SHA-256 of the method's name.
+fn with_digest(method: &str, digits: usize) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(method.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut name = worker_tool_name(method);
+    name.truncate(64 - 1 - digits);
+    format!("{name}_{}", &hex[..digits])
 }
 
 fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
@@ -337,12 +361,17 @@ mod tests {
             params: None,
         };
         let long = "y".repeat(70);
+        // `a.b` gets a digest's name that is a third method's plain one.
+        let taken = with_digest("a.b", 8)
+            .trim_start_matches(WORKER_PREFIX)
+            .to_owned();
         let names = [
             "a.b",
             "a_b",
             "plain",
             &format!("{long}1"),
             &format!("{long}2"),
+            &taken,
         ];
         let tools = tool_names(names.iter().rev().map(|n| method(n)).collect());
         let tool = |m: &str| tools.iter().find(|(_, i)| i.name == m).unwrap().0.clone();
