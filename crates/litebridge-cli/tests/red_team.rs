@@ -1300,13 +1300,21 @@ fn a_web_pages_img_tag_reaches_a_keyless_server_without_an_origin() {
         );
         assert_eq!(status, 403, "{extra}: {reply}");
     }
-    // The server's own page, a typed address, a link another site's page
-    // showed (the browser opens the page; that page cannot read it) and
-    // tools without the header.
+    // An event stream opened in a frame or a window navigates too.
+    for path in ["/events", "/api/dashboard"] {
+        let (status, reply) = raw(
+            &server.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate"
+            ),
+            b"",
+        );
+        assert_eq!(status, 403, "{path}: {reply}");
+    }
+    // The server's own page, a typed address and tools without the header.
     for extra in [
         "\r\nSec-Fetch-Site: same-origin",
         "\r\nSec-Fetch-Site: none",
-        "\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate",
         "",
     ] {
         let (status, reply) = raw(
@@ -1316,6 +1324,14 @@ fn a_web_pages_img_tag_reaches_a_keyless_server_without_an_origin() {
         );
         assert_eq!(status, 200, "{extra}: {reply}");
     }
+    // A link to the dashboard on another site's page: the browser opens
+    // the page (it holds no data, and that site cannot read it).
+    let (status, reply) = raw(
+        &server.addr,
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate",
+        b"",
+    );
+    assert_eq!(status, 200, "{reply}");
     let tables = server.rpc(call(
         "sql.query",
         json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name = 'pwned'"}),

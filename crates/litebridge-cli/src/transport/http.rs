@@ -120,7 +120,12 @@ pub(crate) fn router(
 
 /// Refuses requests a web page could have sent (see the module docs).
 async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match check_site(state.access.exposed, request.method(), request.headers()) {
+    match check_site(
+        state.access.exposed,
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+    ) {
         Ok(()) => next.run(request).await,
         Err(reason) => rpc_error(
             StatusCode::FORBIDDEN,
@@ -134,13 +139,15 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
 /// one on loopback, and the request's own host otherwise; and a request a
 /// browser marks `Sec-Fetch-Site: cross-site` is refused (a page's `<img>`
 /// or `<script>` sends no `Origin`, but that header), unless it is the
-/// browser itself opening a page (`GET`, `Sec-Fetch-Mode: navigate`: a
-/// link to the dashboard; the page it opens is this server's own, and
-/// another site's page cannot read what it shows). Every value of a
-/// repeated header is held to them.
+/// browser itself opening the dashboard's page (`GET /` as a document,
+/// `Sec-Fetch-Mode: navigate`: a link to it; the page is this server's
+/// own, it holds no data, and another site's page cannot read it; any
+/// other route, `/events` in a frame included, is refused). Every value of
+/// a repeated header is held to them.
 pub(crate) fn check_site(
     exposed: bool,
     method: &axum::http::Method,
+    path: &str,
     headers: &HeaderMap,
 ) -> Result<(), String> {
     let mut hosts = Vec::new();
@@ -186,10 +193,11 @@ pub(crate) fn check_site(
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(value))
     };
-    let opening_a_page = method == axum::http::Method::GET
+    let opening_the_page = method == axum::http::Method::GET
+        && path == "/"
         && is("sec-fetch-mode", b"navigate")
         && headers.get_all("sec-fetch-mode").iter().count() == 1;
-    if is("sec-fetch-site", b"cross-site") && !opening_a_page {
+    if is("sec-fetch-site", b"cross-site") && !opening_the_page {
         return Err(
             "requests a web page of another site sent are refused (Sec-Fetch-Site: cross-site): \
              a browser may reach this server only from its own site"

@@ -218,9 +218,9 @@ fn encode_error(e: &Error) -> Json {
             type_name,
             traceback,
         } => json!({"code": code, "detail": message, "type": type_name, "traceback": traceback}),
-        Error::WorkerCrashed { pid, exit, stderr } => {
-            json!({"pid": pid, "exit": exit, "stderr": stderr})
-        }
+        // Not its stderr: written while it served every caller, it stays in
+        // the host's log.
+        Error::WorkerCrashed { pid, exit, .. } => json!({"pid": pid, "exit": exit}),
         Error::Timeout { after, stage } => json!({
             "timeout_ms": after.as_millis() as u64,
             "queued": matches!(stage, TimeoutStage::Queued),
@@ -265,15 +265,7 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
         "worker_crashed" => Error::WorkerCrashed {
             pid: u32::try_from(n("pid")).unwrap_or_default(),
             exit: format!("{}, on worker host {host}", s("exit")),
-            stderr: v
-                .get("stderr")
-                .and_then(Json::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|l| l.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            stderr: Vec::new(),
         },
         "timeout" => Error::Timeout {
             after: ms("timeout_ms"),
@@ -400,12 +392,23 @@ mod tests {
             &answer_body(&Err(Error::WorkerCrashed {
                 pid: 7,
                 exit: "exit code 1".into(),
-                stderr: vec![],
+                stderr: vec!["another caller's token".into()],
             })),
             "h1",
         )
         .unwrap_err();
         assert!(crashed.to_string().contains("worker host h1"), "{crashed}");
+        // What the worker wrote to stderr stays on the host.
+        assert!(
+            matches!(&crashed, Error::WorkerCrashed { stderr, .. } if stderr.is_empty()),
+            "{crashed:?}"
+        );
+        let body = answer_body(&Err(Error::WorkerCrashed {
+            pid: 7,
+            exit: "exit code 1".into(),
+            stderr: vec!["another caller's token".into()],
+        }));
+        assert!(!String::from_utf8_lossy(&body).contains("token"));
         assert_eq!(
             decode_answer(&answer_body(&Ok(json!({"a": [1, 2]}))), "h").unwrap(),
             json!({"a": [1, 2]})
