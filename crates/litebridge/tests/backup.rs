@@ -186,3 +186,36 @@ async fn a_full_text_index_out_of_step_is_not_damage() {
     );
     db.close().await;
 }
+
+#[test]
+fn a_restore_never_replaces_a_file_already_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, rows: i64| {
+        let path = dir.path().join(name);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "CREATE TABLE t(x); WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT {rows}) INSERT INTO t SELECT i FROM c;"
+        ))
+        .unwrap();
+        path
+    };
+    let count = |path: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    };
+    let backup = make("backup.db", 3);
+    let db = make("app.db", 7);
+    // What an earlier restore (the same second: the names go by seconds) kept.
+    let aside = make("app.db.replaced-x", 5);
+    let e = litebridge::restore_file(&backup, &db, &aside, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    assert_eq!(count(&db), 7, "the database is where it was");
+    assert_eq!(count(&aside), 5, "and what was kept aside is kept");
+    // Under a free name it goes through.
+    let free = dir.path().join("app.db.replaced-y");
+    let report = litebridge::restore_file(&backup, &db, &free, |_, _| {}).unwrap();
+    assert_eq!(report.replaced_kept_at.as_deref(), Some(free.as_path()));
+    assert_eq!((count(&db), count(&free), count(&aside)), (3, 7, 5));
+}

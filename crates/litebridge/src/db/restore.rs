@@ -149,14 +149,38 @@ fn ensure_not_in_use(db: &Path) -> Result<()> {
 }
 
 /// `db` and each companion of it that exists, moved to the same names
-/// beside `aside`; whether anything was moved.
+/// beside `aside`; whether anything was moved. Nothing already at an aside
+/// name is replaced, and a move that fails half way is undone (or the
+/// error says where the database is).
 fn move_aside(db: &Path, aside: &Path) -> Result<bool> {
+    let pairs = pairs(db, aside);
+    if let Some((_, to)) = pairs.iter().find(|(from, to)| from.exists() && to.exists()) {
+        return Err(Error::io(
+            "cannot move the database aside to",
+            to,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file of that name exists",
+            ),
+        ));
+    }
     let mut moved = false;
-    for (from, to) in pairs(db, aside) {
-        if from.exists() {
-            std::fs::rename(&from, &to).map_err(|e| Error::io("cannot move aside", &from, e))?;
-            moved = true;
+    for (from, to) in &pairs {
+        if !from.exists() {
+            continue;
         }
+        if let Err(e) = std::fs::rename(from, to) {
+            let e = if moved && move_back(db, aside).is_err() {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{e}; the database is kept at {}", aside.display()),
+                )
+            } else {
+                e
+            };
+            return Err(Error::io("cannot move aside", from, e));
+        }
+        moved = true;
     }
     Ok(moved)
 }
