@@ -302,9 +302,13 @@ pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result
 /// in a client's values, on a connection no deadline stops.
 ///
 /// SQLite stops a check after as many lines as it is given, whatever they
-/// say: the data's lines would use up a small limit and hide damage after
-/// them. So the check runs without a limit of its own, and stops once
-/// `limit` lines of damage are found.
+/// say: the data's lines could use up the limit and hide damage in the rows
+/// after them. So when a check stops at its limit with data lines among
+/// them and no damage yet, it runs again without a limit of its own, and
+/// stops once `limit` lines of damage are found. (The first pass keeps its
+/// limit for the b-tree phase, whose findings SQLite gathers into one line
+/// that grows with the file: they come first, and a second pass happens
+/// only when there were none.)
 fn check_pragma(conn: &Connection, pragma: &str, limit: u32) -> rusqlite::Result<Findings> {
     let longest = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
@@ -315,67 +319,106 @@ fn check_pragma(conn: &Connection, pragma: &str, limit: u32) -> rusqlite::Result
         MAX_LIKE_PATTERN as usize,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     )?;
-    let generated = generated_columns(conn)?;
+    let columns = columns(conn)?;
     let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
-    let limit = limit.max(1) as usize;
-    let found = (|| {
-        let mut found = Findings::default();
-        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({})", i32::MAX))?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let line: String = row.get(0)?;
-            if line == "ok" {
-                continue;
-            }
-            let kind = if from_virtual_table(&line) {
-                &mut found.virtual_tables
-            } else if from_the_data(&line, &generated) {
-                &mut found.data
-            } else {
-                &mut found.damage
-            };
-            if kind.len() < limit {
-                kind.push(line);
-            }
-            if found.damage.len() >= limit {
-                break;
-            }
+    let limit = limit.max(1);
+    let found = run_check(conn, pragma, limit, limit, &columns).and_then(|(found, lines)| {
+        if lines >= limit as usize && found.damage.is_empty() && !found.data.is_empty() {
+            run_check(conn, pragma, i32::MAX as u32, limit, &columns).map(|(f, _)| f)
+        } else {
+            Ok(found)
         }
-        Ok(found)
-    })();
+    });
     if !ignoring {
         conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
     }
     found
 }
 
-/// The generated columns of every table, as `table.column` (as a check
-/// names a column).
-fn generated_columns(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
-    let mut stmt = conn.prepare(
-        "SELECT m.name, p.name FROM sqlite_schema AS m, pragma_table_xinfo(m.name) AS p
-         WHERE m.type = 'table' AND p.hidden IN (2, 3)",
-    )?;
-    let columns = stmt.query_map([], |r| {
-        Ok(format!(
-            "{}.{}",
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?
-        ))
-    })?;
-    columns.collect()
+/// One pass of `PRAGMA pragma(cap)`: its findings (at most `keep` of each
+/// kind, stopping at `keep` lines of damage) and how many lines it gave. A
+/// check that fails half way (SQLite gives up on a malformed record) keeps
+/// what it found, with the failure as one more line of damage.
+fn run_check(
+    conn: &Connection,
+    pragma: &str,
+    cap: u32,
+    keep: u32,
+    columns: &Columns,
+) -> rusqlite::Result<(Findings, usize)> {
+    let keep = keep as usize;
+    let mut found = Findings::default();
+    let mut lines = 0;
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({cap})"))?;
+    let mut rows = stmt.query([])?;
+    loop {
+        let line: String = match rows.next() {
+            Ok(Some(row)) => row.get(0)?,
+            Ok(None) => break,
+            Err(e) if lines > 0 => {
+                found.damage.push(Error::from(e).to_string());
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if line == "ok" {
+            continue;
+        }
+        lines += 1;
+        let kind = if from_virtual_table(&line) {
+            &mut found.virtual_tables
+        } else if from_the_data(&line, columns) {
+            &mut found.data
+        } else {
+            &mut found.damage
+        };
+        if kind.len() < keep {
+            kind.push(line);
+        }
+        if found.damage.len() >= keep {
+            break;
+        }
+    }
+    Ok((found, lines))
 }
 
-/// Whether a line of an integrity check is about a generated column's value
-/// against its declaration (`NULL value in t.v`, `non-INTEGER value in t.v`
-/// for a STRICT table, `NUMERIC value in t.v`, `TEXT value in t.v`), as
-/// SQLite words them: a client's schema change can leave such values behind
-/// (a generated column declared `NOT NULL` whose expression a new column
-/// changed), and the file is sound. The same line about a stored column is
-/// damage: no statement stores such a value, but a flipped bit in a
-/// record's header does (integer 0 read as NULL).
-fn from_the_data(line: &str, generated: &std::collections::HashSet<String>) -> bool {
+/// Every column of every ordinary table, as a check names it
+/// (`table.column`), with whether each column of that name is a virtual
+/// generated one.
+type Columns = std::collections::HashMap<String, bool>;
+
+fn columns(conn: &Connection) -> rusqlite::Result<Columns> {
+    // Ordinary tables only: a virtual table's module may be missing from
+    // this build, and then asking for its columns fails.
+    let mut stmt = conn.prepare(
+        "SELECT t.name, p.name, p.hidden FROM pragma_table_list AS t, pragma_table_xinfo(t.name) AS p
+         WHERE t.schema = 'main' AND t.type = 'table'",
+    )?;
+    let mut columns = Columns::new();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let name = format!("{}.{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?);
+        let is_virtual = r.get::<_, i64>(2)? == 2;
+        // Two columns spelled the same (`a` . `b.c` and `a.b` . `c`): the
+        // name is the data's only if every one of them is virtual.
+        let all_virtual = columns.get(&name).is_none_or(|v| *v) && is_virtual;
+        columns.insert(name, all_virtual);
+    }
+    Ok(columns)
+}
+
+/// Whether a line of an integrity check is about a virtual generated
+/// column's value against its declaration (`NULL value in t.v`,
+/// `non-INTEGER value in t.v` for a STRICT table, `NUMERIC value in t.v`,
+/// `TEXT value in t.v`), as SQLite words them: a client's schema change can
+/// leave such values behind (a generated column declared `NOT NULL` whose
+/// expression a new column changed), and the file is sound. The same line
+/// about a stored column (a STORED generated one included: its value is
+/// written once, not computed again) is damage: no statement stores such a
+/// value, but a flipped bit in a record's header does (integer 0 read as
+/// NULL). So is a line whose name might be either.
+fn from_the_data(line: &str, columns: &Columns) -> bool {
     const TYPES: [&str; 6] = ["ANY", "BLOB", "INT", "INTEGER", "REAL", "TEXT"];
     let column = ["NULL value in ", "NUMERIC value in ", "TEXT value in "]
         .iter()
@@ -386,7 +429,7 @@ fn from_the_data(line: &str, generated: &std::collections::HashSet<String>) -> b
                 .iter()
                 .find_map(|t| rest.strip_prefix(t)?.strip_prefix(" value in "))
         });
-    column.is_some_and(|c| generated.contains(c))
+    column.is_some_and(|c| columns.get(c).copied().unwrap_or(false))
 }
 
 /// Whether a line of an integrity check comes from a virtual table's own
@@ -409,8 +452,13 @@ mod tests {
 
     #[test]
     fn only_generated_columns_values_are_the_datas_and_the_rest_is_damage() {
-        let generated: std::collections::HashSet<String> =
-            ["g.v".to_owned(), "a.b.c".to_owned()].into();
+        let generated: Columns = [
+            ("g.v".to_owned(), true),
+            ("a.b.c".to_owned(), true),
+            ("g.w".to_owned(), false),
+            ("t.flag".to_owned(), false),
+        ]
+        .into();
         for line in [
             "NULL value in g.v",
             "NULL value in a.b.c",
@@ -471,6 +519,64 @@ mod tests {
                 "{found:?}"
             );
         }
+    }
+
+    /// A database made by `sql`, whose last page's last byte 8 (a record
+    /// header's integer 0) is made 0 (NULL), as a flipped bit would.
+    fn flipped(dir: &tempfile::TempDir, sql: &str) -> Connection {
+        let path = dir.path().join("f.db");
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 4096;
+        let at = bytes[last..].iter().rposition(|&b| b == 0x08).unwrap();
+        bytes[last + at] = 0x00;
+        std::fs::write(&path, &bytes).unwrap();
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    #[test]
+    fn a_stored_generated_column_or_a_name_that_might_be_one_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        // A STORED value is written once: only damage makes it NULL.
+        let conn = flipped(
+            &dir,
+            "PRAGMA page_size = 4096;
+             CREATE TABLE t(a INTEGER NOT NULL, v AS (a * 1) STORED NOT NULL);
+             INSERT INTO t(a) VALUES (0);",
+        );
+        let found = quick_check(&conn, 10).unwrap();
+        assert_eq!(found.damage, ["NULL value in t.v"], "{found:?}");
+        drop(conn);
+        let dir = tempfile::tempdir().unwrap();
+        // `a`.`b.c` is virtual, `a.b`.`c` stored: the line could be either.
+        let conn = flipped(
+            &dir,
+            r#"PRAGMA page_size = 4096;
+               CREATE TABLE a(x, "b.c" AS (x) VIRTUAL);
+               CREATE TABLE "a.b"(id INTEGER PRIMARY KEY, c INTEGER NOT NULL);
+               INSERT INTO "a.b" VALUES (1, 0);"#,
+        );
+        let found = quick_check(&conn, 10).unwrap();
+        assert_eq!(found.damage, ["NULL value in a.b.c"], "{found:?}");
+    }
+
+    #[test]
+    fn a_virtual_table_of_a_module_this_build_lacks_does_not_fail_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(x);
+             PRAGMA writable_schema = ON;
+             INSERT INTO sqlite_schema VALUES
+                 ('table', 'v', 'v', 0, 'CREATE VIRTUAL TABLE v USING no_such_module(x)');
+             PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let found = quick_check(&conn, 10).unwrap();
+        assert!(found.damage.is_empty(), "{found:?}");
     }
 
     #[test]
