@@ -213,6 +213,13 @@ fn a_restore_never_replaces_a_file_already_kept_aside() {
     assert!(e.to_string().contains("exists"), "{e}");
     assert_eq!(count(&db), 7, "the database is where it was");
     assert_eq!(count(&aside), 5, "and what was kept aside is kept");
+    // A log left at an aside name (its database deleted) would be taken for
+    // the kept database's: refused all the same.
+    let stale = dir.path().join("app.db.replaced-z");
+    std::fs::write(format!("{}-wal", stale.display()), b"someone else's log").unwrap();
+    let e = litebridge::restore_file(&backup, &db, &stale, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    assert_eq!(count(&db), 7);
     // Under a free name it goes through.
     let free = dir.path().join("app.db.replaced-y");
     let report = litebridge::restore_file(&backup, &db, &free, |_, _| {}).unwrap();

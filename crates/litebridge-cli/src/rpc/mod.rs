@@ -176,7 +176,8 @@ pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
 /// - **In memory:** the replies are held until the last is done, so
 ///   together they may take what one request's result may
 ///   (`db.max_result_bytes`, measured as the JSON sent). Once they do, the
-///   requests not started yet are answered `too_large` without running. A
+///   requests not started yet are answered `too_large` without running
+///   (notifications, which hold no reply, still run). A
 ///   request that ran keeps its reply when it is small ([`SMALL_REPLY`]: a
 ///   write's acknowledgement, an error, a new key's secret); a larger one
 ///   that does not fit is answered `too_large`, saying that the request ran.
@@ -191,17 +192,20 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
     let mut waiting = items.into_iter().enumerate().peekable();
     let mut running = FuturesUnordered::new();
     loop {
-        while waiting.peek().is_some() && running.len() < MAX_BATCH_PARALLEL {
-            if held >= budget {
-                // Full: what has not started does not run.
+        while let Some((i, request)) = waiting.peek()
+            && running.len() < MAX_BATCH_PARALLEL
+        {
+            // Full: a request not started yet does not run. A notification
+            // still does: it holds no reply, and nothing could tell its
+            // sender it did not run.
+            if held >= budget && request.get("id").is_some() {
                 let e = RpcError::App(litebridge::Error::TooLarge {
                     what: "the batch's replies, which hold db.max_result_bytes already (this request did not run; send it again, in a smaller batch)".into(),
                     limit: budget as u64,
                 });
-                for (i, request) in waiting.by_ref() {
-                    replies[i] = refusal(&request, &e);
-                }
-                break;
+                replies[*i] = refusal(request, &e);
+                waiting.next();
+                continue;
             }
             // The first runs on the message's slot; the others need one each.
             let slot = if running.is_empty() {

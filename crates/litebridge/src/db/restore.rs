@@ -101,7 +101,7 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
     }
     let moved = move_aside(db, aside)?;
     if let Err(e) = std::fs::rename(partial, db) {
-        let e = if moved && move_back(db, aside).is_err() {
+        let e = if !moved.is_empty() && move_back(&moved).is_err() {
             std::io::Error::new(
                 e.kind(),
                 format!("{e}; the database is kept at {}", aside.display()),
@@ -112,7 +112,7 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
         return Err(Error::io("cannot move the restored file to", db, e));
     }
     sync_dir(db);
-    Ok(moved)
+    Ok(!moved.is_empty())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -149,12 +149,13 @@ fn ensure_not_in_use(db: &Path) -> Result<()> {
 }
 
 /// `db` and each companion of it that exists, moved to the same names
-/// beside `aside`; whether anything was moved. Nothing already at an aside
-/// name is replaced, and a move that fails half way is undone (or the
-/// error says where the database is).
-fn move_aside(db: &Path, aside: &Path) -> Result<bool> {
+/// beside `aside`; the moves made. Nothing is moved while any aside name is
+/// taken (a companion left there would be taken for the database's), and
+/// a move that fails half way is undone (or the error says where the
+/// database is).
+fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     let pairs = pairs(db, aside);
-    if let Some((_, to)) = pairs.iter().find(|(from, to)| from.exists() && to.exists()) {
+    if let Some((_, to)) = pairs.iter().find(|(_, to)| to.symlink_metadata().is_ok()) {
         return Err(Error::io(
             "cannot move the database aside to",
             to,
@@ -164,13 +165,13 @@ fn move_aside(db: &Path, aside: &Path) -> Result<bool> {
             ),
         ));
     }
-    let mut moved = false;
-    for (from, to) in &pairs {
+    let mut moved = Vec::new();
+    for (from, to) in pairs {
         if !from.exists() {
             continue;
         }
-        if let Err(e) = std::fs::rename(from, to) {
-            let e = if moved && move_back(db, aside).is_err() {
+        if let Err(e) = std::fs::rename(&from, &to) {
+            let e = if !moved.is_empty() && move_back(&moved).is_err() {
                 std::io::Error::new(
                     e.kind(),
                     format!("{e}; the database is kept at {}", aside.display()),
@@ -178,19 +179,17 @@ fn move_aside(db: &Path, aside: &Path) -> Result<bool> {
             } else {
                 e
             };
-            return Err(Error::io("cannot move aside", from, e));
+            return Err(Error::io("cannot move aside", &from, e));
         }
-        moved = true;
+        moved.push((from, to));
     }
     Ok(moved)
 }
 
-/// Undoes [`move_aside`].
-fn move_back(db: &Path, aside: &Path) -> std::io::Result<()> {
-    for (to, from) in pairs(db, aside) {
-        if from.exists() {
-            std::fs::rename(&from, &to)?;
-        }
+/// Undoes the moves [`move_aside`] made.
+fn move_back(moved: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    for (back, from) in moved {
+        std::fs::rename(from, back)?;
     }
     Ok(())
 }

@@ -263,6 +263,8 @@ struct Shared {
     storm: AtomicBool,
     closing: AtomicBool,
     recycled: AtomicU64,
+    /// Workers swapped out and still finishing their calls.
+    retiring: Arc<AtomicUsize>,
     names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
@@ -348,6 +350,7 @@ impl WorkerPool {
             storm: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             recycled: AtomicU64::new(0),
+            retiring: Arc::new(AtomicUsize::new(0)),
             names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
@@ -867,14 +870,22 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                 continue;
             }
             if let Some(reason) = recycle_reason(&s.config, &p) {
-                if recycle(&s, slot, &p, reason).await {
+                // As many retiring as there are slots at most: a caller
+                // that gets worker after worker stuck (a 1 ms deadline on a
+                // handler that ignores cancellation) could otherwise pile
+                // up processes finishing their calls. Past that, a stuck
+                // worker is killed, as before there was recycling for it.
+                let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
+                if (room || !p.is_stuck()) && recycle(&s, slot, &p, reason).await {
                     continue;
                 }
-                // Not replaced (its replacement cannot start), and stuck on
-                // a cancelled call for longer than a call's default
-                // deadline: killed, as a worker that stops answering pings
-                // is.
-                if p.stuck_for().is_some_and(|t| t >= s.config.call_timeout) {
+                // Not replaced (no room, or its replacement cannot start),
+                // and stuck on a cancelled call for longer than a call's
+                // default deadline (at once when there is no room): killed,
+                // as a worker that stops answering pings is.
+                if p.stuck_for()
+                    .is_some_and(|t| !room || t >= s.config.call_timeout)
+                {
                     tracing::warn!(
                         worker = p.id,
                         pid = p.pid,
@@ -955,6 +966,8 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         .send(PoolEvent::WorkerStarted { id, pid: fresh.pid });
     let old = old.clone();
     let grace = s.config.shutdown_grace;
+    let retiring = s.retiring.clone();
+    retiring.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         // Calls already sent are answered as usual, whatever their
         // deadlines (a caller that gives up at its own takes its call out
@@ -971,6 +984,7 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
                 old.signal(libc::SIGKILL);
             }
         }
+        retiring.fetch_sub(1, Ordering::AcqRel);
     });
     true
 }

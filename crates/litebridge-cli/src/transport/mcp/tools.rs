@@ -92,11 +92,16 @@ fn tool_names(mut methods: Vec<MethodInfo>) -> Vec<(String, MethodInfo)> {
         let shared: Vec<usize> = (0..names.len())
             .filter(|&i| uses[names[i].as_str()] > 1)
             .collect();
-        if shared.is_empty() || digits > 56 {
+        if shared.is_empty() {
             break;
         }
         let plain: Vec<usize> = shared.iter().copied().filter(|&i| !digested[i]).collect();
         if plain.is_empty() {
+            // Only a collision of the digests' prefixes: longer ones, as
+            // long as a name has room.
+            if digits >= 48 {
+                break;
+            }
             digits += 8;
         }
         let renamed: Vec<usize> = (0..names.len())
