@@ -529,8 +529,9 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
-    // initialize, then two tool calls; the third is refused.
-    std::fs::write(&config, "[quota]\nfree_daily = 3\n").unwrap();
+    // initialize, ping and resources/list, then two tool calls; the third is
+    // refused, and so is the protocol's own next request.
+    std::fs::write(&config, "[quota]\nfree_daily = 5\n").unwrap();
     let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -548,6 +549,15 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
         s,
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
     );
+    for (id, method) in [(10, "ping"), (11, "resources/list")] {
+        let (status, _, body) = mcp_post(
+            &server,
+            &secret,
+            s,
+            json!({"jsonrpc": "2.0", "id": id, "method": method}),
+        );
+        assert_eq!(status, 200, "{method}: {body}");
+    }
     let query = |id: u64| {
         mcp_post(
             &server,
@@ -570,6 +580,14 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     assert!(e["data"]["retry_after_ms"].as_u64().unwrap() > 0);
     let text = refused["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("retrying after"), "{text}");
+    // The protocol's own requests are refused too, before rmcp answers them.
+    let (status, head, _) = mcp_post(
+        &server,
+        &secret,
+        s,
+        json!({"jsonrpc": "2.0", "id": 12, "method": "ping"}),
+    );
+    assert_eq!(status, 429, "{head}");
     assert!(server.stop().success());
 }
 

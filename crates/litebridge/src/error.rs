@@ -274,6 +274,9 @@ pub enum Error {
         exit: String,
         /// The last lines it wrote to stderr, while serving any caller.
         stderr: Vec<String>,
+        /// Whether the method is declared idempotent, so that calling it
+        /// again is safe; when it is not, the error is not recoverable.
+        idempotent: bool,
     },
     /// A worker host stopped answering with the call in flight (kind
     /// `worker_crashed`): its heartbeats stopped, or it never acknowledged
@@ -286,6 +289,9 @@ pub enum Error {
         host: String,
         /// How it was seen to be lost.
         reason: String,
+        /// Whether the method is declared idempotent, so that calling it
+        /// again is safe; when it is not, the error is not recoverable.
+        idempotent: bool,
     },
     /// The connection to the worker hosts was lost with a call in flight
     /// (kind `outcome_unknown`): the call may or may not have run. Retried
@@ -350,7 +356,11 @@ pub enum TimeoutStage {
     WriterHold,
     /// A worker call ran out while its handler ran: the worker was told to
     /// cancel, and what the handler did before stays done.
-    InWorker,
+    InWorker {
+        /// Whether the method is declared idempotent, so that calling it
+        /// again is safe; when it is not, the error is not recoverable.
+        idempotent: bool,
+    },
 }
 
 impl std::fmt::Display for TimeoutStage {
@@ -358,7 +368,7 @@ impl std::fmt::Display for TimeoutStage {
         f.write_str(match self {
             TimeoutStage::Queued => "while queued; it was never started",
             TimeoutStage::Running => "while running; it was interrupted and nothing was committed",
-            TimeoutStage::InWorker => {
+            TimeoutStage::InWorker { .. } => {
                 "while its worker ran it; the worker was told to cancel, and what it did before stays done"
             }
             TimeoutStage::WriterHold => {
@@ -430,26 +440,51 @@ impl Error {
         }
     }
 
-    /// Whether the same operation, tried again later, can succeed.
+    /// Whether the same operation, tried again later, can succeed and may be
+    /// tried again.
     ///
     /// True for timeouts, full queues, lock contention and components that are
     /// restarting; false for errors in the request itself or damaged files.
+    /// A worker call whose outcome is unknown (its worker crashed, its host
+    /// was lost, it timed out while running) is recoverable only when its
+    /// method is declared idempotent: calling a method that is not again may
+    /// do its work twice.
     pub fn is_recoverable(&self) -> bool {
         match self {
+            Error::WorkerCrashed { idempotent, .. }
+            | Error::HostLost { idempotent, .. }
+            | Error::Timeout {
+                stage: TimeoutStage::InWorker { idempotent },
+                ..
+            } => *idempotent,
             Error::Timeout { .. }
             | Error::Overloaded { .. }
             | Error::Busy { .. }
             | Error::Unavailable { .. }
             | Error::CircuitOpen { .. }
-            | Error::QuotaExceeded { .. }
-            | Error::WorkerCrashed { .. }
-            | Error::HostLost { .. } => true,
+            | Error::QuotaExceeded { .. } => true,
             // SQLITE_FULL and I/O errors can go away when space returns.
             Error::Sql { code, .. } => {
                 matches!(*code, SQLITE_FULL | SQLITE_IOERR | SQLITE_NOMEM)
             }
             _ => false,
         }
+    }
+
+    /// This error of a call of a method whose idempotency is `idempotent`:
+    /// an outcome-unknown error of a worker call learns whether calling again
+    /// is safe (see [`Error::is_recoverable`]). Other errors are unchanged.
+    pub(crate) fn of_method(mut self, idempotent: bool) -> Error {
+        match &mut self {
+            Error::WorkerCrashed { idempotent: i, .. }
+            | Error::HostLost { idempotent: i, .. }
+            | Error::Timeout {
+                stage: TimeoutStage::InWorker { idempotent: i },
+                ..
+            } => *i = idempotent,
+            _ => {}
+        }
+        self
     }
 
     /// The SQLite primary and extended result codes, when SQLite produced this error.

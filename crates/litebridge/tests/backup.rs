@@ -226,3 +226,100 @@ fn a_restore_never_replaces_a_file_already_kept_aside() {
     assert_eq!(report.replaced_kept_at.as_deref(), Some(free.as_path()));
     assert_eq!((count(&db), count(&free), count(&aside)), (3, 7, 5));
 }
+
+/// A backup or restore killed mid-copy leaves its hidden partial file (and
+/// the copy's `-journal`): the next one beside it removes them, once no
+/// process holds the file's lock and it is a minute old. A copy being
+/// written (locked), a new one, and another database's are kept.
+#[test]
+fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
+    use std::io::{BufRead as _, BufReader};
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let dest = dir.path().join("app.backup");
+    let partial = |tag: &str| dir.path().join(format!(".app.backup.{tag}.partial"));
+    let old = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
+    };
+    // A process that locks its partial file as a copy does, and holds it.
+    let holder = |path: &std::path::Path| {
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import fcntl, sys, time\n\
+                 f = open(sys.argv[1], 'ab')\n\
+                 fcntl.flock(f, fcntl.LOCK_EX)\n\
+                 print('locked', flush=True)\n\
+                 time.sleep(600)\n",
+            )
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        child
+    };
+    // Killed mid-copy: its lock went with it.
+    let killed = partial("00112233445566aa");
+    let journal = dir
+        .path()
+        .join(".app.backup.00112233445566aa.partial-journal");
+    let mut victim = holder(&killed);
+    std::fs::write(&journal, b"half a transaction").unwrap();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // Being written by a live process.
+    let live = partial("00112233445566bb");
+    let mut writer = holder(&live);
+    // Unlocked but new: it may be a copy about to take its lock.
+    let fresh = partial("00112233445566cc");
+    std::fs::write(&fresh, b"").unwrap();
+    // Another database's.
+    let other = dir.path().join(".other.backup.00112233445566dd.partial");
+    std::fs::write(&other, b"").unwrap();
+    for path in [&killed, &journal, &live, &other] {
+        old(path);
+    }
+
+    litebridge::backup_file(&db, &dest, Duration::from_secs(5), |_| {}).unwrap();
+    assert!(
+        !killed.exists() && !journal.exists(),
+        "the abandoned copy stays"
+    );
+    assert!(live.exists(), "a copy being written was removed");
+    assert!(fresh.exists() && other.exists());
+    let hidden: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert_eq!(hidden.len(), 3, "{hidden:?}");
+
+    // Once its writer is gone, the next copy removes it.
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    litebridge::backup_file(&db, &dest, Duration::from_secs(5), |_| {}).unwrap();
+    assert!(!live.exists(), "{}", live.display());
+    assert!(fresh.exists() && other.exists());
+
+    // A restore cleans up beside the database it restores.
+    let left = dir.path().join(".app.db.00112233445566ee.partial");
+    std::fs::write(&left, b"").unwrap();
+    old(&left);
+    litebridge::restore_file(&dest, &db, &dir.path().join("app.db.aside"), |_, _| {}).unwrap();
+    assert!(!left.exists());
+}

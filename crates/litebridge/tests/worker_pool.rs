@@ -168,7 +168,12 @@ async fn a_killed_worker_fails_only_what_cannot_be_retried() {
     for (i, c) in once.into_iter().enumerate() {
         match c.await.unwrap() {
             Ok(_) => {}
-            Err(litebridge::Error::WorkerCrashed { pid, exit, .. }) => {
+            Err(e @ litebridge::Error::WorkerCrashed { .. }) => {
+                // It may have run: calling it again is not safe.
+                assert!(!e.is_recoverable(), "{e}");
+                let litebridge::Error::WorkerCrashed { pid, exit, .. } = e else {
+                    unreachable!()
+                };
                 assert_eq!(pid, victim);
                 assert!(exit.contains("SIGKILL"), "{exit}");
                 crashed.push(format!("once-{i}"));
@@ -226,6 +231,7 @@ async fn a_hanging_call_times_out_and_a_stuck_worker_is_replaced() {
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.is_recoverable(), "`hang` is idempotent: {e}");
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
@@ -261,6 +267,22 @@ async fn a_hanging_call_times_out_and_a_stuck_worker_is_replaced() {
             .unwrap(),
         json!("ok")
     );
+    // A method that is not idempotent and timed out while running may have
+    // done its work: the error says not to call it again.
+    let log = dir.path().join("once.txt");
+    let e = pool
+        .call(
+            "record_once",
+            json!([log.display().to_string(), "t", 1.0]),
+            CallOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(!e.is_recoverable(), "{e}");
     pool.shutdown().await;
 }
 
@@ -568,6 +590,7 @@ async fn retries_stay_within_the_budget_when_every_call_crashes_its_worker() {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+        assert!(e.is_recoverable(), "`crash_me` is idempotent: {e}");
     }
     let attempts = std::fs::read_to_string(&log).unwrap().lines().count();
     // 20 first attempts plus at most 10 % of them as retries.

@@ -234,10 +234,21 @@ mod tests {
                 RpcError::App(Error::HostLost {
                     host: "host-a".into(),
                     reason: "no heartbeat for 3000 ms".into(),
+                    idempotent: true,
                 }),
                 -32005,
                 "worker_crashed",
                 true,
+            ),
+            (
+                RpcError::App(Error::HostLost {
+                    host: "host-a".into(),
+                    reason: "no heartbeat for 3000 ms".into(),
+                    idempotent: false,
+                }),
+                -32005,
+                "worker_crashed",
+                false,
             ),
             (
                 RpcError::App(Error::CallOutcomeUnknown {
@@ -269,6 +280,7 @@ mod tests {
         let lost = RpcError::App(Error::HostLost {
             host: "host-a".into(),
             reason: "gone".into(),
+            idempotent: true,
         });
         assert_eq!(lost.data().unwrap()["host"], "host-a");
         // An invalid argument from the library is a parameter error.

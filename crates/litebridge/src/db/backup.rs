@@ -11,7 +11,12 @@
 //! exclusively, under a random name), verified with `quick_check`, and only
 //! then moved to `FILE`, so a crash or a failed verification never leaves a
 //! half-written file under the backup's name, and no existing file is ever
-//! opened for writing.
+//! opened for writing. The copy holds an advisory lock (`flock`) on its
+//! partial file while it is written; the next backup or restore beside it
+//! removes a partial file whose lock it can take (its process was killed
+//! mid-copy, and the kernel let the lock go) once it is a minute old, with
+//! the `-journal` its copy left: a crash does not leave a database-sized
+//! file behind for good.
 //!
 //! A destination is refused when it is a symbolic link, when it is the
 //! database itself or its `-wal`, `-shm` or `-journal` (by name or as the same
@@ -344,14 +349,111 @@ fn same_file(path: &Path, meta: &std::fs::Metadata) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
 }
 
+/// The file a copy is written to before it is moved into place, locked
+/// (`flock`) for as long as this value lives: the lock tells a copy being
+/// written from one its killed process left behind.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl std::ops::Deref for Partial {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Partial {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// How old an unlocked partial file must be before it counts as abandoned:
+/// a new one is locked right after it is created, and this covers the moment
+/// between.
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+
+/// The name of a partial copy for `name`, if `file` is one (or one of its
+/// companions): `.{name}.{16 hex digits}.partial[-journal|-wal|-shm]`.
+/// Returns the partial file's own name and whether `file` is a companion.
+fn partial_of<'a>(file: &'a str, name: &str) -> Option<(&'a str, bool)> {
+    let rest = file
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix('.')?;
+    let (tag, suffix) = rest.split_at_checked(16)?;
+    if !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let companion = match suffix.strip_prefix(".partial")? {
+        "" => false,
+        s if COMPANIONS.contains(&s) => true,
+        _ => return None,
+    };
+    let own = file.len() - (suffix.len() - ".partial".len());
+    Some((&file[..own], companion))
+}
+
+/// Removes the partial copies for `name` in `dir` that no process is writing
+/// (their lock is free) and that are older than [`ABANDONED_AFTER`], with
+/// their companions; returns what was removed.
+pub(crate) fn remove_abandoned(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let old = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER)
+    };
+    let mut removed = Vec::new();
+    let mut companions = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some((own, companion)) = file.to_str().and_then(|f| partial_of(f, name)) else {
+            continue;
+        };
+        let path = entry.path();
+        if companion {
+            companions.push((path, dir.join(own)));
+            continue;
+        }
+        // Never through a link, and only a file whose lock is free.
+        let free = entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+        if free && old(&path) && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    // A companion goes with its partial file, or when that is gone already.
+    for (path, own) in companions {
+        if !own.exists() && old(&path) && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Creates the empty file the copy is written to, beside `dest`, under a
-/// name nobody else has (exclusively: it cannot be an existing file or link).
-pub(crate) fn create_partial(dest: &Path) -> Result<PathBuf> {
+/// name nobody else has (exclusively: it cannot be an existing file or link),
+/// and locks it. Abandoned partial copies beside it are removed first.
+pub(crate) fn create_partial(dest: &Path) -> Result<Partial> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    for gone in remove_abandoned(parent, &name) {
+        tracing::warn!(
+            "removed {}, a partial copy left by a backup or restore that did not finish",
+            gone.display()
+        );
+    }
     for _ in 0..8 {
         let mut tag = [0u8; 8];
         getrandom::fill(&mut tag).map_err(|e| Error::Internal {
@@ -364,7 +466,16 @@ pub(crate) fn create_partial(dest: &Path) -> Result<PathBuf> {
             .create_new(true)
             .open(&partial)
         {
-            Ok(_) => return Ok(partial),
+            Ok(file) => {
+                if let Err(e) = file.lock() {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(Error::io("cannot lock the backup file", &partial, e));
+                }
+                return Ok(Partial {
+                    path: partial,
+                    _lock: file,
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io("cannot create the backup file", &partial, e)),
         }

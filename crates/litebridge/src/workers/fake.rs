@@ -406,7 +406,9 @@ mod tests {
             .await
             .unwrap_err();
         match &e {
-            Error::WorkerCrashed { pid, exit, stderr } => {
+            Error::WorkerCrashed {
+                pid, exit, stderr, ..
+            } => {
                 assert_eq!(*pid, 4_000_000_001);
                 assert_eq!(exit, "exit code 3");
                 assert_eq!(

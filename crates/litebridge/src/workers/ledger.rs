@@ -74,6 +74,7 @@ impl Ledger {
 
     /// Whether statistics are kept under `name` already, and how many names
     /// have them.
+    #[cfg(feature = "nats")]
     pub(crate) fn tracks(&self, name: &str) -> (bool, usize) {
         let stats = read(&self.stats);
         (stats.contains_key(name), stats.len())

@@ -455,8 +455,9 @@ impl WorkerPool {
         let timeout = options.timeout.unwrap_or(s.config.call_timeout);
         let deadline = Instant::now() + timeout;
         let state = s.names.state_name(method);
+        let idempotent = self.idempotent(method);
         let custom;
-        let policy = if options.retry && self.idempotent(method) {
+        let policy = if options.retry && idempotent {
             match options.max_retries {
                 Some(n) => {
                     custom = s.retry_crashes.clone().max_retries(n);
@@ -483,7 +484,7 @@ impl WorkerPool {
         if r.is_ok() && state.is_none() {
             s.names.promote(method);
         }
-        r
+        r.map_err(|e| e.of_method(idempotent))
     }
 
     /// Whether `method` may be retried after a crash: declared idempotent by
@@ -542,11 +543,12 @@ impl WorkerPool {
                     pid: process.pid,
                     exit: "the worker stopped".into(),
                     stderr: Vec::new(),
+                    idempotent: false,
                 })
             }
             Err(_) => Err(Error::Timeout {
                 after: timeout,
-                stage: TimeoutStage::InWorker,
+                stage: TimeoutStage::InWorker { idempotent: false },
             }),
         };
         drop(guard);

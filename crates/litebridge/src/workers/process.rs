@@ -372,6 +372,7 @@ impl Process {
                 .clone()
                 .unwrap_or_else(|| "it is stopping".into()),
             stderr: lock(&self.stderr).iter().cloned().collect(),
+            idempotent: false,
         }
     }
 
@@ -602,6 +603,7 @@ async fn read_stdout(
             pid: process.pid,
             exit: exit.clone(),
             stderr: stderr.clone(),
+            idempotent: false,
         }));
     }
     let _ = on_exit.send(process.id);

@@ -7,6 +7,12 @@
 //! runs as a middleware in front of rmcp, which hands the request's parts
 //! (with the [`Caller`] in their extensions) to the handler, so
 //! `tools/list` and `tools/call` see the key's scopes and quotas.
+//!
+//! Every request costs its key one call of its daily quota, as on `/rpc`:
+//! the middleware charges the protocol's own requests (`initialize`,
+//! `ping`, `tools/list`, `resources/list`, whatever rmcp answers), and a tool
+//! call is charged by the method table it runs through. A stdio session's
+//! local caller has no quotas.
 
 mod stdio;
 mod tools;
@@ -71,8 +77,6 @@ impl ServerHandler for McpServer {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
-        // Like every request, it costs the key one call of its quota.
-        charge(&self.caller(&context)?)?;
         context.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
     }
@@ -83,7 +87,6 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let caller = self.caller(&context)?;
-        charge(&caller)?;
         Ok(ListToolsResult::with_all_items(tools::list(
             &self.app, &caller,
         )))
@@ -116,17 +119,6 @@ impl ServerHandler for McpServer {
         // the parameter; rmcp's own schema check is not needed in front.
         None
     }
-}
-
-/// Charges one call to the caller's key (tool calls are charged by the
-/// method table; this is for the protocol's own requests).
-fn charge(caller: &Caller) -> Result<(), ErrorData> {
-    caller.charge().map_err(|e| {
-        ErrorData::invalid_request(
-            e.to_string(),
-            Some(serde_json::json!({"kind": e.kind().as_str(), "recoverable": e.is_recoverable()})),
-        )
-    })
 }
 
 /// Serves MCP on stdin/stdout until the client closes it.
@@ -184,7 +176,9 @@ pub(crate) fn http_service(
 /// The `/rpc` authentication in front of `/mcp`: the [`Caller`] goes into
 /// the request's extensions, or the request is refused with 401. Each
 /// request holds one of the key's concurrent slots while it runs, and its
-/// body is read first (deadline, limit, no member named twice).
+/// body is read first (deadline, limit, no member named twice). Each
+/// JSON-RPC request in it other than `tools/call` costs the key one call of
+/// its daily quota here (429 once it is spent).
 pub(crate) async fn authenticate(
     State(state): State<crate::transport::http::AppState>,
     request: Request,
@@ -207,11 +201,20 @@ pub(crate) async fn authenticate(
             let bytes = axum::body::to_bytes(body, usize::MAX)
                 .await
                 .unwrap_or_default();
-            if parts.method == axum::http::Method::POST
-                && let Some(advice) = not_mcp(&parts.headers, &bytes)
-            {
-                let e = crate::rpc::RpcError::InvalidRequest(advice);
-                return crate::transport::http::rpc_error(axum::http::StatusCode::BAD_REQUEST, &e);
+            if parts.method == axum::http::Method::POST {
+                let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                if let Some(advice) = not_mcp(&parts.headers, parsed.as_ref()) {
+                    let e = crate::rpc::RpcError::InvalidRequest(advice);
+                    return crate::transport::http::rpc_error(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        &e,
+                    );
+                }
+                for _ in 0..protocol_requests(parsed.as_ref()) {
+                    if let Err(e) = caller.charge() {
+                        return crate::transport::http::refused(e);
+                    }
+                }
             }
             let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
             request.extensions_mut().insert(caller);
@@ -221,12 +224,29 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// How many of a POSTed body's messages are requests of the protocol's own:
+/// each costs one call of the key's quota. Not `tools/call` (the method table
+/// charges it) nor a notification (`notifications/...`, which has no answer);
+/// whatever else names a method counts, with or without an `id`.
+fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
+    let own = |m: &serde_json::Value| {
+        m.get("method")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|name| name != "tools/call" && !name.starts_with("notifications/"))
+    };
+    match parsed {
+        Some(serde_json::Value::Array(all)) => all.iter().filter(|m| own(m)).count(),
+        Some(m) => usize::from(own(m)),
+        None => 0,
+    }
+}
+
 /// Why a POST to `/mcp` is not MCP, with where to go instead; `None` when it
 /// looks like an MCP client's (a JSON-RPC 2.0 body, JSON and an event
 /// stream accepted). The seed system's habit, `curl /mcp -d
 /// '{"method":"pool_health"}'`, got a bare 406 from the SDK; it gets the
 /// `/rpc` request that does what it meant.
-fn not_mcp(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+fn not_mcp(headers: &axum::http::HeaderMap, parsed: Option<&serde_json::Value>) -> Option<String> {
     let header = |name| {
         headers
             .get_all(name)
@@ -238,8 +258,7 @@ fn not_mcp(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
     };
     let accept = header(axum::http::header::ACCEPT);
     let json_body = header(axum::http::header::CONTENT_TYPE).starts_with("application/json");
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let jsonrpc = match &parsed {
+    let jsonrpc = match parsed {
         Some(serde_json::Value::Object(m)) => m.get("jsonrpc").is_some(),
         Some(serde_json::Value::Array(a)) => a.iter().all(|m| m.get("jsonrpc").is_some()),
         _ => false,
@@ -253,7 +272,6 @@ fn not_mcp(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
     }
     // A tool name the caller meant, as the method it stands for.
     let meant = parsed
-        .as_ref()
         .and_then(|v| v.get("method"))
         .and_then(serde_json::Value::as_str)
         .and_then(|name| {

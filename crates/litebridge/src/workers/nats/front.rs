@@ -325,8 +325,9 @@ impl NatsBridge {
         let timeout = options.timeout.unwrap_or(s.call_timeout);
         let deadline = Instant::now() + timeout;
         let state = self.state_name(method);
+        let idempotent = self.idempotent(method);
         let custom;
-        let base = if self.idempotent(method) {
+        let base = if idempotent {
             &s.retry_started
         } else {
             &s.retry_unstarted
@@ -375,6 +376,7 @@ impl NatsBridge {
                 },
             )
             .await
+            .map_err(|e| e.of_method(idempotent))
     }
 
     /// One attempt: sent to the queue group, then waited for until its
@@ -480,7 +482,7 @@ impl NatsBridge {
                 },
                 () = &mut timer => {
                     if acked || deadline <= ack_by {
-                        return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker });
+                        return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
                     }
                     return Err(Error::HostLost {
                         host: "unknown".into(),
@@ -488,6 +490,7 @@ impl NatsBridge {
                             "no worker host acknowledged the call within {} ms",
                             (s.config.ack_delay + s.config.ack_timeout).as_millis()
                         ),
+                        idempotent: false,
                     });
                 }
             }
@@ -861,6 +864,7 @@ impl Front {
                 let _ = p.tx.send(Reply::Lost(Error::HostLost {
                     host: host.to_owned(),
                     reason: reason.to_owned(),
+                    idempotent: false,
                 }));
             }
         }

@@ -266,13 +266,14 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
             pid: u32::try_from(n("pid")).unwrap_or_default(),
             exit: format!("{}, on worker host {host}", s("exit")),
             stderr: Vec::new(),
+            idempotent: false,
         },
         "timeout" => Error::Timeout {
             after: ms("timeout_ms"),
             stage: if v.get("queued").and_then(Json::as_bool) == Some(true) {
                 TimeoutStage::Queued
             } else {
-                TimeoutStage::InWorker
+                TimeoutStage::InWorker { idempotent: false }
             },
         },
         "overloaded" => Error::Overloaded {
@@ -346,6 +347,7 @@ mod tests {
                 pid: 7,
                 exit: "signal 9 (SIGKILL)".into(),
                 stderr: vec!["last".into()],
+                idempotent: false,
             },
             Error::Timeout {
                 after: Duration::from_millis(1500),
@@ -393,6 +395,7 @@ mod tests {
                 pid: 7,
                 exit: "exit code 1".into(),
                 stderr: vec!["another caller's token".into()],
+                idempotent: true,
             })),
             "h1",
         )
@@ -407,6 +410,7 @@ mod tests {
             pid: 7,
             exit: "exit code 1".into(),
             stderr: vec!["another caller's token".into()],
+            idempotent: true,
         }));
         assert!(!String::from_utf8_lossy(&body).contains("token"));
         assert_eq!(
