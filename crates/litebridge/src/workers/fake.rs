@@ -352,6 +352,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stuck_worker_whose_replacement_cannot_start_is_killed() {
+        // The first worker starts; none after it ever gets ready.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n == 1).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let first = pool.status().workers[0].pid;
+        let started = tokio::time::Instant::now();
+        let e = pool
+            .call("hang", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        // Stuck 5 s after its call's deadline: the next health check starts
+        // a replacement, which is given up after the 10 s start timeout.
+        // The worker, stuck for longer than a call's deadline by then, is
+        // killed: it would otherwise hold its slot for good.
+        until("a replacement tried", || fakes.started() == 2).await;
+        until("the stuck worker killed", || {
+            pool.status().workers.iter().all(|w| w.pid != first)
+        })
+        .await;
+        let took = started.elapsed();
+        let checks = config(1).health_interval;
+        assert!(
+            took >= Duration::from_secs(16)
+                && took <= Duration::from_secs(16) + checks + Duration::from_millis(100),
+            "{took:?}"
+        );
+        assert_eq!(pool.status().recycled, 0);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_local_call_through_the_bridge_does_not_carry_the_nats_calls_size() {
         fn size<F: std::future::Future>(_: &F) -> usize {
             std::mem::size_of::<F>()
