@@ -184,16 +184,17 @@ pub enum Error {
         /// PostgreSQL's message, with its detail and hint when it sent them.
         message: String,
     },
-    /// A write's COMMIT was sent and the connection failed before its
-    /// answer came: it may have committed or not. Never retried
-    /// automatically; a write with an idempotency key can be sent again.
-    #[error(
-        "{what}: the connection failed after COMMIT was sent ({reason}); the write may or may not have committed"
-    )]
+    /// A write's COMMIT may have taken effect or not: on PostgreSQL the
+    /// connection failed after COMMIT was sent, before its answer came; on
+    /// SQLite the log's frames were written and flushing them to the disk
+    /// failed (they are in the file, and a crash before the next write
+    /// would recover them). Never retried automatically; a write with an
+    /// idempotency key can be sent again.
+    #[error("{what} may or may not have committed: {reason}")]
     OutcomeUnknown {
         /// What was being done.
         what: String,
-        /// The connection's error.
+        /// What failed.
         reason: String,
     },
     /// A database file could not be opened or created.

@@ -454,11 +454,7 @@ pub(crate) fn commit_batch(
             Err(e) => {
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
                 rollback(conn);
-                break Err(Error::Sql {
-                    code: e.sqlite_codes().map_or(1, |c| c.0),
-                    extended_code: e.sqlite_codes().map_or(1, |c| c.1),
-                    message: format!("COMMIT failed, nothing of this batch was saved: {e}"),
-                });
+                break Err(commit_failed(&e));
             }
         }
     };
@@ -634,6 +630,34 @@ fn overran(
 fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
+}
+
+/// The answer to a batch whose COMMIT failed.
+///
+/// Nothing of it was saved, except when the failure was the sync of the
+/// log (`durability = "full"`): SQLite had written every frame of the
+/// commit, its commit frame last, and `fsync` said the disk may not hold
+/// them. SQLite rolls back and the batch is not visible; but the frames
+/// are in the file, and if the process dies before the next commit writes
+/// over them, the next start recovers the batch from the log. So its
+/// outcome is unknown (`outcome_unknown`, not recoverable: a blind retry
+/// could apply it twice), as a PostgreSQL COMMIT whose answer was lost.
+fn commit_failed(e: &Error) -> Error {
+    match e.sqlite_codes() {
+        Some((_, rusqlite::ffi::SQLITE_IOERR_FSYNC)) => Error::OutcomeUnknown {
+            what: "this batch".into(),
+            reason: format!(
+                "its COMMIT was written to the log and syncing the log to the disk failed \
+                 ({e}); it is not visible now, and a crash before the next commit would \
+                 recover it from the log"
+            ),
+        },
+        codes => Error::Sql {
+            code: codes.map_or(1, |c| c.0),
+            extended_code: codes.map_or(1, |c| c.1),
+            message: format!("COMMIT failed, nothing of this batch was saved: {e}"),
+        },
+    }
 }
 
 fn rollback(conn: &Connection) {

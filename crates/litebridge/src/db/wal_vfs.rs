@@ -457,10 +457,15 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_in
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: SQLite calls with an open file.
     unsafe {
-        after_flush(file, OnError::Drop, |m, f| {
+        let is_wal = !(*file.cast::<ShimFile>()).buffer.is_null();
+        let rc = after_flush(file, OnError::Drop, |m, f| {
             m.xSync
                 .map_or(ffi::SQLITE_IOERR_FSYNC, |sync| sync(f, flags))
-        })
+        });
+        if rc == ffi::SQLITE_OK && is_wal && crate::fault::take_wal_sync_failure() {
+            return ffi::SQLITE_IOERR_FSYNC;
+        }
+        rc
     }
 }
 

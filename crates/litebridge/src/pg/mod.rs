@@ -1361,7 +1361,10 @@ impl PgDatabase {
                 self.discard(Node::Primary, who, conn);
                 Err(Error::OutcomeUnknown {
                     what: "the write".into(),
-                    reason: error_chain(&e),
+                    reason: format!(
+                        "the connection failed after COMMIT was sent: {}",
+                        error_chain(&e)
+                    ),
                 })
             }
             Err(_) => {
