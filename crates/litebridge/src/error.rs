@@ -188,8 +188,9 @@ pub enum Error {
     /// connection failed after COMMIT was sent, before its answer came; on
     /// SQLite the log's frames were written and flushing them to the disk
     /// failed (they are in the file, and a crash before the next write
-    /// would recover them). Never retried automatically; a write with an
-    /// idempotency key can be sent again.
+    /// would recover them). Never retried automatically; on PostgreSQL a
+    /// write with an idempotency key can be sent again, and on SQLite
+    /// (which takes no idempotency keys) the data is to be read back first.
     #[error("{what} may or may not have committed: {reason}")]
     OutcomeUnknown {
         /// What was being done.
@@ -303,6 +304,9 @@ pub enum Error {
         method: String,
         /// What was lost.
         reason: String,
+        /// Whether the method is declared idempotent, so that calling it
+        /// again is safe; when it is not, the error is not recoverable.
+        idempotent: bool,
     },
     /// A circuit breaker refused the call without trying it.
     #[error("circuit breaker `{breaker}` is open; retry after {} ms", retry_after.as_millis())]
@@ -447,13 +451,14 @@ impl Error {
     /// True for timeouts, full queues, lock contention and components that are
     /// restarting; false for errors in the request itself or damaged files.
     /// A worker call whose outcome is unknown (its worker crashed, its host
-    /// was lost, it timed out while running) is recoverable only when its
+    /// or NATS was lost, it timed out while running) is recoverable only when its
     /// method is declared idempotent: calling a method that is not again may
     /// do its work twice.
     pub fn is_recoverable(&self) -> bool {
         match self {
             Error::WorkerCrashed { idempotent, .. }
             | Error::HostLost { idempotent, .. }
+            | Error::CallOutcomeUnknown { idempotent, .. }
             | Error::Timeout {
                 stage: TimeoutStage::InWorker { idempotent },
                 ..
@@ -479,6 +484,7 @@ impl Error {
         match &mut self {
             Error::WorkerCrashed { idempotent: i, .. }
             | Error::HostLost { idempotent: i, .. }
+            | Error::CallOutcomeUnknown { idempotent: i, .. }
             | Error::Timeout {
                 stage: TimeoutStage::InWorker { idempotent: i },
                 ..

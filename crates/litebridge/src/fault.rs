@@ -67,15 +67,18 @@ pub(crate) fn take_wal_flush_failure() -> bool {
         .is_ok_and(|n| n == 1)
 }
 
-/// As [`WAL_FLUSH_FAILURE`], for the writer's syncs of the WAL: 0 is off;
-/// `n` makes the `n`-th from now report a failure once.
+/// As [`WAL_FLUSH_FAILURE`], for the writer's syncs of the WAL after a
+/// commit frame: 0 is off; `n` makes the `n`-th from now report a failure
+/// once.
 static WAL_SYNC_FAILURE: AtomicUsize = AtomicUsize::new(0);
 
-/// Makes the `n`-th sync of a WAL file through the writer's shim from now
-/// report `SQLITE_IOERR_FSYNC` (once) after it ran, as `fsync` does when the
-/// disk failed to store pages it was given: the frames are in the file, and
-/// whether they reached the disk is unknown. `0` turns it off. Tests that
-/// use it run in a process of their own.
+/// Makes the `n`-th sync of a WAL file through the writer's shim from now,
+/// counting those after a commit frame was written (the sync of a COMMIT
+/// under `durability = "full"`), report `SQLITE_IOERR_FSYNC` (once) after it
+/// ran, as `fsync` does when the disk failed to store pages it was given:
+/// the frames are in the file, and whether they reached the disk is
+/// unknown. `0` turns it off. Tests that use it run in a process of their
+/// own.
 pub fn fail_wal_sync(n: usize) {
     WAL_SYNC_FAILURE.store(n, Ordering::SeqCst);
 }

@@ -228,9 +228,10 @@ fn a_restore_never_replaces_a_file_already_kept_aside() {
 }
 
 /// A backup or restore killed mid-copy leaves its hidden partial file (and
-/// the copy's `-journal`): the next one beside it removes them, once no
-/// process holds the file's lock and it is a minute old. A copy being
-/// written (locked), a new one, and another database's are kept.
+/// the copy's `-journal`): the next one in that directory removes them,
+/// whatever their name (scheduled backups get a new name each time), once
+/// no process holds the file's lock and it is a minute old. A copy being
+/// written (locked), a new one, and files only named like one are kept.
 #[test]
 fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
     use std::io::{BufRead as _, BufReader};
@@ -288,10 +289,19 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
     // Unlocked but new: it may be a copy about to take its lock.
     let fresh = partial("00112233445566cc");
     std::fs::write(&fresh, b"").unwrap();
-    // Another database's.
-    let other = dir.path().join(".other.backup.00112233445566dd.partial");
-    std::fs::write(&other, b"").unwrap();
-    for path in [&killed, &journal, &live, &other] {
+    // A scheduled backup's, of another name.
+    let scheduled = dir
+        .path()
+        .join(".app.db.20261202T140509Z.backup.00112233445566dd.partial");
+    std::fs::write(&scheduled, b"").unwrap();
+    // Named like one, but not one: no tag, a directory, a link.
+    let untagged = dir.path().join(".notes.partial");
+    let folder = dir.path().join(".x.00112233445566ff.partial");
+    let link = dir.path().join(".y.0011223344556600.partial");
+    std::fs::write(&untagged, b"mine").unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    for path in [&killed, &journal, &live, &scheduled, &untagged] {
         old(path);
     }
 
@@ -300,23 +310,26 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
         !killed.exists() && !journal.exists(),
         "the abandoned copy stays"
     );
+    assert!(!scheduled.exists(), "another name's abandoned copy stays");
     assert!(live.exists(), "a copy being written was removed");
-    assert!(fresh.exists() && other.exists());
+    assert!(fresh.exists());
+    assert!(untagged.exists() && folder.is_dir() && link.symlink_metadata().is_ok());
+    assert!(db.exists());
     let hidden: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert_eq!(hidden.len(), 3, "{hidden:?}");
+    assert_eq!(hidden.len(), 5, "{hidden:?}");
 
     // Once its writer is gone, the next copy removes it.
     writer.kill().unwrap();
     writer.wait().unwrap();
     litebridge::backup_file(&db, &dest, Duration::from_secs(5), |_| {}).unwrap();
     assert!(!live.exists(), "{}", live.display());
-    assert!(fresh.exists() && other.exists());
+    assert!(fresh.exists());
 
-    // A restore cleans up beside the database it restores.
+    // A restore cleans up in its database's directory too.
     let left = dir.path().join(".app.db.00112233445566ee.partial");
     std::fs::write(&left, b"").unwrap();
     old(&left);

@@ -254,10 +254,21 @@ mod tests {
                 RpcError::App(Error::CallOutcomeUnknown {
                     method: "charge".into(),
                     reason: "the connection to NATS was lost".into(),
+                    idempotent: false,
                 }),
                 -32013,
                 "outcome_unknown",
                 false,
+            ),
+            (
+                RpcError::App(Error::CallOutcomeUnknown {
+                    method: "summarize".into(),
+                    reason: "the connection to NATS was lost".into(),
+                    idempotent: true,
+                }),
+                -32013,
+                "outcome_unknown",
+                true,
             ),
         ];
         for (e, code, kind, recoverable) in cases {

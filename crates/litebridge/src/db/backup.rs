@@ -12,11 +12,16 @@
 //! then moved to `FILE`, so a crash or a failed verification never leaves a
 //! half-written file under the backup's name, and no existing file is ever
 //! opened for writing. The copy holds an advisory lock (`flock`) on its
-//! partial file while it is written; the next backup or restore beside it
-//! removes a partial file whose lock it can take (its process was killed
-//! mid-copy, and the kernel let the lock go) once it is a minute old, with
-//! the `-journal` its copy left: a crash does not leave a database-sized
-//! file behind for good.
+//! partial file while it is written; the next backup or restore in that
+//! directory removes every partial file (`.NAME.TAG.partial`, whatever the
+//! name: scheduled backups get a new one each time) whose lock it can take
+//! (its process was killed mid-copy, and the kernel let the lock go) once
+//! it is a minute old, with the `-journal` its copy left: a crash does not
+//! leave a database-sized file behind for good. This process's own copies
+//! are skipped without being opened. Where the file system has no `flock`,
+//! copies go on unlocked and nothing is removed; on NFS, where Linux builds
+//! `flock` from `fcntl` locks, a copy whose SQLite connection closes gives
+//! its lock up early, and another host may remove it past the minute.
 //!
 //! A destination is refused when it is a symbolic link, when it is the
 //! database itself or its `-wal`, `-shm` or `-journal` (by name or as the same
@@ -358,6 +363,25 @@ pub(crate) struct Partial {
     _lock: std::fs::File,
 }
 
+/// The partial files this process is writing, by device and inode: never
+/// probed (closing a descriptor of a file drops this process's `fcntl`
+/// locks on it, SQLite's among them), never removed.
+static WRITING: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Ok(meta) = self._lock.metadata() {
+            let id = file_id(&meta);
+            crate::sync::lock(&WRITING).retain(|w| *w != id);
+        }
+    }
+}
+
 impl std::ops::Deref for Partial {
     type Target = Path;
     fn deref(&self) -> &Path {
@@ -376,31 +400,26 @@ impl AsRef<Path> for Partial {
 /// between.
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
-/// The name of a partial copy for `name`, if `file` is one (or one of its
-/// companions): `.{name}.{16 hex digits}.partial[-journal|-wal|-shm]`.
-/// Returns the partial file's own name and whether `file` is a companion.
-fn partial_of<'a>(file: &'a str, name: &str) -> Option<(&'a str, bool)> {
-    let rest = file
-        .strip_prefix('.')?
-        .strip_prefix(name)?
-        .strip_prefix('.')?;
-    let (tag, suffix) = rest.split_at_checked(16)?;
-    if !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let companion = match suffix.strip_prefix(".partial")? {
-        "" => false,
-        s if COMPANIONS.contains(&s) => true,
+/// Whether `file` is a partial copy's name (or one of its companions):
+/// `.{name}.{16 hex digits}.partial[-journal|-wal|-shm]`. Returns the
+/// partial file's own name and whether `file` is a companion.
+fn partial_of(file: &str) -> Option<(&str, bool)> {
+    let (own, companion) = match file.rsplit_once(".partial") {
+        Some((head, "")) => (head, false),
+        Some((head, s)) if COMPANIONS.contains(&s) => (head, true),
         _ => return None,
     };
-    let own = file.len() - (suffix.len() - ".partial".len());
-    Some((&file[..own], companion))
+    let (name, tag) = own.strip_prefix('.')?.rsplit_once('.')?;
+    if name.is_empty() || tag.len() != 16 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((&file[..own.len() + ".partial".len()], companion))
 }
 
-/// Removes the partial copies for `name` in `dir` that no process is writing
-/// (their lock is free) and that are older than [`ABANDONED_AFTER`], with
-/// their companions; returns what was removed.
-pub(crate) fn remove_abandoned(dir: &Path, name: &str) -> Vec<PathBuf> {
+/// Removes the partial copies in `dir` that no process is writing (their
+/// lock is free) and that are older than [`ABANDONED_AFTER`], with their
+/// companions; returns what was removed.
+pub(crate) fn remove_abandoned(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -415,7 +434,7 @@ pub(crate) fn remove_abandoned(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut companions = Vec::new();
     for entry in entries.flatten() {
         let file = entry.file_name();
-        let Some((own, companion)) = file.to_str().and_then(|f| partial_of(f, name)) else {
+        let Some((own, companion)) = file.to_str().and_then(partial_of) else {
             continue;
         };
         let path = entry.path();
@@ -423,8 +442,14 @@ pub(crate) fn remove_abandoned(dir: &Path, name: &str) -> Vec<PathBuf> {
             companions.push((path, dir.join(own)));
             continue;
         }
-        // Never through a link, and only a file whose lock is free.
-        let free = entry.file_type().is_ok_and(|t| t.is_file())
+        // Never this process's own, never through a link, and only a file
+        // whose lock is free (an error, where there is no `flock`, is not).
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ours = crate::sync::lock(&WRITING).contains(&file_id(&meta));
+        let free = !ours
+            && meta.is_file()
             && std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
         if free && old(&path) && std::fs::remove_file(&path).is_ok() {
             removed.push(path);
@@ -448,7 +473,7 @@ pub(crate) fn create_partial(dest: &Path) -> Result<Partial> {
         _ => Path::new("."),
     };
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    for gone in remove_abandoned(parent, &name) {
+    for gone in remove_abandoned(parent) {
         tracing::warn!(
             "removed {}, a partial copy left by a backup or restore that did not finish",
             gone.display()
@@ -467,9 +492,13 @@ pub(crate) fn create_partial(dest: &Path) -> Result<Partial> {
             .open(&partial)
         {
             Ok(file) => {
+                // Where there is no `flock`, the copy goes on unlocked (the
+                // removal of abandoned ones finds no free lock there either).
                 if let Err(e) = file.lock() {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(Error::io("cannot lock the backup file", &partial, e));
+                    tracing::warn!("cannot lock {}: {e}", partial.display());
+                }
+                if let Ok(meta) = file.metadata() {
+                    crate::sync::lock(&WRITING).push(file_id(&meta));
                 }
                 return Ok(Partial {
                     path: partial,

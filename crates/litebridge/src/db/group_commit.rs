@@ -449,12 +449,21 @@ pub(crate) fn commit_batch(
         if panic_for_test {
             panic!("writer thread killed by fault injection");
         }
+        crate::db::wal_vfs::forget_commit_written();
         match run_cached(conn, &guard::internal_sql().commit) {
             Ok(()) => break Ok(()),
             Err(e) => {
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                let written = match crate::db::wal_vfs::name() {
+                    Some(_) => crate::db::wal_vfs::commit_written(),
+                    // Without the shim, which would tell: a failed sync of
+                    // the log is the one failure known to come after it.
+                    None => e
+                        .sqlite_codes()
+                        .is_some_and(|c| c.1 == rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                };
                 rollback(conn);
-                break Err(commit_failed(&e));
+                break Err(commit_failed(&e, written));
             }
         }
     };
@@ -632,31 +641,32 @@ fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     Ok(())
 }
 
-/// The answer to a batch whose COMMIT failed.
+/// The answer to a batch whose COMMIT failed; `written`: its commit frame
+/// had reached the log.
 ///
-/// Nothing of it was saved, except when the failure was the sync of the
-/// log (`durability = "full"`): SQLite had written every frame of the
-/// commit, its commit frame last, and `fsync` said the disk may not hold
-/// them. SQLite rolls back and the batch is not visible; but the frames
-/// are in the file, and if the process dies before the next commit writes
-/// over them, the next start recovers the batch from the log. So its
-/// outcome is unknown (`outcome_unknown`, not recoverable: a blind retry
-/// could apply it twice), as a PostgreSQL COMMIT whose answer was lost.
-fn commit_failed(e: &Error) -> Error {
-    match e.sqlite_codes() {
-        Some((_, rusqlite::ffi::SQLITE_IOERR_FSYNC)) => Error::OutcomeUnknown {
+/// Nothing of it was saved, unless the failure came after its commit frame
+/// was written (the sync of the log under `durability = "full"`, which the
+/// disk refused; the log's index, which could not grow). SQLite rolls back
+/// and the batch is not visible; but its frames are in the file, and if
+/// the process dies before the next commit writes over them, the next start
+/// recovers the batch from the log. So its outcome is unknown
+/// (`outcome_unknown`, not recoverable: a blind retry could apply it
+/// twice), as a PostgreSQL COMMIT whose answer was lost.
+fn commit_failed(e: &Error, written: bool) -> Error {
+    if written {
+        return Error::OutcomeUnknown {
             what: "this batch".into(),
             reason: format!(
-                "its COMMIT was written to the log and syncing the log to the disk failed \
-                 ({e}); it is not visible now, and a crash before the next commit would \
-                 recover it from the log"
+                "COMMIT failed after its commit frame was written to the log ({e}); it is not \
+                 visible now, and a crash before the next commit would recover it from the log"
             ),
-        },
-        codes => Error::Sql {
-            code: codes.map_or(1, |c| c.0),
-            extended_code: codes.map_or(1, |c| c.1),
-            message: format!("COMMIT failed, nothing of this batch was saved: {e}"),
-        },
+        };
+    }
+    let codes = e.sqlite_codes();
+    Error::Sql {
+        code: codes.map_or(1, |c| c.0),
+        extended_code: codes.map_or(1, |c| c.1),
+        message: format!("COMMIT failed, nothing of this batch was saved: {e}"),
     }
 }
 

@@ -162,8 +162,9 @@ pub(crate) fn once_unsupported() -> Error {
         what: "idempotency_key".into(),
         here: "on SQLite".into(),
         instead:
-            "send the write without it; a SQLite write that timed out did not commit, and one \
-                  that answered committed"
+            "send the write without it; a SQLite write that timed out did not commit, one that \
+             answered committed, and one answered `outcome_unknown` (its log could not be synced \
+             to the disk) is to be read back before it is sent again"
                 .into(),
         backend: "sqlite",
     }

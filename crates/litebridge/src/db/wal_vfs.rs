@@ -60,6 +60,12 @@
 //! Every other file, the database and its shared-memory index included,
 //! goes straight to `unix`.
 //!
+//! The shim also tells the writer whether a COMMIT that failed had written
+//! its commit frame ([`commit_written`]): after that, a failure (a sync
+//! the disk refused, an index that could not grow) leaves a transaction
+//! SQLite rolled back but a crash would recover from the log, so its
+//! outcome is unknown rather than "not saved".
+//!
 //! Proven by `tests/wal_writes.rs` (a transaction that spills and rewrites in
 //! place, recovered from a copy of the files taken right after COMMIT
 //! returns, with no later write; failing flushes injected at each point) and
@@ -69,6 +75,7 @@
 
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -83,6 +90,28 @@ const MAX_BUFFER: usize = 1 << 20;
 const WRITE_PIECE: usize = 64 * 1024;
 /// The size of a WAL frame header.
 const FRAME_HEADER: c_int = 24;
+
+thread_local! {
+    /// Whether a commit frame reached a WAL through this thread since
+    /// [`forget_commit_written`]: SQLite calls a connection's VFS on the
+    /// thread that runs its statement, and only the writer's thread uses
+    /// the shim.
+    static COMMIT_WRITTEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts watching for a commit frame written by this thread (before a
+/// COMMIT).
+pub(crate) fn forget_commit_written() {
+    COMMIT_WRITTEN.set(false);
+}
+
+/// Whether a commit frame (its header and page, or its header alone when
+/// written straight through) was written to a WAL by this thread since
+/// [`forget_commit_written`]. A transaction whose commit frame is in the
+/// file is recovered from it after a crash, whatever SQLite answered.
+pub(crate) fn commit_written() -> bool {
+    COMMIT_WRITTEN.get()
+}
 
 /// Registers the VFS (once per process) and returns its name, or `None` if
 /// SQLite has no `unix` VFS to wrap (then the default VFS is used).
@@ -257,6 +286,9 @@ unsafe fn flush(file: *mut ffi::sqlite3_file, on_error: OnError) -> c_int {
             }
         }
         if rc == ffi::SQLITE_OK {
+            if p.commit_header {
+                COMMIT_WRITTEN.set(true);
+            }
             p.data.clear();
             p.commit_header = false;
         } else if on_error == OnError::Drop {
@@ -381,6 +413,13 @@ unsafe extern "C" fn x_write(
             return forward(file);
         }
         let until = offset + i64::from(amount);
+        // A commit frame's header (bytes 4..8, the database size, non-zero
+        // only there) written straight through: its page follows the same
+        // way. Counted as written once the header is: a commit frame half
+        // written is never recovered, so this errs toward "unknown".
+        let commit_header = amount == FRAME_HEADER
+            && offset >= 32
+            && std::slice::from_raw_parts(data.cast::<u8>(), len)[4..8] != [0, 0, 0, 0];
         let append = {
             let p = &mut *pending;
             if offset == 0 {
@@ -409,6 +448,9 @@ unsafe extern "C" fn x_write(
             if rc == ffi::SQLITE_OK {
                 let p = &mut *pending;
                 p.end = Some(p.end.map_or(until, |e| e.max(until)));
+                if commit_header {
+                    COMMIT_WRITTEN.set(true);
+                }
             }
             return rc;
         }
@@ -462,7 +504,11 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
             m.xSync
                 .map_or(ffi::SQLITE_IOERR_FSYNC, |sync| sync(f, flags))
         });
-        if rc == ffi::SQLITE_OK && is_wal && crate::fault::take_wal_sync_failure() {
+        if rc == ffi::SQLITE_OK
+            && is_wal
+            && COMMIT_WRITTEN.get()
+            && crate::fault::take_wal_sync_failure()
+        {
             return ffi::SQLITE_IOERR_FSYNC;
         }
         rc

@@ -488,14 +488,20 @@ impl WorkerPool {
     }
 
     /// Whether `method` may be retried after a crash: declared idempotent by
-    /// the workers. Unknown methods are not.
+    /// every worker that announces it (during a recycle to a new version of
+    /// the workers, one that says otherwise wins). Unknown methods are not.
     pub fn idempotent(&self, method: &str) -> bool {
-        self.shared.slots.iter().any(|slot| {
-            read(slot)
-                .as_ref()
-                .and_then(|p| p.methods.get(method))
-                .is_some_and(|m| m.idempotent)
-        })
+        let mut said = self
+            .shared
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                read(slot)
+                    .as_ref()
+                    .and_then(|p| p.methods.get(method).map(|m| m.idempotent))
+            })
+            .peekable();
+        said.peek().is_some() && said.all(|idempotent| idempotent)
     }
 
     async fn call_once(

@@ -222,7 +222,7 @@ impl Process {
         {
             let mut pending = lock(&self.pending);
             if self.is_dead() {
-                return Err(self.crash_error());
+                return Err(self.not_sent());
             }
             pending.insert(id, tx);
         }
@@ -236,26 +236,28 @@ impl Process {
                 .is_ok()
         });
         if !sent {
+            // Its stdin broke (the worker is being killed), was closed (it
+            // is being retired), or it died: the call never left, so it did
+            // not run.
             lock(&self.pending).remove(&id);
             self.load.fetch_sub(1, Ordering::AcqRel);
-            if self.is_dead() {
-                return Err(self.crash_error());
-            }
-            // Its stdin broke (the worker is being killed) or was closed
-            // (it is being retired): the call never left, so it did not run.
             return Err(self.not_sent());
         }
         Ok(rx)
     }
 
-    /// The answer to a call whose line never reached the worker.
+    /// The answer to a call whose line never reached the worker: not a
+    /// crash of the call (it did not run), so another worker may take it,
+    /// whatever the method.
     fn not_sent(&self) -> Error {
+        let why = if self.is_dead() {
+            "has exited"
+        } else {
+            "takes no more calls (its stdin is closed)"
+        };
         Error::Unavailable {
             what: "workers",
-            reason: format!(
-                "worker process {} takes no more calls (its stdin is closed); the call was not sent",
-                self.pid
-            ),
+            reason: format!("worker process {} {why}; the call was not sent", self.pid),
         }
     }
 
@@ -361,19 +363,6 @@ impl Process {
             .clone()
             .unwrap_or_else(|| "it is stopping".into());
         (exit, lock(&self.stderr).back().cloned())
-    }
-
-    fn crash_error(&self) -> Error {
-        Error::WorkerCrashed {
-            pid: self.pid,
-            exit: self
-                .exited
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "it is stopping".into()),
-            stderr: lock(&self.stderr).iter().cloned().collect(),
-            idempotent: false,
-        }
     }
 
     fn answer(&self, id: u64, outcome: Result<Json>) {

@@ -226,13 +226,16 @@ pub(crate) async fn authenticate(
 
 /// How many of a POSTed body's messages are requests of the protocol's own:
 /// each costs one call of the key's quota. Not `tools/call` (the method table
-/// charges it) nor a notification (`notifications/...`, which has no answer);
-/// whatever else names a method counts, with or without an `id`.
+/// charges it) nor a notification (no `id`, a `notifications/...` method:
+/// it has no answer); whatever else names a method counts.
 fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
     let own = |m: &serde_json::Value| {
         m.get("method")
             .and_then(serde_json::Value::as_str)
-            .is_some_and(|name| name != "tools/call" && !name.starts_with("notifications/"))
+            .is_some_and(|name| {
+                name != "tools/call"
+                    && (m.get("id").is_some() || !name.starts_with("notifications/"))
+            })
     };
     match parsed {
         Some(serde_json::Value::Array(all)) => all.iter().filter(|m| own(m)).count(),

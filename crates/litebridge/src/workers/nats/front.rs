@@ -1137,6 +1137,7 @@ async fn follow_connection(
                     let _ = p.tx.send(Reply::Lost(Error::CallOutcomeUnknown {
                         method: p.method.clone(),
                         reason: "the connection to NATS was lost with the call in flight".into(),
+                        idempotent: false,
                     }));
                 }
             }
