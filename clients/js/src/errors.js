@@ -37,8 +37,28 @@ export class UnsupportedError extends LitebridgeError {}
 export class CancelledError extends LitebridgeError {}
 /** The request itself was malformed (parse error, invalid request, unknown method). */
 export class ProtocolError extends LitebridgeError {}
-/** The connection to litebridge failed: the child exited, or HTTP failed. */
+/**
+ * The connection to litebridge failed: the child exited, or HTTP failed.
+ * Recoverable (kind `unavailable`) only when the request certainly never
+ * reached litebridge (connection refused, unknown host, the child gone
+ * before the line was written); otherwise it is an `OutcomeUnknownError`.
+ */
 export class ConnectionError extends LitebridgeError {}
+
+/**
+ * The request may or may not have run: a connection failed with it in
+ * flight, so it must not be sent again blindly unless it is safe to run
+ * twice (`recoverable` is false, unless the server knows it is).
+ *
+ * The server's `outcome_unknown` (-32013: litebridge lost its own link to
+ * the database or NATS, or a COMMIT's log sync failed), and the client's own
+ * when its connection to litebridge failed after the request may have reached
+ * it: the `litebridge stdio` child died with the request pending, an HTTP
+ * connection was reset or closed after the request was sent, or an HTTP
+ * answer came without litebridge's JSON (a proxy's 502 or 504). A subclass of
+ * `ConnectionError`, so that `instanceof ConnectionError` still holds for those.
+ */
+export class OutcomeUnknownError extends ConnectionError {}
 
 /** An exception raised in a worker: its Python `type` and `traceback`. */
 export class WorkerError extends LitebridgeError {
@@ -76,6 +96,7 @@ const BY_KIND = {
   too_large: TooLargeError,
   unsupported: UnsupportedError,
   cancelled: CancelledError,
+  outcome_unknown: OutcomeUnknownError,
 };
 
 const BY_CODE = {
@@ -98,6 +119,7 @@ const BY_CODE = {
   [-32010]: ['unavailable', UnavailableError],
   [-32011]: ['too_large', TooLargeError],
   [-32012]: ['unsupported', UnsupportedError],
+  [-32013]: ['outcome_unknown', OutcomeUnknownError],
 };
 
 /** The error for a JSON-RPC error object. */

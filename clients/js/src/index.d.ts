@@ -168,7 +168,14 @@ export class TooLargeError extends LitebridgeError {}
 export class UnsupportedError extends LitebridgeError {}
 export class CancelledError extends LitebridgeError {}
 export class ProtocolError extends LitebridgeError {}
+/** The connection to litebridge failed; recoverable only when the request certainly never reached it. */
 export class ConnectionError extends LitebridgeError {}
+/**
+ * The request may or may not have run (the server's `outcome_unknown`, -32013,
+ * or a connection to litebridge that failed with it in flight): not to be
+ * sent again blindly unless it is safe to run twice.
+ */
+export class OutcomeUnknownError extends ConnectionError {}
 export class WorkerError extends LitebridgeError {
   readonly type?: string;
   readonly traceback?: string;

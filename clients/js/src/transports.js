@@ -7,23 +7,79 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
 
-import { ConnectionError, TooLargeError, fromWire } from './errors.js';
+import { ConnectionError, OutcomeUnknownError, TooLargeError, fromWire } from './errors.js';
 import { parse, stringify } from './json.js';
 
 const STDERR_LINES = 20;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
 const MAX_LINE = 64 * 1024 * 1024;
 
-/** The litebridge error an HTTP error response carries, else a ConnectionError. */
+/** Statuses a proxy answers for a request it did not pass on: try again later. */
+const NOT_PASSED_ON = new Set([429, 503]);
+
+/**
+ * The error for an HTTP answer without a JSON-RPC reply (a proxy's, or
+ * litebridge's standby's `{"error": said}`, which it sends only for a
+ * request it did not run): a 429 or 503 was not passed on, or not run
+ * (recoverable); any other may have been, so the request may or may not
+ * have run (`mayHaveRun`: a request that runs something).
+ */
+function statusError(what, res, mayHaveRun = true, said = undefined) {
+  const answered = `${what} answered ${res.status}${said ? `: ${said.slice(0, 200)}` : " without litebridge's JSON"}`;
+  if (NOT_PASSED_ON.has(res.status)) {
+    const after = Number(res.headers?.get?.('retry-after') ?? NaN);
+    return new ConnectionError(`${answered} (the request was not run)`, {
+      kind: 'unavailable',
+      recoverable: true,
+      retryAfter: Number.isFinite(after) && after >= 0 ? Math.min(after, 300) * 1000 : undefined,
+    });
+  }
+  if (!mayHaveRun) return new ConnectionError(answered, { kind: 'unavailable' });
+  return new OutcomeUnknownError(`${answered}: the request may or may not have run`, { kind: 'outcome_unknown' });
+}
+
+/** `{"error": "..."}`: the standby's answer of its own (not a JSON-RPC error object). */
+function saidOf(reply) {
+  return typeof reply?.error === 'string' ? reply.error : undefined;
+}
+
+/**
+ * The litebridge error an HTTP error response carries, else a ConnectionError
+ * (`GET /events` runs nothing, so it is never an `OutcomeUnknownError`).
+ */
 async function errorOf(res, what) {
   const text = await res.text().catch(() => '');
+  let said;
   try {
     const reply = parse(text);
-    if (reply?.error) return fromWire(reply.error);
+    if (reply?.error && typeof reply.error === 'object') return fromWire(reply.error);
+    said = saidOf(reply);
   } catch {
     // not JSON
   }
-  return new ConnectionError(`${what} answered ${res.status}`, { kind: 'unavailable', recoverable: true });
+  return statusError(what, res, false, said);
+}
+
+// Why a connection was never made, so the request certainly never reached
+// the server (fetch's `cause`: undici's, or the socket's or DNS's error):
+// refused, no such host or socket file, unreachable, or no connection
+// within undici's connect timeout.
+const NEVER_CONNECTED = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ENOENT',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+/** Whether `cause` (what fetch failed with) says the connection was never made. */
+function neverConnected(cause) {
+  if (!cause || typeof cause !== 'object') return false;
+  // Several addresses tried (happy eyeballs), each refused.
+  if (Array.isArray(cause.errors) && cause.errors.length) return cause.errors.every(neverConnected);
+  return NEVER_CONNECTED.has(cause.code);
 }
 
 /** A `litebridge stdio` child, started again on the next request after it died. */
@@ -81,12 +137,30 @@ export class StdioTransport {
   died(child, why) {
     if (this.child !== child) return;
     this.child = null;
+    // Lines still waiting for the pipe never reached the child: theirs are
+    // the only requests known not to have run.
+    const unsent = new Set(this.backlog.map(([, id]) => id).filter((id) => id !== undefined));
     this.backlog = [];
     this.drained?.resolve();
     this.drained = null;
     const tail = this.stderr.length ? `; its last lines on stderr:\n${this.stderr.join('\n')}` : '';
-    const error = new ConnectionError(`${why}${tail}`, { kind: 'unavailable', recoverable: true });
-    for (const { reject } of this.pending.values()) reject(error);
+    let lost;
+    let notSent;
+    for (const [id, waiter] of this.pending) {
+      // A child that never started (`pid` unset: the binary could not be run) read nothing.
+      if (child.pid === undefined || waiter.unsent || unsent.has(id)) {
+        const message =
+          child.pid === undefined ? why : `${why} before the request was written to it (it was not sent)`;
+        notSent ??= new ConnectionError(`${message}${tail}`, { kind: 'unavailable', recoverable: true });
+        waiter.reject(notSent);
+      } else {
+        // Written, whole or in part: the child may have read and run it.
+        lost ??= new OutcomeUnknownError(`${why} with the request in flight: it may or may not have run${tail}`, {
+          kind: 'outcome_unknown',
+        });
+        waiter.reject(lost);
+      }
+    }
     this.pending.clear();
   }
 
@@ -115,21 +189,25 @@ export class StdioTransport {
     }
   }
 
-  write(obj, text = `${stringify(obj)}\n`) {
+  /**
+   * Writes a line (of request `id`, if it is one); false when it cannot be
+   * written at all (no child, or its stdin is gone).
+   */
+  write(obj, text = `${stringify(obj)}\n`, id = undefined) {
     const child = this.child;
-    if (!child || child.stdin.destroyed) return;
+    if (!child || child.stdin.destroyed) return false;
     // Backpressure: once the pipe is full, lines wait here, in order, for it to drain.
     if (this.drained) {
-      this.backlog.push(text);
-      return;
+      this.backlog.push([text, id]);
+      return true;
     }
-    if (child.stdin.write(text)) return;
+    if (child.stdin.write(text)) return true;
     let resolve;
     this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });
     const flush = () => {
       if (this.child !== child) return;
       while (this.backlog.length) {
-        if (!child.stdin.write(this.backlog.shift())) {
+        if (!child.stdin.write(this.backlog.shift()[0])) {
           child.stdin.once('drain', flush);
           return;
         }
@@ -138,6 +216,7 @@ export class StdioTransport {
       this.drained = null;
     };
     child.stdin.once('drain', flush);
+    return true;
   }
 
   request(obj) {
@@ -161,8 +240,11 @@ export class StdioTransport {
     }
     if (!this.child) this.start();
     return new Promise((resolve, reject) => {
-      this.pending.set(String(obj.id), { resolve, reject });
-      this.write(obj, text);
+      const id = String(obj.id);
+      const waiter = { resolve, reject, unsent: false };
+      this.pending.set(id, waiter);
+      // Not written at all (its stdin already gone): the exit, which follows, fails it as not sent.
+      if (!this.write(obj, text, id)) waiter.unsent = true;
     });
   }
 
@@ -237,20 +319,50 @@ export class HttpTransport {
       });
     } catch (e) {
       if (signal?.aborted) throw signal.reason;
-      throw new ConnectionError(`cannot reach ${this.url}: ${e.cause?.message ?? e.message}`, {
-        kind: 'unavailable',
-        recoverable: true,
-      });
+      const why = e.cause?.message ?? e.message;
+      if (neverConnected(e.cause)) {
+        throw new ConnectionError(`cannot reach ${this.url}: ${why}`, { kind: 'unavailable', recoverable: true });
+      }
+      if (e.cause?.code === 'ERR_INVALID_URL' || e.cause?.message === 'unknown scheme') {
+        // Refused before sending (a URL fetch cannot use): trying again cannot help.
+        throw new ConnectionError(`cannot send to ${this.url}: ${why}`, { kind: 'unavailable' });
+      }
+      // Reset, closed or timed out once connected: the request may have been
+      // read, and run, by the time the connection failed.
+      throw new OutcomeUnknownError(
+        `the connection to ${this.url} failed with the request sent or on its way (${why}): ` +
+          'it may or may not have run',
+        { kind: 'outcome_unknown' },
+      );
     }
-    const text = await res.text();
-    if (res.status === 204) return null;
+    let text;
     try {
-      return parse(text);
-    } catch {
-      throw new ConnectionError(`${this.url}/rpc answered ${res.status} with no JSON: ${text.slice(0, 200)}`, {
-        kind: 'unavailable',
-      });
+      text = await res.text();
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      throw new OutcomeUnknownError(
+        `${this.url}/rpc answered ${res.status}, then the connection failed (${e.cause?.message ?? e.message}): ` +
+          'the request may or may not have run',
+        { kind: 'outcome_unknown' },
+      );
     }
+    if (res.status === 204) return null;
+    let reply;
+    try {
+      reply = parse(text);
+    } catch {
+      if (!res.ok) throw statusError(`${this.url}/rpc`, res);
+      throw new OutcomeUnknownError(
+        `${this.url}/rpc answered ${res.status} with no JSON: ${text.slice(0, 200)}; ` +
+          'the request may or may not have run',
+        { kind: 'outcome_unknown' },
+      );
+    }
+    // Not a JSON-RPC reply: a proxy's answer, or the standby's.
+    if (!res.ok && !Array.isArray(reply) && !(reply?.error && typeof reply.error === 'object')) {
+      throw statusError(`${this.url}/rpc`, res, true, saidOf(reply));
+    }
+    return reply;
   }
 
   async request(obj, signal) {

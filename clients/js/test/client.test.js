@@ -15,6 +15,7 @@ import {
   TimeoutError,
   CircuitOpenError,
   ConnectionError,
+  OutcomeUnknownError,
   WorkerCrashedError,
   isRecoverableError,
 } from '../src/index.js';
@@ -101,12 +102,43 @@ test('a killed litebridge fails what was pending clearly; the next call starts i
   await c.call('echo', { value: 1 });
   const pid = c.transport.child.pid;
   const pending = c.call('wait', [10]);
+  // Its line is in the pipe (written at once, nothing left in the stream): litebridge may have read it.
+  assert.equal(c.transport.child.stdin.writableLength, 0);
   process.kill(pid, 'SIGKILL');
   const e = await pending.catch((x) => x);
   assert.ok(e instanceof ConnectionError, e);
   assert.match(e.message, /killed by SIGKILL/);
+  // It may have run: not to be tried again blindly.
+  assert.ok(e instanceof OutcomeUnknownError, e);
+  assert.equal(e.kind, 'outcome_unknown');
+  assert.equal(e.recoverable, false);
+  assert.ok(!isRecoverableError(e));
+  assert.match(e.message, /may or may not have run/);
   assert.equal(await c.call('echo', { value: 2 }), 2);
   assert.notEqual(c.transport.child.pid, pid);
+});
+
+test('a litebridge killed before a request was written to it: that one is recoverable, the one it was reading is not', async (t) => {
+  const c = client(t);
+  await c.call('echo', { value: 1 });
+  const pid = c.transport.child.pid;
+  // Stopped, litebridge reads nothing: a line past the pipe's 64 KiB fills
+  // it, and the next line waits behind it in the client.
+  process.kill(pid, 'SIGSTOP');
+  const big = c.query('SELECT length(?1) AS n', ['x'.repeat(1 << 20)]).catch((x) => x);
+  assert.ok(c.transport.drained, 'the pipe is full');
+  const small = c.execute('CREATE TABLE never(x)').catch((x) => x);
+  assert.equal(c.transport.backlog.length, 1, 'the second line waits for the pipe');
+  process.kill(pid, 'SIGKILL');
+  const [partly, unsent] = [await big, await small];
+  assert.ok(partly instanceof OutcomeUnknownError, partly);
+  assert.equal(partly.recoverable, false);
+  assert.ok(unsent instanceof ConnectionError && !(unsent instanceof OutcomeUnknownError), unsent);
+  assert.equal(unsent.kind, 'unavailable');
+  assert.ok(isRecoverableError(unsent));
+  assert.match(unsent.message, /killed by SIGKILL before the request was written to it/);
+  // Indeed never run.
+  assert.deepEqual(await c.query("SELECT count(*) AS n FROM sqlite_master WHERE name = 'never'"), [{ n: 0 }]);
 });
 
 test('a killed worker: a call that may not be retried fails naming the signal, an idempotent one is retried, the next call works', async (t) => {

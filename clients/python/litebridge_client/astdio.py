@@ -6,12 +6,17 @@ hand-written loop's rate; ``bench/bench.py``).
 
 An ``AsyncClient`` belongs to the event loop of its first request: the
 child, its pipes and the futures are that loop's.
+
+A child that died fails the requests still waiting on it with
+``OutcomeUnknownError`` (a ``ConnectionError``, not recoverable: it may have
+run them), except those whose lines were never written to it (still queued
+when it ended), which get a recoverable ``ConnectionError``.
 """
 
 import asyncio
 import collections
 
-from .errors import ConnectionError
+from .errors import ConnectionError, OutcomeUnknownError
 from .transports import MAX_LINE, decode_line, encode_line, pending_key
 
 _STDERR_LINES = 20
@@ -31,6 +36,8 @@ class _Child:
         self.ended = False
         self.tasks = ()
         self.outbox = []  # lines of this loop iteration, written together at its end
+        self.outbox_keys = []  # the requests whose lines are in `outbox`
+        self.unsent = set()  # requests whose lines were never written (the child had ended)
 
 
 class AsyncStdioTransport:
@@ -118,16 +125,24 @@ class AsyncStdioTransport:
         if child.reason:
             why = "%s, so it was stopped (%s)" % (child.reason, why)
         tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
-        waiting, child.pending = list(child.pending.values()), {}
-        for fut in waiting:
-            if not fut.done():
-                fut.set_exception(ConnectionError(why + tail, kind="unavailable", recoverable=True))
+        waiting, child.pending = list(child.pending.items()), {}
+        for key, fut in waiting:
+            if fut.done():
+                continue
+            if key in child.unsent:
+                fut.set_exception(ConnectionError(
+                    "%s before the request was written to it (it was not sent)%s" % (why, tail),
+                    kind="unavailable", recoverable=True))
+            else:
+                fut.set_exception(OutcomeUnknownError(
+                    "%s with the request in flight: it may or may not have run%s" % (why, tail),
+                    kind="outcome_unknown"))
 
     @classmethod
-    def _send(cls, child, data):
-        """Queues a line: the lines of one iteration of the loop go in one
-        write (pipelined calls: one system call for many, not one each), in
-        the order they were sent."""
+    def _send(cls, child, data, key=None):
+        """Queues a line (of request ``key``, if it is one): the lines of one
+        iteration of the loop go in one write (pipelined calls: one system
+        call for many, not one each), in the order they were sent."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -135,19 +150,26 @@ class AsyncStdioTransport:
         if running is not child.loop:
             # From another thread (a stream closed there): the pipe is the loop's.
             try:
-                child.loop.call_soon_threadsafe(cls._send, child, data)
+                child.loop.call_soon_threadsafe(cls._send, child, data, key)
             except RuntimeError:
                 pass  # that loop is closed: nobody reads this child any more
             return
         if not child.outbox:
             child.loop.call_soon(cls._flush, child)
         child.outbox.append(data)
+        if key is not None:
+            child.outbox_keys.append(key)
 
     @classmethod
     def _flush(cls, child):
         if child.outbox:
             data = b"".join(child.outbox)
             child.outbox.clear()
+            keys, child.outbox_keys = child.outbox_keys, []
+            if child.ended:
+                # Its stdin is closed or it is gone: these lines never reach it.
+                child.unsent.update(keys)
+                return
             cls._write(child, data)
 
     @staticmethod
@@ -166,8 +188,9 @@ class AsyncStdioTransport:
         if child is None or child.ended or child.proc.returncode is not None:
             child = await self._live_child()
         fut = asyncio.get_running_loop().create_future()
-        child.pending[pending_key(obj["id"])] = fut
-        self._send(child, data)
+        key = pending_key(obj["id"])
+        child.pending[key] = fut
+        self._send(child, data, key)
         transport = child.proc.stdin.transport
         if transport is not None and transport.get_write_buffer_size() > _HIGH_WATER:
             try:

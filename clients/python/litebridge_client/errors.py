@@ -40,6 +40,23 @@ class ConnectionError(LitebridgeError): pass  # noqa: A001 - the client's, not t
 class WorkerCrashedError(LitebridgeError): pass
 
 
+class OutcomeUnknownError(ConnectionError):
+    """The request may or may not have run: a connection failed with it in
+    flight, so it must not be sent again blindly unless it is safe to run
+    twice (``recoverable`` is False, unless the server knows it is).
+
+    Raised for the server's ``outcome_unknown`` (-32013: litebridge lost its
+    own link to the database or NATS, or a COMMIT's log sync failed), and by
+    the client itself when its connection to litebridge failed after the
+    request may have reached it: the ``litebridge stdio`` child died with the
+    request pending, an HTTP connection was reset, closed or timed out after
+    the request was sent, or an HTTP answer without litebridge's JSON (a
+    proxy's 502 or 504). A subclass of ``ConnectionError`` so that code
+    checking for a failed connection still sees those; a connection that
+    certainly never carried the request (refused, unknown host) is a plain
+    ``ConnectionError`` of kind ``unavailable``, recoverable."""
+
+
 class WorkerError(LitebridgeError):
     """An exception raised in a worker: its Python ``type`` and ``traceback``."""
 
@@ -60,7 +77,7 @@ _BY_KIND = {
     "internal": InternalError, "circuit_open": CircuitOpenError, "worker_error": WorkerError,
     "worker_crashed": WorkerCrashedError, "unauthorized": UnauthorizedError,
     "quota_exceeded": QuotaExceededError, "too_large": TooLargeError, "unsupported": UnsupportedError,
-    "cancelled": CancelledError,
+    "cancelled": CancelledError, "outcome_unknown": OutcomeUnknownError,
 }
 
 _BY_CODE = {
@@ -68,7 +85,7 @@ _BY_CODE = {
     -32603: "internal", -32800: "cancelled", -32000: "sql", -32001: "timeout", -32002: "overloaded",
     -32003: "circuit_open", -32004: "worker_error", -32005: "worker_crashed", -32006: "unauthorized",
     -32007: "forbidden", -32008: "quota_exceeded", -32009: "read_only", -32010: "unavailable",
-    -32011: "too_large", -32012: "unsupported",
+    -32011: "too_large", -32012: "unsupported", -32013: "outcome_unknown",
 }
 
 

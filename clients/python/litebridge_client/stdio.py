@@ -15,9 +15,11 @@ Events need a reader when nobody calls: while event streams are subscribed
 a follower thread holds the reader's place (calls then pay the hand-off).
 
 A child that died is noticed by whoever reads next (end of its stdout:
-every request still waiting on it fails with ``ConnectionError`` naming the
-exit and its last stderr lines), or by the next request (``poll``), which
-starts a new one.
+every request still waiting on it fails, naming the exit and its last
+stderr lines, with ``OutcomeUnknownError``, a ``ConnectionError`` that is
+not recoverable: the child may have run it before it died; only a request
+none of whose line could be written is a recoverable ``ConnectionError``),
+or by the next request (``poll``), which starts a new one.
 """
 
 import collections
@@ -26,7 +28,7 @@ import os
 import subprocess
 import threading
 
-from .errors import ConnectionError
+from .errors import ConnectionError, OutcomeUnknownError
 from .transports import MAX_LINE, decode_line, encode_line, pending_key
 
 _STDERR_LINES = 20
@@ -37,14 +39,25 @@ _READ = 1 << 16
 
 
 class _Waiter:
-    """One request's reply, or the error that ended it."""
+    """One request's reply, or why its child ended before answering it."""
 
-    __slots__ = ("reply", "error", "done")
+    __slots__ = ("reply", "lost", "done")
 
     def __init__(self):
         self.reply = None
-        self.error = None
+        self.lost = None  # the child's exit and its last stderr lines, if it ended first
         self.done = False
+
+
+def _lost(lost, sent):
+    """The error of a request whose child ended before answering it: not
+    recoverable once any of its line was written (the child may have read
+    and run it), recoverable if none was."""
+    if sent:
+        return OutcomeUnknownError("%s with the request in flight: it may or may not have run%s" % lost,
+                                   kind="outcome_unknown")
+    return ConnectionError("%s before the request was written to it (it was not sent)%s" % lost,
+                           kind="unavailable", recoverable=True)
 
 
 class _Child:
@@ -118,14 +131,16 @@ class StdioTransport:
     # ----- writing ----------------------------------------------------------
 
     def _write(self, child, data):
-        """Writes one whole line. An exception (Ctrl-C) that arrives once part
-        of it is written waits until the rest is: half a line would join the
-        next request to it, and litebridge could answer neither."""
+        """Writes one whole line; whether any of it was written (False: the
+        pipe was closed, or the child gone, before its first byte). An
+        exception (Ctrl-C) that arrives once part of it is written waits until
+        the rest is: half a line would join the next request to it, and
+        litebridge could answer neither."""
         interrupted = None
+        view = memoryview(data)
         try:
             with self.write_lock:
                 # Blocks while the pipe is full: backpressure.
-                view = memoryview(data)
                 while view:
                     try:
                         n = child.proc.stdin.write(view)
@@ -142,6 +157,7 @@ class StdioTransport:
             pass  # whoever reads next sees the end and says why
         if interrupted is not None:
             raise interrupted
+        return len(view) < len(data)
 
     # ----- requests ---------------------------------------------------------
 
@@ -154,10 +170,10 @@ class StdioTransport:
                 raise ConnectionError("the client is closed", kind="unavailable")
             child = self._live_child()
             child.pending[pending_key(obj["id"])] = waiter
-        self._write(child, data)
+        sent = self._write(child, data)
         self._wait(child, waiter)
-        if waiter.error is not None:
-            raise waiter.error
+        if waiter.lost is not None:
+            raise _lost(waiter.lost, sent)
         return waiter.reply
 
     def _wait(self, child, waiter):
@@ -257,7 +273,7 @@ class StdioTransport:
         why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
         tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
         for waiter in waiting:
-            waiter.error = ConnectionError(why + tail, kind="unavailable", recoverable=True)
+            waiter.lost = (why, tail)  # the error is its caller's to make: it knows what it wrote
             waiter.done = True
         with child.turn:
             child.turn.notify_all()

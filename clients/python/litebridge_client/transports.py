@@ -5,33 +5,86 @@ stdio`` is ``stdio`` (synchronous) and ``astdio`` (asyncio)."""
 import asyncio
 import base64
 import concurrent.futures
+import errno
+import http.client
 import json
 import os
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
 
-from .errors import ConnectionError
+from .errors import ConnectionError, OutcomeUnknownError
 
 _EVENTS_SILENCE = 30.0
 
 
+# Why a connection was never made, so the request certainly never reached
+# the server: urllib wraps in URLError what connecting (and sending) raised;
+# what reading the answer raised comes through as it is. Anything else (a
+# timeout or a reset, even one while sending) may have let the request through.
+_NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror, FileNotFoundError)
+_UNREACHABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
+# Statuses a proxy answers for a request it did not pass on: try again later.
+_NOT_PASSED_ON = (429, 503)
+
+
+def _never_connected(e):
+    """Whether ``e`` (from ``urlopen``) says the connection was never made."""
+    if not isinstance(e, urllib.error.URLError) or isinstance(e, urllib.error.HTTPError):
+        return False
+    reason = e.reason
+    return isinstance(reason, _NEVER_CONNECTED) or (isinstance(reason, OSError) and reason.errno in _UNREACHABLE)
+
+
+def _status_error(what, status, headers, may_have_run=True, said=None):
+    """The error for an HTTP answer without a JSON-RPC reply (a proxy's, or
+    litebridge's standby's ``{"error": said}``, which it sends only for a
+    request it did not run): a 429 or 503 was not passed on, or not run
+    (recoverable); any other may have been, so the request may or may not
+    have run (``may_have_run``: a request that runs something)."""
+    answered = "%s answered %d%s" % (what, status, ": %s" % said[:200] if said else " without litebridge's JSON")
+    if status in _NOT_PASSED_ON:
+        return ConnectionError("%s (the request was not run)" % answered, kind="unavailable", recoverable=True,
+                               retry_after=_retry_after(headers))
+    if not may_have_run:
+        return ConnectionError(answered, kind="unavailable")
+    return OutcomeUnknownError("%s: the request may or may not have run" % answered, kind="outcome_unknown")
+
+
 def _http_error(e, what):
-    """The litebridge error an HTTP error response carries, else a ConnectionError."""
+    """The litebridge error an HTTP error response carries, else a ConnectionError
+    (``GET /events`` runs nothing, so it is never an ``OutcomeUnknownError``)."""
     from .errors import from_wire
+    said = None
     try:
-        return from_wire(json.loads(e.read())["error"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return ConnectionError("%s answered %d" % (what, e.code), kind="unavailable")
+        error = json.loads(e.read())["error"]
+        if isinstance(error, dict):
+            return from_wire(error)
+        said = error if isinstance(error, str) else None
+    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+        pass
+    return _status_error(what, e.code, e.headers, may_have_run=False, said=said)
 
 
-def _retry_after(e):
+def _retry_after(headers):
     """Seconds from a ``Retry-After`` header, if any."""
     try:
-        return min(max(float(e.headers.get("Retry-After", "")), 0.0), 300.0)
-    except (TypeError, ValueError):
+        return min(max(float(headers.get("Retry-After", "")), 0.0), 300.0)
+    except (AttributeError, TypeError, ValueError):
         return None
+
+
+_NO_JSON = object()
+
+
+def _why(e):
+    """An exception as a few words: its type, and its message if it has one."""
+    if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException):
+        e = e.reason
+    text = str(e)
+    return "%s: %s" % (type(e).__name__, text) if text else type(e).__name__
 
 
 class HttpTransport:
@@ -57,17 +110,43 @@ class HttpTransport:
             self.url + "/rpc", data=body, method="POST",
             headers=self.headers({"Content-Type": "application/json"}),
         )
+        status = headers = None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as res:
                 text = res.read()
         except urllib.error.HTTPError as e:
-            text = e.read()
-        except OSError as e:
-            raise ConnectionError("cannot reach %s: %s" % (self.url, e), kind="unavailable", recoverable=True) from e
+            status, headers = e.code, e.headers
+            try:
+                text = e.read()
+            except (OSError, http.client.HTTPException) as x:
+                raise OutcomeUnknownError(
+                    "%s/rpc answered %d, then the connection failed (%s): the request may or may not have run"
+                    % (self.url, status, _why(x)), kind="outcome_unknown") from x
+        except (OSError, http.client.HTTPException) as e:
+            if _never_connected(e):
+                raise ConnectionError("cannot reach %s: %s" % (self.url, _why(e.reason)), kind="unavailable",
+                                      recoverable=True) from e
+            if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, OSError):
+                # Refused before sending (an unknown URL scheme): trying again cannot help.
+                raise ConnectionError("cannot send to %s: %s" % (self.url, e.reason), kind="unavailable") from e
+            # Reset, closed or timed out once connected: the request may have been
+            # read, and run, by the time the connection failed.
+            raise OutcomeUnknownError(
+                "the connection to %s failed with the request sent or on its way (%s): it may or may not "
+                "have run" % (self.url, _why(e)), kind="outcome_unknown") from e
         try:
-            return decode_line(text)
-        except ValueError as e:
-            raise ConnectionError("%s/rpc answered with no JSON: %r" % (self.url, text[:200]), kind="unavailable") from e
+            reply = decode_line(text)
+        except ValueError:
+            reply = _NO_JSON
+        if status is not None and not (
+                isinstance(reply, list) or (isinstance(reply, dict) and isinstance(reply.get("error"), dict))):
+            # Not a JSON-RPC reply: a proxy's answer, or the standby's.
+            said = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else None
+            raise _status_error("%s/rpc" % self.url, status, headers, said=said)
+        if reply is _NO_JSON:
+            raise OutcomeUnknownError("%s/rpc answered with no JSON: %r; the request may or may not have run"
+                                      % (self.url, text[:200]), kind="outcome_unknown")
+        return reply
 
     def call(self, obj):
         """Sends ``obj`` and returns its reply (a dict), in this thread."""
@@ -115,8 +194,8 @@ class HttpTransport:
                 if e.code in (401, 403):
                     stream.end(error)
                     return
-                wait = _retry_after(e)
-            except OSError:
+                wait = _retry_after(e.headers)
+            except (OSError, http.client.HTTPException):
                 pass
             if stream.wait_closed(wait if wait is not None else pause):
                 return

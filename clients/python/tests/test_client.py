@@ -2,11 +2,16 @@
 
 import asyncio
 import concurrent.futures
+import json
 import os
+import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -72,15 +77,49 @@ class SpawnedTest(unittest.TestCase):
     def test_a_killed_litebridge_fails_pending_calls_and_the_next_one_works(self):
         c = self.client
         self.assertEqual(c.call("echo", {"value": 1}), 1)
-        pid = c._transport.child.proc.pid
+        child = c._transport.child
+        pid = child.proc.pid
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             fut = pool.submit(c.call, "wait", [10])
-            time.sleep(0.2)
+            # The caller reads once its line is written: litebridge may have read it.
+            _until(child.read_lock.locked)
             os.kill(pid, signal.SIGKILL)
             with self.assertRaises(lb.ConnectionError) as e:
                 fut.result(timeout=10)
         self.assertIn("killed by signal 9", str(e.exception))
+        # It may have run: not to be tried again blindly.
+        self.assertIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertEqual(e.exception.kind, "outcome_unknown")
+        self.assertFalse(e.exception.recoverable)
+        self.assertIn("may or may not have run", str(e.exception))
         self.assertEqual(c.call("echo", {"value": 2}), 2)
+
+    def test_a_request_never_written_to_a_killed_litebridge_is_recoverable_the_one_it_was_reading_is_not(self):
+        c = self.client
+        self.assertEqual(c.call("echo", {"value": 1}), 1)
+        transport, child = c._transport, c._transport.child
+        pid = child.proc.pid
+        # Stopped, litebridge reads nothing: a line past the pipe's 64 KiB
+        # fills it, its writer holding the write lock, and the next line
+        # waits for that lock.
+        os.kill(pid, signal.SIGSTOP)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            big = pool.submit(c.query, "SELECT length(?1) AS n", ("x" * (1 << 20),))
+            _until(lambda: transport.write_lock.locked() and len(child.pending) == 1)
+            small = pool.submit(c.execute, "CREATE TABLE never(x)")
+            _until(lambda: len(child.pending) == 2)
+            os.kill(pid, signal.SIGKILL)
+            with self.assertRaises(lb.OutcomeUnknownError) as partly:
+                big.result(timeout=10)
+            with self.assertRaises(lb.ConnectionError) as unsent:
+                small.result(timeout=10)
+        self.assertFalse(partly.exception.recoverable)
+        self.assertNotIsInstance(unsent.exception, lb.OutcomeUnknownError)
+        self.assertEqual(unsent.exception.kind, "unavailable")
+        self.assertTrue(unsent.exception.recoverable)
+        self.assertIn("killed by signal 9 before the request was written to it", str(unsent.exception))
+        # Indeed never run.
+        self.assertEqual(c.query("SELECT count(*) AS n FROM sqlite_master WHERE name = 'never'"), [{"n": 0}])
 
     def test_a_killed_worker_fails_calls_that_may_not_be_retried_and_the_next_one_works(self):
         c = self.client
@@ -196,7 +235,38 @@ class SpawnedTest(unittest.TestCase):
         self.assertTrue(c.check()["ok"])
 
 
+def _until(condition, timeout=10.0):
+    """Waits until ``condition()`` holds (failing after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("still not so after %s s" % timeout)
+        time.sleep(0.005)
+
+
 class AsyncTest(unittest.TestCase):
+    def test_a_killed_litebridge_fails_a_pending_call_as_outcome_unknown(self):
+        async def main():
+            with tempfile.TemporaryDirectory() as d:
+                async with lb.AsyncClient.spawn(bin=BIN, db=os.path.join(d, "a.db"), workers=WORKER,
+                                                processes=1) as c:
+                    self.assertEqual(await c.call("echo", {"value": 1}), 1)
+                    child = c._transport.child
+                    task = asyncio.ensure_future(c.call("wait", [10]))
+                    # Its line written (the loop flushed it): litebridge may have read it.
+                    while child.outbox or not child.pending:
+                        await asyncio.sleep(0.005)
+                    os.kill(child.proc.pid, signal.SIGKILL)
+                    with self.assertRaises(lb.OutcomeUnknownError) as e:
+                        await asyncio.wait_for(task, 10)
+                    self.assertIsInstance(e.exception, lb.ConnectionError)
+                    self.assertEqual(e.exception.kind, "outcome_unknown")
+                    self.assertFalse(e.exception.recoverable)
+                    self.assertIn("killed by signal 9 with the request in flight", str(e.exception))
+                    self.assertEqual(await c.call("echo", {"value": 2}), 2)
+
+        asyncio.run(main())
+
     def test_cancelling_a_task_cancels_the_call_in_its_worker(self):
         async def main():
             with tempfile.TemporaryDirectory() as d:
@@ -308,6 +378,146 @@ class HttpTest(unittest.TestCase):
                 server.terminate()
                 server.wait(timeout=20)
                 server.stdout.close()
+
+
+def _dead_port():
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _FakeServer:
+    """A server of the test's own: reads one whole HTTP request per
+    connection (headers and body), then does ``answer(connection)``."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.bodies = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.bodies.append(body)
+                self.answer(conn)
+
+    def close(self):
+        self.sock.close()
+
+
+def _reply(status, body, headers=()):
+    """An HTTP answer, then the connection closed."""
+    def answer(conn):
+        lines = ["HTTP/1.1 %d Whatever" % status, "Content-Length: %d" % len(body), "Connection: close"]
+        lines += ["%s: %s" % h for h in headers]
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return answer
+
+
+def _reset(conn):
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class OutcomeTest(unittest.TestCase):
+    """Whether a failed call may have run: recoverable only when it certainly
+    never reached litebridge."""
+
+    def fails(self, answer, timeout=None):
+        server = _FakeServer(answer)
+        try:
+            with self.assertRaises(lb.LitebridgeError) as e:
+                lb.Client.connect(server.url, timeout=timeout).execute("INSERT INTO t VALUES (1)")
+            return server, e.exception
+        finally:
+            server.close()
+
+    def test_a_refused_connection_never_carried_the_request(self):
+        with self.assertRaises(lb.ConnectionError) as e:
+            lb.Client.connect("http://127.0.0.1:%d" % _dead_port()).execute("INSERT INTO t VALUES (1)")
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertEqual(e.exception.kind, "unavailable")
+        self.assertTrue(e.exception.recoverable)
+        self.assertIn("ConnectionRefusedError", str(e.exception))
+
+        async def main():
+            c = lb.AsyncClient.connect("http://127.0.0.1:%d" % _dead_port())
+            with self.assertRaises(lb.ConnectionError) as e:
+                await c.execute("INSERT INTO t VALUES (1)")
+            self.assertTrue(e.exception.recoverable)
+            await c.close()
+
+        asyncio.run(main())
+
+    def test_a_request_sent_then_the_connection_failed_or_a_proxy_answered_may_have_run(self):
+        for name, answer, timeout in [
+            ("closed without an answer", lambda conn: None, None),
+            ("reset without an answer", _reset, None),
+            ("no answer within the timeout", lambda conn: time.sleep(1.0), 0.3),
+            ("an answer cut short", lambda conn: conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\""), None),
+            ("not HTTP", lambda conn: conn.sendall(b"garbage\r\n\r\n"), None),
+            ("a proxy's 502", _reply(502, b"<html>502 Bad Gateway</html>", [("Content-Type", "text/html")]), None),
+            ("a proxy's 504", _reply(504, b"upstream timed out"), None),
+            ("a proxy's 500 with JSON of its own", _reply(500, b'{"message": "Internal server error"}'), None),
+            ("a 200 without JSON", _reply(200, b"OK"), None),
+        ]:
+            server, e = self.fails(answer, timeout)
+            self.assertEqual(len(server.bodies), 1, "%s: the server read the request" % name)
+            self.assertIsInstance(e, lb.OutcomeUnknownError, "%s: %r" % (name, e))
+            self.assertIsInstance(e, lb.ConnectionError, name)
+            self.assertEqual(e.kind, "outcome_unknown", name)
+            self.assertFalse(e.recoverable, name)
+            self.assertIn("may or may not have run", str(e), name)
+            self.assertIn(server.url, str(e), name)
+
+    def test_a_503_or_429_not_litebridges_was_not_passed_on_nor_the_standbys_refusals_run(self):
+        for answer, retry_after in [
+            (_reply(503, b"Service Unavailable", [("Retry-After", "2")]), 2.0),
+            (_reply(429, b"<html>slow down</html>"), None),
+            (_reply(503, b'{"error":"the server is shutting down"}', [("Retry-After", "1")]), 1.0),
+        ]:
+            _, e = self.fails(answer)
+            self.assertIsInstance(e, lb.ConnectionError)
+            self.assertNotIsInstance(e, lb.OutcomeUnknownError)
+            self.assertEqual(e.kind, "unavailable")
+            self.assertTrue(e.recoverable)
+            self.assertEqual(e.retry_after, retry_after)
+        # The standby's answer for a request the server had begun when it shut down: it may have run.
+        _, e = self.fails(_reply(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32013,"message":"the request ended without an answer as the server shut down; it may or may not have run","data":{"kind":"outcome_unknown","recoverable":false}}}'))
+        self.assertIsInstance(e, lb.OutcomeUnknownError)
+        self.assertFalse(e.recoverable)
+
+    def test_the_servers_outcome_unknown_is_its_own_class_recoverable_only_if_it_says_so(self):
+        for error, recoverable in [
+            ({"code": -32013, "message": "the COMMIT was sent but its answer was lost"}, False),
+            ({"code": -32013, "message": "lost", "data": {"kind": "outcome_unknown", "recoverable": False}}, False),
+            ({"code": -32013, "message": "lost", "data": {"kind": "outcome_unknown", "recoverable": True}}, True),
+        ]:
+            direct = lb.errors.from_wire(error)
+            self.assertIsInstance(direct, lb.OutcomeUnknownError)
+            self.assertEqual((direct.kind, direct.code, direct.recoverable), ("outcome_unknown", -32013, recoverable))
+            # And from a reply on the wire.
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "error": error}).encode()
+            _, e = self.fails(_reply(200, body, [("Content-Type", "application/json")]))
+            self.assertIsInstance(e, lb.OutcomeUnknownError)
+            self.assertEqual(str(e), error["message"])
+            self.assertEqual(e.recoverable, recoverable)
 
 
 def _alive(pid):

@@ -10,6 +10,8 @@ import {
   QuotaExceededError,
   WorkerError,
   LitebridgeError,
+  ConnectionError,
+  OutcomeUnknownError,
   type Row,
   type Value,
   type ExecResult,
@@ -75,6 +77,9 @@ export async function remote(customFetch: typeof fetch): Promise<void> {
     await client.admin.createKey('read', { tier: 'free', name: 'reader' });
   } catch (error) {
     if (error instanceof ForbiddenError || error instanceof QuotaExceededError) console.error(error.message);
+    // May have run: not sent again unless the server says it is safe to.
+    else if (error instanceof OutcomeUnknownError && !error.recoverable) console.error(error.kind);
+    else if (error instanceof ConnectionError && error.recoverable) console.error('not sent:', error.message);
   } finally {
     await client.close();
   }

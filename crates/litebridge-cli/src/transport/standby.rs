@@ -364,11 +364,13 @@ impl Acceptor {
             });
             Box::pin(async move {
                 // A client that goes away cancels its request, once the main
-                // runtime runs it.
+                // runtime runs it. One the main runtime dropped as it shut
+                // down may have run: answered as such (a JSON-RPC error of
+                // kind `outcome_unknown`, not a 503 that says "try again").
                 AbortOnDropHandle::new(run).await.unwrap_or_else(|_| {
                     answer_now_sync(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        r#"{"error":"the request ended without an answer (the server is shutting down)"}"#.to_owned(),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32013,"message":"the request ended without an answer as the server shut down; it may or may not have run","data":{"kind":"outcome_unknown","recoverable":false}}}"#.to_owned(),
                     )
                 })
             })
