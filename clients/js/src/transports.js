@@ -14,19 +14,29 @@ const STDERR_LINES = 20;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
 const MAX_LINE = 64 * 1024 * 1024;
 
-/** Statuses a proxy answers for a request it did not pass on: try again later. */
-const NOT_PASSED_ON = new Set([429, 503]);
+/** The header on litebridge's own 503s for requests it did not run. */
+const NOT_RUN = 'litebridge-not-run';
+
+/**
+ * Whether an HTTP answer without a JSON-RPC reply says the request was not
+ * run: a 429 (a rate limit refuses before passing a request on), or a 503
+ * of litebridge's own (`litebridge-not-run`). A proxy's 503 may come after
+ * the request reached litebridge (Envoy's "reset before headers", a
+ * platform's request timeout), so it is not.
+ */
+function notRun(res) {
+  return res.status === 429 || (res.status === 503 && res.headers?.get?.(NOT_RUN) != null);
+}
 
 /**
  * The error for an HTTP answer without a JSON-RPC reply (a proxy's, or
- * litebridge's standby's `{"error": said}`, which it sends only for a
- * request it did not run): a 429 or 503 was not passed on, or not run
- * (recoverable); any other may have been, so the request may or may not
- * have run (`mayHaveRun`: a request that runs something).
+ * litebridge's standby's `{"error": said}`): recoverable when it was not run
+ * (`notRun`); otherwise the request may or may not have run (`mayHaveRun`:
+ * a request that runs something).
  */
 function statusError(what, res, mayHaveRun = true, said = undefined) {
   const answered = `${what} answered ${res.status}${said ? `: ${said.slice(0, 200)}` : " without litebridge's JSON"}`;
-  if (NOT_PASSED_ON.has(res.status)) {
+  if (notRun(res)) {
     const after = Number(res.headers?.get?.('retry-after') ?? NaN);
     return new ConnectionError(`${answered} (the request was not run)`, {
       kind: 'unavailable',

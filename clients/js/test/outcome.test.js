@@ -81,6 +81,10 @@ test('a request sent, then the connection closed, reset or cut, or a proxy answe
     },
     "a proxy's 502": reply(502, '<html><body>502 Bad Gateway</body></html>', { 'content-type': 'text/html' }),
     "a proxy's 504": reply(504, 'upstream timed out'),
+    "a proxy's 503 after passing it on": reply(
+      503,
+      'upstream connect error or disconnect/reset before headers. reset reason: connection termination',
+    ),
     "a proxy's 500 with JSON of its own": reply(500, '{"message":"Internal server error"}'),
     'a 200 without JSON': reply(200, 'OK'),
   };
@@ -99,11 +103,10 @@ test('a request sent, then the connection closed, reset or cut, or a proxy answe
   }
 });
 
-test("a 503 or 429 that is not litebridge's was not passed on, nor the standby's refusals run: recoverable", async (t) => {
+test("a 429 or the standby's refusals (litebridge-not-run) were not run: recoverable", async (t) => {
   const cases = [
-    [reply(503, 'Service Unavailable', { 'retry-after': '2' }), 2000],
-    [reply(429, '<html>slow down</html>'), undefined],
-    [reply(503, '{"error":"the server is shutting down"}', { 'retry-after': '1' }), 1000],
+    [reply(429, '<html>slow down</html>', { 'retry-after': '2' }), 2000],
+    [reply(503, '{"error":"the server is shutting down"}', { 'retry-after': '1', 'litebridge-not-run': '1' }), 1000],
   ];
   for (const [answer, retryAfter] of cases) {
     const { url } = await fakeServer(t, answer);

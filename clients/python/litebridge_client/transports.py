@@ -22,30 +22,77 @@ _EVENTS_SILENCE = 30.0
 
 # Why a connection was never made, so the request certainly never reached
 # the server: urllib wraps in URLError what connecting (and sending) raised;
-# what reading the answer raised comes through as it is. Anything else (a
-# timeout or a reset, even one while sending) may have let the request through.
+# what reading the answer raised comes through as it is. The connections of
+# ``_OPENER`` mark what failed while connecting (a refusal, a timeout, a TLS
+# handshake) as ``_NotConnected``. Anything else (a timeout or a reset while
+# sending or after) may have let the request through.
 _NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror, FileNotFoundError)
 _UNREACHABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
-# Statuses a proxy answers for a request it did not pass on: try again later.
-_NOT_PASSED_ON = (429, 503)
+# The header on litebridge's own 503s for requests it did not run.
+_NOT_RUN = "litebridge-not-run"
+
+
+class _NotConnected(OSError):
+    """An error while connecting: no byte of the request was sent."""
+
+
+def _connecting(base):
+    """``base`` (an ``http.client`` connection) whose connect errors are ``_NotConnected``."""
+
+    class Connection(base):
+        def connect(self):
+            try:
+                super().connect()
+            except OSError as e:
+                raise _NotConnected(e.errno, "%s (%s)" % (e.strerror or e, type(e).__name__)) from e
+
+    return Connection
+
+
+_HTTPConnection = _connecting(http.client.HTTPConnection)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+_HANDLERS = [_HTTPHandler]
+if hasattr(http.client, "HTTPSConnection"):
+    _HTTPSConnection = _connecting(http.client.HTTPSConnection)
+
+    class _HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            args = {"context": self._context}
+            if hasattr(self, "_check_hostname"):  # Python < 3.12
+                args["check_hostname"] = self._check_hostname
+            return self.do_open(_HTTPSConnection, req, **args)
+
+    _HANDLERS.append(_HTTPSHandler)
+
+_OPENER = urllib.request.build_opener(*_HANDLERS)
 
 
 def _never_connected(e):
-    """Whether ``e`` (from ``urlopen``) says the connection was never made."""
+    """Whether ``e`` (from ``_OPENER``) says the connection was never made."""
     if not isinstance(e, urllib.error.URLError) or isinstance(e, urllib.error.HTTPError):
         return False
     reason = e.reason
-    return isinstance(reason, _NEVER_CONNECTED) or (isinstance(reason, OSError) and reason.errno in _UNREACHABLE)
+    return isinstance(reason, (_NotConnected,) + _NEVER_CONNECTED) or (
+        isinstance(reason, OSError) and reason.errno in _UNREACHABLE)
 
 
 def _status_error(what, status, headers, may_have_run=True, said=None):
     """The error for an HTTP answer without a JSON-RPC reply (a proxy's, or
-    litebridge's standby's ``{"error": said}``, which it sends only for a
-    request it did not run): a 429 or 503 was not passed on, or not run
-    (recoverable); any other may have been, so the request may or may not
-    have run (``may_have_run``: a request that runs something)."""
+    litebridge's standby's ``{"error": said}``): recoverable when it was not
+    run (below); otherwise the request may or may not have run
+    (``may_have_run``: a request that runs something)."""
     answered = "%s answered %d%s" % (what, status, ": %s" % said[:200] if said else " without litebridge's JSON")
-    if status in _NOT_PASSED_ON:
+    # A 429 (a rate limit refuses before passing a request on), or a 503 of
+    # litebridge's own: not run. A proxy's 503 may come after the request
+    # reached litebridge (Envoy's "reset before headers", a platform's request
+    # timeout), so it is not.
+    if status == 429 or (status == 503 and headers is not None and headers.get(_NOT_RUN) is not None):
         return ConnectionError("%s (the request was not run)" % answered, kind="unavailable", recoverable=True,
                                retry_after=_retry_after(headers))
     if not may_have_run:
@@ -112,7 +159,7 @@ class HttpTransport:
         )
         status = headers = None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as res:
+            with _OPENER.open(req, timeout=self.timeout) as res:
                 text = res.read()
         except urllib.error.HTTPError as e:
             status, headers = e.code, e.headers

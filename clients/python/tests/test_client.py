@@ -464,6 +464,30 @@ class OutcomeTest(unittest.TestCase):
 
         asyncio.run(main())
 
+    def test_a_connection_not_made_within_the_timeout_never_carried_the_request(self):
+        # A listener whose queue is full: the kernel drops further SYNs, and
+        # connecting times out before any byte of the request is sent.
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            fillers = []
+            try:
+                for _ in range(4):
+                    s = socket.socket()
+                    s.setblocking(False)
+                    s.connect_ex(listener.getsockname())
+                    fillers.append(s)
+                time.sleep(0.1)
+                url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+                with self.assertRaises(lb.ConnectionError) as e:
+                    lb.Client.connect(url, timeout=0.3).execute("INSERT INTO t VALUES (1)")
+            finally:
+                for s in fillers:
+                    s.close()
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertEqual(e.exception.kind, "unavailable")
+        self.assertTrue(e.exception.recoverable)
+
     def test_a_request_sent_then_the_connection_failed_or_a_proxy_answered_may_have_run(self):
         for name, answer, timeout in [
             ("closed without an answer", lambda conn: None, None),
@@ -474,6 +498,8 @@ class OutcomeTest(unittest.TestCase):
             ("not HTTP", lambda conn: conn.sendall(b"garbage\r\n\r\n"), None),
             ("a proxy's 502", _reply(502, b"<html>502 Bad Gateway</html>", [("Content-Type", "text/html")]), None),
             ("a proxy's 504", _reply(504, b"upstream timed out"), None),
+            ("a proxy's 503 after passing it on", _reply(503, b"upstream connect error or disconnect/reset before "
+                                                      b"headers. reset reason: connection termination"), None),
             ("a proxy's 500 with JSON of its own", _reply(500, b'{"message": "Internal server error"}'), None),
             ("a 200 without JSON", _reply(200, b"OK"), None),
         ]:
@@ -486,11 +512,11 @@ class OutcomeTest(unittest.TestCase):
             self.assertIn("may or may not have run", str(e), name)
             self.assertIn(server.url, str(e), name)
 
-    def test_a_503_or_429_not_litebridges_was_not_passed_on_nor_the_standbys_refusals_run(self):
+    def test_a_429_or_the_standbys_refusals_were_not_run(self):
         for answer, retry_after in [
-            (_reply(503, b"Service Unavailable", [("Retry-After", "2")]), 2.0),
-            (_reply(429, b"<html>slow down</html>"), None),
-            (_reply(503, b'{"error":"the server is shutting down"}', [("Retry-After", "1")]), 1.0),
+            (_reply(429, b"<html>slow down</html>", [("Retry-After", "2")]), 2.0),
+            (_reply(503, b'{"error":"the server is shutting down"}', [("Retry-After", "1"),
+                                                                     ("litebridge-not-run", "1")]), 1.0),
         ]:
             _, e = self.fails(answer)
             self.assertIsInstance(e, lb.ConnectionError)

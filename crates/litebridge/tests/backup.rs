@@ -294,13 +294,22 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
         .path()
         .join(".app.db.20261202T140509Z.backup.00112233445566dd.partial");
     std::fs::write(&scheduled, b"").unwrap();
-    // Named like one, but not one: no tag, a directory, a link.
+    // Named like one, but not one: no tag, a directory, a link, a FIFO
+    // (opening it to probe its lock would wait for a writer for ever).
     let untagged = dir.path().join(".notes.partial");
     let folder = dir.path().join(".x.00112233445566ff.partial");
     let link = dir.path().join(".y.0011223344556600.partial");
     std::fs::write(&untagged, b"mine").unwrap();
     std::fs::create_dir(&folder).unwrap();
     std::os::unix::fs::symlink(&db, &link).unwrap();
+    let fifo = dir.path().join(".z.00112233445566ab.partial");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     for path in [&killed, &journal, &live, &scheduled, &untagged] {
         old(path);
     }
@@ -314,13 +323,14 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
     assert!(live.exists(), "a copy being written was removed");
     assert!(fresh.exists());
     assert!(untagged.exists() && folder.is_dir() && link.symlink_metadata().is_ok());
+    assert!(fifo.symlink_metadata().is_ok());
     assert!(db.exists());
     let hidden: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert_eq!(hidden.len(), 5, "{hidden:?}");
+    assert_eq!(hidden.len(), 6, "{hidden:?}");
 
     // Once its writer is gone, the next copy removes it.
     writer.kill().unwrap();

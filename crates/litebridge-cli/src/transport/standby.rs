@@ -356,6 +356,9 @@ impl Acceptor {
                     r#"{"error":"every request thread is busy and every connection is taken (server.max_connections); retry later"}"#.to_owned(),
                 );
             };
+            // A POST runs something (`/rpc`, `/mcp`): dropped half way, it
+            // may have run. Anything else reads.
+            let runs = request.method() == hyper::Method::POST;
             let answer = local.call(request);
             let run = main.spawn(async move {
                 let answer = answer.await;
@@ -364,21 +367,34 @@ impl Acceptor {
             });
             Box::pin(async move {
                 // A client that goes away cancels its request, once the main
-                // runtime runs it. One the main runtime dropped as it shut
+                // runtime runs it. A POST the main runtime dropped as it shut
                 // down may have run: answered as such (a JSON-RPC error of
                 // kind `outcome_unknown`, not a 503 that says "try again").
                 AbortOnDropHandle::new(run).await.unwrap_or_else(|_| {
-                    answer_now_sync(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32013,"message":"the request ended without an answer as the server shut down; it may or may not have run","data":{"kind":"outcome_unknown","recoverable":false}}}"#.to_owned(),
-                    )
+                    if runs {
+                        answer_now_sync(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32013,"message":"the request ended without an answer as the server shut down; it may or may not have run","data":{"kind":"outcome_unknown","recoverable":false}}}"#.to_owned(),
+                        )
+                    } else {
+                        answer_now_sync(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"error":"the request ended without an answer (the server is shutting down)"}"#.to_owned(),
+                        )
+                    }
                 })
             })
         })
     }
 }
 
-/// A JSON answer of the standby's own.
+/// The header on the standby's 503s for requests it did not run: a client
+/// may send them again (a proxy's 503 without it may have passed the
+/// request on).
+pub(crate) const NOT_RUN: &str = "litebridge-not-run";
+
+/// A JSON answer of the standby's own; a 503 is a request not run
+/// ([`NOT_RUN`], `Retry-After: 1`).
 fn answer_now_sync(status: StatusCode, body: String) -> Result<Response<Body>, Infallible> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -389,6 +405,7 @@ fn answer_now_sync(status: StatusCode, body: String) -> Result<Response<Body>, I
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(header::RETRY_AFTER, "1".parse().expect("a header value"));
+        headers.insert(NOT_RUN, "1".parse().expect("a header value"));
     }
     Ok(response)
 }

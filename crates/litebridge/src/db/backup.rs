@@ -448,20 +448,43 @@ pub(crate) fn remove_abandoned(dir: &Path) -> Vec<PathBuf> {
             continue;
         };
         let ours = crate::sync::lock(&WRITING).contains(&file_id(&meta));
-        let free = !ours
+        if !ours
             && meta.is_file()
-            && std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
-        if free && old(&path) && std::fs::remove_file(&path).is_ok() {
+            && old(&path)
+            && lock_is_free(&path, &meta)
+            && std::fs::remove_file(&path).is_ok()
+        {
             removed.push(path);
         }
     }
-    // A companion goes with its partial file, or when that is gone already.
+    // A companion goes with its partial file, or when nothing is left under
+    // that name (not even a link).
     for (path, own) in companions {
-        if !own.exists() && old(&path) && std::fs::remove_file(&path).is_ok() {
+        let gone = std::fs::symlink_metadata(&own).is_err();
+        let file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if gone && file && old(&path) && std::fs::remove_file(&path).is_ok() {
             removed.push(path);
         }
     }
     removed
+}
+
+/// Whether no process holds the lock of the regular file `path`, which was
+/// `meta` when listed: opened without following a link and without waiting
+/// (a FIFO swapped in meanwhile), and only if it is still that file.
+fn lock_is_free(path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let same = file
+        .metadata()
+        .is_ok_and(|now| now.is_file() && file_id(&now) == file_id(meta));
+    same && file.try_lock().is_ok()
 }
 
 /// Creates the empty file the copy is written to, beside `dest`, under a

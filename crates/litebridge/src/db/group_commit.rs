@@ -451,7 +451,12 @@ pub(crate) fn commit_batch(
         }
         crate::db::wal_vfs::forget_commit_written();
         match run_cached(conn, &guard::internal_sql().commit) {
-            Ok(()) => break Ok(()),
+            Ok(()) => {
+                // What the writer's thread syncs next (a checkpoint) is not
+                // this COMMIT's.
+                crate::db::wal_vfs::forget_commit_written();
+                break Ok(());
+            }
             Err(e) => {
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
                 let written = match crate::db::wal_vfs::name() {
@@ -462,6 +467,7 @@ pub(crate) fn commit_batch(
                         .sqlite_codes()
                         .is_some_and(|c| c.1 == rusqlite::ffi::SQLITE_IOERR_FSYNC),
                 };
+                crate::db::wal_vfs::forget_commit_written();
                 rollback(conn);
                 break Err(commit_failed(&e, written));
             }

@@ -105,9 +105,8 @@ pub(crate) fn forget_commit_written() {
     COMMIT_WRITTEN.set(false);
 }
 
-/// Whether a commit frame (its header and page, or its header alone when
-/// written straight through) was written to a WAL by this thread since
-/// [`forget_commit_written`]. A transaction whose commit frame is in the
+/// Whether a commit frame (its header and its page) was written to a WAL by
+/// this thread since [`forget_commit_written`]. A transaction whose commit frame is in the
 /// file is recovered from it after a crash, whatever SQLite answered.
 pub(crate) fn commit_written() -> bool {
     COMMIT_WRITTEN.get()
@@ -170,6 +169,9 @@ struct Pending {
     start: i64,
     /// A commit frame's header is in `data`; its page comes next.
     commit_header: bool,
+    /// A commit frame's header was written straight through: where its
+    /// page goes, which completes the commit frame once written.
+    commit_page_at: Option<i64>,
     /// One past the highest byte written in this log generation (buffered
     /// or not), once known: a write here is an append.
     end: Option<i64>,
@@ -233,6 +235,7 @@ unsafe extern "C" fn shim_open(
                 data: Vec::with_capacity(64 * 1024),
                 start: 0,
                 commit_header: false,
+                commit_page_at: None,
                 end: None,
             }));
             // The database file of this WAL, opened by the same connection
@@ -415,8 +418,7 @@ unsafe extern "C" fn x_write(
         let until = offset + i64::from(amount);
         // A commit frame's header (bytes 4..8, the database size, non-zero
         // only there) written straight through: its page follows the same
-        // way. Counted as written once the header is: a commit frame half
-        // written is never recovered, so this errs toward "unknown".
+        // way, and the commit frame is written once that page is.
         let commit_header = amount == FRAME_HEADER
             && offset >= 32
             && std::slice::from_raw_parts(data.cast::<u8>(), len)[4..8] != [0, 0, 0, 0];
@@ -445,13 +447,14 @@ unsafe extern "C" fn x_write(
                 return rc;
             }
             let rc = forward(file);
+            let p = &mut *pending;
             if rc == ffi::SQLITE_OK {
-                let p = &mut *pending;
                 p.end = Some(p.end.map_or(until, |e| e.max(until)));
-                if commit_header {
+                if p.commit_page_at == Some(offset) {
                     COMMIT_WRITTEN.set(true);
                 }
             }
+            p.commit_page_at = (rc == ffi::SQLITE_OK && commit_header).then_some(until);
             return rc;
         }
         let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);

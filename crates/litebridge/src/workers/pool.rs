@@ -330,10 +330,17 @@ impl WorkerPool {
     ) -> Result<WorkerPool> {
         config.validate()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
-        let retry_crashes = config
-            .retry
-            .clone()
-            .retry_if(|e| matches!(e, Error::WorkerCrashed { .. }));
+        // Retried only when the worker that ran it declared the method
+        // idempotent too (see `call_once`).
+        let retry_crashes = config.retry.clone().retry_if(|e| {
+            matches!(
+                e,
+                Error::WorkerCrashed {
+                    idempotent: true,
+                    ..
+                }
+            )
+        });
         let shared = Arc::new(Shared {
             launcher,
             retry_crashes,
@@ -484,7 +491,9 @@ impl WorkerPool {
         if r.is_ok() && state.is_none() {
             s.names.promote(method);
         }
-        r.map_err(|e| e.of_method(idempotent))
+        // Never more than the method's idempotency when the call began
+        // (`call_once` says what the worker that ran it declared).
+        r.map_err(|e| if idempotent { e } else { e.of_method(false) })
     }
 
     /// Whether `method` may be retried after a crash: declared idempotent by
@@ -559,7 +568,12 @@ impl WorkerPool {
         };
         drop(guard);
         s.capacity.notify_one();
-        r
+        // Safe to call again only if the worker that ran it, and every
+        // worker announcing the method now, declare it idempotent: during a
+        // recycle to new workers, one version may say otherwise.
+        let idempotent =
+            process.methods.get(method).is_some_and(|m| m.idempotent) && self.idempotent(method);
+        r.map_err(|e| e.of_method(idempotent))
     }
 
     /// The least-loaded live worker with room, waiting (until the deadline)

@@ -240,7 +240,10 @@ impl Process {
             // is being retired), or it died: the call never left, so it did
             // not run.
             lock(&self.pending).remove(&id);
-            self.load.fetch_sub(1, Ordering::AcqRel);
+            // Saturating: the exit handler may have set it to 0 meanwhile.
+            let _ = self
+                .load
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             return Err(self.not_sent());
         }
         Ok(rx)
