@@ -15,6 +15,11 @@ import threading
 import urllib.error
 import urllib.request
 
+try:
+    import ssl
+except ImportError:  # a Python built without it: no HTTPS
+    ssl = None
+
 from .errors import ConnectionError, OutcomeUnknownError
 
 _EVENTS_SILENCE = 30.0
@@ -23,7 +28,7 @@ _EVENTS_SILENCE = 30.0
 # Why a connection was never made, so the request certainly never reached
 # the server: urllib wraps in URLError what connecting (and sending) raised;
 # what reading the answer raised comes through as it is. The connections of
-# ``_OPENER`` mark what failed while connecting (a refusal, a timeout, a TLS
+# ``_opener()`` mark what failed while connecting (a refusal, a timeout, a TLS
 # handshake) as ``_NotConnected``. Anything else (a timeout or a reset while
 # sending or after) may have let the request through.
 _NEVER_CONNECTED = (ConnectionRefusedError, socket.gaierror, FileNotFoundError)
@@ -33,7 +38,11 @@ _NOT_RUN = "litebridge-not-run"
 
 
 class _NotConnected(OSError):
-    """An error while connecting: no byte of the request was sent."""
+    """An error while connecting: no byte of the request was sent.
+    ``permanent`` for a TLS failure (a certificate refused), which trying
+    again cannot mend."""
+
+    permanent = False
 
 
 def _connecting(base):
@@ -44,7 +53,9 @@ def _connecting(base):
             try:
                 super().connect()
             except OSError as e:
-                raise _NotConnected(e.errno, "%s (%s)" % (e.strerror or e, type(e).__name__)) from e
+                failed = _NotConnected(e.errno, "%s (%s)" % (e.strerror or e, type(e).__name__))
+                failed.permanent = ssl is not None and isinstance(e, ssl.SSLError)
+                raise failed from e
 
     return Connection
 
@@ -70,11 +81,20 @@ if hasattr(http.client, "HTTPSConnection"):
 
     _HANDLERS.append(_HTTPSHandler)
 
-_OPENER = urllib.request.build_opener(*_HANDLERS)
+_OPENER = None
+
+
+def _opener():
+    """The opener of ``POST /rpc``, built on first use (as ``urlopen``'s is:
+    the proxy settings of the environment are read then)."""
+    global _OPENER
+    if _OPENER is None:
+        _OPENER = urllib.request.build_opener(*_HANDLERS)
+    return _OPENER
 
 
 def _never_connected(e):
-    """Whether ``e`` (from ``_OPENER``) says the connection was never made."""
+    """Whether ``e`` (from ``_opener()``) says the connection was never made."""
     if not isinstance(e, urllib.error.URLError) or isinstance(e, urllib.error.HTTPError):
         return False
     reason = e.reason
@@ -159,7 +179,7 @@ class HttpTransport:
         )
         status = headers = None
         try:
-            with _OPENER.open(req, timeout=self.timeout) as res:
+            with _opener().open(req, timeout=self.timeout) as res:
                 text = res.read()
         except urllib.error.HTTPError as e:
             status, headers = e.code, e.headers
@@ -171,8 +191,9 @@ class HttpTransport:
                     % (self.url, status, _why(x)), kind="outcome_unknown") from x
         except (OSError, http.client.HTTPException) as e:
             if _never_connected(e):
+                # Not sent; worth trying again unless TLS refused the server.
                 raise ConnectionError("cannot reach %s: %s" % (self.url, _why(e.reason)), kind="unavailable",
-                                      recoverable=True) from e
+                                      recoverable=not getattr(e.reason, "permanent", False)) from e
             if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, OSError):
                 # Refused before sending (an unknown URL scheme): trying again cannot help.
                 raise ConnectionError("cannot send to %s: %s" % (self.url, e.reason), kind="unavailable") from e

@@ -488,6 +488,30 @@ class OutcomeTest(unittest.TestCase):
         self.assertEqual(e.exception.kind, "unavailable")
         self.assertTrue(e.exception.recoverable)
 
+    def test_a_tls_handshake_refused_sent_nothing_and_is_not_worth_retrying(self):
+        # A server that does not speak TLS: the handshake fails while
+        # connecting, so nothing of the request left, and trying again
+        # cannot mend it.
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+
+            def answer():
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+            t = threading.Thread(target=answer, daemon=True)
+            t.start()
+            url = "https://127.0.0.1:%d" % listener.getsockname()[1]
+            with self.assertRaises(lb.ConnectionError) as e:
+                lb.Client.connect(url, timeout=5).execute("INSERT INTO t VALUES (1)")
+            t.join(5)
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertEqual(e.exception.kind, "unavailable")
+        self.assertFalse(e.exception.recoverable)
+
     def test_a_request_sent_then_the_connection_failed_or_a_proxy_answered_may_have_run(self):
         for name, answer, timeout in [
             ("closed without an answer", lambda conn: None, None),

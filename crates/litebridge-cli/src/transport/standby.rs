@@ -359,8 +359,13 @@ impl Acceptor {
             // A POST runs something (`/rpc`, `/mcp`): dropped half way, it
             // may have run. Anything else reads.
             let runs = request.method() == hyper::Method::POST;
+            // Whether the main runtime began it: one dropped before that
+            // never ran.
+            let began = Arc::new(AtomicBool::new(false));
+            let beginning = began.clone();
             let answer = local.call(request);
             let run = main.spawn(async move {
+                beginning.store(true, Ordering::Release);
                 let answer = answer.await;
                 drop(slot);
                 answer
@@ -371,7 +376,7 @@ impl Acceptor {
                 // down may have run: answered as such (a JSON-RPC error of
                 // kind `outcome_unknown`, not a 503 that says "try again").
                 AbortOnDropHandle::new(run).await.unwrap_or_else(|_| {
-                    if runs {
+                    if runs && began.load(Ordering::Acquire) {
                         answer_now_sync(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32013,"message":"the request ended without an answer as the server shut down; it may or may not have run","data":{"kind":"outcome_unknown","recoverable":false}}}"#.to_owned(),

@@ -422,6 +422,9 @@ unsafe extern "C" fn x_write(
         let commit_header = amount == FRAME_HEADER
             && offset >= 32
             && std::slice::from_raw_parts(data.cast::<u8>(), len)[4..8] != [0, 0, 0, 0];
+        // Only the write right after a commit header written straight
+        // through is that commit frame's page.
+        let commit_page_at = (*pending).commit_page_at.take();
         let append = {
             let p = &mut *pending;
             if offset == 0 {
@@ -450,7 +453,7 @@ unsafe extern "C" fn x_write(
             let p = &mut *pending;
             if rc == ffi::SQLITE_OK {
                 p.end = Some(p.end.map_or(until, |e| e.max(until)));
-                if p.commit_page_at == Some(offset) {
+                if commit_page_at == Some(offset) {
                     COMMIT_WRITTEN.set(true);
                 }
             }

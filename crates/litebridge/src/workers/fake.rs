@@ -513,6 +513,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_crashed_call_is_not_retried_on_a_new_worker_that_says_it_is_not_idempotent() {
+        // The first worker (an old version) declares `flaky` idempotent and
+        // crashes on it; its replacement (a new version) declares it not.
+        const NEW: &[(&str, bool)] = &[("echo", true), ("flaky", false)];
+        let fakes = Fakes::new(|n| Script {
+            act: if n == 1 {
+                |m| match m {
+                    "flaky" => Act::Crash(1, &["Segmentation fault"]),
+                    other => act(other),
+                }
+            } else {
+                act
+            },
+            methods: if n == 1 { METHODS } else { NEW },
+            ..ready_at_once(n)
+        });
+        let pool = WorkerPool::start_with(config(1), fakes.clone())
+            .await
+            .unwrap();
+        let e = pool
+            .call("flaky", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::OutcomeUnknown, "{e}");
+        assert!(!e.is_recoverable(), "{e}");
+        assert!(e.to_string().contains("not idempotent"), "{e}");
+        assert_eq!(fakes.started(), 2, "the replacement was started");
+        // It never ran there: the replacement answers, and is the same one.
+        let r = pool
+            .call("echo", json!({}), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["worker"], 2);
+        assert_eq!(pool.status().crashes, 1);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn garbage_on_stdout_is_skipped_and_an_overlong_line_gets_the_worker_replaced() {
         let fakes = Fakes::new(ready_at_once);
         let pool = WorkerPool::start_with(config(1), fakes.clone())

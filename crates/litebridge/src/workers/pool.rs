@@ -483,7 +483,9 @@ impl WorkerPool {
                 state,
                 policy,
                 deadline,
-                |_| self.call_once(method, &params, request_id, deadline, timeout),
+                |attempt| {
+                    self.call_once(method, &params, request_id, deadline, timeout, attempt > 1)
+                },
                 |r| r,
             )
             .await;
@@ -513,6 +515,8 @@ impl WorkerPool {
         said.peek().is_some() && said.all(|idempotent| idempotent)
     }
 
+    /// One attempt; `again`: an earlier attempt's worker crashed with the
+    /// call in flight.
     async fn call_once(
         &self,
         method: &str,
@@ -520,11 +524,24 @@ impl WorkerPool {
         request_id: Option<&str>,
         deadline: Instant,
         timeout: Duration,
+        again: bool,
     ) -> Result<Json> {
         let s = &self.shared;
         let mut tries = 0;
         let (process, id, reply) = loop {
             let process = self.pick(deadline, timeout).await?;
+            // Retried after a crash only where it is still safe: the worker
+            // picked, and every worker now, declare the method idempotent
+            // (a replacement may be a new version that says otherwise).
+            if again && !(declares_idempotent(&process, method) && self.idempotent(method)) {
+                return Err(Error::CallOutcomeUnknown {
+                    method: method.to_owned(),
+                    reason: "its worker crashed with the call in flight, and it was not tried \
+                             again: the workers now say it is not idempotent"
+                        .into(),
+                    idempotent: false,
+                });
+            }
             let id = s.next_call.fetch_add(1, Ordering::Relaxed);
             match process.send(id, method, params, request_id) {
                 Ok(reply) => break (process, id, reply),
@@ -571,8 +588,7 @@ impl WorkerPool {
         // Safe to call again only if the worker that ran it, and every
         // worker announcing the method now, declare it idempotent: during a
         // recycle to new workers, one version may say otherwise.
-        let idempotent =
-            process.methods.get(method).is_some_and(|m| m.idempotent) && self.idempotent(method);
+        let idempotent = declares_idempotent(&process, method) && self.idempotent(method);
         r.map_err(|e| e.of_method(idempotent))
     }
 
@@ -1009,6 +1025,11 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         retiring.fetch_sub(1, Ordering::AcqRel);
     });
     true
+}
+
+/// Whether `process` announced `method` as idempotent.
+fn declares_idempotent(process: &Process, method: &str) -> bool {
+    process.methods.get(method).is_some_and(|m| m.idempotent)
 }
 
 /// The longest a retired worker is left to answer the calls it has (each
