@@ -59,12 +59,7 @@ pub fn fail_wal_flush(n: usize) {
 
 /// Whether this write-out of WAL frames is to fail.
 pub(crate) fn take_wal_flush_failure() -> bool {
-    if WAL_FLUSH_FAILURE.load(Ordering::Relaxed) == 0 {
-        return false;
-    }
-    WAL_FLUSH_FAILURE
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok_and(|n| n == 1)
+    take_nth(&WAL_FLUSH_FAILURE)
 }
 
 /// As [`WAL_FLUSH_FAILURE`], for the writer's syncs of the WAL after a
@@ -85,10 +80,16 @@ pub fn fail_wal_sync(n: usize) {
 
 /// Whether this sync of a WAL file is to report a failure.
 pub(crate) fn take_wal_sync_failure() -> bool {
-    if WAL_SYNC_FAILURE.load(Ordering::Relaxed) == 0 {
+    take_nth(&WAL_SYNC_FAILURE)
+}
+
+/// Counts one event down on a switch that fails its `n`-th event: whether
+/// this is the one (a relaxed look first: the switches sit on hot paths).
+fn take_nth(switch: &AtomicUsize) -> bool {
+    if switch.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    WAL_SYNC_FAILURE
+    switch
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok_and(|n| n == 1)
 }

@@ -257,6 +257,18 @@ mod tests {
         }
     }
 
+    /// What the `n`th worker does: the first crashes on `flaky`.
+    fn first_crashes_on_flaky(n: u64) -> fn(&str) -> Act {
+        if n == 1 {
+            |m| match m {
+                "flaky" => Act::Crash(1, &["Segmentation fault"]),
+                other => act(other),
+            }
+        } else {
+            act
+        }
+    }
+
     fn ready_at_once(_: u64) -> Script {
         Script {
             ready_after: Some(Duration::ZERO),
@@ -487,14 +499,7 @@ mod tests {
     async fn an_idempotent_call_that_crashed_its_worker_is_retried_on_another() {
         // The first worker crashes on `flaky`; the others answer it.
         let fakes = Fakes::new(|n| Script {
-            act: if n == 1 {
-                |m| match m {
-                    "flaky" => Act::Crash(1, &["Segmentation fault"]),
-                    other => act(other),
-                }
-            } else {
-                act
-            },
+            act: first_crashes_on_flaky(n),
             ..ready_at_once(n)
         });
         let pool = WorkerPool::start_with(config(2), fakes.clone())
@@ -518,14 +523,7 @@ mod tests {
         // crashes on it; its replacement (a new version) declares it not.
         const NEW: &[(&str, bool)] = &[("echo", true), ("flaky", false)];
         let fakes = Fakes::new(|n| Script {
-            act: if n == 1 {
-                |m| match m {
-                    "flaky" => Act::Crash(1, &["Segmentation fault"]),
-                    other => act(other),
-                }
-            } else {
-                act
-            },
+            act: first_crashes_on_flaky(n),
             methods: if n == 1 { METHODS } else { NEW },
             ..ready_at_once(n)
         });
