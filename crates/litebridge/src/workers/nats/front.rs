@@ -205,10 +205,12 @@ impl NatsBridge {
             .subscribe(probe_subject.clone())
             .await
             .map_err(|e| unavailable(&e))?;
+        // An attempt that may have run is tried again only while the method
+        // is still idempotent by every host's word (see `call`).
         let retry_started = calls
             .retry
             .clone()
-            .retry_if(|e| unstarted(e) || outcome_unknown(e));
+            .retry_if(|e| unstarted(e) || (outcome_unknown(e) && e.is_recoverable()));
         let retry_unstarted = calls.retry.clone().retry_if(unstarted);
         let shared = Arc::new(Front {
             client,
@@ -358,9 +360,18 @@ impl NatsBridge {
                 &policy,
                 deadline,
                 |_| async {
+                    // After an attempt that may have run, another goes ahead
+                    // only while every host announcing the method still
+                    // declares it idempotent (a host of a new version may
+                    // say otherwise): else that attempt's error is the end.
+                    let earlier = lock(&unknown).clone();
+                    if let Some(e) = earlier.filter(|_| !self.idempotent(method)) {
+                        return Err(e.of_method(false));
+                    }
                     let r = self
                         .call_once(method, &body, request_id, deadline, timeout)
-                        .await;
+                        .await
+                        .map_err(|e| e.of_method(self.idempotent(method)));
                     if let Err(e) = &r
                         && outcome_unknown(e)
                     {
@@ -376,7 +387,8 @@ impl NatsBridge {
                 },
             )
             .await
-            .map_err(|e| e.of_method(idempotent))
+            // Never more than the method's idempotency when the call began.
+            .map_err(|e| if idempotent { e } else { e.of_method(false) })
     }
 
     /// One attempt: sent to the queue group, then waited for until its
