@@ -227,7 +227,8 @@ pub(crate) async fn authenticate(
 /// How many of a POSTed body's messages are requests of the protocol's own:
 /// each costs one call of the key's quota. Not `tools/call` (the method table
 /// charges it) nor a notification (no `id`, a `notifications/...` method:
-/// it has no answer); whatever else names a method counts.
+/// it has no answer); whatever else names a method counts. An array costs
+/// one at most: rmcp refuses batches whole, without running any of them.
 fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
     let own = |m: &serde_json::Value| {
         m.get("method")
@@ -238,7 +239,7 @@ fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
             })
     };
     match parsed {
-        Some(serde_json::Value::Array(all)) => all.iter().filter(|m| own(m)).count(),
+        Some(serde_json::Value::Array(all)) => usize::from(all.iter().any(own)),
         Some(m) => usize::from(own(m)),
         None => 0,
     }
