@@ -587,9 +587,9 @@ impl WorkerPool {
         s.capacity.notify_one();
         // Safe to call again only if the worker that ran it, and every
         // worker announcing the method now, declare it idempotent: during a
-        // recycle to new workers, one version may say otherwise.
-        let idempotent = declares_idempotent(&process, method) && self.idempotent(method);
-        r.map_err(|e| e.of_method(idempotent))
+        // recycle to new workers, one version may say otherwise. Asked only
+        // of a failure: an answer takes no look at the slots.
+        r.map_err(|e| e.of_method(declares_idempotent(&process, method) && self.idempotent(method)))
     }
 
     /// The least-loaded live worker with room, waiting (until the deadline)
