@@ -411,3 +411,67 @@ fn stdio_runs_with_the_configured_local_scopes() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// An idempotency key is its caller's: the same string from another API
+/// key is another write, and nobody's SQL reaches the records.
+#[test]
+fn idempotency_keys_are_per_api_key_and_out_of_the_clients_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("i.db");
+    let a = create_key(&db, "a", "write", "free");
+    let b = create_key(&db, "b", "write", "free");
+    let server = Server::start_with(&db, &[], &[]);
+    let ok = |key: &str, method: &str, params: Value| {
+        let (status, reply) = server.rpc_as(Some(key), &call(method, params));
+        assert_eq!(status, 200, "{reply}");
+        assert!(reply["error"].is_null(), "{reply}");
+        reply["result"].clone()
+    };
+    ok(
+        &a,
+        "sql.execute",
+        json!({"sql": "CREATE TABLE orders(n INTEGER)"}),
+    );
+    let insert = json!({"sql": "INSERT INTO orders VALUES (7)", "idempotency_key": "order-7"});
+    for _ in 0..3 {
+        let r = ok(&a, "sql.execute", insert.clone());
+        assert_eq!(r["changes"], 1, "{r}");
+        assert_eq!(r["last_insert_rowid"], 1, "the first send's rowid: {r}");
+    }
+    let r = ok(&b, "sql.execute", insert);
+    assert_eq!(r["last_insert_rowid"], 2, "b's own write: {r}");
+    let count = ok(
+        &a,
+        "sql.query",
+        json!({"sql": "SELECT count(*) AS n FROM orders"}),
+    );
+    assert_eq!(count["rows"][0][0], 2, "{count}");
+    // Another write under the same key is refused, naming the parameter.
+    let (_, reply) = server.rpc_as(
+        Some(&a),
+        &call(
+            "sql.execute",
+            json!({"sql": "DELETE FROM orders", "idempotency_key": "order-7"}),
+        ),
+    );
+    assert_eq!(
+        reply["error"]["data"]["kind"], "invalid_argument",
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency_key"),
+        "{reply}"
+    );
+    let (_, reply) = server.rpc_as(
+        Some(&a),
+        &call(
+            "sql.query",
+            json!({"sql": "SELECT * FROM litebridge_claims"}),
+        ),
+    );
+    assert_eq!(reply["error"]["data"]["kind"], "forbidden", "{reply}");
+    server.stop();
+}

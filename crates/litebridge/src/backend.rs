@@ -360,6 +360,20 @@ impl Backend {
         }
     }
 
+    /// Deletes the idempotency records older than
+    /// [`KEEP`](crate::idempotency::KEEP), 10,000 at most per call; returns
+    /// how many.
+    ///
+    /// # Errors
+    /// The delete failed.
+    pub(crate) async fn forget_claims(&self) -> Result<u64> {
+        match self {
+            Backend::Sqlite(db) => db.forget_claims().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.forget_claims().await,
+        }
+    }
+
     /// Writes of litebridge's own tables in one transaction: all or none.
     pub(crate) async fn own_batch(
         &self,

@@ -188,9 +188,9 @@ pub enum Error {
     /// connection failed after COMMIT was sent, before its answer came; on
     /// SQLite the log's frames were written and flushing them to the disk
     /// failed (they are in the file, and a crash before the next write
-    /// would recover them). Never retried automatically; on PostgreSQL a
-    /// write with an idempotency key can be sent again, and on SQLite
-    /// (which takes no idempotency keys) the data is to be read back first.
+    /// would recover them). Never retried automatically; a write with an
+    /// idempotency key can be sent again with the same key, and one without
+    /// is to be read back first.
     #[error("{what} may or may not have committed: {reason}")]
     OutcomeUnknown {
         /// What was being done.

@@ -1,18 +1,29 @@
 //! [`IdempotencyKey`]: a write that carries one applies at most once,
 //! however often it is sent again (a client retrying after a lost answer,
-//! or after `outcome_unknown` across a failover).
+//! or after `outcome_unknown`).
 //!
 //! The key a client gives is a string of its own choosing, scoped to its
 //! caller (two API keys may use the same string). What travels inside
 //! litebridge is a SHA-256 of the caller and the string, so the options
-//! that carry it stay `Copy`; the PostgreSQL backend keys its records with
-//! a second hash under a secret of its own (see `pg/claims.rs`), so that
-//! nobody who can run SQL there can compute, and claim first, another
-//! caller's key.
+//! that carry it stay `Copy`. Each backend records a key inside the write's
+//! own transaction, so that the record and the write commit together or not
+//! at all: SQLite in `litebridge_claims`, which client SQL cannot reach (see
+//! `db/claims.rs`); PostgreSQL through functions of its own, under a second
+//! hash with a secret, so that nobody who can run SQL there can compute,
+//! and claim first, another caller's key (see `pg/claims.rs`).
+//!
+//! What both backends share is here: how long a record is kept, and what it
+//! holds (the write's fingerprint and its results).
 
 use sha2::Digest as _;
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
+use crate::value::ExecResult;
+
+/// How long a record is kept: a retry later than this runs again.
+pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest idempotency key a client may give, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -48,9 +59,83 @@ impl IdempotencyKey {
     }
 }
 
+/// What identifies a write, so that a key sent again with another write is
+/// refused, not answered with the first write's result: SHA-256 of its
+/// shape, statements and values (as [`values_text`] gives them). The shape
+/// is `Each` for `execute` and `batch` (a batch of one statement is the same
+/// write as its `execute`) and `Rows` for `execute_many`, on both backends.
+pub(crate) fn fingerprint<'a>(
+    shape: &str,
+    statements: impl Iterator<Item = (&'a str, String)>,
+) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(shape.as_bytes());
+    for (sql, v) in statements {
+        h.update((sql.len() as u64).to_le_bytes());
+        h.update(sql.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A statement's values as [`fingerprint`] reads them.
+pub(crate) fn values_text(values: &impl serde::Serialize) -> String {
+    serde_json::to_string(values).unwrap_or_default()
+}
+
+/// A write's results as recorded: its fingerprint, and the changes and last
+/// inserted rowid of each statement (the rowids are left out when all are 0,
+/// as they always are on PostgreSQL).
+pub(crate) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
+    let mut record = serde_json::json!({
+        "write": fingerprint,
+        "changes": results.iter().map(|r| r.changes).collect::<Vec<_>>(),
+    });
+    if results.iter().any(|r| r.last_insert_rowid != 0) {
+        record["rowids"] = results.iter().map(|r| r.last_insert_rowid).collect();
+    }
+    record.to_string()
+}
+
+/// The results a record answers with, if it is the record of the same write.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `idempotency_key` when the key was
+/// recorded with another write; [`Error::Internal`] for a record litebridge
+/// did not make.
+pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        write: String,
+        changes: Vec<u64>,
+        #[serde(default)]
+        rowids: Vec<i64>,
+    }
+    let stored: Stored = serde_json::from_str(stored).map_err(|_| Error::Internal {
+        message: "an idempotency record holds no result (was it made outside litebridge?)".into(),
+    })?;
+    if stored.write != fingerprint {
+        return Err(Error::invalid(
+            "idempotency_key",
+            "was given before with another write (other statements or values); a key names one write",
+        ));
+    }
+    Ok(stored
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, &changes)| ExecResult {
+            changes,
+            last_insert_rowid: stored.rowids.get(i).copied().unwrap_or(0),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::Value;
 
     #[test]
     fn keys_are_scoped_to_their_caller_and_bounded() {
@@ -61,5 +146,36 @@ mod tests {
         assert!(IdempotencyKey::new(1, "").is_err());
         assert!(IdempotencyKey::new(1, &"x".repeat(201)).is_err());
         assert!(format!("{a:?}").contains(".."));
+    }
+
+    #[test]
+    fn a_record_answers_only_its_own_write() {
+        let one = |sql: &'static str, v: i64| {
+            fingerprint(
+                "each",
+                [(sql, values_text(&[Value::Integer(v)]))].into_iter(),
+            )
+        };
+        let fp = one("INSERT INTO t VALUES (?1)", 1);
+        assert_eq!(fp, one("INSERT INTO t VALUES (?1)", 1));
+        assert_ne!(fp, one("INSERT INTO t VALUES (?1)", 2));
+        assert_ne!(fp, one("INSERT INTO u VALUES (?1)", 1));
+        let results = vec![
+            ExecResult {
+                changes: 1,
+                last_insert_rowid: 7,
+            },
+            ExecResult {
+                changes: 3,
+                last_insert_rowid: 0,
+            },
+        ];
+        assert_eq!(decode(&encode(&fp, &results), &fp).unwrap(), results);
+        let e = decode(&encode(&fp, &results), &one("x", 1)).unwrap_err();
+        assert!(e.to_string().contains("idempotency_key"), "{e}");
+        // A record of PostgreSQL's, without rowids.
+        let pg = format!(r#"{{"write":"{fp}","changes":[2]}}"#);
+        assert_eq!(decode(&pg, &fp).unwrap()[0].changes, 2);
+        assert!(decode("", &fp).is_err());
     }
 }

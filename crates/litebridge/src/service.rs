@@ -190,10 +190,7 @@ impl Service {
                     if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
                         tracing::warn!("sweeping expired memory entries failed: {e}");
                     }
-                    #[cfg(feature = "postgres")]
-                    if let Some(pg) = db.postgres()
-                        && let Err(e) = pg.forget_claims().await
-                    {
+                    if let Err(e) = db.forget_claims().await {
                         tracing::warn!("sweeping old idempotency records failed: {e}");
                     }
                     // Bounded per sweep; while it finds more, it comes back soon.

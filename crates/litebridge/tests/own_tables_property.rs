@@ -41,7 +41,8 @@ const EVIL_HASH: &str = "8902c152d50372021d7501d448bf3cf52a371fb28e54837d2d0791e
 const EVIL_SECRET: &str = "lb_evil_secret_0123456789";
 
 /// Every object a fresh, migrated database has under litebridge's prefix.
-const FRESH_OBJECTS: &str = "litebridge_cache litebridge_cache_expiry litebridge_keys litebridge_memory litebridge_memory_expiry \
+const FRESH_OBJECTS: &str = "litebridge_cache litebridge_cache_expiry litebridge_claims litebridge_claims_created \
+     litebridge_keys litebridge_memory litebridge_memory_expiry \
      litebridge_meta litebridge_quota litebridge_state litebridge_state_status \
      sqlite_autoindex_litebridge_keys_1 sqlite_autoindex_litebridge_keys_2";
 
@@ -59,6 +60,7 @@ fn own_names() -> impl Strategy<Value = &'static str> {
         "litebridge_future",
         "LiteBridge_Future2",
         "litebridge_quota",
+        "litebridge_claims",
     ])
 }
 
@@ -74,6 +76,7 @@ fn names() -> impl Strategy<Value = &'static str> {
         "litebridge_cache",
         "litebridge_quota",
         "litebridge_meta",
+        "litebridge_claims",
         "litebridge_future",
         "LITEBRIDGE_KEYS",
         "main.litebridge_keys",
@@ -94,6 +97,10 @@ fn payloads() -> impl Strategy<Value = String> {
         "UPDATE main.litebridge_keys SET scopes = 'admin', revoked_at = NULL".to_owned(),
         "UPDATE main.litebridge_meta SET value = value + 1 WHERE key = 'keys_version'".to_owned(),
         "DELETE FROM main.litebridge_quota".to_owned(),
+        "DELETE FROM main.litebridge_claims".to_owned(),
+        "INSERT INTO main.litebridge_claims VALUES (x'00', '{\"write\":\"\",\"changes\":[5]}', 0)"
+            .to_owned(),
+        "INSERT INTO t SELECT hex(key), result, 0 FROM litebridge_claims".to_owned(),
         "INSERT INTO t SELECT group_concat(hash) FROM litebridge_keys".to_owned(),
         "INSERT INTO t SELECT state FROM litebridge_state".to_owned(),
         "INSERT INTO t SELECT CAST(sample AS TEXT) FROM sqlite_stat4".to_owned(),
@@ -191,11 +198,16 @@ async fn fixture() -> Fixture {
     .await
     .unwrap();
     migrate(&db).await.unwrap();
-    for table in ["t", "plain", "x"] {
+    for table in ["t", "plain", "x", "kept"] {
         db.execute(format!("CREATE TABLE {table}(x, y, z)"), ())
             .await
             .unwrap();
     }
+    // A write recorded under an idempotency key, in a table no statement
+    // of the attack names.
+    db.execute_with(KEPT, (), keyed("SECRET-CLAIM"))
+        .await
+        .unwrap();
     let clock = Arc::new(SystemClock);
     StateStore::new(db.clone(), clock.clone())
         .save(StateUpdate {
@@ -243,6 +255,16 @@ async fn fixture() -> Fixture {
         db,
         secret,
         key_hash_hint,
+    }
+}
+
+/// The fixture's write with an idempotency key.
+const KEPT: &str = "INSERT INTO kept VALUES ('SECRET-KEPT', 0, 0)";
+
+fn keyed(key: &str) -> WriteOptions {
+    WriteOptions {
+        idempotency_key: Some(litebridge::IdempotencyKey::new(1, key).unwrap()),
+        ..WriteOptions::default()
     }
 }
 
@@ -365,6 +387,22 @@ async fn attack_then_check(statements: Vec<String>) -> Result<(), TestCaseError>
     );
     auth.refresh().await.unwrap();
     prop_assert!(auth.authenticate(&f.secret).is_err());
+
+    // Idempotency records: the fixture's still answers its retry (which
+    // runs nothing), and a new key's write runs.
+    let kept = async || {
+        db.query("SELECT count(*) FROM kept", ())
+            .await
+            .unwrap()
+            .rows[0][0]
+            .clone()
+    };
+    let again = db.execute_with(KEPT, (), keyed("SECRET-CLAIM")).await;
+    prop_assert_eq!(again.map(|r| r.changes).ok(), Some(1));
+    prop_assert_eq!(kept().await, Value::Integer(1));
+    let fresh = db.execute_with(KEPT, (), keyed("fresh")).await;
+    prop_assert_eq!(fresh.map(|r| r.changes).ok(), Some(1));
+    prop_assert_eq!(kept().await, Value::Integer(2));
 
     // State, memory and cache: the planted rows as they were, new writes land
     // and read back after the database is closed and opened again.

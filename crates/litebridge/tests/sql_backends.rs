@@ -19,8 +19,9 @@ use litebridge::{
 /// The database under test, either backend (SQLite's with the directory
 /// that holds its file, removed when the test ends).
 #[allow(dead_code)]
+#[derive(Clone)]
 enum Backend {
-    Sqlite(Database, tempfile::TempDir),
+    Sqlite(Database, std::sync::Arc<tempfile::TempDir>),
     Postgres(PgDatabase),
 }
 
@@ -58,16 +59,34 @@ impl Backend {
     }
 
     async fn batch(&self, s: Vec<Statement>) -> Result<Vec<ExecResult>, Error> {
+        self.batch_with(s, WriteOptions::default()).await
+    }
+
+    async fn batch_with(
+        &self,
+        s: Vec<Statement>,
+        o: WriteOptions,
+    ) -> Result<Vec<ExecResult>, Error> {
         match self {
-            Backend::Sqlite(db, _) => db.batch(s, WriteOptions::default()).await,
-            Backend::Postgres(db) => db.batch(s, WriteOptions::default()).await,
+            Backend::Sqlite(db, _) => db.batch(s, o).await,
+            Backend::Postgres(db) => db.batch(s, o).await,
         }
     }
 
     async fn execute_many(&self, sql: &str, rows: Vec<Params>) -> Result<ExecResult, Error> {
+        self.execute_many_with(sql, rows, WriteOptions::default())
+            .await
+    }
+
+    async fn execute_many_with(
+        &self,
+        sql: &str,
+        rows: Vec<Params>,
+        o: WriteOptions,
+    ) -> Result<ExecResult, Error> {
         match self {
-            Backend::Sqlite(db, _) => db.execute_many(sql, rows, WriteOptions::default()).await,
-            Backend::Postgres(db) => db.execute_many(sql, rows, WriteOptions::default()).await,
+            Backend::Sqlite(db, _) => db.execute_many(sql, rows, o).await,
+            Backend::Postgres(db) => db.execute_many(sql, rows, o).await,
         }
     }
 
@@ -93,7 +112,7 @@ macro_rules! both {
                 let db = super::Database::open(dir.path().join("t.db"), super::DbConfig::default())
                     .await
                     .unwrap();
-                super::$body(&super::Backend::Sqlite(db, dir)).await;
+                super::$body(&super::Backend::Sqlite(db, std::sync::Arc::new(dir))).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1475,24 +1494,24 @@ fn once(caller: u64, key: &str) -> WriteOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_write_with_an_idempotency_key_applies_once() {
-    let Some((schema, db)) = pg().await else {
-        return;
-    };
-    db.execute_with("CREATE TABLE t(n bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
-    let insert = "INSERT INTO t SELECT g FROM generate_series(1, 3) g";
+both!(
+    idempotency_key_applies_once,
+    idempotency_key_applies_once_body
+);
+async fn idempotency_key_applies_once_body(b: &Backend) {
+    b.execute("CREATE TABLE t(n BIGINT)", ()).await.unwrap();
+    let insert = "INSERT INTO t VALUES (1), (2), (3)";
     // Sent again (a lost answer): the first result, and nothing runs.
-    for _ in 0..3 {
-        let r = db.execute_with(insert, (), once(1, "k1")).await.unwrap();
-        assert_eq!(r.changes, 3);
+    let first = b.execute_with(insert, (), once(1, "k1")).await.unwrap();
+    assert_eq!(first.changes, 3);
+    for _ in 0..2 {
+        let again = b.execute_with(insert, (), once(1, "k1")).await.unwrap();
+        assert_eq!(again, first);
     }
-    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "3");
+    assert_eq!(b.count("t").await, 3);
     // The same key of another caller is another write.
-    db.execute_with(insert, (), once(2, "k1")).await.unwrap();
-    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "6");
+    b.execute_with(insert, (), once(2, "k1")).await.unwrap();
+    assert_eq!(b.count("t").await, 6);
     // A batch answers with each statement's first result.
     let batch = || {
         vec![
@@ -1500,20 +1519,32 @@ async fn postgres_a_write_with_an_idempotency_key_applies_once() {
             Statement::new("DELETE FROM t WHERE n = 1", Params::None),
         ]
     };
-    let first = db.batch(batch(), once(1, "b")).await.unwrap();
-    let again = db.batch(batch(), once(1, "b")).await.unwrap();
+    let first = b.batch_with(batch(), once(1, "b")).await.unwrap();
+    let again = b.batch_with(batch(), once(1, "b")).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(
         first.iter().map(|r| r.changes).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!(one_text(&db, "SELECT count(*) FROM t").await, "5");
+    assert_eq!(b.count("t").await, 5);
+    // So does execute_many.
+    let rows = || vec![params![8], params![9]];
+    let first = b
+        .execute_many_with("INSERT INTO t VALUES (?1)", rows(), once(1, "m"))
+        .await
+        .unwrap();
+    let again = b
+        .execute_many_with("INSERT INTO t VALUES (?1)", rows(), once(1, "m"))
+        .await
+        .unwrap();
+    assert_eq!((first, first.changes), (again, 2));
+    assert_eq!(b.count("t").await, 7);
     // Ten at once with one key: one runs, all answer its result.
     let tasks: Vec<_> = (0..10)
         .map(|_| {
-            let db = db.clone();
+            let b = b.clone();
             tokio::spawn(async move {
-                db.execute_with("INSERT INTO t VALUES (100)", (), once(3, "burst"))
+                b.execute_with("INSERT INTO t VALUES (100)", (), once(3, "burst"))
                     .await
             })
         })
@@ -1521,45 +1552,92 @@ async fn postgres_a_write_with_an_idempotency_key_applies_once() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().changes, 1);
     }
-    assert_eq!(
-        one_text(&db, "SELECT count(*) FROM t WHERE n = 100").await,
-        "1"
-    );
-    db.close();
-    schema.drop_now().await;
+    assert_eq!(b.count("t WHERE n = 100").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_failed_write_leaves_its_idempotency_key_free() {
-    let Some((schema, db)) = pg().await else {
-        return;
-    };
-    db.execute_with(
-        "CREATE TABLE u(n bigint UNIQUE)",
-        (),
-        WriteOptions::default(),
-    )
-    .await
-    .unwrap();
-    db.execute_with("INSERT INTO u VALUES (1)", (), WriteOptions::default())
+both!(
+    failed_write_leaves_its_idempotency_key_free,
+    failed_write_leaves_its_idempotency_key_free_body
+);
+async fn failed_write_leaves_its_idempotency_key_free_body(b: &Backend) {
+    b.execute("CREATE TABLE u(n BIGINT UNIQUE)", ())
         .await
         .unwrap();
-    let e = db
+    b.execute("INSERT INTO u VALUES (1)", ()).await.unwrap();
+    let e = b
         .execute_with("INSERT INTO u VALUES (1)", (), once(1, "k"))
         .await
         .expect_err("duplicate");
     assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
-    db.execute_with("DELETE FROM u", (), WriteOptions::default())
-        .await
-        .unwrap();
-    // Nothing committed the first time: the retry runs.
-    let r = db
+    // A batch whose second statement fails leaves it free too.
+    let batch = || {
+        vec![
+            Statement::new("INSERT INTO u VALUES (2)", Params::None),
+            Statement::new("INSERT INTO u VALUES (1)", Params::None),
+        ]
+    };
+    let e = b.batch_with(batch(), once(1, "b")).await.expect_err("dup");
+    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    b.execute("DELETE FROM u", ()).await.unwrap();
+    // Nothing committed the first time: the retries run.
+    let r = b
         .execute_with("INSERT INTO u VALUES (1)", (), once(1, "k"))
         .await
         .unwrap();
     assert_eq!(r.changes, 1);
-    assert_eq!(one_text(&db, "SELECT count(*) FROM u").await, "1");
-    // The clients' role cannot read the records or their secret.
+    let r = b.batch_with(batch(), once(1, "b")).await;
+    assert_eq!(r.expect_err("1 is there again").kind(), ErrorKind::Sql);
+    b.execute("DELETE FROM u", ()).await.unwrap();
+    assert_eq!(b.batch_with(batch(), once(1, "b")).await.unwrap().len(), 2);
+    assert_eq!(b.count("u").await, 2);
+}
+
+both!(
+    idempotency_key_names_one_write,
+    idempotency_key_names_one_write_body
+);
+async fn idempotency_key_names_one_write_body(b: &Backend) {
+    b.execute("CREATE TABLE a(n BIGINT)", ()).await.unwrap();
+    // The same key with another write is refused, not answered.
+    b.execute_with("INSERT INTO a VALUES (?1)", params![1], once(1, "k"))
+        .await
+        .unwrap();
+    for (sql, p) in [
+        ("INSERT INTO a VALUES (?1)", params![2]),
+        ("INSERT INTO a VALUES (?1) ", params![1]),
+    ] {
+        let e = b
+            .execute_with(sql, p, once(1, "k"))
+            .await
+            .expect_err("another write");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("idempotency_key"), "{e}");
+    }
+    // A write that committed answers its retry even if it can no longer be
+    // prepared (it renamed its own table).
+    let batch = || {
+        vec![
+            Statement::new("INSERT INTO a VALUES (3)", Params::None),
+            Statement::new("ALTER TABLE a RENAME TO b", Params::None),
+        ]
+    };
+    let first = b.batch_with(batch(), once(1, "rename")).await.unwrap();
+    let again = b.batch_with(batch(), once(1, "rename")).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(b.count("b").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_clients_role_cannot_read_the_idempotency_records() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    db.execute_with("CREATE TABLE u(n bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    db.execute_with("INSERT INTO u VALUES (1)", (), once(1, "k"))
+        .await
+        .unwrap();
     for table in ["litebridge_claims", "litebridge_meta"] {
         let e = db
             .query_with(
@@ -1575,63 +1653,55 @@ async fn postgres_a_failed_write_leaves_its_idempotency_key_free() {
     schema.drop_now().await;
 }
 
+/// On SQLite the records are a table of litebridge's: client SQL can
+/// neither read them nor write one first for another caller's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_refuses_an_idempotency_key_rather_than_ignore_it() {
+async fn sqlite_client_sql_cannot_reach_the_idempotency_records() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path().join("a.db"), DbConfig::default())
         .await
         .unwrap();
     db.execute("CREATE TABLE t(n)", ()).await.unwrap();
-    let e = db
+    // Made at the first key (this database's stores were never migrated).
+    db.execute_with("INSERT INTO t VALUES (1)", (), once(1, "k"))
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT count(*) FROM litebridge_claims",
+        "SELECT count(*) FROM main.litebridge_claims",
+    ] {
+        let e = db.query(sql, ()).await.expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    for sql in [
+        "INSERT INTO litebridge_claims VALUES (x'00', '{}', 0)",
+        "DELETE FROM litebridge_claims",
+        "CREATE TRIGGER x AFTER INSERT ON litebridge_claims BEGIN SELECT 1; END",
+        "DROP TABLE litebridge_claims",
+    ] {
+        let e = db.execute(sql, ()).await.expect_err(sql);
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+    // The key still answers.
+    let r = db
         .execute_with("INSERT INTO t VALUES (1)", (), once(1, "k"))
         .await
-        .expect_err("unsupported");
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    assert!(e.to_string().contains("idempotency_key"), "{e}");
-    let e = db
-        .execute_many("INSERT INTO t VALUES (?1)", vec![params![1]], once(1, "k"))
-        .await
-        .expect_err("unsupported");
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        .unwrap();
+    assert_eq!(r.changes, 1);
     assert_eq!(
         db.query("SELECT count(*) FROM t", ()).await.unwrap().rows[0][0],
-        Value::Integer(0)
+        Value::Integer(1)
     );
-    db.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_idempotency_key_names_one_write() {
-    let Some((schema, db)) = pg().await else {
-        return;
-    };
-    db.execute_with("CREATE TABLE a(n bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
-    // The same key with another write is refused, not answered.
-    db.execute_with("INSERT INTO a VALUES (?1)", params![1], once(1, "k"))
-        .await
-        .unwrap();
+    // A closure's result cannot be recorded: refused, never ignored.
     let e = db
-        .execute_with("INSERT INTO a VALUES (?1)", params![2], once(1, "k"))
+        .write_with(once(1, "c"), |c| {
+            Ok(c.execute("INSERT INTO t VALUES (2)", [])?)
+        })
         .await
-        .expect_err("another write");
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        .expect_err("a closure");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.to_string().contains("idempotency_key"), "{e}");
-    // A write that committed answers its retry even if it can no longer be
-    // prepared (it renamed its own table).
-    let batch = || {
-        vec![
-            Statement::new("INSERT INTO a VALUES (3)", Params::None),
-            Statement::new("ALTER TABLE a RENAME TO b", Params::None),
-        ]
-    };
-    let first = db.batch(batch(), once(1, "rename")).await.unwrap();
-    let again = db.batch(batch(), once(1, "rename")).await.unwrap();
-    assert_eq!(first, again);
-    assert_eq!(one_text(&db, "SELECT count(*) FROM b").await, "2");
-    db.close();
-    schema.drop_now().await;
+    db.close().await;
 }
 
 /// The claim function runs as litebridge's own role: the clients' session

@@ -161,7 +161,7 @@ parameter!(
             Ok(s)
         }
     },
-    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 200, "description": "On PostgreSQL: the write applies at most once for this key (per API key, kept 24 hours): a retry with the same key, after a lost answer or `outcome_unknown`, answers with the first one's result instead of running again. SQLite answers `unsupported`."})
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 200, "description": "The write applies at most once for this key (per API key, kept 24 hours): a retry with the same key, after a lost answer or `outcome_unknown`, answers with the first one's result instead of running again. The same key with another write is refused."})
 );
 
 /// The caller whose requests may share database sessions (PostgreSQL): its

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params};
 
 type Wait<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+type Once<'a> = Pin<Box<dyn Future<Output = Result<Vec<ExecResult>>> + Send + 'a>>;
 
 /// One statement through group commit.
 pub(super) struct Execute<'a> {
@@ -47,6 +48,8 @@ enum State<'a> {
         reply: oneshot::Receiver<ExecReply>,
         started: Instant,
     },
+    /// With an idempotency key: a job of its own (see `claims`).
+    Once(Once<'a>),
     /// Queued: waiting for the answer.
     Reply {
         reply: oneshot::Receiver<ExecReply>,
@@ -99,12 +102,28 @@ impl Future for Execute<'_> {
                     else {
                         unreachable!("matched above")
                     };
+                    if let Some(key) = options.idempotency_key {
+                        let fingerprint = crate::idempotency::fingerprint(
+                            "Each",
+                            [(sql.as_ref(), super::claims::params_text(&params))].into_iter(),
+                        );
+                        let run = move |conn: &rusqlite::Connection| {
+                            let mut stmt = super::exec::prepare(conn, &sql)?;
+                            Ok(vec![super::exec::execute_prepared(
+                                conn, &mut stmt, &params,
+                            )?])
+                        };
+                        this.state = State::Once(Box::pin(this.inner.submit_once(
+                            options,
+                            key,
+                            fingerprint,
+                            run,
+                        )));
+                        continue;
+                    }
                     let mut budget = this.inner.budget(options.timeout);
                     budget.trusted = trusted;
                     let started = budget.started;
-                    if options.idempotency_key.is_some() {
-                        return this.finish(started, Err(super::once_unsupported()));
-                    }
                     let (job, reply) = group_commit::ExecJob::new(budget, sql, params);
                     let writer = &this.inner.writer;
                     this.state = match writer.submit_now(Request::Exec(job), admission(&options)) {
@@ -132,6 +151,16 @@ impl Future for Execute<'_> {
                         return this.finish(started, Err(e));
                     }
                 },
+                State::Once(once) => {
+                    // Counted and named by `submit_once`, as any write.
+                    let r = std::task::ready!(once.as_mut().poll(cx));
+                    this.state = State::Done;
+                    return Poll::Ready(r.and_then(|one| {
+                        one.into_iter().next().ok_or_else(|| Error::Internal {
+                            message: "an idempotency record of execute holds no result".into(),
+                        })
+                    }));
+                }
                 State::Reply { reply, started } => {
                     let r = match Pin::new(reply).poll(cx) {
                         Poll::Pending => return Poll::Pending,

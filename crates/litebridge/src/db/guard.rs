@@ -316,6 +316,33 @@ pub(crate) fn is_client() -> bool {
     })
 }
 
+/// Runs `f` as litebridge's own code within the client write running on
+/// this thread (the record of its idempotency key; see `claims`): its
+/// statements may use litebridge's tables, while the deadline, the hold and
+/// the memory cap of the request still bound them. What acts through a
+/// trigger or a view is still held to the client rules (see [`authorize`]).
+pub(crate) fn as_trusted<T>(f: impl FnOnce() -> T) -> T {
+    /// Gives the operation its own trust back, even if `f` unwinds.
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(was) = self.0 {
+                CURRENT.with(|c| {
+                    if let Some(cur) = c.borrow_mut().as_mut() {
+                        cur.budget.trusted = was;
+                    }
+                });
+            }
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .map(|cur| std::mem::replace(&mut cur.budget.trusted, true))
+    }));
+    f()
+}
+
 /// Marks the start of preparing (or running a statement prepared earlier)
 /// one client statement: clears what the last one did to the schema, and
 /// notes whether this one is `ANALYZE`/`PRAGMA optimize` (decided from its

@@ -39,6 +39,7 @@
 
 mod backup;
 mod checkpointer;
+mod claims;
 mod exec;
 mod execute;
 mod ffi;
@@ -79,6 +80,10 @@ pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 
 /// For the open-time check of litebridge's namespace (`store::schema`).
+/// The table of idempotency records (see `claims`), for the stores'
+/// migrations.
+pub(crate) const CLAIMS_TABLE: &str = claims::TABLE;
+
 pub(crate) fn foreign_key_to_own(conn: &Connection) -> Result<Option<(String, String)>> {
     exec::foreign_key_to_own(conn, guard::internal_sql())
 }
@@ -151,21 +156,23 @@ pub struct WriteOptions {
     pub no_wait: bool,
     /// Who asks (see [`QueryOptions::caller`]).
     pub caller: Option<u64>,
-    /// Apply at most once for this key, however often it is sent (on
-    /// PostgreSQL; SQLite answers `unsupported`, it never ignores it).
+    /// Apply at most once for this key, however often it is sent: a send
+    /// after the first committed answers with the first one's results and
+    /// runs nothing (see `idempotency`). For [`Database::execute_with`],
+    /// [`Database::batch`] and [`Database::execute_many`]; a closure
+    /// ([`Database::write_with`]) answers `unsupported`.
     pub idempotency_key: Option<crate::IdempotencyKey>,
 }
 
-/// The answer to a write with an idempotency key on SQLite.
-pub(crate) fn once_unsupported() -> Error {
+/// The answer to a write closure with an idempotency key: its result
+/// cannot be recorded, nor the closure told apart from another.
+fn once_unsupported() -> Error {
     Error::Unsupported {
         what: "idempotency_key".into(),
-        here: "on SQLite".into(),
-        instead:
-            "send the write without it; a SQLite write that timed out did not commit, one that \
-             answered committed, and one answered `outcome_unknown` (its log could not be synced \
-             to the disk) is to be read back before it is sent again"
-                .into(),
+        here: "on a write closure".into(),
+        instead: "give the key to execute, batch or execute_many, whose statements and \
+                  results litebridge can record"
+            .into(),
         backend: "sqlite",
     }
 }
@@ -272,6 +279,52 @@ impl Inner {
         if r.is_err() {
             c.write_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a closure for group commit (always in its own savepoint):
+    /// `trusted` for application closures, false when it runs client SQL.
+    async fn submit<T, F>(&self, options: WriteOptions, trusted: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        let mut budget = self.budget(options.timeout);
+        budget.trusted = trusted;
+        let started = budget.started;
+        let (job, reply) = Job::new(budget, true, f);
+        let reply = async { reply.await.unwrap_or_else(|_| Err(Error::writer_gone())) };
+        let queued = match self
+            .writer
+            .submit_now(Request::Other(job), admission(&options))
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(job)) => Box::pin(self.writer.wait_for_room(job)).await,
+            Err(e) => Err(e),
+        };
+        let r = self.named(match queued {
+            Ok(()) => reply.await,
+            Err(e) => Err(e),
+        });
+        self.record_write(started, &r);
+        r
+    }
+
+    /// Queues client SQL `run` with the idempotency key `key` of the write
+    /// `fingerprint` (see `claims`).
+    async fn submit_once<F>(
+        &self,
+        options: WriteOptions,
+        key: crate::IdempotencyKey,
+        fingerprint: String,
+        mut run: F,
+    ) -> Result<Vec<ExecResult>>
+    where
+        F: FnMut(&Connection) -> Result<Vec<ExecResult>> + Send + 'static,
+    {
+        self.submit(options, false, move |conn| {
+            claims::once(conn, &key, &fingerprint, &mut run)
+        })
+        .await
     }
 }
 
@@ -579,6 +632,25 @@ impl Database {
         self.run_exec(sql, params.into(), WriteOptions::default(), true)
     }
 
+    /// Deletes the idempotency records older than
+    /// [`KEEP`](crate::idempotency::KEEP) (see `claims`), 10,000 at most.
+    pub(crate) async fn forget_claims(&self) -> Result<u64> {
+        self.forget_claims_older_than(crate::idempotency::KEEP)
+            .await
+    }
+
+    /// As [`Database::forget_claims`], for records older than `keep`.
+    pub(crate) async fn forget_claims_older_than(&self, keep: Duration) -> Result<u64> {
+        let cutoff = claims::cutoff(keep);
+        Ok(self
+            .execute_trusted(
+                claims::FORGET,
+                Params::Positional(vec![crate::Value::Integer(cutoff)]),
+            )
+            .await?
+            .changes)
+    }
+
     /// A write of the stores that returns rows (an upsert with `RETURNING`).
     pub(crate) async fn write_returning_trusted(
         &self,
@@ -626,7 +698,15 @@ impl Database {
         if statements.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(options, false, move |conn| {
+        let fingerprint = options.idempotency_key.map(|_| {
+            crate::idempotency::fingerprint(
+                "Each",
+                statements
+                    .iter()
+                    .map(|s| (s.sql.as_str(), claims::params_text(&s.params))),
+            )
+        });
+        let run = move |conn: &Connection| {
             statements
                 .iter()
                 .enumerate()
@@ -634,8 +714,11 @@ impl Database {
                     exec::execute(conn, &s.sql, &s.params).map_err(|e| e.at("statements", i))
                 })
                 .collect()
-        })
-        .await
+        };
+        match (options.idempotency_key, fingerprint) {
+            (Some(key), Some(fp)) => self.inner.submit_once(options, key, fp, run).await,
+            _ => self.inner.submit(options, false, run).await,
+        }
     }
 
     /// Runs one statement once per parameter set, atomically (bulk insert).
@@ -648,8 +731,14 @@ impl Database {
         rows: Vec<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
+        let fingerprint = options.idempotency_key.map(|_| {
+            crate::idempotency::fingerprint(
+                "Rows",
+                rows.iter().map(|p| (sql, claims::params_text(p))),
+            )
+        });
         let sql = sql.to_owned();
-        self.submit(options, false, move |conn| {
+        let run = move |conn: &Connection| {
             let mut stmt = exec::prepare(conn, &sql)?;
             let mut changes = 0;
             for (i, p) in rows.iter().enumerate() {
@@ -661,8 +750,19 @@ impl Database {
                 changes,
                 last_insert_rowid: conn.last_insert_rowid(),
             })
-        })
-        .await
+        };
+        match (options.idempotency_key, fingerprint) {
+            (Some(key), Some(fp)) => {
+                let one = self
+                    .inner
+                    .submit_once(options, key, fp, move |c| Ok(vec![run(c)?]))
+                    .await?;
+                one.into_iter().next().ok_or_else(|| Error::Internal {
+                    message: "an idempotency record of execute_many holds no result".into(),
+                })
+            }
+            _ => self.inner.submit(options, false, run).await,
+        }
     }
 
     /// Runs `f` on the writer connection inside the group-commit transaction,
@@ -681,56 +781,24 @@ impl Database {
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(WriteOptions::default(), true, f).await
+        self.inner.submit(WriteOptions::default(), true, f).await
     }
 
     /// As [`Database::write`] with explicit options.
     ///
     /// # Errors
-    /// As [`Database::write`], plus [`Error::Overloaded`] with `no_wait`.
+    /// As [`Database::write`], plus [`Error::Overloaded`] with `no_wait`,
+    /// and [`Error::Unsupported`] for an idempotency key (see
+    /// [`WriteOptions::idempotency_key`]).
     pub async fn write_with<T, F>(&self, options: WriteOptions, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(options, true, f).await
-    }
-
-    /// Queues a closure for group commit (always in its own savepoint):
-    /// `trusted` for application closures, false when it runs client SQL.
-    async fn submit<T, F>(&self, options: WriteOptions, trusted: bool, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnMut(&Connection) -> Result<T> + Send + 'static,
-    {
-        let mut budget = self.inner.budget(options.timeout);
-        budget.trusted = trusted;
-        let (job, reply) = Job::new(budget, true, f);
-        let reply = async { reply.await.unwrap_or_else(|_| Err(Error::writer_gone())) };
-        self.submit_job(options, Request::Other(job), reply).await
-    }
-
-    async fn submit_job<T>(
-        &self,
-        options: WriteOptions,
-        job: Request,
-        reply: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let started = job.budget().started;
         if options.idempotency_key.is_some() {
             return Err(once_unsupported());
         }
-        let queued = match self.inner.writer.submit_now(job, admission(&options)) {
-            Ok(None) => Ok(()),
-            Ok(Some(job)) => Box::pin(self.inner.writer.wait_for_room(job)).await,
-            Err(e) => Err(e),
-        };
-        let r = self.inner.named(match queued {
-            Ok(()) => reply.await,
-            Err(e) => Err(e),
-        });
-        self.inner.record_write(started, &r);
-        r
+        self.inner.submit(options, true, f).await
     }
 
     // ----- operations --------------------------------------------------------

@@ -33,18 +33,12 @@
 //! caller's key itself but SHA-256 of a secret (made once, kept in
 //! litebridge's schema, which the clients' role cannot read) and that key:
 //! nobody can claim another caller's key first. Records are kept for
-//! [`KEEP`] and swept with the expired entries.
-
-use std::time::Duration;
+//! [`KEEP`](crate::idempotency::KEEP) and swept with the expired entries.
 
 use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyKey;
-use crate::value::ExecResult;
-
-/// How long a claim is kept: a retry later than this runs again.
-pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Creates (or updates) the claims' table, schema and functions, and gives
 /// back the secret. Idempotent; under a lock, as front ends start together.
@@ -186,60 +180,4 @@ pub(super) fn row_key(secret: &[u8; 32], key: IdempotencyKey) -> Vec<u8> {
     h.update(secret);
     h.update(key.0);
     h.finalize().to_vec()
-}
-
-/// What identifies a write, so that a key sent again with another write is
-/// refused, not answered with the first write's result: SHA-256 of its
-/// shape, statements and values.
-pub(super) fn fingerprint<'a>(
-    shape: &str,
-    statements: impl Iterator<Item = (&'a str, &'a [crate::value::Value])>,
-) -> String {
-    let mut h = sha2::Sha256::new();
-    h.update(shape.as_bytes());
-    for (sql, values) in statements {
-        h.update((sql.len() as u64).to_le_bytes());
-        h.update(sql.as_bytes());
-        let v = serde_json::to_string(values).unwrap_or_default();
-        h.update((v.len() as u64).to_le_bytes());
-        h.update(v.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A write's results as stored: its fingerprint and the changes of each
-/// statement.
-pub(super) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
-    serde_json::json!({
-        "write": fingerprint,
-        "changes": results.iter().map(|r| r.changes).collect::<Vec<_>>(),
-    })
-    .to_string()
-}
-
-/// The results a stored record answers with, if it is the record of the
-/// same write.
-pub(super) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>> {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        write: String,
-        changes: Vec<u64>,
-    }
-    let stored: Stored = serde_json::from_str(stored).map_err(|_| Error::Internal {
-        message: "an idempotency record holds no result (was it made outside litebridge?)".into(),
-    })?;
-    if stored.write != fingerprint {
-        return Err(Error::invalid(
-            "idempotency_key",
-            "was given before with another write (other statements or values); a key names one write",
-        ));
-    }
-    Ok(stored
-        .changes
-        .into_iter()
-        .map(|changes| ExecResult {
-            changes,
-            last_insert_rowid: 0,
-        })
-        .collect())
 }

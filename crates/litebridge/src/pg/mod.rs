@@ -526,14 +526,14 @@ impl PgDatabase {
         }
     }
 
-    /// Deletes the idempotency records older than [`claims::KEEP`].
+    /// Deletes the idempotency records older than [`KEEP`](crate::idempotency::KEEP).
     ///
     /// # Errors
     /// The delete failed.
     pub(crate) async fn forget_claims(&self) -> Result<u64> {
         // The server's clock, which stamped the records; a bounded batch
         // per round (the next round takes the rest).
-        let keep = i64::try_from(claims::KEEP.as_micros()).unwrap_or(i64::MAX);
+        let keep = i64::try_from(crate::idempotency::KEEP.as_micros()).unwrap_or(i64::MAX);
         let sql = format!(
             "DELETE FROM {s}.litebridge_claims WHERE key IN (
                  SELECT key FROM {s}.litebridge_claims
@@ -1149,11 +1149,11 @@ impl PgDatabase {
         let schema = self.own_schema();
         // What the key's record must have been made by (see `claims`).
         let fingerprint = claim.as_ref().map(|_| {
-            claims::fingerprint(
+            crate::idempotency::fingerprint(
                 &format!("{shape:?}"),
                 statements
                     .iter()
-                    .map(|p| (p.sql.as_str(), p.values.as_slice())),
+                    .map(|p| (p.sql.as_str(), crate::idempotency::values_text(&p.values))),
             )
         });
         // Prepared with the claim, so that the result is recorded in the
@@ -1321,7 +1321,7 @@ impl PgDatabase {
                 match (&claim, &settle, &fingerprint) {
                     (Some(k), Some(stmt), Some(fp)) => {
                         let r: Vec<ExecResult> = results.iter().map(|d| d.result).collect();
-                        conn.execute(stmt, &[k, &claims::encode(fp, &r)])
+                        conn.execute(stmt, &[k, &crate::idempotency::encode(fp, &r)])
                             .await
                             .map(|_| ())
                     }
@@ -1395,7 +1395,7 @@ impl PgDatabase {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Vec<Done>> {
-        let results = claims::decode(stored, fingerprint);
+        let results = crate::idempotency::decode(stored, fingerprint);
         let want_token = !self.inner.replicas.is_empty();
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {

@@ -19,7 +19,7 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migration `n` takes a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -74,6 +74,11 @@ const MIGRATIONS: &[&str] = &[
     // 2 -> 3: the cache's expired rows are found by index and swept.
     "CREATE INDEX main.litebridge_cache_expiry ON litebridge_cache(expires_at)
          WHERE expires_at IS NOT NULL;",
+    // 3 -> 4: the records of idempotency keys. `IF NOT EXISTS`: a keyed
+    // write on a database never migrated makes them with the same
+    // statement (see `db/claims.rs`); client SQL cannot make objects of
+    // litebridge's.
+    crate::db::CLAIMS_TABLE,
 ];
 
 /// Every object litebridge creates (tables and their indexes; SQLite's own
@@ -88,6 +93,8 @@ const OWN_OBJECTS: &[&str] = &[
     "litebridge_memory_expiry",
     "litebridge_keys",
     "litebridge_quota",
+    "litebridge_claims",
+    "litebridge_claims_created",
 ];
 
 /// Objects named `litebridge_*`, or attached to such a table, that

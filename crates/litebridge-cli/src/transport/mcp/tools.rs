@@ -254,7 +254,11 @@ fn error_result(e: &RpcError) -> CallToolResult {
             Some(ms) => format!("retrying after {ms} ms can help"),
             None => "retrying later can help".to_owned(),
         }
-    } else if matches!(kind, "outcome_unknown" | "worker_crashed" | "timeout") {
+    } else if kind == "outcome_unknown" {
+        "it may have run: check whether it took effect before calling again (an SQL write \
+         sent with an idempotency_key may be sent again with the same key)"
+            .to_owned()
+    } else if matches!(kind, "worker_crashed" | "timeout") {
         // A call that may have done its work: changing it and calling
         // again could do that work twice.
         "it may have run: check whether it took effect before calling again".to_owned()
