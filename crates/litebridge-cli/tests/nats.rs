@@ -411,6 +411,43 @@ async fn a_host_killed_mid_call_fails_only_what_it_ran_and_idempotent_calls_succ
     assert!(lines(&idem).len() >= 16);
 }
 
+/// A host of a newer version that declares the method not idempotent joins
+/// while calls run on the old one; the old one dies: its calls may have
+/// run, and are not sent again to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_call_is_not_retried_on_a_host_that_declares_it_not_idempotent() {
+    let Some(setup) = Setup::start(&[], &["old"], 2).await else {
+        return;
+    };
+    let bridge = setup.bridge.clone();
+    assert!(bridge.idempotent("record_idem"));
+    let dir = tempfile::tempdir().unwrap();
+    let idem = dir.path().join("idem");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..2 {
+        let b = bridge.clone();
+        let params = json!({"path": idem, "token": format!("t{i}"), "delay": 5.0});
+        set.spawn(async move { b.call("record_idem", params, opts(20_000)).await });
+    }
+    let new = Host::start(&setup.url, "new", 1, &[("LB_NEW_VERSION", "1")]);
+    until_hosts(&bridge, 2).await;
+    assert!(!bridge.idempotent("record_idem"), "{:?}", bridge.methods());
+    setup.hosts[0].signal(9);
+    while let Some(r) = set.join_next().await {
+        let e = r
+            .unwrap()
+            .expect_err("its host died, and the new one may not run it");
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+        assert!(!e.is_recoverable(), "{e}");
+    }
+    assert_eq!(
+        lines(&idem),
+        Vec::<String>::new(),
+        "run again on the new host"
+    );
+    drop(new);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_under_load_fails_fast_and_recovers() {
     let Some(mut setup) = Setup::start(&[], &["h1"], 2).await else {
