@@ -25,6 +25,10 @@ use crate::value::ExecResult;
 /// How long a record is kept: a retry later than this runs again.
 pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
+/// The most records one round of the sweep forgets; while it finds that
+/// many, it comes back soon (see `service`).
+pub(crate) const FORGET_BATCH: u64 = 10_000;
+
 /// The longest idempotency key a client may give, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
@@ -84,16 +88,25 @@ pub(crate) fn values_text(values: &impl serde::Serialize) -> String {
     serde_json::to_string(values).unwrap_or_default()
 }
 
-/// A write's results as recorded: its fingerprint, and the changes and last
-/// inserted rowid of each statement (the rowids are left out when all are 0,
-/// as they always are on PostgreSQL).
+/// A write's results as recorded: its fingerprint, the changes of each
+/// statement, and the last inserted rowid where it changed from the
+/// statement before (`[index, rowid]` pairs; none on PostgreSQL, where it
+/// is always 0): SQLite's rowid stays from one insert through the
+/// statements after it, and a batch of ten thousand would repeat it.
 pub(crate) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
     let mut record = serde_json::json!({
         "write": fingerprint,
         "changes": results.iter().map(|r| r.changes).collect::<Vec<_>>(),
     });
-    if results.iter().any(|r| r.last_insert_rowid != 0) {
-        record["rowids"] = results.iter().map(|r| r.last_insert_rowid).collect();
+    let mut last = 0;
+    let rowids: Vec<(usize, i64)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| std::mem::replace(&mut last, r.last_insert_rowid) != r.last_insert_rowid)
+        .map(|(i, r)| (i, r.last_insert_rowid))
+        .collect();
+    if !rowids.is_empty() {
+        record["rowids"] = serde_json::json!(rowids);
     }
     record.to_string()
 }
@@ -110,7 +123,7 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
         write: String,
         changes: Vec<u64>,
         #[serde(default)]
-        rowids: Vec<i64>,
+        rowids: Vec<(usize, i64)>,
     }
     let stored: Stored = serde_json::from_str(stored).map_err(|_| Error::Internal {
         message: "an idempotency record holds no result (was it made outside litebridge?)".into(),
@@ -121,13 +134,20 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
             "was given before with another write (other statements or values); a key names one write",
         ));
     }
+    let mut rowids = stored.rowids.into_iter().peekable();
+    let mut last = 0;
     Ok(stored
         .changes
         .iter()
         .enumerate()
-        .map(|(i, &changes)| ExecResult {
-            changes,
-            last_insert_rowid: stored.rowids.get(i).copied().unwrap_or(0),
+        .map(|(i, &changes)| {
+            if let Some((_, id)) = rowids.next_if(|(at, _)| *at == i) {
+                last = id;
+            }
+            ExecResult {
+                changes,
+                last_insert_rowid: last,
+            }
         })
         .collect())
 }
@@ -160,17 +180,19 @@ mod tests {
         assert_eq!(fp, one("INSERT INTO t VALUES (?1)", 1));
         assert_ne!(fp, one("INSERT INTO t VALUES (?1)", 2));
         assert_ne!(fp, one("INSERT INTO u VALUES (?1)", 1));
-        let results = vec![
-            ExecResult {
-                changes: 1,
-                last_insert_rowid: 7,
-            },
-            ExecResult {
-                changes: 3,
-                last_insert_rowid: 0,
-            },
-        ];
-        assert_eq!(decode(&encode(&fp, &results), &fp).unwrap(), results);
+        let results: Vec<ExecResult> = [(1, 7), (0, 7), (3, 0), (1, 9), (0, 9)]
+            .into_iter()
+            .map(|(changes, last_insert_rowid)| ExecResult {
+                changes,
+                last_insert_rowid,
+            })
+            .collect();
+        let record = encode(&fp, &results);
+        assert!(
+            record.contains(r#""rowids":[[0,7],[2,0],[3,9]]"#),
+            "{record}"
+        );
+        assert_eq!(decode(&record, &fp).unwrap(), results);
         let e = decode(&encode(&fp, &results), &one("x", 1)).unwrap_err();
         assert!(e.to_string().contains("idempotency_key"), "{e}");
         // A record of PostgreSQL's, without rowids.

@@ -190,12 +190,17 @@ impl Service {
                     if let Err(e) = MemoryStore::new(db.clone(), clock.clone()).sweep().await {
                         tracing::warn!("sweeping expired memory entries failed: {e}");
                     }
-                    if let Err(e) = db.forget_claims().await {
-                        tracing::warn!("sweeping old idempotency records failed: {e}");
-                    }
+                    let claims_more = match db.forget_claims().await {
+                        Ok(n) => n >= crate::idempotency::FORGET_BATCH,
+                        Err(e) => {
+                            tracing::warn!("sweeping old idempotency records failed: {e}");
+                            false
+                        }
+                    };
                     // Bounded per sweep; while it finds more, it comes back soon.
                     match cache_sweeper.sweep(db.clone()).await {
                         Ok(swept) if swept.more => SWEEP_AGAIN,
+                        _ if claims_more => SWEEP_AGAIN,
                         _ => SWEEP_INTERVAL,
                     }
                 };

@@ -261,3 +261,58 @@ async fn latency_snapshots_give_a_window_of_reads_and_writes() {
         "the table's creation and 11 inserts, since start"
     );
 }
+
+/// A key refused because an earlier request of the batch recorded it with
+/// another write is answered only if that record commits: when the batch
+/// runs again without it, the refused request runs (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_an_idempotency_key_is_asked_again_when_the_batch_reruns() {
+    use std::time::Duration;
+    let (_dir, db) = open_kv(config()).await;
+    insert(&db, 1).await.unwrap();
+    let key = |timeout: Option<Duration>| WriteOptions {
+        timeout,
+        idempotency_key: Some(litebridge::IdempotencyKey::new(1, "k").unwrap()),
+        ..WriteOptions::default()
+    };
+    // The records' table made (by this database's first keyed write).
+    let first = WriteOptions {
+        idempotency_key: Some(litebridge::IdempotencyKey::new(1, "first").unwrap()),
+        ..WriteOptions::default()
+    };
+    db.execute_with("INSERT INTO kv VALUES (2, 'first')", (), first)
+        .await
+        .unwrap();
+    // The writer busy, so that the three below share the next batch.
+    let busy = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A records the key and runs out of time while C holds the first pass;
+    // B, another write with the key, is refused in that pass; C ends the
+    // transaction, and the batch runs again: A has timed out, and B runs.
+    let a = db.execute_with(
+        "INSERT INTO kv VALUES (100, 'a')",
+        (),
+        key(Some(Duration::from_millis(400))),
+    );
+    let b = db.execute_with("INSERT INTO kv VALUES (200, 'b')", (), key(None));
+    let c = db.write(|c| {
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(c.execute("INSERT OR ROLLBACK INTO kv(k, v) VALUES (1, 'dup')", [])?)
+    });
+    let (a, b, c) = tokio::join!(a, b, c);
+    busy.await.unwrap().unwrap();
+    assert_eq!(a.unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(c.unwrap_err().kind(), ErrorKind::Sql);
+    assert_eq!(b.expect("the key was free after all").changes, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k > 2").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 200").await, 1);
+}

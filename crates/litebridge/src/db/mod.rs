@@ -79,11 +79,32 @@ pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
 pub use restore::{RestoreReport, restore_file};
 pub use writer::{CheckpointMode, CheckpointReport};
 
-/// For the open-time check of litebridge's namespace (`store::schema`).
-/// The table of idempotency records (see `claims`), for the stores'
-/// migrations.
-pub(crate) const CLAIMS_TABLE: &str = claims::TABLE;
+/// The fingerprint of `execute_many`'s write (see `idempotency`), read off
+/// the async runtime's threads when the rows are many (a million rows are
+/// a lot of values to serialize).
+async fn rows_fingerprint(sql: String, rows: Vec<Params>) -> Result<(Vec<Params>, String)> {
+    let fingerprint = move |rows: Vec<Params>| {
+        let fp = crate::idempotency::fingerprint(
+            "Rows",
+            rows.iter().map(|p| (sql.as_str(), claims::params_text(p))),
+        );
+        (rows, fp)
+    };
+    if rows.len() <= 1_000 {
+        return Ok(fingerprint(rows));
+    }
+    tokio::task::spawn_blocking(move || fingerprint(rows))
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("the fingerprint of an execute_many failed: {e}"),
+        })
+}
 
+/// The table of idempotency records (see `claims`), for the stores'
+/// migrations: the statement, and the definition `sqlite_schema` keeps.
+pub(crate) const CLAIMS_TABLE: (&str, &str) = (claims::TABLE, claims::TABLE_SQL);
+
+/// For the open-time check of litebridge's namespace (`store::schema`).
 pub(crate) fn foreign_key_to_own(conn: &Connection) -> Result<Option<(String, String)>> {
     exec::foreign_key_to_own(conn, guard::internal_sql())
 }
@@ -230,6 +251,10 @@ struct Inner {
     counters: Arc<Counters>,
     default_timeout: Option<Duration>,
     health: Mutex<Option<(flume::Sender<()>, JoinHandle<()>)>>,
+    /// The clock of idempotency records (see `claims`).
+    claims_clock: claims::Clock,
+    /// Their table is known to be there.
+    claims_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -321,10 +346,23 @@ impl Inner {
     where
         F: FnMut(&Connection) -> Result<Vec<ExecResult>> + Send + 'static,
     {
+        if !self.claims_ready.load(Ordering::Acquire) {
+            // A database the stores never migrated: the table first, in a
+            // write of its own (made in the keyed write's savepoint, it
+            // would go and come back with every keyed write that fails).
+            let options = WriteOptions {
+                idempotency_key: None,
+                ..options
+            };
+            self.submit(options, true, |c| Ok(c.execute_batch(claims::TABLE)?))
+                .await?;
+            self.claims_ready.store(true, Ordering::Release);
+        }
+        let now = self.claims_clock.now_micros();
         self.submit(options, false, move |conn| {
-            claims::once(conn, &key, &fingerprint, &mut run)
+            claims::once(conn, &key, &fingerprint, now, &mut run)
         })
-        .await
+        .await?
     }
 }
 
@@ -388,6 +426,8 @@ impl Database {
             counters,
             default_timeout,
             health: Mutex::new(None),
+            claims_clock: claims::Clock::new(),
+            claims_ready: std::sync::atomic::AtomicBool::new(false),
         });
         // Every connection was just opened and set up: that is a check, and
         // `last_health_check` is not empty for the first interval.
@@ -632,23 +672,39 @@ impl Database {
         self.run_exec(sql, params.into(), WriteOptions::default(), true)
     }
 
-    /// Deletes the idempotency records older than
-    /// [`KEEP`](crate::idempotency::KEEP) (see `claims`), 10,000 at most.
-    pub(crate) async fn forget_claims(&self) -> Result<u64> {
+    /// Forgets the records of idempotency keys (see
+    /// [`WriteOptions::idempotency_key`]) older than 24 hours, 10,000 at
+    /// most a call; returns how many. A [`Service`](crate::Service) does it
+    /// by itself; an application using a `Database` on its own and keys
+    /// calls it now and then (again at once while it returns 10,000).
+    ///
+    /// # Errors
+    /// As [`Database::execute`].
+    pub async fn forget_claims(&self) -> Result<u64> {
         self.forget_claims_older_than(crate::idempotency::KEEP)
             .await
     }
 
     /// As [`Database::forget_claims`], for records older than `keep`.
     pub(crate) async fn forget_claims_older_than(&self, keep: Duration) -> Result<u64> {
-        let cutoff = claims::cutoff(keep);
-        Ok(self
+        let cutoff = self.inner.claims_clock.cutoff(keep);
+        let forgot = self
             .execute_trusted(
                 claims::FORGET,
                 Params::Positional(vec![crate::Value::Integer(cutoff)]),
             )
-            .await?
-            .changes)
+            .await;
+        match forgot {
+            Ok(r) => Ok(r.changes),
+            // No key was ever used here (nor were the stores migrated).
+            Err(e)
+                if !self.inner.claims_ready.load(Ordering::Acquire)
+                    && e.to_string().contains("no such table") =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A write of the stores that returns rows (an upsert with `RETURNING`).
@@ -731,12 +787,14 @@ impl Database {
         rows: Vec<Params>,
         options: WriteOptions,
     ) -> Result<ExecResult> {
-        let fingerprint = options.idempotency_key.map(|_| {
-            crate::idempotency::fingerprint(
-                "Rows",
-                rows.iter().map(|p| (sql, claims::params_text(p))),
-            )
-        });
+        // No rows write nothing: nothing to record (as on PostgreSQL).
+        let (rows, fingerprint) = match options.idempotency_key {
+            Some(_) if !rows.is_empty() => {
+                let (rows, fp) = rows_fingerprint(sql.to_owned(), rows).await?;
+                (rows, Some(fp))
+            }
+            _ => (rows, None),
+        };
         let sql = sql.to_owned();
         let run = move |conn: &Connection| {
             let mut stmt = exec::prepare(conn, &sql)?;

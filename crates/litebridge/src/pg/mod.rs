@@ -538,7 +538,8 @@ impl PgDatabase {
             "DELETE FROM {s}.litebridge_claims WHERE key IN (
                  SELECT key FROM {s}.litebridge_claims
                   WHERE created_at < (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::int8 - ?1
-                  LIMIT 10000)",
+                  LIMIT {batch})",
+            batch = crate::idempotency::FORGET_BATCH,
             s = self.own_schema()
         );
         Ok(self

@@ -1,16 +1,21 @@
 //! litebridge's own tables on PostgreSQL, in a schema of their own, and
 //! their migrations.
 //!
-//! The tables and version numbers are SQLite's (`store/schema.rs`), in
-//! PostgreSQL's types: the stores' DML is the same text on both backends,
-//! with the schema's name in front of each table. Migrations run in one
+//! The stores' tables are SQLite's (`store/schema.rs`), in PostgreSQL's
+//! types: the stores' DML is the same text on both backends, with the
+//! schema's name in front of each table. The version numbers are this
+//! schema's own: SQLite's version 4 adds the idempotency records, which
+//! PostgreSQL keeps through `claims.rs` (made at every start, `IF NOT
+//! EXISTS`), so an older front end is not refused a schema nothing changed. Migrations run in one
 //! transaction under a transaction-level advisory lock, so front ends that
 //! start together migrate one after the other and the second finds the work
 //! done. `PUBLIC` has no rights on the schema, and a clients' role that can
 //! use it stops the start: the clients' SQL must not reach these tables.
 
 use crate::error::{Error, Result};
-use crate::store::SCHEMA_VERSION;
+
+/// The version of litebridge's schema on PostgreSQL that this build writes.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migration `n` takes the schema from version `n` to `n + 1`; `{s}` is the
 /// schema's name.
@@ -61,6 +66,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX litebridge_cache_expiry ON {s}.litebridge_cache(expires_at)
          WHERE expires_at IS NOT NULL;",
 ];
+
+// One migration per version.
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
 /// Brings litebridge's schema to [`SCHEMA_VERSION`]; returns the version
 /// it found.

@@ -78,39 +78,57 @@ const MIGRATIONS: &[&str] = &[
     // write on a database never migrated makes them with the same
     // statement (see `db/claims.rs`); client SQL cannot make objects of
     // litebridge's.
-    crate::db::CLAIMS_TABLE,
+    crate::db::CLAIMS_TABLE.0,
 ];
 
-/// Every object litebridge creates (tables and their indexes; SQLite's own
-/// `sqlite_autoindex_*` indexes of these tables are expected too).
-const OWN_OBJECTS: &[&str] = &[
-    "litebridge_meta",
-    "litebridge_cache",
-    "litebridge_cache_expiry",
-    "litebridge_state",
-    "litebridge_state_status",
-    "litebridge_memory",
-    "litebridge_memory_expiry",
-    "litebridge_keys",
-    "litebridge_quota",
-    "litebridge_claims",
-    "litebridge_claims_created",
+// One migration per version.
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
+
+/// Every object litebridge creates, as (type, name, table): tables and
+/// their indexes; SQLite's own `sqlite_autoindex_*` indexes of these
+/// tables are expected too.
+const OWN_OBJECTS: &[(&str, &str, &str)] = &[
+    ("table", "litebridge_meta", "litebridge_meta"),
+    ("table", "litebridge_cache", "litebridge_cache"),
+    ("index", "litebridge_cache_expiry", "litebridge_cache"),
+    ("table", "litebridge_state", "litebridge_state"),
+    ("index", "litebridge_state_status", "litebridge_state"),
+    ("table", "litebridge_memory", "litebridge_memory"),
+    ("index", "litebridge_memory_expiry", "litebridge_memory"),
+    ("table", "litebridge_keys", "litebridge_keys"),
+    ("table", "litebridge_quota", "litebridge_quota"),
+    ("table", "litebridge_claims", "litebridge_claims"),
+    ("index", "litebridge_claims_created", "litebridge_claims"),
 ];
 
 /// Objects named `litebridge_*`, or attached to such a table, that
-/// litebridge did not create, as `type name`.
+/// litebridge did not create, as `type name`. The records' table, which a
+/// migration may find made already (`IF NOT EXISTS`, see `db/claims.rs`),
+/// must also be defined as litebridge defines it.
 fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = c.prepare(
-        "SELECT type, name FROM main.sqlite_schema
+        "SELECT type, name, tbl_name, sql FROM main.sqlite_schema
          WHERE (name LIKE 'litebridge\\_%' ESCAPE '\\' OR tbl_name LIKE 'litebridge\\_%' ESCAPE '\\')
            AND NOT (type = 'index' AND name LIKE 'sqlite\\_autoindex\\_litebridge\\_%' ESCAPE '\\')
          ORDER BY name",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let (claims, claims_sql) = ("litebridge_claims", crate::db::CLAIMS_TABLE.1);
     let mut foreign = Vec::new();
     for row in rows {
-        let (kind, name) = row?;
-        if !OWN_OBJECTS.iter().any(|o| o.eq_ignore_ascii_case(&name)) {
+        let (kind, name, table, sql) = row?;
+        let own = OWN_OBJECTS.iter().any(|(k, n, t)| {
+            k == &kind && n.eq_ignore_ascii_case(&name) && t.eq_ignore_ascii_case(&table)
+        });
+        let redefined = name.eq_ignore_ascii_case(claims) && sql.as_deref() != Some(claims_sql);
+        if !own || redefined {
             foreign.push(format!("{kind} {name}"));
         }
     }
