@@ -136,7 +136,7 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
     }
     let mut rowids = stored.rowids.into_iter().peekable();
     let mut last = 0;
-    Ok(stored
+    let results = stored
         .changes
         .iter()
         .enumerate()
@@ -149,7 +149,14 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
                 last_insert_rowid: last,
             }
         })
-        .collect())
+        .collect();
+    // Every rowid, in order, of a statement there is.
+    if rowids.next().is_some() {
+        return Err(Error::Internal {
+            message: "an idempotency record's rowids do not match its statements".into(),
+        });
+    }
+    Ok(results)
 }
 
 #[cfg(test)]
@@ -199,5 +206,9 @@ mod tests {
         let pg = format!(r#"{{"write":"{fp}","changes":[2]}}"#);
         assert_eq!(decode(&pg, &fp).unwrap()[0].changes, 2);
         assert!(decode("", &fp).is_err());
+        for bad in [r#"[[1,5],[0,4]]"#, r#"[[0,5],[0,6]]"#, r#"[[9,1]]"#] {
+            let record = format!(r#"{{"write":"{fp}","changes":[1,1],"rowids":{bad}}}"#);
+            assert!(decode(&record, &fp).is_err(), "{bad}");
+        }
     }
 }

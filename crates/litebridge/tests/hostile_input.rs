@@ -38,6 +38,37 @@ async fn injection_through_parameters_is_just_data() {
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
 }
 
+/// Two names that bind one parameter (`a` and `:a`, or `:a` twice): which
+/// value it took would depend on their order. Refused, naming the second.
+#[tokio::test]
+async fn two_names_for_one_parameter_are_refused() {
+    let (_dir, db) = open_kv(config()).await;
+    for names in [["a", ":a"], [":a", ":a"], [":a", "a"]] {
+        let named = Params::Named(
+            names
+                .iter()
+                .zip([1, 2])
+                .map(|(n, v)| ((*n).to_owned(), Value::Integer(v)))
+                .collect(),
+        );
+        let e = db
+            .execute("INSERT INTO kv VALUES (:a, 'x')", named)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{names:?}: {e}");
+        assert!(e.to_string().contains(names[1]), "{e}");
+    }
+    // Two parameters of their own, `:a` and `@a`, are two.
+    let named = Params::Named(vec![
+        (":a".into(), Value::Integer(1)),
+        ("@a".into(), Value::from("y")),
+    ]);
+    db.execute("INSERT INTO kv VALUES (:a, @a)", named)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
+}
+
 #[tokio::test]
 async fn nul_bytes_huge_and_deep_sql_get_errors_not_panics() {
     let (_dir, db) = open_kv(config()).await;

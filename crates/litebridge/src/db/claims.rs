@@ -27,11 +27,17 @@
 //! request aborted it), the job is asked again, and the record it was
 //! answered from may have gone with the first pass (see `group_commit`).
 //!
-//! The table is made by the stores' migrations, and, on a database the
-//! stores never migrated (a `Database` used on its own), by a trusted write
-//! of its own before the first keyed write: the same statement, `IF NOT
-//! EXISTS`. Records are stamped by a clock that a step of the system's
-//! clock cannot move forward ([`Clock`]).
+//! The table is made by the stores' migrations, and by each handle before
+//! its first keyed write or sweep (a `Database` used on its own may never
+//! be migrated): the same statement, `IF NOT EXISTS`, in a trusted write of
+//! its own. That write also reads where the records' clock starts
+//! ([`Clock`]): records age by a clock of their own, never by the system's.
+//!
+//! A record answers only a send of its own write: no rows in
+//! `execute_many` write nothing and record nothing (as on PostgreSQL), so
+//! they are neither recorded nor refused. A replay in a batch whose COMMIT
+//! then fails is told that COMMIT's error, although the write it answers
+//! for committed before: a retry gets the record.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +48,8 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::value::ExecResult;
 
-/// The records' table and its index (also migration 3 -> 4).
+/// The records' table and its index (also migration 3 -> 4). Their text,
+/// as SQLite keeps it, is checked at open (`store::schema`): never edit it.
 pub(crate) const TABLE: &str = "CREATE TABLE IF NOT EXISTS main.litebridge_claims(
          key BLOB PRIMARY KEY,
          result TEXT NOT NULL,
@@ -68,7 +75,7 @@ pub(crate) type Answer = Result<Vec<ExecResult>>;
 
 /// Runs `write` at most once for `key`: the recorded results if the key was
 /// recorded with this write (`fingerprint`), else `write`'s, recorded with
-/// the stamp `now` (microseconds of [`Clock`]).
+/// the time of `clock`.
 ///
 /// # Errors
 /// The outer error fails the job (its savepoint is rolled back, nothing is
@@ -80,7 +87,7 @@ pub(crate) fn once(
     conn: &Connection,
     key: &IdempotencyKey,
     fingerprint: &str,
-    now: i64,
+    clock: &Clock,
     write: impl FnOnce(&Connection) -> Result<Vec<ExecResult>>,
 ) -> Result<Answer> {
     if let Some(stored) = guard::as_trusted(|| lookup(conn, key))? {
@@ -88,8 +95,10 @@ pub(crate) fn once(
     }
     let results = write(conn)?;
     let record = idempotency::encode(fingerprint, &results);
+    // The row must fit as well as its result: its key and stamp, and
+    // SQLite's record header, take under a hundred bytes.
     let longest = conn.limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?;
-    if record.len() > usize::try_from(longest).unwrap_or(0) {
+    if record.len() + 100 > usize::try_from(longest).unwrap_or(0) {
         return Err(Error::TooLarge {
             what: format!(
                 "the record of this write's idempotency_key ({} bytes, about 20 a statement; \
@@ -101,7 +110,7 @@ pub(crate) fn once(
     }
     guard::as_trusted(|| {
         conn.prepare_cached(RECORD)?
-            .execute(rusqlite::params![&key.0[..], record, now])
+            .execute(rusqlite::params![&key.0[..], record, clock.now_micros()])
             .map_err(Error::from)
     })?;
     Ok(Ok(results))
@@ -114,30 +123,47 @@ fn lookup(conn: &Connection, key: &IdempotencyKey) -> Result<Option<String>> {
         .optional()?)
 }
 
-/// The clock of the records: the system's time when the database was
-/// opened, moved on by the monotonic clock, or the system's time now if
-/// that is earlier. A system clock stepped forward (a VM resumed from a
-/// snapshot, a host whose clock was a day slow until NTP set it) must not
-/// age every record at once, or the retry the records are kept for would
-/// run again; stepped back, records are kept longer, never shorter.
-/// Across a restart the system's time is all there is.
+/// The key of the row that keeps the records' clock between handles (see
+/// [`Clock`]): one byte, where every record's key is 32.
+const MARK: &[u8] = &[0];
+
+/// The clock of the records, in microseconds. It starts from the latest
+/// time any handle wrote in the table (a record's stamp, or the mark each
+/// sweep leaves; the system's time on a table with neither) and runs by the
+/// monotonic clock while the handle is open, so that no step of the
+/// system's clock can age a record: not one made while the clock was a day
+/// slow and then set right by NTP, nor one a first process stamped with a
+/// slow clock and a second, with the right one, sweeps. Time while no
+/// handle is open does not count (records are kept longer, never shorter).
+/// Two handles open at once differ by at most the time since the first one
+/// last wrote there: a minute, between two services (each sweeps once a
+/// minute).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
-    wall: SystemTime,
+    base: i64,
     at: Instant,
 }
 
 impl Clock {
-    pub(crate) fn new() -> Clock {
-        Clock {
-            wall: SystemTime::now(),
+    /// Makes the table if it is missing and reads where the clock starts;
+    /// runs as a trusted write of its own.
+    pub(crate) fn start(conn: &Connection) -> Result<Clock> {
+        conn.execute_batch(TABLE)?;
+        let latest: Option<i64> = conn.query_row(
+            "SELECT max(created_at) FROM main.litebridge_claims",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Clock {
+            base: latest.unwrap_or_else(|| micros(SystemTime::now())),
             at: Instant::now(),
-        }
+        })
     }
 
-    /// Now, in microseconds since the epoch.
+    /// Now, in microseconds.
     pub(crate) fn now_micros(&self) -> i64 {
-        micros((self.wall + self.at.elapsed()).min(SystemTime::now()))
+        let ran = i64::try_from(self.at.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.base.saturating_add(ran)
     }
 
     /// The cutoff of [`FORGET`] for records older than `keep`.
@@ -152,11 +178,24 @@ fn micros(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// The statement that forgets the records made before `?1` (microseconds),
-/// [`idempotency::FORGET_BATCH`] at most: the sweep comes back soon while
-/// it finds that many.
-pub(crate) const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
-         SELECT key FROM main.litebridge_claims WHERE created_at <= ?1 LIMIT 10000)";
+/// Forgets the records made at or before `cutoff`, [`FORGET`]'s batch at
+/// most, and leaves the clock's mark at `now`; returns how many it forgot.
+pub(crate) fn forget(conn: &Connection, cutoff: i64, now: i64) -> Result<u64> {
+    let forgot = conn.prepare_cached(FORGET)?.execute([cutoff])?;
+    conn.prepare_cached(
+        "INSERT INTO main.litebridge_claims(key, result, created_at) VALUES (?1, '', ?2)
+         ON CONFLICT(key) DO UPDATE SET created_at = max(created_at, excluded.created_at)",
+    )?
+    .execute(rusqlite::params![MARK, now])?;
+    Ok(forgot as u64)
+}
+
+/// The statement that forgets the records made at or before `?1`
+/// (microseconds of [`Clock`]), [`idempotency::FORGET_BATCH`] at most: the
+/// sweep comes back soon while it finds that many. Not the clock's mark.
+const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
+         SELECT key FROM main.litebridge_claims
+          WHERE created_at <= ?1 AND length(key) = 32 LIMIT 10000)";
 
 /// A statement's parameters as the write's fingerprint reads them: named
 /// ones in order of name, as the order they come in binds nothing (a
@@ -189,24 +228,63 @@ mod tests {
         }
     }
 
-    /// A host whose clock was two days slow when the database was opened,
-    /// then set right: its records do not all age at once.
+    /// The records' clock never reads the system's once it has started.
     #[test]
-    fn a_clock_stepped_forward_does_not_age_the_records() {
-        let slow = Clock {
-            wall: SystemTime::now() - Duration::from_secs(2 * 24 * 3600),
+    fn the_clock_runs_from_its_start_by_the_monotonic_clock() {
+        let day = 24 * 3600 * 1_000_000;
+        let behind = Clock {
+            base: micros(SystemTime::now()) - 2 * day,
             at: Instant::now(),
         };
-        let stamp = slow.now_micros();
-        assert!(stamp < micros(SystemTime::now()) - 24 * 3600 * 1_000_000);
-        assert!(slow.cutoff(idempotency::KEEP) < stamp, "forgotten at once");
-        // Stepped back instead: the earlier time counts, records kept longer.
-        let fast = Clock {
-            wall: SystemTime::now() + Duration::from_secs(3600),
-            at: Instant::now(),
-        };
-        assert!(fast.now_micros() <= micros(SystemTime::now()));
+        let stamp = behind.now_micros();
+        assert!(stamp < micros(SystemTime::now()) - day);
+        assert!(
+            behind.cutoff(idempotency::KEEP) < stamp,
+            "forgotten at once"
+        );
         assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
+    }
+
+    /// A first handle stamped its records by a clock two days slow (or the
+    /// system's clock was set right since): a second handle, with the
+    /// right time, starts from their time and does not forget them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_handle_starts_from_the_records_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let db = Database::open(&path, DbConfig::default()).await.unwrap();
+        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        db.execute_with("INSERT INTO t VALUES (1)", (), keyed("k"))
+            .await
+            .unwrap();
+        let two_days = 2 * 24 * 3600 * 1_000_000_i64;
+        db.write(move |c| {
+            Ok(c.execute(
+                "UPDATE main.litebridge_claims SET created_at = created_at - ?1",
+                [two_days],
+            )?)
+        })
+        .await
+        .unwrap();
+        db.close().await;
+        let db = Database::open(&path, DbConfig::default()).await.unwrap();
+        assert_eq!(db.forget_claims().await.unwrap(), 0);
+        let again = db
+            .execute_with("INSERT INTO t VALUES (1)", (), keyed("k"))
+            .await
+            .unwrap();
+        assert_eq!(again.changes, 1);
+        assert_eq!(
+            db.query("SELECT count(*) FROM t", ()).await.unwrap().rows[0][0],
+            Value::Integer(1),
+            "answered from the record"
+        );
+        // The sweep's mark keeps the clock for the next handle.
+        assert_eq!(
+            db.forget_claims_older_than(Duration::ZERO).await.unwrap(),
+            1
+        );
+        db.close().await;
     }
 
     #[test]
@@ -297,7 +375,8 @@ mod tests {
         assert_eq!(db.forget_claims().await.unwrap(), 0, "younger than a day");
         assert_eq!(
             db.forget_claims_older_than(Duration::ZERO).await.unwrap(),
-            1
+            1,
+            "the record, not the clock's mark"
         );
         // Forgotten: the key is free again.
         db.execute_with("INSERT INTO t VALUES (1)", (), once)

@@ -243,6 +243,14 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
                         "the statement has no parameter of this name".to_owned(),
                     )
                 })?;
+                // `a` and `:a` (or `:a` given twice) bind one parameter:
+                // which value it took would depend on their order.
+                if bound[index] {
+                    return Err(Error::invalid(
+                        name.clone(),
+                        "names a parameter that another name given already binds",
+                    ));
+                }
                 stmt.raw_bind_parameter(index, v)?;
                 bound[index] = true;
             }

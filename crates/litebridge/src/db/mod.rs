@@ -251,10 +251,9 @@ struct Inner {
     counters: Arc<Counters>,
     default_timeout: Option<Duration>,
     health: Mutex<Option<(flume::Sender<()>, JoinHandle<()>)>>,
-    /// The clock of idempotency records (see `claims`).
-    claims_clock: claims::Clock,
-    /// Their table is known to be there.
-    claims_ready: std::sync::atomic::AtomicBool,
+    /// The clock of idempotency records, read once their table is known
+    /// to be there (see `claims`).
+    claims: std::sync::OnceLock<claims::Clock>,
 }
 
 impl Drop for Inner {
@@ -346,23 +345,54 @@ impl Inner {
     where
         F: FnMut(&Connection) -> Result<Vec<ExecResult>> + Send + 'static,
     {
-        if !self.claims_ready.load(Ordering::Acquire) {
-            // A database the stores never migrated: the table first, in a
-            // write of its own (made in the keyed write's savepoint, it
-            // would go and come back with every keyed write that fails).
-            let options = WriteOptions {
-                idempotency_key: None,
-                ..options
-            };
-            self.submit(options, true, |c| Ok(c.execute_batch(claims::TABLE)?))
-                .await?;
-            self.claims_ready.store(true, Ordering::Release);
+        let started = std::time::Instant::now();
+        let clock = self.claims_clock(&options).await?;
+        // One deadline for both writes.
+        let timeout = options.timeout.or(self.default_timeout);
+        let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+        if left == Some(Duration::ZERO) {
+            return Err(Error::Timeout {
+                after: timeout.unwrap_or_default(),
+                stage: crate::error::TimeoutStage::Queued,
+            });
         }
-        let now = self.claims_clock.now_micros();
+        let options = WriteOptions {
+            timeout: left,
+            ..options
+        };
         self.submit(options, false, move |conn| {
-            claims::once(conn, &key, &fingerprint, now, &mut run)
+            claims::once(conn, &key, &fingerprint, &clock, &mut run)
         })
         .await?
+    }
+
+    /// The records' clock, after making their table if it is missing, in
+    /// a trusted write of its own (made in a keyed write's savepoint, it
+    /// would go and come back with every keyed write that fails); once per
+    /// handle.
+    async fn claims_clock(&self, options: &WriteOptions) -> Result<claims::Clock> {
+        if let Some(clock) = self.claims.get() {
+            return Ok(*clock);
+        }
+        let options = WriteOptions {
+            idempotency_key: None,
+            ..*options
+        };
+        let clock = self
+            .submit(options, true, claims::Clock::start)
+            .await
+            .map_err(|e| match e {
+                // Nothing of the caller's ran: say so, whatever the COMMIT said.
+                Error::OutcomeUnknown { reason, .. } => Error::Unavailable {
+                    what: "database",
+                    reason: format!(
+                        "the table of idempotency records could not be made, and nothing of \
+                         the write ran: {reason}"
+                    ),
+                },
+                e => e,
+            })?;
+        Ok(*self.claims.get_or_init(|| clock))
     }
 }
 
@@ -426,8 +456,7 @@ impl Database {
             counters,
             default_timeout,
             health: Mutex::new(None),
-            claims_clock: claims::Clock::new(),
-            claims_ready: std::sync::atomic::AtomicBool::new(false),
+            claims: std::sync::OnceLock::new(),
         });
         // Every connection was just opened and set up: that is a check, and
         // `last_health_check` is not empty for the first interval.
@@ -687,24 +716,9 @@ impl Database {
 
     /// As [`Database::forget_claims`], for records older than `keep`.
     pub(crate) async fn forget_claims_older_than(&self, keep: Duration) -> Result<u64> {
-        let cutoff = self.inner.claims_clock.cutoff(keep);
-        let forgot = self
-            .execute_trusted(
-                claims::FORGET,
-                Params::Positional(vec![crate::Value::Integer(cutoff)]),
-            )
-            .await;
-        match forgot {
-            Ok(r) => Ok(r.changes),
-            // No key was ever used here (nor were the stores migrated).
-            Err(e)
-                if !self.inner.claims_ready.load(Ordering::Acquire)
-                    && e.to_string().contains("no such table") =>
-            {
-                Ok(0)
-            }
-            Err(e) => Err(e),
-        }
+        let clock = self.inner.claims_clock(&WriteOptions::default()).await?;
+        self.write(move |c| claims::forget(c, clock.cutoff(keep), clock.now_micros()))
+            .await
     }
 
     /// A write of the stores that returns rows (an upsert with `RETURNING`).

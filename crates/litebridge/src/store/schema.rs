@@ -10,10 +10,14 @@
 //!
 //! Every statement names its schema (`main.`), and a migration after the
 //! first creates its tables with plain `CREATE TABLE`: a table of the same
-//! name that someone else made first is an error, never adopted. After migrating, anything in
-//! litebridge's namespace that litebridge did not create (a trigger on one of
-//! its tables, an extra table or view) stops the open: client SQL cannot make
-//! such an object, so finding one means the file was tampered with.
+//! name that someone else made first is an error, never adopted. The one
+//! exception is the idempotency records' table (3 -> 4), which a keyed
+//! write may have made first (`db/claims.rs`): it is adopted only if its
+//! definition, and its index's, are exactly litebridge's. After migrating,
+//! anything in litebridge's namespace that litebridge did not create (a
+//! trigger on one of its tables, an extra table or view) stops the open:
+//! client SQL cannot make such an object, so finding one means the file was
+//! tampered with.
 
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -120,14 +124,24 @@ fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
             r.get::<_, Option<String>>(3)?,
         ))
     })?;
-    let (claims, claims_sql) = ("litebridge_claims", crate::db::CLAIMS_TABLE.1);
+    // Their text is compared as SQLite keeps it: never edit them (a new
+    // shape is a new migration).
+    let defined = [
+        ("litebridge_claims", crate::db::CLAIMS_TABLE.1),
+        (
+            "litebridge_claims_created",
+            "CREATE INDEX litebridge_claims_created ON litebridge_claims(created_at)",
+        ),
+    ];
     let mut foreign = Vec::new();
     for row in rows {
         let (kind, name, table, sql) = row?;
         let own = OWN_OBJECTS.iter().any(|(k, n, t)| {
             k == &kind && n.eq_ignore_ascii_case(&name) && t.eq_ignore_ascii_case(&table)
         });
-        let redefined = name.eq_ignore_ascii_case(claims) && sql.as_deref() != Some(claims_sql);
+        let redefined = defined
+            .iter()
+            .any(|(n, d)| name.eq_ignore_ascii_case(n) && sql.as_deref() != Some(*d));
         if !own || redefined {
             foreign.push(format!("{kind} {name}"));
         }
