@@ -141,13 +141,15 @@ async fn a_records_table_litebridge_did_not_make_stops_the_migration() {
         "CREATE TABLE main.litebridge_claims(
          key BLOB PRIMARY KEY,
          result TEXT NOT NULL,
-         created_at INTEGER NOT NULL
+         created_at INTEGER NOT NULL,
+         clock_at INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE TRIGGER main.litebridge_claims_created AFTER INSERT ON litebridge_claims BEGIN SELECT 1; END",
         "CREATE TABLE main.litebridge_claims(
          key BLOB PRIMARY KEY,
          result TEXT NOT NULL,
-         created_at INTEGER NOT NULL
+         created_at INTEGER NOT NULL,
+         clock_at INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX main.litebridge_claims_created ON litebridge_claims(result)",
     ] {

@@ -113,20 +113,29 @@ pub(crate) fn mutex(path: &Path, seconds: f64, full: bool) -> CliResult<Figures>
 
 /// `producers` tasks, each keeping `depth` one-row INSERT requests in flight
 /// through group commit; every request waits for its own acknowledgement
-/// (after COMMIT).
+/// (after COMMIT). `keyed`: each with an idempotency key of its own.
 pub(crate) async fn group_commit(
     path: &Path,
     seconds: f64,
     producers: usize,
     depth: usize,
     durability: Durability,
+    keyed: bool,
 ) -> CliResult<Figures> {
     let db = open_db(path, durability, 2).await?;
     let each = db.clone();
     let figures = pipelined_inserts(seconds, producers, depth, move |k| {
         let db = each.clone();
         async move {
-            db.execute(INSERT, params![k, VALUE]).await?;
+            if keyed {
+                let options = litebridge::WriteOptions {
+                    idempotency_key: Some(litebridge::IdempotencyKey::new(0, &k.to_string())?),
+                    ..litebridge::WriteOptions::default()
+                };
+                db.execute_with(INSERT, params![k, VALUE], options).await?;
+            } else {
+                db.execute(INSERT, params![k, VALUE]).await?;
+            }
             Ok(())
         }
     })

@@ -71,6 +71,13 @@ const CASES: &[Case] = &[
         what: "write-pipelined's load against group commit written by hand",
     },
     Case {
+        name: "write-keyed",
+        baseline: "write-pipelined",
+        // A key costs a lookup, a savepoint and a record row per write.
+        target: Target::Ratio(0.4),
+        what: "write-pipelined's load, each INSERT with an idempotency key of its own",
+    },
+    Case {
         name: "write-sequential",
         baseline: "mutex",
         target: Target::Ratio(1.2),
@@ -397,6 +404,9 @@ async fn run_baseline(
         "mutex" => blocking(move || cases::mutex(&base_path, seconds, false)).await?,
         "mutex-full" => blocking(move || cases::mutex(&base_path, seconds, true)).await?,
         "raw-group" => cases::raw_group(&base_path, seconds, 8, 64).await?,
+        "write-pipelined" => {
+            cases::group_commit(&base_path, seconds, 8, 64, Durability::Normal, false).await?
+        }
         "raw-pipe" => bridge::raw_pipe(seconds, 2, 64).await?,
         "raw-pipe-seq" => bridge::raw_pipe(seconds, 1, 1).await?,
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,
@@ -428,16 +438,18 @@ fn scratch(path: &Path) -> CliResult<PathBuf> {
 async fn run_measured(c: &Case, dir: &Path, case_path: &Path, seconds: f64) -> CliResult<Figures> {
     let case_path = case_path.to_path_buf();
     Ok(match c.name {
-        "write-pipelined" => {
-            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
+        "write-pipelined" | "write-group" => {
+            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal, false).await?
         }
-        "write-group" => {
-            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal).await?
+        "write-keyed" => {
+            cases::group_commit(&case_path, seconds, 8, 64, Durability::Normal, true).await?
         }
         "write-sequential" => {
-            cases::group_commit(&case_path, seconds, 8, 1, Durability::Normal).await?
+            cases::group_commit(&case_path, seconds, 8, 1, Durability::Normal, false).await?
         }
-        "write-full" => cases::group_commit(&case_path, seconds, 8, 1, Durability::Full).await?,
+        "write-full" => {
+            cases::group_commit(&case_path, seconds, 8, 1, Durability::Full, false).await?
+        }
         "read-point" => cases::read_point(&case_path, seconds).await?,
         // 128 calls in flight from one caller (one reply path, as the write cases).
         "bridge-pipelined" => bridge::bridge(seconds, 2, 1, 128).await?,

@@ -30,8 +30,9 @@
 //! The table is made by the stores' migrations, and by each handle before
 //! its first keyed write or sweep (a `Database` used on its own may never
 //! be migrated): the same statement, `IF NOT EXISTS`, in a trusted write of
-//! its own. That write also reads where the records' clock starts
-//! ([`Clock`]): records age by a clock of their own, never by the system's.
+//! its own. That write also reads where the records' own clock starts
+//! ([`Clock`]): a record is forgotten only when it is a day old by both
+//! that clock and the system's.
 //!
 //! A record answers only a send of its own write: no rows in
 //! `execute_many` write nothing and record nothing (as on PostgreSQL), so
@@ -53,7 +54,8 @@ use crate::value::ExecResult;
 pub(crate) const TABLE: &str = "CREATE TABLE IF NOT EXISTS main.litebridge_claims(
          key BLOB PRIMARY KEY,
          result TEXT NOT NULL,
-         created_at INTEGER NOT NULL
+         created_at INTEGER NOT NULL,
+         clock_at INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS main.litebridge_claims_created ON litebridge_claims(created_at);";
 
@@ -62,12 +64,13 @@ pub(crate) const TABLE: &str = "CREATE TABLE IF NOT EXISTS main.litebridge_claim
 pub(crate) const TABLE_SQL: &str = "CREATE TABLE litebridge_claims(
          key BLOB PRIMARY KEY,
          result TEXT NOT NULL,
-         created_at INTEGER NOT NULL
+         created_at INTEGER NOT NULL,
+         clock_at INTEGER NOT NULL
      ) WITHOUT ROWID";
 
 const LOOKUP: &str = "SELECT result FROM main.litebridge_claims WHERE key = ?1";
-const RECORD: &str =
-    "INSERT INTO main.litebridge_claims(key, result, created_at) VALUES (?1, ?2, ?3)";
+const RECORD: &str = "INSERT INTO main.litebridge_claims(key, result, created_at, clock_at)
+     VALUES (?1, ?2, ?3, ?4)";
 
 /// What a keyed job answers once its batch commits: the write's results
 /// (run now, or recorded before), or why the key cannot answer.
@@ -110,7 +113,12 @@ pub(crate) fn once(
     }
     guard::as_trusted(|| {
         conn.prepare_cached(RECORD)?
-            .execute(rusqlite::params![&key.0[..], record, clock.now_micros()])
+            .execute(rusqlite::params![
+                &key.0[..],
+                record,
+                micros(SystemTime::now()),
+                clock.now_micros()
+            ])
             .map_err(Error::from)
     })?;
     Ok(Ok(results))
@@ -127,17 +135,25 @@ fn lookup(conn: &Connection, key: &IdempotencyKey) -> Result<Option<String>> {
 /// [`Clock`]): one byte, where every record's key is 32.
 const MARK: &[u8] = &[0];
 
-/// The clock of the records, in microseconds. It starts from the latest
-/// time any handle wrote in the table (a record's stamp, or the mark each
-/// sweep leaves; the system's time on a table with neither) and runs by the
-/// monotonic clock while the handle is open, so that no step of the
-/// system's clock can age a record: not one made while the clock was a day
-/// slow and then set right by NTP, nor one a first process stamped with a
-/// slow clock and a second, with the right one, sweeps. Time while no
-/// handle is open does not count (records are kept longer, never shorter).
-/// Two handles open at once differ by at most the time since the first one
-/// last wrote there: a minute, between two services (each sweeps once a
-/// minute).
+/// Moves the mark up to `now` (never down).
+const SET_MARK: &str = "INSERT INTO main.litebridge_claims(key, result, created_at, clock_at)
+     VALUES (?1, '', 0, ?2)
+     ON CONFLICT(key) DO UPDATE SET clock_at = max(clock_at, excluded.clock_at)";
+
+/// The records' own clock, in microseconds.
+///
+/// A record has two ages: by the system's clock (`created_at`) and by this
+/// clock (`clock_at`), and is forgotten only when both have passed
+/// [`KEEP`](idempotency::KEEP). A step of the system's clock (a VM resumed
+/// from a snapshot, a host a day slow until NTP set it) ages records by the
+/// first only; this one cannot jump. It starts from the latest time written
+/// in the table (a record's, or the mark each handle leaves when it starts
+/// and at each sweep; the system's time on an empty table) and runs by the
+/// monotonic clock while the handle is open; time while no handle is open
+/// does not count. Two handles open at once, started at different times,
+/// may read it hours apart (one idle while the other started from its last
+/// mark), which the system's clock covers: a record forgotten early needs
+/// both to be wrong at once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     base: i64,
@@ -145,31 +161,32 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    /// Makes the table if it is missing and reads where the clock starts;
-    /// runs as a trusted write of its own.
+    /// Makes the table if it is missing, reads where the clock starts and
+    /// leaves the mark there; runs as a trusted write of its own.
     pub(crate) fn start(conn: &Connection) -> Result<Clock> {
         conn.execute_batch(TABLE)?;
+        // A value that is not a whole number, or so large that the clock
+        // would stop at the largest one, is not litebridge's: the system's
+        // time instead.
         let latest: Option<i64> = conn.query_row(
-            "SELECT max(created_at) FROM main.litebridge_claims",
+            "SELECT max(clock_at) FROM main.litebridge_claims
+              WHERE typeof(clock_at) = 'integer' AND clock_at < 4611686018427387904",
             [],
             |r| r.get(0),
         )?;
-        Ok(Clock {
+        let clock = Clock {
             base: latest.unwrap_or_else(|| micros(SystemTime::now())),
             at: Instant::now(),
-        })
+        };
+        conn.prepare_cached(SET_MARK)?
+            .execute(rusqlite::params![MARK, clock.base])?;
+        Ok(clock)
     }
 
     /// Now, in microseconds.
     pub(crate) fn now_micros(&self) -> i64 {
         let ran = i64::try_from(self.at.elapsed().as_micros()).unwrap_or(i64::MAX);
         self.base.saturating_add(ran)
-    }
-
-    /// The cutoff of [`FORGET`] for records older than `keep`.
-    pub(crate) fn cutoff(&self, keep: Duration) -> i64 {
-        self.now_micros()
-            .saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX))
     }
 }
 
@@ -178,24 +195,38 @@ fn micros(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Forgets the records made at or before `cutoff`, [`FORGET`]'s batch at
-/// most, and leaves the clock's mark at `now`; returns how many it forgot.
-pub(crate) fn forget(conn: &Connection, cutoff: i64, now: i64) -> Result<u64> {
-    let forgot = conn.prepare_cached(FORGET)?.execute([cutoff])?;
-    conn.prepare_cached(
-        "INSERT INTO main.litebridge_claims(key, result, created_at) VALUES (?1, '', ?2)
-         ON CONFLICT(key) DO UPDATE SET created_at = max(created_at, excluded.created_at)",
-    )?
-    .execute(rusqlite::params![MARK, now])?;
+/// `now` less `keep`, in microseconds.
+fn before(now: i64, keep: Duration) -> i64 {
+    now.saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Forgets the records older than `keep` by both clocks,
+/// [`idempotency::FORGET_BATCH`] at most (the sweep comes back soon while
+/// it finds that many), and moves the mark on while records remain;
+/// returns how many it forgot.
+pub(crate) fn forget(conn: &Connection, clock: &Clock, keep: Duration) -> Result<u64> {
+    let now = clock.now_micros();
+    let forgot = conn
+        .prepare_cached(FORGET)?
+        .execute([before(micros(SystemTime::now()), keep), before(now, keep)])?;
+    let remain: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM main.litebridge_claims WHERE length(key) = 32)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if remain {
+        conn.prepare_cached(SET_MARK)?
+            .execute(rusqlite::params![MARK, now])?;
+    }
     Ok(forgot as u64)
 }
 
-/// The statement that forgets the records made at or before `?1`
-/// (microseconds of [`Clock`]), [`idempotency::FORGET_BATCH`] at most: the
-/// sweep comes back soon while it finds that many. Not the clock's mark.
+/// The statement that forgets records stamped at or before `?1` by the
+/// system's clock and `?2` by the records' own, 10,000 at most. Not the
+/// mark.
 const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
          SELECT key FROM main.litebridge_claims
-          WHERE created_at <= ?1 AND length(key) = 32 LIMIT 10000)";
+          WHERE created_at <= ?1 AND clock_at <= ?2 AND length(key) = 32 LIMIT 10000)";
 
 /// A statement's parameters as the write's fingerprint reads them: named
 /// ones in order of name, as the order they come in binds nothing (a
@@ -216,7 +247,7 @@ pub(crate) fn params_text(params: &crate::value::Params) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
     use crate::{Database, DbConfig, Params, Statement, Value, WriteOptions};
@@ -228,26 +259,64 @@ mod tests {
         }
     }
 
-    /// The records' clock never reads the system's once it has started.
-    #[test]
-    fn the_clock_runs_from_its_start_by_the_monotonic_clock() {
-        let day = 24 * 3600 * 1_000_000;
-        let behind = Clock {
-            base: micros(SystemTime::now()) - 2 * day,
-            at: Instant::now(),
-        };
-        let stamp = behind.now_micros();
-        assert!(stamp < micros(SystemTime::now()) - day);
-        assert!(
-            behind.cutoff(idempotency::KEEP) < stamp,
-            "forgotten at once"
-        );
-        assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
+    /// Shifts every row's stamps back: `wall` on the system's clock,
+    /// `clock` on the records' own (the mark's too).
+    async fn age(db: &Database, wall: Duration, clock: Duration) {
+        let (wall, clock) = (wall.as_micros() as i64, clock.as_micros() as i64);
+        db.write(move |c| {
+            Ok(c.execute(
+                "UPDATE main.litebridge_claims
+                    SET created_at = created_at - ?1, clock_at = clock_at - ?2",
+                [wall, clock],
+            )?)
+        })
+        .await
+        .unwrap();
     }
 
-    /// A first handle stamped its records by a clock two days slow (or the
-    /// system's clock was set right since): a second handle, with the
-    /// right time, starts from their time and does not forget them.
+    /// A record is forgotten only once both of its ages have passed a day:
+    /// a step of the system's clock alone, or a second handle's clock
+    /// alone, keeps it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_is_forgotten_only_when_both_clocks_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
+            .await
+            .unwrap();
+        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        db.execute_with("INSERT INTO t VALUES (1)", (), keyed("k"))
+            .await
+            .unwrap();
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        // The system's clock stepped forward two days.
+        age(&db, two_days, Duration::ZERO).await;
+        assert_eq!(db.forget_claims().await.unwrap(), 0);
+        // j made now; then the records' clock read two days on (a handle
+        // whose clock ran ahead), the system's clock right: k is old by
+        // both, j by one.
+        db.execute_with("INSERT INTO t VALUES (2)", (), keyed("j"))
+            .await
+            .unwrap();
+        age(&db, Duration::ZERO, two_days).await;
+        let forgot = db.forget_claims().await.unwrap();
+        assert_eq!(forgot, 1, "k, two days old by both; j by one only");
+        let again = db
+            .execute_with("INSERT INTO t VALUES (2)", (), keyed("j"))
+            .await
+            .unwrap();
+        assert_eq!(again.changes, 1);
+        assert_eq!(
+            db.query("SELECT count(*) FROM t", ()).await.unwrap().rows[0][0],
+            Value::Integer(2),
+            "j answered from its record"
+        );
+        assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
+        db.close().await;
+    }
+
+    /// A first handle stamped its records by a system clock two days slow
+    /// (and its own clock started from it); a second handle, with the right
+    /// time, starts its own clock from theirs and does not forget them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_handle_starts_from_the_records_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -257,15 +326,8 @@ mod tests {
         db.execute_with("INSERT INTO t VALUES (1)", (), keyed("k"))
             .await
             .unwrap();
-        let two_days = 2 * 24 * 3600 * 1_000_000_i64;
-        db.write(move |c| {
-            Ok(c.execute(
-                "UPDATE main.litebridge_claims SET created_at = created_at - ?1",
-                [two_days],
-            )?)
-        })
-        .await
-        .unwrap();
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        age(&db, two_days, two_days).await;
         db.close().await;
         let db = Database::open(&path, DbConfig::default()).await.unwrap();
         assert_eq!(db.forget_claims().await.unwrap(), 0);
@@ -279,10 +341,10 @@ mod tests {
             Value::Integer(1),
             "answered from the record"
         );
-        // The sweep's mark keeps the clock for the next handle.
         assert_eq!(
             db.forget_claims_older_than(Duration::ZERO).await.unwrap(),
-            1
+            1,
+            "the record, not the mark"
         );
         db.close().await;
     }

@@ -717,8 +717,7 @@ impl Database {
     /// As [`Database::forget_claims`], for records older than `keep`.
     pub(crate) async fn forget_claims_older_than(&self, keep: Duration) -> Result<u64> {
         let clock = self.inner.claims_clock(&WriteOptions::default()).await?;
-        self.write(move |c| claims::forget(c, clock.cutoff(keep), clock.now_micros()))
-            .await
+        self.write(move |c| claims::forget(c, &clock, keep)).await
     }
 
     /// A write of the stores that returns rows (an upsert with `RETURNING`).

@@ -307,14 +307,6 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         ))
         .await;
     };
-    // A call past its deadline by this host's clock (taken only because
-    // the clocks may differ) comes to a host that was paused or overloaded,
-    // and its caller has probably cancelled it: the cancel comes on another
-    // subscription, read by another task, which may not have run yet. It is
-    // given a moment before the call starts (found by CI: the call ran).
-    if unix_ms() > deadline {
-        tokio::time::sleep(LATE_CALL_GRACE).await;
-    }
     // A call whose caller has given up is never started: its deadline (by
     // this host's clock, allowing for skew) bounds its time here, as well as
     // the budget it was sent with, counted from its arrival (a host paused
@@ -323,7 +315,10 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     let left = deadline
         .saturating_add(wire::CLOCK_SKEW.as_millis() as u64)
         .saturating_sub(now);
-    let timeout = Duration::from_millis(budget.min(left));
+    let mut timeout = Duration::from_millis(budget.min(left));
+    // Past its deadline by this host's clock (taken only because the
+    // clocks may differ), with time left for a wait.
+    let late = now > deadline && timeout > LATE_CALL_GRACE;
     if timeout.is_zero() {
         return refuse(Error::Timeout {
             after: Duration::from_millis(budget),
@@ -366,6 +361,34 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             .await;
         }
     };
+    // A late call comes to a host that was paused or overloaded, and its
+    // caller has probably cancelled it; but the cancel comes on another
+    // subscription, read by another task, which may not have run yet (CI
+    // saw such a call run). Registered (so shutdown waits for it and its
+    // reply subject is its own), it waits a moment for its cancel first.
+    if late {
+        let waited = tokio::select! {
+            () = tokio::time::sleep(LATE_CALL_GRACE) => true,
+            _ = &mut cancel_rx => false,
+        };
+        if !waited || host.draining.load(Ordering::Acquire) {
+            lock(&host.running).finish(&reply, ticket);
+            if waited {
+                return refuse(Error::Unavailable {
+                    what: "worker host",
+                    reason: "it is shutting down; the call was not started".into(),
+                })
+                .await;
+            }
+            host.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                method,
+                "a late call cancelled by its caller before it started"
+            );
+            return;
+        }
+        timeout -= LATE_CALL_GRACE;
+    }
     // The front end owns retries (on any host); a retry here would run an
     // idempotent call again behind a caller that asked for none.
     let call = host.pool.call(
