@@ -395,7 +395,7 @@ async fn a_table_cannot_be_renamed_into_litebridges_namespace() {
             "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'litebridge%' AND name NOT IN \
              ('litebridge_meta','litebridge_cache','litebridge_cache_expiry','litebridge_state','litebridge_state_status',\
               'litebridge_memory','litebridge_memory_expiry','litebridge_keys','litebridge_quota',\
-              'litebridge_claims','litebridge_claims_created')"
+              'litebridge_claims','litebridge_claims_created','litebridge_claims_clock')"
         )
         .await,
         0

@@ -41,7 +41,7 @@ const EVIL_HASH: &str = "8902c152d50372021d7501d448bf3cf52a371fb28e54837d2d0791e
 const EVIL_SECRET: &str = "lb_evil_secret_0123456789";
 
 /// Every object a fresh, migrated database has under litebridge's prefix.
-const FRESH_OBJECTS: &str = "litebridge_cache litebridge_cache_expiry litebridge_claims litebridge_claims_created \
+const FRESH_OBJECTS: &str = "litebridge_cache litebridge_cache_expiry litebridge_claims litebridge_claims_clock litebridge_claims_created \
      litebridge_keys litebridge_memory litebridge_memory_expiry \
      litebridge_meta litebridge_quota litebridge_state litebridge_state_status \
      sqlite_autoindex_litebridge_keys_1 sqlite_autoindex_litebridge_keys_2";

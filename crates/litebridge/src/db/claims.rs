@@ -57,7 +57,8 @@ pub(crate) const TABLE: &str = "CREATE TABLE IF NOT EXISTS main.litebridge_claim
          created_at INTEGER NOT NULL,
          clock_at INTEGER NOT NULL
      ) WITHOUT ROWID;
-     CREATE INDEX IF NOT EXISTS main.litebridge_claims_created ON litebridge_claims(created_at);";
+     CREATE INDEX IF NOT EXISTS main.litebridge_claims_created ON litebridge_claims(created_at);
+     CREATE INDEX IF NOT EXISTS main.litebridge_claims_clock ON litebridge_claims(clock_at);";
 
 /// The table's definition as `sqlite_schema` keeps it: an object of that
 /// name with any other is not litebridge's (see `store::schema`).
@@ -143,17 +144,18 @@ const SET_MARK: &str = "INSERT INTO main.litebridge_claims(key, result, created_
 /// The records' own clock, in microseconds.
 ///
 /// A record has two ages: by the system's clock (`created_at`) and by this
-/// clock (`clock_at`), and is forgotten only when both have passed
-/// [`KEEP`](idempotency::KEEP). A step of the system's clock (a VM resumed
-/// from a snapshot, a host a day slow until NTP set it) ages records by the
-/// first only; this one cannot jump. It starts from the latest time written
-/// in the table (a record's, or the mark each handle leaves when it starts
-/// and at each sweep; the system's time on an empty table) and runs by the
-/// monotonic clock while the handle is open; time while no handle is open
-/// does not count. Two handles open at once, started at different times,
-/// may read it hours apart (one idle while the other started from its last
-/// mark), which the system's clock covers: a record forgotten early needs
-/// both to be wrong at once.
+/// clock (`clock_at`), and is forgotten when both have passed
+/// [`KEEP`](idempotency::KEEP) (or the first has passed [`LONG_AGO`] times
+/// it). A step of the system's clock (a VM resumed from a snapshot, a host
+/// a day slow until NTP set it) ages records by the first only: this one
+/// is not moved by it. It starts from the latest time written in the table
+/// (a record's, or the mark each handle leaves when it starts and at each
+/// sweep; the system's time on an empty table) and runs by the monotonic
+/// clock while the handle is open; time while no handle is open does not
+/// count. Two services open at once read it within about a minute of each
+/// other (each sweeps once a minute); a handle that never sweeps may be
+/// further behind, which keeps records longer by its reading and shorter by
+/// the others', where the system's clock still holds them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     base: i64,
@@ -167,13 +169,19 @@ impl Clock {
         conn.execute_batch(TABLE)?;
         // A value that is not a whole number, or so large that the clock
         // would stop at the largest one, is not litebridge's: the system's
-        // time instead.
-        let latest: Option<i64> = conn.query_row(
-            "SELECT max(clock_at) FROM main.litebridge_claims
-              WHERE typeof(clock_at) = 'integer' AND clock_at < 4611686018427387904",
-            [],
-            |r| r.get(0),
-        )?;
+        // time instead. (By the index: the latest first.)
+        let latest: Option<i64> = conn
+            .query_row(
+                "SELECT clock_at FROM main.litebridge_claims
+                  WHERE clock_at < 4611686018427387904 ORDER BY clock_at DESC LIMIT 1",
+                [],
+                |r| r.get::<_, rusqlite::types::Value>(0),
+            )
+            .optional()?
+            .and_then(|v| match v {
+                rusqlite::types::Value::Integer(i) => Some(i),
+                _ => None,
+            });
         let clock = Clock {
             base: latest.unwrap_or_else(|| micros(SystemTime::now())),
             at: Instant::now(),
@@ -200,33 +208,44 @@ fn before(now: i64, keep: Duration) -> i64 {
     now.saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Forgets the records older than `keep` by both clocks,
+/// Forgets the records older than `keep` by both clocks, or older than
+/// [`LONG_AGO`] times `keep` by the system's alone,
 /// [`idempotency::FORGET_BATCH`] at most (the sweep comes back soon while
-/// it finds that many), and moves the mark on while records remain;
-/// returns how many it forgot.
+/// it finds that many), and moves the mark on; returns how many it forgot.
 pub(crate) fn forget(conn: &Connection, clock: &Clock, keep: Duration) -> Result<u64> {
     let now = clock.now_micros();
-    let forgot = conn
-        .prepare_cached(FORGET)?
-        .execute([before(micros(SystemTime::now()), keep), before(now, keep)])?;
-    let remain: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM main.litebridge_claims WHERE length(key) = 32)",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if remain {
-        conn.prepare_cached(SET_MARK)?
-            .execute(rusqlite::params![MARK, now])?;
-    }
+    let wall = micros(SystemTime::now());
+    let long_ago = keep.saturating_mul(LONG_AGO);
+    let forgot = conn.prepare_cached(FORGET)?.execute([
+        before(wall, keep),
+        before(now, keep),
+        // A stamp a day or more ahead of the system's clock now came from
+        // a clock that was wrong: its age by that clock means nothing.
+        wall.saturating_add(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX)),
+        before(wall, long_ago),
+    ])?;
+    conn.prepare_cached(SET_MARK)?
+        .execute(rusqlite::params![MARK, now])?;
     Ok(forgot as u64)
 }
 
-/// The statement that forgets records stamped at or before `?1` by the
-/// system's clock and `?2` by the records' own, 10,000 at most. Not the
-/// mark.
+/// How many times [`KEEP`](idempotency::KEEP) a record is kept at most by
+/// the system's clock alone: the records' own clock runs only while a
+/// handle is open, so handles open for moments at a time (a CLI run, a
+/// short `stdio` session) would otherwise keep records for ever.
+const LONG_AGO: u32 = 7;
+
+/// The statement that forgets records old by both clocks (stamped at or
+/// before `?1` by the system's clock, or after `?3`, and at or before `?2`
+/// by the records' own, found by the latter's index), or by the system's
+/// alone long ago (at or before `?4`), 10,000 at most. Not the mark.
 const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
          SELECT key FROM main.litebridge_claims
-          WHERE created_at <= ?1 AND clock_at <= ?2 AND length(key) = 32 LIMIT 10000)";
+          WHERE clock_at <= ?2 AND (created_at <= ?1 OR created_at > ?3) AND length(key) = 32
+         UNION ALL
+         SELECT key FROM main.litebridge_claims
+          WHERE created_at <= ?4 AND length(key) = 32
+         LIMIT 10000)";
 
 /// A statement's parameters as the write's fingerprint reads them: named
 /// ones in order of name, as the order they come in binds nothing (a
@@ -311,6 +330,45 @@ mod tests {
             "j answered from its record"
         );
         assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
+        db.close().await;
+    }
+
+    /// Stamped a week and a day ago by the system's clock, a record goes
+    /// whatever the records' own clock says (its handles may have been
+    /// open for moments at a time); stamped a day or more ahead of the
+    /// system's clock, its age by that clock means nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_ago_or_ahead_by_the_systems_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
+            .await
+            .unwrap();
+        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        db.execute_with("INSERT INTO t VALUES (1)", (), keyed("h"))
+            .await
+            .unwrap();
+        age(&db, Duration::from_secs(6 * 24 * 3600), Duration::ZERO).await;
+        assert_eq!(db.forget_claims().await.unwrap(), 0, "six days");
+        age(&db, Duration::from_secs(2 * 24 * 3600), Duration::ZERO).await;
+        assert_eq!(db.forget_claims().await.unwrap(), 1, "eight days");
+        db.execute_with("INSERT INTO t VALUES (2)", (), keyed("f"))
+            .await
+            .unwrap();
+        let ahead = |c: &Connection| {
+            Ok(c.execute(
+                "UPDATE main.litebridge_claims SET created_at = created_at + 172800000000
+                  WHERE length(key) = 32",
+                [],
+            )?)
+        };
+        db.write(ahead).await.unwrap();
+        assert_eq!(
+            db.forget_claims().await.unwrap(),
+            0,
+            "young by its own clock"
+        );
+        age(&db, Duration::ZERO, Duration::from_secs(2 * 24 * 3600)).await;
+        assert_eq!(db.forget_claims().await.unwrap(), 1, "old by its own clock");
         db.close().await;
     }
 

@@ -253,7 +253,7 @@ struct Inner {
     health: Mutex<Option<(flume::Sender<()>, JoinHandle<()>)>>,
     /// The clock of idempotency records, read once their table is known
     /// to be there (see `claims`).
-    claims: std::sync::OnceLock<claims::Clock>,
+    claims: tokio::sync::OnceCell<claims::Clock>,
 }
 
 impl Drop for Inner {
@@ -371,28 +371,27 @@ impl Inner {
     /// would go and come back with every keyed write that fails); once per
     /// handle.
     async fn claims_clock(&self, options: &WriteOptions) -> Result<claims::Clock> {
-        if let Some(clock) = self.claims.get() {
-            return Ok(*clock);
-        }
-        let options = WriteOptions {
-            idempotency_key: None,
-            ..*options
+        let start = async {
+            let options = WriteOptions {
+                idempotency_key: None,
+                ..*options
+            };
+            self.submit(options, true, claims::Clock::start)
+                .await
+                .map_err(|e| match e {
+                    // Nothing of the caller's ran: say so, whatever the COMMIT said.
+                    Error::OutcomeUnknown { reason, .. } => Error::Unavailable {
+                        what: "database",
+                        reason: format!(
+                            "the table of idempotency records could not be made, and nothing \
+                             of the write ran: {reason}"
+                        ),
+                    },
+                    e => e,
+                })
         };
-        let clock = self
-            .submit(options, true, claims::Clock::start)
-            .await
-            .map_err(|e| match e {
-                // Nothing of the caller's ran: say so, whatever the COMMIT said.
-                Error::OutcomeUnknown { reason, .. } => Error::Unavailable {
-                    what: "database",
-                    reason: format!(
-                        "the table of idempotency records could not be made, and nothing of \
-                         the write ran: {reason}"
-                    ),
-                },
-                e => e,
-            })?;
-        Ok(*self.claims.get_or_init(|| clock))
+        // One start at a time: the others wait for it.
+        Ok(*self.claims.get_or_try_init(|| start).await?)
     }
 }
 
@@ -456,7 +455,7 @@ impl Database {
             counters,
             default_timeout,
             health: Mutex::new(None),
-            claims: std::sync::OnceLock::new(),
+            claims: tokio::sync::OnceCell::new(),
         });
         // Every connection was just opened and set up: that is a check, and
         // `last_health_check` is not empty for the first interval.
@@ -702,10 +701,12 @@ impl Database {
     }
 
     /// Forgets the records of idempotency keys (see
-    /// [`WriteOptions::idempotency_key`]) older than 24 hours, 10,000 at
-    /// most a call; returns how many. A [`Service`](crate::Service) does it
-    /// by itself; an application using a `Database` on its own and keys
-    /// calls it now and then (again at once while it returns 10,000).
+    /// [`WriteOptions::idempotency_key`]) a day old both by the system's
+    /// clock and by the records' own (which runs only while a handle is
+    /// open), or a week old by the system's, 10,000 at most a call; returns
+    /// how many. A [`Service`](crate::Service) does it each minute; an
+    /// application using a `Database` on its own and keys calls it as
+    /// often (again at once while it returns 10,000).
     ///
     /// # Errors
     /// As [`Database::execute`].

@@ -103,6 +103,7 @@ const OWN_OBJECTS: &[(&str, &str, &str)] = &[
     ("table", "litebridge_quota", "litebridge_quota"),
     ("table", "litebridge_claims", "litebridge_claims"),
     ("index", "litebridge_claims_created", "litebridge_claims"),
+    ("index", "litebridge_claims_clock", "litebridge_claims"),
 ];
 
 /// Objects named `litebridge_*`, or attached to such a table, that
@@ -131,6 +132,10 @@ fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
         (
             "litebridge_claims_created",
             "CREATE INDEX litebridge_claims_created ON litebridge_claims(created_at)",
+        ),
+        (
+            "litebridge_claims_clock",
+            "CREATE INDEX litebridge_claims_clock ON litebridge_claims(clock_at)",
         ),
     ];
     let mut foreign = Vec::new();

@@ -317,9 +317,10 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         .saturating_sub(now);
     let mut timeout = Duration::from_millis(budget.min(left));
     // Past its deadline by this host's clock (taken only because the
-    // clocks may differ), with time left for a wait.
-    let late = now > deadline && timeout > LATE_CALL_GRACE;
-    if timeout.is_zero() {
+    // clocks may differ). One without time for a wait for its cancel is
+    // refused as one past the skew is.
+    let late = now > deadline;
+    if timeout.is_zero() || (late && timeout <= LATE_CALL_GRACE) {
         return refuse(Error::Timeout {
             after: Duration::from_millis(budget),
             stage: TimeoutStage::Queued,
@@ -367,6 +368,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // saw such a call run). Registered (so shutdown waits for it and its
     // reply subject is its own), it waits a moment for its cancel first.
     if late {
+        let arrived = std::time::Instant::now();
         let waited = tokio::select! {
             () = tokio::time::sleep(LATE_CALL_GRACE) => true,
             _ = &mut cancel_rx => false,
@@ -387,7 +389,16 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             );
             return;
         }
-        timeout -= LATE_CALL_GRACE;
+        // What is left, by the clock (an overloaded host wakes late).
+        timeout = timeout.saturating_sub(arrived.elapsed());
+        if timeout.is_zero() {
+            lock(&host.running).finish(&reply, ticket);
+            return refuse(Error::Timeout {
+                after: Duration::from_millis(budget),
+                stage: TimeoutStage::Queued,
+            })
+            .await;
+        }
     }
     // The front end owns retries (on any host); a retry here would run an
     // idempotent call again behind a caller that asked for none.
