@@ -75,7 +75,7 @@ const CASES: &[Case] = &[
         baseline: "write-pipelined",
         // A key costs a lookup, a savepoint and a record row per write, and
         // the records' random keys dirty about a page each (BENCHMARKS.md):
-        // 0.07-0.11 measured; this guards against worse.
+        // 0.06-0.11 measured; this guards against worse.
         target: Target::Ratio(0.05),
         what: "write-pipelined's load, each INSERT with an idempotency key of its own",
     },
