@@ -58,7 +58,7 @@ pub(crate) const TABLE: &str = "CREATE TABLE IF NOT EXISTS main.litebridge_claim
          clock_at INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS main.litebridge_claims_created ON litebridge_claims(created_at);
-     CREATE INDEX IF NOT EXISTS main.litebridge_claims_clock ON litebridge_claims(clock_at);";
+     CREATE INDEX IF NOT EXISTS main.litebridge_claims_clock ON litebridge_claims(clock_at, created_at);";
 
 /// The table's definition as `sqlite_schema` keeps it: an object of that
 /// name with any other is not litebridge's (see `store::schema`).
@@ -173,7 +173,8 @@ impl Clock {
         let latest: Option<i64> = conn
             .query_row(
                 "SELECT clock_at FROM main.litebridge_claims
-                  WHERE clock_at < 4611686018427387904 ORDER BY clock_at DESC LIMIT 1",
+                  WHERE typeof(clock_at) = 'integer' AND clock_at < 4611686018427387904
+                  ORDER BY clock_at DESC LIMIT 1",
                 [],
                 |r| r.get::<_, rusqlite::types::Value>(0),
             )
@@ -237,12 +238,13 @@ const LONG_AGO: u32 = 7;
 
 /// The statement that forgets records old by both clocks (stamped at or
 /// before `?1` by the system's clock, or after `?3`, and at or before `?2`
-/// by the records' own, found by the latter's index), or by the system's
-/// alone long ago (at or before `?4`), 10,000 at most. Not the mark.
+/// by the records' own, found and checked in the latter's index, which
+/// holds both), or by the system's alone long ago (at or before `?4`),
+/// 10,000 at most, each once. Not the mark.
 const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
          SELECT key FROM main.litebridge_claims
           WHERE clock_at <= ?2 AND (created_at <= ?1 OR created_at > ?3) AND length(key) = 32
-         UNION ALL
+         UNION
          SELECT key FROM main.litebridge_claims
           WHERE created_at <= ?4 AND length(key) = 32
          LIMIT 10000)";

@@ -346,9 +346,18 @@ impl Inner {
         F: FnMut(&Connection) -> Result<Vec<ExecResult>> + Send + 'static,
     {
         let started = std::time::Instant::now();
-        let clock = self.claims_clock(&options).await?;
-        // One deadline for both writes.
+        // One deadline for both writes, and for a wait on another caller's
+        // start of the clock.
         let timeout = options.timeout.or(self.default_timeout);
+        let clock = match timeout {
+            Some(t) => tokio::time::timeout(t, self.claims_clock(&options))
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    after: t,
+                    stage: crate::error::TimeoutStage::Queued,
+                }))?,
+            None => self.claims_clock(&options).await?,
+        };
         let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
         if left == Some(Duration::ZERO) {
             return Err(Error::Timeout {

@@ -135,7 +135,7 @@ fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
         ),
         (
             "litebridge_claims_clock",
-            "CREATE INDEX litebridge_claims_clock ON litebridge_claims(clock_at)",
+            "CREATE INDEX litebridge_claims_clock ON litebridge_claims(clock_at, created_at)",
         ),
     ];
     let mut foreign = Vec::new();

@@ -368,7 +368,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // saw such a call run). Registered (so shutdown waits for it and its
     // reply subject is its own), it waits a moment for its cancel first.
     if late {
-        let arrived = std::time::Instant::now();
+        let arrived = tokio::time::Instant::now();
         let waited = tokio::select! {
             () = tokio::time::sleep(LATE_CALL_GRACE) => true,
             _ = &mut cancel_rx => false,
