@@ -273,6 +273,16 @@ mod tests {
     use super::*;
     use crate::{Database, DbConfig, Params, Statement, Value, WriteOptions};
 
+    /// A database in a directory of its own, with a table `t(n)`.
+    async fn scratch(config: DbConfig) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("c.db"), config)
+            .await
+            .unwrap();
+        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        (dir, db)
+    }
+
     fn keyed(key: &str) -> WriteOptions {
         WriteOptions {
             idempotency_key: Some(IdempotencyKey::new(0, key).unwrap()),
@@ -300,11 +310,7 @@ mod tests {
     /// alone, keeps it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_is_forgotten_only_when_both_clocks_say_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        let (_dir, db) = scratch(DbConfig::default()).await;
         db.execute_with("INSERT INTO t VALUES (1)", (), keyed("k"))
             .await
             .unwrap();
@@ -341,11 +347,7 @@ mod tests {
     /// system's clock, its age by that clock means nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn long_ago_or_ahead_by_the_systems_clock() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        let (_dir, db) = scratch(DbConfig::default()).await;
         db.execute_with("INSERT INTO t VALUES (1)", (), keyed("h"))
             .await
             .unwrap();
@@ -432,15 +434,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_too_long_fails_the_write_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = DbConfig {
+        let (_dir, db) = scratch(DbConfig {
             max_result_bytes: 1024,
             ..DbConfig::default()
-        };
-        let db = Database::open(dir.path().join("c.db"), config)
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        })
+        .await;
         let many: Vec<_> = (0..200)
             .map(|i| Statement::new(format!("INSERT INTO t VALUES ({i})"), Params::None))
             .collect();
@@ -458,11 +456,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn execute_many_without_rows_records_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        let (_dir, db) = scratch(DbConfig::default()).await;
         let none = db
             .execute_many("DELETE FROM t", vec![], keyed("m"))
             .await
@@ -480,11 +474,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_are_kept_a_day_then_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("c.db"), DbConfig::default())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE t(n)", ()).await.unwrap();
+        let (_dir, db) = scratch(DbConfig::default()).await;
         let once = keyed("k");
         let count =
             async || db.query("SELECT count(*) FROM t", ()).await.unwrap().rows[0][0].clone();
