@@ -1274,6 +1274,133 @@ async fn postgres_a_dropped_write_neither_commits_nor_reaches_the_next_request()
     schema.drop_now().await;
 }
 
+/// The state of one server process, and its transaction's start in
+/// microseconds since the epoch, as the admin sees them.
+async fn backend_state(admin: &tokio_postgres::Client, pid: i64) -> (String, Option<i64>) {
+    let row = admin
+        .query_one(
+            "SELECT state, (extract(epoch FROM xact_start) * 1000000)::bigint
+             FROM pg_stat_activity WHERE pid = $1::bigint",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn one_int(db: &PgDatabase, sql: &str, q: QueryOptions) -> i64 {
+    match db.query_with(sql, (), q).await.unwrap().rows[0][0] {
+        Value::Integer(n) => n,
+        ref v => panic!("{sql}: {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_runs_in_the_read_only_transaction_the_last_one_began() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE t(x int)", (), w)
+        .await
+        .unwrap();
+    let pid = one_int(&db, "SELECT pg_backend_pid()", q).await;
+    // Between requests the session waits in the next read's transaction,
+    // holding no snapshot.
+    let (state, begun) = backend_state(&admin, pid).await;
+    assert_eq!(state, "idle in transaction");
+    let xmin: Option<String> = admin
+        .query_one(
+            "SELECT backend_xmin::text FROM pg_stat_activity WHERE pid = $1::bigint",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(xmin, None, "an idle session holds back vacuum");
+    // The next read runs in that transaction (its start is the one the
+    // admin saw), read-only.
+    let started = one_int(
+        &db,
+        "SELECT (extract(epoch FROM now()) * 1000000)::bigint",
+        q,
+    )
+    .await;
+    assert_eq!(
+        Some(started),
+        begun,
+        "the read began a transaction of its own"
+    );
+    let e = db
+        .query_with("INSERT INTO t VALUES (1)", (), q)
+        .await
+        .expect_err("read-only");
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    // A write on that session (the failed read's was closed: this is a new
+    // one) after a read, then after a read of another caller (a reset).
+    let _ = one_int(&db, "SELECT 1", q).await;
+    db.execute_with("INSERT INTO t VALUES (1)", (), w)
+        .await
+        .unwrap();
+    let pid = one_int(&db, "SELECT pg_backend_pid()", q).await;
+    assert_eq!(backend_state(&admin, pid).await.0, "idle in transaction");
+    db.execute_with(
+        "INSERT INTO t VALUES (2)",
+        (),
+        WriteOptions {
+            caller: Some(2),
+            ..w
+        },
+    )
+    .await
+    .unwrap();
+    let (state, _) = backend_state(&admin, pid).await;
+    assert_eq!(state, "idle", "a write leaves no transaction open");
+    assert_eq!(one_int(&db, "SELECT count(*) FROM t", q).await, 2);
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_connection_left_idle_is_closed() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 1;
+    config.idle_timeout = Duration::from_secs(1);
+    config.health_check_interval = Duration::from_millis(100);
+    let db = PgDatabase::connect(config).await.unwrap();
+    let admin = common::pg::admin(&schema.url).await;
+    let q = as_caller(1).1;
+    let pid = one_int(&db, "SELECT pg_backend_pid()", q).await;
+    assert_eq!(backend_state(&admin, pid).await.0, "idle in transaction");
+    // Closed within the idle time and a health check or two (the server
+    // sees the connection go a moment later).
+    let mut gone = false;
+    for _ in 0..100 {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::bigint",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the idle connection of process {pid} is still open");
+    // The pool makes another when it needs one.
+    assert_ne!(one_int(&db, "SELECT pg_backend_pid()", q).await, pid);
+    db.close();
+    schema.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_dropped_read_does_not_keep_its_connection_busy() {
     let Some((schema, db)) = pg_one_connection().await else {
