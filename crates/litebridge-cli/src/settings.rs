@@ -222,13 +222,6 @@ const KEYS: &[Key] = &[
         help: "probes of the primary and the replicas (health, lag)",
     },
     Key {
-        name: "postgres.idle_timeout_ms",
-        env: &[],
-        kind: int_kind(1_000, 3_600_000),
-        default: || ms(pg().idle_timeout),
-        help: "close the clients' connections unused this long",
-    },
-    Key {
         name: "db.path",
         env: &[],
         kind: Kind::Text,
@@ -1058,7 +1051,6 @@ impl Settings {
         c.connect_timeout = self.ms("postgres.connect_timeout_ms");
         c.statement_cache = self.int("postgres.statement_cache") as usize;
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
-        c.idle_timeout = self.ms("postgres.idle_timeout_ms");
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;
         c.validate()?;

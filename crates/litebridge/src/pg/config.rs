@@ -43,13 +43,6 @@ pub struct PgConfig {
     /// How often the primary and the replicas are probed for health and
     /// lag. Default: 5 s.
     pub health_check_interval: Duration,
-    /// How long one of the clients' connections may sit unused before it
-    /// is closed (checked at each health check). An idle connection after
-    /// a read holds a read-only transaction open for the next read
-    /// (`pg_stat_activity` shows it `idle in transaction`, with no
-    /// snapshot and no locks); this bounds how old that transaction gets.
-    /// Default: 60 s.
-    pub idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -70,7 +63,6 @@ impl std::fmt::Debug for PgConfig {
             .field("statement_cache", &self.statement_cache)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
-            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -91,7 +83,6 @@ impl PgConfig {
             statement_cache: 256,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -155,15 +146,7 @@ impl PgConfig {
     /// `synchronous_commit`, are fixed in the connection's start-up options,
     /// which win over a role's own defaults (`ALTER ROLE ... SET`, which the
     /// clients' role can run on itself) and which `RESET ALL` returns to.
-    /// `transaction_timeout`: the server has that setting (PostgreSQL 17),
-    /// and it is pinned at 0 too: the clients' idle sessions wait in a
-    /// read-only transaction (see the module `pg`'s design note), and
-    /// litebridge's deadlines bound the clients' requests.
-    pub(crate) fn client_config(
-        &self,
-        synchronous_commit: &str,
-        transaction_timeout: bool,
-    ) -> Result<tokio_postgres::Config> {
+    pub(crate) fn client_config(&self, synchronous_commit: &str) -> Result<tokio_postgres::Config> {
         let mut c = self.parsed()?;
         if let Some(user) = &self.client_user {
             c.user(user);
@@ -187,9 +170,6 @@ impl PgConfig {
             options.push_str(" -c synchronous_commit=");
             options.push_str(synchronous_commit);
         }
-        if transaction_timeout {
-            options.push_str(" -c transaction_timeout=0");
-        }
         // Pinned too when not configured (PostgreSQL's own default), so
         // that a role-level default cannot put the clients' functions
         // before pg_catalog's in every new session.
@@ -210,7 +190,6 @@ impl PgConfig {
         &self,
         replica: &str,
         synchronous_commit: &str,
-        transaction_timeout: bool,
     ) -> Result<tokio_postgres::Config> {
         let bad = || Error::Config {
             key: "postgres.replicas".into(),
@@ -222,7 +201,7 @@ impl PgConfig {
         if host.is_empty() {
             return Err(bad());
         }
-        let client = self.client_config(synchronous_commit, transaction_timeout)?;
+        let client = self.client_config(synchronous_commit)?;
         let mut c = tokio_postgres::Config::new();
         c.host(host).port(port);
         if let Some(u) = client.get_user() {
@@ -284,7 +263,7 @@ impl PgConfig {
     /// # Errors
     /// [`Error::Config`] naming the first invalid setting.
     pub fn validate(&self) -> Result<()> {
-        self.client_config("", false)?;
+        self.client_config("")?;
         schema_name("postgres.schema", &self.schema, 56)?;
         let owner = self.parsed()?.get_user().map(str::to_owned);
         match &self.client_user {
@@ -322,7 +301,7 @@ impl PgConfig {
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         for r in &self.replicas {
-            self.replica_config(r, "", false)?;
+            self.replica_config(r, "")?;
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(60))
             .contains(&self.health_check_interval)
@@ -331,13 +310,6 @@ impl PgConfig {
                 key: "postgres.health_check_interval_ms".into(),
                 value: self.health_check_interval.as_millis().to_string(),
                 expected: "100 to 60000 (health goes stale after two intervals)".into(),
-            });
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.idle_timeout) {
-            return Err(Error::Config {
-                key: "postgres.idle_timeout_ms".into(),
-                value: self.idle_timeout.as_millis().to_string(),
-                expected: "1000 to 3600000".into(),
             });
         }
         Ok(())

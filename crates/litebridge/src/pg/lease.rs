@@ -10,10 +10,6 @@
 //! [`Lease::release`] asks the server to cancel what runs and closes the
 //! connection instead: the server rolls the transaction back, and the pool
 //! makes a new connection when it needs one.
-//!
-//! A lease also says whether its session was left inside a read-only
-//! transaction ([`Open`]): a clients' read begins the next read's
-//! transaction in its own round trip (see `read_on`).
 
 use std::ops::Deref;
 
@@ -22,34 +18,11 @@ use tokio_postgres::NoTls;
 
 use super::STOP_GRACE;
 
-pub(super) struct Lease(Option<Object>, Open);
-
-/// The transaction a leased connection's session is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Open {
-    /// None: the session is idle outside a transaction.
-    None,
-    /// A `BEGIN READ ONLY` the server answered, with nothing run in it
-    /// since: the next read runs in it.
-    ReadOnly,
-    /// Not known, so either of the above (a used connection whose record
-    /// was lost): a read begins its own (a `BEGIN` inside one only warns),
-    /// anything else rolls back first.
-    Unknown,
-}
+pub(super) struct Lease(Option<Object>);
 
 impl Lease {
     pub(super) fn new(conn: Object) -> Lease {
-        Lease(Some(conn), Open::None)
-    }
-
-    /// The transaction the session was left in.
-    pub(super) fn open(&self) -> Open {
-        self.1
-    }
-
-    pub(super) fn set_open(&mut self, open: Open) {
-        self.1 = open;
+        Lease(Some(conn))
     }
 
     /// Back to the pool: the request ended and its session is clean.

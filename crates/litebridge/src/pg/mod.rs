@@ -13,19 +13,8 @@
 //!   `statement_timeout` the caller set with `set_config()`, or a cancel
 //!   from another session of the clients' role) would leave the statement
 //!   to run in a transaction of its own, read-write. The statement, the
-//!   `COMMIT`, the tidy-up and the *next* read's `BEGIN READ ONLY` then go
-//!   together, so a read on a session a read left needs one round trip
-//!   (two when the statement is not cached yet: its Parse is awaited), its
-//!   `BEGIN` answered before it was leased. Between requests such a
-//!   session is `idle in transaction`: read-only, with no snapshot taken
-//!   and no lock but its own virtual transaction id, so it holds back
-//!   neither vacuum nor DDL; a write or a reset rolls it back first, and
-//!   connections idle for [`PgConfig::idle_timeout`] are closed. Only an
-//!   answered `BEGIN` is recorded as open, and the record is taken when
-//!   the connection is leased (`Lease`'s `Open`), so a session believed
-//!   to be in a read-only transaction is in one or is closed (the server
-//!   ignores a cancel that comes while it waits for a command, and ends
-//!   an idle session's transaction only with the session). A
+//!   `COMMIT` and the tidy-up then go together: two round trips (three
+//!   when the statement is not cached yet: its Parse is awaited). A
 //!   read-only *transaction*, not a read-only session default: a session
 //!   default was tried and hostile reviews broke it four ways (a `DO`
 //!   block that commits; code run while parsing, by tokio-postgres's type
@@ -91,7 +80,7 @@ use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
 use error::{connection_lost, error_chain, from_pg};
-use lease::{Lease, Open};
+use lease::Lease;
 pub(crate) use listen::Heard;
 use types::{Cell, Param, readable};
 
@@ -111,10 +100,9 @@ struct Inner {
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
-    /// What is known of each of the clients' idle sessions (by node): the
-    /// caller it last served (one handed to another caller is reset first)
-    /// and whether a read left it in a read-only transaction.
-    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Session>>,
+    /// The caller each of the clients' connections last served (by node):
+    /// one handed to another caller is reset first.
+    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -144,17 +132,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Closes the clients' connections unused for
-    /// [`PgConfig::idle_timeout`]: a read leaves its session in a read-only
-    /// transaction for the next, and this bounds how long one sits open.
-    fn close_idle(&self) {
-        let limit = self.config.idle_timeout;
-        for pool in std::iter::once(&self.client).chain(self.replicas.iter().map(|r| &r.pool)) {
-            // Dropped, a connection closes; its server process rolls back.
-            drop(pool.retain(|_, used| used.last_used() < limit));
-        }
-    }
-
     /// Notes a position read on the primary: its timeline is the latest
     /// the primary was seen on (timelines only grow in one cluster).
     fn primary_at(&self, at: Option<Token>) -> Option<Token> {
@@ -251,15 +228,6 @@ impl Fallback {
             Fallback::Failed => "failed",
         }
     }
-}
-
-/// One of the clients' sessions, between two requests.
-#[derive(Debug, Clone, Copy)]
-struct Session {
-    /// The caller it last served (`None`: a caller that gave no name).
-    caller: Option<u64>,
-    /// Left in a read-only transaction the server answered (`read_on`).
-    read_open: bool,
 }
 
 /// Which server a read goes to.
@@ -406,25 +374,12 @@ impl PgDatabase {
             )
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?;
-        // PostgreSQL 17's limit on a transaction's life, pinned at 0 in
-        // the clients' sessions where the server has it (see `client_config`).
-        let transaction_timeout = owner
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout')",
-                &[],
-            )
-            .await
-            .map_err(|e| from_pg(&e, Duration::ZERO))?
-            .get::<_, bool>(0);
         let wal = WalLayout {
             page: u64::try_from(layout.get::<_, i64>(0)).unwrap_or(0),
             segment: u64::try_from(layout.get::<_, i64>(1)).unwrap_or(0),
         };
         drop(owner);
-        let client = pool(
-            config.client_config(&sync, transaction_timeout)?,
-            config.connections,
-        )?;
+        let client = pool(config.client_config(&sync)?, config.connections)?;
         drop(connect_to(&client, deadline).await?);
         // Replicas are not waited for: one that is down costs its reads a
         // detour to the primary, not the start.
@@ -433,21 +388,18 @@ impl PgDatabase {
             .iter()
             .map(|r| {
                 Ok(Replica {
-                    pool: pool(
-                        config.replica_config(r, &sync, transaction_timeout)?,
-                        config.connections,
-                    )?,
+                    pool: pool(config.replica_config(r, &sync)?, config.connections)?,
                     down_until: std::sync::Mutex::new(None),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let probes = monitor::Probes {
             own: pool(config.own_config()?, 1)?,
-            client: pool(config.client_config(&sync, transaction_timeout)?, 1)?,
+            client: pool(config.client_config(&sync)?, 1)?,
             replicas: config
                 .replicas
                 .iter()
-                .map(|r| pool(config.replica_config(r, &sync, transaction_timeout)?, 1))
+                .map(|r| pool(config.replica_config(r, &sync)?, 1))
                 .collect::<Result<Vec<_>>>()?,
         };
         let cluster = ClusterStatus::configured(config.hosts(), &config.replicas);
@@ -878,8 +830,7 @@ impl PgDatabase {
     /// `begun` is set once `BEGIN` is answered: a failure from then on may be
     /// the statement's doing.
     ///
-    /// `BEGIN` is answered before anything else is sent: on the round trip
-    /// of the read before on this session, or awaited now. Sent ahead
+    /// `BEGIN` is awaited before anything else is sent. Sent ahead
     /// unanswered, a `BEGIN` that failed (a `statement_timeout` the caller
     /// set, a cancel from another session of the clients' role) would leave
     /// the statement to run read-write in a transaction of its own
@@ -909,17 +860,10 @@ impl PgDatabase {
         // type lookups, whose operators resolve through the clients'
         // `search_path`. Then, polled in order, the futures send Parse when
         // the statement is not cached yet, then the rest in one go.
-        let open = conn.open();
-        // Boxed: five requests in flight make a large future, and the
-        // callers' futures hold it.
-        let run = Box::pin(async {
-            // The transaction the last read on this session began for it,
-            // answered then; or one begun now.
-            if open != Open::ReadOnly {
-                conn.batch_execute("BEGIN READ ONLY")
-                    .await
-                    .map_err(|e| from_pg(&e, timeout))?;
-            }
+        let run = async {
+            conn.batch_execute("BEGIN READ ONLY")
+                .await
+                .map_err(|e| from_pg(&e, timeout))?;
             // From here on a failure may be the statement's doing.
             begun.store(true, Ordering::Relaxed);
             // The guard goes before Parse too: on a replica that is behind,
@@ -953,14 +897,8 @@ impl PgDatabase {
                     }
                 };
                 let commit = conn.batch_execute("COMMIT");
-                // The next read's transaction, in this round trip, after
-                // the tidy-up (which must not run inside it: a listener in
-                // a transaction holds up every `NOTIFY` of the cluster).
-                let next = async {
-                    who == Who::Client && conn.batch_execute("BEGIN READ ONLY").await.is_ok()
-                };
-                let (rows, position, committed, tidied, next) =
-                    tokio::join!(rows, position, commit, self.tidy(&conn, who, false), next);
+                let (rows, position, committed, tidied) =
+                    tokio::join!(rows, position, commit, self.tidy(&conn, who, false));
                 let rows = rows?;
                 // A replica's position it would not give (a function it
                 // has not replayed yet) only costs the token. The primary's
@@ -971,7 +909,7 @@ impl PgDatabase {
                     Err(e) => return Err(from_pg(&e, timeout)),
                 };
                 committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, Ok(rows), tidied, next))
+                Ok::<_, Error>((position, Ok(rows), tidied))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
@@ -981,11 +919,11 @@ impl PgDatabase {
                     // the connection is clean. The primary serves the read.
                     let clean = conn.batch_execute("ROLLBACK").await.is_ok();
                     let refusal = refused(if behind_it { BEHIND } else { NOT_A_REPLICA });
-                    return Ok((Err(refusal), None, clean, false));
+                    return Ok((Err(refusal), None, clean));
                 }
                 return Err(from_pg(&e, timeout));
             }
-            let (position, rows, clean, next) = rest?;
+            let (position, rows, clean) = rest?;
             // The primary's is an insert position, a replica's a replay one.
             let at = match node {
                 Node::Primary => self
@@ -993,19 +931,19 @@ impl PgDatabase {
                     .primary_at(position.map(|t| Token::after_commit(t, self.inner.wal))),
                 Node::Replica(_) => position,
             };
-            Ok::<_, Error>((rows, at, clean, next))
-        });
+            Ok::<_, Error>((rows, at, clean))
+        };
         let run = async {
             match run.await {
-                Ok((Err(refusal), _, clean, _)) => Err((refusal, clean)),
-                Ok((Ok(rows), at, clean, next)) => Ok((rows, at, clean, next)),
+                Ok((Err(refusal), _, clean)) => Err((refusal, clean)),
+                Ok((Ok(rows), at, clean)) => Ok((rows, at, clean)),
                 Err(e) => Err((e, false)),
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok((rows, at, tidied, next))) => {
+            Ok(Ok((rows, at, tidied))) => {
                 if tidied {
-                    self.keep(node, who, conn, options.caller, next);
+                    self.keep(node, who, conn, options.caller);
                 } else {
                     self.discard(node, who, conn);
                 }
@@ -1225,13 +1163,8 @@ impl PgDatabase {
         // BEGIN first, then the statements parsed (inside the transaction:
         // parsing can run the clients' code), then the claim, then the
         // statements run together.
-        // A read may have left the session in a read-only transaction.
-        let begin_sql = match conn.open() {
-            Open::None => "BEGIN",
-            Open::ReadOnly | Open::Unknown => "ROLLBACK; BEGIN",
-        };
         let run = async {
-            let begin = conn.batch_execute(begin_sql);
+            let begin = conn.batch_execute("BEGIN");
             let rest = async {
                 let mut prepared = Vec::with_capacity(statements.len());
                 let mut failed = None;
@@ -1409,7 +1342,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, commit).await {
             Ok((Ok(()), token, tidied)) => {
                 if tidied {
-                    self.keep(Node::Primary, who, conn, options.caller, false);
+                    self.keep(Node::Primary, who, conn, options.caller);
                 } else {
                     self.discard(Node::Primary, who, conn);
                 }
@@ -1477,7 +1410,7 @@ impl PgDatabase {
         };
         match tokio::time::timeout_at(deadline, end).await {
             Ok((true, token)) => {
-                self.keep(Node::Primary, who, conn, caller, false);
+                self.keep(Node::Primary, who, conn, caller);
                 Ok(results?
                     .into_iter()
                     .map(|result| Done {
@@ -1610,27 +1543,16 @@ impl PgDatabase {
             // was needs its last caller to be this one, named (an unknown
             // last caller, or one that gave no name, counts as another).
             let fresh = Object::metrics(&conn).recycle_count == 0;
-            // The read-only transaction a read left is taken with the
-            // lease: whatever this request does to the session, the record
-            // says no transaction until the request ends cleanly (`keep`).
-            let known = lock(&self.inner.callers)
-                .get_mut(&(node, Object::id(&conn)))
-                .map(|s| (s.caller, std::mem::take(&mut s.read_open)));
-            let (last, open) = match known {
-                Some((last, true)) => (last, Open::ReadOnly),
-                Some((last, false)) => (last, Open::None),
-                None if fresh => (None, Open::None),
-                None => (None, Open::Unknown),
-            };
-            let mut conn = conn;
-            conn.set_open(open);
+            let last = lock(&self.inner.callers)
+                .get(&(node, Object::id(&conn)))
+                .copied()
+                .flatten();
             if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
             }
-            match tokio::time::timeout_at(deadline, reset_session(&conn, open)).await {
+            match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
                 Ok(true) => {
                     lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
-                    conn.set_open(Open::None);
                     return Ok(conn);
                 }
                 Ok(false) => self.discard(node, who, conn),
@@ -1657,10 +1579,8 @@ impl PgDatabase {
         who == Who::Own || conn.batch_execute(tidy).await.is_ok()
     }
 
-    /// Back to the pool after a clean request of `caller`; `read_open` when
-    /// the session is in a read-only transaction the server answered, with
-    /// nothing run in it since.
-    fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>, read_open: bool) {
+    /// Back to the pool after a clean request of `caller`.
+    fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>) {
         if who == Who::Own {
             // litebridge's own pool numbers its connections apart.
             conn.release();
@@ -1673,7 +1593,7 @@ impl PgDatabase {
         if callers.len() > most {
             callers.clear();
         }
-        callers.insert((node, Object::id(&conn)), Session { caller, read_open });
+        callers.insert((node, Object::id(&conn)), caller);
         drop(callers);
         conn.release();
     }
@@ -2037,15 +1957,9 @@ const TIDY: &str = "UNLISTEN *; CLOSE ALL";
 /// [`TIDY`], and temporary objects, for a clients' role that can make them.
 const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
 
-/// Resets the session of a clients' connection (ending the read-only
-/// transaction a read may have left open); whether it may be reused.
-async fn reset_session(conn: &Object, open: Open) -> bool {
-    let reset = match open {
-        Open::None => conn.batch_execute(RESET).await,
-        // Outside a transaction, `ROLLBACK` only warns.
-        Open::ReadOnly | Open::Unknown => conn.batch_execute(&format!("ROLLBACK; {RESET}")).await,
-    }
-    .is_ok();
+/// Resets the session of a clients' connection; whether it may be reused.
+async fn reset_session(conn: &Object) -> bool {
+    let reset = conn.batch_execute(RESET).await.is_ok();
     conn.statement_cache.clear();
     reset
 }

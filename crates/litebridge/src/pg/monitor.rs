@@ -271,8 +271,7 @@ pub(super) async fn probe_all(inner: &Inner) {
     inner.counters.health_checked_now();
 }
 
-/// Probes every `every` until the database is dropped, and closes the
-/// clients' connections left idle too long.
+/// Probes every `every` until the database is dropped.
 pub(super) fn watch(inner: Weak<Inner>, every: Duration) {
     tokio::spawn(async move {
         loop {
@@ -282,7 +281,6 @@ pub(super) fn watch(inner: Weak<Inner>, every: Duration) {
                 return;
             }
             probe_all(&inner).await;
-            inner.close_idle();
             drop::<Arc<Inner>>(inner);
         }
     });
