@@ -603,3 +603,47 @@ async fn reads_a_replica_cannot_serve_are_counted_by_why() {
     }
     schema.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_will_not_give_its_position_still_serves_the_read() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, _) = on_the_streaming_replica(&schema, 7).await;
+    // The position query after a replica's read calls litebridge's
+    // function, which the clients' role may no longer call once the
+    // replica replays this: the query fails, and aborts the read's
+    // transaction after its rows came.
+    let admin = common::pg::admin(&schema.url).await;
+    admin
+        .batch_execute(&format!(
+            "REVOKE EXECUTE ON FUNCTION {}_claims.received_timeline() FROM {}",
+            schema.own(),
+            common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    let mut without_position = 0;
+    for _ in 0..100 {
+        let (v, token) = value(&db, Consistency::Any).await;
+        assert!(v == 7 || v == -1, "{v}");
+        if token.is_none() && v == 7 {
+            without_position += 1;
+            if without_position == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        without_position, 3,
+        "the replica never served a read without its position"
+    );
+    assert_eq!(
+        fell_back(&db, Fallback::Failed),
+        0,
+        "a read went to the primary"
+    );
+    db.close();
+    schema.drop_now().await;
+}

@@ -1275,6 +1275,47 @@ async fn postgres_a_dropped_write_neither_commits_nor_reaches_the_next_request()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_after_a_write_does_not_see_an_earlier_now() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 2;
+    let db = PgDatabase::connect(config).await.unwrap();
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE t(at timestamptz)", (), w)
+        .await
+        .unwrap();
+    // Two reads at once use both connections; the write then takes one,
+    // and two reads at once again use both. Each read's `now()` (fixed at
+    // its transaction's start) is past the write's, on either connection.
+    let both = || async {
+        let read = || {
+            db.query_with(
+                "SELECT count(*) FROM t, pg_sleep(0.05) WHERE at <= now()",
+                (),
+                q,
+            )
+        };
+        let (a, b) = tokio::join!(read(), read());
+        [a.unwrap().rows[0][0].clone(), b.unwrap().rows[0][0].clone()]
+    };
+    for round in 1..=5 {
+        let _ = both().await;
+        db.execute_with("INSERT INTO t VALUES (now())", (), w)
+            .await
+            .unwrap();
+        assert_eq!(
+            both().await,
+            [Value::Integer(round), Value::Integer(round)],
+            "a read after the write saw a now() before the write's"
+        );
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_dropped_read_does_not_keep_its_connection_busy() {
     let Some((schema, db)) = pg_one_connection().await else {
         return;

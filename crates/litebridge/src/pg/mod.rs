@@ -12,9 +12,14 @@
 //!   first: sent ahead unanswered, a `BEGIN` that failed (on a
 //!   `statement_timeout` the caller set with `set_config()`, or a cancel
 //!   from another session of the clients' role) would leave the statement
-//!   to run in a transaction of its own, read-write. The statement, the
-//!   `COMMIT` and the tidy-up then go together: two round trips (three
-//!   when the statement is not cached yet: its Parse is awaited). A
+//!   to run in a transaction of its own, read-write. The statement, then
+//!   the tidy-up and the `COMMIT` in one message, go together: two round
+//!   trips (three when the statement is not cached yet: its Parse is
+//!   awaited). `BEGIN` is not sent ahead for the next read on the
+//!   previous read's round trip either: PostgreSQL fixes `now()` at
+//!   `BEGIN`, so the next read would see the time the last one ended (a
+//!   review found a read after a write seeing `now()` before the write's;
+//!   tried and reverted on 2026-12-02). A
 //!   read-only *transaction*, not a read-only session default: a session
 //!   default was tried and hostile reviews broke it four ways (a `DO`
 //!   block that commits; code run while parsing, by tokio-postgres's type
@@ -125,7 +130,7 @@ struct Inner {
     /// The probes' own connections.
     probes: monitor::Probes,
     /// Sent after every clients' write ([`TIDY`] or [`TIDY_TEMP`]); reads
-    /// send [`TIDY`].
+    /// end with [`END_READ`].
     tidy: &'static str,
     /// The secret the idempotency records are keyed with (`claims`).
     claims_secret: [u8; 32],
@@ -896,20 +901,35 @@ impl PgDatabase {
                             .map(|m| replica_token(&m)),
                     }
                 };
-                let commit = conn.batch_execute("COMMIT");
-                let (rows, position, committed, tidied) =
-                    tokio::join!(rows, position, commit, self.tidy(&conn, who, false));
+                // The clients' read ends in one message ([`END_READ`]): the
+                // tidy-up and the `COMMIT`. A failure anywhere in it fails
+                // the read (the connection is closed).
+                let end = conn.batch_execute(match who {
+                    Who::Client => END_READ,
+                    Who::Own => "COMMIT",
+                });
+                let (rows, position, ended) = tokio::join!(rows, position, end);
                 let rows = rows?;
                 // A replica's position it would not give (a function it
                 // has not replayed yet) only costs the token. The primary's
                 // must come: it fails on a standby reached as the primary.
-                let position = match position {
-                    Ok(p) => p,
-                    Err(e) if e.code().is_some() && node != Node::Primary => None,
+                let (position, aborted) = match position {
+                    Ok(p) => (p, false),
+                    Err(e) if e.code().is_some() && node != Node::Primary => (None, true),
                     Err(e) => return Err(from_pg(&e, timeout)),
                 };
-                committed.map_err(|e| from_pg(&e, timeout))?;
-                Ok::<_, Error>((position, Ok(rows), tidied))
+                match ended {
+                    Ok(()) => {}
+                    // The replica's refusal aborted the transaction after
+                    // the rows came, and the rest of the message was
+                    // skipped: ended now, tidied again.
+                    Err(_) if aborted => conn
+                        .batch_execute(END_ABORTED_READ)
+                        .await
+                        .map_err(|e| from_pg(&e, timeout))?,
+                    Err(e) => return Err(from_pg(&e, timeout)),
+                }
+                Ok::<_, Error>((position, Ok(rows), true))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
@@ -1333,7 +1353,7 @@ impl PgDatabase {
                 settled,
                 conn.batch_execute("COMMIT"),
                 position,
-                self.tidy(&conn, who, true)
+                self.tidy(&conn, who)
             );
             // A COMMIT of a transaction the record's failure aborted answers
             // ROLLBACK, not an error: the record's error is the answer.
@@ -1567,16 +1587,15 @@ impl PgDatabase {
         }
     }
 
-    /// After a clients' request's `COMMIT`, in the same round trip (its own
+    /// After a clients' write's `COMMIT`, in the same round trip (its own
     /// message, so its failure cannot be taken for the `COMMIT`'s): what
-    /// must not pile up across a caller's requests: [`TIDY`], and after a
-    /// `write` the connection's [`TIDY_TEMP`] when the clients' role may
-    /// make temporary objects (a read-only transaction cannot). Whether it
-    /// went through (if not, the connection is closed).
-    async fn tidy(&self, conn: &Object, who: Who, write: bool) -> bool {
-        // A read-only transaction cannot make temporary objects.
-        let tidy = if write { self.inner.tidy } else { TIDY };
-        who == Who::Own || conn.batch_execute(tidy).await.is_ok()
+    /// must not pile up across a caller's requests: [`TIDY`], or
+    /// [`TIDY_TEMP`] when the clients' role may make temporary objects.
+    /// Whether it went through (if not, the connection is closed). Reads
+    /// end with [`END_READ`] instead (a read-only transaction cannot make
+    /// temporary objects).
+    async fn tidy(&self, conn: &Object, who: Who) -> bool {
+        who == Who::Own || conn.batch_execute(self.inner.tidy).await.is_ok()
     }
 
     /// Back to the pool after a clean request of `caller`.
@@ -1954,6 +1973,14 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
 /// once full, and held cursors spill to disk.
 const TIDY: &str = "UNLISTEN *; CLOSE ALL";
+/// The end of a clients' read, in one message: [`TIDY`] inside the read's
+/// transaction (an `UNLISTEN` takes effect at the `COMMIT`), then the
+/// `COMMIT`. After an error the rest of the message is skipped, and the
+/// connection is closed.
+const END_READ: &str = "UNLISTEN *; CLOSE ALL; COMMIT";
+/// [`END_READ`] for a read whose transaction aborted after its rows came
+/// (a replica that would not give its position).
+const END_ABORTED_READ: &str = "ROLLBACK; UNLISTEN *; CLOSE ALL";
 /// [`TIDY`], and temporary objects, for a clients' role that can make them.
 const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
 
