@@ -647,3 +647,48 @@ async fn a_replica_that_will_not_give_its_position_still_serves_the_read() {
     db.close();
     schema.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cut_before_a_failing_row_answers_on_either_node() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, _) = on_the_streaming_replica(&schema, 1).await;
+    let cut = QueryOptions {
+        max_rows: Some(2),
+        ..QueryOptions::default()
+    };
+    // The statement's error aborts the transaction after the rows kept
+    // came, so the position query after it fails: not the read's failure,
+    // on the primary (strong) or the replica (any).
+    for consistency in [Consistency::Strong, Consistency::Any] {
+        for _ in 0..2 {
+            let (rows, _) = db
+                .query_at(
+                    "SELECT CASE WHEN g > 5 THEN 1 / (g - g) ELSE g END FROM generate_series(1, 10) g",
+                    (),
+                    cut,
+                    consistency,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{consistency:?}: {e}"));
+            assert_eq!(
+                rows.rows,
+                vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
+            );
+            assert!(rows.truncated);
+        }
+    }
+    let e = db
+        .query_at(
+            "SELECT 1 / 0",
+            (),
+            QueryOptions::default(),
+            Consistency::Strong,
+        )
+        .await
+        .expect_err("division by zero");
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    db.close();
+    schema.drop_now().await;
+}

@@ -1315,6 +1315,50 @@ async fn postgres_a_read_after_a_write_does_not_see_an_earlier_now() {
     schema.drop_now().await;
 }
 
+/// A statement that fails on its sixth row, for reads cut before it.
+const FAILS_LATE: &str =
+    "SELECT CASE WHEN g > 5 THEN 1 / (g - g) ELSE g END FROM generate_series(1, 10) g";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    // As on SQLite, which stops at the cut: the rows asked for are the
+    // answer. PostgreSQL runs the statement on, and its error aborts the
+    // transaction after the rows came; the end of the read rolls it back.
+    for _ in 0..3 {
+        let r = db
+            .query_with(
+                FAILS_LATE,
+                (),
+                QueryOptions {
+                    max_rows: Some(2),
+                    ..QueryOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.rows,
+            vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
+        );
+        assert!(r.truncated);
+        // The one connection is clean for the next request.
+        assert_eq!(
+            one_text(&db, "SELECT current_setting('transaction_read_only')").await,
+            "on"
+        );
+    }
+    let e = db
+        .query_with(FAILS_LATE, (), QueryOptions::default())
+        .await
+        .expect_err("all the rows asked for");
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    db.close();
+    schema.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_dropped_read_does_not_keep_its_connection_busy() {
     let Some((schema, db)) = pg_one_connection().await else {

@@ -13,7 +13,7 @@
 //!   `statement_timeout` the caller set with `set_config()`, or a cancel
 //!   from another session of the clients' role) would leave the statement
 //!   to run in a transaction of its own, read-write. The statement, then
-//!   the tidy-up and the `COMMIT` in one message, go together: two round
+//!   the `COMMIT` and the tidy-up in one message, go together: two round
 //!   trips (three when the statement is not cached yet: its Parse is
 //!   awaited). `BEGIN` is not sent ahead for the next read on the
 //!   previous read's round trip either: PostgreSQL fixes `now()` at
@@ -902,8 +902,8 @@ impl PgDatabase {
                     }
                 };
                 // The clients' read ends in one message ([`END_READ`]): the
-                // tidy-up and the `COMMIT`. A failure anywhere in it fails
-                // the read (the connection is closed).
+                // `COMMIT` and the tidy-up. A failure in it fails the read
+                // (the connection is closed).
                 let end = conn.batch_execute(match who {
                     Who::Client => END_READ,
                     Who::Own => "COMMIT",
@@ -913,22 +913,21 @@ impl PgDatabase {
                 // A replica's position it would not give (a function it
                 // has not replayed yet) only costs the token. The primary's
                 // must come: it fails on a standby reached as the primary.
-                let (position, aborted) = match position {
-                    Ok(p) => (p, false),
-                    Err(e) if e.code().is_some() && node != Node::Primary => (None, true),
+                // A read cut at `max_rows` leaves its statement running on
+                // the server (as SQLite's is not), and an error of the rows
+                // it was not asked for aborts the transaction after the
+                // rows kept came: the position query then finds it aborted.
+                let late = |e: &tokio_postgres::Error| {
+                    rows.truncated && e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
+                };
+                let position = match position {
+                    Ok(p) => p,
+                    Err(e) if e.code().is_some() && (node != Node::Primary || late(&e)) => None,
                     Err(e) => return Err(from_pg(&e, timeout)),
                 };
-                match ended {
-                    Ok(()) => {}
-                    // The replica's refusal aborted the transaction after
-                    // the rows came, and the rest of the message was
-                    // skipped: ended now, tidied again.
-                    Err(_) if aborted => conn
-                        .batch_execute(END_ABORTED_READ)
-                        .await
-                        .map_err(|e| from_pg(&e, timeout))?,
-                    Err(e) => return Err(from_pg(&e, timeout)),
-                }
+                // A `COMMIT` of an aborted transaction rolls it back and
+                // answers without an error: the tidy-up runs all the same.
+                ended.map_err(|e| from_pg(&e, timeout))?;
                 Ok::<_, Error>((position, Ok(rows), true))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
@@ -1973,14 +1972,11 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
 /// once full, and held cursors spill to disk.
 const TIDY: &str = "UNLISTEN *; CLOSE ALL";
-/// The end of a clients' read, in one message: [`TIDY`] inside the read's
-/// transaction (an `UNLISTEN` takes effect at the `COMMIT`), then the
-/// `COMMIT`. After an error the rest of the message is skipped, and the
-/// connection is closed.
-const END_READ: &str = "UNLISTEN *; CLOSE ALL; COMMIT";
-/// [`END_READ`] for a read whose transaction aborted after its rows came
-/// (a replica that would not give its position).
-const END_ABORTED_READ: &str = "ROLLBACK; UNLISTEN *; CLOSE ALL";
+/// The end of a clients' read, in one message: the `COMMIT`, then [`TIDY`]
+/// (in a transaction of its own: after the `COMMIT`, so that nothing a
+/// deferred trigger does at `COMMIT` outlives it). After an error the rest
+/// of the message is skipped, the read fails and the connection is closed.
+const END_READ: &str = "COMMIT; UNLISTEN *; CLOSE ALL";
 /// [`TIDY`], and temporary objects, for a clients' role that can make them.
 const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
 
