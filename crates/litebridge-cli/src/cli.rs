@@ -129,6 +129,10 @@ pub(crate) enum Command {
         /// a schema for the run, dropped at the end); without it they are skipped.
         #[arg(long)]
         postgres: Option<String>,
+        /// Log as `serve` does by default (info, JSON on stderr): each
+        /// request then pays for its span, as it does under `serve`.
+        #[arg(long)]
+        log: bool,
     },
 }
 

@@ -131,7 +131,13 @@ fn main() -> ExitCode {
                 dir,
                 cores: _,
                 postgres,
-            } => bench::run(&case, seconds, json, dir.as_deref(), postgres.as_deref()).await,
+                log,
+            } => {
+                if log {
+                    logging::init("info", "json");
+                }
+                bench::run(&case, seconds, json, dir.as_deref(), postgres.as_deref()).await
+            }
         }
     });
     match result {
