@@ -664,12 +664,7 @@ async fn a_read_cut_before_a_failing_row_answers_on_either_node() {
     for consistency in [Consistency::Strong, Consistency::Any] {
         for _ in 0..2 {
             let (rows, _) = db
-                .query_at(
-                    "SELECT CASE WHEN g > 5 THEN 1 / (g - g) ELSE g END FROM generate_series(1, 10) g",
-                    (),
-                    cut,
-                    consistency,
-                )
+                .query_at(common::pg::FAILS_LATE, (), cut, consistency)
                 .await
                 .unwrap_or_else(|e| panic!("{consistency:?}: {e}"));
             assert_eq!(

@@ -1315,10 +1315,6 @@ async fn postgres_a_read_after_a_write_does_not_see_an_earlier_now() {
     schema.drop_now().await;
 }
 
-/// A statement that fails on its sixth row, for reads cut before it.
-const FAILS_LATE: &str =
-    "SELECT CASE WHEN g > 5 THEN 1 / (g - g) ELSE g END FROM generate_series(1, 10) g";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
     let Some((schema, db)) = pg_one_connection().await else {
@@ -1330,7 +1326,7 @@ async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
     for _ in 0..3 {
         let r = db
             .query_with(
-                FAILS_LATE,
+                common::pg::FAILS_LATE,
                 (),
                 QueryOptions {
                     max_rows: Some(2),
@@ -1351,7 +1347,7 @@ async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
         );
     }
     let e = db
-        .query_with(FAILS_LATE, (), QueryOptions::default())
+        .query_with(common::pg::FAILS_LATE, (), QueryOptions::default())
         .await
         .expect_err("all the rows asked for");
     assert!(e.to_string().contains("division by zero"), "{e}");

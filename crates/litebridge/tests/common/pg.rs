@@ -12,6 +12,10 @@ use tokio_postgres::NoTls;
 /// The role every test's client SQL runs as.
 pub const CLIENT_ROLE: &str = "lb_test_client";
 
+/// A statement that fails on its sixth row, for reads cut before it.
+pub const FAILS_LATE: &str =
+    "SELECT CASE WHEN g > 5 THEN 1 / (g - g) ELSE g END FROM generate_series(1, 10) g";
+
 /// The admin URL, or `None` when PostgreSQL tests are skipped.
 pub fn url() -> Option<String> {
     match std::env::var("LB_TEST_PG") {
