@@ -343,8 +343,12 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // reply subject (a peer on the bus) is refused, and cannot take over the
     // first one's cancel.
     let started = lock(&host.running).start(&reply, cancel_tx);
-    let ticket = match started {
-        Start::Started(ticket) => ticket,
+    let registration = match started {
+        Start::Started(ticket) => Registration {
+            host: &host,
+            reply: &reply,
+            ticket,
+        },
         // Not answered: its answer would go to the running call's caller.
         Start::Duplicate => {
             tracing::warn!(
@@ -374,7 +378,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             _ = &mut cancel_rx => false,
         };
         if !waited || host.draining.load(Ordering::Acquire) {
-            lock(&host.running).finish(&reply, ticket);
+            drop(registration);
             if waited {
                 return refuse(Error::Unavailable {
                     what: "worker host",
@@ -392,7 +396,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         // What is left, by the clock (an overloaded host wakes late).
         timeout = timeout.saturating_sub(arrived.elapsed());
         if timeout.is_zero() {
-            lock(&host.running).finish(&reply, ticket);
+            drop(registration);
             return refuse(Error::Timeout {
                 after: Duration::from_millis(budget),
                 stage: TimeoutStage::Queued,
@@ -431,7 +435,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             _ = &mut cancel_rx => break None,
         }
     };
-    lock(&host.running).finish(&reply, ticket);
+    drop(registration);
     match outcome {
         Some(r) => answer(&host, &request, &method, r).await,
         None => {
@@ -541,6 +545,21 @@ enum Start {
     Started(u64),
     Duplicate,
     CancelledFirst,
+}
+
+/// A call's place in [`Running`], given up when dropped: however its task
+/// ends (an answer, a cancel, a refusal, or a panic in the pool's call,
+/// which would otherwise leave shutdown waiting for it).
+struct Registration<'a> {
+    host: &'a Host,
+    reply: &'a str,
+    ticket: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        lock(&self.host.running).finish(self.reply, self.ticket);
+    }
 }
 
 /// The calls running on a host, by reply subject, and the cancels that came
