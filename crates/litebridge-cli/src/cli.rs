@@ -129,8 +129,9 @@ pub(crate) enum Command {
         /// a schema for the run, dropped at the end); without it they are skipped.
         #[arg(long)]
         postgres: Option<String>,
-        /// Log as `serve` does by default (info, JSON on stderr): each
-        /// request then pays for its span, as it does under `serve`.
+        /// Log as `serve` does with its defaults when stderr is not a
+        /// terminal (info, JSON on stderr): each request then pays for its
+        /// span, as it does under `serve`.
         #[arg(long)]
         log: bool,
     },

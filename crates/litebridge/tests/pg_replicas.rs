@@ -663,7 +663,7 @@ async fn a_read_cut_before_a_failing_row_answers_on_either_node() {
     // on the primary (strong) or the replica (any).
     for consistency in [Consistency::Strong, Consistency::Any] {
         for _ in 0..2 {
-            let (rows, _) = db
+            let (rows, token) = db
                 .query_at(common::pg::FAILS_LATE, (), cut, consistency)
                 .await
                 .unwrap_or_else(|e| panic!("{consistency:?}: {e}"));
@@ -672,6 +672,11 @@ async fn a_read_cut_before_a_failing_row_answers_on_either_node() {
                 vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]
             );
             assert!(rows.truncated);
+            // The primary's position, read again once the read ended (it
+            // fails on a standby reached as the primary).
+            if consistency == Consistency::Strong {
+                assert!(token.is_some(), "a strong read answers its position");
+            }
         }
     }
     let e = db

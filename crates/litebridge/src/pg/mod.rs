@@ -916,18 +916,28 @@ impl PgDatabase {
                 // A read cut at `max_rows` leaves its statement running on
                 // the server (as SQLite's is not), and an error of the rows
                 // it was not asked for aborts the transaction after the
-                // rows kept came: the position query then finds it aborted.
+                // rows kept came: the position query then finds it aborted,
+                // and the primary's is asked again once the read has ended.
                 let late = |e: &tokio_postgres::Error| {
                     rows.truncated && e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
                 };
-                let position = match position {
-                    Ok(p) => p,
-                    Err(e) if e.code().is_some() && (node != Node::Primary || late(&e)) => None,
+                let (position, again) = match position {
+                    Ok(p) => (p, false),
+                    Err(e) if node == Node::Primary && late(&e) => (None, true),
+                    Err(e) if e.code().is_some() && node != Node::Primary => (None, false),
                     Err(e) => return Err(from_pg(&e, timeout)),
                 };
                 // A `COMMIT` of an aborted transaction rolls it back and
                 // answers without an error: the tidy-up runs all the same.
                 ended.map_err(|e| from_pg(&e, timeout))?;
+                let position = if again {
+                    conn.simple_query(WAL_INSERT_POSITION)
+                        .await
+                        .map(|m| primary_token(&m))
+                        .map_err(|e| from_pg(&e, timeout))?
+                } else {
+                    position
+                };
                 Ok::<_, Error>((position, Ok(rows), true))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
