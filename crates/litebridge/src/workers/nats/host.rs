@@ -345,7 +345,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     let started = lock(&host.running).start(&reply, cancel_tx);
     let registration = match started {
         Start::Started(ticket) => Registration {
-            host: &host,
+            running: &host.running,
             reply: &reply,
             ticket,
         },
@@ -551,14 +551,14 @@ enum Start {
 /// ends (an answer, a cancel, a refusal, or a panic in the pool's call,
 /// which would otherwise leave shutdown waiting for it).
 struct Registration<'a> {
-    host: &'a Host,
+    running: &'a Mutex<Running>,
     reply: &'a str,
     ticket: u64,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        lock(&self.host.running).finish(self.reply, self.ticket);
+        lock(self.running).finish(self.reply, self.ticket);
     }
 }
 
@@ -759,5 +759,32 @@ mod tests {
         r.cancel("_INBOX.z.1");
         let (tx, _rx) = oneshot::channel();
         assert!(matches!(r.start("_INBOX.z.1", tx), Start::CancelledFirst));
+    }
+
+    #[test]
+    fn a_call_whose_task_panics_gives_up_its_registration() {
+        let running = Mutex::new(Running::default());
+        let (tx, _rx) = oneshot::channel();
+        let Start::Started(ticket) = lock(&running).start("_INBOX.p.1", tx) else {
+            panic!("not started")
+        };
+        let reply = String::from("_INBOX.p.1");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _registration = Registration {
+                running: &running,
+                reply: &reply,
+                ticket,
+            };
+            panic!("the pool's call panicked");
+        }));
+        assert!(panicked.is_err());
+        // Shutdown, which waits while calls are registered, does not wait
+        // for it; and the reply subject is free for a new call.
+        assert_eq!(lock(&running).len(), 0);
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            lock(&running).start("_INBOX.p.1", tx),
+            Start::Started(_)
+        ));
     }
 }
