@@ -69,6 +69,36 @@ def _fast_encoder():
 # A result's JSON the fast way (None: json's own encoder only).
 _FAST_ENCODE = _fast_encoder()
 
+
+def _fast_decoder():
+    """json.loads for a line that is one JSON value and nothing else, at half
+    its cost: the scanner behind it, called directly, without the two
+    whitespace matches around it (measured: 1.2 us against 2.6 us for a call's
+    line). Anything else (whitespace around the value, a second value, bad
+    JSON, a Python without the C scanner) goes to json.loads itself, so the
+    answer and every error are json.loads's."""
+    try:
+        from json.scanner import c_make_scanner
+        if c_make_scanner is None:
+            return json.loads
+        scan = c_make_scanner(json.JSONDecoder())
+    except Exception:
+        return json.loads
+
+    def loads(s):
+        try:
+            value, end = scan(s, 0)
+        except (StopIteration, ValueError):
+            return json.loads(s)
+        if end != len(s):
+            return json.loads(s)
+        return value
+
+    return loads
+
+
+_LOADS = _fast_decoder()
+
 # Stdin is read in chunks of this size. Reading 1 MiB at a time made the C
 # library map and unmap a fresh buffer on every read (~13 us per call, most
 # of the SDK's cost over a bare loop); a longer line still arrives whole, over
@@ -534,7 +564,7 @@ class Worker:
 
     def _dispatch(self, line):
         try:
-            msg = json.loads(line.decode("utf-8", "surrogatepass"))
+            msg = _LOADS(line.decode("utf-8", "surrogatepass"))
         except ValueError as e:
             self._reply_error(None, PARSE_ERROR, "parse error: %s" % e)
             return

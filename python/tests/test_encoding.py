@@ -1,5 +1,6 @@
 """The SDK's fast reply encoding writes exactly what json's own encoder
-writes, and gives up to it for what it cannot encode."""
+writes, and gives up to it for what it cannot encode; its fast reading of a
+request's line answers exactly what json.loads answers, errors included."""
 
 import json
 import unittest
@@ -33,6 +34,30 @@ class FastEncodingTest(unittest.TestCase):
                 worker._FAST_ENCODE(v)
             with self.assertRaises((TypeError, ValueError)):
                 self.reference(v)
+
+
+class FastDecodingTest(unittest.TestCase):
+    def outcome(self, loads, text):
+        try:
+            return ("value", loads(text))
+        except Exception as e:  # the same class and message as json.loads
+            return ("error", type(e), str(e))
+
+    def test_the_same_answer_and_errors_as_json_loads(self):
+        lines = [
+            '{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":[1,2.5,null,true]}}',
+            ' {"a":1}', '{"a":1} ', '{"a":1}\r', '\t[1]\n', '{"a":1}{"b":2}', '{"a":1}x',
+            "", "  ", "nul", "{", "[1,2", "1", '"x"', '{"a":NaN}', "[Infinity,-Infinity]",
+            '"\\ud800"', '{"\\u00e9":"\\u2028"}', '{"a":1,"a":2}', '{"a":"\x01"}',
+            "[" * 50 + "]" * 50, "9" * 5000,
+        ]
+        for line in lines:
+            self.assertEqual(self.outcome(worker._LOADS, line), self.outcome(json.loads, line),
+                             repr(line))
+
+    def test_deep_nesting_fails_as_json_loads_fails(self):
+        line = "[" * 100000 + "]" * 100000
+        self.assertEqual(self.outcome(worker._LOADS, line)[:2], self.outcome(json.loads, line)[:2])
 
 
 if __name__ == "__main__":
