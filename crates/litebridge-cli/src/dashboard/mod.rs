@@ -32,7 +32,7 @@
 //!   Content-Security-Policy that allows only the page's own script, style
 //!   and `fetch`es (no inline script, no frames); the script writes text
 //!   with `textContent` only.
-//! - `--no-dashboard` (`http.dashboard = false`) leaves `/` unanswered.
+//! - `--no-dashboard` (`server.dashboard = false`) leaves `/` unanswered.
 
 pub(crate) mod history;
 
