@@ -1339,3 +1339,157 @@ fn a_web_pages_img_tag_reaches_a_keyless_server_without_an_origin() {
     assert_eq!(tables["result"]["rows"][0][0], 0);
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_revoked_keys_batch_went_on_to_mint_an_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let config = dir.path().join("r.toml");
+    // One call at a time for the free tier: the batch's calls run in turn.
+    std::fs::write(&config, "[quota]\nfree_concurrent = 1\n").unwrap();
+    let leaked = create_key(&db, "leaked", "admin", "free");
+    let operator = create_key(&db, "operator", "admin", "enterprise");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // The attack: a slow read first, then a new admin key, sent before the
+    // leaked key is revoked and still running after.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "sql.query", "params": {
+            "sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            "timeout_ms": 1500}},
+        {"jsonrpc": "2.0", "id": 2, "method": "admin.keys.create",
+         "params": {"scope": "admin", "name": "backdoor"}},
+    ])
+    .to_string();
+    let addr = server.addr.clone();
+    let head = rpc_head(
+        &addr,
+        &format!("\r\nAuthorization: Bearer {leaked}"),
+        batch.len(),
+    );
+    let attack = std::thread::spawn(move || raw(&addr, &head, batch.as_bytes()));
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, r) = server.rpc_as(
+        Some(&operator),
+        &call("admin.keys.revoke", json!({"name": "leaked"})),
+    );
+    assert_eq!(
+        (status, &r["result"]["revoked"]),
+        (200, &json!(true)),
+        "{r}"
+    );
+    let (status, body) = attack.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let replies: Value = serde_json::from_str(&body).unwrap();
+    let minted = replies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == 2)
+        .unwrap();
+    assert_eq!(code(minted), -32006, "{minted}");
+    assert!(
+        minted["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{minted}"
+    );
+    let (_, listed) = server.rpc_as(Some(&operator), &call("admin.keys.list", json!({})));
+    assert!(!listed.to_string().contains("backdoor"), "{listed}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn mcp_ran_past_the_servers_request_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mlimit.db");
+    let config = dir.path().join("mlimit.toml");
+    std::fs::write(&config, "[server]\nmax_concurrent_requests = 1\n").unwrap();
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // The server's one place, held by a slow read.
+    let slow = call(
+        "sql.query",
+        json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+               "timeout_ms": 1500}),
+    )
+    .to_string();
+    let addr = server.addr.clone();
+    let head = rpc_head(&addr, "", slow.len());
+    let holder = std::thread::spawn(move || raw(&addr, &head, slow.as_bytes()));
+    std::thread::sleep(Duration::from_millis(300));
+    // The attack: a tool call on /mcp while it is held.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT 41 + 1"}}}"#;
+    let (status, _, reply) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[("Accept", "application/json, text/event-stream")],
+        body.as_bytes(),
+    );
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("-32002"), "refused as on /rpc: {reply}");
+    assert!(!reply.contains("42"), "{reply}");
+    let (status, held) = holder.join().unwrap();
+    assert_eq!(status, 200, "{held}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_same_host_reverse_proxy_gave_the_network_keyless_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proxy.db");
+    let server = Server::start(&db, &[]);
+    let body = call("admin.keys.list", json!({})).to_string();
+    // What nginx's `proxy_pass http://127.0.0.1:PORT` forwards: a loopback
+    // Host, and the headers it adds.
+    for extra in [
+        "\r\nX-Forwarded-For: 203.0.113.9",
+        "\r\nX-Real-IP: 203.0.113.9",
+        "\r\nForwarded: for=203.0.113.9;host=db.example.com",
+        "\r\nX-Forwarded-Host: db.example.com",
+        "\r\nVia: 1.1 nginx",
+    ] {
+        let (status, reply) = raw(
+            &server.addr,
+            &rpc_head(&server.addr, extra, body.len()),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 401, "{extra}: {reply}");
+        assert!(
+            reply.contains("proxy") && reply.contains("keys create"),
+            "{reply}"
+        );
+        assert!(!reply.contains("\"result\""), "{reply}");
+    }
+    // A local program, as before.
+    let (status, reply) = raw(
+        &server.addr,
+        &rpc_head(&server.addr, "", body.len()),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("\"result\""), "{reply}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn two_authorization_headers_let_the_first_one_speak() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("twokeys.db");
+    let reader = create_key(&db, "reader", "read", "free");
+    let admin = create_key(&db, "admin", "admin", "free");
+    let server = Server::start(&db, &[]);
+    let body = call("admin.keys.list", json!({})).to_string();
+    for (first, second) in [(&admin, &reader), (&reader, &admin)] {
+        let extra = format!("\r\nAuthorization: Bearer {first}\r\nAuthorization: Bearer {second}");
+        let (status, reply) = raw(
+            &server.addr,
+            &rpc_head(&server.addr, &extra, body.len()),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 401, "{reply}");
+        assert!(reply.contains("more than one Authorization"), "{reply}");
+    }
+    assert!(server.stop().success());
+}

@@ -375,7 +375,15 @@ async fn keys_body(db: Backend) {
     assert!(b.refresh().await.unwrap());
     let e = b.authenticate(&secret).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthorized);
-    assert!(!b.still_valid(&caller));
+    // A caller that presented it to the first front end before (a batch
+    // still running there) starts nothing more from that front end's next
+    // refresh, whatever the scope.
+    assert!(a.still_valid(&caller));
+    assert!(a.refresh().await.unwrap());
+    assert!(!a.still_valid(&caller));
+    let e = caller.require(Scope::Read, "sql.query").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
 }
 
 /// Two front ends' caches on one PostgreSQL L2: a write through one drops

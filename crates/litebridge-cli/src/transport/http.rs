@@ -127,11 +127,16 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
         request.headers(),
     ) {
         Ok(()) => next.run(request).await,
-        Err(reason) => rpc_error(
-            StatusCode::FORBIDDEN,
-            &rpc::RpcError::App(litebridge::Error::Forbidden { message: reason }),
-        ),
+        Err(reason) => forbidden(reason),
     }
+}
+
+/// The 403 for a request a web page could have sent ([`check_site`]).
+pub(crate) fn forbidden(reason: String) -> Response {
+    rpc_error(
+        StatusCode::FORBIDDEN,
+        &rpc::RpcError::App(litebridge::Error::Forbidden { message: reason }),
+    )
 }
 
 /// The `Host`, `Origin` and `Sec-Fetch-Site` rules: on loopback the host
@@ -257,6 +262,18 @@ pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
     r
 }
 
+/// Headers a proxy adds to what it forwards. A server without keys answers
+/// local programs only, and a request that came through a proxy on this
+/// machine (nginx's `proxy_pass http://127.0.0.1:7070` sends a loopback
+/// `Host`) may come from anywhere: it needs a key.
+const PROXY_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "via",
+];
+
 /// The caller a request speaks for, or why not (401).
 pub(crate) fn authenticate(
     state: &AppState,
@@ -265,6 +282,18 @@ pub(crate) fn authenticate(
     let unauthorized = |message: &str| litebridge::Error::Unauthorized {
         message: message.to_owned(),
     };
+    // Two keys: a proxy that adds its own to the client's would otherwise
+    // disagree with litebridge about who is calling.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(unauthorized(
+            "the request has more than one Authorization header: send one, `Bearer KEY`",
+        ));
+    }
     match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             let secret = value
@@ -279,7 +308,14 @@ pub(crate) fn authenticate(
         None if state.access.exposed || state.app.auth.has_keys() => Err(unauthorized(
             "this server needs an API key: send `Authorization: Bearer KEY` (keys come from `litebridge keys create`)",
         )),
-        None => Ok(Caller::local(state.access.local)),
+        None => match PROXY_HEADERS.iter().find(|h| headers.contains_key(**h)) {
+            Some(h) => Err(unauthorized(&format!(
+                "this server has no API keys and answers programs on this machine only; \
+                 the request came through a proxy (its {h} header): create a key first \
+                 (`litebridge keys create`) and send `Authorization: Bearer KEY`"
+            ))),
+            None => Ok(Caller::local(state.access.local)),
+        },
     }
 }
 
@@ -397,14 +433,8 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    // Refused at once past the limit, before any work: `overloaded`, retry later.
-    let Ok(_permit) = state.permits.clone().try_acquire_owned() else {
-        let e = rpc::RpcError::App(litebridge::Error::Overloaded {
-            queue: "request",
-            capacity: state.limit,
-            retry_after: std::time::Duration::from_millis(100),
-        });
-        return rpc_error(StatusCode::OK, &e);
+    let Some(_permit) = in_flight(&state) else {
+        return overloaded(&state);
     };
     let json_type = headers
         .get(header::CONTENT_TYPE)
@@ -455,6 +485,24 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// One of the server's `server.max_concurrent_requests` places, held by a
+/// `/rpc` or `/mcp` request while it runs; `None` past the limit, where the
+/// request is refused at once before any work ([`overloaded`]).
+pub(crate) fn in_flight(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.permits.clone().try_acquire_owned().ok()
+}
+
+/// The answer to a request [`in_flight`] found no place for: `overloaded`,
+/// retry later.
+pub(crate) fn overloaded(state: &AppState) -> Response {
+    let e = rpc::RpcError::App(litebridge::Error::Overloaded {
+        queue: "request",
+        capacity: state.limit,
+        retry_after: std::time::Duration::from_millis(100),
+    });
+    rpc_error(StatusCode::OK, &e)
 }
 
 /// Reads `request`'s body whole, within the read timeout and the body

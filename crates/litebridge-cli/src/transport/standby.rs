@@ -255,6 +255,10 @@ impl Acceptor {
                 return;
             }
         };
+        // As `serve` decides it: a listener beyond loopback is exposed.
+        let exposed = listener
+            .local_addr()
+            .map_or(true, |a| !a.ip().is_loopback());
         let reserve = Arc::new(Semaphore::new(RESERVE));
         let graceful = GracefulShutdown::new();
         let mut builder = http1(self.limits);
@@ -292,7 +296,7 @@ impl Acceptor {
                 () = tokio::time::sleep(BEAT) => continue,
             };
             tracing::debug!("accepted a connection on the standby: the request threads are held");
-            let conn = builder.serve_connection(io(stream, self.limits), self.service());
+            let conn = builder.serve_connection(io(stream, self.limits), self.service(exposed));
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -306,8 +310,11 @@ impl Acceptor {
     }
 
     /// Control paths answered here; everything else run on the main runtime.
+    /// What a web page could have sent is refused first, as on the main
+    /// loop (the router's rules), before any answer made here.
     fn service(
         &self,
+        exposed: bool,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<Body>,
@@ -322,6 +329,16 @@ impl Acceptor {
         );
         hyper::service::service_fn(move |mut request: Request<Incoming>| -> Answer {
             let path = request.uri().path();
+            if let Err(reason) = crate::transport::http::check_site(
+                exposed,
+                request.method(),
+                path,
+                request.headers(),
+            ) {
+                return Box::pin(std::future::ready(Ok(crate::transport::http::forbidden(
+                    reason,
+                ))));
+            }
             let held = heartbeat.held();
             if path == "/health"
                 && let Some(age) = held.filter(|age| *age > heartbeat.rules.liveness)
@@ -537,11 +554,16 @@ mod tests {
 
     /// GETs `path` on a connection of its own; the status line and body.
     fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
+        get_path_as(addr, path, "127.0.0.1")
+    }
+
+    /// [`get_path`] with `host` as the Host header.
+    fn get_path_as(addr: std::net::SocketAddr, path: &str, host: &str) -> String {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut answer = String::new();
@@ -683,6 +705,13 @@ mod tests {
         let answer = get_path(server.addr, "/health");
         assert!(
             answer.contains(" 503 ") && answer.contains("held_ms"),
+            "{answer}"
+        );
+        // A page whose name was rebound to 127.0.0.1 learns nothing of it:
+        // the standby's own answers follow every route's rules.
+        let answer = get_path_as(server.addr, "/health", "evil.example");
+        assert!(
+            answer.contains(" 403 ") && !answer.contains("held_ms"),
             "{answer}"
         );
         server.release(holders);

@@ -52,6 +52,7 @@ mod quota;
 mod scope;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct KeyEntry {
     scopes: Scopes,
     tier: String,
     meter: Arc<Meter>,
+    /// Set when a refresh finds the key gone: a caller holding it (a batch
+    /// still running, an event stream) is refused from its next call on.
+    revoked: AtomicBool,
 }
 
 impl KeyEntry {
@@ -95,6 +99,11 @@ impl KeyEntry {
     /// Requests counted today and this month (UTC).
     pub fn used(&self) -> (u64, u64) {
         self.meter.used()
+    }
+
+    /// Whether the key was revoked since it was presented.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 }
 
@@ -138,12 +147,22 @@ impl Caller {
         self.key.as_deref()
     }
 
-    /// Refuses `method` unless the caller holds `scope`.
+    /// Refuses `method` unless the caller holds `scope` with a key that has
+    /// not been revoked since it was presented: every call of a request that
+    /// lasts (a batch, an MCP session's tool calls) is checked as it starts,
+    /// so a key revoked while its batch runs starts nothing more.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] naming the method, the scope it needs and the
-    /// caller's scopes.
+    /// [`Error::Unauthorized`] for a revoked key; [`Error::Forbidden`]
+    /// naming the method, the scope it needs and the caller's scopes.
     pub fn require(&self, scope: Scope, method: &str) -> Result<()> {
+        if let Some(k) = &self.key
+            && k.is_revoked()
+        {
+            return Err(Error::Unauthorized {
+                message: format!("key {:?} was revoked; {method} was not run", k.name),
+            });
+        }
         if self.scopes.allows(scope) {
             return Ok(());
         }
@@ -299,10 +318,7 @@ impl Auth {
     /// it was presented (a local caller always is). For requests that last,
     /// as event streams do.
     pub fn still_valid(&self, caller: &Caller) -> bool {
-        match caller.key() {
-            None => true,
-            Some(k) => self.registry().by_hash.values().any(|e| e.id == k.id),
-        }
+        caller.key().is_none_or(|k| !k.is_revoked())
     }
 
     /// Re-reads the keys when `keys_version` changed; true when it did.
@@ -385,6 +401,7 @@ impl Auth {
                         }),
                         name,
                         tier,
+                        revoked: AtomicBool::new(false),
                     })
                 }
             };
@@ -397,6 +414,9 @@ impl Auth {
             .filter(|k| !kept.contains(&k.id))
             .cloned()
             .collect();
+        for k in &gone {
+            k.revoked.store(true, Ordering::Release);
+        }
         if !gone.is_empty() {
             tracing::info!(keys = gone.len(), "revoked keys no longer accepted");
             lock(&self.inner.retired).extend(gone);

@@ -175,7 +175,8 @@ pub(crate) fn http_service(
 
 /// The `/rpc` authentication in front of `/mcp`: the [`Caller`] goes into
 /// the request's extensions, or the request is refused with 401. Each
-/// request holds one of the key's concurrent slots while it runs, and its
+/// request holds one of the key's concurrent slots and one of the server's
+/// `server.max_concurrent_requests` places while it runs, and its
 /// body is read first (deadline, limit, no member named twice). Each
 /// JSON-RPC request in it other than `tools/call` costs the key one call of
 /// its daily quota here (429 once it is spent).
@@ -189,6 +190,10 @@ pub(crate) async fn authenticate(
             let _slot = match caller.enter() {
                 Ok(slot) => slot,
                 Err(e) => return crate::transport::http::refused(e),
+            };
+            // And one of the server's places, as on `/rpc`.
+            let Some(_permit) = crate::transport::http::in_flight(&state) else {
+                return crate::transport::http::overloaded(&state);
             };
             // The body is read here, under the same deadline and limit as
             // `/rpc`'s, and refused if an object names a member twice.
