@@ -12,7 +12,8 @@ Design:
   buffer, so lines of any length work, unlike asyncio streams' 64 KiB limit)
   and dispatches each line where it reads it: no thread hand-off on the way in.
 - ``async def`` handlers run as tasks on the loop; plain functions run in a
-  thread pool, and the pool thread writes the reply itself (one hand-off per
+  thread pool (and so does the resolving of a name in generic mode, which may
+  import a module), and the pool thread writes the reply itself (one hand-off per
   call: see ``_Pool`` for how it is kept to few context switches). Many calls
   are in flight at once; replies are written whole, under a lock, in the
   order they finish.
@@ -241,7 +242,8 @@ class _Shape:
     """What a function accepts, precomputed: checking a call against it costs
     a few comparisons instead of ``Signature.bind``'s microseconds."""
 
-    __slots__ = ("required", "positional", "varargs", "names", "varkw", "required_names", "sig")
+    __slots__ = ("required", "positional", "varargs", "names", "varkw", "required_names",
+                 "required_kwonly", "required_posonly", "sig")
 
     @classmethod
     def of(cls, func):
@@ -262,15 +264,20 @@ class _Shape:
             p.name for p in params
             if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) and p.default is P.empty
         )
+        # Params given as a list cannot fill these, nor an object those.
+        shape.required_kwonly = any(p.kind == P.KEYWORD_ONLY and p.default is P.empty for p in params)
+        shape.required_posonly = any(p.kind == P.POSITIONAL_ONLY and p.default is P.empty for p in params)
         shape.sig = sig
         return shape
 
     def check(self, args, kwargs):
         if not kwargs:
-            if len(args) < self.required or (len(args) > self.positional and not self.varargs):
+            if (len(args) < self.required or (len(args) > self.positional and not self.varargs)
+                    or self.required_kwonly):
                 return self._explain(args, kwargs)
             return None
-        if args or not (self.varkw or kwargs.keys() <= self.names) or not (self.required_names <= kwargs.keys()):
+        if (args or self.required_posonly or not (self.varkw or kwargs.keys() <= self.names)
+                or not (self.required_names <= kwargs.keys())):
             return self._explain(args, kwargs)
         return None
 
@@ -439,8 +446,13 @@ class Worker:
     def set_resolver(self, resolver):
         """Resolves names not registered: ``resolver(name) -> callable or None``.
 
-        An exception from the resolver is answered as method not found, with
-        its message. If the resolver has a ``prefixes`` attribute (dotted
+        The resolver runs on a pool thread (it may import a module, which can
+        take seconds), so pings and cancels are answered meanwhile; a
+        ``lookup(name)`` method, if it has one, returning the callable of a
+        name resolved before without doing any work, lets such calls skip
+        the thread. An exception from the resolver (``SystemExit`` from a
+        module that exits as it is imported too) is answered as method not
+        found, with its message. If the resolver has a ``prefixes`` attribute (dotted
         names, as ``dotted.DottedResolver`` has), ``$/ready`` announces them,
         without trailing dots, as the only names it may serve; a plain
         callable announces none. ``None`` removes the resolver.
@@ -586,20 +598,6 @@ class Worker:
             if rid is not None:
                 self._reply(rid, {"pong": True, "pid": os.getpid(), "in_flight": len(self._inflight)})
             return
-        target = self._methods.get(method)
-        func = target.func if target else None
-        is_async = target.is_async if target else False
-        if func is None and self._resolver is not None:
-            try:
-                func = self._resolver(method)
-            except Exception as e:  # a refused or broken dotted path
-                self._reply_exception(rid, e, METHOD_NOT_FOUND)
-                return
-            is_async = func is not None and inspect.iscoroutinefunction(func)
-        if func is None:
-            if rid is not None:
-                self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
-            return
         if params is None:
             args, kwargs = (), {}
         elif isinstance(params, list):
@@ -609,12 +607,77 @@ class Worker:
         else:
             self._reply_error(rid, INVALID_PARAMS, "params must be an array or an object")
             return
+        meta = msg.get("meta")
+        flag = _Call(rid, meta.get("request_id") if isinstance(meta, dict) else None)
+        target = self._methods.get(method)
+        if target is not None:
+            self._begin(method, target.func, target.is_async, args, kwargs, flag)
+            return
+        if self._resolver is None:
+            if rid is not None:
+                self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
+            return
+        lookup = getattr(self._resolver, "lookup", None)
+        func = lookup(method) if lookup is not None else None
+        if func is not None:
+            self._begin(method, func, inspect.iscoroutinefunction(func), args, kwargs, flag)
+            return
+        # Resolving may import a module (seconds, for one that loads a model)
+        # or build an instance: on a pool thread, so that pings and cancels
+        # are still answered meanwhile. The call is in flight from here.
+        if rid is not None:
+            self._inflight[rid] = (None, flag, False)
+        token = _current.set(flag)
+        try:
+            ctx = contextvars.copy_context()
+        finally:
+            _current.reset(token)
+        self._pool.submit(ctx.run, self._resolve_then_begin, method, args, kwargs, flag)
+
+    def _resolve_then_begin(self, method, args, kwargs, flag):
+        """On a pool thread: resolves a name the worker has not registered,
+        then runs a plain function right here, or hands a coroutine function
+        back to the loop."""
+        rid = flag.id
+        try:
+            func = self._resolver(method)
+        except BaseException as e:  # refused, broken, or a module that exits as it is imported
+            self._reply_exception(rid, e, METHOD_NOT_FOUND)
+            self._inflight.pop(rid, None)
+            return
+        if func is None:
+            if rid is not None:
+                self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
+            self._inflight.pop(rid, None)
+            return
+        if flag.cancelled:
+            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+            self._inflight.pop(rid, None)
+            return
+        if inspect.iscoroutinefunction(func):
+            self._loop.call_soon_threadsafe(self._begin, method, func, True, args, kwargs, flag)
+            return
         problem = self._check_params(func, args, kwargs)
         if problem is not None:
             self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
+            self._inflight.pop(rid, None)
             return
-        meta = msg.get("meta")
-        flag = _Call(rid, meta.get("request_id") if isinstance(meta, dict) else None)
+        self._run_sync(rid, func, args, kwargs)
+
+    def _begin(self, method, func, is_async, args, kwargs, flag):
+        """Checks the params and starts the call, on the loop's thread: a
+        coroutine function eagerly, then as a Task if it waits; a plain
+        function on a pool thread."""
+        rid = flag.id
+        problem = self._check_params(func, args, kwargs)
+        if problem is not None:
+            self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
+            self._inflight.pop(rid, None)
+            return
+        if flag.cancelled:  # while a pool thread resolved its name
+            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+            self._inflight.pop(rid, None)
+            return
         token = _current.set(flag)
         try:
             if is_async:
@@ -625,9 +688,11 @@ class Worker:
                     first = coro.send(None)
                 except StopIteration as done:
                     self._reply(rid, done.value)
+                    self._inflight.pop(rid, None)
                     return
                 except BaseException as e:  # SystemExit too: the call is answered, the worker goes on
                     self._reply_exception(rid, e)
+                    self._inflight.pop(rid, None)
                     return
             # The call goes on elsewhere: it takes a copy of this context.
             ctx = contextvars.copy_context()
@@ -694,7 +759,7 @@ class Worker:
     def _write(self, obj):
         try:
             data = self._encode(obj)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # not serializable, circular, or nested too deep
             rid = obj.get("id")
             data = json.dumps({
                 "jsonrpc": "2.0", "id": rid,
@@ -703,7 +768,10 @@ class Worker:
                           "data": {"type": "TypeError", "traceback": "",
                                    "kind": "worker_error", "recoverable": False}},
             })
-        self._send((data + "\n").encode("utf-8", "surrogatepass"))
+        # An error's message and traceback may quote text that is not valid
+        # Unicode (a file name decoded with "surrogateescape"): replaced, so
+        # the line stays one litebridge can read.
+        self._send((data + "\n").encode("utf-8", "replace"))
 
     def _send(self, payload):
         with self._out_lock:
@@ -730,13 +798,23 @@ class Worker:
                     body = self._encode(result)
             else:
                 body = self._encode(result)
-        except (TypeError, ValueError):
-            # Let _write report what cannot be serialized.
-            self._write({"jsonrpc": "2.0", "id": rid, "result": result})
+            rid_text = "%d" % rid if type(rid) is int else self._encode(rid)
+            line = ('{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (rid_text, body)).encode("utf-8")
+        except UnicodeEncodeError as e:
+            # A lone surrogate (what bytes decoded with "surrogateescape", as
+            # os.listdir gives for a file name that is not UTF-8, hold): no
+            # JSON reader litebridge has takes it, so the call gets an error
+            # rather than no answer.
+            self._reply_error(rid, WORKER_ERROR,
+                              "the result holds text that is not valid Unicode (%s); decode bytes "
+                              "with errors='replace', or return them as base64" % e,
+                              {"type": "UnicodeEncodeError", "traceback": ""})
             return
-        rid_text = "%d" % rid if type(rid) is int else self._encode(rid)
-        line = '{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (rid_text, body)
-        self._send(line.encode("utf-8", "surrogatepass"))
+        except Exception as e:  # not serializable, circular, or nested too deep
+            self._reply_error(rid, WORKER_ERROR, "the result is not JSON serializable: %s" % e,
+                              {"type": type(e).__name__, "traceback": ""})
+            return
+        self._send(line)
 
     def _reply_error(self, rid, code, message, data=None):
         err = {"code": code, "message": message}
