@@ -349,6 +349,31 @@ async fn no_host_for_a_method_is_unavailable_at_once() {
             .unwrap(),
         json!("ok")
     );
+    // Names no host serves take no room of their own: after 300 of them,
+    // `echo` still has its statistics and breaker, and they have none.
+    for i in 0..300 {
+        let e = bridge
+            .call(&format!("x{i}"), json!([]), opts(1_000))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    }
+    bridge
+        .call("echo", json!(["again"]), opts(5_000))
+        .await
+        .unwrap();
+    let status = bridge.status();
+    let names: Vec<&str> = status.methods.iter().map(|m| m.method.as_str()).collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with('x')), "{names:?}");
+    assert!(
+        status
+            .breakers
+            .iter()
+            .all(|b| !b.name.starts_with('x') && &*b.name != "(other)"),
+        "{:?}",
+        status.breakers
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,6 +216,9 @@ fn unsafe_kill(pid: u32) {
 async fn a_hanging_call_times_out_and_a_stuck_worker_is_replaced() {
     let mut c = config("test_worker.py");
     c.cancel_grace = Duration::from_millis(500);
+    // A call cancelled before the default deadline is counted stuck once
+    // it has run that long.
+    c.call_timeout = Duration::from_secs(1);
     c.health_interval = Duration::from_millis(200);
     let pool = WorkerPool::start(c).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -950,5 +953,116 @@ async fn one_callers_short_deadline_never_fails_anothers_call() {
         .await
         .unwrap();
     assert_eq!(v, json!("ok"));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_short_deadlines_neither_open_the_breaker_nor_get_workers_replaced() {
+    let mut c = config("test_worker.py");
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    c.cancel_grace = Duration::from_millis(200);
+    c.health_interval = Duration::from_millis(100);
+    c.call_timeout = Duration::from_secs(2);
+    let pool = WorkerPool::start(c).await.unwrap();
+    // The attack: calls of a slow method that ignores cancellation, each
+    // given 1 ms by its caller.
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(1)),
+        ..CallOptions::default()
+    };
+    let sent = Instant::now();
+    for _ in 0..10 {
+        let e = pool
+            .call("stubborn", json!([1.0]), short.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    // Other callers still reach the method: its breaker stayed closed.
+    let full = CallOptions {
+        timeout: Some(Duration::from_secs(10)),
+        ..CallOptions::default()
+    };
+    assert_eq!(
+        pool.call("stubborn", json!([0.01]), full).await.unwrap(),
+        json!("finished")
+    );
+    // The handlers end within the default deadline: no worker was stuck.
+    while sent.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.status().recycled, 0, "{:?}", pool.status());
+    assert_eq!(pool.status().restarts, 0, "{:?}", pool.status());
+    // A call that times out with the default deadline still counts.
+    for _ in 0..3 {
+        let e = pool
+            .call("stubborn", json!([10]), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    let e = pool
+        .call("stubborn", json!([0.01]), CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_call_is_not_answered_with_another_callers_failure() {
+    use litebridge::store::{Cache, CacheConfig};
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(Cache::open(None, CacheConfig::default()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("computed.txt");
+    let args = json!([log.display().to_string(), 7]);
+    // One caller gives the computation (0.2 s) 50 ms; another, asking for
+    // the same result while it runs, gives it 10 s.
+    let impatient = {
+        let (p, a) = (pool.clone(), args.clone());
+        tokio::spawn(async move {
+            let short = CallOptions {
+                timeout: Some(Duration::from_millis(50)),
+                ..CallOptions::default()
+            };
+            p.call("slow_square", a, short).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let patient = CallOptions {
+        timeout: Some(Duration::from_secs(10)),
+        ..CallOptions::default()
+    };
+    assert_eq!(
+        pool.call("slow_square", args, patient).await.unwrap(),
+        json!(49)
+    );
+    let e = impatient.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_max_retries_cannot_pass_the_servers() {
+    let mut c = config("test_worker.py");
+    c.retry = c.retry.max_retries(1);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("attempts");
+    let opts = CallOptions {
+        max_retries: Some(1000),
+        ..CallOptions::default()
+    };
+    let e = pool
+        .call("crash_me", json!([log.display().to_string()]), opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    let attempts = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(attempts, 2, "the first and the server's one retry");
     pool.shutdown().await;
 }

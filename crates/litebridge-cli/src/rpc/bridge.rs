@@ -18,8 +18,8 @@ pub(super) struct BridgeCall {
     /// Retry an idempotent method after a recoverable failure (default true).
     #[serde(default)]
     retry: Option<bool>,
-    /// Retries at most after the first attempt, 0 for none (default: the
-    /// server's workers.max_retries).
+    /// Retries at most after the first attempt, 0 for none (default, and
+    /// most: the server's workers.max_retries).
     #[serde(default)]
     max_retries: Option<u64>,
     /// Cache the result under this key (per API key) and answer from the

@@ -540,8 +540,10 @@ impl Cache {
     }
 
     /// The value of `key`, computing it with `load` when missing. Concurrent
-    /// misses of one key run `load` once and share its result; errors are not
-    /// cached.
+    /// misses of one key run one `load` and share its result. Errors are
+    /// neither cached nor shared: a caller that waited on another's load
+    /// that failed (its caller's short deadline, its retries turned off)
+    /// runs its own `load` instead, with its own options.
     ///
     /// # Errors
     /// What `load` returns (L2 failures only cost the cache).
@@ -568,12 +570,15 @@ impl Cache {
             return Ok(value);
         }
         let generation = self.generation();
-        let entry = self
+        let mut load = Some(load);
+        let mine = &mut load;
+        let shared = self
             .l1
             .try_get_with(key.to_owned(), async {
                 if let Some(e) = self.l2_get(key).await {
                     return Ok(e);
                 }
+                let load = mine.take().expect("moka runs one init future once");
                 let value = load().await?;
                 // Kept in memory even if L2 fails (counted): the load succeeded.
                 let _ = self.store(key, value.clone(), ttl, true).await;
@@ -583,8 +588,17 @@ impl Cache {
                     expires,
                 })
             })
-            .await
-            .map_err(|e: Arc<Error>| (*e).clone())?;
+            .await;
+        let entry = match (shared, load.take()) {
+            (Ok(entry), _) => entry,
+            // Another caller's load failed: this one runs its own.
+            (Err(_), Some(load)) => {
+                let value = load().await?;
+                let _ = self.store(key, value.clone(), ttl, true).await;
+                return Ok(value);
+            }
+            (Err(e), None) => return Err((*e).clone()),
+        };
         if self.generation() != generation {
             // Another front end wrote while this loaded or read.
             self.l1.invalidate(key).await;

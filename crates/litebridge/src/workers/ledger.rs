@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerConfig, BreakerRegistry, RetryPolicy};
 use crate::sync::{read, write};
 use crate::workers::{MethodStats, PoolEvent};
@@ -80,21 +80,31 @@ impl Ledger {
         (stats.contains_key(name), stats.len())
     }
 
+    /// Gives `name` statistics (and a breaker) of its own from now on.
+    pub(crate) fn track(&self, name: &str) {
+        self.counters(name);
+    }
+
     /// Runs one call: through its breaker (when `state` names one and
     /// breakers are on), `op` once per attempt as `policy` says, its outcome
     /// settled by `settle` (what the caller will get), then counted under
     /// `state` (or `(other)`). The breaker sees one outcome per call, after
     /// its retries: one worker dying with many calls in flight is one event,
-    /// and the calls it took down may well succeed elsewhere. Crashes,
-    /// timeouts (queued ones too) and exceptions are the method's failures;
-    /// anything else (the caller's mistakes, a full queue, a lost host or
-    /// connection) is not.
+    /// and the calls it took down may well succeed elsewhere. Crashes and
+    /// exceptions are the method's failures, and so is a timeout of a call
+    /// that ran, when its caller gave it at least the default deadline
+    /// (`full_deadline`): a caller's own shorter deadline is its choice, and
+    /// 1 ms calls would otherwise open any method's breaker for everyone.
+    /// Anything else (the caller's mistakes, a full queue, a call that timed
+    /// out waiting for a worker, a lost host or connection) is not.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,
         method: &str,
         state: Option<&str>,
         policy: &RetryPolicy,
         deadline: Instant,
+        full_deadline: bool,
         op: F,
         settle: impl FnOnce(Result<Json>) -> Result<Json>,
     ) -> Result<Json>
@@ -144,9 +154,12 @@ impl Ledger {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
-                Err(
-                    Error::WorkerCrashed { .. } | Error::Timeout { .. } | Error::WorkerError { .. },
-                ) => permit.failure(),
+                Err(Error::WorkerCrashed { .. } | Error::WorkerError { .. }) => permit.failure(),
+                Err(Error::Timeout { stage, .. })
+                    if full_deadline && *stage != TimeoutStage::Queued =>
+                {
+                    permit.failure();
+                }
                 Err(_) => drop(permit),
             }
         }

@@ -25,8 +25,8 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Retry after a crash when the method is idempotent. Default: true.
     pub retry: bool,
-    /// Retries at most after the first attempt (0: none); `None` uses the
-    /// pool's retry policy.
+    /// Retries at most after the first attempt (0: none), up to the pool's
+    /// retry policy's; `None` uses that policy.
     pub max_retries: Option<u32>,
     /// Cache the result under this key (with a cache attached through
     /// [`WorkerPool::use_cache`]). Methods a worker declares cacheable are
@@ -466,8 +466,13 @@ impl WorkerPool {
         let custom;
         let policy = if options.retry && idempotent {
             match options.max_retries {
+                // Fewer than the server's, never more: each retry of a call
+                // that crashes its worker takes another worker down.
                 Some(n) => {
-                    custom = s.retry_crashes.clone().max_retries(n);
+                    custom = s
+                        .retry_crashes
+                        .clone()
+                        .max_retries(n.min(s.retry_crashes.retries()));
                     &custom
                 }
                 None => &s.retry_crashes,
@@ -483,6 +488,7 @@ impl WorkerPool {
                 state,
                 policy,
                 deadline,
+                timeout >= s.config.call_timeout,
                 |attempt| {
                     self.call_once(method, &params, request_id, deadline, timeout, attempt > 1)
                 },
@@ -561,6 +567,7 @@ impl WorkerPool {
         let mut guard = Abandon {
             process: process.clone(),
             id,
+            sent: Instant::now(),
             armed: true,
         };
         let outcome = tokio::time::timeout_at(deadline, reply).await;
@@ -762,13 +769,15 @@ impl WorkerPool {
 struct Abandon {
     process: Arc<Process>,
     id: u64,
+    /// When the call was sent.
+    sent: Instant,
     armed: bool,
 }
 
 impl Drop for Abandon {
     fn drop(&mut self) {
         if self.armed {
-            self.process.abandon(self.id);
+            self.process.abandon(self.id, self.sent);
         }
     }
 }
@@ -952,7 +961,7 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
                 pid = p.pid,
                 "no answer to $/ping: killing the worker"
             );
-            p.abandon(id);
+            p.abandon(id, Instant::now());
             p.signal(libc::SIGKILL);
         }
     }

@@ -70,6 +70,10 @@ pub(crate) struct Process {
     exited: watch::Receiver<Option<String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     cancel_grace: Duration,
+    /// A call's default deadline (`call_timeout`): a call cancelled by a
+    /// caller who gave it less is not counted stuck before it has run this
+    /// long.
+    call_timeout: Duration,
 }
 
 impl Process {
@@ -169,6 +173,7 @@ impl Process {
             exited: exited_rx,
             stderr,
             cancel_grace: config.cancel_grace,
+            call_timeout: config.call_timeout,
         });
         // A worker whose stdin cannot be written (it closed its end, as a
         // library a handler called may do) can take no more calls, though
@@ -264,14 +269,17 @@ impl Process {
         }
     }
 
-    /// The caller of `id` gave up: tells the worker with `$/cancelRequest`,
-    /// and marks the worker stuck if it has not answered within the grace
-    /// period. A stuck worker is not killed here: it may be running other
+    /// The caller of `id` (sent at `sent`) gave up: tells the worker with
+    /// `$/cancelRequest`, and marks the worker stuck if it has not answered
+    /// within the grace period, nor by the time the call has run as long
+    /// as the default deadline allows (a caller's own 1 ms deadline on a
+    /// handler that takes 10 s and ignores cancellation does not make its
+    /// worker stuck, nor get it replaced). A stuck worker is not killed here: it may be running other
     /// callers' calls, which a kill would fail (as `worker_crashed`, outcome
     /// unknown, for a method that must not run twice). The pool replaces it
     /// at its next health check and lets those calls finish first
     /// (`recycle`); a worker that stops answering pings is killed there.
-    pub(crate) fn abandon(self: &Arc<Self>, id: u64) {
+    pub(crate) fn abandon(self: &Arc<Self>, id: u64, sent: Instant) {
         if lock(&self.pending).remove(&id).is_none() {
             return; // already answered
         }
@@ -285,7 +293,11 @@ impl Process {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(me.cancel_grace).await;
-            let stuck = lock(&me.cancelled).contains_key(&id);
+            let running = || lock(&me.cancelled).contains_key(&id);
+            if running() && !me.is_dead() {
+                tokio::time::sleep_until(sent + me.call_timeout).await;
+            }
+            let stuck = running();
             if !stuck || me.is_dead() {
                 return;
             }

@@ -336,8 +336,9 @@ impl NatsBridge {
         };
         let policy = match (options.retry, options.max_retries) {
             (false, _) => RetryPolicy::none(),
+            // Fewer than the server's, never more.
             (true, Some(n)) => {
-                custom = base.clone().max_retries(n);
+                custom = base.clone().max_retries(n.min(base.retries()));
                 custom
             }
             (true, None) => base.clone(),
@@ -353,12 +354,14 @@ impl NatsBridge {
         let unknown: Mutex<Option<Error>> = Mutex::new(None);
         // A later attempt that fails without starting must not hide that
         // an earlier one may have run (nor count as the method's outcome).
-        s.ledger
+        let r = s
+            .ledger
             .run(
                 method,
-                Some(state),
+                state,
                 &policy,
                 deadline,
+                timeout >= s.call_timeout,
                 |_| async {
                     // After an attempt that may have run, another goes ahead
                     // only while every host announcing the method still
@@ -386,9 +389,14 @@ impl NatsBridge {
                     r => r,
                 },
             )
-            .await
-            // Never more than the method's idempotency when the call began.
-            .map_err(|e| if idempotent { e } else { e.of_method(false) })
+            .await;
+        // A name no host announces is tracked once it succeeds (a host may
+        // serve names it does not announce), while there is room.
+        if r.is_ok() && state.is_none() && s.ledger.tracks(method).1 < MAX_METHODS {
+            s.ledger.track(method);
+        }
+        // Never more than the method's idempotency when the call began.
+        r.map_err(|e| if idempotent { e } else { e.of_method(false) })
     }
 
     /// One attempt: sent to the queue group, then waited for until its
@@ -555,15 +563,16 @@ impl NatsBridge {
         }
     }
 
-    /// The name per-method state is kept under.
-    fn state_name<'a>(&self, method: &'a str) -> &'a str {
-        let (tracked, names) = self.shared.ledger.tracks(method);
-        let known = tracked || names < MAX_METHODS;
-        if known {
-            method
-        } else {
-            super::super::names::OTHER
-        }
+    /// The name per-method state is kept under: a method a host announces,
+    /// or one that has succeeded before; `None` for any other name, whose
+    /// calls count under `(other)` and go through no breaker, so names that
+    /// exist nowhere can neither take the room of real ones nor open a
+    /// breaker others share (as for the local pool: `workers::names`).
+    fn state_name<'a>(&self, method: &'a str) -> Option<&'a str> {
+        let announced = read(&self.shared.hosts)
+            .values()
+            .any(|h| h.methods.iter().any(|m| m.name == method));
+        (announced || self.shared.ledger.tracks(method).0).then_some(method)
     }
 
     fn method(&self, name: &str) -> Option<MethodInfo> {
