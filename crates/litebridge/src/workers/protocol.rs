@@ -86,9 +86,18 @@ struct WireError {
     data: Option<Json>,
 }
 
-/// Parses one line; `Err` describes what is wrong with it.
+/// Parses one line; `Err` describes what is wrong with it. A response that
+/// is JSON but not UTF-8 (a worker that wrote a lone surrogate) fails its
+/// call at once, as an error naming the problem, rather than leave its
+/// caller waiting for its deadline.
 pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
-    let l: Line = serde_json::from_slice(line).map_err(|e| format!("not JSON-RPC: {e}"))?;
+    let l: Line = match serde_json::from_slice(line) {
+        Ok(l) => l,
+        Err(e) => match std::str::from_utf8(line) {
+            Ok(_) => return Err(format!("not JSON-RPC: {e}")),
+            Err(bad) => return unreadable(line, &e, bad),
+        },
+    };
     if l.jsonrpc.as_deref() != Some("2.0") {
         return Err("missing \"jsonrpc\": \"2.0\"".into());
     }
@@ -110,6 +119,35 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
         (None, None) => Ok(Json::Null),
     };
     Ok(Incoming::Response { id, outcome })
+}
+
+/// A line that is not UTF-8: the call it answers, if it is otherwise a
+/// response with an id, gets an error.
+fn unreadable(
+    line: &[u8],
+    e: &serde_json::Error,
+    bad: std::str::Utf8Error,
+) -> Result<Incoming, String> {
+    let lossy = String::from_utf8_lossy(line);
+    let id = serde_json::from_str::<Line>(&lossy)
+        .ok()
+        .filter(|l| l.method.is_none() && l.jsonrpc.as_deref() == Some("2.0"))
+        .and_then(|l| l.id.as_ref().and_then(Json::as_u64));
+    match id {
+        Some(id) => Ok(Incoming::Response {
+            id,
+            outcome: Err(Error::WorkerError {
+                code: -32603,
+                message: format!(
+                    "the worker's answer is not valid UTF-8 (byte {} of the line): text the handler returned holds bytes that are not Unicode",
+                    bad.valid_up_to()
+                ),
+                type_name: "UnicodeError".into(),
+                traceback: String::new(),
+            }),
+        }),
+        None => Err(format!("not JSON-RPC: {e}")),
+    }
 }
 
 fn worker_error(e: WireError) -> Error {
@@ -211,5 +249,22 @@ mod tests {
         }
         assert!(parse(b"garbage").is_err());
         assert!(parse(br#"{"id":1,"result":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_response_that_is_not_utf8_fails_its_call_at_once() {
+        // What Python's "surrogatepass" writes for a lone surrogate.
+        let line = b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"caf\xed\xb3\xa9\"}";
+        match parse(line).unwrap() {
+            Incoming::Response {
+                id: 9,
+                outcome: Err(Error::WorkerError { message, .. }),
+            } => assert!(message.contains("not valid UTF-8"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        // Without an id to answer, or not a response: ignored, as before.
+        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"result\":\"\xff\"}").is_err());
+        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"x\xff\",\"id\":3}").is_err());
+        assert!(parse(b"\xff\xfe").is_err());
     }
 }
