@@ -146,12 +146,6 @@ class DottedResolver:
         self._instances = {}
         self._resolved = {}
 
-    def lookup(self, name):
-        """The callable of a name served before, or None: no check, no import
-        (the worker runs this on its event loop, and the call on a pool
-        thread otherwise)."""
-        return self._resolved.get(name)
-
     def __call__(self, name):
         func = self._resolved.get(name)
         if func is not None:

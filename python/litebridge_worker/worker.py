@@ -12,8 +12,7 @@ Design:
   buffer, so lines of any length work, unlike asyncio streams' 64 KiB limit)
   and dispatches each line where it reads it: no thread hand-off on the way in.
 - ``async def`` handlers run as tasks on the loop; plain functions run in a
-  thread pool (and so does the resolving of a name in generic mode, which may
-  import a module), and the pool thread writes the reply itself (one hand-off per
+  thread pool, and the pool thread writes the reply itself (one hand-off per
   call: see ``_Pool`` for how it is kept to few context switches). Many calls
   are in flight at once; replies are written whole, under a lock, in the
   order they finish.
@@ -57,9 +56,9 @@ def _fast_encoder():
         def default(o):
             raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
 
-        enc = c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, True)
-        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": float("inf")}}
-        ref = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode(sample)
+        enc = c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, False)
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": 1e300}}
+        ref = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(sample)
         if "".join(enc(sample, 0)) != ref:
             return None
         return lambda o: "".join(enc(o, 0))
@@ -416,7 +415,10 @@ class Worker:
         self._out = None
         self._out_lock = threading.Lock()
         # json.dumps with non-default options builds an encoder per call.
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        # NaN and Infinity are refused (ValueError, answered as an error): no
+        # JSON reader litebridge has takes them.
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                        allow_nan=False).encode
         self._loop = None
         self._inflight = {}  # id -> (task, cancel flag, is_async)
         self._signatures = {}
@@ -446,11 +448,11 @@ class Worker:
     def set_resolver(self, resolver):
         """Resolves names not registered: ``resolver(name) -> callable or None``.
 
-        The resolver runs on a pool thread (it may import a module, which can
-        take seconds), so pings and cancels are answered meanwhile; a
-        ``lookup(name)`` method, if it has one, returning the callable of a
-        name resolved before without doing any work, lets such calls skip
-        the thread. An exception from the resolver (``SystemExit`` from a
+        The resolver runs on the event loop's thread, as module code expects
+        of an import: while it imports, the worker answers nothing, and an
+        import longer than litebridge's ping timeout (5 s) gets the worker
+        replaced, so modules that load a model should load it
+        on first use. An exception from the resolver (``SystemExit`` from a
         module that exits as it is imported too) is answered as method not
         found, with its message. If the resolver has a ``prefixes`` attribute (dotted
         names, as ``dotted.DottedResolver`` has), ``$/ready`` announces them,
@@ -613,70 +615,31 @@ class Worker:
         if target is not None:
             self._begin(method, target.func, target.is_async, args, kwargs, flag)
             return
-        if self._resolver is None:
-            if rid is not None:
-                self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
-            return
-        lookup = getattr(self._resolver, "lookup", None)
-        func = lookup(method) if lookup is not None else None
-        if func is not None:
-            self._begin(method, func, inspect.iscoroutinefunction(func), args, kwargs, flag)
-            return
-        # Resolving may import a module (seconds, for one that loads a model)
-        # or build an instance: on a pool thread, so that pings and cancels
-        # are still answered meanwhile. The call is in flight from here.
-        if rid is not None:
-            self._inflight[rid] = (None, flag, False)
-        token = _current.set(flag)
-        try:
-            ctx = contextvars.copy_context()
-        finally:
-            _current.reset(token)
-        self._pool.submit(ctx.run, self._resolve_then_begin, method, args, kwargs, flag)
-
-    def _resolve_then_begin(self, method, args, kwargs, flag):
-        """On a pool thread: resolves a name the worker has not registered,
-        then runs a plain function right here, or hands a coroutine function
-        back to the loop."""
-        rid = flag.id
-        try:
-            func = self._resolver(method)
-        except BaseException as e:  # refused, broken, or a module that exits as it is imported
-            self._reply_exception(rid, e, METHOD_NOT_FOUND)
-            self._inflight.pop(rid, None)
-            return
+        func = None
+        if self._resolver is not None:
+            # On the loop's thread, as module code expects of an import
+            # (signal handlers, asyncio.get_event_loop(), a sqlite3
+            # connection used later by async handlers): an import that takes
+            # longer than litebridge's ping timeout gets the worker replaced.
+            try:
+                func = self._resolver(method)
+            except BaseException as e:  # refused, broken, or a module that exits as it is imported
+                self._reply_exception(rid, e, METHOD_NOT_FOUND)
+                return
         if func is None:
             if rid is not None:
                 self._reply_error(rid, METHOD_NOT_FOUND, "method not found: %s" % method)
-            self._inflight.pop(rid, None)
             return
-        if flag.cancelled:
-            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
-            self._inflight.pop(rid, None)
-            return
-        if inspect.iscoroutinefunction(func):
-            self._loop.call_soon_threadsafe(self._begin, method, func, True, args, kwargs, flag)
-            return
-        problem = self._check_params(func, args, kwargs)
-        if problem is not None:
-            self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
-            self._inflight.pop(rid, None)
-            return
-        self._run_sync(rid, func, args, kwargs)
+        self._begin(method, func, inspect.iscoroutinefunction(func), args, kwargs, flag)
 
     def _begin(self, method, func, is_async, args, kwargs, flag):
-        """Checks the params and starts the call, on the loop's thread: a
-        coroutine function eagerly, then as a Task if it waits; a plain
-        function on a pool thread."""
+        """Checks the params and starts the call: a coroutine function
+        eagerly, then as a Task if it waits; a plain function on a pool
+        thread."""
         rid = flag.id
         problem = self._check_params(func, args, kwargs)
         if problem is not None:
             self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
-            self._inflight.pop(rid, None)
-            return
-        if flag.cancelled:  # while a pool thread resolved its name
-            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
-            self._inflight.pop(rid, None)
             return
         token = _current.set(flag)
         try:
@@ -688,11 +651,9 @@ class Worker:
                     first = coro.send(None)
                 except StopIteration as done:
                     self._reply(rid, done.value)
-                    self._inflight.pop(rid, None)
                     return
                 except BaseException as e:  # SystemExit too: the call is answered, the worker goes on
                     self._reply_exception(rid, e)
-                    self._inflight.pop(rid, None)
                     return
             # The call goes on elsewhere: it takes a copy of this context.
             ctx = contextvars.copy_context()
