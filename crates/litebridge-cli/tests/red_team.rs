@@ -1449,6 +1449,11 @@ fn a_same_host_reverse_proxy_gave_the_network_keyless_admin() {
         "\r\nForwarded: for=203.0.113.9;host=db.example.com",
         "\r\nX-Forwarded-Host: db.example.com",
         "\r\nVia: 1.1 nginx",
+        // Envoy's defaults: the client's Host passed on, and these.
+        "\r\nX-Forwarded-Proto: https",
+        "\r\nX-Envoy-Expected-Rq-Timeout-Ms: 15000",
+        "\r\nCF-Connecting-IP: 203.0.113.9",
+        "\r\nTrue-Client-IP: 203.0.113.9",
     ] {
         let (status, reply) = raw(
             &server.addr,

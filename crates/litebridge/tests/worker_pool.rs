@@ -1066,3 +1066,91 @@ async fn a_callers_max_retries_cannot_pass_the_servers() {
     assert_eq!(attempts, 2, "the first and the server's one retry");
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.max_in_flight = 1;
+    c.call_timeout = Duration::from_secs(1);
+    c.cancel_grace = Duration::from_secs(2);
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("busy");
+    for round in 0..3 {
+        // Another caller keeps the one worker busy for most of a deadline.
+        let busy = {
+            let (p, path) = (pool.clone(), log.display().to_string());
+            tokio::spawn(async move {
+                let long = CallOptions {
+                    timeout: Some(Duration::from_secs(10)),
+                    ..CallOptions::default()
+                };
+                p.call("record_idem", json!([path, format!("r{round}"), 0.9]), long)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // With the default deadline, the call waits for the worker, is sent
+        // with little time left, and times out while it runs.
+        let e = pool
+            .call("stubborn", json!([0.3]), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(
+            e.to_string().contains("while its worker ran it"),
+            "it was sent: {e}"
+        );
+        busy.await.unwrap().unwrap();
+        // The handler, which ignores its cancel, ends before the next round.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // That was the load, not the method: its breaker is closed.
+    assert_eq!(
+        pool.call("stubborn", json!([0.01]), CallOptions::default())
+            .await
+            .unwrap(),
+        json!("finished")
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_a_worker_goes_as_soon_as_a_cancelled_call_ends() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.max_in_flight = 1;
+    let pool = WorkerPool::start(c).await.unwrap();
+    // A caller gives up on a call whose handler ignores the cancel and runs
+    // 0.5 s more: the worker stays full until it ends.
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(50)),
+        ..CallOptions::default()
+    };
+    let e = pool
+        .call("stubborn", json!([0.5]), short)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    // The next call waits for that answer, not for its own deadline.
+    let started = Instant::now();
+    let opts = CallOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..CallOptions::default()
+    };
+    assert_eq!(
+        pool.call("echo", json!(["next"]), opts).await.unwrap(),
+        json!("next")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    pool.shutdown().await;
+}

@@ -262,17 +262,29 @@ pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
     r
 }
 
-/// Headers a proxy adds to what it forwards. A server without keys answers
-/// local programs only, and a request that came through a proxy on this
-/// machine (nginx's `proxy_pass http://127.0.0.1:7070` sends a loopback
-/// `Host`) may come from anywhere: it needs a key.
-const PROXY_HEADERS: [&str; 5] = [
+/// Headers a proxy adds to what it forwards (besides any `x-forwarded-*`
+/// and `x-envoy-*`). A server without keys answers local programs only, and
+/// a request that came through a proxy on this machine (nginx's
+/// `proxy_pass http://127.0.0.1:7070` sends a loopback `Host`; Envoy passes
+/// the client's on) may come from anywhere: it needs a key.
+const PROXY_HEADERS: [&str; 9] = [
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-real-ip",
     "via",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
 ];
+
+/// The first header of `headers` that says a proxy forwarded the request.
+fn proxied(headers: &HeaderMap) -> Option<&str> {
+    headers.keys().map(header::HeaderName::as_str).find(|h| {
+        h.starts_with("x-forwarded-") || h.starts_with("x-envoy-") || PROXY_HEADERS.contains(h)
+    })
+}
 
 /// The caller a request speaks for, or why not (401).
 pub(crate) fn authenticate(
@@ -308,7 +320,7 @@ pub(crate) fn authenticate(
         None if state.access.exposed || state.app.auth.has_keys() => Err(unauthorized(
             "this server needs an API key: send `Authorization: Bearer KEY` (keys come from `litebridge keys create`)",
         )),
-        None => match PROXY_HEADERS.iter().find(|h| headers.contains_key(**h)) {
+        None => match proxied(headers) {
             Some(h) => Err(unauthorized(&format!(
                 "this server has no API keys and answers programs on this machine only; \
                  the request came through a proxy (its {h} header): create a key first \

@@ -540,10 +540,12 @@ impl Cache {
     }
 
     /// The value of `key`, computing it with `load` when missing. Concurrent
-    /// misses of one key run one `load` and share its result. Errors are
-    /// neither cached nor shared: a caller that waited on another's load
-    /// that failed (its caller's short deadline, its retries turned off)
-    /// runs its own `load` instead, with its own options.
+    /// misses of one key run one `load` and share its result. Errors are not
+    /// cached; a caller that waited on another's load that failed (its
+    /// caller's short deadline, its retries turned off) waits once more, for
+    /// a load shared again with the other waiters, run by one of them (its
+    /// own, with its own options, perhaps): that second outcome is its
+    /// answer.
     ///
     /// # Errors
     /// What `load` returns (L2 failures only cost the cache).
@@ -571,33 +573,36 @@ impl Cache {
         }
         let generation = self.generation();
         let mut load = Some(load);
-        let mine = &mut load;
-        let shared = self
-            .l1
-            .try_get_with(key.to_owned(), async {
-                if let Some(e) = self.l2_get(key).await {
-                    return Ok(e);
-                }
-                let load = mine.take().expect("moka runs one init future once");
-                let value = load().await?;
-                // Kept in memory even if L2 fails (counted): the load succeeded.
-                let _ = self.store(key, value.clone(), ttl, true).await;
-                let expires = self.expiry(ttl);
-                Ok::<_, Error>(Entry {
-                    value: Arc::new(value),
-                    expires,
+        let mut again = false;
+        let entry = loop {
+            let mine = &mut load;
+            let shared = self
+                .l1
+                .try_get_with(key.to_owned(), async {
+                    if let Some(e) = self.l2_get(key).await {
+                        return Ok(e);
+                    }
+                    let load = mine.take().expect("moka runs one init future once");
+                    let value = load().await?;
+                    // Kept in memory even if L2 fails (counted): the load succeeded.
+                    let _ = self.store(key, value.clone(), ttl, true).await;
+                    let expires = self.expiry(ttl);
+                    Ok::<_, Error>(Entry {
+                        value: Arc::new(value),
+                        expires,
+                    })
                 })
-            })
-            .await;
-        let entry = match (shared, load.take()) {
-            (Ok(entry), _) => entry,
-            // Another caller's load failed: this one runs its own.
-            (Err(_), Some(load)) => {
-                let value = load().await?;
-                let _ = self.store(key, value.clone(), ttl, true).await;
-                return Ok(value);
+                .await;
+            match shared {
+                Ok(entry) => break entry,
+                // Another caller's load failed (its deadline, its options):
+                // once more, shared again with the other waiters, and run
+                // by one of them (this one, perhaps). Its failure, or this
+                // caller's own, is the answer: a failing method is called
+                // twice for a crowd, not once per caller.
+                Err(_) if load.is_some() && !again => again = true,
+                Err(e) => return Err((*e).clone()),
             }
-            (Err(e), None) => return Err((*e).clone()),
         };
         if self.generation() != generation {
             // Another front end wrote while this loaded or read.

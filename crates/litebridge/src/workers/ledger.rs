@@ -3,7 +3,7 @@
 //! and the statistics by method.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value as Json;
@@ -81,6 +81,7 @@ impl Ledger {
     }
 
     /// Gives `name` statistics (and a breaker) of its own from now on.
+    #[cfg(feature = "nats")]
     pub(crate) fn track(&self, name: &str) {
         self.counters(name);
     }
@@ -92,11 +93,13 @@ impl Ledger {
     /// its retries: one worker dying with many calls in flight is one event,
     /// and the calls it took down may well succeed elsewhere. Crashes and
     /// exceptions are the method's failures, and so is a timeout of a call
-    /// that ran, when its caller gave it at least the default deadline
-    /// (`full_deadline`): a caller's own shorter deadline is its choice, and
-    /// 1 ms calls would otherwise open any method's breaker for everyone.
-    /// Anything else (the caller's mistakes, a full queue, a call that timed
-    /// out waiting for a worker, a lost host or connection) is not.
+    /// that ran, when `fair` still says so after the call (its caller gave
+    /// it at least the default deadline, and it was not kept waiting for a
+    /// worker): a caller's own shorter deadline is its choice (1 ms calls
+    /// would otherwise open any method's breaker for everyone), and a wait
+    /// for a worker is the pool's load, not the method's doing. Anything
+    /// else (the caller's mistakes, a full queue, a call that timed out
+    /// waiting for a worker, a lost host or connection) is not.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,
@@ -104,7 +107,7 @@ impl Ledger {
         state: Option<&str>,
         policy: &RetryPolicy,
         deadline: Instant,
-        full_deadline: bool,
+        fair: &AtomicBool,
         op: F,
         settle: impl FnOnce(Result<Json>) -> Result<Json>,
     ) -> Result<Json>
@@ -156,7 +159,7 @@ impl Ledger {
                 Ok(_) => permit.success(),
                 Err(Error::WorkerCrashed { .. } | Error::WorkerError { .. }) => permit.failure(),
                 Err(Error::Timeout { stage, .. })
-                    if full_deadline && *stage != TimeoutStage::Queued =>
+                    if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>
                 {
                     permit.failure();
                 }

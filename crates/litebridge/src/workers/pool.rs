@@ -253,7 +253,7 @@ struct Shared {
     slots: Vec<RwLock<Option<Arc<Process>>>>,
     next_call: AtomicU64,
     next_process: AtomicU64,
-    capacity: Notify,
+    capacity: Arc<Notify>,
     waiting: AtomicUsize,
     /// Breakers, retries' events and statistics.
     ledger: Arc<Ledger>,
@@ -348,7 +348,7 @@ impl WorkerPool {
             slots: (0..config.processes).map(|_| RwLock::new(None)).collect(),
             next_call: AtomicU64::new(1),
             next_process: AtomicU64::new(1),
-            capacity: Notify::new(),
+            capacity: Arc::new(Notify::new()),
             waiting: AtomicUsize::new(0),
             ledger: Ledger::new(&config.breaker),
             restart_times: Mutex::new(VecDeque::new()),
@@ -368,7 +368,10 @@ impl WorkerPool {
             let (s, tx) = (shared.clone(), exit_tx.clone());
             starting.spawn(async move {
                 let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-                (slot, Process::spawn(&s.config, &*s.launcher, id, tx).await)
+                (
+                    slot,
+                    Process::spawn(&s.config, &*s.launcher, id, tx, s.capacity.clone()).await,
+                )
             });
         }
         let mut failure = None;
@@ -481,6 +484,9 @@ impl WorkerPool {
             &s.no_retry
         };
         let request_id = options.request_id.as_deref();
+        // Whether a timeout is the method's: given the default deadline at
+        // least, and never kept waiting for a worker (that is load).
+        let fair = AtomicBool::new(timeout >= s.config.call_timeout);
         let r = s
             .ledger
             .run(
@@ -488,9 +494,18 @@ impl WorkerPool {
                 state,
                 policy,
                 deadline,
-                timeout >= s.config.call_timeout,
+                &fair,
                 |attempt| {
-                    self.call_once(method, &params, request_id, deadline, timeout, attempt > 1)
+                    let (fair, params) = (&fair, &params);
+                    async move {
+                        let call = Call {
+                            deadline,
+                            timeout,
+                            again: attempt > 1,
+                            fair,
+                        };
+                        self.call_once(method, params, request_id, call).await
+                    }
                 },
                 |r| r,
             )
@@ -521,21 +536,27 @@ impl WorkerPool {
         said.peek().is_some() && said.all(|idempotent| idempotent)
     }
 
-    /// One attempt; `again`: an earlier attempt's worker crashed with the
-    /// call in flight.
+    /// One attempt.
     async fn call_once(
         &self,
         method: &str,
         params: &Json,
         request_id: Option<&str>,
-        deadline: Instant,
-        timeout: Duration,
-        again: bool,
+        call: Call<'_>,
     ) -> Result<Json> {
+        let Call {
+            deadline,
+            timeout,
+            again,
+            fair,
+        } = call;
         let s = &self.shared;
         let mut tries = 0;
         let (process, id, reply) = loop {
-            let process = self.pick(deadline, timeout).await?;
+            let (process, waited) = self.pick(deadline, timeout).await?;
+            if waited {
+                fair.store(false, Ordering::Relaxed);
+            }
             // Retried after a crash only where it is still safe: the worker
             // picked, and every worker now, declare the method idempotent
             // (a replacement may be a new version that says otherwise).
@@ -600,8 +621,8 @@ impl WorkerPool {
     }
 
     /// The least-loaded live worker with room, waiting (until the deadline)
-    /// when all are full.
-    async fn pick(&self, deadline: Instant, timeout: Duration) -> Result<Arc<Process>> {
+    /// when all are full; whether it waited.
+    async fn pick(&self, deadline: Instant, timeout: Duration) -> Result<(Arc<Process>, bool)> {
         let s = &self.shared;
         let mut counted = false;
         let r = loop {
@@ -632,7 +653,7 @@ impl WorkerPool {
         if counted {
             s.waiting.fetch_sub(1, Ordering::AcqRel);
         }
-        r
+        r.map(|p| (p, counted))
     }
 
     /// The live worker with the fewest calls in flight and room for one
@@ -765,6 +786,16 @@ impl WorkerPool {
     }
 }
 
+/// What an attempt needs to know of its call.
+struct Call<'a> {
+    deadline: Instant,
+    timeout: Duration,
+    /// An earlier attempt's worker crashed with the call in flight.
+    again: bool,
+    /// Cleared when the attempt waited for a worker (see `call_uncached`).
+    fair: &'a AtomicBool,
+}
+
 /// Tells the worker to cancel a call whose caller went away.
 struct Abandon {
     process: Arc<Process>,
@@ -847,7 +878,15 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
             return;
         }
         let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-        match Process::spawn(&s.config, &*s.launcher, id, exit_tx.clone()).await {
+        match Process::spawn(
+            &s.config,
+            &*s.launcher,
+            id,
+            exit_tx.clone(),
+            s.capacity.clone(),
+        )
+        .await
+        {
             Ok(p) => {
                 s.names.learn(&p);
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
@@ -972,7 +1011,15 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
 /// Whether the old worker was swapped out.
 async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) -> bool {
     let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-    let fresh = match Process::spawn(&s.config, &*s.launcher, id, s.exit_tx.clone()).await {
+    let fresh = match Process::spawn(
+        &s.config,
+        &*s.launcher,
+        id,
+        s.exit_tx.clone(),
+        s.capacity.clone(),
+    )
+    .await
+    {
         Ok(p) => {
             s.names.learn(&p);
             p

@@ -74,6 +74,9 @@ pub(crate) struct Process {
     /// caller who gave it less is not counted stuck before it has run this
     /// long.
     call_timeout: Duration,
+    /// Told when a call's late answer frees room (the pool's callers waiting
+    /// for a worker: nothing else wakes them for it).
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl Process {
@@ -85,6 +88,7 @@ impl Process {
         launcher: &dyn Launcher,
         id: u64,
         on_exit: mpsc::UnboundedSender<u64>,
+        freed: Arc<tokio::sync::Notify>,
     ) -> Result<Arc<Process>> {
         let shown = config.command.join(" ");
         let Launched {
@@ -174,6 +178,7 @@ impl Process {
             stderr,
             cancel_grace: config.cancel_grace,
             call_timeout: config.call_timeout,
+            freed,
         });
         // A worker whose stdin cannot be written (it closed its end, as a
         // library a handler called may do) can take no more calls, though
@@ -385,6 +390,9 @@ impl Process {
         let was_cancelled = lock(&self.cancelled).remove(&id).is_some();
         if waiting.is_some() || was_cancelled {
             self.load.fetch_sub(1, Ordering::AcqRel);
+        }
+        if was_cancelled {
+            self.freed.notify_one();
         }
         if let Some(tx) = waiting {
             let _ = tx.send(outcome);

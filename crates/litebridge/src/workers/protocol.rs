@@ -86,17 +86,15 @@ struct WireError {
     data: Option<Json>,
 }
 
-/// Parses one line; `Err` describes what is wrong with it. A response that
-/// is JSON but not UTF-8 (a worker that wrote a lone surrogate) fails its
-/// call at once, as an error naming the problem, rather than leave its
-/// caller waiting for its deadline.
+/// Parses one line; `Err` describes what is wrong with it. A response
+/// that cannot be read but names its call (JSON that is not UTF-8, from a
+/// worker that wrote a lone surrogate; `NaN` in a result; the id where
+/// responses put it) fails that call at once, as an error naming the
+/// problem, rather than leave its caller waiting for its deadline.
 pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
     let l: Line = match serde_json::from_slice(line) {
         Ok(l) => l,
-        Err(e) => match std::str::from_utf8(line) {
-            Ok(_) => return Err(format!("not JSON-RPC: {e}")),
-            Err(bad) => return unreadable(line, &e, bad),
-        },
+        Err(e) => return unreadable(line, &e),
     };
     if l.jsonrpc.as_deref() != Some("2.0") {
         return Err("missing \"jsonrpc\": \"2.0\"".into());
@@ -121,33 +119,55 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
     Ok(Incoming::Response { id, outcome })
 }
 
-/// A line that is not UTF-8: the call it answers, if it is otherwise a
-/// response with an id, gets an error.
-fn unreadable(
-    line: &[u8],
-    e: &serde_json::Error,
-    bad: std::str::Utf8Error,
-) -> Result<Incoming, String> {
-    let lossy = String::from_utf8_lossy(line);
-    let id = serde_json::from_str::<Line>(&lossy)
-        .ok()
-        .filter(|l| l.method.is_none() && l.jsonrpc.as_deref() == Some("2.0"))
-        .and_then(|l| l.id.as_ref().and_then(Json::as_u64));
-    match id {
+/// A line that could not be read: the call it answers, if it names one,
+/// gets an error.
+fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
+    let (id, why) = match std::str::from_utf8(line) {
+        Err(bad) => {
+            // Read again with the bad bytes replaced, for its id only.
+            let id = serde_json::from_str::<Line>(&String::from_utf8_lossy(line))
+                .ok()
+                .filter(|l| l.method.is_none() && l.jsonrpc.as_deref() == Some("2.0"))
+                .and_then(|l| l.id.as_ref().and_then(Json::as_u64));
+            let why = format!(
+                "is not valid UTF-8 (byte {} of the line): text the handler returned holds bytes that are not Unicode",
+                bad.valid_up_to()
+            );
+            (id, why)
+        }
+        Ok(_) => (
+            None,
+            format!(
+                "is not JSON that litebridge can read ({e}); NaN or Infinity in a result is not JSON"
+            ),
+        ),
+    };
+    match id.or_else(|| leading_id(line)) {
         Some(id) => Ok(Incoming::Response {
             id,
             outcome: Err(Error::WorkerError {
                 code: -32603,
-                message: format!(
-                    "the worker's answer is not valid UTF-8 (byte {} of the line): text the handler returned holds bytes that are not Unicode",
-                    bad.valid_up_to()
-                ),
-                type_name: "UnicodeError".into(),
+                message: format!("the worker's answer {why}"),
+                type_name: "ProtocolError".into(),
                 traceback: String::new(),
             }),
         }),
         None => Err(format!("not JSON-RPC: {e}")),
     }
+}
+
+/// The id of a line that begins as responses are written:
+/// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,`.
+fn leading_id(line: &[u8]) -> Option<u64> {
+    let rest = line
+        .strip_prefix(br#"{"jsonrpc":"2.0","#)
+        .or_else(|| line.strip_prefix(b"{"))?
+        .strip_prefix(br#""id":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !matches!(rest.get(digits), Some(b',' | b'}')) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 fn worker_error(e: WireError) -> Error {
@@ -252,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn a_response_that_is_not_utf8_fails_its_call_at_once() {
+    fn a_response_that_cannot_be_read_but_names_its_call_fails_it_at_once() {
         // What Python's "surrogatepass" writes for a lone surrogate.
         let line = b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"caf\xed\xb3\xa9\"}";
         match parse(line).unwrap() {
@@ -262,9 +282,31 @@ mod tests {
             } => assert!(message.contains("not valid UTF-8"), "{message}"),
             other => panic!("{other:?}"),
         }
+        // NaN, which Python's json writes by default.
+        match parse(br#"{"jsonrpc":"2.0","id":12,"result":NaN}"#).unwrap() {
+            Incoming::Response {
+                id: 12,
+                outcome: Err(Error::WorkerError { message, .. }),
+            } => assert!(message.contains("NaN"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(br#"{"id":13,"jsonrpc":"2.0","result":[Infinity]}"#),
+            Ok(Incoming::Response {
+                id: 13,
+                outcome: Err(_)
+            })
+        ));
         // Without an id to answer, or not a response: ignored, as before.
         assert!(parse(b"{\"jsonrpc\":\"2.0\",\"result\":\"\xff\"}").is_err());
         assert!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"x\xff\",\"id\":3}").is_err());
         assert!(parse(b"\xff\xfe").is_err());
+        assert!(parse(br#"{"jsonrpc":"2.0","id":"7","result":NaN}"#).is_err());
+        assert!(parse(br#"{"jsonrpc":"2.0","id":99999999999999999999999,"result":NaN}"#).is_err());
+        assert!(
+            parse(br#"{"jsonrpc":"2.0","id":1,"result":[1,"#).is_ok(),
+            "cut short after its id: its call fails"
+        );
+        assert!(parse(br#"{"jsonrpc":"2.0","id":1"#).is_err());
     }
 }

@@ -361,7 +361,9 @@ impl NatsBridge {
                 state,
                 &policy,
                 deadline,
-                timeout >= s.call_timeout,
+                // The host's own queue is not seen from here: the caller's
+                // deadline alone says whether a timeout is the method's.
+                &AtomicBool::new(timeout >= s.call_timeout),
                 |_| async {
                     // After an attempt that may have run, another goes ahead
                     // only while every host announcing the method still
