@@ -61,6 +61,11 @@ def _fast_encoder():
         ref = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(sample)
         if "".join(enc(sample, 0)) != ref:
             return None
+        try:
+            enc([float("nan")], 0)
+            return None  # it writes NaN, which no JSON reader litebridge has takes
+        except ValueError:
+            pass
         return lambda o: "".join(enc(o, 0))
     except Exception:
         return None
@@ -432,6 +437,12 @@ class Worker:
         another worker after a crash. ``cache_ttl_s`` makes results cacheable.
         """
 
+        if cache_ttl_s is not None and (
+            isinstance(cache_ttl_s, bool) or not isinstance(cache_ttl_s, (int, float))
+            or not 0 <= cache_ttl_s < float("inf")
+        ):
+            raise ValueError("cache_ttl_s must be a finite number of seconds >= 0, got %r" % (cache_ttl_s,))
+
         def register(func):
             key = name or func.__name__
             if key.startswith("$/"):
@@ -566,15 +577,17 @@ class Worker:
             return
         begin = 0
         search = start
-        while True:
-            nl = buf.find(b"\n", search)
-            if nl < 0:
-                break
-            line = bytes(buf[begin:nl])
-            begin = search = nl + 1
-            if line.strip():
-                self._dispatch(line)
-        del buf[:begin]
+        try:
+            while True:
+                nl = buf.find(b"\n", search)
+                if nl < 0:
+                    break
+                line = bytes(buf[begin:nl])
+                begin = search = nl + 1
+                if line.strip():
+                    self._dispatch(line)
+        finally:
+            del buf[:begin]
 
     def _dispatch(self, line):
         try:
@@ -590,8 +603,14 @@ class Worker:
             self._reply_error(msg.get("id") if isinstance(msg, dict) else None,
                               INVALID_REQUEST, "invalid request")
             return
-        method = msg["method"]
         rid = msg.get("id")
+        try:
+            self._route(msg, rid)
+        except BaseException as e:  # an exception that cannot be shown, an unhashable handler...
+            self._answer_failure(rid, e)
+
+    def _route(self, msg, rid):
+        method = msg["method"]
         params = msg.get("params")
         if method == "$/cancelRequest":
             self._cancel(params)
@@ -674,10 +693,14 @@ class Worker:
     def _check_params(self, func, args, kwargs):
         """Binds the params to the signature (cached per function): a mismatch
         is the caller's mistake and must not look like the handler failing."""
-        shape = self._signatures.get(func, False)
-        if shape is False:
+        try:
+            shape = self._signatures.get(func, False)
+        except TypeError:  # an unhashable callable (a dataclass instance with __call__)
             shape = _Shape.of(func)
-            self._signatures[func] = shape
+        else:
+            if shape is False:
+                shape = _Shape.of(func)
+                self._signatures[func] = shape
         return None if shape is None else shape.check(args, kwargs)
 
     def _run_sync(self, rid, func, args, kwargs):
@@ -788,8 +811,27 @@ class Worker:
     def _reply_exception(self, rid, e, code=WORKER_ERROR):
         if rid is None:
             return
-        type_name = getattr(e, "type_name", None) or type(e).__name__
-        self._reply_error(rid, code, str(e) or type_name, {
-            "type": type_name,
-            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-        })
+        type_name = getattr(e, "type_name", None)
+        if not isinstance(type_name, str) or not type_name:
+            type_name = type(e).__name__
+        try:
+            message = str(e) or type_name
+        except Exception:  # an exception whose __str__ raises
+            message = type_name
+        try:
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        except Exception:
+            tb = ""
+        self._reply_error(rid, code, message, {"type": type_name, "traceback": tb})
+
+    def _answer_failure(self, rid, e):
+        """Answers a call whose handling failed outside its handler; the
+        last resort, so it never raises."""
+        try:
+            self._reply_exception(rid, e)
+        except BaseException:
+            try:
+                self._reply_error(rid, WORKER_ERROR, "the call could not be handled",
+                                  {"type": "Error", "traceback": ""})
+            except BaseException:
+                pass

@@ -95,6 +95,63 @@ class UnsendableResultTest(unittest.TestCase):
                 peer.close()
 
 
+class HandlingFailureTest(unittest.TestCase):
+    def test_every_call_is_answered_whatever_its_handler_is_or_raises(self):
+        with tempfile.TemporaryDirectory() as d:
+            peer = script_worker(d, (
+                "import asyncio, dataclasses\n"
+                "class Mute(Exception):\n"
+                "    def __str__(self):\n"
+                "        raise RuntimeError('no words')\n"
+                "@w.method()\n"
+                "def mute_sync():\n"
+                "    raise Mute()\n"
+                "@w.method()\n"
+                "async def mute_eager():\n"
+                "    raise Mute()\n"
+                "@w.method()\n"
+                "async def mute_later():\n"
+                "    await asyncio.sleep(0.01)\n"
+                "    raise Mute()\n"
+                "@dataclasses.dataclass\n"
+                "class Tool:\n"
+                "    n: int = 1\n"
+                "    def __call__(self):\n"
+                "        return 'tool'\n"
+                "w.add(Tool(), name='unhashable')\n"
+                "@w.method()\n"
+                "def ok(n):\n"
+                "    return n\n"
+            ))
+            try:
+                for method in ["mute_sync", "mute_eager", "mute_later"]:
+                    e = peer.roundtrip(method)["error"]
+                    self.assertEqual(e["data"]["type"], "Mute", (method, e))
+                # Calls that arrive together, one of them to a handler the
+                # worker cannot look up: each gets its answer.
+                lines = b"".join(
+                    json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}).encode() + b"\n"
+                    for i, m, p in [(101, "ok", [101]), (102, "unhashable", []), (103, "ok", [103])]
+                )
+                peer.proc.stdin.write(lines)
+                peer.proc.stdin.flush()
+                seen = {}
+                self.assertEqual(read_until(peer, 101, seen)["result"], 101)
+                self.assertEqual(read_until(peer, 102, seen)["result"], "tool")
+                self.assertEqual(read_until(peer, 103, seen)["result"], 103)
+                self.assertEqual(peer.roundtrip("ok", [104])["result"], 104)
+            finally:
+                peer.close()
+
+    def test_a_cache_lifetime_no_reader_takes_is_refused_at_registration(self):
+        from litebridge_worker import Worker
+        w = Worker()
+        for ttl in [float("inf"), float("nan"), -1, "60", True]:
+            with self.assertRaises(ValueError, msg=repr(ttl)):
+                w.method(cache_ttl_s=ttl)
+        w.method(cache_ttl_s=0.5)(lambda: None)
+
+
 class GenericModeImportTest(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp()

@@ -57,6 +57,10 @@ const STATE_COLUMNS: &str = "run_id TEXT PRIMARY KEY, state TEXT NOT NULL, statu
      error_message TEXT, execution_time_ms INTEGER, memory_usage_mb REAL, created_at INTEGER NOT NULL, \
      updated_at INTEGER NOT NULL";
 
+/// A read that runs until its deadline stops it.
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
 /// sha256("lb_evil_secret_0123456789").
 const EVIL_HASH: &str = "8902c152d50372021d7501d448bf3cf52a371fb28e54837d2d0791ee407f4788";
 const EVIL_SECRET: &str = "lb_evil_secret_0123456789";
@@ -1354,7 +1358,7 @@ fn a_revoked_keys_batch_went_on_to_mint_an_admin_key() {
     // leaked key is revoked and still running after.
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "sql.query", "params": {
-            "sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            "sql": ENDLESS,
             "timeout_ms": 1500}},
         {"jsonrpc": "2.0", "id": 2, "method": "admin.keys.create",
          "params": {"scope": "admin", "name": "backdoor"}},
@@ -1409,7 +1413,7 @@ fn mcp_ran_past_the_servers_request_limit() {
     // The server's one place, held by a slow read.
     let slow = call(
         "sql.query",
-        json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        json!({"sql": ENDLESS,
                "timeout_ms": 1500}),
     )
     .to_string();
