@@ -1020,19 +1020,21 @@ async fn a_cached_call_is_not_answered_with_another_callers_failure() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("computed.txt");
     let args = json!([log.display().to_string(), 7]);
-    // One caller gives the computation (0.2 s) 50 ms; another, asking for
-    // the same result while it runs, gives it 10 s.
-    let impatient = {
-        let (p, a) = (pool.clone(), args.clone());
-        tokio::spawn(async move {
-            let short = CallOptions {
-                timeout: Some(Duration::from_millis(50)),
-                ..CallOptions::default()
-            };
-            p.call("slow_square", a, short).await
+    // Ten callers give the computation (0.2 s) 20 ms each; another, asking
+    // for the same result while they wait, gives it 10 s.
+    let impatient: Vec<_> = (0..10)
+        .map(|_| {
+            let (p, a) = (pool.clone(), args.clone());
+            tokio::spawn(async move {
+                let short = CallOptions {
+                    timeout: Some(Duration::from_millis(20)),
+                    ..CallOptions::default()
+                };
+                p.call("slow_square", a, short).await
+            })
         })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let patient = CallOptions {
         timeout: Some(Duration::from_secs(10)),
         ..CallOptions::default()
@@ -1041,8 +1043,27 @@ async fn a_cached_call_is_not_answered_with_another_callers_failure() {
         pool.call("slow_square", args, patient).await.unwrap(),
         json!(49)
     );
-    let e = impatient.await.unwrap().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    for i in impatient {
+        let e = i.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    // A failure that is the method's own is shared, not run again by each.
+    let log = dir.path().join("failed.txt");
+    let opts = CallOptions {
+        cache_key: Some("fails".into()),
+        ..CallOptions::default()
+    };
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let (p, o, path) = (pool.clone(), opts.clone(), log.display().to_string());
+            tokio::spawn(async move { p.call("slow_fail", json!([path]), o).await })
+        })
+        .collect();
+    for c in calls {
+        let e = c.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerError, "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
     pool.shutdown().await;
 }
 
@@ -1117,6 +1138,38 @@ async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
             .unwrap(),
         json!("finished")
     );
+    // A method that hangs still opens its breaker, though its calls waited
+    // a moment for the worker each time.
+    let marker = dir.path().join("cancelled");
+    for _ in 0..3 {
+        let busy = {
+            let p = pool.clone();
+            tokio::spawn(async move {
+                p.call("stubborn", json!([0.05]), CallOptions::default())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let e = pool
+            .call(
+                "hang",
+                json!([marker.display().to_string(), 60]),
+                CallOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        busy.await.unwrap().unwrap();
+    }
+    let e = pool
+        .call(
+            "hang",
+            json!([marker.display().to_string(), 0]),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     pool.shutdown().await;
 }
 

@@ -266,7 +266,9 @@ pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
 /// and `x-envoy-*`). A server without keys answers local programs only, and
 /// a request that came through a proxy on this machine (nginx's
 /// `proxy_pass http://127.0.0.1:7070` sends a loopback `Host`; Envoy passes
-/// the client's on) may come from anywhere: it needs a key.
+/// the client's on) may come from anywhere: it needs a key. A backstop
+/// only: a forwarder that adds none of these is not told apart
+/// (SECURITY.md).
 const PROXY_HEADERS: [&str; 9] = [
     "forwarded",
     "via",

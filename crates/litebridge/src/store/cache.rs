@@ -541,11 +541,12 @@ impl Cache {
 
     /// The value of `key`, computing it with `load` when missing. Concurrent
     /// misses of one key run one `load` and share its result. Errors are not
-    /// cached; a caller that waited on another's load that failed (its
-    /// caller's short deadline, its retries turned off) waits once more, for
-    /// a load shared again with the other waiters, run by one of them (its
-    /// own, with its own options, perhaps): that second outcome is its
-    /// answer.
+    /// cached. A load's failure is shared only when it is the method's own
+    /// (an exception, `worker_error`); a caller that waited on another's
+    /// load that failed otherwise (its caller's short deadline, its retries
+    /// turned off) waits once more, for a load shared again with the other
+    /// waiters and run by one of them, and if that fails too, runs its own
+    /// with its own options.
     ///
     /// # Errors
     /// What `load` returns (L2 failures only cost the cache).
@@ -595,13 +596,23 @@ impl Cache {
                 .await;
             match shared {
                 Ok(entry) => break entry,
-                // Another caller's load failed (its deadline, its options):
-                // once more, shared again with the other waiters, and run
-                // by one of them (this one, perhaps). Its failure, or this
-                // caller's own, is the answer: a failing method is called
-                // twice for a crowd, not once per caller.
-                Err(_) if load.is_some() && !again => again = true,
-                Err(e) => return Err((*e).clone()),
+                // This caller's own load failed, or the method failed for
+                // whoever called it (it raised): that is the answer.
+                Err(e) if load.is_none() || e.kind() == crate::error::ErrorKind::WorkerError => {
+                    return Err((*e).clone());
+                }
+                // Another caller's load failed in a way its own options may
+                // explain (its deadline, its retries): once more, shared
+                // again with the other waiters and run by one of them
+                // (this one, perhaps), so a crowd does not call at once.
+                Err(_) if !again => again = true,
+                // Twice: this caller's own call, with its own options.
+                Err(_) => {
+                    let load = load.take().expect("not run yet");
+                    let value = load().await?;
+                    let _ = self.store(key, value.clone(), ttl, true).await;
+                    return Ok(value);
+                }
             }
         };
         if self.generation() != generation {

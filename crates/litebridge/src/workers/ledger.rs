@@ -93,13 +93,13 @@ impl Ledger {
     /// its retries: one worker dying with many calls in flight is one event,
     /// and the calls it took down may well succeed elsewhere. Crashes and
     /// exceptions are the method's failures, and so is a timeout of a call
-    /// that ran, when `fair` still says so after the call (its caller gave
-    /// it at least the default deadline, and it was not kept waiting for a
-    /// worker): a caller's own shorter deadline is its choice (1 ms calls
-    /// would otherwise open any method's breaker for everyone), and a wait
-    /// for a worker is the pool's load, not the method's doing. Anything
-    /// else (the caller's mistakes, a full queue, a call that timed out
-    /// waiting for a worker, a lost host or connection) is not.
+    /// that ran, when `fair` says so after the call (it had in the worker
+    /// most of the default deadline): a caller's own shorter deadline is its
+    /// choice (1 ms calls would otherwise open any method's breaker for
+    /// everyone), and a long wait for a worker is the pool's load, not the
+    /// method's doing. Anything else (the caller's mistakes, a full queue, a
+    /// call that timed out waiting for a worker, a lost host or connection)
+    /// is not.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,

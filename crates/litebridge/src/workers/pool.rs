@@ -484,9 +484,8 @@ impl WorkerPool {
             &s.no_retry
         };
         let request_id = options.request_id.as_deref();
-        // Whether a timeout is the method's: given the default deadline at
-        // least, and never kept waiting for a worker (that is load).
-        let fair = AtomicBool::new(timeout >= s.config.call_timeout);
+        // Whether a timeout is the method's (see `call_once`).
+        let fair = AtomicBool::new(false);
         let r = s
             .ledger
             .run(
@@ -553,10 +552,16 @@ impl WorkerPool {
         let s = &self.shared;
         let mut tries = 0;
         let (process, id, reply) = loop {
-            let (process, waited) = self.pick(deadline, timeout).await?;
-            if waited {
-                fair.store(false, Ordering::Relaxed);
-            }
+            let process = self.pick(deadline, timeout).await?;
+            // A timeout from here on is the method's only if the call had
+            // in the worker most of what the default deadline allows: not
+            // when its caller chose less, nor when it waited for a worker
+            // (that is the pool's load). The last attempt's counts.
+            fair.store(
+                deadline.saturating_duration_since(Instant::now())
+                    >= s.config.call_timeout.mul_f64(0.9),
+                Ordering::Relaxed,
+            );
             // Retried after a crash only where it is still safe: the worker
             // picked, and every worker now, declare the method idempotent
             // (a replacement may be a new version that says otherwise).
@@ -612,7 +617,6 @@ impl WorkerPool {
             }),
         };
         drop(guard);
-        s.capacity.notify_one();
         // Safe to call again only if the worker that ran it, and every
         // worker announcing the method now, declare it idempotent: during a
         // recycle to new workers, one version may say otherwise. Asked only
@@ -621,8 +625,8 @@ impl WorkerPool {
     }
 
     /// The least-loaded live worker with room, waiting (until the deadline)
-    /// when all are full; whether it waited.
-    async fn pick(&self, deadline: Instant, timeout: Duration) -> Result<(Arc<Process>, bool)> {
+    /// when all are full.
+    async fn pick(&self, deadline: Instant, timeout: Duration) -> Result<Arc<Process>> {
         let s = &self.shared;
         let mut counted = false;
         let r = loop {
@@ -653,7 +657,7 @@ impl WorkerPool {
         if counted {
             s.waiting.fetch_sub(1, Ordering::AcqRel);
         }
-        r.map(|p| (p, counted))
+        r
     }
 
     /// The live worker with the fewest calls in flight and room for one
@@ -792,7 +796,7 @@ struct Call<'a> {
     timeout: Duration,
     /// An earlier attempt's worker crashed with the call in flight.
     again: bool,
-    /// Cleared when the attempt waited for a worker (see `call_uncached`).
+    /// Whether a timeout of the attempt is the method's (see `call_once`).
     fair: &'a AtomicBool,
 }
 

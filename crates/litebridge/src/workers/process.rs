@@ -74,8 +74,9 @@ pub(crate) struct Process {
     /// caller who gave it less is not counted stuck before it has run this
     /// long.
     call_timeout: Duration,
-    /// Told when a call's late answer frees room (the pool's callers waiting
-    /// for a worker: nothing else wakes them for it).
+    /// Told whenever an answer frees room, whoever waits for it (the call's
+    /// caller may be gone, as for a cancelled call or a ping): the pool's
+    /// callers waiting for a worker.
     freed: Arc<tokio::sync::Notify>,
 }
 
@@ -390,8 +391,6 @@ impl Process {
         let was_cancelled = lock(&self.cancelled).remove(&id).is_some();
         if waiting.is_some() || was_cancelled {
             self.load.fetch_sub(1, Ordering::AcqRel);
-        }
-        if was_cancelled {
             self.freed.notify_one();
         }
         if let Some(tx) = waiting {

@@ -86,11 +86,13 @@ struct WireError {
     data: Option<Json>,
 }
 
-/// Parses one line; `Err` describes what is wrong with it. A response
-/// that cannot be read but names its call (JSON that is not UTF-8, from a
-/// worker that wrote a lone surrogate; `NaN` in a result; the id where
-/// responses put it) fails that call at once, as an error naming the
-/// problem, rather than leave its caller waiting for its deadline.
+/// Parses one line (with its `\n`, when it came whole); `Err` describes
+/// what is wrong with it. A whole line that cannot be read but is a
+/// response naming its call (JSON that is not UTF-8, from a worker that
+/// wrote a lone surrogate; `NaN` in a result; its id where responses put
+/// it) fails that call at once, as an error naming the problem, rather than
+/// leave its caller waiting for its deadline. A line cut short by the
+/// worker's end is left to the crash that ends the call.
 pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
     let l: Line = match serde_json::from_slice(line) {
         Ok(l) => l,
@@ -122,6 +124,9 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
 /// A line that could not be read: the call it answers, if it names one,
 /// gets an error.
 fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
+    if !line.ends_with(b"\n") {
+        return Err(format!("not JSON-RPC: {e}"));
+    }
     let (id, why) = match std::str::from_utf8(line) {
         Err(bad) => {
             // Read again with the bad bytes replaced, for its id only.
@@ -138,7 +143,7 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
         Ok(_) => (
             None,
             format!(
-                "is not JSON that litebridge can read ({e}); NaN or Infinity in a result is not JSON"
+                "is not JSON that litebridge can read ({e}) (NaN or Infinity in a result, say)"
             ),
         ),
     };
@@ -156,15 +161,25 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
     }
 }
 
-/// The id of a line that begins as responses are written:
-/// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,`.
+/// The id of a response whose line begins as responses are written,
+/// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,`, with or
+/// without spaces between the tokens; not a line that names a method.
 fn leading_id(line: &[u8]) -> Option<u64> {
-    let rest = line
-        .strip_prefix(br#"{"jsonrpc":"2.0","#)
-        .or_else(|| line.strip_prefix(b"{"))?
-        .strip_prefix(br#""id":"#)?;
+    fn token<'a>(rest: &'a [u8], t: &[u8]) -> Option<&'a [u8]> {
+        rest.trim_ascii_start().strip_prefix(t)
+    }
+    if line.windows(8).any(|w| w == br#""method""#) {
+        return None;
+    }
+    let open = token(line, b"{")?;
+    let rest = token(open, br#""jsonrpc""#)
+        .and_then(|r| token(r, b":"))
+        .and_then(|r| token(r, br#""2.0""#))
+        .and_then(|r| token(r, b","))
+        .unwrap_or(open);
+    let rest = token(token(rest, br#""id""#)?, b":")?.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if !matches!(rest.get(digits), Some(b',' | b'}')) {
+    if !matches!(rest[digits..].trim_ascii_start().first(), Some(b',' | b'}')) {
         return None;
     }
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
@@ -273,40 +288,45 @@ mod tests {
 
     #[test]
     fn a_response_that_cannot_be_read_but_names_its_call_fails_it_at_once() {
-        // What Python's "surrogatepass" writes for a lone surrogate.
-        let line = b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"caf\xed\xb3\xa9\"}";
-        match parse(line).unwrap() {
-            Incoming::Response {
-                id: 9,
-                outcome: Err(Error::WorkerError { message, .. }),
-            } => assert!(message.contains("not valid UTF-8"), "{message}"),
-            other => panic!("{other:?}"),
-        }
-        // NaN, which Python's json writes by default.
-        match parse(br#"{"jsonrpc":"2.0","id":12,"result":NaN}"#).unwrap() {
-            Incoming::Response {
-                id: 12,
-                outcome: Err(Error::WorkerError { message, .. }),
-            } => assert!(message.contains("NaN"), "{message}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            parse(br#"{"id":13,"jsonrpc":"2.0","result":[Infinity]}"#),
+        let fails = |line: &[u8], want: u64| match parse(line) {
             Ok(Incoming::Response {
-                id: 13,
-                outcome: Err(_)
-            })
-        ));
-        // Without an id to answer, or not a response: ignored, as before.
-        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"result\":\"\xff\"}").is_err());
-        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"x\xff\",\"id\":3}").is_err());
-        assert!(parse(b"\xff\xfe").is_err());
-        assert!(parse(br#"{"jsonrpc":"2.0","id":"7","result":NaN}"#).is_err());
-        assert!(parse(br#"{"jsonrpc":"2.0","id":99999999999999999999999,"result":NaN}"#).is_err());
-        assert!(
-            parse(br#"{"jsonrpc":"2.0","id":1,"result":[1,"#).is_ok(),
-            "cut short after its id: its call fails"
+                id,
+                outcome: Err(Error::WorkerError { message, .. }),
+            }) if id == want => message,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(line)),
+        };
+        // What Python's "surrogatepass" writes for a lone surrogate.
+        let m = fails(
+            b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"caf\xed\xb3\xa9\"}\n",
+            9,
         );
-        assert!(parse(br#"{"jsonrpc":"2.0","id":1"#).is_err());
+        assert!(m.contains("not valid UTF-8"), "{m}");
+        // NaN and Infinity, which Python's json writes by default, in any
+        // member order and with json.dumps's spaces.
+        let m = fails(b"{\"jsonrpc\":\"2.0\",\"id\":12,\"result\":NaN}\n", 12);
+        assert!(m.contains("NaN"), "{m}");
+        fails(
+            b"{\"id\":13,\"jsonrpc\":\"2.0\",\"result\":[Infinity]}\n",
+            13,
+        );
+        fails(b"{\"jsonrpc\": \"2.0\", \"id\": 14, \"result\": NaN}\n", 14);
+        // Cut short after its id, yet whole as a line: its call fails.
+        fails(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[1,\n", 1);
+        // Cut short by the worker's end (no newline): left to the crash.
+        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[1,").is_err());
+        assert!(parse(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"\xed\xb3\xa9\"}").is_err());
+        // Without an id to answer, or not a response: ignored, as before.
+        for line in [
+            &b"{\"jsonrpc\":\"2.0\",\"result\":\"\xff\"}\n"[..],
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"x\xff\",\"id\":3}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"x\xff\"}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":NaN}\n",
+            b"\xff\xfe\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":\"7\",\"result\":NaN}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":99999999999999999999999,\"result\":NaN}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1\n",
+        ] {
+            assert!(parse(line).is_err(), "{}", String::from_utf8_lossy(line));
+        }
     }
 }

@@ -91,6 +91,14 @@ def crash_me(path):
     os._exit(1)
 
 
+@worker.method()
+def slow_fail(path):
+    with open(path, "a") as f:
+        f.write("failed\n")
+    time.sleep(0.2)
+    raise ValueError("always")
+
+
 @worker.method(cache_ttl_s=60)
 def slow_square(path, x):
     with open(path, "a") as f:
