@@ -332,7 +332,18 @@ class _Pool:
             if self._started >= self._max:
                 return  # it waits for the first thread to come free
             self._started += 1
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            # No thread (the system has none left): the job is taken back,
+            # so its call is answered once, by the caller's error.
+            with self._lock:
+                self._started -= 1
+                try:
+                    self._jobs.remove((fn, args))
+                except ValueError:
+                    pass
+            raise
 
     def _start(self):
         threading.Thread(target=self._work, name="%s_%d" % (self._prefix, self._started),
@@ -439,9 +450,10 @@ class Worker:
 
         if cache_ttl_s is not None and (
             isinstance(cache_ttl_s, bool) or not isinstance(cache_ttl_s, (int, float))
-            or not 0 <= cache_ttl_s < float("inf")
+            or not 0 <= cache_ttl_s <= 315360000
         ):
-            raise ValueError("cache_ttl_s must be a finite number of seconds >= 0, got %r" % (cache_ttl_s,))
+            raise ValueError("cache_ttl_s must be a number of seconds from 0 to 315360000 (ten years), got %r"
+                             % (cache_ttl_s,))
 
         def register(func):
             key = name or func.__name__
@@ -592,7 +604,7 @@ class Worker:
     def _dispatch(self, line):
         try:
             msg = _LOADS(line.decode("utf-8", "surrogatepass"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             self._reply_error(None, PARSE_ERROR, "parse error: %s" % e)
             return
         if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(
@@ -604,6 +616,9 @@ class Worker:
                               INVALID_REQUEST, "invalid request")
             return
         rid = msg.get("id")
+        if rid is not None and type(rid) not in (int, str):
+            self._reply_error(None, INVALID_REQUEST, "invalid request: the id must be a number or a string")
+            return
         try:
             self._route(msg, rid)
         except BaseException as e:  # an exception that cannot be shown, an unhashable handler...

@@ -146,7 +146,7 @@ class HandlingFailureTest(unittest.TestCase):
     def test_a_cache_lifetime_no_reader_takes_is_refused_at_registration(self):
         from litebridge_worker import Worker
         w = Worker()
-        for ttl in [float("inf"), float("nan"), -1, "60", True]:
+        for ttl in [float("inf"), float("nan"), -1, "60", True, 10 ** 400]:
             with self.assertRaises(ValueError, msg=repr(ttl)):
                 w.method(cache_ttl_s=ttl)
         w.method(cache_ttl_s=0.5)(lambda: None)

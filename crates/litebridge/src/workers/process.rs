@@ -286,10 +286,16 @@ impl Process {
     /// at its next health check and lets those calls finish first
     /// (`recycle`); a worker that stops answering pings is killed there.
     pub(crate) fn abandon(self: &Arc<Self>, id: u64, sent: Instant) {
-        if lock(&self.pending).remove(&id).is_none() {
-            return; // already answered
+        {
+            // Both under `pending`'s lock, as `answer` takes them: an answer
+            // in between would find the call in neither, and its room
+            // would never be given back.
+            let mut pending = lock(&self.pending);
+            if pending.remove(&id).is_none() {
+                return; // already answered
+            }
+            lock(&self.cancelled).insert(id, Instant::now());
         }
-        lock(&self.cancelled).insert(id, Instant::now());
         if let Some(s) = lock(&self.stdin).as_ref() {
             let _ = s.send((
                 None,
@@ -387,8 +393,11 @@ impl Process {
     }
 
     fn answer(&self, id: u64, outcome: Result<Json>) {
-        let waiting = lock(&self.pending).remove(&id);
-        let was_cancelled = lock(&self.cancelled).remove(&id).is_some();
+        let (waiting, was_cancelled) = {
+            let mut pending = lock(&self.pending);
+            let waiting = pending.remove(&id);
+            (waiting, lock(&self.cancelled).remove(&id).is_some())
+        };
         if waiting.is_some() || was_cancelled {
             self.load.fetch_sub(1, Ordering::AcqRel);
             self.freed.notify_one();

@@ -161,27 +161,25 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
     }
 }
 
-/// The id of a response whose line begins as responses are written,
-/// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,`, with or
-/// without spaces between the tokens; not a line that names a method.
+/// The id of a response whose line begins as responses are written:
+/// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,"jsonrpc":"2.0",`
+/// then `"result"` or `"error"`, with or without spaces between the tokens.
 fn leading_id(line: &[u8]) -> Option<u64> {
     fn token<'a>(rest: &'a [u8], t: &[u8]) -> Option<&'a [u8]> {
         rest.trim_ascii_start().strip_prefix(t)
     }
-    if line.windows(8).any(|w| w == br#""method""#) {
-        return None;
+    // `"jsonrpc":"2.0",`, which may come before the id or after it.
+    fn jsonrpc(rest: &[u8]) -> Option<&[u8]> {
+        let r = token(rest, br#""jsonrpc""#)?;
+        token(token(token(r, b":")?, br#""2.0""#)?, b",")
     }
     let open = token(line, b"{")?;
-    let rest = token(open, br#""jsonrpc""#)
-        .and_then(|r| token(r, b":"))
-        .and_then(|r| token(r, br#""2.0""#))
-        .and_then(|r| token(r, b","))
-        .unwrap_or(open);
+    let rest = jsonrpc(open).unwrap_or(open);
     let rest = token(token(rest, br#""id""#)?, b":")?.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if !matches!(rest[digits..].trim_ascii_start().first(), Some(b',' | b'}')) {
-        return None;
-    }
+    let after = token(&rest[digits..], b",")?;
+    let after = jsonrpc(after).unwrap_or(after);
+    token(after, br#""result""#).or_else(|| token(after, br#""error""#))?;
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
@@ -312,6 +310,11 @@ mod tests {
         fails(b"{\"jsonrpc\": \"2.0\", \"id\": 14, \"result\": NaN}\n", 14);
         // Cut short after its id, yet whole as a line: its call fails.
         fails(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[1,\n", 1);
+        // A result that names a method of its own is still a result.
+        fails(
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"method\":\"GET\",\"x\":NaN}}\n",
+            2,
+        );
         // Cut short by the worker's end (no newline): left to the crash.
         assert!(parse(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[1,").is_err());
         assert!(parse(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"\xed\xb3\xa9\"}").is_err());
@@ -325,6 +328,7 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\":\"7\",\"result\":NaN}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":99999999999999999999999,\"result\":NaN}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":1\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1}\n\xff",
         ] {
             assert!(parse(line).is_err(), "{}", String::from_utf8_lossy(line));
         }
