@@ -28,7 +28,9 @@ pub struct WorkerConfig {
     pub call_timeout: Duration,
     /// After `$/cancelRequest`, how long a worker may stay busy with the call
     /// before it is replaced (at the next health check, its other calls
-    /// finishing first). Default: 5 s.
+    /// finishing first); and never before the call has run `call_timeout`,
+    /// so that a caller's own short deadline does not get workers replaced.
+    /// Default: 5 s.
     pub cancel_grace: Duration,
     /// At shutdown, how long workers get after stdin closes, and again after
     /// SIGTERM, before SIGKILL. Default: 5 s.
