@@ -110,6 +110,17 @@ _LOADS = _fast_decoder()
 # several reads.
 _READ_SIZE = 65536
 
+def _finite_seconds(v):
+    """A number of seconds JSON can carry and litebridge can read: not a
+    bool, not negative, not NaN or infinite, not past a float's range."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return 0 <= float(v) < float("inf")
+    except OverflowError:
+        return False
+
+
 class _Call:
     """The call being handled: its id, litebridge's request id, and whether it
     was cancelled. A plain attribute (set under the GIL) is all a flag needs;
@@ -336,13 +347,14 @@ class _Pool:
             self._start()
         except BaseException:
             # No thread (the system has none left): the job is taken back,
-            # so its call is answered once, by the caller's error.
+            # so its call is answered once, by the caller's error; unless a
+            # thread that came free took it already, and runs it.
             with self._lock:
                 self._started -= 1
                 try:
                     self._jobs.remove((fn, args))
                 except ValueError:
-                    pass
+                    return
             raise
 
     def _start(self):
@@ -448,12 +460,8 @@ class Worker:
         another worker after a crash. ``cache_ttl_s`` makes results cacheable.
         """
 
-        if cache_ttl_s is not None and (
-            isinstance(cache_ttl_s, bool) or not isinstance(cache_ttl_s, (int, float))
-            or not 0 <= cache_ttl_s <= 315360000
-        ):
-            raise ValueError("cache_ttl_s must be a number of seconds from 0 to 315360000 (ten years), got %r"
-                             % (cache_ttl_s,))
+        if cache_ttl_s is not None and not _finite_seconds(cache_ttl_s):
+            raise ValueError("cache_ttl_s must be a finite number of seconds >= 0, got %r" % (cache_ttl_s,))
 
         def register(func):
             key = name or func.__name__
@@ -616,7 +624,7 @@ class Worker:
                               INVALID_REQUEST, "invalid request")
             return
         rid = msg.get("id")
-        if rid is not None and type(rid) not in (int, str):
+        if rid is not None and type(rid) not in (int, float, str):
             self._reply_error(None, INVALID_REQUEST, "invalid request: the id must be a number or a string")
             return
         try:
@@ -703,7 +711,11 @@ class Worker:
         else:
             if rid is not None:
                 self._inflight[rid] = (None, flag, False)
-            self._pool.submit(ctx.run, self._run_sync, rid, func, args, kwargs)
+            try:
+                self._pool.submit(ctx.run, self._run_sync, rid, func, args, kwargs)
+            except BaseException:
+                self._inflight.pop(rid, None)
+                raise
 
     def _check_params(self, func, args, kwargs):
         """Binds the params to the signature (cached per function): a mismatch

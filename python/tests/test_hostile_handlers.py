@@ -150,6 +150,7 @@ class HandlingFailureTest(unittest.TestCase):
             with self.assertRaises(ValueError, msg=repr(ttl)):
                 w.method(cache_ttl_s=ttl)
         w.method(cache_ttl_s=0.5)(lambda: None)
+        w.method(cache_ttl_s=1e10)(lambda: None)  # "forever"
 
 
 class GenericModeImportTest(unittest.TestCase):

@@ -1020,9 +1020,9 @@ async fn a_cached_call_is_not_answered_with_another_callers_failure() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("computed.txt");
     let args = json!([log.display().to_string(), 7]);
-    // One caller gives the computation (0.2 s) 20 ms; another, asking for
-    // the same result while it waits, gives it 10 s.
-    let impatient: Vec<_> = (0..1)
+    // Ten callers give the computation (0.2 s) 20 ms each; another, asking
+    // for the same result while they wait, gives it 10 s.
+    let impatient: Vec<_> = (0..10)
         .map(|_| {
             let (p, a) = (pool.clone(), args.clone());
             tokio::spawn(async move {

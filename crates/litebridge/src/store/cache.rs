@@ -542,11 +542,12 @@ impl Cache {
     /// The value of `key`, computing it with `load` when missing. Concurrent
     /// misses of one key run one `load` and share its result. Errors are not
     /// cached. A load's failure is shared at once when it is the method's
-    /// own (`worker_error`, `worker_crashed`); a caller that waited on
-    /// another's load that failed otherwise (its caller's short deadline)
-    /// waits once more, for a load shared again with the other waiters and
-    /// run by one of them (its own, perhaps), whose outcome is its answer:
-    /// at most two loads for a crowd, and two loads' time.
+    /// own (`worker_error`; `worker_crashed`, even when its caller had
+    /// turned retries off: crashes are not multiplied by the crowd); a
+    /// caller that waited on another's load that failed otherwise (its
+    /// caller's short deadline) waits once more, for a load shared again
+    /// with the other waiters and run by one of them (its own, perhaps),
+    /// and if that fails too, runs its own with its own options.
     ///
     /// # Errors
     /// What `load` returns (L2 failures only cost the cache).
@@ -602,14 +603,24 @@ impl Cache {
             };
             match shared {
                 Ok(entry) => break entry,
+                // This caller's own failure, or the method's (it raised, or
+                // crashed its worker): the answer.
+                Err(e) if load.is_none() || method_failed(&e) => return Err((*e).clone()),
                 // Another caller's load failed in a way its own options may
-                // explain (its deadline, its retries turned off): once more,
-                // shared again with the other waiters and run by one of
-                // them (this one, perhaps), so a crowd never calls at once.
-                Err(e) if load.is_some() && !again && !method_failed(&e) => again = true,
-                // This caller's own failure, the method's (it raised, or
-                // crashed its worker), or a second one: the answer.
-                Err(e) => return Err((*e).clone()),
+                // explain (its deadline): once more, shared again with the
+                // other waiters and run by one of them (this one, perhaps),
+                // so a crowd does not call at once.
+                Err(_) if !again => again = true,
+                // Twice: this caller's own load, with its own options.
+                Err(_) => {
+                    let load = load.take().expect("not run yet");
+                    let value = load().await?;
+                    let _ = self.store(key, value.clone(), ttl, true).await;
+                    if self.generation() != generation {
+                        self.l1.invalidate(key).await;
+                    }
+                    return Ok(value);
+                }
             }
         };
         if self.generation() != generation {

@@ -328,7 +328,7 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\":\"7\",\"result\":NaN}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":99999999999999999999999,\"result\":NaN}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":1\n",
-            b"{\"jsonrpc\":\"2.0\",\"id\":1}\n\xff",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1}x\n",
         ] {
             assert!(parse(line).is_err(), "{}", String::from_utf8_lossy(line));
         }
