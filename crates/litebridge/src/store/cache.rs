@@ -576,7 +576,7 @@ impl Cache {
         let generation = self.generation();
         let mut load = Some(load);
         let mut again = false;
-        let entry = loop {
+        let value = loop {
             let mine = &mut load;
             let shared = self
                 .l1
@@ -602,7 +602,7 @@ impl Cache {
                 )
             };
             match shared {
-                Ok(entry) => break entry,
+                Ok(entry) => break (*entry.value).clone(),
                 // This caller's own failure, or the method's (it raised, or
                 // crashed its worker): the answer.
                 Err(e) if load.is_none() || method_failed(&e) => return Err((*e).clone()),
@@ -616,10 +616,7 @@ impl Cache {
                     let load = load.take().expect("not run yet");
                     let value = load().await?;
                     let _ = self.store(key, value.clone(), ttl, true).await;
-                    if self.generation() != generation {
-                        self.l1.invalidate(key).await;
-                    }
-                    return Ok(value);
+                    break value;
                 }
             }
         };
@@ -627,7 +624,7 @@ impl Cache {
             // Another front end wrote while this loaded or read.
             self.l1.invalidate(key).await;
         }
-        Ok((*entry.value).clone())
+        Ok(value)
     }
 
     /// The counters.

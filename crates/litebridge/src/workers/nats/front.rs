@@ -571,10 +571,13 @@ impl NatsBridge {
     /// exist nowhere can neither take the room of real ones nor open a
     /// breaker others share (as for the local pool: `workers::names`).
     fn state_name<'a>(&self, method: &'a str) -> Option<&'a str> {
-        let announced = read(&self.shared.hosts)
-            .values()
-            .any(|h| h.methods.iter().any(|m| m.name == method));
-        (announced || self.shared.ledger.tracks(method).0).then_some(method)
+        // Tracked first: a method announced is tracked from its first call,
+        // and the hosts' lists are looked through only until then.
+        let known = self.shared.ledger.tracks(method).0
+            || read(&self.shared.hosts)
+                .values()
+                .any(|h| h.methods.iter().any(|m| m.name == method));
+        known.then_some(method)
     }
 
     fn method(&self, name: &str) -> Option<MethodInfo> {
