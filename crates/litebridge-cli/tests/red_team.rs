@@ -1502,3 +1502,63 @@ fn two_authorization_headers_let_the_first_one_speak() {
     }
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_key_at_its_limit_held_the_servers_places_with_slow_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slowbody.db");
+    let config = dir.path().join("slowbody.toml");
+    std::fs::write(
+        &config,
+        "[quota]\nfree_concurrent = 1\n[server]\nmax_concurrent_requests = 2\n",
+    )
+    .unwrap();
+    let attacker = create_key(&db, "attacker", "read", "free");
+    let other = create_key(&db, "other", "read", "pro");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // The attacker's one slot, held by a slow read.
+    let slow = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 3000})).to_string();
+    let addr = server.addr.clone();
+    let auth = format!("\r\nAuthorization: Bearer {attacker}");
+    let head = rpc_head(&addr, &auth, slow.len());
+    let holder = std::thread::spawn(move || raw(&addr, &head, slow.as_bytes()));
+    std::thread::sleep(Duration::from_millis(400));
+    // The attack: requests whose bodies never come, each of which used to
+    // hold one of the server's two places for `server.read_timeout_ms`.
+    let mut trickles = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{}\r\n\r\n", rpc_head(&server.addr, &auth, 100)).as_bytes())
+            .unwrap();
+        trickles.push(s);
+    }
+    // Each is refused at once, before its body: 429, the key's limit named.
+    for mut s in trickles {
+        let started = Instant::now();
+        let mut head = [0u8; 4096];
+        let n = s.read(&mut head).unwrap();
+        let text = String::from_utf8_lossy(&head[..n]);
+        assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("retry-after: 1"),
+            "{text}"
+        );
+        assert!(text.contains("\"concurrent\""), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // Another key still finds the server's other place free.
+    let (status, r) = server.rpc_as(
+        Some(&other),
+        &call("sql.query", json!({"sql": "SELECT 42"})),
+    );
+    assert_eq!(
+        (status, &r["result"]["rows"][0][0]),
+        (200, &json!(42)),
+        "{r}"
+    );
+    let (status, held) = holder.join().unwrap();
+    assert_eq!(status, 200, "{held}");
+    assert!(held.contains("timeout"), "{held}");
+    assert!(server.stop().success());
+}

@@ -1068,6 +1068,41 @@ async fn a_cached_call_is_not_answered_with_another_callers_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_another_callers_cached_call_ends_at_the_waiters_deadline() {
+    use litebridge::store::{Cache, CacheConfig};
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(Cache::open(None, CacheConfig::default()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ran.txt");
+    let args = json!([log.display().to_string(), "once", 1.5]);
+    let opts = |timeout| CallOptions {
+        cache_key: Some("slow".into()),
+        timeout: Some(timeout),
+        ..CallOptions::default()
+    };
+    // A patient caller's call takes 1.5 s.
+    let patient = {
+        let (p, a, o) = (pool.clone(), args.clone(), opts(Duration::from_secs(10)));
+        tokio::spawn(async move { p.call("record_idem", a, o).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another, for the same result with 200 ms to spare, is answered at its
+    // own deadline, not the patient one's.
+    let started = std::time::Instant::now();
+    let e = pool
+        .call("record_idem", args, opts(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.to_string().contains("never started"), "{e}");
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    assert_eq!(patient.await.unwrap().unwrap(), json!("once"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "once\n");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_max_retries_cannot_pass_the_servers() {
     let mut c = config("test_worker.py");
     c.retry = c.retry.max_retries(1);

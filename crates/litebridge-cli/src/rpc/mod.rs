@@ -111,9 +111,23 @@ pub(crate) async fn handle(
     input: &[u8],
     request_id: &str,
 ) -> Option<Json> {
+    handle_holding(app, caller, None, input, request_id).await
+}
+
+/// [`handle`], on a concurrent-request slot of the caller's key taken
+/// before the message was read (`/rpc` takes it before the body arrives, so
+/// that a key at its limit holds none of the server's places); `None`: one
+/// is taken once the message is parsed.
+pub(crate) async fn handle_holding(
+    app: &App,
+    caller: &Caller,
+    slot: Option<litebridge::auth::InFlight>,
+    input: &[u8],
+    request_id: &str,
+) -> Option<Json> {
     use tracing::Instrument as _;
     let span = tracing::info_span!("request", request_id = %request_id, key = caller.key().map(|k| k.name()));
-    handle_in_span(app, caller, input, request_id)
+    handle_in_span(app, caller, slot, input, request_id)
         .instrument(span)
         .await
 }
@@ -121,6 +135,7 @@ pub(crate) async fn handle(
 async fn handle_in_span(
     app: &App,
     caller: &Caller,
+    slot: Option<litebridge::auth::InFlight>,
     input: &[u8],
     request_id: &str,
 ) -> Option<Json> {
@@ -137,7 +152,7 @@ async fn handle_in_span(
         }
     };
     // One concurrent-request slot of the caller's key for the whole message.
-    let _slot = match caller.enter() {
+    let _slot = match slot.map_or_else(|| caller.enter(), Ok) {
         Ok(slot) => slot,
         Err(e) => return refuse_all(value, &RpcError::App(e)),
     };

@@ -17,7 +17,9 @@
 //! created in the database (revoked ones count), or when the server listens
 //! beyond loopback, `/rpc`, `/mcp` and `/metrics` need one (401 with
 //! `unauthorized` otherwise, before the body is read). Without keys on
-//! loopback, requests run with the local scopes. `/health` and `/ready` stay
+//! loopback, requests run with the local scopes. A key with none of its
+//! concurrent slots free gets 429 (`quota_exceeded`), also before the body
+//! is read. `/health` and `/ready` stay
 //! open: load balancers probe them and they tell nothing but up or down.
 //!
 //! In front of every route, [`same_site`] refuses (403) what a web page in a
@@ -333,14 +335,27 @@ pub(crate) fn authenticate(
     }
 }
 
-/// The 401 (429 past a quota, 403 otherwise) for a refused request.
+/// The 401 (429 past a quota, with `Retry-After` in whole seconds, 403
+/// otherwise) for a refused request.
 pub(crate) fn refused(e: litebridge::Error) -> Response {
     let status = match e.kind() {
         litebridge::ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         litebridge::ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
-    rpc_error(status, &rpc::RpcError::App(e))
+    let retry = match &e {
+        litebridge::Error::QuotaExceeded { retry_after, .. } => {
+            Some(retry_after.as_millis().div_ceil(1000).max(1))
+        }
+        _ => None,
+    };
+    let mut r = rpc_error(status, &rpc::RpcError::App(e));
+    if let Some(seconds) = retry
+        && let Ok(v) = header::HeaderValue::from_str(&seconds.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// `GET /events`: the event stream as server-sent events (`id` `RUN-SEQ`,
@@ -447,6 +462,13 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         Ok(c) => c,
         Err(e) => return refused(e),
     };
+    // The key's slot before the server's place, and both before the body:
+    // a key at its limit is refused at once (429), holding no place while
+    // it sends a body slowly.
+    let slot = match caller.enter() {
+        Ok(slot) => slot,
+        Err(e) => return refused(e),
+    };
     let Some(_permit) = in_flight(&state) else {
         return overloaded(&state);
     };
@@ -491,10 +513,11 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
             return rpc_error(StatusCode::REQUEST_TIMEOUT, &e);
         }
     };
-    let mut response = match rpc::handle(&state.app, &caller, &body, &request_id).await {
-        Some(reply) => json_response(StatusCode::OK, &reply),
-        None => StatusCode::NO_CONTENT.into_response(),
-    };
+    let mut response =
+        match rpc::handle_holding(&state.app, &caller, Some(slot), &body, &request_id).await {
+            Some(reply) => json_response(StatusCode::OK, &reply),
+            None => StatusCode::NO_CONTENT.into_response(),
+        };
     if let Ok(v) = header::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }

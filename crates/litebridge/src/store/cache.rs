@@ -46,7 +46,7 @@
 //! so other writes interleave); the service runs it every minute, and again
 //! a second later while a sweep finds more than its bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,7 +54,7 @@ use serde_json::Value as Json;
 
 use crate::backend::Backend;
 use crate::db::Database;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutStage};
 use crate::params;
 use crate::value::Value;
 
@@ -547,7 +547,8 @@ impl Cache {
     /// caller that waited on another's load that failed otherwise (its
     /// caller's short deadline) waits once more, for a load shared again
     /// with the other waiters and run by one of them (its own, perhaps),
-    /// and if that fails too, runs its own with its own options.
+    /// and if that fails too, runs its own with its own options. A wait has
+    /// no deadline of its own here: [`Cache::get_or_load_by`] gives it one.
     ///
     /// # Errors
     /// What `load` returns (L2 failures only cost the cache).
@@ -561,6 +562,30 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Json>>,
     {
+        self.get_or_load_by(key, ttl, None, load).await
+    }
+
+    /// [`Cache::get_or_load`] for a caller whose deadline is `timeout` from
+    /// now: waiting on another caller's load ends there ([`Error::Timeout`] at
+    /// [`TimeoutStage::Queued`]: this caller's own load never started),
+    /// however long that load may still run. A load of this caller's own
+    /// is bounded by `load` itself, and is never cut off here: the other
+    /// callers sharing it would see it abandoned.
+    ///
+    /// # Errors
+    /// As [`Cache::get_or_load`]; [`Error::Timeout`] past the deadline.
+    pub async fn get_or_load_by<F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        timeout: Option<Duration>,
+        load: F,
+    ) -> Result<Json>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Json>>,
+    {
+        let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
         if let Some(v) = self.get(key).await? {
             return Ok(v);
         }
@@ -578,23 +603,45 @@ impl Cache {
         let mut again = false;
         let value = loop {
             let mine = &mut load;
-            let shared = self
-                .l1
-                .try_get_with(key.to_owned(), async {
-                    if let Some(e) = self.l2_get(key).await {
-                        return Ok(e);
-                    }
-                    let load = mine.take().expect("moka runs one init future once");
-                    let value = load().await?;
-                    // Kept in memory even if L2 fails (counted): the load succeeded.
-                    let _ = self.store(key, value.clone(), ttl, true).await;
-                    let expires = self.expiry(ttl);
-                    Ok::<_, Error>(Entry {
-                        value: Arc::new(value),
-                        expires,
-                    })
+            // Set once this caller's own load runs for everyone.
+            let running = AtomicBool::new(false);
+            let shared = self.l1.try_get_with(key.to_owned(), async {
+                running.store(true, Ordering::Relaxed);
+                if let Some(e) = self.l2_get(key).await {
+                    return Ok(e);
+                }
+                let load = mine.take().expect("moka runs one init future once");
+                let value = load().await?;
+                // Kept in memory even if L2 fails (counted): the load succeeded.
+                let _ = self.store(key, value.clone(), ttl, true).await;
+                let expires = self.expiry(ttl);
+                Ok::<_, Error>(Entry {
+                    value: Arc::new(value),
+                    expires,
                 })
-                .await;
+            });
+            let shared = {
+                // On the heap: it holds the load, which is large.
+                let mut shared = Box::pin(shared);
+                match deadline {
+                    None => shared.await,
+                    Some((deadline, timeout)) => {
+                        tokio::select! {
+                            biased;
+                            r = &mut shared => r,
+                            () = tokio::time::sleep_until(deadline) => {
+                                if !running.load(Ordering::Relaxed) {
+                                    return Err(Error::Timeout {
+                                        after: timeout,
+                                        stage: TimeoutStage::Queued,
+                                    });
+                                }
+                                shared.await
+                            }
+                        }
+                    }
+                }
+            };
             let method_failed = |e: &Error| {
                 matches!(
                     e.kind(),

@@ -421,8 +421,12 @@ impl WorkerPool {
         if let Some(cache) = self.shared.cache.get()
             && let Some((key, ttl)) = self.cache_key(method, &params, &options)
         {
+            // Waiting on another caller's call ends at this one's deadline.
+            let wait = options.timeout.unwrap_or(self.shared.config.call_timeout);
             return cache
-                .get_or_load(&key, ttl, || self.call_uncached(method, params, options))
+                .get_or_load_by(&key, ttl, Some(wait), || {
+                    self.call_uncached(method, params, options)
+                })
                 .await;
         }
         self.call_uncached(method, params, options).await

@@ -303,8 +303,12 @@ impl NatsBridge {
         if let Some(cache) = self.shared.cache.get() {
             let declared = self.method(method).and_then(|m| m.cache_ttl_s);
             if let Some((key, ttl)) = cache_key(method, &params, &options, declared) {
+                // Waiting on another caller's call ends at this one's deadline.
+                let wait = options.timeout.unwrap_or(self.shared.call_timeout);
                 return cache
-                    .get_or_load(&key, ttl, || self.call_uncached(method, params, options))
+                    .get_or_load_by(&key, ttl, Some(wait), || {
+                        self.call_uncached(method, params, options)
+                    })
                     .await;
             }
         }
