@@ -1562,3 +1562,105 @@ fn a_key_at_its_limit_held_the_servers_places_with_slow_bodies() {
     assert!(held.contains("timeout"), "{held}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_refused_request_gives_its_keys_slot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slotback.db");
+    let config = dir.path().join("slotback.toml");
+    std::fs::write(
+        &config,
+        "[quota]\nfree_concurrent = 1\nfree_daily = 100\n\
+         [server]\nmax_concurrent_requests = 1\nread_timeout_ms = 300\n",
+    )
+    .unwrap();
+    let key = create_key(&db, "one", "read", "free");
+    let other = create_key(&db, "other", "read", "pro");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let auth = format!("\r\nAuthorization: Bearer {key}");
+    let ok = |server: &Server| {
+        let (status, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 7"})));
+        assert_eq!(
+            (status, &r["result"]["rows"][0][0]),
+            (200, &json!(7)),
+            "{r}"
+        );
+    };
+    let body = call("sql.query", json!({"sql": "SELECT 1"})).to_string();
+    // 415: not JSON.
+    let head = format!(
+        "POST /rpc HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}{auth}",
+        server.addr,
+        body.len()
+    );
+    assert_eq!(raw(&server.addr, &head, body.as_bytes()).0, 415);
+    ok(&server);
+    // 413: a body past the limit, refused by its length.
+    let head = rpc_head(&server.addr, &auth, 64 * 1024 * 1024);
+    assert_eq!(raw(&server.addr, &head, b"").0, 413);
+    ok(&server);
+    // 408: a body that never comes.
+    let head = rpc_head(&server.addr, &auth, 100);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{head}\r\n\r\n").as_bytes()).unwrap();
+    let mut answer = [0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    drop(s);
+    ok(&server);
+    // -32002: the server's one place is held by another key.
+    let slow = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 800})).to_string();
+    let (addr, held_by) = (
+        server.addr.clone(),
+        format!("\r\nAuthorization: Bearer {other}"),
+    );
+    let head = rpc_head(&addr, &held_by, slow.len());
+    let holder = std::thread::spawn(move || raw(&addr, &head, slow.as_bytes()));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+    assert_eq!(holder.join().unwrap().0, 200);
+    ok(&server);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn an_event_stream_refused_at_the_keys_limit_cost_a_call_of_its_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evq.db");
+    let config = dir.path().join("evq.toml");
+    std::fs::write(&config, "[quota]\nfree_concurrent = 1\nfree_daily = 2\n").unwrap();
+    let key = create_key(&db, "reader", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // The key's one slot, held by a slow read (one call of two).
+    let slow = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 1000})).to_string();
+    let (addr, auth) = (
+        server.addr.clone(),
+        format!("\r\nAuthorization: Bearer {key}"),
+    );
+    let head = rpc_head(&addr, &auth, slow.len());
+    let holder = std::thread::spawn(move || raw(&addr, &head, slow.as_bytes()));
+    std::thread::sleep(Duration::from_millis(300));
+    let bearer = format!("Bearer {key}");
+    for _ in 0..3 {
+        let (status, _, reply) = server.request_with(
+            "GET",
+            "/events",
+            None,
+            &[("Authorization", bearer.as_str())],
+            b"",
+        );
+        assert_eq!(status, 429, "{}", String::from_utf8_lossy(&reply));
+        assert!(String::from_utf8_lossy(&reply).contains("concurrent"));
+    }
+    assert_eq!(holder.join().unwrap().0, 200);
+    // The refused streams cost nothing: the day's second call goes through.
+    let (_, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
+    assert!(r["result"].is_object(), "{r}");
+    assert!(server.stop().success());
+}

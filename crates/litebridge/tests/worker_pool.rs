@@ -1103,6 +1103,77 @@ async fn waiting_on_another_callers_cached_call_ends_at_the_waiters_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_comes_to_run_the_call_keeps_its_own_deadline() {
+    use litebridge::store::{Cache, CacheConfig};
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(Cache::open(None, CacheConfig::default()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ran.txt");
+    let args = json!([log.display().to_string(), "x", 1.5]);
+    let opts = CallOptions {
+        cache_key: Some("slow".into()),
+        timeout: Some(Duration::from_secs(1)),
+        retry: false,
+        ..CallOptions::default()
+    };
+    // The first caller's call (1.5 s) runs out at 1 s.
+    let first = {
+        let (p, a, o) = (pool.clone(), args.clone(), opts.clone());
+        tokio::spawn(async move { p.call("record_idem", a, o).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second waits on it, then runs the call itself with the 0.1 s its
+    // own deadline has left: answered by that deadline, not 1 s after.
+    let started = std::time::Instant::now();
+    let e = pool.call("record_idem", args, opts).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took < Duration::from_millis(1400), "{took:?}");
+    let e = first.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_with_tiny_deadlines_is_answered_on_time_and_leaves_the_call_alone() {
+    use litebridge::store::{Cache, CacheConfig};
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    pool.use_cache(Cache::open(None, CacheConfig::default()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let log = dir.path().join(format!("round{round}.txt"));
+        let args = json!([log.display().to_string(), "v", 0.5]);
+        let opts = |timeout| CallOptions {
+            cache_key: Some(format!("crowd{round}")),
+            timeout: Some(timeout),
+            ..CallOptions::default()
+        };
+        let patient = {
+            let (p, a, o) = (pool.clone(), args.clone(), opts(Duration::from_secs(10)));
+            tokio::spawn(async move { p.call("record_idem", a, o).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Two hundred callers of 5 ms each while it runs: each is answered
+        // by its own deadline, and none runs the call or disturbs it.
+        let crowd: Vec<_> = (0..200)
+            .map(|_| {
+                let (p, a, o) = (pool.clone(), args.clone(), opts(Duration::from_millis(5)));
+                tokio::spawn(async move { p.call("record_idem", a, o).await })
+            })
+            .collect();
+        for c in crowd {
+            let e = c.await.unwrap().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+            assert!(e.to_string().contains("never started"), "{e}");
+        }
+        assert_eq!(patient.await.unwrap().unwrap(), json!("v"));
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(runs, "v\n", "round {round}");
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_max_retries_cannot_pass_the_servers() {
     let mut c = config("test_worker.py");
     c.retry = c.retry.max_retries(1);

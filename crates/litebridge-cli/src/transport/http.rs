@@ -387,7 +387,9 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
             return r;
         }
     };
-    if let Err(e) = caller.charge().and_then(|()| caller.enter().map(drop)) {
+    // The key's limit of requests at once first: a stream refused there
+    // costs no call of its quota either.
+    if let Err(e) = caller.enter().map(drop).and_then(|()| caller.charge()) {
         return refused(e);
     }
     let after = headers
@@ -484,6 +486,9 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         let e = rpc::RpcError::InvalidRequest("the Content-Type must be application/json".into());
         return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e);
     }
+    if let Some(refused) = declared_too_large(headers) {
+        return refused;
+    }
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -524,6 +529,23 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
     response
 }
 
+/// The 413 for a body whose `Content-Length` is over [`MAX_BODY`], at
+/// once: it is not waited for.
+fn declared_too_large(headers: &HeaderMap) -> Option<Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    (declared > MAX_BODY as u64).then(|| {
+        let e = rpc::RpcError::InvalidRequest(format!(
+            "the body is {declared} bytes (Content-Length); at most {MAX_BODY} are accepted"
+        ));
+        rpc_error(StatusCode::PAYLOAD_TOO_LARGE, &e)
+    })
+}
+
 /// One of the server's `server.max_concurrent_requests` places, held by a
 /// `/rpc` or `/mcp` request while it runs; `None` past the limit, where the
 /// request is refused at once before any work ([`overloaded`]).
@@ -547,6 +569,9 @@ pub(crate) fn overloaded(state: &AppState) -> Response {
 /// with the body in memory (for `/mcp`, whose SDK would read it with no
 /// deadline and keep a duplicated member's last value).
 pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Request, Response> {
+    if let Some(refused) = declared_too_large(request.headers()) {
+        return Err(refused);
+    }
     let (parts, body) = request.into_parts();
     let limited = axum::body::to_bytes(body, MAX_BODY);
     let bytes = match tokio::time::timeout(state.read_timeout, limited).await {

@@ -565,12 +565,14 @@ impl Cache {
         self.get_or_load_by(key, ttl, None, load).await
     }
 
-    /// [`Cache::get_or_load`] for a caller whose deadline is `timeout` from
-    /// now: waiting on another caller's load ends there ([`Error::Timeout`] at
-    /// [`TimeoutStage::Queued`]: this caller's own load never started),
-    /// however long that load may still run. A load of this caller's own
-    /// is bounded by `load` itself, and is never cut off here: the other
-    /// callers sharing it would see it abandoned.
+    /// [`Cache::get_or_load`] for a caller with a `deadline` (and the
+    /// `timeout` it came from, for the error): waiting on another caller's
+    /// load ends there ([`Error::Timeout`] at [`TimeoutStage::Queued`]: this
+    /// caller's own load never started), however long that load may still
+    /// run. A load of this caller's own is never cut off here (the other
+    /// callers sharing it would see it abandoned): `load` must end by the
+    /// same deadline itself, which it may reach only later, after a shared
+    /// load failed.
     ///
     /// # Errors
     /// As [`Cache::get_or_load`]; [`Error::Timeout`] past the deadline.
@@ -578,14 +580,13 @@ impl Cache {
         &self,
         key: &str,
         ttl: Option<Duration>,
-        timeout: Option<Duration>,
+        deadline: Option<(tokio::time::Instant, Duration)>,
         load: F,
     ) -> Result<Json>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Json>>,
     {
-        let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
         if let Some(v) = self.get(key).await? {
             return Ok(v);
         }

@@ -417,19 +417,21 @@ impl WorkerPool {
     /// generic mode, outside the announced prefixes), a name of the worker
     /// protocol (`$/...`), or bad params.
     pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
+        // One deadline for the call, from the moment it was asked: a wait
+        // on another caller's cached call and a call of its own both end by it.
+        let timeout = options.timeout.unwrap_or(self.shared.config.call_timeout);
+        let deadline = Instant::now() + timeout;
         self.shared.names.check(method)?;
         if let Some(cache) = self.shared.cache.get()
             && let Some((key, ttl)) = self.cache_key(method, &params, &options)
         {
-            // Waiting on another caller's call ends at this one's deadline.
-            let wait = options.timeout.unwrap_or(self.shared.config.call_timeout);
             return cache
-                .get_or_load_by(&key, ttl, Some(wait), || {
-                    self.call_uncached(method, params, options)
+                .get_or_load_by(&key, ttl, Some((deadline, timeout)), || {
+                    self.call_uncached(method, params, options, deadline)
                 })
                 .await;
         }
-        self.call_uncached(method, params, options).await
+        self.call_uncached(method, params, options, deadline).await
     }
 
     /// Caches results through `cache` from now on (the first cache given stays).
@@ -453,11 +455,14 @@ impl WorkerPool {
         cache_key(method, params, options, declared)
     }
 
+    /// The call, uncached, ending by `deadline` (from `options.timeout`, or
+    /// the default, when the caller asked).
     async fn call_uncached(
         &self,
         method: &str,
         params: Json,
         options: CallOptions,
+        deadline: Instant,
     ) -> Result<Json> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
@@ -467,7 +472,14 @@ impl WorkerPool {
             });
         }
         let timeout = options.timeout.unwrap_or(s.config.call_timeout);
-        let deadline = Instant::now() + timeout;
+        // A caller that waited on a shared call of the cache and came to
+        // run its own has a deadline that may have passed: nothing starts.
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Queued,
+            });
+        }
         let state = s.names.state_name(method);
         let idempotent = self.idempotent(method);
         let custom;

@@ -284,6 +284,10 @@ impl NatsBridge {
     /// was lost with the call in flight; [`Error::TooLarge`] when the params
     /// are over the server's `max_payload`.
     pub async fn call(&self, method: &str, params: Json, options: CallOptions) -> Result<Json> {
+        // One deadline for the call, from the moment it was asked: a wait
+        // on another caller's cached call and a call of its own both end by it.
+        let timeout = options.timeout.unwrap_or(self.shared.call_timeout);
+        let deadline = Instant::now() + timeout;
         if method.starts_with('$') {
             return Err(Error::invalid(
                 "method",
@@ -303,23 +307,24 @@ impl NatsBridge {
         if let Some(cache) = self.shared.cache.get() {
             let declared = self.method(method).and_then(|m| m.cache_ttl_s);
             if let Some((key, ttl)) = cache_key(method, &params, &options, declared) {
-                // Waiting on another caller's call ends at this one's deadline.
-                let wait = options.timeout.unwrap_or(self.shared.call_timeout);
                 return cache
-                    .get_or_load_by(&key, ttl, Some(wait), || {
-                        self.call_uncached(method, params, options)
+                    .get_or_load_by(&key, ttl, Some((deadline, timeout)), || {
+                        self.call_uncached(method, params, options, deadline)
                     })
                     .await;
             }
         }
-        self.call_uncached(method, params, options).await
+        self.call_uncached(method, params, options, deadline).await
     }
 
+    /// The call, uncached, ending by `deadline` (from `options.timeout`, or
+    /// the default, when the caller asked).
     async fn call_uncached(
         &self,
         method: &str,
         params: Json,
         options: CallOptions,
+        deadline: Instant,
     ) -> Result<Json> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
@@ -329,7 +334,14 @@ impl NatsBridge {
             });
         }
         let timeout = options.timeout.unwrap_or(s.call_timeout);
-        let deadline = Instant::now() + timeout;
+        // A caller that waited on a shared call of the cache and came to
+        // run its own has a deadline that may have passed: nothing starts.
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Queued,
+            });
+        }
         let state = self.state_name(method);
         let idempotent = self.idempotent(method);
         let custom;
@@ -365,9 +377,13 @@ impl NatsBridge {
                 state,
                 &policy,
                 deadline,
-                // The host's own queue is not seen from here: the caller's
-                // deadline alone says whether a timeout is the method's.
-                &AtomicBool::new(timeout >= s.call_timeout),
+                // The host's own queue is not seen from here: the time the
+                // call has left alone says whether a timeout is the
+                // method's (most of the default deadline, as in the pool).
+                &AtomicBool::new(
+                    deadline.saturating_duration_since(Instant::now())
+                        >= s.call_timeout.mul_f64(0.9),
+                ),
                 |_| async {
                     // After an attempt that may have run, another goes ahead
                     // only while every host announcing the method still
