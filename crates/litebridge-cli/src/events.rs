@@ -245,13 +245,17 @@ impl Events {
 
     /// Leave to open one more stream for `key` (a key's name; `None` for
     /// local callers, who have only the overall limit), given back when the
-    /// ticket drops; a key at its limit loses its oldest stream.
+    /// ticket drops, once `admit` (the key's own limits) allowed it; a key
+    /// at its limit then loses its oldest stream. A stream refused, by
+    /// either, costs nothing and ends no other.
     ///
     /// # Errors
-    /// [`litebridge::Error::Overloaded`] past [`MAX_STREAMS`].
+    /// [`litebridge::Error::Overloaded`] past [`MAX_STREAMS`]; what `admit`
+    /// returned.
     pub(crate) fn open_stream(
         self: &Arc<Self>,
         key: Option<String>,
+        admit: impl FnOnce() -> Result<(), litebridge::Error>,
     ) -> Result<StreamTicket, litebridge::Error> {
         let mut s = lock(&self.streams);
         if s.total >= MAX_STREAMS {
@@ -261,6 +265,7 @@ impl Events {
                 retry_after: std::time::Duration::from_secs(5),
             });
         }
+        admit()?;
         s.next_id += 1;
         let id = s.next_id;
         let ended = CancellationToken::new();
@@ -558,23 +563,38 @@ mod tests {
     fn streams_are_capped_in_all_and_a_keys_newest_ends_its_oldest() {
         let events = Events::new();
         let mut mine: Vec<_> = (0..MAX_STREAMS_PER_KEY)
-            .map(|_| events.open_stream(Some("k".into())).unwrap())
+            .map(|_| events.open_stream(Some("k".into()), || Ok(())).unwrap())
             .collect();
-        let newest = events.open_stream(Some("k".into())).unwrap();
+        let newest = events.open_stream(Some("k".into()), || Ok(())).unwrap();
         assert!(mine[0].ended().is_cancelled(), "the oldest ends");
         assert!(mine[1..].iter().all(|t| !t.ended().is_cancelled()));
         mine.remove(0);
         mine.push(newest);
         let others: Vec<_> = (0..MAX_STREAMS - MAX_STREAMS_PER_KEY)
-            .map(|_| events.open_stream(None).unwrap())
+            .map(|_| events.open_stream(None, || Ok(())).unwrap())
             .collect();
-        assert!(events.open_stream(None).is_err(), "all taken");
+        assert!(events.open_stream(None, || Ok(())).is_err(), "all taken");
         assert!(
-            events.open_stream(Some("other".into())).is_err(),
+            events.open_stream(Some("other".into()), || Ok(())).is_err(),
             "all taken"
         );
         drop(mine);
-        assert!(events.open_stream(Some("k".into())).is_ok(), "given back");
+        assert!(
+            events.open_stream(Some("k".into()), || Ok(())).is_ok(),
+            "given back"
+        );
+        // A stream its key's own limits refuse ends none of the others.
+        let mine: Vec<_> = (0..MAX_STREAMS_PER_KEY - 1)
+            .map(|_| events.open_stream(Some("q".into()), || Ok(())).unwrap())
+            .collect();
+        let refused = events.open_stream(Some("q".into()), || {
+            Err(litebridge::Error::Internal {
+                message: "over quota".into(),
+            })
+        });
+        assert!(refused.is_err());
+        assert!(mine.iter().all(|t| !t.ended().is_cancelled()));
+        drop(mine);
         drop(others);
         let s = lock(&events.streams);
         assert_eq!(s.total, 0);

@@ -81,6 +81,10 @@ struct Reads {
     errors: std::collections::BTreeMap<String, u64>,
     /// The timelines of the tokens, in the order first seen.
     timelines: Vec<u64>,
+    /// Writes answered without a token: their position could not be read
+    /// after the COMMIT (a node going down between the two); it costs the
+    /// token only, and the read after them is not checked.
+    tokenless: u64,
 }
 
 /// Writes a counter on `writer` and reads it back on `reader` with the
@@ -115,10 +119,13 @@ fn session_loop(writer: &Server, reader: &Server, stop: &AtomicBool, reads: &Mut
                    "timeout_ms": TIMEOUT_MS}),
         );
         let token = match written {
-            Ok(answer) => answer["token"]
-                .as_str()
-                .expect("a write's token")
-                .to_owned(),
+            Ok(answer) => match answer["token"].as_str() {
+                Some(t) => t.to_owned(),
+                None => {
+                    reads.lock().unwrap().tokenless += 1;
+                    continue;
+                }
+            },
             Err(kind) => {
                 error(kind);
                 continue;
@@ -373,9 +380,9 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         in_between
     );
     eprintln!(
-        "session reads: {} answered, {} stale; errors {:?}; token timelines {:?}; \
+        "session reads: {} answered, {} stale; errors {:?}; token timelines {:?}; {} writes without a token; \
          replica reads by the reading front end at 2 s, after the switchover, once the new primary took writes, at the end: {served:?}",
-        reads.answered, reads.stale, reads.errors, reads.timelines
+        reads.answered, reads.stale, reads.errors, reads.timelines, reads.tokenless
     );
     for f in fronts {
         assert!(f.stop().success());
@@ -396,6 +403,11 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
     assert_eq!(
         reads.stale, 0,
         "a read with its write's token missed the write"
+    );
+    assert!(
+        reads.tokenless <= reads.answered / 100 + 3,
+        "{} of the session's writes came without a token",
+        reads.tokenless
     );
     assert_eq!(
         served[2], served[3],

@@ -1174,6 +1174,52 @@ async fn a_crowd_with_tiny_deadlines_is_answered_on_time_and_leaves_the_call_alo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_not_hidden_by_a_retry_that_found_no_worker_in_time() {
+    use litebridge::resilience::{Backoff, Growth};
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    // The crashed worker is away for longer than the calls' deadlines.
+    c.restart_backoff = Backoff {
+        growth: Growth::Constant(Duration::from_millis(1500)),
+        max: Duration::from_secs(10),
+        full_jitter: false,
+    };
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(2),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("attempts");
+    let args = json!([log.display().to_string()]);
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(600)),
+        ..CallOptions::default()
+    };
+    for _ in 0..2 {
+        // The retry waits for a worker until the deadline and finds none:
+        // the caller still learns of the crash, and so does the breaker.
+        let started = Instant::now();
+        let e = pool
+            .call("crash_me", args.clone(), short.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        // Back once the worker is.
+        let patient = CallOptions {
+            timeout: Some(Duration::from_secs(10)),
+            ..CallOptions::default()
+        };
+        pool.call("echo", json!([1]), patient).await.unwrap();
+    }
+    let e = pool.call("crash_me", args, short).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "attempt\nattempt\n");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_max_retries_cannot_pass_the_servers() {
     let mut c = config("test_worker.py");
     c.retry = c.retry.max_retries(1);

@@ -373,25 +373,24 @@ async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Re
     if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
         return refused(e);
     }
-    // The place first: a refused stream costs the key nothing.
+    // The server's place first, then the key's limit of requests at once,
+    // then its quota: a stream refused by any costs the key nothing and ends
+    // none of its others.
+    let admit = || caller.enter().map(drop).and_then(|()| caller.charge());
     let ticket = match state
         .app
         .events
-        .open_stream(caller.key().map(|k| k.name().to_owned()))
+        .open_stream(caller.key().map(|k| k.name().to_owned()), admit)
     {
         Ok(t) => t,
-        Err(e) => {
+        Err(e @ litebridge::Error::Overloaded { .. }) => {
             let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, &rpc::RpcError::App(e));
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             return r;
         }
+        Err(e) => return refused(e),
     };
-    // The key's limit of requests at once first: a stream refused there
-    // costs no call of its quota either.
-    if let Err(e) = caller.enter().map(drop).and_then(|()| caller.charge()) {
-        return refused(e);
-    }
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

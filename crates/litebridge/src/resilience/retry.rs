@@ -187,6 +187,25 @@ impl RetryPolicy {
     /// The last attempt's error.
     pub async fn run_with<T, F, Fut>(
         &self,
+        op: F,
+        on_retry: impl FnMut(&RetryEvent<'_>),
+    ) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run_until(None, op, on_retry).await
+    }
+
+    /// As [`RetryPolicy::run_with`], for an operation with a `deadline`: a
+    /// retry whose wait would reach it is not made (the last error is the
+    /// answer, by the deadline rather than after it).
+    ///
+    /// # Errors
+    /// The last attempt's error.
+    pub async fn run_until<T, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
         mut op: F,
         mut on_retry: impl FnMut(&RetryEvent<'_>),
     ) -> Result<T>
@@ -204,7 +223,7 @@ impl RetryPolicy {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let Some(delay) = self.next_delay(attempt, &error, started) else {
+            let Some(delay) = self.next_delay(attempt, &error, started, deadline) else {
                 return Err(error);
             };
             on_retry(&RetryEvent {
@@ -219,7 +238,13 @@ impl RetryPolicy {
 
     /// The wait before retrying after `attempt` failed with `error`, or `None`
     /// to give up.
-    fn next_delay(&self, attempt: u32, error: &Error, started: Instant) -> Option<Duration> {
+    fn next_delay(
+        &self,
+        attempt: u32,
+        error: &Error,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
         if attempt >= self.max_attempts || !(self.predicate)(error) {
             return None;
         }
@@ -228,6 +253,9 @@ impl RetryPolicy {
         if let Some(limit) = self.max_elapsed
             && started.elapsed() + delay > limit
         {
+            return None;
+        }
+        if deadline.is_some_and(|end| Instant::now() + delay >= end) {
             return None;
         }
         if let Some(b) = &self.budget
@@ -322,6 +350,24 @@ mod tests {
         assert!(r.is_err());
         // Waits of 50 and 100 ms fit in 200 ms; the next (200 ms) would not.
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_whose_wait_would_reach_the_deadline_is_not_made() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let r = exact()
+            .max_attempts(10)
+            .run_until(
+                Some(started + Duration::from_millis(160)),
+                |_| async { flaky(10, &calls) },
+                |_| {},
+            )
+            .await;
+        assert!(r.is_err());
+        // Waits of 50 and 100 ms end before 160 ms; the next would not.
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(started.elapsed(), Duration::from_millis(150));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::{BreakerConfig, BreakerRegistry, RetryPolicy};
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 use crate::workers::{MethodStats, PoolEvent};
 
 #[derive(Default)]
@@ -125,7 +125,7 @@ impl Ledger {
         };
         let started = Instant::now();
         let r = policy
-            .run_with(op, |retry| {
+            .run_until(Some(deadline), op, |retry| {
                 // What a worker printed may quote the call's params: the
                 // kind at the default level, the rest at debug.
                 tracing::warn!(
@@ -193,6 +193,61 @@ impl Ledger {
     pub(crate) fn all(&self) -> MethodStats {
         summary("*", &self.all)
     }
+}
+
+/// The first attempt of a call whose outcome became unknown (it may have
+/// run): a later attempt that fails without starting must not hide it from
+/// the caller, nor count as the method's outcome.
+#[derive(Default)]
+pub(crate) struct FirstUnknown(std::sync::Mutex<Option<Error>>);
+
+impl FirstUnknown {
+    /// Keeps `r`'s error if it is the first whose outcome is unknown.
+    pub(crate) fn note(&self, r: &Result<Json>) {
+        if let Err(e) = r
+            && outcome_unknown(e)
+        {
+            lock(&self.0).get_or_insert_with(|| e.clone());
+        }
+    }
+
+    /// The error kept, if any.
+    pub(crate) fn get(&self) -> Option<Error> {
+        lock(&self.0).clone()
+    }
+
+    /// What the caller gets: the error kept rather than a last attempt's
+    /// that never started.
+    pub(crate) fn settle(&self, r: Result<Json>) -> Result<Json> {
+        match r {
+            Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
+                Err(lock(&self.0).take().unwrap_or(e))
+            }
+            r => r,
+        }
+    }
+}
+
+/// An error that says its call never started.
+fn claims_not_started(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable { .. }
+            | Error::Overloaded { .. }
+            | Error::CircuitOpen { .. }
+            | Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
+    )
+}
+
+/// An error after which the call may or may not have run.
+pub(crate) fn outcome_unknown(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::WorkerCrashed { .. } | Error::HostLost { .. } | Error::CallOutcomeUnknown { .. }
+    )
 }
 
 fn summary(name: &str, c: &MethodCounters) -> MethodStats {

@@ -14,7 +14,7 @@ use crate::resilience::{BreakerRegistry, BreakerStatus, RetryPolicy};
 use crate::sync::{lock, read, write};
 use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Launcher, Processes};
-use crate::workers::ledger::Ledger;
+use crate::workers::ledger::{FirstUnknown, Ledger};
 use crate::workers::names::MethodNames;
 use crate::workers::process::Process;
 
@@ -502,6 +502,10 @@ impl WorkerPool {
         let request_id = options.request_id.as_deref();
         // Whether a timeout is the method's (see `call_once`).
         let fair = AtomicBool::new(false);
+        // A retry that finds no worker in time (its crashed one restarting)
+        // must not hide the crash: the caller gets that, and so does the
+        // breaker.
+        let unknown = FirstUnknown::default();
         let r = s
             .ledger
             .run(
@@ -511,7 +515,7 @@ impl WorkerPool {
                 deadline,
                 &fair,
                 |attempt| {
-                    let (fair, params) = (&fair, &params);
+                    let (fair, params, unknown) = (&fair, &params, &unknown);
                     async move {
                         let call = Call {
                             deadline,
@@ -519,10 +523,12 @@ impl WorkerPool {
                             again: attempt > 1,
                             fair,
                         };
-                        self.call_once(method, params, request_id, call).await
+                        let r = self.call_once(method, params, request_id, call).await;
+                        unknown.note(&r);
+                        r
                     }
                 },
-                |r| r,
+                |r| unknown.settle(r),
             )
             .await;
         // A name outside the announced ones is tracked once it succeeds.
@@ -644,6 +650,13 @@ impl WorkerPool {
     /// when all are full.
     async fn pick(&self, deadline: Instant, timeout: Duration) -> Result<Arc<Process>> {
         let s = &self.shared;
+        // Nothing starts past the deadline, a worker free or not.
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Queued,
+            });
+        }
         let mut counted = false;
         let r = loop {
             let notified = s.capacity.notified();

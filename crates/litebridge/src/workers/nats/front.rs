@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::resilience::RetryPolicy;
 use crate::sync::{lock, read, write};
-use crate::workers::ledger::Ledger;
+use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
@@ -142,28 +142,6 @@ fn unstarted(e: &Error) -> bool {
             what: "worker host",
             ..
         }
-    )
-}
-
-/// An error that says the call never started.
-fn claims_not_started(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Unavailable { .. }
-            | Error::Overloaded { .. }
-            | Error::CircuitOpen { .. }
-            | Error::Timeout {
-                stage: TimeoutStage::Queued,
-                ..
-            }
-    )
-}
-
-/// An error after which the call may or may not have run.
-fn outcome_unknown(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::WorkerCrashed { .. } | Error::HostLost { .. } | Error::CallOutcomeUnknown { .. }
     )
 }
 
@@ -367,7 +345,10 @@ impl NatsBridge {
         // The first attempt whose outcome became unknown: if a later one
         // fails without starting, the caller must still learn the call may
         // have run.
-        let unknown: Mutex<Option<Error>> = Mutex::new(None);
+        let unknown = FirstUnknown::default();
+        // Whether a timeout is the method's, decided by each attempt as it
+        // is sent (`call_once`); the last attempt's counts.
+        let fair = AtomicBool::new(false);
         // A later attempt that fails without starting must not hide that
         // an earlier one may have run (nor count as the method's outcome).
         let r = s
@@ -377,39 +358,24 @@ impl NatsBridge {
                 state,
                 &policy,
                 deadline,
-                // The host's own queue is not seen from here: the time the
-                // call has left alone says whether a timeout is the
-                // method's (most of the default deadline, as in the pool).
-                &AtomicBool::new(
-                    deadline.saturating_duration_since(Instant::now())
-                        >= s.call_timeout.mul_f64(0.9),
-                ),
+                &fair,
                 |_| async {
                     // After an attempt that may have run, another goes ahead
                     // only while every host announcing the method still
                     // declares it idempotent (a host of a new version may
                     // say otherwise): else that attempt's error is the end.
-                    let earlier = lock(&unknown).clone();
+                    let earlier = unknown.get();
                     if let Some(e) = earlier.filter(|_| !self.idempotent(method)) {
                         return Err(e.of_method(false));
                     }
                     let r = self
-                        .call_once(method, &body, request_id, deadline, timeout)
+                        .call_once(method, &body, request_id, deadline, timeout, &fair)
                         .await
                         .map_err(|e| e.of_method(self.idempotent(method)));
-                    if let Err(e) = &r
-                        && outcome_unknown(e)
-                    {
-                        lock(&unknown).get_or_insert_with(|| e.clone());
-                    }
+                    unknown.note(&r);
                     r
                 },
-                |r| match r {
-                    Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
-                        Err(lock(&unknown).take().unwrap_or(e))
-                    }
-                    r => r,
-                },
+                |r| unknown.settle(r),
             )
             .await;
         // A name no host announces is tracked once it succeeds (a host may
@@ -430,6 +396,7 @@ impl NatsBridge {
         request_id: Option<&str>,
         deadline: Instant,
         timeout: Duration,
+        fair: &AtomicBool,
     ) -> Result<Json> {
         let s = &self.shared;
         self.wait_connected(deadline, timeout).await?;
@@ -440,6 +407,11 @@ impl NatsBridge {
                 stage: TimeoutStage::Queued,
             });
         }
+        // A timeout from here on is the method's only if the call has most
+        // of the default deadline as it is sent (as in the pool): not when
+        // its caller chose less, nor after a wait for NATS or a retry's
+        // backoff. A host's own queue is not seen from here.
+        fair.store(left >= s.call_timeout.mul_f64(0.9), Ordering::Relaxed);
         let limit = s.client.max_payload();
         if body.len() + 1024 > limit {
             return Err(Error::TooLarge {
