@@ -36,19 +36,31 @@ running() { [ -f "$dir/nats.pid" ] && kill -0 "$(cat "$dir/nats.pid")" 2>/dev/nu
 case "$cmd" in
   start)
     install
-    if ! running; then
+    # Up to five tries: the port is in the kernel's range for outgoing
+    # connections, and one of them may hold it for a moment (a CI run once
+    # found it taken).
+    for try in 1 2 3 4 5; do
+      running && break
       rm -rf "$dir"
       mkdir -p "$dir"
       setsid "$(server_bin)" -a 127.0.0.1 -p "$port" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null >/dev/null 2>&1 &
+      server=$!
+      # Ready when it says so (another program listening on the port would
+      # answer a connection too).
       for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+        kill -0 "$server" 2>/dev/null || break
+        if grep -q "Server is ready" "$dir/nats.log" 2>/dev/null; then break 2; fi
         sleep 0.05
       done
-      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || {
-        echo "nats.sh: nats-server did not listen on 127.0.0.1:$port; log in $dir/nats.log" >&2
-        exit 1
-      }
-    fi
+      echo "nats.sh: nats-server did not start on 127.0.0.1:$port (try $try of 5):" >&2
+      tail -n 5 "$dir/nats.log" >&2 2>/dev/null || true
+      kill "$server" 2>/dev/null || true
+      sleep 1
+    done
+    running || {
+      echo "nats.sh: nats-server did not start on 127.0.0.1:$port; log in $dir/nats.log" >&2
+      exit 1
+    }
     print_env
     ;;
   env) print_env ;;

@@ -16,8 +16,12 @@ stop_all() {
   scripts/pg-cluster.sh stop
 }
 trap stop_all EXIT
-eval "$(scripts/pg-cluster.sh start)"
-eval "$(scripts/nats.sh start)"
+# Each service's settings first, so that one that did not start ends the
+# run here (an `eval` of nothing would not).
+pg_env=$(scripts/pg-cluster.sh start)
+nats_env=$(scripts/nats.sh start)
+eval "$pg_env"
+eval "$nats_env"
 export LB_TEST_REQUIRE=pg,nats
 
 cargo test --workspace
@@ -28,5 +32,6 @@ python3 -m unittest discover -s clients/python/tests -t clients/python
 
 # The failover stage: two front ends under a write load through a planned
 # switchover and a kill -9 of the primary (crates/litebridge-cli/tests/failover.rs).
-eval "$(scripts/pg-failover.sh start)"
+failover_env=$(scripts/pg-failover.sh start)
+eval "$failover_env"
 cargo test -p litebridge-cli --test failover -- --ignored --nocapture

@@ -1220,6 +1220,38 @@ async fn a_crash_is_not_hidden_by_a_retry_that_found_no_worker_in_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_counts_against_the_breaker_when_its_retry_then_times_out() {
+    let mut c = config("test_worker.py");
+    c.processes = 2;
+    c.cancel_grace = Duration::from_secs(5);
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(2),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("attempts");
+    let args = json!([log.display().to_string(), 1.0]);
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(1500)),
+        ..CallOptions::default()
+    };
+    // The first attempt crashes its worker at 1 s; the retry, with less
+    // than half a second left, times out (not the method's by itself). The
+    // crash is the method's all the same.
+    for _ in 0..2 {
+        let e = pool
+            .call("crash_after", args.clone(), opts.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    let e = pool.call("crash_after", args, opts).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_max_retries_cannot_pass_the_servers() {
     let mut c = config("test_worker.py");
     c.retry = c.retry.max_retries(1);

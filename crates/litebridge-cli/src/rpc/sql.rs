@@ -85,6 +85,8 @@ fn remember(n: Option<u64>, token: Option<Token>, did: Did) -> Option<Token> {
     let _ = super::SESSION.try_with(|s| {
         let mut tokens = crate::lock(&s.token);
         match (n, token) {
+            // A write's token on no timeline: its position is unknown.
+            (_, Some(t)) if did == Did::Wrote && t.timeline == 0 => tokens.wrote_unknown(),
             (Some(n), Some(t)) => tokens.answered(n, t, did == Did::Read { any: true }),
             (_, None) if did == Did::Wrote => tokens.wrote_unknown(),
             _ => {}
@@ -609,6 +611,21 @@ mod tests {
                 reason: "the connection closed after COMMIT was sent".into(),
             });
             assert_eq!(session_token(), Some(Token::default()), "outcome_unknown");
+            remember(begin(), Some(Token::new(2, 12)), Did::Wrote);
+            assert_eq!(session_token(), Some(Token::new(2, 12)));
+            // A write whose position could not be read answers a token on no
+            // timeline, which the session takes as an unknown write: a later
+            // token of an earlier request does not cover it.
+            let earlier = begin();
+            let answered = remember(begin(), Some(Token::default()), Did::Wrote);
+            assert_eq!(answered.map(|t| t.to_string()).as_deref(), Some("0/0"));
+            remember(earlier, Some(Token::new(2, 30)), Did::Read { any: false });
+            assert_eq!(session_token(), Some(Token::default()), "still the primary");
+            assert_eq!(
+                session_read(answered, None),
+                Consistency::Session(Token::default()),
+                "over HTTP, the token alone sends the read to the primary"
+            );
         });
     }
 }

@@ -1339,8 +1339,10 @@ impl PgDatabase {
             let position = async {
                 if want_token {
                     let at = insert_position(&conn).await;
-                    self.inner
-                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)))
+                    let at = self
+                        .inner
+                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)));
+                    Some(at.unwrap_or_else(unknown_position))
                 } else {
                     None
                 }
@@ -1430,7 +1432,8 @@ impl PgDatabase {
         let end = async {
             let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
                 if want_token {
-                    self.inner.primary_at(insert_position(&conn).await)
+                    let at = self.inner.primary_at(insert_position(&conn).await);
+                    Some(at.unwrap_or_else(unknown_position))
                 } else {
                     None
                 }
@@ -1905,6 +1908,16 @@ fn guard_sql(token: Token, schema: &str) -> String {
 /// never ran, so no error of the guard is the client's.
 fn guard_refusal(code: &SqlState) -> bool {
     code != &SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+}
+
+/// The token of a write whose position could not be read after its
+/// `COMMIT` (its node going down between the two, a `statement_timeout` the
+/// caller set, a cancel from another session): on no timeline, so that a
+/// `session` read with it goes to the primary rather than to a replica that
+/// may not have the write. Without it, a client over HTTP (no session kept)
+/// had no token to send, and its next `session` read could be stale.
+fn unknown_position() -> Token {
+    Token::default()
 }
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.

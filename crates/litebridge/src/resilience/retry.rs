@@ -255,7 +255,8 @@ impl RetryPolicy {
         {
             return None;
         }
-        if deadline.is_some_and(|end| Instant::now() + delay >= end) {
+        if deadline.is_some_and(|end| Instant::now().checked_add(delay).is_none_or(|at| at >= end))
+        {
             return None;
         }
         if let Some(b) = &self.budget

@@ -87,19 +87,21 @@ impl Ledger {
     }
 
     /// Runs one call: through its breaker (when `state` names one and
-    /// breakers are on), `op` once per attempt as `policy` says, its outcome
-    /// settled by `settle` (what the caller will get), then counted under
-    /// `state` (or `(other)`). The breaker sees one outcome per call, after
-    /// its retries: one worker dying with many calls in flight is one event,
-    /// and the calls it took down may well succeed elsewhere. Crashes and
-    /// exceptions are the method's failures, and so is a timeout of a call
-    /// that ran, when `fair` says so after the call (it had in the worker
-    /// most of the default deadline): a caller's own shorter deadline is its
-    /// choice (1 ms calls would otherwise open any method's breaker for
-    /// everyone), and a long wait for a worker is the pool's load, not the
-    /// method's doing. Anything else (the caller's mistakes, a full queue, a
-    /// call that timed out waiting for a worker, a lost host or connection)
-    /// is not.
+    /// breakers are on), `op` once per attempt as `policy` says (and no
+    /// retry past `deadline`), its outcome settled by `unknown` (what the
+    /// caller will get: an earlier attempt's unknown outcome rather than a
+    /// later one's failure to start), then counted under `state` (or
+    /// `(other)`). The breaker sees one outcome per call, after its
+    /// retries: one worker dying with many calls in flight is one event, and
+    /// the calls it took down may well succeed elsewhere. Crashes and
+    /// exceptions are the method's failures (a crash also when a retry then
+    /// failed otherwise), and so is a timeout of a call that ran, when
+    /// `fair` says so after the call (it had in the worker most of the
+    /// default deadline): a caller's own shorter deadline is its choice (1 ms
+    /// calls would otherwise open any method's breaker for everyone), and a
+    /// long wait for a worker is the pool's load, not the method's doing.
+    /// Anything else (the caller's mistakes, a full queue, a call that timed
+    /// out waiting for a worker, a lost host or connection) is not.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,
@@ -108,8 +110,8 @@ impl Ledger {
         policy: &RetryPolicy,
         deadline: Instant,
         fair: &AtomicBool,
+        unknown: &FirstUnknown,
         op: F,
-        settle: impl FnOnce(Result<Json>) -> Result<Json>,
     ) -> Result<Json>
     where
         F: FnMut(u32) -> Fut,
@@ -145,7 +147,8 @@ impl Ledger {
                 });
             })
             .await;
-        let r = settle(r);
+        let crashed = unknown.crashed();
+        let r = unknown.settle(r);
         let counters = self.counters(state.unwrap_or(super::names::OTHER));
         let took = started.elapsed();
         counters.latency.record(took);
@@ -158,6 +161,7 @@ impl Ledger {
             match &r {
                 Ok(_) => permit.success(),
                 Err(Error::WorkerCrashed { .. } | Error::WorkerError { .. }) => permit.failure(),
+                Err(_) if crashed => permit.failure(),
                 Err(Error::Timeout { stage, .. })
                     if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>
                 {
@@ -216,9 +220,15 @@ impl FirstUnknown {
         lock(&self.0).clone()
     }
 
+    /// Whether an attempt crashed its worker: the method's failure, whatever
+    /// a later attempt came to.
+    fn crashed(&self) -> bool {
+        matches!(*lock(&self.0), Some(Error::WorkerCrashed { .. }))
+    }
+
     /// What the caller gets: the error kept rather than a last attempt's
     /// that never started.
-    pub(crate) fn settle(&self, r: Result<Json>) -> Result<Json> {
+    fn settle(&self, r: Result<Json>) -> Result<Json> {
         match r {
             Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
                 Err(lock(&self.0).take().unwrap_or(e))

@@ -514,6 +514,7 @@ impl WorkerPool {
                 policy,
                 deadline,
                 &fair,
+                &unknown,
                 |attempt| {
                     let (fair, params, unknown) = (&fair, &params, &unknown);
                     async move {
@@ -528,7 +529,6 @@ impl WorkerPool {
                         r
                     }
                 },
-                |r| unknown.settle(r),
             )
             .await;
         // A name outside the announced ones is tracked once it succeeds.

@@ -92,6 +92,14 @@ def crash_me(path):
 
 
 @worker.method()
+def crash_after(path, seconds):
+    with open(path, "a") as f:
+        f.write("attempt\n")
+    time.sleep(seconds)
+    os._exit(1)
+
+
+@worker.method()
 def slow_fail(path):
     with open(path, "a") as f:
         f.write("failed\n")

@@ -359,6 +359,7 @@ impl NatsBridge {
                 &policy,
                 deadline,
                 &fair,
+                &unknown,
                 |_| async {
                     // After an attempt that may have run, another goes ahead
                     // only while every host announcing the method still
@@ -375,7 +376,6 @@ impl NatsBridge {
                     unknown.note(&r);
                     r
                 },
-                |r| unknown.settle(r),
             )
             .await;
         // A name no host announces is tracked once it succeeds (a host may
@@ -496,6 +496,11 @@ impl NatsBridge {
                 },
                 () = &mut timer => {
                     if acked || deadline <= ack_by {
+                        // Not acknowledged by any host: nothing says the
+                        // method ran, so its timeout is not the method's.
+                        if !acked {
+                            fair.store(false, Ordering::Relaxed);
+                        }
                         return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
                     }
                     return Err(Error::HostLost {
