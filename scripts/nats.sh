@@ -7,13 +7,15 @@
 #   scripts/nats.sh env     # prints the settings (eval "$(scripts/nats.sh env)")
 #   scripts/nats.sh stop    # stops it and removes its files
 #
-# It listens on 127.0.0.1 only. Port: LB_NATS_PORT (default 54222). Files:
+# It listens on 127.0.0.1 only. Port: LB_NATS_PORT (default 24222: below
+# the kernel's range for outgoing connections, 32768-60999, one of which
+# could hold a port in it for as long as it lives). Files:
 # LB_NATS_DIR (default /tmp/litebridge-nats-$UID). (Not LITEBRIDGE_*: the
 # binary reads those as its configuration.)
 set -euo pipefail
 
 cmd=${1:-start}
-port=${LB_NATS_PORT:-54222}
+port=${LB_NATS_PORT:-24222}
 dir=${LB_NATS_DIR:-/tmp/litebridge-nats-$(id -u)}
 
 server_bin() { command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }; }
@@ -31,14 +33,28 @@ print_env() {
   echo "export LB_TEST_NATS='nats://127.0.0.1:$port'"
 }
 
-running() { [ -f "$dir/nats.pid" ] && kill -0 "$(cat "$dir/nats.pid")" 2>/dev/null; }
+# Its server alive: the pid file's process, and a nats-server (a pid left in
+# a stale file may have been given to another program since).
+running() {
+  [ -f "$dir/nats.pid" ] || return 1
+  local pid
+  pid=$(cat "$dir/nats.pid")
+  kill -0 "$pid" 2>/dev/null &&
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$(server_bin)")" ]
+}
+
+# Ends process $1: TERM, then KILL after 5 s.
+end() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$1" 2>/dev/null || true
+}
 
 case "$cmd" in
   start)
     install
-    # Up to five tries: the port is in the kernel's range for outgoing
-    # connections, and one of them may hold it for a moment (a CI run once
-    # found it taken).
+    # Up to five tries: another program may hold the port for a moment (a
+    # CI run once found the old default, 54222, taken).
     for try in 1 2 3 4 5; do
       running && break
       rm -rf "$dir"
@@ -54,7 +70,7 @@ case "$cmd" in
       done
       echo "nats.sh: nats-server did not start on 127.0.0.1:$port (try $try of 5):" >&2
       tail -n 5 "$dir/nats.log" >&2 2>/dev/null || true
-      kill "$server" 2>/dev/null || true
+      end "$server"
       sleep 1
     done
     running || {
@@ -66,9 +82,7 @@ case "$cmd" in
   env) print_env ;;
   stop)
     if running; then
-      pid=$(cat "$dir/nats.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      end "$(cat "$dir/nats.pid")"
     fi
     rm -rf "$dir"
     ;;

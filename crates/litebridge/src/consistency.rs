@@ -20,10 +20,15 @@ use crate::error::{Error, Result};
 /// writes on a new timeline, and a node left on the old one may have
 /// replayed past a position without holding what the new primary wrote
 /// there. A token read without one (`X/Y`, as litebridge wrote them before
-/// timelines) has timeline 0, "unknown", and is served by the primary.
+/// timelines) has timeline 0, "unknown", and is served by the primary. A
+/// write whose position could not be read answers `0/0` (the default): a
+/// read with it goes to the primary.
 ///
 /// Tokens order by timeline, then position: a later timeline's history
-/// holds everything of the earlier ones that survived the failover.
+/// holds everything of the earlier ones that survived the failover. A
+/// token on timeline 0 orders lowest, so a caller keeping the highest of
+/// its tokens must keep "a timeline-0 token came after" apart (as the
+/// stdio session does), or it loses the write that token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Token {
     /// The timeline, 0 when unknown.

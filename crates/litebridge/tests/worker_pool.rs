@@ -1239,15 +1239,91 @@ async fn a_crash_counts_against_the_breaker_when_its_retry_then_times_out() {
     // The first attempt crashes its worker at 1 s; the retry, with less
     // than half a second left, times out (not the method's by itself). The
     // crash is the method's all the same.
-    for _ in 0..2 {
+    for round in 1..=2 {
         let e = pool
             .call("crash_after", args.clone(), opts.clone())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        // The retry's worker dies too, once its handler wakes (it ignores
+        // the cancel): both back before the next round.
+        settled(&pool, 2 * round).await;
     }
     let e = pool.call("crash_after", args, opts).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    pool.shutdown().await;
+}
+
+/// Waits until the pool has seen `crashes` crashes and every worker is
+/// back and idle.
+async fn settled(pool: &WorkerPool, crashes: u64) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = pool.status();
+        if s.crashes >= crashes
+            && s.workers.len() == s.processes
+            && s.workers.iter().all(|w| w.in_flight == 0)
+        {
+            return;
+        }
+        assert!(Instant::now() < until, "the pool did not settle: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
+    use litebridge::resilience::{Backoff, Growth};
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    c.restart_backoff = Backoff {
+        growth: Growth::Constant(Duration::from_millis(1500)),
+        max: Duration::from_secs(10),
+        full_jitter: false,
+    };
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pid = pool
+        .call("pid", json!([]), CallOptions::default())
+        .await
+        .unwrap();
+    // Six calls of one method in flight on the one worker, which is killed
+    // from outside; their retries find no worker before their deadlines.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let p = pool.clone();
+            tokio::spawn(async move {
+                let opts = CallOptions {
+                    timeout: Some(Duration::from_millis(1000)),
+                    ..CallOptions::default()
+                };
+                p.call("stubborn", json!([5]), opts).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in calls {
+        let e = c.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    }
+    // One failure of `stubborn`, not six: its breaker is still closed.
+    settled(&pool, 1).await;
+    let quick = CallOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..CallOptions::default()
+    };
+    assert_eq!(
+        pool.call("stubborn", json!([0.01]), quick).await.unwrap(),
+        json!("finished")
+    );
     pool.shutdown().await;
 }
 

@@ -1015,7 +1015,8 @@ impl PgDatabase {
     /// As [`PgDatabase::execute_with`], also returning the write's position
     /// in the log when replicas are configured: pass it to
     /// [`PgDatabase::query_at`] as [`Consistency::Session`] to read the write
-    /// back from a replica.
+    /// back from a replica. A position that could not be read after the
+    /// `COMMIT` is `0/0`, on no timeline: such a read goes to the primary.
     ///
     /// # Errors
     /// As [`PgDatabase::execute_with`].

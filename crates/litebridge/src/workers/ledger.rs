@@ -3,7 +3,7 @@
 //! and the statistics by method.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value as Json;
@@ -18,6 +18,10 @@ use crate::workers::{MethodStats, PoolEvent};
 struct MethodCounters {
     errors: AtomicU64,
     latency: crate::histogram::Histogram,
+    /// The worker whose death the method's breaker counted last (0: none):
+    /// a worker dying with many calls of the method in flight is one
+    /// failure of it, not one per call.
+    last_crash: AtomicU32,
 }
 
 /// Breakers, retries and statistics of the calls of one bridge.
@@ -92,10 +96,11 @@ impl Ledger {
     /// caller will get: an earlier attempt's unknown outcome rather than a
     /// later one's failure to start), then counted under `state` (or
     /// `(other)`). The breaker sees one outcome per call, after its
-    /// retries: one worker dying with many calls in flight is one event, and
-    /// the calls it took down may well succeed elsewhere. Crashes and
-    /// exceptions are the method's failures (a crash also when a retry then
-    /// failed otherwise), and so is a timeout of a call that ran, when
+    /// retries: the calls a worker took down may well succeed elsewhere, and
+    /// one worker dying with many calls of the method in flight is one
+    /// failure of it, not one per call. Crashes and exceptions are the
+    /// method's failures (a crash also when a retry then failed otherwise),
+    /// and so is a timeout of a call that ran, when
     /// `fair` says so after the call (it had in the worker most of the
     /// default deadline): a caller's own shorter deadline is its choice (1 ms
     /// calls would otherwise open any method's breaker for everyone), and a
@@ -147,7 +152,12 @@ impl Ledger {
                 });
             })
             .await;
-        let crashed = unknown.crashed();
+        // The worker an attempt saw die, if any: the method's failure once
+        // per worker, whatever a retry came to (unless it succeeded).
+        let crashed = match &r {
+            Err(Error::WorkerCrashed { pid, .. }) => Some(*pid),
+            _ => unknown.crashed(),
+        };
         let r = unknown.settle(r);
         let counters = self.counters(state.unwrap_or(super::names::OTHER));
         let took = started.elapsed();
@@ -160,8 +170,16 @@ impl Ledger {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
-                Err(Error::WorkerCrashed { .. } | Error::WorkerError { .. }) => permit.failure(),
-                Err(_) if crashed => permit.failure(),
+                Err(_) if let Some(pid) = crashed => {
+                    // (A worker of unknown pid, 0, counts every time.)
+                    if pid != 0 && counters.last_crash.swap(pid, Ordering::Relaxed) == pid {
+                        // Counted already, for another call it took down.
+                        drop(permit);
+                    } else {
+                        permit.failure();
+                    }
+                }
+                Err(Error::WorkerError { .. }) => permit.failure(),
                 Err(Error::Timeout { stage, .. })
                     if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>
                 {
@@ -202,28 +220,35 @@ impl Ledger {
 /// The first attempt of a call whose outcome became unknown (it may have
 /// run): a later attempt that fails without starting must not hide it from
 /// the caller, nor count as the method's outcome.
+/// Also the first worker an attempt saw die.
 #[derive(Default)]
-pub(crate) struct FirstUnknown(std::sync::Mutex<Option<Error>>);
+pub(crate) struct FirstUnknown {
+    first: std::sync::Mutex<Option<Error>>,
+    crash: std::sync::Mutex<Option<u32>>,
+}
 
 impl FirstUnknown {
-    /// Keeps `r`'s error if it is the first whose outcome is unknown.
+    /// Keeps `r`'s error if it is the first whose outcome is unknown (and
+    /// its worker, if it is the first crash).
     pub(crate) fn note(&self, r: &Result<Json>) {
         if let Err(e) = r
             && outcome_unknown(e)
         {
-            lock(&self.0).get_or_insert_with(|| e.clone());
+            lock(&self.first).get_or_insert_with(|| e.clone());
+            if let Error::WorkerCrashed { pid, .. } = e {
+                lock(&self.crash).get_or_insert(*pid);
+            }
         }
     }
 
     /// The error kept, if any.
     pub(crate) fn get(&self) -> Option<Error> {
-        lock(&self.0).clone()
+        lock(&self.first).clone()
     }
 
-    /// Whether an attempt crashed its worker: the method's failure, whatever
-    /// a later attempt came to.
-    fn crashed(&self) -> bool {
-        matches!(*lock(&self.0), Some(Error::WorkerCrashed { .. }))
+    /// The first worker an attempt saw die, if any.
+    fn crashed(&self) -> Option<u32> {
+        *lock(&self.crash)
     }
 
     /// What the caller gets: the error kept rather than a last attempt's
@@ -231,7 +256,7 @@ impl FirstUnknown {
     fn settle(&self, r: Result<Json>) -> Result<Json> {
         match r {
             Err(e) if !outcome_unknown(&e) && claims_not_started(&e) => {
-                Err(lock(&self.0).take().unwrap_or(e))
+                Err(lock(&self.first).take().unwrap_or(e))
             }
             r => r,
         }
