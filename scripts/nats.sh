@@ -33,14 +33,15 @@ print_env() {
   echo "export LB_TEST_NATS='nats://127.0.0.1:$port'"
 }
 
-# Its server alive: the pid file's process, and a nats-server (a pid left in
-# a stale file may have been given to another program since).
+# Its server alive: the pid file's process, started by this script with
+# that pid file (a pid left in a stale file may have been given to another
+# program since).
 running() {
   [ -f "$dir/nats.pid" ] || return 1
   local pid
   pid=$(cat "$dir/nats.pid")
   kill -0 "$pid" 2>/dev/null &&
-    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$(server_bin)")" ]
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-P $dir/nats.pid "
 }
 
 # Ends process $1: TERM, then KILL after 5 s.

@@ -1275,7 +1275,7 @@ async fn settled(pool: &WorkerPool, crashes: u64) {
 async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
     use litebridge::resilience::{Backoff, Growth};
     let mut c = config("test_worker.py");
-    c.processes = 1;
+    c.processes = 2;
     c.restart_backoff = Backoff {
         growth: Growth::Constant(Duration::from_millis(1500)),
         max: Duration::from_secs(10),
@@ -1286,12 +1286,9 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
         ..BreakerConfig::default()
     };
     let pool = WorkerPool::start(c).await.unwrap();
-    let pid = pool
-        .call("pid", json!([]), CallOptions::default())
-        .await
-        .unwrap();
-    // Six calls of one method in flight on the one worker, which is killed
-    // from outside; their retries find no worker before their deadlines.
+    // Six calls of one method in flight, three on each worker; both workers
+    // are killed from outside, and the retries find no worker before their
+    // deadlines.
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let p = pool.clone();
@@ -1304,9 +1301,25 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let pids = loop {
+        let s = pool.status();
+        if s.workers.iter().map(|w| w.in_flight).sum::<usize>() == 6 {
+            break s
+                .workers
+                .iter()
+                .map(|w| w.pid.to_string())
+                .collect::<Vec<_>>();
+        }
+        assert!(
+            Instant::now() < until,
+            "the calls did not reach the workers: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .arg("-9")
+        .args(&pids)
         .status()
         .unwrap();
     assert!(killed.success());
@@ -1314,8 +1327,9 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
         let e = c.await.unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
     }
-    // One failure of `stubborn`, not six: its breaker is still closed.
-    settled(&pool, 1).await;
+    // Two failures of `stubborn` (one per worker), not six: its breaker,
+    // which opens at three, is still closed.
+    settled(&pool, 2).await;
     let quick = CallOptions {
         timeout: Some(Duration::from_secs(5)),
         ..CallOptions::default()

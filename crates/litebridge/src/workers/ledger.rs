@@ -3,7 +3,7 @@
 //! and the statistics by method.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value as Json;
@@ -18,10 +18,30 @@ use crate::workers::{MethodStats, PoolEvent};
 struct MethodCounters {
     errors: AtomicU64,
     latency: crate::histogram::Histogram,
-    /// The worker whose death the method's breaker counted last (0: none):
-    /// a worker dying with many calls of the method in flight is one
-    /// failure of it, not one per call.
-    last_crash: AtomicU32,
+    /// The workers whose deaths the method's breaker counted last: a worker
+    /// dying with many calls of the method in flight is one failure of it,
+    /// not one per call.
+    crashes_counted: std::sync::Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// How many of a method's counted worker deaths are remembered: more than
+/// the workers that may die together.
+const CRASHES_REMEMBERED: usize = 64;
+
+impl MethodCounters {
+    /// Whether the death of `worker` is news to the method's breaker (and
+    /// from now on, it is not).
+    fn first_news_of(&self, worker: u64) -> bool {
+        let mut seen = lock(&self.crashes_counted);
+        if seen.contains(&worker) {
+            return false;
+        }
+        if seen.len() == CRASHES_REMEMBERED {
+            seen.pop_front();
+        }
+        seen.push_back(worker);
+        true
+    }
 }
 
 /// Breakers, retries and statistics of the calls of one bridge.
@@ -152,12 +172,11 @@ impl Ledger {
                 });
             })
             .await;
-        // The worker an attempt saw die, if any: the method's failure once
-        // per worker, whatever a retry came to (unless it succeeded).
-        let crashed = match &r {
-            Err(Error::WorkerCrashed { pid, .. }) => Some(*pid),
-            _ => unknown.crashed(),
-        };
+        // Whether an attempt saw its worker die, and which: the method's
+        // failure once per worker, whatever a retry came to (unless it
+        // succeeded).
+        let crashed = unknown.crashed();
+        let crash = crashed.is_some() || matches!(r, Err(Error::WorkerCrashed { .. }));
         let r = unknown.settle(r);
         let counters = self.counters(state.unwrap_or(super::names::OTHER));
         let took = started.elapsed();
@@ -170,21 +189,18 @@ impl Ledger {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
-                Err(_) if let Some(pid) = crashed => {
-                    // (A worker of unknown pid, 0, counts every time.)
-                    if pid != 0 && counters.last_crash.swap(pid, Ordering::Relaxed) == pid {
-                        // Counted already, for another call it took down.
-                        drop(permit);
-                    } else {
-                        permit.failure();
-                    }
-                }
                 Err(Error::WorkerError { .. }) => permit.failure(),
                 Err(Error::Timeout { stage, .. })
                     if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>
                 {
                     permit.failure();
                 }
+                // A death counted already, for another call it took down:
+                // no outcome of this one.
+                Err(_) if crash && crashed.is_some_and(|w| !counters.first_news_of(w)) => {
+                    drop(permit);
+                }
+                Err(_) if crash => permit.failure(),
                 Err(_) => drop(permit),
             }
         }
@@ -224,21 +240,24 @@ impl Ledger {
 #[derive(Default)]
 pub(crate) struct FirstUnknown {
     first: std::sync::Mutex<Option<Error>>,
-    crash: std::sync::Mutex<Option<u32>>,
+    crash: std::sync::Mutex<Option<u64>>,
 }
 
 impl FirstUnknown {
-    /// Keeps `r`'s error if it is the first whose outcome is unknown (and
-    /// its worker, if it is the first crash).
+    /// Keeps `r`'s error if it is the first whose outcome is unknown.
     pub(crate) fn note(&self, r: &Result<Json>) {
         if let Err(e) = r
             && outcome_unknown(e)
         {
             lock(&self.first).get_or_insert_with(|| e.clone());
-            if let Error::WorkerCrashed { pid, .. } = e {
-                lock(&self.crash).get_or_insert(*pid);
-            }
         }
+    }
+
+    /// Keeps `worker` (a number no other worker has had: not a pid, which
+    /// every worker in a container of its own may share) as the one an
+    /// attempt saw die, if it is the call's first.
+    pub(crate) fn worker_died(&self, worker: u64) {
+        lock(&self.crash).get_or_insert(worker);
     }
 
     /// The error kept, if any.
@@ -247,7 +266,7 @@ impl FirstUnknown {
     }
 
     /// The first worker an attempt saw die, if any.
-    fn crashed(&self) -> Option<u32> {
+    fn crashed(&self) -> Option<u64> {
         *lock(&self.crash)
     }
 

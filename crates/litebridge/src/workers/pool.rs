@@ -523,6 +523,7 @@ impl WorkerPool {
                             timeout,
                             again: attempt > 1,
                             fair,
+                            unknown,
                         };
                         let r = self.call_once(method, params, request_id, call).await;
                         unknown.note(&r);
@@ -570,6 +571,7 @@ impl WorkerPool {
             timeout,
             again,
             fair,
+            unknown,
         } = call;
         let s = &self.shared;
         let mut tries = 0;
@@ -639,6 +641,9 @@ impl WorkerPool {
             }),
         };
         drop(guard);
+        if let Err(Error::WorkerCrashed { .. }) = &r {
+            unknown.worker_died(process.id);
+        }
         // Safe to call again only if the worker that ran it, and every
         // worker announcing the method now, declare it idempotent: during a
         // recycle to new workers, one version may say otherwise. Asked only
@@ -827,6 +832,8 @@ struct Call<'a> {
     again: bool,
     /// Whether a timeout of the attempt is the method's (see `call_once`).
     fair: &'a AtomicBool,
+    /// The call's first unknown outcome and first worker death.
+    unknown: &'a FirstUnknown,
 }
 
 /// Tells the worker to cancel a call whose caller went away.

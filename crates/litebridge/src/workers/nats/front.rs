@@ -145,6 +145,25 @@ fn unstarted(e: &Error) -> bool {
     )
 }
 
+/// What one attempt of a call goes by.
+struct Attempt<'a> {
+    deadline: Instant,
+    timeout: Duration,
+    /// Whether a timeout of the attempt is the method's (see `call_once`).
+    fair: &'a AtomicBool,
+    /// The call's first unknown outcome and first worker death.
+    unknown: &'a FirstUnknown,
+}
+
+/// A number for worker `pid` of `host`, for telling deaths apart (hosts in
+/// containers may share pids).
+fn worker_number(host: &str, pid: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (host, pid).hash(&mut h);
+    h.finish()
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -370,7 +389,17 @@ impl NatsBridge {
                         return Err(e.of_method(false));
                     }
                     let r = self
-                        .call_once(method, &body, request_id, deadline, timeout, &fair)
+                        .call_once(
+                            method,
+                            &body,
+                            request_id,
+                            Attempt {
+                                deadline,
+                                timeout,
+                                fair: &fair,
+                                unknown: &unknown,
+                            },
+                        )
                         .await
                         .map_err(|e| e.of_method(self.idempotent(method)));
                     unknown.note(&r);
@@ -394,10 +423,14 @@ impl NatsBridge {
         method: &str,
         body: &bytes::Bytes,
         request_id: Option<&str>,
-        deadline: Instant,
-        timeout: Duration,
-        fair: &AtomicBool,
+        attempt: Attempt<'_>,
     ) -> Result<Json> {
+        let Attempt {
+            deadline,
+            timeout,
+            fair,
+            unknown,
+        } = attempt;
         let s = &self.shared;
         self.wait_connected(deadline, timeout).await?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -489,7 +522,11 @@ impl NatsBridge {
                             continue;
                         }
                         guard.cancel = false;
-                        return wire::decode_answer(&m.payload, host);
+                        let r = wire::decode_answer(&m.payload, host);
+                        if let Err(Error::WorkerCrashed { pid, .. }) = &r {
+                            unknown.worker_died(worker_number(host, *pid));
+                        }
+                        return r;
                     }
                     Some(Reply::Lost(e)) => return Err(e),
                     None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
