@@ -16,7 +16,7 @@ set -euo pipefail
 
 cmd=${1:-start}
 port=${LB_NATS_PORT:-24222}
-dir=${LB_NATS_DIR:-/tmp/litebridge-nats-$(id -u)}
+dir=$(realpath -m "${LB_NATS_DIR:-/tmp/litebridge-nats-$(id -u)}")
 
 server_bin() { command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }; }
 
@@ -51,6 +51,11 @@ end() {
   kill -9 "$1" 2>/dev/null || true
 }
 
+# One start or stop at a time for this directory (two starts at once would
+# each start a server, and lose one).
+exec 9>"$dir.lock"
+flock 9
+
 case "$cmd" in
   start)
     install
@@ -60,7 +65,7 @@ case "$cmd" in
       running && break
       rm -rf "$dir"
       mkdir -p "$dir"
-      setsid "$(server_bin)" -a 127.0.0.1 -p "$port" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null >/dev/null 2>&1 &
+      setsid "$(server_bin)" -a 127.0.0.1 -p "$port" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null >/dev/null 2>&1 9>&- &
       server=$!
       # Ready when it says so (another program listening on the port would
       # answer a connection too).

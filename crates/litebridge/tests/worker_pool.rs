@@ -1277,7 +1277,7 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
     let mut c = config("test_worker.py");
     c.processes = 2;
     c.restart_backoff = Backoff {
-        growth: Growth::Constant(Duration::from_millis(1500)),
+        growth: Growth::Constant(Duration::from_secs(5)),
         max: Duration::from_secs(10),
         full_jitter: false,
     };
@@ -1294,10 +1294,10 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
             let p = pool.clone();
             tokio::spawn(async move {
                 let opts = CallOptions {
-                    timeout: Some(Duration::from_millis(1000)),
+                    timeout: Some(Duration::from_secs(3)),
                     ..CallOptions::default()
                 };
-                p.call("stubborn", json!([5]), opts).await
+                p.call("stubborn", json!([10]), opts).await
             })
         })
         .collect();

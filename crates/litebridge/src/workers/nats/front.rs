@@ -155,13 +155,15 @@ struct Attempt<'a> {
     unknown: &'a FirstUnknown,
 }
 
-/// A number for worker `pid` of `host`, for telling deaths apart (hosts in
-/// containers may share pids).
-fn worker_number(host: &str, pid: u32) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (host, pid).hash(&mut h);
-    h.finish()
+/// A number of its own for a worker death a host reported. From here, the
+/// hosts' workers cannot be told apart (a pid is all the wire carries, and
+/// workers in containers of their own are all pid 1; a restarted host may
+/// keep its name), so each call's crash counts against the method's
+/// breaker: over-counting a death opens a breaker early, where merging two
+/// would keep a crashing method's shut.
+fn a_death() -> u64 {
+    static DEATHS: AtomicU64 = AtomicU64::new(1);
+    DEATHS.fetch_add(1, Ordering::Relaxed)
 }
 
 fn unix_ms() -> u64 {
@@ -523,8 +525,8 @@ impl NatsBridge {
                         }
                         guard.cancel = false;
                         let r = wire::decode_answer(&m.payload, host);
-                        if let Err(Error::WorkerCrashed { pid, .. }) = &r {
-                            unknown.worker_died(worker_number(host, *pid));
+                        if let Err(Error::WorkerCrashed { .. }) = &r {
+                            unknown.worker_died(a_death());
                         }
                         return r;
                     }
