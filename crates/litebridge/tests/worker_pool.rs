@@ -31,6 +31,28 @@ fn config(script: &str) -> WorkerConfig {
     c
 }
 
+/// The test worker's pool of `processes`, whose crashed workers stay away
+/// for `restart` and whose breakers open after `failures` in a row.
+fn crashing(processes: usize, restart: Duration, failures: u32) -> WorkerConfig {
+    let mut c = config("test_worker.py");
+    c.processes = processes;
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(restart);
+    c.restart_backoff.full_jitter = false;
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(failures),
+        ..BreakerConfig::default()
+    };
+    c
+}
+
+/// A call's options with its own deadline.
+fn within(timeout: Duration) -> CallOptions {
+    CallOptions {
+        timeout: Some(timeout),
+        ..CallOptions::default()
+    }
+}
+
 fn inline(code: &str) -> WorkerConfig {
     let mut c = WorkerConfig::new(["python3", "-c", code]);
     c.start_timeout = Duration::from_millis(800);
@@ -1175,27 +1197,13 @@ async fn a_crowd_with_tiny_deadlines_is_answered_on_time_and_leaves_the_call_alo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_is_not_hidden_by_a_retry_that_found_no_worker_in_time() {
-    use litebridge::resilience::{Backoff, Growth};
-    let mut c = config("test_worker.py");
-    c.processes = 1;
     // The crashed worker is away for longer than the calls' deadlines.
-    c.restart_backoff = Backoff {
-        growth: Growth::Constant(Duration::from_millis(1500)),
-        max: Duration::from_secs(10),
-        full_jitter: false,
-    };
-    c.breaker = BreakerConfig {
-        consecutive_failures: Some(2),
-        ..BreakerConfig::default()
-    };
+    let c = crashing(1, Duration::from_millis(1500), 2);
     let pool = WorkerPool::start(c).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("attempts");
     let args = json!([log.display().to_string()]);
-    let short = CallOptions {
-        timeout: Some(Duration::from_millis(600)),
-        ..CallOptions::default()
-    };
+    let short = within(Duration::from_millis(600));
     for _ in 0..2 {
         // The retry waits for a worker until the deadline and finds none:
         // the caller still learns of the crash, and so does the breaker.
@@ -1207,10 +1215,7 @@ async fn a_crash_is_not_hidden_by_a_retry_that_found_no_worker_in_time() {
         assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
         assert!(started.elapsed() < Duration::from_millis(1000));
         // Back once the worker is.
-        let patient = CallOptions {
-            timeout: Some(Duration::from_secs(10)),
-            ..CallOptions::default()
-        };
+        let patient = within(Duration::from_secs(10));
         pool.call("echo", json!([1]), patient).await.unwrap();
     }
     let e = pool.call("crash_me", args, short).await.unwrap_err();
@@ -1221,21 +1226,13 @@ async fn a_crash_is_not_hidden_by_a_retry_that_found_no_worker_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_counts_against_the_breaker_when_its_retry_then_times_out() {
-    let mut c = config("test_worker.py");
-    c.processes = 2;
+    let mut c = crashing(2, Duration::from_millis(100), 2);
     c.cancel_grace = Duration::from_secs(5);
-    c.breaker = BreakerConfig {
-        consecutive_failures: Some(2),
-        ..BreakerConfig::default()
-    };
     let pool = WorkerPool::start(c).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("attempts");
     let args = json!([log.display().to_string(), 1.0]);
-    let opts = CallOptions {
-        timeout: Some(Duration::from_millis(1500)),
-        ..CallOptions::default()
-    };
+    let opts = within(Duration::from_millis(1500));
     // The first attempt crashes its worker at 1 s; the retry, with less
     // than half a second left, times out (not the method's by itself). The
     // crash is the method's all the same.
@@ -1273,19 +1270,9 @@ async fn settled(pool: &WorkerPool, crashes: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
-    use litebridge::resilience::{Backoff, Growth};
-    let mut c = config("test_worker.py");
-    c.processes = 2;
-    c.restart_backoff = Backoff {
-        growth: Growth::Constant(Duration::from_secs(5)),
-        max: Duration::from_secs(10),
-        full_jitter: false,
-    };
-    c.breaker = BreakerConfig {
-        consecutive_failures: Some(3),
-        ..BreakerConfig::default()
-    };
-    let pool = WorkerPool::start(c).await.unwrap();
+    let pool = WorkerPool::start(crashing(2, Duration::from_secs(5), 3))
+        .await
+        .unwrap();
     // Six calls of one method in flight, three on each worker; both workers
     // are killed from outside, and the retries find no worker before their
     // deadlines.
@@ -1293,10 +1280,7 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
         .map(|_| {
             let p = pool.clone();
             tokio::spawn(async move {
-                let opts = CallOptions {
-                    timeout: Some(Duration::from_secs(3)),
-                    ..CallOptions::default()
-                };
+                let opts = within(Duration::from_secs(3));
                 p.call("stubborn", json!([10]), opts).await
             })
         })
@@ -1330,10 +1314,7 @@ async fn a_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
     // Two failures of `stubborn` (one per worker), not six: its breaker,
     // which opens at three, is still closed.
     settled(&pool, 2).await;
-    let quick = CallOptions {
-        timeout: Some(Duration::from_secs(5)),
-        ..CallOptions::default()
-    };
+    let quick = within(Duration::from_secs(5));
     assert_eq!(
         pool.call("stubborn", json!([0.01]), quick).await.unwrap(),
         json!("finished")

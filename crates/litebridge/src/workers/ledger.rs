@@ -261,6 +261,7 @@ impl FirstUnknown {
     }
 
     /// The error kept, if any.
+    #[cfg(feature = "nats")]
     pub(crate) fn get(&self) -> Option<Error> {
         lock(&self.first).clone()
     }
