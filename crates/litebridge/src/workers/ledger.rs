@@ -120,13 +120,13 @@ impl Ledger {
     /// one worker dying with many calls of the method in flight is one
     /// failure of it, not one per call. Crashes and exceptions are the
     /// method's failures (a crash also when a retry then failed otherwise),
-    /// and so is a timeout of a call that ran, when
-    /// `fair` says so after the call (it had in the worker most of the
-    /// default deadline): a caller's own shorter deadline is its choice (1 ms
-    /// calls would otherwise open any method's breaker for everyone), and a
-    /// long wait for a worker is the pool's load, not the method's doing.
-    /// Anything else (the caller's mistakes, a full queue, a call that timed
-    /// out waiting for a worker, a lost host or connection) is not.
+    /// and so is a timeout of a call that ran, when `fair` says so after the
+    /// call (it had in the worker most of the default deadline): a caller's
+    /// own shorter deadline is its choice (1 ms calls would otherwise open
+    /// any method's breaker for everyone), and a long wait for a worker is
+    /// the pool's load, not the method's doing. Anything else (the caller's
+    /// mistakes, a full queue, a call that timed out waiting for a worker, a
+    /// lost host or connection) is not.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,
