@@ -236,3 +236,182 @@ async fn a_cache_without_its_table_runs_in_memory_and_says_why() {
     assert_eq!(stats.l2_entries, None);
     assert_eq!(stats.l2_unavailable.as_deref(), Some("the disk is full"));
 }
+
+/// A hostile crowd calls a cached method, and each caller that came to run
+/// the load for everyone hangs up. moka panics in a waiter that saw 200
+/// such loads abandoned in a row; the waiter now runs its own load.
+/// Driven by hand, so that the waiter never comes to run the shared load.
+#[tokio::test]
+async fn a_waiter_outliving_hundreds_of_abandoned_loads_runs_its_own() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Waker};
+
+    type Call<'a> = Pin<Box<dyn Future<Output = litebridge::Result<serde_json::Value>> + 'a>>;
+    let cache = Cache::memory_only(CacheConfig::default(), "no L2 in this test");
+    let started = AtomicUsize::new(0);
+    let hang_up = || -> Call<'_> {
+        Box::pin(cache.get_or_load("hot", None, || async {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }))
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    // Polls `call` until `done` (moka's steps may take a few polls).
+    let settle = |call: &mut Call<'_>, cx: &mut Context<'_>, done: &dyn Fn() -> bool| {
+        for _ in 0..1000 {
+            if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                return Some(r);
+            }
+            if done() {
+                return None;
+            }
+        }
+        panic!("the call never reached the expected step");
+    };
+
+    let mut loader = hang_up();
+    assert!(
+        settle(&mut loader, &mut cx, &|| started.load(Ordering::SeqCst)
+            == 1)
+        .is_none()
+    );
+    let mut waiter: Call<'_> =
+        Box::pin(cache.get_or_load("hot", None, || async { Ok(json!("its own")) }));
+    assert!(waiter.as_mut().poll(&mut cx).is_pending());
+
+    let mut answer = None;
+    for abandoned in 1..=250 {
+        // A fresh budget of tokio's cooperative scheduling each round.
+        tokio::task::yield_now().await;
+        drop(loader);
+        // A newcomer comes to run the load before the waiter wakes.
+        let mut next = hang_up();
+        let runs = abandoned + 1;
+        assert!(
+            settle(&mut next, &mut cx, &|| started.load(Ordering::SeqCst)
+                == runs)
+            .is_none()
+        );
+        loader = next;
+        if let Poll::Ready(r) = waiter.as_mut().poll(&mut cx) {
+            answer = Some((abandoned, r));
+            break;
+        }
+    }
+    let (abandoned, r) = answer.expect("the waiter still waits after 250 abandoned loads");
+    assert_eq!(r.unwrap(), json!("its own"));
+    assert!(abandoned >= 200, "it ran its own after {abandoned}");
+    drop(loader);
+    // Nothing was stored by the abandoned loads; the waiter's own was.
+    assert_eq!(cache.get("hot").await.unwrap(), Some(json!("its own")));
+}
+
+/// A call's answer waited on its value's L2 write, however long the writer
+/// was held by others: a call with a 200 ms deadline answered when the
+/// writer came free, seconds later. Storing now ends at the deadline; the
+/// value stays in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_value_is_answered_by_its_deadline_while_the_writer_is_held() {
+    use litebridge::DbConfig;
+
+    let (_dir, db) = common::open_kv(DbConfig::builder()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let gate = common::Gate::default();
+    let holder = common::hold_writer(&db, &gate).await;
+    let timeout = Duration::from_millis(200);
+    let asked = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_or_load_by("k", None, Some((asked + timeout, timeout)), || async {
+            Ok(json!("loaded"))
+        }),
+    )
+    .await;
+    let took = asked.elapsed();
+    gate.open();
+    holder.await.unwrap().unwrap();
+    let answer = answer.expect("the answer waited for the writer");
+    assert_eq!(answer.unwrap(), json!("loaded"));
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("loaded")));
+    // The L2 write was finished in the background: a cache that has only
+    // L2 to read finds the value.
+    let fresh = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let waited = tokio::time::Instant::now();
+    while fresh.get("k").await.unwrap().is_none() {
+        assert!(waited.elapsed() < Duration::from_secs(5), "never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The L2 read before a call waited as long as its key was being written,
+/// past the caller's deadline. It now times out there, never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_l2_read_waits_past_its_deadline_times_out_queued() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    use litebridge::DbConfig;
+    use litebridge::TimeoutStage;
+
+    let (_dir, db) = common::open_kv(DbConfig::builder()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let gate = common::Gate::default();
+    let holder = common::hold_writer(&db, &gate).await;
+    // A `set` of the key, waiting for the writer, holds the key's turn.
+    let mut set = Box::pin(cache.set("k", json!("set"), None));
+    assert!(
+        set.as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+    );
+    let timeout = Duration::from_millis(200);
+    let asked = tokio::time::Instant::now();
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_or_load_by("k", None, Some((asked + timeout, timeout)), || async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(json!("loaded"))
+        }),
+    )
+    .await;
+    gate.open();
+    holder.await.unwrap().unwrap();
+    set.await.unwrap();
+    let e = answer.expect("the read waited for the write").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            litebridge::Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("set")));
+}
+
+/// Only moka's own panic is caught: a panic of the caller's own load is
+/// the caller's, and goes on unwinding.
+#[tokio::test]
+async fn a_panic_of_a_callers_own_load_is_not_taken_for_moka_s() {
+    let cache = Cache::memory_only(CacheConfig::default(), "no L2 in this test");
+    let call = tokio::spawn(async move {
+        cache
+            .get_or_load("p", None, || async { panic!("the load's own") })
+            .await
+    });
+    let panic = call.await.unwrap_err().into_panic();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the load's own"));
+}

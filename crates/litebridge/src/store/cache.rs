@@ -572,7 +572,14 @@ impl Cache {
     /// run. A load of this caller's own is never cut off here (the other
     /// callers sharing it would see it abandoned): `load` must end by the
     /// same deadline itself, which it may reach only later, after a shared
-    /// load failed.
+    /// load failed. The cache's own steps end at the deadline too: reading
+    /// L2 before a load (a timeout, as for a wait), and waiting for a
+    /// loaded value to be stored (the caller has its value; the store is
+    /// finished in the background).
+    ///
+    /// A waiter that saw 200 shared loads given up in a row (their callers
+    /// went away) runs its own: moka panics there, and that panic is
+    /// caught.
     ///
     /// # Errors
     /// As [`Cache::get_or_load`]; [`Error::Timeout`] past the deadline.
@@ -587,16 +594,41 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Json>>,
     {
-        if let Some(v) = self.get(key).await? {
+        use futures_util::FutureExt as _;
+
+        // Before the load: reading what is there ends at the deadline (the
+        // call never started).
+        if let Some(v) = by(deadline, self.get(key)).await?? {
             return Ok(v);
         }
+        // After it: the caller has its value. Storing it is waited for
+        // until the deadline, and finished in the background past it.
+        let keep = |value: Json| async move {
+            match deadline {
+                None => {
+                    let _ = self.store(key, value, ttl, true).await;
+                }
+                Some((at, _)) => {
+                    let (cache, key) = (self.clone(), key.to_owned());
+                    let mut store =
+                        Box::pin(async move { cache.store(&key, value, ttl, true).await });
+                    tokio::select! {
+                        biased;
+                        _ = &mut store => {}
+                        () = tokio::time::sleep_until(at) => {
+                            tokio::spawn(store);
+                        }
+                    }
+                }
+            }
+        };
         if !self.l1_trusted() {
             // Not hearing the other front ends: nothing goes into memory.
-            if let Some(e) = self.l2_get(key).await {
+            if let Some(e) = by(deadline, self.l2_get(key)).await? {
                 return Ok((*e.value).clone());
             }
             let value = load().await?;
-            let _ = self.store(key, value.clone(), ttl, true).await;
+            keep(value.clone()).await;
             return Ok(value);
         }
         let generation = self.generation();
@@ -608,19 +640,25 @@ impl Cache {
             let running = AtomicBool::new(false);
             let shared = self.l1.try_get_with(key.to_owned(), async {
                 running.store(true, Ordering::Relaxed);
-                if let Some(e) = self.l2_get(key).await {
+                // Taken first: a read of L2 past the deadline is this
+                // caller's own failure.
+                let load = mine.take().expect("moka runs one init future once");
+                if let Some(e) = by(deadline, self.l2_get(key)).await? {
                     return Ok(e);
                 }
-                let load = mine.take().expect("moka runs one init future once");
                 let value = load().await?;
                 // Kept in memory even if L2 fails (counted): the load succeeded.
-                let _ = self.store(key, value.clone(), ttl, true).await;
+                keep(value.clone()).await;
                 let expires = self.expiry(ttl);
                 Ok::<_, Error>(Entry {
                     value: Arc::new(value),
                     expires,
                 })
             });
+            // moka panics in a waiter whose wait outlived 200 loads in a
+            // row whose callers went away (a crowd that disconnects): that
+            // panic is caught, and such a waiter runs its own load.
+            let shared = std::panic::AssertUnwindSafe(shared).catch_unwind();
             let shared = {
                 // On the heap: it holds the load, which is large.
                 let mut shared = Box::pin(shared);
@@ -643,6 +681,22 @@ impl Cache {
                     }
                 }
             };
+            let shared = match shared {
+                Ok(shared) => shared,
+                // This caller's own load panicked: not moka's to answer.
+                Err(panic) if running.load(Ordering::Relaxed) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    tracing::warn!(
+                        key,
+                        "cache: the shared loads of this key were abandoned by their callers \
+                         too many times in a row; this caller runs its own"
+                    );
+                    let load = load.take().expect("not run: its waiter never ran a load");
+                    let value = load().await?;
+                    keep(value.clone()).await;
+                    break value;
+                }
+            };
             let method_failed = |e: &Error| {
                 matches!(
                     e.kind(),
@@ -663,7 +717,7 @@ impl Cache {
                 Err(_) => {
                     let load = load.take().expect("not run yet");
                     let value = load().await?;
-                    let _ = self.store(key, value.clone(), ttl, true).await;
+                    keep(value.clone()).await;
                     break value;
                 }
             }
@@ -712,6 +766,26 @@ impl Cache {
             return Some(p.trusted());
         }
         None
+    }
+}
+
+/// `step`, ended at `deadline` when there is one ([`Error::Timeout`] at
+/// [`TimeoutStage::Queued`]: the steps it bounds come before a call starts,
+/// or after its caller has the answer).
+async fn by<T>(
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    match deadline {
+        None => Ok(step.await),
+        Some((at, timeout)) => {
+            tokio::time::timeout_at(at, step)
+                .await
+                .map_err(|_| Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Queued,
+                })
+        }
     }
 }
 
