@@ -1590,3 +1590,129 @@ async fn a_listener_on_the_probe_subject_does_not_keep_a_dead_host_alive() {
             .is_ok()
     );
 }
+
+/// The state of `method`'s breaker on `bridge`.
+fn breaker(bridge: &NatsBridge, method: &str) -> litebridge::resilience::BreakerState {
+    let status = bridge.status();
+    status
+        .breakers
+        .iter()
+        .find(|b| &*b.name == method)
+        .map(|b| b.state)
+        .unwrap_or_else(|| panic!("no breaker for {method}: {:?}", status.breakers))
+}
+
+/// Each crash of a call counted against its method, so one worker of a
+/// host dying with six calls of a method in flight opened the method's
+/// breaker (five failures in a row). It is one failure now, as in the
+/// local pool; five deaths are five, and open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_worker_dying_with_many_calls_of_a_method_is_one_failure_of_it() {
+    use litebridge::resilience::BreakerState;
+
+    let Some(setup) = Setup::start(&[], &["solo"], 1).await else {
+        return;
+    };
+    let bridge = setup.bridge.clone();
+    let dir = tempfile::tempdir().unwrap();
+    for death in 1..=5 {
+        // The worker dies once all six are in it.
+        let path = dir.path().join(format!("death-{death}"));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let b = bridge.clone();
+            let params = json!({"path": path, "calls": 6});
+            set.spawn(async move { b.call("die_together", params, opts(20_000)).await });
+        }
+        while let Some(r) = set.join_next().await {
+            let e = r.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, Error::WorkerCrashed { worker, .. } if *worker != 0),
+                "death {death}: {e}"
+            );
+        }
+        let expected = if death < 5 {
+            BreakerState::Closed
+        } else {
+            BreakerState::Open
+        };
+        assert_eq!(
+            breaker(&bridge, "die_together"),
+            expected,
+            "after death {death}"
+        );
+    }
+}
+
+/// A host lost with calls in flight did not count at all, so a method that
+/// takes its whole host down (out of memory, say) was never stopped. Now
+/// each lost host is one failure of each method it was running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_that_takes_its_host_down_opens_its_breaker() {
+    use litebridge::resilience::BreakerState;
+
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let bridge = front(&url).await;
+    for lost in 1..=5 {
+        // The same name each time: a host restarted under its id is another
+        // instance, and its loss another death.
+        let host = Host::start(&url, "doomed", 1, &[]);
+        until_hosts(&bridge, 1).await;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            let b = bridge.clone();
+            set.spawn(async move { b.call("nap", json!({"ms": 5_000}), opts(10_000)).await });
+        }
+        // Both acknowledged (20 ms) before the host goes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        host.signal(9);
+        while let Some(r) = set.join_next().await {
+            let e = r.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, Error::HostLost { host, .. } if host == "doomed"),
+                "loss {lost}: {e}"
+            );
+        }
+        drop(host);
+        let expected = if lost < 5 {
+            BreakerState::Closed
+        } else {
+            BreakerState::Open
+        };
+        assert_eq!(breaker(&bridge, "nap"), expected, "after loss {lost}");
+        let status = bridge.status();
+        let nap = status.breakers.iter().find(|b| &*b.name == "nap").unwrap();
+        // One failure per loss, whatever the calls it took down.
+        assert_eq!(nap.calls, lost, "{nap:?}");
+    }
+    drop(bridge);
+}
+
+/// A host that only goes silent (paused here; slow, or cut off from the
+/// network) is declared lost, and its calls fail, but its loss does not
+/// count against the methods it ran: NATS still knows it, so nothing says
+/// it died. (Several hosts lost at once do not count either: a shared
+/// cause, such as a NATS server of a cluster.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_declared_lost_does_not_count_against_its_methods() {
+    let Some(setup) = Setup::start(&[], &["quiet"], 1).await else {
+        return;
+    };
+    let bridge = setup.bridge.clone();
+    let host = &setup.hosts[0];
+    let call = {
+        let b = bridge.clone();
+        tokio::spawn(async move { b.call("nap", json!({"ms": 5_000}), opts(10_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.signal(19); // SIGSTOP
+    let e = call.await.unwrap().unwrap_err();
+    assert!(matches!(&e, Error::HostLost { .. }), "{e}");
+    let status = bridge.status();
+    let nap = status.breakers.iter().find(|b| &*b.name == "nap").unwrap();
+    assert_eq!((nap.calls, nap.consecutive_failures), (0, 0), "{nap:?}");
+    host.signal(18); // SIGCONT
+}

@@ -272,6 +272,12 @@ pub enum Error {
     WorkerCrashed {
         /// The process id.
         pid: u32,
+        /// The pool's own number for the worker, never given to another
+        /// worker of that pool (a pid may be: workers in containers of
+        /// their own are all pid 1). How the calls one death took down are
+        /// told from another's; 0 when not known (an error from a worker
+        /// host of an older version).
+        worker: u64,
         /// How it ended: `exit code 1`, `signal 9 (SIGKILL)`, ...
         exit: String,
         /// The last lines it wrote to stderr, while serving any caller.

@@ -54,6 +54,20 @@ def crash_once(path):
     return "ran"
 
 
+@worker.method(idempotent=False)
+def die_together(path, calls):
+    """Takes its worker down once `calls` calls (counted in `path`) run in it."""
+    with open(path, "a") as f:
+        f.write("in\n")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        with open(path) as f:
+            if len(f.readlines()) >= calls:
+                break
+        time.sleep(0.005)
+    os._exit(3)
+
+
 @worker.method()
 def hang(marker, seconds=60):
     end = time.monotonic() + seconds

@@ -124,9 +124,10 @@ impl Ledger {
     /// call (it had in the worker most of the default deadline): a caller's
     /// own shorter deadline is its choice (1 ms calls would otherwise open
     /// any method's breaker for everyone), and a long wait for a worker is
-    /// the pool's load, not the method's doing. Anything else (the caller's
-    /// mistakes, a full queue, a call that timed out waiting for a worker, a
-    /// lost host or connection) is not.
+    /// the pool's load, not the method's doing. A worker host lost with
+    /// calls in flight is a death too (once per method per host). Anything
+    /// else (the caller's mistakes, a full queue, a call that timed out
+    /// waiting for a worker, a lost connection to NATS) is not.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run<F, Fut>(
         &self,
@@ -176,7 +177,7 @@ impl Ledger {
         // failure once per worker, whatever a retry came to (unless it
         // succeeded).
         let crashed = unknown.crashed();
-        let crash = crashed.is_some() || matches!(r, Err(Error::WorkerCrashed { .. }));
+        let crash = !crashed.is_empty() || matches!(r, Err(Error::WorkerCrashed { .. }));
         let r = unknown.settle(r);
         let counters = self.counters(state.unwrap_or(super::names::OTHER));
         let took = started.elapsed();
@@ -195,9 +196,16 @@ impl Ledger {
                 {
                     permit.failure();
                 }
-                // A death counted already, for another call it took down:
-                // no outcome of this one.
-                Err(_) if crash && crashed.is_some_and(|w| !counters.first_news_of(w)) => {
+                // Every death its attempts saw counted already, for other
+                // calls they took down: no outcome of this one. (Each is
+                // remembered, so none is merged with another's.)
+                Err(_)
+                    if crash
+                        && !crashed.is_empty()
+                        && !crashed
+                            .iter()
+                            .fold(false, |news, w| counters.first_news_of(*w) | news) =>
+                {
                     drop(permit);
                 }
                 Err(_) if crash => permit.failure(),
@@ -236,11 +244,11 @@ impl Ledger {
 /// The first attempt of a call whose outcome became unknown (it may have
 /// run): a later attempt that fails without starting must not hide it from
 /// the caller, nor count as the method's outcome.
-/// Also the first worker an attempt saw die.
+/// Also the workers its attempts saw die.
 #[derive(Default)]
 pub(crate) struct FirstUnknown {
     first: std::sync::Mutex<Option<Error>>,
-    crash: std::sync::Mutex<Option<u64>>,
+    crashes: std::sync::Mutex<Vec<u64>>,
 }
 
 impl FirstUnknown {
@@ -254,10 +262,14 @@ impl FirstUnknown {
     }
 
     /// Keeps `worker` (a number no other worker has had: not a pid, which
-    /// every worker in a container of its own may share) as the one an
-    /// attempt saw die, if it is the call's first.
+    /// every worker in a container of its own may share; over NATS, a
+    /// number for a host's worker or for a lost host) as one an attempt
+    /// saw die (one of the call's attempts each: a handful).
     pub(crate) fn worker_died(&self, worker: u64) {
-        lock(&self.crash).get_or_insert(worker);
+        let mut crashes = lock(&self.crashes);
+        if !crashes.contains(&worker) {
+            crashes.push(worker);
+        }
     }
 
     /// The error kept, if any.
@@ -266,9 +278,9 @@ impl FirstUnknown {
         lock(&self.first).clone()
     }
 
-    /// The first worker an attempt saw die, if any.
-    fn crashed(&self) -> Option<u64> {
-        *lock(&self.crash)
+    /// The workers the call's attempts saw die.
+    fn crashed(&self) -> Vec<u64> {
+        lock(&self.crashes).clone()
     }
 
     /// What the caller gets: the error kept rather than a last attempt's

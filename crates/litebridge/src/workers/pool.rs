@@ -630,6 +630,7 @@ impl WorkerPool {
                 guard.armed = false;
                 Err(Error::WorkerCrashed {
                     pid: process.pid,
+                    worker: process.id,
                     exit: "the worker stopped".into(),
                     stderr: Vec::new(),
                     idempotent: false,

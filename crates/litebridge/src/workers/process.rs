@@ -621,6 +621,7 @@ async fn read_stdout(
     for tx in orphans {
         let _ = tx.send(Err(Error::WorkerCrashed {
             pid: process.pid,
+            worker: process.id,
             exit: exit.clone(),
             stderr: stderr.clone(),
             idempotent: false,

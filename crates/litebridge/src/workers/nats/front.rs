@@ -86,7 +86,9 @@ struct Known {
 /// What reaches a call waiting for its answer.
 enum Reply {
     Message(async_nats::Message),
-    Lost(Error),
+    /// The call is lost; with the death to count against its method, when
+    /// its host was lost (not the connection to NATS).
+    Lost(Error, Option<u64>),
 }
 
 struct Pending {
@@ -155,12 +157,24 @@ struct Attempt<'a> {
     unknown: &'a FirstUnknown,
 }
 
-/// A number of its own for a worker death a host reported. From here, the
-/// hosts' workers cannot be told apart (a pid is all the wire carries, and
-/// workers in containers of their own are all pid 1; a restarted host may
-/// keep its name), so each call's crash counts against the method's
-/// breaker: over-counting a death opens a breaker early, where merging two
-/// would keep a crashing method's shut.
+/// The number under which a death is counted against the methods whose
+/// calls it took down (once each, however many calls): `worker` (the
+/// host's pool's own number for it) of host `instance` (a services-protocol
+/// id, new each time a host starts), or with no worker the host itself,
+/// lost. Not the host's name (a restarted host may keep it) nor a pid
+/// (workers in containers of their own are all pid 1): either would merge
+/// two deaths, and keep a crashing method's breaker shut.
+fn death(instance: &str, worker: Option<u64>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (instance, worker).hash(&mut h);
+    h.finish()
+}
+
+/// A number of its own for a death that cannot be told apart from others
+/// (a host of an older version names neither its instance nor its
+/// worker): each call's counts. Over-counting a death opens a breaker
+/// early, where merging two would keep a crashing method's shut.
 fn a_death() -> u64 {
     static DEATHS: AtomicU64 = AtomicU64::new(1);
     DEATHS.fetch_add(1, Ordering::Relaxed)
@@ -502,6 +516,8 @@ impl NatsBridge {
         }
         let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
         let mut acked = false;
+        // The instance of the host that acknowledged the call.
+        let mut acked_by: Option<String> = None;
         // One timer per call: the acknowledgement's time (or the deadline,
         // if sooner) until the call is acknowledged, then the deadline.
         let timer = tokio::time::sleep_until(ack_by.min(deadline));
@@ -519,18 +535,38 @@ impl NatsBridge {
                         if h.and_then(|h| h.get(wire::STATUS)).is_some_and(|v| v.as_str() == "accepted") {
                             if !acked {
                                 acked = true;
+                                acked_by = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str().to_owned());
                                 timer.as_mut().reset(deadline);
                             }
                             continue;
                         }
                         guard.cancel = false;
                         let r = wire::decode_answer(&m.payload, host);
-                        if let Err(Error::WorkerCrashed { .. }) = &r {
-                            unknown.worker_died(a_death());
+                        if let Err(Error::WorkerCrashed { worker, .. }) = &r {
+                            // Named by the instance that acknowledged the
+                            // call, if one did; else (a host of an older
+                            // version, or a mistaken one) each call's crash
+                            // counts.
+                            let instance = h
+                                .and_then(|h| h.get(wire::INSTANCE))
+                                .map(|v| v.as_str())
+                                .filter(|i| {
+                                    super::config::is_token(i)
+                                        && acked_by.as_deref().is_none_or(|a| a == *i)
+                                });
+                            unknown.worker_died(match instance {
+                                Some(i) if *worker != 0 => death(i, Some(*worker)),
+                                _ => a_death(),
+                            });
                         }
                         return r;
                     }
-                    Some(Reply::Lost(e)) => return Err(e),
+                    Some(Reply::Lost(e, counted)) => {
+                        if let Some(counted) = counted {
+                            unknown.worker_died(counted);
+                        }
+                        return Err(e);
+                    }
                     None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
                 },
                 () = &mut timer => {
@@ -918,16 +954,29 @@ impl Front {
     }
 
     /// Fails every call a lost host had acknowledged (only those of
-    /// `instance`, when given: a restarted host's old calls).
-    fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str) {
+    /// `instance`, when given: a restarted host's old calls). When its
+    /// death is `confirmed` (NATS itself no longer knows it), it counts
+    /// once against each method it was running.
+    fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str, confirmed: bool) {
         for p in lock(&self.calls).values() {
             let Some((h, i)) = &p.host else { continue };
             if h == host && (i.is_empty() || instance.is_none_or(|want| want == i)) {
-                let _ = p.tx.send(Reply::Lost(Error::HostLost {
-                    host: host.to_owned(),
-                    reason: reason.to_owned(),
-                    idempotent: false,
-                }));
+                // An older host names no instance: each of its calls counts.
+                let counted = confirmed.then(|| {
+                    if i.is_empty() {
+                        a_death()
+                    } else {
+                        death(i, None)
+                    }
+                });
+                let _ = p.tx.send(Reply::Lost(
+                    Error::HostLost {
+                        host: host.to_owned(),
+                        reason: reason.to_owned(),
+                        idempotent: false,
+                    },
+                    counted,
+                ));
             }
         }
     }
@@ -1077,13 +1126,9 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             let (client, host) = (f.client.clone(), beat.host.clone());
             let wait = f.config.heartbeat.max(Duration::from_millis(200));
             tokio::spawn(async move {
-                let ping = format!("$SRV.PING.{}.{old}", wire::SERVICE);
-                let alive = matches!(
-                    tokio::time::timeout(wait, client.request(ping, Default::default())).await,
-                    Ok(Ok(_))
-                );
+                let found = ping_instance(&client, &old, wait).await;
                 let Some(f) = weak.upgrade() else { return };
-                if alive {
+                if found == Found::Alive {
                     f.warn_once_a_minute(&format!(
                         "two live worker hosts use the id {host}: give each its own --name (their lost calls are noticed only at their deadlines)"
                     ));
@@ -1091,7 +1136,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 }
                 let reason = "it restarted with the call in flight";
                 tracing::warn!(host, "worker host restarted");
-                f.host_lost(&host, Some(&old), reason);
+                f.host_lost(&host, Some(&old), reason, found == Found::Gone);
                 let _ = f.ledger.events.send(PoolEvent::HostLost {
                     host,
                     reason: reason.into(),
@@ -1121,6 +1166,28 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 f.learn(&info, Some(hash));
             });
         }
+    }
+}
+
+/// What asking a host instance for a `PING` found.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// It answered.
+    Alive,
+    /// NATS said no one listens on its subject: its connection is gone.
+    Gone,
+    /// No answer in time, or another error: alive but slow, cut off, or
+    /// gone (nothing can be concluded).
+    Unknown,
+}
+
+/// Asks host `instance` for the services protocol's `PING`.
+async fn ping_instance(client: &async_nats::Client, instance: &str, wait: Duration) -> Found {
+    let ping = format!("$SRV.PING.{}.{instance}", wire::SERVICE);
+    match tokio::time::timeout(wait, client.request(ping, Default::default())).await {
+        Ok(Ok(_)) => Found::Alive,
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Found::Gone,
+        _ => Found::Unknown,
     }
 }
 
@@ -1161,22 +1228,41 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
             continue;
         }
         armed = None;
-        let dead: Vec<String> = {
+        let dead: Vec<(String, Option<String>)> = {
             let mut hosts = write(&f.hosts);
             let dead: Vec<String> = hosts
                 .iter()
                 .filter(|(_, h)| h.last_seen.elapsed() > dead_after && h.last_seen < since)
                 .map(|(id, _)| id.clone())
                 .collect();
-            for id in &dead {
-                hosts.remove(id);
-            }
-            dead
+            dead.into_iter()
+                .map(|id| {
+                    let instance = hosts.remove(&id).and_then(|h| h.beat).map(|b| b.service_id);
+                    (id, instance)
+                })
+                .collect()
         };
-        for host in dead {
+        // Several at once share a cause (a NATS server of a cluster, the
+        // network, a flood of the heartbeat subject), not a method's doing.
+        let alone = dead.len() == 1;
+        for (host, instance) in dead {
             let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
             tracing::warn!(host, "worker host lost: {reason}");
-            f.host_lost(&host, None, &reason);
+            // A silent host may only be slow or cut off: its death counts
+            // against the methods it ran only once NATS no longer knows it.
+            let confirmed = match instance {
+                Some(i) if alone => {
+                    ping_instance(
+                        &f.client,
+                        &i,
+                        f.config.heartbeat.max(Duration::from_millis(200)),
+                    )
+                    .await
+                        == Found::Gone
+                }
+                _ => false,
+            };
+            f.host_lost(&host, None, &reason, confirmed);
             let _ = f.ledger.events.send(PoolEvent::HostLost { host, reason });
         }
     }
@@ -1196,11 +1282,15 @@ async fn follow_connection(
                 f.connected.send_replace(false);
                 tracing::warn!(url = f.config.url, "lost the connection to NATS");
                 for p in lock(&f.calls).values() {
-                    let _ = p.tx.send(Reply::Lost(Error::CallOutcomeUnknown {
-                        method: p.method.clone(),
-                        reason: "the connection to NATS was lost with the call in flight".into(),
-                        idempotent: false,
-                    }));
+                    let _ = p.tx.send(Reply::Lost(
+                        Error::CallOutcomeUnknown {
+                            method: p.method.clone(),
+                            reason: "the connection to NATS was lost with the call in flight"
+                                .into(),
+                            idempotent: false,
+                        },
+                        None,
+                    ));
                 }
             }
             async_nats::Event::Connected => {

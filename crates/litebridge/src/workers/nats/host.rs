@@ -468,6 +468,10 @@ async fn answer(
     }
     let mut headers = HeaderMap::new();
     headers.insert(wire::HOST, host.id.as_str());
+    if let Err(Error::WorkerCrashed { .. }) = &outcome {
+        // With the worker's number in the body: which death this was.
+        headers.insert(wire::INSTANCE, host.service_id.as_str());
+    }
     let started = !matches!(&outcome, Err(e) if wire::not_started(e));
     headers.insert(wire::STARTED, if started { "1" } else { "0" });
     if let Err(e) = &outcome {

@@ -220,7 +220,9 @@ fn encode_error(e: &Error) -> Json {
         } => json!({"code": code, "detail": message, "type": type_name, "traceback": traceback}),
         // Not its stderr: written while it served every caller, it stays in
         // the host's log.
-        Error::WorkerCrashed { pid, exit, .. } => json!({"pid": pid, "exit": exit}),
+        Error::WorkerCrashed {
+            pid, worker, exit, ..
+        } => json!({"pid": pid, "worker": worker, "exit": exit}),
         Error::Timeout { after, stage } => json!({
             "timeout_ms": after.as_millis() as u64,
             "queued": matches!(stage, TimeoutStage::Queued),
@@ -264,6 +266,7 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
         },
         "worker_crashed" => Error::WorkerCrashed {
             pid: u32::try_from(n("pid")).unwrap_or_default(),
+            worker: n("worker"),
             exit: format!("{}, on worker host {host}", s("exit")),
             stderr: Vec::new(),
             idempotent: false,
@@ -345,6 +348,7 @@ mod tests {
             },
             Error::WorkerCrashed {
                 pid: 7,
+                worker: 3,
                 exit: "signal 9 (SIGKILL)".into(),
                 stderr: vec!["last".into()],
                 idempotent: false,
@@ -393,6 +397,7 @@ mod tests {
         let crashed = decode_answer(
             &answer_body(&Err(Error::WorkerCrashed {
                 pid: 7,
+                worker: 12,
                 exit: "exit code 1".into(),
                 stderr: vec!["another caller's token".into()],
                 idempotent: true,
@@ -401,13 +406,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(crashed.to_string().contains("worker host h1"), "{crashed}");
-        // What the worker wrote to stderr stays on the host.
+        // What the worker wrote to stderr stays on the host; which of its
+        // workers died crosses (deaths are told apart by it).
         assert!(
-            matches!(&crashed, Error::WorkerCrashed { stderr, .. } if stderr.is_empty()),
+            matches!(&crashed, Error::WorkerCrashed { stderr, worker: 12, .. } if stderr.is_empty()),
             "{crashed:?}"
         );
         let body = answer_body(&Err(Error::WorkerCrashed {
             pid: 7,
+            worker: 12,
             exit: "exit code 1".into(),
             stderr: vec!["another caller's token".into()],
             idempotent: true,
