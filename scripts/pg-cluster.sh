@@ -9,7 +9,8 @@
 #   scripts/pg-cluster.sh stop    # stops it and removes its files
 #
 # Everything listens on 127.0.0.1 only. Ports: LB_PG_PORT (primary,
-# default 55432), +1 (replica), +2 (delayed replica). Files: LB_PG_DIR
+# default 25432: below the kernel's range for outgoing connections), +1
+# (replica), +2 (delayed replica). Files: LB_PG_DIR
 # (default /tmp/litebridge-pg-$UID). (Not LITEBRIDGE_*: the binary reads those
 # as its configuration.) It is a throwaway cluster: trust
 # authentication on loopback and fsync off (the tests kill processes, not
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 cmd=${1:-start}
-port=${LB_PG_PORT:-55432}
+port=${LB_PG_PORT:-25432}
 dir=${LB_PG_DIR:-/tmp/litebridge-pg-$(id -u)}
 nodes=("primary:$port" "replica:$((port + 1))" "delayed:$((port + 2))")
 

@@ -11,14 +11,14 @@
 #   scripts/pg-failover.sh kill DATADIR  # kill -9 of a node's postgres and keeper
 #   scripts/pg-failover.sh stop    # stops it and removes its files
 #
-# Loopback only. Ports: LB_PGAF_PORT (monitor, default 56540), +1 and +2
-# (the nodes). Files: LB_PGAF_DIR (default /tmp/litebridge-pgaf-$UID).
+# Loopback only. Ports: LB_PGAF_PORT (monitor, default 26540: below the
+# kernel's range for outgoing connections), +1 and +2 (the nodes). Files: LB_PGAF_DIR (default /tmp/litebridge-pgaf-$UID).
 # Trust authentication and fsync off: a throwaway formation (the tests kill
 # processes, not the machine).
 set -euo pipefail
 
 cmd=${1:-start}
-port=${LB_PGAF_PORT:-56540}
+port=${LB_PGAF_PORT:-26540}
 dir=${LB_PGAF_DIR:-/tmp/litebridge-pgaf-$(id -u)}
 monitor_uri="postgres://autoctl_node@127.0.0.1:$port/pg_auto_failover?sslmode=disable"
 

@@ -3,7 +3,7 @@
 # read-your-writes across timelines (crates/litebridge/tests/pg_replicas.rs,
 # found by a hostile review):
 #
-#   scripts/pg-fork.sh start   # primary P (:55440) with two asynchronous standbys A (:55441) and B (:55442)
+#   scripts/pg-fork.sh start   # primary P (:25440) with two asynchronous standbys A (:25441) and B (:25442)
 #   scripts/pg-fork.sh fork    # the failover below; B ends up streaming from A, ahead of it on an abandoned history
 #   scripts/pg-fork.sh stop    # stops the three and removes their files
 #
@@ -14,13 +14,13 @@
 # 2 with a replay position past A's new writes that it does not hold.
 #
 # Loopback only, trust authentication, fsync off (a throwaway cluster).
-# Ports: LB_PG_FORK_PORT (P, default 55440), +1 (A), +2 (B). Files:
+# Ports: LB_PG_FORK_PORT (P, default 25440), +1 (A), +2 (B). Files:
 # LB_PG_FORK_DIR (default /tmp/litebridge-pgfork-$UID). The same start prints
 # the settings (LB_TEST_PG_FORK_P, _A, _B: host:port).
 set -euo pipefail
 
 cmd=${1:-start}
-port=${LB_PG_FORK_PORT:-55440}
+port=${LB_PG_FORK_PORT:-25440}
 dir=${LB_PG_FORK_DIR:-/tmp/litebridge-pgfork-$(id -u)}
 # shellcheck source=scripts/pg-common.sh
 . "$(dirname "$0")/pg-common.sh"

@@ -1343,6 +1343,15 @@ async fn a_callers_max_retries_cannot_pass_the_servers() {
     pool.shutdown().await;
 }
 
+/// Waits until `calls` calls in all were sent to the pool's workers.
+async fn until_sent(pool: &WorkerPool, calls: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.status().workers.iter().map(|w| w.calls).sum::<u64>() < calls {
+        assert!(std::time::Instant::now() < until, "{:?}", pool.status());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
     let mut c = config("test_worker.py");
@@ -1357,6 +1366,10 @@ async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
     let pool = WorkerPool::start(c).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("busy");
+    // Calls sent to the worker so far: each round's busy call is sent
+    // before the one that must wait for it (a spawned task may take a
+    // while to run on a loaded machine).
+    let mut sent = 0;
     for round in 0..3 {
         // Another caller keeps the one worker busy for most of a deadline.
         let busy = {
@@ -1370,7 +1383,8 @@ async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until_sent(&pool, sent + 1).await;
+        sent += 2;
         // With the default deadline, the call waits for the worker, is sent
         // with little time left, and times out while it runs.
         let e = pool
@@ -1393,6 +1407,7 @@ async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
             .unwrap(),
         json!("finished")
     );
+    sent += 1;
     // A method that hangs still opens its breaker, though its calls waited
     // a moment for the worker each time.
     let marker = dir.path().join("cancelled");
@@ -1404,7 +1419,8 @@ async fn calls_kept_waiting_for_a_busy_worker_do_not_open_the_breaker() {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        until_sent(&pool, sent + 1).await;
+        sent += 2;
         let e = pool
             .call(
                 "hang",
