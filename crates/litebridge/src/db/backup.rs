@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::open::{Findings, integrity_check, quick_check};
+use crate::db::open::{Bound, Findings, integrity_check, quick_check};
 use crate::error::{Error, Result};
 
 /// Pages copied per backup step.
@@ -202,11 +202,18 @@ pub(crate) fn copy_into(
                 }
             }
         };
+        // The copy is whole: the source's snapshot may go (held through the
+        // check, it kept the log from being checkpointed past it).
+        let _ = src.execute_batch("COMMIT");
         // The copy is a self-contained file: no WAL to carry around with it.
         let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
         });
-        let problems = quick_check(&dst, 10)?.damage;
+        let found = quick_check(&mut dst, 10, Bound::Bounded)?;
+        if let Some(why) = &found.unfinished {
+            tracing::warn!(backup = %partial.display(), "the backup's verification was cut short: {why}");
+        }
+        let problems = found.damage;
         if !problems.is_empty() {
             return Err(Error::Corrupt {
                 path: partial.to_path_buf(),
@@ -637,7 +644,7 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
             });
         }
     }
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -664,17 +671,15 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
             elapsed: started.elapsed(),
         });
     }
-    let run = |f: fn(&Connection, u32) -> rusqlite::Result<Findings>| -> Findings {
-        f(&conn, 100).unwrap_or_else(|e| Findings {
-            damage: vec![Error::from(e).to_string()],
-            ..Findings::default()
-        })
-    };
     let found = if full {
-        run(integrity_check)
+        integrity_check(&mut conn, 100)
     } else {
-        run(quick_check)
-    };
+        quick_check(&mut conn, 100, Bound::Whole)
+    }
+    .unwrap_or_else(|e| Findings {
+        damage: vec![Error::from(e).to_string()],
+        ..Findings::default()
+    });
     let mut fk = Vec::new();
     if full {
         let found = (|| -> rusqlite::Result<Vec<String>> {

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -103,7 +104,11 @@ impl Opener {
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
             .map_err(|e| self.open_error(e))?;
         if first && c.quick_check_on_open {
-            let found = quick_check(&conn, 20).map_err(|e| self.open_error(e))?;
+            let found =
+                quick_check(&mut conn, 20, Bound::Bounded).map_err(|e| self.open_error(e))?;
+            if let Some(why) = &found.unfinished {
+                tracing::warn!(db = %self.path.display(), "opened without a whole check: {why}");
+            }
             for line in &found.virtual_tables {
                 tracing::warn!(
                     db = %self.path.display(),
@@ -271,16 +276,59 @@ pub(crate) struct Findings {
     /// A generated column's value that breaks its declared type or `NOT
     /// NULL`: the data's doing, not the file's (see [`from_the_data`]).
     pub(crate) data: Vec<String>,
+    /// Why a bounded check stopped before the end (nothing found so far).
+    pub(crate) unfinished: Option<String>,
+}
+
+/// How long a check that must not hold up a start or a backup may run:
+/// [`CHECK_BASE`], and [`CHECK_PER_GIB`] more for each GiB of the file
+/// (a check reads a GiB in seconds here). What a client can make a check
+/// do beyond reading the file is computing its tables' virtual generated
+/// columns, on every row (SQLite checks their values against their
+/// declarations): an insert never computes them, so a table of a million
+/// rows whose column builds a string of 50 MB costs an insert a second and
+/// every check hours.
+const CHECK_BASE: Duration = Duration::from_secs(60);
+/// See [`CHECK_BASE`].
+const CHECK_PER_GIB: Duration = Duration::from_secs(60);
+
+/// Whether a check is bounded (at a start, and verifying a backup) or runs
+/// to its end (asked for by an operator: `admin.check`, `litebridge check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// Stops after [`CHECK_BASE`] and [`CHECK_PER_GIB`], with
+    /// [`Findings::unfinished`] saying so.
+    Bounded,
+    /// Runs to its end.
+    Whole,
+    /// Stops after this long (tests).
+    #[cfg(test)]
+    Within(Duration),
 }
 
 /// Runs `PRAGMA quick_check`, keeping at most `limit` lines of each kind.
-pub(crate) fn quick_check(conn: &Connection, limit: u32) -> rusqlite::Result<Findings> {
-    check_pragma(conn, "quick_check", limit)
+pub(crate) fn quick_check(
+    conn: &mut Connection,
+    limit: u32,
+    bound: Bound,
+) -> rusqlite::Result<Findings> {
+    check_pragma(conn, "quick_check", limit, bound)
 }
 
 /// Runs `PRAGMA integrity_check`, keeping at most `limit` lines of each kind.
-pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result<Findings> {
-    check_pragma(conn, "integrity_check", limit)
+pub(crate) fn integrity_check(conn: &mut Connection, limit: u32) -> rusqlite::Result<Findings> {
+    check_pragma(conn, "integrity_check", limit, Bound::Whole)
+}
+
+/// The time a bounded check of `conn`'s file may take.
+fn check_budget(conn: &Connection) -> rusqlite::Result<Duration> {
+    let bytes: i64 = conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    let gib = bytes.max(0) as f64 / f64::from(1u32 << 30);
+    Ok(CHECK_BASE + CHECK_PER_GIB.mul_f64(gib))
 }
 
 /// Runs an integrity check with tables' `CHECK` constraints left out.
@@ -309,7 +357,15 @@ pub(crate) fn integrity_check(conn: &Connection, limit: u32) -> rusqlite::Result
 /// limit for the b-tree phase, whose findings SQLite gathers into one line
 /// that grows with the file: they come first, and a second pass happens
 /// only when there were none.)
-fn check_pragma(conn: &Connection, pragma: &str, limit: u32) -> rusqlite::Result<Findings> {
+///
+/// A [`Bound::Bounded`] check stops at its budget ([`check_budget`]), with
+/// [`Findings::unfinished`] saying so and what it found so far.
+fn check_pragma(
+    conn: &mut Connection,
+    pragma: &str,
+    limit: u32,
+    bound: Bound,
+) -> rusqlite::Result<Findings> {
     let longest = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
         .max(0) as usize;
@@ -323,17 +379,59 @@ fn check_pragma(conn: &Connection, pragma: &str, limit: u32) -> rusqlite::Result
     let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
     let limit = limit.max(1);
-    let found = run_check(conn, pragma, limit, limit, &columns).and_then(|(found, lines)| {
-        if lines >= limit as usize && found.damage.is_empty() && !found.data.is_empty() {
-            run_check(conn, pragma, i32::MAX as u32, limit, &columns).map(|(f, _)| f)
-        } else {
-            Ok(found)
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let budget = match bound {
+        Bound::Whole => None,
+        Bound::Bounded => Some(check_budget(conn)?),
+        #[cfg(test)]
+        Bound::Within(budget) => Some(budget),
+    };
+    if let Some(budget) = budget {
+        {
+            let until = std::time::Instant::now() + budget;
+            let s = stopped.clone();
+            conn.progress_handler(
+                10_000,
+                Some(move || {
+                    let past = std::time::Instant::now() >= until;
+                    if past {
+                        s.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    past
+                }),
+            )?;
         }
-    });
+    }
+    let found =
+        run_check(conn, pragma, limit, limit, &columns, &stopped).and_then(|(found, lines)| {
+            if found.unfinished.is_none()
+                && lines >= limit as usize
+                && found.damage.is_empty()
+                && !found.data.is_empty()
+            {
+                run_check(conn, pragma, i32::MAX as u32, limit, &columns, &stopped).map(|(f, _)| f)
+            } else {
+                Ok(found)
+            }
+        });
+    if budget.is_some() {
+        conn.progress_handler(0, None::<fn() -> bool>)?;
+    }
     if !ignoring {
         conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
     }
-    found
+    let mut found = found?;
+    if let (Some(budget), Some(why)) = (budget, found.unfinished.as_mut()) {
+        *why = format!(
+            "{pragma} stopped after {:.1} s, before the end ({} s, and {} s more per GiB of the \
+             file: a table's generated columns may be costly to compute); nothing was \
+             found in what it read",
+            budget.as_secs_f64(),
+            CHECK_BASE.as_secs(),
+            CHECK_PER_GIB.as_secs()
+        );
+    }
+    Ok(found)
 }
 
 /// One pass of `PRAGMA pragma(cap)`: its findings (at most `keep` of each
@@ -346,6 +444,7 @@ fn run_check(
     cap: u32,
     keep: u32,
     columns: &Columns,
+    stopped: &std::sync::atomic::AtomicBool,
 ) -> rusqlite::Result<(Findings, usize)> {
     let keep = keep as usize;
     let mut found = Findings::default();
@@ -356,6 +455,11 @@ fn run_check(
         let line: String = match rows.next() {
             Ok(Some(row)) => row.get(0)?,
             Ok(None) => break,
+            // Its budget ran out: not the file's doing.
+            Err(_) if stopped.load(std::sync::atomic::Ordering::Relaxed) => {
+                found.unfinished = Some(String::new());
+                break;
+            }
             Err(e) if lines > 0 => {
                 found.damage.push(Error::from(e).to_string());
                 break;
@@ -448,6 +552,41 @@ fn from_virtual_table(line: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// A client's table whose virtual generated column builds a large
+    /// string: an insert never computes it, every check does, for every
+    /// row. A bounded check stops at its budget and says so; what it read
+    /// is not called damage.
+    #[test]
+    fn a_bounded_check_stops_at_its_budget_without_calling_it_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("costly.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(n INTEGER, g TEXT AS (printf('%.*c', n, 'x')));
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000)
+             INSERT INTO t(n) SELECT 2000000 FROM c;",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let found = quick_check(&mut conn, 10, Bound::Within(Duration::from_millis(100))).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(found.damage.is_empty(), "{found:?}");
+        let why = found.unfinished.expect("it stopped before the end");
+        assert!(why.contains("stopped after"), "{why}");
+        // The connection is as it was: no progress handler left behind.
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t WHERE length(g) > 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 2000);
+    }
+
     use super::*;
 
     #[test]
@@ -509,9 +648,10 @@ mod tests {
         let at = page.iter().rposition(|&b| b == 0x08).unwrap();
         page[at] = 0x00;
         std::fs::write(&path, &bytes).unwrap();
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         for limit in [1, 5, 20] {
-            let found = quick_check(&conn, limit).unwrap();
+            let found = quick_check(&mut conn, limit, Bound::Whole).unwrap();
             assert!(!found.damage.is_empty(), "limit {limit}: {found:?}");
             assert!(found.data.len() <= limit as usize, "{found:?}");
             assert!(
@@ -538,25 +678,25 @@ mod tests {
     fn a_stored_generated_column_or_a_name_that_might_be_one_is_damage() {
         let dir = tempfile::tempdir().unwrap();
         // A STORED value is written once: only damage makes it NULL.
-        let conn = flipped(
+        let mut conn = flipped(
             &dir,
             "PRAGMA page_size = 4096;
              CREATE TABLE t(a INTEGER NOT NULL, v AS (a * 1) STORED NOT NULL);
              INSERT INTO t(a) VALUES (0);",
         );
-        let found = quick_check(&conn, 10).unwrap();
+        let found = quick_check(&mut conn, 10, Bound::Whole).unwrap();
         assert_eq!(found.damage, ["NULL value in t.v"], "{found:?}");
         drop(conn);
         let dir = tempfile::tempdir().unwrap();
         // `a`.`b.c` is virtual, `a.b`.`c` stored: the line could be either.
-        let conn = flipped(
+        let mut conn = flipped(
             &dir,
             r#"PRAGMA page_size = 4096;
                CREATE TABLE a(x, "b.c" AS (x) VIRTUAL);
                CREATE TABLE "a.b"(id INTEGER PRIMARY KEY, c INTEGER NOT NULL);
                INSERT INTO "a.b" VALUES (1, 0);"#,
         );
-        let found = quick_check(&conn, 10).unwrap();
+        let found = quick_check(&mut conn, 10, Bound::Whole).unwrap();
         assert_eq!(found.damage, ["NULL value in a.b.c"], "{found:?}");
     }
 
@@ -574,8 +714,9 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let found = quick_check(&conn, 10).unwrap();
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let found = quick_check(&mut conn, 10, Bound::Whole).unwrap();
         assert!(found.damage.is_empty(), "{found:?}");
     }
 
@@ -596,9 +737,10 @@ mod tests {
         }
         // A fresh connection, as every check opens: SQLite's own instr took
         // seconds here (quadratic), on every start and backup.
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let started = std::time::Instant::now();
-        let found = quick_check(&conn, 10).unwrap();
+        let found = quick_check(&mut conn, 10, Bound::Whole).unwrap();
         assert!(
             found.damage.is_empty() && found.data.is_empty(),
             "{found:?}"
@@ -609,14 +751,14 @@ mod tests {
 
     #[test]
     fn a_check_leaves_check_constraints_out_and_as_it_found_them() {
-        let conn = Connection::open_in_memory().unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             r#"CREATE TABLE x(a, CHECK("b" = 'b'));
                INSERT INTO x(a) VALUES (1);
                ALTER TABLE x ADD COLUMN b DEFAULT 0;"#,
         )
         .unwrap();
-        let found = integrity_check(&conn, 10).unwrap();
+        let found = integrity_check(&mut conn, 10).unwrap();
         assert!(
             found.damage.is_empty() && found.data.is_empty(),
             "{found:?}"
