@@ -142,8 +142,7 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
             ),
         ));
     }
-    std::fs::create_dir_all(&policy.dir)
-        .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
+    create_dir(&policy.dir, db.path())?;
     db.backup_to(policy.dir.join(name), |_| {}).await
 }
 
@@ -153,8 +152,7 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
 /// # Errors
 /// The directory cannot be created or written; the copy fails verification.
 pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> {
-    std::fs::create_dir_all(&policy.dir)
-        .map_err(|e| Error::io("cannot create the backup directory", &policy.dir, e))?;
+    create_dir(&policy.dir, db.path())?;
     let stem = format!("{}{}", prefix(db.path()), utc_file_stamp(SystemTime::now()));
     // Backups within one second get `.1`, `.2`, ... after the newest of that
     // second still present (pruning only removes older ones), so names stay
@@ -264,4 +262,19 @@ pub fn recover(
     aside.push(format!(".{why}-{}", utc_file_stamp(SystemTime::now())));
     let report = restore_file(&from, db, Path::new(&aside), progress)?;
     Ok(Recovery::Restored { from, age, report })
+}
+
+/// Creates the backup directory `dir` (and its parents) if missing, no
+/// more open than the database `db` is readable: 0700 for a database only
+/// its owner reads, 0755 for one anyone reads.
+fn create_dir(dir: &Path, db: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let file = crate::db::mode_of(db);
+    // Each read bit with its search bit.
+    let mode = file | ((file & 0o444) >> 2);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create the backup directory", dir, e))
 }

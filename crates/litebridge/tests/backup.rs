@@ -347,3 +347,42 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
     litebridge::restore_file(&dest, &db, &dir.path().join("app.db.aside"), |_, _| {}).unwrap();
     assert!(!left.exists());
 }
+
+/// An operator made the database readable by its owner only (`chmod 600`);
+/// every backup came out 0644 under the usual umask, in a directory anyone
+/// could list, and a restore put a 0644 file in the database's place. A
+/// copy now has the database's own permission bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_restores_are_no_more_readable_than_the_database() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use litebridge::backups::{BackupPolicy, take};
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let (dir, db) = open_kv(config()).await;
+    chmod(db.path(), 0o600);
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 5,
+    };
+    let private = take(&db, &policy).await.unwrap().path;
+    assert_eq!(mode(&private), 0o600);
+    assert_eq!(mode(&policy.dir), 0o700);
+    let named = dir.path().join("named.backup");
+    db.backup_to(&named, |_| {}).await.unwrap();
+    assert_eq!(mode(&named), 0o600);
+    // A group-readable database, group-readable backups.
+    chmod(db.path(), 0o640);
+    assert_eq!(mode(&take(&db, &policy).await.unwrap().path), 0o640);
+    let path = db.path().to_path_buf();
+    db.close().await;
+
+    // A restore keeps the mode of the database it replaces.
+    chmod(&path, 0o600);
+    chmod(&private, 0o644);
+    litebridge::restore_file(&private, &path, &dir.path().join("app.db.aside"), |_, _| {}).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}

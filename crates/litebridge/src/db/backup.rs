@@ -107,7 +107,7 @@ pub(crate) fn copy_verified(
 ) -> Result<BackupReport> {
     let started = Instant::now();
     check_destination(source, dest, existing)?;
-    let partial = create_partial(dest)?;
+    let partial = create_partial(dest, source)?;
     let result = copy_into(source, &partial, busy_timeout, &mut progress);
     let pages = match result {
         Ok(p) => p,
@@ -494,10 +494,22 @@ fn lock_is_free(path: &Path, meta: &std::fs::Metadata) -> bool {
     same && file.try_lock().is_ok()
 }
 
+/// The permission bits a copy of the database `like` gets: its own (read
+/// and write bits only), so that no copy is more readable than it; 0600
+/// when it cannot be read.
+pub(crate) fn mode_of(like: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(like).map_or(0o600, |m| m.permissions().mode() & 0o666)
+}
+
 /// Creates the empty file the copy is written to, beside `dest`, under a
 /// name nobody else has (exclusively: it cannot be an existing file or link),
-/// and locks it. Abandoned partial copies beside it are removed first.
-pub(crate) fn create_partial(dest: &Path) -> Result<Partial> {
+/// and locks it. Abandoned partial copies beside it are removed first. It
+/// is created readable by its owner only, then given the permission bits of
+/// the database `like` (see [`mode_of`]), whatever the umask.
+pub(crate) fn create_partial(dest: &Path, like: &Path) -> Result<Partial> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mode = mode_of(like);
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -519,9 +531,18 @@ pub(crate) fn create_partial(dest: &Path) -> Result<Partial> {
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&partial)
         {
             Ok(file) => {
+                if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(Error::io(
+                        "cannot set the mode of the backup file",
+                        &partial,
+                        e,
+                    ));
+                }
                 // Where there is no `flock`, the copy goes on unlocked (the
                 // removal of abandoned ones finds no free lock there either).
                 if let Err(e) = file.lock() {

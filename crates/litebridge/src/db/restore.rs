@@ -73,7 +73,9 @@ pub fn restore_file(
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
 
-    let partial = create_partial(db)?;
+    // The restored file is no more readable than the one it replaces (or,
+    // with none, than the backup).
+    let partial = create_partial(db, if db.exists() { db } else { from })?;
     let placed = copy_into(from, &partial, Duration::from_secs(5), &mut |p| {
         progress(p.copied, p.total);
     })
