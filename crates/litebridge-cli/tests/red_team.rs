@@ -1664,3 +1664,44 @@ fn an_event_stream_refused_at_the_keys_limit_cost_a_call_of_its_quota() {
     assert!(r["result"].is_object(), "{r}");
     assert!(server.stop().success());
 }
+
+/// Workers inherited the server's whole environment, its settings among
+/// them (`LITEBRIDGE_POSTGRES_URL` names the owner role, which can write
+/// the keys table; `LITEBRIDGE_NATS_PASSWORD`): a handler that echoes
+/// `os.environ` handed them to whoever read its output. Workers now get
+/// the environment without litebridge's own settings.
+#[test]
+fn a_worker_read_the_servers_settings_from_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("env.db");
+    let worker = dir.path().join("env_worker.py");
+    std::fs::write(
+        &worker,
+        format!(
+            "import os, sys\n\
+             sys.path.insert(0, {python:?})\n\
+             from litebridge_worker import Worker\n\
+             worker = Worker()\n\
+             @worker.method()\n\
+             def environ():\n    \
+                 return sorted(k for k in os.environ if k.startswith(('LITEBRIDGE_', 'LB_')))\n\
+             worker.run()\n",
+            python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python"),
+        ),
+    )
+    .unwrap();
+    let command = format!("python3 {}", worker.display());
+    let server = Server::start_with(
+        &db,
+        &["--workers", &command],
+        &[
+            ("LITEBRIDGE_SERVER_LOG_LEVEL", "warn"),
+            ("LB_KEPT_FOR_THE_WORKER", "1"),
+        ],
+    );
+    let r = server
+        .rpc_as(None, &call("bridge.call", json!({"method": "environ"})))
+        .1;
+    assert_eq!(r["result"], json!(["LB_KEPT_FOR_THE_WORKER"]), "{r}");
+    assert!(server.stop().success());
+}

@@ -1478,3 +1478,55 @@ async fn a_call_waiting_for_a_worker_goes_as_soon_as_a_cancelled_call_ends() {
     );
     pool.shutdown().await;
 }
+
+/// Waits up to 5 s for `pid` to be gone (or a zombie no one reaped yet).
+async fn until_gone(pid: u32) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A handler started a subprocess and its worker then died (on a
+/// caller's input, say): nothing stopped the subprocess, and each crash
+/// left one more. What a worker leaves in its process group now goes with
+/// it, and so it does when a worker ends at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_ends_leaves_no_process_of_its_group() {
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("child");
+    let e = pool
+        .call(
+            "start_child",
+            json!({"path": path, "then_die": true}),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    let left: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    assert!(
+        until_gone(left).await,
+        "the crashed worker's child {left} runs on"
+    );
+
+    // At shutdown: the worker ends as asked, its child with it.
+    let child = pool
+        .call("start_child", json!({"path": path}), CallOptions::default())
+        .await
+        .unwrap();
+    let child = u32::try_from(child.as_u64().unwrap()).unwrap();
+    assert!(alive(child));
+    pool.shutdown().await;
+    assert!(
+        until_gone(child).await,
+        "the worker's child {child} outlived the pool"
+    );
+}

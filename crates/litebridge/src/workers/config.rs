@@ -14,7 +14,8 @@ pub struct WorkerConfig {
     pub command: Vec<String>,
     /// Working directory of the workers. Default: litebridge's.
     pub cwd: Option<PathBuf>,
-    /// Extra environment variables.
+    /// Extra environment variables. Workers get litebridge's environment
+    /// without its own settings (`LITEBRIDGE_*`), then these.
     pub env: Vec<(String, String)>,
     /// Worker processes. Default: 2.
     pub processes: usize,

@@ -65,6 +65,15 @@ impl Launcher for Processes {
         if let Some(dir) = &config.cwd {
             cmd.current_dir(dir);
         }
+        // litebridge's own settings are not the workers' business, and some
+        // are secrets (`LITEBRIDGE_POSTGRES_URL`, `LITEBRIDGE_NATS_PASSWORD`,
+        // ...): a handler that shows its environment would hand them to
+        // whoever reads its output. `workers.env` may still give any.
+        for (k, _) in std::env::vars_os() {
+            if k.as_encoded_bytes().starts_with(b"LITEBRIDGE_") {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in &config.env {
             cmd.env(k, v);
         }

@@ -610,6 +610,10 @@ async fn read_stdout(
             exit.await
         }
     };
+    // What it started and left running (a subprocess, a daemon) is stopped
+    // with it: its process group outlives it while any member does, and
+    // the group's number cannot be taken by another process meanwhile.
+    process.control.signal(libc::SIGKILL);
     // Its last stderr lines, which explain the crash, before it is reported.
     let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
     process.dead.store(true, Ordering::Release);

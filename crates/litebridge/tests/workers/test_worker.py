@@ -1,6 +1,7 @@
 """The worker the pool tests drive (built on the SDK)."""
 
 import os
+import subprocess
 import sys
 import time
 
@@ -89,6 +90,19 @@ def crash_me(path):
     with open(path, "a") as f:
         f.write("attempt\n")
     os._exit(1)
+
+
+@worker.method(idempotent=False)
+def start_child(path, then_die=False):
+    """Starts a subprocess that would sleep a minute, writes its pid to `path`."""
+    child = subprocess.Popen(
+        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    with open(path, "w") as f:
+        f.write(str(child.pid))
+    if then_die:
+        os._exit(1)
+    return child.pid
 
 
 @worker.method()
