@@ -1705,3 +1705,61 @@ fn a_worker_read_the_servers_settings_from_its_environment() {
     assert_eq!(r["result"], json!(["LB_KEPT_FOR_THE_WORKER"]), "{r}");
     assert!(server.stop().success());
 }
+
+/// A keyless server on loopback let in every program of the machine as
+/// the local user: another user's (or a sidecar container's sharing the
+/// network namespace) took admin with `admin.keys.create`, and with it the
+/// only key, locking the owner out. Only programs running as litebridge's
+/// own user (or root) are let in now. Needs root, to run a client as
+/// `nobody`; skipped otherwise.
+#[test]
+fn another_user_on_the_machine_took_admin_of_a_keyless_server() {
+    let me = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !me
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    {
+        eprintln!("skipped: running a client as another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let server = Server::start(&db, &[]);
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    let body = call(
+        "admin.keys.create",
+        json!({"scope": "admin", "name": "mine"}),
+    )
+    .to_string();
+    // bash's own /dev/tcp: nothing else to be found as `nobody`.
+    let request = format!(
+        "POST /rpc HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}; printf '%s' \"$0\" >&3; cat <&3");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+        ])
+        .args([&script, &request])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("HTTP/1.1 401 "), "{said}");
+    assert!(said.contains("another user (uid 65534)"), "{said}");
+    // No key was made, and the owner's programs still get in.
+    let (status, r) = server.rpc_as(None, &call("admin.keys.list", json!({})));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["keys"], json!([]), "{r}");
+    assert!(server.stop().success());
+}

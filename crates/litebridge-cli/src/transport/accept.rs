@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::transport::peer::Peer;
 use crate::transport::standby::{self, Standby};
 
 /// What one server holds its clients to.
@@ -74,11 +75,11 @@ pub(crate) async fn serve_with(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, then go on.
                     tracing::warn!("accepting a connection failed: {e}");
@@ -87,7 +88,7 @@ pub(crate) async fn serve_with(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = with_peer(&router, &stream, remote);
         let conn = builder.serve_connection(io(stream, limits), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -104,6 +105,28 @@ pub(crate) async fn serve_with(
         }
         None => graceful.shutdown().await,
     }
+}
+
+/// `router`, serving one connection: each request carries the connection's
+/// [`Peer`] (who a keyless caller is is asked of it).
+pub(crate) fn with_peer(
+    router: &Router,
+    stream: &TcpStream,
+    remote: std::net::SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + use<> {
+    use hyper::service::Service as _;
+    let local = stream.local_addr().unwrap_or(remote);
+    let peer = Peer::new(local, remote);
+    let service = TowerToHyperService::new(router.clone());
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        service.call(request)
+    })
 }
 
 /// The HTTP/1 settings every connection is served with.

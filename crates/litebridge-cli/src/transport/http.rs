@@ -290,10 +290,13 @@ fn proxied(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// The caller a request speaks for, or why not (401).
+/// The caller a request speaks for, or why not (401). `extensions` are the
+/// request's: its connection's [`Peer`](crate::transport::peer::Peer), when
+/// it came over one, tells who a keyless caller is.
 pub(crate) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
 ) -> Result<Caller, litebridge::Error> {
     let unauthorized = |message: &str| litebridge::Error::Unauthorized {
         message: message.to_owned(),
@@ -330,8 +333,32 @@ pub(crate) fn authenticate(
                  the request came through a proxy (its {h} header): create a key first \
                  (`litebridge keys create`) and send `Authorization: Bearer KEY`"
             ))),
-            None => Ok(Caller::local(state.access.local)),
+            None => local_user(extensions).map(|()| Caller::local(state.access.local)),
         },
+    }
+}
+
+/// Whether a keyless caller on loopback is the local user: the program
+/// that connected runs as litebridge's user (see `transport::peer`).
+fn local_user(extensions: &axum::http::Extensions) -> Result<(), litebridge::Error> {
+    use crate::transport::peer::{Peer, Verdict};
+    let refuse = |who: &str| {
+        Err(litebridge::Error::Unauthorized {
+            message: format!(
+                "this server has no API keys and answers its own user's programs only; \
+                 {who}: create a key first (`litebridge keys create`) and send \
+                 `Authorization: Bearer KEY`"
+            ),
+        })
+    };
+    match extensions.get::<Peer>().map(Peer::verdict) {
+        None | Some(Verdict::SameUser | Verdict::Untold) => Ok(()),
+        Some(Verdict::OtherUser(uid)) => refuse(&format!(
+            "the program that connected runs as another user (uid {uid})"
+        )),
+        Some(Verdict::Unknown) => {
+            refuse("the program that connected could not be told (its socket was not found)")
+        }
     }
 }
 
@@ -365,8 +392,12 @@ pub(crate) fn refused(e: litebridge::Error) -> Response {
 /// holds none of its concurrent slots, but streams are capped, a key's
 /// newest ends its oldest, and each ends after an hour and when its key is
 /// revoked (see `events`). A `Last-Event-ID` header resumes.
-async fn events_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let caller = match authenticate(&state, &headers) {
+async fn events_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
+    let caller = match authenticate(&state, &headers, &extensions) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
@@ -459,7 +490,7 @@ impl EventStream {
 async fn rpc_handler(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
     // The key is checked before a byte of the body is read.
-    let caller = match authenticate(&state, headers) {
+    let caller = match authenticate(&state, headers, request.extensions()) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
@@ -647,8 +678,9 @@ async fn dashboard_data(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: axum::http::Uri,
+    extensions: axum::http::Extensions,
 ) -> Response {
-    let caller = match authenticate(&state, &headers) {
+    let caller = match authenticate(&state, &headers, &extensions) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };
@@ -701,8 +733,12 @@ async fn dashboard_data(
     r
 }
 
-async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let caller = match authenticate(&state, &headers) {
+async fn metrics_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
+    let caller = match authenticate(&state, &headers, &extensions) {
         Ok(c) => c,
         Err(e) => return refused(e),
     };

@@ -282,11 +282,11 @@ impl Acceptor {
                 },
                 () = tokio::time::sleep(BEAT) => continue,
             };
-            let stream = tokio::select! {
+            let (stream, remote) = tokio::select! {
                 biased;
                 () = &mut stopped => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!("the standby acceptor could not accept a connection: {e}");
                         tokio::time::sleep(BEAT).await;
@@ -296,7 +296,10 @@ impl Acceptor {
                 () = tokio::time::sleep(BEAT) => continue,
             };
             tracing::debug!("accepted a connection on the standby: the request threads are held");
-            let conn = builder.serve_connection(io(stream, self.limits), self.service(exposed));
+            let peer =
+                crate::transport::peer::Peer::new(stream.local_addr().unwrap_or(remote), remote);
+            let conn =
+                builder.serve_connection(io(stream, self.limits), self.service(exposed, peer));
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -315,6 +318,7 @@ impl Acceptor {
     fn service(
         &self,
         exposed: bool,
+        peer: crate::transport::peer::Peer,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<Body>,
@@ -328,6 +332,7 @@ impl Acceptor {
             self.permits.clone(),
         );
         hyper::service::service_fn(move |mut request: Request<Incoming>| -> Answer {
+            request.extensions_mut().insert(peer.clone());
             let path = request.uri().path();
             if let Err(reason) = crate::transport::http::check_site(
                 exposed,

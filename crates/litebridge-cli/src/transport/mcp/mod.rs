@@ -185,7 +185,7 @@ pub(crate) async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
-    match crate::transport::http::authenticate(&state, request.headers()) {
+    match crate::transport::http::authenticate(&state, request.headers(), request.extensions()) {
         Ok(caller) => {
             let _slot = match caller.enter() {
                 Ok(slot) => slot,
