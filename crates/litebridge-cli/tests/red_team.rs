@@ -1684,7 +1684,7 @@ fn a_worker_read_the_servers_settings_from_its_environment() {
              worker = Worker()\n\
              @worker.method()\n\
              def environ():\n    \
-                 return sorted(k for k in os.environ if k.startswith(('LITEBRIDGE_', 'LB_')))\n\
+                 return sorted(k for k in os.environ if k.startswith('LITEBRIDGE_') or k == 'LB_KEPT_FOR_THE_WORKER')\n\
              worker.run()\n",
             python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python"),
         ),
@@ -1761,5 +1761,64 @@ fn another_user_on_the_machine_took_admin_of_a_keyless_server() {
     let (status, r) = server.rpc_as(None, &call("admin.keys.list", json!({})));
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["result"]["keys"], json!([]), "{r}");
+    assert!(server.stop().success());
+}
+
+/// The kernel lists a socket its program closed with uid 0: a request
+/// sent by another user, closed at once, and accepted only later (queued
+/// behind a full server) passed for root's, and so for the local user's.
+#[test]
+fn a_request_sent_then_closed_before_it_was_accepted_is_not_roots() {
+    let me = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !me
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    {
+        eprintln!("skipped: running a client as another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queued.db");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_SERVER_MAX_CONNECTIONS", "1")]);
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    // The server's one connection, held: the next waits in the kernel.
+    let held = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let body = call(
+        "admin.keys.create",
+        json!({"scope": "admin", "name": "mine"}),
+    )
+    .to_string();
+    // A second request cut short after it keeps the connection's end from
+    // being read as the end of the first.
+    let request = format!(
+        "POST /rpc HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}POST /rpc HTTP/1.1\r\nHost: {host}\r\n",
+        body.len()
+    );
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}; printf '%s' \"$0\" >&3; exec 3>&-");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+        ])
+        .args([&script, &request])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Long enough for the closed socket to be listed as uid 0.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, r) = server.rpc_as(None, &call("admin.keys.list", json!({})));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["keys"], json!([]), "a key was made: {r}");
     assert!(server.stop().success());
 }

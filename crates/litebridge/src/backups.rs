@@ -31,7 +31,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::db::{BackupReport, Database, RestoreReport, check_file, restore_file, utc_file_stamp};
+use crate::db::{
+    BackupReport, Database, RestoreReport, check_file_bounded, restore_file, utc_file_stamp,
+};
 use crate::error::{Error, Result};
 
 /// Where and how often backups are taken.
@@ -91,7 +93,7 @@ fn order(p: &Path) -> (String, u64) {
 /// The newest backup of `db` in `dir` that passes `quick_check` now, with its age.
 pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
     list(dir, db).into_iter().find_map(|p| {
-        let ok = check_file(&p, crate::db::CheckDepth::Quick).is_ok_and(|r| r.ok);
+        let ok = check_file_bounded(&p).is_ok_and(|r| r.ok);
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
             return None;
@@ -245,7 +247,7 @@ pub fn recover(
     progress: impl FnMut(u64, u64),
 ) -> Result<Recovery> {
     let force = when == When::Always;
-    let sound = db.exists() && check_file(db, crate::db::CheckDepth::Quick).is_ok_and(|r| r.ok);
+    let sound = db.exists() && check_file_bounded(db).is_ok_and(|r| r.ok);
     if sound && !force {
         return Ok(Recovery::Sound);
     }
@@ -266,12 +268,13 @@ pub fn recover(
 
 /// Creates the backup directory `dir` (and its parents) if missing, no
 /// more open than the database `db` is readable: 0700 for a database only
-/// its owner reads, 0755 for one anyone reads.
+/// its owner reads, 0750 for one its group reads, 0755 for one anyone
+/// reads (and written by its owner only).
 fn create_dir(dir: &Path, db: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     let file = crate::db::mode_of(db);
-    // Each read bit with its search bit.
-    let mode = file | ((file & 0o444) >> 2);
+    // Each read bit with its search bit; only its owner writes in it.
+    let mode = (file & 0o644) | ((file & 0o444) >> 2);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)

@@ -1517,6 +1517,39 @@ async fn a_worker_that_ends_leaves_no_process_of_its_group() {
         "the crashed worker's child {left} runs on"
     );
 
+    // A worker of its own making (not the SDK, which keeps its replies on a
+    // descriptor of its own) whose child inherits its stdout: the child
+    // held the replies' pipe open, hid the worker's death (the call waited
+    // for its deadline), and ran on.
+    let raw = inline(&format!(
+        "import json, os, subprocess, sys\n\
+         print(json.dumps({{'jsonrpc': '2.0', 'method': '$/ready', 'params': \
+           {{'pid': os.getpid(), 'methods': [{{'name': 'die'}}]}}}}), flush=True)\n\
+         sys.stdin.readline()\n\
+         child = subprocess.Popen(['sleep', '60'], stdin=subprocess.DEVNULL)\n\
+         open({path:?}, 'w').write(str(child.pid))\n\
+         os._exit(1)\n",
+        path = path.display().to_string()
+    ));
+    let holder = WorkerPool::start(raw).await.unwrap();
+    let asked = std::time::Instant::now();
+    let e = holder
+        .call("die", json!([]), within(Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let left: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    assert!(
+        until_gone(left).await,
+        "the child {left} holding stdout runs on"
+    );
+    holder.shutdown().await;
+
     // At shutdown: the worker ends as asked, its child with it.
     let child = pool
         .call("start_child", json!({"path": path}), CallOptions::default())

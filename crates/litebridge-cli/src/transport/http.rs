@@ -352,7 +352,9 @@ fn local_user(extensions: &axum::http::Extensions) -> Result<(), litebridge::Err
         })
     };
     match extensions.get::<Peer>().map(Peer::verdict) {
-        None | Some(Verdict::SameUser | Verdict::Untold) => Ok(()),
+        Some(Verdict::SameUser | Verdict::Untold) => Ok(()),
+        // Every connection is given its ends (`accept`, `standby`).
+        None => refuse("the request came over no connection litebridge accepted"),
         Some(Verdict::OtherUser(uid)) => refuse(&format!(
             "the program that connected runs as another user (uid {uid})"
         )),

@@ -9,11 +9,17 @@
 //! program that connected runs as litebridge's own user (or root, who can
 //! read the file anyway).
 //!
-//! Linux tells a TCP socket's owner in `/proc/net/tcp` and `tcp6` (the
-//! socket whose local end is the caller's end of this connection). That
-//! file is read only for keyless requests, once per connection. Where it
-//! cannot be read (another system, `/proc` not mounted), callers are let in
-//! as before: nothing tells them apart there.
+//! Linux tells a TCP socket's owner in `/proc/self/net/tcp` and `tcp6`
+//! (the socket whose local end is the caller's end of this connection),
+//! but only while a program holds it: a socket its program closed (in
+//! `TIME_WAIT`, or orphaned in `FIN_WAIT`) shows inode 0 and uid 0, so a
+//! caller that sent its request and closed before it was accepted would
+//! pass for root. Only an entry with an inode counts. A client connecting
+//! to 127.0.0.1 from an IPv6 socket (Java's, .NET's) is listed in `tcp6`,
+//! as `::ffff:127.0.0.1`. The table is read only for keyless requests,
+//! once per connection. Where it cannot be read (another system, `/proc`
+//! not mounted), callers are let in as before, with a warning at the first:
+//! nothing tells them apart there.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -33,7 +39,7 @@ struct Ends {
 /// What the caller of a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Runs as litebridge's user, or root.
+    /// Runs as litebridge's user.
     SameUser,
     /// Runs as another user (its uid).
     OtherUser(u32),
@@ -62,19 +68,47 @@ impl Peer {
 }
 
 fn verdict(local: SocketAddr, remote: SocketAddr) -> Verdict {
-    let table = match remote.ip() {
-        IpAddr::V4(_) => "/proc/net/tcp",
-        IpAddr::V6(_) => "/proc/net/tcp6",
-    };
-    let (Ok(sockets), Some(me)) = (std::fs::read_to_string(table), own_uid()) else {
-        return Verdict::Untold;
+    let read = |table: &str| std::fs::read_to_string(format!("/proc/self/net/{table}"));
+    let Some(me) = own_uid() else {
+        return untold();
     };
     // The caller's socket: its local end is our remote, and the other way.
-    match owner(&sockets, remote, local) {
-        Some(uid) if uid == me || uid == 0 => Verdict::SameUser,
+    let found = match (remote, local) {
+        (SocketAddr::V4(r), SocketAddr::V4(l)) => {
+            let (Ok(v4), v6) = (read("tcp"), read("tcp6")) else {
+                return untold();
+            };
+            owner(&v4, remote, local).or_else(|| {
+                // From an IPv6 socket, as an IPv4-mapped address.
+                let mapped = |a: std::net::SocketAddrV4| {
+                    SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+                };
+                owner(&v6.ok()?, mapped(r), mapped(l))
+            })
+        }
+        _ => match read("tcp6") {
+            Ok(v6) => owner(&v6, remote, local),
+            Err(_) => return untold(),
+        },
+    };
+    match found {
+        Some(uid) if uid == me => Verdict::SameUser,
         Some(uid) => Verdict::OtherUser(uid),
         None => Verdict::Unknown,
     }
+}
+
+/// [`Verdict::Untold`], with a warning the first time.
+fn untold() -> Verdict {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "this system does not tell which user runs the program at the other end of a \
+             loopback connection (no /proc/self/net/tcp): without keys, every local program \
+             is taken for this server's user; create a key to tell them apart"
+        );
+    });
+    Verdict::Untold
 }
 
 /// litebridge's effective user id (`Uid:` in `/proc/self/status`).
@@ -84,7 +118,9 @@ fn own_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// The uid owning the socket `from` -> `to` in a `/proc/net/tcp*` table.
+/// The uid owning the socket `from` -> `to` in a `/proc/net/tcp*` table,
+/// if a program holds it (its inode is not 0: a closed socket's uid reads
+/// 0 there, whoever had it).
 fn owner(table: &str, from: SocketAddr, to: SocketAddr) -> Option<u32> {
     let (from, to) = (encode(from), encode(to));
     table.lines().skip(1).find_map(|line| {
@@ -94,8 +130,10 @@ fn owner(table: &str, from: SocketAddr, to: SocketAddr) -> Option<u32> {
         if !local.eq_ignore_ascii_case(&from) || !remote.eq_ignore_ascii_case(&to) {
             return None;
         }
-        // st, tx_queue:rx_queue, tr:tm->when, retrnsmt, then uid.
-        fields.nth(4)?.parse().ok()
+        // st, tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, inode.
+        let uid = fields.nth(4)?.parse().ok()?;
+        let inode: u64 = fields.nth(1)?.parse().ok()?;
+        (inode != 0).then_some(uid)
     })
 }
 
@@ -151,5 +189,28 @@ mod tests {
             ),
             Some(1000)
         );
+        // Closed by its program (TIME_WAIT): uid 0, inode 0. Not root's.
+        let closed = table.replace("1000        0 12345", "   0        0     0");
+        assert_eq!(
+            owner(
+                &closed,
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:40000".parse().unwrap()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_client_on_an_ipv6_socket_reaching_ipv4_loopback_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Ok(client) = std::net::TcpStream::connect(format!("[::ffff:127.0.0.1]:{port}")) else {
+            return; // no IPv6 here
+        };
+        let (server, remote) = listener.accept().unwrap();
+        let peer = Peer::new(server.local_addr().unwrap(), remote);
+        assert_eq!(peer.verdict(), Verdict::SameUser);
+        drop(client);
     }
 }

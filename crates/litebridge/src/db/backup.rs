@@ -502,6 +502,19 @@ pub(crate) fn mode_of(like: &Path) -> u32 {
     std::fs::metadata(like).map_or(0o600, |m| m.permissions().mode() & 0o666)
 }
 
+/// Gives `file` the group of the database `like` (its group bits are for
+/// that group); where that cannot be done, takes its group bits away.
+fn same_group(file: &std::fs::File, like: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let gid = std::fs::metadata(like).map(|m| m.gid());
+    let own = file.metadata()?.gid();
+    match gid {
+        Ok(gid) if gid == own => Ok(()),
+        Ok(gid) if std::os::unix::fs::fchown(file, None, Some(gid)).is_ok() => Ok(()),
+        _ => file.set_permissions(std::fs::Permissions::from_mode(mode & !0o070)),
+    }
+}
+
 /// Creates the empty file the copy is written to, beside `dest`, under a
 /// name nobody else has (exclusively: it cannot be an existing file or link),
 /// and locks it. Abandoned partial copies beside it are removed first. It
@@ -535,7 +548,10 @@ pub(crate) fn create_partial(dest: &Path, like: &Path) -> Result<Partial> {
             .open(&partial)
         {
             Ok(file) => {
-                if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+                if let Err(e) = file
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .and_then(|()| same_group(&file, like, mode))
+                {
                     let _ = std::fs::remove_file(&partial);
                     return Err(Error::io(
                         "cannot set the mode of the backup file",
@@ -645,6 +661,18 @@ pub enum CheckDepth {
 /// # Errors
 /// [`Error::Open`] when the file cannot be opened or is not a database.
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
+    check_file_within(path, depth, Bound::Whole)
+}
+
+/// [`check_file`] with `quick_check` bounded (see [`Bound::Bounded`]): for
+/// the checks nobody asked for (a restore's of its backup, `--recover`'s),
+/// which a table's costly generated columns must not hold up for hours. A
+/// check cut short reports what it found until then, with a warning.
+pub(crate) fn check_file_bounded(path: &Path) -> Result<CheckReport> {
+    check_file_within(path, CheckDepth::Quick, Bound::Bounded)
+}
+
+fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<CheckReport> {
     // Before this process's first connection (`serve --recover` checks the
     // file before it opens it): see `copy_into`.
     crate::db::heap::install();
@@ -695,12 +723,15 @@ pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
     let found = if full {
         integrity_check(&mut conn, 100)
     } else {
-        quick_check(&mut conn, 100, Bound::Whole)
+        quick_check(&mut conn, 100, bound)
     }
     .unwrap_or_else(|e| Findings {
         damage: vec![Error::from(e).to_string()],
         ..Findings::default()
     });
+    if let Some(why) = &found.unfinished {
+        tracing::warn!(file = %path.display(), "the check was cut short: {why}");
+    }
     let mut fk = Vec::new();
     if full {
         let found = (|| -> rusqlite::Result<Vec<String>> {

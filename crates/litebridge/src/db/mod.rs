@@ -38,7 +38,7 @@
 //! continuous reads and writes and checkpoint I/O never stalls a write.
 
 mod backup;
-pub(crate) use backup::mode_of;
+pub(crate) use backup::{check_file_bounded, mode_of};
 mod checkpointer;
 mod claims;
 mod exec;

@@ -276,7 +276,8 @@ pub(crate) struct Findings {
     /// A generated column's value that breaks its declared type or `NOT
     /// NULL`: the data's doing, not the file's (see [`from_the_data`]).
     pub(crate) data: Vec<String>,
-    /// Why a bounded check stopped before the end (nothing found so far).
+    /// Why a bounded check stopped before the end (what it found until
+    /// then is in the other fields).
     pub(crate) unfinished: Option<String>,
 }
 
@@ -424,8 +425,8 @@ fn check_pragma(
     if let (Some(budget), Some(why)) = (budget, found.unfinished.as_mut()) {
         *why = format!(
             "{pragma} stopped after {:.1} s, before the end ({} s, and {} s more per GiB of the \
-             file: a table's generated columns may be costly to compute); nothing was \
-             found in what it read",
+             file: a table's generated columns may be costly to compute); what it found \
+             in what it read is reported",
             budget.as_secs_f64(),
             CHECK_BASE.as_secs(),
             CHECK_PER_GIB.as_secs()

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::backup::{COMPANIONS, check_file, copy_into, create_partial, sync_dir, with_suffix};
+use crate::db::backup::{
+    COMPANIONS, check_file_bounded, copy_into, create_partial, sync_dir, with_suffix,
+};
 use crate::error::{Error, Result};
 
 /// What a restore did.
@@ -57,7 +59,7 @@ pub fn restore_file(
             "the backup and the database are the same file",
         ));
     }
-    let report = check_file(from, crate::db::CheckDepth::Quick)?;
+    let report = check_file_bounded(from)?;
     if !report.ok {
         return Err(Error::Corrupt {
             path: from.to_path_buf(),

@@ -564,6 +564,27 @@ async fn read_stdout(
     ended: Ended,
     max_line: usize,
 ) {
+    let Ended {
+        exit,
+        stderr,
+        exited,
+        on_exit,
+    } = ended;
+    // Its end is watched from the start, not only once stdout closes: a
+    // process it started may hold its stdout open (a subprocess inheriting
+    // it) and hide its death. What it started and left running (a
+    // subprocess, a daemon) is stopped with it, which closes that stdout:
+    // its process group outlives it while any member does, and the group's
+    // number cannot be taken by another process meanwhile.
+    let (ended_tx, mut how) = tokio::sync::oneshot::channel::<String>();
+    {
+        let process = process.clone();
+        tokio::spawn(async move {
+            let how = exit.await;
+            process.control.signal(libc::SIGKILL);
+            let _ = ended_tx.send(how);
+        });
+    }
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -597,23 +618,14 @@ async fn read_stdout(
         }
     }
     // Stdout is closed: the process is ending (or closed it; then it is killed).
-    let Ended {
-        mut exit,
-        stderr,
-        exited,
-        on_exit,
-    } = ended;
-    let exit = match tokio::time::timeout(Duration::from_secs(2), &mut exit).await {
-        Ok(how) => how,
+    let unknown = |_| "exit status unknown".to_owned();
+    let exit = match tokio::time::timeout(Duration::from_secs(2), &mut how).await {
+        Ok(how) => how.unwrap_or_else(unknown),
         Err(_) => {
             process.control.signal(libc::SIGKILL);
-            exit.await
+            how.await.unwrap_or_else(unknown)
         }
     };
-    // What it started and left running (a subprocess, a daemon) is stopped
-    // with it: its process group outlives it while any member does, and
-    // the group's number cannot be taken by another process meanwhile.
-    process.control.signal(libc::SIGKILL);
     // Its last stderr lines, which explain the crash, before it is reported.
     let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
     process.dead.store(true, Ordering::Release);

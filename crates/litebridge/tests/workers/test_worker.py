@@ -93,10 +93,16 @@ def crash_me(path):
 
 
 @worker.method(idempotent=False)
-def start_child(path, then_die=False):
-    """Starts a subprocess that would sleep a minute, writes its pid to `path`."""
+def start_child(path, then_die=False, keep_stdout=False):
+    """Starts a subprocess that would sleep a minute, writes its pid to `path`.
+
+    With `keep_stdout`, the subprocess inherits the worker's stdout (as
+    `subprocess` and `os.system` do by default) and holds it open."""
     child = subprocess.Popen(
-        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["sleep", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=None if keep_stdout else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     with open(path, "w") as f:
         f.write(str(child.pid))
