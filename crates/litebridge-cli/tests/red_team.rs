@@ -432,6 +432,9 @@ fn admin_backup_writes_over_any_file_the_service_can_write() {
         // Named like a scheduled backup: recovery would take it for the newest.
         "live.db.29991231T000000Z.backup".to_owned(),
         "LATEST".to_owned(),
+        // Where the schedule writes its record: the next scheduled backup
+        // would overwrite this one.
+        "LATEST.partial".to_owned(),
     ];
     for to in &names {
         let r = server.rpc(call("admin.backup", json!({"to": to})));

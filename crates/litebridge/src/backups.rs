@@ -111,7 +111,8 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 /// (not recorded as the newest, never pruned). `name` is a plain file name:
 /// one with a directory in it, a hidden one (`.x`, where partial copies are
 /// written), one with control characters and one named like a scheduled
-/// backup (`<db>.<time>.backup`, or `LATEST`) are refused, and so is a name
+/// backup (`<db>.<time>.backup`, or `LATEST` and `LATEST.partial`) are
+/// refused, and so is a name
 /// that exists already: a request never chooses where the service writes,
 /// replaces a file, or passes its copy off as a scheduled backup.
 ///
@@ -135,7 +136,12 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
         ));
     }
     let scheduled = prefix(db.path());
-    if name.starts_with(&scheduled) && name.ends_with(".backup") || name == "LATEST" {
+    // `LATEST.partial` is where the schedule writes its record before
+    // moving it into place: a backup of that name would be overwritten.
+    if name.starts_with(&scheduled) && name.ends_with(".backup")
+        || name == "LATEST"
+        || name == "LATEST.partial"
+    {
         return Err(Error::invalid(
             "to",
             format!(
