@@ -1713,15 +1713,11 @@ fn a_worker_read_the_servers_settings_from_its_environment() {
 /// the local user: another user's (or a sidecar container's sharing the
 /// network namespace) took admin with `admin.keys.create`, and with it the
 /// only key, locking the owner out. Only programs running as litebridge's
-/// own user (or root) are let in now. Needs root, to run a client as
-/// `nobody`; skipped otherwise.
+/// own user are let in now. Needs root, to run a client as `nobody`;
+/// skipped otherwise.
 #[test]
 fn another_user_on_the_machine_took_admin_of_a_keyless_server() {
-    let me = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !me
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    {
+    if !root() {
         eprintln!("skipped: running a client as another user needs root");
         return;
     }
@@ -1741,17 +1737,7 @@ fn another_user_on_the_machine_took_admin_of_a_keyless_server() {
         body.len()
     );
     let script = format!("exec 3<>/dev/tcp/{host}/{port}; printf '%s' \"$0\" >&3; cat <&3");
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/bin/bash",
-            "-c",
-        ])
-        .args([&script, &request])
-        .output()
-        .unwrap();
+    let out = as_nobody(&script, &request);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -1772,11 +1758,7 @@ fn another_user_on_the_machine_took_admin_of_a_keyless_server() {
 /// behind a full server) passed for root's, and so for the local user's.
 #[test]
 fn a_request_sent_then_closed_before_it_was_accepted_is_not_roots() {
-    let me = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !me
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    {
+    if !root() {
         eprintln!("skipped: running a client as another user needs root");
         return;
     }
@@ -1800,17 +1782,7 @@ fn a_request_sent_then_closed_before_it_was_accepted_is_not_roots() {
         body.len()
     );
     let script = format!("exec 3<>/dev/tcp/{host}/{port}; printf '%s' \"$0\" >&3; exec 3>&-");
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/bin/bash",
-            "-c",
-        ])
-        .args([&script, &request])
-        .output()
-        .unwrap();
+    let out = as_nobody(&script, &request);
     assert!(
         out.status.success(),
         "{}",
@@ -1824,4 +1796,28 @@ fn a_request_sent_then_closed_before_it_was_accepted_is_not_roots() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["result"]["keys"], json!([]), "a key was made: {r}");
     assert!(server.stop().success());
+}
+
+/// Whether the tests run as root (who may run a client as another user).
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Runs bash `script` (with `arg` as its `$0`) as `nobody`; its own
+/// `/dev/tcp` is the client, as nothing else may be found as that user.
+fn as_nobody(script: &str, arg: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+        ])
+        .args([script, arg])
+        .output()
+        .unwrap()
 }
