@@ -308,20 +308,47 @@ async fn a_waiter_outliving_hundreds_of_abandoned_loads_runs_its_own() {
     assert_eq!(cache.get("hot").await.unwrap(), Some(json!("its own")));
 }
 
+/// A cache with its L2 in a database whose writer another write holds
+/// until `gate` opens.
+struct Held {
+    _dir: tempfile::TempDir,
+    db: litebridge::Database,
+    cache: Cache,
+    gate: common::Gate,
+    holder: tokio::task::JoinHandle<litebridge::Result<()>>,
+}
+
+impl Held {
+    async fn start() -> Held {
+        let (_dir, db) = common::open_kv(litebridge::DbConfig::builder()).await;
+        let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+            .await
+            .unwrap();
+        let gate = common::Gate::default();
+        let holder = common::hold_writer(&db, &gate).await;
+        Held {
+            _dir,
+            db,
+            cache,
+            gate,
+            holder,
+        }
+    }
+}
+
 /// A call's answer waited on its value's L2 write, however long the writer
 /// was held by others: a call with a 200 ms deadline answered when the
 /// writer came free, seconds later. Storing now ends at the deadline; the
 /// value stays in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_value_is_answered_by_its_deadline_while_the_writer_is_held() {
-    use litebridge::DbConfig;
-
-    let (_dir, db) = common::open_kv(DbConfig::builder()).await;
-    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
-        .await
-        .unwrap();
-    let gate = common::Gate::default();
-    let holder = common::hold_writer(&db, &gate).await;
+    let Held {
+        _dir,
+        db,
+        cache,
+        gate,
+        holder,
+    } = Held::start().await;
     let timeout = Duration::from_millis(200);
     let asked = tokio::time::Instant::now();
     let answer = tokio::time::timeout(
@@ -357,15 +384,15 @@ async fn a_call_whose_l2_read_waits_past_its_deadline_times_out_queued() {
     use std::future::Future;
     use std::task::{Context, Waker};
 
-    use litebridge::DbConfig;
     use litebridge::TimeoutStage;
 
-    let (_dir, db) = common::open_kv(DbConfig::builder()).await;
-    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
-        .await
-        .unwrap();
-    let gate = common::Gate::default();
-    let holder = common::hold_writer(&db, &gate).await;
+    let Held {
+        _dir,
+        db: _,
+        cache,
+        gate,
+        holder,
+    } = Held::start().await;
     // A `set` of the key, waiting for the writer, holds the key's turn.
     let mut set = Box::pin(cache.set("k", json!("set"), None));
     assert!(
