@@ -389,6 +389,12 @@ fn cache_metrics(o: &mut Out, c: &litebridge::store::CacheStats) {
         "Entries in memory.",
         c.l1_entries as f64,
     );
+    o.single(
+        "cache_memory_bytes",
+        "gauge",
+        "What the entries in memory count against cache.max_memory_mb (estimated).",
+        c.l1_bytes as f64,
+    );
     if let Some(n) = c.l2_entries {
         o.single(
             "cache_l2_entries",

@@ -736,6 +736,20 @@ const KEYS: &[Key] = &[
         default: || int(CacheConfig::default().max_entries),
         help: "entries kept in memory",
     },
+    Key {
+        name: "cache.max_memory_mb",
+        env: &[],
+        kind: int_kind(1, 4095),
+        default: || int(CacheConfig::default().max_bytes >> 20),
+        help: "memory the entries kept in memory may take, estimated from their JSON trees, in MiB",
+    },
+    Key {
+        name: "cache.max_entry_kb",
+        env: &[],
+        kind: int_kind(1, 4 << 20),
+        default: || int(CacheConfig::default().max_entry_bytes >> 10),
+        help: "an entry larger than this (its JSON tree, estimated, in KiB) is never kept in memory, only in the database",
+    },
 ];
 
 /// Environment variables of the clients, never read as configuration.
@@ -1359,6 +1373,8 @@ impl Settings {
         let ttl = self.int("cache.default_ttl_s");
         CacheConfig {
             max_entries: self.int("cache.max_entries") as u64,
+            max_bytes: (self.int("cache.max_memory_mb") as u64) << 20,
+            max_entry_bytes: (self.int("cache.max_entry_kb") as u64) << 10,
             default_ttl: (ttl > 0).then(|| Duration::from_secs(ttl as u64)),
         }
     }

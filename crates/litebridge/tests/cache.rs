@@ -109,6 +109,7 @@ async fn memory_is_bounded_and_evictions_are_counted() {
         CacheConfig {
             max_entries: 100,
             default_ttl: None,
+            ..CacheConfig::default()
         },
     )
     .await
@@ -127,6 +128,78 @@ async fn memory_is_bounded_and_evictions_are_counted() {
     let s = cache.stats();
     assert!(s.l1_entries <= 100, "{s:?}");
     assert!(s.evictions >= 800, "{s:?}");
+}
+
+/// Lets moka apply its bounds (it does so in the background) until
+/// `done` holds of the cache's figures, or five seconds pass.
+async fn settled(cache: &Cache, done: impl Fn(&litebridge::store::CacheStats) -> bool) {
+    for _ in 0..500 {
+        if done(&cache.stats()) {
+            return;
+        }
+        let _ = cache.get("settle").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `write` key's `cache.set` of a 16 MiB array of zeros kept a tree of
+/// about 256 MiB in memory for as long as its TTL, and forty of them took
+/// the server down; the bound was a count of entries, whatever their size.
+#[tokio::test]
+async fn memory_is_bounded_by_the_size_of_what_it_keeps() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let config = CacheConfig {
+        max_bytes: 1 << 20,
+        max_entry_bytes: 256 << 10,
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(Some(db), config).await.unwrap();
+    // 40 entries of about 100 KiB: 4 MiB in all, against a bound of 1 MiB.
+    let big = |i: usize| json!([i, "x".repeat(100 << 10)]);
+    for i in 0..40 {
+        cache.set(&format!("k{i}"), big(i), None).await.unwrap();
+    }
+    settled(&cache, |s| s.l1_bytes <= 1 << 20).await;
+    let s = cache.stats();
+    assert!(s.l1_bytes <= 1 << 20, "{s:?}");
+    assert!(s.l1_entries <= 10, "{s:?}");
+    // What memory let go of is read from L2.
+    for i in 0..40 {
+        assert_eq!(cache.get(&format!("k{i}")).await.unwrap(), Some(big(i)));
+    }
+
+    // An entry past `max_entry_bytes` never stays in memory: 100,000
+    // zeros are 200 KB of JSON but about 3 MiB of tree.
+    let zeros = json!(vec![0; 100_000]);
+    assert!(litebridge::store::footprint(&zeros) > 3 << 20);
+    cache.set("zeros", zeros.clone(), None).await.unwrap();
+    let hits = cache.stats().l2_hits;
+    assert_eq!(cache.get("zeros").await.unwrap(), Some(zeros.clone()));
+    assert_eq!(cache.get("zeros").await.unwrap(), Some(zeros.clone()));
+    assert_eq!(cache.stats().l2_hits, hits + 2, "read from L2 each time");
+    // Nor when a load computed it.
+    let loaded = cache
+        .get_or_load("loaded", None, || async { Ok(json!(vec![1; 100_000])) })
+        .await
+        .unwrap();
+    assert_eq!(loaded, json!(vec![1; 100_000]));
+    settled(&cache, |s| s.l1_bytes <= 1 << 20).await;
+    assert!(cache.stats().l1_bytes <= 1 << 20, "{:?}", cache.stats());
+    let hits = cache.stats().l2_hits;
+    assert_eq!(cache.get("loaded").await.unwrap(), Some(loaded));
+    assert_eq!(cache.stats().l2_hits, hits + 1, "read from L2");
+}
+
+/// The estimate counts the tree, not the text.
+#[test]
+fn a_footprint_counts_every_node_and_every_byte() {
+    use litebridge::store::footprint;
+    let node = std::mem::size_of::<serde_json::Value>() as u64;
+    assert_eq!(footprint(&json!(null)), node);
+    assert_eq!(footprint(&json!([0, 0, 0])), 4 * node);
+    assert_eq!(footprint(&json!("abc")), node + 3);
+    let member = std::mem::size_of::<String>() as u64 + 16;
+    assert_eq!(footprint(&json!({"ab": 1})), 2 * node + member + 2);
 }
 
 /// A lifetime past what a clock can count is "never expires", not a panic

@@ -501,7 +501,7 @@ pub(crate) fn cache_figures(service: &Service) -> Json {
     json!({
         "hits": c.l1_hits + c.l2_hits, "l1_hits": c.l1_hits, "l2_hits": c.l2_hits,
         "misses": c.misses, "hit_rate": c.hit_rate, "evictions": c.evictions,
-        "l1_size": c.l1_entries, "l2_size": c.l2_entries, "l2_errors": c.l2_errors,
+        "l1_size": c.l1_entries, "l1_bytes": c.l1_bytes, "l2_size": c.l2_entries, "l2_errors": c.l2_errors,
         "listening": c.listening,
         "l2": match &c.l2_unavailable {
             None if c.l2_entries.is_some() => "ok".to_owned(),

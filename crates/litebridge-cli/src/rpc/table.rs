@@ -303,7 +303,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "cache.stats",
         scope: Scope::Read,
-        description: "The two-level cache's figures: hits (L1, L2), misses, hit rate, evictions, entries in memory (l1_size) and in the table (l2_size, expired rows not yet swept included), L2 failures and whether L2 is in use.",
+        description: "The two-level cache's figures: hits (L1, L2), misses, hit rate, evictions, entries in memory (l1_size) and what they weigh against `cache.max_memory_mb` (l1_bytes, estimated), and in the table (l2_size, expired rows not yet swept included), L2 failures and whether L2 is in use.",
         example: r#"{}"#,
         handler: handler::<super::stats::CacheStats>(),
         read_only: true,

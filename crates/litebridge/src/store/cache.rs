@@ -79,6 +79,13 @@ impl Clock for SystemClock {
 pub struct CacheConfig {
     /// Entries kept in memory at most. Default: 10,000.
     pub max_entries: u64,
+    /// Memory the entries kept in memory may take in all, estimated from
+    /// their JSON trees ([`footprint`]). Default: 64 MiB.
+    pub max_bytes: u64,
+    /// An entry whose tree is estimated larger is never kept in memory: it
+    /// is read from L2 each time (and, without an L2, not kept at all).
+    /// Default: 1 MiB.
+    pub max_entry_bytes: u64,
     /// Lifetime of an entry set without one; `None` keeps it until deleted
     /// or evicted. Default: 1 hour.
     pub default_ttl: Option<Duration>,
@@ -88,6 +95,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_entries: 10_000,
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
             default_ttl: Some(Duration::from_secs(3600)),
         }
     }
@@ -97,6 +106,37 @@ impl Default for CacheConfig {
 struct Entry {
     value: Arc<Json>,
     expires: Option<SystemTime>,
+    /// What it counts against the memory's bound: its [`footprint`], at
+    /// least the bound over `max_entries` (so the count is bounded too), and
+    /// `u32::MAX` past `max_entry_bytes` (more than moka will ever admit).
+    weight: u32,
+}
+
+/// How many bytes `value`'s tree takes in memory, estimated: every node,
+/// every string's bytes, every member's name. An array of 8 million zeros
+/// is 16 MiB of JSON and about 256 MiB of tree; it is the tree that memory
+/// keeps.
+pub fn footprint(value: &Json) -> u64 {
+    const NODE: u64 = std::mem::size_of::<Json>() as u64;
+    // A member's name, and what a map spends on each member beyond it.
+    const MEMBER: u64 = std::mem::size_of::<String>() as u64 + 16;
+    let mut total = 0u64;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        total += NODE;
+        match v {
+            Json::String(s) => total += s.len() as u64,
+            Json::Array(a) => stack.extend(a.iter()),
+            Json::Object(o) => {
+                for (k, v) in o {
+                    total += MEMBER + k.len() as u64;
+                    stack.push(v);
+                }
+            }
+            Json::Null | Json::Bool(_) | Json::Number(_) => {}
+        }
+    }
+    total
 }
 
 /// Counters of a [`Cache`].
@@ -112,6 +152,10 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Entries in memory now (approximate).
     pub l1_entries: u64,
+    /// What the entries in memory now count against
+    /// [`CacheConfig::max_bytes`] (approximate: each counts its
+    /// [`footprint`], and at least `max_bytes / max_entries`).
+    pub l1_bytes: u64,
     /// Rows in the L2 table (expired ones not yet swept included) when last
     /// counted: by [`Cache::count_l2`] and after every sweep. `None` without
     /// an L2.
@@ -184,6 +228,8 @@ pub struct Cache {
     counters: Arc<Counters>,
     l2_unavailable: Option<Arc<str>>,
     stripes: Arc<[tokio::sync::Mutex<()>]>,
+    /// The least weight of an entry, and the most kept in memory.
+    weights: Weights,
     /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
     #[cfg(feature = "postgres")]
     peers: Option<Arc<super::cache_peers::Peers>>,
@@ -229,6 +275,44 @@ fn listen_to_peers(
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+/// How entries are weighed against [`CacheConfig::max_bytes`].
+#[derive(Debug, Clone, Copy)]
+struct Weights {
+    floor: u64,
+    max_entry: u64,
+}
+
+impl Weights {
+    fn of(config: &CacheConfig) -> Weights {
+        Weights {
+            floor: (config.max_bytes / config.max_entries.max(1)).max(1),
+            max_entry: config.max_entry_bytes.min(config.max_bytes),
+        }
+    }
+
+    /// `value` as an entry of memory, expiring at `expires`.
+    fn entry(self, value: Json, expires: Option<SystemTime>) -> Entry {
+        let bytes = footprint(&value);
+        let weight = if bytes > self.max_entry {
+            u32::MAX
+        } else {
+            u32::try_from(bytes.max(self.floor)).unwrap_or(u32::MAX)
+        };
+        Entry {
+            value: Arc::new(value),
+            expires,
+            weight,
+        }
+    }
+}
+
+impl Entry {
+    /// Whether memory may keep it.
+    fn fits(&self) -> bool {
+        self.weight != u32::MAX
     }
 }
 
@@ -296,8 +380,13 @@ impl Cache {
     ) -> Cache {
         let counters = Arc::new(Counters::new());
         let evictions = counters.evictions.clone();
+        let weights = Weights::of(&config);
+        // Bounded by weight: at most `max_bytes`, and (every entry weighing
+        // at least `floor`) at most `max_entries`. Below `u32::MAX`, so an
+        // entry weighing that is never admitted.
         let l1 = moka::future::Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(config.max_bytes.min(u64::from(u32::MAX) - 1))
+            .weigher(|_k: &String, e: &Entry| e.weight)
             .expire_after(Expire)
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
@@ -318,6 +407,7 @@ impl Cache {
             counters,
             l2_unavailable,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            weights,
             #[cfg(feature = "postgres")]
             peers,
         }
@@ -405,7 +495,7 @@ impl Cache {
                 let v = (*e.value).clone();
                 // Not if another front end wrote meanwhile: what was read
                 // may be older than what it wrote.
-                if trusted && self.l1_trusted() && self.generation() == generation {
+                if e.fits() && trusted && self.l1_trusted() && self.generation() == generation {
                     self.l1.insert(key.to_owned(), e).await;
                 }
                 Ok(Some(v))
@@ -447,10 +537,7 @@ impl Cache {
             Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
             _ => Json::Null,
         };
-        let e = Entry {
-            value: Arc::new(value),
-            expires,
-        };
+        let e = self.weights.entry(value, expires);
         self.live(&e).then_some(e)
     }
 
@@ -505,16 +592,9 @@ impl Cache {
                 failed = Some(e);
             }
         }
-        if self.l1_trusted() {
-            self.l1
-                .insert(
-                    key.to_owned(),
-                    Entry {
-                        value: Arc::new(value),
-                        expires,
-                    },
-                )
-                .await;
+        let entry = self.weights.entry(value, expires);
+        if entry.fits() && self.l1_trusted() {
+            self.l1.insert(key.to_owned(), entry).await;
         }
         failed.map_or(Ok(()), Err)
     }
@@ -649,11 +729,10 @@ impl Cache {
                 let value = load().await?;
                 // Kept in memory even if L2 fails (counted): the load succeeded.
                 keep(value.clone()).await;
-                let expires = self.expiry(ttl);
-                Ok::<_, Error>(Entry {
-                    value: Arc::new(value),
-                    expires,
-                })
+                // moka keeps what this returns, but an entry that does not
+                // fit weighs more than it admits: it goes at its next
+                // housekeeping, or below.
+                Ok::<_, Error>(self.weights.entry(value, self.expiry(ttl)))
             });
             // moka panics in a waiter whose wait outlived 200 loads in a
             // row whose callers went away (a crowd that disconnects): that
@@ -704,7 +783,11 @@ impl Cache {
                 )
             };
             match shared {
-                Ok(entry) => break (*entry.value).clone(),
+                Ok(entry) if entry.fits() => break (*entry.value).clone(),
+                Ok(entry) => {
+                    self.l1.invalidate(key).await;
+                    break (*entry.value).clone();
+                }
                 // This caller's own failure, or the method's (it raised, or
                 // crashed its worker): the answer.
                 Err(e) if load.is_none() || method_failed(&e) => return Err((*e).clone()),
@@ -745,6 +828,7 @@ impl Cache {
             misses: m,
             evictions: c.evictions.load(Ordering::Relaxed),
             l1_entries: self.l1.entry_count(),
+            l1_bytes: self.l1.weighted_size(),
             l2_entries: self
                 .db
                 .as_ref()

@@ -30,7 +30,9 @@ mod memory;
 mod schema;
 mod state;
 
-pub use cache::{Cache, CacheConfig, CacheStats, CacheSweeper, Clock, Swept, SystemClock};
+pub use cache::{
+    Cache, CacheConfig, CacheStats, CacheSweeper, Clock, Swept, SystemClock, footprint,
+};
 pub use memory::{MAX_NAME, MemoryEntry, MemoryStore};
 pub use schema::{SCHEMA_VERSION, migrate};
 pub use state::{MAX_RUN_ID, StateRecord, StateStore, StateUpdate};
