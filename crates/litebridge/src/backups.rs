@@ -67,7 +67,8 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".backup"))
+                        .and_then(|n| n.strip_prefix(&prefix))
+                        .is_some_and(is_scheduled_name)
                 })
                 .collect()
         })
@@ -76,6 +77,28 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
     // one second is `<stamp>.<n>.backup` and comes after `<stamp>.backup`.
     found.sort_by_cached_key(|p| std::cmp::Reverse(order(p)));
     found
+}
+
+/// Whether `rest` (a file name after `<db>.`) is `<stamp>[.<n>].backup`,
+/// `<stamp>` as [`utc_file_stamp`] writes it: only that. A looser match
+/// (anything ending in `.backup`) took the backups of `app.db.old`, kept
+/// in the same directory, for `app.db`'s: newest by their names, they were
+/// what `--recover` restored, and `app.db`'s own were pruned for them.
+fn is_scheduled_name(rest: &str) -> bool {
+    let Some(stem) = rest.strip_suffix(".backup") else {
+        return false;
+    };
+    let (stamp, n) = match stem.split_once('.') {
+        Some((stamp, n)) => (stamp, Some(n)),
+        None => (stem, None),
+    };
+    let b = stamp.as_bytes();
+    let stamp_ok = b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+    stamp_ok
+        && n.is_none_or(|n| !n.is_empty() && n.len() <= 19 && n.bytes().all(|c| c.is_ascii_digit()))
 }
 
 /// `(stamp, n)` of `<db>.<stamp>[.<n>].backup`.
@@ -181,9 +204,12 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     std::fs::write(&tmp, format!("{}\n", dest.display()))
         .and_then(|()| std::fs::rename(&tmp, &latest))
         .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
+    // The one just taken is never pruned, even if its name sorts oldest
+    // (the clock was set back): `LATEST` names it.
     for old in list(&policy.dir, db.path())
         .into_iter()
-        .skip(policy.keep.max(1))
+        .filter(|p| *p != dest)
+        .skip(policy.keep.max(1) - 1)
     {
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!("cannot prune the old backup {}: {e}", old.display());
@@ -199,8 +225,19 @@ pub fn schedule(db: Database, policy: BackupPolicy) -> tokio::task::JoinHandle<(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if !db.health().healthy {
+            if db.is_closed() {
                 return;
+            }
+            // Unhealthy for a moment (one long batch holding the writer):
+            // this tick is skipped, said so; the schedule goes on. It used
+            // to end there for good, in silence.
+            let health = db.health();
+            if !health.healthy {
+                tracing::warn!(
+                    "scheduled backup skipped this time, the database being unhealthy: {}",
+                    health.problems.join("; ")
+                );
+                continue;
             }
             match take(&db, &policy).await {
                 Ok(r) => {
@@ -253,7 +290,24 @@ pub fn recover(
     progress: impl FnMut(u64, u64),
 ) -> Result<Recovery> {
     let force = when == When::Always;
-    let sound = db.exists() && check_file_bounded(db).is_ok_and(|r| r.ok);
+    let sound = match judge(db) {
+        Judged::Sound => true,
+        Judged::Damaged => false,
+        Judged::Unchecked(_) if force => true,
+        // Restoring over a file nobody could check would throw away every
+        // write since the backup, for what may be no damage at all.
+        Judged::Unchecked(e) => {
+            return Err(Error::Unavailable {
+                what: "recovery",
+                reason: format!(
+                    "{} could not be checked ({e}), so it is not replaced by a backup; \
+                     `litebridge check` tells more, and `litebridge restore --latest` \
+                     replaces it anyway (the file is moved aside, never deleted)",
+                    db.display()
+                ),
+            });
+        }
+    };
     if sound && !force {
         return Ok(Recovery::Sound);
     }
@@ -270,6 +324,29 @@ pub fn recover(
     aside.push(format!(".{why}-{}", utc_file_stamp(SystemTime::now())));
     let report = restore_file(&from, db, Path::new(&aside), progress)?;
     Ok(Recovery::Restored { from, age, report })
+}
+
+/// What a bounded check says of the database at `db`, for [`recover`].
+enum Judged {
+    /// No damage found (a check cut short judges what it read).
+    Sound,
+    /// Damage found, no SQLite database there, or no file at all.
+    Damaged,
+    /// The check could not run (the file cannot be opened or read).
+    Unchecked(Error),
+}
+
+fn judge(db: &Path) -> Judged {
+    match std::fs::symlink_metadata(db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Judged::Damaged,
+        _ => {}
+    }
+    match check_file_bounded(db) {
+        Ok(r) if r.ok => Judged::Sound,
+        Ok(_) => Judged::Damaged,
+        Err(Error::Open { reason, .. }) if reason == crate::db::NOT_A_DATABASE => Judged::Damaged,
+        Err(e) => Judged::Unchecked(e),
+    }
 }
 
 /// Creates the backup directory `dir` (and its parents) if missing, no

@@ -187,6 +187,150 @@ async fn a_full_text_index_out_of_step_is_not_damage() {
     db.close().await;
 }
 
+/// Backups were told by file name only, and loosely: `app.db.old`'s, in the
+/// same directory, were taken for `app.db`'s (newest by name: restored by
+/// `--recover`, and `app.db`'s own pruned for them). And a backup whose name
+/// sorted oldest (the clock set back) was pruned the moment it was taken,
+/// with `LATEST` naming it.
+#[tokio::test]
+async fn backups_are_told_by_their_exact_names_and_the_newest_is_never_pruned() {
+    use litebridge::backups::{BackupPolicy, list, newest_verified, take};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("backups");
+    let open = |name: &str| {
+        let path = dir.path().join(name);
+        async move {
+            let db = litebridge::Database::open(&path, config().build().unwrap())
+                .await
+                .unwrap();
+            db.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", ())
+                .await
+                .unwrap();
+            db
+        }
+    };
+    let (app, old) = (open("app.db").await, open("app.db.old").await);
+    let policy = BackupPolicy {
+        dir: shared.clone(),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 1,
+    };
+    app.execute("INSERT INTO kv VALUES (1, 'app')", params![])
+        .await
+        .unwrap();
+    let mine = take(&app, &policy).await.unwrap().path;
+    let theirs = take(&old, &policy).await.unwrap().path;
+    assert_eq!(list(&shared, app.path()), std::slice::from_ref(&mine));
+    assert_eq!(list(&shared, old.path()), [theirs]);
+    assert_eq!(newest_verified(&shared, app.path()).unwrap().0, mine);
+
+    // A backup stamped in 2099 (the clock ran ahead, then was set right).
+    let future = shared.join("app.db.20990101T000000Z.backup");
+    std::fs::copy(&mine, &future).unwrap();
+    let taken = take(&app, &policy).await.unwrap().path;
+    assert!(taken.exists(), "the backup just taken was pruned");
+    let latest = std::fs::read_to_string(shared.join("LATEST")).unwrap();
+    assert_eq!(latest.trim(), taken.display().to_string());
+    app.close().await;
+    old.close().await;
+}
+
+/// One batch holding the writer past half of `db.max_write_hold` at the
+/// moment a scheduled backup was due ended the schedule for good, without a
+/// word: no backup was taken again until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_goes_on_after_a_tick_that_found_the_database_unhealthy() {
+    use litebridge::backups::{BackupPolicy, list, schedule};
+    let (dir, db) = open_kv(config().max_write_hold(std::time::Duration::from_millis(100))).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_millis(50),
+        keep: 2,
+    };
+    let gate = common::Gate::default();
+    let holder = common::hold_writer(&db, &gate).await;
+    common::eventually(std::time::Duration::from_secs(10), || !db.health().healthy).await;
+    let backups = schedule(db.clone(), policy.clone());
+    // Several ticks come and go while the writer is held.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(list(&policy.dir, db.path()).is_empty());
+    gate.open();
+    holder.await.unwrap().unwrap();
+    common::eventually(std::time::Duration::from_secs(10), || {
+        !list(&policy.dir, db.path()).is_empty()
+    })
+    .await;
+    backups.abort();
+    db.close().await;
+}
+
+/// A client's schema change can make a sound file's check fail half way:
+/// a generated column declared `NOT NULL` over `"b"` (a string while the
+/// table had no column `b`) computes `abs()` of the smallest integer once
+/// `ALTER TABLE ... ADD COLUMN b` gave it one, and every check computes it.
+/// That error was taken for damage: the file would not open, every backup
+/// failed, and `--recover` replaced it with the backup from before the
+/// change, losing every write since.
+#[tokio::test]
+async fn a_check_that_cannot_compute_a_column_is_not_damage() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
+    let (dir, db) = open_kv(config()).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    db.execute("INSERT INTO kv VALUES (1, 'before the backup')", params![])
+        .await
+        .unwrap();
+    take(&db, &policy).await.unwrap();
+    db.execute("INSERT INTO kv VALUES (2, 'after it')", params![])
+        .await
+        .unwrap();
+    let path = db.path().to_path_buf();
+    db.close().await;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE g(a, v AS (abs(CASE WHEN "b" = 'b' THEN 1
+                   ELSE -9223372036854775807 - 1 END)) NOT NULL);
+               INSERT INTO g(a) VALUES (1);
+               ALTER TABLE g ADD COLUMN b;"#,
+        )
+        .unwrap();
+        let raw = conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0));
+        assert!(
+            raw.as_ref()
+                .is_err_and(|e| e.to_string().contains("overflow")),
+            "the check itself is expected to fail: {raw:?}"
+        );
+    }
+    for depth in [litebridge::CheckDepth::Quick, litebridge::CheckDepth::Full] {
+        let report = litebridge::check_file(&path, depth).unwrap();
+        assert!(report.ok && report.problems.is_empty(), "{report:?}");
+        assert!(
+            report
+                .unfinished
+                .as_deref()
+                .is_some_and(|w| w.contains("overflow") && w.contains("not a sign of damage")),
+            "{report:?}"
+        );
+    }
+    // It opens (checked at open), backs up, and is not replaced.
+    let db = litebridge::Database::open(&path, config().build().unwrap())
+        .await
+        .unwrap();
+    take(&db, &policy).await.unwrap();
+    db.close().await;
+    let recovered = recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap();
+    assert!(matches!(recovered, Recovery::Sound), "{recovered:?}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2, "the write after the first backup is still there");
+}
+
 #[test]
 fn a_restore_never_replaces_a_file_already_kept_aside() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
             "virtual_table_problems": report.virtual_table_problems,
             "data_problems": report.data_problems,
             "foreign_key_violations": report.foreign_key_violations,
+            "unfinished": report.unfinished,
             "elapsed_ms": report.elapsed.as_millis() as u64,
         });
         println!("{v}");
@@ -42,7 +43,16 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
              as a schema change can leave it)"
         );
     }
-    if report.ok {
+    if let Some(why) = &report.unfinished {
+        println!("warning: the check did not read the whole file: {why}");
+    }
+    if report.ok && report.unfinished.is_some() {
+        println!(
+            "ok: {} showed no damage in what {what} read ({} ms)",
+            path.display(),
+            report.elapsed.as_millis()
+        );
+    } else if report.ok {
         println!(
             "ok: {} passed {what} ({} ms)",
             path.display(),

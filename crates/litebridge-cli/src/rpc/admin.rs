@@ -69,6 +69,7 @@ impl Handler for AdminCheck {
             Ok(json!({
                 "ok": r.ok, "problems": r.problems, "virtual_table_problems": r.virtual_table_problems,
                 "data_problems": r.data_problems, "foreign_key_violations": r.foreign_key_violations,
+                "unfinished": r.unfinished,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
             }))
         })

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::open::{Bound, Findings, integrity_check, quick_check};
+use crate::db::open::{Bound, Findings, integrity_check, is_damage, quick_check};
 use crate::error::{Error, Result};
 
 /// Pages copied per backup step.
@@ -639,6 +639,12 @@ pub struct CheckReport {
     pub data_problems: Vec<String>,
     /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,
+    /// Why the check stopped before the end, if it did: its time ran out
+    /// (the bounded checks of a restore and `--recover`), or computing the
+    /// data failed (a generated column's `abs()` overflowing), which says
+    /// nothing of damage. What it found until then is reported; `ok` is
+    /// true when that was nothing.
+    pub unfinished: Option<String>,
     /// How long the check took.
     pub elapsed: Duration,
 }
@@ -663,6 +669,9 @@ pub enum CheckDepth {
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
     check_file_within(path, depth, Bound::Whole)
 }
+
+/// Why [`check_file`] refuses a file that is no SQLite database at all.
+pub(crate) const NOT_A_DATABASE: &str = "the file is not a SQLite database";
 
 /// [`check_file`] with `quick_check` bounded (see [`Bound::Bounded`]): for
 /// the checks nobody asked for (a restore's of its backup, `--recover`'s),
@@ -708,7 +717,7 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
         if matches!(e, Error::Corrupt { ref detail, .. } if detail.contains("not a database")) {
             return Err(Error::Open {
                 path: path.to_path_buf(),
-                reason: "the file is not a SQLite database".into(),
+                reason: NOT_A_DATABASE.into(),
             });
         }
         return Ok(CheckReport {
@@ -717,6 +726,7 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
             virtual_table_problems: Vec::new(),
             data_problems: Vec::new(),
             foreign_key_violations: Vec::new(),
+            unfinished: None,
             elapsed: started.elapsed(),
         });
     }
@@ -725,9 +735,20 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
     } else {
         quick_check(&mut conn, 100, bound)
     }
-    .unwrap_or_else(|e| Findings {
-        damage: vec![Error::from(e).to_string()],
-        ..Findings::default()
+    .unwrap_or_else(|e| {
+        let damage = is_damage(&e);
+        let line = Error::from(e).to_string();
+        if damage {
+            Findings {
+                damage: vec![line],
+                ..Findings::default()
+            }
+        } else {
+            Findings {
+                unfinished: Some(format!("the check could not run: {line}")),
+                ..Findings::default()
+            }
+        }
     });
     if let Some(why) = &found.unfinished {
         tracing::warn!(file = %path.display(), "the check was cut short: {why}");
@@ -756,6 +777,7 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
         virtual_table_problems: found.virtual_tables,
         data_problems: found.data,
         foreign_key_violations: fk,
+        unfinished: found.unfinished,
         elapsed: started.elapsed(),
     })
 }

@@ -38,7 +38,7 @@
 //! continuous reads and writes and checkpoint I/O never stalls a write.
 
 mod backup;
-pub(crate) use backup::{check_file_bounded, mode_of};
+pub(crate) use backup::{NOT_A_DATABASE, check_file_bounded, mode_of};
 mod checkpointer;
 mod claims;
 mod exec;
@@ -1006,6 +1006,11 @@ impl Database {
             healthy: problems.is_empty(),
             problems,
         }
+    }
+
+    /// Whether the database was closed (its writer is gone).
+    pub(crate) fn is_closed(&self) -> bool {
+        !self.inner.writer.is_running()
     }
 
     /// A handle that does not keep this database open.

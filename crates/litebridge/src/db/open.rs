@@ -276,8 +276,9 @@ pub(crate) struct Findings {
     /// A generated column's value that breaks its declared type or `NOT
     /// NULL`: the data's doing, not the file's (see [`from_the_data`]).
     pub(crate) data: Vec<String>,
-    /// Why a bounded check stopped before the end (what it found until
-    /// then is in the other fields).
+    /// Why a check stopped before the end: a bounded one's budget, or an
+    /// error that is not damage (what it found until then is in the other
+    /// fields).
     pub(crate) unfinished: Option<String>,
 }
 
@@ -422,7 +423,9 @@ fn check_pragma(
         conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
     }
     let mut found = found?;
-    if let (Some(budget), Some(why)) = (budget, found.unfinished.as_mut()) {
+    if let (Some(budget), Some(why)) = (budget, found.unfinished.as_mut())
+        && why.is_empty()
+    {
         *why = format!(
             "{pragma} stopped after {:.1} s, before the end ({} s, and {} s more per GiB of the \
              file: a table's generated columns may be costly to compute); what it found \
@@ -437,8 +440,9 @@ fn check_pragma(
 
 /// One pass of `PRAGMA pragma(cap)`: its findings (at most `keep` of each
 /// kind, stopping at `keep` lines of damage) and how many lines it gave. A
-/// check that fails half way (SQLite gives up on a malformed record) keeps
-/// what it found, with the failure as one more line of damage.
+/// check that fails half way keeps what it found: with the failure as one
+/// more line of damage when SQLite gave up on a malformed page or record
+/// ([`is_damage`]), as [`Findings::unfinished`] otherwise.
 fn run_check(
     conn: &Connection,
     pragma: &str,
@@ -461,11 +465,24 @@ fn run_check(
                 found.unfinished = Some(String::new());
                 break;
             }
-            Err(e) if lines > 0 => {
+            Err(e) if is_damage(&e) => {
                 found.damage.push(Error::from(e).to_string());
                 break;
             }
-            Err(e) => return Err(e),
+            // Computing a row's value failed (a generated column's
+            // `abs()` overflowing, which a client's schema change can
+            // arrange), or reading did: the check could not go on, which
+            // says nothing of damage. Taken for damage, it refused a
+            // sound file at every start and backup, and `--recover`
+            // replaced it with an older backup.
+            Err(e) => {
+                found.unfinished = Some(format!(
+                    "{pragma} could not go on ({}), which is not a sign of damage; what it \
+                     found before is reported",
+                    Error::from(e)
+                ));
+                break;
+            }
         };
         if line == "ok" {
             continue;
@@ -486,6 +503,15 @@ fn run_check(
         }
     }
     Ok((found, lines))
+}
+
+/// Whether a check's error is damage to the file (SQLite found a page or
+/// record it cannot read as one), rather than a failure to go on.
+pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// Every column of every ordinary table, as a check names it
