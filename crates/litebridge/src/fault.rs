@@ -13,6 +13,7 @@ pub struct Faults {
     break_readers: AtomicUsize,
     fail_commits: AtomicUsize,
     panic_writer: AtomicBool,
+    fail_begins: AtomicUsize,
 }
 
 impl Faults {
@@ -25,6 +26,17 @@ impl Faults {
     /// Makes SQLite refuse the next `n` COMMITs of the writer (through a commit hook).
     pub fn fail_commits(&self, n: usize) {
         self.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` `BEGIN`s of PostgreSQL writes fail on the server
+    /// (as a cancel from another session makes them), with what was to
+    /// follow them sent all the same.
+    pub fn fail_begins(&self, n: usize) {
+        self.fail_begins.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_fail_begin(&self) -> bool {
+        take_one(&self.fail_begins)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

@@ -714,6 +714,11 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
         "/* c */ (call p())",
         "REINDEX TABLE t",
         "ANALYZE t",
+        // Found by a later review: a read's lock in ACCESS EXCLUSIVE mode,
+        // queued behind another read, queued every session's access to the
+        // table behind it.
+        "LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
+        "lock t",
     ] {
         let e = db.query_with(sql, (), q).await.expect_err(sql);
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
@@ -1566,6 +1571,67 @@ async fn postgres_own_requests_do_not_skip_a_callers_reset() {
 }
 
 // ----- Idempotency keys --------------------------------------------------
+
+/// Any session of the clients' role may cancel another's `BEGIN`
+/// (`pg_cancel_backend`, a `read` key's read included). A write sent its
+/// statements behind `BEGIN` unanswered, so a cancelled one left them to
+/// run and commit one by one: half a batch committed, and an idempotency
+/// key's claim committed with no result (every retry of the key then
+/// failed for a day). Nothing now runs before `BEGIN` is answered.
+#[tokio::test]
+async fn postgres_a_write_whose_begin_failed_ran_nothing() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    db.execute_with(
+        "CREATE TABLE t(n BIGINT UNIQUE)",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let count = || async {
+        let r = db
+            .query_with("SELECT count(*) FROM t", (), QueryOptions::default())
+            .await
+            .unwrap();
+        r.rows[0][0].clone()
+    };
+    let batch = || {
+        vec![
+            Statement::new("INSERT INTO t VALUES (1)", Params::None),
+            Statement::new("INSERT INTO t VALUES (2)", Params::None),
+        ]
+    };
+    // Prepared once, so nothing waits on a Parse behind BEGIN.
+    db.batch(batch(), WriteOptions::default()).await.unwrap();
+    db.execute_with("DELETE FROM t", (), WriteOptions::default())
+        .await
+        .unwrap();
+    db.faults().fail_begins(1);
+    let e = db
+        .batch(batch(), WriteOptions::default())
+        .await
+        .expect_err("BEGIN failed");
+    assert_ne!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    assert_eq!(
+        count().await,
+        Value::Integer(0),
+        "statements ran without BEGIN"
+    );
+    // With a key: nothing claimed, so the retry applies it, once.
+    db.faults().fail_begins(1);
+    db.batch(batch(), once(1, "k"))
+        .await
+        .expect_err("BEGIN failed");
+    assert_eq!(count().await, Value::Integer(0));
+    let first = db.batch(batch(), once(1, "k")).await.unwrap();
+    let again = db.batch(batch(), once(1, "k")).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(count().await, Value::Integer(2));
+    db.close();
+    schema.drop_now().await;
+}
 
 fn once(caller: u64, key: &str) -> WriteOptions {
     WriteOptions {

@@ -27,13 +27,17 @@
 //!   through the caller's `search_path`, turning the default off for the
 //!   statement after it). Reads refuse `DO`, `CALL`, `ANALYZE` and
 //!   `REINDEX` all the same (`sql::check_read`).
-//! - **Writes** send `BEGIN` and the statements together, then `COMMIT` once
-//!   they succeeded: two round trips. The deadline covers both. Until
+//! - **Writes** send `BEGIN` (and the Parse of statements not prepared
+//!   yet), run the statements once `BEGIN` is answered, then `COMMIT` once
+//!   they succeeded: three round trips. The deadline covers them all. Until
 //!   `COMMIT` is sent, a deadline or a lost connection means nothing
 //!   committed (`timeout`, `unavailable`); after, a lost answer means the
-//!   outcome is unknown (`outcome_unknown`), never reported as either. The
-//!   exception: a `BEGIN` the server refused (its error answers
-//!   `outcome_unknown`), whose statements, sent behind it, ran one by one.
+//!   outcome is unknown (`outcome_unknown`), never reported as either.
+//!   Statements sent behind an unanswered `BEGIN` ran one by one, each
+//!   committed, when it failed: any session of the clients' role can
+//!   cancel another's `BEGIN` (`pg_cancel_backend`), so a `read` key could
+//!   break other callers' batches in parts and leave an idempotency key
+//!   claimed with no result.
 //! - **Deadlines** are enforced by the client: at the deadline litebridge
 //!   sends PostgreSQL's cancel request for the connection's query and drops
 //!   the connection, so no request outlives its deadline and no server
@@ -98,6 +102,8 @@ pub struct PgDatabase {
 
 struct Inner {
     config: PgConfig,
+    /// Switches of the tests (`PgDatabase::faults`).
+    faults: crate::fault::Faults,
     /// The clients' SQL, as [`PgConfig::client_user`].
     client: Pool,
     /// litebridge's own work (the stores), as the URL's user.
@@ -422,6 +428,7 @@ impl PgDatabase {
             sees_timelines,
             replica_reads: AtomicU64::new(0),
             primary_fallbacks: Default::default(),
+            faults: Default::default(),
             counters: Counters::default(),
             cluster: std::sync::Mutex::new(cluster),
             probes,
@@ -1126,6 +1133,12 @@ impl PgDatabase {
         self.counted(true, started, r)
     }
 
+    /// Fault injection for tests.
+    #[doc(hidden)]
+    pub fn faults(&self) -> &crate::fault::Faults {
+        &self.inner.faults
+    }
+
     /// Stops handing out connections and closes the idle ones.
     pub fn close(&self) {
         self.inner.client.close();
@@ -1192,9 +1205,25 @@ impl PgDatabase {
         let mut settle: Option<PgStatement> = None;
         // BEGIN first, then the statements parsed (inside the transaction:
         // parsing can run the clients' code), then the claim, then the
-        // statements run together.
+        // statements run together. Nothing runs before BEGIN is answered:
+        // a BEGIN that failed (a cancel from any other session of the
+        // clients' role, a `read` key's among them) left what was sent
+        // behind it to run and commit one statement at a time, breaking a
+        // batch's atomicity and committing an idempotency key's claim with
+        // no result. That costs a round trip when every statement is
+        // prepared already; a Parse sent behind BEGIN is answered after it.
+        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<bool>();
         let run = async {
-            let begin = conn.batch_execute("BEGIN");
+            let begin = async {
+                let r = if self.inner.faults.take_fail_begin() {
+                    // Fails as the server does a cancelled BEGIN.
+                    conn.batch_execute("SELECT 1/0").await
+                } else {
+                    conn.batch_execute("BEGIN").await
+                };
+                let _ = begun_tx.send(r.is_ok());
+                r
+            };
             let rest = async {
                 let mut prepared = Vec::with_capacity(statements.len());
                 let mut failed = None;
@@ -1210,6 +1239,10 @@ impl PgDatabase {
                             break;
                         }
                     }
+                }
+                if !begun_rx.await.unwrap_or(false) {
+                    // BEGIN's own error is the answer (below).
+                    return Ok(Ok(Vec::new()));
                 }
                 // A write sent again after it committed may no longer
                 // prepare (it renamed its table): its record answers first.
@@ -1282,20 +1315,9 @@ impl PgDatabase {
                     .map(Ok)
             };
             let (begun, rest) = tokio::join!(begin, rest);
-            begun.map_err(|e| match e.as_db_error() {
-                // The server refused BEGIN (a `statement_timeout` the caller
-                // set can cancel it) and ran the statements sent after it,
-                // each in a transaction of its own: some may have committed.
-                Some(_) if !connection_lost(&e) => Error::OutcomeUnknown {
-                    what: "the write".into(),
-                    reason: format!(
-                        "BEGIN failed after the statements were sent, which may have committed \
-                         one by one: {}",
-                        error_chain(&e)
-                    ),
-                },
-                _ => from_pg(&e, timeout),
-            })?;
+            // The server refused BEGIN (a cancel, a `statement_timeout`):
+            // nothing but Parse was sent after it, and nothing ran.
+            begun.map_err(|e| from_pg(&e, timeout))?;
             rest
         };
         let results = match tokio::time::timeout_at(deadline, run).await {

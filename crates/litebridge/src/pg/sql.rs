@@ -113,7 +113,8 @@ pub(crate) fn check_allowed(sql: &str) -> Result<()> {
 /// read-only transaction would let it: `DO` and `CALL`, which a read has no
 /// use for (inside its `BEGIN READ ONLY` a `COMMIT` of theirs fails; refused
 /// in case that ever changes), and the maintenance that writes catalogs and
-/// takes locks (`ANALYZE`, `REINDEX`, which read-only transactions allow).
+/// takes locks (`ANALYZE`, `REINDEX`, which read-only transactions allow),
+/// and `LOCK`, which they allow too.
 pub(crate) fn check_read(sql: &str) -> Result<()> {
     check_allowed(sql)?;
     let word = first_word(sql).to_ascii_uppercase();
@@ -122,6 +123,10 @@ pub(crate) fn check_read(sql: &str) -> Result<()> {
         "ANALYZE" | "ANALYSE" | "REINDEX" => {
             "maintenance writes the catalogs; run it with sql.execute or the database's own tools"
         }
+        // Allowed in a read-only transaction, and held to its end: a read
+        // waiting behind another read's lock in ACCESS EXCLUSIVE mode would
+        // queue every other session's access to the table behind it.
+        "LOCK" => "a read has no use for a table lock; run it with sql.execute",
         _ => return Ok(()),
     };
     Err(Error::Forbidden {
@@ -319,12 +324,18 @@ mod tests {
             "ANALYZE t",
             "analyse t",
             "REINDEX TABLE CONCURRENTLY t",
+            "LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
             "COMMIT",
         ] {
             let e = check_read(sql).expect_err(sql);
             assert_eq!(e.kind(), crate::ErrorKind::Forbidden, "{sql}");
         }
-        for sql in ["DO $$ BEGIN NULL; END $$", "CALL p()", "ANALYZE t"] {
+        for sql in [
+            "DO $$ BEGIN NULL; END $$",
+            "CALL p()",
+            "ANALYZE t",
+            "LOCK t",
+        ] {
             check_allowed(sql).expect(sql);
         }
         for sql in [
