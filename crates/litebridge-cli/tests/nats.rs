@@ -908,6 +908,107 @@ async fn the_front_end_owns_retries_and_a_lost_call_is_never_reported_as_not_sta
     assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
 }
 
+/// Two deployments on one server, each with the docs' grants for its own
+/// prefix. Found by a hostile review: every deployment's answers came to
+/// `_INBOX.`, which the docs let every front end read, and the services
+/// protocol's name was the same for all, so another deployment's host user
+/// could answer a front end's discovery with methods of its choosing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
+    use futures_util::StreamExt;
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/nats-permissions.conf"
+    ))
+    .unwrap();
+    let (start, end) = (
+        docs.find("users = [").unwrap() + 9,
+        docs.rfind("  ]").unwrap(),
+    );
+    let users = &docs[start..end];
+    let theirs = users
+        .replace("lb.", "b.")
+        .replace("_lb", "_b")
+        .replace("user: host", "user: bhost")
+        .replace("user: front", "user: bfront");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("two.conf");
+    std::fs::write(
+        &conf,
+        format!("authorization {{\n  users = [{users}{theirs}  ]\n}}\n"),
+    )
+    .unwrap();
+    let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
+        return;
+    };
+    let url = server.url();
+    let as_user = |user: &str, password: &str| {
+        let (user, password, url) = (user.to_owned(), password.to_owned(), url.clone());
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+                .connect(url)
+                .await
+                .unwrap()
+        }
+    };
+    // Deployment b's front end listens to every inbox it may name.
+    let spy = as_user("bfront", "frontpw").await;
+    let mut heard = Vec::new();
+    for subject in ["_INBOX.>", "_INBOX_lb.>", ">"] {
+        heard.push(spy.subscribe(subject).await.unwrap());
+    }
+    // Deployment b's host answers every discovery it can hear.
+    let liar = as_user("bhost", "hostpw").await;
+    let mut asked = liar.subscribe("$SRV.>").await.unwrap();
+    let answering = tokio::spawn(async move {
+        while let Some(m) = asked.next().await {
+            if let Some(reply) = m.reply {
+                let forged = json!({
+                    "type": "io.nats.micro.v1.info_response",
+                    "name": "litebridge_workers_lb", "id": "forged", "version": "1",
+                    "description": "", "metadata": {"prefix": "lb", "host": "h1", "protocol": "1"},
+                    "endpoints": [{"name": "forged", "subject": "lb.v1.call.forged",
+                                   "queue_group": "q", "metadata": {"method": "forged"}}]
+                });
+                let _ = liar.publish(reply, forged.to_string().into()).await;
+            }
+        }
+    });
+    let _host = Host::start(
+        &url,
+        "h1",
+        1,
+        &[
+            ("LITEBRIDGE_NATS_USER", "host"),
+            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
+        ],
+    );
+    let mut c = front_config(&url);
+    c.user = Some("front".into());
+    c.password = Some("frontpw".into());
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    assert_eq!(
+        bridge
+            .call("echo", json!(["secret"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("secret")
+    );
+    let methods: Vec<String> = bridge.methods().into_iter().map(|m| m.name).collect();
+    assert!(methods.contains(&"echo".to_owned()), "{methods:?}");
+    assert!(!methods.contains(&"forged".to_owned()), "{methods:?}");
+    for sub in &mut heard {
+        let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+        assert!(
+            got.is_err(),
+            "another deployment read {:?}",
+            got.map(|m| m.map(|m| m.subject))
+        );
+    }
+    answering.abort();
+}
+
 /// A raw NATS client: a peer on the bus that is not litebridge.
 async fn peer(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.unwrap()

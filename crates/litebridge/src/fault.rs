@@ -35,6 +35,7 @@ impl Faults {
         self.fail_begins.store(n, Ordering::SeqCst);
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_fail_begin(&self) -> bool {
         take_one(&self.fail_begins)
     }

@@ -220,6 +220,11 @@ impl NatsConfig {
     pub(crate) fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions> {
         let mut o = async_nats::ConnectOptions::new()
             .name(name)
+            // Answers come to inboxes of this deployment's own
+            // (`_INBOX_<prefix>.`), which permissions can keep other
+            // deployments' users from reading; under the shared `_INBOX.`
+            // any front end of any deployment could read every answer.
+            .custom_inbox_prefix(format!("_INBOX_{}", self.prefix))
             .connection_timeout(self.connect_timeout)
             // Requests of our own (discovery) carry their own timeouts.
             .request_timeout(Some(self.connect_timeout))

@@ -270,7 +270,7 @@ impl NatsBridge {
         let Ok(mut answers) = s.client.subscribe(inbox.clone()).await else {
             return;
         };
-        let subject = format!("$SRV.INFO.{}", wire::SERVICE);
+        let subject = format!("$SRV.INFO.{}", wire::service(&s.config.prefix));
         if s.client
             .publish_with_reply(subject, inbox, Default::default())
             .await
@@ -1124,9 +1124,10 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             // and its calls are not lost.
             let weak = front.clone();
             let (client, host) = (f.client.clone(), beat.host.clone());
+            let prefix = f.config.prefix.clone();
             let wait = f.config.heartbeat.max(Duration::from_millis(200));
             tokio::spawn(async move {
-                let found = ping_instance(&client, &old, wait).await;
+                let found = ping_instance(&client, &prefix, &old, wait).await;
                 let Some(f) = weak.upgrade() else { return };
                 if found == Found::Alive {
                     f.warn_once_a_minute(&format!(
@@ -1151,7 +1152,11 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         }
         if stale {
             let (client, hash) = (f.client.clone(), beat.methods_hash.clone());
-            let subject = format!("$SRV.INFO.{}.{}", wire::SERVICE, beat.service_id);
+            let subject = format!(
+                "$SRV.INFO.{}.{}",
+                wire::service(&f.config.prefix),
+                beat.service_id
+            );
             let weak = front.clone();
             tokio::spawn(async move {
                 let Ok(m) = client.request(subject, Default::default()).await else {
@@ -1182,8 +1187,13 @@ enum Found {
 }
 
 /// Asks host `instance` for the services protocol's `PING`.
-async fn ping_instance(client: &async_nats::Client, instance: &str, wait: Duration) -> Found {
-    let ping = format!("$SRV.PING.{}.{instance}", wire::SERVICE);
+async fn ping_instance(
+    client: &async_nats::Client,
+    prefix: &str,
+    instance: &str,
+    wait: Duration,
+) -> Found {
+    let ping = format!("$SRV.PING.{}.{instance}", wire::service(prefix));
     match tokio::time::timeout(wait, client.request(ping, Default::default())).await {
         Ok(Ok(_)) => Found::Alive,
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Found::Gone,
@@ -1254,6 +1264,7 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 Some(i) if alone => {
                     ping_instance(
                         &f.client,
+                        &f.config.prefix,
                         &i,
                         f.config.heartbeat.max(Duration::from_millis(200)),
                     )

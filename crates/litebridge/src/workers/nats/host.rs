@@ -83,8 +83,7 @@ impl WorkerHost {
             .metadata(HashMap::from([
                 ("host".to_owned(), id.clone()),
                 ("protocol".to_owned(), "1".to_owned()),
-                // The services protocol's subjects are not prefixed: front
-                // ends of other deployments tell the hosts apart by this.
+                // Also in the service's name: front ends check both.
                 ("prefix".to_owned(), config.prefix.clone()),
             ]))
             .queue_group(&config.queue_group)
@@ -92,7 +91,7 @@ impl WorkerHost {
                 let s = stats_pool.status();
                 json!({"crashes": s.crashes, "restarts": s.restarts, "healthy": s.healthy})
             })
-            .start(wire::SERVICE, env!("CARGO_PKG_VERSION"))
+            .start(wire::service(&config.prefix), env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| unavailable(&e))?;
         let mut endpoints = Vec::new();
@@ -206,7 +205,7 @@ impl Drop for WorkerHost {
 async fn id_in_use(client: &Client, config: &NatsConfig, id: &str) -> Option<Error> {
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(inbox.clone()).await.ok()?;
-    let ping = format!("$SRV.PING.{}", wire::SERVICE);
+    let ping = format!("$SRV.PING.{}", wire::service(&config.prefix));
     client
         .publish_with_reply(ping, inbox, Default::default())
         .await

@@ -6,7 +6,7 @@
 //! | the call's reply subject | an acknowledgement (only for calls still running after `ack_delay`), then the answer |
 //! | `<prefix>.v1.cancel` | the reply subject of a call its caller gave up on |
 //! | `<prefix>.v1.hb.<host>` | a host's heartbeat ([`Heartbeat`]) |
-//! | `$SRV.PING\|INFO\|STATS.litebridge_workers` | the services protocol (ADR-32), one endpoint per method |
+//! | `$SRV.PING\|INFO\|STATS.litebridge_workers_<prefix>` | the services protocol (ADR-32), one endpoint per method |
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,8 +18,16 @@ use serde_json::{Value as Json, json};
 use crate::error::{Error, TimeoutStage};
 use crate::workers::{MethodInfo, ParamInfo};
 
-/// The services-protocol name of worker hosts.
-pub(crate) const SERVICE: &str = "litebridge_workers";
+/// The services-protocol name of the worker hosts of the deployment whose
+/// subjects start with `prefix`: `litebridge_workers_<prefix>`. The
+/// protocol's subjects (`$SRV.INFO.<name>`) carry no prefix of their own,
+/// so one name shared by every deployment let another deployment's users
+/// answer a front end's discovery with a method list of their choosing
+/// (a method declared idempotent, or cached for a century), and made
+/// permissions keeping deployments apart impossible to write.
+pub(crate) fn service(prefix: &str) -> String {
+    format!("litebridge_workers_{prefix}")
+}
 
 // Header names are built once (a name given as `&str` is validated and
 // copied on every `get` and `insert`: a tenth of the hosts' and front ends'
