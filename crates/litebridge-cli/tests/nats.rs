@@ -908,6 +908,26 @@ async fn the_front_end_owns_retries_and_a_lost_call_is_never_reported_as_not_sta
     assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
 }
 
+/// Host `h1` and a front end on `url`, logged in as the users of
+/// `docs/examples/nats-permissions.conf`, once the front end sees the host.
+async fn as_the_docs_users(url: &str) -> (Host, NatsBridge) {
+    let host = Host::start(
+        url,
+        "h1",
+        1,
+        &[
+            ("LITEBRIDGE_NATS_USER", "host"),
+            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
+        ],
+    );
+    let mut c = front_config(url);
+    c.user = Some("front".into());
+    c.password = Some("frontpw".into());
+    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    (host, bridge)
+}
+
 /// Two deployments on one server, each with the docs' grants for its own
 /// prefix. Found by a hostile review: every deployment's answers came to
 /// `_INBOX.`, which the docs let every front end read, and the services
@@ -974,20 +994,7 @@ async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
             }
         }
     });
-    let _host = Host::start(
-        &url,
-        "h1",
-        1,
-        &[
-            ("LITEBRIDGE_NATS_USER", "host"),
-            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
-        ],
-    );
-    let mut c = front_config(&url);
-    c.user = Some("front".into());
-    c.password = Some("frontpw".into());
-    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
-    until_hosts(&bridge, 1).await;
+    let (_host, bridge) = as_the_docs_users(&url).await;
     assert_eq!(
         bridge
             .call("echo", json!(["secret"]), opts(5_000))
@@ -1243,20 +1250,7 @@ async fn permissions_of_the_docs_are_enough() {
         return;
     };
     let url = server.url();
-    let host = Host::start(
-        &url,
-        "h1",
-        1,
-        &[
-            ("LITEBRIDGE_NATS_USER", "host"),
-            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
-        ],
-    );
-    let mut c = front_config(&url);
-    c.user = Some("front".into());
-    c.password = Some("frontpw".into());
-    let bridge = NatsBridge::connect(c, &calls()).await.unwrap();
-    until_hosts(&bridge, 1).await;
+    let (host, bridge) = as_the_docs_users(&url).await;
     // A quick call (one answer) and one acknowledged first (two).
     assert_eq!(
         bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(),
