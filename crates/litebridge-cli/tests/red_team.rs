@@ -1821,3 +1821,98 @@ fn as_nobody(script: &str, arg: &str) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Found by a hostile review: a key's place was given back when its call
+/// timed out (or its client hung up) while a synchronous handler ran on,
+/// so a key allowed two requests at once could hold every worker by
+/// sending calls with `timeout_ms: 1` one after another. A call its caller
+/// abandoned now keeps a place of its key until its worker is done.
+#[test]
+fn a_key_held_every_worker_by_abandoning_its_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let config = dir.path().join("a.toml");
+    std::fs::write(&config, "[quota]\nfree_concurrent = 2\n").unwrap();
+    let worker = dir.path().join("w.py");
+    std::fs::write(
+        &worker,
+        "import sys, time\n\
+         sys.path.insert(0, 'python')\n\
+         from litebridge_worker import Worker\n\
+         w = Worker()\n\
+         @w.method()\n\
+         def nap(seconds):\n\
+         \x20   time.sleep(seconds)\n\
+         \x20   return seconds\n\
+         w.run()\n",
+    )
+    .unwrap();
+    let key = create_key(&db, "hangs-up", "bridge", "free");
+    let command = format!("python3 {}", worker.display());
+    let server = Server::start(
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--workers",
+            &command,
+            "--processes",
+            "1",
+        ],
+    );
+    let abandon = || {
+        call(
+            "bridge.call",
+            json!({"method": "nap", "params": [1.5], "timeout_ms": 100}),
+        )
+    };
+    for _ in 0..2 {
+        let (_, r) = server.rpc_as(Some(&key), &abandon());
+        assert_eq!(r["error"]["data"]["kind"], "timeout", "{r}");
+    }
+    // Both naps still run: the key's two places are theirs.
+    let (status, r) = server.rpc_as(Some(&key), &abandon());
+    assert_eq!(status, 429, "{r}");
+    assert!(r.to_string().contains("concurrent"), "{r}");
+    // A batch does not pile them up either: nothing of it runs.
+    let batch: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+                         "params": {"method": "nap", "params": [1.5], "timeout_ms": 100}})
+        })
+        .collect();
+    let (status, r) = server.rpc_as(Some(&key), &Value::Array(batch));
+    assert_eq!(status, 429, "{r}");
+    // Once the naps are done, the key's places are back.
+    std::thread::sleep(Duration::from_millis(1600));
+    let (_, r) = server.rpc_as(
+        Some(&key),
+        &call("bridge.call", json!({"method": "nap", "params": [0]})),
+    );
+    assert_eq!(r["result"], 0, "{r}");
+    let batch: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+                         "params": {"method": "nap", "params": [1.5], "timeout_ms": 100}})
+        })
+        .collect();
+    let (status, r) = server.rpc_as(Some(&key), &Value::Array(batch));
+    assert_eq!(status, 200, "{r}");
+    let kinds: Vec<String> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["error"]["data"]["kind"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect();
+    let timed_out = kinds.iter().filter(|k| *k == "timeout").count();
+    assert!(
+        timed_out <= 2,
+        "a batch ran past its key's places: {kinds:?}"
+    );
+    assert!(server.stop().success());
+}

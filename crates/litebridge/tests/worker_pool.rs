@@ -1563,3 +1563,62 @@ async fn a_worker_that_ends_leaves_no_process_of_its_group() {
         "the worker's child {child} outlived the pool"
     );
 }
+
+/// A caller's hanging up (or its deadline) freed its key's place while a
+/// synchronous handler ran on, so a key could hold every worker whatever
+/// its limit of requests in flight. What the caller gives as
+/// `CallOptions::abandoned` is now kept until the worker is done with the
+/// call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_keeps_what_its_caller_gave_until_its_worker_is_done() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Kept(Arc<AtomicUsize>);
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let mut c = config("test_worker.py");
+    c.processes = 1;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let h = held.clone();
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(200)),
+        abandoned: Some(litebridge::workers::Abandoned::new(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            Box::new(Kept(h.clone()))
+        })),
+        ..CallOptions::default()
+    };
+    // Past its deadline: kept while `stubborn` sleeps on, ignoring the cancel.
+    let e = pool
+        .call("stubborn", json!([1.5]), opts.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(held.load(Ordering::SeqCst), 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    while held.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < until, "never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A caller that went away: the same.
+    let p = pool.clone();
+    let o = opts.clone();
+    let gone = tokio::spawn(async move { p.call("stubborn", json!([1.0]), o).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone.abort();
+    let _ = gone.await;
+    assert_eq!(held.load(Ordering::SeqCst), 1);
+    // An answered call keeps nothing.
+    assert_eq!(pool.call("echo", json!([1]), opts).await.unwrap(), json!(1));
+    assert_eq!(held.load(Ordering::SeqCst), 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    while held.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < until, "never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.shutdown().await;
+}

@@ -61,6 +61,9 @@ impl Handler for BridgeCall {
                     |k| format!("key {}", k.name()),
                 )),
                 request_id: Some(cx.request_id.to_owned()),
+                // A call its caller abandons keeps a place of its key while
+                // a worker still runs it.
+                abandoned: cx.caller.abandoned_calls(),
             };
             let params = self.params.map_or(Json::Array(Vec::new()), |p| p.0);
             Ok(workers(&cx.app.service)?

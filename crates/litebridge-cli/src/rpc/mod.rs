@@ -222,12 +222,22 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
                 waiting.next();
                 continue;
             }
-            // The first runs on the message's slot; the others need one each.
-            let slot = if running.is_empty() {
+            // The first runs on the message's slot; the others need one
+            // each. So does the first when the key's worker calls its
+            // requests abandoned (timed out) hold its places: each one
+            // holds a place until its worker is done with it, and a batch
+            // of calls timing out one by one would otherwise pile them up.
+            let slot = if running.is_empty() && !caller.over_limit() {
                 None
             } else {
                 match caller.enter() {
                     Ok(slot) => Some(slot),
+                    // Nothing of the batch's own to wait for.
+                    Err(e) if running.is_empty() => {
+                        replies[*i] = refusal(request, &RpcError::App(e));
+                        waiting.next();
+                        continue;
+                    }
                     Err(_) => break,
                 }
             };

@@ -201,6 +201,25 @@ impl Caller {
             None => Ok(InFlight::none()),
         }
     }
+
+    /// For a worker call: its key keeps a request's place for the call
+    /// once abandoned (the caller hung up, or its deadline passed) as long
+    /// as a worker still runs it, so hanging up does not let a key hold
+    /// more workers than its limit of requests in flight. `None` without a
+    /// key (no limit).
+    pub fn abandoned_calls(&self) -> Option<crate::workers::Abandoned> {
+        let meter = self.key.as_ref()?.meter.clone();
+        Some(crate::workers::Abandoned::new(move || {
+            Box::new(meter.keep_abandoned())
+        }))
+    }
+
+    /// Whether the key is past its limit of requests in flight (its
+    /// abandoned worker calls count): a batch starts no more of its
+    /// requests then.
+    pub fn over_limit(&self) -> bool {
+        self.key.as_ref().is_some_and(|k| k.meter.over_limit())
+    }
 }
 
 /// A key's id, its counts per period name and its last use, to be written.

@@ -291,6 +291,24 @@ impl Meter {
     }
 }
 
+impl Meter {
+    /// A place of a worker call this key's caller abandoned while a worker
+    /// still runs it: counted as a request in flight, past the limit if it
+    /// must be (the request it came from had a place), given back on drop.
+    pub(crate) fn keep_abandoned(self: &Arc<Self>) -> InFlight {
+        self.usage().in_flight += 1;
+        InFlight(Some(self.clone()))
+    }
+
+    /// Whether the key's requests in flight (its abandoned worker calls
+    /// among them) are past its limit.
+    pub(crate) fn over_limit(&self) -> bool {
+        self.limits
+            .concurrent
+            .is_some_and(|limit| self.usage().in_flight > limit)
+    }
+}
+
 /// A concurrent-request slot of one key; given back on drop.
 #[derive(Debug)]
 pub struct InFlight(Option<Arc<Meter>>);

@@ -70,5 +70,7 @@ mod signal;
 
 pub use bridge::Bridge;
 pub use config::WorkerConfig;
-pub use pool::{CallOptions, MethodStats, PoolEvent, PoolStatus, WorkerPool, WorkerStatus};
+pub use pool::{
+    Abandoned, CallOptions, MethodStats, PoolEvent, PoolStatus, WorkerPool, WorkerStatus,
+};
 pub use protocol::{MethodInfo, ParamInfo};

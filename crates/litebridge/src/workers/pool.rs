@@ -44,7 +44,43 @@ pub struct CallOptions {
     /// The id of the request this call serves, sent to the worker (as
     /// `meta.request_id`) so its logs can name it.
     pub request_id: Option<String>,
+    /// What the call's caller keeps of it once abandoned (its caller went
+    /// away, or its deadline passed) while a worker still runs it, until
+    /// the worker is done with it: the RPC layer counts such calls against
+    /// their key's requests in flight, so a key cannot hold more worker
+    /// places than its limit by hanging up. Local workers only.
+    pub abandoned: Option<Abandoned>,
 }
+
+/// Called once when a call is abandoned with a worker still running it;
+/// what it returns is dropped when that worker answers the call or ends.
+#[derive(Clone)]
+pub struct Abandoned(Arc<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>);
+
+impl Abandoned {
+    /// `keep`, called at the abandonment.
+    pub fn new(keep: impl Fn() -> Box<dyn std::any::Any + Send> + Send + Sync + 'static) -> Self {
+        Abandoned(Arc::new(keep))
+    }
+
+    fn keep(&self) -> Box<dyn std::any::Any + Send> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Abandoned")
+    }
+}
+
+impl PartialEq for Abandoned {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Abandoned {}
 
 impl Default for CallOptions {
     fn default() -> Self {
@@ -56,6 +92,7 @@ impl Default for CallOptions {
             cache_ttl: None,
             cache_scope: None,
             request_id: None,
+            abandoned: None,
         }
     }
 }
@@ -500,6 +537,7 @@ impl WorkerPool {
             &s.no_retry
         };
         let request_id = options.request_id.as_deref();
+        let abandoned = options.abandoned.as_ref();
         // Whether a timeout is the method's (see `call_once`).
         let fair = AtomicBool::new(false);
         // A retry that finds no worker in time (its crashed one restarting)
@@ -524,6 +562,7 @@ impl WorkerPool {
                             again: attempt > 1,
                             fair,
                             unknown,
+                            abandoned,
                         };
                         let r = self.call_once(method, params, request_id, call).await;
                         unknown.note(&r);
@@ -572,6 +611,7 @@ impl WorkerPool {
             again,
             fair,
             unknown,
+            abandoned,
         } = call;
         let s = &self.shared;
         let mut tries = 0;
@@ -619,6 +659,7 @@ impl WorkerPool {
             id,
             sent: Instant::now(),
             armed: true,
+            abandoned: abandoned.cloned(),
         };
         let outcome = tokio::time::timeout_at(deadline, reply).await;
         let r = match outcome {
@@ -835,6 +876,8 @@ struct Call<'a> {
     fair: &'a AtomicBool,
     /// The call's first unknown outcome and first worker death.
     unknown: &'a FirstUnknown,
+    /// See [`CallOptions::abandoned`].
+    abandoned: Option<&'a Abandoned>,
 }
 
 /// Tells the worker to cancel a call whose caller went away.
@@ -844,12 +887,14 @@ struct Abandon {
     /// When the call was sent.
     sent: Instant,
     armed: bool,
+    abandoned: Option<Abandoned>,
 }
 
 impl Drop for Abandon {
     fn drop(&mut self) {
         if self.armed {
-            self.process.abandon(self.id, self.sent);
+            let kept = self.abandoned.as_ref().map(Abandoned::keep);
+            self.process.abandon(self.id, self.sent, kept);
         }
     }
 }
@@ -1041,7 +1086,7 @@ async fn ping(s: &Shared, p: &Arc<Process>) {
                 pid = p.pid,
                 "no answer to $/ping: killing the worker"
             );
-            p.abandon(id, Instant::now());
+            p.abandon(id, Instant::now(), None);
             p.signal(libc::SIGKILL);
         }
     }

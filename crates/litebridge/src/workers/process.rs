@@ -36,6 +36,18 @@ const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<Json>>;
 
+/// A call whose caller gave up while the worker still runs it.
+struct Cancelled {
+    /// What its caller keeps of it until then.
+    _kept: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cancelled")
+    }
+}
+
 /// A running worker.
 #[derive(Debug)]
 pub(crate) struct Process {
@@ -62,7 +74,7 @@ pub(crate) struct Process {
     stdin: Mutex<Option<mpsc::UnboundedSender<Line>>>,
     pending: Mutex<HashMap<u64, Reply>>,
     /// Calls given up by their caller that the worker has not answered yet.
-    cancelled: Mutex<HashMap<u64, Instant>>,
+    cancelled: Mutex<HashMap<u64, Cancelled>>,
     dead: AtomicBool,
     /// Since when a call it was told to cancel still ran `cancel_grace`
     /// later: the pool replaces it (its other calls finish first).
@@ -285,7 +297,14 @@ impl Process {
     /// unknown, for a method that must not run twice). The pool replaces it
     /// at its next health check and lets those calls finish first
     /// (`recycle`); a worker that stops answering pings is killed there.
-    pub(crate) fn abandon(self: &Arc<Self>, id: u64, sent: Instant) {
+    /// `kept` is dropped when the worker answers the call or ends
+    /// ([`CallOptions::abandoned`](crate::workers::CallOptions::abandoned)).
+    pub(crate) fn abandon(
+        self: &Arc<Self>,
+        id: u64,
+        sent: Instant,
+        kept: Option<Box<dyn std::any::Any + Send>>,
+    ) {
         {
             // Both under `pending`'s lock, as `answer` takes them: an answer
             // in between would find the call in neither, and its room
@@ -294,7 +313,7 @@ impl Process {
             if pending.remove(&id).is_none() {
                 return; // already answered
             }
-            lock(&self.cancelled).insert(id, Instant::now());
+            lock(&self.cancelled).insert(id, Cancelled { _kept: kept });
         }
         if let Some(s) = lock(&self.stdin).as_ref() {
             let _ = s.send((
