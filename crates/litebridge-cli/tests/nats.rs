@@ -979,6 +979,7 @@ async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
     }
     // Deployment b's host answers every discovery it can hear.
     let liar = as_user("bhost", "hostpw").await;
+    let liar2 = as_user("bhost", "hostpw").await;
     let mut asked = liar.subscribe("$SRV.>").await.unwrap();
     let answering = tokio::spawn(async move {
         while let Some(m) = asked.next().await {
@@ -1005,6 +1006,45 @@ async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
     let methods: Vec<String> = bridge.methods().into_iter().map(|m| m.name).collect();
     assert!(methods.contains(&"echo".to_owned()), "{methods:?}");
     assert!(!methods.contains(&"forged".to_owned()), "{methods:?}");
+    // Found by the review of that fix: with `allow_responses`, b's host
+    // sent itself a request whose reply subject was lb's call subject, and
+    // so called lb's workers (the answer to an inbox of b's own).
+    let mut own = liar2
+        .subscribe("$SRV.PING.litebridge_workers_b")
+        .await
+        .unwrap();
+    liar2.flush().await.unwrap();
+    liar2
+        .publish_with_reply(
+            "$SRV.PING.litebridge_workers_b",
+            "lb.v1.call.record_once",
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let relay = tokio::time::timeout(Duration::from_secs(2), own.next())
+        .await
+        .expect("its own request")
+        .unwrap();
+    let ran = dir.path().join("ran");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Litebridge-Budget-Ms", "5000");
+    h.insert("Litebridge-Deadline", (now_ms + 5000).to_string().as_str());
+    let _ = liar2
+        .publish_with_reply_and_headers(
+            relay.reply.unwrap(),
+            "_INBOX_b.x",
+            h,
+            json!({"path": ran, "token": "b"}).to_string().into(),
+        )
+        .await;
+    let _ = liar2.flush().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!ran.exists(), "another deployment ran a call of this one");
     for sub in &mut heard {
         let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
         assert!(
@@ -1268,6 +1308,24 @@ async fn permissions_of_the_docs_are_enough() {
     };
     let url = server.url();
     let (host, bridge) = as_the_docs_users(&url).await;
+    // A second host under the same id is refused, naming it: its PING of
+    // the others is answered into the hosts' inboxes, which these grants
+    // let it read.
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["worker-host", "--nats", &url, "--name", "h1"])
+        .args([
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
+        ])
+        .env("PYTHONPATH", format!("{ROOT}/python"))
+        .env("LITEBRIDGE_NATS_USER", "host")
+        .env("LITEBRIDGE_NATS_PASSWORD", "hostpw")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("nats.host_id"), "{err}");
     // A quick call (one answer) and one acknowledged first (two).
     assert_eq!(
         bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(),

@@ -75,7 +75,15 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     // The UTC stamp in the name sorts in time order; a second backup within
     // one second is `<stamp>.<n>.backup` and comes after `<stamp>.backup`.
-    found.sort_by_cached_key(|p| std::cmp::Reverse(order(p)));
+    // A stamp in the future (taken while the clock ran ahead, then set
+    // right) counts as older than every other: by name it would stay the
+    // newest for as long as the clock had run ahead, be what `--recover`
+    // restores, and have every fresh backup pruned for it.
+    let soon = utc_file_stamp(SystemTime::now() + Duration::from_secs(300));
+    found.sort_by_cached_key(|p| {
+        let (stamp, n) = order(p);
+        std::cmp::Reverse((stamp <= soon, stamp, n))
+    });
     found
 }
 

@@ -231,6 +231,21 @@ async fn backups_are_told_by_their_exact_names_and_the_newest_is_never_pruned() 
     assert!(taken.exists(), "the backup just taken was pruned");
     let latest = std::fs::read_to_string(shared.join("LATEST")).unwrap();
     assert_eq!(latest.trim(), taken.display().to_string());
+    // And it, not the one from the future, is the newest (found by the
+    // review of the fix: each fresh backup pruned the one before it, and
+    // `--recover` restored the future one's older data).
+    assert_eq!(list(&shared, app.path())[0], taken);
+    assert_eq!(newest_verified(&shared, app.path()).unwrap().0, taken);
+    let again = take(&app, &policy).await.unwrap().path;
+    assert_eq!(
+        list(&shared, app.path()),
+        std::slice::from_ref(&again),
+        "keep = 1"
+    );
+    assert!(
+        !future.exists(),
+        "the future one is the oldest: pruned first"
+    );
     app.close().await;
     old.close().await;
 }
@@ -329,6 +344,61 @@ async fn a_check_that_cannot_compute_a_column_is_not_damage() {
         .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2, "the write after the first backup is still there");
+}
+
+/// Found by the review of that fix: the check stops at the planted row's
+/// error, and SQLite checks tables' rows newest first, so one planted table
+/// hid every older table's damage (litebridge's own tables among them):
+/// the file opened, backed up and recovered as sound. The tables are now
+/// checked one by one after such an error.
+#[test]
+fn a_planted_table_that_stops_the_check_hides_no_other_tables_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hidden.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        // Damage the check finds in the rows: a NULL stored in a column
+        // declared NOT NULL (a flipped bit could do it).
+        conn.execute_batch(
+            "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO kv VALUES (1, NULL);
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = 'CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT NOT NULL)'
+                 WHERE name = 'kv';
+             PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA writable_schema = ON; PRAGMA schema_version = {}; PRAGMA writable_schema = OFF;", v + 1))
+            .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE z(a, v AS (abs(CASE WHEN "b" = 'b' THEN 1
+                   ELSE -9223372036854775807 - 1 END)) NOT NULL);
+               INSERT INTO z(a) VALUES (1);
+               ALTER TABLE z ADD COLUMN b;"#,
+        )
+        .unwrap();
+    }
+    for depth in [litebridge::CheckDepth::Quick, litebridge::CheckDepth::Full] {
+        let report = litebridge::check_file(&path, depth).unwrap();
+        assert!(!report.ok, "{report:?}");
+        assert!(
+            report.problems.iter().any(|p| p.contains("kv.v")),
+            "{report:?}"
+        );
+        assert!(
+            report
+                .unfinished
+                .as_deref()
+                .is_some_and(|w| w.contains("z")),
+            "{report:?}"
+        );
+    }
 }
 
 #[test]

@@ -713,6 +713,15 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
     conn.busy_timeout(Duration::from_secs(5))?;
     let header = conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0));
     if let Err(e) = header {
+        // Not damage (its `-wal` or `-shm` cannot be opened, a full disk):
+        // the file could not be checked, which is not a finding against it
+        // (`recover` would have replaced a sound database for it).
+        if !is_damage(&e) {
+            return Err(Error::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot check it: {}", Error::from(e)),
+            });
+        }
         let e = Error::from(e);
         if matches!(e, Error::Corrupt { ref detail, .. } if detail.contains("not a database")) {
             return Err(Error::Open {

@@ -404,18 +404,20 @@ fn check_pragma(
             )?;
         }
     }
-    let found =
-        run_check(conn, pragma, limit, limit, &columns, &stopped).and_then(|(found, lines)| {
+    let found = run_check(conn, pragma, &limit.to_string(), limit, &columns, &stopped)
+        .and_then(|(found, lines)| {
             if found.unfinished.is_none()
                 && lines >= limit as usize
                 && found.damage.is_empty()
                 && !found.data.is_empty()
             {
-                run_check(conn, pragma, i32::MAX as u32, limit, &columns, &stopped).map(|(f, _)| f)
+                let all = (i32::MAX as u32).to_string();
+                run_check(conn, pragma, &all, limit, &columns, &stopped).map(|(f, _)| f)
             } else {
                 Ok(found)
             }
-        });
+        })
+        .and_then(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
     if budget.is_some() {
         conn.progress_handler(0, None::<fn() -> bool>)?;
     }
@@ -438,7 +440,8 @@ fn check_pragma(
     Ok(found)
 }
 
-/// One pass of `PRAGMA pragma(cap)`: its findings (at most `keep` of each
+/// One pass of `PRAGMA pragma(arg)` (a line limit, or one table's name):
+/// its findings (at most `keep` of each
 /// kind, stopping at `keep` lines of damage) and how many lines it gave. A
 /// check that fails half way keeps what it found: with the failure as one
 /// more line of damage when SQLite gave up on a malformed page or record
@@ -446,7 +449,7 @@ fn check_pragma(
 fn run_check(
     conn: &Connection,
     pragma: &str,
-    cap: u32,
+    arg: &str,
     keep: u32,
     columns: &Columns,
     stopped: &std::sync::atomic::AtomicBool,
@@ -454,7 +457,7 @@ fn run_check(
     let keep = keep as usize;
     let mut found = Findings::default();
     let mut lines = 0;
-    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({cap})"))?;
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({arg})"))?;
     let mut rows = stmt.query([])?;
     loop {
         let line: String = match rows.next() {
@@ -503,6 +506,72 @@ fn run_check(
         }
     }
     Ok((found, lines))
+}
+
+/// After a whole-file check stopped at an error that is not damage: the
+/// rows of every ordinary table checked again, table by table, so that one
+/// table whose values cannot be computed (a client's) hides nothing of the
+/// others. SQLite checks the pages and b-trees of the whole file first, and
+/// the rows table by table after, newest tables first: the error stopped
+/// the check of every older table's rows, litebridge's own among them.
+fn table_by_table(
+    conn: &Connection,
+    pragma: &str,
+    mut found: Findings,
+    limit: u32,
+    columns: &Columns,
+    stopped: &std::sync::atomic::AtomicBool,
+) -> rusqlite::Result<Findings> {
+    let Some(why) = found.unfinished.clone().filter(|w| !w.is_empty()) else {
+        return Ok(found); // whole, or out of time
+    };
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let keep = limit as usize;
+    let mut unchecked = Vec::new();
+    for table in tables {
+        if found.damage.len() >= keep {
+            break;
+        }
+        let arg = format!("'{}'", table.replace('\'', "''"));
+        let (one, _) = match run_check(conn, pragma, &arg, limit, columns, stopped) {
+            Ok(one) => one,
+            Err(e) if is_damage(&e) => {
+                found.damage.push(Error::from(e).to_string());
+                continue;
+            }
+            Err(_) => {
+                unchecked.push(table);
+                continue;
+            }
+        };
+        if one.unfinished.as_deref() == Some("") {
+            // Out of time: said as such.
+            found.unfinished = Some(String::new());
+            return Ok(found);
+        }
+        if one.unfinished.is_some() {
+            unchecked.push(table);
+        }
+        for (into, from) in [
+            (&mut found.damage, one.damage),
+            (&mut found.virtual_tables, one.virtual_tables),
+            (&mut found.data, one.data),
+        ] {
+            for line in from {
+                if into.len() < keep && !into.contains(&line) {
+                    into.push(line);
+                }
+            }
+        }
+    }
+    found.unfinished = Some(format!(
+        "{why}; every table was then checked on its own, and the rows of {} could not all be",
+        unchecked.join(", ")
+    ));
+    Ok(found)
 }
 
 /// Whether a check's error is damage to the file (SQLite found a page or

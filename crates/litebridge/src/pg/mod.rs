@@ -1316,7 +1316,11 @@ impl PgDatabase {
             };
             let (begun, rest) = tokio::join!(begin, rest);
             // The server refused BEGIN (a cancel, a `statement_timeout`):
-            // nothing but Parse was sent after it, and nothing ran.
+            // none of the write ran. (What was sent behind it: the Parse of
+            // statements not prepared yet, and tokio-postgres's lookups of
+            // their types, which may resolve an operator through the
+            // caller's `search_path`: a key's own code, run outside the
+            // transaction, as it could run it in any write.)
             begun.map_err(|e| from_pg(&e, timeout))?;
             rest
         };

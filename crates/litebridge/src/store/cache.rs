@@ -113,27 +113,43 @@ struct Entry {
 }
 
 /// How many bytes `value`'s tree takes in memory, estimated: every node,
-/// every string's bytes, every member's name. An array of 8 million zeros
-/// is 16 MiB of JSON and about 256 MiB of tree; it is the tree that memory
-/// keeps.
+/// every array's and string's allocation (by capacity), and for every
+/// object the nodes of its map (serde_json's is a `BTreeMap`, whose nodes
+/// of up to 11 members take about 640 bytes, counted half full) and its
+/// members' names. An array of 8 million zeros is 16 MiB of JSON and about
+/// 256 MiB of tree; `[{"":0}, ...]` is 8 bytes of JSON and about 670 of
+/// tree per element. It is the tree that memory keeps.
 pub fn footprint(value: &Json) -> u64 {
+    footprint_past(value, u64::MAX)
+}
+
+/// [`footprint`], stopping once it is past `limit` (a huge value is not
+/// walked whole to learn that it is too large).
+fn footprint_past(value: &Json, limit: u64) -> u64 {
     const NODE: u64 = std::mem::size_of::<Json>() as u64;
-    // A member's name, and what a map spends on each member beyond it.
-    const MEMBER: u64 = std::mem::size_of::<String>() as u64 + 16;
-    let mut total = 0u64;
+    const MAP_NODE: u64 = 640;
+    const MEMBERS_PER_NODE: u64 = 6;
+    let mut total = NODE;
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {
-        total += NODE;
         match v {
-            Json::String(s) => total += s.len() as u64,
-            Json::Array(a) => stack.extend(a.iter()),
+            Json::String(s) => total += s.capacity() as u64,
+            Json::Array(a) => {
+                total += a.capacity() as u64 * NODE;
+                stack.extend(a.iter());
+            }
             Json::Object(o) => {
+                let members = o.len() as u64;
+                total += members.div_ceil(MEMBERS_PER_NODE).max(1) * MAP_NODE;
                 for (k, v) in o {
-                    total += MEMBER + k.len() as u64;
+                    total += k.capacity() as u64;
                     stack.push(v);
                 }
             }
             Json::Null | Json::Bool(_) | Json::Number(_) => {}
+        }
+        if total > limit {
+            break;
         }
     }
     total
@@ -295,7 +311,7 @@ impl Weights {
 
     /// `value` as an entry of memory, expiring at `expires`.
     fn entry(self, value: Json, expires: Option<SystemTime>) -> Entry {
-        let bytes = footprint(&value);
+        let bytes = footprint_past(&value, self.max_entry);
         let weight = if bytes > self.max_entry {
             u32::MAX
         } else {
@@ -492,13 +508,15 @@ impl Cache {
         match self.l2_get(key).await {
             Some(e) => {
                 self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
-                let v = (*e.value).clone();
                 // Not if another front end wrote meanwhile: what was read
                 // may be older than what it wrote.
                 if e.fits() && trusted && self.l1_trusted() && self.generation() == generation {
+                    let v = (*e.value).clone();
                     self.l1.insert(key.to_owned(), e).await;
+                    return Ok(Some(v));
                 }
-                Ok(Some(v))
+                // Not kept: the tree itself is the answer, not a copy of it.
+                Ok(Some(Arc::unwrap_or_clone(e.value)))
             }
             None => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);

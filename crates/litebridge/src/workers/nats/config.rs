@@ -217,14 +217,23 @@ impl NatsConfig {
     /// [`Error::Config`] naming `nats.nkey_file` or `nats.credentials_file`
     /// when the file cannot be read or holds no credentials (its contents
     /// are never quoted).
-    pub(crate) fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions> {
+    pub(crate) fn connect_options(
+        &self,
+        name: &str,
+        side: Side,
+    ) -> Result<async_nats::ConnectOptions> {
         let mut o = async_nats::ConnectOptions::new()
             .name(name)
-            // Answers come to inboxes of this deployment's own
-            // (`_INBOX_<prefix>.`), which permissions can keep other
-            // deployments' users from reading; under the shared `_INBOX.`
-            // any front end of any deployment could read every answer.
-            .custom_inbox_prefix(format!("_INBOX_{}", self.prefix))
+            // Answers come to inboxes of this deployment's own, which
+            // permissions can keep other deployments' users from reading
+            // (under the shared `_INBOX.` any front end of any deployment
+            // read every answer): `_INBOX_<prefix>.` for front ends, and
+            // `_INBOX_<prefix>.hosts.` for hosts, which ask each other the
+            // services protocol's PING but must not read front ends' answers.
+            .custom_inbox_prefix(match side {
+                Side::Front => format!("_INBOX_{}", self.prefix),
+                Side::Host => format!("_INBOX_{}.hosts", self.prefix),
+            })
             .connection_timeout(self.connect_timeout)
             // Requests of our own (discovery) carry their own timeouts.
             .request_timeout(Some(self.connect_timeout))
@@ -344,6 +353,15 @@ pub(crate) fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Which end of the protocol a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// A front end (`serve` with `workers.transport = "nats"`).
+    Front,
+    /// A worker host.
+    Host,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +399,7 @@ mod tests {
     fn a_credentials_file_that_cannot_be_used_is_named_and_not_quoted() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("user.nk");
-        let refusal = |c: &NatsConfig| match c.connect_options("t") {
+        let refusal = |c: &NatsConfig| match c.connect_options("t", Side::Front) {
             Err(e @ Error::Config { .. }) => e.to_string(),
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("accepted"),
@@ -407,7 +425,7 @@ mod tests {
             assert!(!e.contains(&text[2..12]), "{e}");
         }
         std::fs::write(&file, format!("{seed}\n")).unwrap();
-        c.connect_options("t").unwrap();
+        c.connect_options("t", Side::Front).unwrap();
         // A device or a pipe is not read.
         c.nkey_file = Some("/dev/zero".into());
         let e = refusal(&c);

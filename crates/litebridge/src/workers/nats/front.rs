@@ -197,7 +197,13 @@ impl NatsBridge {
     pub async fn connect(config: NatsConfig, calls: &WorkerConfig) -> Result<NatsBridge> {
         config.validate()?;
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let client = super::connect(&config, "litebridge front end", Some(event_tx)).await?;
+        let client = super::connect(
+            &config,
+            "litebridge front end",
+            super::config::Side::Front,
+            Some(event_tx),
+        )
+        .await?;
         let subjects = Subjects::new(&config.prefix);
         let inbox = client.new_inbox();
         let unavailable = |e: &dyn std::fmt::Display| Error::Unavailable {

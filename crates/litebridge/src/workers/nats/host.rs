@@ -66,7 +66,13 @@ impl WorkerHost {
             Some(id) => id.clone(),
             None => default_host_id(),
         };
-        let client = super::connect(&config, &format!("litebridge worker-host {id}"), None).await?;
+        let client = super::connect(
+            &config,
+            &format!("litebridge worker-host {id}"),
+            super::config::Side::Host,
+            None,
+        )
+        .await?;
         let subjects = Subjects::new(&config.prefix);
         let url = config.url.clone();
         let unavailable = move |e: &dyn std::fmt::Display| Error::Unavailable {

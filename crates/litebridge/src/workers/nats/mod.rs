@@ -68,9 +68,10 @@ use crate::error::{Error, Result};
 async fn connect(
     config: &NatsConfig,
     name: &str,
+    side: config::Side,
     events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
 ) -> Result<async_nats::Client> {
-    let mut options = config.connect_options(name)?;
+    let mut options = config.connect_options(name, side)?;
     if let Some(tx) = events {
         options = options.event_callback(move |e| {
             let tx = tx.clone();
