@@ -386,10 +386,14 @@ impl Backend {
         }
     }
 
-    /// Whether the database is open and (on SQLite) its writer and readers run.
+    /// Whether the database is open (on SQLite: its writer runs).
     pub(crate) fn is_open(&self) -> bool {
         match self {
-            Backend::Sqlite(db) => db.health().healthy,
+            // Open, healthy or not: keys are re-read while one long batch
+            // holds the writer or after SQLITE_CORRUPT was met (reads may
+            // still work), so a revocation made elsewhere is not missed for
+            // as long as that lasts.
+            Backend::Sqlite(db) => !db.is_closed(),
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.is_open(),
         }

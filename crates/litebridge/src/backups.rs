@@ -81,8 +81,12 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
     // restores, and have every fresh backup pruned for it.
     let soon = utc_file_stamp(SystemTime::now() + Duration::from_secs(300));
     found.sort_by_cached_key(|p| {
-        let (stamp, n) = order(p);
-        std::cmp::Reverse((stamp <= soon, stamp, n))
+        let (stem, n) = order(p);
+        // `<db>.<stamp>`: the stamp is its last 16 characters.
+        let stamp = stem
+            .get(stem.len().saturating_sub(16)..)
+            .unwrap_or_default();
+        std::cmp::Reverse((stamp <= soon.as_str(), stem.clone(), n))
     });
     found
 }
@@ -212,6 +216,14 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     std::fs::write(&tmp, format!("{}\n", dest.display()))
         .and_then(|()| std::fs::rename(&tmp, &latest))
         .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
+    // One verified only in part does not push out those verified whole.
+    if let Some(why) = &report.partly_verified {
+        tracing::warn!(
+            path = %dest.display(),
+            "the backup was verified only in part ({why}); no older backup is pruned for it"
+        );
+        return Ok(report);
+    }
     // The one just taken is never pruned, even if its name sorts oldest
     // (the clock was set back): `LATEST` names it.
     for old in list(&policy.dir, db.path())

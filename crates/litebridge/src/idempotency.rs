@@ -94,10 +94,17 @@ pub(crate) fn values_text(values: &impl serde::Serialize) -> String {
 /// is always 0): SQLite's rowid stays from one insert through the
 /// statements after it, and a batch of ten thousand would repeat it.
 pub(crate) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
-    let mut record = serde_json::json!({
-        "write": fingerprint,
-        "changes": results.iter().map(|r| r.changes).collect::<Vec<_>>(),
-    });
+    // Each statement's (or row's) count of changes, as runs of equal
+    // counts: an `execute_many` of a million rows that each changed one is
+    // `[[1, 1000000]]`, not two megabytes.
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for r in results {
+        match runs.last_mut() {
+            Some((changes, n)) if *changes == r.changes => *n += 1,
+            _ => runs.push((r.changes, 1)),
+        }
+    }
+    let mut record = serde_json::json!({ "write": fingerprint, "runs": runs });
     let mut last = 0;
     let rowids: Vec<(usize, i64)> = results
         .iter()
@@ -121,7 +128,11 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
     #[derive(serde::Deserialize)]
     struct Stored {
         write: String,
+        /// Records made before runs were.
+        #[serde(default)]
         changes: Vec<u64>,
+        #[serde(default)]
+        runs: Vec<(u64, usize)>,
         #[serde(default)]
         rowids: Vec<(usize, i64)>,
     }
@@ -134,10 +145,25 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
             "was given before with another write (other statements or values); a key names one write",
         ));
     }
+    // A count of statements no write can have is not expanded.
+    let expanded: usize = stored.runs.iter().map(|(_, n)| *n).sum();
+    if expanded > 10_000_000 {
+        return Err(Error::Internal {
+            message: "an idempotency record names more statements than a write can hold".into(),
+        });
+    }
+    let changes: Vec<u64> = if stored.runs.is_empty() {
+        stored.changes
+    } else {
+        stored
+            .runs
+            .iter()
+            .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+            .collect()
+    };
     let mut rowids = stored.rowids.into_iter().peekable();
     let mut last = 0;
-    let results = stored
-        .changes
+    let results = changes
         .iter()
         .enumerate()
         .map(|(i, &changes)| {

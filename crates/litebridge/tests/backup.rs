@@ -213,7 +213,7 @@ async fn backups_are_told_by_their_exact_names_and_the_newest_is_never_pruned() 
     let policy = BackupPolicy {
         dir: shared.clone(),
         interval: std::time::Duration::from_secs(3600),
-        keep: 1,
+        keep: 3,
     };
     app.execute("INSERT INTO kv VALUES (1, 'app')", params![])
         .await
@@ -237,11 +237,7 @@ async fn backups_are_told_by_their_exact_names_and_the_newest_is_never_pruned() 
     assert_eq!(list(&shared, app.path())[0], taken);
     assert_eq!(newest_verified(&shared, app.path()).unwrap().0, taken);
     let again = take(&app, &policy).await.unwrap().path;
-    assert_eq!(
-        list(&shared, app.path()),
-        std::slice::from_ref(&again),
-        "keep = 1"
-    );
+    assert_eq!(list(&shared, app.path()), [again, taken, mine], "keep = 3");
     assert!(
         !future.exists(),
         "the future one is the oldest: pruned first"
@@ -293,7 +289,7 @@ async fn a_check_that_cannot_compute_a_column_is_not_damage() {
     let policy = BackupPolicy {
         dir: dir.path().join("backups"),
         interval: std::time::Duration::from_secs(3600),
-        keep: 2,
+        keep: 1,
     };
     db.execute("INSERT INTO kv VALUES (1, 'before the backup')", params![])
         .await
@@ -331,11 +327,21 @@ async fn a_check_that_cannot_compute_a_column_is_not_damage() {
             "{report:?}"
         );
     }
-    // It opens (checked at open), backs up, and is not replaced.
+    // It opens (checked at open), backs up, and is not replaced. The
+    // backup says it was verified only in part, and pushes out no backup
+    // verified whole (this policy keeps one).
     let db = litebridge::Database::open(&path, config().build().unwrap())
         .await
         .unwrap();
-    take(&db, &policy).await.unwrap();
+    let partly = take(&db, &policy).await.unwrap();
+    assert!(
+        partly
+            .partly_verified
+            .as_deref()
+            .is_some_and(|w| w.contains("overflow")),
+        "{partly:?}"
+    );
+    assert_eq!(litebridge::backups::list(&policy.dir, &path).len(), 2);
     db.close().await;
     let recovered = recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap();
     assert!(matches!(recovered, Recovery::Sound), "{recovered:?}");

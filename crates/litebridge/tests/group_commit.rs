@@ -94,6 +94,43 @@ async fn partial_effects_of_a_failed_statement_are_never_committed() {
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 41);
 }
 
+/// Found by a review: a trigger's `INSERT OR FAIL` keeps the rows it
+/// inserted before failing, and SQLite takes them out of the connection's
+/// count of changes as the trigger's statement fails, so the batch saw no
+/// change and committed half of a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggers_partial_effects_of_a_failed_request_are_never_committed() {
+    let (_dir, db) = open_kv(config()).await;
+    for sql in [
+        "CREATE TABLE t(x UNIQUE)",
+        "CREATE TABLE a(x)",
+        "CREATE TRIGGER tr BEFORE INSERT ON a BEGIN \
+         INSERT OR FAIL INTO t VALUES (1), (2), (1); END",
+    ] {
+        db.execute(sql, ()).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for k in 100..120i64 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move { insert(&db, k).await }));
+    }
+    let bad = db
+        .execute("INSERT INTO a VALUES (0)", ())
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Sql, "{bad}");
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM t").await,
+        0,
+        "half a failed request"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM a").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_rolls_back_the_transaction_does_not_sink_its_batch() {
     let (_dir, db) = open_kv(config()).await;

@@ -1645,6 +1645,29 @@ both!(
     idempotency_key_applies_once,
     idempotency_key_applies_once_body
 );
+
+both!(
+    a_large_keyed_write_is_answered_again,
+    a_large_keyed_write_is_answered_again_body
+);
+/// Found by a review: on PostgreSQL a record past 100 KB (a keyed
+/// `execute_many` of about 50,000 rows) was silently not kept, and every
+/// retry of the key failed.
+async fn a_large_keyed_write_is_answered_again_body(b: &Backend) {
+    b.execute("CREATE TABLE t(n BIGINT)", ()).await.unwrap();
+    let rows = || (0..60_000i64).map(|i| params![i]).collect::<Vec<_>>();
+    let first = b
+        .execute_many_with("INSERT INTO t VALUES (?1)", rows(), once(1, "big"))
+        .await
+        .unwrap();
+    assert_eq!(first.changes, 60_000);
+    let again = b
+        .execute_many_with("INSERT INTO t VALUES (?1)", rows(), once(1, "big"))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(b.count("t").await, 60_000);
+}
 async fn idempotency_key_applies_once_body(b: &Backend) {
     b.execute("CREATE TABLE t(n BIGINT)", ()).await.unwrap();
     let insert = "INSERT INTO t VALUES (1), (2), (3)";

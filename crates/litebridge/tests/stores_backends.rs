@@ -194,6 +194,21 @@ async fn memory_body(db: Backend) {
     assert_eq!(mem.sweep().await.unwrap(), 1);
     assert_eq!(mem.sweep().await.unwrap(), 0);
     assert_eq!(keys(mem.list("agent-1", None, 10).await.unwrap()).len(), 3);
+    // Many expired at once go in batches, every one of them.
+    for i in 0..150 {
+        mem.store(
+            "agent-3",
+            &format!("k{i}"),
+            &json!(i),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(mem.sweep().await.unwrap(), 150);
+    assert_eq!(mem.sweep().await.unwrap(), 0);
+    assert_eq!(keys(mem.list("agent-1", None, 10).await.unwrap()).len(), 3);
 }
 
 /// The clients' role cannot reach litebridge's own tables on PostgreSQL:

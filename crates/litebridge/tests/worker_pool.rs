@@ -1550,6 +1550,33 @@ async fn a_worker_that_ends_leaves_no_process_of_its_group() {
     );
     holder.shutdown().await;
 
+    // Found by a review: a child that left the worker's group (`setsid`)
+    // and holds its stdout survives the group's kill; the worker's death
+    // was then never reported (its calls waited for their deadlines), and
+    // what their callers kept of abandoned calls was never given back.
+    let raw = inline(&format!(
+        "import json, os, subprocess, sys\n\
+         print(json.dumps({{'jsonrpc': '2.0', 'method': '$/ready', 'params': \
+           {{'pid': os.getpid(), 'methods': [{{'name': 'die'}}]}}}}), flush=True)\n\
+         sys.stdin.readline()\n\
+         child = subprocess.Popen(['sleep', '60'], stdin=subprocess.DEVNULL, start_new_session=True)\n\
+         open({path:?}, 'w').write(str(child.pid))\n\
+         os._exit(1)\n",
+        path = path.display().to_string()
+    ));
+    let escaped = WorkerPool::start(raw).await.unwrap();
+    let asked = std::time::Instant::now();
+    let e = escaped
+        .call("die", json!([]), within(Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    let took = asked.elapsed();
+    let left: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    unsafe_kill(left);
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    escaped.shutdown().await;
+
     // At shutdown: the worker ends as asked, its child with it.
     let child = pool
         .call("start_child", json!({"path": path}), CallOptions::default())

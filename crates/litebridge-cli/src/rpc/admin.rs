@@ -39,7 +39,9 @@ impl Handler for AdminBackup {
             };
             Ok(json!({
                 "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
-                "elapsed_ms": r.elapsed.as_millis() as u64, "verified": true,
+                "elapsed_ms": r.elapsed.as_millis() as u64,
+                // Whole, or only as far as the check could read (why).
+                "verified": r.partly_verified.is_none(), "partly_verified": r.partly_verified,
             }))
         })
     }

@@ -54,10 +54,13 @@ impl Handler for BridgeCall {
                     .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                 cache_key: self.cache_key.map(|k| k.0),
                 cache_ttl: self.cache_ttl_s.map(|t| t.0),
-                // Each key's `cache_key` entries are its own (local sessions
-                // share one scope, which no key name can spell).
+                // Each key's `cache_key` entries are its own. Local sessions
+                // (no key) share theirs by scopes, which no key name can
+                // spell: a session narrowed to `read,bridge` (an agent's
+                // `litebridge mcp`) poisoned the owner's entries in the
+                // shared file when all local sessions shared one.
                 cache_scope: Some(cx.caller.key().map_or_else(
-                    || "local session".to_owned(),
+                    || format!("local session {}", cx.caller.scopes()),
                     |k| format!("key {}", k.name()),
                 )),
                 request_id: Some(cx.request_id.to_owned()),

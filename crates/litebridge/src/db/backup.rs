@@ -64,6 +64,10 @@ pub struct BackupReport {
     pub pages: u64,
     /// How long the copy and the verification took.
     pub elapsed: Duration,
+    /// Why the verification did not read the whole copy, if it did not
+    /// (its time ran out on a table's costly generated columns, or one
+    /// could not be computed): what it read was sound.
+    pub partly_verified: Option<String>,
 }
 
 /// Copies the database file at `source` to `dest` while other connections
@@ -109,7 +113,7 @@ pub(crate) fn copy_verified(
     check_destination(source, dest, existing)?;
     let partial = create_partial(dest, source)?;
     let result = copy_into(source, &partial, busy_timeout, &mut progress);
-    let pages = match result {
+    let (pages, partly_verified) = match result {
         Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
@@ -142,6 +146,7 @@ pub(crate) fn copy_verified(
         bytes,
         pages,
         elapsed: started.elapsed(),
+        partly_verified,
     })
 }
 
@@ -163,7 +168,7 @@ pub(crate) fn copy_into(
     partial: &Path,
     busy_timeout: Duration,
     progress: &mut impl FnMut(BackupProgress),
-) -> Result<u64> {
+) -> Result<(u64, Option<String>)> {
     // Before this process's first connection: SQLite takes its allocator
     // once, and a database opened later enforces its memory budget by it.
     crate::db::heap::install();
@@ -177,7 +182,7 @@ pub(crate) fn copy_into(
     src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })?;
-    let result = (|| -> Result<u64> {
+    let result = (|| -> Result<(u64, Option<String>)> {
         let mut dst = Connection::open(partial).map_err(|e| Error::Open {
             path: partial.to_path_buf(),
             reason: Error::from(e).to_string(),
@@ -221,7 +226,7 @@ pub(crate) fn copy_into(
             });
         }
         dst.close().map_err(|(_, e)| Error::from(e))?;
-        Ok(pages)
+        Ok((pages, found.unfinished))
     })();
     let _ = src.execute_batch("COMMIT");
     result

@@ -590,7 +590,12 @@ fn run_pass(
                     if let Err(u) = undo {
                         return Pass::Abort(u.into());
                     }
-                } else if conn.total_changes() != before {
+                } else if conn.total_changes() != before || any_trigger(conn) {
+                    // Its changes may outlive its failure: those counted,
+                    // and those of a trigger it fired, which SQLite takes
+                    // out of the count when the trigger's statement fails
+                    // while keeping them (`INSERT OR FAIL` in a trigger:
+                    // a review committed half a failed request that way).
                     *s = Status::Failed(e);
                     return Pass::Rerun { careful: true };
                 } else {
@@ -642,6 +647,14 @@ fn overran(
 
 /// Runs one of litebridge's own statements (see [`guard::InternalSql`])
 /// through the statement cache.
+/// Whether the schema has a trigger (in `main` or `temp`); when that cannot
+/// be read, as if it had.
+fn any_trigger(conn: &Connection) -> bool {
+    conn.prepare_cached(&guard::internal_sql().triggers)
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+        .unwrap_or(true)
+}
+
 fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())

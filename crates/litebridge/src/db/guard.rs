@@ -888,6 +888,8 @@ pub(crate) struct InternalSql {
     pub(crate) foreign_refs: String,
     /// The objects in `temp`.
     pub(crate) temp_objects: String,
+    /// Whether any trigger exists (in `main` or `temp`).
+    pub(crate) triggers: String,
 }
 
 /// The names no client object may take, as an SQL condition on `name`:
@@ -925,6 +927,9 @@ pub(crate) fn internal_sql() -> &'static InternalSql {
                    AND sql LIKE '%litebridge%' {tag}"
             ),
             temp_objects: format!("SELECT count(*) FROM temp.sqlite_schema {tag}"),
+            triggers: format!(
+                "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger')                  OR EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger') {tag}"
+            ),
             own_objects: format!(
                 "SELECT group_concat(name, ' ' ORDER BY name) FROM (\
                  SELECT name FROM main.sqlite_schema WHERE {RESERVED} \

@@ -404,6 +404,22 @@ fn check_pragma(
             )?;
         }
     }
+    // And a timer: the progress handler is called every 10,000 steps of a
+    // statement, and a check of a table whose few rows each compute a huge
+    // value (one step each) never reached that count. The interrupt stops
+    // it between two rows.
+    let timer = budget.map(|budget| {
+        let handle = conn.get_interrupt_handle();
+        let s = stopped.clone();
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if cancelled.recv_timeout(budget) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                s.store(true, std::sync::atomic::Ordering::Relaxed);
+                handle.interrupt();
+            }
+        });
+        (cancel, thread)
+    });
     let found = run_check(conn, pragma, &limit.to_string(), limit, &columns, &stopped)
         .and_then(|(found, lines)| {
             if found.unfinished.is_none()
@@ -417,7 +433,11 @@ fn check_pragma(
                 Ok(found)
             }
         })
-        .and_then(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
+        .map(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
+    if let Some((cancel, thread)) = timer {
+        drop(cancel);
+        let _ = thread.join();
+    }
     if budget.is_some() {
         conn.progress_handler(0, None::<fn() -> bool>)?;
     }
@@ -514,6 +534,9 @@ fn run_check(
 /// others. SQLite checks the pages and b-trees of the whole file first, and
 /// the rows table by table after, newest tables first: the error stopped
 /// the check of every older table's rows, litebridge's own among them.
+///
+/// It never fails: what the first pass found is kept whatever happens here.
+/// The budget is checked between tables.
 fn table_by_table(
     conn: &Connection,
     pragma: &str,
@@ -521,17 +544,37 @@ fn table_by_table(
     limit: u32,
     columns: &Columns,
     stopped: &std::sync::atomic::AtomicBool,
-) -> rusqlite::Result<Findings> {
+) -> Findings {
     let Some(why) = found.unfinished.clone().filter(|w| !w.is_empty()) else {
-        return Ok(found); // whole, or out of time
+        return found; // whole, or out of time
     };
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let out_of_time = |mut found: Findings| {
+        found.unfinished = Some(String::new());
+        found
+    };
+    let listed = conn
+        .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'shadow')")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    let tables = match listed {
+        Ok(tables) => tables,
+        Err(_) if stopped.load(std::sync::atomic::Ordering::Relaxed) => return out_of_time(found),
+        Err(e) => {
+            found.unfinished = Some(format!(
+                "{why}; the tables could not be listed to check them one by one ({})",
+                Error::from(e)
+            ));
+            return found;
+        }
+    };
     let keep = limit as usize;
     let mut unchecked = Vec::new();
     for table in tables {
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return out_of_time(found);
+        }
         if found.damage.len() >= keep {
             break;
         }
@@ -548,9 +591,7 @@ fn table_by_table(
             }
         };
         if one.unfinished.as_deref() == Some("") {
-            // Out of time: said as such.
-            found.unfinished = Some(String::new());
-            return Ok(found);
+            return out_of_time(found);
         }
         if one.unfinished.is_some() {
             unchecked.push(table);
@@ -567,11 +608,19 @@ fn table_by_table(
             }
         }
     }
+    let mut names = unchecked
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if unchecked.len() > 10 {
+        names.push_str(&format!(" and {} more", unchecked.len() - 10));
+    }
     found.unfinished = Some(format!(
-        "{why}; every table was then checked on its own, and the rows of {} could not all be",
-        unchecked.join(", ")
+        "{why}; every table was then checked on its own, and the rows of {names} could not all be"
     ));
-    Ok(found)
+    found
 }
 
 /// Whether a check's error is damage to the file (SQLite found a page or
@@ -678,14 +727,43 @@ mod tests {
         assert!(why.contains("stopped after"), "{why}");
         // The connection is as it was: no progress handler left behind.
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM t WHERE length(g) > 0", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM t WHERE rowid <= 100 AND length(g) > 0",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
-        assert_eq!(n, 20000);
+        assert_eq!(n, 100);
     }
 
     use super::*;
+
+    /// Found by a review: the budget was kept by a progress handler, which
+    /// SQLite calls every 10,000 steps of a statement; a table of a few
+    /// rows each computing a huge value (one step each) never reached it.
+    #[test]
+    fn a_bounded_check_stops_on_time_in_a_table_of_few_costly_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("few.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(n INTEGER, g TEXT AS (printf('%.*c', n, 'x')));
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 5)
+             INSERT INTO t(n) SELECT 200000000 FROM c;",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let found = quick_check(&mut conn, 10, Bound::Within(Duration::from_millis(50))).unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            found
+                .unfinished
+                .as_deref()
+                .is_some_and(|w| w.contains("stopped after")),
+            "{found:?} in {took:?}"
+        );
+    }
 
     #[test]
     fn only_generated_columns_values_are_the_datas_and_the_rest_is_damage() {

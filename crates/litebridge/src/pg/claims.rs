@@ -119,10 +119,17 @@ pub(super) async fn install(
          END $f$;
          CREATE OR REPLACE FUNCTION {schema}_claims.settle(k pg_catalog.bytea, r pg_catalog.text)
              RETURNS void
-             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-             UPDATE {schema}.litebridge_claims SET result = r
-              WHERE key = k AND result = '' AND pg_catalog.octet_length(r) <= 100000
-         $f$;
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         BEGIN
+             -- Refused, not dropped: a write whose record was not kept
+             -- committed with its key claimed and no result, and every
+             -- retry of the key failed for a day.
+             IF pg_catalog.octet_length(r) > 1000000 THEN
+                 RAISE EXCEPTION 'litebridge: this write''s idempotency record would take % bytes, past 1000000: send it without a key, or in smaller writes (nothing was written)',
+                     pg_catalog.octet_length(r);
+             END IF;
+             UPDATE {schema}.litebridge_claims SET result = r WHERE key = k AND result = '';
+         END $f$;
          CREATE OR REPLACE FUNCTION {schema}_claims.received_timeline()
              RETURNS pg_catalog.int4
              LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$

@@ -1330,7 +1330,7 @@ impl PgDatabase {
                 // Sent before and committed: its first answer, again.
                 let fp = fingerprint.as_deref().unwrap_or_default();
                 return self
-                    .replay(conn, who, options.caller, &stored, fp, deadline, timeout)
+                    .replay(conn, who, options.caller, &stored, fp, deadline)
                     .await;
             }
             Ok(Err(Error::ReadOnly { message })) => {
@@ -1452,7 +1452,6 @@ impl PgDatabase {
         stored: &str,
         fingerprint: &str,
         deadline: Instant,
-        timeout: Duration,
     ) -> Result<Vec<Done>> {
         let results = crate::idempotency::decode(stored, fingerprint);
         let want_token = !self.inner.replicas.is_empty();
@@ -1467,33 +1466,32 @@ impl PgDatabase {
             });
             (rolled.is_ok(), position)
         };
-        match tokio::time::timeout_at(deadline, end).await {
+        // The write committed before, and its results were read: they are
+        // the answer whatever becomes of this connection's empty
+        // transaction. Answered `unavailable` or `timeout` ("nothing
+        // committed"), a client would have sent it again without its key.
+        let token = match tokio::time::timeout_at(deadline, end).await {
             Ok((true, token)) => {
                 self.keep(Node::Primary, who, conn, caller);
-                Ok(results?
-                    .into_iter()
-                    .map(|result| Done {
-                        result,
-                        rows: None,
-                        token,
-                    })
-                    .collect())
+                token
             }
             Ok((false, _)) => {
                 self.discard(Node::Primary, who, conn);
-                Err(Error::Unavailable {
-                    what: "the PostgreSQL server",
-                    reason: "the connection failed while answering a repeated write".into(),
-                })
+                want_token.then(unknown_position)
             }
             Err(_) => {
                 self.stop(Node::Primary, who, conn);
-                Err(Error::Timeout {
-                    after: timeout,
-                    stage: TimeoutStage::Running,
-                })
+                want_token.then(unknown_position)
             }
-        }
+        };
+        Ok(results?
+            .into_iter()
+            .map(|result| Done {
+                result,
+                rows: None,
+                token,
+            })
+            .collect())
     }
 
     /// After a failed request: the clients' connections are dropped (what

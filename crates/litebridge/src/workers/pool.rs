@@ -63,7 +63,7 @@ impl Abandoned {
         Abandoned(Arc::new(keep))
     }
 
-    fn keep(&self) -> Box<dyn std::any::Any + Send> {
+    pub(crate) fn keep(&self) -> Box<dyn std::any::Any + Send> {
         (self.0)()
     }
 }
@@ -893,8 +893,8 @@ struct Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         if self.armed {
-            let kept = self.abandoned.as_ref().map(Abandoned::keep);
-            self.process.abandon(self.id, self.sent, kept);
+            self.process
+                .abandon(self.id, self.sent, self.abandoned.as_ref());
         }
     }
 }
@@ -1128,6 +1128,10 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         }
         *current = Some(fresh.clone());
     }
+    // Out of the pool, its abandoned calls hold none of its places: what
+    // their callers kept of them is given back now, not when it ends (which
+    // another caller's long call may put off for an hour).
+    old.release_kept();
     s.recycled.fetch_add(1, Ordering::Relaxed);
     s.capacity.notify_waiters();
     tracing::info!(

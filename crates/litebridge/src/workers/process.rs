@@ -39,7 +39,7 @@ type Reply = oneshot::Sender<Result<Json>>;
 /// A call whose caller gave up while the worker still runs it.
 struct Cancelled {
     /// What its caller keeps of it until then.
-    _kept: Option<Box<dyn std::any::Any + Send>>,
+    kept: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl std::fmt::Debug for Cancelled {
@@ -303,7 +303,7 @@ impl Process {
         self: &Arc<Self>,
         id: u64,
         sent: Instant,
-        kept: Option<Box<dyn std::any::Any + Send>>,
+        abandoned: Option<&crate::workers::Abandoned>,
     ) {
         {
             // Both under `pending`'s lock, as `answer` takes them: an answer
@@ -311,9 +311,10 @@ impl Process {
             // would never be given back.
             let mut pending = lock(&self.pending);
             if pending.remove(&id).is_none() {
-                return; // already answered
+                return; // already answered: nothing to keep
             }
-            lock(&self.cancelled).insert(id, Cancelled { _kept: kept });
+            let kept = abandoned.map(crate::workers::Abandoned::keep);
+            lock(&self.cancelled).insert(id, Cancelled { kept });
         }
         if let Some(s) = lock(&self.stdin).as_ref() {
             let _ = s.send((
@@ -363,6 +364,14 @@ impl Process {
     /// How long it has been stuck (see [`Process::is_stuck`]).
     pub(crate) fn stuck_for(&self) -> Option<Duration> {
         lock(&self.stuck).map(|at| at.elapsed())
+    }
+
+    /// Gives back what the callers of its abandoned calls kept of them
+    /// (it left the pool: those calls hold none of its places).
+    pub(crate) fn release_kept(&self) {
+        for c in lock(&self.cancelled).values_mut() {
+            c.kept = None;
+        }
     }
 
     /// The grace a cancelled call has to end.
@@ -604,10 +613,38 @@ async fn read_stdout(
             let _ = ended_tx.send(how);
         });
     }
+    let unknown = |_| "exit status unknown".to_owned();
     let mut line = Vec::new();
+    // How it ended, once it did.
+    let mut ended: Option<String> = None;
     loop {
-        line.clear();
-        match read_line(&mut reader, &mut line, max_line).await {
+        let read = match ended {
+            None => tokio::select! {
+                biased;
+                r = read_line(&mut reader, &mut line, max_line) => r,
+                h = &mut how => {
+                    // `line` keeps what was read of a line (`read_line`
+                    // appends what it consumes before it waits).
+                    ended = Some(h.unwrap_or_else(unknown));
+                    continue;
+                }
+            },
+            // It ended, and its group with it: what it wrote is read until
+            // its stdout closes, or for a moment more if something outside
+            // its group holds that open (a daemon that left the group with
+            // `setsid`). Its calls were waiting on it until their deadlines,
+            // and what their callers kept of them was never given back.
+            Some(_) => match tokio::time::timeout(
+                Duration::from_millis(500),
+                read_line(&mut reader, &mut line, max_line),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
+        match read {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
@@ -635,15 +672,19 @@ async fn read_stdout(
                 );
             }
         }
+        line.clear();
     }
-    // Stdout is closed: the process is ending (or closed it; then it is killed).
-    let unknown = |_| "exit status unknown".to_owned();
-    let exit = match tokio::time::timeout(Duration::from_secs(2), &mut how).await {
-        Ok(how) => how.unwrap_or_else(unknown),
-        Err(_) => {
-            process.control.signal(libc::SIGKILL);
-            how.await.unwrap_or_else(unknown)
-        }
+    // Stdout is closed, or the process ended: it is ending (or closed its
+    // stdout; then it is killed).
+    let exit = match ended {
+        Some(how) => how,
+        None => match tokio::time::timeout(Duration::from_secs(2), &mut how).await {
+            Ok(how) => how.unwrap_or_else(unknown),
+            Err(_) => {
+                process.control.signal(libc::SIGKILL);
+                how.await.unwrap_or_else(unknown)
+            }
+        },
     };
     // Its last stderr lines, which explain the crash, before it is reported.
     let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
