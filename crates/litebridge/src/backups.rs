@@ -216,20 +216,25 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     std::fs::write(&tmp, format!("{}\n", dest.display()))
         .and_then(|()| std::fs::rename(&tmp, &latest))
         .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
-    // One verified only in part does not push out those verified whole.
-    if let Some(why) = &report.partly_verified {
-        tracing::warn!(
-            path = %dest.display(),
-            "the backup was verified only in part ({why}); no older backup is pruned for it"
-        );
-        return Ok(report);
-    }
+    // One verified only in part counts one more: it does not push out the
+    // newest before it, and a schedule of them (a client's table whose check
+    // cannot finish) still keeps at most `keep + 1`.
+    let extra = match &report.partly_verified {
+        Some(why) => {
+            tracing::warn!(
+                path = %dest.display(),
+                "the backup was verified only in part ({why}); one more older backup is kept"
+            );
+            1
+        }
+        None => 0,
+    };
     // The one just taken is never pruned, even if its name sorts oldest
     // (the clock was set back): `LATEST` names it.
     for old in list(&policy.dir, db.path())
         .into_iter()
         .filter(|p| *p != dest)
-        .skip(policy.keep.max(1) - 1)
+        .skip(policy.keep.max(1) - 1 + extra)
     {
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!("cannot prune the old backup {}: {e}", old.display());

@@ -146,8 +146,11 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
         ));
     }
     // A count of statements no write can have is not expanded.
-    let expanded: usize = stored.runs.iter().map(|(_, n)| *n).sum();
-    if expanded > 10_000_000 {
+    let expanded = stored
+        .runs
+        .iter()
+        .try_fold(0usize, |total, (_, n)| total.checked_add(*n));
+    if expanded.is_none_or(|n| n > 10_000_000) {
         return Err(Error::Internal {
             message: "an idempotency record names more statements than a write can hold".into(),
         });

@@ -590,12 +590,15 @@ fn run_pass(
                     if let Err(u) = undo {
                         return Pass::Abort(u.into());
                     }
-                } else if conn.total_changes() != before || any_trigger(conn) {
+                } else if conn.total_changes() != before || (is_constraint(&e) && any_trigger(conn))
+                {
                     // Its changes may outlive its failure: those counted,
                     // and those of a trigger it fired, which SQLite takes
                     // out of the count when the trigger's statement fails
-                    // while keeping them (`INSERT OR FAIL` in a trigger:
-                    // a review committed half a failed request that way).
+                    // on a constraint while keeping them (`INSERT OR FAIL`
+                    // or `RAISE(FAIL)` in a trigger: a review committed
+                    // half a failed request that way). Other failures
+                    // (a syntax error, a refusal) change nothing.
                     *s = Status::Failed(e);
                     return Pass::Rerun { careful: true };
                 } else {
@@ -647,6 +650,12 @@ fn overran(
 
 /// Runs one of litebridge's own statements (see [`guard::InternalSql`])
 /// through the statement cache.
+/// Whether `e` is a constraint's failure (what `OR FAIL` and `RAISE(FAIL)`
+/// answer).
+fn is_constraint(e: &Error) -> bool {
+    matches!(e, Error::Sql { code, .. } if *code == rusqlite::ffi::SQLITE_CONSTRAINT)
+}
+
 /// Whether the schema has a trigger (in `main` or `temp`); when that cannot
 /// be read, as if it had.
 fn any_trigger(conn: &Connection) -> bool {

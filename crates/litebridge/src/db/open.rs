@@ -412,12 +412,17 @@ fn check_pragma(
         let handle = conn.get_interrupt_handle();
         let s = stopped.clone();
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            if cancelled.recv_timeout(budget) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                s.store(true, std::sync::atomic::Ordering::Relaxed);
-                handle.interrupt();
-            }
-        });
+        // Without a thread (none could be made), the progress handler.
+        let thread = std::thread::Builder::new()
+            .name("litebridge-check".into())
+            .spawn(move || {
+                if cancelled.recv_timeout(budget) == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    s.store(true, std::sync::atomic::Ordering::Relaxed);
+                    handle.interrupt();
+                }
+            })
+            .ok();
         (cancel, thread)
     });
     let found = run_check(conn, pragma, &limit.to_string(), limit, &columns, &stopped)
@@ -436,7 +441,9 @@ fn check_pragma(
         .map(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
     if let Some((cancel, thread)) = timer {
         drop(cancel);
-        let _ = thread.join();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
     if budget.is_some() {
         conn.progress_handler(0, None::<fn() -> bool>)?;
@@ -483,13 +490,14 @@ fn run_check(
         let line: String = match rows.next() {
             Ok(Some(row)) => row.get(0)?,
             Ok(None) => break,
+            // Damage first: one met as the budget ran out is damage still.
+            Err(e) if is_damage(&e) => {
+                found.damage.push(Error::from(e).to_string());
+                break;
+            }
             // Its budget ran out: not the file's doing.
             Err(_) if stopped.load(std::sync::atomic::Ordering::Relaxed) => {
                 found.unfinished = Some(String::new());
-                break;
-            }
-            Err(e) if is_damage(&e) => {
-                found.damage.push(Error::from(e).to_string());
                 break;
             }
             // Computing a row's value failed (a generated column's

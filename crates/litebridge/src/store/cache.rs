@@ -988,9 +988,13 @@ impl CacheSweeper {
             let n = db
                 .own_execute(
                     format!(
+                        // The condition again outside: on PostgreSQL a key
+                        // set again after the inner select is deleted only
+                        // if still expired (a review found it deleted).
                         "DELETE FROM {t} WHERE key IN (
                              SELECT key FROM {t}
-                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
+                           AND expires_at IS NOT NULL AND expires_at <= ?1",
                         t = db.own("cache")
                     ),
                     params![now, SWEEP_BATCH as i64],

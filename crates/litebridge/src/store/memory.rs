@@ -248,9 +248,13 @@ impl MemoryStore {
                 .db
                 .own_execute(
                     format!(
+                        // The condition again outside: on PostgreSQL a row
+                        // renewed after the inner select (waited for, then
+                        // re-read) is deleted only if still expired.
                         "DELETE FROM {t} WHERE (namespace, key) IN (
                              SELECT namespace, key FROM {t}
-                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
+                           AND expires_at IS NOT NULL AND expires_at <= ?1",
                         t = self.db.own("memory")
                     ),
                     params![now, SWEEP_BATCH as i64],

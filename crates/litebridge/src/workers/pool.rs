@@ -1128,10 +1128,6 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         }
         *current = Some(fresh.clone());
     }
-    // Out of the pool, its abandoned calls hold none of its places: what
-    // their callers kept of them is given back now, not when it ends (which
-    // another caller's long call may put off for an hour).
-    old.release_kept();
     s.recycled.fetch_add(1, Ordering::Relaxed);
     s.capacity.notify_waiters();
     tracing::info!(

@@ -38,8 +38,9 @@ type Reply = oneshot::Sender<Result<Json>>;
 
 /// A call whose caller gave up while the worker still runs it.
 struct Cancelled {
-    /// What its caller keeps of it until then.
-    kept: Option<Box<dyn std::any::Any + Send>>,
+    /// What its caller keeps of it until then (recycled out of the pool,
+    /// the process still runs it: kept until the process ends).
+    _kept: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl std::fmt::Debug for Cancelled {
@@ -314,7 +315,7 @@ impl Process {
                 return; // already answered: nothing to keep
             }
             let kept = abandoned.map(crate::workers::Abandoned::keep);
-            lock(&self.cancelled).insert(id, Cancelled { kept });
+            lock(&self.cancelled).insert(id, Cancelled { _kept: kept });
         }
         if let Some(s) = lock(&self.stdin).as_ref() {
             let _ = s.send((
@@ -364,14 +365,6 @@ impl Process {
     /// How long it has been stuck (see [`Process::is_stuck`]).
     pub(crate) fn stuck_for(&self) -> Option<Duration> {
         lock(&self.stuck).map(|at| at.elapsed())
-    }
-
-    /// Gives back what the callers of its abandoned calls kept of them
-    /// (it left the pool: those calls hold none of its places).
-    pub(crate) fn release_kept(&self) {
-        for c in lock(&self.cancelled).values_mut() {
-            c.kept = None;
-        }
     }
 
     /// The grace a cancelled call has to end.
