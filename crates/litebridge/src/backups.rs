@@ -195,6 +195,10 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
 /// # Errors
 /// The directory cannot be created or written; the copy fails verification.
 pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> {
+    // One at a time in this process: two at once (the schedule's and an
+    // `admin.backup`) could each prune the other's new backup.
+    static TAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = TAKING.lock().await;
     create_dir(&policy.dir, db.path())?;
     let stem = format!("{}{}", prefix(db.path()), utc_file_stamp(SystemTime::now()));
     // Backups within one second get `.1`, `.2`, ... after the newest of that

@@ -520,3 +520,51 @@ async fn a_panic_of_a_callers_own_load_is_not_taken_for_moka_s() {
     let panic = call.await.unwrap_err().into_panic();
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"the load's own"));
 }
+
+/// Found by a review: two servers on one SQLite file each kept keys in
+/// memory, and a key one of them deleted or replaced was read from the
+/// other's memory until its TTL. With another process on the file, memory
+/// is not used (that process is seen within 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_on_the_file_is_not_answered_from_memory() {
+    use std::io::{BufRead, Write};
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("k", json!("old"), None).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("old")));
+    // Another process opens the file, and replaces the value when told.
+    let script = format!(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect({path:?}, isolation_level=None)\n\
+         c.execute('SELECT count(*) FROM litebridge_cache').fetchall()\n\
+         print('open', flush=True)\n\
+         sys.stdin.readline()\n\
+         c.execute(\"UPDATE litebridge_cache SET value = '\\\"new\\\"' WHERE key = 'k'\")\n\
+         print('done', flush=True)\n\
+         sys.stdin.readline()\n",
+        path = db.path().display().to_string()
+    );
+    let mut other = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
+    let mut stdin = other.stdin.take().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "open");
+    // Seen at the next check.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _ = cache.get("k").await.unwrap();
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "done");
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
+    writeln!(stdin).unwrap();
+    other.wait().unwrap();
+}

@@ -339,7 +339,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "admin.backup",
         scope: Scope::Admin,
-        description: "Take an online backup of the database, verified before it counts. Returns its path and size, and verified: false with partly_verified saying why when the check could not read the whole copy (what it read was sound; older backups are then not pruned for it).",
+        description: "Take an online backup of the database, verified before it counts. Returns its path and size, and verified: false with partly_verified saying why when the check could not read the whole copy (what it read was sound; one more older backup is then kept).",
         example: r#"{}"#,
         handler: handler::<super::admin::AdminBackup>(),
         read_only: false,

@@ -590,15 +590,19 @@ fn run_pass(
                     if let Err(u) = undo {
                         return Pass::Abort(u.into());
                     }
-                } else if conn.total_changes() != before || (is_constraint(&e) && any_trigger(conn))
+                } else if conn.total_changes() != before
+                    || (!changes_nothing(&e) && any_trigger(conn))
                 {
                     // Its changes may outlive its failure: those counted,
                     // and those of a trigger it fired, which SQLite takes
                     // out of the count when the trigger's statement fails
                     // on a constraint while keeping them (`INSERT OR FAIL`
                     // or `RAISE(FAIL)` in a trigger: a review committed
-                    // half a failed request that way). Other failures
-                    // (a syntax error, a refusal) change nothing.
+                    // half a failed request that way). Only failures known
+                    // to change nothing (a syntax error, a refusal) are
+                    // spared the rerun: the error seen here may be a
+                    // rewriting of the constraint's (one met at the
+                    // deadline answers `timeout`).
                     *s = Status::Failed(e);
                     return Pass::Rerun { careful: true };
                 } else {
@@ -648,12 +652,15 @@ fn overran(
     Some(Pass::Rerun { careful: false })
 }
 
-/// Runs one of litebridge's own statements (see [`guard::InternalSql`])
-/// through the statement cache.
-/// Whether `e` is a constraint's failure (what `OR FAIL` and `RAISE(FAIL)`
-/// answer).
-fn is_constraint(e: &Error) -> bool {
-    matches!(e, Error::Sql { code, .. } if *code == rusqlite::ffi::SQLITE_CONSTRAINT)
+/// Whether `e` is a failure that changed nothing: refused before running,
+/// or an SQL error other than a constraint's (a syntax error, a missing
+/// table). A constraint's is what `OR FAIL` and `RAISE(FAIL)` answer.
+fn changes_nothing(e: &Error) -> bool {
+    match e {
+        Error::Sql { code, .. } => *code != rusqlite::ffi::SQLITE_CONSTRAINT,
+        Error::Forbidden { .. } | Error::ReadOnly { .. } | Error::InvalidArgument { .. } => true,
+        _ => false,
+    }
 }
 
 /// Whether the schema has a trigger (in `main` or `temp`); when that cannot
@@ -664,6 +671,8 @@ fn any_trigger(conn: &Connection) -> bool {
         .unwrap_or(true)
 }
 
+/// Runs one of litebridge's own statements (see [`guard::InternalSql`])
+/// through the statement cache.
 fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())

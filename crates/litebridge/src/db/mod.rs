@@ -57,7 +57,7 @@ mod patterns;
 mod queue;
 mod readers;
 mod restore;
-mod shm_peers;
+pub(crate) mod shm_peers;
 mod snippet;
 mod wal_vfs;
 mod writer;

@@ -416,29 +416,49 @@ fn check_pragma(
         let thread = std::thread::Builder::new()
             .name("litebridge-check".into())
             .spawn(move || {
-                if cancelled.recv_timeout(budget) == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                let mut wait = budget;
+                // Again every 100 ms until the check ends: SQLite forgets
+                // an interrupt when a statement starts with none running,
+                // and the check runs statement after statement.
+                while cancelled.recv_timeout(wait)
+                    == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 {
                     s.store(true, std::sync::atomic::Ordering::Relaxed);
                     handle.interrupt();
+                    wait = Duration::from_millis(100);
                 }
             })
             .ok();
         (cancel, thread)
     });
-    let found = run_check(conn, pragma, &limit.to_string(), limit, &columns, &stopped)
-        .and_then(|(found, lines)| {
-            if found.unfinished.is_none()
-                && lines >= limit as usize
-                && found.damage.is_empty()
-                && !found.data.is_empty()
-            {
-                let all = (i32::MAX as u32).to_string();
-                run_check(conn, pragma, &all, limit, &columns, &stopped).map(|(f, _)| f)
-            } else {
-                Ok(found)
-            }
-        })
-        .map(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
+    let is_stopped = || stopped.load(std::sync::atomic::Ordering::Relaxed);
+    // Any failure once the time is out (an interrupted prepare) is the
+    // time's: said as such, not taken for the file's.
+    let out_of_time = |r: rusqlite::Result<Findings>| match r {
+        Err(_) if is_stopped() => Ok(Findings {
+            unfinished: Some(String::new()),
+            ..Findings::default()
+        }),
+        r => r,
+    };
+    let found = out_of_time(
+        run_check(conn, pragma, &limit.to_string(), limit, &columns, &stopped).and_then(
+            |(found, lines)| {
+                if found.unfinished.is_none()
+                    && !is_stopped()
+                    && lines >= limit as usize
+                    && found.damage.is_empty()
+                    && !found.data.is_empty()
+                {
+                    let all = (i32::MAX as u32).to_string();
+                    run_check(conn, pragma, &all, limit, &columns, &stopped).map(|(f, _)| f)
+                } else {
+                    Ok(found)
+                }
+            },
+        ),
+    )
+    .map(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
     if let Some((cancel, thread)) = timer {
         drop(cancel);
         if let Some(thread) = thread {

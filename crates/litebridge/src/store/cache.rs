@@ -246,6 +246,8 @@ pub struct Cache {
     stripes: Arc<[tokio::sync::Mutex<()>]>,
     /// The least weight of an entry, and the most kept in memory.
     weights: Weights,
+    /// Other processes on the SQLite file of the L2.
+    file_peers: Option<Arc<FilePeers>>,
     /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
     #[cfg(feature = "postgres")]
     peers: Option<Arc<super::cache_peers::Peers>>,
@@ -291,6 +293,55 @@ fn listen_to_peers(
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+/// How often the kernel is asked whether another process has the SQLite
+/// file open: a key another process changes may be read from memory here
+/// for this long after that process opened the file.
+const PEER_CHECK: Duration = Duration::from_millis(100);
+
+/// Whether another process has the SQLite file of the L2 open.
+struct FilePeers {
+    shm: std::path::PathBuf,
+    state: Mutex<PeerState>,
+}
+
+struct PeerState {
+    peers: crate::db::shm_peers::Peers,
+    checked: Option<std::time::Instant>,
+    others: bool,
+}
+
+impl FilePeers {
+    fn of(db: &std::path::Path) -> FilePeers {
+        let path = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+        let mut shm = path.into_os_string();
+        shm.push("-shm");
+        FilePeers {
+            shm: shm.into(),
+            state: Mutex::new(PeerState {
+                peers: Default::default(),
+                checked: None,
+                others: false,
+            }),
+        }
+    }
+
+    /// Whether another process has it open, asked at most every
+    /// [`PEER_CHECK`]. When one is first seen, memory is emptied: what it
+    /// holds may be older than that process's writes from then on.
+    fn others(&self, l1: &moka::future::Cache<String, Entry>) -> bool {
+        let mut s = crate::sync::lock(&self.state);
+        if s.checked.is_none_or(|t| t.elapsed() >= PEER_CHECK) {
+            let now = s.peers.another_process_has_open(&self.shm);
+            if now && !s.others {
+                l1.invalidate_all();
+            }
+            s.others = now;
+            s.checked = Some(std::time::Instant::now());
+        }
+        s.others
     }
 }
 
@@ -397,6 +448,10 @@ impl Cache {
         let counters = Arc::new(Counters::new());
         let evictions = counters.evictions.clone();
         let weights = Weights::of(&config);
+        let file_peers = match &db {
+            Some(Backend::Sqlite(d)) => Some(Arc::new(FilePeers::of(d.path()))),
+            _ => None,
+        };
         // Bounded by weight: at most `max_bytes`, and (every entry weighing
         // at least `floor`) at most `max_entries`. Below `u32::MAX`, so an
         // entry weighing that is never admitted.
@@ -424,19 +479,27 @@ impl Cache {
             l2_unavailable,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             weights,
+            file_peers,
             #[cfg(feature = "postgres")]
             peers,
         }
     }
 
     /// Whether memory may be read and filled: always, unless other front
-    /// ends share the L2 and this one is not hearing their writes now.
+    /// ends share the L2 and this one is not hearing their writes now (on
+    /// PostgreSQL), or another process has the SQLite file open (asked of
+    /// the kernel at most every [`PEER_CHECK`]): nothing tells this one of
+    /// that process's writes, and a key it deleted or replaced stayed in
+    /// memory here until its TTL.
     fn l1_trusted(&self) -> bool {
         #[cfg(feature = "postgres")]
         if let Some(p) = &self.peers {
             return p.trusted();
         }
-        true
+        match &self.file_peers {
+            Some(p) => !p.others(&self.l1),
+            None => true,
+        }
     }
 
     /// The count of other front ends' writes heard so far (0 without peers).
@@ -1003,7 +1066,9 @@ impl CacheSweeper {
                 .inspect_err(|e| self.counters.l2_failed("delete expired rows", e))?
                 .changes;
             deleted += n;
-            if n < SWEEP_BATCH {
+            // A short batch may be one whose rows were set again meanwhile
+            // (on PostgreSQL): only an empty one says none is left.
+            if n == 0 {
                 if let Ok(left) = count_rows(db).await {
                     self.counters.l2_entries.store(left, Ordering::Relaxed);
                 }

@@ -229,7 +229,7 @@ impl MemoryStore {
             > 0)
     }
 
-    /// Deletes every expired entry, [`SWEEP_BATCH`] at a time (each its
+    /// Deletes every expired entry, 64 at a time (each its
     /// own write, so others interleave); how many.
     ///
     /// One statement for all of them could not finish: a `write` key's
@@ -262,7 +262,9 @@ impl MemoryStore {
                 .await?
                 .changes;
             deleted += n;
-            if n < SWEEP_BATCH {
+            // Until none is left (a batch may come short when a row in it
+            // was set again meanwhile, with others left behind it).
+            if n == 0 {
                 return Ok(deleted);
             }
         }

@@ -608,8 +608,8 @@ async fn read_stdout(
     }
     let unknown = |_| "exit status unknown".to_owned();
     let mut line = Vec::new();
-    // How it ended, once it did.
-    let mut ended: Option<String> = None;
+    // How it ended, once it did, and until when what it wrote is read.
+    let mut ended: Option<(String, tokio::time::Instant)> = None;
     loop {
         let read = match ended {
             None => tokio::select! {
@@ -618,24 +618,25 @@ async fn read_stdout(
                 h = &mut how => {
                     // `line` keeps what was read of a line (`read_line`
                     // appends what it consumes before it waits).
-                    ended = Some(h.unwrap_or_else(unknown));
+                    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+                    ended = Some((h.unwrap_or_else(unknown), until));
                     continue;
                 }
             },
             // It ended, and its group with it: what it wrote is read until
             // its stdout closes, or for a moment more if something outside
             // its group holds that open (a daemon that left the group with
-            // `setsid`). Its calls were waiting on it until their deadlines,
-            // and what their callers kept of them was never given back.
-            Some(_) => match tokio::time::timeout(
-                Duration::from_millis(500),
-                read_line(&mut reader, &mut line, max_line),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => break,
-            },
+            // `setsid`, which may go on writing). Its calls were waiting on
+            // it until their deadlines, and what their callers kept of them
+            // was never given back.
+            Some((_, until)) => {
+                match tokio::time::timeout_at(until, read_line(&mut reader, &mut line, max_line))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
         };
         match read {
             Ok(0) => break,
@@ -670,7 +671,7 @@ async fn read_stdout(
     // Stdout is closed, or the process ended: it is ending (or closed its
     // stdout; then it is killed).
     let exit = match ended {
-        Some(how) => how,
+        Some((how, _)) => how,
         None => match tokio::time::timeout(Duration::from_secs(2), &mut how).await {
             Ok(how) => how.unwrap_or_else(unknown),
             Err(_) => {
