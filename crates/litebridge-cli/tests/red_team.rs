@@ -1875,13 +1875,15 @@ fn a_key_held_every_worker_by_abandoning_its_calls() {
     assert_eq!(status, 429, "{r}");
     assert!(r.to_string().contains("concurrent"), "{r}");
     // A batch does not pile them up either: nothing of it runs.
-    let batch: Vec<Value> = (0..4)
-        .map(|i| {
-            json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
-                         "params": {"method": "nap", "params": [1.5], "timeout_ms": 100}})
-        })
-        .collect();
-    let (status, r) = server.rpc_as(Some(&key), &Value::Array(batch));
+    let batch = || -> Value {
+        (0..4)
+            .map(|i| {
+                json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
+                       "params": {"method": "nap", "params": [1.5], "timeout_ms": 100}})
+            })
+            .collect()
+    };
+    let (status, r) = server.rpc_as(Some(&key), &batch());
     assert_eq!(status, 429, "{r}");
     // Once the naps are done, the key's places are back.
     std::thread::sleep(Duration::from_millis(1600));
@@ -1890,13 +1892,7 @@ fn a_key_held_every_worker_by_abandoning_its_calls() {
         &call("bridge.call", json!({"method": "nap", "params": [0]})),
     );
     assert_eq!(r["result"], 0, "{r}");
-    let batch: Vec<Value> = (0..4)
-        .map(|i| {
-            json!({"jsonrpc": "2.0", "id": i, "method": "bridge.call",
-                         "params": {"method": "nap", "params": [1.5], "timeout_ms": 100}})
-        })
-        .collect();
-    let (status, r) = server.rpc_as(Some(&key), &Value::Array(batch));
+    let (status, r) = server.rpc_as(Some(&key), &batch());
     assert_eq!(status, 200, "{r}");
     let kinds: Vec<String> = r
         .as_array()
