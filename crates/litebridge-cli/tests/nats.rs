@@ -725,17 +725,7 @@ async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
 
     let _h = Host::start(&url, "h1", 1, &[("LITEBRIDGE_NATS_TOKEN", "s3cret-token")]);
     // A second host under a live host's id is refused, naming it.
-    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["worker-host", "--nats", &url, "--name", "h1"])
-        .args([
-            "--workers",
-            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
-        ])
-        .env("PYTHONPATH", format!("{ROOT}/python"))
-        .env("LITEBRIDGE_NATS_TOKEN", "s3cret-token")
-        .current_dir(ROOT)
-        .output()
-        .unwrap();
+    let out = second_h1(&url, &[("LITEBRIDGE_NATS_TOKEN", "s3cret-token")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -906,6 +896,22 @@ async fn the_front_end_owns_retries_and_a_lost_call_is_never_reported_as_not_sta
     host.signal(9);
     let e = call.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+}
+
+/// What a worker host started as `h1` on `url`, with `env`, did (a live
+/// `h1` there refuses it).
+fn second_h1(url: &str, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["worker-host", "--nats", url, "--name", "h1"])
+        .args([
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
+        ])
+        .env("PYTHONPATH", format!("{ROOT}/python"))
+        .envs(env.iter().copied())
+        .current_dir(ROOT)
+        .output()
+        .unwrap()
 }
 
 /// Host `h1` and a front end on `url`, logged in as the users of
@@ -1311,18 +1317,13 @@ async fn permissions_of_the_docs_are_enough() {
     // A second host under the same id is refused, naming it: its PING of
     // the others is answered into the hosts' inboxes, which these grants
     // let it read.
-    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args(["worker-host", "--nats", &url, "--name", "h1"])
-        .args([
-            "--workers",
-            "python3 crates/litebridge-cli/tests/workers/nats_worker.py",
-        ])
-        .env("PYTHONPATH", format!("{ROOT}/python"))
-        .env("LITEBRIDGE_NATS_USER", "host")
-        .env("LITEBRIDGE_NATS_PASSWORD", "hostpw")
-        .current_dir(ROOT)
-        .output()
-        .unwrap();
+    let out = second_h1(
+        &url,
+        &[
+            ("LITEBRIDGE_NATS_USER", "host"),
+            ("LITEBRIDGE_NATS_PASSWORD", "hostpw"),
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("nats.host_id"), "{err}");

@@ -726,21 +726,27 @@ fn from_virtual_table(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
 
+    /// A database of `rows` rows in a table whose virtual generated column
+    /// builds a string of `width` bytes for each.
+    fn costly(rows: u32, width: u64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("costly.db")).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t(n INTEGER, g TEXT AS (printf('%.*c', n, 'x')));
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
+             INSERT INTO t(n) SELECT {width} FROM c;"
+        ))
+        .unwrap();
+        (dir, conn)
+    }
+
     /// A client's table whose virtual generated column builds a large
     /// string: an insert never computes it, every check does, for every
     /// row. A bounded check stops at its budget and says so; what it read
     /// is not called damage.
     #[test]
     fn a_bounded_check_stops_at_its_budget_without_calling_it_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("costly.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t(n INTEGER, g TEXT AS (printf('%.*c', n, 'x')));
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000)
-             INSERT INTO t(n) SELECT 2000000 FROM c;",
-        )
-        .unwrap();
+        let (_dir, mut conn) = costly(20_000, 2_000_000);
         let started = std::time::Instant::now();
         // The whole check takes about a second here (it took 97 ms for a
         // tenth of the rows, which made a budget of 100 ms a coin toss).
@@ -771,15 +777,7 @@ mod tests {
     /// rows each computing a huge value (one step each) never reached it.
     #[test]
     fn a_bounded_check_stops_on_time_in_a_table_of_few_costly_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("few.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t(n INTEGER, g TEXT AS (printf('%.*c', n, 'x')));
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 5)
-             INSERT INTO t(n) SELECT 200000000 FROM c;",
-        )
-        .unwrap();
+        let (_dir, mut conn) = costly(5, 200_000_000);
         let started = std::time::Instant::now();
         let found = quick_check(&mut conn, 10, Bound::Within(Duration::from_millis(50))).unwrap();
         let took = started.elapsed();
