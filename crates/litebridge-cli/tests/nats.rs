@@ -1887,3 +1887,122 @@ async fn a_silent_host_declared_lost_does_not_count_against_its_methods() {
     assert_eq!((nap.calls, nap.consecutive_failures), (0, 0), "{nap:?}");
     host.signal(18); // SIGCONT
 }
+
+/// What a front end keeps of the calls given up on: a counter of places
+/// taken, each given back when dropped.
+#[derive(Clone, Default)]
+struct Places(std::sync::Arc<std::sync::atomic::AtomicIsize>);
+
+struct Place(std::sync::Arc<std::sync::atomic::AtomicIsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Places {
+    fn options(&self, timeout_ms: u64) -> CallOptions {
+        let held = self.0.clone();
+        CallOptions {
+            retry: false,
+            abandoned: Some(litebridge::workers::Abandoned::new(move || {
+                held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::new(Place(held.clone()))
+            })),
+            ..opts(timeout_ms)
+        }
+    }
+
+    fn held(&self) -> isize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until none is held, and says how long that took.
+    async fn until_none(&self, within: Duration) -> Duration {
+        let from = Instant::now();
+        while self.held() != 0 {
+            assert!(
+                from.elapsed() < within,
+                "{} places still held after {within:?}",
+                self.held()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        from.elapsed()
+    }
+}
+
+/// Found by a hostile review: over NATS, a call its caller gave up on (its
+/// deadline, or a hang-up) gave its key's place back at once while the
+/// host's worker ran on, so a key could hold every remote worker by
+/// abandoning calls to a handler that ignores cancellation (the local pool
+/// kept the place until the worker was done). The front end now keeps it
+/// until the host says the worker is done with it, whether the call was
+/// given up on before or after its acknowledgement, or until the host is
+/// lost. The host here acknowledges only after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_on_keeps_its_place_until_its_hosts_worker_is_done() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let host = Host::start(&url, "h1", 1, &[("LITEBRIDGE_NATS_ACK_DELAY_MS", "1000")]);
+    let mut config = front_config(&url);
+    config.ack_delay = Duration::from_millis(1000);
+    let bridge = NatsBridge::connect(config, &calls()).await.unwrap();
+    until_hosts(&bridge, 1).await;
+    let places = Places::default();
+
+    // A call that ends keeps nothing.
+    let r = bridge
+        .call("nap", json!({"ms": 10}), places.options(5000))
+        .await;
+    assert_eq!(r.unwrap(), json!("h1"));
+    assert_eq!(places.held(), 0);
+
+    // Given up on at its deadline (the host's or the front end's, whichever
+    // comes first), then by a caller that hangs up, before its host's
+    // acknowledgement (the cancel finds it running) and after it.
+    for (phase, deadline_ms, hang_up_ms) in [
+        ("deadline", 200, None),
+        ("hang-up before the acknowledgement", 5000, Some(200)),
+        ("hang-up after it", 5000, Some(1300)),
+    ] {
+        let from = Instant::now();
+        let call = bridge.call("nap", json!({"ms": 2500}), places.options(deadline_ms));
+        match hang_up_ms {
+            None => {
+                let e = call.await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Timeout, "{phase}: {e}");
+            }
+            Some(ms) => {
+                let r = tokio::time::timeout(Duration::from_millis(ms), call).await;
+                assert!(r.is_err(), "{phase}: {r:?}");
+            }
+        }
+        assert_eq!(
+            places.held(),
+            1,
+            "{phase}: the place was given back at once"
+        );
+        // Past the acknowledgement's time.
+        tokio::time::sleep_until((from + Duration::from_millis(1800)).into()).await;
+        assert_eq!(places.held(), 1, "{phase}: given back while the nap ran");
+        places.until_none(Duration::from_secs(3)).await;
+        assert!(
+            from.elapsed() >= Duration::from_millis(2400),
+            "{phase}: given back after {:?}, before the nap was done",
+            from.elapsed()
+        );
+    }
+
+    // A host lost with the call gives its place back.
+    let call = bridge.call("nap", json!({"ms": 20_000}), places.options(300));
+    assert!(call.await.is_err());
+    assert_eq!(places.held(), 1);
+    host.signal(9);
+    let took = places.until_none(Duration::from_secs(5)).await;
+    eprintln!("the place came back {took:?} after the host was killed");
+    drop(host);
+}

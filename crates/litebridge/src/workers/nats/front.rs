@@ -97,6 +97,21 @@ struct Pending {
     /// The host that acknowledged the call, and its instance (a host
     /// restarted under the same id is another instance).
     host: Option<(String, String)>,
+    /// Its host said `done` (the call is over there) before this end
+    /// stopped waiting.
+    done: bool,
+}
+
+/// A call its caller gave up on (or that its host's deadline ended) while
+/// a worker may still run it: it keeps a place of its caller's key
+/// ([`CallOptions::abandoned`]) until its host says `done`, answers it
+/// after all, or is lost; until NATS is lost; until its
+/// acknowledgement's time passes with no host known to have it; and at
+/// most the default deadline past its own (by then its host has found
+/// the worker stuck and replaced it).
+struct Kept {
+    _place: Box<dyn std::any::Any + Send>,
+    host: Option<(String, String)>,
 }
 
 struct Front {
@@ -106,6 +121,8 @@ struct Front {
     /// Replies come to `<inbox>.<call id>`.
     inbox: String,
     calls: Mutex<HashMap<u64, Pending>>,
+    /// Calls given up on while a worker may run them (locked after `calls`).
+    kept: Mutex<HashMap<u64, Kept>>,
     next_call: AtomicU64,
     hosts: RwLock<HashMap<String, Known>>,
     connected: watch::Sender<bool>,
@@ -155,6 +172,8 @@ struct Attempt<'a> {
     fair: &'a AtomicBool,
     /// The call's first unknown outcome and first worker death.
     unknown: &'a FirstUnknown,
+    /// What its caller keeps of it once given up on while a worker runs it.
+    abandoned: Option<&'a crate::workers::Abandoned>,
 }
 
 /// The number under which a death is counted against the methods whose
@@ -236,6 +255,7 @@ impl NatsBridge {
             subjects,
             inbox,
             calls: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             hosts: RwLock::new(HashMap::new()),
             connected: watch::Sender::new(true),
@@ -420,6 +440,7 @@ impl NatsBridge {
                                 timeout,
                                 fair: &fair,
                                 unknown: &unknown,
+                                abandoned: options.abandoned.as_ref(),
                             },
                         )
                         .await
@@ -452,6 +473,7 @@ impl NatsBridge {
             timeout,
             fair,
             unknown,
+            abandoned,
         } = attempt;
         let s = &self.shared;
         self.wait_connected(deadline, timeout).await?;
@@ -492,6 +514,7 @@ impl NatsBridge {
                 tx,
                 method: method.to_owned(),
                 host: None,
+                done: false,
             },
         );
         let mut guard = Waiting {
@@ -499,6 +522,10 @@ impl NatsBridge {
             id,
             reply: reply.clone(),
             cancel: true,
+            runs_on: false,
+            abandoned: abandoned.cloned(),
+            ack_by: Instant::now() + s.config.ack_delay + s.config.ack_timeout,
+            deadline,
         };
         let mut headers = HeaderMap::new();
         let left_ms = left.as_millis().max(1) as u64;
@@ -547,6 +574,8 @@ impl NatsBridge {
                             continue;
                         }
                         guard.cancel = false;
+                        // Answered at its host's deadline, its worker running on.
+                        guard.runs_on = h.and_then(|h| h.get(wire::RUNS_ON)).is_some_and(|v| v.as_str() == "1");
                         let r = wire::decode_answer(&m.payload, host);
                         if let Err(Error::WorkerCrashed { worker, .. }) = &r {
                             // Named by the instance that acknowledged the
@@ -798,23 +827,64 @@ impl NatsBridge {
 
 /// A call waiting for its answer; dropping it (answered, timed out, or its
 /// caller gone) forgets the call, and tells the hosts to cancel it unless
-/// it is known to be over.
+/// it is known to be over. A call given up on, or answered while its worker
+/// runs on, is [`Kept`].
 struct Waiting {
     front: Arc<Front>,
     id: u64,
     reply: String,
     cancel: bool,
+    /// Its answer said its worker runs on.
+    runs_on: bool,
+    abandoned: Option<crate::workers::Abandoned>,
+    /// When a host must have acknowledged it, if one has it.
+    ack_by: Instant,
+    deadline: Instant,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let pending = lock(&self.front.calls).remove(&self.id);
+        {
+            let mut calls = lock(&self.front.calls);
+            let pending = calls.remove(&self.id);
+            if let (Some(p), Some(a)) = (pending, &self.abandoned)
+                && (self.cancel || self.runs_on)
+                && !p.done
+            {
+                let unknown_host = p.host.is_none();
+                lock(&self.front.kept).insert(
+                    self.id,
+                    Kept {
+                        _place: a.keep(),
+                        host: p.host,
+                    },
+                );
+                drop(calls);
+                let (front, id) = (Arc::downgrade(&self.front), self.id);
+                let (ack_by, at_most) = (self.ack_by, self.deadline + self.front.call_timeout);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if unknown_host {
+                            tokio::time::sleep_until(ack_by).await;
+                            let Some(f) = front.upgrade() else { return };
+                            let mut kept = lock(&f.kept);
+                            if kept.get(&id).is_some_and(|k| k.host.is_none()) {
+                                kept.remove(&id);
+                            }
+                        }
+                        tokio::time::sleep_until(at_most).await;
+                        if let Some(f) = front.upgrade() {
+                            lock(&f.kept).remove(&id);
+                        }
+                    });
+                }
+            }
+        }
         if !self.cancel {
             return;
         }
         // The host that acknowledged it is the one running it; before an
         // acknowledgement any host may be, and every host listens.
-        let _ = pending;
         let (client, subject, reply) = (
             self.front.client.clone(),
             self.front.subjects.cancel(),
@@ -964,7 +1034,13 @@ impl Front {
     /// death is `confirmed` (NATS itself no longer knows it), it counts
     /// once against each method it was running.
     fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str, confirmed: bool) {
-        for p in lock(&self.calls).values() {
+        let calls = lock(&self.calls);
+        lock(&self.kept).retain(|_, k| {
+            !k.host.as_ref().is_some_and(|(h, i)| {
+                h == host && (i.is_empty() || instance.is_none_or(|want| want == i))
+            })
+        });
+        for p in calls.values() {
             let Some((h, i)) = &p.host else { continue };
             if h == host && (i.is_empty() || instance.is_none_or(|want| want == i)) {
                 // An older host names no instance: each of its calls counts.
@@ -1022,32 +1098,61 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             .and_then(|t| t.parse::<u64>().ok());
         let h = m.headers.as_ref();
         let host = h.and_then(|h| h.get(wire::HOST)).map(|v| v.as_str());
-        let ack = h
-            .and_then(|h| h.get(wire::STATUS))
-            .is_some_and(|v| v.as_str() == "accepted");
+        // No instance named (another version): matches any.
+        let instance = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str());
+        let named = || host.map(|h| (h.to_owned(), instance.unwrap_or_default().to_owned()));
+        // A notice (`accepted`, `running`, `done`), or else an answer.
+        let status = h.and_then(|h| h.get(wire::STATUS)).map(|v| v.as_str());
+        let runs_on = h
+            .and_then(|h| h.get(wire::RUNS_ON))
+            .is_some_and(|v| v.as_str() == "1");
         let mut calls = lock(&f.calls);
         match id.and_then(|id| calls.get_mut(&id)) {
-            Some(p) => {
-                if ack {
-                    // No instance named (another version): matches any.
-                    let instance = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str());
-                    p.host = host.map(|h| (h.to_owned(), instance.unwrap_or_default().to_owned()));
+            Some(p) => match status {
+                Some("accepted") => {
+                    p.host = named();
+                    let _ = p.tx.send(Reply::Message(m));
                 }
-                let _ = p.tx.send(Reply::Message(m));
-            }
-            None if !ack && m.status.is_none() => {
+                Some(wire::RUNNING) => p.host = p.host.take().or_else(named),
+                Some(wire::DONE) => p.done = true,
+                Some(_) => {}
+                None => {
+                    let _ = p.tx.send(Reply::Message(m));
+                }
+            },
+            None if m.status.is_some() => {}
+            None => {
+                // A call given up on: what its host says of it now.
+                let mut kept = lock(&f.kept);
+                let over = match (id.and_then(|id| kept.get_mut(&id)), status) {
+                    (Some(k), Some("accepted" | wire::RUNNING)) => {
+                        k.host = k.host.take().or_else(named);
+                        false
+                    }
+                    (Some(k), None) if runs_on => {
+                        k.host = k.host.take().or_else(named);
+                        false
+                    }
+                    (Some(_), Some(wire::DONE) | None) => true,
+                    _ => false,
+                };
+                if over && let Some(id) = id {
+                    kept.remove(&id);
+                }
+                drop(kept);
                 drop(calls);
-                f.late.fetch_add(1, Ordering::Relaxed);
-                let started = h
-                    .and_then(|h| h.get(wire::STARTED))
-                    .map(|v| v.as_str() == "1");
-                tracing::warn!(
-                    host = host.unwrap_or("(unnamed)"),
-                    started,
-                    "an answer came after its caller stopped waiting; dropped and counted"
-                );
+                if status.is_none() {
+                    f.late.fetch_add(1, Ordering::Relaxed);
+                    let started = h
+                        .and_then(|h| h.get(wire::STARTED))
+                        .map(|v| v.as_str() == "1");
+                    tracing::warn!(
+                        host = host.unwrap_or("(unnamed)"),
+                        started,
+                        "an answer came after its caller stopped waiting; dropped and counted"
+                    );
+                }
             }
-            None => {}
         }
     }
 }
@@ -1298,7 +1403,10 @@ async fn follow_connection(
             async_nats::Event::Disconnected => {
                 f.connected.send_replace(false);
                 tracing::warn!(url = f.config.url, "lost the connection to NATS");
-                for p in lock(&f.calls).values() {
+                let calls = lock(&f.calls);
+                // Their `done` may be lost with the connection.
+                lock(&f.kept).clear();
+                for p in calls.values() {
                     let _ = p.tx.send(Reply::Lost(
                         Error::CallOutcomeUnknown {
                             method: p.method.clone(),

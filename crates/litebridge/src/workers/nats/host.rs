@@ -16,7 +16,7 @@ use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::wire::{self, Subjects};
-use crate::workers::{CallOptions, WorkerPool};
+use crate::workers::{Abandoned, CallOptions, WorkerPool};
 
 /// A worker pool served on NATS: every method its workers announce becomes
 /// an endpoint of the services protocol, in one queue group, so calls spread
@@ -296,7 +296,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     let deadline = header(h, wire::DEADLINE).and_then(|v| v.parse::<u64>().ok());
     let request_id = header(h, wire::REQUEST_ID).map(str::to_owned);
     let refuse = |e: Error| async {
-        answer(&host, &request, &method, Err(e)).await;
+        answer(&host, &request, &method, Err(e), false).await;
     };
     if host.draining.load(Ordering::Acquire) {
         return refuse(Error::Unavailable {
@@ -409,19 +409,34 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             .await;
         }
     }
+    // Given to the pool: if the call is given up (its caller's cancel, or
+    // this host's deadline) while its worker runs on, the pool keeps the
+    // notice until the worker is done, and dropping it tells the front end
+    // (`done`), which keeps the call's place of its key until then.
+    let notice = Arc::new(Mutex::new(Some(DoneNotice {
+        client: host.client.clone(),
+        reply: reply.clone(),
+        host: host.id.clone(),
+        instance: host.service_id.clone(),
+        armed: true,
+    })));
+    let keep = {
+        let notice = notice.clone();
+        Abandoned::new(move || Box::new(lock(&notice).take()))
+    };
     // The front end owns retries (on any host); a retry here would run an
     // idempotent call again behind a caller that asked for none.
-    let call = host.pool.call(
+    let mut call = Box::pin(host.pool.call(
         &method,
         params,
         CallOptions {
             timeout: Some(timeout),
             retry: false,
             request_id,
+            abandoned: Some(keep),
             ..CallOptions::default()
         },
-    );
-    tokio::pin!(call);
+    ));
     let ack = tokio::time::sleep(host.config.ack_delay);
     tokio::pin!(ack);
     let mut acked = false;
@@ -430,32 +445,97 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             r = &mut call => break Some(r),
             () = &mut ack, if !acked => {
                 acked = true;
-                let mut headers = HeaderMap::new();
-                headers.insert(wire::STATUS, "accepted");
-                headers.insert(wire::HOST, host.id.as_str());
-                headers.insert(wire::INSTANCE, host.service_id.as_str());
-                let _ = host.client.publish_with_headers(reply.clone(), headers, Default::default()).await;
+                let _ = host.client.publish_with_headers(reply.clone(), host.status("accepted"), Default::default()).await;
             }
             // Its caller gave up: dropping the call tells the worker to cancel.
             _ = &mut cancel_rx => break None,
         }
     };
+    // Dropped, the call gives its notice to the worker still running it, if any.
+    drop(call);
     drop(registration);
+    let unsent = lock(&notice).take();
+    let runs_on = unsent.is_none();
     match outcome {
-        Some(r) => answer(&host, &request, &method, r).await,
+        Some(r) => {
+            // Answered: no notice, unless the worker runs on past this
+            // host's deadline (then the answer says so, and `done` follows).
+            if let Some(mut n) = unsent {
+                n.armed = false;
+            }
+            answer(&host, &request, &method, r, runs_on).await;
+        }
         None => {
             host.cancelled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(method, "call cancelled by its caller");
+            tracing::debug!(method, runs_on, "call cancelled by its caller");
+            if runs_on {
+                // Which host to wait for: the cancel may have come before
+                // the acknowledgement.
+                let _ = host
+                    .client
+                    .publish_with_headers(
+                        reply.clone(),
+                        host.status(wire::RUNNING),
+                        Default::default(),
+                    )
+                    .await;
+            }
+            // Else the unsent notice, dropped here, says `done`.
+            drop(unsent);
         }
     }
 }
 
+/// Tells a front end, when dropped armed, that a call it gave up on is over
+/// here (its worker answered it or ended, or it never reached one).
+struct DoneNotice {
+    client: Client,
+    reply: String,
+    host: String,
+    instance: String,
+    armed: bool,
+}
+
+impl Drop for DoneNotice {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::STATUS, wire::DONE);
+        headers.insert(wire::HOST, self.host.as_str());
+        headers.insert(wire::INSTANCE, self.instance.as_str());
+        let (client, reply) = (self.client.clone(), std::mem::take(&mut self.reply));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client
+                    .publish_with_headers(reply, headers, Default::default())
+                    .await;
+            });
+        }
+    }
+}
+
+impl Host {
+    /// The headers of a status message (`accepted`, `running`) about a call.
+    fn status(&self, status: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::STATUS, status);
+        headers.insert(wire::HOST, self.id.as_str());
+        headers.insert(wire::INSTANCE, self.service_id.as_str());
+        headers
+    }
+}
+
 /// Sends a call's answer, with the services protocol's error headers.
+/// `runs_on`: the call's worker runs on past it (the host's deadline
+/// ended the call): a `done` notice follows when the worker is done.
 async fn answer(
     host: &Host,
     request: &async_nats::service::Request,
     method: &str,
     outcome: Result<Json>,
+    runs_on: bool,
 ) {
     let mut body = wire::answer_body(&outcome);
     let mut outcome = outcome;
@@ -473,8 +553,12 @@ async fn answer(
     }
     let mut headers = HeaderMap::new();
     headers.insert(wire::HOST, host.id.as_str());
-    if let Err(Error::WorkerCrashed { .. }) = &outcome {
-        // With the worker's number in the body: which death this was.
+    if runs_on {
+        headers.insert(wire::RUNS_ON, "1");
+    }
+    if runs_on || matches!(&outcome, Err(Error::WorkerCrashed { .. })) {
+        // With the worker's number in the body: which death this was; or
+        // which instance's `done` (or loss) to wait for.
         headers.insert(wire::INSTANCE, host.service_id.as_str());
     }
     let started = !matches!(&outcome, Err(e) if wire::not_started(e));

@@ -39,8 +39,19 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("Litebridge-Re
 pub(crate) const BUDGET_MS: HeaderName = HeaderName::from_static("Litebridge-Budget-Ms");
 /// The deadline as Unix milliseconds (a host refuses a call already past it).
 pub(crate) const DEADLINE: HeaderName = HeaderName::from_static("Litebridge-Deadline");
-/// `accepted` on an acknowledgement.
+/// On a notice about a call, never on its answer: `accepted` (an
+/// acknowledgement), [`RUNNING`] or [`DONE`].
 pub(crate) const STATUS: HeaderName = HeaderName::from_static("Litebridge-Status");
+/// The [`STATUS`] of a notice that a call's worker runs on after its caller
+/// gave up (sent when a cancel found it running): the front end keeps the
+/// call's place of its key until [`DONE`] comes, or the host is lost.
+pub(crate) const RUNNING: &str = "running";
+/// `1` on an answer sent at the host's deadline while the call's worker
+/// runs on: as [`RUNNING`], a [`DONE`] follows.
+pub(crate) const RUNS_ON: HeaderName = HeaderName::from_static("Litebridge-Runs-On");
+/// The [`STATUS`] of a notice that a call given up on is over on its host:
+/// its worker answered it or ended, or it never reached a worker.
+pub(crate) const DONE: &str = "done";
 /// The id of the host answering.
 pub(crate) const HOST: HeaderName = HeaderName::from_static("Litebridge-Host");
 /// Which run of that host (its services-protocol id): a host restarted
