@@ -4,12 +4,13 @@
 //! SQLite's backup API (its `-wal` included, as SQLite reads it) to a
 //! hidden file beside the database, and the copy verified: until then the
 //! database is not touched, so a copy that fails (a full disk) leaves it as
-//! it was. Then the database's place is cleared: the file and every
-//! companion SQLite would take for it (`-wal`, `-shm`, `-journal`, even with
-//! no database beside them: a stale log would be replayed into the restored
-//! file) are moved aside, never deleted; the copy is renamed into place and
-//! the directory synced. A crash at any point leaves the old file where it
-//! was or aside, and the new one whole or not there.
+//! it was. Then the database's place is cleared: every companion SQLite
+//! would take for the file (`-wal`, `-shm`, `-journal`, even with no
+//! database beside them: a stale log would be replayed into the restored
+//! file) is moved aside, never deleted, and the file itself linked aside
+//! (or moved, see `place_with`); the copy is renamed into place and the
+//! directory synced. A crash at any point leaves the old file where it was
+//! or aside, and the new one whole or not there.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -100,10 +101,49 @@ pub fn restore_file(
 /// Clears `db`'s place (moving the file and its companions to `aside`) and
 /// renames the verified copy `partial` there; whether anything was moved.
 fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
-    if db.exists() {
-        ensure_not_in_use(db)?;
-    }
-    let moved = move_aside(db, aside)?;
+    place_with(partial, db, aside, || {})
+}
+
+/// [`place`], calling `before_rename` just before the copy is renamed into
+/// place (tests look at the files then).
+///
+/// There is a file at `db` at every moment: the old one is linked to
+/// `aside` (not moved) and the copy renamed over it, so no program can
+/// open `db` in between and make a new, empty database there (whose log
+/// would then sit beside the restored file). Until the rename, this
+/// process holds SQLite's locks on the old file, so a program that opens
+/// it meanwhile can neither read nor write it, nor make it a log: it is
+/// told the database is locked. That is done only when the old file
+/// closed cleanly (its log checkpointed, a hot journal rolled back) and
+/// left no companion with anything in it: a crash before the rename then
+/// leaves it whole at its place. Otherwise (a damaged file, a log that
+/// could not be emptied, no hard links or record locks), the file is
+/// moved aside with its companions and the copy renamed into its place.
+fn place_with(
+    partial: &Path,
+    db: &Path,
+    aside: &Path,
+    before_rename: impl FnOnce(),
+) -> Result<bool> {
+    let clean = db.exists() && ensure_not_in_use(db)?;
+    let held = if clean && companions_are_empty(db) {
+        match crate::db::ffi::hold_sqlite_locks(db) {
+            Ok(held) => held,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(Error::Busy {
+                    message: format!(
+                        "{} is in use by another process; stop it (litebridge serve) before restoring",
+                        db.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::io("cannot lock", db, e)),
+        }
+    } else {
+        None
+    };
+    let moved = move_aside(db, aside, held.is_some())?;
+    before_rename();
     if let Err(e) = std::fs::rename(partial, db) {
         let e = if !moved.is_empty() && move_back(&moved).is_err() {
             std::io::Error::new(
@@ -116,6 +156,7 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
         return Err(Error::io("cannot move the restored file to", db, e));
     }
     sync_dir(db);
+    drop(held);
     Ok(!moved.is_empty())
 }
 
@@ -126,9 +167,20 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether every companion of `db` that exists is empty (`-shm` aside: it
+/// holds no data).
+fn companions_are_empty(db: &Path) -> bool {
+    COMPANIONS
+        .iter()
+        .filter(|c| !c.ends_with("-shm"))
+        .all(|c| std::fs::symlink_metadata(with_suffix(db, c)).map_or(true, |m| m.len() == 0))
+}
+
 /// Refuses to replace a database another connection has open. In WAL mode an
-/// exclusive-locking-mode read needs the file to itself.
-fn ensure_not_in_use(db: &Path) -> Result<()> {
+/// exclusive-locking-mode read needs the file to itself. Whether the file
+/// was locked and closed cleanly (a damaged one cannot be, and is still
+/// replaceable).
+fn ensure_not_in_use(db: &Path) -> Result<bool> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
         Error::Open {
             path: db.to_path_buf(),
@@ -140,7 +192,7 @@ fn ensure_not_in_use(db: &Path) -> Result<()> {
         .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
         .map_err(Error::from);
     match locked {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(conn.close().is_ok()),
         Err(Error::Busy { .. }) => Err(Error::Busy {
             message: format!(
                 "{} is in use by another process; stop it (litebridge serve) before restoring",
@@ -148,16 +200,18 @@ fn ensure_not_in_use(db: &Path) -> Result<()> {
             ),
         }),
         // A damaged file cannot be locked cleanly but must still be replaceable.
-        Err(_) => Ok(()),
+        Err(_) => Ok(false),
     }
 }
 
 /// `db` and each companion of it that exists, moved to the same names
-/// beside `aside`; the moves made. Nothing is moved while any aside name is
-/// taken (a companion left there would be taken for the database's), and
-/// a move that fails half way is undone (or the error says where the
-/// database is).
-fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+/// beside `aside`; the moves made. With `link_db`, `db` itself is linked
+/// there rather than moved (it stays where it is until the restored copy
+/// is renamed over it), where the file system can. Nothing is moved while
+/// any aside name is taken (a companion left there would be taken for the
+/// database's), and a move that fails half way is undone (or the error
+/// says where the database is).
+fn move_aside(db: &Path, aside: &Path, link_db: bool) -> Result<Vec<Moved>> {
     let pairs = pairs(db, aside);
     if let Some((_, to)) = pairs.iter().find(|(_, to)| to.symlink_metadata().is_ok()) {
         return Err(Error::io(
@@ -170,11 +224,12 @@ fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         ));
     }
     let mut moved = Vec::new();
-    for (from, to) in pairs {
+    for (i, (from, to)) in pairs.into_iter().enumerate() {
         if !from.exists() {
             continue;
         }
-        if let Err(e) = std::fs::rename(&from, &to) {
+        let linked = i == 0 && link_db && std::fs::hard_link(&from, &to).is_ok();
+        if !linked && let Err(e) = std::fs::rename(&from, &to) {
             let e = if !moved.is_empty() && move_back(&moved).is_err() {
                 std::io::Error::new(
                     e.kind(),
@@ -185,15 +240,27 @@ fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
             };
             return Err(Error::io("cannot move aside", &from, e));
         }
-        moved.push((from, to));
+        moved.push(Moved { from, to, linked });
     }
     Ok(moved)
 }
 
+/// One file [`move_aside`] moved (or linked).
+struct Moved {
+    from: PathBuf,
+    to: PathBuf,
+    /// Linked: `from` is still there.
+    linked: bool,
+}
+
 /// Undoes the moves [`move_aside`] made.
-fn move_back(moved: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
-    for (back, from) in moved {
-        std::fs::rename(from, back)?;
+fn move_back(moved: &[Moved]) -> std::io::Result<()> {
+    for m in moved {
+        if m.linked {
+            std::fs::remove_file(&m.to)?;
+        } else {
+            std::fs::rename(&m.to, &m.from)?;
+        }
     }
     Ok(())
 }
@@ -206,4 +273,70 @@ fn pairs(db: &Path, aside: &Path) -> Vec<(PathBuf, PathBuf)> {
                 .map(|c| (with_suffix(db, c), with_suffix(aside, c))),
         )
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(path: &Path, value: &str) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('{value}');"
+        ))
+        .unwrap();
+    }
+
+    fn value(path: &Path) -> String {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT v FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Found by a hostile review: the database was moved aside before the
+    /// copy was renamed into its place, so for a moment there was no file
+    /// at its path, and a program opening it then made a new, empty
+    /// database there. Now the old file stays until the copy replaces it,
+    /// and another process opening it meanwhile is told it is locked.
+    #[test]
+    fn there_is_a_database_at_its_path_throughout_a_restore_and_no_one_else_can_use_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, partial, aside) = (
+            dir.path().join("app.db"),
+            dir.path().join(".app.db.partial"),
+            dir.path().join("app.db.replaced"),
+        );
+        database(&db, "old");
+        database(&partial, "restored");
+        let mut seen = None;
+        let moved = place_with(&partial, &db, &aside, || {
+            let other = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sqlite3, sys\n\
+                     c = sqlite3.connect(sys.argv[1], timeout=0)\n\
+                     print(c.execute('SELECT v FROM t').fetchone()[0])",
+                )
+                .arg(&db)
+                .output()
+                .unwrap();
+            seen = Some((
+                db.exists(),
+                String::from_utf8_lossy(&other.stdout).into_owned(),
+                String::from_utf8_lossy(&other.stderr).into_owned(),
+            ));
+        })
+        .unwrap();
+        assert!(moved);
+        let (there, out, err) = seen.unwrap();
+        assert!(there, "no file at the database's path");
+        assert!(out.is_empty(), "another process read {out:?}");
+        assert!(err.contains("locked"), "{err}");
+        assert_eq!(value(&db), "restored");
+        assert_eq!(value(&aside), "old");
+        for c in COMPANIONS {
+            assert!(!with_suffix(&aside, c).exists() || c == "-shm", "{c}");
+        }
+    }
 }
