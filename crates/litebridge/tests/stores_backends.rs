@@ -432,6 +432,25 @@ async fn postgres_cache_writes_reach_the_other_front_ends_memory() {
     let hits = a.stats().l1_hits;
     assert_eq!(a.get("k").await.unwrap(), Some(json!(1)));
     assert_eq!(a.stats().l1_hits, hits + 1, "served from memory");
+    // Found by a hostile review: the clients' SQL (a `read` key's) could
+    // notify the channel, named after the schema, and flood every front
+    // end's listener. Its name now ends in a hash of a secret.
+    for guess in [format!("lbc_{}", schema.own()), "lbc_litebridge".to_owned()] {
+        da.query_with(
+            "SELECT pg_notify(?1, ?2)::text",
+            litebridge::params![guess, "1:k"],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.get("k").await.unwrap(), Some(json!(1)));
+    assert_eq!(
+        a.stats().l1_hits,
+        hits + 2,
+        "a client's notification was heard"
+    );
     // A new value through b: a's memory lets the old one go.
     b.set("k", json!(2), None).await.unwrap();
     let mut seen = json!(1);
@@ -460,7 +479,8 @@ async fn postgres_cache_writes_reach_the_other_front_ends_memory() {
     let cut = admin
         .query_one(
             &format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = 'LISTEN \"lbc_{}\"'",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE query ~ '^LISTEN \"lbc_{}_[0-9a-f]{{16}}\"$'",
                 schema.own()
             ),
             &[],

@@ -181,10 +181,40 @@ pub(super) async fn install(
     Ok(secret)
 }
 
+/// The channel of the cache's notifications between front ends
+/// (`store/cache_peers.rs`): the schema's name (cut to fit, for operators
+/// reading `pg_stat_activity`), then 64 bits of SHA-256 of the secret. Any
+/// role can notify any channel it can name, and the clients' role cannot
+/// name this one: it cannot read the secret, nor see litebridge's own
+/// sessions' statements.
+pub(super) fn channel(secret: &[u8; 32], schema: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(b"litebridge cache notifications\0");
+    h.update(secret);
+    let digest = h.finalize();
+    let suffix: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // Channels are identifiers of at most 63 bytes; schema names are ASCII.
+    format!("lbc_{}_{suffix}", &schema[..schema.len().min(42)])
+}
+
 /// The row's key for `key`: SHA-256 of the secret and the caller's key.
 pub(super) fn row_key(secret: &[u8; 32], key: IdempotencyKey) -> Vec<u8> {
     let mut h = sha2::Sha256::new();
     h.update(secret);
     h.update(key.0);
     h.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_channel_is_the_secrets_and_fits_an_identifier() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(channel(&a, "litebridge"), channel(&a, "litebridge"));
+        assert_ne!(channel(&a, "litebridge"), channel(&b, "litebridge"));
+        assert!(channel(&a, "litebridge").starts_with("lbc_litebridge_"));
+        assert_eq!(channel(&a, &"s".repeat(63)).len(), 63);
+    }
 }

@@ -640,6 +640,12 @@ impl PgDatabase {
         &self.inner.config.schema
     }
 
+    /// The channel of the cache's notifications between front ends, which
+    /// the clients' role cannot name (`claims::channel`).
+    pub(crate) fn cache_channel(&self) -> String {
+        claims::channel(&self.inner.claims_secret, &self.inner.config.schema)
+    }
+
     /// Runs one statement read-only.
     async fn read(&self, who: Who, p: Prepared, options: QueryOptions) -> Result<Rows> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);

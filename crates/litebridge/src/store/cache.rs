@@ -260,7 +260,7 @@ fn listen_to_peers(
     l1: &moka::future::Cache<String, Entry>,
 ) -> Arc<super::cache_peers::Peers> {
     use crate::pg::Heard;
-    let peers = super::cache_peers::Peers::new(pg.own_schema());
+    let peers = super::cache_peers::Peers::new(pg.cache_channel());
     let (weak, l1) = (Arc::downgrade(&peers), l1.clone());
     pg.listen(peers.channel.clone(), move |heard| {
         let (weak, l1) = (weak.clone(), l1.clone());
