@@ -229,8 +229,13 @@ impl Counters {
 /// Locks that order writes of a key against copies of it into memory.
 const STRIPES: usize = 64;
 
-/// Rows deleted by one statement of a sweep.
+/// Rows deleted by one statement of a sweep at most.
 const SWEEP_BATCH: u64 = 500;
+/// Bytes of values deleted by one statement of a sweep at most (past the
+/// first row, which goes whatever its size): the writer frees every page
+/// of what it deletes, and 500 rows of the largest values would hold it
+/// for seconds.
+const SWEEP_BYTES: i64 = 16 << 20;
 /// Statements per sweep: a sweep deletes at most `SWEEP_BATCH * SWEEP_STEPS` rows.
 const SWEEP_STEPS: u64 = 20;
 
@@ -1032,8 +1037,9 @@ pub struct Swept {
 }
 
 impl CacheSweeper {
-    /// Deletes expired rows of `db`'s cache table, at most
-    /// 500 rows per statement and 20 statements, then counts the rows left.
+    /// Deletes expired rows of `db`'s cache table, oldest first, at most
+    /// 500 rows and 16 MiB of values (or one row) per statement and 20
+    /// statements, then counts the rows left.
     ///
     /// # Errors
     /// A delete failed (counted as an L2 failure too).
@@ -1048,23 +1054,9 @@ impl CacheSweeper {
         let now = micros(self.clock.now());
         let mut deleted = 0;
         for _ in 0..SWEEP_STEPS {
-            let n = db
-                .own_execute(
-                    format!(
-                        // The condition again outside: on PostgreSQL a key
-                        // set again after the inner select is deleted only
-                        // if still expired (a review found it deleted).
-                        "DELETE FROM {t} WHERE key IN (
-                             SELECT key FROM {t}
-                             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
-                           AND expires_at IS NOT NULL AND expires_at <= ?1",
-                        t = db.own("cache")
-                    ),
-                    params![now, SWEEP_BATCH as i64],
-                )
+            let n = sweep_batch(db, now, SWEEP_BYTES)
                 .await
-                .inspect_err(|e| self.counters.l2_failed("delete expired rows", e))?
-                .changes;
+                .inspect_err(|e| self.counters.l2_failed("delete expired rows", e))?;
             deleted += n;
             // A short batch may be one whose rows were set again meanwhile
             // (on PostgreSQL): only an empty one says none is left.
@@ -1082,5 +1074,81 @@ impl CacheSweeper {
             deleted,
             more: true,
         })
+    }
+}
+
+/// One statement of a sweep: deletes the oldest expired rows (at most
+/// [`SWEEP_BATCH`]) while the bytes of values before each are under
+/// `bytes`; returns how many.
+async fn sweep_batch(db: &Backend, now: i64, bytes: i64) -> Result<u64> {
+    Ok(db
+        .own_execute(
+            format!(
+                // The condition again outside: on PostgreSQL a key set
+                // again after the inner select is deleted only if still
+                // expired (a review found it deleted). `octet_length` reads
+                // a value's size, not the value.
+                "DELETE FROM {t} WHERE key IN (
+                     SELECT key FROM (
+                         SELECT key, own, sum(own) OVER (
+                             ORDER BY expires_at, key ROWS UNBOUNDED PRECEDING) AS upto
+                         FROM (
+                             SELECT key, expires_at, octet_length(value) AS own FROM {t}
+                             WHERE expires_at IS NOT NULL AND expires_at <= ?1
+                             ORDER BY expires_at, key LIMIT ?2) AS oldest) AS sized
+                     WHERE upto - own < ?3)
+                   AND expires_at IS NOT NULL AND expires_at <= ?1",
+                t = db.own("cache")
+            ),
+            params![now, SWEEP_BATCH as i64, bytes],
+        )
+        .await?
+        .changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a hostile review: a sweep's statement deleted 500 rows
+    /// whatever their size, holding the writer while it freed them all.
+    #[tokio::test]
+    async fn a_sweeps_statement_deletes_a_bounded_size_of_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Database::open(dir.path().join("c.db"), crate::DbConfig::default())
+            .await
+            .unwrap();
+        let _cache = Cache::open(Some(db.clone()), CacheConfig::default())
+            .await
+            .unwrap();
+        // The oldest is 5,000 bytes, then ten of 1,000; one not expired.
+        db.write(|c| {
+            c.execute_batch(
+                "INSERT INTO main.litebridge_cache VALUES ('big', printf('%.*c', 5000, 'x'), 1);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
+                 INSERT INTO main.litebridge_cache
+                 SELECT 'k' || i, printf('%.*c', 1000, 'x'), 1 + i FROM n;
+                 INSERT INTO main.litebridge_cache VALUES ('live', 'x', 1000);",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let db: Backend = db.into();
+        // The first row goes whatever its size; then as many as fit.
+        let batches: Vec<u64> = [
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+        ]
+        .into();
+        assert_eq!(batches, [1, 3, 3, 3, 1]);
+        assert_eq!(
+            sweep_batch(&db, 500, 2500).await.unwrap(),
+            0,
+            "the live row stays"
+        );
     }
 }
