@@ -48,30 +48,45 @@ fn tool(name: String, description: String, schema: Json, read_only: bool) -> Too
     t
 }
 
-/// The tool name of a worker method: `worker_` and the name with anything
-/// but letters, digits, `_` and `-` made `_`, at most 64 characters.
+/// The tool name of a worker method, a function of its name alone, so that
+/// a tool an agent listed never comes to run another method when the
+/// workers' methods change (a review found `worker_a_b` running `a.b` once
+/// `a_b` was gone): `worker_` and the name with each `.` made `-`, for a
+/// name of letters, digits, `_` and `.` that fits in 64 characters; any
+/// other name (one with a `-` in it, or too long) keeps its letters,
+/// digits and `_` (the rest made `_`), cut to leave room for `_` and 16 hex
+/// digits of the SHA-256 of the name.
 fn worker_tool_name(method: &str) -> String {
-    let clean: String = method
+    let plain = method
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if plain && WORKER_PREFIX.len() + method.len() <= 64 {
+        return format!("{WORKER_PREFIX}{}", method.replace('.', "-"));
+    }
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(method.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut name: String = WORKER_PREFIX
+        .chars()
+        .chain(method.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
                 c
             } else {
                 '_'
             }
-        })
+        }))
+        .take(64 - 1 - hex.len())
         .collect();
-    let mut name = format!("{WORKER_PREFIX}{clean}");
-    name.truncate(64);
+    name.push('_');
+    name.push_str(&hex);
     name
 }
 
-/// The worker methods as tools: each method's tool name, one to one. A
-/// name [`worker_tool_name`] would give two methods (`a.b` and `a_b`, or
-/// two long names alike in their first 57 characters) is given to neither:
-/// each ends in a digest of its own method's name instead, so an agent
-/// never runs a method other than the one listed, whatever order the
-/// workers announced them in.
+/// The worker methods as tools: each method's tool name
+/// ([`worker_tool_name`]). Two methods whose names would share a tool
+/// (found only by searching SHA-256 for it) get none.
 fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)> {
     tool_names(pool.methods())
 }
@@ -79,53 +94,23 @@ fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)>
 fn tool_names(mut methods: Vec<MethodInfo>) -> Vec<(String, MethodInfo)> {
     methods.sort_by(|a, b| a.name.cmp(&b.name));
     methods.dedup_by(|a, b| a.name == b.name);
-    let mut names: Vec<String> = methods.iter().map(|m| worker_tool_name(&m.name)).collect();
-    let mut digested = vec![false; methods.len()];
-    let mut digits = 8;
-    // Until every name is one method's: a digest's name can be another
-    // method's plain one (`a_b_2e7336dc`), and digests can meet.
-    loop {
-        let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for n in &names {
-            *uses.entry(n.as_str()).or_default() += 1;
-        }
-        let shared: Vec<usize> = (0..names.len())
-            .filter(|&i| uses[names[i].as_str()] > 1)
-            .collect();
-        if shared.is_empty() {
-            break;
-        }
-        let plain: Vec<usize> = shared.iter().copied().filter(|&i| !digested[i]).collect();
-        if plain.is_empty() {
-            // Only a collision of the digests' prefixes: longer ones, as
-            // long as a name has room.
-            if digits >= 48 {
-                break;
-            }
-            digits += 8;
-        }
-        let renamed: Vec<usize> = (0..names.len())
-            .filter(|&i| digested[i] || plain.contains(&i))
-            .collect();
-        for i in renamed {
-            names[i] = with_digest(&methods[i].name, digits);
-            digested[i] = true;
-        }
-    }
-    names.into_iter().zip(methods).collect()
-}
-
-/// `worker_tool_name(method)` cut to leave room for `_` and `digits` hex
-/// digits of the SHA-256 of the method's name.
-fn with_digest(method: &str, digits: usize) -> String {
-    use sha2::Digest as _;
-    let hex: String = sha2::Sha256::digest(method.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
+    let named: Vec<(String, MethodInfo)> = methods
+        .into_iter()
+        .map(|m| (worker_tool_name(&m.name), m))
         .collect();
-    let mut name = worker_tool_name(method);
-    name.truncate(64 - 1 - digits);
-    format!("{name}_{}", &hex[..digits])
+    let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (n, _) in &named {
+        *uses.entry(n.as_str()).or_default() += 1;
+    }
+    let shared: std::collections::HashSet<String> = uses
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    named
+        .into_iter()
+        .filter(|(n, _)| !shared.contains(n))
+        .collect()
 }
 
 fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
@@ -365,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn worker_methods_whose_tool_names_would_collide_each_get_their_own() {
+    fn a_worker_methods_tool_name_is_its_own_whatever_the_other_methods() {
         let method = |name: &str| MethodInfo {
             name: name.into(),
             idempotent: true,
@@ -374,33 +359,45 @@ mod tests {
             params: None,
         };
         let long = "y".repeat(70);
-        // `a.b` gets a digest's name that is a third method's plain one.
-        let taken = with_digest("a.b", 8)
-            .trim_start_matches(WORKER_PREFIX)
-            .to_owned();
         let names = [
             "a.b",
             "a_b",
+            "a-b",
             "plain",
             &format!("{long}1"),
             &format!("{long}2"),
-            &taken,
         ];
         let tools = tool_names(names.iter().rev().map(|n| method(n)).collect());
         let tool = |m: &str| tools.iter().find(|(_, i)| i.name == m).unwrap().0.clone();
         assert_eq!(tool("plain"), "worker_plain");
+        assert_eq!(tool("a.b"), "worker_a-b");
+        assert_eq!(tool("a_b"), "worker_a_b");
+        assert!(tool("a-b").starts_with("worker_a_b_"), "{}", tool("a-b"));
         let all: std::collections::HashSet<String> = tools.iter().map(|(n, _)| n.clone()).collect();
         assert_eq!(all.len(), names.len(), "{tools:?}");
         for (n, _) in &tools {
             assert!(n.len() <= 64 && n.starts_with("worker_"), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{n}"
+            );
         }
-        assert!(tool("a.b").starts_with("worker_a_b_") && tool("a.b") != tool("a_b"));
-        // The same name whatever order the workers announced them in.
-        let again = tool_names(names.iter().map(|n| method(n)).collect());
-        assert_eq!(
-            again.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            tools.iter().map(|(n, _)| n).collect::<Vec<_>>()
-        );
+        // A name is its method's alone: the same with any other methods
+        // beside it, or none (a review had `worker_a_b` run `a.b` once `a_b`
+        // was gone).
+        for n in names {
+            let alone = tool_names(vec![method(n)]);
+            assert_eq!(alone[0].0, tool(n), "{n}");
+        }
+        // Two methods that would share a name (here planted: a digest's
+        // name is another method's plain one) get none.
+        let taken = worker_tool_name("a-b")
+            .trim_start_matches(WORKER_PREFIX)
+            .to_owned();
+        let clash = tool_names(vec![method("a-b"), method(&taken), method("plain")]);
+        assert_eq!(clash.len(), 1, "{clash:?}");
+        assert_eq!(clash[0].0, "worker_plain");
     }
 
     #[test]
@@ -408,9 +405,14 @@ mod tests {
         assert_eq!(worker_tool_name("analyze"), "worker_analyze");
         assert_eq!(
             worker_tool_name("pkg.Class.method"),
-            "worker_pkg_Class_method"
+            "worker_pkg-Class-method"
         );
         assert_eq!(worker_tool_name(&"x".repeat(200)).len(), 64);
+        assert_eq!(worker_tool_name(&"x".repeat(57)).len(), 64);
+        assert_ne!(
+            worker_tool_name(&"x".repeat(58)),
+            format!("worker_{}", "x".repeat(57))
+        );
     }
 
     #[test]
