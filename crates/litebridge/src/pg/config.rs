@@ -146,7 +146,8 @@ impl PgConfig {
     /// `synchronous_commit`, are fixed in the connection's start-up options,
     /// which win over a role's own defaults (`ALTER ROLE ... SET`, which the
     /// clients' role can run on itself) and which `RESET ALL` returns to.
-    pub(crate) fn client_config(&self, synchronous_commit: &str) -> Result<tokio_postgres::Config> {
+    pub(crate) fn client_config(&self, server: &Server) -> Result<tokio_postgres::Config> {
+        let synchronous_commit = server.synchronous_commit.as_str();
         let mut c = self.parsed()?;
         if let Some(user) = &self.client_user {
             c.user(user);
@@ -170,6 +171,10 @@ impl PgConfig {
             options.push_str(" -c synchronous_commit=");
             options.push_str(synchronous_commit);
         }
+        // PostgreSQL 17's; an older server refuses the name at start-up.
+        if server.version >= 170_000 {
+            options.push_str(" -c transaction_timeout=0");
+        }
         // Pinned too when not configured (PostgreSQL's own default), so
         // that a role-level default cannot put the clients' functions
         // before pg_catalog's in every new session.
@@ -189,7 +194,7 @@ impl PgConfig {
     pub(crate) fn replica_config(
         &self,
         replica: &str,
-        synchronous_commit: &str,
+        server: &Server,
     ) -> Result<tokio_postgres::Config> {
         let bad = || Error::Config {
             key: "postgres.replicas".into(),
@@ -201,7 +206,7 @@ impl PgConfig {
         if host.is_empty() {
             return Err(bad());
         }
-        let client = self.client_config(synchronous_commit)?;
+        let client = self.client_config(server)?;
         let mut c = tokio_postgres::Config::new();
         c.host(host).port(port);
         if let Some(u) = client.get_user() {
@@ -263,7 +268,7 @@ impl PgConfig {
     /// # Errors
     /// [`Error::Config`] naming the first invalid setting.
     pub fn validate(&self) -> Result<()> {
-        self.client_config("")?;
+        self.client_config(&Server::default())?;
         schema_name("postgres.schema", &self.schema, 56)?;
         let owner = self.parsed()?.get_user().map(str::to_owned);
         match &self.client_user {
@@ -301,7 +306,7 @@ impl PgConfig {
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         for r in &self.replicas {
-            self.replica_config(r, "")?;
+            self.replica_config(r, &Server::default())?;
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(60))
             .contains(&self.health_check_interval)
@@ -314,6 +319,18 @@ impl PgConfig {
         }
         Ok(())
     }
+}
+
+/// What the primary's own settings and version decide of the clients'
+/// sessions' start-up options (read at connect; replicas and failover
+/// nodes run the primary's major version).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Server {
+    /// Its `synchronous_commit`, pinned so that a role-level setting
+    /// cannot lower it (empty: not pinned).
+    pub(crate) synchronous_commit: String,
+    /// `server_version_num`: settings newer than the server are left out.
+    pub(crate) version: u32,
 }
 
 /// Every session's settings: times printed as the result mapping reads them.
@@ -407,5 +424,30 @@ mod tests {
             .validate()
             .expect_err("needs quoting");
         assert!(e.to_string().contains("postgres.schema"), "{e}");
+    }
+
+    /// Found by a hostile review: PostgreSQL 17's `transaction_timeout`,
+    /// set by a key on the clients' role (`ALTER ROLE CURRENT_USER SET`),
+    /// would cut every other key's transactions short. It is pinned on a
+    /// server that knows it, and left out for one that would refuse it
+    /// (PostgreSQL 15 and 16 refuse a connection naming it).
+    #[test]
+    fn settings_a_server_knows_are_pinned_and_only_those() {
+        let options = |version| {
+            let c = PgConfig::new("postgres://u@h/db").client("c", None);
+            let server = Server {
+                synchronous_commit: "on".into(),
+                version,
+            };
+            c.client_config(&server)
+                .unwrap()
+                .get_options()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(options(170_002).contains("-c transaction_timeout=0"));
+        assert!(!options(150_010).contains("transaction_timeout"));
+        assert!(options(150_010).contains("-c synchronous_commit=on"));
+        assert!(options(150_010).contains("-c idle_session_timeout=0"));
     }
 }

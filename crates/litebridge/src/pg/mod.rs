@@ -368,15 +368,20 @@ impl PgDatabase {
             .get(0);
         let tidy = if temp { TIDY_TEMP } else { TIDY };
         // The server's own durability setting, fixed for the clients'
-        // sessions so that a role-level setting cannot lower it.
-        let sync: String = owner
+        // sessions so that a role-level setting cannot lower it, and its
+        // version (which settings it knows to fix).
+        let facts = owner
             .query_one(
-                "SELECT pg_catalog.current_setting('synchronous_commit')",
+                "SELECT pg_catalog.current_setting('synchronous_commit'),
+                        pg_catalog.current_setting('server_version_num')::int",
                 &[],
             )
             .await
-            .map_err(|e| from_pg(&e, Duration::ZERO))?
-            .get(0);
+            .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let sync = config::Server {
+            synchronous_commit: facts.get(0),
+            version: u32::try_from(facts.get::<_, i32>(1)).unwrap_or(0),
+        };
         let layout = owner
             .query_one(
                 "SELECT (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_block_size'),
