@@ -1997,12 +1997,23 @@ async fn a_call_given_up_on_keeps_its_place_until_its_hosts_worker_is_done() {
         );
     }
 
-    // A host lost with the call gives its place back.
+    // A host lost gives back the place of a call given up on, and a call
+    // it fails takes none (a review found such a call's place kept again
+    // when its waiter dropped it, for an hour with a long deadline).
     let call = bridge.call("nap", json!({"ms": 20_000}), places.options(300));
     assert!(call.await.is_err());
     assert_eq!(places.held(), 1);
+    let b = bridge.clone();
+    let options = places.options(3_600_000);
+    let in_flight =
+        tokio::spawn(async move { b.call("nap", json!({"ms": 20_000}), options).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     host.signal(9);
     let took = places.until_none(Duration::from_secs(5)).await;
     eprintln!("the place came back {took:?} after the host was killed");
+    let e = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(places.held(), 0, "a failed call's place was kept");
     drop(host);
 }

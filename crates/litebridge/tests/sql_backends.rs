@@ -600,6 +600,36 @@ async fn postgres_refuses_a_client_role_granted_a_parameter() {
     assert!(e.to_string().contains("ALTER SYSTEM"), "{e}");
 }
 
+/// Found by a hostile review: a clients' role that reads every session's
+/// statements (`pg_read_all_stats`, or `pg_monitor`, common for monitoring
+/// logins) reads litebridge's `LISTEN` of its cache's secret channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_client_role_that_reads_every_sessions_statements() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    let admin = common::pg::admin(&url).await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE lb_test_monitor LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT pg_monitor TO lb_test_monitor",
+        )
+        .await
+        .unwrap();
+    let e = PgDatabase::connect(
+        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_monitor", None),
+    )
+    .await
+    .expect_err("refused");
+    admin
+        .batch_execute("REVOKE pg_monitor FROM lb_test_monitor")
+        .await
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("pg_read_all_stats"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_superuser_for_client_sql() {
     let Some(url) = common::pg::url() else {

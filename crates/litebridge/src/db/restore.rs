@@ -8,8 +8,9 @@
 //! would take for the file (`-wal`, `-shm`, `-journal`, even with no
 //! database beside them: a stale log would be replayed into the restored
 //! file) is moved aside, never deleted, and the file itself linked aside
-//! (or moved, see `place_with`); the copy is renamed into place and the
-//! directory synced. A crash at any point leaves the old file where it was
+//! (or moved, see `place_with`; a linked one is marked for a rollback
+//! journal, which changes nothing of its data); the copy is renamed into
+//! place and the directory synced. A crash at any point leaves the old file where it was
 //! or aside, and the new one whole or not there.
 
 use std::path::{Path, PathBuf};
@@ -143,8 +144,28 @@ fn place_with(
         None
     };
     let moved = move_aside(db, aside, held.is_some())?;
+    // A program that opened the old file meanwhile waits for the lock (a
+    // busy timeout), then reads its header: were it still marked WAL, it
+    // would open `-wal` and `-shm` by their names, beside the restored
+    // file, and its writes would be replayed into it (a review showed
+    // it). Marked for a rollback journal, SQLite refuses its writes (the
+    // file was moved: `SQLITE_READONLY_DBMOVED`) and it opens no log. The
+    // old file, now aside, is otherwise as it was.
+    let remarked = match (&held, moved.first()) {
+        (Some(file), Some(m)) if m.linked => match mark_rollback(file) {
+            Ok(was) => was,
+            Err(e) => {
+                let _ = move_back(&moved);
+                return Err(Error::io("cannot prepare the old file", db, e));
+            }
+        },
+        _ => None,
+    };
     before_rename();
     if let Err(e) = std::fs::rename(partial, db) {
+        if let (Some(file), Some(was)) = (&held, remarked) {
+            let _ = std::os::unix::fs::FileExt::write_all_at(file, &was, 18);
+        }
         let e = if !moved.is_empty() && move_back(&moved).is_err() {
             std::io::Error::new(
                 e.kind(),
@@ -158,6 +179,26 @@ fn place_with(
     sync_dir(db);
     drop(held);
     Ok(!moved.is_empty())
+}
+
+/// Marks the database `file` as one of a rollback journal (its header's
+/// bytes 18 and 19, the read and write versions: 2 for WAL, 1 for a
+/// journal), synced; returns what they were when it changed them.
+fn mark_rollback(file: &std::fs::File) -> std::io::Result<Option<[u8; 2]>> {
+    use std::os::unix::fs::FileExt as _;
+    let mut versions = [0u8; 2];
+    // An empty file is a new database's: a program that makes it a WAL
+    // one writes its header through a journal first, which is refused.
+    if file.metadata()?.len() < 100 {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut versions, 18)?;
+    if versions == [1, 1] {
+        return Ok(None);
+    }
+    file.write_all_at(&[1, 1], 18)?;
+    file.sync_data()?;
+    Ok(Some(versions))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -310,7 +351,25 @@ mod tests {
         database(&db, "old");
         database(&partial, "restored");
         let mut seen = None;
+        let mut waiting = None;
         let moved = place_with(&partial, &db, &aside, || {
+            // One that waits for the lock (a review showed its writes
+            // replayed into the restored file through a log it made).
+            waiting = Some(
+                std::process::Command::new("python3")
+                    .arg("-c")
+                    .arg(
+                        "import sqlite3, sys\n\
+                         c = sqlite3.connect(sys.argv[1], timeout=5)\n\
+                         c.execute(\"INSERT INTO t VALUES ('late')\")\n\
+                         c.commit()",
+                    )
+                    .arg(&db)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
             let other = std::process::Command::new("python3")
                 .arg("-c")
                 .arg(
@@ -333,8 +392,20 @@ mod tests {
         assert!(there, "no file at the database's path");
         assert!(out.is_empty(), "another process read {out:?}");
         assert!(err.contains("locked"), "{err}");
+        let late = waiting.unwrap().wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&late.stderr);
+        assert!(!late.status.success(), "the late writer wrote");
+        assert!(said.contains("readonly"), "{said}");
         assert_eq!(value(&db), "restored");
         assert_eq!(value(&aside), "old");
+        for c in ["-wal", "-journal"] {
+            let beside = with_suffix(&db, c);
+            assert!(
+                std::fs::metadata(&beside).map_or(true, |m| m.len() == 0),
+                "{} beside the restored file",
+                beside.display()
+            );
+        }
         for c in COMPANIONS {
             assert!(!with_suffix(&aside, c).exists() || c == "-shm", "{c}");
         }

@@ -2082,6 +2082,8 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
                       WHEN r.oid = (SELECT datdba FROM pg_catalog.pg_database
                                     WHERE datname = pg_catalog.current_database())
                         THEN 'owns the database'
+                      WHEN r.rolname = 'pg_read_all_stats'
+                        THEN 'reads every session''s statements (pg_read_all_stats, which pg_monitor includes): litebridge''s own name the secret channel of its cache'
                       ELSE 'is a predefined role with access past table privileges'
                     END
              FROM pg_catalog.pg_roles r,
@@ -2096,7 +2098,7 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
                     OR r.rolname IN ('pg_read_all_data', 'pg_write_all_data', 'pg_signal_backend',
                                      'pg_read_server_files', 'pg_write_server_files',
                                      'pg_execute_server_program', 'pg_database_owner',
-                                     'pg_checkpoint'))
+                                     'pg_checkpoint', 'pg_read_all_stats'))
              ORDER BY r.rolname
              LIMIT 1",
             &[&user],

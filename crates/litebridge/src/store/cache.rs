@@ -1038,7 +1038,8 @@ pub struct Swept {
 
 impl CacheSweeper {
     /// Deletes expired rows of `db`'s cache table, oldest first, at most
-    /// 500 rows and 16 MiB of values (or one row) per statement and 20
+    /// 500 rows per statement, and rows while the values before them come
+    /// to less than 16 MiB (so 16 MiB and one row at most), for 20
     /// statements, then counts the rows left.
     ///
     /// # Errors

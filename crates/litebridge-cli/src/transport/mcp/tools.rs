@@ -52,15 +52,19 @@ fn tool(name: String, description: String, schema: Json, read_only: bool) -> Too
 /// a tool an agent listed never comes to run another method when the
 /// workers' methods change (a review found `worker_a_b` running `a.b` once
 /// `a_b` was gone): `worker_` and the name with each `.` made `-`, for a
-/// name of letters, digits, `_` and `.` that fits in 64 characters; any
-/// other name (one with a `-` in it, or too long) keeps its letters,
-/// digits and `_` (the rest made `_`), cut to leave room for `_` and 16 hex
-/// digits of the SHA-256 of the name.
+/// name of letters, digits, `_` and `.` that fits in 64 characters and
+/// does not end in `_` and 16 hex digits; any other name (one with a `-`
+/// in it, too long, or ending so) keeps its letters, digits and `_` (the
+/// rest made `_`), cut to leave room for `_` and 16 hex digits of the
+/// SHA-256 of the name. The two forms never meet: only a digest's name
+/// ends in `_` and 16 hex digits.
 fn worker_tool_name(method: &str) -> String {
     let plain = method
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    if plain && WORKER_PREFIX.len() + method.len() <= 64 {
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && WORKER_PREFIX.len() + method.len() <= 64
+        && !ends_like_a_digest(method);
+    if plain {
         return format!("{WORKER_PREFIX}{}", method.replace('.', "-"));
     }
     use sha2::Digest as _;
@@ -84,9 +88,16 @@ fn worker_tool_name(method: &str) -> String {
     name
 }
 
+/// Whether `name` ends in `_` and 16 hex digits, as a digest's tool name does.
+fn ends_like_a_digest(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 17 && b[b.len() - 17] == b'_' && b[b.len() - 16..].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// The worker methods as tools: each method's tool name
 /// ([`worker_tool_name`]). Two methods whose names would share a tool
-/// (found only by searching SHA-256 for it) get none.
+/// (two digests alike in their first 64 bits, with the same name before
+/// them) get none.
 fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)> {
     tool_names(pool.methods())
 }
@@ -390,14 +401,21 @@ mod tests {
             let alone = tool_names(vec![method(n)]);
             assert_eq!(alone[0].0, tool(n), "{n}");
         }
-        // Two methods that would share a name (here planted: a digest's
-        // name is another method's plain one) get none.
-        let taken = worker_tool_name("a-b")
+        // A name made like a digest's name is never taken plain (a review
+        // had `a_b_<digest of a-b>` announced once `a-b` was gone take over
+        // its tool).
+        let like = worker_tool_name("a-b")
             .trim_start_matches(WORKER_PREFIX)
             .to_owned();
-        let clash = tool_names(vec![method("a-b"), method(&taken), method("plain")]);
-        assert_eq!(clash.len(), 1, "{clash:?}");
-        assert_eq!(clash[0].0, "worker_plain");
+        assert_ne!(worker_tool_name(&like), worker_tool_name("a-b"));
+        assert_ne!(
+            worker_tool_name("x_0123456789ABCDEF"),
+            "worker_x_0123456789ABCDEF"
+        );
+        assert_eq!(
+            worker_tool_name("x_0123456789abcde"),
+            "worker_x_0123456789abcde"
+        );
     }
 
     #[test]

@@ -1034,15 +1034,17 @@ impl Front {
     /// death is `confirmed` (NATS itself no longer knows it), it counts
     /// once against each method it was running.
     fn host_lost(&self, host: &str, instance: Option<&str>, reason: &str, confirmed: bool) {
-        let calls = lock(&self.calls);
+        let mut calls = lock(&self.calls);
         lock(&self.kept).retain(|_, k| {
             !k.host.as_ref().is_some_and(|(h, i)| {
                 h == host && (i.is_empty() || instance.is_none_or(|want| want == i))
             })
         });
-        for p in calls.values() {
+        for p in calls.values_mut() {
             let Some((h, i)) = &p.host else { continue };
             if h == host && (i.is_empty() || instance.is_none_or(|want| want == i)) {
+                // Failed here, it keeps no place when its waiter drops it.
+                p.done = true;
                 // An older host names no instance: each of its calls counts.
                 let counted = confirmed.then(|| {
                     if i.is_empty() {
@@ -1107,6 +1109,14 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             .and_then(|h| h.get(wire::RUNS_ON))
             .is_some_and(|v| v.as_str() == "1");
         let mut calls = lock(&f.calls);
+        // A notice about a call whose host is known counts only from that
+        // host (a peer on the bus naming it could otherwise give places
+        // back early).
+        let from_its_host = |known: &Option<(String, String)>| {
+            known
+                .as_ref()
+                .is_none_or(|(h, _)| host.is_some_and(|named| named == h))
+        };
         match id.and_then(|id| calls.get_mut(&id)) {
             Some(p) => match status {
                 Some("accepted") => {
@@ -1114,9 +1124,15 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                     let _ = p.tx.send(Reply::Message(m));
                 }
                 Some(wire::RUNNING) => p.host = p.host.take().or_else(named),
-                Some(wire::DONE) => p.done = true,
+                Some(wire::DONE) if from_its_host(&p.host) => p.done = true,
                 Some(_) => {}
                 None => {
+                    // An answer at its host's deadline, its worker running
+                    // on: the host to wait for, even before any
+                    // acknowledgement came.
+                    if runs_on {
+                        p.host = p.host.take().or_else(named);
+                    }
                     let _ = p.tx.send(Reply::Message(m));
                 }
             },
@@ -1133,7 +1149,7 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                         k.host = k.host.take().or_else(named);
                         false
                     }
-                    (Some(_), Some(wire::DONE) | None) => true,
+                    (Some(k), Some(wire::DONE) | None) => from_its_host(&k.host),
                     _ => false,
                 };
                 if over && let Some(id) = id {
@@ -1403,10 +1419,12 @@ async fn follow_connection(
             async_nats::Event::Disconnected => {
                 f.connected.send_replace(false);
                 tracing::warn!(url = f.config.url, "lost the connection to NATS");
-                let calls = lock(&f.calls);
+                let mut calls = lock(&f.calls);
                 // Their `done` may be lost with the connection.
                 lock(&f.kept).clear();
-                for p in calls.values() {
+                for p in calls.values_mut() {
+                    // Failed here, it keeps no place when its waiter drops it.
+                    p.done = true;
                     let _ = p.tx.send(Reply::Lost(
                         Error::CallOutcomeUnknown {
                             method: p.method.clone(),
