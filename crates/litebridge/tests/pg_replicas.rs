@@ -611,7 +611,10 @@ async fn a_replica_that_will_not_give_its_position_still_serves_the_read() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let (db, _) = on_the_streaming_replica(&schema, 7).await;
+    let (db, token) = on_the_streaming_replica(&schema, 7).await;
+    // Not before the replica has the table: a read of it there failed
+    // ("relation kv does not exist") one run in five.
+    until_the_replica_serves(&db, token).await;
     // The position query after a replica's read calls litebridge's
     // function, which the clients' role may no longer call once the
     // replica replays this: the query fails, and aborts the read's
