@@ -62,47 +62,6 @@ pub(crate) fn locked_by_another_process(path: &std::path::Path) -> bool {
     }
 }
 
-/// Takes, for as long as the returned file is open, the write lock on
-/// SQLite's lock bytes of the database file at `path` (the range
-/// [`locked_by_another_process`] asks about): another process's connection
-/// can then neither read nor write it (SQLite answers it "database is
-/// locked"), nor open its log. `Ok(None)` where the file system takes no
-/// record locks; an error of kind `WouldBlock` when another process holds
-/// one of SQLite's locks on it. POSIX record locks are the process's: any
-/// descriptor of the file this process closes meanwhile (a SQLite
-/// connection's) lets them go, so hold it with no connection to the file.
-#[allow(unsafe_code)]
-pub(crate) fn hold_sqlite_locks(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
-    use std::os::fd::AsRawFd as _;
-    const PENDING_BYTE: libc::off_t = 0x4000_0000;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    // SAFETY: as in `locked_by_another_process`: a plain struct, read and
-    // written by fcntl(F_SETLK) for the descriptor of `file`, alive here.
-    let rc = unsafe {
-        let mut lock: libc::flock = std::mem::zeroed();
-        lock.l_type = libc::F_WRLCK as libc::c_short;
-        lock.l_whence = libc::SEEK_SET as libc::c_short;
-        lock.l_start = PENDING_BYTE;
-        lock.l_len = 512;
-        libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock)
-    };
-    if rc == 0 {
-        return Ok(Some(file));
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            "another process holds SQLite's locks on it",
-        )),
-        Some(libc::ENOLCK | libc::EINVAL | libc::EOPNOTSUPP) => Ok(None),
-        _ => Err(e),
-    }
-}
-
 /// Sets the connection's "last inserted rowid" (`sqlite3_set_last_insert_rowid`):
 /// the writer zeroes it before each client request, so neither
 /// `last_insert_rowid()` nor the request's result can show a rowid another

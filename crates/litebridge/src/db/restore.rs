@@ -4,14 +4,15 @@
 //! SQLite's backup API (its `-wal` included, as SQLite reads it) to a
 //! hidden file beside the database, and the copy verified: until then the
 //! database is not touched, so a copy that fails (a full disk) leaves it as
-//! it was. Then the database's place is cleared: every companion SQLite
-//! would take for the file (`-wal`, `-shm`, `-journal`, even with no
-//! database beside them: a stale log would be replayed into the restored
-//! file) is moved aside, never deleted, and the file itself linked aside
-//! (or moved, see `place_with`; a linked one is marked for a rollback
-//! journal, which changes nothing of its data); the copy is renamed into
-//! place and the directory synced. A crash at any point leaves the old file where it was
-//! or aside, and the new one whole or not there.
+//! it was. Then the database's content is replaced in place, through
+//! SQLite, in one transaction (a copy of the old kept aside first): see
+//! `place`. A damaged file SQLite cannot lock, or a missing one, has its
+//! place cleared instead: it and every companion SQLite would take for it
+//! (`-wal`, `-shm`, `-journal`, even with no database beside them: a stale
+//! log would be replayed into the restored file) are moved aside, never
+//! deleted, and the copy renamed into place, the directory synced. A crash
+//! at any point leaves the old database whole (in place, or aside) and the
+//! new one whole or not there.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -99,73 +100,25 @@ pub fn restore_file(
     })
 }
 
-/// Clears `db`'s place (moving the file and its companions to `aside`) and
-/// renames the verified copy `partial` there; whether anything was moved.
-fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
-    place_with(partial, db, aside, || {})
-}
-
-/// [`place`], calling `before_rename` just before the copy is renamed into
-/// place (tests look at the files then).
+/// Puts the verified copy `partial` at `db`, keeping what was there at
+/// `aside`; whether anything was kept.
 ///
-/// There is a file at `db` at every moment: the old one is linked to
-/// `aside` (not moved) and the copy renamed over it, so no program can
-/// open `db` in between and make a new, empty database there (whose log
-/// would then sit beside the restored file). Until the rename, this
-/// process holds SQLite's locks on the old file, so a program that opens
-/// it meanwhile can neither read nor write it, nor make it a log: it is
-/// told the database is locked. That is done only when the old file
-/// closed cleanly (its log checkpointed, a hot journal rolled back) and
-/// left no companion with anything in it: a crash before the rename then
-/// leaves it whole at its place. Otherwise (a damaged file, a log that
-/// could not be emptied, no hard links or record locks), the file is
-/// moved aside with its companions and the copy renamed into its place.
-fn place_with(
-    partial: &Path,
-    db: &Path,
-    aside: &Path,
-    before_rename: impl FnOnce(),
-) -> Result<bool> {
-    let clean = db.exists() && ensure_not_in_use(db)?;
-    let held = if clean && companions_are_empty(db) {
-        match crate::db::ffi::hold_sqlite_locks(db) {
-            Ok(held) => held,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(Error::Busy {
-                    message: format!(
-                        "{} is in use by another process; stop it (litebridge serve) before restoring",
-                        db.display()
-                    ),
-                });
-            }
-            Err(e) => return Err(Error::io("cannot lock", db, e)),
-        }
-    } else {
-        None
-    };
-    let moved = move_aside(db, aside, held.is_some())?;
-    // A program that opened the old file meanwhile waits for the lock (a
-    // busy timeout), then reads its header: were it still marked WAL, it
-    // would open `-wal` and `-shm` by their names, beside the restored
-    // file, and its writes would be replayed into it (a review showed
-    // it). Marked for a rollback journal, SQLite refuses its writes (the
-    // file was moved: `SQLITE_READONLY_DBMOVED`) and it opens no log. The
-    // old file, now aside, is otherwise as it was.
-    let remarked = match (&held, moved.first()) {
-        (Some(file), Some(m)) if m.linked => match mark_rollback(file) {
-            Ok(was) => was,
-            Err(e) => {
-                let _ = move_back(&moved);
-                return Err(Error::io("cannot prepare the old file", db, e));
-            }
-        },
-        _ => None,
-    };
-    before_rename();
+/// A database that locks and closes cleanly is replaced in place, through
+/// SQLite ([`replace_in_place`]): its file stays where it is, and every
+/// program with it open sees the restore as one transaction. A review
+/// showed that renaming a copy over it cannot be made safe: a program
+/// holding the old file (opened before, or waiting on its lock) opens the
+/// `-wal` beside the restored file by its name and writes into it. Any
+/// other (a damaged file SQLite cannot lock, or none) is moved aside with
+/// its companions, and the copy renamed into its place.
+fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
+    if db.exists() && ensure_not_in_use(db)? {
+        replace_in_place(partial, db, aside)?;
+        let _ = std::fs::remove_file(partial);
+        return Ok(true);
+    }
+    let moved = move_aside(db, aside)?;
     if let Err(e) = std::fs::rename(partial, db) {
-        if let (Some(file), Some(was)) = (&held, remarked) {
-            let _ = std::os::unix::fs::FileExt::write_all_at(file, &was, 18);
-        }
         let e = if !moved.is_empty() && move_back(&moved).is_err() {
             std::io::Error::new(
                 e.kind(),
@@ -177,28 +130,113 @@ fn place_with(
         return Err(Error::io("cannot move the restored file to", db, e));
     }
     sync_dir(db);
-    drop(held);
     Ok(!moved.is_empty())
 }
 
-/// Marks the database `file` as one of a rollback journal (its header's
-/// bytes 18 and 19, the read and write versions: 2 for WAL, 1 for a
-/// journal), synced; returns what they were when it changed them.
-fn mark_rollback(file: &std::fs::File) -> std::io::Result<Option<[u8; 2]>> {
-    use std::os::unix::fs::FileExt as _;
-    let mut versions = [0u8; 2];
-    // An empty file is a new database's: a program that makes it a WAL
-    // one writes its header through a journal first, which is refused.
-    if file.metadata()?.len() < 100 {
-        return Ok(None);
+/// Replaces the content of the database `db` with that of `copy`, through
+/// SQLite, after keeping a copy of it (with what its log holds) at `aside`.
+///
+/// The replacement is one transaction of SQLite's backup API, written
+/// through a rollback journal: a crash at any point leaves the old content
+/// or the new, whole, and a program that has the database open waits for
+/// the transaction as for any writer's, then reads the new content. The
+/// journal, the copy aside and the verified copy each take about the
+/// database's size on disk while it runs.
+fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> Result<()> {
+    keep_aside(db, aside)?;
+    let replaced =
+        (|| -> Result<()> {
+            let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut dst = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(|e| Error::Open {
+                    path: db.to_path_buf(),
+                    reason: Error::from(e).to_string(),
+                })?;
+            dst.busy_timeout(Duration::from_millis(100))?;
+            // A WAL database takes pages of another size only through a
+            // rollback journal; the restored file goes back to WAL when it is
+            // next served.
+            let mode: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("delete") {
+                return Err(in_use(db));
+            }
+            dst.pragma_update(None, "synchronous", "FULL")?;
+            {
+                let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+                // Every page in one step: one transaction.
+                match backup.step(-1)? {
+                    rusqlite::backup::StepResult::Done => {}
+                    _ => return Err(in_use(db)),
+                }
+            }
+            dst.close().map_err(|(_, e)| Error::from(e))?;
+            Ok(())
+        })();
+    if replaced.is_err() {
+        // Nothing of the database changed: the copy aside is not needed.
+        let _ = std::fs::remove_file(aside);
     }
-    file.read_exact_at(&mut versions, 18)?;
-    if versions == [1, 1] {
-        return Ok(None);
+    replaced
+}
+
+/// A copy of the database `db` at `aside` (a new file, no more readable
+/// than `db`), made through SQLite (so with what its log holds), synced;
+/// its pages are copied as they are, whatever they hold.
+fn keep_aside(db: &Path, aside: &Path) -> Result<()> {
+    // Nor beside a companion of that name: a log left there would be
+    // taken for the kept database's.
+    if let Some((_, to)) = pairs(db, aside)
+        .into_iter()
+        .find(|(_, to)| to.symlink_metadata().is_ok())
+    {
+        return Err(Error::io(
+            "cannot keep the database at",
+            to,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file of that name exists",
+            ),
+        ));
     }
-    file.write_all_at(&[1, 1], 18)?;
-    file.sync_data()?;
-    Ok(Some(versions))
+    let partial = create_partial(aside, db)?;
+    let copied = (|| -> Result<()> {
+        let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        src.busy_timeout(Duration::from_millis(100))?;
+        let mut dst = Connection::open(&*partial)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {}
+                _ => return Err(in_use(db)),
+            }
+        }
+        // A file of its own: no log to carry beside it.
+        let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+        dst.close().map_err(|(_, e)| Error::from(e))?;
+        std::fs::File::open(&*partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("cannot sync", &*partial, e))?;
+        // Linked, then the partial name removed: never over a file that
+        // came meanwhile.
+        std::fs::hard_link(&*partial, aside)
+            .map_err(|e| Error::io("cannot keep the database at", aside, e))?;
+        let _ = std::fs::remove_file(&*partial);
+        sync_dir(aside);
+        Ok(())
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&*partial);
+    }
+    copied
+}
+
+fn in_use(db: &Path) -> Error {
+    Error::Busy {
+        message: format!(
+            "{} is in use by another process; stop it (litebridge serve) before restoring",
+            db.display()
+        ),
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -206,15 +244,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
     }
-}
-
-/// Whether every companion of `db` that exists is empty (`-shm` aside: it
-/// holds no data).
-fn companions_are_empty(db: &Path) -> bool {
-    COMPANIONS
-        .iter()
-        .filter(|c| !c.ends_with("-shm"))
-        .all(|c| std::fs::symlink_metadata(with_suffix(db, c)).map_or(true, |m| m.len() == 0))
 }
 
 /// Refuses to replace a database another connection has open. In WAL mode an
@@ -234,25 +263,18 @@ fn ensure_not_in_use(db: &Path) -> Result<bool> {
         .map_err(Error::from);
     match locked {
         Ok(()) => Ok(conn.close().is_ok()),
-        Err(Error::Busy { .. }) => Err(Error::Busy {
-            message: format!(
-                "{} is in use by another process; stop it (litebridge serve) before restoring",
-                db.display()
-            ),
-        }),
+        Err(Error::Busy { .. }) => Err(in_use(db)),
         // A damaged file cannot be locked cleanly but must still be replaceable.
         Err(_) => Ok(false),
     }
 }
 
 /// `db` and each companion of it that exists, moved to the same names
-/// beside `aside`; the moves made. With `link_db`, `db` itself is linked
-/// there rather than moved (it stays where it is until the restored copy
-/// is renamed over it), where the file system can. Nothing is moved while
+/// beside `aside`; the moves made, as (from, to). Nothing is moved while
 /// any aside name is taken (a companion left there would be taken for the
 /// database's), and a move that fails half way is undone (or the error
 /// says where the database is).
-fn move_aside(db: &Path, aside: &Path, link_db: bool) -> Result<Vec<Moved>> {
+fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     let pairs = pairs(db, aside);
     if let Some((_, to)) = pairs.iter().find(|(_, to)| to.symlink_metadata().is_ok()) {
         return Err(Error::io(
@@ -265,12 +287,11 @@ fn move_aside(db: &Path, aside: &Path, link_db: bool) -> Result<Vec<Moved>> {
         ));
     }
     let mut moved = Vec::new();
-    for (i, (from, to)) in pairs.into_iter().enumerate() {
+    for (from, to) in pairs {
         if !from.exists() {
             continue;
         }
-        let linked = i == 0 && link_db && std::fs::hard_link(&from, &to).is_ok();
-        if !linked && let Err(e) = std::fs::rename(&from, &to) {
+        if let Err(e) = std::fs::rename(&from, &to) {
             let e = if !moved.is_empty() && move_back(&moved).is_err() {
                 std::io::Error::new(
                     e.kind(),
@@ -281,27 +302,15 @@ fn move_aside(db: &Path, aside: &Path, link_db: bool) -> Result<Vec<Moved>> {
             };
             return Err(Error::io("cannot move aside", &from, e));
         }
-        moved.push(Moved { from, to, linked });
+        moved.push((from, to));
     }
     Ok(moved)
 }
 
-/// One file [`move_aside`] moved (or linked).
-struct Moved {
-    from: PathBuf,
-    to: PathBuf,
-    /// Linked: `from` is still there.
-    linked: bool,
-}
-
 /// Undoes the moves [`move_aside`] made.
-fn move_back(moved: &[Moved]) -> std::io::Result<()> {
-    for m in moved {
-        if m.linked {
-            std::fs::remove_file(&m.to)?;
-        } else {
-            std::fs::rename(&m.to, &m.from)?;
-        }
+fn move_back(moved: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    for (back, from) in moved {
+        std::fs::rename(from, back)?;
     }
     Ok(())
 }
@@ -320,94 +329,108 @@ fn pairs(db: &Path, aside: &Path) -> Vec<(PathBuf, PathBuf)> {
 mod tests {
     use super::*;
 
-    fn database(path: &Path, value: &str) {
+    fn database(path: &Path, mode: &str, value: &str) {
         let conn = Connection::open(path).unwrap();
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('{value}');"
+            "PRAGMA journal_mode = {mode}; CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('{value}');"
         ))
         .unwrap();
     }
 
-    fn value(path: &Path) -> String {
-        Connection::open(path)
+    fn values(path: &Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut q = conn.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
+        q.query_map([], |r| r.get(0))
             .unwrap()
-            .query_row("SELECT v FROM t", [], |r| r.get(0))
+            .collect::<rusqlite::Result<_>>()
             .unwrap()
     }
 
-    /// Found by a hostile review: the database was moved aside before the
-    /// copy was renamed into its place, so for a moment there was no file
-    /// at its path, and a program opening it then made a new, empty
-    /// database there. Now the old file stays until the copy replaces it,
-    /// and another process opening it meanwhile is told it is locked.
+    /// Another program with the database open: it reads, then waits for a
+    /// line, reads again and writes.
+    fn holder(db: &Path) -> std::process::Child {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)\n\
+                 print(c.execute('SELECT v FROM t').fetchone()[0], flush=True)\n\
+                 sys.stdin.readline()\n\
+                 print(c.execute('SELECT v FROM t').fetchone()[0], flush=True)\n\
+                 c.execute(\"INSERT INTO t VALUES ('late')\")\n\
+                 print('wrote', flush=True)",
+            )
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.join("app.db"),
+            dir.join(".app.db.partial"),
+            dir.join("app.db.replaced"),
+        )
+    }
+
+    /// Found by two hostile reviews: the restored copy was renamed over the
+    /// database, and a program holding the old file (opened before, or
+    /// waiting on its lock) then opened the `-wal` beside the restored
+    /// file by its name and wrote into it. The restore is now one
+    /// transaction in the database's own file: such a program reads the
+    /// restored content after it, and its writes land there, whole.
     #[test]
-    fn there_is_a_database_at_its_path_throughout_a_restore_and_no_one_else_can_use_the_old_one() {
+    fn a_restore_is_one_transaction_that_a_program_with_the_database_open_sees() {
+        use std::io::{BufRead as _, Write as _};
+        use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let (db, partial, aside) = (
-            dir.path().join("app.db"),
-            dir.path().join(".app.db.partial"),
-            dir.path().join("app.db.replaced"),
-        );
-        database(&db, "old");
-        database(&partial, "restored");
-        let mut seen = None;
-        let mut waiting = None;
-        let moved = place_with(&partial, &db, &aside, || {
-            // One that waits for the lock (a review showed its writes
-            // replayed into the restored file through a log it made).
-            waiting = Some(
-                std::process::Command::new("python3")
-                    .arg("-c")
-                    .arg(
-                        "import sqlite3, sys\n\
-                         c = sqlite3.connect(sys.argv[1], timeout=5)\n\
-                         c.execute(\"INSERT INTO t VALUES ('late')\")\n\
-                         c.commit()",
-                    )
-                    .arg(&db)
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            );
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            let other = std::process::Command::new("python3")
-                .arg("-c")
-                .arg(
-                    "import sqlite3, sys\n\
-                     c = sqlite3.connect(sys.argv[1], timeout=0)\n\
-                     print(c.execute('SELECT v FROM t').fetchone()[0])",
-                )
-                .arg(&db)
-                .output()
-                .unwrap();
-            seen = Some((
-                db.exists(),
-                String::from_utf8_lossy(&other.stdout).into_owned(),
-                String::from_utf8_lossy(&other.stderr).into_owned(),
-            ));
-        })
-        .unwrap();
-        assert!(moved);
-        let (there, out, err) = seen.unwrap();
-        assert!(there, "no file at the database's path");
-        assert!(out.is_empty(), "another process read {out:?}");
-        assert!(err.contains("locked"), "{err}");
-        let late = waiting.unwrap().wait_with_output().unwrap();
-        let said = String::from_utf8_lossy(&late.stderr);
-        assert!(!late.status.success(), "the late writer wrote");
-        assert!(said.contains("readonly"), "{said}");
-        assert_eq!(value(&db), "restored");
-        assert_eq!(value(&aside), "old");
-        for c in ["-wal", "-journal"] {
-            let beside = with_suffix(&db, c);
-            assert!(
-                std::fs::metadata(&beside).map_or(true, |m| m.len() == 0),
-                "{} beside the restored file",
-                beside.display()
-            );
-        }
-        for c in COMPANIONS {
-            assert!(!with_suffix(&aside, c).exists() || c == "-shm", "{c}");
-        }
+        let (db, partial, aside) = paths(dir.path());
+        database(&db, "DELETE", "old");
+        database(&partial, "DELETE", "restored");
+        let inode = std::fs::metadata(&db).unwrap().ino();
+        let mut other = holder(&db);
+        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "old");
+        assert!(place(&partial, &db, &aside).unwrap());
+        assert_eq!(std::fs::metadata(&db).unwrap().ino(), inode, "not in place");
+        other.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let rest: Vec<String> = out.lines().map(Result::unwrap).collect();
+        let status = other.wait().unwrap();
+        assert!(status.success(), "{rest:?}");
+        assert_eq!(rest, ["restored", "wrote"]);
+        assert_eq!(values(&db), ["restored", "late"]);
+        assert_eq!(values(&aside), ["old"]);
+        assert!(!partial.exists());
+        let report = crate::db::backup::check_file_bounded(&db).unwrap();
+        assert!(report.ok, "{report:?}");
+    }
+
+    /// A WAL database another program has open cannot be restored (its
+    /// connection keeps a lock for as long as it is open): refused,
+    /// nothing changed.
+    #[test]
+    fn a_wal_database_another_program_has_open_is_not_restored() {
+        use std::io::{BufRead as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (db, partial, aside) = paths(dir.path());
+        database(&db, "WAL", "old");
+        database(&partial, "DELETE", "restored");
+        let mut other = holder(&db);
+        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let e = place(&partial, &db, &aside).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Busy, "{e}");
+        assert!(e.to_string().contains("in use"), "{e}");
+        other.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert!(other.wait().unwrap().success());
+        assert_eq!(values(&db), ["old", "late"]);
+        assert!(!aside.exists());
+        assert!(partial.exists(), "the caller removes it");
     }
 }
