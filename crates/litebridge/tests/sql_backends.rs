@@ -630,6 +630,36 @@ async fn postgres_refuses_a_client_role_that_reads_every_sessions_statements() {
     assert!(e.to_string().contains("pg_read_all_stats"), "{e}");
 }
 
+/// Found by a hostile review: a role granted a function that reads the
+/// server's files (as monitoring logins often are) reads litebridge's
+/// secret from the data directory, or the statements in the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_client_role_that_may_read_the_servers_files() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    let admin = common::pg::admin(&url).await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE lb_test_files LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO lb_test_files",
+        )
+        .await
+        .unwrap();
+    let e = PgDatabase::connect(
+        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_files", None),
+    )
+    .await
+    .expect_err("refused");
+    admin
+        .batch_execute("REVOKE EXECUTE ON FUNCTION pg_read_binary_file(text) FROM lb_test_files")
+        .await
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("pg_read_binary_file"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_superuser_for_client_sql() {
     let Some(url) = common::pg::url() else {

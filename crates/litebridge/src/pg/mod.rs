@@ -2121,6 +2121,33 @@ async fn check_client_role(owner: &tokio_postgres::Client, user: &str) -> Result
             ),
         });
     }
+    // Functions that read the server's files (its data directory holds
+    // litebridge's secret, its logs the statements of every session),
+    // granted one by one as monitoring logins often are.
+    let reads_files = owner
+        .query_opt(
+            "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text
+             FROM pg_catalog.pg_proc p
+             WHERE p.proname IN ('pg_read_file', 'pg_read_binary_file', 'pg_ls_dir',
+                                 'pg_ls_logdir', 'pg_ls_waldir', 'pg_stat_file', 'lo_import',
+                                 'lo_export', 'pg_get_wal_records_info', 'pg_get_wal_record_info',
+                                 'pg_get_wal_block_info', 'pg_get_wal_stats', 'pg_logdir_ls')
+               AND pg_catalog.has_function_privilege($1, p.oid, 'EXECUTE')
+             ORDER BY 1 LIMIT 1",
+            &[&user],
+        )
+        .await
+        .map_err(|e| from_pg(&e, Duration::ZERO))?;
+    if let Some(row) = reads_files {
+        let function: String = row.get(0);
+        return Err(Error::Forbidden {
+            message: format!(
+                "the clients' SQL would run as {user:?}, which may run {function}: it could read \
+                 the server's files (litebridge's secret among them, or every session's \
+                 statements in the logs); revoke it (REVOKE EXECUTE ON FUNCTION {function} FROM ...)"
+            ),
+        });
+    }
     // PostgreSQL 15 can grant `SET` or `ALTER SYSTEM` on a parameter: `SET`
     // on a superuser's parameter (`session_replication_role` turns triggers
     // off) reaches past privileges, and `ALTER SYSTEM` changes the server's

@@ -53,11 +53,12 @@ fn tool(name: String, description: String, schema: Json, read_only: bool) -> Too
 /// workers' methods change (a review found `worker_a_b` running `a.b` once
 /// `a_b` was gone): `worker_` and the name with each `.` made `-`, for a
 /// name of letters, digits, `_` and `.` that fits in 64 characters and
-/// does not end in `_` and 16 hex digits; any other name (one with a `-`
+/// does not end in `_` and 32 hex digits; any other name (one with a `-`
 /// in it, too long, or ending so) keeps its letters, digits and `_` (the
-/// rest made `_`), cut to leave room for `_` and 16 hex digits of the
-/// SHA-256 of the name. The two forms never meet: only a digest's name
-/// ends in `_` and 16 hex digits.
+/// rest made `_`), cut to leave room for `_` and 32 hex digits (128 bits)
+/// of the SHA-256 of the name. The two forms never meet: only a digest's
+/// name ends in `_` and 32 hex digits; two digests' names meet only if
+/// SHA-256's first 128 bits of two names do.
 fn worker_tool_name(method: &str) -> String {
     let plain = method
         .chars()
@@ -68,7 +69,7 @@ fn worker_tool_name(method: &str) -> String {
         return format!("{WORKER_PREFIX}{}", method.replace('.', "-"));
     }
     use sha2::Digest as _;
-    let hex: String = sha2::Sha256::digest(method.as_bytes())[..8]
+    let hex: String = sha2::Sha256::digest(method.as_bytes())[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -88,15 +89,15 @@ fn worker_tool_name(method: &str) -> String {
     name
 }
 
-/// Whether `name` ends in `_` and 16 hex digits, as a digest's tool name does.
+/// Whether `name` ends in `_` and 32 hex digits, as a digest's tool name does.
 fn ends_like_a_digest(name: &str) -> bool {
     let b = name.as_bytes();
-    b.len() >= 17 && b[b.len() - 17] == b'_' && b[b.len() - 16..].iter().all(u8::is_ascii_hexdigit)
+    b.len() >= 33 && b[b.len() - 33] == b'_' && b[b.len() - 32..].iter().all(u8::is_ascii_hexdigit)
 }
 
 /// The worker methods as tools: each method's tool name
 /// ([`worker_tool_name`]). Two methods whose names would share a tool
-/// (two digests alike in their first 64 bits, with the same name before
+/// (two digests alike in their first 128 bits, with the same name before
 /// them) get none.
 fn worker_tools(pool: &litebridge::workers::Bridge) -> Vec<(String, MethodInfo)> {
     tool_names(pool.methods())
@@ -408,13 +409,14 @@ mod tests {
             .trim_start_matches(WORKER_PREFIX)
             .to_owned();
         assert_ne!(worker_tool_name(&like), worker_tool_name("a-b"));
+        let hex32 = "0123456789ABCDEF".repeat(2);
         assert_ne!(
-            worker_tool_name("x_0123456789ABCDEF"),
-            "worker_x_0123456789ABCDEF"
+            worker_tool_name(&format!("x_{hex32}")),
+            format!("worker_x_{hex32}")
         );
         assert_eq!(
-            worker_tool_name("x_0123456789abcde"),
-            "worker_x_0123456789abcde"
+            worker_tool_name("x_0123456789abcdef"),
+            "worker_x_0123456789abcdef"
         );
     }
 
