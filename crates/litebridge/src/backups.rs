@@ -305,9 +305,10 @@ pub enum When {
 }
 
 /// Restores the newest verified backup over `db` when `when` says (always,
-/// or if the database fails `quick_check`); the file it replaces is moved aside (named
-/// `.damaged-<time>` when it failed the check, `.replaced-<time>` otherwise),
-/// never deleted. `progress(done, total)` follows the copy.
+/// or if the database fails `quick_check`); what it replaces is kept aside
+/// (named `.damaged-<time>` when it failed the check, `.replaced-<time>`
+/// otherwise: a copy, or the file itself when SQLite cannot use it; see
+/// [`restore_file`]), never deleted. `progress(done, total)` follows the copy.
 ///
 /// # Errors
 /// [`Error::Unavailable`] when no backup in `dir` passes verification; the
@@ -370,11 +371,30 @@ fn judge(db: &Path) -> Judged {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Judged::Damaged,
         _ => {}
     }
+    roll_back_hot_journal(db);
     match check_file_bounded(db) {
         Ok(r) if r.ok => Judged::Sound,
         Ok(_) => Judged::Damaged,
         Err(Error::Open { reason, .. }) if reason == crate::db::NOT_A_DATABASE => Judged::Damaged,
         Err(e) => Judged::Unchecked(e),
+    }
+}
+
+/// Rolls back the hot journal beside `db`, if any: a write (a restore's
+/// among them) cut short by a crash leaves one, which only a connection
+/// that may write rolls back. The check that follows reads the file
+/// read-only, and found it "unchecked" (`SQLITE_READONLY_ROLLBACK`), so
+/// `serve --recover` refused to start after such a crash (a review found
+/// it). Whatever goes wrong here, the check says.
+fn roll_back_hot_journal(db: &Path) {
+    let journal = crate::db::with_suffix(db, "-journal");
+    if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+        && let Ok(c) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+    {
+        let _ = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        });
     }
 }
 
@@ -392,4 +412,53 @@ fn create_dir(dir: &Path, db: &Path) -> Result<()> {
         .mode(mode)
         .create(dir)
         .map_err(|e| Error::io("cannot create the backup directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a hostile review: a write cut short by a crash (a restore's,
+    /// now one transaction) leaves a hot journal, which the read-only check
+    /// could not roll back: `serve --recover` refused to start.
+    #[test]
+    fn recovery_rolls_back_a_write_a_crash_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (1);")
+            .unwrap();
+        // A big transaction that spills into the file, then a crash.
+        let status = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import os, sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute('PRAGMA cache_size = 5')\n\
+                 c.execute('BEGIN')\n\
+                 c.execute('INSERT INTO t SELECT randomblob(4000) FROM \
+                 (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                 WHERE i < 500) SELECT i FROM n)')\n\
+                 os._exit(0)",
+            )
+            .arg(&db)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let journal = crate::db::with_suffix(&db, "-journal");
+        assert!(
+            std::fs::metadata(&journal).unwrap().len() > 0,
+            "no hot journal"
+        );
+        let backups = dir.path().join("backups");
+        std::fs::create_dir(&backups).unwrap();
+        let r = recover(&db, &backups, When::Damaged, |_, _| {}).unwrap();
+        assert!(matches!(r, Recovery::Sound), "{r:?}");
+        let n: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "rolled back");
+    }
 }

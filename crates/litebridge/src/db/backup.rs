@@ -335,7 +335,7 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
 /// Whether another process has `path` open, as `/proc/<pid>/fd` shows
 /// (processes of other users are not visible unless this one is root; where
 /// there is no `/proc`, nothing is found).
-fn open_elsewhere(path: &Path) -> bool {
+pub(crate) fn open_elsewhere(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(target) = std::fs::metadata(path) else {
         return false;

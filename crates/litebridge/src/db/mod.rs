@@ -38,7 +38,7 @@
 //! continuous reads and writes and checkpoint I/O never stalls a write.
 
 mod backup;
-pub(crate) use backup::{NOT_A_DATABASE, check_file_bounded, mode_of};
+pub(crate) use backup::{NOT_A_DATABASE, check_file_bounded, mode_of, with_suffix};
 mod checkpointer;
 mod claims;
 mod exec;

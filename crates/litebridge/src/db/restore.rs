@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::db::backup::{
-    COMPANIONS, check_file_bounded, copy_into, create_partial, sync_dir, with_suffix,
+    COMPANIONS, check_file_bounded, copy_into, create_partial, open_elsewhere, sync_dir,
+    with_suffix,
 };
 use crate::error::{Error, Result};
 
@@ -103,19 +104,35 @@ pub fn restore_file(
 /// Puts the verified copy `partial` at `db`, keeping what was there at
 /// `aside`; whether anything was kept.
 ///
-/// A database that locks and closes cleanly is replaced in place, through
+/// A database SQLite can open and lock is replaced in place, through
 /// SQLite ([`replace_in_place`]): its file stays where it is, and every
 /// program with it open sees the restore as one transaction. A review
 /// showed that renaming a copy over it cannot be made safe: a program
 /// holding the old file (opened before, or waiting on its lock) opens the
-/// `-wal` beside the restored file by its name and writes into it. Any
-/// other (a damaged file SQLite cannot lock, or none) is moved aside with
-/// its companions, and the copy renamed into its place.
+/// `-wal` beside the restored file by its name and writes into it. A
+/// damaged one (SQLite finds it corrupt, or not a database), or none, has
+/// its place cleared instead, when no other program has it open: it and
+/// its companions are moved aside, and the copy renamed into its place.
 fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
-    if db.exists() && ensure_not_in_use(db)? {
-        replace_in_place(partial, db, aside)?;
-        let _ = std::fs::remove_file(partial);
-        return Ok(true);
+    if db.exists() {
+        match replace_in_place(partial, db, aside) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(partial);
+                return Ok(true);
+            }
+            Err(InPlace::Failed(e)) => return Err(e),
+            Err(InPlace::Damaged(why)) => tracing::warn!(
+                db = %db.display(),
+                "the database cannot be restored in place ({why}): it is moved aside"
+            ),
+        }
+        // Renamed, the file must not be in another program's hands.
+        let held = std::iter::once(db.to_path_buf())
+            .chain(COMPANIONS.iter().map(|c| with_suffix(db, c)))
+            .any(|p| p.exists() && open_elsewhere(&p));
+        if held || crate::db::ffi::locked_by_another_process(db) {
+            return Err(in_use(db));
+        }
     }
     let moved = move_aside(db, aside)?;
     if let Err(e) = std::fs::rename(partial, db) {
@@ -133,93 +150,133 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
     Ok(!moved.is_empty())
 }
 
-/// Replaces the content of the database `db` with that of `copy`, through
-/// SQLite, after keeping a copy of it (with what its log holds) at `aside`.
-///
-/// The replacement is one transaction of SQLite's backup API, written
-/// through a rollback journal: a crash at any point leaves the old content
-/// or the new, whole, and a program that has the database open waits for
-/// the transaction as for any writer's, then reads the new content. The
-/// journal, the copy aside and the verified copy each take about the
-/// database's size on disk while it runs.
-fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> Result<()> {
-    keep_aside(db, aside)?;
-    let replaced =
-        (|| -> Result<()> {
-            let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            let mut dst = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-                .map_err(|e| Error::Open {
-                    path: db.to_path_buf(),
-                    reason: Error::from(e).to_string(),
-                })?;
-            dst.busy_timeout(Duration::from_millis(100))?;
-            // A WAL database takes pages of another size only through a
-            // rollback journal; the restored file goes back to WAL when it is
-            // next served.
-            let mode: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-            if !mode.eq_ignore_ascii_case("delete") {
-                return Err(in_use(db));
-            }
-            dst.pragma_update(None, "synchronous", "FULL")?;
-            {
-                let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-                // Every page in one step: one transaction.
-                match backup.step(-1)? {
-                    rusqlite::backup::StepResult::Done => {}
-                    _ => return Err(in_use(db)),
-                }
-            }
-            dst.close().map_err(|(_, e)| Error::from(e))?;
-            Ok(())
-        })();
-    if replaced.is_err() {
-        // Nothing of the database changed: the copy aside is not needed.
-        let _ = std::fs::remove_file(aside);
-    }
-    replaced
+/// Why a database was not replaced in place.
+enum InPlace {
+    /// It is damaged: SQLite finds it corrupt, or not a database (nothing
+    /// was changed, and no copy kept).
+    Damaged(String),
+    /// Anything else (it is in use, a disk error): nothing was changed.
+    Failed(Error),
 }
 
-/// A copy of the database `db` at `aside` (a new file, no more readable
-/// than `db`), made through SQLite (so with what its log holds), synced;
-/// its pages are copied as they are, whatever they hold.
-fn keep_aside(db: &Path, aside: &Path) -> Result<()> {
+/// Whether SQLite found the database damaged.
+fn damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+impl From<rusqlite::Error> for InPlace {
+    fn from(e: rusqlite::Error) -> Self {
+        if damaged(&e) {
+            InPlace::Damaged(e.to_string())
+        } else {
+            InPlace::Failed(Error::from(e))
+        }
+    }
+}
+
+/// Replaces the content of the database `db` with that of `copy`, through
+/// SQLite, after keeping a copy of it at `aside`.
+///
+/// One connection takes the database for itself (SQLite's exclusive lock,
+/// kept until it closes: no other program reads or writes it meanwhile, so
+/// nothing is written between the copy kept and the restore), copies it
+/// aside, then replaces its content in one transaction of SQLite's backup
+/// API through a rollback journal, synced with the directory
+/// (`synchronous = EXTRA`): a crash at any point leaves the old content or
+/// the new, whole, and a program that has the database open waits for the
+/// transaction as for any writer's, then reads the new content. A WAL
+/// database another program has open is refused (its connection keeps a
+/// lock on it). The journal, the copy aside and the verified copy each
+/// take about the database's size on disk while it runs.
+fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> std::result::Result<(), InPlace> {
+    let busy = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            InPlace::Failed(in_use(db))
+        }
+        _ => InPlace::from(e),
+    };
+    let mut live = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    live.busy_timeout(Duration::from_millis(100))?;
+    // A damaged schema does not stop the pragmas (none reads it); a WAL
+    // database takes pages of another size only through a rollback
+    // journal (it goes back to WAL when it is next served).
+    live.execute_batch("PRAGMA writable_schema = ON; PRAGMA locking_mode = EXCLUSIVE;")?;
+    let mode: String = live
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(busy)?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(InPlace::Failed(in_use(db)));
+    }
+    live.execute_batch("PRAGMA synchronous = EXTRA; BEGIN EXCLUSIVE; COMMIT;")
+        .map_err(busy)?;
+    keep_aside(&live, db, aside)?;
+    let replaced = (|| -> std::result::Result<(), InPlace> {
+        let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| InPlace::Failed(Error::from(e)))?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut live)?;
+        // Every page in one step: one transaction.
+        match backup.step(-1).map_err(busy)? {
+            rusqlite::backup::StepResult::Done => Ok(()),
+            _ => Err(InPlace::Failed(in_use(db))),
+        }
+    })();
+    match replaced {
+        Ok(()) => {
+            // Committed: whatever closing says, the copy aside stays.
+            if let Err((_, e)) = live.close() {
+                tracing::warn!(db = %db.display(), "closing the restored database: {e}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing of the database changed: the copy aside is not needed.
+            drop(live);
+            let _ = std::fs::remove_file(aside);
+            Err(e)
+        }
+    }
+}
+
+/// A copy of the database `live` (the connection to `db`) at `aside`: a
+/// new file no more readable than `db`, synced; its pages are copied as
+/// they are, whatever they hold.
+fn keep_aside(live: &Connection, db: &Path, aside: &Path) -> std::result::Result<(), InPlace> {
     // Nor beside a companion of that name: a log left there would be
     // taken for the kept database's.
     if let Some((_, to)) = pairs(db, aside)
         .into_iter()
         .find(|(_, to)| to.symlink_metadata().is_ok())
     {
-        return Err(Error::io(
+        return Err(InPlace::Failed(Error::io(
             "cannot keep the database at",
             to,
             std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 "a file of that name exists",
             ),
-        ));
+        )));
     }
-    let partial = create_partial(aside, db)?;
-    let copied = (|| -> Result<()> {
-        let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        src.busy_timeout(Duration::from_millis(100))?;
-        let mut dst = Connection::open(&*partial)?;
+    let partial = create_partial(aside, db).map_err(InPlace::Failed)?;
+    let copied = (|| -> std::result::Result<(), InPlace> {
+        let mut dst = Connection::open(&*partial).map_err(|e| InPlace::Failed(Error::from(e)))?;
         {
-            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            let backup = rusqlite::backup::Backup::new(live, &mut dst)?;
             match backup.step(-1)? {
                 rusqlite::backup::StepResult::Done => {}
-                _ => return Err(in_use(db)),
+                _ => return Err(InPlace::Failed(in_use(db))),
             }
         }
-        // A file of its own: no log to carry beside it.
-        let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-        dst.close().map_err(|(_, e)| Error::from(e))?;
+        drop(dst);
+        let failed = |e| InPlace::Failed(Error::io("cannot keep the database at", aside, e));
         std::fs::File::open(&*partial)
             .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("cannot sync", &*partial, e))?;
+            .map_err(failed)?;
         // Linked, then the partial name removed: never over a file that
         // came meanwhile.
-        std::fs::hard_link(&*partial, aside)
-            .map_err(|e| Error::io("cannot keep the database at", aside, e))?;
+        std::fs::hard_link(&*partial, aside).map_err(failed)?;
         let _ = std::fs::remove_file(&*partial);
         sync_dir(aside);
         Ok(())
@@ -243,29 +300,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
-    }
-}
-
-/// Refuses to replace a database another connection has open. In WAL mode an
-/// exclusive-locking-mode read needs the file to itself. Whether the file
-/// was locked and closed cleanly (a damaged one cannot be, and is still
-/// replaceable).
-fn ensure_not_in_use(db: &Path) -> Result<bool> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
-        Error::Open {
-            path: db.to_path_buf(),
-            reason: Error::from(e).to_string(),
-        }
-    })?;
-    conn.busy_timeout(Duration::from_millis(100))?;
-    let locked = conn
-        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
-        .map_err(Error::from);
-    match locked {
-        Ok(()) => Ok(conn.close().is_ok()),
-        Err(Error::Busy { .. }) => Err(in_use(db)),
-        // A damaged file cannot be locked cleanly but must still be replaceable.
-        Err(_) => Ok(false),
     }
 }
 
@@ -432,5 +466,31 @@ mod tests {
         assert_eq!(values(&db), ["old", "late"]);
         assert!(!aside.exists());
         assert!(partial.exists(), "the caller removes it");
+    }
+
+    /// Found by a hostile review: a database whose schema is damaged (what
+    /// `serve --recover` is for) could not be restored in place, and the
+    /// restore failed: the pragmas it ran read the schema.
+    #[test]
+    fn a_database_whose_schema_is_damaged_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, partial, aside) = paths(dir.path());
+        database(&db, "WAL", "old");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "PRAGMA writable_schema = ON;
+                 UPDATE sqlite_schema SET sql = 'CREATE TABLE t(' WHERE name = 't';",
+            )
+            .unwrap();
+        let broken = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert!(broken.to_string().contains("malformed"), "{broken}");
+        database(&partial, "DELETE", "restored");
+        assert!(place(&partial, &db, &aside).unwrap());
+        assert_eq!(values(&db), ["restored"]);
+        assert!(aside.exists());
     }
 }
