@@ -413,16 +413,16 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // this host's deadline) while its worker runs on, the pool keeps the
     // notice until the worker is done, and dropping it tells the front end
     // (`done`), which keeps the call's place of its key until then.
-    let notice = Arc::new(Mutex::new(Some(DoneNotice {
-        client: host.client.clone(),
-        reply: reply.clone(),
-        host: host.id.clone(),
-        instance: host.service_id.clone(),
-        armed: true,
-    })));
+    let runs_on = Arc::new(AtomicBool::new(false));
     let keep = {
-        let notice = notice.clone();
-        Abandoned::new(move || Box::new(lock(&notice).take()))
+        let (host, reply, runs_on) = (host.clone(), reply.clone(), runs_on.clone());
+        Abandoned::new(move || {
+            runs_on.store(true, Ordering::Release);
+            Box::new(DoneNotice {
+                host: host.clone(),
+                reply: reply.clone(),
+            })
+        })
     };
     // The front end owns retries (on any host); a retry here would run an
     // idempotent call again behind a caller that asked for none.
@@ -454,62 +454,40 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // Dropped, the call gives its notice to the worker still running it, if any.
     drop(call);
     drop(registration);
-    let unsent = lock(&notice).take();
-    let runs_on = unsent.is_none();
+    let runs_on = runs_on.load(Ordering::Acquire);
     match outcome {
-        Some(r) => {
-            // Answered: no notice, unless the worker runs on past this
-            // host's deadline (then the answer says so, and `done` follows).
-            if let Some(mut n) = unsent {
-                n.armed = false;
-            }
-            answer(&host, &request, &method, r, runs_on).await;
-        }
+        // Answered; if its worker runs on past this host's deadline, the
+        // answer says so, and `done` follows.
+        Some(r) => answer(&host, &request, &method, r, runs_on).await,
         None => {
             host.cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(method, runs_on, "call cancelled by its caller");
-            if runs_on {
-                // Which host to wait for: the cancel may have come before
-                // the acknowledgement.
-                let _ = host
-                    .client
-                    .publish_with_headers(
-                        reply.clone(),
-                        host.status(wire::RUNNING),
-                        Default::default(),
-                    )
-                    .await;
-            }
-            // Else the unsent notice, dropped here, says `done`.
-            drop(unsent);
+            // Which host to wait for (the cancel may have come before the
+            // acknowledgement), or that it is over here.
+            let status = if runs_on { wire::RUNNING } else { wire::DONE };
+            let _ = host
+                .client
+                .publish_with_headers(reply.clone(), host.status(status), Default::default())
+                .await;
         }
     }
 }
 
-/// Tells a front end, when dropped armed, that a call it gave up on is over
-/// here (its worker answered it or ended, or it never reached one).
+/// Tells a front end, when dropped, that a call it gave up on is over here
+/// (its worker answered it or ended).
 struct DoneNotice {
-    client: Client,
+    host: Arc<Host>,
     reply: String,
-    host: String,
-    instance: String,
-    armed: bool,
 }
 
 impl Drop for DoneNotice {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(wire::STATUS, wire::DONE);
-        headers.insert(wire::HOST, self.host.as_str());
-        headers.insert(wire::INSTANCE, self.instance.as_str());
-        let (client, reply) = (self.client.clone(), std::mem::take(&mut self.reply));
+        let (host, reply) = (self.host.clone(), std::mem::take(&mut self.reply));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = client
-                    .publish_with_headers(reply, headers, Default::default())
+                let _ = host
+                    .client
+                    .publish_with_headers(reply, host.status(wire::DONE), Default::default())
                     .await;
             });
         }
@@ -517,7 +495,7 @@ impl Drop for DoneNotice {
 }
 
 impl Host {
-    /// The headers of a status message (`accepted`, `running`) about a call.
+    /// The headers of a status message (`accepted`, `running`, `done`) about a call.
     fn status(&self, status: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(wire::STATUS, status);
