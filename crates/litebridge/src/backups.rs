@@ -387,6 +387,10 @@ fn judge(db: &Path) -> Judged {
 /// `serve --recover` refused to start after such a crash (a review found
 /// it). Whatever goes wrong here, the check says.
 fn roll_back_hot_journal(db: &Path) {
+    // Before this process's first connection: SQLite takes its allocator
+    // once (a review found `serve --recover` running without its memory
+    // budget after such a rollback).
+    crate::db::heap::install();
     let journal = crate::db::with_suffix(db, "-journal");
     if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
         && let Ok(c) =

@@ -571,31 +571,41 @@ async fn postgres_refusals_name_what_to_do() {
     schema.drop_now().await;
 }
 
+/// The error of a start whose clients' role is `role` (made if missing)
+/// with `grant` given: `GRANT <grant> TO <role>`, revoked afterwards.
+async fn refused_with(url: &str, role: &str, grant: &str) -> litebridge::Error {
+    let admin = common::pg::admin(url).await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             GRANT {grant} TO {role}"
+        ))
+        .await
+        .unwrap();
+    let e = PgDatabase::connect(litebridge::pg::PgConfig::new(url.to_owned()).client(role, None))
+        .await
+        .expect_err("refused");
+    admin
+        .batch_execute(&format!("REVOKE {grant} FROM {role}"))
+        .await
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    e
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_client_role_granted_a_parameter() {
     let Some(url) = common::pg::url() else {
         return;
     };
     // Found by a hostile review: ALTER SYSTEM runs in a read-only transaction.
-    let admin = common::pg::admin(&url).await;
-    admin
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE lb_test_param LOGIN; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-             GRANT ALTER SYSTEM ON PARAMETER application_name TO lb_test_param",
-        )
-        .await
-        .unwrap();
-    let e = PgDatabase::connect(
-        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_param", None),
+    let e = refused_with(
+        &url,
+        "lb_test_param",
+        "ALTER SYSTEM ON PARAMETER application_name",
     )
-    .await
-    .expect_err("refused");
-    admin
-        .batch_execute("REVOKE ALTER SYSTEM ON PARAMETER application_name FROM lb_test_param")
-        .await
-        .unwrap();
-    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    .await;
     assert!(e.to_string().contains("application_name"), "{e}");
     assert!(e.to_string().contains("ALTER SYSTEM"), "{e}");
 }
@@ -608,25 +618,7 @@ async fn postgres_refuses_a_client_role_that_reads_every_sessions_statements() {
     let Some(url) = common::pg::url() else {
         return;
     };
-    let admin = common::pg::admin(&url).await;
-    admin
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE lb_test_monitor LOGIN; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-             GRANT pg_monitor TO lb_test_monitor",
-        )
-        .await
-        .unwrap();
-    let e = PgDatabase::connect(
-        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_monitor", None),
-    )
-    .await
-    .expect_err("refused");
-    admin
-        .batch_execute("REVOKE pg_monitor FROM lb_test_monitor")
-        .await
-        .unwrap();
-    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    let e = refused_with(&url, "lb_test_monitor", "pg_monitor").await;
     assert!(e.to_string().contains("pg_read_all_stats"), "{e}");
 }
 
@@ -638,25 +630,12 @@ async fn postgres_refuses_a_client_role_that_may_read_the_servers_files() {
     let Some(url) = common::pg::url() else {
         return;
     };
-    let admin = common::pg::admin(&url).await;
-    admin
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE lb_test_files LOGIN; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-             GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO lb_test_files",
-        )
-        .await
-        .unwrap();
-    let e = PgDatabase::connect(
-        litebridge::pg::PgConfig::new(url.clone()).client("lb_test_files", None),
+    let e = refused_with(
+        &url,
+        "lb_test_files",
+        "EXECUTE ON FUNCTION pg_read_binary_file(text)",
     )
-    .await
-    .expect_err("refused");
-    admin
-        .batch_execute("REVOKE EXECUTE ON FUNCTION pg_read_binary_file(text) FROM lb_test_files")
-        .await
-        .unwrap();
-    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    .await;
     assert!(e.to_string().contains("pg_read_binary_file"), "{e}");
 }
 

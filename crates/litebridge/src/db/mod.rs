@@ -47,7 +47,7 @@ mod ffi;
 mod functions;
 mod group_commit;
 mod guard;
-mod heap;
+pub(crate) mod heap;
 mod heavy;
 mod inline;
 mod introspect;

@@ -146,16 +146,37 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
         };
         return Err(Error::io("cannot move the restored file to", db, e));
     }
+    // A program that opened the file between the look and the moves would
+    // open a log beside the restored file by its name: all undone.
+    if moved.iter().any(|(_, to)| open_elsewhere(to)) {
+        let undone = std::fs::rename(db, partial).and_then(|()| move_back(&moved));
+        return Err(match undone {
+            Ok(()) => in_use(db),
+            Err(e) => Error::io(
+                "cannot put back",
+                db,
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (another program opened it during the restore); the database is kept at {}",
+                        aside.display()
+                    ),
+                ),
+            ),
+        });
+    }
     sync_dir(db);
     Ok(!moved.is_empty())
 }
 
 /// Why a database was not replaced in place.
 enum InPlace {
-    /// It is damaged: SQLite finds it corrupt, or not a database (nothing
-    /// was changed, and no copy kept).
+    /// It is damaged: SQLite finds it corrupt, or not a database (its
+    /// content is as it was, a WAL database's log perhaps checkpointed
+    /// into it; no copy kept).
     Damaged(String),
-    /// Anything else (it is in use, a disk error): nothing was changed.
+    /// Anything else (it is in use, a disk error): its content is as it
+    /// was, unless the error says it may not be.
     Failed(Error),
 }
 
@@ -182,15 +203,19 @@ impl From<rusqlite::Error> for InPlace {
 ///
 /// One connection takes the database for itself (SQLite's exclusive lock,
 /// kept until it closes: no other program reads or writes it meanwhile, so
-/// nothing is written between the copy kept and the restore), copies it
-/// aside, then replaces its content in one transaction of SQLite's backup
-/// API through a rollback journal, synced with the directory
-/// (`synchronous = EXTRA`): a crash at any point leaves the old content or
-/// the new, whole, and a program that has the database open waits for the
-/// transaction as for any writer's, then reads the new content. A WAL
-/// database another program has open is refused (its connection keeps a
-/// lock on it). The journal, the copy aside and the verified copy each
-/// take about the database's size on disk while it runs.
+/// nothing is written between the copy kept and the restore). A WAL
+/// database is first brought back to a rollback journal (its log
+/// checkpointed into the file: the same content; it goes back to WAL when
+/// it is next served), which also lets it take pages of another size. The
+/// file's bytes are then copied aside as they are (not through SQLite,
+/// which would copy as many pages as a damaged header says), and its
+/// content replaced in one transaction of SQLite's backup API through the
+/// journal: a crash at any point leaves the old content or the new, whole,
+/// and a program that has the database open waits for the transaction as
+/// for any writer's, then reads the new content. A WAL database another
+/// program has open is refused (its connection keeps a lock on it). The
+/// journal, the copy aside and the verified copy each take about the
+/// database's size on disk while it runs.
 fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> std::result::Result<(), InPlace> {
     let busy = |e: rusqlite::Error| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
@@ -198,11 +223,14 @@ fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> std::result::Result
         }
         _ => InPlace::from(e),
     };
+    // The file's bytes are read through this descriptor, opened before
+    // SQLite's locks are taken and closed after its connection: closing
+    // any descriptor of the file would let this process's locks go.
+    let raw =
+        std::fs::File::open(db).map_err(|e| InPlace::Failed(Error::io("cannot open", db, e)))?;
     let mut live = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     live.busy_timeout(Duration::from_millis(100))?;
-    // A damaged schema does not stop the pragmas (none reads it); a WAL
-    // database takes pages of another size only through a rollback
-    // journal (it goes back to WAL when it is next served).
+    // A damaged schema does not stop the pragmas (none reads it).
     live.execute_batch("PRAGMA writable_schema = ON; PRAGMA locking_mode = EXCLUSIVE;")?;
     let mode: String = live
         .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
@@ -212,38 +240,51 @@ fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> std::result::Result
     }
     live.execute_batch("PRAGMA synchronous = EXTRA; BEGIN EXCLUSIVE; COMMIT;")
         .map_err(busy)?;
-    keep_aside(&live, db, aside)?;
-    let replaced = (|| -> std::result::Result<(), InPlace> {
-        let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| InPlace::Failed(Error::from(e)))?;
-        let backup = rusqlite::backup::Backup::new(&src, &mut live)?;
-        // Every page in one step: one transaction.
-        match backup.step(-1).map_err(busy)? {
-            rusqlite::backup::StepResult::Done => Ok(()),
-            _ => Err(InPlace::Failed(in_use(db))),
-        }
-    })();
-    match replaced {
-        Ok(()) => {
-            // Committed: whatever closing says, the copy aside stays.
-            if let Err((_, e)) = live.close() {
-                tracing::warn!(db = %db.display(), "closing the restored database: {e}");
-            }
-            Ok(())
-        }
-        Err(e) => {
-            // Nothing of the database changed: the copy aside is not needed.
+    keep_aside(&raw, db, aside)?;
+    let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| InPlace::Failed(Error::from(e)));
+    let stepped = src.and_then(|src| {
+        let backup = rusqlite::backup::Backup::new(&src, &mut live).map_err(InPlace::from)?;
+        // Every page in one step: one transaction. From here on, an error
+        // may come after the commit (its journal's sync failed).
+        Ok(backup.step(-1))
+    });
+    let result = match stepped {
+        Ok(Ok(rusqlite::backup::StepResult::Done)) => Ok(()),
+        // Not begun (busy): nothing of the database changed, and the copy
+        // aside is not needed.
+        Ok(Ok(_)) | Err(_) => {
             drop(live);
+            drop(raw);
             let _ = std::fs::remove_file(aside);
-            Err(e)
+            return match stepped {
+                Err(e) => Err(e),
+                _ => Err(InPlace::Failed(in_use(db))),
+            };
         }
+        Ok(Err(e)) => Err(InPlace::Failed(Error::io(
+            "the restore may or may not have taken effect in",
+            db,
+            std::io::Error::other(format!(
+                "{}; the database as it was is kept at {}",
+                Error::from(e),
+                aside.display()
+            )),
+        ))),
+    };
+    // SQLite deletes the journal (and syncs the directory) as it closes.
+    if let Err((_, e)) = live.close() {
+        tracing::warn!(db = %db.display(), "closing the restored database: {e}");
     }
+    drop(raw);
+    result
 }
 
-/// A copy of the database `live` (the connection to `db`) at `aside`: a
-/// new file no more readable than `db`, synced; its pages are copied as
-/// they are, whatever they hold.
-fn keep_aside(live: &Connection, db: &Path, aside: &Path) -> std::result::Result<(), InPlace> {
+/// A copy of the database file `raw` (a descriptor of `db`, which this
+/// process holds SQLite's exclusive lock on) at `aside`: its bytes as they
+/// are, in a new file no more readable than `db`, synced.
+fn keep_aside(raw: &std::fs::File, db: &Path, aside: &Path) -> std::result::Result<(), InPlace> {
+    use std::os::unix::fs::FileExt as _;
     // Nor beside a companion of that name: a log left there would be
     // taken for the kept database's.
     if let Some((_, to)) = pairs(db, aside)
@@ -260,31 +301,31 @@ fn keep_aside(live: &Connection, db: &Path, aside: &Path) -> std::result::Result
         )));
     }
     let partial = create_partial(aside, db).map_err(InPlace::Failed)?;
-    let copied = (|| -> std::result::Result<(), InPlace> {
-        let mut dst = Connection::open(&*partial).map_err(|e| InPlace::Failed(Error::from(e)))?;
-        {
-            let backup = rusqlite::backup::Backup::new(live, &mut dst)?;
-            match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => {}
-                _ => return Err(InPlace::Failed(in_use(db))),
+    let copied = (|| -> std::io::Result<()> {
+        let mut out = std::fs::OpenOptions::new().write(true).open(&*partial)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            // `read_at`: the descriptor is never closed, nor its offset shared.
+            let n = raw.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
             }
+            std::io::Write::write_all(&mut out, &buf[..n])?;
+            at += n as u64;
         }
-        drop(dst);
-        let failed = |e| InPlace::Failed(Error::io("cannot keep the database at", aside, e));
-        std::fs::File::open(&*partial)
-            .and_then(|f| f.sync_all())
-            .map_err(failed)?;
+        out.sync_all()?;
         // Linked, then the partial name removed: never over a file that
         // came meanwhile.
-        std::fs::hard_link(&*partial, aside).map_err(failed)?;
+        std::fs::hard_link(&*partial, aside)?;
         let _ = std::fs::remove_file(&*partial);
         sync_dir(aside);
         Ok(())
     })();
-    if copied.is_err() {
+    copied.map_err(|e| {
         let _ = std::fs::remove_file(&*partial);
-    }
-    copied
+        InPlace::Failed(Error::io("cannot keep the database at", aside, e))
+    })
 }
 
 fn in_use(db: &Path) -> Error {
@@ -492,5 +533,35 @@ mod tests {
         assert!(place(&partial, &db, &aside).unwrap());
         assert_eq!(values(&db), ["restored"]);
         assert!(aside.exists());
+    }
+
+    /// Found by a hostile review: the copy kept aside was made through
+    /// SQLite, which copies as many pages as the header says: a header
+    /// whose page count a flipped bit made smaller kept only those pages,
+    /// and the restore then cut the rest from the file. The copy is now of
+    /// the file's bytes.
+    #[test]
+    fn the_copy_kept_aside_is_every_byte_of_the_file_whatever_its_header_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, partial, aside) = paths(dir.path());
+        database(&db, "DELETE", "old");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE big(b); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
+                 SELECT i + 1 FROM n WHERE i < 50) INSERT INTO big SELECT randomblob(4000) FROM n;",
+            )
+            .unwrap();
+        let mut bytes = std::fs::read(&db).unwrap();
+        assert!(bytes.len() > 40 * 4096);
+        // The page count (bytes 28..32), trusted while bytes 92..96 match
+        // the change counter (24..28): now 2.
+        bytes[28..32].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(bytes[92..96], bytes[24..28]);
+        std::fs::write(&db, &bytes).unwrap();
+        database(&partial, "DELETE", "restored");
+        assert!(place(&partial, &db, &aside).unwrap());
+        assert_eq!(values(&db), ["restored"]);
+        assert!(std::fs::read(&aside).unwrap() == bytes, "the copy aside is not the file");
     }
 }
