@@ -1142,6 +1142,25 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
         }
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // An answer forged into the front end's inbox, in h1's name, without
+    // the call's token or with another: not taken (the call's own answer
+    // is). Before tokens, any peer could answer any call.
+    for token in [None, Some("0123456789abcdef")] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Litebridge-Host", "h1");
+        h.insert("Litebridge-Started", "1");
+        if let Some(t) = token {
+            h.insert("Litebridge-Token", t);
+        }
+        evil.publish_with_headers(
+            original.reply.clone().unwrap(),
+            h,
+            json!({"result": "forged"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    }
+    evil.flush().await.unwrap();
     evil.publish_with_reply_and_headers(
         "lb.v1.call.echo",
         original.reply.clone().unwrap(),
@@ -1327,11 +1346,27 @@ async fn permissions_of_the_docs_are_enough() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("nats.host_id"), "{err}");
+    // A user of the hosts' grants sees calls only in the queue group: not
+    // those sent to another host (whose tokens it could use to forge).
+    let spy = async_nats::ConnectOptions::with_user_and_password("host".into(), "hostpw".into())
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut spied = spy.subscribe("lb.v1.call.>").await.unwrap();
+    spy.flush().await.unwrap();
     // A quick call (one answer) and one acknowledged first (two).
     assert_eq!(
         bridge.call("echo", json!([1]), opts(5_000)).await.unwrap(),
         json!(1)
     );
+    {
+        use futures_util::StreamExt;
+        let seen = tokio::time::timeout(Duration::from_millis(300), spied.next()).await;
+        assert!(
+            !matches!(seen, Ok(Some(_))),
+            "a plain subscription of the hosts' user saw a call"
+        );
+    }
     assert_eq!(
         bridge
             .call("nap", json!({"ms": 200}), opts(5_000))

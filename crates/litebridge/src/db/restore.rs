@@ -562,6 +562,9 @@ mod tests {
         database(&partial, "DELETE", "restored");
         assert!(place(&partial, &db, &aside).unwrap());
         assert_eq!(values(&db), ["restored"]);
-        assert!(std::fs::read(&aside).unwrap() == bytes, "the copy aside is not the file");
+        assert!(
+            std::fs::read(&aside).unwrap() == bytes,
+            "the copy aside is not the file"
+        );
     }
 }

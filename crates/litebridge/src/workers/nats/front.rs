@@ -100,6 +100,8 @@ struct Pending {
     /// Its host said `done` (the call is over there) before this end
     /// stopped waiting.
     done: bool,
+    /// What its notices and answer must carry ([`wire::TOKEN`]).
+    token: String,
 }
 
 /// A call its caller gave up on (or that its host's deadline ended) while
@@ -112,6 +114,7 @@ struct Pending {
 struct Kept {
     _place: Box<dyn std::any::Any + Send>,
     host: Option<(String, String)>,
+    token: String,
 }
 
 struct Front {
@@ -123,6 +126,8 @@ struct Front {
     calls: Mutex<HashMap<u64, Pending>>,
     /// Calls given up on while a worker may run them (locked after `calls`).
     kept: Mutex<HashMap<u64, Kept>>,
+    /// The key of the calls' tokens ([`wire::TOKEN`]).
+    tokens: std::hash::RandomState,
     next_call: AtomicU64,
     hosts: RwLock<HashMap<String, Known>>,
     connected: watch::Sender<bool>,
@@ -256,6 +261,7 @@ impl NatsBridge {
             inbox,
             calls: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
+            tokens: std::hash::RandomState::new(),
             next_call: AtomicU64::new(1),
             hosts: RwLock::new(HashMap::new()),
             connected: watch::Sender::new(true),
@@ -507,6 +513,7 @@ impl NatsBridge {
         }
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", s.inbox);
+        let token = format!("{:016x}", std::hash::BuildHasher::hash_one(&s.tokens, id));
         let (tx, mut rx) = mpsc::unbounded_channel();
         lock(&s.calls).insert(
             id,
@@ -515,6 +522,7 @@ impl NatsBridge {
                 method: method.to_owned(),
                 host: None,
                 done: false,
+                token: token.clone(),
             },
         );
         let mut guard = Waiting {
@@ -531,6 +539,7 @@ impl NatsBridge {
         let left_ms = left.as_millis().max(1) as u64;
         headers.insert(wire::BUDGET_MS, left_ms.to_string().as_str());
         headers.insert(wire::DEADLINE, (unix_ms() + left_ms).to_string().as_str());
+        headers.insert(wire::TOKEN, token.as_str());
         if let Some(rid) =
             request_id.filter(|r| r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -857,6 +866,7 @@ impl Drop for Waiting {
                     Kept {
                         _place: a.keep(),
                         host: p.host,
+                        token: p.token,
                     },
                 );
                 drop(calls);
@@ -1108,6 +1118,10 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         let runs_on = h
             .and_then(|h| h.get(wire::RUNS_ON))
             .is_some_and(|v| v.as_str() == "1");
+        // A message about a call counts only with the call's token (the
+        // NATS server's own status, no responders, carries none).
+        let token = h.and_then(|h| h.get(wire::TOKEN)).map(|v| v.as_str());
+        let its = |want: &str| m.status.is_some() || token == Some(want);
         let mut calls = lock(&f.calls);
         // A notice about a call whose host is known counts only from that
         // host (a peer on the bus naming it could otherwise give places
@@ -1117,6 +1131,16 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                 .as_ref()
                 .is_none_or(|(h, _)| host.is_some_and(|named| named == h))
         };
+        let id = id.filter(|id| {
+            let theirs = calls
+                .get(id)
+                .map(|p| its(&p.token))
+                .or_else(|| lock(&f.kept).get(id).map(|k| its(&k.token)));
+            if theirs == Some(false) {
+                tracing::debug!(id, "a message without its call's token; dropped");
+            }
+            theirs != Some(false)
+        });
         match id.and_then(|id| calls.get_mut(&id)) {
             Some(p) => match status {
                 Some("accepted") => {

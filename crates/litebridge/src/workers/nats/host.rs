@@ -295,8 +295,14 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     let budget = header(h, wire::BUDGET_MS).and_then(|v| v.parse::<u64>().ok());
     let deadline = header(h, wire::DEADLINE).and_then(|v| v.parse::<u64>().ok());
     let request_id = header(h, wire::REQUEST_ID).map(str::to_owned);
+    // Echoed on every notice and answer about the call (short and
+    // printable, or none: one of a front end of an earlier version).
+    let token = header(h, wire::TOKEN)
+        .filter(|t| t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_default()
+        .to_owned();
     let refuse = |e: Error| async {
-        answer(&host, &request, &method, Err(e), false).await;
+        answer(&host, &request, &method, &token, Err(e), false).await;
     };
     if host.draining.load(Ordering::Acquire) {
         return refuse(Error::Unavailable {
@@ -415,12 +421,14 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // (`done`), which keeps the call's place of its key until then.
     let runs_on = Arc::new(AtomicBool::new(false));
     let keep = {
-        let (host, reply, runs_on) = (host.clone(), reply.clone(), runs_on.clone());
+        let (host, reply, token, runs_on) =
+            (host.clone(), reply.clone(), token.clone(), runs_on.clone());
         Abandoned::new(move || {
             runs_on.store(true, Ordering::Release);
             Box::new(DoneNotice {
                 host: host.clone(),
                 reply: reply.clone(),
+                token: token.clone(),
             })
         })
     };
@@ -445,7 +453,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             r = &mut call => break Some(r),
             () = &mut ack, if !acked => {
                 acked = true;
-                let _ = host.client.publish_with_headers(reply.clone(), host.status("accepted"), Default::default()).await;
+                let _ = host.client.publish_with_headers(reply.clone(), host.status("accepted", &token), Default::default()).await;
             }
             // Its caller gave up: dropping the call tells the worker to cancel.
             _ = &mut cancel_rx => break None,
@@ -458,7 +466,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     match outcome {
         // Answered; if its worker runs on past this host's deadline, the
         // answer says so, and `done` follows.
-        Some(r) => answer(&host, &request, &method, r, runs_on).await,
+        Some(r) => answer(&host, &request, &method, &token, r, runs_on).await,
         None => {
             host.cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(method, runs_on, "call cancelled by its caller");
@@ -467,7 +475,11 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             let status = if runs_on { wire::RUNNING } else { wire::DONE };
             let _ = host
                 .client
-                .publish_with_headers(reply.clone(), host.status(status), Default::default())
+                .publish_with_headers(
+                    reply.clone(),
+                    host.status(status, &token),
+                    Default::default(),
+                )
                 .await;
         }
     }
@@ -478,16 +490,18 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
 struct DoneNotice {
     host: Arc<Host>,
     reply: String,
+    token: String,
 }
 
 impl Drop for DoneNotice {
     fn drop(&mut self) {
         let (host, reply) = (self.host.clone(), std::mem::take(&mut self.reply));
+        let headers = host.status(wire::DONE, &self.token);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = host
                     .client
-                    .publish_with_headers(reply, host.status(wire::DONE), Default::default())
+                    .publish_with_headers(reply, headers, Default::default())
                     .await;
             });
         }
@@ -496,9 +510,12 @@ impl Drop for DoneNotice {
 
 impl Host {
     /// The headers of a status message (`accepted`, `running`, `done`) about a call.
-    fn status(&self, status: &'static str) -> HeaderMap {
+    fn status(&self, status: &'static str, token: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(wire::STATUS, status);
+        if !token.is_empty() {
+            headers.insert(wire::TOKEN, token);
+        }
         headers.insert(wire::HOST, self.id.as_str());
         headers.insert(wire::INSTANCE, self.service_id.as_str());
         headers
@@ -512,6 +529,7 @@ async fn answer(
     host: &Host,
     request: &async_nats::service::Request,
     method: &str,
+    token: &str,
     outcome: Result<Json>,
     runs_on: bool,
 ) {
@@ -531,6 +549,9 @@ async fn answer(
     }
     let mut headers = HeaderMap::new();
     headers.insert(wire::HOST, host.id.as_str());
+    if !token.is_empty() {
+        headers.insert(wire::TOKEN, token);
+    }
     if runs_on {
         headers.insert(wire::RUNS_ON, "1");
     }

@@ -57,6 +57,12 @@ pub(crate) const HOST: HeaderName = HeaderName::from_static("Litebridge-Host");
 /// Which run of that host (its services-protocol id): a host restarted
 /// under the same id is another instance.
 pub(crate) const INSTANCE: HeaderName = HeaderName::from_static("Litebridge-Instance");
+/// A token the front end draws for each call it sends (16 hex digits, a
+/// keyed hash of the call's number), echoed on every notice and answer
+/// about the call: a front end counts only those that carry it, so a user
+/// of the hosts' grants can forge them only for the calls it received
+/// (with the queue-only grant of `docs/examples/nats-permissions.conf`).
+pub(crate) const TOKEN: HeaderName = HeaderName::from_static("Litebridge-Token");
 /// `0` when the call was never started (safe to send elsewhere), `1` when it was.
 pub(crate) const STARTED: HeaderName = HeaderName::from_static("Litebridge-Started");
 
