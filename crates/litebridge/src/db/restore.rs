@@ -147,8 +147,25 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
         return Err(Error::io("cannot move the restored file to", db, e));
     }
     // A program that opened the file between the look and the moves would
-    // open a log beside the restored file by its name: all undone.
+    // open a log beside the restored file by its name: all undone, unless a
+    // program has the restored file open already (its writes would go with
+    // it) or made it a companion.
     if moved.iter().any(|(_, to)| open_elsewhere(to)) {
+        let restored_in_use = open_elsewhere(db)
+            || COMPANIONS
+                .iter()
+                .any(|c| with_suffix(db, c).symlink_metadata().is_ok());
+        if restored_in_use {
+            return Err(Error::io(
+                "another program opened the database during the restore:",
+                db,
+                std::io::Error::other(format!(
+                    "the restored database is in place and in use, the old one is kept at {}; \
+                     stop the program that has the old one open",
+                    aside.display()
+                )),
+            ));
+        }
         let undone = std::fs::rename(db, partial).and_then(|()| move_back(&moved));
         return Err(match undone {
             Ok(()) => in_use(db),
@@ -240,6 +257,18 @@ fn replace_in_place(copy: &Path, db: &Path, aside: &Path) -> std::result::Result
     }
     live.execute_batch("PRAGMA synchronous = EXTRA; BEGIN EXCLUSIVE; COMMIT;")
         .map_err(busy)?;
+    // The descriptor and the connection are of the same file (not one
+    // renamed over it in between).
+    let same = {
+        use std::os::unix::fs::MetadataExt as _;
+        match (raw.metadata(), std::fs::metadata(db)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    };
+    if !same {
+        return Err(InPlace::Failed(in_use(db)));
+    }
     keep_aside(&raw, db, aside)?;
     let src = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| InPlace::Failed(Error::from(e)));
@@ -382,10 +411,12 @@ fn move_aside(db: &Path, aside: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     Ok(moved)
 }
 
-/// Undoes the moves [`move_aside`] made.
+/// Undoes the moves [`move_aside`] made, never over a file that came to
+/// a name meanwhile (linked, then the aside name removed).
 fn move_back(moved: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
     for (back, from) in moved {
-        std::fs::rename(from, back)?;
+        std::fs::hard_link(from, back)?;
+        std::fs::remove_file(from)?;
     }
     Ok(())
 }
@@ -566,5 +597,40 @@ mod tests {
             std::fs::read(&aside).unwrap() == bytes,
             "the copy aside is not the file"
         );
+    }
+
+    /// Found by a hostile review: a damaged file is moved aside, not
+    /// replaced in place, and a program that had it open would then open a
+    /// log beside the restored file by its name: refused while another
+    /// program has it open, nothing moved.
+    #[test]
+    fn a_damaged_file_another_program_has_open_is_not_moved() {
+        use std::io::{BufRead as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (db, partial, aside) = paths(dir.path());
+        std::fs::write(&db, vec![7u8; 8192]).unwrap();
+        database(&partial, "DELETE", "restored");
+        let mut other = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import sys\nf = open(sys.argv[1], 'rb')\nprint('open', flush=True)\nsys.stdin.readline()")
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(other.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let e = place(&partial, &db, &aside).unwrap_err();
+        other.stdin.take().unwrap().write_all(b"\n").unwrap();
+        other.wait().unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::Busy, "{e}");
+        assert_eq!(std::fs::read(&db).unwrap(), vec![7u8; 8192]);
+        assert!(!aside.exists());
+        // Once it is closed, the damaged file is moved aside.
+        assert!(place(&partial, &db, &aside).unwrap());
+        assert_eq!(values(&db), ["restored"]);
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![7u8; 8192]);
     }
 }
