@@ -149,8 +149,12 @@ fn place(partial: &Path, db: &Path, aside: &Path) -> Result<bool> {
     // A program that opened the file between the look and the moves would
     // open a log beside the restored file by its name: all undone, unless a
     // program has the restored file open already (its writes would go with
-    // it) or made it a companion.
-    if moved.iter().any(|(_, to)| open_elsewhere(to)) {
+    // it) or made it a companion. (One holding only a companion moved
+    // aside, its database gone, uses it by its descriptors.)
+    let old_file_held = moved
+        .first()
+        .is_some_and(|(from, to)| from == db && open_elsewhere(to));
+    if old_file_held {
         let restored_in_use = open_elsewhere(db)
             || COMPANIONS
                 .iter()
