@@ -1063,6 +1063,30 @@ async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
 }
 
 /// A raw NATS client: a peer on the bus that is not litebridge.
+/// Publishes one message with `headers` written as they are (a status
+/// line included, which the client library does not let a publisher
+/// write), as any peer on the bus can.
+fn raw_publish(url: &str, subject: &str, headers: &str, payload: &str) {
+    use std::io::{BufRead as _, Write as _};
+    let address = url.trim_start_matches("nats://");
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    let mut lines = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    lines.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut w = stream;
+    write!(
+        w,
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"protocol\":1}}\r\nHPUB {subject} {} {}\r\n{headers}{payload}\r\nPING\r\n",
+        headers.len(),
+        headers.len() + payload.len()
+    )
+    .unwrap();
+    let mut pong = String::new();
+    lines.read_line(&mut pong).unwrap();
+    assert!(pong.starts_with("PONG"), "{pong}");
+}
+
 async fn peer(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.unwrap()
 }
@@ -1161,6 +1185,18 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
         .unwrap();
     }
     evil.flush().await.unwrap();
+    // And with a status line of its own (a review found any status let
+    // through untested), as the server's "no responders" has one: a 200 in
+    // h1's name, and a 503 after the call was acknowledged.
+    let reply = original.reply.clone().unwrap();
+    raw_publish(
+        &url,
+        &reply,
+        "NATS/1.0 200\r\nLitebridge-Host: h1\r\nLitebridge-Started: 1\r\n\r\n",
+        &json!({"result": "forged"}).to_string(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw_publish(&url, &reply, "NATS/1.0 503\r\n\r\n", "");
     evil.publish_with_reply_and_headers(
         "lb.v1.call.echo",
         original.reply.clone().unwrap(),

@@ -569,6 +569,11 @@ impl NatsBridge {
                 got = rx.recv() => match got {
                     Some(Reply::Message(m)) => {
                         if m.status == Some(StatusCode::NO_RESPONDERS) {
+                            // The server says so only before a host has the
+                            // call: after an acknowledgement, it is a peer's.
+                            if acked {
+                                continue;
+                            }
                             guard.cancel = false;
                             return Err(self.no_host(method));
                         }
@@ -1118,10 +1123,19 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         let runs_on = h
             .and_then(|h| h.get(wire::RUNS_ON))
             .is_some_and(|v| v.as_str() == "1");
-        // A message about a call counts only with the call's token (the
-        // NATS server's own status, no responders, carries none).
+        // A message about a call counts only with the call's token; the
+        // NATS server's "no responders" carries none, and is taken only
+        // bare (a peer can write a status line too: one with any other
+        // status, or with litebridge's headers, is not the server's).
         let token = h.and_then(|h| h.get(wire::TOKEN)).map(|v| v.as_str());
-        let its = |want: &str| m.status.is_some() || token == Some(want);
+        let bare_no_responders = m.status == Some(StatusCode::NO_RESPONDERS)
+            && h.is_none_or(|h| {
+                h.iter().all(|(name, _)| {
+                    let name: &str = name.as_ref();
+                    !name.to_ascii_lowercase().starts_with("litebridge-")
+                })
+            });
+        let its = |want: &str| token == Some(want) || bare_no_responders;
         let mut calls = lock(&f.calls);
         // A notice about a call whose host is known counts only from that
         // host (a peer on the bus naming it could otherwise give places
