@@ -1200,11 +1200,14 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                     let started = h
                         .and_then(|h| h.get(wire::STARTED))
                         .map(|v| v.as_str() == "1");
-                    tracing::warn!(
-                        host = host.unwrap_or("(unnamed)"),
-                        started,
-                        "an answer came after its caller stopped waiting; dropped and counted"
-                    );
+                    // At most once a minute: anyone who may publish into
+                    // the inbox can send these.
+                    f.warn_once_a_minute(&format!(
+                        "an answer from host {} (started: {started:?}) came after its caller \
+                         stopped waiting; dropped and counted (late answers: {})",
+                        host.unwrap_or("(unnamed)"),
+                        f.late.load(Ordering::Relaxed)
+                    ));
                 }
             }
         }
