@@ -289,7 +289,9 @@ pub(crate) struct Findings {
 /// columns, on every row (SQLite checks their values against their
 /// declarations). An insert or an update computes them for its own rows
 /// only, and `ALTER TABLE ... ADD COLUMN` adds one to every row there is
-/// without computing it: a client can add, at no cost, a column that
+/// without computing it (unless it is `NOT NULL`, has a `CHECK`, or the
+/// table is `STRICT`: SQLite then checks the table): a client can add, at
+/// no cost, a column that
 /// builds a string of 50 MB, and a million rows then cost every check hours.
 const CHECK_BASE: Duration = Duration::from_secs(60);
 /// See [`CHECK_BASE`].

@@ -6,8 +6,9 @@
 //! database is not touched, so a copy that fails (a full disk) leaves it as
 //! it was. Then the database's content is replaced in place, through
 //! SQLite, in one transaction (a copy of the old kept aside first): see
-//! `place`. A damaged file SQLite cannot lock, or a missing one, has its
-//! place cleared instead: it and every companion SQLite would take for it
+//! `place`. A damaged file (SQLite finds it corrupt, or not a database)
+//! that no other program has open, or a missing one, has its place cleared
+//! instead: it and every companion SQLite would take for it
 //! (`-wal`, `-shm`, `-journal`, even with no database beside them: a stale
 //! log would be replayed into the restored file) are moved aside, never
 //! deleted, and the copy renamed into place, the directory synced. A crash
@@ -32,22 +33,26 @@ pub struct RestoreReport {
     pub path: PathBuf,
     /// Bytes of the restored file.
     pub bytes: u64,
-    /// Where the replaced file (or the companions a missing one left
-    /// behind) was moved: None when there was nothing.
+    /// Where what was replaced is kept: a copy of the database (replaced in
+    /// place), or the damaged file (or the companions a missing one left
+    /// behind) moved there; None when there was nothing.
     pub replaced_kept_at: Option<PathBuf>,
     /// How old the backup is (from its modification time).
     pub backup_age: Duration,
 }
 
-/// Replaces the database at `db` with the backup at `from`, keeping the
-/// replaced file at `aside`. `progress(copied, total)` is called as pages
-/// are copied.
+/// Replaces the database at `db` with the backup at `from`, keeping what it
+/// replaces at `aside` (see `place`). `progress(copied, total)` is called
+/// as pages are copied.
 ///
 /// # Errors
 /// [`Error::Corrupt`] if the backup fails verification (nothing is changed);
-/// [`Error::Busy`] if another process has `db` open; [`Error::Io`] for file
-/// errors (a failed copy changes nothing; a failure after the database was
-/// moved aside moves it back, or names where it is).
+/// [`Error::Busy`] if another process holds a lock on `db` past 100 ms,
+/// has a WAL database open, or has a damaged one open (nothing is changed);
+/// [`Error::Io`] for file errors (a failed copy changes nothing; an error
+/// that may have followed the restore's commit keeps the copy aside and
+/// names it; a failure after a damaged file was moved aside moves it back,
+/// or names where it is).
 pub fn restore_file(
     from: &Path,
     db: &Path,

@@ -56,8 +56,9 @@ fn tool(name: String, description: String, schema: Json, read_only: bool) -> Too
 /// does not end in `_` and 32 hex digits; any other name (one with a `-`
 /// in it, too long, or ending so) keeps its letters, digits and `_` (the
 /// rest made `_`), cut to leave room for `_` and 32 hex digits (128 bits)
-/// of the SHA-256 of the name. The two forms never meet: only a digest's
-/// name ends in `_` and 32 hex digits; two digests' names meet only if
+/// of the SHA-256 of the name. The two forms never meet: a plain name's
+/// method part never ends in `_` and 32 hex digits, and a digest's name
+/// always does, after at least `worker_`; two digests' names meet only if
 /// SHA-256's first 128 bits of two names do.
 fn worker_tool_name(method: &str) -> String {
     let plain = method

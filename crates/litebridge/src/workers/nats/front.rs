@@ -94,8 +94,9 @@ enum Reply {
 struct Pending {
     tx: mpsc::UnboundedSender<Reply>,
     method: String,
-    /// The host that acknowledged the call, and its instance (a host
-    /// restarted under the same id is another instance).
+    /// The host running the call, as its acknowledgement (or a `running`
+    /// notice, or an answer saying its worker runs on) named it, and its
+    /// instance (a host restarted under the same id is another instance).
     host: Option<(String, String)>,
     /// Its host said `done` (the call is over there) before this end
     /// stopped waiting.
