@@ -463,8 +463,15 @@ mod tests {
 
     /// Another program with the database open: it reads, then waits for a
     /// line, reads again and writes.
-    fn holder(db: &Path) -> std::process::Child {
-        std::process::Command::new("python3")
+    fn holder(
+        db: &Path,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+        String,
+    ) {
+        use std::io::BufRead as _;
+        let mut other = std::process::Command::new("python3")
             .arg("-c")
             .arg(
                 "import sqlite3, sys\n\
@@ -480,7 +487,11 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        (other, out, first.trim().to_owned())
     }
 
     fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -506,11 +517,8 @@ mod tests {
         database(&db, "DELETE", "old");
         database(&partial, "DELETE", "restored");
         let inode = std::fs::metadata(&db).unwrap().ino();
-        let mut other = holder(&db);
-        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "old");
+        let (mut other, out, first) = holder(&db);
+        assert_eq!(first, "old");
         assert!(place(&partial, &db, &aside).unwrap());
         assert_eq!(std::fs::metadata(&db).unwrap().ino(), inode, "not in place");
         other.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -530,15 +538,12 @@ mod tests {
     /// nothing changed.
     #[test]
     fn a_wal_database_another_program_has_open_is_not_restored() {
-        use std::io::{BufRead as _, Write as _};
+        use std::io::Write as _;
         let dir = tempfile::tempdir().unwrap();
         let (db, partial, aside) = paths(dir.path());
         database(&db, "WAL", "old");
         database(&partial, "DELETE", "restored");
-        let mut other = holder(&db);
-        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        let (mut other, _out, _) = holder(&db);
         let e = place(&partial, &db, &aside).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Busy, "{e}");
         assert!(e.to_string().contains("in use"), "{e}");
