@@ -14,6 +14,7 @@ pub struct Faults {
     fail_commits: AtomicUsize,
     panic_writer: AtomicBool,
     fail_begins: AtomicUsize,
+    fail_read_begins: AtomicUsize,
 }
 
 impl Faults {
@@ -38,6 +39,18 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_fail_begin(&self) -> bool {
         take_one(&self.fail_begins)
+    }
+
+    /// Makes the `BEGIN READ ONLY` of the next `n` PostgreSQL reads
+    /// answered in one message fail on the server, with the rest of the
+    /// message sent all the same.
+    pub fn fail_read_begins(&self, n: usize) {
+        self.fail_read_begins.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_fail_read_begin(&self) -> bool {
+        take_one(&self.fail_read_begins)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

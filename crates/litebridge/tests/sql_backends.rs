@@ -1029,7 +1029,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     // (Caller 1's own next request still finds it: its sessions are its own.)
     let mine = db
         .query_with(
-            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql",
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'evil'",
             (),
             q,
         )
@@ -1039,7 +1039,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     assert_eq!(
         other_text(
             &db,
-            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'evil'"
         )
         .await,
         "0"
@@ -1194,7 +1194,7 @@ async fn postgres_code_run_while_parsing_stays_in_the_read_only_transaction() {
     assert_eq!(
         one_text(
             &db,
-            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'evil'"
         )
         .await,
         "0"
@@ -1367,13 +1367,25 @@ async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
     // As on SQLite, which stops at the cut: the rows asked for are the
     // answer. PostgreSQL runs the statement on, and its error aborts the
     // transaction after the rows came; the end of the read rolls it back.
-    for _ in 0..3 {
+    // Caller 1's reads after the first are answered in one message (the
+    // statement known from a read that did not fail).
+    let fails_late = "SELECT CASE WHEN g > ?1 THEN 1 / (g - g) ELSE g END \
+                      FROM generate_series(1, 10) g";
+    let mut before = None;
+    for caller in [None, Some(1), Some(1), Some(1)] {
+        if caller.is_some() && before.is_none() {
+            db.query_with(fails_late, params![10], as_caller(1).1)
+                .await
+                .unwrap();
+            before = Some(db.one_message_reads());
+        }
         let r = db
             .query_with(
-                common::pg::FAILS_LATE,
-                (),
+                fails_late,
+                params![5],
                 QueryOptions {
                     max_rows: Some(2),
+                    caller,
                     ..QueryOptions::default()
                 },
             )
@@ -1385,11 +1397,23 @@ async fn postgres_a_read_cut_before_a_failing_row_answers_the_rows_it_kept() {
         );
         assert!(r.truncated);
         // The one connection is clean for the next request.
-        assert_eq!(
-            one_text(&db, "SELECT current_setting('transaction_read_only')").await,
-            "on"
-        );
+        let r = db
+            .query_with(
+                "SELECT current_setting('transaction_read_only')",
+                (),
+                QueryOptions {
+                    caller,
+                    ..QueryOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.rows[0][0], Value::Text("on".into()));
     }
+    // Caller 1's last two reads of the setting: a read cut short whose
+    // statement failed goes the long way (PostgreSQL runs an `EXECUTE` to
+    // its end before sending its rows).
+    assert_eq!(db.one_message_reads(), before.unwrap() + 2);
     let e = db
         .query_with(common::pg::FAILS_LATE, (), QueryOptions::default())
         .await
@@ -1668,6 +1692,290 @@ async fn postgres_a_write_whose_begin_failed_ran_nothing() {
     let again = db.batch(batch(), once(1, "k")).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(count().await, Value::Integer(2));
+    db.close();
+    schema.drop_now().await;
+}
+
+// ----- PostgreSQL: reads answered in one message --------------------------
+// (a statement its connection prepared already: `BEGIN READ ONLY; EXECUTE
+// ...; COMMIT` in one simple query, its values written as literals)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_in_one_message_answers_as_the_long_way_did() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (_, q) = as_caller(1);
+    let types = "SELECT 12345.678::numeric, true, 'NaN'::float8, '-Infinity'::float8, \
+                 0.1::float4, 1e300::float8, '{\"a\": [1, 2]}'::jsonb, '{\"b\":1}'::json, \
+                 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, DATE '2026-12-01', \
+                 TIMESTAMP '2026-12-01 10:20:30.5', TIMESTAMPTZ '2026-12-01 10:20:30+02', \
+                 TIME '01:02:03.25', 'x'::char(3), 7::int2, 8::int4, 9::oid, 'y'::\"char\", \
+                 '\\x00ff275c24'::bytea, NULL::text, (-9223372036854775808)::int8, \
+                 pg_catalog.chr(233)::\"char\", ''::\"char\", '\\'::\"char\"";
+    let bound = "SELECT ?1::int2, ?2::int4, ?3::int8, ?4::float4, ?5::float8, ?6::numeric, \
+                 ?7::bool, ?8::bool, ?9::bytea, ?10::text, ?11::jsonb, ?12::json, ?13::uuid, \
+                 ?14::date, ?15::timestamptz, ?16::oid, ?17::text, ?18::float8, ?19::int8, \
+                 ?20::bytea, ?21::float8";
+    let values = vec![
+        Value::Integer(-32768),
+        Value::Integer(2_000_000_000),
+        Value::Integer(1 << 62),
+        Value::Real(0.1),
+        Value::Real(-1.5e-300),
+        Value::Text("123456789012345678901234567890.000000000000001".into()),
+        Value::Integer(1),
+        Value::Text("f".into()),
+        Value::Blob(vec![0, 1, 39, 92, 36, 255]),
+        Value::Text("a'b\\c $l$ $l1$ \u{3041} \"".into()),
+        Value::Text("{\"k\": [true, null]}".into()),
+        Value::Integer(42),
+        Value::Text("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11".into()),
+        Value::Text("2026-12-01".into()),
+        Value::Text("2026-12-01T10:00:00Z".into()),
+        Value::Integer(4_000_000_000),
+        Value::Null,
+        Value::Integer(1 << 53),
+        Value::Text(" 17 ".into()),
+        Value::Text("text into bytea".into()),
+        Value::Real(f64::NAN),
+    ];
+    for (sql, values) in [(types, vec![]), (bound, values)] {
+        let before = db.one_message_reads();
+        let first = db
+            .query_with(sql, Params::Positional(values.clone()), q)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.one_message_reads(),
+            before,
+            "the first read goes the long way"
+        );
+        let again = db
+            .query_with(sql, Params::Positional(values), q)
+            .await
+            .unwrap();
+        assert_eq!(db.one_message_reads(), before + 1, "{sql}");
+        assert_eq!(first, again, "{sql}");
+    }
+    // A name the input function would cut short goes the long way, which
+    // refuses it.
+    for _ in 0..2 {
+        db.query_with("SELECT ?1::name", params!["short"], q)
+            .await
+            .unwrap();
+    }
+    let e = db
+        .query_with("SELECT ?1::name", params!["n".repeat(95)], q)
+        .await
+        .expect_err("too long for a name");
+    assert!(e.to_string().contains("too long"), "{e}");
+    // A value that would not bind goes the long way, which names it.
+    let e = db
+        .query_with(
+            bound,
+            Params::Positional(vec![Value::Integer(1 << 20); 21]),
+            q,
+        )
+        .await
+        .expect_err("out of range for int2");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    // A statement PREPARE refuses keeps going the long way.
+    let before = db.one_message_reads();
+    for _ in 0..3 {
+        assert_eq!(
+            db.query_with("SHOW TimeZone", (), q).await.unwrap().rows[0][0],
+            Value::Text("UTC".into())
+        );
+    }
+    assert_eq!(db.one_message_reads(), before);
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_value_in_one_message_cannot_leave_its_literal() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE t(v text)", (), w)
+        .await
+        .unwrap();
+    let sql = "SELECT ?1::text, (SELECT count(*) FROM t)";
+    let read = |v: &str| {
+        let db = db.clone();
+        let v = v.to_owned();
+        async move { db.query_with(sql, params![v], q).await }
+    };
+    read("first").await.unwrap();
+    // The caller turns standard_conforming_strings off in its own session:
+    // a backslash would then escape a quote of a quoted literal.
+    db.query_with(
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        (),
+        q,
+    )
+    .await
+    .unwrap();
+    let before = db.one_message_reads();
+    let hostile = [
+        "'",
+        "\\",
+        "\\'); INSERT INTO t VALUES ('x'); --",
+        "$l$); COMMIT; INSERT INTO t VALUES ('x'); --",
+        "$l$",
+        "$l",
+        "x$l1$y$l$z$l2",
+        "\u{3041}",
+    ];
+    for v in hostile {
+        let r = read(v).await.unwrap();
+        assert_eq!(r.rows[0], [Value::Text(v.into()), Value::Integer(0)], "{v}");
+    }
+    assert_eq!(db.one_message_reads(), before + hostile.len() as u64);
+    // A client encoding whose characters take a quote's or a backslash's
+    // byte: a value ending in such a character's first byte makes the
+    // message unreadable, and nothing of it runs.
+    db.query_with("SELECT set_config('client_encoding', 'SJIS', false)", (), q)
+        .await
+        .unwrap();
+    read("\u{3041}); INSERT INTO t VALUES ('x'); --\u{3041}")
+        .await
+        .expect_err("not SJIS");
+    let admin = common::pg::admin(&schema.url).await;
+    let n: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}.t", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a value ran as SQL");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_in_one_message_whose_begin_failed_ran_nothing() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE hits(n int)", (), w)
+        .await
+        .unwrap();
+    db.execute_with(
+        "CREATE FUNCTION bump(n int) RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN IF n = 1 THEN INSERT INTO hits VALUES (n); END IF; RETURN n; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
+    // Prepared on the first read, in one message on the second (the
+    // connection is new after each failed read).
+    let prepare = || async {
+        let before = db.one_message_reads();
+        for _ in 0..2 {
+            db.query_with("SELECT bump(?1)", params![0], q)
+                .await
+                .unwrap();
+        }
+        assert_eq!(db.one_message_reads(), before + 1);
+    };
+    prepare().await;
+    // In its read-only transaction the function cannot write...
+    let e = db
+        .query_with("SELECT bump(?1)", params![1], q)
+        .await
+        .expect_err("read-only");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    // ... and when BEGIN fails, the rest of the message does not run.
+    prepare().await;
+    db.faults().fail_read_begins(1);
+    let e = db
+        .query_with("SELECT bump(?1)", params![1], q)
+        .await
+        .expect_err("BEGIN failed");
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    let admin = common::pg::admin(&schema.url).await;
+    let n: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}.hits", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the statement ran without its read-only transaction");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statements_for_one_message_reads_do_not_pile_up() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 1;
+    config.statement_cache = 4;
+    let db = PgDatabase::connect(config).await.unwrap();
+    let (_, q) = as_caller(1);
+    let ours = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'lbq%'";
+    for i in 0..40 {
+        let sql = format!("SELECT {i}");
+        for _ in 0..2 {
+            db.query_with(&sql, (), q).await.unwrap();
+        }
+        let r = db.query_with(ours, (), q).await.unwrap();
+        match &r.rows[0][0] {
+            Value::Integer(n) => assert!(*n <= 5, "{n} statements after {i}"),
+            v => panic!("{v:?}"),
+        }
+    }
+    assert!(db.one_message_reads() >= 20);
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_callers_own_statements_cannot_stand_in_for_litebridges() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    let sql = "SELECT 'mine'::text";
+    for _ in 0..2 {
+        db.query_with(sql, (), q).await.unwrap();
+    }
+    // A caller replaces the statement prepared for it with its own...
+    db.execute_with(
+        "DO $$ DECLARE n text; BEGIN \
+         FOR n IN SELECT name FROM pg_prepared_statements WHERE name LIKE 'lbq%' LOOP \
+         EXECUTE format('DEALLOCATE %I', n); \
+         EXECUTE format('PREPARE %I AS SELECT ''theirs''::text', n); END LOOP; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
+    // ... which serves no other caller: the connection is reset for the next.
+    let (_, other) = as_caller(2);
+    let r = db.query_with(sql, (), other).await.unwrap();
+    assert_eq!(r.rows[0][0], Value::Text("mine".into()));
+    let r = db.query_with(sql, (), other).await.unwrap();
+    assert_eq!(r.rows[0][0], Value::Text("mine".into()));
+    // A statement dropped from under a read fails that read, and the next
+    // one runs on a new connection.
+    db.execute_with(
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+        (),
+        as_caller(2).0,
+    )
+    .await
+    .unwrap();
+    db.query_with(sql, (), other)
+        .await
+        .expect_err("its statement is gone");
+    let r = db.query_with(sql, (), other).await.unwrap();
+    assert_eq!(r.rows[0][0], Value::Text("mine".into()));
     db.close();
     schema.drop_now().await;
 }

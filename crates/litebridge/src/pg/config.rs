@@ -337,7 +337,8 @@ pub(crate) struct Server {
 const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
 
 /// The clients' sessions also fix what decides how their SQL is read and
-/// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
+/// run, and how one-message reads' text results read (`fast`), whatever a
+/// role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
 /// Not `default_transaction_read_only`: pg_auto_failover fences a node it
 /// is promoting with it (the server's own setting), and a write must meet
 /// that fence, not override it (the failover test caught writes accepted
@@ -346,7 +347,8 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c default_transaction_isolation=read\\ committed \
      -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
-     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default";
+     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default \
+     -c extra_float_digits=1 -c bytea_output=hex";
 
 /// Refuses a schema name that would need quoting (litebridge writes it
 /// into SQL as it is): lower-case letters, digits and `_`, a letter first.

@@ -15,7 +15,11 @@
 //!   to run in a transaction of its own, read-write. The statement, then
 //!   the `COMMIT` and the tidy-up in one message, go together: two round
 //!   trips (three when the statement is not cached yet: its Parse is
-//!   awaited). `BEGIN` is not sent ahead for the next read on the
+//!   awaited). That is a statement's first read on a connection to the
+//!   primary; it also prepares the statement under a name of litebridge's,
+//!   and later reads of it take one round trip (`fast`: one simple query,
+//!   `BEGIN READ ONLY; EXECUTE ...; COMMIT`, which PostgreSQL stops at its
+//!   first error). `BEGIN` is not sent ahead for the next read on the
 //!   previous read's round trip either: PostgreSQL fixes `now()` at
 //!   `BEGIN`, so the next read would see the time the last one ended (a
 //!   review found a read after a write seeing `now()` before the write's;
@@ -48,7 +52,8 @@
 //!   Statements that change the session or end the transaction are refused
 //!   before they are sent (`sql`).
 //! - **Prepared statements** are cached per connection, at most
-//!   [`PgConfig::statement_cache`] (the cache starts over when full). A
+//!   [`PgConfig::statement_cache`] (the cache starts over when full), and
+//!   as many again under litebridge's names for one-message reads. A
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
@@ -56,6 +61,7 @@ mod claims;
 mod config;
 mod describe;
 mod error;
+mod fast;
 mod lease;
 mod listen;
 mod monitor;
@@ -114,6 +120,13 @@ struct Inner {
     /// The caller each of the clients' connections last served (by node):
     /// one handed to another caller is reset first.
     callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
+    /// The statements each of the clients' connections to the primary
+    /// prepared for one-message reads (`fast`), by their SQL.
+    known: std::sync::Mutex<HashMap<ObjectId, Known>>,
+    /// The number of the next statement prepared for one-message reads.
+    next_statement: AtomicU64,
+    /// Reads answered in one message.
+    one_message_reads: AtomicU64,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -263,6 +276,15 @@ impl std::fmt::Debug for PgDatabase {
             .finish_non_exhaustive()
     }
 }
+
+/// The longest SQL prepared for one-message reads (a longer one takes the
+/// long way: it is held here as well as in tokio-postgres's cache).
+const MOST_KNOWN_SQL: usize = 64 * 1024;
+
+/// A connection's statements for one-message reads, by their SQL: its
+/// name and the statement as tokio-postgres prepared it (for its types),
+/// or `None` for one `PREPARE` refused.
+type Known = HashMap<String, Option<(Arc<str>, PgStatement)>>;
 
 /// A statement ready to run: its SQL for PostgreSQL and its values.
 struct Prepared {
@@ -426,6 +448,9 @@ impl PgDatabase {
             own,
             pids: std::sync::Mutex::new(HashMap::new()),
             callers: std::sync::Mutex::new(HashMap::new()),
+            known: std::sync::Mutex::new(HashMap::new()),
+            next_statement: AtomicU64::new(0),
+            one_message_reads: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -853,12 +878,14 @@ impl PgDatabase {
     /// `begun` is set once `BEGIN` is answered: a failure from then on may be
     /// the statement's doing.
     ///
-    /// `BEGIN` is awaited before anything else is sent. Sent ahead
-    /// unanswered, a `BEGIN` that failed (a `statement_timeout` the caller
-    /// set, a cancel from another session of the clients' role) would leave
-    /// the statement to run read-write in a transaction of its own
-    /// (litebridge sets no read-only session default: see the module's
-    /// design note).
+    /// The long way, `BEGIN` is awaited before anything else is sent. Sent
+    /// ahead unanswered, a `BEGIN` that failed (a `statement_timeout` the
+    /// caller set, a cancel from another session of the clients' role)
+    /// would leave the statement to run read-write in a transaction of its
+    /// own (litebridge sets no read-only session default: see the module's
+    /// design note). A statement the connection prepared for one-message
+    /// reads goes in one simple query instead, which PostgreSQL stops at
+    /// its first error ([`PgDatabase::read_in_one`]).
     #[allow(clippy::too_many_arguments)]
     async fn read_on(
         &self,
@@ -877,6 +904,12 @@ impl PgDatabase {
             .await?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
+        // A statement this connection prepared for one-message reads, with
+        // values that travel as literals: one round trip (`fast`).
+        let one_message = match (who, node) {
+            (Who::Client, Node::Primary) => self.one_message(&conn, p),
+            _ => None,
+        };
         // BEGIN goes first, before the statement is parsed: parsing can run
         // the clients' code (a domain's CHECK on a literal), which must run
         // inside the read-only transaction; and so do tokio-postgres's own
@@ -884,6 +917,25 @@ impl PgDatabase {
         // `search_path`. Then, polled in order, the futures send Parse when
         // the statement is not cached yet, then the rest in one go.
         let run = async {
+            if let Some(one) = &one_message {
+                let read = Box::pin(self.read_in_one(
+                    &conn,
+                    &p.sql,
+                    one,
+                    track,
+                    max_rows,
+                    max_bytes,
+                    (deadline, timeout),
+                    begun,
+                ))
+                .await?;
+                if let Some((rows, position)) = read {
+                    let at = self
+                        .inner
+                        .primary_at(position.map(|t| Token::after_commit(t, self.inner.wal)));
+                    return Ok((Ok(rows), at, true));
+                }
+            }
             conn.batch_execute("BEGIN READ ONLY")
                 .await
                 .map_err(|e| from_pg(&e, timeout))?;
@@ -901,10 +953,38 @@ impl PgDatabase {
                 }
             };
             let rest = async {
-                let stmt = self
-                    .prepare_within(&conn, p, "BEGIN READ ONLY", timeout)
+                let (stmt, typed) = self
+                    .prepare_within(&conn, who, p, "BEGIN READ ONLY", timeout)
                     .await?;
                 readable_columns(&stmt)?;
+                // A statement prepared from the server's own types is made
+                // known to one-message reads, before it runs (a function it
+                // calls could change the `search_path` the `PREPARE` is
+                // read under), in a savepoint rolled back whatever it did:
+                // a `PREPARE` refused (`SHOW`) would abort the read, and one
+                // done outlives the rollback.
+                let name = match (who, node) {
+                    (Who::Client, Node::Primary) if !typed => {
+                        self.to_prepare(&conn, &p.sql, options.caller)
+                    }
+                    _ => None,
+                };
+                // Boxed: the three requests would make every read's future
+                // larger.
+                let prepared = Box::pin(async {
+                    let (name, fresh) = name.as_ref()?;
+                    let sql = fast::prepare(name, &p.sql);
+                    let (_, prepared, _) = tokio::join!(
+                        conn.batch_execute(if *fresh {
+                            SAVEPOINT_DEALLOCATING
+                        } else {
+                            SAVEPOINT
+                        }),
+                        conn.execute_typed(&sql, &[]),
+                        conn.batch_execute(ROLLBACK_TO_SAVEPOINT),
+                    );
+                    Some(prepared)
+                });
                 let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
                 let position = async {
                     match node {
@@ -926,7 +1006,10 @@ impl PgDatabase {
                     Who::Client => END_READ,
                     Who::Own => "COMMIT",
                 });
-                let (rows, position, ended) = tokio::join!(rows, position, end);
+                let (prepared, rows, position, ended) = tokio::join!(prepared, rows, position, end);
+                if let (Some((name, _)), Some(prepared)) = (name, prepared) {
+                    self.prepared(&conn, &p.sql, name, &stmt, prepared);
+                }
                 let rows = rows?;
                 // A replica's position it would not give (a function it
                 // has not replayed yet) only costs the token. The primary's
@@ -1243,7 +1326,11 @@ impl PgDatabase {
                     if shape == Shape::Rows && i > 0 {
                         break;
                     }
-                    match self.prepare_within(&conn, p, "BEGIN", timeout).await {
+                    match self
+                        .prepare_within(&conn, who, p, "BEGIN", timeout)
+                        .await
+                        .map(|(s, _)| s)
+                    {
                         Ok(stmt) => prepared.push(stmt),
                         Err(e) => {
                             failed = Some(if many { e.at(what, i) } else { e });
@@ -1525,6 +1612,7 @@ impl PgDatabase {
             lock(&self.inner.callers).remove(&(node, id));
             if node == Node::Primary {
                 lock(&self.inner.pids).remove(&id);
+                lock(&self.inner.known).remove(&id);
             }
         }
         drop(Object::take(conn.detach()));
@@ -1538,6 +1626,9 @@ impl PgDatabase {
     fn stop(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client {
             lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
+            if node == Node::Primary {
+                lock(&self.inner.known).remove(&Object::id(&conn));
+            }
         }
         let conn = conn.detach();
         let token = conn.cancel_token();
@@ -1617,6 +1708,10 @@ impl PgDatabase {
                 .flatten();
             if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
+            }
+            // The reset deallocates the statements of one-message reads.
+            if node == Node::Primary {
+                lock(&self.inner.known).remove(&Object::id(&conn));
             }
             match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
                 Ok(true) => {
@@ -1725,13 +1820,21 @@ impl PgDatabase {
     async fn prepare_within(
         &self,
         conn: &Object,
+        who: Who,
         p: &Prepared,
         begin: &str,
         timeout: Duration,
-    ) -> Result<PgStatement> {
+    ) -> Result<(PgStatement, bool)> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
+            // And the statements of one-message reads: dropped, those of
+            // tokio-postgres they hold are closed, and litebridge's own are
+            // deallocated at the connection's next `PREPARE`.
+            if who == Who::Client {
+                lock(&self.inner.known).remove(&Object::id(conn));
+            }
         }
+        let mut typed = false;
         let stmt = match conn.prepare_cached(&p.sql).await {
             // The server could not type a parameter (42P18), or typed one
             // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
@@ -1741,6 +1844,7 @@ impl PgDatabase {
                     Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
                 ) =>
             {
+                typed = true;
                 let types: Vec<Type> = p.values.iter().map(type_hint).collect();
                 conn.batch_execute(&format!("ROLLBACK; {begin}"))
                     .await
@@ -1760,7 +1864,241 @@ impl PgDatabase {
                 ),
             ));
         }
-        Ok(stmt)
+        Ok((stmt, typed))
+    }
+
+    /// Reads of the clients' SQL answered in one message: a statement their
+    /// connection had prepared already (the module's design note).
+    pub fn one_message_reads(&self) -> u64 {
+        self.inner.one_message_reads.load(Ordering::Relaxed)
+    }
+
+    /// The statement and the `EXECUTE` of a one-message read (`fast`):
+    /// when `conn` prepared `p`'s statement for them, and its values travel
+    /// as literals.
+    fn one_message(&self, conn: &Object, p: &Prepared) -> Option<(PgStatement, String)> {
+        let (name, stmt) = lock(&self.inner.known)
+            .get(&Object::id(conn))?
+            .get(&p.sql)?
+            .clone()?;
+        let execute = fast::execute(&name, stmt.params(), &p.values)?;
+        Some((stmt, execute))
+    }
+
+    /// A new name to prepare `sql` under on `conn` for one-message reads,
+    /// and whether the connection knows none of litebridge's statements
+    /// yet. None for a caller with no name (its next request resets the
+    /// session, which deallocates the statement), a statement tried there
+    /// already or longer than [`MOST_KNOWN_SQL`], or a connection that
+    /// knows [`PgConfig::statement_cache`] statements.
+    fn to_prepare(
+        &self,
+        conn: &Object,
+        sql: &str,
+        caller: Option<u64>,
+    ) -> Option<(Arc<str>, bool)> {
+        if caller.is_none() || sql.len() > MOST_KNOWN_SQL {
+            return None;
+        }
+        let known = lock(&self.inner.known);
+        let mine = known.get(&Object::id(conn));
+        if let Some(k) = mine
+            && (k.contains_key(sql) || k.len() >= self.inner.config.statement_cache)
+        {
+            return None;
+        }
+        let n = self.inner.next_statement.fetch_add(1, Ordering::Relaxed);
+        Some((fast::statement_name(n).into(), mine.is_none()))
+    }
+
+    /// Notes what the `PREPARE` of [`PgDatabase::to_prepare`]'s name did. A
+    /// statement PostgreSQL refused to prepare (`SHOW`) is not tried again
+    /// on the connection; one cut short by the transaction's state or a
+    /// cancel is.
+    fn prepared(
+        &self,
+        conn: &Object,
+        sql: &str,
+        name: Arc<str>,
+        stmt: &PgStatement,
+        outcome: std::result::Result<u64, tokio_postgres::Error>,
+    ) {
+        let entry = match outcome {
+            Ok(_) => Some((name, stmt.clone())),
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    *c != SqlState::IN_FAILED_SQL_TRANSACTION && *c != SqlState::QUERY_CANCELED
+                }) =>
+            {
+                None
+            }
+            Err(_) => return,
+        };
+        let mut known = lock(&self.inner.known);
+        // Entries of connections the pool dropped on its own: past four
+        // per connection, start over (a connection's statements left on
+        // the server are deallocated at its next `PREPARE`).
+        if known.len() > 4 * self.inner.config.connections {
+            known.clear();
+        }
+        known
+            .entry(Object::id(conn))
+            .or_default()
+            .insert(sql.to_owned(), entry);
+    }
+
+    /// Sends `sql` the long way on `conn` from now on.
+    fn forget(&self, conn: &Object, sql: &str) {
+        if let Some(k) = lock(&self.inner.known).get_mut(&Object::id(conn)) {
+            k.insert(sql.to_owned(), None);
+        }
+    }
+
+    /// One read in one message (`fast`): `BEGIN READ ONLY`, the
+    /// statement's `EXECUTE`, the position when `track`, [`END_READ`]. The
+    /// rows and the primary's position, or `None` when the read must go
+    /// the long way after all (its transaction rolled back). `begun` is set
+    /// once `BEGIN` is answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_in_one(
+        &self,
+        conn: &Object,
+        client_sql: &str,
+        (stmt, execute): &(PgStatement, String),
+        track: bool,
+        max_rows: usize,
+        max_bytes: usize,
+        (deadline, timeout): (Instant, Duration),
+        begun: &AtomicBool,
+    ) -> Result<Option<(Rows, Option<Token>)>> {
+        use tokio_postgres::SimpleQueryMessage as M;
+        let started = Instant::now();
+        let mut sql = String::with_capacity(execute.len() + 128);
+        sql.push_str(if self.inner.faults.take_fail_read_begin() {
+            // Fails as the server does a cancelled BEGIN.
+            "SELECT 1/0; "
+        } else {
+            "BEGIN READ ONLY; "
+        });
+        sql.push_str(execute);
+        sql.push_str("; ");
+        if track {
+            sql.push_str(WAL_INSERT_POSITION);
+            sql.push_str("; ");
+        }
+        sql.push_str(END_READ);
+        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL.
+        let statements = if track { 6 } else { 5 };
+        let columns = stmt.columns();
+        let stream = conn
+            .simple_query_raw(&sql)
+            .await
+            .map_err(|e| from_pg(&e, timeout))?;
+        futures_util::pin_mut!(stream);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated = false;
+        let mut position = Vec::new();
+        // The statements answered so far: the message `M` belongs to the
+        // next one.
+        let mut done = 0;
+        // The read's error. The answer is read to its end all the same,
+        // within the deadline (at which the server is told to stop): a
+        // connection dropped half way through would leave its server
+        // process sending the rest unwatched.
+        let mut failed: Option<Error> = None;
+        let mut statement_failed = false;
+        while let Some(m) = stream.next().await {
+            if failed.is_some() {
+                continue;
+            }
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    statement_failed = done == 1 && e.code().is_some();
+                    failed = Some(from_pg(&e, timeout));
+                    continue;
+                }
+            };
+            match (done, m) {
+                (_, M::CommandComplete(_)) => {
+                    done += 1;
+                    if done == 1 {
+                        // From here on a failure may be the statement's doing.
+                        begun.store(true, Ordering::Relaxed);
+                    }
+                }
+                (1, M::RowDescription(described)) => {
+                    let same = described.len() == columns.len()
+                        && described
+                            .iter()
+                            .zip(columns)
+                            .all(|(d, c)| d.name() == c.name());
+                    if !same {
+                        failed = Some(Error::Internal {
+                            message: format!(
+                                "the statement prepared for one-message reads answered other \
+                                 columns than its own ({} for {})",
+                                described.len(),
+                                columns.len()
+                            ),
+                        });
+                    }
+                }
+                (1, M::Row(row)) => {
+                    if rows.len() == max_rows {
+                        truncated = true;
+                        continue;
+                    }
+                    match read_text_row(&row, columns, &mut bytes, max_bytes) {
+                        Ok(out) => rows.push(out),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                (2, m @ M::Row(_)) if track => position.push(m),
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            // PostgreSQL runs an `EXECUTE` to its end before it sends a
+            // row, so an error of a row past the cut comes with no rows,
+            // where the long way answers the rows asked for (SQLite stops
+            // at the cut). A read that asked for at most `max_rows` rows
+            // whose statement failed goes the long way (in its time left,
+            // if that is more than this try took), and its statement goes
+            // the long way on this connection from now on.
+            if statement_failed && max_rows != usize::MAX {
+                conn.batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| from_pg(&e, timeout))?;
+                self.forget(conn, client_sql);
+                if deadline.saturating_duration_since(Instant::now()) > started.elapsed() {
+                    return Ok(None);
+                }
+            }
+            return Err(e);
+        }
+        if done != statements {
+            return Err(Error::Internal {
+                message: format!(
+                    "a one-message read was answered for {done} statements of {statements}"
+                ),
+            });
+        }
+        let position = if track {
+            primary_token(&position)
+        } else {
+            None
+        };
+        self.inner.one_message_reads.fetch_add(1, Ordering::Relaxed);
+        Ok(Some((
+            Rows {
+                columns: names(columns),
+                rows,
+                truncated,
+            },
+            position,
+        )))
     }
 }
 
@@ -1821,7 +2159,7 @@ async fn read_rows(
     max_bytes: usize,
 ) -> Result<Rows> {
     let timeout = Duration::ZERO;
-    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let columns = names(stmt.columns());
     let stream = conn
         .query_raw(stmt, values.iter().map(Param))
         .await
@@ -1848,11 +2186,7 @@ async fn read_rows(
             out.push(v);
         }
         if bytes > max_bytes {
-            return Err(Error::TooLarge {
-                what: "the query's rows (postgres.max_result_bytes; ask for fewer with max_rows)"
-                    .into(),
-                limit: max_bytes as u64,
-            });
+            return Err(too_large(max_bytes));
         }
         rows.push(out);
     }
@@ -1861,6 +2195,42 @@ async fn read_rows(
         rows,
         truncated,
     })
+}
+
+/// One row of a one-message read, read from its text by the statement's
+/// column types, its size added to `bytes` and refused past `max_bytes`.
+fn read_text_row(
+    row: &tokio_postgres::SimpleQueryRow,
+    columns: &[tokio_postgres::Column],
+    bytes: &mut usize,
+    max_bytes: usize,
+) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let text = row.try_get(i).map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let v = fast::cell(c.type_(), text).map_err(|e| {
+            Error::invalid("sql", format!("column {:?} cannot be read: {e}", c.name()))
+        })?;
+        *bytes += value_size(&v);
+        out.push(v);
+    }
+    if *bytes > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    Ok(out)
+}
+
+/// A read refused past `postgres.max_result_bytes`.
+fn too_large(max_bytes: usize) -> Error {
+    Error::TooLarge {
+        what: "the query's rows (postgres.max_result_bytes; ask for fewer with max_rows)".into(),
+        limit: max_bytes as u64,
+    }
+}
+
+/// A statement's column names.
+fn names(columns: &[tokio_postgres::Column]) -> Vec<String> {
+    columns.iter().map(|c| c.name().to_owned()).collect()
 }
 
 fn value_size(v: &Value) -> usize {
@@ -2026,6 +2396,20 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p \
                      WHERE p.from_sql LOOP \
                      EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
+
+/// Around the `PREPARE` of a statement for one-message reads (`fast`): a
+/// savepoint, rolled back whatever the `PREPARE` did. On a connection that
+/// knows no statement of litebridge's (new, or forgotten when its caches
+/// were emptied), the statements of its names left on the server are
+/// deallocated first: they never pile up.
+const SAVEPOINT: &str = "SAVEPOINT lb_prepare";
+const SAVEPOINT_DEALLOCATING: &str = "SAVEPOINT lb_prepare; \
+     DO $$ DECLARE n pg_catalog.text; BEGIN \
+     FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p \
+     WHERE p.from_sql AND pg_catalog.starts_with(p.name, 'lbq_') LOOP \
+     EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
+const ROLLBACK_TO_SAVEPOINT: &str =
+    "ROLLBACK TO SAVEPOINT lb_prepare; RELEASE SAVEPOINT lb_prepare";
 
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
