@@ -419,6 +419,12 @@ async fn postgres_types_read_as_documented() {
             Value::Text("y".into()),
         ]
     );
+    // One-message reads are off unless asked for.
+    let (_, q) = as_caller(1);
+    for _ in 0..3 {
+        db.query_with("SELECT 1", (), q).await.unwrap();
+    }
+    assert_eq!(db.one_message_reads(), 0);
     db.close();
     schema.drop_now().await;
 }
@@ -876,10 +882,13 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
 // (found by a hostile review; one connection, so the next request surely
 // gets the same one when it is reused)
 
+/// One connection, and one-message reads on (so the session tests cover
+/// them too).
 async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
     let schema = common::pg::Schema::new().await?;
     let mut config = schema.config();
     config.connections = 1;
+    config.one_message_reads = true;
     let db = PgDatabase::connect(config).await.unwrap();
     Some((schema, db))
 }
@@ -1909,6 +1918,36 @@ async fn postgres_a_read_in_one_message_whose_begin_failed_ran_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_in_one_message_whose_connection_is_lost_ends() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (_, q) = as_caller(1);
+    // The server process ends itself, or ends the session at an error
+    // (`exit_on_error`, which any role may set), in the middle of the
+    // message: the read fails at once and the next one runs.
+    let ends = [
+        "SELECT CASE WHEN ?1 = 1 THEN pg_terminate_backend(pg_backend_pid()) END",
+        "SELECT set_config('exit_on_error', 'on', false), 1 / ?1",
+    ];
+    for (sql, ok, fatal) in [(ends[0], 0, 1), (ends[1], 1, 0)] {
+        let before = db.one_message_reads();
+        for _ in 0..2 {
+            db.query_with(sql, params![ok], q).await.unwrap();
+        }
+        assert_eq!(db.one_message_reads(), before + 1, "{sql}");
+        let read = db.query_with(sql, params![fatal], q);
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the read ends")
+            .expect_err("its connection is gone");
+        db.query_with("SELECT 1", (), q).await.unwrap();
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_statements_for_one_message_reads_do_not_pile_up() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
@@ -1916,6 +1955,7 @@ async fn postgres_statements_for_one_message_reads_do_not_pile_up() {
     let mut config = schema.config();
     config.connections = 1;
     config.statement_cache = 4;
+    config.one_message_reads = true;
     let db = PgDatabase::connect(config).await.unwrap();
     let (_, q) = as_caller(1);
     let ours = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'lbq%'";

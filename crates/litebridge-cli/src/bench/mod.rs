@@ -164,6 +164,12 @@ const CASES: &[Case] = &[
         what: "http-query's load on a PostgreSQL backend, against tokio-postgres pipelining on 4 connections",
     },
     Case {
+        name: "pg-http-query-one-message",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.5),
+        what: "pg-http-query with postgres.one_message_reads on (a statement's later reads in one round trip)",
+    },
+    Case {
         name: "pg-http-execute",
         baseline: "raw-pg",
         target: Target::Ratio(0.35),

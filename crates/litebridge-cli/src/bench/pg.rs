@@ -92,9 +92,12 @@ impl Setup {
             .schema(format!("{}_own", self.schema))
     }
 
-    /// A litebridge HTTP server on the run's schema.
-    async fn front_end(&self) -> CliResult<Bench> {
-        let db = PgDatabase::connect(self.config()).await?;
+    /// A litebridge HTTP server on the run's schema, with
+    /// `postgres.one_message_reads` as asked.
+    async fn front_end(&self, one_message_reads: bool) -> CliResult<Bench> {
+        let mut config = self.config();
+        config.one_message_reads = one_message_reads;
+        let db = PgDatabase::connect(config).await?;
         let service =
             Service::with_backend(Backend::Postgres(db), ServiceConfig::default()).await?;
         Bench::serve(service, false).await
@@ -203,9 +206,9 @@ async fn measure(
     progress: &Progress,
 ) -> CliResult<(Figures, Figures)> {
     let slice = seconds / rounds as f64;
-    let one = setup.front_end().await?;
+    let one = setup.front_end(name == "pg-http-query-one-message").await?;
     let two = match name {
-        "pg-two-front-ends" => match setup.front_end().await {
+        "pg-two-front-ends" => match setup.front_end(false).await {
             Ok(b) => Some(b),
             Err(e) => {
                 one.shutdown().await;

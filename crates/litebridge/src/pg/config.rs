@@ -36,6 +36,12 @@ pub struct PgConfig {
     pub max_result_bytes: usize,
     /// Prepared statements kept per connection. Default: 256.
     pub statement_cache: usize,
+    /// Whether a statement's later reads on a connection go in one round
+    /// trip, their values written into the query's text (`fast`). Other
+    /// sessions of the clients' role (other API keys) can then read those
+    /// values in `pg_stat_activity` (or `pg_stat_statements`), and the
+    /// server's log holds them when such a read fails. Default: off.
+    pub one_message_reads: bool,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
@@ -61,6 +67,7 @@ impl std::fmt::Debug for PgConfig {
             .field("default_timeout", &self.default_timeout)
             .field("max_result_bytes", &self.max_result_bytes)
             .field("statement_cache", &self.statement_cache)
+            .field("one_message_reads", &self.one_message_reads)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .finish()
@@ -81,6 +88,7 @@ impl PgConfig {
             default_timeout: Duration::from_secs(30),
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
             statement_cache: 256,
+            one_message_reads: false,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
         }

@@ -1,6 +1,6 @@
-//! One-message reads: a clients' read whose statement its connection knows
-//! already, sent as one simple query and answered with one
-//! `ReadyForQuery`.
+//! One-message reads (`postgres.one_message_reads`, off by default): a
+//! clients' read whose statement its connection knows already, sent as one
+//! simple query and answered with one `ReadyForQuery`.
 //!
 //! # Design
 //!
@@ -23,9 +23,11 @@
 //! - **The clients' SQL never enters the message.** Its first read on a
 //!   connection goes the long way (`super::PgDatabase::read_on`), which also
 //!   sends `PREPARE lbq_N AS <the SQL>` through the extended protocol, whose
-//!   Parse refuses more than one statement, before the statement runs (so
-//!   that both are read under the same `search_path`), in a savepoint
-//!   rolled back whatever it did. Later reads name `lbq_N`. A statement
+//!   Parse refuses more than one statement, right after tokio-postgres's
+//!   own Parse of it and before it runs (so that both read the same
+//!   functions and `search_path`; a statement the connection had parsed in
+//!   an earlier transaction is not prepared), in a savepoint rolled back
+//!   whatever it did. Later reads name `lbq_N`. A statement
 //!   `PREPARE` refuses (`SHOW`, `EXPLAIN`) is remembered as such and always
 //!   goes the long way.
 //! - **Values travel as dollar-quoted literals** (`$l$...$l$`, or a random
@@ -50,6 +52,9 @@
 //!   with `max_rows` whose statement failed goes the long way again (which
 //!   answers the rows asked for) when its time left allows, and that
 //!   statement goes the long way on that connection from then on.
+//! - **The values are in the query's text**, which every session of the
+//!   clients' role (every other API key) can read in `pg_stat_activity`,
+//!   and which the server logs when the read fails: hence off by default.
 //! - **Only reads on the primary** go this way: a replica's read carries a
 //!   guard whose refusal must be told from the statement's own errors.
 

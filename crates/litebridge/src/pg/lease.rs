@@ -12,27 +12,47 @@
 //! makes a new connection when it needs one.
 
 use std::ops::Deref;
+use std::sync::Weak;
 
 use deadpool_postgres::Object;
 use tokio_postgres::NoTls;
 
-use super::STOP_GRACE;
+use super::{Inner, STOP_GRACE};
+use crate::sync::lock;
 
-pub(super) struct Lease(Option<Object>);
+pub(super) struct Lease {
+    conn: Option<Object>,
+    /// The database whose notes of a clients' connection to the primary
+    /// (its statements for one-message reads) go with it when it is closed
+    /// here.
+    notes: Option<Weak<Inner>>,
+}
 
 impl Lease {
     pub(super) fn new(conn: Object) -> Lease {
-        Lease(Some(conn))
+        Lease {
+            conn: Some(conn),
+            notes: None,
+        }
+    }
+
+    /// A clients' connection to the primary, whose notes in `inner` are
+    /// dropped with it.
+    pub(super) fn watched(conn: Object, inner: Weak<Inner>) -> Lease {
+        Lease {
+            conn: Some(conn),
+            notes: Some(inner),
+        }
     }
 
     /// Back to the pool: the request ended and its session is clean.
     pub(super) fn release(mut self) {
-        drop(self.0.take());
+        drop(self.conn.take());
     }
 
     /// The connection, out of the lease's care (to be closed or stopped).
     pub(super) fn detach(mut self) -> Object {
-        self.0
+        self.conn
             .take()
             .expect("a lease holds its connection until released")
     }
@@ -41,7 +61,7 @@ impl Lease {
 impl Deref for Lease {
     type Target = Object;
     fn deref(&self) -> &Object {
-        self.0
+        self.conn
             .as_ref()
             .expect("a lease holds its connection until released")
     }
@@ -49,7 +69,10 @@ impl Deref for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(conn) = self.0.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
+        if let Some(inner) = self.notes.as_ref().and_then(Weak::upgrade) {
+            lock(&inner.known).remove(&Object::id(&conn));
+        }
         let token = conn.cancel_token();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

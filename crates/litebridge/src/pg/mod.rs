@@ -907,7 +907,9 @@ impl PgDatabase {
         // A statement this connection prepared for one-message reads, with
         // values that travel as literals: one round trip (`fast`).
         let one_message = match (who, node) {
-            (Who::Client, Node::Primary) => self.one_message(&conn, p),
+            (Who::Client, Node::Primary) if self.inner.config.one_message_reads => {
+                self.one_message(&conn, p)
+            }
             _ => None,
         };
         // BEGIN goes first, before the statement is parsed: parsing can run
@@ -953,7 +955,7 @@ impl PgDatabase {
                 }
             };
             let rest = async {
-                let (stmt, typed) = self
+                let (stmt, how) = self
                     .prepare_within(&conn, who, p, "BEGIN READ ONLY", timeout)
                     .await?;
                 readable_columns(&stmt)?;
@@ -963,8 +965,10 @@ impl PgDatabase {
                 // read under), in a savepoint rolled back whatever it did:
                 // a `PREPARE` refused (`SHOW`) would abort the read, and one
                 // done outlives the rollback.
-                let name = match (who, node) {
-                    (Who::Client, Node::Primary) if !typed => {
+                let name = match (who, node, how) {
+                    (Who::Client, Node::Primary, Parsed::Now)
+                        if self.inner.config.one_message_reads =>
+                    {
                         self.to_prepare(&conn, &p.sql, options.caller)
                     }
                     _ => None,
@@ -1007,8 +1011,8 @@ impl PgDatabase {
                     Who::Own => "COMMIT",
                 });
                 let (prepared, rows, position, ended) = tokio::join!(prepared, rows, position, end);
-                if let (Some((name, _)), Some(prepared)) = (name, prepared) {
-                    self.prepared(&conn, &p.sql, name, &stmt, prepared);
+                if let (Some((name, fresh)), Some(prepared)) = (name, prepared) {
+                    self.prepared(&conn, &p.sql, (name, fresh), &stmt, prepared);
                 }
                 let rows = rows?;
                 // A replica's position it would not give (a function it
@@ -1769,7 +1773,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, pool.get()).await {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
-                let c = Lease::new(c);
+                let c = Lease::watched(c, Arc::downgrade(&self.inner));
                 let id = Object::id(&c);
                 let known = lock(&self.inner.pids)
                     .get_mut(&id)
@@ -1824,7 +1828,7 @@ impl PgDatabase {
         p: &Prepared,
         begin: &str,
         timeout: Duration,
-    ) -> Result<(PgStatement, bool)> {
+    ) -> Result<(PgStatement, Parsed)> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
             // And the statements of one-message reads: dropped, those of
@@ -1834,7 +1838,8 @@ impl PgDatabase {
                 lock(&self.inner.known).remove(&Object::id(conn));
             }
         }
-        let mut typed = false;
+        let cached = conn.statement_cache.size();
+        let mut how = Parsed::Cached;
         let stmt = match conn.prepare_cached(&p.sql).await {
             // The server could not type a parameter (42P18), or typed one
             // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
@@ -1844,7 +1849,7 @@ impl PgDatabase {
                     Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
                 ) =>
             {
-                typed = true;
+                how = Parsed::Typed;
                 let types: Vec<Type> = p.values.iter().map(type_hint).collect();
                 conn.batch_execute(&format!("ROLLBACK; {begin}"))
                     .await
@@ -1854,6 +1859,9 @@ impl PgDatabase {
             other => other,
         }
         .map_err(|e| from_pg(&e, timeout))?;
+        if how == Parsed::Cached && conn.statement_cache.size() > cached {
+            how = Parsed::Now;
+        }
         if stmt.params().len() != p.values.len() {
             return Err(Error::invalid(
                 "params",
@@ -1864,7 +1872,7 @@ impl PgDatabase {
                 ),
             ));
         }
-        Ok((stmt, typed))
+        Ok((stmt, how))
     }
 
     /// Reads of the clients' SQL answered in one message: a statement their
@@ -1919,7 +1927,7 @@ impl PgDatabase {
         &self,
         conn: &Object,
         sql: &str,
-        name: Arc<str>,
+        (name, fresh): (Arc<str>, bool),
         stmt: &PgStatement,
         outcome: std::result::Result<u64, tokio_postgres::Error>,
     ) {
@@ -1941,10 +1949,13 @@ impl PgDatabase {
         if known.len() > 4 * self.inner.config.connections {
             known.clear();
         }
-        known
-            .entry(Object::id(conn))
-            .or_default()
-            .insert(sql.to_owned(), entry);
+        // A connection forgotten since its `PREPARE` was sent (or while
+        // it was) stays unknown, so that its next one deallocates what it
+        // holds on the server first.
+        let id = Object::id(conn);
+        if fresh || known.contains_key(&id) {
+            known.entry(id).or_default().insert(sql.to_owned(), entry);
+        }
     }
 
     /// Sends `sql` the long way on `conn` from now on.
@@ -2010,15 +2021,24 @@ impl PgDatabase {
         let mut statement_failed = false;
         while let Some(m) = stream.next().await {
             if failed.is_some() {
-                continue;
+                match m {
+                    Err(e) if e.code().is_none() => return Err(from_pg(&e, timeout)),
+                    _ => continue,
+                }
             }
             let m = match m {
                 Ok(m) => m,
-                Err(e) => {
-                    statement_failed = done == 1 && e.code().is_some();
+                // An error of the server's: the rest of the message was
+                // skipped, its answer ends with `ReadyForQuery`. A cancel
+                // from another session is no failure of the statement's.
+                Err(e) if e.code().is_some() => {
+                    statement_failed = done == 1 && e.code() != Some(&SqlState::QUERY_CANCELED);
                     failed = Some(from_pg(&e, timeout));
                     continue;
                 }
+                // The connection is gone: its stream answers this error
+                // for ever.
+                Err(e) => return Err(from_pg(&e, timeout)),
             };
             match (done, m) {
                 (_, M::CommandComplete(_)) => {
@@ -2100,6 +2120,17 @@ impl PgDatabase {
             position,
         )))
     }
+}
+
+/// How [`PgDatabase::prepare_within`] had its statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parsed {
+    /// From the connection's cache: parsed in an earlier transaction.
+    Cached,
+    /// Parsed in this transaction, from the server's own types.
+    Now,
+    /// Parsed again with types taken from the values.
+    Typed,
 }
 
 /// What a write's statements are.
