@@ -39,8 +39,8 @@ pub struct PgConfig {
     /// Whether a statement's later reads on a connection go in one round
     /// trip, their values written into the query's text (`fast`). Other
     /// sessions of the clients' role (other API keys) can then read those
-    /// values in `pg_stat_activity` (or `pg_stat_statements`), and the
-    /// server's log holds them when such a read fails. Default: off.
+    /// values in `pg_stat_activity`, and the server's log holds them when
+    /// such a read fails. Default: off.
     pub one_message_reads: bool,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
@@ -165,6 +165,9 @@ impl PgConfig {
             };
         }
         let mut options = format!("{SESSION} {CLIENT_SESSION}");
+        if self.one_message_reads {
+            options.push_str(ONE_MESSAGE_SESSION);
+        }
         if !synchronous_commit.is_empty() {
             if !synchronous_commit
                 .chars()
@@ -345,8 +348,7 @@ pub(crate) struct Server {
 const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
 
 /// The clients' sessions also fix what decides how their SQL is read and
-/// run, and how one-message reads' text results read (`fast`), whatever a
-/// role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
+/// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
 /// Not `default_transaction_read_only`: pg_auto_failover fences a node it
 /// is promoting with it (the server's own setting), and a write must meet
 /// that fence, not override it (the failover test caught writes accepted
@@ -355,8 +357,11 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c default_transaction_isolation=read\\ committed \
      -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
-     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default \
-     -c extra_float_digits=1 -c bytea_output=hex";
+     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default";
+
+/// With one-message reads on, what decides how their text results read
+/// (`fast`), whatever a role's own defaults say.
+const ONE_MESSAGE_SESSION: &str = " -c extra_float_digits=1 -c bytea_output=hex";
 
 /// Refuses a schema name that would need quoting (litebridge writes it
 /// into SQL as it is): lower-case letters, digits and `_`, a letter first.

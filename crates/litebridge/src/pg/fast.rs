@@ -21,15 +21,13 @@
 //! against 17,100 in three messages and 39,700 for the bare `SELECT`).
 //!
 //! - **The clients' SQL never enters the message.** Its first read on a
-//!   connection goes the long way (`super::PgDatabase::read_on`), which also
-//!   sends `PREPARE lbq_N AS <the SQL>` through the extended protocol, whose
-//!   Parse refuses more than one statement, right after tokio-postgres's
-//!   own Parse of it and before it runs (so that both read the same
-//!   functions and `search_path`; a statement the connection had parsed in
-//!   an earlier transaction is not prepared), in a savepoint rolled back
-//!   whatever it did. Later reads name `lbq_N`. A statement
-//!   `PREPARE` refuses (`SHOW`, `EXPLAIN`) is remembered as such and always
-//!   goes the long way.
+//!   connection goes the long way (`super::PgDatabase::read_on`), whose
+//!   Parse (one statement only) prepares it as a named statement of the
+//!   extended protocol. Later reads run that same statement with SQL's
+//!   `EXECUTE`, which reaches the protocol's statements too: one analysis
+//!   and one plan, shared with the long way. (A `PREPARE` of the SQL under
+//!   a name of litebridge's was tried first; a review showed that a
+//!   function created between the two analyses could make them differ.)
 //! - **Values travel as dollar-quoted literals** (`$l$...$l$`, or a random
 //!   tag the value does not contain), whose reading depends on no setting: not
 //!   `standard_conforming_strings`, which a caller can turn off in its own
@@ -40,13 +38,13 @@
 //!   function reads back to the same value; a value that would not bind
 //!   (or holds a NUL, or is a `name` the input function would cut short)
 //!   goes the long way, which answers its error.
-//! - **Results come as text**, read by the column types of the statement
-//!   prepared with it: booleans, integers, floats, bytea (hex or escape
+//! - **Results come as text**, read by the statement's column types:
+//!   booleans, integers, floats, bytea (hex or escape
 //!   form) and `"char"` are parsed to the values the binary reading gives;
-//!   every other readable type is PostgreSQL's text already. The session's settings
-//!   that decide that text are fixed at connect (`TimeZone`, `DateStyle`,
-//!   `extra_float_digits`); a caller that changes them in its own session
-//!   sees its own settings in its results.
+//!   every other readable type is PostgreSQL's text already. The session's
+//!   settings that decide that text are fixed at connect (`TimeZone`,
+//!   `DateStyle`, `extra_float_digits`, `bytea_output`); a caller that
+//!   changes them in its own session sees its own settings in its results.
 //! - **PostgreSQL runs an `EXECUTE` to its end before it sends a row**, so
 //!   an error of a row past a read's `max_rows` comes with no rows: a read
 //!   with `max_rows` whose statement failed goes the long way again (which
@@ -63,19 +61,22 @@ use std::fmt::Write as _;
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
-use super::types::Param;
+use super::types::{Param, real_text};
 use crate::value::Value;
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
-/// The name of the `n`th statement prepared for one-message reads.
-pub(super) fn statement_name(n: u64) -> String {
-    format!("lbq_{n}")
-}
-
-/// The `PREPARE` that makes a statement known to one-message reads.
-pub(super) fn prepare(name: &str, sql: &str) -> String {
-    format!("PREPARE {name} AS {sql}")
+/// The name of tokio-postgres's statement, as SQL's `EXECUTE` names it (a
+/// quoted identifier). tokio-postgres keeps the name to itself but for its
+/// `Debug` form, read here; a form this does not read (a newer
+/// tokio-postgres) gives `None`, and every read goes the long way (the
+/// tests count one-message reads, so they would fail).
+pub(super) fn statement_name(stmt: &tokio_postgres::Statement) -> Option<String> {
+    let debug = format!("{stmt:?}");
+    let rest = debug.split_once("name: \"")?.1;
+    let name = rest.split_once('"')?.0;
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    plain.then(|| format!("\"{name}\""))
 }
 
 /// `EXECUTE name(values...)`, or `None` when a value must go the long way.
@@ -134,8 +135,8 @@ fn literal(v: &Value, ty: &Type) -> Result<Option<String>, BoxError> {
             Type::INT4 => i32::from_be_bytes(raw.try_into()?).to_string(),
             Type::INT8 => i64::from_be_bytes(raw.try_into()?).to_string(),
             Type::OID => u32::from_be_bytes(raw.try_into()?).to_string(),
-            Type::FLOAT4 => float_text(f32::from_be_bytes(raw.try_into()?)),
-            Type::FLOAT8 => float_text(f64::from_be_bytes(raw.try_into()?)),
+            Type::FLOAT4 => real_text(f32::from_be_bytes(raw.try_into()?)),
+            Type::FLOAT8 => real_text(f64::from_be_bytes(raw.try_into()?)),
             Type::BYTEA => {
                 let mut s = String::with_capacity(2 + raw.len() * 2);
                 s.push_str("\\x");
@@ -158,19 +159,6 @@ fn literal(v: &Value, ty: &Type) -> Result<Option<String>, BoxError> {
         return Err("a name of 64 bytes or more".into());
     }
     Ok(Some(text))
-}
-
-/// A float as the text its type's input function reads back exactly (the
-/// shortest that round-trips, at the float's own width).
-fn float_text<F: std::fmt::Debug + Into<f64> + Copy>(f: F) -> String {
-    let wide: f64 = f.into();
-    if wide.is_nan() {
-        "NaN".into()
-    } else if wide.is_infinite() {
-        if wide > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else {
-        format!("{f:?}")
-    }
 }
 
 /// One cell of a text result, as the binary reading gives it.
@@ -291,14 +279,14 @@ mod tests {
 
     #[test]
     fn a_literal_cannot_end_early_whatever_it_holds() {
-        let sql = |t: &str| execute("lbq_1", &[Type::TEXT], &[Value::Text(t.into())]).unwrap();
-        assert_eq!(sql("a'b\\"), "EXECUTE lbq_1($l$a'b\\$l$)");
+        let sql = |t: &str| execute("s1", &[Type::TEXT], &[Value::Text(t.into())]).unwrap();
+        assert_eq!(sql("a'b\\"), "EXECUTE s1($l$a'b\\$l$)");
         // A value holding the tag's start gets another tag, which it does
         // not hold.
         for value in ["x$l$); COMMIT", "$l", "$l$l1", "$l$ $l0 $la"] {
             let sql = sql(value);
             let inner = sql
-                .strip_prefix("EXECUTE lbq_1(")
+                .strip_prefix("EXECUTE s1(")
                 .and_then(|s| s.strip_suffix(')'))
                 .unwrap();
             let tag_end = inner[1..].find('$').unwrap() + 2;
@@ -307,11 +295,11 @@ mod tests {
             assert_eq!(inner, format!("{tag}{value}{tag}"));
             assert!(!value.contains(&tag[..tag.len() - 1]));
         }
-        assert_eq!(execute("lbq_2", &[], &[]).unwrap(), "EXECUTE lbq_2");
+        assert_eq!(execute("s2", &[], &[]).unwrap(), "EXECUTE s2");
         // Choosing a tag takes one pass over a value built to make it slow.
         let hostile: String = (0..200_000).map(|i| format!("$l{i}")).collect();
         let started = std::time::Instant::now();
-        execute("lbq_3", &[Type::TEXT], &[Value::Text(hostile)]).unwrap();
+        execute("s3", &[Type::TEXT], &[Value::Text(hostile)]).unwrap();
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 

@@ -15,11 +15,11 @@
 //!   to run in a transaction of its own, read-write. The statement, then
 //!   the `COMMIT` and the tidy-up in one message, go together: two round
 //!   trips (three when the statement is not cached yet: its Parse is
-//!   awaited). That is a statement's first read on a connection to the
-//!   primary; it also prepares the statement under a name of litebridge's,
-//!   and later reads of it take one round trip (`fast`: one simple query,
-//!   `BEGIN READ ONLY; EXECUTE ...; COMMIT`, which PostgreSQL stops at its
-//!   first error). `BEGIN` is not sent ahead for the next read on the
+//!   awaited). With [`PgConfig::one_message_reads`] on, that is a
+//!   statement's first read on a connection to the primary, and later
+//!   reads of it take one round trip (`fast`: one simple query, `BEGIN READ
+//!   ONLY; EXECUTE ...; COMMIT`, which PostgreSQL stops at its first
+//!   error). `BEGIN` is not sent ahead for the next read on the
 //!   previous read's round trip either: PostgreSQL fixes `now()` at
 //!   `BEGIN`, so the next read would see the time the last one ended (a
 //!   review found a read after a write seeing `now()` before the write's;
@@ -52,8 +52,8 @@
 //!   Statements that change the session or end the transaction are refused
 //!   before they are sent (`sql`).
 //! - **Prepared statements** are cached per connection, at most
-//!   [`PgConfig::statement_cache`] (the cache starts over when full), and
-//!   as many again under litebridge's names for one-message reads. A
+//!   [`PgConfig::statement_cache`] (the cache starts over when full; the
+//!   one-message reads' notes of them go with it). A
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
@@ -123,8 +123,6 @@ struct Inner {
     /// The statements each of the clients' connections to the primary
     /// prepared for one-message reads (`fast`), by their SQL.
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
-    /// The number of the next statement prepared for one-message reads.
-    next_statement: AtomicU64,
     /// Reads answered in one message.
     one_message_reads: AtomicU64,
     /// Streaming replicas for reads that allow them.
@@ -449,7 +447,6 @@ impl PgDatabase {
             pids: std::sync::Mutex::new(HashMap::new()),
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
-            next_statement: AtomicU64::new(0),
             one_message_reads: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
@@ -955,40 +952,21 @@ impl PgDatabase {
                 }
             };
             let rest = async {
-                let (stmt, how) = self
+                let (stmt, typed) = self
                     .prepare_within(&conn, who, p, "BEGIN READ ONLY", timeout)
                     .await?;
                 readable_columns(&stmt)?;
-                // A statement prepared from the server's own types is made
-                // known to one-message reads, before it runs (a function it
-                // calls could change the `search_path` the `PREPARE` is
-                // read under), in a savepoint rolled back whatever it did:
-                // a `PREPARE` refused (`SHOW`) would abort the read, and one
-                // done outlives the rollback.
-                let name = match (who, node, how) {
-                    (Who::Client, Node::Primary, Parsed::Now)
-                        if self.inner.config.one_message_reads =>
-                    {
-                        self.to_prepare(&conn, &p.sql, options.caller)
-                    }
-                    _ => None,
-                };
-                // Boxed: the three requests would make every read's future
-                // larger.
-                let prepared = Box::pin(async {
-                    let (name, fresh) = name.as_ref()?;
-                    let sql = fast::prepare(name, &p.sql);
-                    let (_, prepared, _) = tokio::join!(
-                        conn.batch_execute(if *fresh {
-                            SAVEPOINT_DEALLOCATING
-                        } else {
-                            SAVEPOINT
-                        }),
-                        conn.execute_typed(&sql, &[]),
-                        conn.batch_execute(ROLLBACK_TO_SAVEPOINT),
-                    );
-                    Some(prepared)
-                });
+                // A statement prepared from the server's own types, for a
+                // named caller (a caller with no name has its session reset
+                // at its next request), is noted for one-message reads.
+                if who == Who::Client
+                    && node == Node::Primary
+                    && !typed
+                    && options.caller.is_some()
+                    && self.inner.config.one_message_reads
+                {
+                    self.remember(&conn, &p.sql, &stmt);
+                }
                 let rows = read_rows(&conn, &stmt, &p.values, max_rows, max_bytes);
                 let position = async {
                     match node {
@@ -1010,10 +988,7 @@ impl PgDatabase {
                     Who::Client => END_READ,
                     Who::Own => "COMMIT",
                 });
-                let (prepared, rows, position, ended) = tokio::join!(prepared, rows, position, end);
-                if let (Some((name, fresh)), Some(prepared)) = (name, prepared) {
-                    self.prepared(&conn, &p.sql, (name, fresh), &stmt, prepared);
-                }
+                let (rows, position, ended) = tokio::join!(rows, position, end);
                 let rows = rows?;
                 // A replica's position it would not give (a function it
                 // has not replayed yet) only costs the token. The primary's
@@ -1773,7 +1748,11 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, pool.get()).await {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
-                let c = Lease::watched(c, Arc::downgrade(&self.inner));
+                let c = if self.inner.config.one_message_reads {
+                    Lease::watched(c, Arc::downgrade(&self.inner))
+                } else {
+                    Lease::new(c)
+                };
                 let id = Object::id(&c);
                 let known = lock(&self.inner.pids)
                     .get_mut(&id)
@@ -1828,18 +1807,16 @@ impl PgDatabase {
         p: &Prepared,
         begin: &str,
         timeout: Duration,
-    ) -> Result<(PgStatement, Parsed)> {
+    ) -> Result<(PgStatement, bool)> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
-            // And the statements of one-message reads: dropped, those of
-            // tokio-postgres they hold are closed, and litebridge's own are
-            // deallocated at the connection's next `PREPARE`.
+            // And the notes of one-message reads, whose statements are
+            // closed with the cache's.
             if who == Who::Client {
                 lock(&self.inner.known).remove(&Object::id(conn));
             }
         }
-        let cached = conn.statement_cache.size();
-        let mut how = Parsed::Cached;
+        let mut typed = false;
         let stmt = match conn.prepare_cached(&p.sql).await {
             // The server could not type a parameter (42P18), or typed one
             // two ways (42P08, e.g. `?3 IS NULL OR key < ?3`).
@@ -1849,7 +1826,7 @@ impl PgDatabase {
                     Some(&SqlState::INDETERMINATE_DATATYPE | &SqlState::AMBIGUOUS_PARAMETER)
                 ) =>
             {
-                how = Parsed::Typed;
+                typed = true;
                 let types: Vec<Type> = p.values.iter().map(type_hint).collect();
                 conn.batch_execute(&format!("ROLLBACK; {begin}"))
                     .await
@@ -1859,9 +1836,6 @@ impl PgDatabase {
             other => other,
         }
         .map_err(|e| from_pg(&e, timeout))?;
-        if how == Parsed::Cached && conn.statement_cache.size() > cached {
-            how = Parsed::Now;
-        }
         if stmt.params().len() != p.values.len() {
             return Err(Error::invalid(
                 "params",
@@ -1872,7 +1846,7 @@ impl PgDatabase {
                 ),
             ));
         }
-        Ok((stmt, how))
+        Ok((stmt, typed))
     }
 
     /// Reads of the clients' SQL answered in one message: a statement their
@@ -1893,69 +1867,29 @@ impl PgDatabase {
         Some((stmt, execute))
     }
 
-    /// A new name to prepare `sql` under on `conn` for one-message reads,
-    /// and whether the connection knows none of litebridge's statements
-    /// yet. None for a caller with no name (its next request resets the
-    /// session, which deallocates the statement), a statement tried there
-    /// already or longer than [`MOST_KNOWN_SQL`], or a connection that
-    /// knows [`PgConfig::statement_cache`] statements.
-    fn to_prepare(
-        &self,
-        conn: &Object,
-        sql: &str,
-        caller: Option<u64>,
-    ) -> Option<(Arc<str>, bool)> {
-        if caller.is_none() || sql.len() > MOST_KNOWN_SQL {
-            return None;
+    /// Notes `stmt`, tokio-postgres's statement of `sql` on `conn`, for
+    /// one-message reads of `sql` there: unless `sql` is longer than
+    /// [`MOST_KNOWN_SQL`], goes the long way there already, or the
+    /// connection has [`PgConfig::statement_cache`] noted.
+    fn remember(&self, conn: &Object, sql: &str, stmt: &PgStatement) {
+        if sql.len() > MOST_KNOWN_SQL {
+            return;
         }
-        let known = lock(&self.inner.known);
-        let mine = known.get(&Object::id(conn));
-        if let Some(k) = mine
-            && (k.contains_key(sql) || k.len() >= self.inner.config.statement_cache)
-        {
-            return None;
-        }
-        let n = self.inner.next_statement.fetch_add(1, Ordering::Relaxed);
-        Some((fast::statement_name(n).into(), mine.is_none()))
-    }
-
-    /// Notes what the `PREPARE` of [`PgDatabase::to_prepare`]'s name did. A
-    /// statement PostgreSQL refused to prepare (`SHOW`) is not tried again
-    /// on the connection; one cut short by the transaction's state or a
-    /// cancel is.
-    fn prepared(
-        &self,
-        conn: &Object,
-        sql: &str,
-        (name, fresh): (Arc<str>, bool),
-        stmt: &PgStatement,
-        outcome: std::result::Result<u64, tokio_postgres::Error>,
-    ) {
-        let entry = match outcome {
-            Ok(_) => Some((name, stmt.clone())),
-            Err(e)
-                if e.code().is_some_and(|c| {
-                    *c != SqlState::IN_FAILED_SQL_TRANSACTION && *c != SqlState::QUERY_CANCELED
-                }) =>
-            {
-                None
-            }
-            Err(_) => return,
+        let Some(name) = fast::statement_name(stmt) else {
+            return;
         };
         let mut known = lock(&self.inner.known);
         // Entries of connections the pool dropped on its own: past four
-        // per connection, start over (a connection's statements left on
-        // the server are deallocated at its next `PREPARE`).
+        // per connection, start over (a live connection notes its
+        // statements again at their next read the long way).
         if known.len() > 4 * self.inner.config.connections {
             known.clear();
         }
-        // A connection forgotten since its `PREPARE` was sent (or while
-        // it was) stays unknown, so that its next one deallocates what it
-        // holds on the server first.
-        let id = Object::id(conn);
-        if fresh || known.contains_key(&id) {
-            known.entry(id).or_default().insert(sql.to_owned(), entry);
+        let mine = known.entry(Object::id(conn)).or_default();
+        if mine.contains_key(sql) || mine.len() >= self.inner.config.statement_cache {
+            return;
         }
+        mine.insert(sql.to_owned(), Some((name.into(), stmt.clone())));
     }
 
     /// Sends `sql` the long way on `conn` from now on.
@@ -2029,10 +1963,9 @@ impl PgDatabase {
             let m = match m {
                 Ok(m) => m,
                 // An error of the server's: the rest of the message was
-                // skipped, its answer ends with `ReadyForQuery`. A cancel
-                // from another session is no failure of the statement's.
+                // skipped, its answer ends with `ReadyForQuery`.
                 Err(e) if e.code().is_some() => {
-                    statement_failed = done == 1 && e.code() != Some(&SqlState::QUERY_CANCELED);
+                    statement_failed = done == 1;
                     failed = Some(from_pg(&e, timeout));
                     continue;
                 }
@@ -2120,17 +2053,6 @@ impl PgDatabase {
             position,
         )))
     }
-}
-
-/// How [`PgDatabase::prepare_within`] had its statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Parsed {
-    /// From the connection's cache: parsed in an earlier transaction.
-    Cached,
-    /// Parsed in this transaction, from the server's own types.
-    Now,
-    /// Parsed again with types taken from the values.
-    Typed,
 }
 
 /// What a write's statements are.
@@ -2427,20 +2349,6 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p \
                      WHERE p.from_sql LOOP \
                      EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
-
-/// Around the `PREPARE` of a statement for one-message reads (`fast`): a
-/// savepoint, rolled back whatever the `PREPARE` did. On a connection that
-/// knows no statement of litebridge's (new, or forgotten when its caches
-/// were emptied), the statements of its names left on the server are
-/// deallocated first: they never pile up.
-const SAVEPOINT: &str = "SAVEPOINT lb_prepare";
-const SAVEPOINT_DEALLOCATING: &str = "SAVEPOINT lb_prepare; \
-     DO $$ DECLARE n pg_catalog.text; BEGIN \
-     FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p \
-     WHERE p.from_sql AND pg_catalog.starts_with(p.name, 'lbq_') LOOP \
-     EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
-const ROLLBACK_TO_SAVEPOINT: &str =
-    "ROLLBACK TO SAVEPOINT lb_prepare; RELEASE SAVEPOINT lb_prepare";
 
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster

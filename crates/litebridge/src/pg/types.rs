@@ -163,12 +163,14 @@ impl ToSql for Param<'_> {
     to_sql_checked!();
 }
 
-/// A float as text that PostgreSQL's input functions read back exactly.
-fn real_text(f: f64) -> String {
-    if f.is_nan() {
+/// A float as text that PostgreSQL's input functions read back exactly
+/// (the shortest that round-trips, at the float's own width).
+pub(super) fn real_text<F: std::fmt::Debug + Into<f64> + Copy>(f: F) -> String {
+    let wide: f64 = f.into();
+    if wide.is_nan() {
         "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if wide.is_infinite() {
+        if wide > 0.0 { "Infinity" } else { "-Infinity" }.into()
     } else {
         format!("{f:?}")
     }
