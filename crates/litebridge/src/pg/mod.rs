@@ -121,7 +121,7 @@ struct Inner {
     /// one handed to another caller is reset first.
     callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
     /// The statements each of the clients' connections to the primary
-    /// prepared for one-message reads (`fast`), by their SQL.
+    /// noted for one-message reads (`fast`), by their SQL.
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
     /// Reads answered in one message.
     one_message_reads: AtomicU64,
@@ -953,7 +953,13 @@ impl PgDatabase {
             };
             let rest = async {
                 let (stmt, typed) = self
-                    .prepare_within(&conn, who, p, "BEGIN READ ONLY", timeout)
+                    .prepare_within(
+                        &conn,
+                        who == Who::Client && node == Node::Primary,
+                        p,
+                        "BEGIN READ ONLY",
+                        timeout,
+                    )
                     .await?;
                 readable_columns(&stmt)?;
                 // A statement prepared from the server's own types, for a
@@ -1306,7 +1312,7 @@ impl PgDatabase {
                         break;
                     }
                     match self
-                        .prepare_within(&conn, who, p, "BEGIN", timeout)
+                        .prepare_within(&conn, who == Who::Client, p, "BEGIN", timeout)
                         .await
                         .map(|(s, _)| s)
                     {
@@ -1803,7 +1809,7 @@ impl PgDatabase {
     async fn prepare_within(
         &self,
         conn: &Object,
-        who: Who,
+        noted: bool,
         p: &Prepared,
         begin: &str,
         timeout: Duration,
@@ -1812,7 +1818,7 @@ impl PgDatabase {
             conn.statement_cache.clear();
             // And the notes of one-message reads, whose statements are
             // closed with the cache's.
-            if who == Who::Client {
+            if noted {
                 lock(&self.inner.known).remove(&Object::id(conn));
             }
         }
@@ -1872,7 +1878,11 @@ impl PgDatabase {
     /// [`MOST_KNOWN_SQL`], goes the long way there already, or the
     /// connection has [`PgConfig::statement_cache`] noted.
     fn remember(&self, conn: &Object, sql: &str, stmt: &PgStatement) {
-        if sql.len() > MOST_KNOWN_SQL {
+        if sql.len() > MOST_KNOWN_SQL
+            || lock(&self.inner.known)
+                .get(&Object::id(conn))
+                .is_some_and(|k| k.contains_key(sql))
+        {
             return;
         }
         let Some(name) = fast::statement_name(stmt) else {
@@ -1965,7 +1975,9 @@ impl PgDatabase {
                 // An error of the server's: the rest of the message was
                 // skipped, its answer ends with `ReadyForQuery`.
                 Err(e) if e.code().is_some() => {
-                    statement_failed = done == 1;
+                    // A cancel (another session's, or the caller's own
+                    // `statement_timeout`) is not run again.
+                    statement_failed = done == 1 && e.code() != Some(&SqlState::QUERY_CANCELED);
                     failed = Some(from_pg(&e, timeout));
                     continue;
                 }
@@ -2026,6 +2038,10 @@ impl PgDatabase {
                     .map_err(|e| from_pg(&e, timeout))?;
                 self.forget(conn, client_sql);
                 if deadline.saturating_duration_since(Instant::now()) > started.elapsed() {
+                    // Parsed again the long way: a statement the caller
+                    // dropped, or one whose result DDL changed, would fail
+                    // the same way from the cache.
+                    conn.statement_cache.remove(client_sql, &[]);
                     return Ok(None);
                 }
             }
