@@ -279,9 +279,10 @@ impl std::fmt::Debug for PgDatabase {
 /// long way: it is held here as well as in tokio-postgres's cache).
 const MOST_KNOWN_SQL: usize = 64 * 1024;
 
-/// A connection's statements for one-message reads, by their SQL: its
-/// name and the statement as tokio-postgres prepared it (for its types),
-/// or `None` for one `PREPARE` refused.
+/// A connection's statements for one-message reads, by their SQL: the
+/// name `EXECUTE` gives it and tokio-postgres's statement (its types, and
+/// kept open while noted), or `None` for one that goes the long way there
+/// from now on (its one-message read failed).
 type Known = HashMap<String, Option<(Arc<str>, PgStatement)>>;
 
 /// A statement ready to run: its SQL for PostgreSQL and its values.
