@@ -222,6 +222,13 @@ const KEYS: &[Key] = &[
         help: "a statement's later reads in one round trip, their values in the query's text: other API keys can read them in pg_stat_activity (docs/postgres.md)",
     },
     Key {
+        name: "postgres.one_message_writes",
+        env: &[],
+        kind: Kind::Bool,
+        default: || Value::Bool(pg().one_message_writes),
+        help: "a statement's later writes in two round trips instead of three, their values in the query's text: other API keys can read them in pg_stat_activity (docs/postgres.md)",
+    },
+    Key {
         name: "postgres.health_check_interval_ms",
         env: &[],
         kind: int_kind(100, 60_000),
@@ -1072,6 +1079,7 @@ impl Settings {
         c.connect_timeout = self.ms("postgres.connect_timeout_ms");
         c.statement_cache = self.int("postgres.statement_cache") as usize;
         c.one_message_reads = self.bool("postgres.one_message_reads");
+        c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;

@@ -15,6 +15,8 @@ pub struct Faults {
     panic_writer: AtomicBool,
     fail_begins: AtomicUsize,
     fail_read_begins: AtomicUsize,
+    fail_settles: AtomicUsize,
+    fail_tidies: AtomicUsize,
 }
 
 impl Faults {
@@ -51,6 +53,29 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_fail_read_begin(&self) -> bool {
         take_one(&self.fail_read_begins)
+    }
+
+    /// Makes the record of the next `n` PostgreSQL writes with an
+    /// idempotency key too large, which the server refuses, aborting their
+    /// transactions before their `COMMIT`.
+    pub fn fail_settles(&self, n: usize) {
+        self.fail_settles.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_fail_settle(&self) -> bool {
+        take_one(&self.fail_settles)
+    }
+
+    /// Makes the tidy-up after the `COMMIT` of the next `n` PostgreSQL
+    /// writes of the clients fail on the server, in the same message.
+    pub fn fail_tidies(&self, n: usize) {
+        self.fail_tidies.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_fail_tidy(&self) -> bool {
+        take_one(&self.fail_tidies)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

@@ -1,9 +1,10 @@
 //! One behaviour suite for the clients' SQL, run on both backends: each test
-//! body below runs as `sqlite_<name>` on a SQLite file and as
-//! `postgres_<name>` on PostgreSQL (skipped without `LB_TEST_PG`, see
-//! common/pg.rs). The SQL is the subset both dialects share, with numbered
-//! placeholders. The declared differences (docs/postgres.md) are tested
-//! apart, at the end.
+//! body below runs as `<name>::sqlite` on a SQLite file, as
+//! `<name>::postgres` on PostgreSQL and as `<name>::postgres_one_message`
+//! on PostgreSQL with one-message reads and writes on (skipped without
+//! `LB_TEST_PG`, see common/pg.rs). The SQL is the subset both dialects
+//! share, with numbered placeholders. The declared differences
+//! (docs/postgres.md) are tested apart, at the end.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -23,6 +24,26 @@ use litebridge::{
 enum Backend {
     Sqlite(Database, std::sync::Arc<tempfile::TempDir>),
     Postgres(PgDatabase),
+    /// PostgreSQL with one-message reads and writes on, every request of a
+    /// named caller (one with no name of its own is caller 1), so that a
+    /// statement's later requests take the one-message way.
+    OneMessage(PgDatabase),
+}
+
+/// `o`, of caller 1 when it names none.
+fn named_query(o: QueryOptions) -> QueryOptions {
+    QueryOptions {
+        caller: o.caller.or(Some(1)),
+        ..o
+    }
+}
+
+/// `o`, of caller 1 when it names none.
+fn named_write(o: WriteOptions) -> WriteOptions {
+    WriteOptions {
+        caller: o.caller.or(Some(1)),
+        ..o
+    }
 }
 
 impl Backend {
@@ -39,6 +60,17 @@ impl Backend {
         match self {
             Backend::Sqlite(db, _) => db.query_with(sql, p, o).await,
             Backend::Postgres(db) => db.query_with(sql, p, o).await,
+            Backend::OneMessage(db) => {
+                let (p, o) = (p.into(), named_query(o));
+                let first = db.query_with(sql, p.clone(), o).await;
+                if let Ok(rows) = &first {
+                    // Run again, in one message when its connection noted
+                    // its statement: the same answer.
+                    let again = db.query_with(sql, p, o).await;
+                    assert_eq!(again.as_ref().ok(), Some(rows), "{sql}");
+                }
+                first
+            }
         }
     }
 
@@ -55,6 +87,7 @@ impl Backend {
         match self {
             Backend::Sqlite(db, _) => db.execute_with(sql.to_owned(), p, o).await,
             Backend::Postgres(db) => db.execute_with(sql, p, o).await,
+            Backend::OneMessage(db) => db.execute_with(sql, p, named_write(o)).await,
         }
     }
 
@@ -70,6 +103,7 @@ impl Backend {
         match self {
             Backend::Sqlite(db, _) => db.batch(s, o).await,
             Backend::Postgres(db) => db.batch(s, o).await,
+            Backend::OneMessage(db) => db.batch(s, named_write(o)).await,
         }
     }
 
@@ -87,6 +121,7 @@ impl Backend {
         match self {
             Backend::Sqlite(db, _) => db.execute_many(sql, rows, o).await,
             Backend::Postgres(db) => db.execute_many(sql, rows, o).await,
+            Backend::OneMessage(db) => db.execute_many(sql, rows, named_write(o)).await,
         }
     }
 
@@ -102,7 +137,8 @@ impl Backend {
     }
 }
 
-/// Runs `body` on SQLite as `sqlite_<name>` and on PostgreSQL as `postgres_<name>`.
+/// Runs `body` on SQLite as `<name>::sqlite`, on PostgreSQL as
+/// `<name>::postgres` and `<name>::postgres_one_message`.
 macro_rules! both {
     ($name:ident, $body:ident) => {
         mod $name {
@@ -122,6 +158,20 @@ macro_rules! both {
                 };
                 let db = schema.open().await;
                 super::$body(&super::Backend::Postgres(db.clone())).await;
+                db.close();
+                schema.drop_now().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_one_message() {
+                let Some(schema) = super::common::pg::Schema::new().await else {
+                    return;
+                };
+                let mut config = schema.config();
+                config.one_message_reads = true;
+                config.one_message_writes = true;
+                let db = super::PgDatabase::connect(config).await.unwrap();
+                super::$body(&super::Backend::OneMessage(db.clone())).await;
                 db.close();
                 schema.drop_now().await;
             }
@@ -889,6 +939,7 @@ async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
     let mut config = schema.config();
     config.connections = 1;
     config.one_message_reads = true;
+    config.one_message_writes = true;
     let db = PgDatabase::connect(config).await.unwrap();
     Some((schema, db))
 }
@@ -1675,23 +1726,30 @@ async fn postgres_a_write_whose_begin_failed_ran_nothing() {
             Statement::new("INSERT INTO t VALUES (2)", Params::None),
         ]
     };
-    // Prepared once, so nothing waits on a Parse behind BEGIN.
-    db.batch(batch(), WriteOptions::default()).await.unwrap();
-    db.execute_with("DELETE FROM t", (), WriteOptions::default())
-        .await
-        .unwrap();
-    db.faults().fail_begins(1);
-    let e = db
-        .batch(batch(), WriteOptions::default())
-        .await
-        .expect_err("BEGIN failed");
-    assert_ne!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
-    assert_eq!(
-        count().await,
-        Value::Integer(0),
-        "statements ran without BEGIN"
-    );
-    // With a key: nothing claimed, so the retry applies it, once.
+    // The long way (a caller with no name), then in one message (a named
+    // caller's second write).
+    for (w, one_message) in [(WriteOptions::default(), false), (as_caller(1).0, true)] {
+        // Prepared once, so nothing waits on a Parse behind BEGIN.
+        for _ in 0..2 {
+            db.batch(batch(), w).await.unwrap();
+            db.execute_with("DELETE FROM t", (), w).await.unwrap();
+        }
+        let before = db.one_message_writes();
+        db.batch(batch(), w).await.unwrap();
+        db.execute_with("DELETE FROM t", (), w).await.unwrap();
+        assert_eq!(db.one_message_writes() - before, 2 * u64::from(one_message));
+        db.faults().fail_begins(1);
+        let e = db.batch(batch(), w).await.expect_err("BEGIN failed");
+        assert_ne!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+        assert!(e.to_string().contains("division by zero"), "{e}");
+        assert_eq!(
+            count().await,
+            Value::Integer(0),
+            "statements ran without BEGIN"
+        );
+    }
+    // With a key (always the long way): nothing claimed, so the retry
+    // applies it, once.
     db.faults().fail_begins(1);
     db.batch(batch(), once(1, "k"))
         .await
@@ -1803,6 +1861,29 @@ async fn postgres_a_read_in_one_message_answers_as_the_long_way_did() {
     schema.drop_now().await;
 }
 
+/// Values built to leave their literal, in a session where the caller
+/// turned `standard_conforming_strings` off (a backslash would then escape
+/// a quote of a quoted literal). Each would add a row `x` to `t`.
+async fn values_built_to_break_out(db: &PgDatabase, q: QueryOptions) -> [&'static str; 8] {
+    db.query_with(
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        (),
+        q,
+    )
+    .await
+    .unwrap();
+    [
+        "'",
+        "\\",
+        "\\'); INSERT INTO t(v) VALUES ('x'); --",
+        "$l$); COMMIT; INSERT INTO t(v) VALUES ('x'); --",
+        "$l$",
+        "$l",
+        "x$l1$y$l$z$l2",
+        "\u{3041}",
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_value_in_one_message_cannot_leave_its_literal() {
     let Some((schema, db)) = pg_one_connection().await else {
@@ -1819,26 +1900,8 @@ async fn postgres_a_value_in_one_message_cannot_leave_its_literal() {
         async move { db.query_with(sql, params![v], q).await }
     };
     read("first").await.unwrap();
-    // The caller turns standard_conforming_strings off in its own session:
-    // a backslash would then escape a quote of a quoted literal.
-    db.query_with(
-        "SELECT set_config('standard_conforming_strings', 'off', false)",
-        (),
-        q,
-    )
-    .await
-    .unwrap();
+    let hostile = values_built_to_break_out(&db, q).await;
     let before = db.one_message_reads();
-    let hostile = [
-        "'",
-        "\\",
-        "\\'); INSERT INTO t VALUES ('x'); --",
-        "$l$); COMMIT; INSERT INTO t VALUES ('x'); --",
-        "$l$",
-        "$l",
-        "x$l1$y$l$z$l2",
-        "\u{3041}",
-    ];
     for v in hostile {
         let r = read(v).await.unwrap();
         assert_eq!(r.rows[0], [Value::Text(v.into()), Value::Integer(0)], "{v}");
@@ -1943,6 +2006,397 @@ async fn postgres_a_read_in_one_message_whose_connection_is_lost_ends() {
             .expect("the read ends")
             .expect_err("its connection is gone");
         db.query_with("SELECT 1", (), q).await.unwrap();
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+// ----- PostgreSQL: writes whose BEGIN and statements go in one message ---
+// (statements their connection prepared already: `BEGIN; EXECUTE ...;` in
+// one simple query, then `COMMIT`)
+
+/// The values of every bindable kind, for the columns of [`TYPED_TABLE`]
+/// after its `id`.
+fn every_kind_of_value() -> Vec<Value> {
+    vec![
+        Value::Integer(-32768),
+        Value::Integer(2_000_000_000),
+        Value::Integer(1 << 62),
+        Value::Real(0.1),
+        Value::Real(-1.5e-300),
+        Value::Text("123456789012345678901234567890.000000000000001".into()),
+        Value::Integer(1),
+        Value::Blob(vec![0, 1, 39, 92, 36, 255]),
+        Value::Text("a'b\\c $l$ $l1$ \u{3041} \"".into()),
+        Value::Text("{\"k\": [true, null]}".into()),
+        Value::Integer(42),
+        Value::Text("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11".into()),
+        Value::Text("2026-12-01".into()),
+        Value::Text("2026-12-01T10:00:00Z".into()),
+        Value::Integer(4_000_000_000),
+        Value::Null,
+        Value::Real(f64::NAN),
+        Value::Text("text into bytea".into()),
+    ]
+}
+
+const TYPED_TABLE: &str = "CREATE TABLE w(id int PRIMARY KEY, a int2, b int4, c int8, \
+                           d float4, e float8, f numeric, g bool, h bytea, i text, j jsonb, \
+                           k json, l uuid, m date, n timestamptz, o oid, p text, q float8, \
+                           r bytea)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_in_one_message_does_as_the_long_way_did() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    // The same schema without one-message requests: the long way.
+    let long = PgDatabase::connect(schema.config()).await.unwrap();
+    let (w, q) = as_caller(1);
+    db.execute_with(TYPED_TABLE, (), w).await.unwrap();
+    let insert = format!(
+        "INSERT INTO w VALUES ({})",
+        (1..=19)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let row = |id: i64| {
+        let mut v = vec![Value::Integer(id)];
+        v.extend(every_kind_of_value());
+        Params::Positional(v)
+    };
+    // The first goes the long way and notes the statement; the second
+    // goes in one message.
+    let before = db.one_message_writes();
+    db.execute_with(&insert, row(1), w).await.unwrap();
+    assert_eq!(
+        db.one_message_writes(),
+        before,
+        "the first goes the long way"
+    );
+    let r = db.execute_with(&insert, row(2), w).await.unwrap();
+    assert_eq!(db.one_message_writes(), before + 1);
+    assert_eq!(r.changes, 1);
+    long.execute_with(&insert, row(3), w).await.unwrap();
+    let stored = db
+        .query_with("SELECT * FROM w ORDER BY id", (), q)
+        .await
+        .unwrap();
+    assert_eq!(stored.rows.len(), 3);
+    for r in &stored.rows[1..] {
+        assert_eq!(
+            r[1..],
+            stored.rows[0][1..],
+            "one message against the long way"
+        );
+    }
+    // Changes counted as the long way counts them, one per statement of a
+    // batch and per row of execute_many.
+    let update = "UPDATE w SET c = c + ?1 WHERE id >= ?2";
+    for _ in 0..2 {
+        assert_eq!(
+            db.execute_with(update, params![1, 2], w)
+                .await
+                .unwrap()
+                .changes,
+            2
+        );
+    }
+    let batch = |n: i64| {
+        vec![
+            Statement::new("INSERT INTO w(id) VALUES (?1)", params![n]),
+            Statement::new("UPDATE w SET a = ?1 WHERE id > ?2", params![7, 2]),
+            Statement::new("SELECT id FROM w", Params::None),
+        ]
+    };
+    let before = db.one_message_writes();
+    let first = db.batch(batch(10), w).await.unwrap();
+    let again = db.batch(batch(11), w).await.unwrap();
+    assert_eq!(db.one_message_writes(), before + 1);
+    let reference = long.batch(batch(12), w).await.unwrap();
+    assert_eq!(
+        [first, again, reference].map(|r| r.iter().map(|e| e.changes).collect::<Vec<_>>()),
+        [vec![1, 2, 4], vec![1, 3, 5], vec![1, 4, 6]]
+    );
+    let many = |from: i64| {
+        (from..from + 3)
+            .map(|n| params![n, "x"])
+            .collect::<Vec<_>>()
+    };
+    let sql = "INSERT INTO w(id, i) VALUES (?1, ?2)";
+    let before = db.one_message_writes();
+    assert_eq!(db.execute_many(sql, many(20), w).await.unwrap().changes, 3);
+    assert_eq!(db.execute_many(sql, many(30), w).await.unwrap().changes, 3);
+    assert_eq!(db.one_message_writes(), before + 1);
+    // A value that would not bind sends the write the long way, which
+    // names it, and nothing is left of it.
+    let failing = || {
+        vec![
+            Statement::new("INSERT INTO w(id) VALUES (?1)", params![40]),
+            Statement::new("UPDATE w SET a = ?1 WHERE id > ?2", params![70_000, 2]),
+        ]
+    };
+    for _ in 0..2 {
+        db.batch(batch(50), w).await.unwrap();
+        db.execute_with("DELETE FROM w WHERE id = 50", (), w)
+            .await
+            .unwrap();
+    }
+    let before = db.one_message_writes();
+    let e = db.batch(failing(), w).await.expect_err("out of range");
+    let reference = long.batch(failing(), w).await.expect_err("out of range");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(e.to_string(), reference.to_string());
+    assert_eq!(db.one_message_writes(), before);
+    let n = db
+        .query_with("SELECT count(*) FROM w WHERE id = 40", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0));
+    // A server error in the second statement: named as on the long way.
+    for _ in 0..2 {
+        db.batch(
+            vec![
+                Statement::new("INSERT INTO w(id) VALUES (?1)", params![60]),
+                Statement::new("UPDATE w SET a = 1 / ?1 WHERE id = 1", params![1]),
+            ],
+            w,
+        )
+        .await
+        .unwrap();
+        db.execute_with("DELETE FROM w WHERE id = 60", (), w)
+            .await
+            .unwrap();
+    }
+    let divide = |id: i64| {
+        vec![
+            Statement::new("INSERT INTO w(id) VALUES (?1)", params![id]),
+            Statement::new("UPDATE w SET a = 1 / ?1 WHERE id = 1", params![0]),
+        ]
+    };
+    let e = db.batch(divide(61), w).await.expect_err("division by zero");
+    let reference = long
+        .batch(divide(62), w)
+        .await
+        .expect_err("division by zero");
+    assert_eq!(e.to_string(), reference.to_string());
+    assert!(e.to_string().contains("statements[1]"), "{e}");
+    let n = db
+        .query_with("SELECT count(*) FROM w WHERE id IN (61, 62)", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0));
+    // A write past its deadline answers `timeout`, and nothing committed
+    // (its COMMIT was not sent).
+    let sleepy = "INSERT INTO w(id) SELECT ?1 FROM pg_sleep(?2)";
+    for id in [70, 71] {
+        db.execute_with(sleepy, params![id, 0], w).await.unwrap();
+    }
+    let before = db.one_message_writes();
+    db.execute_with(sleepy, params![72, 0], w).await.unwrap();
+    assert_eq!(db.one_message_writes(), before + 1);
+    let late = WriteOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..w
+    };
+    let e = db
+        .execute_with(sleepy, params![73, 5], late)
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let n = db
+        .query_with("SELECT count(*) FROM w WHERE id = 73", (), q)
+        .await
+        .unwrap();
+    assert_eq!(n.rows[0][0], Value::Integer(0));
+    // A statement a write noted, whose column a read cannot give, is
+    // refused to a read as on the long way.
+    let interval = "SELECT now() - now() AS d";
+    for _ in 0..2 {
+        db.execute_with(interval, (), w).await.unwrap();
+    }
+    let e = db
+        .query_with(interval, (), q)
+        .await
+        .expect_err("an interval");
+    assert!(e.to_string().contains("\"d\""), "{e}");
+    long.close();
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_that_fails_committed_nothing() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    for sql in [
+        "CREATE TABLE p(id int PRIMARY KEY)",
+        "CREATE TABLE c(id int, p int REFERENCES p DEFERRABLE INITIALLY DEFERRED)",
+    ] {
+        db.execute_with(sql, (), w).await.unwrap();
+    }
+    db.execute_with("INSERT INTO p VALUES (1)", (), w)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO c VALUES (?1, ?2)";
+    // The long way (a caller with no name), then in one message.
+    for (w, one_message) in [(WriteOptions::default(), false), (w, true)] {
+        for id in 0..2 {
+            db.execute_with(insert, params![id, 1], w).await.unwrap();
+        }
+        let before = db.one_message_writes();
+        // The statement passes; the COMMIT finds the missing parent.
+        let e = db
+            .execute_with(insert, params![10, 2], w)
+            .await
+            .expect_err("no parent 2");
+        assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+        assert!(e.to_string().contains("foreign key"), "{e}");
+        assert_eq!(db.one_message_writes(), before + u64::from(one_message));
+        let n = db
+            .query_with("SELECT count(*) FROM c WHERE id = 10", (), q)
+            .await
+            .unwrap();
+        assert_eq!(
+            n.rows[0][0],
+            Value::Integer(0),
+            "one message: {one_message}"
+        );
+        db.execute_with("DELETE FROM c", (), w).await.unwrap();
+    }
+    // A session the server ends in answering the COMMIT (`exit_on_error`
+    // turns the constraint's error into a FATAL one) may have ended after
+    // the commit was made: the outcome is unknown (here, nothing
+    // committed).
+    db.query_with("SELECT set_config('exit_on_error', 'on', false)", (), q)
+        .await
+        .unwrap();
+    let e = db
+        .execute_with(insert, params![11, 2], w)
+        .await
+        .expect_err("no parent 2, and the session ends");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    let count = |id: i64| {
+        let db = db.clone();
+        async move {
+            db.query_with("SELECT count(*) FROM c WHERE id = ?1", params![id], q)
+                .await
+                .unwrap()
+                .rows[0][0]
+                .clone()
+        }
+    };
+    assert_eq!(count(11).await, Value::Integer(0));
+    // A record of an idempotency key the server refuses aborts the
+    // transaction before its COMMIT (which then answers ROLLBACK): the
+    // record's error is the answer, nothing committed, and the key is free.
+    db.faults().fail_settles(1);
+    let e = db
+        .execute_with(insert, params![12, 1], once(1, "settle"))
+        .await
+        .expect_err("its record failed");
+    assert_ne!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    assert!(e.to_string().contains("past 1000000"), "{e}");
+    assert_eq!(count(12).await, Value::Integer(0));
+    for _ in 0..2 {
+        db.execute_with(insert, params![12, 1], once(1, "settle"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(12).await, Value::Integer(1));
+    // A tidy-up that fails after the COMMIT: committed, and answered so
+    // (its connection is closed), on both paths.
+    for w in [WriteOptions::default(), w] {
+        db.faults().fail_tidies(1);
+        db.execute_with(insert, params![13, 1], w).await.unwrap();
+        db.execute_with(insert, params![13, 1], w).await.unwrap();
+    }
+    assert_eq!(count(13).await, Value::Integer(4));
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_value_written_in_one_message_cannot_leave_its_literal() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE t(n serial, v text)", (), w)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO t(v) VALUES (?1)";
+    db.execute_with(insert, params!["first"], w).await.unwrap();
+    let hostile = values_built_to_break_out(&db, q).await;
+    let before = db.one_message_writes();
+    for v in hostile {
+        db.execute_with(insert, params![v], w).await.unwrap();
+    }
+    assert_eq!(db.one_message_writes(), before + hostile.len() as u64);
+    db.query_with("SELECT set_config('client_encoding', 'SJIS', false)", (), q)
+        .await
+        .unwrap();
+    db.execute_with(
+        insert,
+        params!["\u{3041}'); INSERT INTO t(v) VALUES ('x'); --\u{3041}"],
+        w,
+    )
+    .await
+    .expect_err("not SJIS");
+    let admin = common::pg::admin(&schema.url).await;
+    let stored: Vec<String> = admin
+        .query(&format!("SELECT v FROM {}.t ORDER BY n", schema.name), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected = vec!["first"];
+    expected.extend(hostile);
+    assert_eq!(stored, expected, "a value ran as SQL");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_in_one_message_whose_connection_is_lost_ends_unwritten() {
+    let Some((schema, db)) = pg_one_connection().await else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    db.execute_with("CREATE TABLE t(n int)", (), w)
+        .await
+        .unwrap();
+    // The server process ends itself, or ends the session at an error
+    // (`exit_on_error`), in the middle of the message: the write fails at
+    // once as `unavailable` (its COMMIT was not sent), nothing of it
+    // committed, and the next one runs.
+    let ends = [
+        "INSERT INTO t SELECT ?1::int WHERE CASE WHEN ?1::int = 1 \
+         THEN pg_terminate_backend(pg_backend_pid()) ELSE true END",
+        "INSERT INTO t SELECT ?1::int FROM (SELECT set_config('exit_on_error', 'on', false)) s \
+         WHERE 1 / (1 - ?1::int) = 1",
+    ];
+    for sql in ends {
+        let before = db.one_message_writes();
+        for _ in 0..2 {
+            db.execute_with(sql, params![0], w).await.unwrap();
+        }
+        assert_eq!(db.one_message_writes(), before + 1, "{sql}");
+        let write = db.execute_with(sql, params![1], w);
+        let e = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the write ends")
+            .expect_err("its connection is gone");
+        assert_ne!(e.kind(), ErrorKind::OutcomeUnknown, "{sql}: {e}");
+        let n = db
+            .query_with("SELECT count(*) FROM t WHERE n = 1", (), q)
+            .await
+            .unwrap();
+        assert_eq!(n.rows[0][0], Value::Integer(0), "{sql}");
     }
     db.close();
     schema.drop_now().await;

@@ -176,6 +176,12 @@ const CASES: &[Case] = &[
         what: "http-execute's load on a PostgreSQL backend, against tokio-postgres pipelining on 4 connections",
     },
     Case {
+        name: "pg-http-execute-one-message",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.35),
+        what: "pg-http-execute with postgres.one_message_writes on (a statement's later writes in two round trips)",
+    },
+    Case {
         name: "pg-two-front-ends",
         baseline: "pg-one-front-end",
         target: Target::Ratio(0.9),

@@ -93,10 +93,12 @@ impl Setup {
     }
 
     /// A litebridge HTTP server on the run's schema, with
-    /// `postgres.one_message_reads` as asked.
-    async fn front_end(&self, one_message_reads: bool) -> CliResult<Bench> {
+    /// `postgres.one_message_reads` and `postgres.one_message_writes` as
+    /// asked.
+    async fn front_end(&self, one_message: bool) -> CliResult<Bench> {
         let mut config = self.config();
-        config.one_message_reads = one_message_reads;
+        config.one_message_reads = one_message;
+        config.one_message_writes = one_message;
         let db = PgDatabase::connect(config).await?;
         let service =
             Service::with_backend(Backend::Postgres(db), ServiceConfig::default()).await?;
@@ -206,7 +208,7 @@ async fn measure(
     progress: &Progress,
 ) -> CliResult<(Figures, Figures)> {
     let slice = seconds / rounds as f64;
-    let one = setup.front_end(name == "pg-http-query-one-message").await?;
+    let one = setup.front_end(name.ends_with("-one-message")).await?;
     let two = match name {
         "pg-two-front-ends" => match setup.front_end(false).await {
             Ok(b) => Some(b),
@@ -231,7 +233,7 @@ async fn measure(
                 }
                 _ => {
                     let (load, clients) = match name {
-                        "pg-http-execute" => (Load::Execute, 64),
+                        "pg-http-execute" | "pg-http-execute-one-message" => (Load::Execute, 64),
                         _ => (Load::Query, 32),
                     };
                     progress.message(&format!("raw tokio-postgres ({slice} s)"));

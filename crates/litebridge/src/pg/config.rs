@@ -42,6 +42,13 @@ pub struct PgConfig {
     /// values in `pg_stat_activity`, and the server's log holds them when
     /// such a read fails. Default: off.
     pub one_message_reads: bool,
+    /// Whether a write whose statements its connection prepared already
+    /// sends its `BEGIN` and statements in one message (two round trips
+    /// with its `COMMIT`, where the long way takes three), their values
+    /// written into the query's text (`fast`), as
+    /// [`PgConfig::one_message_reads`] does. Writes with an idempotency key
+    /// go the long way. Default: off.
+    pub one_message_writes: bool,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
@@ -68,6 +75,7 @@ impl std::fmt::Debug for PgConfig {
             .field("max_result_bytes", &self.max_result_bytes)
             .field("statement_cache", &self.statement_cache)
             .field("one_message_reads", &self.one_message_reads)
+            .field("one_message_writes", &self.one_message_writes)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .finish()
@@ -89,9 +97,16 @@ impl PgConfig {
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
             statement_cache: 256,
             one_message_reads: false,
+            one_message_writes: false,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
         }
+    }
+
+    /// Whether one-message reads or writes are on: the clients' values may
+    /// travel in the query's text.
+    pub(crate) fn values_in_text(&self) -> bool {
+        self.one_message_reads || self.one_message_writes
     }
 
     /// Sets [`PgConfig::replicas`].
@@ -165,7 +180,7 @@ impl PgConfig {
             };
         }
         let mut options = format!("{SESSION} {CLIENT_SESSION}");
-        if self.one_message_reads {
+        if self.values_in_text() {
             options.push_str(ONE_MESSAGE_SESSION);
         }
         if !synchronous_commit.is_empty() {
@@ -359,7 +374,7 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
      -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default";
 
-/// With one-message reads on, what decides how their text results read
+/// With one-message requests on, what decides how their text results read
 /// (`fast`), whatever a role's own defaults say.
 const ONE_MESSAGE_SESSION: &str = " -c extra_float_digits=1 -c bytea_output=hex";
 

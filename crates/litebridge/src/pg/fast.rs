@@ -1,6 +1,9 @@
-//! One-message reads (`postgres.one_message_reads`, off by default): a
-//! clients' read whose statement its connection knows already, sent as one
-//! simple query and answered with one `ReadyForQuery`.
+//! One-message requests (`postgres.one_message_reads` and
+//! `postgres.one_message_writes`, off by default): a clients' read whose
+//! statement its connection knows already, sent as one simple query and
+//! answered with one `ReadyForQuery`; a clients' write whose statements its
+//! connection knows already, sent with its `BEGIN` as one simple query,
+//! then committed as on the long way.
 //!
 //! # Design
 //!
@@ -55,14 +58,43 @@
 //!   and which the server logs when the read fails: hence off by default.
 //! - **Only reads on the primary** go this way: a replica's read carries a
 //!   guard whose refusal must be told from the statement's own errors.
+//!
+//! A write took three round trips the same way: `BEGIN` (with the Parse of
+//! statements not prepared yet), the statements once it was answered, and
+//! `COMMIT` with the tidy-up. `BEGIN; EXECUTE ...; EXECUTE ...;` in one
+//! simple query takes the first two together, for the same reason a read
+//! can: nothing runs behind a `BEGIN` that failed. `COMMIT` stays a message
+//! of its own, sent once every statement answered, so each answer keeps
+//! the long way's meaning: an error before it means nothing committed, and
+//! only a `COMMIT` sent and not answered is `outcome_unknown`. Sending it
+//! in the same message would make every lost connection and every
+//! deadline an unknown outcome. A write with an idempotency key goes the
+//! long way: its claim is read before its statements run. Its statements
+//! are noted the same way, on a named caller's write the long way.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
+use deadpool_postgres::Object;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_postgres::SimpleQueryMessage as M;
+use tokio_postgres::Statement as PgStatement;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
+use super::error::from_pg;
 use super::types::{Param, real_text};
-use crate::value::Value;
+use super::{
+    Done, END_READ, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION, names,
+    primary_token, readable_columns, too_large, value_size,
+};
+use crate::error::{Error, Result};
+use crate::sync::lock;
+use crate::value::{ExecResult, Rows, Value};
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
@@ -240,6 +272,413 @@ fn bytea(text: &str) -> Result<Vec<u8>, BoxError> {
             out.push(octal);
             i += 4;
         }
+    }
+    Ok(out)
+}
+
+impl PgDatabase {
+    /// Reads of the clients' SQL answered in one message: a statement their
+    /// connection had prepared already (the module's design note).
+    pub fn one_message_reads(&self) -> u64 {
+        self.inner.one_message_reads.load(Ordering::Relaxed)
+    }
+
+    /// Writes of the clients' SQL whose `BEGIN` and statements went in one
+    /// message (the module's design note).
+    pub fn one_message_writes(&self) -> u64 {
+        self.inner.one_message_writes.load(Ordering::Relaxed)
+    }
+
+    /// The statement and the `EXECUTE` of a one-message read: when `conn`
+    /// prepared `p`'s statement for them, its columns are of types a read
+    /// gives (one noted by a write may not be), and its values travel as
+    /// literals.
+    pub(super) fn one_message(&self, conn: &Object, p: &Prepared) -> Option<(PgStatement, String)> {
+        let (name, stmt) = lock(&self.inner.known)
+            .get(&Object::id(conn))?
+            .get(&p.sql)?
+            .clone()?;
+        readable_columns(&stmt).ok()?;
+        let execute = execute(&name, stmt.params(), &p.values)?;
+        Some((stmt, execute))
+    }
+
+    /// The message of a one-message write: when `conn` prepared every
+    /// statement (for `Shape::Rows`, the one statement of every row), and
+    /// every value travels as a literal. The values are written once the
+    /// notes are let go: a large write holds no other request up.
+    pub(super) fn write_message(
+        &self,
+        conn: &Object,
+        statements: &[Prepared],
+    ) -> Option<WriteInOne> {
+        let noted: Vec<(Arc<str>, PgStatement)> = {
+            let known = lock(&self.inner.known);
+            let mine = known.get(&Object::id(conn))?;
+            let mut noted = Vec::with_capacity(statements.len().min(2));
+            for (i, p) in statements.iter().enumerate() {
+                // `execute_many`'s rows share their statement.
+                if i > 0 && statements[i - 1].sql == p.sql {
+                    continue;
+                }
+                noted.push(mine.get(&p.sql)?.clone()?);
+            }
+            noted
+        };
+        let mut sql = String::new();
+        let mut noted = noted.iter();
+        let mut current = None;
+        for (i, p) in statements.iter().enumerate() {
+            if i == 0 || statements[i - 1].sql != p.sql {
+                current = noted.next();
+            }
+            let (name, stmt) = current?;
+            sql.push_str(&execute(name, stmt.params(), &p.values)?);
+            sql.push_str("; ");
+        }
+        Some(WriteInOne {
+            statements: sql,
+            count: statements.len(),
+        })
+    }
+
+    /// Notes `stmt`, tokio-postgres's statement of `sql` on `conn`, for
+    /// one-message reads of `sql` there: unless `sql` is longer than
+    /// [`MOST_KNOWN_SQL`], goes the long way there already, or the
+    /// connection has [`PgConfig::statement_cache`] noted.
+    pub(super) fn remember(&self, conn: &Object, sql: &str, stmt: &PgStatement) {
+        if sql.len() > MOST_KNOWN_SQL
+            || lock(&self.inner.known)
+                .get(&Object::id(conn))
+                .is_some_and(|k| k.contains_key(sql))
+        {
+            return;
+        }
+        let Some(name) = statement_name(stmt) else {
+            return;
+        };
+        let mut known = lock(&self.inner.known);
+        // Entries of connections the pool dropped on its own: past four
+        // per connection, start over (a live connection notes its
+        // statements again at their next read the long way).
+        if known.len() > 4 * self.inner.config.connections {
+            known.clear();
+        }
+        let mine = known.entry(Object::id(conn)).or_default();
+        if mine.contains_key(sql) || mine.len() >= self.inner.config.statement_cache {
+            return;
+        }
+        mine.insert(sql.to_owned(), Some((name.into(), stmt.clone())));
+    }
+
+    /// Sends `sql` the long way on `conn` from now on.
+    fn forget(&self, conn: &Object, sql: &str) {
+        if let Some(k) = lock(&self.inner.known).get_mut(&Object::id(conn)) {
+            k.insert(sql.to_owned(), None);
+        }
+    }
+
+    /// One read in one message: `BEGIN READ ONLY`, the statement's
+    /// `EXECUTE`, the position when `track`, [`END_READ`]. The rows and the
+    /// primary's position, or `None` when the read must go the long way
+    /// after all (its transaction rolled back). `begun` is set once `BEGIN`
+    /// is answered.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn read_in_one(
+        &self,
+        conn: &Object,
+        client_sql: &str,
+        (stmt, execute): &(PgStatement, String),
+        track: bool,
+        max_rows: usize,
+        max_bytes: usize,
+        (deadline, timeout): (Instant, Duration),
+        begun: &AtomicBool,
+    ) -> Result<Option<(Rows, Option<Token>)>> {
+        let started = Instant::now();
+        let mut sql = String::with_capacity(execute.len() + 128);
+        sql.push_str(if self.inner.faults.take_fail_read_begin() {
+            // Fails as the server does a cancelled BEGIN.
+            "SELECT 1/0; "
+        } else {
+            "BEGIN READ ONLY; "
+        });
+        sql.push_str(execute);
+        sql.push_str("; ");
+        if track {
+            sql.push_str(WAL_INSERT_POSITION);
+            sql.push_str("; ");
+        }
+        sql.push_str(END_READ);
+        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL.
+        let statements = if track { 6 } else { 5 };
+        let columns = stmt.columns();
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated = false;
+        let mut position = Vec::new();
+        let answered = answer(conn, &sql, timeout, |i, m| {
+            match (i, m) {
+                // From here on a failure may be the statement's doing.
+                (0, M::CommandComplete(_)) => begun.store(true, Ordering::Relaxed),
+                (1, M::RowDescription(described)) => same_columns(&described, columns)?,
+                (1, M::Row(_)) if rows.len() == max_rows => truncated = true,
+                (1, M::Row(row)) => rows.push(read_text_row(&row, columns, &mut bytes, max_bytes)?),
+                (2, m @ M::Row(_)) if track => position.push(m),
+                _ => {}
+            }
+            Ok(())
+        })
+        .await;
+        if let Some(failed) = answered.failed {
+            // PostgreSQL runs an `EXECUTE` to its end before it sends a
+            // row, so an error of a row past the cut comes with no rows,
+            // where the long way answers the rows asked for (SQLite stops
+            // at the cut). A read that asked for at most `max_rows` rows
+            // whose statement failed goes the long way (in its time left,
+            // if that is more than this try took), and its statement goes
+            // the long way on this connection from now on. A cancel
+            // (another session's, or the caller's own `statement_timeout`)
+            // is not run again.
+            let statement_failed =
+                failed.at == 1 && failed.code.is_some_and(|c| c != SqlState::QUERY_CANCELED);
+            if statement_failed && max_rows != usize::MAX {
+                conn.batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| from_pg(&e, timeout))?;
+                self.forget(conn, client_sql);
+                if deadline.saturating_duration_since(Instant::now()) > started.elapsed() {
+                    // Parsed again the long way: a statement the caller
+                    // dropped, or one whose result DDL changed, would fail
+                    // the same way from the cache.
+                    conn.statement_cache.remove(client_sql, &[]);
+                    return Ok(None);
+                }
+            }
+            return Err(failed.error);
+        }
+        answered.all(statements, "read")?;
+        let position = if track {
+            primary_token(&position)
+        } else {
+            None
+        };
+        self.inner.one_message_reads.fetch_add(1, Ordering::Relaxed);
+        Ok(Some((
+            Rows {
+                columns: names(columns),
+                rows,
+                truncated,
+            },
+            position,
+        )))
+    }
+
+    /// A write's `BEGIN` and statements in one message ([`WriteInOne`]):
+    /// the statements' outcomes, or the error of the first that failed (of
+    /// `BEGIN`, when it was refused: then nothing ran). Its `COMMIT` is the
+    /// caller's to send, as on the long way.
+    pub(super) async fn write_in_one(
+        &self,
+        conn: &Object,
+        write: &WriteInOne,
+        shape: Shape,
+        timeout: Duration,
+    ) -> Result<Vec<Done>> {
+        let mut sql = String::with_capacity(write.statements.len() + 16);
+        sql.push_str(if self.inner.faults.take_fail_begin() {
+            // Fails as the server does a cancelled BEGIN.
+            "SELECT 1/0; "
+        } else {
+            "BEGIN; "
+        });
+        sql.push_str(&write.statements);
+        let mut done: Vec<Done> = Vec::with_capacity(write.count);
+        // Rows a statement answers (one that is a `SELECT`, or has a
+        // `RETURNING` clause) are not kept, as on the long way.
+        let answered = answer(conn, &sql, timeout, |i, m| {
+            if let (1.., M::CommandComplete(changes)) = (i, m) {
+                done.push(Done {
+                    result: ExecResult {
+                        changes,
+                        last_insert_rowid: 0,
+                    },
+                    rows: None,
+                    token: None,
+                });
+            }
+            Ok(())
+        })
+        .await;
+        if let Some(failed) = answered.failed {
+            return Err(match failed.at {
+                0 => failed.error,
+                _ if failed.lost => failed.error,
+                _ if write.count > 1 => failed.error.at(shape.what(), failed.at - 1),
+                _ => failed.error,
+            });
+        }
+        answered.all(1 + write.count, "write")?;
+        self.inner
+            .one_message_writes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(done)
+    }
+}
+
+/// The statements of a clients' write (`Shape::Each` or `Shape::Rows`)
+/// whose connection prepared them all, with values that travel as
+/// literals: `EXECUTE`s sent with its `BEGIN` in one message.
+pub(super) struct WriteInOne {
+    /// `EXECUTE ...; ` for each statement (or row).
+    statements: String,
+    /// How many.
+    count: usize,
+}
+
+/// How a message of several statements was answered ([`answer`]).
+pub(super) struct Answered {
+    /// The statements answered (a `CommandComplete` each).
+    pub(super) done: usize,
+    pub(super) failed: Option<Failed>,
+}
+
+/// The first error in the answer to a message of several statements.
+pub(super) struct Failed {
+    pub(super) error: Error,
+    /// The statement's index in the message.
+    pub(super) at: usize,
+    /// The server's code; none for an error found in its answer here, or
+    /// a lost connection.
+    code: Option<SqlState>,
+    /// The connection was lost (or the message could not be sent): the
+    /// statements from `at` on may have run, or not.
+    pub(super) lost: bool,
+}
+
+impl Answered {
+    /// An error unless all of the message's `statements` were answered.
+    fn all(&self, statements: usize, what: &str) -> Result<()> {
+        if self.done == statements {
+            return Ok(());
+        }
+        Err(Error::Internal {
+            message: format!(
+                "a one-message {what} was answered for {} statements of {statements}",
+                self.done
+            ),
+        })
+    }
+}
+
+/// Sends `sql`, a simple query of several statements, and reads its
+/// answer: each message goes to `each` with the index of the statement it
+/// belongs to, until the first error, the server's (which skipped the rest
+/// of the message) or `each`'s. The answer is read to its end all the same
+/// (the caller's deadline tells the server to stop): a connection dropped
+/// half way through would leave its server process sending the rest
+/// unwatched. A lost connection ends the reading at once (its stream
+/// answers its error for ever), as a failure with `lost` set.
+pub(super) async fn answer(
+    conn: &Object,
+    sql: &str,
+    timeout: Duration,
+    mut each: impl FnMut(usize, M) -> Result<()>,
+) -> Answered {
+    let mut answered = Answered {
+        done: 0,
+        failed: None,
+    };
+    let lost = |e: &tokio_postgres::Error, at| Failed {
+        error: from_pg(e, timeout),
+        at,
+        code: None,
+        lost: true,
+    };
+    let stream = match conn.simple_query_raw(sql).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            answered.failed = Some(lost(&e, 0));
+            return answered;
+        }
+    };
+    futures_util::pin_mut!(stream);
+    while let Some(m) = stream.next().await {
+        match m {
+            Err(e) if e.code().is_none() => {
+                answered.failed = Some(lost(&e, answered.done));
+                return answered;
+            }
+            _ if answered.failed.is_some() => {}
+            Err(e) => {
+                answered.failed = Some(Failed {
+                    error: from_pg(&e, timeout),
+                    at: answered.done,
+                    code: e.code().cloned(),
+                    lost: false,
+                });
+            }
+            Ok(m) => {
+                let complete = matches!(m, M::CommandComplete(_));
+                if let Err(error) = each(answered.done, m) {
+                    answered.failed = Some(Failed {
+                        error,
+                        at: answered.done,
+                        code: None,
+                        lost: false,
+                    });
+                } else if complete {
+                    answered.done += 1;
+                }
+            }
+        }
+    }
+    answered
+}
+
+/// An error unless a statement prepared for one-message requests answered
+/// the columns it was prepared with.
+fn same_columns(
+    described: &[tokio_postgres::SimpleColumn],
+    columns: &[tokio_postgres::Column],
+) -> Result<()> {
+    let same = described.len() == columns.len()
+        && described
+            .iter()
+            .zip(columns)
+            .all(|(d, c)| d.name() == c.name());
+    if same {
+        return Ok(());
+    }
+    Err(Error::Internal {
+        message: format!(
+            "the statement prepared for one-message requests answered other columns than its \
+             own ({} for {})",
+            described.len(),
+            columns.len()
+        ),
+    })
+}
+
+/// One row of a one-message read, read from its text by the statement's
+/// column types, its size added to `bytes` and refused past `max_bytes`.
+fn read_text_row(
+    row: &tokio_postgres::SimpleQueryRow,
+    columns: &[tokio_postgres::Column],
+    bytes: &mut usize,
+    max_bytes: usize,
+) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let text = row.try_get(i).map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let v = cell(c.type_(), text).map_err(|e| {
+            Error::invalid("sql", format!("column {:?} cannot be read: {e}", c.name()))
+        })?;
+        *bytes += value_size(&v);
+        out.push(v);
+    }
+    if *bytes > max_bytes {
+        return Err(too_large(max_bytes));
     }
     Ok(out)
 }

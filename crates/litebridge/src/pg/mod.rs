@@ -41,7 +41,11 @@
 //!   committed, when it failed: any session of the clients' role can
 //!   cancel another's `BEGIN` (`pg_cancel_backend`), so a `read` key could
 //!   break other callers' batches in parts and leave an idempotency key
-//!   claimed with no result.
+//!   claimed with no result. With [`PgConfig::one_message_writes`] on,
+//!   a write whose statements its connection prepared already sends
+//!   `BEGIN` and them in one simple query (`fast`: PostgreSQL skips the
+//!   rest of it behind a `BEGIN` that failed), then `COMMIT`: two round
+//!   trips, with the same meaning of each answer.
 //! - **Deadlines** are enforced by the client: at the deadline litebridge
 //!   sends PostgreSQL's cancel request for the connection's query and drops
 //!   the connection, so no request outlives its deadline and no server
@@ -81,7 +85,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{NoTls, Statement as PgStatement};
+use tokio_postgres::{NoTls, SimpleQueryMessage as M, Statement as PgStatement};
 
 pub use crate::consistency::{Consistency, Token};
 pub use config::PgConfig;
@@ -125,6 +129,8 @@ struct Inner {
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
     /// Reads answered in one message.
     one_message_reads: AtomicU64,
+    /// Writes whose `BEGIN` and statements went in one message.
+    one_message_writes: AtomicU64,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -146,8 +152,11 @@ struct Inner {
     cluster: std::sync::Mutex<ClusterStatus>,
     /// The probes' own connections.
     probes: monitor::Probes,
-    /// Sent after every clients' write ([`TIDY`] or [`TIDY_TEMP`]); reads
-    /// end with [`END_READ`].
+    /// Sent after every clients' write's `COMMIT`, in the same message:
+    /// what must not pile up across a caller's requests, [`TIDY`], or
+    /// [`TIDY_TEMP`] when the clients' role may make temporary objects.
+    /// Reads end with [`END_READ`] instead (a read-only transaction cannot
+    /// make temporary objects).
     tidy: &'static str,
     /// The secret the idempotency records are keyed with (`claims`).
     claims_secret: [u8; 32],
@@ -449,6 +458,7 @@ impl PgDatabase {
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
             one_message_reads: AtomicU64::new(0),
+            one_message_writes: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -1259,11 +1269,7 @@ impl PgDatabase {
         let conn = self
             .lease(Node::Primary, who, options.caller, deadline, timeout)
             .await?;
-        let what = if shape == Shape::Rows {
-            "rows"
-        } else {
-            "statements"
-        };
+        let what = shape.what();
         let many = statements.len() > 1;
         // With an idempotency key, the record's key (see `claims`).
         let claim = match (who, options.idempotency_key) {
@@ -1292,8 +1298,33 @@ impl PgDatabase {
         // batch's atomicity and committing an idempotency key's claim with
         // no result. That costs a round trip when every statement is
         // prepared already; a Parse sent behind BEGIN is answered after it.
+        //
+        // With `one_message_writes`, a write whose statements this
+        // connection prepared already, with values that travel as literals,
+        // sends its BEGIN and statements in one message instead (`fast`):
+        // behind a BEGIN that failed, the server skips the rest of it. A
+        // write with an idempotency key goes the long way: its claim must
+        // be read before its statements run.
+        let one_message = match (who, &claim, shape) {
+            (Who::Client, None, Shape::Each | Shape::Rows)
+                if self.inner.config.one_message_writes =>
+            {
+                self.write_message(&conn, &statements)
+            }
+            _ => None,
+        };
+        // A statement prepared from the server's own types, for a named
+        // caller (a caller with no name has its session reset at its next
+        // request), is noted for one-message writes.
+        let note =
+            who == Who::Client && options.caller.is_some() && self.inner.config.one_message_writes;
         let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<bool>();
         let run = async {
+            if let Some(one) = &one_message {
+                return Box::pin(self.write_in_one(&conn, one, shape, timeout))
+                    .await
+                    .map(Ok);
+            }
             let begin = async {
                 let r = if self.inner.faults.take_fail_begin() {
                     // Fails as the server does a cancelled BEGIN.
@@ -1315,9 +1346,13 @@ impl PgDatabase {
                     match self
                         .prepare_within(&conn, who == Who::Client, p, "BEGIN", timeout)
                         .await
-                        .map(|(s, _)| s)
                     {
-                        Ok(stmt) => prepared.push(stmt),
+                        Ok((stmt, typed)) => {
+                            if note && !typed {
+                                self.remember(&conn, &p.sql, &stmt);
+                            }
+                            prepared.push(stmt);
+                        }
                         Err(e) => {
                             failed = Some(if many { e.at(what, i) } else { e });
                             break;
@@ -1444,81 +1479,138 @@ impl PgDatabase {
             }
         };
         // With replicas, the write's position in the log, read after its
-        // COMMIT (in the same round trip): the token of read-your-writes.
+        // COMMIT (in the same message): the token of read-your-writes.
         let want_token = who == Who::Client && !self.inner.replicas.is_empty();
+        // COMMIT, the position, and the tidy-up in one message: an error
+        // skips the rest of it, and the index of the statement it belongs
+        // to tells whether the COMMIT went through.
+        let tidy = if who == Who::Client && self.inner.faults.take_fail_tidy() {
+            // Fails as the server would, after the COMMIT.
+            "SELECT 1/0"
+        } else {
+            self.inner.tidy
+        };
+        let end = match who {
+            Who::Own => "COMMIT".to_owned(),
+            Who::Client if want_token => format!("COMMIT; {WAL_INSERT_POSITION}; {tidy}"),
+            Who::Client => format!("COMMIT; {tidy}"),
+        };
+        let statements = 1 + end.matches(';').count();
+        // What is known at the deadline: a COMMIT answered (not a
+        // ROLLBACK, when the record was made) means the write committed.
+        let committed = AtomicBool::new(false);
+        let recorded = AtomicBool::new(claim.is_none());
         let commit = async {
-            let position = async {
-                if want_token {
-                    let at = insert_position(&conn).await;
-                    let at = self
-                        .inner
-                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)));
-                    Some(at.unwrap_or_else(unknown_position))
-                } else {
-                    None
-                }
-            };
             // The record of an idempotency key, sent first (a failure aborts
-            // the transaction, and the COMMIT reports it: nothing committed).
+            // the transaction, and the COMMIT answers ROLLBACK: nothing
+            // committed, and the record's error is the answer).
             let settled = async {
-                match (&claim, &settle, &fingerprint) {
+                let r = match (&claim, &settle, &fingerprint) {
                     (Some(k), Some(stmt), Some(fp)) => {
                         let r: Vec<ExecResult> = results.iter().map(|d| d.result).collect();
-                        conn.execute(stmt, &[k, &crate::idempotency::encode(fp, &r)])
-                            .await
-                            .map(|_| ())
+                        let record = if self.inner.faults.take_fail_settle() {
+                            // A record too large, which the server refuses.
+                            "r".repeat(1_000_001)
+                        } else {
+                            crate::idempotency::encode(fp, &r)
+                        };
+                        conn.execute(stmt, &[k, &record]).await.map(|_| ())
                     }
                     _ => Ok(()),
+                };
+                if r.is_ok() {
+                    recorded.store(true, Ordering::Relaxed);
                 }
+                r
             };
-            let (settled, committed, token, tidied) = tokio::join!(
-                settled,
-                conn.batch_execute("COMMIT"),
-                position,
-                self.tidy(&conn, who)
-            );
-            // A COMMIT of a transaction the record's failure aborted answers
-            // ROLLBACK, not an error: the record's error is the answer.
-            (settled.and(committed), token, tidied)
+            let mut position = Vec::new();
+            let ended = fast::answer(&conn, &end, timeout, |i, m| {
+                match (i, m) {
+                    (0, M::CommandComplete(_)) => committed.store(true, Ordering::Relaxed),
+                    (1, m @ M::Row(_)) if want_token => position.push(m),
+                    _ => {}
+                }
+                Ok(())
+            });
+            let (settled, ended) = tokio::join!(settled, ended);
+            (settled, ended, position)
         };
-        match tokio::time::timeout_at(deadline, commit).await {
-            Ok((Ok(()), token, tidied)) => {
-                if tidied {
-                    self.keep(Node::Primary, who, conn, options.caller);
-                } else {
-                    self.discard(Node::Primary, who, conn);
-                }
-                let mut results = results;
-                for d in &mut results {
-                    d.token = token;
-                }
-                Ok(results)
-            }
-            Ok((Err(e), _, _)) if e.as_db_error().is_some() && !connection_lost(&e) => {
-                // The server answered: the COMMIT failed (a deferred
-                // constraint, a serialization failure) and nothing committed.
-                self.discard(Node::Primary, who, conn);
-                Err(from_pg(&e, timeout))
-            }
-            Ok((Err(e), _, _)) => {
-                self.discard(Node::Primary, who, conn);
-                Err(Error::OutcomeUnknown {
-                    what: "the write".into(),
-                    reason: format!(
-                        "the connection failed after COMMIT was sent: {}",
-                        error_chain(&e)
-                    ),
-                })
-            }
+        let (settled, ended, position) = match tokio::time::timeout_at(deadline, commit).await {
+            Ok(answered) => answered,
             Err(_) => {
                 self.stop(Node::Primary, who, conn);
-                Err(Error::OutcomeUnknown {
+                if committed.load(Ordering::Relaxed) && recorded.load(Ordering::Relaxed) {
+                    // The COMMIT was answered; what came after it was not.
+                    let mut results = results;
+                    for d in &mut results {
+                        d.token = want_token.then(unknown_position);
+                    }
+                    return Ok(results);
+                }
+                return Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason: format!(
                         "no answer to COMMIT within the deadline of {} ms",
                         timeout.as_millis()
                     ),
-                })
+                });
+            }
+        };
+        let unknown = |reason: String| Error::OutcomeUnknown {
+            what: "the write".into(),
+            reason: format!("the connection failed after COMMIT was sent: {reason}"),
+        };
+        // A message answered to its end with no error answered every
+        // statement of it. `fast::answer` reports a session the server
+        // ended (a FATAL error, as `exit_on_error` makes one of a failed
+        // deferred constraint) as a lost connection: it may have ended
+        // after the commit was made durable, so the outcome is unknown.
+        match (settled, ended.failed) {
+            (Err(e), _) if e.as_db_error().is_some() && !connection_lost(&e) => {
+                // The server refused the record: its transaction aborted,
+                // and nothing committed.
+                self.discard(Node::Primary, who, conn);
+                Err(from_pg(&e, timeout))
+            }
+            (Err(e), _) => {
+                self.discard(Node::Primary, who, conn);
+                Err(unknown(error_chain(&e)))
+            }
+            (Ok(()), Some(failed)) if failed.at == 0 => {
+                self.discard(Node::Primary, who, conn);
+                if failed.lost {
+                    Err(unknown(failed.error.to_string()))
+                } else {
+                    // The server answered: the COMMIT failed (a deferred
+                    // constraint, a serialization failure) and nothing
+                    // committed.
+                    Err(failed.error)
+                }
+            }
+            (Ok(()), None) if ended.done == 0 => {
+                self.discard(Node::Primary, who, conn);
+                Err(unknown("the COMMIT was not answered".into()))
+            }
+            (Ok(()), failed) => {
+                // Committed. A tidy-up that failed (or did not answer)
+                // closes the connection; a position that did not come is
+                // unknown.
+                if failed.is_none() && ended.done == statements {
+                    self.keep(Node::Primary, who, conn, options.caller);
+                } else {
+                    self.discard(Node::Primary, who, conn);
+                }
+                let token = want_token.then(|| {
+                    let at = primary_token(&position);
+                    self.inner
+                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)))
+                        .unwrap_or_else(unknown_position)
+                });
+                let mut results = results;
+                for d in &mut results {
+                    d.token = token;
+                }
+                Ok(results)
             }
         }
     }
@@ -1716,17 +1808,6 @@ impl PgDatabase {
         }
     }
 
-    /// After a clients' write's `COMMIT`, in the same round trip (its own
-    /// message, so its failure cannot be taken for the `COMMIT`'s): what
-    /// must not pile up across a caller's requests: [`TIDY`], or
-    /// [`TIDY_TEMP`] when the clients' role may make temporary objects.
-    /// Whether it went through (if not, the connection is closed). Reads
-    /// end with [`END_READ`] instead (a read-only transaction cannot make
-    /// temporary objects).
-    async fn tidy(&self, conn: &Object, who: Who) -> bool {
-        who == Who::Own || conn.batch_execute(self.inner.tidy).await.is_ok()
-    }
-
     /// Back to the pool after a clean request of `caller`.
     fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>) {
         if who == Who::Own {
@@ -1755,7 +1836,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, pool.get()).await {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
-                let c = if self.inner.config.one_message_reads {
+                let c = if self.inner.config.values_in_text() {
                     Lease::watched(c, Arc::downgrade(&self.inner))
                 } else {
                     Lease::new(c)
@@ -1855,221 +1936,6 @@ impl PgDatabase {
         }
         Ok((stmt, typed))
     }
-
-    /// Reads of the clients' SQL answered in one message: a statement their
-    /// connection had prepared already (the module's design note).
-    pub fn one_message_reads(&self) -> u64 {
-        self.inner.one_message_reads.load(Ordering::Relaxed)
-    }
-
-    /// The statement and the `EXECUTE` of a one-message read (`fast`):
-    /// when `conn` prepared `p`'s statement for them, and its values travel
-    /// as literals.
-    fn one_message(&self, conn: &Object, p: &Prepared) -> Option<(PgStatement, String)> {
-        let (name, stmt) = lock(&self.inner.known)
-            .get(&Object::id(conn))?
-            .get(&p.sql)?
-            .clone()?;
-        let execute = fast::execute(&name, stmt.params(), &p.values)?;
-        Some((stmt, execute))
-    }
-
-    /// Notes `stmt`, tokio-postgres's statement of `sql` on `conn`, for
-    /// one-message reads of `sql` there: unless `sql` is longer than
-    /// [`MOST_KNOWN_SQL`], goes the long way there already, or the
-    /// connection has [`PgConfig::statement_cache`] noted.
-    fn remember(&self, conn: &Object, sql: &str, stmt: &PgStatement) {
-        if sql.len() > MOST_KNOWN_SQL
-            || lock(&self.inner.known)
-                .get(&Object::id(conn))
-                .is_some_and(|k| k.contains_key(sql))
-        {
-            return;
-        }
-        let Some(name) = fast::statement_name(stmt) else {
-            return;
-        };
-        let mut known = lock(&self.inner.known);
-        // Entries of connections the pool dropped on its own: past four
-        // per connection, start over (a live connection notes its
-        // statements again at their next read the long way).
-        if known.len() > 4 * self.inner.config.connections {
-            known.clear();
-        }
-        let mine = known.entry(Object::id(conn)).or_default();
-        if mine.contains_key(sql) || mine.len() >= self.inner.config.statement_cache {
-            return;
-        }
-        mine.insert(sql.to_owned(), Some((name.into(), stmt.clone())));
-    }
-
-    /// Sends `sql` the long way on `conn` from now on.
-    fn forget(&self, conn: &Object, sql: &str) {
-        if let Some(k) = lock(&self.inner.known).get_mut(&Object::id(conn)) {
-            k.insert(sql.to_owned(), None);
-        }
-    }
-
-    /// One read in one message (`fast`): `BEGIN READ ONLY`, the
-    /// statement's `EXECUTE`, the position when `track`, [`END_READ`]. The
-    /// rows and the primary's position, or `None` when the read must go
-    /// the long way after all (its transaction rolled back). `begun` is set
-    /// once `BEGIN` is answered.
-    #[allow(clippy::too_many_arguments)]
-    async fn read_in_one(
-        &self,
-        conn: &Object,
-        client_sql: &str,
-        (stmt, execute): &(PgStatement, String),
-        track: bool,
-        max_rows: usize,
-        max_bytes: usize,
-        (deadline, timeout): (Instant, Duration),
-        begun: &AtomicBool,
-    ) -> Result<Option<(Rows, Option<Token>)>> {
-        use tokio_postgres::SimpleQueryMessage as M;
-        let started = Instant::now();
-        let mut sql = String::with_capacity(execute.len() + 128);
-        sql.push_str(if self.inner.faults.take_fail_read_begin() {
-            // Fails as the server does a cancelled BEGIN.
-            "SELECT 1/0; "
-        } else {
-            "BEGIN READ ONLY; "
-        });
-        sql.push_str(execute);
-        sql.push_str("; ");
-        if track {
-            sql.push_str(WAL_INSERT_POSITION);
-            sql.push_str("; ");
-        }
-        sql.push_str(END_READ);
-        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL.
-        let statements = if track { 6 } else { 5 };
-        let columns = stmt.columns();
-        let stream = conn
-            .simple_query_raw(&sql)
-            .await
-            .map_err(|e| from_pg(&e, timeout))?;
-        futures_util::pin_mut!(stream);
-        let mut rows = Vec::new();
-        let mut bytes = 0usize;
-        let mut truncated = false;
-        let mut position = Vec::new();
-        // The statements answered so far: the message `M` belongs to the
-        // next one.
-        let mut done = 0;
-        // The read's error. The answer is read to its end all the same,
-        // within the deadline (at which the server is told to stop): a
-        // connection dropped half way through would leave its server
-        // process sending the rest unwatched.
-        let mut failed: Option<Error> = None;
-        let mut statement_failed = false;
-        while let Some(m) = stream.next().await {
-            if failed.is_some() {
-                match m {
-                    Err(e) if e.code().is_none() => return Err(from_pg(&e, timeout)),
-                    _ => continue,
-                }
-            }
-            let m = match m {
-                Ok(m) => m,
-                // An error of the server's: the rest of the message was
-                // skipped, its answer ends with `ReadyForQuery`.
-                Err(e) if e.code().is_some() => {
-                    // A cancel (another session's, or the caller's own
-                    // `statement_timeout`) is not run again.
-                    statement_failed = done == 1 && e.code() != Some(&SqlState::QUERY_CANCELED);
-                    failed = Some(from_pg(&e, timeout));
-                    continue;
-                }
-                // The connection is gone: its stream answers this error
-                // for ever.
-                Err(e) => return Err(from_pg(&e, timeout)),
-            };
-            match (done, m) {
-                (_, M::CommandComplete(_)) => {
-                    done += 1;
-                    if done == 1 {
-                        // From here on a failure may be the statement's doing.
-                        begun.store(true, Ordering::Relaxed);
-                    }
-                }
-                (1, M::RowDescription(described)) => {
-                    let same = described.len() == columns.len()
-                        && described
-                            .iter()
-                            .zip(columns)
-                            .all(|(d, c)| d.name() == c.name());
-                    if !same {
-                        failed = Some(Error::Internal {
-                            message: format!(
-                                "the statement prepared for one-message reads answered other \
-                                 columns than its own ({} for {})",
-                                described.len(),
-                                columns.len()
-                            ),
-                        });
-                    }
-                }
-                (1, M::Row(row)) => {
-                    if rows.len() == max_rows {
-                        truncated = true;
-                        continue;
-                    }
-                    match read_text_row(&row, columns, &mut bytes, max_bytes) {
-                        Ok(out) => rows.push(out),
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                (2, m @ M::Row(_)) if track => position.push(m),
-                _ => {}
-            }
-        }
-        if let Some(e) = failed {
-            // PostgreSQL runs an `EXECUTE` to its end before it sends a
-            // row, so an error of a row past the cut comes with no rows,
-            // where the long way answers the rows asked for (SQLite stops
-            // at the cut). A read that asked for at most `max_rows` rows
-            // whose statement failed goes the long way (in its time left,
-            // if that is more than this try took), and its statement goes
-            // the long way on this connection from now on.
-            if statement_failed && max_rows != usize::MAX {
-                conn.batch_execute("ROLLBACK")
-                    .await
-                    .map_err(|e| from_pg(&e, timeout))?;
-                self.forget(conn, client_sql);
-                if deadline.saturating_duration_since(Instant::now()) > started.elapsed() {
-                    // Parsed again the long way: a statement the caller
-                    // dropped, or one whose result DDL changed, would fail
-                    // the same way from the cache.
-                    conn.statement_cache.remove(client_sql, &[]);
-                    return Ok(None);
-                }
-            }
-            return Err(e);
-        }
-        if done != statements {
-            return Err(Error::Internal {
-                message: format!(
-                    "a one-message read was answered for {done} statements of {statements}"
-                ),
-            });
-        }
-        let position = if track {
-            primary_token(&position)
-        } else {
-            None
-        };
-        self.inner.one_message_reads.fetch_add(1, Ordering::Relaxed);
-        Ok(Some((
-            Rows {
-                columns: names(columns),
-                rows,
-                truncated,
-            },
-            position,
-        )))
-    }
 }
 
 /// What a write's statements are.
@@ -2081,6 +1947,17 @@ enum Shape {
     Rows,
     /// One statement whose rows are read (`RETURNING`).
     Returning,
+}
+
+impl Shape {
+    /// What an error names one of the statements as.
+    fn what(self) -> &'static str {
+        if self == Shape::Rows {
+            "rows"
+        } else {
+            "statements"
+        }
+    }
 }
 
 /// One statement's outcome.
@@ -2165,29 +2042,6 @@ async fn read_rows(
         rows,
         truncated,
     })
-}
-
-/// One row of a one-message read, read from its text by the statement's
-/// column types, its size added to `bytes` and refused past `max_bytes`.
-fn read_text_row(
-    row: &tokio_postgres::SimpleQueryRow,
-    columns: &[tokio_postgres::Column],
-    bytes: &mut usize,
-    max_bytes: usize,
-) -> Result<Vec<Value>> {
-    let mut out = Vec::with_capacity(columns.len());
-    for (i, c) in columns.iter().enumerate() {
-        let text = row.try_get(i).map_err(|e| from_pg(&e, Duration::ZERO))?;
-        let v = fast::cell(c.type_(), text).map_err(|e| {
-            Error::invalid("sql", format!("column {:?} cannot be read: {e}", c.name()))
-        })?;
-        *bytes += value_size(&v);
-        out.push(v);
-    }
-    if *bytes > max_bytes {
-        return Err(too_large(max_bytes));
-    }
-    Ok(out)
 }
 
 /// A read refused past `postgres.max_result_bytes`.
