@@ -1478,6 +1478,15 @@ impl PgDatabase {
                 });
             }
         };
+        // Past its deadline already (the statements took it all), the write
+        // is stopped before its COMMIT: nothing committed, and it says so.
+        if Instant::now() >= deadline {
+            self.stop(Node::Primary, who, conn);
+            return Err(Error::Timeout {
+                after: timeout,
+                stage: TimeoutStage::Running,
+            });
+        }
         // With replicas, the write's position in the log, read after its
         // COMMIT (in the same message): the token of read-your-writes.
         let want_token = who == Who::Client && !self.inner.replicas.is_empty();
@@ -1532,7 +1541,8 @@ impl PgDatabase {
                 }
                 Ok(())
             });
-            let (settled, ended) = tokio::join!(settled, ended);
+            // In this order: the record goes out before the COMMIT.
+            let (settled, ended) = tokio::join!(biased; settled, ended);
             (settled, ended, position)
         };
         let (settled, ended, position) = match tokio::time::timeout_at(deadline, commit).await {
