@@ -2320,6 +2320,87 @@ async fn postgres_a_commit_that_fails_committed_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_many_callers_writing_in_one_message_each_get_their_own_statements() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 8;
+    config.one_message_reads = true;
+    config.one_message_writes = true;
+    let db = PgDatabase::connect(config).await.unwrap();
+    // Eight callers on eight connections: sessions pass from caller to
+    // caller at times (each reset, its notes dropped), and a caller's
+    // statements go in one message whenever its connection noted them.
+    // (With fewer connections than busy callers, nearly every request
+    // finds its connection last served another caller.)
+    db.execute_with(
+        "CREATE TABLE seen(caller int, n int, PRIMARY KEY (caller, n))",
+        (),
+        as_caller(1).0,
+    )
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (1..=8u64)
+        .map(|caller| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let (w, q) = as_caller(caller);
+                let id = caller as i64;
+                for n in 0..40i64 {
+                    let batch = vec![
+                        Statement::new("INSERT INTO seen VALUES (?1, ?2)", params![id, n]),
+                        Statement::new(
+                            "UPDATE seen SET n = n + 1000 WHERE caller = ?1 AND n = ?2",
+                            params![id, n],
+                        ),
+                    ];
+                    let r = db.batch(batch, w).await.unwrap();
+                    assert_eq!(r.iter().map(|e| e.changes).collect::<Vec<_>>(), [1, 1]);
+                    let rows = db
+                        .query_with(
+                            "SELECT count(*) FROM seen WHERE caller = ?1",
+                            params![id],
+                            q,
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(rows.rows[0][0], Value::Integer(n + 1), "caller {caller}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = db
+        .query_with(
+            "SELECT caller, count(*), min(n), max(n) FROM seen GROUP BY caller ORDER BY caller",
+            (),
+            as_caller(1).1,
+        )
+        .await
+        .unwrap();
+    let expected: Vec<Vec<Value>> = (1..=8)
+        .map(|c| {
+            vec![
+                Value::Integer(c),
+                Value::Integer(40),
+                Value::Integer(1000),
+                Value::Integer(1039),
+            ]
+        })
+        .collect();
+    assert_eq!(rows.rows, expected);
+    assert!(
+        db.one_message_writes() > 0,
+        "some writes went in one message"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_value_written_in_one_message_cannot_leave_its_literal() {
     let Some((schema, db)) = pg_one_connection().await else {
         return;
