@@ -130,6 +130,67 @@ fn ok(server: &Server, key: &str, method: &str, params: Value) -> Value {
 }
 
 #[test]
+fn the_one_message_settings_reach_postgres_and_put_values_in_the_text() {
+    let Some(setup) = Setup::new(false) else {
+        return;
+    };
+    let file = setup.config();
+    let mut toml = std::fs::read_to_string(&file).unwrap();
+    // The file ends in its `[postgres]` table.
+    toml.push_str("one_message_reads = true\none_message_writes = true\n");
+    std::fs::write(&file, toml).unwrap();
+    let key = setup.key("admin");
+    let server = setup.serve();
+    ok(
+        &server,
+        &key,
+        "sql.execute",
+        json!({"sql": "CREATE TABLE om(id bigint, body text)"}),
+    );
+    // A statement's first write and read go the long way; the later ones
+    // in one message, their values in the query's text.
+    for id in 1..=3 {
+        let w = ok(
+            &server,
+            &key,
+            "sql.execute",
+            json!({"sql": "INSERT INTO om VALUES (?1, ?2)", "params": [id, format!("secret-{id}")]}),
+        );
+        assert_eq!(w["changes"], 1, "{w}");
+    }
+    let batch = ok(
+        &server,
+        &key,
+        "sql.batch",
+        json!({"statements": [
+            {"sql": "INSERT INTO om VALUES (?1, ?2)", "params": [4, "secret-4"]},
+            {"sql": "INSERT INTO om VALUES (?1, ?2)", "params": [5, "secret-5"]},
+        ]}),
+    );
+    assert_eq!(batch["results"].as_array().map(Vec::len), Some(2), "{batch}");
+    for _ in 0..3 {
+        let r = ok(
+            &server,
+            &key,
+            "sql.query",
+            json!({"sql": "SELECT id, body FROM om WHERE id >= ?1 ORDER BY id", "params": [4]}),
+        );
+        assert_eq!(r["rows"], json!([[4, "secret-4"], [5, "secret-5"]]), "{r}");
+    }
+    // What the settings cost, as documented: another session of the
+    // clients' role reads the values in pg_stat_activity.
+    let seen = psql(
+        &setup.url,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{CLIENT_ROLE}' \
+             AND query LIKE '%EXECUTE \"s%$l$4$l$%'"
+        ),
+    );
+    let seen: u32 = seen.trim().parse().unwrap();
+    assert!(seen >= 1, "the last read's text, values and all");
+}
+
+#[test]
 fn every_part_of_the_service_runs_on_postgres() {
     let Some(setup) = Setup::new(true) else {
         return;
