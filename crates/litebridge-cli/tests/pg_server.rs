@@ -167,7 +167,11 @@ fn the_one_message_settings_reach_postgres_and_put_values_in_the_text() {
             {"sql": "INSERT INTO om VALUES (?1, ?2)", "params": [5, "secret-5"]},
         ]}),
     );
-    assert_eq!(batch["results"].as_array().map(Vec::len), Some(2), "{batch}");
+    assert_eq!(
+        batch["results"].as_array().map(Vec::len),
+        Some(2),
+        "{batch}"
+    );
     for _ in 0..3 {
         let r = ok(
             &server,

@@ -2320,6 +2320,39 @@ async fn postgres_a_commit_that_fails_committed_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_caller_gets_back_a_connection_it_used() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 3;
+    let db = PgDatabase::connect(config).await.unwrap();
+    // Three connections, each used once by caller 9.
+    let busy = || db.query_with("SELECT pg_sleep(0.2)::text", (), as_caller(9).1);
+    let (a, b, c) = tokio::join!(busy(), busy(), busy());
+    a.and(b).and(c).unwrap();
+    // Two callers in turn: the pool's next connection is the one used
+    // three requests before, the other caller's; each gets its own back.
+    let before = db.session_resets();
+    for i in 0..20 {
+        for caller in [1, 2] {
+            let r = db
+                .query_with("SELECT ?1::int", params![i], as_caller(caller).1)
+                .await
+                .unwrap();
+            assert_eq!(r.rows[0][0], Value::Integer(i));
+        }
+    }
+    let resets = db.session_resets() - before;
+    assert!(
+        resets <= 2,
+        "{resets} resets: one per caller's first request"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_many_callers_writing_in_one_message_each_get_their_own_statements() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;

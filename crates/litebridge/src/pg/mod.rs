@@ -131,6 +131,8 @@ struct Inner {
     one_message_reads: AtomicU64,
     /// Writes whose `BEGIN` and statements went in one message.
     one_message_writes: AtomicU64,
+    /// Sessions reset for another caller.
+    session_resets: AtomicU64,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -459,6 +461,7 @@ impl PgDatabase {
             known: std::sync::Mutex::new(HashMap::new()),
             one_message_reads: AtomicU64::new(0),
             one_message_writes: AtomicU64::new(0),
+            session_resets: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -502,6 +505,13 @@ impl PgDatabase {
         s.active_connections = pool.size.saturating_sub(pool.available);
         s.read_queue = pool.waiting;
         s
+    }
+
+    /// The clients' sessions reset because their connection last served
+    /// another caller ([`QueryOptions::caller`], [`WriteOptions::caller`]):
+    /// a round trip, and the caller's statements prepared again.
+    pub fn session_resets(&self) -> u64 {
+        self.inner.session_resets.load(Ordering::Relaxed)
     }
 
     /// The latency histograms (reads, writes; the heavy lane's is empty).
@@ -556,7 +566,7 @@ impl PgDatabase {
         let deadline = Instant::now() + self.inner.config.connect_timeout;
         // Never released: dropped, the lease closes the connection, which
         // ends the transaction and its lock.
-        let conn = self.connection(Who::Own, deadline).await?;
+        let conn = self.connection(Who::Own, None, deadline).await?;
         let sql = format!(
             "BEGIN; LOCK TABLE {}.litebridge_{table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT",
             self.own_schema()
@@ -1778,7 +1788,7 @@ impl PgDatabase {
     ) -> Result<Lease> {
         loop {
             let conn = match node {
-                Node::Primary => self.connection(who, deadline).await?,
+                Node::Primary => self.connection(who, caller, deadline).await?,
                 Node::Replica(i) => {
                     replica_connection(&self.inner.replicas[i].pool, deadline).await?
                 }
@@ -1801,6 +1811,7 @@ impl PgDatabase {
             if node == Node::Primary {
                 lock(&self.inner.known).remove(&Object::id(&conn));
             }
+            self.inner.session_resets.fetch_add(1, Ordering::Relaxed);
             match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
                 Ok(true) => {
                     lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
@@ -1838,7 +1849,7 @@ impl PgDatabase {
     }
 
     /// A connection of `who`'s pool, waited for until `deadline`.
-    async fn connection(&self, who: Who, deadline: Instant) -> Result<Lease> {
+    async fn connection(&self, who: Who, caller: Option<u64>, deadline: Instant) -> Result<Lease> {
         let pool = match who {
             Who::Client => &self.inner.client,
             Who::Own => &self.inner.own,
@@ -1846,6 +1857,7 @@ impl PgDatabase {
         match tokio::time::timeout_at(deadline, pool.get()).await {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
+                let c = self.for_caller(c, caller).await;
                 let c = if self.inner.config.values_in_text() {
                     Lease::watched(c, Arc::downgrade(&self.inner))
                 } else {
@@ -1891,6 +1903,51 @@ impl PgDatabase {
                 after: deadline.saturating_duration_since(Instant::now()),
                 stage: TimeoutStage::Queued,
             }),
+        }
+    }
+
+    /// One of the clients' connections to the primary for `caller`:
+    /// `first`, the pool's next, unless it last served another caller and
+    /// one waiting idle last served this one, or was never handed out (it
+    /// then needs no reset, and keeps the statements the caller prepared).
+    /// Only idle connections are looked at, none waited for or made; those
+    /// passed over go back to the pool as they were.
+    async fn for_caller(&self, first: Object, caller: Option<u64>) -> Object {
+        let Some(caller) = caller else { return first };
+        let mine = |c: &Object| {
+            Object::metrics(c).recycle_count == 0
+                || lock(&self.inner.callers).get(&(Node::Primary, Object::id(c)))
+                    == Some(&Some(caller))
+        };
+        if mine(&first) {
+            return first;
+        }
+        let pool = &self.inner.client;
+        let now = deadpool_postgres::Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(Duration::ZERO),
+            // None: a recycle cut short would drop the connection (and the
+            // pool's `Fast` recycling runs no query).
+            recycle: None,
+        };
+        let mut passed = Vec::new();
+        let mut found = None;
+        while pool.status().available > 0 && passed.len() < self.inner.config.connections {
+            let Ok(c) = pool.timeout_get(&now).await else {
+                break;
+            };
+            if mine(&c) {
+                found = Some(c);
+                break;
+            }
+            passed.push(c);
+        }
+        match found {
+            Some(c) => {
+                passed.push(first);
+                c
+            }
+            None => first,
         }
     }
 
