@@ -123,7 +123,9 @@ struct Inner {
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
     /// The caller each of the clients' connections last served (by node):
     /// one handed to another caller is reset first.
-    callers: std::sync::Mutex<HashMap<(Node, ObjectId), Option<u64>>>,
+    /// With how many times another caller passed it over since
+    /// ([`PgDatabase::for_caller`]).
+    callers: std::sync::Mutex<HashMap<(Node, ObjectId), (Option<u64>, usize)>>,
     /// The statements each of the clients' connections to the primary
     /// noted for one-message reads (`fast`), by their SQL.
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
@@ -1802,8 +1804,7 @@ impl PgDatabase {
             let fresh = Object::metrics(&conn).recycle_count == 0;
             let last = lock(&self.inner.callers)
                 .get(&(node, Object::id(&conn)))
-                .copied()
-                .flatten();
+                .and_then(|(last, _)| *last);
             if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
             }
@@ -1843,7 +1844,7 @@ impl PgDatabase {
         if callers.len() > most {
             callers.clear();
         }
-        callers.insert((node, Object::id(&conn)), caller);
+        callers.insert((node, Object::id(&conn)), (caller, 0));
         drop(callers);
         conn.release();
     }
@@ -1908,18 +1909,35 @@ impl PgDatabase {
 
     /// One of the clients' connections to the primary for `caller`:
     /// `first`, the pool's next, unless it last served another caller and
-    /// one waiting idle last served this one, or was never handed out (it
-    /// then needs no reset, and keeps the statements the caller prepared).
-    /// Only idle connections are looked at, none waited for or made; those
-    /// passed over go back to the pool as they were.
+    /// a connection waiting idle last served this one (it then needs no
+    /// reset, and keeps the statements the caller prepared). Only idle
+    /// connections are looked at, none waited for (the zero `create`
+    /// timeout fails at once: the pool has no runtime for timeouts, so
+    /// none is made either); those passed over go back to the pool
+    /// untouched (deadpool's `Fast` recycling sends nothing), behind the
+    /// others. A connection other callers passed over as many times as
+    /// the pool has connections goes to whoever asks, and is reset for it:
+    /// what a caller that went quiet left in its session (a session-level
+    /// advisory lock) lasts about as long as it did when the pool handed
+    /// its connections out in turn. `lease` decides the reset, whichever
+    /// connection this gives.
     async fn for_caller(&self, first: Object, caller: Option<u64>) -> Object {
         let Some(caller) = caller else { return first };
-        let mine = |c: &Object| {
+        let most = self.inner.config.connections;
+        // Whether `c` is this caller's, or anybody's by now; if not, it
+        // is counted as passed over.
+        let take = |c: &Object| {
             Object::metrics(c).recycle_count == 0
-                || lock(&self.inner.callers).get(&(Node::Primary, Object::id(c)))
-                    == Some(&Some(caller))
+                || match lock(&self.inner.callers).get_mut(&(Node::Primary, Object::id(c))) {
+                    Some((last, _)) if *last == Some(caller) => true,
+                    Some((_, passed)) => {
+                        *passed += 1;
+                        *passed > most
+                    }
+                    None => true,
+                }
         };
-        if mine(&first) {
+        if take(&first) {
             return first;
         }
         let pool = &self.inner.client;
@@ -1932,11 +1950,11 @@ impl PgDatabase {
         };
         let mut passed = Vec::new();
         let mut found = None;
-        while pool.status().available > 0 && passed.len() < self.inner.config.connections {
+        while pool.status().available > 0 && passed.len() < most {
             let Ok(c) = pool.timeout_get(&now).await else {
                 break;
             };
-            if mine(&c) {
+            if take(&c) {
                 found = Some(c);
                 break;
             }
