@@ -125,7 +125,7 @@ struct Inner {
     /// one handed to another caller is reset first.
     /// With how many times another caller passed it over since
     /// ([`PgDatabase::for_caller`]).
-    callers: std::sync::Mutex<HashMap<(Node, ObjectId), (Option<u64>, usize)>>,
+    callers: std::sync::Mutex<Callers>,
     /// The statements each of the clients' connections to the primary
     /// noted for one-message reads (`fast`), by their SQL.
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
@@ -297,6 +297,10 @@ const MOST_KNOWN_SQL: usize = 64 * 1024;
 /// kept open while noted), or `None` for one that goes the long way there
 /// from now on (its one-message read failed).
 type Known = HashMap<String, Option<(Arc<str>, PgStatement)>>;
+
+/// The caller each of the clients' connections last served, by node and
+/// connection, and how many times other callers passed it over since.
+type Callers = HashMap<(Node, ObjectId), (Option<u64>, usize)>;
 
 /// A statement ready to run: its SQL for PostgreSQL and its values.
 struct Prepared {
