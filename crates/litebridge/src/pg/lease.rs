@@ -23,7 +23,7 @@ use crate::sync::lock;
 pub(super) struct Lease {
     conn: Option<Object>,
     /// The database whose notes of a clients' connection to the primary
-    /// (its statements for one-message reads) go with it when it is closed
+    /// (its statements for one-message requests) go with it when it is closed
     /// here.
     notes: Option<Weak<Inner>>,
 }

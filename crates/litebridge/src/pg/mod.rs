@@ -57,7 +57,7 @@
 //!   before they are sent (`sql`).
 //! - **Prepared statements** are cached per connection, at most
 //!   [`PgConfig::statement_cache`] (the cache starts over when full; the
-//!   one-message reads' notes of them go with it). A
+//!   one-message requests' notes of them go with it). A
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
@@ -127,7 +127,7 @@ struct Inner {
     /// ([`PgDatabase::for_caller`]).
     callers: std::sync::Mutex<Callers>,
     /// The statements each of the clients' connections to the primary
-    /// noted for one-message reads (`fast`), by their SQL.
+    /// noted for one-message requests (`fast`), by their SQL.
     known: std::sync::Mutex<HashMap<ObjectId, Known>>,
     /// Reads answered in one message.
     one_message_reads: AtomicU64,
@@ -288,11 +288,11 @@ impl std::fmt::Debug for PgDatabase {
     }
 }
 
-/// The longest SQL prepared for one-message reads (a longer one takes the
+/// The longest SQL prepared for one-message requests (a longer one takes the
 /// long way: it is held here as well as in tokio-postgres's cache).
 const MOST_KNOWN_SQL: usize = 64 * 1024;
 
-/// A connection's statements for one-message reads, by their SQL: the
+/// A connection's statements for one-message requests, by their SQL: the
 /// name `EXECUTE` gives it and tokio-postgres's statement (its types, and
 /// kept open while noted), or `None` for one that goes the long way there
 /// from now on (its one-message read failed).
@@ -1812,7 +1812,7 @@ impl PgDatabase {
             if fresh || (caller.is_some() && last == caller) {
                 return Ok(conn);
             }
-            // The reset deallocates the statements of one-message reads.
+            // The reset deallocates the statements of one-message requests.
             if node == Node::Primary {
                 lock(&self.inner.known).remove(&Object::id(&conn));
             }
@@ -1987,7 +1987,7 @@ impl PgDatabase {
     ) -> Result<(PgStatement, bool)> {
         if conn.statement_cache.size() >= self.inner.config.statement_cache {
             conn.statement_cache.clear();
-            // And the notes of one-message reads, whose statements are
+            // And the notes of one-message requests, whose statements are
             // closed with the cache's.
             if noted {
                 lock(&self.inner.known).remove(&Object::id(conn));
