@@ -2349,7 +2349,7 @@ async fn postgres_a_caller_gets_back_a_connection_it_used() {
     assert!(resets <= 8, "{resets} resets");
     // A caller that takes a session-level advisory lock and goes quiet
     // keeps it only until other callers have passed its connection over
-    // as many times as the pool has connections: it is then reset.
+    // more times than the pool has connections: it is then reset.
     db.query_with(
         "SELECT pg_advisory_lock(70424242)::text",
         (),

@@ -1919,8 +1919,8 @@ impl PgDatabase {
     /// timeout fails at once: the pool has no runtime for timeouts, so
     /// none is made either); those passed over go back to the pool
     /// untouched (deadpool's `Fast` recycling sends nothing), behind the
-    /// others. A connection other callers passed over as many times as
-    /// the pool has connections goes to whoever asks, and is reset for it:
+    /// others. A connection other callers passed over more times than the
+    /// pool has connections goes to whoever asks, and is reset for it:
     /// what a caller that went quiet left in its session (a session-level
     /// advisory lock) lasts about as long as it did when the pool handed
     /// its connections out in turn. `lease` decides the reset, whichever
