@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use litebridge::pg::PgDatabase;
+use litebridge::pg::{PgConfig, PgDatabase};
 use litebridge::{
     Database, DbConfig, Error, ErrorKind, ExecResult, Params, QueryOptions, Rows, Statement, Value,
     WriteOptions, params,
@@ -164,13 +164,14 @@ macro_rules! both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres_one_message() {
-                let Some(schema) = super::common::pg::Schema::new().await else {
+                let Some((schema, db)) = super::pg_with(|c| {
+                    c.one_message_reads = true;
+                    c.one_message_writes = true;
+                })
+                .await
+                else {
                     return;
                 };
-                let mut config = schema.config();
-                config.one_message_reads = true;
-                config.one_message_writes = true;
-                let db = super::PgDatabase::connect(config).await.unwrap();
                 super::$body(&super::Backend::OneMessage(db.clone())).await;
                 db.close();
                 schema.drop_now().await;
@@ -935,11 +936,20 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
 /// One connection, and one-message reads on (so the session tests cover
 /// them too).
 async fn pg_one_connection() -> Option<(common::pg::Schema, PgDatabase)> {
+    pg_with(|c| {
+        c.connections = 1;
+        c.one_message_reads = true;
+        c.one_message_writes = true;
+    })
+    .await
+}
+
+/// A schema of its own and a database on it, configured by `set` (skipped
+/// without `LB_TEST_PG`).
+async fn pg_with(set: impl FnOnce(&mut PgConfig)) -> Option<(common::pg::Schema, PgDatabase)> {
     let schema = common::pg::Schema::new().await?;
     let mut config = schema.config();
-    config.connections = 1;
-    config.one_message_reads = true;
-    config.one_message_writes = true;
+    set(&mut config);
     let db = PgDatabase::connect(config).await.unwrap();
     Some((schema, db))
 }
@@ -1380,12 +1390,9 @@ async fn postgres_a_dropped_write_neither_commits_nor_reaches_the_next_request()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_read_after_a_write_does_not_see_an_earlier_now() {
-    let Some(schema) = common::pg::Schema::new().await else {
+    let Some((schema, db)) = pg_with(|c| c.connections = 2).await else {
         return;
     };
-    let mut config = schema.config();
-    config.connections = 2;
-    let db = PgDatabase::connect(config).await.unwrap();
     let (w, q) = as_caller(1);
     db.execute_with("CREATE TABLE t(at timestamptz)", (), w)
         .await
@@ -2321,12 +2328,9 @@ async fn postgres_a_commit_that_fails_committed_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_caller_gets_back_a_connection_it_used() {
-    let Some(schema) = common::pg::Schema::new().await else {
+    let Some((schema, db)) = pg_with(|c| c.connections = 3).await else {
         return;
     };
-    let mut config = schema.config();
-    config.connections = 3;
-    let db = PgDatabase::connect(config).await.unwrap();
     // Three connections, each used once by caller 9.
     let busy = || db.query_with("SELECT pg_sleep(0.2)::text", (), as_caller(9).1);
     let (a, b, c) = tokio::join!(busy(), busy(), busy());
@@ -2384,14 +2388,15 @@ async fn postgres_a_caller_gets_back_a_connection_it_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_many_callers_writing_in_one_message_each_get_their_own_statements() {
-    let Some(schema) = common::pg::Schema::new().await else {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 8;
+        c.one_message_reads = true;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
         return;
     };
-    let mut config = schema.config();
-    config.connections = 8;
-    config.one_message_reads = true;
-    config.one_message_writes = true;
-    let db = PgDatabase::connect(config).await.unwrap();
     // Eight callers on eight connections: sessions pass from caller to
     // caller at times (each reset, its notes dropped), and a caller's
     // statements go in one message whenever its connection noted them.
@@ -2548,14 +2553,15 @@ async fn postgres_a_write_in_one_message_whose_connection_is_lost_ends_unwritten
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_statements_for_one_message_reads_do_not_pile_up() {
-    let Some(schema) = common::pg::Schema::new().await else {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.statement_cache = 4;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
         return;
     };
-    let mut config = schema.config();
-    config.connections = 1;
-    config.statement_cache = 4;
-    config.one_message_reads = true;
-    let db = PgDatabase::connect(config).await.unwrap();
     let (_, q) = as_caller(1);
     // The statements one-message reads hold are tokio-postgres's: no more
     // of them stay on the server than its cache holds (and the statement

@@ -305,34 +305,26 @@ impl PgDatabase {
 
     /// The message of a one-message write: when `conn` prepared every
     /// statement (for `Shape::Rows`, the one statement of every row), and
-    /// every value travels as a literal. The values are written once the
-    /// notes are let go: a large write holds no other request up.
+    /// every value travels as a literal. The values are written with the
+    /// notes let go: a large write holds no other request up.
     pub(super) fn write_message(
         &self,
         conn: &Object,
         statements: &[Prepared],
     ) -> Option<WriteInOne> {
-        let noted: Vec<(Arc<str>, PgStatement)> = {
-            let known = lock(&self.inner.known);
-            let mine = known.get(&Object::id(conn))?;
-            let mut noted = Vec::with_capacity(statements.len().min(2));
-            for (i, p) in statements.iter().enumerate() {
-                // `execute_many`'s rows share their statement.
-                if i > 0 && statements[i - 1].sql == p.sql {
-                    continue;
-                }
-                noted.push(mine.get(&p.sql)?.clone()?);
-            }
-            noted
-        };
         let mut sql = String::new();
-        let mut noted = noted.iter();
-        let mut current = None;
-        for (i, p) in statements.iter().enumerate() {
-            if i == 0 || statements[i - 1].sql != p.sql {
-                current = noted.next();
+        // The statement of the SQL before, looked up again only when the
+        // SQL changes (`execute_many`'s rows share theirs).
+        let mut noted: Option<(&str, (Arc<str>, PgStatement))> = None;
+        for p in statements {
+            if noted.as_ref().is_none_or(|(before, _)| *before != p.sql) {
+                let found = lock(&self.inner.known)
+                    .get(&Object::id(conn))?
+                    .get(&p.sql)?
+                    .clone()?;
+                noted = Some((&p.sql, found));
             }
-            let (name, stmt) = current?;
+            let (_, (name, stmt)) = noted.as_ref()?;
             sql.push_str(&execute(name, stmt.params(), &p.values)?);
             sql.push_str("; ");
         }

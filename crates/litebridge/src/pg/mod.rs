@@ -176,6 +176,11 @@ impl Inner {
         }
         at
     }
+    /// The token of a transaction whose `COMMIT` came before the primary's
+    /// insert position `insert` ([`Inner::primary_at`] of its commit's end).
+    fn committed_at(&self, insert: Option<Token>) -> Option<Token> {
+        self.primary_at(insert.map(|t| Token::after_commit(t, self.wal)))
+    }
 }
 
 /// A [`PgDatabase`] that does not keep its pools open.
@@ -956,9 +961,7 @@ impl PgDatabase {
                 ))
                 .await?;
                 if let Some((rows, position)) = read {
-                    let at = self
-                        .inner
-                        .primary_at(position.map(|t| Token::after_commit(t, self.inner.wal)));
+                    let at = self.inner.committed_at(position);
                     return Ok((Ok(rows), at, true));
                 }
             }
@@ -1068,9 +1071,7 @@ impl PgDatabase {
             let (position, rows, clean) = rest?;
             // The primary's is an insert position, a replica's a replay one.
             let at = match node {
-                Node::Primary => self
-                    .inner
-                    .primary_at(position.map(|t| Token::after_commit(t, self.inner.wal))),
+                Node::Primary => self.inner.committed_at(position),
                 Node::Replica(_) => position,
             };
             Ok::<_, Error>((rows, at, clean))
@@ -1627,9 +1628,8 @@ impl PgDatabase {
                     self.discard(Node::Primary, who, conn);
                 }
                 let token = want_token.then(|| {
-                    let at = primary_token(&position);
                     self.inner
-                        .primary_at(at.map(|t| Token::after_commit(t, self.inner.wal)))
+                        .committed_at(primary_token(&position))
                         .unwrap_or_else(unknown_position)
                 });
                 let mut results = results;
