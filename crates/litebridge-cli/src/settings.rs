@@ -222,6 +222,13 @@ const KEYS: &[Key] = &[
         help: "a statement's later reads in one round trip, their values in the query's text: other API keys can read them in pg_stat_activity (docs/postgres.md)",
     },
     Key {
+        name: "postgres.reads_per_message",
+        env: &[],
+        kind: int_kind(1, 64),
+        default: || int(pg().reads_per_message),
+        help: "with one_message_reads, the most reads of one API key sent in one message when they wait for a connection (1: each alone)",
+    },
+    Key {
         name: "postgres.one_message_writes",
         env: &[],
         kind: Kind::Bool,
@@ -1079,6 +1086,7 @@ impl Settings {
         c.connect_timeout = self.ms("postgres.connect_timeout_ms");
         c.statement_cache = self.int("postgres.statement_cache") as usize;
         c.one_message_reads = self.bool("postgres.one_message_reads");
+        c.reads_per_message = self.int("postgres.reads_per_message") as usize;
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.default_timeout = self.ms("db.timeout_ms");

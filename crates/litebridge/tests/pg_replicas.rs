@@ -697,3 +697,43 @@ async fn a_read_cut_before_a_failing_row_answers_on_either_node() {
     db.close();
     schema.drop_now().await;
 }
+
+/// Reads of one caller that went in one message with a read that failed
+/// still answer the primary's position after them (they run again on
+/// their own), or a session would lose what they saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_went_with_a_failing_one_still_answers_a_position() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    let mut config = schema.config().replicas(delayed.iter().cloned());
+    config.connections = 1;
+    config.one_message_reads = true;
+    let db = PgDatabase::connect(config).await.unwrap();
+    let q = QueryOptions {
+        caller: Some(1),
+        ..QueryOptions::default()
+    };
+    let read =
+        |sql: &'static str, p: litebridge::Params| db.query_at(sql, p, q, Consistency::Strong);
+    let int = "SELECT ?1::int";
+    let divide = "SELECT (10 / ?1)::int";
+    read(int, params![1]).await.unwrap();
+    // Noted on the connection (its session reset for caller 1 first).
+    read(divide, params![1]).await.unwrap();
+    read(divide, params![1]).await.unwrap();
+    let hold = read("SELECT pg_sleep(0.3)::text", params![]);
+    let queued = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::join!(read(int, params![2]), read(divide, params![0]))
+    };
+    let (held, (before, failed)) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert!(failed.is_err());
+    let (rows, token) = before.unwrap();
+    assert_eq!(rows.rows, [[Value::Integer(2)]]);
+    assert!(token.is_some(), "the read's position");
+    db.close();
+    schema.drop_now().await;
+}

@@ -2904,3 +2904,288 @@ async fn postgres_the_claim_function_runs_none_of_the_clients_code() {
     db.close();
     schema.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_waiting_for_a_connection_go_in_one_message_each_with_its_answer() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let q = |caller| as_caller(caller).1;
+    let int = "SELECT ?1::int";
+    let series = "SELECT generate_series(1, ?1)::int";
+    let divide = "SELECT (10 / ?1)::int";
+    let local = "SELECT set_config('lb.seen', ?1, true)";
+    let seen = "SELECT coalesce(current_setting('lb.seen', true), '')";
+    // Each statement noted on the one connection (its first read goes the
+    // long way), caller 1's last: the connection is reset between callers.
+    for caller in [2, 1] {
+        for (sql, p) in [
+            (int, params![1]),
+            (series, params![1]),
+            (divide, params![1]),
+            (local, params!["x"]),
+            (seen, params![]),
+        ] {
+            db.query_with(sql, p, q(caller)).await.unwrap();
+        }
+    }
+    // Caller 1 holds the connection while the others queue, in order.
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let truncated = QueryOptions {
+            max_rows: Some(2),
+            ..q(1)
+        };
+        let mut reads: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> = vec![
+            Box::pin(db.query_with(int, params![11], q(1))),
+            Box::pin(db.query_with(series, params![5], truncated)),
+            Box::pin(db.query_with(local, params!["one"], q(1))),
+            Box::pin(db.query_with(seen, (), q(1))),
+            Box::pin(db.query_with(seen, (), q(2))),
+            Box::pin(db.query_with(divide, params![0], q(1))),
+        ];
+        for i in 0..10 {
+            reads.push(Box::pin(db.query_with(int, params![100 + i], q(1))));
+        }
+        futures_util::future::join_all(reads).await
+    };
+    let before = db.reads_together();
+    let (held, answers) = tokio::join!(hold, queued);
+    held.unwrap();
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().unwrap();
+    assert_eq!(next().unwrap().rows, [[Value::Integer(11)]]);
+    let cut = next().unwrap();
+    assert_eq!(cut.rows, [[Value::Integer(1)], [Value::Integer(2)]]);
+    assert!(cut.truncated);
+    assert_eq!(next().unwrap().rows, [[Value::Text("one".into())]]);
+    // What a read leaves in the transaction reaches no other read of the
+    // message (each is rolled back to a savepoint after it).
+    assert_eq!(next().unwrap().rows, [[Value::Text(String::new())]]);
+    // Caller 2's read shared no message with caller 1's.
+    assert_eq!(next().unwrap().rows, [[Value::Text(String::new())]]);
+    let e = next().unwrap_err();
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    // The reads after the one that failed ran again, each with its value.
+    for i in 0..10 {
+        assert_eq!(next().unwrap().rows, [[Value::Integer(100 + i)]]);
+    }
+    let together = db.reads_together() - before;
+    assert!(together >= 4, "{together} reads went together");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_that_went_with_others_keeps_its_own_deadline_and_connection_loss() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let q = |caller| as_caller(caller).1;
+    let sleep = "SELECT pg_sleep(?1)::text";
+    let int = "SELECT ?1::int";
+    let end = "SELECT pg_terminate_backend(pg_backend_pid())::text WHERE ?1";
+    for (sql, p) in [
+        (sleep, params![0.0]),
+        (int, params![1]),
+        (end, params![false]),
+    ] {
+        db.query_with(sql, p, q(1)).await.unwrap();
+    }
+    let hold = db.query_with(sleep, params![0.3], q(1));
+    // A slow read leads a message; one queued after it with a short
+    // deadline answers `timeout` at its own deadline, not the slow one's.
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let short = QueryOptions {
+            timeout: Some(Duration::from_millis(700)),
+            ..q(1)
+        };
+        let slow = db.query_with(sleep, params![1.5], q(1));
+        let quick = async {
+            let started = std::time::Instant::now();
+            let r = db.query_with(int, params![7], short).await;
+            (r, started.elapsed())
+        };
+        tokio::join!(slow, quick)
+    };
+    let (held, (slow, (quick, took))) = tokio::join!(hold, queued);
+    held.unwrap();
+    slow.unwrap();
+    assert_eq!(quick.unwrap_err().kind(), ErrorKind::Timeout);
+    assert!(took < Duration::from_millis(1300), "{took:?}");
+    // A slow read that leads with a short deadline is stopped at it; the
+    // read queued after it runs on its own, in time.
+    let hold = db.query_with(sleep, params![0.3], q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let short = QueryOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..q(1)
+        };
+        let slow = db.query_with(sleep, params![30.0], short);
+        let quick = async {
+            let started = std::time::Instant::now();
+            let r = db.query_with(int, params![8], q(1)).await;
+            (r, started.elapsed())
+        };
+        tokio::join!(slow, quick)
+    };
+    let (held, (slow, (quick, took))) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert_eq!(slow.unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(quick.unwrap().rows, [[Value::Integer(8)]]);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Reads whose callers hung up stop their message: nothing runs on.
+    let hold = db.query_with(sleep, params![0.3], q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let long = QueryOptions {
+            timeout: Some(Duration::from_secs(60)),
+            ..q(1)
+        };
+        let both = futures_util::future::join(
+            db.query_with(sleep, params![30.0], long),
+            db.query_with(int, params![9], long),
+        );
+        // Dropped half a second into the message.
+        let _ = tokio::time::timeout(Duration::from_millis(700), both).await;
+    };
+    let (held, ()) = tokio::join!(hold, queued);
+    held.unwrap();
+    let admin = common::pg::admin(&schema.url).await;
+    let mut running = 1;
+    for _ in 0..40 {
+        running = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%EXECUTE%30%' \
+                 AND state = 'active' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running, 0, "the abandoned message still runs");
+    // A read ending its own session: those before it have their rows, it
+    // answers its error, and those after it run again.
+    let hold = db.query_with(sleep, params![0.3], q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures_util::future::join3(
+            Box::pin(db.query_with(int, params![1], q(1))),
+            Box::pin(db.query_with(end, params![true], q(1))),
+            Box::pin(db.query_with(int, params![3], q(1))),
+        )
+        .await
+    };
+    let (held, (first, ended, last)) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert_eq!(first.unwrap().rows, [[Value::Integer(1)]]);
+    assert!(ended.is_err());
+    assert_eq!(last.unwrap().rows, [[Value::Integer(3)]]);
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 8;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    // Thirty-two callers' worth of reads of one caller, from an empty
+    // pool: reads taken along while their connection was being made would
+    // drop it half made, and the pool stayed at one connection (measured,
+    // before reads were queued only once the pool is full).
+    let ten = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..32i64)
+        .map(|t| {
+            let (db, ten) = (db.clone(), ten.clone());
+            tokio::spawn(async move {
+                let mut size = None;
+                for i in 0..60 {
+                    let r = db
+                        .query_with("SELECT ?1::bigint", params![t * 1000 + i], as_caller(0).1)
+                        .await
+                        .unwrap();
+                    assert_eq!(r.rows, [[Value::Integer(t * 1000 + i)]]);
+                    // The pool's size once every task has read ten times.
+                    if i == 9 && ten.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 31 {
+                        let stats = db.stats();
+                        size = Some(stats.active_connections + stats.available_readers);
+                    }
+                }
+                size
+            })
+        })
+        .collect();
+    let mut size = None;
+    for t in tasks {
+        size = size.or(t.await.unwrap());
+    }
+    assert_eq!(
+        size,
+        Some(8),
+        "the pool's connections after ten reads a task"
+    );
+    assert!(db.reads_together() > 0, "some reads went together");
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_that_wait_are_spread_over_the_pool() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 4;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let sleep = "SELECT pg_sleep(?1)::text";
+    let q = as_caller(1).1;
+    // Noted on each of the four connections.
+    let warm: Vec<_> = (0..4)
+        .map(|_| db.query_with(sleep, params![0.05], q))
+        .collect();
+    for r in futures_util::future::join_all(warm).await {
+        r.unwrap();
+    }
+    // Sixteen reads of 100 ms: four run, twelve wait. Each connection that
+    // comes free takes its share of the queue (three, then fewer), not
+    // seven reads onto one connection while the others find it empty
+    // (0.9 s and more).
+    let started = std::time::Instant::now();
+    let reads: Vec<_> = (0..16)
+        .map(|_| db.query_with(sleep, params![0.1], q))
+        .collect();
+    for r in futures_util::future::join_all(reads).await {
+        r.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    assert!(db.reads_together() > 0, "some reads went together");
+    db.close();
+    schema.drop_now().await;
+}

@@ -170,6 +170,12 @@ const CASES: &[Case] = &[
         what: "pg-http-query with postgres.one_message_reads on (a statement's later reads in one round trip)",
     },
     Case {
+        name: "pg-http-query-together",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.5),
+        what: "pg-http-query-one-message on a pool of 4 connections (the raw client's): reads that wait for one go several to a message",
+    },
+    Case {
         name: "pg-http-execute",
         baseline: "raw-pg",
         target: Target::Ratio(0.35),

@@ -31,6 +31,10 @@ const CLIENT_ROLE: &str = "lb_bench_client";
 /// Connections of the raw client; each carries many requests at once.
 const RAW_CONNECTIONS: usize = 4;
 
+/// `postgres.connections` of `pg-http-query-together`: as many as the raw
+/// client's.
+const TOGETHER_CONNECTIONS: usize = RAW_CONNECTIONS;
+
 /// A schema made for one run, dropped by [`Setup::drop_now`].
 pub(crate) struct Setup {
     url: String,
@@ -94,11 +98,14 @@ impl Setup {
 
     /// A litebridge HTTP server on the run's schema, with
     /// `postgres.one_message_reads` and `postgres.one_message_writes` as
-    /// asked.
-    async fn front_end(&self, one_message: bool) -> CliResult<Bench> {
+    /// asked, and `postgres.connections` when given.
+    async fn front_end(&self, one_message: bool, connections: Option<usize>) -> CliResult<Bench> {
         let mut config = self.config();
         config.one_message_reads = one_message;
         config.one_message_writes = one_message;
+        if let Some(n) = connections {
+            config.connections = n;
+        }
         let db = PgDatabase::connect(config).await?;
         let service =
             Service::with_backend(Backend::Postgres(db), ServiceConfig::default()).await?;
@@ -208,9 +215,17 @@ async fn measure(
     progress: &Progress,
 ) -> CliResult<(Figures, Figures)> {
     let slice = seconds / rounds as f64;
-    let one = setup.front_end(name.ends_with("-one-message")).await?;
+    let one = match name {
+        // A pool smaller than the clients: reads wait, and go together.
+        "pg-http-query-together" => setup.front_end(true, Some(TOGETHER_CONNECTIONS)).await?,
+        _ => {
+            setup
+                .front_end(name.ends_with("-one-message"), None)
+                .await?
+        }
+    };
     let two = match name {
-        "pg-two-front-ends" => match setup.front_end(false).await {
+        "pg-two-front-ends" => match setup.front_end(false, None).await {
             Ok(b) => Some(b),
             Err(e) => {
                 one.shutdown().await;

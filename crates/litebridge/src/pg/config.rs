@@ -49,6 +49,11 @@ pub struct PgConfig {
     /// [`PgConfig::one_message_reads`] does. Writes with an idempotency key
     /// go the long way. Default: off.
     pub one_message_writes: bool,
+    /// With [`PgConfig::one_message_reads`], the most reads of one caller
+    /// sent in one message: reads that wait for a connection go with the
+    /// next read of their caller to get one (`together`). 1 sends each
+    /// read alone. Default: 8.
+    pub reads_per_message: usize,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
@@ -76,6 +81,7 @@ impl std::fmt::Debug for PgConfig {
             .field("statement_cache", &self.statement_cache)
             .field("one_message_reads", &self.one_message_reads)
             .field("one_message_writes", &self.one_message_writes)
+            .field("reads_per_message", &self.reads_per_message)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .finish()
@@ -98,6 +104,7 @@ impl PgConfig {
             statement_cache: 256,
             one_message_reads: false,
             one_message_writes: false,
+            reads_per_message: 8,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
         }
@@ -331,6 +338,7 @@ impl PgConfig {
         };
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
+        range("postgres.reads_per_message", self.reads_per_message, 1, 64)?;
         for r in &self.replicas {
             self.replica_config(r, &Server::default())?;
         }

@@ -542,7 +542,7 @@ pub(super) struct Failed {
     pub(super) at: usize,
     /// The server's code; none for an error found in its answer here, or
     /// a lost connection.
-    code: Option<SqlState>,
+    pub(super) code: Option<SqlState>,
     /// The connection was lost (or the message could not be sent): the
     /// statements from `at` on may have run, or not.
     pub(super) lost: bool,
@@ -630,7 +630,7 @@ pub(super) async fn answer(
 
 /// An error unless a statement prepared for one-message requests answered
 /// the columns it was prepared with.
-fn same_columns(
+pub(super) fn same_columns(
     described: &[tokio_postgres::SimpleColumn],
     columns: &[tokio_postgres::Column],
 ) -> Result<()> {
@@ -654,7 +654,7 @@ fn same_columns(
 
 /// One row of a one-message read, read from its text by the statement's
 /// column types, its size added to `bytes` and refused past `max_bytes`.
-fn read_text_row(
+pub(super) fn read_text_row(
     row: &tokio_postgres::SimpleQueryRow,
     columns: &[tokio_postgres::Column],
     bytes: &mut usize,

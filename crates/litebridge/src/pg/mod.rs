@@ -71,6 +71,7 @@ mod listen;
 mod monitor;
 mod schema;
 mod sql;
+mod together;
 mod token;
 mod types;
 
@@ -135,6 +136,13 @@ struct Inner {
     one_message_writes: AtomicU64,
     /// Sessions reset for another caller.
     session_resets: AtomicU64,
+    /// The clients' reads waiting for a connection, by caller, for another
+    /// read of theirs to take along (`together`).
+    waiting: std::sync::Mutex<together::Queues>,
+    /// The number of the next read put in `waiting`.
+    next_waiting: AtomicU64,
+    /// Reads answered in a message shared with other reads.
+    reads_together: AtomicU64,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -473,6 +481,9 @@ impl PgDatabase {
             one_message_reads: AtomicU64::new(0),
             one_message_writes: AtomicU64::new(0),
             session_resets: AtomicU64::new(0),
+            waiting: std::sync::Mutex::default(),
+            next_waiting: AtomicU64::new(0),
+            reads_together: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -928,19 +939,58 @@ impl PgDatabase {
         begun: &AtomicBool,
     ) -> Result<(Rows, Option<Token>)> {
         let track = who == Who::Client && !self.inner.replicas.is_empty();
-        let conn = self
-            .lease(node, who, options.caller, deadline, timeout)
-            .await?;
         let max_rows = options.max_rows.unwrap_or(usize::MAX);
         let max_bytes = self.inner.config.max_result_bytes;
+        let fast =
+            who == Who::Client && node == Node::Primary && self.inner.config.one_message_reads;
+        // A named caller's read that waits for a connection may go in the
+        // message of another read of its caller (`together`).
+        let together = options
+            .caller
+            .filter(|_| fast && self.inner.config.reads_per_message > 1);
+        let mut led = None;
+        if let Some(caller) = together {
+            let turn = Box::pin(self.lease_or_join(p, max_rows, caller, (deadline, timeout)));
+            match turn.await? {
+                together::Turn::Lead(conn) => led = Some((caller, conn)),
+                together::Turn::Answered(r) => return r,
+                together::Turn::Alone => {}
+            }
+        }
+        let (leader, mut conn) = match led {
+            Some((caller, conn)) => (Some(caller), conn),
+            None => (
+                None,
+                self.lease(node, who, options.caller, deadline, timeout)
+                    .await?,
+            ),
+        };
         // A statement this connection prepared for one-message reads, with
         // values that travel as literals: one round trip (`fast`).
-        let one_message = match (who, node) {
-            (Who::Client, Node::Primary) if self.inner.config.one_message_reads => {
-                self.one_message(&conn, p)
-            }
-            _ => None,
+        let mut one_message = if fast {
+            self.one_message(&conn, p)
+        } else {
+            None
         };
+        if let Some(caller) = leader
+            && let Some(one) = one_message.take()
+        {
+            let together =
+                self.read_together(conn, one, caller, track, max_rows, (deadline, timeout));
+            match Box::pin(together).await {
+                Ok(Some(answered)) => return answered,
+                Ok(None) => {
+                    conn = self
+                        .lease(node, who, options.caller, deadline, timeout)
+                        .await?;
+                    one_message = self.one_message(&conn, p);
+                }
+                Err((back, one)) => {
+                    conn = back;
+                    one_message = Some(one);
+                }
+            }
+        }
         // BEGIN goes first, before the statement is parsed: parsing can run
         // the clients' code (a domain's CHECK on a literal), which must run
         // inside the read-only transaction; and so do tokio-postgres's own
@@ -1799,37 +1849,60 @@ impl PgDatabase {
                     replica_connection(&self.inner.replicas[i].pool, deadline).await?
                 }
             };
-            if who == Who::Own {
+            if let Some(conn) = self
+                .settle(node, who, caller, conn, deadline, timeout)
+                .await?
+            {
                 return Ok(conn);
             }
-            // A connection never handed out before needs no reset; one that
-            // was needs its last caller to be this one, named (an unknown
-            // last caller, or one that gave no name, counts as another).
-            let fresh = Object::metrics(&conn).recycle_count == 0;
-            let last = lock(&self.inner.callers)
-                .get(&(node, Object::id(&conn)))
-                .and_then(|(last, _)| *last);
-            if fresh || (caller.is_some() && last == caller) {
-                return Ok(conn);
+        }
+    }
+
+    /// `conn`, ready for `caller` ([`PgDatabase::lease`]): as it is when
+    /// it last served `caller` (or none), reset otherwise; `None` when it
+    /// could not be reset cleanly (it was closed: take another).
+    async fn settle(
+        &self,
+        node: Node,
+        who: Who,
+        caller: Option<u64>,
+        conn: Lease,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Option<Lease>> {
+        if who == Who::Own {
+            return Ok(Some(conn));
+        }
+        // A connection never handed out before needs no reset; one that
+        // was needs its last caller to be this one, named (an unknown
+        // last caller, or one that gave no name, counts as another).
+        let fresh = Object::metrics(&conn).recycle_count == 0;
+        let last = lock(&self.inner.callers)
+            .get(&(node, Object::id(&conn)))
+            .and_then(|(last, _)| *last);
+        if fresh || (caller.is_some() && last == caller) {
+            return Ok(Some(conn));
+        }
+        // The reset deallocates the statements of one-message requests.
+        if node == Node::Primary {
+            lock(&self.inner.known).remove(&Object::id(&conn));
+        }
+        self.inner.session_resets.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
+            Ok(true) => {
+                lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
+                Ok(Some(conn))
             }
-            // The reset deallocates the statements of one-message requests.
-            if node == Node::Primary {
-                lock(&self.inner.known).remove(&Object::id(&conn));
+            Ok(false) => {
+                self.discard(node, who, conn);
+                Ok(None)
             }
-            self.inner.session_resets.fetch_add(1, Ordering::Relaxed);
-            match tokio::time::timeout_at(deadline, reset_session(&conn)).await {
-                Ok(true) => {
-                    lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
-                    return Ok(conn);
-                }
-                Ok(false) => self.discard(node, who, conn),
-                Err(_) => {
-                    self.stop(node, who, conn);
-                    return Err(Error::Timeout {
-                        after: timeout,
-                        stage: TimeoutStage::Queued,
-                    });
-                }
+            Err(_) => {
+                self.stop(node, who, conn);
+                Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::Queued,
+                })
             }
         }
     }
