@@ -229,6 +229,13 @@ const KEYS: &[Key] = &[
         help: "with one_message_reads, the most reads of one API key sent in one message when they wait for a connection (1: each alone)",
     },
     Key {
+        name: "postgres.reads_together_below_ms",
+        env: &[],
+        kind: int_kind(1, 60_000),
+        default: || ms(pg().reads_together_below),
+        help: "reads of a statement whose last read alone took longer go alone, not several to a message",
+    },
+    Key {
         name: "postgres.one_message_writes",
         env: &[],
         kind: Kind::Bool,
@@ -1087,6 +1094,7 @@ impl Settings {
         c.statement_cache = self.int("postgres.statement_cache") as usize;
         c.one_message_reads = self.bool("postgres.one_message_reads");
         c.reads_per_message = self.int("postgres.reads_per_message") as usize;
+        c.reads_together_below = self.ms("postgres.reads_together_below_ms");
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.default_timeout = self.ms("db.timeout_ms");

@@ -2984,9 +2984,11 @@ async fn postgres_reads_waiting_for_a_connection_go_in_one_message_each_with_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_read_that_went_with_others_keeps_its_own_deadline_and_connection_loss() {
+    // Reads that took up to a second alone go together.
     let Some((schema, db)) = pg_with(|c| {
         c.connections = 1;
         c.one_message_reads = true;
+        c.reads_together_below = Duration::from_secs(1);
     })
     .await
     else {
@@ -3103,6 +3105,125 @@ async fn postgres_a_read_that_went_with_others_keeps_its_own_deadline_and_connec
     schema.drop_now().await;
 }
 
+/// A read is answered as soon as its rows are in, not when the message of
+/// reads it went in ends (found by a review: a quick read that led a slow
+/// one waited for it, and timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_quick_read_does_not_wait_for_a_slow_one_in_its_message() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let q = |caller| as_caller(caller).1;
+    let sleep = "SELECT pg_sleep(?1)::text";
+    let int = "SELECT ?1::int";
+    for (sql, p) in [(sleep, params![0.0]), (int, params![1])] {
+        db.query_with(sql, p, q(1)).await.unwrap();
+    }
+    let before = db.reads_together();
+    // Held by another statement: the slow one took no time alone.
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let short = QueryOptions {
+            timeout: Some(Duration::from_millis(900)),
+            ..q(1)
+        };
+        let quick = async {
+            let started = std::time::Instant::now();
+            let r = db.query_with(int, params![5], short).await;
+            (r, started.elapsed())
+        };
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            db.query_with(sleep, params![1.5], q(1)).await
+        };
+        tokio::join!(quick, slow)
+    };
+    let (held, ((quick, took), slow)) = tokio::join!(hold, queued);
+    held.unwrap();
+    slow.unwrap();
+    assert_eq!(quick.unwrap().rows, [[Value::Integer(5)]]);
+    // About 200 ms waiting for the connection, then its own read: the
+    // message, which outlived what its reads took alone, was cancelled
+    // (PostgreSQL sends a message's answers at its end), and the slow read
+    // ran again alone.
+    assert!(took < Duration::from_millis(600), "{took:?}");
+    assert!(db.reads_together() > before, "it went with the slow one");
+    // Slow alone now, it no longer goes with others.
+    let before = db.reads_together();
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let slow = db.query_with(sleep, params![0.2], q(1));
+        let quick = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            db.query_with(int, params![6], q(1)).await
+        };
+        tokio::join!(slow, quick)
+    };
+    let (held, (slow, quick)) = tokio::join!(hold, queued);
+    held.unwrap();
+    slow.unwrap();
+    assert_eq!(quick.unwrap().rows, [[Value::Integer(6)]]);
+    assert_eq!(
+        db.reads_together(),
+        before,
+        "a slow statement went with others"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+/// A read too large for `max_result_bytes` fails alone: the read after it
+/// in its message still has its answer from it (found by a review: it ran
+/// again, and the message was watched for the wrong read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_too_large_fails_alone_in_its_message() {
+    // No message is cancelled for outliving its reads here.
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_reads = true;
+        c.max_result_bytes = 50_000;
+        c.reads_together_below = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let q = |caller| as_caller(caller).1;
+    let int = "SELECT ?1::int";
+    db.query_with(int, params![1], q(1)).await.unwrap();
+    let big = "SELECT repeat('x', ?1)";
+    db.query_with(big, params![1], q(1)).await.unwrap();
+    let before = db.reads_together();
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let large = db.query_with(big, params![100_000], q(1));
+        let quick = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            db.query_with(int, params![7], q(1)).await
+        };
+        tokio::join!(large, quick)
+    };
+    let (held, (large, quick)) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert_eq!(large.unwrap_err().kind(), ErrorKind::TooLarge);
+    assert_eq!(quick.unwrap().rows, [[Value::Integer(7)]]);
+    assert_eq!(
+        db.reads_together() - before,
+        1,
+        "the read after it ran again"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
     let Some((schema, db)) = pg_with(|c| {
@@ -3155,9 +3276,11 @@ async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_that_wait_are_spread_over_the_pool() {
+    // Reads that took up to a second alone go together.
     let Some((schema, db)) = pg_with(|c| {
         c.connections = 4;
         c.one_message_reads = true;
+        c.reads_together_below = Duration::from_secs(1);
     })
     .await
     else {

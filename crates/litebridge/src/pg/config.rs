@@ -54,6 +54,12 @@ pub struct PgConfig {
     /// next read of their caller to get one (`together`). 1 sends each
     /// read alone. Default: 8.
     pub reads_per_message: usize,
+    /// With [`PgConfig::reads_per_message`] above 1, reads of a statement
+    /// whose last read alone took longer than this go alone: the reads of
+    /// a message wait for each other, and a message that outlives what its
+    /// reads took alone is cancelled, its slow read run again alone
+    /// (`together`). Default: 20 ms.
+    pub reads_together_below: Duration,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
@@ -82,6 +88,7 @@ impl std::fmt::Debug for PgConfig {
             .field("one_message_reads", &self.one_message_reads)
             .field("one_message_writes", &self.one_message_writes)
             .field("reads_per_message", &self.reads_per_message)
+            .field("reads_together_below", &self.reads_together_below)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .finish()
@@ -105,6 +112,7 @@ impl PgConfig {
             one_message_reads: false,
             one_message_writes: false,
             reads_per_message: 8,
+            reads_together_below: Duration::from_millis(20),
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
         }
@@ -339,6 +347,13 @@ impl PgConfig {
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         range("postgres.reads_per_message", self.reads_per_message, 1, 64)?;
+        let below = self.reads_together_below.as_millis();
+        range(
+            "postgres.reads_together_below_ms",
+            below as usize,
+            1,
+            60_000,
+        )?;
         for r in &self.replicas {
             self.replica_config(r, &Server::default())?;
         }

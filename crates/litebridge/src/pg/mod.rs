@@ -141,6 +141,9 @@ struct Inner {
     waiting: std::sync::Mutex<together::Queues>,
     /// The number of the next read put in `waiting`.
     next_waiting: AtomicU64,
+    /// How long the clients' reads took alone, by statement, for the ones
+    /// that may go together (`together`).
+    paces: std::sync::Mutex<together::Paces>,
     /// Reads answered in a message shared with other reads.
     reads_together: AtomicU64,
     /// Streaming replicas for reads that allow them.
@@ -483,6 +486,7 @@ impl PgDatabase {
             session_resets: AtomicU64::new(0),
             waiting: std::sync::Mutex::default(),
             next_waiting: AtomicU64::new(0),
+            paces: std::sync::Mutex::default(),
             reads_together: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
@@ -975,8 +979,15 @@ impl PgDatabase {
         if let Some(caller) = leader
             && let Some(one) = one_message.take()
         {
-            let together =
-                self.read_together(conn, one, caller, track, max_rows, (deadline, timeout));
+            let together = self.read_together(
+                conn,
+                &p.sql,
+                one,
+                caller,
+                track,
+                max_rows,
+                (deadline, timeout),
+            );
             match Box::pin(together).await {
                 Ok(Some(answered)) => return answered,
                 Ok(None) => {
@@ -1133,7 +1144,12 @@ impl PgDatabase {
                 Err(e) => Err((e, false)),
             }
         };
-        match tokio::time::timeout_at(deadline, run).await {
+        let started = Instant::now();
+        let ran = tokio::time::timeout_at(deadline, run).await;
+        if together.is_some() && node == Node::Primary {
+            self.paced(&p.sql, started.elapsed());
+        }
+        match ran {
             Ok(Ok((rows, at, tidied))) => {
                 if tidied {
                     self.keep(node, who, conn, options.caller);

@@ -35,27 +35,48 @@
 //!   SAVEPOINT m`, which undoes what it left (settings, locks) once its
 //!   rows are sent; a review found it, a test holds it. In `READ
 //!   COMMITTED` each statement takes its own snapshot.
-//! - **Each read keeps its own answer.** PostgreSQL skips the rest of the
-//!   message at the first error: the reads before it have their rows, the
-//!   failed one its error (or goes the long way, as a lone read with
-//!   `max_rows` does, `fast`), and those after it run again on their own.
-//!   With replicas, every primary read answers the position after it,
-//!   which a message that failed never read: its reads run again too.
+//! - **Only reads that were quick alone.** PostgreSQL sends the answers
+//!   to a message of several statements at its end (or when 8 KiB of them
+//!   are waiting; a notice would send them sooner, but one after each of
+//!   eight reads of a message took pgbench from 117,000 reads a second to
+//!   51,000, measured), so the reads of
+//!   a message wait for each other: a quick read that went with a slow
+//!   one waited for it (a review found it). So reads of a statement whose
+//!   last read alone took longer than
+//!   [`PgConfig::reads_together_below`](super::PgConfig::reads_together_below)
+//!   (20 ms) go alone, and a message that outlives twice what its reads
+//!   took alone, plus that, is cancelled: the reads before the one
+//!   cancelled have their answers (an error sends them), that one runs
+//!   again alone (and goes alone until it is quick again), the ones after
+//!   it run again on their own. A cancel sent may reach the connection's
+//!   next request: that connection is closed, never kept.
+//! - **Each read keeps its own answer.** A read is answered when its
+//!   `ROLLBACK TO` (with replicas, the position after it, which every
+//!   primary read answers) is. PostgreSQL skips the rest of the message at
+//!   the first error: the failed read gets its error (or goes the long
+//!   way, as a lone read with `max_rows` does, `fast`), and those after it
+//!   run again on their own. An error found here (too many bytes, other
+//!   columns) is its read's alone: the message goes on (a review found a
+//!   read too large failing the reads after it).
 //! - **Each read keeps its deadline, and its caller's cancel.** The message
-//!   runs in a task of its own. While a read runs, the task stops the
-//!   message (cancels it, closes the connection) at that read's deadline,
-//!   or when its caller stops waiting; the reads after it run again on
-//!   their own. Without that, a read whose caller hung up would hold its
-//!   connection, and the reads behind it, until the latest deadline of the
-//!   message (a review found it).
+//!   runs in a task of its own. The task stops the message (cancels it,
+//!   closes the connection) at the deadline of the first read not
+//!   answered yet, or when its caller stops waiting; the reads after it
+//!   run again on their own. Without that, a read whose caller hung up
+//!   would hold its connection, and the reads behind it, until the latest
+//!   deadline of the message (a review found it). A read after the first
+//!   whose caller gives up goes on in the message, which its cancel bounds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use deadpool_postgres::Object;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tokio_postgres::NoTls;
 use tokio_postgres::SimpleQueryMessage as M;
 use tokio_postgres::Statement as PgStatement;
 use tokio_postgres::error::SqlState;
@@ -63,8 +84,8 @@ use tokio_postgres::error::SqlState;
 use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
-    END_READ, Node, PgDatabase, Prepared, Token, WAL_INSERT_POSITION, Who, names, primary_token,
-    value_size,
+    END_READ, Node, PgDatabase, Prepared, STOP_GRACE, Token, WAL_INSERT_POSITION, Who, names,
+    primary_token, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -74,8 +95,14 @@ use crate::value::{Rows, Value};
 /// message.
 const MOST_TAKEN_BYTES: usize = 1 << 20;
 
+/// The most statements whose pace is kept.
+const MOST_PACES: usize = 4096;
+
 /// The reads waiting for a connection, by caller, in order.
 pub(super) type Queues = HashMap<u64, VecDeque<Waiting>>;
+
+/// How long a read of each statement last took alone.
+pub(super) type Paces = HashMap<String, Duration>;
 
 /// A read waiting for a connection, which another read of its caller may
 /// take with it.
@@ -110,6 +137,9 @@ pub(super) enum Turn {
 
 /// One read of a message.
 struct Member {
+    sql: String,
+    /// How long it last took alone.
+    pace: Duration,
     stmt: PgStatement,
     execute: String,
     max_rows: usize,
@@ -154,6 +184,19 @@ impl PgDatabase {
     /// reads of their caller (the module's design note).
     pub fn reads_together(&self) -> u64 {
         self.inner.reads_together.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a read of `sql` took `took` alone.
+    pub(super) fn paced(&self, sql: &str, took: Duration) {
+        let mut paces = lock(&self.inner.paces);
+        if let Some(pace) = paces.get_mut(sql) {
+            *pace = took;
+            return;
+        }
+        if paces.len() >= MOST_PACES {
+            paces.clear();
+        }
+        paces.insert(sql.to_owned(), took);
     }
 
     /// Counts `n` reads answered from a shared message.
@@ -252,6 +295,7 @@ impl PgDatabase {
     pub(super) async fn read_together(
         &self,
         conn: Lease,
+        sql: &str,
         one: (PgStatement, String),
         caller: u64,
         track: bool,
@@ -259,12 +303,21 @@ impl PgDatabase {
         (deadline, timeout): (Instant, Duration),
     ) -> std::result::Result<Option<Result<(Rows, Option<Token>)>>, (Lease, (PgStatement, String))>
     {
+        let Some(pace) = quick(
+            &lock(&self.inner.paces),
+            sql,
+            self.inner.config.reads_together_below,
+        ) else {
+            return Err((conn, one));
+        };
         let (mates, answers) = self.take_mates(&conn, caller);
         if mates.is_empty() {
             return Err((conn, one));
         }
         let (answer, answered) = oneshot::channel();
         let mut members = vec![Member {
+            sql: sql.to_owned(),
+            pace,
             stmt: one.0,
             execute: one.1,
             max_rows,
@@ -272,8 +325,8 @@ impl PgDatabase {
             timeout,
         }];
         members.extend(mates);
-        let mut senders = vec![Some(answer)];
-        senders.extend(answers.into_iter().map(Some));
+        let mut senders = vec![answer];
+        senders.extend(answers);
         tokio::spawn(
             self.clone()
                 .run_together(conn, members, senders, caller, track),
@@ -311,6 +364,7 @@ impl PgDatabase {
                 .min(config.reads_per_message.saturating_sub(1));
             let known = lock(&self.inner.known);
             let prepared = known.get(&Object::id(conn));
+            let paces = lock(&self.inner.paces);
             let (mut i, mut bytes) = (0, 0);
             // The scan stops a few reads past what it may take: reads of
             // statements this connection did not prepare stay queued.
@@ -323,9 +377,10 @@ impl PgDatabase {
                     queue.remove(i);
                 } else if bytes + size <= MOST_TAKEN_BYTES
                     && prepared.is_some_and(|k| matches!(k.get(&w.sql), Some(Some(_))))
+                    && let Some(pace) = quick(&paces, &w.sql, config.reads_together_below)
                 {
                     bytes += size;
-                    taken.extend(queue.remove(i));
+                    taken.extend(queue.remove(i).map(|w| (w, pace)));
                 } else {
                     i += 1;
                 }
@@ -336,7 +391,7 @@ impl PgDatabase {
         }
         let mut members = Vec::with_capacity(taken.len());
         let mut answers = Vec::with_capacity(taken.len());
-        for w in taken {
+        for (w, pace) in taken {
             let _ = w.taken.send(());
             let p = Prepared {
                 sql: w.sql,
@@ -345,6 +400,8 @@ impl PgDatabase {
             match self.one_message(conn, &p) {
                 Some((stmt, execute)) => {
                     members.push(Member {
+                        sql: p.sql,
+                        pace,
                         stmt,
                         execute,
                         max_rows: w.max_rows,
@@ -364,26 +421,35 @@ impl PgDatabase {
     /// One message of `members`: `BEGIN READ ONLY; SAVEPOINT m;`, each
     /// read's `EXECUTE` followed by `ROLLBACK TO SAVEPOINT m` (what a read
     /// leaves in the transaction, a `set_config(..., true)` or a lock,
-    /// reaches no other), the position when `track`, [`END_READ`]; each
-    /// read answered through its sender in `answers`.
+    /// reaches no other) and, when `track`, the position after it;
+    /// [`END_READ`]. Each read is answered through its sender in `answers`
+    /// once its last statement is.
     ///
-    /// While a read runs, the message is stopped (cancelled, its
-    /// connection closed) at that read's deadline or when its caller stops
-    /// waiting: the reads before it have their answers, the ones after it
-    /// run on their own.
+    /// The message is stopped (cancelled, its connection closed) at the
+    /// deadline of the first read not answered yet or when its caller stops
+    /// waiting, and cancelled when it outlives what its reads took alone
+    /// (the module's design note).
     async fn run_together(
         self,
         conn: Lease,
         members: Vec<Member>,
-        mut answers: Vec<Option<oneshot::Sender<Answer>>>,
+        answers: Vec<oneshot::Sender<Answer>>,
         caller: u64,
         track: bool,
     ) {
         let started = Instant::now();
         let n = members.len();
         let last = members.iter().map(|m| m.deadline).max().unwrap_or(started);
+        let span = Span {
+            stride: 2 + usize::from(track),
+            n,
+        };
         let mut sql = String::with_capacity(
-            members.iter().map(|m| m.execute.len() + 32).sum::<usize>() + 128,
+            members
+                .iter()
+                .map(|m| m.execute.len() + 32 + WAL_INSERT_POSITION.len())
+                .sum::<usize>()
+                + 128,
         );
         sql.push_str(if self.inner.faults.take_fail_read_begin() {
             "SELECT 1/0; "
@@ -394,161 +460,198 @@ impl PgDatabase {
         for m in &members {
             sql.push_str(&m.execute);
             sql.push_str("; ROLLBACK TO SAVEPOINT m; ");
-        }
-        if track {
-            sql.push_str(WAL_INSERT_POSITION);
-            sql.push_str("; ");
+            if track {
+                sql.push_str(WAL_INSERT_POSITION);
+                sql.push_str("; ");
+            }
         }
         sql.push_str(END_READ);
-        // BEGIN, SAVEPOINT, the reads and their ROLLBACK TOs, the position,
-        // COMMIT, UNLISTEN, CLOSE ALL. Read `k`'s `EXECUTE` is statement
-        // `2 + 2k`.
-        let statements = 2 + 2 * n + usize::from(track) + 3;
-        let read_at =
-            |i: usize| (i >= 2 && i < 2 + 2 * n && i.is_multiple_of(2)).then(|| (i - 2) / 2);
+        // BEGIN, SAVEPOINT, the reads' statements, COMMIT, UNLISTEN, CLOSE
+        // ALL.
+        let statements = span.execute(n) + 3;
         let max_bytes = self.inner.config.max_result_bytes;
         let mut parts: Vec<Part> = members.iter().map(|_| Part::default()).collect();
-        let mut position = Vec::new();
-        // The reads whose `EXECUTE` has answered, told to the watch below.
+        let answers = Mutex::new(answers.into_iter().map(Some).collect::<Vec<_>>());
+        // The first read not answered yet, told to the watch below.
         let ran = AtomicUsize::new(0);
         let progress = Notify::new();
+        let mut count = 0;
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
-            match (read_at(i), m) {
-                (Some(k), M::RowDescription(described)) => {
-                    same_columns(&described, members[k].stmt.columns())?;
-                }
-                (Some(k), M::Row(row)) => {
-                    let part = &mut parts[k];
-                    if part.rows.len() == members[k].max_rows {
-                        part.truncated = true;
-                    } else {
-                        part.rows.push(read_text_row(
-                            &row,
-                            members[k].stmt.columns(),
-                            &mut part.bytes,
-                            max_bytes,
-                        )?);
+            let Some((k, step)) = span.read_at(i) else {
+                return Ok(());
+            };
+            let (member, part) = (&members[k], &mut parts[k]);
+            match (step, m) {
+                (0, M::RowDescription(described)) => {
+                    if let Err(e) = same_columns(&described, member.stmt.columns()) {
+                        part.failed.get_or_insert(e);
                     }
                 }
-                (Some(k), M::CommandComplete(_)) => {
+                (0, M::Row(_)) if part.failed.is_some() => {}
+                (0, M::Row(_)) if part.rows.len() == member.max_rows => part.truncated = true,
+                (0, M::Row(row)) => {
+                    let columns = member.stmt.columns();
+                    match read_text_row(&row, columns, &mut part.bytes, max_bytes) {
+                        Ok(row) => part.rows.push(row),
+                        // Its own error, which the reads after it do not
+                        // share: the rest of its rows are passed over.
+                        Err(e) => {
+                            part.failed = Some(e);
+                            part.rows = Vec::new();
+                        }
+                    }
+                }
+                (2, m @ M::Row(_)) => part.position.push(m),
+                (step, M::CommandComplete(_)) if step + 1 == span.stride => {
+                    let part = std::mem::take(part);
+                    let ran_ok = match part.failed {
+                        Some(e) => Err(e),
+                        None => {
+                            count += 1;
+                            let at = track.then(|| primary_token(&part.position)).flatten();
+                            let rows = Rows {
+                                columns: names(member.stmt.columns()),
+                                rows: part.rows,
+                                truncated: part.truncated,
+                            };
+                            Ok((rows, self.inner.committed_at(at)))
+                        }
+                    };
+                    if let Some(sender) = lock(&answers)[k].take() {
+                        let _ = sender.send(Answer::Ran(ran_ok));
+                    }
                     ran.store(k + 1, Ordering::Relaxed);
                     progress.notify_one();
                 }
-                (None, m @ M::Row(_)) if track && i == 2 + 2 * n => position.push(m),
                 _ => {}
             }
             Ok(())
         });
-        // The read running now: the message stops at its deadline, or
-        // when its caller is gone.
+        // The first read not answered yet: the message stops at its
+        // deadline, or when its caller is gone.
         let watch = async {
             loop {
                 let k = ran.load(Ordering::Relaxed);
-                let Some(Some(sender)) = answers.get_mut(k) else {
+                if k == n {
                     // Every read answered: the end is the message's own.
                     return std::future::pending().await;
-                };
+                }
+                let gone = std::future::poll_fn(|cx| match lock(&answers).get_mut(k) {
+                    Some(Some(sender)) => sender.poll_closed(cx),
+                    _ => Poll::Pending,
+                });
                 tokio::select! {
                     biased;
                     () = progress.notified() => continue,
-                    () = sender.closed() => {}
+                    () = gone => {}
                     () = tokio::time::sleep_until(members[k].deadline) => {}
                 }
                 if ran.load(Ordering::Relaxed) == k {
-                    return k;
+                    return;
                 }
             }
         };
-        let outcome = tokio::select! {
-            answered = tokio::time::timeout_at(last, reading) => match answered {
-                Ok(answered) => Ended::Answered(answered),
-                Err(_) => Ended::Expired,
-            },
-            k = watch => Ended::Stopped(k),
+        // A message that outlives what its reads took alone is cancelled:
+        // one of them is slow this time, and the reads after it, whose
+        // answers PostgreSQL sends at the message's end, would wait for it.
+        // The statement cancelled runs again alone.
+        let below = self.inner.config.reads_together_below;
+        let expected = 2 * members.iter().map(|m| m.pace).sum::<Duration>() + below;
+        let mut overran = false;
+        let outcome = {
+            let overrun = tokio::time::sleep_until(started + expected);
+            let mut reading = std::pin::pin!(tokio::time::timeout_at(last, reading));
+            let mut watch = std::pin::pin!(watch);
+            let mut overrun = std::pin::pin!(overrun);
+            loop {
+                // The message's own end first: a read answered at its deadline
+                // keeps its answer.
+                tokio::select! {
+                    biased;
+                    answered = &mut reading => break match answered {
+                        Ok(answered) => Ended::Answered(answered),
+                        Err(_) => Ended::Expired,
+                    },
+                    () = &mut watch => break Ended::Stopped,
+                    () = &mut overrun, if !overran => {
+                        overran = true;
+                        let token = conn.cancel_token();
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
+                        });
+                    }
+                }
+            }
         };
-        let rows = |stmt: &PgStatement, part: Part| Rows {
-            columns: names(stmt.columns()),
-            rows: part.rows,
-            truncated: part.truncated,
-        };
-        let reads = members.into_iter().zip(parts).zip(answers);
-        // Where the message ended early, and why.
-        let (at, mut why) = match outcome {
+        self.ran_together(count);
+        // Why the message ended early: a failure, or none when stopped.
+        let mut why = match outcome {
             // Past every read's deadline: each has stopped waiting.
             Ended::Expired => {
                 self.stop(Node::Primary, Who::Client, conn);
                 return;
             }
-            Ended::Stopped(k) => (2 + 2 * k, None),
+            Ended::Stopped => None,
             Ended::Answered(answered) => match answered.failed {
-                Some(failed) => (failed.at, Some(failed)),
+                Some(failed) => Some(failed),
+                // A cancel sent may yet reach the connection's next request:
+                // it is closed.
+                None if answered.done == statements && overran => {
+                    self.discard(Node::Primary, Who::Client, conn);
+                    return;
+                }
                 None if answered.done == statements => {
-                    let at = self.inner.committed_at(if track {
-                        primary_token(&position)
-                    } else {
-                        None
-                    });
-                    for ((member, part), sender) in reads {
-                        if let Some(sender) = sender {
-                            let _ = sender.send(Answer::Ran(Ok((rows(&member.stmt, part), at))));
-                        }
-                    }
-                    self.ran_together(n);
                     self.keep(Node::Primary, Who::Client, conn, Some(caller));
                     return;
                 }
-                None => (
-                    statements,
-                    Some(Failed {
-                        error: Error::Internal {
-                            message: format!(
-                                "a one-message read was answered for {} statements of {statements}",
-                                answered.done
-                            ),
-                        },
-                        at: statements,
-                        code: None,
-                        lost: false,
-                    }),
-                ),
+                None => Some(Failed {
+                    error: Error::Internal {
+                        message: format!(
+                            "a one-message read was answered for {} statements of {statements}",
+                            answered.done
+                        ),
+                    },
+                    at: statements,
+                    code: None,
+                    lost: false,
+                }),
             },
         };
         let stopped = why.is_none();
-        let mut count = 0;
-        for (k, ((member, part), sender)) in reads.enumerate() {
-            let execute = 2 + 2 * k;
-            let answer = if at < 2 || at >= 2 + 2 * n {
-                // `BEGIN` or `SAVEPOINT` failed, or the reads' end did (on
-                // a primary that is not one any more, the position): the
-                // first read answers it, as a read alone would, the others
-                // run again.
-                match why.take() {
-                    Some(failed) if k == 0 => Answer::Ran(Err(failed.error)),
-                    _ => Answer::Alone,
-                }
-            } else if execute + 1 < at {
-                // It ran before the failure. Its position is not known
-                // (the message did not get to it): with replicas, it runs
-                // again rather than answer without one.
-                if track {
-                    Answer::Alone
-                } else {
-                    count += 1;
-                    Answer::Ran(Ok((rows(&member.stmt, part), None)))
-                }
-            } else if execute <= at {
+        // The reads before the first one not answered have their answers;
+        // that one answers the end (its own statement failed or was
+        // stopped, or, before it, `BEGIN` or `SAVEPOINT` did, as for a read
+        // alone); the ones after it run on their own.
+        let first = ran.load(Ordering::Relaxed);
+        let answers = answers.into_inner().unwrap_or_else(PoisonError::into_inner);
+        for (k, (member, sender)) in members.iter().zip(answers).enumerate().skip(first) {
+            let Some(sender) = sender else { continue };
+            let answer = if k > first {
+                Answer::Alone
+            } else {
                 match why.take() {
                     // Its deadline passed, or its caller is gone.
                     None => Answer::Ran(Err(Error::Timeout {
                         after: member.timeout,
                         stage: TimeoutStage::Running,
                     })),
+                    // Cancelled for taking longer than it did alone: it runs
+                    // again alone, and does not go with others until it is
+                    // quick again.
+                    Some(failed)
+                        if overran && failed.code.as_ref() == Some(&SqlState::QUERY_CANCELED) =>
+                    {
+                        self.paced(&member.sql, started.elapsed().max(2 * below));
+                        Answer::Alone
+                    }
                     Some(failed) => {
                         // As a read alone (`fast`): a statement's own
                         // error on a read with `max_rows` goes the long
                         // way in its time left; a cancel does not run
                         // again.
-                        let statement_failed = !failed.lost
+                        let own = span.read_at(failed.at).is_some_and(|(j, _)| j == k);
+                        let statement_failed = own
+                            && !failed.lost
                             && failed
                                 .code
                                 .as_ref()
@@ -560,18 +663,13 @@ impl PgDatabase {
                         {
                             Answer::Alone
                         } else {
-                            Answer::Ran(Err(failed.error))
+                            Answer::Ran(Err(its_own(failed.error, member.timeout)))
                         }
                     }
                 }
-            } else {
-                Answer::Alone
             };
-            if let Some(sender) = sender {
-                let _ = sender.send(answer);
-            }
+            let _ = sender.send(answer);
         }
-        self.ran_together(count);
         if stopped {
             self.stop(Node::Primary, Who::Client, conn);
         } else {
@@ -580,13 +678,56 @@ impl PgDatabase {
     }
 }
 
+/// The statements of a message's reads, `stride` to a read (its
+/// `EXECUTE`, its `ROLLBACK TO` and, with replicas, the position), after
+/// `BEGIN` and `SAVEPOINT`.
+#[derive(Clone, Copy)]
+struct Span {
+    stride: usize,
+    n: usize,
+}
+
+impl Span {
+    /// The read statement `i` of the message belongs to, and which of its
+    /// statements it is.
+    fn read_at(self, i: usize) -> Option<(usize, usize)> {
+        let j = i.checked_sub(2)?;
+        (j < self.stride * self.n).then_some((j / self.stride, j % self.stride))
+    }
+
+    /// The index of read `k`'s `EXECUTE` (for `k == n`, the statement
+    /// after the reads).
+    fn execute(self, k: usize) -> usize {
+        2 + self.stride * k
+    }
+}
+
+/// `error` as the read whose timeout is `timeout` says it: the message's
+/// answer was read with the first read's.
+fn its_own(error: Error, timeout: Duration) -> Error {
+    match error {
+        Error::Timeout { stage, .. } => Error::Timeout {
+            after: timeout,
+            stage,
+        },
+        e => e,
+    }
+}
+
 /// How a message ended.
 enum Ended {
     Answered(super::fast::Answered),
-    /// Stopped while read `k` ran: its deadline, or its caller gone.
-    Stopped(usize),
+    /// Stopped while the first read not answered ran: its deadline, or
+    /// its caller gone.
+    Stopped,
     /// Past every read's deadline.
     Expired,
+}
+
+/// How long a read of `sql` took alone, when that is quick enough for it
+/// to go with others.
+fn quick(paces: &Paces, sql: &str, below: Duration) -> Option<Duration> {
+    paces.get(sql).copied().filter(|pace| *pace <= below)
 }
 
 /// What a read heard from the message it went in: its answer; `None`, to
@@ -620,4 +761,8 @@ struct Part {
     rows: Vec<Vec<Value>>,
     bytes: usize,
     truncated: bool,
+    /// Its own error found here (too large, other columns).
+    failed: Option<Error>,
+    /// The position after it, with replicas.
+    position: Vec<M>,
 }
