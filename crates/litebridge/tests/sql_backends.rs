@@ -3274,6 +3274,59 @@ async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
     schema.drop_now().await;
 }
 
+/// Reads that fail close their connections; reads taken along while the
+/// pool made new ones must not leave it short (found by a review: a read
+/// taken along dropped the connection it was making).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_going_together_keep_the_pool_full_when_reads_fail() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 4;
+        c.one_message_reads = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let tasks: Vec<_> = (0..32i64)
+        .map(|t| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..60i64 {
+                    let fails = (t * 60 + i) % 20 == 0;
+                    let r = db
+                        .query_with(
+                            "SELECT (10 / ?1)::int",
+                            params![i64::from(!fails)],
+                            as_caller(0).1,
+                        )
+                        .await;
+                    assert_eq!(r.is_err(), fails, "{r:?}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The pool makes connections as reads ask for them: a few more reads
+    // at once find it full again.
+    let reads: Vec<_> = (0..16)
+        .map(|_| db.query_with("SELECT pg_sleep(0.05)::text", (), as_caller(0).1))
+        .collect();
+    let both = async {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let stats = db.stats();
+        stats.active_connections + stats.available_readers
+    };
+    let (answers, size) = tokio::join!(futures_util::future::join_all(reads), both);
+    for r in answers {
+        r.unwrap();
+    }
+    assert_eq!(size, 4, "the pool's connections");
+    db.close();
+    schema.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_that_wait_are_spread_over_the_pool() {
     // Reads that took up to a second alone go together.
