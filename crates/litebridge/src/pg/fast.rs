@@ -364,7 +364,7 @@ impl PgDatabase {
     }
 
     /// Sends `sql` the long way on `conn` from now on.
-    fn forget(&self, conn: &Object, sql: &str) {
+    pub(super) fn forget(&self, conn: &Object, sql: &str) {
         if let Some(k) = lock(&self.inner.known).get_mut(&Object::id(conn)) {
             k.insert(sql.to_owned(), None);
         }

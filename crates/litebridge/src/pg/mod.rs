@@ -1146,8 +1146,13 @@ impl PgDatabase {
         };
         let started = Instant::now();
         let ran = tokio::time::timeout_at(deadline, run).await;
-        if together.is_some() && node == Node::Primary {
-            self.paced(&p.sql, started.elapsed());
+        // A read that answered, or ran to its deadline, tells how long its
+        // statement takes; one that failed may not have run.
+        if let Some(caller) = together
+            && node == Node::Primary
+            && matches!(ran, Ok(Ok(_)) | Err(_))
+        {
+            self.paced(caller, &p.sql, started.elapsed());
         }
         match ran {
             Ok(Ok((rows, at, tidied))) => {

@@ -42,14 +42,19 @@
 //!   51,000, measured), so the reads of
 //!   a message wait for each other: a quick read that went with a slow
 //!   one waited for it (a review found it). So reads of a statement whose
-//!   last read alone took longer than
+//!   caller's last read of it alone took longer than
 //!   [`PgConfig::reads_together_below`](super::PgConfig::reads_together_below)
 //!   (20 ms) go alone, and a message that outlives twice what its reads
 //!   took alone, plus that, is cancelled: the reads before the one
 //!   cancelled have their answers (an error sends them), that one runs
-//!   again alone (and goes alone until it is quick again), the ones after
-//!   it run again on their own. A cancel sent may reach the connection's
-//!   next request: that connection is closed, never kept.
+//!   again alone, the ones after it run again on their own, and each read
+//!   of the message goes alone until measured again (the cancel stops
+//!   whatever runs when it arrives: which read was slow is not sure). A
+//!   cancel sent may reach the connection's next request: that connection
+//!   is closed, never kept; one that stops nothing within a grace closes
+//!   it too. The paces are kept by caller (another key's reads of the same
+//!   text tell nothing of this one's, and must not steer them) and by a
+//!   keyed hash of the text, a bounded number.
 //! - **Each read keeps its own answer.** A read is answered when its
 //!   `ROLLBACK TO` (with replicas, the position after it, which every
 //!   primary read answers) is. PostgreSQL skips the rest of the message at
@@ -68,6 +73,7 @@
 //!   whose caller gives up goes on in the message, which its cancel bounds.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::Poll;
@@ -84,8 +90,8 @@ use tokio_postgres::error::SqlState;
 use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
-    END_READ, Node, PgDatabase, Prepared, STOP_GRACE, Token, WAL_INSERT_POSITION, Who, names,
-    primary_token, value_size,
+    END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token, WAL_INSERT_POSITION,
+    Who, names, primary_token, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -95,14 +101,56 @@ use crate::value::{Rows, Value};
 /// message.
 const MOST_TAKEN_BYTES: usize = 1 << 20;
 
-/// The most statements whose pace is kept.
+/// The most statements whose pace is kept, of every caller.
 const MOST_PACES: usize = 4096;
 
 /// The reads waiting for a connection, by caller, in order.
 pub(super) type Queues = HashMap<u64, VecDeque<Waiting>>;
 
-/// How long a read of each statement last took alone.
-pub(super) type Paces = HashMap<String, Duration>;
+/// How long a read of each statement last took alone, by caller and a
+/// keyed hash of the statement's text (a statement's text is no key to
+/// keep: it may be 64 KiB).
+#[derive(Default)]
+pub(super) struct Paces {
+    last: HashMap<(u64, u64), Duration>,
+    hasher: std::hash::RandomState,
+}
+
+impl Paces {
+    fn key(&self, caller: u64, sql: &str) -> (u64, u64) {
+        (caller, self.hasher.hash_one(sql))
+    }
+
+    /// How long `caller`'s last read of `sql` alone took, when that is
+    /// `below` or less: quick enough to go with others.
+    fn quick(&self, caller: u64, sql: &str, below: Duration) -> Option<Duration> {
+        let pace = *self.last.get(&self.key(caller, sql))?;
+        (pace <= below).then_some(pace)
+    }
+
+    /// Notes `took` for `caller`'s `sql`. A statement too long to be
+    /// prepared for one-message reads never goes together, and is not
+    /// noted.
+    fn set(&mut self, caller: u64, sql: &str, took: Duration) {
+        if sql.len() > MOST_KNOWN_SQL {
+            return;
+        }
+        let key = self.key(caller, sql);
+        if !self.last.contains_key(&key) && self.last.len() >= MOST_PACES {
+            // One goes, not all: every caller's would be measured again.
+            let any = self.last.keys().next().copied();
+            any.map(|k| self.last.remove(&k));
+        }
+        self.last.insert(key, took);
+    }
+
+    /// Forgets `caller`'s pace of `sql`: its next read goes alone, and is
+    /// measured.
+    fn forget(&mut self, caller: u64, sql: &str) {
+        let key = self.key(caller, sql);
+        self.last.remove(&key);
+    }
+}
 
 /// A read waiting for a connection, which another read of its caller may
 /// take with it.
@@ -186,17 +234,9 @@ impl PgDatabase {
         self.inner.reads_together.load(Ordering::Relaxed)
     }
 
-    /// Notes that a read of `sql` took `took` alone.
-    pub(super) fn paced(&self, sql: &str, took: Duration) {
-        let mut paces = lock(&self.inner.paces);
-        if let Some(pace) = paces.get_mut(sql) {
-            *pace = took;
-            return;
-        }
-        if paces.len() >= MOST_PACES {
-            paces.clear();
-        }
-        paces.insert(sql.to_owned(), took);
+    /// Notes that `caller`'s read of `sql` took `took` alone.
+    pub(super) fn paced(&self, caller: u64, sql: &str, took: Duration) {
+        lock(&self.inner.paces).set(caller, sql, took);
     }
 
     /// Counts `n` reads answered from a shared message.
@@ -303,11 +343,8 @@ impl PgDatabase {
         (deadline, timeout): (Instant, Duration),
     ) -> std::result::Result<Option<Result<(Rows, Option<Token>)>>, (Lease, (PgStatement, String))>
     {
-        let Some(pace) = quick(
-            &lock(&self.inner.paces),
-            sql,
-            self.inner.config.reads_together_below,
-        ) else {
+        let below = self.inner.config.reads_together_below;
+        let Some(pace) = lock(&self.inner.paces).quick(caller, sql, below) else {
             return Err((conn, one));
         };
         let (mates, answers) = self.take_mates(&conn, caller);
@@ -377,7 +414,7 @@ impl PgDatabase {
                     queue.remove(i);
                 } else if bytes + size <= MOST_TAKEN_BYTES
                     && prepared.is_some_and(|k| matches!(k.get(&w.sql), Some(Some(_))))
-                    && let Some(pace) = quick(&paces, &w.sql, config.reads_together_below)
+                    && let Some(pace) = paces.quick(caller, &w.sql, config.reads_together_below)
                 {
                     bytes += size;
                     taken.extend(queue.remove(i).map(|w| (w, pace)));
@@ -484,6 +521,9 @@ impl PgDatabase {
             match (step, m) {
                 (0, M::RowDescription(described)) => {
                     if let Err(e) = same_columns(&described, member.stmt.columns()) {
+                        // Its later reads here go the long way, as they do
+                        // once a read alone found it.
+                        self.forget(&conn, &member.sql);
                         part.failed.get_or_insert(e);
                     }
                 }
@@ -563,6 +603,10 @@ impl PgDatabase {
             let mut reading = std::pin::pin!(tokio::time::timeout_at(last, reading));
             let mut watch = std::pin::pin!(watch);
             let mut overrun = std::pin::pin!(overrun);
+            // A cancel that stops nothing (lost, or the statement does not
+            // heed it): the connection is closed.
+            let stuck = tokio::time::sleep_until(last);
+            let mut stuck = std::pin::pin!(stuck);
             loop {
                 // The message's own end first: a read answered at its deadline
                 // keeps its answer.
@@ -573,8 +617,10 @@ impl PgDatabase {
                         Err(_) => Ended::Expired,
                     },
                     () = &mut watch => break Ended::Stopped,
+                    () = &mut stuck, if overran => break Ended::Stuck,
                     () = &mut overrun, if !overran => {
                         overran = true;
+                        stuck.as_mut().reset(Instant::now() + STOP_GRACE);
                         let token = conn.cancel_token();
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
@@ -584,6 +630,15 @@ impl PgDatabase {
             }
         };
         self.ran_together(count);
+        if overran {
+            // Which read was slow is not sure (the cancel stops whatever
+            // runs when it arrives): each is measured alone again.
+            let mut paces = lock(&self.inner.paces);
+            for m in &members {
+                paces.forget(caller, &m.sql);
+            }
+        }
+        let stuck = matches!(outcome, Ended::Stuck);
         // Why the message ended early: a failure, or none when stopped.
         let mut why = match outcome {
             // Past every read's deadline: each has stopped waiting.
@@ -591,7 +646,7 @@ impl PgDatabase {
                 self.stop(Node::Primary, Who::Client, conn);
                 return;
             }
-            Ended::Stopped => None,
+            Ended::Stopped | Ended::Stuck => None,
             Ended::Answered(answered) => match answered.failed {
                 Some(failed) => Some(failed),
                 // A cancel sent may yet reach the connection's next request:
@@ -630,6 +685,11 @@ impl PgDatabase {
                 Answer::Alone
             } else {
                 match why.take() {
+                    // Slow, its cancel unheeded: it runs again alone.
+                    None if stuck => {
+                        self.paced(caller, &member.sql, started.elapsed());
+                        Answer::Alone
+                    }
                     // Its deadline passed, or its caller is gone.
                     None => Answer::Ran(Err(Error::Timeout {
                         after: member.timeout,
@@ -641,7 +701,7 @@ impl PgDatabase {
                     Some(failed)
                         if overran && failed.code.as_ref() == Some(&SqlState::QUERY_CANCELED) =>
                     {
-                        self.paced(&member.sql, started.elapsed().max(2 * below));
+                        self.paced(caller, &member.sql, started.elapsed().max(2 * below));
                         Answer::Alone
                     }
                     Some(failed) => {
@@ -722,12 +782,9 @@ enum Ended {
     Stopped,
     /// Past every read's deadline.
     Expired,
-}
-
-/// How long a read of `sql` took alone, when that is quick enough for it
-/// to go with others.
-fn quick(paces: &Paces, sql: &str, below: Duration) -> Option<Duration> {
-    paces.get(sql).copied().filter(|pace| *pace <= below)
+    /// Cancelled for outliving its reads' paces, and still running a grace
+    /// later.
+    Stuck,
 }
 
 /// What a read heard from the message it went in: its answer; `None`, to
@@ -765,4 +822,43 @@ struct Part {
     failed: Option<Error>,
     /// The position after it, with replicas.
     position: Vec<M>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const BELOW: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn a_pace_is_its_callers_own() {
+        let mut paces = Paces::default();
+        paces.set(1, "SELECT 1", MS);
+        assert_eq!(paces.quick(1, "SELECT 1", BELOW), Some(MS));
+        // Another caller's read of the same text, quick or slow, is its own.
+        assert_eq!(paces.quick(2, "SELECT 1", BELOW), None);
+        paces.set(2, "SELECT 1", 100 * MS);
+        assert_eq!(paces.quick(1, "SELECT 1", BELOW), Some(MS));
+        assert_eq!(paces.quick(2, "SELECT 1", BELOW), None);
+        paces.forget(1, "SELECT 1");
+        assert_eq!(paces.quick(1, "SELECT 1", BELOW), None);
+    }
+
+    #[test]
+    fn paces_are_bounded_and_keep_no_long_text() {
+        let mut paces = Paces::default();
+        let long = format!("SELECT 1 /*{}*/", "x".repeat(MOST_KNOWN_SQL));
+        paces.set(1, &long, MS);
+        assert!(paces.last.is_empty(), "a statement too long to go together");
+        paces.set(7, "SELECT 7", MS);
+        for i in 0..(MOST_PACES as u64 + 1000) {
+            paces.set(i + 100, "SELECT 1", MS);
+            assert!(paces.last.len() <= MOST_PACES);
+        }
+        // One goes at a time, not all: the last noted stays.
+        assert_eq!(paces.last.len(), MOST_PACES);
+        let newest = MOST_PACES as u64 + 1099;
+        assert_eq!(paces.quick(newest, "SELECT 1", BELOW), Some(MS));
+    }
 }
