@@ -229,6 +229,13 @@ const KEYS: &[Key] = &[
         help: "with one_message_reads, the most reads of one API key sent in one message when they wait for a connection (1: each alone)",
     },
     Key {
+        name: "postgres.writes_per_message",
+        env: &[],
+        kind: int_kind(1, 64),
+        default: || int(pg().writes_per_message),
+        help: "with one_message_writes, the most single-statement writes of one API key sent in one message, each its own transaction, when they wait for a connection (1: each alone; a connection lost makes them outcome_unknown)",
+    },
+    Key {
         name: "postgres.reads_together_below_ms",
         env: &[],
         kind: int_kind(1, 60_000),
@@ -1095,6 +1102,7 @@ impl Settings {
         c.one_message_reads = self.bool("postgres.one_message_reads");
         c.reads_per_message = self.int("postgres.reads_per_message") as usize;
         c.reads_together_below = self.ms("postgres.reads_together_below_ms");
+        c.writes_per_message = self.int("postgres.writes_per_message") as usize;
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.default_timeout = self.ms("db.timeout_ms");

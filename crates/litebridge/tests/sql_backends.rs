@@ -3225,6 +3225,228 @@ async fn postgres_a_read_too_large_fails_alone_in_its_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_waiting_for_a_connection_go_in_one_message_each_its_own_transaction() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let w = |caller| as_caller(caller).0;
+    let q = |caller| as_caller(caller).1;
+    db.execute_with(
+        "CREATE TABLE t (id int PRIMARY KEY, tx text NOT NULL, seen text NOT NULL)",
+        (),
+        w(2),
+    )
+    .await
+    .unwrap();
+    let insert = "INSERT INTO t VALUES (?1, txid_current()::text, \
+                  coalesce(current_setting('lb.w', true), ''))";
+    let local = "SELECT set_config('lb.w', ?1, true)";
+    // Each noted on the one connection, and measured alone.
+    for i in [-1, -2] {
+        db.execute_with(insert, params![i], w(1)).await.unwrap();
+        db.execute_with(local, params!["x"], w(1)).await.unwrap();
+    }
+    let before = db.writes_together();
+    // Caller 1 holds the connection while its writes queue, in order.
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut writes: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> = vec![
+            Box::pin(db.execute_with(insert, params![1], w(1))),
+            Box::pin(db.execute_with(local, params!["leaked"], w(1))),
+            Box::pin(db.execute_with(insert, params![2], w(1))),
+            // Its key is taken: it fails alone, nothing of it committed.
+            Box::pin(db.execute_with(insert, params![1], w(1))),
+        ];
+        for i in 10..16 {
+            writes.push(Box::pin(db.execute_with(insert, params![i], w(1))));
+        }
+        futures_util::future::join_all(writes).await
+    };
+    let (held, answers) = tokio::join!(hold, queued);
+    held.unwrap();
+    let mut answers = answers.into_iter();
+    assert_eq!(answers.next().unwrap().unwrap().changes, 1);
+    answers.next().unwrap().unwrap();
+    assert_eq!(answers.next().unwrap().unwrap().changes, 1);
+    let e = answers.next().unwrap().unwrap_err();
+    assert!(e.to_string().contains("duplicate key"), "{e}");
+    // The writes after the one that failed ran again, each once.
+    for a in answers {
+        assert_eq!(a.unwrap().changes, 1);
+    }
+    let together = db.writes_together() - before;
+    assert!(together >= 2, "{together} writes went together");
+    let rows = db
+        .query_with(
+            "SELECT id, tx, seen FROM t WHERE id > 0 ORDER BY id",
+            (),
+            q(2),
+        )
+        .await
+        .unwrap()
+        .rows;
+    let ids: Vec<_> = rows.iter().map(|r| r[0].clone()).collect();
+    let want: Vec<_> = [1, 2, 10, 11, 12, 13, 14, 15]
+        .into_iter()
+        .map(Value::Integer)
+        .collect();
+    assert_eq!(ids, want);
+    // Each its own transaction: what one left in its transaction reached
+    // no other.
+    let txs: std::collections::HashSet<_> = rows.iter().map(|r| format!("{:?}", r[1])).collect();
+    assert_eq!(txs.len(), rows.len(), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r[2] == Value::Text(String::new())),
+        "{rows:?}"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+/// A write that is slow this time is cancelled with its message and runs
+/// again alone, once; the writes before it in the message keep their
+/// answers, the ones after it run alone, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_slow_write_in_a_message_runs_again_alone_once() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let w = |caller| as_caller(caller).0;
+    let q = |caller| as_caller(caller).1;
+    db.execute_with(
+        "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)",
+        (),
+        w(2),
+    )
+    .await
+    .unwrap();
+    let insert = "INSERT INTO t SELECT ?1, 1 FROM pg_sleep(?2)";
+    for i in [-1, -2] {
+        db.execute_with(insert, params![i, 0.0], w(1))
+            .await
+            .unwrap();
+    }
+    let before = db.writes_together();
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let db = &db;
+        let timed = move |i: i64, s: f64| async move {
+            let started = std::time::Instant::now();
+            let r = db.execute_with(insert, params![i, s], w(1)).await;
+            (r, started.elapsed())
+        };
+        let mut writes: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+            vec![Box::pin(timed(1, 0.0)), Box::pin(timed(2, 1.0))];
+        for i in 3..6 {
+            writes.push(Box::pin(timed(i, 0.0)));
+        }
+        futures_util::future::join_all(writes).await
+    };
+    let (held, answers) = tokio::join!(hold, queued);
+    held.unwrap();
+    let mut answers = answers.into_iter();
+    let (first, took) = answers.next().unwrap();
+    assert_eq!(first.unwrap().changes, 1);
+    // About 200 ms for the connection, then its own write: the message
+    // was cancelled at the slow one.
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    for (r, _) in answers {
+        assert_eq!(r.unwrap().changes, 1);
+    }
+    assert!(
+        db.writes_together() > before,
+        "the first went with the others"
+    );
+    let rows = db
+        .query_with("SELECT id, n FROM t WHERE id > 0 ORDER BY id", (), q(2))
+        .await
+        .unwrap()
+        .rows;
+    let want: Vec<_> = (1..6)
+        .map(|i| vec![Value::Integer(i), Value::Integer(1)])
+        .collect();
+    assert_eq!(rows, want, "each write once");
+    db.close();
+    schema.drop_now().await;
+}
+
+/// A message of writes whose session ends half way: the writes answered
+/// committed, the one that ended it did not, and the ones after it either
+/// ran again alone or say their outcome is unknown; none is answered
+/// committed without its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_in_a_message_whose_session_ends_answer_what_committed() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let w = |caller| as_caller(caller).0;
+    let q = |caller| as_caller(caller).1;
+    db.execute_with("CREATE TABLE t (id int PRIMARY KEY)", (), w(2))
+        .await
+        .unwrap();
+    let insert = "INSERT INTO t VALUES (?1)";
+    let end = "SELECT pg_terminate_backend(pg_backend_pid()) WHERE ?1";
+    for i in [-1, -2] {
+        db.execute_with(insert, params![i], w(1)).await.unwrap();
+        db.execute_with(end, params![false], w(1)).await.unwrap();
+    }
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures_util::future::join4(
+            Box::pin(db.execute_with(insert, params![1], w(1))),
+            Box::pin(db.execute_with(insert, params![2], w(1))),
+            Box::pin(db.execute_with(end, params![true], w(1))),
+            Box::pin(db.execute_with(insert, params![4], w(1))),
+        )
+        .await
+    };
+    let (held, (one, two, ended, four)) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert_eq!(one.unwrap().changes, 1);
+    assert_eq!(two.unwrap().changes, 1);
+    assert!(ended.is_err());
+    let rows = db
+        .query_with("SELECT id FROM t WHERE id > 0 ORDER BY id", (), q(2))
+        .await
+        .unwrap()
+        .rows;
+    match four {
+        Ok(_) => assert_eq!(
+            rows,
+            [
+                [Value::Integer(1)],
+                [Value::Integer(2)],
+                [Value::Integer(4)]
+            ]
+        ),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+            assert_eq!(rows[..2], [[Value::Integer(1)], [Value::Integer(2)]]);
+        }
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
     let Some((schema, db)) = pg_with(|c| {
         c.connections = 8;

@@ -188,6 +188,12 @@ const CASES: &[Case] = &[
         what: "pg-http-execute with postgres.one_message_writes on (a statement's later writes in two round trips)",
     },
     Case {
+        name: "pg-http-execute-together",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.35),
+        what: "pg-http-execute-one-message on a pool of 4 connections (the raw client's): writes that wait for one go several to a message, each its own transaction",
+    },
+    Case {
         name: "pg-two-front-ends",
         baseline: "pg-one-front-end",
         target: Target::Ratio(0.9),

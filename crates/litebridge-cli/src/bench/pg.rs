@@ -31,7 +31,7 @@ const CLIENT_ROLE: &str = "lb_bench_client";
 /// Connections of the raw client; each carries many requests at once.
 const RAW_CONNECTIONS: usize = 4;
 
-/// `postgres.connections` of `pg-http-query-together`: as many as the raw
+/// `postgres.connections` of the `-together` cases: as many as the raw
 /// client's.
 const TOGETHER_CONNECTIONS: usize = RAW_CONNECTIONS;
 
@@ -216,8 +216,10 @@ async fn measure(
 ) -> CliResult<(Figures, Figures)> {
     let slice = seconds / rounds as f64;
     let one = match name {
-        // A pool smaller than the clients: reads wait, and go together.
-        "pg-http-query-together" => setup.front_end(true, Some(TOGETHER_CONNECTIONS)).await?,
+        // A pool smaller than the clients: requests wait, and go together.
+        "pg-http-query-together" | "pg-http-execute-together" => {
+            setup.front_end(true, Some(TOGETHER_CONNECTIONS)).await?
+        }
         _ => {
             setup
                 .front_end(name.ends_with("-one-message"), None)
@@ -248,7 +250,9 @@ async fn measure(
                 }
                 _ => {
                     let (load, clients) = match name {
-                        "pg-http-execute" | "pg-http-execute-one-message" => (Load::Execute, 64),
+                        "pg-http-execute"
+                        | "pg-http-execute-one-message"
+                        | "pg-http-execute-together" => (Load::Execute, 64),
                         _ => (Load::Query, 32),
                     };
                     progress.message(&format!("raw tokio-postgres ({slice} s)"));

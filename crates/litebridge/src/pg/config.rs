@@ -60,6 +60,15 @@ pub struct PgConfig {
     /// reads took alone is cancelled, its slow read run again alone
     /// (`together`). Default: 20 ms.
     pub reads_together_below: Duration,
+    /// With [`PgConfig::one_message_writes`], the most single-statement
+    /// writes of one caller sent in one message, each in a transaction of
+    /// its own: writes that wait for a connection go with the next write
+    /// of their caller to get one (`writes_together`), when their
+    /// statements were quick alone
+    /// ([`PgConfig::reads_together_below`]). A connection lost in such a
+    /// message makes its writes not answered yet `outcome_unknown`. 1
+    /// sends each write alone. Default: 8.
+    pub writes_per_message: usize,
     /// Streaming replicas to read from when a read asks for it
     /// ([`Consistency`](super::Consistency)), as `host:port`; the URL's
     /// database, user and settings. Default: none (every read on the primary).
@@ -89,6 +98,7 @@ impl std::fmt::Debug for PgConfig {
             .field("one_message_writes", &self.one_message_writes)
             .field("reads_per_message", &self.reads_per_message)
             .field("reads_together_below", &self.reads_together_below)
+            .field("writes_per_message", &self.writes_per_message)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .finish()
@@ -113,6 +123,7 @@ impl PgConfig {
             one_message_writes: false,
             reads_per_message: 8,
             reads_together_below: Duration::from_millis(20),
+            writes_per_message: 8,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
         }
@@ -347,6 +358,12 @@ impl PgConfig {
         range("postgres.connections", self.connections, 1, 1000)?;
         range("postgres.statement_cache", self.statement_cache, 1, 100_000)?;
         range("postgres.reads_per_message", self.reads_per_message, 1, 64)?;
+        range(
+            "postgres.writes_per_message",
+            self.writes_per_message,
+            1,
+            64,
+        )?;
         let below = self.reads_together_below.as_millis();
         range(
             "postgres.reads_together_below_ms",

@@ -523,7 +523,7 @@ impl PgDatabase {
 /// literals: `EXECUTE`s sent with its `BEGIN` in one message.
 pub(super) struct WriteInOne {
     /// `EXECUTE ...; ` for each statement (or row).
-    statements: String,
+    pub(super) statements: String,
     /// How many.
     count: usize,
 }

@@ -74,6 +74,7 @@ mod sql;
 mod together;
 mod token;
 mod types;
+mod writes_together;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -146,6 +147,8 @@ struct Inner {
     paces: std::sync::Mutex<together::Paces>,
     /// Reads answered in a message shared with other reads.
     reads_together: AtomicU64,
+    /// Writes answered from a message shared with other writes.
+    writes_together: AtomicU64,
     /// Streaming replicas for reads that allow them.
     replicas: Vec<Replica>,
     /// Round robin among replicas.
@@ -488,6 +491,7 @@ impl PgDatabase {
             next_waiting: AtomicU64::new(0),
             paces: std::sync::Mutex::default(),
             reads_together: AtomicU64::new(0),
+            writes_together: AtomicU64::new(0),
             replicas,
             turn: AtomicUsize::new(0),
             wal,
@@ -954,11 +958,17 @@ impl PgDatabase {
             .filter(|_| fast && self.inner.config.reads_per_message > 1);
         let mut led = None;
         if let Some(caller) = together {
-            let turn = Box::pin(self.lease_or_join(p, max_rows, caller, (deadline, timeout)));
+            let kind = (together::Kind::Read, max_rows);
+            let turn = Box::pin(self.lease_or_join(p, kind, caller, (deadline, timeout)));
             match turn.await? {
                 together::Turn::Lead(conn) => led = Some((caller, conn)),
-                together::Turn::Answered(r) => return r,
-                together::Turn::Alone => {}
+                together::Turn::Answered(together::Answer::Ran(r)) => return r,
+                together::Turn::Answered(together::Answer::Alone) => {}
+                together::Turn::Answered(together::Answer::Wrote(_)) => {
+                    return Err(Error::Internal {
+                        message: "a read was answered as a write".into(),
+                    });
+                }
             }
         }
         let (leader, mut conn) = match led {
@@ -1353,10 +1363,113 @@ impl PgDatabase {
     ) -> Result<Vec<Done>> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
+        // A named caller's single-statement write with no idempotency key
+        // may go in a message with its caller's other writes that wait for
+        // a connection (`writes_together`).
+        let config = &self.inner.config;
+        let together = options.caller.filter(|_| {
+            who == Who::Client
+                && shape == Shape::Each
+                && statements.len() == 1
+                && options.idempotency_key.is_none()
+                && config.one_message_writes
+                && config.writes_per_message > 1
+        });
+        let Some(caller) = together else {
+            let conn = self
+                .lease(Node::Primary, who, options.caller, deadline, timeout)
+                .await?;
+            return self
+                .write_on(conn, who, statements, options, shape, (deadline, timeout))
+                .await;
+        };
+        let mut conn = None;
+        if self.may_write_together(deadline) {
+            let p = &statements[0];
+            let kind = (together::Kind::Write, 0);
+            let turn = Box::pin(self.lease_or_join(p, kind, caller, (deadline, timeout)));
+            match turn.await? {
+                together::Turn::Lead(leased) => match self.write_message(&leased, &statements) {
+                    None => conn = Some(leased),
+                    Some(one) => {
+                        let led = self.write_together(leased, p, one, caller, (deadline, timeout));
+                        match Box::pin(led).await {
+                            Ok(Some(done)) => return done.map(|d| vec![d]),
+                            Ok(None) => {}
+                            Err((back, _)) => conn = Some(back),
+                        }
+                    }
+                },
+                together::Turn::Answered(together::Answer::Wrote(done)) => {
+                    return done.map(|d| vec![d]);
+                }
+                together::Turn::Answered(together::Answer::Alone) => {}
+                together::Turn::Answered(together::Answer::Ran(_)) => {
+                    return Err(Error::Internal {
+                        message: "a write was answered as a read".into(),
+                    });
+                }
+            }
+        }
+        self.write_timed(
+            conn,
+            caller,
+            statements,
+            options,
+            shape,
+            (deadline, timeout),
+        )
+        .await
+    }
+
+    /// [`PgDatabase::write`] alone of a write that may go with others: on
+    /// `conn`, or a connection leased for it, its pace noted when it
+    /// succeeds (`together`).
+    async fn write_timed(
+        &self,
+        conn: Option<Lease>,
+        caller: u64,
+        statements: Vec<Prepared>,
+        options: WriteOptions,
+        shape: Shape,
+        (deadline, timeout): (Instant, Duration),
+    ) -> Result<Vec<Done>> {
+        let conn = match conn {
+            Some(conn) => conn,
+            None => {
+                self.lease(Node::Primary, Who::Client, Some(caller), deadline, timeout)
+                    .await?
+            }
+        };
+        let sql = statements[0].sql.clone();
+        let started = Instant::now();
+        let done = self
+            .write_on(
+                conn,
+                Who::Client,
+                statements,
+                options,
+                shape,
+                (deadline, timeout),
+            )
+            .await;
+        if done.is_ok() {
+            self.paced(caller, &sql, started.elapsed());
+        }
+        done
+    }
+
+    /// [`PgDatabase::write`] on `conn`.
+    async fn write_on(
+        &self,
+        conn: Lease,
+        who: Who,
+        statements: Vec<Prepared>,
+        options: WriteOptions,
+        shape: Shape,
+        (deadline, timeout): (Instant, Duration),
+    ) -> Result<Vec<Done>> {
         let max_bytes = self.inner.config.max_result_bytes;
-        let conn = self
-            .lease(Node::Primary, who, options.caller, deadline, timeout)
-            .await?;
         let what = shape.what();
         let many = statements.len() > 1;
         // With an idempotency key, the record's key (see `claims`).

@@ -90,8 +90,8 @@ use tokio_postgres::error::SqlState;
 use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
-    END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token, WAL_INSERT_POSITION,
-    Who, names, primary_token, value_size,
+    Done, END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token,
+    WAL_INSERT_POSITION, Who, names, primary_token, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -104,8 +104,15 @@ const MOST_TAKEN_BYTES: usize = 1 << 20;
 /// The most statements whose pace is kept, of every caller.
 const MOST_PACES: usize = 4096;
 
-/// The reads waiting for a connection, by caller, in order.
-pub(super) type Queues = HashMap<u64, VecDeque<Waiting>>;
+/// What a queue holds: a message carries reads or writes, never both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Read,
+    Write,
+}
+
+/// The requests waiting for a connection, by caller and kind, in order.
+pub(super) type Queues = HashMap<(u64, Kind), VecDeque<Waiting>>;
 
 /// How long a read of each statement last took alone, by caller and a
 /// keyed hash of the statement's text (a statement's text is no key to
@@ -123,7 +130,7 @@ impl Paces {
 
     /// How long `caller`'s last read of `sql` alone took, when that is
     /// `below` or less: quick enough to go with others.
-    fn quick(&self, caller: u64, sql: &str, below: Duration) -> Option<Duration> {
+    pub(super) fn quick(&self, caller: u64, sql: &str, below: Duration) -> Option<Duration> {
         let pace = *self.last.get(&self.key(caller, sql))?;
         (pace <= below).then_some(pace)
     }
@@ -146,41 +153,41 @@ impl Paces {
 
     /// Forgets `caller`'s pace of `sql`: its next read goes alone, and is
     /// measured.
-    fn forget(&mut self, caller: u64, sql: &str) {
+    pub(super) fn forget(&mut self, caller: u64, sql: &str) {
         let key = self.key(caller, sql);
         self.last.remove(&key);
     }
 }
 
-/// A read waiting for a connection, which another read of its caller may
-/// take with it.
+/// A request waiting for a connection, which another of its caller and
+/// kind may take with it.
 pub(super) struct Waiting {
     id: u64,
-    sql: String,
-    values: Vec<Value>,
+    pub(super) sql: String,
+    pub(super) values: Vec<Value>,
     max_rows: usize,
-    deadline: Instant,
-    timeout: Duration,
-    /// Told when another read took this one (it stops waiting for a
+    pub(super) deadline: Instant,
+    pub(super) timeout: Duration,
+    /// Told when another request took this one (it stops waiting for a
     /// connection).
-    taken: oneshot::Sender<()>,
-    answer: oneshot::Sender<Answer>,
+    taken: Option<oneshot::Sender<()>>,
+    pub(super) answer: oneshot::Sender<Answer>,
 }
 
-/// What a read that went in another's message gets.
-enum Answer {
+/// What a request that went in another's message gets.
+pub(super) enum Answer {
     Ran(Result<(Rows, Option<Token>)>),
-    /// It did not run, or its answer cannot be given (see `run_together`):
-    /// it runs on its own.
+    Wrote(Result<Done>),
+    /// It did not run, or (a read) its answer cannot be given (see
+    /// `run_together`): it runs on its own.
     Alone,
 }
 
-/// A read's turn: to lead a message on the connection it got, answered by
-/// another's message, or to run alone.
+/// A request's turn: to lead a message on the connection it got, or what
+/// another's message answered.
 pub(super) enum Turn {
     Lead(Lease),
-    Answered(Result<(Rows, Option<Token>)>),
-    Alone,
+    Answered(Answer),
 }
 
 /// One read of a message.
@@ -195,19 +202,19 @@ struct Member {
     timeout: Duration,
 }
 
-/// A read's place in its caller's queue, given up when dropped.
+/// A request's place in its caller's queue, given up when dropped.
 struct Queued<'a> {
     db: &'a PgDatabase,
-    caller: u64,
+    queue: (u64, Kind),
     id: u64,
 }
 
 impl Queued<'_> {
-    /// Takes the read out of the queue: whether it was still there (no
-    /// other read took it).
+    /// Takes the request out of the queue: whether it was still there (no
+    /// other request took it).
     fn withdraw(&self) -> bool {
         let mut queues = lock(&self.db.inner.waiting);
-        let Some(queue) = queues.get_mut(&self.caller) else {
+        let Some(queue) = queues.get_mut(&self.queue) else {
             return false;
         };
         let found = queue.iter().position(|w| w.id == self.id);
@@ -215,7 +222,7 @@ impl Queued<'_> {
             queue.remove(i);
         }
         if queue.is_empty() {
-            queues.remove(&self.caller);
+            queues.remove(&self.queue);
         }
         found.is_some()
     }
@@ -249,12 +256,13 @@ impl PgDatabase {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Waits for a connection to the primary for `caller`'s read of `p`,
-    /// queued meanwhile for another read of `caller` to take with it.
+    /// Waits for a connection to the primary for `caller`'s request of
+    /// `p`, queued meanwhile for another request of `caller` and `kind` to
+    /// take with it.
     pub(super) async fn lease_or_join(
         &self,
         p: &Prepared,
-        max_rows: usize,
+        (kind, max_rows): (Kind, usize),
         caller: u64,
         (deadline, timeout): (Instant, Duration),
     ) -> Result<Turn> {
@@ -270,7 +278,7 @@ impl PgDatabase {
         let (taken, mut was_taken) = oneshot::channel();
         let (answer, answered) = oneshot::channel();
         lock(&self.inner.waiting)
-            .entry(caller)
+            .entry((caller, kind))
             .or_default()
             .push_back(Waiting {
                 id,
@@ -279,12 +287,12 @@ impl PgDatabase {
                 max_rows,
                 deadline,
                 timeout,
-                taken,
+                taken: Some(taken),
                 answer,
             });
         let queued = Queued {
             db: self,
-            caller,
+            queue: (caller, kind),
             id,
         };
         // The pool's connection alone is raced, not its reset: a read
@@ -324,7 +332,7 @@ impl PgDatabase {
         }
         drop(queued);
         let answered = tokio::time::timeout_at(deadline, answered).await;
-        Ok(heard(answered, deadline, timeout).map_or(Turn::Alone, Turn::Answered))
+        Ok(Turn::Answered(heard(answered, kind, deadline, timeout)))
     }
 
     /// Runs `one`, the read that got `conn`, with reads of `caller` still
@@ -347,7 +355,7 @@ impl PgDatabase {
         let Some(pace) = lock(&self.inner.paces).quick(caller, sql, below) else {
             return Err((conn, one));
         };
-        let (mates, answers) = self.take_mates(&conn, caller);
+        let (mates, answers) = self.read_mates(&conn, caller);
         if mates.is_empty() {
             return Err((conn, one));
         }
@@ -369,7 +377,13 @@ impl PgDatabase {
                 .run_together(conn, members, senders, caller, track),
         );
         let answered = tokio::time::timeout_at(deadline, answered).await;
-        Ok(heard(answered, deadline, timeout))
+        Ok(match heard(answered, Kind::Read, deadline, timeout) {
+            Answer::Ran(r) => Some(r),
+            Answer::Alone => None,
+            Answer::Wrote(_) => Some(Err(Error::Internal {
+                message: "a read was answered as a write".into(),
+            })),
+        })
     }
 
     /// Reads of `caller` still queued whose statements `conn` prepared,
@@ -377,59 +391,20 @@ impl PgDatabase {
     /// and told so: about the queue's share of one connection of the pool
     /// (its length over the pool's size), at most
     /// [`PgConfig::reads_per_message`] less one and [`MOST_TAKEN_BYTES`]
-    /// of SQL and values. One whose values cannot travel as literals is
-    /// told to run alone.
+    /// of SQL and values ([`PgDatabase::take_mates`]). One whose values
+    /// cannot travel as literals is told to run alone.
     ///
     /// [`PgConfig::reads_per_message`]: super::PgConfig::reads_per_message
-    fn take_mates(
+    fn read_mates(
         &self,
         conn: &Object,
         caller: u64,
     ) -> (Vec<Member>, Vec<oneshot::Sender<Answer>>) {
-        let config = &self.inner.config;
-        let mut taken = Vec::new();
-        {
-            let mut queues = lock(&self.inner.waiting);
-            let Some(queue) = queues.get_mut(&caller) else {
-                return (Vec::new(), Vec::new());
-            };
-            // Spread over the pool: a queue shorter than the pool takes
-            // one read along, not every read onto one connection.
-            let most = queue
-                .len()
-                .div_ceil(config.connections)
-                .min(config.reads_per_message.saturating_sub(1));
-            let known = lock(&self.inner.known);
-            let prepared = known.get(&Object::id(conn));
-            let paces = lock(&self.inner.paces);
-            let (mut i, mut bytes) = (0, 0);
-            // The scan stops a few reads past what it may take: reads of
-            // statements this connection did not prepare stay queued.
-            let scan = 4 * config.reads_per_message;
-            while i < queue.len() && i < scan && taken.len() < most {
-                let w = &queue[i];
-                let size = w.sql.len() + w.values.iter().map(value_size).sum::<usize>();
-                if w.answer.is_closed() {
-                    // Its caller is gone.
-                    queue.remove(i);
-                } else if bytes + size <= MOST_TAKEN_BYTES
-                    && prepared.is_some_and(|k| matches!(k.get(&w.sql), Some(Some(_))))
-                    && let Some(pace) = paces.quick(caller, &w.sql, config.reads_together_below)
-                {
-                    bytes += size;
-                    taken.extend(queue.remove(i).map(|w| (w, pace)));
-                } else {
-                    i += 1;
-                }
-            }
-            if queue.is_empty() {
-                queues.remove(&caller);
-            }
-        }
+        let most = self.inner.config.reads_per_message;
+        let taken = self.take_mates(conn, (caller, Kind::Read), most, Duration::ZERO);
         let mut members = Vec::with_capacity(taken.len());
         let mut answers = Vec::with_capacity(taken.len());
         for (w, pace) in taken {
-            let _ = w.taken.send(());
             let p = Prepared {
                 sql: w.sql,
                 values: w.values,
@@ -455,6 +430,68 @@ impl PgDatabase {
         (members, answers)
     }
 
+    /// Requests of `queue` (a caller's reads or writes) whose statements
+    /// `conn` prepared and that were quick alone, with at least `least`
+    /// left before their deadlines, oldest first, with their paces, taken
+    /// out of the queue and told so: about the queue's share of one
+    /// connection of the pool (its length over the pool's size), at most
+    /// `per_message` less one and [`MOST_TAKEN_BYTES`] of SQL and values.
+    pub(super) fn take_mates(
+        &self,
+        conn: &Object,
+        (caller, kind): (u64, Kind),
+        per_message: usize,
+        least: Duration,
+    ) -> Vec<(Waiting, Duration)> {
+        let config = &self.inner.config;
+        let mut taken = Vec::new();
+        {
+            let mut queues = lock(&self.inner.waiting);
+            let Some(queue) = queues.get_mut(&(caller, kind)) else {
+                return Vec::new();
+            };
+            // Spread over the pool: a queue shorter than the pool takes
+            // one read along, not every read onto one connection.
+            let most = queue
+                .len()
+                .div_ceil(config.connections)
+                .min(per_message.saturating_sub(1));
+            let known = lock(&self.inner.known);
+            let prepared = known.get(&Object::id(conn));
+            let paces = lock(&self.inner.paces);
+            let (mut i, mut bytes) = (0, 0);
+            // The scan stops a few reads past what it may take: reads of
+            // statements this connection did not prepare stay queued.
+            let scan = 4 * per_message;
+            while i < queue.len() && i < scan && taken.len() < most {
+                let w = &queue[i];
+                let size = w.sql.len() + w.values.iter().map(value_size).sum::<usize>();
+                if w.answer.is_closed() {
+                    // Its caller is gone.
+                    queue.remove(i);
+                } else if bytes + size <= MOST_TAKEN_BYTES
+                    && w.deadline.saturating_duration_since(Instant::now()) >= least
+                    && prepared.is_some_and(|k| matches!(k.get(&w.sql), Some(Some(_))))
+                    && let Some(pace) = paces.quick(caller, &w.sql, config.reads_together_below)
+                {
+                    bytes += size;
+                    taken.extend(queue.remove(i).map(|w| (w, pace)));
+                } else {
+                    i += 1;
+                }
+            }
+            if queue.is_empty() {
+                queues.remove(&(caller, kind));
+            }
+        }
+        for (w, _) in &mut taken {
+            w.taken.take().map(|taken| taken.send(()));
+        }
+        taken
+    }
+}
+
+impl PgDatabase {
     /// One message of `members`: `BEGIN READ ONLY; SAVEPOINT m;`, each
     /// read's `EXECUTE` followed by `ROLLBACK TO SAVEPOINT m` (what a read
     /// leaves in the transaction, a `set_config(..., true)` or a lock,
@@ -764,7 +801,7 @@ impl Span {
 
 /// `error` as the read whose timeout is `timeout` says it: the message's
 /// answer was read with the first read's.
-fn its_own(error: Error, timeout: Duration) -> Error {
+pub(super) fn its_own(error: Error, timeout: Duration) -> Error {
     match error {
         Error::Timeout { stage, .. } => Error::Timeout {
             after: timeout,
@@ -787,28 +824,40 @@ enum Ended {
     Stuck,
 }
 
-/// What a read heard from the message it went in: its answer; `None`, to
-/// run on its own; or, past its deadline (the message may have ended at
-/// that same deadline without it), `timeout`.
-fn heard(
+/// What a request of `kind` heard from the message it went in: its
+/// answer, or `Alone` to run on its own. Past its deadline with no answer
+/// (the message may have ended at that same deadline without it), a read
+/// answers `timeout`, and so does a write told to run alone (it did not
+/// run); a write taken along that heard nothing may have committed.
+pub(super) fn heard(
     answered: std::result::Result<
         std::result::Result<Answer, oneshot::error::RecvError>,
         tokio::time::error::Elapsed,
     >,
+    kind: Kind,
     deadline: Instant,
     timeout: Duration,
-) -> Option<Result<(Rows, Option<Token>)>> {
-    let timed_out = || {
-        Some(Err(Error::Timeout {
-            after: timeout,
-            stage: TimeoutStage::Running,
-        }))
+) -> Answer {
+    let timed_out = |stage| Error::Timeout {
+        after: timeout,
+        stage,
     };
-    match answered {
-        Ok(Ok(Answer::Ran(r))) => Some(r),
-        Ok(Ok(Answer::Alone) | Err(_)) if Instant::now() >= deadline => timed_out(),
-        Ok(Ok(Answer::Alone) | Err(_)) => None,
-        Err(_) => timed_out(),
+    let past = Instant::now() >= deadline;
+    match (answered, kind) {
+        (Ok(Ok(a @ (Answer::Ran(_) | Answer::Wrote(_)))), _) => a,
+        (Ok(Ok(Answer::Alone)), Kind::Read) if past => {
+            Answer::Ran(Err(timed_out(TimeoutStage::Running)))
+        }
+        (Ok(Ok(Answer::Alone)), Kind::Write) if past => {
+            Answer::Wrote(Err(timed_out(TimeoutStage::Queued)))
+        }
+        (Ok(Ok(Answer::Alone)), _) => Answer::Alone,
+        (Ok(Err(_)), Kind::Read) if !past => Answer::Alone,
+        (Ok(Err(_)) | Err(_), Kind::Read) => Answer::Ran(Err(timed_out(TimeoutStage::Running))),
+        (Ok(Err(_)) | Err(_), Kind::Write) => Answer::Wrote(Err(Error::OutcomeUnknown {
+            what: "the write".into(),
+            reason: "it went in a message of writes that did not answer for it".into(),
+        })),
     }
 }
 
