@@ -240,7 +240,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: int_kind(1, 60_000),
         default: || ms(pg().reads_together_below),
-        help: "reads of a statement whose last read alone took longer go alone, not several to a message",
+        help: "reads and writes of a statement whose last one alone took longer go alone, not several to a message",
     },
     Key {
         name: "postgres.one_message_writes",

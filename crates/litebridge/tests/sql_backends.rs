@@ -3446,6 +3446,80 @@ async fn postgres_writes_in_a_message_whose_session_ends_answer_what_committed()
     schema.drop_now().await;
 }
 
+/// Writes of one message keep what alone keeps: a temporary table a write
+/// made goes with it (the next write of the message may make it again),
+/// and a read-only server answers `unavailable`, not `read_only` (both
+/// found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_in_a_message_keep_temporary_tables_and_read_only_as_alone() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let w = |caller| as_caller(caller).0;
+    let q = |caller| as_caller(caller).1;
+    let temp = "CREATE TEMP TABLE s (x int)";
+    let insert = "INSERT INTO t VALUES (?1)";
+    db.execute_with("CREATE TABLE t (id int PRIMARY KEY)", (), w(2))
+        .await
+        .unwrap();
+    for i in [-1, -2] {
+        db.execute_with(temp, (), w(1)).await.unwrap();
+        db.execute_with(insert, params![i], w(1)).await.unwrap();
+    }
+    let before = db.writes_together();
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures_util::future::join3(
+            Box::pin(db.execute_with(temp, (), w(1))),
+            Box::pin(db.execute_with(temp, (), w(1))),
+            Box::pin(db.execute_with(temp, (), w(1))),
+        )
+        .await
+    };
+    let (held, (a, b, c)) = tokio::join!(hold, queued);
+    held.unwrap();
+    for r in [a, b, c] {
+        r.unwrap();
+    }
+    assert!(db.writes_together() > before, "they went together");
+    // Caller 1's session made read-only: its next writes find it so.
+    db.execute_with(
+        "SELECT set_config('default_transaction_read_only', 'on', false)",
+        (),
+        w(1),
+    )
+    .await
+    .unwrap();
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures_util::future::join3(
+            Box::pin(db.execute_with(insert, params![1], w(1))),
+            Box::pin(db.execute_with(insert, params![2], w(1))),
+            Box::pin(db.execute_with(insert, params![3], w(1))),
+        )
+        .await
+    };
+    let (held, (a, b, c)) = tokio::join!(hold, queued);
+    held.unwrap();
+    assert_eq!(a.unwrap_err().kind(), ErrorKind::Unavailable);
+    // The connection was closed: the others ran alone on a new one, or
+    // found it read-only too.
+    for r in [b, c] {
+        if let Err(e) = r {
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        }
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_going_together_let_the_pool_grow_to_its_size() {
     let Some((schema, db)) = pg_with(|c| {

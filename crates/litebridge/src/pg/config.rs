@@ -54,11 +54,12 @@ pub struct PgConfig {
     /// next read of their caller to get one (`together`). 1 sends each
     /// read alone. Default: 8.
     pub reads_per_message: usize,
-    /// With [`PgConfig::reads_per_message`] above 1, reads of a statement
-    /// whose last read alone took longer than this go alone: the reads of
-    /// a message wait for each other, and a message that outlives what its
-    /// reads took alone is cancelled, its slow read run again alone
-    /// (`together`). Default: 20 ms.
+    /// With [`PgConfig::reads_per_message`] (or
+    /// [`PgConfig::writes_per_message`]) above 1, reads (writes) of a
+    /// statement whose caller's last one alone took longer than this go
+    /// alone: the requests of a message wait for each other, and a message
+    /// that outlives what its requests took alone is cancelled, its slow
+    /// request run again alone (`together`). Default: 20 ms.
     pub reads_together_below: Duration,
     /// With [`PgConfig::one_message_writes`], the most single-statement
     /// writes of one caller sent in one message, each in a transaction of

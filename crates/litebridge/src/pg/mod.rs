@@ -1659,13 +1659,7 @@ impl PgDatabase {
                 // written; the next connection finds the primary again
                 // through the URL's hosts.
                 self.discard(Node::Primary, who, conn);
-                return Err(Error::Unavailable {
-                    what: "the PostgreSQL primary",
-                    reason: format!(
-                        "the server reached is read-only (a standby, or a primary demoted by a \
-                         failover): nothing was written, retry ({message})"
-                    ),
-                });
+                return Err(not_the_primary(&message));
             }
             Ok(Err(e)) => {
                 self.after_error(Node::Primary, who, conn).await;
@@ -2444,6 +2438,19 @@ fn guard_refusal(code: &SqlState) -> bool {
 /// had no token to send, and its next `session` read could be stale.
 fn unknown_position() -> Token {
     Token::default()
+}
+
+/// The answer to a write that a read-only server refused: a standby, or a
+/// primary demoted by a failover. Nothing was written; the next connection
+/// finds the primary again through the URL's hosts.
+fn not_the_primary(message: &str) -> Error {
+    Error::Unavailable {
+        what: "the PostgreSQL primary",
+        reason: format!(
+            "the server reached is read-only (a standby, or a primary demoted by a failover): \
+             nothing was written, retry ({message})"
+        ),
+    }
 }
 
 /// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.

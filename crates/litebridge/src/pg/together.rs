@@ -658,10 +658,7 @@ impl PgDatabase {
                     () = &mut overrun, if !overran => {
                         overran = true;
                         stuck.as_mut().reset(Instant::now() + STOP_GRACE);
-                        let token = conn.cancel_token();
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
-                        });
+                        send_cancel(&conn);
                     }
                 }
             }
@@ -822,6 +819,16 @@ enum Ended {
     /// Cancelled for outliving its reads' paces, and still running a grace
     /// later.
     Stuck,
+}
+
+/// Sends PostgreSQL's cancel request for what `conn` runs, off the
+/// caller's time. The connection must not be kept after it: the cancel
+/// may reach its next request.
+pub(super) fn send_cancel(conn: &Object) {
+    let token = conn.cancel_token();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
+    });
 }
 
 /// What a request of `kind` heard from the message it went in: its

@@ -15,20 +15,24 @@
 //! queue, the spread over the pool and the paces are the reads' (`together`).
 //!
 //! - **Each write a transaction of its own**: `BEGIN; EXECUTE ...; COMMIT;`
-//!   for each, then the tidy-up. Not one transaction for all: what a write
-//!   leaves in its transaction (a `set_config(..., true)` that a row-level
-//!   policy reads) would reach the writes after it, and no savepoint undoes
-//!   it while keeping the write. Locks are held for the write's own
-//!   transaction, as alone.
+//!   for each (and `DISCARD TEMP` when the clients' role may make
+//!   temporary objects, as after a write alone: a review found the next
+//!   write of a message seeing them), then the tidy-up. Not one
+//!   transaction for all: what a write leaves in its transaction (a
+//!   `set_config(..., true)` that a row-level policy reads) would reach the
+//!   writes after it, and no savepoint undoes it while keeping the write.
+//!   Locks are held for the write's own transaction, as alone.
 //! - **What an answer means.** PostgreSQL runs the message in order and
 //!   skips the rest at the first error. A write is answered once its
 //!   `COMMIT` (and, with replicas, the position after it) is: committed.
 //!   A write whose statement or `COMMIT` failed did not commit, and
 //!   answers its error, as alone; the writes after it did not run, and run
 //!   alone. The one change: `COMMIT` travels in the message, so a
-//!   connection lost during it leaves every write not answered yet
-//!   `outcome_unknown` (alone, a write knows whether it sent its `COMMIT`).
-//!   A write with an idempotency key goes the long way, always.
+//!   connection lost during it leaves every write not answered yet whose
+//!   `COMMIT` was not answered `outcome_unknown` (alone, a write knows
+//!   whether it sent its `COMMIT`). A read-only server (a standby, a
+//!   demoted primary) answers `unavailable`, as alone. A write with an
+//!   idempotency key goes the long way, always.
 //! - **Only writes with time to spare.** A write goes together only with at
 //!   least [`STOP_GRACE`] plus twice the message's most pace left, and the
 //!   message is cancelled when it outlives its writes' paces (as reads'
@@ -49,16 +53,15 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 use tokio_postgres::SimpleQueryMessage as M;
 use tokio_postgres::error::SqlState;
 
 use super::fast::{Failed, WriteInOne, answer};
 use super::lease::Lease;
-use super::together::{Answer, Kind, heard, its_own};
+use super::together::{Answer, Kind, heard, its_own, send_cancel};
 use super::{
-    Done, Node, PgDatabase, Prepared, STOP_GRACE, WAL_INSERT_POSITION, Who, primary_token,
-    unknown_position,
+    Done, Node, PgDatabase, Prepared, STOP_GRACE, TIDY_TEMP, WAL_INSERT_POSITION, Who,
+    not_the_primary, primary_token, unknown_position,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -189,8 +192,11 @@ impl PgDatabase {
     ) {
         let started = Instant::now();
         let n = members.len();
-        let stride = 3 + usize::from(track);
         let tidy = self.inner.tidy;
+        // Temporary objects a write made go with it, as alone (a review
+        // found the next write of the message seeing them).
+        let temp = tidy == TIDY_TEMP;
+        let stride = 3 + usize::from(track) + usize::from(temp);
         let mut sql = String::with_capacity(
             members
                 .iter()
@@ -206,15 +212,22 @@ impl PgDatabase {
                 sql.push_str(WAL_INSERT_POSITION);
                 sql.push_str("; ");
             }
+            if temp {
+                sql.push_str("DISCARD TEMP; ");
+            }
         }
         sql.push_str(tidy);
         let statements = stride * n + 1 + tidy.matches(';').count();
         // The write statement `i` belongs to, and which of its statements
-        // it is: 0 `BEGIN`, 1 the `EXECUTE`, 2 `COMMIT`, 3 the position.
+        // it is: 0 `BEGIN`, 1 the `EXECUTE`, 2 `COMMIT`, then the position
+        // (with replicas) and `DISCARD TEMP` (when the role may make
+        // temporary objects).
         let write_at = |i: usize| (i < stride * n).then_some((i / stride, i % stride));
         let mut answers: Vec<Option<oneshot::Sender<Answer>>> =
             answers.into_iter().map(Some).collect();
         let mut changes = vec![0; n];
+        // Whose `COMMIT` was answered: committed, whatever comes after.
+        let mut committed = vec![false; n];
         let mut positions: Vec<Vec<M>> = members.iter().map(|_| Vec::new()).collect();
         // The first write not answered yet.
         let mut ran = 0;
@@ -224,7 +237,8 @@ impl PgDatabase {
             };
             match (step, m) {
                 (1, M::CommandComplete(c)) => changes[k] = c,
-                (3, m @ M::Row(_)) => positions[k].push(m),
+                (2, M::CommandComplete(_)) if stride > 3 => committed[k] = true,
+                (3, m @ M::Row(_)) if track => positions[k].push(m),
                 (step, M::CommandComplete(_)) if step + 1 == stride => {
                     let token = track.then(|| {
                         self.inner
@@ -266,10 +280,7 @@ impl PgDatabase {
                     () = &mut overrun, if !overran => {
                         overran = true;
                         stuck.as_mut().reset(Instant::now() + STOP_GRACE);
-                        let token = conn.cancel_token();
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
-                        });
+                        send_cancel(&conn);
                     }
                 }
             }
@@ -286,7 +297,8 @@ impl PgDatabase {
         }
         let Some(answered) = outcome else {
             self.stop(Node::Primary, Who::Client, conn);
-            tell_unknown(answers, "its message of writes did not stop at a cancel");
+            let reason = "its message of writes did not stop at a cancel";
+            tell_unknown(answers, &committed, &changes, track, reason);
             return;
         };
         let failed = match answered.failed {
@@ -307,10 +319,9 @@ impl PgDatabase {
                     || format!("{} statements of {statements} answered", answered.done),
                     |f| f.error.to_string(),
                 );
-                tell_unknown(
-                    answers,
-                    &format!("the connection failed during its message of writes: {reason}"),
-                );
+                let reason =
+                    format!("the connection failed during its message of writes: {reason}");
+                tell_unknown(answers, &committed, &changes, track, &reason);
                 return;
             }
         };
@@ -323,21 +334,18 @@ impl PgDatabase {
             let Some(sender) = sender else { continue };
             let answer = match write_at(at) {
                 Some((j, step)) if j == k => match error.take() {
-                    // Its COMMIT answered; the position after it failed:
+                    // Its COMMIT answered; what came after it failed:
                     // committed, at a position not known.
-                    Some(_) if step == 3 => Answer::Wrote(Ok(Done {
-                        result: ExecResult {
-                            changes: changes[k],
-                            last_insert_rowid: 0,
-                        },
-                        rows: None,
-                        token: Some(unknown_position()),
-                    })),
+                    Some(_) if step > 2 => Answer::Wrote(Ok(committed_unknown(changes[k], track))),
                     // Cancelled for outliving its paces: it did not
                     // commit, and runs again alone.
                     Some(_) if overran && code == Some(SqlState::QUERY_CANCELED) => {
                         self.paced(caller, &member.sql, started.elapsed().max(2 * below));
                         Answer::Alone
+                    }
+                    // A read-only server: nothing was written, as alone.
+                    Some(Error::ReadOnly { message }) => {
+                        Answer::Wrote(Err(not_the_primary(&message)))
                     }
                     // Its own error: it did not commit, as alone.
                     Some(e) => Answer::Wrote(Err(its_own(e, member.timeout))),
@@ -358,12 +366,38 @@ impl PgDatabase {
     }
 }
 
-/// Tells the writes not answered yet that their outcome is unknown.
-fn tell_unknown(answers: Vec<Option<oneshot::Sender<Answer>>>, reason: &str) {
-    for sender in answers.into_iter().flatten() {
-        let _ = sender.send(Answer::Wrote(Err(Error::OutcomeUnknown {
-            what: "the write".into(),
-            reason: reason.to_owned(),
-        })));
+/// Tells the writes not answered yet what is known: committed for those
+/// whose `COMMIT` was answered (at a position not known), their outcome
+/// unknown for the others.
+fn tell_unknown(
+    answers: Vec<Option<oneshot::Sender<Answer>>>,
+    committed: &[bool],
+    changes: &[u64],
+    track: bool,
+    reason: &str,
+) {
+    for (k, sender) in answers.into_iter().enumerate() {
+        let Some(sender) = sender else { continue };
+        let answer = if committed[k] {
+            Ok(committed_unknown(changes[k], track))
+        } else {
+            Err(Error::OutcomeUnknown {
+                what: "the write".into(),
+                reason: reason.to_owned(),
+            })
+        };
+        let _ = sender.send(Answer::Wrote(answer));
+    }
+}
+
+/// A write that committed, its position (with replicas) not known.
+fn committed_unknown(changes: u64, track: bool) -> Done {
+    Done {
+        result: ExecResult {
+            changes,
+            last_insert_rowid: 0,
+        },
+        rows: None,
+        token: track.then(unknown_position),
     }
 }
