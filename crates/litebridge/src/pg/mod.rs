@@ -962,12 +962,10 @@ impl PgDatabase {
             let turn = Box::pin(self.lease_or_join(p, kind, caller, (deadline, timeout)));
             match turn.await? {
                 together::Turn::Lead(conn) => led = Some((caller, conn)),
-                together::Turn::Answered(together::Answer::Ran(r)) => return r,
-                together::Turn::Answered(together::Answer::Alone) => {}
-                together::Turn::Answered(together::Answer::Wrote(_)) => {
-                    return Err(Error::Internal {
-                        message: "a read was answered as a write".into(),
-                    });
+                together::Turn::Answered(answer) => {
+                    if let Some(r) = answer.read() {
+                        return r;
+                    }
                 }
             }
         }
@@ -1380,9 +1378,18 @@ impl PgDatabase {
                 .lease(Node::Primary, who, options.caller, deadline, timeout)
                 .await?;
             return self
-                .write_on(conn, who, statements, options, shape, (deadline, timeout))
+                .write_on(
+                    (conn, None),
+                    who,
+                    statements,
+                    options,
+                    shape,
+                    (deadline, timeout),
+                )
                 .await;
         };
+        // The connection, and its message for this write when it was
+        // made already.
         let mut conn = None;
         if self.may_write_together(deadline) {
             let p = &statements[0];
@@ -1390,24 +1397,20 @@ impl PgDatabase {
             let turn = Box::pin(self.lease_or_join(p, kind, caller, (deadline, timeout)));
             match turn.await? {
                 together::Turn::Lead(leased) => match self.write_message(&leased, &statements) {
-                    None => conn = Some(leased),
+                    None => conn = Some((leased, None)),
                     Some(one) => {
                         let led = self.write_together(leased, p, one, caller, (deadline, timeout));
                         match Box::pin(led).await {
                             Ok(Some(done)) => return done.map(|d| vec![d]),
                             Ok(None) => {}
-                            Err((back, _)) => conn = Some(back),
+                            Err((back, one)) => conn = Some((back, Some(one))),
                         }
                     }
                 },
-                together::Turn::Answered(together::Answer::Wrote(done)) => {
-                    return done.map(|d| vec![d]);
-                }
-                together::Turn::Answered(together::Answer::Alone) => {}
-                together::Turn::Answered(together::Answer::Ran(_)) => {
-                    return Err(Error::Internal {
-                        message: "a write was answered as a read".into(),
-                    });
+                together::Turn::Answered(answer) => {
+                    if let Some(done) = answer.wrote() {
+                        return done.map(|d| vec![d]);
+                    }
                 }
             }
         }
@@ -1427,7 +1430,7 @@ impl PgDatabase {
     /// succeeds (`together`).
     async fn write_timed(
         &self,
-        conn: Option<Lease>,
+        conn: Option<(Lease, Option<fast::WriteInOne>)>,
         caller: u64,
         statements: Vec<Prepared>,
         options: WriteOptions,
@@ -1437,8 +1440,9 @@ impl PgDatabase {
         let conn = match conn {
             Some(conn) => conn,
             None => {
-                self.lease(Node::Primary, Who::Client, Some(caller), deadline, timeout)
-                    .await?
+                let leased =
+                    self.lease(Node::Primary, Who::Client, Some(caller), deadline, timeout);
+                (leased.await?, None)
             }
         };
         let sql = statements[0].sql.clone();
@@ -1459,10 +1463,11 @@ impl PgDatabase {
         done
     }
 
-    /// [`PgDatabase::write`] on `conn`.
+    /// [`PgDatabase::write`] on `conn`, with the one-message write made
+    /// for it already, if any.
     async fn write_on(
         &self,
-        conn: Lease,
+        (conn, made): (Lease, Option<fast::WriteInOne>),
         who: Who,
         statements: Vec<Prepared>,
         options: WriteOptions,
@@ -1510,7 +1515,7 @@ impl PgDatabase {
             (Who::Client, None, Shape::Each | Shape::Rows)
                 if self.inner.config.one_message_writes =>
             {
-                self.write_message(&conn, &statements)
+                made.or_else(|| self.write_message(&conn, &statements))
             }
             _ => None,
         };

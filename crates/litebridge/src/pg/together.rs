@@ -183,6 +183,30 @@ pub(super) enum Answer {
     Alone,
 }
 
+impl Answer {
+    /// A read's answer: its rows, or `None` to run alone.
+    pub(super) fn read(self) -> Option<Result<(Rows, Option<Token>)>> {
+        match self {
+            Answer::Ran(r) => Some(r),
+            Answer::Alone => None,
+            Answer::Wrote(_) => Some(Err(Error::Internal {
+                message: "a read was answered as a write".into(),
+            })),
+        }
+    }
+
+    /// A write's answer: its outcome, or `None` to run alone.
+    pub(super) fn wrote(self) -> Option<Result<Done>> {
+        match self {
+            Answer::Wrote(r) => Some(r),
+            Answer::Alone => None,
+            Answer::Ran(_) => Some(Err(Error::Internal {
+                message: "a write was answered as a read".into(),
+            })),
+        }
+    }
+}
+
 /// A request's turn: to lead a message on the connection it got, or what
 /// another's message answered.
 pub(super) enum Turn {
@@ -377,13 +401,7 @@ impl PgDatabase {
                 .run_together(conn, members, senders, caller, track),
         );
         let answered = tokio::time::timeout_at(deadline, answered).await;
-        Ok(match heard(answered, Kind::Read, deadline, timeout) {
-            Answer::Ran(r) => Some(r),
-            Answer::Alone => None,
-            Answer::Wrote(_) => Some(Err(Error::Internal {
-                message: "a read was answered as a write".into(),
-            })),
-        })
+        Ok(heard(answered, Kind::Read, deadline, timeout).read())
     }
 
     /// Reads of `caller` still queued whose statements `conn` prepared,

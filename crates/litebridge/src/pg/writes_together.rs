@@ -168,13 +168,7 @@ impl PgDatabase {
                 .run_writes(conn, members, answers, caller, track),
         );
         let answered = tokio::time::timeout_at(deadline, answered).await;
-        Ok(match heard(answered, Kind::Write, deadline, timeout) {
-            Answer::Wrote(r) => Some(r),
-            Answer::Alone => None,
-            Answer::Ran(_) => Some(Err(Error::Internal {
-                message: "a write was answered as a read".into(),
-            })),
-        })
+        Ok(heard(answered, Kind::Write, deadline, timeout).wrote())
     }
 
     /// One message of `members`, each `BEGIN; EXECUTE ...; COMMIT;` and,
