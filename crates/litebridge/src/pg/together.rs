@@ -270,14 +270,10 @@ impl PgDatabase {
         lock(&self.inner.paces).set(caller, sql, took);
     }
 
-    /// Counts `n` reads answered from a shared message.
-    fn ran_together(&self, n: usize) {
-        self.inner
-            .one_message_reads
-            .fetch_add(n as u64, Ordering::Relaxed);
-        self.inner
-            .reads_together
-            .fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts a read answered from a shared message.
+    fn ran_together(&self) {
+        self.inner.one_message_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.reads_together.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits for a connection to the primary for `caller`'s request of
@@ -567,7 +563,6 @@ impl PgDatabase {
         // The first read not answered yet, told to the watch below.
         let ran = AtomicUsize::new(0);
         let progress = Notify::new();
-        let mut count = 0;
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = span.read_at(i) else {
                 return Ok(());
@@ -602,7 +597,9 @@ impl PgDatabase {
                     let ran_ok = match part.failed {
                         Some(e) => Err(e),
                         None => {
-                            count += 1;
+                            // Counted before it is answered: a caller that
+                            // has its answer sees it counted.
+                            self.ran_together();
                             let at = track.then(|| primary_token(&part.position)).flatten();
                             let rows = Rows {
                                 columns: names(member.stmt.columns()),
@@ -681,7 +678,6 @@ impl PgDatabase {
                 }
             }
         };
-        self.ran_together(count);
         if overran {
             // Which read was slow is not sure (the cancel stops whatever
             // runs when it arrives): each is measured alone again.

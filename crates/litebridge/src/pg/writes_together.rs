@@ -247,6 +247,9 @@ impl PgDatabase {
                         rows: None,
                         token,
                     };
+                    // Counted before it is answered: a caller that has its
+                    // answer sees it counted.
+                    self.wrote_together();
                     if let Some(sender) = answers[k].take() {
                         let _ = sender.send(Answer::Wrote(Ok(done)));
                     }
@@ -279,8 +282,6 @@ impl PgDatabase {
                 }
             }
         };
-        let count = ran;
-        self.wrote_together(count);
         if overran {
             // Which write was slow is not sure: each is measured alone
             // again.
@@ -352,11 +353,11 @@ impl PgDatabase {
         }
     }
 
-    /// Counts `n` writes answered from a shared message.
-    fn wrote_together(&self, n: usize) {
+    /// Counts a write answered from a shared message.
+    fn wrote_together(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.inner.one_message_writes.fetch_add(n as u64, Relaxed);
-        self.inner.writes_together.fetch_add(n as u64, Relaxed);
+        self.inner.one_message_writes.fetch_add(1, Relaxed);
+        self.inner.writes_together.fetch_add(1, Relaxed);
     }
 }
 
