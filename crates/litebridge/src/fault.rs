@@ -17,6 +17,7 @@ pub struct Faults {
     fail_read_begins: AtomicUsize,
     fail_settles: AtomicUsize,
     fail_tidies: AtomicUsize,
+    lose_before_commits: AtomicUsize,
 }
 
 impl Faults {
@@ -76,6 +77,19 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_fail_tidy(&self) -> bool {
         take_one(&self.fail_tidies)
+    }
+
+    /// Makes the connection of the next `n` PostgreSQL messages that would
+    /// commit the clients' writes (a write's `COMMIT`, or writes sent
+    /// together) lost before the message is sent: its server process is
+    /// ended, and the message waits until the connection has seen it.
+    pub fn lose_before_commits(&self, n: usize) {
+        self.lose_before_commits.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_lose_before_commit(&self) -> bool {
+        take_one(&self.lose_before_commits)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

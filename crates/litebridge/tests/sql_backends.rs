@@ -3446,6 +3446,78 @@ async fn postgres_writes_in_a_message_whose_session_ends_answer_what_committed()
     schema.drop_now().await;
 }
 
+/// A write whose connection closed before its `COMMIT` could be sent
+/// answers `unavailable`, and nothing of it was written: `outcome_unknown`
+/// is for a `COMMIT` sent and not answered (a review found it answered
+/// `outcome_unknown`). Writes going together whose message could not be
+/// sent each run alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_whose_commit_was_never_sent_is_unavailable_and_unwritten() {
+    for one_message_writes in [false, true] {
+        let Some((schema, db)) = pg_with(|c| {
+            c.connections = 1;
+            c.one_message_writes = one_message_writes;
+        })
+        .await
+        else {
+            return;
+        };
+        let w = |caller| as_caller(caller).0;
+        let q = |caller| as_caller(caller).1;
+        db.execute_with("CREATE TABLE t (id int PRIMARY KEY)", (), w(2))
+            .await
+            .unwrap();
+        let insert = "INSERT INTO t VALUES (?1)";
+        db.execute_with(insert, params![-1], w(1)).await.unwrap();
+        db.faults().lose_before_commits(1);
+        let e = db.execute_with(insert, params![1], w(1)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+        // Retried, it is written once.
+        db.execute_with(insert, params![1], w(1)).await.unwrap();
+        let count = "SELECT count(*)::int FROM t WHERE id = 1";
+        let rows = db.query_with(count, (), q(2)).await.unwrap().rows;
+        assert_eq!(rows, [[Value::Integer(1)]], "{one_message_writes}");
+        if !one_message_writes {
+            db.close();
+            schema.drop_now().await;
+            continue;
+        }
+        // Writes waiting for the connection, whose message is never sent.
+        db.execute_with(insert, params![-2], w(1)).await.unwrap();
+        let before = db.writes_together();
+        let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
+        let queued = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            db.faults().lose_before_commits(1);
+            futures_util::future::join3(
+                Box::pin(db.execute_with(insert, params![2], w(1))),
+                Box::pin(db.execute_with(insert, params![3], w(1))),
+                Box::pin(db.execute_with(insert, params![4], w(1))),
+            )
+            .await
+        };
+        let (held, (two, three, four)) = tokio::join!(hold, queued);
+        held.unwrap();
+        for (i, r) in [two, three, four].into_iter().enumerate() {
+            assert_eq!(r.unwrap().changes, 1, "write {i}");
+        }
+        assert_eq!(db.writes_together(), before, "none was answered together");
+        let ids = "SELECT id FROM t WHERE id > 1 ORDER BY id";
+        let rows = db.query_with(ids, (), q(2)).await.unwrap().rows;
+        assert_eq!(
+            rows,
+            [
+                [Value::Integer(2)],
+                [Value::Integer(3)],
+                [Value::Integer(4)]
+            ]
+        );
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
 /// Writes of one message keep what alone keeps: a temporary table a write
 /// made goes with it (the next write of the message may make it again),
 /// and a read-only server answers `unavailable`, not `read_only` (both

@@ -546,6 +546,10 @@ pub(super) struct Failed {
     /// The connection was lost (or the message could not be sent): the
     /// statements from `at` on may have run, or not.
     pub(super) lost: bool,
+    /// The message was handed to the connection, and may have reached the
+    /// server; `false` when the connection had closed before: none of it
+    /// ran.
+    pub(super) sent: bool,
 }
 
 impl Answered {
@@ -581,16 +585,19 @@ pub(super) async fn answer(
         done: 0,
         failed: None,
     };
-    let lost = |e: &tokio_postgres::Error, at| Failed {
+    let lost = |e: &tokio_postgres::Error, at, sent| Failed {
         error: from_pg(e, timeout),
         at,
         code: None,
         lost: true,
+        sent,
     };
+    // tokio-postgres fails here only when the connection's task has ended
+    // (or the text cannot be encoded): the message was never sent.
     let stream = match conn.simple_query_raw(sql).await {
         Ok(stream) => stream,
         Err(e) => {
-            answered.failed = Some(lost(&e, 0));
+            answered.failed = Some(lost(&e, 0, false));
             return answered;
         }
     };
@@ -598,7 +605,7 @@ pub(super) async fn answer(
     while let Some(m) = stream.next().await {
         match m {
             Err(e) if e.code().is_none() => {
-                answered.failed = Some(lost(&e, answered.done));
+                answered.failed = Some(lost(&e, answered.done, true));
                 return answered;
             }
             _ if answered.failed.is_some() => {}
@@ -608,6 +615,7 @@ pub(super) async fn answer(
                     at: answered.done,
                     code: e.code().cloned(),
                     lost: false,
+                    sent: true,
                 });
             }
             Ok(m) => {
@@ -618,6 +626,7 @@ pub(super) async fn answer(
                         at: answered.done,
                         code: None,
                         lost: false,
+                        sent: true,
                     });
                 } else if complete {
                     answered.done += 1;

@@ -1709,6 +1709,9 @@ impl PgDatabase {
         // ROLLBACK, when the record was made) means the write committed.
         let committed = AtomicBool::new(false);
         let recorded = AtomicBool::new(claim.is_none());
+        if who == Who::Client && self.inner.faults.take_lose_before_commit() {
+            self.lose(&conn).await;
+        }
         let commit = async {
             // The record of an idempotency key, sent first (a failure aborts
             // the transaction, and the COMMIT answers ROLLBACK: nothing
@@ -1776,6 +1779,19 @@ impl PgDatabase {
         // deferred constraint) as a lost connection: it may have ended
         // after the commit was made durable, so the outcome is unknown.
         match (settled, ended.failed) {
+            (_, Some(failed)) if !failed.sent => {
+                // The connection had closed before the COMMIT could be
+                // sent: the server rolled the transaction back.
+                self.discard(Node::Primary, who, conn);
+                Err(Error::Unavailable {
+                    what: "the PostgreSQL connection",
+                    reason: format!(
+                        "it closed before the write's COMMIT was sent, and nothing was \
+                         written ({})",
+                        failed.error
+                    ),
+                })
+            }
             (Err(e), _) if e.as_db_error().is_some() && !connection_lost(&e) => {
                 // The server refused the record: its transaction aborted,
                 // and nothing committed.
@@ -2057,6 +2073,24 @@ impl PgDatabase {
         callers.insert((node, Object::id(&conn)), (caller, 0));
         drop(callers);
         conn.release();
+    }
+
+    /// Ends `conn`'s server process and waits (a grace at most) until the
+    /// connection has seen it: [`Faults::lose_before_commits`].
+    ///
+    /// [`Faults::lose_before_commits`]: crate::fault::Faults::lose_before_commits
+    async fn lose(&self, conn: &Object) {
+        let pid = lock(&self.inner.pids)
+            .get(&Object::id(conn))
+            .map(|(pid, _)| *pid);
+        if let (Some(pid), Ok(own)) = (pid, self.inner.own.get().await) {
+            let ended = "SELECT pg_catalog.pg_terminate_backend($1)";
+            let _ = own.execute(ended, &[&pid]).await;
+        }
+        let grace = Instant::now() + STOP_GRACE;
+        while !conn.is_closed() && Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A connection of `who`'s pool, waited for until `deadline`.

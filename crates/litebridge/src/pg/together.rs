@@ -717,6 +717,7 @@ impl PgDatabase {
                     at: statements,
                     code: None,
                     lost: false,
+                    sent: true,
                 }),
             },
         };

@@ -225,6 +225,9 @@ impl PgDatabase {
         let mut positions: Vec<Vec<M>> = members.iter().map(|_| Vec::new()).collect();
         // The first write not answered yet.
         let mut ran = 0;
+        if self.inner.faults.take_lose_before_commit() {
+            self.lose(&conn).await;
+        }
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = write_at(i) else {
                 return Ok(());
@@ -308,6 +311,14 @@ impl PgDatabase {
                 return;
             }
             Some(failed) if !failed.lost => failed,
+            // Never sent, the connection closed: each runs alone.
+            Some(failed) if !failed.sent => {
+                self.discard(Node::Primary, Who::Client, conn);
+                for sender in answers.into_iter().flatten() {
+                    let _ = sender.send(Answer::Alone);
+                }
+                return;
+            }
             lost => {
                 self.discard(Node::Primary, Who::Client, conn);
                 let reason = lost.map_or_else(
