@@ -1096,7 +1096,8 @@ async fn postgres_session_state_does_not_reach_another_caller() {
     )
     .await
     .unwrap();
-    // (Caller 1's own next request still finds it: its sessions are its own.)
+    // Caller 1's own next request does not find it either: a session where
+    // one is found at the end of a request is closed.
     let mine = db
         .query_with(
             "SELECT count(*) FROM pg_prepared_statements WHERE name = 'evil'",
@@ -1105,7 +1106,7 @@ async fn postgres_session_state_does_not_reach_another_caller() {
         )
         .await
         .unwrap();
-    assert_eq!(mine.rows[0][0], Value::Integer(1));
+    assert_eq!(mine.rows[0][0], Value::Integer(0));
     assert_eq!(
         other_text(
             &db,
@@ -2628,6 +2629,138 @@ async fn postgres_a_callers_own_statements_cannot_stand_in_for_litebridges() {
     schema.drop_now().await;
 }
 
+/// A `write` key's function that another key's request runs (through a
+/// view, or a trigger) can take the name of one of that caller's prepared
+/// statements, `DEALLOCATE` and `PREPARE`: the caller's later requests on
+/// the session, which is not reset between its own requests, would run it
+/// with their values (SECURITY.md listed it as found and not fixed). The
+/// session is checked at the end of every request and closed when a
+/// statement prepared with SQL is found: on each path a request can take
+/// (the long way, one message, sent together), through a read and a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_statement_a_function_prepared_does_not_reach_the_callers_next_request() {
+    for fast in [false, true] {
+        let Some((schema, db)) = pg_with(|c| {
+            c.connections = 1;
+            c.one_message_reads = fast;
+            c.one_message_writes = fast;
+            // Quick enough to go together on a loaded machine, with the
+            // time a write needs to (2 s + 34 x this).
+            c.reads_together_below = Duration::from_millis(250);
+        })
+        .await
+        else {
+            return;
+        };
+        let (thief, _) = as_caller(2);
+        let (w, q) = as_caller(1);
+        for sql in [
+            "CREATE TABLE mine (v text)",
+            "CREATE TABLE loot (v text)",
+            "CREATE TABLE log (v text)",
+            "CREATE TABLE armed (on_ int)",
+            // Once armed, every statement of the session that inserts into
+            // `mine` becomes one that inserts into `loot`.
+            "CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ \
+             DECLARE n text; BEGIN \
+             IF NOT EXISTS (SELECT 1 FROM armed) THEN RETURN 0; END IF; \
+             FOR n IN SELECT name FROM pg_prepared_statements \
+             WHERE statement LIKE 'INSERT INTO mine%' LOOP \
+             EXECUTE format('DEALLOCATE %I', n); \
+             EXECUTE format('PREPARE %I(text) AS INSERT INTO loot VALUES ($1)', n); \
+             END LOOP; RETURN 1; END $$",
+            "CREATE VIEW looked AS SELECT swap() AS x",
+            "CREATE FUNCTION on_log() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM swap(); RETURN NEW; END $$",
+            "CREATE TRIGGER logged AFTER INSERT ON log FOR EACH ROW EXECUTE FUNCTION on_log()",
+        ] {
+            db.execute_with(sql, (), thief).await.unwrap();
+        }
+        let insert = "INSERT INTO mine VALUES (?1)";
+        let look = "SELECT x FROM looked";
+        let log = "INSERT INTO log VALUES ('x')";
+        let arm = |on: bool| {
+            let sql = if on {
+                "INSERT INTO armed VALUES (1)"
+            } else {
+                "DELETE FROM armed"
+            };
+            db.execute_with(sql, (), w)
+        };
+        // One request of caller 1, a read or a write.
+        let db = &db;
+        let one = move |swapping: &'static str, read: bool| async move {
+            if read {
+                db.query_with(swapping, (), q).await.map(|_| ())
+            } else {
+                db.execute_with(swapping, (), w).await.map(|_| ())
+            }
+        };
+        let runs = [
+            (look, true, false),
+            (log, false, false),
+            (look, true, true),
+            (log, false, true),
+        ];
+        for (i, (swapping, read, together)) in runs.into_iter().enumerate() {
+            if together && !fast {
+                continue;
+            }
+            arm(false).await.unwrap();
+            for _ in 0..2 {
+                db.execute_with(insert, params!["before"], w).await.unwrap();
+            }
+            // Prepared on the one connection, and, with `fast`, noted for
+            // one-message requests and measured alone.
+            for _ in 0..2 {
+                one(swapping, read).await.unwrap();
+            }
+            arm(true).await.unwrap();
+            if together {
+                // Two of them wait for the connection: one message.
+                let before = (db.reads_together(), db.writes_together());
+                let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q);
+                let queued = async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::join!(one(swapping, read), async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        one(swapping, read).await
+                    })
+                };
+                let (held, (first, second)) = tokio::join!(hold, queued);
+                held.unwrap();
+                first.unwrap();
+                second.unwrap();
+                let after = (db.reads_together(), db.writes_together());
+                assert_ne!(after, before, "{swapping} went together");
+            } else {
+                one(swapping, read).await.unwrap();
+            }
+            let secret = format!("secret {i}");
+            db.execute_with(insert, params![secret.as_str()], w)
+                .await
+                .unwrap();
+            let loot = db
+                .query_with("SELECT count(*)::int FROM loot", (), as_caller(3).1)
+                .await
+                .unwrap();
+            let what = format!("fast {fast}, {swapping}, together {together}");
+            assert_eq!(loot.rows, [[Value::Integer(0)]], "{what}");
+            let kept = db
+                .query_with(
+                    "SELECT count(*)::int FROM mine WHERE v = ?1",
+                    params![secret.as_str()],
+                    as_caller(3).1,
+                )
+                .await
+                .unwrap();
+            assert_eq!(kept.rows, [[Value::Integer(1)]], "{what}");
+        }
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
 fn once(caller: u64, key: &str) -> WriteOptions {
     WriteOptions {
         caller: Some(caller),
@@ -3457,6 +3590,9 @@ async fn postgres_a_write_whose_commit_was_never_sent_is_unavailable_and_unwritt
         let Some((schema, db)) = pg_with(|c| {
             c.connections = 1;
             c.one_message_writes = one_message_writes;
+            // Quick enough to go together on a loaded machine (a second
+            // would leave no write the time to: 2 s + 34 x this).
+            c.reads_together_below = Duration::from_millis(250);
         })
         .await
         else {

@@ -89,8 +89,8 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use super::error::from_pg;
 use super::types::{Param, real_text};
 use super::{
-    Done, END_READ, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION, names,
-    primary_token, readable_columns, too_large, value_size,
+    Done, END_READ, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION,
+    found_prepared, names, primary_token, readable_columns, too_large, value_size,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -371,9 +371,10 @@ impl PgDatabase {
     }
 
     /// One read in one message: `BEGIN READ ONLY`, the statement's
-    /// `EXECUTE`, the position when `track`, [`END_READ`]. The rows and the
-    /// primary's position, or `None` when the read must go the long way
-    /// after all (its transaction rolled back). `begun` is set once `BEGIN`
+    /// `EXECUTE`, the position when `track`, [`END_READ`]. The rows, the
+    /// primary's position and whether the session may be kept (no
+    /// statement prepared with SQL was found in it), or `None` when the
+    /// read must go the long way after all (its transaction rolled back). `begun` is set once `BEGIN`
     /// is answered.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn read_in_one(
@@ -386,7 +387,7 @@ impl PgDatabase {
         max_bytes: usize,
         (deadline, timeout): (Instant, Duration),
         begun: &AtomicBool,
-    ) -> Result<Option<(Rows, Option<Token>)>> {
+    ) -> Result<Option<(Rows, Option<Token>, bool)>> {
         let started = Instant::now();
         let mut sql = String::with_capacity(execute.len() + 128);
         sql.push_str(if self.inner.faults.take_fail_read_begin() {
@@ -402,8 +403,10 @@ impl PgDatabase {
             sql.push_str("; ");
         }
         sql.push_str(END_READ);
-        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL.
-        let statements = if track { 6 } else { 5 };
+        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL,
+        // the check of statements prepared with SQL.
+        let statements = if track { 7 } else { 6 };
+        let mut clean = true;
         let columns = stmt.columns();
         let mut rows = Vec::new();
         let mut bytes = 0usize;
@@ -417,6 +420,7 @@ impl PgDatabase {
                 (1, M::Row(_)) if rows.len() == max_rows => truncated = true,
                 (1, M::Row(row)) => rows.push(read_text_row(&row, columns, &mut bytes, max_bytes)?),
                 (2, m @ M::Row(_)) if track => position.push(m),
+                (i, m) if i + 1 == statements && found_prepared(&m) => clean = false,
                 _ => {}
             }
             Ok(())
@@ -463,6 +467,7 @@ impl PgDatabase {
                 truncated,
             },
             position,
+            clean,
         )))
     }
 

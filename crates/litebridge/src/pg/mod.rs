@@ -1029,9 +1029,9 @@ impl PgDatabase {
                     begun,
                 ))
                 .await?;
-                if let Some((rows, position)) = read {
+                if let Some((rows, position, clean)) = read {
                     let at = self.inner.committed_at(position);
-                    return Ok((Ok(rows), at, true));
+                    return Ok((Ok(rows), at, clean));
                 }
             }
             conn.batch_execute("BEGIN READ ONLY")
@@ -1089,7 +1089,7 @@ impl PgDatabase {
                 // The clients' read ends in one message ([`END_READ`]): the
                 // `COMMIT` and the tidy-up. A failure in it fails the read
                 // (the connection is closed).
-                let end = conn.batch_execute(match who {
+                let end = conn.simple_query(match who {
                     Who::Client => END_READ,
                     Who::Own => "COMMIT",
                 });
@@ -1114,7 +1114,8 @@ impl PgDatabase {
                 };
                 // A `COMMIT` of an aborted transaction rolls it back and
                 // answers without an error: the tidy-up runs all the same.
-                ended.map_err(|e| from_pg(&e, timeout))?;
+                let ended = ended.map_err(|e| from_pg(&e, timeout))?;
+                let clean = !ended.iter().any(found_prepared);
                 let position = if again {
                     conn.simple_query(WAL_INSERT_POSITION)
                         .await
@@ -1123,7 +1124,7 @@ impl PgDatabase {
                 } else {
                     position
                 };
-                Ok::<_, Error>((position, Ok(rows), true))
+                Ok::<_, Error>((position, Ok(rows), clean))
             };
             let (guarded, rest) = tokio::join!(guarded, rest);
             if let Err(e) = guarded {
@@ -1163,11 +1164,11 @@ impl PgDatabase {
             self.paced(caller, &p.sql, started.elapsed());
         }
         match ran {
-            Ok(Ok((rows, at, tidied))) => {
-                if tidied {
+            Ok(Ok((rows, at, clean))) => {
+                if clean {
                     self.keep(node, who, conn, options.caller);
                 } else {
-                    self.discard(node, who, conn);
+                    self.prepared_with_sql(node, who, conn);
                 }
                 Ok((rows, at))
             }
@@ -1709,6 +1710,8 @@ impl PgDatabase {
         // ROLLBACK, when the record was made) means the write committed.
         let committed = AtomicBool::new(false);
         let recorded = AtomicBool::new(claim.is_none());
+        // A statement prepared with SQL found in the session by the tidy-up.
+        let prepared = AtomicBool::new(false);
         if who == Who::Client && self.inner.faults.take_lose_before_commit() {
             self.lose(&conn).await;
         }
@@ -1740,6 +1743,9 @@ impl PgDatabase {
                 match (i, m) {
                     (0, M::CommandComplete(_)) => committed.store(true, Ordering::Relaxed),
                     (1, m @ M::Row(_)) if want_token => position.push(m),
+                    (i, m) if i + 1 == statements && who == Who::Client && found_prepared(&m) => {
+                        prepared.store(true, Ordering::Relaxed);
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -1821,7 +1827,9 @@ impl PgDatabase {
                 // Committed. A tidy-up that failed (or did not answer)
                 // closes the connection; a position that did not come is
                 // unknown.
-                if failed.is_none() && ended.done == statements {
+                if prepared.load(Ordering::Relaxed) {
+                    self.prepared_with_sql(Node::Primary, who, conn);
+                } else if failed.is_none() && ended.done == statements {
                     self.keep(Node::Primary, who, conn, options.caller);
                 } else {
                     self.discard(Node::Primary, who, conn);
@@ -2075,6 +2083,16 @@ impl PgDatabase {
         conn.release();
     }
 
+    /// Closes a clients' connection in whose session `prepared_with_sql!`
+    /// found a statement prepared with SQL, instead of keeping it.
+    fn prepared_with_sql(&self, node: Node, who: Who, conn: Lease) {
+        tracing::warn!(
+            "a statement was prepared with SQL in a session of the clients' role (by a function \
+             their SQL ran: the filter refuses PREPARE itself); its connection is closed"
+        );
+        self.discard(node, who, conn);
+    }
+
     /// Ends `conn`'s server process and waits (a grace at most) until the
     /// connection has seen it: [`Faults::lose_before_commits`].
     ///
@@ -2083,10 +2101,13 @@ impl PgDatabase {
         let pid = lock(&self.inner.pids)
             .get(&Object::id(conn))
             .map(|(pid, _)| *pid);
-        if let (Some(pid), Ok(own)) = (pid, self.inner.own.get().await) {
-            let ended = "SELECT pg_catalog.pg_terminate_backend($1)";
-            let _ = own.execute(ended, &[&pid]).await;
-        }
+        let ended = async {
+            if let (Some(pid), Ok(own)) = (pid, self.inner.own.get().await) {
+                let end = "SELECT pg_catalog.pg_terminate_backend($1)";
+                let _ = own.execute(end, &[&pid]).await;
+            }
+        };
+        let _ = tokio::time::timeout(STOP_GRACE, ended).await;
         let grace = Instant::now() + STOP_GRACE;
         while !conn.is_closed() && Instant::now() < grace {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -2563,17 +2584,39 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
                      WHERE p.from_sql LOOP \
                      EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$";
 
+/// Last of every clients' request, in its last message: a row when a
+/// statement was prepared with SQL in the session. The filter refuses the
+/// clients' own `PREPARE`, so a function their SQL ran did it (a `write`
+/// key's, through a view or a trigger another key's request ran), and it
+/// may have taken the name of one of litebridge's statements after
+/// `DEALLOCATE`: the caller's later requests on the session would run it
+/// with their values. Such a connection is closed, never kept
+/// ([`PgDatabase::prepared_with_sql`]). Qualified, and with no operator: it
+/// runs in the caller's session, under its `search_path`.
+macro_rules! prepared_with_sql {
+    () => {
+        "SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql LIMIT 1"
+    };
+}
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
-/// once full, and held cursors spill to disk.
-const TIDY: &str = "UNLISTEN *; CLOSE ALL";
+/// once full, and held cursors spill to disk; then `prepared_with_sql!`.
+const TIDY: &str = concat!("UNLISTEN *; CLOSE ALL; ", prepared_with_sql!());
 /// The end of a clients' read, in one message: the `COMMIT`, then [`TIDY`]
 /// (in a transaction of its own: after the `COMMIT`, so that nothing a
 /// deferred trigger does at `COMMIT` outlives it). After an error the rest
 /// of the message is skipped, the read fails and the connection is closed.
-const END_READ: &str = "COMMIT; UNLISTEN *; CLOSE ALL";
+const END_READ: &str = concat!("COMMIT; UNLISTEN *; CLOSE ALL; ", prepared_with_sql!());
 /// [`TIDY`], and temporary objects, for a clients' role that can make them.
-const TIDY_TEMP: &str = "UNLISTEN *; CLOSE ALL; DISCARD TEMP";
+const TIDY_TEMP: &str = concat!(
+    "UNLISTEN *; CLOSE ALL; DISCARD TEMP; ",
+    prepared_with_sql!()
+);
+
+/// Whether an answer to `prepared_with_sql!` found a statement.
+fn found_prepared(m: &M) -> bool {
+    matches!(m, M::Row(_))
+}
 
 /// Resets the session of a clients' connection; whether it may be reused.
 async fn reset_session(conn: &Object) -> bool {

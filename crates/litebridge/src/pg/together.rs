@@ -91,7 +91,7 @@ use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
     Done, END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token,
-    WAL_INSERT_POSITION, Who, names, primary_token, value_size,
+    WAL_INSERT_POSITION, Who, found_prepared, names, primary_token, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -555,8 +555,9 @@ impl PgDatabase {
         }
         sql.push_str(END_READ);
         // BEGIN, SAVEPOINT, the reads' statements, COMMIT, UNLISTEN, CLOSE
-        // ALL.
-        let statements = span.execute(n) + 3;
+        // ALL, the check of statements prepared with SQL.
+        let statements = span.execute(n) + 4;
+        let mut clean = true;
         let max_bytes = self.inner.config.max_result_bytes;
         let mut parts: Vec<Part> = members.iter().map(|_| Part::default()).collect();
         let answers = Mutex::new(answers.into_iter().map(Some).collect::<Vec<_>>());
@@ -565,6 +566,9 @@ impl PgDatabase {
         let progress = Notify::new();
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = span.read_at(i) else {
+                if i + 1 == statements && found_prepared(&m) {
+                    clean = false;
+                }
                 return Ok(());
             };
             let (member, part) = (&members[k], &mut parts[k]);
@@ -701,6 +705,10 @@ impl PgDatabase {
                 // it is closed.
                 None if answered.done == statements && overran => {
                     self.discard(Node::Primary, Who::Client, conn);
+                    return;
+                }
+                None if answered.done == statements && !clean => {
+                    self.prepared_with_sql(Node::Primary, Who::Client, conn);
                     return;
                 }
                 None if answered.done == statements => {

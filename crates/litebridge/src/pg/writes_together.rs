@@ -61,7 +61,7 @@ use super::lease::Lease;
 use super::together::{Answer, Kind, heard, its_own, send_cancel};
 use super::{
     Done, Node, PgDatabase, Prepared, STOP_GRACE, TIDY_TEMP, WAL_INSERT_POSITION, Who,
-    not_the_primary, primary_token, unknown_position,
+    found_prepared, not_the_primary, primary_token, unknown_position,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -228,8 +228,13 @@ impl PgDatabase {
         if self.inner.faults.take_lose_before_commit() {
             self.lose(&conn).await;
         }
+        // A statement prepared with SQL found in the session by the tidy-up.
+        let mut clean = true;
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = write_at(i) else {
+                if i + 1 == statements && found_prepared(&m) {
+                    clean = false;
+                }
                 return Ok(());
             };
             match (step, m) {
@@ -303,7 +308,9 @@ impl PgDatabase {
             None if answered.done == statements => {
                 // A cancel sent may yet reach the connection's next
                 // request: it is closed.
-                if overran {
+                if !clean {
+                    self.prepared_with_sql(Node::Primary, Who::Client, conn);
+                } else if overran {
                     self.discard(Node::Primary, Who::Client, conn);
                 } else {
                     self.keep(Node::Primary, Who::Client, conn, Some(caller));
