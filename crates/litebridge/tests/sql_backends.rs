@@ -881,16 +881,31 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
     )
     .await
     .unwrap();
-    db.query_with(
-        "SELECT set_config('search_path', ?1, false)",
-        params![format!("{own_schema}, pg_catalog")],
-        q,
+    // The search_path is set while the statement is parsed, by a domain's
+    // check: one set in an earlier request no longer reaches a later one
+    // (every request ends with `RESET search_path`).
+    db.batch(
+        vec![
+            Statement::new(
+                "CREATE FUNCTION path() RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
+                 PERFORM set_config('search_path', \
+                 quote_ident(current_schema()) || ', pg_catalog', false); \
+                 RETURN true; END $f$",
+                (),
+            ),
+            Statement::new("CREATE DOMAIN pathy AS text CHECK (path())", ()),
+        ],
+        w,
     )
     .await
     .unwrap();
     // The lookup runs the planted operator, whose INSERT is refused.
     let e = db
-        .query_with("SELECT '{x}'::quiet[] AS v", (), q)
+        .query_with(
+            "SELECT cardinality('{x}'::pathy[]) AS n, '{x}'::quiet[] AS v",
+            (),
+            q,
+        )
         .await
         .expect_err("the planted operator ran");
     assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
@@ -905,15 +920,11 @@ async fn postgres_a_read_cannot_commit_and_go_on_writing() {
     assert_eq!(n.rows[0][0], Value::Integer(0), "a type lookup wrote");
     // sql.schema's own queries name pg_catalog's operators: the planted
     // one does not run inside them (it would fail them: its INSERT is
-    // refused in their read-only transaction). (The failed read above
-    // closed its session: the search_path is set again.)
-    db.query_with(
-        "SELECT set_config('search_path', ?1, false)",
-        params![format!("{own_schema}, pg_catalog")],
-        q,
-    )
-    .await
-    .unwrap();
+    // refused in their read-only transaction), after a request whose
+    // parse set the path.
+    db.query_with("SELECT cardinality('{x}'::pathy[]) AS n", (), q)
+        .await
+        .unwrap();
     let tables = db
         .schema(q)
         .await
@@ -2756,6 +2767,126 @@ async fn postgres_a_statement_a_function_prepared_does_not_reach_the_callers_nex
                 .unwrap();
             assert_eq!(kept.rows, [[Value::Integer(1)]], "{what}");
         }
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
+/// The same swap made while a write with an idempotency key is parsed (a
+/// domain's `CHECK` on a literal runs then), when the key was recorded
+/// already and the write is answered from its record: that path ended in a
+/// `ROLLBACK` alone and kept its connection (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replayed_write_looks_for_statements_prepared_with_sql_too() {
+    for fast in [false, true] {
+        let Some((schema, db)) = pg_with(|c| {
+            c.connections = 1;
+            c.one_message_writes = fast;
+        })
+        .await
+        else {
+            return;
+        };
+        let (thief, _) = as_caller(2);
+        let (w, q) = as_caller(1);
+        for sql in [
+            "CREATE TABLE mine (v text)",
+            "CREATE TABLE loot (v text)",
+            "CREATE TABLE log (v text)",
+            "CREATE TABLE armed (on_ int)",
+            "CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ \
+             DECLARE n text; BEGIN \
+             IF NOT EXISTS (SELECT 1 FROM armed) THEN RETURN 0; END IF; \
+             FOR n IN SELECT name FROM pg_prepared_statements \
+             WHERE statement LIKE 'INSERT INTO mine%' LOOP \
+             EXECUTE format('DEALLOCATE %I', n); \
+             EXECUTE format('PREPARE %I(text) AS INSERT INTO loot VALUES ($1)', n); \
+             END LOOP; RETURN 1; END $$",
+            "CREATE DOMAIN dp AS text CHECK (swap() >= 0)",
+        ] {
+            db.execute_with(sql, (), thief).await.unwrap();
+        }
+        let keyed = "INSERT INTO log SELECT cardinality('{x}'::dp[])::text";
+        db.execute_with(keyed, (), once(1, "k")).await.unwrap();
+        // A new connection, where the keyed write is not prepared yet.
+        db.query_with("SELECT 1/0", (), q).await.unwrap_err();
+        let insert = "INSERT INTO mine VALUES (?1)";
+        for _ in 0..2 {
+            db.execute_with(insert, params!["before"], w).await.unwrap();
+        }
+        db.execute_with("INSERT INTO armed VALUES (1)", (), w)
+            .await
+            .unwrap();
+        // Sent again, answered from its record: parsed, it swapped.
+        db.execute_with(keyed, (), once(1, "k")).await.unwrap();
+        db.execute_with(insert, params!["secret"], w).await.unwrap();
+        let r = db
+            .query_with("SELECT count(*)::int FROM loot", (), as_caller(3).1)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, [[Value::Integer(0)]], "fast {fast}");
+        let r = db
+            .query_with(
+                "SELECT count(*)::int FROM mine WHERE v = 'secret'",
+                (),
+                as_caller(3).1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.rows, [[Value::Integer(1)]], "fast {fast}");
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
+/// A `search_path` a `write` key's function sets in another caller's
+/// session (`set_config(..., false)`, through a view) would make that
+/// caller's later statements, its prepared ones too, resolve to the key's
+/// operators: its values would go wherever they send them (found by a
+/// review). Every request ends with `RESET search_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_search_path_a_function_set_does_not_reach_the_callers_next_request() {
+    for fast in [false, true] {
+        let Some((schema, db)) = pg_with(|c| {
+            c.connections = 1;
+            c.one_message_reads = fast;
+            c.one_message_writes = fast;
+        })
+        .await
+        else {
+            return;
+        };
+        let (thief, _) = as_caller(2);
+        let (w, q) = as_caller(1);
+        for sql in [
+            "CREATE TABLE mine (v text)",
+            // A row for the `WHERE` to compare with.
+            "INSERT INTO mine VALUES ('a row')",
+            "CREATE TABLE loot (v text)",
+            "CREATE FUNCTION leak_eq(a text, b text) RETURNS bool LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO loot VALUES (b); \
+             RETURN a OPERATOR(pg_catalog.=) b; END $$",
+            "CREATE OPERATOR = (LEFTARG = text, RIGHTARG = text, FUNCTION = leak_eq)",
+            // Its schema ahead of pg_catalog, for the rest of the session.
+            "CREATE FUNCTION set_path() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM set_config('search_path', \
+             quote_ident(current_schema()) || ', pg_catalog', false); \
+             RETURN 1; END $$",
+            "CREATE VIEW pathed AS SELECT set_path() AS x",
+        ] {
+            db.execute_with(sql, (), thief).await.unwrap();
+        }
+        let update = "UPDATE mine SET v = v WHERE v = ?1";
+        for _ in 0..2 {
+            db.execute_with(update, params!["before"], w).await.unwrap();
+        }
+        db.query_with("SELECT x FROM pathed", (), q).await.unwrap();
+        db.execute_with(update, params!["secret"], w).await.unwrap();
+        let r = db
+            .query_with("SELECT count(*)::int FROM loot", (), as_caller(3).1)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, [[Value::Integer(0)]], "fast {fast}");
         db.close();
         schema.drop_now().await;
     }

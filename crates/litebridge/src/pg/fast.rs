@@ -90,7 +90,7 @@ use super::error::from_pg;
 use super::types::{Param, real_text};
 use super::{
     Done, END_READ, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION,
-    found_prepared, names, primary_token, readable_columns, too_large, value_size,
+    found_prepared, names, primary_token, readable_columns, statements_in, too_large, value_size,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -403,9 +403,8 @@ impl PgDatabase {
             sql.push_str("; ");
         }
         sql.push_str(END_READ);
-        // BEGIN, the statement, the position, COMMIT, UNLISTEN, CLOSE ALL,
-        // the check of statements prepared with SQL.
-        let statements = if track { 7 } else { 6 };
+        // BEGIN, the statement, the position, then END_READ's.
+        let statements = 2 + usize::from(track) + statements_in(END_READ);
         let mut clean = true;
         let columns = stmt.columns();
         let mut rows = Vec::new();

@@ -123,6 +123,9 @@ struct Inner {
     /// The server process of each of the clients' connections, for
     /// stopping one that ignores a cancel request.
     pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
+    /// Connections closed for a statement prepared with SQL in their
+    /// session ([`PgDatabase::prepared_with_sql`]).
+    prepared_with_sql: AtomicU64,
     /// The caller each of the clients' connections last served (by node):
     /// one handed to another caller is reset first.
     /// With how many times another caller passed it over since
@@ -482,6 +485,7 @@ impl PgDatabase {
             client,
             own,
             pids: std::sync::Mutex::new(HashMap::new()),
+            prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
             one_message_reads: AtomicU64::new(0),
@@ -1115,7 +1119,7 @@ impl PgDatabase {
                 // A `COMMIT` of an aborted transaction rolls it back and
                 // answers without an error: the tidy-up runs all the same.
                 let ended = ended.map_err(|e| from_pg(&e, timeout))?;
-                let clean = !ended.iter().any(found_prepared);
+                let clean = who == Who::Own || !found_prepared_in(&ended, statements_in(END_READ));
                 let position = if again {
                     conn.simple_query(WAL_INSERT_POSITION)
                         .await
@@ -1705,7 +1709,7 @@ impl PgDatabase {
             Who::Client if want_token => format!("COMMIT; {WAL_INSERT_POSITION}; {tidy}"),
             Who::Client => format!("COMMIT; {tidy}"),
         };
-        let statements = 1 + end.matches(';').count();
+        let statements = statements_in(&end);
         // What is known at the deadline: a COMMIT answered (not a
         // ROLLBACK, when the record was made) means the write committed.
         let committed = AtomicBool::new(false);
@@ -1864,8 +1868,14 @@ impl PgDatabase {
     ) -> Result<Vec<Done>> {
         let results = crate::idempotency::decode(stored, fingerprint);
         let want_token = !self.inner.replicas.is_empty();
+        // The statements parsed for it may have run the clients' code (a
+        // domain's `CHECK` on a literal): the tidy-up and its check follow.
+        let rollback = match who {
+            Who::Client => format!("ROLLBACK; {}", self.inner.tidy),
+            Who::Own => "ROLLBACK".to_owned(),
+        };
         let end = async {
-            let (rolled, position) = tokio::join!(conn.batch_execute("ROLLBACK"), async {
+            let (rolled, position) = tokio::join!(conn.simple_query(&rollback), async {
                 if want_token {
                     let at = self.inner.primary_at(insert_position(&conn).await);
                     Some(at.unwrap_or_else(unknown_position))
@@ -1873,18 +1883,25 @@ impl PgDatabase {
                     None
                 }
             });
-            (rolled.is_ok(), position)
+            let rolled = rolled.map(|answer| {
+                who == Who::Own || !found_prepared_in(&answer, statements_in(&rollback))
+            });
+            (rolled, position)
         };
         // The write committed before, and its results were read: they are
         // the answer whatever becomes of this connection's empty
         // transaction. Answered `unavailable` or `timeout` ("nothing
         // committed"), a client would have sent it again without its key.
         let token = match tokio::time::timeout_at(deadline, end).await {
-            Ok((true, token)) => {
+            Ok((Ok(true), token)) => {
                 self.keep(Node::Primary, who, conn, caller);
                 token
             }
-            Ok((false, _)) => {
+            Ok((Ok(false), token)) => {
+                self.prepared_with_sql(Node::Primary, who, conn);
+                token
+            }
+            Ok((Err(_), _)) => {
                 self.discard(Node::Primary, who, conn);
                 want_token.then(unknown_position)
             }
@@ -2085,11 +2102,18 @@ impl PgDatabase {
 
     /// Closes a clients' connection in whose session `prepared_with_sql!`
     /// found a statement prepared with SQL, instead of keeping it.
+    /// Logged the 1st, 2nd, 4th, 8th... time: a `write` key's function
+    /// every reader of a view runs would otherwise fill the log.
     fn prepared_with_sql(&self, node: Node, who: Who, conn: Lease) {
-        tracing::warn!(
-            "a statement was prepared with SQL in a session of the clients' role (by a function \
-             their SQL ran: the filter refuses PREPARE itself); its connection is closed"
-        );
+        let times = self.inner.prepared_with_sql.fetch_add(1, Ordering::Relaxed) + 1;
+        if times.is_power_of_two() {
+            tracing::warn!(
+                times,
+                "a statement was prepared with SQL in a session of the clients' role (by a \
+                 function their SQL ran: the filter refuses PREPARE itself); its connection is \
+                 closed (logged at 1, 2, 4, 8... times)"
+            );
+        }
         self.discard(node, who, conn);
     }
 
@@ -2600,22 +2624,51 @@ macro_rules! prepared_with_sql {
 }
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
-/// once full, and held cursors spill to disk; then `prepared_with_sql!`.
-const TIDY: &str = concat!("UNLISTEN *; CLOSE ALL; ", prepared_with_sql!());
+/// once full, and held cursors spill to disk; a `search_path` a function
+/// set (`set_config(..., false)`, a `write` key's function that another
+/// key's request ran) would resolve that caller's later statements,
+/// prepared ones too, to its operators and functions; then
+/// `prepared_with_sql!`.
+macro_rules! tidy {
+    ($($temp:literal)?) => {
+        concat!(
+            "UNLISTEN *; CLOSE ALL; ",
+            $($temp,)?
+            "RESET search_path; ",
+            prepared_with_sql!()
+        )
+    };
+}
+/// [`tidy!`](tidy), after a clients' write's `COMMIT`.
+const TIDY: &str = tidy!();
 /// The end of a clients' read, in one message: the `COMMIT`, then [`TIDY`]
 /// (in a transaction of its own: after the `COMMIT`, so that nothing a
 /// deferred trigger does at `COMMIT` outlives it). After an error the rest
 /// of the message is skipped, the read fails and the connection is closed.
-const END_READ: &str = concat!("COMMIT; UNLISTEN *; CLOSE ALL; ", prepared_with_sql!());
-/// [`TIDY`], and temporary objects, for a clients' role that can make them.
-const TIDY_TEMP: &str = concat!(
-    "UNLISTEN *; CLOSE ALL; DISCARD TEMP; ",
-    prepared_with_sql!()
-);
+const END_READ: &str = concat!("COMMIT; ", tidy!());
+/// [`TIDY`], and temporary objects (after the cursors that may read them),
+/// for a clients' role that can make them.
+const TIDY_TEMP: &str = tidy!("DISCARD TEMP; ");
+
+/// How many statements `sql`, a message of litebridge's own, holds.
+fn statements_in(sql: &str) -> usize {
+    sql.matches(';').count() + 1
+}
 
 /// Whether an answer to `prepared_with_sql!` found a statement.
 fn found_prepared(m: &M) -> bool {
     matches!(m, M::Row(_))
+}
+
+/// Whether `answer`, to a message of `statements` statements that ends
+/// with `prepared_with_sql!`, found a statement: a row of its last
+/// statement.
+fn found_prepared_in(answer: &[M], statements: usize) -> bool {
+    let mut done = 0;
+    answer.iter().any(|m| {
+        done += usize::from(matches!(m, M::CommandComplete(_)));
+        done + 1 == statements && found_prepared(m)
+    })
 }
 
 /// Resets the session of a clients' connection; whether it may be reused.

@@ -91,7 +91,7 @@ use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
     Done, END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token,
-    WAL_INSERT_POSITION, Who, found_prepared, names, primary_token, value_size,
+    WAL_INSERT_POSITION, Who, found_prepared, names, primary_token, statements_in, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -554,9 +554,8 @@ impl PgDatabase {
             }
         }
         sql.push_str(END_READ);
-        // BEGIN, SAVEPOINT, the reads' statements, COMMIT, UNLISTEN, CLOSE
-        // ALL, the check of statements prepared with SQL.
-        let statements = span.execute(n) + 4;
+        // BEGIN, SAVEPOINT, the reads' statements, then END_READ's.
+        let statements = span.execute(n) + statements_in(END_READ);
         let mut clean = true;
         let max_bytes = self.inner.config.max_result_bytes;
         let mut parts: Vec<Part> = members.iter().map(|_| Part::default()).collect();

@@ -61,7 +61,7 @@ use super::lease::Lease;
 use super::together::{Answer, Kind, heard, its_own, send_cancel};
 use super::{
     Done, Node, PgDatabase, Prepared, STOP_GRACE, TIDY_TEMP, WAL_INSERT_POSITION, Who,
-    found_prepared, not_the_primary, primary_token, unknown_position,
+    found_prepared, not_the_primary, primary_token, statements_in, unknown_position,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -211,7 +211,7 @@ impl PgDatabase {
             }
         }
         sql.push_str(tidy);
-        let statements = stride * n + 1 + tidy.matches(';').count();
+        let statements = stride * n + statements_in(tidy);
         // The write statement `i` belongs to, and which of its statements
         // it is: 0 `BEGIN`, 1 the `EXECUTE`, 2 `COMMIT`, then the position
         // (with replicas) and `DISCARD TEMP` (when the role may make
