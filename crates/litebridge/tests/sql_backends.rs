@@ -1880,9 +1880,11 @@ async fn postgres_a_read_in_one_message_answers_as_the_long_way_did() {
     schema.drop_now().await;
 }
 
-/// Values built to leave their literal, in a session where the caller
-/// turned `standard_conforming_strings` off (a backslash would then escape
-/// a quote of a quoted literal). Each would add a row `x` to `t`.
+/// Values built to leave their literal, after a request that turned
+/// `standard_conforming_strings` off (a backslash would then escape a
+/// quote of a quoted literal; the setting no longer outlives its request,
+/// and the values are tried all the same). Each would add a row `x` to
+/// `t`.
 async fn values_built_to_break_out(db: &PgDatabase, q: QueryOptions) -> [&'static str; 8] {
     db.query_with(
         "SELECT set_config('standard_conforming_strings', 'off', false)",
@@ -1927,14 +1929,15 @@ async fn postgres_a_value_in_one_message_cannot_leave_its_literal() {
     }
     assert_eq!(db.one_message_reads(), before + hostile.len() as u64);
     // A client encoding whose characters take a quote's or a backslash's
-    // byte: a value ending in such a character's first byte makes the
-    // message unreadable, and nothing of it runs.
+    // byte, set by a request, does not outlive it: the value reads back as
+    // sent, and nothing of it runs. (Kept, it made the message unreadable,
+    // and nothing of it ran.)
     db.query_with("SELECT set_config('client_encoding', 'SJIS', false)", (), q)
         .await
         .unwrap();
-    read("\u{3041}); INSERT INTO t VALUES ('x'); --\u{3041}")
-        .await
-        .expect_err("not SJIS");
+    let v = "\u{3041}); INSERT INTO t VALUES ('x'); --\u{3041}";
+    let r = read(v).await.unwrap();
+    assert_eq!(r.rows[0], [Value::Text(v.into()), Value::Integer(0)]);
     let admin = common::pg::admin(&schema.url).await;
     let n: i64 = admin
         .query_one(&format!("SELECT count(*) FROM {}.t", schema.name), &[])
@@ -2289,12 +2292,16 @@ async fn postgres_a_commit_that_fails_committed_nothing() {
     // A session the server ends in answering the COMMIT (`exit_on_error`
     // turns the constraint's error into a FATAL one) may have ended after
     // the commit was made: the outcome is unknown (here, nothing
-    // committed).
-    db.query_with("SELECT set_config('exit_on_error', 'on', false)", (), q)
-        .await
-        .unwrap();
+    // committed). Set in the same request: a setting does not outlive its
+    // request.
     let e = db
-        .execute_with(insert, params![11, 2], w)
+        .batch(
+            vec![
+                Statement::new("SELECT set_config('exit_on_error', 'on', false)", ()),
+                Statement::new(insert, params![11, 2]),
+            ],
+            w,
+        )
         .await
         .expect_err("no parent 2, and the session ends");
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
@@ -2497,16 +2504,13 @@ async fn postgres_a_value_written_in_one_message_cannot_leave_its_literal() {
         db.execute_with(insert, params![v], w).await.unwrap();
     }
     assert_eq!(db.one_message_writes(), before + hostile.len() as u64);
+    // A client encoding set by a request does not outlive it: the value is
+    // written as sent, and nothing of it runs.
     db.query_with("SELECT set_config('client_encoding', 'SJIS', false)", (), q)
         .await
         .unwrap();
-    db.execute_with(
-        insert,
-        params!["\u{3041}'); INSERT INTO t(v) VALUES ('x'); --\u{3041}"],
-        w,
-    )
-    .await
-    .expect_err("not SJIS");
+    let sjis = "\u{3041}'); INSERT INTO t(v) VALUES ('x'); --\u{3041}";
+    db.execute_with(insert, params![sjis], w).await.unwrap();
     let admin = common::pg::admin(&schema.url).await;
     let stored: Vec<String> = admin
         .query(&format!("SELECT v FROM {}.t ORDER BY n", schema.name), &[])
@@ -2517,6 +2521,7 @@ async fn postgres_a_value_written_in_one_message_cannot_leave_its_literal() {
         .collect();
     let mut expected = vec!["first"];
     expected.extend(hostile);
+    expected.push(sjis);
     assert_eq!(stored, expected, "a value ran as SQL");
     db.close();
     schema.drop_now().await;
@@ -2887,6 +2892,79 @@ async fn postgres_a_search_path_a_function_set_does_not_reach_the_callers_next_r
             .await
             .unwrap();
         assert_eq!(r.rows, [[Value::Integer(0)]], "fast {fast}");
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
+/// No setting a `write` key's function changes in another caller's
+/// session (`set_config(..., false)`, through a view) reaches that
+/// caller's later requests: `synchronous_commit` off would acknowledge its
+/// writes before they are durable, `client_encoding`, `TimeZone` and
+/// `DateStyle` would read its values as other text, `gin_fuzzy_search_limit`
+/// would act on a subset of its rows (found by a review). Every request ends
+/// with `RESET ALL; RESET ROLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_settings_a_function_changed_do_not_reach_the_callers_next_request() {
+    for fast in [false, true] {
+        let Some((schema, db)) = pg_with(|c| {
+            c.connections = 1;
+            c.one_message_reads = fast;
+            c.one_message_writes = fast;
+        })
+        .await
+        else {
+            return;
+        };
+        let (thief, _) = as_caller(2);
+        let (w, q) = as_caller(1);
+        let changed = [
+            ("synchronous_commit", "off"),
+            ("client_encoding", "LATIN1"),
+            ("TimeZone", "Pacific/Kiritimati"),
+            ("DateStyle", "SQL, DMY"),
+            ("gin_fuzzy_search_limit", "1"),
+            ("extra_float_digits", "-15"),
+        ];
+        let sets: Vec<String> = changed
+            .iter()
+            .map(|(name, value)| format!("set_config('{name}', '{value}', false)"))
+            .collect();
+        let view = format!("CREATE VIEW leave AS SELECT {} AS x", sets.join(" || "));
+        db.execute_with("CREATE TABLE log (v text)", (), thief)
+            .await
+            .unwrap();
+        db.execute_with(&view, (), thief).await.unwrap();
+        let trigger = format!(
+            "CREATE FUNCTION on_log() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM {}; RETURN NEW; END $$",
+            sets.join(", ")
+        );
+        db.execute_with(&trigger, (), thief).await.unwrap();
+        db.execute_with(
+            "CREATE TRIGGER logged AFTER INSERT ON log FOR EACH ROW EXECUTE FUNCTION on_log()",
+            (),
+            thief,
+        )
+        .await
+        .unwrap();
+        let shown: Vec<String> = changed
+            .iter()
+            .map(|(name, _)| format!("current_setting('{name}')"))
+            .collect();
+        let show = format!("SELECT {} AS s", shown.join(" || ' / ' || "));
+        let settings = || async { db.query_with(&show, (), q).await.unwrap().rows };
+        let before = settings().await;
+        // Through a read, then through a write, each twice (with `fast`,
+        // the second goes in one message).
+        for _ in 0..2 {
+            db.query_with("SELECT x FROM leave", (), q).await.unwrap();
+            assert_eq!(settings().await, before, "fast {fast}, after a read");
+            db.execute_with("INSERT INTO log VALUES ('x')", (), w)
+                .await
+                .unwrap();
+            assert_eq!(settings().await, before, "fast {fast}, after a write");
+        }
         db.close();
         schema.drop_now().await;
     }
@@ -3827,34 +3905,40 @@ async fn postgres_writes_in_a_message_keep_temporary_tables_and_read_only_as_alo
         r.unwrap();
     }
     assert!(db.writes_together() > before, "they went together");
-    // Caller 1's session made read-only: its next writes find it so.
-    db.execute_with(
-        "SELECT set_config('default_transaction_read_only', 'on', false)",
-        (),
-        w(1),
-    )
-    .await
-    .unwrap();
+    // The session made read-only by the first write of a message (a
+    // trigger; a setting does not outlive its request): the next write of
+    // the message finds it so, as on a read-only server.
+    for sql in [
+        "CREATE TABLE r (id int)",
+        "CREATE FUNCTION fence() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         PERFORM set_config('default_transaction_read_only', 'on', false); \
+         RETURN NEW; END $$",
+        "CREATE TRIGGER fenced AFTER INSERT ON r FOR EACH ROW EXECUTE FUNCTION fence()",
+    ] {
+        db.execute_with(sql, (), w(2)).await.unwrap();
+    }
+    let fenced = "INSERT INTO r VALUES (?1)";
+    for i in [-1, -2] {
+        db.execute_with(fenced, params![i], w(1)).await.unwrap();
+    }
+    let before = db.writes_together();
     let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q(1));
     let queued = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         futures_util::future::join3(
-            Box::pin(db.execute_with(insert, params![1], w(1))),
-            Box::pin(db.execute_with(insert, params![2], w(1))),
-            Box::pin(db.execute_with(insert, params![3], w(1))),
+            Box::pin(db.execute_with(fenced, params![1], w(1))),
+            Box::pin(db.execute_with(fenced, params![2], w(1))),
+            Box::pin(db.execute_with(fenced, params![3], w(1))),
         )
         .await
     };
     let (held, (a, b, c)) = tokio::join!(hold, queued);
     held.unwrap();
-    assert_eq!(a.unwrap_err().kind(), ErrorKind::Unavailable);
-    // The connection was closed: the others ran alone on a new one, or
-    // found it read-only too.
-    for r in [b, c] {
-        if let Err(e) = r {
-            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-        }
-    }
+    assert!(db.writes_together() > before, "they went together");
+    a.unwrap();
+    assert_eq!(b.unwrap_err().kind(), ErrorKind::Unavailable);
+    // The connection was closed: the last ran alone on a new one.
+    c.unwrap();
     db.close();
     schema.drop_now().await;
 }

@@ -413,7 +413,8 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c default_transaction_isolation=read\\ committed \
      -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
-     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default";
+     -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default \
+     -c gin_fuzzy_search_limit=0";
 
 /// With one-message requests on, what decides how their text results read
 /// (`fast`), whatever a role's own defaults say.
