@@ -243,6 +243,13 @@ const KEYS: &[Key] = &[
         help: "reads and writes of a statement whose last one alone took longer go alone, not several to a message",
     },
     Key {
+        name: "postgres.isolate_requests",
+        env: &[],
+        kind: Kind::Bool,
+        default: || Value::Bool(pg().isolate_requests),
+        help: "after every request, reset the session's settings and close a connection where the clients' code prepared a statement, so that a write key's function another key's request runs cannot reach that caller's later requests (off only where every key that may create functions is trusted; docs/postgres.md)",
+    },
+    Key {
         name: "postgres.one_message_writes",
         env: &[],
         kind: Kind::Bool,
@@ -1102,6 +1109,7 @@ impl Settings {
         c.one_message_reads = self.bool("postgres.one_message_reads");
         c.reads_per_message = self.int("postgres.reads_per_message") as usize;
         c.reads_together_below = self.ms("postgres.reads_together_below_ms");
+        c.isolate_requests = self.bool("postgres.isolate_requests");
         c.writes_per_message = self.int("postgres.writes_per_message") as usize;
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");

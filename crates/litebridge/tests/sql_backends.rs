@@ -2970,6 +2970,48 @@ async fn postgres_settings_a_function_changed_do_not_reach_the_callers_next_requ
     }
 }
 
+/// With `isolate_requests` off (every key trusted), a setting a request
+/// makes reaches its caller's next request, and a statement prepared with
+/// SQL does not close the connection: the session is the caller's, as
+/// before the defence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_requests_not_isolated_share_their_callers_session() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.connections = 1;
+        c.isolate_requests = false;
+    })
+    .await
+    else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    db.query_with("SELECT set_config('TimeZone', 'Asia/Tokyo', false)", (), q)
+        .await
+        .unwrap();
+    db.execute_with(
+        "DO $$ BEGIN EXECUTE 'PREPARE mine AS SELECT 1'; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
+    let r = db
+        .query_with(
+            "SELECT current_setting('TimeZone') AS z, \
+             (SELECT count(*)::int FROM pg_prepared_statements WHERE name = 'mine') AS n",
+            (),
+            q,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.rows,
+        [[Value::Text("Asia/Tokyo".into()), Value::Integer(1)]]
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
 fn once(caller: u64, key: &str) -> WriteOptions {
     WriteOptions {
         caller: Some(caller),

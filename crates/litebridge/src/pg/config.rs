@@ -61,6 +61,16 @@ pub struct PgConfig {
     /// that outlives what its requests took alone is cancelled, its slow
     /// request run again alone (`together`). Default: 20 ms.
     pub reads_together_below: Duration,
+    /// After every clients' request, every setting back to the
+    /// connection's start-up options, and a connection where the clients'
+    /// code prepared a statement with SQL closed: a `write` key's function
+    /// that another key's request runs (a view, a trigger) then cannot
+    /// reach that caller's later requests through its session (its
+    /// `search_path`, `synchronous_commit`, a statement under the name of
+    /// one of litebridge's). It costs PostgreSQL two statements more a
+    /// request, measured in docs/postgres.md. Off only where every key that
+    /// may create functions is trusted by every other key. Default: on.
+    pub isolate_requests: bool,
     /// With [`PgConfig::one_message_writes`], the most single-statement
     /// writes of one caller sent in one message, each in a transaction of
     /// its own: writes that wait for a connection go with the next write
@@ -99,6 +109,7 @@ impl std::fmt::Debug for PgConfig {
             .field("one_message_writes", &self.one_message_writes)
             .field("reads_per_message", &self.reads_per_message)
             .field("reads_together_below", &self.reads_together_below)
+            .field("isolate_requests", &self.isolate_requests)
             .field("writes_per_message", &self.writes_per_message)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
@@ -124,6 +135,7 @@ impl PgConfig {
             one_message_writes: false,
             reads_per_message: 8,
             reads_together_below: Duration::from_millis(20),
+            isolate_requests: true,
             writes_per_message: 8,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),

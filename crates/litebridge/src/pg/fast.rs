@@ -89,8 +89,8 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use super::error::from_pg;
 use super::types::{Param, real_text};
 use super::{
-    Done, END_READ, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION,
-    found_prepared, names, primary_token, readable_columns, statements_in, too_large, value_size,
+    Done, MOST_KNOWN_SQL, PgDatabase, Prepared, Shape, Token, WAL_INSERT_POSITION, found_prepared,
+    names, primary_token, readable_columns, statements_in, too_large, value_size,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -402,9 +402,9 @@ impl PgDatabase {
             sql.push_str(WAL_INSERT_POSITION);
             sql.push_str("; ");
         }
-        sql.push_str(END_READ);
+        sql.push_str(self.inner.end_read);
         // BEGIN, the statement, the position, then END_READ's.
-        let statements = 2 + usize::from(track) + statements_in(END_READ);
+        let statements = 2 + usize::from(track) + statements_in(self.inner.end_read);
         let mut clean = true;
         let columns = stmt.columns();
         let mut rows = Vec::new();

@@ -179,6 +179,9 @@ struct Inner {
     /// Reads end with [`END_READ`] instead (a read-only transaction cannot
     /// make temporary objects).
     tidy: &'static str,
+    /// The end of a clients' read: [`END_READ`], or without
+    /// [`PgConfig::isolate_requests`] its shorter form.
+    end_read: &'static str,
     /// The secret the idempotency records are keyed with (`claims`).
     claims_secret: [u8; 32],
 }
@@ -426,7 +429,12 @@ impl PgDatabase {
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?
             .get(0);
-        let tidy = if temp { TIDY_TEMP } else { TIDY };
+        let (tidy, end_read) = match (config.isolate_requests, temp) {
+            (true, true) => (TIDY_TEMP, END_READ),
+            (true, false) => (TIDY, END_READ),
+            (false, true) => (TIDY_TEMP_SHARED, END_READ_SHARED),
+            (false, false) => (TIDY_SHARED, END_READ_SHARED),
+        };
         // The server's own durability setting, fixed for the clients'
         // sessions so that a role-level setting cannot lower it, and its
         // version (which settings it knows to fix).
@@ -508,6 +516,7 @@ impl PgDatabase {
             cluster: std::sync::Mutex::new(cluster),
             probes,
             tidy,
+            end_read,
             claims_secret,
         });
         monitor::probe_all(&inner).await;
@@ -1093,10 +1102,11 @@ impl PgDatabase {
                 // The clients' read ends in one message ([`END_READ`]): the
                 // `COMMIT` and the tidy-up. A failure in it fails the read
                 // (the connection is closed).
-                let end = conn.simple_query(match who {
-                    Who::Client => END_READ,
+                let end_read = match who {
+                    Who::Client => self.inner.end_read,
                     Who::Own => "COMMIT",
-                });
+                };
+                let end = conn.simple_query(end_read);
                 let (rows, position, ended) = tokio::join!(rows, position, end);
                 let rows = rows?;
                 // A replica's position it would not give (a function it
@@ -1119,7 +1129,7 @@ impl PgDatabase {
                 // A `COMMIT` of an aborted transaction rolls it back and
                 // answers without an error: the tidy-up runs all the same.
                 let ended = ended.map_err(|e| from_pg(&e, timeout))?;
-                let clean = who == Who::Own || !found_prepared_in(&ended, statements_in(END_READ));
+                let clean = !found_prepared_in(&ended, statements_in(end_read));
                 let position = if again {
                     conn.simple_query(WAL_INSERT_POSITION)
                         .await
@@ -2626,35 +2636,42 @@ macro_rules! prepared_with_sql {
 }
 /// After every clients' request: a notification queue that a listener left
 /// inside a later long transaction would stop every `NOTIFY` of the cluster
-/// once full, and held cursors spill to disk. Then every setting back to
-/// the connection's start-up options, and the role to its own: a setting
-/// a function changed (`set_config(..., false)` by a `write` key's
-/// function another key's request ran) would reach that caller's later
-/// requests: a `search_path` ahead of `pg_catalog` resolving its
-/// statements, prepared ones too, to the key's operators,
-/// `synchronous_commit` off acknowledging its writes before they are
-/// durable, `client_encoding`, `TimeZone` or `DateStyle` reading its values
-/// as other text (found by reviews). Then `prepared_with_sql!`.
-macro_rules! tidy {
+/// once full, and held cursors spill to disk.
+macro_rules! tidy_shared {
     ($($temp:literal)?) => {
-        concat!(
-            "UNLISTEN *; CLOSE ALL; ",
-            $($temp,)?
-            "RESET ALL; RESET ROLE; ",
-            prepared_with_sql!()
-        )
+        concat!("UNLISTEN *; CLOSE ALL", $($temp)?)
     };
 }
-/// [`tidy!`](tidy), after a clients' write's `COMMIT`.
-const TIDY: &str = tidy!();
-/// The end of a clients' read, in one message: the `COMMIT`, then [`TIDY`]
-/// (in a transaction of its own: after the `COMMIT`, so that nothing a
-/// deferred trigger does at `COMMIT` outlives it). After an error the rest
-/// of the message is skipped, the read fails and the connection is closed.
-const END_READ: &str = concat!("COMMIT; ", tidy!());
+/// With [`PgConfig::isolate_requests`], then every setting back to the
+/// connection's start-up options, and the role to its own: a setting a
+/// function changed (`set_config(..., false)` by a `write` key's function
+/// another key's request ran) would reach that caller's later requests: a
+/// `search_path` ahead of `pg_catalog` resolving its statements, prepared
+/// ones too, to the key's operators, `synchronous_commit` off
+/// acknowledging its writes before they are durable, `client_encoding`,
+/// `TimeZone` or `DateStyle` reading its values as other text (found by
+/// reviews). Then `prepared_with_sql!`.
+macro_rules! isolated {
+    ($($shared:tt)*) => {
+        concat!($($shared)*, "; RESET ALL; RESET ROLE; ", prepared_with_sql!())
+    };
+}
+/// After a clients' write's `COMMIT`.
+const TIDY: &str = isolated!(tidy_shared!());
+/// The end of a clients' read, in one message: the `COMMIT`, then the
+/// tidy-up (in a transaction of its own: after the `COMMIT`, so that
+/// nothing a deferred trigger does at `COMMIT` outlives it). After an error
+/// the rest of the message is skipped, the read fails and the connection is
+/// closed.
+const END_READ: &str = isolated!(concat!("COMMIT; ", tidy_shared!()));
 /// [`TIDY`], and temporary objects (after the cursors that may read them),
 /// for a clients' role that can make them.
-const TIDY_TEMP: &str = tidy!("DISCARD TEMP; ");
+const TIDY_TEMP: &str = isolated!(tidy_shared!("; DISCARD TEMP"));
+/// [`TIDY`], [`END_READ`] and [`TIDY_TEMP`] without
+/// [`PgConfig::isolate_requests`].
+const TIDY_SHARED: &str = tidy_shared!();
+const END_READ_SHARED: &str = concat!("COMMIT; ", tidy_shared!());
+const TIDY_TEMP_SHARED: &str = tidy_shared!("; DISCARD TEMP");
 
 /// How many statements `sql`, a message of litebridge's own, holds.
 fn statements_in(sql: &str) -> usize {

@@ -90,8 +90,8 @@ use tokio_postgres::error::SqlState;
 use super::fast::{Failed, answer, read_text_row, same_columns};
 use super::lease::Lease;
 use super::{
-    Done, END_READ, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token,
-    WAL_INSERT_POSITION, Who, found_prepared, names, primary_token, statements_in, value_size,
+    Done, MOST_KNOWN_SQL, Node, PgDatabase, Prepared, STOP_GRACE, Token, WAL_INSERT_POSITION, Who,
+    found_prepared, names, primary_token, statements_in, value_size,
 };
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
@@ -553,9 +553,9 @@ impl PgDatabase {
                 sql.push_str("; ");
             }
         }
-        sql.push_str(END_READ);
+        sql.push_str(self.inner.end_read);
         // BEGIN, SAVEPOINT, the reads' statements, then END_READ's.
-        let statements = span.execute(n) + statements_in(END_READ);
+        let statements = span.execute(n) + statements_in(self.inner.end_read);
         let mut clean = true;
         let max_bytes = self.inner.config.max_result_bytes;
         let mut parts: Vec<Part> = members.iter().map(|_| Part::default()).collect();

@@ -60,8 +60,8 @@ use super::fast::{Failed, WriteInOne, answer};
 use super::lease::Lease;
 use super::together::{Answer, Kind, heard, its_own, send_cancel};
 use super::{
-    Done, Node, PgDatabase, Prepared, STOP_GRACE, TIDY_TEMP, WAL_INSERT_POSITION, Who,
-    found_prepared, not_the_primary, primary_token, statements_in, unknown_position,
+    Done, Node, PgDatabase, Prepared, STOP_GRACE, WAL_INSERT_POSITION, Who, found_prepared,
+    not_the_primary, primary_token, statements_in, unknown_position,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -189,7 +189,7 @@ impl PgDatabase {
         let tidy = self.inner.tidy;
         // Temporary objects a write made go with it, as alone (a review
         // found the next write of the message seeing them).
-        let temp = tidy == TIDY_TEMP;
+        let temp = tidy.contains("DISCARD TEMP");
         let stride = 3 + usize::from(track) + usize::from(temp);
         let mut sql = String::with_capacity(
             members
