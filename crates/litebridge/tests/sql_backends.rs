@@ -2645,6 +2645,18 @@ async fn postgres_a_callers_own_statements_cannot_stand_in_for_litebridges() {
     schema.drop_now().await;
 }
 
+/// Once a row is in `armed`, every statement of the session that inserts
+/// into `mine` becomes one that inserts into `loot` (a `write` key's
+/// function, run in another caller's session).
+const SWAP: &str = "CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ \
+     DECLARE n text; BEGIN \
+     IF NOT EXISTS (SELECT 1 FROM armed) THEN RETURN 0; END IF; \
+     FOR n IN SELECT name FROM pg_prepared_statements \
+     WHERE statement LIKE 'INSERT INTO mine%' LOOP \
+     EXECUTE format('DEALLOCATE %I', n); \
+     EXECUTE format('PREPARE %I(text) AS INSERT INTO loot VALUES ($1)', n); \
+     END LOOP; RETURN 1; END $$";
+
 /// A `write` key's function that another key's request runs (through a
 /// view, or a trigger) can take the name of one of that caller's prepared
 /// statements, `DEALLOCATE` and `PREPARE`: the caller's later requests on
@@ -2675,16 +2687,7 @@ async fn postgres_a_statement_a_function_prepared_does_not_reach_the_callers_nex
             "CREATE TABLE loot (v text)",
             "CREATE TABLE log (v text)",
             "CREATE TABLE armed (on_ int)",
-            // Once armed, every statement of the session that inserts into
-            // `mine` becomes one that inserts into `loot`.
-            "CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ \
-             DECLARE n text; BEGIN \
-             IF NOT EXISTS (SELECT 1 FROM armed) THEN RETURN 0; END IF; \
-             FOR n IN SELECT name FROM pg_prepared_statements \
-             WHERE statement LIKE 'INSERT INTO mine%' LOOP \
-             EXECUTE format('DEALLOCATE %I', n); \
-             EXECUTE format('PREPARE %I(text) AS INSERT INTO loot VALUES ($1)', n); \
-             END LOOP; RETURN 1; END $$",
+            SWAP,
             "CREATE VIEW looked AS SELECT swap() AS x",
             "CREATE FUNCTION on_log() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN PERFORM swap(); RETURN NEW; END $$",
@@ -2799,14 +2802,7 @@ async fn postgres_a_replayed_write_looks_for_statements_prepared_with_sql_too() 
             "CREATE TABLE loot (v text)",
             "CREATE TABLE log (v text)",
             "CREATE TABLE armed (on_ int)",
-            "CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ \
-             DECLARE n text; BEGIN \
-             IF NOT EXISTS (SELECT 1 FROM armed) THEN RETURN 0; END IF; \
-             FOR n IN SELECT name FROM pg_prepared_statements \
-             WHERE statement LIKE 'INSERT INTO mine%' LOOP \
-             EXECUTE format('DEALLOCATE %I', n); \
-             EXECUTE format('PREPARE %I(text) AS INSERT INTO loot VALUES ($1)', n); \
-             END LOOP; RETURN 1; END $$",
+            SWAP,
             "CREATE DOMAIN dp AS text CHECK (swap() >= 0)",
         ] {
             db.execute_with(sql, (), thief).await.unwrap();
@@ -2848,7 +2844,7 @@ async fn postgres_a_replayed_write_looks_for_statements_prepared_with_sql_too() 
 /// session (`set_config(..., false)`, through a view) would make that
 /// caller's later statements, its prepared ones too, resolve to the key's
 /// operators: its values would go wherever they send them (found by a
-/// review). Every request ends with `RESET search_path`.
+/// review). Every request ends with `RESET ALL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_search_path_a_function_set_does_not_reach_the_callers_next_request() {
     for fast in [false, true] {

@@ -67,7 +67,7 @@ pub struct PgConfig {
     /// that another key's request runs (a view, a trigger) then cannot
     /// reach that caller's later requests through its session (its
     /// `search_path`, `synchronous_commit`, a statement under the name of
-    /// one of litebridge's). It costs PostgreSQL two statements more a
+    /// one of litebridge's). It costs PostgreSQL three statements more a
     /// request, measured in docs/postgres.md. Off only where every key that
     /// may create functions is trusted by every other key. Default: on.
     pub isolate_requests: bool,

@@ -2627,8 +2627,9 @@ const RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// with their values. Such a connection is closed, never kept
 /// ([`PgDatabase::prepared_with_sql`]). Qualified, and with no operator: it
 /// runs in the caller's session. The function, not the view over it: one
-/// rewrite less (pgbench: about 20,000 lone reads a second with it,
-/// against 32,000 without, and 26,000-29,500 with the resets alone).
+/// rewrite less (pgbench: 21,000-23,200 lone reads a second with it and
+/// the resets, against 30,600-33,600 without, and 26,000-29,500 with the
+/// resets alone).
 macro_rules! prepared_with_sql {
     () => {
         "SELECT 1 FROM pg_catalog.pg_prepared_statement() p WHERE p.from_sql LIMIT 1"
