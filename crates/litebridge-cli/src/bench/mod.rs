@@ -194,6 +194,18 @@ const CASES: &[Case] = &[
         what: "pg-http-execute-one-message on a pool of 4 connections (the raw client's): writes that wait for one go several to a message, each its own transaction",
     },
     Case {
+        name: "pg-http-query-together-shared",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.5),
+        what: "pg-http-query-together with postgres.isolate_requests off (keys that trust each other): no reset and no look for prepared statements after each request",
+    },
+    Case {
+        name: "pg-http-execute-together-shared",
+        baseline: "raw-pg",
+        target: Target::Ratio(0.35),
+        what: "pg-http-execute-together with postgres.isolate_requests off (keys that trust each other)",
+    },
+    Case {
         name: "pg-two-front-ends",
         baseline: "pg-one-front-end",
         target: Target::Ratio(0.9),

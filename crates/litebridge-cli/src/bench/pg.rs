@@ -99,10 +99,18 @@ impl Setup {
     /// A litebridge HTTP server on the run's schema, with
     /// `postgres.one_message_reads` and `postgres.one_message_writes` as
     /// asked, and `postgres.connections` when given.
-    async fn front_end(&self, one_message: bool, connections: Option<usize>) -> CliResult<Bench> {
+    /// A front end on the database; `isolate`:
+    /// [`PgConfig::isolate_requests`](litebridge::PgConfig::isolate_requests).
+    async fn front_end(
+        &self,
+        one_message: bool,
+        connections: Option<usize>,
+        isolate: bool,
+    ) -> CliResult<Bench> {
         let mut config = self.config();
         config.one_message_reads = one_message;
         config.one_message_writes = one_message;
+        config.isolate_requests = isolate;
         if let Some(n) = connections {
             config.connections = n;
         }
@@ -217,17 +225,24 @@ async fn measure(
     let slice = seconds / rounds as f64;
     let one = match name {
         // A pool smaller than the clients: requests wait, and go together.
-        "pg-http-query-together" | "pg-http-execute-together" => {
-            setup.front_end(true, Some(TOGETHER_CONNECTIONS)).await?
+        // `-shared`: requests not isolated from their caller's others.
+        "pg-http-query-together"
+        | "pg-http-execute-together"
+        | "pg-http-query-together-shared"
+        | "pg-http-execute-together-shared" => {
+            let isolate = !name.ends_with("-shared");
+            setup
+                .front_end(true, Some(TOGETHER_CONNECTIONS), isolate)
+                .await?
         }
         _ => {
             setup
-                .front_end(name.ends_with("-one-message"), None)
+                .front_end(name.ends_with("-one-message"), None, true)
                 .await?
         }
     };
     let two = match name {
-        "pg-two-front-ends" => match setup.front_end(false, None).await {
+        "pg-two-front-ends" => match setup.front_end(false, None, true).await {
             Ok(b) => Some(b),
             Err(e) => {
                 one.shutdown().await;
@@ -252,7 +267,8 @@ async fn measure(
                     let (load, clients) = match name {
                         "pg-http-execute"
                         | "pg-http-execute-one-message"
-                        | "pg-http-execute-together" => (Load::Execute, 64),
+                        | "pg-http-execute-together"
+                        | "pg-http-execute-together-shared" => (Load::Execute, 64),
                         _ => (Load::Query, 32),
                     };
                     progress.message(&format!("raw tokio-postgres ({slice} s)"));
