@@ -98,9 +98,8 @@ impl Setup {
 
     /// A litebridge HTTP server on the run's schema, with
     /// `postgres.one_message_reads` and `postgres.one_message_writes` as
-    /// asked, and `postgres.connections` when given.
-    /// A front end on the database; `isolate`:
-    /// [`PgConfig::isolate_requests`](litebridge::PgConfig::isolate_requests).
+    /// asked, `postgres.connections` when given, and
+    /// `postgres.isolate_requests` as `isolate` says.
     async fn front_end(
         &self,
         one_message: bool,

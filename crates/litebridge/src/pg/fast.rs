@@ -374,8 +374,8 @@ impl PgDatabase {
     /// `EXECUTE`, the position when `track`, [`END_READ`]. The rows, the
     /// primary's position and whether the session may be kept (no
     /// statement prepared with SQL was found in it), or `None` when the
-    /// read must go the long way after all (its transaction rolled back). `begun` is set once `BEGIN`
-    /// is answered.
+    /// read must go the long way after all (its transaction rolled back).
+    /// `begun` is set once `BEGIN` is answered.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn read_in_one(
         &self,
@@ -419,7 +419,7 @@ impl PgDatabase {
                 (1, M::Row(_)) if rows.len() == max_rows => truncated = true,
                 (1, M::Row(row)) => rows.push(read_text_row(&row, columns, &mut bytes, max_bytes)?),
                 (2, m @ M::Row(_)) if track => position.push(m),
-                (i, m) if i + 1 == statements && found_prepared(&m) => clean = false,
+                (i, m) if found_prepared(i, statements, &m) => clean = false,
                 _ => {}
             }
             Ok(())

@@ -1757,7 +1757,7 @@ impl PgDatabase {
                 match (i, m) {
                     (0, M::CommandComplete(_)) => committed.store(true, Ordering::Relaxed),
                     (1, m @ M::Row(_)) if want_token => position.push(m),
-                    (i, m) if i + 1 == statements && who == Who::Client && found_prepared(&m) => {
+                    (i, m) if found_prepared(i, statements, &m) => {
                         prepared.store(true, Ordering::Relaxed);
                     }
                     _ => {}
@@ -1893,9 +1893,7 @@ impl PgDatabase {
                     None
                 }
             });
-            let rolled = rolled.map(|answer| {
-                who == Who::Own || !found_prepared_in(&answer, statements_in(&rollback))
-            });
+            let rolled = rolled.map(|answer| !found_prepared_in(&answer, statements_in(&rollback)));
             (rolled, position)
         };
         // The write committed before, and its results were read: they are
@@ -2679,19 +2677,22 @@ fn statements_in(sql: &str) -> usize {
     sql.matches(';').count() + 1
 }
 
-/// Whether an answer to `prepared_with_sql!` found a statement.
-fn found_prepared(m: &M) -> bool {
-    matches!(m, M::Row(_))
+/// Whether `m`, an answer to statement `i` of a message of `statements`
+/// that ends with `prepared_with_sql!`, is a row of that check: a
+/// statement prepared with SQL found. A message without the check
+/// ([`PgConfig::isolate_requests`] off) ends with statements that answer
+/// no rows.
+fn found_prepared(i: usize, statements: usize, m: &M) -> bool {
+    i + 1 == statements && matches!(m, M::Row(_))
 }
 
-/// Whether `answer`, to a message of `statements` statements that ends
-/// with `prepared_with_sql!`, found a statement: a row of its last
-/// statement.
+/// [`found_prepared`] over the whole answer to such a message.
 fn found_prepared_in(answer: &[M], statements: usize) -> bool {
     let mut done = 0;
     answer.iter().any(|m| {
+        let found = found_prepared(done, statements, m);
         done += usize::from(matches!(m, M::CommandComplete(_)));
-        done + 1 == statements && found_prepared(m)
+        found
     })
 }
 

@@ -565,7 +565,7 @@ impl PgDatabase {
         let progress = Notify::new();
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = span.read_at(i) else {
-                if i + 1 == statements && found_prepared(&m) {
+                if found_prepared(i, statements, &m) {
                     clean = false;
                 }
                 return Ok(());

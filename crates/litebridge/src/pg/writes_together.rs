@@ -232,7 +232,7 @@ impl PgDatabase {
         let mut clean = true;
         let reading = answer(&conn, &sql, members[0].timeout, |i, m| {
             let Some((k, step)) = write_at(i) else {
-                if i + 1 == statements && found_prepared(&m) {
+                if found_prepared(i, statements, &m) {
                     clean = false;
                 }
                 return Ok(());
