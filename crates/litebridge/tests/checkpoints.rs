@@ -304,3 +304,48 @@ async fn a_database_with_its_keeper_off_still_counts_as_one_on_the_file() {
     reading.close().await;
     db.close().await;
 }
+
+/// The checkpoint thread runs under `SCHED_BATCH` (its wake-ups do not take
+/// the writer's core; see the `checkpointer` module). (glibc: musl's
+/// `sched_setscheduler` refuses every call.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_thread_does_not_preempt_the_writer() {
+    /// `SCHED_BATCH` of Linux's `sched.h`.
+    const SCHED_BATCH: i32 = 3;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_dir, _db) = open_kv(config()).await;
+    // The policy of every checkpoint thread of this process (the thread
+    // sets its own as it starts, which may not have happened yet).
+    let policies = || {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+                continue;
+            };
+            // pid (name) state ...: the name may hold spaces and parentheses.
+            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                continue;
+            };
+            // The kernel keeps 15 bytes of a thread's name.
+            if name == "litebridge-chec" {
+                // Field 41 (`policy`) is the 39th after the name.
+                found.push(rest.split(' ').nth(38).unwrap().parse::<i32>().unwrap());
+            }
+        }
+        found
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = policies();
+        if !found.is_empty() && found.iter().all(|&p| p == SCHED_BATCH) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "checkpoint threads' policies: {found:?} (expected {SCHED_BATCH})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -12,9 +12,20 @@
 //!   thread, which runs `PASSIVE` and records how far it got;
 //! - a background checkpoint never quite catches up with a writer that keeps
 //!   committing, and SQLite only restarts the log once *every* frame has been
-//!   copied. So when this thread has copied all but a few frames, the writer
-//!   runs one short `PASSIVE` itself between two batches; its next
-//!   transaction then starts the log over;
+//!   copied. So the first commit after each round asks for another (each
+//!   copies what came during the one before, so they shrink) until little
+//!   is left or they stop shrinking (`finish_now`); then the writer runs one
+//!   short `PASSIVE` itself between two batches, and its next transaction
+//!   starts the log over;
+//! - that short `PASSIVE` stops every request in flight, and what it costs is
+//!   mostly its two fsyncs: of the log since the last round, and of the
+//!   database, which a background `PASSIVE` leaves unsynced unless it copied
+//!   every frame. So this thread syncs the database after each round, and
+//!   the writer's sync finds a few pages to write instead of a whole cycle's
+//!   (measured with `strace`: the writer's database fsyncs went from 6-10 ms
+//!   each, one a cycle, to about 1 ms; BENCHMARKS.md). The thread runs under
+//!   `SCHED_BATCH`: a nudge wakes it without preempting the writer, which
+//!   used to lose its core for a millisecond or more at each wake-up;
 //! - when readers keep pinning old frames and the `-wal` file passes
 //!   `max_wal_bytes`, the writer runs `TRUNCATE` between two batches, waiting
 //!   up to `restart_wait` for them. It must be the writer: `TRUNCATE` needs the
@@ -29,8 +40,9 @@
 //!   readers, ticked by this thread every half `restart_wait` (10 to 50 ms;
 //!   later when a checkpoint runs long), closed before the last checkpoint.
 
+use std::cell::Cell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,8 +66,13 @@ enum Kick {
 
 /// State shared by the checkpoint thread and the writer.
 struct Progress {
-    /// WAL frames known to be copied into the database by the last checkpoint.
-    backfilled: AtomicU32,
+    /// WAL frames known to be copied into the database by the last
+    /// background round, with the log's generation they were counted in
+    /// (`generation << 32 | frames`): a count of a log that has started over
+    /// since says nothing of the new one.
+    backfilled: AtomicU64,
+    /// Bumped by the writer each time the log starts over.
+    generation: AtomicU32,
     /// Whether a background checkpoint is running.
     busy: AtomicBool,
     /// Held by whoever runs a checkpoint in this process (before `keeper`).
@@ -82,6 +99,16 @@ impl Progress {
             r
         } else {
             self.keeper.aside(|| checkpoint(conn, mode))
+        }
+    }
+
+    /// Frames of the current log known to be copied.
+    fn copied(&self) -> u32 {
+        let v = self.backfilled.load(Ordering::Acquire);
+        if (v >> 32) as u32 == self.generation.load(Ordering::Acquire) {
+            v as u32
+        } else {
+            0
         }
     }
 
@@ -112,7 +139,8 @@ impl Checkpointer {
         // commit made before it.
         let (tx, rx) = flume::bounded(1);
         let progress = Arc::new(Progress {
-            backfilled: AtomicU32::new(0),
+            backfilled: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             busy: AtomicBool::new(false),
             lock: Mutex::new(()),
             keeper: Keeper::open(&opener.path, opener.config.read_mark_keeper),
@@ -163,6 +191,8 @@ impl Checkpointer {
             max_wal_bytes: c.checkpoint.max_wal_bytes,
             restart_wait: c.checkpoint.restart_wait,
             busy_timeout: c.busy_timeout,
+            last_frames: Cell::new(0),
+            asked: Cell::new(u32::MAX),
         }
     }
 
@@ -186,6 +216,11 @@ pub(crate) struct Nudge {
     max_wal_bytes: u64,
     restart_wait: Duration,
     busy_timeout: Duration,
+    /// The log's size at the last commit (a smaller one: it started over).
+    last_frames: Cell<u32>,
+    /// What was left to copy when the last background round of this log was
+    /// asked for.
+    asked: Cell<u32>,
 }
 
 impl Nudge {
@@ -200,6 +235,10 @@ impl Nudge {
         // checkpoint short of this commit's frames.
         self.progress.keeper.refresh();
         let frames = wal_frames.load(Ordering::Relaxed);
+        if frames < self.last_frames.replace(frames) {
+            self.progress.generation.fetch_add(1, Ordering::AcqRel);
+            self.asked.set(u32::MAX);
+        }
         if frames < self.passive_pages {
             return;
         }
@@ -216,13 +255,14 @@ impl Nudge {
         if self.progress.busy.load(Ordering::Acquire) {
             return;
         }
-        let left = frames.saturating_sub(self.progress.backfilled.load(Ordering::Acquire));
-        if left <= self.passive_pages / 4 {
+        let left = frames.saturating_sub(self.progress.copied());
+        if finish_now(left, self.asked.get(), frames, self.passive_pages) {
             // Finish the job here so the log restarts with the next batch.
             if let Some(_guard) = self.progress.try_lock() {
                 let _ = self.run(conn, CheckpointMode::Passive, wal_frames, counters);
             }
         } else {
+            self.asked.set(left);
             let _ = self.tx.try_send(Kick::Wal);
         }
     }
@@ -250,11 +290,59 @@ impl Nudge {
         counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         if !r.busy && r.log_pages == r.checkpointed_pages {
             wal_frames.store(0, Ordering::Relaxed);
-            self.progress.backfilled.store(0, Ordering::Release);
         }
         Ok(r)
     }
 }
+
+/// Whether the writer copies what is left itself now (and fsyncs the log,
+/// then the database) so that the log starts over, rather than ask the
+/// background for another round. `left`: frames not known to be copied;
+/// `asked`: what was left when the last round was asked for.
+///
+/// Each round copies what came during the one before, so rounds shrink
+/// until their fixed cost (two fsyncs) stops them: the writer waits for
+/// 1/64 of `passive_pages` left (62 frames at the default; at least 16, or
+/// a quarter of a small setting), or, with a quarter left or less, for a
+/// round that did not halve what was left. Past twice `passive_pages` the
+/// background is not keeping up, and the writer takes up to a quarter so
+/// that the log stays bounded.
+fn finish_now(left: u32, asked: u32, frames: u32, passive_pages: u32) -> bool {
+    let quarter = (passive_pages / 4).max(1);
+    if frames >= passive_pages.saturating_mul(2) {
+        return left <= quarter;
+    }
+    let few = (passive_pages / 64).max(quarter.min(16));
+    left <= few || (left <= quarter && left.saturating_mul(2) > asked)
+}
+
+/// Puts the calling thread under `SCHED_BATCH`: the same share of the CPU
+/// as any other thread, but its wake-ups do not preempt a running thread
+/// (it may still take its turn at the next scheduler tick). Woken by a
+/// commit, the checkpoint thread used to take the writer's core at once
+/// (seen as 1-2 ms spent in the writer's nudge alone, every request in
+/// flight waiting). Unlike a lower priority (`nice`), it keeps its share on
+/// one core, so the log stays bounded (BENCHMARKS.md).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn batch_scheduling() {
+    // SAFETY: sched_setscheduler on the calling thread (id 0) with a zeroed
+    // sched_param: priority 0, the only one SCHED_BATCH takes. It only
+    // changes this thread's scheduling policy.
+    let rc = unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "the checkpoint thread stays under the default scheduling: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn batch_scheduling() {}
 
 struct Worker {
     progress: Arc<Progress>,
@@ -267,6 +355,7 @@ struct Worker {
 
 impl Worker {
     fn run(self, rx: &flume::Receiver<Kick>) {
+        batch_scheduling();
         let mut dirty = false;
         let mut kicked = Instant::now();
         let mut ticked = Instant::now();
@@ -281,11 +370,25 @@ impl Worker {
                 Ok(Kick::Wal) => {
                     self.progress.busy.store(true, Ordering::Release);
                     let guard = self.progress.lock();
-                    if let Some(r) = self.checkpoint(CheckpointMode::Passive) {
-                        let done = u32::try_from(r.checkpointed_pages).unwrap_or(0);
-                        self.progress.backfilled.store(done, Ordering::Release);
-                    }
+                    // Counted in the log as it is now: if it starts over
+                    // during the round, the count is of the old one.
+                    let generation = self.progress.generation.load(Ordering::Acquire);
+                    let round = self.checkpoint(CheckpointMode::Passive);
                     drop(guard);
+                    if let Some(r) = round {
+                        let done = u32::try_from(r.checkpointed_pages).unwrap_or(0);
+                        // Outside the lock: an fsync needs none of SQLite's,
+                        // and a checkpoint the writer runs need not wait.
+                        if done > 0
+                            && let Err(e) = crate::db::ffi::sync_database_file(&self.conn)
+                        {
+                            tracing::warn!("syncing the database file after a checkpoint: {e}");
+                        }
+                        self.progress.backfilled.store(
+                            u64::from(generation) << 32 | u64::from(done),
+                            Ordering::Release,
+                        );
+                    }
                     self.progress.busy.store(false, Ordering::Release);
                     dirty = true;
                     kicked = Instant::now();
@@ -318,5 +421,106 @@ impl Worker {
         self.progress.keeper.close();
         let _ = self.conn.busy_timeout(self.restart_wait);
         self.checkpoint(CheckpointMode::Truncate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_finishes_a_cycle_when_little_is_left_or_rounds_stop_shrinking() {
+        // The default: 62 frames left, first round of a cycle.
+        assert!(finish_now(62, u32::MAX, 4100, 4000));
+        assert!(!finish_now(63, u32::MAX, 4100, 4000));
+        // Rounds halving what is left: another one.
+        assert!(!finish_now(300, 800, 4500, 4000));
+        // A round that did not halve it (its fsyncs cost what it saves).
+        assert!(finish_now(300, 500, 4500, 4000));
+        // ... but never more than a quarter while the log is short.
+        assert!(!finish_now(1001, 1100, 4500, 4000));
+        // Past twice the setting, a quarter, shrinking or not.
+        assert!(finish_now(1000, u32::MAX, 8000, 4000));
+        assert!(!finish_now(1001, u32::MAX, 8000, 4000));
+        // Small settings keep a few commits' worth.
+        assert!(finish_now(16, u32::MAX, 64, 64));
+        assert!(!finish_now(17, u32::MAX, 64, 64));
+        assert!(finish_now(2, u32::MAX, 8, 8));
+        assert!(finish_now(1, u32::MAX, 1, 1));
+        assert!(!finish_now(2, u32::MAX, 1, 1));
+    }
+
+    #[test]
+    fn a_count_of_a_log_that_started_over_counts_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = Progress {
+            backfilled: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            busy: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            keeper: Keeper::open(&dir.path().join("k.db"), false),
+        };
+        progress.backfilled.store(3000, Ordering::Release);
+        assert_eq!(progress.copied(), 3000);
+        progress.generation.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(progress.copied(), 0);
+        progress.backfilled.store(1 << 32 | 40, Ordering::Release);
+        assert_eq!(progress.copied(), 40);
+    }
+
+    /// A log that started over is copied by the background again, not by
+    /// the writer on the strength of the old log's count (which would make
+    /// the writer copy a whole cycle itself: the stall this module avoids).
+    #[test]
+    fn after_the_log_starts_over_the_writer_asks_for_a_round_instead_of_copying_a_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x);")
+            .unwrap();
+        let (tx, rx) = flume::bounded(1);
+        let progress = Arc::new(Progress {
+            backfilled: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            busy: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            keeper: Keeper::open(&path, false),
+        });
+        let nudge = Nudge {
+            tx,
+            progress: progress.clone(),
+            wal_path: dir.path().join("t.db-wal"),
+            passive_pages: 4000,
+            max_wal_bytes: u64::MAX,
+            restart_wait: Duration::from_millis(10),
+            busy_timeout: Duration::from_millis(10),
+            last_frames: Cell::new(0),
+            asked: Cell::new(u32::MAX),
+        };
+        let counters = Counters::default();
+        let frames = AtomicU32::new(0);
+        let commit = |n: u32| {
+            frames.store(n, Ordering::Relaxed);
+            nudge.after_commit(&conn, &frames, &counters);
+        };
+        // A cycle the background copied to its end (5,000 frames)...
+        commit(5000);
+        assert!(matches!(rx.try_recv(), Ok(Kick::Wal)));
+        let generation = progress.generation.load(Ordering::Acquire);
+        progress
+            .backfilled
+            .store(u64::from(generation) << 32 | 5000, Ordering::Release);
+        // ... then the log started over, and grew to the threshold again.
+        commit(10);
+        commit(4000);
+        assert!(
+            matches!(rx.try_recv(), Ok(Kick::Wal)),
+            "a new round asked for"
+        );
+        assert_eq!(
+            counters.checkpoints.load(Ordering::Relaxed),
+            0,
+            "the writer copied nothing itself"
+        );
     }
 }

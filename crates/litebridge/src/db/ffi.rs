@@ -72,3 +72,68 @@ pub(crate) fn set_last_insert_rowid(conn: &Connection, rowid: i64) {
     // thread only while `conn` is borrowed; the call sets one field of it.
     unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) }
 }
+
+/// Syncs the connection's main database file through its own VFS file
+/// (`SQLITE_FCNTL_FILE_POINTER`, then the file's `xSync`), as a checkpoint
+/// that copied every frame would. Does nothing when the file is not open yet.
+///
+/// The checkpoint thread calls it after each background copy so that the
+/// writer's last short checkpoint finds the database file nearly clean: its
+/// own sync then flushes a few pages instead of everything the copy wrote
+/// (measured: 6-10 ms of the writer's time, each log cycle, which stalled
+/// every request in flight). An fd of our own on the file would not do:
+/// closing it would drop every POSIX lock SQLite holds on the file in this
+/// process.
+#[allow(unsafe_code)]
+pub(crate) fn sync_database_file(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `handle()` is the live connection owned by `conn`, used on this
+    // thread only while `conn` is borrowed. FILE_POINTER writes the main
+    // database's `sqlite3_file*` (owned by the connection, valid while it
+    // is open and no other call runs on it) into `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `file` is the connection's open file, valid as above; its
+    // methods are null until the file is opened, and `xSync` is the VFS's own
+    // sync of it (the `unix` VFS: an fsync of its descriptor).
+    let rc = unsafe {
+        match (*file).pMethods.as_ref().and_then(|m| m.xSync) {
+            Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+            None => ffi::SQLITE_OK,
+        }
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_file_is_synced_through_its_own_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        sync_database_file(&conn).unwrap();
+        // A database with no file (in memory) has nothing to sync.
+        let memory = Connection::open_in_memory().unwrap();
+        sync_database_file(&memory).unwrap();
+    }
+}
