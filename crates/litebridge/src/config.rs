@@ -134,8 +134,12 @@ pub struct CheckpointConfig {
     /// four times as often, and a page rewritten by many commits (the end of
     /// a table that grows) is copied back once per checkpoint, not once per
     /// commit: measured here, 4000 gives ~25 % more pipelined writes than 1000
-    /// (8000 and 16000 give no more). 4000 frames also stay within one
-    /// wal-index hash segment (4096 frames), so reads find pages as fast.
+    /// (8000 and 16000 give no more). This is where a cycle's first
+    /// background round starts; the writer lets the log start over once the
+    /// rounds have caught up, so a cycle runs past it: under a pipelined
+    /// insert load the `-wal` file peaked at 6,800 frames, and at 9,200
+    /// since the writer waits for the rounds to leave it little to copy
+    /// (both under the default `max_wal_bytes`; BENCHMARKS.md).
     pub passive_pages: u32,
     /// When a passive checkpoint cannot keep up (readers pin old snapshots) and the
     /// WAL file exceeds this size, the writer runs a `TRUNCATE` checkpoint
