@@ -81,6 +81,16 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(keeper: Arc<Keeper>) -> Progress {
+        Progress {
+            backfilled: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            busy: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            keeper,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.lock)
     }
@@ -138,13 +148,10 @@ impl Checkpointer {
         // One pending nudge is enough: the checkpoint it starts covers every
         // commit made before it.
         let (tx, rx) = flume::bounded(1);
-        let progress = Arc::new(Progress {
-            backfilled: AtomicU64::new(0),
-            generation: AtomicU32::new(0),
-            busy: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            keeper: Keeper::open(&opener.path, opener.config.read_mark_keeper),
-        });
+        let progress = Arc::new(Progress::new(Keeper::open(
+            &opener.path,
+            opener.config.read_mark_keeper,
+        )));
         let worker = Worker {
             progress: progress.clone(),
             conn,
@@ -453,13 +460,7 @@ mod tests {
     #[test]
     fn a_count_of_a_log_that_started_over_counts_for_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let progress = Progress {
-            backfilled: AtomicU64::new(0),
-            generation: AtomicU32::new(0),
-            busy: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            keeper: Keeper::open(&dir.path().join("k.db"), false),
-        };
+        let progress = Progress::new(Keeper::open(&dir.path().join("k.db"), false));
         progress.backfilled.store(3000, Ordering::Release);
         assert_eq!(progress.copied(), 3000);
         progress.generation.fetch_add(1, Ordering::AcqRel);
@@ -479,13 +480,7 @@ mod tests {
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x);")
             .unwrap();
         let (tx, rx) = flume::bounded(1);
-        let progress = Arc::new(Progress {
-            backfilled: AtomicU64::new(0),
-            generation: AtomicU32::new(0),
-            busy: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            keeper: Keeper::open(&path, false),
-        });
+        let progress = Arc::new(Progress::new(Keeper::open(&path, false)));
         let nudge = Nudge {
             tx,
             progress: progress.clone(),
