@@ -2893,6 +2893,84 @@ async fn postgres_a_search_path_a_function_set_does_not_reach_the_callers_next_r
     }
 }
 
+/// A temporary table a `write` key's function makes in another caller's
+/// session (a trigger) does not take that caller's later writes, when
+/// `TEMP` was granted to the clients' role after litebridge started (so the
+/// tidy-up has no `DISCARD TEMP`): the request's end finds the temporary
+/// schema in use and the connection is closed (found by a review). On a
+/// database of its own, whose `TEMP` is revoked from `PUBLIC`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_temporary_table_a_function_made_does_not_take_the_callers_next_writes() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    let admin = common::pg::admin(&url).await;
+    let name = format!("lbt_temp_{}", std::process::id());
+    // One statement a message: neither runs in a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    admin
+        .batch_execute(&format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let here = format!("{base}/{name}");
+    for fast in [false, true] {
+        let schema = common::pg::Schema::on(here.clone()).await;
+        let mut config = schema.config();
+        config.connections = 1;
+        config.one_message_reads = fast;
+        config.one_message_writes = fast;
+        let db = PgDatabase::connect(config).await.unwrap();
+        // Granted after the start.
+        admin
+            .batch_execute(&format!(
+                "GRANT TEMP ON DATABASE {name} TO {}",
+                common::pg::CLIENT_ROLE
+            ))
+            .await
+            .unwrap();
+        let (thief, _) = as_caller(2);
+        let (w, _) = as_caller(1);
+        for sql in [
+            "CREATE TABLE mine (v text)",
+            "CREATE TABLE log (v text)",
+            "CREATE FUNCTION shadow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             CREATE TEMP TABLE IF NOT EXISTS mine (v text); RETURN NEW; END $$",
+            "CREATE TRIGGER shadow AFTER INSERT ON log FOR EACH ROW EXECUTE FUNCTION shadow()",
+        ] {
+            db.execute_with(sql, (), thief).await.unwrap();
+        }
+        db.execute_with("INSERT INTO log VALUES ('hello')", (), w)
+            .await
+            .unwrap();
+        db.execute_with("INSERT INTO mine VALUES ('kept')", (), w)
+            .await
+            .unwrap();
+        let r = db
+            .query_with("SELECT count(*)::int FROM mine", (), as_caller(3).1)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, [[Value::Integer(1)]], "fast {fast}");
+        db.close();
+        admin
+            .batch_execute(&format!(
+                "REVOKE TEMP ON DATABASE {name} FROM {}",
+                common::pg::CLIENT_ROLE
+            ))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
 /// No setting a `write` key's function changes in another caller's
 /// session (`set_config(..., false)`, through a view) reaches that
 /// caller's later requests: `synchronous_commit` off would acknowledge its
