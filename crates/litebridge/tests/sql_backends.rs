@@ -2893,12 +2893,67 @@ async fn postgres_a_search_path_a_function_set_does_not_reach_the_callers_next_r
     }
 }
 
+/// A database of its own whose `TEMP` is revoked from `PUBLIC`, on the
+/// server at `url`: its URL. Dropped with [`drop_database`].
+async fn database_without_temp(admin: &tokio_postgres::Client, url: &str, name: &str) -> String {
+    // One statement a message: neither runs in a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+        format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+async fn drop_database(admin: &tokio_postgres::Client, name: &str) {
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+/// In a fresh schema of the database `name` (see
+/// [`database_without_temp`]), a database of `set`'s configuration opened
+/// while the clients' role may make no temporary object, then `TEMP`
+/// granted to it; and a `write` key's (caller 2's) trigger on `log` that
+/// makes a temporary table `mine`, shadowing the real one.
+async fn temp_granted_after_start(
+    admin: &tokio_postgres::Client,
+    url: &str,
+    name: &str,
+    set: impl FnOnce(&mut PgConfig),
+) -> PgDatabase {
+    let schema = common::pg::Schema::on(url.to_owned()).await;
+    let mut config = schema.config();
+    set(&mut config);
+    let db = PgDatabase::connect(config).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT TEMP ON DATABASE {name} TO {}",
+            common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE mine (v text)",
+        "CREATE TABLE log (v text)",
+        "CREATE FUNCTION shadow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         CREATE TEMP TABLE IF NOT EXISTS mine (v text); RETURN NEW; END $$",
+        "CREATE TRIGGER shadow AFTER INSERT ON log FOR EACH ROW EXECUTE FUNCTION shadow()",
+    ] {
+        db.execute_with(sql, (), as_caller(2).0).await.unwrap();
+    }
+    db
+}
+
 /// A temporary table a `write` key's function makes in another caller's
 /// session (a trigger) does not take that caller's later writes, when
-/// `TEMP` was granted to the clients' role after litebridge started (so the
-/// tidy-up has no `DISCARD TEMP`): the request's end finds the temporary
-/// schema in use and the connection is closed (found by a review). On a
-/// database of its own, whose `TEMP` is revoked from `PUBLIC`.
+/// `TEMP` was granted to the clients' role after litebridge started: every
+/// write drops its temporary objects (`DISCARD TEMP`), whatever the role
+/// could do at start (it was decided at start; found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_temporary_table_a_function_made_does_not_take_the_callers_next_writes() {
     let Some(url) = common::pg::url() else {
@@ -2906,45 +2961,15 @@ async fn postgres_a_temporary_table_a_function_made_does_not_take_the_callers_ne
     };
     let admin = common::pg::admin(&url).await;
     let name = format!("lbt_temp_{}", std::process::id());
-    // One statement a message: neither runs in a transaction block.
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        admin.batch_execute(&sql).await.unwrap();
-    }
-    admin
-        .batch_execute(&format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"))
-        .await
-        .unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let here = format!("{base}/{name}");
+    let here = database_without_temp(&admin, &url, &name).await;
     for fast in [false, true] {
-        let schema = common::pg::Schema::on(here.clone()).await;
-        let mut config = schema.config();
-        config.connections = 1;
-        config.one_message_reads = fast;
-        config.one_message_writes = fast;
-        let db = PgDatabase::connect(config).await.unwrap();
-        // Granted after the start.
-        admin
-            .batch_execute(&format!(
-                "GRANT TEMP ON DATABASE {name} TO {}",
-                common::pg::CLIENT_ROLE
-            ))
-            .await
-            .unwrap();
-        let (thief, _) = as_caller(2);
-        let (w, _) = as_caller(1);
-        for sql in [
-            "CREATE TABLE mine (v text)",
-            "CREATE TABLE log (v text)",
-            "CREATE FUNCTION shadow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             CREATE TEMP TABLE IF NOT EXISTS mine (v text); RETURN NEW; END $$",
-            "CREATE TRIGGER shadow AFTER INSERT ON log FOR EACH ROW EXECUTE FUNCTION shadow()",
-        ] {
-            db.execute_with(sql, (), thief).await.unwrap();
-        }
+        let db = temp_granted_after_start(&admin, &here, &name, |c| {
+            c.connections = 1;
+            c.one_message_reads = fast;
+            c.one_message_writes = fast;
+        })
+        .await;
+        let w = as_caller(1).0;
         db.execute_with("INSERT INTO log VALUES ('hello')", (), w)
             .await
             .unwrap();
@@ -2965,10 +2990,64 @@ async fn postgres_a_temporary_table_a_function_made_does_not_take_the_callers_ne
             .await
             .unwrap();
     }
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+    drop_database(&admin, &name).await;
+}
+
+/// The same, for writes sent together in one message: the trigger's
+/// temporary table is gone before the caller's next write of the message
+/// (found by review 113, when the `DISCARD TEMP` between them was decided
+/// at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_temporary_table_a_function_made_does_not_take_the_next_writes_of_its_message() {
+    let Some(url) = common::pg::url() else {
+        return;
+    };
+    let admin = common::pg::admin(&url).await;
+    let name = format!("lbt_temp_together_{}", std::process::id());
+    let here = database_without_temp(&admin, &url, &name).await;
+    let db = temp_granted_after_start(&admin, &here, &name, |c| {
+        c.connections = 1;
+        c.one_message_writes = true;
+    })
+    .await;
+    let (w, q) = as_caller(1);
+    // Each statement prepared once, so that they may go together.
+    db.execute_with("INSERT INTO mine VALUES (?1)", params!["warm"], w)
         .await
         .unwrap();
+    db.execute_with("DELETE FROM mine", (), w).await.unwrap();
+    db.execute_with("INSERT INTO log VALUES (?1)", params!["warm"], w)
+        .await
+        .unwrap();
+    let before = db.writes_together();
+    // The one connection held, while the writes queue behind it.
+    let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q);
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let db = &db;
+        let write = move |sql: &'static str, v: &'static str| async move {
+            db.execute_with(sql, params![v], w).await
+        };
+        let mut writes: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+            vec![Box::pin(write("INSERT INTO log VALUES (?1)", "hello"))];
+        for v in ["a", "b", "c"] {
+            writes.push(Box::pin(write("INSERT INTO mine VALUES (?1)", v)));
+        }
+        futures_util::future::join_all(writes).await
+    };
+    let (held, answers) = tokio::join!(hold, queued);
+    held.unwrap();
+    for r in answers {
+        assert_eq!(r.unwrap().changes, 1);
+    }
+    assert!(db.writes_together() > before, "the writes went together");
+    let r = db
+        .query_with("SELECT count(*)::int FROM mine", (), as_caller(3).1)
+        .await
+        .unwrap();
+    assert_eq!(r.rows, [[Value::Integer(3)]]);
+    db.close();
+    drop_database(&admin, &name).await;
 }
 
 /// No setting a `write` key's function changes in another caller's

@@ -188,9 +188,10 @@ impl PgDatabase {
         let n = members.len();
         let tidy = self.inner.tidy;
         // Temporary objects a write made go with it, as alone (a review
-        // found the next write of the message seeing them).
-        let temp = tidy.contains("DISCARD TEMP");
-        let stride = 3 + usize::from(track) + usize::from(temp);
+        // found the next write of the message seeing them). Every tidy-up
+        // has the `DISCARD TEMP`.
+        debug_assert!(tidy.contains("DISCARD TEMP"));
+        let stride = 4 + usize::from(track);
         let mut sql = String::with_capacity(
             members
                 .iter()
@@ -206,9 +207,7 @@ impl PgDatabase {
                 sql.push_str(WAL_INSERT_POSITION);
                 sql.push_str("; ");
             }
-            if temp {
-                sql.push_str("DISCARD TEMP; ");
-            }
+            sql.push_str("DISCARD TEMP; ");
         }
         sql.push_str(tidy);
         let statements = stride * n + statements_in(tidy);
