@@ -2647,9 +2647,10 @@ macro_rules! isolated {
 /// or not the clients' role could make any when litebridge started (were
 /// `TEMP` granted to it since, a function's temporary table would shadow
 /// one of the caller's and take its later writes: found by a review, when
-/// the `DISCARD TEMP` was decided at start). With none, it costs nothing
-/// measurable (pgbench, the write and this tidy-up in one message: 14,000-
-/// 16,000 a second with it or without).
+/// the `DISCARD TEMP` was decided at start). With nothing to drop, pgbench
+/// measured no cost (16 clients, the write and this tidy-up in one
+/// message: 14,000-16,000 a second with it or without); pipelined, an
+/// early session measured 14 % (BENCHMARKS.md).
 const TIDY: &str = isolated!(tidy_shared!("; DISCARD TEMP"));
 /// The end of a clients' read, in one message: the `COMMIT`, then the
 /// tidy-up (in a transaction of its own: after the `COMMIT`, so that

@@ -15,9 +15,9 @@
 //! queue, the spread over the pool and the paces are the reads' (`together`).
 //!
 //! - **Each write a transaction of its own**: `BEGIN; EXECUTE ...; COMMIT;`
-//!   for each (and `DISCARD TEMP` when the clients' role may make
-//!   temporary objects, as after a write alone: a review found the next
-//!   write of a message seeing them), then the tidy-up. Not one
+//!   for each, then `DISCARD TEMP`, as after a write alone (a review found
+//!   the next write of a message seeing a temporary table the one before
+//!   made), then the tidy-up. Not one
 //!   transaction for all: what a write leaves in its transaction (a
 //!   `set_config(..., true)` that a row-level policy reads) would reach the
 //!   writes after it, and no savepoint undoes it while keeping the write.
@@ -195,7 +195,7 @@ impl PgDatabase {
         let mut sql = String::with_capacity(
             members
                 .iter()
-                .map(|m| m.execute.len() + 24 + WAL_INSERT_POSITION.len())
+                .map(|m| m.execute.len() + 32 + WAL_INSERT_POSITION.len())
                 .sum::<usize>()
                 + tidy.len(),
         );
@@ -213,8 +213,7 @@ impl PgDatabase {
         let statements = stride * n + statements_in(tidy);
         // The write statement `i` belongs to, and which of its statements
         // it is: 0 `BEGIN`, 1 the `EXECUTE`, 2 `COMMIT`, then the position
-        // (with replicas) and `DISCARD TEMP` (when the role may make
-        // temporary objects).
+        // (with replicas) and `DISCARD TEMP`.
         let write_at = |i: usize| (i < stride * n).then_some((i / stride, i % stride));
         let mut answers: Vec<Option<oneshot::Sender<Answer>>> =
             answers.into_iter().map(Some).collect();
@@ -238,7 +237,7 @@ impl PgDatabase {
             };
             match (step, m) {
                 (1, M::CommandComplete(c)) => changes[k] = c,
-                (2, M::CommandComplete(_)) if stride > 3 => committed[k] = true,
+                (2, M::CommandComplete(_)) => committed[k] = true,
                 (3, m @ M::Row(_)) if track => positions[k].push(m),
                 (step, M::CommandComplete(_)) if step + 1 == stride => {
                     let token = track.then(|| {
