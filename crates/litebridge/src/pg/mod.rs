@@ -61,6 +61,7 @@
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
+mod backend;
 mod claims;
 mod config;
 mod describe;
@@ -100,6 +101,7 @@ use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
+use backend::{Backend, Ended};
 use error::{connection_lost, error_chain, from_pg};
 use lease::Lease;
 pub(crate) use listen::Heard;
@@ -121,8 +123,9 @@ struct Inner {
     /// litebridge's own work (the stores), as the URL's user.
     own: Pool,
     /// The server process of each of the clients' connections, for
-    /// stopping one that ignores a cancel request.
-    pids: std::sync::Mutex<HashMap<ObjectId, (i32, Instant)>>,
+    /// stopping one that ignores a cancel request, with when it was last
+    /// leased.
+    pids: std::sync::Mutex<HashMap<ObjectId, (Backend, Instant)>>,
     /// Connections closed for a statement prepared with SQL in their
     /// session ([`PgDatabase::prepared_with_sql`]).
     prepared_with_sql: AtomicU64,
@@ -397,26 +400,34 @@ impl PgDatabase {
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
         let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
-        // Without it a replica's timeline is unknown: see `received_timeline`.
-        let sees_timelines = config.replicas.is_empty() || {
-            let sees = owner
-                .query_one(
-                    "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false);
-            if !sees {
-                tracing::warn!(
-                    "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
-                     `session` reads with a token will all go to the primary until it is \
-                     granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
-                     then restart)"
-                );
-            }
-            sees
-        };
+        // What litebridge's own role may do beyond its schema: see others'
+        // sessions (a replica's timeline, `received_timeline`; when a
+        // process started, `Backend`) and end them (a runaway statement).
+        let (sees, signals) = owner
+            .query_one(
+                "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \
+                 pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
+                &[],
+            )
+            .await
+            .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
+            .unwrap_or((false, false));
+        if !(sees && signals) {
+            tracing::warn!(
+                "litebridge's own PostgreSQL role cannot end a clients' statement that \
+                 ignores its cancel past its deadline: grant it pg_signal_backend and \
+                 pg_read_all_stats (GRANT pg_signal_backend, pg_read_all_stats TO <its role>)"
+            );
+        }
+        let sees_timelines = config.replicas.is_empty() || sees;
+        if !sees_timelines {
+            tracing::warn!(
+                "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
+                 `session` reads with a token will all go to the primary until it is \
+                 granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
+                 then restart)"
+            );
+        }
         let (tidy, end_read) = if config.isolate_requests {
             (TIDY, END_READ)
         } else {
@@ -1959,11 +1970,15 @@ impl PgDatabase {
         // replica's process cannot be ended from litebridge's own
         // connections, which go to the primary; litebridge's own pool
         // numbers its connections apart).
-        let pid = match (node, who) {
+        let backend = match (node, who) {
             (Node::Primary, Who::Client) => lock(&self.inner.pids)
                 .remove(&Object::id(&conn))
-                .map(|(pid, _)| pid),
+                .map(|(backend, _)| backend),
             _ => None,
+        };
+        let backend = match (backend, self.inner.faults.take_reused_pid()) {
+            (Some(b), Some(pid)) => Some(Backend { pid, ..b }),
+            (backend, _) => backend,
         };
         let own = self.inner.own.clone();
         tokio::spawn(async move {
@@ -1973,21 +1988,25 @@ impl PgDatabase {
             if answered.is_ok() {
                 return;
             }
-            let Some(pid) = pid else { return };
-            let killed = async {
-                let c = own.get().await.map_err(|e| e.to_string())?;
-                c.execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .map_err(|e| error_chain(&e))
-            };
-            match tokio::time::timeout(STOP_GRACE, killed).await {
-                Ok(Ok(_)) => tracing::warn!(
+            let Some(backend) = backend else { return };
+            let pid = backend.pid;
+            match tokio::time::timeout(STOP_GRACE, backend.terminate(&own)).await {
+                Ok(Ok(Ended::Terminated)) => tracing::warn!(
                     pid,
                     "a PostgreSQL statement went on past its deadline and a cancel; its server process was terminated"
                 ),
+                Ok(Ok(Ended::Already)) => {}
+                Ok(Ok(Ended::Reused)) => tracing::warn!(
+                    pid,
+                    "a PostgreSQL statement went on past its deadline and a cancel, and its server process ended; its pid is another session's now, left alone"
+                ),
+                Ok(Ok(Ended::Unseen)) => tracing::warn!(
+                    pid,
+                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process was not terminated: litebridge's role cannot see when that process started, so cannot tell it from a later one given the same pid (grant it pg_read_all_stats)"
+                ),
                 Ok(Err(e)) => tracing::warn!(
                     pid,
-                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process could not be terminated (give litebridge's role pg_signal_backend): {e}"
+                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process could not be terminated (give litebridge's role pg_signal_backend and pg_read_all_stats): {e}"
                 ),
                 Err(_) => {
                     tracing::warn!(pid, "terminating a runaway PostgreSQL statement timed out")
@@ -2117,13 +2136,12 @@ impl PgDatabase {
     ///
     /// [`Faults::lose_before_commits`]: crate::fault::Faults::lose_before_commits
     async fn lose(&self, conn: &Object) {
-        let pid = lock(&self.inner.pids)
+        let backend = lock(&self.inner.pids)
             .get(&Object::id(conn))
-            .map(|(pid, _)| *pid);
+            .map(|(backend, _)| *backend);
         let ended = async {
-            if let (Some(pid), Ok(own)) = (pid, self.inner.own.get().await) {
-                let end = "SELECT pg_catalog.pg_terminate_backend($1)";
-                let _ = own.execute(end, &[&pid]).await;
+            if let Some(backend) = backend {
+                let _ = backend.terminate(&self.inner.own).await;
             }
         };
         let _ = tokio::time::timeout(STOP_GRACE, ended).await;
@@ -2154,17 +2172,17 @@ impl PgDatabase {
                     .map(|(_, used)| *used = Instant::now())
                     .is_some();
                 if !known {
-                    let pid = tokio::time::timeout_at(
-                        deadline,
-                        c.query_one("SELECT pg_catalog.pg_backend_pid()", &[]),
-                    )
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        after: Duration::ZERO,
-                        stage: TimeoutStage::Queued,
-                    })?
-                    .map_err(|e| from_pg(&e, Duration::ZERO))?
-                    .get::<_, i32>(0);
+                    let row = tokio::time::timeout_at(deadline, c.query_one(Backend::OWN, &[]))
+                        .await
+                        .map_err(|_| Error::Timeout {
+                            after: Duration::ZERO,
+                            stage: TimeoutStage::Queued,
+                        })?
+                        .map_err(|e| from_pg(&e, Duration::ZERO))?;
+                    let backend = Backend {
+                        pid: row.get(0),
+                        started: row.get(1),
+                    };
                     let mut pids = lock(&self.inner.pids);
                     // Connections the pool dropped on its own leave entries:
                     // past four per connection, those unused for a minute go
@@ -2172,7 +2190,7 @@ impl PgDatabase {
                     if pids.len() > 4 * self.inner.config.connections {
                         pids.retain(|_, (_, used)| used.elapsed() < Duration::from_secs(60));
                     }
-                    pids.insert(id, (pid, Instant::now()));
+                    pids.insert(id, (backend, Instant::now()));
                 }
                 Ok(c)
             }
