@@ -1223,109 +1223,50 @@ async fn postgres_a_statement_that_ignores_cancel_is_terminated() {
     schema.drop_now().await;
 }
 
-/// The runaway's server process is ended two seconds after its connection
-/// was dropped: were its pid another session's by then, that session must
-/// be left alone (the terminate matches the process's start too).
+/// A runaway statement (it catches its cancel) whose caller gives up before
+/// its deadline (a `$/cancelRequest`, an HTTP client hanging up: the
+/// request's future is dropped) is ended too, and so is one past its
+/// deadline under an owner role that may neither see nor signal other
+/// sessions: the server ends a session whose client closed the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_runaway_whose_pid_was_reused_ends_no_other_session() {
-    let Some((schema, db)) = pg().await else {
-        return;
-    };
-    let bystander = common::pg::admin(&schema.url).await;
-    let pid: i32 = bystander
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    // A connection leased once already: the deadline is the statement's.
-    db.execute_with("SELECT 1", (), WriteOptions::default())
-        .await
-        .unwrap();
-    db.faults().reuse_pid(pid);
-    let e = db
-        .execute_with(
-            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
-             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* reused */",
-            (),
-            WriteOptions {
-                timeout: Some(Duration::from_millis(1000)),
-                ..WriteOptions::default()
-            },
-        )
-        .await
-        .expect_err("past its deadline");
-    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-    // Cancel (ignored), two seconds, then the terminate, which must find
-    // the pid's process started at another moment.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let alive = bystander.query_one("SELECT 1", &[]).await;
-    assert!(
-        alive.is_ok(),
-        "the session given the pid was ended: {alive:?}"
-    );
-    let admin = common::pg::admin(&schema.url).await;
-    let ended: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE query LIKE '%/* reused */' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        ended, 1,
-        "the runaway was left running, as its pid did not match"
-    );
-    db.close();
-    schema.drop_now().await;
-}
-
-/// An owner role that may end other sessions (`pg_signal_backend`) but not
-/// see when they started leaves a runaway running (it cannot tell the
-/// process from a later one with its pid); with `pg_read_all_stats` it
-/// ends it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_runaway_is_ended_only_by_an_owner_that_sees_when_it_started() {
+async fn postgres_a_runaway_is_ended_when_its_caller_gives_up_whatever_the_owners_rights() {
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
     let admin = common::pg::admin(&schema.url).await;
-    role(&admin, "CREATE ROLE lb_t_signaller LOGIN").await;
+    role(&admin, "CREATE ROLE lb_t_plain_owner LOGIN").await;
     admin
         .batch_execute(
-            "GRANT pg_signal_backend TO lb_t_signaller; \
-             REVOKE pg_read_all_stats FROM lb_t_signaller; \
-             GRANT CREATE ON DATABASE postgres TO lb_t_signaller",
+            "REVOKE pg_signal_backend, pg_read_all_stats FROM lb_t_plain_owner; \
+             GRANT CREATE ON DATABASE postgres TO lb_t_plain_owner",
         )
         .await
         .unwrap();
-    let url = schema.url.replacen("://postgres@", "://lb_t_signaller@", 1);
+    let url = schema
+        .url
+        .replacen("://postgres@", "://lb_t_plain_owner@", 1);
     assert_ne!(url, schema.url, "the admin URL's user is postgres");
     let config = PgConfig::new(url)
         .client(common::pg::CLIENT_ROLE, None)
         .client_schema(schema.name.clone())
         .schema(schema.own());
     let db = PgDatabase::connect(config).await.unwrap();
-    let runaway = |tag: &'static str| {
+    let runaway = |tag: &str, timeout: Duration| {
         let db = db.clone();
+        let sql = format!(
+            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
+             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {tag} */"
+        );
         async move {
-            let sql = format!(
-                "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
-                 EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {tag} */"
-            );
-            let e = db
-                .execute_with(
-                    &sql,
-                    (),
-                    WriteOptions {
-                        timeout: Some(Duration::from_millis(1000)),
-                        ..WriteOptions::default()
-                    },
-                )
-                .await
-                .expect_err("past its deadline");
-            assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+            db.execute_with(
+                &sql,
+                (),
+                WriteOptions {
+                    timeout: Some(timeout),
+                    ..WriteOptions::default()
+                },
+            )
+            .await
         }
     };
     let running = |tag: &'static str| {
@@ -1335,49 +1276,38 @@ async fn postgres_a_runaway_is_ended_only_by_an_owner_that_sees_when_it_started(
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* {tag} */' \
                  AND pid <> pg_backend_pid()"
             );
-            admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+            let mut left = i64::MAX;
+            for _ in 0..100 {
+                left = admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0);
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            left
         }
     };
-    db.execute_with("SELECT 1", (), WriteOptions::default())
+    // Past its deadline: answered `timeout`, then the cancel (caught), the
+    // connection closed, the session ended by the server.
+    let e = runaway("deadline", Duration::from_millis(300))
         .await
-        .unwrap();
-    runaway("unseen").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        running("unseen").await,
-        1,
-        "ended without knowing which process it was"
-    );
-    admin
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE '%/* unseen */' AND pid <> pg_backend_pid(); \
-             GRANT pg_read_all_stats TO lb_t_signaller",
-        )
-        .await
-        .unwrap();
-    runaway("seen").await;
-    let mut left = i64::MAX;
-    for _ in 0..100 {
-        left = running("seen").await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        left, 0,
-        "the runaway still runs with pg_read_all_stats granted"
-    );
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(running("deadline").await, 0, "the runaway still runs");
+    // Given up on with an hour left.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        runaway("given-up", Duration::from_secs(3600)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the runaway answered: {gave_up:?}");
+    assert_eq!(running("given-up").await, 0, "the runaway still runs");
     db.close();
+    schema.drop_now().await;
     admin
-        .batch_execute(
-            "REVOKE pg_read_all_stats, pg_signal_backend FROM lb_t_signaller; \
-             REVOKE CREATE ON DATABASE postgres FROM lb_t_signaller",
-        )
+        .batch_execute("REVOKE CREATE ON DATABASE postgres FROM lb_t_plain_owner")
         .await
         .unwrap();
-    schema.drop_now().await;
 }
 
 // ----- PostgreSQL: the second hostile review --------------------------------

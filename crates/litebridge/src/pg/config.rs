@@ -236,6 +236,13 @@ impl PgConfig {
             options.push_str(" -c synchronous_commit=");
             options.push_str(synchronous_commit);
         }
+        // A statement can catch its cancel and go on: once litebridge gives
+        // up on it and closes its connection, the server ends the session
+        // within a second of noticing (a FATAL error, which no handler
+        // catches). Pinned, so that no role-level default turns it off.
+        if server.watches_clients {
+            options.push_str(" -c client_connection_check_interval=1000");
+        }
         // PostgreSQL 17's; an older server refuses the name at start-up.
         if server.version >= 170_000 {
             options.push_str(" -c transaction_timeout=0");
@@ -410,6 +417,9 @@ pub(crate) struct Server {
     pub(crate) synchronous_commit: String,
     /// `server_version_num`: settings newer than the server are left out.
     pub(crate) version: u32,
+    /// Whether it takes `client_connection_check_interval` (its platform
+    /// can watch a socket for its peer's close).
+    pub(crate) watches_clients: bool,
 }
 
 /// Every session's settings: times printed as the result mapping reads them.
@@ -522,6 +532,7 @@ mod tests {
             let server = Server {
                 synchronous_commit: "on".into(),
                 version,
+                watches_clients: version >= 160_000,
             };
             c.client_config(&server)
                 .unwrap()
@@ -533,5 +544,9 @@ mod tests {
         assert!(!options(150_010).contains("transaction_timeout"));
         assert!(options(150_010).contains("-c synchronous_commit=on"));
         assert!(options(150_010).contains("-c idle_session_timeout=0"));
+        // A server whose platform cannot watch its clients' sockets refuses
+        // any value but 0.
+        assert!(options(170_002).contains("-c client_connection_check_interval=1000"));
+        assert!(!options(150_010).contains("client_connection_check_interval"));
     }
 }

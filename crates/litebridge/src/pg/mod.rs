@@ -61,7 +61,6 @@
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
-mod backend;
 mod claims;
 mod config;
 mod describe;
@@ -101,7 +100,6 @@ use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
-use backend::{Backend, Ended};
 use error::{connection_lost, error_chain, from_pg};
 use lease::Lease;
 pub(crate) use listen::Heard;
@@ -122,10 +120,6 @@ struct Inner {
     client: Pool,
     /// litebridge's own work (the stores), as the URL's user.
     own: Pool,
-    /// The server process of each of the clients' connections, for
-    /// stopping one that ignores a cancel request, with when it was last
-    /// leased.
-    pids: std::sync::Mutex<HashMap<ObjectId, (Backend, Instant)>>,
     /// Connections closed for a statement prepared with SQL in their
     /// session ([`PgDatabase::prepared_with_sql`]).
     prepared_with_sql: AtomicU64,
@@ -400,34 +394,26 @@ impl PgDatabase {
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
         let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
-        // What litebridge's own role may do beyond its schema: see others'
-        // sessions (a replica's timeline, `received_timeline`; when a
-        // process started, `Backend`) and end them (a runaway statement).
-        let (sees, signals) = owner
-            .query_one(
-                "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \
-                 pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
-                &[],
-            )
-            .await
-            .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
-            .unwrap_or((false, false));
-        if !(sees && signals) {
-            tracing::warn!(
-                "litebridge's own PostgreSQL role cannot end a clients' statement that \
-                 ignores its cancel past its deadline: grant it pg_signal_backend and \
-                 pg_read_all_stats (GRANT pg_signal_backend, pg_read_all_stats TO <its role>)"
-            );
-        }
-        let sees_timelines = config.replicas.is_empty() || sees;
-        if !sees_timelines {
-            tracing::warn!(
-                "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
-                 `session` reads with a token will all go to the primary until it is \
-                 granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
-                 then restart)"
-            );
-        }
+        // Without it a replica's timeline is unknown: see `received_timeline`.
+        let sees_timelines = config.replicas.is_empty() || {
+            let sees = owner
+                .query_one(
+                    "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
+            if !sees {
+                tracing::warn!(
+                    "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
+                     `session` reads with a token will all go to the primary until it is \
+                     granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
+                     then restart)"
+                );
+            }
+            sees
+        };
         let (tidy, end_read) = if config.isolate_requests {
             (TIDY, END_READ)
         } else {
@@ -444,9 +430,27 @@ impl PgDatabase {
             )
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        // Whether the server can watch its clients' sockets during a
+        // statement (Linux, macOS and the BSDs can; a server that cannot
+        // refuses any other value than 0).
+        let watches_clients = owner
+            .query_one(
+                "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', true)",
+                &[],
+            )
+            .await
+            .is_ok();
+        if !watches_clients {
+            tracing::warn!(
+                "this PostgreSQL server cannot check that a client is still connected \
+                 (client_connection_check_interval): a clients' statement that ignores its \
+                 cancel goes on after litebridge has given up on it and closed its connection"
+            );
+        }
         let sync = config::Server {
             synchronous_commit: facts.get(0),
             version: u32::try_from(facts.get::<_, i32>(1)).unwrap_or(0),
+            watches_clients,
         };
         let layout = owner
             .query_one(
@@ -490,7 +494,6 @@ impl PgDatabase {
             config,
             client,
             own,
-            pids: std::sync::Mutex::new(HashMap::new()),
             prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
@@ -1940,12 +1943,11 @@ impl PgDatabase {
     /// Drops a connection instead of returning it to the pool.
     fn discard(&self, node: Node, who: Who, conn: Lease) {
         // Each pool numbers its connections from 0: the maps hold the
-        // clients' alone (the primary's, for the pids).
+        // clients' alone (the primary's, for `known`).
         if who == Who::Client {
             let id = Object::id(&conn);
             lock(&self.inner.callers).remove(&(node, id));
             if node == Node::Primary {
-                lock(&self.inner.pids).remove(&id);
                 lock(&self.inner.known).remove(&id);
             }
         }
@@ -1953,10 +1955,12 @@ impl PgDatabase {
     }
 
     /// Stops what a connection runs past its deadline, off the caller's
-    /// time: PostgreSQL's cancel request, then, if the server process has
-    /// not answered within two seconds (a statement can catch a cancel and
-    /// go on), `pg_terminate_backend` from litebridge's own role. The
-    /// connection is dropped either way.
+    /// time: the lease's drop sends PostgreSQL's cancel request and closes
+    /// the connection. A statement that catches the cancel and goes on is
+    /// ended by the server itself within a second, as it checks that its
+    /// client is still there (`client_connection_check_interval`, pinned
+    /// in the clients' start-up options), with a FATAL error no handler
+    /// catches.
     fn stop(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client {
             lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
@@ -1964,55 +1968,7 @@ impl PgDatabase {
                 lock(&self.inner.known).remove(&Object::id(&conn));
             }
         }
-        let conn = conn.detach();
-        let token = conn.cancel_token();
-        // The pids are those of the clients' connections to the primary (a
-        // replica's process cannot be ended from litebridge's own
-        // connections, which go to the primary; litebridge's own pool
-        // numbers its connections apart).
-        let backend = match (node, who) {
-            (Node::Primary, Who::Client) => lock(&self.inner.pids)
-                .remove(&Object::id(&conn))
-                .map(|(backend, _)| backend),
-            _ => None,
-        };
-        let backend = match (backend, self.inner.faults.take_reused_pid()) {
-            (Some(b), Some(pid)) => Some(Backend { pid, ..b }),
-            (backend, _) => backend,
-        };
-        let own = self.inner.own.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
-            let answered = tokio::time::timeout(STOP_GRACE, conn.batch_execute("ROLLBACK")).await;
-            drop(Object::take(conn));
-            if answered.is_ok() {
-                return;
-            }
-            let Some(backend) = backend else { return };
-            let pid = backend.pid;
-            match tokio::time::timeout(STOP_GRACE, backend.terminate(&own)).await {
-                Ok(Ok(Ended::Terminated)) => tracing::warn!(
-                    pid,
-                    "a PostgreSQL statement went on past its deadline and a cancel; its server process was terminated"
-                ),
-                Ok(Ok(Ended::Already)) => {}
-                Ok(Ok(Ended::Reused)) => tracing::warn!(
-                    pid,
-                    "a PostgreSQL statement went on past its deadline and a cancel, and its server process ended; its pid is another session's now, left alone"
-                ),
-                Ok(Ok(Ended::Unseen)) => tracing::warn!(
-                    pid,
-                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process was not terminated: litebridge's role cannot see when that process started, so cannot tell it from a later one given the same pid (grant it pg_read_all_stats)"
-                ),
-                Ok(Err(e)) => tracing::warn!(
-                    pid,
-                    "a PostgreSQL statement goes on past its deadline and a cancel, and its server process could not be terminated (give litebridge's role pg_signal_backend and pg_read_all_stats): {e}"
-                ),
-                Err(_) => {
-                    tracing::warn!(pid, "terminating a runaway PostgreSQL statement timed out")
-                }
-            }
-        });
+        drop(conn);
     }
 
     /// A connection of `node` for `who`, waited for until `deadline`. One of
@@ -2131,20 +2087,14 @@ impl PgDatabase {
         self.discard(node, who, conn);
     }
 
-    /// Ends `conn`'s server process and waits (a grace at most) until the
-    /// connection has seen it: [`Faults::lose_before_commits`].
+    /// Ends `conn`'s server process (the session ends itself, after
+    /// rolling back what it was doing) and waits (a grace at most) until
+    /// the connection has seen it: [`Faults::lose_before_commits`].
     ///
     /// [`Faults::lose_before_commits`]: crate::fault::Faults::lose_before_commits
     async fn lose(&self, conn: &Object) {
-        let backend = lock(&self.inner.pids)
-            .get(&Object::id(conn))
-            .map(|(backend, _)| *backend);
-        let ended = async {
-            if let Some(backend) = backend {
-                let _ = backend.terminate(&self.inner.own).await;
-            }
-        };
-        let _ = tokio::time::timeout(STOP_GRACE, ended).await;
+        let end = "ROLLBACK; SELECT pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())";
+        let _ = tokio::time::timeout(STOP_GRACE, conn.batch_execute(end)).await;
         let grace = Instant::now() + STOP_GRACE;
         while !conn.is_closed() && Instant::now() < grace {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -2166,32 +2116,6 @@ impl PgDatabase {
                 } else {
                     Lease::new(c)
                 };
-                let id = Object::id(&c);
-                let known = lock(&self.inner.pids)
-                    .get_mut(&id)
-                    .map(|(_, used)| *used = Instant::now())
-                    .is_some();
-                if !known {
-                    let row = tokio::time::timeout_at(deadline, c.query_one(Backend::OWN, &[]))
-                        .await
-                        .map_err(|_| Error::Timeout {
-                            after: Duration::ZERO,
-                            stage: TimeoutStage::Queued,
-                        })?
-                        .map_err(|e| from_pg(&e, Duration::ZERO))?;
-                    let backend = Backend {
-                        pid: row.get(0),
-                        started: row.get(1),
-                    };
-                    let mut pids = lock(&self.inner.pids);
-                    // Connections the pool dropped on its own leave entries:
-                    // past four per connection, those unused for a minute go
-                    // (a connection in use was checked out since).
-                    if pids.len() > 4 * self.inner.config.connections {
-                        pids.retain(|_, (_, used)| used.elapsed() < Duration::from_secs(60));
-                    }
-                    pids.insert(id, (backend, Instant::now()));
-                }
                 Ok(c)
             }
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
