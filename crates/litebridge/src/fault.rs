@@ -5,7 +5,7 @@
 //!
 //! Hidden from the documentation; it costs one `Option` check where it hooks in.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 /// Switches read by the database's components. All start off.
 #[derive(Debug, Default)]
@@ -18,6 +18,7 @@ pub struct Faults {
     fail_settles: AtomicUsize,
     fail_tidies: AtomicUsize,
     lose_before_commits: AtomicUsize,
+    reused_pid: AtomicI64,
 }
 
 impl Faults {
@@ -90,6 +91,22 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_lose_before_commit(&self) -> bool {
         take_one(&self.lose_before_commits)
+    }
+
+    /// Makes the next clients' PostgreSQL statement litebridge gives up on
+    /// look, to the backstop that ends its server process, as if that
+    /// process had ended and its pid been handed to the session whose pid
+    /// is `pid` (the start time kept is the first process's).
+    pub fn reuse_pid(&self, pid: i32) {
+        self.reused_pid.store(i64::from(pid) + 1, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_reused_pid(&self) -> Option<i32> {
+        match self.reused_pid.swap(0, Ordering::SeqCst) {
+            0 => None,
+            n => i32::try_from(n - 1).ok(),
+        }
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

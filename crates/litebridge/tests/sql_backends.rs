@@ -1310,6 +1310,144 @@ async fn postgres_a_runaway_is_ended_when_its_caller_gives_up_whatever_the_owner
         .unwrap();
 }
 
+/// A `DO` loop that catches its cancel, its text tagged; with `off`, it
+/// first switches off the server's check that its client is still there.
+fn runaway_sql(tag: &str, off: bool) -> String {
+    let off = if off {
+        "PERFORM set_config('client_connection_check_interval', '0', false); "
+    } else {
+        ""
+    };
+    format!(
+        "DO $$ BEGIN {off}LOOP BEGIN PERFORM pg_sleep(0.05); \
+         EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {tag} */"
+    )
+}
+
+/// How many statements tagged `tag` still run after up to ten seconds.
+async fn still_running(admin: &tokio_postgres::Client, tag: &str) -> i64 {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* {tag} */' \
+         AND pid <> pg_backend_pid()"
+    );
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        left = admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    left
+}
+
+/// Found by review 116: `client_connection_check_interval` is the
+/// session's own to change, so a runaway can switch off the server's check
+/// of its client (in its statement, or with a function's `SET` clause).
+/// litebridge's own role ends it all the same, past its deadline and when
+/// its caller gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_runaway_that_switches_off_the_servers_check_is_ended_all_the_same() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let w = WriteOptions::default();
+    db.execute_with(
+        "CREATE FUNCTION spin() RETURNS int LANGUAGE plpgsql \
+         SET client_connection_check_interval TO 0 AS $$ BEGIN LOOP BEGIN \
+         PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$",
+        (),
+        w,
+    )
+    .await
+    .unwrap();
+    let admin = common::pg::admin(&schema.url).await;
+    for (tag, sql) in [
+        ("off-in-do", runaway_sql("off-in-do", true)),
+        (
+            "off-in-function",
+            "SELECT spin() /* off-in-function */".to_owned(),
+        ),
+    ] {
+        let past = WriteOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..w
+        };
+        let e = db.execute_with(&sql, (), past).await.expect_err(tag);
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{tag}: {e}");
+        assert_eq!(
+            still_running(&admin, tag).await,
+            0,
+            "{tag}: past its deadline"
+        );
+        let hour = WriteOptions {
+            timeout: Some(Duration::from_secs(3600)),
+            ..w
+        };
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(500), db.execute_with(&sql, (), hour)).await;
+        assert!(gave_up.is_err(), "{tag}: answered {gave_up:?}");
+        assert_eq!(still_running(&admin, tag).await, 0, "{tag}: given up on");
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+/// The backstop ends a process two seconds after its connection was
+/// closed: were its pid another session's by then, that session must be
+/// left alone (the start time is matched too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_runaway_whose_pid_was_reused_ends_no_other_session() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let bystander = common::pg::admin(&schema.url).await;
+    let pid: i32 = bystander
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A connection leased once already: the deadline is the statement's.
+    db.execute_with("SELECT 1", (), WriteOptions::default())
+        .await
+        .unwrap();
+    db.faults().reuse_pid(pid);
+    let e = db
+        .execute_with(
+            &runaway_sql("reused", true),
+            (),
+            WriteOptions {
+                timeout: Some(Duration::from_millis(1000)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let alive = bystander.query_one("SELECT 1", &[]).await;
+    assert!(
+        alive.is_ok(),
+        "the session given the pid was ended: {alive:?}"
+    );
+    let admin = common::pg::admin(&schema.url).await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query LIKE '%/* reused */' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        ended, 1,
+        "the runaway was left running, as its pid did not match"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
 // ----- PostgreSQL: the second hostile review --------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -527,12 +527,12 @@ mod tests {
     /// (PostgreSQL 15 and 16 refuse a connection naming it).
     #[test]
     fn settings_a_server_knows_are_pinned_and_only_those() {
-        let options = |version| {
+        let options = |version, watches_clients| {
             let c = PgConfig::new("postgres://u@h/db").client("c", None);
             let server = Server {
                 synchronous_commit: "on".into(),
                 version,
-                watches_clients: version >= 160_000,
+                watches_clients,
             };
             c.client_config(&server)
                 .unwrap()
@@ -540,13 +540,13 @@ mod tests {
                 .unwrap()
                 .to_owned()
         };
-        assert!(options(170_002).contains("-c transaction_timeout=0"));
-        assert!(!options(150_010).contains("transaction_timeout"));
-        assert!(options(150_010).contains("-c synchronous_commit=on"));
-        assert!(options(150_010).contains("-c idle_session_timeout=0"));
+        assert!(options(170_002, true).contains("-c transaction_timeout=0"));
+        assert!(!options(150_010, true).contains("transaction_timeout"));
+        assert!(options(150_010, true).contains("-c synchronous_commit=on"));
+        assert!(options(150_010, true).contains("-c idle_session_timeout=0"));
         // A server whose platform cannot watch its clients' sockets refuses
         // any value but 0.
-        assert!(options(170_002).contains("-c client_connection_check_interval=1000"));
-        assert!(!options(150_010).contains("client_connection_check_interval"));
+        assert!(options(150_010, true).contains("-c client_connection_check_interval=1000"));
+        assert!(!options(150_010, false).contains("client_connection_check_interval"));
     }
 }

@@ -7,24 +7,25 @@
 //! connection dropped half way through a request would go back with an
 //! open transaction, its locks and its settings, and the next request, of
 //! any key, would run inside it. A `Lease` dropped without
-//! [`Lease::release`] asks the server to cancel what runs and closes the
-//! connection instead: the server rolls the transaction back, and the pool
-//! makes a new connection when it needs one.
+//! [`Lease::release`] closes the connection instead and asks the server to
+//! cancel what runs (and, for a statement that goes on, ends its session:
+//! [`backend`]): the server rolls the transaction back, and the pool makes
+//! a new connection when it needs one.
 
 use std::ops::Deref;
 use std::sync::Weak;
 
 use deadpool_postgres::Object;
-use tokio_postgres::NoTls;
 
-use super::{Inner, STOP_GRACE};
+use super::Inner;
+use super::backend::{self, Backend};
 use crate::sync::lock;
 
 pub(super) struct Lease {
     conn: Option<Object>,
     /// The database whose notes of a clients' connection to the primary
-    /// (its statements for one-message requests) go with it when it is closed
-    /// here.
+    /// (its statements for one-message requests, its server process) go
+    /// with it when it is closed here.
     notes: Option<Weak<Inner>>,
 }
 
@@ -47,6 +48,10 @@ impl Lease {
 
     /// Back to the pool: the request ended and its session is clean.
     pub(super) fn release(mut self) {
+        if let (Some(conn), Some(inner)) = (&self.conn, self.notes.as_ref().and_then(Weak::upgrade))
+        {
+            inner.backends.released(Object::id(conn));
+        }
         drop(self.conn.take());
     }
 
@@ -70,15 +75,21 @@ impl Deref for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
+        let mut backstop = None;
         if let Some(inner) = self.notes.as_ref().and_then(Weak::upgrade) {
-            lock(&inner.known).remove(&Object::id(&conn));
-        }
-        let token = conn.cancel_token();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
+            let id = Object::id(&conn);
+            lock(&inner.known).remove(&id);
+            backstop = inner.backends.take(id).map(|b| {
+                let b = match inner.faults.take_reused_pid() {
+                    Some(pid) => Backend { pid, ..b },
+                    None => b,
+                };
+                (b, inner.own.clone())
             });
         }
+        let token = conn.cancel_token();
+        // Closed first: the server ends a session whose client is gone.
         drop(Object::take(conn));
+        backend::end(token, backstop);
     }
 }

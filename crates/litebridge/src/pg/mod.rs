@@ -61,6 +61,7 @@
 //!   statement whose parameter types the server cannot infer (`SELECT $1`)
 //!   is prepared again with types taken from the values.
 
+mod backend;
 mod claims;
 mod config;
 mod describe;
@@ -100,6 +101,7 @@ use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
+use backend::Backend;
 use error::{connection_lost, error_chain, from_pg};
 use lease::Lease;
 pub(crate) use listen::Heard;
@@ -120,6 +122,13 @@ struct Inner {
     client: Pool,
     /// litebridge's own work (the stores), as the URL's user.
     own: Pool,
+    /// The server process of each of the clients' connections to the
+    /// primary, for ending a statement that goes on after litebridge gave
+    /// up on it (`backend`); kept only when `ends_runaways`.
+    backends: backend::Backends,
+    /// Whether litebridge's own role may see and end the clients' sessions
+    /// (`pg_read_all_stats` and `pg_signal_backend`).
+    ends_runaways: bool,
     /// Connections closed for a statement prepared with SQL in their
     /// session ([`PgDatabase::prepared_with_sql`]).
     prepared_with_sql: AtomicU64,
@@ -394,26 +403,36 @@ impl PgDatabase {
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;
         let claims_secret = claims::install(&mut owner, &config.schema, &client_user).await?;
+        // What litebridge's own role may do beyond its schema: see others'
+        // sessions (a replica's timeline, `received_timeline`; when a
+        // process started, `backend`) and end them (`backend`).
+        let (sees, signals) = owner
+            .query_one(
+                "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \
+                 pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
+                &[],
+            )
+            .await
+            .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
+            .unwrap_or((false, false));
+        if !(sees && signals) {
+            tracing::warn!(
+                "litebridge's own PostgreSQL role cannot end a clients' statement that goes \
+                 on after its cancel and its connection's close, having switched off the \
+                 server's check of its client (client_connection_check_interval): grant it \
+                 pg_signal_backend and pg_read_all_stats, then restart"
+            );
+        }
         // Without it a replica's timeline is unknown: see `received_timeline`.
-        let sees_timelines = config.replicas.is_empty() || {
-            let sees = owner
-                .query_one(
-                    "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false);
-            if !sees {
-                tracing::warn!(
-                    "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
-                     `session` reads with a token will all go to the primary until it is \
-                     granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
-                     then restart)"
-                );
-            }
-            sees
-        };
+        let sees_timelines = config.replicas.is_empty() || sees;
+        if !sees_timelines {
+            tracing::warn!(
+                "litebridge's own PostgreSQL role cannot see the replicas' timelines: \
+                 `session` reads with a token will all go to the primary until it is \
+                 granted pg_read_all_stats (GRANT pg_read_all_stats TO <its role>, \
+                 then restart)"
+            );
+        }
         let (tidy, end_read) = if config.isolate_requests {
             (TIDY, END_READ)
         } else {
@@ -433,18 +452,23 @@ impl PgDatabase {
         // Whether the server can watch its clients' sockets during a
         // statement (Linux, macOS and the BSDs can; a server that cannot
         // refuses any other value than 0).
-        let watches_clients = owner
+        let watches_clients = match owner
             .query_one(
                 "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', true)",
                 &[],
             )
             .await
-            .is_ok();
+        {
+            Ok(_) => true,
+            Err(e) if e.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) => false,
+            Err(e) => return Err(from_pg(&e, Duration::ZERO)),
+        };
         if !watches_clients {
             tracing::warn!(
                 "this PostgreSQL server cannot check that a client is still connected \
                  (client_connection_check_interval): a clients' statement that ignores its \
-                 cancel goes on after litebridge has given up on it and closed its connection"
+                 cancel goes on after litebridge has given up on it and closed its connection, \
+                 until litebridge's own role ends it (if it may)"
             );
         }
         let sync = config::Server {
@@ -494,6 +518,8 @@ impl PgDatabase {
             config,
             client,
             own,
+            backends: backend::Backends::default(),
+            ends_runaways: sees && signals,
             prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
@@ -1943,24 +1969,22 @@ impl PgDatabase {
     /// Drops a connection instead of returning it to the pool.
     fn discard(&self, node: Node, who: Who, conn: Lease) {
         // Each pool numbers its connections from 0: the maps hold the
-        // clients' alone (the primary's, for `known`).
+        // clients' alone (the primary's, for `known` and `backends`).
         if who == Who::Client {
             let id = Object::id(&conn);
             lock(&self.inner.callers).remove(&(node, id));
             if node == Node::Primary {
                 lock(&self.inner.known).remove(&id);
+                self.inner.backends.take(id);
             }
         }
         drop(Object::take(conn.detach()));
     }
 
     /// Stops what a connection runs past its deadline, off the caller's
-    /// time: the lease's drop sends PostgreSQL's cancel request and closes
-    /// the connection. A statement that catches the cancel and goes on is
-    /// ended by the server itself within a second, as it checks that its
-    /// client is still there (`client_connection_check_interval`, pinned
-    /// in the clients' start-up options), with a FATAL error no handler
-    /// catches.
+    /// time: the lease's drop closes the connection and sends PostgreSQL's
+    /// cancel request; a statement that goes on is ended by the server
+    /// within a second, or by the backstop two seconds later (`backend`).
     fn stop(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client {
             lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
@@ -2111,11 +2135,22 @@ impl PgDatabase {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
                 let c = self.for_caller(c, caller).await;
-                let c = if self.inner.config.values_in_text() {
-                    Lease::watched(c, Arc::downgrade(&self.inner))
-                } else {
-                    Lease::new(c)
-                };
+                let c = Lease::watched(c, Arc::downgrade(&self.inner));
+                let id = Object::id(&c);
+                if self.inner.ends_runaways && !self.inner.backends.lease(id) {
+                    let row = tokio::time::timeout_at(deadline, c.query_one(Backend::OWN, &[]))
+                        .await
+                        .map_err(|_| Error::Timeout {
+                            after: Duration::ZERO,
+                            stage: TimeoutStage::Queued,
+                        })?;
+                    // Not known (`EXECUTE` on `pg_stat_get_activity` revoked;
+                    // a `SET ROLE` left in a shared session): no backstop.
+                    if let Some(b) = row.ok().as_ref().and_then(Backend::from_row) {
+                        let most = 4 * self.inner.config.connections;
+                        self.inner.backends.insert(id, b, most);
+                    }
+                }
                 Ok(c)
             }
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
