@@ -10,19 +10,22 @@
 //! setting is the session's own to change (`set_config` in the statement,
 //! a function's `SET` clause), so it is the first line only.
 //!
-//! The backstop, two seconds after the close, is `pg_terminate_backend`
+//! The backstop, two to four seconds after the close (the cancel's answer
+//! is waited for two at most, then two more), is `pg_terminate_backend`
 //! from litebridge's own role. A pid alone does not name a process for
 //! long: by then the process may have ended and the server handed its pid
 //! to the next session that started, another client's or one of its own.
 //! (A cancel request is safe from that: it carries the session's secret
 //! key.) So each of the clients' connections to the primary is named by its
-//! pid and the moment its process started, read by the connection itself
-//! when it is first leased, and the process is ended only if both still
-//! match, in one statement. Seeing another role's session's start needs
-//! `pg_read_all_stats` (or a superuser), ending it `pg_signal_backend`:
-//! without both, litebridge warns at start and leaves the backstop out
-//! (no lookup on new connections either). Replicas have no backstop: the
-//! own role's connections go to the primary.
+//! pid (from the connection itself) and the moment its process started
+//! (read from litebridge's own role while the connection is leased, so the
+//! pid is surely its), and the process is ended only if both still match,
+//! in one statement. Seeing another role's session's
+//! start needs `pg_read_all_stats` (or a superuser), ending it
+//! `pg_signal_backend`, and both functions' `EXECUTE`: without all of
+//! them, litebridge warns at start and leaves the backstop out (no lookup
+//! on new connections either). Replicas have no backstop: the own role's
+//! connections go to the primary.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -58,18 +61,31 @@ enum Ended {
 }
 
 impl Backend {
-    /// Run on the connection itself: its own pid and start, which every
-    /// session may read of itself (unless `EXECUTE` on
-    /// `pg_stat_get_activity` was revoked: then no backstop).
-    pub(super) const OWN: &'static str = "SELECT a.pid, a.backend_start \
-         FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a";
-
-    /// The process named by a row of [`Backend::OWN`], if it named one.
-    pub(super) fn from_row(row: &tokio_postgres::Row) -> Option<Backend> {
-        Some(Backend {
-            pid: row.try_get(0).ok()?,
-            started: row.try_get::<_, Option<SystemTime>>(1).ok()??,
-        })
+    /// The process behind `conn`, a clients' connection to the primary
+    /// that is leased (so its process runs and its pid is its own): its pid
+    /// from itself, when it started from litebridge's own role (`own`),
+    /// which sees it whatever the clients' role may read and whatever role
+    /// the session has set. `None` when either could not tell.
+    pub(super) async fn of(conn: &tokio_postgres::Client, own: &Pool) -> Option<Backend> {
+        let pid: i32 = conn
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await
+            .ok()?
+            .try_get(0)
+            .ok()?;
+        let started = own
+            .get()
+            .await
+            .ok()?
+            .query_opt(
+                "SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity($1) a",
+                &[&pid],
+            )
+            .await
+            .ok()??
+            .try_get::<_, Option<SystemTime>>(0)
+            .ok()??;
+        Some(Backend { pid, started })
     }
 
     /// Ends the process if it still runs, from litebridge's own role
@@ -104,13 +120,17 @@ impl Backend {
     }
 }
 
-/// The process of each of the clients' connections to the primary, and
-/// whether the connection is leased (`None`) or since when it is back in
-/// the pool.
+/// The process of each of the clients' connections to the primary (`None`
+/// when the connection could not name it), and whether the connection is
+/// leased (`None`) or since when it is back in the pool.
 #[derive(Default)]
 pub(super) struct Backends {
-    map: Mutex<HashMap<ObjectId, (Backend, Option<Instant>)>>,
+    map: Mutex<HashMap<ObjectId, Entry>>,
 }
+
+/// A connection's process, if named, and when it went back to the pool
+/// (`None` while leased).
+type Entry = (Option<Backend>, Option<Instant>);
 
 impl Backends {
     /// Notes `id` leased; false when its process is not known yet.
@@ -121,11 +141,12 @@ impl Backends {
             .is_some()
     }
 
-    /// Notes the process of `id`, leased now. Connections the pool drops
-    /// on its own (found closed) leave entries: past `most`, those back in
-    /// the pool for a minute go (a leased one never does: its statement
-    /// may be the one to end).
-    pub(super) fn insert(&self, id: ObjectId, backend: Backend, most: usize) {
+    /// Notes the process of `id` (or that it could not be named), leased
+    /// now. Connections the pool drops on its own (found closed) leave
+    /// entries: past `most`, those back in the pool for a minute go (a
+    /// leased one never does: its statement may be the one to end), and a
+    /// connection whose entry went is named again at its next lease.
+    pub(super) fn insert(&self, id: ObjectId, backend: Option<Backend>, most: usize) {
         let mut map = lock(&self.map);
         if map.len() > most {
             map.retain(|_, (_, back)| back.is_none_or(|t| t.elapsed() < Duration::from_secs(60)));
@@ -142,14 +163,16 @@ impl Backends {
 
     /// The process of `id`, forgotten (its connection is being closed).
     pub(super) fn take(&self, id: ObjectId) -> Option<Backend> {
-        lock(&self.map).remove(&id).map(|(backend, _)| backend)
+        lock(&self.map).remove(&id).and_then(|(backend, _)| backend)
     }
 }
 
 /// After the connection of a statement litebridge gave up on was closed:
-/// the cancel (for a statement that heeds it), then, two seconds later,
-/// the backstop on `backend`'s process when there is one (see the module's
-/// design note). Spawned on the current runtime, if any.
+/// the cancel (for a statement that heeds it), then, two seconds after it
+/// was answered (or gave up), the backstop on `backend`'s process when
+/// there is one (see the module's design note), waiting up to ten seconds
+/// for one of litebridge's own connections. Spawned on the current
+/// runtime, if any.
 pub(super) fn end(token: CancelToken, backstop: Option<(Backend, Pool)>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -161,7 +184,7 @@ pub(super) fn end(token: CancelToken, backstop: Option<(Backend, Pool)>) {
         };
         tokio::time::sleep(STOP_GRACE).await;
         let pid = backend.pid;
-        match tokio::time::timeout(STOP_GRACE, backend.terminate(&own)).await {
+        match tokio::time::timeout(5 * STOP_GRACE, backend.terminate(&own)).await {
             Ok(Ok(Ended::Already)) => {}
             Ok(Ok(Ended::Terminated)) => tracing::warn!(
                 pid,

@@ -406,21 +406,27 @@ impl PgDatabase {
         // What litebridge's own role may do beyond its schema: see others'
         // sessions (a replica's timeline, `received_timeline`; when a
         // process started, `backend`) and end them (`backend`).
-        let (sees, signals) = owner
+        let (sees, ends) = owner
             .query_one(
                 "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \
-                 pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
+                 pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE') \
+                 AND pg_catalog.has_function_privilege(current_user, \
+                     'pg_catalog.pg_terminate_backend(integer, bigint)', 'EXECUTE') \
+                 AND pg_catalog.has_function_privilege(current_user, \
+                     'pg_catalog.pg_stat_get_activity(integer)', 'EXECUTE')",
                 &[],
             )
             .await
             .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
             .unwrap_or((false, false));
-        if !(sees && signals) {
+        if !(sees && ends) {
             tracing::warn!(
                 "litebridge's own PostgreSQL role cannot end a clients' statement that goes \
                  on after its cancel and its connection's close, having switched off the \
                  server's check of its client (client_connection_check_interval): grant it \
-                 pg_signal_backend and pg_read_all_stats, then restart"
+                 pg_signal_backend, pg_read_all_stats and EXECUTE on \
+                 pg_terminate_backend(integer, bigint) and pg_stat_get_activity(integer), \
+                 then restart"
             );
         }
         // Without it a replica's timeline is unknown: see `received_timeline`.
@@ -519,7 +525,7 @@ impl PgDatabase {
             client,
             own,
             backends: backend::Backends::default(),
-            ends_runaways: sees && signals,
+            ends_runaways: sees && ends,
             prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
@@ -2028,8 +2034,52 @@ impl PgDatabase {
 
     /// `conn`, ready for `caller` ([`PgDatabase::lease`]): as it is when
     /// it last served `caller` (or none), reset otherwise; `None` when it
-    /// could not be reset cleanly (it was closed: take another).
+    /// could not be reset cleanly (it was closed: take another). A clients'
+    /// connection to the primary has its server process named then, the
+    /// first time (`backend`).
     async fn settle(
+        &self,
+        node: Node,
+        who: Who,
+        caller: Option<u64>,
+        conn: Lease,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Option<Lease>> {
+        let ready = self
+            .settle_session(node, who, caller, conn, deadline, timeout)
+            .await?;
+        if let Some(conn) = &ready
+            && (node, who) == (Node::Primary, Who::Client)
+        {
+            self.name_process(conn, deadline).await?;
+        }
+        Ok(ready)
+    }
+
+    /// Notes the server process of a clients' connection to the primary,
+    /// leased, the first time, when litebridge's own role may end it
+    /// ([`backend`]).
+    async fn name_process(&self, conn: &Lease, deadline: Instant) -> Result<()> {
+        let id = Object::id(conn);
+        if !self.inner.ends_runaways || self.inner.backends.lease(id) {
+            return Ok(());
+        }
+        // Not named (a lookup refused, or the process not seen): no
+        // backstop for it, and no lookup again.
+        let backend = tokio::time::timeout_at(deadline, Backend::of(conn, &self.inner.own))
+            .await
+            .map_err(|_| Error::Timeout {
+                after: Duration::ZERO,
+                stage: TimeoutStage::Queued,
+            })?;
+        let most = 4 * self.inner.config.connections;
+        self.inner.backends.insert(id, backend, most);
+        Ok(())
+    }
+
+    /// [`PgDatabase::settle`]'s session: as it is, or reset.
+    async fn settle_session(
         &self,
         node: Node,
         who: Who,
@@ -2136,21 +2186,6 @@ impl PgDatabase {
             Ok(Ok(c)) => {
                 let c = self.for_caller(c, caller).await;
                 let c = Lease::watched(c, Arc::downgrade(&self.inner));
-                let id = Object::id(&c);
-                if self.inner.ends_runaways && !self.inner.backends.lease(id) {
-                    let row = tokio::time::timeout_at(deadline, c.query_one(Backend::OWN, &[]))
-                        .await
-                        .map_err(|_| Error::Timeout {
-                            after: Duration::ZERO,
-                            stage: TimeoutStage::Queued,
-                        })?;
-                    // Not known (`EXECUTE` on `pg_stat_get_activity` revoked;
-                    // a `SET ROLE` left in a shared session): no backstop.
-                    if let Some(b) = row.ok().as_ref().and_then(Backend::from_row) {
-                        let most = 4 * self.inner.config.connections;
-                        self.inner.backends.insert(id, b, most);
-                    }
-                }
                 Ok(c)
             }
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
