@@ -1184,8 +1184,7 @@ async fn postgres_a_statement_that_ignores_cancel_is_terminated() {
     let started = std::time::Instant::now();
     let e = db
         .execute_with(
-            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
-             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* runaway */",
+            &runaway_sql("runaway", false),
             (),
             WriteOptions {
                 timeout: Some(Duration::from_millis(300)),
@@ -1200,25 +1199,13 @@ async fn postgres_a_statement_that_ignores_cancel_is_terminated() {
         "{:?}",
         started.elapsed()
     );
-    // Cancel (ignored), two seconds, then terminated.
+    // The cancel (caught), the connection closed, the session ended.
     let admin = common::pg::admin(&schema.url).await;
-    let mut left = i64::MAX;
-    for _ in 0..100 {
-        left = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* runaway */' \
-                 AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 0, "the runaway statement still runs");
+    assert_eq!(
+        still_running(&admin, "runaway").await,
+        0,
+        "the runaway statement still runs"
+    );
     db.close();
     schema.drop_now().await;
 }
@@ -1253,10 +1240,7 @@ async fn postgres_a_runaway_is_ended_when_its_caller_gives_up_whatever_the_owner
     let db = PgDatabase::connect(config).await.unwrap();
     let runaway = |tag: &str, timeout: Duration| {
         let db = db.clone();
-        let sql = format!(
-            "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); \
-             EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$ /* {tag} */"
-        );
+        let sql = runaway_sql(tag, false);
         async move {
             db.execute_with(
                 &sql,
@@ -1269,31 +1253,17 @@ async fn postgres_a_runaway_is_ended_when_its_caller_gives_up_whatever_the_owner
             .await
         }
     };
-    let running = |tag: &'static str| {
-        let admin = &admin;
-        async move {
-            let sql = format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* {tag} */' \
-                 AND pid <> pg_backend_pid()"
-            );
-            let mut left = i64::MAX;
-            for _ in 0..100 {
-                left = admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0);
-                if left == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            left
-        }
-    };
     // Past its deadline: answered `timeout`, then the cancel (caught), the
     // connection closed, the session ended by the server.
     let e = runaway("deadline", Duration::from_millis(300))
         .await
         .expect_err("past its deadline");
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-    assert_eq!(running("deadline").await, 0, "the runaway still runs");
+    assert_eq!(
+        still_running(&admin, "deadline").await,
+        0,
+        "the runaway still runs"
+    );
     // Given up on with an hour left.
     let gave_up = tokio::time::timeout(
         Duration::from_millis(500),
@@ -1301,7 +1271,11 @@ async fn postgres_a_runaway_is_ended_when_its_caller_gives_up_whatever_the_owner
     )
     .await;
     assert!(gave_up.is_err(), "the runaway answered: {gave_up:?}");
-    assert_eq!(running("given-up").await, 0, "the runaway still runs");
+    assert_eq!(
+        still_running(&admin, "given-up").await,
+        0,
+        "the runaway still runs"
+    );
     db.close();
     schema.drop_now().await;
     admin
