@@ -20,12 +20,12 @@
 //! pid (from the connection itself) and the moment its process started
 //! (read from litebridge's own role while the connection is leased, so the
 //! pid is surely its), and the process is ended only if both still match,
-//! in one statement. Seeing another role's session's
-//! start needs `pg_read_all_stats` (or a superuser), ending it
-//! `pg_signal_backend`, and both functions' `EXECUTE`: without all of
-//! them, litebridge warns at start and leaves the backstop out (no lookup
-//! on new connections either). Replicas have no backstop: the own role's
-//! connections go to the primary.
+//! in one statement. Seeing another role's session's start needs
+//! `pg_read_all_stats` (or a superuser), ending it `pg_signal_backend`,
+//! and both functions' `EXECUTE`: without all of them, litebridge warns at
+//! start and leaves the backstop out (no lookup on new connections
+//! either). Replicas have no backstop: the own role's connections go to
+//! the primary.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
