@@ -616,6 +616,7 @@ async fn a_paused_host_never_starts_a_call_its_caller_gave_up_on() {
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     host.signal(19); // SIGSTOP
+    let sent = Instant::now();
     let e = bridge
         .call(
             "record_once",
@@ -640,7 +641,11 @@ async fn a_paused_host_never_starts_a_call_its_caller_gave_up_on() {
         "{:?}",
         t.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Resumed past the first call's deadline and the second of clock
+    // difference a host allows (within it, the call would wait for its
+    // cancel instead: CI saw the host's heartbeats judge it dead early
+    // enough for a fixed sleep to resume it inside that second).
+    tokio::time::sleep_until((sent + Duration::from_millis(300 + 1_000 + 700)).into()).await;
     host.signal(18); // SIGCONT
     // The host takes the calls it missed, finds the first past its deadline
     // and answers without running it; the front end counts what comes late.
@@ -1291,6 +1296,7 @@ async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     host.signal(19); // SIGSTOP
+    let sent = Instant::now();
     let e = bridge
         .call(
             "record_once",
