@@ -1296,7 +1296,6 @@ async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once");
     host.signal(19); // SIGSTOP
-    let sent = Instant::now();
     let e = bridge
         .call(
             "record_once",
