@@ -32,6 +32,13 @@ python3 -m unittest discover -s clients/python/tests -t clients/python
 
 # The failover stage: two front ends under a write load through a planned
 # switchover and a kill -9 of the primary (crates/litebridge-cli/tests/failover.rs).
-failover_env=$(scripts/pg-failover.sh start)
+# A formation that does not start (exit 3 once, on a clean clone, its logs
+# removed with it) has its logs printed, and is started once more.
+if ! failover_env=$(scripts/pg-failover.sh start); then
+  echo "== the failover formation did not start; its logs:" >&2
+  tail -n 40 "${LB_PGAF_DIR:-/tmp/litebridge-pgaf-$(id -u)}"/*.log >&2 || true
+  scripts/pg-failover.sh stop
+  failover_env=$(scripts/pg-failover.sh start)
+fi
 eval "$failover_env"
 cargo test -p litebridge-cli --test failover -- --ignored --nocapture
