@@ -154,6 +154,10 @@ impl Host {
 }
 
 /// Sends `sig` to `child` with kill(1) (the workspace denies unsafe code).
+/// A SIGSTOP returns once every thread of `child` has stopped: kill(2)
+/// wakes one thread, which stops the others when it runs, and on a loaded
+/// machine the others go on meanwhile (CI saw a paused host take a call
+/// after its SIGSTOP and run it).
 fn signal(child: &Child, sig: i32) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -161,6 +165,26 @@ fn signal(child: &Child, sig: i32) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{sig} {}", child.id());
+    if sig == 19 {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !all_stopped(child.id()) {
+            assert!(Instant::now() < until, "{} did not stop", child.id());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (`T` in its stat).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 impl Drop for Host {
@@ -642,9 +666,8 @@ async fn a_paused_host_never_starts_a_call_its_caller_gave_up_on() {
         t.elapsed()
     );
     // Resumed past the first call's deadline and the second of clock
-    // difference a host allows (within it, the call would wait for its
-    // cancel instead: CI saw the host's heartbeats judge it dead early
-    // enough for a fixed sleep to resume it inside that second).
+    // difference a host allows: there it is refused at once, whatever its
+    // cancel does.
     tokio::time::sleep_until((sent + Duration::from_millis(300 + 1_000 + 700)).into()).await;
     host.signal(18); // SIGCONT
     // The host takes the calls it missed, finds the first past its deadline

@@ -384,9 +384,12 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // reply subject is its own), it waits a moment for its cancel first.
     if late {
         let arrived = tokio::time::Instant::now();
+        // A cancel already there wins over a grace already over (a host
+        // that wakes late finds both ready).
         let waited = tokio::select! {
-            () = tokio::time::sleep(LATE_CALL_GRACE) => true,
+            biased;
             _ = &mut cancel_rx => false,
+            () = tokio::time::sleep(LATE_CALL_GRACE) => true,
         };
         if !waited || host.draining.load(Ordering::Acquire) {
             drop(registration);
@@ -450,13 +453,15 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     let mut acked = false;
     let outcome = loop {
         tokio::select! {
+            // Its caller gave up (looked at first, when both are ready):
+            // dropping the call tells the worker to cancel.
+            biased;
+            _ = &mut cancel_rx => break None,
             r = &mut call => break Some(r),
             () = &mut ack, if !acked => {
                 acked = true;
                 let _ = host.client.publish_with_headers(reply.clone(), host.status("accepted", &token), Default::default()).await;
             }
-            // Its caller gave up: dropping the call tells the worker to cancel.
-            _ = &mut cancel_rx => break None,
         }
     };
     // Dropped, the call gives its notice to the worker still running it, if any.
