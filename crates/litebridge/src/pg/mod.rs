@@ -127,7 +127,8 @@ struct Inner {
     /// up on it (`backend`); kept only when `ends_runaways`.
     backends: backend::Backends,
     /// Whether litebridge's own role may see and end the clients' sessions
-    /// (`pg_read_all_stats` and `pg_signal_backend`).
+    /// (`pg_read_all_stats`, `pg_signal_backend`, and `EXECUTE` on
+    /// `pg_terminate_backend` and `pg_stat_get_activity`).
     ends_runaways: bool,
     /// Connections closed for a statement prepared with SQL in their
     /// session ([`PgDatabase::prepared_with_sql`]).
@@ -1990,7 +1991,8 @@ impl PgDatabase {
     /// Stops what a connection runs past its deadline, off the caller's
     /// time: the lease's drop closes the connection and sends PostgreSQL's
     /// cancel request; a statement that goes on is ended by the server
-    /// within a second, or by the backstop two seconds later (`backend`).
+    /// within a second, or by the backstop two to four seconds later
+    /// (`backend`).
     fn stop(&self, node: Node, who: Who, conn: Lease) {
         if who == Who::Client {
             lock(&self.inner.callers).remove(&(node, Object::id(&conn)));
