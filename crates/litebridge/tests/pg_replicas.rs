@@ -737,3 +737,118 @@ async fn a_read_that_went_with_a_failing_one_still_answers_a_position() {
     db.close();
     schema.drop_now().await;
 }
+
+/// A read can run on a replica a function whose `SET` clause switches off
+/// the server's check of its client, and that catches its cancel (the
+/// limit the twenty-seventh session left: litebridge's own role ended such
+/// statements on the primary only). It is ended on the replica too, past
+/// its deadline and when its caller gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_read_on_a_replica_is_ended() {
+    use std::time::Duration;
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, _) = on_the_streaming_replica(&schema, 1).await;
+    let (_, token) = db
+        .execute_at(
+            "CREATE FUNCTION spin() RETURNS int LANGUAGE plpgsql \
+             SET client_connection_check_interval TO 0 AS $$ BEGIN LOOP BEGIN \
+             PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; \
+             END LOOP; END $$",
+            (),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let token = token.expect("a token");
+    until_the_replica_serves(&db, token).await;
+    // The primary, and every replica (the front end reads from one).
+    let nodes: Vec<String> = std::iter::once(schema.url.clone())
+        .chain(
+            env("LB_TEST_PG_REPLICAS")
+                .unwrap_or_default()
+                .iter()
+                .map(|r| on_node(&schema.url, r)),
+        )
+        .collect();
+    let read = |tag: &'static str, timeout: Duration| {
+        let db = db.clone();
+        async move {
+            let sql = format!("SELECT spin() /* {tag} */");
+            let options = QueryOptions {
+                timeout: Some(timeout),
+                ..QueryOptions::default()
+            };
+            db.query_at(&sql, (), options, Consistency::Session(token))
+                .await
+        }
+    };
+    // Past its deadline: half of it on the replica, then on the primary.
+    let served = db.replica_counts();
+    let e = read("replica-deadline", Duration::from_millis(600))
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), litebridge::ErrorKind::Timeout, "{e}");
+    assert_eq!(
+        fell_back(&db, Fallback::Failed),
+        1,
+        "the read ran on the replica first ({served:?})"
+    );
+    for node in &nodes {
+        assert_eq!(
+            ended(node, "replica-deadline").await,
+            0,
+            "still runs on {node}"
+        );
+    }
+    // Given up on with an hour left, while it runs on the replica.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        read("replica-given-up", Duration::from_secs(3600)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the runaway answered: {gave_up:?}");
+    for node in &nodes {
+        assert_eq!(
+            ended(node, "replica-given-up").await,
+            0,
+            "still runs on {node}"
+        );
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+/// `url` (an admin URL) with its `host:port` replaced by `node`'s.
+fn on_node(url: &str, node: &str) -> String {
+    let at = url.find('@').expect("a user in the admin URL") + 1;
+    let path = url[at..].find('/').map_or(url.len(), |p| at + p);
+    format!("{}{node}{}", &url[..at], &url[path..])
+}
+
+/// How many statements tagged `tag` still ran on the server of `url` after
+/// up to ten seconds; those are then terminated, so a failing test leaves
+/// nothing running.
+async fn ended(url: &str, tag: &str) -> i64 {
+    let admin = common::pg::admin(url).await;
+    let running = format!(
+        "FROM pg_stat_activity WHERE query LIKE '%/* {tag} */' AND pid <> pg_backend_pid()"
+    );
+    let mut left = 0;
+    for _ in 0..100 {
+        left = admin
+            .query_one(&format!("SELECT count(*) {running}"), &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = admin
+        .execute(&format!("SELECT pg_terminate_backend(pid) {running}"), &[])
+        .await;
+    left
+}

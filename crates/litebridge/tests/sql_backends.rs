@@ -1391,7 +1391,10 @@ async fn postgres_a_runaway_whose_pid_was_reused_ends_no_other_session() {
             &runaway_sql("reused", true),
             (),
             WriteOptions {
-                timeout: Some(Duration::from_millis(1000)),
+                // Long enough for the statement to reach the server on a
+                // loaded machine (one cut before it was sent leaves nothing
+                // running, and the count below at 0).
+                timeout: Some(Duration::from_millis(3000)),
                 ..WriteOptions::default()
             },
         )

@@ -16,19 +16,22 @@
 //! long: by then the process may have ended and the server handed its pid
 //! to the next session that started, another client's or one of its own.
 //! (A cancel request is safe from that: it carries the session's secret
-//! key.) So each of the clients' connections to the primary is named by its
-//! pid (from the connection itself) and the moment its process started
-//! (read from litebridge's own role while the connection is leased, so the
-//! pid is surely its), and the process is ended only if both still match,
-//! in one statement. Seeing another role's session's start needs
-//! `pg_read_all_stats` (or a superuser), ending it `pg_signal_backend`,
-//! and both functions' `EXECUTE`: without all of them, litebridge warns at
-//! start and leaves the backstop out (no lookup on new connections
-//! either). Replicas have no backstop: the own role's connections go to
-//! the primary.
+//! key.) So each of the clients' connections is named by its pid (from the
+//! connection itself) and the moment its process started (read from
+//! litebridge's own role, on the same server, while the connection is
+//! leased, so the pid is surely its), and the process is ended only if both
+//! still match, in one statement. Seeing another role's session's start
+//! needs `pg_read_all_stats` (or a superuser), ending it
+//! `pg_signal_backend`, and both functions' `EXECUTE`: without all of them,
+//! litebridge warns at start and leaves the backstop out (no lookup on new
+//! connections either). Replicas have their own [`Backends`], with
+//! connections of litebridge's own role to each (both functions run on a
+//! standby): a read there can run a function whose `SET` clause switches
+//! the check off as well as on the primary.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{ObjectId, Pool};
@@ -61,31 +64,38 @@ enum Ended {
 }
 
 impl Backend {
-    /// The process behind `conn`, a clients' connection to the primary
-    /// that is leased (so its process runs and its pid is its own): its pid
-    /// from itself, when it started from litebridge's own role (`own`),
+    /// The process behind `conn`, a clients' connection that is leased (so
+    /// its process runs and its pid is its own): its pid from itself, when
+    /// it started from litebridge's own role on the same server (`own`),
     /// which sees it whatever the clients' role may read and whatever role
-    /// the session has set. `None` when either could not tell.
-    pub(super) async fn of(conn: &tokio_postgres::Client, own: &Pool) -> Option<Backend> {
-        let pid: i32 = conn
+    /// the session has set. `Ok(None)` when the connection could not tell
+    /// its pid (it is broken), an error when litebridge's role could not
+    /// tell when the process started.
+    async fn of(conn: &tokio_postgres::Client, own: &Pool) -> Result<Option<Backend>, String> {
+        let Some(pid) = conn
             .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
             .await
-            .ok()?
-            .try_get(0)
-            .ok()?;
-        let started = own
+            .ok()
+            .and_then(|r| r.try_get::<_, i32>(0).ok())
+        else {
+            return Ok(None);
+        };
+        let row = own
             .get()
             .await
-            .ok()?
+            .map_err(|e| e.to_string())?
             .query_opt(
                 "SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity($1) a",
                 &[&pid],
             )
             .await
-            .ok()??
-            .try_get::<_, Option<SystemTime>>(0)
-            .ok()??;
-        Some(Backend { pid, started })
+            .map_err(|e| error_chain(&e))?;
+        match row.map(|r| r.try_get::<_, Option<SystemTime>>(0)) {
+            Some(Ok(Some(started))) => Ok(Some(Backend { pid, started })),
+            Some(Ok(None)) => Err("its role cannot see when other sessions started".into()),
+            Some(Err(e)) => Err(error_chain(&e)),
+            None => Err(format!("no server process {pid} is seen")),
+        }
     }
 
     /// Ends the process if it still runs, from litebridge's own role
@@ -120,12 +130,17 @@ impl Backend {
     }
 }
 
-/// The process of each of the clients' connections to the primary (`None`
+/// The process of each of the clients' connections to one server (`None`
 /// when the connection could not name it), and whether the connection is
-/// leased (`None`) or since when it is back in the pool.
-#[derive(Default)]
+/// leased (`None`) or since when it is back in the pool; with litebridge's
+/// own role's connections to that server, which name and end them.
 pub(super) struct Backends {
+    /// The server, for the log: `the primary`, `the replica <host:port>`.
+    server: String,
+    own: Pool,
     map: Mutex<HashMap<ObjectId, Entry>>,
+    /// Whether a process litebridge's role could not name was logged.
+    warned: AtomicBool,
 }
 
 /// A connection's process, if named, and when it went back to the pool
@@ -133,6 +148,47 @@ pub(super) struct Backends {
 type Entry = (Option<Backend>, Option<Instant>);
 
 impl Backends {
+    pub(super) fn new(server: String, own: Pool) -> Backends {
+        Backends {
+            server,
+            own,
+            map: Mutex::default(),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The process of `conn`, leased now (see [`Backend::of`]); a process
+    /// litebridge's role cannot name is warned of once per server. An error
+    /// when `deadline` came first: the request then fails and its
+    /// connection is closed, never used unnamed (a caller's short deadlines
+    /// must not leave connections without a backstop).
+    pub(super) async fn name(
+        &self,
+        conn: &tokio_postgres::Client,
+        deadline: Instant,
+    ) -> Result<Option<Backend>, tokio::time::error::Elapsed> {
+        let e = match tokio::time::timeout_at(deadline, Backend::of(conn, &self.own)).await? {
+            Ok(backend) => return Ok(backend),
+            Err(e) => e,
+        };
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "litebridge's own PostgreSQL role could not name the server process of a \
+                 clients' connection to {}, so a statement there that switches off \
+                 client_connection_check_interval and ignores its cancel would go on after \
+                 litebridge gave up on it (let the role connect there, with \
+                 pg_read_all_stats): {e}",
+                self.server
+            );
+        }
+        Ok(None)
+    }
+
+    /// Closes litebridge's own connections to the server.
+    pub(super) fn close(&self) {
+        self.own.close();
+    }
+
     /// Notes `id` leased; false when its process is not known yet.
     pub(super) fn lease(&self, id: ObjectId) -> bool {
         lock(&self.map)
@@ -161,9 +217,13 @@ impl Backends {
         }
     }
 
-    /// The process of `id`, forgotten (its connection is being closed).
-    pub(super) fn take(&self, id: ObjectId) -> Option<Backend> {
-        lock(&self.map).remove(&id).and_then(|(backend, _)| backend)
+    /// The process of `id`, forgotten (its connection is being closed),
+    /// with the way to end it.
+    pub(super) fn take(&self, id: ObjectId) -> Option<(Backend, Pool)> {
+        let backend = lock(&self.map)
+            .remove(&id)
+            .and_then(|(backend, _)| backend)?;
+        Some((backend, self.own.clone()))
     }
 }
 

@@ -268,6 +268,22 @@ impl PgConfig {
         replica: &str,
         server: &Server,
     ) -> Result<tokio_postgres::Config> {
+        self.on_replica(replica, &self.client_config(server)?)
+    }
+
+    /// litebridge's own role's connection settings for one replica
+    /// (`host:port`): it ends the clients' statements there that go on
+    /// after litebridge gave up on them (`backend`).
+    pub(crate) fn own_replica_config(&self, replica: &str) -> Result<tokio_postgres::Config> {
+        self.on_replica(replica, &self.own_config()?)
+    }
+
+    /// `base`'s user, password, database and options, on `replica`.
+    fn on_replica(
+        &self,
+        replica: &str,
+        base: &tokio_postgres::Config,
+    ) -> Result<tokio_postgres::Config> {
         let bad = || Error::Config {
             key: "postgres.replicas".into(),
             value: replica.to_owned(),
@@ -278,19 +294,18 @@ impl PgConfig {
         if host.is_empty() {
             return Err(bad());
         }
-        let client = self.client_config(server)?;
         let mut c = tokio_postgres::Config::new();
         c.host(host).port(port);
-        if let Some(u) = client.get_user() {
+        if let Some(u) = base.get_user() {
             c.user(u);
         }
-        if let Some(p) = client.get_password() {
+        if let Some(p) = base.get_password() {
             c.password(p);
         }
-        if let Some(d) = client.get_dbname() {
+        if let Some(d) = base.get_dbname() {
             c.dbname(d);
         }
-        if let Some(o) = client.get_options() {
+        if let Some(o) = base.get_options() {
             c.options(o);
         }
         c.application_name("litebridge");

@@ -17,16 +17,16 @@ use std::sync::Weak;
 
 use deadpool_postgres::Object;
 
-use super::Inner;
 use super::backend::{self, Backend};
+use super::{Inner, Node};
 use crate::sync::lock;
 
 pub(super) struct Lease {
     conn: Option<Object>,
-    /// The database whose notes of a clients' connection to the primary
-    /// (its statements for one-message requests, its server process) go
-    /// with it when it is closed here.
-    notes: Option<Weak<Inner>>,
+    /// The database whose notes of a clients' connection to a node (its
+    /// server process; on the primary, its statements for one-message
+    /// requests) go with it when it is closed here.
+    notes: Option<(Weak<Inner>, Node)>,
 }
 
 impl Lease {
@@ -37,20 +37,25 @@ impl Lease {
         }
     }
 
-    /// A clients' connection to the primary, whose notes in `inner` are
+    /// A clients' connection to `node`, whose notes in `inner` are
     /// dropped with it.
-    pub(super) fn watched(conn: Object, inner: Weak<Inner>) -> Lease {
+    pub(super) fn watched(conn: Object, inner: Weak<Inner>, node: Node) -> Lease {
         Lease {
             conn: Some(conn),
-            notes: Some(inner),
+            notes: Some((inner, node)),
         }
+    }
+
+    /// The database and node of a watched lease.
+    fn notes(&self) -> Option<(std::sync::Arc<Inner>, Node)> {
+        let (inner, node) = self.notes.as_ref()?;
+        Some((inner.upgrade()?, *node))
     }
 
     /// Back to the pool: the request ended and its session is clean.
     pub(super) fn release(mut self) {
-        if let (Some(conn), Some(inner)) = (&self.conn, self.notes.as_ref().and_then(Weak::upgrade))
-        {
-            inner.backends.released(Object::id(conn));
+        if let (Some(conn), Some((inner, node))) = (&self.conn, self.notes()) {
+            inner.backends(node).released(Object::id(conn));
         }
         drop(self.conn.take());
     }
@@ -76,15 +81,17 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let mut backstop = None;
-        if let Some(inner) = self.notes.as_ref().and_then(Weak::upgrade) {
+        if let Some((inner, node)) = self.notes() {
             let id = Object::id(&conn);
-            lock(&inner.known).remove(&id);
-            backstop = inner.backends.take(id).map(|b| {
+            if node == Node::Primary {
+                lock(&inner.known).remove(&id);
+            }
+            backstop = inner.backends(node).take(id).map(|(b, own)| {
                 let b = match inner.faults.take_reused_pid() {
                     Some(pid) => Backend { pid, ..b },
                     None => b,
                 };
-                (b, inner.own.clone())
+                (b, own)
             });
         }
         let token = conn.cancel_token();

@@ -101,7 +101,6 @@ use crate::stats::{Counters, DbStats, LatencySnapshots};
 use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement, Value};
 use crate::{QueryOptions, WriteOptions};
-use backend::Backend;
 use error::{connection_lost, error_chain, from_pg};
 use lease::Lease;
 pub(crate) use listen::Heard;
@@ -124,7 +123,8 @@ struct Inner {
     own: Pool,
     /// The server process of each of the clients' connections to the
     /// primary, for ending a statement that goes on after litebridge gave
-    /// up on it (`backend`); kept only when `ends_runaways`.
+    /// up on it (`backend`); kept only when `ends_runaways`. Each replica
+    /// has its own.
     backends: backend::Backends,
     /// Whether litebridge's own role may see and end the clients' sessions
     /// (`pg_read_all_stats`, `pg_signal_backend`, and `EXECUTE` on
@@ -223,6 +223,18 @@ impl WeakPgDatabase {
 struct Replica {
     pool: Pool,
     down_until: std::sync::Mutex<Option<Instant>>,
+    /// The server processes of its clients' connections (`backend`).
+    backends: backend::Backends,
+}
+
+impl Inner {
+    /// The server processes of the clients' connections to `node`.
+    fn backends(&self, node: Node) -> &backend::Backends {
+        match node {
+            Node::Primary => &self.backends,
+            Node::Replica(i) => &self.replicas[i].backends,
+        }
+    }
 }
 
 /// How long a replica that failed is left alone.
@@ -507,6 +519,10 @@ impl PgDatabase {
                 Ok(Replica {
                     pool: pool(config.replica_config(r, &sync)?, config.connections)?,
                     down_until: std::sync::Mutex::new(None),
+                    backends: backend::Backends::new(
+                        format!("the replica {r}"),
+                        pool(config.own_replica_config(r)?, 2)?,
+                    ),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -524,8 +540,8 @@ impl PgDatabase {
         let inner = Arc::new(Inner {
             config,
             client,
+            backends: backend::Backends::new("the primary".into(), own.clone()),
             own,
-            backends: backend::Backends::default(),
             ends_runaways: sees && ends,
             prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
@@ -1378,6 +1394,10 @@ impl PgDatabase {
     pub fn close(&self) {
         self.inner.client.close();
         self.inner.own.close();
+        for r in &self.inner.replicas {
+            r.pool.close();
+            r.backends.close();
+        }
         let probes = &self.inner.probes;
         for p in std::iter::once(&probes.own)
             .chain([&probes.client])
@@ -1976,14 +1996,15 @@ impl PgDatabase {
     /// Drops a connection instead of returning it to the pool.
     fn discard(&self, node: Node, who: Who, conn: Lease) {
         // Each pool numbers its connections from 0: the maps hold the
-        // clients' alone (the primary's, for `known` and `backends`).
+        // clients' alone (the primary's, for `known`; each node has its
+        // `backends`).
         if who == Who::Client {
             let id = Object::id(&conn);
             lock(&self.inner.callers).remove(&(node, id));
             if node == Node::Primary {
                 lock(&self.inner.known).remove(&id);
-                self.inner.backends.take(id);
             }
+            self.inner.backends(node).take(id);
         }
         drop(Object::take(conn.detach()));
     }
@@ -2021,9 +2042,11 @@ impl PgDatabase {
         loop {
             let conn = match node {
                 Node::Primary => self.connection(who, caller, deadline).await?,
-                Node::Replica(i) => {
-                    replica_connection(&self.inner.replicas[i].pool, deadline).await?
-                }
+                Node::Replica(i) => Lease::watched(
+                    replica_connection(&self.inner.replicas[i].pool, deadline).await?,
+                    Arc::downgrade(&self.inner),
+                    node,
+                ),
             };
             if let Some(conn) = self
                 .settle(node, who, caller, conn, deadline, timeout)
@@ -2037,8 +2060,8 @@ impl PgDatabase {
     /// `conn`, ready for `caller` ([`PgDatabase::lease`]): as it is when
     /// it last served `caller` (or none), reset otherwise; `None` when it
     /// could not be reset cleanly (it was closed: take another). A clients'
-    /// connection to the primary has its server process named then, the
-    /// first time (`backend`).
+    /// connection has its server process named then, the first time
+    /// (`backend`).
     async fn settle(
         &self,
         node: Node,
@@ -2052,31 +2075,33 @@ impl PgDatabase {
             .settle_session(node, who, caller, conn, deadline, timeout)
             .await?;
         if let Some(conn) = &ready
-            && (node, who) == (Node::Primary, Who::Client)
+            && who == Who::Client
         {
-            self.name_process(conn, deadline).await?;
+            self.name_process(node, conn, deadline).await?;
         }
         Ok(ready)
     }
 
-    /// Notes the server process of a clients' connection to the primary,
+    /// Notes the server process of a clients' connection to `node`,
     /// leased, the first time, when litebridge's own role may end it
     /// ([`backend`]).
-    async fn name_process(&self, conn: &Lease, deadline: Instant) -> Result<()> {
+    async fn name_process(&self, node: Node, conn: &Lease, deadline: Instant) -> Result<()> {
         let id = Object::id(conn);
-        if !self.inner.ends_runaways || self.inner.backends.lease(id) {
+        let backends = self.inner.backends(node);
+        if !self.inner.ends_runaways || backends.lease(id) {
             return Ok(());
         }
         // Not named (a lookup refused, or the process not seen): no
         // backstop for it, and no lookup again.
-        let backend = tokio::time::timeout_at(deadline, Backend::of(conn, &self.inner.own))
+        let backend = backends
+            .name(conn, deadline)
             .await
             .map_err(|_| Error::Timeout {
                 after: Duration::ZERO,
                 stage: TimeoutStage::Queued,
             })?;
         let most = 4 * self.inner.config.connections;
-        self.inner.backends.insert(id, backend, most);
+        backends.insert(id, backend, most);
         Ok(())
     }
 
@@ -2187,7 +2212,7 @@ impl PgDatabase {
             Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
                 let c = self.for_caller(c, caller).await;
-                let c = Lease::watched(c, Arc::downgrade(&self.inner));
+                let c = Lease::watched(c, Arc::downgrade(&self.inner), Node::Primary);
                 Ok(c)
             }
             Ok(Err(deadpool_postgres::PoolError::Backend(e))) => Err(Error::Unavailable {
@@ -2578,9 +2603,9 @@ fn first_two(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<(&str, &
 }
 
 /// A connection of a replica's pool, by `deadline`.
-async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Lease> {
+async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
     match tokio::time::timeout_at(deadline, pool.get()).await {
-        Ok(Ok(c)) => Ok(Lease::new(c)),
+        Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(Error::Unavailable {
             what: "a PostgreSQL replica",
             reason: e.to_string(),
