@@ -16,10 +16,12 @@
 //!
 //! A stream is a connection held open: at most [`MAX_STREAMS`] at once, so
 //! readers cannot take the connections requests need. A key holds at most
-//! [`MAX_STREAMS_PER_KEY`]: a new one ends that key's oldest (a client that
-//! vanished without closing, asleep or off the network, would otherwise
-//! hold its place until the kernel gives up on the connection, minutes
-//! later). Each stream ends after [`STREAM_LIFETIME`] (an `EventSource`
+//! [`MAX_STREAMS_PER_KEY`]: a new one ends that key's oldest and takes its
+//! place, and so does a new one of a key that holds any when all
+//! [`MAX_STREAMS`] are open (a client that vanished without closing, asleep
+//! or off the network, would otherwise hold its place until the kernel
+//! gives up on the connection, minutes later, and keep its own return
+//! out). Each stream ends after [`STREAM_LIFETIME`] (an `EventSource`
 //! reconnects with its `Last-Event-ID`) or as soon as its key is revoked.
 //!
 //! # Slow consumers
@@ -258,9 +260,16 @@ impl Events {
         admit: impl FnOnce() -> Result<(), litebridge::Error>,
     ) -> Result<StreamTicket, litebridge::Error> {
         let mut s = lock(&self.streams);
-        if s.total >= MAX_STREAMS {
+        let full = s.total >= MAX_STREAMS;
+        let held = key
+            .as_ref()
+            .and_then(|k| s.per_key.get(k))
+            .map_or(0, VecDeque::len);
+        // Whether the key's oldest stream gives its place to this one.
+        let replaces = held >= MAX_STREAMS_PER_KEY || (full && held > 0);
+        if full && !replaces {
             return Err(litebridge::Error::Overloaded {
-                queue: "event streams",
+                queue: "event stream",
                 capacity: MAX_STREAMS,
                 retry_after: std::time::Duration::from_secs(5),
             });
@@ -269,16 +278,22 @@ impl Events {
         s.next_id += 1;
         let id = s.next_id;
         let ended = CancellationToken::new();
-        if let Some(k) = &key {
-            let mine = s.per_key.entry(k.clone()).or_default();
-            if mine.len() >= MAX_STREAMS_PER_KEY
-                && let Some((_, oldest)) = mine.pop_front()
-            {
-                oldest.cancel();
+        let s = &mut *s;
+        match &key {
+            Some(k) => {
+                let mine = s.per_key.entry(k.clone()).or_default();
+                if replaces && let Some((oldest, token)) = mine.pop_front() {
+                    // Its place is this one's: its ticket, dropped when its
+                    // stream ends, leaves the count alone.
+                    s.given_up.insert(oldest);
+                    token.cancel();
+                } else {
+                    s.total += 1;
+                }
+                mine.push_back((id, ended.clone()));
             }
-            mine.push_back((id, ended.clone()));
+            None => s.total += 1,
         }
-        s.total += 1;
         Ok(StreamTicket {
             events: self.clone(),
             key,
@@ -325,6 +340,9 @@ impl Events {
 struct Streams {
     total: usize,
     per_key: std::collections::HashMap<String, VecDeque<(u64, CancellationToken)>>,
+    /// Streams ended for a newer one of their key, which took their place
+    /// in `total`.
+    given_up: std::collections::HashSet<u64>,
     next_id: u64,
 }
 
@@ -347,7 +365,9 @@ impl StreamTicket {
 impl Drop for StreamTicket {
     fn drop(&mut self) {
         let mut s = lock(&self.events.streams);
-        s.total = s.total.saturating_sub(1);
+        if !s.given_up.remove(&self.id) {
+            s.total = s.total.saturating_sub(1);
+        }
         if let Some(k) = &self.key
             && let Some(mine) = s.per_key.get_mut(k)
         {
@@ -578,6 +598,20 @@ mod tests {
             events.open_stream(Some("other".into()), || Ok(())).is_err(),
             "all taken"
         );
+        // All taken: a key that holds one may still open another, which
+        // ends its oldest and takes its place (a client back after
+        // vanishing is not kept out by its own dead streams).
+        let back = events.open_stream(Some("k".into()), || Ok(())).unwrap();
+        assert!(mine[0].ended().is_cancelled(), "the oldest ends");
+        assert_eq!(lock(&events.streams).total, MAX_STREAMS);
+        mine.remove(0);
+        assert_eq!(
+            lock(&events.streams).total,
+            MAX_STREAMS,
+            "the stream ended gave its place"
+        );
+        mine.push(back);
+        assert!(events.open_stream(None, || Ok(())).is_err(), "all taken");
         drop(mine);
         assert!(
             events.open_stream(Some("k".into()), || Ok(())).is_ok(),

@@ -1,9 +1,12 @@
-//! Reading a request's JSON, refusing an object that names a member twice.
+//! Reading a request's JSON, refusing an object that names a member twice,
+//! and an integer litebridge would read inexactly.
 //!
-//! JSON allows it and serde_json keeps the last one silently, but a proxy or
-//! a filter in front of litebridge may have read the first one: `{"sql":
-//! "SELECT 1", "sql": "DROP TABLE t"}` would mean one thing to it and another
-//! here. So the whole message is refused instead (`Invalid Request`).
+//! JSON allows a member twice and serde_json keeps the last one silently,
+//! but a proxy or a filter in front of litebridge may have read the first
+//! one: `{"sql": "SELECT 1", "sql": "DROP TABLE t"}` would mean one thing to
+//! it and another here. And an integer past 64 bits would be read rounded
+//! (`litebridge::exact`), then stored or passed on changed. So the whole
+//! message is refused instead (`Invalid Request`).
 
 use std::cell::RefCell;
 
@@ -17,6 +20,22 @@ pub(crate) enum Unreadable {
     Syntax(String),
     /// An object has this member twice.
     Duplicate(String),
+    /// This integer is outside the 64-bit range.
+    Inexact(String),
+}
+
+impl Unreadable {
+    /// What a message that is JSON but cannot be taken as it is, is told.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        match self {
+            Unreadable::Syntax(_) => None,
+            Unreadable::Duplicate(member) => Some(duplicate_refusal(member)),
+            Unreadable::Inexact(number) => Some(format!(
+                "{}: send it as a string; nothing was done",
+                litebridge::exact::inexact_integer_named(number)
+            )),
+        }
+    }
 }
 
 /// What a request that names a member twice is told.
@@ -35,7 +54,10 @@ pub(crate) fn parse(input: &[u8]) -> Result<Value, Unreadable> {
         .and_then(|v| de.end().map(|()| v));
     match (parsed, duplicate.into_inner()) {
         (_, Some(member)) => Err(Unreadable::Duplicate(member)),
-        (Ok(v), None) => Ok(v),
+        (Ok(v), None) => match litebridge::exact::inexact_integer(input) {
+            Some(number) => Err(Unreadable::Inexact(number.to_owned())),
+            None => Ok(v),
+        },
         (Err(e), None) => Err(Unreadable::Syntax(e.to_string())),
     }
 }
@@ -140,6 +162,11 @@ mod tests {
             assert_eq!(parse(text.as_bytes()).unwrap(), expected, "{text}");
         }
         assert!(matches!(parse(b"{"), Err(Unreadable::Syntax(_))));
+        // Found by review 121: rounded to 1.8446744073709552e19 before.
+        assert_eq!(
+            parse(br#"{"params": [18446744073709551617]}"#),
+            Err(Unreadable::Inexact("18446744073709551617".into()))
+        );
         assert!(matches!(parse(b"1 2"), Err(Unreadable::Syntax(_))));
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(matches!(parse(deep.as_bytes()), Err(Unreadable::Syntax(_))));

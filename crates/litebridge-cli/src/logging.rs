@@ -1,5 +1,7 @@
 //! Logs: `tracing` events on stderr (stdout belongs to the protocol or to the
-//! `listening on` line), human-readable on a terminal, JSON otherwise. Each
+//! `listening on` line), human-readable on a terminal (what callers and
+//! workers wrote escaped where it could move or hide text: `printable`),
+//! JSON otherwise. Each
 //! request runs in a span carrying its request id, so every line it logs, in
 //! litebridge and in the worker (which receives the id), can be tied to it.
 
@@ -36,6 +38,7 @@ pub(crate) fn init(level: &str, format: &str) {
     } else {
         builder
             .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(|| crate::printable::Sanitized(std::io::stderr()))
             .try_init()
     };
 }

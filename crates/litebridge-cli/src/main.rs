@@ -9,6 +9,7 @@ mod json;
 mod logging;
 mod metrics;
 mod output;
+mod printable;
 mod rpc;
 mod settings;
 mod transport;

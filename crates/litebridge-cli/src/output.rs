@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use litebridge::{Rows, Value};
 
+use crate::printable::printable;
+
 /// Prints rows as an aligned text table.
 pub(crate) fn print_table(rows: &Rows) {
     let cells: Vec<Vec<String>> = rows
@@ -12,7 +14,12 @@ pub(crate) fn print_table(rows: &Rows) {
         .iter()
         .map(|r| r.iter().map(cell).collect())
         .collect();
-    let mut widths: Vec<usize> = rows.columns.iter().map(|c| c.chars().count()).collect();
+    let columns: Vec<String> = rows
+        .columns
+        .iter()
+        .map(|c| printable(c).into_owned())
+        .collect();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for r in &cells {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -29,7 +36,7 @@ pub(crate) fn print_table(rows: &Rows) {
             .to_owned()
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line(&rows.columns));
+    let _ = writeln!(out, "{}", line(&columns));
     let _ = writeln!(
         out,
         "{}",
@@ -56,7 +63,7 @@ fn cell(v: &Value) -> String {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),
         Value::Real(f) => f.to_string(),
-        Value::Text(t) => t.replace('\n', "\\n"),
+        Value::Text(t) => printable(t).into_owned(),
         Value::Blob(b) => format!("<blob {} bytes>", b.len()),
     }
 }

@@ -639,7 +639,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: int_kind(1, 4096),
         default: || int((workers().max_line_bytes >> 20) as i64),
-        help: "the longest line (a reply) a worker may write, in MiB; a longer one is a protocol error and the worker is replaced. litebridge holds a reply as a JSON tree, which can take tens of times its size",
+        help: "the longest line (a reply) a worker may write, in MiB; a longer one is passed over and its call fails with too_large (a line without end, past 16 times this, gets the worker replaced). litebridge holds a reply as a JSON tree, which can take tens of times its size",
     },
     Key {
         name: "workers.max_rss_mb",

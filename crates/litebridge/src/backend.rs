@@ -268,12 +268,13 @@ impl Backend {
     }
 
     /// Closes it: on SQLite commits what is queued, checkpoints and joins
-    /// the threads; on PostgreSQL closes the pools.
+    /// the threads; on PostgreSQL ends the statements given up on that went
+    /// on, then closes the pools.
     pub async fn close(&self) {
         match self {
             Backend::Sqlite(db) => db.close().await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.close(),
+            Backend::Postgres(db) => db.shutdown().await,
         }
     }
 

@@ -121,7 +121,7 @@ pub enum Error {
         stage: TimeoutStage,
     },
     /// A bounded queue is full.
-    #[error("{queue} queue is full ({capacity} waiting); retry after {} ms", retry_after.as_millis())]
+    #[error("{queue} queue is full ({capacity} at most); retry after {} ms", retry_after.as_millis())]
     Overloaded {
         /// Which queue.
         queue: &'static str,

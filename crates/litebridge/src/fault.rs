@@ -19,6 +19,7 @@ pub struct Faults {
     fail_tidies: AtomicUsize,
     lose_before_commits: AtomicUsize,
     reused_pid: AtomicI64,
+    other_server: AtomicUsize,
 }
 
 impl Faults {
@@ -107,6 +108,18 @@ impl Faults {
             0 => None,
             n => i32::try_from(n - 1).ok(),
         }
+    }
+
+    /// Makes the next `n` of litebridge's own PostgreSQL connections taken
+    /// to name a clients' server process look as if they reached another
+    /// server than that process's (an address that leads to several).
+    pub fn other_server(&self, n: usize) {
+        self.other_server.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_other_server(&self) -> bool {
+        take_one(&self.other_server)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

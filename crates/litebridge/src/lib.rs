@@ -72,6 +72,7 @@ mod config;
 mod consistency;
 mod db;
 mod error;
+pub mod exact;
 #[doc(hidden)]
 pub mod fault;
 mod histogram;

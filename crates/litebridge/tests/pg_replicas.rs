@@ -763,15 +763,8 @@ async fn a_runaway_read_on_a_replica_is_ended() {
         .unwrap();
     let token = token.expect("a token");
     until_the_replica_serves(&db, token).await;
-    // The primary, and every replica (the front end reads from one).
-    let nodes: Vec<String> = std::iter::once(schema.url.clone())
-        .chain(
-            env("LB_TEST_PG_REPLICAS")
-                .unwrap_or_default()
-                .iter()
-                .map(|r| on_node(&schema.url, r)),
-        )
-        .collect();
+    let replica = on_node(&schema.url, &streaming_replica());
+    let nodes = [schema.url.clone(), replica.clone()];
     let read = |tag: &'static str, timeout: Duration| {
         let db = db.clone();
         async move {
@@ -784,40 +777,135 @@ async fn a_runaway_read_on_a_replica_is_ended() {
                 .await
         }
     };
-    // Past its deadline: half of it on the replica, then on the primary.
-    let served = db.replica_counts();
-    let e = read("replica-deadline", Duration::from_millis(600))
-        .await
-        .expect_err("past its deadline");
-    assert_eq!(e.kind(), litebridge::ErrorKind::Timeout, "{e}");
-    assert_eq!(
-        fell_back(&db, Fallback::Failed),
-        1,
-        "the read ran on the replica first ({served:?})"
-    );
-    for node in &nodes {
-        assert_eq!(
-            ended(node, "replica-deadline").await,
-            0,
-            "still runs on {node}"
+    // Each case is tried up to three times: a read the replica cancels
+    // for a recovery conflict (other tests write on the primary) goes to
+    // the primary, and proves nothing here.
+    let mut ran = false;
+    for _ in 0..3 {
+        // Past its deadline: half of it on the replica, then on the primary.
+        let (e, seen_there) = tokio::join!(
+            read("replica-deadline", Duration::from_millis(2000)),
+            seen(&replica, "replica-deadline")
         );
+        let e = e.expect_err("past its deadline");
+        assert_eq!(e.kind(), litebridge::ErrorKind::Timeout, "{e}");
+        for node in &nodes {
+            assert_eq!(
+                ended(node, "replica-deadline").await,
+                0,
+                "still runs on {node}"
+            );
+        }
+        ran |= seen_there;
+        if ran {
+            break;
+        }
     }
-    // Given up on with an hour left, while it runs on the replica.
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(500),
-        read("replica-given-up", Duration::from_secs(3600)),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the runaway answered: {gave_up:?}");
-    for node in &nodes {
-        assert_eq!(
-            ended(node, "replica-given-up").await,
-            0,
-            "still runs on {node}"
-        );
+    assert!(ran, "the read never ran on the replica");
+    ran = false;
+    for _ in 0..3 {
+        // Given up on with an hour left, while it runs on the replica.
+        let reading = tokio::spawn(read("replica-given-up", Duration::from_secs(3600)));
+        let seen_there = seen(&replica, "replica-given-up").await;
+        reading.abort();
+        assert!(reading.await.unwrap_err().is_cancelled());
+        for node in &nodes {
+            assert_eq!(
+                ended(node, "replica-given-up").await,
+                0,
+                "still runs on {node}"
+            );
+        }
+        ran |= seen_there;
+        if ran {
+            break;
+        }
     }
+    assert!(ran, "the read never ran on the replica");
     db.close();
     schema.drop_now().await;
+}
+
+/// Found by review 122: a connection to a replica whose server process
+/// litebridge's own role cannot name (its connection reached another server
+/// than the clients' one, an address that leads to several) is not used,
+/// so no statement runs there beyond the backstop's reach; the read is
+/// answered by the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_connection_whose_process_cannot_be_named_is_not_used() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, token) = on_the_streaming_replica(&schema, 4).await;
+    // Three tries, each reaching "another server".
+    db.faults().other_server(3);
+    let failed = fell_back(&db, Fallback::Failed);
+    let served = db.replica_counts().0;
+    let (v, _) = value(&db, Consistency::Session(token)).await;
+    assert_eq!(v, 4);
+    assert_eq!(db.replica_counts().0, served, "the replica served nothing");
+    assert_eq!(fell_back(&db, Fallback::Failed), failed + 1);
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Found by review 122: a read whose own deadline is too short to reach a
+/// replica (`timeout_ms: 1`) rested the replica for everyone, and a key
+/// could keep every read on the primary that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_short_deadline_rests_no_replica() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (db, token) = on_the_streaming_replica(&schema, 5).await;
+    until_the_replica_serves(&db, token).await;
+    for _ in 0..3 {
+        let short = QueryOptions {
+            timeout: Some(std::time::Duration::from_millis(1)),
+            ..QueryOptions::default()
+        };
+        let r = db
+            .query_at("SELECT 1", (), short, Consistency::Session(token))
+            .await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    let served = db.replica_counts().0;
+    let (v, _) = value(&db, Consistency::Session(token)).await;
+    assert_eq!(v, 5);
+    assert_eq!(
+        db.replica_counts().0,
+        served + 1,
+        "the replica still serves"
+    );
+    db.close();
+    schema.drop_now().await;
+}
+
+/// The streaming replica (not the late one) of the test cluster.
+fn streaming_replica() -> String {
+    let delayed = env("LB_TEST_PG_DELAYED").expect("set with LB_TEST_PG");
+    env("LB_TEST_PG_REPLICAS")
+        .expect("set with LB_TEST_PG")
+        .into_iter()
+        .find(|r| !delayed.contains(r))
+        .expect("a streaming replica")
+}
+
+/// Whether a statement tagged `tag` is seen running on the server of `url`
+/// within five seconds.
+async fn seen(url: &str, tag: &str) -> bool {
+    let admin = common::pg::admin(url).await;
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* {tag} */' \
+         AND pid <> pg_backend_pid()"
+    );
+    for _ in 0..100 {
+        if admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// `url` (an admin URL) with its `host:port` replaced by `node`'s.

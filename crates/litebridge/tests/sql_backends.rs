@@ -1367,6 +1367,44 @@ async fn postgres_a_runaway_that_switches_off_the_servers_check_is_ended_all_the
     schema.drop_now().await;
 }
 
+/// Found by review 122: a runaway given up on just before the database
+/// closes was left running (its backstop, still in its grace, found
+/// litebridge's own connections closed, or never ran as the process
+/// ended). Closing now has every backstop under way act at once, and waits
+/// for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_closing_ends_a_runaway_given_up_on_at_once() {
+    let Some((schema, db)) = pg().await else {
+        return;
+    };
+    let e = db
+        .execute_with(
+            &runaway_sql("closing", true),
+            (),
+            WriteOptions {
+                timeout: Some(Duration::from_millis(1000)),
+                ..WriteOptions::default()
+            },
+        )
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let closing = std::time::Instant::now();
+    db.shutdown().await;
+    assert!(
+        closing.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        closing.elapsed()
+    );
+    let admin = common::pg::admin(&schema.url).await;
+    assert_eq!(
+        still_running(&admin, "closing").await,
+        0,
+        "the runaway still runs"
+    );
+    schema.drop_now().await;
+}
+
 /// The backstop ends a process two seconds after its connection was
 /// closed: were its pid another session's by then, that session must be
 /// left alone (the start time is matched too).

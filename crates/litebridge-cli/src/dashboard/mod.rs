@@ -94,6 +94,10 @@ pub(crate) fn file(path: &str) -> Option<Response> {
 /// backups (their directory names the database's). The figures are built
 /// once a second by the sampler, not per request: a page, or many, polling
 /// costs a copy and the points.
+/// How many points behind a request may ask from (a page polling, which
+/// may miss a few) without being counted against its key's quotas.
+pub(crate) const POLL_POINTS: u64 = 10;
+
 pub(crate) fn data(app: &App, since: u64, scopes: litebridge::auth::Scopes) -> Json {
     let admin = scopes.allows(litebridge::auth::Scope::Admin);
     let mut d = app.history.figures().unwrap_or_else(|| figures(app));

@@ -144,11 +144,9 @@ async fn handle_in_span(
         Err(crate::json::Unreadable::Syntax(e)) => {
             return Some(error_reply(Json::Null, &RpcError::Parse(e)));
         }
-        Err(crate::json::Unreadable::Duplicate(member)) => {
-            return Some(error_reply(
-                Json::Null,
-                &RpcError::InvalidRequest(crate::json::duplicate_refusal(&member)),
-            ));
+        Err(unreadable) => {
+            let why = unreadable.refusal().unwrap_or_default();
+            return Some(error_reply(Json::Null, &RpcError::InvalidRequest(why)));
         }
     };
     // One concurrent-request slot of the caller's key for the whole message.

@@ -314,10 +314,14 @@ parameter!(
     /// control character.
     MethodName(String) from String = "String",
     |s| {
-        if s.is_empty() || s.chars().count() > MAX_METHOD_NAME || s.chars().any(char::is_control) {
+        if s.is_empty()
+            || s.chars().count() > MAX_METHOD_NAME
+            || s.chars().any(crate::printable::unprintable)
+        {
             let shown: String = s.chars().take(64).collect();
             Err(format!(
-                "must be a method name of 1 to {MAX_METHOD_NAME} characters, without control characters, got {shown:?}"
+                "must be a method name of 1 to {MAX_METHOD_NAME} characters, without control \
+                 or invisible characters, got {shown:?}"
             ))
         } else {
             Ok(s)
@@ -487,7 +491,7 @@ mod tests {
         );
         assert_eq!(
             complaint::<BridgeCall>("bridge.call", json!({"method": "a\u{7}b"})),
-            "bridge.call: `method`: must be a method name of 1 to 256 characters, without control characters, got \"a\\u{7}b\""
+            "bridge.call: `method`: must be a method name of 1 to 256 characters, without control or invisible characters, got \"a\\u{7}b\""
         );
         match parse::<SqlQuery>("sql.query", Some(json!("SELECT 1"))) {
             Err(RpcError::InvalidParams(m)) => {

@@ -81,7 +81,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let mut backstop = None;
+        let mut backstops = None;
         if let Some((inner, node)) = self.notes() {
+            backstops = Some(inner.backstops.clone());
             let id = Object::id(&conn);
             if node == Node::Primary {
                 lock(&inner.known).remove(&id);
@@ -97,6 +99,9 @@ impl Drop for Lease {
         let token = conn.cancel_token();
         // Closed first: the server ends a session whose client is gone.
         drop(Object::take(conn));
-        backend::end(token, backstop);
+        match backstops {
+            Some(backstops) => backend::end(token, backstop, &backstops),
+            None => backend::end(token, None, &Default::default()),
+        }
     }
 }

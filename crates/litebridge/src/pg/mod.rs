@@ -126,6 +126,8 @@ struct Inner {
     /// up on it (`backend`); kept only when `ends_runaways`. Each replica
     /// has its own.
     backends: backend::Backends,
+    /// The backstops under way, waited for when the database closes.
+    backstops: Arc<backend::Backstops>,
     /// Whether litebridge's own role may see and end the clients' sessions
     /// (`pg_read_all_stats`, `pg_signal_backend`, and `EXECUTE` on
     /// `pg_terminate_backend` and `pg_stat_get_activity`).
@@ -239,6 +241,11 @@ impl Inner {
 
 /// How long a replica that failed is left alone.
 const REPLICA_REST: Duration = Duration::from_secs(5);
+
+/// The least time a read gives a replica to begin before a replica that
+/// did not is taken as failing (and rested): a caller's own short deadline
+/// says nothing of the replica.
+const REPLICA_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Why a replica's guard refused a read: it has not replayed as far as the
 /// read needs, or it is no replica any more.
@@ -521,6 +528,7 @@ impl PgDatabase {
                     down_until: std::sync::Mutex::new(None),
                     backends: backend::Backends::new(
                         format!("the replica {r}"),
+                        "a PostgreSQL replica",
                         pool(config.own_replica_config(r)?, 2)?,
                     ),
                 })
@@ -540,8 +548,13 @@ impl PgDatabase {
         let inner = Arc::new(Inner {
             config,
             client,
-            backends: backend::Backends::new("the primary".into(), own.clone()),
+            backends: backend::Backends::new(
+                "the primary".into(),
+                "the PostgreSQL server",
+                own.clone(),
+            ),
             own,
+            backstops: Arc::default(),
             ends_runaways: sees && ends,
             prepared_with_sql: AtomicU64::new(0),
             callers: std::sync::Mutex::new(HashMap::new()),
@@ -874,7 +887,8 @@ impl PgDatabase {
             if let Some(i) = self.next_replica() {
                 let begun = AtomicBool::new(false);
                 // A replica failing costs at most half of what is left.
-                let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+                let leg = deadline.saturating_duration_since(Instant::now()) / 2;
+                let half = Instant::now() + leg;
                 match self
                     .read_on(
                         Node::Replica(i),
@@ -911,8 +925,14 @@ impl PgDatabase {
                     // Down, or refusing us, before the read began: left alone
                     // for a while. (Not for a failure of the read itself: a
                     // client can end its own session or run past the deadline,
-                    // and would otherwise rest the replica for everyone.)
-                    Err(e) if !begun.load(Ordering::Relaxed) || is_refused(&e, NOT_A_REPLICA) => {
+                    // and would otherwise rest the replica for everyone. Nor
+                    // for a deadline too short to reach the replica at all:
+                    // found by review 122, `timeout_ms: 1` rested every replica.)
+                    Err(e)
+                        if (!begun.load(Ordering::Relaxed)
+                            && (e.kind() != ErrorKind::Timeout || leg >= REPLICA_PATIENCE))
+                            || is_refused(&e, NOT_A_REPLICA) =>
+                    {
                         tracing::warn!(replica = %self.inner.config.replicas[i], "reading from a replica failed, reading from the primary: {e}");
                         *lock(&replicas[i].down_until) = Some(Instant::now() + REPLICA_REST);
                         why = if is_refused(&e, NOT_A_REPLICA) {
@@ -1388,6 +1408,15 @@ impl PgDatabase {
     #[doc(hidden)]
     pub fn faults(&self) -> &crate::fault::Faults {
         &self.inner.faults
+    }
+
+    /// Closes it ([`PgDatabase::close`]) once the statements litebridge
+    /// gave up on that went on were ended on their servers (at once, not
+    /// after the backstop's grace), waiting up to four seconds for that:
+    /// a process that ends right after would otherwise leave them running.
+    pub async fn shutdown(&self) {
+        self.inner.backstops.finish(2 * STOP_GRACE).await;
+        self.close();
     }
 
     /// Stops handing out connections and closes the idle ones.
@@ -2091,15 +2120,9 @@ impl PgDatabase {
         if !self.inner.ends_runaways || backends.lease(id) {
             return Ok(());
         }
-        // Not named (a lookup refused, or the process not seen): no
+        // Not named (litebridge's role may not see when it started): no
         // backstop for it, and no lookup again.
-        let backend = backends
-            .name(conn, deadline)
-            .await
-            .map_err(|_| Error::Timeout {
-                after: Duration::ZERO,
-                stage: TimeoutStage::Queued,
-            })?;
+        let backend = backends.name(conn, deadline, &self.inner.faults).await?;
         let most = 4 * self.inner.config.connections;
         backends.insert(id, backend, most);
         Ok(())

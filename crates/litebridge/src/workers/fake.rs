@@ -31,8 +31,10 @@ pub(crate) enum Act {
     Crash(i32, &'static [&'static str]),
     /// Prints a line that is not JSON, then answers.
     Garbage,
-    /// Prints a line longer than the pool's `max_line_bytes`.
+    /// Answers with a line longer than the pool's `max_line_bytes`.
     Flood,
+    /// Prints a line that never ends, past what the pool passes over.
+    Endless,
 }
 
 /// One fake worker's part: the `n`th started (from 1) gets `script(n)`.
@@ -194,7 +196,11 @@ impl Worker {
                                 self.line(json!({"jsonrpc": "2.0", "id": id, "result": {"worker": self.n}})).await;
                             }
                             Act::Flood => {
-                                let _ = self.stdout.write_all(&vec![b'x'; self.max_line + 1]).await;
+                                let long = "x".repeat(self.max_line);
+                                self.line(json!({"jsonrpc": "2.0", "id": id, "result": long})).await;
+                            }
+                            Act::Endless => {
+                                let _ = self.stdout.write_all(&vec![b'x'; 17 * self.max_line]).await;
                             }
                         },
                         _ => {}
@@ -236,6 +242,7 @@ mod tests {
         ("flaky", true),
         ("garbage", true),
         ("flood", true),
+        ("endless", true),
         ("llm", false),
     ];
 
@@ -253,6 +260,7 @@ mod tests {
             ),
             "garbage" => Act::Garbage,
             "flood" => Act::Flood,
+            "endless" => Act::Endless,
             _ => Act::Answer(Duration::from_millis(5)),
         }
     }
@@ -549,7 +557,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn garbage_on_stdout_is_skipped_and_an_overlong_line_gets_the_worker_replaced() {
+    async fn garbage_on_stdout_is_skipped_an_answer_too_long_fails_its_call_alone_and_a_line_without_end_gets_the_worker_replaced()
+     {
         let fakes = Fakes::new(ready_at_once);
         let pool = WorkerPool::start_with(config(1), fakes.clone())
             .await
@@ -559,9 +568,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r["worker"], 1);
+        // Found by review 121: the worker was killed, and the call (an
+        // idempotent one) retried on the next worker, which was killed
+        // too, each time with every other call it ran.
+        let slow = pool.call("echo", json!([1]), CallOptions::default());
+        let flood = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            pool.call("flood", json!({}), CallOptions::default()).await
+        };
+        let (slow, flood) = tokio::join!(slow, flood);
+        let e = flood.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::TooLarge, "{e}");
+        assert!(e.to_string().contains("workers.max_reply_mb"), "{e}");
+        assert!(!e.is_recoverable());
+        assert_eq!(
+            slow.unwrap()["echo"],
+            json!([1]),
+            "the other call was answered"
+        );
+        assert_eq!(fakes.started(), 1, "the worker was kept");
+        let r = pool
+            .call("echo", json!([2]), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r["echo"], json!([2]), "the stream is still in step");
         let e = pool
             .call(
-                "flood",
+                "endless",
                 json!({}),
                 CallOptions {
                     retry: false,

@@ -128,8 +128,8 @@ impl Process {
             loop {
                 line.clear();
                 match read_line(&mut reader, &mut line, config.max_line_bytes).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
+                    Ok(Read::Line) if !line.is_empty() => {}
+                    _ => return None,
                 }
                 match protocol::parse(&line) {
                     Ok(Incoming::Ready(r)) => return Some(r),
@@ -436,31 +436,74 @@ fn last_line(stderr: &Mutex<VecDeque<String>>) -> String {
         .unwrap_or_default()
 }
 
-/// Reads one line into `buf` (newline included); a line longer than `max` is an error.
+/// What [`read_line`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    /// A line (its newline included), or what the stream held before its
+    /// end; nothing at all at the end.
+    Line,
+    /// A line longer than the limit, read to its newline: `buf` holds its
+    /// first [`HEAD`] bytes (for the id of the call it answers), the rest
+    /// was passed over.
+    TooLong,
+}
+
+/// What is kept of a line too long, to find the call it answers.
+const HEAD: usize = 256;
+
+/// How far past the limit a line too long is passed over before the
+/// worker is taken as broken (a line without end would otherwise keep
+/// every other call of the worker waiting).
+const SKIP_FACTOR: usize = 16;
+
+/// Reads one line into `buf` (newline included), holding no more than
+/// `max` bytes of it; past `SKIP_FACTOR` times `max` it is an error.
 async fn read_line<R: AsyncRead + Unpin>(
     r: &mut BufReader<R>,
     buf: &mut Vec<u8>,
     max: usize,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Read> {
+    let mut passed: Option<usize> = None;
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(buf.len());
+            return Ok(if passed.is_some() {
+                Read::TooLong
+            } else {
+                Read::Line
+            });
         }
         let (take, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
             None => (available.len(), false),
         };
-        buf.extend_from_slice(&available[..take]);
+        match &mut passed {
+            None if buf.len() + take <= max => buf.extend_from_slice(&available[..take]),
+            // Checked before the copy, so the buffer never grows past `max`.
+            None => {
+                let keep = HEAD.saturating_sub(buf.len()).min(take);
+                buf.extend_from_slice(&available[..keep]);
+                buf.truncate(HEAD);
+                passed = Some(take - keep);
+            }
+            Some(n) => *n += take,
+        }
         r.consume(take);
-        if buf.len() > max {
+        if passed.is_some_and(|n| n > SKIP_FACTOR.saturating_mul(max)) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("a line longer than {max} bytes"),
+                format!(
+                    "a line longer than {} bytes",
+                    SKIP_FACTOR.saturating_mul(max)
+                ),
             ));
         }
         if done {
-            return Ok(buf.len());
+            return Ok(if passed.is_some() {
+                Read::TooLong
+            } else {
+                Read::Line
+            });
         }
     }
 }
@@ -639,8 +682,38 @@ async fn read_stdout(
             }
         };
         match read {
-            Ok(0) => break,
-            Ok(_) => {}
+            Ok(Read::Line) if line.is_empty() => break,
+            Ok(Read::Line) => {}
+            // Passed over, the stream still in step: only the call it
+            // answers fails (retrying it elsewhere would take that worker's
+            // other calls down too, as a kill did here).
+            Ok(Read::TooLong) => {
+                let limit = max_line as u64;
+                match protocol::leading_id(&line) {
+                    Some(id) => {
+                        tracing::warn!(
+                            worker = process.id,
+                            pid = process.pid,
+                            "the answer to call {id} is longer than {limit} bytes \
+                             (workers.max_reply_mb): the call fails"
+                        );
+                        process.answer(
+                            id,
+                            Err(Error::TooLarge {
+                                what: "the worker's answer (workers.max_reply_mb)".into(),
+                                limit,
+                            }),
+                        );
+                    }
+                    None => tracing::warn!(
+                        worker = process.id,
+                        pid = process.pid,
+                        "ignored a line on stdout longer than {limit} bytes (workers.max_reply_mb)"
+                    ),
+                }
+                line.clear();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(
                     worker = process.id,
@@ -698,4 +771,34 @@ async fn read_stdout(
         }));
     }
     let _ = on_exit.send(process.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_too_long_is_passed_over_holding_no_more_than_the_limit() {
+        let max = 1000;
+        let mut input = vec![b'{'; 3 * max];
+        input.extend_from_slice(b"\n{}\n");
+        input.extend(std::iter::repeat_n(b'x', (SKIP_FACTOR + 2) * max));
+        let mut r = BufReader::with_capacity(64, &input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line(&mut r, &mut buf, max).await.unwrap(),
+            Read::TooLong
+        );
+        assert_eq!(buf.len(), HEAD, "its head only");
+        assert!(buf.capacity() < 2 * max, "held {} bytes", buf.capacity());
+        buf.clear();
+        assert_eq!(read_line(&mut r, &mut buf, max).await.unwrap(), Read::Line);
+        assert_eq!(buf, b"{}\n", "the next line, in step");
+        buf.clear();
+        let e = read_line(&mut r, &mut buf, max).await.unwrap_err();
+        assert!(
+            e.to_string().contains("a line longer than 16000 bytes"),
+            "{e}"
+        );
+    }
 }

@@ -115,6 +115,19 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
             .ok_or_else(|| "a response without a numeric id".to_owned())?;
     let outcome = match (l.result, l.error) {
         (_, Some(e)) => Err(worker_error(e)),
+        // Read rounded (found by review 121: Python's integers have no
+        // bound): the caller gets an error, not a changed number.
+        (Some(_), None) if let Some(number) = crate::exact::inexact_integer(line) => {
+            Err(Error::WorkerError {
+                code: -32603,
+                message: format!(
+                    "the worker's answer holds {}: return it as a string",
+                    crate::exact::inexact_integer_named(number)
+                ),
+                type_name: "ProtocolError".into(),
+                traceback: String::new(),
+            })
+        }
         (Some(r), None) => Ok(r),
         (None, None) => Ok(Json::Null),
     };
@@ -164,7 +177,7 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
 /// The id of a response whose line begins as responses are written:
 /// `{"jsonrpc":"2.0","id":N,` (the SDK's order) or `{"id":N,"jsonrpc":"2.0",`
 /// then `"result"` or `"error"`, with or without spaces between the tokens.
-fn leading_id(line: &[u8]) -> Option<u64> {
+pub(crate) fn leading_id(line: &[u8]) -> Option<u64> {
     fn token<'a>(rest: &'a [u8], t: &[u8]) -> Option<&'a [u8]> {
         rest.trim_ascii_start().strip_prefix(t)
     }
@@ -282,6 +295,18 @@ mod tests {
         }
         assert!(parse(b"garbage").is_err());
         assert!(parse(br#"{"id":1,"result":1}"#).is_err());
+        // Found by review 121: read as 1.8446744073709552e19 before.
+        match parse(br#"{"jsonrpc":"2.0","id":5,"result":{"n":18446744073709551617}}"#).unwrap() {
+            Incoming::Response {
+                id: 5,
+                outcome: Err(e @ Error::WorkerError { .. }),
+            } => assert!(
+                e.to_string()
+                    .contains("holds the integer 18446744073709551617, outside the 64-bit range"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::io::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::json::{Unreadable, duplicate_refusal};
+use crate::json::Unreadable;
 use crate::rpc::{RpcError, error_reply};
 use crate::transport::stdio::{MAX_LINE, read_line};
 
@@ -90,8 +90,8 @@ where
 fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     let error = if line.len() > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
-    } else if let Err(Unreadable::Duplicate(member)) = crate::json::parse(line) {
-        RpcError::InvalidRequest(duplicate_refusal(&member))
+    } else if let Some(why) = crate::json::parse(line).err().and_then(|u| u.refusal()) {
+        RpcError::InvalidRequest(why)
     } else {
         return None;
     };

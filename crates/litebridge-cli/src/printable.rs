@@ -1,0 +1,97 @@
+//! Text from callers and workers (rows, worker output, key and method
+//! names), made safe to print on an operator's terminal: a carriage return
+//! would let it overwrite the start of its log line (the worker's tag, the
+//! time) with text of its own, an escape sequence set the terminal's title
+//! or clipboard, and a right-to-left override show a line reversed. Such
+//! characters are printed as Rust escapes (`\r`, `\u{202e}`).
+//!
+//! JSON logs need none of this: JSON escapes every control character.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+/// Whether `c` should not reach a terminal as it is: a control character
+/// (C0, DEL, C1), or an invisible character that reorders or hides text
+/// (the bidirectional controls, zero-width characters, the BOM).
+pub(crate) fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
+/// `s` with every [`unprintable`] character escaped, tabs and newlines
+/// too (a table's cell is one line).
+pub(crate) fn printable(s: &str) -> Cow<'_, str> {
+    escape(s, unprintable)
+}
+
+/// `s` with every character `bad` finds replaced by its Rust escape.
+fn escape(s: &str, bad: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(&bad) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A writer of text log lines that escapes what [`unprintable`] finds but
+/// the line's own end, its tabs, and `ESC` (the formatter's colours:
+/// `tracing-subscriber` escapes an `ESC` in an event's text itself). Each
+/// event comes in one write, ending with its newline, so a newline inside
+/// it (a worker's `\r`, a message that spans lines) cannot start a line of
+/// its own.
+pub(crate) struct Sanitized<W>(pub(crate) W);
+
+impl<W: Write> Write for Sanitized<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Ok(text) = std::str::from_utf8(buf) else {
+            return self.0.write(buf);
+        };
+        let (body, end) = match text.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (text, ""),
+        };
+        let body = escape(body, |c| c != '\t' && c != '\u{1b}' && unprintable(c));
+        self.0.write_all(body.as_bytes())?;
+        self.0.write_all(end.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_could_move_or_hide_text_is_escaped() {
+        assert!(matches!(printable("plain ü 字"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\rb\u{1b}]0;title\u{7}\u{9b}c\u{202e}d\te\nf"),
+            "a\\rb\\u{1b}]0;title\\u{7}\\u{9b}c\\u{202e}d\\te\\nf"
+        );
+    }
+
+    #[test]
+    fn a_log_line_keeps_its_end_its_tabs_and_its_colours() {
+        let mut out = Sanitized(Vec::new());
+        out.write_all(b"\x1b[32mINFO\x1b[0m worker: x\rFORGED\tok\nnext line\n")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "\x1b[32mINFO\x1b[0m worker: x\\rFORGED\tok\\nnext line\n"
+        );
+    }
+}
