@@ -265,9 +265,19 @@ impl Events {
             .as_ref()
             .and_then(|k| s.per_key.get(k))
             .map_or(0, VecDeque::len);
-        // Whether the key's oldest stream gives its place to this one.
-        let replaces = held >= MAX_STREAMS_PER_KEY || (full && held > 0);
-        if full && !replaces {
+        let leaving = key
+            .as_ref()
+            .and_then(|k| s.leaving.get(k))
+            .copied()
+            .unwrap_or(0);
+        // Whether the key's oldest stream gives its place to this one:
+        // only while the streams it ended before are gone, or nearly (one
+        // whose reader does not read is not polled, and sees its end only
+        // when its writes time out: found by review 125, a key replacing
+        // unread streams held a thousand connections).
+        let replaces =
+            (held >= MAX_STREAMS_PER_KEY || (full && held > 0)) && leaving < MAX_STREAMS_PER_KEY;
+        if (held >= MAX_STREAMS_PER_KEY || full) && !replaces {
             return Err(litebridge::Error::Overloaded {
                 queue: "event stream",
                 capacity: MAX_STREAMS,
@@ -286,6 +296,7 @@ impl Events {
                     // Its place is this one's: its ticket, dropped when its
                     // stream ends, leaves the count alone.
                     s.given_up.insert(oldest);
+                    *s.leaving.entry(k.clone()).or_default() += 1;
                     token.cancel();
                 } else {
                     s.total += 1;
@@ -343,6 +354,9 @@ struct Streams {
     /// Streams ended for a newer one of their key, which took their place
     /// in `total`.
     given_up: std::collections::HashSet<u64>,
+    /// How many of those each key has, not gone yet (a key may replace its
+    /// streams while fewer than [`MAX_STREAMS_PER_KEY`]).
+    leaving: std::collections::HashMap<String, usize>,
     next_id: u64,
 }
 
@@ -365,7 +379,16 @@ impl StreamTicket {
 impl Drop for StreamTicket {
     fn drop(&mut self) {
         let mut s = lock(&self.events.streams);
-        if !s.given_up.remove(&self.id) {
+        if s.given_up.remove(&self.id) {
+            if let Some(k) = &self.key
+                && let Some(n) = s.leaving.get_mut(k)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    s.leaving.remove(k);
+                }
+            }
+        } else {
             s.total = s.total.saturating_sub(1);
         }
         if let Some(k) = &self.key
@@ -612,7 +635,20 @@ mod tests {
         );
         mine.push(back);
         assert!(events.open_stream(None, || Ok(())).is_err(), "all taken");
+        // Found by review 125: streams ended but not gone yet (a reader
+        // that does not read) bound how many more a key may replace.
+        let mut newer = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_KEY {
+            newer.push(events.open_stream(Some("k".into()), || Ok(())).unwrap());
+        }
+        assert_eq!(lock(&events.streams).leaving["k"], MAX_STREAMS_PER_KEY);
+        assert!(
+            events.open_stream(Some("k".into()), || Ok(())).is_err(),
+            "four of its streams are still going"
+        );
         drop(mine);
+        assert!(lock(&events.streams).leaving.is_empty());
+        drop(newer);
         assert!(
             events.open_stream(Some("k".into()), || Ok(())).is_ok(),
             "given back"
@@ -633,5 +669,6 @@ mod tests {
         let s = lock(&events.streams);
         assert_eq!(s.total, 0);
         assert!(s.per_key.is_empty());
+        assert!(s.given_up.is_empty() && s.leaving.is_empty());
     }
 }

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
             }
             Ok(_) => {}
             Err(f) => {
-                eprintln!("error: {}", f.message);
+                eprintln!("error: {}", printable::printable_text(&f.message));
                 return ExitCode::from(f.code);
             }
         }
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("error: {}", f.message);
+                eprintln!("error: {}", printable::printable_text(&f.message));
             }
             ExitCode::from(f.code)
         }

@@ -11,13 +11,27 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 /// Whether `c` should not reach a terminal as it is: a control character
-/// (C0, DEL, C1), or an invisible character that reorders or hides text
-/// (the bidirectional controls, zero-width characters, the BOM).
+/// (C0, DEL, C1), a line or paragraph separator, or an invisible character
+/// that reorders, hides or smuggles text (the bidirectional controls,
+/// zero-width characters, the BOM, the soft hyphen, the fillers, the
+/// interlinear annotation marks, the tag characters).
 pub(crate) fn unprintable(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
         )
 }
 
@@ -25,6 +39,12 @@ pub(crate) fn unprintable(c: char) -> bool {
 /// too (a table's cell is one line).
 pub(crate) fn printable(s: &str) -> Cow<'_, str> {
     escape(s, unprintable)
+}
+
+/// `s` with every [`unprintable`] character escaped but its newlines and
+/// tabs (a message of several lines).
+pub(crate) fn printable_text(s: &str) -> Cow<'_, str> {
+    escape(s, |c| c != '\n' && c != '\t' && unprintable(c))
 }
 
 /// `s` with every character `bad` finds replaced by its Rust escape.
@@ -44,11 +64,12 @@ fn escape(s: &str, bad: impl Fn(char) -> bool) -> Cow<'_, str> {
 }
 
 /// A writer of text log lines that escapes what [`unprintable`] finds but
-/// the line's own end, its tabs, and `ESC` (the formatter's colours:
-/// `tracing-subscriber` escapes an `ESC` in an event's text itself). Each
-/// event comes in one write, ending with its newline, so a newline inside
-/// it (a worker's `\r`, a message that spans lines) cannot start a line of
-/// its own.
+/// the line's own end, its tabs, and the formatter's colours (an `ESC [`
+/// of digits and `;` ending in `m`: colour alone, no cursor movement;
+/// `tracing-subscriber` escapes an `ESC` in a message, but not in a field
+/// recorded with `%`, found by review 125). Each event comes in one
+/// write, ending with its newline, so a newline inside it (a worker's
+/// `\r`, a message that spans lines) cannot start a line of its own.
 pub(crate) struct Sanitized<W>(pub(crate) W);
 
 impl<W: Write> Write for Sanitized<W> {
@@ -60,8 +81,7 @@ impl<W: Write> Write for Sanitized<W> {
             Some(body) => (body, "\n"),
             None => (text, ""),
         };
-        let body = escape(body, |c| c != '\t' && c != '\u{1b}' && unprintable(c));
-        self.0.write_all(body.as_bytes())?;
+        self.0.write_all(log_line(body).as_bytes())?;
         self.0.write_all(end.as_bytes())?;
         Ok(buf.len())
     }
@@ -69,6 +89,34 @@ impl<W: Write> Write for Sanitized<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// `body` (a log line without its newline) escaped as [`Sanitized`] says.
+fn log_line(body: &str) -> Cow<'_, str> {
+    let colour = |at: usize| {
+        let rest = &body.as_bytes()[at + 1..];
+        let Some(rest) = rest.strip_prefix(b"[") else {
+            return false;
+        };
+        let params = rest
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b';')
+            .count();
+        rest.get(params) == Some(&b'm')
+    };
+    let bad = |at: usize, c: char| c != '\t' && unprintable(c) && !(c == '\u{1b}' && colour(at));
+    if !body.char_indices().any(|(i, c)| bad(i, c)) {
+        return Cow::Borrowed(body);
+    }
+    let mut out = String::with_capacity(body.len() + 8);
+    for (i, c) in body.char_indices() {
+        if bad(i, c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -92,6 +140,14 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.0).unwrap(),
             "\x1b[32mINFO\x1b[0m worker: x\\rFORGED\tok\\nnext line\n"
+        );
+        // An escape that moves the cursor or clears the line, in a field.
+        let mut out = Sanitized(Vec::new());
+        out.write_all("key=\x1b[1A\x1b[2K\x1b[1GFORGED\u{2028}x\x1b]0;t\x07\n".as_bytes())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "key=\\u{1b}[1A\\u{1b}[2K\\u{1b}[1GFORGED\\u{2028}x\\u{1b}]0;t\\u{7}\n"
         );
     }
 }

@@ -42,6 +42,9 @@ pub(crate) enum Act {
 pub(crate) struct Script {
     /// Time before `$/ready`; `None`: it never sends it.
     pub(crate) ready_after: Option<Duration>,
+    /// Its `$/ready` longer than the pool's `max_line_bytes`, after which
+    /// it waits to be stopped.
+    pub(crate) long_ready: bool,
     /// Its methods and whether each is idempotent.
     pub(crate) methods: &'static [(&'static str, bool)],
     /// What it does with a call of a method.
@@ -149,6 +152,12 @@ impl Worker {
             .map(|(name, idempotent)| json!({"name": name, "idempotent": idempotent}))
             .collect();
         let pid = 4_000_000_000 + self.n;
+        if self.script.long_ready {
+            let padding = "x".repeat(self.max_line);
+            self.line(json!({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": pid, "methods": methods, "padding": padding}}))
+                .await;
+            return killed(signals.recv().await);
+        }
         self.line(json!({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": pid, "methods": methods}}))
             .await;
         let (answers, mut answered) = mpsc::unbounded_channel::<Json>();
@@ -279,6 +288,7 @@ mod tests {
 
     fn ready_at_once(_: u64) -> Script {
         Script {
+            long_ready: false,
             ready_after: Some(Duration::ZERO),
             methods: METHODS,
             act,
@@ -331,6 +341,21 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("did not send $/ready within 10000 ms"),
+            "{e}"
+        );
+
+        // Found by review 125: a `$/ready` too long to read, from a worker
+        // that goes on running, hung the start for good.
+        let long = Fakes::new(|_| Script {
+            long_ready: true,
+            ..ready_at_once(0)
+        });
+        let started = tokio::time::Instant::now();
+        let e = WorkerPool::start_with(config(1), long).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            e.to_string()
+                .contains("a line longer than 4096 bytes (workers.max_reply_mb) before $/ready"),
             "{e}"
         );
     }

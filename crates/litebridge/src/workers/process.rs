@@ -129,10 +129,17 @@ impl Process {
                 line.clear();
                 match read_line(&mut reader, &mut line, config.max_line_bytes).await {
                     Ok(Read::Line) if !line.is_empty() => {}
-                    _ => return None,
+                    Ok(Read::TooLong) => {
+                        return Err(format!(
+                            "a line longer than {} bytes (workers.max_reply_mb) before $/ready",
+                            config.max_line_bytes
+                        ));
+                    }
+                    Ok(Read::Line) => return Err("its stdout closed".to_owned()),
+                    Err(e) => return Err(e.to_string()),
                 }
                 match protocol::parse(&line) {
-                    Ok(Incoming::Ready(r)) => return Some(r),
+                    Ok(Incoming::Ready(r)) => return Ok(r),
                     Ok(other) => tracing::warn!(worker = id, pid, "before $/ready: {other:?}"),
                     Err(e) => tracing::warn!(worker = id, pid, "before $/ready: {e}"),
                 }
@@ -140,14 +147,18 @@ impl Process {
         })
         .await;
         let ready = match ready {
-            Ok(Some(r)) => r,
-            Ok(None) => {
+            Ok(Ok(r)) => r,
+            Ok(Err(why)) => {
+                // A process that wrote what cannot be read, or closed its
+                // stdout, may go on running: stopped, not waited for
+                // (found by review 125: a start hung for good on it).
+                control.signal(libc::SIGKILL);
                 let exit = exit.await;
                 let _ = tokio::time::timeout(STDERR_DRAIN, stderr_done).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
-                        "`{shown}` ended before it was ready ({exit}){}",
+                        "`{shown}` ended before it was ready ({why}; {exit}){}",
                         last_line(&stderr)
                     ),
                 });
@@ -440,16 +451,19 @@ fn last_line(stderr: &Mutex<VecDeque<String>>) -> String {
 #[derive(Debug, PartialEq, Eq)]
 enum Read {
     /// A line (its newline included), or what the stream held before its
-    /// end; nothing at all at the end.
+    /// end; nothing at all at the end (also when the stream ended in a line
+    /// too long: its writer died, and its calls are answered as a crash).
     Line,
     /// A line longer than the limit, read to its newline: `buf` holds its
-    /// first [`HEAD`] bytes (for the id of the call it answers), the rest
-    /// was passed over.
+    /// first [`HEAD`] bytes then its last [`TAIL`] (for the id of the call
+    /// it answers, written first or last), the rest was passed over.
     TooLong,
 }
 
-/// What is kept of a line too long, to find the call it answers.
+/// What is kept of the start of a line too long, to find the call it answers.
 const HEAD: usize = 256;
+/// And of its end (its newline not counted).
+const TAIL: usize = 64;
 
 /// How far past the limit a line too long is passed over before the
 /// worker is taken as broken (a line without end would otherwise keep
@@ -464,14 +478,14 @@ async fn read_line<R: AsyncRead + Unpin>(
     max: usize,
 ) -> std::io::Result<Read> {
     let mut passed: Option<usize> = None;
+    let mut tail: VecDeque<u8> = VecDeque::new();
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if passed.is_some() {
-                Read::TooLong
-            } else {
-                Read::Line
-            });
+            if passed.is_some() {
+                buf.clear();
+            }
+            return Ok(Read::Line);
         }
         let (take, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
@@ -481,12 +495,21 @@ async fn read_line<R: AsyncRead + Unpin>(
             None if buf.len() + take <= max => buf.extend_from_slice(&available[..take]),
             // Checked before the copy, so the buffer never grows past `max`.
             None => {
+                tail.extend(buf.iter().skip(buf.len().saturating_sub(TAIL)));
                 let keep = HEAD.saturating_sub(buf.len()).min(take);
                 buf.extend_from_slice(&available[..keep]);
                 buf.truncate(HEAD);
                 passed = Some(take - keep);
             }
             Some(n) => *n += take,
+        }
+        if passed.is_some() {
+            let line = available[..take]
+                .strip_suffix(b"\n")
+                .unwrap_or(&available[..take]);
+            tail.extend(&line[line.len().saturating_sub(TAIL)..]);
+            let over = tail.len().saturating_sub(TAIL);
+            tail.drain(..over);
         }
         r.consume(take);
         if passed.is_some_and(|n| n > SKIP_FACTOR.saturating_mul(max)) {
@@ -499,11 +522,11 @@ async fn read_line<R: AsyncRead + Unpin>(
             ));
         }
         if done {
-            return Ok(if passed.is_some() {
-                Read::TooLong
-            } else {
-                Read::Line
-            });
+            if passed.is_none() {
+                return Ok(Read::Line);
+            }
+            buf.extend(tail);
+            return Ok(Read::TooLong);
         }
     }
 }
@@ -689,7 +712,8 @@ async fn read_stdout(
             // other calls down too, as a kill did here).
             Ok(Read::TooLong) => {
                 let limit = max_line as u64;
-                match protocol::leading_id(&line) {
+                let (head, tail) = line.split_at(line.len().min(HEAD));
+                match protocol::leading_id(head).or_else(|| protocol::trailing_id(tail)) {
                     Some(id) => {
                         tracing::warn!(
                             worker = process.id,
@@ -705,11 +729,19 @@ async fn read_stdout(
                             }),
                         );
                     }
-                    None => tracing::warn!(
-                        worker = process.id,
-                        pid = process.pid,
-                        "ignored a line on stdout longer than {limit} bytes (workers.max_reply_mb)"
-                    ),
+                    // Whose answer it was cannot be told: as before, the
+                    // worker is replaced (a call would otherwise wait out
+                    // its deadline, counted by its breaker: review 125).
+                    None => {
+                        tracing::warn!(
+                            worker = process.id,
+                            pid = process.pid,
+                            "protocol broken (a line longer than {limit} bytes, \
+                             workers.max_reply_mb, naming no call): killing the worker"
+                        );
+                        process.control.signal(libc::SIGKILL);
+                        break;
+                    }
                 }
                 line.clear();
                 continue;
@@ -781,7 +813,7 @@ mod tests {
     async fn a_line_too_long_is_passed_over_holding_no_more_than_the_limit() {
         let max = 1000;
         let mut input = vec![b'{'; 3 * max];
-        input.extend_from_slice(b"\n{}\n");
+        input.extend_from_slice(b"}\n{}\n");
         input.extend(std::iter::repeat_n(b'x', (SKIP_FACTOR + 2) * max));
         let mut r = BufReader::with_capacity(64, &input[..]);
         let mut buf = Vec::new();
@@ -789,7 +821,8 @@ mod tests {
             read_line(&mut r, &mut buf, max).await.unwrap(),
             Read::TooLong
         );
-        assert_eq!(buf.len(), HEAD, "its head only");
+        assert_eq!(buf.len(), HEAD + TAIL, "its head and its tail only");
+        assert_eq!(buf.last(), Some(&b'}'), "its end, without the newline");
         assert!(buf.capacity() < 2 * max, "held {} bytes", buf.capacity());
         buf.clear();
         assert_eq!(read_line(&mut r, &mut buf, max).await.unwrap(), Read::Line);
@@ -800,5 +833,12 @@ mod tests {
             e.to_string().contains("a line longer than 16000 bytes"),
             "{e}"
         );
+        // One cut short by the end of the stream (its writer died) is no
+        // answer: the stream's end.
+        let cut = vec![b'x'; 2 * max];
+        let mut r = BufReader::with_capacity(64, &cut[..]);
+        buf.clear();
+        assert_eq!(read_line(&mut r, &mut buf, max).await.unwrap(), Read::Line);
+        assert!(buf.is_empty());
     }
 }

@@ -196,6 +196,23 @@ pub(crate) fn leading_id(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
+/// The id of a response whose line ends with its id, as some JSON-RPC
+/// libraries write it: `..., "id": N}` (`tail`: the line's last bytes, its
+/// newline not counted). Only the object's own last member can end the line
+/// so: in a string a quote would be escaped, in a nested object a second
+/// `}` would follow.
+pub(crate) fn trailing_id(tail: &[u8]) -> Option<u64> {
+    let rest = tail.trim_ascii_end().strip_suffix(b"}")?.trim_ascii_end();
+    let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (rest, number) = rest.split_at(rest.len() - digits);
+    let rest = rest.trim_ascii_end().strip_suffix(b":")?.trim_ascii_end();
+    let rest = rest.strip_suffix(br#""id""#)?.trim_ascii_end();
+    if !rest.ends_with(b",") && !rest.ends_with(b"{") {
+        return None;
+    }
+    std::str::from_utf8(number).ok()?.parse().ok()
+}
+
 fn worker_error(e: WireError) -> Error {
     let field = |k: &str| {
         e.data
@@ -295,6 +312,12 @@ mod tests {
         }
         assert!(parse(b"garbage").is_err());
         assert!(parse(br#"{"id":1,"result":1}"#).is_err());
+        // The id at either end of a line too long to read whole.
+        assert_eq!(trailing_id(br#"xxxx"], "id": 12}"#), Some(12));
+        assert_eq!(trailing_id(br#"xxxx"],"id":12}  "#), Some(12));
+        assert_eq!(trailing_id(br#"x\",\"id\":12}"}"#), None, "in a string");
+        assert_eq!(trailing_id(br#"{"a":1,"id":12}}"#), None, "nested");
+        assert_eq!(trailing_id(br#"x"],"xid":12}"#), None);
         // Found by review 121: read as 1.8446744073709552e19 before.
         match parse(br#"{"jsonrpc":"2.0","id":5,"result":{"n":18446744073709551617}}"#).unwrap() {
             Incoming::Response {

@@ -88,6 +88,9 @@ where
 
 /// The answer to a line the SDK must not read, if it is one.
 fn refusal(line: &[u8]) -> Option<Vec<u8>> {
+    // The SDK strips a leading byte-order mark before it reads a line, so
+    // it is stripped here too, or such a line went by unchecked (review 125).
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     let error = if line.len() > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
     } else if let Some(why) = crate::json::parse(line).err().and_then(|u| u.refusal()) {

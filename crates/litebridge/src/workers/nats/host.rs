@@ -349,6 +349,18 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         }
         Err(e) => return refuse(Error::invalid("params", format!("not JSON: {e}"))).await,
     };
+    // Read rounded otherwise (review 125): a front end never sends one, a
+    // peer on the bus might.
+    if let Some(number) = crate::exact::inexact_integer(&msg.payload) {
+        return refuse(Error::invalid(
+            "params",
+            format!(
+                "{}: send it as a string",
+                crate::exact::inexact_integer_named(number)
+            ),
+        ))
+        .await;
+    }
     let (cancel_tx, mut cancel_rx) = oneshot::channel();
     // One call per reply subject: a second message naming a running call's
     // reply subject (a peer on the bus) is refused, and cannot take over the

@@ -338,6 +338,16 @@ pub(crate) fn decode_answer(body: &[u8], host: &str) -> Result<Json, Error> {
     let v: Json = serde_json::from_slice(body).map_err(|e| Error::Internal {
         message: format!("worker host {host} sent an answer that is not JSON: {e}"),
     })?;
+    // A host's own pool refuses a worker's such answer; a peer on the bus
+    // could send one all the same (review 125).
+    if let Some(number) = crate::exact::inexact_integer(body) {
+        return Err(Error::Internal {
+            message: format!(
+                "worker host {host} sent an answer holding {}",
+                crate::exact::inexact_integer_named(number)
+            ),
+        });
+    }
     match v {
         Json::Object(mut o) => {
             if let Some(r) = o.remove("result") {
