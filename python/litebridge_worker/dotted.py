@@ -45,6 +45,8 @@ import sys
 import threading
 import types
 
+from .worker import check_method_name
+
 
 class Refused(Exception):
     """A dotted path that may not be called."""
@@ -58,7 +60,8 @@ def normalise_prefixes(prefixes):
     """The prefixes without trailing dots, duplicates dropped, order kept.
 
     Raises ``ValueError`` for a prefix that is not a dotted path of public
-    names (such a prefix could never match a name that is served).
+    names (such a prefix could never match a name that is served), or that
+    is longer than the 256 characters of a name litebridge routes.
     """
     if isinstance(prefixes, str):
         prefixes = [prefixes]
@@ -69,6 +72,7 @@ def normalise_prefixes(prefixes):
         q = p.rstrip(".")
         if not q or not all(_public(s) for s in q.split(".")):
             raise ValueError("prefix %r is not a dotted path of public names" % p)
+        check_method_name(q, "prefix")
         if q not in out:
             out.append(q)
     if not out:

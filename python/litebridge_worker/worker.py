@@ -4,7 +4,8 @@ Design:
 - The protocol owns stdout and stdin. At start the real fd 1 is duplicated
   to a private descriptor for replies, and fd 1 itself is pointed at stderr,
   so nothing a handler prints (``print()``, a C library writing to fd 1) can
-  corrupt it; the real fd 0 is duplicated to a private descriptor for
+  corrupt it (``sys.stdout`` becomes a stream of its own onto that fd, which
+  a handler's ``close()`` only flushes); the real fd 0 is duplicated to a private descriptor for
   requests, and fd 0 itself is pointed at ``/dev/null``, so a program a
   handler starts (which inherits fd 0, as ffmpeg polls it) cannot read the
   requests meant for the worker.
@@ -15,7 +16,15 @@ Design:
   thread pool, and the pool thread writes the reply itself (one hand-off per
   call: see ``_Pool`` for how it is kept to few context switches). Many calls
   are in flight at once; replies are written whole, under a lock, in the
-  order they finish.
+  order they finish. A plain function that returns an awaitable (an
+  ``async def`` behind a plain decorator) has it awaited on the loop.
+- Every call runs in a context of its own, a copy of the loop's (which no
+  handler runs in), as an asyncio Task would: what a handler sets in a
+  ``ContextVar`` (``decimal``'s context too) ends with its call. An
+  ``async def`` handler runs in an asyncio Task from its first line
+  (``asyncio.timeout``, ``TaskGroup`` work), started eagerly, so one that
+  returns without waiting is answered where its line was read (see
+  ``_eager_task``).
 - ``$/cancelRequest`` cancels an async handler's task and marks a sync
   handler's call, which can look with ``cancelled()``.
 - When stdin closes the worker stops taking calls, lets the ones in flight
@@ -26,14 +35,18 @@ Design:
 import asyncio
 import collections
 import contextvars
+import functools
 import inspect
+import io
 import json
 from json.encoder import encode_basestring as _encode_str
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
+import types
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -73,6 +86,14 @@ def _fast_encoder():
 
 # A result's JSON the fast way (None: json's own encoder only).
 _FAST_ENCODE = _fast_encoder()
+
+# Results that are never awaitable, looked up before inspect.isawaitable
+# (which costs more) on a sync handler's result.
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+
+
+def _identity(value):
+    return value
 
 
 def _fast_decoder():
@@ -119,6 +140,304 @@ def _finite_seconds(v):
         return 0 <= float(v) < float("inf")
     except OverflowError:
         return False
+
+
+# ----- method names ----------------------------------------------------------
+
+# What litebridge routes (crates/litebridge-cli/src/rpc/params.rs, MethodName;
+# workers/names.rs): 1 to 256 characters, none of them a control character
+# (C0, DEL, C1) or one that hides or reorders text (printable.rs), and not
+# starting with "$" (the protocol's own). Lone surrogates are refused too:
+# they are not Unicode, and the name would reach litebridge as "?".
+MAX_METHOD_NAME = 256
+_UNROUTABLE_CHAR = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
+
+
+def _shown(name, limit=64):
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
+def check_method_name(name, what="method"):
+    """Raises ``ValueError`` naming ``name`` and the rule it breaks when
+    litebridge would never route a call of it (so announcing it would offer
+    callers a method they cannot reach); ``TypeError`` if it is not a str."""
+    if not isinstance(name, str):
+        raise TypeError("%s name must be a str, got %r" % (what, type(name).__name__))
+    if not name:
+        raise ValueError("%s name must not be empty" % what)
+    if name.startswith("$"):
+        raise ValueError("%s %s: names starting with '$' belong to the worker protocol; "
+                         "litebridge never routes them" % (what, _shown(name)))
+    if len(name) > MAX_METHOD_NAME:
+        raise ValueError("%s %s: %d characters, longer than the %d litebridge routes"
+                         % (what, _shown(name), len(name), MAX_METHOD_NAME))
+    bad = _UNROUTABLE_CHAR.search(name)
+    if bad is not None:
+        raise ValueError("%s %s: holds U+%04X at %d, a control, invisible or surrogate character; "
+                         "litebridge never routes such names" % (what, _shown(name), ord(bad.group()), bad.start()))
+
+
+# ----- results litebridge would not read as they were sent -------------------
+
+# litebridge reads a JSON integer exactly in this range (64 bits, signed or
+# not), and anything beyond as a float, silently rounded.
+_INT_MIN = -(2 ** 63)
+_INT_MAX = 2 ** 64 - 1
+
+# A cheap look at a reply's JSON for what could be such a problem, on a copy
+# with every digit made "0" (one bytes.translate, then five substring
+# searches: about 0.5 us for a small result, and a fifth of what json's C
+# encoder took for a large one full of numbers; a regular expression took
+# as long as the encoder): 19 digits in a row (an integer that may be
+# beyond 64 bits: a float's repr has at most 17 in a row), or a key that is
+# what json writes for an int, float, bool or None key (the only keys that
+# can collide with a str key; a numeric key ends in a digit, and only a key
+# is followed by ":"). A string holding such text only sends the result to
+# _unsendable, which walks it; nothing found, and neither problem is there.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = "0" * 19
+
+
+def _key_text(k):
+    """The key json writes for ``k`` (None: json refuses such a key)."""
+    if isinstance(k, str):
+        return str.__str__(k)
+    if k is True:
+        return "true"
+    if k is False:
+        return "false"
+    if k is None:
+        return "null"
+    if isinstance(k, float):
+        return float.__repr__(k)
+    if isinstance(k, int):
+        return int.__repr__(k)
+    return None
+
+
+def _where(crumb):
+    parts = []
+    while crumb is not None:
+        crumb, key = crumb
+        text = repr(key)
+        parts.append("[%s]" % (text if len(text) <= 40 else text[:40] + "..."))
+    return "result" + "".join(reversed(parts))
+
+
+def _unsendable(result):
+    """What in a result json encoded litebridge would not read as it was
+    sent: an integer outside 64 bits (read as a float, rounded), or an object
+    with two keys json writes as the same text (``1`` and ``"1"``: one would
+    be lost). A message naming it and where it is, or None. Walks the result
+    as json's encoder does, without recursion (a result json encoded may be
+    nested deeper than Python's recursion limit on 3.12+)."""
+    todo = [(result, None)]  # (value, crumb); a crumb is (parent's crumb, key)
+    while todo:
+        value, crumb = todo.pop()
+        if isinstance(value, dict):
+            pairs = list(dict.items(value) if type(value) is dict else value.items())
+            seen = None
+            for k, _ in pairs:
+                if type(k) is not str:
+                    seen = {}
+                    break
+            if seen is not None:
+                for k, _ in pairs:
+                    text = _key_text(k)
+                    if text in seen:
+                        return ("%s with the keys %r and %r, which JSON writes as the same key %s: "
+                                "one would be lost; make them distinct strings"
+                                % ("the result is an object" if crumb is None else
+                                   "the result holds an object at " + _where(crumb),
+                                   seen[text], k, _encode_str(text)))
+                    seen[text] = k
+        elif isinstance(value, (list, tuple)):
+            pairs = enumerate(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))
+        else:
+            if isinstance(value, int) and value is not True and value is not False:
+                n = int.__index__(value)
+                if not _INT_MIN <= n <= _INT_MAX:
+                    return ("%s of %d bits, outside the 64-bit range litebridge reads exactly (it "
+                            "would arrive rounded to a float): return it as a string"
+                            % ("the result is an integer" if crumb is None else
+                               "the result holds at %s an integer" % _where(crumb), n.bit_length()))
+            continue
+        for k, v in pairs:
+            t = type(v)
+            if t is str or t is float or t is bool or v is None:
+                continue
+            if t is int:
+                if _INT_MIN <= v <= _INT_MAX:
+                    continue
+            todo.append((v, (crumb, k)))
+    return None
+
+
+# ----- exceptions ------------------------------------------------------------
+
+def _describe_exception(e):
+    """``(type name, message, traceback)`` of an exception for its error
+    reply. Never raises: a ``type_name``, ``__str__`` or ``__name__`` that
+    raises, or returns something odd, gets a plain stand-in."""
+    try:
+        cls_name = type(e).__name__
+        if not isinstance(cls_name, str) or not cls_name:
+            cls_name = "Error"
+        cls_name = str.__str__(cls_name)
+    except BaseException:
+        cls_name = "Error"
+    try:
+        type_name = getattr(e, "type_name", None)
+        if isinstance(type_name, str) and str.__len__(type_name):
+            type_name = str.__str__(type_name)
+        else:
+            type_name = cls_name
+    except BaseException:
+        type_name = cls_name
+    try:
+        message = str(e)
+        message = str.__str__(message) if str.__len__(message) else type_name
+    except BaseException:
+        message = type_name
+    try:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        tb = str.__str__(tb)
+    except BaseException:
+        tb = ""
+    return type_name, message, tb
+
+
+def _safe_str(e):
+    try:
+        return str.__str__(str(e))
+    except BaseException:
+        return _describe_exception(e)[0]
+
+
+# ----- starting a Task eagerly -----------------------------------------------
+
+if sys.version_info >= (3, 12):
+    def _eager_task(loop, coro):
+        """A Task for ``coro``, in a copy of the current context, that has
+        taken its first step already: one that returns without waiting is
+        done when this returns, never scheduled. A task factory the program
+        set on the loop makes it instead (scheduled as it decides)."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+else:
+    class _Grab:
+        """Stands in for ``loop.call_soon`` while a Task is made, keeping
+        the first step it schedules."""
+
+        __slots__ = ("step",)
+
+        def __init__(self):
+            self.step = None
+
+        def __call__(self, callback, *args, context=None):
+            self.step = (callback, args, context)
+
+    def _eager_task(loop, coro):
+        """As ``asyncio.Task(..., eager_start=True)`` does on 3.12+: a Task
+        made and its first step run now, so an ``async def`` that returns
+        without waiting is answered without a pass through the loop (which
+        costs a call a few microseconds here). A Task schedules its first
+        step with ``loop.call_soon(step, context=...)``, looked up on the
+        loop object on 3.9-3.11 (C and Python Task alike); a callable
+        standing in for it on the instance takes the step, which runs here,
+        in the Task's context, with the Task current, as the loop would run
+        it. The caller is a callback of the loop (no Task is running), as the
+        loop's own callbacks are. A loop that takes no instance attribute
+        (uvloop), or has a task factory the program set, gets the Task made
+        and scheduled as usual."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
+        grab = _Grab()
+        try:
+            loop.call_soon = grab
+        except AttributeError:
+            return loop.create_task(coro)
+        try:
+            task = asyncio.Task(coro, loop=loop)
+        except BaseException:
+            del loop.call_soon
+            if grab.step is not None:  # made, then failed: the step still runs
+                callback, args, context = grab.step
+                loop.call_soon(callback, *args, context=context)
+            raise
+        del loop.call_soon
+        if grab.step is None:
+            return task
+        callback, args, context = grab.step
+        if context is None:
+            callback(*args)
+        else:
+            context.run(callback, *args)
+        return task
+
+
+# ----- sys.stdout ------------------------------------------------------------
+
+class _Stdout(io.TextIOWrapper):
+    """``sys.stdout`` while the worker runs: stderr's pipe, through an object
+    of its own, buffered as stderr is. Closing it only flushes: every handler shares
+    it, and one that closes stdout when done with it (as command-line code
+    does) must not take ``print()`` from the others, nor stderr (logging)
+    with it, as when ``sys.stdout`` was ``sys.stderr`` itself."""
+
+    def close(self):
+        self.flush()
+
+
+# ----- handlers' parameters --------------------------------------------------
+
+def _bound_names(func):
+    """Names a call may not pass by keyword although the handler's signature
+    (``**kwargs``, or a parameter a partial fixed) would take them: the
+    parameters bound before the call (a bound method's ``self`` or ``cls``, a
+    callable object's ``self``, positionals a ``functools.partial`` bound),
+    which fail at the call with "got multiple values", and keywords a
+    ``functools.partial`` fixed, which the handler's author chose (a
+    connection, a root directory), not the caller."""
+    P = inspect.Parameter
+    names = set()
+    for _ in range(64):
+        if isinstance(func, types.MethodType):
+            inner = func.__func__
+        elif isinstance(func, functools.partial):
+            names.update(k for k in func.keywords if isinstance(k, str))
+            inner = func.func
+        elif isinstance(func, type):
+            for attr in ("__new__", "__init__"):
+                f = getattr(func, attr, None)
+                if isinstance(f, types.FunctionType):
+                    try:
+                        first = next(iter(inspect.signature(f).parameters.values()), None)
+                    except (TypeError, ValueError):
+                        first = None
+                    if first is not None and first.kind is P.POSITIONAL_OR_KEYWORD:
+                        names.add(first.name)
+            break
+        elif getattr(func, "__wrapped__", None) is not None and not hasattr(func, "__signature__"):
+            inner = func.__wrapped__
+        elif isinstance(func, (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType)):
+            break
+        else:
+            inner = getattr(type(func), "__call__", None)
+            if not isinstance(inner, types.FunctionType):
+                break
+        try:
+            outer = inspect.signature(func).parameters
+            inner_params = inspect.signature(inner).parameters
+        except (TypeError, ValueError):
+            break
+        for p in inner_params.values():
+            if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) and p.name not in outer:
+                names.add(p.name)
+        func = inner
+    return frozenset(names)
 
 
 class _Call:
@@ -201,17 +520,24 @@ _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean",
 
 def _describe_params(func):
     """The handler's parameters as ``[{name, required, type?}]``; None when
-    they cannot be described (``*args`` style handlers take anything)."""
+    they cannot be described (``*args`` style handlers take anything).
+    Parameters a ``functools.partial`` fixed are not the caller's, and are
+    left out (``_bound_names``)."""
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
         return None
+    fixed = None
     out = []
     for p in sig.parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             return None
         if p.kind is p.POSITIONAL_ONLY:
             return None
+        if fixed is None:
+            fixed = _bound_names(func)
+        if p.name in fixed:
+            continue
         item = {"name": p.name, "required": p.default is p.empty}
         json_type = _JSON_TYPES.get(p.annotation)
         if json_type is not None:
@@ -220,45 +546,12 @@ def _describe_params(func):
     return out
 
 
-class _Resume:
-    """Continues a coroutine that was started eagerly and is waiting on
-    ``first``: yields what it yields to the Task driving this, and forwards
-    what the Task sends or throws (cancellation) back into it."""
-
-    __slots__ = ("coro", "first", "ctx")
-
-    def __init__(self, coro, first, ctx):
-        self.coro = coro
-        self.first = first
-        self.ctx = ctx
-
-    async def run(self):
-        return await self
-
-    def __await__(self):
-        coro, ctx = self.coro, self.ctx
-        to_yield = self.first
-        while True:
-            try:
-                yield to_yield
-            except BaseException as e:  # cancellation, thrown in by the Task
-                try:
-                    to_yield = ctx.run(coro.throw, e)
-                except StopIteration as done:
-                    return done.value
-                continue
-            try:
-                to_yield = ctx.run(coro.send, None)
-            except StopIteration as done:
-                return done.value
-
-
 class _Shape:
     """What a function accepts, precomputed: checking a call against it costs
     a few comparisons instead of ``Signature.bind``'s microseconds."""
 
     __slots__ = ("required", "positional", "varargs", "names", "varkw", "required_names",
-                 "required_kwonly", "required_posonly", "sig")
+                 "required_kwonly", "required_posonly", "sig", "bound", "bound_kw")
 
     @classmethod
     def of(cls, func):
@@ -274,7 +567,11 @@ class _Shape:
         shape.required = sum(1 for p in pos if p.default is P.empty)
         shape.varargs = any(p.kind == P.VAR_POSITIONAL for p in params)
         shape.varkw = any(p.kind == P.VAR_KEYWORD for p in params)
-        shape.names = frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY))
+        # Not the caller's to pass: self, cls, what a partial bound or fixed.
+        shape.bound = _bound_names(func)
+        shape.bound_kw = shape.bound if shape.varkw else frozenset()
+        shape.names = frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+                                and p.name not in shape.bound)
         shape.required_names = frozenset(
             p.name for p in params
             if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) and p.default is P.empty
@@ -292,11 +589,17 @@ class _Shape:
                 return self._explain(args, kwargs)
             return None
         if (args or self.required_posonly or not (self.varkw or kwargs.keys() <= self.names)
-                or not (self.required_names <= kwargs.keys())):
+                or not (self.required_names <= kwargs.keys())
+                or (self.bound_kw and not self.bound_kw.isdisjoint(kwargs))):
             return self._explain(args, kwargs)
         return None
 
     def _explain(self, args, kwargs):
+        taken = sorted(k for k in kwargs if k in self.bound)
+        if taken:
+            return ("%s cannot be passed: the handler binds %s itself (a method's self or cls, or "
+                    "what functools.partial bound or fixed)"
+                    % (", ".join(repr(k) for k in taken), "it" if len(taken) == 1 else "them"))
         try:
             self.sig.bind(*args, **kwargs)
         except TypeError as e:
@@ -458,15 +761,22 @@ class Worker:
 
         ``idempotent=False`` tells litebridge never to retry the call on
         another worker after a crash. ``cache_ttl_s`` makes results cacheable.
+        A name litebridge would never route (starting with ``$``, longer than
+        256 characters, or holding a control or invisible character) raises
+        ``ValueError`` naming it and the rule.
         """
 
         if cache_ttl_s is not None and not _finite_seconds(cache_ttl_s):
             raise ValueError("cache_ttl_s must be a finite number of seconds >= 0, got %r" % (cache_ttl_s,))
 
+        if name is not None:
+            check_method_name(name)
+
         def register(func):
-            key = name or func.__name__
-            if key.startswith("$/"):
-                raise ValueError("method names starting with '$/' are reserved")
+            key = name if name is not None else getattr(func, "__name__", None)
+            if key is None:
+                raise TypeError("%r has no __name__: register it with name=..." % (func,))
+            check_method_name(key)
             self._methods[key] = _Method(key, func, idempotent, cache_ttl_s)
             return func
 
@@ -488,7 +798,9 @@ class Worker:
         found, with its message. If the resolver has a ``prefixes`` attribute (dotted
         names, as ``dotted.DottedResolver`` has), ``$/ready`` announces them,
         without trailing dots, as the only names it may serve; a plain
-        callable announces none. ``None`` removes the resolver.
+        callable announces none; a prefix litebridge could route no name
+        under raises ``ValueError`` as a method name does. ``None`` removes
+        the resolver.
         """
         prefixes = getattr(resolver, "prefixes", None)
         if prefixes is not None:
@@ -498,6 +810,8 @@ class Worker:
             if not all(isinstance(p, str) for p in prefixes):
                 raise TypeError("resolver.prefixes must be strings")
             prefixes = [p.rstrip(".") for p in prefixes]
+            for p in prefixes:
+                check_method_name(p, "prefix")
         self._resolver = resolver
         self._prefixes = prefixes
 
@@ -530,7 +844,19 @@ class Worker:
         sys.stdout.flush()
         self._out = os.dup(1)
         os.dup2(2, 1)
-        sys.stdout = sys.stderr
+        # fd 1 is stderr's pipe now. sys.stdout gets an object of its own
+        # onto it (not sys.stderr itself, which a handler's close() would
+        # close for logging too), buffered as stderr is: by line, or not at
+        # all (python -u).
+        err = sys.stderr
+        encoding = getattr(err, "encoding", None)
+        if not isinstance(encoding, str):
+            encoding = "utf-8"
+        raw = io.FileIO(1, "w", closefd=False)
+        unbuffered = isinstance(getattr(err, "buffer", None), io.RawIOBase)
+        sys.stdout = _Stdout(raw if unbuffered else io.BufferedWriter(raw), encoding=encoding,
+                             errors="backslashreplace", line_buffering=not unbuffered,
+                             write_through=unbuffered)
 
     def _take_stdin(self):
         # os.dup's copy is not inherited by child processes; fd 0 now reads
@@ -675,47 +1001,35 @@ class Worker:
         self._begin(method, func, inspect.iscoroutinefunction(func), args, kwargs, flag)
 
     def _begin(self, method, func, is_async, args, kwargs, flag):
-        """Checks the params and starts the call: a coroutine function
-        eagerly, then as a Task if it waits; a plain function on a pool
-        thread."""
+        """Checks the params and starts the call, in a context of its own (a
+        copy of this one, which no handler runs in): a coroutine function
+        in a Task started eagerly, answered here if it does not wait; a
+        plain function on a pool thread."""
         rid = flag.id
         problem = self._check_params(func, args, kwargs)
         if problem is not None:
             self._reply_error(rid, INVALID_PARAMS, "invalid params for %s: %s" % (method, problem))
             return
-        token = _current.set(flag)
-        try:
-            if is_async:
-                # Run it eagerly: a handler that finishes without waiting on
-                # anything is answered here, without the cost of a Task.
-                try:
-                    coro = func(*args, **kwargs)
-                    first = coro.send(None)
-                except StopIteration as done:
-                    self._reply(rid, done.value)
-                    return
-                except BaseException as e:  # SystemExit too: the call is answered, the worker goes on
-                    self._reply_exception(rid, e)
-                    return
-            # The call goes on elsewhere: it takes a copy of this context.
-            ctx = contextvars.copy_context()
-        finally:
-            _current.reset(token)
         if is_async:
-            # It is waiting on `first`: a Task carries it on from there, in ctx.
-            resumed = _Resume(coro, first, ctx).run()
-            task = ctx.run(self._loop.create_task, self._finish_async(rid, resumed))
-            if rid is not None:
-                self._inflight[rid] = (task, flag, True)
-                task.add_done_callback(lambda _t, rid=rid: self._inflight.pop(rid, None))
+            # The Task copies this context and sets the call's flag in its copy.
+            task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
+            if rid is not None and not task.done():
+                self._track(rid, task, flag)
         else:
             if rid is not None:
                 self._inflight[rid] = (None, flag, False)
             try:
-                self._pool.submit(ctx.run, self._run_sync, rid, func, args, kwargs)
+                self._pool.submit(contextvars.copy_context().run, self._run_sync, flag, func, args, kwargs)
             except BaseException:
                 self._inflight.pop(rid, None)
                 raise
+
+    def _track(self, rid, task, flag):
+        """Keeps a Task that goes on waiting where ``$/cancelRequest`` finds it."""
+        self._inflight[rid] = (task, flag, True)
+        task.add_done_callback(lambda _t, rid=rid: self._inflight.pop(rid, None))
+        if flag.cancelled:  # cancelled while a sync handler handed it over
+            task.cancel()
 
     def _check_params(self, func, args, kwargs):
         """Binds the params to the signature (cached per function): a mismatch
@@ -730,21 +1044,72 @@ class Worker:
                 self._signatures[func] = shape
         return None if shape is None else shape.check(args, kwargs)
 
-    def _run_sync(self, rid, func, args, kwargs):
-        """Runs on a pool thread and answers from there."""
+    def _run_sync(self, flag, func, args, kwargs):
+        """Runs on a pool thread, in the call's own context, and answers from
+        there; an awaitable the handler returns is awaited on the loop."""
+        _current.set(flag)
+        rid = flag.id
+        handed_over = False
         try:
-            result = func(*args, **kwargs)
-        except BaseException as e:  # SystemExit would end the thread with no answer
-            self._reply_exception(rid, e)
-        else:
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as e:  # SystemExit would end the thread with no answer
+                self._reply_exception(rid, e)
+                return
+            try:
+                awaitable = type(result) not in _PLAIN and inspect.isawaitable(result)
+            except BaseException:  # a result whose __class__ raises: _reply answers it
+                awaitable = False
+            if awaitable:
+                handed_over = self._hand_over(flag, result)
+                return
             self._reply(rid, result)
         finally:
-            if rid is not None:
+            if rid is not None and not handed_over:
                 self._inflight.pop(rid, None)
 
-    async def _finish_async(self, rid, awaitable):
+    def _hand_over(self, flag, awaitable):
+        """Has the loop await what a sync handler returned (an ``async def``
+        behind a plain decorator returns its coroutine), in a copy of the
+        call's context. True once the loop has it; False if it was answered
+        here instead."""
+        ctx = contextvars.copy_context()
         try:
-            result = await awaitable
+            self._loop.call_soon_threadsafe(ctx.run, self._await_handed, flag, awaitable)
+        except BaseException as e:  # the loop has closed
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BaseException:
+                    pass
+            self._reply_exception(flag.id, e)
+            return False
+        return True
+
+    def _await_handed(self, flag, awaitable):
+        """On the loop: awaits what ``_hand_over`` handed over, as an
+        ``async def`` call, in a Task of its own."""
+        try:
+            task = _eager_task(self._loop, self._run_async(flag, _identity, (awaitable,), {}))
+        except BaseException as e:
+            self._inflight.pop(flag.id, None)
+            self._reply_exception(flag.id, e)
+            return
+        if flag.id is not None:
+            if task.done():
+                self._inflight.pop(flag.id, None)
+            else:
+                self._track(flag.id, task, flag)
+
+    async def _run_async(self, flag, func, args, kwargs):
+        """An ``async def`` call, as its Task's coroutine: it answers whatever
+        happens, since an exception out of a Task (SystemExit) would stop the
+        event loop."""
+        _current.set(flag)
+        rid = flag.id
+        try:
+            result = await func(*args, **kwargs)
         except asyncio.CancelledError:
             self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
             return
@@ -797,6 +1162,9 @@ class Worker:
         self._write({"jsonrpc": "2.0", "method": method, "params": params})
 
     def _reply(self, rid, result):
+        """Answers with ``result``; anything that keeps it from being sent
+        as it is (not JSON, not Unicode, not read back as it was sent) is
+        answered with an error instead. Never raises, but for the write."""
         if rid is None:
             return
         try:
@@ -811,6 +1179,16 @@ class Worker:
                 body = self._encode(result)
             rid_text = "%d" % rid if type(rid) is int else self._encode(rid)
             line = ('{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (rid_text, body)).encode("utf-8")
+            if len(body) > 12 and type(result) is not str:
+                # Only a result whose JSON could hold an integer beyond 64
+                # bits, or a key that could collide, is walked.
+                seen = line.translate(_DIGITS_AS_ZERO).decode("latin-1")
+                if (_NINETEEN_DIGITS in seen or '0":' in seen or '"true":' in seen
+                        or '"false":' in seen or '"null":' in seen):
+                    problem = _unsendable(result)
+                    if problem is not None:
+                        self._reply_error(rid, WORKER_ERROR, problem, {"type": "ValueError", "traceback": ""})
+                        return
         except UnicodeEncodeError as e:
             # A lone surrogate (what bytes decoded with "surrogateescape", as
             # os.listdir gives for a file name that is not UTF-8, hold): no
@@ -821,9 +1199,10 @@ class Worker:
                               "with errors='replace', or return them as base64" % e,
                               {"type": "UnicodeEncodeError", "traceback": ""})
             return
-        except Exception as e:  # not serializable, circular, or nested too deep
-            self._reply_error(rid, WORKER_ERROR, "the result is not JSON serializable: %s" % e,
-                              {"type": type(e).__name__, "traceback": ""})
+        except BaseException as e:  # not serializable, circular, nested too deep; or a dict
+            # subclass whose items() raises anything at all
+            self._reply_error(rid, WORKER_ERROR, "the result is not JSON serializable: %s" % _safe_str(e),
+                              {"type": _describe_exception(e)[0], "traceback": ""})
             return
         self._send(line)
 
@@ -836,19 +1215,12 @@ class Worker:
         self._write({"jsonrpc": "2.0", "id": rid, "error": err})
 
     def _reply_exception(self, rid, e, code=WORKER_ERROR):
+        """Answers with exception ``e``: its type (or ``type_name``), message
+        and traceback. Never raises, but for the write: whatever the
+        exception's attributes do, the call is answered once."""
         if rid is None:
             return
-        type_name = getattr(e, "type_name", None)
-        if not isinstance(type_name, str) or not type_name:
-            type_name = type(e).__name__
-        try:
-            message = str(e) or type_name
-        except Exception:  # an exception whose __str__ raises
-            message = type_name
-        try:
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        except Exception:
-            tb = ""
+        type_name, message, tb = _describe_exception(e)
         self._reply_error(rid, code, message, {"type": type_name, "traceback": tb})
 
     def _answer_failure(self, rid, e):
@@ -857,8 +1229,4 @@ class Worker:
         try:
             self._reply_exception(rid, e)
         except BaseException:
-            try:
-                self._reply_error(rid, WORKER_ERROR, "the call could not be handled",
-                                  {"type": "Error", "traceback": ""})
-            except BaseException:
-                pass
+            pass

@@ -39,6 +39,56 @@ class FastEncodingTest(unittest.TestCase):
                 self.reference(v)
 
 
+class InexactResultTest(unittest.TestCase):
+    """_unsendable finds what litebridge would not read as it was sent, and
+    the reply's cheap look at the text never lets one through."""
+
+    def test_what_is_found_and_where(self):
+        u = worker._unsendable
+        self.assertIsNone(u({"a": [1, 2 ** 64 - 1, -2 ** 63, "x" * 30, 1.5, None, True]}))
+        self.assertIsNone(u({1: "a", 2.5: "b", None: "c", True: "d", "x": "e"}))
+        self.assertIn("result['a'][1]", u({"a": [0, 2 ** 64]}))
+        self.assertIn("result[0]['k']", u([{"k": -2 ** 63 - 1}]))
+        self.assertIn("keys 1 and '1'", u([{1: 0, "1": 0}]))
+        self.assertIn("keys False and 'false'", u({False: 0, "false": 0}))
+
+        class Key(str):
+            __hash__ = str.__hash__
+
+            def __eq__(self, other):
+                return other is self
+
+        self.assertIn("the same key", u({"k": 1, Key("k"): 2}))
+
+    def test_a_result_nested_deeper_than_the_recursion_limit_is_walked(self):
+        v = 2 ** 65
+        for _ in range(5000):
+            v = [v]
+        self.assertIn("integer of 66 bits", worker._unsendable(v))
+
+    def test_every_problem_is_seen_by_the_cheap_look_at_the_text(self):
+        # The reply's filter, as _reply applies it, on each shape a problem
+        # can take: it must send every one of them to _unsendable.
+        def suspect(result):
+            body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+            line = ('{"jsonrpc":"2.0","id":1,"result":%s}\n' % body).encode()
+            seen = line.translate(worker._DIGITS_AS_ZERO).decode("latin-1")
+            return len(body) > 12 and (worker._NINETEEN_DIGITS in seen or '0":' in seen or '"true":' in seen
+                                       or '"false":' in seen or '"null":' in seen)
+
+        problems = [2 ** 64, -2 ** 63 - 1, [2 ** 64], {"a": 2 ** 64}, {"a": -(10 ** 19)}, (1, 10 ** 40),
+                    {1: 0, "1": 0}, {"1": 0, 1: 0}, {-1: 0, "-1": 0}, {1.5: 0, "1.5": 0}, {1e16: 0, "1e+16": 0},
+                    {True: 0, "true": 0}, {False: 0, "false": 0}, {None: 0, "null": 0}]
+        for p in problems:
+            self.assertIsNotNone(worker._unsendable(p), repr(p))
+            self.assertTrue(suspect(p), repr(p))
+        # The usual results do not pay for a walk.
+        for ok in [{"domain": "finance", "words": 3}, [1, 2.5, None, True, "x"], {"a": {"b": [1e300, -5]}},
+                   {"items": [{"id": 12, "score": 0.5, "tags": ["a1", "b2"]}], "total": 123456789012345678},
+                   12, 2 ** 50]:
+            self.assertFalse(suspect(ok), repr(ok))
+
+
 class FastDecodingTest(unittest.TestCase):
     def outcome(self, loads, text):
         try:

@@ -41,7 +41,12 @@ export class ProtocolError extends LitebridgeError {}
  * The connection to litebridge failed: the child exited, or HTTP failed.
  * Recoverable (kind `unavailable`) only when the request certainly never
  * reached litebridge (connection refused, unknown host, the child gone
- * before the line was written); otherwise it is an `OutcomeUnknownError`.
+ * before the line was written). A request that never left the process
+ * (fetch refused to make it: a header or URL it cannot carry) and a redirect
+ * (never followed: the server did not run the request) are of kind
+ * `unavailable` and not recoverable: the same request would fail the same way.
+ * A read answered with something that is not litebridge's reply is one too;
+ * anything that may have run is an `OutcomeUnknownError`.
  */
 export class ConnectionError extends LitebridgeError {}
 
@@ -52,11 +57,15 @@ export class ConnectionError extends LitebridgeError {}
  *
  * The server's `outcome_unknown` (-32013: litebridge lost its own link to
  * the database or NATS, or a COMMIT's log sync failed), and the client's own
- * when its connection to litebridge failed after the request may have reached
- * it: the `litebridge stdio` child died with the request pending, an HTTP
- * connection was reset or closed after the request was sent, or an HTTP
- * answer came without litebridge's JSON (a proxy's 502 or 504). A subclass of
- * `ConnectionError`, so that `instanceof ConnectionError` still holds for those.
+ * when its connection to litebridge failed after a write or a worker call
+ * may have reached it: the `litebridge stdio` child died with the request
+ * pending, an HTTP connection was reset or closed after the request was sent,
+ * no answer came within the client's deadline, or the HTTP answer was not
+ * litebridge's JSON-RPC reply to the request (a proxy's 502 or 504, even
+ * with a JSON body of its own; a 204; a reply to another id; a batch reply
+ * without an answer for it; an answer past `maxResponseBytes`). A subclass
+ * of `ConnectionError`, so that `instanceof ConnectionError` still holds for
+ * those.
  */
 export class OutcomeUnknownError extends ConnectionError {}
 
@@ -122,18 +131,25 @@ const BY_CODE = {
   [-32013]: ['outcome_unknown', OutcomeUnknownError],
 };
 
+/** The longest wait a `retryAfter` may ask for (ms), as the `Retry-After` header's. */
+const MAX_RETRY_AFTER = 300_000;
+
 /** The error for a JSON-RPC error object. */
 export function fromWire(error) {
-  const data = error?.data && typeof error.data === 'object' ? error.data : {};
-  const code = Number(error?.code ?? 0);
-  const byCode = BY_CODE[code];
+  const e = error !== null && typeof error === 'object' ? error : {};
+  const data = e.data !== null && typeof e.data === 'object' && !Array.isArray(e.data) ? e.data : {};
+  const code = Number.isSafeInteger(e.code) ? e.code : 0;
+  const byCode = Object.hasOwn(BY_CODE, code) ? BY_CODE[code] : undefined;
   const kind = typeof data.kind === 'string' ? data.kind : byCode?.[0] ?? 'internal';
-  const Class = BY_KIND[kind] ?? byCode?.[1] ?? LitebridgeError;
-  return new Class(String(error?.message ?? 'unknown error'), {
+  // Own properties only: a kind named `constructor` or `__proto__` is no class.
+  const Class = (Object.hasOwn(BY_KIND, kind) ? BY_KIND[kind] : undefined) ?? byCode?.[1] ?? LitebridgeError;
+  const after = data.retry_after_ms;
+  return new Class(typeof e.message === 'string' ? e.message : 'unknown error', {
     code,
     kind,
     recoverable: data.recoverable === true,
-    retryAfter: typeof data.retry_after_ms === 'number' ? data.retry_after_ms : undefined,
+    retryAfter:
+      typeof after === 'number' && Number.isFinite(after) ? Math.min(Math.max(after, 0), MAX_RETRY_AFTER) : undefined,
     data,
   });
 }

@@ -7,9 +7,17 @@ export type Params = Value[] | Record<string, Value>;
 export type Row = Record<string, Value>;
 
 export interface RequestOptions {
-  /** Aborting withdraws a read or a worker call (stdio: `$/cancelRequest`; HTTP: the request is closed). */
+  /**
+   * Aborting withdraws a read or a worker call (stdio: `$/cancelRequest`;
+   * HTTP: the request is closed). A write ignores it: once sent it may
+   * commit whatever the client does, so its answer is awaited.
+   */
   signal?: AbortSignal;
-  /** Integers past 2^53 as BigInt; without it such an integer is a RangeError. */
+  /**
+   * Integers past 2^53 of a read's result as BigInt; without it such an
+   * integer is a RangeError. The result of anything that ran (a write, a
+   * worker call) always has them as BigInt.
+   */
   bigint?: boolean;
 }
 
@@ -57,10 +65,26 @@ export interface SpawnOptions {
 }
 
 export interface ConnectOptions {
-  /** Default `LITEBRIDGE_CLIENT_KEY`. */
+  /**
+   * Default `LITEBRIDGE_CLIENT_KEY`. Surrounding whitespace (a key file's
+   * newline) is dropped; a key with a control or non-ASCII character is
+   * refused with a TypeError that does not show it.
+   */
   key?: string;
+  /**
+   * How long a call without a `timeout` of its own may take over HTTP, in
+   * ms, answer included (default 600000); a call with a `timeout` gets that
+   * and 5000 ms. Past it a read fails with `TimeoutError`, anything else
+   * with `OutcomeUnknownError`.
+   */
+  deadline?: number;
+  /**
+   * The largest answer read, in bytes (default 128 MiB); past it a read
+   * fails with `TooLargeError`, anything else with `OutcomeUnknownError`.
+   */
+  maxResponseBytes?: number;
   fetch?: typeof fetch;
-  /** Send the calls of one tick as one JSON-RPC batch. */
+  /** Send the calls of one tick as one JSON-RPC batch (several, to stay under the server's 16 MiB body limit). */
   batch?: boolean;
   bigint?: boolean;
 }
@@ -102,6 +126,7 @@ export class Client extends EventEmitter {
   stats(options?: RequestOptions): Promise<Record<string, unknown>>;
   health(options?: RequestOptions): Promise<Record<string, unknown>>;
   isHealthy(options?: RequestOptions): Promise<boolean>;
+  /** `GET /metrics` (HTTP only); an error answer or an unreachable server fails as other calls do. */
   metrics(): Promise<string>;
   resetBreaker(method: string, options?: RequestOptions): Promise<{ reset: boolean }>;
   readonly state: {
@@ -168,12 +193,19 @@ export class TooLargeError extends LitebridgeError {}
 export class UnsupportedError extends LitebridgeError {}
 export class CancelledError extends LitebridgeError {}
 export class ProtocolError extends LitebridgeError {}
-/** The connection to litebridge failed; recoverable only when the request certainly never reached it. */
+/**
+ * The connection to litebridge failed; recoverable only when the request
+ * certainly never reached it. Also (kind `unavailable`, not recoverable): a
+ * request fetch refused to make, a redirect (never followed: not run), and
+ * a read answered with something that is not litebridge's reply.
+ */
 export class ConnectionError extends LitebridgeError {}
 /**
  * The request may or may not have run (the server's `outcome_unknown`, -32013,
- * or a connection to litebridge that failed with it in flight): not to be
- * sent again blindly unless it is safe to run twice.
+ * a connection to litebridge that failed with it in flight, or, for a write
+ * or a worker call, no answer within the client's deadline or an HTTP answer
+ * that is not litebridge's JSON-RPC reply to it): not to be sent again
+ * blindly unless it is safe to run twice.
  */
 export class OutcomeUnknownError extends ConnectionError {}
 export class WorkerError extends LitebridgeError {

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 
 import { fromWire, CancelledError, TooLargeError, UnsupportedError } from './errors.js';
 import { revive } from './json.js';
-import { HttpTransport, StdioTransport } from './transports.js';
+import { HttpTransport, READS, StdioTransport } from './transports.js';
 
 export * from './errors.js';
 
@@ -24,23 +24,7 @@ const EVENT_NAMES = new Set([
 // What an AbortSignal may withdraw: reads and worker calls. A write already
 // sent may commit whatever the client does, so its answer is awaited and is
 // its outcome (bound a write with `timeout`: one that timed out did not commit).
-const WITHDRAWABLE = new Set([
-  'sql.query',
-  'sql.schema',
-  'bridge.call',
-  'bridge.stats',
-  'bridge.health',
-  'state.load',
-  'state.list',
-  'memory.get',
-  'memory.list',
-  'cache.get',
-  'cache.stats',
-  'pool.health',
-  'pool.stats',
-  'persistence.stats',
-  'rpc.discover',
-]);
+const WITHDRAWABLE = new Set([...READS, 'bridge.call']);
 
 /** A statement with its values bound: what `sql` tagged templates make. */
 export class Statement {
@@ -117,11 +101,25 @@ export class Client extends EventEmitter {
     return new Client(transport, options);
   }
 
-  /** Talks to `litebridge serve` at `url` (`http://127.0.0.1:7070`). */
+  /**
+   * Talks to `litebridge serve` at `url` (`http://127.0.0.1:7070`). Options:
+   * `key` (trimmed; one with a control character is refused, never shown),
+   * `batch`, `deadline` (ms a call without a `timeout` may take, default
+   * 600 s; one with a `timeout` gets that and 5 s), `maxResponseBytes`
+   * (default 128 MiB), `fetch`, `bigint`.
+   */
   static connect(url = process.env.LITEBRIDGE_CLIENT_URL, options = {}) {
     if (!url) throw new TypeError('connect(url): give the server URL, or set LITEBRIDGE_CLIENT_URL');
     const key = options.key ?? process.env.LITEBRIDGE_CLIENT_KEY;
-    return new Client(new HttpTransport({ url, key, fetch: options.fetch, batch: options.batch }), options);
+    const transport = new HttpTransport({
+      url,
+      key,
+      fetch: options.fetch,
+      batch: options.batch,
+      deadline: options.deadline,
+      maxResponseBytes: options.maxResponseBytes,
+    });
+    return new Client(transport, options);
   }
 
   constructor(transport, options = {}) {
@@ -142,11 +140,15 @@ export class Client extends EventEmitter {
   /**
    * Calls `method` of the method table with `params`; its result. `signal`
    * withdraws a read or a worker call; a write, once sent, is answered with
-   * its outcome whatever the signal does.
+   * its outcome whatever the signal does. An integer past 2^53 in the result
+   * of a read is a RangeError unless `bigint`; in the result of anything
+   * else (a write, a worker call), which has run by then, it is a BigInt.
    */
   async request(method, params, { signal, bigint = this.bigint } = {}) {
     signal?.throwIfAborted();
     if (!WITHDRAWABLE.has(method)) signal = undefined;
+    // What ran is never reported as failed for the shape of its result.
+    if (!READS.has(method)) bigint = true;
     const id = this.nextId++;
     const msg = { jsonrpc: '2.0', id, method };
     if (params !== undefined) msg.params = params;
@@ -209,18 +211,14 @@ export class Client extends EventEmitter {
    */
   async execute(sqlText, params, options = {}) {
     const [text, values] = statementOf(sqlText, params);
-    // A committed write is never reported as a failure: an unsafe rowid is a BigInt.
-    return this.request(
-      'sql.execute',
-      { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) },
-      { ...options, bigint: true },
-    );
+    // A committed write is never reported as a failure: an unsafe rowid is a BigInt (`request`).
+    return this.request('sql.execute', { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) }, options);
   }
 
   /** Statements (`[{sql, params}]` or sql`` statements) in one transaction. */
   async batch(statements, options = {}) {
     const list = statements.map((s) => (s instanceof Statement ? { sql: s.text, params: s.params } : s));
-    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, { ...options, bigint: true });
+    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, options);
   }
 
   /** One statement for each row of parameters, in one transaction. */
@@ -228,7 +226,7 @@ export class Client extends EventEmitter {
     return this.request(
       'sql.execute_many',
       { sql: sqlText, rows, timeout_ms: ms(options.timeout) },
-      { ...options, bigint: true },
+      options,
     );
   }
 
@@ -241,7 +239,8 @@ export class Client extends EventEmitter {
   /**
    * Calls a worker method. Options: `timeout` (ms), `retry` (default true),
    * `maxRetries`, `cacheKey`, `cacheTtl` (s), `signal` (aborting cancels the
-   * call in its worker), `bigint`.
+   * call in its worker). An integer of its result past 2^53 is a BigInt
+   * (the call has run: it is not reported as failed for that).
    */
   async call(method, params, options = {}) {
     return this.request(
@@ -283,8 +282,7 @@ export class Client extends EventEmitter {
         kind: 'unsupported',
       });
     }
-    const res = await t.fetch(`${t.url}/metrics`, { headers: t.headers() });
-    return res.text();
+    return t.metrics();
   }
 
   async resetBreaker(method, options) {

@@ -147,7 +147,7 @@ export function stringify(value) {
 
 function replaced(value) {
   let tag = null;
-  const text = JSON.stringify(value, function (key, v) {
+  const text = stringifyOrRefuse(value, function (key, v) {
     // `this[key]` is the value before its toJSON (a Buffer's gives {type, data}).
     const original = this[key];
     if (typeof v === 'bigint') {
@@ -172,6 +172,18 @@ function replaced(value) {
   const quoted = JSON.stringify(tag).slice(1, -1).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   // Only where the placeholder is a whole value (not a member's name).
   return text.replace(new RegExp(`"${quoted}(-?\\d+)"(?!\\s*:)`, 'g'), '$1');
+}
+
+/** `JSON.stringify` with `replacer`; a value that contains itself refused as the caller's error. */
+function stringifyOrRefuse(value, replacer) {
+  try {
+    return JSON.stringify(value, replacer);
+  } catch (e) {
+    if (e instanceof TypeError && /circular/i.test(e.message)) {
+      throw new InvalidArgumentError('a value contains itself (a cycle), which JSON cannot carry', { kind: 'invalid_argument' });
+    }
+    throw e;
+  }
 }
 
 /** Whether `JSON.stringify` writes `v` as litebridge reads it (no BigInt, no bytes). */

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
 
-import { ConnectionError, OutcomeUnknownError, TooLargeError, fromWire } from './errors.js';
+import { ConnectionError, OutcomeUnknownError, TimeoutError, TooLargeError, fromWire } from './errors.js';
 import { parse, stringify } from './json.js';
 
 const STDERR_LINES = 20;
@@ -16,6 +16,28 @@ const MAX_LINE = 64 * 1024 * 1024;
 
 /** The header on litebridge's own 503s for requests it did not run. */
 const NOT_RUN = 'litebridge-not-run';
+
+/**
+ * The methods that change nothing. An answer to one of them that is not
+ * litebridge's reply is a plain error (nothing can have happened); any
+ * other request may have run, and is then an `OutcomeUnknownError`.
+ */
+export const READS = new Set([
+  'sql.query',
+  'sql.schema',
+  'bridge.stats',
+  'bridge.health',
+  'state.load',
+  'state.list',
+  'memory.get',
+  'memory.list',
+  'cache.get',
+  'cache.stats',
+  'pool.health',
+  'pool.stats',
+  'persistence.stats',
+  'rpc.discover',
+]);
 
 /**
  * Whether an HTTP answer without a JSON-RPC reply says the request was not
@@ -28,24 +50,44 @@ function notRun(res) {
   return res.status === 429 || (res.status === 503 && res.headers?.get?.(NOT_RUN) != null);
 }
 
+/** `Retry-After` in ms (0 to 300 s), if the answer has a number of seconds there. */
+function retryAfterOf(res) {
+  const header = res.headers?.get?.('retry-after');
+  if (header == null || header.trim() === '') return undefined;
+  const after = Number(header);
+  return Number.isFinite(after) && after >= 0 ? Math.min(after, 300) * 1000 : undefined;
+}
+
 /**
- * The error for an HTTP answer without a JSON-RPC reply (a proxy's, or
- * litebridge's standby's `{"error": said}`): recoverable when it was not run
- * (`notRun`); otherwise the request may or may not have run (`mayHaveRun`:
- * a request that runs something).
+ * The error for an HTTP answer without litebridge's JSON-RPC reply (a
+ * proxy's, or litebridge's standby's `{"error": said}`): recoverable when it
+ * was not run (`notRun`); otherwise the request may or may not have run
+ * (`mayHaveRun`: a request that runs something).
  */
 function statusError(what, res, mayHaveRun = true, said = undefined) {
   const answered = `${what} answered ${res.status}${said ? `: ${said.slice(0, 200)}` : " without litebridge's JSON"}`;
   if (notRun(res)) {
-    const after = Number(res.headers?.get?.('retry-after') ?? NaN);
     return new ConnectionError(`${answered} (the request was not run)`, {
       kind: 'unavailable',
       recoverable: true,
-      retryAfter: Number.isFinite(after) && after >= 0 ? Math.min(after, 300) * 1000 : undefined,
+      retryAfter: retryAfterOf(res),
     });
   }
   if (!mayHaveRun) return new ConnectionError(answered, { kind: 'unavailable' });
   return new OutcomeUnknownError(`${answered}: the request may or may not have run`, { kind: 'outcome_unknown' });
+}
+
+/**
+ * A redirect, never followed: it would send the key (and a request's SQL
+ * and values) wherever the answer says, and turn a POST into a GET. The
+ * server that answered it did not run the request.
+ */
+function redirected(what, res) {
+  return new ConnectionError(
+    `${what} answered ${res.status}, a redirect, which the client does not follow (it would send the key ` +
+      'and the request elsewhere): the request was not run; connect to the URL it names if that is the server',
+    { kind: 'unavailable' },
+  );
 }
 
 /** `{"error": "..."}`: the standby's answer of its own (not a JSON-RPC error object). */
@@ -54,20 +96,95 @@ function saidOf(reply) {
 }
 
 /**
- * The litebridge error an HTTP error response carries, else a ConnectionError
- * (`GET /events` runs nothing, so it is never an `OutcomeUnknownError`).
+ * Whether `reply` is a JSON-RPC reply to request `id`: `jsonrpc` "2.0",
+ * exactly one of `result` and `error`, an error an object with an integer
+ * `code`, and the request's `id` (or null on an error: a request
+ * litebridge could not read, or refused whole).
+ */
+export function isReply(reply, id) {
+  if (reply === null || typeof reply !== 'object' || reply.jsonrpc !== '2.0') return false;
+  const hasResult = 'result' in reply;
+  if (hasResult === 'error' in reply) return false;
+  if (hasResult) return reply.id === id;
+  const e = reply.error;
+  return (
+    e !== null && typeof e === 'object' && !Array.isArray(e) && Number.isSafeInteger(e.code) && (reply.id === id || reply.id === null)
+  );
+}
+
+/** The request errors of JSON-RPC, which litebridge sends without `data`. */
+const REQUEST_ERRORS = new Set([-32700, -32600, -32601, -32602]);
+
+/**
+ * Whether `reply`, with an HTTP error status, is litebridge's own error: a
+ * JSON-RPC error reply (`isReply`) whose `data` has litebridge's `kind` and
+ * `recoverable`, or a request error (no `data`). A gateway's JSON (`{"error":
+ * {"code": 504, ...}}`) is not, and the status says what happened.
+ */
+function isOwnError(reply, id) {
+  if (!isReply(reply, id) || !('error' in reply)) return false;
+  const { code, data } = reply.error;
+  if (data === undefined) return REQUEST_ERRORS.has(code);
+  return data !== null && typeof data === 'object' && typeof data.kind === 'string' && typeof data.recoverable === 'boolean';
+}
+
+/**
+ * The error a GET (`/events`, `/metrics`) answered with an error status
+ * carries: litebridge's own, else a ConnectionError (a GET runs nothing, so
+ * it is never an `OutcomeUnknownError`).
  */
 async function errorOf(res, what) {
-  const text = await res.text().catch(() => '');
   let said;
   try {
-    const reply = parse(text);
-    if (reply?.error && typeof reply.error === 'object') return fromWire(reply.error);
+    const reply = parse(await readBody(res, MAX_ERROR_BODY));
+    if (isOwnError(reply, null)) return fromWire(reply.error);
     said = saidOf(reply);
   } catch {
-    // not JSON
+    // not JSON, too long, or cut short
   }
   return statusError(what, res, false, said);
+}
+
+/** The longest body of an HTTP error answer read (litebridge's are short). */
+const MAX_ERROR_BODY = 1024 * 1024;
+
+/** What `readBody` throws past its limit. */
+class TooLong {
+  constructor(limit) {
+    this.limit = limit;
+  }
+}
+
+/** Drops an answer's body unread. */
+function discard(res) {
+  res.body?.cancel().catch(() => {});
+}
+
+/** The body as text, `limit` bytes at most (`TooLong` past it). */
+async function readBody(res, limit) {
+  if (Number(res.headers.get('content-length')) > limit) {
+    discard(res);
+    throw new TooLong(limit);
+  }
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      reader.cancel().catch(() => {});
+      throw new TooLong(limit);
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) {
+    const [c] = chunks;
+    return Buffer.from(c.buffer, c.byteOffset, c.byteLength).toString('utf8');
+  }
+  return Buffer.concat(chunks, size).toString('utf8');
 }
 
 // Why a connection was never made, so the request certainly never reached
@@ -301,107 +418,393 @@ const EVENTS_SILENCE = 30_000;
 /** Requests in one batch at most (the server takes 1,000). */
 const MAX_BATCH = 1000;
 
-/** `POST /rpc` with a bearer key; optionally the calls of one tick in one batch. */
+/** The largest body litebridge reads (16 MiB, then 413): a batch is kept under it. */
+const MAX_BODY = 16 * 1024 * 1024;
+
+/** A call's deadline on the client when it has no `timeout` of its own (ms; the `deadline` option). */
+export const DEFAULT_DEADLINE = 600_000;
+
+/** How long past a call's own `timeout` the client waits for its answer (ms). */
+export const DEADLINE_MARGIN = 5_000;
+
+/**
+ * The largest answer read (bytes; the `maxResponseBytes` option): twice the
+ * server's default `db.max_result_bytes` (64 MiB), room for the JSON of
+ * the largest rows (a blob is a third longer in base64).
+ */
+export const MAX_RESPONSE_BYTES = 128 * 1024 * 1024;
+
+/** The longest line, and event, of `GET /events` kept (litebridge's are far shorter). */
+const MAX_EVENT = 1024 * 1024;
+
+/** An event id sent back as `Last-Event-ID`: printable ASCII, as a header can carry it. */
+const EVENT_ID = /^[\x20-\x7e]{1,1024}$/;
+
+/** setTimeout's longest delay (ms). */
+const MAX_DELAY = 2 ** 31 - 1;
+
+const POST_HEADERS = { 'content-type': 'application/json', 'accept-encoding': 'identity' };
+const GET_HEADERS = { 'accept-encoding': 'identity' };
+const EVENT_HEADERS = { accept: 'text/event-stream', 'accept-encoding': 'identity' };
+
+/** A failure whose error depends on whether the request may have run: `make(ran)`. */
+class Failed {
+  constructor(make) {
+    this.make = make;
+  }
+}
+
+/** `e` as the error of a request that may have run (`ran`) or not. */
+function settle(e, ran) {
+  return e instanceof Failed ? e.make(ran) : e;
+}
+
+/** An answer that is not litebridge's reply to the request. */
+function notReply(what, res, ran, how) {
+  const answered = `${what} answered ${res.status} ${how}`;
+  if (ran) return new OutcomeUnknownError(`${answered}; the request may or may not have run`, { kind: 'outcome_unknown' });
+  return new ConnectionError(answered, { kind: 'unavailable' });
+}
+
+/** No (whole) answer within the client's deadline: a read timed out, anything else may have run. */
+function late(what, ms, ran, answering = false) {
+  const waited =
+    `${what} gave no ${answering ? 'whole answer' : 'answer'} within ${ms} ms (the client's deadline: ` +
+    `the call's timeout and ${DEADLINE_MARGIN} ms, else the deadline option)`;
+  if (ran) return new OutcomeUnknownError(`${waited}: the request may or may not have run`, { kind: 'outcome_unknown' });
+  return new TimeoutError(waited, { kind: 'timeout', recoverable: true });
+}
+
+/** An answer over the client's `maxResponseBytes`, not read. */
+function tooLong(what, res, limit, ran) {
+  if (ran) {
+    return new OutcomeUnknownError(
+      `${what} answered ${res.status} with more than ${limit} bytes (the client's maxResponseBytes), ` +
+        'which were not read: the request may or may not have run',
+      { kind: 'outcome_unknown' },
+    );
+  }
+  return new TooLargeError(
+    `${what} answered with more than ${limit} bytes, the client's limit (maxResponseBytes): ` +
+      'ask for less (maxRows, LIMIT) or raise it',
+    { kind: 'too_large' },
+  );
+}
+
+/** An answer in an encoding other than identity (not asked for: never inflated). */
+function encoded(res) {
+  const encoding = res.headers.get('content-encoding');
+  return encoding != null && encoding.trim().toLowerCase() !== 'identity' ? encoding : undefined;
+}
+
+/** The key to send: `key` trimmed (a key file's newline); refused, never shown, if a header cannot carry it. */
+function checkedKey(key) {
+  if (key === undefined || key === null) return undefined;
+  if (typeof key !== 'string') throw new TypeError('connect(): the key must be a string');
+  const trimmed = key.trim();
+  if (!/^[\x20-\x7e]*$/.test(trimmed)) {
+    throw new TypeError(
+      'connect(): the key holds a control character (a line break inside it?) or a character that is not ' +
+        'ASCII, which an HTTP header cannot carry; litebridge keys are printable ASCII (the key is not shown here)',
+    );
+  }
+  return trimmed || undefined;
+}
+
+/** `url` without its trailing slashes; refused, never shown, if it holds a user name or password. */
+function checkedUrl(url) {
+  const base = String(url).replace(/\/+$/, '');
+  let parsed;
+  try {
+    parsed = new URL(base);
+  } catch {
+    return base; // fetch says what is wrong with it when it is used
+  }
+  if (parsed.username || parsed.password) {
+    throw new TypeError(
+      'connect(url): the URL holds a user name or password (user:password@host), which fetch refuses and ' +
+        'messages would show; give the key with the `key` option (the URL is not shown here)',
+    );
+  }
+  return base;
+}
+
+/** A positive finite number of the options, or `fallback`. */
+function positive(value, name, fallback) {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    throw new TypeError(`connect(): ${name} must be a positive number, not ${String(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Splits `GET /events` into events, `onEvent(id, data)` for each. Each
+ * chunk is searched once (a line split across chunks is not searched again
+ * from its start), and a line or an event longer than MAX_EVENT is dropped.
+ */
+function sseParser(onEvent) {
+  let partial = '';
+  let skipping = false; // the rest of a line too long to keep
+  let data = '';
+  let id;
+  let dropped = false; // the event being read had a line or data too long
+  const line = (text) => {
+    if (text === '') {
+      if (data && !dropped) onEvent(id, data);
+      data = '';
+      id = undefined;
+      dropped = false;
+    } else if (text.startsWith('data:')) {
+      const value = text.slice(5).trimStart();
+      if (data.length + value.length > MAX_EVENT) {
+        dropped = true;
+        data = '';
+      } else if (!dropped) {
+        data += value;
+      }
+    } else if (text.startsWith('id:')) {
+      id = text.slice(3).trim();
+    }
+  };
+  return (chunk) => {
+    let start = 0;
+    let nl;
+    while ((nl = chunk.indexOf('\n', start)) >= 0) {
+      let text = chunk.slice(start, nl);
+      start = nl + 1;
+      if (skipping) {
+        skipping = false;
+        continue;
+      }
+      if (partial) {
+        text = partial + text;
+        partial = '';
+      }
+      line(text.endsWith('\r') ? text.slice(0, -1) : text);
+    }
+    if (!skipping) {
+      partial += chunk.slice(start);
+      if (partial.length > MAX_EVENT) {
+        partial = '';
+        skipping = true;
+        dropped = true;
+      }
+    }
+  };
+}
+
+/**
+ * `POST /rpc` with a bearer key; optionally the calls of one tick in one
+ * batch. Redirects are never followed, answers are read up to
+ * `maxResponseBytes` and never inflated, and every call has a deadline.
+ */
 export class HttpTransport {
-  constructor({ url, key, fetch: fetchImpl = globalThis.fetch, batch = false }) {
-    this.url = url.replace(/\/+$/, '');
-    this.key = key;
+  #key;
+
+  constructor({ url, key, fetch: fetchImpl = globalThis.fetch, batch = false, deadline, maxResponseBytes }) {
+    this.url = checkedUrl(url);
+    this.#key = checkedKey(key);
     this.fetch = fetchImpl;
     this.batch = batch;
+    this.deadline = positive(deadline, 'deadline', DEFAULT_DEADLINE);
+    this.maxResponseBytes = positive(maxResponseBytes, 'maxResponseBytes', MAX_RESPONSE_BYTES);
     this.queue = null;
+    this.queued = 0;
     this.streams = null;
+  }
+
+  /** What `JSON.stringify` shows of it: never the key. */
+  toJSON() {
+    return { url: this.url, batch: this.batch };
   }
 
   headers(extra = {}) {
     const h = { ...extra };
-    if (this.key) h.authorization = `Bearer ${this.key}`;
+    if (this.#key) h.authorization = `Bearer ${this.#key}`;
     return h;
   }
 
-  async post(body, signal) {
-    let res;
+  /** `text` with the key blanked, should fetch's message quote a header. */
+  redact(text) {
+    const s = String(text);
+    return this.#key ? s.split(this.#key).join('<the key>') : s;
+  }
+
+  /** How long request `obj` may take (ms): its own `timeout_ms` and a margin, else the client's deadline. */
+  deadlineOf(obj) {
+    const t = obj.params?.timeout_ms;
+    return typeof t === 'number' && t > 0 ? t + DEADLINE_MARGIN : this.deadline;
+  }
+
+  /**
+   * The error for a fetch that failed before an answer came when the
+   * request certainly never left (refused, unknown host, a URL or header
+   * fetch cannot send); undefined when it may have.
+   */
+  unsent(e) {
+    const cause = e?.cause;
+    const why = this.redact(cause?.message ?? e?.message ?? e);
+    if (neverConnected(cause)) {
+      return new ConnectionError(`cannot reach ${this.url}: ${why}`, { kind: 'unavailable', recoverable: true });
+    }
+    if (cause?.code === 'ERR_INVALID_URL' || cause?.message === 'unknown scheme') {
+      // Refused before sending (a URL fetch cannot use): trying again cannot help.
+      return new ConnectionError(`cannot send to ${this.url}: ${why}`, { kind: 'unavailable' });
+    }
+    // fetch refused to make the request at all (a header or URL it cannot
+    // carry): its own TypeError, with no network error as its cause.
+    if (e instanceof TypeError && cause === undefined && e.message !== 'fetch failed') {
+      return new ConnectionError(`cannot send to ${this.url}: ${why} (the request was not sent)`, { kind: 'unavailable' });
+    }
+    return undefined;
+  }
+
+  /**
+   * POSTs `body` within `deadline` ms (and `signal`): `{res, ok, reply}`,
+   * `reply` parsed (on an error status, if it is JSON at all). What depends
+   * on whether the request may have run is thrown as a `Failed`.
+   */
+  async exchange(body, deadline, signal) {
+    const what = `${this.url}/rpc`;
+    const controller = new AbortController();
+    let expired = false;
+    const timer = setTimeout(() => {
+      expired = true;
+      controller.abort();
+    }, Math.min(deadline, MAX_DELAY));
+    const onAbort = () => controller.abort(signal.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      res = await this.fetch(`${this.url}/rpc`, {
-        method: 'POST',
-        headers: this.headers({ 'content-type': 'application/json' }),
-        body,
-        signal,
-      });
-    } catch (e) {
-      if (signal?.aborted) throw signal.reason;
-      const why = e.cause?.message ?? e.message;
-      if (neverConnected(e.cause)) {
-        throw new ConnectionError(`cannot reach ${this.url}: ${why}`, { kind: 'unavailable', recoverable: true });
+      let res;
+      try {
+        res = await this.fetch(what, {
+          method: 'POST',
+          headers: this.headers(POST_HEADERS),
+          body,
+          signal: controller.signal,
+          redirect: 'manual',
+        });
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        if (expired) throw new Failed((ran) => late(what, deadline, ran));
+        const unsent = this.unsent(e);
+        if (unsent) throw unsent;
+        // Reset, closed or timed out once connected: the request may have
+        // been read, and run, by the time the connection failed.
+        throw new OutcomeUnknownError(
+          `the connection to ${this.url} failed with the request sent or on its way ` +
+            `(${this.redact(e?.cause?.message ?? e?.message ?? e)}): it may or may not have run`,
+          { kind: 'outcome_unknown' },
+        );
       }
-      if (e.cause?.code === 'ERR_INVALID_URL' || e.cause?.message === 'unknown scheme') {
-        // Refused before sending (a URL fetch cannot use): trying again cannot help.
-        throw new ConnectionError(`cannot send to ${this.url}: ${why}`, { kind: 'unavailable' });
+      if (res.status >= 300 && res.status < 400) {
+        discard(res);
+        throw redirected(what, res);
       }
-      // Reset, closed or timed out once connected: the request may have been
-      // read, and run, by the time the connection failed.
-      throw new OutcomeUnknownError(
-        `the connection to ${this.url} failed with the request sent or on its way (${why}): ` +
-          'it may or may not have run',
-        { kind: 'outcome_unknown' },
-      );
+      const ok = res.status >= 200 && res.status < 300;
+      const encoding = encoded(res);
+      if (ok && encoding) {
+        discard(res);
+        throw new Failed((ran) => notReply(what, res, ran, `in the encoding ${encoding.slice(0, 40)}, not asked for`));
+      }
+      let text;
+      try {
+        if (ok) text = await readBody(res, this.maxResponseBytes);
+        else if (encoding) discard(res);
+        else text = await readBody(res, MAX_ERROR_BODY);
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        if (expired) throw new Failed((ran) => late(what, deadline, ran, true));
+        if (e instanceof TooLong) {
+          if (!ok) return { res, ok, reply: undefined }; // the status says it
+          throw new Failed((ran) => tooLong(what, res, e.limit, ran));
+        }
+        throw new OutcomeUnknownError(
+          `${what} answered ${res.status}, then the connection failed (${e?.cause?.message ?? e?.message}): ` +
+            'the request may or may not have run',
+          { kind: 'outcome_unknown' },
+        );
+      }
+      let reply;
+      try {
+        if (text !== undefined) reply = parse(text);
+      } catch {
+        if (ok) throw new Failed((ran) => notReply(what, res, ran, `with no JSON: ${text.slice(0, 200)}`));
+      }
+      return { res, ok, reply };
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
     }
-    let text;
+  }
+
+  /** One request, alone: its reply. */
+  async single(obj, body, signal) {
+    const ran = !READS.has(obj.method);
     try {
-      text = await res.text();
+      const { res, ok, reply } = await this.exchange(body, this.deadlineOf(obj), signal);
+      if (ok ? isReply(reply, obj.id) : isOwnError(reply, obj.id)) return reply;
+      const what = `${this.url}/rpc`;
+      if (ok) throw notReply(what, res, ran, 'with JSON that is not a JSON-RPC reply to this request');
+      // Not litebridge's reply: a proxy's answer, or the standby's.
+      throw statusError(what, res, ran, saidOf(reply));
     } catch (e) {
-      if (signal?.aborted) throw signal.reason;
-      throw new OutcomeUnknownError(
-        `${this.url}/rpc answered ${res.status}, then the connection failed (${e.cause?.message ?? e.message}): ` +
-          'the request may or may not have run',
-        { kind: 'outcome_unknown' },
-      );
+      throw settle(e, ran);
     }
-    if (res.status === 204) return null;
-    let reply;
-    try {
-      reply = parse(text);
-    } catch {
-      if (!res.ok) throw statusError(`${this.url}/rpc`, res);
-      throw new OutcomeUnknownError(
-        `${this.url}/rpc answered ${res.status} with no JSON: ${text.slice(0, 200)}; ` +
-          'the request may or may not have run',
-        { kind: 'outcome_unknown' },
-      );
-    }
-    // Not a JSON-RPC reply: a proxy's answer, or the standby's.
-    if (!res.ok && !Array.isArray(reply) && !(reply?.error && typeof reply.error === 'object')) {
-      throw statusError(`${this.url}/rpc`, res, true, saidOf(reply));
-    }
-    return reply;
   }
 
   async request(obj, signal) {
-    if (!this.batch || signal) return this.post(stringify(obj), signal);
-    // Gathered until the end of this tick, sent as one batch.
-    if (!this.queue || this.queue.length >= MAX_BATCH) {
+    // Written now: a value JSON cannot carry fails this call, not its batch.
+    const body = stringify(obj);
+    if (!this.batch || signal) return this.single(obj, body, signal);
+    // Gathered until the end of this tick, sent as one batch under the
+    // server's body limit.
+    const size = Buffer.byteLength(body) + 1;
+    if (!this.queue || this.queue.length >= MAX_BATCH || this.queued + size > MAX_BODY) {
       const queue = (this.queue = []);
+      this.queued = 2;
       queueMicrotask(() => this.flush(queue));
     }
-    return new Promise((resolve, reject) => this.queue.push({ obj, resolve, reject }));
+    this.queued += size;
+    return new Promise((resolve, reject) => this.queue.push({ obj, body, resolve, reject }));
   }
 
   async flush(queue) {
     if (this.queue === queue) this.queue = null;
+    if (queue.length === 1) {
+      const [q] = queue;
+      return this.single(q.obj, q.body).then(q.resolve, q.reject);
+    }
+    const what = `${this.url}/rpc`;
+    let deadline = 0;
+    for (const q of queue) deadline = Math.max(deadline, this.deadlineOf(q.obj));
     try {
-      const replies = await this.post(stringify(queue.map((q) => q.obj)));
-      if (!Array.isArray(replies) && replies?.error) {
-        // One answer for the whole batch (a bad key, overloaded): everyone's.
-        for (const q of queue) q.reject(fromWire(replies.error));
+      const { res, ok, reply } = await this.exchange(`[${queue.map((q) => q.body).join(',')}]`, deadline);
+      if (ok && Array.isArray(reply)) {
+        const byId = new Map();
+        for (const r of reply) if (r !== null && typeof r === 'object' && r.id != null) byId.set(r.id, r);
+        for (const q of queue) {
+          const r = byId.get(q.obj.id);
+          if (isReply(r, q.obj.id)) q.resolve(r);
+          else {
+            const how = r === undefined ? 'a batch reply with no answer for this request' : 'an answer for this request that is not a JSON-RPC reply';
+            q.reject(notReply(what, res, !READS.has(q.obj.method), `with ${how}`));
+          }
+        }
         return;
       }
-      const byId = new Map((Array.isArray(replies) ? replies : [replies]).map((r) => [String(r?.id), r]));
+      // One answer for the whole batch (a bad key, overloaded, too large): everyone's.
+      if (ok ? isReply(reply, null) && 'error' in reply : isOwnError(reply, null)) {
+        for (const q of queue) q.reject(fromWire(reply.error));
+        return;
+      }
       for (const q of queue) {
-        const r = byId.get(String(q.obj.id));
-        if (r) q.resolve(r);
-        else q.reject(new ConnectionError('the batch reply had no answer for this request', { kind: 'internal' }));
+        const ran = !READS.has(q.obj.method);
+        q.reject(ok ? notReply(what, res, ran, 'with JSON that is not a JSON-RPC batch reply') : statusError(what, res, ran, saidOf(reply)));
       }
     } catch (e) {
-      for (const q of queue) q.reject(e);
+      for (const q of queue) q.reject(settle(e, !READS.has(q.obj.method)));
     }
   }
 
@@ -409,17 +812,84 @@ export class HttpTransport {
     // The aborted fetch is the cancellation.
   }
 
+  /** `GET /metrics`: Prometheus' text; litebridge's error, or a ConnectionError, otherwise. */
+  async metrics() {
+    const what = `${this.url}/metrics`;
+    const controller = new AbortController();
+    let expired = false;
+    const timer = setTimeout(() => {
+      expired = true;
+      controller.abort();
+    }, Math.min(this.deadline, MAX_DELAY));
+    try {
+      let res;
+      try {
+        res = await this.fetch(what, { headers: this.headers(GET_HEADERS), signal: controller.signal, redirect: 'manual' });
+      } catch (e) {
+        if (expired) throw late(what, this.deadline, false);
+        throw (
+          this.unsent(e) ??
+          new ConnectionError(`the connection to ${this.url} failed (${this.redact(e?.cause?.message ?? e?.message ?? e)})`, {
+            kind: 'unavailable',
+          })
+        );
+      }
+      if (res.status >= 300 && res.status < 400) {
+        discard(res);
+        throw redirected(what, res);
+      }
+      if (!res.ok) throw await errorOf(res, what);
+      if (encoded(res)) {
+        discard(res);
+        throw notReply(what, res, false, 'in an encoding not asked for');
+      }
+      try {
+        return await readBody(res, this.maxResponseBytes);
+      } catch (e) {
+        if (expired) throw late(what, this.deadline, false, true);
+        if (e instanceof TooLong) throw tooLong(what, res, e.limit, false);
+        throw new ConnectionError(`${what} answered ${res.status}, then the connection failed (${e?.cause?.message ?? e?.message})`, {
+          kind: 'unavailable',
+        });
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /**
    * Reads `GET /events`, reconnecting with `Last-Event-ID` until closed:
    * after 1 s, doubling to 30 s while it keeps failing, or after the
    * server's `Retry-After`. A refusal for good (401, 403: a bad or revoked
-   * key) ends it and is given to `onEnd`.
+   * key; a redirect, never followed) ends it and is given to `onEnd`.
    */
   subscribe(onEvent, onEnd = () => {}) {
     if (this.streams) return;
     const controller = (this.streams = new AbortController());
+    const end = (error) => {
+      if (this.streams === controller) this.streams = null;
+      onEnd(error);
+    };
     let last;
     let pause = 1000;
+    const dispatch = (id, data) => {
+      // An id a header cannot carry (a CR, a NUL) would make every reconnection fail: not kept.
+      if (id && EVENT_ID.test(id)) last = id;
+      let event;
+      try {
+        event = parse(data);
+      } catch {
+        return; // not JSON: skipped
+      }
+      try {
+        onEvent(event);
+      } catch (e) {
+        // A listener's own error: thrown on its own, the stream goes on.
+        process.nextTick(() => {
+          throw e;
+        });
+      }
+    };
     const run = async () => {
       while (!controller.signal.aborted) {
         let wait = pause;
@@ -430,57 +900,31 @@ export class HttpTransport {
         let silence = setTimeout(stop, EVENTS_SILENCE).unref();
         try {
           const res = await this.fetch(`${this.url}/events`, {
-            headers: this.headers(last ? { 'last-event-id': last } : {}),
+            headers: this.headers(last ? { ...EVENT_HEADERS, 'last-event-id': last } : EVENT_HEADERS),
             signal: connection.signal,
+            redirect: 'manual',
           });
+          if (res.status >= 300 && res.status < 400) {
+            discard(res);
+            end(redirected('GET /events', res));
+            return;
+          }
           if (!res.ok) {
             const error = await errorOf(res, 'GET /events');
             if (res.status === 401 || res.status === 403) {
-              this.streams = null;
-              onEnd(error);
+              end(error);
               return;
             }
-            const after = Number(res.headers.get('retry-after'));
-            if (Number.isFinite(after) && after >= 0) wait = Math.min(after, 300) * 1000;
+            // The server's Retry-After, else the pause; never sooner than 1 s.
+            wait = Math.max(retryAfterOf(res) ?? pause, 1000);
             throw error;
           }
           pause = 1000;
-          let buffer = '';
-          let id;
-          let data = '';
+          const push = sseParser(dispatch);
           for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
             clearTimeout(silence);
             silence = setTimeout(stop, EVENTS_SILENCE).unref();
-            buffer += chunk;
-            let nl;
-            while ((nl = buffer.indexOf('\n')) >= 0) {
-              const line = buffer.slice(0, nl).replace(/\r$/, '');
-              buffer = buffer.slice(nl + 1);
-              if (line === '') {
-                if (data) {
-                  if (id) last = id;
-                  let event;
-                  try {
-                    event = parse(data);
-                  } catch {
-                    // not JSON: skipped
-                  }
-                  if (event !== undefined) {
-                    try {
-                      onEvent(event);
-                    } catch (e) {
-                      // A listener's own error: thrown on its own, the stream goes on.
-                      process.nextTick(() => {
-                        throw e;
-                      });
-                    }
-                  }
-                }
-                data = '';
-                id = undefined;
-              } else if (line.startsWith('data:')) data += line.slice(5).trimStart();
-              else if (line.startsWith('id:')) id = line.slice(3).trim();
-            }
+            push(chunk);
           }
         } catch {
           if (controller.signal.aborted) return;
@@ -492,7 +936,10 @@ export class HttpTransport {
         pause = Math.min(pause * 2, 30_000);
       }
     };
-    run();
+    run().catch((e) => {
+      // Not expected: the stream ends with it rather than failing unseen.
+      if (!controller.signal.aborted) end(e instanceof Error ? e : new ConnectionError(String(e), { kind: 'internal' }));
+    });
   }
 
   async close() {

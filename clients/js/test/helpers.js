@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
+import { createServer } from 'node:net';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(HERE, '..', '..', '..');
@@ -61,4 +62,60 @@ export function alive(pid) {
   } catch {
     return false;
   }
+}
+
+/**
+ * A server of the test's own (node:net), stopped by `t.after` with every
+ * connection it holds: reads one whole HTTP request per connection (head and
+ * body), then does `answer(socket, request)`. Its URL, and the requests it
+ * read (`{head, body}`, `head` with the request line and headers as sent).
+ */
+export async function fakeServer(t, answer) {
+  const requests = [];
+  const bodies = [];
+  const sockets = new Set();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    let buf = Buffer.alloc(0);
+    const onData = (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const head = buf.subarray(0, end).toString();
+      const length = Number(/content-length:\s*(\d+)/i.exec(head)?.[1] ?? 0);
+      if (buf.length < end + 4 + length) return;
+      socket.off('data', onData);
+      const request = { head, body: buf.subarray(end + 4, end + 4 + length).toString() };
+      requests.push(request);
+      bodies.push(request.body);
+      answer(socket, request);
+    };
+    socket.on('data', onData);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    return new Promise((resolve) => server.close(resolve));
+  });
+  return { url: `http://127.0.0.1:${server.address().port}`, bodies, requests };
+}
+
+/** An HTTP answer, then the connection closed. */
+export function reply(status, body, headers = {}) {
+  return (socket) => {
+    const lines = [`HTTP/1.1 ${status} Whatever`, `content-length: ${Buffer.byteLength(body)}`, 'connection: close'];
+    for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
+    socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+  };
+}
+
+/** A port nothing listens on. */
+export async function deadPort() {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

@@ -5,7 +5,6 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 
 import {
   Client,
@@ -15,50 +14,7 @@ import {
   fromWire,
   isRecoverableError,
 } from '../src/index.js';
-
-/**
- * A server that reads one whole HTTP request per connection (headers and
- * body), then does `answer(socket)`; its URL and the request bodies it read.
- */
-async function fakeServer(t, answer) {
-  const bodies = [];
-  const server = createServer((socket) => {
-    socket.on('error', () => {});
-    let buf = Buffer.alloc(0);
-    const onData = (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      const end = buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const length = Number(/content-length:\s*(\d+)/i.exec(buf.subarray(0, end).toString())?.[1] ?? 0);
-      if (buf.length < end + 4 + length) return;
-      socket.off('data', onData);
-      bodies.push(buf.subarray(end + 4, end + 4 + length).toString());
-      answer(socket);
-    };
-    socket.on('data', onData);
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => server.close(resolve)));
-  return { url: `http://127.0.0.1:${server.address().port}`, bodies };
-}
-
-/** An HTTP answer, then the connection closed. */
-function reply(status, body, headers = {}) {
-  return (socket) => {
-    const lines = [`HTTP/1.1 ${status} Whatever`, `content-length: ${Buffer.byteLength(body)}`, 'connection: close'];
-    for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
-    socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
-  };
-}
-
-/** A port nothing listens on. */
-async function deadPort() {
-  const server = createServer();
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+import { deadPort, fakeServer, reply } from './helpers.js';
 
 test('a refused connection never carried the request: recoverable, kind unavailable', async () => {
   const c = Client.connect(`http://127.0.0.1:${await deadPort()}`);

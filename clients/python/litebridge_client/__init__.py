@@ -4,6 +4,7 @@ synchronous (``Client``) and asyncio (``AsyncClient``)."""
 
 import asyncio
 import itertools
+import math
 import os
 
 from .errors import *  # noqa: F401,F403 - the error classes are the package's
@@ -19,9 +20,15 @@ __all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
 def _ms(seconds):
     if seconds is None:
         return None
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
+    # Not a bool (True is no number of seconds), nor NaN or an infinity.
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
         raise ValueError("timeout must be a positive number of seconds, not %r" % (seconds,))
     return max(1, int(round(seconds * 1000)))
+
+
+def _healthy(health):
+    return isinstance(health, dict) and health.get("healthy") is True
 
 
 def _clean(params):
@@ -211,12 +218,25 @@ class Client(_Methods):
                                     shutdown_grace))
 
     @classmethod
-    def connect(cls, url=None, *, key=None, timeout=None):
-        """Talks to ``litebridge serve`` at ``url`` (else ``LITEBRIDGE_CLIENT_URL``)."""
+    def connect(cls, url=None, *, key=None, timeout=None, deadline=None, max_response_bytes=None):
+        """Talks to ``litebridge serve`` at ``url`` (else ``LITEBRIDGE_CLIENT_URL``).
+
+        ``key`` (else ``LITEBRIDGE_CLIENT_KEY``) is stripped of surrounding
+        whitespace (a key file's newline); one with a control character is
+        refused with a ``ValueError`` that does not show it. ``timeout``
+        bounds each socket operation (seconds; default none). ``deadline``
+        bounds a whole call without a ``timeout`` of its own, answer
+        included (seconds, default 600); a call with one gets it and 5 s.
+        Past it a read raises ``TimeoutError``, anything else
+        ``OutcomeUnknownError``. ``max_response_bytes`` (default 128 MiB)
+        is the largest answer read: past it a read raises ``TooLargeError``,
+        anything else ``OutcomeUnknownError``. Redirects are never followed;
+        a loopback URL never goes through the environment's proxy."""
         url = url or os.environ.get("LITEBRIDGE_CLIENT_URL")
         if not url:
             raise ValueError("connect(url): give the server URL, or set LITEBRIDGE_CLIENT_URL")
-        return cls(HttpTransport(url, key or os.environ.get("LITEBRIDGE_CLIENT_KEY"), timeout))
+        return cls(HttpTransport(url, key or os.environ.get("LITEBRIDGE_CLIENT_KEY"), timeout, deadline,
+                                 max_response_bytes))
 
     def request(self, method, params=None):
         """Calls ``method`` of the method table; its result."""
@@ -240,7 +260,7 @@ class Client(_Methods):
     def is_healthy(self):
         """Whether the database answers and says it is healthy (False when unreachable)."""
         try:
-            return self.health().get("healthy") is True
+            return _healthy(self.health())
         except LitebridgeError:
             return False
 
@@ -279,6 +299,9 @@ class AsyncClient(_Methods):
 
     @classmethod
     def connect(cls, url=None, **options):
+        """``Client.connect``'s options. Each call runs in a daemon thread of
+        the client's (never one that holds the interpreter's exit), within
+        its deadline; a cancelled call's connection is shut."""
         return cls(Client.connect(url, **options)._transport)
 
     async def request(self, method, params=None):
@@ -302,7 +325,7 @@ class AsyncClient(_Methods):
     async def is_healthy(self):
         """Whether the database answers and says it is healthy (False when unreachable)."""
         try:
-            return (await self.health()).get("healthy") is True
+            return _healthy(await self.health())
         except LitebridgeError:
             return False
 

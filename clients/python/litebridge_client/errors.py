@@ -4,6 +4,7 @@
 server's, which never quote SQL text or values."""
 
 import builtins
+import math
 
 
 class LitebridgeError(Exception):
@@ -47,14 +48,21 @@ class OutcomeUnknownError(ConnectionError):
 
     Raised for the server's ``outcome_unknown`` (-32013: litebridge lost its
     own link to the database or NATS, or a COMMIT's log sync failed), and by
-    the client itself when its connection to litebridge failed after the
-    request may have reached it: the ``litebridge stdio`` child died with the
-    request pending, an HTTP connection was reset, closed or timed out after
-    the request was sent, or an HTTP answer without litebridge's JSON (a
-    proxy's 502 or 504). A subclass of ``ConnectionError`` so that code
+    the client itself when its connection to litebridge failed after a
+    write or a worker call may have reached it: the ``litebridge stdio``
+    child died with the request pending, an HTTP connection was reset,
+    closed or timed out after the request was sent, no answer came within
+    the client's deadline, or the HTTP answer was not litebridge's JSON-RPC
+    reply to the request (a proxy's 502 or 504, even with a JSON body of its
+    own; a 204; a reply to another id; an answer past
+    ``max_response_bytes``). A subclass of ``ConnectionError`` so that code
     checking for a failed connection still sees those; a connection that
     certainly never carried the request (refused, unknown host) is a plain
-    ``ConnectionError`` of kind ``unavailable``, recoverable."""
+    ``ConnectionError`` of kind ``unavailable``, recoverable, and so is a
+    request refused before it was sent or answered with a redirect (never
+    followed; not recoverable: it would fail the same way). A read answered
+    with something that is not litebridge's reply is a plain
+    ``ConnectionError``: it changed nothing."""
 
 
 class WorkerError(LitebridgeError):
@@ -89,15 +97,26 @@ _BY_CODE = {
 }
 
 
+# The longest wait a ``retry_after`` may ask for (seconds), as the ``Retry-After`` header's.
+_MAX_RETRY_AFTER = 300.0
+
+
 def from_wire(error):
-    """The exception for a JSON-RPC error object."""
+    """The exception for a JSON-RPC error object (whatever its members hold)."""
+    if not isinstance(error, dict):
+        error = {}
     data = error.get("data") if isinstance(error.get("data"), dict) else {}
-    code = int(error.get("code", 0))
+    code = error.get("code")
+    code = code if type(code) is int else 0
     kind = data.get("kind") if isinstance(data.get("kind"), str) else _BY_CODE.get(code, "internal")
     cls = _BY_KIND.get(kind, ProtocolError if code in (-32700, -32600, -32601) else LitebridgeError)
     retry = data.get("retry_after_ms")
+    if type(retry) in (int, float) and math.isfinite(retry):
+        retry = min(max(retry / 1000.0, 0.0), _MAX_RETRY_AFTER)
+    else:
+        retry = None
+    message = error.get("message")
     return cls(
-        str(error.get("message", "unknown error")), code=code, kind=kind,
-        recoverable=data.get("recoverable") is True,
-        retry_after=retry / 1000.0 if isinstance(retry, (int, float)) else None, data=data,
+        message if isinstance(message, str) else "unknown error", code=code, kind=kind,
+        recoverable=data.get("recoverable") is True, retry_after=retry, data=data,
     )

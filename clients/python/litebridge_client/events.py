@@ -7,11 +7,15 @@ dropped and counted, and the reader is told how many with a ``missed`` event
 (the server's own name for the same thing), as ``GET /events`` does.
 
 A stream ends (its iterator stops) when it is closed, when its client is
-closed, or when the server refuses it for good (a revoked or bad key: then
-the iterator raises that error once the events before it are read). Over
-HTTP a broken connection is opened again with ``Last-Event-ID``, after 1 s,
-doubling to 30 s while it keeps failing; the server's ring gives back what
-was missed meanwhile, or says how many are lost.
+closed, or when the server refuses it for good (a revoked or bad key, or a
+redirect, never followed), or the thread reading it fails: then the iterator
+raises that error (a ``ConnectionError`` for a redirect or a failure) once
+the events before it are read. Over HTTP a broken connection is opened again
+with ``Last-Event-ID``, after 1 s, doubling to 30 s while it keeps failing
+(or after the server's ``Retry-After``); the server's ring gives back what
+was missed meanwhile, or says how many are lost. A line or an event longer
+than 1 MiB is dropped, and an event id a header cannot carry is not sent
+back.
 """
 
 import asyncio

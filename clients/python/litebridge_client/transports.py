@@ -1,18 +1,31 @@
 """HTTP (``POST /rpc`` and ``GET /events``) for both clients, and what the
 transports share (the request line, the binary). The child ``litebridge
-stdio`` is ``stdio`` (synchronous) and ``astdio`` (asyncio)."""
+stdio`` is ``stdio`` (synchronous) and ``astdio`` (asyncio).
+
+Over HTTP a redirect is never followed (a 3xx is an error: the request was
+not run); the environment's proxy settings (``HTTP_PROXY``, ``HTTPS_PROXY``,
+``NO_PROXY``, as urllib reads them) are used for remote URLs only, never for
+a loopback one (127.0.0.0/8, ::1, localhost); answers are read up to
+``max_response_bytes`` and never inflated; and every call has a deadline
+(its own ``timeout`` and ``DEADLINE_MARGIN``, else the client's
+``deadline``), past which its connection is shut."""
 
 import asyncio
 import base64
 import concurrent.futures
 import errno
 import http.client
+import ipaddress
 import json
+import math
 import os
+import queue
 import re
 import socket
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 try:
@@ -20,9 +33,37 @@ try:
 except ImportError:  # a Python built without it: no HTTPS
     ssl = None
 
-from .errors import ConnectionError, OutcomeUnknownError
+from .errors import ConnectionError, OutcomeUnknownError, TooLargeError
+from .errors import TimeoutError as _TimeoutError
 
 _EVENTS_SILENCE = 30.0
+
+# A call's deadline on the client when it has no timeout of its own (seconds;
+# the ``deadline`` option of ``connect``).
+DEFAULT_DEADLINE = 600.0
+# How long past a call's own timeout the client waits for its answer (seconds).
+DEADLINE_MARGIN = 5.0
+# The largest answer read (bytes; ``max_response_bytes``): twice the server's
+# default ``db.max_result_bytes`` (64 MiB), room for the JSON of the largest
+# rows (a blob is a third longer in base64).
+MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+# The longest body of an HTTP error answer read (litebridge's are short).
+_MAX_ERROR_BODY = 1024 * 1024
+# The longest line, and event, of ``GET /events`` kept (litebridge's are far shorter).
+_MAX_EVENT = 1024 * 1024
+# An event id sent back as ``Last-Event-ID``: printable ASCII, as a header can carry it.
+_EVENT_ID = re.compile(r"[\x20-\x7e]{1,1024}\Z")
+# What a key may hold: printable ASCII (litebridge's are ``lb_`` and base64url).
+_KEY = re.compile(r"[\x20-\x7e]*\Z")
+_POST_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+# The methods that change nothing. An answer to one of them that is not
+# litebridge's reply is a plain error (nothing can have happened); any other
+# request may have run, and is then an ``OutcomeUnknownError``.
+_READS = frozenset({
+    "sql.query", "sql.schema", "bridge.stats", "bridge.health", "state.load", "state.list", "memory.get",
+    "memory.list", "cache.get", "cache.stats", "pool.health", "pool.stats", "persistence.stats", "rpc.discover",
+})
 
 
 # Why a connection was never made, so the request certainly never reached
@@ -36,6 +77,9 @@ _UNREACHABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
 # The header on litebridge's own 503s for requests it did not run.
 _NOT_RUN = "litebridge-not-run"
 
+# The HTTP call this thread is making (its ``_Deadline``), for the connection it opens.
+_CALL = threading.local()
+
 
 class _NotConnected(OSError):
     """An error while connecting: no byte of the request was sent.
@@ -45,17 +89,115 @@ class _NotConnected(OSError):
     permanent = False
 
 
+def _shut(sock):
+    """Shuts ``sock`` down, waking whoever reads it (the plain socket's
+    shutdown, also under TLS: nothing of the TLS object is touched)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+class _Deadline:
+    """One HTTP call's deadline (``at``, monotonic) and its connection's socket."""
+
+    __slots__ = ("at", "sock", "expired", "cancelled")
+
+    def __init__(self, at):
+        self.at = at
+        self.sock = None
+        self.expired = False
+        self.cancelled = False
+
+
+class _Watchdog:
+    """Shuts the connection of every HTTP call still running at its
+    deadline, so that the thread reading it wakes at once: a socket timeout
+    bounds each read, not the call (a server trickling its answer would hold
+    it for ever). One daemon thread for every client, started on first use,
+    waking at the earliest deadline; a call whose deadline is earlier than
+    that is the only one that wakes it sooner."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._calls = set()
+        self._wake = None  # when the thread wakes next; None: when told
+        self._thread = None
+
+    def start(self, seconds):
+        deadline = _Deadline(time.monotonic() + seconds)
+        with self._cond:
+            self._calls.add(deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="litebridge-deadlines", daemon=True)
+                self._thread.start()
+            elif self._wake is None or deadline.at < self._wake:
+                self._cond.notify()
+        return deadline
+
+    def end(self, deadline):
+        with self._cond:
+            self._calls.discard(deadline)
+
+    def attach(self, deadline, sock):
+        """``sock`` is ``deadline``'s call's connection (shut now if it is late)."""
+        with self._cond:
+            deadline.sock = sock
+            if deadline.expired or deadline.cancelled:
+                _shut(sock)
+
+    def cancel(self, deadline):
+        """The call is withdrawn: its connection is shut."""
+        with self._cond:
+            deadline.cancelled = True
+            if deadline.sock is not None:
+                _shut(deadline.sock)
+
+    def _run(self):
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wake = None
+                for deadline in list(self._calls):
+                    if deadline.at <= now:
+                        deadline.expired = True
+                        self._calls.discard(deadline)
+                        if deadline.sock is not None:
+                            _shut(deadline.sock)
+                    elif wake is None or deadline.at < wake:
+                        wake = deadline.at
+                self._wake = wake
+                self._cond.wait(None if wake is None else wake - now)
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    # A forked child has none of its parent's threads: its own watchdog, started on its first call.
+    os.register_at_fork(after_in_child=_WATCHDOG.__init__)
+
+
 def _connecting(base):
-    """``base`` (an ``http.client`` connection) whose connect errors are ``_NotConnected``."""
+    """``base`` (an ``http.client`` connection) whose connect errors are
+    ``_NotConnected``, connecting within what is left of the call's deadline,
+    and whose socket the deadline's watchdog then knows."""
 
     class Connection(base):
         def connect(self):
+            deadline = getattr(_CALL, "deadline", None)
+            if deadline is not None:
+                left = deadline.at - time.monotonic()
+                if left <= 0:
+                    raise _NotConnected(errno.ETIMEDOUT, "no connection within the deadline (TimeoutError)")
+                mine = self.timeout if isinstance(self.timeout, (int, float)) else None
+                self.timeout = left if mine is None else min(mine, left)
             try:
                 super().connect()
             except OSError as e:
                 failed = _NotConnected(e.errno, "%s (%s)" % (e.strerror or e, type(e).__name__))
                 failed.permanent = ssl is not None and isinstance(e, ssl.SSLError)
                 raise failed from e
+            if deadline is not None:
+                _WATCHDOG.attach(deadline, self.sock)
 
     return Connection
 
@@ -81,16 +223,47 @@ if hasattr(http.client, "HTTPSConnection"):
 
     _HANDLERS.append(_HTTPSHandler)
 
-_OPENER = None
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follows a redirect: a 3xx comes back as an ``HTTPError``.
+    urllib's own handler re-sends a POST answered 301, 302 or 303 as a GET,
+    and any GET, to whatever host the answer names, with the key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
-def _opener():
-    """The opener of ``POST /rpc``, built on first use (as ``urlopen``'s is:
-    the proxy settings of the environment are read then)."""
-    global _OPENER
-    if _OPENER is None:
-        _OPENER = urllib.request.build_opener(*_HANDLERS)
-    return _OPENER
+_OPENERS = {}
+
+
+def _opener(loopback=False):
+    """The opener of ``POST /rpc`` and ``GET /events``, built on first use
+    (as ``urlopen``'s is: the proxy settings of the environment are read
+    then); for a loopback URL one that never uses a proxy."""
+    opener = _OPENERS.get(loopback)
+    if opener is None:
+        handlers = _HANDLERS + [_NoRedirect]
+        if loopback:
+            handlers.append(urllib.request.ProxyHandler({}))
+        opener = _OPENERS[loopback] = urllib.request.build_opener(*handlers)
+    return opener
+
+
+def _is_loopback(url):
+    """Whether ``url``'s host is this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _never_connected(e):
@@ -120,27 +293,137 @@ def _status_error(what, status, headers, may_have_run=True, said=None):
     return OutcomeUnknownError("%s: the request may or may not have run" % answered, kind="outcome_unknown")
 
 
+def _redirected(what, status):
+    """A 3xx, never followed: the server that answered it did not run the request."""
+    return ConnectionError(
+        "%s answered %d, a redirect, which the client does not follow (it would send the key and the request "
+        "elsewhere): the request was not run; connect to the URL it names if that is the server" % (what, status),
+        kind="unavailable")
+
+
+def _not_reply(what, status, ran, how):
+    """An answer that is not litebridge's reply to the request."""
+    answered = "%s answered %s %s" % (what, status, how)
+    if ran:
+        return OutcomeUnknownError(answered + "; the request may or may not have run", kind="outcome_unknown")
+    return ConnectionError(answered, kind="unavailable")
+
+
+def _late(what, seconds, ran, answering):
+    """No (whole) answer within the deadline: a read timed out, anything else may have run."""
+    waited = "%s gave no %s within %g s (the client's deadline: the call's timeout and %g s, else the " \
+             "deadline option)" % (what, "whole answer" if answering else "answer", seconds, DEADLINE_MARGIN)
+    if ran:
+        return OutcomeUnknownError(waited + ": the request may or may not have run", kind="outcome_unknown")
+    return _TimeoutError(waited, kind="timeout", recoverable=True)
+
+
+def _too_long(what, status, limit, ran):
+    """An answer over ``max_response_bytes``, not read."""
+    if ran:
+        return OutcomeUnknownError(
+            "%s answered %d with more than %d bytes (the client's max_response_bytes), which were not read: "
+            "the request may or may not have run" % (what, status, limit), kind="outcome_unknown")
+    return TooLargeError("%s answered with more than %d bytes, the client's limit (max_response_bytes): ask for "
+                         "less (max_rows, LIMIT) or raise it" % (what, limit), kind="too_large")
+
+
+def _is_reply(reply, rid):
+    """Whether ``reply`` is a JSON-RPC reply to request ``rid``: ``jsonrpc``
+    "2.0", exactly one of ``result`` and ``error``, an error a dict with an
+    integer ``code``, and the request's ``id`` (or null on an error: a
+    request litebridge could not read, or refused whole)."""
+    if type(reply) is not dict or reply.get("jsonrpc") != "2.0" or "id" not in reply:
+        return False
+    has_result = "result" in reply
+    if has_result == ("error" in reply):
+        return False
+    got = reply["id"]
+    if has_result:
+        return type(got) is int and got == rid
+    error = reply["error"]
+    return type(error) is dict and type(error.get("code")) is int and (
+        got is None or (type(got) is int and got == rid))
+
+
+# The request errors of JSON-RPC, which litebridge sends without ``data``.
+_REQUEST_ERRORS = frozenset({-32700, -32600, -32601, -32602})
+
+
+def _is_own_error(reply, rid):
+    """Whether ``reply``, with an HTTP error status, is litebridge's own
+    error: a JSON-RPC error reply (``_is_reply``) whose ``data`` has
+    litebridge's ``kind`` and ``recoverable``, or a request error (no
+    ``data``). A gateway's JSON (``{"error": {"code": 504, ...}}``) is not,
+    and the status says what happened."""
+    if not _is_reply(reply, rid) or "error" not in reply:
+        return False
+    error = reply["error"]
+    if "data" not in error:
+        return error["code"] in _REQUEST_ERRORS
+    data = error["data"]
+    return type(data) is dict and isinstance(data.get("kind"), str) and type(data.get("recoverable")) is bool
+
+
+class _TooLong(Exception):
+    def __init__(self, limit):
+        super().__init__(limit)
+        self.limit = limit
+
+
+class _Unasked(Exception):
+    """An answer in an encoding it was not asked for (never inflated)."""
+
+
+def _encoding(headers):
+    """The answer's ``Content-Encoding`` if it is not identity."""
+    encoding = headers.get("Content-Encoding") if headers is not None else None
+    return encoding if encoding is not None and encoding.strip().lower() != "identity" else None
+
+
+def _read_capped(res, limit):
+    """The body of ``res``, ``limit`` bytes at most (``_TooLong`` past it)."""
+    if res is None:
+        return b""
+    length = getattr(res, "length", None)
+    if length is not None:
+        if length > limit:
+            raise _TooLong(limit)
+        return res.read()
+    chunks, size = [], 0
+    while True:
+        chunk = res.read(min(limit + 1 - size, 1 << 20))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit:
+            raise _TooLong(limit)
+
+
 def _http_error(e, what):
-    """The litebridge error an HTTP error response carries, else a ConnectionError
+    """The litebridge error a GET's HTTP error answer carries, else a ConnectionError
     (``GET /events`` runs nothing, so it is never an ``OutcomeUnknownError``)."""
     from .errors import from_wire
     said = None
     try:
-        error = json.loads(e.read())["error"]
-        if isinstance(error, dict):
-            return from_wire(error)
+        reply = json.loads(_read_capped(getattr(e, "fp", None), _MAX_ERROR_BODY))
+        if _is_own_error(reply, None):
+            return from_wire(reply["error"])
+        error = reply.get("error") if isinstance(reply, dict) else None
         said = error if isinstance(error, str) else None
-    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+    except (ValueError, TypeError, OSError, http.client.HTTPException, _TooLong):
         pass
     return _status_error(what, e.code, e.headers, may_have_run=False, said=said)
 
 
 def _retry_after(headers):
-    """Seconds from a ``Retry-After`` header, if any."""
+    """Seconds from a ``Retry-After`` header (0 to 300), if it has a number of them."""
     try:
-        return min(max(float(headers.get("Retry-After", "")), 0.0), 300.0)
+        after = float(headers.get("Retry-After", ""))
     except (AttributeError, TypeError, ValueError):
         return None
+    return min(max(after, 0.0), 300.0) if math.isfinite(after) else None
 
 
 _NO_JSON = object()
@@ -154,41 +437,182 @@ def _why(e):
     return "%s: %s" % (type(e).__name__, text) if text else type(e).__name__
 
 
-class HttpTransport:
-    """``POST /rpc`` with a bearer key, one request per call."""
+def _checked_key(key):
+    """The key to send: ``key`` stripped (a key file's newline); refused,
+    never shown, if a header cannot carry it."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TypeError("connect(): the key must be a str")
+    key = key.strip()
+    if not _KEY.match(key):
+        raise ValueError("connect(): the key holds a control character (a line break inside it?) or a character "
+                         "that is not ASCII, which an HTTP header cannot carry; litebridge keys are printable "
+                         "ASCII (the key is not shown here)")
+    return key or None
 
-    def __init__(self, url, key=None, timeout=None):
-        self.url = url.rstrip("/")
-        self.key = key
+
+def _checked_url(url):
+    """``url`` without its trailing slashes; refused, never shown, if it holds a user name or password."""
+    base = str(url).rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(base)
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        return base  # urllib says what is wrong with it when it is used
+    if credentials:
+        raise ValueError("connect(url): the URL holds a user name or password (user:password@host), which "
+                         "messages would show; give the key with key= (the URL is not shown here)")
+    return base
+
+
+def _positive(value, name, fallback):
+    """A positive finite number of the options (not a bool), or ``fallback``."""
+    if value is None:
+        return fallback
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError("connect(): %s must be a positive number, not %r" % (name, value))
+    return value
+
+
+class _Threads(concurrent.futures.Executor):
+    """The threads of ``AsyncClient``'s HTTP calls: daemon threads, up to
+    ``size``, started as needed. A ``ThreadPoolExecutor``'s threads are
+    joined at the interpreter's exit, so a call still waiting on a server
+    would hold the exit; these are not waited for."""
+
+    def __init__(self, size, name):
+        self._size = size
+        self._name = name
+        self._work = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._count = 0
+        self._closed = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new calls after close()")
+            self._work.put((future, fn, args, kwargs))
+            if not self._idle.acquire(timeout=0) and self._count < self._size:
+                self._count += 1
+                threading.Thread(target=self._run, name="%s_%d" % (self._name, self._count), daemon=True).start()
+        return future
+
+    def _run(self):
+        while True:
+            item = self._work.get()
+            if item is None:
+                self._work.put(None)  # for the next thread
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as e:  # noqa: B036 - the caller's to see
+                    future.set_exception(e)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            self._idle.release()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._work.put(None)
+
+
+class HttpTransport:
+    """``POST /rpc`` with a bearer key, one request per call, each within
+    its deadline."""
+
+    def __init__(self, url, key=None, timeout=None, deadline=None, max_response_bytes=None):
+        self.url = _checked_url(url)
+        self._key = _checked_key(key)
         self.timeout = timeout
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="litebridge-http")
+        self.deadline = _positive(deadline, "deadline", DEFAULT_DEADLINE)
+        self.max_response_bytes = int(_positive(max_response_bytes, "max_response_bytes", MAX_RESPONSE_BYTES))
+        self._loopback = _is_loopback(self.url)
+        self.executor = _Threads(32, "litebridge-http")
         self.lock = threading.Lock()
         self.streams = set()
         self.closing = False
+        self.calls = {}  # request id -> its _Deadline, for cancel()
+
+    def __repr__(self):
+        return "<litebridge_client HttpTransport %s>" % self.url
 
     def headers(self, extra=None):
         h = dict(extra or {})
-        if self.key:
-            h["Authorization"] = "Bearer %s" % self.key
+        if self._key:
+            h["Authorization"] = "Bearer %s" % self._key
         return h
 
-    def _post(self, body):
-        req = urllib.request.Request(
-            self.url + "/rpc", data=body, method="POST",
-            headers=self.headers({"Content-Type": "application/json"}),
-        )
-        status = headers = None
+    def _redact(self, text):
+        """``text`` with the key blanked, should a message quote a header."""
+        text = str(text)
+        return text.replace(self._key, "<the key>") if self._key else text
+
+    def _seconds(self, obj):
+        """How long request ``obj`` may take: its own ``timeout_ms`` and a margin, else the client's deadline."""
+        params = obj.get("params")
+        t = params.get("timeout_ms") if type(params) is dict else None
+        if type(t) in (int, float) and 0 < t < 1e12:
+            return t / 1000.0 + DEADLINE_MARGIN
+        return self.deadline
+
+    def _post(self, body, obj):
+        rid = obj.get("id")
+        seconds = self._seconds(obj)
+        deadline = _WATCHDOG.start(seconds)
+        self.calls[rid] = deadline
+        _CALL.deadline = deadline
         try:
-            with _opener().open(req, timeout=self.timeout) as res:
-                text = res.read()
+            return self._exchange(body, rid, obj.get("method") not in _READS, seconds, deadline)
+        finally:
+            _CALL.deadline = None
+            _WATCHDOG.end(deadline)
+            self.calls.pop(rid, None)
+
+    def _exchange(self, body, rid, ran, seconds, deadline):
+        what = "%s/rpc" % self.url
+        req = urllib.request.Request(what, data=body, method="POST", headers=self.headers(_POST_HEADERS))
+        status = headers = None
+        ok = True
+        try:
+            with _opener(self._loopback).open(req, timeout=self.timeout) as res:
+                status = res.status
+                encoding = _encoding(res.headers)
+                if encoding is not None:
+                    raise _Unasked(encoding)
+                text = _read_capped(res, self.max_response_bytes)
         except urllib.error.HTTPError as e:
+            ok = False
             status, headers = e.code, e.headers
             try:
-                text = e.read()
+                if 300 <= status < 400:
+                    raise _redirected(what, status) from None
+                text = b"" if _encoding(headers) else _read_capped(getattr(e, "fp", None), _MAX_ERROR_BODY)
+            except _TooLong:
+                text = b""  # the status says what happened
             except (OSError, http.client.HTTPException) as x:
+                if deadline.expired:
+                    raise _late(what, seconds, ran, True) from x
                 raise OutcomeUnknownError(
                     "%s/rpc answered %d, then the connection failed (%s): the request may or may not have run"
                     % (self.url, status, _why(x)), kind="outcome_unknown") from x
+            finally:
+                e.close()
+        except _Unasked as e:
+            raise _not_reply(what, status, ran, "in the encoding %s, not asked for" % str(e)[:40]) from None
+        except _TooLong as e:
+            if deadline.expired:
+                raise _late(what, seconds, ran, True) from None
+            raise _too_long(what, status, e.limit, ran) from None
         except (OSError, http.client.HTTPException) as e:
             if _never_connected(e):
                 # Not sent; worth trying again unless TLS refused the server.
@@ -197,36 +621,51 @@ class HttpTransport:
             if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, OSError):
                 # Refused before sending (an unknown URL scheme): trying again cannot help.
                 raise ConnectionError("cannot send to %s: %s" % (self.url, e.reason), kind="unavailable") from e
+            if deadline.expired:
+                raise _late(what, seconds, ran, status is not None) from e
             # Reset, closed or timed out once connected: the request may have been
             # read, and run, by the time the connection failed.
             raise OutcomeUnknownError(
                 "the connection to %s failed with the request sent or on its way (%s): it may or may not "
-                "have run" % (self.url, _why(e)), kind="outcome_unknown") from e
+                "have run" % (self.url, self._redact(_why(e))), kind="outcome_unknown") from e
+        except ValueError as e:
+            # Refused by http.client before sending (a URL or header it cannot carry).
+            raise ConnectionError("cannot send to %s: %s (the request was not sent)"
+                                  % (self.url, self._redact(_why(e))), kind="unavailable") from None
+        if deadline.expired:  # an answer cut short by the deadline may look whole
+            raise _late(what, seconds, ran, True)
         try:
             reply = decode_line(text)
         except ValueError:
             reply = _NO_JSON
-        if status is not None and not (
-                isinstance(reply, list) or (isinstance(reply, dict) and isinstance(reply.get("error"), dict))):
-            # Not a JSON-RPC reply: a proxy's answer, or the standby's.
-            said = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else None
-            raise _status_error("%s/rpc" % self.url, status, headers, said=said)
-        if reply is _NO_JSON:
-            raise OutcomeUnknownError("%s/rpc answered with no JSON: %r; the request may or may not have run"
-                                      % (self.url, text[:200]), kind="outcome_unknown")
-        return reply
+        if ok:
+            if _is_reply(reply, rid):
+                return reply
+            if reply is _NO_JSON:
+                raise _not_reply(what, status, ran, "with no JSON: %r" % text[:200])
+            raise _not_reply(what, status, ran, "with JSON that is not a JSON-RPC reply to this request")
+        if _is_own_error(reply, rid):
+            return reply
+        # Not litebridge's reply: a proxy's answer, or the standby's.
+        said = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else None
+        raise _status_error(what, status, headers, may_have_run=ran, said=said)
 
     def call(self, obj):
         """Sends ``obj`` and returns its reply (a dict), in this thread."""
-        return self._post(encode_line(obj))
+        return self._post(encode_line(obj), obj)
 
     async def acall(self, obj):
-        """``call`` for asyncio, in a thread of the transport's."""
+        """``call`` for asyncio, in a (daemon) thread of the transport's."""
         body = encode_line(obj)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body, obj)
 
     def cancel(self, rid):
-        pass  # an HTTP request cannot be withdrawn once sent
+        """Withdraws call ``rid`` (an asyncio task cancelled): its connection
+        is shut, which frees its thread. A write already sent may commit all
+        the same."""
+        deadline = self.calls.get(rid)
+        if deadline is not None:
+            _WATCHDOG.cancel(deadline)
 
     def subscribe(self, stream):
         """Feeds ``stream`` from ``GET /events`` in a thread of its own."""
@@ -242,54 +681,85 @@ class HttpTransport:
             self.streams.discard(stream)
 
     def _pump(self, stream):
+        """``_events``, whose every failure ends the stream with an error
+        (a thread that died would leave its reader waiting for ever)."""
+        try:
+            self._events(stream)
+        except BaseException as e:  # noqa: B036 - surfaced to the reader
+            error = ConnectionError("the event stream stopped: the client failed with %s" % type(e).__name__,
+                                    kind="internal")
+            error.__cause__ = e
+            stream.end(error)
+
+    def _events(self, stream):
         """Reads the stream, reconnecting with ``Last-Event-ID`` after a
         pause (1 s, doubling to 30 s, or the server's ``Retry-After``) until
-        ``stream`` ends; a refusal for good (401, 403) ends it with its error."""
+        ``stream`` ends; a refusal for good (401, 403; a redirect, never
+        followed) ends it with its error."""
         last_id, pause = None, 1.0
         while not stream.closed:
-            headers = {"Accept": "text/event-stream"}
+            headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
             req = urllib.request.Request(self.url + "/events", headers=self.headers(headers))
             wait = None
             try:
                 # The server writes a comment every 15 s: 30 s of silence is a lost connection.
-                with urllib.request.urlopen(req, timeout=_EVENTS_SILENCE) as res:
+                with _opener(self._loopback).open(req, timeout=_EVENTS_SILENCE) as res:
                     pause = 1.0
-                    last_id = self._read_events(res, stream, last_id)
+                    if _encoding(res.headers) is None:
+                        last_id = self._read_events(res, stream, last_id)
             except urllib.error.HTTPError as e:
-                error = _http_error(e, "GET /events")
+                with e:
+                    if 300 <= e.code < 400:
+                        stream.end(_redirected("GET /events", e.code))
+                        return
+                    error = _http_error(e, "GET /events")
                 if e.code in (401, 403):
                     stream.end(error)
                     return
                 wait = _retry_after(e.headers)
             except (OSError, http.client.HTTPException):
                 pass
-            if stream.wait_closed(wait if wait is not None else pause):
+            if stream.wait_closed(max(wait if wait is not None else pause, 1.0)):
                 return
             pause = min(pause * 2, 30.0)
 
     @staticmethod
     def _read_events(res, stream, last_id):
         """Hands the events of an open ``GET /events`` to ``stream``; the
-        last event id seen."""
-        data, event_id = "", None
-        for raw in res:
-            if stream.closed:
+        last event id seen. A line or an event longer than ``_MAX_EVENT``
+        is dropped; an id a header could not carry is not kept."""
+        data, event_id, dropped, skipping = "", None, False, False
+        while not stream.closed:
+            raw = res.readline(_MAX_EVENT + 1)
+            if not raw:
                 break
+            whole = raw.endswith(b"\n")
+            if skipping:  # the rest of a line too long to keep
+                skipping = not whole
+                continue
+            if not whole and len(raw) > _MAX_EVENT:
+                skipping = dropped = True
+                continue
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if line.startswith("data:"):
-                data += line[5:].lstrip()
+                value = line[5:].lstrip()
+                if len(data) + len(value) > _MAX_EVENT:
+                    data, dropped = "", True
+                elif not dropped:
+                    data += value
             elif line.startswith("id:"):
                 event_id = line[3:].strip()
-            elif line == "" and data:
-                if event_id:
-                    last_id = event_id
-                try:
-                    stream.put(json.loads(data))
-                except ValueError:
-                    pass
-                data, event_id = "", None
+            elif line == "":
+                if data and not dropped:
+                    if event_id and _EVENT_ID.match(event_id):
+                        last_id = event_id
+                    try:
+                        stream.put(json.loads(data))
+                    except ValueError:
+                        pass
+                data, event_id, dropped = "", None, False
         return last_id
 
     def close(self):

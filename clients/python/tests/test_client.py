@@ -389,11 +389,14 @@ def _dead_port():
 
 class _FakeServer:
     """A server of the test's own: reads one whole HTTP request per
-    connection (headers and body), then does ``answer(connection)``."""
+    connection (head and body), then does ``answer(connection)``, each
+    connection in a thread of its own. ``heads`` are the requests' heads
+    (request line and headers), ``bodies`` their bodies."""
 
     def __init__(self, answer):
         self.answer = answer
         self.bodies = []
+        self.heads = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -406,16 +409,27 @@ class _FakeServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            with conn:
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            try:
                 data = b""
                 while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    data += got
                 head, _, body = data.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                length = int(length.group(1)) if length else 0
                 while len(body) < length:
                     body += conn.recv(65536)
+                self.heads.append(head.decode("latin-1"))
                 self.bodies.append(body)
                 self.answer(conn)
+            except OSError:
+                pass
 
     def close(self):
         self.sock.close()
@@ -568,6 +582,306 @@ class OutcomeTest(unittest.TestCase):
             self.assertIsInstance(e, lb.OutcomeUnknownError)
             self.assertEqual(str(e), error["message"])
             self.assertEqual(e.recoverable, recoverable)
+
+
+class _RpcServer(_FakeServer):
+    """A ``_FakeServer`` answering ``status`` with the JSON ``make(request)``."""
+
+    def __init__(self, status, make, headers=()):
+        self.status, self.make, self.extra = status, make, list(headers)
+        super().__init__(self._answer)
+
+    def _answer(self, conn):
+        try:
+            request = json.loads(self.bodies[-1])
+        except ValueError:
+            request = None
+        body = self.make(request)
+        body = body if isinstance(body, bytes) else body.encode()
+        _reply(self.status, body, [("Content-Type", "application/json")] + self.extra)(conn)
+
+
+def _hang(conn):
+    """Never answers: waits until the client closes the connection."""
+    conn.settimeout(30)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+
+
+def _sse(*events):
+    """An event stream's answer: ``events`` (bytes) written, then the connection closed."""
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for e in events:
+            conn.sendall(e)
+    return answer
+
+
+_WRITE = "INSERT INTO t VALUES (1)"
+
+
+class HostileTest(unittest.TestCase):
+    """Over HTTP against servers that answer what litebridge never would,
+    or never answer; keys and URLs that must not leak."""
+
+    def server(self, answer):
+        server = answer if isinstance(answer, _FakeServer) else _FakeServer(answer)
+        self.addCleanup(server.close)
+        return server
+
+    def test_a_redirect_is_never_followed_and_the_request_was_not_run(self):
+        thief = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": (r or {}).get("id", 1), "result": {"changes": 1}})))
+        for status in (301, 302, 303, 307, 308):
+            front = self.server(_reply(status, b"", [("Location", thief.url + "/steal")]))
+            c = lb.Client.connect(front.url, key="lb_SECRET_KEY", timeout=5)
+            for f in (lambda: c.execute("INSERT INTO t VALUES (?1)", ["secret-value"]),
+                      lambda: c.query("SELECT 1")):
+                with self.assertRaises(lb.ConnectionError) as e:
+                    f()
+                self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError, status)
+                self.assertEqual(e.exception.kind, "unavailable")
+                self.assertFalse(e.exception.recoverable)
+                self.assertIn("redirect", str(e.exception))
+                self.assertIn("was not run", str(e.exception))
+            # The event stream ends with the redirect, never following it.
+            with self.assertRaises(lb.ConnectionError):
+                c.events().get(timeout=5)
+            c.close()
+            self.assertEqual(thief.heads, [], status)
+
+    def test_a_key_is_stripped_and_one_with_a_control_character_refused_unseen(self):
+        server = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}})))
+        self.assertEqual(lb.Client.connect(server.url, key=" lb_SECRET\n", timeout=5).execute(_WRITE),
+                         {"changes": 1})
+        self.assertIn("\r\nAuthorization: Bearer lb_SECRET\r\n", server.heads[0])
+        for key in ("lb_SE\nCRET", "lb_SE\rCRET", "lb_SE\x00CRET", "lb_S\u0100CRET"):
+            with self.assertRaises(ValueError) as e:
+                lb.Client.connect(server.url, key=key)
+            self.assertIn("control character", str(e.exception))
+            self.assertNotIn("CRET", str(e.exception))
+        c = lb.Client.connect(server.url, key="lb_SECRET_KEY")
+        self.assertNotIn("lb_SECRET_KEY", repr(c._transport))
+        with self.assertRaises(ValueError) as e:
+            lb.Client.connect("http://admin:hunter2@127.0.0.1:1")
+        self.assertNotIn("hunter2", str(e.exception))
+
+    def test_a_loopback_url_never_goes_through_the_environments_proxy(self):
+        proxy = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "result": {"changes": 1, "via": "proxy"}})))
+        server = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}})))
+        # A fresh interpreter: the environment's proxies are read when the first opener is built.
+        script = ("import sys; sys.path.insert(0, %r); import litebridge_client as lb; "
+                  "print(lb.Client.connect(%r, key='lb_SECRET_KEY', timeout=5).execute('INSERT INTO t VALUES (1)'))"
+                  % (os.path.dirname(PACKAGE), server.url))
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+        env.update(HTTP_PROXY=proxy.url, http_proxy=proxy.url)
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout.strip(), "{'changes': 1}", out.stderr)
+        self.assertEqual(proxy.heads, [])
+        self.assertEqual(len(server.heads), 1)
+
+    def test_a_2xx_that_is_not_a_reply_to_this_request(self):
+        cases = {
+            "JSON of another kind": lambda r: '{"status":"ok"}',
+            "an empty object": lambda r: "{}",
+            "a reply to another id": lambda r: '{"jsonrpc":"2.0","id":999,"result":{"changes":1}}',
+            "an empty batch": lambda r: "[]",
+            "a string": lambda r: '"ok"',
+            "no jsonrpc member": lambda r: json.dumps({"id": r["id"], "result": {"changes": 1}}),
+            "neither result nor error": lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"]}),
+            "both": lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "result": 1,
+                                          "error": {"code": -32000, "message": "m"}}),
+            "an empty error": lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "error": {}}),
+            "a code that is not an integer": lambda r: json.dumps(
+                {"jsonrpc": "2.0", "id": r["id"], "error": {"code": "boom", "message": "m"}}),
+            "an error that is a list": lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "error": ["x"]}),
+        }
+        for name, make in cases.items():
+            server = self.server(_RpcServer(200, make))
+            c = lb.Client.connect(server.url, timeout=5)
+            for f in (lambda: c.execute(_WRITE), lambda: c.call("charge", ["acct", 10])):
+                with self.assertRaises(lb.OutcomeUnknownError, msg=name) as e:
+                    f()
+                self.assertIn("may or may not have run", str(e.exception))
+            with self.assertRaises(lb.ConnectionError, msg=name) as e:
+                c.query("SELECT 1")
+            self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError, name)
+            self.assertFalse(c.is_healthy(), name)
+        # A 2xx other than 200 with a reply to this request is a reply.
+        server = self.server(_RpcServer(202, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 2}})))
+        self.assertEqual(lb.Client.connect(server.url, timeout=5).execute(_WRITE), {"changes": 2})
+        server = self.server(_RpcServer(200, lambda r: '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,'
+                                                       '"message":"Parse error: x"}}'))
+        with self.assertRaises(lb.ProtocolError):
+            lb.Client.connect(server.url, timeout=5).execute(_WRITE)
+
+    def test_a_gateways_json_error_is_not_litebridges_the_write_may_have_run(self):
+        for status, body in [
+            (504, '{"error":{"code":504,"message":"upstream request timeout","status":"DEADLINE_EXCEEDED"}}'),
+            (502, '{"error":{}}'),
+            (504, '{"jsonrpc":"2.0","id":null,"error":{"code":504,"message":"upstream request timeout"}}'),
+        ]:
+            server = self.server(_RpcServer(status, lambda r, body=body: body))
+            with self.assertRaises(lb.OutcomeUnknownError, msg=body) as e:
+                lb.Client.connect(server.url, timeout=5).execute(_WRITE)
+            self.assertIn("answered %d" % status, str(e.exception))
+        server = self.server(_RpcServer(401, lambda r: '{"jsonrpc":"2.0","id":null,"error":{"code":-32006,"message":'
+                                                       '"the API key is not valid","data":{"kind":"unauthorized",'
+                                                       '"recoverable":false}}}'))
+        with self.assertRaises(lb.UnauthorizedError):
+            lb.Client.connect(server.url, timeout=5).execute(_WRITE)
+        server = self.server(_RpcServer(413, lambda r: '{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+                                                       '"message":"Invalid Request: the body is too large"}}'))
+        with self.assertRaises(lb.ProtocolError):
+            lb.Client.connect(server.url, timeout=5).execute(_WRITE)
+
+    def test_a_server_that_never_answers_or_trickles_is_bounded_by_the_deadline(self):
+        hang = self.server(_hang)
+        c = lb.Client.connect(hang.url, deadline=0.3)
+        started = time.monotonic()
+        with self.assertRaises(lb.OutcomeUnknownError) as e:
+            c.execute(_WRITE)
+        self.assertIn("0.3 s", str(e.exception))
+        self.assertLess(time.monotonic() - started, 3)
+        with self.assertRaises(lb.TimeoutError) as e:  # a read: nothing ran
+            c.query("SELECT 1")
+        self.assertEqual(e.exception.kind, "timeout")
+        self.assertLess(time.monotonic() - started, 6)
+
+        def trickle(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                for _ in range(600):
+                    conn.sendall(b"1\r\n \r\n")
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+        drip = self.server(trickle)
+        started = time.monotonic()
+        # A socket timeout (per read) never fires on a trickle; the deadline does.
+        with self.assertRaises(lb.OutcomeUnknownError):
+            lb.Client.connect(drip.url, timeout=5, deadline=0.4).call("charge", ["a", 1])
+        self.assertLess(time.monotonic() - started, 3)
+        # A call's own timeout sets its deadline: that and 5 s.
+        started = time.monotonic()
+        with self.assertRaises(lb.TimeoutError) as e:
+            lb.Client.connect(hang.url).query("SELECT 1", timeout=0.1)
+        self.assertGreaterEqual(time.monotonic() - started, 5)
+        self.assertIn("5.1 s", str(e.exception))
+        for bad in (True, float("nan"), float("inf"), 0, -1):
+            with self.assertRaises(ValueError):
+                lb.Client.connect(hang.url, deadline=bad)
+
+    def test_a_cancelled_async_call_never_holds_the_interpreters_exit(self):
+        hang = self.server(_hang)
+        script = """
+import asyncio, sys, time
+sys.path.insert(0, %r)
+import litebridge_client as lb
+async def main():
+    c = lb.AsyncClient.connect(%r)
+    try:
+        await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+    except asyncio.TimeoutError:
+        print("cancelled", flush=True)
+    await c.close()
+asyncio.run(main())
+""" % (os.path.dirname(PACKAGE), hang.url)
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), "cancelled", out.stderr)
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_answers_are_read_up_to_max_response_bytes_never_inflated(self):
+        import gzip
+
+        def long(r):
+            return json.dumps({"jsonrpc": "2.0", "id": r["id"], "result": {
+                "columns": ["x"], "rows": [["x" * 200_000]], "truncated": False}})
+
+        def chunked(server):
+            def answer(conn):
+                body = long(json.loads(server.bodies[-1])).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            return answer
+
+        with_length = self.server(_RpcServer(200, long))
+        without = _FakeServer(None)
+        without.answer = chunked(without)
+        self.server(without)
+        for name, server in (("with a Content-Length", with_length), ("chunked", without)):
+            c = lb.Client.connect(server.url, timeout=5, max_response_bytes=100_000)
+            with self.assertRaises(lb.TooLargeError, msg=name) as e:
+                c.query("SELECT x")
+            self.assertIn("max_response_bytes", str(e.exception))
+            with self.assertRaises(lb.OutcomeUnknownError, msg=name):
+                c.execute(_WRITE)
+            self.assertEqual(len(lb.Client.connect(server.url, timeout=5).query("SELECT x")[0]["x"]), 200_000)
+        zipped = self.server(_RpcServer(200, lambda r: gzip.compress(long(r).encode()),
+                                        [("Content-Encoding", "gzip")]))
+        with self.assertRaises(lb.OutcomeUnknownError):
+            lb.Client.connect(zipped.url, timeout=5).execute(_WRITE)
+        self.assertIn("\r\nAccept-Encoding: identity\r\n", zipped.heads[0])
+
+    def test_events_a_line_or_event_past_1_mib_is_dropped_and_the_next_arrives(self):
+        server = self.server(_sse(b'data: {"event":"started","seq":1,"pad":"', b"x" * (3 << 20), b'"}\n\n',
+                                  b'data: {"event":"started","seq":2}\n\n'))
+        with lb.Client.connect(server.url).events() as events:
+            self.assertEqual(events.get(timeout=10)["seq"], 2)
+
+    def test_events_an_id_a_header_cannot_carry_is_dropped_and_the_stream_goes_on(self):
+        answers = iter([_sse(b'id: 7\rX-Injected: 1\ndata: {"event":"started","seq":1}\n\n')]
+                       + [_sse(b'id: ok\ndata: {"event":"started","seq":%d}\n\n' % n) for n in range(2, 50)])
+        server = self.server(lambda conn: next(answers)(conn))
+        with lb.Client.connect(server.url).events() as events:
+            self.assertEqual([events.get(timeout=10)["seq"] for _ in range(2)], [1, 2])
+        self.assertNotIn("last-event-id", server.heads[1].lower())
+
+    def test_events_retry_after_nan_waits_the_pause_and_a_failing_pump_ends_the_stream(self):
+        server = self.server(_reply(429, b"slow down", [("Retry-After", "nan")]))
+        with lb.Client.connect(server.url).events():
+            time.sleep(2.5)
+        self.assertIn(len(server.heads), (2, 3))  # at 0 s and 1 s (and 3 s), not once for ever
+        with self.assertRaises(lb.ConnectionError):
+            lb.Client.connect(server.url).execute(_WRITE)
+        # Anything the pump did not expect ends the stream with an error, never a dead thread.
+        ok = self.server(_sse(b'data: {"event":"started","seq":1}\n\n'))
+        c = lb.Client.connect(ok.url)
+
+        def broken(res, stream, last_id):
+            raise RuntimeError("a bug")
+
+        c._transport._read_events = broken
+        with self.assertRaises(lb.ConnectionError) as e:
+            c.events().get(timeout=10)
+        self.assertIsInstance(e.exception.__cause__, RuntimeError)
+
+    def test_from_wire_and_timeouts_of_any_shape(self):
+        for code in ("boom", None, float("inf"), 1.5, True):
+            e = lb.errors.from_wire({"code": code, "message": "m"})
+            self.assertIsInstance(e, lb.LitebridgeError)
+            self.assertEqual(e.code, 0)
+        for error in (["not", "a", "dict"], "a string", None, {"code": -32000, "message": {"x": 1}}):
+            self.assertIsInstance(lb.errors.from_wire(error), lb.LitebridgeError)
+        over = {"code": -32002, "message": "m", "data": {"kind": "overloaded", "recoverable": True}}
+        for ms, seconds in ((1e300, 300.0), (-5, 0.0), (250, 0.25), (float("nan"), None), (float("inf"), None)):
+            e = lb.errors.from_wire(dict(over, data=dict(over["data"], retry_after_ms=ms)))
+            self.assertEqual(e.retry_after, seconds, ms)
+        c = lb.Client.connect("http://127.0.0.1:%d" % _dead_port())
+        for bad in (True, float("nan"), float("inf"), "1", 0):
+            with self.assertRaises(ValueError) as e:
+                c.query("SELECT 1", timeout=bad)
+            self.assertIn("timeout must be a positive number of seconds", str(e.exception))
+        # Unreachable: False, not an exception.
+        self.assertFalse(c.is_healthy())
 
 
 def _alive(pid):

@@ -69,7 +69,13 @@ export async function embedded(): Promise<void> {
 }
 
 export async function remote(customFetch: typeof fetch): Promise<void> {
-  const client = Client.connect('http://127.0.0.1:7070', { key: 'lb_secret', batch: true, fetch: customFetch });
+  const client = Client.connect('http://127.0.0.1:7070', {
+    key: 'lb_secret',
+    batch: true,
+    fetch: customFetch,
+    deadline: 60_000,
+    maxResponseBytes: 16 * 1024 * 1024,
+  });
   client.on('error', (error) => console.error(error.kind, error.recoverable));
   try {
     const [a, b] = await Promise.all([client.query('SELECT 1 AS one'), client.query('SELECT 2 AS two')]);

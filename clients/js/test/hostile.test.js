@@ -1,0 +1,401 @@
+// The client over HTTP against servers that answer what litebridge never
+// would (redirects, JSON that is not a reply, gateways' errors, endless or
+// compressed bodies, broken event streams), servers that never answer, and
+// keys and URLs that must not leak: tiny servers of the test's own.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { inspect } from 'node:util';
+import { gzipSync } from 'node:zlib';
+
+import {
+  Client,
+  ConnectionError,
+  InvalidArgumentError,
+  LitebridgeError,
+  OutcomeUnknownError,
+  ProtocolError,
+  SqlError,
+  TimeoutError,
+  TooLargeError,
+  UnauthorizedError,
+  fromWire,
+} from '../src/index.js';
+import { deadPort, fakeServer, reply } from './helpers.js';
+
+const WRITE = 'INSERT INTO t VALUES (1)';
+
+/** An answer of `status` with JSON `body(request)` (the request parsed, if it is JSON), then the connection closed. */
+function answerWith(status, body, headers = {}) {
+  return (socket, request) => {
+    let parsed;
+    try {
+      parsed = JSON.parse(request.body);
+    } catch {
+      // a GET
+    }
+    const text = typeof body === 'function' ? body(parsed) : body;
+    reply(status, text, { 'content-type': 'application/json', ...headers })(socket);
+  };
+}
+
+/** Whether `p` settles within `ms`; what it settled with. */
+async function within(p, ms) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, ms, 'still pending');
+  });
+  try {
+    return await Promise.race([p.then((v) => ({ value: v }), (e) => ({ error: e })), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('a redirect is never followed: nothing reaches the other host, and the request was not run', async (t) => {
+  const thief = await fakeServer(t, answerWith(200, (r) => JSON.stringify({ jsonrpc: '2.0', id: r?.id ?? 1, result: { changes: 1 } })));
+  for (const status of [301, 302, 303, 307, 308]) {
+    const front = await fakeServer(t, reply(status, '', { location: `${thief.url}/steal` }));
+    const c = Client.connect(front.url, { key: 'lb_SECRET_KEY' });
+    const e = await c.execute('INSERT INTO t VALUES (?1)', ['secret-value']).catch((x) => x);
+    assert.ok(e instanceof ConnectionError && !(e instanceof OutcomeUnknownError), `${status}: ${e}`);
+    assert.equal(e.kind, 'unavailable');
+    assert.equal(e.recoverable, false);
+    assert.match(e.message, /redirect/);
+    assert.match(e.message, /was not run/);
+    const m = await c.metrics().catch((x) => x);
+    assert.ok(m instanceof ConnectionError, `${status} metrics: ${m}`);
+    // The event stream ends with the redirect, never following it.
+    const ended = new Promise((resolve) => c.on('error', resolve));
+    c.on('started', () => {});
+    const { value: error } = await within(ended, 5000);
+    assert.ok(error instanceof ConnectionError, `${status} events: ${inspect(error)}`);
+    await c.close();
+    assert.equal(thief.requests.length, 0, `${status}: the other host saw ${JSON.stringify(thief.requests)}`);
+  }
+});
+
+test('a key is trimmed; one with a control character is refused without being shown; inspect and JSON never show it', async (t) => {
+  const server = await fakeServer(t, answerWith(200, (r) => JSON.stringify({ jsonrpc: '2.0', id: r.id, result: { changes: 1 } })));
+  // A key file's newline: dropped.
+  assert.deepEqual(await Client.connect(server.url, { key: '  lb_SECRET\n' }).execute(WRITE), { changes: 1 });
+  assert.match(server.requests[0].head, /\r\nauthorization: Bearer lb_SECRET\r\n/i);
+  for (const key of ['lb_SE\nCRET', 'lb_SE\rCRET', 'lb_SE\u0000CRET', 'lb_S\u0100CRET']) {
+    assert.throws(
+      () => Client.connect(server.url, { key }),
+      (e) => e instanceof TypeError && /control character/.test(e.message) && !e.message.includes('CRET'),
+    );
+  }
+  const c = Client.connect(server.url, { key: 'lb_SECRET_KEY' });
+  assert.ok(!inspect(c, { depth: 10, showHidden: true }).includes('lb_SECRET_KEY'));
+  assert.ok(!JSON.stringify(c).includes('lb_SECRET_KEY'));
+  assert.ok(!inspect(c.transport, { depth: 10 }).includes('lb_SECRET_KEY'));
+  await c.execute(WRITE);
+  assert.match(server.requests[1].head, /\r\nauthorization: Bearer lb_SECRET_KEY\r\n/i);
+});
+
+test('a URL with a password is refused without showing it; a request fetch refuses to make was not sent', async (t) => {
+  assert.throws(
+    () => Client.connect('http://admin:hunter2@127.0.0.1:7070'),
+    (e) => e instanceof TypeError && !e.message.includes('hunter2'),
+  );
+  // fetch's own TypeError, with no network error as its cause: nothing left the process.
+  const refusing = async (_url, init) => {
+    throw new TypeError(`Headers.append: "${init.headers.authorization}" is an invalid header value.`);
+  };
+  const c = Client.connect('http://127.0.0.1:1', { key: 'lb_SECRET_KEY', fetch: refusing });
+  const e = await c.execute(WRITE).catch((x) => x);
+  assert.ok(e instanceof ConnectionError && !(e instanceof OutcomeUnknownError), e);
+  assert.equal(e.kind, 'unavailable');
+  assert.match(e.message, /not sent/);
+  assert.ok(!e.message.includes('lb_SECRET_KEY'), e.message);
+});
+
+test('a 2xx that is not a JSON-RPC reply to this request: a write or call may have run, a read fails clearly', async (t) => {
+  const cases = {
+    'JSON of another kind': answerWith(200, '{"status":"ok"}'),
+    'an empty object': answerWith(200, '{}'),
+    'a reply to another id': answerWith(200, '{"jsonrpc":"2.0","id":999,"result":{"changes":1,"last_insert_rowid":7}}'),
+    'an empty batch': answerWith(200, '[]'),
+    'a string': answerWith(200, '"ok"'),
+    'no jsonrpc member': answerWith(200, (r) => JSON.stringify({ id: r.id, result: { changes: 1 } })),
+    'neither result nor error': answerWith(200, (r) => JSON.stringify({ jsonrpc: '2.0', id: r.id })),
+    'both result and error': answerWith(200, (r) =>
+      JSON.stringify({ jsonrpc: '2.0', id: r.id, result: 1, error: { code: -32000, message: 'm' } }),
+    ),
+    'an empty error': answerWith(200, (r) => JSON.stringify({ jsonrpc: '2.0', id: r.id, error: {} })),
+    'an error with a code that is not an integer': answerWith(200, (r) =>
+      JSON.stringify({ jsonrpc: '2.0', id: r.id, error: { code: 'boom', message: 'm' } }),
+    ),
+    'a 204': (socket) => socket.end('HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n'),
+  };
+  for (const [name, answer] of Object.entries(cases)) {
+    const { url } = await fakeServer(t, answer);
+    const c = Client.connect(url);
+    const w = await c.execute(WRITE).catch((x) => x);
+    assert.ok(w instanceof OutcomeUnknownError, `${name}: execute gave ${inspect(w)}`);
+    assert.match(w.message, /may or may not have run/, name);
+    const call = await c.call('charge', ['acct', 10]).catch((x) => x);
+    assert.ok(call instanceof OutcomeUnknownError, `${name}: call gave ${inspect(call)}`);
+    const r = await c.query('SELECT 1').catch((x) => x);
+    assert.ok(r instanceof ConnectionError && !(r instanceof OutcomeUnknownError), `${name}: query gave ${inspect(r)}`);
+  }
+  // A reply with this request's id, and an error with a null id, are replies.
+  const { url } = await fakeServer(t, answerWith(200, (r) => JSON.stringify({ jsonrpc: '2.0', id: r.id, result: { changes: 2 } })));
+  assert.deepEqual(await Client.connect(url).execute(WRITE), { changes: 2 });
+  const refused = await fakeServer(
+    t,
+    answerWith(200, '{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: x"}}'),
+  );
+  assert.ok((await Client.connect(refused.url).execute(WRITE).catch((x) => x)) instanceof ProtocolError);
+});
+
+test("a gateway's 502 or 504 with JSON of its own is not litebridge's error: the write may have run", async (t) => {
+  for (const [status, body] of [
+    [504, '{"error":{"code":504,"message":"upstream request timeout","status":"DEADLINE_EXCEEDED"}}'],
+    [502, '{"error":{}}'],
+    [504, '{"jsonrpc":"2.0","id":null,"error":{"code":504,"message":"upstream request timeout"}}'],
+  ]) {
+    const { url } = await fakeServer(t, answerWith(status, body));
+    const e = await Client.connect(url).execute(WRITE).catch((x) => x);
+    assert.ok(e instanceof OutcomeUnknownError, `${status} ${body}: ${inspect(e)}`);
+    assert.match(e.message, new RegExp(`answered ${status}`));
+  }
+  // litebridge's own refusals still are its errors.
+  const unauthorized = await fakeServer(
+    t,
+    answerWith(
+      401,
+      '{"jsonrpc":"2.0","id":null,"error":{"code":-32006,"message":"the API key is not valid","data":{"kind":"unauthorized","recoverable":false}}}',
+    ),
+  );
+  assert.ok((await Client.connect(unauthorized.url).execute(WRITE).catch((x) => x)) instanceof UnauthorizedError);
+  const tooBig = await fakeServer(
+    t,
+    answerWith(413, '{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request: the body is too large"}}'),
+  );
+  assert.ok((await Client.connect(tooBig.url).execute(WRITE).catch((x) => x)) instanceof ProtocolError);
+});
+
+test('an integer past 2^53 in what a call or a write returned is a BigInt, never a failure after it ran', async (t) => {
+  const big = '{"jsonrpc":"2.0","id":ID,"result":{"account":"a","charged":9007199254740993}}';
+  const { url } = await fakeServer(t, answerWith(200, (r) => big.replace('ID', r.id)));
+  const c = Client.connect(url);
+  assert.deepEqual(await c.call('charge', ['a', 9007199254740993n]), { account: 'a', charged: 9007199254740993n });
+  assert.deepEqual(await c.request('sql.execute', { sql: WRITE }), { account: 'a', charged: 9007199254740993n });
+  // A read still says which option it takes (nothing ran).
+  await assert.rejects(c.request('sql.query', { sql: 'SELECT 1' }), RangeError);
+  assert.deepEqual(await c.request('sql.query', { sql: 'SELECT 1' }, { bigint: true }), {
+    account: 'a',
+    charged: 9007199254740993n,
+  });
+});
+
+test('batch mode: a value JSON cannot carry fails its own call; a write missing from the reply may have run', async (t) => {
+  const { url, bodies } = await fakeServer(
+    t,
+    answerWith(200, (batch) =>
+      JSON.stringify(batch.map((r) => ({ jsonrpc: '2.0', id: r.id, result: { columns: ['n'], rows: [[r.id]], truncated: false } }))),
+    ),
+  );
+  const c = Client.connect(url, { batch: true });
+  const cyclic = {};
+  cyclic.self = cyclic;
+  const [good, nan, cyc, read] = await Promise.allSettled([
+    c.execute('INSERT INTO t VALUES (?1)', ['good']),
+    c.query('SELECT ?1', [NaN]),
+    c.call('echo', [cyclic]),
+    c.query('SELECT 1'),
+  ]);
+  assert.equal(good.status, 'fulfilled', inspect(good));
+  assert.ok(nan.reason instanceof InvalidArgumentError, inspect(nan));
+  assert.ok(cyc.reason instanceof InvalidArgumentError, inspect(cyc));
+  assert.equal(read.status, 'fulfilled', inspect(read));
+  assert.equal(bodies.length, 1);
+  assert.equal(JSON.parse(bodies[0]).length, 2);
+
+  // A reply without the answers: the write may have run, the read failed.
+  const empty = await fakeServer(t, answerWith(200, '[]'));
+  const b = Client.connect(empty.url, { batch: true });
+  const [w, q] = await Promise.allSettled([b.execute(WRITE), b.query('SELECT 1')]);
+  assert.ok(w.reason instanceof OutcomeUnknownError, inspect(w));
+  assert.ok(q.reason instanceof ConnectionError && !(q.reason instanceof OutcomeUnknownError), inspect(q));
+});
+
+test('batch mode splits a tick of calls into bodies under the server limit (16 MiB)', async (t) => {
+  const { url, bodies } = await fakeServer(
+    t,
+    answerWith(200, (batch) => {
+      const one = (r) => ({ jsonrpc: '2.0', id: r.id, result: { changes: 1 } });
+      return JSON.stringify(Array.isArray(batch) ? batch.map(one) : one(batch));
+    }),
+  );
+  const c = Client.connect(url, { batch: true });
+  const v = 'x'.repeat(1_500_000);
+  const results = await Promise.all(Array.from({ length: 12 }, () => c.execute('INSERT INTO blobs VALUES (?1)', [v])));
+  assert.equal(results.length, 12);
+  assert.ok(bodies.length >= 2, `${bodies.length} bodies`);
+  for (const body of bodies) assert.ok(Buffer.byteLength(body) <= 16 * 1024 * 1024, `${Buffer.byteLength(body)} bytes`);
+});
+
+test('a server that never answers, or trickles: a write is OutcomeUnknownError and a read a TimeoutError at the deadline', async (t) => {
+  const hang = await fakeServer(t, () => {});
+  const c = Client.connect(hang.url, { deadline: 300 });
+  let started = Date.now();
+  const w = await c.execute(WRITE, [], { signal: AbortSignal.timeout(100_000) }).catch((x) => x);
+  assert.ok(w instanceof OutcomeUnknownError, inspect(w));
+  assert.match(w.message, /300 ms/);
+  assert.ok(Date.now() - started < 3000);
+  started = Date.now();
+  const r = await c.query('SELECT 1').catch((x) => x);
+  assert.ok(r instanceof TimeoutError && r.kind === 'timeout', inspect(r));
+  assert.ok(Date.now() - started < 3000);
+  // Headers, then one byte at a time: the deadline covers the body too.
+  const trickle = await fakeServer(t, (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n');
+    const drip = setInterval(() => socket.writable && socket.write('1\r\n \r\n'), 50);
+    socket.on('close', () => clearInterval(drip));
+  });
+  started = Date.now();
+  const d = await Client.connect(trickle.url, { deadline: 400 })
+    .call('charge', ['a', 1])
+    .catch((x) => x);
+  assert.ok(d instanceof OutcomeUnknownError, inspect(d));
+  assert.ok(Date.now() - started < 3000);
+  // A call's own timeout sets its deadline: that and 5 s.
+  started = Date.now();
+  const own = await within(Client.connect(hang.url).query('SELECT 1', [], { timeout: 100 }), 15_000);
+  assert.ok(own.error instanceof TimeoutError, inspect(own));
+  assert.match(own.error.message, /5100 ms/);
+  assert.ok(Date.now() - started >= 5000);
+  assert.throws(() => Client.connect(hang.url, { deadline: -1 }), TypeError);
+});
+
+test('answers are read up to maxResponseBytes, never inflated', async (t) => {
+  const long = (r) => JSON.stringify({ jsonrpc: '2.0', id: r.id, result: { columns: ['x'], rows: [['x'.repeat(200_000)]], truncated: false } });
+  const chunked = (socket, request) => {
+    const body = long(JSON.parse(request.body));
+    socket.end(
+      'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n' +
+        `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+    );
+  };
+  for (const [name, answer] of [
+    ['with a content-length', answerWith(200, long)],
+    ['chunked', chunked],
+  ]) {
+    const { url } = await fakeServer(t, answer);
+    const c = Client.connect(url, { maxResponseBytes: 100_000 });
+    const r = await c.query('SELECT x').catch((x) => x);
+    assert.ok(r instanceof TooLargeError, `${name}: ${inspect(r)}`);
+    assert.match(r.message, /maxResponseBytes/);
+    const w = await c.execute(WRITE).catch((x) => x);
+    assert.ok(w instanceof OutcomeUnknownError, `${name}: ${inspect(w)}`);
+    // Under the limit, the same answer is read.
+    assert.equal((await Client.connect(url).query('SELECT x'))[0].x.length, 200_000);
+  }
+  // Compressed though not asked for: not inflated.
+  const gzip = await fakeServer(t, (socket, request) => {
+    const body = gzipSync(long(JSON.parse(request.body)));
+    socket.end(
+      Buffer.concat([
+        Buffer.from(
+          `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`,
+        ),
+        body,
+      ]),
+    );
+  });
+  const g = await Client.connect(gzip.url).execute(WRITE).catch((x) => x);
+  assert.ok(g instanceof OutcomeUnknownError, inspect(g));
+  assert.match(gzip.requests[0].head, /\r\naccept-encoding: identity\r\n/i);
+});
+
+test('metrics(): an error answer is an error, an unreachable server a ConnectionError', async (t) => {
+  const { url } = await fakeServer(
+    t,
+    answerWith(
+      401,
+      '{"jsonrpc":"2.0","id":null,"error":{"code":-32006,"message":"the API key is not valid (unknown or revoked)","data":{"kind":"unauthorized","recoverable":false}}}',
+    ),
+  );
+  await assert.rejects(Client.connect(url, { key: 'lb_wrong' }).metrics(), UnauthorizedError);
+  const e = await Client.connect(`http://127.0.0.1:${await deadPort()}`)
+    .metrics()
+    .catch((x) => x);
+  assert.ok(e instanceof ConnectionError && e.recoverable, inspect(e));
+  const text = await fakeServer(t, reply(200, '# TYPE x counter\nx 1\n', { 'content-type': 'text/plain' }));
+  assert.match(await Client.connect(text.url).metrics(), /# TYPE x counter/);
+});
+
+/** An event stream's answer: `events` written, then the connection closed. */
+function sse(events) {
+  return (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n');
+    for (const e of events) socket.write(e);
+    socket.end();
+  };
+}
+
+test('events: a failed GET /events without Retry-After waits 1 s, doubling, before trying again', async (t) => {
+  const { url, requests } = await fakeServer(t, reply(500, 'oops', { 'content-type': 'text/plain' }));
+  const c = Client.connect(url);
+  c.on('started', () => {});
+  await new Promise((r) => setTimeout(r, 2500));
+  await c.close();
+  // At 0 s, 1 s and 3 s: two in 2.5 s (no storm).
+  assert.ok(requests.length >= 1 && requests.length <= 2, `${requests.length} requests in 2.5 s`);
+});
+
+test('events: an id a header cannot carry is dropped, and the stream goes on after reconnecting', async (t) => {
+  let n = 0;
+  const { url, requests } = await fakeServer(t, (socket) => {
+    n += 1;
+    if (n === 1) sse(['id: 7\rX-Injected: 1\ndata: {"event":"started","seq":1}\n\n'])(socket);
+    else sse([`id: ok-${n}\ndata: {"event":"started","seq":${n}}\n\n`])(socket);
+  });
+  const c = Client.connect(url);
+  const seen = [];
+  c.on('started', (e) => seen.push(e.seq));
+  for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+  await c.close();
+  assert.deepEqual(seen.slice(0, 2), [1, 2]);
+  assert.ok(!requests[1].head.toLowerCase().includes('last-event-id'), requests[1].head);
+});
+
+test('events: a line or an event past 1 MiB is dropped, and the events after it arrive', async (t) => {
+  const { url } = await fakeServer(
+    t,
+    sse([
+      'data: {"event":"started","seq":1,"pad":"',
+      'x'.repeat(3 * 1024 * 1024),
+      '"}\n\n',
+      'data: {"event":"started","seq":2}\n\n',
+    ]),
+  );
+  const c = Client.connect(url);
+  const seen = [];
+  c.on('started', (e) => seen.push(e.seq));
+  for (let i = 0; i < 100 && seen.length < 1; i++) await new Promise((r) => setTimeout(r, 50));
+  await c.close();
+  assert.deepEqual(seen, [2]);
+});
+
+test('fromWire: kinds that name Object.prototype members, odd codes, and unbounded retry_after_ms', () => {
+  for (const kind of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+    const e = fromWire({ code: -32000, message: 'm', data: { kind } });
+    assert.ok(e instanceof SqlError, `${kind}: ${inspect(e)}`);
+    assert.equal(e.message, 'm');
+  }
+  for (const code of ['boom', null, Infinity, 1.5]) {
+    const e = fromWire({ code, message: 'm' });
+    assert.ok(e instanceof LitebridgeError);
+    assert.equal(e.code, 0);
+  }
+  assert.ok(fromWire('a string') instanceof LitebridgeError);
+  assert.ok(fromWire({ code: -32000, message: { toString: 1 } }) instanceof SqlError);
+  const over = { code: -32002, message: 'm', data: { kind: 'overloaded', recoverable: true } };
+  assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: 1e300 } }).retryAfter, 300_000);
+  assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: -5 } }).retryAfter, 0);
+  assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: 250 } }).retryAfter, 250);
+});
