@@ -75,7 +75,10 @@ export interface ConnectOptions {
    * How long a call without a `timeout` of its own may take over HTTP, in
    * ms, answer included (default 600000); a call with a `timeout` gets that
    * and 5000 ms. Past it a read fails with `TimeoutError`, anything else
-   * with `OutcomeUnknownError`.
+   * with `OutcomeUnknownError`. Node's built-in `fetch` (undici) gives up on
+   * an answer whose headers take more than 300 s whatever this deadline, and
+   * fails the same way naming that limit: for longer calls pass a `fetch` of
+   * your own (undici's, with a longer `headersTimeout`) or use stdio.
    */
   deadline?: number;
   /**

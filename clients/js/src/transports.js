@@ -475,6 +475,20 @@ function late(what, ms, ran, answering = false) {
   return new TimeoutError(waited, { kind: 'timeout', recoverable: true });
 }
 
+/**
+ * No answer's headers within the 300 s of Node's fetch (undici's
+ * `headersTimeout`), which gives up then whatever the call's deadline: a
+ * read timed out, anything else may have run.
+ */
+function headersLate(what, ms, ran) {
+  const waited =
+    `${what} gave no answer within 300 s, the longest Node's fetch waits for an answer's headers ` +
+    `(undici's headersTimeout, whatever the client's deadline of ${ms} ms): over HTTP a call cannot ` +
+    'take longer than that';
+  if (ran) return new OutcomeUnknownError(`${waited}; the request may or may not have run`, { kind: 'outcome_unknown' });
+  return new TimeoutError(waited, { kind: 'timeout', recoverable: true });
+}
+
 /** An answer over the client's `maxResponseBytes`, not read. */
 function tooLong(what, res, limit, ran) {
   if (ran) {
@@ -511,21 +525,34 @@ function checkedKey(key) {
   return trimmed || undefined;
 }
 
-/** `url` without its trailing slashes; refused, never shown, if it holds a user name or password. */
+/**
+ * A URL's authority holding an `@`: a user name or password, looked for in
+ * the raw text (a URL that does not parse may hold one all the same).
+ */
+const USERINFO = /^[^:/?#\\]*:?[/\\]*[^/?#\\]*@/;
+
+/**
+ * `url` without its trailing slashes; refused, never shown, if it holds a
+ * user name or password, or does not parse.
+ */
 function checkedUrl(url) {
   const base = String(url).replace(/\/+$/, '');
+  const credentials = () =>
+    new TypeError(
+      'connect(url): the URL holds a user name or password (user:password@host), which fetch refuses and ' +
+        'messages would show; give the key with the `key` option (the URL is not shown here)',
+    );
+  if (USERINFO.test(base)) throw credentials();
   let parsed;
   try {
     parsed = new URL(base);
   } catch {
-    return base; // fetch says what is wrong with it when it is used
-  }
-  if (parsed.username || parsed.password) {
     throw new TypeError(
-      'connect(url): the URL holds a user name or password (user:password@host), which fetch refuses and ' +
-        'messages would show; give the key with the `key` option (the URL is not shown here)',
+      'connect(url): the URL cannot be read (a bracket left open, a port out of range?): write it as ' +
+        'http://host:port (the URL is not shown here)',
     );
   }
+  if (parsed.username || parsed.password) throw credentials();
   return base;
 }
 
@@ -688,6 +715,7 @@ export class HttpTransport {
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
         if (expired) throw new Failed((ran) => late(what, deadline, ran));
+        if (e?.cause?.code === 'UND_ERR_HEADERS_TIMEOUT') throw new Failed((ran) => headersLate(what, deadline, ran));
         const unsent = this.unsent(e);
         if (unsent) throw unsent;
         // Reset, closed or timed out once connected: the request may have
@@ -918,6 +946,11 @@ export class HttpTransport {
             // The server's Retry-After, else the pause; never sooner than 1 s.
             wait = Math.max(retryAfterOf(res) ?? pause, 1000);
             throw error;
+          }
+          if (encoded(res)) {
+            // Never inflated (fetch would): a failure, tried again after the pause.
+            discard(res);
+            throw new Error('GET /events answered in an encoding not asked for');
           }
           pause = 1000;
           const push = sseParser(dispatch);

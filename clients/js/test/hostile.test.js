@@ -381,6 +381,63 @@ test('events: a line or an event past 1 MiB is dropped, and the events after it 
   assert.deepEqual(seen, [2]);
 });
 
+test('events: a gzip-encoded stream (never asked for) is not inflated: no event of it arrives', async (t) => {
+  const gzipped = gzipSync('data: {"event":"started","seq":1}\n\n');
+  const { url, requests } = await fakeServer(t, (socket) => {
+    socket.write(
+      'HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n' +
+        `content-length: ${gzipped.length}\r\nconnection: close\r\n\r\n`,
+    );
+    socket.end(gzipped);
+  });
+  const c = Client.connect(url);
+  const seen = [];
+  c.on('started', (e) => seen.push(e.seq));
+  for (let i = 0; i < 30 && requests.length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 200));
+  await c.close();
+  assert.ok(requests.length >= 1, 'the stream was asked for');
+  assert.deepEqual(seen, []);
+});
+
+test('a URL that does not parse is refused, and a password in it is never shown', async (t) => {
+  for (const url of [
+    'http://admin:s3cret@localhost:99999',
+    'http://admin:s3cret@[::1:7070',
+    'http:admin:s3cret@localhost:7070',
+    'http:\\\\admin:s3cret@localhost:7070',
+    'http://admin:s3c/ret@localhost:7070',
+    'http://[::1:7070',
+    'http://localhost:99999',
+  ]) {
+    assert.throws(
+      () => Client.connect(url, { key: 'k' }),
+      (e) => e instanceof TypeError && !e.message.includes('s3c') && !e.message.includes('7070') && !e.message.includes('99999'),
+      url,
+    );
+  }
+  for (const url of ['http://127.0.0.1:7070/', 'http://localhost:7070/x@y', 'http://[::1]:7070']) {
+    assert.doesNotThrow(() => Client.connect(url), url);
+  }
+});
+
+test("Node's fetch giving up on an answer's headers after 300 s: a write may have run, a read timed out; the limit is named", async () => {
+  // What Node's fetch (undici) rejects with when headersTimeout (300 s) passes, whatever the signal's deadline.
+  const giveUp = async () => {
+    const cause = Object.assign(new Error('Headers Timeout Error'), { name: 'HeadersTimeoutError', code: 'UND_ERR_HEADERS_TIMEOUT' });
+    throw new TypeError('fetch failed', { cause });
+  };
+  const c = Client.connect('http://127.0.0.1:1', { fetch: giveUp, deadline: 400_000 });
+  const w = await c.execute(WRITE).catch((x) => x);
+  assert.ok(w instanceof OutcomeUnknownError, inspect(w));
+  assert.match(w.message, /300 s/);
+  assert.match(w.message, /headersTimeout/);
+  const r = await c.query('SELECT 1').catch((x) => x);
+  assert.ok(r instanceof TimeoutError && !(r instanceof OutcomeUnknownError), inspect(r));
+  assert.equal(r.kind, 'timeout');
+  assert.match(r.message, /300 s/);
+});
+
 test('fromWire: kinds that name Object.prototype members, odd codes, and unbounded retry_after_ms', () => {
   for (const kind of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
     const e = fromWire({ code: -32000, message: 'm', data: { kind } });

@@ -90,7 +90,7 @@ class AsyncStdioTransport:
                     break
                 try:
                     msg = decode_line(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue  # litebridge writes only JSON: nothing to answer
                 if not isinstance(msg, dict):
                     continue

@@ -239,7 +239,7 @@ class StdioTransport:
         line = buf[child.start:nl]
         try:
             msg = decode_line(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             msg = None  # litebridge writes only JSON: nothing to answer
         if isinstance(msg, dict):
             if msg.get("method") == "event" and "id" not in msg:

@@ -5,10 +5,12 @@ stdio`` is ``stdio`` (synchronous) and ``astdio`` (asyncio).
 Over HTTP a redirect is never followed (a 3xx is an error: the request was
 not run); the environment's proxy settings (``HTTP_PROXY``, ``HTTPS_PROXY``,
 ``NO_PROXY``, as urllib reads them) are used for remote URLs only, never for
-a loopback one (127.0.0.0/8, ::1, localhost); answers are read up to
+one of this machine (``_is_loopback``: 127.0.0.0/8 in any form, ::1,
+::ffff:127.x.y.z, 0.0.0.0, ::, localhost); answers are read up to
 ``max_response_bytes`` and never inflated; and every call has a deadline
 (its own ``timeout`` and ``DEADLINE_MARGIN``, else the client's
-``deadline``), past which its connection is shut."""
+``deadline``), which bounds connecting (name lookup included) and past
+which its connection is shut."""
 
 import asyncio
 import base64
@@ -176,10 +178,81 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_WATCHDOG.__init__)
 
 
+def _ip(host):
+    """``host`` as an IP address (IPv4 in any form inet_aton reads), else None."""
+    host = host.split("%")[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:  # the legacy forms of IPv4 (127.1, 0x7f000001, 2130706433) that getaddrinfo reads too
+        return ipaddress.ip_address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+def _numeric(host):
+    return isinstance(host, str) and _ip(host) is not None
+
+
+def _resolve(host, port, deadline):
+    """``getaddrinfo`` for a connection, within what is left of ``deadline``:
+    a name is looked up in a helper thread (a resolver may take its time,
+    and cannot be interrupted), waited on until the deadline; an address
+    (the usual case) at once."""
+    if _numeric(host):
+        try:
+            return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            pass
+    done, result = threading.Event(), []
+
+    def lookup():
+        try:
+            result.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: B036 - raised in the caller's thread
+            result.append(e)
+        done.set()
+
+    threading.Thread(target=lookup, name="litebridge-resolve", daemon=True).start()
+    if not done.wait(max(deadline.at - time.monotonic(), 0)):
+        raise socket.timeout(errno.ETIMEDOUT, "the name lookup of the host took longer than the deadline")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _create_connection(deadline, address, timeout=None, source_address=None, *args, **kwargs):
+    """``socket.create_connection`` within ``deadline``: the name looked up
+    (``_resolve``), then each address tried with the time then left; the
+    socket keeps ``timeout`` for its reads."""
+    host, port = address
+    error = None
+    for family, kind, proto, _, sockaddr in _resolve(host, port, deadline):
+        left = deadline.at - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left if timeout is None else min(timeout, left))
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            sock.settimeout(timeout)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    if error is None or deadline.at <= time.monotonic():
+        raise socket.timeout(errno.ETIMEDOUT, "no connection within the deadline")
+    raise error
+
+
 def _connecting(base):
     """``base`` (an ``http.client`` connection) whose connect errors are
-    ``_NotConnected``, connecting within what is left of the call's deadline,
-    and whose socket the deadline's watchdog then knows."""
+    ``_NotConnected``, connecting (name lookup included) within what is left
+    of the call's deadline, and whose socket the deadline's watchdog then
+    knows."""
 
     class Connection(base):
         def connect(self):
@@ -190,6 +263,7 @@ def _connecting(base):
                     raise _NotConnected(errno.ETIMEDOUT, "no connection within the deadline (TimeoutError)")
                 mine = self.timeout if isinstance(self.timeout, (int, float)) else None
                 self.timeout = left if mine is None else min(mine, left)
+                self._create_connection = lambda *a, **k: _create_connection(deadline, *a, **k)
             try:
                 super().connect()
             except OSError as e:
@@ -250,7 +324,10 @@ def _opener(loopback=False):
 
 
 def _is_loopback(url):
-    """Whether ``url``'s host is this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    """Whether ``url``'s host is this machine: its loopback (127.0.0.0/8,
+    ::1, localhost, and ::ffff:127.x.y.z), or the unspecified address
+    (0.0.0.0, ::), which reaches it too. IPv4 in any form the system's
+    resolver reads (``127.1``, ``0x7f000001``, ``2130706433``)."""
     try:
         host = urllib.parse.urlsplit(url).hostname
     except ValueError:
@@ -260,10 +337,12 @@ def _is_loopback(url):
     host = host.rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
+    ip = _ip(host)
+    if ip is None:
         return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 def _never_connected(e):
@@ -412,7 +491,7 @@ def _http_error(e, what):
             return from_wire(reply["error"])
         error = reply.get("error") if isinstance(reply, dict) else None
         said = error if isinstance(error, str) else None
-    except (ValueError, TypeError, OSError, http.client.HTTPException, _TooLong):
+    except (ValueError, RecursionError, TypeError, OSError, http.client.HTTPException, _TooLong):
         pass
     return _status_error(what, e.code, e.headers, may_have_run=False, said=said)
 
@@ -452,17 +531,25 @@ def _checked_key(key):
     return key or None
 
 
+# A URL's authority holding an ``@``: a user name or password, looked for in the
+# raw text (a URL that does not parse may hold one all the same).
+_USERINFO = re.compile(r"\A[^:/?#]*:?/*[^/?#]*@")
+
+
 def _checked_url(url):
-    """``url`` without its trailing slashes; refused, never shown, if it holds a user name or password."""
+    """``url`` without its trailing slashes; refused, never shown, if it
+    holds a user name or password or does not parse."""
     base = str(url).rstrip("/")
-    try:
-        parts = urllib.parse.urlsplit(base)
-        credentials = parts.username is not None or parts.password is not None
-    except ValueError:
-        return base  # urllib says what is wrong with it when it is used
-    if credentials:
+    if _USERINFO.match(base):
         raise ValueError("connect(url): the URL holds a user name or password (user:password@host), which "
                          "messages would show; give the key with key= (the URL is not shown here)")
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.hostname, parts.port  # noqa: B018 - raise on a bracket left open, a port out of range
+    except ValueError as e:
+        why = "" if "@" in base else " (%s)" % e  # urllib's reason may quote a piece of a password
+        raise ValueError("connect(url): the URL cannot be read%s: write it as http://host:port "
+                         "(the URL is not shown here)" % why) from None
     return base
 
 
@@ -482,7 +569,7 @@ class _Threads(concurrent.futures.Executor):
     would hold the exit; these are not waited for."""
 
     def __init__(self, size, name):
-        self._size = size
+        self.size = self._size = size
         self._name = name
         self._work = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
@@ -565,18 +652,31 @@ class HttpTransport:
             return t / 1000.0 + DEADLINE_MARGIN
         return self.deadline
 
-    def _post(self, body, obj):
+    def _post(self, body, obj, deadline=None):
+        """Sends ``obj`` within its deadline: ``deadline`` if given (started
+        by ``acall`` when the call was queued, and ended by it), else one
+        started now."""
         rid = obj.get("id")
         seconds = self._seconds(obj)
-        deadline = _WATCHDOG.start(seconds)
-        self.calls[rid] = deadline
+        own = deadline is None
+        if own:
+            deadline = _WATCHDOG.start(seconds)
+            self.calls[rid] = deadline
+        elif deadline.cancelled:
+            raise ConnectionError("the call was withdrawn before it was sent", kind="unavailable", recoverable=True)
+        elif deadline.expired or deadline.at <= time.monotonic():
+            raise _TimeoutError(
+                "%s/rpc: the call waited its whole deadline (%g s: its timeout and %g s, else the deadline option) "
+                "for one of the client's %d threads, all taken by other calls, and was not sent"
+                % (self.url, seconds, DEADLINE_MARGIN, self.executor.size), kind="timeout", recoverable=True)
         _CALL.deadline = deadline
         try:
             return self._exchange(body, rid, obj.get("method") not in _READS, seconds, deadline)
         finally:
             _CALL.deadline = None
-            _WATCHDOG.end(deadline)
-            self.calls.pop(rid, None)
+            if own:
+                _WATCHDOG.end(deadline)
+                self.calls.pop(rid, None)
 
     def _exchange(self, body, rid, ran, seconds, deadline):
         what = "%s/rpc" % self.url
@@ -636,7 +736,7 @@ class HttpTransport:
             raise _late(what, seconds, ran, True)
         try:
             reply = decode_line(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or JSON nested past Python's recursion limit
             reply = _NO_JSON
         if ok:
             if _is_reply(reply, rid):
@@ -655,9 +755,20 @@ class HttpTransport:
         return self._post(encode_line(obj), obj)
 
     async def acall(self, obj):
-        """``call`` for asyncio, in a (daemon) thread of the transport's."""
+        """``call`` for asyncio, in a (daemon) thread of the transport's. Its
+        deadline starts now, while it may wait for a thread."""
         body = encode_line(obj)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body, obj)
+        rid = obj.get("id")
+        deadline = _WATCHDOG.start(self._seconds(obj))
+        self.calls[rid] = deadline
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body, obj, deadline)
+        except asyncio.CancelledError:
+            _WATCHDOG.cancel(deadline)  # its connection shut, its thread freed (or never taken)
+            raise
+        finally:
+            _WATCHDOG.end(deadline)
+            self.calls.pop(rid, None)
 
     def cancel(self, rid):
         """Withdraws call ``rid`` (an asyncio task cancelled): its connection
@@ -757,7 +868,7 @@ class HttpTransport:
                         last_id = event_id
                     try:
                         stream.put(json.loads(data))
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         pass
                 data, event_id, dropped = "", None, False
         return last_id

@@ -883,6 +883,113 @@ asyncio.run(main())
         # Unreachable: False, not an exception.
         self.assertFalse(c.is_healthy())
 
+    def test_every_spelling_of_this_machine_is_loopback_and_skips_the_proxy(self):
+        from litebridge_client.transports import _is_loopback
+        local = ("127.0.0.1", "127.1", "127.0.1", "0x7f000001", "0x7f.1", "017700000001", "2130706433", "0.0.0.0",
+                 "0", "localhost", "LOCALHOST.", "a.localhost", "[::1]", "[::]", "[::ffff:127.0.0.1]",
+                 "[::ffff:7f00:1]", "[::ffff:0.0.0.0]")
+        for host in local:
+            self.assertTrue(_is_loopback("http://%s:7070" % host), host)
+        for host in ("10.0.0.1", "1.2.3.4", "0x0a000001", "167772161", "example.com", "localhost.example.com",
+                     "[::ffff:10.0.0.1]", "[2001:db8::1]", "127.0.0.1.example.com"):
+            self.assertFalse(_is_loopback("http://%s:7070" % host), host)
+        # Through a real proxy setting: the key never reaches the proxy whichever spelling is used.
+        proxy = self.server(_RpcServer(502, lambda r: "{}"))
+        server = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}})))
+        port = server.url.rsplit(":", 1)[1]
+        urls = ["http://%s:%s" % (h, port) for h in ("127.1", "0x7f000001", "2130706433", "0.0.0.0")]
+        script = ("import sys; sys.path.insert(0, %r); import litebridge_client as lb\n"
+                  "for u in %r: print(lb.Client.connect(u, key='lb_SECRET_KEY', timeout=5).execute('INSERT INTO t "
+                  "VALUES (1)'))" % (os.path.dirname(PACKAGE), urls))
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+        env.update(HTTP_PROXY=proxy.url, http_proxy=proxy.url)
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout.split(), ["{'changes':", "1}"] * len(urls), out.stderr)
+        self.assertEqual(proxy.heads, [])
+
+    def test_json_nested_past_the_recursion_limit_is_an_unreadable_answer(self):
+        deep = "[" * 100000 + "]" * 100000
+        for status in (200, 502):
+            server = self.server(_RpcServer(status, lambda r: deep))
+            c = lb.Client.connect(server.url, timeout=5)
+            with self.assertRaises(lb.OutcomeUnknownError):  # a write may have run
+                c.execute(_WRITE)
+            with self.assertRaises(lb.ConnectionError) as e:  # a read did not
+                c.query("SELECT 1")
+            self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        # The event stream: an event that deep is dropped, the next one arrives.
+        events = self.server(_sse(("data: %s\n\n" % deep).encode(), b'data: {"event": "next"}\n\n'))
+        self.assertEqual(lb.Client.connect(events.url).events().get(timeout=10), {"event": "next"})
+        # A refusal with a body that deep ends the stream with its status, not the client's failure.
+        refused = self.server(_reply(401, deep.encode()))
+        with self.assertRaises(lb.ConnectionError) as e:
+            lb.Client.connect(refused.url).events().get(timeout=10)
+        self.assertEqual(e.exception.kind, "unavailable")
+        self.assertIn("401", str(e.exception))
+
+    def test_a_url_that_does_not_parse_is_refused_and_never_shown(self):
+        for url in ("http://admin:s3cret@localhost:99999", "http://admin:s3cret@[::1:7070", "http://admin:s3cret@",
+                    "admin:s3cret@localhost:7070", "http://admin:s3cret/x@localhost:7070",
+                    "http://admin:s3c#ret@localhost:7070", "http://[::1:7070", "http://localhost:99999"):
+            with self.assertRaises(ValueError) as e:
+                lb.Client.connect(url, key="k")
+            self.assertNotIn("s3c", str(e.exception), url)
+            self.assertNotIn("7070", str(e.exception), url)
+        for url in ("http://127.0.0.1:7070/", "http://localhost:7070/x@y", "http://[::1]:7070"):
+            lb.Client.connect(url).close()
+
+    def test_an_async_call_waiting_for_a_thread_is_within_its_deadline_and_then_never_sent(self):
+        def slow(conn):
+            time.sleep(1)
+            _RpcServer._answer(server, conn)
+
+        server = _RpcServer(200, lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}}))
+        server.answer = slow
+        self.server(server)
+
+        async def main():
+            c = lb.AsyncClient.connect(server.url, deadline=0.4)
+            # The client's 32 threads held 1 s (these calls' own timeouts give them 5.1 s) ...
+            busy = [asyncio.ensure_future(c.execute(_WRITE, timeout=0.1)) for _ in range(32)]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            # ... and one more, whose 0.4 s are up before a thread is free.
+            with self.assertRaises(lb.TimeoutError) as e:
+                await c.execute(_WRITE)
+            waited = time.monotonic() - started
+            await asyncio.gather(*busy, return_exceptions=True)  # (answered with another call's id: no matter)
+            await c.close()
+            return e.exception, waited
+
+        error, waited = asyncio.run(main())
+        self.assertNotIsInstance(error, lb.OutcomeUnknownError)
+        self.assertTrue(error.recoverable)
+        self.assertIn("was not sent", str(error))
+        self.assertLess(waited, 1.5)
+        self.assertEqual(len(server.bodies), 32)
+
+    def test_a_slow_name_lookup_is_bounded_by_the_deadline(self):
+        real = socket.getaddrinfo
+
+        def slow(host, *args, **kwargs):
+            if host == "slow-dns.invalid":
+                time.sleep(3)
+                raise socket.gaierror(socket.EAI_NONAME, "not found")
+            return real(host, *args, **kwargs)
+
+        socket.getaddrinfo = slow
+        try:
+            started = time.monotonic()
+            with self.assertRaises(lb.ConnectionError) as e:
+                lb.Client.connect("http://slow-dns.invalid:7070", deadline=0.5).execute(_WRITE)
+        finally:
+            socket.getaddrinfo = real
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertTrue(e.exception.recoverable)
+        self.assertIn("name lookup", str(e.exception))
+
 
 def _alive(pid):
     try:
