@@ -4,8 +4,8 @@ Design:
 - The protocol owns stdout and stdin. At start the real fd 1 is duplicated
   to a private descriptor for replies, and fd 1 itself is pointed at stderr,
   so nothing a handler prints (``print()``, a C library writing to fd 1) can
-  corrupt it (``sys.stdout`` becomes a stream of its own onto that fd, which
-  a handler's ``close()`` only flushes); the real fd 0 is duplicated to a private descriptor for
+  corrupt it (``sys.stdout`` becomes a stream of its own onto stderr's pipe,
+  which a handler's ``close()`` only flushes); the real fd 0 is duplicated to a private descriptor for
   requests, and fd 0 itself is pointed at ``/dev/null``, so a program a
   handler starts (which inherits fd 0, as ffmpeg polls it) cannot read the
   requests meant for the worker.
@@ -145,13 +145,21 @@ def _finite_seconds(v):
 # ----- method names ----------------------------------------------------------
 
 # What litebridge routes (crates/litebridge-cli/src/rpc/params.rs, MethodName;
-# workers/names.rs): 1 to 256 characters, none of them a control character
-# (C0, DEL, C1) or one that hides or reorders text (printable.rs), and not
-# starting with "$" (the protocol's own). Lone surrogates are refused too:
-# they are not Unicode, and the name would reach litebridge as "?".
+# workers/names.rs): 1 to 256 characters, none of them one printable.rs's
+# unprintable() refuses, and not starting with "$" (the protocol's own).
+# unprintable() is, exactly: a control character (Rust's char::is_control:
+# C0, DEL, C1), the soft hyphen, the Arabic letter mark, the Hangul fillers
+# (U+115F, U+1160, U+3164, U+FFA0), the Mongolian vowel separator, the
+# zero-width and direction marks (U+200B-U+200F), the line and paragraph
+# separators and embeddings and overrides (U+2028-U+202E), the word joiner,
+# invisible operators and isolates (U+2060-U+2069), the byte order mark,
+# the interlinear annotation characters (U+FFF9-U+FFFB) and the tags
+# (U+E0000-U+E007F). Lone surrogates are refused too: they are not Unicode,
+# and the name would reach litebridge as "?".
 MAX_METHOD_NAME = 256
 _UNROUTABLE_CHAR = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2069\u3164\ufeff\uffa0\ufff9-\ufffb\U000e0000-\U000e007f\ud800-\udfff]")
 
 
 def _shown(name, limit=64):
@@ -327,17 +335,37 @@ if sys.version_info >= (3, 12):
             return loop.create_task(coro)
         return asyncio.Task(coro, loop=loop, eager_start=True)
 else:
-    class _Grab:
-        """Stands in for ``loop.call_soon`` while a Task is made, keeping
-        the first step it schedules."""
+    _PY_TASK_STEP = asyncio.tasks._PyTask._Task__step
+    _get_ident = threading.get_ident
+    _NOTHING = object()
 
-        __slots__ = ("step",)
+    def _put_back(attrs, own):
+        """Undoes the stand-in: the instance's own ``call_soon`` put back if
+        it had one, else the class's left to be found."""
+        if own is _NOTHING:
+            attrs.pop("call_soon", None)
+        else:
+            attrs["call_soon"] = own
 
-        def __init__(self):
-            self.step = None
+    def _forward(loop, own):
+        """The ``call_soon`` the loop had before the stand-in."""
+        return types.MethodType(type(loop).call_soon, loop) if own is _NOTHING else own
 
-        def __call__(self, callback, *args, context=None):
-            self.step = (callback, args, context)
+    _step_type = [None]  # the C Task's TaskStepMethWrapper, once seen
+
+    def _is_task_step(callback):
+        """Whether ``callback`` is a Task's step as a Task schedules it (the
+        C Task's TaskStepMethWrapper, the Python Task's bound ``__step``);
+        its ``__self__`` is the Task."""
+        cls = type(callback)
+        if cls is _step_type[0]:
+            return True
+        if cls is types.MethodType:
+            return callback.__func__ is _PY_TASK_STEP
+        if cls.__name__ == "TaskStepMethWrapper" and cls.__module__ == "builtins":
+            _step_type[0] = cls
+            return True
+        return False
 
     def _eager_task(loop, coro):
         """As ``asyncio.Task(..., eager_start=True)`` does on 3.12+: a Task
@@ -346,32 +374,50 @@ else:
         costs a call a few microseconds here). A Task schedules its first
         step with ``loop.call_soon(step, context=...)``, looked up on the
         loop object on 3.9-3.11 (C and Python Task alike); a callable
-        standing in for it on the instance takes the step, which runs here,
-        in the Task's context, with the Task current, as the loop would run
-        it. The caller is a callback of the loop (no Task is running), as the
-        loop's own callbacks are. A loop that takes no instance attribute
-        (uvloop), or has a task factory the program set, gets the Task made
-        and scheduled as usual."""
+        standing in for it on the instance while the Task is made keeps the
+        first Task step scheduled from this thread, which, if it is the new
+        Task's, runs here, in the Task's context, with the Task current, as
+        the loop would run it. Anything else scheduled meanwhile (a finalizer
+        the garbage collector runs then, as an unclosed StreamWriter's,
+        closing its transport; another thread) is passed on at once to the
+        ``call_soon`` the loop had: one the program put on the instance too,
+        which is put back after. The caller is a callback of the loop (no
+        Task is running), as the loop's own callbacks are. A loop that takes
+        no instance attribute (uvloop), or has a task factory the program
+        set, gets the Task made and scheduled as usual."""
         if loop.get_task_factory() is not None:
             return loop.create_task(coro)
-        grab = _Grab()
         try:
-            loop.call_soon = grab
-        except AttributeError:
+            attrs = loop.__dict__
+        except AttributeError:  # no instance attributes
             return loop.create_task(coro)
+        own = attrs.get("call_soon", _NOTHING)
+        thread = _get_ident()
+        grabbed = []
+
+        def grab(callback, *args, context=None):
+            if (not grabbed and (type(callback) is _step_type[0] or _is_task_step(callback))
+                    and _get_ident() == thread):
+                grabbed.append((callback, args, context))
+                return None
+            return _forward(loop, own)(callback, *args, context=context)
+
+        attrs["call_soon"] = grab
         try:
             task = asyncio.Task(coro, loop=loop)
         except BaseException:
-            del loop.call_soon
-            if grab.step is not None:  # made, then failed: the step still runs
-                callback, args, context = grab.step
-                loop.call_soon(callback, *args, context=context)
+            _put_back(attrs, own)
+            if grabbed:  # made, then failed: the step still runs
+                callback, args, context = grabbed[0]
+                _forward(loop, own)(callback, *args, context=context)
             raise
-        del loop.call_soon
-        if grab.step is None:
+        _put_back(attrs, own)
+        if not grabbed:
             return task
-        callback, args, context = grab.step
-        if context is None:
+        callback, args, context = grabbed[0]
+        if callback.__self__ is not task:  # another Task's, made meanwhile
+            _forward(loop, own)(callback, *args, context=context)
+        elif context is None:
             callback(*args)
         else:
             context.run(callback, *args)
@@ -385,10 +431,34 @@ class _Stdout(io.TextIOWrapper):
     of its own, buffered as stderr is. Closing it only flushes: every handler shares
     it, and one that closes stdout when done with it (as command-line code
     does) must not take ``print()`` from the others, nor stderr (logging)
-    with it, as when ``sys.stdout`` was ``sys.stderr`` itself."""
+    with it, as when ``sys.stdout`` was ``sys.stderr`` itself. Its buffer's
+    and raw stream's ``close()`` only flush too. It writes through a private
+    duplicate of stderr's descriptor, and ``fileno()`` says 1 (stderr's pipe
+    too, which programs a handler starts inherit): a handler that closes fd 1
+    (``with open(sys.stdout.fileno(), "w")``) leaves ``print()`` where it was,
+    not writing into whatever file is opened next as fd 1."""
 
     def close(self):
         self.flush()
+
+    def fileno(self):
+        return 1
+
+
+class _StdoutBuffer(io.BufferedWriter):
+    def close(self):
+        self.flush()
+
+    def fileno(self):
+        return 1
+
+
+class _StdoutRaw(io.FileIO):
+    def close(self):
+        pass
+
+    def fileno(self):
+        return 1
 
 
 # ----- handlers' parameters --------------------------------------------------
@@ -454,6 +524,21 @@ class _Call:
 
 
 _current = contextvars.ContextVar("litebridge_call", default=None)
+
+
+def _own_decimal_context(modules=sys.modules):
+    """Gives the call a decimal context of its own: a copy of the one it
+    inherited (what the program set at import kept). Once decimal's context
+    has been set in the context calls are copied from (any Decimal
+    arithmetic at import does it, as does ``getcontext()``), every copy
+    holds that same object, and ``getcontext().prec = 3`` in one call would
+    reach every other. Costs a dict look-up when decimal is not imported."""
+    dec = modules.get("decimal")
+    if dec is not None:
+        try:
+            dec.setcontext(dec.getcontext().copy())
+        except Exception:  # not the real module (a stand-in the program put there)
+            pass
 
 
 def current_request_id():
@@ -852,9 +937,11 @@ class Worker:
         encoding = getattr(err, "encoding", None)
         if not isinstance(encoding, str):
             encoding = "utf-8"
-        raw = io.FileIO(1, "w", closefd=False)
+        # Written through a descriptor of its own (not inherited: os.dup),
+        # which stays stderr's pipe whatever a handler does to fd 1.
+        raw = _StdoutRaw(os.dup(2), "w", closefd=False)
         unbuffered = isinstance(getattr(err, "buffer", None), io.RawIOBase)
-        sys.stdout = _Stdout(raw if unbuffered else io.BufferedWriter(raw), encoding=encoding,
+        sys.stdout = _Stdout(raw if unbuffered else _StdoutBuffer(raw), encoding=encoding,
                              errors="backslashreplace", line_buffering=not unbuffered,
                              write_through=unbuffered)
 
@@ -1048,6 +1135,7 @@ class Worker:
         """Runs on a pool thread, in the call's own context, and answers from
         there; an awaitable the handler returns is awaited on the loop."""
         _current.set(flag)
+        _own_decimal_context()
         rid = flag.id
         handed_over = False
         try:
@@ -1107,6 +1195,7 @@ class Worker:
         happens, since an exception out of a Task (SystemExit) would stop the
         event loop."""
         _current.set(flag)
+        _own_decimal_context()
         rid = flag.id
         try:
             result = await func(*args, **kwargs)

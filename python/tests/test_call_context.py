@@ -95,6 +95,31 @@ class ContextIsolationTest(unittest.TestCase):
                 self.assertEqual(self.peer.roundtrip(method)["result"], FULL, (setter, method))
 
 
+class SharedDecimalContextTest(unittest.TestCase):
+    """decimal's context, once set where calls are copied from (Decimal
+    arithmetic at import sets it), is one object every copy holds: each call
+    gets a copy of its own, what the module set at import kept."""
+
+    def check(self, prelude, full):
+        with tempfile.TemporaryDirectory() as d:
+            peer = script_worker(d, STATE + prelude)
+            try:
+                for setter in ["low_precision", "low_precision_sync"]:
+                    for method in ["divide", "divide_sync"]:
+                        self.assertEqual(peer.roundtrip(method)["result"], full, (method, "before"))
+                    self.assertEqual(peer.roundtrip(setter)["result"], "0.143")
+                    for method in ["divide", "divide_sync"]:
+                        self.assertEqual(peer.roundtrip(method)["result"], full, (setter, method))
+            finally:
+                peer.close()
+
+    def test_arithmetic_at_import_does_not_make_one_context_for_every_call(self):
+        self.check("RATE = decimal.Decimal('0.2') * 100\n", FULL)
+
+    def test_precision_set_at_import_is_every_calls_starting_point(self):
+        self.check("decimal.getcontext().prec = 5\n", "0.14286")
+
+
 TASKS = (
     "import asyncio, functools, sys\n"
     "from litebridge_worker import current_request_id\n"

@@ -229,6 +229,51 @@ class StdoutTest(unittest.TestCase):
             self.assertIn("a warning after the close", err)
             self.assertIn("straight to stderr", err)
 
+    def test_closing_stdouts_buffer_or_fd_1_leaves_print_where_it_was(self):
+        with tempfile.TemporaryDirectory() as d:
+            data = os.path.join(d, "data.txt")
+            peer = script_worker(d, (
+                "import os, sys\n"
+                "OPEN = []\n"
+                "@w.method()\n"
+                "def close_buffer():\n"
+                "    sys.stdout.buffer.close()\n"
+                "    getattr(sys.stdout.buffer, 'raw', sys.stdout.buffer).close()\n"
+                "    return [sys.stdout.closed, sys.stdout.buffer.closed]\n"
+                "@w.method()\n"
+                "def reopen_fd_1():\n"
+                "    with open(sys.stdout.fileno(), 'w') as out:  # closes fd 1 on the way out\n"
+                "        out.write('through fd 1\\n')\n"
+                "    return 'closed fd 1'\n"
+                "@w.method()\n"
+                "def open_a_file(path):\n"
+                "    OPEN.append(open(path, 'w'))  # a data file a handler keeps open\n"
+                "    return OPEN[-1].fileno()\n"
+                "@w.method()\n"
+                "def say(text):\n"
+                "    print(text)\n"
+                "    sys.stdout.flush()\n"
+                "    for f in OPEN:\n"
+                "        f.flush()\n"
+                "    return sys.stdout.fileno()\n"
+            ))
+            try:
+                self.assertEqual(peer.roundtrip("close_buffer")["result"], [False, False])
+                self.assertEqual(peer.roundtrip("say", {"text": "after the buffer's close"})["result"], 1)
+                self.assertEqual(peer.roundtrip("reopen_fd_1")["result"], "closed fd 1")
+                self.assertEqual(peer.roundtrip("open_a_file", {"path": data})["result"], 1)
+                self.assertEqual(peer.roundtrip("say", {"text": "after fd 1 was closed"})["result"], 1)
+            finally:
+                peer.proc.stdin.close()
+                peer.proc.wait(timeout=10)
+                err = peer.proc.stderr.read().decode()
+                peer.close()
+            self.assertIn("after the buffer's close", err)
+            self.assertIn("through fd 1", err)
+            self.assertIn("after fd 1 was closed", err)
+            with open(data) as f:
+                self.assertEqual(f.read(), "")
+
 
 class UnsendableResultTest(unittest.TestCase):
     def test_results_that_cannot_be_sent_are_answered_with_an_error(self):

@@ -9,10 +9,24 @@ import unittest
 from litebridge_worker import Worker
 from litebridge_worker.dotted import DottedResolver, normalise_prefixes
 
-# Every character litebridge refuses in a name (crates/litebridge-cli/src/printable.rs).
-REFUSED_CHARS = ([chr(c) for c in range(0x00, 0x20)] + [chr(c) for c in range(0x7F, 0xA0)]
-                 + ["\u061c", "\ufeff"] + [chr(c) for c in range(0x200B, 0x2010)]
-                 + [chr(c) for c in range(0x202A, 0x202F)] + [chr(c) for c in range(0x2060, 0x206A)])
+
+def _span(first, last):
+    return [chr(c) for c in range(first, last + 1)]
+
+
+# Every character litebridge refuses in a name: unprintable() in
+# crates/litebridge-cli/src/printable.rs, which is char::is_control() (C0,
+# DEL, C1) and the list after it, entry by entry.
+REFUSED_CHARS = (_span(0x00, 0x1F) + ["\x7f"] + _span(0x80, 0x9F)
+                 + ["\u00ad", "\u061c", "\u115f", "\u1160", "\u180e"]
+                 + _span(0x200B, 0x200F) + _span(0x2028, 0x202E) + _span(0x2060, 0x2069)
+                 + ["\u3164", "\ufeff", "\uffa0"] + _span(0xFFF9, 0xFFFB) + _span(0xE0000, 0xE007F))
+
+# Their neighbours, which litebridge routes.
+TAKEN_CHARS = ["\x20", "\x7e", "\xa0", "\u00ac", "\u00ae", "\u061b", "\u061d", "\u115e", "\u1161",
+               "\u180d", "\u180f", "\u200a", "\u2010", "\u2027", "\u202f", "\u205f", "\u206a",
+               "\u3163", "\u3165", "\ufefe", "\uff9f", "\uffa1", "\ufff8", "\ufffc",
+               "\U000dffff", "\U000e0080"]
 
 
 def handler():
@@ -57,6 +71,9 @@ class MethodNameTest(unittest.TestCase):
         for name in ["x" * 256, "a.b.c", "análise", "字", "with space", "dollar$inside", "emoji🙂", "a/b"]:
             w.add(handler, name=name)
         self.assertEqual(len(w._methods), 8)
+        for c in TAKEN_CHARS:
+            w.add(handler, name="a" + c + "b")
+        self.assertEqual(len(w._methods), 8 + len(TAKEN_CHARS))
         self.assertEqual([m.describe()["name"] for m in w._methods.values()][0], "x" * 256)
 
 
