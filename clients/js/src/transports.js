@@ -443,6 +443,20 @@ const EVENT_ID = /^[\x20-\x7e]{1,1024}$/;
 /** setTimeout's longest delay (ms). */
 const MAX_DELAY = 2 ** 31 - 1;
 
+/**
+ * An AbortController that aborts `ms` from now: `expired()` tells whether
+ * it did, `clear()` stops its timer.
+ */
+function deadlineController(ms) {
+  const controller = new AbortController();
+  let expired = false;
+  const timer = setTimeout(() => {
+    expired = true;
+    controller.abort();
+  }, Math.min(ms, MAX_DELAY));
+  return { controller, expired: () => expired, clear: () => clearTimeout(timer) };
+}
+
 const POST_HEADERS = { 'content-type': 'application/json', 'accept-encoding': 'identity' };
 const GET_HEADERS = { 'accept-encoding': 'identity' };
 const EVENT_HEADERS = { accept: 'text/event-stream', 'accept-encoding': 'identity' };
@@ -694,12 +708,7 @@ export class HttpTransport {
    */
   async exchange(body, deadline, signal) {
     const what = `${this.url}/rpc`;
-    const controller = new AbortController();
-    let expired = false;
-    const timer = setTimeout(() => {
-      expired = true;
-      controller.abort();
-    }, Math.min(deadline, MAX_DELAY));
+    const { controller, expired, clear } = deadlineController(deadline);
     const onAbort = () => controller.abort(signal.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -714,7 +723,7 @@ export class HttpTransport {
         });
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
-        if (expired) throw new Failed((ran) => late(what, deadline, ran));
+        if (expired()) throw new Failed((ran) => late(what, deadline, ran));
         if (e?.cause?.code === 'UND_ERR_HEADERS_TIMEOUT') throw new Failed((ran) => headersLate(what, deadline, ran));
         const unsent = this.unsent(e);
         if (unsent) throw unsent;
@@ -743,7 +752,7 @@ export class HttpTransport {
         else text = await readBody(res, MAX_ERROR_BODY);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
-        if (expired) throw new Failed((ran) => late(what, deadline, ran, true));
+        if (expired()) throw new Failed((ran) => late(what, deadline, ran, true));
         if (e instanceof TooLong) {
           if (!ok) return { res, ok, reply: undefined }; // the status says it
           throw new Failed((ran) => tooLong(what, res, e.limit, ran));
@@ -762,7 +771,7 @@ export class HttpTransport {
       }
       return { res, ok, reply };
     } finally {
-      clearTimeout(timer);
+      clear();
       signal?.removeEventListener('abort', onAbort);
     }
   }
@@ -843,18 +852,13 @@ export class HttpTransport {
   /** `GET /metrics`: Prometheus' text; litebridge's error, or a ConnectionError, otherwise. */
   async metrics() {
     const what = `${this.url}/metrics`;
-    const controller = new AbortController();
-    let expired = false;
-    const timer = setTimeout(() => {
-      expired = true;
-      controller.abort();
-    }, Math.min(this.deadline, MAX_DELAY));
+    const { controller, expired, clear } = deadlineController(this.deadline);
     try {
       let res;
       try {
         res = await this.fetch(what, { headers: this.headers(GET_HEADERS), signal: controller.signal, redirect: 'manual' });
       } catch (e) {
-        if (expired) throw late(what, this.deadline, false);
+        if (expired()) throw late(what, this.deadline, false);
         throw (
           this.unsent(e) ??
           new ConnectionError(`the connection to ${this.url} failed (${this.redact(e?.cause?.message ?? e?.message ?? e)})`, {
@@ -874,14 +878,14 @@ export class HttpTransport {
       try {
         return await readBody(res, this.maxResponseBytes);
       } catch (e) {
-        if (expired) throw late(what, this.deadline, false, true);
+        if (expired()) throw late(what, this.deadline, false, true);
         if (e instanceof TooLong) throw tooLong(what, res, e.limit, false);
         throw new ConnectionError(`${what} answered ${res.status}, then the connection failed (${e?.cause?.message ?? e?.message})`, {
           kind: 'unavailable',
         });
       }
     } finally {
-      clearTimeout(timer);
+      clear();
     }
   }
 

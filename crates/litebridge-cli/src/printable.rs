@@ -38,23 +38,24 @@ pub(crate) fn unprintable(c: char) -> bool {
 /// `s` with every [`unprintable`] character escaped, tabs and newlines
 /// too (a table's cell is one line).
 pub(crate) fn printable(s: &str) -> Cow<'_, str> {
-    escape(s, unprintable)
+    escape(s, |_, c| unprintable(c))
 }
 
 /// `s` with every [`unprintable`] character escaped but its newlines and
 /// tabs (a message of several lines).
 pub(crate) fn printable_text(s: &str) -> Cow<'_, str> {
-    escape(s, |c| c != '\n' && c != '\t' && unprintable(c))
+    escape(s, |_, c| c != '\n' && c != '\t' && unprintable(c))
 }
 
-/// `s` with every character `bad` finds replaced by its Rust escape.
-fn escape(s: &str, bad: impl Fn(char) -> bool) -> Cow<'_, str> {
-    if !s.chars().any(&bad) {
+/// `s` with every character `bad` finds (given its byte offset) replaced
+/// by its Rust escape.
+fn escape(s: &str, bad: impl Fn(usize, char) -> bool) -> Cow<'_, str> {
+    if !s.char_indices().any(|(i, c)| bad(i, c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if bad(c) {
+    for (i, c) in s.char_indices() {
+        if bad(i, c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -104,19 +105,9 @@ fn log_line(body: &str) -> Cow<'_, str> {
             .count();
         rest.get(params) == Some(&b'm')
     };
-    let bad = |at: usize, c: char| c != '\t' && unprintable(c) && !(c == '\u{1b}' && colour(at));
-    if !body.char_indices().any(|(i, c)| bad(i, c)) {
-        return Cow::Borrowed(body);
-    }
-    let mut out = String::with_capacity(body.len() + 8);
-    for (i, c) in body.char_indices() {
-        if bad(i, c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    escape(body, |at, c| {
+        c != '\t' && unprintable(c) && !(c == '\u{1b}' && colour(at))
+    })
 }
 
 #[cfg(test)]

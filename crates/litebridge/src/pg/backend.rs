@@ -388,23 +388,20 @@ impl Drop for Running {
 /// was answered (or gave up), or at once when the database is closing, the
 /// backstop on `backend`'s process when there is one (see the module's
 /// design note), waiting up to ten seconds for one of litebridge's own
-/// connections. Spawned on the current runtime, if any, and counted in
-/// `backstops`.
-pub(super) fn end(
-    token: CancelToken,
-    backstop: Option<(Backend, Pool)>,
-    backstops: &Arc<Backstops>,
-) {
+/// connections. Spawned on the current runtime, if any; a backstop is
+/// counted in its database's [`Backstops`].
+pub(super) fn end(token: CancelToken, backstop: Option<(Backend, Pool, Arc<Backstops>)>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let running = Running::new(backstops.clone());
+    let backstop =
+        backstop.map(|(backend, own, backstops)| (backend, own, Running::new(backstops)));
     runtime.spawn(async move {
-        let backstops = &running.0;
         let _ = tokio::time::timeout(STOP_GRACE, token.cancel_query(NoTls)).await;
-        let Some((backend, own)) = backstop else {
+        let Some((backend, own, running)) = backstop else {
             return;
         };
+        let backstops = &running.0;
         tokio::select! {
             () = tokio::time::sleep(STOP_GRACE) => {}
             () = backstops.closing() => {}

@@ -81,9 +81,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let mut backstop = None;
-        let mut backstops = None;
         if let Some((inner, node)) = self.notes() {
-            backstops = Some(inner.backstops.clone());
             let id = Object::id(&conn);
             if node == Node::Primary {
                 lock(&inner.known).remove(&id);
@@ -93,15 +91,12 @@ impl Drop for Lease {
                     Some(pid) => Backend { pid, ..b },
                     None => b,
                 };
-                (b, own)
+                (b, own, inner.backstops.clone())
             });
         }
         let token = conn.cancel_token();
         // Closed first: the server ends a session whose client is gone.
         drop(Object::take(conn));
-        match backstops {
-            Some(backstops) => backend::end(token, backstop, &backstops),
-            None => backend::end(token, None, &Default::default()),
-        }
+        backend::end(token, backstop);
     }
 }
