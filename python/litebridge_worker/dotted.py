@@ -150,6 +150,10 @@ class DottedResolver:
         self._instances = {}
         self._resolved = {}
 
+    def resolved(self, name):
+        """The callable ``name`` resolved to already, or None: never imports."""
+        return self._resolved.get(name)
+
     def __call__(self, name):
         func = self._resolved.get(name)
         if func is not None:

@@ -16,8 +16,12 @@ Design:
   thread pool, and the pool thread writes the reply itself (one hand-off per
   call: see ``_Pool`` for how it is kept to few context switches). Many calls
   are in flight at once; replies are written whole, under a lock, in the
-  order they finish. A plain function that returns an awaitable (an
-  ``async def`` behind a plain decorator) has it awaited on the loop.
+  order they finish. The replies made on the loop's thread while it
+  dispatches the lines of one read are written together, in one ``write``
+  (``_on_readable``): calls litebridge sends together cost one system call
+  for their answers, not one each. A plain function that returns an
+  awaitable (an ``async def`` behind a plain decorator) has it awaited on
+  the loop.
 - Every call runs in a context of its own, a copy of the loop's (which no
   handler runs in), as an asyncio Task would: what a handler sets in a
   ``ContextVar`` (``decimal``'s context too) ends with its call. An
@@ -45,6 +49,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 import types
 
@@ -130,6 +135,12 @@ _LOADS = _fast_decoder()
 # of the SDK's cost over a bare loop); a longer line still arrives whole, over
 # several reads.
 _READ_SIZE = 65536
+# How long and how much of the replies made while one read's lines are
+# dispatched are kept to be written together (see ``Worker._on_readable``).
+_GATHER_S = 0.001
+_GATHER_BYTES = 65536
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
 
 def _finite_seconds(v):
     """A number of seconds JSON can carry and litebridge can read: not a
@@ -336,7 +347,6 @@ if sys.version_info >= (3, 12):
         return asyncio.Task(coro, loop=loop, eager_start=True)
 else:
     _PY_TASK_STEP = asyncio.tasks._PyTask._Task__step
-    _get_ident = threading.get_ident
     _NOTHING = object()
 
     def _put_back(attrs, own):
@@ -826,10 +836,18 @@ class Worker:
         self._methods = {}
         self._resolver = None
         self._prefixes = None
+        self._resolved = None
         self._max_threads = max_threads
         self._drain_timeout = drain_timeout
         self._out = None
         self._out_lock = threading.Lock()
+        # Replies the loop's thread makes while it dispatches the lines of
+        # one read: written together when that read's lines are dispatched
+        # (see ``_on_readable``). None when not gathering.
+        self._gathered = None
+        self._gathered_size = 0
+        self._gathered_at = 0.0
+        self._loop_thread = None
         # json.dumps with non-default options builds an encoder per call.
         # NaN and Infinity are refused (ValueError, answered as an error): no
         # JSON reader litebridge has takes them.
@@ -897,8 +915,12 @@ class Worker:
             prefixes = [p.rstrip(".") for p in prefixes]
             for p in prefixes:
                 check_method_name(p, "prefix")
+        from .dotted import DottedResolver
+
         self._resolver = resolver
         self._prefixes = prefixes
+        # Which names resolve without an import (None: any may import).
+        self._resolved = resolver.resolved if isinstance(resolver, DottedResolver) else None
 
     # ----- serving --------------------------------------------------------
 
@@ -957,6 +979,7 @@ class Worker:
 
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = _get_ident()
         self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
@@ -979,10 +1002,34 @@ class Worker:
         self._pool.shutdown()
 
     def _on_readable(self, fd):
+        """Reads and dispatches what stdin has. The replies the calls it
+        dispatches make at once (``async def`` handlers that return without
+        waiting, errors) are gathered and written together once every line
+        read is dispatched: one ``write`` for the lot, where litebridge
+        sends many calls at once, instead of one each. Once the first has
+        waited ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered, they are
+        written before the next line is run; and before a name the resolver
+        may import. An ``async def`` handler that keeps the loop holds back
+        the replies gathered before it, as it holds back every other call."""
+        self._gathered = []
         try:
             self._read(fd)
         finally:
-            self._pool.flush()
+            try:
+                self._write_gathered()
+            except OSError:
+                pass  # litebridge's end of the pipe is gone: stdin ends next
+            finally:
+                self._gathered = None
+                self._pool.flush()
+
+    def _write_gathered(self):
+        gathered = self._gathered
+        if gathered:
+            payload = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+            gathered.clear()
+            self._gathered_size = 0
+            self._send_now(payload)
 
     def _read(self, fd):
         try:
@@ -1019,6 +1066,8 @@ class Worker:
                 begin = search = nl + 1
                 if line.strip():
                     self._dispatch(line)
+                    if self._gathered and _monotonic() - self._gathered_at > _GATHER_S:
+                        self._write_gathered()
         finally:
             del buf[:begin]
 
@@ -1076,6 +1125,9 @@ class Worker:
             # (signal handlers, asyncio.get_event_loop(), a sqlite3
             # connection used later by async handlers): an import that takes
             # longer than litebridge's ping timeout gets the worker replaced.
+            # Replies gathered so far are written first, not held behind it.
+            if self._gathered and (self._resolved is None or self._resolved(method) is None):
+                self._write_gathered()
             try:
                 func = self._resolver(method)
             except BaseException as e:  # refused, broken, or a module that exits as it is imported
@@ -1239,6 +1291,20 @@ class Worker:
         self._send((data + "\n").encode("utf-8", "replace"))
 
     def _send(self, payload):
+        """Writes ``payload`` (whole lines), or gathers it when the loop's
+        thread is dispatching a read's lines (``_on_readable``)."""
+        gathered = self._gathered
+        if gathered is not None and _get_ident() == self._loop_thread:
+            if not gathered:
+                self._gathered_at = _monotonic()
+            gathered.append(payload)
+            self._gathered_size += len(payload)
+            if self._gathered_size >= _GATHER_BYTES:
+                self._write_gathered()
+            return
+        self._send_now(payload)
+
+    def _send_now(self, payload):
         with self._out_lock:
             n = os.write(self._out, payload)
             if n < len(payload):

@@ -1,0 +1,159 @@
+"""Replies made while the lines of one read are dispatched are written
+together. None is lost or mixed up, and none waits behind a line whose
+handler keeps the loop for long once it has waited a millisecond, nor behind
+a name the resolver has to import.
+
+The waits here are not timed: the handler that keeps the loop waits for a
+file the test makes only once it has read the earlier replies, so a reply
+held back makes the handler give up (after 10 s) and say so."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from tests.test_worker import PYTHON_DIR
+
+WORKER = r"""
+import asyncio, os, sys, time
+from litebridge_worker import Worker
+
+GO = sys.argv[1]
+w = Worker()
+
+def wait_for_go():
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        if os.path.exists(GO):
+            return True
+        time.sleep(0.005)
+    return False
+
+@w.method()
+async def echo(value=None):
+    return value
+
+@w.method()
+def sync_echo(value=None):
+    return value
+
+@w.method()
+async def busy(ms):
+    time.sleep(ms / 1000)  # keeps the loop, as CPU work without an await does
+    return ms
+
+@w.method()
+async def keeps_the_loop_until_go():
+    return wait_for_go()
+
+@w.method()
+async def big(n):
+    return "x" * n
+
+def resolver(name):
+    if name == "slow.import":
+        ok = wait_for_go()
+        async def f():
+            return ok
+        return f
+    return None
+
+w.set_resolver(resolver)
+w.run()
+"""
+
+
+class GatheringTest(unittest.TestCase):
+    def setUp(self):
+        fd, self.go = tempfile.mkstemp()
+        os.close(fd)
+        os.unlink(self.go)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, self.go], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
+        self.assertEqual(self.read()["method"], "$/ready")
+
+    def tearDown(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=20)
+        self.proc.stdout.close()
+        if os.path.exists(self.go):
+            os.unlink(self.go)
+
+    def send_together(self, calls):
+        """Writes the calls in one write, so the worker reads them together."""
+        lines = [json.dumps(dict({"jsonrpc": "2.0"}, **c)) for c in calls]
+        data = ("\n".join(lines) + "\n").encode()
+        self.assertLess(len(data), 4096, "one write, one read: under PIPE_BUF")
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise EOFError("the worker closed stdout")
+        return json.loads(line)
+
+    def test_calls_sent_together_are_each_answered_once(self):
+        calls = []
+        for i in range(40):
+            calls.append({"id": i, "method": ("echo", "sync_echo")[i % 2], "params": [i]})
+        calls.append({"id": "bad", "method": "echo", "params": [1, 2, 3]})
+        calls.append({"id": "missing", "method": "nope"})
+        calls.append({"id": "ping", "method": "$/ping"})
+        calls.append({"method": "echo", "params": ["a notification: no answer"]})
+        self.send_together(calls)
+        replies = {}
+        for _ in range(43):
+            r = self.read()
+            self.assertNotIn(r["id"], replies, "answered twice")
+            replies[r["id"]] = r
+        for i in range(40):
+            self.assertEqual(replies[i]["result"], i)
+        self.assertEqual(replies["bad"]["error"]["code"], -32602)
+        self.assertEqual(replies["missing"]["error"]["code"], -32601)
+        self.assertTrue(replies["ping"]["result"]["pong"])
+        # Nothing else is on its way: the next answer is the next call's.
+        self.send_together([{"id": "last", "method": "echo", "params": ["z"]}])
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": "last", "result": "z"})
+
+    def test_answers_past_the_size_limit_are_written_whole(self):
+        # 64 KiB gathered is written at once; every line still arrives whole.
+        calls = [{"id": i, "method": "big", "params": [30000]} for i in range(10)]
+        self.send_together(calls)
+        got = sorted(self.read()["id"] for _ in range(10))
+        self.assertEqual(got, list(range(10)))
+
+    def test_an_answer_waits_no_longer_than_a_millisecond_behind_a_handler_that_keeps_the_loop(self):
+        # echo is answered; busy keeps the loop 5 ms, past the 1 ms an answer
+        # may wait; so both are written before the third line runs, which
+        # keeps the loop until the test has read them.
+        self.send_together([
+            {"id": 1, "method": "echo", "params": ["first"]},
+            {"id": 2, "method": "busy", "params": [5]},
+            {"id": 3, "method": "keeps_the_loop_until_go"},
+        ])
+        first, second = self.read(), self.read()
+        self.assertEqual({first["id"], second["id"]}, {1, 2})
+        open(self.go, "w").close()
+        third = self.read()
+        self.assertEqual(third, {"jsonrpc": "2.0", "id": 3, "result": True},
+                         "the answers before it were held back until it gave up")
+
+    def test_answers_are_written_before_a_name_the_resolver_imports(self):
+        self.send_together([
+            {"id": 1, "method": "echo", "params": ["first"]},
+            {"id": 2, "method": "slow.import"},
+        ])
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
+        open(self.go, "w").close()
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
+                         "the answer before it was held back until the import gave up")
+
+
+if __name__ == "__main__":
+    unittest.main()
