@@ -75,10 +75,7 @@ export interface ConnectOptions {
    * How long a call without a `timeout` of its own may take over HTTP, in
    * ms, answer included (default 600000); a call with a `timeout` gets that
    * and 5000 ms. Past it a read fails with `TimeoutError`, anything else
-   * with `OutcomeUnknownError`. Node's built-in `fetch` (undici) gives up on
-   * an answer whose headers take more than 300 s whatever this deadline, and
-   * fails the same way naming that limit: for longer calls pass a `fetch` of
-   * your own (undici's, with a longer `headersTimeout`) or use stdio.
+   * with `OutcomeUnknownError`.
    */
   deadline?: number;
   /**
@@ -86,6 +83,13 @@ export interface ConnectOptions {
    * fails with `TooLargeError`, anything else with `OutcomeUnknownError`.
    */
   maxResponseBytes?: number;
+  /**
+   * The fetch to send with. By default the client's own, over `node:http`,
+   * whose requests only the deadline ends: Node's built-in `fetch` (undici)
+   * gives up on an answer whose headers take more than 300 s whatever the
+   * deadline (that failure names the limit). Pass one to go through
+   * undici's global dispatcher (a proxy agent), or to test.
+   */
   fetch?: typeof fetch;
   /** Send the calls of one tick as one JSON-RPC batch (several, to stay under the server's 16 MiB body limit). */
   batch?: boolean;

@@ -9,6 +9,7 @@ import { once } from 'node:events';
 
 import { ConnectionError, OutcomeUnknownError, TimeoutError, TooLargeError, fromWire } from './errors.js';
 import { parse, stringify } from './json.js';
+import { nodeFetch } from './nodefetch.js';
 
 const STDERR_LINES = 20;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
@@ -491,14 +492,14 @@ function late(what, ms, ran, answering = false) {
 
 /**
  * No answer's headers within the 300 s of Node's fetch (undici's
- * `headersTimeout`), which gives up then whatever the call's deadline: a
- * read timed out, anything else may have run.
+ * `headersTimeout`), when it is the fetch given, which gives up then
+ * whatever the call's deadline: a read timed out, anything else may have run.
  */
 function headersLate(what, ms, ran) {
   const waited =
     `${what} gave no answer within 300 s, the longest Node's fetch waits for an answer's headers ` +
-    `(undici's headersTimeout, whatever the client's deadline of ${ms} ms): over HTTP a call cannot ` +
-    'take longer than that';
+    `(undici's headersTimeout, whatever the client's deadline of ${ms} ms): the fetch given cannot wait ` +
+    "longer; leave the fetch option out (the client's own waits until the deadline) or use stdio";
   if (ran) return new OutcomeUnknownError(`${waited}; the request may or may not have run`, { kind: 'outcome_unknown' });
   return new TimeoutError(waited, { kind: 'timeout', recoverable: true });
 }
@@ -643,10 +644,12 @@ function sseParser(onEvent) {
 export class HttpTransport {
   #key;
 
-  constructor({ url, key, fetch: fetchImpl = globalThis.fetch, batch = false, deadline, maxResponseBytes }) {
+  constructor({ url, key, fetch: fetchImpl, batch = false, deadline, maxResponseBytes }) {
     this.url = checkedUrl(url);
     this.#key = checkedKey(key);
-    this.fetch = fetchImpl;
+    // Node's own fetch gives up on an answer after 300 s: see nodefetch.js.
+    this.ownFetch = fetchImpl ? undefined : nodeFetch();
+    this.fetch = fetchImpl ?? this.ownFetch;
     this.batch = batch;
     this.deadline = positive(deadline, 'deadline', DEFAULT_DEADLINE);
     this.maxResponseBytes = positive(maxResponseBytes, 'maxResponseBytes', MAX_RESPONSE_BYTES);
@@ -981,5 +984,6 @@ export class HttpTransport {
 
   async close() {
     this.streams?.abort();
+    this.ownFetch?.close();
   }
 }
