@@ -990,6 +990,65 @@ asyncio.run(main())
         self.assertTrue(e.exception.recoverable)
         self.assertIn("name lookup", str(e.exception))
 
+    def _with_addresses(self, host, ports):
+        """``socket.getaddrinfo`` answering ``host`` with loopback at each
+        of ``ports`` in turn (as a name with several addresses is): undone
+        by the test's cleanup."""
+        real = socket.getaddrinfo
+
+        def several(name, port, *args, **kwargs):
+            if name == host:
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+            return real(name, port, *args, **kwargs)
+
+        socket.getaddrinfo = several
+        self.addCleanup(setattr, socket, "getaddrinfo", real)
+
+    def test_each_address_of_a_name_is_tried_in_turn(self):
+        server = _RpcServer(200, lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}}))
+        self.addCleanup(server.close)
+        good = int(server.url.rsplit(":", 1)[1])
+        self._with_addresses("several.invalid", [_dead_port(), _dead_port(), good])
+        c = lb.Client.connect("http://several.invalid:7070", deadline=5)
+        self.assertEqual(c.execute(_WRITE), {"changes": 1})
+        self.assertEqual(len(server.bodies), 1)
+
+    def test_every_address_refused_is_refused_not_a_timeout(self):
+        self._with_addresses("refused.invalid", [_dead_port(), _dead_port()])
+        started = time.monotonic()
+        with self.assertRaises(lb.ConnectionError) as e:
+            lb.Client.connect("http://refused.invalid:7070", deadline=5).execute(_WRITE)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertIn("refused", str(e.exception).lower())
+        self.assertNotIn("deadline", str(e.exception))
+
+    def test_addresses_left_when_the_deadline_passes_are_not_tried(self):
+        # The first address takes the whole deadline (it never completes
+        # the handshake: a listening socket whose backlog is full); the
+        # second, which would answer, is never reached.
+        server = _RpcServer(200, lambda r: json.dumps({"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}}))
+        self.addCleanup(server.close)
+        full = socket.socket()
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        self.addCleanup(full.close)
+        fillers = []
+        for _ in range(8):  # fill the backlog (never accepted)
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(full.getsockname())
+            fillers.append(f)
+        for f in fillers:
+            self.addCleanup(f.close)
+        self._with_addresses("stuck.invalid", [full.getsockname()[1], int(server.url.rsplit(":", 1)[1])])
+        started = time.monotonic()
+        with self.assertRaises(lb.ConnectionError) as e:
+            lb.Client.connect("http://stuck.invalid:7070", deadline=0.5).execute(_WRITE)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertEqual(server.bodies, [], "an address was tried past the deadline")
+
 
 def _alive(pid):
     try:
