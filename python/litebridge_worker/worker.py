@@ -19,7 +19,10 @@ Design:
   order they finish. The replies made on the loop's thread while it
   dispatches the lines of one read are written together, in one ``write``
   (``_on_readable``): calls litebridge sends together cost one system call
-  for their answers, not one each. A plain function that returns an
+  for their answers, not one each. They wait only behind ``async def``
+  handlers that have always been quick, at most a millisecond or so, so a
+  crash or a handler that keeps the loop seldom holds a reply already
+  made. A plain function that returns an
   awaitable (an ``async def`` behind a plain decorator) has it awaited on
   the loop.
 - Every call runs in a context of its own, a copy of the loop's (which no
@@ -47,6 +50,7 @@ from json.encoder import encode_basestring as _encode_str
 import logging
 import os
 import re
+import select
 import sys
 import threading
 import time
@@ -332,6 +336,16 @@ def _safe_str(e):
         return str.__str__(str(e))
     except BaseException:
         return _describe_exception(e)[0]
+
+
+def _wait_writable(fd):
+    """Blocks until ``fd`` can be written to."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll()
+    else:
+        select.select([], [fd], [])
 
 
 # ----- starting a Task eagerly -----------------------------------------------
@@ -847,6 +861,9 @@ class Worker:
         self._gathered = None
         self._gathered_size = 0
         self._gathered_at = 0.0
+        # Handler -> whether every first step it took so far was quicker
+        # than _GATHER_S (replies are gathered only behind those).
+        self._quick = {}
         self._loop_thread = None
         # json.dumps with non-default options builds an encoder per call.
         # NaN and Infinity are refused (ValueError, answered as an error): no
@@ -980,6 +997,10 @@ class Worker:
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = _get_ident()
+        if hasattr(os, "register_at_fork"):
+            # A handler's child that goes on past the fork must not write
+            # the replies the parent gathered (the parent writes them).
+            os.register_at_fork(after_in_child=self._forget_gathered)
         self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
@@ -1006,22 +1027,32 @@ class Worker:
         dispatches make at once (``async def`` handlers that return without
         waiting, errors) are gathered and written together once every line
         read is dispatched: one ``write`` for the lot, where litebridge
-        sends many calls at once, instead of one each. Once the first has
-        waited ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered, they are
-        written before the next line is run; and before a name the resolver
-        may import. An ``async def`` handler that keeps the loop holds back
-        the replies gathered before it, as it holds back every other call."""
+        sends many calls at once, instead of one each. They wait only behind
+        handlers known to be quick: before an ``async def`` handler whose
+        first step has not always taken less than ``_GATHER_S`` (one never
+        run before included), and before a name the resolver may import,
+        they are written; so they are too once the first has waited
+        ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered. What a quick
+        handler can still do is end the process, or keep the loop, the first
+        time it is not quick: the replies of the millisecond before it are
+        then lost (their calls were not answered: litebridge reports them
+        as it reports a crash) or late."""
         self._gathered = []
         try:
             self._read(fd)
         finally:
             try:
                 self._write_gathered()
-            except OSError:
+            except (BrokenPipeError, ConnectionResetError):
                 pass  # litebridge's end of the pipe is gone: stdin ends next
             finally:
                 self._gathered = None
                 self._pool.flush()
+
+    def _forget_gathered(self):
+        if self._gathered:
+            self._gathered = []
+            self._gathered_size = 0
 
     def _write_gathered(self):
         gathered = self._gathered
@@ -1151,7 +1182,10 @@ class Worker:
             return
         if is_async:
             # The Task copies this context and sets the call's flag in its copy.
-            task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
+            if self._gathered is None:
+                task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
+            else:
+                task = self._eager_gathering(func, flag, args, kwargs)
             if rid is not None and not task.done():
                 self._track(rid, task, flag)
         else:
@@ -1162,6 +1196,28 @@ class Worker:
             except BaseException:
                 self._inflight.pop(rid, None)
                 raise
+
+    def _eager_gathering(self, func, flag, args, kwargs):
+        """``_eager_task`` while replies are gathered: they are written
+        first unless every first step of ``func`` so far took less than
+        ``_GATHER_S`` (a handler seen for the first time, or one that once
+        kept the loop longer, may keep it, or end the process, with them
+        unsent); this one's time is noted."""
+        quick = self._quick
+        try:
+            known = quick.get(func)
+        except TypeError:  # an unhashable callable: never trusted
+            known = None
+        if not known and self._gathered:
+            self._write_gathered()
+        began = _monotonic()
+        task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
+        if known is not False:
+            try:
+                quick[func] = _monotonic() - began < _GATHER_S
+            except TypeError:
+                pass
+        return task
 
     def _track(self, rid, task, flag):
         """Keeps a Task that goes on waiting where ``$/cancelRequest`` finds it."""
@@ -1306,11 +1362,21 @@ class Worker:
 
     def _send_now(self, payload):
         with self._out_lock:
-            n = os.write(self._out, payload)
+            try:
+                n = os.write(self._out, payload)
+            except BlockingIOError:
+                n = 0
             if n < len(payload):
                 view = memoryview(payload)[n:]
                 while view:
-                    n = os.write(self._out, view)
+                    try:
+                        n = os.write(self._out, view)
+                    except BlockingIOError:
+                        # stdout shares stdin's non-blocking mode (one
+                        # socket for both, as socat or inetd give): wait
+                        # until litebridge reads, never tear a line.
+                        _wait_writable(self._out)
+                        continue
                     view = view[n:]
 
     def _notify(self, method, params):

@@ -9,7 +9,7 @@ import { once } from 'node:events';
 
 import { ConnectionError, OutcomeUnknownError, TimeoutError, TooLargeError, fromWire } from './errors.js';
 import { parse, stringify } from './json.js';
-import { nodeFetch } from './nodefetch.js';
+import { NOT_CONNECTED, nodeFetch } from './nodefetch.js';
 
 const STDERR_LINES = 20;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
@@ -193,6 +193,7 @@ async function readBody(res, limit) {
 // refused, no such host or socket file, unreachable, or no connection
 // within undici's connect timeout.
 const NEVER_CONNECTED = new Set([
+  NOT_CONNECTED,
   'ECONNREFUSED',
   'ENOTFOUND',
   'EAI_AGAIN',
@@ -726,7 +727,8 @@ export class HttpTransport {
         });
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
-        if (expired()) throw new Failed((ran) => late(what, deadline, ran));
+        // The deadline passed while connecting: the request was not sent.
+        if (expired()) throw new Failed((ran) => late(what, deadline, ran && !neverConnected(e?.cause)));
         if (e?.cause?.code === 'UND_ERR_HEADERS_TIMEOUT') throw new Failed((ran) => headersLate(what, deadline, ran));
         const unsent = this.unsent(e);
         if (unsent) throw unsent;

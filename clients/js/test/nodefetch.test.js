@@ -5,9 +5,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { createServer } from 'node:http';
 
-import { Client, ConnectionError, LitebridgeError, OutcomeUnknownError } from '../src/index.js';
+import { Client, ConnectionError, LitebridgeError, OutcomeUnknownError, TimeoutError } from '../src/index.js';
 import { IDLE_MS } from '../src/nodefetch.js';
 import { fakeServer } from './helpers.js';
 
@@ -107,4 +109,107 @@ test('a request node:http cannot make (a header value it refuses) was not sent',
     return true;
   });
   assert.equal(requests.length, 0);
+});
+
+test('a 101 answer (switching protocols) fails the call at once instead of leaving it pending', async (t) => {
+  const { url } = await fakeServer(t, (socket) =>
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n'),
+  );
+  const c = Client.connect(url, { deadline: 10_000 });
+  t.after(() => c.close());
+  const started = Date.now();
+  await assert.rejects(c.execute('INSERT INTO t VALUES (1)'), (e) => {
+    assert.ok(e instanceof OutcomeUnknownError, e);
+    assert.match(e.message, /101/);
+    return true;
+  });
+  assert.ok(Date.now() - started < 5_000, 'it waited for the deadline');
+});
+
+/** A loopback port that takes no connection: its listener's backlog is full, so a SYN gets no answer. */
+async function blackhole(t) {
+  const child = spawn('python3', ['-c', `
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+fill = []
+for _ in range(8):
+    f = socket.socket(); f.setblocking(False); f.connect_ex(s.getsockname()); fill.append(f)
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => child.kill());
+  const [line] = await once(child.stdout, 'data');
+  return `http://127.0.0.1:${Number(String(line).trim())}`;
+}
+
+test('a deadline that passes while connecting: the request was not sent, a write is not OutcomeUnknownError', async (t) => {
+  const url = await blackhole(t);
+  const c = Client.connect(url, { deadline: 1_000 });
+  t.after(() => c.close());
+  for (const call of [() => c.execute('INSERT INTO t VALUES (1)'), () => c.query('SELECT 1')]) {
+    await assert.rejects(call(), (e) => {
+      assert.ok(e instanceof TimeoutError, e);
+      assert.ok(!(e instanceof OutcomeUnknownError));
+      assert.equal(e.recoverable, true);
+      return true;
+    });
+  }
+});
+
+test('close() fails the requests made after it at once, as not sent', async (t) => {
+  const { url, requests } = await fakeServer(t, () => {});
+  const c = Client.connect(url, { deadline: 30_000 });
+  await c.close();
+  const started = Date.now();
+  await assert.rejects(c.execute('INSERT INTO t VALUES (1)'), (e) => {
+    assert.ok(e instanceof ConnectionError, e);
+    assert.ok(!(e instanceof OutcomeUnknownError));
+    assert.match(e.message, /closed/);
+    return true;
+  });
+  assert.ok(Date.now() - started < 1_000);
+  assert.equal(requests.length, 0);
+});
+
+test('a body that ends with the connection, cut by the deadline, is a timeout, not a short answer', async (t) => {
+  const { url } = await fakeServer(t, (socket) => {
+    // No content-length, no chunks: the body ends when the connection does.
+    socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"jsonrpc":"2.0","id":1,"result":{"rows":[');
+    const trickle = setInterval(() => socket.write('[1],'), 100);
+    socket.on('close', () => clearInterval(trickle));
+  });
+  const c = Client.connect(url, { deadline: 800 });
+  t.after(() => c.close());
+  await assert.rejects(c.query('SELECT 1'), (e) => {
+    assert.ok(e instanceof TimeoutError, e);
+    assert.match(e.message, /whole answer/);
+    return true;
+  });
+});
+
+test('NODE_DEBUG=http does not print the key', async (t) => {
+  const { url } = await fakeServer(t, (socket, request) => {
+    const id = JSON.parse(request.body).id;
+    const body = JSON.stringify({ jsonrpc: '2.0', id, result: { changes: 1 } });
+    socket.end(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+  });
+  const script = `
+    import { Client } from ${JSON.stringify(new URL('../src/index.js', import.meta.url).href)};
+    const c = Client.connect(${JSON.stringify(url)}, { key: 'lb_SECRET_KEY_TO_HIDE' });
+    console.log(JSON.stringify(await c.execute('INSERT INTO t VALUES (1)')));
+    await c.close();
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, NODE_DEBUG: 'http,net' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, err);
+  assert.match(out, /"changes":1/);
+  assert.ok(err.length > 0, 'NODE_DEBUG printed nothing: the test shows nothing');
+  assert.ok(!err.includes('SECRET_KEY'), 'the key was printed');
 });
