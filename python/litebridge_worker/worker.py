@@ -20,9 +20,9 @@ Design:
   dispatches the lines of one read are written together, in one ``write``
   (``_on_readable``): calls litebridge sends together cost one system call
   for their answers, not one each. They wait only behind ``async def``
-  handlers that have always been quick, at most a millisecond or so, so a
-  crash or a handler that keeps the loop seldom holds a reply already
-  made. A plain function that returns an
+  handlers that were quick their last few calls, at most a millisecond or
+  so, so a crash or a handler that keeps the loop seldom holds a reply
+  already made. A plain function that returns an
   awaitable (an ``async def`` behind a plain decorator) has it awaited on
   the loop.
 - Every call runs in a context of its own, a copy of the loop's (which no
@@ -143,6 +143,8 @@ _READ_SIZE = 65536
 # dispatched are kept to be written together (see ``Worker._on_readable``).
 _GATHER_S = 0.001
 _GATHER_BYTES = 65536
+# How many quick first steps in a row make a handler one replies wait behind.
+_TRUSTED = 8
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 
@@ -861,8 +863,9 @@ class Worker:
         self._gathered = None
         self._gathered_size = 0
         self._gathered_at = 0.0
-        # Handler -> whether every first step it took so far was quicker
-        # than _GATHER_S (replies are gathered only behind those).
+        # Handler -> how many of its first steps in a row, up to _TRUSTED,
+        # were quicker than _GATHER_S (replies are gathered only behind
+        # handlers at _TRUSTED).
         self._quick = {}
         self._loop_thread = None
         # json.dumps with non-default options builds an encoder per call.
@@ -1029,14 +1032,14 @@ class Worker:
         read is dispatched: one ``write`` for the lot, where litebridge
         sends many calls at once, instead of one each. They wait only behind
         handlers known to be quick: before an ``async def`` handler whose
-        first step has not always taken less than ``_GATHER_S`` (one never
-        run before included), and before a name the resolver may import,
-        they are written; so they are too once the first has waited
-        ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered. What a quick
-        handler can still do is end the process, or keep the loop, the first
-        time it is not quick: the replies of the millisecond before it are
-        then lost (their calls were not answered: litebridge reports them
-        as it reports a crash) or late."""
+        last ``_TRUSTED`` first steps did not each take less than
+        ``_GATHER_S`` (one run fewer times included), and before a name the
+        resolver may import, they are written; so they are too once the
+        first has waited ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered.
+        What a quick handler can still do is end the process, or keep the
+        loop, the first time it is not quick: the replies of the millisecond
+        before it are then lost (their calls were not answered: litebridge
+        reports them as it reports a crash) or late."""
         self._gathered = []
         try:
             self._read(fd)
@@ -1199,24 +1202,25 @@ class Worker:
 
     def _eager_gathering(self, func, flag, args, kwargs):
         """``_eager_task`` while replies are gathered: they are written
-        first unless every first step of ``func`` so far took less than
-        ``_GATHER_S`` (a handler seen for the first time, or one that once
-        kept the loop longer, may keep it, or end the process, with them
-        unsent); this one's time is noted."""
+        first unless ``func``'s last ``_TRUSTED`` first steps each took less
+        than ``_GATHER_S`` (a handler seen for the first time, or one that
+        kept the loop longer lately, may keep it, or end the process, with
+        them unsent); this one's time is noted. Wall time: a step the system
+        paused counts as slow, and costs only the next few calls gathering."""
         quick = self._quick
         try:
-            known = quick.get(func)
+            runs = quick.get(func, 0)
         except TypeError:  # an unhashable callable: never trusted
-            known = None
-        if not known and self._gathered:
+            runs = None
+        if (runs is None or runs < _TRUSTED) and self._gathered:
             self._write_gathered()
         began = _monotonic()
         task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
-        if known is not False:
-            try:
-                quick[func] = _monotonic() - began < _GATHER_S
-            except TypeError:
-                pass
+        if runs is not None:
+            if _monotonic() - began >= _GATHER_S:
+                quick[func] = 0
+            elif runs < _TRUSTED:
+                quick[func] = runs + 1
         return task
 
     def _track(self, rid, task, flag):
