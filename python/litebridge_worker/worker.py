@@ -1026,11 +1026,12 @@ class Worker:
         self._pool.shutdown()
 
     def _on_readable(self, fd):
-        """Reads and dispatches what stdin has. The replies the calls it
-        dispatches make at once (``async def`` handlers that return without
-        waiting, errors) are gathered and written together once every line
-        read is dispatched: one ``write`` for the lot, where litebridge
-        sends many calls at once, instead of one each. They wait only behind
+        """Reads and dispatches what stdin has. When that is more than one
+        line, the replies the calls it dispatches make at once (``async
+        def`` handlers that return without waiting, errors) are gathered
+        and written together once every line read is dispatched: one
+        ``write`` for the lot, where litebridge sends many calls at once,
+        instead of one each. They wait only behind
         handlers known to be quick: before an ``async def`` handler whose
         last ``_TRUSTED`` first steps did not each take less than
         ``_GATHER_S`` (one run fewer times included), and before a name the
@@ -1040,12 +1041,12 @@ class Worker:
         loop, the first time it is not quick: the replies of the millisecond
         before it are then lost (their calls were not answered: litebridge
         reports them as it reports a crash) or late."""
-        self._gathered = []
         try:
             self._read(fd)
         finally:
             try:
-                self._write_gathered()
+                if self._gathered is not None:
+                    self._write_gathered()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # litebridge's end of the pipe is gone: stdin ends next
             finally:
@@ -1081,7 +1082,8 @@ class Worker:
             return
         buf = self._buf
         if not buf and data.find(b"\n") == len(data) - 1:
-            # The usual case, one whole line: no copy into the buffer.
+            # The usual case when calls come one at a time, one whole line:
+            # no copy into the buffer, and nothing to gather its reply with.
             if data.strip():
                 self._dispatch(data)
             return
@@ -1089,6 +1091,7 @@ class Worker:
         buf += data
         if b"\n" not in data:
             return
+        self._gathered = []
         begin = 0
         search = start
         try:
