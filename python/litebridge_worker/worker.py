@@ -56,6 +56,7 @@ import threading
 import time
 import traceback
 import types
+import weakref
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -348,6 +349,26 @@ def _wait_writable(fd):
         poller.poll()
     else:
         select.select([], [fd], [])
+
+
+# The workers serving in this process: a handler's child that goes on past a
+# fork must not write the replies its parent gathered (the parent writes
+# them). One hook for the process, which keeps no worker alive.
+_SERVING = weakref.WeakSet()
+
+
+def _forget_gathered_after_fork():
+    for worker in list(_SERVING):
+        worker._forget_gathered()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_gathered_after_fork)
+
+# How many handlers' shapes and speeds are kept: a resolver that makes a new
+# callable for each call (a partial, a closure) would otherwise grow them
+# (and keep its callables alive) for good; past it they start again.
+_REMEMBERED = 4096
 
 
 # ----- starting a Task eagerly -----------------------------------------------
@@ -1000,10 +1021,7 @@ class Worker:
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = _get_ident()
-        if hasattr(os, "register_at_fork"):
-            # A handler's child that goes on past the fork must not write
-            # the replies the parent gathered (the parent writes them).
-            os.register_at_fork(after_in_child=self._forget_gathered)
+        _SERVING.add(self)
         self._pool = _Pool(self._max_threads, "litebridge-handler")
         self._eof = self._loop.create_future()
         self._buf = bytearray()
@@ -1220,10 +1238,18 @@ class Worker:
         began = _monotonic()
         task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
         if runs is not None:
-            if _monotonic() - began >= _GATHER_S:
-                quick[func] = 0
-            elif runs < _TRUSTED:
-                quick[func] = runs + 1
+            try:
+                if _monotonic() - began >= _GATHER_S:
+                    quick[func] = 0
+                elif runs < _TRUSTED:
+                    if runs == 0 and len(quick) >= _REMEMBERED:
+                        quick.clear()
+                    quick[func] = runs + 1
+            except BaseException:
+                # A callable whose hash fails now: the call has started and
+                # answers itself, so nothing here may reach the caller's
+                # error path (it would be answered twice).
+                pass
         return task
 
     def _track(self, rid, task, flag):
@@ -1243,6 +1269,8 @@ class Worker:
         else:
             if shape is False:
                 shape = _Shape.of(func)
+                if len(self._signatures) >= _REMEMBERED:
+                    self._signatures.clear()
                 self._signatures[func] = shape
         return None if shape is None else shape.check(args, kwargs)
 

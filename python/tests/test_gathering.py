@@ -240,3 +240,85 @@ class GatheringTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+HOSTILE_WORKER = r"""
+import functools
+from litebridge_worker import Worker
+w = Worker()
+
+async def base(x=None):
+    return x
+
+armed = [False]
+
+class Hostile(functools.partial):
+    def __hash__(self):
+        if armed[0]:
+            raise RuntimeError("hash refused")
+        return id(self) >> 4
+
+async def arming(x=None):
+    armed[0] = True
+    return "ran"
+
+hostile = Hostile(arming)
+
+def resolver(name):
+    if name == "fresh.partial":
+        return functools.partial(base)  # a new callable for each call
+    if name == "hostile.hash":
+        armed[0] = False
+        return hostile
+    if name == "sizes.now":
+        async def sizes():
+            return [len(w._quick), len(w._signatures)]
+        return sizes
+    return None
+
+w.set_resolver(resolver)
+w.run()
+"""
+
+
+class HostileCallablesTest(unittest.TestCase):
+    def setUp(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOSTILE_WORKER], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
+        self.proc.stdout.readline()
+
+    def tearDown(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=20)
+        self.proc.stdout.close()
+
+    def send(self, calls):
+        self.proc.stdin.write(b"".join((json.dumps(dict({"jsonrpc": "2.0"}, **c)) + "\n").encode()
+                                       for c in calls))
+        self.proc.stdin.flush()
+
+    def read(self):
+        return json.loads(self.proc.stdout.readline())
+
+    def test_a_handler_whose_hash_fails_once_it_ran_is_answered_once(self):
+        self.send([{"id": 1, "method": "fresh.partial", "params": [1]},
+                   {"id": "h", "method": "hostile.hash"},
+                   {"id": 2, "method": "fresh.partial", "params": [2]}])
+        self.send([{"id": "after", "method": "fresh.partial", "params": [3]}])
+        got = []
+        while not got or got[-1]["id"] != "after":
+            got.append(self.read())
+        answers = [r for r in got if r["id"] == "h"]
+        self.assertEqual(answers, [{"jsonrpc": "2.0", "id": "h", "result": "ran"}])
+
+    def test_what_is_kept_of_handlers_made_for_each_call_is_bounded(self):
+        for start in range(0, 6000, 100):
+            self.send([{"id": i, "method": "fresh.partial", "params": [i]} for i in range(start, start + 100)])
+            for _ in range(100):
+                self.read()
+        self.send([{"id": "s", "method": "sizes.now"}])
+        quick, signatures = self.read()["result"]
+        self.assertLessEqual(quick, 4096)
+        self.assertLessEqual(signatures, 4096)

@@ -40,6 +40,9 @@ export const CONNECT_MS = 10_000;
 /** The `code` of a failure's cause when the request was certainly never sent. */
 export const NOT_CONNECTED = 'LITEBRIDGE_NOT_CONNECTED';
 
+/** The `code` of a failure's cause once the connection was made (the socket's error is its cause). */
+export const CONNECTED = 'LITEBRIDGE_CONNECTED';
+
 /** fetch's failure: a TypeError whose `cause` is `e`. */
 function failed(e) {
   return new TypeError('fetch failed', { cause: e });
@@ -116,6 +119,8 @@ export function nodeFetch() {
         return;
       }
       req.on('socket', (socket) => {
+        // Destroyed already (close() in the same tick): never connected.
+        if (socket.destroyed) return;
         const tls = target.protocol === 'https:';
         // A kept-alive connection, reused: made already (and its handshake).
         const protocol = tls ? socket.getProtocol?.() : undefined;
@@ -162,7 +167,11 @@ export function nodeFetch() {
       req.on('error', (e) => {
         if (!connected) {
           settle(reject, e?.code === NOT_CONNECTED ? failed(e) : notConnected(`${e?.message ?? e} (before the connection was made)`, e));
-        } else settle(reject, signal?.aborted ? signal.reason : failed(e));
+        } else if (signal?.aborted) settle(reject, signal.reason);
+        // Once connected the request may have been read, whatever the
+        // error says (EHOSTUNREACH from a host gone after it ran): its code
+        // is kept out of the way of those that mean "never sent".
+        else settle(reject, failed(Object.assign(new Error(`${e?.message ?? e} (after the connection was made)`, { cause: e }), { code: CONNECTED })));
       });
       // Whatever else ends the request with no answer: never left pending.
       req.on('close', () => {

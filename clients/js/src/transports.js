@@ -203,11 +203,20 @@ const NEVER_CONNECTED = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
 
-/** Whether `cause` (what fetch failed with) says the connection was never made. */
+/** The system calls whose failure means no connection was made (a socket's error names its call). */
+const BEFORE_CONNECTING = new Set(['connect', 'getaddrinfo', 'getaddrinfo_all']);
+
+/**
+ * Whether `cause` (what fetch failed with) says the connection was never
+ * made. A socket's error counts only if it came from connecting: the same
+ * code from a read or a write (EHOSTUNREACH once the host went away) may
+ * follow a request the server read and ran.
+ */
 function neverConnected(cause) {
   if (!cause || typeof cause !== 'object') return false;
   // Several addresses tried (happy eyeballs), each refused.
   if (Array.isArray(cause.errors) && cause.errors.length) return cause.errors.every(neverConnected);
+  if (typeof cause.syscall === 'string' && !BEFORE_CONNECTING.has(cause.syscall)) return false;
   return NEVER_CONNECTED.has(cause.code);
 }
 

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:http';
+import net from 'node:net';
 
 import { Client, ConnectionError, LitebridgeError, OutcomeUnknownError, TimeoutError } from '../src/index.js';
 import { IDLE_MS } from '../src/nodefetch.js';
@@ -212,4 +213,44 @@ test('NODE_DEBUG=http does not print the key', async (t) => {
   assert.match(out, /"changes":1/);
   assert.ok(err.length > 0, 'NODE_DEBUG printed nothing: the test shows nothing');
   assert.ok(!err.includes('SECRET_KEY'), 'the key was printed');
+});
+
+test('a connection that fails after the request was read (EHOSTUNREACH on a read) is OutcomeUnknownError for a write, never "cannot reach"', async (t) => {
+  // Linux reports EHOSTUNREACH or ECONNREFUSED on an established socket
+  // whose host went away; simulated by destroying the client's socket with
+  // the error libuv gives then (syscall "read"), after the server read the call.
+  const sockets = [];
+  const connect = net.Socket.prototype.connect;
+  net.Socket.prototype.connect = function (...args) {
+    sockets.push(this);
+    return connect.apply(this, args);
+  };
+  t.after(() => {
+    net.Socket.prototype.connect = connect;
+  });
+  let ran = 0;
+  let code;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      ran += 1;
+      const socket = sockets.at(-1);
+      setTimeout(() => socket.destroy(Object.assign(new Error(`read ${code}`), { code, syscall: 'read' })), 20);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  for (const fetch of [undefined, globalThis.fetch]) {
+    for (code of ['EHOSTUNREACH', 'ECONNREFUSED']) {
+      const c = Client.connect(url, { deadline: 5_000, fetch });
+      const before = ran;
+      await assert.rejects(c.execute('INSERT INTO t VALUES (1)'), (e) => {
+        assert.ok(e instanceof OutcomeUnknownError, `${fetch ? "Node's fetch" : 'own fetch'}, ${code}: ${e}`);
+        return true;
+      });
+      assert.equal(ran - before, 1);
+      await c.close();
+    }
+  }
 });
