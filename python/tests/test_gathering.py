@@ -322,3 +322,29 @@ class HostileCallablesTest(unittest.TestCase):
         quick, signatures = self.read()["result"]
         self.assertLessEqual(quick, 4096)
         self.assertLessEqual(signatures, 4096)
+
+
+class WorkerLifetimeTest(unittest.TestCase):
+    def test_a_worker_that_has_run_is_not_kept_alive(self):
+        # run() twice in one process (stdin at its end each time): neither
+        # Worker is kept alive by anything the worker set up for the process.
+        script = (
+            "import gc, os, sys, weakref\n"
+            "from litebridge_worker import Worker\n"
+            "refs = []\n"
+            "for _ in range(2):\n"
+            "    r, wr = os.pipe()\n"
+            "    os.dup2(r, 0)\n"
+            "    os.close(r)\n"
+            "    os.close(wr)  # stdin at its end\n"
+            "    w = Worker()\n"
+            "    refs.append(weakref.ref(w))\n"
+            "    w.run()\n"
+            "    del w\n"
+            "gc.collect()\n"
+            "sys.stderr.write('alive=%d\\n' % sum(r() is not None for r in refs))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=60,
+                             env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
+        self.assertIn(b"alive=0", out.stderr, out.stderr)
