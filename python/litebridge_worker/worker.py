@@ -214,15 +214,29 @@ _INT_MAX = 2 ** 64 - 1
 # A cheap look at a reply's JSON for what could be such a problem, on a copy
 # with every digit made "0" (one bytes.translate, then five substring
 # searches: about 0.5 us for a small result, and a fifth of what json's C
-# encoder took for a large one full of numbers; a regular expression took
-# as long as the encoder): 19 digits in a row (an integer that may be
-# beyond 64 bits: a float's repr has at most 17 in a row), or a key that is
-# what json writes for an int, float, bool or None key (the only keys that
-# can collide with a str key; a numeric key ends in a digit, and only a key
-# is followed by ":"). A string holding such text only sends the result to
-# _unsendable, which walks it; nothing found, and neither problem is there.
+# encoder took for a large one full of numbers; a regular expression over
+# the whole text took as long as the encoder): 19 digits in a row (an
+# integer that may be beyond 64 bits: a float's repr has at most 17 in a
+# row), or a key that is what json writes for an int, float, bool or None
+# key (the only keys that can collide with a str key; only a key is
+# followed by ":"). A numeric key is written as an int's or a float's repr
+# (-12, 1.5, 1e+16, -1.5e-07; json refuses an infinite or NaN one), so a
+# key such as "item1" or "sha256", which ends in a digit too, is told apart
+# by a regular expression run only when some key ends in one (a walk of a
+# large result cost twice its encoding). A string holding such text only
+# sends the result to _unsendable, which walks it; nothing found, and
+# neither problem is there.
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _NINETEEN_DIGITS = "0" * 19
+_NUMERIC_KEY = re.compile(r'"-?0+(?:\.0+)?(?:e[-+]0+)?":')
+
+
+def _may_be_unsendable(line):
+    """Whether a reply's encoded ``line`` (bytes) may hold what
+    ``_unsendable`` looks for; False means it cannot."""
+    seen = line.translate(_DIGITS_AS_ZERO).decode("latin-1")
+    return (_NINETEEN_DIGITS in seen or ('0":' in seen and _NUMERIC_KEY.search(seen) is not None)
+            or '"true":' in seen or '"false":' in seen or '"null":' in seen)
 
 
 def _key_text(k):
@@ -1438,9 +1452,7 @@ class Worker:
             if len(body) > 12 and type(result) is not str:
                 # Only a result whose JSON could hold an integer beyond 64
                 # bits, or a key that could collide, is walked.
-                seen = line.translate(_DIGITS_AS_ZERO).decode("latin-1")
-                if (_NINETEEN_DIGITS in seen or '0":' in seen or '"true":' in seen
-                        or '"false":' in seen or '"null":' in seen):
+                if _may_be_unsendable(line):
                     problem = _unsendable(result)
                     if problem is not None:
                         self._reply_error(rid, WORKER_ERROR, problem, {"type": "ValueError", "traceback": ""})

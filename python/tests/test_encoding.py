@@ -72,12 +72,11 @@ class InexactResultTest(unittest.TestCase):
         def suspect(result):
             body = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
             line = ('{"jsonrpc":"2.0","id":1,"result":%s}\n' % body).encode()
-            seen = line.translate(worker._DIGITS_AS_ZERO).decode("latin-1")
-            return len(body) > 12 and (worker._NINETEEN_DIGITS in seen or '0":' in seen or '"true":' in seen
-                                       or '"false":' in seen or '"null":' in seen)
+            return len(body) > 12 and worker._may_be_unsendable(line)
 
         problems = [2 ** 64, -2 ** 63 - 1, [2 ** 64], {"a": 2 ** 64}, {"a": -(10 ** 19)}, (1, 10 ** 40),
                     {1: 0, "1": 0}, {"1": 0, 1: 0}, {-1: 0, "-1": 0}, {1.5: 0, "1.5": 0}, {1e16: 0, "1e+16": 0},
+                    {-1.5e-07: 0, "-1.5e-07": 0}, {"item1": 0, 10: 0, "10": 0}, {"a\\": {7: 0, "7": 0}},
                     {True: 0, "true": 0}, {False: 0, "false": 0}, {None: 0, "null": 0}]
         for p in problems:
             self.assertIsNotNone(worker._unsendable(p), repr(p))
@@ -85,7 +84,10 @@ class InexactResultTest(unittest.TestCase):
         # The usual results do not pay for a walk.
         for ok in [{"domain": "finance", "words": 3}, [1, 2.5, None, True, "x"], {"a": {"b": [1e300, -5]}},
                    {"items": [{"id": 12, "score": 0.5, "tags": ["a1", "b2"]}], "total": 123456789012345678},
-                   12, 2 ** 50]:
+                   12, 2 ** 50,
+                   # Keys that end in a digit but are no number's text.
+                   {"item1": 1, "sha256": "ab", "v2": {"e0": [1], "x-1": 2, "1a0": 3}},
+                   [{"gpt4": 0.5, "p99": 12}] * 3]:
             self.assertFalse(suspect(ok), repr(ok))
 
 
