@@ -15,11 +15,12 @@ Design:
 - ``async def`` handlers run as tasks on the loop; plain functions run in a
   thread pool, and the pool thread writes the reply itself (one hand-off per
   call: see ``_Pool`` for how it is kept to few context switches). Many calls
-  are in flight at once; replies are written whole, under a lock, in the
-  order they finish. The replies made on the loop's thread while it
-  dispatches the lines of one read are written together, in one ``write``
-  (``_on_readable``): calls litebridge sends together cost one system call
-  for their answers, not one each. They wait only behind ``async def``
+  are in flight at once; replies are written whole, under a lock, as they
+  are made (a pool thread's at once), except the replies made on the
+  loop's thread while it dispatches the lines of one read: those are
+  written together once the read is dispatched, in one ``write``
+  (``_on_readable``), so calls litebridge sends together cost one system
+  call for their answers, not one each. They wait only behind ``async def``
   handlers that were quick their last few calls, at most a millisecond or
   so, so a crash or a handler that keeps the loop seldom holds a reply
   already made. A plain function that returns an
@@ -1058,15 +1059,16 @@ class Worker:
         self._pool.shutdown()
 
     def _on_readable(self, fd):
-        """Reads and dispatches what stdin has. When that is more than one
-        line, the replies the calls it dispatches make at once (``async
-        def`` handlers that return without waiting, errors) are gathered
-        and written together once every line read is dispatched: one
-        ``write`` for the lot, where litebridge sends many calls at once,
-        instead of one each. They wait only behind
-        handlers known to be quick: before an ``async def`` handler whose
-        last ``_TRUSTED`` first steps did not each take less than
-        ``_GATHER_S`` (one run fewer times included), and before a name the
+        """Reads and dispatches what stdin has. Unless that is one whole
+        line with nothing before it, the replies the calls it dispatches
+        make at once (``async def`` handlers that return without waiting,
+        errors) are gathered and written together once every line read is
+        dispatched: one ``write`` for the lot, where litebridge sends many
+        calls at once, instead of one each. They wait only behind handlers
+        known to be quick: before an ``async def`` handler whose last
+        ``_TRUSTED`` first steps in such reads did not each take less than
+        ``_GATHER_S``, or one of whose first steps took longer since (in a
+        read of one line too: ``_distrust``), and before a name the
         resolver may import, they are written; so they are too once the
         first has waited ``_GATHER_S``, or ``_GATHER_BYTES`` are gathered.
         What a quick handler can still do is end the process, or keep the
@@ -1221,7 +1223,10 @@ class Worker:
         if is_async:
             # The Task copies this context and sets the call's flag in its copy.
             if self._gathered is None:
+                began = _monotonic()
                 task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
+                if _monotonic() - began >= _GATHER_S:
+                    self._distrust(func)
             else:
                 task = self._eager_gathering(func, flag, args, kwargs)
             if rid is not None and not task.done():
@@ -1253,18 +1258,27 @@ class Worker:
         task = _eager_task(self._loop, self._run_async(flag, func, args, kwargs))
         if runs is not None:
             try:
-                if _monotonic() - began >= _GATHER_S:
-                    quick[func] = 0
-                elif runs < _TRUSTED:
-                    if runs == 0 and len(quick) >= _REMEMBERED:
+                slow = _monotonic() - began >= _GATHER_S
+                if runs < _TRUSTED or slow:
+                    if runs == 0 and len(quick) >= _REMEMBERED and func not in quick:
                         quick.clear()
-                    quick[func] = runs + 1
+                    quick[func] = 0 if slow else runs + 1
             except BaseException:
                 # A callable whose hash fails now: the call has started and
                 # answers itself, so nothing here may reach the caller's
                 # error path (it would be answered twice).
                 pass
         return task
+
+    def _distrust(self, func):
+        """A first step of ``func`` that came alone took ``_GATHER_S`` or
+        more: replies no longer wait behind it until it has been quick
+        ``_TRUSTED`` times again."""
+        try:
+            if func in self._quick:
+                self._quick[func] = 0
+        except BaseException:  # a hash that fails now: the call answers itself
+            pass
 
     def _track(self, rid, task, flag):
         """Keeps a Task that goes on waiting where ``$/cancelRequest`` finds it."""

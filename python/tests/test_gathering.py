@@ -208,6 +208,23 @@ class GatheringTest(unittest.TestCase):
         open(self.go, "w").close()
         self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True})
 
+    def test_a_handler_that_kept_the_loop_on_a_call_that_came_alone_is_no_longer_trusted(self):
+        self.warm_up("quick_or_until_go")
+        # One line, read alone: its reply is not gathered, but its first
+        # step keeping the loop 5 ms counts all the same.
+        self.proc.stdin.write((json.dumps({"jsonrpc": "2.0", "id": "alone", "method": "quick_or_until_go",
+                                           "params": [False, 5]}) + "\n").encode())
+        self.proc.stdin.flush()
+        self.assertEqual(self.read()["id"], "alone")
+        self.send_together([
+            {"id": 1, "method": "echo", "params": ["first"]},
+            {"id": 2, "method": "quick_or_until_go", "params": [True]},
+        ])
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
+        open(self.go, "w").close()
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
+                         "the answer before it was held back until it gave up")
+
     def test_a_stdout_that_shares_stdins_non_blocking_mode_tears_no_line(self):
         # One socket for stdin and stdout (socat, inetd): the worker's
         # non-blocking stdin makes stdout non-blocking too. A reader slower
@@ -243,11 +260,17 @@ if __name__ == "__main__":
 
 
 HOSTILE_WORKER = r"""
-import functools
+import functools, time
+import litebridge_worker.worker
 from litebridge_worker import Worker
+litebridge_worker.worker._REMEMBERED = 64  # the bound, small enough for a quick test
 w = Worker()
 
 async def base(x=None):
+    return x
+
+async def slow_base(x=None):
+    time.sleep(0.0012)  # a first step past the millisecond: never trusted
     return x
 
 armed = [False]
@@ -267,6 +290,8 @@ hostile = Hostile(arming)
 def resolver(name):
     if name == "fresh.partial":
         return functools.partial(base)  # a new callable for each call
+    if name == "fresh.slow":
+        return functools.partial(slow_base)
     if name == "hostile.hash":
         armed[0] = False
         return hostile
@@ -314,14 +339,17 @@ class HostileCallablesTest(unittest.TestCase):
         self.assertEqual(answers, [{"jsonrpc": "2.0", "id": "h", "result": "ran"}])
 
     def test_what_is_kept_of_handlers_made_for_each_call_is_bounded(self):
-        for start in range(0, 6000, 100):
-            self.send([{"id": i, "method": "fresh.partial", "params": [i]} for i in range(start, start + 100)])
-            for _ in range(100):
-                self.read()
-        self.send([{"id": "s", "method": "sizes.now"}])
-        quick, signatures = self.read()["result"]
-        self.assertLessEqual(quick, 4096)
-        self.assertLessEqual(signatures, 4096)
+        # Quick ones and slow ones (whose speed is kept too), each made anew
+        # for every call, read together (the speeds are noted then).
+        for method in ("fresh.partial", "fresh.slow"):
+            for start in range(0, 200, 20):
+                self.send([{"id": i, "method": method, "params": [i]} for i in range(start, start + 20)])
+                for _ in range(20):
+                    self.read()
+            self.send([{"id": "s", "method": "sizes.now"}])
+            quick, signatures = self.read()["result"]
+            self.assertLessEqual(quick, 64, method)
+            self.assertLessEqual(signatures, 64, method)
 
 
 class WorkerLifetimeTest(unittest.TestCase):

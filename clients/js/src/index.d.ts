@@ -85,7 +85,7 @@ export interface ConnectOptions {
   maxResponseBytes?: number;
   /**
    * The fetch to send with. By default the client's own, over `node:http`,
-   * whose requests only the deadline ends: Node's built-in `fetch` (undici)
+   * whose requests only the deadline (or `close()`) ends: Node's built-in `fetch` (undici)
    * gives up on an answer whose headers take more than 300 s whatever the
    * deadline (that failure names the limit). Pass one to go through
    * undici's global dispatcher (a proxy agent), or to test.

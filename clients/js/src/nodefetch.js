@@ -5,7 +5,7 @@
 // Why not Node's own `fetch` (undici): it gives up on an answer whose
 // headers take more than 300 s (`headersTimeout`), whatever the signal's
 // deadline, and litebridge's calls to Python methods may take minutes. Here
-// only the caller's signal ends a request once it is connected: the
+// only the caller's signal (or `close()`) ends a request once it is connected: the
 // transport gives every call a deadline of its own. Redirects are never
 // followed (node:http does not), and answers are never inflated.
 //
@@ -15,7 +15,10 @@
 // `CONNECT_MS`, the deadline or `close()` while connecting, the fetch
 // closed) is a `TypeError` whose `cause` has the code `NOT_CONNECTED`
 // (the error behind it as its own cause), even when the signal ended it:
-// the request was not sent. Anything after may have been read.
+// the request was not sent. A signal already aborted rejects with its
+// reason, nothing sent. Anything after the connection may have been read.
+// `close()` destroys the agents' connections, in use ones too: the requests
+// on them end as after the connection was made.
 //
 // Connections are kept alive, each fetch with agents of its own, and an
 // idle one is closed after `IDLE_MS`, before litebridge's own idle limit

@@ -21,17 +21,20 @@ import { fakeServer } from './helpers.js';
  */
 async function echoServer(t, delay = () => 0) {
   const sockets = new Set();
+  const timers = new Set();
   const seen = { connections: 0, closed: 0 };
   const server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
     let body = '';
     req.on('data', (c) => (body += c));
     req.on('end', () => {
       const msg = JSON.parse(body);
-      setTimeout(() => {
+      const timer = setTimeout(() => {
+        timers.delete(timer);
         const text = JSON.stringify({ jsonrpc: '2.0', id: msg.id, result: msg.params });
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
         res.end(text);
       }, delay(msg));
+      timers.add(timer);
     });
   });
   server.on('connection', (socket) => {
@@ -44,6 +47,7 @@ async function echoServer(t, delay = () => 0) {
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.after(() => {
+    for (const timer of timers) clearTimeout(timer);
     for (const socket of sockets) socket.destroy();
     return new Promise((resolve) => server.close(resolve));
   });
@@ -170,6 +174,21 @@ test('close() fails the requests made after it at once, as not sent', async (t) 
   });
   assert.ok(Date.now() - started < 1_000);
   assert.equal(requests.length, 0);
+});
+
+test('close() cuts off a write in flight: OutcomeUnknownError at once, not a wait for the deadline', async (t) => {
+  const { url } = await echoServer(t, () => 20_000);
+  const c = Client.connect(url, { deadline: 30_000 });
+  const write = c.execute('INSERT INTO t VALUES (1)');
+  const outcome = assert.rejects(write, (e) => {
+    assert.ok(e instanceof OutcomeUnknownError, e);
+    return true;
+  });
+  await sleep(200); // the request has reached the server
+  const started = Date.now();
+  await c.close();
+  await outcome;
+  assert.ok(Date.now() - started < 1_000);
 });
 
 test('a body that ends with the connection, cut by the deadline, is a timeout, not a short answer', async (t) => {
