@@ -420,3 +420,55 @@ fn cancel_request_withdraws_a_call_but_not_a_write() {
     assert_eq!(r["result"], 7, "{r}");
     s.finish();
 }
+
+/// Replies ready at once are written together (up to 64 KiB a write, a
+/// longer one alone): with many requests in flight, some with answers past
+/// that, every reply still comes whole, once, on its own line.
+#[test]
+fn many_replies_at_once_each_come_whole_and_once() {
+    let mut s = Session::start();
+    let big = "y".repeat(100_000);
+    let lines: Vec<String> = (0u64..2000)
+        .map(|i| {
+            let v = if i.is_multiple_of(97) {
+                json!(big)
+            } else {
+                json!(i)
+            };
+            json!({"jsonrpc": "2.0", "id": i, "method": "sql.query",
+                   "params": {"sql": "SELECT ?1 AS v", "params": [v]}})
+            .to_string()
+        })
+        .collect();
+    let mut stdin = s.stdin;
+    // Written from a thread of its own: the replies are read meanwhile.
+    let writer = std::thread::spawn(move || {
+        for l in lines {
+            stdin.write_all(l.as_bytes()).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let mut line = String::new();
+        assert!(s.stdout.read_line(&mut line).unwrap() > 0, "stdout closed");
+        let r: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e})"));
+        let id = r["id"].as_u64().unwrap();
+        let v = if id.is_multiple_of(97) {
+            json!(big)
+        } else {
+            json!(id)
+        };
+        assert_eq!(r["result"]["rows"][0][0], v, "reply {id}");
+        assert!(seen.insert(id), "reply {id} twice");
+    }
+    writer.join().unwrap(); // stdin closed with it: the session ends
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut s.stdout, &mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "unexpected output: {}",
+        &rest[..rest.len().min(200)]
+    );
+    s.child.wait().unwrap();
+}

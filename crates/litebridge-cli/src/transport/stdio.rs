@@ -43,6 +43,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 256;
 pub(crate) const MAX_LINE: usize = 64 * 1024 * 1024;
 /// Event notifications waiting for stdout at most.
 pub(crate) const EVENT_QUEUE: usize = 256;
+/// The most bytes of replies joined into one write.
+const JOIN_BYTES: usize = 64 * 1024;
 
 /// Serves `input` until it ends, writing replies to `output`.
 pub(crate) async fn serve<R, W>(
@@ -58,18 +60,43 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (event_tx, mut event_rx) = mpsc::channel::<Vec<u8>>(EVENT_QUEUE);
     let writer = tokio::spawn(async move {
+        // The replies ready at once are joined into one write, up to
+        // JOIN_BYTES (a longer one is written alone, not copied): one
+        // system call for many replies when many requests are in flight.
+        let mut joined = Vec::new();
+        let mut next = None;
         loop {
-            let mut line = tokio::select! {
-                biased;
-                Some(line) = rx.recv() => line,
-                Some(line) = event_rx.recv() => line,
-                else => break,
+            let mut line = match next.take() {
+                Some(line) => line,
+                None => tokio::select! {
+                    biased;
+                    Some(line) = rx.recv() => line,
+                    Some(line) = event_rx.recv() => line,
+                    else => break,
+                },
             };
             line.push(b'\n');
-            output.write_all(&line).await?;
-            while let Ok(mut more) = rx.try_recv() {
-                more.push(b'\n');
-                output.write_all(&more).await?;
+            match rx.try_recv() {
+                Ok(more) if line.len() + more.len() < JOIN_BYTES => {
+                    joined.clear();
+                    joined.extend_from_slice(&line);
+                    joined.extend_from_slice(&more);
+                    joined.push(b'\n');
+                    while let Ok(more) = rx.try_recv() {
+                        if joined.len() + more.len() >= JOIN_BYTES {
+                            next = Some(more);
+                            break;
+                        }
+                        joined.extend_from_slice(&more);
+                        joined.push(b'\n');
+                    }
+                    output.write_all(&joined).await?;
+                }
+                more => {
+                    // Alone, or too long to join: written as it is.
+                    next = more.ok();
+                    output.write_all(&line).await?;
+                }
             }
             output.flush().await?;
         }

@@ -571,21 +571,29 @@ async fn write_stdin(
             joined.clear();
             ends.clear();
             written = 0;
-            let out: &[u8] = if line.len() >= JOIN_BYTES {
-                ends.push((id, line.len()));
-                &line
-            } else {
-                joined.extend_from_slice(&line);
-                ends.push((id, joined.len()));
-                while let Ok((id, more)) = rx.try_recv() {
-                    if joined.len() + more.len() > JOIN_BYTES {
-                        next = Some((id, more));
-                        break;
-                    }
-                    joined.extend_from_slice(&more);
+            let first = rx.try_recv();
+            let out: &[u8] = match first {
+                Ok(more) if line.len() + more.1.len() <= JOIN_BYTES => {
+                    joined.extend_from_slice(&line);
                     ends.push((id, joined.len()));
+                    joined.extend_from_slice(&more.1);
+                    ends.push((more.0, joined.len()));
+                    while let Ok((id, more)) = rx.try_recv() {
+                        if joined.len() + more.len() > JOIN_BYTES {
+                            next = Some((id, more));
+                            break;
+                        }
+                        joined.extend_from_slice(&more);
+                        ends.push((id, joined.len()));
+                    }
+                    &joined
                 }
-                &joined
+                more => {
+                    // Alone, or too long to join: written as it is.
+                    next = more.ok();
+                    ends.push((id, line.len()));
+                    &line
+                }
             };
             while written < out.len() {
                 match stdin.write(&out[written..]).await? {
