@@ -339,6 +339,12 @@ export class StdioTransport {
       this.backlog.push([text, id]);
       return true;
     }
+    // The lines of one tick go in one write (writev on the tick's end):
+    // many calls made at once cost one system call, not one each.
+    if (!child.stdin.writableCorked) {
+      child.stdin.cork();
+      process.nextTick(() => child.stdin.uncork());
+    }
     if (child.stdin.write(text)) return true;
     let resolve;
     this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });

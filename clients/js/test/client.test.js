@@ -102,7 +102,9 @@ test('a killed litebridge fails what was pending clearly; the next call starts i
   await c.call('echo', { value: 1 });
   const pid = c.transport.child.pid;
   const pending = c.call('wait', [10]);
-  // Its line is in the pipe (written at once, nothing left in the stream): litebridge may have read it.
+  // Its line is in the pipe (written as the tick ends, nothing left in the
+  // stream): litebridge may have read it.
+  await new Promise((resolve) => setImmediate(resolve));
   assert.equal(c.transport.child.stdin.writableLength, 0);
   process.kill(pid, 'SIGKILL');
   const e = await pending.catch((x) => x);
