@@ -340,7 +340,11 @@ export class StdioTransport {
       return true;
     }
     // The lines of one tick go in one write (writev on the tick's end):
-    // many calls made at once cost one system call, not one each.
+    // many calls made at once cost one system call, not one each. The
+    // price: a child that closed its stdin is found out at the tick's end,
+    // not at the first line, so the tick's lines count as written (their
+    // calls may have run: a write among them is OutcomeUnknownError), where
+    // the lines after the first would have waited in the backlog, unsent.
     if (!child.stdin.writableCorked) {
       child.stdin.cork();
       process.nextTick(() => child.stdin.uncork());
@@ -350,11 +354,17 @@ export class StdioTransport {
     this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });
     const flush = () => {
       if (this.child !== child) return;
-      while (this.backlog.length) {
-        if (!child.stdin.write(this.backlog.shift()[0])) {
-          child.stdin.once('drain', flush);
-          return;
+      // The backlog goes in as few writes as the stream's buffer allows.
+      child.stdin.cork();
+      try {
+        while (this.backlog.length) {
+          if (!child.stdin.write(this.backlog.shift()[0])) {
+            child.stdin.once('drain', flush);
+            return;
+          }
         }
+      } finally {
+        child.stdin.uncork();
       }
       this.drained.resolve();
       this.drained = null;

@@ -124,8 +124,9 @@ test('a litebridge killed before a request was written to it: that one is recove
   const c = client(t);
   await c.call('echo', { value: 1 });
   const pid = c.transport.child.pid;
-  // Stopped, litebridge reads nothing: a line past the pipe's 64 KiB fills
-  // it, and the next line waits behind it in the client.
+  // Stopped, litebridge reads nothing: a line of 1 MiB fills the pipe's
+  // 64 KiB (and first the stream's buffer, the tick's lines held together),
+  // and the next line waits behind it in the client.
   process.kill(pid, 'SIGSTOP');
   const big = c.query('SELECT length(?1) AS n', ['x'.repeat(1 << 20)]).catch((x) => x);
   assert.ok(c.transport.drained, 'the pipe is full');

@@ -78,12 +78,13 @@ where
             line.push(b'\n');
             match rx.try_recv() {
                 Ok(more) if line.len() + more.len() < JOIN_BYTES => {
+                    // (`more` gets its newline here: `<` leaves room for it.)
                     joined.clear();
                     joined.extend_from_slice(&line);
                     joined.extend_from_slice(&more);
                     joined.push(b'\n');
                     while let Ok(more) = rx.try_recv() {
-                        if joined.len() + more.len() >= JOIN_BYTES {
+                        if joined.len() + more.len() + 1 > JOIN_BYTES {
                             next = Some(more);
                             break;
                         }

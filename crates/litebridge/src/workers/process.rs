@@ -543,7 +543,11 @@ const JOIN_BYTES: usize = 64 * 1024;
 /// write fails: then the receiver is closed, so nothing more is queued for
 /// a pipe that takes nothing, and the error comes with the ids of the calls
 /// whose lines were not written whole (the one that failed, and those
-/// queued behind it): a worker never runs a line without its newline.
+/// queued behind it), which are answered as never sent: a write fails
+/// when no reader is left on the pipe, so none of them can run. (A line
+/// cut short because litebridge itself died mid-write may reach the
+/// worker whole but for its newline; the worker runs it, as it would have
+/// run it whole, and nobody is left to answer.)
 ///
 /// The lines queued at once (many calls sent together) are joined and
 /// written with one system call, up to [`JOIN_BYTES`]: one `write` per
