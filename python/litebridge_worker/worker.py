@@ -217,10 +217,12 @@ _INT_MAX = 2 ** 64 - 1
 # searches: about 0.5 us for a small result, and a fifth of what json's C
 # encoder took for a large one full of numbers; a regular expression over
 # the whole text took as long as the encoder): 19 digits in a row (an
-# integer that may be beyond 64 bits: a float's repr has at most 17 in a
-# row), or a key that is what json writes for an int, float, bool or None
-# key (the only keys that can collide with a str key; only a key is
-# followed by ":"). A numeric key is written as an int's or a float's repr
+# integer that may be beyond 64 bits, or a float whose repr has that many),
+# or a key that is what json writes for an int, float, bool or None key
+# (the keys that can collide with a str key; only a key is followed by
+# ":"). Out of reach of this look, and sent as json writes them: two keys
+# of a str subclass whose own equality keeps equal text apart, and a dict
+# subclass whose items() yields one key twice. A numeric key is written as an int's or a float's repr
 # (-12, 1.5, 1e+16, -1.5e-07; json refuses an infinite or NaN one), so a
 # key such as "item1" or "sha256", which ends in a digit too, is told apart
 # by a regular expression run only when some key ends in one (a walk of a
@@ -294,7 +296,10 @@ def _unsendable(result):
                                    seen[text], k, _encode_str(text)))
                     seen[text] = k
         elif isinstance(value, (list, tuple)):
-            pairs = enumerate(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))
+            # As json's encoders read it: a subclass through its own __iter__.
+            t = type(value)
+            pairs = enumerate(list.__iter__(value) if t is list else
+                              tuple.__iter__(value) if t is tuple else list(value))
         else:
             if isinstance(value, int) and value is not True and value is not False:
                 n = int.__index__(value)

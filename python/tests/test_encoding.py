@@ -60,6 +60,19 @@ class InexactResultTest(unittest.TestCase):
 
         self.assertIn("the same key", u({"k": 1, Key("k"): 2}))
 
+        # A list or tuple subclass is read as json's encoders read it:
+        # through its own __iter__.
+        class Listed(list):
+            def __iter__(self):
+                return iter([2 ** 70])
+
+        class Paired(tuple):
+            def __iter__(self):
+                return iter([{1: 0, "1": 0}])
+
+        self.assertIn("result[0] an integer of 71 bits", u(Listed([0])))
+        self.assertIn("keys 1 and '1'", u({"a": Paired((0,))}))
+
     def test_a_result_nested_deeper_than_the_recursion_limit_is_walked(self):
         v = 2 ** 65
         for _ in range(5000):
