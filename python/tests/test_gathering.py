@@ -123,6 +123,16 @@ class GatheringTest(unittest.TestCase):
             raise EOFError("the worker closed stdout")
         return json.loads(line)
 
+    def assert_written_before(self, call, what="it"):
+        """Sends an echo and ``call`` (which waits for the go file)
+        together: the echo's answer must come before the go is given, then
+        ``call``'s answer, True (it did not give up waiting)."""
+        self.send_together([{"id": 1, "method": "echo", "params": ["first"]}, dict(call, id=2)])
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
+        open(self.go, "w").close()
+        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
+                         "the answer before it was held back until %s gave up" % what)
+
     def test_calls_sent_together_are_each_answered_once(self):
         calls = []
         for i in range(40):
@@ -156,14 +166,7 @@ class GatheringTest(unittest.TestCase):
     def test_answers_are_written_before_a_handler_run_for_the_first_time(self):
         # It may keep the loop (as this one does until the test has read the
         # answer before it), or end the process.
-        self.send_together([
-            {"id": 1, "method": "echo", "params": ["first"]},
-            {"id": 2, "method": "keeps_the_loop_until_go"},
-        ])
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
-        open(self.go, "w").close()
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
-                         "the answer before it was held back until it gave up")
+        self.assert_written_before({"method": "keeps_the_loop_until_go"})
 
     def test_answers_made_before_a_handler_ends_the_process_are_not_lost(self):
         self.send_together([
@@ -200,13 +203,7 @@ class GatheringTest(unittest.TestCase):
         self.send_together([{"id": "w", "method": "quick_or_until_go", "params": [False, 5]},
                             {"id": "w2", "method": "echo"}])
         self.assertEqual({self.read()["id"], self.read()["id"]}, {"w", "w2"})  # it kept the loop 5 ms
-        self.send_together([
-            {"id": 1, "method": "echo", "params": ["first"]},
-            {"id": 2, "method": "quick_or_until_go", "params": [True]},
-        ])
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
-        open(self.go, "w").close()
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True})
+        self.assert_written_before({"method": "quick_or_until_go", "params": [True]})
 
     def test_a_handler_that_kept_the_loop_on_a_call_that_came_alone_is_no_longer_trusted(self):
         self.warm_up("quick_or_until_go")
@@ -216,14 +213,7 @@ class GatheringTest(unittest.TestCase):
                                            "params": [False, 5]}) + "\n").encode())
         self.proc.stdin.flush()
         self.assertEqual(self.read()["id"], "alone")
-        self.send_together([
-            {"id": 1, "method": "echo", "params": ["first"]},
-            {"id": 2, "method": "quick_or_until_go", "params": [True]},
-        ])
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
-        open(self.go, "w").close()
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
-                         "the answer before it was held back until it gave up")
+        self.assert_written_before({"method": "quick_or_until_go", "params": [True]})
 
     def test_a_stdout_that_shares_stdins_non_blocking_mode_tears_no_line(self):
         # One socket for stdin and stdout (socat, inetd): the worker's
@@ -245,14 +235,7 @@ class GatheringTest(unittest.TestCase):
         self.assertEqual(ids, list(range(40)))
 
     def test_answers_are_written_before_a_name_the_resolver_imports(self):
-        self.send_together([
-            {"id": 1, "method": "echo", "params": ["first"]},
-            {"id": 2, "method": "slow.import"},
-        ])
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 1, "result": "first"})
-        open(self.go, "w").close()
-        self.assertEqual(self.read(), {"jsonrpc": "2.0", "id": 2, "result": True},
-                         "the answer before it was held back until the import gave up")
+        self.assert_written_before({"method": "slow.import"}, "the import")
 
 
 if __name__ == "__main__":
