@@ -187,7 +187,7 @@ pub(crate) enum KeysAction {
 /// overrides the configuration file, which overrides the defaults.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServiceArgs {
-    /// A TOML configuration file (sections server, db, workers, cache).
+    /// A TOML configuration file: README "Configuration"; `--print-config` lists every key.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// The database file (created if missing). Default: litebridge.db.

@@ -12,6 +12,7 @@ mod output;
 mod printable;
 mod rpc;
 mod settings;
+mod suggest;
 mod transport;
 
 use std::process::ExitCode;

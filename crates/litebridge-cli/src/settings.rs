@@ -805,13 +805,76 @@ const RETIRED: &[(&str, &str)] = &[(
 )];
 
 fn unknown_key(name: &str) -> String {
-    match RETIRED.iter().find(|(old, _)| *old == name) {
-        Some((_, instead)) => format!("`{name}` is no longer read: {instead}"),
-        None => format!(
-            "unknown configuration key `{name}` (known keys: {})",
-            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-        ),
+    if let Some((_, instead)) = RETIRED.iter().find(|(old, _)| *old == name) {
+        return format!("`{name}` is no longer read: {instead}");
     }
+    let hint = did_you_mean(name, |k| format!("`{k}`"));
+    let section = name.split_once('.').map_or(name, |(s, _)| s);
+    let in_section: Vec<&str> = KEYS
+        .iter()
+        .filter_map(|k| k.name.strip_prefix(section)?.strip_prefix('.'))
+        .collect();
+    if in_section.is_empty() {
+        format!(
+            "unknown configuration key `{name}`{hint} (sections: {})",
+            sections().join(", ")
+        )
+    } else {
+        format!(
+            "unknown configuration key `{name}`{hint} (keys of [{section}]: {})",
+            in_section.join(", ")
+        )
+    }
+}
+
+/// The sections of the configuration, in the order of [`KEYS`].
+fn sections() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for k in KEYS {
+        let section = k.name.split_once('.').map_or(k.name, |(s, _)| s);
+        if !out.contains(&section) {
+            out.push(section);
+        }
+    }
+    out
+}
+
+/// The keys `name` was probably meant to be: those with its last part in
+/// another section (`db.max_batch` for `writer.max_batch`), else the
+/// closest when it is close (a letter or two off).
+fn nearest_keys(name: &str) -> Vec<&'static str> {
+    let leaf = |n: &str| {
+        n.rsplit_once('.')
+            .map_or(n.to_owned(), |(_, l)| l.to_owned())
+    };
+    let wanted_leaf = leaf(name);
+    let same_leaf: Vec<&'static str> = KEYS
+        .iter()
+        .map(|k| k.name)
+        .filter(|k| leaf(k).eq_ignore_ascii_case(&wanted_leaf))
+        .collect();
+    if !same_leaf.is_empty() {
+        return same_leaf;
+    }
+    crate::suggest::closest(name, KEYS.iter().map(|k| k.name))
+        .into_iter()
+        .collect()
+}
+
+/// "; did you mean `a` or `b`?" for the keys `name` was probably meant to
+/// be, each written by `show`; empty when none is close.
+fn did_you_mean(name: &str, show: impl Fn(&str) -> String) -> String {
+    let keys: Vec<String> = nearest_keys(name).into_iter().map(show).collect();
+    crate::suggest::did_you_mean(&keys)
+}
+
+/// The `LITEBRIDGE_` variable that sets `key` (`db.max_batch`:
+/// `LITEBRIDGE_DB_MAX_BATCH`).
+fn env_name(key: &str) -> String {
+    format!(
+        "LITEBRIDGE_{}",
+        key.to_ascii_uppercase().replacen('.', "_", 1)
+    )
 }
 
 /// Whether a command's program is a Python interpreter named bare
@@ -911,8 +974,9 @@ fn read_file(
     for (section, body) in table {
         let toml::Value::Table(entries) = body else {
             return Err(Failure::new(format!(
-                "{}: `{section}` must be a [section] (sections: server, backend, db, postgres, workers, nats, backup, cache, security, quota)",
-                path.display()
+                "{}: `{section}` must be a [section] (sections: {})",
+                path.display(),
+                sections().join(", ")
             )));
         };
         for (name, value) in entries {
@@ -968,7 +1032,10 @@ impl Settings {
                     Failure::new(if RETIRED.iter().any(|(old, _)| *old == full) {
                         format!("{name}: {}", unknown_key(&full))
                     } else {
-                        format!("unknown configuration variable {name} (it would set `{full}`)")
+                        format!(
+                            "unknown configuration variable {name} (it would set `{full}`){}",
+                            did_you_mean(&full, env_name)
+                        )
                     })
                 })?;
                 let from = Source::Env((*name).to_owned());
@@ -1560,6 +1627,53 @@ mod tests {
         );
     }
 
+    /// A misspelt key gets the one it was probably meant to be, and the
+    /// keys of its section, not all of them (the list was 110 names long).
+    #[test]
+    fn a_misspelt_key_is_answered_with_the_key_it_was_meant_to_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lb.toml");
+        let refused = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
+            assert!(
+                e.message.starts_with(&format!("{}: ", file.display())),
+                "{}",
+                e.message
+            );
+            e.message
+        };
+        // A letter off.
+        let m = refused("[db]\nreadrs = 3\n");
+        assert!(m.contains("unknown configuration key `db.readrs`; did you mean `db.readers`? (keys of [db]: path, readers,"), "{m}");
+        // The right name in the wrong section.
+        let m = refused("[writer]\nmax_batch = 3\n");
+        assert!(m.contains("`writer.max_batch`; did you mean `db.max_batch`? (sections: server, backend, postgres, db,"), "{m}");
+        // Case.
+        let m = refused("[workers]\nProcesses = 3\n");
+        assert!(m.contains("did you mean `workers.processes`?"), "{m}");
+        // Nothing close: no guess, the section's keys.
+        let m = refused("[db]\nwal_mode = true\n");
+        assert!(
+            m.contains("unknown configuration key `db.wal_mode` (keys of [db]:"),
+            "{m}"
+        );
+        assert!(!m.contains("did you mean"), "{m}");
+        assert!(!m.contains("workers.") && !m.contains("cache."), "{m}");
+        // A name in several sections: each of them.
+        let m = refused("[writer]\nconnect_timeout_ms = 3\n");
+        assert!(
+            m.contains("did you mean `postgres.connect_timeout_ms` or `nats.connect_timeout_ms`?"),
+            "{m}"
+        );
+        // A section that is not a table lists the sections.
+        let m = refused("db = 3\n");
+        assert!(
+            m.contains("`db` must be a [section] (sections: server, backend,"),
+            "{m}"
+        );
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_refused_naming_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1580,7 +1694,16 @@ mod tests {
             Settings::load(None, &env(&[("LITEBRIDGE_DB_DURABILITY", "fast")]), &[]).unwrap_err();
         assert!(e.message.contains("one of normal, full"), "{}", e.message);
         let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_NOPE", "1")]), &[]).unwrap_err();
-        assert!(e.message.contains("LITEBRIDGE_DB_NOPE"), "{}", e.message);
+        assert_eq!(
+            e.message,
+            "unknown configuration variable LITEBRIDGE_DB_NOPE (it would set `db.nope`)"
+        );
+        let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_READRS", "2")]), &[]).unwrap_err();
+        assert!(
+            e.message.ends_with("; did you mean LITEBRIDGE_DB_READERS?"),
+            "{}",
+            e.message
+        );
         // The clients' own variables share the environment and are not ours.
         Settings::load(
             None,

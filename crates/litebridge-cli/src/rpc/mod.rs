@@ -388,7 +388,7 @@ pub(crate) async fn call(
     let started = std::time::Instant::now();
     let known = table::find(method);
     let outcome = match known {
-        None => Err(RpcError::MethodNotFound(method.to_owned())),
+        None => Err(table::not_found(method)),
         Some(m) => match caller
             .require(m.scope, m.name)
             .and_then(|()| caller.charge())

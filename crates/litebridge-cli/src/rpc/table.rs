@@ -87,6 +87,34 @@ pub(crate) fn find(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
 }
 
+/// "Method not found" for `name`, naming what it was probably meant to be:
+/// the closest method when one is close (`sql.querry`), else the methods
+/// of its namespace (`state.get`: the `state.` ones). Every name is public
+/// (`rpc.discover` lists the table), so the guess tells no caller more.
+pub(crate) fn not_found(name: &str) -> super::RpcError {
+    let hint = match crate::suggest::closest(name, METHODS.iter().map(|m| m.name)) {
+        Some(m) => crate::suggest::did_you_mean(&[m.to_owned()]),
+        None => {
+            let namespace = name.split_once('.').map_or("", |(n, _)| n);
+            let siblings: Vec<&str> = METHODS
+                .iter()
+                .map(|m| m.name)
+                .filter(|m| {
+                    !namespace.is_empty()
+                        && m.strip_prefix(namespace)
+                            .is_some_and(|r| r.starts_with('.'))
+                })
+                .collect();
+            if siblings.is_empty() {
+                String::new()
+            } else {
+                format!("; the methods of `{namespace}` are {}", siblings.join(", "))
+            }
+        }
+    };
+    super::RpcError::MethodNotFound(format!("{name}{hint}"))
+}
+
 const fn tool(name: &'static str) -> Option<Tool> {
     Some(Tool {
         name,
@@ -455,6 +483,32 @@ pub(crate) fn openrpc() -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A misspelt method is answered with the one it was meant to be, or
+    /// with its namespace's methods; a long or unrelated name with neither.
+    #[test]
+    fn a_method_not_found_names_what_was_meant() {
+        let said = |name: &str| not_found(name).message();
+        assert_eq!(
+            said("sql.querry"),
+            "Method not found: sql.querry; did you mean sql.query?"
+        );
+        assert_eq!(
+            said("state.get"),
+            "Method not found: state.get; the methods of `state` are state.save, state.load, state.list, state.delete"
+        );
+        assert_eq!(said("nope"), "Method not found: nope");
+        assert_eq!(said("nope.x"), "Method not found: nope.x");
+        // Not a guess at a prefix of a longer namespace.
+        assert_eq!(said("sq.x"), "Method not found: sq.x");
+        let long = format!("sql.{}", "q".repeat(100_000));
+        assert_eq!(
+            said(&long),
+            format!(
+                "Method not found: {long}; the methods of `sql` are sql.query, sql.execute, sql.batch, sql.execute_many, sql.schema"
+            )
+        );
+    }
 
     /// A method cannot be added half-described: a name of its own, a
     /// sentence for people and agents, and a JSON schema per parameter;
