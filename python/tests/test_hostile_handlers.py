@@ -2,6 +2,7 @@
 per way a review found to leave a call unanswered or to take other callers'
 calls down with it; each against a real worker."""
 
+import contextlib
 import json
 import os
 import select
@@ -24,6 +25,18 @@ def script_worker(d, source):
     return Peer([sys.executable, path])
 
 
+@contextlib.contextmanager
+def script_worker_running(source):
+    """``script_worker`` in a directory of its own, closed (and the
+    directory removed) when the block ends, however it ends."""
+    with tempfile.TemporaryDirectory() as d:
+        peer = script_worker(d, source)
+        try:
+            yield peer
+        finally:
+            peer.close()
+
+
 def read_within(peer, seconds):
     """The next reply, failing the test (not hanging it) if none comes."""
     ready, _, _ = select.select([peer.proc.stdout], [], [], seconds)
@@ -42,24 +55,20 @@ def read_until(peer, rid, seen):
 
 class ParamsTest(unittest.TestCase):
     def test_required_keyword_and_positional_only_params_are_checked_before_the_call(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "@w.method()\n"
                 "def kwonly(a, *, b):\n"
                 "    return [a, b]\n"
                 "@w.method()\n"
                 "def posonly(a, /, *, b=2):\n"
                 "    return [a, b]\n"
-            ))
-            try:
-                for method, params in [("kwonly", [1]), ("kwonly", None), ("kwonly", {"a": 1}),
-                                       ("posonly", {"a": 1}), ("posonly", {"b": 1})]:
-                    e = peer.roundtrip(method, params)["error"]
-                    self.assertEqual(e["code"], INVALID_PARAMS, (method, params, e))
-                self.assertEqual(peer.roundtrip("kwonly", {"a": 1, "b": 2})["result"], [1, 2])
-                self.assertEqual(peer.roundtrip("posonly", [1])["result"], [1, 2])
-            finally:
-                peer.close()
+        )) as peer:
+            for method, params in [("kwonly", [1]), ("kwonly", None), ("kwonly", {"a": 1}),
+                                   ("posonly", {"a": 1}), ("posonly", {"b": 1})]:
+                e = peer.roundtrip(method, params)["error"]
+                self.assertEqual(e["code"], INVALID_PARAMS, (method, params, e))
+            self.assertEqual(peer.roundtrip("kwonly", {"a": 1, "b": 2})["result"], [1, 2])
+            self.assertEqual(peer.roundtrip("posonly", [1])["result"], [1, 2])
 
 
 class BoundParamsTest(unittest.TestCase):
@@ -69,8 +78,7 @@ class BoundParamsTest(unittest.TestCase):
     not the handler's error (-32004), which litebridge's breaker counts."""
 
     def test_bound_and_fixed_names_are_invalid_params(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "import functools\n"
                 "class Svc:\n"
                 "    def search(self, **filters):\n"
@@ -94,31 +102,28 @@ class BoundParamsTest(unittest.TestCase):
                 "@w.method()\n"
                 "def takes_kwargs(a, **rest):\n"
                 "    return [a, sorted(rest)]\n"
-            ))
-            try:
-                methods = {m["name"]: m for m in peer.ready["params"]["methods"]}
-                # What a partial fixed is not offered to callers.
-                self.assertEqual(methods["fixed_plain"]["params"], [{"name": "sql", "required": True}])
-                for method, params in [("search", {"self": 1}), ("search", {"self": 1, "q": 2}),
-                                       ("build", {"cls": 1}), ("callable", {"self": 1}),
-                                       ("bound_positional", {"sql": "s", "db": "other"}),
-                                       ("fixed_keyword", {"sql": "s", "db": "other"}),
-                                       ("fixed_plain", {"sql": "s", "db": "other"})]:
-                    e = peer.roundtrip(method, params)["error"]
-                    self.assertEqual(e["code"], INVALID_PARAMS, (method, params, e))
-                    self.assertIn("cannot be passed", e["message"])
-                # Everything else still reaches the handler.
-                self.assertEqual(peer.roundtrip("search", {"q": 1})["result"], ["q"])
-                self.assertEqual(peer.roundtrip("build", {"x": 1})["result"], ["x"])
-                self.assertEqual(peer.roundtrip("callable", {"x": 1})["result"], ["x"])
-                self.assertEqual(peer.roundtrip("bound_positional", {"sql": "s", "x": 1})["result"],
-                                 ["the-db", "s", ["x"]])
-                self.assertEqual(peer.roundtrip("fixed_keyword", {"sql": "s"})["result"], ["the-db", "s", []])
-                self.assertEqual(peer.roundtrip("fixed_plain", {"sql": "s"})["result"], ["the-db", "s"])
-                # A name that is not bound anywhere is the handler's to take.
-                self.assertEqual(peer.roundtrip("takes_kwargs", {"a": 1, "self": 2})["result"], [1, ["self"]])
-            finally:
-                peer.close()
+        )) as peer:
+            methods = {m["name"]: m for m in peer.ready["params"]["methods"]}
+            # What a partial fixed is not offered to callers.
+            self.assertEqual(methods["fixed_plain"]["params"], [{"name": "sql", "required": True}])
+            for method, params in [("search", {"self": 1}), ("search", {"self": 1, "q": 2}),
+                                   ("build", {"cls": 1}), ("callable", {"self": 1}),
+                                   ("bound_positional", {"sql": "s", "db": "other"}),
+                                   ("fixed_keyword", {"sql": "s", "db": "other"}),
+                                   ("fixed_plain", {"sql": "s", "db": "other"})]:
+                e = peer.roundtrip(method, params)["error"]
+                self.assertEqual(e["code"], INVALID_PARAMS, (method, params, e))
+                self.assertIn("cannot be passed", e["message"])
+            # Everything else still reaches the handler.
+            self.assertEqual(peer.roundtrip("search", {"q": 1})["result"], ["q"])
+            self.assertEqual(peer.roundtrip("build", {"x": 1})["result"], ["x"])
+            self.assertEqual(peer.roundtrip("callable", {"x": 1})["result"], ["x"])
+            self.assertEqual(peer.roundtrip("bound_positional", {"sql": "s", "x": 1})["result"],
+                             ["the-db", "s", ["x"]])
+            self.assertEqual(peer.roundtrip("fixed_keyword", {"sql": "s"})["result"], ["the-db", "s", []])
+            self.assertEqual(peer.roundtrip("fixed_plain", {"sql": "s"})["result"], ["the-db", "s"])
+            # A name that is not bound anywhere is the handler's to take.
+            self.assertEqual(peer.roundtrip("takes_kwargs", {"a": 1, "self": 2})["result"], [1, ["self"]])
 
     def test_generic_mode_class_methods_refuse_self_and_cls(self):
         root = tempfile.mkdtemp()
@@ -277,8 +282,7 @@ class StdoutTest(unittest.TestCase):
 
 class UnsendableResultTest(unittest.TestCase):
     def test_results_that_cannot_be_sent_are_answered_with_an_error(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "@w.method()\n"
                 "def surrogate():\n"
                 "    return b'caf\\xe9.txt'.decode('utf-8', 'surrogateescape')\n"
@@ -297,24 +301,21 @@ class UnsendableResultTest(unittest.TestCase):
                 "@w.method()\n"
                 "def ok():\n"
                 "    return 'still here'\n"
-            ))
-            try:
-                for method, words in [("surrogate", "not valid Unicode"),
-                                      ("surrogate_async", "not valid Unicode"),
-                                      ("deep", "not JSON serializable")]:
-                    e = peer.roundtrip(method)["error"]
-                    self.assertEqual(e["code"], WORKER_ERROR, (method, e))
-                    self.assertIn(words, e["message"], method)
-                    self.assertEqual(peer.roundtrip("ok")["result"], "still here")
-                # An error quoting such text is sent as valid UTF-8 (the Peer
-                # reads with json.loads on bytes, which refuses anything else).
-                peer.send({"jsonrpc": "2.0", "id": 99, "method": "raises_with_surrogate"})
-                line = peer.proc.stdout.readline()
-                line.decode("utf-8")  # strict
-                e = json.loads(line)["error"]
-                self.assertEqual(e["data"]["type"], "FileNotFoundError", e)
-            finally:
-                peer.close()
+        )) as peer:
+            for method, words in [("surrogate", "not valid Unicode"),
+                                  ("surrogate_async", "not valid Unicode"),
+                                  ("deep", "not JSON serializable")]:
+                e = peer.roundtrip(method)["error"]
+                self.assertEqual(e["code"], WORKER_ERROR, (method, e))
+                self.assertIn(words, e["message"], method)
+                self.assertEqual(peer.roundtrip("ok")["result"], "still here")
+            # An error quoting such text is sent as valid UTF-8 (the Peer
+            # reads with json.loads on bytes, which refuses anything else).
+            peer.send({"jsonrpc": "2.0", "id": 99, "method": "raises_with_surrogate"})
+            line = peer.proc.stdout.readline()
+            line.decode("utf-8")  # strict
+            e = json.loads(line)["error"]
+            self.assertEqual(e["data"]["type"], "FileNotFoundError", e)
 
 
 class InexactResultTest(unittest.TestCase):
@@ -324,8 +325,7 @@ class InexactResultTest(unittest.TestCase):
     same (one would be lost)."""
 
     def test_integers_beyond_64_bits_and_colliding_keys_are_refused(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "import asyncio, enum\n"
                 "class Big(enum.IntEnum):\n"
                 "    HUGE = 2 ** 70\n"
@@ -349,50 +349,46 @@ class InexactResultTest(unittest.TestCase):
                 "async def value_later(name):\n"
                 "    await asyncio.sleep(0)\n"
                 "    return VALUES[name]\n"
-            ))
-            try:
-                refused = {
-                    "top": ("result is an integer of 65 bits",),
-                    "below": ("result is an integer of 64 bits",),
-                    "nested": ("integer", "at result['a'][2]['b'] an integer of 80 bits"),
-                    "in_tuple": ("integer", "at result[1] an integer of 100 bits"),
-                    "enum": ("integer", "at result[0] an integer of 71 bits"),
-                    "int_and_str": ("keys 1 and '1'", 'same key "1"', "result is an object"),
-                    "float_and_str": ("keys 1.5 and '1.5'", "object at result['x']"),
-                    "bool_and_str": ("keys True and 'true'", 'same key "true"'),
-                    "none_and_str": ("keys 'null' and None", 'same key "null"'),
-                }
-                for method in ["value", "value_async", "value_later"]:
-                    for name, words in refused.items():
-                        e = peer.roundtrip(method, [name])["error"]
-                        self.assertEqual(e["code"], WORKER_ERROR, (method, name, e))
-                        for w in words:
-                            self.assertIn(w, e["message"], (method, name, e))
-                        if "integer" in words[0]:
-                            self.assertIn("return it as a string", e["message"])
-                        else:
-                            self.assertIn("one would be lost", e["message"])
-                    # What litebridge reads exactly goes through unchanged.
-                    line_of = {}
-                    for name in ["edges", "int_keys", "digits_in_text", "floats"]:
-                        peer.call(method, [name])
-                        line_of[name] = peer.proc.stdout.readline()
-                    self.assertIn(b"[18446744073709551615,-9223372036854775808,9223372036854775808]",
-                                  line_of["edges"])
-                    self.assertEqual(json.loads(line_of["int_keys"])["result"],
-                                     {"1": "a", "2": "b", str(2 ** 70): "big keys are strings"})
-                    self.assertEqual(json.loads(line_of["digits_in_text"])["result"],
-                                     {"id": "123456789012345678901234567890", "2024": "x", "true": 1})
-                    self.assertEqual(json.loads(line_of["floats"])["result"],
-                                     [1e300, 1.2345678901234567e-4, 1234567890123456.8])
-            finally:
-                peer.close()
+        )) as peer:
+            refused = {
+                "top": ("result is an integer of 65 bits",),
+                "below": ("result is an integer of 64 bits",),
+                "nested": ("integer", "at result['a'][2]['b'] an integer of 80 bits"),
+                "in_tuple": ("integer", "at result[1] an integer of 100 bits"),
+                "enum": ("integer", "at result[0] an integer of 71 bits"),
+                "int_and_str": ("keys 1 and '1'", 'same key "1"', "result is an object"),
+                "float_and_str": ("keys 1.5 and '1.5'", "object at result['x']"),
+                "bool_and_str": ("keys True and 'true'", 'same key "true"'),
+                "none_and_str": ("keys 'null' and None", 'same key "null"'),
+            }
+            for method in ["value", "value_async", "value_later"]:
+                for name, words in refused.items():
+                    e = peer.roundtrip(method, [name])["error"]
+                    self.assertEqual(e["code"], WORKER_ERROR, (method, name, e))
+                    for w in words:
+                        self.assertIn(w, e["message"], (method, name, e))
+                    if "integer" in words[0]:
+                        self.assertIn("return it as a string", e["message"])
+                    else:
+                        self.assertIn("one would be lost", e["message"])
+                # What litebridge reads exactly goes through unchanged.
+                line_of = {}
+                for name in ["edges", "int_keys", "digits_in_text", "floats"]:
+                    peer.call(method, [name])
+                    line_of[name] = peer.proc.stdout.readline()
+                self.assertIn(b"[18446744073709551615,-9223372036854775808,9223372036854775808]",
+                              line_of["edges"])
+                self.assertEqual(json.loads(line_of["int_keys"])["result"],
+                                 {"1": "a", "2": "b", str(2 ** 70): "big keys are strings"})
+                self.assertEqual(json.loads(line_of["digits_in_text"])["result"],
+                                 {"id": "123456789012345678901234567890", "2024": "x", "true": 1})
+                self.assertEqual(json.loads(line_of["floats"])["result"],
+                                 [1e300, 1.2345678901234567e-4, 1234567890123456.8])
 
 
 class HandlingFailureTest(unittest.TestCase):
     def test_every_call_is_answered_whatever_its_handler_is_or_raises(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "import asyncio, dataclasses\n"
                 "class Mute(Exception):\n"
                 "    def __str__(self):\n"
@@ -416,30 +412,26 @@ class HandlingFailureTest(unittest.TestCase):
                 "@w.method()\n"
                 "def ok(n):\n"
                 "    return n\n"
-            ))
-            try:
-                for method in ["mute_sync", "mute_eager", "mute_later"]:
-                    e = peer.roundtrip(method)["error"]
-                    self.assertEqual(e["data"]["type"], "Mute", (method, e))
-                # Calls that arrive together, one of them to a handler the
-                # worker cannot look up: each gets its answer.
-                lines = b"".join(
-                    json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}).encode() + b"\n"
-                    for i, m, p in [(101, "ok", [101]), (102, "unhashable", []), (103, "ok", [103])]
-                )
-                peer.proc.stdin.write(lines)
-                peer.proc.stdin.flush()
-                seen = {}
-                self.assertEqual(read_until(peer, 101, seen)["result"], 101)
-                self.assertEqual(read_until(peer, 102, seen)["result"], "tool")
-                self.assertEqual(read_until(peer, 103, seen)["result"], 103)
-                self.assertEqual(peer.roundtrip("ok", [104])["result"], 104)
-            finally:
-                peer.close()
+        )) as peer:
+            for method in ["mute_sync", "mute_eager", "mute_later"]:
+                e = peer.roundtrip(method)["error"]
+                self.assertEqual(e["data"]["type"], "Mute", (method, e))
+            # Calls that arrive together, one of them to a handler the
+            # worker cannot look up: each gets its answer.
+            lines = b"".join(
+                json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}).encode() + b"\n"
+                for i, m, p in [(101, "ok", [101]), (102, "unhashable", []), (103, "ok", [103])]
+            )
+            peer.proc.stdin.write(lines)
+            peer.proc.stdin.flush()
+            seen = {}
+            self.assertEqual(read_until(peer, 101, seen)["result"], 101)
+            self.assertEqual(read_until(peer, 102, seen)["result"], "tool")
+            self.assertEqual(read_until(peer, 103, seen)["result"], 103)
+            self.assertEqual(peer.roundtrip("ok", [104])["result"], 104)
 
     def test_every_call_is_answered_whatever_its_exception_does(self):
-        with tempfile.TemporaryDirectory() as d:
-            peer = script_worker(d, (
+        with script_worker_running((
                 "import asyncio\n"
                 "class NoTypeName(Exception):\n"
                 "    @property\n"
@@ -480,33 +472,30 @@ class HandlingFailureTest(unittest.TestCase):
                 "@w.method()\n"
                 "def ok(n):\n"
                 "    return n\n"
-            ))
-            try:
-                expected = {"NoTypeName": ("NoTypeName", "x"), "Interrupting": ("Interrupting", "Interrupting"),
-                            "OddName": ("OddName", "x"), "Nameless": (None, "x")}
-                rid = 0
-                for cls, (type_name, message) in expected.items():
-                    for how in ["sync", "eager", "later"]:
-                        rid += 1
-                        peer.send({"jsonrpc": "2.0", "id": rid, "method": "%s_%s" % (cls, how)})
-                        r = read_within(peer, 5)
-                        self.assertEqual(r["id"], rid)
-                        e = r["error"]
-                        self.assertEqual(e["code"], WORKER_ERROR, (cls, how, e))
-                        self.assertEqual(e["message"], message, (cls, how, e))
-                        if type_name is not None:
-                            self.assertEqual(e["data"]["type"], type_name, (cls, how, e))
-                        self.assertIsInstance(e["data"]["type"], str)
-                        self.assertEqual(peer.roundtrip("ok", [rid])["result"], rid)
-                for method in ["bad_items", "bad_items_async"]:
-                    peer.call(method)
-                    e = read_within(peer, 5)["error"]
-                    self.assertIn("not JSON serializable", e["message"], (method, e))
-                    self.assertEqual(e["data"]["type"], "SystemExit")
-                self.assertEqual(peer.roundtrip("ok", [0])["result"], 0)
-                self.assertIsNone(peer.proc.poll())
-            finally:
-                peer.close()
+        )) as peer:
+            expected = {"NoTypeName": ("NoTypeName", "x"), "Interrupting": ("Interrupting", "Interrupting"),
+                        "OddName": ("OddName", "x"), "Nameless": (None, "x")}
+            rid = 0
+            for cls, (type_name, message) in expected.items():
+                for how in ["sync", "eager", "later"]:
+                    rid += 1
+                    peer.send({"jsonrpc": "2.0", "id": rid, "method": "%s_%s" % (cls, how)})
+                    r = read_within(peer, 5)
+                    self.assertEqual(r["id"], rid)
+                    e = r["error"]
+                    self.assertEqual(e["code"], WORKER_ERROR, (cls, how, e))
+                    self.assertEqual(e["message"], message, (cls, how, e))
+                    if type_name is not None:
+                        self.assertEqual(e["data"]["type"], type_name, (cls, how, e))
+                    self.assertIsInstance(e["data"]["type"], str)
+                    self.assertEqual(peer.roundtrip("ok", [rid])["result"], rid)
+            for method in ["bad_items", "bad_items_async"]:
+                peer.call(method)
+                e = read_within(peer, 5)["error"]
+                self.assertIn("not JSON serializable", e["message"], (method, e))
+                self.assertEqual(e["data"]["type"], "SystemExit")
+            self.assertEqual(peer.roundtrip("ok", [0])["result"], 0)
+            self.assertIsNone(peer.proc.poll())
 
     def test_a_cache_lifetime_no_reader_takes_is_refused_at_registration(self):
         from litebridge_worker import Worker
