@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::service::ServiceExt;
 use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use tokio::sync::oneshot;
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::workers::nats::NatsConfig;
+use crate::workers::nats::outbox::{Outbox, Outgoing};
 use crate::workers::nats::wire::{self, Subjects};
 use crate::workers::{Abandoned, CallOptions, WorkerPool};
 
@@ -38,6 +40,9 @@ impl std::fmt::Debug for WorkerHost {
 
 struct Host {
     id: String,
+    /// Every message about a call (acknowledgement, answer, `done`), in
+    /// order and published together ([`Outbox`]).
+    outbox: Outbox,
     /// Its id in the services protocol.
     service_id: String,
     /// Changes when the methods it serves change.
@@ -133,6 +138,8 @@ impl WorkerHost {
             .await
             .map_err(|e| unavailable(&e))?;
         let inner = Arc::new(Host {
+            // Its messages belong to no call of this end.
+            outbox: Outbox::start(client.clone(), Box::new(|_, _| {})),
             id,
             service_id: service.info().await.id,
             methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
@@ -194,6 +201,8 @@ impl WorkerHost {
         }
         self.tasks.shutdown().await;
         self.inner.pool.shutdown().await;
+        // The answers of the calls that just finished, then the socket.
+        self.inner.outbox.flushed().await;
         let _ = self.inner.client.flush().await;
     }
 }
@@ -301,22 +310,24 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         .filter(|t| t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_default()
         .to_owned();
-    let refuse = |e: Error| async {
-        answer(&host, &request, &method, &token, Err(e), false).await;
-    };
+    let refuse = |request, e: Error| answer(&host, request, &method, &token, Err(e), false);
     if host.draining.load(Ordering::Acquire) {
-        return refuse(Error::Unavailable {
-            what: "worker host",
-            reason: "it is shutting down; the call was not started".into(),
-        })
-        .await;
+        return refuse(
+            request,
+            Error::Unavailable {
+                what: "worker host",
+                reason: "it is shutting down; the call was not started".into(),
+            },
+        );
     }
     let (Some(budget), Some(deadline)) = (budget, deadline) else {
-        return refuse(Error::invalid(
-            format!("{} and {}", wire::BUDGET_MS, wire::DEADLINE),
-            "missing, or not a whole number of milliseconds: the call has no deadline",
-        ))
-        .await;
+        return refuse(
+            request,
+            Error::invalid(
+                format!("{} and {}", wire::BUDGET_MS, wire::DEADLINE),
+                "missing, or not a whole number of milliseconds: the call has no deadline",
+            ),
+        );
     };
     // A call whose caller has given up is never started: its deadline (by
     // this host's clock, allowing for skew) bounds its time here, as well as
@@ -332,34 +343,35 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // refused as one past the skew is.
     let late = now > deadline;
     if timeout.is_zero() || (late && timeout <= LATE_CALL_GRACE) {
-        return refuse(Error::Timeout {
-            after: Duration::from_millis(budget),
-            stage: TimeoutStage::Queued,
-        })
-        .await;
+        return refuse(
+            request,
+            Error::Timeout {
+                after: Duration::from_millis(budget),
+                stage: TimeoutStage::Queued,
+            },
+        );
     }
     let params: Json = match serde_json::from_slice(&msg.payload) {
         Ok(p @ (Json::Array(_) | Json::Object(_))) => p,
         Ok(other) => {
-            return refuse(Error::invalid(
-                "params",
-                format!("must be an array or an object, got {other}"),
-            ))
-            .await;
+            return refuse(
+                request,
+                Error::invalid(
+                    "params",
+                    format!("must be an array or an object, got {other}"),
+                ),
+            );
         }
-        Err(e) => return refuse(Error::invalid("params", format!("not JSON: {e}"))).await,
+        Err(e) => return refuse(request, Error::invalid("params", format!("not JSON: {e}"))),
     };
     // Read rounded otherwise (review 125): a front end never sends one, a
     // peer on the bus might.
     if let Some(number) = crate::exact::inexact_integer(&msg.payload) {
-        return refuse(Error::invalid(
-            "params",
-            format!(
-                "{}: send it as a string",
-                crate::exact::inexact_integer_named(number)
-            ),
-        ))
-        .await;
+        let problem = format!(
+            "{}: send it as a string",
+            crate::exact::inexact_integer_named(number)
+        );
+        return refuse(request, Error::invalid("params", problem));
     }
     let (cancel_tx, mut cancel_rx) = oneshot::channel();
     // One call per reply subject: a second message naming a running call's
@@ -382,11 +394,13 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         }
         // Its caller gave up before it came (it is answered, not run).
         Start::CancelledFirst => {
-            return refuse(Error::Timeout {
-                after: Duration::from_millis(budget),
-                stage: TimeoutStage::Queued,
-            })
-            .await;
+            return refuse(
+                request,
+                Error::Timeout {
+                    after: Duration::from_millis(budget),
+                    stage: TimeoutStage::Queued,
+                },
+            );
         }
     };
     // A late call comes to a host that was paused or overloaded, and its
@@ -406,11 +420,13 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         if !waited || host.draining.load(Ordering::Acquire) {
             drop(registration);
             if waited {
-                return refuse(Error::Unavailable {
-                    what: "worker host",
-                    reason: "it is shutting down; the call was not started".into(),
-                })
-                .await;
+                return refuse(
+                    request,
+                    Error::Unavailable {
+                        what: "worker host",
+                        reason: "it is shutting down; the call was not started".into(),
+                    },
+                );
             }
             host.cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -423,11 +439,13 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
         timeout = timeout.saturating_sub(arrived.elapsed());
         if timeout.is_zero() {
             drop(registration);
-            return refuse(Error::Timeout {
-                after: Duration::from_millis(budget),
-                stage: TimeoutStage::Queued,
-            })
-            .await;
+            return refuse(
+                request,
+                Error::Timeout {
+                    after: Duration::from_millis(budget),
+                    stage: TimeoutStage::Queued,
+                },
+            );
         }
     }
     // Given to the pool: if the call is given up (its caller's cancel, or
@@ -472,7 +490,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             r = &mut call => break Some(r),
             () = &mut ack, if !acked => {
                 acked = true;
-                let _ = host.client.publish_with_headers(reply.clone(), host.status("accepted", &token), Default::default()).await;
+                host.outbox.publish(reply.clone(), host.status("accepted", &token), Bytes::new());
             }
         }
     };
@@ -483,21 +501,15 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     match outcome {
         // Answered; if its worker runs on past this host's deadline, the
         // answer says so, and `done` follows.
-        Some(r) => answer(&host, &request, &method, &token, r, runs_on).await,
+        Some(r) => answer(&host, request, &method, &token, r, runs_on),
         None => {
             host.cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(method, runs_on, "call cancelled by its caller");
             // Which host to wait for (the cancel may have come before the
             // acknowledgement), or that it is over here.
             let status = if runs_on { wire::RUNNING } else { wire::DONE };
-            let _ = host
-                .client
-                .publish_with_headers(
-                    reply.clone(),
-                    host.status(status, &token),
-                    Default::default(),
-                )
-                .await;
+            host.outbox
+                .publish(reply.clone(), host.status(status, &token), Bytes::new());
         }
     }
 }
@@ -512,16 +524,10 @@ struct DoneNotice {
 
 impl Drop for DoneNotice {
     fn drop(&mut self) {
-        let (host, reply) = (self.host.clone(), std::mem::take(&mut self.reply));
-        let headers = host.status(wire::DONE, &self.token);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = host
-                    .client
-                    .publish_with_headers(reply, headers, Default::default())
-                    .await;
-            });
-        }
+        // After the call's answer, through the same outbox.
+        let reply = std::mem::take(&mut self.reply);
+        let headers = self.host.status(wire::DONE, &self.token);
+        self.host.outbox.publish(reply, headers, Bytes::new());
     }
 }
 
@@ -539,12 +545,13 @@ impl Host {
     }
 }
 
-/// Sends a call's answer, with the services protocol's error headers.
+/// Sends a call's answer, with the services protocol's error headers,
+/// through the outbox (after the call's acknowledgement, before its `done`).
 /// `runs_on`: the call's worker runs on past it (the host's deadline
 /// ended the call): a `done` notice follows when the worker is done.
-async fn answer(
+fn answer(
     host: &Host,
-    request: &async_nats::service::Request,
+    request: async_nats::service::Request,
     method: &str,
     token: &str,
     outcome: Result<Json>,
@@ -586,9 +593,12 @@ async fn answer(
             if started { "500" } else { "503" },
         );
     }
-    if let Err(e) = request.respond_with_headers(Ok(body.into()), headers).await {
-        tracing::warn!(method, "sending an answer on NATS: {e}");
-    }
+    host.outbox.send(Outgoing::Answer {
+        request: Box::new(request),
+        headers,
+        payload: body.into(),
+        method: method.to_owned(),
+    });
 }
 
 async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber) {

@@ -56,6 +56,7 @@
 mod config;
 mod front;
 mod host;
+mod outbox;
 mod wire;
 
 pub use config::NatsConfig;
