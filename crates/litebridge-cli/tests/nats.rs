@@ -1742,6 +1742,35 @@ async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
     drop(old);
 }
 
+/// A host told to stop (SIGTERM) with many calls running answers each of
+/// them before it exits, their answers going out together through its
+/// outbox as their workers finish (review 134 of the outbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_told_to_stop_answers_every_call_it_runs() {
+    let Some(mut setup) = Setup::start(&[], &["h1"], 2).await else {
+        return;
+    };
+    let host = setup.hosts.remove(0);
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let b = setup.bridge.clone();
+            tokio::spawn(async move {
+                let once = CallOptions {
+                    retry: false,
+                    ..opts(20_000)
+                };
+                b.call("nap", json!({"ms": 1000}), once).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    host.signal(15);
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
+    }
+    drop(host);
+}
+
 /// Everything goes silent at once when the front end's own link to NATS is
 /// cut without a word (here the server paused: its connections stay open
 /// and answer nothing). The hosts are not judged dead for it: the front

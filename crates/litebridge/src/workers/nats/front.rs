@@ -16,7 +16,7 @@ use crate::resilience::RetryPolicy;
 use crate::sync::{lock, read, write};
 use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
-use crate::workers::nats::outbox::{self, Outbox, Outgoing};
+use crate::workers::nats::outbox::Outbox;
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
 use crate::workers::{CallOptions, MethodInfo, PoolEvent, PoolStatus, WorkerConfig, WorkerStatus};
@@ -87,8 +87,6 @@ struct Known {
 /// What reaches a call waiting for its answer.
 enum Reply {
     Message(async_nats::Message),
-    /// The call could not be published: it never left this end.
-    NotSent(Error),
     /// The call is lost; with the death to count against its method, when
     /// its host was lost (not the connection to NATS).
     Lost(Error, Option<u64>),
@@ -123,7 +121,7 @@ struct Kept {
 
 struct Front {
     client: Client,
-    /// Calls and cancels, published together ([`Outbox`]).
+    /// Calls and their cancels, published together ([`Outbox`]).
     outbox: Outbox,
     config: NatsConfig,
     subjects: Subjects,
@@ -159,20 +157,6 @@ struct Front {
     closing: AtomicBool,
     cache: OnceLock<crate::store::Cache>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-/// What the outbox does with a call it could not publish (the connection
-/// closed for good): its caller learns it was never sent.
-fn not_sent(front: std::sync::Weak<Front>) -> outbox::Failed {
-    Box::new(move |id, e| {
-        let Some(f) = front.upgrade() else { return };
-        if let Some(p) = lock(&f.calls).get(&id) {
-            let _ = p.tx.send(Reply::NotSent(Error::Unavailable {
-                what: "NATS",
-                reason: format!("the call was not sent: {e}"),
-            }));
-        }
-    })
 }
 
 /// An error a host gave for a call it did not start: safe to send elsewhere.
@@ -275,8 +259,8 @@ impl NatsBridge {
             .clone()
             .retry_if(|e| unstarted(e) || (outcome_unknown(e) && e.is_recoverable()));
         let retry_unstarted = calls.retry.clone().retry_if(unstarted);
-        let shared = Arc::new_cyclic(|front: &std::sync::Weak<Front>| Front {
-            outbox: Outbox::start(client.clone(), not_sent(front.clone())),
+        let shared = Arc::new(Front {
+            outbox: Outbox::start(client.clone()),
             client,
             subjects,
             inbox,
@@ -566,15 +550,25 @@ impl NatsBridge {
         {
             headers.insert(wire::REQUEST_ID, rid);
         }
-        // A call that cannot be published is answered "not sent" through
-        // `rx` (see `not_sent`).
-        s.outbox.send(Outgoing::Publish {
-            subject: s.subjects.call(method).into(),
-            reply: Some(reply.into()),
-            headers,
-            payload: body.clone(),
-            call: Some(id),
-        });
+        // Sent once async-nats has it, as with its own `publish` (the
+        // acknowledgement's time counts from then); a caller that gives up
+        // before keeps it from leaving.
+        if let Err(e) = s
+            .outbox
+            .call(
+                s.subjects.call(method).into(),
+                reply.into(),
+                headers,
+                body.clone(),
+            )
+            .await
+        {
+            guard.cancel = false;
+            return Err(Error::Unavailable {
+                what: "NATS",
+                reason: format!("the call was not sent: {e}"),
+            });
+        }
         let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
         let mut acked = false;
         // The instance of the host that acknowledged the call.
@@ -628,10 +622,6 @@ impl NatsBridge {
                             });
                         }
                         return r;
-                    }
-                    Some(Reply::NotSent(e)) => {
-                        guard.cancel = false;
-                        return Err(e);
                     }
                     Some(Reply::Lost(e, counted)) => {
                         if let Some(counted) = counted {
@@ -858,7 +848,14 @@ impl NatsBridge {
         for t in lock(&s.tasks).drain(..) {
             t.abort();
         }
-        let _ = s.client.flush().await;
+        // The cancels of the calls that ended meanwhile, then the socket
+        // (within a bound: NATS may be gone).
+        let flushed = async {
+            s.outbox.flushed().await;
+            let _ = s.client.flush().await;
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left.max(Duration::from_secs(1)), flushed).await;
     }
 }
 
@@ -922,8 +919,8 @@ impl Drop for Waiting {
             return;
         }
         // The host that acknowledged it is the one running it; before an
-        // acknowledgement any host may be, and every host listens. After
-        // the call itself, through the same outbox.
+        // acknowledgement any host may be, and every host listens. Behind
+        // the call in the same outbox.
         let reply = std::mem::take(&mut self.reply);
         self.front
             .outbox

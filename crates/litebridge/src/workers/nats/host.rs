@@ -1,7 +1,7 @@
 //! A worker host: a local [`WorkerPool`] served on NATS.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,8 +40,8 @@ impl std::fmt::Debug for WorkerHost {
 
 struct Host {
     id: String,
-    /// Every message about a call (acknowledgement, answer, `done`), in
-    /// order and published together ([`Outbox`]).
+    /// Every message about a call (acknowledgement, answer, `running`,
+    /// `done`), in the order given and published together ([`Outbox`]).
     outbox: Outbox,
     /// Its id in the services protocol.
     service_id: String,
@@ -54,6 +54,9 @@ struct Host {
     /// Calls running, and cancels that came before their calls.
     running: Mutex<Running>,
     draining: AtomicBool,
+    /// Calls taken from NATS whose handling has not ended (answered,
+    /// refused or dropped): a shutdown waits for them before its last flush.
+    handling: AtomicUsize,
     /// Calls cancelled by their callers.
     cancelled: AtomicU64,
 }
@@ -139,7 +142,7 @@ impl WorkerHost {
             .map_err(|e| unavailable(&e))?;
         let inner = Arc::new(Host {
             // Its messages belong to no call of this end.
-            outbox: Outbox::start(client.clone(), Box::new(|_, _| {})),
+            outbox: Outbox::start(client.clone()),
             id,
             service_id: service.info().await.id,
             methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
@@ -149,6 +152,7 @@ impl WorkerHost {
             subjects,
             running: Mutex::new(Running::default()),
             draining: AtomicBool::new(false),
+            handling: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
         });
         let mut tasks = JoinSet::new();
@@ -201,9 +205,19 @@ impl WorkerHost {
         }
         self.tasks.shutdown().await;
         self.inner.pool.shutdown().await;
-        // The answers of the calls that just finished, then the socket.
-        self.inner.outbox.flushed().await;
-        let _ = self.inner.client.flush().await;
+        // The answers of the calls that just finished, those the pool's
+        // end answered and the refusals of calls taken as it stopped, then
+        // the socket (within the same bound: NATS may be gone).
+        while self.inner.handling.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let flushed = async {
+            self.inner.outbox.flushed().await;
+            let _ = self.inner.client.flush().await;
+        };
+        let _ = tokio::time::timeout(left.max(Duration::from_secs(1)), flushed).await;
     }
 }
 
@@ -280,7 +294,22 @@ async fn serve(
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
-        tokio::spawn(handle(host.clone(), request));
+        host.handling.fetch_add(1, Ordering::AcqRel);
+        let handling = Handling(host.clone());
+        tokio::spawn(async move {
+            handle(handling.0.clone(), request).await;
+            drop(handling);
+        });
+    }
+}
+
+/// A call being handled, counted in [`Host::handling`] until dropped
+/// (whatever way its task ends, aborted with the runtime too).
+struct Handling(Arc<Host>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -524,7 +553,9 @@ struct DoneNotice {
 
 impl Drop for DoneNotice {
     fn drop(&mut self) {
-        // After the call's answer, through the same outbox.
+        // Through the same outbox as the call's answer (a `done` may still
+        // come first, when the worker ends as its call is answered: the
+        // front end takes either order).
         let reply = std::mem::take(&mut self.reply);
         let headers = self.host.status(wire::DONE, &self.token);
         self.host.outbox.publish(reply, headers, Bytes::new());
@@ -546,7 +577,7 @@ impl Host {
 }
 
 /// Sends a call's answer, with the services protocol's error headers,
-/// through the outbox (after the call's acknowledgement, before its `done`).
+/// through the outbox (behind the call's acknowledgement).
 /// `runs_on`: the call's worker runs on past it (the host's deadline
 /// ended the call): a `done` notice follows when the worker is done.
 fn answer(

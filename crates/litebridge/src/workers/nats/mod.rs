@@ -46,6 +46,12 @@
 //! comes for a call nobody waits for any more is counted and dropped, never
 //! delivered.
 //!
+//! **Messages together.** A front end's calls and cancels, and a host's
+//! acknowledgements, answers and notices, go through one task per end that
+//! publishes them in passes (`outbox`), so many calls or answers leave in
+//! one system call, not one each; a call still counts as sent only once
+//! async-nats has it.
+//!
 //! **Losing NATS.** async-nats queues what is published while it reconnects
 //! and sends it afterwards, and core NATS drops answers published during the
 //! gap; so calls in flight fail at once (`outcome_unknown`), and new calls

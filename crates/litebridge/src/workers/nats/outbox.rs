@@ -1,11 +1,11 @@
-//! Messages published together.
+//! Messages about calls, published together.
 //!
 //! # Design
 //!
 //! async-nats writes whatever its connection task finds queued when that
 //! task runs. A task that publishes wakes it, and tokio runs the woken task
-//! next on the same thread (its LIFO slot): so messages published by many
-//! call tasks, each publishing one, went out about one per system call.
+//! next on the same thread (its LIFO slot): so calls and answers, each
+//! published by its call's own task, went out about one per system call.
 //! Measured with 128 calls in flight over NATS: about 3 messages per
 //! `writev` from litebridge's two ends, against 11 from a relay whose one
 //! task publishes in a loop; the server then reads as many smaller pieces.
@@ -15,37 +15,56 @@
 //! woken with it (the calls a worker answered in one read, say) run and
 //! add theirs, then publishes all it has in one pass: the connection task
 //! finds them queued together. It yields only while busy (its last pass
-//! had more than one message): a message that comes alone, as calls made
-//! one at a time do, is not held up by a pass of the scheduler. One queue
-//! and one publisher keep the order messages were given in: a call's
-//! acknowledgement, answer and `done` reach the wire in that order.
+//! had more than one message, or ended less than [`BUSY_GAP`] ago): a
+//! message that comes alone, as those of calls made one at a time do, is
+//! not held up by a pass of the scheduler.
+//! One queue and one publisher keep the order messages were given in.
 //!
-//! A message that cannot be published (the connection closed for good) is
-//! reported to the outbox's `failed` callback with the call it belongs to,
-//! if any: a call that was never sent must not be waited for as one that
-//! may run.
+//! A front end's call waits until async-nats has taken it, as it waited in
+//! async-nats's own `publish` before (review 134): its acknowledgement's
+//! time starts only then, a link that stalls holds its callers back
+//! (async-nats's queue is bounded) rather than letting this queue grow, and
+//! a call whose caller stops waiting before then never leaves. A host's
+//! messages (acknowledgements, answers, `running`, `done`) are made once
+//! their calls have come, so its queue holds a few per call running or
+//! just answered, as the calls' own tasks did before.
+//!
+//! A message whose publishing panics (a statistics lock of the services
+//! protocol poisoned, say) is lost alone, as when each call's task sent its
+//! own: the outbox goes on with the next.
 
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most messages taken in one pass (the connection queues at most this
-/// many commands at once, by default, anyway).
+/// Most messages taken in one pass.
 const PASS: usize = 512;
 
-/// What [`Outbox::failed`] is told: the call a message belonged to, and why
-/// it was not published.
-pub(super) type Failed = Box<dyn Fn(u64, &async_nats::PublishError) + Send + Sync>;
+/// A message that comes this soon after the last pass finds the outbox
+/// busy: under a steady load the tasks give one message each, and one
+/// that is woken for each would never see two (a tenth of a NATS round
+/// trip on this kind of machine, so calls made one at a time rarely pay
+/// the yield).
+const BUSY_GAP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// A message for the outbox.
 pub(super) enum Outgoing {
-    /// A message; `call`, the call it belongs to (told of a failure).
+    /// A message about a call (`accepted`, `running`, `done`, a cancel).
     Publish {
         subject: Subject,
-        reply: Option<Subject>,
         headers: HeaderMap,
         payload: Bytes,
-        call: Option<u64>,
+    },
+    /// A call, published unless its caller has stopped waiting for it to
+    /// be (then nothing of it leaves); `handed` says when async-nats has it,
+    /// or why it could not take it.
+    Call {
+        subject: Subject,
+        reply: Subject,
+        headers: HeaderMap,
+        payload: Bytes,
+        handed: oneshot::Sender<Result<(), String>>,
     },
     /// The answer to a request of the services protocol, sent by its
     /// `respond`, which counts it in its endpoint's statistics.
@@ -55,7 +74,7 @@ pub(super) enum Outgoing {
         payload: Bytes,
         method: String,
     },
-    /// Told once everything given before it is published (or failed).
+    /// Told once everything given before it is handed to the connection.
     Flushed(oneshot::Sender<()>),
 }
 
@@ -68,31 +87,50 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Starts the publishing task on `client`.
-    pub(super) fn start(client: Client, failed: Failed) -> Outbox {
+    pub(super) fn start(client: Client) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_all(client, rx, failed));
+        tokio::spawn(publish_all(client, rx));
         Outbox { tx }
     }
 
     /// Queues `message`, in order after every message given before it.
     pub(super) fn send(&self, message: Outgoing) {
         // The task ends only when the runtime is going away.
-        if let Err(mpsc::error::SendError(Outgoing::Publish { subject, .. })) =
-            self.tx.send(message)
-        {
-            tracing::debug!(%subject, "not published: the outbox has stopped");
+        if self.tx.send(message).is_err() {
+            tracing::debug!("a message about a call not published: the outbox has stopped");
         }
     }
 
-    /// A plain message (no call to tell of a failure).
+    /// A message about a call.
     pub(super) fn publish(&self, subject: impl Into<Subject>, headers: HeaderMap, payload: Bytes) {
         self.send(Outgoing::Publish {
             subject: subject.into(),
-            reply: None,
             headers,
             payload,
-            call: None,
         });
+    }
+
+    /// Sends a call; done once async-nats has it (as its own `publish`
+    /// is), or with why it could not take it. A caller that stops waiting
+    /// first keeps it from leaving.
+    pub(super) async fn call(
+        &self,
+        subject: Subject,
+        reply: Subject,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        let (handed, taken) = oneshot::channel();
+        self.send(Outgoing::Call {
+            subject,
+            reply,
+            headers,
+            payload,
+            handed,
+        });
+        taken
+            .await
+            .unwrap_or_else(|_| Err("the outbox has stopped".into()))
     }
 
     /// Waits until everything given before this call is handed to the
@@ -104,11 +142,12 @@ impl Outbox {
     }
 }
 
-async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>, failed: Failed) {
+async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut pass = Vec::with_capacity(PASS);
     let mut busy = false;
+    let mut last_pass = std::time::Instant::now();
     while rx.recv_many(&mut pass, PASS).await > 0 {
-        if busy {
+        if busy || last_pass.elapsed() < BUSY_GAP {
             // The tasks woken with the first message's sender add theirs.
             tokio::task::yield_now().await;
             while pass.len() < PASS {
@@ -120,33 +159,48 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>, 
         }
         busy = pass.len() > 1;
         for message in pass.drain(..) {
-            publish(&client, message, &failed).await;
+            if std::panic::AssertUnwindSafe(publish(&client, message))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("publishing a message about a call panicked; it is lost");
+            }
         }
+        last_pass = std::time::Instant::now();
     }
 }
 
-async fn publish(client: &Client, message: Outgoing, failed: &Failed) {
+async fn publish(client: &Client, message: Outgoing) {
     match message {
         Outgoing::Publish {
+            subject,
+            headers,
+            payload,
+        } => {
+            let sent = if headers.is_empty() {
+                client.publish(subject, payload).await
+            } else {
+                client.publish_with_headers(subject, headers, payload).await
+            };
+            if let Err(e) = sent {
+                tracing::debug!("sending a call's notice on NATS: {e}");
+            }
+        }
+        Outgoing::Call {
             subject,
             reply,
             headers,
             payload,
-            call,
+            handed,
         } => {
-            let sent = match (reply, headers.is_empty()) {
-                (Some(reply), false) => {
-                    client
-                        .publish_with_reply_and_headers(subject, reply, headers, payload)
-                        .await
-                }
-                (Some(reply), true) => client.publish_with_reply(subject, reply, payload).await,
-                (None, false) => client.publish_with_headers(subject, headers, payload).await,
-                (None, true) => client.publish(subject, payload).await,
-            };
-            if let (Err(e), Some(call)) = (sent, call) {
-                failed(call, &e);
+            if handed.is_closed() {
+                return;
             }
+            let sent = client
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .await;
+            let _ = handed.send(sent.map_err(|e| e.to_string()));
         }
         Outgoing::Answer {
             request,
