@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use litebridge::workers::nats::{NatsBridge, NatsConfig};
 use litebridge::workers::{CallOptions, WorkerConfig};
-use litebridge::{Error, ErrorKind};
+use litebridge::{Error, ErrorKind, TimeoutStage};
 use serde_json::{Value as Json, json};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -1769,6 +1769,72 @@ async fn a_host_told_to_stop_answers_every_call_it_runs() {
         assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
     }
     drop(host);
+}
+
+/// A link that stalls with more calls than async-nats will queue (the
+/// server paused, its socket full) holds the calls that wait to be sent
+/// only until their deadlines: each ends in time, and one that never left
+/// says so (`timeout` while queued), not "no host acknowledged it". After
+/// the stall the front end calls as before (review 135 of the outbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_held_up_by_a_stalled_link_end_at_their_deadlines() {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let big = "x".repeat(8 * 1024);
+    setup.server.pause(true);
+    let started = Instant::now();
+    let calls: Vec<_> = (0..3000)
+        .map(|_| {
+            let (b, big) = (setup.bridge.clone(), big.clone());
+            tokio::spawn(async move {
+                let once = CallOptions {
+                    retry: false,
+                    ..opts(800)
+                };
+                let began = Instant::now();
+                let r = b.call("echo", json!({"value": big}), once).await;
+                (began.elapsed(), r)
+            })
+        })
+        .collect();
+    let mut queued = 0;
+    for call in calls {
+        let (took, r) = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("a call outlived its deadline by far")
+            .unwrap();
+        assert!(took < Duration::from_millis(1500), "a call took {took:?}");
+        let e = r.expect_err("nothing is answered while the server is paused");
+        if matches!(
+            e,
+            Error::Timeout {
+                stage: TimeoutStage::Queued,
+                ..
+            }
+        ) {
+            queued += 1;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // More than async-nats takes (2,048 commands, and what the socket
+    // holds): some never left.
+    assert!(queued > 0, "no call was held back before it was sent");
+    setup.server.pause(false);
+    let mut answered = false;
+    for _ in 0..50 {
+        if let Ok(v) = setup
+            .bridge
+            .call("echo", json!({"value": 1}), opts(2000))
+            .await
+        {
+            assert_eq!(v, json!(1));
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the front end did not call again after the stall");
 }
 
 /// Everything goes silent at once when the front end's own link to NATS is

@@ -16,7 +16,7 @@ use crate::resilience::RetryPolicy;
 use crate::sync::{lock, read, write};
 use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
-use crate::workers::nats::outbox::Outbox;
+use crate::workers::nats::outbox::{self, Outbox};
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
 use crate::workers::{CallOptions, MethodInfo, PoolEvent, PoolStatus, WorkerConfig, WorkerStatus};
@@ -534,6 +534,7 @@ impl NatsBridge {
             front: s.clone(),
             id,
             reply: reply.clone(),
+            ticket: None,
             cancel: true,
             runs_on: false,
             abandoned: abandoned.cloned(),
@@ -550,26 +551,79 @@ impl NatsBridge {
         {
             headers.insert(wire::REQUEST_ID, rid);
         }
-        // Sent once async-nats has it, as with its own `publish` (the
-        // acknowledgement's time counts from then); a caller that gives up
-        // before keeps it from leaving.
-        if let Err(e) = s
-            .outbox
-            .call(
-                s.subjects.call(method).into(),
-                reply.into(),
-                headers,
-                body.clone(),
-            )
-            .await
-        {
-            guard.cancel = false;
-            return Err(Error::Unavailable {
-                what: "NATS",
-                reason: format!("the call was not sent: {e}"),
-            });
+        // Sent once async-nats has it, as with its own `publish`: the
+        // acknowledgement's time counts from then. Until the outbox takes
+        // it, the call can be withdrawn (its deadline, NATS lost, its
+        // caller gone: `Waiting`), and then never leaves.
+        let mut sending = s.outbox.call(
+            s.subjects.call(method).into(),
+            reply.into(),
+            headers,
+            body.clone(),
+        );
+        guard.ticket = Some(sending.ticket.clone());
+        let mut early = None;
+        let handed = tokio::select! {
+            biased;
+            r = sending.handed() => Some(r),
+            got = rx.recv() => {
+                early = Some(got);
+                None
+            }
+            () = tokio::time::sleep_until(deadline) => None,
+        };
+        match handed {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                guard.cancel = false;
+                return Err(Error::Unavailable {
+                    what: "NATS",
+                    reason: format!("the call was not sent: {e}"),
+                });
+            }
+            None if sending.ticket.withdraw() => {
+                guard.cancel = false;
+                return Err(match early {
+                    None => Error::Timeout {
+                        after: timeout,
+                        stage: TimeoutStage::Queued,
+                    },
+                    Some(_) => Error::Unavailable {
+                        what: "NATS",
+                        reason: "the call was not sent: the connection to NATS was lost".into(),
+                    },
+                });
+            }
+            // Taken by the outbox: on its way, its outcome unknown from here.
+            None => match early {
+                Some(Some(Reply::Lost(e, _))) => return Err(e),
+                Some(None) => {
+                    return Err(Error::Unavailable {
+                        what: "workers",
+                        reason: "the bridge stopped".into(),
+                    });
+                }
+                // An answer cannot come before its call is handed over
+                // (the outbox says so as async-nats takes it).
+                Some(Some(Reply::Message(_))) => {
+                    if let Err(e) = sending.handed().await {
+                        return Err(Error::Unavailable {
+                            what: "NATS",
+                            reason: format!("the call was not sent: {e}"),
+                        });
+                    }
+                }
+                None => {
+                    fair.store(false, Ordering::Relaxed);
+                    return Err(Error::Timeout {
+                        after: timeout,
+                        stage: TimeoutStage::InWorker { idempotent: false },
+                    });
+                }
+            },
         }
         let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
+        guard.ack_by = ack_by;
         let mut acked = false;
         // The instance of the host that acknowledged the call.
         let mut acked_by: Option<String> = None;
@@ -867,6 +921,8 @@ struct Waiting {
     front: Arc<Front>,
     id: u64,
     reply: String,
+    /// Its place in the outbox, once queued there.
+    ticket: Option<outbox::Ticket>,
     cancel: bool,
     /// Its answer said its worker runs on.
     runs_on: bool,
@@ -878,6 +934,12 @@ struct Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        // A call withdrawn before the outbox took it never leaves: it keeps
+        // no place and needs no cancel (one would sit in every host's table
+        // of cancels that came before their calls).
+        if self.cancel && self.ticket.as_ref().is_some_and(outbox::Ticket::withdraw) {
+            self.cancel = false;
+        }
         {
             let mut calls = lock(&self.front.calls);
             let pending = calls.remove(&self.id);

@@ -208,7 +208,11 @@ impl WorkerHost {
         // The answers of the calls that just finished, those the pool's
         // end answered and the refusals of calls taken as it stopped, then
         // the socket (within the same bound: NATS may be gone).
-        while self.inner.handling.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until
+        // A floor of its own: the wait for `running` may have used all of
+        // `until`, and the pool's end has just failed what it still ran.
+        let handled_by = until.max(tokio::time::Instant::now() + Duration::from_secs(2));
+        while self.inner.handling.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < handled_by
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -29,9 +29,13 @@
 //! their calls have come, so its queue holds a few per call running or
 //! just answered, as the calls' own tasks did before.
 //!
-//! A message whose publishing panics (a statistics lock of the services
-//! protocol poisoned, say) is lost alone, as when each call's task sent its
-//! own: the outbox goes on with the next.
+//! A message whose publishing panics (the services protocol's statistics
+//! lock poisoned, which `respond` takes after publishing) costs that message
+//! alone, as when each call's task sent its own: the outbox goes on with the
+//! next, and says so at most once a minute.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
@@ -40,6 +44,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most messages taken in one pass.
 const PASS: usize = 512;
+
+/// At most one log line about panics this often (they may come at the
+/// rate of answers).
+const PANIC_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A message that comes this soon after the last pass finds the outbox
 /// busy: under a steady load the tasks give one message each, and one
@@ -56,14 +64,15 @@ pub(super) enum Outgoing {
         headers: HeaderMap,
         payload: Bytes,
     },
-    /// A call, published unless its caller has stopped waiting for it to
-    /// be (then nothing of it leaves); `handed` says when async-nats has it,
-    /// or why it could not take it.
+    /// A call, published unless its caller has withdrawn it first (then
+    /// nothing of it leaves); `handed` says when async-nats has it, or why
+    /// it could not take it.
     Call {
         subject: Subject,
         reply: Subject,
         headers: HeaderMap,
         payload: Bytes,
+        ticket: Ticket,
         handed: oneshot::Sender<Result<(), String>>,
     },
     /// The answer to a request of the services protocol, sent by its
@@ -110,27 +119,27 @@ impl Outbox {
         });
     }
 
-    /// Sends a call; done once async-nats has it (as its own `publish`
-    /// is), or with why it could not take it. A caller that stops waiting
-    /// first keeps it from leaving.
-    pub(super) async fn call(
+    /// Queues a call: [`Sending::handed`] is done once async-nats has it
+    /// (as its own `publish` is), or says why it could not take it; until
+    /// the outbox takes it, [`Ticket::withdraw`] keeps it from leaving.
+    pub(super) fn call(
         &self,
         subject: Subject,
         reply: Subject,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<(), String> {
+    ) -> Sending {
         let (handed, taken) = oneshot::channel();
+        let ticket = Ticket::default();
         self.send(Outgoing::Call {
             subject,
             reply,
             headers,
             payload,
+            ticket: ticket.clone(),
             handed,
         });
-        taken
-            .await
-            .unwrap_or_else(|_| Err("the outbox has stopped".into()))
+        Sending { ticket, taken }
     }
 
     /// Waits until everything given before this call is handed to the
@@ -142,10 +151,57 @@ impl Outbox {
     }
 }
 
+/// Who has a queued call: still queued, taken by the outbox (it may be
+/// on the wire), or withdrawn by its caller (it never leaves). Whichever
+/// of the two moves it first out of "queued" decides.
+#[derive(Clone, Default)]
+pub(super) struct Ticket(Arc<AtomicU8>);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Ticket {
+    /// Withdraws the call unless the outbox has taken it: true when it
+    /// will never leave (withdrawn now or before).
+    pub(super) fn withdraw(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == WITHDRAWN,
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A call on its way to async-nats.
+pub(super) struct Sending {
+    pub(super) ticket: Ticket,
+    taken: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Sending {
+    /// Done once async-nats has the call, or with why it could not take
+    /// it (then it was not sent).
+    pub(super) async fn handed(&mut self) -> Result<(), String> {
+        (&mut self.taken)
+            .await
+            .unwrap_or_else(|_| Err("the outbox has stopped".into()))
+    }
+}
+
 async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut pass = Vec::with_capacity(PASS);
     let mut busy = false;
     let mut last_pass = std::time::Instant::now();
+    let (mut panics, mut last_panic_log) = (0u64, None::<std::time::Instant>);
     while rx.recv_many(&mut pass, PASS).await > 0 {
         if busy || last_pass.elapsed() < BUSY_GAP {
             // The tasks woken with the first message's sender add theirs.
@@ -164,7 +220,16 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
                 .await
                 .is_err()
             {
-                tracing::error!("publishing a message about a call panicked; it is lost");
+                panics += 1;
+                if last_panic_log.is_none_or(|at| at.elapsed() >= PANIC_LOG_EVERY) {
+                    last_panic_log = Some(std::time::Instant::now());
+                    tracing::error!(
+                        panics,
+                        "publishing a message about a call panicked (an answer's, after it was \
+                         published, when the services protocol's statistics lock is poisoned); \
+                         going on with the next"
+                    );
+                }
             }
         }
         last_pass = std::time::Instant::now();
@@ -192,9 +257,10 @@ async fn publish(client: &Client, message: Outgoing) {
             reply,
             headers,
             payload,
+            ticket,
             handed,
         } => {
-            if handed.is_closed() {
+            if !ticket.take() {
                 return;
             }
             let sent = client
