@@ -26,6 +26,8 @@ use crate::workers::{Abandoned, CallOptions, WorkerPool};
 /// [`WorkerHost::shutdown`] to finish the calls in flight first.
 pub struct WorkerHost {
     inner: Arc<Host>,
+    /// The task taking calls from the endpoints (see `shutdown`).
+    serving: Option<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
     service: Option<async_nats::service::Service>,
 }
@@ -156,7 +158,7 @@ impl WorkerHost {
             cancelled: AtomicU64::new(0),
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(
+        let serving = tokio::spawn(serve(
             inner.clone(),
             futures_util::stream::select_all(endpoints),
         ));
@@ -170,6 +172,7 @@ impl WorkerHost {
         );
         Ok(WorkerHost {
             inner,
+            serving: Some(serving),
             tasks,
             service: Some(service),
         })
@@ -199,6 +202,17 @@ impl WorkerHost {
         {
             tracing::warn!("stopping the NATS service: {e}");
         }
+        // Stopped, each endpoint unsubscribes and yields what NATS delivered
+        // before that reached the server, then ends: every call this host
+        // was given is handled (refused as not started, which its front end
+        // sends elsewhere), not dropped to be taken for lost.
+        if let Some(mut serving) = self.serving.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut serving)
+                .await
+                .is_err()
+        {
+            serving.abort();
+        }
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while lock(&self.inner.running).len() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -227,6 +241,9 @@ impl WorkerHost {
 
 impl Drop for WorkerHost {
     fn drop(&mut self) {
+        if let Some(serving) = &self.serving {
+            serving.abort();
+        }
         self.tasks.abort_all();
     }
 }
