@@ -588,7 +588,11 @@ impl NatsBridge {
                         after: timeout,
                         stage: TimeoutStage::Queued,
                     },
-                    Some(_) => Error::Unavailable {
+                    Some(None) => Error::Unavailable {
+                        what: "workers",
+                        reason: "the bridge stopped; the call was not sent".into(),
+                    },
+                    Some(Some(_)) => Error::Unavailable {
                         what: "NATS",
                         reason: "the call was not sent: the connection to NATS was lost".into(),
                     },
