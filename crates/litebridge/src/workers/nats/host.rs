@@ -143,7 +143,6 @@ impl WorkerHost {
             .await
             .map_err(|e| unavailable(&e))?;
         let inner = Arc::new(Host {
-            // Its messages belong to no call of this end.
             outbox: Outbox::start(client.clone()),
             id,
             service_id: service.info().await.id,
@@ -219,11 +218,11 @@ impl WorkerHost {
         }
         self.tasks.shutdown().await;
         self.inner.pool.shutdown().await;
-        // The answers of the calls that just finished, those the pool's
-        // end answered and the refusals of calls taken as it stopped, then
-        // the socket (within the same bound: NATS may be gone).
-        // A floor of its own: the wait for `running` may have used all of
-        // `until`, and the pool's end has just failed what it still ran.
+        // The calls still being handled: those the pool's end has just
+        // failed, and the refusals of calls taken as it stopped (with a
+        // floor of its own: the wait for `running` may have used all of
+        // `until`). Then their answers, and the socket, within a bound:
+        // NATS may be gone.
         let handled_by = until.max(tokio::time::Instant::now() + Duration::from_secs(2));
         while self.inner.handling.load(Ordering::Acquire) > 0
             && tokio::time::Instant::now() < handled_by
@@ -315,8 +314,7 @@ async fn serve(
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
-        host.handling.fetch_add(1, Ordering::AcqRel);
-        let handling = Handling(host.clone());
+        let handling = Handling::new(&host);
         tokio::spawn(async move {
             handle(handling.0.clone(), request).await;
             drop(handling);
@@ -324,9 +322,17 @@ async fn serve(
     }
 }
 
-/// A call being handled, counted in [`Host::handling`] until dropped
-/// (whatever way its task ends, aborted with the runtime too).
+/// A call being handled, counted in [`Host::handling`] from its making
+/// until dropped (whatever way its task ends, aborted with the runtime
+/// too).
 struct Handling(Arc<Host>);
+
+impl Handling {
+    fn new(host: &Arc<Host>) -> Handling {
+        host.handling.fetch_add(1, Ordering::AcqRel);
+        Handling(host.clone())
+    }
+}
 
 impl Drop for Handling {
     fn drop(&mut self) {
