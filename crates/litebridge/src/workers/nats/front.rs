@@ -607,14 +607,23 @@ impl NatsBridge {
                         reason: "the bridge stopped".into(),
                     });
                 }
-                // An answer cannot come before its call is handed over
-                // (the outbox says so as async-nats takes it).
-                Some(Some(Reply::Message(_))) => {
+                // A message about the call came before the outbox said it
+                // had handed the call over: its thread can be preempted
+                // between the two, while the call goes out, is answered
+                // and the answer is routed here. Put back in line, after
+                // any that came since (an acknowledgement then its answer
+                // read in the other order still end the call with its
+                // answer): dropping it lost answers to fast calls, which
+                // then looked unacknowledged, under load.
+                Some(Some(m @ Reply::Message(_))) => {
                     if let Err(e) = sending.handed().await {
                         return Err(Error::Unavailable {
                             what: "NATS",
                             reason: format!("the call was not sent: {e}"),
                         });
+                    }
+                    if let Some(p) = lock(&s.calls).get(&id) {
+                        let _ = p.tx.send(m);
                     }
                 }
                 None => {
