@@ -471,7 +471,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: int_kind(1, 600_000),
         default: || ms(nats().ack_timeout),
-        help: "a call neither acknowledged nor answered this long after ack_delay is lost (worker_crashed)",
+        help: "a call neither acknowledged nor answered this long after ack_delay is asked about: sent elsewhere if every host says it never had it, else lost (worker_crashed)",
     },
     Key {
         name: "nats.heartbeat_ms",
@@ -500,6 +500,13 @@ const KEYS: &[Key] = &[
         kind: int_kind(100, 600_000),
         default: || ms(nats().connect_timeout),
         help: "wait for the first connection to NATS",
+    },
+    Key {
+        name: "nats.server_stale_after_ms",
+        env: &[],
+        kind: int_kind(0, 86_400_000),
+        default: || ms(nats().server_stale_after),
+        help: "how long the NATS servers keep a client that stopped answering (ping_interval x (ping_max + 1)); a front end resends an unacknowledged call that every host says it never had only after listening this long",
     },
     Key {
         name: "workers.command",
@@ -1289,6 +1296,7 @@ impl Settings {
         c.host_dead_after = self.int("nats.host_dead_after") as u32;
         c.reconnect_grace = self.ms("nats.reconnect_grace_ms");
         c.connect_timeout = self.ms("nats.connect_timeout_ms");
+        c.server_stale_after = self.ms("nats.server_stale_after_ms");
         c.validate()?;
         Ok(c)
     }

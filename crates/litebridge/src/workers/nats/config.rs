@@ -34,7 +34,9 @@ pub struct NatsConfig {
     /// the front end which host to watch. Default: 20 ms.
     pub ack_delay: Duration,
     /// A call with neither an acknowledgement nor an answer this long after
-    /// `ack_delay` is taken as lost (`worker_crashed`). Default: 2 s.
+    /// `ack_delay` is asked about: it goes to another host if every host
+    /// says it never had it, else it is taken as lost (`worker_crashed`).
+    /// Default: 2 s.
     pub ack_timeout: Duration,
     /// How often a host announces itself. Default: 1 s.
     pub heartbeat: Duration,
@@ -49,6 +51,17 @@ pub struct NatsConfig {
     pub reconnect_grace: Duration,
     /// How long the first connection may take. Default: 5 s.
     pub connect_timeout: Duration,
+    /// How long the NATS servers keep the connection of a client that no
+    /// longer answers them: their `ping_interval` times `ping_max` + 1
+    /// (2 min times 3 by default). A front end sends a call no host
+    /// acknowledged to another host, once every host says it never had it,
+    /// only after it has listened this long since it connected: a host
+    /// paused before then, never heard from, could still hold the call;
+    /// and waits for the word of a silent host until it has been silent
+    /// this long (and `host_dead_after` heartbeats more). 0 takes every
+    /// host as heard from at once: only where no host can be paused
+    /// before a front end connects. Default: 6 min.
+    pub server_stale_after: Duration,
     /// This host's id in subjects and answers (worker hosts only). Letters,
     /// digits, `_` and `-`. Default: the machine's name and the process id.
     pub host_id: Option<String>,
@@ -90,6 +103,7 @@ impl NatsConfig {
             host_dead_after: 3,
             reconnect_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
+            server_stale_after: Duration::from_secs(360),
             host_id: None,
         }
     }

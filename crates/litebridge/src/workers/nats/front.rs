@@ -16,6 +16,7 @@ use crate::resilience::RetryPolicy;
 use crate::sync::{lock, read, write};
 use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
+use crate::workers::nats::asking::{Asking, Instances, Verdict};
 use crate::workers::nats::outbox::{self, Outbox};
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
@@ -104,6 +105,9 @@ struct Pending {
     done: bool,
     /// What its notices and answer must carry ([`wire::TOKEN`]).
     token: String,
+    /// It is being asked about (`asking`): the hosts' answers, which carry
+    /// no token, count for it.
+    asking: bool,
 }
 
 /// A call its caller gave up on (or that its host's deadline ended) while
@@ -134,6 +138,9 @@ struct Front {
     tokens: std::hash::RandomState,
     next_call: AtomicU64,
     hosts: RwLock<HashMap<String, Known>>,
+    /// The host instances heard from, for questions about calls no host
+    /// acknowledged (`asking`).
+    instances: Mutex<Instances>,
     connected: watch::Sender<bool>,
     call_timeout: Duration,
     /// Idempotent methods: retried after a crash, a lost host or a lost
@@ -269,6 +276,12 @@ impl NatsBridge {
             tokens: std::hash::RandomState::new(),
             next_call: AtomicU64::new(1),
             hosts: RwLock::new(HashMap::new()),
+            instances: Mutex::new(Instances::new(
+                config.dead_after(),
+                config.server_stale_after,
+                // A question waits at most half the acknowledgement's time.
+                config.ack_delay + config.ack_timeout + config.ack_timeout / 2,
+            )),
             connected: watch::Sender::new(true),
             call_timeout: calls.call_timeout,
             retry_started,
@@ -285,6 +298,7 @@ impl NatsBridge {
             tasks: Mutex::new(Vec::new()),
             config,
         });
+        lock(&shared.instances).listening_again();
         let weak = Arc::downgrade(&shared);
         let tasks = vec![
             tokio::spawn(route_replies(weak.clone(), replies)),
@@ -528,6 +542,7 @@ impl NatsBridge {
                 host: None,
                 done: false,
                 token: token.clone(),
+                asking: false,
             },
         );
         let mut guard = Waiting {
@@ -536,6 +551,7 @@ impl NatsBridge {
             reply: reply.clone(),
             ticket: None,
             cancel: true,
+            asked: false,
             runs_on: false,
             abandoned: abandoned.cloned(),
             ack_by: Instant::now() + s.config.ack_delay + s.config.ack_timeout,
@@ -563,6 +579,8 @@ impl NatsBridge {
         );
         guard.ticket = Some(sending.ticket.clone());
         let mut early = None;
+        // A message that came before the hand-off was reported (below).
+        let mut held: Option<Reply> = None;
         let handed = tokio::select! {
             biased;
             r = sending.handed() => Some(r),
@@ -610,20 +628,27 @@ impl NatsBridge {
                 // A message about the call came before the outbox said it
                 // had handed the call over: its thread can be preempted
                 // between the two, while the call goes out, is answered
-                // and the answer is routed here. Put back in line, after
-                // any that came since (an acknowledgement then its answer
-                // read in the other order still end the call with its
-                // answer): dropping it lost answers to fast calls, which
-                // then looked unacknowledged, under load.
+                // and the answer is routed here. It is taken first below,
+                // before any that came since (dropping it lost answers to
+                // fast calls, which then looked unacknowledged, under
+                // load; put back behind the others, an answer could come
+                // after the loss of NATS).
                 Some(Some(m @ Reply::Message(_))) => {
-                    if let Err(e) = sending.handed().await {
-                        return Err(Error::Unavailable {
-                            what: "NATS",
-                            reason: format!("the call was not sent: {e}"),
-                        });
-                    }
-                    if let Some(p) = lock(&s.calls).get(&id) {
-                        let _ = p.tx.send(m);
+                    match tokio::time::timeout_at(deadline, sending.handed()).await {
+                        Ok(Ok(())) => held = Some(m),
+                        Ok(Err(e)) => {
+                            return Err(Error::Unavailable {
+                                what: "NATS",
+                                reason: format!("the call was not sent: {e}"),
+                            });
+                        }
+                        Err(_) => {
+                            fair.store(false, Ordering::Relaxed);
+                            return Err(Error::Timeout {
+                                after: timeout,
+                                stage: TimeoutStage::InWorker { idempotent: false },
+                            });
+                        }
                     }
                 }
                 None => {
@@ -635,9 +660,13 @@ impl NatsBridge {
                 }
             },
         }
-        let ack_by = Instant::now() + s.config.ack_delay + s.config.ack_timeout;
+        let (sent, sent_unix) = (Instant::now(), unix_ms());
+        let ack_by = sent + s.config.ack_delay + s.config.ack_timeout;
         guard.ack_by = ack_by;
         let mut acked = false;
+        // Every host asked whether it had the call, once no host
+        // acknowledged it in time (`asking`).
+        let mut asking: Option<Asking> = None;
         // The instance of the host that acknowledged the call.
         let mut acked_by: Option<String> = None;
         // One timer per call: the acknowledgement's time (or the deadline,
@@ -646,12 +675,20 @@ impl NatsBridge {
         tokio::pin!(timer);
         loop {
             tokio::select! {
-                got = rx.recv() => match got {
+                // Messages first: one that came with the timer wins.
+                biased;
+                got = async {
+                    match held.take() {
+                        Some(m) => Some(m),
+                        None => rx.recv().await,
+                    }
+                } => match got {
                     Some(Reply::Message(m)) => {
                         if m.status == Some(StatusCode::NO_RESPONDERS) {
                             // The server says so only before a host has the
-                            // call: after an acknowledgement, it is a peer's.
-                            if acked {
+                            // call: after an acknowledgement, it is a peer's,
+                            // and while asking it is about the question.
+                            if acked || asking.is_some() {
                                 continue;
                             }
                             guard.cancel = false;
@@ -659,7 +696,25 @@ impl NatsBridge {
                         }
                         let h = m.headers.as_ref();
                         let host = h.and_then(|h| h.get(wire::HOST)).map_or("(unnamed)", |v| v.as_str());
-                        if h.and_then(|h| h.get(wire::STATUS)).is_some_and(|v| v.as_str() == "accepted") {
+                        let status = h.and_then(|h| h.get(wire::STATUS)).map(|v| v.as_str());
+                        if let Some(answer @ (wire::UNSEEN | wire::MAYBE)) = status {
+                            let Some(a) = asking.as_mut() else { continue };
+                            let instance = h.and_then(|h| h.get(wire::INSTANCE)).map_or("", |v| v.as_str());
+                            match a.answer(answer == wire::UNSEEN, host, instance) {
+                                Verdict::Waiting => continue,
+                                Verdict::NeverTaken => {
+                                    guard.cancel = false;
+                                    return Err(self.never_taken());
+                                }
+                                Verdict::MayHave(host) => return Err(self.unacknowledged(Some(&host))),
+                            }
+                        }
+                        if status == Some("accepted") {
+                            // Late, while asking: the host had it, and the
+                            // question cancelled it there.
+                            if asking.is_some() {
+                                return Err(self.unacknowledged(Some(host)));
+                            }
                             if !acked {
                                 acked = true;
                                 acked_by = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str().to_owned());
@@ -699,7 +754,7 @@ impl NatsBridge {
                     None => return Err(Error::Unavailable { what: "workers", reason: "the bridge stopped".into() }),
                 },
                 () = &mut timer => {
-                    if acked || deadline <= ack_by {
+                    if acked || deadline <= ack_by || Instant::now() >= deadline {
                         // Not acknowledged by any host: nothing says the
                         // method ran, so its timeout is not the method's.
                         if !acked {
@@ -707,16 +762,68 @@ impl NatsBridge {
                         }
                         return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
                     }
-                    return Err(Error::HostLost {
-                        host: "unknown".into(),
-                        reason: format!(
-                            "no worker host acknowledged the call within {} ms",
-                            (s.config.ack_delay + s.config.ack_timeout).as_millis()
-                        ),
-                        idempotent: false,
-                    });
+                    if asking.is_none()
+                        && let Some(a) = self.ask(id, &guard.reply, sent, sent_unix, deadline)
+                    {
+                        // The question is the call's cancel.
+                        guard.asked = true;
+                        timer.as_mut().reset(a.until);
+                        asking = Some(a);
+                        continue;
+                    }
+                    return Err(self.unacknowledged(None));
                 }
             }
+        }
+    }
+
+    /// Asks every host whether it had call `id` (reply subject `reply`),
+    /// handed to NATS at `sent` (`sent_unix` by the clock), or `None` when
+    /// no answers could show that it was never taken (`asking`).
+    fn ask(
+        &self,
+        id: u64,
+        reply: &str,
+        sent: Instant,
+        sent_unix: u64,
+        deadline: Instant,
+    ) -> Option<Asking> {
+        let s = &self.shared;
+        let waiting = lock(&s.instances).plan(sent)?;
+        // Answers count for it from now on (they carry no token).
+        lock(&s.calls).get_mut(&id)?.asking = true;
+        let wait = (s.config.ack_timeout / 2).max(Duration::from_millis(50));
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::SENT, sent_unix.to_string().as_str());
+        s.outbox.ask(s.subjects.cancel(), reply.to_owned(), headers);
+        Some(Asking::new(waiting, (Instant::now() + wait).min(deadline)))
+    }
+
+    /// The end of a call no host acknowledged in time, that `host` (if
+    /// asked) said it may have had: its outcome is unknown.
+    fn unacknowledged(&self, host: Option<&str>) -> Error {
+        let within = (self.shared.config.ack_delay + self.shared.config.ack_timeout).as_millis();
+        Error::HostLost {
+            host: host.unwrap_or("unknown").to_owned(),
+            reason: match host {
+                None => format!("no worker host acknowledged the call within {within} ms"),
+                Some(_) => format!(
+                    "it did not acknowledge the call within {within} ms; asked, it said it may have had it, and was told to cancel it"
+                ),
+            },
+            idempotent: false,
+        }
+    }
+
+    /// The end of a call no host acknowledged in time, that every host
+    /// that could have it said it never had: it was not started.
+    fn never_taken(&self) -> Error {
+        Error::Unavailable {
+            what: "worker host",
+            reason: format!(
+                "no worker host acknowledged the call within {} ms, and every host said it never had it (a host stopping as a call comes drops it); the call was not started",
+                (self.shared.config.ack_delay + self.shared.config.ack_timeout).as_millis()
+            ),
         }
     }
 
@@ -937,6 +1044,8 @@ struct Waiting {
     /// Its place in the outbox, once queued there.
     ticket: Option<outbox::Ticket>,
     cancel: bool,
+    /// Its cancel went out already, as a question (`asking`).
+    asked: bool,
     /// Its answer said its worker runs on.
     runs_on: bool,
     abandoned: Option<crate::workers::Abandoned>,
@@ -990,7 +1099,7 @@ impl Drop for Waiting {
                 }
             }
         }
-        if !self.cancel {
+        if !self.cancel || self.asked {
             return;
         }
         // The host that acknowledged it is the one running it; before an
@@ -1043,6 +1152,9 @@ impl Front {
         else {
             return;
         };
+        if super::config::is_token(&info.id) {
+            lock(&self.instances).heard(&info.id);
+        }
         let methods: Vec<MethodInfo> = info
             .endpoints
             .iter()
@@ -1062,11 +1174,15 @@ impl Front {
         if known.beat.as_ref().is_some_and(|b| b.service_id != info.id) {
             return;
         }
-        known.methods = methods;
-        known.dynamic = dynamic;
         let hash = hash
             .or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()))
             .unwrap_or_default();
+        // Its endpoints are still being added: read again once they are.
+        if hash == wire::NONE_ANNOUNCED {
+            return;
+        }
+        known.methods = methods;
+        known.dynamic = dynamic;
         known.read_for = Some((info.id.clone(), hash));
     }
 
@@ -1225,6 +1341,10 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                     !name.to_ascii_lowercase().starts_with("litebridge-")
                 })
             });
+        // An answer to a question (`asking`) carries none (a host that
+        // never had the call does not know it): it is taken only for a
+        // call being asked about.
+        let answer_to_question = matches!(status, Some(wire::UNSEEN | wire::MAYBE));
         let its = |want: &str| token == Some(want) || bare_no_responders;
         let mut calls = lock(&f.calls);
         // A notice about a call whose host is known counts only from that
@@ -1238,7 +1358,7 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         let id = id.filter(|id| {
             let theirs = calls
                 .get(id)
-                .map(|p| its(&p.token))
+                .map(|p| its(&p.token) || (answer_to_question && p.asking))
                 .or_else(|| lock(&f.kept).get(id).map(|k| its(&k.token)));
             if theirs == Some(false) {
                 tracing::debug!(id, "a message without its call's token; dropped");
@@ -1253,6 +1373,9 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                 }
                 Some(wire::RUNNING) => p.host = p.host.take().or_else(named),
                 Some(wire::DONE) if from_its_host(&p.host) => p.done = true,
+                Some(wire::UNSEEN | wire::MAYBE) if p.asking => {
+                    let _ = p.tx.send(Reply::Message(m));
+                }
                 Some(_) => {}
                 None => {
                     // An answer at its host's deadline, its worker running
@@ -1326,6 +1449,13 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             continue;
         }
         beat.workers.truncate(MAX_WORKERS_PER_HOST);
+        // Followed even when the table below has no room: a host it turns
+        // away may still take calls.
+        if beat.retired {
+            lock(&f.instances).retired(&beat.service_id);
+        } else {
+            lock(&f.instances).heard(&beat.service_id);
+        }
         let (new, stale, replaced) = {
             let mut hosts = write(&f.hosts);
             if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
@@ -1373,7 +1503,8 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             known.last_seen = now;
             known.heard = Some(now);
             let stale = known.read_for.as_ref()
-                != Some(&(beat.service_id.clone(), beat.methods_hash.clone()));
+                != Some(&(beat.service_id.clone(), beat.methods_hash.clone()))
+                && beat.methods_hash != wire::NONE_ANNOUNCED;
             known.beat = Some(beat.clone());
             (new, stale, replaced)
         };
@@ -1572,10 +1703,17 @@ async fn follow_connection(
                 // for their methods again (the ones silent meanwhile may
                 // have changed).
                 f.fresh_window();
+                lock(&f.instances).listening_again();
                 f.connected.send_replace(true);
                 tracing::info!(url = f.config.url, "connected to NATS");
                 let bridge = NatsBridge { shared: f.clone() };
                 tokio::spawn(async move { bridge.discover().await });
+            }
+            // Heartbeats may be among what it dropped: a host not heard
+            // from may have taken calls (`asking`).
+            async_nats::Event::SlowConsumer(_) => {
+                lock(&f.instances).listening_again();
+                tracing::debug!("NATS: a slow consumer here; messages were dropped");
             }
             other => tracing::debug!("NATS: {other}"),
         }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::outbox::{Outbox, Outgoing};
+use crate::workers::nats::seen::Seen;
 use crate::workers::nats::wire::{self, Subjects};
 use crate::workers::{Abandoned, CallOptions, WorkerPool};
 
@@ -49,7 +50,20 @@ struct Host {
     service_id: String,
     /// Changes when the methods it serves change.
     methods_hash: String,
+    /// Its endpoints are there: until then its heartbeats announce no
+    /// methods (a hash of its own), so front ends read them once they are.
+    announced: AtomicBool,
     client: Client,
+    /// The calls it took lately, to answer questions about them (`seen`).
+    seen: Mutex<Seen>,
+    /// Where front ends' inboxes start (`_INBOX_<prefix>.`), and hosts'
+    /// (within them): questions are answered only into the former.
+    front_inboxes: String,
+    host_inboxes: String,
+    /// Cut off from NATS since its last heartbeat went out: it refuses
+    /// calls until one has reached the server again (`asking`: a front
+    /// end may no longer wait for a host silent that long).
+    unannounced: AtomicBool,
     pool: WorkerPool,
     config: NatsConfig,
     subjects: Subjects,
@@ -110,6 +124,36 @@ impl WorkerHost {
             .start(wire::service(&config.prefix), env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| unavailable(&e))?;
+        let cancels = client
+            .subscribe(subjects.cancel())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let inner = Arc::new(Host {
+            outbox: Outbox::start(client.clone()),
+            id,
+            service_id: service.info().await.id,
+            methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
+            announced: AtomicBool::new(false),
+            client,
+            seen: Mutex::new(Seen::new(
+                (2 * (config.ack_delay + config.ack_timeout)).max(Duration::from_secs(5)),
+            )),
+            front_inboxes: format!("_INBOX_{}.", config.prefix),
+            host_inboxes: format!("_INBOX_{}.hosts.", config.prefix),
+            unannounced: AtomicBool::new(false),
+            pool,
+            config,
+            subjects,
+            running: Mutex::new(Running::default()),
+            draining: AtomicBool::new(false),
+            handling: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
+        });
+        // Heard from before it can take a call: a front end asking whether
+        // any host had a call knows this one by then (`asking`).
+        inner.beat().await;
+        inner.client.flush().await.map_err(|e| unavailable(&e))?;
+        let (pool, subjects) = (&inner.pool, &inner.subjects);
         let mut endpoints = Vec::new();
         for m in pool.methods() {
             if !wire::method_is_subject_safe(&m.name) {
@@ -138,24 +182,7 @@ impl WorkerHost {
                 .map_err(|e| unavailable(&e))?;
             endpoints.push(e);
         }
-        let cancels = client
-            .subscribe(subjects.cancel())
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let inner = Arc::new(Host {
-            outbox: Outbox::start(client.clone()),
-            id,
-            service_id: service.info().await.id,
-            methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
-            client,
-            pool,
-            config,
-            subjects,
-            running: Mutex::new(Running::default()),
-            draining: AtomicBool::new(false),
-            handling: AtomicUsize::new(0),
-            cancelled: AtomicU64::new(0),
-        });
+        inner.announced.store(true, Ordering::Release);
         let mut tasks = JoinSet::new();
         let serving = tokio::spawn(serve(
             inner.clone(),
@@ -188,8 +215,9 @@ impl WorkerHost {
     }
 
     /// Stops taking calls (the services protocol's stop unsubscribes), lets
-    /// the calls in flight finish within the pool's shutdown grace, then
-    /// stops the pool.
+    /// the calls in flight finish within the pool's shutdown grace, answers
+    /// front ends' questions about calls dropped on their way here for an
+    /// acknowledgement's time and a second, then stops the pool.
     pub async fn shutdown(mut self) {
         self.inner.draining.store(true, Ordering::Release);
         // A heartbeat says `draining` first, so front ends neither count on
@@ -201,6 +229,7 @@ impl WorkerHost {
         {
             tracing::warn!("stopping the NATS service: {e}");
         }
+        let stopped = tokio::time::Instant::now();
         // Stopped, each endpoint unsubscribes and yields what NATS delivered
         // before that reached the server, then ends: every call this host
         // was given is handled (refused as not started, which its front end
@@ -215,6 +244,23 @@ impl WorkerHost {
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while lock(&self.inner.running).len() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A call on its way here as the endpoints stopped was dropped
+        // (async-nats's endpoints cannot drain): its front end asks about
+        // it an acknowledgement's time after sending it (`asking`), so the
+        // questions are answered until then, with a second to spare (and
+        // at most `MAX_LINGER`; not at all when NATS is out of reach).
+        let config = &self.inner.config;
+        let linger =
+            (config.ack_delay + config.ack_timeout + Duration::from_secs(1)).min(MAX_LINGER);
+        let answered_until = stopped + linger;
+        while tokio::time::Instant::now() < answered_until
+            && self.inner.client.connection_state() == async_nats::connection::State::Connected
+        {
+            tokio::time::sleep_until(
+                answered_until.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+            )
+            .await;
         }
         self.tasks.shutdown().await;
         self.inner.pool.shutdown().await;
@@ -235,8 +281,16 @@ impl WorkerHost {
             let _ = self.inner.client.flush().await;
         };
         let _ = tokio::time::timeout(left.max(Duration::from_secs(1)), flushed).await;
+        // Last, after its answers: it takes no call any more, and front
+        // ends need not wait for its word on one (`asking`).
+        self.inner.beat_with(true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.client.flush()).await;
     }
 }
+
+/// The longest a host shutting down answers questions after its endpoints
+/// stopped (a container's default grace before it is killed is 30 s).
+const MAX_LINGER: Duration = Duration::from_secs(20);
 
 impl Drop for WorkerHost {
     fn drop(&mut self) {
@@ -314,6 +368,15 @@ async fn serve(
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
+        // Noted as taken; or refused, unanswered, when a question about it
+        // came first and was answered `unseen` (its caller sent it elsewhere).
+        if let Some(reply) = &request.message.reply
+            && !lock(&host.seen).take(reply)
+        {
+            host.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("a call that came after this host said it never had it; dropped");
+            continue;
+        }
         let handling = Handling::new(&host);
         tokio::spawn(async move {
             handle(handling.0.clone(), request).await;
@@ -373,6 +436,15 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             Error::Unavailable {
                 what: "worker host",
                 reason: "it is shutting down; the call was not started".into(),
+            },
+        );
+    }
+    if host.unannounced.load(Ordering::Acquire) {
+        return refuse(
+            request,
+            Error::Unavailable {
+                what: "worker host",
+                reason: "it has just reconnected to NATS and not yet announced itself; the call was not started".into(),
             },
         );
     }
@@ -672,7 +744,25 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
         {
             continue;
         }
-        lock(&host.running).cancel(reply);
+        let had = lock(&host.running).cancel(reply);
+        // A question (`asking`): asked with the call's own reply subject,
+        // which must be a front end's inbox of this deployment (anyone who
+        // may cancel could otherwise have every host publish where it
+        // names).
+        if msg.reply.as_deref() == Some(reply)
+            && reply.starts_with(&host.front_inboxes)
+            && !reply.starts_with(&host.host_inboxes)
+        {
+            let age = header(msg.headers.as_ref(), wire::SENT)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(Duration::MAX, |sent| {
+                    Duration::from_millis(unix_ms().saturating_sub(sent))
+                });
+            let maybe = had || lock(&host.seen).asked(reply, age);
+            let status = if maybe { wire::MAYBE } else { wire::UNSEEN };
+            host.outbox
+                .publish(reply.to_owned(), host.status(status, ""), Bytes::new());
+        }
     }
 }
 
@@ -775,10 +865,13 @@ impl Running {
         }
     }
 
-    fn cancel(&mut self, reply: &str) {
+    /// Cancels the call with reply subject `reply`, or notes the cancel
+    /// for a call yet to come; whether the call was running here.
+    fn cancel(&mut self, reply: &str) -> bool {
         match self.calls.remove(reply) {
             Some((_, tx)) => {
                 let _ = tx.send(());
+                true
             }
             None => {
                 let now = tokio::time::Instant::now();
@@ -794,6 +887,7 @@ impl Running {
                 if self.early.insert(reply.to_owned()) {
                     self.early_order.push_back((now, reply.to_owned()));
                 }
+                false
             }
         }
     }
@@ -815,17 +909,27 @@ impl Running {
 impl Host {
     /// Publishes one heartbeat.
     async fn beat(&self) {
+        self.beat_with(false).await;
+    }
+
+    /// Publishes one heartbeat; `retired`: its last.
+    async fn beat_with(&self, retired: bool) {
         let s = self.pool.status();
         let beat = wire::Heartbeat {
             host: self.id.clone(),
             service_id: self.service_id.clone(),
-            methods_hash: self.methods_hash.clone(),
+            methods_hash: if self.announced.load(Ordering::Acquire) {
+                self.methods_hash.clone()
+            } else {
+                wire::NONE_ANNOUNCED.to_owned()
+            },
             in_flight: lock(&self.running).len(),
             processes: s.processes,
             healthy: s.healthy,
             restarts: s.restarts,
             crashes: s.crashes,
             draining: self.draining.load(Ordering::Acquire),
+            retired,
             workers: s
                 .workers
                 .iter()
@@ -846,7 +950,8 @@ impl Host {
     }
 }
 
-/// Announces the host every `heartbeat`; cancels every call in flight once
+/// Announces the host every `heartbeat` (and as soon as it is back after
+/// being cut off: it refuses calls until then); cancels every call in flight once
 /// NATS has been unreachable long enough that the front ends count this host
 /// as dead (their callers have their answer already).
 async fn heartbeat(host: Arc<Host>) {
@@ -854,12 +959,24 @@ async fn heartbeat(host: Arc<Host>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cut_off_since: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        // Cut off, it looks often, to announce itself soon after it is back.
+        if host.unannounced.load(Ordering::Acquire) {
+            tokio::time::sleep(host.config.heartbeat.min(Duration::from_millis(50))).await;
+        } else {
+            tick.tick().await;
+        }
         if host.client.connection_state() == async_nats::connection::State::Connected {
             cut_off_since = None;
             host.beat().await;
+            if host.unannounced.load(Ordering::Acquire)
+                && let Ok(Ok(())) =
+                    tokio::time::timeout(host.config.heartbeat, host.client.flush()).await
+            {
+                host.unannounced.store(false, Ordering::Release);
+            }
             continue;
         }
+        host.unannounced.store(true, Ordering::Release);
         let since = *cut_off_since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() >= host.config.dead_after() {
             let gone = lock(&host.running).cancel_all();

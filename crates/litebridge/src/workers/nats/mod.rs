@@ -21,7 +21,10 @@
 //! on the call lives as long as that host's heartbeats. A call with neither
 //! an acknowledgement nor an answer by `ack_delay + ack_timeout` is taken as
 //! lost: a host that took it and stopped (killed, paused) cannot be told
-//! from one that is slow, so its outcome is unknown (`worker_crashed`).
+//! from one that is slow, so its outcome is unknown (`worker_crashed`);
+//! unless every host that could have it says it never did (`asking`: a
+//! host shutting down drops the calls on their way to it), and then it
+//! was not started, and goes to another host.
 //!
 //! **Judging a host dead.** Silence proves nothing while this end's own
 //! link may be cut (a cut without a word looks, from here, like every host
@@ -59,10 +62,12 @@
 //! (`unavailable`, not sent). A host cut off from NATS as long as it takes
 //! the front ends to declare it dead cancels its calls in flight.
 
+mod asking;
 mod config;
 mod front;
 mod host;
 mod outbox;
+mod seen;
 mod wire;
 
 pub use config::NatsConfig;

@@ -61,9 +61,12 @@ const BUSY_GAP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// A message for the outbox.
 pub(super) enum Outgoing {
-    /// A message about a call (`accepted`, `running`, `done`, a cancel).
+    /// A message about a call (`accepted`, `running`, `done`, a cancel, a
+    /// question and its answers).
     Publish {
         subject: Subject,
+        /// Where answers go (a question's).
+        reply: Option<Subject>,
         headers: HeaderMap,
         payload: Bytes,
     },
@@ -117,8 +120,20 @@ impl Outbox {
     pub(super) fn publish(&self, subject: impl Into<Subject>, headers: HeaderMap, payload: Bytes) {
         self.send(Outgoing::Publish {
             subject: subject.into(),
+            reply: None,
             headers,
             payload,
+        });
+    }
+
+    /// A question about the call with reply subject `reply` (`asking`):
+    /// its cancel, with that subject as the place for answers.
+    pub(super) fn ask(&self, subject: impl Into<Subject>, reply: String, headers: HeaderMap) {
+        self.send(Outgoing::Publish {
+            subject: subject.into(),
+            payload: Bytes::from(reply.clone().into_bytes()),
+            reply: Some(reply.into()),
+            headers,
         });
     }
 
@@ -243,13 +258,18 @@ async fn publish(client: &Client, message: Outgoing) {
     match message {
         Outgoing::Publish {
             subject,
+            reply,
             headers,
             payload,
         } => {
-            let sent = if headers.is_empty() {
-                client.publish(subject, payload).await
-            } else {
-                client.publish_with_headers(subject, headers, payload).await
+            let sent = match reply {
+                Some(reply) => {
+                    client
+                        .publish_with_reply_and_headers(subject, reply, headers, payload)
+                        .await
+                }
+                None if headers.is_empty() => client.publish(subject, payload).await,
+                None => client.publish_with_headers(subject, headers, payload).await,
             };
             if let Err(e) = sent {
                 tracing::debug!("sending a call's notice on NATS: {e}");

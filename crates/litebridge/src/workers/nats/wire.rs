@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `<prefix>.v1.call.<method>` | a call, to the queue group; body = the params (JSON) |
 //! | the call's reply subject | an acknowledgement (only for calls still running after `ack_delay`), then the answer |
-//! | `<prefix>.v1.cancel` | the reply subject of a call its caller gave up on |
+//! | `<prefix>.v1.cancel` | the reply subject of a call its caller gave up on; with that subject as its own reply, a question (`asking`): each host answers there [`UNSEEN`] or [`MAYBE`] |
 //! | `<prefix>.v1.hb.<host>` | a host's heartbeat ([`Heartbeat`]) |
 //! | `$SRV.PING\|INFO\|STATS.litebridge_workers_<prefix>` | the services protocol (ADR-32), one endpoint per method |
 
@@ -52,6 +52,14 @@ pub(crate) const RUNS_ON: HeaderName = HeaderName::from_static("Litebridge-Runs-
 /// The [`STATUS`] of a notice that a call given up on is over on its host:
 /// its worker answered it or ended, or it never reached a worker.
 pub(crate) const DONE: &str = "done";
+/// The [`STATUS`] of a host's answer to a question (`asking`) when it never
+/// took the call (and now never will: the question cancelled it there).
+pub(crate) const UNSEEN: &str = "unseen";
+/// The [`STATUS`] of a host's answer to a question when it may have taken
+/// the call (it ran it, runs it, or cannot be sure).
+pub(crate) const MAYBE: &str = "maybe";
+/// On a question: when its call was handed to NATS, as Unix milliseconds.
+pub(crate) const SENT: HeaderName = HeaderName::from_static("Litebridge-Sent");
 /// The id of the host answering.
 pub(crate) const HOST: HeaderName = HeaderName::from_static("Litebridge-Host");
 /// Which run of that host (its services-protocol id): a host restarted
@@ -131,6 +139,11 @@ pub(crate) fn method_is_subject_safe(method: &str) -> bool {
         })
 }
 
+/// The `methods_hash` of a host's heartbeats before its endpoints are all
+/// there: its methods are read once another hash comes (an INFO read
+/// before then may list some of them only).
+pub(crate) const NONE_ANNOUNCED: &str = "starting";
+
 /// What a host announces every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
@@ -145,6 +158,10 @@ pub(crate) struct Heartbeat {
     pub(crate) restarts: u64,
     pub(crate) crashes: u64,
     pub(crate) draining: bool,
+    /// Its last heartbeat: it stopped, answered questions for an
+    /// acknowledgement's time after, and takes no call any more.
+    #[serde(default)]
+    pub(crate) retired: bool,
     #[serde(default)]
     pub(crate) workers: Vec<HeartbeatWorker>,
 }
