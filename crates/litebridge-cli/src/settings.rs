@@ -506,7 +506,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: int_kind(0, 86_400_000),
         default: || ms(nats().server_stale_after),
-        help: "how long the NATS servers keep a client that stopped answering (ping_interval x (ping_max + 1)); a front end resends an unacknowledged call that every host says it never had only after listening this long",
+        help: "the longest the NATS servers keep a client that stopped answering (ping_interval x (ping_max + 2)); a front end resends an unacknowledged call that every host says it never had only after listening this long",
     },
     Key {
         name: "workers.command",

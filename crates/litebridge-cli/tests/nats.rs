@@ -1857,7 +1857,7 @@ async fn a_rolling_stop_of_hosts_loses_no_call_and_runs_each_once() {
 async fn calls_a_paused_host_holds_as_the_server_drops_it_never_run_twice() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nats.conf");
-    // A silent client is dropped within two seconds.
+    // A silent client is dropped within two to three seconds.
     std::fs::write(&conf, "ping_interval: \"1s\"\nping_max: 1\n").unwrap();
     let Some(server) = Server::start(&["-c", conf.to_str().unwrap()]) else {
         return;
@@ -1868,13 +1868,14 @@ async fn calls_a_paused_host_holds_as_the_server_drops_it_never_run_twice() {
         Host::start(&url, "h2", 1, &[]),
     ];
     let mut config = front_config(&url);
-    config.server_stale_after = Duration::from_secs(2);
+    config.server_stale_after = Duration::from_secs(3);
     // Asked once the server has dropped the paused host.
     config.ack_timeout = Duration::from_millis(1_500);
     let bridge = NatsBridge::connect(config, &calls()).await.unwrap();
     until_hosts(&bridge, 2).await;
-    // Listened as long as the server keeps a silent client.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // Listened as long as the server keeps a silent client, and
+    // `dead_after` more.
+    tokio::time::sleep(Duration::from_millis(3_700)).await;
     hosts[1].signal(19);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let once = dir.path().join("once");

@@ -30,7 +30,9 @@
 //! - Every instance heard from (heartbeat or INFO) must answer, unless it
 //!   had been silent for `server_stale_after` and `dead_after` more when the
 //!   call was sent: the NATS server drops a client that stops answering it
-//!   within `server_stale_after` (its `ping_interval` times `ping_max` + 1),
+//!   within `server_stale_after` (its `ping_interval` times `ping_max` + 2:
+//!   a ping is skipped while the client sent something within the last
+//!   interval, review 137),
 //!   so no call sent then reached it. A `PING` finding no one listening
 //!   would prove less: a paused host's socket may hold a call sent before
 //!   the server dropped it, which it reads and runs when it wakes (review
@@ -45,10 +47,11 @@
 //!   has listened `server_stale_after` since then, and no heartbeat was
 //!   turned away meanwhile (a full table).
 //! - A new host announces itself before it subscribes its endpoints, and a
-//!   host that was cut off from NATS refuses calls until a heartbeat of its
-//!   has reached the server again: a call it can take was sent after a
-//!   heartbeat of its was on its way here, read by the time its
-//!   acknowledgement is due (unless it was lost, above).
+//!   host on a new connection (after a cut, or woken from a pause) refuses
+//!   calls until a heartbeat of its is written on it: a call it can take
+//!   was sent after a heartbeat of its was on its way here, read by the
+//!   time its acknowledgement is due (unless it was lost, above). Hosts of
+//!   earlier versions do not: upgrade hosts first.
 //!
 //! So a slow, paused or killed host that had the call keeps it from being
 //! sent again (it does not answer, or says `maybe`): the promise that a
@@ -84,7 +87,7 @@ pub(super) struct Instances {
     /// Silent this long, an instance cannot matter to any question still
     /// to come (`excused_after` and the longest a question waits).
     forgotten_after: Duration,
-    stale_after: Duration,
+    asked_within: Duration,
     /// Since when this end has heard every heartbeat: its last connection,
     /// or the last slow consumer (`None`: not yet).
     listening_since: Option<Instant>,
@@ -92,7 +95,13 @@ pub(super) struct Instances {
     turned_away: Option<Instant>,
     /// When an instance last retired.
     retired_at: Option<Instant>,
+    /// The latest instances that retired: a word about one read late (an
+    /// INFO answered before it retired) does not bring it back.
+    retired: std::collections::VecDeque<String>,
 }
+
+/// Retired instances remembered, at most.
+const MAX_RETIRED: usize = 256;
 
 impl Instances {
     /// `asked_within`: how long after a call is sent its question may still
@@ -102,15 +111,18 @@ impl Instances {
         stale_after: Duration,
         asked_within: Duration,
     ) -> Instances {
+        // `dead_after` more: a host's last heartbeat may have come a
+        // heartbeat before it went silent to the server.
         let excused_after = stale_after.saturating_add(dead_after);
         Instances {
             heard: HashMap::new(),
             excused_after,
             forgotten_after: excused_after.saturating_add(asked_within),
-            stale_after,
+            asked_within,
             listening_since: None,
             turned_away: None,
             retired_at: None,
+            retired: std::collections::VecDeque::new(),
         }
     }
 
@@ -119,6 +131,9 @@ impl Instances {
         let now = Instant::now();
         if let Some(at) = self.heard.get_mut(instance) {
             *at = now;
+            return;
+        }
+        if self.retired.iter().any(|r| r == instance) {
             return;
         }
         if self.heard.len() >= MAX_INSTANCES {
@@ -143,17 +158,28 @@ impl Instances {
         if self.heard.remove(instance).is_some() {
             self.retired_at = Some(Instant::now());
         }
+        if self.retired.len() >= MAX_RETIRED {
+            self.retired.pop_front();
+        }
+        self.retired.push_back(instance.to_owned());
     }
 
     /// The instances that must say `unseen` for a call sent at `sent`, or
     /// `None` when no answers could show it was never taken.
     pub(super) fn plan(&self, sent: Instant) -> Option<HashSet<String>> {
-        let listened = self.listening_since?.checked_add(self.stale_after)? <= sent;
+        // A host not heard from since this end began listening (or since
+        // one was turned away) is silent for as long as that at most: an
+        // instance followed is excused after the same time.
+        let listened = self.listening_since?.checked_add(self.excused_after)? <= sent;
         let turned_away = self
             .turned_away
-            .is_some_and(|t| t.checked_add(self.stale_after).is_none_or(|t| t > sent));
+            .is_some_and(|t| t.checked_add(self.excused_after).is_none_or(|t| t > sent));
         let retired = self.retired_at.is_some_and(|r| r >= sent);
-        if !listened || turned_away || retired {
+        // Asked late, instances forgotten since (a full table) might matter.
+        let late = sent
+            .checked_add(self.asked_within)
+            .is_none_or(|by| Instant::now() > by);
+        if !listened || turned_away || retired || late {
             return None;
         }
         let waiting: HashSet<String> = self
@@ -231,7 +257,17 @@ mod tests {
         assert!(i.plan(Instant::now()).is_none());
         tokio::time::advance(STALE).await;
         i.heard("a");
+        // A host heard just before this end listened, and paused since,
+        // may be kept that long more.
+        assert!(i.plan(Instant::now()).is_none());
+        tokio::time::advance(DEAD).await;
+        i.heard("a");
         assert_eq!(i.plan(Instant::now()), Some(set(&["a"])));
+        // A question asked long after its call was sent gets no verdict.
+        let sent = Instant::now();
+        tokio::time::advance(ASKED + Duration::from_millis(1)).await;
+        i.heard("a");
+        assert!(i.plan(sent).is_none());
         // Connected again, or heartbeats dropped: what was silent meanwhile
         // is not known.
         i.listening_again();
@@ -246,7 +282,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn every_instance_must_say_unseen_and_one_maybe_ends_it() {
         let mut i = listening(&["a", "b"]);
-        tokio::time::advance(STALE).await;
+        tokio::time::advance(STALE + DEAD).await;
         i.heard("a");
         i.heard("b");
         let mut asking = Asking::new(i.plan(Instant::now()).unwrap(), Instant::now());
@@ -263,13 +299,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_instance_is_waited_for_until_the_server_must_have_dropped_it() {
-        let mut i = listening(&["paused", "live"]);
-        tokio::time::advance(STALE).await;
+        let mut i = listening(&["live"]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        i.heard("paused");
+        tokio::time::advance(STALE + DEAD - Duration::from_millis(1)).await;
         i.heard("live");
-        // Silent for the server's whole stale time, but not `dead_after`
-        // more: it may still have been subscribed.
+        // Silent for the server's whole stale time and `dead_after` more,
+        // less a millisecond: it may still have been subscribed.
         assert_eq!(i.plan(Instant::now()), Some(set(&["paused", "live"])));
-        tokio::time::advance(DEAD + Duration::from_millis(1)).await;
+        tokio::time::advance(Duration::from_millis(2)).await;
         i.heard("live");
         assert_eq!(i.plan(Instant::now()), Some(set(&["live"])));
         // Only silent ones: none to ask.
@@ -280,13 +318,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_retired_instance_is_forgotten_and_calls_sent_before_get_no_verdict() {
         let mut i = listening(&["old", "live"]);
-        tokio::time::advance(STALE).await;
+        tokio::time::advance(STALE + DEAD).await;
         i.heard("live");
         i.heard("old");
         let before = Instant::now();
         tokio::time::advance(Duration::from_millis(10)).await;
         i.retired("old");
         assert!(i.plan(before).is_none());
+        // An INFO about it read late does not bring it back.
+        i.heard("old");
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(i.plan(Instant::now()), Some(set(&["live"])));
     }

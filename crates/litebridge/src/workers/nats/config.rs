@@ -52,15 +52,16 @@ pub struct NatsConfig {
     /// How long the first connection may take. Default: 5 s.
     pub connect_timeout: Duration,
     /// How long the NATS servers keep the connection of a client that no
-    /// longer answers them: their `ping_interval` times `ping_max` + 1
-    /// (2 min times 3 by default). A front end sends a call no host
+    /// longer answers them, at most: their `ping_interval` times
+    /// `ping_max` + 2 (2 min times 4 by default; a ping is skipped while
+    /// the client sent something within the last interval). A front end sends a call no host
     /// acknowledged to another host, once every host says it never had it,
     /// only after it has listened this long since it connected: a host
     /// paused before then, never heard from, could still hold the call;
     /// and waits for the word of a silent host until it has been silent
     /// this long (and `host_dead_after` heartbeats more). 0 takes every
     /// host as heard from at once: only where no host can be paused
-    /// before a front end connects. Default: 6 min.
+    /// before a front end connects. Default: 8 min.
     pub server_stale_after: Duration,
     /// This host's id in subjects and answers (worker hosts only). Letters,
     /// digits, `_` and `-`. Default: the machine's name and the process id.
@@ -103,7 +104,7 @@ impl NatsConfig {
             host_dead_after: 3,
             reconnect_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
-            server_stale_after: Duration::from_secs(360),
+            server_stale_after: Duration::from_secs(480),
             host_id: None,
         }
     }

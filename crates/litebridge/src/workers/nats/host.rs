@@ -60,10 +60,15 @@ struct Host {
     /// (within them): questions are answered only into the former.
     front_inboxes: String,
     host_inboxes: String,
-    /// Cut off from NATS since its last heartbeat went out: it refuses
-    /// calls until one has reached the server again (`asking`: a front
-    /// end may no longer wait for a host silent that long).
-    unannounced: AtomicBool,
+    /// Its connections to NATS so far (async-nats counts one before the
+    /// subscriptions of a new one are made again), and how many there were
+    /// when its last heartbeat was written: on a connection with no
+    /// heartbeat of its yet it refuses calls (`asking`: a front end may no
+    /// longer wait for a host silent long, a paused one woken, say).
+    stats: Arc<async_nats::Statistics>,
+    announced_on: AtomicU64,
+    /// Answers to questions waiting in the outbox.
+    answers_queued: Arc<AtomicUsize>,
     pool: WorkerPool,
     config: NatsConfig,
     subjects: Subjects,
@@ -130,6 +135,7 @@ impl WorkerHost {
             .map_err(|e| unavailable(&e))?;
         let inner = Arc::new(Host {
             outbox: Outbox::start(client.clone()),
+            stats: client.statistics(),
             id,
             service_id: service.info().await.id,
             methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
@@ -140,7 +146,9 @@ impl WorkerHost {
             )),
             front_inboxes: format!("_INBOX_{}.", config.prefix),
             host_inboxes: format!("_INBOX_{}.hosts.", config.prefix),
-            unannounced: AtomicBool::new(false),
+
+            announced_on: AtomicU64::new(0),
+            answers_queued: Arc::new(AtomicUsize::new(0)),
             pool,
             config,
             subjects,
@@ -151,8 +159,7 @@ impl WorkerHost {
         });
         // Heard from before it can take a call: a front end asking whether
         // any host had a call knows this one by then (`asking`).
-        inner.beat().await;
-        inner.client.flush().await.map_err(|e| unavailable(&e))?;
+        inner.announce().await.map_err(|e| unavailable(&e))?;
         let (pool, subjects) = (&inner.pool, &inner.subjects);
         let mut endpoints = Vec::new();
         for m in pool.methods() {
@@ -439,7 +446,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             },
         );
     }
-    if host.unannounced.load(Ordering::Acquire) {
+    if !host.announced() {
         return refuse(
             request,
             Error::Unavailable {
@@ -758,10 +765,18 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
                 .map_or(Duration::MAX, |sent| {
                     Duration::from_millis(unix_ms().saturating_sub(sent))
                 });
+            // Silent under a flood of questions: the asker then ends the
+            // call as lost, as when a host does not answer.
+            if host.answers_queued.load(Ordering::Acquire) >= MAX_ANSWERS_QUEUED {
+                continue;
+            }
             let maybe = had || lock(&host.seen).asked(reply, age);
             let status = if maybe { wire::MAYBE } else { wire::UNSEEN };
-            host.outbox
-                .publish(reply.to_owned(), host.status(status, ""), Bytes::new());
+            host.outbox.publish_counted(
+                reply.to_owned(),
+                host.status(status, ""),
+                &host.answers_queued,
+            );
         }
     }
 }
@@ -797,6 +812,9 @@ fn methods_hash(methods: &[crate::workers::MethodInfo], dynamic: bool) -> String
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Answers to questions a host lets wait to be published, at most.
+const MAX_ANSWERS_QUEUED: usize = 4096;
 
 /// Cancels that came before their calls are remembered this long.
 const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
@@ -907,6 +925,21 @@ impl Running {
 }
 
 impl Host {
+    /// Whether a heartbeat was written on the connection it has now.
+    fn announced(&self) -> bool {
+        self.stats.connects.load(Ordering::Relaxed) == self.announced_on.load(Ordering::Acquire)
+    }
+
+    /// Publishes a heartbeat and waits for it to be written, then takes
+    /// calls on this connection.
+    async fn announce(&self) -> std::result::Result<(), async_nats::client::FlushError> {
+        let connects = self.stats.connects.load(Ordering::Relaxed);
+        self.beat().await;
+        self.client.flush().await?;
+        self.announced_on.store(connects, Ordering::Release);
+        Ok(())
+    }
+
     /// Publishes one heartbeat.
     async fn beat(&self) {
         self.beat_with(false).await;
@@ -950,8 +983,8 @@ impl Host {
     }
 }
 
-/// Announces the host every `heartbeat` (and as soon as it is back after
-/// being cut off: it refuses calls until then); cancels every call in flight once
+/// Announces the host every `heartbeat` (and as soon as it can on a new
+/// connection: it refuses calls until then); cancels every call in flight once
 /// NATS has been unreachable long enough that the front ends count this host
 /// as dead (their callers have their answer already).
 async fn heartbeat(host: Arc<Host>) {
@@ -959,24 +992,21 @@ async fn heartbeat(host: Arc<Host>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cut_off_since: Option<tokio::time::Instant> = None;
     loop {
-        // Cut off, it looks often, to announce itself soon after it is back.
-        if host.unannounced.load(Ordering::Acquire) {
-            tokio::time::sleep(host.config.heartbeat.min(Duration::from_millis(50))).await;
-        } else {
+        // On a new connection, it looks often, to announce itself soon.
+        if host.announced() {
             tick.tick().await;
+        } else {
+            tokio::time::sleep(host.config.heartbeat.min(Duration::from_millis(50))).await;
         }
         if host.client.connection_state() == async_nats::connection::State::Connected {
             cut_off_since = None;
-            host.beat().await;
-            if host.unannounced.load(Ordering::Acquire)
-                && let Ok(Ok(())) =
-                    tokio::time::timeout(host.config.heartbeat, host.client.flush()).await
-            {
-                host.unannounced.store(false, Ordering::Release);
+            if host.announced() {
+                host.beat().await;
+            } else {
+                let _ = tokio::time::timeout(host.config.heartbeat, host.announce()).await;
             }
             continue;
         }
-        host.unannounced.store(true, Ordering::Release);
         let since = *cut_off_since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() >= host.config.dead_after() {
             let gone = lock(&host.running).cancel_all();

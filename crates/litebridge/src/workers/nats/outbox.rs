@@ -35,7 +35,7 @@
 //! next, and says so at most once a minute.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
@@ -69,6 +69,8 @@ pub(super) enum Outgoing {
         reply: Option<Subject>,
         headers: HeaderMap,
         payload: Bytes,
+        /// Counted down once published (a host's answers to questions).
+        counted: Option<Arc<AtomicUsize>>,
     },
     /// A call, published unless its caller has withdrawn it first (then
     /// nothing of it leaves); `handed` says when async-nats has it, or why
@@ -123,6 +125,26 @@ impl Outbox {
             reply: None,
             headers,
             payload,
+            counted: None,
+        });
+    }
+
+    /// A message counted in `queued` until it is published: a host answers
+    /// a question only while few such answers wait (a flood of questions
+    /// must not grow its queue without bound).
+    pub(super) fn publish_counted(
+        &self,
+        subject: impl Into<Subject>,
+        headers: HeaderMap,
+        queued: &Arc<AtomicUsize>,
+    ) {
+        queued.fetch_add(1, Ordering::AcqRel);
+        self.send(Outgoing::Publish {
+            subject: subject.into(),
+            reply: None,
+            headers,
+            payload: Bytes::new(),
+            counted: Some(queued.clone()),
         });
     }
 
@@ -134,6 +156,7 @@ impl Outbox {
             payload: Bytes::from(reply.clone().into_bytes()),
             reply: Some(reply.into()),
             headers,
+            counted: None,
         });
     }
 
@@ -254,6 +277,15 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
     }
 }
 
+/// Counts one message down when dropped.
+struct CountedDown(Arc<AtomicUsize>);
+
+impl Drop for CountedDown {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn publish(client: &Client, message: Outgoing) {
     match message {
         Outgoing::Publish {
@@ -261,7 +293,10 @@ async fn publish(client: &Client, message: Outgoing) {
             reply,
             headers,
             payload,
+            counted,
         } => {
+            // Counted as published (or not) whatever happens below.
+            let _counted = counted.map(CountedDown);
             let sent = match reply {
                 Some(reply) => {
                     client

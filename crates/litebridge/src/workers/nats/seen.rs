@@ -14,7 +14,9 @@
 //! front end's clock, with [`CLOCK_SKEW`](super::wire::CLOCK_SKEW) allowed)
 //! gets `maybe`; so does any question while a generation is full (a flood:
 //! it stops taking entries, and cannot vouch for what it did not keep).
-//! A hash that collides says `maybe` too: the safe side.
+//! A hash that collides with a call taken says `maybe` too: the safe
+//! side (one that collides with a mark left by a question makes a call
+//! refused, unanswered: it is then lost, not run twice).
 //!
 //! A question answered `unseen` leaves a mark in the same table, and a call
 //! that comes after it is refused: taking a call and answering about it
