@@ -864,8 +864,15 @@ async fn a_callers_short_deadline_rests_no_replica() {
             timeout: Some(std::time::Duration::from_millis(1)),
             ..QueryOptions::default()
         };
+        // A statement that takes longer than the deadline (a bare
+        // `SELECT 1` was once answered within the millisecond, in CI).
         let r = db
-            .query_at("SELECT 1", (), short, Consistency::Session(token))
+            .query_at(
+                "SELECT 1 FROM pg_sleep(0.05)",
+                (),
+                short,
+                Consistency::Session(token),
+            )
             .await;
         assert!(r.is_err(), "{r:?}");
     }
