@@ -506,7 +506,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: int_kind(0, 86_400_000),
         default: || ms(nats().server_stale_after),
-        help: "the longest the NATS servers keep a client that stopped answering (ping_interval x (ping_max + 2)); a front end resends an unacknowledged call that every host says it never had only after listening this long",
+        help: "the longest the NATS servers keep a client that stopped answering (ping_interval x (ping_max + 2)); a front end resends an unacknowledged call that every host says it never had only after listening this long (and host_dead_after heartbeats more)",
     },
     Key {
         name: "workers.command",

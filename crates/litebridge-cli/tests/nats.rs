@@ -1863,9 +1863,11 @@ async fn calls_a_paused_host_holds_as_the_server_drops_it_never_run_twice() {
         return;
     };
     let url = server.url();
+    // Hosts and front end agree on the server's stale time.
+    let stale = [("LITEBRIDGE_NATS_SERVER_STALE_AFTER_MS", "3000")];
     let hosts = [
-        Host::start(&url, "h1", 1, &[]),
-        Host::start(&url, "h2", 1, &[]),
+        Host::start(&url, "h1", 1, &stale),
+        Host::start(&url, "h2", 1, &stale),
     ];
     let mut config = front_config(&url);
     config.server_stale_after = Duration::from_secs(3);
@@ -1906,6 +1908,18 @@ async fn calls_a_paused_host_holds_as_the_server_drops_it_never_run_twice() {
         *runs.entry(t).or_default() += 1;
     }
     assert!(runs.values().all(|n| *n == 1), "a call ran twice: {runs:?}");
+    // On its new connection it refuses calls sent before it announced
+    // itself there (review 138), then serves again.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let mut by_host: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        let tag = bridge.call("tag", json!({}), opts(10_000)).await.unwrap();
+        *by_host.entry(tag.as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert!(
+        by_host.contains_key("h2"),
+        "the woken host serves: {by_host:?}"
+    );
     bridge.shutdown(Duration::from_secs(1)).await;
     drop((hosts, server));
 }

@@ -44,14 +44,24 @@
 //! - An instance never heard from may be paused and still subscribed,
 //!   since before this end connected, or since heartbeats were lost (a slow
 //!   consumer): so the verdict is given only for calls sent once this end
-//!   has listened `server_stale_after` since then, and no heartbeat was
-//!   turned away meanwhile (a full table).
+//!   has listened `server_stale_after` and `dead_after` since then, and no
+//!   heartbeat was turned away meanwhile (a full table).
 //! - A new host announces itself before it subscribes its endpoints, and a
 //!   host on a new connection (after a cut, or woken from a pause) refuses
-//!   calls until a heartbeat of its is written on it: a call it can take
-//!   was sent after a heartbeat of its was on its way here, read by the
-//!   time its acknowledgement is due (unless it was lost, above). Hosts of
-//!   earlier versions do not: upgrade hosts first.
+//!   calls until a heartbeat of its is written on it; after a silence of
+//!   `server_stale_after` (`dead_after` short of the front ends' bound,
+//!   for heartbeats lost on the way), also any call sent before then (by
+//!   its front end's clock, a second of skew allowed: such a call may have
+//!   come while it was paused, and been asked about meanwhile, review
+//!   138); and any call sent longer ago than `seen` remembers. So a call it starts was sent after a heartbeat of its was
+//!   on its way here, read by the time its acknowledgement is due (unless
+//!   it was lost, above). Hosts of earlier versions do not: upgrade hosts
+//!   first.
+//! - Silence is taken as the host's: in a cluster of NATS servers, a host
+//!   cut off from the front end's server by a partition between servers
+//!   keeps its subscriptions, and is excused after `server_stale_after` all
+//!   the same. Such a partition longer than that, healed just as the host
+//!   stalls with a call, is not covered.
 //!
 //! So a slow, paused or killed host that had the call keeps it from being
 //! sent again (it does not answer, or says `maybe`): the promise that a
@@ -75,8 +85,8 @@ use tokio::time::Instant;
 
 /// Most instances followed (hosts restart under new instances): past it,
 /// the long silent are forgotten, and if none is, a heartbeat's instance is
-/// turned away and no verdict is given until `server_stale_after` has
-/// passed since.
+/// turned away and no verdict is given until `server_stale_after` and
+/// `dead_after` have passed since.
 const MAX_INSTANCES: usize = 2048;
 
 /// The host instances this end has heard from.

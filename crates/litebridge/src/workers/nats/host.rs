@@ -67,6 +67,16 @@ struct Host {
     /// longer wait for a host silent long, a paused one woken, say).
     stats: Arc<async_nats::Statistics>,
     announced_on: AtomicU64,
+    /// When (Unix ms) it last announced itself on a connection other than
+    /// its first, after a silence long enough for front ends to have
+    /// stopped waiting for its word: a call sent before then is not
+    /// started (`handle`). 0: none.
+    announced_at_ms: AtomicU64,
+    /// When its last heartbeat was published.
+    last_beat: Mutex<tokio::time::Instant>,
+    /// How long `seen` remembers a call, in ms: a call older than that
+    /// when it comes is not started.
+    seen_span_ms: u64,
     /// Answers to questions waiting in the outbox.
     answers_queued: Arc<AtomicUsize>,
     pool: WorkerPool,
@@ -133,6 +143,7 @@ impl WorkerHost {
             .subscribe(subjects.cancel())
             .await
             .map_err(|e| unavailable(&e))?;
+        let seen_span = (2 * (config.ack_delay + config.ack_timeout)).max(Duration::from_secs(5));
         let inner = Arc::new(Host {
             outbox: Outbox::start(client.clone()),
             stats: client.statistics(),
@@ -141,13 +152,14 @@ impl WorkerHost {
             methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
             announced: AtomicBool::new(false),
             client,
-            seen: Mutex::new(Seen::new(
-                (2 * (config.ack_delay + config.ack_timeout)).max(Duration::from_secs(5)),
-            )),
+            seen: Mutex::new(Seen::new(seen_span)),
             front_inboxes: format!("_INBOX_{}.", config.prefix),
             host_inboxes: format!("_INBOX_{}.hosts.", config.prefix),
 
             announced_on: AtomicU64::new(0),
+            announced_at_ms: AtomicU64::new(0),
+            last_beat: Mutex::new(tokio::time::Instant::now()),
+            seen_span_ms: seen_span.as_millis() as u64,
             answers_queued: Arc::new(AtomicUsize::new(0)),
             pool,
             config,
@@ -159,7 +171,11 @@ impl WorkerHost {
         });
         // Heard from before it can take a call: a front end asking whether
         // any host had a call knows this one by then (`asking`).
-        inner.announce().await.map_err(|e| unavailable(&e))?;
+        match tokio::time::timeout(inner.config.connect_timeout, inner.announce()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(_) => return Err(unavailable(&"no heartbeat written within connect_timeout")),
+        }
         let (pool, subjects) = (&inner.pool, &inner.subjects);
         let mut endpoints = Vec::new();
         for m in pool.methods() {
@@ -477,6 +493,27 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // clocks may differ). One without time for a wait for its cancel is
     // refused as one past the skew is.
     let late = now > deadline;
+    // When it was sent, by its front end's clock (the deadline and budget
+    // are stamped together).
+    let sent = deadline.saturating_sub(budget);
+    let skew = wire::CLOCK_SKEW.as_millis() as u64;
+    // Sent before this host announced itself on its connection (it came
+    // while the host was paused, say, and is read only now): a front end
+    // may have asked about it and sent it elsewhere meanwhile (review 138).
+    // Or sent so long ago that a question about it may have been answered
+    // and forgotten (`seen`). Neither is started anywhere here.
+    let reannounced = host.announced_at_ms.load(Ordering::Acquire);
+    if (reannounced > 0 && sent < reannounced.saturating_add(skew))
+        || now.saturating_sub(sent).saturating_add(skew) >= host.seen_span_ms
+    {
+        return refuse(
+            request,
+            Error::Unavailable {
+                what: "worker host",
+                reason: "the call came too long after it was sent (this host was paused or cut off); it was not started".into(),
+            },
+        );
+    }
     if timeout.is_zero() || (late && timeout <= LATE_CALL_GRACE) {
         return refuse(
             request,
@@ -934,8 +971,19 @@ impl Host {
     /// calls on this connection.
     async fn announce(&self) -> std::result::Result<(), async_nats::client::FlushError> {
         let connects = self.stats.connects.load(Ordering::Relaxed);
+        let silent = lock(&self.last_beat).elapsed();
         self.beat().await;
         self.client.flush().await?;
+        // After a silence a front end may have taken as the server's drop
+        // (`asking`; `dead_after` short of theirs, for heartbeats lost on
+        // the way), calls sent before now may have been asked about and
+        // sent elsewhere. Not on its first connection: its heartbeat went
+        // out before its endpoints existed.
+        let long = silent >= self.config.server_stale_after;
+        self.announced_at_ms.store(
+            if connects > 1 && long { unix_ms() } else { 0 },
+            Ordering::Release,
+        );
         self.announced_on.store(connects, Ordering::Release);
         Ok(())
     }
@@ -974,11 +1022,15 @@ impl Host {
                 })
                 .collect(),
         };
-        if let Ok(body) = serde_json::to_vec(&beat) {
-            let _ = self
+        if let Ok(body) = serde_json::to_vec(&beat)
+            && self
                 .client
                 .publish(self.subjects.heartbeat(&self.id), body.into())
-                .await;
+                .await
+                .is_ok()
+            && self.client.connection_state() == async_nats::connection::State::Connected
+        {
+            *lock(&self.last_beat) = tokio::time::Instant::now();
         }
     }
 }

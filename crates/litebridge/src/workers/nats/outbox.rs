@@ -69,8 +69,9 @@ pub(super) enum Outgoing {
         reply: Option<Subject>,
         headers: HeaderMap,
         payload: Bytes,
-        /// Counted down once published (a host's answers to questions).
-        counted: Option<Arc<AtomicUsize>>,
+        /// Counted down once published or dropped (a host's answers to
+        /// questions).
+        counted: Option<CountedDown>,
     },
     /// A call, published unless its caller has withdrawn it first (then
     /// nothing of it leaves); `handed` says when async-nats has it, or why
@@ -144,7 +145,7 @@ impl Outbox {
             reply: None,
             headers,
             payload: Bytes::new(),
-            counted: Some(queued.clone()),
+            counted: Some(CountedDown(queued.clone())),
         });
     }
 
@@ -277,8 +278,9 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
     }
 }
 
-/// Counts one message down when dropped.
-struct CountedDown(Arc<AtomicUsize>);
+/// Counts one message down when dropped: published, or dropped unsent
+/// (the outbox stopped).
+pub(super) struct CountedDown(Arc<AtomicUsize>);
 
 impl Drop for CountedDown {
     fn drop(&mut self) {
@@ -296,7 +298,7 @@ async fn publish(client: &Client, message: Outgoing) {
             counted,
         } => {
             // Counted as published (or not) whatever happens below.
-            let _counted = counted.map(CountedDown);
+            let _counted = counted;
             let sent = match reply {
                 Some(reply) => {
                     client
