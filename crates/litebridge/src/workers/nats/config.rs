@@ -221,6 +221,12 @@ impl NatsConfig {
             .join(",")
     }
 
+    /// How long after it is sent a call must be acknowledged or answered
+    /// (`ack_delay + ack_timeout`); past it, it is asked about.
+    pub(crate) fn ack_within(&self) -> Duration {
+        self.ack_delay + self.ack_timeout
+    }
+
     /// How long a host may stay silent before it is taken as dead.
     pub fn dead_after(&self) -> Duration {
         self.heartbeat * self.host_dead_after

@@ -280,7 +280,7 @@ impl NatsBridge {
                 config.dead_after(),
                 config.server_stale_after,
                 // A question waits at most half the acknowledgement's time.
-                config.ack_delay + config.ack_timeout + config.ack_timeout / 2,
+                config.ack_within() + config.ack_timeout / 2,
             )),
             connected: watch::Sender::new(true),
             call_timeout: calls.call_timeout,
@@ -554,7 +554,7 @@ impl NatsBridge {
             asked: false,
             runs_on: false,
             abandoned: abandoned.cloned(),
-            ack_by: Instant::now() + s.config.ack_delay + s.config.ack_timeout,
+            ack_by: Instant::now() + s.config.ack_within(),
             deadline,
         };
         let mut headers = HeaderMap::new();
@@ -661,7 +661,7 @@ impl NatsBridge {
             },
         }
         let (sent, sent_unix) = (Instant::now(), unix_ms());
-        let ack_by = sent + s.config.ack_delay + s.config.ack_timeout;
+        let ack_by = sent + s.config.ack_within();
         guard.ack_by = ack_by;
         let mut acked = false;
         // Every host asked whether it had the call, once no host
@@ -802,7 +802,7 @@ impl NatsBridge {
     /// The end of a call no host acknowledged in time, that `host` (if
     /// asked) said it may have had: its outcome is unknown.
     fn unacknowledged(&self, host: Option<&str>) -> Error {
-        let within = (self.shared.config.ack_delay + self.shared.config.ack_timeout).as_millis();
+        let within = self.shared.config.ack_within().as_millis();
         Error::HostLost {
             host: host.unwrap_or("unknown").to_owned(),
             reason: match host {
@@ -822,7 +822,7 @@ impl NatsBridge {
             what: "worker host",
             reason: format!(
                 "no worker host acknowledged the call within {} ms, and every host said it never had it (a host stopping as a call comes drops it); the call was not started",
-                (self.shared.config.ack_delay + self.shared.config.ack_timeout).as_millis()
+                self.shared.config.ack_within().as_millis()
             ),
         }
     }

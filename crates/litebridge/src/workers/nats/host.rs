@@ -52,7 +52,7 @@ struct Host {
     methods_hash: String,
     /// Its endpoints are there: until then its heartbeats announce no
     /// methods (a hash of its own), so front ends read them once they are.
-    announced: AtomicBool,
+    endpoints_ready: AtomicBool,
     client: Client,
     /// The calls it took lately, to answer questions about them (`seen`).
     seen: Mutex<Seen>,
@@ -143,19 +143,18 @@ impl WorkerHost {
             .subscribe(subjects.cancel())
             .await
             .map_err(|e| unavailable(&e))?;
-        let seen_span = (2 * (config.ack_delay + config.ack_timeout)).max(Duration::from_secs(5));
+        let seen_span = (2 * config.ack_within()).max(Duration::from_secs(5));
         let inner = Arc::new(Host {
             outbox: Outbox::start(client.clone()),
             stats: client.statistics(),
             id,
             service_id: service.info().await.id,
             methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
-            announced: AtomicBool::new(false),
+            endpoints_ready: AtomicBool::new(false),
             client,
             seen: Mutex::new(Seen::new(seen_span)),
             front_inboxes: format!("_INBOX_{}.", config.prefix),
             host_inboxes: format!("_INBOX_{}.hosts.", config.prefix),
-
             announced_on: AtomicU64::new(0),
             announced_at_ms: AtomicU64::new(0),
             last_beat: Mutex::new(tokio::time::Instant::now()),
@@ -205,7 +204,7 @@ impl WorkerHost {
                 .map_err(|e| unavailable(&e))?;
             endpoints.push(e);
         }
-        inner.announced.store(true, Ordering::Release);
+        inner.endpoints_ready.store(true, Ordering::Release);
         let mut tasks = JoinSet::new();
         let serving = tokio::spawn(serve(
             inner.clone(),
@@ -274,8 +273,7 @@ impl WorkerHost {
         // questions are answered until then, with a second to spare (and
         // at most `MAX_LINGER`; not at all when NATS is out of reach).
         let config = &self.inner.config;
-        let linger =
-            (config.ack_delay + config.ack_timeout + Duration::from_secs(1)).min(MAX_LINGER);
+        let linger = (config.ack_within() + Duration::from_secs(1)).min(MAX_LINGER);
         let answered_until = stopped + linger;
         while tokio::time::Instant::now() < answered_until
             && self.inner.client.connection_state() == async_nats::connection::State::Connected
@@ -426,6 +424,15 @@ impl Drop for Handling {
     }
 }
 
+/// A refusal of a call this host did not start (its front end may send it
+/// to another host, whatever its method).
+fn refusal(reason: &str) -> Error {
+    Error::Unavailable {
+        what: "worker host",
+        reason: reason.into(),
+    }
+}
+
 /// How long a call that came past its deadline waits for its cancel.
 const LATE_CALL_GRACE: Duration = Duration::from_millis(100);
 
@@ -456,19 +463,15 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     if host.draining.load(Ordering::Acquire) {
         return refuse(
             request,
-            Error::Unavailable {
-                what: "worker host",
-                reason: "it is shutting down; the call was not started".into(),
-            },
+            refusal("it is shutting down; the call was not started"),
         );
     }
     if !host.announced() {
         return refuse(
             request,
-            Error::Unavailable {
-                what: "worker host",
-                reason: "it has just reconnected to NATS and not yet announced itself; the call was not started".into(),
-            },
+            refusal(
+                "it has just reconnected to NATS and not yet announced itself; the call was not started",
+            ),
         );
     }
     let (Some(budget), Some(deadline)) = (budget, deadline) else {
@@ -508,10 +511,9 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     {
         return refuse(
             request,
-            Error::Unavailable {
-                what: "worker host",
-                reason: "the call came too long after it was sent (this host was paused or cut off); it was not started".into(),
-            },
+            refusal(
+                "the call came too long after it was sent (this host was paused or cut off); it was not started",
+            ),
         );
     }
     if timeout.is_zero() || (late && timeout <= LATE_CALL_GRACE) {
@@ -594,10 +596,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             if waited {
                 return refuse(
                     request,
-                    Error::Unavailable {
-                        what: "worker host",
-                        reason: "it is shutting down; the call was not started".into(),
-                    },
+                    refusal("it is shutting down; the call was not started"),
                 );
             }
             host.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -796,17 +795,15 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
         if msg.reply.as_deref() == Some(reply)
             && reply.starts_with(&host.front_inboxes)
             && !reply.starts_with(&host.host_inboxes)
+            // Silent under a flood of questions: the asker then ends the
+            // call as lost, as when a host does not answer.
+            && host.answers_queued.load(Ordering::Acquire) < MAX_ANSWERS_QUEUED
         {
             let age = header(msg.headers.as_ref(), wire::SENT)
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(Duration::MAX, |sent| {
                     Duration::from_millis(unix_ms().saturating_sub(sent))
                 });
-            // Silent under a flood of questions: the asker then ends the
-            // call as lost, as when a host does not answer.
-            if host.answers_queued.load(Ordering::Acquire) >= MAX_ANSWERS_QUEUED {
-                continue;
-            }
             let maybe = had || lock(&host.seen).asked(reply, age);
             let status = if maybe { wire::MAYBE } else { wire::UNSEEN };
             host.outbox.publish_counted(
@@ -999,7 +996,7 @@ impl Host {
         let beat = wire::Heartbeat {
             host: self.id.clone(),
             service_id: self.service_id.clone(),
-            methods_hash: if self.announced.load(Ordering::Acquire) {
+            methods_hash: if self.endpoints_ready.load(Ordering::Acquire) {
                 self.methods_hash.clone()
             } else {
                 wire::NONE_ANNOUNCED.to_owned()
