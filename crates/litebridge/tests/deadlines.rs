@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Gate, count, hold_writer, insert, open_kv};
-use litebridge::{DbConfig, ErrorKind, Lane, QueryOptions, TimeoutStage, WriteOptions, params};
+use litebridge::{
+    DbConfig, ErrorKind, Lane, QueryOptions, Statement, TimeoutStage, WriteOptions, params,
+};
 
 const ENDLESS: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
@@ -203,6 +205,53 @@ async fn a_dropped_caller_does_not_leave_a_connection_busy() {
     insert(&db, 10).await.unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k = 9").await, 0);
     let _ = params![1];
+}
+
+/// A write running for a caller that went away (a hung-up HTTP client, an
+/// MCP cancel) is interrupted, not left holding the writer until its
+/// deadline or `max_write_hold`; none of it commits. Statement and batch
+/// alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_write_whose_caller_went_away_is_interrupted() {
+    let (_dir, db) = open_kv(DbConfig::builder()).await;
+    let endless_insert = "INSERT INTO kv(k, v) \
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, 'v' FROM c";
+    let long = WriteOptions {
+        timeout: Some(Duration::from_secs(120)),
+        ..WriteOptions::default()
+    };
+    for shape in ["statement", "batch"] {
+        let gone = async {
+            match shape {
+                "statement" => db.execute_with(endless_insert, (), long).await.map(drop),
+                _ => db
+                    .batch(
+                        vec![
+                            Statement::new("DELETE FROM kv", ()),
+                            Statement::new(endless_insert, ()),
+                        ],
+                        long,
+                    )
+                    .await
+                    .map(drop),
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), gone)
+                .await
+                .is_err()
+        );
+        // Without the interrupt this waits for the writer's hold (10 s).
+        let started = Instant::now();
+        insert(&db, -1).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{shape}: the next write waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM kv WHERE k > 0").await, 0);
+        db.execute("DELETE FROM kv", ()).await.unwrap();
+    }
 }
 
 /// A statement whose time goes into one step of SQLite (one long function

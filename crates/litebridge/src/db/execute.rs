@@ -21,6 +21,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::group_commit::{self, ExecReply, Request};
+use super::guard::CancelOnDrop;
 use super::{Inner, WriteOptions, admission};
 use crate::error::{Error, Result};
 use crate::value::{ExecResult, Params};
@@ -32,6 +33,9 @@ type Once<'a> = Pin<Box<dyn Future<Output = Result<Vec<ExecResult>>> + Send + 'a
 pub(super) struct Execute<'a> {
     inner: &'a Inner,
     state: State<'a>,
+    /// Once queued: dropped with this future before its answer, it has the
+    /// statement interrupted (see `Budget::cancellable`).
+    cancel: Option<CancelOnDrop>,
 }
 
 enum State<'a> {
@@ -74,6 +78,7 @@ impl<'a> Execute<'a> {
                 options,
                 trusted,
             },
+            cancel: None,
         }
     }
 
@@ -124,6 +129,8 @@ impl Future for Execute<'_> {
                     let mut budget = this.inner.budget(options.timeout);
                     budget.trusted = trusted;
                     let started = budget.started;
+                    let (budget, cancel) = budget.cancellable();
+                    this.cancel = Some(cancel);
                     let (job, reply) = group_commit::ExecJob::new(budget, sql, params);
                     let writer = &this.inner.writer;
                     this.state = match writer.submit_now(Request::Exec(job), admission(&options)) {

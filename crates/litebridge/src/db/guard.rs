@@ -128,6 +128,20 @@ impl Budget {
         self.deadline.is_some_and(|d| now >= d)
     }
 
+    /// The same budget with a cancellation flag of its own, and the guard
+    /// that raises it when dropped: held by the caller's future, it has the
+    /// progress handler interrupt what runs for a caller that went away (a
+    /// hung-up HTTP client, an MCP `notifications/cancelled`). Raised after
+    /// the answer, it does nothing.
+    pub(crate) fn cancellable(self) -> (Budget, CancelOnDrop) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let budget = Budget {
+            cancelled: Some(flag.clone()),
+            ..self
+        };
+        (budget, CancelOnDrop(flag))
+    }
+
     fn is_cancelled(&self) -> bool {
         self.cancelled
             .as_ref()
@@ -139,6 +153,16 @@ impl Budget {
             after: self.timeout.unwrap_or_default(),
             stage,
         }
+    }
+}
+
+/// Raises a [`Budget`]'s cancellation flag when dropped (see
+/// [`Budget::cancellable`]).
+pub(crate) struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -36,16 +36,6 @@ pub(crate) struct HeavyLane {
     counters: Arc<Counters>,
 }
 
-/// Sets the cancellation flag when the caller's future is dropped before the
-/// job answered, so the running statement is interrupted.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 impl HeavyLane {
     pub(crate) fn start(opener: &Opener, counters: Arc<Counters>) -> Result<HeavyLane> {
         let size = opener.config.heavy_readers;
@@ -93,12 +83,7 @@ impl HeavyLane {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
-        let budget = Budget {
-            cancelled: Some(cancelled),
-            ..budget
-        };
+        let (budget, _cancel_on_drop) = budget.cancellable();
         let (reply_tx, reply_rx) = oneshot::channel();
         let counters = self.counters.clone();
         let job: Job = Box::new(move |conn| {

@@ -316,6 +316,8 @@ impl Inner {
         let mut budget = self.budget(options.timeout);
         budget.trusted = trusted;
         let started = budget.started;
+        // Until this future ends: dropped early, it interrupts the write.
+        let (budget, _cancel) = budget.cancellable();
         let (job, reply) = Job::new(budget, true, f);
         let reply = async { reply.await.unwrap_or_else(|_| Err(Error::writer_gone())) };
         let queued = match self
