@@ -82,9 +82,13 @@ pub(crate) enum Command {
         /// The database file.
         #[arg(long)]
         db: PathBuf,
-        /// The backup file to write.
+        /// The backup file to write (a new file, unless --replace).
         #[arg(long)]
         to: PathBuf,
+        /// Overwrite an earlier backup at --to (only a SQLite database that
+        /// no process has open is replaced; any other file is refused).
+        #[arg(long)]
+        replace: bool,
     },
     /// Replace a database with a verified backup; the replaced file is kept aside.
     Restore {

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
                 listen,
                 no_dashboard,
             } => commands::serve::http(&common, listen, no_dashboard).await,
-            Command::Backup { db, to } => commands::backup::backup(&db, &to),
+            Command::Backup { db, to, replace } => commands::backup::backup(&db, &to, replace),
             Command::Restore {
                 from,
                 latest,

@@ -147,6 +147,33 @@ fn backup_then_restore_keeps_the_replaced_file_aside() {
     assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
     assert!(text(&b.stdout).contains("verified"));
 
+    // An existing file is never overwritten by mistake: a second backup to
+    // the same name needs --replace, and --replace replaces only an earlier
+    // copy, never a file of anything else (a mistyped --to).
+    let again = litebridge(&["backup", "--db", s(&db), "--to", s(&backup)]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("--replace"),
+        "{}",
+        text(&again.stderr)
+    );
+    let again = litebridge(&["backup", "--db", s(&db), "--to", s(&backup), "--replace"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    for extra in [&[][..], &["--replace"][..]] {
+        let mut args = vec!["backup", "--db", s(&db), "--to", s(&notes)];
+        args.extend_from_slice(extra);
+        let out = litebridge(&args);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        assert!(
+            text(&out.stderr).contains("notes.txt"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+
     // The live database moves on after the backup.
     rusqlite::Connection::open(&db)
         .unwrap()

@@ -535,7 +535,14 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
         old(path);
     }
 
-    litebridge::backup_file(&db, &dest, Duration::from_secs(5), |_| {}).unwrap();
+    litebridge::backup_file(
+        &db,
+        &dest,
+        litebridge::IfExists::Replace,
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .unwrap();
     assert!(
         !killed.exists() && !journal.exists(),
         "the abandoned copy stays"
@@ -556,7 +563,14 @@ fn a_partial_copy_left_by_a_killed_backup_is_removed_by_the_next() {
     // Once its writer is gone, the next copy removes it.
     writer.kill().unwrap();
     writer.wait().unwrap();
-    litebridge::backup_file(&db, &dest, Duration::from_secs(5), |_| {}).unwrap();
+    litebridge::backup_file(
+        &db,
+        &dest,
+        litebridge::IfExists::Replace,
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .unwrap();
     assert!(!live.exists(), "{}", live.display());
     assert!(fresh.exists());
 

@@ -6,15 +6,28 @@ use std::time::{Duration, SystemTime};
 use crate::output::{Progress, human_age, human_bytes, utc_file_stamp};
 use crate::{CliResult, Failure};
 
-pub(crate) fn backup(db: &Path, to: &Path) -> CliResult {
+pub(crate) fn backup(db: &Path, to: &Path, replace: bool) -> CliResult {
     if !db.is_file() {
         return Err(Failure::new(format!(
             "database {} does not exist or is not a file",
             db.display()
         )));
     }
+    // Said here with the flag that allows it (the library refuses it too,
+    // atomically, should the file appear meanwhile).
+    if !replace && to.symlink_metadata().is_ok() {
+        return Err(Failure::new(format!(
+            "backup destination {} exists already: give a new file name, or pass --replace to overwrite an earlier backup there",
+            to.display()
+        )));
+    }
+    let if_exists = if replace {
+        litebridge::IfExists::Replace
+    } else {
+        litebridge::IfExists::Refuse
+    };
     let bar = Progress::new(format!("backup {}", db.display()));
-    let report = litebridge::backup_file(db, to, Duration::from_secs(5), |p| {
+    let report = litebridge::backup_file(db, to, if_exists, Duration::from_secs(5), |p| {
         bar.ratio(p.copied, p.total)
     })?;
     bar.finish();

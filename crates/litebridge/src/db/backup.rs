@@ -75,10 +75,12 @@ pub struct BackupReport {
 /// with `quick_check`, and moves it into place. `progress` is called after
 /// each step of 1024 pages.
 ///
-/// An existing `dest` is replaced only if it is a regular file that is not a
-/// database in use: a symbolic link, the database itself or its `-wal`,
-/// `-shm` or `-journal` (under any name), and a file with one of those
-/// companions beside it are refused (see the module documentation).
+/// An existing `dest` is refused with [`IfExists::Refuse`]. With
+/// [`IfExists::Replace`] it is replaced only if it is an earlier copy: a
+/// regular file holding a SQLite database (or empty) that no process has
+/// open. A file of anything else, a symbolic link, the database itself or
+/// its `-wal`, `-shm` or `-journal` (under any name), and a file with one of
+/// those companions beside it are refused (see the module documentation).
 ///
 /// # Errors
 /// [`Error::Open`] for a bad source or a refused destination (the reason
@@ -87,25 +89,27 @@ pub struct BackupReport {
 pub fn backup_file(
     source: &Path,
     dest: &Path,
+    if_exists: IfExists,
     busy_timeout: Duration,
     progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
-    copy_verified(source, dest, Existing::Replace, busy_timeout, progress)
+    copy_verified(source, dest, if_exists, busy_timeout, progress)
 }
 
-/// What a backup does when its destination exists (and is safe to replace).
+/// What [`backup_file`] does when its destination exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Existing {
-    /// Replace a regular file that is no database in use.
-    Replace,
+pub enum IfExists {
     /// Refuse: the backup only ever creates a new file.
     Refuse,
+    /// Replace an earlier copy: a SQLite database (or an empty file) that
+    /// no process has open. Any other file is refused.
+    Replace,
 }
 
 pub(crate) fn copy_verified(
     source: &Path,
     dest: &Path,
-    existing: Existing,
+    existing: IfExists,
     busy_timeout: Duration,
     mut progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
@@ -122,10 +126,10 @@ pub(crate) fn copy_verified(
     };
     // Checked again right before the move: a database may have appeared there.
     let placed = check_destination(source, dest, existing).and_then(|()| match existing {
-        Existing::Replace => std::fs::rename(&partial, dest)
+        IfExists::Replace => std::fs::rename(&partial, dest)
             .map_err(|e| Error::io("cannot move the backup to", dest, e)),
         // A hard link fails if the name exists: no window to replace anything.
-        Existing::Refuse => std::fs::hard_link(&partial, dest)
+        IfExists::Refuse => std::fs::hard_link(&partial, dest)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => exists_error(dest),
                 _ => Error::io("cannot move the backup to", dest, e),
@@ -235,6 +239,15 @@ pub(crate) fn copy_into(
 /// The companions SQLite keeps beside a database file.
 pub(crate) const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
+/// Whether the file at `path` starts with SQLite's header.
+fn is_sqlite_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
+}
+
 fn exists_error(dest: &Path) -> Error {
     Error::Open {
         path: dest.to_path_buf(),
@@ -246,7 +259,7 @@ fn exists_error(dest: &Path) -> Error {
 
 /// Refuses a destination that is a link, the database (or one of its
 /// companions) under any name, or a database in use.
-fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<()> {
+fn check_destination(source: &Path, dest: &Path, existing: IfExists) -> Result<()> {
     let refuse = |reason: String| {
         Err(Error::Open {
             path: dest.to_path_buf(),
@@ -299,11 +312,18 @@ fn check_destination(source: &Path, dest: &Path, existing: Existing) -> Result<(
             return refuse("the backup destination is a directory; give a file name".into());
         }
         Ok(m) => {
-            if existing == Existing::Refuse {
+            if existing == IfExists::Refuse {
                 return Err(exists_error(dest));
             }
             if !m.is_file() {
                 return refuse("it is not a regular file".into());
+            }
+            // Only an earlier copy is replaced: a mistyped destination
+            // naming a document (or anything else) is not overwritten.
+            if m.len() > 0 && !is_sqlite_file(&dest_real) {
+                return refuse(
+                    "it is not a SQLite database; a backup replaces only an earlier copy (or an empty file), choose another file".into(),
+                );
             }
             // The same file under another name (a hard link).
             if own.iter().any(|p| same_file(p, &m)) {

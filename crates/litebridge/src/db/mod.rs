@@ -72,8 +72,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use backup::{
-    BackupProgress, BackupReport, CheckDepth, CheckReport, backup_file, check_file, utc_file_stamp,
-    utc_stamp,
+    BackupProgress, BackupReport, CheckDepth, CheckReport, IfExists, backup_file, check_file,
+    utc_file_stamp, utc_stamp,
 };
 pub use inline::inline_reads;
 pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
@@ -908,7 +908,7 @@ impl Database {
         let dest = dest.as_ref().to_path_buf();
         let busy = self.inner.opener.config.busy_timeout;
         tokio::task::spawn_blocking(move || {
-            backup::copy_verified(&source, &dest, backup::Existing::Refuse, busy, progress)
+            backup::copy_verified(&source, &dest, backup::IfExists::Refuse, busy, progress)
         })
         .await
         .map_err(|e| Error::Internal {
