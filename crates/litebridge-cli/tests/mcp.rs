@@ -591,6 +591,60 @@ fn mcp_tool_calls_count_against_the_keys_quotas() {
     assert!(server.stop().success());
 }
 
+/// Every call counts against the key's quota, a refused one too: a tool
+/// that does not exist, a `tools/call` rmcp refuses for its shape, a tool
+/// outside the key's scopes, and on `/rpc` a method that does not exist, one
+/// outside the scopes and a request of no valid shape. (A user audit sent
+/// sixty such calls on a key allowed eight a day: none was counted.)
+#[test]
+fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let config = dir.path().join("q.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 7\n").unwrap();
+    let secret = common::create_key(&db, "agent", "read", "free");
+    let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let tool = |id: u64, params: Value| {
+        mcp_post(
+            &server,
+            &secret,
+            None,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}),
+        )
+    };
+    let (_, _, unknown) = tool(1, json!({"name": "nosuch_tool", "arguments": {}}));
+    assert_eq!(unknown["result"]["isError"], true, "{unknown}");
+    let (status, _, _) = tool(2, json!({"name": 5}));
+    assert_eq!(status, 200);
+    let (_, _, scoped) = tool(
+        3,
+        json!({"name": "execute", "arguments": {"sql": "SELECT 1"}}),
+    );
+    assert_eq!(scoped["result"]["isError"], true, "{scoped}");
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 4, "method": "no.such.method"}),
+        json!({"jsonrpc": "2.0", "id": 5, "method": "sql.execute", "params": ["SELECT 1"]}),
+        json!({"jsonrpc": "2.0", "id": 6}),
+    ] {
+        let (_, reply) = server.rpc_as(Some(&secret), &body);
+        assert!(reply["error"].is_object(), "{reply}");
+        assert_ne!(reply["error"]["code"], -32008, "{reply}");
+    }
+    // The seventh call is the last the day allows; the eighth is refused.
+    let (_, ok) = server.rpc_as(
+        Some(&secret),
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "sql.query", "params": ["SELECT 1"]}),
+    );
+    assert!(ok["result"].is_object(), "{ok}");
+    let (_, spent) = server.rpc_as(
+        Some(&secret),
+        &json!({"jsonrpc": "2.0", "id": 8, "method": "sql.query", "params": ["SELECT 1"]}),
+    );
+    assert_eq!(spent["error"]["code"], -32008, "{spent}");
+    assert_eq!(spent["error"]["data"]["quota"], "daily", "{spent}");
+    assert!(server.stop().success());
+}
+
 /// `litebridge mcp` on stdio refuses a message that names a member twice,
 /// as `/rpc`, `/mcp` and stdio JSON-RPC do (the SDK alone kept the last):
 /// answered -32600 with the request's id, and nothing runs.

@@ -833,6 +833,7 @@ fn a_backup_replaces_a_database_another_program_has_open() {
         .arg(&source)
         .arg("--to")
         .arg(&live)
+        .arg("--replace")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");

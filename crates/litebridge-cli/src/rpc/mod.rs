@@ -142,11 +142,15 @@ async fn handle_in_span(
     let value: Json = match crate::json::parse(input) {
         Ok(v) => v,
         Err(crate::json::Unreadable::Syntax(e)) => {
-            return Some(error_reply(Json::Null, &RpcError::Parse(e)));
+            return Some(error_reply(
+                Json::Null,
+                &charged(caller, RpcError::Parse(e)),
+            ));
         }
         Err(unreadable) => {
             let why = unreadable.refusal().unwrap_or_default();
-            return Some(error_reply(Json::Null, &RpcError::InvalidRequest(why)));
+            let e = charged(caller, RpcError::InvalidRequest(why));
+            return Some(error_reply(Json::Null, &e));
         }
     };
     // One concurrent-request slot of the caller's key for the whole message.
@@ -157,14 +161,17 @@ async fn handle_in_span(
     match value {
         Json::Array(items) if items.is_empty() => Some(error_reply(
             Json::Null,
-            &RpcError::InvalidRequest("an empty batch".into()),
+            &charged(caller, RpcError::InvalidRequest("an empty batch".into())),
         )),
         Json::Array(items) if items.len() > MAX_BATCH => Some(error_reply(
             Json::Null,
-            &RpcError::InvalidRequest(format!(
-                "a batch of {} requests; at most {MAX_BATCH} are allowed",
-                items.len()
-            )),
+            &charged(
+                caller,
+                RpcError::InvalidRequest(format!(
+                    "a batch of {} requests; at most {MAX_BATCH} are allowed",
+                    items.len()
+                )),
+            ),
         )),
         Json::Array(items) => {
             let replies = run_batch(app, caller, items, request_id).await;
@@ -321,10 +328,13 @@ fn valid_id(id: &Json) -> bool {
 }
 
 async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str) -> Option<Json> {
+    // A request refused for its shape costs a call as any other (a key
+    // could otherwise send them without end).
+    let refused = |echo, e| error_reply(echo, &charged(caller, e));
     let Json::Object(mut req) = request else {
-        return Some(error_reply(
+        return Some(refused(
             Json::Null,
-            &RpcError::InvalidRequest("a request must be an object".into()),
+            RpcError::InvalidRequest("a request must be an object".into()),
         ));
     };
     let id = req.remove("id");
@@ -335,28 +345,28 @@ async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str)
         Json::Null
     };
     if !id_ok {
-        return Some(error_reply(
+        return Some(refused(
             echo,
-            &RpcError::InvalidRequest("`id` must be a string, a number or null".into()),
+            RpcError::InvalidRequest("`id` must be a string, a number or null".into()),
         ));
     }
     if req.get("jsonrpc") != Some(&json!("2.0")) {
-        return Some(error_reply(
+        return Some(refused(
             echo,
-            &RpcError::InvalidRequest("`jsonrpc` must be \"2.0\"".into()),
+            RpcError::InvalidRequest("`jsonrpc` must be \"2.0\"".into()),
         ));
     }
     let Some(Json::String(method)) = req.remove("method") else {
-        return Some(error_reply(
+        return Some(refused(
             echo,
-            &RpcError::InvalidRequest("`method` must be a string".into()),
+            RpcError::InvalidRequest("`method` must be a string".into()),
         ));
     };
     let params = req.remove("params");
     if !matches!(params, None | Some(Json::Array(_) | Json::Object(_))) {
-        return Some(error_reply(
+        return Some(refused(
             echo,
-            &RpcError::InvalidRequest("`params` must be an array or an object".into()),
+            RpcError::InvalidRequest("`params` must be an array or an object".into()),
         ));
     }
     let outcome = call(app, caller, &method, params, request_id).await;
@@ -375,9 +385,20 @@ async fn handle_one(app: &App, caller: &Caller, request: Json, request_id: &str)
     })
 }
 
-/// Runs one call of the method table for `caller`: the scope it needs, the
-/// key's quotas, the method itself, the metrics and the log line. Every
-/// transport (JSON-RPC over HTTP and stdio, MCP tools) goes through here.
+/// `e`, once the caller's quota has counted the request that caused it; or
+/// the quota's refusal, when it is spent.
+pub(crate) fn charged(caller: &Caller, e: RpcError) -> RpcError {
+    match caller.charge() {
+        Ok(()) => e,
+        Err(q) => RpcError::App(q),
+    }
+}
+
+/// Runs one call of the method table for `caller`: the key's quotas (every
+/// call counts, one naming no method or a method outside the key's scopes
+/// too), the scope it needs, the method itself, the metrics and the log
+/// line. Every transport (JSON-RPC over HTTP and stdio, MCP tools) goes
+/// through here.
 pub(crate) async fn call(
     app: &App,
     caller: &Caller,
@@ -387,12 +408,10 @@ pub(crate) async fn call(
 ) -> Result<Json, RpcError> {
     let started = std::time::Instant::now();
     let known = table::find(method);
-    let outcome = match known {
-        None => Err(table::not_found(method)),
-        Some(m) => match caller
-            .require(m.scope, m.name)
-            .and_then(|()| caller.charge())
-        {
+    let outcome = match (caller.charge(), known) {
+        (Err(e), _) => Err(RpcError::App(e)),
+        (Ok(()), None) => Err(table::not_found(method)),
+        (Ok(()), Some(m)) => match caller.require(m.scope, m.name) {
             Ok(()) => dispatch(app, caller, m, params, request_id).await,
             Err(e) => Err(RpcError::App(e)),
         },

@@ -230,17 +230,30 @@ pub(crate) async fn authenticate(
 }
 
 /// How many of a POSTed body's messages are requests of the protocol's own:
-/// each costs one call of the key's quota. Not `tools/call` (the method table
-/// charges it) nor a notification (no `id`, a `notifications/...` method:
-/// it has no answer); whatever else names a method counts. An array costs
-/// one at most: rmcp refuses batches whole, without running any of them.
+/// each costs one call of the key's quota. Not a well-formed `tools/call`
+/// (the method table charges it, or the tool's lookup) nor a notification
+/// (no `id`, a `notifications/...` method: it has no answer); whatever else
+/// names a method counts, a `tools/call` rmcp refuses for its shape too. An
+/// array costs one at most: rmcp refuses batches whole, without running any
+/// of them.
 fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
+    let well_formed_call = |m: &serde_json::Value| {
+        let params = m.get("params");
+        params
+            .and_then(|p| p.get("name"))
+            .is_some_and(serde_json::Value::is_string)
+            && params
+                .and_then(|p| p.get("arguments"))
+                .is_none_or(|a| a.is_object() || a.is_null())
+    };
     let own = |m: &serde_json::Value| {
         m.get("method")
             .and_then(serde_json::Value::as_str)
             .is_some_and(|name| {
-                name != "tools/call"
-                    && (m.get("id").is_some() || !name.starts_with("notifications/"))
+                if name == "tools/call" {
+                    return !well_formed_call(m);
+                }
+                m.get("id").is_some() || !name.starts_with("notifications/")
             })
     };
     match parsed {

@@ -224,9 +224,13 @@ pub(crate) async fn call(
     request_id: &str,
 ) -> CallToolResult {
     let Some((method, params)) = resolve(app, name, args) else {
-        return error_result(&RpcError::MethodNotFound(format!(
-            "no tool named {name:?} (tools/list has the tools of this session)"
-        )));
+        // Counted as a call of the method table would be.
+        return error_result(&rpc::charged(
+            caller,
+            RpcError::MethodNotFound(format!(
+                "no tool named {name:?} (tools/list has the tools of this session)"
+            )),
+        ));
     };
     match rpc::call(app, caller, method, Some(params), request_id).await {
         Ok(result) => success(result),
