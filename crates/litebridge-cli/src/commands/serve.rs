@@ -205,9 +205,13 @@ pub(crate) async fn http(
     let grace = s.shutdown_grace();
     exit_after_grace(grace);
     let events = app.events.clone();
+    let stopping = app.clone();
     let server = crate::transport::accept::serve(listener, router, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        stopping
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
         // MCP and /events streams stay open by design: end them (after a
         // `shutdown` event) so the drain can finish.
         mcp_stop.cancel();

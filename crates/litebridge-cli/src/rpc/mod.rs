@@ -83,6 +83,9 @@ pub(crate) struct App {
     pub(crate) events: Arc<crate::events::Events>,
     /// The dashboard's last minutes (sampled only while `serve` runs it).
     pub(crate) history: Arc<crate::dashboard::history::History>,
+    /// `serve` was told to stop: requests in flight finish, new ones are
+    /// refused as not run (`transport::http`).
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -98,6 +101,7 @@ impl App {
             auth,
             events,
             history: crate::dashboard::history::History::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! connection for that long at most, and a flood of them cannot push out
 //! everyone else for longer. A body has the same deadline, enforced where
 //! it is read (`http::rpc_handler`, the `/mcp` middleware). On shutdown:
-//! stop accepting, let requests in flight finish, close idle connections.
+//! stop accepting, answer requests that come on connections kept alive as
+//! not run (for up to `DRAIN_WINDOW`, while any are open), let requests in
+//! flight finish, close idle connections.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +34,10 @@ pub(crate) struct Limits {
     /// A request's head (and, in the handler, its body) must arrive within this.
     pub(crate) read_timeout: Duration,
 }
+
+/// How long a server told to stop keeps its connections open for requests
+/// already on their way (answered as not run), unless they all close first.
+const DRAIN_WINDOW: Duration = Duration::from_millis(500);
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains.
 ///
@@ -99,6 +105,16 @@ pub(crate) async fn serve_with(
         });
     }
     drop(listener);
+    // Connections kept alive get a moment to send what they were about to:
+    // those requests are answered as not run, with `Connection: close`
+    // (`http::refuse_while_draining`), and their clients close them. Then
+    // the idle ones left are closed, and those in flight finish.
+    let until = tokio::time::Instant::now() + DRAIN_WINDOW;
+    while permits.available_permits() < limits.max_connections
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     match standby {
         Some(standby) => {
             tokio::join!(graceful.shutdown(), standby.stop());

@@ -89,7 +89,8 @@ pub(crate) fn router(
                 "/mcp",
                 crate::transport::mcp::http_service(state.app.clone(), access.exposed, stop),
             )
-            .layer(axum::middleware::from_fn_with_state(
+            // Its routes only: a POST to a path of no route is not MCP.
+            .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 crate::transport::mcp::authenticate,
             )),
@@ -117,7 +118,58 @@ pub(crate) fn router(
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone())
         .merge(mcp)
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
+        ))
         .layer(axum::middleware::from_fn_with_state(state, same_site))
+}
+
+/// A path litebridge serves nothing at (said in JSON-RPC's shape, for a
+/// client that posted there).
+async fn no_route() -> Response {
+    let e = rpc::RpcError::InvalidRequest(
+        "nothing is served at this path: JSON-RPC is POST /rpc, MCP /mcp, health GET /health and /ready".into(),
+    );
+    rpc_error(StatusCode::NOT_FOUND, &e)
+}
+
+/// Once `serve` is told to stop, a request that comes on a connection kept
+/// alive is answered 503 as not run, with `Connection: close` (the client
+/// then closes that connection and may send the request to another server),
+/// instead of the connection closing under it: a request written as an idle
+/// connection closes cannot be told from one that ran. `/health`, `/ready`
+/// and `/metrics` still answer (`/ready` says it is stopping).
+async fn refuse_while_draining(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state
+        .app
+        .draining
+        .load(std::sync::atomic::Ordering::Acquire)
+        || matches!(request.uri().path(), "/health" | "/ready" | "/metrics")
+    {
+        return next.run(request).await;
+    }
+    let e = rpc::RpcError::App(litebridge::Error::Unavailable {
+        what: "server",
+        reason: "it is shutting down; the request was not run (send it again, to another server or once this one is back)".into(),
+    });
+    let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, &e);
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    headers.insert(
+        crate::transport::standby::NOT_RUN,
+        header::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 /// Refuses requests a web page could have sent (see the module docs).
@@ -638,6 +690,13 @@ async fn ready(
     let service = &state.app.service;
     let db = service.db.health();
     let mut problems = db.problems;
+    if state
+        .app
+        .draining
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        problems.push("it is shutting down".to_owned());
+    }
     if let Some(axum::Extension(crate::transport::standby::Stalled(age))) = stalled {
         problems.push(format!(
             "every request thread has been busy for {} ms (long steps of SQLite); \
