@@ -1502,41 +1502,45 @@ impl Settings {
         }
     }
 
-    /// `key = value  # source`, one line each, by section.
+    /// `key = value  # source`, one line each, by section: a configuration
+    /// file that gives every value as it is now (a secret that is set is
+    /// left out, in a comment).
     pub(crate) fn describe(&self) -> String {
         let mut out = String::new();
-        let mut section = "";
-        for k in KEYS {
-            let (s, name) = k.name.split_once('.').expect("section.key");
-            if s != section {
-                out.push_str(&format!(
-                    "{}[{s}]\n",
-                    if section.is_empty() { "" } else { "\n" }
-                ));
-                section = s;
+        for section in sections() {
+            if !out.is_empty() {
+                out.push('\n');
             }
-            let (value, from) = &self.values[k.name];
-            let shown = match value {
-                Value::Text(t) if k.kind == Kind::Secret => if t.is_empty() {
-                    "\"\""
-                } else {
-                    "(set, not shown)"
-                }
-                .to_owned(),
-                Value::Text(t) if k.name == "postgres.url" => {
-                    format!("{:?}", PgConfig::new(t.as_str()).redacted_url())
-                }
-                Value::Text(t) if k.name == "nats.url" => format!(
-                    "{:?}",
-                    litebridge::workers::nats::NatsConfig::new(t.as_str()).redacted_url()
-                ),
-                Value::Text(t) => format!("{t:?}"),
-                Value::Int(i) => i.to_string(),
-                Value::Bool(b) => b.to_string(),
-            };
-            out.push_str(&format!("{name} = {shown}  # {from}; {}\n", k.help));
+            out.push_str(&format!("[{section}]\n"));
+            for k in KEYS
+                .iter()
+                .filter(|k| k.name.split_once('.').map(|(s, _)| s) == Some(section))
+            {
+                out.push_str(&self.describe_key(k));
+            }
         }
         out
+    }
+
+    fn describe_key(&self, k: &Key) -> String {
+        let (_, name) = k.name.split_once('.').expect("section.key");
+        let (value, from) = &self.values[k.name];
+        if k.kind == Kind::Secret && matches!(value, Value::Text(t) if !t.is_empty()) {
+            return format!("# {name} = (set, not shown)  # {from}; {}\n", k.help);
+        }
+        let shown = match value {
+            Value::Text(t) if k.name == "postgres.url" => {
+                format!("{:?}", PgConfig::new(t.as_str()).redacted_url())
+            }
+            Value::Text(t) if k.name == "nats.url" => format!(
+                "{:?}",
+                litebridge::workers::nats::NatsConfig::new(t.as_str()).redacted_url()
+            ),
+            Value::Text(t) => format!("{t:?}"),
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => b.to_string(),
+        };
+        format!("{name} = {shown}  # {from}; {}\n", k.help)
     }
 }
 

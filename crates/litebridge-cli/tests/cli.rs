@@ -379,6 +379,28 @@ fn configuration_sources_and_refusals() {
         shown.contains("processes = 6  # flag --processes"),
         "{shown}"
     );
+    // What it prints is a configuration file that gives the same values
+    // (each section once: `[workers]` came twice).
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &shown).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["serve", "--print-config", "--config", s(&printed)])
+        .env("LITEBRIDGE_NATS_TOKEN", "secret")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let values = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split("  # ").next().unwrap().to_owned())
+            .filter(|l| !l.starts_with('#') && !l.starts_with("token ="))
+            .collect()
+    };
+    assert_eq!(values(&text(&again.stdout)), values(&shown));
+    assert!(
+        text(&again.stdout).contains("# token = (set, not shown)"),
+        "{}",
+        text(&again.stdout)
+    );
     std::fs::write(&file, "[db]\nreaders = 3\nwal_mode = true\n").unwrap();
     let out = litebridge(&["serve", "--print-config", "--config", s(&file)]);
     assert_eq!(out.status.code(), Some(1));

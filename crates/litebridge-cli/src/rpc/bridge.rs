@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::params::{CacheKeyName, Handler, MethodName, TimeoutMs, Ttl, parameter};
+use super::params::{CacheKeyName, CallTimeoutMs, Handler, MethodName, Ttl, parameter};
 use super::*;
 
 /// `bridge.call`.
@@ -14,7 +14,7 @@ pub(super) struct BridgeCall {
     #[serde(default)]
     params: Option<CallParams>,
     #[serde(default)]
-    timeout_ms: Option<TimeoutMs>,
+    timeout_ms: Option<CallTimeoutMs>,
     /// Retry an idempotent method after a recoverable failure (default true).
     #[serde(default)]
     retry: Option<bool>,

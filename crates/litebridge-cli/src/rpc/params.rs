@@ -248,19 +248,29 @@ parameter!(
     })
 );
 
+/// A deadline in milliseconds: 1 to [`MAX_TIMEOUT`].
+fn deadline_ms(ms: u64) -> Result<Duration, String> {
+    if ms == 0 {
+        Err("must be positive".into())
+    } else if Duration::from_millis(ms) > MAX_TIMEOUT {
+        Err(format!("is at most {}", MAX_TIMEOUT.as_millis()))
+    } else {
+        Ok(Duration::from_millis(ms))
+    }
+}
+
 parameter!(
-    /// A deadline in milliseconds, 1 to [`MAX_TIMEOUT`].
+    /// A database request's deadline in milliseconds, 1 to [`MAX_TIMEOUT`].
     TimeoutMs(Duration) from u64 = "u64",
-    |ms| {
-        if ms == 0 {
-            Err("must be positive".into())
-        } else if Duration::from_millis(ms) > MAX_TIMEOUT {
-            Err(format!("is at most {}", MAX_TIMEOUT.as_millis()))
-        } else {
-            Ok(Duration::from_millis(ms))
-        }
-    },
+    deadline_ms,
     json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a write that times out did not commit). Default: the server's db.timeout_ms."})
+);
+
+parameter!(
+    /// A worker call's deadline in milliseconds, 1 to [`MAX_TIMEOUT`].
+    CallTimeoutMs(Duration) from u64 = "u64",
+    deadline_ms,
+    json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Give up after this many milliseconds (a call that times out in its worker may have done its work: the error says). Default: the server's workers.timeout_ms."})
 );
 
 /// The longest lifetime a value may be given: 100 years.

@@ -250,7 +250,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "state.list",
         scope: Scope::Read,
-        description: "List saved runs, newest first, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
+        description: "List saved runs in order of run_id, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
         example: r#"{"status":"running","limit":10}"#,
         handler: handler::<super::stores::StateList>(),
         read_only: true,
