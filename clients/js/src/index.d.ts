@@ -37,6 +37,13 @@ export interface WriteOptions {
    * client does, so it is answered with its outcome.)
    */
   timeout?: number;
+  /**
+   * The write applies once however often it is sent with this key (at most
+   * 200 bytes): a repeat is answered with the first outcome, and the same
+   * key with another write is refused. Send a write that failed with
+   * `OutcomeUnknownError` again with the same key.
+   */
+  idempotencyKey?: string;
 }
 
 export interface CallOptions extends RequestOptions {

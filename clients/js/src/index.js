@@ -52,9 +52,18 @@ function statementOf(sqlOrStatement, params) {
 function ms(value) {
   if (value === undefined) return undefined;
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-    throw new TypeError(`timeout must be a positive number of milliseconds, not ${String(value)}`);
+    throw new TypeError(`timeout must be a positive number of milliseconds, not ${JSON.stringify(value) ?? String(value)}`);
   }
   return Math.max(1, Math.round(value));
+}
+
+/** What a write sends of its options: its deadline and idempotency key. */
+function writeOptions(options) {
+  const key = options.idempotencyKey;
+  if (key !== undefined && (typeof key !== 'string' || key === '')) {
+    throw new TypeError(`idempotencyKey must be a non-empty string, not ${JSON.stringify(key) ?? String(key)}`);
+  }
+  return { timeout_ms: ms(options.timeout), idempotency_key: key };
 }
 
 /** Rows as objects keyed by column (`__proto__` a column like any other). */
@@ -207,25 +216,28 @@ export class Client extends EventEmitter {
   /**
    * One statement that changes data, committed when this resolves:
    * `{changes, last_insert_rowid}`. Its deadline (`timeout`, ms) is sent
-   * with it: a write that timed out did not commit.
+   * with it: a write that timed out did not commit. With `idempotencyKey`,
+   * the write applies once however often it is sent with that key (the
+   * server answers a repeat with the first outcome): the way to send again
+   * a write that failed with `OutcomeUnknownError`.
    */
   async execute(sqlText, params, options = {}) {
     const [text, values] = statementOf(sqlText, params);
     // A committed write is never reported as a failure: an unsafe rowid is a BigInt (`request`).
-    return this.request('sql.execute', { sql: text, params: values ?? [], timeout_ms: ms(options.timeout) }, options);
+    return this.request('sql.execute', { sql: text, params: values ?? [], ...writeOptions(options) }, options);
   }
 
   /** Statements (`[{sql, params}]` or sql`` statements) in one transaction. */
   async batch(statements, options = {}) {
     const list = statements.map((s) => (s instanceof Statement ? { sql: s.text, params: s.params } : s));
-    return this.request('sql.batch', { statements: list, timeout_ms: ms(options.timeout) }, options);
+    return this.request('sql.batch', { statements: list, ...writeOptions(options) }, options);
   }
 
   /** One statement for each row of parameters, in one transaction. */
   async executeMany(sqlText, rows, options = {}) {
     return this.request(
       'sql.execute_many',
-      { sql: sqlText, rows, timeout_ms: ms(options.timeout) },
+      { sql: sqlText, rows, ...writeOptions(options) },
       options,
     );
   }

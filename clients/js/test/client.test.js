@@ -46,6 +46,24 @@ test('rows as objects or arrays, values bound, blobs and 64-bit integers exact',
   assert.deepEqual(await c.query(sql`SELECT count(*) AS n FROM t WHERE name = ${inj}`), [{ n: 0 }]);
 });
 
+test('a write sent again with its idempotency key applies once', async (t) => {
+  const c = client(t);
+  await c.execute('CREATE TABLE once(x)');
+  const first = await c.execute('INSERT INTO once VALUES (1)', [], { idempotencyKey: 'order-17' });
+  const again = await c.execute('INSERT INTO once VALUES (1)', [], { idempotencyKey: 'order-17' });
+  assert.deepEqual(again, first);
+  for (let i = 0; i < 2; i++) {
+    await c.batch([{ sql: 'INSERT INTO once VALUES (2)' }], { idempotencyKey: 'batch-1' });
+    await c.executeMany('INSERT INTO once VALUES (?1)', [[3], [4]], { idempotencyKey: 'many-1' });
+  }
+  assert.deepEqual(await c.query('SELECT x FROM once ORDER BY x', [], { rows: 'arrays' }), [[1], [2], [3], [4]]);
+  await assert.rejects(c.execute('INSERT INTO once VALUES (5)', [], { idempotencyKey: 'order-17' }));
+  for (const bad of ['', 17]) {
+    await assert.rejects(c.execute('INSERT INTO once VALUES (6)', [], { idempotencyKey: bad }), TypeError);
+  }
+  assert.deepEqual(await c.query('SELECT count(*) AS n FROM once'), [{ n: 4 }]);
+});
+
 test('every failure is its own class, with code, kind and data', async (t) => {
   const c = client(t);
   await c.execute('CREATE TABLE u(x INTEGER UNIQUE)');

@@ -27,6 +27,12 @@ def _ms(seconds):
     return max(1, int(round(seconds * 1000)))
 
 
+def _key(key):
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ValueError("idempotency_key must be a non-empty string, not %r" % (key,))
+    return key
+
+
 def _healthy(health):
     return isinstance(health, dict) and health.get("healthy") is True
 
@@ -94,16 +100,22 @@ class _Methods:
         return self._then(self.query(sql, params, timeout=timeout, max_rows=1, lane=lane, rows=rows),
                           lambda r: r[0] if r else None)
 
-    def execute(self, sql, params=(), *, timeout=None):
-        """One statement that changes data, committed when this returns."""
-        return self._call("sql.execute", _clean({"sql": sql, "params": params,
-                                                 "timeout_ms": _ms(timeout)}))
+    def execute(self, sql, params=(), *, timeout=None, idempotency_key=None):
+        """One statement that changes data, committed when this returns.
 
-    def batch(self, statements, *, timeout=None):
-        return self._call("sql.batch", _clean({"statements": statements, "timeout_ms": _ms(timeout)}))
+        With ``idempotency_key``, the write applies once however often it is
+        sent with that key (a repeat is answered with the first outcome): the
+        way to send again a write that raised ``OutcomeUnknownError``."""
+        return self._call("sql.execute", _clean({"sql": sql, "params": params, "timeout_ms": _ms(timeout),
+                                                 "idempotency_key": _key(idempotency_key)}))
 
-    def execute_many(self, sql, rows, *, timeout=None):
-        return self._call("sql.execute_many", _clean({"sql": sql, "rows": rows, "timeout_ms": _ms(timeout)}))
+    def batch(self, statements, *, timeout=None, idempotency_key=None):
+        return self._call("sql.batch", _clean({"statements": statements, "timeout_ms": _ms(timeout),
+                                               "idempotency_key": _key(idempotency_key)}))
+
+    def execute_many(self, sql, rows, *, timeout=None, idempotency_key=None):
+        return self._call("sql.execute_many", _clean({"sql": sql, "rows": rows, "timeout_ms": _ms(timeout),
+                                                      "idempotency_key": _key(idempotency_key)}))
 
     def schema(self):
         return self._call("sql.schema", {})

@@ -60,6 +60,24 @@ class SpawnedTest(unittest.TestCase):
             c.query(many)
         self.assertEqual(len(c.query(many, max_rows=20000)), 20000)
 
+    def test_a_write_sent_again_with_its_idempotency_key_applies_once(self):
+        c = self.client
+        c.execute("CREATE TABLE once(x)")
+        first = c.execute("INSERT INTO once VALUES (1)", idempotency_key="order-17")
+        again = c.execute("INSERT INTO once VALUES (1)", idempotency_key="order-17")
+        self.assertEqual(first, again)
+        c.batch([{"sql": "INSERT INTO once VALUES (2)"}], idempotency_key="batch-1")
+        c.batch([{"sql": "INSERT INTO once VALUES (2)"}], idempotency_key="batch-1")
+        c.execute_many("INSERT INTO once VALUES (?1)", [[3], [4]], idempotency_key="many-1")
+        c.execute_many("INSERT INTO once VALUES (?1)", [[3], [4]], idempotency_key="many-1")
+        self.assertEqual(c.query("SELECT x FROM once ORDER BY x", rows="tuples"), [(1,), (2,), (3,), (4,)])
+        with self.assertRaises(lb.LitebridgeError):
+            c.execute("INSERT INTO once VALUES (5)", idempotency_key="order-17")
+        for bad in ("", 17):
+            with self.assertRaises(ValueError):
+                c.execute("INSERT INTO once VALUES (6)", idempotency_key=bad)
+        self.assertEqual(c.query("SELECT count(*) AS n FROM once")[0]["n"], 4)
+
     def test_threads_share_a_client_and_bad_values_are_refused_not_hung(self):
         import concurrent.futures as cf
         c = self.client
