@@ -645,6 +645,79 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
     assert!(server.stop().success());
 }
 
+/// A line that is not JSON, or a batch, is answered (-32700, -32600) on
+/// stdio, where the SDK dropped it without a word and its client waited;
+/// and on `/mcp` it is said so, not taken for another protocol's request.
+#[test]
+fn mcp_answers_what_is_not_json_and_refuses_batches() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nj.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .arg("mcp")
+        .arg("--db")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut exchange = |line: &str| -> Value {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        stdout.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    };
+    let init = exchange(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    for (line, code) in [
+        ("hello", -32700),
+        (r#"{"jsonrpc":"2.0","id":10,"method":"#, -32700),
+        (&format!("{}1{}", "[".repeat(200), "]".repeat(200)), -32700),
+        (r#"[{"jsonrpc":"2.0","id":14,"method":"ping"}]"#, -32600),
+    ] {
+        let answer = exchange(line);
+        assert_eq!(answer["error"]["code"], code, "{line:.40}: {answer}");
+        assert!(answer.get("id").is_some(), "{answer}");
+    }
+    // The session goes on.
+    let pong = exchange(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    assert_eq!(pong["id"], 2, "{pong}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
+    let server = common::Server::start(&dir.path().join("nj-http.db"), &[]);
+    for (body, code) in [
+        (r#"{"jsonrpc":"2.0","id":10,"method":"#, -32700),
+        (r#"[{"jsonrpc":"2.0","id":14,"method":"ping"}]"#, -32600),
+    ] {
+        let (status, _, reply) = server.request_with(
+            "POST",
+            "/mcp",
+            Some("application/json"),
+            &[("Accept", "application/json, text/event-stream")],
+            body.as_bytes(),
+        );
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(
+            !reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Model Context"),
+            "{reply}"
+        );
+    }
+    assert!(server.stop().success());
+}
+
 /// `litebridge mcp` on stdio refuses a message that names a member twice,
 /// as `/rpc`, `/mcp` and stdio JSON-RPC do (the SDK alone kept the last):
 /// answered -32600 with the request's id, and nothing runs.

@@ -208,6 +208,33 @@ pub(crate) async fn authenticate(
                 .unwrap_or_default();
             if parts.method == axum::http::Method::POST {
                 let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                // JSON that does not parse, or a batch, is said so (not
+                // taken for another protocol's request, nor left to the
+                // SDK, which answers a batch with an error of no id).
+                let json_body = parts
+                    .headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+                let malformed = match (&parsed, json_body) {
+                    (None, true) => Some(crate::rpc::RpcError::Parse(
+                        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                            .err()
+                            .map_or_else(|| "not JSON".to_owned(), |e| e.to_string()),
+                    )),
+                    (Some(serde_json::Value::Array(_)), _) => {
+                        Some(crate::rpc::RpcError::InvalidRequest(
+                            "a batch (a JSON array): /mcp takes one message per POST".into(),
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(e) = malformed {
+                    return crate::transport::http::rpc_error(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        &crate::rpc::charged(&caller, e),
+                    );
+                }
                 if let Some(advice) = not_mcp(&parts.headers, parsed.as_ref()) {
                     let e = crate::rpc::RpcError::InvalidRequest(advice);
                     return crate::transport::http::rpc_error(

@@ -91,12 +91,24 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     // The SDK strips a leading byte-order mark before it reads a line, so
     // it is stripped here too, or such a line went by unchecked (review 125).
     let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    // A blank line is nothing to answer (the SDK skips it too).
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
     let error = if line.len() > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
-    } else if let Some(why) = crate::json::parse(line).err().and_then(|u| u.refusal()) {
-        RpcError::InvalidRequest(why)
     } else {
-        return None;
+        match crate::json::parse(line) {
+            // The SDK dropped a line that is not JSON without a word, and
+            // its client waited for an answer that never came.
+            Err(Unreadable::Syntax(e)) => RpcError::Parse(e),
+            Err(unreadable) => RpcError::InvalidRequest(unreadable.refusal().unwrap_or_default()),
+            // The SDK answered a batch with an error of no id.
+            Ok(Value::Array(_)) => RpcError::InvalidRequest(
+                "a batch (a JSON array): MCP takes one message per line".into(),
+            ),
+            Ok(_) => return None,
+        }
     };
     // The id, when it is not the member named twice, so the client can
     // match the answer to its request.
@@ -104,6 +116,8 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
         .ok()
         .and_then(|v| v.get("id").cloned())
         .filter(|_| !matches!(crate::json::parse(line), Err(Unreadable::Duplicate(m)) if m == "id"))
+        // Not one read rounded (an integer past 64 bits comes as a float).
+        .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
         .unwrap_or(Value::Null);
     let mut answer = serde_json::to_vec(&error_reply(id, &error)).unwrap_or_default();
     answer.push(b'\n');
