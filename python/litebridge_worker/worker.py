@@ -635,7 +635,12 @@ def cancelled():
 
 
 class WorkerError(Exception):
-    """Raise to return an error with a chosen ``type`` (default: the class name)."""
+    """Raise to return an error with a chosen ``type`` (default: the class name).
+
+    An answer, not a failure: litebridge does not count it against the
+    method's circuit breaker (a caller sending bad input again and again
+    cannot open it for everyone). Any other exception a handler raises
+    counts."""
 
     def __init__(self, message, type_name=None):
         super().__init__(message)
@@ -1508,7 +1513,12 @@ class Worker:
         if rid is None:
             return
         type_name, message, tb = _describe_exception(e)
-        self._reply_error(rid, code, message, {"type": type_name, "traceback": tb})
+        data = {"type": type_name, "traceback": tb}
+        if isinstance(e, WorkerError):
+            # Raised on purpose: an answer (a refusal of the input, say), which
+            # litebridge does not count against the method's circuit breaker.
+            data["deliberate"] = True
+        self._reply_error(rid, code, message, data)
 
     def _answer_failure(self, rid, e):
         """Answers a call whose handling failed outside its handler; the

@@ -258,6 +258,11 @@ pub enum Error {
         type_name: String,
         /// The worker's traceback.
         traceback: String,
+        /// The handler raised it on purpose (the SDK's `WorkerError`): an
+        /// answer about the call, such as a refusal of its input, not a
+        /// failure of the method, so its breaker does not count it (any
+        /// caller could otherwise open it for everyone with bad input).
+        deliberate: bool,
     },
     /// The worker process died while the call was in flight.
     ///

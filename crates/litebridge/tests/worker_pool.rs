@@ -369,6 +369,42 @@ async fn workers_that_die_at_start_or_never_get_ready_give_one_clear_error() {
     assert_eq!(e.kind(), ErrorKind::Config);
 }
 
+/// A handler's `WorkerError` is an answer (a refusal of bad input), not a
+/// failure of the method: a caller sending bad input again and again does
+/// not open the method's breaker for everyone (a user audit did, with the
+/// example worker's own refusal). An exception raised otherwise does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_deliberate_error_does_not_open_the_breaker() {
+    let mut c = config("test_worker.py");
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(3),
+        ..BreakerConfig::default()
+    };
+    let pool = WorkerPool::start(c).await.unwrap();
+    for _ in 0..10 {
+        let e = pool
+            .call("refuses", json!([-1]), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                litebridge::Error::WorkerError {
+                    deliberate: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    let ok = pool
+        .call("refuses", json!([10]), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ok, json!(10));
+    pool.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_for_a_method_that_keeps_failing() {
     let mut c = config("test_worker.py");

@@ -190,6 +190,11 @@ impl Ledger {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
+                // Raised on purpose (an answer about the input, say): the
+                // method works.
+                Err(Error::WorkerError {
+                    deliberate: true, ..
+                }) => permit.success(),
                 Err(Error::WorkerError { .. }) => permit.failure(),
                 Err(Error::Timeout { stage, .. })
                     if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>

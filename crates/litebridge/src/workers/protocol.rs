@@ -126,6 +126,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
                 ),
                 type_name: "ProtocolError".into(),
                 traceback: String::new(),
+                deliberate: false,
             })
         }
         (Some(r), None) => Ok(r),
@@ -168,6 +169,7 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
                 message: format!("the worker's answer {why}"),
                 type_name: "ProtocolError".into(),
                 traceback: String::new(),
+                deliberate: false,
             }),
         }),
         None => Err(format!("not JSON-RPC: {e}")),
@@ -233,6 +235,12 @@ fn worker_error(e: WireError) -> Error {
                 if t.is_empty() { "Error".to_owned() } else { t }
             },
             traceback: field("traceback"),
+            deliberate: e
+                .data
+                .as_ref()
+                .and_then(|d| d.get("deliberate"))
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
         },
     }
 }

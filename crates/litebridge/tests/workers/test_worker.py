@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from litebridge_worker import Worker, cancelled
+from litebridge_worker import Worker, WorkerError, cancelled
 
 worker = Worker()
 
@@ -77,6 +77,13 @@ def big(n):
 @worker.method()
 def always_fails():
     raise RuntimeError("broken on purpose")
+
+
+@worker.method()
+def refuses(amount):
+    if amount <= 0:
+        raise WorkerError("amount must be positive", "ValueError")
+    return amount
 
 
 @worker.method()

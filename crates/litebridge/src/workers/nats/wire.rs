@@ -259,7 +259,10 @@ fn encode_error(e: &Error) -> Json {
             message,
             type_name,
             traceback,
-        } => json!({"code": code, "detail": message, "type": type_name, "traceback": traceback}),
+            deliberate,
+        } => {
+            json!({"code": code, "detail": message, "type": type_name, "traceback": traceback, "deliberate": deliberate})
+        }
         // Not its stderr: written while it served every caller, it stays in
         // the host's log.
         Error::WorkerCrashed {
@@ -305,6 +308,7 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
             message: s("detail"),
             type_name: s("type"),
             traceback: s("traceback"),
+            deliberate: v.get("deliberate").and_then(Json::as_bool).unwrap_or(false),
         },
         "worker_crashed" => Error::WorkerCrashed {
             pid: u32::try_from(n("pid")).unwrap_or_default(),
@@ -397,6 +401,7 @@ mod tests {
                 message: "boom".into(),
                 type_name: "ValueError".into(),
                 traceback: "tb".into(),
+                deliberate: true,
             },
             Error::WorkerCrashed {
                 pid: 7,
