@@ -41,6 +41,7 @@ Design:
 """
 
 import asyncio
+import base64
 import collections
 import contextvars
 import functools
@@ -135,6 +136,44 @@ def _fast_decoder():
 
 
 _LOADS = _fast_decoder()
+
+
+# Values JSON has no word for, as litebridge's clients send and read them:
+# bytes as {"$blob": base64}, an infinity as {"$real": "Infinity"}.
+def _revive(d):
+    """A {"$blob"} as bytes and a {"$real"} as float (``object_hook``)."""
+    if len(d) == 1:
+        if isinstance(d.get("$blob"), str):
+            try:
+                return base64.b64decode(d["$blob"], validate=True)
+            except ValueError:
+                return d
+        if isinstance(d.get("$real"), str) and d["$real"] in ("Infinity", "-Infinity"):
+            return float(d["$real"])
+    return d
+
+
+def _blob(v):
+    """bytes (and bytearray, memoryview) as {"$blob": base64} (``default``)."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
+    raise TypeError("Object of type %s is not JSON serializable" % type(v).__name__)
+
+
+def _reals(v, depth=0):
+    """``v`` with its infinities as {"$real": ...} (NaN stays, and is refused)."""
+    if depth > 200:
+        return v
+    if type(v) is float and v in (_INF, -_INF):
+        return {"$real": "Infinity" if v > 0 else "-Infinity"}
+    if isinstance(v, dict):
+        return {k: _reals(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_reals(x, depth + 1) for x in v]
+    return v
+
+
+_INF = float("inf")
 
 # Stdin is read in chunks of this size. Reading 1 MiB at a time made the C
 # library map and unmap a fresh buffer on every read (~13 us per call, most
@@ -915,10 +954,23 @@ class Worker:
         self._quick = {}
         self._loop_thread = None
         # json.dumps with non-default options builds an encoder per call.
-        # NaN and Infinity are refused (ValueError, answered as an error): no
-        # JSON reader litebridge has takes them.
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
-                                        allow_nan=False).encode
+        # NaN is refused (ValueError, answered as an error): no JSON reader
+        # litebridge has takes it. Bytes and infinities are written as
+        # litebridge's clients write and read them ({"$blob"}, {"$real"}).
+        encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                  allow_nan=False, default=_blob).encode
+
+        def _encode(value):
+            try:
+                return encode(value)
+            except ValueError as e:
+                # An infinity, sent as the clients send theirs (the rare
+                # result with one pays for the walk); NaN stays refused.
+                if "Out of range float" not in str(e):
+                    raise
+                return encode(_reals(value))
+
+        self._encode = _encode
         self._loop = None
         self._inflight = {}  # id -> (task, cancel flag, is_async)
         self._signatures = {}
@@ -1154,7 +1206,13 @@ class Worker:
 
     def _dispatch(self, line):
         try:
-            msg = _LOADS(line.decode("utf-8", "surrogatepass"))
+            text = line.decode("utf-8", "surrogatepass")
+            # Bytes and infinities a client sent ({"$blob"}, {"$real"}) as
+            # Python's own; only a line that names one pays for the hook.
+            if b'"$blob"' in line or b'"$real"' in line:
+                msg = json.loads(text, object_hook=_revive)
+            else:
+                msg = _LOADS(text)
         except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             self._reply_error(None, PARSE_ERROR, "parse error: %s" % e)
             return

@@ -262,6 +262,42 @@ class UnencodableResultTest(unittest.TestCase):
                 peer.close()
 
 
+    def test_bytes_and_infinities_cross_as_litebridges_clients_send_them(self):
+        """A client's bytes ({"$blob"}) and infinity ({"$real"}) reach a
+        handler as bytes and float, and a handler's bytes and infinities go
+        back the same way (a handler got dicts, and bytes it returned failed
+        the call). NaN stays refused; a dict of other keys stays a dict."""
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "values.py")
+            with open(script, "w") as f:
+                f.write(
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker()\n"
+                    "@w.method()\n"
+                    "def kinds(*values):\n"
+                    "    return [type(v).__name__ for v in values]\n"
+                    "@w.method()\n"
+                    "def back(value):\n"
+                    "    return value\n"
+                    "@w.method()\n"
+                    "def nan():\n"
+                    "    return float('nan')\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                sent = [{"$blob": "AAH/"}, {"$real": "Infinity"}, {"$blob": "AA", "other": 1}, {"$real": "x"}]
+                self.assertEqual(peer.roundtrip("kinds", sent)["result"], ["bytes", "float", "dict", "dict"])
+                self.assertEqual(peer.roundtrip("back", [{"$blob": "AAH/"}])["result"], {"$blob": "AAH/"})
+                self.assertEqual(peer.roundtrip("back", [{"$real": "-Infinity"}])["result"],
+                                 {"$real": "-Infinity"})
+                self.assertEqual(peer.roundtrip("back", [[{"$blob": "AA=="}, 1.5]])["result"],
+                                 [{"$blob": "AA=="}, 1.5])
+                self.assertIn("error", peer.roundtrip("nan"))
+            finally:
+                peer.close()
+
+
 class ChildProcessTest(unittest.TestCase):
     def test_a_program_a_handler_starts_cannot_read_the_requests(self):
         with tempfile.TemporaryDirectory() as d:
