@@ -220,6 +220,12 @@ function neverConnected(cause) {
   return NEVER_CONNECTED.has(cause.code);
 }
 
+/**
+ * The id of the request a new child is sent first (`pool.health`): any
+ * answer to it, even a refusal, says litebridge started and reads requests.
+ */
+const START_ID = 'litebridge-client-start';
+
 /** A `litebridge stdio` child, started again on the next request after it died. */
 export class StdioTransport {
   constructor({ bin, args, env, shutdownGrace = 10_000 }) {
@@ -236,6 +242,8 @@ export class StdioTransport {
     // Lines waiting for the pipe to drain (backpressure), and who waits for them.
     this.backlog = [];
     this.drained = null;
+    // The child not yet known to have started (see `start`).
+    this.starting = null;
   }
 
   start() {
@@ -269,7 +277,39 @@ export class StdioTransport {
       if (this.stderr.length > STDERR_LINES) this.stderr.shift();
     });
     child.stdin.on('error', () => {}); // the exit says why
+    // The callers' lines wait, unsent, until litebridge answers one of the
+    // client's own: a child that exits before that never started (a bad
+    // configuration, a database it cannot open), and their requests never
+    // ran (they were answered "may or may not have run").
+    this.starting = child;
+    this.hold();
+    child.stdin.write(`${stringify({ jsonrpc: '2.0', method: 'pool.health', id: START_ID })}\n`);
     if (this.subscribed) this.write({ jsonrpc: '2.0', method: 'events.subscribe', id: null });
+  }
+
+  /** From now on lines wait in the backlog (until `flush`). */
+  hold() {
+    let resolve;
+    this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });
+  }
+
+  /** Writes the backlog to `child`, as the pipe takes it; then lines go straight in again. */
+  flush(child) {
+    if (this.child !== child) return;
+    // The backlog goes in as few writes as the stream's buffer allows.
+    child.stdin.cork();
+    try {
+      while (this.backlog.length) {
+        if (!child.stdin.write(this.backlog.shift()[0])) {
+          child.stdin.once('drain', () => this.flush(child));
+          return;
+        }
+      }
+    } finally {
+      child.stdin.uncork();
+    }
+    this.drained?.resolve();
+    this.drained = null;
   }
 
   died(child, why) {
@@ -282,14 +322,24 @@ export class StdioTransport {
     this.drained?.resolve();
     this.drained = null;
     const tail = this.stderr.length ? `; its last lines on stderr:\n${this.stderr.join('\n')}` : '';
+    // It never answered the client's first request: it did not start.
+    const neverStarted = this.starting === child;
+    this.starting = null;
     let lost;
     let notSent;
     for (const [id, waiter] of this.pending) {
       // A child that never started (`pid` unset: the binary could not be run) read nothing.
       if (child.pid === undefined || waiter.unsent || unsent.has(id)) {
         const message =
-          child.pid === undefined ? why : `${why} before the request was written to it (it was not sent)`;
-        notSent ??= new ConnectionError(`${message}${tail}`, { kind: 'unavailable', recoverable: true });
+          child.pid === undefined
+            ? why
+            : neverStarted
+              ? `litebridge did not start (${why}); the request was not sent`
+              : `${why} before the request was written to it (it was not sent)`;
+        // Exit code 1 is litebridge refusing to start (its configuration, its
+        // database): the same start fails again.
+        const recoverable = !(neverStarted && child.exitCode === 1);
+        notSent ??= new ConnectionError(`${message}${tail}`, { kind: 'unavailable', recoverable });
         waiter.reject(notSent);
       } else {
         // Written, whole or in part: the child may have read and run it.
@@ -317,6 +367,13 @@ export class StdioTransport {
         process.nextTick(() => {
           throw e;
         });
+      }
+      return;
+    }
+    if (msg?.id === START_ID) {
+      if (this.starting === this.child) {
+        this.starting = null;
+        this.flush(this.child);
       }
       return;
     }
@@ -350,26 +407,8 @@ export class StdioTransport {
       process.nextTick(() => child.stdin.uncork());
     }
     if (child.stdin.write(text)) return true;
-    let resolve;
-    this.drained = Object.assign(new Promise((r) => (resolve = r)), { resolve: () => resolve() });
-    const flush = () => {
-      if (this.child !== child) return;
-      // The backlog goes in as few writes as the stream's buffer allows.
-      child.stdin.cork();
-      try {
-        while (this.backlog.length) {
-          if (!child.stdin.write(this.backlog.shift()[0])) {
-            child.stdin.once('drain', flush);
-            return;
-          }
-        }
-      } finally {
-        child.stdin.uncork();
-      }
-      this.drained.resolve();
-      this.drained = null;
-    };
-    child.stdin.once('drain', flush);
+    this.hold();
+    child.stdin.once('drain', () => this.flush(child));
     return true;
   }
 

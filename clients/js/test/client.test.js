@@ -64,6 +64,22 @@ test('a write sent again with its idempotency key applies once', async (t) => {
   assert.deepEqual(await c.query('SELECT count(*) AS n FROM once'), [{ n: 4 }]);
 });
 
+test('a litebridge that cannot start fails the requests as not sent, naming why', async (t) => {
+  const dir = tempDir(t);
+  const c = Client.spawn({ bin: BIN, db: join(dir, 'missing', 'x.db') });
+  t.after(() => c.close());
+  const both = await Promise.allSettled([c.query('SELECT 1'), c.execute('CREATE TABLE t(x)')]);
+  for (const r of both) {
+    assert.equal(r.status, 'rejected');
+    const e = r.reason;
+    assert.ok(e instanceof ConnectionError && !(e instanceof OutcomeUnknownError), `${e?.name}: ${e?.message}`);
+    assert.match(e.message, /did not start/);
+    assert.match(e.message, /missing/);
+    assert.equal(e.kind, 'unavailable');
+    assert.equal(isRecoverableError(e), false);
+  }
+});
+
 test('every failure is its own class, with code, kind and data', async (t) => {
   const c = client(t);
   await c.execute('CREATE TABLE u(x INTEGER UNIQUE)');

@@ -10,16 +10,20 @@ child, its pipes and the futures are that loop's.
 A child that died fails the requests still waiting on it with
 ``OutcomeUnknownError`` (a ``ConnectionError``, not recoverable: it may have
 run them), except those whose lines were never written to it (still queued
-when it ended), which get a recoverable ``ConnectionError``.
+when it ended), which get a recoverable ``ConnectionError``. A new child
+is sent a request of the client's own first (``pool.health``), and the
+callers' only once it answers: one that exits before never started, and
+theirs fail as not sent.
 """
 
 import asyncio
 import collections
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, decode_line, encode_line, pending_key
+from .transports import MAX_LINE, START_ID, decode_line, encode_line, pending_key, start_failure
 
 _STDERR_LINES = 20
+_START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
 # The longest reply line read (a query's rows come in one line).
 _LINE_LIMIT = 1 << 30
 # Written data past this waits for the pipe to drain (backpressure).
@@ -38,6 +42,7 @@ class _Child:
         self.outbox = []  # lines of this loop iteration, written together at its end
         self.outbox_keys = []  # the requests whose lines are in `outbox`
         self.unsent = set()  # requests whose lines were never written (the child had ended)
+        self.end = ("", "")  # why it ended, and its last stderr lines
 
 
 class AsyncStdioTransport:
@@ -73,6 +78,18 @@ class AsyncStdioTransport:
             raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
         child = self.child = _Child(proc, asyncio.get_running_loop())
         child.tasks = (asyncio.ensure_future(self._read(child)), asyncio.ensure_future(self._read_stderr(child)))
+        # Until litebridge answers a request of the client's own, no caller's
+        # is written: a child that exits first never started (a bad
+        # configuration, a database it cannot open), and theirs fail as not
+        # sent (they were answered "may or may not have run").
+        started = child.loop.create_future()
+        child.pending[pending_key(START_ID)] = started
+        self._send(child, _START_LINE)
+        try:
+            await started
+        except ConnectionError:
+            why, tail = child.end
+            raise start_failure(why, tail, child.proc.returncode) from None
         if self.streams:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
         return child
@@ -125,6 +142,7 @@ class AsyncStdioTransport:
         if child.reason:
             why = "%s, so it was stopped (%s)" % (child.reason, why)
         tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        child.end = (why, tail)
         waiting, child.pending = list(child.pending.items()), {}
         for key, fut in waiting:
             if fut.done():

@@ -20,6 +20,10 @@ stderr lines, with ``OutcomeUnknownError``, a ``ConnectionError`` that is
 not recoverable: the child may have run it before it died; only a request
 none of whose line could be written is a recoverable ``ConnectionError``),
 or by the next request (``poll``), which starts a new one.
+
+A new child is sent a request of the client's own first (``pool.health``),
+and the caller's only once it answers: one that exits before never started,
+and the request fails as not sent (``_started``).
 """
 
 import collections
@@ -29,9 +33,10 @@ import subprocess
 import threading
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, decode_line, encode_line, pending_key
+from .transports import MAX_LINE, START_ID, decode_line, encode_line, pending_key, start_failure
 
 _STDERR_LINES = 20
+_START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
 # How long a thread waiting for its reply sleeps before it looks again.
 _RECHECK = 0.1
 # Bytes of stdout read at once.
@@ -79,6 +84,7 @@ class _Child:
         self.stderr = collections.deque(maxlen=_STDERR_LINES)
         self.ended = False
         self.followed = False  # a follower thread reads for the event streams
+        self.stderr_thread = None
 
 
 class StdioTransport:
@@ -116,11 +122,54 @@ class StdioTransport:
         except OSError as e:
             raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
         child = self.child = _Child(proc)
-        threading.Thread(target=self._read_stderr, args=(child,), daemon=True, name="litebridge-stderr").start()
+        child.stderr_thread = threading.Thread(target=self._read_stderr, args=(child,), daemon=True,
+                                               name="litebridge-stderr")
+        child.stderr_thread.start()
+        self._started(child)
         if self.streams:
             self._write(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
             self._follow(child)
         return child
+
+    def _started(self, child):
+        """Sends a request of the client's own and reads until its answer.
+        A child that exits first never started (a bad configuration, a
+        database it cannot open): the caller's request, not yet written,
+        fails as not sent (it was answered "may or may not have run")."""
+        self._write(child, _START_LINE)
+        buf = child.buf
+        while True:
+            nl = buf.find(b"\n", child.start)
+            if nl >= 0:
+                line = bytes(buf[child.start:nl])
+                child.start = nl + 1
+                try:
+                    msg = decode_line(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(msg, dict) and msg.get("id") == START_ID:
+                    return
+                continue
+            try:
+                data = os.read(child.fd, _READ)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buf += data
+        code = child.proc.wait()
+        child.stderr_thread.join(1.0)  # its last lines
+        child.ended = True
+        for pipe in (child.proc.stdin, child.proc.stdout):
+            try:
+                pipe.close()
+            except (OSError, ValueError):
+                pass
+        if self.child is child:
+            self.child = None
+        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        raise start_failure(why, tail, code)
 
     @staticmethod
     def _read_stderr(child):

@@ -994,6 +994,20 @@ def decode_line(line):
     return (_REVIVER if b'"$' in line else _DECODER).decode(line.decode("utf-8"))
 
 
+# The id of the request a new child is sent first (``pool.health``): any
+# answer to it, even a refusal, says litebridge started and reads requests.
+START_ID = "litebridge-client-start"
+
+
+def start_failure(why, tail, code):
+    """The error of requests not sent because their child never answered
+    its first request: it did not start. Exit code 1 is litebridge refusing
+    to start (its configuration, its database): the same start fails again."""
+    from .errors import ConnectionError
+    return ConnectionError("litebridge did not start (%s); the request was not sent%s" % (why, tail),
+                           kind="unavailable", recoverable=code != 1)
+
+
 def pending_key(rid):
     """A request id as a key of the requests waiting (ids are ours: ints)."""
     return rid if type(rid) in (int, str) else json.dumps(rid)

@@ -262,6 +262,43 @@ def _until(condition, timeout=10.0):
         time.sleep(0.005)
 
 
+class StartFailureTest(unittest.TestCase):
+    """A litebridge that cannot start fails the requests as not sent, naming
+    why (they were answered "may or may not have run")."""
+
+    def check(self, e):
+        self.assertIsInstance(e, lb.ConnectionError)
+        self.assertNotIsInstance(e, lb.OutcomeUnknownError)
+        self.assertIn("did not start", str(e))
+        self.assertIn("missing", str(e))
+        self.assertFalse(e.recoverable)
+
+    def test_sync(self):
+        with tempfile.TemporaryDirectory() as d:
+            c = lb.Client.spawn(bin=BIN, db=os.path.join(d, "missing", "x.db"))
+            try:
+                for call in (lambda: c.query("SELECT 1"), lambda: c.execute("CREATE TABLE t(x)")):
+                    with self.assertRaises(lb.ConnectionError) as e:
+                        call()
+                    self.check(e.exception)
+            finally:
+                c.close()
+
+    def test_async(self):
+        async def run(d):
+            c = lb.AsyncClient.spawn(bin=BIN, db=os.path.join(d, "missing", "x.db"))
+            try:
+                got = await asyncio.gather(c.query("SELECT 1"), c.execute("CREATE TABLE t(x)"),
+                                           return_exceptions=True)
+            finally:
+                await c.close()
+            for e in got:
+                self.check(e)
+
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run(d))
+
+
 class AsyncTest(unittest.TestCase):
     def test_a_killed_litebridge_fails_a_pending_call_as_outcome_unknown(self):
         async def main():
