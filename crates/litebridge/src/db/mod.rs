@@ -52,6 +52,7 @@ mod heavy;
 mod inline;
 mod introspect;
 mod keeper;
+mod on_disk;
 mod open;
 mod patterns;
 mod queue;
@@ -444,6 +445,7 @@ impl Database {
             path,
             config: Arc::new(config),
             halt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            on_disk: Arc::default(),
         };
         let counters = Arc::new(Counters::default());
         let (writer, checkpointer) = WriterHandle::start(opener.clone(), counters.clone())?;
@@ -997,6 +999,11 @@ impl Database {
             problems.push(format!(
                 "the writer has been running one batch for {} ms (over half of db.max_write_hold): writes are waiting",
                 busy.as_millis(),
+            ));
+        }
+        if let Some(why) = self.inner.opener.on_disk.changed(&self.inner.opener.path) {
+            problems.push(format!(
+                "{why}: writes are refused until litebridge is restarted"
             ));
         }
         if let Some(detail) = self.inner.counters.corruption() {

@@ -32,6 +32,9 @@ pub(crate) struct Opener {
     /// Set by [`crate::Database::interrupt`]: every statement on every
     /// connection of the database is interrupted (see `guard::install`).
     pub(crate) halt: Arc<AtomicBool>,
+    /// The files the writer opened, to tell when they are removed or
+    /// replaced under it (see `on_disk`).
+    pub(crate) on_disk: Arc<crate::db::on_disk::OnDisk>,
 }
 
 impl Opener {
@@ -154,6 +157,7 @@ impl Opener {
             c.journal_size_limit,
         ))?;
         self.common(&mut conn)?;
+        self.on_disk.note(&self.path);
         Ok(conn)
     }
 

@@ -32,6 +32,7 @@ use rusqlite::Connection;
 use crate::db::checkpointer::{Checkpointer, Nudge};
 use crate::db::group_commit::{Limits, Request, Scratch, commit_batch};
 use crate::db::guard::{self, Budget, Mode};
+use crate::db::on_disk::OnDisk;
 use crate::db::open::Opener;
 use crate::db::queue::{Asked, Refused, Taken, WriteQueue};
 use crate::error::{Error, Result, TimeoutStage};
@@ -298,6 +299,8 @@ fn writer_loop(
     let wal_pages = Arc::new(AtomicU32::new(0));
     let mut hooked = false;
     let mut last_check = Instant::now();
+    // When the writer last logged that the database's files changed.
+    let mut said: Option<Instant> = None;
     loop {
         if slot.is_none() {
             match opener.open_writer(false) {
@@ -347,6 +350,20 @@ fn writer_loop(
                 max_batch,
                 Instant::now() + config.max_wait,
             );
+        }
+        // Never a write into a file no path names (see `on_disk`).
+        if !batch.is_empty()
+            && let Some(why) = opener.on_disk.changed(&opener.path)
+        {
+            if said.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                said = Some(Instant::now());
+                tracing::error!(db = %opener.path.display(), "{why}: writes are refused");
+            }
+            answer_all(&mut batch, &mut asked, &OnDisk::refusal(&why));
+            if taken == Taken::Stop {
+                return;
+            }
+            continue;
         }
         while !batch.is_empty() {
             counters.write_active.store(1, Ordering::Relaxed);
