@@ -581,3 +581,38 @@ fn restore_from_a_file_whose_writes_are_still_in_its_log_copied_without_them() {
         .collect();
     assert!(extra.is_empty(), "{extra:?}");
 }
+
+/// A database gone while its backups are there (deleted by mistake, a
+/// volume not mounted) is not started again empty in silence: the start is
+/// refused, naming `--recover`, which restores the newest backup.
+#[test]
+fn a_missing_database_with_backups_is_not_started_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let backups = dir.path().join("app.db.backups");
+    std::fs::create_dir(&backups).unwrap();
+    let copy = backups.join("app.db.20261205T000000Z.backup");
+    let b = litebridge(&["backup", "--db", s(&db), "--to", s(&copy)]);
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    std::fs::remove_file(&db).unwrap();
+    let stdio = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .args(["stdio", "--db", s(&db)])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = stdio(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(err.contains("--recover") && err.contains("does not exist"), "{err}");
+    assert!(!db.exists(), "an empty database was made");
+    let recovered = stdio(&["--recover"]);
+    assert_eq!(recovered.status.code(), Some(0), "{}", text(&recovered.stderr));
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000);
+}

@@ -125,6 +125,19 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
             }
         }
     }
+    // A database gone while its backups are there (deleted by mistake, a
+    // volume not mounted) is not started again empty in silence: clients
+    // would write a second history beside the one the backups hold.
+    if !recover
+        && matches!(std::fs::symlink_metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        && let backups @ 1.. = litebridge::backups::list(&policy.dir, &db).len()
+    {
+        return Err(Failure::new(format!(
+            "database {} does not exist, but {} holds {backups} backup(s) of it: start with --recover to restore the newest verified one, or move the backups away to start with an empty database",
+            db.display(),
+            policy.dir.display()
+        )));
+    }
     let opened = Service::open(
         &db,
         litebridge::ServiceConfig {
