@@ -72,6 +72,27 @@ fn check_exits_0_when_sound_and_2_when_damaged() {
     let v: serde_json::Value = serde_json::from_slice(&bad_json.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert!(!v["problems"].as_array().unwrap().is_empty());
+
+    // A damaged header is damage too (exit 2, not 1: monitoring that looks
+    // for 2 missed it), said in one line, and in JSON.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&[0; 16]).unwrap();
+    }
+    let header = litebridge(&["check", "--db", s(&db)]);
+    assert_eq!(header.status.code(), Some(2), "{}", text(&header.stderr));
+    let err = text(&header.stderr);
+    assert!(
+        err.contains("not a SQLite database") && err.contains("restore"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let header_json = litebridge(&["check", "--db", s(&db), "--json"]);
+    assert_eq!(header_json.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&header_json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
 }
 
 #[test]
@@ -256,7 +277,6 @@ fn user_mistakes_get_one_clear_sentence() {
     .unwrap();
     for (args, needle) in [
         (vec!["check", "--db", s(dir.path())], "directory"),
-        (vec!["check", "--db", s(&notes)], "not a SQLite database"),
         (
             vec!["query", "--db", s(&notes), "SELECT 1"],
             "not a SQLite database",
@@ -606,10 +626,18 @@ fn a_missing_database_with_backups_is_not_started_empty() {
     let refused = stdio(&[]);
     assert_eq!(refused.status.code(), Some(1));
     let err = text(&refused.stderr);
-    assert!(err.contains("--recover") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("--recover") && err.contains("does not exist"),
+        "{err}"
+    );
     assert!(!db.exists(), "an empty database was made");
     let recovered = stdio(&["--recover"]);
-    assert_eq!(recovered.status.code(), Some(0), "{}", text(&recovered.stderr));
+    assert_eq!(
+        recovered.status.code(),
+        Some(0),
+        "{}",
+        text(&recovered.stderr)
+    );
     let n: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))

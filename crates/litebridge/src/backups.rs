@@ -375,7 +375,7 @@ fn judge(db: &Path) -> Judged {
     match check_file_bounded(db) {
         Ok(r) if r.ok => Judged::Sound,
         Ok(_) => Judged::Damaged,
-        Err(Error::Open { reason, .. }) if reason == crate::db::NOT_A_DATABASE => Judged::Damaged,
+        Err(e) if e.is_not_a_database() => Judged::Damaged,
         Err(e) => Judged::Unchecked(e),
     }
 }

@@ -517,6 +517,13 @@ impl Error {
         }
     }
 
+    /// Whether this is an open refused because the file is no SQLite
+    /// database (its header damaged, or another kind of file): damage, for
+    /// a check of it.
+    pub fn is_not_a_database(&self) -> bool {
+        matches!(self, Error::Open { reason, .. } if reason == crate::db::NOT_A_DATABASE)
+    }
+
     /// A suggested wait before retrying, for errors that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -10,7 +10,13 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     } else {
         litebridge::CheckDepth::Quick
     };
-    let report = litebridge::check_file(path, depth)?;
+    let report = match litebridge::check_file(path, depth) {
+        Ok(report) => report,
+        // No database any more, or never one: exit 2 (a header damaged
+        // is damage, which monitoring must see), not 1.
+        Err(e) if e.is_not_a_database() => return not_a_database(path, full, json),
+        Err(e) => return Err(e.into()),
+    };
     let what = if full {
         "integrity_check and foreign_key_check"
     } else {
@@ -65,6 +71,38 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
         }
     }
     finish(path, &report, json)
+}
+
+/// Exit 2 for a file SQLite does not take for a database.
+fn not_a_database(path: &Path, full: bool, json: bool) -> CliResult {
+    let problem =
+        "the file is not a SQLite database (its header is damaged, or it is another kind of file)";
+    if json {
+        let v = serde_json::json!({
+            "ok": false,
+            "db": path.display().to_string(),
+            "check": if full { "full" } else { "quick" },
+            "problems": [problem],
+            "virtual_table_problems": [],
+            "data_problems": [],
+            "foreign_key_violations": [],
+            "unfinished": null,
+            "elapsed_ms": 0,
+        });
+        println!("{v}");
+    }
+    Err(Failure {
+        message: if json {
+            String::new()
+        } else {
+            format!(
+                "{} is not a SQLite database (its header is damaged, or it is another kind of file); if it was one, restore a backup with `litebridge restore --from BACKUP --db {}`",
+                path.display(),
+                path.display()
+            )
+        },
+        code: 2,
+    })
 }
 
 /// Exit 0 when sound, 2 (with the way out) when damaged.

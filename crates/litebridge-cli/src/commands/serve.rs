@@ -151,7 +151,7 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     .await;
     let mut service = match opened {
         Ok(service) => service,
-        Err(e @ litebridge::Error::Corrupt { .. }) => {
+        Err(e) if matches!(e, litebridge::Error::Corrupt { .. }) || e.is_not_a_database() => {
             let hint = match litebridge::backups::newest_verified(&policy.dir, &db) {
                 Some((p, age)) => format!(
                     "; the newest verified backup is {} (taken {} ago): start with --recover to restore it",
