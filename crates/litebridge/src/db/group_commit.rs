@@ -459,6 +459,7 @@ pub(crate) fn commit_batch(
             }
             Err(e) => {
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                say_environmental(&e);
                 let written = match crate::db::wal_vfs::name() {
                     Some(_) => crate::db::wal_vfs::commit_written(),
                     // Without the shim, which would tell: a failed sync of
@@ -573,6 +574,9 @@ fn run_pass(
                     counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 let environment = is_environmental(&e);
+                if environment {
+                    say_environmental(&e);
+                }
                 if conn.is_autocommit() {
                     // The transaction is gone. This request failed; the others
                     // did nothing wrong and run again, unless the environment
@@ -710,6 +714,33 @@ fn commit_failed(e: &Error, written: bool) -> Error {
 fn rollback(conn: &Connection) {
     if !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Logs a write's failure that comes from the machine (a full disk, an I/O
+/// error): its callers are told, but the operator must be too (a full disk
+/// was invisible at the default level). At most one line every ten
+/// seconds, with how many there were since: a full disk fails every write,
+/// and its log may share the disk.
+fn say_environmental(e: &Error) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static START: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 10_000;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let unsaid = SINCE.fetch_add(1, Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE.store(0, Ordering::Relaxed);
+        tracing::error!(
+            failures_since_last_line = unsaid + 1,
+            "a write failed for the machine's reason, not the request's: {e}"
+        );
     }
 }
 
