@@ -131,7 +131,7 @@ pub enum Error {
         retry_after: Duration,
     },
     /// SQLite reported `SQLITE_BUSY`/`SQLITE_LOCKED` after the busy timeout.
-    #[error("database is locked: {message}")]
+    #[error("{message} (the lock was held past the busy timeout)")]
     Busy {
         /// SQLite's message.
         message: String,

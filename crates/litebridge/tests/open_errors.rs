@@ -149,3 +149,29 @@ async fn corruption_met_at_run_time_marks_the_database_unhealthy_and_is_not_retr
     );
     db.close().await;
 }
+
+/// A database another process holds locked at the start is refused naming
+/// the file and the lock, once ("database is locked: database is locked",
+/// with no path, was the message).
+#[tokio::test]
+async fn a_database_locked_by_another_process_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.db");
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("CREATE TABLE t(x); PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let config = DbConfig::builder()
+        .busy_timeout(std::time::Duration::from_millis(100))
+        .quick_check_on_open(false)
+        .build()
+        .unwrap();
+    let e = Database::open(&path, config).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("held.db") && msg.contains("locked by another process"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("database is locked").count(), 1, "{msg}");
+    drop(holder);
+}

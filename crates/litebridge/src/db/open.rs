@@ -88,6 +88,10 @@ impl Opener {
     /// Opens the read-write connection, refusing files that are not SQLite
     /// databases or (when configured) are damaged, then sets WAL and the pragmas.
     pub(crate) fn open_writer(&self, first: bool) -> Result<Connection> {
+        self.open_writer_unnamed(first).map_err(|e| self.named(e))
+    }
+
+    fn open_writer_unnamed(&self, first: bool) -> Result<Connection> {
         let c = &self.config;
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if c.create {
@@ -187,6 +191,10 @@ impl Opener {
 
     /// Opens a read-only connection for the read or heavy lane.
     pub(crate) fn open_reader(&self) -> Result<Connection> {
+        self.open_reader_unnamed().map_err(|e| self.named(e))
+    }
+
+    fn open_reader_unnamed(&self) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         crate::db::heap::install();
         let mut conn =
@@ -233,6 +241,38 @@ impl Opener {
         guard::install(conn, self.halt.clone())
     }
 
+    /// An error of any step of opening a connection, naming the file (a
+    /// lock held by another process or a file not writable showed up at the
+    /// first write of the opening, without it).
+    fn named(&self, e: Error) -> Error {
+        match e {
+            Error::Open { .. } | Error::Corrupt { .. } | Error::Config { .. } => e,
+            Error::Busy { message } => Error::Open {
+                path: self.path.clone(),
+                reason: format!("it is locked by another process ({message})"),
+            },
+            Error::ReadOnly { .. } => Error::Open {
+                path: self.path.clone(),
+                reason: "the file or its directory is not writable by litebridge's user".into(),
+            },
+            other => Error::Open {
+                path: self.path.clone(),
+                reason: self.why_not(other.to_string()),
+            },
+        }
+    }
+
+    /// `reason`, or what the file system says when it refuses the file to
+    /// litebridge's user (SQLite says only "unable to open database file").
+    fn why_not(&self, reason: String) -> String {
+        match std::fs::OpenOptions::new().read(true).open(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                format!("permission denied: litebridge's user cannot read it ({reason})")
+            }
+            _ => reason,
+        }
+    }
+
     fn open_error(&self, e: rusqlite::Error) -> Error {
         let reason = match Error::from(e) {
             Error::Corrupt { detail, .. } if detail.contains("not a database") => {
@@ -246,7 +286,7 @@ impl Opener {
             }
             Error::Busy { message } => format!("it is locked by another process ({message})"),
             Error::ReadOnly { .. } => "the file or its directory is not writable".to_owned(),
-            other => other.to_string(),
+            other => self.why_not(other.to_string()),
         };
         Error::Open {
             path: self.path.clone(),
