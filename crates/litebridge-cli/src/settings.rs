@@ -565,6 +565,13 @@ const KEYS: &[Key] = &[
         help: "default deadline of a worker call",
     },
     Key {
+        name: "workers.start_timeout_ms",
+        env: &[],
+        kind: int_kind(1, 3_600_000),
+        default: || ms(workers().start_timeout),
+        help: "how long a worker may take to start (import its modules, load a model) and say it is ready; past it the start fails and the worker is stopped",
+    },
+    Key {
         name: "workers.max_retries",
         env: &["RETRY_ATTEMPTS"],
         kind: int_kind(0, 100),
@@ -1410,6 +1417,7 @@ impl Settings {
         c.max_age = positive("workers.max_age_ms").map(Duration::from_millis);
         c.max_rss_bytes = positive("workers.max_rss_mb").map(|mb| mb << 20);
         c.max_line_bytes = (self.int("workers.max_reply_mb") as usize) << 20;
+        c.start_timeout = self.ms("workers.start_timeout_ms");
         Ok(Some(c))
     }
 

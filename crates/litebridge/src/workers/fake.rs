@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(
             e.to_string()
-                .contains("did not send $/ready within 10000 ms"),
+                .contains("did not send $/ready within 10000 ms (workers.start_timeout_ms)"),
             "{e}"
         );
 

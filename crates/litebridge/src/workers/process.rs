@@ -169,7 +169,7 @@ impl Process {
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
-                        "`{shown}` did not send $/ready within {} ms{}",
+                        "`{shown}` did not send $/ready within {} ms (workers.start_timeout_ms){}",
                         config.start_timeout.as_millis(),
                         last_line(&stderr)
                     ),
