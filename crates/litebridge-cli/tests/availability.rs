@@ -605,3 +605,48 @@ fn a_few_rows_of_expensive_columns_freeze_every_request() {
     });
     assert!(server.stop().success());
 }
+
+/// A worker call that outlasts the grace period at SIGTERM: the server
+/// leaves on time and its worker is killed with it, not left running the
+/// call nobody waits for (an operator's audit saw it outlive the server).
+#[test]
+fn sigterm_kills_a_worker_still_running_a_call_at_the_end_of_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wterm.db");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500")],
+    );
+    let health = server.rpc(call("bridge.health", json!({})));
+    let pid = health["result"]["workers"][0]["pid"].as_u64().unwrap();
+    let addr = server.addr.clone();
+    let long = std::thread::spawn(move || {
+        let body = call(
+            "bridge.call",
+            json!({"method": "wait", "params": [60], "timeout_ms": 120_000}),
+        )
+        .to_string();
+        post_and_wait(&addr, &body, Duration::from_secs(30));
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert!(server.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let until = Instant::now() + Duration::from_secs(2);
+    while alive() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "worker {pid} outlived the server");
+    long.join().unwrap();
+}

@@ -216,7 +216,12 @@ pub(crate) async fn http(
     let signalled = Arc::new(tokio::sync::Notify::new());
     let notify = signalled.clone();
     let grace = s.shutdown_grace();
-    exit_after_grace(grace);
+    let workers = app.service.workers.clone();
+    exit_after_grace(grace, move || {
+        if let Some(w) = &workers {
+            w.kill_now();
+        }
+    });
     let events = app.events.clone();
     let stopping = app.clone();
     let server = crate::transport::accept::serve(listener, router, limits, async move {
@@ -330,7 +335,12 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
         // A second signal while draining: leave now.
         () = shutdown_signal() => std::process::exit(130),
         () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
-            tracing::warn!("the database is still busy at the end of the grace period: interrupting what runs (it is not committed)");
+            tracing::warn!(
+                "the shutdown is still under way at the end of the grace period (calls in the workers, or statements in the database): killing the workers and interrupting the database (nothing uncommitted is kept)"
+            );
+            if let Some(workers) = &app.service.workers {
+                workers.kill_now();
+            }
             app.service.db.interrupt();
             if tokio::time::timeout_at(deadline, &mut close).await.is_err() {
                 // One step of SQLite can run on past an interrupt (a long
@@ -350,7 +360,7 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
 /// neither its timers nor its signal listener would run on time. Leaving
 /// then is as safe as a crash: nothing uncommitted survives, and the next
 /// start recovers the log.
-fn exit_after_grace(grace: std::time::Duration) {
+fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("litebridge-exit".into())
         .spawn(move || {
@@ -365,8 +375,10 @@ fn exit_after_grace(grace: std::time::Duration) {
             crate::transport::standby::note_signal();
             std::thread::sleep(grace);
             tracing::warn!(
-                "the grace period is over: leaving with the database still closing; its log is recovered at the next start"
+                "the grace period is over: killing the workers and leaving with the database still closing; its log is recovered at the next start"
             );
+            // No worker outlives litebridge running a call nobody waits for.
+            before_leaving();
             std::process::exit(0);
         });
     if let Err(e) = spawned {
@@ -376,9 +388,11 @@ fn exit_after_grace(grace: std::time::Duration) {
 
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    // SIGHUP too (the terminal closed): a drain, not the default death.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers, serve until killed.
         return std::future::pending().await;
@@ -386,6 +400,7 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 

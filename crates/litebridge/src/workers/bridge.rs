@@ -128,6 +128,16 @@ impl Bridge {
         }
     }
 
+    /// Kills the local workers now (see [`WorkerPool::kill_now`]); over
+    /// NATS the hosts' workers are the hosts' own.
+    pub fn kill_now(&self) {
+        match self {
+            Bridge::Local(p) => p.kill_now(),
+            #[cfg(feature = "nats")]
+            Bridge::Nats(_) => {}
+        }
+    }
+
     /// Stops: refuses new calls and lets those in flight finish (up to
     /// `grace` over NATS; the pool's own shutdown grace locally).
     pub async fn shutdown(&self, grace: Duration) {

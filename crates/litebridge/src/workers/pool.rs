@@ -827,6 +827,17 @@ impl WorkerPool {
         }
     }
 
+    /// Kills every worker's process group now (SIGKILL), without waiting:
+    /// for a process about to leave before [`shutdown`](Self::shutdown) is
+    /// done (its grace period over), so that no worker outlives it running
+    /// a call nobody waits for.
+    pub fn kill_now(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        for p in self.live() {
+            p.signal(libc::SIGKILL);
+        }
+    }
+
     /// Stops the pool: refuses new calls, lets calls in flight finish (up to
     /// the grace period), closes the workers' stdin, then sends SIGTERM and
     /// finally SIGKILL to any process group still alive.
