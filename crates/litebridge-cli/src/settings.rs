@@ -1496,6 +1496,17 @@ impl Settings {
         self.bool("backup.enabled")
     }
 
+    /// Backup settings given (in a file, the environment) while backups are
+    /// off: they do nothing, which the operator who wrote them should hear.
+    pub(crate) fn backup_settings_unused(&self) -> Option<&'static str> {
+        if self.backup_enabled() {
+            return None;
+        }
+        ["backup.dir", "backup.interval_s", "backup.keep"]
+            .into_iter()
+            .find(|k| self.values[*k].1 != Source::Default)
+    }
+
     pub(crate) fn cache_enabled(&self) -> bool {
         self.bool("cache.enabled")
     }

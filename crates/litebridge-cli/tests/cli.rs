@@ -644,3 +644,23 @@ fn a_missing_database_with_backups_is_not_started_empty() {
         .unwrap();
     assert_eq!(n, 5000);
 }
+
+/// Scheduled backups into a path that is a file are refused at the start,
+/// naming the key (the server started, and logged a misleading failure at
+/// every interval while /ready said 200).
+#[test]
+fn a_backup_dir_that_is_a_file_is_refused_at_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notadir");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["stdio", "--db", s(&dir.path().join("b.db"))])
+        .env("LITEBRIDGE_BACKUP_ENABLED", "true")
+        .env("LITEBRIDGE_BACKUP_DIR", &file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("backup.dir") && err.contains("not a directory"), "{err}");
+}

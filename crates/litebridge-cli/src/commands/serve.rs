@@ -99,6 +99,20 @@ async fn open_postgres(
 async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     let db = s.db_path();
     let policy = s.backup_policy();
+    if let Some(key) = s.backup_settings_unused() {
+        tracing::warn!(
+            "`{key}` is set but backup.enabled is false: no backups are taken on a schedule"
+        );
+    }
+    if s.backup_enabled()
+        && let Ok(m) = std::fs::metadata(&policy.dir)
+        && !m.is_dir()
+    {
+        return Err(Failure::new(format!(
+            "backup.dir {} is not a directory: give a directory for the scheduled backups",
+            policy.dir.display()
+        )));
+    }
     if recover {
         let bar = crate::output::Progress::new(format!("recover {}", db.display()));
         let recovery = litebridge::backups::recover(
