@@ -95,6 +95,25 @@ fn check_exits_0_when_sound_and_2_when_damaged() {
     assert_eq!(v["ok"], false);
 }
 
+/// A PRAGMA that sets a value runs on the writer, as the README says of
+/// anything that is not a plain read (it was refused: "send it with
+/// execute", which the command line has no way to).
+#[test]
+fn query_sets_a_pragma_through_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let set = litebridge(&[
+        "query",
+        "--db",
+        s(&db),
+        "--create",
+        "PRAGMA user_version = 6",
+    ]);
+    assert_eq!(set.status.code(), Some(0), "{}", text(&set.stderr));
+    let read = litebridge(&["query", "--db", s(&db), "--json", "PRAGMA user_version"]);
+    assert!(text(&read.stdout).contains('6'), "{}", text(&read.stdout));
+}
+
 #[test]
 fn query_writes_and_reads_as_table_and_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -662,5 +681,8 @@ fn a_backup_dir_that_is_a_file_is_refused_at_the_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("backup.dir") && err.contains("not a directory"), "{err}");
+    assert!(
+        err.contains("backup.dir") && err.contains("not a directory"),
+        "{err}"
+    );
 }

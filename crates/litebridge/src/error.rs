@@ -524,6 +524,16 @@ impl Error {
         matches!(self, Error::Open { reason, .. } if reason == crate::db::NOT_A_DATABASE)
     }
 
+    /// Whether a statement refused on the read path may run on the writer
+    /// (`execute`): a write, or a PRAGMA that sets a value.
+    pub fn belongs_on_the_writer(&self) -> bool {
+        match self {
+            Error::ReadOnly { .. } => true,
+            Error::Forbidden { message } => message.ends_with(crate::db::ON_THE_WRITER),
+            _ => false,
+        }
+    }
+
     /// A suggested wait before retrying, for errors that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use litebridge::{Database, DbConfig, Error, Params, QueryOptions, Value, WriteOptions};
+use litebridge::{Database, DbConfig, Params, QueryOptions, Value, WriteOptions};
 
 use crate::output::print_table;
 use crate::{CliResult, Failure};
@@ -50,7 +50,7 @@ pub(crate) async fn run(
             }
             Ok(())
         }
-        Err(Error::ReadOnly { .. }) => {
+        Err(e) if e.belongs_on_the_writer() => {
             let write = WriteOptions {
                 timeout,
                 ..WriteOptions::default()

@@ -330,6 +330,11 @@ impl Scope {
 
 use rusqlite::ffi::{SQLITE_AUTH, SQLITE_ERROR, SQLITE_INTERRUPT, SQLITE_NOMEM};
 
+/// How the read path's refusal of a statement the writer may run ends (see
+/// [`Error::belongs_on_the_writer`]).
+pub(crate) const ON_THE_WRITER: &str =
+    "cannot run on a shared read connection; send it with execute";
+
 /// Whether the operation running on this thread runs client SQL (anything but
 /// litebridge's own trusted or internal statements).
 pub(crate) fn is_client() -> bool {
@@ -706,7 +711,7 @@ fn common_rule(mode: Mode, action: AuthAction<'_>) -> Option<String> {
                 pragma_value: Some(_),
             },
         ) if !listed(INTROSPECTION_PRAGMAS, pragma_name) => Some(format!(
-            "PRAGMA {pragma_name} = ... cannot run on a shared read connection; send it with execute"
+            "PRAGMA {pragma_name} = ... {ON_THE_WRITER}"
         )),
         (
             Mode::Reader,

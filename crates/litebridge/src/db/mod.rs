@@ -39,6 +39,7 @@
 
 mod backup;
 pub(crate) use backup::{NOT_A_DATABASE, check_file_bounded, mode_of, with_suffix};
+pub(crate) use guard::ON_THE_WRITER;
 mod checkpointer;
 mod claims;
 mod exec;
