@@ -181,7 +181,7 @@ async fn memory_body(db: Backend) {
     let keys =
         |v: Vec<litebridge::store::MemoryEntry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
     assert_eq!(
-        keys(mem.list("agent-1", Some("scratch/"), 10).await.unwrap()),
+        keys(mem.list("agent-1", Some("scratch/"), 10, None).await.unwrap()),
         ["scratch/a", "scratch/b"]
     );
     clock.advance(Duration::from_secs(10));
@@ -193,7 +193,13 @@ async fn memory_body(db: Backend) {
     assert!(!mem.delete("agent-1", "scratch/a").await.unwrap());
     assert_eq!(mem.sweep().await.unwrap(), 1);
     assert_eq!(mem.sweep().await.unwrap(), 0);
-    assert_eq!(keys(mem.list("agent-1", None, 10).await.unwrap()).len(), 3);
+    assert_eq!(keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(), 3);
+    // In pages: each from the key after the last of the one before.
+    let first = keys(mem.list("agent-1", None, 2, None).await.unwrap());
+    assert_eq!(first.len(), 2);
+    let rest = keys(mem.list("agent-1", None, 2, Some(&first[1])).await.unwrap());
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0] > first[1]);
     // Many expired at once go in batches, every one of them.
     for i in 0..150 {
         mem.store(
@@ -208,7 +214,7 @@ async fn memory_body(db: Backend) {
     clock.advance(Duration::from_secs(1));
     assert_eq!(mem.sweep().await.unwrap(), 150);
     assert_eq!(mem.sweep().await.unwrap(), 0);
-    assert_eq!(keys(mem.list("agent-1", None, 10).await.unwrap()).len(), 3);
+    assert_eq!(keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(), 3);
 }
 
 /// The clients' role cannot reach litebridge's own tables on PostgreSQL:

@@ -185,6 +185,9 @@ pub(super) struct MemoryList {
     prefix: Option<String>,
     #[serde(default)]
     limit: Option<Limit>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    after: Option<String>,
 }
 
 impl Handler for MemoryList {
@@ -195,9 +198,17 @@ impl Handler for MemoryList {
                 .app
                 .service
                 .memory
-                .list(&self.namespace, self.prefix.as_deref(), limit)
+                .list(
+                    &self.namespace,
+                    self.prefix.as_deref(),
+                    limit,
+                    self.after.as_deref(),
+                )
                 .await?;
-            Ok(json!({ "entries": to_json(&entries)? }))
+            let next = (entries.len() == limit)
+                .then(|| entries.last().map(|e| e.key.clone()))
+                .flatten();
+            Ok(json!({ "entries": to_json(&entries)?, "next": next }))
         })
     }
 }

@@ -286,7 +286,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "memory.list",
         scope: Scope::Read,
-        description: "List what is remembered in a namespace, optionally only keys starting with a prefix.",
+        description: "List what is remembered in a namespace in key order, optionally only keys starting with a prefix. Returns {entries, next}; pass `next` as `after` for the next page.",
         example: r#"{"namespace":"agent-7","prefix":"pref","limit":10}"#,
         handler: handler::<super::stores::MemoryList>(),
         read_only: true,

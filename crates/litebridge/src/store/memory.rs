@@ -149,7 +149,8 @@ impl MemoryStore {
             }))
     }
 
-    /// Live entries of a namespace in key order, optionally with a key prefix.
+    /// Live entries of a namespace in key order, optionally with a key
+    /// prefix, from the key after `after` (the last of the previous page).
     ///
     /// # Errors
     /// Read errors; bad names.
@@ -158,6 +159,7 @@ impl MemoryStore {
         namespace: &str,
         prefix: Option<&str>,
         limit: usize,
+        after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         check(namespace, "namespace")?;
         let start = prefix.unwrap_or("");
@@ -169,6 +171,7 @@ impl MemoryStore {
                     "SELECT key, value, expires_at FROM {}
                      WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
                        AND (expires_at IS NULL OR expires_at > ?4)
+                       AND key > ?6
                      ORDER BY key LIMIT ?5",
                     self.db.own("memory")
                 ),
@@ -177,7 +180,9 @@ impl MemoryStore {
                     start,
                     end,
                     self.now_us(),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    // Keys are never empty: "" is before the first.
+                    after.unwrap_or("")
                 ],
             )
             .await?;
