@@ -152,7 +152,8 @@ export class Client extends EventEmitter {
   readonly memory: {
     store(namespace: string, key: string, value: unknown, ttl?: number): Promise<unknown>;
     get(namespace: string, key: string): Promise<{ found: boolean; value?: unknown }>;
-    list(namespace: string, options?: { prefix?: string; limit?: number }): Promise<unknown>;
+    /** `{entries, next}`: pass `next` as `after` for the next page. */
+    list(namespace: string, options?: { prefix?: string; limit?: number; after?: string }): Promise<unknown>;
     delete(namespace: string, key: string): Promise<unknown>;
   };
   readonly cache: {

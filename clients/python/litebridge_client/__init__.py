@@ -161,14 +161,16 @@ class _Methods:
         return self._call("state.load", {"run_id": run_id})
 
     def state_list(self, *, status=None, limit=None, after=None):
-        """Saved runs, newest first: ``{"runs": [...], "next": ...}``."""
+        """Saved runs in order of run id: ``{"runs": [...], "next": ...}``."""
         return self._call("state.list", _clean({"status": status, "limit": limit, "after": after}))
 
     def state_delete(self, run_id):
         return self._call("state.delete", {"run_id": run_id})
 
-    def memory_list(self, namespace, *, prefix=None, limit=None):
-        return self._call("memory.list", _clean({"namespace": namespace, "prefix": prefix, "limit": limit}))
+    def memory_list(self, namespace, *, prefix=None, limit=None, after=None):
+        """``{"entries": [...], "next": key or None}``: pass ``next`` as ``after`` for the next page."""
+        return self._call("memory.list", _clean({"namespace": namespace, "prefix": prefix, "limit": limit,
+                                                 "after": after}))
 
     def memory_delete(self, namespace, key):
         return self._call("memory.delete", {"namespace": namespace, "key": key})
