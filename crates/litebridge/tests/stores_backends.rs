@@ -181,7 +181,11 @@ async fn memory_body(db: Backend) {
     let keys =
         |v: Vec<litebridge::store::MemoryEntry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
     assert_eq!(
-        keys(mem.list("agent-1", Some("scratch/"), 10, None).await.unwrap()),
+        keys(
+            mem.list("agent-1", Some("scratch/"), 10, None)
+                .await
+                .unwrap()
+        ),
         ["scratch/a", "scratch/b"]
     );
     clock.advance(Duration::from_secs(10));
@@ -193,7 +197,10 @@ async fn memory_body(db: Backend) {
     assert!(!mem.delete("agent-1", "scratch/a").await.unwrap());
     assert_eq!(mem.sweep().await.unwrap(), 1);
     assert_eq!(mem.sweep().await.unwrap(), 0);
-    assert_eq!(keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(), 3);
+    assert_eq!(
+        keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(),
+        3
+    );
     // In pages: each from the key after the last of the one before.
     let first = keys(mem.list("agent-1", None, 2, None).await.unwrap());
     assert_eq!(first.len(), 2);
@@ -214,7 +221,10 @@ async fn memory_body(db: Backend) {
     clock.advance(Duration::from_secs(1));
     assert_eq!(mem.sweep().await.unwrap(), 150);
     assert_eq!(mem.sweep().await.unwrap(), 0);
-    assert_eq!(keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(), 3);
+    assert_eq!(
+        keys(mem.list("agent-1", None, 10, None).await.unwrap()).len(),
+        3
+    );
 }
 
 /// The clients' role cannot reach litebridge's own tables on PostgreSQL:

@@ -238,8 +238,45 @@ pub(crate) async fn call(
     }
 }
 
+/// `message` with each method of the table named by its tool, where it has
+/// one: an agent has `execute`, not `sql.execute` ("send writes with
+/// sql.execute", "sql.execute needs the `write` scope").
+fn in_tool_names(message: String) -> String {
+    let mut out = message;
+    for m in crate::rpc::METHODS {
+        let Some(tool) = &m.tool else { continue };
+        if !out.contains(m.name) {
+            continue;
+        }
+        let mut renamed = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(m.name) {
+            let end = at + m.name.len();
+            // A whole name only: not `sql.execute_many` for `sql.execute`.
+            let part = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            let before = rest[..at].chars().next_back();
+            let mut after = rest[end..].chars();
+            // A dot goes on a name only when more of the name follows it.
+            let longer = match after.next() {
+                Some('.') => part(after.next()),
+                c => part(c),
+            };
+            renamed.push_str(&rest[..at]);
+            renamed.push_str(if part(before) || before == Some('.') || longer {
+                m.name
+            } else {
+                tool.name
+            });
+            rest = &rest[end..];
+        }
+        renamed.push_str(rest);
+        out = renamed;
+    }
+    out
+}
+
 fn error_result(e: &RpcError) -> CallToolResult {
-    let (kind, recoverable, message) = (e.kind(), e.is_recoverable(), e.message());
+    let (kind, recoverable, message) = (e.kind(), e.is_recoverable(), in_tool_names(e.message()));
     let mut structured = json!({
         "error": {"kind": kind, "recoverable": recoverable, "message": message, "code": e.code()},
     });
@@ -382,6 +419,21 @@ fn readable_rows(v: &Json) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_tools_not_methods() {
+        assert_eq!(
+            in_tool_names(
+                "sql.query runs read-only statements; send writes with sql.execute".into()
+            ),
+            "query runs read-only statements; send writes with execute"
+        );
+        // Whole names only; methods with no tool stay as they are.
+        assert_eq!(
+            in_tool_names("see sql.execute_many or sql.batch, not sql.execute.".into()),
+            "see sql.execute_many or sql.batch, not execute."
+        );
+    }
 
     #[test]
     fn a_value_cannot_draw_rows_columns_or_a_count_into_the_table() {
