@@ -354,13 +354,52 @@ fn bound(result: Json) -> (Json, Option<String>) {
         let mut trimmed = structured.clone();
         trimmed["rows"] = Json::Array(kept);
         trimmed["truncated"] = json!(true);
+        let note = if shown == 0 {
+            format!(
+                "truncated: the first row alone is over the {MAX_RESULT_BYTES}-byte limit of a tool result; select fewer or shorter columns (substr(), length())"
+            )
+        } else {
+            format!(
+                "truncated: {shown} of {total} rows shown ({size} bytes is over the {MAX_RESULT_BYTES}-byte limit); select fewer columns or pass a smaller max_rows"
+            )
+        };
+        return (trimmed, Some(note));
+    }
+    // A page of entries (memory_list): the entries that fit, a value too
+    // large for any shown as its size, and `next` from the last one shown,
+    // so the next page goes on from there.
+    if let Some(entries) = structured.get("entries").and_then(Json::as_array) {
+        let total = entries.len();
+        let mut kept = Vec::new();
+        let mut used = 200;
+        for entry in entries {
+            let mut entry = entry.clone();
+            let mut n = serde_json::to_string(&entry).map_or(0, |s| s.len()) + 1;
+            if n > MAX_RESULT_BYTES / 2 {
+                let bytes = serde_json::to_string(&entry["value"]).map_or(0, |s| s.len());
+                entry["value"] = json!({"truncated": true, "bytes": bytes});
+                n = serde_json::to_string(&entry).map_or(0, |s| s.len()) + 1;
+            }
+            if used + n > MAX_RESULT_BYTES {
+                break;
+            }
+            used += n;
+            kept.push(entry);
+        }
+        let shown = kept.len();
+        let mut trimmed = structured.clone();
+        if let Some(last) = kept.last().and_then(|e| e.get("key")).cloned() {
+            trimmed["next"] = last;
+        }
+        trimmed["entries"] = Json::Array(kept);
+        trimmed["truncated"] = json!(true);
         let note = format!(
-            "truncated: {shown} of {total} rows shown ({size} bytes is over the {MAX_RESULT_BYTES}-byte limit); select fewer columns or pass a smaller max_rows"
+            "truncated: {shown} of {total} entries shown within the {MAX_RESULT_BYTES}-byte limit of a tool result (a value over half of it is shown as its size); pass `next` as `after` for the rest"
         );
         return (trimmed, Some(note));
     }
     let note = format!(
-        "truncated: the result is {size} bytes, over the {MAX_RESULT_BYTES}-byte limit of a tool result; ask for less"
+        "truncated: the result is {size} bytes, over the {MAX_RESULT_BYTES}-byte limit of a tool result; a value this large cannot be read through a tool (read it with JSON-RPC, or keep values smaller)"
     );
     (
         json!({"truncated": true, "bytes": size, "limit": MAX_RESULT_BYTES}),
@@ -419,6 +458,27 @@ fn readable_rows(v: &Json) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_of_entries_too_large_keeps_what_fits_and_goes_on_from_there() {
+        let big = "x".repeat(MAX_RESULT_BYTES);
+        let small = "y".repeat(30_000);
+        let entries = json!({"entries": [
+            {"key": "a", "value": small},
+            {"key": "b", "value": big},
+            {"key": "c", "value": small},
+            {"key": "d", "value": small},
+            {"key": "e", "value": small},
+        ], "next": "e"});
+        let (kept, note) = bound(entries);
+        let shown = kept["entries"].as_array().unwrap();
+        assert_eq!(shown[0]["key"], "a");
+        assert_eq!(shown[1]["value"]["truncated"], true, "{:?}", shown[1]);
+        assert!(shown.len() < 5, "{}", shown.len());
+        assert_eq!(kept["next"], shown.last().unwrap()["key"]);
+        assert!(note.unwrap().contains("after"));
+        assert!(serde_json::to_string(&kept).unwrap().len() <= MAX_RESULT_BYTES);
+    }
 
     #[test]
     fn errors_name_tools_not_methods() {
