@@ -972,16 +972,31 @@ fn read_file(
             path.display()
         ))
     })?;
-    // The message without the offending line, which may hold a password.
+    // The message without the offending line's value, which may be a
+    // password: its key only (a duplicate key was not named).
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
             .and_then(|s| text.get(..s.start))
             .map(|t| t.matches('\n').count() + 1);
+        let key = line
+            .and_then(|l| text.lines().nth(l - 1))
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.len() <= 64
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+            });
+        let at = match (line, key) {
+            (Some(l), Some(k)) => format!(" (line {l}, key `{k}`)"),
+            (Some(l), None) => format!(" (line {l})"),
+            _ => String::new(),
+        };
         Failure::new(format!(
-            "the configuration file {} is not valid TOML{}: {}",
+            "the configuration file {} is not valid TOML{at}: {}",
             path.display(),
-            line.map_or_else(String::new, |l| format!(" (line {l})")),
             e.message()
         ))
     })?;
@@ -1206,6 +1221,12 @@ impl Settings {
 
     pub(crate) fn listen(&self) -> &str {
         self.get("server.listen")
+    }
+
+    /// Where `key`'s value came from (the default, a file, the environment
+    /// or a flag), for a message about it.
+    pub(crate) fn source(&self, key: &str) -> &Source {
+        &self.values[key].1
     }
 
     pub(crate) fn dashboard(&self) -> bool {
@@ -1748,6 +1769,15 @@ mod tests {
         std::fs::write(&file, "not toml at all [").unwrap();
         let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
         assert!(e.message.contains("not valid TOML"), "{}", e.message);
+        // A key given twice is named (its value never: it may be a secret).
+        std::fs::write(&file, "[db]\nreaders = 3\nreaders = 4\n").unwrap();
+        let e = Settings::load(Some(&file), &[], &[]).unwrap_err();
+        assert!(
+            e.message.contains("key `readers`") && e.message.contains("line 3"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("= 4"), "{}", e.message);
     }
 
     #[test]

@@ -173,6 +173,19 @@ fn a_bad_listen_address_is_one_clear_error() {
         "{err}"
     );
     assert!(!std::path::Path::new("/tmp/never-created.db").exists());
+    // From the environment, the environment is named (not a flag never given).
+    let out = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args(["serve", "--db", "/tmp/never-created.db"])
+        .env("LITEBRIDGE_SERVER_LISTEN", "foo")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.listen")
+            && err.contains("LITEBRIDGE_SERVER_LISTEN")
+            && !err.contains("--listen"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -98,6 +98,12 @@ async fn open_postgres(
 /// configured; a damaged database is refused naming the newest verified backup.
 async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     let db = s.db_path();
+    if db.as_os_str().is_empty() {
+        return Err(Failure::new(format!(
+            "db.path ({}) is empty: give the database file",
+            s.source("db.path")
+        )));
+    }
     let policy = s.backup_policy();
     if let Some(key) = s.backup_settings_unused() {
         tracing::warn!(
@@ -291,7 +297,8 @@ async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
     let listen = s.listen().to_owned();
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         Failure::new(format!(
-            "--listen {listen:?} is not an address; expected IP:PORT, e.g. 127.0.0.1:7070"
+            "server.listen {listen:?} ({}) is not an address; expected IP:PORT, e.g. 127.0.0.1:7070",
+            s.source("server.listen")
         ))
     })?;
     let local_scopes = s.local_scopes()?;
