@@ -175,3 +175,35 @@ async fn a_database_locked_by_another_process_is_named() {
     assert_eq!(msg.matches("database is locked").count(), 1, "{msg}");
     drop(holder);
 }
+
+/// Two statements where one is allowed are refused as such, whatever the
+/// first does: rusqlite prepared the second to find out, and its error
+/// (`no such table: t`, the table the first would have made) hid the
+/// mistake. A `;` in a string or a trailing comment is no second statement.
+#[tokio::test]
+async fn two_statements_in_one_request_are_refused_as_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("two.db"), DbConfig::default())
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE t(a); INSERT INTO t VALUES (1)",
+        "CREATE TABLE t(a); SELECT * FROM nowhere",
+        "SELECT 1; SELECT 2",
+    ] {
+        let e = db.execute(sql, ()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{sql}: {e}");
+        assert!(e.to_string().contains("only one statement"), "{sql}: {e}");
+    }
+    db.execute("CREATE TABLE t(a); -- made here\n", ())
+        .await
+        .unwrap();
+    db.execute("INSERT INTO t VALUES ('a;b'); /* done */", ())
+        .await
+        .unwrap();
+    let e = db
+        .execute("INSERT INTO nowhere VALUES (1)", ())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no such table"), "{e}");
+}

@@ -138,7 +138,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
     let maintenance = is_maintenance(sql);
     guard::begin_prepare(maintenance);
     if !mentions_own_tables(sql) {
-        let cached = conn.prepare_cached(sql)?;
+        let cached = conn.prepare_cached(sql).map_err(|e| several_or(sql, e))?;
         let ddl = guard::prepared_ddl();
         if !ddl.any {
             return Ok(Prepared {
@@ -150,7 +150,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
         cached.discard();
         guard::begin_prepare(maintenance);
     }
-    let fresh = conn.prepare(sql)?;
+    let fresh = conn.prepare(sql).map_err(|e| several_or(sql, e))?;
     let ddl = guard::prepared_ddl();
     if ddl.creates && external_content(sql) {
         return Err(Error::Forbidden {
@@ -165,6 +165,50 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
         ddl,
         maintenance,
     })
+}
+
+/// `e`, or the refusal of several statements when `sql` holds more than
+/// one: rusqlite prepares the rest to find out, and its error (`no such
+/// table: t` after `CREATE TABLE t(a);`) hid the mistake.
+fn several_or(sql: &str, e: rusqlite::Error) -> Error {
+    if matches!(e, rusqlite::Error::MultipleStatement) {
+        return e.into();
+    }
+    match first_statement_end(sql) {
+        Some(end) if !only_comments(&sql[end..]) => rusqlite::Error::MultipleStatement.into(),
+        _ => e.into(),
+    }
+}
+
+/// Where the first complete statement of `sql` ends (after its `;`), as
+/// SQLite's own `sqlite3_complete` tells (a `;` in a string, a comment or a
+/// trigger's body does not end it); looked for among the first 64 `;`s.
+fn first_statement_end(sql: &str) -> Option<usize> {
+    for (at, _) in sql.match_indices(';').take(64) {
+        if crate::db::ffi::complete(&sql[..=at])? {
+            return Some(at + 1);
+        }
+    }
+    None
+}
+
+/// Whether `sql` holds nothing but white space and comments.
+fn only_comments(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix(';') {
+            rest = after.trim_start();
+        } else {
+            return false;
+        }
+    }
 }
 
 /// Whether `sql` (a statement that creates something) gives a `content=` or

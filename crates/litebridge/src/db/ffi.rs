@@ -137,3 +137,14 @@ mod tests {
         sync_database_file(&memory).unwrap();
     }
 }
+
+/// Whether `sql` ends a complete statement (`sqlite3_complete`: its last
+/// `;` is not inside a string, a comment or a trigger's body); `None` for
+/// text with a NUL byte.
+#[allow(unsafe_code)]
+pub(crate) fn complete(sql: &str) -> Option<bool> {
+    let text = std::ffi::CString::new(sql).ok()?;
+    // SAFETY: `text` is a NUL-terminated string that outlives the call, and
+    // sqlite3_complete only reads it.
+    Some(unsafe { rusqlite::ffi::sqlite3_complete(text.as_ptr()) } != 0)
+}
