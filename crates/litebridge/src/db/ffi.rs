@@ -119,6 +119,17 @@ pub(crate) fn sync_database_file(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Whether `sql` ends a complete statement (`sqlite3_complete`: its last
+/// `;` is not inside a string, a comment or a trigger's body); `None` for
+/// text with a NUL byte.
+#[allow(unsafe_code)]
+pub(crate) fn complete(sql: &str) -> Option<bool> {
+    let text = std::ffi::CString::new(sql).ok()?;
+    // SAFETY: `text` is a NUL-terminated string that outlives the call, and
+    // sqlite3_complete only reads it.
+    Some(unsafe { rusqlite::ffi::sqlite3_complete(text.as_ptr()) } != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,15 +147,4 @@ mod tests {
         let memory = Connection::open_in_memory().unwrap();
         sync_database_file(&memory).unwrap();
     }
-}
-
-/// Whether `sql` ends a complete statement (`sqlite3_complete`: its last
-/// `;` is not inside a string, a comment or a trigger's body); `None` for
-/// text with a NUL byte.
-#[allow(unsafe_code)]
-pub(crate) fn complete(sql: &str) -> Option<bool> {
-    let text = std::ffi::CString::new(sql).ok()?;
-    // SAFETY: `text` is a NUL-terminated string that outlives the call, and
-    // sqlite3_complete only reads it.
-    Some(unsafe { rusqlite::ffi::sqlite3_complete(text.as_ptr()) } != 0)
 }
