@@ -143,6 +143,15 @@ async fn every_tool_over_stdio_with_rmcps_client() {
             .contains("counts words")
     );
     assert_eq!(analyze.input_schema["required"], json!(["description"]));
+    // A worker's tool says whether a call may be repeated, and claims no
+    // closed world (it may call anything).
+    let hints = |name: &str| {
+        let t = tools.iter().find(|t| t.name == name).unwrap();
+        let a = t.annotations.clone().unwrap();
+        (a.idempotent_hint, a.open_world_hint)
+    };
+    assert_eq!(hints("worker_analyze"), (Some(true), None));
+    assert_eq!(hints("worker_charge"), (Some(false), None));
 
     ok(
         &client,

@@ -48,6 +48,18 @@ fn tool(name: String, description: String, schema: Json, read_only: bool) -> Too
     t
 }
 
+/// A worker method's tool: what it reaches is the worker's own business
+/// (an LLM, the network: no closed-world claim), and whether a call may
+/// be repeated is what the worker declared.
+fn worker_tool(name: String, description: String, schema: Json, idempotent: bool) -> Tool {
+    let mut t = tool(name, description, schema, false);
+    if let Some(a) = t.annotations.as_mut() {
+        a.open_world_hint = None;
+        a.idempotent_hint = Some(idempotent);
+    }
+    t
+}
+
 /// The tool name of a worker method, a function of its name alone, so that
 /// a tool an agent listed never comes to run another method when the
 /// workers' methods change (a review found `worker_a_b` running `a.b` once
@@ -185,7 +197,12 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
                     " (not idempotent: never retried)"
                 }
             );
-            tools.push(tool(name, description, worker_schema(&m), false));
+            tools.push(worker_tool(
+                name,
+                description,
+                worker_schema(&m),
+                m.idempotent,
+            ));
         }
     }
     tools
