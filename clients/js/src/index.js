@@ -15,6 +15,8 @@ const EVENT_NAMES = new Set([
   'process-error',
   'process-restarted',
   'process-recycling',
+  'host-joined',
+  'host-lost',
   'retry',
   'circuit-breaker-state-change',
   'shutdown',
