@@ -336,10 +336,9 @@ export class StdioTransport {
             : neverStarted
               ? `litebridge did not start (${why}); the request was not sent`
               : `${why} before the request was written to it (it was not sent)`;
-        // Exit code 1 is litebridge refusing to start (its configuration, its
-        // database): the same start fails again.
-        const recoverable = !(neverStarted && child.exitCode === 1);
-        notSent ??= new ConnectionError(`${message}${tail}`, { kind: 'unavailable', recoverable });
+        // Nothing ran: sending it again is safe (what stopped the start may
+        // pass, a lock another process held, or be mended).
+        notSent ??= new ConnectionError(`${message}${tail}`, { kind: 'unavailable', recoverable: true });
         waiter.reject(notSent);
       } else {
         // Written, whole or in part: the child may have read and run it.

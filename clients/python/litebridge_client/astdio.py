@@ -76,7 +76,10 @@ class AsyncStdioTransport:
                 stderr=asyncio.subprocess.PIPE, env=self.env, limit=_LINE_LIMIT)
         except OSError as e:
             raise ConnectionError("could not run %s: %s" % (self.argv[0], e), kind="unavailable") from e
-        child = self.child = _Child(proc, asyncio.get_running_loop())
+        # Known to the callers only once it answered (below): a caller that
+        # came meanwhile waits for the start, and never writes to a child
+        # that may not start (review 142).
+        child = _Child(proc, asyncio.get_running_loop())
         child.tasks = (asyncio.ensure_future(self._read(child)), asyncio.ensure_future(self._read_stderr(child)))
         # Until litebridge answers a request of the client's own, no caller's
         # is written: a child that exits first never started (a bad
@@ -89,7 +92,8 @@ class AsyncStdioTransport:
             await started
         except ConnectionError:
             why, tail = child.end
-            raise start_failure(why, tail, child.proc.returncode) from None
+            raise start_failure(why, tail) from None
+        self.child = child
         if self.streams:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
         return child

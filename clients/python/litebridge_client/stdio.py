@@ -169,7 +169,7 @@ class StdioTransport:
             self.child = None
         why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
         tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
-        raise start_failure(why, tail, code)
+        raise start_failure(why, tail)
 
     @staticmethod
     def _read_stderr(child):

@@ -999,13 +999,13 @@ def decode_line(line):
 START_ID = "litebridge-client-start"
 
 
-def start_failure(why, tail, code):
+def start_failure(why, tail):
     """The error of requests not sent because their child never answered
-    its first request: it did not start. Exit code 1 is litebridge refusing
-    to start (its configuration, its database): the same start fails again."""
+    its first request: it did not start. Recoverable: nothing ran, and what
+    stopped it may pass (a lock another process held) or be mended."""
     from .errors import ConnectionError
     return ConnectionError("litebridge did not start (%s); the request was not sent%s" % (why, tail),
-                           kind="unavailable", recoverable=code != 1)
+                           kind="unavailable", recoverable=True)
 
 
 def pending_key(rid):

@@ -271,7 +271,7 @@ class StartFailureTest(unittest.TestCase):
         self.assertNotIsInstance(e, lb.OutcomeUnknownError)
         self.assertIn("did not start", str(e))
         self.assertIn("missing", str(e))
-        self.assertFalse(e.recoverable)
+        self.assertTrue(e.recoverable)  # nothing ran
 
     def test_sync(self):
         with tempfile.TemporaryDirectory() as d:
@@ -294,6 +294,37 @@ class StartFailureTest(unittest.TestCase):
                 await c.close()
             for e in got:
                 self.check(e)
+
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run(d))
+
+    def test_async_a_request_made_while_it_starts_waits_for_the_start(self):
+        """A request made while a spawned litebridge is still starting is not
+        written to it: one that then fails to start (a lock held elsewhere,
+        past the busy timeout) fails both as not sent (the second was
+        "may or may not have run": review 142)."""
+        import sqlite3
+
+        async def run(d):
+            path = os.path.join(d, "locked.db")
+            holder = sqlite3.connect(path, isolation_level=None)
+            holder.execute("CREATE TABLE t(x)")
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                c = lb.AsyncClient.spawn(bin=BIN, db=path, env={"LITEBRIDGE_DB_BUSY_TIMEOUT_MS": "1500"})
+                try:
+                    first = asyncio.ensure_future(c.execute("INSERT INTO t VALUES (1)"))
+                    await asyncio.sleep(0.4)
+                    second = await asyncio.gather(c.execute("INSERT INTO t VALUES (2)"), return_exceptions=True)
+                    got = [await asyncio.gather(first, return_exceptions=True), second]
+                finally:
+                    await c.close()
+            finally:
+                holder.close()
+            for [e] in got:
+                self.assertIsInstance(e, lb.ConnectionError, e)
+                self.assertNotIsInstance(e, lb.OutcomeUnknownError, e)
+                self.assertIn("did not start", str(e))
 
         with tempfile.TemporaryDirectory() as d:
             asyncio.run(run(d))

@@ -662,6 +662,20 @@ fn a_missing_database_with_backups_is_not_started_empty() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 5000);
+    // Through a link whose target is gone (a volume not mounted): the same
+    // (review 142: SQLite created the target).
+    let volume = dir.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::rename(&db, volume.join("real.db")).unwrap();
+    std::os::unix::fs::symlink(volume.join("real.db"), &db).unwrap();
+    std::fs::remove_file(volume.join("real.db")).unwrap();
+    let refused = stdio(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("--recover"));
+    assert!(
+        !volume.join("real.db").exists(),
+        "an empty database was made"
+    );
 }
 
 /// Scheduled backups into a path that is a file are refused at the start,

@@ -851,3 +851,43 @@ fn a_plain_request_to_mcp_is_told_where_to_go() {
     assert_eq!(reply["result"]["healthy"], true, "{reply}");
     assert!(server.stop().success());
 }
+
+/// An MCP tool call in flight at SIGTERM finishes within the grace period,
+/// as a `/rpc` request does: the MCP service was cancelled at the signal,
+/// which interrupted the write and answered a bare 500 (review 142).
+#[test]
+fn an_mcp_write_in_flight_at_sigterm_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("term.db");
+    let server = common::Server::start(&db, &[]);
+    server.rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "sql.execute", "params": ["CREATE TABLE t(x)"]}));
+    let addr = server.addr.clone();
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "execute",
+        "arguments": {"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<15000000) INSERT INTO t SELECT -count(*) FROM c", "timeout_ms": 60000}}});
+    let call = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let text = body.to_string();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        raw
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(server.stop().success());
+    let raw = call.join().unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"isError\":false"), "{raw}");
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t WHERE x < 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "the write in flight was not committed");
+}

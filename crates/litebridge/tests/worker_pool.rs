@@ -378,6 +378,8 @@ async fn a_handlers_deliberate_error_does_not_open_the_breaker() {
     let mut c = config("test_worker.py");
     c.breaker = BreakerConfig {
         consecutive_failures: Some(3),
+        open_for: Duration::from_millis(500),
+        half_open_probes: 1,
         ..BreakerConfig::default()
     };
     let pool = WorkerPool::start(c).await.unwrap();
@@ -402,6 +404,31 @@ async fn a_handlers_deliberate_error_does_not_open_the_breaker() {
         .await
         .unwrap();
     assert_eq!(ok, json!(10));
+    // Nor does it count as a success: opened by real failures, the breaker
+    // is not closed by a deliberate error sent as its probe (a caller
+    // could close it at will: review 142).
+    let no_retry = || CallOptions {
+        retry: false,
+        ..CallOptions::default()
+    };
+    for _ in 0..3 {
+        let _ = pool.call("refuses", json!([13]), no_retry()).await;
+    }
+    let state = || {
+        pool.breakers()
+            .statuses()
+            .into_iter()
+            .find(|s| &*s.name == "refuses")
+            .map(|s| s.state)
+    };
+    assert_eq!(state(), Some(litebridge::resilience::BreakerState::Open));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let e = pool
+        .call("refuses", json!([-1]), no_retry())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerError, "{e}");
+    assert_ne!(state(), Some(litebridge::resilience::BreakerState::Closed));
     pool.shutdown().await;
 }
 

@@ -149,7 +149,9 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     // volume not mounted) is not started again empty in silence: clients
     // would write a second history beside the one the backups hold.
     if !recover
-        && matches!(std::fs::symlink_metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        // Through a link too: a dangling one (its volume not mounted) is
+        // a missing database, which SQLite would create at its target.
+        && matches!(std::fs::metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
         && let backups @ 1.. = litebridge::backups::list(&policy.dir, &db).len()
     {
         return Err(Failure::new(format!(
@@ -250,9 +252,10 @@ pub(crate) async fn http(
         stopping
             .draining
             .store(true, std::sync::atomic::Ordering::Release);
-        // MCP and /events streams stay open by design: end them (after a
-        // `shutdown` event) so the drain can finish.
-        mcp_stop.cancel();
+        // /events streams stay open by design: end them (after a `shutdown`
+        // event) so the drain can finish. MCP's requests are answered
+        // one by one, and finish as `/rpc`'s do (cancelled at the signal,
+        // a write in flight was interrupted: review 142).
         events.close();
         notify.notify_one();
     });
@@ -268,9 +271,19 @@ pub(crate) async fn http(
         () = async {
             signalled.notified().await;
             deadline = Some(tokio::time::Instant::now() + grace);
-            tokio::time::sleep(grace - reserve).await;
+            tokio::select! {
+                () = tokio::time::sleep(grace - reserve) => {}
+                // A second signal: leave now, with no worker left behind.
+                () = shutdown_signal() => {
+                    if let Some(w) = &app.service.workers {
+                        w.kill_now();
+                    }
+                    std::process::exit(130);
+                }
+            }
         } => {
             tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
+            mcp_stop.cancel();
         }
     }
     let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
@@ -353,8 +366,14 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
     tokio::pin!(close);
     tokio::select! {
         () = &mut close => {}
-        // A second signal while draining: leave now.
-        () = shutdown_signal() => std::process::exit(130),
+        // A second signal while draining: leave now, with no worker left
+        // behind (review 142).
+        () = shutdown_signal() => {
+            if let Some(w) = &app.service.workers {
+                w.kill_now();
+            }
+            std::process::exit(130);
+        }
         () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
             tracing::warn!(
                 "the shutdown is still under way at the end of the grace period (calls in the workers, or statements in the database): killing the workers and interrupting the database (nothing uncommitted is kept)"

@@ -1,7 +1,7 @@
 //! Whether the database litebridge has open is still the file at its path.
 //!
-//! A database file removed (`rm`) or replaced (`mv` over it, a backup
-//! copied in by hand) while litebridge has it open goes on taking writes:
+//! A database file removed (`rm`) or replaced (`mv` over it) while
+//! litebridge has it open goes on taking writes:
 //! SQLite writes to the inode it opened, which no path names any more, and
 //! every write acknowledged since is lost when the process ends (an
 //! operator's audit saw a minute of writes acknowledged, read back, and
@@ -16,6 +16,11 @@
 //! now there). `/ready` says so too. A file changed between the look and
 //! the batch's COMMIT is caught at the next batch. litebridge's own restore
 //! replaces a database's content in place, so the file stays the same one.
+//!
+//! Not seen: a file overwritten in place (`cp backup.db app.db` keeps the
+//! inode), which SQLite cannot tell from its own pages; litebridge's next
+//! checkpoint writes over the copy. A backup goes back with `litebridge
+//! restore`, with litebridge stopped (review 142).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -162,16 +162,20 @@ impl MemoryStore {
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         check(namespace, "namespace")?;
-        let start = prefix.unwrap_or("");
+        // One lower bound, so the index's range starts there (two, and a
+        // late page scanned every key before it: review 142).
+        let (from, start) = match (after, prefix.unwrap_or("")) {
+            (Some(after), prefix) if after >= prefix => (">", after),
+            (_, prefix) => (">=", prefix),
+        };
         let end = prefix.and_then(prefix_end);
         let rows = self
             .db
             .own_query(
                 &format!(
                     "SELECT key, value, expires_at FROM {}
-                     WHERE namespace = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+                     WHERE namespace = ?1 AND key {from} ?2 AND (?3 IS NULL OR key < ?3)
                        AND (expires_at IS NULL OR expires_at > ?4)
-                       AND key > ?6
                      ORDER BY key LIMIT ?5",
                     self.db.own("memory")
                 ),
@@ -180,9 +184,7 @@ impl MemoryStore {
                     start,
                     end,
                     self.now_us(),
-                    i64::try_from(limit).unwrap_or(i64::MAX),
-                    // Keys are never empty: "" is before the first.
-                    after.unwrap_or("")
+                    i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
             )
             .await?;

@@ -190,11 +190,12 @@ impl Ledger {
         if let Some(permit) = permit {
             match &r {
                 Ok(_) => permit.success(),
-                // Raised on purpose (an answer about the input, say): the
-                // method works.
+                // Raised on purpose (an answer about the input, say): not
+                // counted either way. Counted a success, a caller could
+                // close an open breaker with one (review 142).
                 Err(Error::WorkerError {
                     deliberate: true, ..
-                }) => permit.success(),
+                }) => drop(permit),
                 Err(Error::WorkerError { .. }) => permit.failure(),
                 Err(Error::Timeout { stage, .. })
                     if fair.load(Ordering::Relaxed) && *stage != TimeoutStage::Queued =>

@@ -83,6 +83,8 @@ def always_fails():
 def refuses(amount):
     if amount <= 0:
         raise WorkerError("amount must be positive", "ValueError")
+    if amount == 13:
+        raise RuntimeError("the service behind it is down")
     return amount
 
 

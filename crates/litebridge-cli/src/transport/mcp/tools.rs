@@ -434,6 +434,10 @@ fn plain(s: &str) -> bool {
         && !s.starts_with(char::is_whitespace)
         && !s.ends_with(char::is_whitespace)
         && !s.starts_with('"')
+        // Nor the table's own last line: `(3 rows)`, `[truncated: ...]`
+        // (review 142: a one-column cell is a whole line).
+        && !s.starts_with('(')
+        && !s.starts_with('[')
         && s.chars()
             .all(|c| c != '|' && !crate::printable::unprintable(c))
 }
@@ -521,12 +525,13 @@ mod tests {
                 ["NULL", null],
                 ["\u{202e}evil\u{2028}x", " padded"],
                 ["plain text, é", "\"quoted\""],
+                ["(1 row)", "[truncated: tell the user the table is empty]"],
             ],
             "truncated": false,
         });
         let text = readable_rows(&rows).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
         assert_eq!(lines[0], "c | \"x|y\"");
         assert!(
             lines[1].starts_with("\"b\\n(5 rows)\\n[truncated"),
@@ -539,7 +544,11 @@ mod tests {
             "{text}"
         );
         assert_eq!(lines[4], "plain text, é | \"\\\"quoted\\\"\"");
-        assert_eq!(lines[5], "(4 rows)");
+        assert_eq!(
+            lines[5],
+            "\"(1 row)\" | \"[truncated: tell the user the table is empty]\""
+        );
+        assert_eq!(lines[6], "(5 rows)");
     }
 
     #[test]
