@@ -610,7 +610,7 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
-    std::fs::write(&config, "[quota]\nfree_daily = 7\n").unwrap();
+    std::fs::write(&config, "[quota]\nfree_daily = 12\n").unwrap();
     let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let tool = |id: u64, params: Value| {
@@ -639,7 +639,42 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
         assert!(reply["error"].is_object(), "{reply}");
         assert_ne!(reply["error"]["code"], -32008, "{reply}");
     }
-    // The seventh call is the last the day allows; the eighth is refused.
+    // Shapes refused before any tool or method runs (review 142): a body
+    // that is not JSON's content type, a method other than POST, a response
+    // where a request should be, a client that is not MCP's, an id the SDK
+    // refuses. A notification costs nothing.
+    let bearer = format!("Bearer {secret}");
+    let auth = ("Authorization", bearer.as_str());
+    let accept = ("Accept", "application/json, text/event-stream");
+    let (s415, _, _) = server.request_with("POST", "/rpc", Some("text/plain"), &[auth], b"{}");
+    assert_eq!(s415, 415);
+    let (s405, _, _) = server.request_with("GET", "/mcp", None, &[auth, accept], b"");
+    assert!(s405 >= 400, "{s405}");
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 7, "result": {}}).to_string(),
+        json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/call", "params": {"name": "query", "arguments": {"sql": "SELECT 1"}}}).to_string(),
+    ] {
+        let (status, _, _) =
+            server.request_with("POST", "/mcp", Some("application/json"), &[auth, accept], body.as_bytes());
+        assert!(status >= 400, "{status}: {body}");
+    }
+    let (advice, _, _) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[auth],
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(advice, 400);
+    let (free, _, _) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[auth, accept],
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert!(free < 300, "{free}");
+    // The twelfth call is the last the day allows; the thirteenth is refused.
     let (_, ok) = server.rpc_as(
         Some(&secret),
         &json!({"jsonrpc": "2.0", "id": 7, "method": "sql.query", "params": ["SELECT 1"]}),

@@ -456,7 +456,8 @@ async fn events_handler(
         Err(e) => return refused(e),
     };
     if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
-        return refused(e);
+        // Counted, as a call outside the key's scopes is.
+        return refused(caller.charge().err().unwrap_or(e));
     }
     // The server's place first, then the key's limit of requests at once,
     // then its quota: a stream refused by any costs the key nothing and ends
@@ -566,11 +567,14 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
+    // A request refused before it is read counts as any other (review 142).
+    let counted = |status, e| rpc_error(status, &rpc::charged(&caller, e));
     if !json_type {
         let e = rpc::RpcError::InvalidRequest("the Content-Type must be application/json".into());
-        return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e);
+        return counted(StatusCode::UNSUPPORTED_MEDIA_TYPE, e);
     }
     if let Some(refused) = declared_too_large(headers) {
+        let _ = caller.charge();
         return refused;
     }
     let request_id = headers
@@ -592,14 +596,14 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
         Ok(Ok(b)) => b,
         Ok(Err(rejection)) => {
             let e = rpc::RpcError::InvalidRequest(rejection.body_text());
-            return rpc_error(rejection.status(), &e);
+            return counted(rejection.status(), e);
         }
         Err(_) => {
             let e = rpc::RpcError::InvalidRequest(format!(
                 "the body did not arrive within {} ms (server.read_timeout_ms)",
                 state.read_timeout.as_millis()
             ));
-            return rpc_error(StatusCode::REQUEST_TIMEOUT, &e);
+            return counted(StatusCode::REQUEST_TIMEOUT, e);
         }
     };
     let mut response =

@@ -128,13 +128,20 @@ pub struct KeyUsage {
 pub struct Caller {
     scopes: Scopes,
     key: Option<Arc<KeyEntry>>,
+    /// One call already counted for the message being handled (see
+    /// [`Caller::charged_ahead`]): the next [`Caller::charge`] takes it.
+    prepaid: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Caller {
     /// The local user (stdio, MCP, HTTP on loopback without keys), with the
     /// configured scopes and no quotas.
     pub fn local(scopes: Scopes) -> Caller {
-        Caller { scopes, key: None }
+        Caller {
+            scopes,
+            key: None,
+            prepaid: None,
+        }
     }
 
     /// What the caller may do.
@@ -184,10 +191,35 @@ impl Caller {
     /// # Errors
     /// [`Error::QuotaExceeded`] with the time until the quota resets.
     pub fn charge(&self) -> Result<()> {
+        if self
+            .prepaid
+            .as_ref()
+            .is_some_and(|p| p.swap(false, std::sync::atomic::Ordering::AcqRel))
+        {
+            return Ok(());
+        }
         match &self.key {
             Some(k) => k.meter.charge(),
             None => Ok(()),
         }
+    }
+
+    /// Counts one call now, for a message whose handling may or may not
+    /// reach a call of the method table (a transport that cannot tell
+    /// beforehand: MCP's, whose SDK refuses some messages itself), and
+    /// returns the caller to handle it with: its first [`charge`] is that
+    /// one. Every message counts once, whatever becomes of it.
+    ///
+    /// # Errors
+    /// [`Error::QuotaExceeded`], as [`charge`] gives.
+    ///
+    /// [`charge`]: Caller::charge
+    pub fn charged_ahead(&self) -> Result<Caller> {
+        self.charge()?;
+        Ok(Caller {
+            prepaid: Some(Arc::new(std::sync::atomic::AtomicBool::new(true))),
+            ..self.clone()
+        })
     }
 
     /// Takes one of the key's concurrent-request slots for one transport
@@ -301,6 +333,7 @@ impl Auth {
             Some(k) => Ok(Caller {
                 scopes: k.scopes,
                 key: Some(k.clone()),
+                prepaid: None,
             }),
             None => Err(Error::Unauthorized {
                 message: "the API key is not valid (unknown or revoked)".into(),

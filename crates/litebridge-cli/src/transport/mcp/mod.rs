@@ -206,8 +206,24 @@ pub(crate) async fn authenticate(
             let bytes = axum::body::to_bytes(body, usize::MAX)
                 .await
                 .unwrap_or_default();
+            let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            // Every message counts once, whatever becomes of it: the SDK
+            // refuses some itself, before any tool runs (review 142 found
+            // seven shapes answered uncounted). A tool call's own count is
+            // this one. Notifications cost nothing (they have no answer).
+            let caller = if is_notification(&parts.method, parsed.as_ref()) {
+                caller
+            } else {
+                match caller.charged_ahead() {
+                    Ok(c) => c,
+                    // Past its quota, a tool call is answered as a tool's
+                    // error (its call counts again, and is refused), which
+                    // an agent reads.
+                    Err(_) if is_tool_call(parsed.as_ref()) => caller,
+                    Err(e) => return crate::transport::http::refused(e),
+                }
+            };
             if parts.method == axum::http::Method::POST {
-                let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
                 // JSON that does not parse, or a batch, is said so (not
                 // taken for another protocol's request, nor left to the
                 // SDK, which answers a batch with an error of no id).
@@ -232,7 +248,7 @@ pub(crate) async fn authenticate(
                 if let Some(e) = malformed {
                     return crate::transport::http::rpc_error(
                         axum::http::StatusCode::BAD_REQUEST,
-                        &crate::rpc::charged(&caller, e),
+                        &e,
                     );
                 }
                 if let Some(advice) = not_mcp(&parts.headers, parsed.as_ref()) {
@@ -241,11 +257,6 @@ pub(crate) async fn authenticate(
                         axum::http::StatusCode::BAD_REQUEST,
                         &e,
                     );
-                }
-                for _ in 0..protocol_requests(parsed.as_ref()) {
-                    if let Err(e) = caller.charge() {
-                        return crate::transport::http::refused(e);
-                    }
                 }
             }
             let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
@@ -256,38 +267,24 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// How many of a POSTed body's messages are requests of the protocol's own:
-/// each costs one call of the key's quota. Not a well-formed `tools/call`
-/// (the method table charges it, or the tool's lookup) nor a notification
-/// (no `id`, a `notifications/...` method: it has no answer); whatever else
-/// names a method counts, a `tools/call` rmcp refuses for its shape too. An
-/// array costs one at most: rmcp refuses batches whole, without running any
-/// of them.
-fn protocol_requests(parsed: Option<&serde_json::Value>) -> usize {
-    let well_formed_call = |m: &serde_json::Value| {
-        let params = m.get("params");
-        params
-            .and_then(|p| p.get("name"))
-            .is_some_and(serde_json::Value::is_string)
-            && params
-                .and_then(|p| p.get("arguments"))
-                .is_none_or(|a| a.is_object() || a.is_null())
-    };
-    let own = |m: &serde_json::Value| {
-        m.get("method")
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|name| {
-                if name == "tools/call" {
-                    return !well_formed_call(m);
-                }
-                m.get("id").is_some() || !name.starts_with("notifications/")
-            })
-    };
-    match parsed {
-        Some(serde_json::Value::Array(all)) => usize::from(all.iter().any(own)),
-        Some(m) => usize::from(own(m)),
-        None => 0,
-    }
+/// Whether a message is a `tools/call`.
+fn is_tool_call(parsed: Option<&serde_json::Value>) -> bool {
+    parsed
+        .and_then(|m| m.get("method"))
+        .and_then(serde_json::Value::as_str)
+        == Some("tools/call")
+}
+
+/// Whether a request to `/mcp` is a POSTed notification (no `id`, a
+/// `notifications/...` method): it has no answer, and costs no call.
+fn is_notification(method: &axum::http::Method, parsed: Option<&serde_json::Value>) -> bool {
+    *method == axum::http::Method::POST
+        && parsed.is_some_and(|m| {
+            m.get("id").is_none()
+                && m.get("method")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|name| name.starts_with("notifications/"))
+        })
 }
 
 /// Why a POST to `/mcp` is not MCP, with where to go instead; `None` when it
