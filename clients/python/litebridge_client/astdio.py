@@ -20,7 +20,7 @@ import asyncio
 import collections
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, START_ID, decode_line, encode_line, pending_key, start_failure
+from .transports import MAX_LINE, START_ID, decode_line, encode_line, ended, pending_key, start_failure
 
 _STDERR_LINES = 20
 _START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
@@ -142,10 +142,9 @@ class AsyncStdioTransport:
             await asyncio.wait_for(asyncio.shield(child.tasks[1]), 1.0)  # its last stderr lines
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
-        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+        why, tail = ended(code, child.stderr)
         if child.reason:
             why = "%s, so it was stopped (%s)" % (child.reason, why)
-        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
         child.end = (why, tail)
         waiting, child.pending = list(child.pending.items()), {}
         for key, fut in waiting:

@@ -33,7 +33,7 @@ import subprocess
 import threading
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, START_ID, decode_line, encode_line, pending_key, start_failure
+from .transports import MAX_LINE, START_ID, decode_line, encode_line, ended, pending_key, start_failure
 
 _STDERR_LINES = 20
 _START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
@@ -87,6 +87,14 @@ class _Child:
         self.stderr_thread = None
 
 
+def _close_pipes(child):
+    for pipe in (child.proc.stdin, child.proc.stdout):
+        try:
+            pipe.close()
+        except (OSError, ValueError):
+            pass
+
+
 class StdioTransport:
     """A ``litebridge stdio`` child, started again on the next request after it died."""
 
@@ -111,11 +119,7 @@ class StdioTransport:
         if child is not None and not child.ended and not child.pending and not child.followed:
             # Died while idle: nobody will read its end, so its pipes are closed here.
             child.ended = True
-            for pipe in (child.proc.stdin, child.proc.stdout):
-                try:
-                    pipe.close()
-                except (OSError, ValueError):
-                    pass
+            _close_pipes(child)
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=self.env, bufsize=0)
@@ -160,15 +164,10 @@ class StdioTransport:
         code = child.proc.wait()
         child.stderr_thread.join(1.0)  # its last lines
         child.ended = True
-        for pipe in (child.proc.stdin, child.proc.stdout):
-            try:
-                pipe.close()
-            except (OSError, ValueError):
-                pass
+        _close_pipes(child)
         if self.child is child:
             self.child = None
-        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
-        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        why, tail = ended(code, child.stderr)
         raise start_failure(why, tail)
 
     @staticmethod
@@ -308,19 +307,14 @@ class StdioTransport:
     def _ended(self, child):
         """``child``'s stdout ended: every request still waiting on it fails."""
         code = child.proc.wait()
-        for pipe in (child.proc.stdin, child.proc.stdout):
-            try:
-                pipe.close()
-            except (OSError, ValueError):
-                pass
+        _close_pipes(child)
         with self.lock:
             child.ended = True
             waiting = list(child.pending.values())
             child.pending.clear()
             if self.child is child:
                 self.child = None
-        why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
-        tail = "; its last lines on stderr:\n%s" % "\n".join(child.stderr) if child.stderr else ""
+        why, tail = ended(code, child.stderr)
         for waiter in waiting:
             waiter.lost = (why, tail)  # the error is its caller's to make: it knows what it wrote
             waiter.done = True

@@ -999,6 +999,14 @@ def decode_line(line):
 START_ID = "litebridge-client-start"
 
 
+def ended(code, stderr):
+    """How a child ended (its exit code, or the signal that killed it) and
+    its last lines on stderr, for an error's message."""
+    why = ("litebridge was killed by signal %d" % -code) if code < 0 else ("litebridge exited with code %d" % code)
+    tail = "; its last lines on stderr:\n%s" % "\n".join(stderr) if stderr else ""
+    return why, tail
+
+
 def start_failure(why, tail):
     """The error of requests not sent because their child never answered
     its first request: it did not start. Recoverable: nothing ran, and what

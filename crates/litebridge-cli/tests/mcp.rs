@@ -694,28 +694,9 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
 /// and on `/mcp` it is said so, not taken for another protocol's request.
 #[test]
 fn mcp_answers_what_is_not_json_and_refuses_batches() {
-    use std::io::{BufRead as _, BufReader, Write as _};
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("nj.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .arg("mcp")
-        .arg("--db")
-        .arg(&db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut exchange = |line: &str| -> Value {
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-        let mut answer = String::new();
-        stdout.read_line(&mut answer).unwrap();
-        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
-    };
+    let mut mcp = McpStdio::start(&dir.path().join("nj.db"));
+    let mut exchange = |line: &str| mcp.exchange(line);
     let init = exchange(
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
     );
@@ -733,8 +714,7 @@ fn mcp_answers_what_is_not_json_and_refuses_batches() {
     // The session goes on.
     let pong = exchange(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
     assert_eq!(pong["id"], 2, "{pong}");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    assert!(mcp.finish().success());
 
     let server = common::Server::start(&dir.path().join("nj-http.db"), &[]);
     for (body, code) in [
@@ -767,39 +747,17 @@ fn mcp_answers_what_is_not_json_and_refuses_batches() {
 /// answered -32600 with the request's id, and nothing runs.
 #[test]
 fn mcp_over_stdio_refuses_a_duplicated_member() {
-    use std::io::{BufRead as _, BufReader, Write as _};
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dup.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .arg("mcp")
-        .arg("--db")
-        .arg(&db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut send = move |line: &str| {
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    };
-    let mut answer = || -> Value {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    };
-    send(
+    let mut mcp = McpStdio::start(&dir.path().join("dup.db"));
+    mcp.send(
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
     );
-    assert!(answer()["result"]["serverInfo"].is_object());
-    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    send(
+    assert!(mcp.recv()["result"]["serverInfo"].is_object());
+    mcp.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    mcp.send(
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"execute","arguments":{"sql":"CREATE TABLE first(x)","sql":"CREATE TABLE second(x)"}}}"#,
     );
-    let refused = answer();
+    let refused = mcp.recv();
     assert_eq!(refused["id"], 2, "{refused}");
     assert_eq!(refused["error"]["code"], -32600, "{refused}");
     assert!(
@@ -823,24 +781,23 @@ fn mcp_over_stdio_refuses_a_duplicated_member() {
         ),
     ] {
         for bom in ["", "\u{feff}"] {
-            send(&format!("{bom}{line}"));
-            let refused = answer();
+            mcp.send(&format!("{bom}{line}"));
+            let refused = mcp.recv();
             assert_eq!(refused["id"], id, "{refused}");
             assert_eq!(refused["error"]["code"], -32600, "{bom:?} {refused}");
         }
     }
     // The session goes on; nothing of the refused calls ran.
-    send(
+    mcp.send(
         r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT count(*) AS n FROM sqlite_schema WHERE name IN ('first', 'second')"}}}"#,
     );
-    let counted = answer();
+    let counted = mcp.recv();
     assert_eq!(counted["id"], 3, "{counted}");
     assert_eq!(
         counted["result"]["structuredContent"]["rows"][0][0], 0,
         "{counted}"
     );
-    drop(send); // closes stdin: the session ends
-    assert!(child.wait().unwrap().success());
+    assert!(mcp.finish().success());
 }
 
 /// The seed system's habit, `curl -X POST .../mcp -d '{"method": "pool_health"}'`,
@@ -925,4 +882,58 @@ fn an_mcp_write_in_flight_at_sigterm_finishes() {
         .query_row("SELECT count(*) FROM t WHERE x < 0", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1, "the write in flight was not committed");
+}
+
+/// A `litebridge mcp` session on stdio: one JSON line each way.
+struct McpStdio {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl McpStdio {
+    fn start(db: &std::path::Path) -> McpStdio {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .arg("mcp")
+            .arg("--db")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        McpStdio {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    fn exchange(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Closes stdin (the session ends) and waits for the exit.
+    fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
 }
