@@ -1419,6 +1419,12 @@ impl Settings {
         } else if !framework.is_empty() {
             self.generic_command(python, framework)?
         } else {
+            if self.values["workers.processes"].1 != Source::Default {
+                tracing::warn!(
+                    "workers.processes is set ({}) but no workers are: give workers.command (--workers \"CMD\") to start any",
+                    self.values["workers.processes"].1
+                );
+            }
             return Ok(None);
         };
         let mut c = self.call_settings(WorkerConfig::new(words));

@@ -265,6 +265,11 @@ async fn every_tool_over_stdio_with_rmcps_client() {
     let r = ok(&client, "backup", json!({"to": "copy.db"})).await;
     assert_eq!(r["verified"], true);
     assert!(dir.path().join("agent.db.backups/copy.db").exists());
+    // A name taken is the caller's to change: a bad argument, not the
+    // service unavailable.
+    let e = fails(&client, "backup", json!({"to": "copy.db"})).await;
+    assert_eq!(e["kind"], "invalid_params", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("exists already"), "{e}");
     // Never a path chosen by the caller.
     let to = dir.path().join("elsewhere.db");
     let e = fails(&client, "backup", json!({"to": to.to_str().unwrap()})).await;

@@ -186,7 +186,17 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
         ));
     }
     create_dir(&policy.dir, db.path())?;
-    db.backup_to(policy.dir.join(name), |_| {}).await
+    let dest = policy.dir.join(name);
+    // The caller's to change (another name), not the service's state: said
+    // as a bad argument (it was `unavailable`). Refused again, atomically,
+    // by the copy's own placing should it appear meanwhile.
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        return Err(Error::invalid(
+            "to",
+            format!("a backup named {name:?} exists already; backups are never replaced, give a new name"),
+        ));
+    }
+    db.backup_to(dest, |_| {}).await
 }
 
 /// Takes one verified backup of `db` into the policy's directory, records
@@ -343,11 +353,18 @@ pub fn recover(
     }
     let (from, age) = newest_verified(dir, db).ok_or_else(|| Error::Unavailable {
         what: "backup",
-        reason: format!(
-            "no backup of {} in {} passes verification",
-            db.display(),
-            dir.display()
-        ),
+        reason: if dir.is_dir() {
+            format!(
+                "no backup of {} in {} passes verification",
+                db.display(),
+                dir.display()
+            )
+        } else {
+            format!(
+                "the backup directory {} does not exist (give it with --dir, or [backup] dir)",
+                dir.display()
+            )
+        },
     })?;
     let mut aside = db.as_os_str().to_owned();
     let why = if sound { "replaced" } else { "damaged" };
