@@ -54,6 +54,7 @@ class AsyncStdioTransport:
         self.shutdown_grace = shutdown_grace
         self.child = None
         self.starting = None  # the start under way, shared by those who wait for it
+        self.unstarted = None  # its child, until it answers (for aclose)
         self.streams = set()
         self.closing = False
 
@@ -79,7 +80,7 @@ class AsyncStdioTransport:
         # Known to the callers only once it answered (below): a caller that
         # came meanwhile waits for the start, and never writes to a child
         # that may not start (review 142).
-        child = _Child(proc, asyncio.get_running_loop())
+        child = self.unstarted = _Child(proc, asyncio.get_running_loop())
         child.tasks = (asyncio.ensure_future(self._read(child)), asyncio.ensure_future(self._read_stderr(child)))
         # Until litebridge answers a request of the client's own, no caller's
         # is written: a child that exits first never started (a bad
@@ -93,6 +94,17 @@ class AsyncStdioTransport:
         except ConnectionError:
             why, tail = child.end
             raise start_failure(why, tail) from None
+        except BaseException:
+            # Cancelled (every waiter gave up): the child goes too, not left
+            # running with nobody to close it (review 143).
+            self._kill(child)
+            raise
+        finally:
+            self.unstarted = None
+        if child.ended:
+            # It answered and died at once: the next call starts another.
+            why, tail = child.end
+            raise start_failure(why, tail)
         self.child = child
         if self.streams:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
@@ -235,9 +247,28 @@ class AsyncStdioTransport:
         self.streams.add(stream)
         child = self.child
         if child is None or child.ended:
-            asyncio.ensure_future(self._live_child())  # subscribes when started
+            # Subscribes when started; a start that fails ends the streams
+            # with its error (they waited for ever: review 143).
+            starting = asyncio.ensure_future(self._live_child())
+            starting.add_done_callback(self._end_streams_if_failed)
         elif first:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
+
+    def _end_streams_if_failed(self, starting):
+        if starting.cancelled():
+            return
+        error = starting.exception()
+        if error is not None:
+            streams, self.streams = self.streams, set()
+            for stream in streams:
+                stream.end(error)
+
+    @staticmethod
+    def _kill(child):
+        try:
+            child.proc.kill()
+        except ProcessLookupError:
+            pass
 
     def unsubscribe(self, stream):
         self.streams.discard(stream)
@@ -253,10 +284,21 @@ class AsyncStdioTransport:
         for stream in streams:
             stream.end()
         if self.starting is not None:
+            # A start that hangs (a long check of the database, a worker
+            # slow to start) is given the grace period, then its child is
+            # stopped (close waited for ever, and left it running: review
+            # 143).
             try:
-                await self.starting
-            except ConnectionError:
+                await asyncio.wait_for(asyncio.shield(self.starting), self.shutdown_grace)
+            except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
+            unstarted = self.unstarted
+            if unstarted is not None and not self.starting.done():
+                self._kill(unstarted)
+                try:
+                    await asyncio.wait_for(self.starting, 5.0)
+                except BaseException:
+                    pass
         child = self.child
         if child is None:
             return

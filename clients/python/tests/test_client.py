@@ -330,6 +330,47 @@ class StartFailureTest(unittest.TestCase):
             asyncio.run(run(d))
 
 
+class AsyncStartTest(unittest.TestCase):
+    """The asyncio client around a start that hangs or fails (review 143)."""
+
+    def test_close_during_a_start_that_hangs_stops_the_child(self):
+        async def run(d):
+            script = os.path.join(d, "hang.sh")
+            pidfile = os.path.join(d, "pid")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % pidfile)
+            os.chmod(script, 0o755)
+            c = lb.AsyncClient.spawn(bin=script, db=os.path.join(d, "x.db"), shutdown_grace=0.5)
+            with self.assertRaises(asyncio.TimeoutError):
+                await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+            began = time.monotonic()
+            await asyncio.wait_for(c.close(), 10)
+            self.assertLess(time.monotonic() - began, 8)
+            with open(pidfile) as f:
+                pid = int(f.read())
+            for _ in range(100):
+                if not os.path.exists("/proc/%d" % pid):
+                    break
+                await asyncio.sleep(0.05)
+            self.assertFalse(os.path.exists("/proc/%d" % pid), "the child was left running")
+
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run(d))
+
+    def test_events_end_when_the_start_fails(self):
+        async def run(d):
+            c = lb.AsyncClient.spawn(bin="/bin/false", db=os.path.join(d, "x.db"))
+            try:
+                stream = c.events()
+                with self.assertRaises(lb.ConnectionError):
+                    await asyncio.wait_for(stream.__anext__(), 5)
+            finally:
+                await c.close()
+
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run(d))
+
+
 class AsyncTest(unittest.TestCase):
     def test_a_killed_litebridge_fails_a_pending_call_as_outcome_unknown(self):
         async def main():

@@ -650,3 +650,54 @@ fn sigterm_kills_a_worker_still_running_a_call_at_the_end_of_the_grace_period() 
     assert!(!alive(), "worker {pid} outlived the server");
     long.join().unwrap();
 }
+
+/// The same for a worker recycled while it runs a call (out of its slot,
+/// finishing the call): it is killed with the others, not left running
+/// after the server is gone (review 143).
+#[test]
+fn sigterm_kills_a_recycled_worker_still_running_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rterm.db");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--workers",
+            "python3 examples/worker.py",
+            "--processes",
+            "1",
+        ],
+        &[
+            ("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500"),
+            ("LITEBRIDGE_WORKERS_RECYCLE_AFTER_CALLS", "1"),
+        ],
+    );
+    let worker = |server: &Server| {
+        let h = server.rpc(call("bridge.health", json!({})));
+        let w = &h["result"]["workers"][0];
+        (w["id"].as_u64().unwrap(), w["pid"].as_u64().unwrap())
+    };
+    let (first_id, pid) = worker(&server);
+    let addr = server.addr.clone();
+    let long = std::thread::spawn(move || {
+        let body = call(
+            "bridge.call",
+            json!({"method": "wait", "params": [60], "timeout_ms": 120_000}),
+        )
+        .to_string();
+        post_and_wait(&addr, &body, Duration::from_secs(30));
+    });
+    // Until it is recycled: another worker in its slot.
+    let until = Instant::now() + Duration::from_secs(20);
+    while worker(&server).0 == first_id {
+        assert!(Instant::now() < until, "the worker was not recycled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.stop().success());
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let until = Instant::now() + Duration::from_secs(2);
+    while alive() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "recycled worker {pid} outlived the server");
+    long.join().unwrap();
+}

@@ -269,7 +269,10 @@ async fn every_tool_over_stdio_with_rmcps_client() {
     // service unavailable.
     let e = fails(&client, "backup", json!({"to": "copy.db"})).await;
     assert_eq!(e["kind"], "invalid_params", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("exists already"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("exists already"),
+        "{e}"
+    );
     // Never a path chosen by the caller.
     let to = dir.path().join("elsewhere.db");
     let e = fails(&client, "backup", json!({"to": to.to_str().unwrap()})).await;
@@ -615,7 +618,7 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
-    std::fs::write(&config, "[quota]\nfree_daily = 12\n").unwrap();
+    std::fs::write(&config, "[quota]\nfree_daily = 13\n").unwrap();
     let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let tool = |id: u64, params: Value| {
@@ -671,6 +674,15 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
         br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
     );
     assert_eq!(advice, 400);
+    // Refused as its body is read (a member named twice: review 143).
+    let (twice, _, _) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[auth, accept],
+        br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+    );
+    assert_eq!(twice, 400);
     let (free, _, _) = server.request_with(
         "POST",
         "/mcp",
@@ -679,7 +691,7 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
         br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
     assert!(free < 300, "{free}");
-    // The twelfth call is the last the day allows; the thirteenth is refused.
+    // The thirteenth call is the last the day allows; the next is refused.
     let (_, ok) = server.rpc_as(
         Some(&secret),
         &json!({"jsonrpc": "2.0", "id": 7, "method": "sql.query", "params": ["SELECT 1"]}),

@@ -193,7 +193,9 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
     if std::fs::symlink_metadata(&dest).is_ok() {
         return Err(Error::invalid(
             "to",
-            format!("a backup named {name:?} exists already; backups are never replaced, give a new name"),
+            format!(
+                "a backup named {name:?} exists already; backups are never replaced, give a new name"
+            ),
         ));
     }
     db.backup_to(dest, |_| {}).await

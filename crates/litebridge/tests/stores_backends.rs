@@ -207,6 +207,30 @@ async fn memory_body(db: Backend) {
     let rest = keys(mem.list("agent-1", None, 2, Some(&first[1])).await.unwrap());
     assert_eq!(rest.len(), 1);
     assert!(rest[0] > first[1]);
+    // With a prefix too, page by page, each key once.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = keys(
+            mem.list("agent-1", Some("scratch/"), 1, after.as_deref())
+                .await
+                .unwrap(),
+        );
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        assert!(!seen.contains(&last), "{last} twice: {seen:?}");
+        seen.push(last.clone());
+        after = Some(last);
+    }
+    assert_eq!(
+        seen,
+        keys(
+            mem.list("agent-1", Some("scratch/"), 10, None)
+                .await
+                .unwrap()
+        )
+    );
     // Many expired at once go in batches, every one of them.
     for i in 0..150 {
         mem.store(

@@ -221,6 +221,10 @@ pub(crate) async fn http(
     println!("listening on {local}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    // Never cancelled: `/mcp` is stateless JSON (no stream stays open), so
+    // its requests end as `/rpc`'s do, by the database's interrupt and the
+    // workers' kill at the end of the grace period; cancelled, rmcp answered
+    // a bare 500 even for a write that committed (reviews 142, 143).
     let mcp_stop = tokio_util::sync::CancellationToken::new();
     let limits = s.accept_limits();
     let router = crate::transport::http::router(
@@ -283,7 +287,6 @@ pub(crate) async fn http(
             }
         } => {
             tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
-            mcp_stop.cancel();
         }
     }
     let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);

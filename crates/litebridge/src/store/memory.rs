@@ -162,11 +162,15 @@ impl MemoryStore {
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         check(namespace, "namespace")?;
-        // One lower bound, so the index's range starts there (two, and a
-        // late page scanned every key before it: review 142).
-        let (from, start) = match (after, prefix.unwrap_or("")) {
-            (Some(after), prefix) if after >= prefix => (">", after),
-            (_, prefix) => (">=", prefix),
+        // Without a prefix, one lower bound (`after`), so a late page's
+        // index range starts there (two, and it scanned every key before
+        // it: review 142). With one, both, compared by the database: which
+        // of them is the larger is its collation's to say, not Rust's (a
+        // page chosen by Rust's order repeated itself for ever on a
+        // PostgreSQL of another collation: review 143).
+        let (from, start, after) = match (prefix, after) {
+            (None, Some(after)) => (">", after, None),
+            (prefix, after) => (">=", prefix.unwrap_or(""), after),
         };
         let end = prefix.and_then(prefix_end);
         let rows = self
@@ -174,7 +178,8 @@ impl MemoryStore {
             .own_query(
                 &format!(
                     "SELECT key, value, expires_at FROM {}
-                     WHERE namespace = ?1 AND key {from} ?2 AND (?3 IS NULL OR key < ?3)
+                     WHERE namespace = ?1 AND key {from} ?2 AND (?6 IS NULL OR key > ?6)
+                       AND (?3 IS NULL OR key < ?3)
                        AND (expires_at IS NULL OR expires_at > ?4)
                      ORDER BY key LIMIT ?5",
                     self.db.own("memory")
@@ -184,7 +189,8 @@ impl MemoryStore {
                     start,
                     end,
                     self.now_us(),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    after
                 ],
             )
             .await?;

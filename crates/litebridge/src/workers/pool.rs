@@ -302,6 +302,10 @@ struct Shared {
     recycled: AtomicU64,
     /// Workers swapped out and still finishing their calls.
     retiring: Arc<AtomicUsize>,
+    /// The recycled workers still finishing their calls, out of the slots:
+    /// `kill_now` and `shutdown` reach them too (review 143: one outlived
+    /// litebridge running a call).
+    retired: Arc<Mutex<Vec<Arc<Process>>>>,
     names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
@@ -395,6 +399,7 @@ impl WorkerPool {
             closing: AtomicBool::new(false),
             recycled: AtomicU64::new(0),
             retiring: Arc::new(AtomicUsize::new(0)),
+            retired: Arc::default(),
             names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
@@ -833,7 +838,8 @@ impl WorkerPool {
     /// a call nobody waits for.
     pub fn kill_now(&self) {
         self.shared.closing.store(true, Ordering::Release);
-        for p in self.live() {
+        let retired = lock(&self.shared.retired).clone();
+        for p in self.live().into_iter().chain(retired) {
             p.signal(libc::SIGKILL);
         }
     }
@@ -861,6 +867,7 @@ impl WorkerPool {
             .slots
             .iter()
             .filter_map(|slot| read(slot).clone())
+            .chain(lock(&s.retired).clone())
             .collect();
         for p in &all {
             p.close_stdin();
@@ -984,6 +991,12 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         )
         .await
         {
+            // Started as the pool closed: never put in a slot, where no
+            // shutdown would look for it any more.
+            Ok(p) if s.closing.load(Ordering::Acquire) => {
+                p.signal(libc::SIGKILL);
+                return;
+            }
             Ok(p) => {
                 s.names.learn(&p);
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
@@ -1117,6 +1130,11 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
     )
     .await
     {
+        // Started as the pool closed: not put in a slot (see `restart`).
+        Ok(p) if s.closing.load(Ordering::Acquire) => {
+            p.signal(libc::SIGKILL);
+            return true;
+        }
         Ok(p) => {
             s.names.learn(&p);
             p
@@ -1159,6 +1177,8 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
     let grace = s.config.shutdown_grace;
     let retiring = s.retiring.clone();
     retiring.fetch_add(1, Ordering::AcqRel);
+    let retired = s.retired.clone();
+    lock(&retired).push(old.clone());
     tokio::spawn(async move {
         // Calls already sent are answered as usual, whatever their
         // deadlines (a caller that gives up at its own takes its call out
@@ -1176,6 +1196,7 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
             }
         }
         retiring.fetch_sub(1, Ordering::AcqRel);
+        lock(&retired).retain(|p| !Arc::ptr_eq(p, &old));
     });
     true
 }

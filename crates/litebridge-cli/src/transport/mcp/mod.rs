@@ -199,7 +199,13 @@ pub(crate) async fn authenticate(
             // `/rpc`'s, and refused if an object names a member twice.
             let request = match crate::transport::http::read_whole(&state, request).await {
                 Ok(r) => r,
-                Err(refused) => return refused,
+                // Counted as any message is (review 143).
+                Err(refused) => {
+                    return match caller.charge() {
+                        Ok(()) => refused,
+                        Err(e) => crate::transport::http::refused(e),
+                    };
+                }
             };
             let (parts, body) = request.into_parts();
             // In memory already: read_whole put it there.
@@ -219,7 +225,12 @@ pub(crate) async fn authenticate(
                     // Past its quota, a tool call is answered as a tool's
                     // error (its call counts again, and is refused), which
                     // an agent reads.
-                    Err(_) if is_tool_call(parsed.as_ref()) => caller,
+                    Err(_)
+                        if parts.method == axum::http::Method::POST
+                            && is_tool_call(parsed.as_ref()) =>
+                    {
+                        caller
+                    }
                     Err(e) => return crate::transport::http::refused(e),
                 }
             };
