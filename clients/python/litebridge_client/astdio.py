@@ -64,6 +64,9 @@ class AsyncStdioTransport:
             return child
         if self.starting is None:
             self.starting = asyncio.ensure_future(self._start())
+            # Its failure is its waiters' to raise; with none left (all
+            # cancelled, a close cancelled) it is not an unretrieved error.
+            self.starting.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             return await asyncio.shield(self.starting)
         finally:
@@ -101,10 +104,6 @@ class AsyncStdioTransport:
             raise
         finally:
             self.unstarted = None
-        if child.ended:
-            # It answered and died at once: the next call starts another.
-            why, tail = child.end
-            raise start_failure(why, tail)
         self.child = child
         if self.streams:
             self._send(child, encode_line({"jsonrpc": "2.0", "id": None, "method": "events.subscribe"}))
@@ -290,14 +289,20 @@ class AsyncStdioTransport:
             # 143).
             try:
                 await asyncio.wait_for(asyncio.shield(self.starting), self.shutdown_grace)
-            except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
+            except (ConnectionError, asyncio.TimeoutError):
                 pass
+            except asyncio.CancelledError:
+                # This close was cancelled: the child is stopped all the
+                # same, and the cancel goes on (review 144).
+                if self.unstarted is not None:
+                    self._kill(self.unstarted)
+                raise
             unstarted = self.unstarted
             if unstarted is not None and not self.starting.done():
                 self._kill(unstarted)
                 try:
-                    await asyncio.wait_for(self.starting, 5.0)
-                except BaseException:
+                    await asyncio.wait_for(asyncio.shield(self.starting), 5.0)
+                except (ConnectionError, asyncio.TimeoutError):
                     pass
         child = self.child
         if child is None:

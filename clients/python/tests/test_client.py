@@ -357,6 +357,32 @@ class AsyncStartTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             asyncio.run(run(d))
 
+    def test_a_close_cancelled_during_a_hung_start_is_cancelled_and_stops_the_child(self):
+        async def run(d):
+            script = os.path.join(d, "hang.sh")
+            pidfile = os.path.join(d, "pid")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % pidfile)
+            os.chmod(script, 0o755)
+            c = lb.AsyncClient.spawn(bin=script, db=os.path.join(d, "x.db"), shutdown_grace=5.0)
+            with self.assertRaises(asyncio.TimeoutError):
+                await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+            closing = asyncio.ensure_future(c.close())
+            await asyncio.sleep(0.3)
+            closing.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await closing
+            with open(pidfile) as f:
+                pid = int(f.read())
+            for _ in range(100):
+                if not os.path.exists("/proc/%d" % pid):
+                    break
+                await asyncio.sleep(0.05)
+            self.assertFalse(os.path.exists("/proc/%d" % pid), "the child was left running")
+
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(run(d))
+
     def test_events_end_when_the_start_fails(self):
         async def run(d):
             c = lb.AsyncClient.spawn(bin="/bin/false", db=os.path.join(d, "x.db"))

@@ -102,6 +102,12 @@ pub(crate) fn router(
             .route("/dashboard/app.js", get(dashboard_file))
             .route("/dashboard/app.css", get(dashboard_file))
             .route("/api/dashboard", get(dashboard_data))
+            // Nothing, said plainly: a browser asks for it by itself, and a
+            // 404 is an error on the page's console.
+            .route(
+                "/favicon.ico",
+                get(|| async { StatusCode::NO_CONTENT.into_response() }),
+            )
     } else {
         Router::new()
     };

@@ -15,7 +15,7 @@
 use crate::error::{Error, Result};
 
 /// The version of litebridge's schema on PostgreSQL that this build writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migration `n` takes the schema from version `n` to `n + 1`; `{s}` is the
 /// schema's name.
@@ -65,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
      );",
     "CREATE INDEX litebridge_cache_expiry ON {s}.litebridge_cache(expires_at)
          WHERE expires_at IS NOT NULL;",
+    // Memory's keys in byte order, as SQLite's: a prefix's range and a
+    // page's bound are computed in that order (`store/memory.rs`), which a
+    // database of another collation (en-US: punctuation before digits)
+    // contradicted, listing keys outside a prefix and missing others
+    // (review 144).
+    "ALTER TABLE {s}.litebridge_memory ALTER COLUMN key TYPE TEXT COLLATE \"C\";",
 ];
 
 // One migration per version.

@@ -162,15 +162,14 @@ impl MemoryStore {
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         check(namespace, "namespace")?;
-        // Without a prefix, one lower bound (`after`), so a late page's
-        // index range starts there (two, and it scanned every key before
-        // it: review 142). With one, both, compared by the database: which
-        // of them is the larger is its collation's to say, not Rust's (a
-        // page chosen by Rust's order repeated itself for ever on a
-        // PostgreSQL of another collation: review 143).
-        let (from, start, after) = match (prefix, after) {
-            (None, Some(after)) => (">", after, None),
-            (prefix, after) => (">=", prefix.unwrap_or(""), after),
+        // One lower bound, so a late page's index range starts there (two,
+        // and it scanned every key before it: review 142): the larger, by
+        // byte order, which is the keys' order on both backends (SQLite's
+        // BINARY; on PostgreSQL the column is `COLLATE "C"`, without which
+        // a page repeated itself for ever: reviews 143, 144).
+        let (from, start) = match (after, prefix.unwrap_or("")) {
+            (Some(after), prefix) if after >= prefix => (">", after),
+            (_, prefix) => (">=", prefix),
         };
         let end = prefix.and_then(prefix_end);
         let rows = self
@@ -178,8 +177,7 @@ impl MemoryStore {
             .own_query(
                 &format!(
                     "SELECT key, value, expires_at FROM {}
-                     WHERE namespace = ?1 AND key {from} ?2 AND (?6 IS NULL OR key > ?6)
-                       AND (?3 IS NULL OR key < ?3)
+                     WHERE namespace = ?1 AND key {from} ?2 AND (?3 IS NULL OR key < ?3)
                        AND (expires_at IS NULL OR expires_at > ?4)
                      ORDER BY key LIMIT ?5",
                     self.db.own("memory")
@@ -189,8 +187,7 @@ impl MemoryStore {
                     start,
                     end,
                     self.now_us(),
-                    i64::try_from(limit).unwrap_or(i64::MAX),
-                    after
+                    i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
             )
             .await?;

@@ -991,20 +991,25 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         )
         .await
         {
-            // Started as the pool closed: never put in a slot, where no
-            // shutdown would look for it any more.
-            Ok(p) if s.closing.load(Ordering::Acquire) => {
-                p.signal(libc::SIGKILL);
-                return;
-            }
             Ok(p) => {
                 s.names.learn(&p);
+                {
+                    // Started as the pool closed: never put in a slot,
+                    // where no shutdown would look for it any more; looked
+                    // at under the slot's lock, as in `recycle` (review 144).
+                    let mut current = write(&s.slots[slot]);
+                    if s.closing.load(Ordering::Acquire) {
+                        drop(current);
+                        p.signal(libc::SIGKILL);
+                        return;
+                    }
+                    *current = Some(p.clone());
+                }
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
                 let _ = s
                     .ledger
                     .events
                     .send(PoolEvent::WorkerRestarted { id, pid: p.pid });
-                *write(&s.slots[slot]) = Some(p);
                 s.restarts.fetch_add(1, Ordering::Relaxed);
                 s.capacity.notify_waiters();
                 return;
@@ -1130,11 +1135,6 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
     )
     .await
     {
-        // Started as the pool closed: not put in a slot (see `restart`).
-        Ok(p) if s.closing.load(Ordering::Acquire) => {
-            p.signal(libc::SIGKILL);
-            return true;
-        }
         Ok(p) => {
             s.names.learn(&p);
             p
@@ -1148,13 +1148,21 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
         }
     };
     {
+        // `closing` looked at, and `old` moved to `retired`, under the
+        // slot's lock: `kill_now` and `shutdown` read the slots, then
+        // `retired`, so each worker is in one of them when they look
+        // (review 144 found windows where a worker was in neither).
         let mut current = write(&s.slots[slot]);
-        if !current.as_ref().is_some_and(|p| Arc::ptr_eq(p, old)) {
+        if s.closing.load(Ordering::Acquire)
+            || !current.as_ref().is_some_and(|p| Arc::ptr_eq(p, old))
+        {
             drop(current);
-            // The slot changed meanwhile (the old worker died): keep the new one out.
-            fresh.close_stdin();
+            // Closing, or the slot changed meanwhile (the old worker died):
+            // the new one never served, and goes.
+            fresh.signal(libc::SIGKILL);
             return true;
         }
+        lock(&s.retired).push(old.clone());
         *current = Some(fresh.clone());
     }
     s.recycled.fetch_add(1, Ordering::Relaxed);
@@ -1178,7 +1186,6 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
     let retiring = s.retiring.clone();
     retiring.fetch_add(1, Ordering::AcqRel);
     let retired = s.retired.clone();
-    lock(&retired).push(old.clone());
     tokio::spawn(async move {
         // Calls already sent are answered as usual, whatever their
         // deadlines (a caller that gives up at its own takes its call out

@@ -278,12 +278,17 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// Whether a message is a `tools/call`.
+/// Whether a message is a `tools/call` that reaches a tool (a request with
+/// an id and a tool's name; the SDK refuses others before any tool runs).
 fn is_tool_call(parsed: Option<&serde_json::Value>) -> bool {
-    parsed
-        .and_then(|m| m.get("method"))
-        .and_then(serde_json::Value::as_str)
-        == Some("tools/call")
+    parsed.is_some_and(|m| {
+        m.get("method").and_then(serde_json::Value::as_str) == Some("tools/call")
+            && m.get("id")
+                .is_some_and(|id| id.is_string() || id.is_i64() || id.is_u64())
+            && m.get("params")
+                .and_then(|p| p.get("name"))
+                .is_some_and(serde_json::Value::is_string)
+    })
 }
 
 /// Whether a request to `/mcp` is a POSTed notification (no `id`, a
