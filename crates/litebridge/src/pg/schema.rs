@@ -6,7 +6,7 @@
 //! schema's name in front of each table. The version numbers are this
 //! schema's own: SQLite's version 4 adds the idempotency records, which
 //! PostgreSQL keeps through `claims.rs` (made at every start, `IF NOT
-//! EXISTS`), so an older front end is not refused a schema nothing changed. Migrations run in one
+//! EXISTS`); PostgreSQL's version 4 makes memory's keys `COLLATE "C"`. Migrations run in one
 //! transaction under a transaction-level advisory lock, so front ends that
 //! start together migrate one after the other and the second finds the work
 //! done. `PUBLIC` has no rights on the schema, and a clients' role that can
