@@ -700,3 +700,44 @@ fn a_backup_dir_that_is_a_file_is_refused_at_the_start() {
         "{err}"
     );
 }
+
+/// `keys create` on a database that does not exist says it made one (a
+/// mistyped --db left the server on the real database without the key,
+/// unnoticed); on one that exists it says nothing of the kind.
+#[test]
+fn keys_create_says_when_it_made_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("typo.db");
+    let first = litebridge(&[
+        "keys",
+        "create",
+        "--db",
+        s(&db),
+        "--scope",
+        "read",
+        "--name",
+        "a",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("a new database"),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = litebridge(&[
+        "keys",
+        "create",
+        "--db",
+        s(&db),
+        "--scope",
+        "read",
+        "--name",
+        "b",
+    ]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert!(
+        !text(&second.stdout).contains("a new database"),
+        "{}",
+        text(&second.stdout)
+    );
+}

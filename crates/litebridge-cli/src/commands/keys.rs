@@ -47,12 +47,20 @@ impl Target {
             .quick_check_on_open(false)
             .create(create)
             .build()?;
+        let new = !path.exists();
         let db = Database::open(&path, config).await?;
         if let Err(e) = migrate(&db).await {
             db.close().await;
             return Err(e.into());
         }
-        Ok((Backend::Sqlite(db), path.display().to_string()))
+        // Said, so that a mistyped --db is seen (the server on the real
+        // database would go on without the key: operator audit).
+        let label = if new {
+            format!("{}, a new database (it did not exist)", path.display())
+        } else {
+            path.display().to_string()
+        };
+        Ok((Backend::Sqlite(db), label))
     }
 }
 

@@ -219,6 +219,19 @@ pub(crate) async fn http(
         .local_addr()
         .map_err(|e| Failure::new(format!("cannot read the listening address: {e}")))?;
     println!("listening on {local}");
+    // In the log too, with what it serves (the line above is stdout's, for
+    // the programs that start it).
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %local,
+        db = %app
+            .service
+            .db
+            .sqlite()
+            .map_or_else(|| "PostgreSQL (backend.kind)".to_owned(), |d| d.path().display().to_string()),
+        workers = app.service.workers.as_ref().map_or("none", |w| w.transport()),
+        "serving"
+    );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     // Never cancelled: `/mcp` is stateless JSON (no stream stays open), so
