@@ -333,52 +333,48 @@ class StartFailureTest(unittest.TestCase):
 class AsyncStartTest(unittest.TestCase):
     """The asyncio client around a start that hangs or fails (review 143)."""
 
+    async def _hung_start(self, d, shutdown_grace):
+        """A client whose litebridge never answers its start (a script that
+        sleeps), after a first call given up on; and the script's pid file."""
+        script = os.path.join(d, "hang.sh")
+        pidfile = os.path.join(d, "pid")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % pidfile)
+        os.chmod(script, 0o755)
+        c = lb.AsyncClient.spawn(bin=script, db=os.path.join(d, "x.db"), shutdown_grace=shutdown_grace)
+        with self.assertRaises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+        return c, pidfile
+
+    async def _assert_gone(self, pidfile):
+        with open(pidfile) as f:
+            pid = int(f.read())
+        for _ in range(100):
+            if not os.path.exists("/proc/%d" % pid):
+                break
+            await asyncio.sleep(0.05)
+        self.assertFalse(os.path.exists("/proc/%d" % pid), "the child was left running")
+
     def test_close_during_a_start_that_hangs_stops_the_child(self):
         async def run(d):
-            script = os.path.join(d, "hang.sh")
-            pidfile = os.path.join(d, "pid")
-            with open(script, "w") as f:
-                f.write("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % pidfile)
-            os.chmod(script, 0o755)
-            c = lb.AsyncClient.spawn(bin=script, db=os.path.join(d, "x.db"), shutdown_grace=0.5)
-            with self.assertRaises(asyncio.TimeoutError):
-                await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+            c, pidfile = await self._hung_start(d, 0.5)
             began = time.monotonic()
             await asyncio.wait_for(c.close(), 10)
             self.assertLess(time.monotonic() - began, 8)
-            with open(pidfile) as f:
-                pid = int(f.read())
-            for _ in range(100):
-                if not os.path.exists("/proc/%d" % pid):
-                    break
-                await asyncio.sleep(0.05)
-            self.assertFalse(os.path.exists("/proc/%d" % pid), "the child was left running")
+            await self._assert_gone(pidfile)
 
         with tempfile.TemporaryDirectory() as d:
             asyncio.run(run(d))
 
     def test_a_close_cancelled_during_a_hung_start_is_cancelled_and_stops_the_child(self):
         async def run(d):
-            script = os.path.join(d, "hang.sh")
-            pidfile = os.path.join(d, "pid")
-            with open(script, "w") as f:
-                f.write("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % pidfile)
-            os.chmod(script, 0o755)
-            c = lb.AsyncClient.spawn(bin=script, db=os.path.join(d, "x.db"), shutdown_grace=5.0)
-            with self.assertRaises(asyncio.TimeoutError):
-                await asyncio.wait_for(c.query("SELECT 1"), 0.5)
+            c, pidfile = await self._hung_start(d, 5.0)
             closing = asyncio.ensure_future(c.close())
             await asyncio.sleep(0.3)
             closing.cancel()
             with self.assertRaises(asyncio.CancelledError):
                 await closing
-            with open(pidfile) as f:
-                pid = int(f.read())
-            for _ in range(100):
-                if not os.path.exists("/proc/%d" % pid):
-                    break
-                await asyncio.sleep(0.05)
-            self.assertFalse(os.path.exists("/proc/%d" % pid), "the child was left running")
+            await self._assert_gone(pidfile)
 
         with tempfile.TemporaryDirectory() as d:
             asyncio.run(run(d))

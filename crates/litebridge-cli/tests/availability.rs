@@ -611,44 +611,7 @@ fn a_few_rows_of_expensive_columns_freeze_every_request() {
 /// call nobody waits for (an operator's audit saw it outlive the server).
 #[test]
 fn sigterm_kills_a_worker_still_running_a_call_at_the_end_of_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wterm.db");
-    let server = Server::start_with(
-        &db,
-        &[
-            "--workers",
-            "python3 examples/worker.py",
-            "--processes",
-            "1",
-        ],
-        &[("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500")],
-    );
-    let health = server.rpc(call("bridge.health", json!({})));
-    let pid = health["result"]["workers"][0]["pid"].as_u64().unwrap();
-    let addr = server.addr.clone();
-    let long = std::thread::spawn(move || {
-        let body = call(
-            "bridge.call",
-            json!({"method": "wait", "params": [60], "timeout_ms": 120_000}),
-        )
-        .to_string();
-        post_and_wait(&addr, &body, Duration::from_secs(30));
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    assert!(server.stop().success());
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
-    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
-    let until = Instant::now() + Duration::from_secs(2);
-    while alive() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(), "worker {pid} outlived the server");
-    long.join().unwrap();
+    sigterm_kills_the_worker_of_a_long_call(false);
 }
 
 /// The same for a worker recycled while it runs a call (out of its slot,
@@ -656,8 +619,18 @@ fn sigterm_kills_a_worker_still_running_a_call_at_the_end_of_the_grace_period() 
 /// after the server is gone (review 143).
 #[test]
 fn sigterm_kills_a_recycled_worker_still_running_a_call() {
+    sigterm_kills_the_worker_of_a_long_call(true);
+}
+
+/// One worker runs a 60 s call, recycled meanwhile or not; SIGTERM with a
+/// grace of 1.5 s: the server leaves within 4 s and the worker is gone.
+fn sigterm_kills_the_worker_of_a_long_call(recycled: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rterm.db");
+    let db = dir.path().join("wterm.db");
+    let mut env = vec![("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500")];
+    if recycled {
+        env.push(("LITEBRIDGE_WORKERS_RECYCLE_AFTER_CALLS", "1"));
+    }
     let server = Server::start_with(
         &db,
         &[
@@ -666,10 +639,7 @@ fn sigterm_kills_a_recycled_worker_still_running_a_call() {
             "--processes",
             "1",
         ],
-        &[
-            ("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "1500"),
-            ("LITEBRIDGE_WORKERS_RECYCLE_AFTER_CALLS", "1"),
-        ],
+        &env,
     );
     let worker = |server: &Server| {
         let h = server.rpc(call("bridge.health", json!({})));
@@ -686,18 +656,31 @@ fn sigterm_kills_a_recycled_worker_still_running_a_call() {
         .to_string();
         post_and_wait(&addr, &body, Duration::from_secs(30));
     });
-    // Until it is recycled: another worker in its slot.
-    let until = Instant::now() + Duration::from_secs(20);
-    while worker(&server).0 == first_id {
-        assert!(Instant::now() < until, "the worker was not recycled");
-        std::thread::sleep(Duration::from_millis(100));
+    if recycled {
+        // Until it is recycled: another worker in its slot.
+        let until = Instant::now() + Duration::from_secs(20);
+        while worker(&server).0 == first_id {
+            assert!(Instant::now() < until, "the worker was not recycled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    } else {
+        std::thread::sleep(Duration::from_millis(500));
     }
+    let started = Instant::now();
     assert!(server.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
     let until = Instant::now() + Duration::from_secs(2);
     while alive() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!alive(), "recycled worker {pid} outlived the server");
+    assert!(
+        !alive(),
+        "worker {pid} outlived the server (recycled: {recycled})"
+    );
     long.join().unwrap();
 }
