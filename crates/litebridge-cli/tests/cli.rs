@@ -708,36 +708,22 @@ fn a_backup_dir_that_is_a_file_is_refused_at_the_start() {
 fn keys_create_says_when_it_made_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("typo.db");
-    let first = litebridge(&[
-        "keys",
-        "create",
-        "--db",
-        s(&db),
-        "--scope",
-        "read",
-        "--name",
-        "a",
-    ]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    assert!(
-        text(&first.stdout).contains("a new database"),
-        "{}",
-        text(&first.stdout)
-    );
-    let second = litebridge(&[
-        "keys",
-        "create",
-        "--db",
-        s(&db),
-        "--scope",
-        "read",
-        "--name",
-        "b",
-    ]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
-    assert!(
-        !text(&second.stdout).contains("a new database"),
-        "{}",
-        text(&second.stdout)
-    );
+    let create = |name: &str| {
+        let out = litebridge(&[
+            "keys",
+            "create",
+            "--db",
+            s(&db),
+            "--scope",
+            "read",
+            "--name",
+            name,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let first = create("a");
+    assert!(first.contains("a new database"), "{first}");
+    let second = create("b");
+    assert!(!second.contains("a new database"), "{second}");
 }

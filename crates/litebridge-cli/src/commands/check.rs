@@ -23,18 +23,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
         "quick_check"
     };
     if json {
-        let v = serde_json::json!({
-            "ok": report.ok,
-            "db": path.display().to_string(),
-            "check": if full { "full" } else { "quick" },
-            "problems": report.problems,
-            "virtual_table_problems": report.virtual_table_problems,
-            "data_problems": report.data_problems,
-            "foreign_key_violations": report.foreign_key_violations,
-            "unfinished": report.unfinished,
-            "elapsed_ms": report.elapsed.as_millis() as u64,
-        });
-        println!("{v}");
+        println!("{}", as_json(path, full, &report));
         return finish(path, &report, json);
     }
     for p in &report.virtual_table_problems {
@@ -73,36 +62,61 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     finish(path, &report, json)
 }
 
+/// A check's report as `--json` prints it.
+fn as_json(path: &Path, full: bool, report: &litebridge::CheckReport) -> serde_json::Value {
+    serde_json::json!({
+        "ok": report.ok,
+        "db": path.display().to_string(),
+        "check": if full { "full" } else { "quick" },
+        "problems": report.problems,
+        "virtual_table_problems": report.virtual_table_problems,
+        "data_problems": report.data_problems,
+        "foreign_key_violations": report.foreign_key_violations,
+        "unfinished": report.unfinished,
+        "elapsed_ms": report.elapsed.as_millis() as u64,
+    })
+}
+
+/// How a file SQLite does not take for a database is described.
+const NOT_A_DATABASE: &str =
+    "is not a SQLite database (its header is damaged, or it is another kind of file)";
+
 /// Exit 2 for a file SQLite does not take for a database.
 fn not_a_database(path: &Path, full: bool, json: bool) -> CliResult {
-    let problem =
-        "the file is not a SQLite database (its header is damaged, or it is another kind of file)";
     if json {
-        let v = serde_json::json!({
-            "ok": false,
-            "db": path.display().to_string(),
-            "check": if full { "full" } else { "quick" },
-            "problems": [problem],
-            "virtual_table_problems": [],
-            "data_problems": [],
-            "foreign_key_violations": [],
-            "unfinished": null,
-            "elapsed_ms": 0,
-        });
-        println!("{v}");
+        let report = litebridge::CheckReport {
+            ok: false,
+            problems: vec![format!("the file {NOT_A_DATABASE}")],
+            virtual_table_problems: Vec::new(),
+            data_problems: Vec::new(),
+            foreign_key_violations: Vec::new(),
+            unfinished: None,
+            elapsed: std::time::Duration::ZERO,
+        };
+        println!("{}", as_json(path, full, &report));
     }
-    Err(Failure {
+    Err(damaged(
+        path,
+        json,
+        &format!("{NOT_A_DATABASE}; if it was one,"),
+    ))
+}
+
+/// Exit 2, saying `what` of the file at `path` and the way out (nothing in
+/// JSON mode: the report said it).
+fn damaged(path: &Path, json: bool, what: &str) -> Failure {
+    Failure {
         message: if json {
             String::new()
         } else {
             format!(
-                "{} is not a SQLite database (its header is damaged, or it is another kind of file); if it was one, restore a backup with `litebridge restore --from BACKUP --db {}`",
+                "{} {what} restore a backup with `litebridge restore --from BACKUP --db {}`",
                 path.display(),
                 path.display()
             )
         },
         code: 2,
-    })
+    }
 }
 
 /// Exit 0 when sound, 2 (with the way out) when damaged.
@@ -110,17 +124,6 @@ fn finish(path: &Path, report: &litebridge::CheckReport, json: bool) -> CliResul
     if report.ok {
         Ok(())
     } else {
-        Err(Failure {
-            message: if json {
-                String::new()
-            } else {
-                format!(
-                    "{} is damaged; restore a backup with `litebridge restore --from BACKUP --db {}`",
-                    path.display(),
-                    path.display()
-                )
-            },
-            code: 2,
-        })
+        Err(damaged(path, json, "is damaged;"))
     }
 }

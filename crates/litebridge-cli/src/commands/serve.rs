@@ -256,11 +256,7 @@ pub(crate) async fn http(
     let notify = signalled.clone();
     let grace = s.shutdown_grace();
     let workers = app.service.workers.clone();
-    exit_after_grace(grace, move || {
-        if let Some(w) = &workers {
-            w.kill_now();
-        }
-    });
+    exit_after_grace(grace, move || kill_workers(workers.as_ref()));
     let events = app.events.clone();
     let stopping = app.clone();
     let server = crate::transport::accept::serve(listener, router, limits, async move {
@@ -290,13 +286,7 @@ pub(crate) async fn http(
             deadline = Some(tokio::time::Instant::now() + grace);
             tokio::select! {
                 () = tokio::time::sleep(grace - reserve) => {}
-                // A second signal: leave now, with no worker left behind.
-                () = shutdown_signal() => {
-                    if let Some(w) = &app.service.workers {
-                        w.kill_now();
-                    }
-                    std::process::exit(130);
-                }
+                () = shutdown_signal() => leave_now(&app),
             }
         } => {
             tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
@@ -382,21 +372,12 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
     tokio::pin!(close);
     tokio::select! {
         () = &mut close => {}
-        // A second signal while draining: leave now, with no worker left
-        // behind (review 142).
-        () = shutdown_signal() => {
-            if let Some(w) = &app.service.workers {
-                w.kill_now();
-            }
-            std::process::exit(130);
-        }
+        () = shutdown_signal() => leave_now(app),
         () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
             tracing::warn!(
                 "the shutdown is still under way at the end of the grace period (calls in the workers, or statements in the database): killing the workers and interrupting the database (nothing uncommitted is kept)"
             );
-            if let Some(workers) = &app.service.workers {
-                workers.kill_now();
-            }
+            kill_workers(app.service.workers.as_ref());
             app.service.db.interrupt();
             if tokio::time::timeout_at(deadline, &mut close).await.is_err() {
                 // One step of SQLite can run on past an interrupt (a long
@@ -407,6 +388,21 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
             }
         }
     }
+}
+
+/// Kills the workers at once: none outlives litebridge running a call
+/// nobody waits for (recycled ones too, see `WorkerPool::kill_now`).
+fn kill_workers(workers: Option<&litebridge::workers::Bridge>) {
+    if let Some(w) = workers {
+        w.kill_now();
+    }
+}
+
+/// A second signal while stopping: leave now, with no worker left behind
+/// (review 142).
+fn leave_now(app: &rpc::App) -> ! {
+    kill_workers(app.service.workers.as_ref());
+    std::process::exit(130)
 }
 
 /// Exits the process `grace` after the first SIGTERM or SIGINT, on a thread
