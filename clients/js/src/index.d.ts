@@ -44,6 +44,8 @@ export interface WriteOptions {
    * `OutcomeUnknownError` again with the same key.
    */
   idempotencyKey?: string;
+  /** Rows a statement returns (`RETURNING`) as objects keyed by column (default) or as arrays. */
+  rows?: 'objects' | 'arrays';
 }
 
 export interface CallOptions extends RequestOptions {
@@ -111,9 +113,13 @@ export class Statement {
 /** sql`... ${value} ...`: the values become bound parameters. */
 export function sql(strings: TemplateStringsArray, ...values: Value[]): Statement;
 
-export interface ExecResult {
+export interface ExecResult<R = Row> {
   changes: number;
   last_insert_rowid: number | bigint;
+  /** The columns of the rows it returned, when it returns rows (`RETURNING`). */
+  columns?: string[];
+  /** The rows it returned (`RETURNING`): objects keyed by column, or arrays with `rows: 'arrays'`. */
+  rows?: R[];
 }
 
 export interface LitebridgeEvent {
@@ -129,7 +135,7 @@ export class Client extends EventEmitter {
   request<T = unknown>(method: string, params?: unknown, options?: RequestOptions): Promise<T>;
   query<R = Row>(sql: string | Statement, params?: Params, options?: QueryOptions): Promise<R[]>;
   get<R = Row>(sql: string | Statement, params?: Params, options?: QueryOptions): Promise<R | undefined>;
-  execute(sql: string | Statement, params?: Params, options?: WriteOptions): Promise<ExecResult>;
+  execute<R = Row>(sql: string | Statement, params?: Params, options?: WriteOptions): Promise<ExecResult<R>>;
   batch(
     statements: ({ sql: string; params?: Params } | Statement)[],
     options?: WriteOptions,

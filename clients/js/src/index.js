@@ -68,6 +68,14 @@ function writeOptions(options) {
   return { timeout_ms: ms(options.timeout), idempotency_key: key };
 }
 
+/** A write's result, its returned rows (`RETURNING`) as `query` gives rows. */
+function written(r, options) {
+  if (r && Array.isArray(r.columns) && Array.isArray(r.rows) && options.rows !== 'arrays') {
+    r.rows = objects(r.columns, r.rows);
+  }
+  return r;
+}
+
 /** Rows as objects keyed by column (`__proto__` a column like any other). */
 function objects(columns, rows) {
   const out = new Array(rows.length);
@@ -217,7 +225,9 @@ export class Client extends EventEmitter {
 
   /**
    * One statement that changes data, committed when this resolves:
-   * `{changes, last_insert_rowid}`. Its deadline (`timeout`, ms) is sent
+   * `{changes, last_insert_rowid}`, with `columns` and `rows` (objects
+   * keyed by column, or arrays with `rows: 'arrays'`) when it returns rows
+   * (`INSERT ... RETURNING id`). Its deadline (`timeout`, ms) is sent
    * with it: a write that timed out did not commit. With `idempotencyKey`,
    * the write applies once however often it is sent with that key (the
    * server answers a repeat with the first outcome): the way to send again
@@ -226,13 +236,16 @@ export class Client extends EventEmitter {
   async execute(sqlText, params, options = {}) {
     const [text, values] = statementOf(sqlText, params);
     // A committed write is never reported as a failure: an unsafe rowid is a BigInt (`request`).
-    return this.request('sql.execute', { sql: text, params: values ?? [], ...writeOptions(options) }, options);
+    const r = await this.request('sql.execute', { sql: text, params: values ?? [], ...writeOptions(options) }, options);
+    return written(r, options);
   }
 
   /** Statements (`[{sql, params}]` or sql`` statements) in one transaction. */
   async batch(statements, options = {}) {
     const list = statements.map((s) => (s instanceof Statement ? { sql: s.text, params: s.params } : s));
-    return this.request('sql.batch', { statements: list, ...writeOptions(options) }, options);
+    const r = await this.request('sql.batch', { statements: list, ...writeOptions(options) }, options);
+    if (r && Array.isArray(r.results)) r.results.forEach((one) => written(one, options));
+    return r;
   }
 
   /** One statement for each row of parameters, in one transaction. */

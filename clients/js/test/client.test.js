@@ -46,6 +46,21 @@ test('rows as objects or arrays, values bound, blobs and 64-bit integers exact',
   assert.deepEqual(await c.query(sql`SELECT count(*) AS n FROM t WHERE name = ${inj}`), [{ n: 0 }]);
 });
 
+test('a write answers the rows it returns as query gives rows', async (t) => {
+  const c = client(t);
+  await c.execute('CREATE TABLE n(id INTEGER PRIMARY KEY, body BLOB)');
+  const blob = new Uint8Array([0, 1]);
+  const r = await c.execute('INSERT INTO n(body) VALUES (?1) RETURNING id, body', [blob]);
+  assert.deepEqual(r, { changes: 1, last_insert_rowid: 1, columns: ['id', 'body'], rows: [{ id: 1, body: blob }] });
+  const arrays = await c.execute('UPDATE n SET body = NULL RETURNING id, body', [], { rows: 'arrays' });
+  assert.deepEqual(arrays.rows, [[1, null]]);
+  const { results } = await c.batch([{ sql: 'INSERT INTO n(id) VALUES (5) RETURNING id' }, { sql: 'DELETE FROM n WHERE id = 1' }]);
+  assert.deepEqual(results, [
+    { changes: 1, last_insert_rowid: 5, columns: ['id'], rows: [{ id: 5 }] },
+    { changes: 1, last_insert_rowid: 5 },
+  ]);
+});
+
 test('a write sent again with its idempotency key applies once', async (t) => {
   const c = client(t);
   await c.execute('CREATE TABLE once(x)');

@@ -63,6 +63,16 @@ def _spawn_transport(kind, bin=None, db=None, workers=None, processes=None, fram
     return kind(argv, child_env, shutdown_grace)
 
 
+def _written(r, rows):
+    """A write's result, with the rows it returned shaped as ``query`` shapes rows."""
+    if isinstance(r, dict) and "columns" in r and "rows" in r:
+        if rows == "tuples":
+            r["rows"] = [tuple(row) for row in r["rows"]]
+        else:
+            r["rows"] = [dict(zip(r["columns"], row)) for row in r["rows"]]
+    return r
+
+
 class _Methods:
     """The method table, over ``self._call(method, params)``."""
 
@@ -100,18 +110,28 @@ class _Methods:
         return self._then(self.query(sql, params, timeout=timeout, max_rows=1, lane=lane, rows=rows),
                           lambda r: r[0] if r else None)
 
-    def execute(self, sql, params=(), *, timeout=None, idempotency_key=None):
-        """One statement that changes data, committed when this returns.
+    def execute(self, sql, params=(), *, timeout=None, idempotency_key=None, rows="dicts"):
+        """One statement that changes data, committed when this returns:
+        ``{"changes", "last_insert_rowid"}``, with ``"columns"`` and
+        ``"rows"`` (dicts keyed by column, or tuples with ``rows="tuples"``)
+        when it returns rows (``INSERT ... RETURNING id``).
 
         With ``idempotency_key``, the write applies once however often it is
         sent with that key (a repeat is answered with the first outcome): the
         way to send again a write that raised ``OutcomeUnknownError``."""
-        return self._call("sql.execute", _clean({"sql": sql, "params": params, "timeout_ms": _ms(timeout),
-                                                 "idempotency_key": _key(idempotency_key)}))
+        return self._then(self._call("sql.execute", _clean({"sql": sql, "params": params, "timeout_ms": _ms(timeout),
+                                                            "idempotency_key": _key(idempotency_key)})),
+                          lambda r: _written(r, rows))
 
-    def batch(self, statements, *, timeout=None, idempotency_key=None):
-        return self._call("sql.batch", _clean({"statements": statements, "timeout_ms": _ms(timeout),
-                                               "idempotency_key": _key(idempotency_key)}))
+    def batch(self, statements, *, timeout=None, idempotency_key=None, rows="dicts"):
+        """Statements in one transaction: ``{"results": [...]}``, one result
+        per statement as ``execute`` gives it."""
+        def each(r):
+            for one in r.get("results", ()):
+                _written(one, rows)
+            return r
+        return self._then(self._call("sql.batch", _clean({"statements": statements, "timeout_ms": _ms(timeout),
+                                                          "idempotency_key": _key(idempotency_key)})), each)
 
     def execute_many(self, sql, rows, *, timeout=None, idempotency_key=None):
         return self._call("sql.execute_many", _clean({"sql": sql, "rows": rows, "timeout_ms": _ms(timeout),

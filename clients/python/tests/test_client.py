@@ -60,6 +60,20 @@ class SpawnedTest(unittest.TestCase):
             c.query(many)
         self.assertEqual(len(c.query(many, max_rows=20000)), 20000)
 
+    def test_a_write_answers_the_rows_it_returns_as_query_gives_rows(self):
+        c = self.client
+        c.execute("CREATE TABLE n(id INTEGER PRIMARY KEY, body BLOB)")
+        r = c.execute("INSERT INTO n(body) VALUES (?1) RETURNING id, body", (b"\x00\x01",))
+        self.assertEqual(r, {"changes": 1, "last_insert_rowid": 1, "columns": ["id", "body"],
+                             "rows": [{"id": 1, "body": b"\x00\x01"}]})
+        r = c.execute("UPDATE n SET body = NULL RETURNING id, body", rows="tuples")
+        self.assertEqual(r["rows"], [(1, None)])
+        r = c.batch([{"sql": "INSERT INTO n(id) VALUES (5) RETURNING id"}, {"sql": "DELETE FROM n WHERE id = 1"}])
+        self.assertEqual(r["results"], [
+            {"changes": 1, "last_insert_rowid": 5, "columns": ["id"], "rows": [{"id": 5}]},
+            {"changes": 1, "last_insert_rowid": 5},
+        ])
+
     def test_a_write_sent_again_with_its_idempotency_key_applies_once(self):
         c = self.client
         c.execute("CREATE TABLE once(x)")

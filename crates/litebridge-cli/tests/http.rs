@@ -88,6 +88,59 @@ fn the_http_contract() {
     assert!(n >= 1);
 }
 
+/// A write's returned rows (`RETURNING`) come back beside its changes, in
+/// JSON's mapping of values, and again for a retry with its idempotency
+/// key; a write without them has neither `columns` nor `rows`.
+#[test]
+fn a_write_answers_the_rows_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("r.db"), &[]);
+    let rpc = |id: u64, method: &str, params: Value| {
+        server.rpc(json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id}))
+    };
+    let r = rpc(
+        1,
+        "sql.execute",
+        json!({"sql": "CREATE TABLE n(id INTEGER PRIMARY KEY, body BLOB)"}),
+    );
+    assert_eq!(
+        r["result"],
+        json!({"changes": 0, "last_insert_rowid": 0}),
+        "{r}"
+    );
+    let insert = json!({
+        "sql": "INSERT INTO n(body) VALUES (?1) RETURNING id, body, 1e999 AS far",
+        "params": [{"$blob": "AAE="}],
+        "idempotency_key": "note-1",
+    });
+    let first = rpc(2, "sql.execute", insert.clone());
+    let want = json!({
+        "changes": 1,
+        "last_insert_rowid": 1,
+        "columns": ["id", "body", "far"],
+        "rows": [[1, {"$blob": "AAE="}, {"$real": "Infinity"}]],
+    });
+    assert_eq!(first["result"], want, "{first}");
+    let again = rpc(3, "sql.execute", insert);
+    assert_eq!(again["result"], want, "{again}");
+    let r = rpc(
+        4,
+        "sql.batch",
+        json!({"statements": [
+            {"sql": "UPDATE n SET body = NULL RETURNING id"},
+            {"sql": "DELETE FROM n WHERE id > 5"},
+        ]}),
+    );
+    assert_eq!(
+        r["result"]["results"],
+        json!([
+            {"changes": 1, "last_insert_rowid": 0, "columns": ["id"], "rows": [[1]]},
+            {"changes": 0, "last_insert_rowid": 0},
+        ]),
+        "{r}"
+    );
+}
+
 #[test]
 fn serve_with_python_workers_and_a_bridge_call() {
     let dir = tempfile::tempdir().unwrap();

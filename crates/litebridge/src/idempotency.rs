@@ -20,7 +20,7 @@ use sha2::Digest as _;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::value::ExecResult;
+use crate::value::{ExecResult, Rows, Value};
 
 /// How long a record is kept: a retry later than this runs again.
 pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -89,16 +89,22 @@ pub(crate) fn values_text(values: &impl serde::Serialize) -> String {
 }
 
 /// A write's results as recorded: its fingerprint, the changes of each
-/// statement, and the last inserted rowid where it changed from the
+/// statement, the last inserted rowid where it changed from the
 /// statement before (`[index, rowid]` pairs; none on PostgreSQL, where it
 /// is always 0): SQLite's rowid stays from one insert through the
-/// statements after it, and a batch of ten thousand would repeat it.
-pub(crate) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
+/// statements after it, and a batch of ten thousand would repeat it; and
+/// the rows of each statement that returned some (`[index, {columns,
+/// rows}]` pairs, values as JSON maps them, blobs and infinities tagged).
+pub(crate) fn encode<'a>(
+    fingerprint: &str,
+    results: impl IntoIterator<Item = &'a ExecResult>,
+) -> String {
+    let results = results.into_iter().collect::<Vec<_>>();
     // Each statement's (or row's) count of changes, as runs of equal
     // counts: an `execute_many` of a million rows that each changed one is
     // `[[1, 1000000]]`, not two megabytes.
     let mut runs: Vec<(u64, usize)> = Vec::new();
-    for r in results {
+    for r in &results {
         match runs.last_mut() {
             Some((changes, n)) if *changes == r.changes => *n += 1,
             _ => runs.push((r.changes, 1)),
@@ -114,6 +120,14 @@ pub(crate) fn encode(fingerprint: &str, results: &[ExecResult]) -> String {
         .collect();
     if !rowids.is_empty() {
         record["rowids"] = serde_json::json!(rowids);
+    }
+    let returning: Vec<(usize, &Rows)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.returning.as_deref()?)))
+        .collect();
+    if !returning.is_empty() {
+        record["returning"] = serde_json::json!(returning);
     }
     record.to_string()
 }
@@ -135,7 +149,17 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
         runs: Vec<(u64, usize)>,
         #[serde(default)]
         rowids: Vec<(usize, i64)>,
+        #[serde(default)]
+        returning: Vec<(usize, Returned)>,
     }
+    #[derive(serde::Deserialize)]
+    struct Returned {
+        columns: Vec<String>,
+        rows: Vec<Vec<serde_json::Value>>,
+    }
+    let broken = |what: &str| Error::Internal {
+        message: format!("an idempotency record's {what} do not match its statements"),
+    };
     let stored: Stored = serde_json::from_str(stored).map_err(|_| Error::Internal {
         message: "an idempotency record holds no result (was it made outside litebridge?)".into(),
     })?;
@@ -176,14 +200,35 @@ pub(crate) fn decode(stored: &str, fingerprint: &str) -> Result<Vec<ExecResult>>
             ExecResult {
                 changes,
                 last_insert_rowid: last,
+                returning: None,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
     // Every rowid, in order, of a statement there is.
     if rowids.next().is_some() {
-        return Err(Error::Internal {
-            message: "an idempotency record's rowids do not match its statements".into(),
-        });
+        return Err(broken("rowids"));
+    }
+    let mut results = results;
+    for (i, r) in stored.returning {
+        let slot = match results.get_mut(i) {
+            Some(slot) if slot.returning.is_none() => slot,
+            _ => return Err(broken("returned rows")),
+        };
+        let rows = r
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(Value::from_json)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| broken("returned rows"))?;
+        slot.returning = Some(Box::new(Rows {
+            columns: r.columns,
+            rows,
+            truncated: false,
+        }));
     }
     Ok(results)
 }
@@ -221,6 +266,7 @@ mod tests {
             .map(|(changes, last_insert_rowid)| ExecResult {
                 changes,
                 last_insert_rowid,
+                returning: None,
             })
             .collect();
         let record = encode(&fp, &results);

@@ -306,12 +306,36 @@ pub struct Rows {
 }
 
 /// The result of a statement that writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+///
+/// In JSON: `{"changes": .., "last_insert_rowid": ..}`, with `columns` and
+/// `rows` when the statement returned rows.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ExecResult {
     /// Rows changed by the statement.
     pub changes: u64,
-    /// The rowid of the last row inserted through this connection.
+    /// The rowid of the last row inserted through this connection (0 on
+    /// PostgreSQL: use `RETURNING`).
     pub last_insert_rowid: i64,
+    /// The rows the statement returned, when it returns any columns (a
+    /// `RETURNING` clause): all of them, up to `max_result_bytes` (past it
+    /// the write fails with `too_large` and nothing of it is written).
+    /// `None` for a statement without columns, and for each row of
+    /// `execute_many`, whose rows are not kept.
+    pub returning: Option<Box<Rows>>,
+}
+
+impl Serialize for ExecResult {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let fields = if self.returning.is_some() { 4 } else { 2 };
+        let mut m = s.serialize_map(Some(fields))?;
+        m.serialize_entry("changes", &self.changes)?;
+        m.serialize_entry("last_insert_rowid", &self.last_insert_rowid)?;
+        if let Some(r) = &self.returning {
+            m.serialize_entry("columns", &r.columns)?;
+            m.serialize_entry("rows", &r.rows)?;
+        }
+        m.end()
+    }
 }
 
 /// One statement of a [`batch`](crate::Database::batch).

@@ -327,6 +327,213 @@ async fn batch_is_atomic_body(b: &Backend) {
     assert_eq!(r.iter().map(|r| r.changes).collect::<Vec<_>>(), [1, 1]);
 }
 
+both!(a_write_returns_its_rows, a_write_returns_its_rows_body);
+async fn a_write_returns_its_rows_body(b: &Backend) {
+    create(b).await;
+    let insert = "INSERT INTO items(id, name, qty, price, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+                  RETURNING id, name, qty, price, data";
+    // Twice: the second run of a statement may take another way (one
+    // message, once its connection noted it); the rows come back alike.
+    for id in [7, 8] {
+        let r = b
+            .execute(insert, params![id, "a", i64::MAX, 0.5, vec![0u8, 255]])
+            .await
+            .unwrap();
+        assert_eq!(r.changes, 1);
+        let rows = r.returning.expect("the rows of RETURNING");
+        assert_eq!(rows.columns, ["id", "name", "qty", "price", "data"]);
+        assert_eq!(
+            rows.rows,
+            [[
+                Value::Integer(id),
+                Value::Text("a".into()),
+                Value::Integer(i64::MAX),
+                Value::Real(0.5),
+                Value::Blob(vec![0, 255]),
+            ]]
+        );
+        let _ = b
+            .execute("DELETE FROM items WHERE name = ?1", params!["a"])
+            .await
+            .unwrap();
+    }
+    // Several rows; and none, with their columns.
+    b.execute_many(
+        "INSERT INTO items(id, name) VALUES (?1, ?2)",
+        vec![params![1, "x"], params![2, "y"]],
+    )
+    .await
+    .unwrap();
+    let update = "UPDATE items SET qty = ?1 WHERE id <= ?2 RETURNING id, qty";
+    let r = b.execute(update, params![3, 2]).await.unwrap();
+    assert_eq!(r.changes, 2);
+    let mut rows = r.returning.expect("rows").rows;
+    rows.sort_by_key(|r| format!("{:?}", r[0]));
+    assert_eq!(
+        rows,
+        [
+            [Value::Integer(1), Value::Integer(3)],
+            [Value::Integer(2), Value::Integer(3)]
+        ]
+    );
+    let r = b.execute(update, params![4, 0]).await.unwrap();
+    assert_eq!(r.changes, 0);
+    let none = r.returning.expect("columns without rows");
+    assert_eq!((none.columns.len(), none.rows.len()), (2, 0));
+    // A write without RETURNING has none.
+    let r = b
+        .execute("UPDATE items SET qty = 1 WHERE id = ?1", params![1])
+        .await
+        .unwrap();
+    assert_eq!((r.changes, r.returning), (1, None));
+    // A batch: each statement's own.
+    let r = b
+        .batch(vec![
+            Statement::new(
+                "INSERT INTO items(id, name) VALUES (?1, ?2) RETURNING id",
+                params![9, "c"],
+            ),
+            Statement::new("DELETE FROM items WHERE id = ?1", params![9]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].returning.as_deref().map(|r| &r.rows[..]),
+        Some(&[vec![Value::Integer(9)]][..])
+    );
+    assert_eq!((r[1].changes, &r[1].returning), (1, &None));
+    // `execute_many` keeps none (one statement run per row).
+    let r = b
+        .execute_many(
+            "INSERT INTO items(id, name) VALUES (?1, ?2) RETURNING id",
+            vec![params![10, "d"], params![11, "e"]],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.changes, r.returning), (2, None));
+    // Sent again with its idempotency key: the first answer's rows, with
+    // their types (a blob, a real), and nothing written again.
+    let sql = "INSERT INTO items(id, name, price, data) VALUES (?1, ?2, ?3, ?4) \
+               RETURNING id, price, data, qty";
+    let values = || params![20, "f", 2.0, vec![1u8, 2]];
+    let first = b
+        .execute_with(sql, values(), once(1, "returning"))
+        .await
+        .unwrap();
+    let again = b
+        .execute_with(sql, values(), once(1, "returning"))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        again.returning.expect("rows").rows,
+        [[
+            Value::Integer(20),
+            Value::Real(2.0),
+            Value::Blob(vec![1, 2]),
+            Value::Null
+        ]]
+    );
+    assert_eq!(b.count("items").await, 5);
+}
+
+/// A function that returns nothing (`void`) reads as NULL, run as a read
+/// or as a write (PostgreSQL's `pg_notify` or a procedure-like function;
+/// a write's rows are kept, and a column that cannot be read would fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_void_result_reads_as_null() {
+    let Some((schema, db)) = pg_with(|c| {
+        c.one_message_reads = true;
+        c.one_message_writes = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let (w, q) = as_caller(1);
+    for _ in 0..2 {
+        let r = db
+            .query_with("SELECT pg_sleep(0) AS s", (), q)
+            .await
+            .unwrap();
+        assert_eq!(r.rows, [[Value::Null]]);
+        let r = db
+            .execute_with("SELECT pg_notify('lb_test', ?1) AS n", params!["x"], w)
+            .await
+            .unwrap();
+        assert_eq!(r.returning.expect("a row").rows, [[Value::Null]]);
+    }
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Rows returned past `max_result_bytes` fail the write, and nothing of it
+/// is written; a write after it in the same batch of the writer commits.
+async fn a_write_returning_too_much_writes_nothing_body(b: &Backend) {
+    b.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)", ())
+        .await
+        .unwrap();
+    let insert = "INSERT INTO big (id, body) VALUES (?1, ?2) RETURNING body, body AS again";
+    let huge = "x".repeat(40_000);
+    b.execute_many(
+        "INSERT INTO big (id, body) VALUES (?1, ?2)",
+        vec![params![1, huge.clone()], params![2, huge]],
+    )
+    .await
+    .unwrap();
+    let e = b
+        .execute("UPDATE big SET body = body || 'y' RETURNING body", ())
+        .await
+        .expect_err("80 KB of rows returned, over 50 KB");
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(
+        e.to_string().contains("nothing of the write was kept"),
+        "{e}"
+    );
+    let (e, ok) = tokio::join!(
+        b.execute(insert, params![3, "x".repeat(30_000)]),
+        b.execute(insert, params![4, "small"])
+    );
+    assert_eq!(e.expect_err("60 KB").kind(), ErrorKind::TooLarge);
+    assert_eq!(ok.unwrap().changes, 1);
+    let rows = b
+        .query("SELECT id, length(body) FROM big ORDER BY id", ())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        [
+            [Value::Integer(1), Value::Integer(40_000)],
+            [Value::Integer(2), Value::Integer(40_000)],
+            [Value::Integer(4), Value::Integer(5)]
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_write_returning_too_much_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DbConfig::builder()
+        .max_result_bytes(50_000)
+        .build()
+        .unwrap();
+    let db = Database::open(dir.path().join("t.db"), config)
+        .await
+        .unwrap();
+    a_write_returning_too_much_writes_nothing_body(&Backend::Sqlite(db, std::sync::Arc::new(dir)))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_returning_too_much_writes_nothing() {
+    let Some((schema, db)) = pg_with(|c| c.max_result_bytes = 50_000).await else {
+        return;
+    };
+    a_write_returning_too_much_writes_nothing_body(&Backend::Postgres(db.clone())).await;
+    db.close();
+    schema.drop_now().await;
+}
+
 both!(execute_many_is_atomic, execute_many_is_atomic_body);
 async fn execute_many_is_atomic_body(b: &Backend) {
     create(b).await;
@@ -2369,7 +2576,7 @@ async fn postgres_a_write_in_one_message_does_as_the_long_way_did() {
         vec![
             Statement::new("INSERT INTO w(id) VALUES (?1)", params![n]),
             Statement::new("UPDATE w SET a = ?1 WHERE id > ?2", params![7, 2]),
-            Statement::new("SELECT id FROM w", Params::None),
+            Statement::new("UPDATE w SET a = a WHERE id > ?1", params![0]),
         ]
     };
     let before = db.one_message_writes();
@@ -2473,10 +2680,15 @@ async fn postgres_a_write_in_one_message_does_as_the_long_way_did() {
         .unwrap();
     assert_eq!(n.rows[0][0], Value::Integer(0));
     // A statement a write noted, whose column a read cannot give, is
-    // refused to a read as on the long way.
+    // refused to a read as on the long way (and to the write, whose rows
+    // would have it: nothing of it is kept).
     let interval = "SELECT now() - now() AS d";
     for _ in 0..2 {
-        db.execute_with(interval, (), w).await.unwrap();
+        let e = db
+            .execute_with(interval, (), w)
+            .await
+            .expect_err("its rows have an interval");
+        assert!(e.to_string().contains("\"d\""), "{e}");
     }
     let e = db
         .query_with(interval, (), q)
@@ -3479,7 +3691,7 @@ async fn idempotency_key_applies_once_body(b: &Backend) {
         .execute_many_with("INSERT INTO t VALUES (?1)", rows(), once(1, "m"))
         .await
         .unwrap();
-    assert_eq!((first, first.changes), (again, 2));
+    assert_eq!((first.changes, &first), (2, &again));
     assert_eq!(b.count("t").await, 7);
     // Ten at once with one key: one runs, all answer its result.
     let tasks: Vec<_> = (0..10)

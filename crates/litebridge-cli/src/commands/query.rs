@@ -59,6 +59,9 @@ pub(crate) async fn run(
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
+                if let Some(rows) = &r.returning {
+                    print_table(rows);
+                }
                 println!(
                     "{} row(s) changed; last insert rowid {}",
                     r.changes, r.last_insert_rowid

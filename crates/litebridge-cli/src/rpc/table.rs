@@ -136,7 +136,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.execute",
         scope: Scope::Write,
-        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}. Transactions, ATTACH and engine settings are not allowed.",
+        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}, with {columns, rows} when it returns rows (a RETURNING clause: `INSERT ... RETURNING id` gives the new id on either database). Transactions, ATTACH and engine settings are not allowed.",
         example: r#"{"sql":"CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)"}"#,
         handler: handler::<super::sql::SqlExecute>(),
         read_only: false,
@@ -145,7 +145,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.batch",
         scope: Scope::Write,
-        description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement.",
+        description: "Run several statements in one transaction: all commit or none does. Returns {results}, one {changes, last_insert_rowid} per statement (with {columns, rows} for one that returns rows).",
         example: r#"{"statements":[{"sql":"INSERT INTO notes(body) VALUES (?1)","params":["first"]},{"sql":"UPDATE notes SET body = upper(body) WHERE body = :b","params":{":b":"first"}}]}"#,
         handler: handler::<super::sql::SqlBatch>(),
         read_only: false,
@@ -154,7 +154,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.execute_many",
         scope: Scope::Write,
-        description: "Run one statement once per parameter row, in one transaction. Returns {changes}.",
+        description: "Run one statement once per parameter row, in one transaction. Returns {changes} (rows a RETURNING clause returns are not kept: use batch for those).",
         example: r#"{"sql":"INSERT INTO notes(body) VALUES (?1)","rows":[["second"],["third"]]}"#,
         handler: handler::<super::sql::SqlExecuteMany>(),
         read_only: false,

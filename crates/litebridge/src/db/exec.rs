@@ -387,6 +387,25 @@ fn collect_rows(
     max_bytes: usize,
 ) -> Result<Rows> {
     bind(&mut stmt, params)?;
+    collect(
+        &mut stmt,
+        max_rows,
+        max_bytes,
+        "the query's result",
+        "; db.max_result_bytes, or ask for fewer rows with max_rows",
+    )
+}
+
+/// Steps `stmt` (bound already) through its rows, keeping up to
+/// `max_rows` and refusing past `max_bytes` of values (`what` names the
+/// rows, `advice` follows the count in the error).
+fn collect(
+    stmt: &mut Statement<'_>,
+    max_rows: Option<usize>,
+    max_bytes: usize,
+    what: &str,
+    advice: &str,
+) -> Result<Rows> {
     let ncols = stmt.column_count();
     let columns = (0..ncols)
         .map(|i| stmt.column_name(i).map(str::to_owned))
@@ -411,10 +430,7 @@ fn collect_rows(
             };
             if bytes > max_bytes {
                 return Err(Error::TooLarge {
-                    what: format!(
-                        "the query's result ({} rows so far; db.max_result_bytes, or ask for fewer rows with max_rows)",
-                        out.len()
-                    ),
+                    what: format!("{what} ({} rows so far{advice})", out.len()),
                     limit: max_bytes as u64,
                 });
             }
@@ -445,18 +461,33 @@ fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
         .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
 }
 
-/// Runs one statement for its effect, stepping through any rows it returns
+/// What becomes of the rows a write returns (`RETURNING`, or a `SELECT`
+/// run as a write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Returned {
+    /// Kept in its result, up to the writer's `max_result_bytes`.
+    Keep,
+    /// Stepped through (`execute_many`'s rows).
+    Discard,
+}
+
+/// Runs one statement for its effect, keeping any rows it returns
 /// (`RETURNING`), and reports the changes.
 pub(crate) fn execute(conn: &Connection, sql: &str, params: &Params) -> Result<ExecResult> {
     let mut stmt = prepare(conn, sql)?;
-    execute_prepared(conn, &mut stmt, params)
+    execute_prepared(conn, &mut stmt, params, Returned::Keep)
 }
 
 /// As [`execute`], with a statement already prepared.
+///
+/// A write's changes are made by its first step, whatever becomes of its
+/// rows: rows past `max_result_bytes` fail it with changes made, which the
+/// writer undoes as any failed write's (see `group_commit`).
 pub(crate) fn execute_prepared(
     conn: &Connection,
     stmt: &mut Prepared<'_>,
     params: &Params,
+    returned: Returned,
 ) -> Result<ExecResult> {
     bind(stmt, params)?;
     if stmt.maintenance {
@@ -466,10 +497,27 @@ pub(crate) fn execute_prepared(
     }
     let before = conn.total_changes();
     let ddl = stmt.ddl;
-    if ddl.any {
-        schema_change(conn, ddl, || step_through(stmt))
+    let keep = returned == Returned::Keep && stmt.column_count() > 0;
+    let run = |stmt: &mut Statement<'_>| -> Result<Option<Box<Rows>>> {
+        if keep {
+            let rows = collect(
+                stmt,
+                None,
+                guard::result_limit(),
+                "the rows the write returned",
+                "; db.max_result_bytes; nothing of the write was kept",
+            )?;
+            Ok(Some(Box::new(rows)))
+        } else {
+            let mut rows = stmt.raw_query();
+            while rows.next()?.is_some() {}
+            Ok(None)
+        }
+    };
+    let returning = if ddl.any {
+        schema_change(conn, ddl, || run(stmt))
     } else {
-        step_through(stmt)
+        run(stmt)
     }
     .map_err(|e| too_big(conn, e))?;
     // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so a
@@ -478,13 +526,8 @@ pub(crate) fn execute_prepared(
     Ok(ExecResult {
         changes: if changed { conn.changes() } else { 0 },
         last_insert_rowid: conn.last_insert_rowid(),
+        returning,
     })
-}
-
-fn step_through(stmt: &mut Statement<'_>) -> Result<()> {
-    let mut rows = stmt.raw_query();
-    while rows.next()?.is_some() {}
-    Ok(())
 }
 
 /// Runs a client statement that changes the schema, on the writer.

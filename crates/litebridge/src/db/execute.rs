@@ -115,7 +115,10 @@ impl Future for Execute<'_> {
                         let run = move |conn: &rusqlite::Connection| {
                             let mut stmt = super::exec::prepare(conn, &sql)?;
                             Ok(vec![super::exec::execute_prepared(
-                                conn, &mut stmt, &params,
+                                conn,
+                                &mut stmt,
+                                &params,
+                                super::exec::Returned::Keep,
                             )?])
                         };
                         this.state = State::Once(Box::pin(this.inner.submit_once(

@@ -211,7 +211,12 @@ impl ExecJob {
 
     fn run<'c>(&mut self, conn: &'c Connection, slot: &mut StatementSlot<'c>) -> Result<()> {
         let stmt = slot.get(conn, &self.sql, self.budget.trusted)?;
-        self.result = Some(exec::execute_prepared(conn, stmt, &self.params)?);
+        self.result = Some(exec::execute_prepared(
+            conn,
+            stmt,
+            &self.params,
+            exec::Returned::Keep,
+        )?);
         Ok(())
     }
 
@@ -374,6 +379,8 @@ pub(crate) struct Limits {
     pub(crate) max_hold: std::time::Duration,
     /// `DbConfig::max_schema_objects` and `max_schema_bytes`.
     pub(crate) max_schema: (usize, usize),
+    /// `DbConfig::max_result_bytes`.
+    pub(crate) max_result_bytes: usize,
 }
 
 /// Runs up to the first `n` requests of `queued` as one transaction, answers
@@ -537,6 +544,7 @@ fn run_pass(
         let rules = (!job.budget().trusted).then(|| guard::WriterRules {
             hold: (at + limits.max_hold, limits.max_hold),
             max_schema: limits.max_schema,
+            max_result_bytes: limits.max_result_bytes,
         });
         let savepoint = careful || job.multi();
         if savepoint && let Err(e) = run_cached(conn, &guard::internal_sql().savepoint) {

@@ -226,6 +226,9 @@ pub(crate) struct WriterRules {
     /// It may create schema objects while the schema holds fewer than this
     /// many objects and bytes of SQL (`DbConfig::max_schema_objects`, `_bytes`).
     pub(crate) max_schema: (usize, usize),
+    /// The most bytes of rows a statement may return (`RETURNING`;
+    /// `DbConfig::max_result_bytes`).
+    pub(crate) max_result_bytes: usize,
 }
 
 /// Enters an operation on this thread until the returned scope drops.
@@ -391,6 +394,17 @@ pub(crate) fn schema_limits() -> Option<(usize, usize)> {
         c.borrow()
             .as_ref()
             .and_then(|cur| cur.writer.map(|w| w.max_schema))
+    })
+}
+
+/// The most bytes of rows the client write running on this thread may
+/// return; no bound for litebridge's own.
+pub(crate) fn result_limit() -> usize {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|cur| cur.writer.map(|w| w.max_result_bytes))
+            .unwrap_or(usize::MAX)
     })
 }
 

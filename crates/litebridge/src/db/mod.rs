@@ -829,13 +829,14 @@ impl Database {
             let mut stmt = exec::prepare(conn, &sql)?;
             let mut changes = 0;
             for (i, p) in rows.iter().enumerate() {
-                changes += exec::execute_prepared(conn, &mut stmt, p)
+                changes += exec::execute_prepared(conn, &mut stmt, p, exec::Returned::Discard)
                     .map_err(|e| e.at("rows", i))?
                     .changes;
             }
             Ok(ExecResult {
                 changes,
                 last_insert_rowid: conn.last_insert_rowid(),
+                returning: None,
             })
         };
         match (options.idempotency_key, fingerprint) {

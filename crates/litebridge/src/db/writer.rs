@@ -377,6 +377,7 @@ fn writer_loop(
                 check_deferred_fks: check_fks,
                 max_hold: config.max_write_hold,
                 max_schema: (config.max_schema_objects, config.max_schema_bytes),
+                max_result_bytes: config.max_result_bytes,
             };
             commit_batch(
                 conn,

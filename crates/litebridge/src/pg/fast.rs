@@ -212,6 +212,7 @@ pub(super) fn cell(ty: &Type, text: Option<&str>) -> Result<Value, BoxError> {
         Type::FLOAT4 => real(f64::from(text.parse::<f32>()?)),
         Type::FLOAT8 => real(text.parse::<f64>()?),
         Type::BYTEA => Value::Blob(bytea(text)?),
+        Type::VOID => Value::Null,
         // `"char"`: one byte, printed as nothing for 0 and as `\ooo` past
         // ASCII; read as the binary reading reads the byte.
         Type::CHAR => {
@@ -325,6 +326,11 @@ impl PgDatabase {
                 noted = Some((&p.sql, found));
             }
             let (_, (name, stmt)) = noted.as_ref()?;
+            // A statement that returns rows (`RETURNING`) goes the long way,
+            // where they are read as typed values.
+            if !stmt.columns().is_empty() {
+                return None;
+            }
             sql.push_str(&execute(name, stmt.params(), &p.values)?);
             sql.push_str("; ");
         }
@@ -490,16 +496,15 @@ impl PgDatabase {
         });
         sql.push_str(&write.statements);
         let mut done: Vec<Done> = Vec::with_capacity(write.count);
-        // Rows a statement answers (one that is a `SELECT`, or has a
-        // `RETURNING` clause) are not kept, as on the long way.
+        // No statement here returns rows (see `write_message`).
         let answered = answer(conn, &sql, timeout, |i, m| {
             if let (1.., M::CommandComplete(changes)) = (i, m) {
                 done.push(Done {
                     result: ExecResult {
                         changes,
                         last_insert_rowid: 0,
+                        returning: None,
                     },
-                    rows: None,
                     token: None,
                 });
             }

@@ -764,9 +764,9 @@ impl PgDatabase {
     pub(crate) async fn own_write_rows(&self, sql: &str, params: Params) -> Result<Rows> {
         let p = Prepared::own(sql, params)?;
         let d = self
-            .write_one(Who::Own, p, WriteOptions::default(), Shape::Returning)
+            .write_one(Who::Own, p, WriteOptions::default(), Shape::Each)
             .await?;
-        Ok(d.rows.unwrap_or_default())
+        Ok(d.result.returning.map(|r| *r).unwrap_or_default())
     }
 
     /// Writes of the stores in one transaction.
@@ -1385,6 +1385,7 @@ impl PgDatabase {
         let result = ExecResult {
             changes: done.iter().map(|d| d.result.changes).sum(),
             last_insert_rowid: 0,
+            returning: None,
         };
         Ok((result, done.first().and_then(|d| d.token)))
     }
@@ -1701,15 +1702,20 @@ impl PgDatabase {
                     let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
                     let conn = &conn;
                     async move {
-                        if shape == Shape::Returning {
-                            let rows =
-                                read_rows(conn, stmt, &p.values, usize::MAX, max_bytes).await?;
+                        // Rows a statement returns (`RETURNING`) are kept,
+                        // but not each row's of `execute_many`.
+                        if shape == Shape::Each && !stmt.columns().is_empty() {
+                            readable_columns(stmt)?;
+                            let (rows, affected) =
+                                stream_rows(conn, stmt, &p.values, usize::MAX, max_bytes)
+                                    .await
+                                    .map_err(returned_too_large)?;
                             return Ok(Done {
                                 result: ExecResult {
-                                    changes: rows.rows.len() as u64,
+                                    changes: affected.unwrap_or(rows.rows.len() as u64),
                                     last_insert_rowid: 0,
+                                    returning: Some(Box::new(rows)),
                                 },
-                                rows: Some(rows),
                                 token: None,
                             });
                         }
@@ -1721,8 +1727,8 @@ impl PgDatabase {
                             result: ExecResult {
                                 changes,
                                 last_insert_rowid: 0,
+                                returning: None,
                             },
-                            rows: None,
                             token: None,
                         })
                     }
@@ -1819,12 +1825,11 @@ impl PgDatabase {
             let settled = async {
                 let r = match (&claim, &settle, &fingerprint) {
                     (Some(k), Some(stmt), Some(fp)) => {
-                        let r: Vec<ExecResult> = results.iter().map(|d| d.result).collect();
                         let record = if self.inner.faults.take_fail_settle() {
                             // A record too large, which the server refuses.
                             "r".repeat(1_000_001)
                         } else {
-                            crate::idempotency::encode(fp, &r)
+                            crate::idempotency::encode(fp, results.iter().map(|d| &d.result))
                         };
                         conn.execute(stmt, &[k, &record]).await.map(|_| ())
                     }
@@ -2003,11 +2008,7 @@ impl PgDatabase {
         };
         Ok(results?
             .into_iter()
-            .map(|result| Done {
-                result,
-                rows: None,
-                token,
-            })
+            .map(|result| Done { result, token })
             .collect())
     }
 
@@ -2376,8 +2377,6 @@ enum Shape {
     Each,
     /// One statement, once per parameter set (`execute_many`).
     Rows,
-    /// One statement whose rows are read (`RETURNING`).
-    Returning,
 }
 
 impl Shape {
@@ -2395,7 +2394,6 @@ impl Shape {
 #[derive(Default)]
 struct Done {
     result: ExecResult,
-    rows: Option<Rows>,
     /// The transaction's position in the log, when replicas are configured.
     token: Option<Token>,
 }
@@ -2436,6 +2434,20 @@ async fn read_rows(
     max_rows: usize,
     max_bytes: usize,
 ) -> Result<Rows> {
+    Ok(stream_rows(conn, stmt, values, max_rows, max_bytes)
+        .await?
+        .0)
+}
+
+/// As [`read_rows`], with the count of rows the statement affected (as
+/// its command tag says: `INSERT 0 3`) when all its rows were read.
+async fn stream_rows(
+    conn: &Object,
+    stmt: &PgStatement,
+    values: &[Value],
+    max_rows: usize,
+    max_bytes: usize,
+) -> Result<(Rows, Option<u64>)> {
     let timeout = Duration::ZERO;
     let columns = names(stmt.columns());
     let stream = conn
@@ -2468,11 +2480,28 @@ async fn read_rows(
         }
         rows.push(out);
     }
-    Ok(Rows {
-        columns,
-        rows,
-        truncated,
-    })
+    let affected = stream.rows_affected();
+    Ok((
+        Rows {
+            columns,
+            rows,
+            truncated,
+        },
+        affected,
+    ))
+}
+
+/// [`too_large`] of the rows a write returned: the write fails, and
+/// nothing of it commits.
+fn returned_too_large(e: Error) -> Error {
+    match e {
+        Error::TooLarge { limit, .. } => Error::TooLarge {
+            what: "the rows the write returned (postgres.max_result_bytes); nothing of the write was kept"
+                .into(),
+            limit,
+        },
+        e => e,
+    }
 }
 
 /// A read refused past `postgres.max_result_bytes`.

@@ -237,6 +237,7 @@ pub(crate) fn readable(ty: &Type) -> bool {
             | Type::TIME
             | Type::TIMESTAMP
             | Type::TIMESTAMPTZ
+            | Type::VOID
     ) || ty.name() == "citext"
 }
 
@@ -266,6 +267,9 @@ impl<'a> FromSql<'a> for Cell {
             Type::TIME => Value::Text(time_of_day(i64::from_sql(ty, raw)?)),
             Type::TIMESTAMP => Value::Text(timestamp(i64::from_sql(ty, raw)?, "")),
             Type::TIMESTAMPTZ => Value::Text(timestamp(i64::from_sql(ty, raw)?, "+00")),
+            // What a function that returns nothing returns (`SELECT
+            // pg_notify(..)` run as a write).
+            Type::VOID => Value::Null,
             _ => text(raw)?,
         }))
     }

@@ -249,8 +249,8 @@ impl PgDatabase {
                         result: ExecResult {
                             changes: changes[k],
                             last_insert_rowid: 0,
+                            returning: None,
                         },
-                        rows: None,
                         token,
                     };
                     // Counted before it is answered: a caller that has its
@@ -407,8 +407,8 @@ fn committed_unknown(changes: u64, track: bool) -> Done {
         result: ExecResult {
             changes,
             last_insert_rowid: 0,
+            returning: None,
         },
-        rows: None,
         token: track.then(unknown_position),
     }
 }
