@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// litebridge: a resilient SQLite service and process bridge.
 #[derive(Debug, Parser)]
-#[command(name = "litebridge", version, about, propagate_version = true)]
+#[command(name = "litebridge", version = crate::VERSION, about, propagate_version = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

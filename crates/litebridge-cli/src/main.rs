@@ -21,6 +21,14 @@ use clap::Parser as _;
 
 use cli::{Cli, Command};
 
+/// This build's version and the commit it was built from (`build.rs`).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("LB_BUILD_COMMIT"),
+    ")"
+);
+
 // Requests are allocated on runtime threads and freed on the writer thread;
 // glibc's arenas serialize that on a lock (a fifth of the CPU of a write-heavy
 // run), mimalloc's per-thread free lists do not.

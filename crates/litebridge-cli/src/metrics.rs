@@ -117,9 +117,28 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The metrics of `service` now.
-pub(crate) fn render(service: &Service) -> String {
+/// The metrics of `service` now, with the backups' state when backups
+/// are configured (read off the runtime by the caller: a listing of a
+/// directory).
+pub(crate) fn render(service: &Service, backups: Option<&Backups>) -> String {
     let mut o = Out(String::with_capacity(4096));
+    o.metric(
+        "build_info",
+        "gauge",
+        "This build: its version and the commit it was built from (1).",
+    );
+    o.value(
+        "build_info",
+        &format!(
+            "version=\"{}\",commit=\"{}\"",
+            env!("CARGO_PKG_VERSION"),
+            env!("LB_BUILD_COMMIT")
+        ),
+        1.0,
+    );
+    if let Some(b) = backups {
+        backup_metrics(&mut o, b);
+    }
     request_metrics(&mut o);
     db_metrics(&mut o, &service.db.stats());
     if let Some(pg) = service.db.postgres() {
@@ -133,6 +152,50 @@ pub(crate) fn render(service: &Service) -> String {
         }
     }
     o.0
+}
+
+/// The backups in `backup.dir` (`backups::list`), for an alert on their age.
+pub(crate) struct Backups {
+    /// How many there are.
+    pub(crate) count: usize,
+    /// The newest one's age, by its file's modification time.
+    pub(crate) newest_age: Option<Duration>,
+}
+
+impl Backups {
+    /// Reads `policy.dir` for the backups of `db` (blocks: a listing).
+    pub(crate) fn read(
+        policy: &litebridge::backups::BackupPolicy,
+        db: &std::path::Path,
+    ) -> Backups {
+        let all = litebridge::backups::list(&policy.dir, db);
+        let newest_age = all
+            .first()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| m.modified().ok())
+            .map(|t| t.elapsed().unwrap_or_default());
+        Backups {
+            count: all.len(),
+            newest_age,
+        }
+    }
+}
+
+fn backup_metrics(o: &mut Out, b: &Backups) {
+    o.single(
+        "backups",
+        "gauge",
+        "Backups of the database in backup.dir.",
+        b.count as f64,
+    );
+    if let Some(age) = b.newest_age {
+        o.single(
+            "backup_newest_age_seconds",
+            "gauge",
+            "Age of the newest backup in backup.dir, by its file's modification time (absent when there is none).",
+            secs(age),
+        );
+    }
 }
 
 /// JSON-RPC requests by method and outcome, and their latency.

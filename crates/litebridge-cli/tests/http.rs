@@ -141,6 +141,67 @@ fn a_write_answers_the_rows_it_returns() {
     );
 }
 
+/// `/metrics` names the build (version and commit, as `--version` does)
+/// and, with backups configured, how many there are and the newest one's
+/// age (an operator's audit: nothing to alert on when backups stopped).
+#[test]
+fn metrics_name_the_build_and_the_backups_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let server = Server::start_with(
+        &dir.path().join("m.db"),
+        &[],
+        &[
+            ("LITEBRIDGE_BACKUP_DIR", backups.to_str().unwrap()),
+            ("LITEBRIDGE_BACKUP_ENABLED", "false"),
+        ],
+    );
+    let metrics = || {
+        let (status, body) = server.request("GET", "/metrics", None, b"");
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    };
+    let version = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    // `litebridge 0.1.0 (0123456789ab)`: the commit git names, when built from a checkout.
+    let (semver, commit) = version
+        .trim()
+        .strip_prefix("litebridge ")
+        .and_then(|v| v.strip_suffix(')'))
+        .and_then(|v| v.split_once(" ("))
+        .unwrap_or_else(|| panic!("{version}"));
+    if let Ok(head) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        && head.status.success()
+    {
+        assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim());
+    }
+    let text = metrics();
+    let info = format!(r#"litebridge_build_info{{version="{semver}",commit="{commit}"}} 1"#);
+    assert!(text.contains(&info), "{text}");
+    assert!(text.contains("litebridge_backups 0"), "{text}");
+    assert!(
+        !text.contains("litebridge_backup_newest_age_seconds"),
+        "{text}"
+    );
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": "admin.backup", "id": 1}));
+    assert!(r.get("result").is_some(), "{r}");
+    let text = metrics();
+    assert!(text.contains("litebridge_backups 1"), "{text}");
+    let age = text
+        .lines()
+        .find_map(|l| l.strip_prefix("litebridge_backup_newest_age_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!((0.0..60.0).contains(&age), "{age}");
+    server.stop();
+}
+
 #[test]
 fn serve_with_python_workers_and_a_bridge_call() {
     let dir = tempfile::tempdir().unwrap();

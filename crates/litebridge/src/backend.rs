@@ -342,7 +342,7 @@ impl Backend {
     /// A read of litebridge's own tables.
     pub(crate) async fn own_query(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
         match self {
-            Backend::Sqlite(db) => db.query_trusted(sql, params).await,
+            Backend::Sqlite(db) => db.query_trusted(sql, params).await.map_err(unmigrated),
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.own_query(sql, params.into()).await,
         }
@@ -355,7 +355,7 @@ impl Backend {
         params: impl Into<Params>,
     ) -> Result<ExecResult> {
         match self {
-            Backend::Sqlite(db) => db.execute_trusted(sql, params).await,
+            Backend::Sqlite(db) => db.execute_trusted(sql, params).await.map_err(unmigrated),
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.own_execute(&sql, params.into()).await,
         }
@@ -381,7 +381,7 @@ impl Backend {
         statements: Vec<(String, Params)>,
     ) -> Result<Vec<ExecResult>> {
         match self {
-            Backend::Sqlite(db) => db.batch_trusted(statements).await,
+            Backend::Sqlite(db) => db.batch_trusted(statements).await.map_err(unmigrated),
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.own_batch(statements).await,
         }
@@ -407,10 +407,34 @@ impl Backend {
         params: impl Into<Params>,
     ) -> Result<Rows> {
         match self {
-            Backend::Sqlite(db) => db.write_returning_trusted(sql, params.into()).await,
+            Backend::Sqlite(db) => db
+                .write_returning_trusted(sql, params.into())
+                .await
+                .map_err(unmigrated),
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.own_write_rows(&sql, params.into()).await,
         }
+    }
+}
+
+/// A store's statement that met none of litebridge's tables on SQLite: they
+/// are made by `store::migrate` (a [`Service`](crate::Service) runs it),
+/// which a store made with `new` on a database of its own does not run.
+fn unmigrated(e: Error) -> Error {
+    match e {
+        Error::Sql {
+            code,
+            extended_code,
+            message,
+        } if message.contains("no such table: main.litebridge_") => Error::Sql {
+            code,
+            extended_code,
+            message: format!(
+                "{message} (litebridge's tables are not made yet: call \
+                 `litebridge::store::migrate(&db)` once after opening the database, or use a `Service`)"
+            ),
+        },
+        e => e,
     }
 }
 

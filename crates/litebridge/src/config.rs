@@ -235,6 +235,13 @@ pub struct DbConfig {
     /// values at once (a row of many columns, each under the length limit).
     /// Must leave room for the page cache (`cache_size`) and one result
     /// (`max_result_bytes`). Default: [`DEFAULT_MAX_REQUEST_MEMORY`].
+    ///
+    /// Enforced through SQLite's allocator, which can only be set before
+    /// SQLite first runs in the process: if anything else used SQLite first
+    /// (another crate, [`rusqlite`] directly), it is not enforced, and one
+    /// long step of a statement is not stopped at its deadline from inside
+    /// the allocator either (a warning is logged through `tracing`). Call
+    /// [`crate::install_memory_budgets`] first thing to make sure.
     pub max_request_memory: usize,
     /// The most objects (tables, indexes, views, triggers) the schema may
     /// hold for client SQL to create another: every connection re-reads the

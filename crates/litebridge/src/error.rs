@@ -534,6 +534,29 @@ impl Error {
         }
     }
 
+    /// `invalid_argument` of `params`: the statement takes `expected`
+    /// parameters, and `given` were given.
+    pub(crate) fn wrong_parameter_count(expected: usize, given: usize) -> Error {
+        let plural = |n: usize, one: &str, many: &str| {
+            if n == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        let given = match given {
+            0 => "none were given".to_owned(),
+            n => plural(n, "was given", "were given"),
+        };
+        Error::invalid(
+            "params",
+            format!(
+                "the statement takes {}, {given}",
+                plural(expected, "parameter", "parameters")
+            ),
+        )
+    }
+
     /// A suggested wait before retrying, for errors that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -647,10 +670,9 @@ impl From<rusqlite::Error> for Error {
             rusqlite::Error::InvalidParameterName(name) => {
                 Error::invalid(name, "the statement has no parameter of this name")
             }
-            rusqlite::Error::InvalidParameterCount(given, expected) => Error::invalid(
-                "params",
-                format!("the statement takes {expected} parameters, {given} were given"),
-            ),
+            rusqlite::Error::InvalidParameterCount(given, expected) => {
+                Error::wrong_parameter_count(expected, given)
+            }
             rusqlite::Error::MultipleStatement => Error::invalid(
                 "sql",
                 "only one statement is allowed here; use batch for several",

@@ -111,6 +111,16 @@ pub use service::{Service, ServiceConfig};
 pub use stats::{DbStats, LatencySnapshots};
 pub use value::{ExecResult, Params, Rows, Statement, Value};
 
+/// Sets SQLite's allocator up for litebridge's per-request memory budgets
+/// ([`DbConfig::max_request_memory`]) if SQLite has not run yet in this
+/// process, and returns whether they are enforced. Opening a database does
+/// it too; an application that uses SQLite in other ways as well calls it
+/// first, before them (after them it returns false: SQLite's allocator
+/// cannot change once SQLite ran).
+pub fn install_memory_budgets() -> bool {
+    db::heap::install()
+}
+
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -201,6 +201,82 @@ impl From<Vec<u8>> for Value {
         Value::Blob(v)
     }
 }
+impl From<f32> for Value {
+    fn from(v: f32) -> Value {
+        Value::Real(f64::from(v))
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Value {
+        Value::Blob(v.to_vec())
+    }
+}
+
+/// An unsigned integer past `i64::MAX` has no SQLite INTEGER: refused, not
+/// wrapped.
+macro_rules! try_from_unsigned {
+    ($($t:ty),*) => {$(
+        impl TryFrom<$t> for Value {
+            type Error = Error;
+            fn try_from(v: $t) -> Result<Value> {
+                i64::try_from(v).map(Value::Integer).map_err(|_| {
+                    Error::invalid(
+                        "params",
+                        format!("{v} does not fit in a 64-bit signed integer"),
+                    )
+                })
+            }
+        }
+    )*};
+}
+try_from_unsigned!(u64, usize);
+
+/// Reading a value of a known type (`None` for any other type).
+impl Value {
+    /// The integer, for an INTEGER.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The number, for a REAL or an INTEGER.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Real(f) => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    /// The text, for TEXT.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The bytes, for a BLOB.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Blob(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Whether it is NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
 impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Value {
         v.map_or(Value::Null, Into::into)
@@ -361,6 +437,21 @@ impl Statement {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_convert_from_rust_types_and_read_back() {
+        let name = String::from("ada");
+        let bytes: &[u8] = &[0, 255];
+        assert_eq!(Value::from(&name).as_str(), Some("ada"));
+        assert_eq!(Value::from(bytes).as_bytes(), Some(bytes));
+        assert_eq!(Value::from(0.5f32).as_f64(), Some(0.5));
+        assert_eq!(Value::from(7).as_f64(), Some(7.0));
+        assert_eq!(Value::try_from(7u64).unwrap().as_i64(), Some(7));
+        let e = Value::try_from(u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("18446744073709551615"), "{e}");
+        assert!(Value::from(None::<i64>).is_null());
+        assert_eq!(Value::Text("7".into()).as_i64(), None);
+    }
 
     #[test]
     fn json_round_trip_is_exact_for_64_bit_integers() {

@@ -535,3 +535,44 @@ async fn queries_stopped_while_their_rows_are_read_leave_the_lanes_whole() {
         .unwrap();
     }
 }
+
+/// After `interrupt`, every request is refused as `unavailable`, short ones
+/// too (which never meet the progress handler): a one-row write, a batch,
+/// a closure and reads on both lanes; nothing more is written (a Rust
+/// user's review: all of them ran and committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_interrupt_every_request_is_refused_and_nothing_is_written() {
+    let (dir, db) = open_kv(common::config()).await;
+    insert(&db, 1).await.unwrap();
+    db.interrupt();
+    let refused = |e: litebridge::Error| {
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("shutting down"), "{e}");
+    };
+    refused(insert(&db, 2).await.unwrap_err());
+    refused(
+        db.batch(
+            vec![Statement::new("INSERT INTO kv VALUES (3, 'x')", ())],
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err(),
+    );
+    refused(
+        db.write(|c| Ok(c.execute("INSERT INTO kv VALUES (4, 'x')", [])?))
+            .await
+            .unwrap_err(),
+    );
+    refused(db.query("SELECT 1", ()).await.unwrap_err());
+    let heavy = QueryOptions {
+        lane: Lane::Heavy,
+        ..QueryOptions::default()
+    };
+    refused(db.query_with("SELECT 1", (), heavy).await.unwrap_err());
+    db.close().await;
+    let db = litebridge::Database::open(dir.path().join("test.db"), DbConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
+    db.close().await;
+}

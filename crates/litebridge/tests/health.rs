@@ -141,3 +141,18 @@ async fn writes_are_refused_once_the_database_file_is_removed_or_replaced() {
         assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
     }
 }
+
+/// A closed database's health says it was closed, not that its log "was
+/// removed while litebridge had it open" (closing removes it: a review).
+#[tokio::test]
+async fn a_closed_database_says_it_was_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = litebridge::Database::open(dir.path().join("c.db"), litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE t(x)", ()).await.unwrap();
+    db.close().await;
+    let health = db.health();
+    assert!(!health.healthy);
+    assert_eq!(health.problems, ["it was closed (Database::close)"]);
+}

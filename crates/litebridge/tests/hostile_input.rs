@@ -40,6 +40,31 @@ async fn injection_through_parameters_is_just_data() {
 
 /// Two names that bind one parameter (`a` and `:a`, or `:a` twice): which
 /// value it took would depend on their order. Refused, naming the second.
+/// A NaN is refused naming its parameter: SQLite would store NULL in its
+/// place, and a value never comes back changed (a Rust user's review).
+#[tokio::test]
+async fn a_nan_is_refused_naming_its_parameter() {
+    let (_dir, db) = open_kv(config()).await;
+    let e = db
+        .execute("INSERT INTO kv VALUES (1, ?1)", params![f64::NAN])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.to_string().contains("params[0]") && e.to_string().contains("NaN"),
+        "{e}"
+    );
+    let named = Params::Named(vec![(":v".into(), Value::Real(f64::NAN))]);
+    let e = db.query("SELECT :v", named).await.unwrap_err();
+    assert!(e.to_string().contains(":v"), "{e}");
+    assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 0);
+    let e = db.query("SELECT ?1", ()).await.unwrap_err();
+    assert!(
+        e.to_string().contains("takes 1 parameter, none were given"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn two_names_for_one_parameter_are_refused() {
     let (_dir, db) = open_kv(config()).await;

@@ -46,6 +46,7 @@ async fn one_read_request_holds_gigabytes() {
     )
     .await
     .unwrap();
+    assert!(litebridge::install_memory_budgets(), "budgets enforced");
     let before = peak_rss_mb();
     let wide = wide_row(120);
     for (sql, lane) in [

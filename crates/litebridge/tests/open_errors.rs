@@ -37,6 +37,65 @@ async fn a_missing_directory_and_an_unwritable_location() {
     assert!(!std::path::Path::new("/proc/litebridge-test.db").exists());
 }
 
+/// A database file litebridge's user may read but not write, in a
+/// directory it may write, is refused at open, naming the file: SQLite
+/// opened it read-only without a word, and every write failed as
+/// `read_only` (a review). Run as root, the test runs itself again as
+/// `nobody` (root may write any file).
+#[tokio::test]
+async fn a_read_only_database_file_is_refused_at_open() {
+    const AS: &str = "LB_TEST_READ_ONLY_DB";
+    if let Some(path) = std::env::var_os(AS) {
+        let e = Database::open(&path, DbConfig::default())
+            .await
+            .expect_err("a read-only file");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&*path.to_string_lossy()) && msg.contains("not writable"),
+            "{msg}"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    // In WAL mode already: nothing of the opening writes.
+    let db = Database::open(&path, DbConfig::default()).await.unwrap();
+    db.execute("CREATE TABLE t(x)", ()).await.unwrap();
+    db.close().await;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let test = "a_read_only_database_file_is_refused_at_open";
+    let mut run = if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&me);
+        c
+    } else {
+        std::process::Command::new(&me)
+    };
+    let out = run
+        .args([test, "--exact", "--nocapture"])
+        .env(AS, &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether this process runs as root (`/proc/self/status`'s real uid).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();

@@ -71,7 +71,7 @@ async fn queries_refuse_writes_and_bind_parameters_strictly() {
     assert!(e.to_string().contains("`key`"), "{e}");
     let e = db.query("SELECT ?1, ?2", params![1]).await.unwrap_err();
     assert!(
-        e.to_string().contains("takes 2 parameters, 1 were given"),
+        e.to_string().contains("takes 2 parameters, 1 was given"),
         "{e}"
     );
     let e = db.query("SELECT 1; SELECT 2", ()).await.unwrap_err();

@@ -186,3 +186,19 @@ async fn a_records_table_litebridge_did_not_make_stops_the_migration() {
     assert_eq!(migrate(&db).await.unwrap(), 0);
     db.close().await;
 }
+
+/// A store made with `new` on a database nobody migrated says what to do,
+/// not only "no such table" (a Rust user's review).
+#[tokio::test]
+async fn a_store_on_an_unmigrated_database_says_to_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("s.db"), DbConfig::default())
+        .await
+        .unwrap();
+    let store = StateStore::new(&db, Arc::new(litebridge::store::SystemClock));
+    let e = store.load("run-1").await.unwrap_err();
+    assert!(e.to_string().contains("store::migrate"), "{e}");
+    migrate(&db).await.unwrap();
+    assert!(store.load("run-1").await.unwrap().is_none());
+    db.close().await;
+}

@@ -496,6 +496,42 @@ async fn a_full_queue_answers_overloaded() {
     pool.shutdown().await;
 }
 
+/// Waits up to five seconds for every process of `pids` to end.
+fn all_end(pids: &[u32]) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !pids.iter().any(|p| alive(*p))
+}
+
+/// A pool dropped without `shutdown` stops its workers (they lived until
+/// the application ended: a Rust user's review), in its runtime or, with
+/// none left, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_dropped_without_shutdown_stops_its_workers() {
+    let pool = WorkerPool::start(config("test_worker.py")).await.unwrap();
+    let pids: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+    let clone = pool.clone();
+    drop(pool);
+    assert!(pids.iter().all(|p| alive(*p)), "a clone still holds them");
+    drop(clone);
+    let ended = tokio::task::spawn_blocking(move || all_end(&pids));
+    assert!(ended.await.unwrap(), "the workers outlived their pool");
+}
+
+#[test]
+fn a_pool_dropped_after_its_runtime_kills_its_workers() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = runtime
+        .block_on(WorkerPool::start(config("test_worker.py")))
+        .unwrap();
+    let pids: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+    drop(runtime);
+    drop(pool);
+    assert!(all_end(&pids), "the workers outlived their pool");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_calls_in_flight_leaves_no_process() {
     let mut c = config("test_worker.py");

@@ -222,7 +222,7 @@ pub(crate) async fn http(
     // In the log too, with what it serves (the line above is stdout's, for
     // the programs that start it).
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::VERSION,
         listen = %local,
         db = %app
             .service

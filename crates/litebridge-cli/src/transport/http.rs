@@ -826,10 +826,20 @@ async fn metrics_handler(
     if let Err(e) = caller.require(Scope::Read, "/metrics") {
         return refused(e);
     }
+    let service = &state.app.service;
+    let backups = match (&service.backups, service.db.sqlite()) {
+        (Some(policy), Some(db)) => {
+            let (policy, db) = (policy.clone(), db.path().to_owned());
+            tokio::task::spawn_blocking(move || metrics::Backups::read(&policy, &db))
+                .await
+                .ok()
+        }
+        _ => None,
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.app.service),
+        metrics::render(service, backups.as_ref()),
     )
         .into_response()
 }

@@ -114,7 +114,13 @@ impl Server {
     pub(crate) fn start_with(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = db.with_extension("log");
         let stderr = std::fs::File::create(&log).unwrap();
-        let (child, addr) = spawn_serve(db, extra, env, stderr.into());
+        let started = std::panic::catch_unwind(|| spawn_serve(db, extra, env, stderr.into()));
+        let (child, addr) = started.unwrap_or_else(|_| {
+            panic!(
+                "litebridge serve did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
         Server { child, addr, log }
     }
 

@@ -261,21 +261,15 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
     let count = stmt.parameter_count();
     match params {
         Params::None if count == 0 => Ok(()),
-        Params::None => Err(Error::invalid(
-            "params",
-            format!("the statement takes {count} parameters, none were given"),
-        )),
+        Params::None => Err(Error::wrong_parameter_count(count, 0)),
         Params::Positional(values) => {
             if values.len() != count {
-                return Err(Error::invalid(
-                    "params",
-                    format!(
-                        "the statement takes {count} parameters, {} were given",
-                        values.len()
-                    ),
-                ));
+                return Err(Error::wrong_parameter_count(count, values.len()));
             }
             for (i, v) in values.iter().enumerate() {
+                if is_nan(v) {
+                    return Err(nan(format!("params[{i}]")));
+                }
                 stmt.raw_bind_parameter(i + 1, v)?;
             }
             Ok(())
@@ -297,6 +291,9 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
                         "names a parameter that another name given already binds",
                     ));
                 }
+                if is_nan(v) {
+                    return Err(nan(name.clone()));
+                }
                 stmt.raw_bind_parameter(index, v)?;
                 bound[index] = true;
             }
@@ -312,6 +309,19 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
             Ok(())
         }
     }
+}
+
+fn is_nan(v: &Value) -> bool {
+    matches!(v, Value::Real(f) if f.is_nan())
+}
+
+/// A NaN given to SQLite, which would store NULL in its place (a value
+/// never comes back changed).
+fn nan(param: String) -> Error {
+    Error::invalid(
+        param,
+        "is NaN, which SQLite cannot store (it would be NULL): store NULL, or the text 'NaN'",
+    )
 }
 
 fn find_parameter(stmt: &rusqlite::Statement<'_>, name: &str) -> Result<Option<usize>> {

@@ -231,6 +231,16 @@ pub(crate) struct WriterRules {
     pub(crate) max_result_bytes: usize,
 }
 
+/// The answer to a request of a database [`Database::interrupt`] stopped
+/// (`crate::Database::interrupt`): running, or asked for afterwards.
+pub(crate) fn halted_error() -> Error {
+    Error::Unavailable {
+        what: "database",
+        reason: "it is shutting down; the request was interrupted or refused and nothing of it was committed"
+            .into(),
+    }
+}
+
 /// Enters an operation on this thread until the returned scope drops.
 pub(crate) fn enter(budget: &Budget, mode: Mode) -> Scope {
     enter_writer(budget, mode, None)
@@ -297,11 +307,7 @@ impl Scope {
                     what: "the memory SQLite took for this request (db.max_request_memory)".into(),
                     limit: cur.budget.memory.unwrap_or_default() as u64,
                 },
-                Some((SQLITE_INTERRUPT, _)) if cur.halted => Error::Unavailable {
-                    what: "database",
-                    reason: "it is shutting down; the statement was interrupted and nothing of it was committed"
-                        .into(),
-                },
+                Some((SQLITE_INTERRUPT, _)) if cur.halted => halted_error(),
                 Some((SQLITE_INTERRUPT, _)) if cur.budget.expired() => {
                     cur.budget.timeout_error(TimeoutStage::Running)
                 }

@@ -31,6 +31,8 @@ pub(crate) struct HeavyLane {
     drain: flume::Receiver<Option<Job>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// The database's `Database::interrupt` flag.
+    halt: Arc<AtomicBool>,
     size: usize,
     capacity: usize,
     counters: Arc<Counters>,
@@ -60,6 +62,7 @@ impl HeavyLane {
             drain: rx,
             threads: Mutex::new(threads),
             closed: AtomicBool::new(false),
+            halt: opener.halt.clone(),
             size,
             capacity,
             counters,
@@ -82,6 +85,9 @@ impl HeavyLane {
     {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
+        }
+        if self.halt.load(Ordering::Relaxed) {
+            return Err(guard::halted_error());
         }
         let (budget, _cancel_on_drop) = budget.cancellable();
         let (reply_tx, reply_rx) = oneshot::channel();

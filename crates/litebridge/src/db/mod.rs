@@ -66,7 +66,7 @@ mod writer;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -257,6 +257,9 @@ struct Inner {
     /// The clock of idempotency records, read once their table is known
     /// to be there (see `claims`).
     claims: tokio::sync::OnceCell<claims::Clock>,
+    /// [`Database::close`] was called (its health says so, not what the
+    /// closing did: it removes the log).
+    closed: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -267,6 +270,7 @@ impl Drop for Inner {
 
 impl Inner {
     fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
         if let Some((stop, thread)) = lock(&self.health).take() {
             drop(stop);
             // The health thread holds the database for a moment while it
@@ -471,6 +475,7 @@ impl Database {
             default_timeout,
             health: Mutex::new(None),
             claims: tokio::sync::OnceCell::new(),
+            closed: AtomicBool::new(false),
         });
         // Every connection was just opened and set up: that is a check, and
         // `last_health_check` is not empty for the first interval.
@@ -506,6 +511,13 @@ impl Database {
     // ----- reads -------------------------------------------------------------
 
     /// Runs a read-only statement on the read lane with the default options.
+    ///
+    /// The statement runs inside the poll of this future, on the caller's
+    /// thread (moved aside with `block_in_place` after a few milliseconds
+    /// on a multi-thread runtime): an outer timeout or a dropped future
+    /// cannot stop it. Its deadline does ([`QueryOptions::timeout`],
+    /// [`DbConfig::default_timeout`]); the heavy lane's reads stop when
+    /// their future is dropped.
     ///
     /// # Errors
     /// [`Error::ReadOnly`] for a statement that writes; [`Error::Sql`] from
@@ -986,6 +998,13 @@ impl Database {
     /// Whether the writer accepts writes and the readers are there.
     pub fn health(&self) -> Health {
         let mut problems = Vec::new();
+        if self.inner.closed.load(Ordering::Acquire) {
+            // Closed on purpose: its log is gone because close removed it.
+            return Health {
+                healthy: false,
+                problems: vec!["it was closed (Database::close)".to_owned()],
+            };
+        }
         if !self.inner.writer.is_running() {
             problems.push("the writer thread is not running".to_owned());
         }

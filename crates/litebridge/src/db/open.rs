@@ -110,6 +110,14 @@ impl Opener {
         // Read before anything writes: a file that is not a database is refused untouched.
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
             .map_err(|e| self.open_error(e))?;
+        // SQLite opens a file it may not write read-only, without a word: in
+        // WAL mode already, nothing of the opening writes, and every write
+        // after it would fail as `read_only` (found by a review).
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(Error::ReadOnly {
+                message: "the database file is read-only".into(),
+            });
+        }
         if first && c.quick_check_on_open {
             let found =
                 quick_check(&mut conn, 20, Bound::Bounded).map_err(|e| self.open_error(e))?;

@@ -107,6 +107,11 @@ impl ReaderPool {
         inline: bool,
         mut f: impl FnMut(&Connection) -> Result<T>,
     ) -> Result<T> {
+        // Interrupted for good (`Database::interrupt`): a statement too
+        // short to meet the progress handler would run all the same.
+        if self.opener.halt.load(Ordering::Relaxed) {
+            return Err(guard::halted_error());
+        }
         let _permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => {

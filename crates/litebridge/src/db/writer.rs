@@ -351,6 +351,16 @@ fn writer_loop(
                 Instant::now() + config.max_wait,
             );
         }
+        // Interrupted for good (`Database::interrupt`): nothing more is
+        // written, short statements (which never meet the progress
+        // handler) included.
+        if !batch.is_empty() && opener.halt.load(Ordering::Relaxed) {
+            answer_all(&mut batch, &mut asked, &guard::halted_error());
+            if taken == Taken::Stop {
+                return;
+            }
+            continue;
+        }
         // Never a write into a file no path names (see `on_disk`).
         if !batch.is_empty()
             && let Some(why) = opener.on_disk.changed(&opener.path)

@@ -2357,13 +2357,9 @@ impl PgDatabase {
         }
         .map_err(|e| from_pg(&e, timeout))?;
         if stmt.params().len() != p.values.len() {
-            return Err(Error::invalid(
-                "params",
-                format!(
-                    "the statement takes {} parameters, {} were given",
-                    stmt.params().len(),
-                    p.values.len()
-                ),
+            return Err(Error::wrong_parameter_count(
+                stmt.params().len(),
+                p.values.len(),
             ));
         }
         Ok((stmt, typed))

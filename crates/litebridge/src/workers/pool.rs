@@ -872,14 +872,61 @@ impl WorkerPool {
         for p in &all {
             p.close_stdin();
         }
-        for p in &all {
+        stop(&all, grace).await;
+    }
+}
+
+/// Waits for workers whose stdin was closed to end, up to `grace`; then
+/// SIGTERM, up to `grace` again; then SIGKILL.
+async fn stop(all: &[Arc<Process>], grace: Duration) {
+    for p in all {
+        if !p.wait_exit(grace).await {
+            p.signal(libc::SIGTERM);
             if !p.wait_exit(grace).await {
-                p.signal(libc::SIGTERM);
-                if !p.wait_exit(grace).await {
-                    p.signal(libc::SIGKILL);
-                    p.wait_exit(Duration::from_secs(5)).await;
-                }
+                p.signal(libc::SIGKILL);
+                p.wait_exit(Duration::from_secs(5)).await;
             }
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle went without [`WorkerPool::shutdown`] (an
+    /// application dropped its pool or its `Service`): the workers are
+    /// stopped as `shutdown` stops them, in a task of the runtime. A worker
+    /// process is held by the task that reads its stdout, so without this
+    /// the workers lived until the application ended (found by a review).
+    /// Without a runtime, or when the runtime drops that task before it is
+    /// done (it is shutting down), what is left is killed.
+    fn drop(&mut self) {
+        let all: Vec<Arc<Process>> = self
+            .slots
+            .iter()
+            .filter_map(|slot| read(slot).clone())
+            .chain(lock(&self.retired).drain(..))
+            .filter(|p| !p.is_dead())
+            .collect();
+        if all.is_empty() {
+            return;
+        }
+        for p in &all {
+            p.close_stdin();
+        }
+        let left = KillLeft(all);
+        let grace = self.config.shutdown_grace;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { stop(&left.0, grace).await });
+        }
+    }
+}
+
+/// Workers killed when this drops, those not ended by then.
+struct KillLeft(Vec<Arc<Process>>);
+
+impl Drop for KillLeft {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.signal(libc::SIGKILL);
         }
     }
 }
