@@ -223,9 +223,11 @@ pub struct DbConfig {
     /// taking new requests once it has run this long, and `/ready` reports a
     /// writer busy longer. Default: [`DEFAULT_MAX_WRITE_HOLD`].
     pub max_write_hold: Duration,
-    /// The largest result a client query may return, and the longest single
-    /// value (text or blob) client SQL may build (SQLite's length limit on
-    /// client connections): refused with `too_large` before more is built.
+    /// The largest result a client query may return, the most bytes of rows
+    /// a write's statements may return (`RETURNING`, all of a request's
+    /// together), and the longest single value (text or blob) client SQL
+    /// may build (SQLite's length limit on client connections): refused
+    /// with `too_large` before more is built.
     /// Default: [`DEFAULT_MAX_RESULT_BYTES`].
     pub max_result_bytes: usize,
     /// The most memory SQLite may take for one client request (what it

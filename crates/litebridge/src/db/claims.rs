@@ -94,35 +94,54 @@ pub(crate) fn once(
     clock: &Clock,
     write: impl FnOnce(&Connection) -> Result<Vec<ExecResult>>,
 ) -> Result<Answer> {
-    if let Some(stored) = guard::as_trusted(|| lookup(conn, key))? {
+    if let Some(stored) = longer_values(conn, || guard::as_trusted(|| lookup(conn, key)))? {
         return Ok(idempotency::decode(&stored, fingerprint));
     }
     let results = write(conn)?;
     let record = idempotency::encode(fingerprint, &results);
-    // The row must fit as well as its result: its key and stamp, and
-    // SQLite's record header, take under a hundred bytes.
-    let longest = conn.limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?;
-    if record.len() + 100 > usize::try_from(longest).unwrap_or(0) {
-        return Err(Error::TooLarge {
-            what: format!(
-                "the record of this write's idempotency_key ({} bytes, about 20 a statement; \
-                 send fewer statements under one key)",
-                record.len()
-            ),
-            limit: u64::try_from(longest).unwrap_or(0),
-        });
-    }
-    guard::as_trusted(|| {
-        conn.prepare_cached(RECORD)?
-            .execute(rusqlite::params![
-                &key.0[..],
-                record,
-                micros(SystemTime::now()),
-                clock.now_micros()
-            ])
-            .map_err(Error::from)
+    longer_values(conn, || {
+        // The row must fit as well as its result: its key and stamp, and
+        // SQLite's record header, take under a hundred bytes.
+        let longest = conn.limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?;
+        if record.len() + 100 > usize::try_from(longest).unwrap_or(0) {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "the record of this write's idempotency_key ({} bytes: about 20 a statement, \
+                     and its returned rows as JSON; send fewer statements or rows under one key)",
+                    record.len()
+                ),
+                limit: u64::try_from(longest).unwrap_or(0),
+            });
+        }
+        guard::as_trusted(|| {
+            conn.prepare_cached(RECORD)?
+                .execute(rusqlite::params![
+                    &key.0[..],
+                    record,
+                    micros(SystemTime::now()),
+                    clock.now_micros()
+                ])
+                .map_err(Error::from)
+        })
     })?;
     Ok(Ok(results))
+}
+
+/// Runs `f` with the connection's length limit (`db.max_result_bytes`, for
+/// client SQL) raised for a record: a keyed write's rows, each within the
+/// limit, are kept in its record as JSON, up to six times their bytes (a
+/// control character is `\u0001`); so eight times the limit, and a
+/// megabyte for the statements' counts. SQLite refuses to write, and to
+/// read back, a value past the limit. Only litebridge's own statements run
+/// meanwhile.
+fn longer_values<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH;
+    let before = conn.limit(SQLITE_LIMIT_LENGTH)?;
+    let longer = before.saturating_mul(8).saturating_add(1 << 20);
+    conn.set_limit(SQLITE_LIMIT_LENGTH, longer)?;
+    let r = f();
+    conn.set_limit(SQLITE_LIMIT_LENGTH, before)?;
+    r
 }
 
 fn lookup(conn: &Connection, key: &IdempotencyKey) -> Result<Option<String>> {
@@ -439,8 +458,10 @@ mod tests {
             ..DbConfig::default()
         })
         .await;
-        let many: Vec<_> = (0..200)
-            .map(|i| Statement::new(format!("INSERT INTO t VALUES ({i})"), Params::None))
+        // A record may take eight times the limit and a megabyte (see
+        // `longer_values`): 100,000 rowids take more.
+        let many: Vec<_> = (0..100_000)
+            .map(|i| Statement::new("INSERT INTO t VALUES (?1)", crate::params![i]))
             .collect();
         let e = db.batch(many.clone(), keyed("big")).await.unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::TooLarge, "{e}");

@@ -404,18 +404,19 @@ fn collect_rows(
         "the query's result",
         "; db.max_result_bytes, or ask for fewer rows with max_rows",
     )
+    .map(|(rows, _)| rows)
 }
 
 /// Steps `stmt` (bound already) through its rows, keeping up to
 /// `max_rows` and refusing past `max_bytes` of values (`what` names the
-/// rows, `advice` follows the count in the error).
+/// rows, `advice` follows the count in the error); with the bytes counted.
 fn collect(
     stmt: &mut Statement<'_>,
     max_rows: Option<usize>,
     max_bytes: usize,
     what: &str,
     advice: &str,
-) -> Result<Rows> {
+) -> Result<(Rows, usize)> {
     let ncols = stmt.column_count();
     let columns = (0..ncols)
         .map(|i| stmt.column_name(i).map(str::to_owned))
@@ -448,11 +449,14 @@ fn collect(
         }
         out.push(values);
     }
-    Ok(Rows {
-        columns,
-        rows: out,
-        truncated,
-    })
+    Ok((
+        Rows {
+            columns,
+            rows: out,
+            truncated,
+        },
+        bytes,
+    ))
 }
 
 /// Whether the first keyword of `sql`, after spaces and comments, is `keyword`.
@@ -510,13 +514,15 @@ pub(crate) fn execute_prepared(
     let keep = returned == Returned::Keep && stmt.column_count() > 0;
     let run = |stmt: &mut Statement<'_>| -> Result<Option<Box<Rows>>> {
         if keep {
-            let rows = collect(
+            // A request's statements share the limit (a batch of many).
+            let (rows, bytes) = collect(
                 stmt,
                 None,
-                guard::result_limit(),
+                guard::result_left(),
                 "the rows the write returned",
-                "; db.max_result_bytes; nothing of the write was kept",
+                "; db.max_result_bytes, for all of a request's statements; nothing of the write was kept",
             )?;
+            guard::returned(bytes);
             Ok(Some(Box::new(rows)))
         } else {
             let mut rows = stmt.raw_query();

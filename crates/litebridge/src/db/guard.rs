@@ -195,6 +195,10 @@ struct Current {
     /// The client statement being prepared is `ANALYZE` or `PRAGMA
     /// optimize`: SQLite's own work for it may use the `sqlite_stat*` tables.
     maintenance: bool,
+    /// Bytes of rows its statements returned so far (`RETURNING`): the
+    /// request's, all its statements' together, within
+    /// `WriterRules::max_result_bytes`.
+    returned: usize,
 }
 
 /// What a client statement does to the schema, as its authorizer calls showed
@@ -265,6 +269,7 @@ pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRul
             inline_exceeded: false,
             ddl: Ddl::default(),
             maintenance: false,
+            returned: 0,
         });
     });
     Scope(())
@@ -403,15 +408,29 @@ pub(crate) fn schema_limits() -> Option<(usize, usize)> {
     })
 }
 
-/// The most bytes of rows the client write running on this thread may
-/// return; no bound for litebridge's own.
-pub(crate) fn result_limit() -> usize {
+/// The bytes of rows the client write running on this thread may still
+/// return (its statements share `max_result_bytes`); no bound for
+/// litebridge's own.
+pub(crate) fn result_left() -> usize {
     CURRENT.with(|c| {
         c.borrow()
             .as_ref()
-            .and_then(|cur| cur.writer.map(|w| w.max_result_bytes))
+            .and_then(|cur| {
+                cur.writer
+                    .map(|w| w.max_result_bytes.saturating_sub(cur.returned))
+            })
             .unwrap_or(usize::MAX)
     })
+}
+
+/// Counts `bytes` of rows a statement of the write running on this thread
+/// returned.
+pub(crate) fn returned(bytes: usize) {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.returned = cur.returned.saturating_add(bytes);
+        }
+    });
 }
 
 /// What the statement just prepared does to the schema.

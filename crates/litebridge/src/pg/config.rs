@@ -31,7 +31,9 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// The deadline of a request that gives none. Default: 30 s.
     pub default_timeout: Duration,
-    /// The most bytes a query's rows may hold. Default: the SQLite backend's
+    /// The most bytes a query's rows may hold, and the rows a write's
+    /// statements return (`RETURNING`), all of a request's together.
+    /// Default: the SQLite backend's
     /// [`DEFAULT_MAX_RESULT_BYTES`](crate::DEFAULT_MAX_RESULT_BYTES).
     pub max_result_bytes: usize,
     /// Prepared statements kept per connection. Default: 256.

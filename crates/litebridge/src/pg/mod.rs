@@ -1698,6 +1698,9 @@ impl PgDatabase {
                 if let Some(e) = failed {
                     return Err(e);
                 }
+                // The bytes of rows the statements returned, together within
+                // `max_result_bytes`.
+                let returned = &AtomicUsize::new(0);
                 let each = statements.iter().enumerate().map(|(i, p)| {
                     let stmt = &prepared[if shape == Shape::Rows { 0 } else { i }];
                     let conn = &conn;
@@ -1706,10 +1709,15 @@ impl PgDatabase {
                         // but not each row's of `execute_many`.
                         if shape == Shape::Each && !stmt.columns().is_empty() {
                             readable_columns(stmt)?;
-                            let (rows, affected) =
-                                stream_rows(conn, stmt, &p.values, usize::MAX, max_bytes)
-                                    .await
-                                    .map_err(returned_too_large)?;
+                            let (rows, affected) = stream_rows(
+                                conn,
+                                stmt,
+                                &p.values,
+                                usize::MAX,
+                                (max_bytes, returned),
+                            )
+                            .await
+                            .map_err(returned_too_large)?;
                             return Ok(Done {
                                 result: ExecResult {
                                     changes: affected.unwrap_or(rows.rows.len() as u64),
@@ -2430,19 +2438,24 @@ async fn read_rows(
     max_rows: usize,
     max_bytes: usize,
 ) -> Result<Rows> {
-    Ok(stream_rows(conn, stmt, values, max_rows, max_bytes)
-        .await?
-        .0)
+    let spent = AtomicUsize::new(0);
+    Ok(
+        stream_rows(conn, stmt, values, max_rows, (max_bytes, &spent))
+            .await?
+            .0,
+    )
 }
 
 /// As [`read_rows`], with the count of rows the statement affected (as
-/// its command tag says: `INSERT 0 3`) when all its rows were read.
+/// its command tag says: `INSERT 0 3`) when all its rows were read; the
+/// bytes of its values counted in `spent`, which a write's statements
+/// share, within `max_bytes`.
 async fn stream_rows(
     conn: &Object,
     stmt: &PgStatement,
     values: &[Value],
     max_rows: usize,
-    max_bytes: usize,
+    (max_bytes, spent): (usize, &AtomicUsize),
 ) -> Result<(Rows, Option<u64>)> {
     let timeout = Duration::ZERO;
     let columns = names(stmt.columns());
@@ -2452,7 +2465,6 @@ async fn stream_rows(
         .map_err(|e| from_pg(&e, timeout))?;
     futures_util::pin_mut!(stream);
     let mut rows = Vec::new();
-    let mut bytes = 0usize;
     let mut truncated = false;
     while let Some(row) = stream.next().await {
         let row = row.map_err(|e| from_pg(&e, timeout))?;
@@ -2468,10 +2480,11 @@ async fn stream_rows(
                     format!("column {name:?} cannot be read: {}", error_chain(&e)),
                 )
             })?;
-            bytes += value_size(&v);
+            let size = value_size(&v);
+            spent.fetch_add(size, Ordering::Relaxed);
             out.push(v);
         }
-        if bytes > max_bytes {
+        if spent.load(Ordering::Relaxed) > max_bytes {
             return Err(too_large(max_bytes));
         }
         rows.push(out);
@@ -2492,7 +2505,7 @@ async fn stream_rows(
 fn returned_too_large(e: Error) -> Error {
     match e {
         Error::TooLarge { limit, .. } => Error::TooLarge {
-            what: "the rows the write returned (postgres.max_result_bytes); nothing of the write was kept"
+            what: "the rows the write returned (postgres.max_result_bytes, for all of a request's statements); nothing of the write was kept"
                 .into(),
             limit,
         },

@@ -470,12 +470,31 @@ fn readable_rows(v: &Json) -> Option<String> {
             ""
         }
     ));
+    // A write's rows (`RETURNING`): what it changed too (review 146: the
+    // text had only the table).
+    if let Some(changes) = v.get("changes") {
+        out.push_str(&format!(
+            "\nchanges: {changes}, last_insert_rowid: {}",
+            v.get("last_insert_rowid").unwrap_or(&Json::Null)
+        ));
+    }
     Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_with_returned_rows_keeps_its_changes_in_the_text() {
+        let r = success(
+            json!({"changes": 2, "last_insert_rowid": 42, "columns": ["id"], "rows": [[1], [2]]}),
+        );
+        let text = format!("{:?}", r.content);
+        assert!(text.contains("changes: 2, last_insert_rowid: 42"), "{text}");
+        let r = success(json!({"columns": ["id"], "rows": [[1]], "truncated": false}));
+        assert!(!format!("{:?}", r.content).contains("changes"));
+    }
 
     #[test]
     fn a_page_of_entries_too_large_keeps_what_fits_and_goes_on_from_there() {
