@@ -155,6 +155,7 @@ pub(crate) fn render(service: &Service, backups: Option<&Backups>) -> String {
 }
 
 /// The backups in `backup.dir` (`backups::list`), for an alert on their age.
+#[derive(Clone)]
 pub(crate) struct Backups {
     /// How many there are.
     pub(crate) count: usize,
@@ -177,6 +178,64 @@ impl Backups {
         Backups {
             count: all.len(),
             newest_age,
+        }
+    }
+}
+
+/// How long a reading of `backup.dir` serves scrapes.
+const BACKUPS_FRESH: Duration = Duration::from_secs(10);
+
+/// How long a scrape waits for a reading (a directory on a slow or hung
+/// mount): past it, it answers with the last one, or none.
+const BACKUPS_WAIT: Duration = Duration::from_secs(2);
+
+/// The last reading of `backup.dir`, and whether one is under way.
+#[derive(Default)]
+struct BackupsSeen {
+    at: Option<std::time::Instant>,
+    last: Option<Backups>,
+    reading: bool,
+}
+
+fn backups_seen() -> &'static parking_lot::Mutex<BackupsSeen> {
+    static SEEN: OnceLock<parking_lot::Mutex<BackupsSeen>> = OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+/// A backup was just taken here: the next scrape reads the directory.
+pub(crate) fn backups_changed() {
+    backups_seen().lock().at = None;
+}
+
+impl Backups {
+    /// The backups for a scrape: read at most once per [`BACKUPS_FRESH`],
+    /// one reading at a time, off the runtime, waited for up to
+    /// [`BACKUPS_WAIT`] (review 147: each scrape listed the directory,
+    /// any number at once, and a hung mount held a blocking thread each).
+    pub(crate) async fn for_scrape(
+        policy: &litebridge::backups::BackupPolicy,
+        db: &std::path::Path,
+    ) -> Option<Backups> {
+        {
+            let mut seen = backups_seen().lock();
+            let fresh = seen.at.is_some_and(|t| t.elapsed() < BACKUPS_FRESH);
+            if fresh || seen.reading {
+                return seen.last.clone();
+            }
+            seen.reading = true;
+        }
+        let (policy, db) = (policy.clone(), db.to_owned());
+        let reading = tokio::task::spawn_blocking(move || {
+            let b = Backups::read(&policy, &db);
+            let mut seen = backups_seen().lock();
+            seen.at = Some(std::time::Instant::now());
+            seen.last = Some(b.clone());
+            seen.reading = false;
+            b
+        });
+        match tokio::time::timeout(BACKUPS_WAIT, reading).await {
+            Ok(Ok(b)) => Some(b),
+            _ => backups_seen().lock().last.clone(),
         }
     }
 }

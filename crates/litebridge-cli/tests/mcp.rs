@@ -954,3 +954,69 @@ impl McpStdio {
         self.child.wait().unwrap()
     }
 }
+
+/// A client that is woken by `notifications/tools/list_changed`.
+#[derive(Clone, Default)]
+struct Watching(std::sync::Arc<tokio::sync::Notify>);
+
+impl rmcp::ClientHandler for Watching {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.0.notify_one();
+    }
+}
+
+/// A stdio session is told when its tools change: here a worker started
+/// again with other methods (an MCP agent's audit: the agent kept calling
+/// tools that were gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_session_is_told_when_its_tools_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let methods = dir.path().join("methods");
+    std::fs::write(&methods, "alpha").unwrap();
+    let db = dir.path().join("m.db");
+    let (transport, _) = TokioChildProcess::builder(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_litebridge")).configure(|cmd| {
+            cmd.arg("mcp")
+                .arg("--db")
+                .arg(&db)
+                .args([
+                    "--workers",
+                    "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
+                    "--processes",
+                    "1",
+                ])
+                .env("LB_TEST_METHODS", &methods)
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        }),
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let told = Watching::default();
+    let client = told.clone().serve(transport).await.expect("initialize");
+    let names = |tools: Vec<rmcp::model::Tool>| {
+        tools
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .filter(|n| n.starts_with("worker_"))
+            .collect::<BTreeSet<_>>()
+    };
+    let before = names(client.list_all_tools().await.unwrap());
+    assert!(before.contains("worker_alpha"), "{before:?}");
+    std::fs::write(&methods, "beta").unwrap();
+    // The worker leaves; the pool starts it again, which reads `beta`.
+    let left = client
+        .call_tool(CallToolRequestParams::new("worker_leave"))
+        .await
+        .unwrap();
+    assert_eq!(left.is_error, Some(true), "{left:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), told.0.notified())
+        .await
+        .expect("notifications/tools/list_changed");
+    let after = names(client.list_all_tools().await.unwrap());
+    assert!(
+        after.contains("worker_beta") && !after.contains("worker_alpha"),
+        "{after:?}"
+    );
+    client.cancel().await.unwrap();
+}

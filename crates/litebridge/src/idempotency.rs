@@ -110,7 +110,6 @@ pub(crate) fn encode<'a>(
             _ => runs.push((r.changes, 1)),
         }
     }
-    let mut record = serde_json::json!({ "write": fingerprint, "runs": runs });
     let mut last = 0;
     let rowids: Vec<(usize, i64)> = results
         .iter()
@@ -118,18 +117,47 @@ pub(crate) fn encode<'a>(
         .filter(|(_, r)| std::mem::replace(&mut last, r.last_insert_rowid) != r.last_insert_rowid)
         .map(|(i, r)| (i, r.last_insert_rowid))
         .collect();
-    if !rowids.is_empty() {
-        record["rowids"] = serde_json::json!(rowids);
-    }
-    let returning: Vec<(usize, &Rows)> = results
+    let returning: Vec<(usize, Returned<'_>)> = results
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some((i, r.returning.as_deref()?)))
+        .filter_map(|(i, r)| {
+            let rows = r.returning.as_deref()?;
+            Some((
+                i,
+                Returned {
+                    columns: &rows.columns,
+                    rows: &rows.rows,
+                },
+            ))
+        })
         .collect();
-    if !returning.is_empty() {
-        record["returning"] = serde_json::json!(returning);
-    }
-    record.to_string()
+    // Written straight to its text (review 147: a tree of JSON values
+    // first held a copy of every row, outside any budget).
+    serde_json::to_string(&Record {
+        write: fingerprint,
+        runs,
+        rowids,
+        returning,
+    })
+    .unwrap_or_default()
+}
+
+/// A record as [`encode`] writes it.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    write: &'a str,
+    runs: Vec<(u64, usize)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rowids: Vec<(usize, i64)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    returning: Vec<(usize, Returned<'a>)>,
+}
+
+/// A statement's returned rows in a record.
+#[derive(serde::Serialize)]
+struct Returned<'a> {
+    columns: &'a [String],
+    rows: &'a [Vec<Value>],
 }
 
 /// The results a record answers with, if it is the record of the same write.

@@ -246,7 +246,8 @@ impl Value {
         }
     }
 
-    /// The number, for a REAL or an INTEGER.
+    /// The number, for a REAL, or an INTEGER as the nearest `f64` (exact
+    /// up to 2^53; use [`Value::as_i64`] for integers).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Real(f) => Some(*f),

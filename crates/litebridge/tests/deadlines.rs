@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Gate, count, hold_writer, insert, open_kv};
 use litebridge::{
-    DbConfig, ErrorKind, Lane, QueryOptions, Statement, TimeoutStage, WriteOptions, params,
+    CheckpointMode, Database, DbConfig, ErrorKind, Lane, QueryOptions, Statement, TimeoutStage,
+    WriteOptions, params,
 };
 
 const ENDLESS: &str =
@@ -575,4 +576,126 @@ async fn after_interrupt_every_request_is_refused_and_nothing_is_written() {
         .unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM kv").await, 1);
     db.close().await;
+}
+
+/// Starts a closure write that signals once it runs, waits for `gate`, then
+/// runs `sql` (one short statement); returns once the closure runs.
+async fn closure_waiting(
+    db: &Database,
+    gate: &Gate,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<litebridge::Result<usize>> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (g, d) = (gate.clone(), db.clone());
+    let h = tokio::spawn(async move {
+        d.write(move |c| {
+            let _ = tx.send(());
+            g.wait();
+            Ok(c.execute(sql, [])?)
+        })
+        .await
+    });
+    tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    h
+}
+
+async fn committed(dir: &tempfile::TempDir, sql: &str) -> i64 {
+    let db = Database::open(dir.path().join("test.db"), DbConfig::default())
+        .await
+        .unwrap();
+    let n = count(&db, sql).await;
+    db.close().await;
+    n
+}
+
+/// Review 147. interrupt() promises: "Interrupts every statement running ... and every
+/// one started afterwards, for good. Whatever was not committed is not
+/// (each request fails whole with `unavailable`)". A closure that was in
+/// the writer (between statements) when interrupt() returned runs its next
+/// short statement and commits, answered Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_under_way_at_interrupt_commits_nothing() {
+    let (dir, db) = open_kv(common::config()).await;
+    let gate = Gate::default();
+    let h = closure_waiting(&db, &gate, "INSERT INTO kv VALUES (100, 'after interrupt')").await;
+    db.interrupt();
+    gate.open();
+    let r = h.await.unwrap();
+    db.close().await;
+    let n = committed(&dir, "SELECT count(*) FROM kv WHERE k = 100").await;
+    assert!(
+        r.is_err() && n == 0,
+        "a statement started after interrupt() returned was committed and acknowledged: {r:?}, rows {n}"
+    );
+}
+
+/// Writes queued before interrupt(), in the batch the writer had taken,
+/// behind a request it was running: all of them run after interrupt() and
+/// commit (the halt flag is read once per batch, before it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_the_batch_under_way_at_interrupt_commit_nothing() {
+    let (dir, db) = open_kv(common::config()).await;
+    let first = Gate::default();
+    let blocker = hold_writer(&db, &first).await;
+    // Queued behind the blocker: a closure held by a second gate, then 20 inserts.
+    let second = Gate::default();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (g, d) = (second.clone(), db.clone());
+    let held = tokio::spawn(async move {
+        d.write(move |_| {
+            let _ = tx.send(());
+            g.wait();
+            Ok(())
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let inserts: Vec<_> = (1..=20)
+        .map(|k| {
+            let d = db.clone();
+            tokio::spawn(async move { insert(&d, k).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.open();
+    blocker.await.unwrap().unwrap();
+    // The second batch (closure + 20 inserts) is running: interrupt now.
+    tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    db.interrupt();
+    let interrupted = Instant::now();
+    second.open();
+    let held = held.await.unwrap();
+    let mut ok = 0;
+    for i in inserts {
+        if i.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    let took = interrupted.elapsed();
+    db.close().await;
+    let n = committed(&dir, "SELECT count(*) FROM kv").await;
+    assert!(
+        ok == 0 && n == 0 && held.is_err(),
+        "after interrupt(): {ok} queued writes acknowledged, {n} rows committed, closure {held:?} ({took:?})"
+    );
+}
+
+/// A checkpoint asked after interrupt() is not refused (the halt check is
+/// skipped when the batch is empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_asked_after_interrupt_is_refused() {
+    let (_dir, db) = open_kv(common::config()).await;
+    insert(&db, 1).await.unwrap();
+    db.interrupt();
+    let r = db.checkpoint(CheckpointMode::Truncate).await;
+    db.close().await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
+        "checkpoint after interrupt: {r:?}"
+    );
 }

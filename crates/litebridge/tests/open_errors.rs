@@ -38,22 +38,33 @@ async fn a_missing_directory_and_an_unwritable_location() {
 }
 
 /// A database file litebridge's user may read but not write, in a
-/// directory it may write, is refused at open, naming the file: SQLite
-/// opened it read-only without a word, and every write failed as
-/// `read_only` (a review). Run as root, the test runs itself again as
-/// `nobody` (root may write any file).
+/// directory it may write: SQLite opens it read-only without a word, and
+/// every write failed as a bare `read_only` (review 145). It is read (a
+/// `litebridge query` of a file one may only read: review 147), writes are
+/// refused naming the file, and its health says why. Run as root, the test
+/// runs itself again as `nobody` (root may write any file).
 #[tokio::test]
-async fn a_read_only_database_file_is_refused_at_open() {
+async fn a_read_only_database_file_is_read_and_its_writes_refused_naming_it() {
     const AS: &str = "LB_TEST_READ_ONLY_DB";
     if let Some(path) = std::env::var_os(AS) {
-        let e = Database::open(&path, DbConfig::default())
+        let db = Database::open(&path, DbConfig::default()).await.unwrap();
+        let rows = db.query("SELECT count(*) FROM t", ()).await.unwrap();
+        assert_eq!(rows.rows[0][0], litebridge::Value::Integer(1));
+        let e = db
+            .execute("INSERT INTO t VALUES (2)", ())
             .await
             .expect_err("a read-only file");
+        assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
         let msg = e.to_string();
         assert!(
-            msg.contains(&*path.to_string_lossy()) && msg.contains("not writable"),
+            msg.contains(&*path.to_string_lossy())
+                && msg.contains("read-only for litebridge's user"),
             "{msg}"
         );
+        let health = db.health();
+        assert!(!health.healthy);
+        assert!(health.problems[0].contains("read-only"), "{health:?}");
+        db.close().await;
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -61,12 +72,13 @@ async fn a_read_only_database_file_is_refused_at_open() {
     // In WAL mode already: nothing of the opening writes.
     let db = Database::open(&path, DbConfig::default()).await.unwrap();
     db.execute("CREATE TABLE t(x)", ()).await.unwrap();
+    db.execute("INSERT INTO t VALUES (1)", ()).await.unwrap();
     db.close().await;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     let me = std::env::current_exe().unwrap();
-    let test = "a_read_only_database_file_is_refused_at_open";
+    let test = "a_read_only_database_file_is_read_and_its_writes_refused_naming_it";
     let mut run = if is_root() {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -80,10 +92,10 @@ async fn a_read_only_database_file_is_refused_at_open() {
         .env(AS, &path)
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

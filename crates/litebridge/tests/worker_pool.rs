@@ -1748,3 +1748,56 @@ async fn an_abandoned_call_keeps_what_its_caller_gave_until_its_worker_is_done()
     }
     pool.shutdown().await;
 }
+
+/// Two workers; once `mark` exists, a worker that starts fails before
+/// `$/ready` (a bad deploy, a full disk, a missing module). One worker
+/// crashes; its restart keeps failing; the application drops its pool
+/// (no shutdown). The other worker is stopped with the pool (review 147:
+/// the restart task held the pool, and it lived on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pool_whose_restarts_fail_stops_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("broken");
+    let script = format!(
+        "if [ -e '{}' ]; then echo broken >&2; exit 3; fi; exec python3 '{}'",
+        mark.display(),
+        repo()
+            .join("crates/litebridge/tests/workers/test_worker.py")
+            .display()
+    );
+    let mut c = WorkerConfig::new(["sh".to_owned(), "-c".to_owned(), script]);
+    c.env.push((
+        "PYTHONPATH".into(),
+        repo().join("python").display().to_string(),
+    ));
+    c.start_timeout = Duration::from_secs(20);
+    c.shutdown_grace = Duration::from_secs(1);
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(Duration::from_millis(200));
+    c.restart_backoff.full_jitter = false;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pids: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+    assert_eq!(pids.len(), 2);
+    std::fs::write(&mark, b"").unwrap();
+    // The first worker crashes; its restarts fail from now on.
+    std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(pool);
+    let until = Instant::now() + Duration::from_secs(15);
+    while alive(pids[1]) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survived = alive(pids[1]);
+    if survived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pids[1].to_string()])
+            .status();
+    }
+    assert!(
+        !survived,
+        "worker {} outlived its dropped pool by 15 s (shutdown_grace 1 s): the restart task holds the pool",
+        pids[1]
+    );
+}

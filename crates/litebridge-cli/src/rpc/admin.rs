@@ -37,6 +37,7 @@ impl Handler for AdminBackup {
                 Some(name) => litebridge::backups::take_named(db, policy, &name).await?,
                 None => litebridge::backups::take(db, policy).await?,
             };
+            crate::metrics::backups_changed();
             Ok(json!({
                 "path": r.path.display().to_string(), "bytes": r.bytes, "pages": r.pages,
                 "elapsed_ms": r.elapsed.as_millis() as u64,

@@ -828,12 +828,7 @@ async fn metrics_handler(
     }
     let service = &state.app.service;
     let backups = match (&service.backups, service.db.sqlite()) {
-        (Some(policy), Some(db)) => {
-            let (policy, db) = (policy.clone(), db.path().to_owned());
-            tokio::task::spawn_blocking(move || metrics::Backups::read(&policy, &db))
-                .await
-                .ok()
-        }
+        (Some(policy), Some(db)) => metrics::Backups::for_scrape(policy, db.path()).await,
         _ => None,
     };
     (

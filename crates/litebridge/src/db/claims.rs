@@ -127,21 +127,36 @@ pub(crate) fn once(
     Ok(Ok(results))
 }
 
+/// The longest a record may be: [`longer_values`]' eight times the
+/// limit, but never past this (a record is kept a day, and built in
+/// memory outside any request's budget).
+const MOST_RECORD: i32 = 64 << 20;
+
 /// Runs `f` with the connection's length limit (`db.max_result_bytes`, for
-/// client SQL) raised for a record: a keyed write's rows, each within the
+/// client SQL) raised for a record: a keyed write's rows, all within the
 /// limit, are kept in its record as JSON, up to six times their bytes (a
-/// control character is `\u0001`); so eight times the limit, and a
-/// megabyte for the statements' counts. SQLite refuses to write, and to
-/// read back, a value past the limit. Only litebridge's own statements run
-/// meanwhile.
+/// control character is `\u0001`); so eight times the limit and a megabyte
+/// for the statements' counts, up to [`MOST_RECORD`]. SQLite refuses to
+/// write, and to read back, a value past the limit. Only litebridge's own
+/// statements run meanwhile, and the limit is put back however `f` ends
+/// (a panic too: the writer goes on with the connection).
 fn longer_values<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH;
+    struct Restore<'c>(&'c Connection, i32);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.set_limit(SQLITE_LIMIT_LENGTH, self.1);
+        }
+    }
     let before = conn.limit(SQLITE_LIMIT_LENGTH)?;
-    let longer = before.saturating_mul(8).saturating_add(1 << 20);
+    let longer = before
+        .saturating_mul(8)
+        .saturating_add(1 << 20)
+        .min(MOST_RECORD)
+        .max(before);
+    let _restore = Restore(conn, before);
     conn.set_limit(SQLITE_LIMIT_LENGTH, longer)?;
-    let r = f();
-    conn.set_limit(SQLITE_LIMIT_LENGTH, before)?;
-    r
+    f()
 }
 
 fn lookup(conn: &Connection, key: &IdempotencyKey) -> Result<Option<String>> {

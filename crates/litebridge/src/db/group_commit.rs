@@ -371,7 +371,7 @@ enum Pass {
 
 /// What bounds a batch.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct Limits<'a> {
     /// Check deferred foreign keys at the end of each request.
     pub(crate) check_deferred_fks: bool,
     /// The longest a client request may run (`DbConfig::max_write_hold`);
@@ -381,6 +381,10 @@ pub(crate) struct Limits {
     pub(crate) max_schema: (usize, usize),
     /// `DbConfig::max_result_bytes`.
     pub(crate) max_result_bytes: usize,
+    /// The database's `Database::interrupt` flag: once set, no request
+    /// starts and nothing commits (review 147: a batch under way went on
+    /// to commit short writes after it).
+    pub(crate) halt: &'a std::sync::atomic::AtomicBool,
 }
 
 /// Runs up to the first `n` requests of `queued` as one transaction, answers
@@ -393,7 +397,7 @@ pub(crate) fn commit_batch(
     queued: &mut Vec<Request>,
     n: usize,
     counters: &Counters,
-    limits: Limits,
+    limits: Limits<'_>,
     panic_for_test: bool,
     scratch: &mut Scratch,
 ) -> usize {
@@ -456,6 +460,10 @@ pub(crate) fn commit_batch(
         if panic_for_test {
             panic!("writer thread killed by fault injection");
         }
+        if limits.halt.load(Ordering::Relaxed) {
+            rollback(conn);
+            break Err(guard::halted_error());
+        }
         crate::db::wal_vfs::forget_commit_written();
         match run_cached(conn, &guard::internal_sql().commit) {
             Ok(()) => {
@@ -499,7 +507,7 @@ fn run_pass(
     jobs: &mut [Request],
     status: &mut [Status],
     careful: bool,
-    limits: Limits,
+    limits: Limits<'_>,
     batch_started: Instant,
     taken: &mut usize,
     counters: &Counters,
@@ -522,6 +530,9 @@ fn run_pass(
         let (job, s) = (&mut jobs[i], &mut status[i]);
         if !matches!(s, Status::Pending) {
             continue;
+        }
+        if limits.halt.load(Ordering::Relaxed) {
+            return Pass::Abort(guard::halted_error());
         }
         if job.budget().expired_at(now) {
             counters.timeouts.fetch_add(1, Ordering::Relaxed);

@@ -450,6 +450,7 @@ impl Database {
             path,
             config: Arc::new(config),
             halt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            read_only: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             on_disk: Arc::default(),
         };
         let counters = Arc::new(Counters::default());
@@ -1021,6 +1022,12 @@ impl Database {
                 "the writer has been running one batch for {} ms (over half of db.max_write_hold): writes are waiting",
                 busy.as_millis(),
             ));
+        }
+        if self.inner.opener.read_only.load(Ordering::Relaxed) {
+            problems.push(
+                "the database file is read-only for litebridge's user: writes are refused"
+                    .to_owned(),
+            );
         }
         if let Some(why) = self.inner.opener.on_disk.changed(&self.inner.opener.path) {
             problems.push(format!(

@@ -35,9 +35,23 @@ pub(crate) struct Opener {
     /// The files the writer opened, to tell when they are removed or
     /// replaced under it (see `on_disk`).
     pub(crate) on_disk: Arc<crate::db::on_disk::OnDisk>,
+    /// SQLite opened the file read-only (litebridge's user may read it but
+    /// not write it): reads are served, writes refused naming the file.
+    pub(crate) read_only: Arc<AtomicBool>,
 }
 
 impl Opener {
+    /// The answer to a write while the file is read-only.
+    pub(crate) fn read_only_refusal(&self) -> Error {
+        Error::ReadOnly {
+            message: format!(
+                "the database file {} is read-only for litebridge's user: writes are refused \
+                 (give the user write access to it and restart litebridge)",
+                self.path.display()
+            ),
+        }
+    }
+
     /// Checks the path before SQLite sees it, so each mistake gets its own message.
     pub(crate) fn validate_path(path: &Path, create: bool) -> Result<()> {
         let open_err = |reason: String| Error::Open {
@@ -111,12 +125,19 @@ impl Opener {
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
             .map_err(|e| self.open_error(e))?;
         // SQLite opens a file it may not write read-only, without a word: in
-        // WAL mode already, nothing of the opening writes, and every write
-        // after it would fail as `read_only` (found by a review).
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(Error::ReadOnly {
-                message: "the database file is read-only".into(),
-            });
+        // WAL mode already, nothing of the opening writes. Reads are served
+        // (`litebridge query` on a file one may only read); writes are
+        // refused naming the file, and health says why (reviews 145, 147).
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB)?;
+        if read_only
+            && !self
+                .read_only
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                db = %self.path.display(),
+                "the database file is read-only for litebridge's user: writes are refused"
+            );
         }
         if first && c.quick_check_on_open {
             let found =

@@ -353,9 +353,16 @@ fn writer_loop(
         }
         // Interrupted for good (`Database::interrupt`): nothing more is
         // written, short statements (which never meet the progress
-        // handler) included.
-        if !batch.is_empty() && opener.halt.load(Ordering::Relaxed) {
+        // handler) included, and no checkpoint asked for runs.
+        if (!batch.is_empty() || !asked.is_empty()) && opener.halt.load(Ordering::Relaxed) {
             answer_all(&mut batch, &mut asked, &guard::halted_error());
+            if taken == Taken::Stop {
+                return;
+            }
+            continue;
+        }
+        if !batch.is_empty() && opener.read_only.load(Ordering::Relaxed) {
+            answer_all(&mut batch, &mut asked, &opener.read_only_refusal());
             if taken == Taken::Stop {
                 return;
             }
@@ -388,6 +395,7 @@ fn writer_loop(
                 max_hold: config.max_write_hold,
                 max_schema: (config.max_schema_objects, config.max_schema_bytes),
                 max_result_bytes: config.max_result_bytes,
+                halt: &opener.halt,
             };
             commit_batch(
                 conn,

@@ -992,15 +992,26 @@ async fn supervise(
                 last_stderr,
             });
         }
-        let (s2, tx) = (s.clone(), exit_tx.clone());
+        let (weak, tx) = (Arc::downgrade(&s), exit_tx.clone());
         drop(s);
-        tokio::spawn(async move { restart(s2, slot, tx).await });
+        tokio::spawn(async move { restart(weak, slot, tx).await });
     }
 }
 
-async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64>) {
+/// Starts a worker in `slot` again, with backoff, until one starts or the
+/// pool closes or goes.
+///
+/// The pool is held only while a worker starts, not while it waits: a pool
+/// whose last handle went while its workers could not start (a bad deploy)
+/// kept them all, and tried again for ever (review 147).
+async fn restart(
+    shared: std::sync::Weak<Shared>,
+    slot: usize,
+    exit_tx: mpsc::UnboundedSender<u64>,
+) {
     let mut attempt = 0u32;
     loop {
+        let Some(s) = shared.upgrade() else { return };
         if s.closing.load(Ordering::Acquire) {
             return;
         }
@@ -1024,7 +1035,9 @@ async fn restart(s: Arc<Shared>, slot: usize, exit_tx: mpsc::UnboundedSender<u64
         } else {
             s.config.restart_backoff.ceiling(attempt)
         };
+        drop(s);
         tokio::time::sleep(wait).await;
+        let Some(s) = shared.upgrade() else { return };
         if s.closing.load(Ordering::Acquire) {
             return;
         }

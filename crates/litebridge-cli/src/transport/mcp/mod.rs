@@ -64,7 +64,16 @@ impl McpServer {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        // A stdio session is told when its tools change (`tools_watch`).
+        let capabilities = if self.local.is_some() {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        ServerConfig::new(capabilities)
             .with_server_info(
                 Implementation::new("litebridge", env!("CARGO_PKG_VERSION"))
                     .with_title("litebridge"),
@@ -124,19 +133,51 @@ impl ServerHandler for McpServer {
 /// Serves MCP on stdin/stdout until the client closes it.
 pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Result<()> {
     let server = McpServer {
-        app,
-        local: Some(caller),
+        app: app.clone(),
+        local: Some(caller.clone()),
     };
     let (input, output, writing) = stdio::checked(tokio::io::stdin(), tokio::io::stdout());
     let running = server
         .serve((input, output))
         .await
         .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
+    let watch = tokio::spawn(tools_watch(app, caller, running.peer().clone()));
+    let ended = running.waiting().await;
+    watch.abort();
+    ended.map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
     writing.await.unwrap_or(Ok(()))
+}
+
+/// How often a stdio session's tools are compared with what it was told.
+const TOOLS_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tells a stdio session's client when its tools change (a worker method
+/// came or went: workers started again with other code, a NATS host
+/// joined or left), with `notifications/tools/list_changed`, so that an
+/// agent does not go on calling tools that are gone (an MCP agent's
+/// audit). The list is compared every [`TOOLS_WATCH`]: it is the method
+/// table's and the workers' announcements, read from memory.
+async fn tools_watch(app: Arc<App>, caller: Caller, peer: rmcp::Peer<RoleServer>) {
+    let names = || {
+        tools::list(&app, &caller)
+            .into_iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+    };
+    let mut told = names();
+    loop {
+        tokio::time::sleep(TOOLS_WATCH).await;
+        if peer.is_transport_closed() {
+            return;
+        }
+        let now = names();
+        if now != told {
+            told = now;
+            if peer.notify_tool_list_changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.

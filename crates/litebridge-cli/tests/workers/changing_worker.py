@@ -1,0 +1,25 @@
+"""A worker whose methods are the names in the file LB_TEST_METHODS, read at
+start: started again after the file changed, it offers other methods (the
+test of MCP's tools/list_changed). `leave` ends the process."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "python"))
+
+from litebridge_worker import Worker  # noqa: E402
+
+worker = Worker()
+
+with open(os.environ["LB_TEST_METHODS"]) as f:
+    for name in f.read().split():
+        worker.method(name=name)(lambda name=name: name)
+
+
+@worker.method(idempotent=False)
+def leave():
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    worker.run()
