@@ -90,6 +90,10 @@ const ADDED: &[&str] = &[
     "pool_metrics.overloaded",
     "pool_metrics.writer_restarts",
     "pool_metrics.checkpoints",
+    // `available_workers` under the name of what it counts: the heavy
+    // lane's free connections (an audit read it as worker processes).
+    "pool_status.available_heavy",
+    "pool_metrics.available_heavy",
 ];
 
 /// The seed's text formats, recognised by a member's example value.

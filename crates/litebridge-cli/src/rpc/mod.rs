@@ -583,7 +583,10 @@ pub(crate) fn health_of(service: &Service) -> Json {
             "total_connections": s.readers + s.heavy_readers + 1,
             "active_connections": s.active_connections,
             "available_readers": s.available_readers,
+            // The seed's name for the heavy lane's free connections (not
+            // the worker processes: `bridge.health` has those).
             "available_workers": s.available_heavy,
+            "available_heavy": s.available_heavy,
             "queue_lengths": {
                 "read_queue": s.read_queue,
                 "write_queue": s.write_queue,
@@ -627,7 +630,10 @@ pub(crate) fn stats_of(service: &Service) -> Json {
             "wal_bytes": s.wal_bytes,
             "active_connections": s.active_connections,
             "available_readers": s.available_readers,
+            // The seed's name for the heavy lane's free connections (not
+            // the worker processes: `bridge.health` has those).
             "available_workers": s.available_heavy,
+            "available_heavy": s.available_heavy,
             "timeouts": s.timeouts,
             "overloaded": s.overloaded,
             "writer_restarts": s.writer_restarts,

@@ -340,7 +340,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "pool.health",
         scope: Scope::Read,
-        description: "Is the database healthy? Connections, free readers, queue lengths and the last health check.",
+        description: "Is the database healthy? Connections, free readers, free heavy-lane connections (available_heavy; available_workers is the same figure under the seed system's name, not the worker processes: see bridge.health), queue lengths and the last health check.",
         example: r#"{}"#,
         handler: handler::<super::stats::PoolHealth>(),
         read_only: true,
