@@ -955,6 +955,43 @@ impl McpStdio {
     }
 }
 
+/// A worker tool's arguments are checked against its handler's annotated
+/// types before the call, and a `*args` handler takes `{"args": [...]}`
+/// (an MCP agent's audit: `"5"` reached an `int`; `*args` could not be
+/// called).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_tools_check_annotated_types_and_take_positional_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let methods = dir.path().join("methods");
+    std::fs::write(&methods, "alpha").unwrap();
+    let methods = methods.display().to_string();
+    let client = connect(
+        &dir.path().join("m.db"),
+        &[
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("LB_TEST_METHODS", methods.as_str())],
+    )
+    .await;
+    let e = fails(&client, "worker_typed", json!({"n": "5"})).await;
+    assert_eq!(e["kind"], "invalid_params", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`n` must be an integer"),
+        "{e}"
+    );
+    let r = ok(&client, "worker_typed", json!({"n": 5, "label": "x"})).await;
+    assert_eq!(r["result"], json!([5, "x"]), "{r}");
+    let r = ok(&client, "worker_spread", json!({"args": [1, "two"]})).await;
+    assert_eq!(r["result"], json!([1, "two"]), "{r}");
+    client.cancel().await.unwrap();
+}
+
 /// A client that is woken by `notifications/tools/list_changed`.
 #[derive(Clone, Default)]
 struct Watching(std::sync::Arc<tokio::sync::Notify>);

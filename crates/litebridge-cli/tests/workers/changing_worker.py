@@ -1,6 +1,7 @@
 """A worker whose methods are the names in the file LB_TEST_METHODS, read at
 start: started again after the file changed, it offers other methods (the
-test of MCP's tools/list_changed). `leave` ends the process."""
+test of MCP's tools/list_changed). `leave` ends the process; `typed` and
+`spread` are an annotated handler and a `*args` one."""
 
 import os
 import sys
@@ -14,6 +15,16 @@ worker = Worker()
 with open(os.environ["LB_TEST_METHODS"]) as f:
     for name in f.read().split():
         worker.method(name=name)(lambda name=name: name)
+
+
+@worker.method()
+def typed(n: int, label: str = ""):
+    return [n, label]
+
+
+@worker.method()
+def spread(*args):
+    return list(args)
 
 
 @worker.method(idempotent=False)

@@ -158,9 +158,67 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
                 .collect();
             object(Json::Object(properties), &required)
         }
-        // The worker takes anything: named arguments as an object.
-        None => json!({"type": "object", "additionalProperties": true}),
+        // The worker takes anything (`*args`, `**kwargs`): named arguments
+        // as an object, or positional ones as `args`.
+        None => json!({
+            "type": "object",
+            "properties": {"args": {
+                "type": "array",
+                "description": "Positional arguments, for a handler that takes *args (sent as a list; any other member is sent by name)"
+            }},
+            "additionalProperties": true,
+        }),
     }
+}
+
+/// The params a worker tool's arguments make, refused (naming the
+/// argument) when they break the types its handler's annotations declare:
+/// the worker's SDK checks names, not types, and a handler got `"5"` for
+/// an `int` (an MCP agent's audit). A handler that declares nothing takes
+/// `args` (an array, alone) as its positional arguments: `*args` handlers
+/// could not be called through MCP.
+fn worker_params(m: &MethodInfo, args: Map<String, Json>) -> Result<Json, String> {
+    let Some(params) = &m.params else {
+        return Ok(match args.get("args") {
+            Some(Json::Array(list)) if args.len() == 1 => Json::Array(list.clone()),
+            _ => Json::Object(args),
+        });
+    };
+    for p in params {
+        let (Some(want), Some(given)) = (&p.json_type, args.get(&p.name)) else {
+            continue;
+        };
+        let fits = match (want.as_str(), given) {
+            (_, Json::Null) => !p.required,
+            ("integer", Json::Number(n)) => n.is_i64() || n.is_u64(),
+            ("number", Json::Number(_))
+            | ("string", Json::String(_))
+            | ("boolean", Json::Bool(_))
+            | ("array", Json::Array(_))
+            | ("object", Json::Object(_)) => true,
+            // A type this check does not know: the worker's to judge.
+            (other, _) => {
+                !["integer", "number", "string", "boolean", "array", "object"].contains(&other)
+            }
+        };
+        if !fits {
+            let shown = given.to_string();
+            let shown = match shown.char_indices().nth(60) {
+                Some((cut, _)) => format!("{}...", &shown[..cut]),
+                None => shown,
+            };
+            return Err(format!(
+                "`{}` must be {} {want} (the handler's annotation), not {shown}",
+                p.name,
+                if want == "integer" || want == "array" || want == "object" {
+                    "an"
+                } else {
+                    "a"
+                }
+            ));
+        }
+    }
+    Ok(Json::Object(args))
 }
 
 /// The tools `caller` may use, in a stable order: the table's, then one per
@@ -208,9 +266,13 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
     tools
 }
 
-/// What a tool name runs: a method of the table with its params, or `None`
-/// for a name that is no tool.
-fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static str, Json)> {
+/// What a tool name runs: a method of the table with its params (or why
+/// its arguments are refused), or `None` for a name that is no tool.
+fn resolve(
+    app: &App,
+    name: &str,
+    args: Map<String, Json>,
+) -> Option<Result<(&'static str, Json), RpcError>> {
     if let Some(m) = rpc::METHODS
         .iter()
         .find(|m| m.tool.as_ref().is_some_and(|t| t.name == name))
@@ -219,14 +281,17 @@ fn resolve(app: &App, name: &str, args: Map<String, Json>) -> Option<(&'static s
         if m.name == "sql.query" && args.get("max_rows").is_none_or(Json::is_null) {
             args.insert("max_rows".into(), json!(DEFAULT_QUERY_ROWS));
         }
-        return Some((m.name, Json::Object(args)));
+        return Some(Ok((m.name, Json::Object(args))));
     }
     let pool = app.service.workers.as_ref()?;
     let (_, method) = worker_tools(pool).into_iter().find(|(n, _)| n == name)?;
-    Some((
-        "bridge.call",
-        json!({"method": method.name, "params": Json::Object(args)}),
-    ))
+    Some(match worker_params(&method, args) {
+        Ok(params) => Ok((
+            "bridge.call",
+            json!({"method": method.name, "params": params}),
+        )),
+        Err(why) => Err(RpcError::InvalidParams(why)),
+    })
 }
 
 /// Runs a tool for `caller`; every outcome is a tool result (errors too, so
@@ -240,14 +305,18 @@ pub(crate) async fn call(
     args: Map<String, Json>,
     request_id: &str,
 ) -> CallToolResult {
-    let Some((method, params)) = resolve(app, name, args) else {
+    let (method, params) = match resolve(app, name, args) {
+        Some(Ok(run)) => run,
         // Counted as a call of the method table would be.
-        return error_result(&rpc::charged(
-            caller,
-            RpcError::MethodNotFound(format!(
-                "no tool named {name:?} (tools/list has the tools of this session)"
-            )),
-        ));
+        Some(Err(refused)) => return error_result(&rpc::charged(caller, refused)),
+        None => {
+            return error_result(&rpc::charged(
+                caller,
+                RpcError::MethodNotFound(format!(
+                    "no tool named {name:?} (tools/list has the tools of this session)"
+                )),
+            ));
+        }
     };
     match rpc::call(app, caller, method, Some(params), request_id).await {
         Ok(result) => success(result),
@@ -484,6 +553,40 @@ fn readable_rows(v: &Json) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_arguments_are_checked_against_the_handlers_annotations() {
+        let typed: MethodInfo = serde_json::from_value(json!({
+            "name": "count",
+            "params": [
+                {"name": "n", "required": true, "type": "integer"},
+                {"name": "label", "required": false, "type": "string"},
+                {"name": "anything", "required": false},
+            ],
+        }))
+        .unwrap();
+        let args = |v: Json| v.as_object().unwrap().clone();
+        let e = worker_params(&typed, args(json!({"n": "5"}))).unwrap_err();
+        assert!(
+            e.contains("`n` must be an integer") && e.contains("\"5\""),
+            "{e}"
+        );
+        assert!(worker_params(&typed, args(json!({"n": 5.5}))).is_err());
+        assert!(worker_params(&typed, args(json!({"n": null}))).is_err());
+        let e = worker_params(&typed, args(json!({"n": 5, "label": 7}))).unwrap_err();
+        assert!(e.contains("`label` must be a string"), "{e}");
+        let ok = json!({"n": 5, "label": null, "anything": [1]});
+        assert_eq!(worker_params(&typed, args(ok.clone())).unwrap(), ok);
+        // A handler that declares nothing (`*args`): `args` alone is its
+        // positional arguments; anything else goes by name.
+        let loose: MethodInfo = serde_json::from_value(json!({"name": "any"})).unwrap();
+        assert_eq!(
+            worker_params(&loose, args(json!({"args": [1, "x"]}))).unwrap(),
+            json!([1, "x"])
+        );
+        let named = json!({"args": [1], "k": 2});
+        assert_eq!(worker_params(&loose, args(named.clone())).unwrap(), named);
+    }
 
     #[test]
     fn a_write_with_returned_rows_keeps_its_changes_in_the_text() {
