@@ -465,6 +465,14 @@ impl Error {
     /// or NATS was lost, it timed out while running) is recoverable only when its
     /// method is declared idempotent: calling a method that is not again may
     /// do its work twice.
+    ///
+    /// `unavailable` is recoverable, as a server's client sees it: the
+    /// service is shutting down or restarting, and another instance, or this
+    /// one later, can answer. A program that closed its own [`Database`] or
+    /// shut down its own pool gets `unavailable` from that handle for good:
+    /// it should not retry on it (`Database::health` says it was closed).
+    ///
+    /// [`Database`]: crate::Database
     pub fn is_recoverable(&self) -> bool {
         match self {
             Error::WorkerCrashed { idempotent, .. }

@@ -570,6 +570,12 @@ async fn after_interrupt_every_request_is_refused_and_nothing_is_written() {
         ..QueryOptions::default()
     };
     refused(db.query_with("SELECT 1", (), heavy).await.unwrap_err());
+    refused(
+        db.backup_to(dir.path().join("after.db"), |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(!dir.path().join("after.db").exists());
     db.close().await;
     let db = litebridge::Database::open(dir.path().join("test.db"), DbConfig::default())
         .await

@@ -91,9 +91,12 @@ pub fn backup_file(
     dest: &Path,
     if_exists: IfExists,
     busy_timeout: Duration,
-    progress: impl FnMut(BackupProgress),
+    mut progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
-    copy_verified(source, dest, if_exists, busy_timeout, progress)
+    copy_verified(source, dest, if_exists, busy_timeout, |p| {
+        progress(p);
+        true
+    })
 }
 
 /// What [`backup_file`] does when its destination exists.
@@ -106,12 +109,14 @@ pub enum IfExists {
     Replace,
 }
 
+/// `progress` is told each step and answers whether to go on (a database
+/// interrupted for good stops its backup: nothing is left at `dest`).
 pub(crate) fn copy_verified(
     source: &Path,
     dest: &Path,
     existing: IfExists,
     busy_timeout: Duration,
-    mut progress: impl FnMut(BackupProgress),
+    mut progress: impl FnMut(BackupProgress) -> bool,
 ) -> Result<BackupReport> {
     let started = Instant::now();
     check_destination(source, dest, existing)?;
@@ -171,7 +176,7 @@ pub(crate) fn copy_into(
     source: &Path,
     partial: &Path,
     busy_timeout: Duration,
-    progress: &mut impl FnMut(BackupProgress),
+    progress: &mut impl FnMut(BackupProgress) -> bool,
 ) -> Result<(u64, Option<String>)> {
     // Before this process's first connection: SQLite takes its allocator
     // once, and a database opened later enforces its memory budget by it.
@@ -198,10 +203,13 @@ pub(crate) fn copy_into(
                 let p = b.progress();
                 let total = u64::try_from(p.pagecount).unwrap_or(0);
                 let remaining = u64::try_from(p.remaining).unwrap_or(0);
-                progress(BackupProgress {
+                let go_on = progress(BackupProgress {
                     copied: total - remaining,
                     total,
                 });
+                if !go_on {
+                    return Err(crate::db::guard::halted_error());
+                }
                 match step {
                     rusqlite::backup::StepResult::Done => break total,
                     rusqlite::backup::StepResult::More => {}

@@ -924,8 +924,17 @@ impl Database {
         let source = self.inner.opener.path.clone();
         let dest = dest.as_ref().to_path_buf();
         let busy = self.inner.opener.config.busy_timeout;
+        // Stopped at the next step by `interrupt` (review 147).
+        let halt = self.inner.opener.halt.clone();
+        if halt.load(Ordering::Relaxed) {
+            return Err(guard::halted_error());
+        }
+        let mut progress = progress;
         tokio::task::spawn_blocking(move || {
-            backup::copy_verified(&source, &dest, backup::IfExists::Refuse, busy, progress)
+            backup::copy_verified(&source, &dest, backup::IfExists::Refuse, busy, |p| {
+                progress(p);
+                !halt.load(Ordering::Relaxed)
+            })
         })
         .await
         .map_err(|e| Error::Internal {

@@ -89,6 +89,7 @@ pub fn restore_file(
     let partial = create_partial(db, if db.exists() { db } else { from })?;
     let placed = copy_into(from, &partial, Duration::from_secs(5), &mut |p| {
         progress(p.copied, p.total);
+        true
     })
     .and_then(|_| place(&partial, db, aside));
     let replaced_kept_at = match placed {
