@@ -707,11 +707,26 @@ class _Method:
         params = _describe_params(self.func)
         if params is not None:
             d["params"] = params
+        elif _takes_positional(self.func):
+            d["positional"] = True
         return d
 
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean",
                list: "array", tuple: "array", dict: "object"}
+
+
+def _takes_positional(func):
+    """Whether the handler takes its arguments by position only (``*args``
+    or positional-only parameters, and no ``**kwargs``): an MCP tool's
+    ``{"args": [...]}`` is then its positional arguments."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False
+    kinds = [p.kind for p in sig.parameters.values()]
+    P = inspect.Parameter
+    return P.VAR_KEYWORD not in kinds and (P.VAR_POSITIONAL in kinds or P.POSITIONAL_ONLY in kinds)
 
 
 def _describe_params(func):

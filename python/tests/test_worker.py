@@ -107,6 +107,26 @@ class ExampleWorkerTest(unittest.TestCase):
         )
         self.assertIsNone(_describe_params(anything))
 
+    def test_handlers_that_take_arguments_by_position_only_say_so(self):
+        from litebridge_worker.worker import _takes_positional
+
+        def spread(*args):
+            pass
+
+        def only(a, b, /):
+            pass
+
+        def anything(*args, **kwargs):
+            pass
+
+        def named(**kwargs):
+            pass
+
+        self.assertTrue(_takes_positional(spread))
+        self.assertTrue(_takes_positional(only))
+        self.assertFalse(_takes_positional(anything))
+        self.assertFalse(_takes_positional(named))
+
     def test_positional_and_named_params(self):
         self.assertEqual(self.peer.roundtrip("echo", [42])["result"], 42)
         r = self.peer.roundtrip("analyze", {"description": "a b c", "domain": "finance"})

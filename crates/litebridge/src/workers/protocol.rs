@@ -23,6 +23,10 @@ pub struct MethodInfo {
     /// Its named parameters, when the worker could describe them.
     #[serde(default)]
     pub params: Option<Vec<ParamInfo>>,
+    /// It takes its arguments by position only (`*args`, positional-only
+    /// parameters, no `**kwargs`), when it has no `params`.
+    #[serde(default)]
+    pub positional: bool,
 }
 
 /// One parameter of a worker method, from its `$/ready`.

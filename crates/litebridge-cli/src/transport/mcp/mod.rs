@@ -50,6 +50,19 @@ pub(crate) struct McpServer {
     app: Arc<App>,
     /// The caller of a stdio session; HTTP requests bring their own.
     local: Option<Caller>,
+    /// A stdio session's watch of its tools (`tools_watch`).
+    watch: Option<Arc<Watch>>,
+}
+
+/// What [`tools_watch`] waits for and may do.
+#[derive(Default)]
+struct Watch {
+    /// The client said `notifications/initialized`: notifications may go.
+    initialized: tokio::sync::Notify,
+    /// The session's protocol has `notifications/tools/list_changed` as a
+    /// plain notification (before 2026-07-28, which sends it on a
+    /// subscription's stream, which litebridge does not serve).
+    may_notify: std::sync::atomic::AtomicBool,
 }
 
 impl McpServer {
@@ -87,7 +100,23 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        self.negotiate_initialize(&request)
+        let mut result = self.negotiate_initialize(&request)?;
+        if let Some(watch) = &self.watch {
+            let plain = result.protocol_version.to_string().as_str() < "2026-07-28";
+            watch
+                .may_notify
+                .store(plain, std::sync::atomic::Ordering::Relaxed);
+            if !plain && let Some(tools) = result.capabilities.tools.as_mut() {
+                tools.list_changed = None;
+            }
+        }
+        Ok(result)
+    }
+
+    async fn on_initialized(&self, _context: rmcp::service::NotificationContext<RoleServer>) {
+        if let Some(watch) = &self.watch {
+            watch.initialized.notify_one();
+        }
     }
 
     async fn list_tools(
@@ -132,18 +161,20 @@ impl ServerHandler for McpServer {
 
 /// Serves MCP on stdin/stdout until the client closes it.
 pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Result<()> {
+    let watch = Arc::new(Watch::default());
     let server = McpServer {
         app: app.clone(),
         local: Some(caller.clone()),
+        watch: Some(watch.clone()),
     };
     let (input, output, writing) = stdio::checked(tokio::io::stdin(), tokio::io::stdout());
     let running = server
         .serve((input, output))
         .await
         .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
-    let watch = tokio::spawn(tools_watch(app, caller, running.peer().clone()));
+    let watching = tokio::spawn(tools_watch(app, caller, running.peer().clone(), watch));
     let ended = running.waiting().await;
-    watch.abort();
+    watching.abort();
     ended.map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
     writing.await.unwrap_or(Ok(()))
 }
@@ -152,31 +183,44 @@ pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Resul
 const TOOLS_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tells a stdio session's client when its tools change (a worker method
-/// came or went: workers started again with other code, a NATS host
-/// joined or left), with `notifications/tools/list_changed`, so that an
-/// agent does not go on calling tools that are gone (an MCP agent's
-/// audit). The list is compared every [`TOOLS_WATCH`]: it is the method
-/// table's and the workers' announcements, read from memory.
-async fn tools_watch(app: Arc<App>, caller: Caller, peer: rmcp::Peer<RoleServer>) {
-    let names = || {
-        tools::list(&app, &caller)
-            .into_iter()
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-    };
-    let mut told = names();
+/// came or went, or its parameters or description changed: workers
+/// started again with other code, a NATS host joined or left), with
+/// `notifications/tools/list_changed`, so that an agent does not go on
+/// calling tools that are gone (an MCP agent's audit). The list is read
+/// every [`TOOLS_WATCH`] (the method table's and the workers'
+/// announcements, in memory) once the client said it is initialized, and
+/// told when a change has lasted two readings: a worker that starts again
+/// within a second (its methods gone meanwhile) tells nothing (review 148).
+async fn tools_watch(
+    app: Arc<App>,
+    caller: Caller,
+    peer: rmcp::Peer<RoleServer>,
+    watch: Arc<Watch>,
+) {
+    if app.service.workers.is_none() {
+        // The method table's tools do not change while litebridge runs.
+        return;
+    }
+    watch.initialized.notified().await;
+    if !watch.may_notify.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let tools = || serde_json::to_string(&tools::list(&app, &caller)).unwrap_or_default();
+    let mut told = tools();
+    let mut seen = told.clone();
     loop {
         tokio::time::sleep(TOOLS_WATCH).await;
         if peer.is_transport_closed() {
             return;
         }
-        let now = names();
-        if now != told {
-            told = now;
+        let now = tools();
+        if now == seen && now != told {
             if peer.notify_tool_list_changed().await.is_err() {
                 return;
             }
+            told = now.clone();
         }
+        seen = now;
     }
 }
 
@@ -186,9 +230,10 @@ async fn tools_watch(app: Arc<App>, caller: Caller, peer: rmcp::Peer<RoleServer>
 /// (and the router's own Host and Origin check runs in front either way).
 ///
 /// Stateless: each POST is answered on its own, with a JSON body, and no
-/// session is kept between requests. litebridge's tools need no server-sent
-/// notifications, and a server that keeps a session per `initialize` holds
-/// memory for anyone who asks (sessions were unbounded).
+/// session is kept between requests (a server that keeps a session per
+/// `initialize` holds memory for anyone who asks: sessions were
+/// unbounded). So nothing is pushed: `/mcp` clients are not told when the
+/// tools change (stdio sessions are, `tools_watch`), and list them again.
 pub(crate) fn http_service(
     app: Arc<App>,
     exposed: bool,
@@ -207,6 +252,7 @@ pub(crate) fn http_service(
             Ok(McpServer {
                 app: app.clone(),
                 local: None,
+                watch: None,
             })
         },
         Arc::new(LocalSessionManager::default()),

@@ -145,8 +145,16 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
                 .iter()
                 .map(|p| {
                     let mut s = Map::new();
-                    if let Some(t) = &p.json_type {
-                        s.insert("type".into(), json!(t));
+                    // One that may be left out may be null too (the
+                    // handler's default then applies: `n: int = None`).
+                    match &p.json_type {
+                        Some(t) if p.required => {
+                            s.insert("type".into(), json!(t));
+                        }
+                        Some(t) => {
+                            s.insert("type".into(), json!([t, "null"]));
+                        }
+                        None => {}
                     }
                     (p.name.clone(), Json::Object(s))
                 })
@@ -158,39 +166,58 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
                 .collect();
             object(Json::Object(properties), &required)
         }
-        // The worker takes anything (`*args`, `**kwargs`): named arguments
-        // as an object, or positional ones as `args`.
-        None => json!({
+        // A handler that takes its arguments by position only (`*args`):
+        // them, as `args`.
+        None if m.positional => json!({
             "type": "object",
             "properties": {"args": {
                 "type": "array",
-                "description": "Positional arguments, for a handler that takes *args (sent as a list; any other member is sent by name)"
+                "description": "The handler's positional arguments, in order."
             }},
-            "additionalProperties": true,
+            "additionalProperties": false,
         }),
+        // The worker takes anything (`**kwargs`): named arguments.
+        None => json!({"type": "object", "additionalProperties": true}),
     }
 }
 
 /// The params a worker tool's arguments make, refused (naming the
-/// argument) when they break the types its handler's annotations declare:
-/// the worker's SDK checks names, not types, and a handler got `"5"` for
-/// an `int` (an MCP agent's audit). A handler that declares nothing takes
-/// `args` (an array, alone) as its positional arguments: `*args` handlers
-/// could not be called through MCP.
-fn worker_params(m: &MethodInfo, args: Map<String, Json>) -> Result<Json, String> {
+/// argument) when they break the JSON types its handler's annotations
+/// declare (`int`, `float`, `str`, `bool`, `list`, `tuple`, `dict`; the
+/// SDK announces no type for others, `Optional[int]` among them): the
+/// worker's SDK checks names, not types, and a handler got `"5"` for an
+/// `int` (an MCP agent's audit). An integral number written as a float
+/// (`5.0`, as JSON Schema's `integer` allows) is sent as the integer. A
+/// handler that takes its arguments by position only (`*args`) takes
+/// `args`, an array: it could not be called through MCP. `bridge_call`
+/// sends its params as they are, as JSON-RPC's `bridge.call` does.
+fn worker_params(m: &MethodInfo, mut args: Map<String, Json>) -> Result<Json, String> {
     let Some(params) = &m.params else {
         return Ok(match args.get("args") {
-            Some(Json::Array(list)) if args.len() == 1 => Json::Array(list.clone()),
+            Some(Json::Array(list)) if m.positional && args.len() == 1 => Json::Array(list.clone()),
             _ => Json::Object(args),
         });
     };
     for p in params {
-        let (Some(want), Some(given)) = (&p.json_type, args.get(&p.name)) else {
+        let (Some(want), Some(given)) = (&p.json_type, args.get_mut(&p.name)) else {
             continue;
         };
-        let fits = match (want.as_str(), given) {
+        let fits = match (want.as_str(), &*given) {
             (_, Json::Null) => !p.required,
-            ("integer", Json::Number(n)) => n.is_i64() || n.is_u64(),
+            ("integer", Json::Number(n)) => {
+                if let Some(whole) = n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && !n.is_i64() && !n.is_u64())
+                {
+                    // Sent as the integer it is, when one fits.
+                    if whole.abs() < 9.2e18 {
+                        *given = json!(whole as i64);
+                    }
+                    true
+                } else {
+                    n.is_i64() || n.is_u64()
+                }
+            }
             ("number", Json::Number(_))
             | ("string", Json::String(_))
             | ("boolean", Json::Bool(_))
@@ -202,23 +229,33 @@ fn worker_params(m: &MethodInfo, args: Map<String, Json>) -> Result<Json, String
             }
         };
         if !fits {
-            let shown = given.to_string();
-            let shown = match shown.char_indices().nth(60) {
-                Some((cut, _)) => format!("{}...", &shown[..cut]),
-                None => shown,
-            };
             return Err(format!(
-                "`{}` must be {} {want} (the handler's annotation), not {shown}",
+                "`{}` must be {} {want} (the handler's annotation), not {}",
                 p.name,
-                if want == "integer" || want == "array" || want == "object" {
+                if ["integer", "array", "object"].contains(&want.as_str()) {
                     "an"
                 } else {
                     "a"
-                }
+                },
+                shown(given)
             ));
         }
     }
     Ok(Json::Object(args))
+}
+
+/// A value as an error shows it: short, and without serializing all of a
+/// large one.
+fn shown(v: &Json) -> String {
+    match v {
+        Json::String(s) => match s.char_indices().nth(60) {
+            Some((cut, _)) => format!("{:?}...", &s[..cut]),
+            None => format!("{s:?}"),
+        },
+        Json::Array(a) => format!("an array of {} items", a.len()),
+        Json::Object(o) => format!("an object of {} members", o.len()),
+        other => other.to_string(),
+    }
 }
 
 /// The tools `caller` may use, in a stable order: the table's, then one per
@@ -270,6 +307,7 @@ pub(crate) fn list(app: &App, caller: &Caller) -> Vec<Tool> {
 /// its arguments are refused), or `None` for a name that is no tool.
 fn resolve(
     app: &App,
+    caller: &Caller,
     name: &str,
     args: Map<String, Json>,
 ) -> Option<Result<(&'static str, Json), RpcError>> {
@@ -285,6 +323,14 @@ fn resolve(
     }
     let pool = app.service.workers.as_ref()?;
     let (_, method) = worker_tools(pool).into_iter().find(|(n, _)| n == name)?;
+    // A caller who may not call workers is refused for that first (by
+    // `rpc::call`), not told how a handler's parameters are typed.
+    if !caller.scopes().allows(Scope::Bridge) {
+        return Some(Ok((
+            "bridge.call",
+            json!({"method": method.name, "params": Json::Object(args)}),
+        )));
+    }
     Some(match worker_params(&method, args) {
         Ok(params) => Ok((
             "bridge.call",
@@ -305,7 +351,7 @@ pub(crate) async fn call(
     args: Map<String, Json>,
     request_id: &str,
 ) -> CallToolResult {
-    let (method, params) = match resolve(app, name, args) {
+    let (method, params) = match resolve(app, caller, name, args) {
         Some(Ok(run)) => run,
         // Counted as a call of the method table would be.
         Some(Err(refused)) => return error_result(&rpc::charged(caller, refused)),
@@ -577,13 +623,27 @@ mod tests {
         assert!(e.contains("`label` must be a string"), "{e}");
         let ok = json!({"n": 5, "label": null, "anything": [1]});
         assert_eq!(worker_params(&typed, args(ok.clone())).unwrap(), ok);
-        // A handler that declares nothing (`*args`): `args` alone is its
-        // positional arguments; anything else goes by name.
-        let loose: MethodInfo = serde_json::from_value(json!({"name": "any"})).unwrap();
+        // An integral number written as a float is the integer (JSON
+        // Schema's `integer`); a fraction is not.
         assert_eq!(
-            worker_params(&loose, args(json!({"args": [1, "x"]}))).unwrap(),
+            worker_params(&typed, args(json!({"n": 5.0}))).unwrap(),
+            json!({"n": 5})
+        );
+        assert!(worker_params(&typed, args(json!({"n": 1e20}))).is_ok());
+        assert!(worker_params(&typed, args(json!({"n": 5, "label": "x".repeat(100)}))).is_ok());
+        let e = worker_params(&typed, args(json!({"n": [1, 2]}))).unwrap_err();
+        assert!(e.contains("an array of 2 items"), "{e}");
+        // A handler that takes its arguments by position only (`*args`):
+        // `args` alone is them. Any other (`**kwargs`) gets them by name.
+        let positional: MethodInfo =
+            serde_json::from_value(json!({"name": "any", "positional": true})).unwrap();
+        assert_eq!(
+            worker_params(&positional, args(json!({"args": [1, "x"]}))).unwrap(),
             json!([1, "x"])
         );
+        let loose: MethodInfo = serde_json::from_value(json!({"name": "any"})).unwrap();
+        let kw = json!({"args": [1, "x"]});
+        assert_eq!(worker_params(&loose, args(kw.clone())).unwrap(), kw);
         let named = json!({"args": [1], "k": 2});
         assert_eq!(worker_params(&loose, args(named.clone())).unwrap(), named);
     }
@@ -688,6 +748,7 @@ mod tests {
             cache_ttl_s: None,
             description: None,
             params: None,
+            positional: false,
         };
         let long = "y".repeat(70);
         let names = [

@@ -1081,6 +1081,7 @@ mod tests {
             cache_ttl_s: None,
             description: None,
             params: None,
+            positional: false,
         }
     }
 

@@ -193,6 +193,9 @@ pub(crate) fn method_metadata(m: &MethodInfo) -> HashMap<String, String> {
             .collect();
         meta.insert("params".into(), Json::Array(v).to_string());
     }
+    if m.positional {
+        meta.insert("positional".into(), "true".into());
+    }
     meta
 }
 
@@ -223,6 +226,7 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
         cache_ttl_s: meta.get("cache_ttl_s").and_then(|v| v.parse().ok()),
         description: meta.get("description").cloned(),
         params,
+        positional: meta.get("positional").is_some_and(|v| v == "true"),
     })
 }
 
@@ -518,6 +522,7 @@ mod tests {
                 required: true,
                 json_type: Some("string".into()),
             }]),
+            positional: false,
         };
         assert_eq!(method_from_metadata(&method_metadata(&m)), Some(m));
     }
