@@ -989,6 +989,21 @@ async fn worker_tools_check_annotated_types_and_take_positional_args() {
     assert_eq!(r["result"], json!([5, "x"]), "{r}");
     let r = ok(&client, "worker_spread", json!({"args": [1, "two"]})).await;
     assert_eq!(r["result"], json!([1, "two"]), "{r}");
+    // `bridge_call` with named params is checked alike (review 148).
+    let e = fails(
+        &client,
+        "bridge_call",
+        json!({"method": "typed", "params": {"n": "5"}}),
+    )
+    .await;
+    assert_eq!(e["kind"], "invalid_params", "{e}");
+    let r = ok(
+        &client,
+        "bridge_call",
+        json!({"method": "typed", "params": {"n": 5.0}}),
+    )
+    .await;
+    assert_eq!(r["result"], json!([5, ""]), "{r}");
     client.cancel().await.unwrap();
 }
 

@@ -189,8 +189,9 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
 /// `int` (an MCP agent's audit). An integral number written as a float
 /// (`5.0`, as JSON Schema's `integer` allows) is sent as the integer. A
 /// handler that takes its arguments by position only (`*args`) takes
-/// `args`, an array: it could not be called through MCP. `bridge_call`
-/// sends its params as they are, as JSON-RPC's `bridge.call` does.
+/// `args`, an array: it could not be called through MCP. The tool
+/// `bridge_call` checks its named params alike; JSON-RPC's `bridge.call`
+/// sends params as they are (the worker's SDK checks their names).
 fn worker_params(m: &MethodInfo, mut args: Map<String, Json>) -> Result<Json, String> {
     let Some(params) = &m.params else {
         return Ok(match args.get("args") {
@@ -318,6 +319,26 @@ fn resolve(
         let mut args = args;
         if m.name == "sql.query" && args.get("max_rows").is_none_or(Json::is_null) {
             args.insert("max_rows".into(), json!(DEFAULT_QUERY_ROWS));
+        }
+        // `bridge_call` with named params is checked as the method's own
+        // tool is (review 148: the same call passed one and not the other).
+        if m.name == "bridge.call"
+            && caller.scopes().allows(Scope::Bridge)
+            && let (Some(Json::String(method)), Some(Json::Object(params))) =
+                (args.get("method"), args.get("params"))
+            && let Some(info) = app
+                .service
+                .workers
+                .as_ref()
+                .and_then(|pool| pool.methods().into_iter().find(|i| &i.name == method))
+            && info.params.is_some()
+        {
+            match worker_params(&info, params.clone()) {
+                Ok(checked) => {
+                    args.insert("params".into(), checked);
+                }
+                Err(why) => return Some(Err(RpcError::InvalidParams(why))),
+            }
         }
         return Some(Ok((m.name, Json::Object(args))));
     }
