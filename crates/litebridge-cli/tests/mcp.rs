@@ -14,6 +14,17 @@ mod common;
 type Client = RunningService<RoleClient, ()>;
 
 async fn connect(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Client {
+    connect_as((), db, extra, env).await
+}
+
+/// `litebridge mcp` with `handler` as the client (one that takes
+/// notifications).
+async fn connect_as<H: rmcp::ClientHandler>(
+    handler: H,
+    db: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> RunningService<RoleClient, H> {
     let (transport, _) = TokioChildProcess::builder(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_litebridge")).configure(|cmd| {
             cmd.arg("mcp")
@@ -27,7 +38,7 @@ async fn connect(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> 
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    ().serve(transport).await.expect("initialize")
+    handler.serve(transport).await.expect("initialize")
 }
 
 async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
@@ -1025,27 +1036,20 @@ async fn a_stdio_session_is_told_when_its_tools_change() {
     let dir = tempfile::tempdir().unwrap();
     let methods = dir.path().join("methods");
     std::fs::write(&methods, "alpha").unwrap();
-    let db = dir.path().join("m.db");
-    let (transport, _) = TokioChildProcess::builder(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_litebridge")).configure(|cmd| {
-            cmd.arg("mcp")
-                .arg("--db")
-                .arg(&db)
-                .args([
-                    "--workers",
-                    "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
-                    "--processes",
-                    "1",
-                ])
-                .env("LB_TEST_METHODS", &methods)
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-        }),
-    )
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let methods = methods.display().to_string();
     let told = Watching::default();
-    let client = told.clone().serve(transport).await.expect("initialize");
+    let client = connect_as(
+        told.clone(),
+        &dir.path().join("m.db"),
+        &[
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("LB_TEST_METHODS", methods.as_str())],
+    )
+    .await;
     let names = |tools: Vec<rmcp::model::Tool>| {
         tools
             .into_iter()

@@ -351,32 +351,32 @@ fn writer_loop(
                 Instant::now() + config.max_wait,
             );
         }
-        // Interrupted for good (`Database::interrupt`): nothing more is
-        // written, short statements (which never meet the progress
-        // handler) included, and no checkpoint asked for runs.
-        if (!batch.is_empty() || !asked.is_empty()) && opener.halt.load(Ordering::Relaxed) {
-            answer_all(&mut batch, &mut asked, &guard::halted_error());
-            if taken == Taken::Stop {
-                return;
+        // Refused whole, nothing run: interrupted for good
+        // (`Database::interrupt`: short statements, which never meet the
+        // progress handler, and checkpoints asked for too), a file
+        // litebridge's user may not write, or one no path names any more
+        // (see `on_disk`).
+        let refusal = if !batch.is_empty() || !asked.is_empty() {
+            if opener.halt.load(Ordering::Relaxed) {
+                Some(guard::halted_error())
+            } else if batch.is_empty() {
+                None
+            } else if opener.read_only.load(Ordering::Relaxed) {
+                Some(opener.read_only_refusal())
+            } else if let Some(why) = opener.on_disk.changed(&opener.path) {
+                if said.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                    said = Some(Instant::now());
+                    tracing::error!(db = %opener.path.display(), "{why}: writes are refused");
+                }
+                Some(OnDisk::refusal(&why))
+            } else {
+                None
             }
-            continue;
-        }
-        if !batch.is_empty() && opener.read_only.load(Ordering::Relaxed) {
-            answer_all(&mut batch, &mut asked, &opener.read_only_refusal());
-            if taken == Taken::Stop {
-                return;
-            }
-            continue;
-        }
-        // Never a write into a file no path names (see `on_disk`).
-        if !batch.is_empty()
-            && let Some(why) = opener.on_disk.changed(&opener.path)
-        {
-            if said.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
-                said = Some(Instant::now());
-                tracing::error!(db = %opener.path.display(), "{why}: writes are refused");
-            }
-            answer_all(&mut batch, &mut asked, &OnDisk::refusal(&why));
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            answer_all(&mut batch, &mut asked, &e);
             if taken == Taken::Stop {
                 return;
             }
