@@ -58,6 +58,7 @@ import threading
 import time
 import traceback
 import types
+import typing as _typing
 import weakref
 
 PARSE_ERROR = -32700
@@ -714,6 +715,7 @@ class _Method:
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean",
                list: "array", tuple: "array", dict: "object"}
+_UnionType = getattr(types, "UnionType", None)  # int | None, 3.10+
 
 
 def _takes_positional(func):
@@ -750,11 +752,81 @@ def _describe_params(func):
         if p.name in fixed:
             continue
         item = {"name": p.name, "required": p.default is p.empty}
-        json_type = _JSON_TYPES.get(p.annotation)
+        json_type, nullable = _annotated_type(func, p.annotation)
         if json_type is not None:
             item["type"] = json_type
+            if nullable:
+                item["nullable"] = True
         out.append(item)
     return out
+
+
+def _annotated_type(func, annotation):
+    """The JSON type a parameter's annotation declares, and whether it
+    allows None: ``int`` is ``("integer", False)``, ``Optional[int]`` and
+    ``int | None`` ``("integer", True)``, ``Annotated[int, ...]`` as
+    ``int``, ``list[str]`` and ``List[str]`` an array, ``Union[int, float]``
+    a number. A string annotation (``from __future__ import annotations``)
+    is read in the handler's module first. Anything else, or an annotation
+    that cannot be read, declares no type: ``(None, False)``, never an
+    exception (describing a handler must not stop the worker)."""
+    try:
+        for _ in range(2):  # 'int' under ``from __future__ import annotations`` is "'int'"
+            if isinstance(annotation, str):
+                annotation = eval(annotation, _globals_of(func))  # the handler's own source text
+        return _json_type_of(annotation, 0)
+    except Exception:
+        return None, False
+
+
+def _json_type_of(t, depth):
+    if depth > 8:
+        return None, False
+    if type(t) is type:  # type(t), not isinstance: a class may define __eq__/__hash__
+        return _JSON_TYPES.get(t), False
+    origin = _typing.get_origin(t)
+    if origin is None:
+        return None, False
+    if origin is _typing.Annotated:
+        return _json_type_of(_typing.get_args(t)[0], depth + 1)
+    if origin is _typing.Union or (_UnionType is not None and origin is _UnionType):
+        nullable = False
+        found = set()
+        for arg in _typing.get_args(t):
+            if arg is type(None):
+                nullable = True
+                continue
+            json_type, none_too = _json_type_of(arg, depth + 1)
+            if json_type is None:
+                return None, False  # a member this check cannot judge
+            found.add(json_type)
+            nullable = nullable or none_too
+        if found == {"integer", "number"}:
+            found = {"number"}
+        return (found.pop(), nullable) if len(found) == 1 else (None, False)
+    if origin is _typing.Literal:
+        return None, False
+    if type(origin) is type:  # list[int], List[int], dict[str, int], tuple[int, ...]
+        return _JSON_TYPES.get(origin), False
+    return None, False
+
+
+def _globals_of(func):
+    """The module globals a handler's string annotations are read in: those
+    of the function under its bound methods, partials and wrappers."""
+    for _ in range(64):
+        if isinstance(func, types.MethodType):
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        elif getattr(func, "__wrapped__", None) is not None:
+            func = func.__wrapped__
+        else:
+            break
+    found = getattr(func, "__globals__", None)
+    if found is None and not isinstance(func, type):
+        found = getattr(getattr(type(func), "__call__", None), "__globals__", None)
+    return found if isinstance(found, dict) else {}
 
 
 class _Shape:

@@ -107,6 +107,43 @@ class ExampleWorkerTest(unittest.TestCase):
         )
         self.assertIsNone(_describe_params(anything))
 
+    def test_optional_annotated_generic_and_string_annotations_are_read(self):
+        """``Optional[int]`` is a nullable integer, ``Annotated`` its first
+        argument (an unhashable one made describing the worker raise),
+        string annotations are read in the handler's module, and what
+        cannot be read declares no type instead of raising."""
+        import functools
+        import typing
+        from litebridge_worker.worker import _describe_params
+
+        def handler(a: typing.Optional[int], b: typing.Annotated[str, {"doc": 1}] = "",
+                    c: "list[str]" = None, d: "NoSuchName" = None,
+                    e: typing.Union[int, float] = 0, f: typing.Union[int, str] = 0,
+                    g: typing.Dict[str, int] = None, h: typing.Any = None,
+                    i: "'int'" = 0, j: typing.Optional[typing.Annotated[bool, "flag"]] = None):
+            pass
+
+        want = [
+            {"name": "a", "required": True, "type": "integer", "nullable": True},
+            {"name": "b", "required": False, "type": "string"},
+            {"name": "c", "required": False, "type": "array"},
+            {"name": "d", "required": False},
+            {"name": "e", "required": False, "type": "number"},
+            {"name": "f", "required": False},
+            {"name": "g", "required": False, "type": "object"},
+            {"name": "h", "required": False},
+            {"name": "i", "required": False, "type": "integer"},
+            {"name": "j", "required": False, "type": "boolean", "nullable": True},
+        ]
+        self.assertEqual(_describe_params(handler), want)
+        self.assertEqual(_describe_params(functools.partial(handler, 1)), want[1:])
+        if sys.version_info >= (3, 10):
+            def union(x: eval("int | None")):
+                pass
+
+            self.assertEqual(_describe_params(union),
+                             [{"name": "x", "required": True, "type": "integer", "nullable": True}])
+
     def test_handlers_that_take_arguments_by_position_only_say_so(self):
         from litebridge_worker.worker import _takes_positional
 

@@ -1015,6 +1015,34 @@ async fn worker_tools_check_annotated_types_and_take_positional_args() {
     )
     .await;
     assert_eq!(r["result"], json!([5, ""]), "{r}");
+    // `Optional[int]` takes null and an integer, a string annotation and
+    // `Annotated[str, {...}]` are read as their types.
+    let r = ok(&client, "worker_maybe", json!({"n": null})).await;
+    assert_eq!(r["result"], json!([null, null, ""]), "{r}");
+    for (args, named) in [
+        (json!({"n": "5"}), "`n` must be an integer"),
+        (json!({"n": 1, "tags": "a"}), "`tags` must be an array"),
+        (json!({"n": 1, "note": 5}), "`note` must be a string"),
+    ] {
+        let e = fails(&client, "worker_maybe", args).await;
+        assert_eq!(e["kind"], "invalid_params", "{e}");
+        assert!(e["message"].as_str().unwrap().contains(named), "{e}");
+    }
+    let r = ok(
+        &client,
+        "worker_maybe",
+        json!({"n": 2, "tags": ["a"], "note": "b"}),
+    )
+    .await;
+    assert_eq!(r["result"], json!([2, ["a"], "b"]), "{r}");
+    let tools = client.list_all_tools().await.unwrap();
+    let maybe = tools.iter().find(|t| t.name == "worker_maybe").unwrap();
+    assert_eq!(
+        maybe.input_schema["properties"]["n"]["type"],
+        json!(["integer", "null"]),
+        "{:?}",
+        maybe.input_schema
+    );
     client.cancel().await.unwrap();
 }
 

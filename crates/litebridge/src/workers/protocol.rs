@@ -41,6 +41,10 @@ pub struct ParamInfo {
     /// `object`), when the handler's annotation says.
     #[serde(default, rename = "type")]
     pub json_type: Option<String>,
+    /// Whether it may be `null` although it has a type
+    /// (`Optional[int]`, `int | None`).
+    #[serde(default)]
+    pub nullable: bool,
 }
 
 fn yes() -> bool {

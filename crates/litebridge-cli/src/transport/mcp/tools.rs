@@ -146,9 +146,10 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
                 .map(|p| {
                     let mut s = Map::new();
                     // One that may be left out may be null too (the
-                    // handler's default then applies: `n: int = None`).
+                    // handler's default then applies: `n: int = None`),
+                    // as may an `Optional[int]`.
                     match &p.json_type {
-                        Some(t) if p.required => {
+                        Some(t) if p.required && !p.nullable => {
                             s.insert("type".into(), json!(t));
                         }
                         Some(t) => {
@@ -183,8 +184,9 @@ fn worker_schema(m: &litebridge::workers::MethodInfo) -> Json {
 
 /// The params a worker tool's arguments make, refused (naming the
 /// argument) when they break the JSON types its handler's annotations
-/// declare (`int`, `float`, `str`, `bool`, `list`, `tuple`, `dict`; the
-/// SDK announces no type for others, `Optional[int]` among them): the
+/// declare (`int`, `float`, `str`, `bool`, `list`, `tuple`, `dict`, and
+/// these as `Optional[...]`, which takes null; the SDK announces no type
+/// for others, `Literal` and enums among them): the
 /// worker's SDK checks names, not types, and a handler got `"5"` for an
 /// `int` (an MCP agent's audit). An integral number written as a float
 /// (`5.0`, as JSON Schema's `integer` allows) is sent as the integer. A
@@ -204,7 +206,7 @@ fn worker_params(m: &MethodInfo, mut args: Map<String, Json>) -> Result<Json, St
             continue;
         };
         let fits = match (want.as_str(), &*given) {
-            (_, Json::Null) => !p.required,
+            (_, Json::Null) => !p.required || p.nullable,
             ("integer", Json::Number(n)) => {
                 if let Some(whole) = n
                     .as_f64()

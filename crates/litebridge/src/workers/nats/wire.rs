@@ -189,7 +189,13 @@ pub(crate) fn method_metadata(m: &MethodInfo) -> HashMap<String, String> {
     if let Some(params) = &m.params {
         let v: Vec<Json> = params
             .iter()
-            .map(|p| json!({"name": p.name, "required": p.required, "type": p.json_type}))
+            .map(|p| {
+                let mut v = json!({"name": p.name, "required": p.required, "type": p.json_type});
+                if p.nullable {
+                    v["nullable"] = json!(true);
+                }
+                v
+            })
             .collect();
         meta.insert("params".into(), Json::Array(v).to_string());
     }
@@ -215,6 +221,7 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
                         name: p.get("name")?.as_str()?.to_owned(),
                         required: p.get("required").and_then(Json::as_bool).unwrap_or(false),
                         json_type: p.get("type").and_then(Json::as_str).map(str::to_owned),
+                        nullable: p.get("nullable").and_then(Json::as_bool).unwrap_or(false),
                     })
                 })
                 .collect(),
@@ -517,11 +524,20 @@ mod tests {
             idempotent: false,
             cache_ttl_s: Some(2.5),
             description: Some("Analyses.".into()),
-            params: Some(vec![ParamInfo {
-                name: "text".into(),
-                required: true,
-                json_type: Some("string".into()),
-            }]),
+            params: Some(vec![
+                ParamInfo {
+                    name: "text".into(),
+                    required: true,
+                    json_type: Some("string".into()),
+                    nullable: false,
+                },
+                ParamInfo {
+                    name: "limit".into(),
+                    required: true,
+                    json_type: Some("integer".into()),
+                    nullable: true,
+                },
+            ]),
             positional: false,
         };
         assert_eq!(method_from_metadata(&method_metadata(&m)), Some(m));
