@@ -705,3 +705,51 @@ async fn a_checkpoint_asked_after_interrupt_is_refused() {
         "checkpoint after interrupt: {r:?}"
     );
 }
+
+/// A check asked after interrupt() is refused, and one under way stops
+/// (review 147: `check` went on for as long as the file took, holding up
+/// a shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_stops_at_interrupt() {
+    let (_dir, db) = open_kv(common::config()).await;
+    db.write(|c| {
+        c.execute_batch(
+            "CREATE TABLE big(a INTEGER, b TEXT);
+             CREATE INDEX big_a ON big(a); CREATE INDEX big_b ON big(b);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400000)
+             INSERT INTO big SELECT i * 7919 % 400000, hex(i * 104729) FROM n;",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let whole = Instant::now();
+    let report = db.check(litebridge::CheckDepth::Full).await.unwrap();
+    let whole = whole.elapsed();
+    assert!(report.ok, "{report:?}");
+    let checking = {
+        let db = db.clone();
+        tokio::spawn(async move { db.check(litebridge::CheckDepth::Full).await })
+    };
+    tokio::time::sleep(whole / 4).await;
+    db.interrupt();
+    let interrupted = Instant::now();
+    let r = checking.await.unwrap();
+    let took = interrupted.elapsed();
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
+        "a check under way at interrupt() (a whole check takes {whole:?}): {r:?}"
+    );
+    assert!(
+        took < whole / 2,
+        "the check took {took:?} to stop (a whole check takes {whole:?})"
+    );
+    let r = db.check(litebridge::CheckDepth::Quick).await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
+        "a check after interrupt(): {r:?}"
+    );
+    db.close().await;
+}

@@ -33,12 +33,15 @@
 //! would be served, or patched with the old log, by whoever has it open.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::open::{Bound, Findings, integrity_check, is_damage, quick_check};
+pub(crate) use crate::db::open::Bound;
+use crate::db::open::{Findings, check_halting, is_damage};
 use crate::error::{Error, Result};
 
 /// Pages copied per backup step.
@@ -93,10 +96,14 @@ pub fn backup_file(
     busy_timeout: Duration,
     mut progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
-    copy_verified(source, dest, if_exists, busy_timeout, |p| {
-        progress(p);
-        true
-    })
+    copy_verified(
+        source,
+        dest,
+        if_exists,
+        busy_timeout,
+        &Arc::default(),
+        &mut progress,
+    )
 }
 
 /// What [`backup_file`] does when its destination exists.
@@ -116,12 +123,13 @@ pub(crate) fn copy_verified(
     dest: &Path,
     existing: IfExists,
     busy_timeout: Duration,
-    mut progress: impl FnMut(BackupProgress) -> bool,
+    halt: &Arc<AtomicBool>,
+    progress: &mut impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
     let started = Instant::now();
     check_destination(source, dest, existing)?;
     let partial = create_partial(dest, source)?;
-    let result = copy_into(source, &partial, busy_timeout, &mut progress);
+    let result = copy_into(source, &partial, busy_timeout, halt, progress);
     let (pages, partly_verified) = match result {
         Ok(p) => p,
         Err(e) => {
@@ -171,12 +179,15 @@ pub(crate) fn sync_dir(path: &Path) {
     }
 }
 
-/// Copies `source` into the empty file `partial` and verifies the copy.
+/// Copies `source` into the empty file `partial` and verifies the copy;
+/// stops (with [`halted_error`](crate::db::guard::halted_error)) at the
+/// next step, or during the verification, once `halt` is set.
 pub(crate) fn copy_into(
     source: &Path,
     partial: &Path,
     busy_timeout: Duration,
-    progress: &mut impl FnMut(BackupProgress) -> bool,
+    halt: &Arc<AtomicBool>,
+    progress: &mut impl FnMut(BackupProgress),
 ) -> Result<(u64, Option<String>)> {
     // Before this process's first connection: SQLite takes its allocator
     // once, and a database opened later enforces its memory budget by it.
@@ -203,11 +214,11 @@ pub(crate) fn copy_into(
                 let p = b.progress();
                 let total = u64::try_from(p.pagecount).unwrap_or(0);
                 let remaining = u64::try_from(p.remaining).unwrap_or(0);
-                let go_on = progress(BackupProgress {
+                progress(BackupProgress {
                     copied: total - remaining,
                     total,
                 });
-                if !go_on {
+                if halt.load(Ordering::Relaxed) {
                     return Err(crate::db::guard::halted_error());
                 }
                 match step {
@@ -226,7 +237,10 @@ pub(crate) fn copy_into(
         let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
         });
-        let found = quick_check(&mut dst, 10, Bound::Bounded)?;
+        let found = check_halting(&mut dst, false, 10, Bound::Bounded, halt)?;
+        if halt.load(Ordering::Relaxed) {
+            return Err(crate::db::guard::halted_error());
+        }
         if let Some(why) = &found.unfinished {
             tracing::warn!(backup = %partial.display(), "the backup's verification was cut short: {why}");
         }
@@ -700,7 +714,7 @@ pub enum CheckDepth {
 /// # Errors
 /// [`Error::Open`] when the file cannot be opened or is not a database.
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
-    check_file_within(path, depth, Bound::Whole)
+    check_file_within(path, depth, Bound::Whole, &Arc::default())
 }
 
 /// Why [`check_file`] refuses a file that is no SQLite database at all.
@@ -711,10 +725,21 @@ pub(crate) const NOT_A_DATABASE: &str = "the file is not a SQLite database";
 /// which a table's costly generated columns must not hold up for hours. A
 /// check cut short reports what it found until then, with a warning.
 pub(crate) fn check_file_bounded(path: &Path) -> Result<CheckReport> {
-    check_file_within(path, CheckDepth::Quick, Bound::Bounded)
+    check_file_within(path, CheckDepth::Quick, Bound::Bounded, &Arc::default())
 }
 
-fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<CheckReport> {
+/// [`check_file`] that stops once `halt` is set, answering
+/// [`halted_error`](crate::db::guard::halted_error) (`Database::check`
+/// after `Database::interrupt`).
+pub(crate) fn check_file_within(
+    path: &Path,
+    depth: CheckDepth,
+    bound: Bound,
+    halt: &Arc<AtomicBool>,
+) -> Result<CheckReport> {
+    if halt.load(Ordering::Relaxed) {
+        return Err(crate::db::guard::halted_error());
+    }
     // Before this process's first connection (`serve --recover` checks the
     // file before it opens it): see `copy_into`.
     crate::db::heap::install();
@@ -772,12 +797,7 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
             elapsed: started.elapsed(),
         });
     }
-    let found = if full {
-        integrity_check(&mut conn, 100)
-    } else {
-        quick_check(&mut conn, 100, bound)
-    }
-    .unwrap_or_else(|e| {
+    let found = check_halting(&mut conn, full, 100, bound, halt).unwrap_or_else(|e| {
         let damage = is_damage(&e);
         let line = Error::from(e).to_string();
         if damage {
@@ -792,6 +812,9 @@ fn check_file_within(path: &Path, depth: CheckDepth, bound: Bound) -> Result<Che
             }
         }
     });
+    if halt.load(Ordering::Relaxed) {
+        return Err(crate::db::guard::halted_error());
+    }
     if let Some(why) = &found.unfinished {
         tracing::warn!(file = %path.display(), "the check was cut short: {why}");
     }

@@ -931,10 +931,14 @@ impl Database {
         }
         let mut progress = progress;
         tokio::task::spawn_blocking(move || {
-            backup::copy_verified(&source, &dest, backup::IfExists::Refuse, busy, |p| {
-                progress(p);
-                !halt.load(Ordering::Relaxed)
-            })
+            backup::copy_verified(
+                &source,
+                &dest,
+                backup::IfExists::Refuse,
+                busy,
+                &halt,
+                &mut progress,
+            )
         })
         .await
         .map_err(|e| Error::Internal {
@@ -954,17 +958,21 @@ impl Database {
     }
 
     /// Checks the file as deep as `depth` says, from a read-only connection
-    /// of its own.
+    /// of its own. [`Database::interrupt`] stops it.
     ///
     /// # Errors
-    /// [`Error::Open`] if the file cannot be opened.
+    /// [`Error::Open`] if the file cannot be opened;
+    /// [`Error::Unavailable`] once interrupted.
     pub async fn check(&self, depth: CheckDepth) -> Result<CheckReport> {
         let path = self.inner.opener.path.clone();
-        tokio::task::spawn_blocking(move || check_file(&path, depth))
-            .await
-            .map_err(|e| Error::Internal {
-                message: format!("the check panicked: {e}"),
-            })?
+        let halt = self.inner.opener.halt.clone();
+        tokio::task::spawn_blocking(move || {
+            backup::check_file_within(&path, depth, backup::Bound::Whole, &halt)
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("the check panicked: {e}"),
+        })?
     }
 
     /// The size of the `-wal` file in bytes (0 when there is none).

@@ -390,12 +390,32 @@ pub(crate) fn quick_check(
     limit: u32,
     bound: Bound,
 ) -> rusqlite::Result<Findings> {
-    check_pragma(conn, "quick_check", limit, bound)
+    check_pragma(conn, "quick_check", limit, bound, None)
 }
 
 /// Runs `PRAGMA integrity_check`, keeping at most `limit` lines of each kind.
+#[cfg(test)]
 pub(crate) fn integrity_check(conn: &mut Connection, limit: u32) -> rusqlite::Result<Findings> {
-    check_pragma(conn, "integrity_check", limit, Bound::Whole)
+    check_pragma(conn, "integrity_check", limit, Bound::Whole, None)
+}
+
+/// `quick_check` (or, `full`, `integrity_check`) that stops early once
+/// `halt` is set ([`Database::interrupt`](crate::Database::interrupt)), as
+/// every request does: what it found then is incomplete, and the caller
+/// answers [`halted_error`](crate::db::guard::halted_error) instead.
+pub(crate) fn check_halting(
+    conn: &mut Connection,
+    full: bool,
+    limit: u32,
+    bound: Bound,
+    halt: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> rusqlite::Result<Findings> {
+    let pragma = if full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
+    check_pragma(conn, pragma, limit, bound, Some(halt))
 }
 
 /// The time a bounded check of `conn`'s file may take.
@@ -443,6 +463,7 @@ fn check_pragma(
     pragma: &str,
     limit: u32,
     bound: Bound,
+    halt: Option<&std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> rusqlite::Result<Findings> {
     let longest = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
@@ -451,7 +472,7 @@ fn check_pragma(
         conn,
         longest,
         MAX_LIKE_PATTERN as usize,
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        halt.cloned().unwrap_or_default(),
     )?;
     let columns = columns(conn)?;
     let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
@@ -464,21 +485,24 @@ fn check_pragma(
         #[cfg(test)]
         Bound::Within(budget) => Some(budget),
     };
-    if let Some(budget) = budget {
-        {
-            let until = std::time::Instant::now() + budget;
-            let s = stopped.clone();
-            conn.progress_handler(
-                10_000,
-                Some(move || {
-                    let past = std::time::Instant::now() >= until;
-                    if past {
-                        s.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    past
-                }),
-            )?;
-        }
+    let watched = budget.is_some() || halt.is_some();
+    if watched {
+        let until = budget.map(|budget| std::time::Instant::now() + budget);
+        let s = stopped.clone();
+        let halt = halt.cloned();
+        conn.progress_handler(
+            10_000,
+            Some(move || {
+                let past = until.is_some_and(|until| std::time::Instant::now() >= until)
+                    || halt
+                        .as_ref()
+                        .is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed));
+                if past {
+                    s.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                past
+            }),
+        )?;
     }
     // And a timer: the progress handler is called every 10,000 steps of a
     // statement, and a check of a table whose few rows each compute a huge
@@ -541,7 +565,7 @@ fn check_pragma(
             let _ = thread.join();
         }
     }
-    if budget.is_some() {
+    if watched {
         conn.progress_handler(0, None::<fn() -> bool>)?;
     }
     if !ignoring {
