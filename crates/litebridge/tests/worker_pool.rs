@@ -1801,3 +1801,42 @@ async fn a_dropped_pool_whose_restarts_fail_stops_its_workers() {
         pids[1]
     );
 }
+
+/// A pool dropped while its health check waits for a worker's `$/ping`
+/// stops its workers then, not once the ping has timed out (review 147:
+/// the health check held the pool across every ping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_dropped_during_a_ping_stops_its_workers() {
+    // Ready, then silent: it never answers `$/ping`, and leaves at stdin's end.
+    let script = r#"
+import json, os, sys
+print(json.dumps({"jsonrpc": "2.0", "method": "$/ready",
+                  "params": {"pid": os.getpid(), "methods": []}}), flush=True)
+for line in sys.stdin:
+    pass
+"#;
+    let mut c = WorkerConfig::new(["python3".to_owned(), "-c".to_owned(), script.to_owned()]);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.ping_timeout = Duration::from_secs(30);
+    c.shutdown_grace = Duration::from_secs(1);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pid = pool.status().workers[0].pid;
+    // The first ping is sent after 100 ms and waits up to 30 s.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(pool);
+    let until = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survived = alive(pid);
+    if survived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        !survived,
+        "worker {pid} outlived its dropped pool by 10 s (shutdown_grace 1 s): the health check holds the pool while a ping waits"
+    );
+}

@@ -1112,18 +1112,21 @@ fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
 }
 
 /// Pings every worker and recycles those due, every `health_interval`.
+/// The pool is held only while a worker is looked at or replaced, not
+/// while a ping is answered: a pool dropped meanwhile stops its workers
+/// then, not a `ping_timeout` per worker later.
 async fn maintain(shared: std::sync::Weak<Shared>) {
-    let interval = match shared.upgrade() {
-        Some(s) => s.config.health_interval,
+    let (interval, slots) = match shared.upgrade() {
+        Some(s) => (s.config.health_interval, s.slots.len()),
         None => return,
     };
     loop {
         tokio::time::sleep(interval).await;
-        let Some(s) = shared.upgrade() else { return };
-        if s.closing.load(Ordering::Acquire) {
-            return;
-        }
-        for slot in 0..s.slots.len() {
+        for slot in 0..slots {
+            let Some(s) = shared.upgrade() else { return };
+            if s.closing.load(Ordering::Acquire) {
+                return;
+            }
             let Some(p) = read(&s.slots[slot]).clone() else {
                 continue;
             };
@@ -1156,18 +1159,21 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                     continue;
                 }
             }
-            ping(&s, &p).await;
+            let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+            let within = s.config.ping_timeout;
+            drop(s);
+            ping(id, within, &p).await;
         }
     }
 }
 
-/// Kills a worker that does not answer `$/ping` in time (it is then replaced).
-async fn ping(s: &Shared, p: &Arc<Process>) {
-    let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+/// Kills a worker that does not answer `$/ping` (call `id`) `within` (it
+/// is then replaced).
+async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
     let Ok(reply) = p.send(id, "$/ping", &Json::Null, None) else {
         return;
     };
-    match tokio::time::timeout(s.config.ping_timeout, reply).await {
+    match tokio::time::timeout(within, reply).await {
         Ok(_) => {}
         Err(_) => {
             tracing::warn!(
