@@ -732,8 +732,9 @@ def _takes_positional(func):
 
 
 def _describe_params(func):
-    """The handler's parameters as ``[{name, required, type?}]``; None when
-    they cannot be described (``*args`` style handlers take anything).
+    """The handler's parameters as ``[{name, required, type?, nullable?}]``;
+    None when they cannot be described (``*args`` or ``**kwargs``:
+    ``_takes_positional`` says which handlers take a list).
     Parameters a ``functools.partial`` fixed are not the caller's, and are
     left out (``_bound_names``)."""
     try:

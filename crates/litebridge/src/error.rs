@@ -23,7 +23,8 @@ pub enum ErrorKind {
     Overloaded,
     /// SQLite stayed busy (locked by another process) past the busy timeout.
     Busy,
-    /// A write was sent on a read-only path.
+    /// A write was sent on a read-only path, or to a database file
+    /// litebridge's user may not write.
     ReadOnly,
     /// The database file is damaged.
     Corrupt,
@@ -136,7 +137,8 @@ pub enum Error {
         /// SQLite's message.
         message: String,
     },
-    /// A statement that writes was sent on a read path.
+    /// A statement that writes was sent on a read path, or a write to a
+    /// database file litebridge's user may not write.
     #[error("{message}")]
     ReadOnly {
         /// What was refused and what to use instead.

@@ -43,9 +43,16 @@
 //!   replaced), `exec` (binding and running),
 //!   `introspect` ([`Database::schema`]), `open` (pragmas), `checkpointer`
 //!   (WAL checkpoints off the writer thread), `wal_vfs` (the writer's WAL
-//!   writes, one per commit), `backup` (online backup, checks), `restore`
-//!   (restore with the old file kept aside), `ffi` (calls of SQLite's C API
-//!   that rusqlite does not wrap).
+//!   writes, one per commit), `keeper` (an idle read transaction that
+//!   makes point reads cheaper), `shm_peers` (whether another process has
+//!   the file open), `on_disk` (whether the file open is still the one at
+//!   its path), `claims` (idempotency records), `backup` (online backup,
+//!   checks), `restore` (restore with the old file kept aside), `ffi`
+//!   (calls of SQLite's C API that rusqlite does not wrap).
+//! - `idempotency`: [`IdempotencyKey`], a write applied at most once.
+//! - `consistency`: where a read may be served, and the position token of
+//!   read-your-writes on replicas.
+//! - [`exact`]: integers JSON carries that would be read inexactly.
 //! - [`resilience`]: backoff, [`RetryPolicy`](resilience::RetryPolicy) with a
 //!   retry budget, [`CircuitBreaker`](resilience::CircuitBreaker) and its registry.
 //! - `stats`: [`DbStats`], the database's statistics.

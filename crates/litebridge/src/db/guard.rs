@@ -8,8 +8,9 @@
 //! interrupt unable to hit another caller: there is no cross-thread
 //! `sqlite3_interrupt` racing against the next request on the connection.
 //!
-//! - The progress handler interrupts a statement once its deadline passes or
-//!   its caller has gone away (heavy lane).
+//! - The progress handler interrupts a statement once its deadline passes,
+//!   its caller has gone away (heavy lane and writes), its hold on the
+//!   writer passes, or the database was halted (`Database::interrupt`).
 //! - The authorizer refuses, in caller-supplied SQL only, statements that
 //!   would break the engine or leak from one caller to the next through a
 //!   shared connection: transaction control everywhere (the writer owns

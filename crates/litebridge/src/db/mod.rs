@@ -431,7 +431,11 @@ impl Database {
     /// # Errors
     /// - [`Error::Config`] for an invalid configuration, naming the key.
     /// - [`Error::Open`] when the path is a directory, its directory does not
-    ///   exist, it is not writable, or the file is not a SQLite database.
+    ///   exist, it cannot be opened or switched to WAL for want of write
+    ///   access, or the file is not a SQLite database. A file in WAL mode
+    ///   that may be read but not written is opened: reads are served,
+    ///   writes fail with [`Error::ReadOnly`] naming the file, and
+    ///   [`Database::health`] says why.
     /// - [`Error::Corrupt`] when `quick_check` finds damage, naming the file.
     pub async fn open(path: impl AsRef<Path>, config: DbConfig) -> Result<Database> {
         let path = path.as_ref().to_path_buf();

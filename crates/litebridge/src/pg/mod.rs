@@ -2505,7 +2505,7 @@ async fn stream_rows(
 fn returned_too_large(e: Error) -> Error {
     match e {
         Error::TooLarge { limit, .. } => Error::TooLarge {
-            what: "the rows the write returned (postgres.max_result_bytes, for all of a request's statements); nothing of the write was kept"
+            what: "the rows the write returned (db.max_result_bytes, for all of a request's statements); nothing of the write was kept"
                 .into(),
             limit,
         },
@@ -2513,10 +2513,10 @@ fn returned_too_large(e: Error) -> Error {
     }
 }
 
-/// A read refused past `postgres.max_result_bytes`.
+/// A read refused past `db.max_result_bytes`.
 fn too_large(max_bytes: usize) -> Error {
     Error::TooLarge {
-        what: "the query's rows (postgres.max_result_bytes; ask for fewer with max_rows)".into(),
+        what: "the query's rows (db.max_result_bytes; ask for fewer with max_rows)".into(),
         limit: max_bytes as u64,
     }
 }

@@ -15,8 +15,9 @@
 //!   1 and 0 (as SQLite gives them), integers exact, floats as reals (NaN as
 //!   the text `"NaN"`, which JSON cannot hold otherwise), numeric as its exact
 //!   decimal text, bytea as a blob, json and jsonb as their text, uuid, date,
-//!   time, timestamp and timestamptz as ISO text in UTC. Any other type is
-//!   refused naming the column and its type, with the cast that reads it.
+//!   time, timestamp and timestamptz as ISO text in UTC, void as null. Any
+//!   other type is refused naming the column and its type, with the cast
+//!   that reads it.
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;

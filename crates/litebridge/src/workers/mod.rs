@@ -20,8 +20,8 @@
 //!
 //! **Deadlines and cancellation.** A call's deadline covers its time queued.
 //! When it passes, or the caller drops the future, the worker gets
-//! `$/cancelRequest`; a worker still busy with the call after `cancel_grace`
-//! is replaced at the next health check (recycled: a new worker takes the
+//! `$/cancelRequest`; a worker still busy with the call after `cancel_grace`,
+//! once the call has also run as long as `call_timeout` allows, is replaced at the next health check (recycled: a new worker takes the
 //! slot, the old one finishes its other callers' calls, then is stopped), so
 //! a stuck handler cannot hold a slot forever, and one caller's short
 //! deadline never fails another's call.
@@ -43,8 +43,10 @@
 //! no call is lost.
 //!
 //! **Breakers.** One circuit breaker per method, around the retries: each call
-//! reports one outcome. Crashes, timeouts and exceptions count as failures;
-//! bad params and a full queue do not.
+//! reports one outcome. Crashes, exceptions other than a deliberate
+//! `WorkerError`, and timeouts of calls that had the default deadline count
+//! as failures; a deliberate `WorkerError`, a caller's shorter deadline, a
+//! wait in the queue, bad params and a full queue do not.
 //!
 //! **Names.** Only methods a worker announced (or, in generic mode, names
 //! under the prefixes it announced) reach a worker; the protocol's own `$/`
