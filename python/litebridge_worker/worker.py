@@ -40,8 +40,10 @@ Design:
   litebridge.
 """
 
+import ast
 import asyncio
 import base64
+import builtins as _builtins
 import collections
 import contextvars
 import functools
@@ -697,6 +699,21 @@ class _Method:
         self.cache_ttl_s = cache_ttl_s
         self.is_async = inspect.iscoroutinefunction(func)
 
+    def describe_safely(self):
+        """``describe``, or, when the handler cannot be described (a
+        callable whose signature raises), its name and what was registered,
+        with a warning: the worker serves it all the same."""
+        try:
+            return self.describe()
+        except BaseException as e:
+            logging.getLogger("litebridge_worker").warning(
+                "method %s: its parameters cannot be described (%s); announced without them",
+                self.name, _safe_str(e))
+            d = {"name": self.name, "idempotent": self.idempotent}
+            if self.cache_ttl_s is not None:
+                d["cache_ttl_s"] = self.cache_ttl_s
+            return d
+
     def describe(self):
         d = {"name": self.name, "idempotent": self.idempotent}
         if self.cache_ttl_s is not None:
@@ -765,18 +782,18 @@ def _describe_params(func):
 def _annotated_type(func, annotation):
     """The JSON type a parameter's annotation declares, and whether it
     allows None: ``int`` is ``("integer", False)``, ``Optional[int]`` and
-    ``int | None`` ``("integer", True)``, ``Annotated[int, ...]`` as
+    ``int | None`` ``("integer", True)``, ``Annotated[int, "doc"]`` as
     ``int``, ``list[str]`` and ``List[str]`` an array, ``Union[int, float]``
     a number. A string annotation (``from __future__ import annotations``)
-    is read in the handler's module first. Anything else, or an annotation
-    that cannot be read, declares no type: ``(None, False)``, never an
-    exception (describing a handler must not stop the worker)."""
+    is read in the handler's module without running anything (``_read``).
+    Anything else, or an annotation that cannot be read, declares no type:
+    ``(None, False)``, never an exception (describing a handler must not
+    stop the worker), and never a type stricter than the handler takes."""
     try:
-        for _ in range(2):  # 'int' under ``from __future__ import annotations`` is "'int'"
-            if isinstance(annotation, str):
-                annotation = eval(annotation, _globals_of(func))  # the handler's own source text
+        if isinstance(annotation, str):
+            annotation = _read(annotation, _globals_of(func))
         return _json_type_of(annotation, 0)
-    except Exception:
+    except BaseException:  # a user type whose __class__, __or__, ... raises anything at all
         return None, False
 
 
@@ -789,7 +806,13 @@ def _json_type_of(t, depth):
     if origin is None:
         return None, False
     if origin is _typing.Annotated:
-        return _json_type_of(_typing.get_args(t)[0], depth + 1)
+        # Metadata that is only documentation keeps the type; anything else
+        # may change what the handler takes (a validator that turns "ff"
+        # into 255), so the type is not announced.
+        args = _typing.get_args(t)
+        if not all(_plain(m, 0) for m in args[1:]):
+            return None, False
+        return _json_type_of(args[0], depth + 1)
     if origin is _typing.Union or (_UnionType is not None and origin is _UnionType):
         nullable = False
         found = set()
@@ -805,11 +828,71 @@ def _json_type_of(t, depth):
         if found == {"integer", "number"}:
             found = {"number"}
         return (found.pop(), nullable) if len(found) == 1 else (None, False)
-    if origin is _typing.Literal:
-        return None, False
     if type(origin) is type:  # list[int], List[int], dict[str, int], tuple[int, ...]
         return _JSON_TYPES.get(origin), False
     return None, False
+
+
+def _plain(value, depth):
+    """Whether ``value`` is plain data (text, numbers, and lists, tuples and
+    dicts of them): documentation in an ``Annotated``, not behaviour."""
+    if value is None or type(value) in (str, int, float, bool, bytes):
+        return True
+    if depth < 4 and type(value) in (list, tuple):
+        return all(_plain(v, depth + 1) for v in value)
+    if depth < 4 and type(value) is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+# What a string annotation may hold to be read: names, attributes,
+# subscripts, constants, tuples and lists (Dict[str, int], Callable[[int],
+# str]) and ``|``. No call, no operator but ``|``: reading it runs nothing
+# of the program's (an annotation string is not always an expression
+# meant to be run: "int or None").
+_READABLE = (ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Constant,
+             ast.Tuple, ast.List, ast.Load, ast.BinOp, ast.BitOr)
+
+
+def _read(text, module_globals):
+    """The object a string annotation names, looked up in the handler's
+    module and the builtins without running the program's code: names and
+    attributes through dictionaries and ``inspect.getattr_static`` (a
+    module's lazy ``__getattr__``, which may import a model, is not
+    called); subscripts only of classes and ``typing``'s forms. A string
+    holding a string ("'int'") is read once more. Raises when it cannot."""
+    for _ in range(2):
+        tree = ast.parse(text.strip(), mode="eval")
+        if len(text) > 1000 or not all(isinstance(n, _READABLE) for n in ast.walk(tree)):
+            raise ValueError("not an annotation litebridge reads")
+        body = tree.body
+        if isinstance(body, ast.Constant) and isinstance(body.value, str):
+            text = body.value
+            continue
+        return _read_node(body, module_globals)
+    raise ValueError("not an annotation litebridge reads")
+
+
+def _read_node(node, module_globals):
+    if isinstance(node, ast.Name):
+        if node.id in module_globals:
+            return module_globals[node.id]
+        return _builtins.__dict__[node.id]
+    if isinstance(node, ast.Attribute):
+        return inspect.getattr_static(_read_node(node.value, module_globals), node.attr)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_read_node(n, module_globals) for n in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Subscript):
+        base = _read_node(node.value, module_globals)
+        if not (isinstance(base, type) or type(base).__module__ in ("typing", "typing_extensions")):
+            raise ValueError("not an annotation litebridge reads")
+        return base[_read_node(node.slice, module_globals)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _read_node(node.left, module_globals) | _read_node(node.right, module_globals)
+    raise ValueError("not an annotation litebridge reads")
 
 
 def _globals_of(func):
@@ -1195,7 +1278,7 @@ class Worker:
         self._loop.add_reader(fd, self._on_readable, fd)
         ready = {
             "pid": os.getpid(),
-            "methods": [m.describe() for m in self._methods.values()],
+            "methods": [m.describe_safely() for m in self._methods.values()],
             "dynamic": self._resolver is not None,
         }
         if self._resolver is not None and self._prefixes is not None:

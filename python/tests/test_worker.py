@@ -144,6 +144,61 @@ class ExampleWorkerTest(unittest.TestCase):
             self.assertEqual(_describe_params(union),
                              [{"name": "x", "required": True, "type": "integer", "nullable": True}])
 
+    def test_annotations_are_read_without_running_anything(self):
+        """A string annotation is read, not run (review 149): a call in it
+        is not made, a doc-style string ("int or None") declares nothing, a
+        module's lazy ``__getattr__`` (an import of a model) is not called;
+        ``Annotated`` metadata that may change what a handler takes (a
+        validator) declares nothing; a handler that cannot be described is
+        announced by name."""
+        import types as _types
+        import typing
+        from litebridge_worker.worker import _Method, _describe_params
+
+        asked = []
+        heavy = _types.ModuleType("heavy")
+        heavy.__getattr__ = lambda name: asked.append(name) or int
+
+        class Validator:
+            def __init__(self, f):
+                self.f = f
+
+        def handler(a: "__import__('sys').exit(3)" = 0, b: "int or None" = None,
+                    c: "heavy.Model" = None, d: typing.Annotated[int, Validator(int)] = 0,
+                    e: typing.Annotated[int, "doc", {"k": [1, 2.5]}] = 0,
+                    f: "typing.Optional[typing.List[int]]" = None, g: "int | None" = None):
+            pass
+
+        added = {"heavy": heavy, "typing": typing}
+        added = {k: v for k, v in added.items() if k not in handler.__globals__}
+        handler.__globals__.update(added)
+        try:
+            described = _describe_params(handler)
+        finally:
+            for k in added:
+                del handler.__globals__[k]
+        self.assertEqual(asked, [])
+        by_name = {p["name"]: p for p in described}
+        for untyped in "abcd":
+            self.assertNotIn("type", by_name[untyped], untyped)
+        self.assertEqual(by_name["e"]["type"], "integer")
+        self.assertEqual((by_name["f"]["type"], by_name["f"]["nullable"]), ("array", True))
+        if sys.version_info >= (3, 10):
+            self.assertEqual((by_name["g"]["type"], by_name["g"]["nullable"]), ("integer", True))
+        else:
+            self.assertNotIn("type", by_name["g"])
+
+        class Broken:
+            @property
+            def __signature__(self):
+                raise RuntimeError("no signature")
+
+            def __call__(self, *args):
+                pass
+
+        self.assertEqual(_Method("broken", Broken(), True, 5.0).describe_safely(),
+                         {"name": "broken", "idempotent": True, "cache_ttl_s": 5.0})
+
     def test_handlers_that_take_arguments_by_position_only_say_so(self):
         from litebridge_worker.worker import _takes_positional
 

@@ -753,3 +753,119 @@ async fn a_check_stops_at_interrupt() {
     );
     db.close().await;
 }
+
+/// A check and a backup's verification stop at interrupt() also when each
+/// row takes one long step, which the progress handler never sees (review
+/// 149: a generated column computing 40 MB per row held both for seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_of_rows_each_one_long_step_stops_at_interrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.db");
+    // Before this process's first SQLite connection, which the raw one
+    // below could be: SQLite takes its allocator once, and the other tests
+    // here need litebridge's (it stops long steps).
+    litebridge::install_memory_budgets();
+    {
+        // The column is made cheap, filled, then made costly behind
+        // SQLite's back (as a file from elsewhere could be).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(n INTEGER,
+                 g INTEGER NOT NULL GENERATED ALWAYS AS (length(hex(zeroblob(0 * n)))) VIRTUAL);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 60)
+             INSERT INTO t(n) SELECT 20000000 FROM k;
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = replace(sql, 'zeroblob(0 * n)', 'zeroblob(n)')
+                 WHERE name = 't';
+             PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+    }
+    let config = common::config().quick_check_on_open(false).build().unwrap();
+    let db = Database::open(&path, config).await.unwrap();
+    let checking = {
+        let db = db.clone();
+        tokio::spawn(async move { db.check(litebridge::CheckDepth::Quick).await })
+    };
+    let backing_up = {
+        let db = db.clone();
+        let dest = dir.path().join("copy.db");
+        tokio::spawn(async move { db.backup_to(dest, |_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.interrupt();
+    let interrupted = Instant::now();
+    let checked = checking.await.unwrap();
+    let backed_up = backing_up.await.unwrap();
+    let took = interrupted.elapsed();
+    for r in [checked.map(|_| ()), backed_up.map(|_| ())] {
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
+            "{r:?}"
+        );
+    }
+    assert!(
+        took < Duration::from_millis(1500),
+        "the check and the backup took {took:?} to stop after interrupt() (each row is one long step)"
+    );
+    assert!(!dir.path().join("copy.db").exists());
+    db.close().await;
+}
+
+/// A full check's foreign-key phase stops at interrupt() too (review 149:
+/// it ran to its end and answered a report saying the file was fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_checks_foreign_key_phase_stops_at_interrupt() {
+    let (_dir, db) = open_kv(common::config()).await;
+    let columns: Vec<String> = (0..30)
+        .map(|i| format!("f{i} INTEGER REFERENCES p(id)"))
+        .collect();
+    let values: Vec<String> = (0..30).map(|i| format!("(i * {}) % 1000", i + 1)).collect();
+    let sql = format!(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY);
+         WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i < 999)
+         INSERT INTO p SELECT i FROM k;
+         CREATE TABLE c({});
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 100000)
+         INSERT INTO c SELECT {} FROM k;",
+        columns.join(", "),
+        values.join(", ")
+    );
+    db.write(move |c| {
+        c.execute_batch(&sql)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let quick = Instant::now();
+    db.check(litebridge::CheckDepth::Quick).await.unwrap();
+    let quick = quick.elapsed();
+    let whole = Instant::now();
+    let report = db.check(litebridge::CheckDepth::Full).await.unwrap();
+    let whole = whole.elapsed();
+    assert!(report.ok, "{report:?}");
+    // Past the integrity pass (about a quick check's time), in the
+    // foreign keys' (the rest).
+    let at = quick * 2 + (whole.saturating_sub(quick * 2)) / 3;
+    let checking = {
+        let db = db.clone();
+        tokio::spawn(async move { db.check(litebridge::CheckDepth::Full).await })
+    };
+    tokio::time::sleep(at).await;
+    db.interrupt();
+    let interrupted = Instant::now();
+    let r = checking.await.unwrap();
+    let took = interrupted.elapsed();
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
+        "a full check interrupted at {at:?} (quick {quick:?}, whole {whole:?}): {r:?}"
+    );
+    assert!(
+        took < Duration::from_millis(500) || took < (whole - at) / 2,
+        "took {took:?} to stop (whole {whole:?}, interrupted at {at:?})"
+    );
+    db.close().await;
+}

@@ -1840,3 +1840,68 @@ for line in sys.stdin:
         "worker {pid} outlived its dropped pool by 10 s (shutdown_grace 1 s): the health check holds the pool while a ping waits"
     );
 }
+
+/// A pool dropped while a replacement for a recycled worker starts stops
+/// its workers then, and the replacement too (review 149: recycling held
+/// the pool for as long as the replacement took to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_dropped_during_a_recycle_stops_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("started");
+    let replacement = dir.path().join("replacement");
+    // The first start is quick; the next (the replacement) writes its pid
+    // and takes 20 s to be ready.
+    let script = format!(
+        r#"
+import json, os, sys, time
+if os.path.exists({mark:?}):
+    open({replacement:?}, "w").write(str(os.getpid()))
+    time.sleep(20)
+open({mark:?}, "w").close()
+print(json.dumps({{"jsonrpc": "2.0", "method": "$/ready",
+                  "params": {{"pid": os.getpid(), "methods": []}}}}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("method") == "$/ping":
+        print(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": {{"pong": True}}}}), flush=True)
+"#,
+        mark = mark.display().to_string(),
+        replacement = replacement.display().to_string(),
+    );
+    let mut c = WorkerConfig::new(["python3".to_owned(), "-c".to_owned(), script]);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.max_idle = Some(Duration::from_millis(50));
+    c.start_timeout = Duration::from_secs(30);
+    c.shutdown_grace = Duration::from_secs(1);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let pid = pool.status().workers[0].pid;
+    // Idle past 50 ms: recycled at the next health check, whose
+    // replacement starts slowly.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !replacement.exists() {
+        assert!(Instant::now() < until, "the worker was never recycled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh: u32 = std::fs::read_to_string(&replacement)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(pool);
+    let until = Instant::now() + Duration::from_secs(8);
+    while (alive(pid) || alive(fresh)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<u32> = [pid, fresh].into_iter().filter(|&p| alive(p)).collect();
+    for p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "workers {left:?} outlived their dropped pool by 8 s (shutdown_grace 1 s): recycling holds the pool while the replacement starts"
+    );
+}

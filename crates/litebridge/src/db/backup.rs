@@ -41,7 +41,12 @@ use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
 pub(crate) use crate::db::open::Bound;
-use crate::db::open::{Findings, check_halting, is_damage};
+use crate::db::open::{Findings, Watch, check_halting, is_damage};
+
+/// Whether `halt` is given and set.
+fn halted(halt: Option<&Arc<AtomicBool>>) -> bool {
+    halt.is_some_and(|h| h.load(Ordering::Relaxed))
+}
 use crate::error::{Error, Result};
 
 /// Pages copied per backup step.
@@ -96,14 +101,7 @@ pub fn backup_file(
     busy_timeout: Duration,
     mut progress: impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
-    copy_verified(
-        source,
-        dest,
-        if_exists,
-        busy_timeout,
-        &Arc::default(),
-        &mut progress,
-    )
+    copy_verified(source, dest, if_exists, busy_timeout, None, &mut progress)
 }
 
 /// What [`backup_file`] does when its destination exists.
@@ -116,14 +114,15 @@ pub enum IfExists {
     Replace,
 }
 
-/// `progress` is told each step and answers whether to go on (a database
+/// [`backup_file`], told each step through `progress`, stopped at the next
+/// step or during the verification once `halt` is set (a database
 /// interrupted for good stops its backup: nothing is left at `dest`).
 pub(crate) fn copy_verified(
     source: &Path,
     dest: &Path,
     existing: IfExists,
     busy_timeout: Duration,
-    halt: &Arc<AtomicBool>,
+    halt: Option<&Arc<AtomicBool>>,
     progress: &mut impl FnMut(BackupProgress),
 ) -> Result<BackupReport> {
     let started = Instant::now();
@@ -186,7 +185,7 @@ pub(crate) fn copy_into(
     source: &Path,
     partial: &Path,
     busy_timeout: Duration,
-    halt: &Arc<AtomicBool>,
+    halt: Option<&Arc<AtomicBool>>,
     progress: &mut impl FnMut(BackupProgress),
 ) -> Result<(u64, Option<String>)> {
     // Before this process's first connection: SQLite takes its allocator
@@ -218,7 +217,7 @@ pub(crate) fn copy_into(
                     copied: total - remaining,
                     total,
                 });
-                if halt.load(Ordering::Relaxed) {
+                if halted(halt) {
                     return Err(crate::db::guard::halted_error());
                 }
                 match step {
@@ -238,7 +237,7 @@ pub(crate) fn copy_into(
             r.get::<_, String>(0)
         });
         let found = check_halting(&mut dst, false, 10, Bound::Bounded, halt)?;
-        if halt.load(Ordering::Relaxed) {
+        if halted(halt) {
             return Err(crate::db::guard::halted_error());
         }
         if let Some(why) = &found.unfinished {
@@ -714,7 +713,7 @@ pub enum CheckDepth {
 /// # Errors
 /// [`Error::Open`] when the file cannot be opened or is not a database.
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
-    check_file_within(path, depth, Bound::Whole, &Arc::default())
+    check_file_within(path, depth, Bound::Whole, None)
 }
 
 /// Why [`check_file`] refuses a file that is no SQLite database at all.
@@ -725,7 +724,7 @@ pub(crate) const NOT_A_DATABASE: &str = "the file is not a SQLite database";
 /// which a table's costly generated columns must not hold up for hours. A
 /// check cut short reports what it found until then, with a warning.
 pub(crate) fn check_file_bounded(path: &Path) -> Result<CheckReport> {
-    check_file_within(path, CheckDepth::Quick, Bound::Bounded, &Arc::default())
+    check_file_within(path, CheckDepth::Quick, Bound::Bounded, None)
 }
 
 /// [`check_file`] that stops once `halt` is set, answering
@@ -735,9 +734,9 @@ pub(crate) fn check_file_within(
     path: &Path,
     depth: CheckDepth,
     bound: Bound,
-    halt: &Arc<AtomicBool>,
+    halt: Option<&Arc<AtomicBool>>,
 ) -> Result<CheckReport> {
-    if halt.load(Ordering::Relaxed) {
+    if halted(halt) {
         return Err(crate::db::guard::halted_error());
     }
     // Before this process's first connection (`serve --recover` checks the
@@ -812,14 +811,15 @@ pub(crate) fn check_file_within(
             }
         }
     });
-    if halt.load(Ordering::Relaxed) {
+    if halted(halt) {
         return Err(crate::db::guard::halted_error());
-    }
-    if let Some(why) = &found.unfinished {
-        tracing::warn!(file = %path.display(), "the check was cut short: {why}");
     }
     let mut fk = Vec::new();
     if full {
+        // Watched for `halt` as the check was (review 149: with many
+        // foreign keys this phase took longer than the check).
+        let stopped = Arc::default();
+        let watch = Watch::start(&mut conn, None, halt, &stopped)?;
         let found = (|| -> rusqlite::Result<Vec<String>> {
             let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
             let rows = stmt.query_map([], |r| {
@@ -833,7 +833,16 @@ pub(crate) fn check_file_within(
             })?;
             rows.take(100).collect()
         })();
+        if let Some(watch) = watch {
+            watch.end(&mut conn)?;
+        }
+        if halted(halt) {
+            return Err(crate::db::guard::halted_error());
+        }
         fk = found.unwrap_or_else(|e| vec![Error::from(e).to_string()]);
+    }
+    if let Some(why) = &found.unfinished {
+        tracing::warn!(file = %path.display(), "the check was cut short: {why}");
     }
     let problems = found.damage;
     Ok(CheckReport {

@@ -940,7 +940,7 @@ impl Database {
                 &dest,
                 backup::IfExists::Refuse,
                 busy,
-                &halt,
+                Some(&halt),
                 &mut progress,
             )
         })
@@ -971,7 +971,7 @@ impl Database {
         let path = self.inner.opener.path.clone();
         let halt = self.inner.opener.halt.clone();
         tokio::task::spawn_blocking(move || {
-            backup::check_file_within(&path, depth, backup::Bound::Whole, &halt)
+            backup::check_file_within(&path, depth, backup::Bound::Whole, Some(&halt))
         })
         .await
         .map_err(|e| Error::Internal {

@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -408,14 +408,114 @@ pub(crate) fn check_halting(
     full: bool,
     limit: u32,
     bound: Bound,
-    halt: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    halt: Option<&Arc<AtomicBool>>,
 ) -> rusqlite::Result<Findings> {
     let pragma = if full {
         "integrity_check"
     } else {
         "quick_check"
     };
-    check_pragma(conn, pragma, limit, bound, Some(halt))
+    check_pragma(conn, pragma, limit, bound, halt)
+}
+
+/// What stops a check's statements early: a time (`until`) or a flag
+/// (`halt`), either of which sets `stopped`. A progress handler looks every
+/// 10,000 steps of a statement; and a thread interrupts the connection once
+/// either comes, then again every 100 ms until the watch ends (SQLite
+/// forgets an interrupt when a statement starts with none running, and a
+/// check runs statement after statement), since a table whose few rows
+/// each compute a huge value (one step each) never reaches the progress
+/// handler's count. Dropped, it joins the thread; [`Watch::end`] also
+/// removes the progress handler.
+pub(crate) struct Watch {
+    cancel: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Watches `conn`, unless there is nothing to watch for.
+    pub(crate) fn start(
+        conn: &mut Connection,
+        until: Option<Instant>,
+        halt: Option<&Arc<AtomicBool>>,
+        stopped: &Arc<AtomicBool>,
+    ) -> rusqlite::Result<Option<Watch>> {
+        if until.is_none() && halt.is_none() {
+            return Ok(None);
+        }
+        let due = {
+            let halt = halt.cloned();
+            move || {
+                until.is_some_and(|until| Instant::now() >= until)
+                    || halt.as_ref().is_some_and(|h| h.load(Ordering::Relaxed))
+            }
+        };
+        let (s, is_due) = (stopped.clone(), due.clone());
+        conn.progress_handler(
+            10_000,
+            Some(move || {
+                let past = is_due();
+                if past {
+                    s.store(true, Ordering::Relaxed);
+                }
+                past
+            }),
+        )?;
+        let handle = conn.get_interrupt_handle();
+        let s = stopped.clone();
+        let polled = halt.is_some();
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        // Without a thread (none could be made), the progress handler.
+        let thread = std::thread::Builder::new()
+            .name("litebridge-check".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(100);
+                loop {
+                    let fired = due();
+                    if fired {
+                        s.store(true, Ordering::Relaxed);
+                        handle.interrupt();
+                    }
+                    // A flag is looked at every tick; a time alone is
+                    // waited for.
+                    let wait = match until {
+                        Some(until) if !fired && !polled => {
+                            until.saturating_duration_since(Instant::now())
+                        }
+                        _ => tick,
+                    };
+                    if cancelled.recv_timeout(wait)
+                        != Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    {
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Ok(Some(Watch {
+            cancel: Some(cancel),
+            thread,
+        }))
+    }
+
+    /// Ends the watch: the thread joined, the progress handler removed.
+    pub(crate) fn end(mut self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.stop();
+        conn.progress_handler(0, None::<fn() -> bool>)
+    }
+
+    fn stop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The time a bounded check of `conn`'s file may take.
@@ -463,7 +563,7 @@ fn check_pragma(
     pragma: &str,
     limit: u32,
     bound: Bound,
-    halt: Option<&std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    halt: Option<&Arc<AtomicBool>>,
 ) -> rusqlite::Result<Findings> {
     let longest = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)?
@@ -485,52 +585,12 @@ fn check_pragma(
         #[cfg(test)]
         Bound::Within(budget) => Some(budget),
     };
-    let watched = budget.is_some() || halt.is_some();
-    if watched {
-        let until = budget.map(|budget| std::time::Instant::now() + budget);
-        let s = stopped.clone();
-        let halt = halt.cloned();
-        conn.progress_handler(
-            10_000,
-            Some(move || {
-                let past = until.is_some_and(|until| std::time::Instant::now() >= until)
-                    || halt
-                        .as_ref()
-                        .is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed));
-                if past {
-                    s.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                past
-            }),
-        )?;
-    }
-    // And a timer: the progress handler is called every 10,000 steps of a
-    // statement, and a check of a table whose few rows each compute a huge
-    // value (one step each) never reached that count. The interrupt stops
-    // it between two rows.
-    let timer = budget.map(|budget| {
-        let handle = conn.get_interrupt_handle();
-        let s = stopped.clone();
-        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
-        // Without a thread (none could be made), the progress handler.
-        let thread = std::thread::Builder::new()
-            .name("litebridge-check".into())
-            .spawn(move || {
-                let mut wait = budget;
-                // Again every 100 ms until the check ends: SQLite forgets
-                // an interrupt when a statement starts with none running,
-                // and the check runs statement after statement.
-                while cancelled.recv_timeout(wait)
-                    == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                {
-                    s.store(true, std::sync::atomic::Ordering::Relaxed);
-                    handle.interrupt();
-                    wait = Duration::from_millis(100);
-                }
-            })
-            .ok();
-        (cancel, thread)
-    });
+    let watch = Watch::start(
+        conn,
+        budget.map(|budget| Instant::now() + budget),
+        halt,
+        &stopped,
+    )?;
     let is_stopped = || stopped.load(std::sync::atomic::Ordering::Relaxed);
     // Any failure once the time is out (an interrupted prepare) is the
     // time's: said as such, not taken for the file's.
@@ -559,14 +619,8 @@ fn check_pragma(
         ),
     )
     .map(|found| table_by_table(conn, pragma, found, limit, &columns, &stopped));
-    if let Some((cancel, thread)) = timer {
-        drop(cancel);
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
-    }
-    if watched {
-        conn.progress_handler(0, None::<fn() -> bool>)?;
+    if let Some(watch) = watch {
+        watch.end(conn)?;
     }
     if !ignoring {
         conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;

@@ -412,7 +412,15 @@ impl WorkerPool {
                 let id = s.next_process.fetch_add(1, Ordering::Relaxed);
                 (
                     slot,
-                    Process::spawn(&s.config, &*s.launcher, id, tx, s.capacity.clone()).await,
+                    Process::spawn(
+                        &s.config,
+                        &*s.launcher,
+                        id,
+                        tx,
+                        s.capacity.clone(),
+                        std::future::pending(),
+                    )
+                    .await,
                 )
             });
         }
@@ -1001,9 +1009,10 @@ async fn supervise(
 /// Starts a worker in `slot` again, with backoff, until one starts or the
 /// pool closes or goes.
 ///
-/// The pool is held only while a worker starts, not while it waits: a pool
-/// whose last handle went while its workers could not start (a bad deploy)
-/// kept them all, and tried again for ever (review 147).
+/// The pool is not held while it waits, nor while a worker starts
+/// (`spawn_unheld`): a pool whose last handle went while its workers could
+/// not start (a bad deploy) kept them all, and tried again for ever
+/// (review 147).
 async fn restart(
     shared: std::sync::Weak<Shared>,
     slot: usize,
@@ -1037,20 +1046,20 @@ async fn restart(
         };
         drop(s);
         tokio::time::sleep(wait).await;
-        let Some(s) = shared.upgrade() else { return };
-        if s.closing.load(Ordering::Acquire) {
-            return;
+        match shared.upgrade() {
+            Some(s) if !s.closing.load(Ordering::Acquire) => {}
+            _ => return,
         }
-        let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-        match Process::spawn(
-            &s.config,
-            &*s.launcher,
-            id,
-            exit_tx.clone(),
-            s.capacity.clone(),
-        )
-        .await
-        {
+        let Some((id, started)) = spawn_unheld(&shared, exit_tx.clone()).await else {
+            return;
+        };
+        let Some(s) = shared.upgrade() else {
+            if let Ok(p) = started {
+                p.signal(libc::SIGKILL);
+            }
+            return;
+        };
+        match started {
             Ok(p) => {
                 s.names.learn(&p);
                 {
@@ -1112,9 +1121,10 @@ fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
 }
 
 /// Pings every worker and recycles those due, every `health_interval`.
-/// The pool is held only while a worker is looked at or replaced, not
-/// while a ping is answered: a pool dropped meanwhile stops its workers
-/// then, not a `ping_timeout` per worker later.
+/// The pool is held only while a worker is looked at, not while a ping is
+/// answered or a replacement starts: a pool dropped meanwhile stops its
+/// workers then, not a `ping_timeout` per worker (or a `start_timeout`)
+/// later.
 async fn maintain(shared: std::sync::Weak<Shared>) {
     let (interval, slots) = match shared.upgrade() {
         Some(s) => (s.config.health_interval, s.slots.len()),
@@ -1123,7 +1133,9 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
     loop {
         tokio::time::sleep(interval).await;
         for slot in 0..slots {
-            let Some(s) = shared.upgrade() else { return };
+            let Some(mut s) = shared.upgrade() else {
+                return;
+            };
             if s.closing.load(Ordering::Acquire) {
                 return;
             }
@@ -1140,8 +1152,15 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                 // up processes finishing their calls. Past that, a stuck
                 // worker is killed, as before there was recycling for it.
                 let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
-                if (room || !p.is_stuck()) && recycle(&s, slot, &p, reason).await {
-                    continue;
+                if room || !p.is_stuck() {
+                    drop(s);
+                    if recycle(&shared, slot, &p, reason).await {
+                        continue;
+                    }
+                    let Some(again) = shared.upgrade() else {
+                        return;
+                    };
+                    s = again;
                 }
                 // Not replaced (no room, or its replacement cannot start),
                 // and stuck on a cancelled call for longer than a call's
@@ -1167,6 +1186,30 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Starts a worker for the pool without holding it: a pool dropped while
+/// the worker starts has it stopped then (not once it is ready, which a
+/// worker loading a model may take minutes to be). The worker's id and
+/// how its start went; `None` when the pool is gone already. The caller
+/// upgrades `shared` again, and stops a worker started for a pool gone
+/// meanwhile.
+async fn spawn_unheld(
+    shared: &std::sync::Weak<Shared>,
+    on_exit: mpsc::UnboundedSender<u64>,
+) -> Option<(u64, Result<Arc<Process>>)> {
+    let s = shared.upgrade()?;
+    let id = s.next_process.fetch_add(1, Ordering::Relaxed);
+    let (config, launcher, capacity) = (s.config.clone(), s.launcher.clone(), s.capacity.clone());
+    drop(s);
+    let watched = shared.clone();
+    let gone = async move {
+        while watched.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let started = Process::spawn(&config, &*launcher, id, on_exit, capacity, gone).await;
+    Some((id, started))
+}
+
 /// Kills a worker that does not answer `$/ping` (call `id`) `within` (it
 /// is then replaced).
 async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
@@ -1189,22 +1232,22 @@ async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
 
 /// Starts a replacement, swaps it in, then lets the old worker finish its
 /// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
-/// Whether the old worker was swapped out.
-async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: String) -> bool {
-    let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-    let fresh = match Process::spawn(
-        &s.config,
-        &*s.launcher,
-        id,
-        s.exit_tx.clone(),
-        s.capacity.clone(),
-    )
-    .await
-    {
-        Ok(p) => {
-            s.names.learn(&p);
-            p
-        }
+/// Whether the old worker was swapped out (or the pool is gone). The pool
+/// is not held while the replacement starts.
+async fn recycle(
+    shared: &std::sync::Weak<Shared>,
+    slot: usize,
+    old: &Arc<Process>,
+    reason: String,
+) -> bool {
+    let Some(exit_tx) = shared.upgrade().map(|s| s.exit_tx.clone()) else {
+        return true;
+    };
+    let Some((id, started)) = spawn_unheld(shared, exit_tx).await else {
+        return true;
+    };
+    let fresh = match started {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(
                 worker = old.id,
@@ -1213,6 +1256,12 @@ async fn recycle(s: &Arc<Shared>, slot: usize, old: &Arc<Process>, reason: Strin
             return false;
         }
     };
+    let Some(s) = shared.upgrade() else {
+        // Dropped while it started: it never served, and goes.
+        fresh.signal(libc::SIGKILL);
+        return true;
+    };
+    s.names.learn(&fresh);
     {
         // `closing` looked at, and `old` moved to `retired`, under the
         // slot's lock: `kill_now` and `shutdown` read the slots, then

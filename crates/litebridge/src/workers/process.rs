@@ -103,6 +103,7 @@ impl Process {
         id: u64,
         on_exit: mpsc::UnboundedSender<u64>,
         freed: Arc<tokio::sync::Notify>,
+        gone: impl std::future::Future<Output = ()>,
     ) -> Result<Arc<Process>> {
         let shown = config.command.join(" ");
         let Launched {
@@ -124,7 +125,10 @@ impl Process {
 
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
         let mut line = Vec::new();
-        let ready = tokio::time::timeout(config.start_timeout, async {
+        // Until `$/ready`, its start timeout, or `gone` (its pool was
+        // dropped: it is stopped, not left to finish starting).
+        let ready = tokio::select! {
+            ready = tokio::time::timeout(config.start_timeout, async {
             loop {
                 line.clear();
                 match read_line(&mut reader, &mut line, config.max_line_bytes).await {
@@ -144,8 +148,9 @@ impl Process {
                     Err(e) => tracing::warn!(worker = id, pid, "before $/ready: {e}"),
                 }
             }
-        })
-        .await;
+        }) => ready,
+            () = gone => Ok(Err("its pool was dropped while it started".to_owned())),
+        };
         let ready = match ready {
             Ok(Ok(r)) => r,
             Ok(Err(why)) => {
