@@ -628,3 +628,68 @@ async fn backups_and_restores_are_no_more_readable_than_the_database() {
     litebridge::restore_file(&private, &path, &dir.path().join("app.db.aside"), |_, _| {}).unwrap();
     assert_eq!(mode(&path), 0o600);
 }
+
+/// `--replace` (`IfExists::Replace`) replaces only an earlier copy of the
+/// same database once litebridge has served it (its migration draws an id
+/// the copies carry): another database that happens to be idle, litebridge's
+/// or not, is refused and left as it was (a mistyped `--to` replaced it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_takes_only_an_earlier_copy_of_the_same_database() {
+    let replace = |from: &std::path::Path, to: &std::path::Path| {
+        litebridge::backup_file(
+            from,
+            to,
+            litebridge::IfExists::Replace,
+            std::time::Duration::from_secs(5),
+            |_| {},
+        )
+    };
+    let (dir, db) = open_kv(config()).await;
+    litebridge::store::migrate(&db).await.unwrap();
+    let copy = dir.path().join("app.backup");
+    db.backup_to(&copy, |_| {}).await.unwrap();
+    // An earlier copy, replaced (twice: a copy carries the id).
+    replace(db.path(), &copy).unwrap();
+    replace(db.path(), &copy).unwrap();
+    // Another database litebridge serves, idle.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other =
+        litebridge::Database::open(other_dir.path().join("other.db"), config().build().unwrap())
+            .await
+            .unwrap();
+    litebridge::store::migrate(&other).await.unwrap();
+    other.execute("CREATE TABLE precious(x)", ()).await.unwrap();
+    other.close().await;
+    let other_path = other_dir.path().join("other.db");
+    // A plain SQLite database of another program.
+    let plain = dir.path().join("plain.db");
+    rusqlite::Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE mine(x); INSERT INTO mine VALUES (1);")
+        .unwrap();
+    for victim in [&other_path, &plain] {
+        let before = std::fs::read(victim).unwrap();
+        let e = replace(db.path(), victim).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not an earlier copy of this database"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(victim).unwrap(),
+            before,
+            "{}",
+            victim.display()
+        );
+        for c in ["-wal", "-shm", "-journal"] {
+            let mut side = victim.as_os_str().to_owned();
+            side.push(c);
+            assert!(!std::path::Path::new(&side).exists(), "{side:?} was made");
+        }
+    }
+    // An empty file is still taken.
+    let empty = dir.path().join("empty.backup");
+    std::fs::write(&empty, b"").unwrap();
+    replace(db.path(), &empty).unwrap();
+    db.close().await;
+}

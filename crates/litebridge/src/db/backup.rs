@@ -86,7 +86,8 @@ pub struct BackupReport {
 /// An existing `dest` is refused with [`IfExists::Refuse`]. With
 /// [`IfExists::Replace`] it is replaced only if it is an earlier copy: a
 /// regular file holding a SQLite database (or empty) that no process has
-/// open. A file of anything else, a symbolic link, the database itself or
+/// open, carrying the source's id if the source has one (see
+/// [`IfExists::Replace`]). A file of anything else, a symbolic link, the database itself or
 /// its `-wal`, `-shm` or `-journal` (under any name), and a file with one of
 /// those companions beside it are refused (see the module documentation).
 ///
@@ -110,7 +111,9 @@ pub enum IfExists {
     /// Refuse: the backup only ever creates a new file.
     Refuse,
     /// Replace an earlier copy: a SQLite database (or an empty file) that
-    /// no process has open. Any other file is refused.
+    /// no process has open, and, when the source has the id litebridge
+    /// draws when it first migrates a database, one carrying that id (a
+    /// copy of it). Any other file is refused.
     Replace,
 }
 
@@ -261,6 +264,40 @@ pub(crate) fn copy_into(
 pub(crate) const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// Whether the file at `path` starts with SQLite's header.
+/// The id litebridge drew for the database at `path` (`litebridge_meta`,
+/// at its migration), which its copies carry; `None` when it has none or it
+/// cannot be read. `quiet` reads it as an immutable file: no lock taken
+/// and no `-shm` made beside a file that is not litebridge's to touch
+/// (what a log not yet applied holds is not seen, which only a database in
+/// use has, and that is refused anyway).
+fn database_id(path: &Path, quiet: bool) -> Option<String> {
+    // Before this process's first connection: see `copy_into`.
+    crate::db::heap::install();
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if quiet {
+        let mut uri = String::from("file:");
+        for c in path.to_str()?.chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        uri.push_str("?immutable=1");
+        Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    }
+    .ok()?;
+    conn.query_row(
+        "SELECT value FROM main.litebridge_meta WHERE key = 'database_id'",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .ok()
+}
+
 fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 16];
@@ -349,6 +386,20 @@ fn check_destination(source: &Path, dest: &Path, existing: IfExists) -> Result<(
             // The same file under another name (a hard link).
             if own.iter().any(|p| same_file(p, &m)) {
                 return refuse("it is the database being backed up, under another name".into());
+            }
+            // A database litebridge serves has an id its copies carry:
+            // then only one of its copies is replaced, not another
+            // database that happens to be idle (a mistyped --to).
+            if m.len() > 0
+                && let Some(ours) = database_id(source, false)
+                && database_id(&dest_real, true).as_deref() != Some(ours.as_str())
+            {
+                return refuse(
+                    "it is not an earlier copy of this database (another database, or a copy \
+                     made before copies were marked); a backup replaces only its own earlier \
+                     copies: choose another file, or remove it first"
+                        .into(),
+                );
             }
             // A database some process has open (in any journal mode): one
             // using it holds SQLite's locks; an idle one only has it open.

@@ -194,6 +194,12 @@ pub async fn migrate(db: &Database) -> Result<i64> {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [SCHEMA_VERSION.to_string()],
         )?;
+        // Drawn once; its copies (backups, restores) carry it, and a backup
+        // replaces only a file that has it (`litebridge backup --replace`).
+        c.execute_batch(
+            "INSERT OR IGNORE INTO main.litebridge_meta(key, value)
+             VALUES ('database_id', lower(hex(randomblob(16))))",
+        )?;
         let mut foreign = foreign_objects(c)?;
         if let Some((table, parent)) = crate::db::foreign_key_to_own(c)? {
             foreign.push(format!("table {table} (a foreign key to {parent})"));
