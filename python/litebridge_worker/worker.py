@@ -800,8 +800,11 @@ def _annotated_type(func, annotation):
 def _json_type_of(t, depth):
     if depth > 8:
         return None, False
-    if type(t) is type:  # type(t), not isinstance: a class may define __eq__/__hash__
+    kind = type(t)
+    if kind is type:  # type(t), not isinstance: a class may define __eq__/__hash__
         return _JSON_TYPES.get(t), False
+    if not _is_form(t):  # nothing of the program's is asked (its __class__, __origin__...)
+        return None, False
     origin = _typing.get_origin(t)
     if origin is None:
         return None, False
@@ -810,7 +813,8 @@ def _json_type_of(t, depth):
         # may change what the handler takes (a validator that turns "ff"
         # into 255), so the type is not announced.
         args = _typing.get_args(t)
-        if not all(_plain(m, 0) for m in args[1:]):
+        budget = [10000]
+        if not all(_plain(m, 0, budget) for m in args[1:]):
             return None, False
         return _json_type_of(args[0], depth + 1)
     if origin is _typing.Union or (_UnionType is not None and origin is _UnionType):
@@ -833,16 +837,43 @@ def _json_type_of(t, depth):
     return None, False
 
 
-def _plain(value, depth):
+def _plain(value, depth, budget):
     """Whether ``value`` is plain data (text, numbers, and lists, tuples and
-    dicts of them): documentation in an ``Annotated``, not behaviour."""
-    if value is None or type(value) in (str, int, float, bool, bytes):
+    dicts of them, at most 10,000 items in all, ``budget``): documentation
+    in an ``Annotated``, not behaviour. Types compared by identity (a
+    metaclass's ``__eq__`` is not asked)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is float or kind is bool or kind is bytes:
         return True
-    if depth < 4 and type(value) in (list, tuple):
-        return all(_plain(v, depth + 1) for v in value)
-    if depth < 4 and type(value) is dict:
-        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    if depth < 4 and (kind is list or kind is tuple):
+        return all(_plain(v, depth + 1, budget) for v in value)
+    if depth < 4 and kind is dict:
+        return all(_plain(k, depth + 1, budget) and _plain(v, depth + 1, budget)
+                   for k, v in value.items())
     return False
+
+
+_FORM_MODULES = ("typing", "typing_extensions")
+# Builtin classes a string annotation may subscript (list[int]); typing's
+# forms (Optional, List, ...) too, by their module.
+_GENERIC_BUILTINS = (list, dict, tuple, set, frozenset, type)
+
+
+def _is_form(value):
+    """Whether ``value`` is one of typing's forms (``Optional``, a
+    ``List[int]``, an ``int | None``): looked up without asking the value
+    anything (a metaclass's ``__getattribute__`` is not called)."""
+    kind = type(value)
+    if kind is types.GenericAlias or (_UnionType is not None and kind is _UnionType):
+        return True
+    try:
+        module = type.__getattribute__(kind, "__module__")
+    except BaseException:
+        return False
+    return type(module) is str and module in _FORM_MODULES
 
 
 # What a string annotation may hold to be read: names, attributes,
@@ -862,8 +893,11 @@ def _read(text, module_globals):
     called); subscripts only of classes and ``typing``'s forms. A string
     holding a string ("'int'") is read once more. Raises when it cannot."""
     for _ in range(2):
+        text = str.__str__(text)  # a str subclass's own methods are not called
+        if len(text) > 1000:  # before parsing: a long one costs seconds, a deep one crashed 3.9
+            raise ValueError("not an annotation litebridge reads")
         tree = ast.parse(text.strip(), mode="eval")
-        if len(text) > 1000 or not all(isinstance(n, _READABLE) for n in ast.walk(tree)):
+        if not all(isinstance(n, _READABLE) for n in ast.walk(tree)):
             raise ValueError("not an annotation litebridge reads")
         body = tree.body
         if isinstance(body, ast.Constant) and isinstance(body.value, str):
@@ -887,11 +921,22 @@ def _read_node(node, module_globals):
         return tuple(items) if isinstance(node, ast.Tuple) else items
     if isinstance(node, ast.Subscript):
         base = _read_node(node.value, module_globals)
-        if not (isinstance(base, type) or type(base).__module__ in ("typing", "typing_extensions")):
+        # Only builtin classes and typing's forms: a class of the program's
+        # may run anything in its __class_getitem__ or its metaclass's
+        # __getitem__, and answer any type.
+        if not (any(base is g for g in _GENERIC_BUILTINS) or _is_form(base)):
             raise ValueError("not an annotation litebridge reads")
         return base[_read_node(node.slice, module_globals)]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _read_node(node.left, module_globals) | _read_node(node.right, module_globals)
+        left = _read_node(node.left, module_globals)
+        right = _read_node(node.right, module_globals)
+        # Only plain classes (their metaclass is type, whose | is
+        # typing's), None and typing's forms: another's __or__ or
+        # __ror__ is the program's code.
+        for side in (left, right):
+            if not (side is None or type(side) is type or _is_form(side)):
+                raise ValueError("not an annotation litebridge reads")
+        return left | right
     raise ValueError("not an annotation litebridge reads")
 
 

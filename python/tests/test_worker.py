@@ -188,6 +188,61 @@ class ExampleWorkerTest(unittest.TestCase):
         else:
             self.assertNotIn("type", by_name["g"])
 
+        # The program's classes are not asked (review 151): a metaclass's
+        # __getitem__, a __class_getitem__, an __or__ that answer int.
+        ran = []
+
+        class Meta(type):
+            def __getitem__(cls, item):
+                ran.append("getitem")
+                return int
+
+            def __ror__(cls, other):
+                ran.append("ror")
+                return int
+
+        class Box(metaclass=Meta):
+            pass
+
+        class Gen:
+            def __class_getitem__(cls, item):
+                ran.append("class_getitem")
+                return int
+
+        class Inst:
+            def __or__(self, other):
+                ran.append("or")
+                return int
+
+        class Text(str):
+            def strip(self, *args):
+                ran.append("strip")
+                return "int"
+
+        row = [0.0] * 1000
+        huge = [[row] * 1000] * 1000  # 10^9 items walked, a few lists held
+
+        def hostile(a: "Box[str]" = None, b: "Gen[str]" = None, c: "inst | str" = None,
+                    d: "str | Box" = None, e: typing.Annotated[int, {"example": huge}] = 0,
+                    f: "Tuple[" + "int, " * 300000 + "]" = None, g: "a." * 150000 + "b" = None, h=None):
+            pass
+
+        hostile.__annotations__["h"] = Text("str")
+        added = {k: v for k, v in {"Box": Box, "Gen": Gen, "inst": Inst(), "typing": typing}.items()
+                 if k not in hostile.__globals__}
+        hostile.__globals__.update(added)
+        began = time.monotonic()
+        try:
+            described = _describe_params(hostile)
+        finally:
+            for k in added:
+                del hostile.__globals__[k]
+        self.assertLess(time.monotonic() - began, 2.0)
+        self.assertEqual(ran, [])
+        # Only h is typed: its text, read without its class's strip().
+        self.assertEqual([(p["name"], p["type"]) for p in described if "type" in p],
+                         [("h", "string")], described)
+
         class Broken:
             @property
             def __signature__(self):

@@ -1905,3 +1905,158 @@ for line in sys.stdin:
         "workers {left:?} outlived their dropped pool by 8 s (shutdown_grace 1 s): recycling holds the pool while the replacement starts"
     );
 }
+
+/// A raw worker: writes its pid to a file in `pids`, waits `delay` s before
+/// `$/ready` if `mark` exists (else makes it and, with `die_after` > 0,
+/// exits that many seconds after `$/ready`); answers `$/ping` and `hi`;
+/// with `stubborn`, ignores SIGTERM and the end of stdin.
+fn raw_worker(
+    pids: &std::path::Path,
+    mark: &std::path::Path,
+    delay: f64,
+    die_after: f64,
+    stubborn: bool,
+) -> WorkerConfig {
+    let script = format!(
+        r#"
+import json, os, signal, sys, threading, time
+open(os.path.join({pids:?}, str(os.getpid())), "w").close()
+if {stubborn}:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+first = not os.path.exists({mark:?})
+if first:
+    open({mark:?}, "w").close()
+    if {die_after} > 0:
+        threading.Timer({die_after}, lambda: os._exit(3)).start()
+else:
+    time.sleep({delay})
+print(json.dumps({{"jsonrpc": "2.0", "method": "$/ready",
+                  "params": {{"pid": os.getpid(), "methods": [{{"name": "hi"}}]}}}}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" in msg:
+        print(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": "hi"}}), flush=True)
+while {stubborn}:
+    time.sleep(1)
+"#,
+        pids = pids.display().to_string(),
+        mark = mark.display().to_string(),
+        stubborn = if stubborn { "True" } else { "False" },
+    );
+    WorkerConfig::new(["python3".to_owned(), "-c".to_owned(), script])
+}
+
+fn started(pids: &std::path::Path) -> Vec<u32> {
+    std::fs::read_dir(pids)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect()
+}
+
+/// Waits up to `within` for every pid to end; kills and names those left.
+async fn left_running(pids: Vec<u32>, within: Duration) -> Vec<u32> {
+    let until = Instant::now() + within;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<u32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    for p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    left
+}
+
+/// A worker being recycled dies while its replacement starts: its restart
+/// and the recycle both start one, and only one may have the slot; the
+/// other is stopped (review 151: both were put there, the first was then in
+/// neither the slot nor the retired list, and outlived the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_while_being_recycled_leaves_no_worker_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 1.5, 0.7, false);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.recycle_after_calls = Some(1);
+    c.shutdown_grace = Duration::from_secs(1);
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(Duration::from_millis(10));
+    c.restart_backoff.full_jitter = false;
+    let pool = WorkerPool::start(c).await.unwrap();
+    assert_eq!(
+        pool.call("hi", json!([]), CallOptions::default())
+            .await
+            .unwrap(),
+        json!("hi")
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let listed: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+    let all = started(&pids);
+    let stray: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|p| alive(*p) && !listed.contains(p))
+        .collect();
+    drop(pool);
+    let left = left_running(all.clone(), Duration::from_secs(4)).await;
+    assert!(
+        stray.is_empty() && left.is_empty(),
+        "started {all:?}, listed {listed:?}: alive and not in the pool {stray:?}; alive 4 s after the drop {left:?}"
+    );
+}
+
+/// `shutdown` stops a worker that is still starting (a recycle's
+/// replacement), not only those in the slots (review 151: it lived on
+/// until its start ended, while the pool handle was held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_worker_still_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.max_idle = Some(Duration::from_millis(50));
+    c.start_timeout = Duration::from_secs(30);
+    c.shutdown_grace = Duration::from_secs(1);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while started(&pids).len() < 2 {
+        assert!(Instant::now() < until, "never recycled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = started(&pids);
+    pool.shutdown().await;
+    let left = left_running(all.clone(), Duration::from_secs(3)).await;
+    assert!(
+        left.is_empty(),
+        "after shutdown, {left:?} of {all:?} still ran 3 s later (the pool still held)"
+    );
+    drop(pool);
+}
+
+/// Workers that ignore the end of stdin and SIGTERM are stopped together:
+/// each is killed after twice the grace, not the last after 2 x grace x N
+/// (review 151).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stubborn_workers_are_stopped_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 0.0, 0.0, true);
+    c.processes = 4;
+    c.shutdown_grace = Duration::from_secs(1);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let all = started(&pids);
+    assert_eq!(all.len(), 4);
+    let began = Instant::now();
+    drop(pool);
+    let left = left_running(all.clone(), Duration::from_secs(4)).await;
+    assert!(
+        left.is_empty(),
+        "{left:?} of {all:?} ran on {:?} after the drop (grace 1 s)",
+        began.elapsed()
+    );
+}

@@ -44,7 +44,8 @@
 use std::alloc::{Layout, alloc, dealloc, realloc};
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::ffi;
 
@@ -74,6 +75,48 @@ thread_local! {
     static STOPPED: Cell<bool> = const { Cell::new(false) };
     /// Inside [`lenient`]: SQLite's allocations are counted, never refused.
     static LENIENT: Cell<bool> = const { Cell::new(false) };
+    /// A flag that stops the operation on this thread once set ([`stop_when`]).
+    static WATCHED: std::cell::RefCell<Option<Arc<AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While the returned value lives, SQLite's allocations on this thread are
+/// counted (without a budget) and, at each check, refused once `stop` is
+/// set: a long step on a connection no request's guard watches (a check of
+/// the file, a backup's verification) stops as a request's does, where the
+/// progress handler is never reached (review 151: one row computing
+/// megabytes in straight-line code ran on for seconds after
+/// `Database::interrupt`). Dropped on the thread that made it.
+pub(crate) fn stop_when(stop: Arc<AtomicBool>) -> StopWhen {
+    let unarmed = LEFT.with(|l| {
+        let unarmed = l.get() == UNLIMITED;
+        if unarmed {
+            l.set(UNLIMITED - 1);
+        }
+        unarmed
+    });
+    let before = WATCHED.with(|w| w.replace(Some(stop)));
+    StopWhen {
+        unarmed,
+        before,
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// See [`stop_when`].
+pub(crate) struct StopWhen {
+    unarmed: bool,
+    before: Option<Arc<AtomicBool>>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for StopWhen {
+    fn drop(&mut self) {
+        WATCHED.with(|w| w.replace(self.before.take()));
+        if self.unarmed {
+            disarm();
+        }
+    }
 }
 
 /// Runs `f`, reading a value SQLite has already made, with SQLite's
@@ -229,6 +272,11 @@ fn must_stop(bytes: i64) -> bool {
         }
         u.set(CHECK_EVERY);
         crate::db::guard::should_interrupt()
+            || WATCHED.with(|w| {
+                w.borrow()
+                    .as_ref()
+                    .is_some_and(|stop| stop.load(Ordering::Relaxed))
+            })
     })
 }
 

@@ -425,11 +425,18 @@ pub(crate) fn check_halting(
 /// forgets an interrupt when a statement starts with none running, and a
 /// check runs statement after statement), since a table whose few rows
 /// each compute a huge value (one step each) never reaches the progress
-/// handler's count. Dropped, it joins the thread; [`Watch::end`] also
+/// handler's count; and SQLite's allocations on this thread are refused
+/// once `stopped` is set (`heap::stop_when`), which stops a step of
+/// straight-line code that neither of those reaches. Dropped (on the
+/// thread that started it), it joins the thread; [`Watch::end`] also
 /// removes the progress handler.
 pub(crate) struct Watch {
     cancel: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// SQLite's allocations on this thread refused once `stopped` is set:
+    /// a step of straight-line code over large values reaches neither the
+    /// progress handler nor the interrupt, but it allocates.
+    _heap: crate::db::heap::StopWhen,
 }
 
 impl Watch {
@@ -495,6 +502,7 @@ impl Watch {
         Ok(Some(Watch {
             cancel: Some(cancel),
             thread,
+            _heap: crate::db::heap::stop_when(stopped.clone()),
         }))
     }
 

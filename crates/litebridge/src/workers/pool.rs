@@ -887,7 +887,9 @@ impl WorkerPool {
 /// Waits for workers whose stdin was closed to end, up to `grace`; then
 /// SIGTERM, up to `grace` again; then SIGKILL.
 async fn stop(all: &[Arc<Process>], grace: Duration) {
-    for p in all {
+    // All at once: one after the other, the last of N stubborn workers
+    // went 2 x grace x N after the first (review 151).
+    futures_util::future::join_all(all.iter().map(|p| async move {
         if !p.wait_exit(grace).await {
             p.signal(libc::SIGTERM);
             if !p.wait_exit(grace).await {
@@ -895,7 +897,8 @@ async fn stop(all: &[Arc<Process>], grace: Duration) {
                 p.wait_exit(Duration::from_secs(5)).await;
             }
         }
-    }
+    }))
+    .await;
 }
 
 impl Drop for Shared {
@@ -1067,7 +1070,11 @@ async fn restart(
                     // where no shutdown would look for it any more; looked
                     // at under the slot's lock, as in `recycle` (review 144).
                     let mut current = write(&s.slots[slot]);
-                    if s.closing.load(Ordering::Acquire) {
+                    // A live worker there (a recycle's replacement, put in
+                    // while this one started) keeps the slot.
+                    if s.closing.load(Ordering::Acquire)
+                        || current.as_ref().is_some_and(|c| !c.is_dead())
+                    {
                         drop(current);
                         p.signal(libc::SIGKILL);
                         return;
@@ -1083,6 +1090,8 @@ async fn restart(
                 s.capacity.notify_waiters();
                 return;
             }
+            // Not worth a warning when it was stopped for the pool's closing.
+            Err(_) if s.closing.load(Ordering::Acquire) => return,
             Err(e) => tracing::warn!("restarting a worker failed: {e}"),
         }
     }
@@ -1186,9 +1195,9 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Starts a worker for the pool without holding it: a pool dropped while
-/// the worker starts has it stopped then (not once it is ready, which a
-/// worker loading a model may take minutes to be). The worker's id and
+/// Starts a worker for the pool without holding it: a pool dropped or
+/// closed while the worker starts has it stopped then (not once it is
+/// ready, which a worker loading a model may take minutes to be). The worker's id and
 /// how its start went; `None` when the pool is gone already. The caller
 /// upgrades `shared` again, and stops a worker started for a pool gone
 /// meanwhile.
@@ -1202,7 +1211,12 @@ async fn spawn_unheld(
     drop(s);
     let watched = shared.clone();
     let gone = async move {
-        while watched.strong_count() > 0 {
+        // Dropped, or closing (`shutdown`, `kill_now`: review 151 found a
+        // worker starting then outlived both).
+        while watched
+            .upgrade()
+            .is_some_and(|s| !s.closing.load(Ordering::Acquire))
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -1249,10 +1263,15 @@ async fn recycle(
     let fresh = match started {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(
-                worker = old.id,
-                "recycling postponed, the replacement did not start: {e}"
-            );
+            if shared
+                .upgrade()
+                .is_some_and(|s| !s.closing.load(Ordering::Acquire))
+            {
+                tracing::warn!(
+                    worker = old.id,
+                    "recycling postponed, the replacement did not start: {e}"
+                );
+            }
             return false;
         }
     };
@@ -1268,8 +1287,14 @@ async fn recycle(
         // `retired`, so each worker is in one of them when they look
         // (review 144 found windows where a worker was in neither).
         let mut current = write(&s.slots[slot]);
+        // `dead` is set before its exit is told, so a worker that died
+        // meanwhile is seen here, and its restart fills the slot (review
+        // 151: both filled it, and the first worker put there was left
+        // in neither the slot nor `retired`, outliving the pool).
         if s.closing.load(Ordering::Acquire)
-            || !current.as_ref().is_some_and(|p| Arc::ptr_eq(p, old))
+            || !current
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, old) && !p.is_dead())
         {
             drop(current);
             // Closing, or the slot changed meanwhile (the old worker died):
