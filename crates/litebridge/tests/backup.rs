@@ -629,10 +629,13 @@ async fn backups_and_restores_are_no_more_readable_than_the_database() {
     assert_eq!(mode(&path), 0o600);
 }
 
-/// `--replace` (`IfExists::Replace`) replaces only an earlier copy of the
-/// same database once litebridge has served it (its migration draws an id
-/// the copies carry): another database that happens to be idle, litebridge's
-/// or not, is refused and left as it was (a mistyped `--to` replaced it).
+/// `--replace` (`IfExists::Replace`) replaces only an earlier backup of the
+/// same database once litebridge has served it (its migration draws an id,
+/// and a backup says whose backup it is): another database that happens to
+/// be idle, litebridge's or not, a database restored from a backup of it
+/// (which shares its id), a file whose marks table is a view, and, from a
+/// source without marks, a marked file, are refused and left as they were
+/// (a mistyped `--to` replaced them; review 152).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_takes_only_an_earlier_copy_of_the_same_database() {
     let replace = |from: &std::path::Path, to: &std::path::Path| {
@@ -667,13 +670,34 @@ async fn replace_takes_only_an_earlier_copy_of_the_same_database() {
         .unwrap()
         .execute_batch("CREATE TABLE mine(x); INSERT INTO mine VALUES (1);")
         .unwrap();
-    for victim in [&other_path, &plain] {
+    // A staging database restored from a backup of this one: same id.
+    let staging = dir.path().join("staging.db");
+    litebridge::restore_file(
+        &copy,
+        &staging,
+        &dir.path().join("staging.aside"),
+        |_, _| {},
+    )
+    .unwrap();
+    // A file whose marks table is a view (it would run anything).
+    let view = dir.path().join("view.db");
+    rusqlite::Connection::open(&view)
+        .unwrap()
+        .execute_batch(
+            "CREATE VIEW litebridge_meta(key, value) AS
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)
+                 SELECT 'backup_of', i FROM n;",
+        )
+        .unwrap();
+    for victim in [&other_path, &plain, &staging, &view] {
         let before = std::fs::read(victim).unwrap();
         let e = replace(db.path(), victim).unwrap_err();
         assert!(
             e.to_string()
-                .contains("not an earlier copy of this database"),
-            "{e}"
+                .contains("not an earlier backup of this database")
+                || e.to_string().contains("not a table"),
+            "{}: {e}",
+            victim.display()
         );
         assert_eq!(
             std::fs::read(victim).unwrap(),
@@ -687,9 +711,18 @@ async fn replace_takes_only_an_earlier_copy_of_the_same_database() {
             assert!(!std::path::Path::new(&side).exists(), "{side:?} was made");
         }
     }
-    // An empty file is still taken.
+    // A source without marks replaces no marked file.
+    let e = replace(&plain, &copy).unwrap_err();
+    assert!(e.to_string().contains("not an earlier backup"), "{e}");
+    // An empty file is still taken, and a backup under a name that is not
+    // UTF-8 is read and replaced.
     let empty = dir.path().join("empty.backup");
     std::fs::write(&empty, b"").unwrap();
     replace(db.path(), &empty).unwrap();
+    let odd = dir
+        .path()
+        .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"b\xff?#%.backup"));
+    db.backup_to(&odd, |_| {}).await.unwrap();
+    replace(db.path(), &odd).unwrap();
     db.close().await;
 }

@@ -112,8 +112,9 @@ pub enum IfExists {
     Refuse,
     /// Replace an earlier copy: a SQLite database (or an empty file) that
     /// no process has open, and, when the source has the id litebridge
-    /// draws when it first migrates a database, one carrying that id (a
-    /// copy of it). Any other file is refused.
+    /// draws when it first migrates a database, one of its backups (marked
+    /// `backup_of` that id); from a source without the id, a file without
+    /// marks. Any other file is refused.
     Replace,
 }
 
@@ -131,7 +132,7 @@ pub(crate) fn copy_verified(
     let started = Instant::now();
     check_destination(source, dest, existing)?;
     let partial = create_partial(dest, source)?;
-    let result = copy_into(source, &partial, busy_timeout, halt, progress);
+    let result = copy_into(source, &partial, Role::Backup, busy_timeout, halt, progress);
     let (pages, partly_verified) = match result {
         Ok(p) => p,
         Err(e) => {
@@ -187,6 +188,7 @@ pub(crate) fn sync_dir(path: &Path) {
 pub(crate) fn copy_into(
     source: &Path,
     partial: &Path,
+    role: Role,
     busy_timeout: Duration,
     halt: Option<&Arc<AtomicBool>>,
     progress: &mut impl FnMut(BackupProgress),
@@ -239,6 +241,10 @@ pub(crate) fn copy_into(
         let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
         });
+        mark(&dst, role).map_err(|e| Error::Open {
+            path: partial.to_path_buf(),
+            reason: format!("the copy's marks (litebridge_meta) could not be written: {e}"),
+        })?;
         let found = check_halting(&mut dst, false, 10, Bound::Bounded, halt)?;
         if halted(halt) {
             return Err(crate::db::guard::halted_error());
@@ -263,25 +269,76 @@ pub(crate) fn copy_into(
 /// The companions SQLite keeps beside a database file.
 pub(crate) const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
-/// Whether the file at `path` starts with SQLite's header.
-/// The id litebridge drew for the database at `path` (`litebridge_meta`,
-/// at its migration), which its copies carry; `None` when it has none or it
-/// cannot be read. `quiet` reads it as an immutable file: no lock taken
-/// and no `-shm` made beside a file that is not litebridge's to touch
+/// What a copy is: a backup (marked as the backup of its source's id) or
+/// a restored database (its backup mark removed: it is served, and no
+/// backup of anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Backup,
+    Restore,
+}
+
+/// Writes `role`'s mark into a copy that has litebridge's marks table.
+fn mark(copy: &Connection, role: Role) -> rusqlite::Result<()> {
+    let has_table: bool = copy.query_row(
+        "SELECT count(*) > 0 FROM main.sqlite_schema WHERE name = 'litebridge_meta' AND type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(());
+    }
+    match role {
+        Role::Backup => copy.execute_batch(
+            "DELETE FROM main.litebridge_meta WHERE key = 'backup_of';
+             INSERT INTO main.litebridge_meta(key, value)
+                 SELECT 'backup_of', value FROM main.litebridge_meta WHERE key = 'database_id'",
+        ),
+        Role::Restore => {
+            copy.execute_batch("DELETE FROM main.litebridge_meta WHERE key = 'backup_of'")
+        }
+    }
+}
+
+/// What litebridge's marks say of the database at `path`: the id drawn at
+/// its migration (`database_id`, which every copy carries) and, on a
+/// backup, the id of the database it is a backup of (`backup_of`, written
+/// into the copy, removed from a restored or served one). Neither when it
+/// has no `litebridge_meta` table.
+#[derive(Debug, Default, PartialEq)]
+struct Marks {
+    database_id: Option<String>,
+    backup_of: Option<String>,
+}
+
+/// Reads `path`'s [`Marks`]. `quiet` reads it as an immutable file: no lock
+/// taken and no `-shm` made beside a file that is not litebridge's to touch
 /// (what a log not yet applied holds is not seen, which only a database in
-/// use has, and that is refused anyway).
-fn database_id(path: &Path, quiet: bool) -> Option<String> {
+/// use has, and that is refused anyway); only a real table is read, with a
+/// bound on the work (a view of that name would run anything). An error
+/// (locked past its busy timeout, unreadable) is an error, never "no
+/// marks": that would let the weaker rule decide.
+fn marks(path: &Path, quiet: bool) -> Result<Marks> {
+    use std::os::unix::ffi::OsStrExt as _;
     // Before this process's first connection: see `copy_into`.
     crate::db::heap::install();
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = if quiet {
+    let unreadable = |e: rusqlite::Error| Error::Open {
+        path: path.to_path_buf(),
+        reason: format!(
+            "its marks (litebridge_meta) cannot be read to tell whether it is a copy of this database: {}",
+            Error::from(e)
+        ),
+    };
+    let mut conn = if quiet {
+        // Bytes as they are (a name need not be UTF-8), but those a URI
+        // reads otherwise, and any not ASCII, as %HH.
         let mut uri = String::from("file:");
-        for c in path.to_str()?.chars() {
-            match c {
-                '%' => uri.push_str("%25"),
-                '?' => uri.push_str("%3f"),
-                '#' => uri.push_str("%23"),
-                c => uri.push(c),
+        for &b in path.as_os_str().as_bytes() {
+            if b.is_ascii() && !b.is_ascii_control() && !matches!(b, b'%' | b'?' | b'#') {
+                uri.push(char::from(b));
+            } else {
+                uri.push_str(&format!("%{b:02x}"));
             }
         }
         uri.push_str("?immutable=1");
@@ -289,15 +346,55 @@ fn database_id(path: &Path, quiet: bool) -> Option<String> {
     } else {
         Connection::open_with_flags(path, flags)
     }
-    .ok()?;
-    conn.query_row(
-        "SELECT value FROM main.litebridge_meta WHERE key = 'database_id'",
-        [],
-        |r| r.get::<_, String>(0),
-    )
-    .ok()
+    .map_err(unreadable)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(unreadable)?;
+    let table: Option<String> = conn
+        .query_row(
+            "SELECT type FROM main.sqlite_schema WHERE name = 'litebridge_meta'",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(unreadable)?;
+    match table.as_deref() {
+        None => return Ok(Marks::default()),
+        Some("table") => {}
+        Some(_) => {
+            return Err(Error::Open {
+                path: path.to_path_buf(),
+                reason:
+                    "its litebridge_meta is not a table: it is no database or copy of litebridge's"
+                        .into(),
+            });
+        }
+    }
+    // A table of the usual shape answers in a few steps.
+    conn.progress_handler(10_000, Some(|| true))
+        .map_err(unreadable)?;
+    let read = |key: &str| {
+        conn.query_row(
+            "SELECT value FROM main.litebridge_meta WHERE key = ?1",
+            [key],
+            |r| r.get::<_, String>(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(unreadable)
+    };
+    Ok(Marks {
+        database_id: read("database_id")?,
+        backup_of: read("backup_of")?,
+    })
 }
 
+/// Whether the file at `path` starts with SQLite's header.
 fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 16];
@@ -387,19 +484,28 @@ fn check_destination(source: &Path, dest: &Path, existing: IfExists) -> Result<(
             if own.iter().any(|p| same_file(p, &m)) {
                 return refuse("it is the database being backed up, under another name".into());
             }
-            // A database litebridge serves has an id its copies carry:
-            // then only one of its copies is replaced, not another
-            // database that happens to be idle (a mistyped --to).
-            if m.len() > 0
-                && let Some(ours) = database_id(source, false)
-                && database_id(&dest_real, true).as_deref() != Some(ours.as_str())
-            {
-                return refuse(
-                    "it is not an earlier copy of this database (another database, or a copy \
-                     made before copies were marked); a backup replaces only its own earlier \
-                     copies: choose another file, or remove it first"
-                        .into(),
-                );
+            // A database litebridge serves has an id, and its backups say
+            // whose backup they are: then only one of its own backups is
+            // replaced, not another database that happens to be idle (a
+            // mistyped --to), nor a database restored from one of them (a
+            // staging copy), which shares its id but is no backup.
+            if m.len() > 0 {
+                let ours = marks(source, false)?.database_id;
+                let theirs = marks(&dest_real, true)?;
+                let replaceable = match &ours {
+                    Some(id) => theirs.backup_of.as_ref() == Some(id),
+                    // A source without marks replaces no marked file.
+                    None => theirs == Marks::default(),
+                };
+                if !replaceable {
+                    return refuse(
+                        "it is not an earlier backup of this database (another database, a \
+                         database restored from a backup, or a backup made before backups were \
+                         marked); a backup replaces only its own earlier backups: choose \
+                         another file, or remove it first"
+                            .into(),
+                    );
+                }
             }
             // A database some process has open (in any journal mode): one
             // using it holds SQLite's locks; an idle one only has it open.

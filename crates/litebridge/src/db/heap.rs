@@ -95,10 +95,12 @@ pub(crate) fn stop_when(stop: Arc<AtomicBool>) -> StopWhen {
         }
         unarmed
     });
-    let before = WATCHED.with(|w| w.replace(Some(stop)));
+    let before = WATCHED.with(|w| w.replace(Some(stop.clone())));
     StopWhen {
         unarmed,
         before,
+        own: stop,
+        flags: (REFUSED.with(Cell::get), STOPPED.with(Cell::get)),
         _not_send: std::marker::PhantomData,
     }
 }
@@ -107,14 +109,27 @@ pub(crate) fn stop_when(stop: Arc<AtomicBool>) -> StopWhen {
 pub(crate) struct StopWhen {
     unarmed: bool,
     before: Option<Arc<AtomicBool>>,
+    own: Arc<AtomicBool>,
+    /// `REFUSED` and `STOPPED` as they were (an operation already armed).
+    flags: (bool, bool),
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for StopWhen {
     fn drop(&mut self) {
-        WATCHED.with(|w| w.replace(self.before.take()));
+        // Put back only what this one set: dropped out of order, a later
+        // one's flag stays where it is rather than a stale one coming back.
+        WATCHED.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.as_ref().is_some_and(|f| Arc::ptr_eq(f, &self.own)) {
+                *w = self.before.take();
+            }
+        });
         if self.unarmed {
             disarm();
+        } else {
+            REFUSED.with(|r| r.set(self.flags.0));
+            STOPPED.with(|s| s.set(self.flags.1));
         }
     }
 }

@@ -87,9 +87,14 @@ pub fn restore_file(
     // The restored file is no more readable than the one it replaces (or,
     // with none, than the backup).
     let partial = create_partial(db, if db.exists() { db } else { from })?;
-    let placed = copy_into(from, &partial, Duration::from_secs(5), None, &mut |p| {
-        progress(p.copied, p.total)
-    })
+    let placed = copy_into(
+        from,
+        &partial,
+        crate::db::backup::Role::Restore,
+        Duration::from_secs(5),
+        None,
+        &mut |p| progress(p.copied, p.total),
+    )
     .and_then(|_| place(&partial, db, aside));
     let replaced_kept_at = match placed {
         Ok(moved) => moved.then(|| aside.to_path_buf()),

@@ -196,9 +196,12 @@ pub async fn migrate(db: &Database) -> Result<i64> {
         )?;
         // Drawn once; its copies (backups, restores) carry it, and a backup
         // replaces only a file that has it (`litebridge backup --replace`).
+        // A file served is no backup of anything, whatever it was copied
+        // from (a backup served directly).
         c.execute_batch(
             "INSERT OR IGNORE INTO main.litebridge_meta(key, value)
-             VALUES ('database_id', lower(hex(randomblob(16))))",
+             VALUES ('database_id', lower(hex(randomblob(16))));
+             DELETE FROM main.litebridge_meta WHERE key = 'backup_of';",
         )?;
         let mut foreign = foreign_objects(c)?;
         if let Some((table, parent)) = crate::db::foreign_key_to_own(c)? {
