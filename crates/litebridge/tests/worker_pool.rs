@@ -2060,3 +2060,39 @@ async fn stubborn_workers_are_stopped_together() {
         began.elapsed()
     );
 }
+
+/// `kill_now` kills a worker still starting at once, with nothing else of
+/// the runtime running after it (as when the process exits right after:
+/// review 153 found such a worker, loading, outlived litebridge).
+#[tokio::test(flavor = "current_thread")]
+async fn kill_now_kills_a_worker_still_starting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.max_idle = Some(Duration::from_millis(50));
+    c.start_timeout = Duration::from_secs(30);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while started(&pids).len() < 2 {
+        assert!(Instant::now() < until, "never recycled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = started(&pids);
+    pool.kill_now();
+    // The runtime's one thread is held: nothing of the pool runs now.
+    std::thread::sleep(Duration::from_millis(500));
+    let alive: Vec<u32> = all.iter().copied().filter(|&p| alive(p)).collect();
+    for p in &alive {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    assert!(
+        alive.is_empty(),
+        "{alive:?} of {all:?} ran on 500 ms after kill_now"
+    );
+    drop(pool);
+}

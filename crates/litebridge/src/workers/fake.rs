@@ -102,7 +102,7 @@ impl Launcher for Fakes {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            control: Box::new(Signals(signals)),
+            control: std::sync::Arc::new(Signals(signals)),
             exit: Box::pin(
                 async move { exit.await.unwrap_or_else(|_| "exit status unknown".into()) },
             ),

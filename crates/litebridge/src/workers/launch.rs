@@ -37,7 +37,7 @@ pub(crate) struct Launched {
     pub(crate) stdout: Pin<Box<dyn AsyncRead + Send>>,
     pub(crate) stderr: Pin<Box<dyn AsyncRead + Send>>,
     /// Signals to it (and to whatever it started).
-    pub(crate) control: Box<dyn Control>,
+    pub(crate) control: std::sync::Arc<dyn Control>,
     /// Resolves when it has ended, to how (`exit code 3`, `signal 9 (SIGKILL)`).
     pub(crate) exit: Pin<Box<dyn Future<Output = String> + Send>>,
 }
@@ -94,7 +94,7 @@ impl Launcher for Processes {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            control: Box::new(Group(pid)),
+            control: std::sync::Arc::new(Group(pid)),
             exit: Box::pin(async move { describe_exit(child.wait().await.ok()) }),
         })
     }

@@ -16,7 +16,7 @@ use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Launcher, Processes};
 use crate::workers::ledger::{FirstUnknown, Ledger};
 use crate::workers::names::MethodNames;
-use crate::workers::process::Process;
+use crate::workers::process::{Process, Starting};
 
 /// Options of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +306,9 @@ struct Shared {
     /// `kill_now` and `shutdown` reach them too (review 143: one outlived
     /// litebridge running a call).
     retired: Arc<Mutex<Vec<Arc<Process>>>>,
+    /// The workers still starting (a restart's, a recycle's): `kill_now`,
+    /// `shutdown` and a drop stop them too.
+    starting: Starting,
     names: MethodNames,
     exit_tx: mpsc::UnboundedSender<u64>,
     cache: std::sync::OnceLock<crate::store::Cache>,
@@ -400,6 +403,7 @@ impl WorkerPool {
             recycled: AtomicU64::new(0),
             retiring: Arc::new(AtomicUsize::new(0)),
             retired: Arc::default(),
+            starting: Starting::default(),
             names: MethodNames::default(),
             exit_tx: exit_tx.clone(),
             cache: std::sync::OnceLock::new(),
@@ -418,6 +422,7 @@ impl WorkerPool {
                         id,
                         tx,
                         s.capacity.clone(),
+                        &s.starting,
                         std::future::pending(),
                     )
                     .await,
@@ -846,8 +851,14 @@ impl WorkerPool {
     /// a call nobody waits for.
     pub fn kill_now(&self) {
         self.shared.closing.store(true, Ordering::Release);
+        self.shared.starting.close();
+        // The slots, then `retired`: a recycle moves its old worker to
+        // `retired` before it lets go of the slot, so read in this order
+        // each worker is in one of them (review 153: read the other way,
+        // a worker retired in between was in neither, and outlived us).
+        let live = self.live();
         let retired = lock(&self.shared.retired).clone();
-        for p in self.live().into_iter().chain(retired) {
+        for p in live.into_iter().chain(retired) {
             p.signal(libc::SIGKILL);
         }
     }
@@ -860,6 +871,8 @@ impl WorkerPool {
         if !s.closing.swap(true, Ordering::AcqRel) {
             let _ = s.ledger.events.send(PoolEvent::Shutdown);
         }
+        // A worker still starting never served a call: stopped now.
+        s.starting.close();
         s.capacity.notify_waiters();
         let grace = s.config.shutdown_grace;
         let drained = Instant::now() + grace;
@@ -910,6 +923,7 @@ impl Drop for Shared {
     /// Without a runtime, or when the runtime drops that task before it is
     /// done (it is shutting down), what is left is killed.
     fn drop(&mut self) {
+        self.starting.close();
         let all: Vec<Arc<Process>> = self
             .slots
             .iter()
@@ -1079,6 +1093,12 @@ async fn restart(
                         p.signal(libc::SIGKILL);
                         return;
                     }
+                    // Dead already (it died right after `$/ready`): its
+                    // exit found no slot to restart, so this loop starts
+                    // another (review 153: the slot kept a dead worker).
+                    if p.is_dead() {
+                        continue;
+                    }
                     *current = Some(p.clone());
                 }
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
@@ -1169,6 +1189,9 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                     let Some(again) = shared.upgrade() else {
                         return;
                     };
+                    if again.closing.load(Ordering::Acquire) {
+                        return;
+                    }
                     s = again;
                 }
                 // Not replaced (no room, or its replacement cannot start),
@@ -1208,6 +1231,7 @@ async fn spawn_unheld(
     let s = shared.upgrade()?;
     let id = s.next_process.fetch_add(1, Ordering::Relaxed);
     let (config, launcher, capacity) = (s.config.clone(), s.launcher.clone(), s.capacity.clone());
+    let starting = s.starting.clone();
     drop(s);
     let watched = shared.clone();
     let gone = async move {
@@ -1220,7 +1244,7 @@ async fn spawn_unheld(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let started = Process::spawn(&config, &*launcher, id, on_exit, capacity, gone).await;
+    let started = Process::spawn(&config, &*launcher, id, on_exit, capacity, &starting, gone).await;
     Some((id, started))
 }
 
@@ -1301,6 +1325,12 @@ async fn recycle(
             // the new one never served, and goes.
             fresh.signal(libc::SIGKILL);
             return true;
+        }
+        // Dead already (right after `$/ready`): not swapped in, where its
+        // slot would keep a dead worker with no restart to come (review
+        // 153); the old one serves on, and recycling is tried again.
+        if fresh.is_dead() {
+            return false;
         }
         lock(&s.retired).push(old.clone());
         *current = Some(fresh.clone());

@@ -59,7 +59,7 @@ pub(crate) struct Process {
     /// Signals to what was started: for a process, its whole group (a worker
     /// started through a wrapper (`timeout`, a script, `uv run`) reports its
     /// own pid, but signals go to everything in the group).
-    control: Box<dyn Control>,
+    control: Arc<dyn Control>,
     pub(crate) methods: HashMap<String, MethodInfo>,
     pub(crate) dynamic: bool,
     /// The prefixes a generic-mode worker serves, when it said.
@@ -93,6 +93,50 @@ pub(crate) struct Process {
     freed: Arc<tokio::sync::Notify>,
 }
 
+/// The workers still starting, by id: `kill_now` and `shutdown` stop
+/// them too (review 153: a worker loading a model outlived a `kill_now`
+/// that was followed by the process's exit). Once closed, a worker that
+/// starts is killed as it enters.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Starting(Arc<Mutex<StartingSet>>);
+
+#[derive(Debug, Default)]
+struct StartingSet {
+    closed: bool,
+    controls: HashMap<u64, Arc<dyn Control>>,
+}
+
+impl Starting {
+    /// Notes worker `id` until the returned value drops.
+    fn enter(&self, id: u64, control: &Arc<dyn Control>) -> Entered {
+        let mut set = lock(&self.0);
+        if set.closed {
+            control.signal(libc::SIGKILL);
+        } else {
+            set.controls.insert(id, control.clone());
+        }
+        Entered(self.clone(), id)
+    }
+
+    /// Kills every worker starting now and from now on.
+    pub(crate) fn close(&self) {
+        let mut set = lock(&self.0);
+        set.closed = true;
+        for control in set.controls.values() {
+            control.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// A worker noted as starting, forgotten when this drops.
+struct Entered(Starting, u64);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        lock(&(self.0).0).controls.remove(&self.1);
+    }
+}
+
 impl Process {
     /// Starts a worker with `launcher` and waits for its `$/ready`.
     ///
@@ -103,6 +147,7 @@ impl Process {
         id: u64,
         on_exit: mpsc::UnboundedSender<u64>,
         freed: Arc<tokio::sync::Notify>,
+        starting: &Starting,
         gone: impl std::future::Future<Output = ()>,
     ) -> Result<Arc<Process>> {
         let shown = config.command.join(" ");
@@ -114,6 +159,9 @@ impl Process {
             control,
             mut exit,
         } = launcher.launch(config)?;
+        // Where `kill_now` and `shutdown` reach it until it is ready (or
+        // killed at once: the pool is closing already).
+        let _starting = starting.enter(id, &control);
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
         let stderr_done = tokio::spawn(forward_stderr(
             stderr_pipe,
@@ -412,11 +460,23 @@ impl Process {
     }
 
     /// Waits until the process has ended, up to `limit`; true if it has.
+    /// Its reader gone without saying (it panicked) proves nothing: then
+    /// the rest of `limit` is waited and the answer is no (review 153: it
+    /// was taken for an exit, and the worker was never signalled).
     pub(crate) async fn wait_exit(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
         let mut rx = self.exited.clone();
-        tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+        let ended = tokio::time::timeout_at(until, rx.wait_for(Option::is_some))
             .await
-            .is_ok()
+            .map(|seen| seen.is_ok());
+        match ended {
+            Ok(true) => true,
+            Ok(false) => {
+                tokio::time::sleep_until(until).await;
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// How the process ended, and its last stderr line, for events.
