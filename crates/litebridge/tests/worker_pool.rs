@@ -1923,9 +1923,12 @@ import json, os, signal, sys, threading, time
 open(os.path.join({pids:?}, str(os.getpid())), "w").close()
 if {stubborn}:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-first = not os.path.exists({mark:?})
+try:
+    os.close(os.open({mark:?}, os.O_CREAT | os.O_EXCL))
+    first = True
+except FileExistsError:
+    first = False
 if first:
-    open({mark:?}, "w").close()
     if {die_after} > 0:
         threading.Timer({die_after}, lambda: os._exit(3)).start()
 else:
@@ -2095,4 +2098,31 @@ async fn kill_now_kills_a_worker_still_starting_at_once() {
         "{alive:?} of {all:?} ran on 500 ms after kill_now"
     );
     drop(pool);
+}
+
+/// A `start` given up half way (a timeout around it) leaves no worker
+/// running: those ready are in their slots, where the pool's drop stops
+/// them, and those starting are stopped with it (review 153: ready workers
+/// not yet collected outlived it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_given_up_half_way_leaves_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
+    c.processes = 2;
+    c.start_timeout = Duration::from_secs(30);
+    c.shutdown_grace = Duration::from_secs(1);
+    let given_up = tokio::time::timeout(Duration::from_secs(2), WorkerPool::start(c)).await;
+    assert!(
+        given_up.is_err(),
+        "the slow worker should hold the start up"
+    );
+    let all = started(&pids);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let left = left_running(all.clone(), Duration::from_secs(4)).await;
+    assert!(
+        left.is_empty(),
+        "{left:?} of {all:?} ran on 4 s after the start was given up"
+    );
 }

@@ -412,35 +412,36 @@ impl WorkerPool {
         let mut starting = tokio::task::JoinSet::new();
         for slot in 0..shared.slots.len() {
             let (s, tx) = (shared.clone(), exit_tx.clone());
+            // Each worker is put in its slot as soon as it is ready, with no
+            // wait in between: a `start` dropped half way (a timeout around
+            // it) leaves every ready worker where the pool's drop stops it
+            // (review 153: those not joined yet outlived it).
             starting.spawn(async move {
                 let id = s.next_process.fetch_add(1, Ordering::Relaxed);
-                (
-                    slot,
-                    Process::spawn(
-                        &s.config,
-                        &*s.launcher,
-                        id,
-                        tx,
-                        s.capacity.clone(),
-                        &s.starting,
-                        std::future::pending(),
-                    )
-                    .await,
+                let p = Process::spawn(
+                    &s.config,
+                    &*s.launcher,
+                    id,
+                    tx,
+                    s.capacity.clone(),
+                    &s.starting,
+                    std::future::pending(),
                 )
+                .await?;
+                s.names.learn(&p);
+                let _ = s.ledger.events.send(PoolEvent::WorkerStarted {
+                    id: p.id,
+                    pid: p.pid,
+                });
+                *write(&s.slots[slot]) = Some(p);
+                Ok::<(), Error>(())
             });
         }
         let mut failure = None;
         while let Some(joined) = starting.join_next().await {
             match joined {
-                Ok((slot, Ok(p))) => {
-                    shared.names.learn(&p);
-                    let _ = shared.ledger.events.send(PoolEvent::WorkerStarted {
-                        id: p.id,
-                        pid: p.pid,
-                    });
-                    *write(&shared.slots[slot]) = Some(p);
-                }
-                Ok((_, Err(e))) => failure = failure.or(Some(e)),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(e) => {
                     failure = failure.or(Some(Error::Internal {
                         message: format!("starting a worker panicked: {e}"),
@@ -453,7 +454,7 @@ impl WorkerPool {
             pool.shutdown().await;
             return Err(e);
         }
-        tokio::spawn(supervise(Arc::downgrade(&pool.shared), exit_rx, exit_tx));
+        tokio::spawn(supervise(Arc::downgrade(&pool.shared), exit_rx));
         tokio::spawn(maintain(Arc::downgrade(&pool.shared)));
         let _ = pool.shared.ledger.events.send(PoolEvent::Started {
             processes: pool.shared.slots.len(),
@@ -990,11 +991,9 @@ impl Drop for Abandon {
 }
 
 /// Replaces workers that end, with backoff, until the pool closes.
-async fn supervise(
-    shared: std::sync::Weak<Shared>,
-    mut exits: mpsc::UnboundedReceiver<u64>,
-    exit_tx: mpsc::UnboundedSender<u64>,
-) {
+async fn supervise(shared: std::sync::Weak<Shared>, mut exits: mpsc::UnboundedReceiver<u64>) {
+    // No sender of its own: once the pool and its workers are gone, the
+    // channel ends, and so does this task (review 153: it waited for good).
     while let Some(id) = exits.recv().await {
         let Some(s) = shared.upgrade() else { return };
         if s.closing.load(Ordering::Acquire) {
@@ -1017,7 +1016,7 @@ async fn supervise(
                 last_stderr,
             });
         }
-        let (weak, tx) = (Arc::downgrade(&s), exit_tx.clone());
+        let (weak, tx) = (Arc::downgrade(&s), s.exit_tx.clone());
         drop(s);
         tokio::spawn(async move { restart(weak, slot, tx).await });
     }
