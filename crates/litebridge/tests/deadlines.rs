@@ -727,15 +727,7 @@ async fn a_check_stops_at_interrupt() {
     let report = db.check(litebridge::CheckDepth::Full).await.unwrap();
     let whole = whole.elapsed();
     assert!(report.ok, "{report:?}");
-    let checking = {
-        let db = db.clone();
-        tokio::spawn(async move { db.check(litebridge::CheckDepth::Full).await })
-    };
-    tokio::time::sleep(whole / 4).await;
-    db.interrupt();
-    let interrupted = Instant::now();
-    let r = checking.await.unwrap();
-    let took = interrupted.elapsed();
+    let (r, took) = interrupted_check(&db, whole / 4).await;
     assert!(
         r.as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
@@ -853,15 +845,7 @@ async fn a_full_checks_foreign_key_phase_stops_at_interrupt() {
     // Past the integrity pass (about a quick check's time), in the
     // foreign keys' (the rest).
     let at = quick * 2 + (whole.saturating_sub(quick * 2)) / 3;
-    let checking = {
-        let db = db.clone();
-        tokio::spawn(async move { db.check(litebridge::CheckDepth::Full).await })
-    };
-    tokio::time::sleep(at).await;
-    db.interrupt();
-    let interrupted = Instant::now();
-    let r = checking.await.unwrap();
-    let took = interrupted.elapsed();
+    let (r, took) = interrupted_check(&db, at).await;
     assert!(
         r.as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::Unavailable),
@@ -872,4 +856,21 @@ async fn a_full_checks_foreign_key_phase_stops_at_interrupt() {
         "took {took:?} to stop (whole {whole:?}, interrupted at {at:?})"
     );
     db.close().await;
+}
+
+/// A full check of `db`, interrupted `after` it started: its answer, and
+/// how long it took to come after the interrupt.
+async fn interrupted_check(
+    db: &Database,
+    after: Duration,
+) -> (litebridge::Result<litebridge::CheckReport>, Duration) {
+    let checking = {
+        let db = db.clone();
+        tokio::spawn(async move { db.check(litebridge::CheckDepth::Full).await })
+    };
+    tokio::time::sleep(after).await;
+    db.interrupt();
+    let interrupted = Instant::now();
+    let r = checking.await.unwrap();
+    (r, interrupted.elapsed())
 }

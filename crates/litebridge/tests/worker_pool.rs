@@ -1846,63 +1846,12 @@ for line in sys.stdin:
 /// the pool for as long as the replacement took to start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_dropped_during_a_recycle_stops_its_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mark = dir.path().join("started");
-    let replacement = dir.path().join("replacement");
-    // The first start is quick; the next (the replacement) writes its pid
-    // and takes 20 s to be ready.
-    let script = format!(
-        r#"
-import json, os, sys, time
-if os.path.exists({mark:?}):
-    open({replacement:?}, "w").write(str(os.getpid()))
-    time.sleep(20)
-open({mark:?}, "w").close()
-print(json.dumps({{"jsonrpc": "2.0", "method": "$/ready",
-                  "params": {{"pid": os.getpid(), "methods": []}}}}), flush=True)
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("method") == "$/ping":
-        print(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": {{"pong": True}}}}), flush=True)
-"#,
-        mark = mark.display().to_string(),
-        replacement = replacement.display().to_string(),
-    );
-    let mut c = WorkerConfig::new(["python3".to_owned(), "-c".to_owned(), script]);
-    c.processes = 1;
-    c.health_interval = Duration::from_millis(100);
-    c.max_idle = Some(Duration::from_millis(50));
-    c.start_timeout = Duration::from_secs(30);
-    c.shutdown_grace = Duration::from_secs(1);
-    let pool = WorkerPool::start(c).await.unwrap();
-    let pid = pool.status().workers[0].pid;
-    // Idle past 50 ms: recycled at the next health check, whose
-    // replacement starts slowly.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !replacement.exists() {
-        assert!(Instant::now() < until, "the worker was never recycled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let fresh: u32 = std::fs::read_to_string(&replacement)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (_dir, pool, all) = recycling_into_a_slow_start(Duration::from_secs(1)).await;
     drop(pool);
-    let until = Instant::now() + Duration::from_secs(8);
-    while (alive(pid) || alive(fresh)) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left: Vec<u32> = [pid, fresh].into_iter().filter(|&p| alive(p)).collect();
-    for p in &left {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status();
-    }
+    let left = left_running(all.clone(), Duration::from_secs(8)).await;
     assert!(
         left.is_empty(),
-        "workers {left:?} outlived their dropped pool by 8 s (shutdown_grace 1 s): recycling holds the pool while the replacement starts"
+        "workers {left:?} of {all:?} outlived their dropped pool by 8 s (shutdown_grace 1 s): recycling holds the pool while the replacement starts"
     );
 }
 
@@ -2015,22 +1964,7 @@ async fn a_worker_that_dies_while_being_recycled_leaves_no_worker_behind() {
 /// until its start ended, while the pool handle was held).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_a_worker_still_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    std::fs::create_dir(&pids).unwrap();
-    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
-    c.processes = 1;
-    c.health_interval = Duration::from_millis(100);
-    c.max_idle = Some(Duration::from_millis(50));
-    c.start_timeout = Duration::from_secs(30);
-    c.shutdown_grace = Duration::from_secs(1);
-    let pool = WorkerPool::start(c).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while started(&pids).len() < 2 {
-        assert!(Instant::now() < until, "never recycled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let all = started(&pids);
+    let (_dir, pool, all) = recycling_into_a_slow_start(Duration::from_secs(1)).await;
     pool.shutdown().await;
     let left = left_running(all.clone(), Duration::from_secs(3)).await;
     assert!(
@@ -2069,21 +2003,7 @@ async fn stubborn_workers_are_stopped_together() {
 /// review 153 found such a worker, loading, outlived litebridge).
 #[tokio::test(flavor = "current_thread")]
 async fn kill_now_kills_a_worker_still_starting_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    std::fs::create_dir(&pids).unwrap();
-    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
-    c.processes = 1;
-    c.health_interval = Duration::from_millis(100);
-    c.max_idle = Some(Duration::from_millis(50));
-    c.start_timeout = Duration::from_secs(30);
-    let pool = WorkerPool::start(c).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while started(&pids).len() < 2 {
-        assert!(Instant::now() < until, "never recycled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let all = started(&pids);
+    let (_dir, pool, all) = recycling_into_a_slow_start(Duration::from_secs(5)).await;
     pool.kill_now();
     // The runtime's one thread is held: nothing of the pool runs now.
     std::thread::sleep(Duration::from_millis(500));
@@ -2098,6 +2018,29 @@ async fn kill_now_kills_a_worker_still_starting_at_once() {
         "{alive:?} of {all:?} ran on 500 ms after kill_now"
     );
     drop(pool);
+}
+
+/// A pool of one worker that is recycled (idle past 50 ms) into a
+/// replacement that takes 20 s to start; returned once the replacement
+/// runs, with every worker's pid.
+async fn recycling_into_a_slow_start(grace: Duration) -> (tempfile::TempDir, WorkerPool, Vec<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
+    c.processes = 1;
+    c.health_interval = Duration::from_millis(100);
+    c.max_idle = Some(Duration::from_millis(50));
+    c.start_timeout = Duration::from_secs(30);
+    c.shutdown_grace = grace;
+    let pool = WorkerPool::start(c).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while started(&pids).len() < 2 {
+        assert!(Instant::now() < until, "the worker was never recycled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = started(&pids);
+    (dir, pool, all)
 }
 
 /// A `start` given up half way (a timeout around it) leaves no worker
