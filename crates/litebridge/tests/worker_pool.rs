@@ -2045,14 +2045,24 @@ async fn recycling_into_a_slow_start(grace: Duration) -> (tempfile::TempDir, Wor
 
 /// A `start` given up half way (a timeout around it) leaves no worker
 /// running: those ready are in their slots, where the pool's drop stops
-/// them, and those starting are stopped with it (review 153: ready workers
-/// not yet collected outlived it).
+/// them, and those starting are stopped with it, their process group
+/// included (review 154: a worker started through a wrapper, `uv run` or
+/// a shell, outlived it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_given_up_half_way_leaves_no_worker() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
     let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, false);
+    // Through a wrapper that stays: the worker is its child.
+    let script = c.command[2].clone();
+    c.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "python3 -c \"$1\"; exit $?".into(),
+        "sh".into(),
+        script,
+    ];
     c.processes = 2;
     c.start_timeout = Duration::from_secs(30);
     c.shutdown_grace = Duration::from_secs(1);

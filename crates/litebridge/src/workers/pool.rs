@@ -1329,6 +1329,10 @@ async fn recycle(
         // slot would keep a dead worker with no restart to come (review
         // 153); the old one serves on, and recycling is tried again.
         if fresh.is_dead() {
+            tracing::warn!(
+                worker = old.id,
+                "recycling postponed: the replacement ended right after it was ready"
+            );
             return false;
         }
         lock(&s.retired).push(old.clone());

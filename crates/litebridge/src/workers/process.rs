@@ -107,7 +107,7 @@ struct StartingSet {
 }
 
 impl Starting {
-    /// Notes worker `id` until the returned value drops.
+    /// Notes worker `id` until the returned value is disarmed or drops.
     fn enter(&self, id: u64, control: &Arc<dyn Control>) -> Entered {
         let mut set = lock(&self.0);
         if set.closed {
@@ -115,7 +115,11 @@ impl Starting {
         } else {
             set.controls.insert(id, control.clone());
         }
-        Entered(self.clone(), id)
+        Entered {
+            starting: self.clone(),
+            id,
+            control: Some(control.clone()),
+        }
     }
 
     /// Kills every worker starting now and from now on.
@@ -128,12 +132,32 @@ impl Starting {
     }
 }
 
-/// A worker noted as starting, forgotten when this drops.
-struct Entered(Starting, u64);
+/// A worker noted as starting. Dropped before it is disarmed (its start
+/// given up: `WorkerPool::start` under a timeout, a runtime shutting down),
+/// it kills the worker's process group, not only the process a dropped
+/// child kills: a wrapper's worker (`uv run`, a shell) lived on (review
+/// 154). Disarmed once the worker is ready, or once it was killed and
+/// before it is reaped (a kill after the reap could reach a process that
+/// took the group id since).
+struct Entered {
+    starting: Starting,
+    id: u64,
+    control: Option<Arc<dyn Control>>,
+}
+
+impl Entered {
+    fn disarm(&mut self) {
+        lock(&self.starting.0).controls.remove(&self.id);
+        self.control = None;
+    }
+}
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        lock(&(self.0).0).controls.remove(&self.1);
+        if let Some(control) = self.control.take() {
+            lock(&self.starting.0).controls.remove(&self.id);
+            control.signal(libc::SIGKILL);
+        }
     }
 }
 
@@ -161,7 +185,7 @@ impl Process {
         } = launcher.launch(config)?;
         // Where `kill_now` and `shutdown` reach it until it is ready (or
         // killed at once: the pool is closing already).
-        let _starting = starting.enter(id, &control);
+        let mut entered = starting.enter(id, &control);
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
         let stderr_done = tokio::spawn(forward_stderr(
             stderr_pipe,
@@ -206,6 +230,7 @@ impl Process {
                 // stdout, may go on running: stopped, not waited for
                 // (found by review 125: a start hung for good on it).
                 control.signal(libc::SIGKILL);
+                entered.disarm();
                 let exit = exit.await;
                 let _ = tokio::time::timeout(STDERR_DRAIN, stderr_done).await;
                 return Err(Error::Unavailable {
@@ -218,6 +243,7 @@ impl Process {
             }
             Err(_) => {
                 control.signal(libc::SIGKILL);
+                entered.disarm();
                 let _ = (&mut exit).await;
                 return Err(Error::Unavailable {
                     what: "workers",
@@ -291,6 +317,7 @@ impl Process {
             },
             config.max_line_bytes,
         ));
+        entered.disarm();
         Ok(process)
     }
 
