@@ -684,3 +684,88 @@ fn sigterm_kills_the_worker_of_a_long_call(recycled: bool) {
     );
     long.join().unwrap();
 }
+
+/// SIGTERM while the workers start (one loading for 30 s) stops litebridge
+/// at once, exit 0, and the worker with it (it was the signal's default
+/// action: litebridge died, and the loading worker lived on until ready).
+#[test]
+fn sigterm_while_the_workers_start_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("worker.pid");
+    let script = dir.path().join("slow.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(30)\n",
+            pid_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--processes",
+            "1",
+            "--db",
+        ])
+        .arg(dir.path().join("start.db"))
+        .arg("--workers")
+        .arg(format!("python3 {}", script.display()))
+        .env("LITEBRIDGE_WORKERS_START_TIMEOUT_MS", "60000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let worker: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < until, "the worker never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = signalled.elapsed();
+    let gone = Instant::now() + Duration::from_secs(3);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+    };
+    while alive(worker) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let survived = alive(worker);
+    if survived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &worker.to_string()])
+            .status();
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        status.code() == Some(0) && took < Duration::from_secs(5) && !survived,
+        "after SIGTERM while starting: {status:?} in {took:?}, worker {worker} alive: {survived}; stderr: {err}"
+    );
+}

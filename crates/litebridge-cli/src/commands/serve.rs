@@ -41,7 +41,21 @@ async fn open_app(
     s: &Settings,
     recover: bool,
 ) -> CliResult<(rpc::App, tokio::task::JoinHandle<()>)> {
-    let service = open(s, recover).await?;
+    // A signal while starting (workers loading a model for minutes) stops
+    // the start: the workers started so far are stopped, their process
+    // groups with them, and it leaves with 0 as after serving. It killed
+    // litebridge at once, and a worker still loading lived on until it was
+    // ready and read the end of its stdin.
+    let service = tokio::select! {
+        opened = open(s, recover) => opened?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped by a signal while starting, before serving anything");
+            return Err(Failure {
+                message: String::new(),
+                code: 0,
+            });
+        }
+    };
     let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
     let auth = match Auth::open(service.db.clone(), s.tiers(), clock).await {
         Ok(a) => a,
