@@ -45,8 +45,12 @@ async fn open_app(
     // the start: the workers started so far are stopped, their process
     // groups with them, and it leaves with 0 as after serving. It killed
     // litebridge at once, and a worker still loading lived on until it was
-    // ready and read the end of its stdin.
+    // ready and read the end of its stdin. `biased`: the handlers are
+    // installed only once the opening first waits, after what it does at
+    // once (a `--recover` restore, which the default action may stop at
+    // any point: it writes a new file and moves it into place).
     let service = tokio::select! {
+        biased;
         opened = open(s, recover) => opened?,
         () = shutdown_signal() => {
             tracing::info!("stopped by a signal while starting, before serving anything");
