@@ -769,3 +769,58 @@ fn sigterm_while_the_workers_start_stops_them() {
         "after SIGTERM while starting: {status:?} in {took:?}, worker {worker} alive: {survived}; stderr: {err}"
     );
 }
+
+/// `stdio` and `mcp` end at a signal once started, with their workers
+/// (review 155: listening for signals at the start had left them deaf to
+/// SIGTERM and Ctrl-C for good).
+#[test]
+fn stdio_and_mcp_end_at_a_signal() {
+    use std::io::{BufRead as _, Write as _};
+    for command in ["stdio", "mcp"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
+            .arg(command)
+            .arg("--db")
+            .arg(dir.path().join("s.db"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let request = if command == "stdio" {
+            r#"{"jsonrpc":"2.0","id":1,"method":"pool.health","params":{}}"#
+        } else {
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"id\":1"), "{command}: {line}");
+        let signalled = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if signalled.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(128 + 15),
+            "{command} after SIGTERM: {status:?}"
+        );
+    }
+}

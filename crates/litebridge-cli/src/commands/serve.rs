@@ -49,15 +49,22 @@ async fn open_app(
     // installed only once the opening first waits, after what it does at
     // once (a `--recover` restore, which the default action may stop at
     // any point: it writes a new file and moves it into place).
-    let service = tokio::select! {
+    let opened = tokio::select! {
         biased;
-        opened = open(s, recover) => opened?,
-        () = shutdown_signal() => {
-            tracing::info!("stopped by a signal while starting, before serving anything");
-            return Err(Failure {
-                message: String::new(),
-                code: 0,
-            });
+        opened = open(s, recover) => Ok(opened?),
+        number = signal_number(1) => Err(number),
+    };
+    let service = match opened {
+        Ok(service) => service,
+        Err(number) => {
+            // The opening is dropped by now: workers still starting were
+            // killed with their process groups, and those ready see their
+            // stdin end with us. Left at once, not by dropping the runtime,
+            // which would wait for the database's opening (its check at
+            // open may take a minute) with every later signal ignored
+            // (review 155). As safe as the signal's default action was.
+            eprintln!("litebridge: stopped by a signal while starting, before serving anything");
+            std::process::exit(if number == libc::SIGINT { 130 } else { 0 });
         }
     };
     let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
@@ -304,7 +311,7 @@ pub(crate) async fn http(
             deadline = Some(tokio::time::Instant::now() + grace);
             tokio::select! {
                 () = tokio::time::sleep(grace - reserve) => {}
-                () = shutdown_signal() => leave_now(&app),
+                _ = signal_number(2) => leave_now(&app),
             }
         } => {
             tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
@@ -390,7 +397,7 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
     tokio::pin!(close);
     tokio::select! {
         () = &mut close => {}
-        () = shutdown_signal() => leave_now(app),
+        _ = signal_number(2) => leave_now(app),
         () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
             tracing::warn!(
                 "the shutdown is still under way at the end of the grace period (calls in the workers, or statements in the database): killing the workers and interrupting the database (nothing uncommitted is kept)"
@@ -440,7 +447,7 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
             else {
                 return;
             };
-            runtime.block_on(shutdown_signal());
+            runtime.block_on(next_signal());
             // Heard even while every runtime thread is held.
             crate::transport::standby::note_signal();
             std::thread::sleep(grace);
@@ -456,15 +463,76 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
     }
 }
 
+/// The signals that stop litebridge (SIGTERM, SIGINT, and SIGHUP: the
+/// terminal closed, a drain, not the default death), counted from the
+/// first time anything asks, with the last one's number. Once asked, the
+/// default action is gone for good (tokio never puts it back), so every
+/// command that asks must act on them; counted, a signal that comes between
+/// two waits is not lost (review 155: one during the start, between the
+/// start's listener and serve's, was). `None` without signal handlers.
+fn signals() -> Option<tokio::sync::watch::Receiver<(u64, i32)>> {
+    static SIGNALS: std::sync::OnceLock<Option<tokio::sync::watch::Receiver<(u64, i32)>>> =
+        std::sync::OnceLock::new();
+    SIGNALS
+        .get_or_init(|| {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return None;
+            };
+            let (tx, rx) = tokio::sync::watch::channel((0, 0));
+            tokio::spawn(async move {
+                loop {
+                    let number = tokio::select! {
+                        _ = term.recv() => libc::SIGTERM,
+                        _ = int.recv() => libc::SIGINT,
+                        _ = hup.recv() => libc::SIGHUP,
+                    };
+                    tx.send_modify(|(count, last)| {
+                        *count += 1;
+                        *last = number;
+                    });
+                }
+            });
+            Some(rx)
+        })
+        .clone()
+}
+
+/// Waits until the `n`th signal has come (counted as [`signals`] says);
+/// its number. Without signal handlers, never.
+pub(crate) async fn signal_number(n: u64) -> i32 {
+    let Some(mut rx) = signals() else {
+        return std::future::pending().await;
+    };
+    let last = rx
+        .wait_for(|(count, _)| *count >= n)
+        .await
+        .map(|seen| seen.1);
+    match last {
+        Ok(number) => number,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The first signal (see [`signals`]).
 pub(crate) async fn shutdown_signal() {
+    signal_number(1).await;
+}
+
+/// The next signal from now, heard by listeners of its own on the current
+/// runtime: for the watchdog thread, whose runtime is its own (the main
+/// one's threads may all be held).
+async fn next_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    // SIGHUP too (the terminal closed): a drain, not the default death.
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        // Without signal handlers, serve until killed.
         return std::future::pending().await;
     };
     tokio::select! {
@@ -472,6 +540,18 @@ pub(crate) async fn shutdown_signal() {
         _ = int.recv() => {}
         _ = hup.recv() => {}
     }
+}
+
+/// `stdio` and `mcp` once started: a signal ends the session at once, as
+/// the default action did before litebridge listened for signals at the
+/// start, but with no worker left behind; the exit status says which
+/// signal (128 + its number).
+fn leave_at_signal(workers: Option<litebridge::workers::Bridge>) {
+    tokio::spawn(async move {
+        let number = signal_number(1).await;
+        kill_workers(workers.as_ref());
+        std::process::exit(128 + number);
+    });
 }
 
 /// What `stdio` and `mcp` share: a session of the local user. `None` when
@@ -488,6 +568,7 @@ async fn local_session(
     crate::logging::init(s.log_level(), s.log_format());
     let caller = Caller::local(s.local_scopes()?);
     let (app, upkeep) = open_app(&s, args.recover).await?;
+    leave_at_signal(app.service.workers.clone());
     Ok(Some((app, caller, upkeep)))
 }
 
