@@ -690,6 +690,16 @@ fn sigterm_kills_the_worker_of_a_long_call(recycled: bool) {
 /// action: litebridge died, and the loading worker lived on until ready).
 #[test]
 fn sigterm_while_the_workers_start_stops_them() {
+    sigterm_while_starting(&["serve", "--listen", "127.0.0.1:0", "--db", "start.db"]);
+    // A worker host too (its NATS server is never reached: the signal
+    // comes while its workers start).
+    sigterm_while_starting(&["worker-host", "--nats", "nats://127.0.0.1:1"]);
+}
+
+/// Runs `litebridge <args>` in a directory of its own with one worker that
+/// takes 30 s to start, sends SIGTERM once it runs, and checks that both
+/// are gone at once and the exit is 0.
+fn sigterm_while_starting(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("worker.pid");
     let script = dir.path().join("slow.py");
@@ -702,16 +712,9 @@ fn sigterm_while_the_workers_start_stops_them() {
     )
     .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--processes",
-            "1",
-            "--db",
-        ])
-        .arg(dir.path().join("start.db"))
-        .arg("--workers")
+        .current_dir(dir.path())
+        .args(args)
+        .args(["--processes", "1", "--workers"])
         .arg(format!("python3 {}", script.display()))
         .env("LITEBRIDGE_WORKERS_START_TIMEOUT_MS", "60000")
         .stdout(std::process::Stdio::null())
@@ -766,7 +769,7 @@ fn sigterm_while_the_workers_start_stops_them() {
     }
     assert!(
         status.code() == Some(0) && took < Duration::from_secs(5) && !survived,
-        "after SIGTERM while starting: {status:?} in {took:?}, worker {worker} alive: {survived}; stderr: {err}"
+        "{args:?}: after SIGTERM while starting: {status:?} in {took:?}, worker {worker} alive: {survived}; stderr: {err}"
     );
 }
 

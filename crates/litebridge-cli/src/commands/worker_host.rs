@@ -38,7 +38,18 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
             "a worker host needs its workers: --workers \"python3 worker.py\" (workers.command) or workers.framework_path",
         ));
     };
-    let pool = WorkerPool::start(workers).await?;
+    // A signal while the workers start stops them (their process groups
+    // with them) and leaves at once, as `serve` does.
+    let started = tokio::select! {
+        biased;
+        started = WorkerPool::start(workers) => Some(started),
+        _ = crate::commands::serve::signal_number(1) => None,
+    };
+    let Some(started) = started else {
+        eprintln!("litebridge: stopped by a signal while starting, before serving anything");
+        std::process::exit(0);
+    };
+    let pool = started?;
     let host = match WorkerHost::start(pool.clone(), nats).await {
         Ok(h) => h,
         Err(e) => {
