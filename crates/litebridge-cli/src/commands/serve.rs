@@ -441,14 +441,12 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
     let spawned = std::thread::Builder::new()
         .name("litebridge-exit".into())
         .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-            else {
+            // The first signal, also one that came before this thread
+            // started (review 156), heard even while every thread of the
+            // main runtime is held.
+            if wait_for_signal(1).is_none() {
                 return;
-            };
-            runtime.block_on(next_signal());
-            // Heard even while every runtime thread is held.
+            }
             crate::transport::standby::note_signal();
             std::thread::sleep(grace);
             tracing::warn!(
@@ -469,35 +467,55 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
 /// default action is gone for good (tokio never puts it back), so every
 /// command that asks must act on them; counted, a signal that comes between
 /// two waits is not lost (review 155: one during the start, between the
-/// start's listener and serve's, was). `None` without signal handlers.
+/// start's listener and serve's, was). They are heard and counted on a
+/// thread and runtime of their own, so the count goes on while every
+/// thread of the main runtime is held (a long step of SQLite) or it is
+/// being dropped (review 156), and anyone may wait for it from any
+/// thread. `None` without signal handlers.
 fn signals() -> Option<tokio::sync::watch::Receiver<(u64, i32)>> {
     static SIGNALS: std::sync::OnceLock<Option<tokio::sync::watch::Receiver<(u64, i32)>>> =
         std::sync::OnceLock::new();
     SIGNALS
         .get_or_init(|| {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::hangup()),
-            ) else {
-                return None;
-            };
-            let (tx, rx) = tokio::sync::watch::channel((0, 0));
-            tokio::spawn(async move {
-                loop {
-                    let number = tokio::select! {
-                        _ = term.recv() => libc::SIGTERM,
-                        _ = int.recv() => libc::SIGINT,
-                        _ = hup.recv() => libc::SIGHUP,
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("litebridge-signals".into())
+                .spawn(move || {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .build()
+                    else {
+                        let _ = ready_tx.send(None);
+                        return;
                     };
-                    tx.send_modify(|(count, last)| {
-                        *count += 1;
-                        *last = number;
+                    runtime.block_on(async move {
+                        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                            signal(SignalKind::terminate()),
+                            signal(SignalKind::interrupt()),
+                            signal(SignalKind::hangup()),
+                        ) else {
+                            let _ = ready_tx.send(None);
+                            return;
+                        };
+                        // Listening before the caller goes on.
+                        let (tx, rx) = tokio::sync::watch::channel((0, 0));
+                        let _ = ready_tx.send(Some(rx));
+                        loop {
+                            let number = tokio::select! {
+                                _ = term.recv() => libc::SIGTERM,
+                                _ = int.recv() => libc::SIGINT,
+                                _ = hup.recv() => libc::SIGHUP,
+                            };
+                            tx.send_modify(|(count, last)| {
+                                *count += 1;
+                                *last = number;
+                            });
+                        }
                     });
-                }
-            });
-            Some(rx)
+                });
+            spawned.ok()?;
+            ready_rx.recv().ok().flatten()
         })
         .clone()
 }
@@ -518,40 +536,34 @@ pub(crate) async fn signal_number(n: u64) -> i32 {
     }
 }
 
+/// [`signal_number`] on a thread outside any runtime.
+fn wait_for_signal(n: u64) -> Option<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
+    Some(runtime.block_on(signal_number(n)))
+}
+
 /// The first signal (see [`signals`]).
 pub(crate) async fn shutdown_signal() {
     signal_number(1).await;
 }
 
-/// The next signal from now, heard by listeners of its own on the current
-/// runtime: for the watchdog thread, whose runtime is its own (the main
-/// one's threads may all be held).
-async fn next_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
-
 /// `stdio` and `mcp` once started: a signal ends the session at once, as
 /// the default action did before litebridge listened for signals at the
 /// start, but with no worker left behind; the exit status says which
-/// signal (128 + its number).
+/// signal (128 + its number). On a thread of its own: a long step of
+/// SQLite holding the runtime's threads does not hold it up (review 156).
 fn leave_at_signal(workers: Option<litebridge::workers::Bridge>) {
-    tokio::spawn(async move {
-        let number = signal_number(1).await;
-        kill_workers(workers.as_ref());
-        std::process::exit(128 + number);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("litebridge-leave".into())
+        .spawn(move || {
+            if let Some(number) = wait_for_signal(1) {
+                kill_workers(workers.as_ref());
+                std::process::exit(128 + number);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to leave at a signal: {e}");
+    }
 }
 
 /// What `stdio` and `mcp` share: a session of the local user. `None` when

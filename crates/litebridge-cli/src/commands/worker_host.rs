@@ -50,7 +50,19 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
         std::process::exit(0);
     };
     let pool = started?;
-    let host = match WorkerHost::start(pool.clone(), nats).await {
+    // Connecting may take a few connect timeouts: a signal meanwhile
+    // stops the workers and leaves, rather than announcing the host to
+    // drain it at once (review 156).
+    let host = tokio::select! {
+        biased;
+        host = WorkerHost::start(pool.clone(), nats) => host,
+        _ = crate::commands::serve::signal_number(1) => {
+            pool.kill_now();
+            eprintln!("litebridge: stopped by a signal while starting, before serving anything");
+            std::process::exit(0);
+        }
+    };
+    let host = match host {
         Ok(h) => h,
         Err(e) => {
             pool.shutdown().await;
@@ -71,6 +83,14 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     let _ = std::io::stdout().flush();
     crate::commands::serve::shutdown_signal().await;
     tracing::info!("shutting down: finishing the calls in flight");
-    host.shutdown().await;
+    // A second signal leaves at once, with no worker left behind, as
+    // `serve`'s does (review 156: the drain could not be cut short).
+    tokio::select! {
+        () = host.shutdown() => {}
+        _ = crate::commands::serve::signal_number(2) => {
+            pool.kill_now();
+            std::process::exit(130);
+        }
+    }
     Ok(())
 }

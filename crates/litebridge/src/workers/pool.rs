@@ -409,14 +409,16 @@ impl WorkerPool {
             cache: std::sync::OnceLock::new(),
             config,
         });
-        let mut starting = tokio::task::JoinSet::new();
-        for slot in 0..shared.slots.len() {
+        // Started together in this future, not in tasks of their own: a
+        // `start` dropped half way (a timeout around it, a signal) drops
+        // each start where it is, which kills a worker still starting at
+        // once (its process group, `Entered`); aborted tasks were dropped
+        // later, after a process about to exit had gone (review 156). Each
+        // worker is put in its slot as soon as it is ready, where the
+        // pool's drop stops it (review 153).
+        let starts = (0..shared.slots.len()).map(|slot| {
             let (s, tx) = (shared.clone(), exit_tx.clone());
-            // Each worker is put in its slot as soon as it is ready, with no
-            // wait in between: a `start` dropped half way (a timeout around
-            // it) leaves every ready worker where the pool's drop stops it
-            // (review 153: those not joined yet outlived it).
-            starting.spawn(async move {
+            async move {
                 let id = s.next_process.fetch_add(1, Ordering::Relaxed);
                 let p = Process::spawn(
                     &s.config,
@@ -435,20 +437,12 @@ impl WorkerPool {
                 });
                 *write(&s.slots[slot]) = Some(p);
                 Ok::<(), Error>(())
-            });
-        }
-        let mut failure = None;
-        while let Some(joined) = starting.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(e) => {
-                    failure = failure.or(Some(Error::Internal {
-                        message: format!("starting a worker panicked: {e}"),
-                    }));
-                }
             }
-        }
+        });
+        let failure = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .find_map(std::result::Result::err);
         let pool = WorkerPool { shared };
         if let Some(e) = failure {
             pool.shutdown().await;
