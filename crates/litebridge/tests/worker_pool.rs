@@ -2079,3 +2079,29 @@ async fn a_start_given_up_half_way_leaves_no_worker() {
         "{left:?} of {all:?} ran on 4 s after the start was given up"
     );
 }
+
+/// A start given up kills the workers already ready at once too, not
+/// after a drain that a process about to exit never runs (review 157):
+/// here one that ignores the end of stdin and SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_given_up_kills_its_ready_workers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    // The first to start is ready at once and stubborn; the other takes 20 s.
+    let mut c = raw_worker(&pids, &dir.path().join("mark"), 20.0, 0.0, true);
+    c.processes = 2;
+    c.start_timeout = Duration::from_secs(30);
+    c.shutdown_grace = Duration::from_secs(2);
+    let given_up = tokio::time::timeout(Duration::from_secs(2), WorkerPool::start(c)).await;
+    assert!(
+        given_up.is_err(),
+        "the slow worker should hold the start up"
+    );
+    let all = started(&pids);
+    let left = left_running(all.clone(), Duration::from_millis(700)).await;
+    assert!(
+        left.is_empty(),
+        "{left:?} of {all:?} ran on 700 ms after the start was given up (grace 2 s)"
+    );
+}

@@ -448,13 +448,29 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
                 return;
             }
             crate::transport::standby::note_signal();
-            std::thread::sleep(grace);
-            tracing::warn!(
-                "the grace period is over: killing the workers and leaving with the database still closing; its log is recovered at the next start"
-            );
-            // No worker outlives litebridge running a call nobody waits for.
+            // Until the grace ends, or a second signal, which leaves at
+            // once even while the main runtime is held (review 157).
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            else {
+                return;
+            };
+            let second = runtime.block_on(async {
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => false,
+                    _ = signal_number(2) => true,
+                }
+            });
+            // No worker outlives litebridge running a call nobody waits
+            // for: killed first, then said (a stalled stderr cannot hold
+            // it up: review 157).
             before_leaving();
-            std::process::exit(0);
+            tracing::warn!(
+                "{}: killed the workers, leaving with the database still closing; its log is recovered at the next start",
+                if second { "a second signal" } else { "the grace period is over" }
+            );
+            std::process::exit(if second { 130 } else { 0 });
         });
     if let Err(e) = spawned {
         tracing::warn!("no watchdog for the grace period: {e}");
@@ -534,6 +550,13 @@ pub(crate) async fn signal_number(n: u64) -> i32 {
         Ok(number) => number,
         Err(_) => std::future::pending().await,
     }
+}
+
+/// Listens for signals now (see [`signals`]), before a start that cannot
+/// be cut short before its first wait: from here on a signal is counted,
+/// not the default death.
+pub(crate) fn listen_for_signals() {
+    let _ = signals();
 }
 
 /// [`signal_number`] on a thread outside any runtime.

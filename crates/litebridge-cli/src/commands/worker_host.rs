@@ -40,6 +40,10 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     };
     // A signal while the workers start stops them (their process groups
     // with them) and leaves at once, as `serve` does.
+    // Listening first: the start launches every worker before it first
+    // waits, and a signal then took the default action, leaving them
+    // orphaned (review 157).
+    crate::commands::serve::listen_for_signals();
     let started = tokio::select! {
         biased;
         started = WorkerPool::start(workers) => Some(started),

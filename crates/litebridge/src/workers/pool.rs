@@ -439,10 +439,16 @@ impl WorkerPool {
                 Ok::<(), Error>(())
             }
         });
+        // Dropped before every start ended (the start given up), the
+        // workers already ready are killed at once too: they served
+        // nothing, and a process about to exit runs no drain (review 157).
+        let mut unfinished = Unfinished(&shared, true);
         let failure = futures_util::future::join_all(starts)
             .await
             .into_iter()
             .find_map(std::result::Result::err);
+        unfinished.1 = false;
+        drop(unfinished);
         let pool = WorkerPool { shared };
         if let Some(e) = failure {
             pool.shutdown().await;
@@ -936,6 +942,25 @@ impl Drop for Shared {
         let grace = self.config.shutdown_grace;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { stop(&left.0, grace).await });
+        }
+    }
+}
+
+/// A `WorkerPool::start` under way (while `.1`): dropped then (the start
+/// given up), it kills every worker started so far, and any still
+/// starting, at once.
+struct Unfinished<'a>(&'a Shared, bool);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
+        self.0.starting.close();
+        for slot in &self.0.slots {
+            if let Some(p) = read(slot).as_ref() {
+                p.signal(libc::SIGKILL);
+            }
         }
     }
 }
