@@ -733,22 +733,7 @@ fn sigterm_while_starting(args: &[&str]) {
         std::thread::sleep(Duration::from_millis(50));
     };
     std::thread::sleep(Duration::from_millis(300));
-    let signalled = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let took = signalled.elapsed();
+    let (status, took) = sigterm_and_wait(&mut child, Duration::from_secs(10));
     let gone = Instant::now() + Duration::from_secs(3);
     let alive = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
@@ -803,27 +788,35 @@ fn stdio_and_mcp_end_at_a_signal() {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("\"id\":1"), "{command}: {line}");
-        let signalled = Instant::now();
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if signalled.elapsed() > Duration::from_secs(5) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (status, _) = sigterm_and_wait(&mut child, Duration::from_secs(5));
         drop(stdin);
         assert_eq!(
-            status.and_then(|s| s.code()),
+            status.code(),
             Some(128 + 15),
             "{command} after SIGTERM: {status:?}"
         );
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `limit` for it to end (killed
+/// past that): how it ended, and how long after the signal.
+fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let signalled = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, signalled.elapsed());
+        }
+        if signalled.elapsed() > limit {
+            let _ = child.kill();
+            return (child.wait().unwrap(), signalled.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -17,6 +17,27 @@ async fn connect(db: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> 
     connect_as((), db, extra, env).await
 }
 
+/// `litebridge mcp` on `dir`'s database with one `changing_worker.py`,
+/// whose methods are the names in the file `methods`.
+async fn with_changing_worker<H: rmcp::ClientHandler>(
+    handler: H,
+    dir: &std::path::Path,
+    methods: &str,
+) -> RunningService<RoleClient, H> {
+    connect_as(
+        handler,
+        &dir.join("m.db"),
+        &[
+            "--workers",
+            "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("LB_TEST_METHODS", methods)],
+    )
+    .await
+}
+
 /// `litebridge mcp` with `handler` as the client (one that takes
 /// notifications).
 async fn connect_as<H: rmcp::ClientHandler>(
@@ -976,17 +997,7 @@ async fn worker_tools_check_annotated_types_and_take_positional_args() {
     let methods = dir.path().join("methods");
     std::fs::write(&methods, "alpha").unwrap();
     let methods = methods.display().to_string();
-    let client = connect(
-        &dir.path().join("m.db"),
-        &[
-            "--workers",
-            "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
-            "--processes",
-            "1",
-        ],
-        &[("LB_TEST_METHODS", methods.as_str())],
-    )
-    .await;
+    let client = with_changing_worker((), dir.path(), &methods).await;
     let e = fails(&client, "worker_typed", json!({"n": "5"})).await;
     assert_eq!(e["kind"], "invalid_params", "{e}");
     assert!(
@@ -1066,18 +1077,7 @@ async fn a_stdio_session_is_told_when_its_tools_change() {
     std::fs::write(&methods, "alpha").unwrap();
     let methods = methods.display().to_string();
     let told = Watching::default();
-    let client = connect_as(
-        told.clone(),
-        &dir.path().join("m.db"),
-        &[
-            "--workers",
-            "python3 crates/litebridge-cli/tests/workers/changing_worker.py",
-            "--processes",
-            "1",
-        ],
-        &[("LB_TEST_METHODS", methods.as_str())],
-    )
-    .await;
+    let client = with_changing_worker(told.clone(), dir.path(), &methods).await;
     let names = |tools: Vec<rmcp::model::Tool>| {
         tools
             .into_iter()

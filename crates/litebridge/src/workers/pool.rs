@@ -427,7 +427,6 @@ impl WorkerPool {
                     tx,
                     s.capacity.clone(),
                     &s.starting,
-                    std::future::pending(),
                 )
                 .await?;
                 s.names.learn(&p);
@@ -1251,18 +1250,10 @@ async fn spawn_unheld(
     let (config, launcher, capacity) = (s.config.clone(), s.launcher.clone(), s.capacity.clone());
     let starting = s.starting.clone();
     drop(s);
-    let watched = shared.clone();
-    let gone = async move {
-        // Dropped, or closing (`shutdown`, `kill_now`: review 151 found a
-        // worker starting then outlived both).
-        while watched
-            .upgrade()
-            .is_some_and(|s| !s.closing.load(Ordering::Acquire))
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let started = Process::spawn(&config, &*launcher, id, on_exit, capacity, &starting, gone).await;
+    // Dropped or closed meanwhile (`shutdown`, `kill_now`: review 151
+    // found a worker starting then outlived both), the pool kills the
+    // worker through `starting`, and the start ends.
+    let started = Process::spawn(&config, &*launcher, id, on_exit, capacity, &starting).await;
     Some((id, started))
 }
 

@@ -172,7 +172,6 @@ impl Process {
         on_exit: mpsc::UnboundedSender<u64>,
         freed: Arc<tokio::sync::Notify>,
         starting: &Starting,
-        gone: impl std::future::Future<Output = ()>,
     ) -> Result<Arc<Process>> {
         let shown = config.command.join(" ");
         let Launched {
@@ -197,10 +196,9 @@ impl Process {
 
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
         let mut line = Vec::new();
-        // Until `$/ready`, its start timeout, or `gone` (its pool was
-        // dropped: it is stopped, not left to finish starting).
-        let ready = tokio::select! {
-            ready = tokio::time::timeout(config.start_timeout, async {
+        // Until `$/ready` or its start timeout; a pool that closes or is
+        // dropped meanwhile kills it through `starting`, which ends this.
+        let ready = tokio::time::timeout(config.start_timeout, async {
             loop {
                 line.clear();
                 match read_line(&mut reader, &mut line, config.max_line_bytes).await {
@@ -220,9 +218,8 @@ impl Process {
                     Err(e) => tracing::warn!(worker = id, pid, "before $/ready: {e}"),
                 }
             }
-        }) => ready,
-            () = gone => Ok(Err("its pool was dropped while it started".to_owned())),
-        };
+        })
+        .await;
         let ready = match ready {
             Ok(Ok(r)) => r,
             Ok(Err(why)) => {
