@@ -12,6 +12,7 @@ mod output;
 mod printable;
 mod rpc;
 mod settings;
+mod signals;
 mod suggest;
 mod transport;
 

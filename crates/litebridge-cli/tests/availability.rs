@@ -788,13 +788,100 @@ fn stdio_and_mcp_end_at_a_signal() {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("\"id\":1"), "{command}: {line}");
-        let (status, _) = sigterm_and_wait(&mut child, Duration::from_secs(5));
+        let (status, _) = signal_and_wait(&mut child, "-TERM", Duration::from_secs(5));
         drop(stdin);
+        // A stop as asked: 0, as `serve` after its drain (see `signals`).
         assert_eq!(
             status.code(),
-            Some(128 + 15),
+            Some(0),
             "{command} after SIGTERM: {status:?}"
         );
+    }
+}
+
+/// Under `nohup` (SIGHUP ignored at start), a closed terminal does not stop
+/// `serve`: it listened for SIGHUP whatever its disposition, and drained.
+#[test]
+fn a_hangup_ignored_at_start_stays_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hup.log");
+    let (child, addr) = common::spawn_serve_under(
+        Some("nohup"),
+        &dir.path().join("hup.db"),
+        &[],
+        &[],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let mut server = Server { child, addr, log };
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP under nohup stopped it"
+    );
+    assert_eq!(server.request("GET", "/ready", None, b"").0, 200);
+    assert!(server.stop().success());
+}
+
+/// One signal delivered twice a few milliseconds apart (Ctrl-C reaching a
+/// wrapper that forwards it, and litebridge through the terminal) is one:
+/// `serve` drains, a worker call in flight is answered, and it exits as
+/// stopped by it. It counted two, left at once and killed the call.
+#[test]
+fn a_signal_delivered_twice_at_once_still_drains() {
+    for (flag, code) in [("-TERM", 0), ("-INT", 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start_with(
+            &dir.path().join("twice.db"),
+            &[
+                "--workers",
+                "python3 examples/worker.py",
+                "--processes",
+                "1",
+            ],
+            &[("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "10000")],
+        );
+        let addr = server.addr.clone();
+        let waiting = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let body = call("bridge.call", json!({"method": "wait", "params": [1.5]})).to_string();
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(
+                format!(
+                    "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = server.child.id().to_string();
+        for _ in 0..2 {
+            std::process::Command::new("kill")
+                .args([flag, &pid])
+                .status()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let answer = waiting.join().unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < until, "{flag}: no exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(answer.contains("\"result\":1.5"), "{flag}: {answer}");
+        assert_eq!(status.code(), Some(code), "{flag}: {status:?}");
     }
 }
 
@@ -804,9 +891,18 @@ fn sigterm_and_wait(
     child: &mut std::process::Child,
     limit: Duration,
 ) -> (std::process::ExitStatus, Duration) {
+    signal_and_wait(child, "-TERM", limit)
+}
+
+/// [`sigterm_and_wait`] with the signal `flag` names (`kill`'s, `-INT`).
+fn signal_and_wait(
+    child: &mut std::process::Child,
+    flag: &str,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
     let signalled = Instant::now();
     std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([flag, &child.id().to_string()])
         .status()
         .unwrap();
     loop {

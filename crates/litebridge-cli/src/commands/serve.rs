@@ -8,6 +8,7 @@ use litebridge::auth::{Auth, Caller};
 use crate::cli::ServiceArgs;
 use crate::rpc;
 use crate::settings::Settings;
+use crate::signals;
 use crate::{CliResult, Failure};
 
 /// The effective settings: defaults, file, environment, then these flags.
@@ -43,7 +44,8 @@ async fn open_app(
 ) -> CliResult<(rpc::App, tokio::task::JoinHandle<()>)> {
     // A signal while starting (workers loading a model for minutes) stops
     // the start: the workers started so far are stopped, their process
-    // groups with them, and it leaves with 0 as after serving. It killed
+    // groups with them, and it leaves with the status of a stop (see
+    // `signals`: 0, or 130 for SIGINT). It killed
     // litebridge at once, and a worker still loading lived on until it was
     // ready and read the end of its stdin. `biased`: the handlers are
     // installed only once the opening first waits, after what it does at
@@ -52,7 +54,7 @@ async fn open_app(
     let opened = tokio::select! {
         biased;
         opened = open(s, recover) => Ok(opened?),
-        number = signal_number(1) => Err(number),
+        number = signals::first() => Err(number),
     };
     let service = match opened {
         Ok(service) => service,
@@ -64,7 +66,7 @@ async fn open_app(
             // open may take a minute) with every later signal ignored
             // (review 155). As safe as the signal's default action was.
             eprintln!("litebridge: stopped by a signal while starting, before serving anything");
-            std::process::exit(if number == libc::SIGINT { 130 } else { 0 });
+            std::process::exit(i32::from(signals::stopped_status(number)));
         }
     };
     let clock: Arc<dyn litebridge::store::Clock> = Arc::new(litebridge::store::SystemClock);
@@ -285,7 +287,7 @@ pub(crate) async fn http(
     let events = app.events.clone();
     let stopping = app.clone();
     let server = crate::transport::accept::serve(listener, router, limits, async move {
-        shutdown_signal().await;
+        signals::first().await;
         tracing::info!("shutting down: finishing requests in flight");
         stopping
             .draining
@@ -311,7 +313,7 @@ pub(crate) async fn http(
             deadline = Some(tokio::time::Instant::now() + grace);
             tokio::select! {
                 () = tokio::time::sleep(grace - reserve) => {}
-                _ = signal_number(2) => leave_now(&app),
+                number = signals::nth(2) => leave_now(&app, number),
             }
         } => {
             tracing::warn!("requests still running after {} ms: closing them", (grace - reserve).as_millis());
@@ -323,7 +325,7 @@ pub(crate) async fn http(
         sampler.abort();
     }
     close(&app, deadline, reserve).await;
-    Ok(())
+    signals::stopped()
 }
 
 /// What `http` serves: the application, its upkeep task, the bound listener
@@ -397,7 +399,7 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
     tokio::pin!(close);
     tokio::select! {
         () = &mut close => {}
-        _ = signal_number(2) => leave_now(app),
+        number = signals::nth(2) => leave_now(app, number),
         () = tokio::time::sleep_until(deadline.checked_sub(reserve / 2).unwrap_or(deadline)) => {
             tracing::warn!(
                 "the shutdown is still under way at the end of the grace period (calls in the workers, or statements in the database): killing the workers and interrupting the database (nothing uncommitted is kept)"
@@ -409,7 +411,7 @@ async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::tim
                 // function call): leave without waiting for it. Nothing
                 // uncommitted survives; the next start recovers the log.
                 tracing::warn!("leaving with the database still closing; its log is recovered at the next start");
-                std::process::exit(0);
+                std::process::exit(i32::from(signals::came().map_or(0, signals::stopped_status)));
             }
         }
     }
@@ -423,11 +425,11 @@ fn kill_workers(workers: Option<&litebridge::workers::Bridge>) {
     }
 }
 
-/// A second signal while stopping: leave now, with no worker left behind
-/// (review 142).
-fn leave_now(app: &rpc::App) -> ! {
+/// A second signal (`number`) while stopping: leave now, with no worker
+/// left behind (review 142).
+fn leave_now(app: &rpc::App, number: i32) -> ! {
     kill_workers(app.service.workers.as_ref());
-    std::process::exit(130)
+    std::process::exit(signals::left_status(number))
 }
 
 /// Exits the process `grace` after the first SIGTERM or SIGINT, on a thread
@@ -444,9 +446,9 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
             // The first signal, also one that came before this thread
             // started (review 156), heard even while every thread of the
             // main runtime is held.
-            if wait_for_signal(1).is_none() {
+            let Some(first) = signals::nth_blocking(1) else {
                 return;
-            }
+            };
             crate::transport::standby::note_signal();
             // Until the grace ends, or a second signal, which leaves at
             // once even while the main runtime is held (review 157).
@@ -458,8 +460,8 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
             };
             let second = runtime.block_on(async {
                 tokio::select! {
-                    () = tokio::time::sleep(grace) => false,
-                    _ = signal_number(2) => true,
+                    () = tokio::time::sleep(grace) => None,
+                    number = signals::nth(2) => Some(number),
                 }
             });
             // No worker outlives litebridge running a call nobody waits
@@ -468,120 +470,30 @@ fn exit_after_grace(grace: std::time::Duration, before_leaving: impl FnOnce() + 
             before_leaving();
             tracing::warn!(
                 "{}: killed the workers, leaving with the database still closing; its log is recovered at the next start",
-                if second { "a second signal" } else { "the grace period is over" }
+                if second.is_some() { "a second signal" } else { "the grace period is over" }
             );
-            std::process::exit(if second { 130 } else { 0 });
+            std::process::exit(second.map_or_else(
+                || i32::from(signals::stopped_status(first)),
+                signals::left_status,
+            ));
         });
     if let Err(e) = spawned {
         tracing::warn!("no watchdog for the grace period: {e}");
     }
 }
 
-/// The signals that stop litebridge (SIGTERM, SIGINT, and SIGHUP: the
-/// terminal closed, a drain, not the default death), counted from the
-/// first time anything asks, with the last one's number. Once asked, the
-/// default action is gone for good (tokio never puts it back), so every
-/// command that asks must act on them; counted, a signal that comes between
-/// two waits is not lost (review 155: one during the start, between the
-/// start's listener and serve's, was). They are heard and counted on a
-/// thread and runtime of their own, so the count goes on while every
-/// thread of the main runtime is held (a long step of SQLite) or it is
-/// being dropped (review 156), and anyone may wait for it from any
-/// thread. `None` without signal handlers.
-fn signals() -> Option<tokio::sync::watch::Receiver<(u64, i32)>> {
-    static SIGNALS: std::sync::OnceLock<Option<tokio::sync::watch::Receiver<(u64, i32)>>> =
-        std::sync::OnceLock::new();
-    SIGNALS
-        .get_or_init(|| {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("litebridge-signals".into())
-                .spawn(move || {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .build()
-                    else {
-                        let _ = ready_tx.send(None);
-                        return;
-                    };
-                    runtime.block_on(async move {
-                        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                            signal(SignalKind::terminate()),
-                            signal(SignalKind::interrupt()),
-                            signal(SignalKind::hangup()),
-                        ) else {
-                            let _ = ready_tx.send(None);
-                            return;
-                        };
-                        // Listening before the caller goes on.
-                        let (tx, rx) = tokio::sync::watch::channel((0, 0));
-                        let _ = ready_tx.send(Some(rx));
-                        loop {
-                            let number = tokio::select! {
-                                _ = term.recv() => libc::SIGTERM,
-                                _ = int.recv() => libc::SIGINT,
-                                _ = hup.recv() => libc::SIGHUP,
-                            };
-                            tx.send_modify(|(count, last)| {
-                                *count += 1;
-                                *last = number;
-                            });
-                        }
-                    });
-                });
-            spawned.ok()?;
-            ready_rx.recv().ok().flatten()
-        })
-        .clone()
-}
-
-/// Waits until the `n`th signal has come (counted as [`signals`] says);
-/// its number. Without signal handlers, never.
-pub(crate) async fn signal_number(n: u64) -> i32 {
-    let Some(mut rx) = signals() else {
-        return std::future::pending().await;
-    };
-    let last = rx
-        .wait_for(|(count, _)| *count >= n)
-        .await
-        .map(|seen| seen.1);
-    match last {
-        Ok(number) => number,
-        Err(_) => std::future::pending().await,
-    }
-}
-
-/// Listens for signals now (see [`signals`]), before a start that cannot
-/// be cut short before its first wait: from here on a signal is counted,
-/// not the default death.
-pub(crate) fn listen_for_signals() {
-    let _ = signals();
-}
-
-/// [`signal_number`] on a thread outside any runtime.
-fn wait_for_signal(n: u64) -> Option<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
-    Some(runtime.block_on(signal_number(n)))
-}
-
-/// The first signal (see [`signals`]).
-pub(crate) async fn shutdown_signal() {
-    signal_number(1).await;
-}
-
 /// `stdio` and `mcp` once started: a signal ends the session at once, as
 /// the default action did before litebridge listened for signals at the
-/// start, but with no worker left behind; the exit status says which
-/// signal (128 + its number). On a thread of its own: a long step of
+/// start, but with no worker left behind; the exit status is a stop's (0,
+/// or 130 for SIGINT: see `signals`). On a thread of its own: a long step of
 /// SQLite holding the runtime's threads does not hold it up (review 156).
 fn leave_at_signal(workers: Option<litebridge::workers::Bridge>) {
     let spawned = std::thread::Builder::new()
         .name("litebridge-leave".into())
         .spawn(move || {
-            if let Some(number) = wait_for_signal(1) {
+            if let Some(number) = signals::nth_blocking(1) {
                 kill_workers(workers.as_ref());
-                std::process::exit(128 + number);
+                std::process::exit(i32::from(signals::stopped_status(number)));
             }
         });
     if let Err(e) = spawned {

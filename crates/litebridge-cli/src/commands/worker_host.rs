@@ -43,15 +43,18 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     // Listening first: the start launches every worker before it first
     // waits, and a signal then took the default action, leaving them
     // orphaned (review 157).
-    crate::commands::serve::listen_for_signals();
+    crate::signals::listen();
     let started = tokio::select! {
         biased;
-        started = WorkerPool::start(workers) => Some(started),
-        _ = crate::commands::serve::signal_number(1) => None,
+        started = WorkerPool::start(workers) => Ok(started),
+        number = crate::signals::first() => Err(number),
     };
-    let Some(started) = started else {
-        eprintln!("litebridge: stopped by a signal while starting, before serving anything");
-        std::process::exit(0);
+    let started = match started {
+        Ok(started) => started,
+        Err(number) => {
+            eprintln!("litebridge: stopped by a signal while starting, before serving anything");
+            std::process::exit(i32::from(crate::signals::stopped_status(number)));
+        }
     };
     let pool = started?;
     // Connecting may take a few connect timeouts: a signal meanwhile
@@ -60,10 +63,10 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     let host = tokio::select! {
         biased;
         host = WorkerHost::start(pool.clone(), nats) => host,
-        _ = crate::commands::serve::signal_number(1) => {
+        number = crate::signals::first() => {
             pool.kill_now();
             eprintln!("litebridge: stopped by a signal while starting, before serving anything");
-            std::process::exit(0);
+            std::process::exit(i32::from(crate::signals::stopped_status(number)));
         }
     };
     let host = match host {
@@ -85,16 +88,16 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    crate::commands::serve::shutdown_signal().await;
+    crate::signals::first().await;
     tracing::info!("shutting down: finishing the calls in flight");
     // A second signal leaves at once, with no worker left behind, as
     // `serve`'s does (review 156: the drain could not be cut short).
     tokio::select! {
         () = host.shutdown() => {}
-        _ = crate::commands::serve::signal_number(2) => {
+        number = crate::signals::nth(2) => {
             pool.kill_now();
-            std::process::exit(130);
+            std::process::exit(crate::signals::left_status(number));
         }
     }
-    Ok(())
+    crate::signals::stopped()
 }

@@ -75,7 +75,28 @@ pub(crate) fn spawn_serve(
     env: &[(&str, &str)],
     stderr: Stdio,
 ) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_litebridge"))
+    spawn_serve_under(None, db, extra, env, stderr)
+}
+
+/// [`spawn_serve`] run by `wrapper` (`nohup`, say), which runs the program
+/// named by its first argument.
+pub(crate) fn spawn_serve_under(
+    wrapper: Option<&str>,
+    db: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, String) {
+    let binary = env!("CARGO_BIN_EXE_litebridge");
+    let mut command = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .arg("serve")
         .arg("--db")
         .arg(db)
