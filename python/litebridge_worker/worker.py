@@ -773,7 +773,10 @@ def _describe_params(func):
         json_type, nullable = _annotated_type(func, p.annotation)
         if json_type is not None:
             item["type"] = json_type
-            if nullable:
+            # ``x: str = None`` takes None too (PEP 484's implicit Optional,
+            # still common): announced as a plain string, MCP refused a null
+            # the handler was written for.
+            if nullable or p.default is None:
                 item["nullable"] = True
         out.append(item)
     return out

@@ -108,7 +108,8 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertIsNone(_describe_params(anything))
 
     def test_optional_annotated_generic_and_string_annotations_are_read(self):
-        """``Optional[int]`` is a nullable integer, ``Annotated`` its first
+        """``Optional[int]`` is a nullable integer (so is ``list[str] = None``:
+        a default of None takes None), ``Annotated`` its first
         argument (an unhashable one made describing the worker raise),
         string annotations are read in the handler's module, and what
         cannot be read declares no type instead of raising."""
@@ -126,11 +127,11 @@ class ExampleWorkerTest(unittest.TestCase):
         want = [
             {"name": "a", "required": True, "type": "integer", "nullable": True},
             {"name": "b", "required": False, "type": "string"},
-            {"name": "c", "required": False, "type": "array"},
+            {"name": "c", "required": False, "type": "array", "nullable": True},
             {"name": "d", "required": False},
             {"name": "e", "required": False, "type": "number"},
             {"name": "f", "required": False},
-            {"name": "g", "required": False, "type": "object"},
+            {"name": "g", "required": False, "type": "object", "nullable": True},
             {"name": "h", "required": False},
             {"name": "i", "required": False, "type": "integer"},
             {"name": "j", "required": False, "type": "boolean", "nullable": True},

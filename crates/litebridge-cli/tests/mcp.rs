@@ -1030,6 +1030,10 @@ async fn worker_tools_check_annotated_types_and_take_positional_args() {
     // `Annotated[str, {...}]` are read as their types.
     let r = ok(&client, "worker_maybe", json!({"n": null})).await;
     assert_eq!(r["result"], json!([null, null, ""]), "{r}");
+    // `tags: "list[str]" = None` takes the null it defaults to (and its
+    // schema says so, below).
+    let r = ok(&client, "worker_maybe", json!({"n": 1, "tags": null})).await;
+    assert_eq!(r["result"], json!([1, null, ""]), "{r}");
     for (args, named) in [
         (json!({"n": "5"}), "`n` must be an integer"),
         (json!({"n": 1, "tags": "a"}), "`tags` must be an array"),
@@ -1051,6 +1055,12 @@ async fn worker_tools_check_annotated_types_and_take_positional_args() {
     assert_eq!(
         maybe.input_schema["properties"]["n"]["type"],
         json!(["integer", "null"]),
+        "{:?}",
+        maybe.input_schema
+    );
+    assert_eq!(
+        maybe.input_schema["properties"]["tags"]["type"],
+        json!(["array", "null"]),
         "{:?}",
         maybe.input_schema
     );
