@@ -7,8 +7,19 @@
 //! it and another here. And an integer past 64 bits would be read rounded
 //! (`litebridge::exact`), then stored or passed on changed. So the whole
 //! message is refused instead (`Invalid Request`).
+//!
+//! **What the tree costs.** A JSON tree takes far more memory than its
+//! text: each object is a B-tree whose first node is about 640 bytes, so
+//! `[{"":0},{"":0},...]` takes about 96 times its size (a 16 MiB body, 1.7
+//! GiB), and any key could send it, before its method or scope was looked
+//! at (review 158). So the tree's memory is estimated as it is built, and a
+//! message is refused past [`MAX_TREE_BYTES`] (`too_large`); and the
+//! messages being handled at once may hold at most [`MAX_TREES_BYTES`]
+//! between them (past it, `unavailable`: try again), counted from the
+//! first MiB of a tree until the request is answered ([`Held`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -22,6 +33,124 @@ pub(crate) enum Unreadable {
     Duplicate(String),
     /// This integer is outside the 64-bit range.
     Inexact(String),
+    /// Its tree would take more than [`MAX_TREE_BYTES`].
+    TooLarge,
+    /// The trees of the messages being handled hold [`MAX_TREES_BYTES`]
+    /// already.
+    Busy,
+}
+
+/// The most memory one message's tree may take, by [`Budget`]'s estimate:
+/// 1 GiB. A bulk insert of 16 MiB (`execute_many`, rows of two numbers)
+/// takes about 550 MiB.
+pub(crate) const MAX_TREE_BYTES: usize = 1 << 30;
+
+/// The most the trees of the messages being handled may take at once: 2 GiB.
+pub(crate) const MAX_TREES_BYTES: usize = 2 << 30;
+
+/// Trees under this are not counted against [`MAX_TREES_BYTES`] (the
+/// connection and request limits bound them): a tree reserves its share
+/// in steps of this, from its first.
+const STEP: usize = 1 << 20;
+
+/// The memory the trees being handled hold, as [`Held`] counts it.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A message's tree's share of [`MAX_TREES_BYTES`], given back when dropped:
+/// kept until the message is answered.
+#[derive(Debug, Default)]
+#[must_use = "the tree's memory is counted until this is dropped"]
+pub(crate) struct Held(usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            HELD.fetch_sub(self.0, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The estimate of a tree's memory as it is built, and its share of
+/// [`MAX_TREES_BYTES`] reserved as it grows. Estimated from serde_json's
+/// layout: a `Value` is 32 bytes, an object's B-tree node 632 and holds
+/// 5 to 11 members (one, for an object of one), and each heap block costs
+/// 16 more.
+struct Budget {
+    /// [`MAX_TREE_BYTES`] and [`MAX_TREES_BYTES`] (smaller in tests).
+    limits: (usize, usize),
+    used: Cell<usize>,
+    reserved: Cell<usize>,
+    refused: Cell<Option<Refused>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    TooLarge,
+    Busy,
+}
+
+/// An object's first B-tree node (11 members' room: 632 bytes), allocated
+/// with its first member.
+const NODE: usize = 632 + 16;
+/// Each further member's share of the B-tree (a node per 5 to 11 members).
+const MEMBER: usize = NODE / 6;
+/// An array element: a `Value`, and the array's growth by doubling.
+const ELEMENT: usize = 2 * std::mem::size_of::<Value>();
+
+/// A heap block of `len` bytes, as allocated (none for nothing).
+fn block(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len.next_multiple_of(16) + 16
+    }
+}
+
+impl Budget {
+    fn new(limits: (usize, usize)) -> Budget {
+        Budget {
+            limits,
+            used: Cell::new(0),
+            reserved: Cell::new(0),
+            refused: Cell::new(None),
+        }
+    }
+
+    /// Counts `bytes` more; false, with the reason noted, past a limit.
+    fn take(&self, bytes: usize) -> bool {
+        let used = self.used.get().saturating_add(bytes);
+        self.used.set(used);
+        if used > self.limits.0 {
+            self.refused.set(Some(Refused::TooLarge));
+            return false;
+        }
+        let reserved = self.reserved.get();
+        if used > STEP && used > reserved {
+            let more = used.next_multiple_of(STEP) - reserved;
+            if HELD.fetch_add(more, Ordering::AcqRel) + more > self.limits.1 {
+                HELD.fetch_sub(more, Ordering::AcqRel);
+                self.refused.set(Some(Refused::Busy));
+                return false;
+            }
+            self.reserved.set(reserved + more);
+        }
+        true
+    }
+
+    /// The share reserved, held until the message is answered.
+    fn held(&self) -> Held {
+        Held(self.reserved.replace(0))
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // A tree refused or dropped half-built gives its share back.
+        let reserved = self.reserved.get();
+        if reserved > 0 {
+            HELD.fetch_sub(reserved, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Unreadable {
@@ -34,7 +163,35 @@ impl Unreadable {
                 "{}: send it as a string; nothing was done",
                 litebridge::exact::inexact_integer_named(number)
             )),
+            Unreadable::TooLarge | Unreadable::Busy => Some(self.error().to_string()),
         }
+    }
+
+    /// The error a message too large to read, or read while the server's
+    /// trees are full, is answered with; `None` for the others (their
+    /// answers are the protocol's: a parse error, an invalid request).
+    pub(crate) fn error(&self) -> litebridge::Error {
+        match self {
+            Unreadable::Busy => litebridge::Error::Unavailable {
+                what: "the server",
+                reason: format!(
+                    "the messages it is reading hold {} MiB of memory already; nothing was done, send it again shortly",
+                    MAX_TREES_BYTES >> 20
+                ),
+            },
+            _ => litebridge::Error::TooLarge {
+                what:
+                    "the message, read into memory (its objects and values are many for its size), \
+                       nothing was done; send fewer values per message, or large data as a string,"
+                        .into(),
+                limit: MAX_TREE_BYTES as u64,
+            },
+        }
+    }
+
+    /// Whether this is answered with [`Unreadable::error`].
+    pub(crate) fn is_over_memory(&self) -> bool {
+        matches!(self, Unreadable::TooLarge | Unreadable::Busy)
     }
 }
 
@@ -45,26 +202,48 @@ pub(crate) fn duplicate_refusal(member: &str) -> String {
     )
 }
 
-/// Parses `input` as one JSON value whose objects name each member once.
-pub(crate) fn parse(input: &[u8]) -> Result<Value, Unreadable> {
+/// Parses `input` as one JSON value whose objects name each member once,
+/// within the memory limits; the tree, and its share of
+/// [`MAX_TREES_BYTES`] to keep until the message is answered.
+pub(crate) fn parse(input: &[u8]) -> Result<(Value, Held), Unreadable> {
+    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES))
+}
+
+/// [`parse`] with other limits than [`MAX_TREE_BYTES`] and [`MAX_TREES_BYTES`].
+fn parse_within(input: &[u8], limits: (usize, usize)) -> Result<(Value, Held), Unreadable> {
     let duplicate = RefCell::new(None);
+    let budget = Budget::new(limits);
     let mut de = serde_json::Deserializer::from_slice(input);
-    let parsed = Strict(&duplicate)
+    let parsed = Strict(&duplicate, &budget)
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v));
-    match (parsed, duplicate.into_inner()) {
-        (_, Some(member)) => Err(Unreadable::Duplicate(member)),
-        (Ok(v), None) => match litebridge::exact::inexact_integer(input) {
+    match (parsed, duplicate.into_inner(), budget.refused.get()) {
+        (_, Some(member), _) => Err(Unreadable::Duplicate(member)),
+        (_, None, Some(Refused::TooLarge)) => Err(Unreadable::TooLarge),
+        (_, None, Some(Refused::Busy)) => Err(Unreadable::Busy),
+        (Ok(v), None, None) => match litebridge::exact::inexact_integer(input) {
             Some(number) => Err(Unreadable::Inexact(number.to_owned())),
-            None => Ok(v),
+            None => Ok((v, budget.held())),
         },
-        (Err(e), None) => Err(Unreadable::Syntax(e.to_string())),
+        (Err(e), None, None) => Err(Unreadable::Syntax(e.to_string())),
     }
 }
 
-/// Builds a `Value`, noting the first duplicated member (and failing there).
+/// Builds a `Value`, noting the first duplicated member (and failing
+/// there), and counting its memory in a [`Budget`] (failing past it).
 #[derive(Clone, Copy)]
-struct Strict<'a>(&'a RefCell<Option<String>>);
+struct Strict<'a>(&'a RefCell<Option<String>>, &'a Budget);
+
+impl Strict<'_> {
+    /// Counts `bytes` of the tree, or fails the parse past a limit.
+    fn take<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
+        if self.1.take(bytes) {
+            Ok(())
+        } else {
+            Err(E::custom("the message takes too much memory to read"))
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
@@ -97,11 +276,13 @@ impl<'de> Visitor<'de> for Strict<'_> {
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take(block(v.len()))?;
         Ok(Value::String(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.take(block(v.capacity()))?;
         Ok(Value::String(v))
     }
 
@@ -112,6 +293,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         while let Some(item) = seq.next_element_seed(self)? {
+            self.take(ELEMENT)?;
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -125,6 +307,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
                 *self.0.borrow_mut() = Some(shown);
                 return Err(de::Error::custom("a member appears twice"));
             }
+            self.take(if members.is_empty() { NODE } else { MEMBER } + block(key.capacity()))?;
             let value = map.next_value_seed(self)?;
             members.insert(key, value);
         }
@@ -159,16 +342,80 @@ mod tests {
             r#"1.7976931348623157e308"#,
         ] {
             let expected: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(parse(text.as_bytes()).unwrap(), expected, "{text}");
+            assert_eq!(parse(text.as_bytes()).unwrap().0, expected, "{text}");
         }
         assert!(matches!(parse(b"{"), Err(Unreadable::Syntax(_))));
         // Found by review 121: rounded to 1.8446744073709552e19 before.
         assert_eq!(
-            parse(br#"{"params": [18446744073709551617]}"#),
-            Err(Unreadable::Inexact("18446744073709551617".into()))
+            parse(br#"{"params": [18446744073709551617]}"#).err(),
+            Some(Unreadable::Inexact("18446744073709551617".into()))
         );
         assert!(matches!(parse(b"1 2"), Err(Unreadable::Syntax(_))));
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(matches!(parse(deep.as_bytes()), Err(Unreadable::Syntax(_))));
+    }
+
+    /// `n` one-member objects in an array: about 712 bytes of tree each
+    /// (by the estimate: a B-tree node and an element), 7 bytes of text.
+    fn small_objects(n: usize) -> Vec<u8> {
+        format!("[{}]", vec![r#"{"":0}"#; n].join(",")).into_bytes()
+    }
+
+    /// The tests that reserve memory, one at a time (they count [`HELD`]).
+    static RESERVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_tree_over_its_limit_is_refused_as_it_is_built() {
+        let _one = RESERVING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // 2,000 small objects: 14 KB of text, about 1.4 MB of tree.
+        let text = small_objects(2_000);
+        assert_eq!(
+            parse_within(&text, (1 << 20, 1 << 30)).err(),
+            Some(Unreadable::TooLarge)
+        );
+        assert!(parse_within(&text, (4 << 20, 1 << 30)).is_ok());
+        // Its answer names the limit and says nothing was done.
+        let e = Unreadable::TooLarge.error();
+        assert_eq!(e.kind().as_str(), "too_large");
+        assert!(e.to_string().contains("nothing was done"), "{e}");
+        // Big strings count too: 3 MiB of one string.
+        let long = format!("[\"{}\"]", "x".repeat(3 << 20));
+        assert_eq!(
+            parse_within(long.as_bytes(), (2 << 20, 1 << 30)).err(),
+            Some(Unreadable::TooLarge)
+        );
+    }
+
+    #[test]
+    fn trees_held_together_are_bounded_until_answered() {
+        let _one = RESERVING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each about 1.4 MB of tree (2 steps reserved); together at most 5
+        // MiB more than held now.
+        let text = small_objects(2_000);
+        let base = HELD.load(Ordering::Acquire);
+        let limits = (64 << 20, base + (5 << 20));
+        let first = parse_within(&text, limits).unwrap();
+        let second = parse_within(&text, limits).unwrap();
+        assert_eq!(
+            parse_within(&text, limits).err(),
+            Some(Unreadable::Busy),
+            "held: {}",
+            HELD.load(Ordering::Acquire) - base
+        );
+        let e = Unreadable::Busy.error();
+        assert_eq!(e.kind().as_str(), "unavailable");
+        // Answered: its share is given back, and another fits.
+        drop(first);
+        assert!(parse_within(&text, limits).is_ok());
+        drop(second);
+        // A small message reserves nothing.
+        let before = HELD.load(Ordering::Acquire);
+        let (_small, held) = parse(br#"{"a": [1, 2, 3]}"#).unwrap();
+        assert_eq!(held.0, 0);
+        assert_eq!(HELD.load(Ordering::Acquire), before);
     }
 }

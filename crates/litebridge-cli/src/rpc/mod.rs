@@ -143,13 +143,18 @@ async fn handle_in_span(
     input: &[u8],
     request_id: &str,
 ) -> Option<Json> {
-    let value: Json = match crate::json::parse(input) {
-        Ok(v) => v,
+    // The tree's memory stays counted until the message is answered.
+    let (value, _held): (Json, _) = match crate::json::parse(input) {
+        Ok(parsed) => parsed,
         Err(crate::json::Unreadable::Syntax(e)) => {
             return Some(error_reply(
                 Json::Null,
                 &charged(caller, RpcError::Parse(e)),
             ));
+        }
+        Err(unreadable) if unreadable.is_over_memory() => {
+            let e = charged(caller, RpcError::App(unreadable.error()));
+            return Some(error_reply(Json::Null, &e));
         }
         Err(unreadable) => {
             let why = unreadable.refusal().unwrap_or_default();

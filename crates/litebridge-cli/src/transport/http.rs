@@ -659,10 +659,15 @@ pub(crate) fn overloaded(state: &AppState) -> Response {
 }
 
 /// Reads `request`'s body whole, within the read timeout and the body
-/// limit, refuses JSON that names a member twice, and gives the request back
-/// with the body in memory (for `/mcp`, whose SDK would read it with no
-/// deadline and keep a duplicated member's last value).
-pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Request, Response> {
+/// limit, refuses JSON that names a member twice or whose tree is over the
+/// memory limits (`json`), and gives the request back with the body in
+/// memory (for `/mcp`, whose SDK would read it with no deadline and keep a
+/// duplicated member's last value), with its tree if it is JSON, and the
+/// tree's share of memory to hold while the SDK reads it again.
+pub(crate) async fn read_whole(
+    state: &AppState,
+    request: Request,
+) -> Result<(Request, Option<serde_json::Value>, crate::json::Held), Response> {
     if let Some(refused) = declared_too_large(request.headers()) {
         return Err(refused);
     }
@@ -684,13 +689,25 @@ pub(crate) async fn read_whole(state: &AppState, request: Request) -> Result<Req
             return Err(rpc_error(StatusCode::REQUEST_TIMEOUT, &e));
         }
     };
-    if let Err(unreadable) = crate::json::parse(&bytes)
-        && let Some(why) = unreadable.refusal()
-    {
-        let e = rpc::RpcError::InvalidRequest(why);
-        return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
-    }
-    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    let (parsed, held) = match crate::json::parse(&bytes) {
+        Ok((tree, held)) => (Some(tree), held),
+        Err(unreadable) if unreadable.is_over_memory() => {
+            let e = rpc::RpcError::App(unreadable.error());
+            return Err(rpc_error(StatusCode::OK, &e));
+        }
+        Err(unreadable) => match unreadable.refusal() {
+            Some(why) => {
+                let e = rpc::RpcError::InvalidRequest(why);
+                return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
+            }
+            None => (None, crate::json::Held::default()),
+        },
+    };
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        parsed,
+        held,
+    ))
 }
 
 async fn ready(

@@ -284,22 +284,22 @@ pub(crate) async fn authenticate(
             };
             // The body is read here, under the same deadline and limit as
             // `/rpc`'s, and refused if an object names a member twice.
-            let request = match crate::transport::http::read_whole(&state, request).await {
-                Ok(r) => r,
-                // Counted as any message is (review 143).
-                Err(refused) => {
-                    return match caller.charge() {
-                        Ok(()) => refused,
-                        Err(e) => crate::transport::http::refused(e),
-                    };
-                }
-            };
+            let (request, parsed, _held) =
+                match crate::transport::http::read_whole(&state, request).await {
+                    Ok(read) => read,
+                    // Counted as any message is (review 143).
+                    Err(refused) => {
+                        return match caller.charge() {
+                            Ok(()) => refused,
+                            Err(e) => crate::transport::http::refused(e),
+                        };
+                    }
+                };
             let (parts, body) = request.into_parts();
             // In memory already: read_whole put it there.
             let bytes = axum::body::to_bytes(body, usize::MAX)
                 .await
                 .unwrap_or_default();
-            let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
             // Every message counts once, whatever becomes of it: the SDK
             // refuses some itself, before any tool runs (review 142 found
             // seven shapes answered uncounted). A tool call's own count is
@@ -357,6 +357,9 @@ pub(crate) async fn authenticate(
                     );
                 }
             }
+            // The SDK reads the body again into a tree of its own: this one
+            // goes first (`_held` counts the SDK's while it runs).
+            drop(parsed);
             let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
             request.extensions_mut().insert(caller);
             next.run(request).await

@@ -102,9 +102,10 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
             // The SDK dropped a line that is not JSON without a word, and
             // its client waited for an answer that never came.
             Err(Unreadable::Syntax(e)) => RpcError::Parse(e),
+            Err(unreadable) if unreadable.is_over_memory() => RpcError::App(unreadable.error()),
             Err(unreadable) => RpcError::InvalidRequest(unreadable.refusal().unwrap_or_default()),
             // The SDK answered a batch with an error of no id.
-            Ok(Value::Array(_)) => RpcError::InvalidRequest(
+            Ok((Value::Array(_), _)) => RpcError::InvalidRequest(
                 "a batch (a JSON array): MCP takes one message per line".into(),
             ),
             Ok(_) => return None,
@@ -112,10 +113,16 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     };
     // The id, when it is not the member named twice, so the client can
     // match the answer to its request.
-    let id = serde_json::from_slice::<Value>(line)
+    // Read alone (the rest skipped, never built: a line refused for its
+    // tree's size must not be read whole again here); an id named twice is
+    // an error, and none.
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<Value>,
+    }
+    let id = serde_json::from_slice::<Id>(line)
         .ok()
-        .and_then(|v| v.get("id").cloned())
-        .filter(|_| !matches!(crate::json::parse(line), Err(Unreadable::Duplicate(m)) if m == "id"))
+        .and_then(|v| v.id)
         // Not one read rounded (an integer past 64 bits comes as a float).
         .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
         .unwrap_or(Value::Null);
