@@ -799,6 +799,30 @@ fn stdio_and_mcp_end_at_a_signal() {
     }
 }
 
+/// `/ready` needs no key: a removed database file is named, its directory
+/// is not (review 158: the whole path was shown to anyone).
+#[test]
+fn ready_names_a_removed_file_without_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gone.db");
+    let server = Server::start(&db, &[]);
+    std::fs::rename(&db, dir.path().join("elsewhere.db")).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = ready(&server);
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < until, "still ready: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = body.to_string();
+    assert!(text.contains("gone.db was removed"), "{text}");
+    let shown = dir.path().display().to_string();
+    assert!(!text.contains(&shown), "{text}");
+    server.stop();
+}
+
 /// Under `nohup` (SIGHUP ignored at start), a closed terminal does not stop
 /// `serve`: it listened for SIGHUP whatever its disposition, and drained.
 #[test]

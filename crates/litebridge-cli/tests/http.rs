@@ -433,6 +433,18 @@ fn hostile_input_leaves_the_server_up_and_healthy() {
     assert_eq!(r["error"]["code"], -32602);
     let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": {"sql": "SELECT 1", "max_rows": -1}, "id": 2}));
     assert_eq!(r["error"]["code"], -32602);
+    // A head of 300 KB: 431, not held (review 158).
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(300_000)
+    );
+    let _ = s.write_all(big.as_bytes());
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // A client that goes away mid-request, many times.
     for _ in 0..50 {
         let mut s = TcpStream::connect(&server.addr).unwrap();
@@ -463,6 +475,31 @@ fn hostile_input_leaves_the_server_up_and_healthy() {
     let r = server.rpc(json!({"jsonrpc": "2.0", "method": "sql.query", "params": ["SELECT 'still here'"], "id": 3}));
     assert_eq!(r["result"]["rows"], json!([["still here"]]));
     assert!(server.stop().success());
+}
+
+/// A method name the table does not have is logged cut to 64 characters,
+/// whatever its length (review 158: a key past its quota had each refused
+/// request's name, up to 16 MiB, written whole as a warning, for nothing).
+#[test]
+fn an_unknown_method_is_logged_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("log.db"),
+        &[],
+        &[("LITEBRIDGE_SERVER_LOG_LEVEL", "debug")],
+    );
+    let name = "A".repeat(100_000);
+    let r = server.rpc(json!({"jsonrpc": "2.0", "method": name, "id": 1}));
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    let log_path = server.log.clone();
+    assert!(server.stop().success());
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(log.contains(&"A".repeat(64)), "the refusal was not logged");
+    assert!(
+        !log.contains(&"A".repeat(65)),
+        "the name was logged whole: {} bytes of log",
+        log.len()
+    );
 }
 
 /// A request that comes on a kept-alive connection after SIGTERM is answered

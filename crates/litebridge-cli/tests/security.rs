@@ -376,6 +376,35 @@ fn quotas_run_out_with_retry_after_and_the_concurrent_limit_refuses() {
     server.stop();
 }
 
+/// `/metrics` counts against the key's quota as a read does (review 158:
+/// scraped without end and uncounted), and a scope refusal there counts too.
+#[test]
+fn metrics_scrapes_count_against_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let config = dir.path().join("m.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 3\n").unwrap();
+    let reader = create_key(&db, "scraper", "read", "free");
+    let bridge = create_key(&db, "bridge", "bridge", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let scrape = |secret: &str| {
+        let auth = format!("Bearer {secret}");
+        server
+            .request_with("GET", "/metrics", None, &[("Authorization", &auth)], b"")
+            .0
+    };
+    for _ in 0..3 {
+        assert_eq!(scrape(&reader), 200);
+    }
+    assert_eq!(scrape(&reader), 429);
+    // Outside its scopes: refused, and counted (the fourth is the quota's).
+    for _ in 0..3 {
+        assert_eq!(scrape(&bridge), 403);
+    }
+    assert_eq!(scrape(&bridge), 429);
+    server.stop();
+}
+
 #[test]
 fn stdio_runs_with_the_configured_local_scopes() {
     use std::io::{BufRead, BufReader, Write};

@@ -90,7 +90,7 @@ pub(crate) fn parse<P: DeserializeOwned>(method: &str, raw: Option<Json>) -> Res
 
 /// `text` cut to about `max` bytes (at a character boundary) with a marker:
 /// a complaint never echoes a megabyte the client sent.
-fn shortened(text: &str, max: usize) -> String {
+pub(crate) fn shortened(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

@@ -112,7 +112,9 @@ pub(crate) fn not_found(name: &str) -> super::RpcError {
             }
         }
     };
-    super::RpcError::MethodNotFound(format!("{name}{hint}"))
+    // Cut: the message is logged and answered (a name of megabytes was
+    // written whole to the log for each request: review 158).
+    super::RpcError::MethodNotFound(format!("{}{hint}", super::params::shortened(name, 64)))
 }
 
 const fn tool(name: &'static str) -> Option<Tool> {

@@ -145,12 +145,20 @@ pub(crate) fn with_peer(
     })
 }
 
+/// The most a connection's read buffer holds before a request's head is
+/// whole: 64 KiB, passed by one read at most (so a head of 120 KiB or more
+/// is refused, 431). hyper's default, 408 KiB, let a client without a key
+/// hold that much on each of `server.max_connections` connections with
+/// headers sent slowly (review 158).
+pub(crate) const MAX_HEAD: usize = 64 << 10;
+
 /// The HTTP/1 settings every connection is served with.
 pub(crate) fn http1(limits: Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
+        .max_buf_size(MAX_HEAD)
         .keep_alive(true);
     builder
 }

@@ -717,6 +717,21 @@ async fn ready(
     let service = &state.app.service;
     let db = service.db.health();
     let mut problems = db.problems;
+    // `/ready` needs no key: a problem names the database's file, not the
+    // directory it is in (review 158: a removed file showed its whole
+    // path to anyone). `pool.health` and the log say it whole.
+    if let Some(dir) = service
+        .db
+        .sqlite()
+        .and_then(|d| d.path().parent().map(|p| format!("{}/", p.display())))
+        .filter(|dir| dir.len() > 1)
+    {
+        for problem in &mut problems {
+            if problem.contains(&dir) {
+                *problem = problem.replace(&dir, "");
+            }
+        }
+    }
     if state
         .app
         .draining
@@ -758,10 +773,11 @@ async fn dashboard_file(uri: axum::http::Uri) -> Response {
 }
 
 /// `GET /api/dashboard?since=SEQ`: the dashboard's data, for keys with the
-/// read scope (quotas per key and backups for admin keys only). Not counted
-/// against quotas, as `/metrics` is not (a page asks every second), but held
-/// to the key's limit of requests at once; the figures are built once a
-/// second by the sampler, so a request costs a copy.
+/// read scope (quotas per key and backups for admin keys only). Polling for
+/// the last few points is not counted against quotas (a page asks every
+/// second), more is; held to the key's limit of requests at once; the
+/// figures are built once a second by the sampler, so a request costs a
+/// copy.
 async fn dashboard_data(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -773,7 +789,7 @@ async fn dashboard_data(
         Err(e) => return refused(e),
     };
     if let Err(e) = caller.require(Scope::Read, "GET /api/dashboard") {
-        return refused(e);
+        return counted_refusal(&caller, e);
     }
     let _in_flight = match caller.enter() {
         Ok(g) => g,
@@ -831,6 +847,16 @@ async fn dashboard_data(
     r
 }
 
+/// The answer to a request outside `caller`'s scopes, counted against its
+/// quota as every call outside them is (SECURITY.md); the quota's refusal
+/// once spent.
+fn counted_refusal(caller: &Caller, e: litebridge::Error) -> Response {
+    match caller.charge() {
+        Ok(()) => refused(e),
+        Err(q) => refused(q),
+    }
+}
+
 async fn metrics_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -840,9 +866,19 @@ async fn metrics_handler(
         Ok(c) => c,
         Err(e) => return refused(e),
     };
+    // Counted as any read request, refused or not, and held to the key's
+    // limit of requests at once, as `/api/dashboard` is: neither was, and a
+    // read key could scrape without end (review 158).
     if let Err(e) = caller.require(Scope::Read, "/metrics") {
+        return counted_refusal(&caller, e);
+    }
+    if let Err(e) = caller.charge() {
         return refused(e);
     }
+    let _in_flight = match caller.enter() {
+        Ok(g) => g,
+        Err(e) => return refused(e),
+    };
     let service = &state.app.service;
     let backups = match (&service.backups, service.db.sqlite()) {
         (Some(policy), Some(db)) => metrics::Backups::for_scrape(policy, db.path()).await,
