@@ -441,6 +441,79 @@ async fn keys_body(db: Backend) {
     assert!(e.to_string().contains("revoked"), "{e}");
 }
 
+/// Writes of one key through two front ends at once: each front end's
+/// memory ends with what the table holds. A `set` put its value in memory
+/// after its L2 write even when the other front end's later write had been
+/// heard meanwhile, and served it until its TTL (review 159).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_writes_at_once_leave_no_stale_memory() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (da, db_) = (schema.open().await, schema.open().await);
+    let clock = Arc::new(litebridge::store::SystemClock);
+    let a = Arc::new(Cache::with_backend(
+        da.clone().into(),
+        CacheConfig::default(),
+        clock.clone(),
+    ));
+    let b = Arc::new(Cache::with_backend(
+        db_.clone().into(),
+        CacheConfig::default(),
+        clock,
+    ));
+    let started = std::time::Instant::now();
+    while a.stats().listening != Some(true) || b.stats().listening != Some(true) {
+        assert!(started.elapsed() < Duration::from_secs(5), "not listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let admin = common::pg::admin(&schema.url).await;
+    let mut stale = Vec::new();
+    for round in 0..5 {
+        let keys: Vec<String> = (0..200).map(|i| format!("race{round}_{i}")).collect();
+        let writes = keys.iter().map(|k| {
+            let (a, b, k) = (a.clone(), b.clone(), k.clone());
+            async move {
+                let (x, y) = tokio::join!(a.set(&k, json!("a"), None), b.set(&k, json!("b"), None));
+                x.unwrap();
+                y.unwrap();
+            }
+        });
+        futures_util::future::join_all(writes).await;
+        // Every notification heard.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for k in &keys {
+            let row = admin
+                .query_one(
+                    &format!(
+                        "SELECT value FROM {}.litebridge_cache WHERE key = $1",
+                        schema.own()
+                    ),
+                    &[k],
+                )
+                .await
+                .unwrap();
+            let stored: serde_json::Value = serde_json::from_str(row.get::<_, &str>(0)).unwrap();
+            for (name, cache) in [("a", &a), ("b", &b)] {
+                let seen = cache.get(k).await.unwrap().unwrap();
+                if seen != stored {
+                    stale.push(format!(
+                        "{name} serves {seen} for {k}, the table holds {stored}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+}
+
 /// Two front ends' caches on one PostgreSQL L2: a write through one drops
 /// the key from the other's memory (LISTEN/NOTIFY); while a front end's
 /// listener is down, its memory is not used.

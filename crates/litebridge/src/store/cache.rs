@@ -658,6 +658,11 @@ impl Cache {
     ) -> Result<()> {
         let expires = self.expiry(ttl);
         let mut failed = None;
+        // As in `get`: another front end's write heard while this one was
+        // written may be the later one (review 159: its notification came
+        // before this value went into memory, which then served it until
+        // its TTL).
+        let generation = self.generation();
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
@@ -679,7 +684,7 @@ impl Cache {
             }
         }
         let entry = self.weights.entry(value, expires);
-        if entry.fits() && self.l1_trusted() {
+        if entry.fits() && self.l1_trusted() && self.generation() == generation {
             self.l1.insert(key.to_owned(), entry).await;
         }
         failed.map_or(Ok(()), Err)
