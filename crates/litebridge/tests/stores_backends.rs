@@ -119,6 +119,9 @@ async fn state_body(db: Backend) {
         ["run-d", "run-e"]
     );
     assert_eq!(store.list(None, 100, None).await.unwrap().len(), 5);
+    let long = "r".repeat(litebridge::store::MAX_RUN_ID + 1);
+    let e = store.list(None, 100, Some(&long)).await.unwrap_err();
+    assert!(e.to_string().contains("after"), "{e}");
     assert!(store.delete("run-a").await.unwrap());
     assert!(!store.delete("run-a").await.unwrap());
     assert_eq!(store.load("run-a").await.unwrap(), None);
@@ -188,6 +191,17 @@ async fn memory_body(db: Backend) {
         ),
         ["scratch/a", "scratch/b"]
     );
+    // No key is longer than 1 KiB: a longer prefix or cursor is refused,
+    // naming the parameter (review 159: any size was taken).
+    let long = "k".repeat(litebridge::store::MAX_NAME + 1);
+    for (prefix, after, named) in [
+        (Some(long.as_str()), None, "prefix"),
+        (None, Some(long.as_str()), "after"),
+    ] {
+        let e = mem.list("agent-1", prefix, 10, after).await.unwrap_err();
+        assert_eq!(e.kind(), litebridge::ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains(named), "{e}");
+    }
     clock.advance(Duration::from_secs(10));
     assert_eq!(
         mem.get("agent-1", "scratch/a").await.unwrap(),

@@ -580,7 +580,7 @@ impl Cache {
                 // may be older than what it wrote.
                 if e.fits() && trusted && self.l1_trusted() && self.generation() == generation {
                     let v = (*e.value).clone();
-                    self.l1.insert(key.to_owned(), e).await;
+                    self.remember(key, e, generation).await;
                     return Ok(Some(v));
                 }
                 // Not kept: the tree itself is the answer, not a copy of it.
@@ -685,9 +685,22 @@ impl Cache {
         }
         let entry = self.weights.entry(value, expires);
         if entry.fits() && self.l1_trusted() && self.generation() == generation {
-            self.l1.insert(key.to_owned(), entry).await;
+            self.remember(key, entry, generation).await;
         }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Puts `entry` in memory, read or written while the generation was
+    /// `generation`, and takes it out again if another front end's write
+    /// was heard meanwhile: its listener moves the generation before it
+    /// drops the key, so a drop that came between the caller's look and
+    /// this insert is seen here (review 159: it was not, and memory served
+    /// the older value until its TTL).
+    async fn remember(&self, key: &str, entry: Entry, generation: u64) {
+        self.l1.insert(key.to_owned(), entry).await;
+        if self.generation() != generation {
+            self.l1.invalidate(key).await;
+        }
     }
 
     /// Removes `key` from both levels; whether it was there.

@@ -162,6 +162,19 @@ impl MemoryStore {
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         check(namespace, "namespace")?;
+        // No key is longer: a prefix or a page's last key past it is a
+        // mistake (and a prefix's end was built from it four bytes a
+        // character: review 159).
+        for (text, what) in [(prefix, "prefix"), (after, "after")] {
+            if let Some(t) = text
+                && t.len() > MAX_NAME
+            {
+                return Err(Error::invalid(
+                    what,
+                    format!("must be at most {MAX_NAME} bytes, as a key is"),
+                ));
+            }
+        }
         // One lower bound, so a late page's index range starts there (two,
         // and it scanned every key before it: review 142): the larger, by
         // byte order, which is the keys' order on both backends (SQLite's

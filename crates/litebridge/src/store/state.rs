@@ -216,6 +216,14 @@ impl StateStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<StateRecord>> {
+        if let Some(after) = after
+            && after.len() > MAX_RUN_ID
+        {
+            return Err(Error::invalid(
+                "after",
+                format!("must be at most {MAX_RUN_ID} bytes, as a run id is"),
+            ));
+        }
         let rows = self
             .db
             .own_query(
