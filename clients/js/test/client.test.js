@@ -46,6 +46,30 @@ test('rows as objects or arrays, values bound, blobs and 64-bit integers exact',
   assert.deepEqual(await c.query(sql`SELECT count(*) AS n FROM t WHERE name = ${inj}`), [{ n: 0 }]);
 });
 
+test('a call litebridge refuses for what it holds is answered, not left waiting', async (t) => {
+  // An integer past 64 bits (2 ** 64 as a Number) and nesting past 128
+  // levels: litebridge refused them with a null id, and the call waited
+  // for good (review 159).
+  const c = client(t);
+  let deep = 1;
+  for (let i = 0; i < 130; i++) deep = [deep];
+  for (const [what, call] of [
+    ['2 ** 64', () => c.query('SELECT ?1 AS x', [2 ** 64])],
+    ['130 levels', () => c.call('echo', [deep])],
+  ]) {
+    let timer;
+    const late = new Promise((resolve) => {
+      timer = setTimeout(resolve, 10000, 'still waiting');
+    });
+    const settled = await Promise.race([call().then((v) => ({ v }), (e) => ({ e })), late]);
+    clearTimeout(timer);
+    assert.ok(settled.e, `${what}: ${JSON.stringify(settled)}`);
+    assert.match(settled.e.message, /64-bit|recursion/, what);
+  }
+  // The session goes on.
+  assert.deepEqual(await c.query('SELECT 1 AS x'), [{ x: 1 }]);
+});
+
 test('a write answers the rows it returns as query gives rows', async (t) => {
   const c = client(t);
   await c.execute('CREATE TABLE n(id INTEGER PRIMARY KEY, body BLOB)');

@@ -36,6 +36,18 @@ class SpawnedTest(unittest.TestCase):
         self.client.close()
         self.dir.cleanup()
 
+    def test_a_call_refused_for_what_it_holds_is_answered(self):
+        """Nesting past 128 levels: litebridge refused it with a null id,
+        and the call waited for good (review 159)."""
+        deep = 1
+        for _ in range(130):
+            deep = [deep]
+        with self.assertRaises(lb.LitebridgeError) as e:
+            self.client.call("echo", [deep], timeout=10)
+        self.assertNotIsInstance(e.exception, TimeoutError)
+        self.assertIn("recursion", str(e.exception))
+        self.assertEqual(self.client.query("SELECT 1 AS x"), [{"x": 1}])
+
     def test_rows_values_and_errors(self):
         c = self.client
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB, big INTEGER UNIQUE)")

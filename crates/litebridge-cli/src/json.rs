@@ -229,6 +229,109 @@ fn parse_within(input: &[u8], limits: (usize, usize)) -> Result<(Value, Held), U
     }
 }
 
+/// The `id` of a message refused for what it holds (a member named twice,
+/// an integer past 64 bits, nesting past 128 levels, a tree too large),
+/// read without building anything: its top-level object's `id` member, if
+/// it is a string or an integer and named once. Answered with it, a
+/// client over stdio matches the refusal to its call (answered with a null
+/// id, the JS and Python clients waited for good: review 159).
+pub(crate) fn top_level_id(input: &[u8]) -> Option<Value> {
+    let mut at = skip_space(input, 0);
+    if input.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut id = None;
+    loop {
+        at = skip_space(input, at);
+        if input.get(at) == Some(&b'}') {
+            return id;
+        }
+        let key_end = string_end(input, at)?;
+        let key: String = serde_json::from_slice(&input[at..key_end]).ok()?;
+        at = skip_space(input, key_end);
+        if input.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_space(input, at + 1);
+        let end = value_end(input, at)?;
+        if key == "id" {
+            if id.is_some() {
+                return None; // named twice: which one is meant is not clear
+            }
+            let value: Value = serde_json::from_slice(&input[at..end]).ok()?;
+            if !(value.is_string() || value.is_i64() || value.is_u64()) {
+                return None;
+            }
+            id = Some(value);
+        }
+        at = skip_space(input, end);
+        match input.get(at) {
+            Some(b',') => at += 1,
+            Some(b'}') => return id,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_space(input: &[u8], mut at: usize) -> usize {
+    while input.get(at).is_some_and(|b| b" \t\r\n".contains(b)) {
+        at += 1;
+    }
+    at
+}
+
+/// Past the end of the string starting at `at` (its opening quote).
+fn string_end(input: &[u8], at: usize) -> Option<usize> {
+    if input.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = at + 1;
+    loop {
+        match input.get(i)? {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// Past the end of the value starting at `at`, nested values skipped by
+/// counting brackets (no recursion, whatever the depth).
+fn value_end(input: &[u8], at: usize) -> Option<usize> {
+    match input.get(at)? {
+        b'"' => string_end(input, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match input.get(i)? {
+                    b'"' => {
+                        i = string_end(input, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = at;
+            while input.get(i).is_some_and(|b| !b" \t\r\n,}]".contains(b)) {
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
+}
+
 /// Builds a `Value`, noting the first duplicated member (and failing
 /// there), and counting its memory in a [`Budget`] (failing past it).
 #[derive(Clone, Copy)]
@@ -359,6 +462,39 @@ mod tests {
     /// (by the estimate: a B-tree node and an element), 7 bytes of text.
     fn small_objects(n: usize) -> Vec<u8> {
         format!("[{}]", vec![r#"{"":0}"#; n].join(",")).into_bytes()
+    }
+
+    #[test]
+    fn a_refused_messages_id_is_read_without_building_it() {
+        let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+        let cases: [(String, Option<Value>); 9] = [
+            (
+                format!(r#"{{"jsonrpc":"2.0","method":"m","params":{deep},"id":7}}"#),
+                Some(7.into()),
+            ),
+            (
+                format!(r#" {{ "id" : "a\"b" , "params": [{deep}, "}}]"] }}"#),
+                Some("a\"b".into()),
+            ),
+            (
+                r#"{"params":[18446744073709551617],"id":18446744073709551615}"#.into(),
+                Some(u64::MAX.into()),
+            ),
+            (r#"{"id":1,"params":{"a":1,"a":2}}"#.into(), Some(1.into())),
+            (r#"{"id":1,"id":2}"#.into(), None),
+            (r#"{"id":1.5}"#.into(), None),
+            (r#"{"id":[1]}"#.into(), None),
+            (r#"[{"id":1}]"#.into(), None),
+            (r#"{"id":1,"params":[1,2"#.into(), None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                top_level_id(text.as_bytes()),
+                want,
+                "{}",
+                &text[..text.len().min(80)]
+            );
+        }
     }
 
     /// The tests that reserve memory, one at a time (they count [`HELD`]).

@@ -146,20 +146,24 @@ async fn handle_in_span(
     // The tree's memory stays counted until the message is answered.
     let (value, _held): (Json, _) = match crate::json::parse(input) {
         Ok(parsed) => parsed,
+        // JSON nested too deep is JSON, refused for its depth: answered with
+        // its id, as the refusals below are, where it can be read.
         Err(crate::json::Unreadable::Syntax(e)) => {
-            return Some(error_reply(
-                Json::Null,
-                &charged(caller, RpcError::Parse(e)),
-            ));
-        }
-        Err(unreadable) if unreadable.is_over_memory() => {
-            let e = charged(caller, RpcError::App(unreadable.error()));
-            return Some(error_reply(Json::Null, &e));
+            let id = if e.contains("recursion limit exceeded") {
+                crate::json::top_level_id(input).unwrap_or(Json::Null)
+            } else {
+                Json::Null
+            };
+            return Some(error_reply(id, &charged(caller, RpcError::Parse(e))));
         }
         Err(unreadable) => {
-            let why = unreadable.refusal().unwrap_or_default();
-            let e = charged(caller, RpcError::InvalidRequest(why));
-            return Some(error_reply(Json::Null, &e));
+            let e = if unreadable.is_over_memory() {
+                RpcError::App(unreadable.error())
+            } else {
+                RpcError::InvalidRequest(unreadable.refusal().unwrap_or_default())
+            };
+            let id = crate::json::top_level_id(input).unwrap_or(Json::Null);
+            return Some(error_reply(id, &charged(caller, e)));
         }
     };
     // One concurrent-request slot of the caller's key for the whole message.
