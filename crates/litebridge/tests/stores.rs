@@ -202,3 +202,39 @@ async fn a_store_on_an_unmigrated_database_says_to_migrate() {
     assert!(store.load("run-1").await.unwrap().is_none());
     db.close().await;
 }
+
+/// A page of large values ends early with its cursor, never holding more
+/// than `PAGE_BYTES` of trees past its first item (review 159: a `read` key
+/// listed a few values of small objects into gigabytes); paging on reaches
+/// every entry, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_values_ends_early_with_its_cursor() {
+    use litebridge::store::{MemoryStore, PAGE_BYTES, footprint};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("p.db")).await;
+    let mem = MemoryStore::new(db, Arc::new(litebridge::store::SystemClock));
+    // 400,000 one-member objects: 2.8 MB of JSON, more than PAGE_BYTES of tree.
+    let big = serde_json::Value::Array(vec![json!({"": 0}); 400_000]);
+    assert!(footprint(&big) > PAGE_BYTES, "{}", footprint(&big));
+    for key in ["a", "b", "c"] {
+        mem.store("ns", key, &big, None).await.unwrap();
+    }
+    mem.store("ns", "d", &json!(1), None).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = mem.page("ns", None, 10, after.as_deref()).await.unwrap();
+        assert!(!page.items.is_empty());
+        // Past its first item, no more than PAGE_BYTES.
+        let total: u64 = page.items.iter().skip(1).map(|e| footprint(&e.value)).sum();
+        assert!(total <= PAGE_BYTES, "{total}");
+        seen.extend(page.items.iter().map(|e| e.key.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d"]);
+    // `list` itself is not bounded (an embedder's own call).
+    assert_eq!(mem.list("ns", None, 10, None).await.unwrap().len(), 4);
+}

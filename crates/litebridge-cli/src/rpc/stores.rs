@@ -99,16 +99,21 @@ impl Handler for StateList {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
             let limit = self.limit.unwrap_or_default().0;
-            let runs = cx
+            let page = cx
                 .app
                 .service
                 .state
-                .list(self.status.as_deref(), limit, self.after.as_deref())
+                .page(self.status.as_deref(), limit, self.after.as_deref())
                 .await?;
-            let next = (runs.len() == limit)
-                .then(|| runs.last().map(|r| r.run_id.clone()))
-                .flatten();
-            Ok(json!({ "runs": to_json(&runs)?, "next": next }))
+            let runs = page
+                .items
+                .into_iter()
+                .map(|mut r| {
+                    let state = std::mem::take(&mut r.state);
+                    moved_in(&r, "state", state)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(page_reply("runs", runs, page.next))
         })
     }
 }
@@ -194,21 +199,26 @@ impl Handler for MemoryList {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
             let limit = self.limit.unwrap_or_default().0;
-            let entries = cx
+            let page = cx
                 .app
                 .service
                 .memory
-                .list(
+                .page(
                     &self.namespace,
                     self.prefix.as_deref(),
                     limit,
                     self.after.as_deref(),
                 )
                 .await?;
-            let next = (entries.len() == limit)
-                .then(|| entries.last().map(|e| e.key.clone()))
-                .flatten();
-            Ok(json!({ "entries": to_json(&entries)?, "next": next }))
+            let entries = page
+                .items
+                .into_iter()
+                .map(|mut e| {
+                    let value = std::mem::take(&mut e.value);
+                    moved_in(&e, "value", value)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(page_reply("entries", entries, page.next))
         })
     }
 }
@@ -275,4 +285,23 @@ impl Handler for CacheSet {
             Ok(json!({ "ok": true }))
         })
     }
+}
+
+/// `item` as JSON with `value` moved in as its member `name` (taken out of
+/// it before: serializing it would copy the whole tree, which a page of
+/// large values doubled).
+fn moved_in<T: serde::Serialize>(item: &T, name: &str, value: Json) -> Result<Json, RpcError> {
+    let mut v = to_json(item)?;
+    if let Json::Object(members) = &mut v {
+        members.insert(name.to_owned(), value);
+    }
+    Ok(v)
+}
+
+/// `{<name>: items, next}`, the items moved in (`json!` would copy them).
+fn page_reply(name: &str, items: Vec<Json>, next: Option<String>) -> Json {
+    let mut reply = serde_json::Map::new();
+    reply.insert(name.to_owned(), Json::Array(items));
+    reply.insert("next".to_owned(), next.map_or(Json::Null, Json::String));
+    Json::Object(reply)
 }

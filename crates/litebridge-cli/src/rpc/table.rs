@@ -252,7 +252,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "state.list",
         scope: Scope::Read,
-        description: "List saved runs in order of run_id, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page.",
+        description: "List saved runs in order of run_id, optionally with one status. Returns {runs, next}; pass `next` as `after` for the next page (null at the end: a page of large values may hold fewer than `limit`).",
         example: r#"{"status":"running","limit":10}"#,
         handler: handler::<super::stores::StateList>(),
         read_only: true,
@@ -288,7 +288,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "memory.list",
         scope: Scope::Read,
-        description: "List what is remembered in a namespace in key order, optionally only keys starting with a prefix. Returns {entries, next}; pass `next` as `after` for the next page.",
+        description: "List what is remembered in a namespace in key order, optionally only keys starting with a prefix. Returns {entries, next}; pass `next` as `after` for the next page (null at the end: a page of large values may hold fewer than `limit`).",
         example: r#"{"namespace":"agent-7","prefix":"pref","limit":10}"#,
         handler: handler::<super::stores::MemoryList>(),
         read_only: true,
@@ -503,11 +503,13 @@ mod tests {
         assert_eq!(said("nope.x"), "Method not found: nope.x");
         // Not a guess at a prefix of a longer namespace.
         assert_eq!(said("sq.x"), "Method not found: sq.x");
+        // A long name is cut (review 158: logged and echoed whole).
         let long = format!("sql.{}", "q".repeat(100_000));
         assert_eq!(
             said(&long),
             format!(
-                "Method not found: {long}; the methods of `sql` are sql.query, sql.execute, sql.batch, sql.execute_many, sql.schema"
+                "Method not found: {}... (100004 bytes); the methods of `sql` are sql.query, sql.execute, sql.batch, sql.execute_many, sql.schema",
+                &long[..64]
             )
         );
     }

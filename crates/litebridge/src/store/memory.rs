@@ -67,6 +67,28 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// An entry of a listing's row: key, value's text, expiry.
+fn entry(row: Vec<Value>) -> MemoryEntry {
+    let mut it = row.into_iter();
+    let key = match it.next() {
+        Some(Value::Text(t)) => t,
+        _ => String::new(),
+    };
+    let value = match it.next() {
+        Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
+        _ => Json::Null,
+    };
+    let expires_at = match it.next() {
+        Some(Value::Integer(i)) => Some(i),
+        _ => None,
+    };
+    MemoryEntry {
+        key,
+        value,
+        expires_at,
+    }
+}
+
 impl MemoryStore {
     /// The store over `db` (its table comes from the schema migrations).
     pub fn new(db: impl Into<Backend>, clock: Arc<dyn Clock>) -> MemoryStore {
@@ -161,6 +183,41 @@ impl MemoryStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
+        let rows = self.rows(namespace, prefix, limit, after).await?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    /// As [`list`](Self::list), a page that ends early once its values'
+    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES), with the cursor of the
+    /// next page: what a server answers a caller with.
+    ///
+    /// # Errors
+    /// Read errors; bad names.
+    pub async fn page(
+        &self,
+        namespace: &str,
+        prefix: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<super::Page<MemoryEntry>> {
+        let rows = self.rows(namespace, prefix, limit, after).await?;
+        let full = rows.len() == limit;
+        let (items, cut) =
+            super::within_page_bytes(rows.into_iter().map(entry), |e| super::footprint(&e.value));
+        let next = (full || cut)
+            .then(|| items.last().map(|e| e.key.clone()))
+            .flatten();
+        Ok(super::Page { items, next })
+    }
+
+    /// The rows of a [`list`](Self::list): key, value's text, expiry.
+    async fn rows(
+        &self,
+        namespace: &str,
+        prefix: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<Vec<Value>>> {
         check(namespace, "namespace")?;
         // No key is longer: a prefix or a page's last key past it is a
         // mistake (and a prefix's end was built from it four bytes a
@@ -204,30 +261,7 @@ impl MemoryStore {
                 ],
             )
             .await?;
-        Ok(rows
-            .rows
-            .into_iter()
-            .map(|r| {
-                let mut it = r.into_iter();
-                let key = match it.next() {
-                    Some(Value::Text(t)) => t,
-                    _ => String::new(),
-                };
-                let value = match it.next() {
-                    Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
-                    _ => Json::Null,
-                };
-                let expires_at = match it.next() {
-                    Some(Value::Integer(i)) => Some(i),
-                    _ => None,
-                };
-                MemoryEntry {
-                    key,
-                    value,
-                    expires_at,
-                }
-            })
-            .collect())
+        Ok(rows.rows)
     }
 
     /// Deletes an entry; whether a live one existed.

@@ -36,3 +36,41 @@ pub use cache::{
 pub use memory::{MAX_NAME, MemoryEntry, MemoryStore};
 pub use schema::{SCHEMA_VERSION, migrate};
 pub use state::{MAX_RUN_ID, StateRecord, StateStore, StateUpdate};
+
+/// One page of a listing (`MemoryStore::page`, `StateStore::page`): its
+/// items, and the cursor of the next page (`None`: none follows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items, in key order.
+    pub items: Vec<T>,
+    /// The last item's key when more may follow: the page was full, or
+    /// ended early at [`PAGE_BYTES`].
+    pub next: Option<String>,
+}
+
+/// The most memory a page's values take read into trees (by
+/// [`footprint`]) before the page ends early, its `next` set: 256 MiB. A
+/// stored value's tree may take a hundred times its text (small objects),
+/// so a page of a few large values took gigabytes for a `read` key
+/// (review 159). A page always holds at least one item.
+pub const PAGE_BYTES: u64 = 256 << 20;
+
+/// Takes `items` while their values' trees (`weight`) stay within
+/// [`PAGE_BYTES`], at least one; whether it stopped early. Items past the
+/// limit are never made (their values never read).
+fn within_page_bytes<T>(
+    items: impl Iterator<Item = T>,
+    weight: impl Fn(&T) -> u64,
+) -> (Vec<T>, bool) {
+    let mut taken = Vec::new();
+    let mut total = 0u64;
+    for item in items {
+        let w = weight(&item);
+        if !taken.is_empty() && total.saturating_add(w) > PAGE_BYTES {
+            return (taken, true);
+        }
+        total = total.saturating_add(w);
+        taken.push(item);
+    }
+    (taken, false)
+}

@@ -216,6 +216,39 @@ impl StateStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<StateRecord>> {
+        let rows = self.rows(status, limit, after).await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    /// As [`list`](Self::list), a page that ends early once its states'
+    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES), with the cursor of the
+    /// next page: what a server answers a caller with.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub async fn page(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<super::Page<StateRecord>> {
+        let rows = self.rows(status, limit, after).await?;
+        let full = rows.len() == limit;
+        let (items, cut) =
+            super::within_page_bytes(rows.into_iter().map(record), |r| super::footprint(&r.state));
+        let next = (full || cut)
+            .then(|| items.last().map(|r| r.run_id.clone()))
+            .flatten();
+        Ok(super::Page { items, next })
+    }
+
+    /// The rows of a [`list`](Self::list), as [`record`] reads them.
+    async fn rows(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<Vec<Value>>> {
         if let Some(after) = after
             && after.len() > MAX_RUN_ID
         {
@@ -240,7 +273,7 @@ impl StateStore {
                 ],
             )
             .await?;
-        Ok(rows.rows.into_iter().map(record).collect())
+        Ok(rows.rows)
     }
 
     /// Deletes a run; whether it existed.
