@@ -234,7 +234,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "state.save",
         scope: Scope::Write,
-        description: "Save the state of a workflow run (creates or replaces it; created_at is kept). Returns the saved record.",
+        description: "Save the state of a workflow run (creates it, or replaces its state; the other fields left out or null keep their saved values, so send an empty string to blank error_message; created_at is kept). Returns the saved record.",
         example: r#"{"run_id":"run-1","state":{"step":2,"items":["a","b"]},"status":"running","total_steps":5}"#,
         handler: handler::<super::stores::StateSave>(),
         read_only: false,
