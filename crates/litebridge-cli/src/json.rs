@@ -36,8 +36,8 @@ pub(crate) enum Unreadable {
     /// Its tree would take more than [`MAX_TREE_BYTES`].
     TooLarge,
     /// The trees of the messages being handled hold [`MAX_TREES_BYTES`]
-    /// already.
-    Busy,
+    /// already (`own`: those of this caller's own hold [`MAX_TREE_BYTES`]).
+    Busy { own: bool },
 }
 
 /// The most memory one message's tree may take, by [`Budget`]'s estimate:
@@ -56,17 +56,63 @@ const STEP: usize = 1 << 20;
 /// The memory the trees being handled hold, as [`Held`] counts it.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// A message's tree's share of [`MAX_TREES_BYTES`], given back when dropped:
-/// kept until the message is answered.
+/// The same, per caller (a key's name; `""` for the local user): one
+/// caller holds at most [`MAX_TREE_BYTES`] of it, so it cannot keep the
+/// others out on its own with a few slow requests of large trees (review
+/// 160: two such requests held all of it for their hour).
+static HELD_BY: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// Reserves `bytes` for `owner`; the refusal if a limit is passed.
+fn reserve(owner: &str, bytes: usize, limits: (usize, usize)) -> Result<(), Refused> {
+    if HELD.fetch_add(bytes, Ordering::AcqRel) + bytes > limits.1 {
+        HELD.fetch_sub(bytes, Ordering::AcqRel);
+        return Err(Refused::Busy { own: false });
+    }
+    let mut by = crate::lock(&HELD_BY);
+    let held = by
+        .get_or_insert_with(Default::default)
+        .entry(owner.to_owned())
+        .or_default();
+    if *held + bytes > limits.0 {
+        drop(by);
+        HELD.fetch_sub(bytes, Ordering::AcqRel);
+        return Err(Refused::Busy { own: true });
+    }
+    *held += bytes;
+    Ok(())
+}
+
+/// Gives back what [`reserve`] took.
+fn release(owner: &str, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    HELD.fetch_sub(bytes, Ordering::AcqRel);
+    let mut by = crate::lock(&HELD_BY);
+    if let Some(map) = by.as_mut()
+        && let Some(held) = map.get_mut(owner)
+    {
+        *held = held.saturating_sub(bytes);
+        if *held == 0 {
+            map.remove(owner);
+        }
+    }
+}
+
+/// A message's tree's share of [`MAX_TREES_BYTES`] (and of its caller's
+/// [`MAX_TREE_BYTES`]), given back when dropped: kept until the message is
+/// answered.
 #[derive(Debug, Default)]
 #[must_use = "the tree's memory is counted until this is dropped"]
-pub(crate) struct Held(usize);
+pub(crate) struct Held {
+    bytes: usize,
+    owner: String,
+}
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.0 > 0 {
-            HELD.fetch_sub(self.0, Ordering::AcqRel);
-        }
+        release(&self.owner, self.bytes);
     }
 }
 
@@ -75,9 +121,15 @@ impl Drop for Held {
 /// layout: a `Value` is 32 bytes, an object's B-tree node 632 and holds
 /// 5 to 11 members (one, for an object of one), and each heap block costs
 /// 16 more.
-struct Budget {
+struct Budget<'a> {
     /// [`MAX_TREE_BYTES`] and [`MAX_TREES_BYTES`] (smaller in tests).
     limits: (usize, usize),
+    /// Whose message it is (see [`HELD_BY`]).
+    owner: &'a str,
+    /// How many trees of it will be alive at once: 1, or 3 for a message
+    /// the MCP SDK reads again (it buffers it whole through its untagged
+    /// and flattened types, then builds its own tree).
+    copies: usize,
     used: Cell<usize>,
     reserved: Cell<usize>,
     refused: Cell<Option<Refused>>,
@@ -86,7 +138,7 @@ struct Budget {
 #[derive(Clone, Copy, Debug)]
 enum Refused {
     TooLarge,
-    Busy,
+    Busy { own: bool },
 }
 
 /// An object's first B-tree node (11 members' room: 632 bytes), allocated
@@ -94,7 +146,10 @@ enum Refused {
 const NODE: usize = 632 + 16;
 /// Each further member's share of the B-tree (a node per 5 to 11 members).
 const MEMBER: usize = NODE / 6;
-/// An array element: a `Value`, and the array's growth by doubling.
+/// An array's first element: its first allocation, room for four `Value`s
+/// (review 160: counted as one, `[[[0]]]` took twice the estimate).
+const FIRST_ELEMENTS: usize = 4 * std::mem::size_of::<Value>() + 16;
+/// An element past the fourth: a `Value`, and the array's growth by doubling.
 const ELEMENT: usize = 2 * std::mem::size_of::<Value>();
 
 /// A heap block of `len` bytes, as allocated (none for nothing).
@@ -106,10 +161,12 @@ fn block(len: usize) -> usize {
     }
 }
 
-impl Budget {
-    fn new(limits: (usize, usize)) -> Budget {
+impl<'a> Budget<'a> {
+    fn new(limits: (usize, usize), owner: &'a str, copies: usize) -> Budget<'a> {
         Budget {
             limits,
+            owner,
+            copies,
             used: Cell::new(0),
             reserved: Cell::new(0),
             refused: Cell::new(None),
@@ -118,7 +175,10 @@ impl Budget {
 
     /// Counts `bytes` more; false, with the reason noted, past a limit.
     fn take(&self, bytes: usize) -> bool {
-        let used = self.used.get().saturating_add(bytes);
+        let used = self
+            .used
+            .get()
+            .saturating_add(bytes.saturating_mul(self.copies));
         self.used.set(used);
         if used > self.limits.0 {
             self.refused.set(Some(Refused::TooLarge));
@@ -127,9 +187,8 @@ impl Budget {
         let reserved = self.reserved.get();
         if used > STEP && used > reserved {
             let more = used.next_multiple_of(STEP) - reserved;
-            if HELD.fetch_add(more, Ordering::AcqRel) + more > self.limits.1 {
-                HELD.fetch_sub(more, Ordering::AcqRel);
-                self.refused.set(Some(Refused::Busy));
+            if let Err(refused) = reserve(self.owner, more, self.limits) {
+                self.refused.set(Some(refused));
                 return false;
             }
             self.reserved.set(reserved + more);
@@ -139,17 +198,17 @@ impl Budget {
 
     /// The share reserved, held until the message is answered.
     fn held(&self) -> Held {
-        Held(self.reserved.replace(0))
+        Held {
+            bytes: self.reserved.replace(0),
+            owner: self.owner.to_owned(),
+        }
     }
 }
 
-impl Drop for Budget {
+impl Drop for Budget<'_> {
     fn drop(&mut self) {
         // A tree refused or dropped half-built gives its share back.
-        let reserved = self.reserved.get();
-        if reserved > 0 {
-            HELD.fetch_sub(reserved, Ordering::AcqRel);
-        }
+        release(self.owner, self.reserved.get());
     }
 }
 
@@ -163,7 +222,7 @@ impl Unreadable {
                 "{}: send it as a string; nothing was done",
                 litebridge::exact::inexact_integer_named(number)
             )),
-            Unreadable::TooLarge | Unreadable::Busy => Some(self.error().to_string()),
+            Unreadable::TooLarge | Unreadable::Busy { .. } => Some(self.error().to_string()),
         }
     }
 
@@ -172,11 +231,18 @@ impl Unreadable {
     /// answers are the protocol's: a parse error, an invalid request).
     pub(crate) fn error(&self) -> litebridge::Error {
         match self {
-            Unreadable::Busy => litebridge::Error::Unavailable {
+            Unreadable::Busy { own: false } => litebridge::Error::Unavailable {
                 what: "the server",
                 reason: format!(
                     "the messages it is reading hold {} MiB of memory already; nothing was done, send it again shortly",
                     MAX_TREES_BYTES >> 20
+                ),
+            },
+            Unreadable::Busy { own: true } => litebridge::Error::Unavailable {
+                what: "the server",
+                reason: format!(
+                    "this caller's messages being handled hold {} MiB of memory already; nothing was done, send it again once they are answered",
+                    MAX_TREE_BYTES >> 20
                 ),
             },
             _ => litebridge::Error::TooLarge {
@@ -191,7 +257,7 @@ impl Unreadable {
 
     /// Whether this is answered with [`Unreadable::error`].
     pub(crate) fn is_over_memory(&self) -> bool {
-        matches!(self, Unreadable::TooLarge | Unreadable::Busy)
+        matches!(self, Unreadable::TooLarge | Unreadable::Busy { .. })
     }
 }
 
@@ -202,17 +268,30 @@ pub(crate) fn duplicate_refusal(member: &str) -> String {
     )
 }
 
-/// Parses `input` as one JSON value whose objects name each member once,
-/// within the memory limits; the tree, and its share of
-/// [`MAX_TREES_BYTES`] to keep until the message is answered.
-pub(crate) fn parse(input: &[u8]) -> Result<(Value, Held), Unreadable> {
-    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES))
+/// Parses `input`, a message of `owner` (a key's name, `""` for the local
+/// user), as one JSON value whose objects name each member once, within
+/// the memory limits; the tree, and its share of [`MAX_TREES_BYTES`] to
+/// keep until the message is answered.
+pub(crate) fn parse(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
+    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, 1)
 }
 
-/// [`parse`] with other limits than [`MAX_TREE_BYTES`] and [`MAX_TREES_BYTES`].
-fn parse_within(input: &[u8], limits: (usize, usize)) -> Result<(Value, Held), Unreadable> {
+/// [`parse`] for a message the MCP SDK reads again: its memory counted
+/// three times (see [`Budget::copies`]).
+pub(crate) fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
+    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, 3)
+}
+
+/// [`parse`] with other limits than [`MAX_TREE_BYTES`] and
+/// [`MAX_TREES_BYTES`], counting `copies` trees.
+fn parse_within(
+    input: &[u8],
+    limits: (usize, usize),
+    owner: &str,
+    copies: usize,
+) -> Result<(Value, Held), Unreadable> {
     let duplicate = RefCell::new(None);
-    let budget = Budget::new(limits);
+    let budget = Budget::new(limits, owner, copies);
     let mut de = serde_json::Deserializer::from_slice(input);
     let parsed = Strict(&duplicate, &budget)
         .deserialize(&mut de)
@@ -220,7 +299,7 @@ fn parse_within(input: &[u8], limits: (usize, usize)) -> Result<(Value, Held), U
     match (parsed, duplicate.into_inner(), budget.refused.get()) {
         (_, Some(member), _) => Err(Unreadable::Duplicate(member)),
         (_, None, Some(Refused::TooLarge)) => Err(Unreadable::TooLarge),
-        (_, None, Some(Refused::Busy)) => Err(Unreadable::Busy),
+        (_, None, Some(Refused::Busy { own })) => Err(Unreadable::Busy { own }),
         (Ok(v), None, None) => match litebridge::exact::inexact_integer(input) {
             Some(number) => Err(Unreadable::Inexact(number.to_owned())),
             None => Ok((v, budget.held())),
@@ -258,6 +337,12 @@ pub(crate) fn top_level_id(input: &[u8]) -> Option<Value> {
         if key == "id" {
             if id.is_some() {
                 return None; // named twice: which one is meant is not clear
+            }
+            // Only a string or a number is read: an array or an object
+            // would be built whole, uncounted, for a message just refused
+            // for its size (review 160).
+            if !matches!(input[at], b'"' | b'-' | b'0'..=b'9') {
+                return None;
             }
             let value: Value = serde_json::from_slice(&input[at..end]).ok()?;
             if !(value.is_string() || value.is_i64() || value.is_u64()) {
@@ -335,7 +420,7 @@ fn value_end(input: &[u8], at: usize) -> Option<usize> {
 /// Builds a `Value`, noting the first duplicated member (and failing
 /// there), and counting its memory in a [`Budget`] (failing past it).
 #[derive(Clone, Copy)]
-struct Strict<'a>(&'a RefCell<Option<String>>, &'a Budget);
+struct Strict<'a>(&'a RefCell<Option<String>>, &'a Budget<'a>);
 
 impl Strict<'_> {
     /// Counts `bytes` of the tree, or fails the parse past a limit.
@@ -396,7 +481,11 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         while let Some(item) = seq.next_element_seed(self)? {
-            self.take(ELEMENT)?;
+            self.take(match items.len() {
+                0 => FIRST_ELEMENTS,
+                1..=3 => 0,
+                _ => ELEMENT,
+            })?;
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -430,7 +519,7 @@ mod tests {
             r#"[{"id": 1}, {"x": [{"k": 1, "k": 1}]}]"#,
         ] {
             assert!(
-                matches!(parse(text.as_bytes()), Err(Unreadable::Duplicate(_))),
+                matches!(parse(text.as_bytes(), ""), Err(Unreadable::Duplicate(_))),
                 "{text}"
             );
         }
@@ -445,17 +534,20 @@ mod tests {
             r#"1.7976931348623157e308"#,
         ] {
             let expected: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(parse(text.as_bytes()).unwrap().0, expected, "{text}");
+            assert_eq!(parse(text.as_bytes(), "").unwrap().0, expected, "{text}");
         }
-        assert!(matches!(parse(b"{"), Err(Unreadable::Syntax(_))));
+        assert!(matches!(parse(b"{", ""), Err(Unreadable::Syntax(_))));
         // Found by review 121: rounded to 1.8446744073709552e19 before.
         assert_eq!(
-            parse(br#"{"params": [18446744073709551617]}"#).err(),
+            parse(br#"{"params": [18446744073709551617]}"#, "").err(),
             Some(Unreadable::Inexact("18446744073709551617".into()))
         );
-        assert!(matches!(parse(b"1 2"), Err(Unreadable::Syntax(_))));
+        assert!(matches!(parse(b"1 2", ""), Err(Unreadable::Syntax(_))));
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        assert!(matches!(parse(deep.as_bytes()), Err(Unreadable::Syntax(_))));
+        assert!(matches!(
+            parse(deep.as_bytes(), ""),
+            Err(Unreadable::Syntax(_))
+        ));
     }
 
     /// `n` one-member objects in an array: about 712 bytes of tree each
@@ -508,10 +600,10 @@ mod tests {
         // 2,000 small objects: 14 KB of text, about 1.4 MB of tree.
         let text = small_objects(2_000);
         assert_eq!(
-            parse_within(&text, (1 << 20, 1 << 30)).err(),
+            parse_within(&text, (1 << 20, 1 << 30), "t", 1).err(),
             Some(Unreadable::TooLarge)
         );
-        assert!(parse_within(&text, (4 << 20, 1 << 30)).is_ok());
+        assert!(parse_within(&text, (4 << 20, 1 << 30), "t", 1).is_ok());
         // Its answer names the limit and says nothing was done.
         let e = Unreadable::TooLarge.error();
         assert_eq!(e.kind().as_str(), "too_large");
@@ -519,7 +611,7 @@ mod tests {
         // Big strings count too: 3 MiB of one string.
         let long = format!("[\"{}\"]", "x".repeat(3 << 20));
         assert_eq!(
-            parse_within(long.as_bytes(), (2 << 20, 1 << 30)).err(),
+            parse_within(long.as_bytes(), (2 << 20, 1 << 30), "t", 1).err(),
             Some(Unreadable::TooLarge)
         );
     }
@@ -534,24 +626,53 @@ mod tests {
         let text = small_objects(2_000);
         let base = HELD.load(Ordering::Acquire);
         let limits = (64 << 20, base + (5 << 20));
-        let first = parse_within(&text, limits).unwrap();
-        let second = parse_within(&text, limits).unwrap();
+        let first = parse_within(&text, limits, "t", 1).unwrap();
+        let second = parse_within(&text, limits, "t", 1).unwrap();
         assert_eq!(
-            parse_within(&text, limits).err(),
-            Some(Unreadable::Busy),
+            parse_within(&text, limits, "t", 1).err(),
+            Some(Unreadable::Busy { own: false }),
             "held: {}",
             HELD.load(Ordering::Acquire) - base
         );
-        let e = Unreadable::Busy.error();
+        let e = Unreadable::Busy { own: false }.error();
         assert_eq!(e.kind().as_str(), "unavailable");
         // Answered: its share is given back, and another fits.
         drop(first);
-        assert!(parse_within(&text, limits).is_ok());
+        assert!(parse_within(&text, limits, "t", 1).is_ok());
         drop(second);
         // A small message reserves nothing.
         let before = HELD.load(Ordering::Acquire);
-        let (_small, held) = parse(br#"{"a": [1, 2, 3]}"#).unwrap();
-        assert_eq!(held.0, 0);
+        let (_small, held) = parse(br#"{"a": [1, 2, 3]}"#, "").unwrap();
+        assert_eq!(held.bytes, 0);
         assert_eq!(HELD.load(Ordering::Acquire), before);
+    }
+
+    #[test]
+    fn one_caller_holds_at_most_a_messages_share() {
+        let _one = RESERVING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // 2 MiB reserved each; a caller may hold 3 MiB (review 160: two
+        // slow requests of one key held everyone's share for an hour).
+        let text = small_objects(2_000);
+        let limits = (3 << 20, 1 << 30);
+        let first = parse_within(&text, limits, "k", 1).unwrap();
+        assert_eq!(
+            parse_within(&text, limits, "k", 1).err(),
+            Some(Unreadable::Busy { own: true })
+        );
+        let other = parse_within(&text, limits, "j", 1).unwrap();
+        drop(first);
+        assert!(parse_within(&text, limits, "k", 1).is_ok());
+        drop(other);
+        // Read for the MCP SDK, three trees counted: past 3 MiB alone.
+        assert_eq!(
+            parse_within(&text, (3 << 20, 1 << 30), "k", 3).err(),
+            Some(Unreadable::TooLarge)
+        );
+        // Small arrays count their first allocation (review 160).
+        let nested = format!("[{}]", vec!["[[[[0]]]]"; 2_000].join(","));
+        let (_, held) = parse_within(nested.as_bytes(), (64 << 20, 1 << 30), "k", 1).unwrap();
+        assert!(held.bytes >= 2 << 20, "{}", held.bytes);
     }
 }

@@ -14,18 +14,20 @@
 //! thread of the main runtime is held (a long step of SQLite) or it is
 //! being dropped (review 156), and anyone may wait for it from any thread.
 //!
-//! **What is not a second signal.** A signal of the same number within
-//! [`ECHO`] of the last one counted is the same one delivered twice: Ctrl-C
-//! in a terminal reaches the whole foreground process group, so a wrapper
-//! that forwards it (`npm run`, a shell script with a trap) delivers it to
-//! litebridge a second time a few milliseconds later, which skipped the
-//! drain. SIGHUP ignored when litebridge starts (`nohup`) stays ignored: a
-//! closed terminal then must not stop it.
+//! **What is not a second signal.** A signal within [`ECHO`] of the last
+//! one counted is the same stop delivered twice: Ctrl-C in a terminal
+//! reaches the whole foreground process group, so a wrapper that forwards
+//! it (`npm run`, a shell script with a trap) delivers it to litebridge a
+//! second time a few milliseconds later, as SIGINT again or as SIGTERM
+//! (honcho, foreman), which skipped the drain (review 160). A signal
+//! ignored when litebridge starts stays ignored: SIGHUP under `nohup` (a
+//! closed terminal must not stop it), SIGINT in a script's background job.
 //!
 //! **Exit statuses, the same for every command.** Stopped as asked by the
 //! first signal (drained, or at the end of its grace period): 0, or 130 for
 //! SIGINT, as a shell expects of a program Ctrl-C stopped (a script running
-//! litebridge stops too). Left at once at a second signal: 128 + its number.
+//! litebridge stops too), whatever came after it. Left at once at a second
+//! signal: 128 + its number.
 
 use std::time::{Duration, Instant};
 
@@ -36,11 +38,19 @@ use tokio::sync::watch;
 /// longer.
 pub(crate) const ECHO: Duration = Duration::from_millis(200);
 
-/// The count of signals so far, and the last one's number. `None` without
-/// signal handlers.
-fn count() -> Option<watch::Receiver<(u64, i32)>> {
-    static COUNT: std::sync::OnceLock<Option<watch::Receiver<(u64, i32)>>> =
-        std::sync::OnceLock::new();
+/// The signals counted so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Count {
+    count: u64,
+    /// The first one's number.
+    first: i32,
+    /// The last one's number.
+    last: i32,
+}
+
+/// The signals counted so far. `None` without signal handlers.
+fn count() -> Option<watch::Receiver<Count>> {
+    static COUNT: std::sync::OnceLock<Option<watch::Receiver<Count>>> = std::sync::OnceLock::new();
     COUNT
         .get_or_init(|| {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -56,46 +66,42 @@ fn count() -> Option<watch::Receiver<(u64, i32)>> {
                         return;
                     };
                     runtime.block_on(async move {
-                        // Read before tokio installs its handler, which
-                        // replaces the ignoring.
-                        let hangup_ignored = ignored(libc::SIGHUP);
-                        let (Ok(mut term), Ok(mut int)) = (
-                            signal(SignalKind::terminate()),
-                            signal(SignalKind::interrupt()),
+                        // Each read before tokio installs its handler,
+                        // which replaces the ignoring; one ignored is
+                        // never listened for.
+                        let listen = |number: i32, kind: SignalKind| {
+                            if ignored(number) {
+                                Ok(None)
+                            } else {
+                                signal(kind).map(Some)
+                            }
+                        };
+                        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                            listen(libc::SIGTERM, SignalKind::terminate()),
+                            listen(libc::SIGINT, SignalKind::interrupt()),
+                            listen(libc::SIGHUP, SignalKind::hangup()),
                         ) else {
                             let _ = ready_tx.send(None);
                             return;
                         };
-                        let mut hup = if hangup_ignored {
-                            None
-                        } else {
-                            match signal(SignalKind::hangup()) {
-                                Ok(hup) => Some(hup),
-                                Err(_) => {
-                                    let _ = ready_tx.send(None);
-                                    return;
-                                }
-                            }
-                        };
                         // Listening before the caller goes on.
-                        let (tx, rx) = watch::channel((0, 0));
+                        let (tx, rx) = watch::channel(Count::default());
                         let _ = ready_tx.send(Some(rx));
                         let mut echoes = Echoes::default();
                         loop {
                             let number = tokio::select! {
-                                _ = term.recv() => libc::SIGTERM,
-                                _ = int.recv() => libc::SIGINT,
-                                Some(()) = async {
-                                    match hup.as_mut() {
-                                        Some(h) => h.recv().await,
-                                        None => std::future::pending().await,
-                                    }
-                                } => libc::SIGHUP,
+                                Some(()) = heard(term.as_mut()) => libc::SIGTERM,
+                                Some(()) = heard(int.as_mut()) => libc::SIGINT,
+                                Some(()) = heard(hup.as_mut()) => libc::SIGHUP,
+                                else => break,
                             };
-                            if echoes.counts(number, Instant::now()) {
-                                tx.send_modify(|(count, last)| {
-                                    *count += 1;
-                                    *last = number;
+                            if echoes.counts(Instant::now()) {
+                                tx.send_modify(|c| {
+                                    if c.count == 0 {
+                                        c.first = number;
+                                    }
+                                    c.count += 1;
+                                    c.last = number;
                                 });
                             }
                         }
@@ -105,6 +111,14 @@ fn count() -> Option<watch::Receiver<(u64, i32)>> {
             ready_rx.recv().ok().flatten()
         })
         .clone()
+}
+
+/// The next delivery of a signal listened for; never for one that is not.
+async fn heard(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether signal `number` is ignored now (as `nohup` leaves SIGHUP).
@@ -119,36 +133,36 @@ fn ignored(number: i32) -> bool {
     }
 }
 
-/// Which signals count: not one repeating the last counted within [`ECHO`].
+/// Which signals count: not one within [`ECHO`] of the last counted.
 #[derive(Debug, Default)]
 struct Echoes {
-    last: Option<(i32, Instant)>,
+    last: Option<Instant>,
 }
 
 impl Echoes {
-    /// Whether signal `number`, come at `now`, counts (and is then the last).
-    fn counts(&mut self, number: i32, now: Instant) -> bool {
-        if let Some((last, at)) = self.last
-            && last == number
-            && now.saturating_duration_since(at) < ECHO
+    /// Whether a signal come at `now` counts (and is then the last).
+    fn counts(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < ECHO)
         {
             return false;
         }
-        self.last = Some((number, now));
+        self.last = Some(now);
         true
     }
 }
 
-/// Waits until the `n`th signal has come; its number. Without signal
-/// handlers, never.
+/// Waits until the `n`th signal has come; the first's number for `n` = 1,
+/// the last's otherwise. Without signal handlers, never.
 pub(crate) async fn nth(n: u64) -> i32 {
     let Some(mut rx) = count() else {
         return std::future::pending().await;
     };
     let last = rx
-        .wait_for(|(count, _)| *count >= n)
+        .wait_for(|c| c.count >= n)
         .await
-        .map(|seen| seen.1);
+        .map(|c| if n == 1 { c.first } else { c.last });
     match last {
         Ok(number) => number,
         Err(_) => std::future::pending().await,
@@ -172,12 +186,11 @@ pub(crate) fn listen() {
     let _ = count();
 }
 
-/// The number of the last signal counted, if one has come: the first's,
-/// as long as no second one came.
+/// The first signal's number, if one has come.
 pub(crate) fn came() -> Option<i32> {
     count().and_then(|rx| {
-        let (n, last) = *rx.borrow();
-        (n > 0).then_some(last)
+        let c = *rx.borrow();
+        (c.count > 0).then_some(c.first)
     })
 }
 
@@ -210,17 +223,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signal_repeated_within_the_echo_is_one() {
+    fn a_signal_within_the_echo_is_one() {
         let mut echoes = Echoes::default();
         let t0 = Instant::now();
-        assert!(echoes.counts(libc::SIGINT, t0));
-        // Forwarded by a wrapper a few milliseconds later: the same one.
-        assert!(!echoes.counts(libc::SIGINT, t0 + Duration::from_millis(3)));
-        // Another signal at once is another.
-        assert!(echoes.counts(libc::SIGTERM, t0 + Duration::from_millis(5)));
-        // The same number again past the echo, from the last counted.
-        assert!(!echoes.counts(libc::SIGTERM, t0 + Duration::from_millis(150)));
-        assert!(echoes.counts(libc::SIGTERM, t0 + Duration::from_millis(5) + ECHO));
+        assert!(echoes.counts(t0));
+        // Forwarded by a wrapper a few milliseconds later, as the same
+        // signal or another: the same stop.
+        assert!(!echoes.counts(t0 + Duration::from_millis(3)));
+        assert!(!echoes.counts(t0 + Duration::from_millis(150)));
+        // Past the echo of the last counted: a second.
+        assert!(echoes.counts(t0 + ECHO));
+        assert!(!echoes.counts(t0 + ECHO + Duration::from_millis(10)));
     }
 
     #[test]

@@ -528,6 +528,88 @@ async fn postgres_cache_writes_at_once_leave_no_stale_memory() {
     );
 }
 
+/// A listener whose connection goes silent (its server process stopped:
+/// nothing closes the connection) is found lost within seconds and listens
+/// again; until then its memory is not trusted. It was trusted for as long
+/// as TCP took to give up, hours, with other front ends' writes unheard
+/// (review 160).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_listener_gone_silent_listens_again() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (da, db_) = (schema.open().await, schema.open().await);
+    let clock = Arc::new(litebridge::store::SystemClock);
+    let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
+    let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
+    let listening = |c: &Cache| c.stats().listening == Some(true);
+    let started = std::time::Instant::now();
+    while !(listening(&a) && listening(&b)) {
+        assert!(started.elapsed() < Duration::from_secs(5), "not listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The listeners' server processes, stopped: silent, not closed.
+    let admin = common::pg::admin(&schema.url).await;
+    let own = schema.own();
+    let pattern = format!("LISTEN \"lbc_{}%", &own[..own.len().min(42)]);
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    };
+    struct Cont<F: Fn(&str)>(F);
+    impl<F: Fn(&str)> Drop for Cont<F> {
+        fn drop(&mut self) {
+            (self.0)("-CONT");
+        }
+    }
+    signal("-STOP");
+    let _cont = Cont(signal);
+    let stopped = std::time::Instant::now();
+    while listening(&a) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "a silent listener was trusted for {:?}",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("found lost after {:?}", stopped.elapsed());
+    while !listening(&a) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(25),
+            "never listened again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Heard again: b's write drops a's copy.
+    a.set("k", json!(1), None).await.unwrap();
+    b.set("k", json!(2), None).await.unwrap();
+    let heard = std::time::Instant::now();
+    while a.get("k").await.unwrap() != Some(json!(2)) {
+        assert!(
+            heard.elapsed() < Duration::from_secs(5),
+            "b's write unheard"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Two front ends' caches on one PostgreSQL L2: a write through one drops
 /// the key from the other's memory (LISTEN/NOTIFY); while a front end's
 /// listener is down, its memory is not used.

@@ -144,7 +144,8 @@ async fn handle_in_span(
     request_id: &str,
 ) -> Option<Json> {
     // The tree's memory stays counted until the message is answered.
-    let (value, _held): (Json, _) = match crate::json::parse(input) {
+    let owner = caller.key().map_or("", |k| k.name());
+    let (value, _held): (Json, _) = match crate::json::parse(input, owner) {
         Ok(parsed) => parsed,
         // JSON nested too deep is JSON, refused for its depth: answered with
         // its id, as the refusals below are, where it can be read.

@@ -666,6 +666,7 @@ pub(crate) fn overloaded(state: &AppState) -> Response {
 /// tree's share of memory to hold while the SDK reads it again.
 pub(crate) async fn read_whole(
     state: &AppState,
+    caller: &Caller,
     request: Request,
 ) -> Result<(Request, Option<serde_json::Value>, crate::json::Held), Response> {
     if let Some(refused) = declared_too_large(request.headers()) {
@@ -689,20 +690,21 @@ pub(crate) async fn read_whole(
             return Err(rpc_error(StatusCode::REQUEST_TIMEOUT, &e));
         }
     };
-    let (parsed, held) = match crate::json::parse(&bytes) {
-        Ok((tree, held)) => (Some(tree), held),
-        Err(unreadable) if unreadable.is_over_memory() => {
-            let e = rpc::RpcError::App(unreadable.error());
-            return Err(rpc_error(StatusCode::OK, &e));
-        }
-        Err(unreadable) => match unreadable.refusal() {
-            Some(why) => {
-                let e = rpc::RpcError::InvalidRequest(why);
-                return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
+    let (parsed, held) =
+        match crate::json::parse_for_sdk(&bytes, caller.key().map_or("", |k| k.name())) {
+            Ok((tree, held)) => (Some(tree), held),
+            Err(unreadable) if unreadable.is_over_memory() => {
+                let e = rpc::RpcError::App(unreadable.error());
+                return Err(rpc_error(StatusCode::OK, &e));
             }
-            None => (None, crate::json::Held::default()),
-        },
-    };
+            Err(unreadable) => match unreadable.refusal() {
+                Some(why) => {
+                    let e = rpc::RpcError::InvalidRequest(why);
+                    return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
+                }
+                None => (None, crate::json::Held::default()),
+            },
+        };
     Ok((
         Request::from_parts(parts, axum::body::Body::from(bytes)),
         parsed,
@@ -866,19 +868,17 @@ async fn metrics_handler(
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    // Counted as any read request, refused or not, and held to the key's
-    // limit of requests at once, as `/api/dashboard` is: neither was, and a
-    // read key could scrape without end (review 158).
+    // Counted as any read request, refused or not (review 158: a read key
+    // scraped without end, uncounted). Not held to the key's limit of
+    // requests at once: a scrape must answer while stuck requests hold
+    // them, which is when it matters (review 160); it only copies
+    // counters. Give Prometheus a key of its own.
     if let Err(e) = caller.require(Scope::Read, "/metrics") {
         return counted_refusal(&caller, e);
     }
     if let Err(e) = caller.charge() {
         return refused(e);
     }
-    let _in_flight = match caller.enter() {
-        Ok(g) => g,
-        Err(e) => return refused(e),
-    };
     let service = &state.app.service;
     let backups = match (&service.backups, service.db.sqlite()) {
         (Some(policy), Some(db)) => metrics::Backups::for_scrape(policy, db.path()).await,

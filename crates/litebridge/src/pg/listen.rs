@@ -5,7 +5,11 @@
 //! (`store/cache.rs`). Notifications are not kept for a session that was
 //! not listening, so a lost connection is an event of its own: the
 //! listener must assume it missed some. It reconnects every second until
-//! the callback says to stop.
+//! the callback says to stop. A connection that goes silent (its server's
+//! machine gone, a partition: nothing closes it, and TCP's keepalive takes
+//! hours) is found by a query every [`PROBE`] it has heard nothing, answered
+//! within [`PROBE`] or taken as lost (review 160: memory was trusted, and
+//! other front ends' writes went unheard, until then).
 
 use std::time::Duration;
 
@@ -29,6 +33,10 @@ pub(crate) enum Heard {
 
 /// How long the listener waits before connecting again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How long the listener goes without a word from its connection before
+/// asking it one, and how long it waits for the answer.
+const PROBE: Duration = Duration::from_secs(5);
 
 impl PgDatabase {
     /// Listens on `channel` as litebridge's own role, calling `on` with
@@ -75,6 +83,7 @@ impl PgDatabase {
                             driver.abort();
                             return;
                         }
+                        let mut last_word = tokio::time::Instant::now();
                         loop {
                             let heard = tokio::select! {
                                 p = rx.recv() => match p {
@@ -83,6 +92,15 @@ impl PgDatabase {
                                 },
                                 () = tokio::time::sleep(RETRY) => Heard::Idle,
                             };
+                            if matches!(heard, Heard::Payload(_)) {
+                                last_word = tokio::time::Instant::now();
+                            } else if last_word.elapsed() >= PROBE {
+                                let probe = client.batch_execute("SELECT 1");
+                                if !matches!(tokio::time::timeout(PROBE, probe).await, Ok(Ok(()))) {
+                                    break;
+                                }
+                                last_word = tokio::time::Instant::now();
+                            }
                             let open = matches!(&heard, Heard::Payload(_))
                                 || weak.upgrade().is_some_and(|db| db.is_open());
                             if !open || !on(heard).await {

@@ -56,8 +56,10 @@ pub struct Page<T> {
 pub const PAGE_BYTES: u64 = 256 << 20;
 
 /// Takes `items` while their values' trees (`weight`) stay within
-/// [`PAGE_BYTES`], at least one; whether it stopped early. Items past the
-/// limit are never made (their values never read).
+/// [`PAGE_BYTES`], at least one; whether it stopped early. The item that
+/// passes the limit is made and dropped; those after it are never made
+/// (so a page peaks at [`PAGE_BYTES`] and one value more, with its rows'
+/// text read first).
 fn within_page_bytes<T>(
     items: impl Iterator<Item = T>,
     weight: impl Fn(&T) -> u64,

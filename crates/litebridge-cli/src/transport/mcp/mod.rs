@@ -285,7 +285,7 @@ pub(crate) async fn authenticate(
             // The body is read here, under the same deadline and limit as
             // `/rpc`'s, and refused if an object names a member twice.
             let (request, parsed, _held) =
-                match crate::transport::http::read_whole(&state, request).await {
+                match crate::transport::http::read_whole(&state, &caller, request).await {
                     Ok(read) => read,
                     // Counted as any message is (review 143).
                     Err(refused) => {

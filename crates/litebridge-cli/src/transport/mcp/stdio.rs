@@ -98,7 +98,7 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     let error = if line.len() > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
     } else {
-        match crate::json::parse(line) {
+        match crate::json::parse_for_sdk(line, "") {
             // The SDK dropped a line that is not JSON without a word, and
             // its client waited for an answer that never came.
             Err(Unreadable::Syntax(e)) => RpcError::Parse(e),
@@ -113,19 +113,11 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     };
     // The id, when it is not the member named twice, so the client can
     // match the answer to its request.
-    // Read alone (the rest skipped, never built: a line refused for its
-    // tree's size must not be read whole again here); an id named twice is
-    // an error, and none.
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<Value>,
-    }
-    let id = serde_json::from_slice::<Id>(line)
-        .ok()
-        .and_then(|v| v.id)
-        // Not one read rounded (an integer past 64 bits comes as a float).
-        .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
-        .unwrap_or(Value::Null);
+    // Read alone, never building the rest (a line refused for its tree's
+    // size must not be read whole again here), as `/rpc` reads it: none
+    // when it is named twice, not a string or an integer, or the line is
+    // not an object.
+    let id = crate::json::top_level_id(line).unwrap_or(Value::Null);
     let mut answer = serde_json::to_vec(&error_reply(id, &error)).unwrap_or_default();
     answer.push(b'\n');
     Some(answer)
