@@ -1389,11 +1389,21 @@ class Worker:
         except OSError:
             data = b""
         if not data:
-            if self._buf.strip():
-                self._dispatch(bytes(self._buf))
+            # The end: never read again (a reader left on it is called at
+            # every turn of the loop), and ended before the last partial
+            # line is answered, whose write fails when litebridge is gone.
+            # A failed write here used to skip both: the worker answered
+            # the same line again and again, at full CPU, for good.
+            rest = bytes(self._buf)
             self._buf.clear()
+            self._loop.remove_reader(fd)
             if not self._eof.done():
                 self._eof.set_result(None)
+            if rest.strip():
+                try:
+                    self._dispatch(rest)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # nobody reads the answer any more
             return
         buf = self._buf
         if not buf and data.find(b"\n") == len(data) - 1:

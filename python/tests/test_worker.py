@@ -373,6 +373,23 @@ class ExampleWorkerTest(unittest.TestCase):
 
 
 class DrainTest(unittest.TestCase):
+    def test_a_partial_line_at_eof_with_litebridge_gone_ends_the_worker(self):
+        """litebridge killed while it wrote a call (a partial line, then
+        EOF, and nobody reading stdout): the worker answered the partial
+        line, its write failed, and it read the EOF again and again, at
+        full CPU, for good (found as an orphan after CI's NATS tests)."""
+        peer = Peer([sys.executable, EXAMPLE])
+        try:
+            peer.proc.stdout.close()  # litebridge's end of the pipe is gone
+            peer.proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ec')
+            peer.proc.stdin.close()
+            peer.proc.wait(timeout=10)
+        finally:
+            if peer.proc.poll() is None:
+                peer.proc.kill()
+                peer.proc.wait()
+            peer.proc.stderr.close()
+
     def test_a_hung_sync_handler_does_not_keep_the_worker_past_its_drain(self):
         with tempfile.TemporaryDirectory() as d:
             script = os.path.join(d, "stuck.py")
