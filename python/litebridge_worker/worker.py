@@ -1399,11 +1399,14 @@ class Worker:
             self._loop.remove_reader(fd)
             if not self._eof.done():
                 self._eof.set_result(None)
-            if rest.strip():
-                try:
-                    self._dispatch(rest)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # nobody reads the answer any more
+            # Whole lines a failed write left unread, then the last partial
+            # one: each answered on its own.
+            for line in rest.split(b"\n"):
+                if line.strip():
+                    try:
+                        self._dispatch(line)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # nobody reads the answers any more
             return
         buf = self._buf
         if not buf and data.find(b"\n") == len(data) - 1:

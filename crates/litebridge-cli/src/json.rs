@@ -56,15 +56,22 @@ const STEP: usize = 1 << 20;
 /// The memory the trees being handled hold, as [`Held`] counts it.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// The same, per caller (a key's name; `""` for the local user): one
-/// caller holds at most [`MAX_TREE_BYTES`] of it, so it cannot keep the
-/// others out on its own with a few slow requests of large trees (review
-/// 160: two such requests held all of it for their hour).
+/// The same, per caller (a key's name; `""` for the local user, every
+/// session without a key): past one message's, a caller holds at most
+/// [`MAX_TREE_BYTES`] of it, so it cannot keep the others out on its own
+/// with a few slow requests of large trees (review 160: two such requests
+/// held all of it for their hour).
 static HELD_BY: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
     std::sync::Mutex::new(None);
 
-/// Reserves `bytes` for `owner`; the refusal if a limit is passed.
-fn reserve(owner: &str, bytes: usize, limits: (usize, usize)) -> Result<(), Refused> {
+/// Reserves `bytes` more for a message of `owner` that holds `mine`
+/// already; the refusal if a limit is passed.
+fn reserve(owner: &str, mine: usize, bytes: usize, limits: (usize, usize)) -> Result<(), Refused> {
+    // One that could never fit, however empty the server: too large, not
+    // a reason to send it again (a message for the MCP SDK counts three).
+    if mine + bytes > limits.1 {
+        return Err(Refused::TooLarge);
+    }
     if HELD.fetch_add(bytes, Ordering::AcqRel) + bytes > limits.1 {
         HELD.fetch_sub(bytes, Ordering::AcqRel);
         return Err(Refused::Busy { own: false });
@@ -74,7 +81,9 @@ fn reserve(owner: &str, bytes: usize, limits: (usize, usize)) -> Result<(), Refu
         .get_or_insert_with(Default::default)
         .entry(owner.to_owned())
         .or_default();
-    if *held + bytes > limits.0 {
+    // A caller's only message always fits its share (what the MCP SDK's
+    // copies count may pass one message's limit); with others, not.
+    if *held > mine && *held + bytes > limits.0 {
         drop(by);
         HELD.fetch_sub(bytes, Ordering::AcqRel);
         return Err(Refused::Busy { own: true });
@@ -126,9 +135,10 @@ struct Budget<'a> {
     limits: (usize, usize),
     /// Whose message it is (see [`HELD_BY`]).
     owner: &'a str,
-    /// How many trees of it will be alive at once: 1, or 3 for a message
-    /// the MCP SDK reads again (it buffers it whole through its untagged
-    /// and flattened types, then builds its own tree).
+    /// How many trees of it will be alive at once, as the shares reserve
+    /// it (one message's limit is on one): 1, or 3 for a message the MCP
+    /// SDK reads again (it buffers it whole through its untagged and
+    /// flattened types, then builds its own tree).
     copies: usize,
     used: Cell<usize>,
     reserved: Cell<usize>,
@@ -144,13 +154,25 @@ enum Refused {
 /// An object's first B-tree node (11 members' room: 632 bytes), allocated
 /// with its first member.
 const NODE: usize = 632 + 16;
-/// Each further member's share of the B-tree (a node per 5 to 11 members).
-const MEMBER: usize = NODE / 6;
+/// Each further member's share of the B-tree: a leaf of 5 to 11 members
+/// and the internal nodes (744 bytes) above every 6 to 12 leaves; one of
+/// 12 members takes 2,040 bytes (review 161: counted at 1,836).
+const MEMBER: usize = NODE / 5;
 /// An array's first element: its first allocation, room for four `Value`s
 /// (review 160: counted as one, `[[[0]]]` took twice the estimate).
 const FIRST_ELEMENTS: usize = 4 * std::mem::size_of::<Value>() + 16;
-/// An element past the fourth: a `Value`, and the array's growth by doubling.
-const ELEMENT: usize = 2 * std::mem::size_of::<Value>();
+
+/// What pushing an array's element at `len` adds: its first allocation,
+/// then each doubling's new room (a `Vec` grows from 4 to 8 at the fifth,
+/// and so on), so an array counts its capacity (review 161: 64 bytes an
+/// element fell short at each doubling).
+fn element(len: usize) -> usize {
+    match len {
+        0 => FIRST_ELEMENTS,
+        4.. if len.is_power_of_two() => len * std::mem::size_of::<Value>(),
+        _ => 0,
+    }
+}
 
 /// A heap block of `len` bytes, as allocated (none for nothing).
 fn block(len: usize) -> usize {
@@ -175,19 +197,17 @@ impl<'a> Budget<'a> {
 
     /// Counts `bytes` more; false, with the reason noted, past a limit.
     fn take(&self, bytes: usize) -> bool {
-        let used = self
-            .used
-            .get()
-            .saturating_add(bytes.saturating_mul(self.copies));
+        let used = self.used.get().saturating_add(bytes);
         self.used.set(used);
         if used > self.limits.0 {
             self.refused.set(Some(Refused::TooLarge));
             return false;
         }
         let reserved = self.reserved.get();
-        if used > STEP && used > reserved {
-            let more = used.next_multiple_of(STEP) - reserved;
-            if let Err(refused) = reserve(self.owner, more, self.limits) {
+        let needed = used.saturating_mul(self.copies);
+        if used > STEP && needed > reserved {
+            let more = needed.next_multiple_of(STEP) - reserved;
+            if let Err(refused) = reserve(self.owner, reserved, more, self.limits) {
                 self.refused.set(Some(refused));
                 return false;
             }
@@ -241,7 +261,7 @@ impl Unreadable {
             Unreadable::Busy { own: true } => litebridge::Error::Unavailable {
                 what: "the server",
                 reason: format!(
-                    "this caller's messages being handled hold {} MiB of memory already; nothing was done, send it again once they are answered",
+                    "the messages of this key (or, without one, of the local user) being handled hold {} MiB of memory already; nothing was done, send it again once they are answered",
                     MAX_TREE_BYTES >> 20
                 ),
             },
@@ -481,11 +501,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         while let Some(item) = seq.next_element_seed(self)? {
-            self.take(match items.len() {
-                0 => FIRST_ELEMENTS,
-                1..=3 => 0,
-                _ => ELEMENT,
-            })?;
+            self.take(element(items.len()))?;
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -550,7 +566,7 @@ mod tests {
         ));
     }
 
-    /// `n` one-member objects in an array: about 712 bytes of tree each
+    /// `n` one-member objects in an array: about 680 bytes of tree each
     /// (by the estimate: a B-tree node and an element), 7 bytes of text.
     fn small_objects(n: usize) -> Vec<u8> {
         format!("[{}]", vec![r#"{"":0}"#; n].join(",")).into_bytes()
@@ -652,8 +668,9 @@ mod tests {
         let _one = RESERVING
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // 2 MiB reserved each; a caller may hold 3 MiB (review 160: two
-        // slow requests of one key held everyone's share for an hour).
+        // 2 MiB reserved each (1.4 MB estimated); a caller may hold 3 MiB
+        // (review 160: two slow requests of one key held everyone's share
+        // for an hour).
         let text = small_objects(2_000);
         let limits = (3 << 20, 1 << 30);
         let first = parse_within(&text, limits, "k", 1).unwrap();
@@ -665,9 +682,30 @@ mod tests {
         drop(first);
         assert!(parse_within(&text, limits, "k", 1).is_ok());
         drop(other);
-        // Read for the MCP SDK, three trees counted: past 3 MiB alone.
+        // Read for the MCP SDK: its limit is one tree's, its share three's
+        // (the first step of a caller always fits its own share).
+        let (_, once) = parse_within(&text, limits, "k", 1).unwrap();
+        let (_, thrice) = parse_within(&text, (3 << 20, 1 << 30), "m", 3).unwrap();
+        assert!(
+            thrice.bytes >= 2 * once.bytes,
+            "{} {}",
+            thrice.bytes,
+            once.bytes
+        );
+        drop((once, thrice));
+        // Past the total with another's share: send it again later; past
+        // it alone: too large.
+        let base = HELD.load(Ordering::Acquire);
+        let total = (3 << 20, base + (5 << 20));
+        let other = parse_within(&text, total, "j", 1).unwrap();
         assert_eq!(
-            parse_within(&text, (3 << 20, 1 << 30), "k", 3).err(),
+            parse_within(&text, total, "m", 3).err(),
+            Some(Unreadable::Busy { own: false })
+        );
+        drop(other);
+        assert!(parse_within(&text, total, "m", 3).is_ok());
+        assert_eq!(
+            parse_within(&text, (3 << 20, base + (3 << 20)), "m", 3).err(),
             Some(Unreadable::TooLarge)
         );
         // Small arrays count their first allocation (review 160).

@@ -14,8 +14,8 @@
 //! thread of the main runtime is held (a long step of SQLite) or it is
 //! being dropped (review 156), and anyone may wait for it from any thread.
 //!
-//! **What is not a second signal.** A signal within [`ECHO`] of the last
-//! one counted is the same stop delivered twice: Ctrl-C in a terminal
+//! **What is not a second signal.** A signal within [`ECHO`] of the first
+//! (the last one counted) is the same stop delivered twice: Ctrl-C in a terminal
 //! reaches the whole foreground process group, so a wrapper that forwards
 //! it (`npm run`, a shell script with a trap) delivers it to litebridge a
 //! second time a few milliseconds later, as SIGINT again or as SIGTERM
@@ -33,9 +33,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// Two signals of one number this close together are one (see the module's
-/// design note). A person pressing Ctrl-C twice to leave at once takes
-/// longer.
+/// Signals this close after the first are the same stop (see the module's
+/// design note). Measured from the first, not the last, so that Ctrl-C
+/// held down (repeated every 30 ms or so) still leaves at once after it;
+/// a person pressing Ctrl-C twice to leave at once presses again if the
+/// second came within it.
 pub(crate) const ECHO: Duration = Duration::from_millis(200);
 
 /// The signals counted so far.

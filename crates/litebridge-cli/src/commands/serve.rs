@@ -432,7 +432,7 @@ fn leave_now(app: &rpc::App, number: i32) -> ! {
     std::process::exit(signals::left_status(number))
 }
 
-/// Exits the process `grace` after the first SIGTERM or SIGINT, on a thread
+/// Exits the process `grace` after the first signal (see `signals`), on a thread
 /// and a signal listener of its own: the drain below runs on the async
 /// runtime, whose threads a long step of SQLite can hold past the grace
 /// period (a row of many expensive columns runs with no check), and then

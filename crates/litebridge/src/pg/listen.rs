@@ -74,11 +74,11 @@ impl PgDatabase {
                             }
                         }
                     });
-                    if client
-                        .batch_execute(&format!("LISTEN \"{channel}\""))
-                        .await
-                        .is_ok()
-                    {
+                    // Within a probe's time too: a server gone silent here
+                    // left memory unused until TCP gave up.
+                    let statement = format!("LISTEN \"{channel}\"");
+                    let listen = client.batch_execute(&statement);
+                    if matches!(tokio::time::timeout(PROBE, listen).await, Ok(Ok(()))) {
                         if !on(Heard::Listening).await {
                             driver.abort();
                             return;
@@ -95,8 +95,30 @@ impl PgDatabase {
                             if matches!(heard, Heard::Payload(_)) {
                                 last_word = tokio::time::Instant::now();
                             } else if last_word.elapsed() >= PROBE {
+                                // Notifications are passed on while the
+                                // probe waits: queued ahead of its answer,
+                                // unread, they would hold the answer back
+                                // (review 161).
                                 let probe = client.batch_execute("SELECT 1");
-                                if !matches!(tokio::time::timeout(PROBE, probe).await, Ok(Ok(()))) {
+                                tokio::pin!(probe);
+                                let deadline = tokio::time::sleep(PROBE);
+                                tokio::pin!(deadline);
+                                let answered = loop {
+                                    tokio::select! {
+                                        r = &mut probe => break r.is_ok(),
+                                        p = rx.recv() => match p {
+                                            Some(payload) => {
+                                                if !on(Heard::Payload(payload)).await {
+                                                    driver.abort();
+                                                    return;
+                                                }
+                                            }
+                                            None => break false,
+                                        },
+                                        () = &mut deadline => break false,
+                                    }
+                                };
+                                if !answered {
                                     break;
                                 }
                                 last_word = tokio::time::Instant::now();
