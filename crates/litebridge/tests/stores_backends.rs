@@ -455,6 +455,30 @@ async fn keys_body(db: Backend) {
     assert!(e.to_string().contains("revoked"), "{e}");
 }
 
+/// Two front ends' caches on `schema`'s database, both listening: the
+/// caches and their databases.
+#[cfg(feature = "postgres")]
+async fn two_listening_caches(
+    schema: &common::pg::Schema,
+) -> (
+    litebridge::store::Cache,
+    litebridge::store::Cache,
+    litebridge::pg::PgDatabase,
+    litebridge::pg::PgDatabase,
+) {
+    use litebridge::store::{Cache, CacheConfig};
+    let (da, db_) = (schema.open().await, schema.open().await);
+    let clock = Arc::new(litebridge::store::SystemClock);
+    let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
+    let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
+    let started = std::time::Instant::now();
+    while a.stats().listening != Some(true) || b.stats().listening != Some(true) {
+        assert!(started.elapsed() < Duration::from_secs(5), "not listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (a, b, da, db_)
+}
+
 /// Writes of one key through two front ends at once: each front end's
 /// memory ends with what the table holds. A `set` put its value in memory
 /// after its L2 write even when the other front end's later write had been
@@ -462,27 +486,11 @@ async fn keys_body(db: Backend) {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cache_writes_at_once_leave_no_stale_memory() {
-    use litebridge::store::{Cache, CacheConfig};
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let (da, db_) = (schema.open().await, schema.open().await);
-    let clock = Arc::new(litebridge::store::SystemClock);
-    let a = Arc::new(Cache::with_backend(
-        da.clone().into(),
-        CacheConfig::default(),
-        clock.clone(),
-    ));
-    let b = Arc::new(Cache::with_backend(
-        db_.clone().into(),
-        CacheConfig::default(),
-        clock,
-    ));
-    let started = std::time::Instant::now();
-    while a.stats().listening != Some(true) || b.stats().listening != Some(true) {
-        assert!(started.elapsed() < Duration::from_secs(5), "not listening");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (a, b, _da, _db) = two_listening_caches(&schema).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
     let admin = common::pg::admin(&schema.url).await;
     let mut stale = Vec::new();
     for round in 0..5 {
@@ -536,20 +544,11 @@ async fn postgres_cache_writes_at_once_leave_no_stale_memory() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cache_listener_gone_silent_listens_again() {
-    use litebridge::store::{Cache, CacheConfig};
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let (da, db_) = (schema.open().await, schema.open().await);
-    let clock = Arc::new(litebridge::store::SystemClock);
-    let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
-    let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
-    let listening = |c: &Cache| c.stats().listening == Some(true);
-    let started = std::time::Instant::now();
-    while !(listening(&a) && listening(&b)) {
-        assert!(started.elapsed() < Duration::from_secs(5), "not listening");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (a, b, _da, _db) = two_listening_caches(&schema).await;
+    let listening = |c: &litebridge::store::Cache| c.stats().listening == Some(true);
     // The listeners' server processes, stopped: silent, not closed.
     let admin = common::pg::admin(&schema.url).await;
     let own = schema.own();
