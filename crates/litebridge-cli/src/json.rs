@@ -33,8 +33,9 @@ pub(crate) enum Unreadable {
     Duplicate(String),
     /// This integer is outside the 64-bit range.
     Inexact(String),
-    /// Its tree would take more than [`MAX_TREE_BYTES`].
-    TooLarge,
+    /// Its tree would take more than `limit` bytes ([`MAX_TREE_BYTES`],
+    /// shared by its copies for the MCP SDK).
+    TooLarge { limit: usize },
     /// The trees of the messages being handled hold [`MAX_TREES_BYTES`]
     /// already (`own`: those of this caller's own hold [`MAX_TREE_BYTES`]).
     Busy { own: bool },
@@ -57,36 +58,34 @@ const STEP: usize = 1 << 20;
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// The same, per caller (a key's name; `""` for the local user, every
-/// session without a key): past one message's, a caller holds at most
-/// [`MAX_TREE_BYTES`] of it, so it cannot keep the others out on its own
-/// with a few slow requests of large trees (review 160: two such requests
-/// held all of it for their hour).
+/// session without a key): a caller holds at most [`MAX_TREE_BYTES`] of
+/// it, so it cannot keep the others out on its own with a few slow
+/// requests of large trees (review 160: two such requests held all of it
+/// for their hour), nor with one for the MCP SDK (review 162).
 static HELD_BY: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
     std::sync::Mutex::new(None);
 
 /// Reserves `bytes` more for a message of `owner` that holds `mine`
-/// already; the refusal if a limit is passed.
+/// already; the refusal if a limit is passed. Under one lock, so a
+/// refused reservation never shows in the total (review 162).
 fn reserve(owner: &str, mine: usize, bytes: usize, limits: (usize, usize)) -> Result<(), Refused> {
-    // One that could never fit, however empty the server: too large, not
-    // a reason to send it again (a message for the MCP SDK counts three).
-    if mine + bytes > limits.1 {
+    // One that could never fit a caller's share, however empty the server:
+    // too large, not a reason to send it again (a message for the MCP SDK
+    // counts its copies).
+    if mine + bytes > limits.0.min(limits.1) {
         return Err(Refused::TooLarge);
-    }
-    if HELD.fetch_add(bytes, Ordering::AcqRel) + bytes > limits.1 {
-        HELD.fetch_sub(bytes, Ordering::AcqRel);
-        return Err(Refused::Busy { own: false });
     }
     let mut by = crate::lock(&HELD_BY);
     let held = by
         .get_or_insert_with(Default::default)
         .entry(owner.to_owned())
         .or_default();
-    // A caller's only message always fits its share (what the MCP SDK's
-    // copies count may pass one message's limit); with others, not.
-    if *held > mine && *held + bytes > limits.0 {
-        drop(by);
-        HELD.fetch_sub(bytes, Ordering::AcqRel);
+    if *held + bytes > limits.0 {
         return Err(Refused::Busy { own: true });
+    }
+    if HELD.fetch_add(bytes, Ordering::AcqRel) + bytes > limits.1 {
+        HELD.fetch_sub(bytes, Ordering::AcqRel);
+        return Err(Refused::Busy { own: false });
     }
     *held += bytes;
     Ok(())
@@ -136,9 +135,11 @@ struct Budget<'a> {
     /// Whose message it is (see [`HELD_BY`]).
     owner: &'a str,
     /// How many trees of it will be alive at once, as the shares reserve
-    /// it (one message's limit is on one): 1, or 3 for a message the MCP
-    /// SDK reads again (it buffers it whole through its untagged and
-    /// flattened types, then builds its own tree).
+    /// it: 1, or 2 for a message the MCP SDK reads again (it buffers it
+    /// through its untagged and flattened types, lighter than a tree, then
+    /// builds a tree of its own; this one is dropped first). A message's
+    /// share is at most a caller's, so its tree at most
+    /// [`MAX_TREE_BYTES`] / `copies`.
     copies: usize,
     used: Cell<usize>,
     reserved: Cell<usize>,
@@ -242,7 +243,7 @@ impl Unreadable {
                 "{}: send it as a string; nothing was done",
                 litebridge::exact::inexact_integer_named(number)
             )),
-            Unreadable::TooLarge | Unreadable::Busy { .. } => Some(self.error().to_string()),
+            Unreadable::TooLarge { .. } | Unreadable::Busy { .. } => Some(self.error().to_string()),
         }
     }
 
@@ -265,19 +266,22 @@ impl Unreadable {
                     MAX_TREE_BYTES >> 20
                 ),
             },
-            _ => litebridge::Error::TooLarge {
+            Unreadable::TooLarge { limit } => litebridge::Error::TooLarge {
                 what:
                     "the message, read into memory (its objects and values are many for its size), \
                        nothing was done; send fewer values per message, or large data as a string,"
                         .into(),
-                limit: MAX_TREE_BYTES as u64,
+                limit: *limit as u64,
+            },
+            _ => litebridge::Error::Internal {
+                message: "a message refused for its syntax, a duplicate or an inexact integer has no memory error".into(),
             },
         }
     }
 
     /// Whether this is answered with [`Unreadable::error`].
     pub(crate) fn is_over_memory(&self) -> bool {
-        matches!(self, Unreadable::TooLarge | Unreadable::Busy { .. })
+        matches!(self, Unreadable::TooLarge { .. } | Unreadable::Busy { .. })
     }
 }
 
@@ -297,10 +301,13 @@ pub(crate) fn parse(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadab
 }
 
 /// [`parse`] for a message the MCP SDK reads again: its memory counted
-/// three times (see [`Budget::copies`]).
+/// twice (see [`Budget::copies`]).
 pub(crate) fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
-    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, 3)
+    parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, SDK_COPIES)
 }
+
+/// The trees a message for the MCP SDK counts (see [`Budget::copies`]).
+const SDK_COPIES: usize = 2;
 
 /// [`parse`] with other limits than [`MAX_TREE_BYTES`] and
 /// [`MAX_TREES_BYTES`], counting `copies` trees.
@@ -318,7 +325,9 @@ fn parse_within(
         .and_then(|v| de.end().map(|()| v));
     match (parsed, duplicate.into_inner(), budget.refused.get()) {
         (_, Some(member), _) => Err(Unreadable::Duplicate(member)),
-        (_, None, Some(Refused::TooLarge)) => Err(Unreadable::TooLarge),
+        (_, None, Some(Refused::TooLarge)) => Err(Unreadable::TooLarge {
+            limit: limits.0 / copies,
+        }),
         (_, None, Some(Refused::Busy { own })) => Err(Unreadable::Busy { own }),
         (Ok(v), None, None) => match litebridge::exact::inexact_integer(input) {
             Some(number) => Err(Unreadable::Inexact(number.to_owned())),
@@ -617,18 +626,18 @@ mod tests {
         let text = small_objects(2_000);
         assert_eq!(
             parse_within(&text, (1 << 20, 1 << 30), "t", 1).err(),
-            Some(Unreadable::TooLarge)
+            Some(Unreadable::TooLarge { limit: 1 << 20 })
         );
         assert!(parse_within(&text, (4 << 20, 1 << 30), "t", 1).is_ok());
         // Its answer names the limit and says nothing was done.
-        let e = Unreadable::TooLarge.error();
+        let e = Unreadable::TooLarge { limit: 1 << 20 }.error();
         assert_eq!(e.kind().as_str(), "too_large");
         assert!(e.to_string().contains("nothing was done"), "{e}");
         // Big strings count too: 3 MiB of one string.
         let long = format!("[\"{}\"]", "x".repeat(3 << 20));
         assert_eq!(
             parse_within(long.as_bytes(), (2 << 20, 1 << 30), "t", 1).err(),
-            Some(Unreadable::TooLarge)
+            Some(Unreadable::TooLarge { limit: 2 << 20 })
         );
     }
 
@@ -682,31 +691,26 @@ mod tests {
         drop(first);
         assert!(parse_within(&text, limits, "k", 1).is_ok());
         drop(other);
-        // Read for the MCP SDK: its limit is one tree's, its share three's
-        // (the first step of a caller always fits its own share).
+        // Read for the MCP SDK: its share counts its copies.
         let (_, once) = parse_within(&text, limits, "k", 1).unwrap();
-        let (_, thrice) = parse_within(&text, (3 << 20, 1 << 30), "m", 3).unwrap();
-        assert!(
-            thrice.bytes >= 2 * once.bytes,
-            "{} {}",
-            thrice.bytes,
-            once.bytes
-        );
-        drop((once, thrice));
+        let (_, twice) = parse_within(&text, (8 << 20, 1 << 30), "m", 2).unwrap();
+        assert!(twice.bytes > once.bytes, "{} {}", twice.bytes, once.bytes);
+        drop((once, twice));
         // Past the total with another's share: send it again later; past
-        // it alone: too large.
+        // a caller's share alone: too large, the limit its tree's part
+        // (review 162: a message for the SDK took nearly the whole total).
         let base = HELD.load(Ordering::Acquire);
-        let total = (3 << 20, base + (5 << 20));
+        let total = (8 << 20, base + (4 << 20));
         let other = parse_within(&text, total, "j", 1).unwrap();
         assert_eq!(
-            parse_within(&text, total, "m", 3).err(),
+            parse_within(&text, total, "m", 2).err(),
             Some(Unreadable::Busy { own: false })
         );
         drop(other);
-        assert!(parse_within(&text, total, "m", 3).is_ok());
+        assert!(parse_within(&text, total, "m", 2).is_ok());
         assert_eq!(
-            parse_within(&text, (3 << 20, base + (3 << 20)), "m", 3).err(),
-            Some(Unreadable::TooLarge)
+            parse_within(&text, (2 << 20, 1 << 30), "m", 2).err(),
+            Some(Unreadable::TooLarge { limit: 1 << 20 })
         );
         // Small arrays count their first allocation (review 160).
         let nested = format!("[{}]", vec!["[[[[0]]]]"; 2_000].join(","));

@@ -19,9 +19,14 @@
 //! reaches the whole foreground process group, so a wrapper that forwards
 //! it (`npm run`, a shell script with a trap) delivers it to litebridge a
 //! second time a few milliseconds later, as SIGINT again or as SIGTERM
-//! (honcho, foreman), which skipped the drain (review 160). A signal
-//! ignored when litebridge starts stays ignored: SIGHUP under `nohup` (a
-//! closed terminal must not stop it), SIGINT in a script's background job.
+//! (honcho, foreman), which skipped the drain (review 160).
+//!
+//! **SIGHUP ignored at the start stays ignored** (`nohup`: a closed
+//! terminal must not stop it). SIGTERM and SIGINT are always heard: they
+//! come only when someone asks for a stop, and a script's background job
+//! starts with SIGINT ignored, where `kill -INT` (or `timeout -s INT`, a
+//! supervisor's stop signal) must still stop litebridge, as it did before;
+//! so CI's test run, started in the background, found.
 //!
 //! **Exit statuses, the same for every command.** Stopped as asked by the
 //! first signal (drained, or at the end of its grace period): 0, or 130 for
@@ -68,11 +73,11 @@ fn count() -> Option<watch::Receiver<Count>> {
                         return;
                     };
                     runtime.block_on(async move {
-                        // Each read before tokio installs its handler,
-                        // which replaces the ignoring; one ignored is
-                        // never listened for.
+                        // Read before tokio installs its handler, which
+                        // replaces the ignoring: SIGHUP ignored is never
+                        // listened for.
                         let listen = |number: i32, kind: SignalKind| {
-                            if ignored(number) {
+                            if number == libc::SIGHUP && ignored(number) {
                                 Ok(None)
                             } else {
                                 signal(kind).map(Some)
