@@ -72,22 +72,19 @@ fn reserve(owner: &str, mine: usize, bytes: usize, limits: (usize, usize)) -> Re
     // One that could never fit a caller's share, however empty the server:
     // too large, not a reason to send it again (a message for the MCP SDK
     // counts its copies).
-    if mine + bytes > limits.0.min(limits.1) {
+    if mine + bytes > limits.0 {
         return Err(Refused::TooLarge);
     }
     let mut by = crate::lock(&HELD_BY);
-    let held = by
-        .get_or_insert_with(Default::default)
-        .entry(owner.to_owned())
-        .or_default();
-    if *held + bytes > limits.0 {
+    let by = by.get_or_insert_with(Default::default);
+    if by.get(owner).copied().unwrap_or(0) + bytes > limits.0 {
         return Err(Refused::Busy { own: true });
     }
     if HELD.fetch_add(bytes, Ordering::AcqRel) + bytes > limits.1 {
         HELD.fetch_sub(bytes, Ordering::AcqRel);
         return Err(Refused::Busy { own: false });
     }
-    *held += bytes;
+    *by.entry(owner.to_owned()).or_default() += bytes;
     Ok(())
 }
 
@@ -248,8 +245,9 @@ impl Unreadable {
     }
 
     /// The error a message too large to read, or read while the server's
-    /// trees are full, is answered with; `None` for the others (their
-    /// answers are the protocol's: a parse error, an invalid request).
+    /// trees are full, is answered with; only for those
+    /// ([`is_over_memory`](Self::is_over_memory)): the others' answers are
+    /// the protocol's (a parse error, an invalid request).
     pub(crate) fn error(&self) -> litebridge::Error {
         match self {
             Unreadable::Busy { own: false } => litebridge::Error::Unavailable {
@@ -633,6 +631,7 @@ mod tests {
         let e = Unreadable::TooLarge { limit: 1 << 20 }.error();
         assert_eq!(e.kind().as_str(), "too_large");
         assert!(e.to_string().contains("nothing was done"), "{e}");
+        assert!(e.to_string().contains("1048576"), "{e}");
         // Big strings count too: 3 MiB of one string.
         let long = format!("[\"{}\"]", "x".repeat(3 << 20));
         assert_eq!(

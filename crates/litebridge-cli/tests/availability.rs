@@ -830,7 +830,7 @@ fn a_hangup_ignored_at_start_stays_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("hup.log");
     let (child, addr) = common::spawn_serve_under(
-        Some("nohup"),
+        &["nohup"],
         &dir.path().join("hup.db"),
         &[],
         &[],
@@ -848,6 +848,27 @@ fn a_hangup_ignored_at_start_stays_ignored() {
     );
     assert_eq!(server.request("GET", "/ready", None, b"").0, 200);
     assert!(server.stop().success());
+}
+
+/// SIGINT ignored at the start (a script's background job) is still heard:
+/// `kill -INT` stops a background litebridge, draining, with 130. (Only
+/// SIGHUP ignored at the start stays ignored.)
+#[test]
+fn sigint_ignored_at_start_is_still_heard() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("int.log");
+    let ignoring = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])";
+    let (child, addr) = common::spawn_serve_under(
+        &["python3", "-c", ignoring],
+        &dir.path().join("int.db"),
+        &[],
+        &[],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let mut server = Server { child, addr, log };
+    assert_eq!(server.request("GET", "/ready", None, b"").0, 200);
+    let (status, took) = signal_and_wait(&mut server.child, "-INT", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{status:?} after {took:?}");
 }
 
 /// One signal delivered twice a few milliseconds apart (Ctrl-C reaching a

@@ -75,13 +75,13 @@ pub(crate) fn spawn_serve(
     env: &[(&str, &str)],
     stderr: Stdio,
 ) -> (Child, String) {
-    spawn_serve_under(None, db, extra, env, stderr)
+    spawn_serve_under(&[], db, extra, env, stderr)
 }
 
-/// [`spawn_serve`] run by `wrapper` (`nohup`, say), which runs the program
-/// named by its first argument.
+/// [`spawn_serve`] run by `wrapper` (a program and its first arguments:
+/// `["nohup"]`, say), which runs the program named by its next argument.
 pub(crate) fn spawn_serve_under(
-    wrapper: Option<&str>,
+    wrapper: &[&str],
     db: &std::path::Path,
     extra: &[&str],
     env: &[(&str, &str)],
@@ -89,12 +89,12 @@ pub(crate) fn spawn_serve_under(
 ) -> (Child, String) {
     let binary = env!("CARGO_BIN_EXE_litebridge");
     let mut command = match wrapper {
-        Some(w) => {
-            let mut c = Command::new(w);
-            c.arg(binary);
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
             c
         }
-        None => Command::new(binary),
+        [] => Command::new(binary),
     };
     let mut child = command
         .arg("serve")
