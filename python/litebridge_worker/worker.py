@@ -186,6 +186,10 @@ _READ_SIZE = 65536
 # How long and how much of the replies made while one read's lines are
 # dispatched are kept to be written together (see ``Worker._on_readable``).
 _GATHER_S = 0.001
+
+# How long the tasks still running when the drain ends have, once
+# cancelled, before the worker leaves without them (``_end_tasks``).
+_CANCEL_GRACE = 1.0
 _GATHER_BYTES = 65536
 # How many quick first steps in a row make a handler one replies wait behind.
 _TRUSTED = 8
@@ -1338,6 +1342,32 @@ class Worker:
         while self._inflight and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._pool.shutdown()
+        await self._end_tasks()
+
+    async def _end_tasks(self):
+        """Cancels the tasks still running (handlers past the drain, the
+        program's own), and leaves at once if some are still running
+        ``_CANCEL_GRACE`` later: ``asyncio.run`` would wait for them for
+        good, and a handler that swallows ``CancelledError`` kept the worker
+        alive after litebridge was gone (an orphan, when litebridge is
+        killed: it cannot stop its workers then)."""
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        _, still = await asyncio.wait(pending, timeout=_CANCEL_GRACE)
+        if still:
+            try:
+                sys.stderr.write(
+                    "litebridge worker: %d task(s) still running %.1f s after they were "
+                    "cancelled at the end of the drain; leaving without them\n"
+                    % (len(still), _CANCEL_GRACE))
+                sys.stderr.flush()
+            except Exception:  # stderr gone with litebridge
+                pass
+            os._exit(0)
 
     def _on_readable(self, fd):
         """Reads and dispatches what stdin has. Unless that is one whole

@@ -373,6 +373,43 @@ class ExampleWorkerTest(unittest.TestCase):
 
 
 class DrainTest(unittest.TestCase):
+    def test_a_task_that_swallows_cancellation_does_not_keep_the_worker(self):
+        """An ``async def`` handler that catches ``CancelledError`` and goes
+        on: past the drain it is cancelled, and the worker leaves a second
+        later anyway. asyncio.run waited for it for good, so the worker
+        outlived a litebridge that was killed."""
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "stubborn.py")
+            with open(script, "w") as f:
+                f.write(
+                    "import asyncio\n"
+                    "from litebridge_worker import Worker\n"
+                    "w = Worker(drain_timeout=0.3)\n"
+                    "@w.method()\n"
+                    "async def stubborn():\n"
+                    "    while True:\n"
+                    "        try:\n"
+                    "            await asyncio.sleep(10)\n"
+                    "        except asyncio.CancelledError:\n"
+                    "            pass\n"
+                    "w.run()\n"
+                )
+            peer = Peer([sys.executable, script])
+            try:
+                peer.call("stubborn")
+                time.sleep(0.2)  # the handler is running
+                started = time.monotonic()
+                peer.proc.stdin.close()
+                peer.proc.wait(timeout=10)
+                self.assertLess(time.monotonic() - started, 4.0)
+                self.assertIn(b"still running", peer.proc.stderr.read())
+            finally:
+                if peer.proc.poll() is None:
+                    peer.proc.kill()
+                    peer.proc.wait()
+                peer.proc.stdout.close()
+                peer.proc.stderr.close()
+
     def test_a_partial_line_at_eof_with_litebridge_gone_ends_the_worker(self):
         """litebridge killed while it wrote a call (a partial line, then
         EOF, and nobody reading stdout): the worker answered the partial
