@@ -189,7 +189,11 @@ _GATHER_S = 0.001
 
 # How long the tasks still running when the drain ends have, once
 # cancelled, before the worker leaves without them (``_end_tasks``).
-_CANCEL_GRACE = 1.0
+_CANCEL_GRACE = 3.0
+
+# How long past the drain and that grace the watchdog waits, once stdin has
+# ended, before it ends the process whatever runs (``_watch_stdin``).
+_WATCHDOG_MARGIN = 1.0
 _GATHER_BYTES = 65536
 # How many quick first steps in a row make a handler one replies wait behind.
 _TRUSTED = 8
@@ -1283,10 +1287,60 @@ class Worker:
             root.setLevel(logging.INFO)
         for handler in root.handlers:
             handler.addFilter(RequestIdFilter())
+        self._finished = threading.Event()
+        if hasattr(select, "poll"):
+            threading.Thread(target=self._watch_stdin, name="litebridge-watchdog",
+                             daemon=True).start()
         try:
             asyncio.run(self._serve())
         except KeyboardInterrupt:
             pass
+        finally:
+            # A reply a pool thread is still writing is finished (bounded)
+            # before the interpreter ends under it: a line is whole or never
+            # started.
+            if self._out_lock.acquire(timeout=_CANCEL_GRACE):
+                self._out_lock.release()
+            self._finished.set()
+
+    def _watch_stdin(self):
+        """The worker never outlives litebridge, whatever its handlers do:
+        once stdin's writer is gone (seen by the kernel, not the event loop,
+        which a handler may hold with ``time.sleep`` in an ``async def``), the
+        process ends ``drain_timeout`` plus the tasks' grace plus a margin
+        later if it has not ended by then. What kept workers alive past that:
+        threads that are not daemons (``asyncio.to_thread``, a program's own
+        pool), tasks made while others were cancelled, a blocked loop, a
+        KeyboardInterrupt in ``asyncio.run``'s cleanup. ``run`` returning
+        disarms it."""
+        try:
+            poller = select.poll()
+            poller.register(self._in, 0)  # the end only: POLLHUP, POLLERR
+            while not poller.poll():
+                pass
+        except Exception:  # not a descriptor poll can watch: the loop's EOF is all
+            return
+        if self._finished.wait(self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN):
+            return
+        self._leave_now("still running %.1f s after stdin ended"
+                        % (self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN))
+
+    def _leave_now(self, why):
+        """Ends the process at once (status 1), never in the middle of a
+        reply line (a write under way gets ``_CANCEL_GRACE`` to finish),
+        with what handlers printed flushed and one line on stderr."""
+        self._out_lock.acquire(timeout=_CANCEL_GRACE)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # gone with litebridge
+                pass
+        try:
+            sys.stderr.write("litebridge worker: %s; leaving without waiting for it\n" % why)
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(1)
 
     def _take_stdout(self):
         sys.stdout.flush()
@@ -1359,15 +1413,8 @@ class Worker:
             t.cancel()
         _, still = await asyncio.wait(pending, timeout=_CANCEL_GRACE)
         if still:
-            try:
-                sys.stderr.write(
-                    "litebridge worker: %d task(s) still running %.1f s after they were "
-                    "cancelled at the end of the drain; leaving without them\n"
-                    % (len(still), _CANCEL_GRACE))
-                sys.stderr.flush()
-            except Exception:  # stderr gone with litebridge
-                pass
-            os._exit(0)
+            self._leave_now("%d task(s) still running %.1f s after they were cancelled "
+                            "at the end of the drain" % (len(still), _CANCEL_GRACE))
 
     def _on_readable(self, fd):
         """Reads and dispatches what stdin has. Unless that is one whole

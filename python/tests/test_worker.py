@@ -373,6 +373,37 @@ class ExampleWorkerTest(unittest.TestCase):
 
 
 class DrainTest(unittest.TestCase):
+    def test_nothing_a_handler_does_keeps_the_worker_once_stdin_ends(self):
+        """A thread that is not a daemon (``asyncio.to_thread``), and an
+        ``async def`` that blocks the loop itself: once stdin ends the
+        worker leaves drain + 3 s + 1 s later (review 164: both kept it for
+        their whole 30 s, and the loop never saw the end at all)."""
+        handlers = {
+            "to_thread": "async def h():\n    await asyncio.to_thread(time.sleep, 30)\n",
+            "blocking": "async def h():\n    time.sleep(30)\n",
+        }
+        for name, handler in handlers.items():
+            with tempfile.TemporaryDirectory() as d:
+                script = os.path.join(d, "held.py")
+                with open(script, "w") as f:
+                    f.write("import asyncio, time\nfrom litebridge_worker import Worker\n"
+                            "w = Worker(drain_timeout=0.3)\n@w.method()\n" + handler + "w.run()\n")
+                peer = Peer([sys.executable, script])
+                try:
+                    peer.call("h")
+                    time.sleep(0.3)  # the handler is running
+                    started = time.monotonic()
+                    peer.proc.stdin.close()
+                    peer.proc.wait(timeout=15)
+                    self.assertLess(time.monotonic() - started, 8.0, name)
+                    self.assertEqual(peer.proc.returncode, 1, name)
+                finally:
+                    if peer.proc.poll() is None:
+                        peer.proc.kill()
+                        peer.proc.wait()
+                    peer.proc.stdout.close()
+                    peer.proc.stderr.close()
+
     def test_a_task_that_swallows_cancellation_does_not_keep_the_worker(self):
         """An ``async def`` handler that catches ``CancelledError`` and goes
         on: past the drain it is cancelled, and the worker leaves a second
@@ -401,7 +432,8 @@ class DrainTest(unittest.TestCase):
                 started = time.monotonic()
                 peer.proc.stdin.close()
                 peer.proc.wait(timeout=10)
-                self.assertLess(time.monotonic() - started, 4.0)
+                self.assertLess(time.monotonic() - started, 6.0)
+                self.assertEqual(peer.proc.returncode, 1)
                 self.assertIn(b"still running", peer.proc.stderr.read())
             finally:
                 if peer.proc.poll() is None:
