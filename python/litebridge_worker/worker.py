@@ -1167,6 +1167,11 @@ class Worker:
         self._resolved = None
         self._max_threads = max_threads
         self._drain_timeout = drain_timeout
+        # The watchdog's (``_watch_stdin``): run() returned; the loop read
+        # the end of stdin; the loop's turns, counted while it waits.
+        self._finished = threading.Event()
+        self._eof_seen = threading.Event()
+        self._turns = 0
         self._out = None
         self._out_lock = threading.Lock()
         # Replies the loop's thread makes while it dispatches the lines of
@@ -1287,8 +1292,7 @@ class Worker:
             root.setLevel(logging.INFO)
         for handler in root.handlers:
             handler.addFilter(RequestIdFilter())
-        self._finished = threading.Event()
-        if hasattr(select, "poll"):
+        if hasattr(select, "epoll"):
             threading.Thread(target=self._watch_stdin, name="litebridge-watchdog",
                              daemon=True).start()
         try:
@@ -1296,49 +1300,97 @@ class Worker:
         except KeyboardInterrupt:
             pass
         finally:
-            # A reply a pool thread is still writing is finished (bounded)
-            # before the interpreter ends under it: a line is whole or never
-            # started.
-            if self._out_lock.acquire(timeout=_CANCEL_GRACE):
-                self._out_lock.release()
-            self._finished.set()
+            try:
+                # A reply a pool thread is still writing is finished
+                # (bounded) before the interpreter ends under it: a line is
+                # whole or never started.
+                if self._out_lock.acquire(timeout=_CANCEL_GRACE):
+                    self._out_lock.release()
+            finally:
+                # Disarmed, so code after run() goes on, unless threads that
+                # are not daemons run on: the interpreter would wait for them
+                # at exit for good, so the watchdog stays armed.
+                if not any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+                           for t in threading.enumerate()):
+                    self._finished.set()
 
     def _watch_stdin(self):
-        """The worker never outlives litebridge, whatever its handlers do:
-        once stdin's writer is gone (seen by the kernel, not the event loop,
-        which a handler may hold with ``time.sleep`` in an ``async def``), the
-        process ends ``drain_timeout`` plus the tasks' grace plus a margin
-        later if it has not ended by then. What kept workers alive past that:
-        threads that are not daemons (``asyncio.to_thread``, a program's own
-        pool), tasks made while others were cancelled, a blocked loop, a
-        KeyboardInterrupt in ``asyncio.run``'s cleanup. ``run`` returning
-        disarms it."""
+        """The worker never outlives litebridge, whatever its handlers do.
+        Once stdin's writer is gone (seen by the kernel: the event loop may
+        be held by ``time.sleep`` in an ``async def`` and never read the
+        end), the loop has ``drain_timeout`` plus the tasks' grace plus a
+        margin from the moment it reads the end, or from the moment it
+        stops turning (a turn is counted each second while it reads on),
+        before the process is ended whatever runs. What kept workers alive:
+        threads that are not daemons, tasks made while others were
+        cancelled, a blocked loop, a KeyboardInterrupt in ``asyncio.run``'s
+        cleanup (review 164). Counted from the hang-up alone, it ended
+        workers still answering what was sent before it (review 165).
+        ``run`` returning disarms it (unless threads that are not daemons
+        still run)."""
+        # epoll, not poll: a poll under way holds the pipe open, so a handler
+        # that closed the descriptor (a library closing one it does not own)
+        # left litebridge writing calls into a pipe that was read as ended,
+        # and they were taken as crashes (worker_pool.rs); an epoll watch
+        # goes with the descriptor's last close. Linux only: elsewhere the
+        # loop's end of stdin is all there is.
         try:
-            poller = select.poll()
-            poller.register(self._in, 0)  # the end only: POLLHUP, POLLERR
-            while not poller.poll():
-                pass
-        except Exception:  # not a descriptor poll can watch: the loop's EOF is all
+            watch = select.epoll()
+            try:
+                watch.register(self._in, 0)  # the end only: EPOLLHUP, EPOLLERR
+                while not watch.poll():
+                    pass
+            finally:
+                watch.close()
+        except Exception:  # not a descriptor epoll can watch (a file): the loop's EOF is all
             return
-        if self._finished.wait(self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN):
+        limit = self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN
+        turns, still_since = -1, time.monotonic()
+        while not self._eof_seen.wait(1.0):
+            if self._finished.is_set():
+                return
+            if self._turns != turns:
+                turns, still_since = self._turns, time.monotonic()
+            elif time.monotonic() - still_since > limit:
+                self._leave_now("the event loop has not turned for %.1f s since stdin ended" % limit)
+            loop = self._loop
+            if loop is not None:  # None: not started yet, no turns
+                try:
+                    loop.call_soon_threadsafe(self._turned)
+                except RuntimeError:  # the loop is closed: run() is returning
+                    pass
+        if self._finished.wait(limit):
             return
-        self._leave_now("still running %.1f s after stdin ended"
-                        % (self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN))
+        self._leave_now("still running %.1f s after stdin ended" % limit)
+
+    def _turned(self):
+        self._turns += 1
 
     def _leave_now(self, why):
-        """Ends the process at once (status 1), never in the middle of a
-        reply line (a write under way gets ``_CANCEL_GRACE`` to finish),
-        with what handlers printed flushed and one line on stderr."""
+        """Ends the process (status 1), never in the middle of a reply line
+        (a write under way gets ``_CANCEL_GRACE`` to finish), with what
+        handlers printed flushed and one line on stderr, each given a second
+        on a thread of its own: a stream nobody reads must not hold the
+        exit (review 165)."""
         self._out_lock.acquire(timeout=_CANCEL_GRACE)
-        for stream in (sys.stdout, sys.stderr):
+
+        def say():
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # gone with litebridge
+                    pass
             try:
-                stream.flush()
-            except Exception:  # gone with litebridge
+                sys.stderr.write("litebridge worker: %s; leaving without waiting for it\n" % why)
+                sys.stderr.flush()
+            except Exception:
                 pass
+
         try:
-            sys.stderr.write("litebridge worker: %s; leaving without waiting for it\n" % why)
-            sys.stderr.flush()
-        except Exception:
+            saying = threading.Thread(target=say, name="litebridge-leaving", daemon=True)
+            saying.start()
+            saying.join(1.0)
+        except RuntimeError:  # no new threads at interpreter shutdown (3.12+)
             pass
         os._exit(1)
 
@@ -1476,6 +1528,7 @@ class Worker:
             self._loop.remove_reader(fd)
             if not self._eof.done():
                 self._eof.set_result(None)
+            self._eof_seen.set()  # the watchdog counts from here
             # Whole lines a failed write left unread, then the last partial
             # one: each answered on its own.
             for line in rest.split(b"\n"):

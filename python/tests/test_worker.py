@@ -373,6 +373,36 @@ class ExampleWorkerTest(unittest.TestCase):
 
 
 class DrainTest(unittest.TestCase):
+    def test_calls_sent_before_stdin_ended_are_answered_within_the_drain(self):
+        """Calls sent, then stdin closed at once, while a handler holds the
+        loop for 5 s: the drain counts from when the loop reads the end, so
+        the pool call after it (1.8 s, within a 2 s drain) is answered and
+        the worker exits 0. Counted from the hang-up, the watchdog ended it
+        at 6 s with that answer lost (review 165)."""
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "held.py")
+            with open(script, "w") as f:
+                f.write("import time\nfrom litebridge_worker import Worker\n"
+                        "w = Worker(drain_timeout=2)\n"
+                        "@w.method()\nasync def hold(s):\n    time.sleep(s)\n    return s\n"
+                        "@w.method()\ndef work(s):\n    time.sleep(s)\n    return s\n"
+                        "w.run()\n")
+            peer = Peer([sys.executable, script])
+            try:
+                peer.call("hold", [5])
+                peer.call("work", [1.8])
+                peer.proc.stdin.close()
+                answers = [peer.read(), peer.read()]
+                peer.proc.wait(timeout=15)
+                self.assertEqual(sorted(a["result"] for a in answers), [1.8, 5])
+                self.assertEqual(peer.proc.returncode, 0)
+            finally:
+                if peer.proc.poll() is None:
+                    peer.proc.kill()
+                    peer.proc.wait()
+                peer.proc.stdout.close()
+                peer.proc.stderr.close()
+
     def test_nothing_a_handler_does_keeps_the_worker_once_stdin_ends(self):
         """A thread that is not a daemon (``asyncio.to_thread``), and an
         ``async def`` that blocks the loop itself: once stdin ends the
@@ -381,6 +411,9 @@ class DrainTest(unittest.TestCase):
         handlers = {
             "to_thread": "async def h():\n    await asyncio.to_thread(time.sleep, 30)\n",
             "blocking": "async def h():\n    time.sleep(30)\n",
+            # A thread the interpreter waits for at exit (review 165).
+            "thread": "async def h():\n    import threading\n"
+                      "    threading.Thread(target=time.sleep, args=(30,)).start()\n",
         }
         for name, handler in handlers.items():
             with tempfile.TemporaryDirectory() as d:
