@@ -192,7 +192,7 @@ _GATHER_S = 0.001
 _CANCEL_GRACE = 3.0
 
 # How long past the drain and that grace the watchdog waits, once stdin has
-# ended, before it ends the process whatever runs (``_watch_stdin``).
+# ended, before it ends the process whatever runs (``_Watchdog``).
 _WATCHDOG_MARGIN = 1.0
 _GATHER_BYTES = 65536
 # How many quick first steps in a row make a handler one replies wait behind.
@@ -1157,6 +1157,102 @@ class _Pool:
             self._wake(wake)
 
 
+class _Watchdog:
+    """The worker never outlives litebridge, whatever its handlers do.
+
+    A thread (``watch``) waits for stdin's writer to be gone, seen by the
+    kernel (the event loop may be held by ``time.sleep`` in an ``async def``
+    and never read the end). Then the loop has ``drain_timeout`` plus the
+    tasks' grace plus a margin from the moment it reads the end, or from the
+    moment it stops turning (a turn is counted each second while it reads
+    on), before the process is ended whatever runs. What kept workers
+    alive: threads that are not daemons, tasks made while others were
+    cancelled, a blocked loop, a KeyboardInterrupt in ``asyncio.run``'s
+    cleanup (review 164). Counted from the hang-up alone, it ended workers
+    still answering what was sent before it (review 165). ``run`` returning
+    disarms it (unless threads that are not daemons still run).
+
+    It holds what it needs, not the worker: a worker that has run must not
+    be kept alive by its watchdog, blocked for good on a stdin that never
+    ends.
+    """
+
+    def __init__(self, out_lock, drain_timeout):
+        self.out_lock = out_lock
+        self.limit = drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN
+        self.finished = threading.Event()  # run() returned
+        self.eof_seen = threading.Event()  # the loop read the end of stdin
+        self.turns = 0
+        self.loop = None
+
+    def turned(self):
+        self.turns += 1
+
+    def watch(self, fd):
+        # epoll, not poll: a poll under way holds the pipe open, so a handler
+        # that closed the descriptor (a library closing one it does not own)
+        # left litebridge writing calls into a pipe that was read as ended,
+        # and they were taken as crashes (worker_pool.rs); an epoll watch
+        # goes with the descriptor's last close. Linux only: elsewhere the
+        # loop's end of stdin is all there is.
+        try:
+            watch = select.epoll()
+            try:
+                watch.register(fd, 0)  # the end only: EPOLLHUP, EPOLLERR
+                while not watch.poll():
+                    pass
+            finally:
+                watch.close()
+        except Exception:  # not a descriptor epoll can watch (a file): the loop's EOF is all
+            return
+        turns, still_since = -1, time.monotonic()
+        while not self.eof_seen.wait(1.0):
+            if self.finished.is_set():
+                return
+            if self.turns != turns:
+                turns, still_since = self.turns, time.monotonic()
+            elif time.monotonic() - still_since > self.limit:
+                self.leave_now("the event loop has not turned for %.1f s since stdin ended"
+                               % self.limit)
+            loop = self.loop
+            if loop is not None:  # None: not started yet, no turns
+                try:
+                    loop.call_soon_threadsafe(self.turned)
+                except RuntimeError:  # the loop is closed: run() is returning
+                    pass
+        if self.finished.wait(self.limit):
+            return
+        self.leave_now("still running %.1f s after stdin ended" % self.limit)
+
+    def leave_now(self, why):
+        """Ends the process (status 1), never in the middle of a reply line
+        (a write under way gets ``_CANCEL_GRACE`` to finish), with what
+        handlers printed flushed and one line on stderr, given a second on a
+        thread of its own: a stream nobody reads must not hold the exit
+        (review 165)."""
+        self.out_lock.acquire(timeout=_CANCEL_GRACE)
+
+        def say():
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # gone with litebridge
+                    pass
+            try:
+                sys.stderr.write("litebridge worker: %s; leaving without waiting for it\n" % why)
+                sys.stderr.flush()
+            except Exception:
+                pass
+
+        try:
+            saying = threading.Thread(target=say, name="litebridge-leaving", daemon=True)
+            saying.start()
+            saying.join(1.0)
+        except RuntimeError:  # no new threads at interpreter shutdown (3.12+)
+            pass
+        os._exit(1)
+
+
 class Worker:
     """A registry of methods and the loop that serves them."""
 
@@ -1167,13 +1263,11 @@ class Worker:
         self._resolved = None
         self._max_threads = max_threads
         self._drain_timeout = drain_timeout
-        # The watchdog's (``_watch_stdin``): run() returned; the loop read
-        # the end of stdin; the loop's turns, counted while it waits.
-        self._finished = threading.Event()
-        self._eof_seen = threading.Event()
-        self._turns = 0
         self._out = None
         self._out_lock = threading.Lock()
+        # What the watchdog thread shares with the worker (not the worker
+        # itself, which it would keep alive: see ``_Watchdog``).
+        self._watchdog = _Watchdog(self._out_lock, drain_timeout)
         # Replies the loop's thread makes while it dispatches the lines of
         # one read: written together when that read's lines are dispatched
         # (see ``_on_readable``). None when not gathering.
@@ -1293,8 +1387,8 @@ class Worker:
         for handler in root.handlers:
             handler.addFilter(RequestIdFilter())
         if hasattr(select, "epoll"):
-            threading.Thread(target=self._watch_stdin, name="litebridge-watchdog",
-                             daemon=True).start()
+            threading.Thread(target=self._watchdog.watch, args=(self._in,),
+                             name="litebridge-watchdog", daemon=True).start()
         try:
             asyncio.run(self._serve())
         except KeyboardInterrupt:
@@ -1312,87 +1406,7 @@ class Worker:
                 # at exit for good, so the watchdog stays armed.
                 if not any(t.is_alive() and not t.daemon and t is not threading.main_thread()
                            for t in threading.enumerate()):
-                    self._finished.set()
-
-    def _watch_stdin(self):
-        """The worker never outlives litebridge, whatever its handlers do.
-        Once stdin's writer is gone (seen by the kernel: the event loop may
-        be held by ``time.sleep`` in an ``async def`` and never read the
-        end), the loop has ``drain_timeout`` plus the tasks' grace plus a
-        margin from the moment it reads the end, or from the moment it
-        stops turning (a turn is counted each second while it reads on),
-        before the process is ended whatever runs. What kept workers alive:
-        threads that are not daemons, tasks made while others were
-        cancelled, a blocked loop, a KeyboardInterrupt in ``asyncio.run``'s
-        cleanup (review 164). Counted from the hang-up alone, it ended
-        workers still answering what was sent before it (review 165).
-        ``run`` returning disarms it (unless threads that are not daemons
-        still run)."""
-        # epoll, not poll: a poll under way holds the pipe open, so a handler
-        # that closed the descriptor (a library closing one it does not own)
-        # left litebridge writing calls into a pipe that was read as ended,
-        # and they were taken as crashes (worker_pool.rs); an epoll watch
-        # goes with the descriptor's last close. Linux only: elsewhere the
-        # loop's end of stdin is all there is.
-        try:
-            watch = select.epoll()
-            try:
-                watch.register(self._in, 0)  # the end only: EPOLLHUP, EPOLLERR
-                while not watch.poll():
-                    pass
-            finally:
-                watch.close()
-        except Exception:  # not a descriptor epoll can watch (a file): the loop's EOF is all
-            return
-        limit = self._drain_timeout + _CANCEL_GRACE + _WATCHDOG_MARGIN
-        turns, still_since = -1, time.monotonic()
-        while not self._eof_seen.wait(1.0):
-            if self._finished.is_set():
-                return
-            if self._turns != turns:
-                turns, still_since = self._turns, time.monotonic()
-            elif time.monotonic() - still_since > limit:
-                self._leave_now("the event loop has not turned for %.1f s since stdin ended" % limit)
-            loop = self._loop
-            if loop is not None:  # None: not started yet, no turns
-                try:
-                    loop.call_soon_threadsafe(self._turned)
-                except RuntimeError:  # the loop is closed: run() is returning
-                    pass
-        if self._finished.wait(limit):
-            return
-        self._leave_now("still running %.1f s after stdin ended" % limit)
-
-    def _turned(self):
-        self._turns += 1
-
-    def _leave_now(self, why):
-        """Ends the process (status 1), never in the middle of a reply line
-        (a write under way gets ``_CANCEL_GRACE`` to finish), with what
-        handlers printed flushed and one line on stderr, each given a second
-        on a thread of its own: a stream nobody reads must not hold the
-        exit (review 165)."""
-        self._out_lock.acquire(timeout=_CANCEL_GRACE)
-
-        def say():
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:  # gone with litebridge
-                    pass
-            try:
-                sys.stderr.write("litebridge worker: %s; leaving without waiting for it\n" % why)
-                sys.stderr.flush()
-            except Exception:
-                pass
-
-        try:
-            saying = threading.Thread(target=say, name="litebridge-leaving", daemon=True)
-            saying.start()
-            saying.join(1.0)
-        except RuntimeError:  # no new threads at interpreter shutdown (3.12+)
-            pass
-        os._exit(1)
+                    self._watchdog.finished.set()
 
     def _take_stdout(self):
         sys.stdout.flush()
@@ -1426,6 +1440,7 @@ class Worker:
 
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
+        self._watchdog.loop = self._loop
         self._loop_thread = _get_ident()
         _SERVING.add(self)
         self._pool = _Pool(self._max_threads, "litebridge-handler")
@@ -1465,8 +1480,9 @@ class Worker:
             t.cancel()
         _, still = await asyncio.wait(pending, timeout=_CANCEL_GRACE)
         if still:
-            self._leave_now("%d task(s) still running %.1f s after they were cancelled "
-                            "at the end of the drain" % (len(still), _CANCEL_GRACE))
+            self._watchdog.leave_now("%d task(s) still running %.1f s after they were "
+                                     "cancelled at the end of the drain"
+                                     % (len(still), _CANCEL_GRACE))
 
     def _on_readable(self, fd):
         """Reads and dispatches what stdin has. Unless that is one whole
@@ -1528,7 +1544,7 @@ class Worker:
             self._loop.remove_reader(fd)
             if not self._eof.done():
                 self._eof.set_result(None)
-            self._eof_seen.set()  # the watchdog counts from here
+            self._watchdog.eof_seen.set()  # the watchdog counts from here
             # Whole lines a failed write left unread, then the last partial
             # one: each answered on its own.
             for line in rest.split(b"\n"):
