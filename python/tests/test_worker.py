@@ -1,5 +1,6 @@
 """End-to-end tests of the worker SDK: real processes, real pipes."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -50,6 +51,14 @@ class Peer:
         reply = self.read()
         assert reply["id"] == rid, reply
         return reply
+
+    def abandon(self):
+        """Kills the worker if it still runs, and closes the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
     def close(self):
         if self.proc.poll() is None:
@@ -372,6 +381,21 @@ class ExampleWorkerTest(unittest.TestCase):
         self.assertEqual(self.peer.proc.wait(timeout=10), 0)
 
 
+@contextlib.contextmanager
+def script_worker(source):
+    """A Peer on a worker of the test's own (``source``), killed if it
+    still runs when the test ends."""
+    with tempfile.TemporaryDirectory() as d:
+        script = os.path.join(d, "worker_under_test.py")
+        with open(script, "w") as f:
+            f.write(source)
+        peer = Peer([sys.executable, script])
+        try:
+            yield peer
+        finally:
+            peer.abandon()
+
+
 class DrainTest(unittest.TestCase):
     def test_calls_sent_before_stdin_ended_are_answered_within_the_drain(self):
         """Calls sent, then stdin closed at once, while a handler holds the
@@ -379,29 +403,18 @@ class DrainTest(unittest.TestCase):
         the pool call after it (1.8 s, within a 2 s drain) is answered and
         the worker exits 0. Counted from the hang-up, the watchdog ended it
         at 6 s with that answer lost (review 165)."""
-        with tempfile.TemporaryDirectory() as d:
-            script = os.path.join(d, "held.py")
-            with open(script, "w") as f:
-                f.write("import time\nfrom litebridge_worker import Worker\n"
-                        "w = Worker(drain_timeout=2)\n"
-                        "@w.method()\nasync def hold(s):\n    time.sleep(s)\n    return s\n"
-                        "@w.method()\ndef work(s):\n    time.sleep(s)\n    return s\n"
-                        "w.run()\n")
-            peer = Peer([sys.executable, script])
-            try:
-                peer.call("hold", [5])
-                peer.call("work", [1.8])
-                peer.proc.stdin.close()
-                answers = [peer.read(), peer.read()]
-                peer.proc.wait(timeout=15)
-                self.assertEqual(sorted(a["result"] for a in answers), [1.8, 5])
-                self.assertEqual(peer.proc.returncode, 0)
-            finally:
-                if peer.proc.poll() is None:
-                    peer.proc.kill()
-                    peer.proc.wait()
-                peer.proc.stdout.close()
-                peer.proc.stderr.close()
+        with script_worker("import time\nfrom litebridge_worker import Worker\n"
+                           "w = Worker(drain_timeout=2)\n"
+                           "@w.method()\nasync def hold(s):\n    time.sleep(s)\n    return s\n"
+                           "@w.method()\ndef work(s):\n    time.sleep(s)\n    return s\n"
+                           "w.run()\n") as peer:
+            peer.call("hold", [5])
+            peer.call("work", [1.8])
+            peer.proc.stdin.close()
+            answers = [peer.read(), peer.read()]
+            peer.proc.wait(timeout=15)
+            self.assertEqual(sorted(a["result"] for a in answers), [1.8, 5])
+            self.assertEqual(peer.proc.returncode, 0)
 
     def test_nothing_a_handler_does_keeps_the_worker_once_stdin_ends(self):
         """A thread that is not a daemon (``asyncio.to_thread``), and an
@@ -416,64 +429,43 @@ class DrainTest(unittest.TestCase):
                       "    threading.Thread(target=time.sleep, args=(30,)).start()\n",
         }
         for name, handler in handlers.items():
-            with tempfile.TemporaryDirectory() as d:
-                script = os.path.join(d, "held.py")
-                with open(script, "w") as f:
-                    f.write("import asyncio, time\nfrom litebridge_worker import Worker\n"
-                            "w = Worker(drain_timeout=0.3)\n@w.method()\n" + handler + "w.run()\n")
-                peer = Peer([sys.executable, script])
-                try:
-                    peer.call("h")
-                    time.sleep(0.3)  # the handler is running
-                    started = time.monotonic()
-                    peer.proc.stdin.close()
-                    peer.proc.wait(timeout=15)
-                    self.assertLess(time.monotonic() - started, 8.0, name)
-                    self.assertEqual(peer.proc.returncode, 1, name)
-                finally:
-                    if peer.proc.poll() is None:
-                        peer.proc.kill()
-                        peer.proc.wait()
-                    peer.proc.stdout.close()
-                    peer.proc.stderr.close()
+            with script_worker("import asyncio, time\nfrom litebridge_worker import Worker\n"
+                               "w = Worker(drain_timeout=0.3)\n@w.method()\n" + handler
+                               + "w.run()\n") as peer:
+                peer.call("h")
+                time.sleep(0.3)  # the handler is running
+                started = time.monotonic()
+                peer.proc.stdin.close()
+                peer.proc.wait(timeout=15)
+                self.assertLess(time.monotonic() - started, 8.0, name)
+                self.assertEqual(peer.proc.returncode, 1, name)
 
     def test_a_task_that_swallows_cancellation_does_not_keep_the_worker(self):
         """An ``async def`` handler that catches ``CancelledError`` and goes
         on: past the drain it is cancelled, and the worker leaves a second
         later anyway. asyncio.run waited for it for good, so the worker
         outlived a litebridge that was killed."""
-        with tempfile.TemporaryDirectory() as d:
-            script = os.path.join(d, "stubborn.py")
-            with open(script, "w") as f:
-                f.write(
-                    "import asyncio\n"
-                    "from litebridge_worker import Worker\n"
-                    "w = Worker(drain_timeout=0.3)\n"
-                    "@w.method()\n"
-                    "async def stubborn():\n"
-                    "    while True:\n"
-                    "        try:\n"
-                    "            await asyncio.sleep(10)\n"
-                    "        except asyncio.CancelledError:\n"
-                    "            pass\n"
-                    "w.run()\n"
-                )
-            peer = Peer([sys.executable, script])
-            try:
-                peer.call("stubborn")
-                time.sleep(0.2)  # the handler is running
-                started = time.monotonic()
-                peer.proc.stdin.close()
-                peer.proc.wait(timeout=10)
-                self.assertLess(time.monotonic() - started, 6.0)
-                self.assertEqual(peer.proc.returncode, 1)
-                self.assertIn(b"still running", peer.proc.stderr.read())
-            finally:
-                if peer.proc.poll() is None:
-                    peer.proc.kill()
-                    peer.proc.wait()
-                peer.proc.stdout.close()
-                peer.proc.stderr.close()
+        with script_worker(
+            "import asyncio\n"
+            "from litebridge_worker import Worker\n"
+            "w = Worker(drain_timeout=0.3)\n"
+            "@w.method()\n"
+            "async def stubborn():\n"
+            "    while True:\n"
+            "        try:\n"
+            "            await asyncio.sleep(10)\n"
+            "        except asyncio.CancelledError:\n"
+            "            pass\n"
+            "w.run()\n"
+        ) as peer:
+            peer.call("stubborn")
+            time.sleep(0.2)  # the handler is running
+            started = time.monotonic()
+            peer.proc.stdin.close()
+            peer.proc.wait(timeout=10)
+            self.assertLess(time.monotonic() - started, 6.0)
+            self.assertEqual(peer.proc.returncode, 1)
+            self.assertIn(b"still running", peer.proc.stderr.read())
 
     def test_a_partial_line_at_eof_with_litebridge_gone_ends_the_worker(self):
         """litebridge killed while it wrote a call (a partial line, then
@@ -487,10 +479,7 @@ class DrainTest(unittest.TestCase):
             peer.proc.stdin.close()
             peer.proc.wait(timeout=10)
         finally:
-            if peer.proc.poll() is None:
-                peer.proc.kill()
-                peer.proc.wait()
-            peer.proc.stderr.close()
+            peer.abandon()
 
     def test_a_hung_sync_handler_does_not_keep_the_worker_past_its_drain(self):
         with tempfile.TemporaryDirectory() as d:
