@@ -1980,7 +1980,9 @@ async fn calls_held_up_by_a_stalled_link_end_at_their_deadlines() {
     let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let big = "x".repeat(8 * 1024);
+    // Each too big to share a message with others (a bundle), so each
+    // is a command of async-nats's own.
+    let big = "x".repeat(40 * 1024);
     setup.server.pause(true);
     let started = Instant::now();
     let calls: Vec<_> = (0..3000)
@@ -2416,4 +2418,195 @@ async fn a_call_given_up_on_keeps_its_place_until_its_hosts_worker_is_done() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(places.held(), 0, "a failed call's place was kept");
     drop(host);
+}
+
+/// A bundle as the format in `workers/nats/bundle.rs` lays it out, written
+/// here by hand (so a change of the format shows): entries of a subject,
+/// headers by their index in the format's table, and a body.
+/// One entry: its subject, its headers as (index, value), its body.
+type BundleEntry<'a> = (&'a str, &'a [(u8, &'a str)], &'a [u8]);
+
+fn bundle_bytes(entries: &[BundleEntry<'_>]) -> Vec<u8> {
+    let mut b = (entries.len() as u16).to_be_bytes().to_vec();
+    for (subject, headers, body) in entries {
+        b.extend((subject.len() as u16).to_be_bytes());
+        b.extend(subject.as_bytes());
+        b.push(headers.len() as u8);
+        for (name, value) in *headers {
+            b.push(*name);
+            b.extend((value.len() as u16).to_be_bytes());
+            b.extend(value.as_bytes());
+        }
+        b.extend((body.len() as u32).to_be_bytes());
+        b.extend(*body);
+    }
+    b
+}
+
+fn bundle_headers(version: &str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Litebridge-Bundle", version);
+    h
+}
+
+/// Many calls at once leave in bundles (several calls in one NATS
+/// message) and their answers come back in bundles, each call still
+/// getting its own answer; the services protocol's statistics count every
+/// call, those in bundles in the endpoint's `data`. Bundles a peer makes
+/// up get nothing a message alone would not: an unreadable one is dropped
+/// whole, a call in one is answered where its reply subject says (as
+/// alone), and a forged answer in one needs its call's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 2).await else {
+        return;
+    };
+    let bridge = setup.bridge.clone();
+    let spy = peer(&setup.url).await;
+    let mut calls_seen = spy.subscribe("lb.v1.call.echo").await.unwrap();
+    let mut answers_seen = spy.subscribe("_INBOX_lb.>").await.unwrap();
+    spy.flush().await.unwrap();
+    let n = 400;
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let b = bridge.clone();
+            tokio::spawn(async move { (i, b.call("echo", json!([i]), opts(10_000)).await) })
+        })
+        .collect();
+    for c in calls {
+        let (i, r) = c.await.unwrap();
+        assert_eq!(r.unwrap(), json!(i));
+    }
+    let count = |m: &async_nats::Message| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("Litebridge-Bundle"))
+            .is_some()
+    };
+    let (mut call_messages, mut call_bundles, mut answer_bundles) = (0, 0, 0);
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(300), calls_seen.next()).await
+    {
+        call_messages += 1;
+        call_bundles += usize::from(count(&m));
+    }
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(300), answers_seen.next()).await
+    {
+        answer_bundles += usize::from(count(&m));
+    }
+    assert!(
+        call_bundles > 0 && call_messages < n,
+        "{call_messages} messages for {n} calls, {call_bundles} bundles"
+    );
+    assert!(answer_bundles > 0, "no answers came in bundles");
+    let stats = spy
+        .request("$SRV.STATS.litebridge_workers_lb", "".into())
+        .await
+        .unwrap();
+    let stats: Json = serde_json::from_slice(&stats.payload).unwrap();
+    let echo = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "echo")
+        .unwrap();
+    assert_eq!(
+        echo["num_requests"].as_u64().unwrap() + echo["data"]["bundled_requests"].as_u64().unwrap(),
+        n as u64,
+        "{echo}"
+    );
+    assert_eq!(echo["data"]["bundled_errors"], 0, "{echo}");
+
+    // Unreadable bundles of calls: cut short, of another version. Dropped
+    // whole, and the host serves on.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let deadline = (now + 5000).to_string();
+    let good = bundle_bytes(&[(
+        "evil.answers",
+        &[(1, "5000"), (2, &deadline), (7, "00aa00aa00aa00aa")],
+        b"[\"in a bundle\"]",
+    )]);
+    let mut answers = spy.subscribe("evil.answers").await.unwrap();
+    spy.flush().await.unwrap();
+    for (version, body) in [
+        ("1", good[..good.len() - 1].to_vec()),
+        ("2", good.clone()),
+        ("1", vec![0xff; 40]),
+    ] {
+        spy.publish_with_headers("lb.v1.call.echo", bundle_headers(version), body.into())
+            .await
+            .unwrap();
+    }
+    spy.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), answers.next())
+            .await
+            .is_err(),
+        "an unreadable bundle was answered"
+    );
+    // A readable one: its call is answered where its reply subject says,
+    // alone (not a front end's inbox), as a call sent alone would be.
+    spy.publish_with_headers("lb.v1.call.echo", bundle_headers("1"), good.into())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(!count(&m));
+    let v: Json = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["result"], "in a bundle", "{v}");
+
+    // A forged answer in a bundle into the front end's inbox, in h1's name,
+    // without the call's token, and one for a subject outside the inbox:
+    // not taken; the call's own answer is.
+    let mut seen = spy.subscribe("lb.v1.call.nap").await.unwrap();
+    spy.flush().await.unwrap();
+    let b = bridge.clone();
+    let napping =
+        tokio::spawn(async move { b.call("nap", json!({"ms": 600}), opts(10_000)).await });
+    let original = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .expect("the call on the bus")
+        .unwrap();
+    let reply = original.reply.clone().unwrap().to_string();
+    let inbox = reply.rsplit_once('.').unwrap().0.to_owned();
+    let forged = json!({"result": "forged"}).to_string();
+    let body = bundle_bytes(&[
+        (
+            &reply,
+            &[(5, "h1"), (8, "1"), (7, "0123456789abcdef")],
+            forged.as_bytes(),
+        ),
+        (&reply, &[(5, "h1"), (8, "1")], forged.as_bytes()),
+        (
+            "_INBOX_lb.elsewhere.1",
+            &[(5, "h1"), (8, "1")],
+            forged.as_bytes(),
+        ),
+    ]);
+    spy.publish_with_headers(format!("{inbox}.b"), bundle_headers("1"), body.into())
+        .await
+        .unwrap();
+    spy.publish_with_headers(
+        format!("{inbox}.b"),
+        bundle_headers("1"),
+        vec![0, 9, 1].into(),
+    )
+    .await
+    .unwrap();
+    spy.flush().await.unwrap();
+    assert_eq!(napping.await.unwrap().unwrap(), json!("h1"));
+    assert_eq!(
+        bridge
+            .call("echo", json!(["still"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("still")
+    );
 }

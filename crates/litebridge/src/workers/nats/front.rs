@@ -17,6 +17,7 @@ use crate::sync::{lock, read, write};
 use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::asking::{Asking, Instances, Verdict};
+use crate::workers::nats::bundle;
 use crate::workers::nats::outbox::{self, Outbox};
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
@@ -78,6 +79,9 @@ struct Known {
     /// From the services protocol's INFO.
     methods: Vec<MethodInfo>,
     dynamic: bool,
+    /// It reads bundles of calls (its services-protocol metadata says
+    /// `bundles`).
+    bundles: bool,
     /// The instance (services-protocol id) and `methods_hash` the methods
     /// above were read for.
     read_for: Option<(String, String)>,
@@ -527,9 +531,7 @@ impl NatsBridge {
         // No known host serves it: NATS's no-responders would say so too,
         // but not while anything else (an operator's `nats sub '>'`)
         // listens on the subject.
-        if let Some(e) = self.unserved(method) {
-            return Err(e);
-        }
+        let per_bundle = self.serving(method)?;
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", s.inbox);
         let token = format!("{:016x}", std::hash::BuildHasher::hash_one(&s.tokens, id));
@@ -576,6 +578,7 @@ impl NatsBridge {
             reply.into(),
             headers,
             body.clone(),
+            per_bundle,
         );
         guard.ticket = Some(sending.ticket.clone());
         let mut early = None;
@@ -839,13 +842,28 @@ impl NatsBridge {
     }
 
     /// `unavailable` when every host known has announced its methods and
-    /// none serves `method` (nor takes any name).
-    fn unserved(&self, method: &str) -> Option<Error> {
+    /// none serves `method` (nor takes any name); else how many of its
+    /// calls one message may carry: 1 unless every host that may serve it
+    /// reads bundles (`bundle`), and then a few against the calls in
+    /// flight and those hosts.
+    fn serving(&self, method: &str) -> Result<usize> {
         let hosts = read(&self.shared.hosts);
-        let maybe = hosts.values().any(|h| {
-            h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method)
-        });
-        (!maybe).then(|| self.no_host(method))
+        let (mut serving, mut bundles) = (0usize, true);
+        for h in hosts.values() {
+            if h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method) {
+                serving += 1;
+                bundles &= h.bundles && h.read_for.is_some();
+            }
+        }
+        drop(hosts);
+        if serving == 0 {
+            return Err(self.no_host(method));
+        }
+        if !bundles {
+            return Ok(1);
+        }
+        let in_flight = lock(&self.shared.calls).len();
+        Ok(bundle::calls_per_bundle(in_flight, serving))
     }
 
     /// Waits (up to `reconnect_grace` and the deadline) for NATS.
@@ -1120,6 +1138,7 @@ impl Known {
             heard: None,
             methods: Vec::new(),
             dynamic: false,
+            bundles: false,
             read_for: None,
             instances: Vec::new(),
         }
@@ -1183,6 +1202,10 @@ impl Front {
         }
         known.methods = methods;
         known.dynamic = dynamic;
+        known.bundles = info
+            .metadata
+            .get("bundles")
+            .is_some_and(|b| b == bundle::VERSION);
         known.read_for = Some((info.id.clone(), hash));
     }
 
@@ -1310,10 +1333,63 @@ async fn follow_probes(front: std::sync::Weak<Front>, mut probes: async_nats::Su
     }
 }
 
-/// Hands each reply to the call waiting for it; counts the ones nobody waits for.
+/// Hands each reply to the call waiting for it; counts the ones nobody
+/// waits for. A bundle (`bundle`) is taken apart into the messages it
+/// holds, each routed as if it had come alone.
 async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::Subscriber) {
     while let Some(m) = replies.next().await {
         let Some(f) = front.upgrade() else { return };
+        let Some(version) = m.headers.as_ref().and_then(|h| h.get(bundle::BUNDLE)) else {
+            route(&f, m);
+            continue;
+        };
+        let entries = if version.as_str() == bundle::VERSION {
+            bundle::read(&m.payload)
+        } else {
+            Err(format!(
+                "version {:?}, not {}",
+                version.as_str(),
+                bundle::VERSION
+            ))
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                f.warn_once_a_minute(&format!(
+                    "a bundle of answers that cannot be read ({e}); dropped"
+                ));
+                continue;
+            }
+        };
+        for e in entries {
+            // Only about this end's calls (as a message alone would be,
+            // by its subject).
+            let ours = e
+                .subject
+                .strip_prefix(f.inbox.as_str())
+                .is_some_and(|rest| rest.starts_with('.'));
+            if !ours {
+                continue;
+            }
+            route(
+                &f,
+                async_nats::Message {
+                    subject: e.subject.into(),
+                    reply: None,
+                    payload: e.body,
+                    headers: Some(e.headers),
+                    status: None,
+                    description: None,
+                    length: 0,
+                },
+            );
+        }
+    }
+}
+
+/// Hands one reply to the call waiting for it, or counts it.
+fn route(f: &Front, m: async_nats::Message) {
+    {
         let id = m
             .subject
             .rsplit('.')

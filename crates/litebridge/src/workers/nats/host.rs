@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::service::ServiceExt;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use serde_json::{Value as Json, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::workers::nats::NatsConfig;
+use crate::workers::nats::bundle;
 use crate::workers::nats::outbox::{Outbox, Outgoing};
 use crate::workers::nats::seen::Seen;
 use crate::workers::nats::wire::{self, Subjects};
@@ -90,6 +91,14 @@ struct Host {
     handling: AtomicUsize,
     /// Calls cancelled by their callers.
     cancelled: AtomicU64,
+    /// The methods with an endpoint of their own (others come to `dynamic`).
+    endpoints: std::collections::HashSet<String>,
+    /// Calls that came in bundles, and those of them answered with an
+    /// error, by endpoint: the services protocol counts only the calls it
+    /// answers itself (those that came alone).
+    bundled: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    /// When a warning about an unreadable bundle was last logged.
+    warned: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl WorkerHost {
@@ -122,6 +131,8 @@ impl WorkerHost {
             return Err(e);
         }
         let stats_pool = pool.clone();
+        let bundled: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
+        let stats_bundled = bundled.clone();
         let service = client
             .service_builder()
             .description("litebridge worker host: calls to Python workers")
@@ -130,11 +141,20 @@ impl WorkerHost {
                 ("protocol".to_owned(), "1".to_owned()),
                 // Also in the service's name: front ends check both.
                 ("prefix".to_owned(), config.prefix.clone()),
+                // It reads calls in bundles (`bundle`), of this version.
+                ("bundles".to_owned(), bundle::VERSION.to_owned()),
             ]))
             .queue_group(&config.queue_group)
-            .stats_handler(move |_endpoint, _stats| {
+            .stats_handler(move |endpoint, _stats| {
                 let s = stats_pool.status();
-                json!({"crashes": s.crashes, "restarts": s.restarts, "healthy": s.healthy})
+                let (calls, errors) = lock(&stats_bundled)
+                    .get(&endpoint)
+                    .copied()
+                    .unwrap_or_default();
+                json!({
+                    "crashes": s.crashes, "restarts": s.restarts, "healthy": s.healthy,
+                    "bundled_requests": calls, "bundled_errors": errors,
+                })
             })
             .start(wire::service(&config.prefix), env!("CARGO_PKG_VERSION"))
             .await
@@ -144,6 +164,12 @@ impl WorkerHost {
             .await
             .map_err(|e| unavailable(&e))?;
         let seen_span = (2 * config.ack_within()).max(Duration::from_secs(5));
+        let endpoints = pool
+            .methods()
+            .into_iter()
+            .map(|m| m.name)
+            .filter(|m| wire::method_is_subject_safe(m))
+            .collect();
         let inner = Arc::new(Host {
             outbox: Outbox::start(client.clone()),
             stats: client.statistics(),
@@ -167,6 +193,9 @@ impl WorkerHost {
             draining: AtomicBool::new(false),
             handling: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
+            endpoints,
+            bundled,
+            warned: Mutex::new(None),
         });
         // Heard from before it can take a call: a front end asking whether
         // any host had a call knows this one by then (`asking`).
@@ -389,21 +418,142 @@ async fn serve(
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
-        // Noted as taken; or refused, unanswered, when a question about it
-        // came first and was answered `unseen` (its caller sent it elsewhere).
-        if let Some(reply) = &request.message.reply
-            && !lock(&host.seen).take(reply)
-        {
-            host.cancelled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("a call that came after this host said it never had it; dropped");
+        let headers = request.message.headers.as_ref();
+        let Some(version) = headers.and_then(|h| h.get(bundle::BUNDLE)) else {
+            take(&host, Incoming::Alone(request));
             continue;
+        };
+        let entries = if version.as_str() == bundle::VERSION {
+            bundle::read(&request.message.payload)
+        } else {
+            Err(format!(
+                "version {:?}, not {}",
+                version.as_str(),
+                bundle::VERSION
+            ))
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Its calls' front ends ask about them, and hear `unseen`.
+                // At most once a minute: any peer on the bus can send these.
+                let mut warned = lock(&host.warned);
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    *warned = Some(tokio::time::Instant::now());
+                    tracing::warn!("a bundle of calls that cannot be read ({e}); dropped");
+                } else {
+                    tracing::debug!("a bundle of calls that cannot be read ({e}); dropped");
+                }
+                continue;
+            }
+        };
+        let subject = request.message.subject.clone();
+        let method = host.subjects.method_of(&subject).unwrap_or_default();
+        let endpoint: Arc<str> = if host.endpoints.contains(method) {
+            method.replace('.', "-").into()
+        } else {
+            "dynamic".into()
+        };
+        // One task for the bundle's calls: its poll gives the pool every
+        // call's line before the pool's writer runs (one write to the
+        // worker for them all, not one each), and the answers that come
+        // together reach the outbox together.
+        let calls: futures_util::stream::FuturesUnordered<_> = entries
+            .into_iter()
+            .filter_map(|e| {
+                let to = host.bundle_to(&e.subject);
+                let message = async_nats::Message {
+                    subject: subject.clone(),
+                    reply: Some(e.subject.into()),
+                    payload: e.body,
+                    headers: Some(e.headers),
+                    status: None,
+                    description: None,
+                    length: 0,
+                };
+                let call = Incoming::Bundled {
+                    message,
+                    endpoint: endpoint.clone(),
+                    to,
+                };
+                let handling = taken(&host, &call)?;
+                // A panic ends its own call only, as a task of its own would.
+                Some(
+                    std::panic::AssertUnwindSafe(async move {
+                        handle(handling.0.clone(), call).await;
+                        drop(handling);
+                    })
+                    .catch_unwind(),
+                )
+            })
+            .collect();
+        if !calls.is_empty() {
+            tokio::spawn(async move {
+                let mut calls = calls;
+                while let Some(ended) = calls.next().await {
+                    if ended.is_err() {
+                        tracing::error!("handling a call panicked; its caller finds it lost");
+                    }
+                }
+            });
         }
-        let handling = Handling::new(&host);
-        tokio::spawn(async move {
-            handle(handling.0.clone(), request).await;
-            drop(handling);
-        });
     }
+}
+
+/// A call as it came: alone, or in a bundle (`bundle`).
+enum Incoming {
+    /// Answered through the services protocol, which counts it.
+    Alone(async_nats::service::Request),
+    /// Its answer and notices go back in bundles to `to`, its front end's
+    /// inbox (or alone, when its reply subject is not in one); counted in
+    /// [`Host::bundled`] under `endpoint`.
+    Bundled {
+        message: async_nats::Message,
+        endpoint: Arc<str>,
+        to: Option<async_nats::Subject>,
+    },
+}
+
+impl Incoming {
+    fn message(&self) -> &async_nats::Message {
+        match self {
+            Incoming::Alone(r) => &r.message,
+            Incoming::Bundled { message, .. } => message,
+        }
+    }
+
+    /// Where its notices may be bundled.
+    fn bundle_to(&self) -> Option<async_nats::Subject> {
+        match self {
+            Incoming::Alone(_) => None,
+            Incoming::Bundled { to, .. } => to.clone(),
+        }
+    }
+}
+
+/// Starts handling a call in a task of its own.
+fn take(host: &Arc<Host>, call: Incoming) {
+    let Some(handling) = taken(host, &call) else {
+        return;
+    };
+    tokio::spawn(async move {
+        handle(handling.0.clone(), call).await;
+        drop(handling);
+    });
+}
+
+/// A call noted as taken, counted as being handled; or `None` when it is
+/// refused, unanswered: a question about it came first and was answered
+/// `unseen` (its caller sent it elsewhere).
+fn taken(host: &Arc<Host>, call: &Incoming) -> Option<Handling> {
+    if let Some(reply) = &call.message().reply
+        && !lock(&host.seen).take(reply)
+    {
+        host.cancelled.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("a call that came after this host said it never had it; dropped");
+        return None;
+    }
+    Some(Handling::new(host))
 }
 
 /// A call being handled, counted in [`Host::handling`] from its making
@@ -439,8 +589,8 @@ const LATE_CALL_GRACE: Duration = Duration::from_millis(100);
 /// One call: refused when it cannot start in time, acknowledged when it
 /// runs past `ack_delay`, answered once, or dropped (and the worker told to
 /// cancel) when its caller cancels.
-async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
-    let msg = &request.message;
+async fn handle(host: Arc<Host>, request: Incoming) {
+    let msg = request.message();
     let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
         return;
     };
@@ -625,14 +775,20 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
     // (`done`), which keeps the call's place of its key until then.
     let runs_on = Arc::new(AtomicBool::new(false));
     let keep = {
-        let (host, reply, token, runs_on) =
-            (host.clone(), reply.clone(), token.clone(), runs_on.clone());
+        let (host, reply, token, runs_on, to) = (
+            host.clone(),
+            reply.clone(),
+            token.clone(),
+            runs_on.clone(),
+            request.bundle_to(),
+        );
         Abandoned::new(move || {
             runs_on.store(true, Ordering::Release);
             Box::new(DoneNotice {
                 host: host.clone(),
                 reply: reply.clone(),
                 token: token.clone(),
+                to: to.clone(),
             })
         })
     };
@@ -661,7 +817,7 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             r = &mut call => break Some(r),
             () = &mut ack, if !acked => {
                 acked = true;
-                host.outbox.publish(reply.clone(), host.status("accepted", &token), Bytes::new());
+                host.outbox.publish_bundled(reply.clone(), host.status("accepted", &token), Bytes::new(), request.bundle_to());
             }
         }
     };
@@ -679,8 +835,12 @@ async fn handle(host: Arc<Host>, request: async_nats::service::Request) {
             // Which host to wait for (the cancel may have come before the
             // acknowledgement), or that it is over here.
             let status = if runs_on { wire::RUNNING } else { wire::DONE };
-            host.outbox
-                .publish(reply.clone(), host.status(status, &token), Bytes::new());
+            host.outbox.publish_bundled(
+                reply.clone(),
+                host.status(status, &token),
+                Bytes::new(),
+                request.bundle_to(),
+            );
         }
     }
 }
@@ -691,6 +851,8 @@ struct DoneNotice {
     host: Arc<Host>,
     reply: String,
     token: String,
+    /// Where it may be bundled.
+    to: Option<async_nats::Subject>,
 }
 
 impl Drop for DoneNotice {
@@ -700,11 +862,31 @@ impl Drop for DoneNotice {
         // front end takes either order).
         let reply = std::mem::take(&mut self.reply);
         let headers = self.host.status(wire::DONE, &self.token);
-        self.host.outbox.publish(reply, headers, Bytes::new());
+        self.host
+            .outbox
+            .publish_bundled(reply, headers, Bytes::new(), self.to.take());
     }
 }
 
 impl Host {
+    /// Where the answers and notices of a bundled call with reply subject
+    /// `reply` may be bundled: its front end's inbox (`<inbox>.b`), when
+    /// `reply` is a call's subject there (`<inbox>.<number>`).
+    fn bundle_to(&self, reply: &str) -> Option<async_nats::Subject> {
+        let rest = reply.strip_prefix(&self.front_inboxes)?;
+        if reply.starts_with(&self.host_inboxes) {
+            return None;
+        }
+        let (inbox, id) = rest.split_once('.')?;
+        let ours = !inbox.is_empty()
+            && inbox
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_digit());
+        ours.then(|| format!("{}{inbox}.b", self.front_inboxes).into())
+    }
+
     /// The headers of a status message (`accepted`, `running`, `done`) about a call.
     fn status(&self, status: &'static str, token: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -724,7 +906,7 @@ impl Host {
 /// ended the call): a `done` notice follows when the worker is done.
 fn answer(
     host: &Host,
-    request: async_nats::service::Request,
+    request: Incoming,
     method: &str,
     token: &str,
     outcome: Result<Json>,
@@ -766,12 +948,29 @@ fn answer(
             if started { "500" } else { "503" },
         );
     }
-    host.outbox.send(Outgoing::Answer {
-        request: Box::new(request),
-        headers,
-        payload: body.into(),
-        method: method.to_owned(),
-    });
+    match request {
+        Incoming::Alone(request) => host.outbox.send(Outgoing::Answer {
+            request: Box::new(request),
+            headers,
+            payload: body.into(),
+            method: method.to_owned(),
+        }),
+        Incoming::Bundled {
+            message,
+            endpoint,
+            to,
+        } => {
+            {
+                let mut counts = lock(&host.bundled);
+                let (calls, errors) = counts.entry(endpoint.to_string()).or_default();
+                *calls += 1;
+                *errors += u64::from(outcome.is_err());
+            }
+            if let Some(reply) = message.reply {
+                host.outbox.publish_bundled(reply, headers, body.into(), to);
+            }
+        }
+    }
 }
 
 async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber) {

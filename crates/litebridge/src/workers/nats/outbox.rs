@@ -29,6 +29,15 @@
 //! their calls have come, so its queue holds a few per call running or
 //! just answered, as the calls' own tasks did before.
 //!
+//! Messages of one pass that go to the same place are published as one
+//! (`bundle`): a front end's calls of one method, when each says how many
+//! may share a message; a host's answers and notices to one front end.
+//! A message that cannot be bundled (a cancel, a question, an answer
+//! through the services protocol) is published in its place, after every
+//! bundle begun before it: so the order of any two messages one of which
+//! is alone is kept, and so is the order within a bundle; only messages
+//! to different places may pass each other.
+//!
 //! A message whose publishing panics (the services protocol's statistics
 //! lock poisoned, which `respond` takes after publishing) costs that message
 //! alone, as when each call's task sent its own: the outbox goes on with the
@@ -41,6 +50,8 @@ use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::workers::nats::bundle;
 
 /// Most messages taken in one pass.
 const PASS: usize = 512;
@@ -72,6 +83,9 @@ pub(super) enum Outgoing {
         /// Counted down once published or dropped (a host's answers to
         /// questions).
         counted: Option<CountedDown>,
+        /// Where a bundle holding it goes (a front end's inbox), when it
+        /// may be bundled with others to the same place.
+        bundle: Option<Subject>,
     },
     /// A call, published unless its caller has withdrawn it first (then
     /// nothing of it leaves); `handed` says when async-nats has it, or why
@@ -83,6 +97,9 @@ pub(super) enum Outgoing {
         payload: Bytes,
         ticket: Ticket,
         handed: oneshot::Sender<Result<(), String>>,
+        /// How many calls to `subject` a bundle holding it may carry (1:
+        /// it goes alone).
+        bundle: usize,
     },
     /// The answer to a request of the services protocol, sent by its
     /// `respond`, which counts it in its endpoint's statistics.
@@ -127,6 +144,26 @@ impl Outbox {
             headers,
             payload,
             counted: None,
+            bundle: None,
+        });
+    }
+
+    /// A message about a call that may share a message with others going
+    /// to `bundle` (the inbox of the front end `subject` is in).
+    pub(super) fn publish_bundled(
+        &self,
+        subject: impl Into<Subject>,
+        headers: HeaderMap,
+        payload: Bytes,
+        bundle: Option<Subject>,
+    ) {
+        self.send(Outgoing::Publish {
+            subject: subject.into(),
+            reply: None,
+            headers,
+            payload,
+            counted: None,
+            bundle,
         });
     }
 
@@ -146,6 +183,7 @@ impl Outbox {
             headers,
             payload: Bytes::new(),
             counted: Some(CountedDown(queued.clone())),
+            bundle: None,
         });
     }
 
@@ -158,18 +196,22 @@ impl Outbox {
             reply: Some(reply.into()),
             headers,
             counted: None,
+            bundle: None,
         });
     }
 
     /// Queues a call: [`Sending::handed`] is done once async-nats has it
     /// (as its own `publish` is), or says why it could not take it; until
     /// the outbox takes it, [`Ticket::withdraw`] keeps it from leaving.
+    /// Up to `bundle` calls to `subject` given in one pass leave as one
+    /// message.
     pub(super) fn call(
         &self,
         subject: Subject,
         reply: Subject,
         headers: HeaderMap,
         payload: Bytes,
+        bundle: usize,
     ) -> Sending {
         let (handed, taken) = oneshot::channel();
         let ticket = Ticket::default();
@@ -180,6 +222,7 @@ impl Outbox {
             payload,
             ticket: ticket.clone(),
             handed,
+            bundle,
         });
         Sending { ticket, taken }
     }
@@ -244,6 +287,8 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
     let mut busy = false;
     let mut last_pass = std::time::Instant::now();
     let (mut panics, mut last_panic_log) = (0u64, None::<std::time::Instant>);
+    // This pass's bundles being filled, and what is ready to publish, in order.
+    let (mut filling, mut sent): (Vec<Filling>, Vec<Filling>) = (Vec::new(), Vec::new());
     while rx.recv_many(&mut pass, PASS).await > 0 {
         if busy || last_pass.elapsed() < BUSY_GAP {
             // The tasks woken with the first message's sender add theirs.
@@ -256,8 +301,39 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
             }
         }
         busy = pass.len() > 1;
+        let limit = client
+            .max_payload()
+            .saturating_sub(4096)
+            .min(bundle::MAX_BYTES);
         for message in pass.drain(..) {
-            if std::panic::AssertUnwindSafe(publish(&client, message))
+            let Some((to, cap, size)) = bundling(&message, limit) else {
+                // In its place: after every bundle begun before it.
+                for f in filling.drain(..) {
+                    sent.push(f);
+                }
+                sent.push(Filling::alone(message));
+                continue;
+            };
+            let at = filling.iter().position(|f| f.to == to);
+            let at = match at {
+                Some(i) if filling[i].members.len() >= cap || filling[i].bytes + size > limit => {
+                    sent.push(filling.remove(i));
+                    None
+                }
+                at => at,
+            };
+            match at {
+                Some(i) => filling[i].add(message, size),
+                None => filling.push(Filling {
+                    to,
+                    bytes: size,
+                    members: vec![message],
+                }),
+            }
+        }
+        sent.append(&mut filling);
+        for f in sent.drain(..) {
+            if std::panic::AssertUnwindSafe(f.publish(&client))
                 .catch_unwind()
                 .await
                 .is_err()
@@ -275,6 +351,109 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
             }
         }
         last_pass = std::time::Instant::now();
+    }
+}
+
+/// Where `message` may go in a bundle, with how many its bundle may hold
+/// and the bytes it takes there; `None` when it goes alone.
+fn bundling(message: &Outgoing, limit: usize) -> Option<(Subject, usize, usize)> {
+    let (to, cap, subject, headers, payload) = match message {
+        Outgoing::Call {
+            subject,
+            reply,
+            headers,
+            payload,
+            bundle,
+            ..
+        } if *bundle > 1 => (subject, *bundle, reply, headers, payload),
+        Outgoing::Publish {
+            subject,
+            reply: None,
+            headers,
+            payload,
+            counted: None,
+            bundle: Some(to),
+        } => (to, bundle::MAX_ENTRIES, subject, headers, payload),
+        _ => return None,
+    };
+    let size = bundle::entry_size(subject, headers, payload).filter(|&s| s <= limit / 4)?;
+    Some((to.clone(), cap.min(bundle::MAX_ENTRIES), size))
+}
+
+/// Messages of a pass going to one place, published as one (or a
+/// message alone).
+struct Filling {
+    to: Subject,
+    bytes: usize,
+    members: Vec<Outgoing>,
+}
+
+impl Filling {
+    fn alone(message: Outgoing) -> Filling {
+        Filling {
+            to: Subject::from_static(""),
+            bytes: 0,
+            members: vec![message],
+        }
+    }
+
+    fn add(&mut self, message: Outgoing, size: usize) {
+        self.bytes += size;
+        self.members.push(message);
+    }
+
+    /// Publishes its one message as itself, or its messages as a bundle.
+    async fn publish(mut self, client: &Client) {
+        if self.members.len() == 1 {
+            if let Some(message) = self.members.pop() {
+                publish(client, message).await;
+            }
+            return;
+        }
+        let mut writer = bundle::Writer::new(self.bytes);
+        let mut handed = Vec::new();
+        for message in self.members {
+            match message {
+                Outgoing::Call {
+                    reply,
+                    headers,
+                    payload,
+                    ticket,
+                    handed: h,
+                    ..
+                } => {
+                    // Withdrawn meanwhile: it never leaves.
+                    if ticket.take() {
+                        writer.push(&reply, &headers, &payload);
+                        handed.push(h);
+                    }
+                }
+                Outgoing::Publish {
+                    subject,
+                    headers,
+                    payload,
+                    ..
+                } => writer.push(&subject, &headers, &payload),
+                // Never bundled (`bundling`).
+                Outgoing::Answer { .. } | Outgoing::Flushed(_) => {}
+            }
+        }
+        if writer.is_empty() {
+            return;
+        }
+        let (headers, body) = writer.finish();
+        let sent = client
+            .publish_with_headers(self.to, headers, body)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &sent
+            && handed.is_empty()
+        {
+            tracing::debug!("sending a bundle of notices on NATS: {e}");
+        }
+        for h in handed {
+            let _ = h.send(sent.clone());
+        }
     }
 }
 
@@ -296,6 +475,7 @@ async fn publish(client: &Client, message: Outgoing) {
             headers,
             payload,
             counted,
+            ..
         } => {
             // Counted as published (or not) whatever happens below.
             let _counted = counted;
@@ -319,6 +499,7 @@ async fn publish(client: &Client, message: Outgoing) {
             payload,
             ticket,
             handed,
+            ..
         } => {
             if !ticket.take() {
                 return;

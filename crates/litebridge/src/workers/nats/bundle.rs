@@ -1,0 +1,335 @@
+//! Several messages about calls in one NATS message: a bundle.
+//!
+//! # Design
+//!
+//! Under a load of many calls at once, NATS costs per message, not per
+//! byte: the server routes each, and async-nats encodes, parses and builds
+//! a header map for each on both ends (about 20 us of the server's and
+//! 23 us of the clients' per call in a profile of `bridge-nats-pipelined`,
+//! two messages a call). So an outbox (`outbox`) puts the messages of one
+//! pass that go to the same place into one: a front end's calls of one
+//! method, a host's answers and notices to one front end. Each keeps its
+//! own reply subject (or subject), headers and body inside, and the
+//! receiver takes it apart into the messages it would have read one by
+//! one: nothing about a call (its token, deadline, acknowledgement, cancel,
+//! questions about it) changes.
+//!
+//! A message that is alone in its pass is sent as itself: calls made one
+//! at a time pay nothing. Only what the receiver says it reads is bundled:
+//! a front end bundles a method's calls only while every host it knows to
+//! serve the method announces `bundles` in its services-protocol metadata,
+//! and a host bundles only what goes to a front end that sent it a bundle.
+//!
+//! NATS hands each message to one member of the queue group, so a bundle
+//! of calls goes to one host: a front end keeps its bundles small against
+//! the calls it has in flight for the method and the hosts serving it
+//! ([`calls_per_bundle`]), so the load still spreads.
+//!
+//! # Format
+//!
+//! A bundle carries the header [`BUNDLE`] (`1`, the format's version) and
+//! this body, lengths big-endian:
+//!
+//! ```text
+//! count: u16, then count entries:
+//!   subject length: u16, subject (a call's reply subject, or an answer's subject)
+//!   headers: u8, then for each: name: u8 (an index into NAMES), value length: u16, value
+//!   body length: u32, body
+//! ```
+//!
+//! Header values are printable ASCII, as NATS's own headers; an entry
+//! breaking any rule (a length past the end, an unknown name, bytes left
+//! over) makes the whole bundle unreadable, and nothing of it is taken.
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::workers::nats::wire;
+
+/// The header that makes a message a bundle; its value is the format's
+/// version.
+pub(crate) const BUNDLE: HeaderName = HeaderName::from_static("Litebridge-Bundle");
+
+/// The format's version.
+pub(crate) const VERSION: &str = "1";
+
+/// Most entries a bundle is made with.
+pub(crate) const MAX_ENTRIES: usize = 64;
+
+/// Most entries a bundle may have to be read (a later version may make
+/// larger ones; reading stays bounded).
+const MAX_READ: usize = 1024;
+
+/// About the largest bundle made, in bytes: a message bigger than a
+/// quarter of it goes alone.
+pub(crate) const MAX_BYTES: usize = 128 * 1024;
+
+/// The header names an entry may carry, by their index on the wire.
+static NAMES: [HeaderName; 12] = [
+    wire::REQUEST_ID,
+    wire::BUDGET_MS,
+    wire::DEADLINE,
+    wire::STATUS,
+    wire::RUNS_ON,
+    wire::HOST,
+    wire::INSTANCE,
+    wire::TOKEN,
+    wire::STARTED,
+    wire::SENT,
+    HeaderName::from_static(async_nats::service::NATS_SERVICE_ERROR),
+    HeaderName::from_static(async_nats::service::NATS_SERVICE_ERROR_CODE),
+];
+
+/// One message of a bundle, as read.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// A call's reply subject, or the subject of an answer or notice.
+    pub(crate) subject: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// The bytes a message takes in a bundle, or `None` when it cannot be put
+/// in one (a header the format does not name, a value too long).
+pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Option<usize> {
+    if subject.len() > u16::MAX as usize || body.len() > u32::MAX as usize {
+        return None;
+    }
+    let mut size = 2 + subject.len() + 1 + 4 + body.len();
+    let mut count = 0usize;
+    for (name, values) in headers.iter() {
+        NAMES.iter().position(|n| n == name)?;
+        for v in values {
+            let v: &str = v.as_ref();
+            if v.len() > u16::MAX as usize {
+                return None;
+            }
+            size += 1 + 2 + v.len();
+            count += 1;
+        }
+    }
+    (count <= u8::MAX as usize).then_some(size)
+}
+
+/// Builds bundles, one entry at a time.
+pub(crate) struct Writer {
+    body: BytesMut,
+    count: u16,
+}
+
+impl Writer {
+    pub(crate) fn new(capacity: usize) -> Writer {
+        let mut body = BytesMut::with_capacity(capacity + 2);
+        body.put_u16(0);
+        Writer { body, count: 0 }
+    }
+
+    /// Adds a message that [`entry_size`] accepted.
+    pub(crate) fn push(&mut self, subject: &str, headers: &HeaderMap, body: &[u8]) {
+        debug_assert!((self.count as usize) < MAX_READ);
+        self.body.put_u16(subject.len() as u16);
+        self.body.put_slice(subject.as_bytes());
+        let count_at = self.body.len();
+        self.body.put_u8(0);
+        let mut count = 0u8;
+        for (name, values) in headers.iter() {
+            let Some(index) = NAMES.iter().position(|n| n == name) else {
+                continue;
+            };
+            for v in values {
+                let v: &str = v.as_ref();
+                self.body.put_u8(index as u8);
+                self.body.put_u16(v.len() as u16);
+                self.body.put_slice(v.as_bytes());
+                count += 1;
+            }
+        }
+        self.body[count_at] = count;
+        self.body.put_u32(body.len() as u32);
+        self.body.put_slice(body);
+        self.count += 1;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The bundle's body, and the headers to send it with.
+    pub(crate) fn finish(mut self) -> (HeaderMap, Bytes) {
+        self.body[..2].copy_from_slice(&self.count.to_be_bytes());
+        let mut headers = HeaderMap::new();
+        headers.insert(BUNDLE, VERSION);
+        (headers, self.body.freeze())
+    }
+}
+
+/// Takes a bundle apart, or says why it cannot be read. The entries'
+/// bodies share `body`'s memory.
+pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize, what: &str| -> Result<Bytes, String> {
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| format!("{what} runs past the end ({} bytes)", body.len()))?;
+        let b = body.slice(*at..end);
+        *at = end;
+        Ok(b)
+    };
+    // A big-endian number of the bytes given.
+    let n = |b: Bytes| b.iter().fold(0usize, |n, &d| (n << 8) | d as usize);
+    let count = n(take(&mut at, 2, "the count")?);
+    if count > MAX_READ {
+        return Err(format!("{count} entries (at most {MAX_READ} are read)"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let len = n(take(&mut at, 2, "a subject's length")?);
+        let subject = take(&mut at, len, "a subject")?;
+        let subject = std::str::from_utf8(&subject)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| format!("entry {i}: the subject is not printable ASCII"))?
+            .to_owned();
+        let mut headers = HeaderMap::new();
+        for _ in 0..n(take(&mut at, 1, "a header count")?) {
+            let index = n(take(&mut at, 1, "a header name")?);
+            let name = NAMES.get(index).ok_or_else(|| {
+                format!("entry {i}: header name {index} is not one of the format's")
+            })?;
+            let len = n(take(&mut at, 2, "a header value's length")?);
+            let value = take(&mut at, len, "a header value")?;
+            let value = std::str::from_utf8(&value)
+                .ok()
+                .filter(|v| v.bytes().all(|b| (b' '..=b'~').contains(&b)))
+                .ok_or_else(|| format!("entry {i}: a header value is not printable ASCII"))?;
+            headers.append(name.clone(), HeaderValue::from(value));
+        }
+        let len = n(take(&mut at, 4, "a body's length")?);
+        let body = take(&mut at, len, "a body")?;
+        entries.push(Entry {
+            subject,
+            headers,
+            body,
+        });
+    }
+    if at != body.len() {
+        return Err(format!("{} bytes after the last entry", body.len() - at));
+    }
+    Ok(entries)
+}
+
+/// How many calls of a method one bundle may carry: a quarter of each
+/// serving host's share of the calls in flight for it (so NATS's choice of
+/// a host per message still spreads them), at least 1 (sent alone), at
+/// most [`MAX_ENTRIES`].
+pub(crate) fn calls_per_bundle(in_flight: usize, hosts: usize) -> usize {
+    (in_flight / (4 * hosts.max(1))).clamp(1, MAX_ENTRIES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(n.clone(), *v);
+        }
+        h
+    }
+
+    #[test]
+    fn entries_come_out_as_they_went_in() {
+        let a = headers(&[
+            (wire::TOKEN, "00ff00ff00ff00ff"),
+            (wire::BUDGET_MS, "30000"),
+            (wire::DEADLINE, "1764950000000"),
+            (wire::REQUEST_ID, "req-1"),
+        ]);
+        let b = HeaderMap::new();
+        let bodies = [Bytes::from_static(b"[1]"), Bytes::new()];
+        let mut w = Writer::new(64);
+        w.push("_INBOX_lb.x.1", &a, &bodies[0]);
+        w.push("_INBOX_lb.x.2", &b, &bodies[1]);
+        let (h, body) = w.finish();
+        assert_eq!(h.get(BUNDLE).map(|v| v.as_str()), Some(VERSION));
+        assert_eq!(
+            body.len(),
+            2 + entry_size("_INBOX_lb.x.1", &a, &bodies[0]).unwrap()
+                + entry_size("_INBOX_lb.x.2", &b, &bodies[1]).unwrap()
+        );
+        let entries = read(&body).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].subject, "_INBOX_lb.x.1");
+        assert_eq!(&entries[0].body[..], b"[1]");
+        for (name, values) in a.iter() {
+            assert_eq!(
+                entries[0].headers.get(name.clone()),
+                values.first(),
+                "{name}"
+            );
+        }
+        assert_eq!(entries[1].subject, "_INBOX_lb.x.2");
+        assert!(entries[1].headers.is_empty() && entries[1].body.is_empty());
+    }
+
+    #[test]
+    fn a_header_the_format_does_not_name_keeps_a_message_out_of_bundles() {
+        let mut h = HeaderMap::new();
+        h.insert("X-Other", "1");
+        assert_eq!(entry_size("s", &h, &Bytes::new()), None);
+        let long = "x".repeat(70_000);
+        assert_eq!(entry_size(&long, &HeaderMap::new(), &Bytes::new()), None);
+    }
+
+    #[test]
+    fn a_hostile_bundle_is_refused_whole() {
+        let mut w = Writer::new(16);
+        w.push("r.1", &headers(&[(wire::TOKEN, "ab")]), b"[1]");
+        let (_, good) = w.finish();
+        // Every cut short is refused, never read in part.
+        for end in 0..good.len() {
+            assert!(read(&good.slice(..end)).is_err(), "cut at {end}");
+        }
+        let mut extra = good.to_vec();
+        extra.push(0);
+        assert!(
+            read(&Bytes::from(extra))
+                .unwrap_err()
+                .contains("after the last")
+        );
+        // A count beyond what is read, a length past the end, a name the
+        // format lacks, a value with a line break, a subject with a space.
+        assert!(
+            read(&Bytes::from_static(&[0xff, 0xff]))
+                .unwrap_err()
+                .contains("65535")
+        );
+        let mut past = good.to_vec();
+        past[2..4].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(read(&Bytes::from(past)).is_err());
+        let name_at = 2 + 2 + 3 + 1;
+        let mut name = good.to_vec();
+        name[name_at] = 200;
+        assert!(read(&Bytes::from(name)).unwrap_err().contains("200"));
+        let mut value = good.to_vec();
+        value[name_at + 3] = b'\n';
+        assert!(read(&Bytes::from(value)).unwrap_err().contains("printable"));
+        let mut subject = good.to_vec();
+        subject[5] = b' ';
+        assert!(read(&Bytes::from(subject)).unwrap_err().contains("subject"));
+        // An empty bundle reads as none.
+        assert!(read(&Bytes::from_static(&[0, 0])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bundles_stay_small_against_the_hosts_serving_a_method() {
+        assert_eq!(calls_per_bundle(1, 1), 1);
+        assert_eq!(calls_per_bundle(128, 1), 32);
+        assert_eq!(calls_per_bundle(16, 2), 2);
+        assert_eq!(calls_per_bundle(7, 2), 1);
+        assert_eq!(calls_per_bundle(100_000, 1), MAX_ENTRIES);
+        assert_eq!(calls_per_bundle(10, 0), 2);
+    }
+}
