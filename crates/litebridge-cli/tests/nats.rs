@@ -2454,8 +2454,10 @@ fn bundle_headers(version: &str) -> async_nats::HeaderMap {
 /// getting its own answer; the services protocol's statistics count every
 /// call, those in bundles in the endpoint's `data`. Bundles a peer makes
 /// up get nothing a message alone would not: an unreadable one is dropped
-/// whole, a call in one is answered where its reply subject says (as
-/// alone), and a forged answer in one needs its call's token.
+/// whole (a subject longer than a front end's too: the server would close
+/// the connection of a host publishing to it), a call in one is taken only
+/// with a reply subject in a front end's inbox, and a forged answer in one
+/// needs its call's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     use futures_util::StreamExt;
@@ -2467,6 +2469,8 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     let mut calls_seen = spy.subscribe("lb.v1.call.echo").await.unwrap();
     let mut answers_seen = spy.subscribe("_INBOX_lb.>").await.unwrap();
     spy.flush().await.unwrap();
+    // A front end bundles only after its first two heartbeats' time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let n = 400;
     let calls: Vec<_> = (0..n)
         .map(|i| {
@@ -2517,7 +2521,11 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
         n as u64,
         "{echo}"
     );
-    assert_eq!(echo["data"]["bundled_errors"], 0, "{echo}");
+    assert!(
+        echo["data"]["bundled_requests"].as_u64().unwrap() > 0,
+        "{echo}"
+    );
+    assert_eq!(echo["data"]["errors"], 0, "{echo}");
 
     // Unreadable bundles of calls: cut short, of another version. Dropped
     // whole, and the host serves on.
@@ -2533,10 +2541,13 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     )]);
     let mut answers = spy.subscribe("evil.answers").await.unwrap();
     spy.flush().await.unwrap();
+    let long = "x".repeat(5000);
+    let long_subject = bundle_bytes(&[(&long, &[], b"[1]")]);
     for (version, body) in [
         ("1", good[..good.len() - 1].to_vec()),
         ("2", good.clone()),
         ("1", vec![0xff; 40]),
+        ("1", long_subject),
     ] {
         spy.publish_with_headers("lb.v1.call.echo", bundle_headers(version), body.into())
             .await
@@ -2549,18 +2560,18 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
             .is_err(),
         "an unreadable bundle was answered"
     );
-    // A readable one: its call is answered where its reply subject says,
-    // alone (not a front end's inbox), as a call sent alone would be.
+    // A readable one whose call's reply subject is not in a front end's
+    // inbox: not taken (only front ends make bundles).
     spy.publish_with_headers("lb.v1.call.echo", bundle_headers("1"), good.into())
         .await
         .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), answers.next())
-        .await
-        .expect("an answer")
-        .unwrap();
-    assert!(!count(&m));
-    let v: Json = serde_json::from_slice(&m.payload).unwrap();
-    assert_eq!(v["result"], "in a bundle", "{v}");
+    spy.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), answers.next())
+            .await
+            .is_err(),
+        "a bundled call was answered outside the front ends' inboxes"
+    );
 
     // A forged answer in a bundle into the front end's inbox, in h1's name,
     // without the call's token, and one for a subject outside the inbox:
@@ -2609,4 +2620,56 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
             .unwrap(),
         json!("still")
     );
+    // The host kept its connection all along (a long subject would have
+    // cost it: its calls would have failed meanwhile).
+    assert!(setup.hosts[0].child.id() > 0);
+}
+
+/// Calls sent in bundles to a method no host serves any more (its only
+/// host killed, not yet judged dead) hear the server's "no responders" as
+/// calls sent alone do: `unavailable` at once, not a lost call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_calls_hear_that_no_host_serves_their_method() {
+    let Some(setup) = Setup::start(&[], &["h1"], 2).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let once = || CallOptions {
+        retry: false,
+        ..opts(10_000)
+    };
+    // After the front end's first two heartbeats' time, calls of the
+    // method in flight, so the next ones go in bundles.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running: Vec<_> = (0..32)
+        .map(|i| {
+            let b = setup.bridge.clone();
+            let params =
+                json!({"path": dir.path().join(format!("r{i}")), "token": "t", "delay": 5.0});
+            tokio::spawn(async move { b.call("record_once", params, once()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    setup.hosts[0].signal(9);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let b = setup.bridge.clone();
+            let params = json!({"path": dir.path().join(format!("n{i}")), "token": "t"});
+            tokio::spawn(async move { b.call("record_once", params, once()).await })
+        })
+        .collect();
+    for c in calls {
+        let e = c.await.unwrap().expect_err("no host serves it");
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}: taken for lost rather than told no host serves them",
+        started.elapsed()
+    );
+    for r in running {
+        let _ = r.await;
+    }
 }

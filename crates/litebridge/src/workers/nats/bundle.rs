@@ -15,10 +15,20 @@
 //! questions about it) changes.
 //!
 //! A message that is alone in its pass is sent as itself: calls made one
-//! at a time pay nothing. Only what the receiver says it reads is bundled:
-//! a front end bundles a method's calls only while every host it knows to
-//! serve the method announces `bundles` in its services-protocol metadata,
-//! and a host bundles only what goes to a front end that sent it a bundle.
+//! at a time pay nothing. Only what the receiver reads is bundled: a front
+//! end bundles a method's calls only while every host it knows to serve
+//! the method announces `bundles` in its services-protocol metadata, for
+//! the instance heartbeating now, and not in its first heartbeats after
+//! connecting (a host of an older version may not be known yet); a host
+//! bundles only the answers and notices of calls that came in a bundle,
+//! into the inbox their reply subjects name.
+//!
+//! A bundle of calls has a reply subject of its own (`<inbox>.g<n>`), so
+//! the server's "no responders" still comes when no host serves the
+//! method; the front end hands it to each call of the bundle. A host takes
+//! a bundled call only with a reply subject in a front end's inbox (only
+//! front ends make bundles), so a bundle cannot make it publish anywhere
+//! else.
 //!
 //! NATS hands each message to one member of the queue group, so a bundle
 //! of calls goes to one host: a front end keeps its bundles small against
@@ -37,13 +47,22 @@
 //!   body length: u32, body
 //! ```
 //!
-//! Header values are printable ASCII, as NATS's own headers; an entry
-//! breaking any rule (a length past the end, an unknown name, bytes left
-//! over) makes the whole bundle unreadable, and nothing of it is taken.
+//! Subjects are at most [`MAX_SUBJECT`] bytes of printable ASCII, header
+//! values printable ASCII (spaces allowed), as NATS's own; a message
+//! breaking these rules is sent alone ([`entry_size`]). An entry breaking
+//! any rule (a length past the end, an unknown name, bytes left over, more
+//! than [`MAX_ENTRIES`] entries) makes the whole bundle unreadable, and
+//! nothing of it is taken.
 
-use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::sync::lock;
 use crate::workers::nats::wire;
 
 /// The header that makes a message a bundle; its value is the format's
@@ -56,9 +75,10 @@ pub(crate) const VERSION: &str = "1";
 /// Most entries a bundle is made with.
 pub(crate) const MAX_ENTRIES: usize = 64;
 
-/// Most entries a bundle may have to be read (a later version may make
-/// larger ones; reading stays bounded).
-const MAX_READ: usize = 1024;
+/// The longest subject an entry may have (a front end's reply subjects
+/// are under 64 bytes; the server's own limit on a message's control
+/// line is 4 KiB, and a longer one costs the publisher its connection).
+pub(crate) const MAX_SUBJECT: usize = 256;
 
 /// About the largest bundle made, in bytes: a message bigger than a
 /// quarter of it goes alone.
@@ -92,7 +112,7 @@ pub(crate) struct Entry {
 /// The bytes a message takes in a bundle, or `None` when it cannot be put
 /// in one (a header the format does not name, a value too long).
 pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Option<usize> {
-    if subject.len() > u16::MAX as usize || body.len() > u32::MAX as usize {
+    if !subject_ok(subject) || body.len() > u32::MAX as usize {
         return None;
     }
     let mut size = 2 + subject.len() + 1 + 4 + body.len();
@@ -101,7 +121,7 @@ pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Op
         NAMES.iter().position(|n| n == name)?;
         for v in values {
             let v: &str = v.as_ref();
-            if v.len() > u16::MAX as usize {
+            if !value_ok(v) {
                 return None;
             }
             size += 1 + 2 + v.len();
@@ -109,6 +129,14 @@ pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Op
         }
     }
     (count <= u8::MAX as usize).then_some(size)
+}
+
+fn subject_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SUBJECT && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn value_ok(v: &str) -> bool {
+    v.len() <= u16::MAX as usize && v.bytes().all(|b| (b' '..=b'~').contains(&b))
 }
 
 /// Builds bundles, one entry at a time.
@@ -126,7 +154,7 @@ impl Writer {
 
     /// Adds a message that [`entry_size`] accepted.
     pub(crate) fn push(&mut self, subject: &str, headers: &HeaderMap, body: &[u8]) {
-        debug_assert!((self.count as usize) < MAX_READ);
+        debug_assert!((self.count as usize) < MAX_ENTRIES);
         self.body.put_u16(subject.len() as u16);
         self.body.put_slice(subject.as_bytes());
         let count_at = self.body.len();
@@ -179,8 +207,8 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
     // A big-endian number of the bytes given.
     let n = |b: Bytes| b.iter().fold(0usize, |n, &d| (n << 8) | d as usize);
     let count = n(take(&mut at, 2, "the count")?);
-    if count > MAX_READ {
-        return Err(format!("{count} entries (at most {MAX_READ} are read)"));
+    if count > MAX_ENTRIES {
+        return Err(format!("{count} entries (at most {MAX_ENTRIES} are read)"));
     }
     let mut entries = Vec::with_capacity(count);
     for i in 0..count {
@@ -188,8 +216,12 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
         let subject = take(&mut at, len, "a subject")?;
         let subject = std::str::from_utf8(&subject)
             .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| format!("entry {i}: the subject is not printable ASCII"))?
+            .filter(|s| subject_ok(s))
+            .ok_or_else(|| {
+                format!(
+                    "entry {i}: the subject is not up to {MAX_SUBJECT} bytes of printable ASCII"
+                )
+            })?
             .to_owned();
         let mut headers = HeaderMap::new();
         for _ in 0..n(take(&mut at, 1, "a header count")?) {
@@ -201,7 +233,7 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
             let value = take(&mut at, len, "a header value")?;
             let value = std::str::from_utf8(&value)
                 .ok()
-                .filter(|v| v.bytes().all(|b| (b' '..=b'~').contains(&b)))
+                .filter(|v| value_ok(v))
                 .ok_or_else(|| format!("entry {i}: a header value is not printable ASCII"))?;
             headers.append(name.clone(), HeaderValue::from(value));
         }
@@ -220,11 +252,63 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
 }
 
 /// How many calls of a method one bundle may carry: a quarter of each
-/// serving host's share of the calls in flight for it (so NATS's choice of
+/// serving host's share of this front end's calls in flight for it (so NATS's choice of
 /// a host per message still spreads them), at least 1 (sent alone), at
 /// most [`MAX_ENTRIES`].
 pub(crate) fn calls_per_bundle(in_flight: usize, hosts: usize) -> usize {
     (in_flight / (4 * hosts.max(1))).clamp(1, MAX_ENTRIES)
+}
+
+/// The reply subjects of a front end's bundles of calls (`<inbox>.g<n>`),
+/// and the calls each holds, for as long as the server's "no responders"
+/// may take to come back (the calls ask about themselves after that).
+pub(crate) struct Replies {
+    inbox: String,
+    keep: Duration,
+    next: AtomicU64,
+    held: Mutex<(HashMap<u64, Vec<u64>>, VecDeque<(Instant, u64)>)>,
+}
+
+impl Replies {
+    pub(crate) fn new(inbox: &str, keep: Duration) -> Replies {
+        Replies {
+            inbox: inbox.to_owned(),
+            keep,
+            next: AtomicU64::new(1),
+            held: Mutex::default(),
+        }
+    }
+
+    /// A reply subject for a bundle of the calls numbered `calls`.
+    pub(crate) fn open(&self, calls: Vec<u64>) -> Subject {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut held = lock(&self.held);
+        let (by_bundle, order) = &mut *held;
+        while let Some(&(at, old)) = order.front() {
+            if now.duration_since(at) < self.keep {
+                break;
+            }
+            order.pop_front();
+            by_bundle.remove(&old);
+        }
+        by_bundle.insert(n, calls);
+        order.push_back((now, n));
+        format!("{}.g{n}", self.inbox).into()
+    }
+
+    /// The calls of the bundle whose reply subject ends in `tail`
+    /// (`g<n>`), taken out; `None` for any other tail.
+    pub(crate) fn take(&self, tail: &str) -> Option<Vec<u64>> {
+        let n = tail.strip_prefix('g')?.parse::<u64>().ok()?;
+        lock(&self.held).0.remove(&n)
+    }
+
+    /// Whether `tail` names a bundle's reply subject (taken or not).
+    pub(crate) fn names_a_bundle(tail: &str) -> bool {
+        tail.strip_prefix('g')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 #[cfg(test)]
@@ -279,8 +363,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("X-Other", "1");
         assert_eq!(entry_size("s", &h, &Bytes::new()), None);
-        let long = "x".repeat(70_000);
+        let long = "x".repeat(MAX_SUBJECT + 1);
         assert_eq!(entry_size(&long, &HeaderMap::new(), &Bytes::new()), None);
+        let mut line_break = HeaderMap::new();
+        line_break.insert(wire::REQUEST_ID, "a\nb");
+        assert_eq!(entry_size("s", &line_break, &Bytes::new()), None);
     }
 
     #[test]
@@ -306,6 +393,19 @@ mod tests {
                 .unwrap_err()
                 .contains("65535")
         );
+        assert!(
+            read(&Bytes::from_static(&[0, 65]))
+                .unwrap_err()
+                .contains("at most 64")
+        );
+        // A subject longer than any of a front end's: the server would
+        // close the connection of a host publishing to it.
+        let long = "x".repeat(MAX_SUBJECT + 1);
+        let mut b = vec![0, 1];
+        b.extend((long.len() as u16).to_be_bytes());
+        b.extend(long.as_bytes());
+        b.extend([0, 0, 0, 0, 0]);
+        assert!(read(&Bytes::from(b)).unwrap_err().contains("subject"));
         let mut past = good.to_vec();
         past[2..4].copy_from_slice(&u16::MAX.to_be_bytes());
         assert!(read(&Bytes::from(past)).is_err());
@@ -331,5 +431,22 @@ mod tests {
         assert_eq!(calls_per_bundle(7, 2), 1);
         assert_eq!(calls_per_bundle(100_000, 1), MAX_ENTRIES);
         assert_eq!(calls_per_bundle(10, 0), 2);
+    }
+
+    #[test]
+    fn a_bundles_reply_subject_names_its_calls_until_it_is_old() {
+        let r = Replies::new("_INBOX_lb.x", Duration::from_millis(30));
+        let first = r.open(vec![1, 2]);
+        assert_eq!(first.as_str(), "_INBOX_lb.x.g1");
+        assert!(Replies::names_a_bundle("g1") && !Replies::names_a_bundle("17"));
+        assert_eq!(r.take("g1"), Some(vec![1, 2]));
+        assert_eq!(r.take("g1"), None, "taken once");
+        r.open(vec![3]);
+        std::thread::sleep(Duration::from_millis(40));
+        // Opening another forgets those past their time.
+        r.open(vec![4]);
+        assert_eq!(r.take("g2"), None);
+        assert_eq!(r.take("g3"), Some(vec![4]));
+        assert_eq!(r.take("3"), None);
     }
 }

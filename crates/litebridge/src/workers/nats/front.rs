@@ -131,6 +131,16 @@ struct Front {
     client: Client,
     /// Calls and their cancels, published together ([`Outbox`]).
     outbox: Outbox,
+    /// The reply subjects of bundles of calls, for "no responders".
+    replies: Arc<bundle::Replies>,
+    /// Calls in flight by method (locked after `calls`), for the size
+    /// of bundles.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Calls are bundled only from then on: hosts of an older version
+    /// are known by their heartbeats by then.
+    bundles_from: Instant,
+    /// When a warning about an unreadable bundle was last logged.
+    warned_bundle: Mutex<Option<Instant>>,
     config: NatsConfig,
     subjects: Subjects,
     /// Replies come to `<inbox>.<call id>`.
@@ -270,8 +280,13 @@ impl NatsBridge {
             .clone()
             .retry_if(|e| unstarted(e) || (outcome_unknown(e) && e.is_recoverable()));
         let retry_unstarted = calls.retry.clone().retry_if(unstarted);
+        let bundle_replies = Arc::new(bundle::Replies::new(&inbox, config.ack_within()));
         let shared = Arc::new(Front {
-            outbox: Outbox::start(client.clone()),
+            outbox: Outbox::start(client.clone(), Some(bundle_replies.clone())),
+            replies: bundle_replies,
+            in_flight: Mutex::new(HashMap::new()),
+            bundles_from: Instant::now() + 2 * config.heartbeat,
+            warned_bundle: Mutex::new(None),
             client,
             subjects,
             inbox,
@@ -536,17 +551,27 @@ impl NatsBridge {
         let reply = format!("{}.{id}", s.inbox);
         let token = format!("{:016x}", std::hash::BuildHasher::hash_one(&s.tokens, id));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        lock(&s.calls).insert(
-            id,
-            Pending {
-                tx,
-                method: method.to_owned(),
-                host: None,
-                done: false,
-                token: token.clone(),
-                asking: false,
-            },
-        );
+        {
+            let mut calls = lock(&s.calls);
+            calls.insert(
+                id,
+                Pending {
+                    tx,
+                    method: method.to_owned(),
+                    host: None,
+                    done: false,
+                    token: token.clone(),
+                    asking: false,
+                },
+            );
+            let mut in_flight = lock(&s.in_flight);
+            match in_flight.get_mut(method) {
+                Some(n) => *n += 1,
+                None => {
+                    in_flight.insert(method.to_owned(), 1);
+                }
+            }
+        }
         let mut guard = Waiting {
             front: s.clone(),
             id,
@@ -852,17 +877,26 @@ impl NatsBridge {
         for h in hosts.values() {
             if h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method) {
                 serving += 1;
-                bundles &= h.bundles && h.read_for.is_some();
+                // Read for the instance heartbeating now (one restarted
+                // under the same id may be of another version).
+                bundles &= h.bundles
+                    && h.read_for
+                        .as_ref()
+                        .zip(h.beat.as_ref())
+                        .is_some_and(|((instance, _), beat)| *instance == beat.service_id);
             }
         }
         drop(hosts);
         if serving == 0 {
             return Err(self.no_host(method));
         }
-        if !bundles {
+        if !bundles || Instant::now() < self.shared.bundles_from {
             return Ok(1);
         }
-        let in_flight = lock(&self.shared.calls).len();
+        let in_flight = lock(&self.shared.in_flight)
+            .get(method)
+            .copied()
+            .unwrap_or(0);
         Ok(bundle::calls_per_bundle(in_flight, serving))
     }
 
@@ -1083,6 +1117,15 @@ impl Drop for Waiting {
         {
             let mut calls = lock(&self.front.calls);
             let pending = calls.remove(&self.id);
+            if let Some(p) = &pending {
+                let mut in_flight = lock(&self.front.in_flight);
+                if let Some(n) = in_flight.get_mut(&p.method) {
+                    *n -= 1;
+                    if *n == 0 {
+                        in_flight.remove(&p.method);
+                    }
+                }
+            }
             if let (Some(p), Some(a)) = (pending, &self.abandoned)
                 && (self.cancel || self.runs_on)
                 && !p.done
@@ -1339,6 +1382,35 @@ async fn follow_probes(front: std::sync::Weak<Front>, mut probes: async_nats::Su
 async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::Subscriber) {
     while let Some(m) = replies.next().await {
         let Some(f) = front.upgrade() else { return };
+        let tail = m.subject.rsplit('.').next().unwrap_or_default();
+        if bundle::Replies::names_a_bundle(tail) {
+            // The server's "no responders" to a bundle of calls (bare, as
+            // for a call alone): each of its calls hears it.
+            let bare = m.status == Some(StatusCode::NO_RESPONDERS)
+                && m.headers.as_ref().is_none_or(|h| {
+                    h.iter().all(|(name, _)| {
+                        let name: &str = name.as_ref();
+                        !name.to_ascii_lowercase().starts_with("litebridge-")
+                    })
+                });
+            if let Some(calls) = bare.then(|| f.replies.take(tail)).flatten() {
+                for id in calls {
+                    route(
+                        &f,
+                        async_nats::Message {
+                            subject: format!("{}.{id}", f.inbox).into(),
+                            reply: None,
+                            payload: bytes::Bytes::new(),
+                            headers: None,
+                            status: m.status,
+                            description: None,
+                            length: 0,
+                        },
+                    );
+                }
+            }
+            continue;
+        }
         let Some(version) = m.headers.as_ref().and_then(|h| h.get(bundle::BUNDLE)) else {
             route(&f, m);
             continue;
@@ -1355,9 +1427,13 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         let entries = match entries {
             Ok(entries) => entries,
             Err(e) => {
-                f.warn_once_a_minute(&format!(
-                    "a bundle of answers that cannot be read ({e}); dropped"
-                ));
+                // A limiter of its own: anyone who may publish into the
+                // inbox can send these.
+                let mut warned = lock(&f.warned_bundle);
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    *warned = Some(Instant::now());
+                    tracing::warn!("a bundle of answers that cannot be read ({e}); dropped");
+                }
                 continue;
             }
         };

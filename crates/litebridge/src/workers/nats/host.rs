@@ -93,12 +93,13 @@ struct Host {
     cancelled: AtomicU64,
     /// The methods with an endpoint of their own (others come to `dynamic`).
     endpoints: std::collections::HashSet<String>,
-    /// Calls that came in bundles, and those of them answered with an
-    /// error, by endpoint: the services protocol counts only the calls it
-    /// answers itself (those that came alone).
-    bundled: Arc<Mutex<HashMap<String, (u64, u64)>>>,
-    /// When a warning about an unreadable bundle was last logged.
+    /// Calls answered, by endpoint ([`Counted`]).
+    counted: Arc<Mutex<HashMap<String, Counted>>>,
+    /// When a warning about an unreadable bundle, or about a call naming
+    /// a running call's reply subject, was last logged (peers on the bus
+    /// can cause either at will).
     warned: Mutex<Option<tokio::time::Instant>>,
+    warned_duplicate: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl WorkerHost {
@@ -131,8 +132,8 @@ impl WorkerHost {
             return Err(e);
         }
         let stats_pool = pool.clone();
-        let bundled: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
-        let stats_bundled = bundled.clone();
+        let counted: Arc<Mutex<HashMap<String, Counted>>> = Arc::default();
+        let stats_counted = counted.clone();
         let service = client
             .service_builder()
             .description("litebridge worker host: calls to Python workers")
@@ -147,13 +148,13 @@ impl WorkerHost {
             .queue_group(&config.queue_group)
             .stats_handler(move |endpoint, _stats| {
                 let s = stats_pool.status();
-                let (calls, errors) = lock(&stats_bundled)
+                let c = lock(&stats_counted)
                     .get(&endpoint)
                     .copied()
                     .unwrap_or_default();
                 json!({
                     "crashes": s.crashes, "restarts": s.restarts, "healthy": s.healthy,
-                    "bundled_requests": calls, "bundled_errors": errors,
+                    "bundled_requests": c.bundled, "errors": c.errors, "not_started": c.not_started,
                 })
             })
             .start(wire::service(&config.prefix), env!("CARGO_PKG_VERSION"))
@@ -171,7 +172,7 @@ impl WorkerHost {
             .filter(|m| wire::method_is_subject_safe(m))
             .collect();
         let inner = Arc::new(Host {
-            outbox: Outbox::start(client.clone()),
+            outbox: Outbox::start(client.clone(), None),
             stats: client.statistics(),
             id,
             service_id: service.info().await.id,
@@ -194,8 +195,9 @@ impl WorkerHost {
             handling: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
             endpoints,
-            bundled,
+            counted,
             warned: Mutex::new(None),
+            warned_duplicate: Mutex::new(None),
         });
         // Heard from before it can take a call: a front end asking whether
         // any host had a call knows this one by then (`asking`).
@@ -435,33 +437,36 @@ async fn serve(
         let entries = match entries {
             Ok(entries) => entries,
             Err(e) => {
-                // Its calls' front ends ask about them, and hear `unseen`.
-                // At most once a minute: any peer on the bus can send these.
-                let mut warned = lock(&host.warned);
-                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                    *warned = Some(tokio::time::Instant::now());
-                    tracing::warn!("a bundle of calls that cannot be read ({e}); dropped");
-                } else {
-                    tracing::debug!("a bundle of calls that cannot be read ({e}); dropped");
-                }
+                // Never taken here: a question about one of its calls is
+                // answered `unseen`.
+                host.warn_limited(
+                    &host.warned,
+                    &format!("a bundle of calls that cannot be read ({e}); dropped"),
+                );
                 continue;
             }
         };
         let subject = request.message.subject.clone();
         let method = host.subjects.method_of(&subject).unwrap_or_default();
-        let endpoint: Arc<str> = if host.endpoints.contains(method) {
-            method.replace('.', "-").into()
-        } else {
-            "dynamic".into()
-        };
+        let endpoint: Arc<str> = host.endpoint_of(method).into();
         // One task for the bundle's calls: its poll gives the pool every
         // call's line before the pool's writer runs (one write to the
         // worker for them all, not one each), and the answers that come
         // together reach the outbox together.
+        // Only calls a front end made: a reply subject in a front end's
+        // inbox (so a bundle cannot make this host publish anywhere else),
+        // each once.
+        let mut replies = std::collections::HashSet::new();
         let calls: futures_util::stream::FuturesUnordered<_> = entries
             .into_iter()
             .filter_map(|e| {
                 let to = host.bundle_to(&e.subject);
+                if to.is_none() || !replies.insert(e.subject.clone()) {
+                    tracing::debug!(
+                        "a bundled call with a reply subject no front end gave it; dropped"
+                    );
+                    return None;
+                }
                 let message = async_nats::Message {
                     subject: subject.clone(),
                     reply: Some(e.subject.into()),
@@ -500,13 +505,26 @@ async fn serve(
     }
 }
 
+/// What a host counts of the calls it answers, by endpoint, beyond what
+/// the services protocol counts (it counts only the calls it answers
+/// itself, those that came alone, and none of them as errors: litebridge
+/// answers errors in the body).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    /// Calls that came in bundles.
+    bundled: u64,
+    /// Calls that started and failed.
+    errors: u64,
+    /// Calls refused before they started (another host may take them).
+    not_started: u64,
+}
+
 /// A call as it came: alone, or in a bundle (`bundle`).
 enum Incoming {
     /// Answered through the services protocol, which counts it.
     Alone(async_nats::service::Request),
     /// Its answer and notices go back in bundles to `to`, its front end's
-    /// inbox (or alone, when its reply subject is not in one); counted in
-    /// [`Host::bundled`] under `endpoint`.
+    /// inbox; counted in [`Host::counted`] under `endpoint`.
     Bundled {
         message: async_nats::Message,
         endpoint: Arc<str>,
@@ -710,9 +728,11 @@ async fn handle(host: Arc<Host>, request: Incoming) {
         },
         // Not answered: its answer would go to the running call's caller.
         Start::Duplicate => {
-            tracing::warn!(
-                method,
-                "dropped a call whose reply subject names a call running here"
+            host.warn_limited(
+                &host.warned_duplicate,
+                &format!(
+                    "dropped a call of `{method}` whose reply subject names a call running here"
+                ),
             );
             return;
         }
@@ -869,6 +889,27 @@ impl Drop for DoneNotice {
 }
 
 impl Host {
+    /// Logs `message` as a warning at most once a minute by `warned`
+    /// (at debug otherwise).
+    fn warn_limited(&self, warned: &Mutex<Option<tokio::time::Instant>>, message: &str) {
+        let mut warned = lock(warned);
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *warned = Some(tokio::time::Instant::now());
+            tracing::warn!("{message}");
+        } else {
+            tracing::debug!("{message}");
+        }
+    }
+
+    /// The services-protocol endpoint a call of `method` comes to.
+    fn endpoint_of(&self, method: &str) -> String {
+        if self.endpoints.contains(method) {
+            method.replace('.', "-")
+        } else {
+            "dynamic".to_owned()
+        }
+    }
+
     /// Where the answers and notices of a bundled call with reply subject
     /// `reply` may be bundled: its front end's inbox (`<inbox>.b`), when
     /// `reply` is a call's subject there (`<inbox>.<number>`).
@@ -940,6 +981,17 @@ fn answer(
         headers.insert(wire::INSTANCE, host.service_id.as_str());
     }
     let started = !matches!(&outcome, Err(e) if wire::not_started(e));
+    {
+        let endpoint = match &request {
+            Incoming::Alone(_) => host.endpoint_of(method),
+            Incoming::Bundled { endpoint, .. } => endpoint.to_string(),
+        };
+        let mut counts = lock(&host.counted);
+        let c = counts.entry(endpoint).or_default();
+        c.bundled += u64::from(matches!(request, Incoming::Bundled { .. }));
+        c.errors += u64::from(started && outcome.is_err());
+        c.not_started += u64::from(!started);
+    }
     headers.insert(wire::STARTED, if started { "1" } else { "0" });
     if let Err(e) = &outcome {
         headers.insert(async_nats::service::NATS_SERVICE_ERROR, e.kind().as_str());
@@ -955,17 +1007,7 @@ fn answer(
             payload: body.into(),
             method: method.to_owned(),
         }),
-        Incoming::Bundled {
-            message,
-            endpoint,
-            to,
-        } => {
-            {
-                let mut counts = lock(&host.bundled);
-                let (calls, errors) = counts.entry(endpoint.to_string()).or_default();
-                *calls += 1;
-                *errors += u64::from(outcome.is_err());
-            }
+        Incoming::Bundled { message, to, .. } => {
             if let Some(reply) = message.reply {
                 host.outbox.publish_bundled(reply, headers, body.into(), to);
             }

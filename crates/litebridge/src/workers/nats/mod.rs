@@ -54,9 +54,10 @@
 //! publishes them in passes (`outbox`), so many calls or answers leave in
 //! one system call, not one each; a call still counts as sent only once
 //! async-nats has it. Those of a pass going to the same place (a front
-//! end's calls of one method, a host's answers to one front end) leave as
-//! one message, a bundle (`bundle`), which the receiver takes apart into
-//! the messages it holds.
+//! end's calls of one method, when every host serving it reads bundles; a
+//! host's answers to calls that came in bundles, for one front end) leave
+//! as one message, a bundle (`bundle`), which the receiver takes apart
+//! into the messages it holds.
 //!
 //! **Losing NATS.** async-nats queues what is published while it reconnects
 //! and sends it afterwards, and core NATS drops answers published during the

@@ -121,10 +121,11 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Starts the publishing task on `client`.
-    pub(super) fn start(client: Client) -> Outbox {
+    /// Starts the publishing task on `client`; a front end's gives its
+    /// bundles of calls reply subjects from `replies`.
+    pub(super) fn start(client: Client, replies: Option<Arc<bundle::Replies>>) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_all(client, rx));
+        tokio::spawn(publish_all(client, rx, replies));
         Outbox { tx }
     }
 
@@ -282,7 +283,11 @@ impl Sending {
     }
 }
 
-async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn publish_all(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    replies: Option<Arc<bundle::Replies>>,
+) {
     let mut pass = Vec::with_capacity(PASS);
     let mut busy = false;
     let mut last_pass = std::time::Instant::now();
@@ -316,16 +321,20 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
             };
             let at = filling.iter().position(|f| f.to == to);
             let at = match at {
-                Some(i) if filling[i].members.len() >= cap || filling[i].bytes + size > limit => {
+                Some(i)
+                    if filling[i].members.len() >= filling[i].cap.min(cap)
+                        || filling[i].bytes + size > limit =>
+                {
                     sent.push(filling.remove(i));
                     None
                 }
                 at => at,
             };
             match at {
-                Some(i) => filling[i].add(message, size),
+                Some(i) => filling[i].add(message, size, cap),
                 None => filling.push(Filling {
                     to,
+                    cap,
                     bytes: size,
                     members: vec![message],
                 }),
@@ -333,7 +342,7 @@ async fn publish_all(client: Client, mut rx: mpsc::UnboundedReceiver<Outgoing>) 
         }
         sent.append(&mut filling);
         for f in sent.drain(..) {
-            if std::panic::AssertUnwindSafe(f.publish(&client))
+            if std::panic::AssertUnwindSafe(f.publish(&client, replies.as_deref()))
                 .catch_unwind()
                 .await
                 .is_err()
@@ -384,6 +393,8 @@ fn bundling(message: &Outgoing, limit: usize) -> Option<(Subject, usize, usize)>
 /// message alone).
 struct Filling {
     to: Subject,
+    /// The fewest messages any of its members lets a bundle hold.
+    cap: usize,
     bytes: usize,
     members: Vec<Outgoing>,
 }
@@ -392,18 +403,22 @@ impl Filling {
     fn alone(message: Outgoing) -> Filling {
         Filling {
             to: Subject::from_static(""),
+            cap: 1,
             bytes: 0,
             members: vec![message],
         }
     }
 
-    fn add(&mut self, message: Outgoing, size: usize) {
+    fn add(&mut self, message: Outgoing, size: usize, cap: usize) {
+        self.cap = self.cap.min(cap);
         self.bytes += size;
         self.members.push(message);
     }
 
-    /// Publishes its one message as itself, or its messages as a bundle.
-    async fn publish(mut self, client: &Client) {
+    /// Publishes its one message as itself, or its messages as a bundle
+    /// (one of calls with a reply subject from `replies`, for the server's
+    /// "no responders").
+    async fn publish(mut self, client: &Client, replies: Option<&bundle::Replies>) {
         if self.members.len() == 1 {
             if let Some(message) = self.members.pop() {
                 publish(client, message).await;
@@ -412,6 +427,7 @@ impl Filling {
         }
         let mut writer = bundle::Writer::new(self.bytes);
         let mut handed = Vec::new();
+        let mut calls = Vec::new();
         for message in self.members {
             match message {
                 Outgoing::Call {
@@ -426,6 +442,9 @@ impl Filling {
                     if ticket.take() {
                         writer.push(&reply, &headers, &payload);
                         handed.push(h);
+                        if let Some(id) = reply.rsplit('.').next().and_then(|t| t.parse().ok()) {
+                            calls.push(id);
+                        }
                     }
                 }
                 Outgoing::Publish {
@@ -442,10 +461,15 @@ impl Filling {
             return;
         }
         let (headers, body) = writer.finish();
-        let sent = client
-            .publish_with_headers(self.to, headers, body)
-            .await
-            .map_err(|e| e.to_string());
+        let sent = match replies.filter(|_| !handed.is_empty()) {
+            Some(r) => {
+                client
+                    .publish_with_reply_and_headers(self.to, r.open(calls), headers, body)
+                    .await
+            }
+            None => client.publish_with_headers(self.to, headers, body).await,
+        }
+        .map_err(|e| e.to_string());
         if let Err(e) = &sent
             && handed.is_empty()
         {

@@ -5,6 +5,7 @@
 //! | `<prefix>.v1.call.<method>` | a call, to the queue group; body = the params (JSON); or a bundle of calls (`bundle`) |
 //! | the call's reply subject | an acknowledgement (only for calls still running after `ack_delay`), then the answer |
 //! | `<front end's inbox>.b` | a bundle of acknowledgements, answers and notices (`bundle`) |
+//! | `<front end's inbox>.g<n>` | the reply subject of a bundle of calls: the server's "no responders" for them |
 //! | `<prefix>.v1.cancel` | the reply subject of a call its caller gave up on; with that subject as its own reply, a question (`asking`): each host answers there [`UNSEEN`] or [`MAYBE`] |
 //! | `<prefix>.v1.hb.<host>` | a host's heartbeat ([`Heartbeat`]) |
 //! | `$SRV.PING\|INFO\|STATS.litebridge_workers_<prefix>` | the services protocol (ADR-32), one endpoint per method |
