@@ -76,8 +76,9 @@ pub(crate) const VERSION: &str = "1";
 pub(crate) const MAX_ENTRIES: usize = 64;
 
 /// The longest subject an entry may have (a front end's reply subjects
-/// are under 64 bytes; the server's own limit on a message's control
-/// line is 4 KiB, and a longer one costs the publisher its connection).
+/// are at most about 120 bytes, with a prefix of 64 characters; the
+/// server's own limit on a message's control line is 4 KiB, and a longer
+/// one costs the publisher its connection).
 pub(crate) const MAX_SUBJECT: usize = 256;
 
 /// About the largest bundle made, in bytes: a message bigger than a
@@ -110,7 +111,8 @@ pub(crate) struct Entry {
 }
 
 /// The bytes a message takes in a bundle, or `None` when it cannot be put
-/// in one (a header the format does not name, a value too long).
+/// in one (a subject or a header value `read` would refuse, a header the
+/// format does not name).
 pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Option<usize> {
     if !subject_ok(subject) || body.len() > u32::MAX as usize {
         return None;
@@ -189,6 +191,17 @@ impl Writer {
         headers.insert(BUNDLE, VERSION);
         (headers, self.body.freeze())
     }
+}
+
+/// The entries of `message` when it is a bundle (`None`: a message
+/// alone), or why it cannot be read.
+pub(crate) fn entries_of(message: &async_nats::Message) -> Option<Result<Vec<Entry>, String>> {
+    let version = message.headers.as_ref()?.get(BUNDLE)?;
+    Some(if version.as_str() == VERSION {
+        read(&message.payload)
+    } else {
+        Err(format!("version {:?}, not {VERSION}", version.as_str()))
+    })
 }
 
 /// Takes a bundle apart, or says why it cannot be read. The entries'

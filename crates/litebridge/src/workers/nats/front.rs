@@ -280,7 +280,11 @@ impl NatsBridge {
             .clone()
             .retry_if(|e| unstarted(e) || (outcome_unknown(e) && e.is_recoverable()));
         let retry_unstarted = calls.retry.clone().retry_if(unstarted);
-        let bundle_replies = Arc::new(bundle::Replies::new(&inbox, config.ack_within()));
+        // The server's "no responders" comes within a round trip.
+        let bundle_replies = Arc::new(bundle::Replies::new(
+            &inbox,
+            config.ack_within().min(Duration::from_secs(2)),
+        ));
         let shared = Arc::new(Front {
             outbox: Outbox::start(client.clone(), Some(bundle_replies.clone())),
             replies: bundle_replies,
@@ -872,18 +876,13 @@ impl NatsBridge {
     /// reads bundles (`bundle`), and then a few against the calls in
     /// flight and those hosts.
     fn serving(&self, method: &str) -> Result<usize> {
+        let dead_after = self.shared.config.dead_after();
         let hosts = read(&self.shared.hosts);
         let (mut serving, mut bundles) = (0usize, true);
         for h in hosts.values() {
             if h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method) {
                 serving += 1;
-                // Read for the instance heartbeating now (one restarted
-                // under the same id may be of another version).
-                bundles &= h.bundles
-                    && h.read_for
-                        .as_ref()
-                        .zip(h.beat.as_ref())
-                        .is_some_and(|((instance, _), beat)| *instance == beat.service_id);
+                bundles &= h.reads_bundles(dead_after);
             }
         }
         drop(hosts);
@@ -1174,6 +1173,26 @@ impl Drop for Waiting {
 }
 
 impl Known {
+    /// Whether calls to it may go in bundles: its services-protocol
+    /// metadata says it reads them, for the instance heartbeating now, and
+    /// no other instance under its id was heard from lately (one restarted
+    /// under the same id, say as an older version, while the old one
+    /// drains: NATS may hand a bundle to either).
+    fn reads_bundles(&self, dead_after: Duration) -> bool {
+        let Some((instance, _)) = &self.read_for else {
+            return false;
+        };
+        self.bundles
+            && self
+                .beat
+                .as_ref()
+                .is_some_and(|b| b.service_id == *instance)
+            && self
+                .instances
+                .iter()
+                .all(|(i, at)| i == instance || at.elapsed() > dead_after)
+    }
+
     fn new() -> Known {
         Known {
             beat: None,
@@ -1386,14 +1405,10 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
         if bundle::Replies::names_a_bundle(tail) {
             // The server's "no responders" to a bundle of calls (bare, as
             // for a call alone): each of its calls hears it.
-            let bare = m.status == Some(StatusCode::NO_RESPONDERS)
-                && m.headers.as_ref().is_none_or(|h| {
-                    h.iter().all(|(name, _)| {
-                        let name: &str = name.as_ref();
-                        !name.to_ascii_lowercase().starts_with("litebridge-")
-                    })
-                });
-            if let Some(calls) = bare.then(|| f.replies.take(tail)).flatten() {
+            if let Some(calls) = bare_no_responders(&m)
+                .then(|| f.replies.take(tail))
+                .flatten()
+            {
                 for id in calls {
                     route(
                         &f,
@@ -1411,18 +1426,9 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             }
             continue;
         }
-        let Some(version) = m.headers.as_ref().and_then(|h| h.get(bundle::BUNDLE)) else {
+        let Some(entries) = bundle::entries_of(&m) else {
             route(&f, m);
             continue;
-        };
-        let entries = if version.as_str() == bundle::VERSION {
-            bundle::read(&m.payload)
-        } else {
-            Err(format!(
-                "version {:?}, not {}",
-                version.as_str(),
-                bundle::VERSION
-            ))
         };
         let entries = match entries {
             Ok(entries) => entries,
@@ -1463,6 +1469,18 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
     }
 }
 
+/// Whether `m` is the NATS server's "no responders": its status, and no
+/// header of litebridge's (a peer can write a status line too).
+fn bare_no_responders(m: &async_nats::Message) -> bool {
+    m.status == Some(StatusCode::NO_RESPONDERS)
+        && m.headers.as_ref().is_none_or(|h| {
+            h.iter().all(|(name, _)| {
+                let name: &str = name.as_ref();
+                !name.to_ascii_lowercase().starts_with("litebridge-")
+            })
+        })
+}
+
 /// Hands one reply to the call waiting for it, or counts it.
 fn route(f: &Front, m: async_nats::Message) {
     {
@@ -1486,13 +1504,7 @@ fn route(f: &Front, m: async_nats::Message) {
         // bare (a peer can write a status line too: one with any other
         // status, or with litebridge's headers, is not the server's).
         let token = h.and_then(|h| h.get(wire::TOKEN)).map(|v| v.as_str());
-        let bare_no_responders = m.status == Some(StatusCode::NO_RESPONDERS)
-            && h.is_none_or(|h| {
-                h.iter().all(|(name, _)| {
-                    let name: &str = name.as_ref();
-                    !name.to_ascii_lowercase().starts_with("litebridge-")
-                })
-            });
+        let bare_no_responders = bare_no_responders(&m);
         // An answer to a question (`asking`) carries none (a host that
         // never had the call does not know it): it is taken only for a
         // call being asked about.
@@ -1869,5 +1881,53 @@ async fn follow_connection(
             }
             other => tracing::debug!("NATS: {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(instance: &str) -> Heartbeat {
+        Heartbeat {
+            host: "h1".into(),
+            service_id: instance.into(),
+            methods_hash: "x".into(),
+            in_flight: 0,
+            processes: 1,
+            healthy: true,
+            restarts: 0,
+            crashes: 0,
+            draining: false,
+            retired: false,
+            workers: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn bundles_go_only_to_a_host_read_for_the_one_instance_heard_under_its_id() {
+        let dead_after = Duration::from_secs(3);
+        let mut k = Known::new();
+        assert!(!k.reads_bundles(dead_after), "never read");
+        k.bundles = true;
+        k.read_for = Some(("A".into(), "x".into()));
+        k.beat = Some(beat("A"));
+        k.instances = vec![("A".into(), Instant::now())];
+        assert!(k.reads_bundles(dead_after));
+        // Another instance under the id, heard lately (a restart, perhaps
+        // as an older version, while A drains): whichever heartbeat came
+        // last, no bundles.
+        k.instances.push(("B".into(), Instant::now()));
+        assert!(!k.reads_bundles(dead_after));
+        k.beat = Some(beat("B"));
+        assert!(!k.reads_bundles(dead_after));
+        // B alone, not yet read: none either.
+        k.instances = vec![("B".into(), Instant::now())];
+        assert!(!k.reads_bundles(dead_after));
+        // Read for B, which says it reads bundles.
+        k.read_for = Some(("B".into(), "x".into()));
+        assert!(k.reads_bundles(dead_after));
+        k.bundles = false;
+        assert!(!k.reads_bundles(dead_after));
     }
 }

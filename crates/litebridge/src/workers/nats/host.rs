@@ -420,19 +420,9 @@ async fn serve(
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
-        let headers = request.message.headers.as_ref();
-        let Some(version) = headers.and_then(|h| h.get(bundle::BUNDLE)) else {
+        let Some(entries) = bundle::entries_of(&request.message) else {
             take(&host, Incoming::Alone(request));
             continue;
-        };
-        let entries = if version.as_str() == bundle::VERSION {
-            bundle::read(&request.message.payload)
-        } else {
-            Err(format!(
-                "version {:?}, not {}",
-                version.as_str(),
-                bundle::VERSION
-            ))
         };
         let entries = match entries {
             Ok(entries) => entries,
@@ -448,7 +438,6 @@ async fn serve(
         };
         let subject = request.message.subject.clone();
         let method = host.subjects.method_of(&subject).unwrap_or_default();
-        let endpoint: Arc<str> = host.endpoint_of(method).into();
         // One task for the bundle's calls: its poll gives the pool every
         // call's line before the pool's writer runs (one write to the
         // worker for them all, not one each), and the answers that come
@@ -461,9 +450,15 @@ async fn serve(
             .into_iter()
             .filter_map(|e| {
                 let to = host.bundle_to(&e.subject);
-                if to.is_none() || !replies.insert(e.subject.clone()) {
+                if to.is_none() {
                     tracing::debug!(
                         "a bundled call with a reply subject no front end gave it; dropped"
+                    );
+                    return None;
+                }
+                if !replies.insert(e.subject.clone()) {
+                    tracing::debug!(
+                        "a bundled call whose reply subject another of the bundle has; dropped"
                     );
                     return None;
                 }
@@ -476,12 +471,9 @@ async fn serve(
                     description: None,
                     length: 0,
                 };
-                let call = Incoming::Bundled {
-                    message,
-                    endpoint: endpoint.clone(),
-                    to,
-                };
+                let call = Incoming::Bundled { message, to };
                 let handling = taken(&host, &call)?;
+                host.count(method, |c| c.bundled += 1);
                 // A panic ends its own call only, as a task of its own would.
                 Some(
                     std::panic::AssertUnwindSafe(async move {
@@ -511,11 +503,13 @@ async fn serve(
 /// answers errors in the body).
 #[derive(Debug, Default, Clone, Copy)]
 struct Counted {
-    /// Calls that came in bundles.
+    /// Calls taken from bundles.
     bundled: u64,
-    /// Calls that started and failed.
+    /// Calls answered with an error after they started.
     errors: u64,
-    /// Calls refused before they started (another host may take them).
+    /// Calls answered with an error before they started: a full or
+    /// draining host and an open breaker (the front end may send these
+    /// to another host), params refused, a deadline passed on the way.
     not_started: u64,
 }
 
@@ -524,10 +518,9 @@ enum Incoming {
     /// Answered through the services protocol, which counts it.
     Alone(async_nats::service::Request),
     /// Its answer and notices go back in bundles to `to`, its front end's
-    /// inbox; counted in [`Host::counted`] under `endpoint`.
+    /// inbox.
     Bundled {
         message: async_nats::Message,
-        endpoint: Arc<str>,
         to: Option<async_nats::Subject>,
     },
 }
@@ -910,6 +903,20 @@ impl Host {
         }
     }
 
+    /// Counts something of a call of `method` under its endpoint.
+    fn count(&self, method: &str, f: impl FnOnce(&mut Counted)) {
+        let endpoint = if self.endpoints.contains(method) && !method.contains('.') {
+            std::borrow::Cow::Borrowed(method)
+        } else {
+            std::borrow::Cow::Owned(self.endpoint_of(method))
+        };
+        let mut counts = lock(&self.counted);
+        match counts.get_mut(endpoint.as_ref()) {
+            Some(c) => f(c),
+            None => f(counts.entry(endpoint.into_owned()).or_default()),
+        }
+    }
+
     /// Where the answers and notices of a bundled call with reply subject
     /// `reply` may be bundled: its front end's inbox (`<inbox>.b`), when
     /// `reply` is a call's subject there (`<inbox>.<number>`).
@@ -981,16 +988,11 @@ fn answer(
         headers.insert(wire::INSTANCE, host.service_id.as_str());
     }
     let started = !matches!(&outcome, Err(e) if wire::not_started(e));
-    {
-        let endpoint = match &request {
-            Incoming::Alone(_) => host.endpoint_of(method),
-            Incoming::Bundled { endpoint, .. } => endpoint.to_string(),
-        };
-        let mut counts = lock(&host.counted);
-        let c = counts.entry(endpoint).or_default();
-        c.bundled += u64::from(matches!(request, Incoming::Bundled { .. }));
-        c.errors += u64::from(started && outcome.is_err());
-        c.not_started += u64::from(!started);
+    if outcome.is_err() {
+        host.count(method, |c| {
+            c.errors += u64::from(started);
+            c.not_started += u64::from(!started);
+        });
     }
     headers.insert(wire::STARTED, if started { "1" } else { "0" });
     if let Err(e) = &outcome {

@@ -32,11 +32,14 @@
 //! Messages of one pass that go to the same place are published as one
 //! (`bundle`): a front end's calls of one method, when each says how many
 //! may share a message; a host's answers and notices to one front end.
-//! A message that cannot be bundled (a cancel, a question, an answer
-//! through the services protocol) is published in its place, after every
-//! bundle begun before it: so the order of any two messages one of which
-//! is alone is kept, and so is the order within a bundle; only messages
-//! to different places may pass each other.
+//! Another message about a call (a cancel, a question or its answer, a
+//! notice of a call that came alone) is published in its place, after
+//! every bundle begun before it: so the order of any two messages one of
+//! which is such a message is kept, and so is the order within a bundle.
+//! A call or a services-protocol answer that goes alone is published at
+//! once, without ending the bundles being filled: neither has an order
+//! with the calls or answers of other calls, and a trickle of them would
+//! otherwise cut the bundles of a busy method short.
 //!
 //! A message whose publishing panics (the services protocol's statistics
 //! lock poisoned, which `respond` takes after publishing) costs that message
@@ -139,14 +142,7 @@ impl Outbox {
 
     /// A message about a call.
     pub(super) fn publish(&self, subject: impl Into<Subject>, headers: HeaderMap, payload: Bytes) {
-        self.send(Outgoing::Publish {
-            subject: subject.into(),
-            reply: None,
-            headers,
-            payload,
-            counted: None,
-            bundle: None,
-        });
+        self.publish_bundled(subject, headers, payload, None);
     }
 
     /// A message about a call that may share a message with others going
@@ -312,9 +308,10 @@ async fn publish_all(
             .min(bundle::MAX_BYTES);
         for message in pass.drain(..) {
             let Some((to, cap, size)) = bundling(&message, limit) else {
-                // In its place: after every bundle begun before it.
-                for f in filling.drain(..) {
-                    sent.push(f);
+                // In its place: after every bundle begun before it, unless
+                // it has no order with them.
+                if !matches!(message, Outgoing::Call { .. } | Outgoing::Answer { .. }) {
+                    sent.append(&mut filling);
                 }
                 sent.push(Filling::alone(message));
                 continue;
