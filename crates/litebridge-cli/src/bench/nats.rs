@@ -118,11 +118,12 @@ async fn run(
         nats.host_id = Some(format!("bench-{i}"));
         started.push(WorkerHost::start(pool, nats).await?);
     }
-    let front = NatsBridge::connect(
-        NatsConfig::new(server.url.clone()),
-        &WorkerConfig::new(Vec::<String>::new()),
-    )
-    .await?;
+    let front_config = NatsConfig::new(server.url.clone());
+    // A front end bundles calls only after two heartbeats' time connected
+    // (docs/workers-nats.md, "Bundles"): the clock starts after that, as
+    // it does after every host is known.
+    let bundles_from = Instant::now() + 2 * front_config.heartbeat;
+    let front = NatsBridge::connect(front_config, &WorkerConfig::new(Vec::<String>::new())).await?;
     // Every host known before the clock starts.
     let until = Instant::now() + Duration::from_secs(10);
     while front
@@ -139,6 +140,7 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep_until(bundles_from.into()).await;
     let bridge = Bridge::Nats(front);
     let figures = drive(&bridge, seconds, 1, depth, method).await;
     bridge.shutdown(Duration::from_secs(1)).await;

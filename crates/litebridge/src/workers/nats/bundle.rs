@@ -18,8 +18,9 @@
 //! at a time pay nothing. Only what the receiver reads is bundled: a front
 //! end bundles a method's calls only while every host it knows to serve
 //! the method announces `bundles` in its services-protocol metadata, for
-//! the instance heartbeating now, and not in its first heartbeats after
-//! connecting (a host of an older version may not be known yet); a host
+//! the instance heartbeating now, and not in the first heartbeats after it
+//! connects or connects again (a host of an older version, or one that
+//! replaced another meanwhile, may not be heard yet); a host
 //! bundles only the answers and notices of calls that came in a bundle,
 //! into the inbox their reply subjects name.
 //!
@@ -277,8 +278,12 @@ pub(crate) fn calls_per_bundle(in_flight: usize, hosts: usize) -> usize {
 type Held = (HashMap<u64, Vec<u64>>, VecDeque<(Instant, u64)>);
 
 /// The reply subjects of a front end's bundles of calls (`<inbox>.g<n>`),
-/// and the calls each holds, for as long as the server's "no responders"
-/// may take to come back (the calls ask about themselves after that).
+/// and the calls each holds: from when async-nats has the bundle, for as
+/// long as its calls wait for a word of a host (they ask about themselves
+/// after that), and at most [`MAX_HELD`] bundles (the oldest go first).
+/// Most bundles whose calls [`Replies`] keeps.
+const MAX_HELD: usize = 16_384;
+
 pub(crate) struct Replies {
     inbox: String,
     keep: Duration,
@@ -296,14 +301,15 @@ impl Replies {
         }
     }
 
-    /// A reply subject for a bundle of the calls numbered `calls`.
-    pub(crate) fn open(&self, calls: Vec<u64>) -> Subject {
+    /// A reply subject for a bundle of the calls numbered `calls`, and
+    /// its number for [`Replies::handed`].
+    pub(crate) fn open(&self, calls: Vec<u64>) -> (Subject, u64) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut held = lock(&self.held);
         let (by_bundle, order) = &mut *held;
         while let Some(&(at, old)) = order.front() {
-            if now.duration_since(at) < self.keep {
+            if now.saturating_duration_since(at) < self.keep && order.len() < MAX_HELD {
                 break;
             }
             order.pop_front();
@@ -311,7 +317,16 @@ impl Replies {
         }
         by_bundle.insert(n, calls);
         order.push_back((now, n));
-        format!("{}.g{n}", self.inbox).into()
+        (format!("{}.g{n}", self.inbox).into(), n)
+    }
+
+    /// Bundle `n` is with async-nats now: its time counts from here (a
+    /// congested link may have held it).
+    pub(crate) fn handed(&self, n: u64) {
+        let now = Instant::now();
+        if let Some(last) = lock(&self.held).1.back_mut().filter(|(_, m)| *m == n) {
+            last.0 = now;
+        }
     }
 
     /// The calls of the bundle whose reply subject ends in `tail`
@@ -454,17 +469,23 @@ mod tests {
     #[test]
     fn a_bundles_reply_subject_names_its_calls_until_it_is_old() {
         let r = Replies::new("_INBOX_lb.x", Duration::from_millis(30));
-        let first = r.open(vec![1, 2]);
-        assert_eq!(first.as_str(), "_INBOX_lb.x.g1");
+        let (first, n) = r.open(vec![1, 2]);
+        assert_eq!((first.as_str(), n), ("_INBOX_lb.x.g1", 1));
         assert!(Replies::names_a_bundle("g1") && !Replies::names_a_bundle("17"));
         assert_eq!(r.take("g1"), Some(vec![1, 2]));
         assert_eq!(r.take("g1"), None, "taken once");
         r.open(vec![3]);
         std::thread::sleep(Duration::from_millis(40));
-        // Opening another forgets those past their time.
+        // Opening another forgets those past their time...
         r.open(vec![4]);
         assert_eq!(r.take("g2"), None);
         assert_eq!(r.take("g3"), Some(vec![4]));
         assert_eq!(r.take("3"), None);
+        // ...counted from when async-nats had them.
+        let (_, n) = r.open(vec![5]);
+        std::thread::sleep(Duration::from_millis(40));
+        r.handed(n);
+        r.open(vec![6]);
+        assert_eq!(r.take(&format!("g{n}")), Some(vec![5]));
     }
 }

@@ -136,9 +136,10 @@ struct Front {
     /// Calls in flight by method (locked after `calls`), for the size
     /// of bundles.
     in_flight: Mutex<HashMap<String, usize>>,
-    /// Calls are bundled only from then on: hosts of an older version
-    /// are known by their heartbeats by then.
-    bundles_from: Instant,
+    /// Calls are bundled only from then on (two heartbeats after this end
+    /// connected, or connected again): hosts of an older version, and
+    /// instances that replaced others meanwhile, are heard by then.
+    bundles_from: Mutex<Instant>,
     /// When a warning about an unreadable bundle was last logged.
     warned_bundle: Mutex<Option<Instant>>,
     config: NatsConfig,
@@ -280,16 +281,13 @@ impl NatsBridge {
             .clone()
             .retry_if(|e| unstarted(e) || (outcome_unknown(e) && e.is_recoverable()));
         let retry_unstarted = calls.retry.clone().retry_if(unstarted);
-        // The server's "no responders" comes within a round trip.
-        let bundle_replies = Arc::new(bundle::Replies::new(
-            &inbox,
-            config.ack_within().min(Duration::from_secs(2)),
-        ));
+        // Kept as long as a bundle's calls wait for a word of a host.
+        let bundle_replies = Arc::new(bundle::Replies::new(&inbox, config.ack_within()));
         let shared = Arc::new(Front {
             outbox: Outbox::start(client.clone(), Some(bundle_replies.clone())),
             replies: bundle_replies,
             in_flight: Mutex::new(HashMap::new()),
-            bundles_from: Instant::now() + 2 * config.heartbeat,
+            bundles_from: Mutex::new(Instant::now() + 2 * config.heartbeat),
             warned_bundle: Mutex::new(None),
             client,
             subjects,
@@ -889,7 +887,7 @@ impl NatsBridge {
         if serving == 0 {
             return Err(self.no_host(method));
         }
-        if !bundles || Instant::now() < self.shared.bundles_from {
+        if !bundles || Instant::now() < *lock(&self.shared.bundles_from) {
             return Ok(1);
         }
         let in_flight = lock(&self.shared.in_flight)
@@ -1868,6 +1866,7 @@ async fn follow_connection(
                 // have changed).
                 f.fresh_window();
                 lock(&f.instances).listening_again();
+                *lock(&f.bundles_from) = Instant::now() + 2 * f.config.heartbeat;
                 f.connected.send_replace(true);
                 tracing::info!(url = f.config.url, "connected to NATS");
                 let bridge = NatsBridge { shared: f.clone() };

@@ -443,9 +443,8 @@ async fn serve(
         // worker for them all, not one each), and the answers that come
         // together reach the outbox together.
         // Only calls a front end made: a reply subject in a front end's
-        // inbox (so a bundle cannot make this host publish anywhere else),
-        // each once.
-        let mut replies = std::collections::HashSet::new();
+        // inbox (so a bundle cannot make this host publish anywhere else;
+        // one naming a running call's is dropped, as alone).
         let calls: futures_util::stream::FuturesUnordered<_> = entries
             .into_iter()
             .filter_map(|e| {
@@ -453,12 +452,6 @@ async fn serve(
                 if to.is_none() {
                     tracing::debug!(
                         "a bundled call with a reply subject no front end gave it; dropped"
-                    );
-                    return None;
-                }
-                if !replies.insert(e.subject.clone()) {
-                    tracing::debug!(
-                        "a bundled call whose reply subject another of the bundle has; dropped"
                     );
                     return None;
                 }

@@ -460,9 +460,12 @@ impl Filling {
         let (headers, body) = writer.finish();
         let sent = match replies.filter(|_| !handed.is_empty()) {
             Some(r) => {
-                client
-                    .publish_with_reply_and_headers(self.to, r.open(calls), headers, body)
-                    .await
+                let (reply, n) = r.open(calls);
+                let sent = client
+                    .publish_with_reply_and_headers(self.to, reply, headers, body)
+                    .await;
+                r.handed(n);
+                sent
             }
             None => client.publish_with_headers(self.to, headers, body).await,
         }
