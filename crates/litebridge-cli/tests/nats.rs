@@ -2443,6 +2443,15 @@ fn bundle_bytes(entries: &[BundleEntry<'_>]) -> Vec<u8> {
     b
 }
 
+/// The hosts' `$SRV.STATS` answer (one host in these tests).
+async fn services_stats(peer: &async_nats::Client) -> Json {
+    let stats = peer
+        .request("$SRV.STATS.litebridge_workers_lb", "".into())
+        .await
+        .unwrap();
+    serde_json::from_slice(&stats.payload).unwrap()
+}
+
 fn bundle_headers(version: &str) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     h.insert("Litebridge-Bundle", version);
@@ -2505,11 +2514,7 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
         "{call_messages} messages for {n} calls, {call_bundles} bundles"
     );
     assert!(answer_bundles > 0, "no answers came in bundles");
-    let stats = spy
-        .request("$SRV.STATS.litebridge_workers_lb", "".into())
-        .await
-        .unwrap();
-    let stats: Json = serde_json::from_slice(&stats.payload).unwrap();
+    let stats = services_stats(&spy).await;
     let echo = stats["endpoints"]
         .as_array()
         .unwrap()
@@ -2624,11 +2629,7 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     // None of the peer's bundled calls was taken: taken, each would have
     // been refused (a deadline missing), and the one with a long subject
     // answered there, at the cost of the host's connection.
-    let stats = spy
-        .request("$SRV.STATS.litebridge_workers_lb", "".into())
-        .await
-        .unwrap();
-    let stats: Json = serde_json::from_slice(&stats.payload).unwrap();
+    let stats = services_stats(&spy).await;
     for e in stats["endpoints"].as_array().unwrap() {
         assert_eq!(e["data"]["not_started"], 0, "{e}");
     }

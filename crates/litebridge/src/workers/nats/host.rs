@@ -466,7 +466,6 @@ async fn serve(
                 };
                 let call = Incoming::Bundled { message, to };
                 let handling = taken(&host, &call)?;
-                host.count(method, |c| c.bundled += 1);
                 // A panic ends its own call only, as a task of its own would.
                 Some(
                     std::panic::AssertUnwindSafe(async move {
@@ -478,6 +477,7 @@ async fn serve(
             })
             .collect();
         if !calls.is_empty() {
+            host.count(method, |c| c.bundled += calls.len() as u64);
             tokio::spawn(async move {
                 let mut calls = calls;
                 while let Some(ended) = calls.next().await {
