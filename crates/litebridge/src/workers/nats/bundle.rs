@@ -12,7 +12,8 @@
 //! own reply subject (or subject), headers and body inside, and the
 //! receiver takes it apart into the messages it would have read one by
 //! one: nothing about a call (its token, deadline, acknowledgement, cancel,
-//! questions about it) changes.
+//! questions about it) changes. An entry's headers stay in this format's
+//! encoding on both ends ([`Fields`]), never a header map.
 //!
 //! A message that is alone in its pass is sent as itself: calls made one
 //! at a time pay nothing. Only what the receiver reads is bundled: a front
@@ -44,7 +45,7 @@
 //! ```text
 //! count: u16, then count entries:
 //!   subject length: u16, subject (a call's reply subject, or an answer's subject)
-//!   headers: u8, then for each: name: u8 (an index into NAMES), value length: u16, value
+//!   headers: u8, then for each: name: u8 (an index into `fields::NAMES`), value length: u16, value
 //!   body length: u32, body
 //! ```
 //!
@@ -60,11 +61,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
+use async_nats::{HeaderMap, HeaderName, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::sync::lock;
-use crate::workers::nats::wire;
+use crate::workers::nats::fields::{Fields, NAMES, value_ok};
 
 /// The header that makes a message a bundle; its value is the format's
 /// version.
@@ -86,60 +87,27 @@ pub(crate) const MAX_SUBJECT: usize = 256;
 /// quarter of it goes alone.
 pub(crate) const MAX_BYTES: usize = 128 * 1024;
 
-/// The header names an entry may carry, by their index on the wire.
-static NAMES: [HeaderName; 12] = [
-    wire::REQUEST_ID,
-    wire::BUDGET_MS,
-    wire::DEADLINE,
-    wire::STATUS,
-    wire::RUNS_ON,
-    wire::HOST,
-    wire::INSTANCE,
-    wire::TOKEN,
-    wire::STARTED,
-    wire::SENT,
-    HeaderName::from_static(async_nats::service::NATS_SERVICE_ERROR),
-    HeaderName::from_static(async_nats::service::NATS_SERVICE_ERROR_CODE),
-];
-
 /// One message of a bundle, as read.
 #[derive(Debug)]
 pub(crate) struct Entry {
     /// A call's reply subject, or the subject of an answer or notice.
     pub(crate) subject: String,
-    pub(crate) headers: HeaderMap,
+    pub(crate) fields: Fields,
     pub(crate) body: Bytes,
 }
 
 /// The bytes a message takes in a bundle, or `None` when it cannot be put
-/// in one (a subject or a header value `read` would refuse, a header the
-/// format does not name).
-pub(crate) fn entry_size(subject: &str, headers: &HeaderMap, body: &Bytes) -> Option<usize> {
+/// in one (a subject or a header value `read` would refuse).
+pub(crate) fn entry_size(subject: &str, fields: &Fields, body: &Bytes) -> Option<usize> {
     if !subject_ok(subject) || body.len() > u32::MAX as usize {
         return None;
     }
-    let mut size = 2 + subject.len() + 1 + 4 + body.len();
-    let mut count = 0usize;
-    for (name, values) in headers.iter() {
-        NAMES.iter().position(|n| n == name)?;
-        for v in values {
-            let v: &str = v.as_ref();
-            if !value_ok(v) {
-                return None;
-            }
-            size += 1 + 2 + v.len();
-            count += 1;
-        }
-    }
-    (count <= u8::MAX as usize).then_some(size)
+    let (_, headers) = fields.bundled_size()?;
+    Some(2 + subject.len() + 1 + headers + 4 + body.len())
 }
 
 fn subject_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SUBJECT && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn value_ok(v: &str) -> bool {
-    v.len() <= u16::MAX as usize && v.bytes().all(|b| (b' '..=b'~').contains(&b))
 }
 
 /// Builds bundles, one entry at a time.
@@ -156,26 +124,13 @@ impl Writer {
     }
 
     /// Adds a message that [`entry_size`] accepted.
-    pub(crate) fn push(&mut self, subject: &str, headers: &HeaderMap, body: &[u8]) {
+    pub(crate) fn push(&mut self, subject: &str, fields: &Fields, body: &[u8]) {
         debug_assert!((self.count as usize) < MAX_ENTRIES);
+        let (count, _) = fields.bundled_size().unwrap_or_default();
         self.body.put_u16(subject.len() as u16);
         self.body.put_slice(subject.as_bytes());
-        let count_at = self.body.len();
-        self.body.put_u8(0);
-        let mut count = 0u8;
-        for (name, values) in headers.iter() {
-            let Some(index) = NAMES.iter().position(|n| n == name) else {
-                continue;
-            };
-            for v in values {
-                let v: &str = v.as_ref();
-                self.body.put_u8(index as u8);
-                self.body.put_u16(v.len() as u16);
-                self.body.put_slice(v.as_bytes());
-                count += 1;
-            }
-        }
-        self.body[count_at] = count;
+        self.body.put_u8(count);
+        self.body.put_slice(fields.encoded());
         self.body.put_u32(body.len() as u32);
         self.body.put_slice(body);
         self.count += 1;
@@ -237,25 +192,26 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
                 )
             })?
             .to_owned();
-        let mut headers = HeaderMap::new();
+        let mut fields = Fields::new();
         for _ in 0..n(take(&mut at, 1, "a header count")?) {
             let index = n(take(&mut at, 1, "a header name")?);
-            let name = NAMES.get(index).ok_or_else(|| {
-                format!("entry {i}: header name {index} is not one of the format's")
-            })?;
+            if index >= NAMES.len() {
+                return Err(format!(
+                    "entry {i}: header name {index} is not one of the format's"
+                ));
+            }
             let len = n(take(&mut at, 2, "a header value's length")?);
             let value = take(&mut at, len, "a header value")?;
-            let value = std::str::from_utf8(&value)
-                .ok()
-                .filter(|v| value_ok(v))
-                .ok_or_else(|| format!("entry {i}: a header value is not printable ASCII"))?;
-            headers.append(name.clone(), HeaderValue::from(value));
+            if !value_ok(&value) {
+                return Err(format!("entry {i}: a header value is not printable ASCII"));
+            }
+            fields.push_checked(index as u8, &value);
         }
         let len = n(take(&mut at, 4, "a body's length")?);
         let body = take(&mut at, len, "a body")?;
         entries.push(Entry {
             subject,
-            headers,
+            fields,
             body,
         });
     }
@@ -346,11 +302,12 @@ impl Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workers::nats::fields::Name;
 
-    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn headers(pairs: &[(Name, &str)]) -> Fields {
+        let mut h = Fields::new();
         for (n, v) in pairs {
-            h.insert(n.clone(), *v);
+            h.insert(*n, v);
         }
         h
     }
@@ -358,12 +315,12 @@ mod tests {
     #[test]
     fn entries_come_out_as_they_went_in() {
         let a = headers(&[
-            (wire::TOKEN, "00ff00ff00ff00ff"),
-            (wire::BUDGET_MS, "30000"),
-            (wire::DEADLINE, "1764950000000"),
-            (wire::REQUEST_ID, "req-1"),
+            (Name::Token, "00ff00ff00ff00ff"),
+            (Name::BudgetMs, "30000"),
+            (Name::Deadline, "1764950000000"),
+            (Name::RequestId, "req-1"),
         ]);
-        let b = HeaderMap::new();
+        let b = Fields::new();
         let bodies = [Bytes::from_static(b"[1]"), Bytes::new()];
         let mut w = Writer::new(64);
         w.push("_INBOX_lb.x.1", &a, &bodies[0]);
@@ -379,34 +336,25 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].subject, "_INBOX_lb.x.1");
         assert_eq!(&entries[0].body[..], b"[1]");
-        for (name, values) in a.iter() {
-            assert_eq!(
-                entries[0].headers.get(name.clone()),
-                values.first(),
-                "{name}"
-            );
-        }
+        assert_eq!(entries[0].fields, a);
+        assert_eq!(entries[0].fields.get(Name::Deadline), Some("1764950000000"));
         assert_eq!(entries[1].subject, "_INBOX_lb.x.2");
-        assert!(entries[1].headers.is_empty() && entries[1].body.is_empty());
+        assert!(entries[1].fields.is_empty() && entries[1].body.is_empty());
     }
 
     #[test]
-    fn a_header_the_format_does_not_name_keeps_a_message_out_of_bundles() {
-        let mut h = HeaderMap::new();
-        h.insert("X-Other", "1");
-        assert_eq!(entry_size("s", &h, &Bytes::new()), None);
+    fn a_message_a_bundle_cannot_carry_goes_alone() {
         let long = "x".repeat(MAX_SUBJECT + 1);
-        assert_eq!(entry_size(&long, &HeaderMap::new(), &Bytes::new()), None);
+        assert_eq!(entry_size(&long, &Fields::new(), &Bytes::new()), None);
         // A value `read` would refuse (not printable ASCII) is not written.
-        let mut accented = HeaderMap::new();
-        accented.insert(wire::REQUEST_ID, "caf\u{e9}");
+        let accented = headers(&[(Name::RequestId, "caf\u{e9}")]);
         assert_eq!(entry_size("s", &accented, &Bytes::new()), None);
     }
 
     #[test]
     fn a_hostile_bundle_is_refused_whole() {
         let mut w = Writer::new(16);
-        w.push("r.1", &headers(&[(wire::TOKEN, "ab")]), b"[1]");
+        w.push("r.1", &headers(&[(Name::Token, "ab")]), b"[1]");
         let (_, good) = w.finish();
         // Every cut short is refused, never read in part.
         for end in 0..good.len() {

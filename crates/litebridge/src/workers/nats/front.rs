@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::{Client, HeaderMap, StatusCode};
+use async_nats::{Client, StatusCode};
 use futures_util::StreamExt;
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
@@ -18,6 +18,8 @@ use crate::workers::ledger::{FirstUnknown, Ledger, outcome_unknown};
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::asking::{Asking, Instances, Verdict};
 use crate::workers::nats::bundle;
+use crate::workers::nats::fields::{Fields, Name};
+use crate::workers::nats::mailbox;
 use crate::workers::nats::outbox::{self, Outbox};
 use crate::workers::nats::wire::{self, Heartbeat, Subjects};
 use crate::workers::pool::cache_key;
@@ -91,14 +93,22 @@ struct Known {
 
 /// What reaches a call waiting for its answer.
 enum Reply {
-    Message(async_nats::Message),
+    Message(Note),
     /// The call is lost; with the death to count against its method, when
     /// its host was lost (not the connection to NATS).
     Lost(Error, Option<u64>),
 }
 
+/// A message about a call, as it reaches the call (alone or from a bundle).
+struct Note {
+    /// The server's status (its "no responders").
+    status: Option<StatusCode>,
+    fields: Fields,
+    payload: bytes::Bytes,
+}
+
 struct Pending {
-    tx: mpsc::UnboundedSender<Reply>,
+    tx: mailbox::Sender<Reply>,
     method: String,
     /// The host running the call, as its acknowledgement (or a `running`
     /// notice, or an answer saying its worker runs on) named it, and its
@@ -392,11 +402,15 @@ impl NatsBridge {
         if let Some(cache) = self.shared.cache.get() {
             let declared = self.method(method).and_then(|m| m.cache_ttl_s);
             if let Some((key, ttl)) = cache_key(method, &params, &options, declared) {
-                return cache
-                    .get_or_load_by(&key, ttl, Some((deadline, timeout)), || {
-                        self.call_uncached(method, params, options, deadline)
-                    })
-                    .await;
+                // Boxed: a call that is not cached does not carry the
+                // cache's future in its own (it is moved as the call is).
+                return Box::pin(cache.get_or_load_by(
+                    &key,
+                    ttl,
+                    Some((deadline, timeout)),
+                    || self.call_uncached(method, params, options, deadline),
+                ))
+                .await;
             }
         }
         self.call_uncached(method, params, options, deadline).await
@@ -552,7 +566,7 @@ impl NatsBridge {
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", s.inbox);
         let token = format!("{:016x}", std::hash::BuildHasher::hash_one(&s.tokens, id));
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mailbox::mailbox();
         {
             let mut calls = lock(&s.calls);
             calls.insert(
@@ -586,15 +600,15 @@ impl NatsBridge {
             ack_by: Instant::now() + s.config.ack_within(),
             deadline,
         };
-        let mut headers = HeaderMap::new();
+        let mut headers = Fields::new();
         let left_ms = left.as_millis().max(1) as u64;
-        headers.insert(wire::BUDGET_MS, left_ms.to_string().as_str());
-        headers.insert(wire::DEADLINE, (unix_ms() + left_ms).to_string().as_str());
-        headers.insert(wire::TOKEN, token.as_str());
+        headers.insert(Name::BudgetMs, &left_ms.to_string());
+        headers.insert(Name::Deadline, &(unix_ms() + left_ms).to_string());
+        headers.insert(Name::Token, &token);
         if let Some(rid) =
             request_id.filter(|r| r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()))
         {
-            headers.insert(wire::REQUEST_ID, rid);
+            headers.insert(Name::RequestId, rid);
         }
         // Sent once async-nats has it, as with its own `publish`: the
         // acknowledgement's time counts from then. Until the outbox takes
@@ -611,6 +625,11 @@ impl NatsBridge {
         let mut early = None;
         // A message that came before the hand-off was reported (below).
         let mut held: Option<Reply> = None;
+        // One timer per call: the deadline until the call is handed over,
+        // then the acknowledgement's time (or the deadline, if sooner)
+        // until the call is acknowledged, then the deadline.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         let handed = tokio::select! {
             biased;
             r = sending.handed() => Some(r),
@@ -618,7 +637,7 @@ impl NatsBridge {
                 early = Some(got);
                 None
             }
-            () = tokio::time::sleep_until(deadline) => None,
+            () = &mut timer => None,
         };
         match handed {
             Some(Ok(())) => {}
@@ -699,10 +718,7 @@ impl NatsBridge {
         let mut asking: Option<Asking> = None;
         // The instance of the host that acknowledged the call.
         let mut acked_by: Option<String> = None;
-        // One timer per call: the acknowledgement's time (or the deadline,
-        // if sooner) until the call is acknowledged, then the deadline.
-        let timer = tokio::time::sleep_until(ack_by.min(deadline));
-        tokio::pin!(timer);
+        timer.as_mut().reset(ack_by.min(deadline));
         loop {
             tokio::select! {
                 // Messages first: one that came with the timer wins.
@@ -724,12 +740,12 @@ impl NatsBridge {
                             guard.cancel = false;
                             return Err(self.no_host(method));
                         }
-                        let h = m.headers.as_ref();
-                        let host = h.and_then(|h| h.get(wire::HOST)).map_or("(unnamed)", |v| v.as_str());
-                        let status = h.and_then(|h| h.get(wire::STATUS)).map(|v| v.as_str());
+                        let h = &m.fields;
+                        let host = h.get(Name::Host).unwrap_or("(unnamed)");
+                        let status = h.get(Name::Status);
                         if let Some(answer @ (wire::UNSEEN | wire::MAYBE)) = status {
                             let Some(a) = asking.as_mut() else { continue };
-                            let instance = h.and_then(|h| h.get(wire::INSTANCE)).map_or("", |v| v.as_str());
+                            let instance = h.get(Name::Instance).unwrap_or_default();
                             match a.answer(answer == wire::UNSEEN, host, instance) {
                                 Verdict::Waiting => continue,
                                 Verdict::NeverTaken => {
@@ -747,14 +763,14 @@ impl NatsBridge {
                             }
                             if !acked {
                                 acked = true;
-                                acked_by = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str().to_owned());
+                                acked_by = h.get(Name::Instance).map(str::to_owned);
                                 timer.as_mut().reset(deadline);
                             }
                             continue;
                         }
                         guard.cancel = false;
                         // Answered at its host's deadline, its worker running on.
-                        guard.runs_on = h.and_then(|h| h.get(wire::RUNS_ON)).is_some_and(|v| v.as_str() == "1");
+                        guard.runs_on = h.get(Name::RunsOn) == Some("1");
                         let r = wire::decode_answer(&m.payload, host);
                         if let Err(Error::WorkerCrashed { worker, .. }) = &r {
                             // Named by the instance that acknowledged the
@@ -762,8 +778,7 @@ impl NatsBridge {
                             // version, or a mistaken one) each call's crash
                             // counts.
                             let instance = h
-                                .and_then(|h| h.get(wire::INSTANCE))
-                                .map(|v| v.as_str())
+                                .get(Name::Instance)
                                 .filter(|i| {
                                     super::config::is_token(i)
                                         && acked_by.as_deref().is_none_or(|a| a == *i)
@@ -823,8 +838,8 @@ impl NatsBridge {
         // Answers count for it from now on (they carry no token).
         lock(&s.calls).get_mut(&id)?.asking = true;
         let wait = (s.config.ack_timeout / 2).max(Duration::from_millis(50));
-        let mut headers = HeaderMap::new();
-        headers.insert(wire::SENT, sent_unix.to_string().as_str());
+        let mut headers = Fields::new();
+        headers.insert(Name::Sent, &sent_unix.to_string());
         s.outbox.ask(s.subjects.cancel(), reply.to_owned(), headers);
         Some(Asking::new(waiting, (Instant::now() + wait).min(deadline)))
     }
@@ -1166,7 +1181,7 @@ impl Drop for Waiting {
         let reply = std::mem::take(&mut self.reply);
         self.front
             .outbox
-            .publish(self.front.subjects.cancel(), HeaderMap::new(), reply.into());
+            .publish(self.front.subjects.cancel(), Fields::new(), reply.into());
     }
 }
 
@@ -1410,22 +1425,26 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
                 for id in calls {
                     route(
                         &f,
-                        async_nats::Message {
-                            subject: format!("{}.{id}", f.inbox).into(),
-                            reply: None,
-                            payload: bytes::Bytes::new(),
-                            headers: None,
+                        &format!("{}.{id}", f.inbox),
+                        Note {
                             status: m.status,
-                            description: None,
-                            length: 0,
+                            fields: Fields::new(),
+                            payload: bytes::Bytes::new(),
                         },
+                        true,
                     );
                 }
             }
             continue;
         }
         let Some(entries) = bundle::entries_of(&m) else {
-            route(&f, m);
+            let bare = bare_no_responders(&m);
+            let note = Note {
+                status: m.status,
+                fields: Fields::from_map(m.headers.as_ref()),
+                payload: m.payload,
+            };
+            route(&f, &m.subject, note, bare);
             continue;
         };
         let entries = match entries {
@@ -1451,18 +1470,12 @@ async fn route_replies(front: std::sync::Weak<Front>, mut replies: async_nats::S
             if !ours {
                 continue;
             }
-            route(
-                &f,
-                async_nats::Message {
-                    subject: e.subject.into(),
-                    reply: None,
-                    payload: e.body,
-                    headers: Some(e.headers),
-                    status: None,
-                    description: None,
-                    length: 0,
-                },
-            );
+            let note = Note {
+                status: None,
+                fields: e.fields,
+                payload: e.body,
+            };
+            route(&f, &e.subject, note, false);
         }
     }
 }
@@ -1479,30 +1492,28 @@ fn bare_no_responders(m: &async_nats::Message) -> bool {
         })
 }
 
-/// Hands one reply to the call waiting for it, or counts it.
-fn route(f: &Front, m: async_nats::Message) {
+/// Hands one reply, which came to `subject`, to the call waiting for it,
+/// or counts it. `bare_no_responders`: it is the server's "no responders"
+/// ([`bare_no_responders`]).
+fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
     {
-        let id = m
-            .subject
+        let id = subject
             .rsplit('.')
             .next()
             .and_then(|t| t.parse::<u64>().ok());
-        let h = m.headers.as_ref();
-        let host = h.and_then(|h| h.get(wire::HOST)).map(|v| v.as_str());
+        let h = &m.fields;
+        let host = h.get(Name::Host);
         // No instance named (another version): matches any.
-        let instance = h.and_then(|h| h.get(wire::INSTANCE)).map(|v| v.as_str());
+        let instance = h.get(Name::Instance);
         let named = || host.map(|h| (h.to_owned(), instance.unwrap_or_default().to_owned()));
         // A notice (`accepted`, `running`, `done`), or else an answer.
-        let status = h.and_then(|h| h.get(wire::STATUS)).map(|v| v.as_str());
-        let runs_on = h
-            .and_then(|h| h.get(wire::RUNS_ON))
-            .is_some_and(|v| v.as_str() == "1");
+        let status = h.get(Name::Status);
+        let runs_on = h.get(Name::RunsOn) == Some("1");
         // A message about a call counts only with the call's token; the
         // NATS server's "no responders" carries none, and is taken only
         // bare (a peer can write a status line too: one with any other
         // status, or with litebridge's headers, is not the server's).
-        let token = h.and_then(|h| h.get(wire::TOKEN)).map(|v| v.as_str());
-        let bare_no_responders = bare_no_responders(&m);
+        let token = h.get(Name::Token);
         // An answer to a question (`asking`) carries none (a host that
         // never had the call does not know it): it is taken only for a
         // call being asked about.
@@ -1572,9 +1583,7 @@ fn route(f: &Front, m: async_nats::Message) {
                 drop(calls);
                 if status.is_none() {
                     f.late.fetch_add(1, Ordering::Relaxed);
-                    let started = h
-                        .and_then(|h| h.get(wire::STARTED))
-                        .map(|v| v.as_str() == "1");
+                    let started = h.get(Name::Started).map(|v| v == "1");
                     // At most once a minute: anyone who may publish into
                     // the inbox can send these.
                     f.warn_once_a_minute(&format!(

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::Client;
 use async_nats::service::ServiceExt;
-use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt};
 use serde_json::{Value as Json, json};
@@ -17,6 +17,7 @@ use crate::error::{Error, Result, TimeoutStage};
 use crate::sync::lock;
 use crate::workers::nats::NatsConfig;
 use crate::workers::nats::bundle;
+use crate::workers::nats::fields::{Fields, Name};
 use crate::workers::nats::outbox::{Outbox, Outgoing};
 use crate::workers::nats::seen::Seen;
 use crate::workers::nats::wire::{self, Subjects};
@@ -411,17 +412,14 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn header(h: Option<&HeaderMap>, name: async_nats::HeaderName) -> Option<&str> {
-    h.and_then(|h| h.get(name)).map(|v| v.as_str())
-}
-
 async fn serve(
     host: Arc<Host>,
     mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
 ) {
     while let Some(request) = requests.next().await {
         let Some(entries) = bundle::entries_of(&request.message) else {
-            take(&host, Incoming::Alone(request));
+            let fields = Fields::from_map(request.message.headers.as_ref());
+            take(&host, Incoming::Alone(request, fields));
             continue;
         };
         let entries = match entries {
@@ -445,37 +443,42 @@ async fn serve(
         // Only calls a front end made: a reply subject in a front end's
         // inbox (so a bundle cannot make this host publish anywhere else;
         // one naming a running call's is dropped, as alone).
-        let calls: futures_util::stream::FuturesUnordered<_> = entries
-            .into_iter()
-            .filter_map(|e| {
-                let to = host.bundle_to(&e.subject);
-                if to.is_none() {
-                    tracing::debug!(
-                        "a bundled call with a reply subject no front end gave it; dropped"
-                    );
-                    return None;
-                }
-                let message = async_nats::Message {
-                    subject: subject.clone(),
-                    reply: Some(e.subject.into()),
-                    payload: e.body,
-                    headers: Some(e.headers),
-                    status: None,
-                    description: None,
-                    length: 0,
-                };
-                let call = Incoming::Bundled { message, to };
-                let handling = taken(&host, &call)?;
-                // A panic ends its own call only, as a task of its own would.
-                Some(
-                    std::panic::AssertUnwindSafe(async move {
-                        handle(handling.0.clone(), call).await;
-                        drop(handling);
-                    })
-                    .catch_unwind(),
-                )
-            })
-            .collect();
+        let calls = futures_util::stream::FuturesUnordered::new();
+        for e in entries {
+            let to = host.bundle_to(&e.subject);
+            if to.is_none() {
+                tracing::debug!(
+                    "a bundled call with a reply subject no front end gave it; dropped"
+                );
+                continue;
+            }
+            let message = async_nats::Message {
+                subject: subject.clone(),
+                reply: Some(e.subject.into()),
+                payload: e.body,
+                headers: None,
+                status: None,
+                description: None,
+                length: 0,
+            };
+            let call = Incoming::Bundled {
+                message,
+                fields: e.fields,
+                to,
+            };
+            let Some(handling) = taken(&host, &call) else {
+                continue;
+            };
+            // A panic ends its own call only, as a task of its own would.
+            // Pushed where it is made (a future moved less is copied less).
+            calls.push(
+                std::panic::AssertUnwindSafe(async move {
+                    handle(handling.0.clone(), call).await;
+                    drop(handling);
+                })
+                .catch_unwind(),
+            );
+        }
         if !calls.is_empty() {
             host.count(method, |c| c.bundled += calls.len() as u64);
             tokio::spawn(async move {
@@ -508,12 +511,14 @@ struct Counted {
 
 /// A call as it came: alone, or in a bundle (`bundle`).
 enum Incoming {
-    /// Answered through the services protocol, which counts it.
-    Alone(async_nats::service::Request),
+    /// Answered through the services protocol, which counts it; with its
+    /// headers read.
+    Alone(async_nats::service::Request, Fields),
     /// Its answer and notices go back in bundles to `to`, its front end's
     /// inbox.
     Bundled {
         message: async_nats::Message,
+        fields: Fields,
         to: Option<async_nats::Subject>,
     },
 }
@@ -521,15 +526,21 @@ enum Incoming {
 impl Incoming {
     fn message(&self) -> &async_nats::Message {
         match self {
-            Incoming::Alone(r) => &r.message,
+            Incoming::Alone(r, _) => &r.message,
             Incoming::Bundled { message, .. } => message,
+        }
+    }
+
+    fn fields(&self) -> &Fields {
+        match self {
+            Incoming::Alone(_, fields) | Incoming::Bundled { fields, .. } => fields,
         }
     }
 
     /// Where its notices may be bundled.
     fn bundle_to(&self) -> Option<async_nats::Subject> {
         match self {
-            Incoming::Alone(_) => None,
+            Incoming::Alone(..) => None,
             Incoming::Bundled { to, .. } => to.clone(),
         }
     }
@@ -598,18 +609,19 @@ async fn handle(host: Arc<Host>, request: Incoming) {
     let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
         return;
     };
-    let h = msg.headers.as_ref();
+    let h = request.fields();
     let method = host
         .subjects
         .method_of(&msg.subject)
         .unwrap_or_default()
         .to_owned();
-    let budget = header(h, wire::BUDGET_MS).and_then(|v| v.parse::<u64>().ok());
-    let deadline = header(h, wire::DEADLINE).and_then(|v| v.parse::<u64>().ok());
-    let request_id = header(h, wire::REQUEST_ID).map(str::to_owned);
+    let budget = h.get(Name::BudgetMs).and_then(|v| v.parse::<u64>().ok());
+    let deadline = h.get(Name::Deadline).and_then(|v| v.parse::<u64>().ok());
+    let request_id = h.get(Name::RequestId).map(str::to_owned);
     // Echoed on every notice and answer about the call (short and
     // printable, or none: one of a front end of an earlier version).
-    let token = header(h, wire::TOKEN)
+    let token = h
+        .get(Name::Token)
         .filter(|t| t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_default()
         .to_owned();
@@ -929,14 +941,14 @@ impl Host {
     }
 
     /// The headers of a status message (`accepted`, `running`, `done`) about a call.
-    fn status(&self, status: &'static str, token: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(wire::STATUS, status);
+    fn status(&self, status: &'static str, token: &str) -> Fields {
+        let mut headers = Fields::new();
+        headers.insert(Name::Status, status);
         if !token.is_empty() {
-            headers.insert(wire::TOKEN, token);
+            headers.insert(Name::Token, token);
         }
-        headers.insert(wire::HOST, self.id.as_str());
-        headers.insert(wire::INSTANCE, self.service_id.as_str());
+        headers.insert(Name::Host, self.id.as_str());
+        headers.insert(Name::Instance, self.service_id.as_str());
         headers
     }
 }
@@ -967,18 +979,18 @@ fn answer(
         body = wire::answer_body(&Err(e.clone()));
         outcome = Err(e);
     }
-    let mut headers = HeaderMap::new();
-    headers.insert(wire::HOST, host.id.as_str());
+    let mut headers = Fields::new();
+    headers.insert(Name::Host, host.id.as_str());
     if !token.is_empty() {
-        headers.insert(wire::TOKEN, token);
+        headers.insert(Name::Token, token);
     }
     if runs_on {
-        headers.insert(wire::RUNS_ON, "1");
+        headers.insert(Name::RunsOn, "1");
     }
     if runs_on || matches!(&outcome, Err(Error::WorkerCrashed { .. })) {
         // With the worker's number in the body: which death this was; or
         // which instance's `done` (or loss) to wait for.
-        headers.insert(wire::INSTANCE, host.service_id.as_str());
+        headers.insert(Name::Instance, host.service_id.as_str());
     }
     let started = !matches!(&outcome, Err(e) if wire::not_started(e));
     if outcome.is_err() {
@@ -987,18 +999,15 @@ fn answer(
             c.not_started += u64::from(!started);
         });
     }
-    headers.insert(wire::STARTED, if started { "1" } else { "0" });
+    headers.insert(Name::Started, if started { "1" } else { "0" });
     if let Err(e) = &outcome {
-        headers.insert(async_nats::service::NATS_SERVICE_ERROR, e.kind().as_str());
-        headers.insert(
-            async_nats::service::NATS_SERVICE_ERROR_CODE,
-            if started { "500" } else { "503" },
-        );
+        headers.insert(Name::ServiceError, e.kind().as_str());
+        headers.insert(Name::ServiceErrorCode, if started { "500" } else { "503" });
     }
     match request {
-        Incoming::Alone(request) => host.outbox.send(Outgoing::Answer {
+        Incoming::Alone(request, _) => host.outbox.send(Outgoing::Answer {
             request: Box::new(request),
-            headers,
+            headers: headers.to_map(),
             payload: body.into(),
             method: method.to_owned(),
         }),
@@ -1035,7 +1044,9 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
             // call as lost, as when a host does not answer.
             && host.answers_queued.load(Ordering::Acquire) < MAX_ANSWERS_QUEUED
         {
-            let age = header(msg.headers.as_ref(), wire::SENT)
+            let age = (msg.headers.as_ref())
+                .and_then(|h| h.get(wire::SENT))
+                .map(|v| v.as_str())
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(Duration::MAX, |sent| {
                     Duration::from_millis(unix_ms().saturating_sub(sent))

@@ -69,8 +69,10 @@
 mod asking;
 mod bundle;
 mod config;
+mod fields;
 mod front;
 mod host;
+mod mailbox;
 mod outbox;
 mod seen;
 mod wire;

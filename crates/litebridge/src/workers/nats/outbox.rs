@@ -55,6 +55,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::workers::nats::bundle;
+use crate::workers::nats::fields::Fields;
 
 /// Most messages taken in one pass.
 const PASS: usize = 512;
@@ -81,7 +82,7 @@ pub(super) enum Outgoing {
         subject: Subject,
         /// Where answers go (a question's).
         reply: Option<Subject>,
-        headers: HeaderMap,
+        headers: Fields,
         payload: Bytes,
         /// Counted down once published or dropped (a host's answers to
         /// questions).
@@ -96,7 +97,7 @@ pub(super) enum Outgoing {
     Call {
         subject: Subject,
         reply: Subject,
-        headers: HeaderMap,
+        headers: Fields,
         payload: Bytes,
         ticket: Ticket,
         handed: oneshot::Sender<Result<(), String>>,
@@ -141,7 +142,7 @@ impl Outbox {
     }
 
     /// A message about a call.
-    pub(super) fn publish(&self, subject: impl Into<Subject>, headers: HeaderMap, payload: Bytes) {
+    pub(super) fn publish(&self, subject: impl Into<Subject>, headers: Fields, payload: Bytes) {
         self.publish_bundled(subject, headers, payload, None);
     }
 
@@ -150,7 +151,7 @@ impl Outbox {
     pub(super) fn publish_bundled(
         &self,
         subject: impl Into<Subject>,
-        headers: HeaderMap,
+        headers: Fields,
         payload: Bytes,
         bundle: Option<Subject>,
     ) {
@@ -170,7 +171,7 @@ impl Outbox {
     pub(super) fn publish_counted(
         &self,
         subject: impl Into<Subject>,
-        headers: HeaderMap,
+        headers: Fields,
         queued: &Arc<AtomicUsize>,
     ) {
         queued.fetch_add(1, Ordering::AcqRel);
@@ -186,7 +187,7 @@ impl Outbox {
 
     /// A question about the call with reply subject `reply` (`asking`):
     /// its cancel, with that subject as the place for answers.
-    pub(super) fn ask(&self, subject: impl Into<Subject>, reply: String, headers: HeaderMap) {
+    pub(super) fn ask(&self, subject: impl Into<Subject>, reply: String, headers: Fields) {
         self.send(Outgoing::Publish {
             subject: subject.into(),
             payload: Bytes::from(reply.clone().into_bytes()),
@@ -206,7 +207,7 @@ impl Outbox {
         &self,
         subject: Subject,
         reply: Subject,
-        headers: HeaderMap,
+        headers: Fields,
         payload: Bytes,
         bundle: usize,
     ) -> Sending {
@@ -506,11 +507,15 @@ async fn publish(client: &Client, message: Outgoing) {
             let sent = match reply {
                 Some(reply) => {
                     client
-                        .publish_with_reply_and_headers(subject, reply, headers, payload)
+                        .publish_with_reply_and_headers(subject, reply, headers.to_map(), payload)
                         .await
                 }
                 None if headers.is_empty() => client.publish(subject, payload).await,
-                None => client.publish_with_headers(subject, headers, payload).await,
+                None => {
+                    client
+                        .publish_with_headers(subject, headers.to_map(), payload)
+                        .await
+                }
             };
             if let Err(e) = sent {
                 tracing::debug!("sending a call's notice on NATS: {e}");
@@ -529,7 +534,7 @@ async fn publish(client: &Client, message: Outgoing) {
                 return;
             }
             let sent = client
-                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .publish_with_reply_and_headers(subject, reply, headers.to_map(), payload)
                 .await;
             let _ = handed.send(sent.map_err(|e| e.to_string()));
         }
