@@ -480,11 +480,15 @@ impl WorkerPool {
         if let Some(cache) = self.shared.cache.get()
             && let Some((key, ttl)) = self.cache_key(method, &params, &options)
         {
-            return cache
-                .get_or_load_by(&key, ttl, Some((deadline, timeout)), || {
+            // Boxed: a call that is not cached does not carry the cache's
+            // future in its own (half its size; a NATS host boxes each
+            // call's future, and callers move theirs).
+            return Box::pin(
+                cache.get_or_load_by(&key, ttl, Some((deadline, timeout)), || {
                     self.call_uncached(method, params, options, deadline)
-                })
-                .await;
+                }),
+            )
+            .await;
         }
         self.call_uncached(method, params, options, deadline).await
     }

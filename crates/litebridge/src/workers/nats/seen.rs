@@ -48,12 +48,38 @@ enum Mark {
     Asked,
 }
 
+/// A generation: each key is already a keyed hash, used as its own hash
+/// (hashing it again cost a SipHash per lookup, three a call).
+type Generation = HashMap<u64, Mark, std::hash::BuildHasherDefault<AsItIs>>;
+
+/// A hasher of `u64`s that are already keyed hashes.
+#[derive(Default)]
+struct AsItIs(u64);
+
+impl std::hash::Hasher for AsItIs {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); anything else is
+        // folded in, still a hash.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 pub(super) struct Seen {
     span: Duration,
     keys: std::hash::RandomState,
-    current: HashMap<u64, Mark>,
+    current: Generation,
     current_since: Instant,
-    previous: HashMap<u64, Mark>,
+    previous: Generation,
     /// A generation kept is full (entries were not taken).
     full: [bool; 2],
 }
@@ -64,9 +90,9 @@ impl Seen {
         Seen {
             span,
             keys: std::hash::RandomState::new(),
-            current: HashMap::new(),
+            current: Generation::default(),
             current_since: Instant::now(),
-            previous: HashMap::new(),
+            previous: Generation::default(),
             full: [false; 2],
         }
     }
