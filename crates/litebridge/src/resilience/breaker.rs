@@ -189,7 +189,9 @@ pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     generation: u64,
     probe: bool,
-    started: Instant,
+    /// When it was given, when calls may count as slow (the clock is read
+    /// only when needed: twice a call on a busy bridge's two ends).
+    started: Option<Instant>,
     reported: bool,
 }
 
@@ -197,15 +199,15 @@ impl Permit<'_> {
     /// The call succeeded (it may still count as slow).
     pub fn success(mut self) {
         self.reported = true;
+        let took = self.started.map(|s| s.elapsed());
         self.breaker
-            .record(self.generation, self.probe, false, self.started.elapsed());
+            .record(self.generation, self.probe, false, took);
     }
 
     /// The call failed.
     pub fn failure(mut self) {
         self.reported = true;
-        self.breaker
-            .record(self.generation, self.probe, true, self.started.elapsed());
+        self.breaker.record(self.generation, self.probe, true, None);
     }
 
     /// Reports `failed`.
@@ -270,8 +272,11 @@ impl CircuitBreaker {
     /// [`Rejected`] with `retry_after` while open, or half-open with every
     /// probe already out.
     pub fn try_acquire(&self, deadline: Instant) -> Result<Permit<'_>, Rejected> {
-        let now = Instant::now();
         let mut s = self.lock();
+        // Read only when needed (a closed breaker that counts no slow calls
+        // does not).
+        let mut now = None;
+        let mut now = || *now.get_or_insert_with(Instant::now);
         let probe = match s.state {
             BreakerState::Closed => false,
             BreakerState::ForcedOpen => {
@@ -281,6 +286,7 @@ impl CircuitBreaker {
             }
             BreakerState::Open => {
                 let until = s.opened_at + self.config.open_for;
+                let now = now();
                 if now < until {
                     return Err(Rejected {
                         retry_after: until - now,
@@ -289,13 +295,13 @@ impl CircuitBreaker {
                 self.transition(&mut s, BreakerState::HalfOpen, now);
                 self.admit_probe(&mut s, now, deadline)?
             }
-            BreakerState::HalfOpen => self.admit_probe(&mut s, now, deadline)?,
+            BreakerState::HalfOpen => self.admit_probe(&mut s, now(), deadline)?,
         };
         Ok(Permit {
             breaker: self,
             generation: s.generation,
             probe,
-            started: now,
+            started: self.config.slow_call_duration.map(|_| now()),
             reported: false,
         })
     }
@@ -341,9 +347,15 @@ impl CircuitBreaker {
         }
     }
 
-    fn record(&self, generation: u64, probe: bool, failed: bool, took: Duration) {
-        let now = Instant::now();
-        let slow = !failed && self.config.slow_call_duration.is_some_and(|d| took >= d);
+    /// Counts a call's outcome; `took`: how long a success took, when
+    /// calls may count as slow.
+    fn record(&self, generation: u64, probe: bool, failed: bool, took: Option<Duration>) {
+        let slow = !failed
+            && self
+                .config
+                .slow_call_duration
+                .zip(took)
+                .is_some_and(|(d, took)| took >= d);
         let c = &self.config;
         let mut s = self.lock();
         if s.generation != generation {
@@ -367,7 +379,7 @@ impl CircuitBreaker {
                         && (s.failures as f64 / n >= c.failure_rate
                             || s.slow as f64 / n >= c.slow_call_rate));
                 if tripped {
-                    self.transition(&mut s, BreakerState::Open, now);
+                    self.transition(&mut s, BreakerState::Open, Instant::now());
                 }
             }
             BreakerState::HalfOpen if probe => {
@@ -380,7 +392,7 @@ impl CircuitBreaker {
                     } else {
                         BreakerState::Closed
                     };
-                    self.transition(&mut s, to, now);
+                    self.transition(&mut s, to, Instant::now());
                 }
             }
             _ => {}

@@ -213,7 +213,8 @@ impl RetryPolicy {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let started = Instant::now();
+        // Read only for a limit of the time spent (not on every call).
+        let started = self.max_elapsed.map(|_| Instant::now());
         if let Some(b) = &self.budget {
             b.deposit();
         }
@@ -242,7 +243,7 @@ impl RetryPolicy {
         &self,
         attempt: u32,
         error: &Error,
-        started: Instant,
+        started: Option<Instant>,
         deadline: Option<Instant>,
     ) -> Option<Duration> {
         if attempt >= self.max_attempts || !(self.predicate)(error) {
@@ -250,7 +251,7 @@ impl RetryPolicy {
         }
         let jittered = self.backoff.delay(attempt, self.random.as_ref());
         let delay = error.retry_after().map_or(jittered, |r| r.max(jittered));
-        if let Some(limit) = self.max_elapsed
+        if let (Some(limit), Some(started)) = (self.max_elapsed, started)
             && started.elapsed() + delay > limit
         {
             return None;

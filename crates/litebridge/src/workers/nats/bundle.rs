@@ -126,11 +126,18 @@ impl Writer {
     /// Adds a message that [`entry_size`] accepted.
     pub(crate) fn push(&mut self, subject: &str, fields: &Fields, body: &[u8]) {
         debug_assert!((self.count as usize) < MAX_ENTRIES);
-        let (count, _) = fields.bundled_size().unwrap_or_default();
+        debug_assert!(fields.bundled_size().is_some());
         self.body.put_u16(subject.len() as u16);
         self.body.put_slice(subject.as_bytes());
-        self.body.put_u8(count);
-        self.body.put_slice(fields.encoded());
+        // Headers `entry_size` refused are never written (an entry
+        // without them, not a corrupt one, should one come here).
+        match fields.bundled_size() {
+            Some((count, _)) => {
+                self.body.put_u8(count);
+                self.body.put_slice(fields.encoded());
+            }
+            None => self.body.put_u8(0),
+        }
         self.body.put_u32(body.len() as u32);
         self.body.put_slice(body);
         self.count += 1;

@@ -75,16 +75,19 @@ impl Fields {
     }
 
     /// Adds a header (after any of the same name: [`Fields::get`] reads
-    /// the first, as `HeaderMap::get` does).
+    /// the first). A value over 64 KiB is cut there (every reader of one
+    /// compares it with a short value or reads a number: the outcome is
+    /// the same), and the message goes alone.
     pub(crate) fn insert(&mut self, name: Name, value: &str) {
-        let bytes = value.as_bytes();
+        let mut bytes = value.as_bytes();
         if !value_ok(bytes) || self.count == u8::MAX {
             self.unbundleable = true;
-            if bytes.len() > u16::MAX as usize || self.count == u8::MAX {
-                // Not kept: no header of litebridge's is this long, and a
-                // message about a call has a dozen at most.
+            if self.count == u8::MAX {
+                // Not kept: a message about a call has a dozen at most
+                // (and `from_map` keeps one per name).
                 return;
             }
+            bytes = &bytes[..bytes.len().min(u16::MAX as usize)];
         }
         self.raw.push(name as u8);
         self.raw
@@ -107,7 +110,11 @@ impl Fields {
     pub(crate) fn get(&self, name: Name) -> Option<&str> {
         self.iter()
             .find(|&(n, _)| n == name as u8)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(|(_, v)| match std::str::from_utf8(v) {
+                Ok(v) => v,
+                // A value cut inside a character (`insert`).
+                Err(e) => std::str::from_utf8(&v[..e.valid_up_to()]).unwrap_or_default(),
+            })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -137,8 +144,9 @@ impl Fields {
         })
     }
 
-    /// The headers of a message that came alone: those of [`NAMES`] (the
-    /// only ones read of a message about a call).
+    /// The headers of a message that came alone: the first value of each
+    /// of [`NAMES`] (the only ones read of a message about a call once it
+    /// is routed; the server's "no responders" is told from the map).
     pub(crate) fn from_map(headers: Option<&HeaderMap>) -> Fields {
         let mut fields = Fields::new();
         let Some(headers) = headers else {
@@ -148,8 +156,8 @@ impl Fields {
             let Some(index) = NAMES.iter().position(|n| n == name) else {
                 continue;
             };
-            // In the order they came: the first is the one read.
-            for value in values {
+            // The first is the one read.
+            if let Some(value) = values.first() {
                 fields.insert(NAME_OF[index], value.as_ref());
             }
         }
@@ -222,6 +230,20 @@ mod tests {
         assert_eq!(f.bundled_size(), None);
         // Still read (and sent alone) as given.
         assert_eq!(f.get(Name::Host), Some("new\nline"));
+    }
+
+    #[test]
+    fn a_map_reads_as_header_map_get_does_whatever_a_peer_sent() {
+        let mut map = HeaderMap::new();
+        map.append(wire::TOKEN, "x".repeat(70_000).as_str());
+        map.append(wire::TOKEN, "abc");
+        map.insert(wire::STATUS, "\u{e9}".repeat(40_000).as_str());
+        let f = Fields::from_map(Some(&map));
+        // The first value, cut to 64 KiB (a long token matches no call).
+        assert_eq!(f.get(Name::Token), Some("x".repeat(65_535).as_str()));
+        // Cut inside a character: read up to it, still a status none knows.
+        assert!(f.get(Name::Status).is_some_and(|s| s.starts_with('\u{e9}')));
+        assert_eq!(f.bundled_size(), None);
     }
 
     #[test]

@@ -537,7 +537,8 @@ impl NatsBridge {
         } = attempt;
         let s = &self.shared;
         self.wait_connected(deadline, timeout).await?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(Error::Timeout {
                 after: timeout,
@@ -597,7 +598,7 @@ impl NatsBridge {
             asked: false,
             runs_on: false,
             abandoned: abandoned.cloned(),
-            ack_by: Instant::now() + s.config.ack_within(),
+            ack_by: now + s.config.ack_within(),
             deadline,
         };
         let mut headers = Fields::new();
@@ -625,9 +626,11 @@ impl NatsBridge {
         let mut early = None;
         // A message that came before the hand-off was reported (below).
         let mut held: Option<Reply> = None;
-        // One timer per call: the deadline until the call is handed over,
-        // then the acknowledgement's time (or the deadline, if sooner)
-        // until the call is acknowledged, then the deadline.
+        // One timer for the call's waits: the deadline until the call is
+        // handed over, then the acknowledgement's time (or the deadline,
+        // if sooner) until the call is acknowledged or asked about, then
+        // the deadline or the question's time. (A message that comes
+        // before the hand-off is told waits with a timer of its own.)
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         let handed = tokio::select! {

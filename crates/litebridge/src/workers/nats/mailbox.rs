@@ -80,14 +80,22 @@ impl<T> Receiver<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // Within tokio's budget of work per turn, as its channels are: a
+        // flood of messages (a peer can send a call's inbox many) must not
+        // keep the task from yielding.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         if let Some(ready) = self.try_take() {
+            coop.made_progress();
             return Poll::Ready(ready);
         }
         // Registered before looking again: a message sent in between
         // wakes this task.
         self.0.waker.register(cx.waker());
         match self.try_take() {
-            Some(ready) => Poll::Ready(ready),
+            Some(ready) => {
+                coop.made_progress();
+                Poll::Ready(ready)
+            }
             None => Poll::Pending,
         }
     }
@@ -130,6 +138,25 @@ mod tests {
         tx.send(3).unwrap();
         drop(tx);
         assert_eq!(waiting.await.unwrap(), (Some(2), Some(3), None));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_receiver_of_a_flood_yields_to_other_tasks() {
+        let (tx, mut rx) = mailbox();
+        for i in 0..10_000 {
+            tx.send(i).unwrap();
+        }
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = ran.clone();
+        tokio::spawn(async move { other.store(true, std::sync::atomic::Ordering::Release) });
+        let mut ran_before_the_last = false;
+        for i in 0..10_000 {
+            assert_eq!(rx.recv().await, Some(i));
+            if i < 9_999 && ran.load(std::sync::atomic::Ordering::Acquire) {
+                ran_before_the_last = true;
+            }
+        }
+        assert!(ran_before_the_last, "the receiver never yielded");
     }
 
     #[tokio::test]
