@@ -18,10 +18,10 @@
 //! side (one that collides with a mark left by a question makes a call
 //! refused, unanswered: it is then lost, not run twice).
 //!
-//! A question answered `unseen` leaves a mark in the same table, and a call
-//! that comes after it is refused: taking a call and answering about it
-//! happen under one lock, on two tasks (the endpoints' and the cancels'),
-//! so whichever comes second sees the other. (The table of cancels that
+//! A question answered `unseen` leaves a mark in its generation's table of
+//! questions, and a call that comes after it is refused: taking a call
+//! and answering about it happen under one lock, on two tasks (the
+//! endpoints' and the cancels'), so whichever comes second sees the other. (The table of cancels that
 //! came before their calls would do too, but it is bounded by count, and
 //! a flood of cancels could push a mark out before its call came: review
 //! 136.)
@@ -39,8 +39,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Most entries in one generation (about 19 MB): past it, the host answers
-/// `maybe` until the full generation is dropped.
+/// Most entries in one generation (about 19 MB in either of its two
+/// tables; each keeps its size once emptied, so a generation filled once
+/// with calls and once with questions keeps about 38 MB): past it, the
+/// host answers `maybe` until the full generation is dropped.
 const MAX_PER_GENERATION: usize = 1 << 20;
 
 /// Keys already keyed hashes, used as their own hash (hashing them again
