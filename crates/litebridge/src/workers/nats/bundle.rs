@@ -170,18 +170,21 @@ pub(crate) fn entries_of(message: &async_nats::Message) -> Option<Result<Vec<Ent
 /// Takes a bundle apart, or says why it cannot be read. The entries'
 /// bodies share `body`'s memory.
 pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
+    let bytes: &[u8] = body;
     let mut at = 0usize;
-    let take = |at: &mut usize, n: usize, what: &str| -> Result<Bytes, String> {
+    // The next `n` bytes, as a range of `body` (only a body is kept as a
+    // `Bytes` of its own: a slice of one costs two atomic operations).
+    let take = |at: &mut usize, n: usize, what: &str| {
         let end = at
             .checked_add(n)
-            .filter(|&e| e <= body.len())
-            .ok_or_else(|| format!("{what} runs past the end ({} bytes)", body.len()))?;
-        let b = body.slice(*at..end);
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| format!("{what} runs past the end ({} bytes)", bytes.len()))?;
+        let range = *at..end;
         *at = end;
-        Ok(b)
+        Ok::<_, String>(range)
     };
     // A big-endian number of the bytes given.
-    let n = |b: Bytes| b.iter().fold(0usize, |n, &d| (n << 8) | d as usize);
+    let n = |r: std::ops::Range<usize>| bytes[r].iter().fold(0usize, |n, &d| (n << 8) | d as usize);
     let count = n(take(&mut at, 2, "the count")?);
     if count > MAX_ENTRIES {
         return Err(format!("{count} entries (at most {MAX_ENTRIES} are read)"));
@@ -189,8 +192,8 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::with_capacity(count);
     for i in 0..count {
         let len = n(take(&mut at, 2, "a subject's length")?);
-        let subject = take(&mut at, len, "a subject")?;
-        let subject = std::str::from_utf8(&subject)
+        let subject = &bytes[take(&mut at, len, "a subject")?];
+        let subject = std::str::from_utf8(subject)
             .ok()
             .filter(|s| subject_ok(s))
             .ok_or_else(|| {
@@ -208,22 +211,22 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
                 ));
             }
             let len = n(take(&mut at, 2, "a header value's length")?);
-            let value = take(&mut at, len, "a header value")?;
-            if !value_ok(&value) {
+            let value = &bytes[take(&mut at, len, "a header value")?];
+            if !value_ok(value) {
                 return Err(format!("entry {i}: a header value is not printable ASCII"));
             }
-            fields.push_checked(index as u8, &value);
+            fields.push_checked(index as u8, value);
         }
         let len = n(take(&mut at, 4, "a body's length")?);
-        let body = take(&mut at, len, "a body")?;
+        let body = body.slice(take(&mut at, len, "a body")?);
         entries.push(Entry {
             subject,
             fields,
             body,
         });
     }
-    if at != body.len() {
-        return Err(format!("{} bytes after the last entry", body.len() - at));
+    if at != bytes.len() {
+        return Err(format!("{} bytes after the last entry", bytes.len() - at));
     }
     Ok(entries)
 }
