@@ -66,12 +66,21 @@ pub(crate) fn value_ok(v: &[u8]) -> bool {
 }
 
 impl Fields {
+    /// No headers (nothing allocated until one is added).
     pub(crate) fn new() -> Fields {
-        Fields {
-            raw: Vec::with_capacity(96),
-            count: 0,
-            unbundleable: false,
+        Fields::default()
+    }
+
+    /// Appends one header: room for a message's usual few at the first.
+    fn push(&mut self, index: u8, value: &[u8]) {
+        if self.raw.capacity() == 0 {
+            self.raw.reserve(96);
         }
+        self.raw.push(index);
+        self.raw
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.raw.extend_from_slice(value);
+        self.count = self.count.saturating_add(1);
     }
 
     /// Adds a header (after any of the same name: [`Fields::get`] reads
@@ -89,21 +98,13 @@ impl Fields {
             }
             bytes = &bytes[..bytes.len().min(u16::MAX as usize)];
         }
-        self.raw.push(name as u8);
-        self.raw
-            .extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-        self.raw.extend_from_slice(bytes);
-        self.count += 1;
+        self.push(name as u8, bytes);
     }
 
     /// Adds a header read from a bundle, whose value `bundle` checked.
     pub(crate) fn push_checked(&mut self, index: u8, value: &[u8]) {
         debug_assert!((index as usize) < NAMES.len() && value_ok(value));
-        self.raw.push(index);
-        self.raw
-            .extend_from_slice(&(value.len() as u16).to_be_bytes());
-        self.raw.extend_from_slice(value);
-        self.count = self.count.saturating_add(1);
+        self.push(index, value);
     }
 
     /// The first value of `name`.
