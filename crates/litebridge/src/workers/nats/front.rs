@@ -107,6 +107,13 @@ struct Note {
     payload: bytes::Bytes,
 }
 
+/// A method's calls in flight from this end, and the subject they are
+/// sent to (made once while any is in flight).
+struct InFlight {
+    calls: usize,
+    subject: async_nats::Subject,
+}
+
 struct Pending {
     tx: mailbox::Sender<Reply>,
     method: String,
@@ -117,8 +124,8 @@ struct Pending {
     /// Its host said `done` (the call is over there) before this end
     /// stopped waiting.
     done: bool,
-    /// What its notices and answer must carry ([`wire::TOKEN`]).
-    token: String,
+    /// What its notices and answer must carry ([`wire::TOKEN`]), in hex.
+    token: u64,
     /// It is being asked about (`asking`): the hosts' answers, which carry
     /// no token, count for it.
     asking: bool,
@@ -134,7 +141,7 @@ struct Pending {
 struct Kept {
     _place: Box<dyn std::any::Any + Send>,
     host: Option<(String, String)>,
-    token: String,
+    token: u64,
 }
 
 struct Front {
@@ -144,8 +151,8 @@ struct Front {
     /// The reply subjects of bundles of calls, for "no responders".
     replies: Arc<bundle::Replies>,
     /// Calls in flight by method (locked after `calls`), for the size
-    /// of bundles.
-    in_flight: Mutex<HashMap<String, usize>>,
+    /// of bundles, with the subject they go to.
+    in_flight: Mutex<HashMap<String, InFlight>>,
     /// Calls are bundled only from then on (two heartbeats after this end
     /// connected, or connected again): hosts of an older version, and
     /// instances that replaced others meanwhile, are heard by then.
@@ -238,6 +245,26 @@ fn death(instance: &str, worker: Option<u64>) -> u64 {
 fn a_death() -> u64 {
     static DEATHS: AtomicU64 = AtomicU64::new(1);
     DEATHS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A call's token as it travels ([`wire::TOKEN`]): 16 lowercase hex
+/// digits, written without an allocation.
+struct TokenHex([u8; 16]);
+
+impl TokenHex {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written (`token_hex`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn token_hex(token: &u64) -> TokenHex {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((token >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    TokenHex(out)
 }
 
 fn unix_ms() -> u64 {
@@ -565,10 +592,12 @@ impl NatsBridge {
         // listens on the subject.
         let per_bundle = self.serving(method)?;
         let id = s.next_call.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("{}.{id}", s.inbox);
-        let token = format!("{:016x}", std::hash::BuildHasher::hash_one(&s.tokens, id));
+        // A `Subject` from the start: the outbox's and this call's are one
+        // (a clone is a count, not a copy).
+        let reply: async_nats::Subject = format!("{}.{id}", s.inbox).into();
+        let token = std::hash::BuildHasher::hash_one(&s.tokens, id);
         let (tx, mut rx) = mailbox::mailbox();
-        {
+        let subject = {
             let mut calls = lock(&s.calls);
             calls.insert(
                 id,
@@ -577,18 +606,29 @@ impl NatsBridge {
                     method: method.to_owned(),
                     host: None,
                     done: false,
-                    token: token.clone(),
+                    token,
                     asking: false,
                 },
             );
             let mut in_flight = lock(&s.in_flight);
             match in_flight.get_mut(method) {
-                Some(n) => *n += 1,
+                Some(n) => {
+                    n.calls += 1;
+                    n.subject.clone()
+                }
                 None => {
-                    in_flight.insert(method.to_owned(), 1);
+                    let subject: async_nats::Subject = s.subjects.call(method).into();
+                    in_flight.insert(
+                        method.to_owned(),
+                        InFlight {
+                            calls: 1,
+                            subject: subject.clone(),
+                        },
+                    );
+                    subject
                 }
             }
-        }
+        };
         let mut guard = Waiting {
             front: s.clone(),
             id,
@@ -603,9 +643,9 @@ impl NatsBridge {
         };
         let mut headers = Fields::new();
         let left_ms = left.as_millis().max(1) as u64;
-        headers.insert(Name::BudgetMs, &left_ms.to_string());
-        headers.insert(Name::Deadline, &(unix_ms() + left_ms).to_string());
-        headers.insert(Name::Token, &token);
+        headers.insert_number(Name::BudgetMs, left_ms);
+        headers.insert_number(Name::Deadline, unix_ms() + left_ms);
+        headers.insert(Name::Token, token_hex(&token).as_str());
         if let Some(rid) =
             request_id.filter(|r| r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -615,13 +655,9 @@ impl NatsBridge {
         // acknowledgement's time counts from then. Until the outbox takes
         // it, the call can be withdrawn (its deadline, NATS lost, its
         // caller gone: `Waiting`), and then never leaves.
-        let mut sending = s.outbox.call(
-            s.subjects.call(method).into(),
-            reply.into(),
-            headers,
-            body.clone(),
-            per_bundle,
-        );
+        let mut sending = s
+            .outbox
+            .call(subject, reply, headers, body.clone(), per_bundle);
         guard.ticket = Some(sending.ticket.clone());
         let mut early = None;
         // A message that came before the hand-off was reported (below).
@@ -910,8 +946,7 @@ impl NatsBridge {
         }
         let in_flight = lock(&self.shared.in_flight)
             .get(method)
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |n| n.calls);
         Ok(bundle::calls_per_bundle(in_flight, serving))
     }
 
@@ -1107,7 +1142,7 @@ impl NatsBridge {
 struct Waiting {
     front: Arc<Front>,
     id: u64,
-    reply: String,
+    reply: async_nats::Subject,
     /// Its place in the outbox, once queued there.
     ticket: Option<outbox::Ticket>,
     cancel: bool,
@@ -1135,8 +1170,8 @@ impl Drop for Waiting {
             if let Some(p) = &pending {
                 let mut in_flight = lock(&self.front.in_flight);
                 if let Some(n) = in_flight.get_mut(&p.method) {
-                    *n -= 1;
-                    if *n == 0 {
+                    n.calls -= 1;
+                    if n.calls == 0 {
                         in_flight.remove(&p.method);
                     }
                 }
@@ -1181,10 +1216,10 @@ impl Drop for Waiting {
         // The host that acknowledged it is the one running it; before an
         // acknowledgement any host may be, and every host listens. Behind
         // the call in the same outbox.
-        let reply = std::mem::take(&mut self.reply);
+        let reply = bytes::Bytes::copy_from_slice(self.reply.as_bytes());
         self.front
             .outbox
-            .publish(self.front.subjects.cancel(), Fields::new(), reply.into());
+            .publish(self.front.subjects.cancel(), Fields::new(), reply);
     }
 }
 
@@ -1521,7 +1556,7 @@ fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
         // never had the call does not know it): it is taken only for a
         // call being asked about.
         let answer_to_question = matches!(status, Some(wire::UNSEEN | wire::MAYBE));
-        let its = |want: &str| token == Some(want) || bare_no_responders;
+        let its = |want: u64| token == Some(token_hex(&want).as_str()) || bare_no_responders;
         let mut calls = lock(&f.calls);
         // A notice about a call whose host is known counts only from that
         // host (a peer on the bus naming it could otherwise give places
@@ -1534,8 +1569,8 @@ fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
         let id = id.filter(|id| {
             let theirs = calls
                 .get(id)
-                .map(|p| its(&p.token) || (answer_to_question && p.asking))
-                .or_else(|| lock(&f.kept).get(id).map(|k| its(&k.token)));
+                .map(|p| its(p.token) || (answer_to_question && p.asking))
+                .or_else(|| lock(&f.kept).get(id).map(|k| its(k.token)));
             if theirs == Some(false) {
                 tracing::debug!(id, "a message without its call's token; dropped");
             }
@@ -1898,6 +1933,13 @@ async fn follow_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_travels_as_sixteen_hex_digits() {
+        for t in [0, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(token_hex(&t).as_str(), format!("{t:016x}"));
+        }
+    }
 
     fn beat(instance: &str) -> Heartbeat {
         Heartbeat {

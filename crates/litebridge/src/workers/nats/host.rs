@@ -444,17 +444,28 @@ async fn serve(
         // inbox (so a bundle cannot make this host publish anywhere else;
         // one naming a running call's is dropped, as alone).
         let calls = futures_util::stream::FuturesUnordered::new();
+        // Where the previous entry's answer goes: a bundle's calls come
+        // from one front end, and their inbox is made once.
+        let mut last: Option<(String, async_nats::Subject)> = None;
         for e in entries {
-            let to = host.bundle_to(&e.subject);
-            if to.is_none() {
+            let Some(inbox) = host.front_inbox_of(&e.subject) else {
                 tracing::debug!(
                     "a bundled call with a reply subject no front end gave it; dropped"
                 );
                 continue;
-            }
+            };
+            let to = match &last {
+                Some((known, to)) if known == inbox => to.clone(),
+                _ => {
+                    let to: async_nats::Subject = format!("{}{inbox}.b", host.front_inboxes).into();
+                    last = Some((inbox.to_owned(), to.clone()));
+                    to
+                }
+            };
+            let to = Some(to);
             let message = async_nats::Message {
                 subject: subject.clone(),
-                reply: Some(e.subject.into()),
+                reply: Some(e.subject),
                 payload: e.body,
                 headers: None,
                 status: None,
@@ -606,26 +617,20 @@ const LATE_CALL_GRACE: Duration = Duration::from_millis(100);
 /// cancel) when its caller cancels.
 async fn handle(host: Arc<Host>, request: Incoming) {
     let msg = request.message();
-    let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+    // Both kept as they came (a `Subject` is cloned by a count).
+    let Some(reply) = msg.reply.clone() else {
         return;
     };
+    let subject = msg.subject.clone();
     let h = request.fields();
-    let method = host
-        .subjects
-        .method_of(&msg.subject)
-        .unwrap_or_default()
-        .to_owned();
+    let method = host.subjects.method_of(&subject).unwrap_or_default();
     let budget = h.get(Name::BudgetMs).and_then(|v| v.parse::<u64>().ok());
     let deadline = h.get(Name::Deadline).and_then(|v| v.parse::<u64>().ok());
     let request_id = h.get(Name::RequestId).map(str::to_owned);
     // Echoed on every notice and answer about the call (short and
     // printable, or none: one of a front end of an earlier version).
-    let token = h
-        .get(Name::Token)
-        .filter(|t| t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .unwrap_or_default()
-        .to_owned();
-    let refuse = |request, e: Error| answer(&host, request, &method, &token, Err(e), false);
+    let token = Token::new(h.get(Name::Token).unwrap_or_default());
+    let refuse = |request, e: Error| answer(&host, request, method, &token, Err(e), false);
     if host.draining.load(Ordering::Acquire) {
         return refuse(
             request,
@@ -796,7 +801,7 @@ async fn handle(host: Arc<Host>, request: Incoming) {
         let (host, reply, token, runs_on, to) = (
             host.clone(),
             reply.clone(),
-            token.clone(),
+            token,
             runs_on.clone(),
             request.bundle_to(),
         );
@@ -805,7 +810,7 @@ async fn handle(host: Arc<Host>, request: Incoming) {
             Box::new(DoneNotice {
                 host: host.clone(),
                 reply: reply.clone(),
-                token: token.clone(),
+                token,
                 to: to.clone(),
             })
         })
@@ -813,7 +818,7 @@ async fn handle(host: Arc<Host>, request: Incoming) {
     // The front end owns retries (on any host); a retry here would run an
     // idempotent call again behind a caller that asked for none.
     let mut call = Box::pin(host.pool.call(
-        &method,
+        method,
         params,
         CallOptions {
             timeout: Some(timeout),
@@ -846,7 +851,7 @@ async fn handle(host: Arc<Host>, request: Incoming) {
     match outcome {
         // Answered; if its worker runs on past this host's deadline, the
         // answer says so, and `done` follows.
-        Some(r) => answer(&host, request, &method, &token, r, runs_on),
+        Some(r) => answer(&host, request, method, &token, r, runs_on),
         None => {
             host.cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(method, runs_on, "call cancelled by its caller");
@@ -863,12 +868,44 @@ async fn handle(host: Arc<Host>, request: Incoming) {
     }
 }
 
+/// A call's token as it came (echoed on every notice and answer about
+/// it): up to 64 letters and digits, kept without an allocation; empty
+/// when it came with none or another (a front end of an earlier version).
+#[derive(Clone, Copy)]
+struct Token {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl Token {
+    fn new(token: &str) -> Token {
+        let mut t = Token {
+            bytes: [0; 64],
+            len: 0,
+        };
+        if token.len() <= t.bytes.len() && token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            t.bytes[..token.len()].copy_from_slice(token.as_bytes());
+            t.len = token.len() as u8;
+        }
+        t
+    }
+}
+
+impl std::ops::Deref for Token {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII letters and digits are ever kept (`new`).
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
 /// Tells a front end, when dropped, that a call it gave up on is over here
 /// (its worker answered it or ended).
 struct DoneNotice {
     host: Arc<Host>,
-    reply: String,
-    token: String,
+    reply: async_nats::Subject,
+    token: Token,
     /// Where it may be bundled.
     to: Option<async_nats::Subject>,
 }
@@ -878,7 +915,7 @@ impl Drop for DoneNotice {
         // Through the same outbox as the call's answer (a `done` may still
         // come first, when the worker ends as its call is answered: the
         // front end takes either order).
-        let reply = std::mem::take(&mut self.reply);
+        let reply = self.reply.clone();
         let headers = self.host.status(wire::DONE, &self.token);
         self.host
             .outbox
@@ -922,10 +959,11 @@ impl Host {
         }
     }
 
-    /// Where the answers and notices of a bundled call with reply subject
-    /// `reply` may be bundled: its front end's inbox (`<inbox>.b`), when
-    /// `reply` is a call's subject there (`<inbox>.<number>`).
-    fn bundle_to(&self, reply: &str) -> Option<async_nats::Subject> {
+    /// The front end's inbox token of a bundled call with reply subject
+    /// `reply`, when `reply` is a call's subject there
+    /// (`<front_inboxes><inbox>.<number>`): its answers and notices may be
+    /// bundled to `<front_inboxes><inbox>.b`.
+    fn front_inbox_of<'a>(&self, reply: &'a str) -> Option<&'a str> {
         let rest = reply.strip_prefix(&self.front_inboxes)?;
         if reply.starts_with(&self.host_inboxes) {
             return None;
@@ -937,7 +975,7 @@ impl Host {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             && !id.is_empty()
             && id.bytes().all(|b| b.is_ascii_digit());
-        ours.then(|| format!("{}{inbox}.b", self.front_inboxes).into())
+        ours.then_some(inbox)
     }
 
     /// The headers of a status message (`accepted`, `running`, `done`) about a call.
@@ -1128,13 +1166,31 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// A running call's reply subject, as the call has it (a clone is a
+/// count, not a copy), looked up by `&str`.
+#[derive(PartialEq, Eq)]
+struct ReplyKey(async_nats::Subject);
+
+impl std::hash::Hash for ReplyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the `str` it is borrowed as.
+        self.0.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ReplyKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The calls running on a host, by reply subject, and the cancels that came
 /// first: a cancel and its call arrive on different subscriptions, and a
 /// call is registered by a task of its own, so the cancel can win the race
 /// (a host paused with both queued always sees it so).
 #[derive(Default)]
 struct Running {
-    calls: HashMap<String, (u64, oneshot::Sender<()>)>,
+    calls: HashMap<ReplyKey, (u64, oneshot::Sender<()>)>,
     next: u64,
     early: std::collections::HashSet<String>,
     /// The early cancels in the order they came, to forget the oldest.
@@ -1144,16 +1200,17 @@ struct Running {
 impl Running {
     /// Registers a call, unless one with this reply subject runs already or
     /// its cancel came first.
-    fn start(&mut self, reply: &str, cancel: oneshot::Sender<()>) -> Start {
-        if self.early.remove(reply) {
-            self.early_order.retain(|(_, r)| r != reply);
+    fn start(&mut self, reply: &async_nats::Subject, cancel: oneshot::Sender<()>) -> Start {
+        if self.early.remove(reply.as_str()) {
+            self.early_order.retain(|(_, r)| r != reply.as_str());
             return Start::CancelledFirst;
         }
-        if self.calls.contains_key(reply) {
+        if self.calls.contains_key(reply.as_str()) {
             return Start::Duplicate;
         }
         self.next += 1;
-        self.calls.insert(reply.to_owned(), (self.next, cancel));
+        self.calls
+            .insert(ReplyKey(reply.clone()), (self.next, cancel));
         Start::Started(self.next)
     }
 
@@ -1358,13 +1415,19 @@ mod tests {
         let mut r = Running::default();
         r.cancel("_INBOX.x.1");
         let (tx, _rx) = oneshot::channel();
-        assert!(matches!(r.start("_INBOX.x.1", tx), Start::CancelledFirst));
+        assert!(matches!(
+            r.start(&"_INBOX.x.1".into(), tx),
+            Start::CancelledFirst
+        ));
         let (tx, mut rx) = oneshot::channel();
-        let Start::Started(ticket) = r.start("_INBOX.x.2", tx) else {
+        let Start::Started(ticket) = r.start(&"_INBOX.x.2".into(), tx) else {
             panic!("not started")
         };
         let (tx2, _rx2) = oneshot::channel();
-        assert!(matches!(r.start("_INBOX.x.2", tx2), Start::Duplicate));
+        assert!(matches!(
+            r.start(&"_INBOX.x.2".into(), tx2),
+            Start::Duplicate
+        ));
         // The duplicate's end does not forget the running call.
         r.finish("_INBOX.x.2", ticket + 1);
         assert_eq!(r.len(), 1);
@@ -1379,14 +1442,17 @@ mod tests {
         // just come still stops its call.
         r.cancel("_INBOX.z.1");
         let (tx, _rx) = oneshot::channel();
-        assert!(matches!(r.start("_INBOX.z.1", tx), Start::CancelledFirst));
+        assert!(matches!(
+            r.start(&"_INBOX.z.1".into(), tx),
+            Start::CancelledFirst
+        ));
     }
 
     #[test]
     fn a_call_whose_task_panics_gives_up_its_registration() {
         let running = Mutex::new(Running::default());
         let (tx, _rx) = oneshot::channel();
-        let Start::Started(ticket) = lock(&running).start("_INBOX.p.1", tx) else {
+        let Start::Started(ticket) = lock(&running).start(&"_INBOX.p.1".into(), tx) else {
             panic!("not started")
         };
         let reply = String::from("_INBOX.p.1");
@@ -1404,7 +1470,7 @@ mod tests {
         assert_eq!(lock(&running).len(), 0);
         let (tx, _rx) = oneshot::channel();
         assert!(matches!(
-            lock(&running).start("_INBOX.p.1", tx),
+            lock(&running).start(&"_INBOX.p.1".into(), tx),
             Start::Started(_)
         ));
     }

@@ -5,7 +5,8 @@
 //! answer) or two. Tokio's unbounded channel allocates a block of 32 slots
 //! at its making (about 6 KB for a NATS message each), which a profile of
 //! `bridge-nats-pipelined` put among the largest per-call costs; this one
-//! allocates its shared part and, on the first message, room for four.
+//! allocates its shared part, which holds one message, and room for four
+//! more only when a second waits behind the first.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,10 @@ struct Shared<T> {
 }
 
 struct Queue<T> {
+    /// The oldest message, when the others are none.
+    first: Option<T>,
+    /// The messages behind `first`, or all of them once it is taken while
+    /// others wait.
     items: VecDeque<T>,
     /// The sender is gone: once the items are read, `recv` gives `None`.
     closed: bool,
@@ -38,6 +43,7 @@ pub(crate) struct Receiver<T>(Arc<Shared<T>>);
 pub(crate) fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
+            first: None,
             items: VecDeque::new(),
             closed: false,
             dropped: false,
@@ -55,10 +61,14 @@ impl<T> Sender<T> {
             if queue.dropped {
                 return Err(item);
             }
-            if queue.items.capacity() == 0 {
-                queue.items.reserve_exact(4);
+            if queue.first.is_none() && queue.items.is_empty() {
+                queue.first = Some(item);
+            } else {
+                if queue.items.capacity() == 0 {
+                    queue.items.reserve_exact(4);
+                }
+                queue.items.push_back(item);
             }
-            queue.items.push_back(item);
         }
         self.0.waker.wake();
         Ok(())
@@ -103,7 +113,9 @@ impl<T> Receiver<T> {
     /// A message, `Some(None)` when none will come, `None` when one may.
     fn try_take(&self) -> Option<Option<T>> {
         let mut queue = lock(&self.0.queue);
-        match queue.items.pop_front() {
+        // `first` is older than any in `items` (one goes there only while
+        // `items` is empty).
+        match queue.first.take().or_else(|| queue.items.pop_front()) {
             Some(item) => Some(Some(item)),
             None if queue.closed => Some(None),
             None => None,
@@ -121,6 +133,28 @@ impl<T> Drop for Receiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_order_of_sends_and_takes_keeps_the_messages_in_order() {
+        // Each bit of `pattern`: send the next number, or take one.
+        for pattern in 0u32..1 << 12 {
+            let (tx, rx) = mailbox();
+            let mut model = VecDeque::new();
+            let mut next = 0;
+            for bit in 0..12 {
+                if pattern >> bit & 1 == 1 {
+                    tx.send(next).unwrap();
+                    model.push_back(next);
+                    next += 1;
+                } else {
+                    assert_eq!(rx.try_take().flatten(), model.pop_front(), "{pattern:b}");
+                }
+            }
+            while let Some(m) = model.pop_front() {
+                assert_eq!(rx.try_take(), Some(Some(m)));
+            }
+        }
+    }
 
     #[tokio::test]
     async fn messages_come_in_order_then_none_once_the_sender_is_gone() {

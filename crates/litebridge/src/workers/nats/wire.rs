@@ -239,13 +239,67 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
     })
 }
 
-/// An answer's body.
+/// An answer's body: `{"result": ...}` or `{"error": {...}}`.
 pub(crate) fn answer_body(outcome: &Result<Json, Error>) -> Vec<u8> {
-    let v = match outcome {
-        Ok(result) => json!({ "result": result }),
-        Err(e) => json!({ "error": encode_error(e) }),
-    };
-    serde_json::to_vec(&v).unwrap_or_default()
+    /// A result written as it is, with no object built around it.
+    #[derive(Serialize)]
+    struct Answered<'a> {
+        result: &'a Json,
+    }
+    match outcome {
+        Ok(result) => serde_json::to_vec(&Answered { result }),
+        Err(e) => serde_json::to_vec(&json!({ "error": encode_error(e) })),
+    }
+    .unwrap_or_default()
+}
+
+/// An answer as read: an object with a result (which may be `null`) or an
+/// error; any other member is ignored, and of a member given twice the
+/// last counts.
+struct Answer {
+    result: Option<Json>,
+    error: Option<Json>,
+}
+
+impl<'de> Deserialize<'de> for Answer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Answer, D::Error> {
+        /// A member's name, read without a copy.
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Member {
+            Result,
+            Error,
+            #[serde(other)]
+            Other,
+        }
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Answer;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Answer, A::Error> {
+                let mut answer = Answer {
+                    result: None,
+                    error: None,
+                };
+                while let Some(member) = map.next_key()? {
+                    match member {
+                        Member::Result => answer.result = Some(map.next_value()?),
+                        Member::Error => answer.error = Some(map.next_value()?),
+                        Member::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(answer)
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// Whether an error from a host's pool means the call never started.
@@ -369,8 +423,12 @@ pub(crate) fn decode_error(v: &Json, host: &str) -> Error {
 
 /// An answer from a host, back into a call's outcome.
 pub(crate) fn decode_answer(body: &[u8], host: &str) -> Result<Json, Error> {
-    let v: Json = serde_json::from_slice(body).map_err(|e| Error::Internal {
-        message: format!("worker host {host} sent an answer that is not JSON: {e}"),
+    // Read into its two members, not into a map of them (a map and its
+    // keys were three allocations of a call's answer).
+    let v: Answer = serde_json::from_slice(body).map_err(|e| Error::Internal {
+        message: format!(
+            "worker host {host} sent an answer that is not a JSON object of a result or an error: {e}"
+        ),
     })?;
     // A host's own pool refuses a worker's such answer; a peer on the bus
     // could send one all the same (review 125).
@@ -383,21 +441,12 @@ pub(crate) fn decode_answer(body: &[u8], host: &str) -> Result<Json, Error> {
         });
     }
     match v {
-        Json::Object(mut o) => {
-            if let Some(r) = o.remove("result") {
-                return Ok(r);
-            }
-            match o.get("error") {
-                Some(e) => Err(decode_error(e, host)),
-                None => Err(Error::Internal {
-                    message: format!(
-                        "worker host {host} sent an answer with neither result nor error"
-                    ),
-                }),
-            }
-        }
-        _ => Err(Error::Internal {
-            message: format!("worker host {host} sent an answer that is not an object"),
+        Answer {
+            result: Some(r), ..
+        } => Ok(r),
+        Answer { error: Some(e), .. } => Err(decode_error(&e, host)),
+        Answer { .. } => Err(Error::Internal {
+            message: format!("worker host {host} sent an answer with neither result nor error"),
         }),
     }
 }
@@ -498,11 +547,33 @@ mod tests {
 
     #[test]
     fn garbage_from_a_host_is_an_internal_error_naming_it() {
-        for body in [&b"not json"[..], b"[1]", b"{}"] {
+        for body in [&b"not json"[..], b"[1]", b"{}", b"[[1], null]", b"1"] {
             let e = decode_answer(body, "h9").unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Internal);
             assert!(e.to_string().contains("h9"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_answer_is_read_by_its_members() {
+        let ok = |body: &str| decode_answer(body.as_bytes(), "h").unwrap();
+        assert_eq!(ok(r#"{"result": null}"#), Json::Null);
+        assert_eq!(ok(r#"{"x": [1, {"y": 2}], "result": [3]}"#), json!([3]));
+        // The last of a member given twice, as a map of them read it; and
+        // a name written with an escape is the same name.
+        assert_eq!(ok(r#"{"result": 1, "result": 2}"#), json!(2));
+        assert_eq!(ok(r#"{"res\u0075lt": "r"}"#), json!("r"));
+        let sent = Error::Timeout {
+            after: Duration::from_millis(5),
+            stage: TimeoutStage::Running,
+        };
+        let body = answer_body(&Err(sent.clone()));
+        let e = decode_answer(&body, "h").unwrap_err();
+        assert_eq!(e.kind(), sent.kind());
+        assert_eq!(
+            decode_answer(&answer_body(&Ok(json!({"a": [1]}))), "h").unwrap(),
+            json!({"a": [1]})
+        );
     }
 
     #[test]
