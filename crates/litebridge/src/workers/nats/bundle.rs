@@ -171,7 +171,7 @@ pub(crate) fn entries_of(message: &async_nats::Message) -> Option<Result<Vec<Ent
 /// subjects and bodies share `body`'s memory (a host's call needs its
 /// reply subject as a `Subject`: one made from a `String` was two
 /// allocations, a slice is two atomic operations); their headers are
-/// copied (into a [`Fields`], without an allocation).
+/// copied (into a [`Fields`], usually without an allocation).
 pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
     let bytes: &[u8] = body;
     let mut at = 0usize;

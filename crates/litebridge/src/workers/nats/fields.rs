@@ -50,7 +50,8 @@ pub(crate) static NAMES: [HeaderName; 12] = [
     HeaderName::from_static(async_nats::service::NATS_SERVICE_ERROR_CODE),
 ];
 
-/// The bytes of a message's usual headers, kept without an allocation: a
+/// The bytes of a message's usual headers, kept without an allocation (more
+/// go to the heap: a long request id, a long host name on an error): a
 /// call's (budget, deadline, token) take about 45, an answer's (host,
 /// instance, token, started) about 80 with a host name of 20 characters.
 const INLINE: usize = 128;

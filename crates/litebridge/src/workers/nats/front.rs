@@ -253,7 +253,7 @@ struct TokenHex([u8; 16]);
 
 impl TokenHex {
     fn as_str(&self) -> &str {
-        // Only ASCII digits are ever written (`token_hex`).
+        // Only ASCII hex digits are ever written (`token_hex`).
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }

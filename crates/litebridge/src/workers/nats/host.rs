@@ -809,7 +809,10 @@ async fn handle(host: Arc<Host>, request: Incoming) {
             runs_on.store(true, Ordering::Release);
             Box::new(DoneNotice {
                 host: host.clone(),
-                reply: reply.clone(),
+                // A copy: one bundle's reply subject is a slice of its
+                // whole message, which a worker running on must not keep
+                // (review 171).
+                reply: async_nats::Subject::from(reply.as_str()),
                 token,
                 to: to.clone(),
             })

@@ -22,7 +22,8 @@ struct Shared<T> {
 }
 
 struct Queue<T> {
-    /// The oldest message, when the others are none.
+    /// The oldest message, put here only while `items` is empty (so it is
+    /// older than any there).
     first: Option<T>,
     /// The messages behind `first`, or all of them once it is taken while
     /// others wait.
