@@ -237,9 +237,8 @@ pub(crate) fn read(body: &Bytes) -> Result<Vec<Entry>, String> {
 /// front end's calls in flight for it; with several, a quarter of each
 /// one's share (so NATS's choice of a host per message still spreads
 /// them). One host's bundles are not cut for a spread there is none of:
-/// on one core, that was 8 % more calls a second (`bridge-nats-pipelined`,
-/// four alternating pairs: 0.444 -> 0.482 of the local pipe), the same on
-/// two (five pairs: 0.407 and 0.406).
+/// on one core, 4 to 8 % more calls a second (`bridge-nats-pipelined`, two
+/// series of alternating runs, BENCHMARKS.md), the same on two.
 pub(crate) fn calls_per_bundle(in_flight: usize, hosts: usize) -> usize {
     let share = match hosts {
         0 | 1 => in_flight,
