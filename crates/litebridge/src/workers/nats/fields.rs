@@ -107,18 +107,7 @@ impl Fields {
 
     /// Adds a header whose value is a number, written in decimal.
     pub(crate) fn insert_number(&mut self, name: Name, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.insert(name, std::str::from_utf8(&digits[at..]).unwrap_or_default());
+        self.insert(name, itoa::Buffer::new().format(n));
     }
 
     /// Adds a header read from a bundle, whose value `bundle` checked.
