@@ -2532,6 +2532,35 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     );
     assert_eq!(echo["data"]["errors"], 0, "{echo}");
 
+    // Bundled calls running past ack_delay + ack_timeout are acknowledged
+    // (by one timer for their bundle): none is asked about, a question
+    // being the call's cancel.
+    let mut cancels = spy.subscribe("lb.v1.cancel").await.unwrap();
+    spy.flush().await.unwrap();
+    let naps: Vec<_> = (0..8)
+        .map(|_| {
+            let b = bridge.clone();
+            tokio::spawn(async move { b.call("nap", json!({"ms": 800}), opts(10_000)).await })
+        })
+        .collect();
+    for nap in naps {
+        assert_eq!(nap.await.unwrap().unwrap(), json!("h1"));
+    }
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), cancels.next()).await {
+        panic!("a bundled call running past ack_delay was asked about: {m:?}");
+    }
+    let stats = services_stats(&spy).await;
+    let nap = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "nap")
+        .unwrap();
+    assert!(
+        nap["data"]["bundled_requests"].as_u64().unwrap() >= 2,
+        "{nap}"
+    );
+
     // Unreadable bundles of calls: cut short, of another version. Dropped
     // whole, and the host serves on.
     let now = std::time::SystemTime::now()
