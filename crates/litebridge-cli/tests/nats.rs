@@ -2537,7 +2537,9 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     // being the call's cancel.
     let mut cancels = spy.subscribe("lb.v1.cancel").await.unwrap();
     spy.flush().await.unwrap();
-    let naps: Vec<_> = (0..8)
+    // Enough of them for some to be bundled: a call's bundle may hold as
+    // many as were in flight when it was made.
+    let naps: Vec<_> = (0..32)
         .map(|_| {
             let b = bridge.clone();
             tokio::spawn(async move { b.call("nap", json!({"ms": 800}), opts(10_000)).await })
