@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     /// reply at 450 MB): lower it when workers answer only small results.
     pub max_line_bytes: usize,
     /// Interval of `$/ping` health checks and recycling checks. Default: 10 s.
+    /// A worker due to be recycled whose replacement fails to start (or
+    /// ends right after it is ready) keeps its slot, and is tried again
+    /// after 2, 4, 8, 16, then every 32 checks (a stuck one at every
+    /// check, and killed as before).
     pub health_interval: Duration,
     /// A worker not answering `$/ping` within this is killed and replaced. Default: 5 s.
     pub ping_timeout: Duration,

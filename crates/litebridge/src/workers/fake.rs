@@ -434,6 +434,107 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_replacements_cannot_start_is_recycled_ever_less_often() {
+        // The first worker starts; the next four never get ready (a bad
+        // deploy), the ones after them do.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n == 1 || n > 5).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.recycle_after_calls = Some(1);
+        assert_eq!(c.health_interval, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first = pool.status().workers[0].pid;
+        pool.call("echo", json!([1]), CallOptions::default())
+            .await
+            .unwrap();
+        // Each try takes a start timeout (10 s) and is followed by a wait of
+        // 2, 4, 8, then 16 health checks: tries at 10, 40, 90 and 180 s,
+        // where one at each check would have made 15 in these 5 minutes.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(fakes.started(), 1 + 4);
+        assert_eq!(pool.status().recycled, 0);
+        // The old worker serves on meanwhile.
+        assert_eq!(pool.status().workers[0].pid, first);
+        pool.call("echo", json!([2]), CallOptions::default())
+            .await
+            .unwrap();
+        // The fifth try, 16 checks after the fourth failed (at 190 s),
+        // starts one that gets ready, and the worker is recycled.
+        until("recycled", || pool.status().recycled == 1).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(350) && took < Duration::from_millis(350_100),
+            "{took:?}"
+        );
+        assert_eq!(fakes.started(), 1 + 5);
+        assert_ne!(pool.status().workers[0].pid, first);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_recycling_is_postponed_is_tried_at_once_when_stuck() {
+        // The second worker never gets ready; the others do.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n != 2).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.recycle_after_calls = Some(1);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first = pool.status().workers[0].pid;
+        pool.call("echo", json!([1]), CallOptions::default())
+            .await
+            .unwrap();
+        // The check at 10 s tries a replacement, given up at 20 s: the
+        // next try is two checks later, at 40 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(fakes.started(), 2);
+        // Stuck from 26 s (its cancel ignored for cancel_grace), it is
+        // tried at the next check, at 30 s, and replaced, not killed.
+        let e = pool
+            .call("hang", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let status = pool.status();
+        assert_eq!((status.recycled, status.restarts), (1, 0), "{status:?}");
+        assert_ne!(status.workers[0].pid, first);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_recycles_count_only_while_the_worker_stays_due() {
+        // The second and third workers never get ready; the others do.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (!(2..=3).contains(&n)).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_idle = Some(Duration::from_secs(15));
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        // Idle at the check at 20 s: a replacement tried, given up at 30 s.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(fakes.started(), 2);
+        // A call: no longer idle at the check at 40 s, so that failure is
+        // forgotten. Idle again at 50 s: a first failure again (at 60 s),
+        // so the next try is two checks later, at 80 s, not four.
+        pool.call("echo", json!([1]), CallOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(44)).await;
+        assert_eq!(fakes.started(), 3);
+        assert_eq!(pool.status().recycled, 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(fakes.started(), 4);
+        assert_eq!(pool.status().recycled, 1);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_local_call_through_the_bridge_does_not_carry_the_nats_calls_size() {
         fn size<F: std::future::Future>(_: &F) -> usize {
             std::mem::size_of::<F>()

@@ -1170,6 +1170,17 @@ fn recycle_reason(config: &WorkerConfig, p: &Process) -> Option<String> {
     None
 }
 
+/// How many health checks a worker whose recycling failed `failures`
+/// times in a row waits before the next try: 2, 4, 8, 16, then 32 (about
+/// five minutes at the default interval). Each try starts a whole
+/// process: a bad deploy whose workers cannot start would otherwise start
+/// and lose one for each worker at every health check, for good. Counted
+/// in checks, not time: a round of checks whose starts each take up to
+/// `start_timeout` lasts longer than an interval.
+fn recycle_wait(failures: u32) -> u64 {
+    1 << failures.clamp(1, 5)
+}
+
 /// Pings every worker and recycles those due, every `health_interval`.
 /// The pool is held only while a worker is looked at, not while a ping is
 /// answered or a replacement starts: a pool dropped meanwhile stops its
@@ -1180,9 +1191,12 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
         Some(s) => (s.config.health_interval, s.slots.len()),
         None => return,
     };
-    loop {
+    // By slot: the worker whose recycling failed, how many times in a row,
+    // and at which round of checks it is tried again (`recycle_wait`).
+    let mut postponed: Vec<Option<(u64, u32, u64)>> = vec![None; slots];
+    for round in 0u64.. {
         tokio::time::sleep(interval).await;
-        for slot in 0..slots {
+        for (slot, postponed) in postponed.iter_mut().enumerate() {
             let Some(mut s) = shared.upgrade() else {
                 return;
             };
@@ -1195,18 +1209,32 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
             if p.is_dead() {
                 continue;
             }
-            if let Some(reason) = recycle_reason(&s.config, &p) {
+            let reason = recycle_reason(&s.config, &p);
+            if reason.is_none() {
+                // No longer due: failures counted before do not carry over.
+                *postponed = None;
+            }
+            if let Some(reason) = reason {
                 // As many retiring as there are slots at most: a caller
                 // that gets worker after worker stuck (a 1 ms deadline on a
                 // handler that ignores cancellation) could otherwise pile
                 // up processes finishing their calls. Past that, a stuck
                 // worker is killed, as before there was recycling for it.
                 let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
-                if room || !p.is_stuck() {
+                let (failures, due) = match *postponed {
+                    Some((id, failures, at)) if id == p.id => (failures, round >= at),
+                    _ => (0, true),
+                };
+                // A stuck worker is tried at every check, as before: its
+                // other calls finish on it if a replacement starts.
+                if (room || !p.is_stuck()) && (due || p.is_stuck()) {
                     drop(s);
-                    if recycle(&shared, slot, &p, reason).await {
+                    let wait = recycle_wait(failures + 1);
+                    if recycle(&shared, slot, &p, reason, wait).await {
+                        *postponed = None;
                         continue;
                     }
+                    *postponed = Some((p.id, failures + 1, round + wait));
                     let Some(again) = shared.upgrade() else {
                         return;
                     };
@@ -1283,13 +1311,15 @@ async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
 
 /// Starts a replacement, swaps it in, then lets the old worker finish its
 /// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
-/// Whether the old worker was swapped out (or the pool is gone). The pool
-/// is not held while the replacement starts.
+/// Whether the old worker was swapped out (or the pool is gone); if not,
+/// it is tried again after `wait` health checks (logged). The pool is not
+/// held while the replacement starts.
 async fn recycle(
     shared: &std::sync::Weak<Shared>,
     slot: usize,
     old: &Arc<Process>,
     reason: String,
+    wait: u64,
 ) -> bool {
     let Some(exit_tx) = shared.upgrade().map(|s| s.exit_tx.clone()) else {
         return true;
@@ -1306,7 +1336,7 @@ async fn recycle(
             {
                 tracing::warn!(
                     worker = old.id,
-                    "recycling postponed, the replacement did not start: {e}"
+                    "recycling postponed for {wait} health checks, the replacement did not start: {e}"
                 );
             }
             return false;
@@ -1345,7 +1375,7 @@ async fn recycle(
         if fresh.is_dead() {
             tracing::warn!(
                 worker = old.id,
-                "recycling postponed: the replacement ended right after it was ready"
+                "recycling postponed for {wait} health checks: the replacement ended right after it was ready"
             );
             return false;
         }
