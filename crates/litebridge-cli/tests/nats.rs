@@ -2452,6 +2452,17 @@ async fn services_stats(peer: &async_nats::Client) -> Json {
     serde_json::from_slice(&stats.payload).unwrap()
 }
 
+/// One endpoint's statistics in a `$SRV.STATS` answer.
+fn endpoint(stats: &Json, name: &str) -> Json {
+    stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no endpoint {name}: {stats}"))
+        .clone()
+}
+
 fn bundle_headers(version: &str) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     h.insert("Litebridge-Bundle", version);
@@ -2515,12 +2526,7 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
     );
     assert!(answer_bundles > 0, "no answers came in bundles");
     let stats = services_stats(&spy).await;
-    let echo = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "echo")
-        .unwrap();
+    let echo = endpoint(&stats, "echo");
     assert_eq!(
         echo["num_requests"].as_u64().unwrap() + echo["data"]["bundled_requests"].as_u64().unwrap(),
         n as u64,
@@ -2552,12 +2558,7 @@ async fn calls_made_together_share_messages_and_each_gets_its_own_answer() {
         panic!("a bundled call running past ack_delay was asked about: {m:?}");
     }
     let stats = services_stats(&spy).await;
-    let nap = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "nap")
-        .unwrap();
+    let nap = endpoint(&stats, "nap");
     assert!(
         nap["data"]["bundled_requests"].as_u64().unwrap() >= 2,
         "{nap}"
