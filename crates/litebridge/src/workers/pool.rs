@@ -1229,7 +1229,11 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
                 // other calls finish on it if a replacement starts.
                 if (room || !p.is_stuck()) && (due || p.is_stuck()) {
                     drop(s);
-                    let wait = recycle_wait(failures + 1);
+                    let wait = if p.is_stuck() {
+                        1
+                    } else {
+                        recycle_wait(failures + 1)
+                    };
                     if recycle(&shared, slot, &p, reason, wait).await {
                         *postponed = None;
                         continue;
