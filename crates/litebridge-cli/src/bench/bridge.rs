@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use litebridge::workers::{Bridge, CallOptions, WorkerConfig, WorkerPool};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::measure::{Figures, Samples, gather_tasks, stop_after};
+use super::measure::{Figures, Samples, gather_tasks, keep_in_flight, stop_after};
 use crate::{CliResult, Failure};
 
 /// The smallest JSON-RPC echo loop Python can run: the baseline.
@@ -176,25 +174,19 @@ pub(crate) async fn drive(
             let (bridge, stop) = (bridge.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut samples = Samples::with_capacity(1 << 18);
-                let mut in_flight = FuturesUnordered::new();
                 let mut n = 0u64;
-                loop {
-                    while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let (bridge, v) = (&bridge, c as u64 * 1_000_000_000 + n);
-                        in_flight.push(async move {
-                            let start = Instant::now();
-                            bridge
-                                .call(method, json!([v]), CallOptions::default())
-                                .await
-                                .map(|_| start)
-                        });
+                let bridge = &bridge;
+                keep_in_flight(depth, &stop, &mut samples, || {
+                    n += 1;
+                    let v = c as u64 * 1_000_000_000 + n;
+                    async move {
+                        bridge
+                            .call(method, json!([v]), CallOptions::default())
+                            .await
+                            .map(drop)
                     }
-                    match in_flight.next().await {
-                        Some(done) => samples.record(done?),
-                        None => break,
-                    }
-                }
+                })
+                .await?;
                 Ok::<_, litebridge::Error>(samples)
             })
         })

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use litebridge::{Database, DbConfig, Durability, WriteOptions, params};
 use rusqlite::Connection;
 
-use super::measure::{Figures, Rng, Samples, gather_tasks, gather_threads, stop_after};
+use super::measure::{
+    Figures, Rng, Samples, gather_tasks, gather_threads, keep_in_flight, stop_after,
+};
 use crate::{CliResult, Failure};
 
 /// The 100-byte value of every benchmark row.
@@ -216,21 +216,10 @@ where
             let (insert, stop, next_key) = (insert.clone(), stop.clone(), next_key.clone());
             tokio::spawn(async move {
                 let mut samples = Samples::with_capacity(65_536);
-                let mut in_flight = FuturesUnordered::new();
-                loop {
-                    while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
-                        let k = next_key.fetch_add(1, Ordering::Relaxed);
-                        let request = insert(k);
-                        in_flight.push(async move {
-                            let start = Instant::now();
-                            request.await.map(|()| start)
-                        });
-                    }
-                    match in_flight.next().await {
-                        Some(acked) => samples.record(acked?),
-                        None => break,
-                    }
-                }
+                keep_in_flight(depth, &stop, &mut samples, || {
+                    insert(next_key.fetch_add(1, Ordering::Relaxed))
+                })
+                .await?;
                 Ok::<_, Failure>(samples)
             })
         })

@@ -70,6 +70,49 @@ pub(crate) fn stop_after(seconds: f64) -> Arc<AtomicBool> {
     stop
 }
 
+/// Runs the operations `next` makes until `stop`, `depth` of them in
+/// flight, and records each one's latency in `samples`.
+///
+/// One at a time, each is awaited in turn. `FuturesUnordered` wakes its
+/// task again once it has polled every future it holds (futures-util's
+/// guard against starving the runtime): holding one future, that was a
+/// second wake-up for every operation, which on two runtime threads sent
+/// the idle one to take the caller over, a crossing of CPUs per call that
+/// the sequential baselines (plain loops) did not pay.
+pub(crate) async fn keep_in_flight<F, E>(
+    depth: usize,
+    stop: &AtomicBool,
+    samples: &mut Samples,
+    mut next: impl FnMut() -> F,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    use futures_util::StreamExt;
+    if depth <= 1 {
+        while !stop.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            next().await?;
+            samples.record(start);
+        }
+        return Ok(());
+    }
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
+            let op = next();
+            in_flight.push(async move {
+                let start = Instant::now();
+                op.await.map(|()| start)
+            });
+        }
+        match in_flight.next().await {
+            Some(done) => samples.record(done?),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Starts a thread of a baseline, named `bench-baseline` so that a profile
 /// tells it from litebridge's own threads (a thread started from a tokio
 /// worker would otherwise inherit the name `tokio-rt-worker`).
