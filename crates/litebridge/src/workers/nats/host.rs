@@ -29,8 +29,9 @@ use crate::workers::{Abandoned, CallOptions, WorkerPool};
 /// [`WorkerHost::shutdown`] to finish the calls in flight first.
 pub struct WorkerHost {
     inner: Arc<Host>,
-    /// The task taking calls from the endpoints (see `shutdown`).
-    serving: Option<tokio::task::JoinHandle<()>>,
+    /// The tasks taking calls from the endpoints, one each (see `serve`
+    /// and `shutdown`).
+    serving: JoinSet<()>,
     tasks: JoinSet<()>,
     service: Option<async_nats::service::Service>,
 }
@@ -238,10 +239,10 @@ impl WorkerHost {
         }
         inner.endpoints_ready.store(true, Ordering::Release);
         let mut tasks = JoinSet::new();
-        let serving = tokio::spawn(serve(
-            inner.clone(),
-            futures_util::stream::select_all(endpoints),
-        ));
+        let mut serving = JoinSet::new();
+        for e in endpoints {
+            serving.spawn(serve(inner.clone(), e));
+        }
         tasks.spawn(cancel_on_request(inner.clone(), cancels));
         tasks.spawn(heartbeat(inner.clone()));
         inner.client.flush().await.map_err(|e| unavailable(&e))?;
@@ -252,7 +253,7 @@ impl WorkerHost {
         );
         Ok(WorkerHost {
             inner,
-            serving: Some(serving),
+            serving,
             tasks,
             service: Some(service),
         })
@@ -288,12 +289,12 @@ impl WorkerHost {
         // before that reached the server, then ends: every call this host
         // was given is handled (refused as not started, which its front end
         // sends elsewhere), not dropped to be taken for lost.
-        if let Some(mut serving) = self.serving.take()
-            && tokio::time::timeout(Duration::from_secs(2), &mut serving)
-                .await
-                .is_err()
+        let ended = async { while self.serving.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), ended)
+            .await
+            .is_err()
         {
-            serving.abort();
+            self.serving.abort_all();
         }
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while lock(&self.inner.running).len() > 0 && tokio::time::Instant::now() < until {
@@ -347,9 +348,7 @@ const MAX_LINGER: Duration = Duration::from_secs(20);
 
 impl Drop for WorkerHost {
     fn drop(&mut self) {
-        if let Some(serving) = &self.serving {
-            serving.abort();
-        }
+        self.serving.abort_all();
         self.tasks.abort_all();
     }
 }
@@ -412,10 +411,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn serve(
-    host: Arc<Host>,
-    mut requests: futures_util::stream::SelectAll<async_nats::service::endpoint::Endpoint>,
-) {
+/// Takes the calls of one endpoint. A task each, not one over them all:
+/// `futures_util`'s `select_all` woke its task again after every message
+/// (having polled every stream it holds once), and on two runtime threads
+/// that wake-up sent the idle one over to take the task, a crossing of
+/// CPUs for every call (seen with `perf record -e sched:sched_waking`).
+async fn serve(host: Arc<Host>, mut requests: async_nats::service::endpoint::Endpoint) {
     while let Some(request) = requests.next().await {
         let Some(entries) = bundle::entries_of(&request.message) else {
             let fields = Fields::from_map(request.message.headers.as_ref());
