@@ -1751,30 +1751,45 @@ async fn a_draining_host_replaced_under_its_id_finishes_its_calls() {
 
 /// A host told to stop (SIGTERM) with many calls running answers each of
 /// them before it exits, their answers going out together through its
-/// outbox as their workers finish (review 134 of the outbox).
+/// outbox as their workers finish (review 134 of the outbox). The calls
+/// are of two methods, so two endpoints, each read by a task of its own,
+/// end together (review 174): each call runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_told_to_stop_answers_every_call_it_runs() {
     let Some(mut setup) = Setup::start(&[], &["h1"], 2).await else {
         return;
     };
     let host = setup.hosts.remove(0);
-    let calls: Vec<_> = (0..24)
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once");
+    let once_opts = CallOptions {
+        retry: false,
+        ..opts(20_000)
+    };
+    let naps: Vec<_> = (0..24)
         .map(|_| {
-            let b = setup.bridge.clone();
+            let (b, once) = (setup.bridge.clone(), once_opts.clone());
+            tokio::spawn(async move { b.call("nap", json!({"ms": 1000}), once).await })
+        })
+        .collect();
+    let records: Vec<_> = (0..8)
+        .map(|i| {
+            let (b, once, path) = (setup.bridge.clone(), once_opts.clone(), once.clone());
             tokio::spawn(async move {
-                let once = CallOptions {
-                    retry: false,
-                    ..opts(20_000)
-                };
-                b.call("nap", json!({"ms": 1000}), once).await
+                let params = json!({"path": path, "token": i.to_string(), "delay": 1.0});
+                b.call("record_once", params, once).await
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
     host.signal(15);
-    for call in calls {
+    for call in naps.into_iter().chain(records) {
         assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
     }
+    let mut ran = lines(&once);
+    ran.sort();
+    let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(ran, expected, "each record_once call ran once");
     drop(host);
 }
 

@@ -285,11 +285,19 @@ impl WorkerHost {
             tracing::warn!("stopping the NATS service: {e}");
         }
         let stopped = tokio::time::Instant::now();
-        // Stopped, each endpoint unsubscribes and yields what NATS delivered
-        // before that reached the server, then ends: every call this host
-        // was given is handled (refused as not started, which its front end
-        // sends elsewhere), not dropped to be taken for lost.
-        let ended = async { while self.serving.join_next().await.is_some() {} };
+        // Stopped, each endpoint unsubscribes and yields what its client
+        // had received before it dropped the subscription, then ends: those
+        // calls are handled (refused as not started, which their front ends
+        // send elsewhere), not dropped to be taken for lost.
+        let ended = async {
+            while let Some(ended) = self.serving.join_next().await {
+                if let Err(e) = ended
+                    && e.is_panic()
+                {
+                    tracing::error!("taking the calls of an endpoint panicked: {e}");
+                }
+            }
+        };
         if tokio::time::timeout(Duration::from_secs(2), ended)
             .await
             .is_err()
@@ -412,10 +420,11 @@ fn unix_ms() -> u64 {
 }
 
 /// Takes the calls of one endpoint. A task each, not one over them all:
-/// `futures_util`'s `select_all` woke its task again after every message
-/// (having polled every stream it holds once), and on two runtime threads
-/// that wake-up sent the idle one over to take the task, a crossing of
-/// CPUs for every call (seen with `perf record -e sched:sched_waking`).
+/// `futures_util`'s `select_all` wakes its task again once it has polled
+/// every stream it holds, which with one endpoint (a host serving one
+/// method) was after every message; on two runtime threads that wake-up
+/// sent the idle one over to take the task, a crossing of CPUs for every
+/// call (seen with `perf record -e sched:sched_waking`).
 async fn serve(host: Arc<Host>, mut requests: async_nats::service::endpoint::Endpoint) {
     while let Some(request) = requests.next().await {
         let Some(entries) = bundle::entries_of(&request.message) else {
