@@ -60,6 +60,26 @@ pub(crate) fn pin(n: usize) -> CliResult<Vec<usize>> {
     )))
 }
 
+/// A warning when this machine's idle CPUs halt at once: Linux's
+/// `haltpoll` idle driver (on virtual machines) with
+/// `guest_halt_poll_ns = 0`. Each wake-up sent to such a CPU costs tens of
+/// microseconds, and sequential cases on two cores or more make several
+/// a call (docs/workers-nats.md, "Latency on virtual machines").
+pub(crate) fn idle_warning() -> Option<String> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver")?;
+    if driver.trim() != "haltpoll" {
+        return None;
+    }
+    let poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")?;
+    (poll_ns.trim() == "0").then(|| {
+        "this machine's idle CPUs halt at once (haltpoll, guest_halt_poll_ns = 0): \
+         on two cores or more, every wake-up sent to an idle CPU costs tens of \
+         microseconds, which the sequential cases' latencies show"
+            .to_owned()
+    })
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

@@ -283,6 +283,9 @@ pub(crate) async fn run(
                 base.display()
             ))
         })?;
+    if let Some(w) = cores::idle_warning() {
+        eprintln!("note: {w}");
+    }
     if !json {
         println!(
             "{:<17} {:>12} {:>9} {:>9}   {:<12} {:>12} {:>7} {:>10}",
