@@ -15,11 +15,14 @@ something. The waker is the task that called for the wake-up
 (`sched_waking`, on its own CPU), not the idle task that carried it out.
 
 `--during COMM` counts only the half-seconds in which COMM was switched in
-at least 500 times (the NATS rounds of a bench case, say); `--outside
-COMM` only those, near them, in which it was not (the local baseline's
-rounds). Divide the counts by the calls made in those windows for a
-figure per call. Threads are named by their command: tokio's runtime
-threads are `tokio-rt-worker`, Python workers `python3`.
+at least 500 times, as it was in the half-seconds either side (the NATS
+rounds of a bench case, say); `--outside COMM` only those in which it was
+not, 1 to 4 s before one in which it was (a case's local baseline rounds,
+and some of its setup). The counted time is printed: divide by the calls
+made in it for a figure per call. The waker is what ran on the CPU that
+called for the wake-up (`sched_waking`): the task that called for it, or
+whatever an interrupt interrupted. Threads are named by their command:
+tokio's runtime threads are `tokio-rt-worker`, Python workers `python3`.
 """
 
 import argparse
@@ -77,6 +80,7 @@ def main():
     running = {}  # CPU -> the command running on it
     waking = {}  # wakee pid -> (waker, waker's CPU)
     counts = collections.Counter()
+    halves = set()
     for ts, cpu, comm, event, rest in events:
         if event == "sched_switch":
             m = NEXT.search(rest)
@@ -95,6 +99,7 @@ def main():
         waker, from_cpu = waking.pop(pid, (comm, cpu))
         if not counted(ts):
             continue
+        halves.add(int((ts - start) * 2))
         if target == from_cpu:
             where = "same"
         elif running.get(target, "").startswith("swapper"):
@@ -105,7 +110,7 @@ def main():
 
     total = sum(counts.values())
     crossed = sum(n for (_, _, w), n in counts.items() if w == "idle")
-    print(f"{total} wake-ups, {crossed} onto an idle CPU")
+    print(f"{total} wake-ups in {len(halves) / 2} s, {crossed} onto an idle CPU")
     for (waker, wakee, where), n in counts.most_common(args.top):
         print(f"{n:9d}  {waker:>16} -> {wakee:<16} {where}")
 

@@ -61,14 +61,17 @@ pub(crate) fn pin(n: usize) -> CliResult<Vec<usize>> {
 }
 
 /// A warning when this machine's idle CPUs halt at once: Linux's
-/// `haltpoll` idle driver (on virtual machines) with
-/// `guest_halt_poll_ns = 0`. Each wake-up sent to such a CPU costs tens of
+/// `haltpoll` idle driver and governor (on virtual machines) with
+/// `guest_halt_poll_ns = 0`. (Other idle set-ups are not read.) Each wake-up sent to such a CPU costs tens of
 /// microseconds, and sequential cases on two cores or more make several
 /// a call (docs/workers-nats.md, "Latency on virtual machines").
 pub(crate) fn idle_warning() -> Option<String> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver")?;
-    if driver.trim() != "haltpoll" {
+    let idle = |what: &str| read(&format!("/sys/devices/system/cpu/cpuidle/{what}"));
+    // The setting is the haltpoll governor's, over the haltpoll driver.
+    if idle("current_driver")?.trim() != "haltpoll"
+        || idle("current_governor")?.trim() != "haltpoll"
+    {
         return None;
     }
     let poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")?;

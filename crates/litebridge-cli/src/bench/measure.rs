@@ -71,7 +71,8 @@ pub(crate) fn stop_after(seconds: f64) -> Arc<AtomicBool> {
 }
 
 /// Runs the operations `next` makes until `stop`, `depth` of them in
-/// flight, and records each one's latency in `samples`.
+/// flight, and records each one's latency, from its first poll, in
+/// `samples`.
 ///
 /// One at a time, each is awaited in turn. `FuturesUnordered` wakes its
 /// task again once it has polled every future it holds (futures-util's
@@ -91,8 +92,9 @@ where
     use futures_util::StreamExt;
     if depth <= 1 {
         while !stop.load(Ordering::Relaxed) {
+            let op = next();
             let start = Instant::now();
-            next().await?;
+            op.await?;
             samples.record(start);
         }
         return Ok(());
