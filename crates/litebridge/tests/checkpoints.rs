@@ -67,10 +67,10 @@ impl Restarts {
     }
 }
 
-/// Writes batch `round` of these tests: 50 rows of 1 KB.
-async fn batch(db: &litebridge::Database, round: i64) {
-    let rows = (0..50)
-        .map(|i| params![round * 100 + i, "v".repeat(1000)])
+/// Writes `rows` rows of `bytes` bytes in one request, keys from `first`.
+async fn insert(db: &litebridge::Database, first: i64, rows: i64, bytes: usize) {
+    let rows = (first..first + rows)
+        .map(|k| params![k, "v".repeat(bytes)])
         .collect();
     db.execute_many(
         "INSERT INTO kv VALUES (?1, ?2)",
@@ -79,6 +79,11 @@ async fn batch(db: &litebridge::Database, round: i64) {
     )
     .await
     .unwrap();
+}
+
+/// Writes batch `round` of the tests that count restarts: 50 rows of 1 KB.
+async fn batch(db: &litebridge::Database, round: i64) {
+    insert(db, round * 100, 50, 1000).await;
 }
 
 /// After a test's 800 batches: the log starts over twice more within 30 s
@@ -164,16 +169,7 @@ async fn the_wal_stays_bounded_under_continuous_reads_and_writes() {
     }
     let mut max_wal = 0;
     for round in 0..300i64 {
-        let rows = (0..500)
-            .map(|i| params![round * 1000 + i, "v".repeat(100)])
-            .collect();
-        db.execute_many(
-            "INSERT INTO kv VALUES (?1, ?2)",
-            rows,
-            WriteOptions::default(),
-        )
-        .await
-        .unwrap();
+        insert(&db, round * 1000, 500, 100).await;
         max_wal = max_wal.max(db.stats().wal_bytes);
     }
     stop.store(true, Ordering::Relaxed);
@@ -319,16 +315,7 @@ async fn second_database_reading() {
     // Long enough for several of the other's ticks (one a second).
     let mut round = 0i64;
     while started.elapsed() < Duration::from_secs(4) {
-        let rows = (0..100)
-            .map(|i| params![round * 1000 + i, "v".repeat(200)])
-            .collect();
-        db.execute_many(
-            "INSERT INTO kv VALUES (?1, ?2)",
-            rows,
-            WriteOptions::default(),
-        )
-        .await
-        .unwrap();
+        insert(&db, round * 1000, 100, 200).await;
         max_wal = max_wal.max(db.stats().wal_bytes);
         round += 1;
     }
