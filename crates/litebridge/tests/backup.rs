@@ -6,23 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{config, open_kv};
+use common::{config, insert_rows, open_kv};
 use litebridge::{Statement, WriteOptions, params};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_concurrent_writes_is_consistent() {
     let (dir, db) = open_kv(config()).await;
     // Enough data for many backup steps.
-    let rows = (0..40_000i64)
-        .map(|k| params![k, "x".repeat(200)])
-        .collect();
-    db.execute_many(
-        "INSERT INTO kv VALUES (?1, ?2)",
-        rows,
-        WriteOptions::default(),
-    )
-    .await
-    .unwrap();
+    insert_rows(&db, 0, 40_000, 200).await;
     // Writers commit pairs atomically: a consistent snapshot holds whole pairs.
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{config, open_kv};
-use litebridge::{CheckpointConfig, CheckpointMode, WriteOptions, params};
+use common::{config, insert_rows, open_kv};
+use litebridge::{CheckpointConfig, CheckpointMode, params};
 
 /// Each test here loads the machine and watches the log grow and start
 /// over: run together on two cores they starve one another's checkpoints
@@ -67,23 +67,9 @@ impl Restarts {
     }
 }
 
-/// Writes `rows` rows of `bytes` bytes in one request, keys from `first`.
-async fn insert(db: &litebridge::Database, first: i64, rows: i64, bytes: usize) {
-    let rows = (first..first + rows)
-        .map(|k| params![k, "v".repeat(bytes)])
-        .collect();
-    db.execute_many(
-        "INSERT INTO kv VALUES (?1, ?2)",
-        rows,
-        WriteOptions::default(),
-    )
-    .await
-    .unwrap();
-}
-
 /// Writes batch `round` of the tests that count restarts: 50 rows of 1 KB.
 async fn batch(db: &litebridge::Database, round: i64) {
-    insert(db, round * 100, 50, 1000).await;
+    insert_rows(db, round * 100, 50, 1000).await;
 }
 
 /// After a test's 800 batches: the log starts over twice more within 30 s
@@ -169,7 +155,7 @@ async fn the_wal_stays_bounded_under_continuous_reads_and_writes() {
     }
     let mut max_wal = 0;
     for round in 0..300i64 {
-        insert(&db, round * 1000, 500, 100).await;
+        insert_rows(&db, round * 1000, 500, 100).await;
         max_wal = max_wal.max(db.stats().wal_bytes);
     }
     stop.store(true, Ordering::Relaxed);
@@ -315,7 +301,7 @@ async fn second_database_reading() {
     // Long enough for several of the other's ticks (one a second).
     let mut round = 0i64;
     while started.elapsed() < Duration::from_secs(4) {
-        insert(&db, round * 1000, 100, 200).await;
+        insert_rows(&db, round * 1000, 100, 200).await;
         max_wal = max_wal.max(db.stats().wal_bytes);
         round += 1;
     }

@@ -19,6 +19,21 @@ pub async fn open_kv(builder: DbConfigBuilder) -> (TempDir, Database) {
     (dir, db)
 }
 
+/// Writes `rows` rows of `bytes` bytes into `kv` in one request, keys from
+/// `first`.
+pub async fn insert_rows(db: &Database, first: i64, rows: i64, bytes: usize) {
+    let rows = (first..first + rows)
+        .map(|k| params![k, "v".repeat(bytes)])
+        .collect();
+    db.execute_many(
+        "INSERT INTO kv VALUES (?1, ?2)",
+        rows,
+        litebridge::WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+}
+
 pub fn config() -> DbConfigBuilder {
     DbConfig::builder()
 }
