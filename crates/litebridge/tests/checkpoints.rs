@@ -73,20 +73,26 @@ async fn batch(db: &litebridge::Database, round: i64) {
 }
 
 /// After a test's 800 batches: the log starts over twice more within 30 s
-/// while `db` writes on at a steady pace (a starved checkpoint thread
-/// catches up meanwhile; a keeper that stopped letting it never does).
+/// while `db` writes on, at a pace that slows the longer it waits (a
+/// starved checkpoint thread catches up meanwhile, the sooner the less the
+/// writer adds; a keeper that stopped letting it never does). At 2 ms a
+/// batch throughout, two busy loops beside the workspace's tests once kept
+/// a correct build from two restarts for over 30 s.
 async fn keeps_restarting(db: &litebridge::Database, restarts: &mut Restarts) {
     let started = std::time::Instant::now();
     let from = restarts.look();
     let mut round = 1_000_000i64;
     while restarts.look() < from + 2 {
+        let waited = started.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            waited < Duration::from_secs(30),
             "the log stopped restarting ({} restarts, {} bytes)",
             restarts.seen,
             db.wal_bytes()
         );
-        steady().await;
+        // 2 ms a batch for the first second, 2 ms more for each second after.
+        let pace = 2 * (1 + waited.as_secs());
+        tokio::time::sleep(Duration::from_millis(pace)).await;
         batch(db, round).await;
         round += 1;
     }

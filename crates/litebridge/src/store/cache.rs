@@ -258,6 +258,61 @@ pub struct Cache {
     peers: Option<Arc<super::cache_peers::Peers>>,
 }
 
+/// The look at the generation after a value went into memory, made even
+/// when its caller goes away first (review 159's rule, kept through
+/// cancellation). moka's `insert` can wait (for its key's lock, or for room
+/// in its log of writes) after the value is already in its map, so a
+/// caller dropped there, by a client that hung up, skipped the look, and
+/// memory served a value older than another front end's write until its
+/// TTL. Dropped armed, a guard whose generation moved takes the key out on
+/// a task of its own; one that did not costs nothing (always so with no
+/// peers, whose generation stays 0).
+struct Recheck<'a> {
+    cache: &'a Cache,
+    key: &'a str,
+    generation: u64,
+    armed: bool,
+}
+
+impl<'a> Recheck<'a> {
+    fn armed(cache: &'a Cache, key: &'a str, generation: u64) -> Recheck<'a> {
+        Recheck {
+            cache,
+            key,
+            generation,
+            armed: true,
+        }
+    }
+
+    fn moved(&self) -> bool {
+        self.cache.generation() != self.generation
+    }
+
+    /// The look, awaited: disarmed once the key is out (or did not need to be).
+    async fn finish(mut self) {
+        if self.moved() {
+            self.cache.l1.invalidate(self.key).await;
+        }
+        self.armed = false;
+    }
+}
+
+impl Drop for Recheck<'_> {
+    fn drop(&mut self) {
+        if !self.armed || !self.moved() {
+            return;
+        }
+        let (l1, key) = (self.cache.l1.clone(), self.key.to_owned());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { l1.invalidate(&key).await });
+            }
+            // No runtime to finish on (dropped at its shutdown): all of it.
+            Err(_) => l1.invalidate_all(),
+        }
+    }
+}
+
 /// Starts listening for other front ends' writes of the L2 on `pg`.
 #[cfg(feature = "postgres")]
 fn listen_to_peers(
@@ -697,10 +752,9 @@ impl Cache {
     /// this insert is seen here (review 159: it was not, and memory served
     /// the older value until its TTL).
     async fn remember(&self, key: &str, entry: Entry, generation: u64) {
+        let recheck = Recheck::armed(self, key, generation);
         self.l1.insert(key.to_owned(), entry).await;
-        if self.generation() != generation {
-            self.l1.invalidate(key).await;
-        }
+        recheck.finish().await;
     }
 
     /// Removes `key` from both levels; whether it was there.
@@ -815,7 +869,9 @@ impl Cache {
             keep(value.clone()).await;
             return Ok(value);
         }
-        let generation = self.generation();
+        // Armed for the whole of it: a caller that goes away after moka put
+        // the value in memory still has it checked.
+        let recheck = Recheck::armed(self, key, self.generation());
         let mut load = Some(load);
         let mut again = false;
         let value = loop {
@@ -909,10 +965,8 @@ impl Cache {
                 }
             }
         };
-        if self.generation() != generation {
-            // Another front end wrote while this loaded or read.
-            self.l1.invalidate(key).await;
-        }
+        // Another front end may have written while this loaded or read.
+        recheck.finish().await;
         Ok(value)
     }
 
@@ -1169,5 +1223,54 @@ mod tests {
             0,
             "the live row stays"
         );
+    }
+
+    /// What moka's `insert` may leave (the value in its map, the insert
+    /// still waiting) when its caller goes away before looking at the
+    /// generation: a write of the key another front end made meanwhile,
+    /// whose drop the listener made before the value went in. No test can
+    /// make moka's insert wait, so the guard is dropped where it would be.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_caller_gone_before_its_look_leaves_no_value_older_than_a_write_heard() {
+        let mut cache = Cache::open(None, CacheConfig::default()).await.unwrap();
+        let peers = super::super::cache_peers::Peers::new("lbc_test".into());
+        peers.set_listening(true);
+        cache.peers = Some(peers.clone());
+        let in_memory = |key: &'static str| {
+            let l1 = cache.l1.clone();
+            async move {
+                // The guard's task, spawned on this runtime, runs at a yield.
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                }
+                l1.get(key).await.is_some()
+            }
+        };
+
+        let look = Recheck::armed(&cache, "k", cache.generation());
+        assert_eq!(
+            peers.heard("1:k"),
+            Some(Some("k")),
+            "another front end wrote k"
+        );
+        let older = cache.weights.entry(serde_json::json!("older"), None);
+        cache.l1.insert("k".into(), older).await;
+        drop(look);
+        assert!(!in_memory("k").await, "the older value was left in memory");
+
+        // Nothing heard: the value stays, and no task was needed.
+        let look = Recheck::armed(&cache, "k2", cache.generation());
+        let value = cache.weights.entry(serde_json::json!("v"), None);
+        cache.l1.insert("k2".into(), value).await;
+        drop(look);
+        assert!(in_memory("k2").await);
+
+        // Looked at, the guard does nothing more when dropped.
+        let look = Recheck::armed(&cache, "k3", cache.generation());
+        let value = cache.weights.entry(serde_json::json!("v"), None);
+        cache.l1.insert("k3".into(), value).await;
+        look.finish().await;
+        assert!(in_memory("k3").await);
     }
 }
