@@ -260,13 +260,14 @@ pub struct Cache {
 
 /// The look at the generation after a value went into memory, made even
 /// when its caller goes away first (review 159's rule, kept through
-/// cancellation). moka's `insert` can wait (for its key's lock, or for room
-/// in its log of writes) after the value is already in its map, so a
-/// caller dropped there, by a client that hung up, skipped the look, and
-/// memory served a value older than another front end's write until its
-/// TTL. Dropped armed, a guard whose generation moved takes the key out on
-/// a task of its own; one that did not costs nothing (always so with no
-/// peers, whose generation stays 0).
+/// cancellation). moka's `insert` can wait after the value is already in
+/// its map (to tell its listener of a value replaced, or to run its
+/// housekeeping when its log of writes is full), so a caller dropped there,
+/// by a client that hung up, skipped the look, and memory served a value
+/// older than another front end's write until its TTL. Dropped armed, a
+/// guard whose generation moved takes the key out (on a task of its own
+/// when that has to wait); one that did not costs nothing (always so with
+/// no peers, whose generation stays 0).
 struct Recheck<'a> {
     cache: &'a Cache,
     key: &'a str,
@@ -295,20 +296,49 @@ impl<'a> Recheck<'a> {
         }
         self.armed = false;
     }
+
+    /// Nothing of this caller's went into memory (it failed): no look.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for Recheck<'_> {
     fn drop(&mut self) {
+        use futures_util::FutureExt as _;
         if !self.armed || !self.moved() {
             return;
         }
-        let (l1, key) = (self.cache.l1.clone(), self.key.to_owned());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { l1.invalidate(&key).await });
-            }
-            // No runtime to finish on (dropped at its shutdown): all of it.
-            Err(_) => l1.invalidate_all(),
+        let l1 = &self.cache.l1;
+        // Done at its first poll unless another task holds the key's lock.
+        if l1.invalidate(self.key).now_or_never().is_some() {
+            return;
+        }
+        let (l1, key) = (l1.clone(), self.key.to_owned());
+        // A runtime shutting down drops the task unrun: then all of it goes.
+        let unrun = AllIfUnrun(Some(l1.clone()));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                l1.invalidate(&key).await;
+                unrun.done();
+            });
+        }
+    }
+}
+
+/// Empties the memory it holds when dropped before [`AllIfUnrun::done`].
+struct AllIfUnrun(Option<moka::future::Cache<String, Entry>>);
+
+impl AllIfUnrun {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AllIfUnrun {
+    fn drop(&mut self) {
+        if let Some(l1) = self.0.take() {
+            l1.invalidate_all();
         }
     }
 }
@@ -870,104 +900,121 @@ impl Cache {
             return Ok(value);
         }
         // Armed for the whole of it: a caller that goes away after moka put
-        // the value in memory still has it checked.
+        // the value in memory still has it checked. A caller that fails put
+        // nothing there (moka keeps no error, and its own load's value is
+        // kept only once it succeeded).
         let recheck = Recheck::armed(self, key, self.generation());
-        let mut load = Some(load);
-        let mut again = false;
-        let value = loop {
-            let mine = &mut load;
-            // Set once this caller's own load runs for everyone.
-            let running = AtomicBool::new(false);
-            let shared = self.l1.try_get_with(key.to_owned(), async {
-                running.store(true, Ordering::Relaxed);
-                // Taken first: a read of L2 past the deadline is this
-                // caller's own failure.
-                let load = mine.take().expect("moka runs one init future once");
-                if let Some(e) = by(deadline, self.l2_get(key)).await? {
-                    return Ok(e);
-                }
-                let value = load().await?;
-                // Kept in memory even if L2 fails (counted): the load succeeded.
-                keep(value.clone()).await;
-                // moka keeps what this returns, but an entry that does not
-                // fit weighs more than it admits: it goes at its next
-                // housekeeping, or below.
-                Ok::<_, Error>(self.weights.entry(value, self.expiry(ttl)))
-            });
-            // moka panics in a waiter whose wait outlived 200 loads in a
-            // row whose callers went away (a crowd that disconnects): that
-            // panic is caught, and such a waiter runs its own load.
-            let shared = std::panic::AssertUnwindSafe(shared).catch_unwind();
-            let shared = {
-                // On the heap: it holds the load, which is large.
-                let mut shared = Box::pin(shared);
-                match deadline {
-                    None => shared.await,
-                    Some((deadline, timeout)) => {
-                        tokio::select! {
-                            biased;
-                            r = &mut shared => r,
-                            () = tokio::time::sleep_until(deadline) => {
-                                if !running.load(Ordering::Relaxed) {
-                                    return Err(Error::Timeout {
-                                        after: timeout,
-                                        stage: TimeoutStage::Queued,
-                                    });
+        let loaded = async {
+            let mut load = Some(load);
+            let mut again = false;
+            let value = loop {
+                let mine = &mut load;
+                // Set once this caller's own load runs for everyone.
+                let running = AtomicBool::new(false);
+                let shared = self.l1.try_get_with(key.to_owned(), async {
+                    running.store(true, Ordering::Relaxed);
+                    // Taken first: a read of L2 past the deadline is this
+                    // caller's own failure.
+                    let load = mine.take().expect("moka runs one init future once");
+                    if let Some(e) = by(deadline, self.l2_get(key)).await? {
+                        return Ok(e);
+                    }
+                    let value = load().await?;
+                    // Kept in memory even if L2 fails (counted): the load succeeded.
+                    keep(value.clone()).await;
+                    // moka keeps what this returns, but an entry that does not
+                    // fit weighs more than it admits: it goes at its next
+                    // housekeeping, or below.
+                    Ok::<_, Error>(self.weights.entry(value, self.expiry(ttl)))
+                });
+                // moka panics in a waiter whose wait outlived 200 loads in a
+                // row whose callers went away (a crowd that disconnects): that
+                // panic is caught, and such a waiter runs its own load.
+                let shared = std::panic::AssertUnwindSafe(shared).catch_unwind();
+                let shared = {
+                    // On the heap: it holds the load, which is large.
+                    let mut shared = Box::pin(shared);
+                    match deadline {
+                        None => shared.await,
+                        Some((deadline, timeout)) => {
+                            tokio::select! {
+                                biased;
+                                r = &mut shared => r,
+                                () = tokio::time::sleep_until(deadline) => {
+                                    if !running.load(Ordering::Relaxed) {
+                                        return Err(Error::Timeout {
+                                            after: timeout,
+                                            stage: TimeoutStage::Queued,
+                                        });
+                                    }
+                                    shared.await
                                 }
-                                shared.await
                             }
                         }
                     }
+                };
+                let shared = match shared {
+                    Ok(shared) => shared,
+                    // This caller's own load panicked: not moka's to answer.
+                    Err(panic) if running.load(Ordering::Relaxed) => {
+                        std::panic::resume_unwind(panic)
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            key,
+                            "cache: the shared loads of this key were abandoned by their callers \
+                             too many times in a row; this caller runs its own"
+                        );
+                        let load = load.take().expect("not run: its waiter never ran a load");
+                        let value = load().await?;
+                        keep(value.clone()).await;
+                        break value;
+                    }
+                };
+                let method_failed = |e: &Error| {
+                    matches!(
+                        e.kind(),
+                        crate::error::ErrorKind::WorkerError
+                            | crate::error::ErrorKind::WorkerCrashed
+                    )
+                };
+                match shared {
+                    Ok(entry) if entry.fits() => break (*entry.value).clone(),
+                    Ok(entry) => {
+                        self.l1.invalidate(key).await;
+                        break (*entry.value).clone();
+                    }
+                    // This caller's own failure, or the method's (it raised, or
+                    // crashed its worker): the answer.
+                    Err(e) if load.is_none() || method_failed(&e) => return Err((*e).clone()),
+                    // Another caller's load failed in a way its own options may
+                    // explain (its deadline): once more, shared again with the
+                    // other waiters and run by one of them (this one, perhaps),
+                    // so a crowd does not call at once.
+                    Err(_) if !again => again = true,
+                    // Twice: this caller's own load, with its own options.
+                    Err(_) => {
+                        let load = load.take().expect("not run yet");
+                        let value = load().await?;
+                        keep(value.clone()).await;
+                        break value;
+                    }
                 }
             };
-            let shared = match shared {
-                Ok(shared) => shared,
-                // This caller's own load panicked: not moka's to answer.
-                Err(panic) if running.load(Ordering::Relaxed) => std::panic::resume_unwind(panic),
-                Err(_) => {
-                    tracing::warn!(
-                        key,
-                        "cache: the shared loads of this key were abandoned by their callers \
-                         too many times in a row; this caller runs its own"
-                    );
-                    let load = load.take().expect("not run: its waiter never ran a load");
-                    let value = load().await?;
-                    keep(value.clone()).await;
-                    break value;
-                }
-            };
-            let method_failed = |e: &Error| {
-                matches!(
-                    e.kind(),
-                    crate::error::ErrorKind::WorkerError | crate::error::ErrorKind::WorkerCrashed
-                )
-            };
-            match shared {
-                Ok(entry) if entry.fits() => break (*entry.value).clone(),
-                Ok(entry) => {
-                    self.l1.invalidate(key).await;
-                    break (*entry.value).clone();
-                }
-                // This caller's own failure, or the method's (it raised, or
-                // crashed its worker): the answer.
-                Err(e) if load.is_none() || method_failed(&e) => return Err((*e).clone()),
-                // Another caller's load failed in a way its own options may
-                // explain (its deadline): once more, shared again with the
-                // other waiters and run by one of them (this one, perhaps),
-                // so a crowd does not call at once.
-                Err(_) if !again => again = true,
-                // Twice: this caller's own load, with its own options.
-                Err(_) => {
-                    let load = load.take().expect("not run yet");
-                    let value = load().await?;
-                    keep(value.clone()).await;
-                    break value;
-                }
+            Ok(value)
+        }
+        .await;
+        match loaded {
+            Ok(value) => {
+                // Another front end may have written while this loaded or read.
+                recheck.finish().await;
+                Ok(value)
             }
-        };
-        // Another front end may have written while this loaded or read.
-        recheck.finish().await;
-        Ok(value)
+            Err(e) => {
+                recheck.disarm();
+                Err(e)
+            }
+        }
     }
 
     /// The counters.
@@ -1233,10 +1280,7 @@ mod tests {
     #[cfg(feature = "postgres")]
     #[tokio::test]
     async fn a_caller_gone_before_its_look_leaves_no_value_older_than_a_write_heard() {
-        let mut cache = Cache::open(None, CacheConfig::default()).await.unwrap();
-        let peers = super::super::cache_peers::Peers::new("lbc_test".into());
-        peers.set_listening(true);
-        cache.peers = Some(peers.clone());
+        let (cache, peers) = with_peers().await;
         let in_memory = |key: &'static str| {
             let l1 = cache.l1.clone();
             async move {
@@ -1272,5 +1316,50 @@ mod tests {
         cache.l1.insert("k3".into(), value).await;
         look.finish().await;
         assert!(in_memory("k3").await);
+    }
+
+    /// A memory-only cache whose L1 is trusted, as with a listener on
+    /// PostgreSQL; the peers to make it hear other front ends' writes.
+    #[cfg(feature = "postgres")]
+    async fn with_peers() -> (Cache, Arc<super::super::cache_peers::Peers>) {
+        let mut cache = Cache::open(None, CacheConfig::default()).await.unwrap();
+        let peers = super::super::cache_peers::Peers::new("lbc_test".into());
+        peers.set_listening(true);
+        cache.peers = Some(peers.clone());
+        (cache, peers)
+    }
+
+    /// Review 179: dropped by a runtime shutting down (a task that held
+    /// it), the guard's task was spawned onto the closed runtime and
+    /// dropped unrun, leaving the value for the cache's other clones.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_look_dropped_as_its_runtime_shuts_down_still_takes_the_value_out() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = runtime();
+        let (cache, peers) = first.block_on(with_peers());
+        let held = cache.clone();
+        first.block_on(async {
+            tokio::spawn(async move {
+                let look = Recheck::armed(&held, "k", held.generation());
+                peers.heard("1:k");
+                let older = held.weights.entry(serde_json::json!("older"), None);
+                held.l1.insert("k".into(), older).await;
+                std::future::pending::<()>().await;
+                drop(look);
+            });
+            // The task runs to its wait.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(first);
+        let gone = runtime().block_on(cache.l1.get("k")).is_none();
+        assert!(gone, "the older value was left in memory");
     }
 }
