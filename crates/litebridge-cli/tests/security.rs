@@ -441,6 +441,76 @@ fn stdio_runs_with_the_configured_local_scopes() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Local sessions narrowed by `security.local_scopes` keep idempotency
+/// records of their own (review 181): an agent's session given `write`
+/// neither blocks the owner's write of the same key nor answers it with its
+/// own result; the owner's sessions share theirs, as before.
+#[test]
+fn a_narrowed_local_session_keeps_its_idempotency_keys_apart_from_the_owners() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let session = |scopes: Option<&str>, requests: &[Value]| -> Vec<Value> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_litebridge"));
+        command
+            .args(["stdio", "--db"])
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(scopes) = scopes {
+            command.env("LITEBRIDGE_SECURITY_LOCAL_SCOPES", scopes);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let replies = requests
+            .iter()
+            .map(|req| {
+                writeln!(stdin, "{req}").unwrap();
+                let mut line = String::new();
+                stdout.read_line(&mut line).unwrap();
+                serde_json::from_str::<Value>(&line).unwrap()
+            })
+            .collect();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        replies
+    };
+    let insert = |v: i64| {
+        call(
+            "sql.execute",
+            json!({"sql": format!("INSERT INTO t VALUES ({v})"), "idempotency_key": "order-7"}),
+        )
+    };
+    session(
+        None,
+        &[call("sql.execute", json!({"sql": "CREATE TABLE t(a)"}))],
+    );
+    let agent = session(Some("write"), &[insert(1)]);
+    assert_eq!(agent[0]["result"]["changes"], 1, "{}", agent[0]);
+    // The owner's write of the same key runs: neither refused as another
+    // write's key, nor answered with the agent's result.
+    let owner = session(None, &[insert(2), insert(2)]);
+    for r in &owner {
+        assert_eq!(r["result"]["changes"], 1, "{r}");
+        assert_eq!(r["result"]["last_insert_rowid"], 2, "{r}");
+    }
+    // The agent's own retry is still answered from its record, and its
+    // key with another write refused.
+    let again = session(Some("write"), &[insert(1), insert(3)]);
+    assert_eq!(again[0]["result"]["last_insert_rowid"], 1, "{}", again[0]);
+    assert_eq!(code(&again[1]), Some(-32602), "{}", again[1]);
+    let rows = session(
+        None,
+        &[call(
+            "sql.query",
+            json!({"sql": "SELECT a FROM t ORDER BY a"}),
+        )],
+    );
+    assert_eq!(rows[0]["result"]["rows"], json!([[1], [2]]), "{}", rows[0]);
+}
+
 /// An idempotency key is its caller's: the same string from another API
 /// key is another write, and nobody's SQL reaches the records.
 #[test]

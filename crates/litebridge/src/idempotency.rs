@@ -49,6 +49,30 @@ impl IdempotencyKey {
     /// [`Error::InvalidArgument`] for an empty key or one longer than
     /// [`MAX_IDEMPOTENCY_KEY`] bytes.
     pub fn new(caller: u64, key: &str) -> Result<IdempotencyKey> {
+        IdempotencyKey::hashed(caller, "", key)
+    }
+
+    /// The key `key` of a local caller (no API key: a stdio or MCP session,
+    /// or HTTP on loopback while no key exists) holding `scopes`. Sessions
+    /// narrowed by `security.local_scopes` keep records of their own, by
+    /// their scopes, as their `bridge.call` cache entries are: an agent's
+    /// session given `write` could otherwise block the owner's retries of a
+    /// key, or answer them with its own write's result (review 181). A
+    /// session with every scope (the default) keeps the records it always
+    /// had, those of [`IdempotencyKey::new`] with caller 0.
+    ///
+    /// # Errors
+    /// As [`IdempotencyKey::new`].
+    pub fn local(scopes: crate::auth::Scopes, key: &str) -> Result<IdempotencyKey> {
+        if scopes == crate::auth::Scopes::ALL {
+            return IdempotencyKey::new(0, key);
+        }
+        // A scope's name is never empty and holds no NUL: distinct from
+        // every caller's key above, whose caller's bytes are followed by 0.
+        IdempotencyKey::hashed(0, &scopes.to_string(), key)
+    }
+
+    fn hashed(caller: u64, session: &str, key: &str) -> Result<IdempotencyKey> {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(Error::invalid(
                 "idempotency_key",
@@ -57,6 +81,7 @@ impl IdempotencyKey {
         }
         let mut h = sha2::Sha256::new();
         h.update(caller.to_le_bytes());
+        h.update(session.as_bytes());
         h.update([0]);
         h.update(key.as_bytes());
         Ok(IdempotencyKey(h.finalize().into()))
@@ -275,6 +300,36 @@ mod tests {
         assert!(IdempotencyKey::new(1, "").is_err());
         assert!(IdempotencyKey::new(1, &"x".repeat(201)).is_err());
         assert!(format!("{a:?}").contains(".."));
+    }
+
+    #[test]
+    fn local_sessions_keep_records_by_their_scopes() {
+        use crate::auth::Scopes;
+        let scopes = |s: &str| s.parse::<Scopes>().unwrap();
+        let owner = IdempotencyKey::local(Scopes::ALL, "order-7").unwrap();
+        assert_eq!(
+            owner,
+            IdempotencyKey::new(0, "order-7").unwrap(),
+            "as before"
+        );
+        let agent = IdempotencyKey::local(scopes("write"), "order-7").unwrap();
+        assert_ne!(agent, owner);
+        assert_eq!(
+            agent,
+            IdempotencyKey::local(scopes("write"), "order-7").unwrap()
+        );
+        assert_ne!(
+            agent,
+            IdempotencyKey::local(scopes("write,bridge"), "order-7").unwrap()
+        );
+        assert_ne!(
+            agent,
+            IdempotencyKey::local(scopes("read"), "order-7").unwrap()
+        );
+        for id in [0, 1, u64::MAX] {
+            assert_ne!(agent, IdempotencyKey::new(id, "order-7").unwrap());
+        }
+        assert!(IdempotencyKey::local(scopes("write"), "").is_err());
     }
 
     #[test]

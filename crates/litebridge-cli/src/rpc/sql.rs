@@ -134,12 +134,13 @@ fn write_options(
     cx: &Ctx<'_>,
 ) -> Result<WriteOptions, RpcError> {
     let caller = caller(cx);
-    let idempotency_key = match once {
-        Some(k) => Some(litebridge::IdempotencyKey::new(
+    let idempotency_key = match (once, cx.caller.key()) {
+        (Some(k), Some(_)) => Some(litebridge::IdempotencyKey::new(
             caller.unwrap_or(u64::MAX),
             &k.0,
         )?),
-        None => None,
+        (Some(k), None) => Some(litebridge::IdempotencyKey::local(cx.caller.scopes(), &k.0)?),
+        (None, _) => None,
     };
     Ok(WriteOptions {
         timeout: timeout.map(|t| t.0),
