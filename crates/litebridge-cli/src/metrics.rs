@@ -154,7 +154,7 @@ pub(crate) fn render(service: &Service, backups: Option<&Backups>) -> String {
     o.0
 }
 
-/// The backups in `backup.dir` (`backups::list`), for an alert on their age.
+/// The database's backups in `backup.dir` (`backups::list_of`), for an alert on their age.
 #[derive(Clone)]
 pub(crate) struct Backups {
     /// How many there are.
@@ -169,7 +169,7 @@ impl Backups {
         policy: &litebridge::backups::BackupPolicy,
         db: &std::path::Path,
     ) -> Backups {
-        let all = litebridge::backups::list(&policy.dir, db);
+        let all = litebridge::backups::list_of(&policy.dir, db);
         let newest_age = all
             .first()
             .and_then(|p| std::fs::metadata(p).ok())

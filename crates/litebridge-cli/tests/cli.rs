@@ -676,6 +676,27 @@ fn a_missing_database_with_backups_is_not_started_empty() {
         !volume.join("real.db").exists(),
         "an empty database was made"
     );
+    // Emptied (truncated to 0 bytes, a volume made afresh): the same
+    // (review 180: SQLite opened it as a new database).
+    std::fs::remove_file(&db).unwrap();
+    std::fs::File::create(&db).unwrap();
+    let refused = stdio(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("--recover") && err.contains("is empty"), "{err}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "it was written");
+    let recovered = stdio(&["--recover"]);
+    assert_eq!(
+        recovered.status.code(),
+        Some(0),
+        "{}",
+        text(&recovered.stderr)
+    );
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000);
 }
 
 /// Scheduled backups into a path that is a file are refused at the start,

@@ -6,6 +6,16 @@
 //! oldest beyond `keep` are deleted. Recovery never trusts a name: it checks
 //! the candidates newest first and uses the first that passes `quick_check`.
 //!
+//! A name is not an owner either: two databases of one file name (two
+//! services' `app.db`) may share a directory. A database litebridge serves
+//! has an id, and each backup says whose it is (`backup_of`), so a
+//! database's backups ([`list_of`]) leave out those marked as another's:
+//! its schedule prunes only its own (and unmarked ones, made before backups
+//! were marked), and recovery restores only its own, or refuses to choose
+//! when the database cannot say which it is and the backups are of more
+//! than one (review 180: one service pruned the other's backups, and
+//! `--recover` could restore the other's data).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> litebridge::Result<()> {
@@ -91,6 +101,22 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The backups of the database at `db` in `dir`, newest first: those of
+/// its file name ([`list`]) but those marked as another database's backups.
+/// A database without an id (or one that cannot be read) cannot tell: then
+/// every backup of its name.
+pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
+    let id = crate::db::database_id(db);
+    list(dir, db)
+        .into_iter()
+        .filter(|p| {
+            // Unreadable marks: not said to be another's (verification
+            // judges the file).
+            id.is_none() || crate::db::backup_mark(p).map_or(true, |of| of.is_none() || of == id)
+        })
+        .collect()
+}
+
 /// Whether `rest` (a file name after `<db>.`) is `<stamp>[.<n>].backup`,
 /// `<stamp>` as [`utc_file_stamp`] writes it: only that. A looser match
 /// (anything ending in `.backup`) took the backups of `app.db.old`, kept
@@ -125,9 +151,15 @@ fn order(p: &Path) -> (String, u64) {
     }
 }
 
-/// The newest backup of `db` in `dir` that passes `quick_check` now, with its age.
+/// The newest backup of `db` in `dir` ([`list_of`]) that passes
+/// `quick_check` now, with its age.
 pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
-    list(dir, db).into_iter().find_map(|p| {
+    verified_first(list_of(dir, db))
+}
+
+/// The first of `candidates` that passes `quick_check` now, with its age.
+fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
+    candidates.into_iter().find_map(|p| {
         let ok = check_file_bounded(&p).is_ok_and(|r| r.ok);
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
@@ -228,9 +260,7 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     };
     let report = db.backup_to(&dest, |_| {}).await?;
     let latest = policy.dir.join("LATEST");
-    let tmp = policy.dir.join("LATEST.partial");
-    std::fs::write(&tmp, format!("{}\n", dest.display()))
-        .and_then(|()| std::fs::rename(&tmp, &latest))
+    record_latest(&latest, &dest)
         .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
     // One verified only in part counts one more: it does not push out the
     // newest before it, and a schedule of them (a client's table whose check
@@ -246,10 +276,15 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
         None => 0,
     };
     // The one just taken is never pruned, even if its name sorts oldest
-    // (the clock was set back): `LATEST` names it.
+    // (the clock was set back): `LATEST` names it. Only this database's own
+    // are: marked with its id, or unmarked (another database of the same
+    // file name may share the directory; a mark that cannot be read keeps
+    // its file).
+    let id = crate::db::database_id(db.path());
+    let own = |p: &PathBuf| crate::db::backup_mark(p).is_ok_and(|of| of.is_none() || of == id);
     for old in list(&policy.dir, db.path())
         .into_iter()
-        .filter(|p| *p != dest)
+        .filter(|p| *p != dest && own(p))
         .skip(policy.keep.max(1) - 1 + extra)
     {
         if let Err(e) = std::fs::remove_file(&old) {
@@ -257,6 +292,29 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
         }
     }
     Ok(report)
+}
+
+/// Writes `dest`'s path into the record `latest`, through a new file
+/// beside it renamed over it: created, never opened if there (review 180:
+/// a link put at `LATEST.partial` by anyone who can write to the directory
+/// had the record written into the file it pointed to, the database
+/// itself if so), and synced before and after its rename.
+fn record_latest(latest: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = latest.with_file_name("LATEST.partial");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    file.write_all(format!("{}\n", dest.display()).as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, latest)?;
+    crate::db::sync_dir(latest);
+    Ok(())
 }
 
 /// Takes a backup every `policy.interval` until the database closes.
@@ -353,17 +411,55 @@ pub fn recover(
     if sound && !force {
         return Ok(Recovery::Sound);
     }
-    let (from, age) = newest_verified(dir, db).ok_or_else(|| Error::Unavailable {
+    let candidates = list_of(dir, db);
+    if crate::db::database_id(db).is_none() {
+        // The database cannot say which backups are its own: they must all
+        // be of one database, or the operator chooses.
+        let mut ids: Vec<String> = candidates
+            .iter()
+            .filter_map(|p| crate::db::backup_mark(p).ok().flatten())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() > 1 {
+            return Err(Error::Unavailable {
+                what: "recovery",
+                reason: format!(
+                    "{} holds backups of {} databases named {} (ids {}), and {} has no id to \
+                     tell which are its own; restore one with `litebridge restore --from FILE`",
+                    dir.display(),
+                    ids.len(),
+                    db.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    ids.join(", "),
+                    db.display()
+                ),
+            });
+        }
+    }
+    // An empty file with no backup is an empty database, as SQLite says.
+    if !force && candidates.is_empty() && is_empty_file(db) {
+        return Ok(Recovery::Sound);
+    }
+    let others = list(dir, db).len() - candidates.len();
+    let (from, age) = verified_first(candidates).ok_or_else(|| Error::Unavailable {
         what: "backup",
-        reason: if dir.is_dir() {
+        reason: if !dir.is_dir() {
             format!(
-                "no backup of {} in {} passes verification",
+                "the backup directory {} does not exist (give it with --dir, or [backup] dir)",
+                dir.display()
+            )
+        } else if others > 0 {
+            format!(
+                "no backup of {} in {} passes verification ({others} backup(s) there are of \
+                 another database of that name; restore one with `litebridge restore --from FILE`)",
                 db.display(),
                 dir.display()
             )
         } else {
             format!(
-                "the backup directory {} does not exist (give it with --dir, or [backup] dir)",
+                "no backup of {} in {} passes verification",
+                db.display(),
                 dir.display()
             )
         },
@@ -390,6 +486,14 @@ fn judge(db: &Path) -> Judged {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Judged::Damaged,
         _ => {}
     }
+    match std::fs::metadata(db) {
+        // An empty file is a sound, empty database to SQLite, but one whose
+        // backups exist lost everything they hold (truncated, a volume made
+        // afresh): recovered as a missing one is (review 180), when it has
+        // backups.
+        Ok(m) if m.is_file() && m.len() == 0 => return Judged::Damaged,
+        _ => {}
+    }
     roll_back_hot_journal(db);
     match check_file_bounded(db) {
         Ok(r) if r.ok => Judged::Sound,
@@ -397,6 +501,11 @@ fn judge(db: &Path) -> Judged {
         Err(e) if e.is_not_a_database() => Judged::Damaged,
         Err(e) => Judged::Unchecked(e),
     }
+}
+
+/// Whether `path` is a file of no bytes (through a link too).
+pub fn is_empty_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Rolls back the hot journal beside `db`, if any: a write (a restore's

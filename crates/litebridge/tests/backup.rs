@@ -717,3 +717,165 @@ async fn replace_takes_only_an_earlier_copy_of_the_same_database() {
     replace(db.path(), &odd).unwrap();
     db.close().await;
 }
+
+/// Review 180: two databases of one file name (two services' `app.db`)
+/// sharing a backup directory. Each one's schedule pruned the other's
+/// backups, and recovery restored whichever was newest, the other's data
+/// too. Backups say whose they are; a database's are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_of_one_name_in_one_backup_directory_keep_their_own_backups() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, list, list_of, recover, take};
+    let shared = tempfile::tempdir().unwrap();
+    let policy = BackupPolicy {
+        dir: shared.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 1,
+    };
+    let (a_dir, a) = open_kv(config()).await;
+    let (b_dir, b) = open_kv(config()).await;
+    for (db, v) in [(&a, "a"), (&b, "b")] {
+        litebridge::store::migrate(db).await.unwrap();
+        db.execute("INSERT INTO kv VALUES (1, ?1)", params![v])
+            .await
+            .unwrap();
+    }
+    let a_backup = take(&a, &policy).await.unwrap().path;
+    let b_backup = take(&b, &policy).await.unwrap().path;
+    assert!(a_backup.exists(), "b's schedule pruned a's backup");
+    assert_eq!(list(&policy.dir, a.path()).len(), 2, "one name, both");
+    assert_eq!(
+        list_of(&policy.dir, a.path()),
+        std::slice::from_ref(&a_backup)
+    );
+    assert_eq!(
+        list_of(&policy.dir, b.path()),
+        std::slice::from_ref(&b_backup)
+    );
+    // Each keeps one of its own.
+    let a_again = take(&a, &policy).await.unwrap().path;
+    assert!(!a_backup.exists() && a_again.exists() && b_backup.exists());
+
+    // Restored from its own, never from the other's newer one.
+    let a_path = a.path().to_path_buf();
+    a.close().await;
+    b.close().await;
+    let Recovery::Restored { from, .. } =
+        recover(&a_path, &policy.dir, When::Always, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, a_again);
+    let v: String = rusqlite::Connection::open(&a_path)
+        .unwrap()
+        .query_row("SELECT v FROM kv WHERE k = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "a");
+
+    // A database that cannot say which it is (gone) does not choose
+    // between the two: the operator does.
+    std::fs::remove_file(&a_path).unwrap();
+    let e = recover(&a_path, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("backups of 2 databases"), "{e}");
+    assert!(!a_path.exists(), "nothing was restored");
+    drop((a_dir, b_dir));
+}
+
+/// Review 180: a database truncated to 0 bytes is a sound, empty one to
+/// SQLite: `--recover` found nothing to recover, and the schedule went on
+/// to prune every backup of the real data. With backups, it is recovered
+/// as a missing one is; without, it is an empty database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_emptied_is_recovered_from_its_backups() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
+    let (dir, db) = open_kv(config()).await;
+    litebridge::store::migrate(&db).await.unwrap();
+    insert_rows(&db, 0, 10, 100).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    take(&db, &policy).await.unwrap();
+    let path = db.path().to_path_buf();
+    db.close().await;
+    std::fs::File::create(&path).unwrap(); // truncated
+    for c in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&path, c));
+    }
+    let r = recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap();
+    assert!(matches!(r, Recovery::Restored { .. }), "{r:?}");
+    let n: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 10);
+
+    // No backups: an empty file is an empty database.
+    let empty = dir.path().join("new.db");
+    std::fs::File::create(&empty).unwrap();
+    let r = recover(&empty, &policy.dir, When::Damaged, |_, _| {}).unwrap();
+    assert!(matches!(r, Recovery::Sound), "{r:?}");
+}
+
+fn litebridge_with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
+/// Review 180: `restore --db app.db-wal` moved the log aside and put a
+/// database in its place, whose header SQLite then ignores: the commits
+/// the log held were gone. And a backup given as a hard link of the
+/// database was taken for another file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_onto_a_companion_or_from_a_hard_link_of_the_database_is_refused() {
+    let (dir, db) = open_kv(config()).await;
+    insert_rows(&db, 0, 5, 100).await;
+    let backup = dir.path().join("good.backup");
+    db.backup_to(&backup, |_| {}).await.unwrap();
+    insert_rows(&db, 5, 5, 100).await;
+    let path = db.path().to_path_buf();
+    let aside = dir.path().join("aside");
+    for c in ["-wal", "-shm"] {
+        let companion = litebridge_with_suffix(&path, c);
+        assert!(companion.exists(), "{c}");
+        let before = std::fs::read(&companion).unwrap();
+        let e = litebridge::restore_file(&backup, &companion, &aside, |_, _| {}).unwrap_err();
+        assert_eq!(e.kind(), litebridge::ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("not a database"), "{e}");
+        if c == "-wal" {
+            assert_eq!(std::fs::read(&companion).unwrap(), before, "{c} changed");
+        }
+    }
+    let link = dir.path().join("link.backup");
+    std::fs::hard_link(&path, &link).unwrap();
+    let e = litebridge::restore_file(&link, &path, &aside, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("same file"), "{e}");
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM kv").await,
+        10,
+        "every row still there"
+    );
+}
+
+/// Review 180: the record of the newest backup was written through
+/// `LATEST.partial` as it found it, following a link anyone who can write
+/// to the directory could put there (at the database itself).
+#[tokio::test]
+async fn the_record_of_the_newest_backup_follows_no_link() {
+    use litebridge::backups::{BackupPolicy, take};
+    let (dir, db) = open_kv(config()).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    std::fs::create_dir(&policy.dir).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, policy.dir.join("LATEST.partial")).unwrap();
+    let taken = take(&db, &policy).await.unwrap().path;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let latest = std::fs::read_to_string(policy.dir.join("LATEST")).unwrap();
+    assert_eq!(latest.trim(), taken.display().to_string());
+}

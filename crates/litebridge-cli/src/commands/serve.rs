@@ -174,16 +174,26 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     }
     // A database gone while its backups are there (deleted by mistake, a
     // volume not mounted) is not started again empty in silence: clients
-    // would write a second history beside the one the backups hold.
-    if !recover
+    // would write a second history beside the one the backups hold. Nor
+    // one emptied (truncated to 0 bytes, a volume made afresh: review 180),
+    // which SQLite would open as a new database.
+    let missing =
         // Through a link too: a dangling one (its volume not mounted) is
         // a missing database, which SQLite would create at its target.
-        && matches!(std::fs::metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        matches!(std::fs::metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let emptied = litebridge::backups::is_empty_file(&db);
+    if !recover
+        && (missing || emptied)
         && let backups @ 1.. = litebridge::backups::list(&policy.dir, &db).len()
     {
         return Err(Failure::new(format!(
-            "database {} does not exist, but {} holds {backups} backup(s) of it: start with --recover to restore the newest verified one, or move the backups away to start with an empty database",
+            "database {} {}, but {} holds {backups} backup(s) of it: start with --recover to restore the newest verified one, or move the backups away to start with an empty database",
             db.display(),
+            if missing {
+                "does not exist"
+            } else {
+                "is empty (0 bytes)"
+            },
             policy.dir.display()
         )));
     }

@@ -198,7 +198,7 @@ pub(crate) fn backups(
     scheduled: bool,
     uptime: std::time::Duration,
 ) -> Json {
-    let newest = litebridge::backups::list(&policy.dir, db)
+    let newest = litebridge::backups::list_of(&policy.dir, db)
         .into_iter()
         .next();
     let age = newest

@@ -394,6 +394,23 @@ fn marks(path: &Path, quiet: bool) -> Result<Marks> {
     })
 }
 
+/// The id of the database at `path` (`database_id`, read through a
+/// read-only connection, its log included); `None` when it has none or
+/// cannot be read (damaged, missing).
+pub(crate) fn database_id(path: &Path) -> Option<String> {
+    marks(path, false).ok().and_then(|m| m.database_id)
+}
+
+/// Whose backup the file at `path` says it is (`backup_of`), read as an
+/// immutable file: `Ok(None)` for one unmarked (made before backups were
+/// marked, or of a database without an id).
+///
+/// # Errors
+/// The marks cannot be read.
+pub(crate) fn backup_mark(path: &Path) -> Result<Option<String>> {
+    marks(path, true).map(|m| m.backup_of)
+}
+
 /// Whether the file at `path` starts with SQLite's header.
 fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
@@ -473,16 +490,18 @@ fn check_destination(source: &Path, dest: &Path, existing: IfExists) -> Result<(
             if !m.is_file() {
                 return refuse("it is not a regular file".into());
             }
+            // The same file under another name (a hard link). Asked first,
+            // by its inode: reading the database's header would open and
+            // close it, which drops this process's locks on it.
+            if own.iter().any(|p| same_file(p, &m)) {
+                return refuse("it is the database being backed up, under another name".into());
+            }
             // Only an earlier copy is replaced: a mistyped destination
             // naming a document (or anything else) is not overwritten.
             if m.len() > 0 && !is_sqlite_file(&dest_real) {
                 return refuse(
                     "it is not a SQLite database; a backup replaces only an earlier copy (or an empty file), choose another file".into(),
                 );
-            }
-            // The same file under another name (a hard link).
-            if own.iter().any(|p| same_file(p, &m)) {
-                return refuse("it is the database being backed up, under another name".into());
             }
             // A database litebridge serves has an id, and its backups say
             // whose backup they are: then only one of its own backups is

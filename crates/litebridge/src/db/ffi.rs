@@ -36,6 +36,23 @@ fn db_status(conn: &Connection, op: std::ffi::c_int) -> i32 {
     }
 }
 
+/// Whether the file system refuses to let this process read the file at
+/// `path` (`EACCES`, by its effective ids), asked with `faccessat`, which
+/// opens nothing: closing a descriptor of a database file drops every
+/// `fcntl` lock the process holds on it, SQLite's included. False for any
+/// other answer.
+#[allow(unsafe_code)]
+pub(crate) fn read_refused(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call; `faccessat`
+    // only reads it.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::R_OK, libc::AT_EACCESS) };
+    rc != 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::PermissionDenied
+}
+
 /// Whether another process holds one of SQLite's locks on the database file
 /// at `path` (a connection is open on it and reading or writing): SQLite's
 /// unix VFS takes POSIX record locks on the bytes from `PENDING_BYTE`

@@ -38,7 +38,9 @@
 //! continuous reads and writes and checkpoint I/O never stalls a write.
 
 mod backup;
-pub(crate) use backup::{NOT_A_DATABASE, check_file_bounded, mode_of, with_suffix};
+pub(crate) use backup::{
+    NOT_A_DATABASE, backup_mark, check_file_bounded, database_id, mode_of, sync_dir, with_suffix,
+};
 pub(crate) use guard::ON_THE_WRITER;
 mod checkpointer;
 mod claims;

@@ -294,12 +294,7 @@ impl Opener {
     /// `reason`, or what the file system says when it refuses the file to
     /// litebridge's user (SQLite says only "unable to open database file").
     fn why_not(&self, reason: String) -> String {
-        match std::fs::OpenOptions::new().read(true).open(&self.path) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                format!("permission denied: litebridge's user cannot read it ({reason})")
-            }
-            _ => reason,
-        }
+        why_not(&self.path, reason)
     }
 
     fn open_error(&self, e: rusqlite::Error) -> Error {
@@ -328,6 +323,20 @@ impl Opener {
         let mut p = self.path.clone().into_os_string();
         p.push("-wal");
         PathBuf::from(p)
+    }
+}
+
+/// `reason`, or "permission denied" when litebridge's user may not read the
+/// file at `path`, asked without opening it: this runs when a connection of
+/// a database already open is reopened, and closing a descriptor of the
+/// file (the `open` it used to try) drops every `fcntl` lock this process
+/// holds on it, SQLite's included (review 180: another process could then
+/// take the file from under the service).
+fn why_not(path: &Path, reason: String) -> String {
+    if crate::db::ffi::read_refused(path) {
+        format!("permission denied: litebridge's user cannot read it ({reason})")
+    } else {
+        reason
     }
 }
 
@@ -895,6 +904,44 @@ fn from_virtual_table(line: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// Review 180: explaining a failed reopen opened the file and closed it,
+    /// which drops every `fcntl` lock of this process on it, the shared lock
+    /// SQLite's connections hold on a database in WAL mode included: another
+    /// process could then take it out of WAL mode (and `litebridge restore`
+    /// replace it) under the running service.
+    #[tokio::test]
+    async fn explaining_a_failed_open_leaves_the_locks_of_the_open_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let db = crate::Database::open(&path, crate::DbConfig::default())
+            .await
+            .unwrap();
+        db.execute("CREATE TABLE t(a)", ()).await.unwrap();
+        let leave_wal = || {
+            let out = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sqlite3, sys\n\
+                     c = sqlite3.connect(sys.argv[1], timeout=0)\n\
+                     try:\n    print(c.execute('PRAGMA journal_mode=DELETE').fetchone()[0])\n\
+                     except sqlite3.OperationalError as e:\n    print(e)",
+                )
+                .arg(&path)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(leave_wal(), "database is locked", "held while open");
+        let reason = super::why_not(&path, "disk I/O error".into());
+        assert_eq!(reason, "disk I/O error");
+        assert_eq!(
+            leave_wal(),
+            "database is locked",
+            "still held after why_not"
+        );
+        db.close().await;
+    }
 
     /// A database of `rows` rows in a table whose virtual generated column
     /// builds a string of `width` bytes for each: added after the rows, as

@@ -68,6 +68,20 @@ pub fn restore_file(
             "the backup and the database are the same file",
         ));
     }
+    // A database's own log, shared memory or journal named as the database
+    // (review 180: the log moved aside for a restored file put in its
+    // place, whose header SQLite then ignores, and the commits the log
+    // held were gone from the database).
+    if let Some((main, companion)) = companion_of(db) {
+        return Err(Error::invalid(
+            "db",
+            format!(
+                "{} is the {companion} file of the database {}, not a database; give the database's own path",
+                db.display(),
+                main.display()
+            ),
+        ));
+    }
     let report = check_file_bounded(from)?;
     if !report.ok {
         return Err(Error::Corrupt {
@@ -380,11 +394,29 @@ fn in_use(db: &Path) -> Error {
     }
 }
 
+/// Whether `a` and `b` are one file: one device and inode, so a hard link
+/// is seen too (review 180: by their canonical paths, a backup given as a
+/// hard link of the database was copied over it without its log).
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// `(the database, the companion's kind)` when `path` is a companion
+/// (`-wal`, `-shm`, `-journal`) of a database file that exists beside it.
+fn companion_of(path: &Path) -> Option<(PathBuf, &'static str)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    COMPANIONS.iter().find_map(|suffix| {
+        let main = bytes.strip_suffix(suffix.as_bytes())?;
+        let main = PathBuf::from(std::ffi::OsStr::from_bytes(main));
+        std::fs::metadata(&main)
+            .is_ok_and(|m| m.is_file())
+            .then(|| (main, suffix.trim_start_matches('-')))
+    })
 }
 
 /// `db` and each companion of it that exists, moved to the same names
