@@ -683,7 +683,10 @@ fn a_missing_database_with_backups_is_not_started_empty() {
     let refused = stdio(&[]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     let err = text(&refused.stderr);
-    assert!(err.contains("--recover") && err.contains("is empty"), "{err}");
+    assert!(
+        err.contains("--recover") && err.contains("is empty"),
+        "{err}"
+    );
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "it was written");
     let recovered = stdio(&["--recover"]);
     assert_eq!(
