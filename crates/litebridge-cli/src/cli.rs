@@ -151,7 +151,7 @@ pub(crate) enum KeysAction {
         /// Or a configuration file: its database (SQLite or PostgreSQL).
         #[arg(long, conflicts_with = "db")]
         config: Option<PathBuf>,
-        /// What the key may do: read, write, bridge, admin, or a comma-separated list.
+        /// What the key may do: metrics, read, write, bridge, admin, or a comma-separated list.
         #[arg(long)]
         scope: String,
         /// Its tier (quotas): free, pro or enterprise.

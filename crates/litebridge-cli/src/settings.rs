@@ -695,7 +695,7 @@ const KEYS: &[Key] = &[
         env: &[],
         kind: Kind::Text,
         default: || text("admin"),
-        help: "scopes of stdio/MCP sessions and of HTTP on loopback while no key exists (read, write, bridge, admin; comma-separated)",
+        help: "scopes of stdio/MCP sessions and of HTTP on loopback while no key exists (metrics, read, write, bridge, admin; comma-separated)",
     },
     Key {
         name: "security.key_refresh_ms",

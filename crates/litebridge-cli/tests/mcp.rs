@@ -428,13 +428,17 @@ async fn the_tools_of_each_scope_are_the_table_s_methods_for_that_scope() {
         .unwrap();
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let methods = doc["result"]["methods"].as_array().unwrap().clone();
-    // What each scope allows: write includes read; admin includes all.
+    // What each scope allows: write includes read, read includes metrics;
+    // admin includes all.
     let allows = |given: &str, needed: &str| {
-        given
-            .split(',')
-            .any(|g| g == needed || g == "admin" || (g == "write" && needed == "read"))
+        given.split(',').any(|g| {
+            g == needed
+                || g == "admin"
+                || (g == "write" && matches!(needed, "read" | "metrics"))
+                || (g == "read" && needed == "metrics")
+        })
     };
-    for scopes in ["read", "write", "bridge", "admin", "read,bridge"] {
+    for scopes in ["read", "write", "bridge", "admin", "read,bridge", "metrics"] {
         let client = connect(
             &dir.path().join(format!("{}.db", scopes.replace(',', "-"))),
             &[

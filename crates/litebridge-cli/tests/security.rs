@@ -441,6 +441,65 @@ fn stdio_runs_with_the_configured_local_scopes() {
     assert!(child.wait().unwrap().success());
 }
 
+/// A key with the `metrics` scope reads the figures (statistics, health,
+/// `/metrics`, the dashboard's data, the event stream) and no data
+/// (review 181: the key given to Prometheus had to be a `read` key, which
+/// reads every table, run, memory and cache entry).
+#[test]
+fn a_metrics_key_reads_the_figures_and_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let admin = create_key(&db, "owner", "admin", "free");
+    let prom = create_key(&db, "prom", "metrics", "free");
+    let server = Server::start_with(&db, &[], &[]);
+    let (status, r) = server.rpc_as(
+        Some(&admin),
+        &call(
+            "memory.store",
+            json!({"namespace": "agent-a", "key": "secret", "value": "x"}),
+        ),
+    );
+    assert_eq!(status, 200, "{r}");
+    for method in [
+        "pool.stats",
+        "pool.health",
+        "persistence.stats",
+        "cache.stats",
+    ] {
+        let (status, r) = server.rpc_as(Some(&prom), &call(method, json!({})));
+        assert_eq!(status, 200, "{method}: {r}");
+        assert!(r["error"].is_null(), "{method}: {r}");
+    }
+    for path in ["/metrics", "/api/dashboard"] {
+        let (status, _, body) = server.request_as(Some(&prom), "GET", path, None, b"");
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    for (method, params) in [
+        (
+            "memory.get",
+            json!({"namespace": "agent-a", "key": "secret"}),
+        ),
+        ("memory.list", json!({"namespace": "agent-a"})),
+        ("state.list", json!({})),
+        ("cache.get", json!({"key": "k"})),
+        ("sql.query", json!({"sql": "SELECT 1"})),
+        ("sql.schema", json!({})),
+        (
+            "memory.store",
+            json!({"namespace": "n", "key": "k", "value": 1}),
+        ),
+    ] {
+        let (_, r) = server.rpc_as(Some(&prom), &call(method, params));
+        assert_eq!(code(&r), Some(-32007), "{method}: {r}");
+        assert!(!r.to_string().contains("\"x\""), "{method}: {r}");
+    }
+    // Listed with its scope.
+    let (status, r) = server.rpc_as(Some(&admin), &call("admin.keys.list", json!({})));
+    assert_eq!(status, 200, "{r}");
+    let listed = r["result"].to_string();
+    assert!(listed.contains("\"metrics\""), "{listed}");
+}
+
 /// Local sessions narrowed by `security.local_scopes` keep idempotency
 /// records of their own (review 181): an agent's session given `write`
 /// neither blocks the owner's write of the same key nor answers it with its

@@ -20,7 +20,7 @@
 //!   were built and the run of the server: the page says "stale" when they
 //!   stop moving, gives up on an answer after 5 s, and starts its charts
 //!   over when the server restarted.
-//! - **As strict as `/rpc`.** The data takes the same keys and the read
+//! - **As strict as `/rpc`.** The data takes the same keys and the metrics
 //!   scope (quotas per key and the backups, whose directory names the
 //!   database's, only for admin keys; the key's limit of requests at once
 //!   applies); the page's actions are

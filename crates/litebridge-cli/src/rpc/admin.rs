@@ -118,7 +118,7 @@ impl Handler for AdminCheckpoint {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KeysCreate {
-    /// Comma-separated scopes: read, write, bridge, admin.
+    /// Comma-separated scopes: metrics, read, write, bridge, admin.
     scope: String,
     /// Its quota tier (default free).
     #[serde(default)]

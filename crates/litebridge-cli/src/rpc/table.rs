@@ -185,7 +185,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.stats",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "The worker pool's statistics: pool-wide calls, success rate (percent), average and p50/p95/p99 latency (ms), process count and idle processes; per worker, per method and per breaker figures; restarts, crashes, the cache.",
         example: r#"{}"#,
         handler: handler::<super::stats::BridgeStats>(),
@@ -197,7 +197,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "bridge.health",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "The worker pool's health: the same figures as bridge.stats, with `healthy`.",
         example: r#"{}"#,
         handler: handler::<super::stats::BridgeHealth>(),
@@ -215,7 +215,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "events.subscribe",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "Over stdio: from now on, the worker pool's events come as notifications {\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{seq, event, ts, ...}} (event: started, process-started, process-error, process-restarted, process-recycling, host-joined, host-lost (worker hosts over NATS), retry, circuit-breaker-state-change, shutdown; missed with a count when this session fell behind). Over HTTP: unsupported, read GET /events. Returns {subscribed: true}.",
         example: r#"{}"#,
         handler: handler::<super::events::Subscribe>(),
@@ -224,7 +224,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "events.unsubscribe",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "Over stdio: stops the event notifications of events.subscribe. Returns {subscribed: false}.",
         example: r#"{}"#,
         handler: handler::<super::events::Unsubscribe>(),
@@ -332,7 +332,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "cache.stats",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "The two-level cache's figures: hits (L1, L2), misses, hit rate, evictions, entries in memory (l1_size) and what they weigh against `cache.max_memory_mb` (l1_bytes, estimated), and in the table (l2_size, expired rows not yet swept included), L2 failures and whether L2 is in use.",
         example: r#"{}"#,
         handler: handler::<super::stats::CacheStats>(),
@@ -341,7 +341,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "pool.health",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "Is the database healthy? Connections, free readers, free heavy-lane connections (available_heavy; available_workers is the same figure under the seed system's name, not the worker processes: see bridge.health), queue lengths and the last health check.",
         example: r#"{}"#,
         handler: handler::<super::stats::PoolHealth>(),
@@ -350,7 +350,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "pool.stats",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "Database statistics: reads, writes, latency percentiles in ms, group-commit batches, WAL size, errors.",
         example: r#"{}"#,
         handler: handler::<super::stats::PoolStats>(),
@@ -359,7 +359,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "persistence.stats",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "Totals of the persistence layer: operations, errors, error and success rates, connection pool summary.",
         example: r#"{}"#,
         handler: handler::<super::stats::PersistenceStats>(),
@@ -422,7 +422,7 @@ pub(crate) const METHODS: &[Method] = &[
     },
     Method {
         name: "rpc.discover",
-        scope: Scope::Read,
+        scope: Scope::Metrics,
         description: "This table as an OpenRPC 1.3 document: every method, its scope, parameters and their JSON schemas.",
         example: r#"{}"#,
         handler: handler::<super::admin::Discover>(),

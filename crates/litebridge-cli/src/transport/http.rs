@@ -446,7 +446,7 @@ pub(crate) fn refused(e: litebridge::Error) -> Response {
 }
 
 /// `GET /events`: the event stream as server-sent events (`id` `RUN-SEQ`,
-/// `event`, `data` the event's JSON), for keys with the read scope, under
+/// `event`, `data` the event's JSON), for keys with the metrics scope, under
 /// the Host and Origin rules of every route. Opening one counts as a
 /// request against the key's quotas (a refused one does not); the stream
 /// holds none of its concurrent slots, but streams are capped, a key's
@@ -461,7 +461,7 @@ async fn events_handler(
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    if let Err(e) = caller.require(litebridge::auth::Scope::Read, "GET /events") {
+    if let Err(e) = caller.require(litebridge::auth::Scope::Metrics, "GET /events") {
         // Counted, as a call outside the key's scopes is.
         return refused(caller.charge().err().unwrap_or(e));
     }
@@ -775,7 +775,7 @@ async fn dashboard_file(uri: axum::http::Uri) -> Response {
 }
 
 /// `GET /api/dashboard?since=SEQ`: the dashboard's data, for keys with the
-/// read scope (quotas per key and backups for admin keys only). Polling for
+/// metrics scope (quotas per key and backups for admin keys only). Polling for
 /// the last few points is not counted against quotas (a page asks every
 /// second), more is; held to the key's limit of requests at once; the
 /// figures are built once a second by the sampler, so a request costs a
@@ -790,7 +790,7 @@ async fn dashboard_data(
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    if let Err(e) = caller.require(Scope::Read, "GET /api/dashboard") {
+    if let Err(e) = caller.require(Scope::Metrics, "GET /api/dashboard") {
         return counted_refusal(&caller, e);
     }
     let _in_flight = match caller.enter() {
@@ -873,7 +873,7 @@ async fn metrics_handler(
     // requests at once: a scrape must answer while stuck requests hold
     // them, which is when it matters (review 160); it only copies
     // counters. Give Prometheus a key of its own.
-    if let Err(e) = caller.require(Scope::Read, "/metrics") {
+    if let Err(e) = caller.require(Scope::Metrics, "/metrics") {
         return counted_refusal(&caller, e);
     }
     if let Err(e) = caller.charge() {

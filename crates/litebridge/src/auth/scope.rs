@@ -1,9 +1,13 @@
-//! What a caller may do: four scopes, held as a small set.
+//! What a caller may do: five scopes, held as a small set.
 //!
 //! `write` includes `read` (a writer that cannot read back what it wrote is
-//! no use) and `admin` includes everything; `bridge` stands alone, so a key
-//! made for calling workers cannot touch the data unless it is also given
-//! `read` or `write` (`--scope bridge,read`).
+//! no use), `read` includes `metrics`, and `admin` includes everything;
+//! `bridge` stands alone, so a key made for calling workers cannot touch
+//! the data unless it is also given `read` or `write` (`--scope
+//! bridge,read`). `metrics` is the figures alone (statistics, health,
+//! `/metrics`, the dashboard, the worker pool's events) and no data: the
+//! key to give Prometheus or a dashboard, which a `read` key would let read
+//! every table and store (review 181).
 
 use crate::error::{Error, Result};
 
@@ -18,10 +22,19 @@ pub enum Scope {
     Bridge,
     /// Operations (`admin.*`) and key management, plus everything else.
     Admin,
+    /// Figures only: statistics and health, `/metrics`, the dashboard's
+    /// data, the worker pool's events; no table, store or cache content.
+    Metrics,
 }
 
 impl Scope {
-    const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Bridge, Scope::Admin];
+    const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::Bridge,
+        Scope::Admin,
+        Scope::Metrics,
+    ];
 
     /// The scope's name, as given to `keys create --scope`.
     pub fn as_str(self) -> &'static str {
@@ -30,6 +43,7 @@ impl Scope {
             Scope::Write => "write",
             Scope::Bridge => "bridge",
             Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
         }
     }
 
@@ -52,7 +66,7 @@ impl std::str::FromStr for Scope {
             .ok_or_else(|| {
                 Error::invalid(
                     "scope",
-                    format!("{s:?} is not a scope; expected read, write, bridge or admin"),
+                    format!("{s:?} is not a scope; expected read, write, bridge, metrics or admin"),
                 )
             })
     }
@@ -66,16 +80,17 @@ impl Scopes {
     /// No permission at all.
     pub const NONE: Scopes = Scopes(0);
     /// Every permission (what a local stdio user has by default).
-    pub const ALL: Scopes = Scopes(0b1111);
+    pub const ALL: Scopes = Scopes(0b1_1111);
 
     /// The set holding `scopes` and what they imply.
     pub fn of(scopes: impl IntoIterator<Item = Scope>) -> Scopes {
         let mut bits = 0;
         for s in scopes {
             bits |= match s {
-                Scope::Read => Scope::Read.bit(),
-                Scope::Write => Scope::Write.bit() | Scope::Read.bit(),
+                Scope::Read => Scope::Read.bit() | Scope::Metrics.bit(),
+                Scope::Write => Scope::Write.bit() | Scope::Read.bit() | Scope::Metrics.bit(),
                 Scope::Bridge => Scope::Bridge.bit(),
+                Scope::Metrics => Scope::Metrics.bit(),
                 Scope::Admin => Scopes::ALL.0,
             };
         }
@@ -104,7 +119,7 @@ impl std::str::FromStr for Scopes {
         if items.is_empty() {
             return Err(Error::invalid(
                 "scope",
-                "no scope given; expected one or more of read, write, bridge, admin",
+                "no scope given; expected one or more of read, write, bridge, metrics, admin",
             ));
         }
         Ok(Scopes::of(items))
@@ -122,6 +137,8 @@ impl std::fmt::Display for Scopes {
             names.push("write");
         } else if self.allows(Scope::Read) {
             names.push("read");
+        } else if self.allows(Scope::Metrics) {
+            names.push("metrics");
         }
         if self.allows(Scope::Bridge) {
             names.push("bridge");
@@ -144,13 +161,25 @@ mod tests {
         assert!(!w.allows(Scope::Bridge) && !w.allows(Scope::Admin));
         let b = "bridge".parse::<Scopes>().unwrap();
         assert!(b.allows(Scope::Bridge) && !b.allows(Scope::Read));
+        assert!(!b.allows(Scope::Metrics));
         assert_eq!("admin".parse::<Scopes>().unwrap(), Scopes::ALL);
+        assert!(Scopes::ALL.allows(Scope::Metrics));
+        let m = "metrics".parse::<Scopes>().unwrap();
+        assert!(m.allows(Scope::Metrics) && !m.allows(Scope::Read) && !m.allows(Scope::Bridge));
+        assert!(w.allows(Scope::Metrics));
+        assert!("read".parse::<Scopes>().unwrap().allows(Scope::Metrics));
+        assert_eq!(
+            "read,metrics".parse::<Scopes>().unwrap().to_string(),
+            "read"
+        );
         for s in [
             "read",
             "write",
             "bridge",
+            "metrics",
             "read,bridge",
             "write,bridge",
+            "metrics,bridge",
             "admin",
         ] {
             let parsed = s.parse::<Scopes>().unwrap();
