@@ -7,36 +7,18 @@
 //! the candidates newest first and uses the first that passes `quick_check`.
 //!
 //! A name is not an owner either: two databases of one file name (two
-//! services' `app.db`) may share a directory. A database litebridge serves
-//! has an id, and each backup says whose it is (`backup_of`), so a
-//! database's backups ([`list_of`]) leave out those marked as another's:
-//! its schedule prunes only its own (and unmarked ones, made before backups
-//! were marked), and recovery restores only its own, or refuses to choose
-//! when the database cannot say which it is and the backups are of more
-//! than one (review 180: one service pruned the other's backups, and
-//! `--recover` could restore the other's data).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> litebridge::Result<()> {
-//! use std::time::Duration;
-//! use litebridge::backups::{BackupPolicy, newest_verified, take};
-//! use litebridge::{Database, DbConfig};
-//!
-//! # let dir = tempfile::tempdir().unwrap();
-//! let path = dir.path().join("app.db");
-//! let db = Database::open(&path, DbConfig::default()).await?;
-//! db.execute("CREATE TABLE notes(body TEXT)", ()).await?;
-//! let policy = BackupPolicy {
-//!     dir: dir.path().join("backups"),
-//!     interval: Duration::from_secs(3600), // for `schedule`
-//!     keep: 24,
-//! };
-//! let report = take(&db, &policy).await?; // online, verified before it counts
-//! let (newest, _age) = newest_verified(&policy.dir, &path).expect("one backup");
-//! assert_eq!(newest, report.path);
-//! # Ok(()) }
-//! ```
+//! services' `app.db`) may share a directory. Each backup of a database
+//! litebridge serves says whose it is: the database's id (`backup_of`) and
+//! its place (`backup_source`, its absolute path). A database's backups
+//! ([`list_of`]) are those of its place (and id): its schedule prunes only
+//! those, and recovery restores only those (review 180: one service pruned
+//! the other's backups, and `--recover` could restore the other's data).
+//! The place tells a missing database's backups, and a copy restored
+//! elsewhere (a staging database, which carries its source's id) from its
+//! source. A database moved to another path starts a set of its own: the
+//! older set is reached with `litebridge restore --from FILE`, and pruned
+//! by hand. A database without an id (opened by the library without
+//! litebridge's stores) makes unmarked backups, told by their name only.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -102,19 +84,54 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
 }
 
 /// The backups of the database at `db` in `dir`, newest first: those of
-/// its file name ([`list`]) but those marked as another database's backups.
-/// A database without an id (or one that cannot be read) cannot tell: then
-/// every backup of its name.
+/// its file name ([`list`]) that are its own by their marks (see
+/// [`Identity::owns`]), and those whose marks cannot be read (verification
+/// judges them).
 pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
-    let id = crate::db::database_id(db);
+    let me = Identity::of(db);
     list(dir, db)
         .into_iter()
-        .filter(|p| {
-            // Unreadable marks: not said to be another's (verification
-            // judges the file).
-            id.is_none() || crate::db::backup_mark(p).map_or(true, |of| of.is_none() || of == id)
-        })
+        .filter(|p| me.owns(p) != Some(false))
         .collect()
+}
+
+/// What tells a database's backups from others' of the same file name.
+struct Identity {
+    /// Its place, as its backups' `backup_source` says it.
+    place: String,
+    /// Its id; `None` for one without (the library's own database) or one
+    /// that cannot be read (missing, emptied, damaged).
+    id: Option<String>,
+}
+
+impl Identity {
+    fn of(db: &Path) -> Identity {
+        Identity {
+            place: crate::db::source_mark(db),
+            id: crate::db::database_id(db),
+        }
+    }
+
+    /// Whether the backup at `p` is this database's (`None` when its marks
+    /// cannot be read):
+    /// - marked with a place: that place, and this database's id when it
+    ///   has one that can be read (then another database made afresh at
+    ///   that place is not taken for the first);
+    /// - marked with an id only (made before places were marked): that id,
+    ///   or any while this one's cannot be read (`recover` refuses to choose
+    ///   between two);
+    /// - unmarked: only for a database without an id (whose backups are
+    ///   unmarked), by name.
+    fn owns(&self, p: &Path) -> Option<bool> {
+        let (of, place) = crate::db::backup_marks(p).ok()?;
+        Some(match (of, place) {
+            (of, Some(place)) => {
+                place == self.place && self.id.as_ref().is_none_or(|id| of.as_ref() == Some(id))
+            }
+            (Some(of), None) => self.id.as_ref().is_none_or(|id| *id == of),
+            (None, None) => self.id.is_none(),
+        })
+    }
 }
 
 /// Whether `rest` (a file name after `<db>.`) is `<stamp>[.<n>].backup`,
@@ -158,9 +175,11 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 }
 
 /// The first of `candidates` that passes `quick_check` now, with its age.
+/// An empty file passes it (SQLite reads it as an empty database) but is
+/// no backup: SQLite writes a copy's first page (review 182).
 fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
     candidates.into_iter().find_map(|p| {
-        let ok = check_file_bounded(&p).is_ok_and(|r| r.ok);
+        let ok = !is_empty_file(&p) && check_file_bounded(&p).is_ok_and(|r| r.ok);
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
             return None;
@@ -203,8 +222,9 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
         ));
     }
     let scheduled = prefix(db.path());
-    // `LATEST.partial` is where the schedule writes its record before
-    // moving it into place: a backup of that name would be overwritten.
+    // `LATEST` is the schedule's record (and `LATEST.partial` where
+    // earlier versions wrote it before moving it into place): a backup of
+    // either name would be overwritten.
     if name.starts_with(&scheduled) && name.ends_with(".backup")
         || name == "LATEST"
         || name == "LATEST.partial"
@@ -259,13 +279,34 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
         Some(n) => policy.dir.join(format!("{stem}.{}.backup", n + 1)),
     };
     let report = db.backup_to(&dest, |_| {}).await?;
+    // The record, the marks read and the pruning block: off the runtime.
+    let (db_path, policy, taken) = (db.path().to_path_buf(), policy.clone(), dest.clone());
+    let partly_verified = report.partly_verified.clone();
+    tokio::task::spawn_blocking(move || {
+        record_and_prune(&db_path, &policy, &taken, partly_verified)
+    })
+    .await
+    .map_err(|e| Error::Internal {
+        message: format!("the backup's record and pruning stopped: {e}"),
+    })??;
+    Ok(report)
+}
+
+/// Records `dest` as the newest backup of `db` and prunes the oldest of
+/// its own beyond `keep`.
+fn record_and_prune(
+    db: &Path,
+    policy: &BackupPolicy,
+    dest: &Path,
+    partly_verified: Option<String>,
+) -> Result<()> {
     let latest = policy.dir.join("LATEST");
-    record_latest(&latest, &dest)
+    record_latest(&latest, dest)
         .map_err(|e| Error::io("cannot record the newest backup in", &latest, e))?;
     // One verified only in part counts one more: it does not push out the
     // newest before it, and a schedule of them (a client's table whose check
     // cannot finish) still keeps at most `keep + 1`.
-    let extra = match &report.partly_verified {
+    let extra = match &partly_verified {
         Some(why) => {
             tracing::warn!(
                 path = %dest.display(),
@@ -277,42 +318,49 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     };
     // The one just taken is never pruned, even if its name sorts oldest
     // (the clock was set back): `LATEST` names it. Only this database's own
-    // are: marked with its id, or unmarked (another database of the same
-    // file name may share the directory; a mark that cannot be read keeps
-    // its file).
-    let id = crate::db::database_id(db.path());
-    let own = |p: &PathBuf| crate::db::backup_mark(p).is_ok_and(|of| of.is_none() || of == id);
-    for old in list(&policy.dir, db.path())
+    // are (another database of the same file name may share the
+    // directory); one whose marks cannot be read is kept.
+    let me = Identity::of(db);
+    for old in list(&policy.dir, db)
         .into_iter()
-        .filter(|p| *p != dest && own(p))
+        .filter(|p| p != dest && me.owns(p) == Some(true))
         .skip(policy.keep.max(1) - 1 + extra)
     {
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!("cannot prune the old backup {}: {e}", old.display());
         }
     }
-    Ok(report)
+    Ok(())
 }
 
-/// Writes `dest`'s path into the record `latest`, through a new file
-/// beside it renamed over it: created, never opened if there (review 180:
-/// a link put at `LATEST.partial` by anyone who can write to the directory
-/// had the record written into the file it pointed to, the database
-/// itself if so), and synced before and after its rename.
+/// Writes `dest`'s path into the record `latest` (the newest backup made
+/// in the directory, by any database sharing it), through a new file of a
+/// name of its own beside it, renamed over it: created, never opened if
+/// there (review 180: a link put at `LATEST.partial`, where it was written,
+/// by anyone who can write to the directory had the record written into
+/// the file it pointed to, the database itself if so; review 182: two
+/// processes sharing the directory took each other's), and synced before
+/// and after its rename.
 fn record_latest(latest: &Path, dest: &Path) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = latest.with_file_name("LATEST.partial");
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = latest.with_file_name(format!(
+        ".LATEST.{}.{}.partial",
+        std::process::id(),
+        MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)?;
-    file.write_all(format!("{}\n", dest.display()).as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, latest)?;
+    let written = file
+        .write_all(format!("{}\n", dest.display()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, latest));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     crate::db::sync_dir(latest);
     Ok(())
 }
@@ -413,11 +461,13 @@ pub fn recover(
     }
     let candidates = list_of(dir, db);
     if crate::db::database_id(db).is_none() {
+        // Only backups made before places were marked can name another id
+        // here.
         // The database cannot say which backups are its own: they must all
         // be of one database, or the operator chooses.
         let mut ids: Vec<String> = candidates
             .iter()
-            .filter_map(|p| crate::db::backup_mark(p).ok().flatten())
+            .filter_map(|p| crate::db::backup_marks(p).ok().and_then(|(of, _)| of))
             .collect();
         ids.sort();
         ids.dedup();

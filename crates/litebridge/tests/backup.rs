@@ -771,13 +771,103 @@ async fn databases_of_one_name_in_one_backup_directory_keep_their_own_backups() 
         .unwrap();
     assert_eq!(v, "a");
 
-    // A database that cannot say which it is (gone) does not choose
-    // between the two: the operator does.
-    std::fs::remove_file(&a_path).unwrap();
-    let e = recover(&a_path, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
-    assert!(e.to_string().contains("backups of 2 databases"), "{e}");
-    assert!(!a_path.exists(), "nothing was restored");
+    // Gone, it is told by its place: its own are restored (review 182:
+    // told by id alone, which a missing database has not, the other's
+    // could be), and a database of that name elsewhere, never backed up,
+    // has none.
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&a_path, c));
+    }
+    let Recovery::Restored { from, .. } =
+        recover(&a_path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, a_again);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let new = elsewhere.path().join("test.db");
+    let e = recover(&new, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
+    assert!(
+        e.to_string().contains("another database of that name"),
+        "{e}"
+    );
+    assert!(!new.exists(), "another's backup was restored");
+    assert!(list_of(&policy.dir, &new).is_empty());
+
+    // A staging copy restored elsewhere from a's backup carries a's id; its
+    // backups and a's are still apart (review 182: it pruned a's, and a's
+    // recovery took its).
+    let staging = elsewhere.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let staging = staging.join("test.db");
+    litebridge::restore_file(
+        &a_again,
+        &staging,
+        &elsewhere.path().join("aside"),
+        |_, _| {},
+    )
+    .unwrap();
+    let clone = litebridge::Database::open(&staging, config().build().unwrap())
+        .await
+        .unwrap();
+    litebridge::store::migrate(&clone).await.unwrap();
+    clone
+        .execute("UPDATE kv SET v = 'staging' WHERE k = 1", ())
+        .await
+        .unwrap();
+    let clone_backup = take(&clone, &policy).await.unwrap().path;
+    assert!(a_again.exists(), "the clone pruned a's backup");
+    assert_eq!(
+        list_of(&policy.dir, &a_path),
+        std::slice::from_ref(&a_again)
+    );
+    assert_eq!(list_of(&policy.dir, &staging), [clone_backup]);
+    clone.close().await;
     drop((a_dir, b_dir));
+}
+
+/// Backups without marks (of a database without an id: the library's own,
+/// without litebridge's stores) are told by name only, and only by
+/// databases without an id: one that has an id neither prunes nor restores
+/// them. And an empty file is no backup, though it passes `quick_check`
+/// (review 182).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmarked_and_empty_backups_are_not_another_databases() {
+    use litebridge::backups::{BackupPolicy, list, list_of, newest_verified, take};
+    let shared = tempfile::tempdir().unwrap();
+    let policy = BackupPolicy {
+        dir: shared.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 3,
+    };
+    let (_plain_dir, plain) = open_kv(config()).await;
+    let (_served_dir, served) = open_kv(config()).await;
+    litebridge::store::migrate(&served).await.unwrap();
+    let unmarked = take(&plain, &policy).await.unwrap().path;
+    let marked = take(&served, &policy).await.unwrap().path;
+    assert!(
+        unmarked.exists(),
+        "the served database pruned the plain one's"
+    );
+    assert_eq!(
+        list_of(&policy.dir, plain.path()),
+        std::slice::from_ref(&unmarked)
+    );
+    assert_eq!(
+        list_of(&policy.dir, served.path()),
+        std::slice::from_ref(&marked)
+    );
+    // The newest backup by name, emptied.
+    let empty = take(&plain, &policy).await.unwrap().path;
+    std::fs::File::create(&empty).unwrap();
+    assert_eq!(list(&policy.dir, plain.path())[0], empty);
+    assert_eq!(
+        newest_verified(&policy.dir, plain.path()).unwrap().0,
+        unmarked
+    );
+    let e = litebridge::restore_file(&empty, plain.path(), &policy.dir.join("aside"), |_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
 }
 
 /// Review 180: a database truncated to 0 bytes is a sound, empty one to
@@ -836,16 +926,20 @@ async fn a_restore_onto_a_companion_or_from_a_hard_link_of_the_database_is_refus
     insert_rows(&db, 5, 5, 100).await;
     let path = db.path().to_path_buf();
     let aside = dir.path().join("aside");
+    // Looked at without opening them: closing a descriptor of a file drops
+    // this process's locks on it (review 182).
+    let stat = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).unwrap().ino()
+    };
     for c in ["-wal", "-shm"] {
         let companion = litebridge_with_suffix(&path, c);
         assert!(companion.exists(), "{c}");
-        let before = std::fs::read(&companion).unwrap();
+        let before = stat(&companion);
         let e = litebridge::restore_file(&backup, &companion, &aside, |_, _| {}).unwrap_err();
         assert_eq!(e.kind(), litebridge::ErrorKind::InvalidArgument, "{e}");
         assert!(e.to_string().contains("not a database"), "{e}");
-        if c == "-wal" {
-            assert_eq!(std::fs::read(&companion).unwrap(), before, "{c} changed");
-        }
+        assert_eq!(stat(&companion), before, "{c} changed");
     }
     let link = dir.path().join("link.backup");
     std::fs::hard_link(&path, &link).unwrap();

@@ -184,7 +184,7 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
     let emptied = litebridge::backups::is_empty_file(&db);
     if !recover
         && (missing || emptied)
-        && let backups @ 1.. = litebridge::backups::list(&policy.dir, &db).len()
+        && let backups @ 1.. = litebridge::backups::list_of(&policy.dir, &db).len()
     {
         return Err(Failure::new(format!(
             "database {} {}, but {} holds {backups} backup(s) of it: start with --recover to restore the newest verified one, or move the backups away to start with an empty database",

@@ -241,7 +241,7 @@ pub(crate) fn copy_into(
         let _ = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
             r.get::<_, String>(0)
         });
-        mark(&dst, role).map_err(|e| Error::Open {
+        mark(&dst, role, source).map_err(|e| Error::Open {
             path: partial.to_path_buf(),
             reason: format!("the copy's marks (litebridge_meta) could not be written: {e}"),
         })?;
@@ -269,17 +269,22 @@ pub(crate) fn copy_into(
 /// The companions SQLite keeps beside a database file.
 pub(crate) const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
-/// What a copy is: a backup (marked as the backup of its source's id) or
-/// a restored database (its backup mark removed: it is served, and no
-/// backup of anything).
+/// What a copy is: a backup (marked as the backup of its source's id, and
+/// of its source's path) or a restored database (its backup marks removed:
+/// it is served, and no backup of anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
     Backup,
     Restore,
 }
 
-/// Writes `role`'s mark into a copy that has litebridge's marks table.
-fn mark(copy: &Connection, role: Role) -> rusqlite::Result<()> {
+/// Writes `role`'s marks into a copy that has litebridge's marks table:
+/// for a backup, whose it is (`backup_of`, the id of `source`) and where
+/// that database was (`backup_source`, its absolute path as given, links
+/// not followed: a restored copy, a staging database, carries its source's
+/// id, and a missing database has none, so the id alone cannot tell
+/// whose a backup is; see `backups::list_of`).
+fn mark(copy: &Connection, role: Role, source: &Path) -> rusqlite::Result<()> {
     let has_table: bool = copy.query_row(
         "SELECT count(*) > 0 FROM main.sqlite_schema WHERE name = 'litebridge_meta' AND type = 'table'",
         [],
@@ -288,16 +293,35 @@ fn mark(copy: &Connection, role: Role) -> rusqlite::Result<()> {
     if !has_table {
         return Ok(());
     }
+    copy.execute_batch(
+        "DELETE FROM main.litebridge_meta WHERE key IN ('backup_of', 'backup_source')",
+    )?;
     match role {
-        Role::Backup => copy.execute_batch(
-            "DELETE FROM main.litebridge_meta WHERE key = 'backup_of';
-             INSERT INTO main.litebridge_meta(key, value)
-                 SELECT 'backup_of', value FROM main.litebridge_meta WHERE key = 'database_id'",
-        ),
-        Role::Restore => {
-            copy.execute_batch("DELETE FROM main.litebridge_meta WHERE key = 'backup_of'")
+        Role::Backup => {
+            copy.execute_batch(
+                "INSERT INTO main.litebridge_meta(key, value)
+                     SELECT 'backup_of', value FROM main.litebridge_meta WHERE key = 'database_id'",
+            )?;
+            copy.execute(
+                "INSERT INTO main.litebridge_meta(key, value)
+                     SELECT 'backup_source', ?1 WHERE EXISTS
+                         (SELECT 1 FROM main.litebridge_meta WHERE key = 'database_id')",
+                [source_mark(source)],
+            )?;
+            Ok(())
         }
+        Role::Restore => Ok(()),
     }
+}
+
+/// How a database's place is written in its backups' `backup_source`: its
+/// absolute path as given (not canonical: a link to a volume that is not
+/// mounted is still the same place), as text.
+pub(crate) fn source_mark(db: &Path) -> String {
+    std::path::absolute(db)
+        .unwrap_or_else(|_| db.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// What litebridge's marks say of the database at `path`: the id drawn at
@@ -309,6 +333,7 @@ fn mark(copy: &Connection, role: Role) -> rusqlite::Result<()> {
 struct Marks {
     database_id: Option<String>,
     backup_of: Option<String>,
+    backup_source: Option<String>,
 }
 
 /// Reads `path`'s [`Marks`]. `quiet` reads it as an immutable file: no lock
@@ -391,6 +416,7 @@ fn marks(path: &Path, quiet: bool) -> Result<Marks> {
     Ok(Marks {
         database_id: read("database_id")?,
         backup_of: read("backup_of")?,
+        backup_source: read("backup_source")?,
     })
 }
 
@@ -401,14 +427,16 @@ pub(crate) fn database_id(path: &Path) -> Option<String> {
     marks(path, false).ok().and_then(|m| m.database_id)
 }
 
-/// Whose backup the file at `path` says it is (`backup_of`), read as an
-/// immutable file: `Ok(None)` for one unmarked (made before backups were
-/// marked, or of a database without an id).
+/// Whose backup the file at `path` says it is, read as an immutable file:
+/// `(backup_of, backup_source)`, the id and the place of its database;
+/// `None`s for one unmarked (made before backups were marked, or of a
+/// database without an id), a place missing from one made before places
+/// were marked.
 ///
 /// # Errors
 /// The marks cannot be read.
-pub(crate) fn backup_mark(path: &Path) -> Result<Option<String>> {
-    marks(path, true).map(|m| m.backup_of)
+pub(crate) fn backup_marks(path: &Path) -> Result<(Option<String>, Option<String>)> {
+    marks(path, true).map(|m| (m.backup_of, m.backup_source))
 }
 
 /// Whether the file at `path` starts with SQLite's header.

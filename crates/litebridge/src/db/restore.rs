@@ -82,6 +82,17 @@ pub fn restore_file(
             ),
         ));
     }
+    // An empty file passes the check (SQLite reads it as an empty
+    // database), but no backup is empty: SQLite writes a copy's first
+    // page (review 182).
+    if std::fs::metadata(from).is_ok_and(|m| m.len() == 0) {
+        return Err(Error::Corrupt {
+            path: from.to_path_buf(),
+            detail: "the backup is empty (0 bytes) and was not used: a backup holds at least \
+                     its database's first page"
+                .into(),
+        });
+    }
     let report = check_file_bounded(from)?;
     if !report.ok {
         return Err(Error::Corrupt {
