@@ -9,16 +9,20 @@
 //! A name is not an owner either: two databases of one file name (two
 //! services' `app.db`) may share a directory. Each backup of a database
 //! litebridge serves says whose it is: the database's id (`backup_of`) and
-//! its place (`backup_source`, its absolute path). A database's backups
-//! ([`list_of`]) are those of its place (and id): its schedule prunes only
-//! those, and recovery restores only those (review 180: one service pruned
-//! the other's backups, and `--recover` could restore the other's data).
-//! The place tells a missing database's backups, and a copy restored
-//! elsewhere (a staging database, which carries its source's id) from its
-//! source. A database moved to another path starts a set of its own: the
-//! older set is reached with `litebridge restore --from FILE`, and pruned
-//! by hand. A database without an id (opened by the library without
-//! litebridge's stores) makes unmarked backups, told by their name only.
+//! its place (`backup_source`, the file's canonical path however it was
+//! reached). A database's backups ([`list_of`]) are those of its place
+//! (and id): its schedule prunes only those, and recovery restores only
+//! those (review 180: one service pruned the other's backups, and
+//! `--recover` could restore the other's data). The place tells a missing
+//! database's backups, and a copy restored elsewhere (a staging database,
+//! which carries its source's id) from its source. So a missing database
+//! on one machine would take for its own the backups of another machine's
+//! database at the same path: two such must not share a directory. A
+//! database moved to another place starts a set of its own: the older set
+//! is reached with `litebridge restore --from FILE`, and pruned by hand.
+//! Backups made before places were marked are told by id; a database
+//! without an id (opened by the library without litebridge's stores) makes
+//! unmarked backups, told by their name only.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -237,12 +241,18 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
             ),
         ));
     }
-    create_dir(&policy.dir, db.path())?;
     let dest = policy.dir.join(name);
+    let (dir, db_path, at) = (policy.dir.clone(), db.path().to_path_buf(), dest.clone());
+    // The directory's steps block (a slow or hung mount): off the runtime.
+    let taken = off_runtime(move || {
+        create_dir(&dir, &db_path)?;
+        Ok(std::fs::symlink_metadata(&at).is_ok())
+    })
+    .await?;
     // The caller's to change (another name), not the service's state: said
     // as a bad argument (it was `unavailable`). Refused again, atomically,
     // by the copy's own placing should it appear meanwhile.
-    if std::fs::symlink_metadata(&dest).is_ok() {
+    if taken {
         return Err(Error::invalid(
             "to",
             format!(
@@ -263,33 +273,46 @@ pub async fn take(db: &Database, policy: &BackupPolicy) -> Result<BackupReport> 
     // `admin.backup`) could each prune the other's new backup.
     static TAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one = TAKING.lock().await;
-    create_dir(&policy.dir, db.path())?;
-    let stem = format!("{}{}", prefix(db.path()), utc_file_stamp(SystemTime::now()));
-    // Backups within one second get `.1`, `.2`, ... after the newest of that
-    // second still present (pruning only removes older ones), so names stay
-    // in time order.
-    let newest_this_second = list(&policy.dir, db.path())
+    // The directory's steps block (a slow or hung mount): off the runtime.
+    let (db_path, dir) = (db.path().to_path_buf(), policy.dir.clone());
+    let dest = off_runtime(move || {
+        create_dir(&dir, &db_path)?;
+        Ok(next_name(&dir, &db_path))
+    })
+    .await?;
+    let report = db.backup_to(&dest, |_| {}).await?;
+    let (db_path, policy, taken) = (db.path().to_path_buf(), policy.clone(), dest.clone());
+    let partly_verified = report.partly_verified.clone();
+    off_runtime(move || record_and_prune(&db_path, &policy, &taken, partly_verified)).await?;
+    Ok(report)
+}
+
+/// Runs `f` on a thread of the runtime's blocking pool.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("a backup's step on the blocking pool stopped: {e}"),
+        })?
+}
+
+/// The name of a backup of `db` taken now in `dir`: backups within one
+/// second get `.1`, `.2`, ... after the newest of that second still present
+/// (pruning only removes older ones), so names stay in time order.
+fn next_name(dir: &Path, db: &Path) -> PathBuf {
+    let stem = format!("{}{}", prefix(db), utc_file_stamp(SystemTime::now()));
+    let newest_this_second = list(dir, db)
         .iter()
         .map(|p| order(p))
         .filter(|(s, _)| *s == stem)
         .map(|(_, n)| n)
         .max();
-    let dest = match newest_this_second {
-        None => policy.dir.join(format!("{stem}.backup")),
-        Some(n) => policy.dir.join(format!("{stem}.{}.backup", n + 1)),
-    };
-    let report = db.backup_to(&dest, |_| {}).await?;
-    // The record, the marks read and the pruning block: off the runtime.
-    let (db_path, policy, taken) = (db.path().to_path_buf(), policy.clone(), dest.clone());
-    let partly_verified = report.partly_verified.clone();
-    tokio::task::spawn_blocking(move || {
-        record_and_prune(&db_path, &policy, &taken, partly_verified)
-    })
-    .await
-    .map_err(|e| Error::Internal {
-        message: format!("the backup's record and pruning stopped: {e}"),
-    })??;
-    Ok(report)
+    match newest_this_second {
+        None => dir.join(format!("{stem}.backup")),
+        Some(n) => dir.join(format!("{stem}.{}.backup", n + 1)),
+    }
 }
 
 /// Records `dest` as the newest backup of `db` and prunes the oldest of
@@ -320,7 +343,20 @@ fn record_and_prune(
     // (the clock was set back): `LATEST` names it. Only this database's own
     // are (another database of the same file name may share the
     // directory); one whose marks cannot be read is kept.
-    let me = Identity::of(db);
+    // An id that cannot be read now (the file locked past the busy
+    // timeout) is not taken for none: nothing is pruned this time (review
+    // 183: the backups of databases without an id, and older backups of
+    // other ids, would have been).
+    let me = match crate::db::read_database_id(db) {
+        Ok(id) => Identity {
+            place: crate::db::source_mark(db),
+            id,
+        },
+        Err(e) => {
+            tracing::warn!("no backup pruned this time: the database's id cannot be read: {e}");
+            return Ok(());
+        }
+    };
     for old in list(&policy.dir, db)
         .into_iter()
         .filter(|p| p != dest && me.owns(p) == Some(true))

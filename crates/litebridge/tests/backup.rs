@@ -835,39 +835,127 @@ async fn databases_of_one_name_in_one_backup_directory_keep_their_own_backups() 
 async fn unmarked_and_empty_backups_are_not_another_databases() {
     use litebridge::backups::{BackupPolicy, list, list_of, newest_verified, take};
     let shared = tempfile::tempdir().unwrap();
-    let policy = BackupPolicy {
+    let policy = |keep| BackupPolicy {
         dir: shared.path().join("backups"),
         interval: std::time::Duration::from_secs(3600),
-        keep: 3,
+        keep,
     };
     let (_plain_dir, plain) = open_kv(config()).await;
     let (_served_dir, served) = open_kv(config()).await;
     litebridge::store::migrate(&served).await.unwrap();
-    let unmarked = take(&plain, &policy).await.unwrap().path;
-    let marked = take(&served, &policy).await.unwrap().path;
+    let unmarked = take(&plain, &policy(1)).await.unwrap().path;
+    let marked = take(&served, &policy(1)).await.unwrap().path;
+    // keep = 1, and each has one of its own: a served database that took
+    // the unmarked one for its own would have pruned it (review 183).
+    let again = take(&served, &policy(1)).await.unwrap().path;
+    assert!(!marked.exists(), "its own older one is pruned");
     assert!(
         unmarked.exists(),
         "the served database pruned the plain one's"
     );
-    assert_eq!(
-        list_of(&policy.dir, plain.path()),
-        std::slice::from_ref(&unmarked)
-    );
-    assert_eq!(
-        list_of(&policy.dir, served.path()),
-        std::slice::from_ref(&marked)
-    );
+    let dir = &policy(1).dir;
+    assert_eq!(list_of(dir, plain.path()), std::slice::from_ref(&unmarked));
+    assert_eq!(list_of(dir, served.path()), std::slice::from_ref(&again));
     // The newest backup by name, emptied.
-    let empty = take(&plain, &policy).await.unwrap().path;
+    let empty = take(&plain, &policy(3)).await.unwrap().path;
     std::fs::File::create(&empty).unwrap();
-    assert_eq!(list(&policy.dir, plain.path())[0], empty);
-    assert_eq!(
-        newest_verified(&policy.dir, plain.path()).unwrap().0,
-        unmarked
-    );
-    let e = litebridge::restore_file(&empty, plain.path(), &policy.dir.join("aside"), |_, _| {})
-        .unwrap_err();
+    assert_eq!(list(dir, plain.path())[0], empty);
+    assert_eq!(newest_verified(dir, plain.path()).unwrap().0, unmarked);
+    let e =
+        litebridge::restore_file(&empty, plain.path(), &dir.join("aside"), |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
+}
+
+/// A database is one place however its path is spelled: through a linked
+/// directory, with `..`, or relative (review 183: its path as given made
+/// each spelling another database, and its own backups another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_is_one_place_however_its_path_is_spelled() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, list_of, recover, take};
+    let root = tempfile::tempdir().unwrap();
+    let real = root.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, root.path().join("link")).unwrap();
+    let through_link = root.path().join("link").join("app.db");
+    let db = litebridge::Database::open(&through_link, config().build().unwrap())
+        .await
+        .unwrap();
+    litebridge::store::migrate(&db).await.unwrap();
+    db.execute("CREATE TABLE t(v)", ()).await.unwrap();
+    db.execute("INSERT INTO t VALUES ('mine')", ())
+        .await
+        .unwrap();
+    let policy = BackupPolicy {
+        dir: root.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    let taken = take(&db, &policy).await.unwrap().path;
+    db.close().await;
+    let spellings = [
+        real.join("app.db"),
+        root.path()
+            .join("real")
+            .join("..")
+            .join("link")
+            .join("app.db"),
+        through_link.clone(),
+    ];
+    for spelling in &spellings {
+        assert_eq!(
+            list_of(&policy.dir, spelling),
+            std::slice::from_ref(&taken),
+            "{}",
+            spelling.display()
+        );
+    }
+    // Gone, reached through the link: still its place.
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&real.join("app.db"), c));
+    }
+    assert_eq!(
+        list_of(&policy.dir, &through_link),
+        std::slice::from_ref(&taken)
+    );
+    let Recovery::Restored { from, .. } =
+        recover(&through_link, &policy.dir, When::Damaged, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, taken);
+    let v: String = rusqlite::Connection::open(real.join("app.db"))
+        .unwrap()
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "mine");
+}
+
+/// `backup --replace` replaces only an earlier backup of the same database:
+/// a copy restored elsewhere (a staging database) carries its source's id,
+/// and replaced its backups (review 183).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_copy_replaces_none_of_its_sources_backups() {
+    let (dir, db) = open_kv(config()).await;
+    litebridge::store::migrate(&db).await.unwrap();
+    let prod_backup = dir.path().join("prod.backup");
+    db.backup_to(&prod_backup, |_| {}).await.unwrap();
+    let staging = dir.path().join("staging.db");
+    litebridge::restore_file(&prod_backup, &staging, &dir.path().join("aside"), |_, _| {}).unwrap();
+    let replace = |from: &std::path::Path| {
+        litebridge::backup_file(
+            from,
+            &prod_backup,
+            litebridge::IfExists::Replace,
+            std::time::Duration::from_secs(5),
+            |_| {},
+        )
+    };
+    let before = std::fs::read(&prod_backup).unwrap();
+    let e = replace(&staging).unwrap_err();
+    assert!(e.to_string().contains("not an earlier backup"), "{e}");
+    assert_eq!(std::fs::read(&prod_backup).unwrap(), before);
+    // Its own database still may.
+    replace(db.path()).unwrap();
 }
 
 /// Review 180: a database truncated to 0 bytes is a sound, empty one to
@@ -928,18 +1016,24 @@ async fn a_restore_onto_a_companion_or_from_a_hard_link_of_the_database_is_refus
     let aside = dir.path().join("aside");
     // Looked at without opening them: closing a descriptor of a file drops
     // this process's locks on it (review 182).
-    let stat = |p: &std::path::Path| {
+    // The log's bytes (SQLite takes no lock on it), the shared memory's
+    // inode (its locks would go with a descriptor of it closed here).
+    let look = |p: &std::path::Path, c: &str| {
         use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(p).unwrap().ino()
+        if c == "-wal" {
+            std::fs::read(p).unwrap()
+        } else {
+            std::fs::metadata(p).unwrap().ino().to_le_bytes().to_vec()
+        }
     };
     for c in ["-wal", "-shm"] {
         let companion = litebridge_with_suffix(&path, c);
         assert!(companion.exists(), "{c}");
-        let before = stat(&companion);
+        let before = look(&companion, c);
         let e = litebridge::restore_file(&backup, &companion, &aside, |_, _| {}).unwrap_err();
         assert_eq!(e.kind(), litebridge::ErrorKind::InvalidArgument, "{e}");
         assert!(e.to_string().contains("not a database"), "{e}");
-        assert_eq!(stat(&companion), before, "{c} changed");
+        assert_eq!(look(&companion, c), before, "{c} changed");
     }
     let link = dir.path().join("link.backup");
     std::fs::hard_link(&path, &link).unwrap();

@@ -314,14 +314,34 @@ fn mark(copy: &Connection, role: Role, source: &Path) -> rusqlite::Result<()> {
     }
 }
 
-/// How a database's place is written in its backups' `backup_source`: its
-/// absolute path as given (not canonical: a link to a volume that is not
-/// mounted is still the same place), as text.
+/// How a database's place is written in its backups' `backup_source`, and
+/// compared: the file's canonical path, however it is reached (a relative
+/// path, `..`, a link or a linked directory; review 183). Of a database
+/// that is missing, the path it would have: through the links to it (a
+/// link to a volume that is not mounted is still the place of the file it
+/// names), its directory's canonical path and its name.
 pub(crate) fn source_mark(db: &Path) -> String {
-    std::path::absolute(db)
-        .unwrap_or_else(|_| db.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
+    if let Ok(real) = db.canonicalize() {
+        return real.to_string_lossy().into_owned();
+    }
+    let mut path = std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf());
+    // Links followed by hand, as far as they go (at most 40, as Linux).
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    let place = match (path.parent().map(Path::canonicalize), path.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => path,
+    };
+    place.to_string_lossy().into_owned()
 }
 
 /// What litebridge's marks say of the database at `path`: the id drawn at
@@ -424,7 +444,16 @@ fn marks(path: &Path, quiet: bool) -> Result<Marks> {
 /// read-only connection, its log included); `None` when it has none or
 /// cannot be read (damaged, missing).
 pub(crate) fn database_id(path: &Path) -> Option<String> {
-    marks(path, false).ok().and_then(|m| m.database_id)
+    read_database_id(path).ok().flatten()
+}
+
+/// [`database_id`], telling a database without an id (`Ok(None)`) from
+/// one that cannot be read now.
+///
+/// # Errors
+/// The marks cannot be read (locked past the busy timeout, damaged).
+pub(crate) fn read_database_id(path: &Path) -> Result<Option<String>> {
+    marks(path, false).map(|m| m.database_id)
 }
 
 /// Whose backup the file at `path` says it is, read as an immutable file:
@@ -540,7 +569,16 @@ fn check_destination(source: &Path, dest: &Path, existing: IfExists) -> Result<(
                 let ours = marks(source, false)?.database_id;
                 let theirs = marks(&dest_real, true)?;
                 let replaceable = match &ours {
-                    Some(id) => theirs.backup_of.as_ref() == Some(id),
+                    // Of its place too, when the backup names one: a copy
+                    // restored elsewhere (a staging database) carries its
+                    // source's id (review 183).
+                    Some(id) => {
+                        theirs.backup_of.as_ref() == Some(id)
+                            && theirs
+                                .backup_source
+                                .as_ref()
+                                .is_none_or(|place| *place == source_mark(source))
+                    }
                     // A source without marks replaces no marked file.
                     None => theirs == Marks::default(),
                 };
