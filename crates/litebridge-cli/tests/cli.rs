@@ -642,6 +642,21 @@ fn a_missing_database_with_backups_is_not_started_empty() {
             .output()
             .unwrap()
     };
+    // `--recover` restores the backup: all its rows.
+    let recovers = || {
+        let recovered = stdio(&["--recover"]);
+        assert_eq!(
+            recovered.status.code(),
+            Some(0),
+            "{}",
+            text(&recovered.stderr)
+        );
+        let n: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 5000);
+    };
     let refused = stdio(&[]);
     assert_eq!(refused.status.code(), Some(1));
     let err = text(&refused.stderr);
@@ -650,18 +665,7 @@ fn a_missing_database_with_backups_is_not_started_empty() {
         "{err}"
     );
     assert!(!db.exists(), "an empty database was made");
-    let recovered = stdio(&["--recover"]);
-    assert_eq!(
-        recovered.status.code(),
-        Some(0),
-        "{}",
-        text(&recovered.stderr)
-    );
-    let n: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 5000);
+    recovers();
     // Through a link whose target is gone (a volume not mounted): the same
     // (review 142: SQLite created the target).
     let volume = dir.path().join("vol");
@@ -688,18 +692,7 @@ fn a_missing_database_with_backups_is_not_started_empty() {
         "{err}"
     );
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "it was written");
-    let recovered = stdio(&["--recover"]);
-    assert_eq!(
-        recovered.status.code(),
-        Some(0),
-        "{}",
-        text(&recovered.stderr)
-    );
-    let n: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 5000);
+    recovers();
 }
 
 /// Scheduled backups into a path that is a file are refused at the start,
