@@ -99,41 +99,71 @@ pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The newest of the database at `db`'s backups in `dir` ([`list_of`]),
+/// found reading the marks of as few as it takes.
+pub fn newest_of(dir: &Path, db: &Path) -> Option<PathBuf> {
+    let me = Identity::of(db);
+    list(dir, db)
+        .into_iter()
+        .find(|p| me.owns(p) != Some(false))
+}
+
 /// What tells a database's backups from others' of the same file name.
 struct Identity {
     /// Its place, as its backups' `backup_source` says it.
     place: String,
-    /// Its id; `None` for one without (the library's own database) or one
-    /// that cannot be read (missing, emptied, damaged).
-    id: Option<String>,
+    id: Id,
+}
+
+/// A database's id, as far as it can be read.
+enum Id {
+    Is(String),
+    /// It has none: the library's own database, without litebridge's
+    /// stores (its backups are unmarked).
+    None,
+    /// It cannot be read: missing, emptied, damaged, or locked.
+    Unknown,
 }
 
 impl Identity {
     fn of(db: &Path) -> Identity {
+        let id = if is_empty_file(db) {
+            Id::Unknown
+        } else {
+            match crate::db::read_database_id(db) {
+                Ok(Some(id)) => Id::Is(id),
+                Ok(None) => Id::None,
+                Err(_) => Id::Unknown,
+            }
+        };
         Identity {
             place: crate::db::source_mark(db),
-            id: crate::db::database_id(db),
+            id,
         }
     }
 
     /// Whether the backup at `p` is this database's (`None` when its marks
     /// cannot be read):
-    /// - marked with a place: that place, and this database's id when it
-    ///   has one that can be read (then another database made afresh at
-    ///   that place is not taken for the first);
+    /// - marked with a place: that place, and this database's id, or any
+    ///   while its id cannot be read (then the newest is the last database
+    ///   that was there); never a database without an id's (a database
+    ///   without an id that took a served one's place does not prune its
+    ///   backups: review 184);
     /// - marked with an id only (made before places were marked): that id,
-    ///   or any while this one's cannot be read (`recover` refuses to choose
-    ///   between two);
-    /// - unmarked: only for a database without an id (whose backups are
-    ///   unmarked), by name.
+    ///   or any while this one's cannot be read (`recover` refuses to
+    ///   choose between two of those);
+    /// - unmarked: a database without an id's (or one that cannot say).
     fn owns(&self, p: &Path) -> Option<bool> {
         let (of, place) = crate::db::backup_marks(p).ok()?;
-        Some(match (of, place) {
-            (of, Some(place)) => {
-                place == self.place && self.id.as_ref().is_none_or(|id| of.as_ref() == Some(id))
-            }
-            (Some(of), None) => self.id.as_ref().is_none_or(|id| *id == of),
-            (None, None) => self.id.is_none(),
+        let id_is = |of: &Option<String>| match &self.id {
+            Id::Is(id) => of.as_ref() == Some(id),
+            Id::None => false,
+            Id::Unknown => true,
+        };
+        Some(match (&of, place) {
+            (_, Some(place)) => place == self.place && id_is(&of),
+            (Some(_), None) => id_is(&of),
+            (None, None) => !matches!(self.id, Id::Is(_)),
         })
     }
 }
@@ -347,16 +377,11 @@ fn record_and_prune(
     // timeout) is not taken for none: nothing is pruned this time (review
     // 183: the backups of databases without an id, and older backups of
     // other ids, would have been).
-    let me = match crate::db::read_database_id(db) {
-        Ok(id) => Identity {
-            place: crate::db::source_mark(db),
-            id,
-        },
-        Err(e) => {
-            tracing::warn!("no backup pruned this time: the database's id cannot be read: {e}");
-            return Ok(());
-        }
-    };
+    let me = Identity::of(db);
+    if matches!(me.id, Id::Unknown) {
+        tracing::warn!("no backup pruned this time: the database's id cannot be read");
+        return Ok(());
+    }
     for old in list(&policy.dir, db)
         .into_iter()
         .filter(|p| p != dest && me.owns(p) == Some(true))
@@ -496,14 +521,17 @@ pub fn recover(
         return Ok(Recovery::Sound);
     }
     let candidates = list_of(dir, db);
-    if crate::db::database_id(db).is_none() {
-        // Only backups made before places were marked can name another id
-        // here.
-        // The database cannot say which backups are its own: they must all
-        // be of one database, or the operator chooses.
+    if matches!(Identity::of(db).id, Id::Unknown) {
+        // The database cannot say which backups are its own. Those of its
+        // place are (the newest is the last database there: review 184);
+        // those made before places were marked must all be of one
+        // database, or the operator chooses.
         let mut ids: Vec<String> = candidates
             .iter()
-            .filter_map(|p| crate::db::backup_marks(p).ok().and_then(|(of, _)| of))
+            .filter_map(|p| match crate::db::backup_marks(p) {
+                Ok((of, None)) => of,
+                _ => None,
+            })
             .collect();
         ids.sort();
         ids.dedup();

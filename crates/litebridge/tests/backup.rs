@@ -928,6 +928,68 @@ async fn a_database_is_one_place_however_its_path_is_spelled() {
         .query_row("SELECT v FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(v, "mine");
+    // Its linked directory gone too (a volume not mounted): still its
+    // place (review 184).
+    std::fs::remove_dir_all(&real).unwrap();
+    assert_eq!(
+        list_of(&policy.dir, &through_link),
+        std::slice::from_ref(&taken)
+    );
+}
+
+/// One place, two databases in turn (made afresh, or imported): once the
+/// file is lost, the newest backup of the place is the one restored, not a
+/// refusal to choose between their ids (review 184). And a database without
+/// an id that takes the place does not prune the served one's backups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_database_of_a_place_is_the_one_restored() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 1,
+    };
+    let gone = |path: &std::path::Path| {
+        for c in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(litebridge_with_suffix(path, c));
+        }
+    };
+    let mut taken = Vec::new();
+    for v in ["first", "second"] {
+        let db = litebridge::Database::open(&path, config().build().unwrap())
+            .await
+            .unwrap();
+        litebridge::store::migrate(&db).await.unwrap();
+        db.execute("CREATE TABLE t(v)", ()).await.unwrap();
+        db.execute("INSERT INTO t VALUES (?1)", params![v])
+            .await
+            .unwrap();
+        taken.push(take(&db, &policy).await.unwrap().path);
+        db.close().await;
+        gone(&path);
+    }
+    assert!(taken[0].exists(), "another id's, not pruned");
+    std::fs::write(&path, vec![0x5au8; 8192]).unwrap(); // garbage
+    let Recovery::Restored { from, .. } =
+        recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, taken[1]);
+    gone(&path);
+    // The library's own database (no id) at that place.
+    let plain = litebridge::Database::open(&path, config().build().unwrap())
+        .await
+        .unwrap();
+    plain.execute("CREATE TABLE p(v)", ()).await.unwrap();
+    take(&plain, &policy).await.unwrap();
+    assert!(
+        taken[0].exists() && taken[1].exists(),
+        "a database without an id pruned a served one's backups"
+    );
+    plain.close().await;
 }
 
 /// `backup --replace` replaces only an earlier backup of the same database:

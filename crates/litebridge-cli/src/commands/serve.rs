@@ -182,12 +182,15 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
         // a missing database, which SQLite would create at its target.
         matches!(std::fs::metadata(&db), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     let emptied = litebridge::backups::is_empty_file(&db);
+    // Any backup of its file name stops it: one of another place may be its
+    // own still (a volume mounted elsewhere: review 184); `--recover`
+    // restores only its own, and says so of the others.
     if !recover
         && (missing || emptied)
-        && let backups @ 1.. = litebridge::backups::list_of(&policy.dir, &db).len()
+        && let backups @ 1.. = litebridge::backups::list(&policy.dir, &db).len()
     {
         return Err(Failure::new(format!(
-            "database {} {}, but {} holds {backups} backup(s) of it: start with --recover to restore the newest verified one, or move the backups away to start with an empty database",
+            "database {} {}, but {} holds {backups} backup(s) of a database of that name: start with --recover to restore the newest verified one of its own, or give it a backup directory of its own (or move the backups away) to start with an empty database",
             db.display(),
             if missing {
                 "does not exist"

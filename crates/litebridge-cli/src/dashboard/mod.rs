@@ -198,9 +198,7 @@ pub(crate) fn backups(
     scheduled: bool,
     uptime: std::time::Duration,
 ) -> Json {
-    let newest = litebridge::backups::list_of(&policy.dir, db)
-        .into_iter()
-        .next();
+    let newest = litebridge::backups::newest_of(&policy.dir, db);
     let age = newest
         .as_ref()
         .and_then(|p| std::fs::metadata(p).ok())

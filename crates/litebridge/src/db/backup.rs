@@ -280,10 +280,10 @@ pub(crate) enum Role {
 
 /// Writes `role`'s marks into a copy that has litebridge's marks table:
 /// for a backup, whose it is (`backup_of`, the id of `source`) and where
-/// that database was (`backup_source`, its absolute path as given, links
-/// not followed: a restored copy, a staging database, carries its source's
-/// id, and a missing database has none, so the id alone cannot tell
-/// whose a backup is; see `backups::list_of`).
+/// that database was (`backup_source`, [`source_mark`]: a restored copy, a
+/// staging database, carries its source's id, and a missing database has
+/// none, so the id alone cannot tell whose a backup is; see
+/// `backups::list_of`).
 fn mark(copy: &Connection, role: Role, source: &Path) -> rusqlite::Result<()> {
     let has_table: bool = copy.query_row(
         "SELECT count(*) > 0 FROM main.sqlite_schema WHERE name = 'litebridge_meta' AND type = 'table'",
@@ -315,33 +315,50 @@ fn mark(copy: &Connection, role: Role, source: &Path) -> rusqlite::Result<()> {
 }
 
 /// How a database's place is written in its backups' `backup_source`, and
-/// compared: the file's canonical path, however it is reached (a relative
-/// path, `..`, a link or a linked directory; review 183). Of a database
-/// that is missing, the path it would have: through the links to it (a
-/// link to a volume that is not mounted is still the place of the file it
-/// names), its directory's canonical path and its name.
+/// compared: its path with every link on the way followed and `.` and `..`
+/// taken as they lead, as the kernel would (for a file that exists, its
+/// canonical path), however it is reached (a relative path, `..`, a link,
+/// a linked directory: review 183). Of a database that is missing, the
+/// path it would have, its links followed as far as they exist (a link to
+/// a volume that is not mounted is still the place of the file it names:
+/// review 184).
 pub(crate) fn source_mark(db: &Path) -> String {
-    if let Ok(real) = db.canonicalize() {
-        return real.to_string_lossy().into_owned();
-    }
-    let mut path = std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf());
-    // Links followed by hand, as far as they go (at most 40, as Linux).
-    for _ in 0..40 {
-        match std::fs::read_link(&path) {
-            Ok(target) => {
-                path = match path.parent() {
-                    Some(dir) => dir.join(target),
-                    None => target,
-                };
+    use std::path::Component;
+    let start = std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf());
+    // What is left to walk, the next component last.
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    let push = |rest: &mut Vec<std::ffi::OsString>, path: &Path| {
+        for c in path.components().rev() {
+            rest.push(c.as_os_str().to_owned());
+        }
+    };
+    push(&mut rest, &start);
+    let mut done = PathBuf::from("/");
+    // At most 40 links, as Linux follows.
+    let mut links = 0;
+    while let Some(c) = rest.pop() {
+        match Path::new(&c).components().next() {
+            Some(Component::RootDir | Component::Prefix(_)) => done = PathBuf::from(&c),
+            Some(Component::ParentDir) => {
+                done.pop();
             }
-            Err(_) => break,
+            Some(Component::Normal(name)) => {
+                let next = done.join(name);
+                match std::fs::read_link(&next) {
+                    Ok(target) if links < 40 => {
+                        links += 1;
+                        if target.is_absolute() {
+                            done = PathBuf::from("/");
+                        }
+                        push(&mut rest, &target);
+                    }
+                    _ => done = next,
+                }
+            }
+            Some(Component::CurDir) | None => {}
         }
     }
-    let place = match (path.parent().map(Path::canonicalize), path.file_name()) {
-        (Some(Ok(dir)), Some(name)) => dir.join(name),
-        _ => path,
-    };
-    place.to_string_lossy().into_owned()
+    done.to_string_lossy().into_owned()
 }
 
 /// What litebridge's marks say of the database at `path`: the id drawn at
@@ -441,14 +458,7 @@ fn marks(path: &Path, quiet: bool) -> Result<Marks> {
 }
 
 /// The id of the database at `path` (`database_id`, read through a
-/// read-only connection, its log included); `None` when it has none or
-/// cannot be read (damaged, missing).
-pub(crate) fn database_id(path: &Path) -> Option<String> {
-    read_database_id(path).ok().flatten()
-}
-
-/// [`database_id`], telling a database without an id (`Ok(None)`) from
-/// one that cannot be read now.
+/// read-only connection, its log included): `Ok(None)` for one without.
 ///
 /// # Errors
 /// The marks cannot be read (locked past the busy timeout, damaged).

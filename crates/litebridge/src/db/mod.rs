@@ -39,8 +39,8 @@
 
 mod backup;
 pub(crate) use backup::{
-    NOT_A_DATABASE, backup_marks, check_file_bounded, database_id, mode_of, read_database_id,
-    source_mark, sync_dir, with_suffix,
+    NOT_A_DATABASE, backup_marks, check_file_bounded, mode_of, read_database_id, source_mark,
+    sync_dir, with_suffix,
 };
 pub(crate) use guard::ON_THE_WRITER;
 mod checkpointer;
