@@ -159,8 +159,8 @@ fn methods() -> Vec<(&'static str, Value, &'static str)> {
             json!({"method": "echo", "params": [1]}),
             "bridge",
         ),
-        ("bridge.stats", json!({}), "read"),
-        ("bridge.health", json!({}), "read"),
+        ("bridge.stats", json!({}), "metrics"),
+        ("bridge.health", json!({}), "metrics"),
         ("bridge.breaker.reset", json!({"method": "echo"}), "bridge"),
         ("state.save", json!({"run_id": "r", "state": {}}), "write"),
         ("state.load", json!({"run_id": "r"}), "read"),
@@ -181,10 +181,10 @@ fn methods() -> Vec<(&'static str, Value, &'static str)> {
         ("cache.get", json!({"key": "k"}), "read"),
         ("cache.set", json!({"key": "k", "value": 1}), "write"),
         ("cache.delete", json!({"key": "k"}), "write"),
-        ("cache.stats", json!({}), "read"),
-        ("pool.health", json!({}), "read"),
-        ("pool.stats", json!({}), "read"),
-        ("persistence.stats", json!({}), "read"),
+        ("cache.stats", json!({}), "metrics"),
+        ("pool.health", json!({}), "metrics"),
+        ("pool.stats", json!({}), "metrics"),
+        ("persistence.stats", json!({}), "metrics"),
         ("admin.check", json!({}), "admin"),
         ("admin.checkpoint", json!({}), "admin"),
         ("admin.backup", json!({}), "admin"),
@@ -201,8 +201,9 @@ fn methods() -> Vec<(&'static str, Value, &'static str)> {
 fn allowed(key_scope: &str, needed: &str) -> bool {
     match key_scope {
         "admin" => true,
-        "write" => matches!(needed, "read" | "write"),
-        "read" => needed == "read",
+        "write" => matches!(needed, "read" | "write" | "metrics"),
+        "read" => matches!(needed, "read" | "metrics"),
+        "metrics" => needed == "metrics",
         "bridge" => needed == "bridge",
         _ => unreachable!(),
     }
@@ -220,7 +221,7 @@ fn each_scope_reaches_its_methods_and_is_refused_the_others() {
         "CREATE TABLE t(x)",
     ]);
     assert!(q.status.success());
-    let keys: Vec<(&str, String)> = ["read", "write", "bridge", "admin"]
+    let keys: Vec<(&str, String)> = ["metrics", "read", "write", "bridge", "admin"]
         .into_iter()
         .map(|s| (s, create_key(&db, &format!("k-{s}"), s, "enterprise")))
         .collect();
@@ -263,12 +264,13 @@ fn each_scope_reaches_its_methods_and_is_refused_the_others() {
     let (status, headers, _) = server.request_with("GET", "/metrics", None, &[], b"");
     assert_eq!(status, 401);
     assert!(headers.contains("www-authenticate: bearer"), "{headers}");
-    let bearer = format!("Bearer {}", keys[0].1);
+    let key = |scope: &str| &keys.iter().find(|(s, _)| *s == scope).unwrap().1;
+    let bearer = format!("Bearer {}", key("metrics"));
     let (status, _, body) =
         server.request_with("GET", "/metrics", None, &[("Authorization", &bearer)], b"");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("litebridge_"));
-    let bridge_only = format!("Bearer {}", keys[2].1);
+    let bridge_only = format!("Bearer {}", key("bridge"));
     let (status, _, _) = server.request_with(
         "GET",
         "/metrics",

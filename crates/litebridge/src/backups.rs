@@ -15,9 +15,10 @@
 //! those (review 180: one service pruned the other's backups, and
 //! `--recover` could restore the other's data). The place tells a missing
 //! database's backups, and a copy restored elsewhere (a staging database,
-//! which carries its source's id) from its source. So a missing database
-//! on one machine would take for its own the backups of another machine's
-//! database at the same path: two such must not share a directory. A
+//! which carries its source's id) from its source. A lost database cannot
+//! tell another machine's database at the same path from one made before
+//! it at its place: when its place's backups are of two databases,
+//! recovery names the newest of each and restores neither. A
 //! database moved to another place starts a set of its own: the older set
 //! is reached with `litebridge restore --from FILE`, and pruned by hand.
 //! Backups made before places were marked are told by id; a database
@@ -92,10 +93,29 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
 /// [`Identity::owns`]), and those whose marks cannot be read (verification
 /// judges them).
 pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
+    judged(dir, db).into_iter().map(|(p, _)| p).collect()
+}
+
+/// [`list_of`], each with what its marks say (`None`: unreadable).
+fn judged(dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned>)> {
     let me = Identity::of(db);
-    list(dir, db)
+    let all: Vec<(PathBuf, Option<Owned>)> = list(dir, db)
         .into_iter()
-        .filter(|p| me.owns(p) != Some(false))
+        .map(|p| {
+            let owned = me.owns(&p);
+            (p, owned)
+        })
+        .collect();
+    // A database that cannot say its id, with backups of its place: those,
+    // never unmarked ones, which are a database without an id's of that
+    // name (review 185).
+    let placed = matches!(me.id, Id::Unknown) && all.iter().any(|(_, o)| *o == Some(Owned::Placed));
+    all.into_iter()
+        .filter(|(_, o)| match o {
+            Some(Owned::No) => false,
+            Some(Owned::Unmarked) => !placed,
+            _ => true,
+        })
         .collect()
 }
 
@@ -103,9 +123,12 @@ pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
 /// found reading the marks of as few as it takes.
 pub fn newest_of(dir: &Path, db: &Path) -> Option<PathBuf> {
     let me = Identity::of(db);
+    if matches!(me.id, Id::Unknown) {
+        return list_of(dir, db).into_iter().next();
+    }
     list(dir, db)
         .into_iter()
-        .find(|p| me.owns(p) != Some(false))
+        .find(|p| !matches!(me.owns(p), Some(Owned::No)))
 }
 
 /// What tells a database's backups from others' of the same file name.
@@ -153,19 +176,37 @@ impl Identity {
     ///   or any while this one's cannot be read (`recover` refuses to
     ///   choose between two of those);
     /// - unmarked: a database without an id's (or one that cannot say).
-    fn owns(&self, p: &Path) -> Option<bool> {
+    fn owns(&self, p: &Path) -> Option<Owned> {
         let (of, place) = crate::db::backup_marks(p).ok()?;
         let id_is = |of: &Option<String>| match &self.id {
             Id::Is(id) => of.as_ref() == Some(id),
             Id::None => false,
             Id::Unknown => true,
         };
+        let yes = |kind| if kind { Some(()) } else { None };
         Some(match (&of, place) {
-            (_, Some(place)) => place == self.place && id_is(&of),
-            (Some(_), None) => id_is(&of),
-            (None, None) => !matches!(self.id, Id::Is(_)),
+            (_, Some(place)) => {
+                yes(place == self.place && id_is(&of)).map_or(Owned::No, |()| Owned::Placed)
+            }
+            (Some(_), None) => yes(id_is(&of)).map_or(Owned::No, |()| Owned::IdOnly),
+            (None, None) => {
+                yes(!matches!(self.id, Id::Is(_))).map_or(Owned::No, |()| Owned::Unmarked)
+            }
         })
     }
+}
+
+/// What a backup is to a database, by its marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owned {
+    /// Another database's.
+    No,
+    /// Its own, marked with its place.
+    Placed,
+    /// Its own by id, made before places were marked.
+    IdOnly,
+    /// Unmarked: a database without an id's, by name.
+    Unmarked,
 }
 
 /// Whether `rest` (a file name after `<db>.`) is `<stamp>[.<n>].backup`,
@@ -384,7 +425,13 @@ fn record_and_prune(
     }
     for old in list(&policy.dir, db)
         .into_iter()
-        .filter(|p| p != dest && me.owns(p) == Some(true))
+        .filter(|p| {
+            p != dest
+                && matches!(
+                    me.owns(p),
+                    Some(Owned::Placed | Owned::IdOnly | Owned::Unmarked)
+                )
+        })
         .skip(policy.keep.max(1) - 1 + extra)
     {
         if let Err(e) = std::fs::remove_file(&old) {
@@ -520,37 +567,43 @@ pub fn recover(
     if sound && !force {
         return Ok(Recovery::Sound);
     }
-    let candidates = list_of(dir, db);
+    let judged = judged(dir, db);
     if matches!(Identity::of(db).id, Id::Unknown) {
-        // The database cannot say which backups are its own. Those of its
-        // place are (the newest is the last database there: review 184);
-        // those made before places were marked must all be of one
-        // database, or the operator chooses.
-        let mut ids: Vec<String> = candidates
-            .iter()
-            .filter_map(|p| match crate::db::backup_marks(p) {
-                Ok((of, None)) => of,
-                _ => None,
-            })
-            .collect();
-        ids.sort();
-        ids.dedup();
-        if ids.len() > 1 {
+        // The database cannot say which backups are its own: those of its
+        // place (and those made before places were marked) must all be of
+        // one database, or the operator chooses. Two databases at one
+        // place one after the other (made afresh) cannot be told from two
+        // at once (two machines' `/data/app.db` sharing the directory:
+        // review 185), so neither is restored on its own.
+        let mut newest_of_each: Vec<(String, &PathBuf)> = Vec::new();
+        for (p, o) in &judged {
+            if let (Some(Owned::Placed | Owned::IdOnly), Ok((Some(of), _))) =
+                (o, crate::db::backup_marks(p))
+                && !newest_of_each.iter().any(|(id, _)| *id == of)
+            {
+                newest_of_each.push((of, p));
+            }
+        }
+        if newest_of_each.len() > 1 {
             return Err(Error::Unavailable {
                 what: "recovery",
                 reason: format!(
-                    "{} holds backups of {} databases named {} (ids {}), and {} has no id to \
-                     tell which are its own; restore one with `litebridge restore --from FILE`",
+                    "{} holds backups of {} databases of {}'s place, and it cannot say which \
+                     it is (its id cannot be read); the newest of each: {}; restore one with \
+                     `litebridge restore --from FILE`",
                     dir.display(),
-                    ids.len(),
-                    db.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                    ids.join(", "),
-                    db.display()
+                    newest_of_each.len(),
+                    db.display(),
+                    newest_of_each
+                        .iter()
+                        .map(|(_, p)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
     }
+    let candidates: Vec<PathBuf> = judged.into_iter().map(|(p, _)| p).collect();
     // An empty file with no backup is an empty database, as SQLite says.
     if !force && candidates.is_empty() && is_empty_file(db) {
         return Ok(Recovery::Sound);

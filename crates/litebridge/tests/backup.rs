@@ -937,12 +937,15 @@ async fn a_database_is_one_place_however_its_path_is_spelled() {
     );
 }
 
-/// One place, two databases in turn (made afresh, or imported): once the
-/// file is lost, the newest backup of the place is the one restored, not a
-/// refusal to choose between their ids (review 184). And a database without
-/// an id that takes the place does not prune the served one's backups.
+/// One place, two databases (in turn, made afresh; or at once, two
+/// machines' `/data/app.db` sharing the directory, which cannot be told
+/// apart): once the file is lost, recovery names the newest backup of each
+/// and restores neither (reviews 184, 185); `restore --from` chooses. A
+/// database without an id that takes the place does not prune the served
+/// ones' backups. And a link whose file is gone is not replaced (review
+/// 185).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_database_of_a_place_is_the_one_restored() {
+async fn a_place_that_held_two_databases_asks_which_to_restore() {
     use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
@@ -972,12 +975,16 @@ async fn the_last_database_of_a_place_is_the_one_restored() {
     }
     assert!(taken[0].exists(), "another id's, not pruned");
     std::fs::write(&path, vec![0x5au8; 8192]).unwrap(); // garbage
-    let Recovery::Restored { from, .. } =
-        recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
-    else {
-        panic!("not restored");
-    };
-    assert_eq!(from, taken[1]);
+    let e = recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
+    let said = e.to_string();
+    assert!(
+        said.contains("2 databases")
+            && said.contains(&taken[0].display().to_string())
+            && said.contains(&taken[1].display().to_string()),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x5au8; 8192]);
+    litebridge::restore_file(&taken[1], &path, &dir.path().join("aside"), |_, _| {}).unwrap();
     gone(&path);
     // The library's own database (no id) at that place.
     let plain = litebridge::Database::open(&path, config().build().unwrap())
@@ -990,6 +997,52 @@ async fn the_last_database_of_a_place_is_the_one_restored() {
         "a database without an id pruned a served one's backups"
     );
     plain.close().await;
+
+    // Reached through a link whose file is gone: refused, the link kept.
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let linked = dir.path().join("linked.db");
+    std::os::unix::fs::symlink(vol.join("linked.db"), &linked).unwrap();
+    let e = litebridge::restore_file(&taken[1], &linked, &dir.path().join("aside2"), |_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(
+        std::fs::symlink_metadata(&linked)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!vol.join("linked.db").exists());
+}
+
+/// Lost, a served database restores the backups of its place, never the
+/// unmarked ones of a database without an id of the same name (review 185).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_restores_its_own_not_an_unmarked_one() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
+    let shared = tempfile::tempdir().unwrap();
+    let policy = BackupPolicy {
+        dir: shared.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    let (_served_dir, served) = open_kv(config()).await;
+    litebridge::store::migrate(&served).await.unwrap();
+    let own = take(&served, &policy).await.unwrap().path;
+    let (_plain_dir, plain) = open_kv(config()).await;
+    let unmarked = take(&plain, &policy).await.unwrap().path; // newer
+    assert_ne!(own, unmarked);
+    let path = served.path().to_path_buf();
+    served.close().await;
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&path, c));
+    }
+    let Recovery::Restored { from, .. } =
+        recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, own);
 }
 
 /// `backup --replace` replaces only an earlier backup of the same database:

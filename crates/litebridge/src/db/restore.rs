@@ -68,6 +68,24 @@ pub fn restore_file(
             "the backup and the database are the same file",
         ));
     }
+    // A link whose file is gone (a volume not mounted) is not replaced by a
+    // file in its place, nor a file made where it leads (review 185: the
+    // link was replaced, and the database on the volume cut off once it
+    // was mounted again).
+    if std::fs::symlink_metadata(db).is_ok_and(|m| m.file_type().is_symlink())
+        && matches!(std::fs::metadata(db), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Err(Error::Unavailable {
+            what: "restore",
+            reason: format!(
+                "{} is a link to {}, which does not exist (a volume not mounted?): mount what \
+                 it is on, or remove the link to restore into {} itself",
+                db.display(),
+                crate::db::backup::source_mark(db),
+                db.display()
+            ),
+        });
+    }
     // A database's own log, shared memory or journal named as the database
     // (review 180: the log moved aside for a restored file put in its
     // place, whose header SQLite then ignores, and the commits the log
