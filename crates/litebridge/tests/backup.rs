@@ -946,7 +946,7 @@ async fn a_database_is_one_place_however_its_path_is_spelled() {
 /// 185).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_place_that_held_two_databases_asks_which_to_restore() {
-    use litebridge::backups::{BackupPolicy, Recovery, When, recover, take};
+    use litebridge::backups::{BackupPolicy, When, recover, take};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let policy = BackupPolicy {
