@@ -98,7 +98,11 @@ pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
 
 /// [`list_of`], each with what its marks say (`None`: unreadable).
 fn judged(dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned>)> {
-    let me = Identity::of(db);
+    judged_by(&Identity::of(db), dir, db)
+}
+
+/// [`judged`] by `me`, read once.
+fn judged_by(me: &Identity, dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned>)> {
     let all: Vec<(PathBuf, Option<Owned>)> = list(dir, db)
         .into_iter()
         .map(|p| {
@@ -246,7 +250,89 @@ fn order(p: &Path) -> (String, u64) {
 /// The newest backup of `db` in `dir` ([`list_of`]) that passes
 /// `quick_check` now, with its age.
 pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
-    verified_first(list_of(dir, db))
+    verified_first(recovery_candidates(dir, db).ok()?)
+}
+
+/// The backups recovery may restore over the database at `db`, newest
+/// first: its own ([`list_of`]) when its id can be read. When it cannot
+/// (lost, emptied, damaged), only what can be told as its own without it:
+/// the backups of its place, when they are all of one database; with none
+/// there, unmarked ones, when no backup of its name is marked (a database
+/// without an id's). Anything else the operator chooses (review 186: a
+/// set of another place's backups made before places were marked was
+/// restored over a database lost before its first backup).
+///
+/// # Errors
+/// [`Error::Unavailable`] naming the newest backups that cannot be told
+/// apart, and `restore --from`.
+fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
+    let me = Identity::of(db);
+    let judged = judged_by(&me, dir, db);
+    if !matches!(me.id, Id::Unknown) {
+        return Ok(judged.into_iter().map(|(p, _)| p).collect());
+    }
+    let ask = |why: String| Error::Unavailable {
+        what: "recovery",
+        reason: format!(
+            "{why}, and {} cannot say which is its own (its id cannot be read); restore one \
+             with `litebridge restore --from FILE`",
+            db.display()
+        ),
+    };
+    // Of its place: the newest of each database's.
+    let mut newest_of_each: Vec<(String, &PathBuf)> = Vec::new();
+    for (p, o) in &judged {
+        if *o == Some(Owned::Placed)
+            && let Ok((Some(of), _)) = crate::db::backup_marks(p)
+            && !newest_of_each.iter().any(|(id, _)| *id == of)
+        {
+            newest_of_each.push((of, p));
+        }
+    }
+    let named = |paths: &mut dyn Iterator<Item = &PathBuf>| {
+        paths
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match newest_of_each.len() {
+        0 => {}
+        1 => {
+            return Ok(judged
+                .into_iter()
+                .filter(|(_, o)| *o == Some(Owned::Placed))
+                .map(|(p, _)| p)
+                .collect());
+        }
+        n => {
+            // Two databases at one place one after the other (made afresh)
+            // cannot be told from two at once (two machines'
+            // `/data/app.db` sharing the directory: review 185).
+            return Err(ask(format!(
+                "{} holds backups of {n} databases at its place (the newest of each: {})",
+                dir.display(),
+                named(&mut newest_of_each.iter().map(|(_, p)| *p))
+            )));
+        }
+    }
+    let older: Vec<&PathBuf> = judged
+        .iter()
+        .filter(|(_, o)| *o == Some(Owned::IdOnly))
+        .map(|(p, _)| p)
+        .collect();
+    if let Some(newest) = older.first() {
+        return Err(ask(format!(
+            "{} holds backups of that name made before backups were marked with their \
+             database's place (the newest: {})",
+            dir.display(),
+            newest.display()
+        )));
+    }
+    Ok(judged
+        .into_iter()
+        .filter(|(_, o)| *o == Some(Owned::Unmarked))
+        .map(|(p, _)| p)
+        .collect())
 }
 
 /// The first of `candidates` that passes `quick_check` now, with its age.
@@ -567,43 +653,7 @@ pub fn recover(
     if sound && !force {
         return Ok(Recovery::Sound);
     }
-    let judged = judged(dir, db);
-    if matches!(Identity::of(db).id, Id::Unknown) {
-        // The database cannot say which backups are its own: those of its
-        // place (and those made before places were marked) must all be of
-        // one database, or the operator chooses. Two databases at one
-        // place one after the other (made afresh) cannot be told from two
-        // at once (two machines' `/data/app.db` sharing the directory:
-        // review 185), so neither is restored on its own.
-        let mut newest_of_each: Vec<(String, &PathBuf)> = Vec::new();
-        for (p, o) in &judged {
-            if let (Some(Owned::Placed | Owned::IdOnly), Ok((Some(of), _))) =
-                (o, crate::db::backup_marks(p))
-                && !newest_of_each.iter().any(|(id, _)| *id == of)
-            {
-                newest_of_each.push((of, p));
-            }
-        }
-        if newest_of_each.len() > 1 {
-            return Err(Error::Unavailable {
-                what: "recovery",
-                reason: format!(
-                    "{} holds backups of {} databases of {}'s place, and it cannot say which \
-                     it is (its id cannot be read); the newest of each: {}; restore one with \
-                     `litebridge restore --from FILE`",
-                    dir.display(),
-                    newest_of_each.len(),
-                    db.display(),
-                    newest_of_each
-                        .iter()
-                        .map(|(_, p)| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-    }
-    let candidates: Vec<PathBuf> = judged.into_iter().map(|(p, _)| p).collect();
+    let candidates = recovery_candidates(dir, db)?;
     // An empty file with no backup is an empty database, as SQLite says.
     if !force && candidates.is_empty() && is_empty_file(db) {
         return Ok(Recovery::Sound);

@@ -1182,3 +1182,42 @@ async fn the_record_of_the_newest_backup_follows_no_link() {
     let latest = std::fs::read_to_string(policy.dir.join("LATEST")).unwrap();
     assert_eq!(latest.trim(), taken.display().to_string());
 }
+
+/// A database lost before its first backup, beside another's backups made
+/// before places were marked (by id only): they cannot be told as its own,
+/// and recovery says so, naming the newest, where it restored them
+/// (review 186). The start's hint agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_never_takes_an_older_unplaced_backup_for_its_own() {
+    use litebridge::backups::{BackupPolicy, When, newest_verified, recover, take};
+    let shared = tempfile::tempdir().unwrap();
+    let policy = BackupPolicy {
+        dir: shared.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 2,
+    };
+    let (_b_dir, b) = open_kv(config()).await;
+    litebridge::store::migrate(&b).await.unwrap();
+    let older = take(&b, &policy).await.unwrap().path;
+    // As an earlier version marked it: its id, no place.
+    rusqlite::Connection::open(&older)
+        .unwrap()
+        .execute_batch("DELETE FROM litebridge_meta WHERE key = 'backup_source'")
+        .unwrap();
+    let (_a_dir, a) = open_kv(config()).await;
+    litebridge::store::migrate(&a).await.unwrap();
+    let lost = a.path().to_path_buf();
+    a.close().await;
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
+    }
+    let e = recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
+    assert!(
+        e.to_string().contains(&older.display().to_string()) && e.to_string().contains("--from"),
+        "{e}"
+    );
+    assert!(!lost.exists(), "another database's backup was restored");
+    assert!(newest_verified(&policy.dir, &lost).is_none());
+    // b itself still finds it.
+    assert_eq!(newest_verified(&policy.dir, b.path()).unwrap().0, older);
+}

@@ -220,7 +220,10 @@ async fn open_sqlite(s: &Settings, recover: bool) -> CliResult<Service> {
                     p.display(),
                     crate::output::human_age(age)
                 ),
-                None => format!("; no verified backup was found in {}", policy.dir.display()),
+                None => format!(
+                    "; no verified backup of its own was found in {} (`--recover` says why)",
+                    policy.dir.display()
+                ),
             };
             return Err(Failure::new(format!("{e}{hint}")));
         }
