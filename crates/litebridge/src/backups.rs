@@ -7,23 +7,28 @@
 //! the candidates newest first and uses the first that passes `quick_check`.
 //!
 //! A name is not an owner either: two databases of one file name (two
-//! services' `app.db`) may share a directory. Each backup of a database
-//! litebridge serves says whose it is: the database's id (`backup_of`) and
-//! its place (`backup_source`, the file's canonical path however it was
-//! reached). A database's backups ([`list_of`]) are those of its place
-//! (and id): its schedule prunes only those, and recovery restores only
-//! those (review 180: one service pruned the other's backups, and
-//! `--recover` could restore the other's data). The place tells a missing
-//! database's backups, and a copy restored elsewhere (a staging database,
-//! which carries its source's id) from its source. A lost database cannot
-//! tell another machine's database at the same path from one made before
-//! it at its place: when its place's backups are of two databases,
-//! recovery names the newest of each and restores neither. A
-//! database moved to another place starts a set of its own: the older set
-//! is reached with `litebridge restore --from FILE`, and pruned by hand.
-//! Backups made before places were marked are told by id; a database
-//! without an id (opened by the library without litebridge's stores) makes
-//! unmarked backups, told by their name only.
+//! services' `app.db`) may share a directory (reviews 180-187 found each
+//! rule below wanting in turn). Each backup of a database litebridge serves
+//! says whose it is: the database's id (`backup_of`) and its place
+//! (`backup_source`, the file's path with every link followed, however it
+//! was reached). What a backup is to a database (`Identity::owns`):
+//! - marked with a place: its own when the place and the id are its own (a
+//!   copy restored elsewhere, a staging database, carries its source's id;
+//!   a database moved to another place starts a set of its own, the older
+//!   one reached with `litebridge restore --from FILE` and pruned by hand);
+//! - marked by id only (made before places were marked; a copy made before
+//!   backups were marked at all carries its `database_id`): its own by id;
+//! - unmarked (a copy of a database without an id, opened by the library
+//!   without litebridge's stores): a database without an id's, by name.
+//!
+//! A database prunes and counts only its own ([`list_of`]), and nothing
+//! while its id cannot be read. Recovery of a database whose id cannot be
+//! read (lost, emptied, damaged) takes only what can be told as its own
+//! without it (`recovery_candidates`): its place's backups when they are
+//! all of one database, or unmarked ones when no backup of its name is
+//! marked. Otherwise it names the newest and asks for `restore --from`: a
+//! lost database cannot tell another machine's database at the same path
+//! from one made before it at its place.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -89,9 +94,8 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
 }
 
 /// The backups of the database at `db` in `dir`, newest first: those of
-/// its file name ([`list`]) that are its own by their marks (see
-/// [`Identity::owns`]), and those whose marks cannot be read (verification
-/// judges them).
+/// its file name ([`list`]) that are its own by their marks (see the
+/// module's notes); never one whose marks cannot be read.
 pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
     judged(dir, db).into_iter().map(|(p, _)| p).collect()
 }
@@ -116,7 +120,9 @@ fn judged_by(me: &Identity, dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned
     let placed = matches!(me.id, Id::Unknown) && all.iter().any(|(_, o)| *o == Some(Owned::Placed));
     all.into_iter()
         .filter(|(_, o)| match o {
-            Some(Owned::No) => false,
+            // Marks that cannot be read tell nothing of whose it is
+            // (review 187): never taken for its own.
+            Some(Owned::No) | None => false,
             Some(Owned::Unmarked) => !placed,
             _ => true,
         })
@@ -172,13 +178,12 @@ impl Identity {
     /// Whether the backup at `p` is this database's (`None` when its marks
     /// cannot be read):
     /// - marked with a place: that place, and this database's id, or any
-    ///   while its id cannot be read (then the newest is the last database
-    ///   that was there); never a database without an id's (a database
-    ///   without an id that took a served one's place does not prune its
-    ///   backups: review 184);
-    /// - marked with an id only (made before places were marked): that id,
-    ///   or any while this one's cannot be read (`recover` refuses to
-    ///   choose between two of those);
+    ///   id while its own cannot be read (`recovery_candidates` then asks
+    ///   which, when they are two); never a database without an id's (one
+    ///   that took a served one's place does not prune its backups:
+    ///   review 184);
+    /// - marked by id only: that id, or any while this one's cannot be read
+    ///   (`recovery_candidates` then asks which);
     /// - unmarked: a database without an id's (or one that cannot say).
     fn owns(&self, p: &Path) -> Option<Owned> {
         let (of, place) = crate::db::backup_marks(p).ok()?;
@@ -326,6 +331,22 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
              database's place (the newest: {})",
             dir.display(),
             newest.display()
+        )));
+    }
+    // Unmarked ones are a database without an id's: this one's only while
+    // no backup of its name says whose it is (review 187).
+    let marked = list(dir, db).into_iter().find(|p| {
+        crate::db::backup_marks(p).map_or(true, |(of, place)| of.is_some() || place.is_some())
+    });
+    if let Some(marked) = marked
+        && let Some((newest, _)) = judged.iter().find(|(_, o)| *o == Some(Owned::Unmarked))
+    {
+        return Err(ask(format!(
+            "{} holds unmarked backups of that name (the newest: {}) beside backups of \
+                 other databases (as {})",
+            dir.display(),
+            newest.display(),
+            marked.display()
         )));
     }
     Ok(judged
@@ -668,8 +689,8 @@ pub fn recover(
             )
         } else if others > 0 {
             format!(
-                "no backup of {} in {} passes verification ({others} backup(s) there are of \
-                 another database of that name; restore one with `litebridge restore --from FILE`)",
+                "no backup of {} in {} passes verification ({others} backup(s) of that name there cannot \
+                 be told as its own; restore one with `litebridge restore --from FILE`)",
                 db.display(),
                 dir.display()
             )

@@ -787,10 +787,7 @@ async fn databases_of_one_name_in_one_backup_directory_keep_their_own_backups() 
     let elsewhere = tempfile::tempdir().unwrap();
     let new = elsewhere.path().join("test.db");
     let e = recover(&new, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
-    assert!(
-        e.to_string().contains("another database of that name"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("cannot be told as its own"), "{e}");
     assert!(!new.exists(), "another's backup was restored");
     assert!(list_of(&policy.dir, &new).is_empty());
 
@@ -864,6 +861,17 @@ async fn unmarked_and_empty_backups_are_not_another_databases() {
     let e =
         litebridge::restore_file(&empty, plain.path(), &dir.join("aside"), |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
+    // Lost, the database without an id cannot tell its unmarked backups
+    // from those of another database without one, while a marked one of
+    // its name is there: the operator chooses (review 187).
+    let lost = plain.path().to_path_buf();
+    plain.close().await;
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
+    }
+    let e = litebridge::backups::recover(&lost, dir, litebridge::backups::When::Damaged, |_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("unmarked"), "{e}");
 }
 
 /// A database is one place however its path is spelled: through a linked
@@ -1220,4 +1228,42 @@ async fn a_lost_database_never_takes_an_older_unplaced_backup_for_its_own() {
     assert!(newest_verified(&policy.dir, &lost).is_none());
     // b itself still finds it.
     assert_eq!(newest_verified(&policy.dir, b.path()).unwrap().0, older);
+}
+
+/// Backups made before backups were marked carry their database's id
+/// (`database_id`) and nothing else: they are that database's, not a lost
+/// database's (review 187: taken for a database without an id's, they
+/// were restored over a database lost before its first backup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_never_takes_an_older_unmarked_backup_of_another() {
+    use litebridge::backups::{BackupPolicy, When, list_of, recover, take};
+    let shared = tempfile::tempdir().unwrap();
+    let policy = BackupPolicy {
+        dir: shared.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 3,
+    };
+    let (_b_dir, b) = open_kv(config()).await;
+    litebridge::store::migrate(&b).await.unwrap();
+    let older = take(&b, &policy).await.unwrap().path;
+    rusqlite::Connection::open(&older)
+        .unwrap()
+        .execute_batch("DELETE FROM litebridge_meta WHERE key IN ('backup_of', 'backup_source')")
+        .unwrap();
+    take(&b, &policy).await.unwrap();
+    assert!(
+        list_of(&policy.dir, b.path()).contains(&older),
+        "b's own, by id"
+    );
+    let (_a_dir, a) = open_kv(config()).await;
+    litebridge::store::migrate(&a).await.unwrap();
+    assert!(!list_of(&policy.dir, a.path()).contains(&older));
+    let lost = a.path().to_path_buf();
+    a.close().await;
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
+    }
+    let e = recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("--from"), "{e}");
+    assert!(!lost.exists(), "another database's backup was restored");
 }

@@ -467,15 +467,15 @@ pub(crate) fn read_database_id(path: &Path) -> Result<Option<String>> {
 }
 
 /// Whose backup the file at `path` says it is, read as an immutable file:
-/// `(backup_of, backup_source)`, the id and the place of its database;
-/// `None`s for one unmarked (made before backups were marked, or of a
-/// database without an id), a place missing from one made before places
-/// were marked.
+/// the id of its database (`backup_of`; for a copy made before backups
+/// were marked, the `database_id` it carries: review 187) and its place
+/// (`backup_source`); `None`s for a copy of a database without an id, a
+/// place missing from one made before places were marked.
 ///
 /// # Errors
 /// The marks cannot be read.
 pub(crate) fn backup_marks(path: &Path) -> Result<(Option<String>, Option<String>)> {
-    marks(path, true).map(|m| (m.backup_of, m.backup_source))
+    marks(path, true).map(|m| (m.backup_of.or(m.database_id), m.backup_source))
 }
 
 /// Whether the file at `path` starts with SQLite's header.
