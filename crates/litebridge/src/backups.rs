@@ -17,18 +17,22 @@
 //!   a database moved to another place starts a set of its own, the older
 //!   one reached with `litebridge restore --from FILE` and pruned by hand);
 //! - marked by id only (made before places were marked; a copy made before
-//!   backups were marked at all carries its `database_id`): its own by id;
+//!   backups were marked at all carries its `database_id`): counted as its
+//!   own by id, but neither pruned nor restored on its own, since a copy
+//!   restored elsewhere shares the id (review 188): `restore --from` takes
+//!   one, and they are removed by hand once newer ones exist;
 //! - unmarked (a copy of a database without an id, opened by the library
 //!   without litebridge's stores): a database without an id's, by name.
 //!
-//! A database prunes and counts only its own ([`list_of`]), and nothing
-//! while its id cannot be read. Recovery of a database whose id cannot be
-//! read (lost, emptied, damaged) takes only what can be told as its own
-//! without it (`recovery_candidates`): its place's backups when they are
-//! all of one database, or unmarked ones when no backup of its name is
-//! marked. Otherwise it names the newest and asks for `restore --from`: a
-//! lost database cannot tell another machine's database at the same path
-//! from one made before it at its place.
+//! A database counts its own ([`list_of`]), prunes its own marked with its
+//! place (or unmarked, without an id), and nothing while its id cannot be
+//! read. Recovery restores the same (`recovery_candidates`); of a database
+//! whose id cannot be read (lost, emptied, damaged), only what can be told
+//! as its own without it: its place's backups when they are all of one
+//! database, or unmarked ones when no backup of its name is marked.
+//! Otherwise it names the newest and asks for `restore --from`: a lost
+//! database cannot tell another machine's database at the same path from
+//! one made before it at its place.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -132,13 +136,7 @@ fn judged_by(me: &Identity, dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned
 /// The newest of the database at `db`'s backups in `dir` ([`list_of`]),
 /// found reading the marks of as few as it takes.
 pub fn newest_of(dir: &Path, db: &Path) -> Option<PathBuf> {
-    let me = Identity::of(db);
-    if matches!(me.id, Id::Unknown) {
-        return list_of(dir, db).into_iter().next();
-    }
-    list(dir, db)
-        .into_iter()
-        .find(|p| !matches!(me.owns(p), Some(Owned::No)))
+    list_of(dir, db).into_iter().next()
 }
 
 /// What tells a database's backups from others' of the same file name.
@@ -273,8 +271,37 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
     let me = Identity::of(db);
     let judged = judged_by(&me, dir, db);
+    let older = |judged: &[(PathBuf, Option<Owned>)]| {
+        judged
+            .iter()
+            .find(|(_, o)| *o == Some(Owned::IdOnly))
+            .map(|(p, _)| p.clone())
+    };
     if !matches!(me.id, Id::Unknown) {
-        return Ok(judged.into_iter().map(|(p, _)| p).collect());
+        // Its own marked with its place (or, without an id, unmarked ones);
+        // those made before places were marked may be a staging copy's,
+        // which carries the same id (review 188): asked for.
+        let own: Vec<PathBuf> = judged
+            .iter()
+            .filter(|(_, o)| matches!(o, Some(Owned::Placed | Owned::Unmarked)))
+            .map(|(p, _)| p.clone())
+            .collect();
+        if own.is_empty()
+            && let Some(newest) = older(&judged)
+        {
+            return Err(Error::Unavailable {
+                what: "recovery",
+                reason: format!(
+                    "{} holds backups of {} made before backups were marked with their \
+                     database's place (the newest: {}), which a copy of it restored elsewhere \
+                     would share; restore one with `litebridge restore --from FILE`",
+                    dir.display(),
+                    db.display(),
+                    newest.display()
+                ),
+            });
+        }
+        return Ok(own);
     }
     let ask = |why: String| Error::Unavailable {
         what: "recovery",
@@ -320,12 +347,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
     }
-    let older: Vec<&PathBuf> = judged
-        .iter()
-        .filter(|(_, o)| *o == Some(Owned::IdOnly))
-        .map(|(p, _)| p)
-        .collect();
-    if let Some(newest) = older.first() {
+    if let Some(newest) = older(&judged) {
         return Err(ask(format!(
             "{} holds backups of that name made before backups were marked with their \
              database's place (the newest: {})",
@@ -336,7 +358,8 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
     // Unmarked ones are a database without an id's: this one's only while
     // no backup of its name says whose it is (review 187).
     let marked = list(dir, db).into_iter().find(|p| {
-        crate::db::backup_marks(p).map_or(true, |(of, place)| of.is_some() || place.is_some())
+        // One whose marks cannot be read says nothing (review 188).
+        crate::db::backup_marks(p).is_ok_and(|(of, place)| of.is_some() || place.is_some())
     });
     if let Some(marked) = marked
         && let Some((newest, _)) = judged.iter().find(|(_, o)| *o == Some(Owned::Unmarked))
@@ -519,8 +542,11 @@ fn record_and_prune(
     };
     // The one just taken is never pruned, even if its name sorts oldest
     // (the clock was set back): `LATEST` names it. Only this database's own
-    // are (another database of the same file name may share the
-    // directory); one whose marks cannot be read is kept.
+    // are, marked with its place (or unmarked, of a database without an
+    // id): another database of the same file name may share the directory.
+    // One whose marks cannot be read is kept, and so are those made before
+    // places were marked, which a staging copy restored elsewhere would
+    // share by id (review 188): removed by hand.
     // An id that cannot be read now (the file locked past the busy
     // timeout) is not taken for none: nothing is pruned this time (review
     // 183: the backups of databases without an id, and older backups of
@@ -532,13 +558,7 @@ fn record_and_prune(
     }
     for old in list(&policy.dir, db)
         .into_iter()
-        .filter(|p| {
-            p != dest
-                && matches!(
-                    me.owns(p),
-                    Some(Owned::Placed | Owned::IdOnly | Owned::Unmarked)
-                )
-        })
+        .filter(|p| p != dest && matches!(me.owns(p), Some(Owned::Placed | Owned::Unmarked)))
         .skip(policy.keep.max(1) - 1 + extra)
     {
         if let Err(e) = std::fs::remove_file(&old) {

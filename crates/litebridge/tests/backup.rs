@@ -1226,8 +1226,24 @@ async fn a_lost_database_never_takes_an_older_unplaced_backup_for_its_own() {
     );
     assert!(!lost.exists(), "another database's backup was restored");
     assert!(newest_verified(&policy.dir, &lost).is_none());
-    // b itself still finds it.
-    assert_eq!(newest_verified(&policy.dir, b.path()).unwrap().0, older);
+    // b counts it as its own, but neither restores it on its own nor prunes
+    // it: a staging copy restored elsewhere shares its id (review 188).
+    assert!(litebridge::backups::list_of(&policy.dir, b.path()).contains(&older));
+    assert!(newest_verified(&policy.dir, b.path()).is_none());
+    let e = recover(b.path(), &policy.dir, When::Always, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains(&older.display().to_string()), "{e}");
+    let keep_one = BackupPolicy {
+        keep: 1,
+        ..policy.clone()
+    };
+    let newer = take(&b, &keep_one).await.unwrap().path;
+    let newest = take(&b, &keep_one).await.unwrap().path;
+    assert!(older.exists(), "an older backup by id was pruned");
+    assert!(
+        !newer.exists() && newest.exists(),
+        "its own placed ones are"
+    );
+    assert_eq!(newest_verified(&policy.dir, b.path()).unwrap().0, newest);
 }
 
 /// Backups made before backups were marked carry their database's id
@@ -1266,4 +1282,38 @@ async fn a_lost_database_never_takes_an_older_unmarked_backup_of_another() {
     let e = recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("--from"), "{e}");
     assert!(!lost.exists(), "another database's backup was restored");
+}
+
+/// A backup whose marks cannot be read (garbage under a scheduled name)
+/// says nothing: it neither blocks the recovery of a database without an
+/// id from its unmarked backups, nor shows as the newest (review 188).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_garbage_says_nothing_of_whose_it_is() {
+    use litebridge::backups::{BackupPolicy, Recovery, When, list_of, newest_of, recover, take};
+    let (dir, plain) = open_kv(config()).await;
+    insert_rows(&plain, 0, 3, 10).await;
+    let policy = BackupPolicy {
+        dir: dir.path().join("backups"),
+        interval: std::time::Duration::from_secs(3600),
+        keep: 3,
+    };
+    let older = take(&plain, &policy).await.unwrap().path;
+    let garbage = take(&plain, &policy).await.unwrap().path;
+    std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+    assert_eq!(
+        list_of(&policy.dir, plain.path()),
+        std::slice::from_ref(&older)
+    );
+    assert_eq!(newest_of(&policy.dir, plain.path()), Some(older.clone()));
+    let lost = plain.path().to_path_buf();
+    plain.close().await;
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
+    }
+    let Recovery::Restored { from, .. } =
+        recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap()
+    else {
+        panic!("not restored");
+    };
+    assert_eq!(from, older);
 }
