@@ -190,15 +190,11 @@ impl Identity {
             Id::None => false,
             Id::Unknown => true,
         };
-        let yes = |kind| if kind { Some(()) } else { None };
         Some(match (&of, place) {
-            (_, Some(place)) => {
-                yes(place == self.place && id_is(&of)).map_or(Owned::No, |()| Owned::Placed)
-            }
-            (Some(_), None) => yes(id_is(&of)).map_or(Owned::No, |()| Owned::IdOnly),
-            (None, None) => {
-                yes(!matches!(self.id, Id::Is(_))).map_or(Owned::No, |()| Owned::Unmarked)
-            }
+            (_, Some(place)) if place == self.place && id_is(&of) => Owned::Placed,
+            (Some(_), None) if id_is(&of) => Owned::IdOnly,
+            (None, None) if !matches!(self.id, Id::Is(_)) => Owned::Unmarked,
+            _ => Owned::No,
         })
     }
 }
@@ -250,8 +246,9 @@ fn order(p: &Path) -> (String, u64) {
     }
 }
 
-/// The newest backup of `db` in `dir` ([`list_of`]) that passes
-/// `quick_check` now, with its age.
+/// The newest backup in `dir` that recovery would restore over `db` (its
+/// own, as the module's notes tell) and that passes `quick_check` now,
+/// with its age; `None` also when recovery would ask which.
 pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
     verified_first(recovery_candidates(dir, db).ok()?)
 }
