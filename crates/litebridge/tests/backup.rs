@@ -775,9 +775,7 @@ async fn databases_of_one_name_in_one_backup_directory_keep_their_own_backups() 
     // told by id alone, which a missing database has not, the other's
     // could be), and a database of that name elsewhere, never backed up,
     // has none.
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&a_path, c));
-    }
+    lose(&a_path);
     let Recovery::Restored { from, .. } =
         recover(&a_path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
     else {
@@ -866,9 +864,7 @@ async fn unmarked_and_empty_backups_are_not_another_databases() {
     // its name is there: the operator chooses (review 187).
     let lost = plain.path().to_path_buf();
     plain.close().await;
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
-    }
+    lose(&lost);
     let e = litebridge::backups::recover(&lost, dir, litebridge::backups::When::Damaged, |_, _| {})
         .unwrap_err();
     assert!(e.to_string().contains("unmarked"), "{e}");
@@ -918,9 +914,7 @@ async fn a_database_is_one_place_however_its_path_is_spelled() {
         );
     }
     // Gone, reached through the link: still its place.
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&real.join("app.db"), c));
-    }
+    lose(&real.join("app.db"));
     assert_eq!(
         list_of(&policy.dir, &through_link),
         std::slice::from_ref(&taken)
@@ -962,11 +956,6 @@ async fn a_place_that_held_two_databases_asks_which_to_restore() {
         interval: std::time::Duration::from_secs(3600),
         keep: 1,
     };
-    let gone = |path: &std::path::Path| {
-        for c in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(litebridge_with_suffix(path, c));
-        }
-    };
     let mut taken = Vec::new();
     for v in ["first", "second"] {
         let db = litebridge::Database::open(&path, config().build().unwrap())
@@ -979,7 +968,7 @@ async fn a_place_that_held_two_databases_asks_which_to_restore() {
             .unwrap();
         taken.push(take(&db, &policy).await.unwrap().path);
         db.close().await;
-        gone(&path);
+        lose(&path);
     }
     assert!(taken[0].exists(), "another id's, not pruned");
     std::fs::write(&path, vec![0x5au8; 8192]).unwrap(); // garbage
@@ -993,7 +982,7 @@ async fn a_place_that_held_two_databases_asks_which_to_restore() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), vec![0x5au8; 8192]);
     litebridge::restore_file(&taken[1], &path, &dir.path().join("aside"), |_, _| {}).unwrap();
-    gone(&path);
+    lose(&path);
     // The library's own database (no id) at that place.
     let plain = litebridge::Database::open(&path, config().build().unwrap())
         .await
@@ -1042,9 +1031,7 @@ async fn a_lost_database_restores_its_own_not_an_unmarked_one() {
     assert_ne!(own, unmarked);
     let path = served.path().to_path_buf();
     served.close().await;
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&path, c));
-    }
+    lose(&path);
     let Recovery::Restored { from, .. } =
         recover(&path, &policy.dir, When::Damaged, |_, _| {}).unwrap()
     else {
@@ -1116,6 +1103,13 @@ async fn a_database_emptied_is_recovered_from_its_backups() {
     std::fs::File::create(&empty).unwrap();
     let r = recover(&empty, &policy.dir, When::Damaged, |_, _| {}).unwrap();
     assert!(matches!(r, Recovery::Sound), "{r:?}");
+}
+
+/// The database at `path` lost: it and its log and shared memory gone.
+fn lose(path: &std::path::Path) {
+    for c in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(litebridge_with_suffix(path, c));
+    }
 }
 
 fn litebridge_with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
@@ -1216,9 +1210,7 @@ async fn a_lost_database_never_takes_an_older_unplaced_backup_for_its_own() {
     litebridge::store::migrate(&a).await.unwrap();
     let lost = a.path().to_path_buf();
     a.close().await;
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
-    }
+    lose(&lost);
     let e = recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
     assert!(
         e.to_string().contains(&older.display().to_string()) && e.to_string().contains("--from"),
@@ -1276,9 +1268,7 @@ async fn a_lost_database_never_takes_an_older_unmarked_backup_of_another() {
     assert!(!list_of(&policy.dir, a.path()).contains(&older));
     let lost = a.path().to_path_buf();
     a.close().await;
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
-    }
+    lose(&lost);
     let e = recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("--from"), "{e}");
     assert!(!lost.exists(), "another database's backup was restored");
@@ -1307,9 +1297,7 @@ async fn a_backup_of_garbage_says_nothing_of_whose_it_is() {
     assert_eq!(newest_of(&policy.dir, plain.path()), Some(older.clone()));
     let lost = plain.path().to_path_buf();
     plain.close().await;
-    for c in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(litebridge_with_suffix(&lost, c));
-    }
+    lose(&lost);
     let Recovery::Restored { from, .. } =
         recover(&lost, &policy.dir, When::Damaged, |_, _| {}).unwrap()
     else {
