@@ -101,34 +101,29 @@ pub fn list(dir: &Path, db: &Path) -> Vec<PathBuf> {
 /// its file name ([`list`]) that are its own by their marks (see the
 /// module's notes); never one whose marks cannot be read.
 pub fn list_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
-    judged(dir, db).into_iter().map(|(p, _)| p).collect()
-}
-
-/// [`list_of`], each with what its marks say (`None`: unreadable).
-fn judged(dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned>)> {
     judged_by(&Identity::of(db), dir, db)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
 }
 
-/// [`judged`] by `me`, read once.
-fn judged_by(me: &Identity, dir: &Path, db: &Path) -> Vec<(PathBuf, Option<Owned>)> {
-    let all: Vec<(PathBuf, Option<Owned>)> = list(dir, db)
+/// [`list_of`] by `me` (read once), each with what it is to `me`.
+fn judged_by(me: &Identity, dir: &Path, db: &Path) -> Vec<(PathBuf, Owned)> {
+    // Marks that cannot be read tell nothing of whose it is (review 187):
+    // never taken for its own.
+    let all: Vec<(PathBuf, Owned)> = list(dir, db)
         .into_iter()
-        .map(|p| {
-            let owned = me.owns(&p);
-            (p, owned)
-        })
+        .filter_map(|p| me.owns(&p).map(|owned| (p, owned)))
         .collect();
     // A database that cannot say its id, with backups of its place: those,
     // never unmarked ones, which are a database without an id's of that
     // name (review 185).
-    let placed = matches!(me.id, Id::Unknown) && all.iter().any(|(_, o)| *o == Some(Owned::Placed));
+    let placed = matches!(me.id, Id::Unknown) && all.iter().any(|(_, o)| *o == Owned::Placed);
     all.into_iter()
         .filter(|(_, o)| match o {
-            // Marks that cannot be read tell nothing of whose it is
-            // (review 187): never taken for its own.
-            Some(Owned::No) | None => false,
-            Some(Owned::Unmarked) => !placed,
-            _ => true,
+            Owned::No => false,
+            Owned::Unmarked => !placed,
+            Owned::Placed | Owned::IdOnly => true,
         })
         .collect()
 }
@@ -268,10 +263,10 @@ pub fn newest_verified(dir: &Path, db: &Path) -> Option<(PathBuf, Duration)> {
 fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
     let me = Identity::of(db);
     let judged = judged_by(&me, dir, db);
-    let older = |judged: &[(PathBuf, Option<Owned>)]| {
+    let older = |judged: &[(PathBuf, Owned)]| {
         judged
             .iter()
-            .find(|(_, o)| *o == Some(Owned::IdOnly))
+            .find(|(_, o)| *o == Owned::IdOnly)
             .map(|(p, _)| p.clone())
     };
     if !matches!(me.id, Id::Unknown) {
@@ -280,7 +275,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
         // which carries the same id (review 188): asked for.
         let own: Vec<PathBuf> = judged
             .iter()
-            .filter(|(_, o)| matches!(o, Some(Owned::Placed | Owned::Unmarked)))
+            .filter(|(_, o)| matches!(o, Owned::Placed | Owned::Unmarked))
             .map(|(p, _)| p.clone())
             .collect();
         if own.is_empty()
@@ -311,7 +306,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
     // Of its place: the newest of each database's.
     let mut newest_of_each: Vec<(String, &PathBuf)> = Vec::new();
     for (p, o) in &judged {
-        if *o == Some(Owned::Placed)
+        if *o == Owned::Placed
             && let Ok((Some(of), _)) = crate::db::backup_marks(p)
             && !newest_of_each.iter().any(|(id, _)| *id == of)
         {
@@ -329,7 +324,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
         1 => {
             return Ok(judged
                 .into_iter()
-                .filter(|(_, o)| *o == Some(Owned::Placed))
+                .filter(|(_, o)| *o == Owned::Placed)
                 .map(|(p, _)| p)
                 .collect());
         }
@@ -359,7 +354,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
         crate::db::backup_marks(p).is_ok_and(|(of, place)| of.is_some() || place.is_some())
     });
     if let Some(marked) = marked
-        && let Some((newest, _)) = judged.iter().find(|(_, o)| *o == Some(Owned::Unmarked))
+        && let Some((newest, _)) = judged.iter().find(|(_, o)| *o == Owned::Unmarked)
     {
         return Err(ask(format!(
             "{} holds unmarked backups of that name (the newest: {}) beside backups of \
@@ -371,7 +366,7 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(judged
         .into_iter()
-        .filter(|(_, o)| *o == Some(Owned::Unmarked))
+        .filter(|(_, o)| *o == Owned::Unmarked)
         .map(|(p, _)| p)
         .collect())
 }
