@@ -1216,6 +1216,75 @@ fn a_write_key_made_the_database_look_damaged_with_a_check_and_an_added_column()
 }
 
 #[test]
+fn a_write_key_made_the_database_look_damaged_with_a_null_default() {
+    // Review 190: `DEFAULT (CAST(NULL AS INT))` on a NOT NULL column passed
+    // SQLite's own check; the old rows read NULL, the check at start took
+    // it for damage, and `--recover` put an older backup in the file's
+    // place (the writes since lost, a revoked key back).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("n.db");
+    let write = create_key(&db, "writer", "read,write", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let server = Server::start(&db, &[]);
+    let rpc = |key: &str, method: &str, params: serde_json::Value| {
+        server.rpc_as(Some(key), &call(method, params)).1
+    };
+    let x = |sql: &str| rpc(&write, "sql.execute", json!({ "sql": sql }));
+    for sql in [
+        "CREATE TABLE t(a)",
+        "INSERT INTO t VALUES (1)",
+        "CREATE TABLE e(a)",
+    ] {
+        assert_eq!(code(&x(sql)), 0, "{sql}");
+    }
+    for default in ["(CAST(NULL AS INT))", "-NULL", "(CAST(NULL AS TEXT))"] {
+        let sql = format!("ALTER TABLE t ADD COLUMN c NOT NULL DEFAULT {default}");
+        let r = x(&sql);
+        assert_eq!(r["error"]["data"]["kind"], "sql", "{sql}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains("NOT NULL constraint failed: t.c"), "{r}");
+        // In a batch, the whole batch is undone.
+        let r = rpc(
+            &write,
+            "sql.batch",
+            json!({"statements": [
+                {"sql": "INSERT INTO t VALUES (2)"},
+                {"sql": sql},
+            ]}),
+        );
+        assert_ne!(code(&r), 0, "{r}");
+    }
+    // An empty table takes it (no row reads the default; SQLite refuses a
+    // new row without c), and a default that is not NULL is kept.
+    let r = x("ALTER TABLE e ADD COLUMN c NOT NULL DEFAULT (CAST(NULL AS INT))");
+    assert_eq!(code(&r), 0, "{r}");
+    let r = x("ALTER TABLE t ADD COLUMN d NOT NULL DEFAULT (CAST(2 AS INT))");
+    assert_eq!(code(&r), 0, "{r}");
+    let r = rpc(
+        &write,
+        "sql.query",
+        json!({"sql": "SELECT group_concat(a || ':' || d) FROM t"}),
+    );
+    assert_eq!(r["result"]["rows"][0][0], "1:2", "{r}");
+    // The file is sound: checked, backed up, started again without
+    // `--recover`.
+    let r = rpc(&admin, "admin.check", json!({}));
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(r["result"]["data_problems"], json!([]), "{r}");
+    assert_eq!(code(&rpc(&admin, "admin.backup", json!({}))), 0);
+    assert!(server.stop().success());
+    let server = Server::start(&db, &[]);
+    let r = server
+        .rpc_as(
+            Some(&write),
+            &call("sql.query", json!({"sql": "SELECT count(*) FROM t"})),
+        )
+        .1;
+    assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
 fn serve_recover_switched_off_the_memory_budget() {
     // `--recover` checked the file before the service opened it, and SQLite
     // takes its allocator once, at its first connection: the per-request

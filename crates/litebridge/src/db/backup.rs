@@ -928,12 +928,13 @@ pub struct CheckReport {
     /// does not make `ok` false); `INSERT INTO t(t) VALUES('rebuild')`
     /// rebuilds the index of full-text table `t`.
     pub virtual_table_problems: Vec<String>,
-    /// Generated columns' values that break their declared type or `NOT
-    /// NULL` (`NULL value in t.v`), as the same check reports them: the
-    /// data's, not damage to the file (it does not make `ok` false). A
-    /// schema change can leave them behind: SQLite checks only a new
-    /// column's own constraints. The same finding on a stored column is
-    /// damage. Tables' `CHECK` constraints are not evaluated by a check.
+    /// Values that break their column's declared type or `NOT NULL`
+    /// (`NULL value in t.v`), as the same check reports them, where a
+    /// schema change explains them: the column is a virtual generated one,
+    /// or its default is not a literal (rows older than the column read
+    /// it). The data's, not damage to the file (it does not make `ok`
+    /// false): SQLite checks only a new column's own constraints. The same
+    /// finding on another stored column is damage. Tables' `CHECK` constraints are not evaluated by a check.
     pub data_problems: Vec<String>,
     /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,

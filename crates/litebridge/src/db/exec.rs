@@ -2,7 +2,7 @@
 //! statement cache, binding [`Params`], collecting [`Rows`]. Shared by the
 //! read lane, the heavy lane and the writer.
 
-use rusqlite::{CachedStatement, Connection, Statement};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Statement};
 
 use crate::db::guard::{self, Ddl, OWN_PREFIX};
 use crate::db::heap;
@@ -510,7 +510,7 @@ pub(crate) fn execute_prepared(
         guard::begin_prepare(true);
     }
     let before = conn.total_changes();
-    let ddl = stmt.ddl;
+    let ddl = stmt.ddl.clone();
     let keep = returned == Returned::Keep && stmt.column_count() > 0;
     let run = |stmt: &mut Statement<'_>| -> Result<Option<Box<Rows>>> {
         if keep {
@@ -571,9 +571,14 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         // Not on the writer (a read connection refuses the statement anyway).
         return run();
     };
-    if ddl.creates || ddl.alters {
+    if ddl.creates || ddl.alters.is_some() {
         schema_within(conn, sql, limits, true)?;
     }
+    let altered = ddl.alters.as_deref();
+    let columns_before = match altered {
+        Some(table) => Some(guard::internal(|| column_count(conn, table))?),
+        None => None,
+    };
     let internal = |text: &str| -> Result<()> {
         guard::internal(|| conn.prepare_cached(text)?.execute([]).map(drop))?;
         Ok(())
@@ -597,9 +602,20 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         Ok(_) => match refusal(conn, sql, before) {
             Err(e) => Some(e),
             Ok(Some(message)) => Some(Error::Forbidden { message }),
-            // What it grew the schema to (an ALTER can add a large default).
-            Ok(None) if ddl.creates || ddl.alters => schema_within(conn, sql, limits, false).err(),
-            Ok(None) => None,
+            Ok(None) => {
+                let added = match (altered, columns_before) {
+                    (Some(table), Some(before)) => {
+                        guard::internal(|| added_column_holds(conn, table, before)).err()
+                    }
+                    _ => None,
+                };
+                // What it grew the schema to (an ALTER can add a large default).
+                added.or_else(|| {
+                    (ddl.creates || altered.is_some())
+                        .then(|| schema_within(conn, sql, limits, false).err())
+                        .flatten()
+                })
+            }
         },
     };
     if (result.is_err() || refused.is_some())
@@ -616,6 +632,57 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         Some(e) => Err(e),
         None => result,
     }
+}
+
+/// How many columns `table` of `main` has.
+fn column_count(conn: &Connection, table: &str) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM pragma_table_xinfo(?1, 'main')")?
+        .query_row([table], |r| r.get(0))?)
+}
+
+/// Refuses a column `ALTER TABLE ... ADD COLUMN` gave `table` (which had
+/// `before` columns) that is `NOT NULL` but reads NULL in the rows the
+/// table already had: SQLite refuses the literal `DEFAULT NULL` only, and
+/// checks the rows only for a `CHECK`, a `STRICT` table or a generated
+/// column, so `DEFAULT (CAST(NULL AS INT))` or `DEFAULT -NULL` went
+/// through. Every row older than a column reads its default, so the first
+/// row says it for all; the integrity check reports each of them (`NULL
+/// value in t.c`), which a check at start once took for damage (review 190).
+fn added_column_holds(conn: &Connection, table: &str, before: i64) -> Result<()> {
+    if column_count(conn, table)? <= before {
+        return Ok(());
+    }
+    let (column, not_null, hidden): (String, bool, i64) = conn
+        .prepare_cached(
+            "SELECT name, \"notnull\", hidden FROM pragma_table_xinfo(?1, 'main') \
+             ORDER BY cid DESC LIMIT 1",
+        )?
+        .query_row([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    // A generated column's NOT NULL SQLite checks itself.
+    if !not_null || hidden != 0 {
+        return Ok(());
+    }
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let reads_null: Option<bool> = conn
+        .prepare(&format!(
+            "SELECT {} IS NULL FROM main.{} LIMIT 1",
+            quoted(&column),
+            quoted(table)
+        ))?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    if reads_null == Some(true) {
+        return Err(Error::Sql {
+            code: rusqlite::ffi::SQLITE_CONSTRAINT,
+            extended_code: rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL,
+            message: format!(
+                "NOT NULL constraint failed: {table}.{column} (the column's default is NULL, \
+                 and the table's rows would read it); nothing was changed"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A client table with a foreign key to one of litebridge's tables, and that

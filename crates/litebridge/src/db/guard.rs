@@ -204,13 +204,13 @@ struct Current {
 
 /// What a client statement does to the schema, as its authorizer calls showed
 /// while it was prepared.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Ddl {
     /// It creates a table, index, view, trigger or virtual table.
     pub(crate) creates: bool,
-    /// It is an `ALTER TABLE` (which may rename a table to any name: the
-    /// authorizer is only told the old one).
-    pub(crate) alters: bool,
+    /// It is an `ALTER TABLE` of this table (which may rename it to any
+    /// name: the authorizer is only told the old one).
+    pub(crate) alters: Option<String>,
     /// It changes the schema in any way (create, alter, drop).
     pub(crate) any: bool,
 }
@@ -436,7 +436,12 @@ pub(crate) fn returned(bytes: usize) {
 
 /// What the statement just prepared does to the schema.
 pub(crate) fn prepared_ddl() -> Ddl {
-    CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.ddl).unwrap_or_default())
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|cur| cur.ddl.clone())
+            .unwrap_or_default()
+    })
 }
 
 /// Runs `f` as litebridge's own code (no authorizer rule applies), then
@@ -710,8 +715,8 @@ fn note_ddl(ddl: &mut Ddl, action: AuthAction<'_>) {
             ddl.creates = true;
             ddl.any = true;
         }
-        AuthAction::AlterTable { .. } => {
-            ddl.alters = true;
+        AuthAction::AlterTable { table_name, .. } => {
+            ddl.alters = Some(table_name.to_owned());
             ddl.any = true;
         }
         AuthAction::DropTable { .. }

@@ -155,8 +155,9 @@ impl Opener {
             for line in &found.data {
                 tracing::warn!(
                     db = %self.path.display(),
-                    "quick_check: {line} (the file is sound; a generated column breaks \
-                     its declaration, as a schema change can leave it)"
+                    "quick_check: {line} (the file is sound; a generated column, or the \
+                     default of a column added later, breaks its declaration, as a schema \
+                     change can leave it)"
                 );
             }
             let problems = found.damage;
@@ -355,8 +356,8 @@ pub(crate) struct Findings {
     pub(crate) damage: Vec<String>,
     /// A full-text or R-tree table whose index disagrees with its content.
     pub(crate) virtual_tables: Vec<String>,
-    /// A generated column's value that breaks its declared type or `NOT
-    /// NULL`: the data's doing, not the file's (see [`from_the_data`]).
+    /// A value of a generated column, or a column's default, that breaks its
+    /// declared type or `NOT NULL`: the data's doing, not the file's (see [`from_the_data`]).
     pub(crate) data: Vec<String>,
     /// Why a check stopped before the end: a bounded one's budget, or an
     /// error that is not damage (what it found until then is in the other
@@ -840,15 +841,16 @@ pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
 }
 
 /// Every column of every ordinary table, as a check names it
-/// (`table.column`), with whether each column of that name is a virtual
-/// generated one.
+/// (`table.column`), with whether each column of that name can break its
+/// declaration with the file sound (see [`from_the_data`]).
 type Columns = std::collections::HashMap<String, bool>;
 
 fn columns(conn: &Connection) -> rusqlite::Result<Columns> {
     // Ordinary tables only: a virtual table's module may be missing from
     // this build, and then asking for its columns fails.
     let mut stmt = conn.prepare(
-        "SELECT t.name, p.name, p.hidden FROM pragma_table_list AS t, pragma_table_xinfo(t.name) AS p
+        "SELECT t.name, p.name, p.hidden, p.dflt_value \
+         FROM pragma_table_list AS t, pragma_table_xinfo(t.name) AS p
          WHERE t.schema = 'main' AND t.type = 'table'",
     )?;
     let mut columns = Columns::new();
@@ -856,24 +858,77 @@ fn columns(conn: &Connection) -> rusqlite::Result<Columns> {
     while let Some(r) = rows.next()? {
         let name = format!("{}.{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?);
         let is_virtual = r.get::<_, i64>(2)? == 2;
+        let default = r.get::<_, Option<String>>(3)?;
+        let explained = is_virtual || default.as_deref().is_some_and(|d| !is_literal(d));
         // Two columns spelled the same (`a` . `b.c` and `a.b` . `c`): the
-        // name is the data's only if every one of them is virtual.
-        let all_virtual = columns.get(&name).is_none_or(|v| *v) && is_virtual;
-        columns.insert(name, all_virtual);
+        // name is the data's only if every one of them is explained.
+        let all_explained = columns.get(&name).is_none_or(|v| *v) && explained;
+        columns.insert(name, all_explained);
     }
     Ok(columns)
 }
 
-/// Whether a line of an integrity check is about a virtual generated
-/// column's value against its declaration (`NULL value in t.v`,
-/// `non-INTEGER value in t.v` for a STRICT table, `NUMERIC value in t.v`,
-/// `TEXT value in t.v`), as SQLite words them: a client's schema change can
-/// leave such values behind (a generated column declared `NOT NULL` whose
-/// expression a new column changed), and the file is sound. The same line
-/// about a stored column (a STORED generated one included: its value is
-/// written once, not computed again) is damage: no statement stores such a
-/// value, but a flipped bit in a record's header does (integer 0 read as
-/// NULL). So is a line whose name might be either.
+/// Whether a column's default, as `pragma_table_xinfo` gives its text, is
+/// a literal that is not NULL: a number, a string, a blob, `TRUE`, `FALSE`
+/// or `CURRENT_*`. Any other default (an expression, the word NULL) may
+/// read NULL or a value of another type.
+fn is_literal(default: &str) -> bool {
+    let d = default.trim();
+    let upper = d.to_ascii_uppercase();
+    // One string literal: its quotes inside doubled.
+    let quoted = |s: &str| {
+        s.len() >= 2
+            && s.starts_with('\'')
+            && s.ends_with('\'')
+            && !s[1..s.len() - 1].replace("''", "").contains('\'')
+    };
+    let blob = |s: &str| {
+        s.strip_prefix(['x', 'X'])
+            .and_then(|s| s.strip_prefix('\''))
+            .and_then(|s| s.strip_suffix('\''))
+            .is_some_and(|h| h.len() % 2 == 0 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let number = {
+        let digits = d.strip_prefix(['+', '-']).unwrap_or(d);
+        let hex = digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"));
+        match hex {
+            Some(h) => !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => {
+                digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+                    && digits.parse::<f64>().is_ok()
+            }
+        }
+    };
+    number
+        || quoted(d)
+        || blob(d)
+        || matches!(
+            upper.as_str(),
+            "TRUE" | "FALSE" | "CURRENT_TIME" | "CURRENT_DATE" | "CURRENT_TIMESTAMP"
+        )
+}
+
+/// Whether a line of an integrity check is about a column's value against
+/// its declaration (`NULL value in t.v`, `non-INTEGER value in t.v` for a
+/// STRICT table, `NUMERIC value in t.v`, `TEXT value in t.v`), as SQLite
+/// words them, where a schema change explains it and the file is sound:
+///
+/// - a virtual generated column: its expression is computed again on every
+///   read, and a new column can change what it computes (one declared `NOT
+///   NULL` then reads NULL);
+/// - a column whose default is not a literal: the rows older than the
+///   column read its default, and `ALTER TABLE ... ADD COLUMN c NOT NULL
+///   DEFAULT (CAST(NULL AS INT))` passes SQLite's own check (litebridge
+///   refuses it from clients; a file changed by another program may hold
+///   one). Taken for damage, it refused a sound file at every start and
+///   backup, and `--recover` replaced it with an older one (review 190).
+///
+/// The same line about any other stored column (a STORED generated one
+/// included: its value is written once, not computed again) is damage: no
+/// statement stores such a value, but a flipped bit in a record's header
+/// does (integer 0 read as NULL). So is a line whose name might be either.
 fn from_the_data(line: &str, columns: &Columns) -> bool {
     const TYPES: [&str; 6] = ["ANY", "BLOB", "INT", "INTEGER", "REAL", "TEXT"];
     let column = ["NULL value in ", "NUMERIC value in ", "TEXT value in "]
@@ -1041,6 +1096,77 @@ mod tests {
         ] {
             assert!(!from_the_data(line, &generated), "{line}");
         }
+    }
+
+    #[test]
+    fn a_default_that_is_not_a_literal_explains_its_columns_values() {
+        for literal in [
+            "0",
+            "-1",
+            "+2.5",
+            ".5",
+            "1e3",
+            "0x1F",
+            "-0X1f",
+            "'a'",
+            "''",
+            "'it''s'",
+            "x'00'",
+            "X''",
+            "TRUE",
+            "false",
+            "CURRENT_TIMESTAMP",
+            "current_date",
+        ] {
+            assert!(is_literal(literal), "{literal}");
+        }
+        for not in [
+            "NULL",
+            "-NULL",
+            "CAST(NULL AS INT)",
+            "nullif(1, 1)",
+            "(1)",
+            "1 + 1",
+            "0x",
+            "x'0'||''",
+            "'a' || NULL",
+            "'a' || 'b'",
+            "x'0'",
+            "abc",
+            "-",
+            "e5",
+        ] {
+            assert!(!is_literal(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_column_added_with_a_null_default_by_another_program_is_the_datas() {
+        // SQLite lets these through on a table with rows (only the literal
+        // `DEFAULT NULL` is refused); litebridge refuses them from clients,
+        // but a file another program changed may hold them (review 190).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE t(a);
+                 INSERT INTO t VALUES (1);
+                 ALTER TABLE t ADD COLUMN c NOT NULL DEFAULT (CAST(NULL AS INT));
+                 ALTER TABLE t ADD COLUMN d NOT NULL DEFAULT -NULL;
+                 ALTER TABLE t ADD COLUMN e NOT NULL DEFAULT 7;",
+            )
+            .unwrap();
+        }
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let found = quick_check(&mut conn, 20, Bound::Whole).unwrap();
+        assert!(found.damage.is_empty(), "{found:?}");
+        assert_eq!(
+            found.data,
+            ["NULL value in t.c", "NULL value in t.d"],
+            "{found:?}"
+        );
     }
 
     #[test]
