@@ -4,10 +4,18 @@
 //! JSON otherwise. Each
 //! request runs in a span carrying its request id, so every line it logs, in
 //! litebridge and in the worker (which receives the id), can be tied to it.
+//!
+//! The level set applies to litebridge's own lines; the libraries it is
+//! built on log their warnings and errors only. rmcp logs every MCP
+//! request and answer whole at `debug` (SQL parameters, rows, a worker's
+//! result), where litebridge quotes nothing of a request but a refusal,
+//! and three lines at `info` for each request (review 190).
 
 use std::io::IsTerminal;
 
 use tracing::Level;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 
 /// Installs the subscriber; `format` is auto, json or text.
 pub(crate) fn init(level: &str, format: &str) {
@@ -27,19 +35,26 @@ pub(crate) fn init(level: &str, format: &str) {
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(true);
+    // Every target of litebridge's starts with `litebridge` (its crates,
+    // and `litebridge::worker` for what workers write to stderr).
+    let own = Targets::new()
+        .with_default(level.min(Level::WARN))
+        .with_target("litebridge", level);
     // A second initialization (tests) keeps the first subscriber.
     let _ = if json {
-        builder
+        let subscriber = builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .finish();
+        tracing::subscriber::set_global_default(own.with_subscriber(subscriber))
     } else {
-        builder
+        let subscriber = builder
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(|| crate::printable::Sanitized(std::io::stderr()))
-            .try_init()
+            .finish();
+        tracing::subscriber::set_global_default(own.with_subscriber(subscriber))
     };
 }
 

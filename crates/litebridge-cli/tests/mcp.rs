@@ -502,7 +502,7 @@ fn mcp_post(
         &headers,
         body.to_string().as_bytes(),
     );
-    let value = if bytes.is_empty() || status >= 300 && status != 401 {
+    let value = if bytes.is_empty() || status >= 300 && status != 400 && status != 401 {
         Value::Null
     } else {
         mcp_reply(&bytes)
@@ -667,8 +667,9 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
     };
     let (_, _, unknown) = tool(1, json!({"name": "nosuch_tool", "arguments": {}}));
     assert_eq!(unknown["result"]["isError"], true, "{unknown}");
-    let (status, _, _) = tool(2, json!({"name": 5}));
-    assert_eq!(status, 200);
+    let (status, _, named) = tool(2, json!({"name": 5}));
+    assert_eq!(status, 400, "{named}");
+    assert_eq!(named["error"]["code"], -32602, "{named}");
     let (_, _, scoped) = tool(
         3,
         json!({"name": "execute", "arguments": {"sql": "SELECT 1"}}),
@@ -773,6 +774,11 @@ fn mcp_answers_what_is_not_json_and_refuses_batches() {
     for (body, code) in [
         (r#"{"jsonrpc":"2.0","id":10,"method":"#, -32700),
         (r#"[{"jsonrpc":"2.0","id":14,"method":"ping"}]"#, -32600),
+        // rmcp answered a bare 415 (review 192).
+        (
+            r#"{"jsonrpc":"2.0","id":15,"method":"tools/call","params":[1]}"#,
+            -32602,
+        ),
     ] {
         let (status, _, reply) = server.request_with(
             "POST",
@@ -784,6 +790,9 @@ fn mcp_answers_what_is_not_json_and_refuses_batches() {
         let reply: Value = serde_json::from_slice(&reply).unwrap();
         assert_eq!(status, 400, "{reply}");
         assert_eq!(reply["error"]["code"], code, "{reply}");
+        if code == -32602 {
+            assert_eq!(reply["id"], 15, "{reply}");
+        }
         assert!(
             !reply["error"]["message"]
                 .as_str()
@@ -793,6 +802,80 @@ fn mcp_answers_what_is_not_json_and_refuses_batches() {
         );
     }
     assert!(server.stop().success());
+}
+
+/// Review 192: what rmcp read wrong was answered wrong (a `tools/call`
+/// whose `arguments` is an array: -32601 "tools/call"; an `id` of 1.5: an
+/// error with no id), a line of 16 to 64 MiB was dropped by rmcp with no
+/// answer at all, and rmcp logged every request and answer whole at
+/// `debug`, and every notification at `info`.
+#[test]
+fn mcp_answers_every_shape_and_logs_nothing_of_the_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mcp.log");
+    let mut mcp = McpStdio::start_with(
+        &dir.path().join("shape.db"),
+        &[("LITEBRIDGE_SERVER_LOG_LEVEL", "debug")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let init = mcp.exchange(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    mcp.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    for (line, id, code, names) in [
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"query","arguments":["SELECT 1"]}}"#,
+            json!(2),
+            -32602,
+            "`params.arguments`",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":7}}"#,
+            json!(3),
+            -32602,
+            "`params.name`",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"ping","params":[1]}"#,
+            json!(4),
+            -32602,
+            "`params`",
+        ),
+        (r#"{"id":5,"method":"ping"}"#, json!(5), -32600, "`jsonrpc`"),
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            Value::Null,
+            -32600,
+            "`id`",
+        ),
+    ] {
+        let answer = mcp.exchange(line);
+        assert_eq!(answer["id"], id, "{line}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{line}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{line}: {answer}");
+    }
+    // A line of 17 MiB, over rmcp's own limit and under litebridge's.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":"SELECT 1","params":["{}"]}}}}}}"#,
+        "x".repeat(17 << 20)
+    );
+    let answer = mcp.exchange(&big);
+    assert_eq!(answer["id"], 6, "{:.300}", answer.to_string());
+    // Nothing of a request, an answer or a notification is logged.
+    let secret = "lb_LOGSECRET";
+    mcp.send(&format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":99,"reason":"{secret}"}}}}"#
+    ));
+    let answer = mcp.exchange(&format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":"SELECT ?1","params":["{secret}"]}}}}}}"#
+    ));
+    assert!(answer.to_string().contains(secret), "{answer}");
+    assert!(mcp.finish().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains(secret), "{log}");
+    assert!(!log.contains("xxxxxxxx"), "the 17 MiB line was logged");
 }
 
 /// `litebridge mcp` on stdio refuses a message that names a member twice,
@@ -946,13 +1029,22 @@ struct McpStdio {
 
 impl McpStdio {
     fn start(db: &std::path::Path) -> McpStdio {
+        McpStdio::start_with(db, &[], std::process::Stdio::null())
+    }
+
+    fn start_with(
+        db: &std::path::Path,
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> McpStdio {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_litebridge"))
             .arg("mcp")
             .arg("--db")
             .arg(db)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();

@@ -312,7 +312,16 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// A JSON-RPC error with `id: null` (the request was not read), with `status`.
 pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
-    let mut r = json_response(status, &rpc::error_reply(serde_json::Value::Null, e));
+    rpc_error_of(status, serde_json::Value::Null, e)
+}
+
+/// [`rpc_error`], answering the request whose id is `id`.
+pub(crate) fn rpc_error_of(
+    status: StatusCode,
+    id: serde_json::Value,
+    e: &rpc::RpcError,
+) -> Response {
+    let mut r = json_response(status, &rpc::error_reply(id, e));
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -14,6 +14,7 @@
 //! call is charged by the method table it runs through. A stdio session's
 //! local caller has no quotas.
 
+mod shape;
 mod stdio;
 mod tools;
 
@@ -168,8 +169,12 @@ pub(crate) async fn serve_stdio(app: Arc<App>, caller: Caller) -> std::io::Resul
         watch: Some(watch.clone()),
     };
     let (input, output, writing) = stdio::checked(tokio::io::stdin(), tokio::io::stdout());
+    // The checker lets lines of up to MAX_LINE through; the SDK's own
+    // limit (16 MiB) dropped longer ones with no answer (review 192).
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(input, output)
+        .with_max_line_length(crate::transport::stdio::MAX_LINE + 1);
     let running = server
-        .serve((input, output))
+        .serve(transport)
         .await
         .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
     let watching = tokio::spawn(tools_watch(app, caller, running.peer().clone(), watch));
@@ -353,6 +358,14 @@ pub(crate) async fn authenticate(
                     let e = crate::rpc::RpcError::InvalidRequest(advice);
                     return crate::transport::http::rpc_error(
                         axum::http::StatusCode::BAD_REQUEST,
+                        &e,
+                    );
+                }
+                if let Some(e) = parsed.as_ref().and_then(shape::refusal) {
+                    let id = crate::json::top_level_id(&bytes).unwrap_or_default();
+                    return crate::transport::http::rpc_error_of(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        id,
                         &e,
                     );
                 }

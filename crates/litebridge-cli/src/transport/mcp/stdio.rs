@@ -4,20 +4,65 @@
 //! members of the same name silently. `/rpc`, stdio JSON-RPC and `/mcp`
 //! refuse such a message (a filter in front may have read the other one);
 //! so does `litebridge mcp`: [`checked`] stands between the process's stdin
-//! and stdout and the SDK. A line naming a member twice, or longer than the
-//! stdio limit, is answered here with -32600 and never reaches the SDK; the
-//! SDK's own lines and these answers are written out whole, one at a time.
+//! and stdout and the SDK. A line naming a member twice, longer than the
+//! stdio limit, or not of MCP's shape ([`super::shape`]) is answered here
+//! and never reaches the SDK; the SDK's own lines and these answers are
+//! written out whole, one at a time.
+//!
+//! The SDK runs every request it reads at once, with no limit. So, as
+//! `litebridge stdio` does, at most [`MAX_IN_FLIGHT`] requests are with the
+//! SDK unanswered, and no line is read past that until one is answered; and
+//! each keeps its tree's share of the memory budget until its answer is
+//! written (review 192: a read-only agent held 1.1 GB in 80 slow queries of
+//! 12 MB each, none refused). The SDK answers every request it reads, a
+//! cancelled one included.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, DuplexStream,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::json::Unreadable;
+use crate::json::{Held, Unreadable};
 use crate::rpc::{RpcError, error_reply};
-use crate::transport::stdio::{MAX_LINE, read_line};
+use crate::transport::stdio::{MAX_IN_FLIGHT, MAX_LINE, read_line};
+
+/// The requests with the SDK, by id (as JSON text), not answered yet: each
+/// holds a place of [`MAX_IN_FLIGHT`] and its tree's memory.
+#[derive(Default)]
+struct Pending(parking_lot::Mutex<HashMap<String, Vec<(OwnedSemaphorePermit, Held)>>>);
+
+impl Pending {
+    fn sent(&self, id: String, place: OwnedSemaphorePermit, held: Held) {
+        self.0.lock().entry(id).or_default().push((place, held));
+    }
+
+    /// The SDK wrote a line with this id: one request of it is answered.
+    fn answered(&self, id: &str) {
+        let mut pending = self.0.lock();
+        if let Some(held) = pending.get_mut(id) {
+            held.pop();
+            if held.is_empty() {
+                pending.remove(id);
+            }
+        }
+    }
+}
+
+/// What a line read from stdin is.
+enum Checked {
+    /// Answered here; the SDK never sees it.
+    Refused(Vec<u8>),
+    /// A request (it has a method and an id): the id as JSON text, and the
+    /// memory of its tree.
+    Request(String, Held),
+    /// Anything else the SDK reads: a notification, an answer, a blank line.
+    Other,
+}
 
 /// What the SDK reads from and writes to in place of `input` and `output`,
 /// and the task that writes to `output` (it ends once the SDK's side is
@@ -33,6 +78,9 @@ where
     let (mut to_sdk, sdk_input) = tokio::io::duplex(1 << 16);
     let (sdk_output, from_sdk) = tokio::io::duplex(1 << 16);
     let (refusals, mut refused) = mpsc::unbounded_channel::<Vec<u8>>();
+    let pending = Arc::new(Pending::default());
+    let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let sending = pending.clone();
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(1 << 16, input);
         let mut line = Vec::new();
@@ -42,9 +90,18 @@ where
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            if let Some(answer) = refusal(&line) {
-                let _ = refusals.send(answer);
-                continue;
+            match check(&line) {
+                Checked::Refused(answer) => {
+                    let _ = refusals.send(answer);
+                    continue;
+                }
+                Checked::Request(id, held) => {
+                    let Ok(place) = places.clone().acquire_owned().await else {
+                        break;
+                    };
+                    sending.sent(id, place, held);
+                }
+                Checked::Other => {}
             }
             line.push(b'\n');
             if to_sdk.write_all(&line).await.is_err() {
@@ -69,6 +126,11 @@ where
                     if line.last() == Some(&b'\n') {
                         output.write_all(&line).await?;
                         output.flush().await?;
+                        // The server sends no requests: a line of the
+                        // SDK's with an id answers one of the client's.
+                        if let Some(id) = crate::json::top_level_id(&line) {
+                            pending.answered(&id.to_string());
+                        }
                         line.clear();
                     }
                 }
@@ -86,14 +148,14 @@ where
     (sdk_input, sdk_output, writing)
 }
 
-/// The answer to a line the SDK must not read, if it is one.
-fn refusal(line: &[u8]) -> Option<Vec<u8>> {
+/// What `line` is, answered here when the SDK must not read it.
+fn check(line: &[u8]) -> Checked {
     // The SDK strips a leading byte-order mark before it reads a line, so
     // it is stripped here too, or such a line went by unchecked (review 125).
     let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     // A blank line is nothing to answer (the SDK skips it too).
     if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Checked::Other;
     }
     let error = if line.len() > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
@@ -108,7 +170,15 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
             Ok((Value::Array(_), _)) => RpcError::InvalidRequest(
                 "a batch (a JSON array): MCP takes one message per line".into(),
             ),
-            Ok(_) => return None,
+            Ok((message, held)) => match super::shape::refusal(&message) {
+                Some(e) => e,
+                None => {
+                    return match (message.get("method"), message.get("id")) {
+                        (Some(_), Some(id)) => Checked::Request(id.to_string(), held),
+                        _ => Checked::Other,
+                    };
+                }
+            },
         }
     };
     // The id, when it is not the member named twice, so the client can
@@ -120,5 +190,91 @@ fn refusal(line: &[u8]) -> Option<Vec<u8>> {
     let id = crate::json::top_level_id(line).unwrap_or(Value::Null);
     let mut answer = serde_json::to_vec(&error_reply(id, &error)).unwrap_or_default();
     answer.push(b'\n');
-    Some(answer)
+    Checked::Refused(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    fn request(id: usize) -> String {
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n")
+    }
+
+    /// Lines the SDK's side has, read until `n` came or none comes for a
+    /// moment.
+    async fn lines_read(sdk: &mut BufReader<DuplexStream>, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let mut line = String::new();
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                sdk.read_line(&mut line),
+            )
+            .await
+            {
+                Ok(Ok(read)) if read > 0 => got.push(line),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_line_is_read_past_the_requests_the_sdk_has_not_answered() {
+        let (mut client, input) = tokio::io::duplex(1 << 20);
+        let (output, mut answers) = tokio::io::duplex(1 << 20);
+        let (sdk_input, mut sdk_output, _writing) = checked(input, output);
+        let mut sdk = BufReader::new(sdk_input);
+        let n = MAX_IN_FLIGHT + 10;
+        for id in 0..n {
+            client.write_all(request(id).as_bytes()).await.unwrap();
+        }
+        // A notification and an id taken twice wait behind them too.
+        client
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .await
+            .unwrap();
+        let got = lines_read(&mut sdk, n + 1).await;
+        assert_eq!(got.len(), MAX_IN_FLIGHT);
+        // Each answer lets one more through, whatever the order.
+        for id in [7, 3] {
+            let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n");
+            sdk_output.write_all(answer.as_bytes()).await.unwrap();
+        }
+        let more = lines_read(&mut sdk, n + 1).await;
+        assert_eq!(more, [request(MAX_IN_FLIGHT), request(MAX_IN_FLIGHT + 1)]);
+        // The answers reached the client.
+        let mut out = vec![0u8; 64];
+        let read = answers.read(&mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out[..read]).contains("\"id\":7"));
+        // An answer to an id not pending (already answered) frees nothing.
+        sdk_output
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n")
+            .await
+            .unwrap();
+        assert!(lines_read(&mut sdk, 1).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_not_of_mcps_shape_is_answered_with_its_id() {
+        let (mut client, input) = tokio::io::duplex(1 << 20);
+        let (output, answers) = tokio::io::duplex(1 << 20);
+        let (sdk_input, _sdk_output, _writing) = checked(input, output);
+        let mut sdk = BufReader::new(sdk_input);
+        client
+            .write_all(
+                b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"query\",\"arguments\":[1]}}\n",
+            )
+            .await
+            .unwrap();
+        let mut answers = BufReader::new(answers);
+        let mut line = String::new();
+        answers.read_line(&mut line).await.unwrap();
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(answer["id"], 9, "{answer}");
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        assert!(lines_read(&mut sdk, 1).await.is_empty());
+    }
 }

@@ -531,8 +531,21 @@ fn bound(result: Json) -> (Json, Option<String>) {
             let mut entry = entry.clone();
             let mut n = serde_json::to_string(&entry).map_or(0, |s| s.len()) + 1;
             if n > MAX_RESULT_BYTES / 2 {
-                let bytes = serde_json::to_string(&entry["value"]).map_or(0, |s| s.len());
-                entry["value"] = json!({"truncated": true, "bytes": bytes});
+                let size_of = |v: &Json| {
+                    let bytes = serde_json::to_string(v).map_or(0, |s| s.len());
+                    json!({"truncated": true, "bytes": bytes})
+                };
+                // A memory entry's value is shown as its size; an item of
+                // a worker's `entries` that is not an object, whole (its
+                // IndexMut panicked, and the call was never answered:
+                // review 192).
+                match entry.as_object_mut() {
+                    Some(fields) => {
+                        let value = size_of(fields.get("value").unwrap_or(&Json::Null));
+                        fields.insert("value".into(), value);
+                    }
+                    None => entry = size_of(&entry),
+                }
                 n = serde_json::to_string(&entry).map_or(0, |s| s.len()) + 1;
             }
             if used + n > MAX_RESULT_BYTES {
@@ -701,6 +714,14 @@ mod tests {
         assert_eq!(kept["next"], shown.last().unwrap()["key"]);
         assert!(note.unwrap().contains("after"));
         assert!(serde_json::to_string(&kept).unwrap().len() <= MAX_RESULT_BYTES);
+        // A worker's result of that shape whose items are not objects
+        // (review 192: indexing one panicked, and the call had no answer).
+        let odd = json!({"entries": ["a".repeat(60_000), ["b".repeat(60_000)], 7]});
+        let (kept, _) = bound(odd);
+        let shown = kept["entries"].as_array().unwrap();
+        assert_eq!(shown[0]["truncated"], true, "{shown:?}");
+        assert_eq!(shown[1]["truncated"], true, "{shown:?}");
+        assert_eq!(shown[2], 7, "{shown:?}");
     }
 
     #[test]
