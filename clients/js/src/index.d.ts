@@ -70,6 +70,12 @@ export interface SpawnOptions {
   args?: string[];
   env?: Record<string, string>;
   shutdownGrace?: number;
+  /**
+   * The longest answer line read, in characters (default 128 MiB, and
+   * within the longest string Node makes); past it the child is stopped
+   * and its calls fail (`OutcomeUnknownError` for those it may have run).
+   */
+  maxResponseBytes?: number;
   bigint?: boolean;
 }
 

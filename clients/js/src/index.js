@@ -116,7 +116,13 @@ export class Client extends EventEmitter {
     for (const name of Object.keys(env)) if (name.startsWith('LITEBRIDGE_CLIENT_')) delete env[name];
     // The server's own name: an inherited setting cannot silently win over it.
     if (options.frameworkPath) env.LITEBRIDGE_WORKERS_FRAMEWORK_PATH = options.frameworkPath;
-    const transport = new StdioTransport({ bin, args, env, shutdownGrace: options.shutdownGrace });
+    const transport = new StdioTransport({
+      bin,
+      args,
+      env,
+      shutdownGrace: options.shutdownGrace,
+      maxResponseBytes: options.maxResponseBytes,
+    });
     return new Client(transport, options);
   }
 
@@ -149,7 +155,12 @@ export class Client extends EventEmitter {
     this.on('newListener', (name) => {
       if (!EVENT_NAMES.has(name)) return;
       this.transport.subscribe(
-        (e) => this.emit(e.event, e),
+        // Only the events named: a server (or anyone between on plain HTTP)
+        // that sent `null`, or an event named 'error', took the process
+        // down through the client's own code (review 192).
+        (e) => {
+          if (e !== null && typeof e === 'object' && EVENT_NAMES.has(e.event)) this.emit(e.event, e);
+        },
         // A stream refused for good (a bad or revoked key); 'error' only when listened for.
         (error) => this.listenerCount('error') > 0 && this.emit('error', error),
       );

@@ -4,7 +4,7 @@
 // events (`onEvent`) once asked to.
 
 import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import { constants } from 'node:buffer';
 import { once } from 'node:events';
 
 import { ConnectionError, OutcomeUnknownError, TimeoutError, TooLargeError, fromWire } from './errors.js';
@@ -12,6 +12,10 @@ import { parse, stringify } from './json.js';
 import { NOT_CONNECTED, nodeFetch } from './nodefetch.js';
 
 const STDERR_LINES = 20;
+/** The longest piece of a stderr line kept (a longer line is kept in pieces). */
+const STDERR_PIECE = 4096;
+/** The longest string V8 makes. */
+const { MAX_STRING_LENGTH } = constants;
 /** The longest line `litebridge stdio` reads (its MAX_LINE). */
 const MAX_LINE = 64 * 1024 * 1024;
 
@@ -228,11 +232,17 @@ const START_ID = 'litebridge-client-start';
 
 /** A `litebridge stdio` child, started again on the next request after it died. */
 export class StdioTransport {
-  constructor({ bin, args, env, shutdownGrace = 10_000 }) {
+  constructor({ bin, args, env, shutdownGrace = 10_000, maxResponseBytes }) {
     this.bin = bin;
     this.args = args;
     this.env = env;
     this.shutdownGrace = shutdownGrace;
+    // The longest line read (characters): as over HTTP, and within what a
+    // string can hold (a longer one was an uncaught RangeError: review 192).
+    this.maxLine = Math.min(
+      positive(maxResponseBytes, 'maxResponseBytes', MAX_RESPONSE_BYTES),
+      MAX_STRING_LENGTH - 1,
+    );
     this.child = null;
     this.pending = new Map();
     this.stderr = [];
@@ -261,7 +271,7 @@ export class StdioTransport {
     // Lines split by hand: readline's own work was a fifth of the client's per call.
     let partial = '';
     child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
+    const onData = (chunk) => {
       let start = 0;
       let nl;
       while ((nl = chunk.indexOf('\n', start)) >= 0) {
@@ -270,12 +280,39 @@ export class StdioTransport {
         start = nl + 1;
         this.line(line);
       }
+      if (partial.length + chunk.length - start > this.maxLine) {
+        // Of no more use: its answers cannot be read past this line.
+        partial = '';
+        child.stdout.off('data', onData);
+        child.stdout.destroy();
+        this.died(
+          child,
+          `litebridge wrote a line longer than ${this.maxLine} characters (the client's maxResponseBytes), ` +
+            'which this client does not read, so it was stopped',
+        );
+        child.kill('SIGKILL');
+        return;
+      }
       partial += chunk.slice(start);
-    });
-    createInterface({ input: child.stderr, crlfDelay: Infinity }).on('line', (line) => {
+    };
+    child.stdout.on('data', onData);
+    // stderr's lines are kept in pieces: one without end is not held whole.
+    let piece = '';
+    const keep = (line) => {
       this.stderr.push(line);
       if (this.stderr.length > STDERR_LINES) this.stderr.shift();
+    };
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk) => {
+      const lines = (piece + chunk).split('\n');
+      piece = lines.pop();
+      for (const line of lines) keep(line.slice(0, STDERR_PIECE));
+      if (piece.length >= STDERR_PIECE) {
+        keep(piece.slice(0, STDERR_PIECE));
+        piece = '';
+      }
     });
+    child.stderr.on('end', () => piece && keep(piece));
     child.stdin.on('error', () => {}); // the exit says why
     // The callers' lines wait, unsent, until litebridge answers one of the
     // client's own: a child that exits before that never started (a bad

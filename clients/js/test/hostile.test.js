@@ -7,6 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { inspect } from 'node:util';
 import { gzipSync } from 'node:zlib';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import {
   Client,
@@ -455,4 +458,78 @@ test('fromWire: kinds that name Object.prototype members, odd codes, and unbound
   assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: 1e300 } }).retryAfter, 300_000);
   assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: -5 } }).retryAfter, 0);
   assert.equal(fromWire({ ...over, data: { ...over.data, retry_after_ms: 250 } }).retryAfter, 250);
+});
+
+test('events: data that is not an event of the list (null, "error", "newListener") is dropped, not emitted', async (t) => {
+  // Review 192: `data: null` was a TypeError thrown in the client's own
+  // code, and an event named "error" an unhandled 'error': either took the
+  // process down.
+  const { url } = await fakeServer(
+    t,
+    sse([
+      'data: null\n\n',
+      'data: 7\n\n',
+      'data: {"event":"error","seq":0}\n\n',
+      'data: {"event":"newListener","seq":0}\n\n',
+      'data: {"event":"started","seq":1}\n\n',
+    ]),
+  );
+  const c = Client.connect(url);
+  const seen = [];
+  c.on('started', (e) => seen.push(e.seq));
+  for (let i = 0; i < 100 && seen.length < 1; i++) await new Promise((r) => setTimeout(r, 50));
+  await c.close();
+  assert.deepEqual(seen, [1]);
+});
+
+/** A `litebridge stdio` stand-in: answers its start, then runs `then` (Python) on the next request, `line`. */
+function fakeChild(t, then) {
+  const dir = mkdtempSync(join(tmpdir(), 'lb-child-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const script = join(dir, 'child.py');
+  writeFileSync(
+    script,
+    '#!/usr/bin/env python3\nimport json, os, sys\n' +
+      'first = json.loads(sys.stdin.readline())\n' +
+      'sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {}}) + "\\n")\n' +
+      'sys.stdout.flush()\n' +
+      // The next request of a caller's (not the client's own subscription).
+      'line = {"method": "events.subscribe"}\n' +
+      'while line.get("method") == "events.subscribe":\n    line = json.loads(sys.stdin.readline())\n' +
+      then,
+    { mode: 0o755 },
+  );
+  return script;
+}
+
+test('stdio: an event line with no params is dropped, and the call is answered', async (t) => {
+  const bin = fakeChild(
+    t,
+    'sys.stdout.write(\'{"jsonrpc":"2.0","method":"event"}\\n\')\n' +
+      'sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": line["id"], "result": {"columns": ["x"], "rows": [[1]]}}) + "\\n")\n' +
+      'sys.stdout.flush()\nsys.stdin.read()\n',
+  );
+  const c = Client.spawn({ bin });
+  c.on('started', () => {});
+  try {
+    assert.deepEqual(await c.query('SELECT 1 AS x'), [{ x: 1 }]);
+  } finally {
+    await c.close();
+  }
+});
+
+test('stdio: a line past maxResponseBytes stops the child and fails its calls, where it was an uncaught RangeError', async (t) => {
+  const bin = fakeChild(
+    t,
+    'os.write(2, b"e" * (1 << 20))\nchunk = b"x" * (1 << 16)\nwhile True:\n    os.write(1, chunk)\n',
+  );
+  const c = Client.spawn({ bin, maxResponseBytes: 4 * 1024 * 1024 });
+  try {
+    const got = await within(c.execute(WRITE), 30_000);
+    assert.ok(got.error instanceof OutcomeUnknownError, String(got.error ?? got.value));
+    assert.match(got.error.message, /longer than 4194304 characters/);
+    assert.ok(got.error.message.length < 200_000, `${got.error.message.length} characters`);
+  } finally {
+    await c.close();
+  }
 });

@@ -20,12 +20,12 @@ import asyncio
 import collections
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, START_ID, decode_line, encode_line, ended, pending_key, start_failure
+from .transports import (MAX_LINE, MAX_REPLY_LINE, START_ID, STDERR_PIECE, decode_line, encode_line, ended,
+                         pending_key, start_failure)
 
 _STDERR_LINES = 20
 _START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
-# The longest reply line read (a query's rows come in one line).
-_LINE_LIMIT = 1 << 30
+_LINE_LIMIT = MAX_REPLY_LINE
 # Written data past this waits for the pipe to drain (backpressure).
 _HIGH_WATER = 1 << 20
 
@@ -111,8 +111,21 @@ class AsyncStdioTransport:
 
     @staticmethod
     async def _read_stderr(child):
-        async for line in child.proc.stderr:
-            child.stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+        # In pieces: a line without end is not held whole (review 192).
+        stderr, piece = child.proc.stderr, b""
+        while True:
+            data = await stderr.read(STDERR_PIECE)
+            if not data:
+                break
+            lines = (piece + data).split(b"\n")
+            piece = lines.pop()
+            if len(piece) >= STDERR_PIECE:
+                lines.append(piece)
+                piece = b""
+            for line in lines:
+                child.stderr.append(line.decode("utf-8", "replace"))
+        if piece:
+            child.stderr.append(piece.decode("utf-8", "replace"))
 
     async def _read(self, child):
         try:

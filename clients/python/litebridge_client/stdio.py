@@ -33,7 +33,8 @@ import subprocess
 import threading
 
 from .errors import ConnectionError, OutcomeUnknownError
-from .transports import MAX_LINE, START_ID, decode_line, encode_line, ended, pending_key, start_failure
+from .transports import (MAX_LINE, MAX_REPLY_LINE, START_ID, STDERR_PIECE, decode_line, encode_line, ended,
+                         pending_key, start_failure)
 
 _STDERR_LINES = 20
 _START_LINE = encode_line({"jsonrpc": "2.0", "id": START_ID, "method": "pool.health"})
@@ -85,6 +86,7 @@ class _Child:
         self.ended = False
         self.followed = False  # a follower thread reads for the event streams
         self.stderr_thread = None
+        self.reason = None  # why this client stopped it, if it did
 
 
 def _close_pipes(child):
@@ -161,6 +163,9 @@ class StdioTransport:
             if not data:
                 break
             buf += data
+            if len(buf) - child.start > MAX_REPLY_LINE:
+                self._stop(child, "its first answer was longer than %d bytes" % MAX_REPLY_LINE)
+                break
         code = child.proc.wait()
         child.stderr_thread.join(1.0)  # its last lines
         child.ended = True
@@ -168,12 +173,18 @@ class StdioTransport:
         if self.child is child:
             self.child = None
         why, tail = ended(code, child.stderr)
+        if child.reason:
+            why = "%s, so it was stopped (%s)" % (child.reason, why)
         raise start_failure(why, tail)
 
     @staticmethod
     def _read_stderr(child):
-        for line in child.err:
-            child.stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+        # In pieces: a line without end is not held whole (review 192).
+        while True:
+            piece = child.err.readline(STDERR_PIECE)
+            if not piece:
+                break
+            child.stderr.append(piece.decode("utf-8", "replace").rstrip("\n"))
         child.err.close()
 
     # ----- writing ----------------------------------------------------------
@@ -284,6 +295,12 @@ class StdioTransport:
                 return
             buf += data
             nl = buf.find(b"\n", len(buf) - len(data))
+            if nl < 0 and len(buf) - child.start > MAX_REPLY_LINE:
+                # Held whole, it would take the process's memory (review 192).
+                self._stop(child, "a reply line was longer than %d bytes, which this client does not read"
+                           % MAX_REPLY_LINE)
+                self._ended(child)
+                return
         line = buf[child.start:nl]
         try:
             msg = decode_line(line)
@@ -304,6 +321,15 @@ class StdioTransport:
                         self._wake(child)
         child.start = nl + 1
 
+    @staticmethod
+    def _stop(child, reason):
+        """Kills ``child``, of no more use for ``reason``."""
+        child.reason = reason
+        try:
+            child.proc.kill()
+        except OSError:
+            pass
+
     def _ended(self, child):
         """``child``'s stdout ended: every request still waiting on it fails."""
         code = child.proc.wait()
@@ -315,6 +341,8 @@ class StdioTransport:
             if self.child is child:
                 self.child = None
         why, tail = ended(code, child.stderr)
+        if child.reason:
+            why = "%s, so it was stopped (%s)" % (child.reason, why)
         for waiter in waiting:
             waiter.lost = (why, tail)  # the error is its caller's to make: it knows what it wrote
             waiter.done = True

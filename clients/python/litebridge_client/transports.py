@@ -550,6 +550,11 @@ def _checked_url(url):
         why = "" if "@" in base else " (%s)" % e  # urllib's reason may quote a piece of a password
         raise ValueError("connect(url): the URL cannot be read%s: write it as http://host:port "
                          "(the URL is not shown here)" % why) from None
+    # urllib's opener reads file:, ftp: and data: URLs too: a local file
+    # was taken for litebridge's answer (review 192).
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("connect(url): the URL must be http://host:port or https://host:port "
+                         "(the URL is not shown here)")
     return base
 
 
@@ -902,6 +907,12 @@ _I64 = (-(1 << 63), (1 << 63) - 1)
 _LONG = re.compile(r"\d{19,}")
 # The longest line `litebridge stdio` reads (its MAX_LINE), newline aside.
 MAX_LINE = 64 * 1024 * 1024
+# The longest reply line the stdio transports read (a query's rows come in
+# one line): past it the child is stopped and its calls fail.
+MAX_REPLY_LINE = 1 << 30
+# The longest piece of a stderr line kept (a longer line is kept in pieces,
+# the last few of which say why a child ended).
+STDERR_PIECE = 4096
 
 
 def _reals(v, depth=0):

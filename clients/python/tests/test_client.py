@@ -1106,7 +1106,10 @@ asyncio.run(main())
     def test_a_url_that_does_not_parse_is_refused_and_never_shown(self):
         for url in ("http://admin:s3cret@localhost:99999", "http://admin:s3cret@[::1:7070", "http://admin:s3cret@",
                     "admin:s3cret@localhost:7070", "http://admin:s3cret/x@localhost:7070",
-                    "http://admin:s3c#ret@localhost:7070", "http://[::1:7070", "http://localhost:99999"):
+                    "http://admin:s3c#ret@localhost:7070", "http://[::1:7070", "http://localhost:99999",
+                    # Read by urllib as a local file, FTP or the URL's own data (review 192).
+                    "file:///etc/s3cret7070", "ftp://localhost:7070/s3c", "data:,s3c7070", "localhost:7070",
+                    "http:///s3c7070"):
             with self.assertRaises(ValueError) as e:
                 lb.Client.connect(url, key="k")
             self.assertNotIn("s3c", str(e.exception), url)
@@ -1270,6 +1273,71 @@ class ShutdownTest(unittest.TestCase):
                 self.assertEqual([p for p in pids if _alive(p)], [])
 
         asyncio.run(main())
+
+
+# A litebridge that answers its start, then writes a line without end (and
+# one on stderr), as a broken child would (review 192).
+_ENDLESS = r"""#!/usr/bin/env python3
+import json, os, sys
+first = json.loads(sys.stdin.readline())
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {}}) + "\n")
+sys.stdout.flush()
+sys.stdin.readline()
+os.write(2, b"e" * (1 << 20))
+chunk = b"x" * (1 << 16)
+while True:
+    os.write(1, chunk)
+"""
+
+
+class EndlessLineTest(unittest.TestCase):
+    """A reply line past the stdio transports' limit stops the child, and
+    its calls fail, where it was held whole until memory ran out."""
+
+    def setUp(self):
+        import litebridge_client.astdio as astdio
+        import litebridge_client.stdio as stdio
+        self.dir = tempfile.TemporaryDirectory()
+        self.script = os.path.join(self.dir.name, "endless.py")
+        with open(self.script, "w") as f:
+            f.write(_ENDLESS)
+        os.chmod(self.script, 0o755)
+        self.saved = (stdio.MAX_REPLY_LINE, astdio._LINE_LIMIT)
+        stdio.MAX_REPLY_LINE = astdio._LINE_LIMIT = 4 << 20
+
+    def tearDown(self):
+        import litebridge_client.astdio as astdio
+        import litebridge_client.stdio as stdio
+        stdio.MAX_REPLY_LINE, astdio._LINE_LIMIT = self.saved
+        self.dir.cleanup()
+
+    def _check(self, e):
+        self.assertIsInstance(e, lb.OutcomeUnknownError)
+        self.assertIn("longer than %d bytes" % (4 << 20), str(e))
+        # stderr's line is kept in pieces: its last ones are in the message.
+        self.assertIn("eeee", str(e))
+        self.assertLess(len(str(e)), 200_000)
+
+    def test_sync(self):
+        c = lb.Client.spawn(bin=self.script, db=os.path.join(self.dir.name, "x.db"))
+        try:
+            with self.assertRaises(lb.OutcomeUnknownError) as e:
+                c.query("SELECT 1")
+            self._check(e.exception)
+        finally:
+            c.close()
+
+    def test_async(self):
+        async def run():
+            c = lb.AsyncClient.spawn(bin=self.script, db=os.path.join(self.dir.name, "x.db"))
+            try:
+                with self.assertRaises(lb.OutcomeUnknownError) as e:
+                    await asyncio.wait_for(c.query("SELECT 1"), 30)
+                self._check(e.exception)
+            finally:
+                await c.close()
+
+        asyncio.run(run())
 
 
 if __name__ == "__main__":
