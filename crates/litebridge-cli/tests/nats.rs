@@ -1340,6 +1340,82 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     );
 }
 
+/// Review 191: another front end (front ends may read every inbox, so
+/// they see each call's token in its acknowledgement) sent calls naming a
+/// running call's reply subject and token. Another host answered one, and
+/// its answer took the call's place; another refused one as sent too long
+/// ago ("not started"), and the front end sent the call again while it
+/// ran, which ran a method declared not idempotent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_naming_a_calls_reply_subject_on_another_host_cannot_answer_or_rerun_it() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["ha", "hb"], 1).await else {
+        return;
+    };
+    let bridge = setup.bridge.clone();
+    let evil = peer(&setup.url).await;
+    let mut seen = evil.subscribe("lb.v1.call.record_once").await.unwrap();
+    synced(&evil).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs");
+    let b = bridge.clone();
+    let params = json!({"path": path, "token": "victim", "delay": 2.0});
+    let victim = tokio::spawn(async move { b.call("record_once", params, opts(20_000)).await });
+    let original = tokio::time::timeout(Duration::from_secs(10), seen.next())
+        .await
+        .expect("the call on the bus")
+        .unwrap();
+    let reply = original.reply.clone().unwrap();
+    // Its acknowledgement came: the front end knows its host.
+    let mut notices = evil.subscribe(reply.clone()).await.unwrap();
+    synced(&evil).await;
+    let accepted = tokio::time::timeout(Duration::from_secs(5), notices.next())
+        .await
+        .expect("an acknowledgement")
+        .unwrap();
+    let status = accepted
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Litebridge-Status"));
+    assert_eq!(status.map(|s| s.as_str()), Some("accepted"));
+    let headers = original.headers.clone().unwrap();
+    let mut sent_long_ago = headers.clone();
+    sent_long_ago.insert("Litebridge-Budget-Ms", "100000000");
+    // Sent several times each, so that the queue group hands some to the
+    // other host.
+    for _ in 0..8 {
+        evil.publish_with_reply_and_headers(
+            "lb.v1.call.echo",
+            reply.clone(),
+            headers.clone(),
+            "[\"someone else's answer\"]".into(),
+        )
+        .await
+        .unwrap();
+        evil.publish_with_reply_and_headers(
+            "lb.v1.call.record_once",
+            reply.clone(),
+            sent_long_ago.clone(),
+            original.payload.clone(),
+        )
+        .await
+        .unwrap();
+    }
+    synced(&evil).await;
+    // Some reached the other host, which answered them into the inbox.
+    let mut foreign = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), notices.next()).await {
+        let from = m.headers.as_ref().and_then(|h| h.get("Litebridge-Host"));
+        let by = accepted.headers.as_ref().unwrap().get("Litebridge-Host");
+        foreign += usize::from(from != by);
+    }
+    assert!(foreign > 0, "no forged call reached the other host");
+    let answer = victim.await.unwrap().unwrap();
+    assert!(answer == json!("ha") || answer == json!("hb"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lines(&path), ["victim"], "run again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_reaches_a_paused_host_before_its_call_keeps_the_call_from_running() {
     let Some(setup) = Setup::start(&[], &["h1"], 1).await else {

@@ -1566,6 +1566,20 @@ fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
                 .as_ref()
                 .is_none_or(|(h, _)| host.is_some_and(|named| named == h))
         };
+        // An acknowledgement or an answer of a call whose host is known
+        // counts only from that host, and from its instance when both are
+        // named. Another front end, which sees the call's token in its
+        // acknowledgement (front ends may read every inbox), could
+        // otherwise send a call naming the same reply subject and token to
+        // another host: that host's answer took the call's place, and its
+        // refusal ("not started") had the call sent again while it ran
+        // (review 191).
+        let from_its_instance = |known: &Option<(String, String)>| {
+            from_its_host(known)
+                && known
+                    .as_ref()
+                    .is_none_or(|(_, i)| i.is_empty() || instance.is_none_or(|named| named == i))
+        };
         let id = id.filter(|id| {
             let theirs = calls
                 .get(id)
@@ -1577,9 +1591,15 @@ fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
             theirs != Some(false)
         });
         match id.and_then(|id| calls.get_mut(&id)) {
+            Some(p) if matches!(status, None | Some("accepted")) && !from_its_instance(&p.host) => {
+                tracing::debug!(
+                    host = host.unwrap_or("(unnamed)"),
+                    "a message about a call another host has; dropped"
+                );
+            }
             Some(p) => match status {
                 Some("accepted") => {
-                    p.host = named();
+                    p.host = p.host.take().or_else(named);
                     let _ = p.tx.send(Reply::Message(m));
                 }
                 Some(wire::RUNNING) => p.host = p.host.take().or_else(named),

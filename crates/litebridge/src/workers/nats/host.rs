@@ -694,6 +694,17 @@ async fn handle(host: Arc<Host>, request: Incoming) {
     let Some(reply) = msg.reply.clone() else {
         return;
     };
+    // A second call naming a running call's reply subject (a peer on the
+    // bus that saw its token) is dropped before anything, a refusal
+    // included: any answer to it would go to the running call's caller
+    // (review 191). It is looked for again as the call starts.
+    if lock(&host.running).runs(&reply) {
+        host.warn_limited(
+            &host.warned_duplicate,
+            "dropped a call whose reply subject names a call running here",
+        );
+        return;
+    }
     let subject = msg.subject.clone();
     let h = request.fields();
     let method = host.subjects.method_of(&subject).unwrap_or_default();
@@ -1114,12 +1125,14 @@ fn answer(
     if runs_on {
         headers.insert(Name::RunsOn, "1");
     }
-    if runs_on || matches!(&outcome, Err(Error::WorkerCrashed { .. })) {
-        // With the worker's number in the body: which death this was; or
-        // which instance's `done` (or loss) to wait for.
+    let started = !matches!(&outcome, Err(e) if wire::not_started(e));
+    // With the worker's number in the body: which death this was; or which
+    // instance's `done` (or loss) to wait for; or, for a refusal, which
+    // instance refused (a front end takes it only from the instance that
+    // acknowledged the call, if one did: review 191).
+    if runs_on || !started || matches!(&outcome, Err(Error::WorkerCrashed { .. })) {
         headers.insert(Name::Instance, host.service_id.as_str());
     }
-    let started = !matches!(&outcome, Err(e) if wire::not_started(e));
     if outcome.is_err() {
         host.count(method, |c| {
             c.errors += u64::from(started);
@@ -1287,6 +1300,11 @@ struct Running {
 }
 
 impl Running {
+    /// Whether a call with this reply subject runs.
+    fn runs(&self, reply: &async_nats::Subject) -> bool {
+        self.calls.contains_key(reply.as_str())
+    }
+
     /// Registers a call, unless one with this reply subject runs already or
     /// its cancel came first.
     fn start(&mut self, reply: &async_nats::Subject, cancel: oneshot::Sender<()>) -> Start {
