@@ -583,7 +583,9 @@ fn worker_metrics(o: &mut Out, p: &litebridge::workers::PoolStatus) {
         "workers_in_flight",
         "gauge",
         "Calls in flight on the workers.",
-        p.workers.iter().map(|w| w.in_flight).sum::<usize>() as f64,
+        p.workers
+            .iter()
+            .fold(0usize, |n, w| n.saturating_add(w.in_flight)) as f64,
     );
     o.single(
         "workers_waiting",

@@ -298,6 +298,13 @@ async fn calls_spread_over_two_hosts_and_the_methods_are_discovered() {
         .collect();
     assert_eq!(methods.get("record_once"), Some(&false));
     assert_eq!(methods.get("record_idem"), Some(&true));
+    // Names whose endpoints' names would be one (dots become dashes) are
+    // both announced, and each is served.
+    for name in ["pair.name", "pair-name"] {
+        assert!(methods.contains_key(name), "{methods:?}");
+        let r = bridge.call(name, json!([]), opts(5_000)).await.unwrap();
+        assert_eq!(r, json!(name));
+    }
     assert!(bridge.idempotent("echo") && !bridge.idempotent("record_once"));
 
     let mut set = tokio::task::JoinSet::new();
@@ -320,7 +327,7 @@ async fn calls_spread_over_two_hosts_and_the_methods_are_discovered() {
     let s = bridge.status();
     assert!(s.healthy);
     assert_eq!(s.processes, 4);
-    assert_eq!(s.all.calls, 200);
+    assert_eq!(s.all.calls, 202, "200 naps and the two pairs");
     assert_eq!(
         s.methods
             .iter()
@@ -1338,6 +1345,34 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
             .unwrap(),
         json!("still")
     );
+
+    // Hosts of made-up names, heartbeats only, stating figures that would
+    // overflow a sum (review 191: every `bridge.stats` panicked): the
+    // status adds them saturating, and lists no host whose methods were
+    // never read, nor tells it as joined.
+    let mut events = bridge.subscribe();
+    for name in ["fakeA", "fakeB"] {
+        let beat = json!({"host": name, "service_id": name, "methods_hash": "y",
+            "in_flight": u64::MAX, "processes": u64::MAX, "healthy": true,
+            "restarts": u64::MAX, "crashes": u64::MAX, "draining": false,
+            "workers": [{"pid": 1, "in_flight": u64::MAX, "calls": 1, "uptime_ms": 1}]});
+        evil.publish(format!("lb.v1.hb.{name}"), beat.to_string().into())
+            .await
+            .unwrap();
+    }
+    synced(&evil).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = bridge.status();
+    assert_eq!(status.processes, usize::MAX);
+    assert_eq!(status.restarts, u64::MAX);
+    let hosts: Vec<String> = bridge.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(hosts, ["h1"]);
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, litebridge::workers::PoolEvent::HostJoined { host } if host.starts_with("fake")),
+            "{e:?}"
+        );
+    }
 }
 
 /// Review 191: another front end (front ends may read every inbox, so

@@ -19,6 +19,17 @@ def tag():
     return os.environ.get("LB_HOST_TAG", "?")
 
 
+# Two names whose services endpoints would both be `pair-name` (review 191).
+@worker.method(name="pair.name")
+def pair_dot():
+    return "pair.name"
+
+
+@worker.method(name="pair-name")
+def pair_dash():
+    return "pair-name"
+
+
 @worker.method()
 def nap(ms):
     time.sleep(ms / 1000)

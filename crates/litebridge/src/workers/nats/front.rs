@@ -34,6 +34,14 @@ const MAX_HOSTS: usize = 1024;
 const MAX_METHODS_PER_HOST: usize = 1024;
 /// Workers of one host's heartbeat kept at most.
 const MAX_WORKERS_PER_HOST: usize = 1024;
+/// The most bytes of methods' names, descriptions and parameters kept of
+/// one host: what a front end keeps of all is at most [`MAX_HOSTS`] times
+/// this (review 191).
+const MAX_ANNOUNCED_BYTES: usize = 256 * 1024;
+/// The most workers of all hosts a status lists (each host's heartbeat
+/// names up to [`MAX_WORKERS_PER_HOST`]; a million made every
+/// `bridge.stats` take seconds: review 191).
+const MAX_WORKERS_SHOWN: usize = 4096;
 
 /// `bridge.call` over NATS: each call goes to one host of the queue group
 /// serving its method, with the same deadlines, retries, breakers, cache and
@@ -427,7 +435,7 @@ impl NatsBridge {
             ));
         }
         if let Some(cache) = self.shared.cache.get() {
-            let declared = self.method(method).and_then(|m| m.cache_ttl_s);
+            let declared = self.cache_ttl_s(method);
             if let Some((key, ttl)) = cache_key(method, &params, &options, declared) {
                 // Boxed: a call that is not cached does not carry the
                 // cache's future in its own (it is moved as the call is).
@@ -990,10 +998,18 @@ impl NatsBridge {
         known.then_some(method)
     }
 
-    fn method(&self, name: &str) -> Option<MethodInfo> {
-        read(&self.shared.hosts)
+    /// How long results of `method` may be cached: the shortest time the
+    /// hosts announcing it declare, and not at all if one declares none
+    /// (the first host found decided, and a host declaring a century
+    /// cached what the others do not: review 191).
+    fn cache_ttl_s(&self, method: &str) -> Option<f64> {
+        let hosts = read(&self.shared.hosts);
+        let mut said = hosts
             .values()
-            .find_map(|h| h.methods.iter().find(|m| m.name == name).cloned())
+            .filter_map(|h| h.methods.iter().find(|m| m.name == method))
+            .map(|m| m.cache_ttl_s.filter(|t| t.is_finite() && *t >= 0.0));
+        let first = said.next()??;
+        said.try_fold(first, |least, ttl| Some(least.min(ttl?)))
     }
 
     /// Whether `method` may be retried after its outcome became unknown:
@@ -1030,6 +1046,9 @@ impl NatsBridge {
     pub fn hosts(&self) -> Vec<HostStatus> {
         let mut v: Vec<HostStatus> = read(&self.shared.hosts)
             .iter()
+            // Those whose methods were read: a heartbeat alone says nothing
+            // of what a host is (anyone who may publish one can).
+            .filter(|(_, h)| h.read_for.is_some())
             .map(|(id, h)| HostStatus {
                 id: id.clone(),
                 in_flight: h.beat.as_ref().map_or(0, |b| b.in_flight),
@@ -1078,10 +1097,15 @@ impl NatsBridge {
         let mut workers = Vec::new();
         let (mut processes, mut restarts, mut crashes) = (0, 0, 0);
         for b in hosts.values().filter_map(|h| h.beat.as_ref()) {
-            processes += b.processes;
-            restarts += b.restarts;
-            crashes += b.crashes;
-            for w in &b.workers {
+            // Figures a host states: a lying one could overflow a sum.
+            processes = usize::saturating_add(processes, b.processes);
+            restarts = u64::saturating_add(restarts, b.restarts);
+            crashes = u64::saturating_add(crashes, b.crashes);
+            for w in b
+                .workers
+                .iter()
+                .take(MAX_WORKERS_SHOWN.saturating_sub(workers.len()))
+            {
                 workers.push(WorkerStatus {
                     id: workers.len() as u64 + 1,
                     pid: w.pid,
@@ -1287,12 +1311,34 @@ impl Front {
         if super::config::is_token(&info.id) {
             lock(&self.instances).heard(&info.id);
         }
+        let mut left = MAX_ANNOUNCED_BYTES;
+        let mut cut = false;
         let methods: Vec<MethodInfo> = info
             .endpoints
             .iter()
             .filter_map(|e| wire::method_from_metadata(&e.metadata))
             .take(MAX_METHODS_PER_HOST)
+            .take_while(|m| {
+                let bytes = m.name.len()
+                    + m.description.as_ref().map_or(0, String::len)
+                    + m.params
+                        .iter()
+                        .flatten()
+                        .map(|p| p.name.len() + p.json_type.as_ref().map_or(0, String::len) + 16)
+                        .sum::<usize>();
+                cut = bytes > left;
+                left = left.saturating_sub(bytes);
+                !cut
+            })
             .collect();
+        if cut {
+            self.warn_once_a_minute(&format!(
+                "worker host {id}: only the first {} methods are served, within {} KiB of \
+                 names, descriptions and parameters a host",
+                methods.len(),
+                MAX_ANNOUNCED_BYTES / 1024
+            ));
+        }
         let dynamic = info
             .endpoints
             .iter()
@@ -1319,7 +1365,19 @@ impl Front {
             .metadata
             .get("bundles")
             .is_some_and(|b| b == bundle::VERSION);
+        // Told once its methods are read: a heartbeat alone costs anyone
+        // who may publish one nothing, and each new id logged a line and
+        // took a place of the events' ring (review 191).
+        let joined = known.read_for.is_none();
         known.read_for = Some((info.id.clone(), hash));
+        drop(hosts);
+        if joined {
+            tracing::info!(host = %id, "worker host joined");
+            let _ = self
+                .ledger
+                .events
+                .send(PoolEvent::HostJoined { host: id.clone() });
+        }
     }
 
     /// Whether this end's link to NATS works now: it sends itself a probe
@@ -1685,7 +1743,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         } else {
             lock(&f.instances).heard(&beat.service_id);
         }
-        let (new, stale, replaced) = {
+        let (stale, replaced) = {
             let mut hosts = write(&f.hosts);
             if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
                 // Room goes to hosts that answer: one whose INFO never came
@@ -1709,7 +1767,6 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 }
             }
             let known = hosts.entry(beat.host.clone()).or_insert_with(Known::new);
-            let new = known.beat.is_none();
             let now = Instant::now();
             let dead_after = f.config.dead_after();
             known
@@ -1735,7 +1792,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()))
                 && beat.methods_hash != wire::NONE_ANNOUNCED;
             known.beat = Some(beat.clone());
-            (new, stale, replaced)
+            (stale, replaced)
         };
         if let Some(old) = replaced {
             // Asked of the old instance itself: one that answers is alive,
@@ -1760,12 +1817,6 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                     host,
                     reason: reason.into(),
                 });
-            });
-        }
-        if new {
-            tracing::info!(host = beat.host, "worker host joined");
-            let _ = f.ledger.events.send(PoolEvent::HostJoined {
-                host: beat.host.clone(),
             });
         }
         if stale {
@@ -1856,7 +1907,7 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
             continue;
         }
         armed = None;
-        let dead: Vec<(String, Option<String>)> = {
+        let dead: Vec<(String, Option<String>, bool)> = {
             let mut hosts = write(&f.hosts);
             let dead: Vec<String> = hosts
                 .iter()
@@ -1865,17 +1916,26 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 .collect();
             dead.into_iter()
                 .map(|id| {
-                    let instance = hosts.remove(&id).and_then(|h| h.beat).map(|b| b.service_id);
-                    (id, instance)
+                    let known = hosts.remove(&id);
+                    let read = known.as_ref().is_some_and(|h| h.read_for.is_some());
+                    let instance = known.and_then(|h| h.beat).map(|b| b.service_id);
+                    (id, instance, read)
                 })
                 .collect()
         };
         // Several at once share a cause (a NATS server of a cluster, the
         // network, a flood of the heartbeat subject), not a method's doing.
         let alone = dead.len() == 1;
-        for (host, instance) in dead {
+        for (host, instance, read) in dead {
             let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
-            tracing::warn!(host, "worker host lost: {reason}");
+            // One never told as joined (its methods were never read: a
+            // flood of made-up ids) is not logged nor told as lost; its
+            // calls, if it took any, fail all the same.
+            if read {
+                tracing::warn!(host, "worker host lost: {reason}");
+            } else {
+                tracing::debug!(host, "a worker host never read is gone: {reason}");
+            }
             // A silent host may only be slow or cut off: its death counts
             // against the methods it ran only once NATS no longer knows it.
             let confirmed = match instance {
@@ -1892,7 +1952,9 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 _ => false,
             };
             f.host_lost(&host, None, &reason, confirmed);
-            let _ = f.ledger.events.send(PoolEvent::HostLost { host, reason });
+            if read {
+                let _ = f.ledger.events.send(PoolEvent::HostLost { host, reason });
+            }
         }
     }
 }

@@ -210,6 +210,14 @@ impl WorkerHost {
         }
         let (pool, subjects) = (&inner.pool, &inner.subjects);
         let mut endpoints = Vec::new();
+        // An endpoint's name is only what operators' tools show (a front
+        // end reads the method from its metadata), but the services library
+        // keeps one endpoint a name: `a.b` and `a-b` (dots become dashes)
+        // each get one of their own, or one was never announced (review 191).
+        let mut names = std::collections::HashSet::new();
+        if pool.accepts_any_method() {
+            names.insert("dynamic".to_owned());
+        }
         for m in pool.methods() {
             if !wire::method_is_subject_safe(&m.name) {
                 tracing::warn!(
@@ -218,9 +226,16 @@ impl WorkerHost {
                 );
                 continue;
             }
+            let base = m.name.replace('.', "-");
+            let mut name = base.clone();
+            let mut n = 2;
+            while !names.insert(name.clone()) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
             let e = service
                 .endpoint_builder()
-                .name(m.name.replace('.', "-"))
+                .name(name)
                 .metadata(wire::method_metadata(&m))
                 .add(subjects.call(&m.name))
                 .await

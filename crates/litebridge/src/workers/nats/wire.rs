@@ -214,29 +214,68 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
         .get("method")
         .filter(|n| method_is_subject_safe(n))?
         .clone();
-    let params = meta.get("params").and_then(|p| {
-        let v: Vec<Json> = serde_json::from_str(p).ok()?;
-        Some(
-            v.into_iter()
-                .filter_map(|p| {
-                    Some(ParamInfo {
-                        name: p.get("name")?.as_str()?.to_owned(),
-                        required: p.get("required").and_then(Json::as_bool).unwrap_or(false),
-                        json_type: p.get("type").and_then(Json::as_str).map(str::to_owned),
-                        nullable: p.get("nullable").and_then(Json::as_bool).unwrap_or(false),
+    // Kept within bounds: a front end keeps every host's methods, and an
+    // announcement may be as large as the server's max_payload (review
+    // 191: 300 hosts of 1,000 long methods each took 400 MB).
+    let params = meta
+        .get("params")
+        .filter(|p| p.len() <= MAX_PARAMS_TEXT)
+        .and_then(|p| {
+            let v: Vec<Json> = serde_json::from_str(p).ok()?;
+            Some(
+                v.into_iter()
+                    .filter_map(|p| {
+                        Some(ParamInfo {
+                            name: p
+                                .get("name")?
+                                .as_str()
+                                .filter(|n| n.len() <= MAX_NAME)?
+                                .to_owned(),
+                            required: p.get("required").and_then(Json::as_bool).unwrap_or(false),
+                            json_type: p
+                                .get("type")
+                                .and_then(Json::as_str)
+                                .filter(|t| t.len() <= MAX_NAME)
+                                .map(str::to_owned),
+                            nullable: p.get("nullable").and_then(Json::as_bool).unwrap_or(false),
+                        })
                     })
-                })
-                .collect(),
-        )
-    });
+                    .take(MAX_PARAMS)
+                    .collect(),
+            )
+        });
     Some(MethodInfo {
         name,
         idempotent: meta.get("idempotent").is_some_and(|v| v == "true"),
         cache_ttl_s: meta.get("cache_ttl_s").and_then(|v| v.parse().ok()),
-        description: meta.get("description").cloned(),
+        description: meta
+            .get("description")
+            .map(|d| cut(d, MAX_DESCRIPTION).to_owned()),
         params,
         positional: meta.get("positional").is_some_and(|v| v == "true"),
     })
+}
+
+/// The most of a method's description a front end keeps (bytes).
+pub(crate) const MAX_DESCRIPTION: usize = 4096;
+/// The longest text of a method's parameters read (a longer one is not
+/// read: the method is taken without them).
+const MAX_PARAMS_TEXT: usize = 16 * 1024;
+/// The most parameters of a method kept.
+const MAX_PARAMS: usize = 64;
+/// The longest name or type of a parameter kept.
+const MAX_NAME: usize = 128;
+
+/// `text` cut to at most `max` bytes, at a character's boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// An answer's body: `{"result": ...}` or `{"error": {...}}`.
@@ -633,5 +672,38 @@ mod tests {
             positional: false,
         };
         assert_eq!(method_from_metadata(&method_metadata(&m)), Some(m));
+    }
+
+    #[test]
+    fn an_announcement_is_kept_within_bounds() {
+        let long = "é".repeat(MAX_DESCRIPTION);
+        let many: Vec<Json> = (0..200)
+            .map(|i| json!({"name": format!("p{i}"), "type": "string"}))
+            .collect();
+        let meta = HashMap::from([
+            ("method".to_owned(), "m".to_owned()),
+            ("description".to_owned(), long),
+            ("params".to_owned(), Json::Array(many).to_string()),
+        ]);
+        let m = method_from_metadata(&meta).unwrap();
+        let d = m.description.unwrap();
+        assert!(
+            d.len() <= MAX_DESCRIPTION && d.len() > MAX_DESCRIPTION - 2,
+            "{}",
+            d.len()
+        );
+        assert_eq!(m.params.unwrap().len(), MAX_PARAMS);
+        // Parameters' text past its bound is not read; a name past its own
+        // is not kept.
+        let huge = json!([{"name": "x".repeat(MAX_PARAMS_TEXT)}]).to_string();
+        let odd = json!([{"name": "x".repeat(MAX_NAME + 1)}, {"name": "ok"}]).to_string();
+        for (params, kept) in [(huge, None), (odd, Some(1))] {
+            let meta = HashMap::from([
+                ("method".to_owned(), "m".to_owned()),
+                ("params".to_owned(), params),
+            ]);
+            let m = method_from_metadata(&meta).unwrap();
+            assert_eq!(m.params.map(|p| p.len()), kept);
+        }
     }
 }
