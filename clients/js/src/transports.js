@@ -416,7 +416,17 @@ export class StdioTransport {
     const waiter = this.pending.get(String(msg?.id));
     if (waiter) {
       this.pending.delete(String(msg.id));
-      waiter.resolve(msg);
+      // Litebridge's reply to this request, of JSON-RPC's shape: a broken
+      // child's line of neither a result nor an error resolved as a
+      // success, and `"id": "1"` answered request 1 (review 192).
+      if (isReply(msg, waiter.id)) waiter.resolve(msg);
+      else
+        waiter.reject(
+          new OutcomeUnknownError(
+            'litebridge answered with JSON that is not a JSON-RPC reply to this request: it may or may not have run',
+            { kind: 'outcome_unknown' },
+          ),
+        );
     }
   }
 
@@ -470,7 +480,7 @@ export class StdioTransport {
     if (!this.child) this.start();
     return new Promise((resolve, reject) => {
       const id = String(obj.id);
-      const waiter = { resolve, reject, unsent: false };
+      const waiter = { resolve, reject, unsent: false, id: obj.id };
       this.pending.set(id, waiter);
       // Not written at all (its stdin already gone): the exit, which follows, fails it as not sent.
       if (!this.write(obj, text, id)) waiter.unsent = true;

@@ -533,3 +533,18 @@ test('stdio: a line past maxResponseBytes stops the child and fails its calls, w
     await c.close();
   }
 });
+
+test('stdio: a line that is not a JSON-RPC reply to the request is not taken for a success', async (t) => {
+  // Review 192: neither `result` nor `error` resolved as a success, and
+  // `"id": "<n>"` answered request n.
+  for (const answer of ['{"jsonrpc": "2.0", "id": line["id"]}', '{"jsonrpc": "2.0", "id": str(line["id"]), "result": 1}']) {
+    const bin = fakeChild(t, `sys.stdout.write(json.dumps(${answer}) + "\\n")\nsys.stdout.flush()\nsys.stdin.read()\n`);
+    const c = Client.spawn({ bin });
+    try {
+      const got = await within(c.execute(WRITE), 10_000);
+      assert.ok(got.error instanceof OutcomeUnknownError, `${answer}: ${String(got.error ?? JSON.stringify(got.value))}`);
+    } finally {
+      await c.close();
+    }
+  }
+});

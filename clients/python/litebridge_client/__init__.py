@@ -8,13 +8,26 @@ import math
 import os
 
 from .errors import *  # noqa: F401,F403 - the error classes are the package's
-from .errors import LitebridgeError, TooLargeError, from_wire
+from .errors import LitebridgeError, OutcomeUnknownError, TooLargeError, from_wire
 from .events import AsyncEventStream, EventStream
 from .astdio import AsyncStdioTransport
 from .stdio import StdioTransport
-from .transports import HttpTransport, find_binary
+from .transports import HttpTransport, _is_reply, find_binary
 
 __all__ = ["Client", "AsyncClient"] + [n for n in dir() if n.endswith("Error")]
+
+
+def _result(reply, rid):
+    """The result of ``reply`` to request ``rid``, or its error raised. One
+    not of JSON-RPC's shape (a broken child's: ``"error": {}``, or neither
+    member) is not taken for a success: the request may have run (review
+    192). The HTTP transport checks it before."""
+    if not _is_reply(reply, rid):
+        raise OutcomeUnknownError("litebridge answered with JSON that is not a JSON-RPC reply to this request: "
+                                  "it may or may not have run", kind="outcome_unknown")
+    if "error" in reply:
+        raise from_wire(reply["error"])
+    return reply["result"]
 
 
 def _ms(seconds):
@@ -283,9 +296,7 @@ class Client(_Methods):
         except BaseException:  # Ctrl-C, a signal handler's exception: the call is withdrawn
             self._transport.cancel(rid)
             raise
-        if reply.get("error"):
-            raise from_wire(reply["error"])
-        return reply.get("result")
+        return _result(reply, rid)
 
     @staticmethod
     def _then(value, f):
@@ -348,9 +359,7 @@ class AsyncClient(_Methods):
         except asyncio.CancelledError:
             self._transport.cancel(rid)
             raise
-        if reply.get("error"):
-            raise from_wire(reply["error"])
-        return reply.get("result")
+        return _result(reply, rid)
 
     @staticmethod
     async def _then(value, f):

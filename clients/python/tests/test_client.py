@@ -1340,5 +1340,52 @@ class EndlessLineTest(unittest.TestCase):
         asyncio.run(run())
 
 
+# A litebridge that answers its start, then answers the next request with
+# JSON that is not a JSON-RPC reply (review 192).
+_NOT_A_REPLY = r"""#!/usr/bin/env python3
+import json, sys
+first = json.loads(sys.stdin.readline())
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {}}) + "\n")
+sys.stdout.flush()
+line = json.loads(sys.stdin.readline())
+sys.stdout.write(json.dumps(%s) + "\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+class NotAReplyTest(unittest.TestCase):
+    """A reply of neither a result nor an error is not taken for a success."""
+
+    ANSWERS = ('{"jsonrpc": "2.0", "id": line["id"], "error": {}}', '{"jsonrpc": "2.0", "id": line["id"]}')
+
+    def _script(self, d, answer):
+        script = os.path.join(d, "child.py")
+        with open(script, "w") as f:
+            f.write(_NOT_A_REPLY % answer)
+        os.chmod(script, 0o755)
+        return script
+
+    def test_sync(self):
+        for answer in self.ANSWERS:
+            with tempfile.TemporaryDirectory() as d:
+                with lb.Client.spawn(bin=self._script(d, answer), db=os.path.join(d, "x.db")) as c:
+                    with self.assertRaises(lb.OutcomeUnknownError, msg=answer):
+                        c.execute("INSERT INTO t VALUES (1)")
+
+    def test_async(self):
+        async def run(d, answer):
+            c = lb.AsyncClient.spawn(bin=self._script(d, answer), db=os.path.join(d, "x.db"))
+            try:
+                with self.assertRaises(lb.OutcomeUnknownError, msg=answer):
+                    await asyncio.wait_for(c.execute("INSERT INTO t VALUES (1)"), 30)
+            finally:
+                await c.close()
+
+        for answer in self.ANSWERS:
+            with tempfile.TemporaryDirectory() as d:
+                asyncio.run(run(d, answer))
+
+
 if __name__ == "__main__":
     unittest.main()

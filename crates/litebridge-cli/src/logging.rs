@@ -9,7 +9,8 @@
 //! built on log their warnings and errors only. rmcp logs every MCP
 //! request and answer whole at `debug` (SQL parameters, rows, a worker's
 //! result), where litebridge quotes nothing of a request but a refusal,
-//! and three lines at `info` for each request (review 190).
+//! three lines at `info` for each request (review 190), and a warning
+//! quoting an unknown method's name, whole: rmcp logs its errors only.
 
 use std::io::IsTerminal;
 
@@ -39,7 +40,10 @@ pub(crate) fn init(level: &str, format: &str) {
     // and `litebridge::worker` for what workers write to stderr).
     let own = Targets::new()
         .with_default(level.min(Level::WARN))
-        .with_target("litebridge", level);
+        .with_target("litebridge", level)
+        // Its warnings quote what a client sent (a method's name, whole:
+        // review 193).
+        .with_target("rmcp", level.min(Level::ERROR));
     // A second initialization (tests) keeps the first subscriber.
     let _ = if json {
         let subscriber = builder

@@ -1166,14 +1166,18 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     let url = setup.url.clone();
     let evil = peer(&url).await;
 
-    // Calls with hostile headers get answers, and the host lives on.
-    let mut answers = evil.subscribe("evil.answers").await.unwrap();
-    for (budget, deadline) in [
+    // Calls with hostile headers get answers, and the host lives on. (Each
+    // to a reply subject of its own: a second call naming one is dropped.)
+    let mut answers = evil.subscribe("evil.answers.>").await.unwrap();
+    for (i, (budget, deadline)) in [
         (Some("1000"), Some("18446744073709551615")),
         (Some("-5"), Some("1")),
         (None, None),
         (Some("99999999999999999999"), Some("0")),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut h = async_nats::HeaderMap::new();
         if let Some(b) = budget {
             h.insert("Litebridge-Budget-Ms", b);
@@ -1181,9 +1185,14 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
         if let Some(d) = deadline {
             h.insert("Litebridge-Deadline", d);
         }
-        evil.publish_with_reply_and_headers("lb.v1.call.echo", "evil.answers", h, "[1]".into())
-            .await
-            .unwrap();
+        evil.publish_with_reply_and_headers(
+            "lb.v1.call.echo",
+            format!("evil.answers.{i}"),
+            h,
+            "[1]".into(),
+        )
+        .await
+        .unwrap();
         let m = tokio::time::timeout(Duration::from_secs(5), answers.next())
             .await
             .expect("an answer")

@@ -1285,6 +1285,49 @@ fn a_write_key_made_the_database_look_damaged_with_a_null_default() {
 }
 
 #[test]
+fn a_write_key_made_the_database_look_damaged_with_a_second_table_spelling_a_line() {
+    // Review 193: a line of the check names `table.column`, and `a` .
+    // `b.c` and `a.b` . `c` spell it alike: a generated column's NULL,
+    // the data's, was taken for damage once another table spelled it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let write = create_key(&db, "writer", "read,write", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let server = Server::start(&db, &[]);
+    let rpc = |key: &str, method: &str, params: serde_json::Value| {
+        server.rpc_as(Some(key), &call(method, params)).1
+    };
+    for sql in [
+        r#"CREATE TABLE a(x, "b.c" AS ("q") NOT NULL)"#,
+        "INSERT INTO a(x) VALUES (1)",
+        "ALTER TABLE a ADD COLUMN q",
+        r#"CREATE TABLE "a.b"(c)"#,
+        r#"INSERT INTO "a.b" VALUES (NULL)"#,
+    ] {
+        let r = rpc(&write, "sql.execute", json!({ "sql": sql }));
+        assert_eq!(code(&r), 0, "{sql}: {r}");
+    }
+    let r = rpc(&admin, "admin.check", json!({}));
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(
+        r["result"]["data_problems"],
+        json!(["NULL value in a.b.c"]),
+        "{r}"
+    );
+    assert_eq!(code(&rpc(&admin, "admin.backup", json!({}))), 0);
+    assert!(server.stop().success());
+    let server = Server::start(&db, &[]);
+    let r = server
+        .rpc_as(
+            Some(&write),
+            &call("sql.query", json!({"sql": "SELECT count(*) FROM a"})),
+        )
+        .1;
+    assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
 fn serve_recover_switched_off_the_memory_budget() {
     // `--recover` checked the file before the service opened it, and SQLite
     // takes its allocator once, at its first connection: the per-request

@@ -42,6 +42,7 @@ mod bridge;
 mod error;
 mod events;
 mod params;
+pub(crate) use params::shortened;
 mod sql;
 mod stats;
 mod stores;

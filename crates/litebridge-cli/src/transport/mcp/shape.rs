@@ -23,10 +23,12 @@ pub(crate) fn refusal(message: &Value) -> Option<RpcError> {
     if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return invalid("`jsonrpc` must be \"2.0\"");
     }
+    // rmcp reads a number id as an i64 (review 193: one past it was
+    // answered with no id).
     if let Some(id) = m.get("id")
-        && !(id.is_string() || id.is_i64() || id.is_u64())
+        && !(id.is_string() || id.is_i64())
     {
-        return invalid("`id` must be a string or an integer (MCP allows no null id)");
+        return invalid("`id` must be a string or an integer of 64 bits (MCP allows no null id)");
     }
     let method = match m.get("method") {
         Some(Value::String(method)) => method.as_str(),

@@ -14,8 +14,12 @@
 //! SDK unanswered, and no line is read past that until one is answered; and
 //! each keeps its tree's share of the memory budget until its answer is
 //! written (review 192: a read-only agent held 1.1 GB in 80 slow queries of
-//! 12 MB each, none refused). The SDK answers every request it reads, a
-//! cancelled one included.
+//! 12 MB each, none refused). The SDK answers every request it reads but a
+//! cancelled one (`notifications/cancelled`), which gives its place back
+//! here; and each line is read here as the SDK reads it, so that a request
+//! it would answer with no id (of a shape it cannot read) is answered here
+//! with its id. An id of a request still in flight is refused (the SDK
+//! keeps one request an id).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +45,12 @@ impl Pending {
         self.0.lock().entry(id).or_default().push((place, held));
     }
 
-    /// The SDK wrote a line with this id: one request of it is answered.
+    fn has(&self, id: &str) -> bool {
+        self.0.lock().contains_key(id)
+    }
+
+    /// The SDK wrote a line with this id, or the client cancelled it (the
+    /// SDK then drops its answer, as MCP wants): one request of it is done.
     fn answered(&self, id: &str) {
         let mut pending = self.0.lock();
         if let Some(held) = pending.get_mut(id) {
@@ -60,6 +69,10 @@ enum Checked {
     /// A request (it has a method and an id): the id as JSON text, and the
     /// memory of its tree.
     Request(String, Held),
+    /// `notifications/cancelled` of the request whose id (as JSON text) it
+    /// names: the SDK answers it no more (review 193: each cancelled
+    /// request kept its place, and 256 froze the session).
+    Cancel(String),
     /// Anything else the SDK reads: a notification, an answer, a blank line.
     Other,
 }
@@ -95,12 +108,31 @@ where
                     let _ = refusals.send(answer);
                     continue;
                 }
+                Checked::Request(id, _) if sending.has(&id) => {
+                    // rmcp keeps one request an id, and answers only one.
+                    let e = RpcError::InvalidRequest(format!(
+                        "the id {id} is a request's still in flight: give each request an id of its own"
+                    ));
+                    let _ =
+                        refusals.send(answer(serde_json::from_str(&id).unwrap_or_default(), &e));
+                    continue;
+                }
                 Checked::Request(id, held) => {
-                    let Ok(place) = places.clone().acquire_owned().await else {
+                    // Waiting for a place, the end of stdin still ends the
+                    // session (the wait would otherwise outlive the client).
+                    let place = tokio::select! {
+                        place = places.clone().acquire_owned() => place,
+                        ended = reader.fill_buf() => match ended {
+                            Ok([]) | Err(_) => break,
+                            Ok(_) => places.clone().acquire_owned().await,
+                        },
+                    };
+                    let Ok(place) = place else {
                         break;
                     };
                     sending.sent(id, place, held);
                 }
+                Checked::Cancel(id) => sending.answered(&id),
                 Checked::Other => {}
             }
             line.push(b'\n');
@@ -152,12 +184,14 @@ where
 fn check(line: &[u8]) -> Checked {
     // The SDK strips a leading byte-order mark before it reads a line, so
     // it is stripped here too, or such a line went by unchecked (review 125).
+    let whole = line.len();
     let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     // A blank line is nothing to answer (the SDK skips it too).
     if line.iter().all(u8::is_ascii_whitespace) {
         return Checked::Other;
     }
-    let error = if line.len() > MAX_LINE {
+    // Its mark counted: the SDK reads the line whole (review 193).
+    let error = if whole > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
     } else {
         match crate::json::parse_for_sdk(line, "") {
@@ -173,9 +207,41 @@ fn check(line: &[u8]) -> Checked {
             Ok((message, held)) => match super::shape::refusal(&message) {
                 Some(e) => e,
                 None => {
-                    return match (message.get("method"), message.get("id")) {
-                        (Some(_), Some(id)) => Checked::Request(id.to_string(), held),
-                        _ => Checked::Other,
+                    let request = match (message.get("method"), message.get("id")) {
+                        (Some(_), Some(id)) => Some(id.to_string()),
+                        _ => None,
+                    };
+                    let cancelled = (message.get("method")
+                        == Some(&Value::from("notifications/cancelled")))
+                    .then(|| {
+                        message
+                            .get("params")?
+                            .get("requestId")
+                            .map(Value::to_string)
+                    })
+                    .flatten();
+                    drop(message);
+                    // As the SDK reads it: it answers a request it cannot
+                    // read as one of its types with no id, and its place
+                    // would never come back (review 193). A notification
+                    // is never answered.
+                    match serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(line) {
+                        Ok(_) => {}
+                        Err(_) if request.is_none() => return Checked::Other,
+                        Err(e) => {
+                            return Checked::Refused(answer(
+                                crate::json::top_level_id(line).unwrap_or(Value::Null),
+                                &RpcError::InvalidRequest(format!(
+                                    "not a message MCP reads: {}",
+                                    crate::rpc::shortened(&e.to_string(), 300)
+                                )),
+                            ));
+                        }
+                    }
+                    return match (request, cancelled) {
+                        (Some(id), _) => Checked::Request(id, held),
+                        (None, Some(id)) => Checked::Cancel(id),
+                        (None, None) => Checked::Other,
                     };
                 }
             },
@@ -188,9 +254,14 @@ fn check(line: &[u8]) -> Checked {
     // when it is named twice, not a string or an integer, or the line is
     // not an object.
     let id = crate::json::top_level_id(line).unwrap_or(Value::Null);
-    let mut answer = serde_json::to_vec(&error_reply(id, &error)).unwrap_or_default();
+    Checked::Refused(answer(id, &error))
+}
+
+/// The line answering request `id` with `error`.
+fn answer(id: Value, error: &RpcError) -> Vec<u8> {
+    let mut answer = serde_json::to_vec(&error_reply(id, error)).unwrap_or_default();
     answer.push(b'\n');
-    Checked::Refused(answer)
+    answer
 }
 
 #[cfg(test)]
@@ -258,23 +329,79 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cancelled_request_gives_its_place_back_and_an_id_in_flight_is_refused() {
+        let (mut client, input) = tokio::io::duplex(1 << 20);
+        let (output, answers) = tokio::io::duplex(1 << 20);
+        let (sdk_input, _sdk_output, writing) = checked(input, output);
+        let mut sdk = BufReader::new(sdk_input);
+        let mut answers = BufReader::new(answers);
+        for id in 0..MAX_IN_FLIGHT {
+            client.write_all(request(id).as_bytes()).await.unwrap();
+        }
+        assert_eq!(
+            lines_read(&mut sdk, MAX_IN_FLIGHT).await.len(),
+            MAX_IN_FLIGHT
+        );
+        // The SDK answers none of them (review 193: it drops a cancelled
+        // request's answer, and the places were never given back).
+        for id in 0..3 {
+            let cancel = format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{id}}}}}\n"
+            );
+            client.write_all(cancel.as_bytes()).await.unwrap();
+        }
+        let next = [MAX_IN_FLIGHT, MAX_IN_FLIGHT + 1];
+        for id in next {
+            client.write_all(request(id).as_bytes()).await.unwrap();
+        }
+        let got = lines_read(&mut sdk, 5).await;
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[3..], [request(next[0]), request(next[1])]);
+        // An id of a request in flight is answered here.
+        client.write_all(request(7).as_bytes()).await.unwrap();
+        let mut line = String::new();
+        answers.read_line(&mut line).await.unwrap();
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(answer["id"], 7, "{answer}");
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        // Waiting for a place, the end of stdin ends the session.
+        for id in 1000..1002 {
+            client.write_all(request(id).as_bytes()).await.unwrap();
+        }
+        drop(client);
+        let mut rest = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sdk.read_to_string(&mut rest),
+        )
+        .await
+        .expect("the SDK's side ends")
+        .unwrap();
+        drop(sdk);
+        drop(_sdk_output);
+        let _ = writing.await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_line_not_of_mcps_shape_is_answered_with_its_id() {
         let (mut client, input) = tokio::io::duplex(1 << 20);
         let (output, answers) = tokio::io::duplex(1 << 20);
         let (sdk_input, _sdk_output, _writing) = checked(input, output);
         let mut sdk = BufReader::new(sdk_input);
-        client
-            .write_all(
-                b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"query\",\"arguments\":[1]}}\n",
-            )
-            .await
-            .unwrap();
         let mut answers = BufReader::new(answers);
-        let mut line = String::new();
-        answers.read_line(&mut line).await.unwrap();
-        let answer: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(answer["id"], 9, "{answer}");
-        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        for (line, code) in [
+            (&b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"query\",\"arguments\":[1]}}\n"[..], -32602),
+            // Of MCP's shape to the look, but not one rmcp reads (review
+            // 193: rmcp answered it with no id).
+            (&b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\",\"params\":{\"_meta\":5}}\n"[..], -32600),
+        ] {
+            client.write_all(line).await.unwrap();
+            let mut text = String::new();
+            answers.read_line(&mut text).await.unwrap();
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(answer["id"], 9, "{answer}");
+            assert_eq!(answer["error"]["code"], code, "{answer}");
+        }
         assert!(lines_read(&mut sdk, 1).await.is_empty());
     }
 }

@@ -1777,11 +1777,12 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             // host restarted, or a second host took the same id. An old
             // instance that said it was draining is finishing its calls
             // (its replacement may start at once): those are not lost.
+            let read = known.read_for.is_some();
             let replaced = known
                 .beat
                 .as_ref()
                 .filter(|b| b.service_id != beat.service_id && !recent && !b.draining)
-                .map(|b| b.service_id.clone());
+                .map(|b| (b.service_id.clone(), read));
             known.instances.retain(|(i, _)| *i != beat.service_id);
             if known.instances.len() < 4 {
                 known.instances.push((beat.service_id.clone(), now));
@@ -1794,7 +1795,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             known.beat = Some(beat.clone());
             (stale, replaced)
         };
-        if let Some(old) = replaced {
+        if let Some((old, read)) = replaced {
             // Asked of the old instance itself: one that answers is alive,
             // and its calls are not lost.
             let weak = front.clone();
@@ -1811,12 +1812,17 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                     return;
                 }
                 let reason = "it restarted with the call in flight";
-                tracing::warn!(host, "worker host restarted");
                 f.host_lost(&host, Some(&old), reason, found == Found::Gone);
-                let _ = f.ledger.events.send(PoolEvent::HostLost {
-                    host,
-                    reason: reason.into(),
-                });
+                // Told only of a host told as joined (review 193: made-up
+                // ids whose instance changed at each heartbeat logged a
+                // line and an event each).
+                if read {
+                    tracing::warn!(host, "worker host restarted");
+                    let _ = f.ledger.events.send(PoolEvent::HostLost {
+                        host,
+                        reason: reason.into(),
+                    });
+                }
             });
         }
         if stale {

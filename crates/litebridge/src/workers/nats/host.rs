@@ -19,7 +19,7 @@ use crate::workers::nats::NatsConfig;
 use crate::workers::nats::bundle;
 use crate::workers::nats::fields::{Fields, Name};
 use crate::workers::nats::outbox::{Outbox, Outgoing};
-use crate::workers::nats::seen::Seen;
+use crate::workers::nats::seen::{Seen, Take};
 use crate::workers::nats::wire::{self, Subjects};
 use crate::workers::{Abandoned, CallOptions, WorkerPool};
 
@@ -660,12 +660,22 @@ fn take(host: &Arc<Host>, call: Incoming) {
 /// refused, unanswered: a question about it came first and was answered
 /// `unseen` (its caller sent it elsewhere).
 fn taken(host: &Arc<Host>, call: &Incoming) -> Option<Handling> {
-    if let Some(reply) = &call.message().reply
-        && !lock(&host.seen).take(reply)
-    {
-        host.cancelled.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("a call that came after this host said it never had it; dropped");
-        return None;
+    if let Some(reply) = &call.message().reply {
+        match lock(&host.seen).take(reply) {
+            Take::New => {}
+            Take::Asked => {
+                host.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("a call that came after this host said it never had it; dropped");
+                return None;
+            }
+            Take::Again => {
+                host.warn_limited(
+                    &host.warned_duplicate,
+                    "dropped a call whose reply subject names a call this host had",
+                );
+                return None;
+            }
+        }
     }
     Some(Handling::new(host))
 }

@@ -26,12 +26,18 @@
 //! a flood of cancels could push a mark out before its call came: review
 //! 136.)
 //!
+//! A call whose reply subject was taken already is refused, unanswered
+//! (`Take::Again`): a front end never sends two, so it is a peer's naming
+//! another call's reply subject, and any answer to it, a refusal included,
+//! would reach that call's caller; the host's table of running calls alone
+//! missed one that came as the first call's answer was being written
+//! (review 193).
+//!
 //! At 37,000 calls a second (this machine's `bridge-nats-pipelined`) and a
 //! 5 s span, a generation holds about 185,000 entries, about 2.4 MB. The
 //! marks of questions are kept apart from the calls taken (a key is never
 //! both): a call taken looks in the marks' tables, nearly always empty,
-//! and writes one entry in the big one, instead of three lookups there,
-//! each a likely cache miss.
+//! then in the two generations of calls taken, and writes one entry.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -91,6 +97,22 @@ impl std::hash::Hasher for AsItIs {
     }
 }
 
+/// What a call's reply subject says of it as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Take {
+    /// Not seen before: it may run.
+    New,
+    /// A question about it was answered `unseen` first: its caller sent it
+    /// elsewhere.
+    Asked,
+    /// A call with this reply subject came within the span already: a
+    /// front end never sends two, so this one is a peer's, naming another
+    /// call's reply subject (and token, learned from its acknowledgement):
+    /// any answer to it, a refusal included, would go to that call's
+    /// caller (review 193).
+    Again,
+}
+
 pub(super) struct Seen {
     span: Duration,
     keys: std::hash::RandomState,
@@ -134,20 +156,23 @@ impl Seen {
         self.current.asked.contains(&key) || self.previous.asked.contains(&key)
     }
 
-    /// Notes a call taken, by its reply subject; `false` when a question
-    /// about it was answered `unseen` first (it must not run).
-    pub(super) fn take(&mut self, reply: &str) -> bool {
+    /// Notes a call taken, by its reply subject: whether it is new, or
+    /// must not run.
+    pub(super) fn take(&mut self, reply: &str) -> Take {
         self.turn();
         let key = self.keys.hash_one(reply);
         if self.asked_about(key) {
-            return false;
+            return Take::Asked;
+        }
+        if self.taken(key) {
+            return Take::Again;
         }
         if self.current.len() >= MAX_PER_GENERATION {
             self.full[1] = true;
         } else {
             self.current.taken.insert(key);
         }
-        true
+        Take::New
     }
 
     /// Answers a question about the call with `reply`, sent `age` ago by
@@ -185,12 +210,14 @@ mod tests {
     async fn a_call_is_remembered_for_a_span_and_an_older_question_gets_maybe() {
         let span = Duration::from_secs(5);
         let mut seen = Seen::new(span);
-        assert!(seen.take("_INBOX.a.1"));
+        assert_eq!(seen.take("_INBOX.a.1"), Take::New);
         assert!(seen.asked("_INBOX.a.1", YOUNG));
         assert!(!seen.asked("_INBOX.a.2", YOUNG));
+        // A second call with its reply subject is another's.
+        assert_eq!(seen.take("_INBOX.a.1"), Take::Again);
         // Past one turn, the call is in the previous generation.
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(seen.take("_INBOX.a.3"));
+        assert_eq!(seen.take("_INBOX.a.3"), Take::New);
         assert!(seen.asked("_INBOX.a.1", YOUNG));
         assert!(seen.asked("_INBOX.a.3", YOUNG));
         // Past two, it is gone: but only a question about a call sent a
@@ -204,9 +231,9 @@ mod tests {
         // After a long quiet spell (a paused host), a call taken just
         // before a turn is still found just after it.
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(seen.take("_INBOX.a.4"));
+        assert_eq!(seen.take("_INBOX.a.4"), Take::New);
         tokio::time::advance(Duration::from_millis(4_999)).await;
-        assert!(seen.take("_INBOX.a.5"));
+        assert_eq!(seen.take("_INBOX.a.5"), Take::New);
         tokio::time::advance(Duration::from_millis(2)).await;
         assert!(seen.asked("_INBOX.a.4", YOUNG));
         assert!(seen.asked("_INBOX.a.5", YOUNG));
@@ -218,12 +245,12 @@ mod tests {
         assert!(!seen.asked("_INBOX.q.1", YOUNG));
         // Asked again (a duplicate): still never taken.
         assert!(!seen.asked("_INBOX.q.1", YOUNG));
-        assert!(!seen.take("_INBOX.q.1"));
-        assert!(!seen.take("_INBOX.q.1"));
+        assert_eq!(seen.take("_INBOX.q.1"), Take::Asked);
+        assert_eq!(seen.take("_INBOX.q.1"), Take::Asked);
         // Through a turn too.
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!seen.take("_INBOX.q.1"));
-        assert!(seen.take("_INBOX.q.2"));
+        assert_eq!(seen.take("_INBOX.q.1"), Take::Asked);
+        assert_eq!(seen.take("_INBOX.q.2"), Take::New);
     }
 
     #[tokio::test(start_paused = true)]
@@ -231,13 +258,13 @@ mod tests {
         let mut seen = Seen::new(Duration::from_secs(5));
         seen.current.taken.extend(0..MAX_PER_GENERATION as u64);
         // A call still runs: it is only not remembered.
-        assert!(seen.take("_INBOX.b.1"));
+        assert_eq!(seen.take("_INBOX.b.1"), Take::New);
         assert!(seen.asked("_INBOX.b.2", Duration::ZERO));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(seen.take("_INBOX.b.3"));
+        assert_eq!(seen.take("_INBOX.b.3"), Take::New);
         assert!(seen.asked("_INBOX.b.2", Duration::ZERO));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(seen.take("_INBOX.b.4"));
+        assert_eq!(seen.take("_INBOX.b.4"), Take::New);
         assert!(!seen.asked("_INBOX.b.2", Duration::ZERO));
         assert!(seen.asked("_INBOX.b.4", Duration::ZERO));
     }
