@@ -1301,11 +1301,29 @@ fn a_write_key_made_the_database_look_damaged_with_a_second_table_spelling_a_lin
         r#"CREATE TABLE a(x, "b.c" AS ("q") NOT NULL)"#,
         "INSERT INTO a(x) VALUES (1)",
         "ALTER TABLE a ADD COLUMN q",
-        r#"CREATE TABLE "a.b"(c)"#,
-        r#"INSERT INTO "a.b" VALUES (NULL)"#,
     ] {
         let r = rpc(&write, "sql.execute", json!({ "sql": sql }));
         assert_eq!(code(&r), 0, "{sql}: {r}");
+    }
+    // The second spelling is refused, made by a table, a column added or
+    // renamed, or a table renamed.
+    for (sql, refused) in [
+        (r#"CREATE TABLE "a.b"(c)"#, true),
+        (r#"CREATE TABLE "a.b"(x)"#, false),
+        (r#"ALTER TABLE "a.b" ADD COLUMN c"#, true),
+        (r#"ALTER TABLE "a.b" RENAME COLUMN x TO c"#, true),
+        (r#"DROP TABLE "a.b""#, false),
+        ("CREATE TABLE z(c)", false),
+        (r#"ALTER TABLE z RENAME TO "a.b""#, true),
+    ] {
+        let r = rpc(&write, "sql.execute", json!({ "sql": sql }));
+        if refused {
+            assert_eq!(r["error"]["data"]["kind"], "forbidden", "{sql}: {r}");
+            let message = r["error"]["message"].as_str().unwrap();
+            assert!(message.contains("a.b.c"), "{sql}: {r}");
+        } else {
+            assert_eq!(code(&r), 0, "{sql}: {r}");
+        }
     }
     let r = rpc(&admin, "admin.check", json!({}));
     assert_eq!(r["result"]["ok"], true, "{r}");

@@ -779,6 +779,25 @@ fn refusal(
                  cannot be referenced by client tables; nothing was changed"
             )));
         }
+        // The integrity check names a column `table.column`: two that
+        // spell it alike (`a` . `b.c` and `a.b` . `c`) cannot be told apart
+        // in its lines, and one's value, the data's, was taken for damage
+        // (review 193).
+        let spelled: Option<String> = conn
+            .prepare_cached(
+                "SELECT t.name || '.' || p.name AS spelled \
+                 FROM pragma_table_list AS t, pragma_table_xinfo(t.name) AS p \
+                 WHERE t.schema = 'main' AND t.type = 'table' \
+                 GROUP BY spelled HAVING count(*) > 1 LIMIT 1",
+            )?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let Some(spelled) = spelled {
+            return Ok(Some(format!(
+                "two columns would both be named {spelled} (a table and a column whose names hold \
+                 a dot), which the integrity check cannot tell apart; nothing was changed"
+            )));
+        }
         Ok(None)
     })
 }

@@ -62,6 +62,15 @@ impl Pending {
     }
 }
 
+/// Closes the places when dropped (the writer ended, however).
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// What a line read from stdin is.
 enum Checked {
     /// Answered here; the SDK never sees it.
@@ -93,6 +102,9 @@ where
     let (refusals, mut refused) = mpsc::unbounded_channel::<Vec<u8>>();
     let pending = Arc::new(Pending::default());
     let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Once nothing is written out, no place comes back: the reader waiting
+    // for one ends instead (review 194).
+    let closing = places.clone();
     let sending = pending.clone();
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(1 << 16, input);
@@ -144,6 +156,7 @@ where
         let _ = to_sdk.shutdown().await;
     });
     let writing = tokio::spawn(async move {
+        let _close = CloseOnDrop(closing);
         let mut output = output;
         let mut sdk = BufReader::new(from_sdk);
         let mut line = Vec::new();
@@ -160,8 +173,8 @@ where
                         output.flush().await?;
                         // The server sends no requests: a line of the
                         // SDK's with an id answers one of the client's.
-                        if let Some(id) = crate::json::top_level_id(&line) {
-                            pending.answered(&id.to_string());
+                        if let Some(id) = crate::json::top_level_id(&line).as_ref().and_then(key_of) {
+                            pending.answered(&id);
                         }
                         line.clear();
                     }
@@ -208,17 +221,12 @@ fn check(line: &[u8]) -> Checked {
                 Some(e) => e,
                 None => {
                     let request = match (message.get("method"), message.get("id")) {
-                        (Some(_), Some(id)) => Some(id.to_string()),
+                        (Some(_), Some(id)) => key_of(id),
                         _ => None,
                     };
                     let cancelled = (message.get("method")
                         == Some(&Value::from("notifications/cancelled")))
-                    .then(|| {
-                        message
-                            .get("params")?
-                            .get("requestId")
-                            .map(Value::to_string)
-                    })
+                    .then(|| key_of(message.get("params")?.get("requestId")?))
                     .flatten();
                     drop(message);
                     // As the SDK reads it: it answers a request it cannot
@@ -255,6 +263,16 @@ fn check(line: &[u8]) -> Checked {
     // not an object.
     let id = crate::json::top_level_id(line).unwrap_or(Value::Null);
     Checked::Refused(answer(id, &error))
+}
+
+/// A request's id as [`Pending`] keeps it, read as the SDK reads it (a
+/// cancel naming `1.0` cancels request 1: review 194), written as the SDK
+/// writes it in its answer.
+fn key_of(id: &Value) -> Option<String> {
+    match serde_json::from_value::<rmcp::model::RequestId>(id.clone()).ok()? {
+        rmcp::model::NumberOrString::Number(n) => Some(n.to_string()),
+        rmcp::model::NumberOrString::String(s) => serde_json::to_string(&*s).ok(),
+    }
 }
 
 /// The line answering request `id` with `error`.
@@ -344,7 +362,8 @@ mod tests {
         );
         // The SDK answers none of them (review 193: it drops a cancelled
         // request's answer, and the places were never given back).
-        for id in 0..3 {
+        // Named as the SDK reads it: `2.0` is request 2 (review 194).
+        for id in ["0", "1", "2.0"] {
             let cancel = format!(
                 "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{id}}}}}\n"
             );

@@ -176,6 +176,12 @@ struct Front {
     kept: Mutex<HashMap<u64, Kept>>,
     /// The key of the calls' tokens ([`wire::TOKEN`]).
     tokens: std::hash::RandomState,
+    /// The key that makes a call's id (its reply subject's last token) from
+    /// its number: a peer that saw other calls' cannot name the next ones
+    /// (review 194: it could send calls naming them ahead, and a host that
+    /// drops a call naming a reply subject it took already dropped the
+    /// real ones).
+    ids: std::hash::RandomState,
     next_call: AtomicU64,
     hosts: RwLock<HashMap<String, Known>>,
     /// The host instances heard from, for questions about calls no host
@@ -340,6 +346,7 @@ impl NatsBridge {
             calls: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
             tokens: std::hash::RandomState::new(),
+            ids: std::hash::RandomState::new(),
             next_call: AtomicU64::new(1),
             hosts: RwLock::new(HashMap::new()),
             instances: Mutex::new(Instances::new(
@@ -599,7 +606,8 @@ impl NatsBridge {
         // but not while anything else (an operator's `nats sub '>'`)
         // listens on the subject.
         let per_bundle = self.serving(method)?;
-        let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+        let id =
+            std::hash::BuildHasher::hash_one(&s.ids, s.next_call.fetch_add(1, Ordering::Relaxed));
         // A `Subject` from the start: the outbox's and this call's are one
         // (a clone is a count, not a copy).
         let reply: async_nats::Subject = format!("{}.{id}", s.inbox).into();
