@@ -1325,11 +1325,29 @@ fn a_write_key_made_the_database_look_damaged_with_a_second_table_spelling_a_lin
             assert_eq!(code(&r), 0, "{sql}: {r}");
         }
     }
+    // A table a virtual table then claims by name (its shadow table): its
+    // columns were left out, and its lines taken for damage (review 195).
+    for sql in [
+        r#"CREATE TABLE v_docsize(x, g AS ("q") NOT NULL)"#,
+        "INSERT INTO v_docsize(x) VALUES (1)",
+        "ALTER TABLE v_docsize ADD COLUMN q",
+        "CREATE VIRTUAL TABLE v USING fts5(y, columnsize=0)",
+    ] {
+        let r = rpc(&write, "sql.execute", json!({ "sql": sql }));
+        assert_eq!(code(&r), 0, "{sql}: {r}");
+    }
     let r = rpc(&admin, "admin.check", json!({}));
     assert_eq!(r["result"]["ok"], true, "{r}");
+    let mut lines: Vec<&str> = r["result"]["data_problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    lines.sort_unstable();
     assert_eq!(
-        r["result"]["data_problems"],
-        json!(["NULL value in a.b.c"]),
+        lines,
+        ["NULL value in a.b.c", "NULL value in v_docsize.g"],
         "{r}"
     );
     assert_eq!(code(&rpc(&admin, "admin.backup", json!({}))), 0);
@@ -1342,6 +1360,35 @@ fn a_write_key_made_the_database_look_damaged_with_a_second_table_spelling_a_lin
         )
         .1;
     assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_pair_of_names_another_program_made_does_not_stop_every_schema_change() {
+    // Review 195: the refusal of a `table.column` spelled twice looked at
+    // the whole schema, and a pair already in the file refused every
+    // client's schema change.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(r#"CREATE TABLE a("b.c"); CREATE TABLE "a.b"(c);"#)
+            .unwrap();
+    }
+    let write = create_key(&db, "writer", "read,write", "pro");
+    let server = Server::start(&db, &[]);
+    let x = |sql: &str| {
+        server
+            .rpc_as(Some(&write), &call("sql.execute", json!({ "sql": sql })))
+            .1
+    };
+    assert_eq!(code(&x("CREATE INDEX i ON a(\"b.c\")")), 0);
+    assert_eq!(code(&x("CREATE TABLE other(x)")), 0);
+    // A new pair is refused all the same.
+    let r = x(r#"CREATE TABLE "other.y"(z)"#);
+    assert_eq!(code(&r), 0, "{r}");
+    let r = x(r#"ALTER TABLE other ADD COLUMN "y.z""#);
+    assert_eq!(r["error"]["data"]["kind"], "forbidden", "{r}");
     assert!(server.stop().success());
 }
 
