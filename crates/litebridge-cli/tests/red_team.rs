@@ -1215,6 +1215,20 @@ fn a_write_key_made_the_database_look_damaged_with_a_check_and_an_added_column()
     assert!(server.stop().success());
 }
 
+/// The rows of `table`, read with `key` from a server started again on
+/// `db` (without `--recover`: a start refused fails here).
+fn rows_after_a_restart(db: &std::path::Path, key: &str, table: &str) -> i64 {
+    let server = Server::start(db, &[]);
+    let sql = format!("SELECT count(*) FROM {table}");
+    let r = server
+        .rpc_as(Some(key), &call("sql.query", json!({ "sql": sql })))
+        .1;
+    assert!(server.stop().success());
+    r["result"]["rows"][0][0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{r}"))
+}
+
 #[test]
 fn a_write_key_made_the_database_look_damaged_with_a_null_default() {
     // Review 190: `DEFAULT (CAST(NULL AS INT))` on a NOT NULL column passed
@@ -1273,15 +1287,7 @@ fn a_write_key_made_the_database_look_damaged_with_a_null_default() {
     assert_eq!(r["result"]["data_problems"], json!([]), "{r}");
     assert_eq!(code(&rpc(&admin, "admin.backup", json!({}))), 0);
     assert!(server.stop().success());
-    let server = Server::start(&db, &[]);
-    let r = server
-        .rpc_as(
-            Some(&write),
-            &call("sql.query", json!({"sql": "SELECT count(*) FROM t"})),
-        )
-        .1;
-    assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
-    assert!(server.stop().success());
+    assert_eq!(rows_after_a_restart(&db, &write, "t"), 1);
 }
 
 #[test]
@@ -1352,15 +1358,7 @@ fn a_write_key_made_the_database_look_damaged_with_a_second_table_spelling_a_lin
     );
     assert_eq!(code(&rpc(&admin, "admin.backup", json!({}))), 0);
     assert!(server.stop().success());
-    let server = Server::start(&db, &[]);
-    let r = server
-        .rpc_as(
-            Some(&write),
-            &call("sql.query", json!({"sql": "SELECT count(*) FROM a"})),
-        )
-        .1;
-    assert_eq!(r["result"]["rows"][0][0], 1, "{r}");
-    assert!(server.stop().success());
+    assert_eq!(rows_after_a_restart(&db, &write, "a"), 1);
 }
 
 #[test]
