@@ -1382,11 +1382,26 @@ fn a_pair_of_names_another_program_made_does_not_stop_every_schema_change() {
     };
     assert_eq!(code(&x("CREATE INDEX i ON a(\"b.c\")")), 0);
     assert_eq!(code(&x("CREATE TABLE other(x)")), 0);
-    // A new pair is refused all the same.
+    // A new pair is refused all the same, and named.
     let r = x(r#"CREATE TABLE "other.y"(z)"#);
     assert_eq!(code(&r), 0, "{r}");
     let r = x(r#"ALTER TABLE other ADD COLUMN "y.z""#);
     assert_eq!(r["error"]["data"]["kind"], "forbidden", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("other.y.z"),
+        "{r}"
+    );
+    // So is one swapped for the file's (review 196: their count stayed).
+    assert_eq!(code(&x(r#"CREATE TABLE s(k, "y.c")"#)), 0);
+    let r = x(r#"ALTER TABLE "a.b" RENAME TO "s.y""#);
+    assert_eq!(r["error"]["data"]["kind"], "forbidden", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("s.y.c"),
+        "{r}"
+    );
     assert!(server.stop().success());
 }
 

@@ -589,7 +589,7 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
                 .query_row([], |r| r.get::<_, Option<String>>(0))
         })?)
     };
-    let before = (own_objects()?, guard::internal(|| spelled_twice(conn))?.0);
+    let before = (own_objects()?, guard::internal(|| spelled_twice(conn))?);
     internal(&sql.ddl_savepoint)?;
     let result = run();
     if conn.is_autocommit() {
@@ -747,27 +747,35 @@ fn schema_within(
     Ok(())
 }
 
-/// How many `table.column` names two columns of `main`'s tables spell
-/// alike, and one of them. Such a pair needs a table whose name holds a
-/// dot, and the table its name starts with: only those are read, from
-/// `sqlite_schema` (`pragma_table_list` prepares every view it lists, and
-/// a view of a dropped table again at each step: a schema change held the
-/// writer for seconds, unstoppable: review 195). Shadow tables included.
-fn spelled_twice(conn: &Connection) -> Result<(i64, Option<String>)> {
-    Ok(conn
+/// Each column of `main`'s tables whose `table.column` name another
+/// column spells too, as (that name, its table). A pair needs a table
+/// whose name holds a dot; without one nothing more is read. The columns
+/// are read from `sqlite_schema`'s tables: `pragma_table_list` prepares
+/// every view, a broken one again at each step (a schema change held the
+/// writer for seconds: review 195).
+fn spelled_twice(conn: &Connection) -> Result<std::collections::HashSet<(String, String)>> {
+    let dotted: Option<i64> = conn
         .prepare_cached(
-            "WITH tables AS (SELECT name FROM main.sqlite_schema \
-                             WHERE type = 'table' AND rootpage <> 0), \
-                  dotted AS (SELECT name FROM tables WHERE instr(name, '.') > 0), \
-                  near AS (SELECT name FROM tables AS t WHERE instr(name, '.') > 0 \
-                           OR EXISTS (SELECT 1 FROM dotted AS d \
-                                      WHERE substr(d.name, 1, length(t.name) + 1) = t.name || '.')), \
-                  twice AS (SELECT n.name || '.' || p.name AS spelled \
-                            FROM near AS n, pragma_table_xinfo(n.name, 'main') AS p \
-                            GROUP BY spelled HAVING count(*) > 1) \
-             SELECT count(*), min(spelled) FROM twice",
+            "SELECT 1 FROM main.sqlite_schema \
+             WHERE type = 'table' AND rootpage <> 0 AND instr(name, '.') > 0 LIMIT 1",
         )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    if dotted.is_none() {
+        return Ok(Default::default());
+    }
+    let mut stmt = conn.prepare_cached(
+        "WITH columns AS MATERIALIZED ( \
+             SELECT t.name || '.' || p.name AS spelled, t.name AS tbl \
+             FROM main.sqlite_schema AS t, pragma_table_xinfo(t.name, 'main') AS p \
+             WHERE t.type = 'table' AND t.rootpage <> 0) \
+         SELECT spelled, tbl FROM columns WHERE spelled IN \
+             (SELECT spelled FROM columns GROUP BY spelled HAVING count(*) > 1)",
+    )?;
+    let members = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(members)
 }
 
 /// Why a schema change that ran must be undone, if it must; `before` is
@@ -776,7 +784,7 @@ fn spelled_twice(conn: &Connection) -> Result<(i64, Option<String>)> {
 fn refusal(
     conn: &Connection,
     sql: &guard::InternalSql,
-    before: (Option<String>, i64),
+    before: (Option<String>, std::collections::HashSet<(String, String)>),
 ) -> Result<Option<String>> {
     guard::internal(|| -> Result<Option<String>> {
         let now: Option<String> = conn
@@ -809,12 +817,13 @@ fn refusal(
         // in its lines, and one's value, the data's, was taken for damage
         // (review 193). Only a new pair is refused: one a file already
         // held (another program's) does not stop every schema change.
-        let (now, spelled) = spelled_twice(conn)?;
-        if now > before.1 {
+        // Each member compared, not their count: a statement could swap a
+        // pair for one of its own (review 196).
+        let now = spelled_twice(conn)?;
+        if let Some((spelled, _)) = now.difference(&before.1).min() {
             return Ok(Some(format!(
-                "two columns would both be named {} (a table and a column whose names hold a \
-                 dot), which the integrity check cannot tell apart; nothing was changed",
-                spelled.unwrap_or_default()
+                "two columns would both be named {spelled} (a table and a column whose names \
+                 hold a dot), which the integrity check cannot tell apart; nothing was changed"
             )));
         }
         Ok(None)

@@ -869,10 +869,14 @@ fn columns(conn: &Connection) -> rusqlite::Result<Columns> {
     // module may be missing from this build (asking for its columns then
     // fails), nor a view. From `sqlite_schema`: `pragma_table_list`
     // prepares every view, a broken one again at each step.
+    // Each table's name as SQLite holds it (the check's lines print that,
+    // not `sqlite_schema`'s, which another program may have changed:
+    // review 196), asked of `pragma_table_list` one table at a time.
     let mut stmt = conn.prepare(
-        "SELECT t.name, p.name, p.hidden, p.dflt_value \
-         FROM main.sqlite_schema AS t, pragma_table_xinfo(t.name, 'main') AS p
-         WHERE t.type = 'table' AND t.rootpage <> 0",
+        "SELECT l.name, p.name, p.hidden, p.dflt_value \
+         FROM main.sqlite_schema AS t, pragma_table_list(t.name) AS l, \
+              pragma_table_xinfo(l.name, 'main') AS p
+         WHERE t.type = 'table' AND t.rootpage <> 0 AND l.schema = 'main'",
     )?;
     let mut columns = Columns::new();
     let mut rows = stmt.query([])?;
