@@ -748,7 +748,8 @@ fn schema_within(
 }
 
 /// Each column of `main`'s tables whose `table.column` name another
-/// column spells too, as (that name, its table). A pair needs a table
+/// column spells too, ASCII case aside (as the check's names are
+/// matched), as (that name in lower case, its table). A pair needs a table
 /// whose name holds a dot; without one nothing more is read. The columns
 /// are read from `sqlite_schema`'s tables: `pragma_table_list` prepares
 /// every view, a broken one again at each step (a schema change held the
@@ -766,7 +767,7 @@ fn spelled_twice(conn: &Connection) -> Result<std::collections::HashSet<(String,
     }
     let mut stmt = conn.prepare_cached(
         "WITH columns AS MATERIALIZED ( \
-             SELECT t.name || '.' || p.name AS spelled, t.name AS tbl \
+             SELECT lower(t.name || '.' || p.name) AS spelled, t.name AS tbl \
              FROM main.sqlite_schema AS t, pragma_table_xinfo(t.name, 'main') AS p \
              WHERE t.type = 'table' AND t.rootpage <> 0) \
          SELECT spelled, tbl FROM columns WHERE spelled IN \

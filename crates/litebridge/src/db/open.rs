@@ -849,7 +849,8 @@ pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
 }
 
 /// Every column of every ordinary table, by the name a check gives it
-/// (`table.column`: two may share one, `a` . `b.c` and `a.b` . `c`).
+/// (`table.column`, in lower case: two may share one, `a` . `b.c` and
+/// `a.b` . `c`).
 type Columns = std::collections::HashMap<String, Vec<Column>>;
 
 /// A column, as [`from_the_data`] judges a check's line about it.
@@ -869,20 +870,21 @@ fn columns(conn: &Connection) -> rusqlite::Result<Columns> {
     // module may be missing from this build (asking for its columns then
     // fails), nor a view. From `sqlite_schema`: `pragma_table_list`
     // prepares every view, a broken one again at each step.
-    // Each table's name as SQLite holds it (the check's lines print that,
-    // not `sqlite_schema`'s, which another program may have changed:
-    // review 196), asked of `pragma_table_list` one table at a time.
+    // Names are matched without regard to ASCII case, as SQLite's are: the
+    // check's lines print a table's name as SQLite holds it, which may
+    // differ in case from `sqlite_schema`'s in a file another program
+    // changed (review 196; asking `pragma_table_list` for each name cost
+    // a pass over every view each: review 197).
     let mut stmt = conn.prepare(
-        "SELECT l.name, p.name, p.hidden, p.dflt_value \
-         FROM main.sqlite_schema AS t, pragma_table_list(t.name) AS l, \
-              pragma_table_xinfo(l.name, 'main') AS p
-         WHERE t.type = 'table' AND t.rootpage <> 0 AND l.schema = 'main'",
+        "SELECT t.name, p.name, p.hidden, p.dflt_value \
+         FROM main.sqlite_schema AS t, pragma_table_xinfo(t.name, 'main') AS p
+         WHERE t.type = 'table' AND t.rootpage <> 0",
     )?;
     let mut columns = Columns::new();
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let table = r.get::<_, String>(0)?;
-        let name = format!("{table}.{}", r.get::<_, String>(1)?);
+        let name = format!("{table}.{}", r.get::<_, String>(1)?).to_ascii_lowercase();
         let default = r.get::<_, Option<String>>(3)?;
         columns.entry(name).or_default().push(Column {
             table,
@@ -1049,12 +1051,12 @@ fn from_the_data(line: &str, columns: &Columns, table: Option<&str>) -> bool {
             false,
         ),
     };
-    let Some(candidates) = name.and_then(|n| columns.get(n)) else {
+    let Some(candidates) = name.and_then(|n| columns.get(&n.to_ascii_lowercase())) else {
         return false;
     };
     let mut candidates = candidates
         .iter()
-        .filter(|c| table.is_none_or(|t| c.table == t))
+        .filter(|c| table.is_none_or(|t| c.table.eq_ignore_ascii_case(t)))
         .peekable();
     candidates.peek().is_some() && candidates.all(|c| c.computed || (null && c.null_default))
 }
@@ -1209,6 +1211,9 @@ mod tests {
             "NUMERIC value in g.v",
             "TEXT value in g.v",
             "NULL value in t.late",
+            // As SQLite holds the name, which may differ in case from
+            // `sqlite_schema`'s (review 196).
+            "NULL value in G.V",
         ] {
             assert!(from_the_data(line, &columns, None), "{line}");
         }
