@@ -564,7 +564,11 @@ pub(crate) fn execute_prepared(
 ///   reported to the authorizer in `main`;
 /// - a client table has a foreign key to one of litebridge's tables: its
 ///   cascades would run client triggers inside litebridge's own statements,
-///   and `foreign_key_check` would answer questions about litebridge's rows.
+///   and `foreign_key_check` would answer questions about litebridge's rows;
+/// - two columns spell one `table.column` name that did not before
+///   ([`spelled_twice`]): the integrity check could not tell them apart;
+/// - a column `ADD COLUMN` gave is `NOT NULL` and reads NULL in the rows
+///   there were ([`added_column_holds`]), which the check would report.
 fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>) -> Result<T> {
     let sql = guard::internal_sql();
     let Some(limits) = guard::schema_limits() else {
@@ -666,7 +670,9 @@ fn added_column_holds(conn: &Connection, table: &str, before: i64) -> Result<()>
     let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let reads_null: Option<bool> = conn
         .prepare(&format!(
-            "SELECT {} IS NULL FROM main.{} LIMIT 1",
+            // `typeof`, not `IS NULL`: SQLite may answer that from the
+            // column's NOT NULL without reading the row (review 195).
+            "SELECT typeof({}) = 'null' FROM main.{} LIMIT 1",
             quoted(&column),
             quoted(table)
         ))?
