@@ -25,8 +25,9 @@
 //! bundles only the answers and notices of calls that came in a bundle,
 //! into the inbox their reply subjects name.
 //!
-//! A bundle of calls has a reply subject of its own (`<inbox>.g<n>`), so
-//! the server's "no responders" still comes when no host serves the
+//! A bundle of calls has a reply subject of its own (`<inbox>.g<n>`, `n` a
+//! keyed hash of a count, as a call's id is, so no peer can name it ahead),
+//! so the server's "no responders" still comes when no host serves the
 //! method; the front end hands it to each call of the bundle. A host takes
 //! a bundled call only with a reply subject in a front end's inbox (only
 //! front ends make bundles), so a bundle cannot make it publish anywhere
@@ -262,6 +263,10 @@ pub(crate) struct Replies {
     inbox: String,
     keep: Duration,
     next: AtomicU64,
+    /// Bundles' numbers are keyed hashes of a count, as calls' ids are: a
+    /// peer cannot name the next one and answer it "no responders" before
+    /// a host has it (review 195).
+    ids: std::hash::RandomState,
     held: Mutex<Held>,
 }
 
@@ -271,6 +276,7 @@ impl Replies {
             inbox: inbox.to_owned(),
             keep,
             next: AtomicU64::new(1),
+            ids: std::hash::RandomState::new(),
             held: Mutex::default(),
         }
     }
@@ -278,7 +284,8 @@ impl Replies {
     /// A reply subject for a bundle of the calls numbered `calls`, and
     /// its number for [`Replies::handed`].
     pub(crate) fn open(&self, calls: Vec<u64>) -> (Subject, u64) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n =
+            std::hash::BuildHasher::hash_one(&self.ids, self.next.fetch_add(1, Ordering::Relaxed));
         let now = Instant::now();
         let mut held = lock(&self.held);
         let (by_bundle, order) = &mut *held;
@@ -437,18 +444,24 @@ mod tests {
     #[test]
     fn a_bundles_reply_subject_names_its_calls_until_it_is_old() {
         let r = Replies::new("_INBOX_lb.x", Duration::from_millis(30));
+        let tail = |n: u64| format!("g{n}");
         let (first, n) = r.open(vec![1, 2]);
-        assert_eq!((first.as_str(), n), ("_INBOX_lb.x.g1", 1));
-        assert!(Replies::names_a_bundle("g1") && !Replies::names_a_bundle("17"));
-        assert_eq!(r.take("g1"), Some(vec![1, 2]));
-        assert_eq!(r.take("g1"), None, "taken once");
-        r.open(vec![3]);
+        assert_eq!(first.as_str(), format!("_INBOX_lb.x.{}", tail(n)));
+        assert!(Replies::names_a_bundle(&tail(n)) && !Replies::names_a_bundle("17"));
+        assert_eq!(r.take(&tail(n)), Some(vec![1, 2]));
+        assert_eq!(r.take(&tail(n)), None, "taken once");
+        let (_, old) = r.open(vec![3]);
         std::thread::sleep(Duration::from_millis(40));
         // Opening another forgets those past their time...
-        r.open(vec![4]);
-        assert_eq!(r.take("g2"), None);
-        assert_eq!(r.take("g3"), Some(vec![4]));
-        assert_eq!(r.take("3"), None);
+        let (_, new) = r.open(vec![4]);
+        assert_eq!(r.take(&tail(old)), None);
+        assert_eq!(r.take(&tail(new)), Some(vec![4]));
+        assert_eq!(r.take(&new.to_string()), None);
+        // Numbers no peer can name ahead: another front end's first
+        // bundles are numbered otherwise, and none follows from the last.
+        let other = Replies::new("_INBOX_lb.x", Duration::from_millis(30));
+        let (_, o) = other.open(vec![1]);
+        assert!(o != n && new != old.wrapping_add(1));
         // ...counted from when async-nats had them.
         let (_, n) = r.open(vec![5]);
         std::thread::sleep(Duration::from_millis(40));

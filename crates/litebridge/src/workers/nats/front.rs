@@ -79,6 +79,34 @@ pub struct HostStatus {
     pub methods: Vec<String>,
 }
 
+/// A host's methods in the order it announced them, found by name at once:
+/// a front end looks each call's method up in every host it knows, and
+/// through lists that took 19 ms a call at 1,024 hosts of 1,024 methods
+/// (review 191). A name announced twice is the first.
+#[derive(Default)]
+struct Methods {
+    list: Vec<MethodInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Methods {
+    fn new(list: Vec<MethodInfo>) -> Methods {
+        let mut by_name = HashMap::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            by_name.entry(m.name.clone()).or_insert(i);
+        }
+        Methods { list, by_name }
+    }
+
+    fn get(&self, name: &str) -> Option<&MethodInfo> {
+        self.by_name.get(name).map(|&i| &self.list[i])
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, MethodInfo> {
+        self.list.iter()
+    }
+}
+
 struct Known {
     beat: Option<Heartbeat>,
     /// Where its window to be heard from starts: its last heartbeat, or a
@@ -87,7 +115,7 @@ struct Known {
     /// Its last heartbeat (none for a host known only from its INFO).
     heard: Option<Instant>,
     /// From the services protocol's INFO.
-    methods: Vec<MethodInfo>,
+    methods: Methods,
     dynamic: bool,
     /// It reads bundles of calls (its services-protocol metadata says
     /// `bundles`).
@@ -948,7 +976,7 @@ impl NatsBridge {
         let hosts = read(&self.shared.hosts);
         let (mut serving, mut bundles) = (0usize, true);
         for h in hosts.values() {
-            if h.read_for.is_none() || h.dynamic || h.methods.iter().any(|m| m.name == method) {
+            if h.read_for.is_none() || h.dynamic || h.methods.get(method).is_some() {
                 serving += 1;
                 bundles &= h.reads_bundles(dead_after);
             }
@@ -1002,7 +1030,7 @@ impl NatsBridge {
         let known = self.shared.ledger.tracks(method).0
             || read(&self.shared.hosts)
                 .values()
-                .any(|h| h.methods.iter().any(|m| m.name == method));
+                .any(|h| h.methods.get(method).is_some());
         known.then_some(method)
     }
 
@@ -1014,7 +1042,7 @@ impl NatsBridge {
         let hosts = read(&self.shared.hosts);
         let mut said = hosts
             .values()
-            .filter_map(|h| h.methods.iter().find(|m| m.name == method))
+            .filter_map(|h| h.methods.get(method))
             .map(|m| m.cache_ttl_s.filter(|t| t.is_finite() && *t >= 0.0));
         let first = said.next()??;
         said.try_fold(first, |least, ttl| Some(least.min(ttl?)))
@@ -1027,7 +1055,7 @@ impl NatsBridge {
         let hosts = read(&self.shared.hosts);
         let mut said = hosts
             .values()
-            .filter_map(|h| h.methods.iter().find(|m| m.name == method))
+            .filter_map(|h| h.methods.get(method))
             .peekable();
         said.peek().is_some() && said.all(|m| m.idempotent)
     }
@@ -1036,7 +1064,7 @@ impl NatsBridge {
     pub fn methods(&self) -> Vec<MethodInfo> {
         let mut by_name: HashMap<String, MethodInfo> = HashMap::new();
         for h in read(&self.shared.hosts).values() {
-            for m in &h.methods {
+            for m in h.methods.iter() {
                 by_name.entry(m.name.clone()).or_insert_with(|| m.clone());
             }
         }
@@ -1281,7 +1309,7 @@ impl Known {
             beat: None,
             last_seen: Instant::now(),
             heard: None,
-            methods: Vec::new(),
+            methods: Methods::default(),
             dynamic: false,
             bundles: false,
             read_for: None,
@@ -1367,7 +1395,7 @@ impl Front {
         if hash == wire::NONE_ANNOUNCED {
             return;
         }
-        known.methods = methods;
+        known.methods = Methods::new(methods);
         known.dynamic = dynamic;
         known.bundles = info
             .metadata
@@ -2029,6 +2057,24 @@ async fn follow_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hosts_methods_are_found_by_name_the_first_of_a_name_announced_twice() {
+        let info = |name: &str, idempotent: bool| MethodInfo {
+            name: name.into(),
+            idempotent,
+            cache_ttl_s: None,
+            description: None,
+            params: None,
+            positional: false,
+        };
+        let m = Methods::new(vec![info("b", true), info("a", true), info("b", false)]);
+        assert!(m.get("b").is_some_and(|b| b.idempotent));
+        assert_eq!(m.get("a").map(|a| a.name.as_str()), Some("a"));
+        assert!(m.get("c").is_none() && Methods::default().get("a").is_none());
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "a", "b"], "in the order announced");
+    }
 
     #[test]
     fn a_token_travels_as_sixteen_hex_digits() {
