@@ -134,3 +134,120 @@ async fn client_ddl_cannot_grow_the_schema_past_its_limits() {
     assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
     db.close().await;
 }
+
+/// A double-quoted name that no column has is read by SQLite as a string,
+/// in an index's expression too; a column of that name added later makes
+/// the index's entries disagree with what the expression now reads, and
+/// the operator's whole check (`check --full`) report a sound file as
+/// damaged ("row 1 missing from index i", review 193). Client schema
+/// changes read double quotes as names only, as SQLite advises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_quotes_in_client_schema_are_names_never_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = litebridge::Database::open(dir.path().join("s.db"), litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE t(a TEXT)", ()).await.unwrap();
+    db.execute("INSERT INTO t VALUES ('one'), ('two')", ())
+        .await
+        .unwrap();
+    for ddl in [
+        r#"CREATE INDEX i ON t(lower("x"))"#,
+        r#"CREATE INDEX i ON t(a) WHERE a <> "x""#,
+        r#"CREATE TABLE u(a TEXT CHECK (a <> "x"))"#,
+        r#"CREATE TABLE u(a TEXT, b TEXT AS (a || "x"))"#,
+        r#"ALTER TABLE t ADD COLUMN c TEXT CHECK (c <> "x")"#,
+        // ADD COLUMN leaves these to be read at the schema's next load,
+        // which takes double-quoted strings: an index on `b` would store
+        // `a || 'x'`, and a column `x` added later change what `b` reads.
+        r#"ALTER TABLE t ADD COLUMN b AS (a || "x")"#,
+    ] {
+        let Err(e) = db.execute(ddl, ()).await else {
+            panic!("{ddl} was taken");
+        };
+        assert_eq!(e.kind(), litebridge::ErrorKind::Sql, "{ddl}: {e}");
+        assert!(
+            e.to_string().contains(r#"no such column: "x""#),
+            "{ddl}: {e}"
+        );
+    }
+    // Statements that are not schema read them as SQLite always has (a
+    // view's or a trigger's body too: what they read is computed when they
+    // run, never stored).
+    let r = db.query(r#"SELECT "x""#, ()).await.unwrap();
+    assert_eq!(r.rows[0][0], litebridge::Value::Text("x".into()));
+    // Single quotes are strings, and a double-quoted name of a column works.
+    db.execute(r#"CREATE INDEX i ON t(lower('x'), "a")"#, ())
+        .await
+        .unwrap();
+    db.execute("ALTER TABLE t ADD COLUMN b AS (a || 'x')", ())
+        .await
+        .unwrap();
+    db.execute("CREATE INDEX j ON t(b)", ()).await.unwrap();
+    db.execute("ALTER TABLE t ADD COLUMN x TEXT", ())
+        .await
+        .unwrap();
+    let report = db.check(litebridge::CheckDepth::Full).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    db.close().await;
+}
+
+/// A file made elsewhere may hold a double-quoted string in a table's or
+/// an index's expression (SQLite takes them by default): a column of that
+/// name added would change what the expression reads, and the index would
+/// no longer match its table. Adding a column to such a table is refused
+/// (renaming or dropping one is refused by SQLite's own test); the file
+/// stays sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_is_not_added_where_a_double_quoted_string_would_change() {
+    for (setup, names) in [
+        (
+            r#"CREATE TABLE t(a TEXT); CREATE INDEX i ON t(lower("x"));"#,
+            "its index",
+        ),
+        (
+            r#"CREATE TABLE t(a TEXT, b AS (a || "x")); CREATE INDEX i ON t(b);"#,
+            "the table as it was",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(setup).unwrap();
+            c.execute_batch("INSERT INTO t(a) VALUES ('one'), ('two')")
+                .unwrap();
+        }
+        let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
+            .await
+            .unwrap();
+        let e = db
+            .execute("ALTER TABLE t ADD COLUMN x TEXT", ())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), litebridge::ErrorKind::Sql, "{setup}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("adding a column to t: {names}"))
+                && text.contains(r#"no such column: "x""#)
+                && text.contains("nothing was changed"),
+            "{setup}: {text}"
+        );
+        let cols = db
+            .query("SELECT count(*) FROM pragma_table_xinfo('t')", ())
+            .await
+            .unwrap();
+        let expected = if setup.contains(" AS ") { 2 } else { 1 };
+        assert_eq!(cols.rows[0][0], litebridge::Value::Integer(expected));
+        // Renaming a column to the word, or dropping its column, SQLite
+        // refuses itself, reading double quotes as names only.
+        let e = db
+            .execute("ALTER TABLE t RENAME COLUMN a TO x", ())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(r#"no such column: "x""#), "{e}");
+        let report = db.check(litebridge::CheckDepth::Full).await.unwrap();
+        assert!(report.ok, "{setup}: {report:?}");
+        db.close().await;
+    }
+}

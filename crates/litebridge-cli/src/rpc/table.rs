@@ -138,7 +138,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.execute",
         scope: Scope::Write,
-        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}, with {columns, rows} when it returns rows (a RETURNING clause: `INSERT ... RETURNING id` gives the new id on either database). Transactions, ATTACH and engine settings are not allowed.",
+        description: "Run one SQL statement that changes the database (INSERT, UPDATE, DELETE, CREATE TABLE, ...). It commits before this returns. Returns {changes, last_insert_rowid}, with {columns, rows} when it returns rows (a RETURNING clause: `INSERT ... RETURNING id` gives the new id on either database). Transactions, ATTACH and engine settings are not allowed. In schema statements double quotes name a column, never a string (write 'x' for a string).",
         example: r#"{"sql":"CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)"}"#,
         handler: handler::<super::sql::SqlExecute>(),
         read_only: false,

@@ -931,10 +931,12 @@ pub struct CheckReport {
     /// Values that break their column's declared type or `NOT NULL`
     /// (`NULL value in t.v`), as the same check reports them, where a
     /// schema change explains them: the column is a virtual generated one,
-    /// or its default is not a literal (rows older than the column read
-    /// it). The data's, not damage to the file (it does not make `ok`
-    /// false): SQLite checks only a new column's own constraints. The same
-    /// finding on another stored column is damage. Tables' `CHECK` constraints are not evaluated by a check.
+    /// or, for a NULL, its default is a constant that may hold NULL
+    /// (`CAST(NULL AS INT)`; rows older than the column read it). The
+    /// data's, not damage to the file (it does not make `ok` false):
+    /// SQLite checks only a new column's own constraints. The same finding
+    /// on another stored column is damage. Tables' `CHECK` constraints are
+    /// not evaluated by a check.
     pub data_problems: Vec<String>,
     /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
     pub foreign_key_violations: Vec<String>,

@@ -579,8 +579,11 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         schema_within(conn, sql, limits, true)?;
     }
     let altered = ddl.alters.as_deref();
+    // The table's schema as it was, for what a column added to it would change.
     let columns_before = match altered {
-        Some(table) => Some(guard::internal(|| column_count(conn, table))?),
+        Some(table) => Some(guard::internal(|| {
+            Ok::<_, Error>((column_count(conn, table)?, table_schema(conn, table)?))
+        })?),
         None => None,
     };
     let internal = |text: &str| -> Result<()> {
@@ -608,9 +611,14 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
             Ok(Some(message)) => Some(Error::Forbidden { message }),
             Ok(None) => {
                 let added = match (altered, columns_before) {
-                    (Some(table), Some(before)) => {
-                        guard::internal(|| added_column_holds(conn, table, before)).err()
-                    }
+                    (Some(table), Some((before, schema))) => guard::internal(|| {
+                        if column_count(conn, table)? <= before {
+                            return Ok(());
+                        }
+                        added_column_holds(conn, table)?;
+                        added_column_reads_names(conn, table, &schema)
+                    })
+                    .err(),
                     _ => None,
                 };
                 // What it grew the schema to (an ALTER can add a large default).
@@ -645,18 +653,15 @@ fn column_count(conn: &Connection, table: &str) -> Result<i64> {
         .query_row([table], |r| r.get(0))?)
 }
 
-/// Refuses a column `ALTER TABLE ... ADD COLUMN` gave `table` (which had
-/// `before` columns) that is `NOT NULL` but reads NULL in the rows the
+/// Refuses the column `ALTER TABLE ... ADD COLUMN` just gave `table` if it
+/// is `NOT NULL` but reads NULL in the rows the
 /// table already had: SQLite refuses the literal `DEFAULT NULL` only, and
 /// checks the rows only for a `CHECK`, a `STRICT` table or a generated
 /// column, so `DEFAULT (CAST(NULL AS INT))` or `DEFAULT -NULL` went
 /// through. Every row older than a column reads its default, so the first
 /// row says it for all; the integrity check reports each of them (`NULL
 /// value in t.c`), which a check at start once took for damage (review 190).
-fn added_column_holds(conn: &Connection, table: &str, before: i64) -> Result<()> {
-    if column_count(conn, table)? <= before {
-        return Ok(());
-    }
+fn added_column_holds(conn: &Connection, table: &str) -> Result<()> {
     let (column, not_null, hidden): (String, bool, i64) = conn
         .prepare_cached(
             "SELECT name, \"notnull\", hidden FROM pragma_table_xinfo(?1, 'main') \
@@ -687,6 +692,80 @@ fn added_column_holds(conn: &Connection, table: &str, before: i64) -> Result<()>
                  and the table's rows would read it); nothing was changed"
             ),
         });
+    }
+    Ok(())
+}
+
+/// The SQL of `table` in `main` and of its indexes, as SQLite keeps it.
+fn table_schema(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT sql FROM main.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE \
+             AND type IN ('table', 'index') AND sql IS NOT NULL \
+             ORDER BY type = 'index'",
+        )?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Refuses the column `ALTER TABLE ... ADD COLUMN` just gave `table` when a
+/// double-quoted word of the table's schema is, or may become, a string.
+///
+/// SQLite reads a double-quoted word that names no column as a string, for
+/// schemas it loads too. Client schema statements read double quotes as
+/// names only (`SQLITE_DBCONFIG_DQS_DDL` off, `open.rs`), and so does
+/// SQLite's own test of a renamed or dropped column; but `ADD COLUMN` leaves
+/// its new column's `CHECK` and generated expression unread, and reads no
+/// index. So `ADD COLUMN b AS (a || "x")` made `b` read `a || 'x'`, an index
+/// on `b` stored that, and `ADD COLUMN x` then made `b` read `a || x`: the
+/// index's entries no longer matched what it indexes, and the whole check
+/// reported the sound file damaged ("row 1 missing from index i"). An index
+/// or table already holding such a word (a file made elsewhere) changes
+/// meaning the same way when a column of that name is added.
+///
+/// `before` is the table's and its indexes' SQL from before the statement;
+/// each is read again (the table as it is now, too) on a scratch database
+/// in memory, with double quotes as names only. Only SQLite's own hint
+/// for this case refuses; other errors (none expected: the same SQLite
+/// took this SQL) refuse too, as every check here fails closed.
+fn added_column_reads_names(conn: &Connection, table: &str, before: &[String]) -> Result<()> {
+    let now: Option<String> = conn
+        .prepare_cached(
+            "SELECT sql FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type = 'table'",
+        )?
+        .query_row([table], |r| r.get(0))
+        .optional()?;
+    let scratch = || -> Result<Connection> {
+        let c = Connection::open_in_memory()?;
+        c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DDL, false)?;
+        Ok(c)
+    };
+    let refused = |what: &str, e: rusqlite::Error| -> Error {
+        let e = Error::from(e);
+        Error::Sql {
+            code: rusqlite::ffi::SQLITE_ERROR,
+            extended_code: rusqlite::ffi::SQLITE_ERROR,
+            message: format!(
+                "{what}: {e}; litebridge reads a double-quoted word in a schema as a name, never \
+                 a string, since adding a column of that name would change what it means \
+                 (use single quotes for a string); nothing was changed"
+            ),
+        }
+    };
+    let then = scratch()?;
+    for (i, sql) in before.iter().enumerate() {
+        let what = if i == 0 {
+            "the table as it was"
+        } else {
+            "its index"
+        };
+        then.execute_batch(sql)
+            .map_err(|e| refused(&format!("adding a column to {table}: {what}"), e))?;
+    }
+    if let Some(sql) = now {
+        scratch()?
+            .execute_batch(&sql)
+            .map_err(|e| refused(&format!("the column added to {table}"), e))?;
     }
     Ok(())
 }

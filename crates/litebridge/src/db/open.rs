@@ -246,6 +246,14 @@ impl Opener {
             c.temp_store.pragma_value(),
         ))?;
         conn.set_prepared_statement_cache_capacity(c.statement_cache);
+        // A double-quoted word in a schema statement is a name, never a
+        // string, as SQLite advises: read as a string while no column has
+        // its name, an index's expression would change meaning when a
+        // column of that name is added, and the whole check report a sound
+        // file as damaged. Schemas already in the file still load (SQLite
+        // reads them as it always has); other statements keep the old
+        // reading (`SELECT "x"`).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DDL, false)?;
         // No single value (text or blob) longer than the largest result a
         // client may get: `randomblob(6e8)` or `printf('%.*c', 1e9, 'x')`
         // fail before the memory is taken.
