@@ -118,10 +118,22 @@ class FastDecodingTest(unittest.TestCase):
             "", "  ", "nul", "{", "[1,2", "1", '"x"', '{"a":NaN}', "[Infinity,-Infinity]",
             '"\\ud800"', '{"\\u00e9":"\\u2028"}', '{"a":1,"a":2}', '{"a":"\x01"}',
             "[" * 50 + "]" * 50, "9" * 5000,
+            '{"a":1}\n', '{"a":1}\n\n', '{"a":1} \n', '{"a":1}\nx', '1\n', '"x"\n', "\n",
         ]
         for line in lines:
             self.assertEqual(self.outcome(worker._LOADS, line), self.outcome(json.loads, line),
                              repr(line))
+
+    def test_a_line_read_alone_is_parsed_once(self):
+        # A call read alone keeps its newline; it went to json.loads after
+        # the scanner, and was parsed twice.
+        loads = json.loads
+        try:
+            json.loads = None  # any use of it fails
+            value = worker._LOADS('{"jsonrpc":"2.0","id":7,"method":"m"}\n')
+        finally:
+            json.loads = loads
+        self.assertEqual(value, {"jsonrpc": "2.0", "id": 7, "method": "m"})
 
     def test_deep_nesting_fails_as_json_loads_fails(self):
         line = "[" * 100000 + "]" * 100000
