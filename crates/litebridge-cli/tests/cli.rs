@@ -95,6 +95,73 @@ fn check_exits_0_when_sound_and_2_when_damaged() {
     assert_eq!(v["ok"], false);
 }
 
+/// Foreign keys that break, or cannot be read ("foreign key mismatch", a
+/// schema any `write` key can make), are the data's: the whole check warns
+/// of them and exits 0; it said the file was damaged and to restore a
+/// backup (review 198). A file whose schema SQLite cannot read is not
+/// called sound: exit 1, "could not be checked" (it said "ok").
+#[test]
+fn check_tells_the_datas_findings_and_a_check_that_could_not_run_from_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fk.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE p(a);
+             CREATE TABLE c(x REFERENCES p(a));
+             CREATE TABLE q(a PRIMARY KEY);
+             CREATE TABLE d(x REFERENCES q(a));
+             INSERT INTO d VALUES (7);",
+        )
+        .unwrap();
+    let full = litebridge(&["check", "--db", s(&db), "--full"]);
+    let out = text(&full.stdout);
+    assert_eq!(full.status.code(), Some(0), "{out}{}", text(&full.stderr));
+    assert!(
+        out.contains("foreign key mismatch") && out.contains("not damage"),
+        "{out}"
+    );
+    let json = litebridge(&["check", "--db", s(&db), "--full", "--json"]);
+    assert_eq!(json.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    assert!(!v["foreign_key_violations"].as_array().unwrap().is_empty());
+    // Without the mismatch the violation itself is listed, as the data's.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE c")
+        .unwrap();
+    let full = litebridge(&["check", "--db", s(&db), "--full"]);
+    let out = text(&full.stdout);
+    assert_eq!(full.status.code(), Some(0), "{out}");
+    assert!(out.contains("d rowid 1 -> q"), "{out}");
+
+    // A generated column that reads itself (made by another program).
+    let loop_db = dir.path().join("loop.db");
+    rusqlite::Connection::open(&loop_db)
+        .unwrap()
+        .execute_batch(
+            r#"CREATE TABLE t(x, g INT AS (x + true));
+               ALTER TABLE t RENAME COLUMN g TO "true";"#,
+        )
+        .unwrap();
+    for args in [vec!["--full"], vec![], vec!["--json"]] {
+        let mut all = vec!["check", "--db", s(&loop_db)];
+        all.extend(args.iter().copied());
+        let out = litebridge(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        if args.is_empty() {
+            let err = text(&out.stderr);
+            assert!(
+                err.contains("could not be checked") && err.contains("generated column loop"),
+                "{err}"
+            );
+        }
+    }
+}
+
 /// A PRAGMA that sets a value runs on the writer, as the README says of
 /// anything that is not a plain read (it was refused: "send it with
 /// execute", which the command line has no way to).

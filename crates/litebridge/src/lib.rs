@@ -105,10 +105,10 @@ pub use config::{
 };
 pub use consistency::{Consistency, Token};
 pub use db::{
-    BackupProgress, BackupReport, CheckDepth, CheckReport, CheckpointMode, CheckpointReport,
-    ColumnInfo, Database, Health, IfExists, IndexInfo, Lane, QueryOptions, RestoreReport,
-    TableInfo, WriteOptions, backup_file, check_file, inline_reads, restore_file, utc_file_stamp,
-    utc_stamp,
+    BackupProgress, BackupReport, CHECK_COULD_NOT_RUN, CheckDepth, CheckReport, CheckpointMode,
+    CheckpointReport, ColumnInfo, Database, Health, IfExists, IndexInfo, Lane, QueryOptions,
+    RestoreReport, TableInfo, WriteOptions, backup_file, check_file, inline_reads, restore_file,
+    utc_file_stamp, utc_stamp,
 };
 pub use error::{Error, ErrorKind, Result, TimeoutStage};
 pub use histogram::{Histogram as LatencyHistogram, HistogramSnapshot, LatencySummary};

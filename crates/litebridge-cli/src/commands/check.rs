@@ -1,4 +1,5 @@
-//! `litebridge check`: exit 0 when sound, 2 when damaged.
+//! `litebridge check`: exit 0 when sound, 2 when damaged, 1 when the check
+//! could not run at all.
 
 use std::path::Path;
 
@@ -24,6 +25,12 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     };
     if json {
         println!("{}", as_json(path, full, &report));
+        if report.ok && could_not_run(&report) {
+            return Err(Failure {
+                message: String::new(),
+                code: 1,
+            });
+        }
         return finish(path, &report, json);
     }
     for p in &report.virtual_table_problems {
@@ -38,8 +45,24 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
              as a schema change can leave it)"
         );
     }
+    for p in &report.foreign_key_violations {
+        println!(
+            "warning: {p} (not damage to the file: the data's references, as rows written \
+             with foreign keys off or a schema change can leave them)"
+        );
+    }
     if let Some(why) = &report.unfinished {
         println!("warning: the check did not read the whole file: {why}");
+    }
+    if report.ok && could_not_run(&report) {
+        return Err(Failure {
+            message: format!(
+                "{} could not be checked: {} (nothing was read; this says nothing of damage)",
+                path.display(),
+                report.unfinished.as_deref().unwrap_or_default()
+            ),
+            code: 1,
+        });
     }
     if report.ok && report.unfinished.is_some() {
         println!(
@@ -55,11 +78,20 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
         );
     } else {
         println!("{} FAILED {what}:", path.display());
-        for p in report.problems.iter().chain(&report.foreign_key_violations) {
+        for p in &report.problems {
             println!("  {p}");
         }
     }
     finish(path, &report, json)
+}
+
+/// Whether the check stopped before it read anything (a schema SQLite
+/// cannot read, say): exit 1, not 0.
+fn could_not_run(report: &litebridge::CheckReport) -> bool {
+    report
+        .unfinished
+        .as_deref()
+        .is_some_and(|u| u.starts_with(litebridge::CHECK_COULD_NOT_RUN))
 }
 
 /// A check's report as `--json` prints it.

@@ -919,7 +919,7 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The outcome of an integrity check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
-    /// True when no problem was found.
+    /// True when no damage to the file was found (`problems` is empty).
     pub ok: bool,
     /// Damage reported by `quick_check` / `integrity_check` (first 100).
     pub problems: Vec<String>,
@@ -938,7 +938,11 @@ pub struct CheckReport {
     /// on another stored column is damage. Tables' `CHECK` constraints are
     /// not evaluated by a check.
     pub data_problems: Vec<String>,
-    /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid -> parent`.
+    /// Foreign-key violations ([`CheckDepth::Full`] only), as `table rowid
+    /// -> parent`, or why they could not be looked for (a parent key that
+    /// is not unique: "foreign key mismatch"). The data's, not damage to
+    /// the file (they do not make `ok` false): rows written with
+    /// `db.foreign_keys` off, or under a schema a client changed.
     pub foreign_key_violations: Vec<String>,
     /// Why the check stopped before the end, if it did: its time ran out
     /// (the bounded checks of a restore and `--recover`), or computing the
@@ -970,6 +974,10 @@ pub enum CheckDepth {
 pub fn check_file(path: &Path, depth: CheckDepth) -> Result<CheckReport> {
     check_file_within(path, depth, Bound::Whole, None)
 }
+
+/// How [`CheckReport::unfinished`] begins when the check stopped before it
+/// read anything (an error that is not damage: a schema SQLite cannot read).
+pub const CHECK_COULD_NOT_RUN: &str = "the check could not run";
 
 /// Why [`check_file`] refuses a file that is no SQLite database at all.
 pub(crate) const NOT_A_DATABASE: &str = "the file is not a SQLite database";
@@ -1061,7 +1069,7 @@ pub(crate) fn check_file_within(
             }
         } else {
             Findings {
-                unfinished: Some(format!("the check could not run: {line}")),
+                unfinished: Some(format!("{CHECK_COULD_NOT_RUN}: {line}")),
                 ..Findings::default()
             }
         }
@@ -1069,7 +1077,7 @@ pub(crate) fn check_file_within(
     if halted(halt) {
         return Err(crate::db::guard::halted_error());
     }
-    let mut fk = Vec::new();
+    let (mut fk, mut damage) = (Vec::new(), Vec::new());
     if full {
         // Watched for `halt` as the check was (review 149: with many
         // foreign keys this phase took longer than the check).
@@ -1094,14 +1102,28 @@ pub(crate) fn check_file_within(
         if halted(halt) {
             return Err(crate::db::guard::halted_error());
         }
-        fk = found.unwrap_or_else(|e| vec![Error::from(e).to_string()]);
+        fk = match found {
+            Ok(fk) => fk,
+            Err(e) if is_damage(&e) => {
+                damage.push(Error::from(e).to_string());
+                Vec::new()
+            }
+            // A schema whose foreign keys cannot be read ("foreign key
+            // mismatch": the parent's key is not unique), which any `write`
+            // key can make: the data's, not damage (review 198).
+            Err(e) => vec![format!(
+                "the foreign keys could not be checked: {}",
+                Error::from(e)
+            )],
+        };
     }
     if let Some(why) = &found.unfinished {
         tracing::warn!(file = %path.display(), "the check was cut short: {why}");
     }
-    let problems = found.damage;
+    let mut problems = found.damage;
+    problems.append(&mut damage);
     Ok(CheckReport {
-        ok: problems.is_empty() && fk.is_empty(),
+        ok: problems.is_empty(),
         problems,
         virtual_table_problems: found.virtual_tables,
         data_problems: found.data,

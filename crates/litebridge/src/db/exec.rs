@@ -567,8 +567,17 @@ pub(crate) fn execute_prepared(
 ///   and `foreign_key_check` would answer questions about litebridge's rows;
 /// - two columns spell one `table.column` name that did not before
 ///   ([`spelled_twice`]): the integrity check could not tell them apart;
-/// - a column `ADD COLUMN` gave is `NOT NULL` and reads NULL in the rows
-///   there were ([`added_column_holds`]), which the check would report.
+/// - an `ALTER TABLE` changed the table's columns in a way the check would
+///   report, or that changes what its indexes and generated columns read
+///   ([`altered_columns_hold`]): a column named `true` or `false` added,
+///   renamed to or dropped; a column added, or made `NOT NULL`, that reads
+///   NULL; a new column name where the table's schema holds a double-quoted
+///   string.
+///
+/// An `ALTER TABLE` runs with double-quoted strings read as SQLite reads
+/// them by default, so that SQLite's own test of the schema takes what
+/// another program left in other tables; every other statement reads them
+/// as names only (`open.rs`).
 fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>) -> Result<T> {
     let sql = guard::internal_sql();
     let Some(limits) = guard::schema_limits() else {
@@ -579,10 +588,13 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         schema_within(conn, sql, limits, true)?;
     }
     let altered = ddl.alters.as_deref();
-    // The table's schema as it was, for what a column added to it would change.
-    let columns_before = match altered {
+    // The table's columns and schema as they were, for what the change did.
+    let table_before = match altered {
         Some(table) => Some(guard::internal(|| {
-            Ok::<_, Error>((column_count(conn, table)?, table_schema(conn, table)?))
+            Ok::<_, Error>(TableBefore {
+                columns: columns_of(conn, table)?,
+                schema: table_schema(conn, table)?,
+            })
         })?),
         None => None,
     };
@@ -598,27 +610,45 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
     };
     let before = (own_objects()?, guard::internal(|| spelled_twice(conn))?);
     internal(&sql.ddl_savepoint)?;
+    // SQLite's own test that the schema still reads after an ALTER reads
+    // every table as the connection would: with double-quoted strings
+    // refused, one another program left anywhere in the file stopped every
+    // rename and drop of every table (review 198). Its test after a rename
+    // or a drop refuses them in the altered table either way; what a new
+    // column name would change there is refused below (`altered_columns_hold`).
+    let quotes_as_strings = |on: bool| {
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DDL, on)
+            .map(drop)
+            .map_err(Error::from)
+    };
+    if altered.is_some() {
+        quotes_as_strings(true)?;
+    }
     let result = run();
+    // Fail closed: a connection left reading them as strings takes no more
+    // schema changes (the writer is opened again after an error it cannot
+    // place).
+    let restored = match altered {
+        Some(_) => quotes_as_strings(false).map_err(|e| Error::Internal {
+            message: format!("double quotes could not be made names again: {e}"),
+        }),
+        None => Ok(()),
+    };
     if conn.is_autocommit() {
         // The statement took the whole transaction down with it; the savepoint went too.
         return result;
     }
     // Fail closed: a check that could not run refuses the change.
     let refused = match &result {
-        Err(_) => None,
-        Ok(_) => match refusal(conn, sql, before) {
+        Err(_) => restored.err(),
+        Ok(_) => match restored.and_then(|()| refusal(conn, sql, before)) {
             Err(e) => Some(e),
             Ok(Some(message)) => Some(Error::Forbidden { message }),
             Ok(None) => {
-                let added = match (altered, columns_before) {
-                    (Some(table), Some((before, schema))) => guard::internal(|| {
-                        if column_count(conn, table)? <= before {
-                            return Ok(());
-                        }
-                        added_column_holds(conn, table)?;
-                        added_column_reads_names(conn, table, &schema)
-                    })
-                    .err(),
+                let added = match (altered, table_before) {
+                    (Some(table), Some(before)) => {
+                        guard::internal(|| altered_columns_hold(conn, table, &before)).err()
+                    }
                     _ => None,
                 };
                 // What it grew the schema to (an ALTER can add a large default).
@@ -646,11 +676,106 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
     }
 }
 
-/// How many columns `table` of `main` has.
-fn column_count(conn: &Connection, table: &str) -> Result<i64> {
+/// A table's columns (name, `NOT NULL`) and its and its indexes' SQL, as
+/// they were before a client's `ALTER TABLE`.
+struct TableBefore {
+    columns: Vec<(String, bool)>,
+    schema: Vec<String>,
+}
+
+/// The columns of `table` in `main`, hidden ones too, with their `NOT NULL`.
+fn columns_of(conn: &Connection, table: &str) -> Result<Vec<(String, bool)>> {
     Ok(conn
-        .prepare_cached("SELECT count(*) FROM pragma_table_xinfo(?1, 'main')")?
-        .query_row([table], |r| r.get(0))?)
+        .prepare_cached("SELECT name, \"notnull\" FROM pragma_table_xinfo(?1, 'main')")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Words SQLite reads as a value while no column has their name, as it does
+/// a double-quoted word: `true` and `false`. (`rowid`, `oid` and `_rowid_`,
+/// the third such kind, SQLite itself keeps from being added, renamed to or
+/// dropped.)
+const LITERAL_NAMES: [&str; 2] = ["true", "false"];
+
+/// Refuses what a client's `ALTER TABLE` did to the columns of `table`
+/// (`before`: as they were) that the integrity check would report, or that
+/// would change what the table's indexes and generated columns read:
+///
+/// - a column named `true` or `false` added, renamed to or dropped: the word
+///   means the column while one has its name, and the value otherwise, so
+///   an index on `a + true`, or one `WHERE true IS NULL`, stopped matching
+///   its rows (review 198: "row 1 missing from index i"; a partial index
+///   that no longer matched then let `ALTER COLUMN c SET NOT NULL` pass
+///   over a NULL, which the check at start took for damage, and `serve
+///   --recover` restored an older backup; a generated column renamed to
+///   `true` read itself, and the file no longer opened);
+/// - a column added that reads NULL under `NOT NULL` ([`added_column_holds`]);
+/// - a column made `NOT NULL` (`ALTER COLUMN c SET NOT NULL`) that holds a
+///   NULL, read without any index: SQLite's own look may use a partial
+///   index, which a file another program changed may hold out of step;
+/// - a column name new to the table where a double-quoted word of its
+///   schema is, or may become, a string ([`added_column_reads_names`]).
+fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) -> Result<()> {
+    let after = columns_of(conn, table)?;
+    let names = |columns: &[(String, bool)]| -> std::collections::HashSet<String> {
+        columns
+            .iter()
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect()
+    };
+    let (was, is) = (names(&before.columns), names(&after));
+    let dropped = after.len() < before.columns.len();
+    for word in LITERAL_NAMES {
+        let named = is.contains(word) && !was.contains(word);
+        let unnamed = dropped && was.contains(word) && !is.contains(word);
+        if named || unnamed {
+            let what = if named { "add or rename to" } else { "drop" };
+            return Err(Error::Sql {
+                code: rusqlite::ffi::SQLITE_ERROR,
+                extended_code: rusqlite::ffi::SQLITE_ERROR,
+                message: format!(
+                    "cannot {what} a column named {word} in {table}: SQLite reads the word as \
+                     a value while no column has that name, so the table's indexes and \
+                     generated columns would read something else; nothing was changed"
+                ),
+            });
+        }
+    }
+    if after.len() > before.columns.len() {
+        added_column_holds(conn, table)?;
+    }
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    for (column, not_null) in &after {
+        let made_not_null = *not_null
+            && before
+                .columns
+                .iter()
+                .any(|(c, was_not_null)| c.eq_ignore_ascii_case(column) && !was_not_null);
+        if !made_not_null {
+            continue;
+        }
+        let holds_null = conn
+            .prepare(&format!(
+                "SELECT 1 FROM main.{} NOT INDEXED WHERE typeof({}) = 'null' LIMIT 1",
+                quoted(table),
+                quoted(column)
+            ))?
+            .exists([])?;
+        if holds_null {
+            return Err(Error::Sql {
+                code: rusqlite::ffi::SQLITE_CONSTRAINT,
+                extended_code: rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL,
+                message: format!(
+                    "NOT NULL constraint failed: {table}.{column} (a row holds NULL); nothing \
+                     was changed"
+                ),
+            });
+        }
+    }
+    if is.difference(&was).next().is_some() {
+        added_column_reads_names(conn, table, &before.schema)?;
+    }
+    Ok(())
 }
 
 /// Refuses the column `ALTER TABLE ... ADD COLUMN` just gave `table` if it
@@ -708,20 +833,22 @@ fn table_schema(conn: &Connection, table: &str) -> Result<Vec<String>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// Refuses the column `ALTER TABLE ... ADD COLUMN` just gave `table` when a
-/// double-quoted word of the table's schema is, or may become, a string.
+/// Refuses a column name a client's `ALTER TABLE` just gave `table` (a
+/// column added or renamed) when a double-quoted word of the table's schema
+/// is, or may become, a string.
 ///
 /// SQLite reads a double-quoted word that names no column as a string, for
 /// schemas it loads too. Client schema statements read double quotes as
-/// names only (`SQLITE_DBCONFIG_DQS_DDL` off, `open.rs`), and so does
-/// SQLite's own test of a renamed or dropped column; but `ADD COLUMN` leaves
-/// its new column's `CHECK` and generated expression unread, and reads no
-/// index. So `ADD COLUMN b AS (a || "x")` made `b` read `a || 'x'`, an index
-/// on `b` stored that, and `ADD COLUMN x` then made `b` read `a || x`: the
-/// index's entries no longer matched what it indexes, and the whole check
-/// reported the sound file damaged ("row 1 missing from index i"). An index
-/// or table already holding such a word (a file made elsewhere) changes
-/// meaning the same way when a column of that name is added.
+/// names only (`SQLITE_DBCONFIG_DQS_DDL` off, `open.rs`), but `ADD COLUMN`
+/// leaves its new column's `CHECK` and generated expression unread, and
+/// reads no index. So `ADD COLUMN b AS (a || "x")` made `b` read
+/// `a || 'x'`, an index on `b` stored that, and `ADD COLUMN x` then made `b`
+/// read `a || x`: the index's entries no longer matched what it indexes,
+/// and the whole check reported the sound file damaged ("row 1 missing from
+/// index i"). An index or table already holding such a word (a file made
+/// elsewhere) changes meaning the same way when a column of that name is
+/// added, or renamed to it (SQLite's test after a rename finds nothing
+/// wrong: the word is a column's name then).
 ///
 /// `before` is the table's and its indexes' SQL from before the statement;
 /// each is read again (the table as it is now, too) on a scratch database
@@ -760,7 +887,7 @@ fn added_column_reads_names(conn: &Connection, table: &str, before: &[String]) -
             "its index"
         };
         then.execute_batch(sql)
-            .map_err(|e| refused(&format!("adding a column to {table}: {what}"), e))?;
+            .map_err(|e| refused(&format!("a new column name in {table}: {what}"), e))?;
     }
     if let Some(sql) = now {
         scratch()?

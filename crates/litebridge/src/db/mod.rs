@@ -77,8 +77,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use backup::{
-    BackupProgress, BackupReport, CheckDepth, CheckReport, IfExists, backup_file, check_file,
-    utc_file_stamp, utc_stamp,
+    BackupProgress, BackupReport, CHECK_COULD_NOT_RUN, CheckDepth, CheckReport, IfExists,
+    backup_file, check_file, utc_file_stamp, utc_stamp,
 };
 pub use inline::inline_reads;
 pub use introspect::{ColumnInfo, IndexInfo, TableInfo};
