@@ -334,9 +334,10 @@ async fn no_column_named_true_or_false_comes_or_goes() {
             "{alter}: {e}"
         );
     }
-    // A column of such a name the table already has may be renamed away:
-    // every word that meant it is renamed with it.
-    db.execute(r#"ALTER TABLE n RENAME COLUMN "true" TO yes"#, ())
+    // A table with such a column may be renamed; and a column of such a
+    // name may be renamed away: every word that meant it is renamed with it.
+    db.execute("ALTER TABLE n RENAME TO n2", ()).await.unwrap();
+    db.execute(r#"ALTER TABLE n2 RENAME COLUMN "true" TO yes"#, ())
         .await
         .unwrap();
     let report = db.check(litebridge::CheckDepth::Full).await.unwrap();

@@ -717,6 +717,10 @@ const LITERAL_NAMES: [&str; 2] = ["true", "false"];
 ///   schema is, or may become, a string ([`added_column_reads_names`]).
 fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) -> Result<()> {
     let after = columns_of(conn, table)?;
+    if after.is_empty() {
+        // Renamed (`RENAME TO`): its columns are as they were.
+        return Ok(());
+    }
     let names = |columns: &[(String, bool)]| -> std::collections::HashSet<String> {
         columns
             .iter()
