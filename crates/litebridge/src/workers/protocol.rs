@@ -29,6 +29,21 @@ pub struct MethodInfo {
     pub positional: bool,
 }
 
+#[cfg(test)]
+impl MethodInfo {
+    /// A method of this name, described no further.
+    pub(crate) fn named(name: &str, idempotent: bool) -> MethodInfo {
+        MethodInfo {
+            name: name.into(),
+            idempotent,
+            cache_ttl_s: None,
+            description: None,
+            params: None,
+            positional: false,
+        }
+    }
+}
+
 /// One parameter of a worker method, from its `$/ready`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ParamInfo {

@@ -2060,14 +2060,7 @@ mod tests {
 
     #[test]
     fn a_hosts_methods_are_found_by_name_the_first_of_a_name_announced_twice() {
-        let info = |name: &str, idempotent: bool| MethodInfo {
-            name: name.into(),
-            idempotent,
-            cache_ttl_s: None,
-            description: None,
-            params: None,
-            positional: false,
-        };
+        let info = MethodInfo::named;
         let m = Methods::new(vec![info("b", true), info("a", true), info("b", false)]);
         assert!(m.get("b").is_some_and(|b| b.idempotent));
         assert_eq!(m.get("a").map(|a| a.name.as_str()), Some("a"));

@@ -1511,14 +1511,7 @@ mod tests {
     use crate::workers::MethodInfo;
 
     fn method(name: &str, idempotent: bool) -> MethodInfo {
-        MethodInfo {
-            name: name.into(),
-            idempotent,
-            cache_ttl_s: None,
-            description: None,
-            params: None,
-            positional: false,
-        }
+        MethodInfo::named(name, idempotent)
     }
 
     #[test]
