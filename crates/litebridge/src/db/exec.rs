@@ -152,6 +152,17 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
     }
     let fresh = conn.prepare(sql).map_err(|e| several_or(sql, e))?;
     let ddl = guard::prepared_ddl();
+    if ddl.alters.is_some()
+        && let Some(at) = comment_at(sql)
+    {
+        return Err(Error::Forbidden {
+            message: format!(
+                "a comment in ALTER TABLE (at offset {at}) is not allowed through a request: \
+                 SQLite copies it into the table's saved definition, where one can hide \
+                 columns or constraints from the table (review 199); remove it"
+            ),
+        });
+    }
     if ddl.creates && external_content(sql) {
         return Err(Error::Forbidden {
             message: "full-text tables with a content= or content_rowid= option are not available through a request: \
@@ -211,6 +222,46 @@ fn only_comments(sql: &str) -> bool {
             return false;
         }
     }
+}
+
+/// Where the first comment of `sql` begins (`--` or `/*`), outside its
+/// strings and quoted names, as SQLite's tokenizer reads them; `None` when
+/// it has none. A quote never closed runs to the end, as in SQLite.
+pub(crate) fn comment_at(sql: &str) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let close = match bytes[i] {
+            b'\'' => b'\'',
+            b'"' => b'"',
+            b'`' => b'`',
+            b'[' => b']',
+            b'-' if bytes.get(i + 1) == Some(&b'-') => return Some(i),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => return Some(i),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // A quoted run ends at its closing character; a doubled one (`''`,
+        // `""`, two backticks) stands for itself, except in `[...]`.
+        i += 1;
+        loop {
+            match bytes.get(i) {
+                None => return None,
+                Some(&b) if b == close => {
+                    if close != b']' && bytes.get(i + 1) == Some(&close) {
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                }
+                Some(_) => i += 1,
+            }
+        }
+    }
+    None
 }
 
 /// Whether `sql` (a statement that creates something) gives a `content=` or
@@ -417,20 +468,21 @@ fn collect(
     what: &str,
     advice: &str,
 ) -> Result<(Rows, usize)> {
-    let ncols = stmt.column_count();
-    let columns = (0..ncols)
-        .map(|i| stmt.column_name(i).map(str::to_owned))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     let limit = max_rows.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     let mut truncated = false;
-    let mut bytes: usize = columns.iter().map(String::len).sum();
+    let mut bytes: usize = 0;
+    let mut ncols = None;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
         if out.len() == limit {
             truncated = true;
             break;
         }
+        // Read at the first step: SQLite prepares a statement again there
+        // when the schema changed since (a cached `SELECT *` after a column
+        // was dropped had read a column that was gone: review 199).
+        let ncols = *ncols.get_or_insert_with(|| row.as_ref().column_count());
         let mut values = Vec::with_capacity(ncols);
         for i in 0..ncols {
             let value = heap::lenient(|| row.get_ref(i))?;
@@ -448,6 +500,18 @@ fn collect(
             values.push(Value::from_ref(value));
         }
         out.push(values);
+    }
+    drop(rows);
+    // Named as the statement that ran (prepared again or not).
+    let columns = (0..stmt.column_count())
+        .map(|i| stmt.column_name(i).map(str::to_owned))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    bytes += columns.iter().map(String::len).sum::<usize>();
+    if bytes > max_bytes {
+        return Err(Error::TooLarge {
+            what: format!("{what} ({} rows{advice})", out.len()),
+            limit: max_bytes as u64,
+        });
     }
     Ok((
         Rows {
@@ -511,7 +575,10 @@ pub(crate) fn execute_prepared(
     }
     let before = conn.total_changes();
     let ddl = stmt.ddl.clone();
-    let keep = returned == Returned::Keep && stmt.column_count() > 0;
+    // A schema statement returns no rows of its own: the column SQLite's
+    // `ADD CONSTRAINT` shows (its look at the rows, `sqlite_fail(...)`) is
+    // not a result.
+    let keep = returned == Returned::Keep && stmt.column_count() > 0 && !ddl.any;
     let run = |stmt: &mut Statement<'_>| -> Result<Option<Box<Rows>>> {
         if keep {
             // A request's statements share the limit (a batch of many).
@@ -593,6 +660,7 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         Some(table) => Some(guard::internal(|| {
             Ok::<_, Error>(TableBefore {
                 columns: columns_of(conn, table)?,
+                indexes: indexes_of(conn, table)?,
                 schema: table_schema(conn, table)?,
             })
         })?),
@@ -676,19 +744,101 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
     }
 }
 
-/// A table's columns (name, `NOT NULL`) and its and its indexes' SQL, as
-/// they were before a client's `ALTER TABLE`.
+/// A table's columns, indexes and SQL (its own and its indexes'), as they
+/// were before a client's `ALTER TABLE`.
 struct TableBefore {
-    columns: Vec<(String, bool)>,
+    columns: Vec<ColumnRow>,
+    indexes: Vec<String>,
     schema: Vec<String>,
 }
 
-/// The columns of `table` in `main`, hidden ones too, with their `NOT NULL`.
-fn columns_of(conn: &Connection, table: &str) -> Result<Vec<(String, bool)>> {
+/// A column as `pragma_table_xinfo` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ColumnRow {
+    name: String,
+    declared: String,
+    not_null: bool,
+    default: Option<String>,
+    key: i64,
+    hidden: i64,
+}
+
+impl ColumnRow {
+    /// Whether `other` is this column renamed, or made or unmade `NOT NULL`:
+    /// the one thing an `ALTER` changes of a column it keeps.
+    fn changed_once(&self, other: &ColumnRow) -> bool {
+        let renamed = ColumnRow {
+            name: other.name.clone(),
+            ..self.clone()
+        };
+        let nullness = ColumnRow {
+            not_null: other.not_null,
+            ..self.clone()
+        };
+        &renamed == other || &nullness == other
+    }
+}
+
+/// The columns of `table` in `main`, hidden ones too.
+fn columns_of(conn: &Connection, table: &str) -> Result<Vec<ColumnRow>> {
     Ok(conn
-        .prepare_cached("SELECT name, \"notnull\" FROM pragma_table_xinfo(?1, 'main')")?
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare_cached(
+            "SELECT name, type, \"notnull\", dflt_value, pk, hidden \
+             FROM pragma_table_xinfo(?1, 'main')",
+        )?
+        .query_map([table], |r| {
+            Ok(ColumnRow {
+                name: r.get(0)?,
+                declared: r.get(1)?,
+                not_null: r.get(2)?,
+                default: r.get(3)?,
+                key: r.get(4)?,
+                hidden: r.get(5)?,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The indexes of `table` in `main`, each as one line of what
+/// `pragma_index_list` says of it.
+fn indexes_of(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT name || ' ' || \"unique\" || ' ' || origin || ' ' || partial \
+             FROM pragma_index_list(?1, 'main') ORDER BY name",
+        )?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether `after` is `before` with what one `ALTER TABLE` does to a
+/// table's columns: a column added at the end, one dropped, one renamed,
+/// one made or unmade `NOT NULL`, or nothing (a constraint added or
+/// dropped, the table renamed). Anything more is a statement doing what
+/// it does not say: SQLite copies text of the statement into the table's
+/// saved definition, and a comment there hid columns and the table's
+/// constraints (review 199).
+fn one_alter(before: &[ColumnRow], after: &[ColumnRow]) -> bool {
+    use std::cmp::Ordering;
+    match after.len().cmp(&before.len()) {
+        Ordering::Greater => after.len() == before.len() + 1 && after[..before.len()] == *before,
+        Ordering::Less => {
+            after.len() + 1 == before.len() && {
+                let at = (0..after.len())
+                    .find(|&i| before[i] != after[i])
+                    .unwrap_or(after.len());
+                before[at + 1..] == after[at..]
+            }
+        }
+        Ordering::Equal => {
+            let mut changed = before.iter().zip(after).filter(|(b, a)| b != a);
+            match (changed.next(), changed.next()) {
+                (None, _) => true,
+                (Some((b, a)), None) => b.changed_once(a),
+                _ => false,
+            }
+        }
+    }
 }
 
 /// Words SQLite reads as a value while no column has their name, as it does
@@ -721,10 +871,19 @@ fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) ->
         // Renamed (`RENAME TO`): its columns are as they were.
         return Ok(());
     }
-    let names = |columns: &[(String, bool)]| -> std::collections::HashSet<String> {
+    if !one_alter(&before.columns, &after) || indexes_of(conn, table)? != before.indexes {
+        return Err(Error::Forbidden {
+            message: format!(
+                "the ALTER TABLE changed more of {table}'s columns or indexes than it names \
+                 (one column added, dropped, renamed or made NOT NULL, or none); nothing was \
+                 changed"
+            ),
+        });
+    }
+    let names = |columns: &[ColumnRow]| -> std::collections::HashSet<String> {
         columns
             .iter()
-            .map(|(n, _)| n.to_ascii_lowercase())
+            .map(|c| c.name.to_ascii_lowercase())
             .collect()
     };
     let (was, is) = (names(&before.columns), names(&after));
@@ -749,12 +908,17 @@ fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) ->
         added_column_holds(conn, table)?;
     }
     let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-    for (column, not_null) in &after {
+    for ColumnRow {
+        name: column,
+        not_null,
+        ..
+    } in &after
+    {
         let made_not_null = *not_null
             && before
                 .columns
                 .iter()
-                .any(|(c, was_not_null)| c.eq_ignore_ascii_case(column) && !was_not_null);
+                .any(|c| c.name.eq_ignore_ascii_case(column) && !c.not_null);
         if !made_not_null {
             continue;
         }
@@ -1050,6 +1214,94 @@ fn refusal(
 #[cfg(test)]
 mod tests {
     use super::mentions_own_tables;
+
+    #[test]
+    fn a_comment_is_found_outside_strings_and_quoted_names_only() {
+        use super::comment_at;
+        for (sql, at) in [
+            ("ALTER TABLE t ADD COLUMN d INT -- x", Some(31)),
+            ("ALTER TABLE t ALTER COLUMN a SET NOT NULL /* x", Some(42)),
+            ("ALTER TABLE t ADD COLUMN d DEFAULT '--x' /**/", Some(41)),
+            (
+                "ALTER TABLE t ADD COLUMN \"a--b\" DEFAULT 'it''s /* no'",
+                None,
+            ),
+            ("ALTER TABLE t ADD COLUMN `x``/*` DEFAULT 1", None),
+            ("ALTER TABLE t ADD COLUMN [a--b] DEFAULT 1", None),
+            ("ALTER TABLE t ADD COLUMN [a]]--b", Some(29)),
+            (
+                "ALTER TABLE t ADD COLUMN d DEFAULT 'never closed -- no",
+                None,
+            ),
+            ("ALTER TABLE t ADD COLUMN d DEFAULT 1-1 / 2 - -3", None),
+            ("ALTER TABLE t ADD COLUMN d DEFAULT x'2d2d'", None),
+        ] {
+            assert_eq!(comment_at(sql), at, "{sql}");
+        }
+    }
+
+    #[test]
+    fn an_alter_changes_one_column_or_none() {
+        use super::{ColumnRow, one_alter};
+        let col = |name: &str, not_null: bool| ColumnRow {
+            name: name.into(),
+            declared: "TEXT".into(),
+            not_null,
+            default: None,
+            key: 0,
+            hidden: 0,
+        };
+        let t = [col("a", false), col("b", false), col("c", true)];
+        let with = |f: &dyn Fn(&mut Vec<ColumnRow>)| {
+            let mut v = t.to_vec();
+            f(&mut v);
+            v
+        };
+        // What one ALTER does.
+        assert!(one_alter(&t, &t));
+        assert!(one_alter(&t, &with(&|v| v.push(col("d", false)))));
+        for i in 0..3 {
+            assert!(one_alter(&t, &with(&|v| drop(v.remove(i)))), "drop {i}");
+        }
+        assert!(one_alter(&t, &with(&|v| v[1].name = "x".into())));
+        assert!(one_alter(&t, &with(&|v| v[0].not_null = true)));
+        assert!(one_alter(&t, &with(&|v| v[2].not_null = false)));
+        // More than it says (review 199: columns hidden by a comment, a
+        // key's constraint dropped with a column added).
+        assert!(!one_alter(&t, &with(&|v| v.truncate(1))));
+        assert!(!one_alter(
+            &t,
+            &with(&|v| {
+                v.remove(1);
+                v[1].name = "b".into();
+            })
+        ));
+        assert!(!one_alter(
+            &t,
+            &with(&|v| {
+                v[0].key = 1;
+                v.push(col("d", false));
+            })
+        ));
+        assert!(!one_alter(&t, &with(&|v| v.insert(0, col("d", false)))));
+        assert!(!one_alter(
+            &t,
+            &with(&|v| {
+                v[1].name = "x".into();
+                v[1].not_null = true;
+            })
+        ));
+        assert!(!one_alter(
+            &t,
+            &with(&|v| {
+                v[0].not_null = true;
+                v[1].not_null = true;
+            })
+        ));
+        assert!(!one_alter(&t, &with(&|v| v[1].declared = "INT".into())));
+        assert!(!one_alter(&t, &with(&|v| v[1].default = Some("1".into()))));
+        assert!(!one_alter(&t, &with(&|v| v.swap(0, 1))));
+    }
 
     #[test]
     fn a_statement_holding_megabytes_is_not_kept_in_the_cache() {
