@@ -334,6 +334,34 @@ async fn no_column_named_true_or_false_comes_or_goes() {
             "{alter}: {e}"
         );
     }
+    // A column renamed `current_date` (quoted or not) had views, triggers
+    // and checks that named it read the clock (review 200).
+    db.execute("CREATE VIEW gv AS SELECT a, c FROM t", ())
+        .await
+        .unwrap();
+    for (alter, word) in [
+        (
+            "ALTER TABLE t RENAME COLUMN c TO current_date",
+            "current_date",
+        ),
+        (
+            r#"ALTER TABLE t RENAME COLUMN c TO "CURRENT_TIME""#,
+            "current_time",
+        ),
+        (
+            "ALTER TABLE t ADD COLUMN current_timestamp",
+            "current_timestamp",
+        ),
+    ] {
+        let e = db.execute(alter, ()).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("cannot add or rename to a column named {word}")),
+            "{alter}: {e}"
+        );
+    }
+    let r = db.query("SELECT c FROM gv", ()).await.unwrap();
+    assert_eq!(r.rows[0][0], litebridge::Value::Integer(2));
     // A table with such a column may be renamed; and a column of such a
     // name may be renamed away: every word that meant it is renamed with it.
     db.execute("ALTER TABLE n RENAME TO n2", ()).await.unwrap();
@@ -436,7 +464,7 @@ async fn an_alter_cannot_hide_columns_or_constraints_with_a_comment() {
         "ALTER TABLE u ADD COLUMN d INT -- x",
         "ALTER TABLE customers ADD CONSTRAINT k CHECK (1) /* */",
         "ALTER TABLE customers ALTER COLUMN name SET NOT NULL -- x",
-        "ALTER TABLE u ADD COLUMN d INT; -- after it",
+        "-- a header\nALTER TABLE u ADD COLUMN d INT /* in it */;",
     ] {
         let e = db.execute(alter, ()).await.unwrap_err();
         assert_eq!(e.kind(), litebridge::ErrorKind::Forbidden, "{alter}: {e}");
@@ -459,6 +487,14 @@ async fn an_alter_cannot_hide_columns_or_constraints_with_a_comment() {
         .await
         .unwrap();
     assert!(r.returning.is_none(), "{r:?}");
+    // Comments before the statement and after its end are not its own
+    // (review 200: a migration's header was refused).
+    db.execute(
+        "-- migration 0042\n/* v2 */ ALTER TABLE u ADD COLUMN e INT; -- note",
+        (),
+    )
+    .await
+    .unwrap();
     // Comments elsewhere in the statement's text, inside strings and names,
     // are text as ever.
     db.execute(

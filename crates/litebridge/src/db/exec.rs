@@ -153,7 +153,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
     let fresh = conn.prepare(sql).map_err(|e| several_or(sql, e))?;
     let ddl = guard::prepared_ddl();
     if ddl.alters.is_some()
-        && let Some(at) = comment_at(sql)
+        && let Some(at) = comment_in_statement(sql)
     {
         return Err(Error::Forbidden {
             message: format!(
@@ -222,6 +222,31 @@ fn only_comments(sql: &str) -> bool {
             return false;
         }
     }
+}
+
+/// Where the first comment of the statement `sql` holds begins, as
+/// [`comment_at`] finds it, but for comments before its first word and
+/// after its `;` (a migration's header, a note after it), which SQLite
+/// copies nowhere.
+fn comment_in_statement(sql: &str) -> Option<usize> {
+    let mut start = 0;
+    loop {
+        let rest = &sql[start..];
+        let trimmed = rest.trim_start();
+        start += rest.len() - trimmed.len();
+        if let Some(after) = trimmed.strip_prefix("--") {
+            start = sql.len() - after.split_once('\n').map_or("", |(_, r)| r).len();
+        } else if let Some(after) = trimmed.strip_prefix("/*") {
+            match after.split_once("*/") {
+                Some((_, r)) => start = sql.len() - r.len(),
+                None => return Some(start),
+            }
+        } else {
+            break;
+        }
+    }
+    let end = first_statement_end(sql).unwrap_or(sql.len()).max(start);
+    comment_at(&sql[start..end]).map(|at| start + at)
 }
 
 /// Where the first comment of `sql` begins (`--` or `/*`), outside its
@@ -847,6 +872,13 @@ fn one_alter(before: &[ColumnRow], after: &[ColumnRow]) -> bool {
 /// dropped.)
 const LITERAL_NAMES: [&str; 2] = ["true", "false"];
 
+/// Words that are a column's name only when quoted, and the clock's time
+/// otherwise. SQLite writes a column's new name into the views, triggers
+/// and `CHECK`s that name it, unquoted when the statement gave it so: a
+/// column renamed `current_date` made them read the date, and later writes
+/// stored it (review 200).
+const CLOCK_NAMES: [&str; 3] = ["current_date", "current_time", "current_timestamp"];
+
 /// Refuses what a client's `ALTER TABLE` did to the columns of `table`
 /// (`before`: as they were) that the integrity check would report, or that
 /// would change what the table's indexes and generated columns read:
@@ -863,6 +895,8 @@ const LITERAL_NAMES: [&str; 2] = ["true", "false"];
 /// - a column made `NOT NULL` (`ALTER COLUMN c SET NOT NULL`) that holds a
 ///   NULL, read without any index: SQLite's own look may use a partial
 ///   index, which a file another program changed may hold out of step;
+/// - a column named `current_date`, `current_time` or `current_timestamp`
+///   added or renamed to ([`CLOCK_NAMES`]);
 /// - a column name new to the table where a double-quoted word of its
 ///   schema is, or may become, a string ([`added_column_reads_names`]).
 fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) -> Result<()> {
@@ -900,6 +934,19 @@ fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) ->
                     "cannot {what} a column named {word} in {table}: SQLite reads the word as \
                      a value while no column has that name, so the table's indexes and \
                      generated columns would read something else; nothing was changed"
+                ),
+            });
+        }
+    }
+    for word in CLOCK_NAMES {
+        if is.contains(word) && !was.contains(word) {
+            return Err(Error::Sql {
+                code: rusqlite::ffi::SQLITE_ERROR,
+                extended_code: rusqlite::ffi::SQLITE_ERROR,
+                message: format!(
+                    "cannot add or rename to a column named {word} in {table}: SQLite writes \
+                     a new name into the views, triggers and checks that use the column, where \
+                     {word} reads the clock; nothing was changed (choose another name)"
                 ),
             });
         }
@@ -1237,6 +1284,27 @@ mod tests {
             ("ALTER TABLE t ADD COLUMN d DEFAULT x'2d2d'", None),
         ] {
             assert_eq!(comment_at(sql), at, "{sql}");
+        }
+    }
+
+    #[test]
+    fn comments_before_an_alter_and_after_its_end_are_not_its_own() {
+        use super::comment_in_statement;
+        for (sql, at) in [
+            ("-- migration 0042\nALTER TABLE t ADD COLUMN d INT", None),
+            ("/* v2 */ ALTER TABLE t RENAME COLUMN b TO b2", None),
+            (
+                "  /* a */ -- b\n /**/ALTER TABLE t ADD COLUMN e INT;  -- note",
+                None,
+            ),
+            ("ALTER TABLE t ADD COLUMN e INT; /* note */", None),
+            ("-- head\nALTER TABLE t ADD COLUMN d INT -- x", Some(39)),
+            ("ALTER TABLE t ADD COLUMN d INT /* x */;", Some(31)),
+            ("ALTER TABLE t ALTER COLUMN a SET NOT NULL /* x", Some(42)),
+            ("/* never closed ALTER TABLE t ADD COLUMN d", Some(0)),
+            ("ALTER TABLE t ADD COLUMN d DEFAULT ';' -- x", Some(39)),
+        ] {
+            assert_eq!(comment_in_statement(sql), at, "{sql}");
         }
     }
 
