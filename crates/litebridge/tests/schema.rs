@@ -549,3 +549,51 @@ async fn a_read_after_a_schema_change_names_the_columns_it_read() {
     }
     db.close().await;
 }
+
+/// SQLite's `DROP NOT NULL` takes the first `NOT` of the column's
+/// definition for its `NOT NULL`: after `NOT DEFERRABLE` it removed those
+/// words, answered success, and left the column `NOT NULL` (review 200).
+/// Such an ALTER is undone, and says so; a plain one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_not_null_that_drops_something_else_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = litebridge::Database::open(dir.path().join("s.db"), litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE p(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE t(a, b TEXT REFERENCES p NOT DEFERRABLE INITIALLY IMMEDIATE NOT NULL COLLATE NOCASE, c)",
+        "CREATE TABLE w(a NOT NULL, b DEFAULT 'drop not null')",
+    ] {
+        db.execute(sql, ()).await.unwrap();
+    }
+    let before = db
+        .query("SELECT sql FROM sqlite_schema WHERE name = 't'", ())
+        .await
+        .unwrap();
+    let e = db
+        .execute("ALTER TABLE t ALTER COLUMN b DROP NOT NULL", ())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("DROP NOT NULL left every column"),
+        "{e}"
+    );
+    let after = db
+        .query("SELECT sql FROM sqlite_schema WHERE name = 't'", ())
+        .await
+        .unwrap();
+    assert_eq!(before.rows, after.rows, "nothing was changed");
+    db.execute("ALTER TABLE w ALTER COLUMN a DROP NOT NULL", ())
+        .await
+        .unwrap();
+    let r = db
+        .query(
+            "SELECT \"notnull\" FROM pragma_table_info('w') WHERE name = 'a'",
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows[0][0], litebridge::Value::Integer(0));
+    db.close().await;
+}

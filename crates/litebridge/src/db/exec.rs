@@ -151,7 +151,7 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
         guard::begin_prepare(maintenance);
     }
     let fresh = conn.prepare(sql).map_err(|e| several_or(sql, e))?;
-    let ddl = guard::prepared_ddl();
+    let mut ddl = guard::prepared_ddl();
     if ddl.alters.is_some()
         && let Some(at) = comment_in_statement(sql)
     {
@@ -162,6 +162,11 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
                  columns or constraints from the table (review 199); remove it"
             ),
         });
+    }
+    if ddl.alters.is_some() {
+        ddl.drops_not_null = bare_words(sql)
+            .windows(3)
+            .any(|w| w == ["DROP", "NOT", "NULL"]);
     }
     if ddl.creates && external_content(sql) {
         return Err(Error::Forbidden {
@@ -249,6 +254,63 @@ fn comment_in_statement(sql: &str) -> Option<usize> {
     comment_at(&sql[start..end]).map(|at| start + at)
 }
 
+/// The words of `sql` outside its strings, quoted names and comments, in
+/// upper case, in order (what is neither a word nor white space ends one).
+fn bare_words(sql: &str) -> Vec<String> {
+    let bytes = sql.as_bytes();
+    let (mut words, mut word) = (Vec::new(), String::new());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            word.push(b.to_ascii_uppercase() as char);
+            i += 1;
+            continue;
+        }
+        if !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+        let skipped = match b {
+            b'\'' | b'"' | b'`' | b'[' => quoted_end(bytes, i),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => sql[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |n| i + 2 + n + 2),
+            _ => i + 1,
+        };
+        i = skipped;
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Where the quoted run that starts at `start` (a `'`, `"`, backtick or
+/// `[`) ends, just past its closing character (a doubled one stands for
+/// itself, but in `[...]`); the end of `bytes` when it is never closed.
+fn quoted_end(bytes: &[u8], start: usize) -> usize {
+    let close = if bytes[start] == b'[' {
+        b']'
+    } else {
+        bytes[start]
+    };
+    let mut i = start + 1;
+    while let Some(&b) = bytes.get(i) {
+        if b == close {
+            if close != b']' && bytes.get(i + 1) == Some(&close) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
 /// Where the first comment of `sql` begins (`--` or `/*`), outside its
 /// strings and quoted names, as SQLite's tokenizer reads them; `None` when
 /// it has none. A quote never closed runs to the end, as in SQLite.
@@ -256,34 +318,11 @@ pub(crate) fn comment_at(sql: &str) -> Option<usize> {
     let bytes = sql.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let close = match bytes[i] {
-            b'\'' => b'\'',
-            b'"' => b'"',
-            b'`' => b'`',
-            b'[' => b']',
+        match bytes[i] {
+            b'\'' | b'"' | b'`' | b'[' => i = quoted_end(bytes, i),
             b'-' if bytes.get(i + 1) == Some(&b'-') => return Some(i),
             b'/' if bytes.get(i + 1) == Some(&b'*') => return Some(i),
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        // A quoted run ends at its closing character; a doubled one (`''`,
-        // `""`, two backticks) stands for itself, except in `[...]`.
-        i += 1;
-        loop {
-            match bytes.get(i) {
-                None => return None,
-                Some(&b) if b == close => {
-                    if close != b']' && bytes.get(i + 1) == Some(&close) {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                }
-                Some(_) => i += 1,
-            }
+            _ => i += 1,
         }
     }
     None
@@ -739,9 +778,10 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
             Ok(Some(message)) => Some(Error::Forbidden { message }),
             Ok(None) => {
                 let added = match (altered, table_before) {
-                    (Some(table), Some(before)) => {
-                        guard::internal(|| altered_columns_hold(conn, table, &before)).err()
-                    }
+                    (Some(table), Some(before)) => guard::internal(|| {
+                        altered_columns_hold(conn, table, &before, ddl.drops_not_null)
+                    })
+                    .err(),
                     _ => None,
                 };
                 // What it grew the schema to (an ALTER can add a large default).
@@ -899,7 +939,12 @@ const CLOCK_NAMES: [&str; 3] = ["current_date", "current_time", "current_timesta
 ///   added or renamed to ([`CLOCK_NAMES`]);
 /// - a column name new to the table where a double-quoted word of its
 ///   schema is, or may become, a string ([`added_column_reads_names`]).
-fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) -> Result<()> {
+fn altered_columns_hold(
+    conn: &Connection,
+    table: &str,
+    before: &TableBefore,
+    drops_not_null: bool,
+) -> Result<()> {
     let after = columns_of(conn, table)?;
     if after.is_empty() {
         // Renamed (`RENAME TO`): its columns are as they were.
@@ -986,6 +1031,25 @@ fn altered_columns_hold(conn: &Connection, table: &str, before: &TableBefore) ->
                 ),
             });
         }
+    }
+    if drops_not_null
+        && !before
+            .columns
+            .iter()
+            .zip(&after)
+            .any(|(b, a)| b.not_null && !a.not_null)
+        && table_schema(conn, table)?.first() != before.schema.first()
+    {
+        return Err(Error::Sql {
+            code: rusqlite::ffi::SQLITE_ERROR,
+            extended_code: rusqlite::ffi::SQLITE_ERROR,
+            message: format!(
+                "DROP NOT NULL left every column of {table} as NOT NULL as it was, and changed \
+                 the table's definition elsewhere (SQLite takes the first NOT of the column's \
+                 definition, as in NOT DEFERRABLE, for its NOT NULL: review 200); nothing was \
+                 changed"
+            ),
+        });
     }
     if is.difference(&was).next().is_some() {
         added_column_reads_names(conn, table, &before.schema)?;
@@ -1306,6 +1370,21 @@ mod tests {
         ] {
             assert_eq!(comment_in_statement(sql), at, "{sql}");
         }
+    }
+
+    #[test]
+    fn bare_words_are_read_outside_strings_names_and_comments() {
+        let words = |sql: &str| super::bare_words(sql).join(" ");
+        assert_eq!(
+            words("alter table t Alter column [drop not null] drop  not\nnull"),
+            "ALTER TABLE T ALTER COLUMN DROP NOT NULL"
+        );
+        assert_eq!(
+            words("ADD COLUMN d DEFAULT 'drop not null' -- drop not null\n"),
+            "ADD COLUMN D DEFAULT"
+        );
+        assert_eq!(words("a\"drop\"b /* not */ c_1`x``y`"), "A B C_1");
+        assert_eq!(words("x 'never closed drop"), "X");
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub(crate) struct Ddl {
     /// It is an `ALTER TABLE` of this table (which may rename it to any
     /// name: the authorizer is only told the old one).
     pub(crate) alters: Option<String>,
+    /// It is an `ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL`, as its
+    /// text says (set by `exec::prepare`).
+    pub(crate) drops_not_null: bool,
     /// It changes the schema in any way (create, alter, drop).
     pub(crate) any: bool,
 }
