@@ -255,15 +255,22 @@ fn comment_in_statement(sql: &str) -> Option<usize> {
 }
 
 /// The words of `sql` outside its strings, quoted names and comments, in
-/// upper case, in order (what is neither a word nor white space ends one).
+/// upper case, in order. A word is what SQLite reads as one: ASCII letters,
+/// digits, `_`, `$` and any byte of a character past ASCII.
 fn bare_words(sql: &str) -> Vec<String> {
     let bytes = sql.as_bytes();
     let (mut words, mut word) = (Vec::new(), String::new());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b.is_ascii_alphanumeric() || b == b'_' {
-            word.push(b.to_ascii_uppercase() as char);
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80 {
+            // Past ASCII, the byte only keeps the word whole (`x$drop` and
+            // `ödrop` are one word each); its case does not matter here.
+            word.push(if b >= 0x80 {
+                '\u{80}'
+            } else {
+                b.to_ascii_uppercase() as char
+            });
             i += 1;
             continue;
         }
@@ -1046,8 +1053,8 @@ fn altered_columns_hold(
             message: format!(
                 "DROP NOT NULL left every column of {table} as NOT NULL as it was, and changed \
                  the table's definition elsewhere (SQLite takes the first NOT of the column's \
-                 definition, as in NOT DEFERRABLE, for its NOT NULL: review 200); nothing was \
-                 changed"
+                 definition for its NOT NULL: of NOT DEFERRABLE, or one NOT NULL of two; a key \
+                 column of a WITHOUT ROWID table stays NOT NULL); nothing was changed"
             ),
         });
     }
@@ -1385,6 +1392,9 @@ mod tests {
         );
         assert_eq!(words("a\"drop\"b /* not */ c_1`x``y`"), "A B C_1");
         assert_eq!(words("x 'never closed drop"), "X");
+        // SQLite's own words: `$` and characters past ASCII belong to one.
+        assert_eq!(words("ADD x$drop NOT NULL"), "ADD X$DROP NOT NULL");
+        assert_eq!(words("ADD \u{f6}drop NOT NULL").split(' ').count(), 4);
     }
 
     #[test]
