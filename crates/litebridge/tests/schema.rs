@@ -3,12 +3,24 @@
 use litebridge::store::migrate;
 use litebridge::{Database, DbConfig};
 
+/// The database at `path`, with the default settings.
+async fn open(path: impl AsRef<std::path::Path>) -> Database {
+    Database::open(path, DbConfig::default()).await.unwrap()
+}
+
+/// Runs each of `statements`, naming the one that failed.
+async fn run_all(db: &Database, statements: &[&str]) {
+    for sql in statements {
+        db.execute(sql.to_string(), ())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn tables_views_indexes_and_estimates_without_litebridges_own() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(dir.path().join("s.db"), DbConfig::default())
-        .await
-        .unwrap();
+    let db = open(dir.path().join("s.db")).await;
     migrate(&db).await.unwrap();
     for sql in [
         "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT DEFAULT 'anon')",
@@ -144,9 +156,7 @@ async fn client_ddl_cannot_grow_the_schema_past_its_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_quotes_in_client_schema_are_names_never_strings() {
     let dir = tempfile::tempdir().unwrap();
-    let db = litebridge::Database::open(dir.path().join("s.db"), litebridge::DbConfig::default())
-        .await
-        .unwrap();
+    let db = open(dir.path().join("s.db")).await;
     db.execute("CREATE TABLE t(a TEXT)", ()).await.unwrap();
     db.execute("INSERT INTO t VALUES ('one'), ('two')", ())
         .await
@@ -224,9 +234,7 @@ async fn a_double_quoted_string_another_program_left_never_changes_meaning() {
             )
             .unwrap();
         }
-        let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
-            .await
-            .unwrap();
+        let db = open(&path).await;
         for alter in [
             "ALTER TABLE t ADD COLUMN x TEXT",
             "ALTER TABLE t RENAME COLUMN a TO x",
@@ -282,21 +290,19 @@ async fn a_double_quoted_string_another_program_left_never_changes_meaning() {
 async fn no_column_named_true_or_false_comes_or_goes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
-        .await
-        .unwrap();
-    for sql in [
-        "CREATE TABLE t(a, b, c)",
-        "INSERT INTO t VALUES (1, NULL, 2)",
-        "CREATE INDEX pi ON t(a) WHERE true IS NULL",
-        "CREATE INDEX ei ON t(a + false)",
-        "CREATE TABLE g(x, v INT AS (x + true))",
-        r#"CREATE TABLE n(a, "TRUE", [false])"#,
-    ] {
-        db.execute(sql, ())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    let db = open(&path).await;
+    run_all(
+        &db,
+        &[
+            "CREATE TABLE t(a, b, c)",
+            "INSERT INTO t VALUES (1, NULL, 2)",
+            "CREATE INDEX pi ON t(a) WHERE true IS NULL",
+            "CREATE INDEX ei ON t(a + false)",
+            "CREATE TABLE g(x, v INT AS (x + true))",
+            r#"CREATE TABLE n(a, "TRUE", [false])"#,
+        ],
+    )
+    .await;
     for (alter, word, what) in [
         (
             r#"ALTER TABLE t RENAME COLUMN b TO "true""#,
@@ -372,9 +378,7 @@ async fn no_column_named_true_or_false_comes_or_goes() {
     assert!(report.ok, "{report:?}");
     db.close().await;
     // The file opens again as it was.
-    let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
-        .await
-        .unwrap();
+    let db = open(&path).await;
     let r = db
         .query("SELECT group_concat(name) FROM pragma_table_xinfo('t')", ())
         .await
@@ -404,9 +408,7 @@ async fn a_column_made_not_null_is_read_without_any_index() {
         )
         .unwrap();
     }
-    let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
-        .await
-        .unwrap();
+    let db = open(&path).await;
     let e = db
         .execute(r#"ALTER TABLE t ALTER COLUMN "true" SET NOT NULL"#, ())
         .await
@@ -444,21 +446,15 @@ async fn a_column_made_not_null_is_read_without_any_index() {
 async fn an_alter_cannot_hide_columns_or_constraints_with_a_comment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
-        .await
-        .unwrap();
-    for sql in [
+    let db = open(&path).await;
+    run_all(&db, &[
         "CREATE TABLE t(a, b /* z */, c NOT NULL)",
         "INSERT INTO t VALUES (1, NULL, 5)",
         "CREATE TABLE u(id INTEGER, v TEXT, PRIMARY KEY(id)\n)",
         "INSERT INTO u(v) VALUES ('x'), ('y')",
         "CREATE TABLE customers(\n id INTEGER PRIMARY KEY,\n email TEXT NOT NULL UNIQUE,\n name TEXT,\n balance INTEGER NOT NULL DEFAULT 0\n)",
         "INSERT INTO customers(email, name) VALUES ('a@b', 'ann')",
-    ] {
-        db.execute(sql, ())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    ]).await;
     for alter in [
         "ALTER TABLE t ALTER COLUMN a SET NOT NULL /* x",
         "ALTER TABLE u ADD COLUMN d INT -- x",
@@ -515,9 +511,7 @@ async fn an_alter_cannot_hide_columns_or_constraints_with_a_comment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_after_a_schema_change_names_the_columns_it_read() {
     let dir = tempfile::tempdir().unwrap();
-    let db = litebridge::Database::open(dir.path().join("s.db"), litebridge::DbConfig::default())
-        .await
-        .unwrap();
+    let db = open(dir.path().join("s.db")).await;
     db.execute("CREATE TABLE t(a, b, c)", ()).await.unwrap();
     db.execute("INSERT INTO t VALUES (1, 2, 3)", ())
         .await
@@ -557,16 +551,16 @@ async fn a_read_after_a_schema_change_names_the_columns_it_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_not_null_that_drops_something_else_is_undone() {
     let dir = tempfile::tempdir().unwrap();
-    let db = litebridge::Database::open(dir.path().join("s.db"), litebridge::DbConfig::default())
-        .await
-        .unwrap();
-    for sql in [
-        "CREATE TABLE p(id INTEGER PRIMARY KEY)",
-        "CREATE TABLE t(a, b TEXT REFERENCES p NOT DEFERRABLE INITIALLY IMMEDIATE NOT NULL COLLATE NOCASE, c)",
-        "CREATE TABLE w(a NOT NULL, b DEFAULT 'drop not null')",
-    ] {
-        db.execute(sql, ()).await.unwrap();
-    }
+    let db = open(dir.path().join("s.db")).await;
+    run_all(
+        &db,
+        &[
+            "CREATE TABLE p(id INTEGER PRIMARY KEY)",
+            "CREATE TABLE t(a, b TEXT REFERENCES p NOT DEFERRABLE INITIALLY IMMEDIATE NOT NULL COLLATE NOCASE, c)",
+            "CREATE TABLE w(a NOT NULL, b DEFAULT 'drop not null')",
+        ],
+    )
+    .await;
     let before = db
         .query("SELECT sql FROM sqlite_schema WHERE name = 't'", ())
         .await
