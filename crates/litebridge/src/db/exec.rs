@@ -764,9 +764,10 @@ fn schema_change<T>(conn: &Connection, ddl: Ddl, run: impl FnOnce() -> Result<T>
         quotes_as_strings(true)?;
     }
     let result = run();
-    // Fail closed: a connection left reading them as strings takes no more
-    // schema changes (the writer is opened again after an error it cannot
-    // place).
+    // SQLite refuses this setting only for an option it does not know,
+    // which this build does; were it refused, the change is undone and
+    // the error returned (the connection may then read double quotes as
+    // strings in the schema statements that follow).
     let restored = match altered {
         Some(_) => quotes_as_strings(false).map_err(|e| Error::Internal {
             message: format!("double quotes could not be made names again: {e}"),
