@@ -210,22 +210,40 @@ fn first_statement_end(sql: &str) -> Option<usize> {
     None
 }
 
-/// Whether `sql` holds nothing but white space and comments.
+/// Whether `sql` holds nothing but white space, comments and `;`s.
 fn only_comments(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
+    let mut rest = sql;
     loop {
-        if rest.is_empty() {
-            return true;
+        match past_comments(rest) {
+            Err(_) => return true, // a comment to the end
+            Ok("") => return true,
+            Ok(r) => match r.strip_prefix(';') {
+                Some(after) => rest = after,
+                None => return false,
+            },
         }
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix(';') {
-            rest = after.trim_start();
+    }
+}
+
+/// `sql` past the white space and comments it begins with, as SQLite's
+/// tokenizer reads them (white space is its five ASCII characters); `Err`
+/// with the offset of a `/*` comment that never closes (SQLite reads it to
+/// the end).
+fn past_comments(sql: &str) -> std::result::Result<&str, usize> {
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r');
+    let mut rest = sql.trim_start_matches(space);
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            match r.split_once("*/") {
+                Some((_, r)) => rest = r,
+                None => return Err(sql.len() - rest.len()),
+            }
         } else {
-            return false;
+            return Ok(rest);
         }
+        rest = rest.trim_start_matches(space);
     }
 }
 
@@ -234,22 +252,10 @@ fn only_comments(sql: &str) -> bool {
 /// after its `;` (a migration's header, a note after it), which SQLite
 /// copies nowhere.
 fn comment_in_statement(sql: &str) -> Option<usize> {
-    let mut start = 0;
-    loop {
-        let rest = &sql[start..];
-        let trimmed = rest.trim_start();
-        start += rest.len() - trimmed.len();
-        if let Some(after) = trimmed.strip_prefix("--") {
-            start = sql.len() - after.split_once('\n').map_or("", |(_, r)| r).len();
-        } else if let Some(after) = trimmed.strip_prefix("/*") {
-            match after.split_once("*/") {
-                Some((_, r)) => start = sql.len() - r.len(),
-                None => return Some(start),
-            }
-        } else {
-            break;
-        }
-    }
+    let start = match past_comments(sql) {
+        Ok(rest) => sql.len() - rest.len(),
+        Err(at) => return Some(at),
+    };
     let end = first_statement_end(sql).unwrap_or(sql.len()).max(start);
     comment_at(&sql[start..end]).map(|at| start + at)
 }
@@ -596,17 +602,9 @@ fn collect(
 
 /// Whether the first keyword of `sql`, after spaces and comments, is `keyword`.
 fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
-    let mut rest = sql.trim_start();
-    loop {
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            rest = r.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else {
-            break;
-        }
-    }
-    rest.get(..keyword.len())
+    past_comments(sql)
+        .unwrap_or_default()
+        .get(..keyword.len())
         .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
 }
 
@@ -1378,6 +1376,22 @@ mod tests {
         ] {
             assert_eq!(comment_in_statement(sql), at, "{sql}");
         }
+    }
+
+    #[test]
+    fn leading_comments_and_white_space_are_read_as_sqlite_reads_them() {
+        use super::{only_comments, past_comments, starts_with_keyword};
+        assert_eq!(past_comments(" -- a\n/* b */\tVACUUM"), Ok("VACUUM"));
+        assert_eq!(past_comments("\r\n/* open"), Err(2));
+        // White space is SQLite's five ASCII characters: a no-break space
+        // begins a word, as SQLite reads it.
+        assert_eq!(past_comments("\u{a0}VACUUM"), Ok("\u{a0}VACUUM"));
+        assert!(starts_with_keyword("/**/vacuum", "VACUUM"));
+        assert!(!starts_with_keyword("\u{a0}VACUUM", "VACUUM"));
+        assert!(!starts_with_keyword("/* VACUUM", "VACUUM"));
+        assert!(only_comments(" ; -- x\n ;/* y */;"));
+        assert!(only_comments("; /* never closed"));
+        assert!(!only_comments("; SELECT 1"));
     }
 
     #[test]
