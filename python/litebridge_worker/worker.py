@@ -1207,24 +1207,35 @@ class _Watchdog:
                 watch.close()
         except Exception:  # not a descriptor epoll can watch (a file): the loop's EOF is all
             return
-        turns, still_since = -1, time.monotonic()
-        while not self.eof_seen.wait(1.0):
+        # Counted from the hang-up, or from the last turn seen since (the
+        # loop is asked to turn each second); a wait ends at the limit, not
+        # at the next whole second (the count had started a second late, and
+        # ended up to a second late too).
+        turns, still_since = self.turns, time.monotonic()
+        self._ask_turn()
+        while not self.eof_seen.wait(min(1.0, max(0.0, still_since + self.limit
+                                                  - time.monotonic()))):
             if self.finished.is_set():
                 return
+            now = time.monotonic()
             if self.turns != turns:
-                turns, still_since = self.turns, time.monotonic()
-            elif time.monotonic() - still_since > self.limit:
-                self.leave_now("the event loop has not turned for %.1f s since stdin ended"
-                               % self.limit)
-            loop = self.loop
-            if loop is not None:  # None: not started yet, no turns
-                try:
-                    loop.call_soon_threadsafe(self.turned)
-                except RuntimeError:  # the loop is closed: run() is returning
-                    pass
+                turns, still_since = self.turns, now
+            elif now - still_since >= self.limit:
+                self.leave_now("the event loop has not turned for %.1f s, and stdin has ended"
+                               % (now - still_since))
+            self._ask_turn()
         if self.finished.wait(self.limit):
             return
         self.leave_now("still running %.1f s after stdin ended" % self.limit)
+
+    def _ask_turn(self):
+        """Has the loop count a turn, when it next turns."""
+        loop = self.loop
+        if loop is not None:  # None: not started yet, no turns
+            try:
+                loop.call_soon_threadsafe(self.turned)
+            except RuntimeError:  # the loop is closed: run() is returning
+                pass
 
     def leave_now(self, why):
         """Ends the process (status 1), never in the middle of a reply line

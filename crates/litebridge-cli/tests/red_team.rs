@@ -208,9 +208,11 @@ fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
         );
         assert_eq!(status, 403, "/mcp with Host {host}{extra}");
     }
-    // The server's own names work, with or without a same-site Origin.
+    // The server's own names work, with or without a same-site Origin, on
+    // /rpc and /mcp alike (rmcp's own list took only 127.0.0.1 of 127.x).
     for (host, extra) in [
         ("127.0.0.1", ""),
+        ("127.0.0.2", ""),
         ("localhost", ""),
         ("[::1]", ""),
         ("localhost", "\r\nOrigin: http://localhost:3000"),
@@ -218,6 +220,16 @@ fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
         let q = call("sql.query", json!({"sql": "SELECT 1"})).to_string();
         let (status, reply) = raw(&server.addr, &rpc_head(host, extra, q.len()), q.as_bytes());
         assert_eq!(status, 200, "Host {host}{extra}: {reply}");
+        let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+        let (status, reply) = raw(
+            &server.addr,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}{extra}",
+                ping.len()
+            ),
+            ping.as_bytes(),
+        );
+        assert_eq!(status, 200, "/mcp with Host {host}{extra}: {reply}");
     }
     let tables = server.rpc(call(
         "sql.query",

@@ -87,7 +87,7 @@ pub(crate) fn router(
         Some(stop) => Router::new()
             .nest_service(
                 "/mcp",
-                crate::transport::mcp::http_service(state.app.clone(), access.exposed, stop),
+                crate::transport::mcp::http_service(state.app.clone(), stop),
             )
             // Its routes only: a POST to a path of no route is not MCP.
             .route_layer(axum::middleware::from_fn_with_state(
@@ -225,7 +225,7 @@ pub(crate) fn check_site(
     if !exposed && let Some(h) = hosts.iter().find(|h| !is_loopback(authority_host(h))) {
         return Err(format!(
             "this server listens on loopback and answers only to a loopback Host \
-             (localhost, 127.0.0.1, [::1]), not {:?} (protection against DNS rebinding)",
+             (localhost, a 127.x address, [::1]), not {:?} (protection against DNS rebinding)",
             h.chars().take(100).collect::<String>()
         ));
     }

@@ -164,9 +164,11 @@ impl Opener {
             if !problems.is_empty() {
                 return Err(Error::Corrupt {
                     path: self.path.clone(),
+                    // One line: SQLite's first finding starts with a line
+                    // of its own (`*** in database main ***`).
                     detail: format!(
                         "quick_check found {}{}",
-                        problems.join("; "),
+                        problems.join("; ").replace(['\n', '\r'], " "),
                         " (run `litebridge check --full`, or restore a backup)"
                     ),
                 });

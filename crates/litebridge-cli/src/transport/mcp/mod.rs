@@ -230,9 +230,10 @@ async fn tools_watch(
 }
 
 /// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.
-/// `exposed` (listening beyond loopback) lifts the Host check that protects
-/// local servers from DNS rebinding: every request needs a key there anyway
-/// (and the router's own Host and Origin check runs in front either way).
+/// rmcp's own Host check is off: the router's Host and Origin check runs in
+/// front of every route (`check_site`), so `/mcp` answers to the Host
+/// values `/rpc` does (rmcp's list held `127.0.0.1` of the 127.x
+/// addresses, and refused in plain text).
 ///
 /// Stateless: each POST is answered on its own, with a JSON body, and no
 /// session is kept between requests (a server that keeps a session per
@@ -241,7 +242,6 @@ async fn tools_watch(
 /// tools change (stdio sessions are, `tools_watch`), and list them again.
 pub(crate) fn http_service(
     app: Arc<App>,
-    exposed: bool,
     stop: CancellationToken,
 ) -> StreamableHttpService<McpServer, LocalSessionManager> {
     let mut config = StreamableHttpServerConfig::default();
@@ -249,9 +249,7 @@ pub(crate) fn http_service(
     config.legacy_session_mode = false;
     config.json_response = true;
     config.max_request_body_bytes = crate::transport::http::MAX_BODY;
-    if exposed {
-        config = config.disable_allowed_hosts();
-    }
+    config = config.disable_allowed_hosts();
     StreamableHttpService::new(
         move || {
             Ok(McpServer {
