@@ -200,7 +200,7 @@ impl Events {
                 };
                 match &e {
                     PoolEvent::HostJoined { host } if announced.remove(host) => continue,
-                    PoolEvent::HostLost { host, .. } => {
+                    PoolEvent::HostLost { host, .. } | PoolEvent::HostRetired { host } => {
                         announced.remove(host);
                     }
                     _ => {}
@@ -485,6 +485,7 @@ fn describe(e: &PoolEvent) -> Option<(&'static str, Map<String, Json>)> {
         PoolEvent::HostLost { host, reason } => {
             ("host-lost", object(json!({"host": host, "reason": reason})))
         }
+        PoolEvent::HostRetired { host } => ("host-retired", object(json!({"host": host}))),
         PoolEvent::Shutdown => ("shutdown", Map::new()),
         _ => return None,
     })

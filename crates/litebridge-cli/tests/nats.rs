@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use litebridge::workers::nats::{NatsBridge, NatsConfig};
-use litebridge::workers::{CallOptions, WorkerConfig};
+use litebridge::workers::{CallOptions, PoolEvent, WorkerConfig};
 use litebridge::{Error, ErrorKind, TimeoutStage};
 use serde_json::{Value as Json, json};
 
@@ -1378,7 +1378,7 @@ async fn hostile_peers_on_the_bus_cannot_crash_hosts_or_take_over_calls() {
     assert_eq!(hosts, ["h1"]);
     while let Ok(e) = events.try_recv() {
         assert!(
-            !matches!(&e, litebridge::workers::PoolEvent::HostJoined { host } if host.starts_with("fake")),
+            !matches!(&e, PoolEvent::HostJoined { host } if host.starts_with("fake")),
             "{e:?}"
         );
     }
@@ -1935,6 +1935,55 @@ async fn a_host_told_to_stop_answers_every_call_it_runs() {
     let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
     assert_eq!(ran, expected, "each record_once call ran once");
     drop(host);
+}
+
+/// A host stopped cleanly (SIGTERM) says it retired, and front ends let
+/// it go as retired: `host-retired`, never `host-lost` (the docs' audit,
+/// review 205: every rolling restart logged a lost host and told it as
+/// `host-lost`, at the dead-host timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stopped_cleanly_is_let_go_as_retired_not_lost() {
+    let Some(mut setup) = Setup::start(&[], &["h1", "h2"], 1).await else {
+        return;
+    };
+    let mut events = setup.bridge.subscribe();
+    assert!(
+        setup
+            .bridge
+            .call("tag", json!({}), opts(5_000))
+            .await
+            .is_ok()
+    );
+    let mut h1 = setup.hosts.remove(0);
+    h1.signal(15);
+    assert!(h1.child.wait().unwrap().success(), "h1 stopped cleanly");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(PoolEvent::HostRetired { host })) if host == "h1" => break,
+            Ok(Ok(PoolEvent::HostLost { host, reason })) => {
+                panic!("{host} told as lost: {reason}")
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no host-retired for h1: {other:?}"),
+        }
+    }
+    let hosts: Vec<String> = setup.bridge.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(hosts, ["h2"]);
+    // The other host still serves, and nothing else was told meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        setup
+            .bridge
+            .call("tag", json!({}), opts(5_000))
+            .await
+            .unwrap(),
+        json!("h2")
+    );
+    while let Ok(e) = events.try_recv() {
+        assert!(!matches!(e, PoolEvent::HostLost { .. }), "{e:?}");
+    }
 }
 
 /// A rolling restart under a load of calls of a method that is not

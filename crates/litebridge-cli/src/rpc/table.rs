@@ -216,7 +216,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "events.subscribe",
         scope: Scope::Metrics,
-        description: "Over stdio: from now on, the worker pool's events come as notifications {\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{seq, event, ts, ...}} (event: started, process-started, process-error, process-restarted, process-recycling, host-joined, host-lost (worker hosts over NATS), retry, circuit-breaker-state-change, shutdown; missed with a count when this session fell behind). Over HTTP: unsupported, read GET /events. Returns {subscribed: true}.",
+        description: "Over stdio: from now on, the worker pool's events come as notifications {\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{seq, event, ts, ...}} (event: started, process-started, process-error, process-restarted, process-recycling, host-joined, host-lost, host-retired (worker hosts over NATS), retry, circuit-breaker-state-change, shutdown; missed with a count when this session fell behind). Over HTTP: unsupported, read GET /events. Returns {subscribed: true}.",
         example: r#"{}"#,
         handler: handler::<super::events::Subscribe>(),
         read_only: true,

@@ -172,6 +172,12 @@ pub enum PoolEvent {
         /// How it was seen to be lost.
         reason: String,
     },
+    /// A worker host stopped on purpose: it finished its calls and said it
+    /// retired (NATS transport).
+    HostRetired {
+        /// Its id.
+        host: String,
+    },
     /// The pool is shutting down.
     Shutdown,
 }

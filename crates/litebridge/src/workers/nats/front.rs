@@ -1779,7 +1779,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         } else {
             lock(&f.instances).heard(&beat.service_id);
         }
-        let (stale, replaced) = {
+        let (stale, replaced, read) = {
             let mut hosts = write(&f.hosts);
             if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
                 // Room goes to hosts that answer: one whose INFO never came
@@ -1829,8 +1829,17 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()))
                 && beat.methods_hash != wire::NONE_ANNOUNCED;
             known.beat = Some(beat.clone());
-            (stale, replaced)
+            (stale, replaced, read)
         };
+        if beat.retired && read {
+            // One never told as joined is let go by the dead-host timer,
+            // quietly: a flood of made-up ids asks NATS nothing here.
+            tokio::spawn(let_go_retired(
+                front.clone(),
+                beat.host.clone(),
+                beat.service_id.clone(),
+            ));
+        }
         if let Some((old, read)) = replaced {
             // Asked of the old instance itself: one that answers is alive,
             // and its calls are not lost.
@@ -1882,6 +1891,49 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 f.learn(&info, Some(hash));
             });
         }
+    }
+}
+
+/// Lets a host whose instance said it retired (its last heartbeat, once
+/// its calls are done) go at once, quietly: logged at `info` and told as
+/// `host-retired`, not as lost. Only once NATS no longer knows the instance
+/// (its `PING` finds no one listening: a peer that forges a retired
+/// heartbeat for a live host changes nothing) and no call of this end is
+/// with it; otherwise the dead-host timer lets it go, and still says it
+/// retired ([`watch_liveness`]).
+async fn let_go_retired(front: std::sync::Weak<Front>, host: String, instance: String) {
+    for wait in [50, 200, 500, 1_000, 2_000].map(Duration::from_millis) {
+        tokio::time::sleep(wait).await;
+        let Some(f) = front.upgrade() else { return };
+        let asked = f.config.heartbeat.max(Duration::from_millis(200));
+        if ping_instance(&f.client, &f.config.prefix, &instance, asked).await != Found::Gone {
+            continue;
+        }
+        let with = |h: &Option<(String, String)>| {
+            h.as_ref()
+                .is_some_and(|(h, i)| *h == host && *i == instance)
+        };
+        if lock(&f.calls).values().any(|p| !p.done && with(&p.host))
+            || lock(&f.kept).values().any(|k| with(&k.host))
+        {
+            return;
+        }
+        let read = {
+            let mut hosts = write(&f.hosts);
+            let retired = hosts
+                .get(&host)
+                .and_then(|h| h.beat.as_ref())
+                .is_some_and(|b| b.retired && b.service_id == instance);
+            if !retired {
+                return; // heard from again: another instance, or a forgery
+            }
+            hosts.remove(&host).is_some_and(|h| h.read_for.is_some())
+        };
+        if read {
+            tracing::info!(host, "worker host retired");
+            let _ = f.ledger.events.send(PoolEvent::HostRetired { host });
+        }
+        return;
     }
 }
 
@@ -1949,7 +2001,7 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
             continue;
         }
         armed = None;
-        let dead: Vec<(String, Option<String>, bool)> = {
+        let dead: Vec<(String, Option<String>, bool, bool)> = {
             let mut hosts = write(&f.hosts);
             let dead: Vec<String> = hosts
                 .iter()
@@ -1960,15 +2012,27 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 .map(|id| {
                     let known = hosts.remove(&id);
                     let read = known.as_ref().is_some_and(|h| h.read_for.is_some());
-                    let instance = known.and_then(|h| h.beat).map(|b| b.service_id);
-                    (id, instance, read)
+                    let beat = known.and_then(|h| h.beat);
+                    let retired = beat.as_ref().is_some_and(|b| b.retired);
+                    (id, beat.map(|b| b.service_id), read, retired)
                 })
                 .collect()
         };
         // Several at once share a cause (a NATS server of a cluster, the
         // network, a flood of the heartbeat subject), not a method's doing.
         let alone = dead.len() == 1;
-        for (host, instance, read) in dead {
+        for (host, instance, read, retired) in dead {
+            if retired {
+                // Its last word was that it retired (`let_go_retired` found
+                // it still known to NATS, or a call with it): calls it had
+                // are lost all the same, not counted against their methods.
+                f.host_lost(&host, None, "it retired with the call in flight", false);
+                if read {
+                    tracing::info!(host, "worker host retired");
+                    let _ = f.ledger.events.send(PoolEvent::HostRetired { host });
+                }
+                continue;
+            }
             let reason = format!("no heartbeat for {} ms", dead_after.as_millis());
             // One never told as joined (its methods were never read: a
             // flood of made-up ids) is not logged nor told as lost; its
