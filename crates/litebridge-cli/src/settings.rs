@@ -1062,7 +1062,7 @@ impl Settings {
                         format!("{name}: {}", unknown_key(&full))
                     } else {
                         format!(
-                            "unknown configuration variable {name} (it would set `{full}`){}",
+                            "unknown configuration variable {name} (there is no key `{full}`){}",
                             did_you_mean(&full, env_name)
                         )
                     })
@@ -1211,7 +1211,7 @@ impl Settings {
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;
-        c.validate()?;
+        c.validate().map_err(|e| self.refused(e))?;
         Ok(Some(c))
     }
 
@@ -1227,6 +1227,30 @@ impl Settings {
     /// or a flag), for a message about it.
     pub(crate) fn source(&self, key: &str) -> &Source {
         &self.values[key].1
+    }
+
+    /// The library's refusal of a configured value, saying where the value
+    /// came from when it is one of these settings (a value's type is
+    /// checked as it is read, [`check`]; what it says, or how it goes with
+    /// the others, by the library's own `validate`).
+    pub(crate) fn refused(&self, e: litebridge::Error) -> Failure {
+        match &e {
+            litebridge::Error::Config {
+                key,
+                value,
+                expected,
+            } if self
+                .values
+                .get(key.as_str())
+                .is_some_and(|(_, from)| *from != Source::Default) =>
+            {
+                Failure::new(format!(
+                    "invalid configuration `{key}` = {value} (from {}): expected {expected}",
+                    self.source(key)
+                ))
+            }
+            _ => e.into(),
+        }
     }
 
     pub(crate) fn dashboard(&self) -> bool {
@@ -1303,7 +1327,8 @@ impl Settings {
         let url = self.get("nats.url").trim();
         if url.is_empty() {
             return Err(Failure::new(
-                "`nats.url` is needed (environment LITEBRIDGE_NATS_URL, or --nats): nats://host:4222, several servers separated by commas",
+                "`nats.url` is needed: nats://host:4222, several servers separated by commas \
+                 ([nats] url in the configuration file, LITEBRIDGE_NATS_URL, or --nats of worker-host)",
             ));
         }
         let optional = |name: &str| {
@@ -1325,7 +1350,7 @@ impl Settings {
         c.reconnect_grace = self.ms("nats.reconnect_grace_ms");
         c.connect_timeout = self.ms("nats.connect_timeout_ms");
         c.server_stale_after = self.ms("nats.server_stale_after_ms");
-        c.validate()?;
+        c.validate().map_err(|e| self.refused(e))?;
         Ok(c)
     }
 
@@ -1754,7 +1779,7 @@ mod tests {
         let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_NOPE", "1")]), &[]).unwrap_err();
         assert_eq!(
             e.message,
-            "unknown configuration variable LITEBRIDGE_DB_NOPE (it would set `db.nope`)"
+            "unknown configuration variable LITEBRIDGE_DB_NOPE (there is no key `db.nope`)"
         );
         let e = Settings::load(None, &env(&[("LITEBRIDGE_DB_READRS", "2")]), &[]).unwrap_err();
         assert!(
@@ -1887,6 +1912,37 @@ mod tests {
         assert!(
             e.message
                 .starts_with("LITEBRIDGE_WORKERS_RETRY_ATTEMPTS: `workers.retry_attempts`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn values_the_library_refuses_name_where_they_came_from() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("LITEBRIDGE_BACKEND_KIND", "postgres"),
+                ("LITEBRIDGE_POSTGRES_URL", "postgres://o@127.0.0.1/db"),
+                ("LITEBRIDGE_POSTGRES_SCHEMA", "Bad"),
+                ("LITEBRIDGE_NATS_URL", "http://127.0.0.1:4222"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let e = s.pg_config().unwrap_err();
+        assert!(
+            e.message.starts_with(
+                "invalid configuration `postgres.schema` = \"Bad\" (from environment LITEBRIDGE_POSTGRES_SCHEMA): expected"
+            ),
+            "{}",
+            e.message
+        );
+        let e = s.nats_config().unwrap_err();
+        assert!(
+            e.message.contains(
+                "`nats.url` = \"http://127.0.0.1:4222\" (from environment LITEBRIDGE_NATS_URL)"
+            ),
             "{}",
             e.message
         );

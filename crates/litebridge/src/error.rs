@@ -122,11 +122,12 @@ pub enum Error {
         stage: TimeoutStage,
     },
     /// A bounded queue is full.
-    #[error("{queue} queue is full ({capacity} at most); retry after {} ms", retry_after.as_millis())]
+    #[error("{}", overloaded(queue, *capacity, *retry_after))]
     Overloaded {
         /// Which queue.
         queue: &'static str,
-        /// Its capacity.
+        /// Its capacity; 0 when another's (a PostgreSQL server with no
+        /// connection left).
         capacity: usize,
         /// A suggested wait before retrying.
         retry_after: Duration,
@@ -394,6 +395,16 @@ impl std::fmt::Display for TimeoutStage {
                  every other write wait); it was interrupted and nothing was committed"
             }
         })
+    }
+}
+
+/// [`Error::Overloaded`]'s message.
+fn overloaded(queue: &str, capacity: usize, retry_after: Duration) -> String {
+    let ms = retry_after.as_millis();
+    if capacity == 0 {
+        format!("{queue}: no room (the limit is not litebridge's); retry after {ms} ms")
+    } else {
+        format!("{queue} queue is full ({capacity} at most); retry after {ms} ms")
     }
 }
 

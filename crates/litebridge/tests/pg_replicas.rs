@@ -947,3 +947,29 @@ async fn ended(url: &str, tag: &str) -> i64 {
         .await;
     left
 }
+
+/// A URL that leads to a standby is refused at start, saying so and naming
+/// the URL (the docs' audit, review 205: the migration's "cannot execute
+/// CREATE SCHEMA in a read-only transaction" was all it said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_leads_to_a_standby_is_refused_saying_so() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let replicas = env("LB_TEST_PG_REPLICAS").expect("set with LB_TEST_PG");
+    let (head, tail) = schema.url.split_once('@').unwrap();
+    let path = &tail[tail.find('/').unwrap()..];
+    let on_standby = format!("{head}@{}{path}", replicas[0]);
+    let config = litebridge::pg::PgConfig::new(on_standby)
+        .client(common::pg::CLIENT_ROLE, None)
+        .client_schema(schema.name.clone())
+        .schema(schema.own());
+    let e = PgDatabase::connect(config).await.expect_err("refused");
+    let text = e.to_string();
+    assert_eq!(e.kind(), litebridge::ErrorKind::Unavailable, "{text}");
+    assert!(
+        text.contains("standby") && text.contains(&replicas[0]),
+        "{text}"
+    );
+    schema.drop_now().await;
+}

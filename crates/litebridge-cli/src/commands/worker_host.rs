@@ -32,7 +32,17 @@ pub(crate) async fn run(args: WorkerHostArgs) -> CliResult {
     crate::logging::init(s.log_level(), s.log_format());
     let mut nats = s.nats_config()?;
     nats.host_id = args.name;
-    nats.validate()?;
+    nats.validate().map_err(|e| match e {
+        // The one value of a host's that is no setting: its flag is named.
+        litebridge::Error::Config {
+            key,
+            value,
+            expected,
+        } if key == "nats.host_id" => {
+            Failure::new(format!("invalid --name {value}: expected {expected}"))
+        }
+        e => s.refused(e),
+    })?;
     let Some(workers) = s.local_workers()? else {
         return Err(Failure::new(
             "a worker host needs its workers: --workers \"python3 worker.py\" (workers.command) or workers.framework_path",

@@ -231,7 +231,7 @@ impl PgConfig {
             {
                 return Err(Error::Config {
                     key: "synchronous_commit (the server's)".into(),
-                    value: synchronous_commit.to_owned(),
+                    value: format!("{synchronous_commit:?}"),
                     expected: "one of PostgreSQL's values".into(),
                 });
             }
@@ -288,7 +288,7 @@ impl PgConfig {
     ) -> Result<tokio_postgres::Config> {
         let bad = || Error::Config {
             key: "postgres.replicas".into(),
-            value: replica.to_owned(),
+            value: format!("{replica:?}"),
             expected: "host:port".into(),
         };
         let (host, port) = replica.rsplit_once(':').ok_or_else(bad)?;
@@ -373,7 +373,7 @@ impl PgConfig {
             Some(u) if Some(u) == owner.as_ref() => {
                 return Err(Error::Config {
                     key: "postgres.client_user".into(),
-                    value: u.clone(),
+                    value: format!("{u:?}"),
                     expected: "another role than the URL's user, which owns litebridge's own \
                                tables: the clients' SQL must not be able to reach them"
                         .into(),
@@ -472,7 +472,7 @@ fn schema_name(key: &str, name: &str, max: usize) -> Result<()> {
     } else {
         Err(Error::Config {
             key: key.into(),
-            value: name.to_owned(),
+            value: format!("{name:?}"),
             expected: format!(
                 "a schema name of lower-case letters, digits and underscores, a letter first, \
                  at most {max} bytes"

@@ -80,7 +80,7 @@ pub(crate) fn from_pg(e: &tokio_postgres::Error, timeout: Duration) -> Error {
             Error::Busy { message }
         }
         &SqlState::TOO_MANY_CONNECTIONS => Error::Overloaded {
-            queue: "PostgreSQL connection",
+            queue: "the PostgreSQL server's connections (SQLSTATE 53300, too many clients)",
             capacity: 0,
             retry_after: Duration::from_millis(100),
         },

@@ -418,7 +418,30 @@ impl PgDatabase {
         // At least three: a sweep holds one for its lock while its
         // statements take others, and keys and quotas need theirs.
         let own = pool(config.own_config()?, config.connections.clamp(3, 8))?;
-        let mut owner = connect_to(&own, deadline).await?;
+        // Errors at start name the server they are about (the URL, its
+        // password starred).
+        let at_url = |e: Error| match e {
+            Error::Unavailable { what, reason } => Error::Unavailable {
+                what,
+                reason: format!("{reason} (postgres.url {})", config.redacted_url()),
+            },
+            e => e,
+        };
+        let mut owner = connect_to(&own, deadline).await.map_err(at_url)?;
+        let standby: bool = owner
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| at_url(from_pg(&e, Duration::ZERO)))?
+            .get(0);
+        if standby {
+            return Err(at_url(Error::Unavailable {
+                what: "the PostgreSQL primary",
+                reason: "the server reached is a standby (in recovery), where litebridge \
+                         cannot write: point postgres.url at the primary, or list every \
+                         node with ?target_session_attrs=read-write"
+                    .into(),
+            }));
+        }
         let client_user = config.client_user.clone().unwrap_or_default();
         check_client_role(&owner, &client_user).await?;
         schema::migrate(&mut owner, &config.schema, &client_user).await?;

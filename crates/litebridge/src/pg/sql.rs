@@ -86,10 +86,15 @@ pub(crate) fn translate(sql: &str) -> Result<(String, usize)> {
 pub(crate) fn check_allowed(sql: &str) -> Result<()> {
     let word = first_word(sql).to_ascii_uppercase();
     let why = match word.as_str() {
-        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
-        | "PREPARE" => {
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE" => {
             "litebridge runs every request in a transaction of its own; send several statements \
              with sql.batch to have them commit together"
+        }
+        // `PREPARE TRANSACTION` too: a transaction left prepared outlives
+        // the request, holding its locks.
+        "PREPARE" => {
+            "litebridge prepares statements itself (send the statement, with ?1 or $1 \
+             placeholders); a prepared transaction would outlive the request"
         }
         "SET" | "RESET" | "DISCARD" | "LOAD" => {
             "session settings would carry over to other requests on the same connection"

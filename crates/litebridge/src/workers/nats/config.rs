@@ -135,6 +135,16 @@ impl NatsConfig {
                 "addresses without a user or password: give those as nats.user and nats.password, or a token as nats.token",
             );
         }
+        // After the refusal of credentials in it: an address is quoted.
+        for a in self.url.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            if let Err(e) = a.parse::<async_nats::ServerAddr>() {
+                return bad(
+                    "nats.url",
+                    &format!("{a:?}"),
+                    &format!("a NATS address such as nats://127.0.0.1:4222 ({e})"),
+                );
+            }
+        }
         for (key, value) in [
             ("nats.prefix", Some(&self.prefix)),
             ("nats.queue_group", Some(&self.queue_group)),
@@ -278,10 +288,20 @@ impl NatsConfig {
             // A user's seed (`SU...`) with a valid checksum; nkeys's own
             // complaint is not passed on, as it quotes a character of it.
             if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(seed).is_err() {
+                // What is wrong, never a character of it.
+                let found = if !seed.starts_with("SU") {
+                    "its text does not start with SU"
+                } else if seed.len() != 58 {
+                    "its text is not 58 characters long"
+                } else {
+                    "its checksum does not match (a character changed, or a cut seed)"
+                };
                 return Err(refused(
                     key,
                     path,
-                    "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it".into(),
+                    format!(
+                        "a file holding one user's nkey seed: 58 characters starting with SU, as `nk -gen user` prints it ({found})"
+                    ),
                 ));
             }
             o = o.nkey(seed.to_owned());
@@ -435,14 +455,25 @@ mod tests {
         let mut changed = seed.clone().into_bytes();
         changed[20] = if changed[20] == b'A' { b'B' } else { b'A' };
         let changed = String::from_utf8(changed).unwrap();
-        for text in [
-            "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4".to_owned(),
-            nkeys::KeyPair::new_account().seed().unwrap(),
-            changed,
+        let cut = seed[..40].to_owned();
+        for (text, why) in [
+            (
+                "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4".to_owned(),
+                "does not start with SU",
+            ),
+            (
+                nkeys::KeyPair::new_account().seed().unwrap(),
+                "does not start with SU",
+            ),
+            (cut, "not 58 characters"),
+            (changed, "checksum does not match"),
         ] {
             std::fs::write(&file, format!("{text}\n")).unwrap();
             let e = refusal(&c);
-            assert!(e.contains("nats.nkey_file") && e.contains("SU"), "{e}");
+            assert!(
+                e.contains("nats.nkey_file") && e.contains("SU") && e.contains(why),
+                "{e}"
+            );
             assert!(!e.contains(&text[2..12]), "{e}");
         }
         std::fs::write(&file, format!("{seed}\n")).unwrap();

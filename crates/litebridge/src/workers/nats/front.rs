@@ -1735,11 +1735,15 @@ fn route(f: &Front, subject: &str, m: Note, bare_no_responders: bool) {
                 drop(calls);
                 if status.is_none() {
                     f.late.fetch_add(1, Ordering::Relaxed);
-                    let started = h.get(Name::Started).map(|v| v == "1");
+                    let started = match h.get(Name::Started) {
+                        Some("1") => "the call had started there",
+                        Some(_) => "the call had not started there",
+                        None => "whether the call had started is not said",
+                    };
                     // At most once a minute: anyone who may publish into
                     // the inbox can send these.
                     f.warn_once_a_minute(&format!(
-                        "an answer from host {} (started: {started:?}) came after its caller \
+                        "an answer from host {} ({started}) came after its caller \
                          stopped waiting; dropped and counted (late answers: {})",
                         host.unwrap_or("(unnamed)"),
                         f.late.load(Ordering::Relaxed)
