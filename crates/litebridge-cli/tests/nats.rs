@@ -1986,6 +1986,57 @@ async fn a_host_stopped_cleanly_is_let_go_as_retired_not_lost() {
     }
 }
 
+/// Review 206: a peer that may publish heartbeats forged one saying a
+/// live host retired, under a made-up instance (which no one answers for),
+/// and the front end dropped the live host: calls found no host. Forged
+/// under the host's own instance, a `PING` finds it alive. Neither drops
+/// it, nor is told as `host-retired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_retired_heartbeat_does_not_drop_a_live_host() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let mut events = setup.bridge.subscribe();
+    let evil = peer(&setup.url).await;
+    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
+    let real: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .unwrap();
+    let forged = |instance: &str| {
+        let mut beat = real.clone();
+        beat["service_id"] = json!(instance);
+        beat["retired"] = json!(true);
+        beat.to_string()
+    };
+    let real_id = real["service_id"].as_str().unwrap().to_owned();
+    for round in 0..10 {
+        let instance = if round % 2 == 0 { "madeup1" } else { &real_id };
+        evil.publish("lb.v1.hb.h1", forged(instance).into())
+            .await
+            .unwrap();
+        synced(&evil).await;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let r = setup.bridge.call("tag", json!({}), opts(5_000)).await;
+            assert_eq!(r.unwrap(), json!("h1"), "round {round}");
+        }
+    }
+    let hosts: Vec<String> = setup.bridge.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(hosts, ["h1"]);
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(
+                e,
+                PoolEvent::HostRetired { .. } | PoolEvent::HostLost { .. }
+            ),
+            "{e:?}"
+        );
+    }
+}
+
 /// A rolling restart under a load of calls of a method that is not
 /// idempotent: each host told to stop drops the calls that were on their
 /// way to it as its endpoints stopped (async-nats's endpoints cannot

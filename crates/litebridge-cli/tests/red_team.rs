@@ -208,6 +208,21 @@ fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
         );
         assert_eq!(status, 403, "/mcp with Host {host}{extra}");
     }
+    // A request target in absolute form names its host too, with or
+    // without a Host header (review 206).
+    for path in ["/rpc", "/mcp"] {
+        for host in ["", "\r\nHost: 127.0.0.1"] {
+            let (status, reply) = raw(
+                &server.addr,
+                &format!(
+                    "POST http://evil.example{path} HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}{host}",
+                    body.len()
+                ),
+                body.as_bytes(),
+            );
+            assert_eq!(status, 403, "absolute-form {path}{host:?}: {reply}");
+        }
+    }
     // The server's own names work, with or without a same-site Origin, on
     // /rpc and /mcp alike (rmcp's own list took only 127.0.0.1 of 127.x).
     for (host, extra) in [

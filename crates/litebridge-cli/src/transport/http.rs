@@ -183,7 +183,7 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
     match check_site(
         state.access.exposed,
         request.method(),
-        request.uri().path(),
+        request.uri(),
         request.headers(),
     ) {
         Ok(()) => next.run(request).await,
@@ -212,15 +212,22 @@ pub(crate) fn forbidden(reason: String) -> Response {
 pub(crate) fn check_site(
     exposed: bool,
     method: &axum::http::Method,
-    path: &str,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
 ) -> Result<(), String> {
+    let path = uri.path();
     let mut hosts = Vec::new();
     for v in headers.get_all(header::HOST) {
         hosts.push(
             v.to_str()
                 .map_err(|_| "the Host header is not readable text".to_owned())?,
         );
+    }
+    // A request target in absolute form (`POST http://host/rpc`) names a
+    // host too, held to the same rules (review 206: with no Host header,
+    // such a target reached `/mcp` once rmcp's own check was off).
+    if let Some(authority) = uri.authority() {
+        hosts.push(authority.as_str());
     }
     if !exposed && let Some(h) = hosts.iter().find(|h| !is_loopback(authority_host(h))) {
         return Err(format!(

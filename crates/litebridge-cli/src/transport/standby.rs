@@ -337,7 +337,7 @@ impl Acceptor {
             if let Err(reason) = crate::transport::http::check_site(
                 exposed,
                 request.method(),
-                path,
+                request.uri(),
                 request.headers(),
             ) {
                 return Box::pin(std::future::ready(Ok(crate::transport::http::forbidden(

@@ -220,12 +220,21 @@ impl NatsConfig {
     pub fn redacted_url(&self) -> String {
         self.url
             .split(',')
-            .map(|a| match (a.find("://"), a.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}***{}", &a[..scheme + 3], &a[at..])
+            .map(|a| {
+                let after = a.find("://").map_or(0, |i| i + 3);
+                match a.rfind('@') {
+                    Some(at) if at >= after => format!("{}***{}", &a[..after], &a[at..]),
+                    // No `@`, and what should be a port is not a number: the
+                    // start of a password holding a comma (review 206:
+                    // `nats://u:SEC,RET@h` showed `u:SEC`).
+                    _ if a[after..].rsplit_once(':').is_some_and(|(_, port)| {
+                        !port.trim().bytes().all(|b| b.is_ascii_digit())
+                    }) =>
+                    {
+                        format!("{}***", &a[..after])
+                    }
+                    _ => a.to_owned(),
                 }
-                (None, Some(at)) => format!("***{}", &a[at..]),
-                _ => a.to_owned(),
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -533,6 +542,11 @@ mod tests {
         assert_eq!(
             c.redacted_url(),
             "nats://***@127.0.0.1:4222, tls://***@h:1,n3:4222,***@h4:4"
+        );
+        let c = NatsConfig::new("nats://u:SEC,RET@127.0.0.1:4222,[::1]:4222,h5");
+        assert_eq!(
+            c.redacted_url(),
+            "nats://***,***@127.0.0.1:4222,[::1]:4222,h5"
         );
     }
 }

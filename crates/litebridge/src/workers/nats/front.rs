@@ -125,6 +125,9 @@ struct Known {
     read_for: Option<(String, String)>,
     /// Instances heard from lately (two live hosts sharing an id alternate).
     instances: Vec<(String, Instant)>,
+    /// A `let_go_retired` runs for it: one at a time, however many
+    /// heartbeats say it retired.
+    letting_go: bool,
 }
 
 /// What reaches a call waiting for its answer.
@@ -1314,6 +1317,7 @@ impl Known {
             bundles: false,
             read_for: None,
             instances: Vec::new(),
+            letting_go: false,
         }
     }
 }
@@ -1783,7 +1787,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         } else {
             lock(&f.instances).heard(&beat.service_id);
         }
-        let (stale, replaced, read) = {
+        let (stale, replaced, let_go) = {
             let mut hosts = write(&f.hosts);
             if !hosts.contains_key(&beat.host) && hosts.len() >= MAX_HOSTS {
                 // Room goes to hosts that answer: one whose INFO never came
@@ -1817,12 +1821,19 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             // host restarted, or a second host took the same id. An old
             // instance that said it was draining is finishing its calls
             // (its replacement may start at once): those are not lost.
-            let read = known.read_for.is_some();
+            // Told only when the old instance is the one whose methods were
+            // read (review 206: a peer alternating made-up ids under a read
+            // host's name had a restart told for each heartbeat).
+            let read_of = |i: &str| known.read_for.as_ref().is_some_and(|(r, _)| r == i);
             let replaced = known
                 .beat
                 .as_ref()
                 .filter(|b| b.service_id != beat.service_id && !recent && !b.draining)
-                .map(|b| (b.service_id.clone(), read));
+                .map(|b| (b.service_id.clone(), read_of(&b.service_id)));
+            // One that said it retired is let go early only if it is the
+            // instance read (a made-up one cannot speak for it, review 206),
+            // by one task at a time.
+            let let_go = beat.retired && read_of(&beat.service_id) && !known.letting_go;
             known.instances.retain(|(i, _)| *i != beat.service_id);
             if known.instances.len() < 4 {
                 known.instances.push((beat.service_id.clone(), now));
@@ -1833,9 +1844,10 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()))
                 && beat.methods_hash != wire::NONE_ANNOUNCED;
             known.beat = Some(beat.clone());
-            (stale, replaced, read)
+            known.letting_go |= let_go;
+            (stale, replaced, let_go)
         };
-        if beat.retired && read {
+        if let_go {
             // One never told as joined is let go by the dead-host timer,
             // quietly: a flood of made-up ids asks NATS nothing here.
             tokio::spawn(let_go_retired(
@@ -1900,17 +1912,31 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
 
 /// Lets a host whose instance said it retired (its last heartbeat, once
 /// its calls are done) go at once, quietly: logged at `info` and told as
-/// `host-retired`, not as lost. Only once NATS no longer knows the instance
-/// (its `PING` finds no one listening: a peer that forges a retired
-/// heartbeat for a live host changes nothing) and no call of this end is
-/// with it; otherwise the dead-host timer lets it go, and still says it
-/// retired ([`watch_liveness`]).
+/// `host-retired`, not as lost. Only the instance whose methods were read,
+/// once NATS no longer knows it (its `PING` finds no one listening), with
+/// no call of this end with it, and still the host's last word: a peer
+/// that forges a retired heartbeat for a live host (its instance, or a
+/// made-up one) changes nothing (review 206: a made-up instance had the
+/// live host dropped). Otherwise the dead-host timer lets it go, as
+/// retired if no call is with it ([`watch_liveness`]). What is left: a host
+/// that dies with no call in flight just after a peer forged its retired
+/// heartbeat is told as retired, not lost.
 async fn let_go_retired(front: std::sync::Weak<Front>, host: String, instance: String) {
+    let_go_once(&front, host.clone(), &instance).await;
+    if let Some(f) = front.upgrade()
+        && let Some(known) = write(&f.hosts).get_mut(&host)
+    {
+        known.letting_go = false;
+    }
+}
+
+/// [`let_go_retired`]'s work.
+async fn let_go_once(front: &std::sync::Weak<Front>, host: String, instance: &str) {
     for wait in [50, 200, 500, 1_000, 2_000].map(Duration::from_millis) {
         tokio::time::sleep(wait).await;
         let Some(f) = front.upgrade() else { return };
         let asked = f.config.heartbeat.max(Duration::from_millis(200));
-        if ping_instance(&f.client, &f.config.prefix, &instance, asked).await != Found::Gone {
+        if ping_instance(&f.client, &f.config.prefix, instance, asked).await != Found::Gone {
             continue;
         }
         let with = |h: &Option<(String, String)>| {
@@ -1922,21 +1948,21 @@ async fn let_go_retired(front: std::sync::Weak<Front>, host: String, instance: S
         {
             return;
         }
-        let read = {
+        {
             let mut hosts = write(&f.hosts);
-            let retired = hosts
-                .get(&host)
-                .and_then(|h| h.beat.as_ref())
-                .is_some_and(|b| b.retired && b.service_id == instance);
+            let retired = hosts.get(&host).is_some_and(|h| {
+                h.read_for.as_ref().is_some_and(|(i, _)| i == instance)
+                    && h.beat
+                        .as_ref()
+                        .is_some_and(|b| b.retired && b.service_id == instance)
+            });
             if !retired {
                 return; // heard from again: another instance, or a forgery
             }
-            hosts.remove(&host).is_some_and(|h| h.read_for.is_some())
-        };
-        if read {
-            tracing::info!(host, "worker host retired");
-            let _ = f.ledger.events.send(PoolEvent::HostRetired { host });
+            hosts.remove(&host);
         }
+        tracing::info!(host, "worker host retired");
+        let _ = f.ledger.events.send(PoolEvent::HostRetired { host });
         return;
     }
 }
@@ -2016,8 +2042,11 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
                 .map(|id| {
                     let known = hosts.remove(&id);
                     let read = known.as_ref().is_some_and(|h| h.read_for.is_some());
+                    let read_for = known.as_ref().and_then(|h| h.read_for.clone());
                     let beat = known.and_then(|h| h.beat);
-                    let retired = beat.as_ref().is_some_and(|b| b.retired);
+                    let retired = beat.as_ref().is_some_and(|b| {
+                        b.retired && read_for.is_some_and(|(i, _)| i == b.service_id)
+                    });
                     (id, beat.map(|b| b.service_id), read, retired)
                 })
                 .collect()
@@ -2026,11 +2055,16 @@ async fn watch_liveness(front: std::sync::Weak<Front>) {
         // network, a flood of the heartbeat subject), not a method's doing.
         let alone = dead.len() == 1;
         for (host, instance, read, retired) in dead {
+            // A host that retired had finished its calls: one still with a
+            // call was lost, whatever its last heartbeat said (a peer can
+            // forge that, review 206).
+            let with = |h: &Option<(String, String)>| h.as_ref().is_some_and(|(h, _)| *h == host);
+            let retired = retired
+                && !lock(&f.calls).values().any(|p| !p.done && with(&p.host))
+                && !lock(&f.kept).values().any(|k| with(&k.host));
             if retired {
-                // Its last word was that it retired (`let_go_retired` found
-                // it still known to NATS, or a call with it): calls it had
-                // are lost all the same, not counted against their methods.
-                f.host_lost(&host, None, "it retired with the call in flight", false);
+                // Its last word was that it retired, and no call is with it
+                // (`let_go_retired` found it still known to NATS).
                 if read {
                     tracing::info!(host, "worker host retired");
                     let _ = f.ledger.events.send(PoolEvent::HostRetired { host });
