@@ -1848,8 +1848,8 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             (stale, replaced, let_go)
         };
         if let_go {
-            // One never told as joined is let go by the dead-host timer,
-            // quietly: a flood of made-up ids asks NATS nothing here.
+            // Any other (an instance never read: a made-up one) is left to
+            // the dead-host timer: a flood of them asks NATS nothing here.
             tokio::spawn(let_go_retired(
                 front.clone(),
                 beat.host.clone(),
