@@ -2037,6 +2037,66 @@ async fn a_forged_retired_heartbeat_does_not_drop_a_live_host() {
     }
 }
 
+/// Review 206: a forged heartbeat saying a host retired, just before the
+/// host is killed with a call in flight, had its death told as a
+/// retirement and not counted. A host still with a call is lost, whatever
+/// its last heartbeat said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_with_a_call_after_a_forged_retirement_is_lost() {
+    use futures_util::StreamExt;
+    let Some(mut setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let mut events = setup.bridge.subscribe();
+    let evil = peer(&setup.url).await;
+    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
+    let mut beat: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .unwrap();
+    beat["retired"] = json!(true);
+    let once = CallOptions {
+        retry: false,
+        ..opts(30_000)
+    };
+    let bridge = setup.bridge.clone();
+    let call = tokio::spawn(async move { bridge.call("nap", json!({"ms": 20_000}), once).await });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the call runs
+    let h1 = setup.hosts.remove(0);
+    // Right after a real heartbeat, so the next one cannot clear it first.
+    tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap();
+    evil.publish("lb.v1.hb.h1", beat.to_string().into())
+        .await
+        .unwrap();
+    synced(&evil).await;
+    h1.signal(9);
+    let began = Instant::now();
+    let r = call.await.unwrap();
+    assert!(
+        matches!(&r, Err(Error::HostLost { host, .. }) if host == "h1"),
+        "{r:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(PoolEvent::HostLost { host, .. })) if host == "h1" => break,
+            Ok(Ok(PoolEvent::HostRetired { host })) => panic!("{host} told as retired"),
+            Ok(Ok(_)) => continue,
+            other => panic!("no host-lost for h1: {other:?}"),
+        }
+    }
+    drop(h1);
+}
+
 /// A rolling restart under a load of calls of a method that is not
 /// idempotent: each host told to stop drops the calls that were on their
 /// way to it as its endpoints stopped (async-nats's endpoints cannot
