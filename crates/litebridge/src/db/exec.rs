@@ -304,7 +304,7 @@ fn bare_words(sql: &str) -> Vec<String> {
 /// Where the quoted run that starts at `start` (a `'`, `"`, backtick or
 /// `[`) ends, just past its closing character (a doubled one stands for
 /// itself, but in `[...]`); the end of `bytes` when it is never closed.
-fn quoted_end(bytes: &[u8], start: usize) -> usize {
+pub(crate) fn quoted_end(bytes: &[u8], start: usize) -> usize {
     let close = if bytes[start] == b'[' {
         b']'
     } else {

@@ -923,22 +923,6 @@ fn may_read_null(default: &str) -> bool {
         return false;
     }
     let b = upper.as_bytes();
-    // Past the quoted text opening at `at` (its closing mark doubled
-    // inside, but for a bracket's).
-    let past = |at: usize, close: u8| {
-        let mut i = at + 1;
-        while i < b.len() {
-            if b[i] == close {
-                if close != b']' && b.get(i + 1) == Some(&close) {
-                    i += 2;
-                    continue;
-                }
-                return i + 1;
-            }
-            i += 1;
-        }
-        b.len()
-    };
     let mut has_null = false;
     // The depth of each open `CAST(`; its type, after `AS`, is skipped.
     let mut casts: Vec<usize> = Vec::new();
@@ -963,13 +947,13 @@ fn may_read_null(default: &str) -> bool {
         }
         match c {
             b'\'' => {
-                at = past(at, b'\'');
+                at = crate::db::exec::quoted_end(b, at);
                 after_word = None;
                 continue;
             }
             // A quoted name: a word, never the keyword.
             b'"' | b'`' | b'[' => {
-                at = past(at, if c == b'[' { b']' } else { c });
+                at = crate::db::exec::quoted_end(b, at);
                 after_word = Some("");
                 continue;
             }
