@@ -223,6 +223,24 @@ fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
             assert_eq!(status, 403, "absolute-form {path}{host:?}: {reply}");
         }
     }
+    // A request with no host is refused as /rpc refuses, in JSON, saying
+    // what is missing (it was rmcp's plain text). (A Host it cannot parse
+    // is refused before that on loopback, as not a loopback name; the unit
+    // tests of `unreadable_host` cover a server listening beyond.)
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+    let (status, reply) = raw(
+        &server.addr,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}",
+            ping.len()
+        ),
+        ping.as_bytes(),
+    );
+    assert_eq!(status, 400, "/mcp with no Host: {reply}");
+    let body: Value = serde_json::from_str(&reply)
+        .unwrap_or_else(|e| panic!("/mcp with no Host, not JSON ({e}): {reply}"));
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("needs a Host header"), "{body}");
     // The server's own names work, with or without a same-site Origin, on
     // /rpc and /mcp alike (rmcp's own list took only 127.0.0.1 of 127.x).
     for (host, extra) in [

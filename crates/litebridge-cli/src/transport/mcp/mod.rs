@@ -229,6 +229,28 @@ async fn tools_watch(
     }
 }
 
+/// Why rmcp could not read the host of a request, if it could not: the
+/// first `Host` header must be a host name or address with an optional
+/// port; with none, the request target must name one (absolute form).
+fn unreadable_host(uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Option<String> {
+    match headers.get(axum::http::header::HOST) {
+        Some(host) => {
+            let Ok(text) = host.to_str() else {
+                return Some("the Host header is not readable text".into());
+            };
+            match axum::http::uri::Authority::try_from(text) {
+                Ok(_) => None,
+                Err(_) => Some(format!(
+                    "the Host header {:?} is not a host name or address with an optional port",
+                    text.chars().take(100).collect::<String>()
+                )),
+            }
+        }
+        None if uri.authority().is_some() => None,
+        None => Some("a request to /mcp needs a Host header (HTTP/1.1 requires one)".into()),
+    }
+}
+
 /// The `/mcp` service for `serve`: streamable HTTP, stopped by `stop`.
 /// rmcp's own Host check is off: the router's Host and Origin check runs in
 /// front of every route (`check_site`), so `/mcp` answers to the Host
@@ -324,6 +346,13 @@ pub(crate) async fn authenticate(
                     Err(e) => return crate::transport::http::refused(e),
                 }
             };
+            // rmcp reads the host itself, and refuses in plain text a
+            // request it cannot read one from: said here, as `/rpc` says
+            // its refusals.
+            if let Some(reason) = unreadable_host(&parts.uri, &parts.headers) {
+                let e = crate::rpc::RpcError::InvalidRequest(reason);
+                return crate::transport::http::rpc_error(axum::http::StatusCode::BAD_REQUEST, &e);
+            }
             if parts.method == axum::http::Method::POST {
                 // JSON that does not parse, or a batch, is said so (not
                 // taken for another protocol's request, nor left to the
@@ -461,4 +490,34 @@ fn not_mcp(headers: &axum::http::HeaderMap, parsed: Option<&serde_json::Value>) 
          POST /rpc, e.g. curl -s http://{host}/rpc -H 'Content-Type: application/json' \
          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{meant}\"}}'"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreadable_host;
+    use axum::http::{HeaderMap, HeaderValue, Uri, header::HOST};
+
+    fn host(value: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_bytes(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_host_rmcp_cannot_read_is_named() {
+        let origin: Uri = "/mcp".parse().unwrap();
+        let absolute: Uri = "http://example.com/mcp".parse().unwrap();
+        assert_eq!(unreadable_host(&origin, &host(b"example.com:7070")), None);
+        assert_eq!(unreadable_host(&origin, &host(b"[::1]")), None);
+        assert_eq!(unreadable_host(&absolute, &HeaderMap::new()), None);
+        let said = unreadable_host(&origin, &HeaderMap::new()).unwrap();
+        assert!(said.contains("needs a Host header"), "{said}");
+        for bad in [&b"a b"[..], b"example.com/x", b""] {
+            let said = unreadable_host(&origin, &host(bad))
+                .unwrap_or_else(|| panic!("{:?} was read", String::from_utf8_lossy(bad)));
+            assert!(said.contains("Host header"), "{said}");
+        }
+        let said = unreadable_host(&origin, &host(b"\xffexample")).unwrap();
+        assert!(said.contains("not readable text"), "{said}");
+    }
 }
