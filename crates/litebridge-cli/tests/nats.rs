@@ -2037,6 +2037,109 @@ async fn a_forged_retired_heartbeat_does_not_drop_a_live_host() {
     }
 }
 
+/// Review 206: each forged heartbeat saying a live host retired set a task
+/// asking NATS for that host's `PING` (up to five times): 100,000 forged
+/// heartbeats made 100,000 tasks. One task at a time looks at a retiring
+/// host, so a burst of them asks as one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_retired_heartbeats_asks_after_the_host_as_one_does() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let evil = peer(&setup.url).await;
+    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
+    let mut beat: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .unwrap();
+    beat["retired"] = json!(true);
+    let instance = beat["service_id"].as_str().unwrap().to_owned();
+    // Every PING this front end sends to h1's instance, seen by a listener
+    // that does not answer (h1 does).
+    let watcher = peer(&setup.url).await;
+    let mut pings = watcher
+        .subscribe(format!("$SRV.PING.litebridge_workers_lb.{instance}"))
+        .await
+        .unwrap();
+    synced(&watcher).await;
+    for _ in 0..300 {
+        evil.publish("lb.v1.hb.h1", beat.to_string().into())
+            .await
+            .unwrap();
+    }
+    synced(&evil).await;
+    // One task asks at most five times, over 3.75 s and the answers.
+    let mut seen = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(_)) = tokio::time::timeout(
+        until.saturating_duration_since(Instant::now()),
+        pings.next(),
+    )
+    .await
+    {
+        seen += 1;
+    }
+    assert!(
+        (1..=5).contains(&seen),
+        "{seen} PINGs for 300 forged heartbeats"
+    );
+    let r = setup.bridge.call("tag", json!({}), opts(5_000)).await;
+    assert_eq!(r.unwrap(), json!("h1"));
+}
+
+/// Review 206: a peer that publishes heartbeats in a read host's name under
+/// made-up instances, two at a time (the second replaces the first, whose
+/// `PING` finds no one), had a restart of the host told for each pair. A
+/// restart is told only of the instance whose methods were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_of_made_up_instances_are_not_told() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let mut events = setup.bridge.subscribe();
+    let evil = peer(&setup.url).await;
+    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
+    let real: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .unwrap();
+    let forged = |instance: String| {
+        let mut beat = real.clone();
+        beat["service_id"] = json!(instance);
+        beat.to_string()
+    };
+    for round in 0..5 {
+        for which in ["a", "b"] {
+            evil.publish(
+                "lb.v1.hb.h1",
+                forged(format!("madeup{which}{round}")).into(),
+            )
+            .await
+            .unwrap();
+        }
+        synced(&evil).await;
+        // The made-up instance's PING finds no one at once.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = setup.bridge.call("tag", json!({}), opts(5_000)).await;
+        assert_eq!(r.unwrap(), json!("h1"), "round {round}");
+    }
+    let hosts: Vec<String> = setup.bridge.hosts().into_iter().map(|h| h.id).collect();
+    assert_eq!(hosts, ["h1"]);
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(
+                e,
+                PoolEvent::HostLost { .. } | PoolEvent::HostRetired { .. }
+            ),
+            "{e:?}"
+        );
+    }
+}
+
 /// Review 206: a forged heartbeat saying a host retired, just before the
 /// host is killed with a call in flight, had its death told as a
 /// retirement and not counted. A host still with a call is lost, whatever
