@@ -507,6 +507,38 @@ fn configuration_sources_and_refusals() {
         "{}",
         text(&again.stdout)
     );
+    // What start checks without the database is checked; what needs it
+    // (a key, for an address beyond loopback) is said, and nothing is made.
+    let db = dir.path().join("never.db");
+    let out = litebridge(&[
+        "serve",
+        "--print-config",
+        "--db",
+        s(&db),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("# server.listen 0.0.0.0:0 reaches beyond this machine"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = litebridge(&[
+        "serve",
+        "--print-config",
+        "--db",
+        s(&db),
+        "--listen",
+        "nowhere",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("server.listen \"nowhere\" (flag --listen) is not an address"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!db.exists());
     std::fs::write(&file, "[db]\nreaders = 3\nwal_mode = true\n").unwrap();
     let out = litebridge(&["serve", "--print-config", "--config", s(&file)]);
     assert_eq!(out.status.code(), Some(1));

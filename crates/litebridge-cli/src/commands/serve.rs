@@ -248,7 +248,17 @@ pub(crate) async fn http(
 ) -> CliResult {
     let s = settings(args, listen, no_dashboard)?;
     if args.print_config {
+        // What start would refuse without opening the database, refused
+        // here too; what needs it (keys), said.
+        let addr = listen_addr(&s)?;
+        s.local_scopes()?;
         print!("{}", s.describe());
+        if !addr.ip().is_loopback() {
+            println!(
+                "\n# server.listen {addr} reaches beyond this machine: `serve` refuses it until the \
+                 database holds an API key (`litebridge keys create`)"
+            );
+        }
         return Ok(());
     }
     crate::logging::init(s.log_level(), s.log_format());
@@ -353,16 +363,21 @@ struct Bound {
     access: crate::transport::http::Access,
 }
 
-/// Opens the application and binds the listening address, refusing an
-/// address other hosts can reach unless keys exist.
-async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
-    let listen = s.listen().to_owned();
-    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+/// `server.listen` as an address, or why it is not one.
+fn listen_addr(s: &Settings) -> CliResult<std::net::SocketAddr> {
+    let listen = s.listen();
+    listen.parse().map_err(|_| {
         Failure::new(format!(
             "server.listen {listen:?} ({}) is not an address; expected IP:PORT, e.g. 127.0.0.1:7070",
             s.source("server.listen")
         ))
-    })?;
+    })
+}
+
+/// Opens the application and binds the listening address, refusing an
+/// address other hosts can reach unless keys exist.
+async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
+    let addr = listen_addr(s)?;
     let local_scopes = s.local_scopes()?;
     let exposed = !addr.ip().is_loopback();
     let no_keys = || {
