@@ -510,28 +510,24 @@ fn configuration_sources_and_refusals() {
     // What start checks without the database is checked; what needs it
     // (a key, for an address beyond loopback) is said, and nothing is made.
     let db = dir.path().join("never.db");
-    let out = litebridge(&[
-        "serve",
-        "--print-config",
-        "--db",
-        s(&db),
-        "--listen",
-        "0.0.0.0:0",
-    ]);
+    let print = |listen: &str| {
+        litebridge(&[
+            "serve",
+            "--print-config",
+            "--db",
+            s(&db),
+            "--listen",
+            listen,
+        ])
+    };
+    let out = print("0.0.0.0:0");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("# server.listen 0.0.0.0:0 reaches beyond this machine"),
         "{}",
         text(&out.stdout)
     );
-    let out = litebridge(&[
-        "serve",
-        "--print-config",
-        "--db",
-        s(&db),
-        "--listen",
-        "nowhere",
-    ]);
+    let out = print("nowhere");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("server.listen \"nowhere\" (flag --listen) is not an address"),

@@ -1151,6 +1151,16 @@ async fn synced_on(client: &async_nats::Client, subject: String) {
         .unwrap();
 }
 
+/// The next heartbeat on `beats` (within 5 s), as JSON.
+async fn next_beat(beats: &mut async_nats::Subscriber) -> Json {
+    use futures_util::StreamExt;
+    let m = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .expect("a heartbeat within 5 s")
+        .unwrap();
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
 /// [`synced_on`] an inbox of `client`'s own.
 async fn synced(client: &async_nats::Client) {
     synced_on(client, client.new_inbox()).await;
@@ -1993,18 +2003,13 @@ async fn a_host_stopped_cleanly_is_let_go_as_retired_not_lost() {
 /// it, nor is told as `host-retired`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_retired_heartbeat_does_not_drop_a_live_host() {
-    use futures_util::StreamExt;
     let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
     let mut events = setup.bridge.subscribe();
     let evil = peer(&setup.url).await;
     let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let real: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .unwrap();
+    let real = next_beat(&mut beats).await;
     let forged = |instance: &str| {
         let mut beat = real.clone();
         beat["service_id"] = json!(instance);
@@ -2049,11 +2054,7 @@ async fn a_flood_of_forged_retired_heartbeats_asks_after_the_host_as_one_does() 
     };
     let evil = peer(&setup.url).await;
     let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let mut beat: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .unwrap();
+    let mut beat = next_beat(&mut beats).await;
     beat["retired"] = json!(true);
     let instance = beat["service_id"].as_str().unwrap().to_owned();
     // Every PING this front end sends to h1's instance, seen by a listener
@@ -2095,18 +2096,13 @@ async fn a_flood_of_forged_retired_heartbeats_asks_after_the_host_as_one_does() 
 /// restart is told only of the instance whose methods were read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_of_made_up_instances_are_not_told() {
-    use futures_util::StreamExt;
     let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
     let mut events = setup.bridge.subscribe();
     let evil = peer(&setup.url).await;
     let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let real: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .unwrap();
+    let real = next_beat(&mut beats).await;
     let forged = |instance: String| {
         let mut beat = real.clone();
         beat["service_id"] = json!(instance);
@@ -2153,11 +2149,7 @@ async fn a_host_killed_with_a_call_after_a_forged_retirement_is_lost() {
     let mut events = setup.bridge.subscribe();
     let evil = peer(&setup.url).await;
     let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let mut beat: Json = tokio::time::timeout(Duration::from_secs(5), beats.next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .unwrap();
+    let mut beat = next_beat(&mut beats).await;
     beat["retired"] = json!(true);
     let once = CallOptions {
         retry: false,
