@@ -18,7 +18,8 @@ export function parse(text) {
 }
 
 function hasUnsafe(v) {
-  if (typeof v === 'number') return Number.isInteger(v) && !Number.isSafeInteger(v);
+  // An integer of 309 digits or more is Infinity to JSON.parse.
+  if (typeof v === 'number') return !Number.isSafeInteger(v) && (Number.isInteger(v) || !Number.isFinite(v));
   if (Array.isArray(v)) return v.some(hasUnsafe);
   if (v && typeof v === 'object') return Object.values(v).some(hasUnsafe);
   return false;

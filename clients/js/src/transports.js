@@ -592,6 +592,13 @@ function notReply(what, res, ran, how) {
   return new ConnectionError(answered, { kind: 'unavailable' });
 }
 
+/** A call in flight cut off by `close()`: a read was not answered, anything else may have run. */
+function cutOff(what, ran) {
+  const cut = `${what}: the client was closed with the call in flight`;
+  if (ran) return new OutcomeUnknownError(`${cut}: the request may or may not have run`, { kind: 'outcome_unknown' });
+  return new ConnectionError(`${cut} (not answered)`, { kind: 'unavailable', recoverable: false });
+}
+
 /** No (whole) answer within the client's deadline: a read timed out, anything else may have run. */
 function late(what, ms, ran, answering = false) {
   const waited =
@@ -652,23 +659,32 @@ function checkedKey(key) {
 }
 
 /**
- * A URL's authority holding an `@`: a user name or password, looked for in
- * the raw text (a URL that does not parse may hold one all the same).
- */
-const USERINFO = /^[^:/?#\\]*:?[/\\]*[^/?#\\]*@/;
-
-/**
- * `url` without its trailing slashes; refused, never shown, if it holds a
- * user name or password, or does not parse.
+ * `url` trimmed, without its trailing slashes; refused, never shown, if it
+ * holds an `@` (a user name or password), a query or fragment, a space or
+ * control character, or does not parse.
  */
 function checkedUrl(url) {
-  const base = String(url).replace(/\/+$/, '');
+  // Trimmed as the key is (a file's newline); a space or control character left is refused.
+  const base = String(url).trim().replace(/\/+$/, '');
   const credentials = () =>
     new TypeError(
       'connect(url): the URL holds a user name or password (user:password@host), which fetch refuses and ' +
         'messages would show; give the key with the `key` option (the URL is not shown here)',
     );
-  if (USERINFO.test(base)) throw credentials();
+  // An `@` anywhere, looked for in the raw text: a password holding `/`,
+  // `?` or `#` ends the authority early (`http://user:12?pw@host` reads as
+  // host `user`, port 12), and its URL would send the key there.
+  if (base.includes('@')) throw credentials();
+  // A base URL has paths added to it: a query or fragment would take them.
+  if (/[?#]/.test(base)) {
+    throw new TypeError(
+      'connect(url): the URL holds a query or fragment (`?`, `#`); write it as http://host:port or ' +
+        'http://host:port/prefix (the URL is not shown here)',
+    );
+  }
+  if (/[\x00-\x20\x7f]/.test(base)) {
+    throw new TypeError('connect(url): the URL holds a space or control character (the URL is not shown here)');
+  }
   let parsed;
   try {
     parsed = new URL(base);
@@ -767,6 +783,9 @@ export class HttpTransport {
     this.queue = null;
     this.queued = 0;
     this.streams = null;
+    // Aborted by `close()`: it ends the calls in flight whatever the fetch
+    // (one given may have no `close()` of its own).
+    this.closer = new AbortController();
   }
 
   /** What `JSON.stringify` shows of it: never the key. */
@@ -784,6 +803,16 @@ export class HttpTransport {
   redact(text) {
     const s = String(text);
     return this.#key ? s.split(this.#key).join('<the key>') : s;
+  }
+
+  /** Throws, the request not sent, once `close()` was called. */
+  open(what) {
+    if (this.closer.signal.aborted) {
+      throw new ConnectionError(`cannot send to ${what}: the client is closed (the request was not sent)`, {
+        kind: 'unavailable',
+        recoverable: false,
+      });
+    }
   }
 
   /** How long request `obj` may take (ms): its own `timeout_ms` and a margin, else the client's deadline. */
@@ -822,9 +851,13 @@ export class HttpTransport {
    */
   async exchange(body, deadline, signal) {
     const what = `${this.url}/rpc`;
+    this.open(what);
     const { controller, expired, clear } = deadlineController(deadline);
     const onAbort = () => controller.abort(signal.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
+    const onClose = () => controller.abort();
+    this.closer.signal.addEventListener('abort', onClose, { once: true });
+    const closed = () => this.closer.signal.aborted;
     try {
       let res;
       try {
@@ -837,6 +870,7 @@ export class HttpTransport {
         });
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
+        if (closed()) throw new Failed((ran) => cutOff(what, ran && !neverConnected(e?.cause)));
         // The deadline passed while connecting: the request was not sent.
         if (expired()) throw new Failed((ran) => late(what, deadline, ran && !neverConnected(e?.cause)));
         if (e?.cause?.code === 'UND_ERR_HEADERS_TIMEOUT') throw new Failed((ran) => headersLate(what, deadline, ran));
@@ -867,6 +901,7 @@ export class HttpTransport {
         else text = await readBody(res, MAX_ERROR_BODY);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
+        if (closed()) throw new Failed((ran) => cutOff(what, ran));
         if (expired()) throw new Failed((ran) => late(what, deadline, ran, true));
         if (e instanceof TooLong) {
           if (!ok) return { res, ok, reply: undefined }; // the status says it
@@ -888,6 +923,7 @@ export class HttpTransport {
     } finally {
       clear();
       signal?.removeEventListener('abort', onAbort);
+      this.closer.signal.removeEventListener('abort', onClose);
     }
   }
 
@@ -929,8 +965,14 @@ export class HttpTransport {
       return this.single(q.obj, q.body).then(q.resolve, q.reject);
     }
     const what = `${this.url}/rpc`;
+    // The server answers a batch once its slowest call is done: each call
+    // still fails at its own deadline (a later answer is dropped).
     let deadline = 0;
-    for (const q of queue) deadline = Math.max(deadline, this.deadlineOf(q.obj));
+    const timers = queue.map((q) => {
+      const ms = this.deadlineOf(q.obj);
+      deadline = Math.max(deadline, ms);
+      return setTimeout(() => q.reject(late(what, ms, !READS.has(q.obj.method))), Math.min(ms, MAX_DELAY));
+    });
     try {
       const { res, ok, reply } = await this.exchange(`[${queue.map((q) => q.body).join(',')}]`, deadline);
       if (ok && Array.isArray(reply)) {
@@ -957,6 +999,8 @@ export class HttpTransport {
       }
     } catch (e) {
       for (const q of queue) q.reject(settle(e, !READS.has(q.obj.method)));
+    } finally {
+      for (const t of timers) clearTimeout(t);
     }
   }
 
@@ -967,7 +1011,10 @@ export class HttpTransport {
   /** `GET /metrics`: Prometheus' text; litebridge's error, or a ConnectionError, otherwise. */
   async metrics() {
     const what = `${this.url}/metrics`;
+    this.open(what);
     const { controller, expired, clear } = deadlineController(this.deadline);
+    const onClose = () => controller.abort();
+    this.closer.signal.addEventListener('abort', onClose, { once: true });
     try {
       let res;
       try {
@@ -1001,6 +1048,7 @@ export class HttpTransport {
       }
     } finally {
       clear();
+      this.closer.signal.removeEventListener('abort', onClose);
     }
   }
 
@@ -1011,7 +1059,7 @@ export class HttpTransport {
    * key; a redirect, never followed) ends it and is given to `onEnd`.
    */
   subscribe(onEvent, onEnd = () => {}) {
-    if (this.streams) return;
+    if (this.streams || this.closer.signal.aborted) return;
     const controller = (this.streams = new AbortController());
     const end = (error) => {
       if (this.streams === controller) this.streams = null;
@@ -1095,6 +1143,7 @@ export class HttpTransport {
   }
 
   async close() {
+    this.closer.abort();
     this.streams?.abort();
     this.ownFetch?.close();
   }

@@ -410,8 +410,16 @@ test('a URL that does not parse is refused, and a password in it is never shown'
     'http:admin:s3cret@localhost:7070',
     'http:\\\\admin:s3cret@localhost:7070',
     'http://admin:s3c/ret@localhost:7070',
+    // A password holding `?`, `#` or `/` after digits: the URL reads as host
+    // `admin` (or localhost), and the key went there (review 208).
+    'http://localhost:7070?s3cret@127.0.0.1:7070',
+    'http://admin:7070#s3cret@127.0.0.1:7070',
+    'http://admin:7070/s3cret@127.0.0.1:7070',
     'http://[::1:7070',
     'http://localhost:99999',
+    'http://127.0.0.1:7070/?s3c=1',
+    'http://127.0.0.1:7070/s3c ret',
+    'http://127.0.0.1:7070/s3c\x7fret',
   ]) {
     assert.throws(
       () => Client.connect(url, { key: 'k' }),
@@ -419,7 +427,7 @@ test('a URL that does not parse is refused, and a password in it is never shown'
       url,
     );
   }
-  for (const url of ['http://127.0.0.1:7070/', 'http://localhost:7070/x@y', 'http://[::1]:7070']) {
+  for (const url of ['http://127.0.0.1:7070/', ' http://localhost:7070/x\n', 'http://[::1]:7070']) {
     assert.doesNotThrow(() => Client.connect(url), url);
   }
 });
@@ -546,5 +554,57 @@ test('stdio: a line that is not a JSON-RPC reply to the request is not taken for
     } finally {
       await c.close();
     }
+  }
+});
+
+test("a batched call fails at its own deadline, not at the batch's slowest (review 208)", async (t) => {
+  const { url, requests } = await fakeServer(t, () => {}); // never answers
+  const c = Client.connect(url, { batch: true, deadline: 60_000 });
+  const began = Date.now();
+  const quick = c.query('SELECT 1', [], { timeout: 100 }).catch((x) => x);
+  const slow = c.query('SELECT 2').catch((x) => x);
+  const e = await quick;
+  assert.ok(e instanceof TimeoutError, inspect(e));
+  const took = Date.now() - began;
+  assert.ok(took < 20_000, `failed after ${took} ms`);
+  assert.equal(requests.length, 1, 'one batch was sent');
+  await c.close();
+  assert.ok((await slow) instanceof ConnectionError);
+});
+
+test('close() cuts off the calls in flight and refuses later ones, with a fetch of the caller\'s too (review 208)', async (t) => {
+  const { url, requests } = await fakeServer(t, () => {}); // never answers
+  for (const fetch of [undefined, globalThis.fetch]) {
+    const c = Client.connect(url, { fetch, deadline: 30_000 });
+    const write = c.execute(WRITE).catch((x) => x);
+    const read = c.query('SELECT 1').catch((x) => x);
+    while (requests.length < 2) await new Promise((r) => setTimeout(r, 10));
+    const began = Date.now();
+    await c.close();
+    const [w, r] = [await write, await read];
+    assert.ok(Date.now() - began < 2_000, `${fetch ? 'given' : 'own'} fetch: ${Date.now() - began} ms`);
+    assert.ok(w instanceof OutcomeUnknownError, inspect(w));
+    assert.ok(r instanceof ConnectionError && !(r instanceof OutcomeUnknownError), inspect(r));
+    const after = await c.execute(WRITE).catch((x) => x);
+    assert.ok(after instanceof ConnectionError && !(after instanceof OutcomeUnknownError), inspect(after));
+    assert.equal(after.recoverable, false);
+    assert.match(after.message, /closed/);
+    await assert.rejects(c.metrics(), ConnectionError);
+    assert.equal(requests.length, 2, 'nothing was sent after close()');
+    requests.length = 0;
+  }
+});
+
+test('an integer too long for a number is never Infinity (review 208)', async (t) => {
+  const huge = '1' + '0'.repeat(350);
+  const { url } = await fakeServer(t, (socket, request) => {
+    const id = JSON.parse(request.body).id;
+    reply(200, `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":{"columns":["x"],"rows":[[${huge}]]}}`)(socket);
+  });
+  const c = Client.connect(url);
+  t.after(() => c.close());
+  for (const bigint of [false, true]) {
+    const got = await c.query('SELECT x', [], { bigint }).then((rows) => rows[0].x, (e) => e);
+    assert.ok(got instanceof Error || typeof got === 'bigint', `bigint ${bigint}: ${inspect(got)}`);
   }
 });

@@ -14,8 +14,9 @@ the events before it are read. Over HTTP a broken connection is opened again
 with ``Last-Event-ID``, after 1 s, doubling to 30 s while it keeps failing
 (or after the server's ``Retry-After``); the server's ring gives back what
 was missed meanwhile, or says how many are lost. A line or an event longer
-than 1 MiB is dropped, and an event id a header cannot carry is not sent
-back.
+than 1 MiB, or one that is not a JSON object, is dropped, and an event id a
+header cannot carry is not sent back. A stream's end shuts the connection
+reading it.
 """
 
 import asyncio
@@ -36,13 +37,17 @@ class EventStream:
         self._on_close = on_close
         self._ended = False
         self._error = None
+        self._closer = None  # shuts the connection reading the stream
 
     @property
     def closed(self):
         return self._ended
 
     def put(self, event):
-        """Called by the transport's thread; never blocks."""
+        """Called by the transport's thread; never blocks. What is not an
+        object (a server's ``null``, a list) is no event: dropped."""
+        if not isinstance(event, dict):
+            return
         with self._cond:
             if self._ended:
                 return
@@ -56,7 +61,8 @@ class EventStream:
             self._cond.notify()
 
     def end(self, error=None):
-        """Ends the stream after what is queued; ``error`` is raised then."""
+        """Ends the stream after what is queued; ``error`` is raised then.
+        The connection reading it, if any, is shut."""
         with self._cond:
             if self._ended:
                 return
@@ -64,6 +70,19 @@ class EventStream:
             self._error = error
             self._items.append(_END)
             self._cond.notify_all()
+            closer, self._closer = self._closer, None
+        if closer is not None:
+            closer()
+
+    def hold(self, closer):
+        """``closer`` shuts the connection now reading the stream (None:
+        there is none): called when the stream ends, at once if it has."""
+        with self._cond:
+            if not self._ended:
+                self._closer = closer
+                return
+        if closer is not None:
+            closer()
 
     def close(self):
         """Stops the stream (and its subscription); the iterator ends."""

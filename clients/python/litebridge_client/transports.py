@@ -35,7 +35,7 @@ try:
 except ImportError:  # a Python built without it: no HTTPS
     ssl = None
 
-from .errors import ConnectionError, OutcomeUnknownError, TooLargeError
+from .errors import ConnectionError, OutcomeUnknownError, ProtocolError, TooLargeError
 from .errors import TimeoutError as _TimeoutError
 
 _EVENTS_SILENCE = 30.0
@@ -49,6 +49,8 @@ DEADLINE_MARGIN = 5.0
 # default ``db.max_result_bytes`` (64 MiB), room for the JSON of the largest
 # rows (a blob is a third longer in base64).
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+# The largest request body litebridge reads (16 MiB): a larger one is refused unsent.
+MAX_BODY = 16 * 1024 * 1024
 # The longest body of an HTTP error answer read (litebridge's are short).
 _MAX_ERROR_BODY = 1024 * 1024
 # The longest line, and event, of ``GET /events`` kept (litebridge's are far shorter).
@@ -531,23 +533,28 @@ def _checked_key(key):
     return key or None
 
 
-# A URL's authority holding an ``@``: a user name or password, looked for in the
-# raw text (a URL that does not parse may hold one all the same).
-_USERINFO = re.compile(r"\A[^:/?#]*:?/*[^/?#]*@")
-
-
 def _checked_url(url):
-    """``url`` without its trailing slashes; refused, never shown, if it
-    holds a user name or password or does not parse."""
-    base = str(url).rstrip("/")
-    if _USERINFO.match(base):
+    """``url`` stripped, without its trailing slashes; refused, never
+    shown, if it holds an ``@`` (a user name or password), a query or
+    fragment, a space or control character, or does not parse."""
+    base = str(url).strip().rstrip("/")  # stripped as the key is (a file's newline)
+    # An ``@`` anywhere, looked for in the raw text: a password holding ``/``,
+    # ``?`` or ``#`` ends the authority early (``http://user:12?pw@host``
+    # reads as host ``user``, port 12), and its URL would send the key there.
+    if "@" in base:
         raise ValueError("connect(url): the URL holds a user name or password (user:password@host), which "
                          "messages would show; give the key with key= (the URL is not shown here)")
+    # A base URL has paths added to it: a query or fragment would take them.
+    if "?" in base or "#" in base:
+        raise ValueError("connect(url): the URL holds a query or fragment (?, #); write it as http://host:port "
+                         "or http://host:port/prefix (the URL is not shown here)")
+    if any(c <= " " or c == "\x7f" for c in base):
+        raise ValueError("connect(url): the URL holds a space or control character (the URL is not shown here)")
     try:
         parts = urllib.parse.urlsplit(base)
         parts.hostname, parts.port  # noqa: B018 - raise on a bracket left open, a port out of range
     except ValueError as e:
-        why = "" if "@" in base else " (%s)" % e  # urllib's reason may quote a piece of a password
+        why = " (%s)" % e  # no password in it: an ``@`` was refused above
         raise ValueError("connect(url): the URL cannot be read%s: write it as http://host:port "
                          "(the URL is not shown here)" % why) from None
     # urllib's opener reads file:, ftp: and data: URLs too: a local file
@@ -625,7 +632,7 @@ class HttpTransport:
     def __init__(self, url, key=None, timeout=None, deadline=None, max_response_bytes=None):
         self.url = _checked_url(url)
         self._key = _checked_key(key)
-        self.timeout = timeout
+        self.timeout = _positive(timeout, "timeout", None)
         self.deadline = _positive(deadline, "deadline", DEFAULT_DEADLINE)
         self.max_response_bytes = int(_positive(max_response_bytes, "max_response_bytes", MAX_RESPONSE_BYTES))
         self._loopback = _is_loopback(self.url)
@@ -663,6 +670,13 @@ class HttpTransport:
         started now."""
         rid = obj.get("id")
         seconds = self._seconds(obj)
+        if self.closing:
+            raise self._closed()
+        if len(body) > MAX_BODY:
+            # The server answers 413 and closes before reading it: the send
+            # would break, and a write look as if it may have run.
+            raise ProtocolError("the request is %d bytes; litebridge accepts at most %d (the request was not sent)"
+                                % (len(body), MAX_BODY), kind="invalid_request")
         own = deadline is None
         if own:
             deadline = _WATCHDOG.start(seconds)
@@ -718,6 +732,10 @@ class HttpTransport:
             if deadline.expired:
                 raise _late(what, seconds, ran, True) from None
             raise _too_long(what, status, e.limit, ran) from None
+        except http.client.InvalidURL as e:
+            # Refused by http.client before sending (a URL it cannot carry).
+            raise ConnectionError("cannot send to %s: %s (the request was not sent)" % (self.url, _why(e)),
+                                  kind="unavailable") from None
         except (OSError, http.client.HTTPException) as e:
             if _never_connected(e):
                 # Not sent; worth trying again unless TLS refused the server.
@@ -759,15 +777,25 @@ class HttpTransport:
         """Sends ``obj`` and returns its reply (a dict), in this thread."""
         return self._post(encode_line(obj), obj)
 
+    def _closed(self):
+        return ConnectionError("cannot send to %s/rpc: the client is closed (the request was not sent)" % self.url,
+                               kind="unavailable", recoverable=False)
+
     async def acall(self, obj):
         """``call`` for asyncio, in a (daemon) thread of the transport's. Its
         deadline starts now, while it may wait for a thread."""
+        if self.closing:
+            raise self._closed()
         body = encode_line(obj)
         rid = obj.get("id")
         deadline = _WATCHDOG.start(self._seconds(obj))
         self.calls[rid] = deadline
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body, obj, deadline)
+        except RuntimeError:
+            if self.closing:  # closed while this call was on its way to a thread
+                raise self._closed() from None
+            raise
         except asyncio.CancelledError:
             _WATCHDOG.cancel(deadline)  # its connection shut, its thread freed (or never taken)
             raise
@@ -819,6 +847,12 @@ class HttpTransport:
                 headers["Last-Event-ID"] = last_id
             req = urllib.request.Request(self.url + "/events", headers=self.headers(headers))
             wait = None
+            # The connection is shut when the stream ends (closed, or its
+            # client), waking this thread at once: a server that never
+            # ends a line would hold it for good.
+            connection = _Deadline(time.monotonic() + _EVENTS_SILENCE)  # connecting's bound; never expired
+            stream.hold(lambda connection=connection: _WATCHDOG.cancel(connection))
+            _CALL.deadline = connection
             try:
                 # The server writes a comment every 15 s: 30 s of silence is a lost connection.
                 with _opener(self._loopback).open(req, timeout=_EVENTS_SILENCE) as res:
@@ -837,6 +871,9 @@ class HttpTransport:
                 wait = _retry_after(e.headers)
             except (OSError, http.client.HTTPException):
                 pass
+            finally:
+                _CALL.deadline = None
+                stream.hold(None)
             if stream.wait_closed(max(wait if wait is not None else pause, 1.0)):
                 return
             pause = min(pause * 2, 30.0)
@@ -872,7 +909,7 @@ class HttpTransport:
                     if event_id and _EVENT_ID.match(event_id):
                         last_id = event_id
                     try:
-                        stream.put(json.loads(data))
+                        stream.put(json.loads(data))  # not an object: dropped
                     except (ValueError, RecursionError):
                         pass
                 data, event_id, dropped = "", None, False

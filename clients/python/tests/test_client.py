@@ -1109,13 +1109,93 @@ asyncio.run(main())
                     "http://admin:s3c#ret@localhost:7070", "http://[::1:7070", "http://localhost:99999",
                     # Read by urllib as a local file, FTP or the URL's own data (review 192).
                     "file:///etc/s3cret7070", "ftp://localhost:7070/s3c", "data:,s3c7070", "localhost:7070",
-                    "http:///s3c7070"):
+                    "http:///s3c7070",
+                    # A password holding ?, # or / after digits: the URL reads as host admin (or
+                    # localhost), and the key and SQL went there (review 208).
+                    "http://localhost:7070?s3cret@127.0.0.1:7070", "http://admin:7070#s3cret@127.0.0.1:7070",
+                    "http://admin:7070/s3cret@127.0.0.1:7070",
+                    # Never a base URL: a query, a space or control character (every call was
+                    # "may have run", nothing sent).
+                    "http://127.0.0.1:7070/?s3c=1", "http://127.0.0.1:7070/s3c ret", "http://127.0.0.1:7070/s3c\x7f",
+                    "http://127.0.0.1:7070/s3c\r\nX-Injected: 1"):
             with self.assertRaises(ValueError) as e:
                 lb.Client.connect(url, key="k")
             self.assertNotIn("s3c", str(e.exception), url)
             self.assertNotIn("7070", str(e.exception), url)
-        for url in ("http://127.0.0.1:7070/", "http://localhost:7070/x@y", "http://[::1]:7070"):
+        for url in ("http://127.0.0.1:7070/", " http://localhost:7070/x\n", "http://[::1]:7070"):
             lb.Client.connect(url).close()
+
+    def test_a_connect_timeout_is_a_positive_number_of_seconds(self):
+        for bad in (True, float("nan"), float("inf"), 0, -1, "5"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as e:
+                lb.Client.connect("http://127.0.0.1:7070", timeout=bad)
+            self.assertIn("timeout must be a positive number", str(e.exception))
+
+    def test_calls_after_close_are_not_sent(self):
+        server = self.server(_RpcServer(200, lambda r: json.dumps(
+            {"jsonrpc": "2.0", "id": r["id"], "result": {"changes": 1}})))
+        c = lb.Client.connect(server.url, timeout=5)
+        c.execute(_WRITE)
+        c.close()
+        with self.assertRaises(lb.ConnectionError) as e:
+            c.execute(_WRITE)
+        self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+        self.assertFalse(e.exception.recoverable)
+        self.assertIn("closed", str(e.exception))
+        self.assertFalse(c.is_healthy())
+
+        async def main():
+            a = lb.AsyncClient.connect(server.url, timeout=5)
+            await a.execute(_WRITE)
+            await a.close()
+            with self.assertRaises(lb.ConnectionError) as e:
+                await a.execute(_WRITE)
+            self.assertNotIsInstance(e.exception, lb.OutcomeUnknownError)
+            self.assertFalse(await a.is_healthy())
+
+        asyncio.run(main())
+        self.assertEqual(len(server.bodies), 2)
+
+    def test_a_request_past_the_servers_body_limit_is_refused_unsent(self):
+        server = self.server(_RpcServer(200, lambda r: "{}"))
+        with self.assertRaises(lb.ProtocolError) as e:
+            lb.Client.connect(server.url, timeout=5).execute(_WRITE, ("x" * (17 << 20),))
+        self.assertIn("not sent", str(e.exception))
+        self.assertEqual(server.bodies, [])
+
+    def test_events_that_are_not_objects_are_dropped(self):
+        server = self.server(_sse(b"data: null\n\n", b"data: [1, 2]\n\n", b'data: "s"\n\n', b"data: 7\n\n",
+                                  b'data: {"event": "next"}\n\n'))
+        self.assertEqual(lb.Client.connect(server.url).events().get(timeout=10), {"event": "next"})
+
+    def test_closing_an_event_stream_shuts_its_connection(self):
+        def drip(conn):  # a server that never ends a line
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            for _ in range(600):
+                time.sleep(0.1)
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+        server = self.server(_FakeServer(drip))
+        c = lb.Client.connect(server.url)
+        before = {t.ident for t in threading.enumerate()}
+        streams = [c.events() for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while len(server.heads) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(len(server.heads), 3)
+        for stream in streams:
+            stream.close()
+        c.close()
+        deadline = time.monotonic() + 5
+        left = None
+        while time.monotonic() < deadline:
+            left = [t for t in threading.enumerate() if t.name == "litebridge-events" and t.ident not in before]
+            if not left:
+                break
+            time.sleep(0.05)
+        self.assertEqual(left, [])
 
     def test_an_async_call_waiting_for_a_thread_is_within_its_deadline_and_then_never_sent(self):
         def slow(conn):
