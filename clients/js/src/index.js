@@ -3,7 +3,7 @@
 
 import { EventEmitter } from 'node:events';
 
-import { fromWire, CancelledError, TooLargeError, UnsupportedError } from './errors.js';
+import { fromWire, CancelledError, ConnectionError, TooLargeError, UnsupportedError } from './errors.js';
 import { revive } from './json.js';
 import { HttpTransport, READS, StdioTransport } from './transports.js';
 
@@ -218,6 +218,12 @@ export class Client extends EventEmitter {
       { sql: text, params: values ?? [], timeout_ms: ms(options.timeout), max_rows: options.maxRows, lane: options.lane },
       options,
     );
+    // Litebridge's answer always has this shape; a server that is not litebridge may not.
+    if (!r || !Array.isArray(r.columns) || !Array.isArray(r.rows) || !r.rows.every(Array.isArray)) {
+      throw new ConnectionError('the answer to sql.query is not a result of rows (columns and rows): not litebridge\'s', {
+        kind: 'unavailable',
+      });
+    }
     if (r.truncated && options.maxRows === undefined) {
       throw new TooLargeError(
         `the query has more than ${r.rows.length} rows, the server's default limit: pass maxRows (up to 1000000) or page with LIMIT`,

@@ -158,6 +158,12 @@ function replaced(value) {
       tag ??= `\u0000bigint:${randomUUID()}:`;
       return `${tag}${v.toString()}`;
     }
+    if (typeof v === 'function' || typeof v === 'symbol') {
+      // JSON.stringify writes it as null in an array and drops it in an object: never silently.
+      throw new InvalidArgumentError(`a ${typeof v} is not a value litebridge takes (JSON values, BigInt, Uint8Array)`, {
+        kind: 'invalid_argument',
+      });
+    }
     if (original instanceof Uint8Array) {
       return { $blob: Buffer.from(original.buffer, original.byteOffset, original.byteLength).toString('base64') };
     }
@@ -190,7 +196,7 @@ function stringifyOrRefuse(value, replacer) {
 /** Whether `JSON.stringify` writes `v` as litebridge reads it (no BigInt, no bytes). */
 function plain(v, depth = 0) {
   if (typeof v === 'number') return Number.isFinite(v);
-  if (typeof v === 'bigint') return false;
+  if (typeof v === 'bigint' || typeof v === 'function' || typeof v === 'symbol') return false;
   if (v === null || typeof v !== 'object') return true;
   // Deep or cyclic: the general path, whose native writer names a cycle.
   if (depth > 64 || ArrayBuffer.isView(v) || typeof v.toJSON === 'function') return false;

@@ -286,6 +286,9 @@ test('what a second review found: values litebridge could not read are refused b
   await assert.rejects(c.query('SELECT ?1', [NaN]), { name: 'InvalidArgumentError', message: /NaN/ });
   await assert.rejects(c.query('SELECT ?1', ['\ud800']), { name: 'InvalidArgumentError', message: /lone surrogate/ });
   await assert.rejects(c.query('SELECT ?1', [2n ** 70n]), { name: 'InvalidArgumentError', message: /64 bits/ });
+  // A function or Symbol had been bound as NULL (review 208).
+  await assert.rejects(c.query('SELECT ?1', [() => 1]), { name: 'InvalidArgumentError', message: /a function/ });
+  await assert.rejects(c.query('SELECT ?1', [Symbol('s')]), { name: 'InvalidArgumentError', message: /a symbol/ });
   // A line over litebridge's limit counted in bytes, not UTF-16 units.
   await assert.rejects(c.query('SELECT ?1', ['é'.repeat(40 * 1024 * 1024)]), { name: 'TooLargeError' });
   // Infinities travel as reals, both ways; a backslash before "ud800" is text.

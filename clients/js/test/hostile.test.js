@@ -608,3 +608,16 @@ test('an integer too long for a number is never Infinity (review 208)', async (t
     assert.ok(got instanceof Error || typeof got === 'bigint', `bigint ${bigint}: ${inspect(got)}`);
   }
 });
+
+test("a query result of another shape is a ConnectionError, not a TypeError (review 208)", async (t) => {
+  for (const result of [{ columns: 'x', rows: [] }, { rows: [[1]] }, { columns: ['x'], rows: [1] }, [], 7]) {
+    const { url } = await fakeServer(t, (socket, request) => {
+      const id = JSON.parse(request.body).id;
+      reply(200, JSON.stringify({ jsonrpc: '2.0', id, result }))(socket);
+    });
+    const c = Client.connect(url);
+    const e = await c.query('SELECT 1').catch((x) => x);
+    assert.ok(e instanceof ConnectionError && /not a result of rows/.test(e.message), `${inspect(result)}: ${inspect(e)}`);
+    await c.close();
+  }
+});

@@ -8,7 +8,7 @@ import math
 import os
 
 from .errors import *  # noqa: F401,F403 - the error classes are the package's
-from .errors import LitebridgeError, OutcomeUnknownError, TooLargeError, from_wire
+from .errors import ConnectionError, LitebridgeError, OutcomeUnknownError, TooLargeError, from_wire
 from .events import AsyncEventStream, EventStream
 from .astdio import AsyncStdioTransport
 from .stdio import StdioTransport
@@ -110,7 +110,12 @@ class _Methods:
 
     @staticmethod
     def _rows(r, rows, max_rows):
-        if r["truncated"] and max_rows is None:
+        # Litebridge's answer always has this shape; a server that is not litebridge may not.
+        if not isinstance(r, dict) or not isinstance(r.get("columns"), list) or not isinstance(r.get("rows"), list) \
+                or not all(isinstance(row, list) for row in r["rows"]):
+            raise ConnectionError("the answer to sql.query is not a result of rows (columns and rows): not "
+                                  "litebridge's", kind="unavailable")
+        if r.get("truncated") and max_rows is None:
             raise TooLargeError(
                 "the query has more than %d rows, the server's default limit: pass max_rows (up to 1000000) "
                 "or page with LIMIT" % len(r["rows"]), kind="too_large")

@@ -35,7 +35,7 @@ try:
 except ImportError:  # a Python built without it: no HTTPS
     ssl = None
 
-from .errors import ConnectionError, OutcomeUnknownError, ProtocolError, TooLargeError
+from .errors import ConnectionError, InvalidArgumentError, OutcomeUnknownError, TooLargeError
 from .errors import TimeoutError as _TimeoutError
 
 _EVENTS_SILENCE = 30.0
@@ -675,8 +675,8 @@ class HttpTransport:
         if len(body) > MAX_BODY:
             # The server answers 413 and closes before reading it: the send
             # would break, and a write look as if it may have run.
-            raise ProtocolError("the request is %d bytes; litebridge accepts at most %d (the request was not sent)"
-                                % (len(body), MAX_BODY), kind="invalid_request")
+            raise TooLargeError("the request is %d bytes; litebridge reads bodies of %d bytes at most (the request "
+                                "was not sent)" % (len(body), MAX_BODY), kind="too_large")
         own = deadline is None
         if own:
             deadline = _WATCHDOG.start(seconds)
@@ -931,7 +931,13 @@ def _blob(v):
     """What the encoder cannot write itself: bytes, as {"$blob": base64}."""
     if isinstance(v, (bytes, bytearray, memoryview)):
         return {"$blob": base64.b64encode(bytes(v)).decode("ascii")}
-    raise TypeError("a %s is not a value litebridge takes (JSON values and bytes)" % type(v).__name__)
+    raise _NotAValue("a %s is not a value litebridge takes (JSON values and bytes)" % type(v).__name__,
+                     kind="invalid_argument")
+
+
+class _NotAValue(InvalidArgumentError, TypeError):
+    """A parameter of a type JSON cannot carry: the caller's error, and a
+    ``TypeError`` as ``json`` raises it."""
 
 
 # Non-ASCII written as UTF-8 (shorter), and encoded strictly: a lone
@@ -978,7 +984,6 @@ def _past_i64(v, depth=0):
 
 
 def _invalid(message):
-    from .errors import InvalidArgumentError
     return InvalidArgumentError(message, kind="invalid_argument")
 
 
@@ -1010,7 +1015,6 @@ def encode_line(obj, limit=None):
         raise _invalid("a string holds a lone surrogate (half of a UTF-16 pair), which is not Unicode "
                        "text and JSON cannot carry") from None
     if limit is not None and len(data) > limit:
-        from .errors import TooLargeError
         raise TooLargeError("the request is %d bytes; litebridge stdio reads lines of %d bytes at most"
                             % (len(data), limit), kind="too_large")
     return data + b"\n"

@@ -1125,6 +1125,25 @@ asyncio.run(main())
         for url in ("http://127.0.0.1:7070/", " http://localhost:7070/x\n", "http://[::1]:7070"):
             lb.Client.connect(url).close()
 
+    def test_a_parameter_json_cannot_carry_is_the_callers_error(self):
+        import datetime
+        import decimal
+        import uuid
+        c = lb.Client.connect("http://127.0.0.1:%d" % _dead_port())
+        for value in (datetime.date(2026, 1, 1), decimal.Decimal("1.5"), uuid.uuid4(), {1, 2}):
+            with self.assertRaises(lb.InvalidArgumentError, msg=repr(value)) as e:
+                c.query("SELECT ?1", (value,))
+            self.assertIsInstance(e.exception, TypeError)  # as json raises it
+            self.assertEqual(e.exception.kind, "invalid_argument")
+
+    def test_a_query_result_of_another_shape_is_not_litebridges(self):
+        for result in ({"columns": "x", "rows": []}, {"rows": [[1]]}, {"columns": ["x"], "rows": [1]}, [], 7):
+            server = self.server(_RpcServer(200, lambda r, result=result: json.dumps(
+                {"jsonrpc": "2.0", "id": r["id"], "result": result})))
+            with self.assertRaises(lb.ConnectionError, msg=repr(result)) as e:
+                lb.Client.connect(server.url, timeout=5).query("SELECT 1")
+            self.assertIn("not a result of rows", str(e.exception))
+
     def test_a_connect_timeout_is_a_positive_number_of_seconds(self):
         for bad in (True, float("nan"), float("inf"), 0, -1, "5"):
             with self.assertRaises(ValueError, msg=repr(bad)) as e:
@@ -1158,7 +1177,7 @@ asyncio.run(main())
 
     def test_a_request_past_the_servers_body_limit_is_refused_unsent(self):
         server = self.server(_RpcServer(200, lambda r: "{}"))
-        with self.assertRaises(lb.ProtocolError) as e:
+        with self.assertRaises(lb.TooLargeError) as e:
             lb.Client.connect(server.url, timeout=5).execute(_WRITE, ("x" * (17 << 20),))
         self.assertIn("not sent", str(e.exception))
         self.assertEqual(server.bodies, [])
