@@ -361,15 +361,19 @@ impl Backend {
         }
     }
 
-    /// Deletes the idempotency records older than
-    /// [`KEEP`](crate::idempotency::KEEP), 10,000 at most per call; returns
-    /// how many.
+    /// One round of the sweep of idempotency records older than
+    /// [`KEEP`](crate::idempotency::KEEP): bounded statements (records and
+    /// bytes of their results); how many it forgot and whether old ones
+    /// are left.
     ///
     /// # Errors
     /// The delete failed.
-    pub(crate) async fn forget_claims(&self) -> Result<u64> {
+    pub(crate) async fn forget_claims(&self) -> Result<crate::idempotency::Forgot> {
         match self {
-            Backend::Sqlite(db) => db.forget_claims().await,
+            Backend::Sqlite(db) => {
+                db.forget_claims_round(crate::idempotency::KEEP, crate::idempotency::FORGET_STEPS)
+                    .await
+            }
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.forget_claims().await,
         }

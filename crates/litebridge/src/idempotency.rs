@@ -25,9 +25,26 @@ use crate::value::{ExecResult, Rows, Value};
 /// How long a record is kept: a retry later than this runs again.
 pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// The most records one round of the sweep forgets; while it finds that
-/// many, it comes back soon (see `service`).
+/// The most records one statement of the sweep forgets.
 pub(crate) const FORGET_BATCH: u64 = 10_000;
+
+/// The most bytes of recorded results one statement of the sweep frees
+/// (and one record more): a record keeps the rows its write returned.
+pub(crate) const FORGET_BYTES: i64 = 16 << 20;
+
+/// The most statements of one round of a service's sweep, each a turn of
+/// the writer of its own; while old records are left, it comes back soon
+/// (see `service`).
+pub(crate) const FORGET_STEPS: usize = 20;
+
+/// What the records' sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forgot {
+    /// Records forgotten.
+    pub(crate) deleted: u64,
+    /// Old records are left: the sweep comes back soon.
+    pub(crate) more: bool,
+}
 
 /// The longest idempotency key a client may give, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;

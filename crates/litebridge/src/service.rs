@@ -191,7 +191,7 @@ impl Service {
                         tracing::warn!("sweeping expired memory entries failed: {e}");
                     }
                     let claims_more = match db.forget_claims().await {
-                        Ok(n) => n >= crate::idempotency::FORGET_BATCH,
+                        Ok(forgot) => forgot.more,
                         Err(e) => {
                             tracing::warn!("sweeping old idempotency records failed: {e}");
                             false

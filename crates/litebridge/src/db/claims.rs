@@ -245,23 +245,36 @@ fn before(now: i64, keep: Duration) -> i64 {
 
 /// Forgets the records older than `keep` by both clocks, or older than
 /// [`LONG_AGO`] times `keep` by the system's alone,
-/// [`idempotency::FORGET_BATCH`] at most (the sweep comes back soon while
-/// it finds that many), and moves the mark on; returns how many it forgot.
-pub(crate) fn forget(conn: &Connection, clock: &Clock, keep: Duration) -> Result<u64> {
+/// [`idempotency::FORGET_BATCH`] at most, and while the results before
+/// each come to less than [`idempotency::FORGET_BYTES`] (so that much and
+/// one record at most: a write's record keeps the rows it returned, up to
+/// the result limit, and a statement that freed 10,000 of them held the
+/// writer past every deadline, review 207); moves the mark on. How many
+/// it forgot, and whether any old one is left.
+pub(crate) fn forget(
+    conn: &Connection,
+    clock: &Clock,
+    keep: Duration,
+) -> Result<idempotency::Forgot> {
     let now = clock.now_micros();
     let wall = micros(SystemTime::now());
     let long_ago = keep.saturating_mul(LONG_AGO);
-    let forgot = conn.prepare_cached(FORGET)?.execute([
+    let bounds = rusqlite::params![
         before(wall, keep),
         before(now, keep),
         // A stamp a day or more ahead of the system's clock now came from
         // a clock that was wrong: its age by that clock means nothing.
         wall.saturating_add(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX)),
         before(wall, long_ago),
-    ])?;
+        idempotency::FORGET_BYTES,
+    ];
+    let deleted = conn.prepare_cached(FORGET)?.execute(bounds)? as u64;
+    let more = conn
+        .prepare_cached(OLD_LEFT)?
+        .query_row(&bounds[..4], |r| r.get::<_, bool>(0))?;
     conn.prepare_cached(SET_MARK)?
         .execute(rusqlite::params![MARK, now])?;
-    Ok(forgot as u64)
+    Ok(idempotency::Forgot { deleted, more })
 }
 
 /// How many times [`KEEP`](idempotency::KEEP) a record is kept at most by
@@ -274,14 +287,30 @@ const LONG_AGO: u32 = 7;
 /// before `?1` by the system's clock, or after `?3`, and at or before `?2`
 /// by the records' own, found and checked in the latter's index, which
 /// holds both), or by the system's alone long ago (at or before `?4`),
-/// 10,000 at most, each once. Not the mark.
+/// 10,000 at most, each once, while the results before each come to less
+/// than `?5` bytes (`octet_length` reads a result's size, not the result).
+/// Not the mark.
 const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
-         SELECT key FROM main.litebridge_claims
-          WHERE clock_at <= ?2 AND (created_at <= ?1 OR created_at > ?3) AND length(key) = 32
-         UNION
-         SELECT key FROM main.litebridge_claims
-          WHERE created_at <= ?4 AND length(key) = 32
-         LIMIT 10000)";
+         SELECT key FROM (
+             SELECT key, own, sum(own) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) AS upto
+             FROM (
+                 SELECT key, octet_length(result) AS own FROM main.litebridge_claims
+                  WHERE key IN (
+                      SELECT key FROM main.litebridge_claims
+                       WHERE clock_at <= ?2 AND (created_at <= ?1 OR created_at > ?3) AND length(key) = 32
+                      UNION
+                      SELECT key FROM main.litebridge_claims
+                       WHERE created_at <= ?4 AND length(key) = 32
+                      LIMIT 10000)) AS old) AS sized
+          WHERE upto - own < ?5)";
+
+/// Whether a record [`FORGET`] would forget is left (its first four
+/// parameters).
+const OLD_LEFT: &str = "SELECT EXISTS (
+         SELECT 1 FROM main.litebridge_claims
+          WHERE clock_at <= ?2 AND (created_at <= ?1 OR created_at > ?3) AND length(key) = 32)
+      OR EXISTS (
+         SELECT 1 FROM main.litebridge_claims WHERE created_at <= ?4 AND length(key) = 32)";
 
 /// A statement's parameters as the write's fingerprint reads them: named
 /// ones in order of name, as the order they come in binds nothing (a
@@ -372,6 +401,48 @@ mod tests {
             "j answered from its record"
         );
         assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
+        db.close().await;
+    }
+
+    /// Review 207: a record keeps the rows its write returned, and one
+    /// statement of the sweep freed 10,000 of them, 9.5 GB, holding the
+    /// writer past every deadline each minute and forgetting nothing. A
+    /// statement frees 16 MiB of results and one record more at most.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_of_the_sweep_frees_a_bounded_size_of_results() {
+        let (_dir, db) = scratch(DbConfig::default()).await;
+        for k in ["a", "b", "c"] {
+            let r = db
+                .execute_with(
+                    "INSERT INTO t VALUES (1) RETURNING zeroblob(9000000)",
+                    (),
+                    keyed(k),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.changes, 1);
+        }
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        age(&db, two_days, two_days).await;
+        // 12 MB of base64 each: the first two (the second starts before
+        // 16 MiB), not the third.
+        let step = db.forget_claims_round(idempotency::KEEP, 1).await.unwrap();
+        assert_eq!(
+            step,
+            idempotency::Forgot {
+                deleted: 2,
+                more: true
+            }
+        );
+        let step = db.forget_claims_round(idempotency::KEEP, 20).await.unwrap();
+        assert_eq!(
+            step,
+            idempotency::Forgot {
+                deleted: 1,
+                more: false
+            }
+        );
+        assert_eq!(db.forget_claims().await.unwrap(), 0);
         db.close().await;
     }
 

@@ -738,10 +738,12 @@ impl Database {
     /// Forgets the records of idempotency keys (see
     /// [`WriteOptions::idempotency_key`]) a day old both by the system's
     /// clock and by the records' own (which runs only while a handle is
-    /// open), or a week old by the system's, 10,000 at most a call; returns
-    /// how many. A [`Service`](crate::Service) does it each minute; an
-    /// application using a `Database` on its own and keys calls it as
-    /// often (again at once while it returns 10,000).
+    /// open), or a week old by the system's, all of them; returns how
+    /// many. Each statement frees 10,000 records and 16 MiB of their
+    /// results at most (a record keeps the rows its write returned), in a
+    /// turn of the writer of its own. A [`Service`](crate::Service) does
+    /// it each minute; an application using a `Database` on its own and
+    /// keys calls it as often.
     ///
     /// # Errors
     /// As [`Database::execute`].
@@ -752,8 +754,37 @@ impl Database {
 
     /// As [`Database::forget_claims`], for records older than `keep`.
     pub(crate) async fn forget_claims_older_than(&self, keep: Duration) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let round = self.forget_claims_round(keep, usize::MAX).await?;
+            deleted += round.deleted;
+            if !round.more {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// One round of the records' sweep: bounded statements, each a turn
+    /// of the writer of its own, until none is left or `steps` were made.
+    pub(crate) async fn forget_claims_round(
+        &self,
+        keep: Duration,
+        steps: usize,
+    ) -> Result<crate::idempotency::Forgot> {
         let clock = self.inner.claims_clock(&WriteOptions::default()).await?;
-        self.write(move |c| claims::forget(c, &clock, keep)).await
+        let mut round = crate::idempotency::Forgot {
+            deleted: 0,
+            more: false,
+        };
+        for _ in 0..steps {
+            let step = self.write(move |c| claims::forget(c, &clock, keep)).await?;
+            round.deleted += step.deleted;
+            round.more = step.more;
+            if !step.more {
+                break;
+            }
+        }
+        Ok(round)
     }
 
     /// A write of the stores that returns rows (an upsert with `RETURNING`).

@@ -719,22 +719,50 @@ impl PgDatabase {
     ///
     /// # Errors
     /// The delete failed.
-    pub(crate) async fn forget_claims(&self) -> Result<u64> {
-        // The server's clock, which stamped the records; a bounded batch
-        // per round (the next round takes the rest).
-        let keep = i64::try_from(crate::idempotency::KEEP.as_micros()).unwrap_or(i64::MAX);
+    pub(crate) async fn forget_claims(&self) -> Result<crate::idempotency::Forgot> {
+        use crate::idempotency::{FORGET_BATCH, FORGET_BYTES, FORGET_STEPS, Forgot, KEEP};
+        // The server's clock, which stamped the records; bounded
+        // statements (records, and bytes of their results: a record keeps
+        // the rows its write returned, review 207), the next round taking
+        // the rest. `octet_length` reads a result's size, not the result.
+        let keep = i64::try_from(KEEP.as_micros()).unwrap_or(i64::MAX);
+        let old =
+            "created_at < (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::int8 - ?1";
         let sql = format!(
             "DELETE FROM {s}.litebridge_claims WHERE key IN (
-                 SELECT key FROM {s}.litebridge_claims
-                  WHERE created_at < (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::int8 - ?1
-                  LIMIT {batch})",
-            batch = crate::idempotency::FORGET_BATCH,
+                 SELECT key FROM (
+                     SELECT key, own, pg_catalog.sum(own) OVER (
+                         ORDER BY created_at, key ROWS UNBOUNDED PRECEDING) AS upto
+                     FROM (
+                         SELECT key, created_at, pg_catalog.octet_length(result)::int8 AS own
+                           FROM {s}.litebridge_claims WHERE {old}
+                          ORDER BY created_at, key LIMIT {FORGET_BATCH}) AS oldest) AS sized
+                  WHERE upto - own < ?2)",
             s = self.own_schema()
         );
-        Ok(self
-            .own_execute(&sql, Params::Positional(vec![Value::Integer(keep)]))
-            .await?
-            .changes)
+        let left = format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.litebridge_claims WHERE {old})",
+            s = self.own_schema()
+        );
+        let mut round = Forgot {
+            deleted: 0,
+            more: false,
+        };
+        for _ in 0..FORGET_STEPS {
+            let params = vec![Value::Integer(keep), Value::Integer(FORGET_BYTES)];
+            round.deleted += self
+                .own_execute(&sql, Params::Positional(params))
+                .await?
+                .changes;
+            let rows = self
+                .own_query(&left, Params::Positional(vec![Value::Integer(keep)]))
+                .await?;
+            round.more = rows.rows.first().and_then(|r| r.first()) == Some(&Value::Integer(1));
+            if !round.more {
+                break;
+            }
+        }
+        Ok(round)
     }
 
     /// A handle that does not keep it open.
