@@ -26,7 +26,7 @@ use crate::value::{ExecResult, Rows, Value};
 pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// The most records one statement of the sweep forgets.
-pub(crate) const FORGET_BATCH: u64 = 10_000;
+pub(crate) const FORGET_BATCH: i64 = 10_000;
 
 /// The most bytes of recorded results one statement of the sweep frees
 /// (and one record more): a record keeps the rows its write returned.

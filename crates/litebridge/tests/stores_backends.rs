@@ -771,3 +771,76 @@ async fn postgres_memory_keys_keep_byte_order_under_another_collation() {
         .await
         .unwrap();
 }
+
+both!(
+    pages_of_large_values_stay_under_the_result_limit,
+    large_pages_body
+);
+/// Review 207: five values of 13 MiB in one namespace (65 MiB of text) made
+/// every `memory.list` and `state.list` of them fail on the result limit
+/// (64 MiB). A page reads values while the text before each is under
+/// 16 MiB, and says where the next starts.
+async fn large_pages_body(db: Backend) {
+    let clock = TestClock::new();
+    let mem = MemoryStore::new(db.clone(), clock.clone());
+    let runs = StateStore::new(db, clock.clone());
+    let big = |i: usize| json!(format!("{i}{}", "x".repeat(13 << 20)));
+    for i in 0..5 {
+        mem.store("big", &format!("k{i}"), &big(i), None)
+            .await
+            .unwrap();
+        runs.save(update(&format!("run-{i}"), big(i)))
+            .await
+            .unwrap();
+    }
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = mem.page("big", None, 100, after.as_deref()).await.unwrap();
+        assert!(
+            page.items.len() <= 2,
+            "{} values in a page",
+            page.items.len()
+        );
+        keys.extend(page.items.iter().map(|e| e.key.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = runs.page(None, 100, after.as_deref()).await.unwrap();
+        assert!(
+            page.items.len() <= 2,
+            "{} states in a page",
+            page.items.len()
+        );
+        ids.extend(page.items.iter().map(|r| r.run_id.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["run-0", "run-1", "run-2", "run-3", "run-4"]);
+    // Small pages are whole, and end where they end.
+    let page = mem.page("big", None, 1, None).await.unwrap();
+    assert_eq!(page.next.as_deref(), Some("k0"));
+    let page = mem.page("nothing", None, 10, None).await.unwrap();
+    assert!(page.items.is_empty() && page.next.is_none());
+    // Expired, they are swept 16 MiB a statement, every one of them.
+    for i in 0..3 {
+        mem.store(
+            "gone",
+            &format!("k{i}"),
+            &big(i),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(mem.sweep().await.unwrap(), 3);
+}

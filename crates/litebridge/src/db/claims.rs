@@ -267,6 +267,7 @@ pub(crate) fn forget(
         wall.saturating_add(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX)),
         before(wall, long_ago),
         idempotency::FORGET_BYTES,
+        idempotency::FORGET_BATCH,
     ];
     let deleted = conn.prepare_cached(FORGET)?.execute(bounds)? as u64;
     let more = conn
@@ -287,7 +288,7 @@ const LONG_AGO: u32 = 7;
 /// before `?1` by the system's clock, or after `?3`, and at or before `?2`
 /// by the records' own, found and checked in the latter's index, which
 /// holds both), or by the system's alone long ago (at or before `?4`),
-/// 10,000 at most, each once, while the results before each come to less
+/// `?6` at most, each once, while the results before each come to less
 /// than `?5` bytes (`octet_length` reads a result's size, not the result).
 /// Not the mark.
 const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
@@ -301,7 +302,7 @@ const FORGET: &str = "DELETE FROM main.litebridge_claims WHERE key IN (
                       UNION
                       SELECT key FROM main.litebridge_claims
                        WHERE created_at <= ?4 AND length(key) = 32
-                      LIMIT 10000)) AS old) AS sized
+                      LIMIT ?6)) AS old) AS sized
           WHERE upto - own < ?5)";
 
 /// Whether a record [`FORGET`] would forget is left (its first four
@@ -400,7 +401,6 @@ mod tests {
             Value::Integer(2),
             "j answered from its record"
         );
-        assert!(FORGET.contains(&format!("LIMIT {}", idempotency::FORGET_BATCH)));
         db.close().await;
     }
 

@@ -55,6 +55,27 @@ pub struct Page<T> {
 /// (review 159). A page always holds at least one item.
 pub const PAGE_BYTES: u64 = 256 << 20;
 
+/// The most bytes of stored text a page reads before its last item (so
+/// twice that at most, a value being at most a request's 16 MiB): under
+/// the result limit (`db.max_result_bytes`, 64 MiB by default), which a
+/// page of a few large values passed, failing every reader (review 207).
+pub(crate) const PAGE_TEXT_BYTES: i64 = 16 << 20;
+
+/// The rows of a page read within [`PAGE_TEXT_BYTES`], each ending with the
+/// count of rows there were before the bound: those rows without it, and
+/// whether any was left out.
+fn text_bounded(mut rows: Vec<Vec<crate::Value>>) -> (Vec<Vec<crate::Value>>, bool) {
+    let chosen = match rows.first().and_then(|r| r.last()) {
+        Some(crate::Value::Integer(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+        _ => 0,
+    };
+    for row in &mut rows {
+        row.pop();
+    }
+    let left = rows.len() < chosen;
+    (rows, left)
+}
+
 /// Takes `items` while their values' trees (`weight`) stay within
 /// [`PAGE_BYTES`], at least one; whether it stopped early. The item that
 /// passes the limit is made and dropped; those after it are never made

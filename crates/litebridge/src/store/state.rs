@@ -232,11 +232,11 @@ impl StateStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<super::Page<StateRecord>> {
-        let rows = self.rows(status, limit, after).await?;
+        let (rows, left) = super::text_bounded(self.select(status, limit, after, true).await?);
         let full = rows.len() == limit;
         let (items, cut) =
             super::within_page_bytes(rows.into_iter().map(record), |r| super::footprint(&r.state));
-        let next = (full || cut)
+        let next = (full || left || cut)
             .then(|| items.last().map(|r| r.run_id.clone()))
             .flatten();
         Ok(super::Page { items, next })
@@ -249,6 +249,20 @@ impl StateStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<Vec<Value>>> {
+        self.select(status, limit, after, false).await
+    }
+
+    /// [`rows`](Self::rows), or with `bounded` those whose states' text
+    /// before each comes to less than
+    /// [`PAGE_TEXT_BYTES`](super::PAGE_TEXT_BYTES), each with the count of
+    /// rows there were (see [`text_bounded`](super::text_bounded)).
+    async fn select(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+        bounded: bool,
+    ) -> Result<Vec<Vec<Value>>> {
         if let Some(after) = after
             && after.len() > MAX_RUN_ID
         {
@@ -257,21 +271,39 @@ impl StateStore {
                 format!("must be at most {MAX_RUN_ID} bytes, as a run id is"),
             ));
         }
+        let t = self.db.own("state");
+        let chosen = format!(
+            "FROM {t} WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2 ORDER BY run_id LIMIT ?3"
+        );
+        let sql = if bounded {
+            // The ids and sizes first, then the states of those that fit
+            // (as memory's pages: review 207).
+            format!(
+                "SELECT {COLUMNS}, sized.lb_chosen
+                   FROM (SELECT lb_id,
+                                sum(lb_own) OVER (ORDER BY lb_id ROWS UNBOUNDED PRECEDING) - lb_own
+                                    AS lb_upto,
+                                count(*) OVER () AS lb_chosen
+                           FROM (SELECT run_id AS lb_id, octet_length(state) AS lb_own {chosen}) AS chosen)
+                        AS sized
+                   JOIN {t} ON run_id = sized.lb_id
+                  WHERE sized.lb_upto < ?4
+                  ORDER BY run_id"
+            )
+        } else {
+            format!("SELECT {COLUMNS} {chosen}")
+        };
+        let mut params = vec![
+            Value::from(status),
+            Value::from(after.unwrap_or("")),
+            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ];
+        if bounded {
+            params.push(Value::from(super::PAGE_TEXT_BYTES));
+        }
         let rows = self
             .db
-            .own_query(
-                &format!(
-                    "SELECT {COLUMNS} FROM {}
-                     WHERE (?1 IS NULL OR status = ?1) AND run_id > ?2
-                     ORDER BY run_id LIMIT ?3",
-                    self.db.own("state")
-                ),
-                params![
-                    status,
-                    after.unwrap_or(""),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-            )
+            .own_query(&sql, crate::Params::Positional(params))
             .await?;
         Ok(rows.rows)
     }
