@@ -527,6 +527,10 @@ fn configuration_sources_and_refusals() {
         "{}",
         text(&out.stdout)
     );
+    // An IPv4 loopback address written as IPv6 is loopback (review 207).
+    let out = print("[::ffff:127.0.0.1]:0");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("reaches beyond"));
     let out = print("nowhere");
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -966,6 +966,38 @@ fn a_plain_request_to_mcp_is_told_where_to_go() {
             "{message}"
         );
     }
+    // The SDK's own refusals, and JSON nested too deep, are said in
+    // JSON-RPC as every refusal is (review 207: they were plain text, or
+    // "not JSON" with no id).
+    let accept = ("Accept", "application/json, text/event-stream");
+    let ping = br#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"method":"ping","params":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for (headers, body, says, id) in [
+        (
+            vec![accept, ("MCP-Protocol-Version", "garbage")],
+            &ping[..],
+            "Unsupported MCP-Protocol-Version",
+            Value::Null,
+        ),
+        (vec![accept], deep.as_bytes(), "recursion limit", json!(8)),
+    ] {
+        let (status, head, bytes) =
+            server.request_with("POST", "/mcp", Some("application/json"), &headers, body);
+        assert!((400..500).contains(&status), "{says}: {head}");
+        let reply: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{says}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{reply}");
+        assert_eq!(reply["id"], id, "{reply}");
+    }
     // What it says to do works.
     let (status, _, bytes) = server.request_with(
         "POST",

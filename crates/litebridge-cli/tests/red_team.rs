@@ -248,6 +248,11 @@ fn a_web_page_gets_admin_on_a_keyless_server_by_dns_rebinding() {
         ("127.0.0.2", ""),
         ("localhost", ""),
         ("[::1]", ""),
+        // An empty port is no port, with brackets or without; an IPv4
+        // address written as IPv6 is that address (review 207).
+        ("localhost:", ""),
+        ("[::1]:", ""),
+        ("[::ffff:127.0.0.1]:7070", ""),
         ("localhost", "\r\nOrigin: http://localhost:3000"),
     ] {
         let q = call("sql.query", json!({"sql": "SELECT 1"})).to_string();

@@ -253,7 +253,7 @@ pub(crate) async fn http(
         let addr = listen_addr(&s)?;
         s.local_scopes()?;
         print!("{}", s.describe());
-        if !addr.ip().is_loopback() {
+        if !addr.ip().to_canonical().is_loopback() {
             println!(
                 "\n# server.listen {addr} reaches beyond this machine: `serve` refuses it until the \
                  database holds an API key (`litebridge keys create`)"
@@ -379,7 +379,7 @@ fn listen_addr(s: &Settings) -> CliResult<std::net::SocketAddr> {
 async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
     let addr = listen_addr(s)?;
     let local_scopes = s.local_scopes()?;
-    let exposed = !addr.ip().is_loopback();
+    let exposed = !addr.ip().to_canonical().is_loopback();
     let no_keys = || {
         Failure::new(format!(
             "refusing to listen on {addr} without API keys: anyone who can reach it could read and \

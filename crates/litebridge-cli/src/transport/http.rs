@@ -285,10 +285,11 @@ fn authority_host(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return match rest.split_once(']') {
             Some((v6, "")) => v6,
+            // An empty port is no port (RFC 3986), as without brackets.
             Some((v6, port))
                 if port
                     .strip_prefix(':')
-                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
             {
                 v6
             }
@@ -305,7 +306,7 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {

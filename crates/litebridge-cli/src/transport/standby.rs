@@ -258,7 +258,7 @@ impl Acceptor {
         // As `serve` decides it: a listener beyond loopback is exposed.
         let exposed = listener
             .local_addr()
-            .map_or(true, |a| !a.ip().is_loopback());
+            .map_or(true, |a| !a.ip().to_canonical().is_loopback());
         let reserve = Arc::new(Semaphore::new(RESERVE));
         let graceful = GracefulShutdown::new();
         let mut builder = http1(self.limits);

@@ -247,7 +247,9 @@ fn unreadable_host(uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Op
             }
         }
         None if uri.authority().is_some() => None,
-        None => Some("a request to /mcp needs a Host header (HTTP/1.1 requires one)".into()),
+        None => Some(
+            "a request to /mcp needs a Host header (the MCP SDK reads the host from it)".into(),
+        ),
     }
 }
 
@@ -363,10 +365,18 @@ pub(crate) async fn authenticate(
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
                 let malformed = match (&parsed, json_body) {
+                    // JSON all the same, when read without a tree: what
+                    // the tree refused is its nesting (as `/rpc` says it).
                     (None, true) => Some(crate::rpc::RpcError::Parse(
                         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
                             .err()
-                            .map_or_else(|| "not JSON".to_owned(), |e| e.to_string()),
+                            .map_or_else(
+                                || {
+                                    "recursion limit exceeded: nested deeper than 128 levels"
+                                        .to_owned()
+                                },
+                                |e| e.to_string(),
+                            ),
                     )),
                     (Some(serde_json::Value::Array(_)), _) => {
                         Some(crate::rpc::RpcError::InvalidRequest(
@@ -376,8 +386,10 @@ pub(crate) async fn authenticate(
                     _ => None,
                 };
                 if let Some(e) = malformed {
-                    return crate::transport::http::rpc_error(
+                    let id = crate::json::top_level_id(&bytes).unwrap_or_default();
+                    return crate::transport::http::rpc_error_of(
                         axum::http::StatusCode::BAD_REQUEST,
+                        id,
                         &e,
                     );
                 }
@@ -402,10 +414,38 @@ pub(crate) async fn authenticate(
             drop(parsed);
             let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            in_json(next.run(request).await).await
         }
         Err(e) => crate::transport::http::refused(e),
     }
+}
+
+/// The SDK's own refusals (a header it cannot read, a protocol version it
+/// does not know, an `Accept` without JSON) come in plain text: said as
+/// every other refusal of `/mcp` and `/rpc` is, in a JSON-RPC error naming
+/// what the SDK said.
+async fn in_json(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| !v.to_ascii_lowercase().contains("json") && !v.contains("event-stream"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    let status = response.status();
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let said = if said.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        said
+    };
+    let e =
+        crate::rpc::RpcError::InvalidRequest(format!("the MCP SDK refused the request: {said}"));
+    crate::transport::http::rpc_error(status, &e)
 }
 
 /// Whether a message is a `tools/call` that reaches a tool (a request with
