@@ -568,3 +568,46 @@ async fn another_process_on_the_file_is_not_answered_from_memory() {
     writeln!(stdin).unwrap();
     other.wait().unwrap();
 }
+
+/// Review 207: a process that opened the file, set or deleted a key and
+/// exited while this one made no cache call was never seen (another
+/// process is asked of the kernel when the cache is used), and memory
+/// served the old value until its TTL. The cache's writes are counted in
+/// the file, and a count that moved by more than this one's own empties
+/// memory. (A second handle in this process stands for the other process:
+/// its locks are this process's, which the kernel's answer never counts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_wrote_and_left_while_this_one_was_idle_is_seen() {
+    let (dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    for (k, v) in [("k", "old"), ("gone", "here"), ("mine", "kept")] {
+        cache.set(k, json!(v), None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("old")));
+    assert_eq!(cache.get("gone").await.unwrap(), Some(json!("here")));
+    let before = cache.stats().l1_hits;
+    // Its own writes alone leave memory as it is.
+    cache.set("mine", json!("again"), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("old")));
+    assert_eq!(cache.stats().l1_hits, before + 1, "answered from memory");
+    // The other, while this one is idle.
+    let other = litebridge::Database::open(db.path(), common::config().build().unwrap())
+        .await
+        .unwrap();
+    let theirs = Cache::open(Some(other.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    theirs.set("k", json!("new"), None).await.unwrap();
+    assert!(theirs.delete("gone").await.unwrap());
+    drop(theirs);
+    other.close().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
+    assert_eq!(cache.get("gone").await.unwrap(), None);
+    assert_eq!(cache.get("mine").await.unwrap(), Some(json!("again")));
+    drop(dir);
+}
