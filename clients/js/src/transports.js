@@ -685,6 +685,18 @@ function checkedUrl(url) {
   if (/[\x00-\x20\x7f]/.test(base)) {
     throw new TypeError('connect(url): the URL holds a space or control character (the URL is not shown here)');
   }
+  // A backslash is read as a slash (`http://a:1\\b.example` goes to a), and
+  // a host not in ASCII is read through IDNA (`127。0。0。1` is loopback):
+  // the host would not be the one the text shows.
+  if (/[\\]|[^\x00-\x7f]/.test(base)) {
+    throw new TypeError(
+      'connect(url): the URL holds a backslash or a character that is not ASCII; write the host in its ' +
+        'ASCII form (the URL is not shown here)',
+    );
+  }
+  if (!/^https?:\/\/[^/]/i.test(base)) {
+    throw new TypeError('connect(url): the URL must be http://host:port or https://host:port (the URL is not shown here)');
+  }
   let parsed;
   try {
     parsed = new URL(base);
@@ -1020,6 +1032,7 @@ export class HttpTransport {
       try {
         res = await this.fetch(what, { headers: this.headers(GET_HEADERS), signal: controller.signal, redirect: 'manual' });
       } catch (e) {
+        if (this.closer.signal.aborted) throw cutOff(what, false);
         if (expired()) throw late(what, this.deadline, false);
         throw (
           this.unsent(e) ??
@@ -1040,6 +1053,7 @@ export class HttpTransport {
       try {
         return await readBody(res, this.maxResponseBytes);
       } catch (e) {
+        if (this.closer.signal.aborted) throw cutOff(what, false);
         if (expired()) throw late(what, this.deadline, false, true);
         if (e instanceof TooLong) throw tooLong(what, res, e.limit, false);
         throw new ConnectionError(`${what} answered ${res.status}, then the connection failed (${e?.cause?.message ?? e?.message})`, {

@@ -420,6 +420,11 @@ test('a URL that does not parse is refused, and a password in it is never shown'
     'http://127.0.0.1:7070/?s3c=1',
     'http://127.0.0.1:7070/s3c ret',
     'http://127.0.0.1:7070/s3c\x7fret',
+    // Read as another host than the text shows (review 209).
+    'http://127.0.0.1:7070\\s3c.trusted.example:7070',
+    'http://127\u30020\u30020\u30021:7070/s3c',
+    'http:s3c.example:7070',
+    'file:///etc/s3c7070',
   ]) {
     assert.throws(
       () => Client.connect(url, { key: 'k' }),

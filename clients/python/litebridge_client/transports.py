@@ -550,13 +550,20 @@ def _checked_url(url):
                          "or http://host:port/prefix (the URL is not shown here)")
     if any(c <= " " or c == "\x7f" for c in base):
         raise ValueError("connect(url): the URL holds a space or control character (the URL is not shown here)")
+    # A backslash is a slash to some readers, and a host not in ASCII is read
+    # through IDNA (``127。0。0。1`` is loopback, and would go to a proxy): the
+    # host would not be the one the text shows.
+    if "\\" in base or not base.isascii():
+        raise ValueError("connect(url): the URL holds a backslash or a character that is not ASCII; write the "
+                         "host in its ASCII form (the URL is not shown here)")
     try:
         parts = urllib.parse.urlsplit(base)
         parts.hostname, parts.port  # noqa: B018 - raise on a bracket left open, a port out of range
-    except ValueError as e:
-        why = " (%s)" % e  # no password in it: an ``@`` was refused above
-        raise ValueError("connect(url): the URL cannot be read%s: write it as http://host:port "
-                         "(the URL is not shown here)" % why) from None
+    except ValueError:
+        # Not urllib's reason: it may quote a password written without its
+        # host (``http://admin:s3cret``).
+        raise ValueError("connect(url): the URL cannot be read (a bracket left open, a port that is not a "
+                         "number from 1 to 65535?): write it as http://host:port (the URL is not shown here)") from None
     # urllib's opener reads file:, ftp: and data: URLs too: a local file
     # was taken for litebridge's answer (review 192).
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -719,6 +726,8 @@ class HttpTransport:
             except _TooLong:
                 text = b""  # the status says what happened
             except (OSError, http.client.HTTPException) as x:
+                if deadline.cancelled and self.closing:
+                    raise self._cut_off(ran) from None
                 if deadline.expired:
                     raise _late(what, seconds, ran, True) from x
                 raise OutcomeUnknownError(
@@ -729,6 +738,8 @@ class HttpTransport:
         except _Unasked as e:
             raise _not_reply(what, status, ran, "in the encoding %s, not asked for" % str(e)[:40]) from None
         except _TooLong as e:
+            if deadline.cancelled and self.closing:
+                raise self._cut_off(ran) from None
             if deadline.expired:
                 raise _late(what, seconds, ran, True) from None
             raise _too_long(what, status, e.limit, ran) from None
@@ -744,6 +755,8 @@ class HttpTransport:
             if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, OSError):
                 # Refused before sending (an unknown URL scheme): trying again cannot help.
                 raise ConnectionError("cannot send to %s: %s" % (self.url, e.reason), kind="unavailable") from e
+            if deadline.cancelled and self.closing:
+                raise self._cut_off(ran) from None
             if deadline.expired:
                 raise _late(what, seconds, ran, status is not None) from e
             # Reset, closed or timed out once connected: the request may have been
@@ -755,6 +768,8 @@ class HttpTransport:
             # Refused by http.client before sending (a URL or header it cannot carry).
             raise ConnectionError("cannot send to %s: %s (the request was not sent)"
                                   % (self.url, self._redact(_why(e))), kind="unavailable") from None
+        if deadline.cancelled and self.closing:
+            raise self._cut_off(ran) from None
         if deadline.expired:  # an answer cut short by the deadline may look whole
             raise _late(what, seconds, ran, True)
         try:
@@ -776,6 +791,13 @@ class HttpTransport:
     def call(self, obj):
         """Sends ``obj`` and returns its reply (a dict), in this thread."""
         return self._post(encode_line(obj), obj)
+
+    def _cut_off(self, ran):
+        """A call in flight cut off by ``close()``."""
+        what = "%s/rpc: the client was closed with the call in flight" % self.url
+        if ran:
+            return OutcomeUnknownError("%s: the request may or may not have run" % what, kind="outcome_unknown")
+        return ConnectionError("%s (not answered)" % what, kind="unavailable", recoverable=False)
 
     def _closed(self):
         return ConnectionError("cannot send to %s/rpc: the client is closed (the request was not sent)" % self.url,
@@ -916,11 +938,16 @@ class HttpTransport:
         return last_id
 
     def close(self):
+        """Ends the event streams and cuts off the calls in flight (their
+        connections shut: a read fails as not answered, anything else as
+        may have run); calls made after it fail as not sent."""
         with self.lock:
             self.closing = True
             streams, self.streams = self.streams, set()
         for stream in streams:
             stream.end()
+        for deadline in list(self.calls.values()):
+            _WATCHDOG.cancel(deadline)
         self.executor.shutdown(wait=False)
 
     async def aclose(self):

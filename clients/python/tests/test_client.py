@@ -1117,7 +1117,11 @@ asyncio.run(main())
                     # Never a base URL: a query, a space or control character (every call was
                     # "may have run", nothing sent).
                     "http://127.0.0.1:7070/?s3c=1", "http://127.0.0.1:7070/s3c ret", "http://127.0.0.1:7070/s3c\x7f",
-                    "http://127.0.0.1:7070/s3c\r\nX-Injected: 1"):
+                    "http://127.0.0.1:7070/s3c\r\nX-Injected: 1",
+                    # Read as another host than the text shows, or a password with no host after it
+                    # that urllib's reason quoted (review 209).
+                    "http://127.0.0.1:7070\\s3c.trusted.example:7070", "http://127\u30020\u30020\u30021:7070/s3c",
+                    "http://admin:s3cr3t"):
             with self.assertRaises(ValueError) as e:
                 lb.Client.connect(url, key="k")
             self.assertNotIn("s3c", str(e.exception), url)
@@ -1174,6 +1178,34 @@ asyncio.run(main())
 
         asyncio.run(main())
         self.assertEqual(len(server.bodies), 2)
+
+    def test_close_cuts_off_the_calls_in_flight(self):
+        hang = self.server(_FakeServer(lambda conn: time.sleep(30)))
+        c = lb.Client.connect(hang.url, deadline=30)
+        results = {}
+
+        def run(name, call):
+            try:
+                call()
+            except lb.LitebridgeError as e:
+                results[name] = e
+
+        threads = [threading.Thread(target=run, args=("write", lambda: c.execute(_WRITE))),
+                   threading.Thread(target=run, args=("read", lambda: c.query("SELECT 1")))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(hang.heads) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        c.close()
+        for t in threads:
+            t.join(10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIsInstance(results["write"], lb.OutcomeUnknownError)
+        self.assertIsInstance(results["read"], lb.ConnectionError)
+        self.assertNotIsInstance(results["read"], lb.OutcomeUnknownError)
+        self.assertIn("closed", str(results["read"]))
 
     def test_a_request_past_the_servers_body_limit_is_refused_unsent(self):
         server = self.server(_RpcServer(200, lambda r: "{}"))

@@ -984,6 +984,12 @@ fn a_plain_request_to_mcp_is_told_where_to_go() {
             Value::Null,
         ),
         (vec![accept], deep.as_bytes(), "recursion limit", json!(8)),
+        (
+            vec![accept],
+            &br#"{"jsonrpc":"2.0","id":9,"method":"ping","params":[1e400]}"#[..],
+            "number out of range",
+            json!(9),
+        ),
     ] {
         let (status, head, bytes) =
             server.request_with("POST", "/mcp", Some("application/json"), &headers, body);
@@ -998,6 +1004,10 @@ fn a_plain_request_to_mcp_is_told_where_to_go() {
         assert!(message.contains(says), "{reply}");
         assert_eq!(reply["id"], id, "{reply}");
     }
+    // A 405 keeps its `Allow`.
+    let (status, head, _) = server.request_with("GET", "/mcp", None, &[accept], b"");
+    assert_eq!(status, 405, "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nallow: "), "{head}");
     // What it says to do works.
     let (status, _, bytes) = server.request_with(
         "POST",

@@ -844,3 +844,57 @@ async fn large_pages_body(db: Backend) {
     clock.advance(Duration::from_secs(2));
     assert_eq!(mem.sweep().await.unwrap(), 3);
 }
+
+/// Review 209: a page took values while the text *before* each was under
+/// 16 MiB, whatever the configured result limit and the last value's size
+/// (a value is stored larger than the request that sent it: `1e15` is kept
+/// as `1000000000000000.0`). A page holds values while their text comes to
+/// half the result limit, its first one whatever its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_is_held_to_the_configured_result_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DbConfig::builder()
+        .max_result_bytes(4 << 20)
+        .build()
+        .unwrap();
+    let db = Database::open(dir.path().join("t.db"), config)
+        .await
+        .unwrap();
+    migrate(&db).await.unwrap();
+    let clock = TestClock::new();
+    let mem = MemoryStore::new(Backend::Sqlite(db.clone()), clock.clone());
+    let runs = StateStore::new(Backend::Sqlite(db.clone()), clock);
+    for (key, mib) in [("a", 1), ("b", 3), ("c", 1)] {
+        let value = json!("x".repeat(mib << 20));
+        mem.store("n", key, &value, None).await.unwrap();
+        runs.save(update(key, value)).await.unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = mem.page("n", None, 100, after.as_deref()).await.unwrap();
+        pages.push(page.items.iter().map(|e| e.key.clone()).collect::<Vec<_>>());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["a"], vec!["b"], vec!["c"]]);
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = runs.page(None, 100, after.as_deref()).await.unwrap();
+        pages.push(
+            page.items
+                .iter()
+                .map(|r| r.run_id.clone())
+                .collect::<Vec<_>>(),
+        );
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["a"], vec!["b"], vec!["c"]]);
+    db.close().await;
+}

@@ -679,13 +679,21 @@ pub(crate) fn overloaded(state: &AppState) -> Response {
 /// limit, refuses JSON that names a member twice or whose tree is over the
 /// memory limits (`json`), and gives the request back with the body in
 /// memory (for `/mcp`, whose SDK would read it with no deadline and keep a
-/// duplicated member's last value), with its tree if it is JSON, and the
-/// tree's share of memory to hold while the SDK reads it again.
+/// duplicated member's last value), with its tree if it is JSON (else why
+/// not, serde_json's words), and the tree's share of memory to hold while
+/// the SDK reads it again.
 pub(crate) async fn read_whole(
     state: &AppState,
     caller: &Caller,
     request: Request,
-) -> Result<(Request, Option<serde_json::Value>, crate::json::Held), Response> {
+) -> Result<
+    (
+        Request,
+        Result<serde_json::Value, String>,
+        crate::json::Held,
+    ),
+    Response,
+> {
     if let Some(refused) = declared_too_large(request.headers()) {
         return Err(refused);
     }
@@ -709,7 +717,7 @@ pub(crate) async fn read_whole(
     };
     let (parsed, held) =
         match crate::json::parse_for_sdk(&bytes, caller.key().map_or("", |k| k.name())) {
-            Ok((tree, held)) => (Some(tree), held),
+            Ok((tree, held)) => (Ok(tree), held),
             Err(unreadable) if unreadable.is_over_memory() => {
                 let e = rpc::RpcError::App(unreadable.error());
                 return Err(rpc_error(StatusCode::OK, &e));
@@ -719,7 +727,13 @@ pub(crate) async fn read_whole(
                     let e = rpc::RpcError::InvalidRequest(why);
                     return Err(rpc_error(StatusCode::BAD_REQUEST, &e));
                 }
-                None => (None, crate::json::Held::default()),
+                None => {
+                    let why = match unreadable {
+                        crate::json::Unreadable::Syntax(why) => why,
+                        _ => "not JSON".to_owned(),
+                    };
+                    (Err(why), crate::json::Held::default())
+                }
             },
         };
     Ok((

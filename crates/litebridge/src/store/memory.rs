@@ -222,9 +222,9 @@ impl MemoryStore {
         self.select(namespace, prefix, limit, after, false).await
     }
 
-    /// [`rows`](Self::rows), or with `bounded` those whose values' text
-    /// before each comes to less than
-    /// [`PAGE_TEXT_BYTES`](super::PAGE_TEXT_BYTES), each with the count of
+    /// [`rows`](Self::rows), or with `bounded` the first and those after
+    /// it while their values' text comes to at most
+    /// [`page_text_bytes`](super::page_text_bytes), each with the count of
     /// rows there were (see [`text_bounded`](super::text_bounded)).
     async fn select(
         &self,
@@ -274,12 +274,12 @@ impl MemoryStore {
             format!(
                 "SELECT m.key, m.value, m.expires_at, sized.lb_chosen
                    FROM (SELECT key,
-                                sum(lb_own) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) - lb_own
-                                    AS lb_upto,
+                                sum(lb_own) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) AS lb_upto,
+                                row_number() OVER (ORDER BY key) AS lb_n,
                                 count(*) OVER () AS lb_chosen
                            FROM (SELECT key, octet_length(value) AS lb_own {chosen}) AS chosen) AS sized
                    JOIN {t} AS m ON m.namespace = ?1 AND m.key = sized.key
-                  WHERE sized.lb_upto < ?6
+                  WHERE sized.lb_upto <= ?6 OR sized.lb_n = 1
                   ORDER BY m.key"
             )
         } else {
@@ -293,7 +293,7 @@ impl MemoryStore {
             Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
         ];
         if bounded {
-            params.push(Value::from(super::PAGE_TEXT_BYTES));
+            params.push(Value::from(super::page_text_bytes(&self.db)));
         }
         let rows = self
             .db

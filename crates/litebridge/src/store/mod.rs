@@ -55,13 +55,17 @@ pub struct Page<T> {
 /// (review 159). A page always holds at least one item.
 pub const PAGE_BYTES: u64 = 256 << 20;
 
-/// The most bytes of stored text a page reads before its last item (so
-/// twice that at most, a value being at most a request's 16 MiB): under
-/// the result limit (`db.max_result_bytes`, 64 MiB by default), which a
-/// page of a few large values passed, failing every reader (review 207).
-pub(crate) const PAGE_TEXT_BYTES: i64 = 16 << 20;
+/// The most bytes of stored text a page of `db` reads, its first item
+/// aside: half the result limit (`max_result_bytes`, 64 MiB by default),
+/// which a page of a few large values passed, failing every reader (review
+/// 207), and the rest for keys. A value stored may be larger than the
+/// request that stored it (`1e15` is kept as `1000000000000000.0`): its
+/// own page holds it alone.
+fn page_text_bytes(db: &crate::Backend) -> i64 {
+    i64::try_from(db.max_result_bytes() / 2).unwrap_or(i64::MAX)
+}
 
-/// The rows of a page read within [`PAGE_TEXT_BYTES`], each ending with the
+/// The rows of a page read within [`page_text_bytes`], each ending with the
 /// count of rows there were before the bound: those rows without it, and
 /// whether any was left out.
 fn text_bounded(mut rows: Vec<Vec<crate::Value>>) -> (Vec<Vec<crate::Value>>, bool) {

@@ -252,9 +252,9 @@ impl StateStore {
         self.select(status, limit, after, false).await
     }
 
-    /// [`rows`](Self::rows), or with `bounded` those whose states' text
-    /// before each comes to less than
-    /// [`PAGE_TEXT_BYTES`](super::PAGE_TEXT_BYTES), each with the count of
+    /// [`rows`](Self::rows), or with `bounded` the first and those after
+    /// it while their states' text comes to at most
+    /// [`page_text_bytes`](super::page_text_bytes), each with the count of
     /// rows there were (see [`text_bounded`](super::text_bounded)).
     async fn select(
         &self,
@@ -281,13 +281,13 @@ impl StateStore {
             format!(
                 "SELECT {COLUMNS}, sized.lb_chosen
                    FROM (SELECT lb_id,
-                                sum(lb_own) OVER (ORDER BY lb_id ROWS UNBOUNDED PRECEDING) - lb_own
-                                    AS lb_upto,
+                                sum(lb_own) OVER (ORDER BY lb_id ROWS UNBOUNDED PRECEDING) AS lb_upto,
+                                row_number() OVER (ORDER BY lb_id) AS lb_n,
                                 count(*) OVER () AS lb_chosen
                            FROM (SELECT run_id AS lb_id, octet_length(state) AS lb_own {chosen}) AS chosen)
                         AS sized
                    JOIN {t} ON run_id = sized.lb_id
-                  WHERE sized.lb_upto < ?4
+                  WHERE sized.lb_upto <= ?4 OR sized.lb_n = 1
                   ORDER BY run_id"
             )
         } else {
@@ -299,7 +299,7 @@ impl StateStore {
             Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
         ];
         if bounded {
-            params.push(Value::from(super::PAGE_TEXT_BYTES));
+            params.push(Value::from(super::page_text_bytes(&self.db)));
         }
         let rows = self
             .db

@@ -311,7 +311,7 @@ pub(crate) async fn authenticate(
             };
             // The body is read here, under the same deadline and limit as
             // `/rpc`'s, and refused if an object names a member twice.
-            let (request, parsed, _held) =
+            let (request, read, _held) =
                 match crate::transport::http::read_whole(&state, &caller, request).await {
                     Ok(read) => read,
                     // Counted as any message is (review 143).
@@ -322,6 +322,10 @@ pub(crate) async fn authenticate(
                         };
                     }
                 };
+            let (parsed, unreadable) = match read {
+                Ok(tree) => (Some(tree), None),
+                Err(why) => (None, Some(why)),
+            };
             let (parts, body) = request.into_parts();
             // In memory already: read_whole put it there.
             let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -365,18 +369,10 @@ pub(crate) async fn authenticate(
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
                 let malformed = match (&parsed, json_body) {
-                    // JSON all the same, when read without a tree: what
-                    // the tree refused is its nesting (as `/rpc` says it).
+                    // serde_json's words, as `/rpc` says them (a depth, a
+                    // number out of range, a lone surrogate).
                     (None, true) => Some(crate::rpc::RpcError::Parse(
-                        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-                            .err()
-                            .map_or_else(
-                                || {
-                                    "recursion limit exceeded: nested deeper than 128 levels"
-                                        .to_owned()
-                                },
-                                |e| e.to_string(),
-                            ),
+                        unreadable.clone().unwrap_or_else(|| "not JSON".to_owned()),
                     )),
                     (Some(serde_json::Value::Array(_)), _) => {
                         Some(crate::rpc::RpcError::InvalidRequest(
@@ -434,6 +430,8 @@ async fn in_json(response: Response) -> Response {
         return response;
     }
     let status = response.status();
+    // `Allow` of a 405 is kept (RFC 9110 asks for it).
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
     let said = axum::body::to_bytes(response.into_body(), 4096)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
@@ -445,7 +443,13 @@ async fn in_json(response: Response) -> Response {
     };
     let e =
         crate::rpc::RpcError::InvalidRequest(format!("the MCP SDK refused the request: {said}"));
-    crate::transport::http::rpc_error(status, &e)
+    let mut response = crate::transport::http::rpc_error(status, &e);
+    if let Some(allow) = allow {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    response
 }
 
 /// Whether a message is a `tools/call` that reaches a tool (a request with
