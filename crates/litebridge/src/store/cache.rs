@@ -391,29 +391,10 @@ impl std::fmt::Debug for Cache {
 /// for this long after that process opened the file.
 const PEER_CHECK: Duration = Duration::from_millis(100);
 
-/// Whether another process has the SQLite file of the L2 open, or wrote
-/// the cache since this one last looked.
+/// Whether another process has the SQLite file of the L2 open.
 struct FilePeers {
     shm: std::path::PathBuf,
     state: Mutex<PeerState>,
-    /// The cache's writes this process made and counted in the file.
-    written: std::sync::atomic::AtomicU64,
-    /// The count in the file when last read, and `written` then.
-    counted: Mutex<Counted>,
-    /// Moved each time memory is emptied for another process: a value read
-    /// from the table before is not put in memory after (as
-    /// [`Cache::generation`] is used with peers on PostgreSQL).
-    generation: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct Counted {
-    /// The count of the cache's writes in the file (`cache_writes` in
-    /// `litebridge_meta`); `None` until first read.
-    seen: Option<i64>,
-    /// [`FilePeers::written`] when it was read.
-    written: u64,
-    checked: Option<std::time::Instant>,
 }
 
 struct PeerState {
@@ -434,61 +415,7 @@ impl FilePeers {
                 checked: None,
                 others: false,
             }),
-            written: Default::default(),
-            counted: Mutex::new(Counted::default()),
-            generation: Default::default(),
         }
-    }
-
-    /// Empties memory: what it holds may be older than another process's
-    /// writes.
-    fn forget(&self, l1: &moka::future::Cache<String, Entry>) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        l1.invalidate_all();
-    }
-
-    /// Whether the count of the cache's writes in the file moved by more
-    /// than this process's own, read at most every [`PEER_CHECK`] (memory
-    /// is emptied then). A process that opened the file, wrote the cache
-    /// and exited while this one made no call was never seen otherwise
-    /// (review 207): its writes are counted in the file.
-    async fn recount(&self, db: &Backend, l1: &moka::future::Cache<String, Entry>) {
-        if crate::sync::lock(&self.counted)
-            .checked
-            .is_some_and(|t| t.elapsed() < PEER_CHECK)
-        {
-            return;
-        }
-        let written = self.written.load(Ordering::Acquire);
-        let count = db
-            .own_query(
-                &format!(
-                    "SELECT CAST(value AS INTEGER) FROM {} WHERE key = 'cache_writes'",
-                    db.own("meta")
-                ),
-                params![],
-            )
-            .await
-            .map(|rows| match rows.rows.first().and_then(|r| r.first()) {
-                Some(crate::Value::Integer(n)) => *n,
-                _ => 0,
-            });
-        let mut c = crate::sync::lock(&self.counted);
-        let moved = match (&count, c.seen) {
-            // Ours, and nobody else's since.
-            (Ok(now), Some(seen)) => {
-                *now != seen.saturating_add(i64::try_from(written - c.written).unwrap_or(i64::MAX))
-            }
-            // The first look, or a count that could not be read: memory
-            // may hold anything.
-            _ => true,
-        };
-        if moved {
-            self.forget(l1);
-        }
-        c.seen = count.ok();
-        c.written = written;
-        c.checked = Some(std::time::Instant::now());
     }
 
     /// Whether another process has it open, asked at most every
@@ -499,7 +426,7 @@ impl FilePeers {
         if s.checked.is_none_or(|t| t.elapsed() >= PEER_CHECK) {
             let now = s.peers.another_process_has_open(&self.shm);
             if now && !s.others {
-                self.forget(l1);
+                l1.invalidate_all();
             }
             s.others = now;
             s.checked = Some(std::time::Instant::now());
@@ -665,25 +592,13 @@ impl Cache {
         }
     }
 
-    /// The count of other front ends' writes heard so far, or of the times
-    /// memory was emptied for another process on the SQLite file (0
-    /// without either).
+    /// The count of other front ends' writes heard so far (0 without peers).
     fn generation(&self) -> u64 {
         #[cfg(feature = "postgres")]
         if let Some(p) = &self.peers {
             return p.generation();
         }
-        self.file_peers
-            .as_ref()
-            .map_or(0, |p| p.generation.load(Ordering::Acquire))
-    }
-
-    /// On the SQLite file: empties memory if another process wrote the
-    /// cache since the last look (see [`FilePeers::recount`]).
-    async fn recount(&self) {
-        if let (Some(p), Some(db)) = (&self.file_peers, &self.db) {
-            p.recount(db, &self.l1).await;
-        }
+        0
     }
 
     /// The statements of an L2 write of `key`: `write`, and the
@@ -693,19 +608,8 @@ impl Cache {
         key: &str,
         write: (String, crate::value::Params),
     ) -> Vec<(String, crate::value::Params)> {
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
         let mut statements = vec![write];
-        // On the SQLite file, counted there: another process sees it.
-        if let (Some(_), Some(db)) = (&self.file_peers, &self.db) {
-            statements.push((
-                format!(
-                    "INSERT INTO {t}(key, value) VALUES ('cache_writes', '1')
-                     ON CONFLICT(key) DO UPDATE
-                         SET value = CAST(CAST({t}.value AS INTEGER) + 1 AS TEXT)",
-                    t = db.own("meta")
-                ),
-                params![],
-            ));
-        }
         #[cfg(feature = "postgres")]
         if let Some(p) = &self.peers {
             statements.push((
@@ -716,13 +620,6 @@ impl Cache {
         #[cfg(not(feature = "postgres"))]
         let _ = key;
         statements
-    }
-
-    /// A write of the table committed (counted in the file, on SQLite).
-    fn wrote(&self) {
-        if let Some(p) = &self.file_peers {
-            p.written.fetch_add(1, Ordering::AcqRel);
-        }
     }
 
     /// The lock that orders writes of `key` against copies of it into memory.
@@ -743,7 +640,6 @@ impl Cache {
     /// # Errors
     /// None today; the `Result` is kept for L2 backends that must report.
     pub async fn get(&self, key: &str) -> Result<Option<Json>> {
-        self.recount().await;
         let trusted = self.l1_trusted();
         if trusted && let Some(e) = self.l1.get(key).await {
             if self.live(&e) {
@@ -864,15 +760,12 @@ impl Cache {
                 ),
                 params![key, text, expires.map(micros)],
             );
-            match db.own_batch(self.announced(key, write)).await {
-                Ok(_) => self.wrote(),
-                Err(e) => {
-                    self.counters.l2_failed("write", &e);
-                    if !keep_on_failure {
-                        return Err(e);
-                    }
-                    failed = Some(e);
+            if let Err(e) = db.own_batch(self.announced(key, write)).await {
+                self.counters.l2_failed("write", &e);
+                if !keep_on_failure {
+                    return Err(e);
                 }
+                failed = Some(e);
             }
         }
         let entry = self.weights.entry(value, expires);
@@ -907,9 +800,7 @@ impl Cache {
                     format!("DELETE FROM {} WHERE key = ?1", db.own("cache")),
                     params![key],
                 );
-                let done = db.own_batch(self.announced(key, write)).await?;
-                self.wrote();
-                done[0].changes > 0
+                db.own_batch(self.announced(key, write)).await?[0].changes > 0
             }
             None => false,
         };
