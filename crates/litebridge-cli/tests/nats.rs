@@ -1166,6 +1166,14 @@ fn h1_was_kept(setup: &Setup, events: &mut tokio::sync::broadcast::Receiver<Pool
     }
 }
 
+/// A peer of the bus following h1's heartbeats, and the first of them.
+async fn h1_heartbeats(url: &str) -> (async_nats::Client, async_nats::Subscriber, Json) {
+    let evil = peer(url).await;
+    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
+    let first = next_beat(&mut beats).await;
+    (evil, beats, first)
+}
+
 /// The next heartbeat on `beats` (within 5 s), as JSON.
 async fn next_beat(beats: &mut async_nats::Subscriber) -> Json {
     use futures_util::StreamExt;
@@ -2022,9 +2030,7 @@ async fn a_forged_retired_heartbeat_does_not_drop_a_live_host() {
         return;
     };
     let mut events = setup.bridge.subscribe();
-    let evil = peer(&setup.url).await;
-    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let real = next_beat(&mut beats).await;
+    let (evil, _beats, real) = h1_heartbeats(&setup.url).await;
     let forged = |instance: &str| {
         let mut beat = real.clone();
         beat["service_id"] = json!(instance);
@@ -2057,9 +2063,7 @@ async fn a_flood_of_forged_retired_heartbeats_asks_after_the_host_as_one_does() 
     let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
         return;
     };
-    let evil = peer(&setup.url).await;
-    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let mut beat = next_beat(&mut beats).await;
+    let (evil, _beats, mut beat) = h1_heartbeats(&setup.url).await;
     beat["retired"] = json!(true);
     let instance = beat["service_id"].as_str().unwrap().to_owned();
     // Every PING this front end sends to h1's instance, seen by a listener
@@ -2105,9 +2109,7 @@ async fn restarts_of_made_up_instances_are_not_told() {
         return;
     };
     let mut events = setup.bridge.subscribe();
-    let evil = peer(&setup.url).await;
-    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let real = next_beat(&mut beats).await;
+    let (evil, _beats, real) = h1_heartbeats(&setup.url).await;
     let forged = |instance: String| {
         let mut beat = real.clone();
         beat["service_id"] = json!(instance);
@@ -2142,9 +2144,7 @@ async fn a_host_killed_with_a_call_after_a_forged_retirement_is_lost() {
         return;
     };
     let mut events = setup.bridge.subscribe();
-    let evil = peer(&setup.url).await;
-    let mut beats = evil.subscribe("lb.v1.hb.h1").await.unwrap();
-    let mut beat = next_beat(&mut beats).await;
+    let (evil, mut beats, mut beat) = h1_heartbeats(&setup.url).await;
     beat["retired"] = json!(true);
     let once = CallOptions {
         retry: false,
