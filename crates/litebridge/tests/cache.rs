@@ -521,50 +521,154 @@ async fn a_panic_of_a_callers_own_load_is_not_taken_for_moka_s() {
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"the load's own"));
 }
 
-/// Found by a review: two servers on one SQLite file each kept keys in
-/// memory, and a key one of them deleted or replaced was read from the
-/// other's memory until its TTL. With another process on the file, memory
-/// is not used (that process is seen within 100 ms).
+/// A Python process on the L2's file: `script`, with the file's path as
+/// `path`, started and read line by line.
+struct Other {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    stdin: std::process::ChildStdin,
+}
+
+impl Other {
+    fn start(db: &litebridge::Database, script: &str) -> Other {
+        let script = format!(
+            "import sqlite3, sys\npath = {:?}\n{script}",
+            db.path().display().to_string()
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Other {
+            out: std::io::BufReader::new(child.stdout.take().unwrap()),
+            stdin: child.stdin.take().unwrap(),
+            child,
+        }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    fn tell(&mut self) {
+        use std::io::Write;
+        writeln!(self.stdin).unwrap();
+    }
+
+    fn wait(mut self) {
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// Found by reviews 207 and 210: a process that opened the file, replaced
+/// or deleted a cache key and exited while this one made no cache call was
+/// never seen, and this one served the key's old value from memory until its
+/// TTL. Every read of memory now looks for a change of the file that this
+/// process's writer did not make.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_process_on_the_file_is_not_answered_from_memory() {
-    use std::io::{BufRead, Write};
+async fn a_short_lived_process_that_changed_a_key_is_seen_at_the_next_read() {
     let (_dir, db) = common::open_kv(common::config()).await;
     let cache = Cache::open(Some(db.clone()), CacheConfig::default())
         .await
         .unwrap();
     cache.set("k", json!("old"), None).await.unwrap();
+    cache.set("gone", json!("here"), None).await.unwrap();
     assert_eq!(cache.get("k").await.unwrap(), Some(json!("old")));
-    // Another process opens the file, and replaces the value when told.
-    let script = format!(
-        "import sqlite3, sys\n\
-         c = sqlite3.connect({path:?}, isolation_level=None)\n\
+    assert_eq!(cache.get("gone").await.unwrap(), Some(json!("here")));
+    let hits = cache.stats().l1_hits;
+    // Opens, writes, exits: no cache call here meanwhile.
+    Other::start(
+        &db,
+        "c = sqlite3.connect(path, isolation_level=None)\n\
+         c.execute(\"UPDATE litebridge_cache SET value = '\\\"new\\\"' WHERE key = 'k'\")\n\
+         c.execute(\"DELETE FROM litebridge_cache WHERE key = 'gone'\")\n\
+         c.close()\n",
+    )
+    .wait();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
+    assert_eq!(cache.get("gone").await.unwrap(), None);
+    // Memory serves again, with the new value.
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
+    assert_eq!(cache.stats().l1_hits, hits + 1, "{:?}", cache.stats());
+}
+
+/// While another process only has the file open, memory keeps serving
+/// (it used to be turned off), and this process's own writes never empty
+/// it (review 210 found a count of writes that did, several times a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_serves_beside_a_process_that_only_reads_and_through_own_writes() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("k", json!("v"), None).await.unwrap();
+    let mut other = Other::start(
+        &db,
+        "c = sqlite3.connect(path, isolation_level=None)\n\
          c.execute('SELECT count(*) FROM litebridge_cache').fetchall()\n\
          print('open', flush=True)\n\
-         sys.stdin.readline()\n\
-         c.execute(\"UPDATE litebridge_cache SET value = '\\\"new\\\"' WHERE key = 'k'\")\n\
-         print('done', flush=True)\n\
          sys.stdin.readline()\n",
-        path = db.path().display().to_string()
     );
-    let mut other = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+    assert_eq!(other.line(), "open");
+    let hits = cache.stats().l1_hits;
+    for i in 0..200 {
+        cache
+            .set(&format!("mine{i}"), json!(i), None)
+            .await
+            .unwrap();
+        db.execute(
+            "INSERT INTO kv(k, v) VALUES (?1, 'x')",
+            litebridge::params![i],
+        )
+        .await
         .unwrap();
-    let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
-    let mut stdin = other.stdin.take().unwrap();
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open");
-    // Seen at the next check.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let _ = cache.get("k").await.unwrap();
-    writeln!(stdin).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "done");
-    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
-    writeln!(stdin).unwrap();
-    other.wait().unwrap();
+        assert_eq!(cache.get("k").await.unwrap(), Some(json!("v")));
+    }
+    assert_eq!(cache.stats().l1_hits, hits + 200, "{:?}", cache.stats());
+    other.tell();
+    other.wait();
+}
+
+/// Another process commits new values of a key as fast as it can while this
+/// one reads it and writes keys of its own: a read that starts after one of
+/// its commits returned never answers an older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_go_back_behind_another_process_writing_all_along() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("k", json!(0), None).await.unwrap();
+    let mut other = Other::start(
+        &db,
+        "c = sqlite3.connect(path, isolation_level=None, timeout=30)\n\
+         for i in range(1, 301):\n\
+         \x20   c.execute('UPDATE litebridge_cache SET value = ? WHERE key = ?', (str(i), 'k'))\n\
+         \x20   print(i, flush=True)\n",
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let own = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                cache.set("mine", json!(n), None).await.unwrap();
+                n += 1;
+            }
+        })
+    };
+    for i in 1..=300 {
+        let done: i64 = other.line().parse().unwrap();
+        assert_eq!(done, i);
+        let read = cache.get("k").await.unwrap().unwrap().as_i64().unwrap();
+        assert!(read >= done, "read {read} after commit {done} returned");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    own.await.unwrap();
+    other.wait();
 }

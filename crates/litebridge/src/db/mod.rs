@@ -48,6 +48,7 @@ mod claims;
 mod exec;
 mod execute;
 mod ffi;
+pub(crate) mod foreign_commits;
 mod functions;
 mod group_commit;
 mod guard;
@@ -459,6 +460,7 @@ impl Database {
             halt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             read_only: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             on_disk: Arc::default(),
+            foreign_commits: Arc::default(),
         };
         let counters = Arc::new(Counters::default());
         let (writer, checkpointer) = WriterHandle::start(opener.clone(), counters.clone())?;
@@ -509,6 +511,12 @@ impl Database {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.opener.path
+    }
+
+    /// The count of changes of the file by connections other than this
+    /// database's writer, looked at now (`None` when that cannot be told).
+    pub(crate) fn foreign_commits(&self) -> Option<u64> {
+        self.inner.opener.foreign_commits.generation()
     }
 
     /// The configuration it was opened with.

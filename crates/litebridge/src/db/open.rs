@@ -38,6 +38,9 @@ pub(crate) struct Opener {
     /// SQLite opened the file read-only (litebridge's user may read it but
     /// not write it): reads are served, writes refused naming the file.
     pub(crate) read_only: Arc<AtomicBool>,
+    /// Changes of the file by connections other than the writer, told by
+    /// the writer's shim (`foreign_commits`).
+    pub(crate) foreign_commits: Arc<crate::db::foreign_commits::ForeignCommits>,
 }
 
 impl Opener {
@@ -120,6 +123,7 @@ impl Opener {
             None => Connection::open_with_flags(&self.path, flags),
         }
         .map_err(|e| self.open_error(e))?;
+        crate::db::wal_vfs::watch(&conn, self.foreign_commits.clone());
         conn.busy_timeout(c.busy_timeout)?;
         // Read before anything writes: a file that is not a database is refused untouched.
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))

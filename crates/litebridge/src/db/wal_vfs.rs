@@ -60,6 +60,10 @@
 //! Every other file, the database and its shared-memory index included,
 //! goes straight to `unix`.
 //!
+//! The shim also tells `foreign_commits` where the writer's connection
+//! mapped the database's shared index and when it takes and releases the
+//! write lock ([`watch`]): what tells this process's commits from others'.
+//!
 //! The shim also tells the writer whether a COMMIT that failed had written
 //! its commit frame ([`commit_written`]): after that, a failure (a sync
 //! the disk refused, an index that could not grow) leaves a transaction
@@ -77,9 +81,11 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::ffi;
+
+use crate::db::foreign_commits::ForeignCommits;
 
 /// The name the writer's connection opens with.
 pub(crate) const NAME: &CStr = c"litebridge-wal";
@@ -110,6 +116,52 @@ pub(crate) fn forget_commit_written() {
 /// file is recovered from it after a crash, whatever SQLite answered.
 pub(crate) fn commit_written() -> bool {
     COMMIT_WRITTEN.get()
+}
+
+/// Has `watch` told of the write lock and the shared index of `conn`'s
+/// database file, from now until it closes; false when the file is not
+/// this shim's (it was opened without it).
+pub(crate) fn watch(conn: &rusqlite::Connection, watch: Arc<ForeignCommits>) -> bool {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: the handle is an open connection used by this thread only;
+    // SQLITE_FCNTL_FILE_POINTER writes the main database file's pointer,
+    // answered by SQLite itself without calling the VFS.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    // SAFETY: a file SQLite gave whose methods are ours is an open
+    // ShimFile of the connection, used on this thread only.
+    unsafe {
+        if rc != ffi::SQLITE_OK || file.is_null() || !std::ptr::eq((*file).pMethods, &PASS_METHODS)
+        {
+            return false;
+        }
+        let shim = file.cast::<ShimFile>();
+        if !(*shim).region.is_null() {
+            watch.mapped((*shim).region);
+        }
+        let old = std::mem::replace(&mut (*shim).watch, Arc::into_raw(watch));
+        if !old.is_null() {
+            let old = Arc::from_raw(old);
+            old.unmapped();
+        }
+    }
+    true
+}
+
+/// The watch of `file`, if it has one.
+///
+/// # Safety
+/// `file` must be an open `ShimFile`.
+unsafe fn watch_of<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a ForeignCommits> {
+    // SAFETY: (caller) an open ShimFile; its watch, when not null, is an
+    // `Arc` it holds until it closes.
+    unsafe { (*file.cast::<ShimFile>()).watch.as_ref() }
 }
 
 /// Registers the VFS (once per process) and returns its name, or `None` if
@@ -161,6 +213,12 @@ struct ShimFile {
     /// null otherwise): the end of a write transaction shows on the
     /// database's shared-memory locks, and empties the WAL's buffer.
     link: *mut ShimFile,
+    /// A database file's watch of others' commits ([`watch`]; null for
+    /// none), an `Arc` of its own: released when the file closes.
+    watch: *const ForeignCommits,
+    /// Where a database file's shared index has its first region mapped
+    /// (null while it is not).
+    region: *mut c_void,
 }
 
 struct Pending {
@@ -222,6 +280,8 @@ unsafe extern "C" fn shim_open(
         (*shim).base.pMethods = std::ptr::null();
         (*shim).buffer = std::ptr::null_mut();
         (*shim).link = std::ptr::null_mut();
+        (*shim).watch = std::ptr::null();
+        (*shim).region = std::ptr::null_mut();
         let inner = real(file);
         let Some(open) = (*unix).xOpen else {
             return ffi::SQLITE_CANTOPEN;
@@ -323,6 +383,12 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
             (*(*shim).link).link = std::ptr::null_mut();
             (*shim).link = std::ptr::null_mut();
         }
+        let watch = std::mem::replace(&mut (*shim).watch, std::ptr::null());
+        if !watch.is_null() {
+            let watch = Arc::from_raw(watch);
+            watch.unmapped();
+        }
+        (*shim).region = std::ptr::null_mut();
         match methods(file).xClose {
             Some(close) => close(real(file)),
             None => ffi::SQLITE_OK,
@@ -595,11 +661,19 @@ unsafe extern "C" fn x_shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    // SAFETY: forwarding an open file's call to the file it wraps.
+    // SAFETY: forwarding an open file's call to the file it wraps; a
+    // region SQLite got stays mapped until it unmaps the index.
     unsafe {
-        methods(file).xShmMap.map_or(ffi::SQLITE_IOERR_SHMMAP, |f| {
+        let rc = methods(file).xShmMap.map_or(ffi::SQLITE_IOERR_SHMMAP, |f| {
             f(real(file), page, size, extend, out)
-        })
+        });
+        if rc == ffi::SQLITE_OK && page == 0 && !(*out).is_null() {
+            (*file.cast::<ShimFile>()).region = *out;
+            if let Some(w) = watch_of(file) {
+                w.mapped(*out);
+            }
+        }
+        rc
     }
 }
 
@@ -612,20 +686,31 @@ unsafe extern "C" fn x_shm_lock(
     // SAFETY: forwarding an open file's call to the file it wraps; `link`
     // of a database file is null or its open WAL shim.
     unsafe {
+        let write_lock = offset <= WAL_WRITE_LOCK && WAL_WRITE_LOCK < offset + n;
+        let watch = watch_of(file).filter(|_| write_lock);
+        // What the header says as the lock goes is this connection's doing:
+        // read before, so no other commit can come between.
+        if flags & ffi::SQLITE_SHM_UNLOCK != 0
+            && let Some(w) = watch
+        {
+            w.releasing();
+        }
         let rc = methods(file)
             .xShmLock
             .map_or(ffi::SQLITE_IOERR_SHMLOCK, |f| {
                 f(real(file), offset, n, flags)
             });
+        if rc == ffi::SQLITE_OK
+            && flags == ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE
+            && let Some(w) = watch
+        {
+            w.acquired();
+        }
         // The write lock released: the write transaction is over. A commit
         // left the buffer empty; anything still in it was rolled back, and
         // written later it would land over frames another connection may
         // commit at the same offsets meanwhile.
-        if rc == ffi::SQLITE_OK
-            && flags & ffi::SQLITE_SHM_UNLOCK != 0
-            && offset <= WAL_WRITE_LOCK
-            && WAL_WRITE_LOCK < offset + n
-        {
+        if rc == ffi::SQLITE_OK && flags & ffi::SQLITE_SHM_UNLOCK != 0 && write_lock {
             discard((*file.cast::<ShimFile>()).link);
         }
         rc
@@ -642,8 +727,13 @@ unsafe extern "C" fn x_shm_barrier(file: *mut ffi::sqlite3_file) {
 }
 
 unsafe extern "C" fn x_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    // SAFETY: forwarding an open file's call to the file it wraps.
+    // SAFETY: forwarding an open file's call to the file it wraps; the
+    // watch lets go of the region before it goes.
     unsafe {
+        (*file.cast::<ShimFile>()).region = std::ptr::null_mut();
+        if let Some(w) = watch_of(file) {
+            w.unmapped();
+        }
         methods(file)
             .xShmUnmap
             .map_or(ffi::SQLITE_OK, |f| f(real(file), delete))

@@ -39,6 +39,17 @@
 //! in this order (its load may take minutes); the RPC layer keeps its keys
 //! (`bridge:`) apart from those of `cache.set` (`user:`).
 //!
+//! # Memory never older than another writer's
+//!
+//! Other writers of the L2 change it behind memory's back: other front ends
+//! on PostgreSQL (`cache_peers` hears them), and on SQLite any other process
+//! that opens the file (a `litebridge stdio` session, a cron job, a second
+//! server during a deploy). On SQLite, every read of memory first looks at
+//! the file's shared index for a change this process's writer did not make
+//! (`db/foreign_commits.rs`: a mutex and 64 bytes of shared memory, no
+//! system call); memory is emptied when there is one, and a value read from
+//! L2 while one came is not kept. This process's own writes never empty it.
+//!
 //! # Sweeping
 //!
 //! Expired rows are never returned, and [`CacheSweeper::sweep`] deletes them
@@ -251,8 +262,9 @@ pub struct Cache {
     stripes: Arc<[tokio::sync::Mutex<()>]>,
     /// The least weight of an entry, and the most kept in memory.
     weights: Weights,
-    /// Other processes on the SQLite file of the L2.
-    file_peers: Option<Arc<FilePeers>>,
+    /// The count of changes of the SQLite file of the L2 by others
+    /// (`foreign_commits`) memory was last emptied for.
+    emptied_for: Arc<AtomicU64>,
     /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
     #[cfg(feature = "postgres")]
     peers: Option<Arc<super::cache_peers::Peers>>,
@@ -266,8 +278,8 @@ pub struct Cache {
 /// by a client that hung up, skipped the look, and memory served a value
 /// older than another front end's write until its TTL. Dropped armed, a
 /// guard whose generation moved takes the key out (on a task of its own
-/// when that has to wait); one that did not costs nothing (always so with
-/// no peers, whose generation stays 0).
+/// when that has to wait); one that did not costs nothing (always so
+/// without an L2 that others write, whose generation stays 0).
 struct Recheck<'a> {
     cache: &'a Cache,
     key: &'a str,
@@ -386,55 +398,6 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// How often the kernel is asked whether another process has the SQLite
-/// file open: a key another process changes may be read from memory here
-/// for this long after that process opened the file.
-const PEER_CHECK: Duration = Duration::from_millis(100);
-
-/// Whether another process has the SQLite file of the L2 open.
-struct FilePeers {
-    shm: std::path::PathBuf,
-    state: Mutex<PeerState>,
-}
-
-struct PeerState {
-    peers: crate::db::shm_peers::Peers,
-    checked: Option<std::time::Instant>,
-    others: bool,
-}
-
-impl FilePeers {
-    fn of(db: &std::path::Path) -> FilePeers {
-        let path = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
-        let mut shm = path.into_os_string();
-        shm.push("-shm");
-        FilePeers {
-            shm: shm.into(),
-            state: Mutex::new(PeerState {
-                peers: Default::default(),
-                checked: None,
-                others: false,
-            }),
-        }
-    }
-
-    /// Whether another process has it open, asked at most every
-    /// [`PEER_CHECK`]. When one is first seen, memory is emptied: what it
-    /// holds may be older than that process's writes from then on.
-    fn others(&self, l1: &moka::future::Cache<String, Entry>) -> bool {
-        let mut s = crate::sync::lock(&self.state);
-        if s.checked.is_none_or(|t| t.elapsed() >= PEER_CHECK) {
-            let now = s.peers.another_process_has_open(&self.shm);
-            if now && !s.others {
-                l1.invalidate_all();
-            }
-            s.others = now;
-            s.checked = Some(std::time::Instant::now());
-        }
-        s.others
-    }
-}
-
 /// How entries are weighed against [`CacheConfig::max_bytes`].
 #[derive(Debug, Clone, Copy)]
 struct Weights {
@@ -538,10 +501,6 @@ impl Cache {
         let counters = Arc::new(Counters::new());
         let evictions = counters.evictions.clone();
         let weights = Weights::of(&config);
-        let file_peers = match &db {
-            Some(Backend::Sqlite(d)) => Some(Arc::new(FilePeers::of(d.path()))),
-            _ => None,
-        };
         // Bounded by weight: at most `max_bytes`, and (every entry weighing
         // at least `floor`) at most `max_entries`. Below `u32::MAX`, so an
         // entry weighing that is never admitted.
@@ -569,36 +528,49 @@ impl Cache {
             l2_unavailable,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             weights,
-            file_peers,
+            emptied_for: Arc::new(AtomicU64::new(0)),
             #[cfg(feature = "postgres")]
             peers,
         }
     }
 
-    /// Whether memory may be read and filled: always, unless other front
-    /// ends share the L2 and this one is not hearing their writes now (on
-    /// PostgreSQL), or another process has the SQLite file open (asked of
-    /// the kernel at most every [`PEER_CHECK`]): nothing tells this one of
-    /// that process's writes, and a key it deleted or replaced stayed in
-    /// memory here until its TTL.
-    fn l1_trusted(&self) -> bool {
+    /// The generation of what memory holds, looked at now, or `None` when
+    /// memory may be neither read nor filled:
+    /// - on PostgreSQL, the count of other front ends' writes heard so far,
+    ///   while this one is hearing them;
+    /// - on SQLite, the count of changes of the file by connections other
+    ///   than this process's writer (`foreign_commits`), seen at once
+    ///   however long ago they came; memory is emptied when it moves (a
+    ///   key another process deleted or replaced would have stayed in
+    ///   memory here until its TTL). `None` when that cannot be told;
+    /// - otherwise 0.
+    fn watch(&self) -> Option<u64> {
         #[cfg(feature = "postgres")]
         if let Some(p) = &self.peers {
-            return p.trusted();
+            return p.trusted().then(|| p.generation());
         }
-        match &self.file_peers {
-            Some(p) => !p.others(&self.l1),
-            None => true,
+        let Some(Backend::Sqlite(db)) = &self.db else {
+            return Some(0);
+        };
+        let now = db.foreign_commits()?;
+        if self.emptied_for.load(Ordering::Acquire) < now {
+            // Emptied before it is recorded: a caller that sees `now`
+            // recorded reads memory emptied for it.
+            self.l1.invalidate_all();
+            self.emptied_for.fetch_max(now, Ordering::AcqRel);
         }
+        Some(now)
     }
 
-    /// The count of other front ends' writes heard so far (0 without peers).
+    /// Whether memory may be read and filled now ([`Cache::watch`]).
+    fn l1_trusted(&self) -> bool {
+        self.watch().is_some()
+    }
+
+    /// The generation of what memory holds ([`Cache::watch`]); one no
+    /// generation equals when memory may not be used.
     fn generation(&self) -> u64 {
-        #[cfg(feature = "postgres")]
-        if let Some(p) = &self.peers {
-            return p.generation();
-        }
-        0
+        self.watch().unwrap_or(u64::MAX)
     }
 
     /// The statements of an L2 write of `key`: `write`, and the

@@ -1,0 +1,281 @@
+//! Whether a connection other than this process's writer committed to the
+//! database since this process last looked: what keeps the cache's memory
+//! from serving a key another process changed, without polling and without
+//! mistaking this process's own writes for another's.
+//!
+//! # Design
+//!
+//! Every connection on a WAL database shares the wal-index header at the
+//! start of the `-shm` file, mapped into every process that has the file
+//! open. A commit rewrites it (its count of commits `iChange`, the last
+//! frame, the log's salts and checksums), and so do a log restart and a
+//! rebuild of the index; SQLite writes it only while holding the WAL's
+//! write lock, and before releasing it.
+//!
+//! All of this process's writes go through the writer's connection, whose
+//! files pass through `wal_vfs`. The shim tells this module where the
+//! header is mapped, and when that connection takes and releases the write
+//! lock:
+//!
+//! - **taking it**, the header is read: different from what was seen last,
+//!   someone else changed the file since (a change is counted);
+//! - **releasing it**, the header this connection leaves is remembered as
+//!   seen, *before* the lock goes, so no other commit can come between;
+//! - **a look** ([`ForeignCommits::generation`]) while the writer holds the
+//!   lock reads nothing (nobody else can change the header then, and what
+//!   happened before it took the lock was counted when it did); otherwise
+//!   it reads the header and compares it with what was seen last.
+//!
+//! One mutex orders the three, so a look never sees the writer halfway
+//! through. A look costs that mutex and a read of 64 bytes of shared memory:
+//! this process's own writes never count, whatever their rate, and a change
+//! by another process is counted at the first look after it, however long
+//! this one was idle.
+//!
+//! The header is read as SQLite reads it: both of its copies (a writer
+//! writes the second, then the first). Copies that differ, or a header not
+//! initialised yet, are a change being published: counted, and not kept as
+//! seen (so it is counted again once whole). What is compared is the header
+//! without its version and checksum (bytes 8 to 40 of each copy).
+//!
+//! # What it cannot see
+//!
+//! - A process that opens the file without the shared index (exclusive
+//!   locking mode taken before its first read, `nolock=1`, the `unix-none`
+//!   VFS) rewrites no shared header. SQLite does not support sharing a WAL
+//!   database with such a process either.
+//! - Without the shim (no `unix` VFS to wrap) nothing is mapped here, and
+//!   [`ForeignCommits::generation`] answers `None`: the caller must not
+//!   trust what it kept.
+//!
+//! A change this process did not make but that is not another's commit
+//! (another process's `RESTART` checkpoint, a connection of this process
+//! other than the writer rebuilding a damaged index) is counted too: it
+//! costs the cache its memory, never a wrong value.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use crate::sync::lock;
+
+/// Counts the changes of the database's shared header made by anyone but
+/// this process's writer. Shared by the writer's shim and the cache.
+#[derive(Debug, Default)]
+pub(crate) struct ForeignCommits {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The writer's mapping of the index's first region (null while it has
+    /// none): valid until the shim is told it is unmapped.
+    header: Header,
+    /// The writer holds the write lock.
+    held: bool,
+    /// The header as seen last (`None`: not seen whole yet).
+    seen: Option<[u8; COMPARED]>,
+    /// Changes counted so far.
+    generation: u64,
+}
+
+/// The address of the index's first region, as mapped by the writer.
+#[derive(Debug, Clone, Copy)]
+struct Header(*const u8);
+
+impl Default for Header {
+    fn default() -> Self {
+        Header(std::ptr::null())
+    }
+}
+
+// SAFETY: the pointer is only read under the state's mutex, and the shim
+// clears it (under the same mutex) before the region is unmapped.
+unsafe impl Send for Header {}
+
+/// Where the compared part of a copy of the header starts, and its length:
+/// `iChange`, `isInit`, `bigEndCksum`, `szPage`, `mxFrame`, `nPage`,
+/// `aFrameCksum`, `aSalt` (SQLite's `WalIndexHdr`, 48 bytes a copy).
+const FROM: usize = 8;
+const COMPARED: usize = 32;
+/// Where the second copy starts.
+const SECOND: usize = 48;
+/// `isInit`, within a copy.
+const IS_INIT: usize = 12;
+
+impl Header {
+    /// The header, if both copies agree and it is initialised.
+    fn read(self) -> Option<[u8; COMPARED]> {
+        if self.0.is_null() {
+            return None;
+        }
+        let copy = |at: usize| {
+            let mut out = [0u8; COMPARED];
+            for (i, b) in out.iter_mut().enumerate() {
+                // SAFETY: the region is at least 32 KiB and mapped while
+                // `self` is not null (see `State::header`); other processes
+                // write it concurrently, so each byte is read volatile, as
+                // SQLite reads it without locks.
+                *b = unsafe { std::ptr::read_volatile(self.0.add(at + FROM + i)) };
+            }
+            out
+        };
+        let first = copy(0);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let second = copy(SECOND);
+        (first == second && first[IS_INIT - FROM] != 0).then_some(first)
+    }
+}
+
+impl State {
+    /// Compares the header with what was seen last; counts a change.
+    fn look(&mut self) {
+        let now = self.header.read();
+        if now.is_none() || now != self.seen {
+            self.generation += 1;
+        }
+        self.seen = now;
+    }
+}
+
+impl ForeignCommits {
+    /// The count of changes by others seen so far, looking at the header
+    /// now; `None` while the writer's index is not mapped (then nothing can
+    /// be told).
+    pub(crate) fn generation(&self) -> Option<u64> {
+        let mut s = lock(&self.state);
+        if s.header.0.is_null() {
+            return None;
+        }
+        if !s.held {
+            s.look();
+        }
+        Some(s.generation)
+    }
+
+    /// The writer's connection mapped the index's first region at `region`.
+    pub(super) fn mapped(&self, region: *mut c_void) {
+        let mut s = lock(&self.state);
+        s.header = Header(region.cast_const().cast());
+        // A new mapping comes with a new connection, which holds no lock.
+        s.held = false;
+    }
+
+    /// The writer's connection is about to unmap the index, or to close.
+    pub(super) fn unmapped(&self) {
+        let mut s = lock(&self.state);
+        s.header = Header::default();
+        s.held = false;
+    }
+
+    /// The writer's connection took the write lock.
+    pub(super) fn acquired(&self) {
+        let mut s = lock(&self.state);
+        s.look();
+        s.held = true;
+    }
+
+    /// The writer's connection is about to release the write lock: what
+    /// the header says now is its own doing.
+    pub(super) fn releasing(&self) {
+        let mut s = lock(&self.state);
+        if s.held {
+            s.held = false;
+            s.seen = s.header.read();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first region of an index: a header of `iChange = change`,
+    /// initialised, in both copies.
+    struct Region(Vec<u8>);
+
+    impl Region {
+        fn new(change: u8) -> Region {
+            let mut r = Region(vec![0u8; 136]);
+            for at in [0, SECOND] {
+                r.set(at + FROM, change);
+                r.set(at + IS_INIT, 1);
+            }
+            r
+        }
+
+        fn set(&mut self, at: usize, byte: u8) {
+            // Written through the pointer the watch holds.
+            let p = self.0.as_mut_ptr();
+            // SAFETY: `at` is within the region.
+            unsafe { p.add(at).write_volatile(byte) };
+        }
+
+        fn map(&mut self, w: &ForeignCommits) {
+            w.mapped(self.0.as_mut_ptr().cast());
+        }
+    }
+
+    #[test]
+    fn own_changes_do_not_count_and_anothers_do_when_next_looked_at() {
+        let w = ForeignCommits::default();
+        assert_eq!(w.generation(), None, "nothing mapped: nothing can be told");
+        let mut r = Region::new(1);
+        r.map(&w);
+        let first = w.generation().unwrap();
+        assert_eq!(w.generation(), Some(first), "nothing changed");
+        // The writer commits: its own.
+        w.acquired();
+        r.set(SECOND + FROM, 2);
+        r.set(FROM, 2);
+        assert_eq!(w.generation(), Some(first), "held: not read");
+        w.releasing();
+        assert_eq!(w.generation(), Some(first), "its own commit");
+        // Someone else commits while the writer is idle.
+        r.set(SECOND + FROM, 3);
+        r.set(FROM, 3);
+        let seen = w.generation().unwrap();
+        assert!(seen > first, "another's commit");
+        assert_eq!(w.generation(), Some(seen), "counted once");
+        // Someone else commits, then the writer takes the lock.
+        r.set(SECOND + FROM, 4);
+        r.set(FROM, 4);
+        w.acquired();
+        let during = w.generation().unwrap();
+        assert!(during > seen, "counted when the lock was taken");
+        w.releasing();
+        assert_eq!(w.generation(), Some(during));
+        w.unmapped();
+        assert_eq!(w.generation(), None);
+    }
+
+    #[test]
+    fn a_header_being_written_counts_until_whole() {
+        let w = ForeignCommits::default();
+        let mut r = Region::new(7);
+        r.map(&w);
+        let g = w.generation().unwrap();
+        // The second copy is written first.
+        r.set(SECOND + FROM, 8);
+        let mid = w.generation().unwrap();
+        assert!(mid > g);
+        r.set(FROM, 8);
+        let whole = w.generation().unwrap();
+        assert!(whole > mid, "counted again once whole");
+        assert_eq!(w.generation(), Some(whole));
+        // Not initialised: a change.
+        r.set(IS_INIT, 0);
+        r.set(SECOND + IS_INIT, 0);
+        assert!(w.generation().unwrap() > whole);
+        // A release the writer did not take is nobody's: it hides nothing.
+        r.set(IS_INIT, 1);
+        r.set(SECOND + IS_INIT, 1);
+        let before = w.generation().unwrap();
+        r.set(SECOND + FROM, 9);
+        r.set(FROM, 9);
+        w.releasing();
+        assert!(w.generation().unwrap() > before);
+        w.unmapped();
+    }
+}
