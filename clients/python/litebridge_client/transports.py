@@ -250,6 +250,36 @@ def _create_connection(deadline, address, timeout=None, source_address=None, *ar
     raise error
 
 
+#: Interim answers (1xx) skipped before an answer's own, at most; and the
+#: header lines of each, and their length (http.client's own bounds).
+_MAX_INTERIM = 16
+_MAX_HEADER_LINES = 100
+_MAX_HEADER_LINE = 65536
+
+
+class _Response(http.client.HTTPResponse):
+    """An answer that skips interim ones (``103 Early Hints`` from a proxy
+    or a CDN) as http.client skips ``100 Continue``: read as the answer,
+    a 103 ended the call as a failure that may have run (a proxy's
+    status). ``101`` (never asked for here) stays an answer."""
+
+    def _read_status(self):
+        for _ in range(_MAX_INTERIM):
+            version, status, reason = super()._read_status()
+            if not 101 < status < 200:
+                return version, status, reason
+            for _ in range(_MAX_HEADER_LINES + 1):
+                line = self.fp.readline(_MAX_HEADER_LINE + 1)
+                if len(line) > _MAX_HEADER_LINE:
+                    raise http.client.LineTooLong("an interim answer's header line")
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            else:
+                raise http.client.HTTPException("an interim answer with more than %d header lines"
+                                                % _MAX_HEADER_LINES)
+        raise http.client.HTTPException("more than %d interim (1xx) answers" % _MAX_INTERIM)
+
+
 def _connecting(base):
     """``base`` (an ``http.client`` connection) whose connect errors are
     ``_NotConnected``, connecting (name lookup included) within what is left
@@ -257,6 +287,8 @@ def _connecting(base):
     knows."""
 
     class Connection(base):
+        response_class = _Response
+
         def connect(self):
             deadline = getattr(_CALL, "deadline", None)
             if deadline is not None:

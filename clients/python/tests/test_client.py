@@ -801,6 +801,38 @@ class HostileTest(unittest.TestCase):
     """Over HTTP against servers that answer what litebridge never would,
     or never answer; keys and URLs that must not leak."""
 
+    def test_interim_answers_before_the_reply_are_skipped(self):
+        # A proxy or CDN may send 103 Early Hints before the answer: read
+        # as the answer, it failed a call that had succeeded.
+        body = b'{"jsonrpc":"2.0","result":{"rows_affected":1,"last_insert_id":1},"id":1}'
+
+        def answer(conn):
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                         b"HTTP/1.1 102 Processing\r\n\r\n")
+            _reply(200, body, [("Content-Type", "application/json")])(conn)
+
+        server = _FakeServer(answer)
+        try:
+            got = lb.Client.connect(server.url).execute(_WRITE)
+            self.assertEqual(got["rows_affected"], 1)
+        finally:
+            server.close()
+
+        # Without end: refused once past the bound, as a failure that may have run.
+        def endless(conn):
+            try:
+                for _ in range(100):
+                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+            except OSError:
+                pass
+
+        server = _FakeServer(endless)
+        try:
+            with self.assertRaises(lb.OutcomeUnknownError) as e:
+                lb.Client.connect(server.url).execute(_WRITE)
+            self.assertIn("interim", str(e.exception))
+        finally:
+            server.close()
     def server(self, answer):
         server = answer if isinstance(answer, _FakeServer) else _FakeServer(answer)
         self.addCleanup(server.close)
