@@ -45,7 +45,8 @@
 //!   (WAL checkpoints off the writer thread), `wal_vfs` (the writer's WAL
 //!   writes, one per commit), `keeper` (an idle read transaction that
 //!   makes point reads cheaper), `shm_peers` (whether another process has
-//!   the file open), `on_disk` (whether the file open is still the one at
+//!   the file open), `foreign_commits` (whether anyone but the writer
+//!   changed the file since last looked: the cache's memory), `on_disk` (whether the file open is still the one at
 //!   its path), `claims` (idempotency records), `backup` (online backup,
 //!   checks), `restore` (restore with the old file kept aside), `ffi`
 //!   (calls of SQLite's C API that rusqlite does not wrap).
