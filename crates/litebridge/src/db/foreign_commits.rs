@@ -35,8 +35,20 @@
 //! The header is read as SQLite reads it: both of its copies (a writer
 //! writes the second, then the first). Copies that differ, or a header not
 //! initialised yet, are a change being published: counted, and not kept as
-//! seen (so it is counted again once whole). What is compared is the header
-//! without its version and checksum (bytes 8 to 40 of each copy).
+//! seen (so it is counted again once whole).
+//!
+//! What is compared is what a commit changes and a restart of the log does
+//! not: the count of commits, the page size, the database's size in pages
+//! and the running checksum of the log's frames. A restart (the log
+//! written from its start again after a whole checkpoint: another
+//! process's `TRUNCATE` checkpoint, as every `litebridge` command makes as
+//! it exits) changes only the last frame's number and the salts; counted,
+//! it emptied the cache's memory for every `litebridge query` run beside a
+//! server (review 211). Every commit moves the count. A rebuilt index
+//! (SQLite's recovery, after a process died while writing the header)
+//! starts the count from 0 again, and could land on the count seen last;
+//! the frames' checksum, rebuilt from the log, would have to land on the
+//! one seen last too.
 //!
 //! # What it cannot see
 //!
@@ -94,11 +106,15 @@ impl Default for Header {
 // clears it (under the same mutex) before the region is unmapped.
 unsafe impl Send for Header {}
 
-/// Where the compared part of a copy of the header starts, and its length:
+/// Where the part of a copy of the header read starts, and its length:
 /// `iChange`, `isInit`, `bigEndCksum`, `szPage`, `mxFrame`, `nPage`,
 /// `aFrameCksum`, `aSalt` (SQLite's `WalIndexHdr`, 48 bytes a copy).
 const FROM: usize = 8;
 const COMPARED: usize = 32;
+/// Within a copy: `mxFrame`, and `aSalt`, which a restart of the log
+/// changes (not compared).
+const MX_FRAME: std::ops::Range<usize> = 16..20;
+const SALTS: std::ops::Range<usize> = 32..40;
 /// Where the second copy starts.
 const SECOND: usize = 48;
 /// `isInit`, within a copy.
@@ -121,10 +137,16 @@ impl Header {
             }
             out
         };
-        let first = copy(0);
+        let mut first = copy(0);
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let second = copy(SECOND);
-        (first == second && first[IS_INIT - FROM] != 0).then_some(first)
+        if first != second || first[IS_INIT - FROM] == 0 {
+            return None;
+        }
+        for range in [MX_FRAME, SALTS] {
+            first[range.start - FROM..range.end - FROM].fill(0);
+        }
+        Some(first)
     }
 }
 
@@ -246,6 +268,18 @@ mod tests {
         assert!(during > seen, "counted when the lock was taken");
         w.releasing();
         assert_eq!(w.generation(), Some(during));
+        // Someone else restarts the log (a whole checkpoint): no commit.
+        for at in [0, SECOND] {
+            r.set(at + MX_FRAME.start, 9);
+            r.set(at + SALTS.start, 9);
+        }
+        assert_eq!(w.generation(), Some(during), "a restart is not a change");
+        // Someone else commits: the count and the frames' checksum move.
+        r.set(SECOND + FROM, 5);
+        r.set(SECOND + 24, 5);
+        r.set(FROM, 5);
+        r.set(24, 5);
+        assert!(w.generation().unwrap() > during);
         w.unmapped();
         assert_eq!(w.generation(), None);
     }

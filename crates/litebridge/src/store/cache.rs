@@ -121,6 +121,10 @@ struct Entry {
     /// least the bound over `max_entries` (so the count is bounded too), and
     /// `u32::MAX` past `max_entry_bytes` (more than moka will ever admit).
     weight: u32,
+    /// The generation ([`Cache::watch`]) seen before its value was read
+    /// from L2 or written there: on SQLite it is answered only while the
+    /// generation is no later ([`Cache::fresh`]).
+    generation: u64,
 }
 
 /// How many bytes `value`'s tree takes in memory, estimated: every node,
@@ -414,7 +418,7 @@ impl Weights {
     }
 
     /// `value` as an entry of memory, expiring at `expires`.
-    fn entry(self, value: Json, expires: Option<SystemTime>) -> Entry {
+    fn entry(self, value: Json, expires: Option<SystemTime>, generation: u64) -> Entry {
         let bytes = footprint_past(&value, self.max_entry);
         let weight = if bytes > self.max_entry {
             u32::MAX
@@ -425,6 +429,7 @@ impl Weights {
             value: Arc::new(value),
             expires,
             weight,
+            generation,
         }
     }
 }
@@ -562,6 +567,18 @@ impl Cache {
         Some(now)
     }
 
+    /// Whether `e`, found in memory when the generation was `now`, may be
+    /// answered: on SQLite, only if it was read or written at `now` or
+    /// later. Memory is emptied when the generation moves, but not at once
+    /// for every reader: an entry read from L2 before another process's
+    /// commit could go into memory after the emptying, and moka answers an
+    /// old value replaced at that moment (review 211 saw both, one commit
+    /// behind, under concurrent reads). On PostgreSQL the generation moves
+    /// for every key another front end writes, and the key is dropped.
+    fn fresh(&self, e: &Entry, now: u64) -> bool {
+        !matches!(self.db, Some(Backend::Sqlite(_))) || e.generation >= now
+    }
+
     /// Whether memory may be read and filled now ([`Cache::watch`]).
     fn l1_trusted(&self) -> bool {
         self.watch().is_some()
@@ -612,9 +629,12 @@ impl Cache {
     /// # Errors
     /// None today; the `Result` is kept for L2 backends that must report.
     pub async fn get(&self, key: &str) -> Result<Option<Json>> {
-        let trusted = self.l1_trusted();
-        if trusted && let Some(e) = self.l1.get(key).await {
-            if self.live(&e) {
+        let now = self.watch();
+        let trusted = now.is_some();
+        if let Some(now) = now
+            && let Some(e) = self.l1.get(key).await
+        {
+            if self.live(&e) && self.fresh(&e, now) {
                 self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some((*e.value).clone()));
             }
@@ -623,14 +643,16 @@ impl Cache {
         let _turn = self.stripe(key).lock().await;
         // Set while this waited its turn?
         if trusted
+            && let Some(now) = self.watch()
             && let Some(e) = self.l1.get(key).await
             && self.live(&e)
+            && self.fresh(&e, now)
         {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((*e.value).clone()));
         }
         let generation = self.generation();
-        match self.l2_get(key).await {
+        match self.l2_get(key, generation).await {
             Some(e) => {
                 self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                 // Not if another front end wrote meanwhile: what was read
@@ -650,8 +672,9 @@ impl Cache {
         }
     }
 
-    /// The live L2 entry of `key`; `None` also when L2 fails (counted).
-    async fn l2_get(&self, key: &str) -> Option<Entry> {
+    /// The live L2 entry of `key`, read at `generation` (seen before this
+    /// was called); `None` also when L2 fails (counted).
+    async fn l2_get(&self, key: &str, generation: u64) -> Option<Entry> {
         let db = self.db.as_ref()?;
         let rows = match db
             .own_query(
@@ -680,7 +703,7 @@ impl Cache {
             Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
             _ => Json::Null,
         };
-        let e = self.weights.entry(value, expires);
+        let e = self.weights.entry(value, expires, generation);
         self.live(&e).then_some(e)
     }
 
@@ -740,7 +763,7 @@ impl Cache {
                 failed = Some(e);
             }
         }
-        let entry = self.weights.entry(value, expires);
+        let entry = self.weights.entry(value, expires, generation);
         if entry.fits() && self.l1_trusted() && self.generation() == generation {
             self.remember(key, entry, generation).await;
         }
@@ -862,23 +885,24 @@ impl Cache {
                 }
             }
         };
-        if !self.l1_trusted() {
+        let Some(start) = self.watch() else {
             // Not hearing the other front ends: nothing goes into memory.
-            if let Some(e) = by(deadline, self.l2_get(key)).await? {
+            if let Some(e) = by(deadline, self.l2_get(key, 0)).await? {
                 return Ok((*e.value).clone());
             }
             let value = load().await?;
             keep(value.clone()).await;
             return Ok(value);
-        }
+        };
         // Armed for the whole of it: a caller that goes away after moka put
         // the value in memory still has it checked. A caller that fails put
         // nothing there (moka keeps no error, and its own load's value is
         // kept only once it succeeded).
-        let recheck = Recheck::armed(self, key, self.generation());
+        let recheck = Recheck::armed(self, key, start);
         let loaded = async {
             let mut load = Some(load);
             let mut again = false;
+            let mut stale = false;
             let value = loop {
                 let mine = &mut load;
                 // Set once this caller's own load runs for everyone.
@@ -888,7 +912,7 @@ impl Cache {
                     // Taken first: a read of L2 past the deadline is this
                     // caller's own failure.
                     let load = mine.take().expect("moka runs one init future once");
-                    if let Some(e) = by(deadline, self.l2_get(key)).await? {
+                    if let Some(e) = by(deadline, self.l2_get(key, start)).await? {
                         return Ok(e);
                     }
                     let value = load().await?;
@@ -897,7 +921,7 @@ impl Cache {
                     // moka keeps what this returns, but an entry that does not
                     // fit weighs more than it admits: it goes at its next
                     // housekeeping, or below.
-                    Ok::<_, Error>(self.weights.entry(value, self.expiry(ttl)))
+                    Ok::<_, Error>(self.weights.entry(value, self.expiry(ttl), start))
                 });
                 // moka panics in a waiter whose wait outlived 200 loads in a
                 // row whose callers went away (a crowd that disconnects): that
@@ -951,6 +975,27 @@ impl Cache {
                     )
                 };
                 match shared {
+                    // In memory from before a change of the file by another
+                    // process, seen before this caller began (review 211):
+                    // not an answer. Taken out and asked for once more;
+                    // then this caller reads L2 and loads on its own.
+                    Ok(entry) if !self.fresh(&entry, start) => {
+                        self.l1.invalidate(key).await;
+                        if !stale {
+                            stale = true;
+                            continue;
+                        }
+                        // Always there: this caller's own load's entry is fresh.
+                        let Some(load) = load.take() else {
+                            break (*entry.value).clone();
+                        };
+                        if let Some(e) = by(deadline, self.l2_get(key, start)).await? {
+                            break Arc::unwrap_or_clone(e.value);
+                        }
+                        let value = load().await?;
+                        keep(value.clone()).await;
+                        break value;
+                    }
                     Ok(entry) if entry.fits() => break (*entry.value).clone(),
                     Ok(entry) => {
                         self.l1.invalidate(key).await;
@@ -1244,6 +1289,54 @@ mod tests {
         );
     }
 
+    /// Review 211: a value read from L2 before another process's commit
+    /// went into memory after a reader had emptied memory for that commit
+    /// (or moka answered the old value it was replacing then), and readers
+    /// got it, one commit behind. An entry read before the change is never
+    /// answered, wherever it came from.
+    #[tokio::test]
+    async fn an_entry_read_before_another_process_wrote_is_never_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let db = crate::Database::open(&path, crate::DbConfig::default())
+            .await
+            .unwrap();
+        let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+            .await
+            .unwrap();
+        cache
+            .set("k", serde_json::json!("old"), None)
+            .await
+            .unwrap();
+        let before = cache.watch().unwrap();
+        // Another connection (as another process) writes.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute(
+                "UPDATE litebridge_cache SET value = '\"new\"' WHERE key = 'k'",
+                [],
+            )
+            .unwrap();
+        // A reader sees it and empties memory ...
+        assert!(cache.watch().unwrap() > before);
+        // ... and then a racing reader's copy, read before the commit, goes in.
+        let older = cache.weights.entry(serde_json::json!("old"), None, before);
+        cache.l1.insert("k".into(), older).await;
+        assert_eq!(
+            cache.get("k").await.unwrap(),
+            Some(serde_json::json!("new"))
+        );
+        // The same for a call's cached result.
+        let older = cache.weights.entry(serde_json::json!("old"), None, before);
+        cache.l1.insert("k".into(), older).await;
+        let got = cache
+            .get_or_load("k", None, || async { Ok(serde_json::json!("loaded")) })
+            .await
+            .unwrap();
+        assert_eq!(got, serde_json::json!("new"));
+        drop(other);
+    }
+
     /// What moka's `insert` may leave (the value in its map, the insert
     /// still waiting) when its caller goes away before looking at the
     /// generation: a write of the key another front end made meanwhile,
@@ -1270,21 +1363,21 @@ mod tests {
             Some(Some("k")),
             "another front end wrote k"
         );
-        let older = cache.weights.entry(serde_json::json!("older"), None);
+        let older = cache.weights.entry(serde_json::json!("older"), None, 0);
         cache.l1.insert("k".into(), older).await;
         drop(look);
         assert!(!in_memory("k").await, "the older value was left in memory");
 
         // Nothing heard: the value stays, and no task was needed.
         let look = Recheck::armed(&cache, "k2", cache.generation());
-        let value = cache.weights.entry(serde_json::json!("v"), None);
+        let value = cache.weights.entry(serde_json::json!("v"), None, 0);
         cache.l1.insert("k2".into(), value).await;
         drop(look);
         assert!(in_memory("k2").await);
 
         // Looked at, the guard does nothing more when dropped.
         let look = Recheck::armed(&cache, "k3", cache.generation());
-        let value = cache.weights.entry(serde_json::json!("v"), None);
+        let value = cache.weights.entry(serde_json::json!("v"), None, 0);
         cache.l1.insert("k3".into(), value).await;
         look.finish().await;
         assert!(in_memory("k3").await);
@@ -1320,7 +1413,7 @@ mod tests {
             tokio::spawn(async move {
                 let look = Recheck::armed(&held, "k", held.generation());
                 peers.heard("1:k");
-                let older = held.weights.entry(serde_json::json!("older"), None);
+                let older = held.weights.entry(serde_json::json!("older"), None, 0);
                 held.l1.insert("k".into(), older).await;
                 std::future::pending::<()>().await;
                 drop(look);
