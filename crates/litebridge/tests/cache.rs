@@ -734,3 +734,57 @@ async fn another_process_restarting_the_log_does_not_empty_memory() {
     assert_eq!(cache.get("k").await.unwrap(), Some(json!("v")));
     assert_eq!(cache.stats().l1_hits, hits + 1, "{:?}", cache.stats());
 }
+
+/// Review 211: a trigger on the cache's table made by another process
+/// refuses the cache's writes (litebridge's statements never run a
+/// client's trigger), and once that process dropped it, the writer went on
+/// refusing them: its copy of the schema, read again only when a statement
+/// starts a transaction, still had the trigger.
+#[tokio::test]
+async fn a_trigger_another_process_dropped_no_longer_refuses_writes() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("k", json!(1), None).await.unwrap();
+    let other = rusqlite::Connection::open(db.path()).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER t AFTER INSERT ON litebridge_cache BEGIN \
+             UPDATE litebridge_cache SET value = '0' WHERE key = 'victim'; END",
+        )
+        .unwrap();
+    let refused = cache.set("k", json!(2), None).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        litebridge::ErrorKind::Forbidden,
+        "{refused}"
+    );
+    other.execute_batch("DROP TRIGGER t").unwrap();
+    cache.set("k", json!(3), None).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!(3)));
+
+    // A statement not prepared before: refused as it is prepared, against
+    // a schema read while the trigger was there.
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let other = rusqlite::Connection::open(db.path()).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER t AFTER INSERT ON litebridge_cache BEGIN \
+             UPDATE litebridge_cache SET value = '0' WHERE key = 'victim'; END",
+        )
+        .unwrap();
+    // The writer reads the schema with the trigger in it.
+    cache.delete("x").await.unwrap();
+    let refused = cache.set("k", json!(1), None).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        litebridge::ErrorKind::Forbidden,
+        "{refused}"
+    );
+    other.execute_batch("DROP TRIGGER t").unwrap();
+    cache.set("k", json!(2), None).await.unwrap();
+}

@@ -120,8 +120,26 @@ pub(crate) fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c
     }
     let client = guard::is_client();
     if !client {
+        let stmt = match conn.prepare_cached(sql) {
+            Ok(stmt) => stmt,
+            // Refused by the authorizer: a trigger or view on litebridge's
+            // own tables, made by another process (no request can), which
+            // may have dropped it since. SQLite reads a connection's schema
+            // again only when one of its statements starts a transaction,
+            // and a statement that fails to prepare never does: the writer
+            // refused every cache write until some client statement ran
+            // (review 211). Read again, and prepared once more.
+            Err(e)
+                if e.sqlite_error_code()
+                    == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) =>
+            {
+                read_schema_again(conn);
+                conn.prepare_cached(sql)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         return Ok(Prepared {
-            stmt: Stmt::cached(conn.prepare_cached(sql)?),
+            stmt: Stmt::cached(stmt),
             ddl: Ddl::default(),
             maintenance: false,
         });
@@ -666,12 +684,34 @@ pub(crate) fn execute_prepared(
             Ok(None)
         }
     };
-    let returning = if ddl.any {
+    let schema = ddl.any;
+    let mut result = if schema {
         schema_change(conn, ddl, || run(stmt))
     } else {
         run(stmt)
+    };
+    // One of litebridge's own statements refused: a statement prepared
+    // before another process made a trigger on litebridge's tables is
+    // prepared again as it runs, against the connection's copy of the
+    // schema, which keeps the trigger after that process dropped it (see
+    // `prepare`). Nothing ran (the authorizer acts only as a statement is
+    // prepared): once more, with the schema read again.
+    if !schema
+        && !guard::is_client()
+        && conn.total_changes() == before
+        && matches!(
+            result,
+            Err(Error::Forbidden { .. }
+                | Error::Sql {
+                    code: rusqlite::ffi::SQLITE_AUTH,
+                    ..
+                })
+        )
+    {
+        read_schema_again(conn);
+        result = run(stmt);
     }
-    .map_err(|e| too_big(conn, e))?;
+    let returning = result.map_err(|e| too_big(conn, e))?;
     // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so a
     // CREATE or a SELECT would report the previous statement's count.
     let changed = conn.total_changes() != before;
@@ -680,6 +720,18 @@ pub(crate) fn execute_prepared(
         last_insert_rowid: conn.last_insert_rowid(),
         returning,
     })
+}
+
+/// Has SQLite read `conn`'s schema again if another connection changed it
+/// since (a statement on it that starts a read transaction compares the
+/// file's schema cookie with its own). Nothing happens when that fails:
+/// the caller's statement fails as before.
+fn read_schema_again(conn: &Connection) {
+    let _ = conn.query_row(
+        "SELECT count(*) FROM main.sqlite_schema WHERE 0",
+        [],
+        |_| Ok(()),
+    );
 }
 
 /// Runs a client statement that changes the schema, on the writer.
