@@ -735,6 +735,19 @@ async fn another_process_restarting_the_log_does_not_empty_memory() {
     assert_eq!(cache.stats().l1_hits, hits + 1, "{:?}", cache.stats());
 }
 
+/// Another connection on `db`'s file, which has made a trigger on the
+/// cache's table.
+fn trigger_on_the_cache(db: &litebridge::Database) -> rusqlite::Connection {
+    let other = rusqlite::Connection::open(db.path()).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER t AFTER INSERT ON litebridge_cache BEGIN \
+             UPDATE litebridge_cache SET value = '0' WHERE key = 'victim'; END",
+        )
+        .unwrap();
+    other
+}
+
 /// Review 211: a trigger on the cache's table made by another process
 /// refuses the cache's writes (litebridge's statements never run a
 /// client's trigger), and once that process dropped it, the writer went on
@@ -747,13 +760,7 @@ async fn a_trigger_another_process_dropped_no_longer_refuses_writes() {
         .await
         .unwrap();
     cache.set("k", json!(1), None).await.unwrap();
-    let other = rusqlite::Connection::open(db.path()).unwrap();
-    other
-        .execute_batch(
-            "CREATE TRIGGER t AFTER INSERT ON litebridge_cache BEGIN \
-             UPDATE litebridge_cache SET value = '0' WHERE key = 'victim'; END",
-        )
-        .unwrap();
+    let other = trigger_on_the_cache(&db);
     let refused = cache.set("k", json!(2), None).await.unwrap_err();
     assert_eq!(
         refused.kind(),
@@ -770,13 +777,7 @@ async fn a_trigger_another_process_dropped_no_longer_refuses_writes() {
     let cache = Cache::open(Some(db.clone()), CacheConfig::default())
         .await
         .unwrap();
-    let other = rusqlite::Connection::open(db.path()).unwrap();
-    other
-        .execute_batch(
-            "CREATE TRIGGER t AFTER INSERT ON litebridge_cache BEGIN \
-             UPDATE litebridge_cache SET value = '0' WHERE key = 'victim'; END",
-        )
-        .unwrap();
+    let other = trigger_on_the_cache(&db);
     // The writer reads the schema with the trigger in it.
     cache.delete("x").await.unwrap();
     let refused = cache.set("k", json!(1), None).await.unwrap_err();

@@ -104,22 +104,9 @@ pub(crate) fn set_last_insert_rowid(conn: &Connection, rowid: i64) {
 #[allow(unsafe_code)]
 pub(crate) fn sync_database_file(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::ffi;
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: `handle()` is the live connection owned by `conn`, used on this
-    // thread only while `conn` is borrowed. FILE_POINTER writes the main
-    // database's `sqlite3_file*` (owned by the connection, valid while it
-    // is open and no other call runs on it) into `file`.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast(),
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
+    let Some(file) = main_file(conn) else {
         return Ok(());
-    }
+    };
     // SAFETY: `file` is the connection's open file, valid as above; its
     // methods are null until the file is opened, and `xSync` is the VFS's own
     // sync of it (the `unix` VFS: an fsync of its descriptor).
@@ -134,6 +121,28 @@ pub(crate) fn sync_database_file(conn: &Connection) -> rusqlite::Result<()> {
     } else {
         Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))
     }
+}
+
+/// The main database's `sqlite3_file` of `conn` (SQLite's
+/// `SQLITE_FCNTL_FILE_POINTER`, answered by SQLite itself without calling
+/// the VFS): owned by the connection, valid while it is open and no other
+/// call runs on it; its methods are null until the file is opened.
+#[allow(unsafe_code)]
+pub(crate) fn main_file(conn: &Connection) -> Option<*mut rusqlite::ffi::sqlite3_file> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `handle()` is the live connection owned by `conn`, used on this
+    // thread only while `conn` is borrowed; FILE_POINTER writes one pointer
+    // into `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    (rc == ffi::SQLITE_OK && !file.is_null()).then_some(file)
 }
 
 /// Whether `sql` ends a complete statement (`sqlite3_complete`: its last

@@ -122,23 +122,13 @@ pub(crate) fn commit_written() -> bool {
 /// database file, from now until it closes; false when the file is not
 /// this shim's (it was opened without it).
 pub(crate) fn watch(conn: &rusqlite::Connection, watch: Arc<ForeignCommits>) -> bool {
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: the handle is an open connection used by this thread only;
-    // SQLITE_FCNTL_FILE_POINTER writes the main database file's pointer,
-    // answered by SQLite itself without calling the VFS.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast(),
-        )
+    let Some(file) = crate::db::ffi::main_file(conn) else {
+        return false;
     };
     // SAFETY: a file SQLite gave whose methods are ours is an open
     // ShimFile of the connection, used on this thread only.
     unsafe {
-        if rc != ffi::SQLITE_OK || file.is_null() || !std::ptr::eq((*file).pMethods, &PASS_METHODS)
-        {
+        if !std::ptr::eq((*file).pMethods, &PASS_METHODS) {
             return false;
         }
         let shim = file.cast::<ShimFile>();
