@@ -789,3 +789,71 @@ async fn a_trigger_another_process_dropped_no_longer_refuses_writes() {
     other.execute_batch("DROP TRIGGER t").unwrap();
     cache.set("k", json!(2), None).await.unwrap();
 }
+
+/// Review 212: a trigger another process made on the cache's table whose
+/// body names no litebridge table ran inside litebridge's writes, held to
+/// the client rules: `RAISE(IGNORE)` dropped a `set` (or a `delete`)
+/// litebridge acknowledged. Every such trigger refuses litebridge's writes
+/// now, naming it, until it is dropped.
+#[tokio::test]
+async fn a_trigger_another_process_made_never_runs_inside_the_caches_writes() {
+    let (_dir, db) = common::open_kv(common::config()).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    cache.set("k", json!("old"), None).await.unwrap();
+    let other = rusqlite::Connection::open(db.path()).unwrap();
+    other.execute_batch("CREATE TABLE audit(x)").unwrap();
+    for (body, write) in [
+        (
+            "BEFORE INSERT ON litebridge_cache BEGIN SELECT RAISE(IGNORE); END",
+            "set",
+        ),
+        (
+            "BEFORE UPDATE ON litebridge_cache BEGIN SELECT RAISE(IGNORE); END",
+            "set",
+        ),
+        (
+            "AFTER INSERT ON litebridge_cache BEGIN INSERT INTO audit VALUES (1); END",
+            "set",
+        ),
+        (
+            "BEFORE DELETE ON litebridge_cache BEGIN SELECT RAISE(IGNORE); END",
+            "delete",
+        ),
+    ] {
+        other
+            .execute_batch(&format!("CREATE TRIGGER sneaky {body}"))
+            .unwrap();
+        let refused = match write {
+            "set" => cache.set("k", json!("new"), None).await.unwrap_err(),
+            _ => cache.delete("k").await.unwrap_err(),
+        };
+        assert_eq!(
+            refused.kind(),
+            litebridge::ErrorKind::Forbidden,
+            "{body}: {refused}"
+        );
+        assert!(refused.to_string().contains("\"sneaky\""), "{refused}");
+        other.execute_batch("DROP TRIGGER sneaky").unwrap();
+        assert_eq!(cache.get("k").await.unwrap(), Some(json!("old")), "{body}");
+    }
+    let audited: i64 = other
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audited, 0, "the trigger ran");
+    cache.set("k", json!("new"), None).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(json!("new")));
+    // The application's own closures keep their triggers and named
+    // subqueries, held to the client rules.
+    db.write(|c| {
+        c.execute_batch(
+            "CREATE TABLE t(x); CREATE TABLE log(x);
+             CREATE TRIGGER logged AFTER INSERT ON t BEGIN INSERT INTO log VALUES (NEW.x); END;
+             WITH n(i) AS (SELECT 1) INSERT INTO t SELECT i FROM n;",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

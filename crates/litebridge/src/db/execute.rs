@@ -130,7 +130,10 @@ impl Future for Execute<'_> {
                         continue;
                     }
                     let mut budget = this.inner.budget(options.timeout);
+                    // Trusted here is litebridge's own statement only
+                    // (`Database::execute_trusted`).
                     budget.trusted = trusted;
+                    budget.own = trusted;
                     let started = budget.started;
                     let (budget, cancel) = budget.cancellable();
                     this.cancel = Some(cancel);

@@ -48,7 +48,12 @@
 //! (SQLite's recovery, after a process died while writing the header)
 //! starts the count from 0 again, and could land on the count seen last;
 //! the frames' checksum, rebuilt from the log, would have to land on the
-//! one seen last too.
+//! one seen last too. Over an empty log it lands on every field of a
+//! header no commit has touched since the index was made (a server that
+//! only read since it opened a file closed cleanly): review 212 had one
+//! rebuilt so after another process's commit, and the cache served the old
+//! value for good. So a header whose count is 0 is never taken as seen:
+//! every look at it counts a change, until a commit moves the count.
 //!
 //! # What it cannot see
 //!
@@ -140,7 +145,7 @@ impl Header {
         let mut first = copy(0);
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let second = copy(SECOND);
-        if first != second || first[IS_INIT - FROM] == 0 {
+        if first != second || first[IS_INIT - FROM] == 0 || first[..4] == [0; 4] {
             return None;
         }
         for range in [MX_FRAME, SALTS] {
@@ -282,6 +287,24 @@ mod tests {
         assert!(w.generation().unwrap() > during);
         w.unmapped();
         assert_eq!(w.generation(), None);
+    }
+
+    #[test]
+    fn a_count_of_0_is_never_seen() {
+        let w = ForeignCommits::default();
+        let mut r = Region::new(0);
+        r.map(&w);
+        let a = w.generation().unwrap();
+        let b = w.generation().unwrap();
+        assert!(
+            b > a,
+            "a header as a rebuilt index has it: every look counts"
+        );
+        r.set(SECOND + FROM, 1);
+        r.set(FROM, 1);
+        let c = w.generation().unwrap();
+        assert_eq!(w.generation(), Some(c), "counted commits: seen");
+        w.unmapped();
     }
 
     #[test]

@@ -46,10 +46,11 @@
 //!   and clears are allowed while they run), and leave litebridge's tables out
 //!   (their rows would be sampled into `sqlite_stat4`).
 //!
-//! What a trigger, a view or a named subquery does is held to the client
-//! rules even inside a trusted statement (the authorizer is told which one
-//! acts): litebridge's own statements use none, so every one came from a
-//! client. No client table has a foreign key to litebridge's (so no cascade
+//! litebridge's own statements use no trigger, view or named subquery (the
+//! authorizer is told which one acts), so one acting in them was made on
+//! litebridge's tables by another program, and is refused; in the
+//! application's trusted closures, what one does is held to the client
+//! rules. No client table has a foreign key to litebridge's (so no cascade
 //! reaches a client table from a trusted statement) and no client virtual
 //! table reads one of litebridge's (`content=` is refused): `exec` checks
 //! both after every schema change. Trusted statements name their schema
@@ -85,8 +86,14 @@ pub(crate) struct Budget {
     pub(crate) deadline: Option<Instant>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
-    /// litebridge's own code (the stores): may use litebridge's tables.
+    /// litebridge's own code (the stores) or the embedding application's
+    /// closures: may use litebridge's tables.
     pub(crate) trusted: bool,
+    /// litebridge's own statements (the stores, the records of idempotency
+    /// keys, migrations), which use no trigger, view or named subquery: one
+    /// acting in them is another program's, on litebridge's tables, and is
+    /// refused ([`authorize`]). Implies `trusted`.
+    pub(crate) own: bool,
     /// The most memory SQLite may take for client SQL of this operation
     /// (`DbConfig::max_request_memory`; see `heap`).
     pub(crate) memory: Option<usize>,
@@ -101,6 +108,7 @@ impl Budget {
             timeout,
             cancelled: None,
             trusted: false,
+            own: false,
             memory: None,
         }
     }
@@ -113,10 +121,19 @@ impl Budget {
         }
     }
 
-    /// The same budget, marked as litebridge's own code.
+    /// The same budget, marked as the embedding application's code.
     pub(crate) fn trusted(self) -> Budget {
         Budget {
             trusted: true,
+            ..self
+        }
+    }
+
+    /// The same budget, marked as litebridge's own statements.
+    pub(crate) fn own(self) -> Budget {
+        Budget {
+            trusted: true,
+            own: true,
             ..self
         }
     }
@@ -366,26 +383,30 @@ pub(crate) fn is_client() -> bool {
 /// Runs `f` as litebridge's own code within the client write running on
 /// this thread (the record of its idempotency key; see `claims`): its
 /// statements may use litebridge's tables, while the deadline, the hold and
-/// the memory cap of the request still bound them. What acts through a
-/// trigger or a view is still held to the client rules (see [`authorize`]).
+/// the memory cap of the request still bound them. A trigger or a view
+/// acting in them is refused (see [`authorize`]).
 pub(crate) fn as_trusted<T>(f: impl FnOnce() -> T) -> T {
     /// Gives the operation its own trust back, even if `f` unwinds.
-    struct Restore(Option<bool>);
+    struct Restore(Option<(bool, bool)>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            if let Some(was) = self.0 {
+            if let Some((trusted, own)) = self.0 {
                 CURRENT.with(|c| {
                     if let Some(cur) = c.borrow_mut().as_mut() {
-                        cur.budget.trusted = was;
+                        cur.budget.trusted = trusted;
+                        cur.budget.own = own;
                     }
                 });
             }
         }
     }
     let _restore = Restore(CURRENT.with(|c| {
-        c.borrow_mut()
-            .as_mut()
-            .map(|cur| std::mem::replace(&mut cur.budget.trusted, true))
+        c.borrow_mut().as_mut().map(|cur| {
+            (
+                std::mem::replace(&mut cur.budget.trusted, true),
+                std::mem::replace(&mut cur.budget.own, true),
+            )
+        })
     }));
     f()
 }
@@ -675,12 +696,29 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         if cur.mode == Mode::Internal {
             return Authorization::Allow;
         }
-        // Whatever acts through a trigger, a view or a named subquery is held
-        // to the rules of client SQL even inside a trusted statement:
-        // litebridge's own statements use none of them, so every one came
-        // from a client (and its name proves nothing: a client may call a
-        // CTE `litebridge_x`). A client's trigger never runs with
-        // litebridge's rights.
+        // A trigger or a view that acts within one of litebridge's own
+        // statements was made by another program on litebridge's tables (no
+        // request can make one, and litebridge's statements name no view
+        // and no named subquery). Held to the client rules below, one whose
+        // body names no litebridge table ran inside litebridge's writes, and
+        // `RAISE(IGNORE)` dropped a write litebridge then acknowledged
+        // (review 212): refused whole, naming it.
+        if cur.budget.own
+            && let Some(by) = ctx.accessor
+        {
+            let by: String = by.chars().take(100).collect();
+            cur.denied = Some(format!(
+                "a trigger or view another program made on litebridge's own tables ({by:?}) \
+                 would run inside litebridge's own statement: its writes there are refused \
+                 until it is dropped"
+            ));
+            return Authorization::Deny;
+        }
+        // In the embedding application's closures, whatever acts through a
+        // trigger, a view or a named subquery is held to the rules of client
+        // SQL (and its name proves nothing: a client may call a CTE
+        // `litebridge_x`). A client's trigger never runs with litebridge's
+        // rights.
         let client = !cur.budget.trusted || ctx.accessor.is_some();
         if client {
             note_ddl(&mut cur.ddl, ctx.action);

@@ -123,6 +123,17 @@ use crate::sync::lock;
 use crate::value::{ExecResult, Params, Rows, Statement};
 use group_commit::{Job, Request};
 use guard::Budget;
+
+/// Whose statements a write runs (see `guard::Budget`).
+#[derive(Debug, Clone, Copy)]
+enum Trust {
+    /// Client SQL, under the authorizer's client rules.
+    Client,
+    /// The embedding application's closure ([`Database::write`]).
+    Application,
+    /// litebridge's own statements.
+    Own,
+}
 use heavy::HeavyLane;
 use open::Opener;
 use readers::ReaderPool;
@@ -316,15 +327,19 @@ impl Inner {
         }
     }
 
-    /// Queues a closure for group commit (always in its own savepoint):
-    /// `trusted` for application closures, false when it runs client SQL.
-    async fn submit<T, F>(&self, options: WriteOptions, trusted: bool, f: F) -> Result<T>
+    /// Queues a closure for group commit (always in its own savepoint), run
+    /// with `trust`.
+    async fn submit<T, F>(&self, options: WriteOptions, trust: Trust, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        let mut budget = self.budget(options.timeout);
-        budget.trusted = trusted;
+        let budget = self.budget(options.timeout);
+        let budget = match trust {
+            Trust::Client => budget,
+            Trust::Application => budget.trusted(),
+            Trust::Own => budget.own(),
+        };
         let started = budget.started;
         // Until this future ends: dropped early, it interrupts the write.
         let (budget, _cancel) = budget.cancellable();
@@ -382,7 +397,7 @@ impl Inner {
             timeout: left,
             ..options
         };
-        self.submit(options, false, move |conn| {
+        self.submit(options, Trust::Client, move |conn| {
             claims::once(conn, &key, &fingerprint, &clock, &mut run)
         })
         .await?
@@ -398,7 +413,7 @@ impl Inner {
                 idempotency_key: None,
                 ..*options
             };
-            self.submit(options, true, claims::Clock::start)
+            self.submit(options, Trust::Own, claims::Clock::start)
                 .await
                 .map_err(|e| match e {
                     // Nothing of the caller's ran: say so, whatever the COMMIT said.
@@ -725,7 +740,7 @@ impl Database {
             "trusted SQL names litebridge_ tables"
         );
         let options = QueryOptions::default();
-        let budget = self.inner.budget(options.timeout).trusted();
+        let budget = self.inner.budget(options.timeout).own();
         self.query_in(sql, params.into(), options, budget).await
     }
 
@@ -785,7 +800,9 @@ impl Database {
             more: false,
         };
         for _ in 0..steps {
-            let step = self.write(move |c| claims::forget(c, &clock, keep)).await?;
+            let step = self
+                .write_own(move |c| claims::forget(c, &clock, keep))
+                .await?;
             round.deleted += step.deleted;
             round.more = step.more;
             if !step.more {
@@ -805,7 +822,7 @@ impl Database {
             exec::mentions_own_tables(&sql),
             "trusted SQL names litebridge_ tables"
         );
-        self.write(move |c| exec::query_writing(c, &sql, &params))
+        self.write_own(move |c| exec::query_writing(c, &sql, &params))
             .await
     }
 
@@ -820,7 +837,7 @@ impl Database {
                 .all(|(sql, _)| exec::mentions_own_tables(sql)),
             "trusted SQL names litebridge_ tables"
         );
-        self.write(move |c| {
+        self.write_own(move |c| {
             statements
                 .iter()
                 .map(|(sql, p)| exec::execute(c, sql, p))
@@ -861,7 +878,7 @@ impl Database {
         };
         match (options.idempotency_key, fingerprint) {
             (Some(key), Some(fp)) => self.inner.submit_once(options, key, fp, run).await,
-            _ => self.inner.submit(options, false, run).await,
+            _ => self.inner.submit(options, Trust::Client, run).await,
         }
     }
 
@@ -908,7 +925,7 @@ impl Database {
                     message: "an idempotency record of execute_many holds no result".into(),
                 })
             }
-            _ => self.inner.submit(options, false, run).await,
+            _ => self.inner.submit(options, Trust::Client, run).await,
         }
     }
 
@@ -928,7 +945,21 @@ impl Database {
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
-        self.inner.submit(WriteOptions::default(), true, f).await
+        self.inner
+            .submit(WriteOptions::default(), Trust::Application, f)
+            .await
+    }
+
+    /// [`Database::write`] for litebridge's own statements: a trigger or a
+    /// view acting in them is refused (see `guard::Budget::own`).
+    pub(crate) async fn write_own<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.inner
+            .submit(WriteOptions::default(), Trust::Own, f)
+            .await
     }
 
     /// As [`Database::write`] with explicit options.
@@ -945,7 +976,7 @@ impl Database {
         if options.idempotency_key.is_some() {
             return Err(once_unsupported());
         }
-        self.inner.submit(options, true, f).await
+        self.inner.submit(options, Trust::Application, f).await
     }
 
     // ----- operations --------------------------------------------------------

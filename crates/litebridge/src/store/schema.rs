@@ -162,7 +162,7 @@ fn foreign_objects(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
 /// that it did not create; SQLite errors from a migration (nothing applied).
 pub async fn migrate(db: &Database) -> Result<i64> {
     let path = db.path().display().to_string();
-    db.write(move |c| {
+    db.write_own(move |c| {
         c.execute_batch(
             "CREATE TABLE IF NOT EXISTS main.litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
         )?;
