@@ -20,6 +20,50 @@ fn update(run: &str, state: serde_json::Value) -> StateUpdate {
     }
 }
 
+/// Review 213: a trigger another process made on the state's table, then
+/// dropped, kept refusing `save` (a write that returns its row) until some
+/// other write had the writer read the schema again, up to a minute.
+#[tokio::test]
+async fn a_trigger_another_process_dropped_no_longer_refuses_state_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("s.db")).await;
+    let store = StateStore::new(db.clone(), Arc::new(litebridge::store::SystemClock));
+    store.save(update("run", json!(1))).await.unwrap();
+    let other = rusqlite::Connection::open(db.path()).unwrap();
+    other
+        .execute_batch("CREATE TRIGGER audit BEFORE UPDATE ON litebridge_state BEGIN SELECT 1; END")
+        .unwrap();
+    let refused = store.save(update("run", json!(2))).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        litebridge::ErrorKind::Forbidden,
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("\"audit\""), "{refused}");
+    other.execute_batch("DROP TRIGGER audit").unwrap();
+    store.save(update("run", json!(3))).await.unwrap();
+    assert_eq!(store.load("run").await.unwrap().unwrap().state, json!(3));
+}
+
+/// Review 213: a trigger another process made on `litebridge_meta` made
+/// every open fail with the authorizer's refusal of the migration's write,
+/// before the check that names such objects and says what to do.
+#[tokio::test]
+async fn a_trigger_on_the_meta_table_is_named_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    open(&path).await.close().await;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TRIGGER zmeta AFTER UPDATE ON litebridge_meta BEGIN SELECT 1; END")
+        .unwrap();
+    let db = Database::open(&path, DbConfig::default()).await.unwrap();
+    let e = migrate(&db).await.unwrap_err().to_string();
+    assert!(e.contains("did not create") && e.contains("zmeta"), "{e}");
+    assert!(e.contains("sqlite3 shell"), "{e}");
+    db.close().await;
+}
+
 // The stores' behaviour on both backends is in stores_backends.rs; here:
 // what is SQLite's own (a restart keeps the state, the migrations).
 

@@ -102,12 +102,30 @@ async fn create(db: &Target, scope: &str, tier: String, name: Option<String>) ->
     let created = create_key(&database, &Tiers::default(), NewKey { name, scopes, tier }).await;
     database.close().await;
     let (key, secret) = created?;
-    println!(
+    // Written, not printed: a closed stdout (`| head -1`) made `println!`
+    // panic after the key was made, its secret lost without a word (review
+    // 213): now the failure says so.
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "created key {:?} (scope {}, tier {}) in {label}",
         key.name, key.scopes, key.tier,
-    );
-    println!("the secret is stored only as a hash and shown only now: {secret}");
-    Ok(())
+    )
+    .and_then(|()| {
+        writeln!(
+            out,
+            "the secret is stored only as a hash and shown only now: {secret}"
+        )
+    })
+    .and_then(|()| out.flush())
+    .map_err(|e| {
+        Failure::new(format!(
+            "key {:?} was created in {label}, but its secret could not be written out ({e}): \
+                 revoke it (`litebridge keys revoke --name {:?}`) and create another",
+            key.name, key.name
+        ))
+    })
 }
 
 async fn list(db: &Target, json: bool) -> CliResult {

@@ -511,8 +511,13 @@ pub(crate) fn query(
 /// Runs a statement of the stores that writes and returns rows (an upsert
 /// with `RETURNING`), on the writer's connection.
 pub(crate) fn query_writing(conn: &Connection, sql: &str, params: &Params) -> Result<Rows> {
-    let stmt = prepare(conn, sql)?;
-    collect_rows(stmt, params, None, usize::MAX)
+    let before = conn.total_changes();
+    let rows = collect_rows(prepare(conn, sql)?, params, None, usize::MAX);
+    if refused_on_an_old_schema(conn, before, &rows) {
+        read_schema_again(conn);
+        return collect_rows(prepare(conn, sql)?, params, None, usize::MAX);
+    }
+    rows
 }
 
 fn query_rows(
@@ -690,24 +695,7 @@ pub(crate) fn execute_prepared(
     } else {
         run(stmt)
     };
-    // One of litebridge's own statements refused: a statement prepared
-    // before another process made a trigger on litebridge's tables is
-    // prepared again as it runs, against the connection's copy of the
-    // schema, which keeps the trigger after that process dropped it (see
-    // `prepare`). Nothing ran (the authorizer acts only as a statement is
-    // prepared): once more, with the schema read again.
-    if !schema
-        && !guard::is_client()
-        && conn.total_changes() == before
-        && matches!(
-            result,
-            Err(Error::Forbidden { .. }
-                | Error::Sql {
-                    code: rusqlite::ffi::SQLITE_AUTH,
-                    ..
-                })
-        )
-    {
+    if !schema && refused_on_an_old_schema(conn, before, &result) {
         read_schema_again(conn);
         result = run(stmt);
     }
@@ -720,6 +708,28 @@ pub(crate) fn execute_prepared(
         last_insert_rowid: conn.last_insert_rowid(),
         returning,
     })
+}
+
+/// Whether `result`, of a statement that changed nothing, is one of
+/// litebridge's own statements refused by the authorizer: perhaps on an old
+/// copy of the schema. A statement prepared before another process made a
+/// trigger on litebridge's tables is prepared again as it runs, against
+/// the connection's copy of the schema, which keeps the trigger after that
+/// process dropped it (see `prepare`; review 213 found `state.save` refused
+/// until some other write read the schema again). Nothing of it ran (the
+/// authorizer acts only as a statement is prepared): the caller runs it once
+/// more after [`read_schema_again`].
+fn refused_on_an_old_schema<T>(conn: &Connection, before: u64, result: &Result<T>) -> bool {
+    !guard::is_client()
+        && conn.total_changes() == before
+        && matches!(
+            result,
+            Err(Error::Forbidden { .. }
+                | Error::Sql {
+                    code: rusqlite::ffi::SQLITE_AUTH,
+                    ..
+                })
+        )
 }
 
 /// Has SQLite read `conn`'s schema again if another connection changed it

@@ -710,7 +710,7 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
             cur.denied = Some(format!(
                 "a trigger or view another program made on litebridge's own tables ({by:?}) \
                  would run inside litebridge's own statement: its writes there are refused \
-                 until it is dropped"
+                 until it is dropped (with the sqlite3 shell: client SQL cannot)"
             ));
             return Authorization::Deny;
         }

@@ -184,6 +184,10 @@ pub async fn migrate(db: &Database) -> Result<i64> {
                 ),
             });
         }
+        // Before anything is written: a trigger someone made on
+        // litebridge's tables refuses litebridge's writes (see `guard`), and
+        // this says which and what to do (review 213).
+        refuse_foreign(c, &path)?;
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             c.execute_batch(sql).map_err(|e| Error::Internal {
                 message: format!("schema migration {from} -> {} failed: {e}", from + 1),
@@ -203,21 +207,30 @@ pub async fn migrate(db: &Database) -> Result<i64> {
              VALUES ('database_id', lower(hex(randomblob(16))));
              DELETE FROM main.litebridge_meta WHERE key = 'backup_of';",
         )?;
-        let mut foreign = foreign_objects(c)?;
-        if let Some((table, parent)) = crate::db::foreign_key_to_own(c)? {
-            foreign.push(format!("table {table} (a foreign key to {parent})"));
-        }
-        if !foreign.is_empty() {
-            return Err(Error::Unavailable {
-                what: "database",
-                reason: format!(
-                    "{path} has objects in litebridge's namespace that litebridge did not create: {}; \
-                     review them (and the API keys: `litebridge keys list`), drop them with `litebridge query`, then start again",
-                    foreign.join(", ")
-                ),
-            });
-        }
+        refuse_foreign(c, &path)?;
         Ok(found)
     })
     .await
+}
+
+/// Refuses the file at `path` when it holds objects in litebridge's
+/// namespace that litebridge did not create, naming them.
+fn refuse_foreign(c: &rusqlite::Connection, path: &str) -> Result<()> {
+    let mut foreign = foreign_objects(c)?;
+    if let Some((table, parent)) = crate::db::foreign_key_to_own(c)? {
+        foreign.push(format!("table {table} (a foreign key to {parent})"));
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Unavailable {
+        what: "database",
+        reason: format!(
+            "{path} has objects in litebridge's namespace that litebridge did not create: {}; \
+             review them and the API keys (`SELECT name, scopes, revoked_at FROM litebridge_keys` \
+             in the sqlite3 shell: litebridge opens no such file), drop them with the sqlite3 \
+             shell (litebridge's SQL cannot touch its own tables), then start again",
+            foreign.join(", ")
+        ),
+    })
 }
