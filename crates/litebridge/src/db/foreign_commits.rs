@@ -133,12 +133,15 @@ impl Header {
         }
         let copy = |at: usize| {
             let mut out = [0u8; COMPARED];
-            for (i, b) in out.iter_mut().enumerate() {
-                // SAFETY: the region is at least 32 KiB and mapped while
-                // `self` is not null (see `State::header`); other processes
-                // write it concurrently, so each byte is read volatile, as
-                // SQLite reads it without locks.
-                *b = unsafe { std::ptr::read_volatile(self.0.add(at + FROM + i)) };
+            for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                // SAFETY: the region is at least 32 KiB, page-aligned (so
+                // these 8-byte words at offsets 8 to 88 are aligned) and
+                // mapped while `self` is not null (see `State::header`);
+                // other processes write it concurrently, so each word is
+                // read volatile, as SQLite reads it without locks.
+                let w =
+                    unsafe { std::ptr::read_volatile(self.0.add(at + FROM + 8 * i).cast::<u64>()) };
+                word.copy_from_slice(&w.to_ne_bytes());
             }
             out
         };
@@ -218,13 +221,13 @@ impl ForeignCommits {
 mod tests {
     use super::*;
 
-    /// The first region of an index: a header of `iChange = change`,
-    /// initialised, in both copies.
-    struct Region(Vec<u8>);
+    /// The first region of an index (aligned as a mapping is): a header
+    /// of `iChange = change`, initialised, in both copies.
+    struct Region(Vec<u64>);
 
     impl Region {
         fn new(change: u8) -> Region {
-            let mut r = Region(vec![0u8; 136]);
+            let mut r = Region(vec![0u64; 17]);
             for at in [0, SECOND] {
                 r.set(at + FROM, change);
                 r.set(at + IS_INIT, 1);
@@ -234,8 +237,8 @@ mod tests {
 
         fn set(&mut self, at: usize, byte: u8) {
             // Written through the pointer the watch holds.
-            let p = self.0.as_mut_ptr();
-            // SAFETY: `at` is within the region.
+            let p = self.0.as_mut_ptr().cast::<u8>();
+            // SAFETY: `at` is within the region's 136 bytes.
             unsafe { p.add(at).write_volatile(byte) };
         }
 
