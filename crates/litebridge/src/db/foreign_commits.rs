@@ -53,7 +53,11 @@
 //! only read since it opened a file closed cleanly): review 212 had one
 //! rebuilt so after another process's commit, and the cache served the old
 //! value for good. So a header whose count is 0 is never taken as seen:
-//! every look at it counts a change, until a commit moves the count.
+//! every look at it counts a change, until a commit moves the count. A
+//! process that only reads would never make one (SQLite writes no frame for
+//! a row overwritten with the same bytes, as a migration's upsert of the
+//! schema version is): the cache, reading such a header, has the writer
+//! make one ([`ForeignCommits::uncounted`]).
 //!
 //! # What it cannot see
 //!
@@ -95,6 +99,19 @@ struct State {
     seen: Option<[u8; COMPARED]>,
     /// Changes counted so far.
     generation: u64,
+    /// The header read last counts no commit (see [`Read::Uncounted`]).
+    uncounted: bool,
+}
+
+/// What a read of the header found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Not mapped, copies that differ (being written) or not initialised.
+    Torn,
+    /// Whole, with a count of commits of 0: as a rebuilt index has it.
+    Uncounted,
+    /// Whole, the compared part.
+    Whole([u8; COMPARED]),
 }
 
 /// The address of the index's first region, as mapped by the writer.
@@ -126,10 +143,10 @@ const SECOND: usize = 48;
 const IS_INIT: usize = 12;
 
 impl Header {
-    /// The header, if both copies agree and it is initialised.
-    fn read(self) -> Option<[u8; COMPARED]> {
+    /// The header.
+    fn read(self) -> Read {
         if self.0.is_null() {
-            return None;
+            return Read::Torn;
         }
         let copy = |at: usize| {
             let mut out = [0u8; COMPARED];
@@ -148,13 +165,16 @@ impl Header {
         let mut first = copy(0);
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let second = copy(SECOND);
-        if first != second || first[IS_INIT - FROM] == 0 || first[..4] == [0; 4] {
-            return None;
+        if first != second || first[IS_INIT - FROM] == 0 {
+            return Read::Torn;
+        }
+        if first[..4] == [0; 4] {
+            return Read::Uncounted;
         }
         for range in [MX_FRAME, SALTS] {
             first[range.start - FROM..range.end - FROM].fill(0);
         }
-        Some(first)
+        Read::Whole(first)
     }
 }
 
@@ -162,10 +182,18 @@ impl State {
     /// Compares the header with what was seen last; counts a change.
     fn look(&mut self) {
         let now = self.header.read();
-        if now.is_none() || now != self.seen {
-            self.generation += 1;
+        match now {
+            Read::Whole(h) if self.seen == Some(h) => {}
+            Read::Whole(h) => {
+                self.generation += 1;
+                self.seen = Some(h);
+            }
+            Read::Torn | Read::Uncounted => {
+                self.generation += 1;
+                self.seen = None;
+            }
         }
-        self.seen = now;
+        self.uncounted = now == Read::Uncounted;
     }
 }
 
@@ -184,12 +212,17 @@ impl ForeignCommits {
         Some(s.generation)
     }
 
-    /// The writer's connection mapped the index's first region at `region`.
+    /// Whether the header read last counts no commit: until one is made,
+    /// every look counts a change (the module's note), and a reader of the
+    /// generation should have the writer commit one.
+    pub(crate) fn uncounted(&self) -> bool {
+        lock(&self.state).uncounted
+    }
+
+    /// The writer's connection mapped the index's first region at `region`
+    /// (it may hold the write lock already: SQLite can take it first).
     pub(super) fn mapped(&self, region: *mut c_void) {
-        let mut s = lock(&self.state);
-        s.header = Header(region.cast_const().cast());
-        // A new mapping comes with a new connection, which holds no lock.
-        s.held = false;
+        lock(&self.state).header = Header(region.cast_const().cast());
     }
 
     /// The writer's connection is about to unmap the index, or to close.
@@ -212,7 +245,12 @@ impl ForeignCommits {
         let mut s = lock(&self.state);
         if s.held {
             s.held = false;
-            s.seen = s.header.read();
+            let now = s.header.read();
+            s.seen = match now {
+                Read::Whole(h) => Some(h),
+                Read::Torn | Read::Uncounted => None,
+            };
+            s.uncounted = now == Read::Uncounted;
         }
     }
 }

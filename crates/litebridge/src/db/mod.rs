@@ -534,6 +534,13 @@ impl Database {
         self.inner.opener.foreign_commits.generation()
     }
 
+    /// Whether the file's shared header, as read last, counts no commit
+    /// (see `foreign_commits`): until this process commits a change, every
+    /// look at it counts one.
+    pub(crate) fn commits_uncounted(&self) -> bool {
+        self.inner.opener.foreign_commits.uncounted()
+    }
+
     /// The configuration it was opened with.
     pub fn config(&self) -> &DbConfig {
         &self.inner.opener.config

@@ -269,6 +269,9 @@ pub struct Cache {
     /// The count of changes of the SQLite file of the L2 by others
     /// (`foreign_commits`) memory was last emptied for.
     emptied_for: Arc<AtomicU64>,
+    /// A commit was asked of the writer because the file's header counted
+    /// none ([`Cache::count_a_commit`]).
+    commit_asked: Arc<AtomicBool>,
     /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
     #[cfg(feature = "postgres")]
     peers: Option<Arc<super::cache_peers::Peers>>,
@@ -534,6 +537,7 @@ impl Cache {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             weights,
             emptied_for: Arc::new(AtomicU64::new(0)),
+            commit_asked: Arc::new(AtomicBool::new(false)),
             #[cfg(feature = "postgres")]
             peers,
         }
@@ -558,6 +562,9 @@ impl Cache {
             return Some(0);
         };
         let now = db.foreign_commits()?;
+        if db.commits_uncounted() {
+            self.count_a_commit(db);
+        }
         if self.emptied_for.load(Ordering::Acquire) < now {
             // Emptied before it is recorded: a caller that sees `now`
             // recorded reads memory emptied for it.
@@ -577,6 +584,38 @@ impl Cache {
     /// for every key another front end writes, and the key is dropped.
     fn fresh(&self, e: &Entry, now: u64) -> bool {
         !matches!(self.db, Some(Backend::Sqlite(_))) || e.generation >= now
+    }
+
+    /// Has the writer commit a change, once, when the file's header counts
+    /// no commit: every look at such a header counts a change, so memory is
+    /// never used until one is made, and a process that only reads (a
+    /// server restarted on a file closed cleanly, serving what the table
+    /// holds) would never make one. The row is litebridge's own and changes
+    /// nothing else; on a file litebridge may not write, memory stays
+    /// unused.
+    fn count_a_commit(&self, db: &Database) {
+        if self.commit_asked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.commit_asked.store(false, Ordering::Release);
+            return;
+        };
+        // A value no earlier run wrote: a row overwritten with the same
+        // bytes is no commit to SQLite.
+        let (db, at) = (db.clone(), micros(SystemTime::now()));
+        runtime.spawn(async move {
+            let written = db
+                .execute_trusted(
+                    "INSERT INTO main.litebridge_meta(key, value) VALUES ('cache_counted_at', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![at.to_string()],
+                )
+                .await;
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "the cache's first commit failed: memory stays unused");
+            }
+        });
     }
 
     /// Whether memory may be read and filled now ([`Cache::watch`]).
