@@ -47,8 +47,10 @@
 //! server during a deploy). On SQLite, every read of memory first looks at
 //! the file's shared index for a change this process's writer did not make
 //! (`db/foreign_commits.rs`: a mutex and 64 bytes of shared memory, no
-//! system call); memory is emptied when there is one, and a value read from
-//! L2 while one came is not kept. This process's own writes never empty it.
+//! system call); memory is emptied when there is one, and an entry read from
+//! L2 (or written) before it is never answered. This process's own writes
+//! never empty it. A header that counts no commit cannot be trusted, so a
+//! process that only reads a file closed cleanly has its writer commit once.
 //!
 //! # Sweeping
 //!
