@@ -891,3 +891,54 @@ async fn memory_serves_a_process_that_only_reads_a_file_closed_cleanly() {
         db.close().await;
     }
 }
+
+/// Review 214: the commit asked of the writer when the file's header
+/// counts none was asked once; refused (here: another process held the
+/// write lock past the busy timeout, and then wrote nothing), memory stayed
+/// unused for good. It is asked again a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_that_lets_memory_serve_is_asked_again_after_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let config = || {
+        common::config()
+            .busy_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let db = litebridge::Database::open(&path, config()).await.unwrap();
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    // In the table: the reads below write nothing.
+    cache.set("k", json!("v"), None).await.unwrap();
+    db.close().await;
+    let db = litebridge::Database::open(&path, config()).await.unwrap();
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let read = || async {
+        cache
+            .get_or_load("k", None, || async { Ok(json!("v")) })
+            .await
+            .unwrap()
+    };
+    // The first commit asked for waits for the lock, and is refused.
+    for _ in 0..30 {
+        read().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.execute_batch("ROLLBACK").unwrap();
+    let mut hits = 0;
+    for _ in 0..300 {
+        read().await;
+        hits = cache.stats().l1_hits;
+        if hits >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hits >= 10, "{:?}", cache.stats());
+}

@@ -271,9 +271,9 @@ pub struct Cache {
     /// The count of changes of the SQLite file of the L2 by others
     /// (`foreign_commits`) memory was last emptied for.
     emptied_for: Arc<AtomicU64>,
-    /// A commit was asked of the writer because the file's header counted
-    /// none ([`Cache::count_a_commit`]).
-    commit_asked: Arc<AtomicBool>,
+    /// When a commit was last asked of the writer because the file's
+    /// header counted none ([`Cache::count_a_commit`]).
+    commit_asked: Arc<Mutex<Option<std::time::Instant>>>,
     /// Other front ends on the same PostgreSQL L2 (`cache_peers`).
     #[cfg(feature = "postgres")]
     peers: Option<Arc<super::cache_peers::Peers>>,
@@ -407,6 +407,10 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// How long after asking the writer for a commit ([`Cache::count_a_commit`])
+/// it is asked again while the file's header still counts none.
+const COMMIT_AGAIN: Duration = Duration::from_secs(1);
+
 /// How entries are weighed against [`CacheConfig::max_bytes`].
 #[derive(Debug, Clone, Copy)]
 struct Weights {
@@ -539,7 +543,7 @@ impl Cache {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             weights,
             emptied_for: Arc::new(AtomicU64::new(0)),
-            commit_asked: Arc::new(AtomicBool::new(false)),
+            commit_asked: Arc::default(),
             #[cfg(feature = "postgres")]
             peers,
         }
@@ -593,14 +597,19 @@ impl Cache {
     /// never used until one is made, and a process that only reads (a
     /// server restarted on a file closed cleanly, serving what the table
     /// holds) would never make one. The row is litebridge's own and changes
-    /// nothing else; on a file litebridge may not write, memory stays
-    /// unused.
+    /// nothing else. Asked again a second later while the header still
+    /// counts none (review 214: a write refused, or an index rebuilt later,
+    /// left memory unused for good); on a file litebridge may not write,
+    /// memory stays unused.
     fn count_a_commit(&self, db: &Database) {
-        if self.commit_asked.swap(true, Ordering::AcqRel) {
-            return;
+        {
+            let mut asked = crate::sync::lock(&self.commit_asked);
+            if asked.is_some_and(|t| t.elapsed() < COMMIT_AGAIN) {
+                return;
+            }
+            *asked = Some(std::time::Instant::now());
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.commit_asked.store(false, Ordering::Release);
             return;
         };
         // A value no earlier run wrote: a row overwritten with the same
