@@ -197,11 +197,21 @@ impl State {
     }
 }
 
+/// What a look at the header found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    /// The count of changes by others seen so far.
+    pub(crate) generation: u64,
+    /// The header read last counts no commit: until one is made, every
+    /// look counts a change (the module's note), and the caller should
+    /// have the writer commit one.
+    pub(crate) uncounted: bool,
+}
+
 impl ForeignCommits {
-    /// The count of changes by others seen so far, looking at the header
-    /// now; `None` while the writer's index is not mapped (then nothing can
-    /// be told).
-    pub(crate) fn generation(&self) -> Option<u64> {
+    /// Looks at the header now; `None` while the writer's index is not
+    /// mapped (then nothing can be told).
+    pub(crate) fn look(&self) -> Option<Look> {
         let mut s = lock(&self.state);
         if s.header.0.is_null() {
             return None;
@@ -209,14 +219,15 @@ impl ForeignCommits {
         if !s.held {
             s.look();
         }
-        Some(s.generation)
+        Some(Look {
+            generation: s.generation,
+            uncounted: s.uncounted,
+        })
     }
 
-    /// Whether the header read last counts no commit: until one is made,
-    /// every look counts a change (the module's note), and a reader of the
-    /// generation should have the writer commit one.
-    pub(crate) fn uncounted(&self) -> bool {
-        lock(&self.state).uncounted
+    #[cfg(test)]
+    fn generation(&self) -> Option<u64> {
+        self.look().map(|l| l.generation)
     }
 
     /// The writer's connection mapped the index's first region at `region`

@@ -529,16 +529,10 @@ impl Database {
     }
 
     /// The count of changes of the file by connections other than this
-    /// database's writer, looked at now (`None` when that cannot be told).
-    pub(crate) fn foreign_commits(&self) -> Option<u64> {
-        self.inner.opener.foreign_commits.generation()
-    }
-
-    /// Whether the file's shared header, as read last, counts no commit
-    /// (see `foreign_commits`): until this process commits a change, every
-    /// look at it counts one.
-    pub(crate) fn commits_uncounted(&self) -> bool {
-        self.inner.opener.foreign_commits.uncounted()
+    /// database's writer, looked at now, and whether the file's header counts
+    /// no commit (see `foreign_commits`); `None` when that cannot be told.
+    pub(crate) fn foreign_commits(&self) -> Option<foreign_commits::Look> {
+        self.inner.opener.foreign_commits.look()
     }
 
     /// The configuration it was opened with.

@@ -567,10 +567,11 @@ impl Cache {
         let Some(Backend::Sqlite(db)) = &self.db else {
             return Some(0);
         };
-        let now = db.foreign_commits()?;
-        if db.commits_uncounted() {
+        let look = db.foreign_commits()?;
+        if look.uncounted {
             self.count_a_commit(db);
         }
+        let now = look.generation;
         if self.emptied_for.load(Ordering::Acquire) < now {
             // Emptied before it is recorded: a caller that sees `now`
             // recorded reads memory emptied for it.
