@@ -591,3 +591,39 @@ async fn drop_not_null_that_drops_something_else_is_undone() {
     assert_eq!(r.rows[0][0], litebridge::Value::Integer(0));
     db.close().await;
 }
+
+/// A view a client may not read is not described either: its column list
+/// would show the layout of the litebridge table it reads (review 213). A
+/// view that no longer compiles is left out rather than failing the whole
+/// answer.
+#[tokio::test]
+async fn views_a_client_may_not_read_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    migrate(&db).await.unwrap();
+    run_all(
+        &db,
+        &[
+            "CREATE TABLE t(a)",
+            "CREATE TABLE u(b)",
+            "CREATE VIEW fine AS SELECT a FROM t",
+            "CREATE VIEW gone AS SELECT b FROM u",
+        ],
+    )
+    .await;
+    db.close().await;
+    // Made by another program with the file's own rights, as an attacker
+    // with write access to it (or an old tool) would.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE VIEW peek AS SELECT * FROM litebridge_keys; DROP TABLE u;")
+        .unwrap();
+    drop(conn);
+    let db = open(&path).await;
+    let tables = db.schema().await.unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["fine", "t"]);
+    let err = db.query("SELECT * FROM peek", ()).await.unwrap_err();
+    assert!(err.to_string().contains("litebridge's own tables"), "{err}");
+    db.close().await;
+}

@@ -386,7 +386,20 @@ pub(crate) fn is_client() -> bool {
 /// the memory cap of the request still bound them. A trigger or a view
 /// acting in them is refused (see [`authorize`]).
 pub(crate) fn as_trusted<T>(f: impl FnOnce() -> T) -> T {
-    /// Gives the operation its own trust back, even if `f` unwinds.
+    with_trust(true, f)
+}
+
+/// Runs `f` under the client rules within the trusted operation running on
+/// this thread: what `f` prepares is refused what a client's SQL would be
+/// (`introspect` asks this of each view before it describes it).
+pub(crate) fn as_client<T>(f: impl FnOnce() -> T) -> T {
+    with_trust(false, f)
+}
+
+/// Runs `f` with the operation's trust (and its being litebridge's own)
+/// set to `trusted`, then gives the operation its own back, even if `f`
+/// unwinds.
+fn with_trust<T>(trusted: bool, f: impl FnOnce() -> T) -> T {
     struct Restore(Option<(bool, bool)>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -403,8 +416,8 @@ pub(crate) fn as_trusted<T>(f: impl FnOnce() -> T) -> T {
     let _restore = Restore(CURRENT.with(|c| {
         c.borrow_mut().as_mut().map(|cur| {
             (
-                std::mem::replace(&mut cur.budget.trusted, true),
-                std::mem::replace(&mut cur.budget.own, true),
+                std::mem::replace(&mut cur.budget.trusted, trusted),
+                std::mem::replace(&mut cur.budget.own, trusted),
             )
         })
     }));

@@ -5,10 +5,10 @@
 //! It runs on the read lane as litebridge's own code (it reads the planner
 //! statistics, which client SQL may not) and shows what a `query` could see:
 //! litebridge's own tables and SQLite's internal and shadow tables are left
-//! out. Row counts are estimates, cheap on any size: the
-//! `ANALYZE` statistics when there are some, otherwise the largest rowid
-//! (an upper bound after deletes), and none for views and WITHOUT ROWID
-//! tables without statistics.
+//! out, and so are views a client's `SELECT` would be refused. Row counts
+//! are estimates, cheap on any size: the `ANALYZE` statistics when there are
+//! some, otherwise the largest rowid (an upper bound after deletes), and none
+//! for views and WITHOUT ROWID tables without statistics.
 
 use std::collections::HashMap;
 
@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::db::Database;
-use crate::db::guard::OWN_PREFIX;
+use crate::db::guard::{self, OWN_PREFIX};
 use crate::error::Result;
 
 /// A table or view.
@@ -96,6 +96,9 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
     let mut ic = conn
         .prepare("SELECT name FROM pragma_index_info(?1) WHERE name IS NOT NULL ORDER BY seqno")?;
     for (name, kind, without_rowid) in listed.into_iter().filter(|(n, _, _)| !hidden(n)) {
+        if kind == "view" && !readable(conn, &name) {
+            continue;
+        }
         let columns = cols
             .query_map([&name], |r| {
                 Ok(ColumnInfo {
@@ -144,6 +147,18 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
         });
     }
     Ok(tables)
+}
+
+/// Whether a client's `SELECT` of the view `name` would be prepared: one
+/// over litebridge's tables (or anything else the client rules refuse) is
+/// left out, or its column list would show a layout the client may not read
+/// (review 213); so is one that no longer compiles (a table it reads was
+/// dropped), which no client could read either.
+fn readable(conn: &Connection, name: &str) -> bool {
+    guard::as_client(|| {
+        conn.prepare(&format!("SELECT * FROM {}", quote(name)))
+            .is_ok()
+    })
 }
 
 /// Row counts from `sqlite_stat1`, when `ANALYZE` has run.
