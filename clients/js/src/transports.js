@@ -720,40 +720,53 @@ function positive(value, name, fallback) {
 }
 
 /**
- * Splits `GET /events` into events, `onEvent(id, data)` for each. Each
- * chunk is searched once (a line split across chunks is not searched again
- * from its start), and a line or an event longer than MAX_EVENT is dropped.
+ * Splits `GET /events` into events, `onEvent(id, data)` for each, as the
+ * event-stream format reads them: a line ends at CRLF, LF or a lone CR; an
+ * event's `data:` lines are joined by LF, each without the one space after
+ * the colon. Each chunk is searched once (a line split across chunks is not
+ * searched again from its start), and a line or an event longer than
+ * MAX_EVENT is dropped.
  */
 function sseParser(onEvent) {
   let partial = '';
   let skipping = false; // the rest of a line too long to keep
-  let data = '';
+  let afterCr = false; // the last chunk ended with CR: a LF first in the next ends no line
+  let data; // undefined until the event's first data line
   let id;
   let dropped = false; // the event being read had a line or data too long
   const line = (text) => {
     if (text === '') {
       if (data && !dropped) onEvent(id, data);
-      data = '';
+      data = undefined;
       id = undefined;
       dropped = false;
     } else if (text.startsWith('data:')) {
-      const value = text.slice(5).trimStart();
-      if (data.length + value.length > MAX_EVENT) {
+      const value = text.startsWith('data: ') ? text.slice(6) : text.slice(5);
+      const length = data === undefined ? value.length : data.length + 1 + value.length;
+      if (length > MAX_EVENT) {
         dropped = true;
         data = '';
       } else if (!dropped) {
-        data += value;
+        data = data === undefined ? value : `${data}\n${value}`;
       }
     } else if (text.startsWith('id:')) {
       id = text.slice(3).trim();
     }
   };
+  const end = /[\r\n]/g;
   return (chunk) => {
-    let start = 0;
-    let nl;
-    while ((nl = chunk.indexOf('\n', start)) >= 0) {
-      let text = chunk.slice(start, nl);
-      start = nl + 1;
+    let start = afterCr && chunk.startsWith('\n') ? 1 : 0;
+    afterCr = false;
+    end.lastIndex = start;
+    let found;
+    while ((found = end.exec(chunk)) !== null) {
+      let text = chunk.slice(start, found.index);
+      start = found.index + 1;
+      if (found[0] === '\r') {
+        if (start === chunk.length) afterCr = true;
+        else if (chunk[start] === '\n') start += 1;
+        end.lastIndex = start;
+      }
       if (skipping) {
         skipping = false;
         continue;
@@ -762,7 +775,7 @@ function sseParser(onEvent) {
         text = partial + text;
         partial = '';
       }
-      line(text.endsWith('\r') ? text.slice(0, -1) : text);
+      line(text);
     }
     if (!skipping) {
       partial += chunk.slice(start);

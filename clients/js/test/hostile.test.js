@@ -354,7 +354,7 @@ test('events: an id a header cannot carry is dropped, and the stream goes on aft
   let n = 0;
   const { url, requests } = await fakeServer(t, (socket) => {
     n += 1;
-    if (n === 1) sse(['id: 7\rX-Injected: 1\ndata: {"event":"started","seq":1}\n\n'])(socket);
+    if (n === 1) sse(['id: 7\x7fX-Injected: 1\ndata: {"event":"started","seq":1}\n\n'])(socket);
     else sse([`id: ok-${n}\ndata: {"event":"started","seq":${n}}\n\n`])(socket);
   });
   const c = Client.connect(url);
@@ -364,6 +364,25 @@ test('events: an id a header cannot carry is dropped, and the stream goes on aft
   await c.close();
   assert.deepEqual(seen.slice(0, 2), [1, 2]);
   assert.ok(!requests[1].head.toLowerCase().includes('last-event-id'), requests[1].head);
+});
+
+test('events: lines end at CRLF, LF or a lone CR, even split across chunks; data lines join with LF', async (t) => {
+  const { url } = await fakeServer(
+    t,
+    sse([
+      'id: a\rdata: {"event":"started",\r',
+      '\ndata:  "seq":1}\r\r',
+      'data: {"event":"started","seq":2,"text":"x\\ny"}\r\n\r',
+      '\n',
+      'data: {"event":"started",\rdata: "seq":3}\n\n',
+    ]),
+  );
+  const c = Client.connect(url);
+  const seen = [];
+  c.on('started', (e) => seen.push(e.seq));
+  for (let i = 0; i < 100 && seen.length < 3; i++) await new Promise((r) => setTimeout(r, 50));
+  await c.close();
+  assert.deepEqual(seen, [1, 2, 3]);
 });
 
 test('events: a line or an event past 1 MiB is dropped, and the events after it arrive', async (t) => {

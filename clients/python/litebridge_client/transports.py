@@ -57,6 +57,39 @@ _MAX_ERROR_BODY = 1024 * 1024
 _MAX_EVENT = 1024 * 1024
 # An event id sent back as ``Last-Event-ID``: printable ASCII, as a header can carry it.
 _EVENT_ID = re.compile(r"[\x20-\x7e]{1,1024}\Z")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _EventLines:
+    """Splits an event stream's bytes into lines as the format ends them:
+    at CRLF, LF or a lone CR, a CRLF split across two reads ending one line.
+    A line longer than ``_MAX_EVENT`` is given as one None (and its bytes
+    are not kept)."""
+
+    def __init__(self):
+        self.partial = b""
+        self.skipping = False  # the rest of a line too long to keep
+        self.after_cr = False  # the last read ended with CR: a LF first in the next ends no line
+
+    def feed(self, chunk):
+        """The lines ``chunk`` completes."""
+        start = 1 if self.after_cr and chunk[:1] == b"\n" else 0
+        self.after_cr = chunk.endswith(b"\r")
+        lines = []
+        for end in _LINE_END.finditer(chunk, start):
+            line, start = chunk[start:end.start()], end.end()
+            if self.skipping:
+                self.skipping = False
+                continue
+            if self.partial:
+                line, self.partial = self.partial + line, b""
+            lines.append(line)
+        if not self.skipping:
+            self.partial += chunk[start:]
+            if len(self.partial) > _MAX_EVENT:
+                self.partial, self.skipping = b"", True
+                lines.append(None)
+        return lines
 # What a key may hold: printable ASCII (litebridge's are ``lb_`` and base64url).
 _KEY = re.compile(r"[\x20-\x7e]*\Z")
 _POST_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
@@ -935,38 +968,39 @@ class HttpTransport:
     @staticmethod
     def _read_events(res, stream, last_id):
         """Hands the events of an open ``GET /events`` to ``stream``; the
-        last event id seen. A line or an event longer than ``_MAX_EVENT``
-        is dropped; an id a header could not carry is not kept."""
-        data, event_id, dropped, skipping = "", None, False, False
+        last event id seen. An event's ``data:`` lines are joined by LF,
+        each without the one space after the colon. A line or an event
+        longer than ``_MAX_EVENT`` is dropped; an id a header could not
+        carry is not kept."""
+        data, event_id, dropped = None, None, False
+        lines = _EventLines()
         while not stream.closed:
-            raw = res.readline(_MAX_EVENT + 1)
-            if not raw:
+            chunk = res.read1(65536)
+            if not chunk:
                 break
-            whole = raw.endswith(b"\n")
-            if skipping:  # the rest of a line too long to keep
-                skipping = not whole
-                continue
-            if not whole and len(raw) > _MAX_EVENT:
-                skipping = dropped = True
-                continue
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if line.startswith("data:"):
-                value = line[5:].lstrip()
-                if len(data) + len(value) > _MAX_EVENT:
+            for raw in lines.feed(chunk):
+                if raw is None:  # a line too long: its event is dropped
                     data, dropped = "", True
-                elif not dropped:
-                    data += value
-            elif line.startswith("id:"):
-                event_id = line[3:].strip()
-            elif line == "":
-                if data and not dropped:
-                    if event_id and _EVENT_ID.match(event_id):
-                        last_id = event_id
-                    try:
-                        stream.put(json.loads(data))  # not an object: dropped
-                    except (ValueError, RecursionError):
-                        pass
-                data, event_id, dropped = "", None, False
+                    continue
+                line = raw.decode("utf-8", "replace")
+                if line.startswith("data:"):
+                    value = line[6:] if line.startswith("data: ") else line[5:]
+                    length = len(value) if data is None else len(data) + 1 + len(value)
+                    if length > _MAX_EVENT:
+                        data, dropped = "", True
+                    elif not dropped:
+                        data = value if data is None else data + "\n" + value
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line == "":
+                    if data and not dropped:
+                        if event_id and _EVENT_ID.match(event_id):
+                            last_id = event_id
+                        try:
+                            stream.put(json.loads(data))  # not an object: dropped
+                        except (ValueError, RecursionError):
+                            pass
+                    data, event_id, dropped = None, None, False
         return last_id
 
     def close(self):

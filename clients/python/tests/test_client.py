@@ -1044,8 +1044,21 @@ asyncio.run(main())
         with lb.Client.connect(server.url).events() as events:
             self.assertEqual(events.get(timeout=10)["seq"], 2)
 
+    def test_events_lines_end_at_crlf_lf_or_a_lone_cr_and_data_lines_join_with_lf(self):
+        server = self.server(_sse(b'id: a\rdata: {"event":"started",\r', b'\ndata:  "seq":1}\r\r',
+                                  b'data: {"event":"started","seq":2,"text":"x\\ny"}\r\n\r', b'\n',
+                                  b'data: {"event":"started",\rdata: "seq":3}\n\n'))
+        with lb.Client.connect(server.url).events() as events:
+            self.assertEqual([events.get(timeout=10)["seq"] for _ in range(3)], [1, 2, 3])
+        # However the reads split them (TCP may join the writes above).
+        from litebridge_client.transports import _EventLines
+        lines = _EventLines()
+        seen = [line for chunk in (b"a\r", b"\nb\r", b"c\n", b"\r", b"\n", b"d\r\n", b"x" * (2 << 20), b"\re\n")
+                for line in lines.feed(chunk)]
+        self.assertEqual(seen, [b"a", b"b", b"c", b"", b"d", None, b"e"])
+
     def test_events_an_id_a_header_cannot_carry_is_dropped_and_the_stream_goes_on(self):
-        answers = iter([_sse(b'id: 7\rX-Injected: 1\ndata: {"event":"started","seq":1}\n\n')]
+        answers = iter([_sse(b'id: 7\x7fX-Injected: 1\ndata: {"event":"started","seq":1}\n\n')]
                        + [_sse(b'id: ok\ndata: {"event":"started","seq":%d}\n\n' % n) for n in range(2, 50)])
         server = self.server(lambda conn: next(answers)(conn))
         with lb.Client.connect(server.url).events() as events:
