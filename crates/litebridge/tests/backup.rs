@@ -398,6 +398,38 @@ fn a_planted_table_that_stops_the_check_hides_no_other_tables_damage() {
     }
 }
 
+/// Review 215: a full-text table whose content table was dropped cannot be
+/// connected, and SQLite connects every virtual table as it prepares a
+/// check: the file is sound, and it is opened (it was refused at every
+/// start) and checked table by table, saying why.
+#[tokio::test]
+async fn a_virtual_table_that_cannot_be_connected_neither_fails_an_open_nor_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t(x); INSERT INTO t VALUES (1); CREATE TABLE gone(x); \
+             CREATE VIRTUAL TABLE ftg USING fts4(content=\"gone\"); DROP TABLE gone;",
+        )
+        .unwrap();
+    for depth in [litebridge::CheckDepth::Quick, litebridge::CheckDepth::Full] {
+        let report = litebridge::check_file(&path, depth).unwrap();
+        assert!(report.ok, "{report:?}");
+        let why = report.unfinished.as_deref().unwrap_or_default();
+        assert!(why.contains("no such table: main.gone"), "{report:?}");
+        assert!(why.ends_with("checked on its own"), "{report:?}");
+    }
+    let db = litebridge::Database::open(&path, litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.query("SELECT x FROM t", ()).await.unwrap().rows[0][0],
+        litebridge::Value::Integer(1)
+    );
+    db.close().await;
+}
+
 #[test]
 fn a_restore_never_replaces_a_file_already_kept_aside() {
     let dir = tempfile::tempdir().unwrap();

@@ -698,7 +698,35 @@ fn run_check(
     let keep = keep as usize;
     let mut found = Findings::default();
     let mut lines = 0;
-    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({arg})"))?;
+    // Where the check failed: damage first (one met as the budget ran out
+    // is damage still), then the budget (not the file's doing). Anything
+    // else says nothing of damage: computing a row's value failed (a
+    // generated column's `abs()` overflowing, which a client's schema
+    // change can arrange), or a virtual table could not be connected (a
+    // full-text table whose content table was dropped, review 215: SQLite
+    // connects each virtual table as it prepares the check). Taken for
+    // damage, or let fail the open, it refused a sound file at every start
+    // and backup, and `--recover` replaced it with an older backup.
+    let failed = |found: &mut Findings, e: rusqlite::Error| {
+        if is_damage(&e) {
+            found.damage.push(Error::from(e).to_string());
+        } else if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            found.unfinished = Some(String::new());
+        } else {
+            found.unfinished = Some(format!(
+                "{pragma} could not go on ({}), which is not a sign of damage; what it \
+                 found before is reported",
+                Error::from(e)
+            ));
+        }
+    };
+    let mut stmt = match conn.prepare(&format!("PRAGMA {pragma}({arg})")) {
+        Ok(stmt) => stmt,
+        Err(e) => {
+            failed(&mut found, e);
+            return Ok((found, lines));
+        }
+    };
     let mut rows = stmt.query([])?;
     loop {
         let line: String = match rows.next() {
@@ -712,28 +740,8 @@ fn run_check(
             }
             Ok(Some(row)) => row.get(0)?,
             Ok(None) => break,
-            // Damage first: one met as the budget ran out is damage still.
-            Err(e) if is_damage(&e) => {
-                found.damage.push(Error::from(e).to_string());
-                break;
-            }
-            // Its budget ran out: not the file's doing.
-            Err(_) if stopped.load(std::sync::atomic::Ordering::Relaxed) => {
-                found.unfinished = Some(String::new());
-                break;
-            }
-            // Computing a row's value failed (a generated column's
-            // `abs()` overflowing, which a client's schema change can
-            // arrange), or reading did: the check could not go on, which
-            // says nothing of damage. Taken for damage, it refused a
-            // sound file at every start and backup, and `--recover`
-            // replaced it with an older backup.
             Err(e) => {
-                found.unfinished = Some(format!(
-                    "{pragma} could not go on ({}), which is not a sign of damage; what it \
-                     found before is reported",
-                    Error::from(e)
-                ));
+                failed(&mut found, e);
                 break;
             }
         };
@@ -847,9 +855,13 @@ fn table_by_table(
     if unchecked.len() > 10 {
         names.push_str(&format!(" and {} more", unchecked.len() - 10));
     }
-    found.unfinished = Some(format!(
-        "{why}; every table was then checked on its own, and the rows of {names} could not all be"
-    ));
+    found.unfinished = Some(if unchecked.is_empty() {
+        format!("{why}; every table was then checked on its own")
+    } else {
+        format!(
+            "{why}; every table was then checked on its own, and the rows of {names} could not all be"
+        )
+    });
     found
 }
 
