@@ -245,6 +245,21 @@ fn every_part_of_the_service_runs_on_postgres() {
             .as_u64()
             .expect("pool.stats reports the cluster")
     };
+    // On a cluster just made, the delayed replica refuses the clients' role
+    // until it has replayed its creation (a read sent there falls back to
+    // the primary): the read below waits for both to have answered a probe.
+    let reachable = || {
+        let stats = ok(&server, &admin, "pool.stats", json!({}));
+        stats["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|n| n["reachable"] == true))
+    };
+    for _ in 0..100 {
+        if reachable() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let before = replica_reads(&server);
     ok(
         &server,
@@ -255,7 +270,8 @@ fn every_part_of_the_service_runs_on_postgres() {
     assert_eq!(
         replica_reads(&server),
         before + 1,
-        "a session read without a token went to the primary"
+        "a session read without a token went to the primary: {}",
+        ok(&server, &admin, "pool.stats", json!({}))["cluster"]
     );
     let b = ok(
         &server,
@@ -302,6 +318,26 @@ fn every_part_of_the_service_runs_on_postgres() {
     assert_eq!(tables.len(), 1, "only the clients' schema: {schema}");
     assert_eq!(tables[0]["name"], "notes");
     assert_eq!(tables[0]["columns"][0]["primary_key"], true, "{schema}");
+    // A generated column is marked, and its expression is no default.
+    ok(
+        &server,
+        &admin,
+        "sql.execute",
+        json!({"sql": "CREATE TABLE g(a BIGINT DEFAULT 1, b BIGINT GENERATED ALWAYS AS (a * 2) STORED)"}),
+    );
+    let schema = ok(&server, &admin, "sql.schema", json!({}));
+    let g = &schema["tables"][0];
+    assert_eq!(g["name"], "g", "{schema}");
+    assert_eq!(g["columns"][0]["generated"], false, "{schema}");
+    assert_eq!(g["columns"][0]["default"], "1", "{schema}");
+    assert_eq!(g["columns"][1]["generated"], true, "{schema}");
+    assert_eq!(g["columns"][1]["default"], Value::Null, "{schema}");
+    ok(
+        &server,
+        &admin,
+        "sql.execute",
+        json!({"sql": "DROP TABLE g"}),
+    );
 
     // A read that writes is refused as on SQLite; a bad token names itself.
     let e = call(

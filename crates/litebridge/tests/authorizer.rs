@@ -510,6 +510,68 @@ async fn planner_statistics_of_litebridges_tables_are_never_gathered_or_shown() 
     }
 }
 
+/// After `ANALYZE`, a table or an index is still dropped (SQLite deletes its
+/// statistics as part of the drop; review 215 found every such drop refused
+/// as a use of the statistics), and the statistics stay closed otherwise.
+#[tokio::test]
+async fn tables_and_indexes_are_dropped_after_analyze() {
+    let (_d, db) = open().await;
+    for sql in [
+        "CREATE TABLE a(x)",
+        "CREATE INDEX a_x ON a(x)",
+        "CREATE TABLE b(y)",
+        "CREATE INDEX b_y ON b(y)",
+        "INSERT INTO a VALUES (1), (2)",
+        "INSERT INTO b VALUES (1), (2)",
+        "ANALYZE",
+        "ALTER TABLE b RENAME TO c",
+        "DROP INDEX a_x",
+        "DROP TABLE a",
+        "DROP TABLE c",
+    ] {
+        db.execute(sql, ())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_stat1 WHERE tbl IN ('a', 'c')"
+        )
+        .await,
+        0
+    );
+    for sql in ["DELETE FROM sqlite_stat1", "DROP TABLE sqlite_stat1"] {
+        let e = execute_refused(&db, sql).await;
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
+    }
+
+    // A trigger a drop fires (through a foreign key's cascade) is still
+    // held to the rules: only the drop's own delete may touch them.
+    let dir = tempfile::tempdir().unwrap();
+    let config = DbConfig::builder().foreign_keys(true).build().unwrap();
+    let db = Database::open(dir.path().join("f.db"), config)
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE p(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE c(p REFERENCES p ON DELETE CASCADE)",
+        "CREATE TABLE seen(tbl, stat)",
+        "CREATE TRIGGER c_gone AFTER DELETE ON c BEGIN \
+         INSERT INTO seen SELECT tbl, stat FROM sqlite_stat1; END",
+        "INSERT INTO p VALUES (1)",
+        "INSERT INTO c VALUES (1)",
+        "ANALYZE",
+    ] {
+        db.execute(sql, ())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let e = execute_refused(&db, "DROP TABLE p").await;
+    assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
+    assert!(e.to_string().contains("statistics"), "{e}");
+}
+
 #[tokio::test]
 async fn introspection_neither_describes_litebridges_tables_nor_tells_file_paths() {
     let (_d, db) = open().await;

@@ -627,3 +627,71 @@ async fn views_a_client_may_not_read_are_left_out() {
     assert!(err.to_string().contains("litebridge's own tables"), "{err}");
     db.close().await;
 }
+
+/// Review 215. A full-text table another program made over `litebridge_keys`
+/// (its columns are that table's) is left out, and so is a client's view
+/// over it; one whose content table was dropped, a NULL row in the
+/// statistics and a column named `rowid` no longer fail the whole answer;
+/// generated columns are listed, marked.
+#[tokio::test]
+async fn objects_that_read_litebridge_or_cannot_be_described_leave_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    migrate(&db).await.unwrap();
+    run_all(
+        &db,
+        &[
+            "CREATE TABLE t(a)",
+            "CREATE TABLE r(rowid TEXT, x)",
+            "INSERT INTO r VALUES ('x', 1), ('y', 2)",
+            "CREATE TABLE all3(rowid, _rowid_, oid)",
+            "CREATE TABLE g(a INTEGER, b AS (a * 2), c AS (a + 1) STORED)",
+            "CREATE VIRTUAL TABLE docs USING fts5(body)",
+            "INSERT INTO docs VALUES ('hello')",
+        ],
+    )
+    .await;
+    db.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE VIRTUAL TABLE ftk USING fts4(content=\"litebridge_keys\"); \
+         CREATE TABLE gone(x); \
+         CREATE VIRTUAL TABLE ftg USING fts4(content=\"gone\"); \
+         DROP TABLE gone; \
+         ANALYZE; \
+         INSERT INTO sqlite_stat1 VALUES (NULL, NULL, '1');",
+    )
+    .unwrap();
+    drop(conn);
+    let db = open(&path).await;
+    db.execute("CREATE VIEW peek AS SELECT * FROM ftk", ())
+        .await
+        .unwrap();
+    db.execute("CREATE VIEW nested AS SELECT * FROM peek", ())
+        .await
+        .unwrap();
+    let tables = db.schema().await.unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["all3", "docs", "g", "r", "t"]);
+    let r = &tables[3];
+    assert_eq!(r.row_estimate, Some(2), "the rowid, not the column rowid");
+    assert_eq!(tables[0].row_estimate, None, "every alias taken");
+    let g: Vec<(&str, bool)> = tables[2]
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.generated))
+        .collect();
+    assert_eq!(g, vec![("a", false), ("b", true), ("c", true)]);
+    // fts5's hidden columns (its own name, rank) are not listed.
+    let docs: Vec<&str> = tables[1].columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(docs, vec!["body"]);
+    for sql in ["SELECT * FROM ftk", "SELECT * FROM nested"] {
+        let err = db.query(sql, ()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("litebridge's own tables"),
+            "{sql}: {err}"
+        );
+    }
+    db.close().await;
+}

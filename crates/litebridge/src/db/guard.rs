@@ -213,6 +213,9 @@ struct Current {
     /// The client statement being prepared is `ANALYZE` or `PRAGMA
     /// optimize`: SQLite's own work for it may use the `sqlite_stat*` tables.
     maintenance: bool,
+    /// Tables no read may use besides those the rules refuse (see
+    /// [`as_client`]; empty otherwise).
+    refused_reads: Vec<String>,
     /// Bytes of rows its statements returned so far (`RETURNING`): the
     /// request's, all its statements' together, within
     /// `WriterRules::max_result_bytes`.
@@ -231,6 +234,9 @@ pub(crate) struct Ddl {
     /// It is an `ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL`, as its
     /// text says (set by `exec::prepare`).
     pub(crate) drops_not_null: bool,
+    /// It drops a table or an index, whose rows of `sqlite_stat*` SQLite
+    /// deletes as part of the drop (reading them to find which).
+    pub(crate) drops_statistics: bool,
     /// It changes the schema in any way (create, alter, drop).
     pub(crate) any: bool,
 }
@@ -290,6 +296,7 @@ pub(crate) fn enter_writer(budget: &Budget, mode: Mode, writer: Option<WriterRul
             inline_exceeded: false,
             ddl: Ddl::default(),
             maintenance: false,
+            refused_reads: Vec::new(),
             returned: 0,
         });
     });
@@ -390,9 +397,29 @@ pub(crate) fn as_trusted<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Runs `f` under the client rules within the trusted operation running on
-/// this thread: what `f` prepares is refused what a client's SQL would be
-/// (`introspect` asks this of each view before it describes it).
-pub(crate) fn as_client<T>(f: impl FnOnce() -> T) -> T {
+/// this thread: what `f` runs is refused what a client's SQL would be, and
+/// reads of the tables named in `refused` too (`introspect` asks this of
+/// each view and virtual table before it describes it).
+pub(crate) fn as_client<T>(refused: &[String], f: impl FnOnce() -> T) -> T {
+    /// Clears the refused names, even if `f` unwinds.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CURRENT.with(|c| {
+                if let Some(cur) = c.borrow_mut().as_mut() {
+                    cur.refused_reads.clear();
+                    // A refusal seen there is not the operation's.
+                    cur.denied = None;
+                }
+            });
+        }
+    }
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.refused_reads = refused.to_vec();
+        }
+    });
+    let _clear = Clear;
     with_trust(false, f)
 }
 
@@ -735,12 +762,28 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         let client = !cur.budget.trusted || ctx.accessor.is_some();
         if client {
             note_ddl(&mut cur.ddl, ctx.action);
+            if let AuthAction::Read { table_name, .. } = ctx.action
+                && cur
+                    .refused_reads
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(table_name))
+            {
+                cur.denied = Some(format!("{table_name} cannot be read"));
+                return Authorization::Deny;
+            }
         }
         let verdict = common_rule(cur.mode, ctx.action)
             .map(Verdict::Deny)
             .or_else(|| {
                 client
-                    .then(|| client_rule(cur.mode, cur.maintenance, ctx.action, ctx.database_name))
+                    .then(|| {
+                        // A drop's own delete of the dropped object's
+                        // statistics is SQLite's, as ANALYZE's work is; a
+                        // trigger it fires (a foreign key's cascade) is not.
+                        let maintenance =
+                            cur.maintenance || (cur.ddl.drops_statistics && ctx.accessor.is_none());
+                        client_rule(cur.mode, maintenance, ctx.action, ctx.database_name)
+                    })
                     .flatten()
             });
         match verdict {
@@ -773,9 +816,11 @@ fn note_ddl(ddl: &mut Ddl, action: AuthAction<'_>) {
             ddl.alters = Some(table_name.to_owned());
             ddl.any = true;
         }
-        AuthAction::DropTable { .. }
-        | AuthAction::DropIndex { .. }
-        | AuthAction::DropView { .. }
+        AuthAction::DropTable { .. } | AuthAction::DropIndex { .. } => {
+            ddl.drops_statistics = true;
+            ddl.any = true;
+        }
+        AuthAction::DropView { .. }
         | AuthAction::DropTrigger { .. }
         | AuthAction::DropVtable { .. }
         | AuthAction::DropTempTable { .. }
@@ -845,8 +890,9 @@ const TEMP_OBJECTS: &str = "temporary tables, views, indexes and triggers are no
      a connection is shared by every caller, so they would reach (and could shadow tables for) other callers; \
      use an ordinary table";
 
-/// Rules for client SQL only. `maintenance`: the statement is `ANALYZE` or
-/// `PRAGMA optimize`, whose own work reads and clears `sqlite_stat*`.
+/// Rules for client SQL only. `maintenance`: the statement is `ANALYZE`,
+/// `PRAGMA optimize` or a drop of a table or an index, whose own work reads
+/// and clears `sqlite_stat*`.
 fn client_rule(
     mode: Mode,
     maintenance: bool,

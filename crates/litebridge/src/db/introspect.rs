@@ -49,6 +49,8 @@ pub struct ColumnInfo {
     pub primary_key: bool,
     /// The default, as SQL text.
     pub default: Option<String>,
+    /// A generated column (`AS (...)`): read, never written.
+    pub generated: bool,
 }
 
 /// An index.
@@ -71,8 +73,16 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// The statements `describe` runs for each object. Prepared here, not
+/// through the statement cache: a trusted statement in the cache could be
+/// served to client SQL of the same text.
+struct Statements<'c> {
+    columns: rusqlite::Statement<'c>,
+    indexes: rusqlite::Statement<'c>,
+    index_columns: rusqlite::Statement<'c>,
+}
+
 fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
-    let mut tables = Vec::new();
     let mut list = conn.prepare(
         "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main' \
          AND type IN ('table', 'view', 'virtual') ORDER BY name",
@@ -84,80 +94,151 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
             r.get::<_, bool>(2)?,
         ))
     })?;
-    let listed: Vec<(String, String, bool)> = rows.collect::<rusqlite::Result<_>>()?;
+    let listed: Vec<(String, String, bool)> = rows
+        .filter(|r| r.as_ref().map_or(true, |(name, _, _)| !hidden(name)))
+        .collect::<rusqlite::Result<_>>()?;
     let stats = analyze_stats(conn)?;
-    // Prepared here, not through the statement cache: a trusted statement in
-    // the cache could be served to client SQL of the same text.
-    let mut cols =
-        conn.prepare("SELECT name, type, \"notnull\", pk, dflt_value FROM pragma_table_info(?1)")?;
-    let mut idx = conn.prepare(
-        "SELECT name, \"unique\" FROM pragma_index_list(?1) WHERE origin != 'pk' OR ?2 ORDER BY name",
-    )?;
-    let mut ic = conn
-        .prepare("SELECT name FROM pragma_index_info(?1) WHERE name IS NOT NULL ORDER BY seqno")?;
-    for (name, kind, without_rowid) in listed.into_iter().filter(|(n, _, _)| !hidden(n)) {
-        if kind == "view" && !readable(conn, &name) {
+    let mut statements = Statements {
+        columns: conn.prepare(
+            "SELECT name, type, \"notnull\", pk, dflt_value, hidden IN (2, 3) \
+             FROM pragma_table_xinfo(?1) WHERE hidden != 1",
+        )?,
+        indexes: conn.prepare(
+            "SELECT name, \"unique\" FROM pragma_index_list(?1) WHERE origin != 'pk' OR ?2 ORDER BY name",
+        )?,
+        index_columns: conn.prepare(
+            "SELECT name FROM pragma_index_info(?1) WHERE name IS NOT NULL ORDER BY seqno",
+        )?,
+    };
+    // A virtual table may read other tables when it is read (a full-text
+    // table over `content=`): one a client could not read is left out, and
+    // so is every view that reads it.
+    let unreadable: Vec<String> = listed
+        .iter()
+        .filter(|(name, kind, _)| kind == "virtual" && !readable(conn, name, &[], true))
+        .map(|(name, _, _)| name.clone())
+        .collect();
+    let mut tables = Vec::new();
+    for (name, kind, without_rowid) in listed {
+        let shown = match kind.as_str() {
+            "virtual" => !unreadable.contains(&name),
+            "view" => readable(conn, &name, &unreadable, false),
+            _ => true,
+        };
+        if !shown {
             continue;
         }
-        let columns = cols
-            .query_map([&name], |r| {
-                Ok(ColumnInfo {
-                    name: r.get(0)?,
-                    decl_type: r.get(1)?,
-                    not_null: r.get(2)?,
-                    primary_key: r.get::<_, i64>(3)? > 0,
-                    default: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let names = idx
-            .query_map(rusqlite::params![&name, without_rowid], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut indexes = Vec::with_capacity(names.len());
-        for (index, unique) in names {
-            let columns = ic
-                .query_map([&index], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            indexes.push(IndexInfo {
-                name: index,
-                unique,
-                columns,
-            });
+        match describe_one(conn, &mut statements, &stats, name, kind, without_rowid) {
+            Ok(table) => tables.push(table),
+            // One object SQLite cannot describe (a virtual table whose
+            // content table was dropped) is left out rather than failing
+            // the whole answer; a deadline or want of memory still does.
+            Err(e) if fatal(&e) => return Err(e.into()),
+            Err(_) => {}
         }
-        let row_estimate = match stats.get(&name) {
-            Some(n) => Some(*n),
-            None if kind == "table" && !without_rowid => conn
-                .query_row(
-                    &format!("SELECT max(rowid) FROM {}", quote(&name)),
-                    [],
-                    |r| r.get::<_, Option<i64>>(0),
-                )?
-                .or(Some(0)),
-            None => None,
-        };
-        tables.push(TableInfo {
-            name,
-            kind,
-            without_rowid,
-            columns,
-            indexes,
-            row_estimate,
-        });
     }
     Ok(tables)
 }
 
-/// Whether a client's `SELECT` of the view `name` would be prepared: one
-/// over litebridge's tables (or anything else the client rules refuse) is
-/// left out, or its column list would show a layout the client may not read
-/// (review 213); so is one that no longer compiles (a table it reads was
-/// dropped), which no client could read either.
-fn readable(conn: &Connection, name: &str) -> bool {
-    guard::as_client(|| {
-        conn.prepare(&format!("SELECT * FROM {}", quote(name)))
-            .is_ok()
+/// An error that ends `describe`, not only one object's description.
+fn fatal(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::OperationInterrupted | rusqlite::ErrorCode::OutOfMemory)
+    )
+}
+
+fn describe_one(
+    conn: &Connection,
+    statements: &mut Statements<'_>,
+    stats: &HashMap<String, i64>,
+    name: String,
+    kind: String,
+    without_rowid: bool,
+) -> rusqlite::Result<TableInfo> {
+    let columns = statements
+        .columns
+        .query_map([&name], |r| {
+            Ok(ColumnInfo {
+                name: r.get(0)?,
+                decl_type: r.get(1)?,
+                not_null: r.get(2)?,
+                primary_key: r.get::<_, i64>(3)? > 0,
+                default: r.get(4)?,
+                generated: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let names = statements
+        .indexes
+        .query_map(rusqlite::params![&name, without_rowid], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut indexes = Vec::with_capacity(names.len());
+    for (index, unique) in names {
+        let columns = statements
+            .index_columns
+            .query_map([&index], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        indexes.push(IndexInfo {
+            name: index,
+            unique,
+            columns,
+        });
+    }
+    let row_estimate = match stats.get(&name) {
+        Some(n) => Some(*n),
+        None if kind == "table" && !without_rowid => largest_rowid(conn, &name, &columns)?,
+        None => None,
+    };
+    Ok(TableInfo {
+        name,
+        kind,
+        without_rowid,
+        columns,
+        indexes,
+        row_estimate,
+    })
+}
+
+/// The table's largest rowid (0 when empty), read through the one of its
+/// names (`rowid`, `_rowid_`, `oid`) no column of the table takes: a column
+/// named `rowid` would make `max(rowid)` a scan of that column, and its
+/// largest value no count at all. None when columns take all three.
+fn largest_rowid(
+    conn: &Connection,
+    name: &str,
+    columns: &[ColumnInfo],
+) -> rusqlite::Result<Option<i64>> {
+    let Some(alias) = ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|alias| !columns.iter().any(|c| c.name.eq_ignore_ascii_case(alias)))
+    else {
+        return Ok(None);
+    };
+    let largest = conn.query_row(
+        &format!("SELECT max({alias}) FROM {}", quote(name)),
+        [],
+        |r| r.get::<_, Option<i64>>(0),
+    )?;
+    Ok(largest.or(Some(0)))
+}
+
+/// Whether a client's `SELECT` of `name` would be let through: one over
+/// litebridge's tables (or anything else the client rules refuse, or one
+/// of the virtual tables in `refused`) is left out, or its column list
+/// would show a layout the client may not read (review 213); so is one
+/// that no longer compiles (a table it reads was dropped), which no client
+/// could read either. A view's reads are all named when it is prepared;
+/// a virtual table may read others only when it is read (`step`: its
+/// first row is read).
+fn readable(conn: &Connection, name: &str, refused: &[String], step: bool) -> bool {
+    guard::as_client(refused, || {
+        let Ok(mut stmt) = conn.prepare(&format!("SELECT * FROM {} LIMIT 1", quote(name))) else {
+            return false;
+        };
+        !step || stmt.raw_query().next().is_ok()
     })
 }
 
@@ -173,8 +254,16 @@ fn analyze_stats(conn: &Connection) -> Result<HashMap<String, i64>> {
     }
     let mut stmt =
         conn.prepare("SELECT tbl, max(CAST(stat AS INTEGER)) FROM main.sqlite_stat1 GROUP BY tbl")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut rows = stmt.query([])?;
+    let mut stats = HashMap::new();
+    // Rows another program wrote may hold anything (a NULL name failed
+    // the whole answer, review 215): only a name with a count is taken.
+    while let Some(r) = rows.next()? {
+        if let (Ok(table), Ok(n)) = (r.get_ref(0)?.as_str(), r.get_ref(1)?.as_i64()) {
+            stats.insert(table.to_owned(), n);
+        }
+    }
+    Ok(stats)
 }
 
 impl Database {

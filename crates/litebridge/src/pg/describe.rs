@@ -29,7 +29,8 @@ const COLUMNS: &str = "SELECT c.relname::pg_catalog.text,
        pg_catalog.pg_get_expr(d.adbin, d.adrelid),
        CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.\"char\"[])
                  OR c.reltuples OPERATOR(pg_catalog.<) 0::pg_catalog.float4 THEN NULL
-            ELSE c.reltuples::pg_catalog.int8 END
+            ELSE c.reltuples::pg_catalog.int8 END,
+       a.attgenerated OPERATOR(pg_catalog.<>) ''::pg_catalog.\"char\"
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
   JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
@@ -104,10 +105,13 @@ impl PgDatabase {
                 decl_type: text(&r[3]),
                 not_null: flag(&r[4]),
                 primary_key: flag(&r[5]),
+                // A generated column's expression is kept where defaults
+                // are: it is no default (SQLite shows none either).
                 default: match &r[6] {
-                    Value::Text(d) => Some(d.clone()),
+                    Value::Text(d) if !flag(&r[8]) => Some(d.clone()),
                     _ => None,
                 },
+                generated: flag(&r[8]),
             });
         }
         for r in &indexes.rows {
