@@ -68,6 +68,19 @@ start() {
     fi
     as_pg "$bin/pg_ctl" -D "$dir/$name" -l "$dir/$name.log" -o "$opts -p $p" -w -t 30 start >/dev/null
   done
+  # Started is not streaming: a test run at once found no replica to
+  # read from. Up to 30 s for both to stream from the primary.
+  local streaming=0
+  for _ in $(seq 300); do
+    streaming=$(as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc \
+      "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+    [ "$streaming" -ge 2 ] && break
+    sleep 0.1
+  done
+  if [ "$streaming" -lt 2 ]; then
+    echo "the replicas did not stream from the primary within 30 s (logs in $dir)" >&2
+    exit 1
+  fi
   echo "PostgreSQL on 127.0.0.1: primary :$port, replica :$((port + 1)), delayed replica :$((port + 2)) (files in $dir)" >&2
   print_env
 }
