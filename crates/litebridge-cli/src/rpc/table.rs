@@ -165,7 +165,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "sql.schema",
         scope: Scope::Read,
-        description: "List the tables and views: columns (name, declared type, NOT NULL, primary key, default), indexes and an estimated row count. Call this before writing SQL.",
+        description: "List the tables and views you can read: columns (name, declared type, NOT NULL, primary key, default, generated), indexes and an estimated row count. Call this before writing SQL.",
         example: r#"{}"#,
         handler: handler::<super::sql::SqlSchema>(),
         read_only: true,
