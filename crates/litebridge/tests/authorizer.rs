@@ -208,7 +208,6 @@ async fn litebridges_own_tables_are_hidden_from_client_sql() {
         "SELECT (SELECT count(*) FROM litebridge_keys)",
         "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM litebridge_keys)",
         "SELECT * FROM t JOIN litebridge_keys",
-        "SELECT * FROM dbstat",
     ] {
         let e = query_refused(&db, sql).await;
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{sql}: {e}");
@@ -523,7 +522,12 @@ async fn tables_and_indexes_are_dropped_after_analyze() {
         "CREATE INDEX b_y ON b(y)",
         "INSERT INTO a VALUES (1), (2)",
         "INSERT INTO b VALUES (1), (2)",
+        "CREATE VIRTUAL TABLE f5 USING fts5(x)",
+        "CREATE VIRTUAL TABLE f4 USING fts4(x)",
+        "INSERT INTO f5 VALUES ('one')",
         "ANALYZE",
+        "DROP TABLE f5",
+        "DROP TABLE f4",
         "ALTER TABLE b RENAME TO c",
         "DROP INDEX a_x",
         "DROP TABLE a",
@@ -570,6 +574,41 @@ async fn tables_and_indexes_are_dropped_after_analyze() {
     let e = execute_refused(&db, "DROP TABLE p").await;
     assert_eq!(e.kind(), ErrorKind::Forbidden, "{e}");
     assert!(e.to_string().contains("statistics"), "{e}");
+}
+
+/// `dbstat` tells the pages and bytes of every table, litebridge's
+/// included: no connection has its module, under its own name or another
+/// (review 216 made one as `d`), even one another program made.
+#[tokio::test]
+async fn dbstat_is_reached_under_no_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let db = Database::open(&path, DbConfig::default()).await.unwrap();
+    migrate(&db).await.unwrap();
+    for sql in ["SELECT * FROM dbstat", "SELECT * FROM dbstat('main')"] {
+        let e = db.query(sql, ()).await.expect_err(sql);
+        assert!(
+            e.to_string().contains("no such table: dbstat"),
+            "{sql}: {e}"
+        );
+    }
+    let e = db
+        .execute("CREATE VIRTUAL TABLE d USING dbstat", ())
+        .await
+        .expect_err("made");
+    assert!(e.to_string().contains("no such module: dbstat"), "{e}");
+    db.close().await;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE VIRTUAL TABLE d USING dbstat")
+        .unwrap();
+    let db = Database::open(&path, DbConfig::default()).await.unwrap();
+    let e = db
+        .query("SELECT name, sum(payload) FROM d GROUP BY name", ())
+        .await
+        .expect_err("read");
+    assert!(e.to_string().contains("no such module: dbstat"), "{e}");
+    db.close().await;
 }
 
 #[tokio::test]

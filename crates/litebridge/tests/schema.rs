@@ -81,6 +81,12 @@ async fn tables_views_indexes_and_estimates_without_litebridges_own() {
     assert_eq!(tags.row_estimate, None, "no statistics, no rowid");
     assert_eq!(tables[0].kind, "view");
     assert_eq!(tables[0].row_estimate, None);
+    let view: Vec<(&str, &str)> = tables[0]
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.decl_type.as_str()))
+        .collect();
+    assert_eq!(view, vec![("name", "TEXT")]);
     assert_eq!(
         tables[1].row_estimate,
         Some(1),

@@ -36,6 +36,50 @@ fn db_status(conn: &Connection, op: std::ffi::c_int) -> i32 {
     }
 }
 
+/// Takes the virtual-table module `name` away from the connection
+/// (`sqlite3_create_module_v2` with no module): no statement of it can make
+/// a table of that module, read one another program made, or call it as a
+/// table-valued function.
+#[allow(unsafe_code)]
+pub(crate) fn drop_module(conn: &Connection, name: &std::ffi::CStr) -> rusqlite::Result<()> {
+    // SAFETY: `handle()` is the live connection owned by `conn`; `name` is
+    // NUL-terminated and outlives the call, which copies it. A null module
+    // with no client data and no destructor deletes the module of that name.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_create_module_v2(
+            conn.handle(),
+            name.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            None,
+        )
+    };
+    check(rc)
+}
+
+/// Takes every virtual-table module away from the connection
+/// (`sqlite3_drop_modules`): a virtual table of the file is then neither
+/// connected nor checked by `PRAGMA integrity_check`, which skips one whose
+/// module is missing.
+#[allow(unsafe_code)]
+pub(crate) fn drop_all_modules(conn: &Connection) -> rusqlite::Result<()> {
+    // SAFETY: `handle()` is the live connection owned by `conn`; a null
+    // list keeps no module.
+    let rc = unsafe { rusqlite::ffi::sqlite3_drop_modules(conn.handle(), std::ptr::null_mut()) };
+    check(rc)
+}
+
+fn check(rc: std::ffi::c_int) -> rusqlite::Result<()> {
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            None,
+        ))
+    }
+}
+
 /// Whether the file system refuses to let this process read the file at
 /// `path` (`EACCES`, by its effective ids), asked with `faccessat`, which
 /// opens nothing: closing a descriptor of a database file drops every

@@ -113,22 +113,32 @@ fn describe(conn: &Connection) -> Result<Vec<TableInfo>> {
     // A virtual table may read other tables when it is read (a full-text
     // table over `content=`): one a client could not read is left out, and
     // so is every view that reads it.
-    let unreadable: Vec<String> = listed
-        .iter()
-        .filter(|(name, kind, _)| kind == "virtual" && !readable(conn, name, &[], true))
-        .map(|(name, _, _)| name.clone())
-        .collect();
+    let mut unreadable = Vec::new();
+    for (name, kind, _) in &listed {
+        if kind == "virtual" && as_client(conn, name, &[], true)?.is_none() {
+            unreadable.push(name.clone());
+        }
+    }
     let mut tables = Vec::new();
     for (name, kind, without_rowid) in listed {
-        let shown = match kind.as_str() {
-            "virtual" => !unreadable.contains(&name),
-            "view" => readable(conn, &name, &unreadable, false),
-            _ => true,
+        let described = match kind.as_str() {
+            "virtual" if unreadable.contains(&name) => continue,
+            // A view's columns are those of the client's `SELECT` of it:
+            // compiled once (a client's views may be costly to compile).
+            "view" => match as_client(conn, &name, &unreadable, false)? {
+                Some(columns) => Ok(TableInfo {
+                    name,
+                    kind,
+                    without_rowid,
+                    columns,
+                    indexes: Vec::new(),
+                    row_estimate: None,
+                }),
+                None => continue,
+            },
+            _ => describe_one(conn, &mut statements, &stats, name, kind, without_rowid),
         };
-        if !shown {
-            continue;
-        }
-        match describe_one(conn, &mut statements, &stats, name, kind, without_rowid) {
+        match described {
             Ok(table) => tables.push(table),
             // One object SQLite cannot describe (a virtual table whose
             // content table was dropped) is left out rather than failing
@@ -225,27 +235,65 @@ fn largest_rowid(
     Ok(largest.or(Some(0)))
 }
 
-/// Whether a client's `SELECT` of `name` would be let through: one over
-/// litebridge's tables (or anything else the client rules refuse, or one
-/// of the virtual tables in `refused`) is left out, or its column list
-/// would show a layout the client may not read (review 213); so is one
-/// that no longer compiles (a table it reads was dropped), which no client
-/// could read either. A view's reads are all named when it is prepared;
-/// a virtual table may read others only when it is read (`step`: its
-/// first row is read).
-fn readable(conn: &Connection, name: &str, refused: &[String], step: bool) -> bool {
+/// The columns of a client's `SELECT` of `name`, or None if it would not be
+/// let through: one over litebridge's tables (or anything else the client
+/// rules refuse, or one of the virtual tables in `refused`) is left out, or
+/// its column list would show a layout the client may not read (review
+/// 213); so is one that no longer compiles (a table it reads was dropped),
+/// which no client could read either. A view's reads are all named when it
+/// is prepared; a virtual table may read others only when it is read
+/// (`step`: its first row is read). A deadline or want of memory is an
+/// error, not a refusal.
+fn as_client(
+    conn: &Connection,
+    name: &str,
+    refused: &[String],
+    step: bool,
+) -> rusqlite::Result<Option<Vec<ColumnInfo>>> {
     guard::as_client(refused, || {
-        let Ok(mut stmt) = conn.prepare(&format!("SELECT * FROM {} LIMIT 1", quote(name))) else {
-            return false;
+        let mut stmt = match conn.prepare(&format!("SELECT * FROM {} LIMIT 1", quote(name))) {
+            Ok(stmt) => stmt,
+            Err(e) if fatal(&e) => return Err(e),
+            Err(_) => return Ok(None),
         };
-        !step || stmt.raw_query().next().is_ok()
+        let columns = stmt
+            .columns()
+            .map(|c| ColumnInfo {
+                name: c.name().to_owned(),
+                decl_type: c.decl_type().unwrap_or_default().to_owned(),
+                not_null: false,
+                primary_key: false,
+                default: None,
+                generated: false,
+            })
+            .collect();
+        if step {
+            match stmt.raw_query().next() {
+                Err(e) if fatal(&e) => return Err(e),
+                Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+        Ok(Some(columns))
     })
 }
 
-/// Row counts from `sqlite_stat1`, when `ANALYZE` has run.
+/// Row counts from `sqlite_stat1`, when `ANALYZE` has run. Another program
+/// may have left anything there (a NULL name, a table of another shape, a
+/// view in its place: review 215, 216): only a name with a count is taken,
+/// and a table that cannot be read as `ANALYZE` writes it gives none.
 fn analyze_stats(conn: &Connection) -> Result<HashMap<String, i64>> {
+    match read_stats(conn) {
+        Ok(stats) => Ok(stats),
+        Err(e) if fatal(&e) => Err(e.into()),
+        Err(_) => Ok(HashMap::new()),
+    }
+}
+
+fn read_stats(conn: &Connection) -> rusqlite::Result<HashMap<String, i64>> {
     let present: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_stat1')",
+        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema \
+         WHERE type = 'table' AND name = 'sqlite_stat1' AND rootpage <> 0)",
         [],
         |r| r.get(0),
     )?;
@@ -256,8 +304,6 @@ fn analyze_stats(conn: &Connection) -> Result<HashMap<String, i64>> {
         conn.prepare("SELECT tbl, max(CAST(stat AS INTEGER)) FROM main.sqlite_stat1 GROUP BY tbl")?;
     let mut rows = stmt.query([])?;
     let mut stats = HashMap::new();
-    // Rows another program wrote may hold anything (a NULL name failed
-    // the whole answer, review 215): only a name with a count is taken.
     while let Some(r) = rows.next()? {
         if let (Ok(table), Ok(n)) = (r.get_ref(0)?.as_str(), r.get_ref(1)?.as_i64()) {
             stats.insert(table.to_owned(), n);
