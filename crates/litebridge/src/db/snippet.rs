@@ -118,6 +118,10 @@ type Function = unsafe extern "C" fn(
 /// The connection's FTS5 API, asked for as SQLite documents it: `SELECT
 /// fts5(?1)` with a pointer bound as "fts5_api_ptr".
 fn fts5_api(conn: &Connection) -> rusqlite::Result<*mut ffi::fts5_api> {
+    // Preparing reads the schema first: a damaged one fails here, said in
+    // SQLite's words (review 216 saw it reported as "FTS5 is not
+    // available").
+    conn.prepare("SELECT fts5(?1)")?;
     let mut api: *mut ffi::fts5_api = std::ptr::null_mut();
     let mut stmt = std::ptr::null_mut();
     // SAFETY: `handle()` is the live connection `conn` owns, used on this
