@@ -599,29 +599,48 @@ fn check_pragma(
 ) -> rusqlite::Result<Findings> {
     // SQLite connects every virtual table as it prepares a whole-file
     // check, and one that cannot be connected (a full-text table whose
-    // content table was dropped) fails it. Checked table by table instead,
-    // pages no table holds and a page two tables share went unseen, and a
-    // damaged file was reported sound (review 216). The whole file is then
-    // checked on a connection of its own with no virtual-table module,
-    // where SQLite skips every virtual table.
+    // content table was dropped) fails it. The whole file is then checked
+    // on a connection of its own with no virtual-table module, where SQLite
+    // skips every virtual table. Only a whole-file check finds pages no
+    // table holds and a page two tables share: when it cannot be prepared
+    // there either (a function a generated column calls is unknown here),
+    // or that connection cannot be made, the check could not run (an
+    // error), never a weaker check taken for a whole one (review 216, 217).
     install_functions(conn, halt)?;
-    if let Err(e) = conn.prepare(&format!("PRAGMA {pragma}(1)"))
-        && !is_damage(&e)
-        && !halt.is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed))
-        && let Some(mut bare) = without_modules(conn, halt)
-    {
-        let mut found = check_on(&mut bare, pragma, limit, bound, halt)?;
-        found.virtual_tables.insert(
-            0,
-            format!(
-                "the virtual tables were not checked: {} (SQLite connects each as it prepares \
-                 the check); the file's pages and every other table were checked without them",
-                Error::from(e)
-            ),
-        );
-        return Ok(found);
+    let Err(e) = conn.prepare(&format!("PRAGMA {pragma}(1)")).map(drop) else {
+        return check_on(conn, pragma, limit, bound, halt);
+    };
+    if is_damage(&e) || halt.is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(e);
     }
-    check_on(conn, pragma, limit, bound, halt)
+    let Some(mut bare) = without_modules(conn, halt) else {
+        return Err(e);
+    };
+    match bare.prepare(&format!("PRAGMA {pragma}(1)")) {
+        Ok(_) => {}
+        Err(damage) if is_damage(&damage) => return Err(damage),
+        Err(second) => {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(format!(
+                    "{}; and without its virtual tables: {}",
+                    Error::from(e),
+                    Error::from(second)
+                )),
+            ));
+        }
+    }
+    let mut found = check_on(&mut bare, pragma, limit, bound, halt)?;
+    let note = format!(
+        "the virtual tables were not checked: {} (SQLite connects each as it prepares the \
+         check); the file's pages and every other table were checked without them",
+        Error::from(e)
+    );
+    found.unfinished = Some(match found.unfinished.take() {
+        Some(why) if !why.is_empty() => format!("{note}; {why}"),
+        _ => note,
+    });
+    Ok(found)
 }
 
 /// litebridge's SQL functions, which a generated column or an index may
@@ -757,11 +776,9 @@ fn run_check(
     // is damage still), then the budget (not the file's doing). Anything
     // else says nothing of damage: computing a row's value failed (a
     // generated column's `abs()` overflowing, which a client's schema
-    // change can arrange), or a virtual table could not be connected (a
-    // full-text table whose content table was dropped, review 215: SQLite
-    // connects each virtual table as it prepares the check). Taken for
-    // damage, or let fail the open, it refused a sound file at every start
-    // and backup, and `--recover` replaced it with an older backup.
+    // change can arrange). Taken for damage, it refused a sound file at
+    // every start and backup, and `--recover` replaced it with an older
+    // backup.
     let failed = |found: &mut Findings, e: rusqlite::Error| {
         if is_damage(&e) {
             found.damage.push(Error::from(e).to_string());
@@ -775,13 +792,9 @@ fn run_check(
             ));
         }
     };
-    let mut stmt = match conn.prepare(&format!("PRAGMA {pragma}({arg})")) {
-        Ok(stmt) => stmt,
-        Err(e) => {
-            failed(&mut found, e);
-            return Ok((found, lines));
-        }
-    };
+    // A check that cannot be prepared could not run: an error (see
+    // `check_pragma`).
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({arg})"))?;
     let mut rows = stmt.query([])?;
     loop {
         let line: String = match rows.next() {
