@@ -62,17 +62,30 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 class _EventLines:
     """Splits an event stream's bytes into lines as the format ends them:
-    at CRLF, LF or a lone CR, a CRLF split across two reads ending one line.
-    A line longer than ``_MAX_EVENT`` is given as one None (and its bytes
-    are not kept)."""
+    at CRLF, LF or a lone CR, a CRLF split across two reads ending one line;
+    a byte order mark first in the stream is dropped. A line longer than
+    ``_MAX_EVENT`` is given as one None (and its bytes are not kept). A
+    line's pieces are kept apart until it ends: joined at each read, a line
+    sent a byte at a time cost time in the square of its length (review
+    218)."""
 
     def __init__(self):
-        self.partial = b""
+        self.pieces, self.held = [], 0  # the line's bytes so far, and how many
         self.skipping = False  # the rest of a line too long to keep
         self.after_cr = False  # the last read ended with CR: a LF first in the next ends no line
+        self.first = True
 
     def feed(self, chunk):
         """The lines ``chunk`` completes."""
+        if self.first and chunk:
+            if self.held + len(chunk) < 3 and b"\xef\xbb\xbf".startswith(b"".join(self.pieces) + chunk):
+                self.pieces.append(chunk)  # a byte order mark's start: wait for the rest
+                self.held += len(chunk)
+                return []
+            chunk = b"".join(self.pieces) + chunk
+            self.pieces, self.held, self.first = [], 0, False
+            if chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
         start = 1 if self.after_cr and chunk[:1] == b"\n" else 0
         self.after_cr = chunk.endswith(b"\r")
         lines = []
@@ -81,15 +94,19 @@ class _EventLines:
             if self.skipping:
                 self.skipping = False
                 continue
-            if self.partial:
-                line, self.partial = self.partial + line, b""
+            if self.pieces:
+                self.pieces.append(line)
+                line = b"".join(self.pieces)
+                self.pieces, self.held = [], 0
             lines.append(line)
-        if not self.skipping:
-            self.partial += chunk[start:]
-            if len(self.partial) > _MAX_EVENT:
-                self.partial, self.skipping = b"", True
+        if not self.skipping and start < len(chunk):
+            self.pieces.append(chunk[start:])
+            self.held += len(chunk) - start
+            if self.held > _MAX_EVENT:
+                self.pieces, self.held, self.skipping = [], 0, True
                 lines.append(None)
         return lines
+
 # What a key may hold: printable ASCII (litebridge's are ``lb_`` and base64url).
 _KEY = re.compile(r"[\x20-\x7e]*\Z")
 _POST_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
@@ -968,39 +985,45 @@ class HttpTransport:
     @staticmethod
     def _read_events(res, stream, last_id):
         """Hands the events of an open ``GET /events`` to ``stream``; the
-        last event id seen. An event's ``data:`` lines are joined by LF,
-        each without the one space after the colon. A line or an event
-        longer than ``_MAX_EVENT`` is dropped; an id a header could not
-        carry is not kept."""
-        data, event_id, dropped = None, None, False
+        last event id seen, also when the connection failed half way (a
+        chunked answer cut short raises: the id must survive it, or the
+        next connection would not ask for what it missed). An event's
+        ``data:`` lines are joined by LF, each without the one space after
+        the colon. A line or an event longer than ``_MAX_EVENT`` is dropped;
+        an id a header could not carry is not kept."""
+        data, size, event_id, dropped = [], 0, None, False
         lines = _EventLines()
-        while not stream.closed:
-            chunk = res.read1(65536)
-            if not chunk:
-                break
-            for raw in lines.feed(chunk):
-                if raw is None:  # a line too long: its event is dropped
-                    data, dropped = "", True
-                    continue
-                line = raw.decode("utf-8", "replace")
-                if line.startswith("data:"):
-                    value = line[6:] if line.startswith("data: ") else line[5:]
-                    length = len(value) if data is None else len(data) + 1 + len(value)
-                    if length > _MAX_EVENT:
-                        data, dropped = "", True
-                    elif not dropped:
-                        data = value if data is None else data + "\n" + value
-                elif line.startswith("id:"):
-                    event_id = line[3:].strip()
-                elif line == "":
-                    if data and not dropped:
-                        if event_id and _EVENT_ID.match(event_id):
-                            last_id = event_id
-                        try:
-                            stream.put(json.loads(data))  # not an object: dropped
-                        except (ValueError, RecursionError):
-                            pass
-                    data, event_id, dropped = None, None, False
+        try:
+            while not stream.closed:
+                chunk = res.read1(65536)
+                if not chunk:
+                    break
+                for raw in lines.feed(chunk):
+                    if raw is None:  # a line too long: its event is dropped
+                        data, size, dropped = [], 0, True
+                        continue
+                    line = raw.decode("utf-8", "replace")
+                    if line.startswith("data:"):
+                        value = line[6:] if line.startswith("data: ") else line[5:]
+                        size += len(value) + (1 if data else 0)
+                        if size > _MAX_EVENT:
+                            data, size, dropped = [], 0, True
+                        elif not dropped:
+                            data.append(value)
+                    elif line.startswith("id:"):
+                        event_id = line[3:].strip()
+                    elif line == "":
+                        text = "\n".join(data)
+                        if text and not dropped:
+                            if event_id and _EVENT_ID.match(event_id):
+                                last_id = event_id
+                            try:
+                                stream.put(json.loads(text))  # not an object: dropped
+                            except (ValueError, RecursionError):
+                                pass
+                        data, size, event_id, dropped = [], 0, None, False
+        except (OSError, http.client.HTTPException):
+            pass  # the connection failed: connected again after the pause
         return last_id
 
     def close(self):

@@ -1057,6 +1057,18 @@ asyncio.run(main())
                 for line in lines.feed(chunk)]
         self.assertEqual(seen, [b"a", b"b", b"c", b"", b"d", None, b"e"])
 
+    def test_events_a_chunked_stream_cut_short_keeps_its_last_id_and_a_bom_is_dropped(self):
+        event = b'\xef\xbb\xbfid: 7\ndata: {"event":"started","seq":1}\n\n'
+
+        def cut(conn):  # chunked, then closed without the last chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(event), event))
+        answers = iter([cut] + [_sse(b'data: {"event":"started","seq":%d}\n\n' % n) for n in range(2, 50)])
+        server = self.server(lambda conn: next(answers)(conn))
+        with lb.Client.connect(server.url).events() as events:
+            self.assertEqual([events.get(timeout=10)["seq"] for _ in range(2)], [1, 2])
+        self.assertIn("last-event-id: 7\r\n", server.heads[1].lower())
+
     def test_events_an_id_a_header_cannot_carry_is_dropped_and_the_stream_goes_on(self):
         answers = iter([_sse(b'id: 7\x7fX-Injected: 1\ndata: {"event":"started","seq":1}\n\n')]
                        + [_sse(b'id: ok\ndata: {"event":"started","seq":%d}\n\n' % n) for n in range(2, 50)])

@@ -376,7 +376,11 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
 /// no backup: SQLite writes a copy's first page (review 182).
 fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
     candidates.into_iter().find_map(|p| {
-        let ok = !is_empty_file(&p) && check_file_bounded(&p).is_ok_and(|r| r.ok);
+        // A check that could not run verified nothing (review 218: such a
+        // backup, damaged, was named the newest verified one, and a sound
+        // older one never tried).
+        let ok =
+            !is_empty_file(&p) && check_file_bounded(&p).is_ok_and(|r| r.ok && !r.could_not_run());
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
             return None;
@@ -746,6 +750,11 @@ fn judge(db: &Path) -> Judged {
     }
     roll_back_hot_journal(db);
     match check_file_bounded(db) {
+        // Not "passes quick_check": nothing was read (review 218).
+        Ok(r) if r.could_not_run() => Judged::Unchecked(crate::Error::Open {
+            path: db.to_path_buf(),
+            reason: r.unfinished.unwrap_or_default(),
+        }),
         Ok(r) if r.ok => Judged::Sound,
         Ok(_) => Judged::Damaged,
         Err(e) if e.is_not_a_database() => Judged::Damaged,
@@ -799,6 +808,39 @@ fn create_dir(dir: &Path, db: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 218: a backup whose check could not run (a generated column
+    /// calls a function litebridge lacks) verified nothing: it is skipped
+    /// for an older one that passes, and a database in that state is
+    /// unchecked, not "passes quick_check".
+    #[test]
+    fn a_check_that_could_not_run_verifies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, unknown: bool| {
+            let path = dir.path().join(name);
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.create_scalar_function(
+                "myf",
+                1,
+                rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+                |ctx| ctx.get::<rusqlite::types::Value>(0),
+            )
+            .unwrap();
+            c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+                .unwrap();
+            if unknown {
+                c.execute_batch("CREATE TABLE g(x, y AS (myf(x)) NOT NULL)")
+                    .unwrap();
+            }
+            path
+        };
+        let unchecked = make("newer.db", true);
+        let sound = make("older.db", false);
+        let (first, _) = verified_first(vec![unchecked.clone(), sound.clone()]).unwrap();
+        assert_eq!(first, sound);
+        assert!(matches!(judge(&unchecked), Judged::Unchecked(_)));
+        assert!(matches!(judge(&sound), Judged::Sound));
+    }
 
     /// Found by a hostile review: a write cut short by a crash (a restore's,
     /// now one transaction) leaves a hot journal, which the read-only check

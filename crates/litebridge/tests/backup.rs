@@ -488,6 +488,27 @@ async fn a_virtual_table_that_cannot_be_connected_neither_fails_an_open_nor_hide
         .map(|_| ())
         .unwrap_err();
     assert!(e.to_string().contains("myf"), "{e}");
+
+    // Review 218: a CHECK constraint calling such a function is not
+    // evaluated by a check, so it prepares, and is checked whole.
+    let check = dir.path().join("check.db");
+    let c = rusqlite::Connection::open(&check).unwrap();
+    c.create_scalar_function(
+        "myf",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| ctx.get::<rusqlite::types::Value>(0),
+    )
+    .unwrap();
+    c.execute_batch("CREATE TABLE k(a CHECK (myf(a))); INSERT INTO k VALUES (1);")
+        .unwrap();
+    drop(c);
+    let report = litebridge::check_file(&check, litebridge::CheckDepth::Quick).unwrap();
+    assert!(report.ok && report.unfinished.is_none(), "{report:?}");
+    let db = litebridge::Database::open(&check, litebridge::DbConfig::default())
+        .await
+        .unwrap();
+    db.close().await;
 }
 
 #[test]

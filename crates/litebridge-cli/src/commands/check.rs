@@ -25,7 +25,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     };
     if json {
         println!("{}", as_json(path, full, &report));
-        if report.ok && could_not_run(&report) {
+        if report.ok && report.could_not_run() {
             return Err(Failure {
                 message: String::new(),
                 code: 1,
@@ -54,7 +54,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     if let Some(why) = &report.unfinished {
         println!("warning: the check did not read the whole file: {why}");
     }
-    if report.ok && could_not_run(&report) {
+    if report.ok && report.could_not_run() {
         return Err(Failure {
             message: format!(
                 "{} could not be checked: {} (nothing was read; this says nothing of damage)",
@@ -83,15 +83,6 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
         }
     }
     finish(path, &report, json)
-}
-
-/// Whether the check stopped before it read anything (a schema SQLite
-/// cannot read, say): exit 1, not 0.
-fn could_not_run(report: &litebridge::CheckReport) -> bool {
-    report
-        .unfinished
-        .as_deref()
-        .is_some_and(|u| u.starts_with(litebridge::CHECK_COULD_NOT_RUN))
 }
 
 /// A check's report as `--json` prints it.

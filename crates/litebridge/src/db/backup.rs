@@ -954,6 +954,17 @@ pub struct CheckReport {
     pub elapsed: Duration,
 }
 
+impl CheckReport {
+    /// Whether the check stopped before it read anything
+    /// ([`CHECK_COULD_NOT_RUN`]): `ok` then says nothing of the file, which
+    /// is neither sound nor damaged as far as anyone knows.
+    pub fn could_not_run(&self) -> bool {
+        self.unfinished
+            .as_deref()
+            .is_some_and(|u| u.starts_with(CHECK_COULD_NOT_RUN))
+    }
+}
+
 /// How thoroughly a database file is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckDepth {

@@ -607,7 +607,7 @@ fn check_pragma(
     // or that connection cannot be made, the check could not run (an
     // error), never a weaker check taken for a whole one (review 216, 217).
     install_functions(conn, halt)?;
-    let Err(e) = conn.prepare(&format!("PRAGMA {pragma}(1)")).map(drop) else {
+    let Err(e) = prepares(conn, pragma) else {
         return check_on(conn, pragma, limit, bound, halt);
     };
     if is_damage(&e) || halt.is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed)) {
@@ -616,7 +616,7 @@ fn check_pragma(
     let Some(mut bare) = without_modules(conn, halt) else {
         return Err(e);
     };
-    match bare.prepare(&format!("PRAGMA {pragma}(1)")) {
+    match prepares(&bare, pragma) {
         Ok(_) => {}
         Err(damage) if is_damage(&damage) => return Err(damage),
         Err(second) => {
@@ -641,6 +641,19 @@ fn check_pragma(
         _ => note,
     });
     Ok(found)
+}
+
+/// Whether the check `pragma` can be prepared on `conn`, as [`check_on`]
+/// runs it: with `CHECK` constraints ignored (a `CHECK` calling a function
+/// litebridge lacks would otherwise fail it; review 218).
+fn prepares(conn: &Connection, pragma: &str) -> rusqlite::Result<()> {
+    let ignoring: bool = conn.query_row("PRAGMA ignore_check_constraints", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+    let prepared = conn.prepare(&format!("PRAGMA {pragma}(1)")).map(drop);
+    if !ignoring {
+        conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
+    }
+    prepared
 }
 
 /// litebridge's SQL functions, which a generated column or an index may
