@@ -376,11 +376,10 @@ fn recovery_candidates(dir: &Path, db: &Path) -> Result<Vec<PathBuf>> {
 /// no backup: SQLite writes a copy's first page (review 182).
 fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
     candidates.into_iter().find_map(|p| {
-        // A check that could not run verified nothing (review 218: such a
-        // backup, damaged, was named the newest verified one, and a sound
-        // older one never tried).
-        let ok =
-            !is_empty_file(&p) && check_file_bounded(&p).is_ok_and(|r| r.ok && !r.could_not_run());
+        // A check that could not run is not ok (review 218: such a backup,
+        // damaged, was named the newest verified one, and a sound older one
+        // never tried).
+        let ok = !is_empty_file(&p) && check_file_bounded(&p).is_ok_and(|r| r.ok);
         if !ok {
             tracing::warn!("backup {} fails verification; it is skipped", p.display());
             return None;

@@ -482,6 +482,7 @@ async fn a_virtual_table_that_cannot_be_connected_neither_fails_an_open_nor_hide
             "{report:?}"
         );
         assert!(why.contains("without its virtual tables"), "{report:?}");
+        assert!(!report.ok && report.could_not_run(), "{report:?}");
     }
     let e = litebridge::Database::open(&unknown, litebridge::DbConfig::default())
         .await

@@ -25,7 +25,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     };
     if json {
         println!("{}", as_json(path, full, &report));
-        if report.ok && report.could_not_run() {
+        if report.could_not_run() {
             return Err(Failure {
                 message: String::new(),
                 code: 1,
@@ -54,7 +54,7 @@ pub(crate) fn run(path: &Path, full: bool, json: bool) -> CliResult {
     if let Some(why) = &report.unfinished {
         println!("warning: the check did not read the whole file: {why}");
     }
-    if report.ok && report.could_not_run() {
+    if report.could_not_run() {
         return Err(Failure {
             message: format!(
                 "{} could not be checked: {} (nothing was read; this says nothing of damage)",

@@ -245,7 +245,20 @@ pub(crate) fn copy_into(
             path: partial.to_path_buf(),
             reason: format!("the copy's marks (litebridge_meta) could not be written: {e}"),
         })?;
-        let found = check_halting(&mut dst, false, 10, Bound::Bounded, halt)?;
+        let found = check_halting(&mut dst, false, 10, Bound::Bounded, halt).map_err(|e| {
+            if is_damage(&e) || halted(halt) {
+                Error::from(e)
+            } else {
+                // Said as such, not as the bare SQL error (review 218).
+                Error::CheckFailed {
+                    path: partial.to_path_buf(),
+                    detail: format!(
+                        "{CHECK_COULD_NOT_RUN} ({}), so the backup is not verified and not kept",
+                        Error::from(e)
+                    ),
+                }
+            }
+        })?;
         if halted(halt) {
             return Err(crate::db::guard::halted_error());
         }
@@ -919,7 +932,9 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The outcome of an integrity check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
-    /// True when no damage to the file was found (`problems` is empty).
+    /// True when the check ran and found no damage to the file (`problems`
+    /// is empty); false also when it could not run
+    /// ([`CheckReport::could_not_run`], `problems` empty).
     pub ok: bool,
     /// Damage reported by `quick_check` / `integrity_check` (first 100).
     pub problems: Vec<String>,
@@ -948,7 +963,7 @@ pub struct CheckReport {
     /// (the bounded checks of a restore and `--recover`), or computing the
     /// data failed (a generated column's `abs()` overflowing), which says
     /// nothing of damage. What it found until then is reported; `ok` is
-    /// true when that was nothing.
+    /// true when that was nothing, unless the check could not run at all.
     pub unfinished: Option<String>,
     /// How long the check took.
     pub elapsed: Duration,
@@ -1133,8 +1148,14 @@ pub(crate) fn check_file_within(
     }
     let mut problems = found.damage;
     problems.append(&mut damage);
+    // A check that could not run found nothing, and verified nothing
+    // either: not ok (review 218: `admin.check` answered `ok: true`).
+    let ran = !found
+        .unfinished
+        .as_deref()
+        .is_some_and(|u| u.starts_with(CHECK_COULD_NOT_RUN));
     Ok(CheckReport {
-        ok: problems.is_empty(),
+        ok: problems.is_empty() && ran,
         problems,
         virtual_table_problems: found.virtual_tables,
         data_problems: found.data,

@@ -115,10 +115,17 @@ pub fn restore_file(
     if !report.ok {
         return Err(Error::Corrupt {
             path: from.to_path_buf(),
-            detail: format!(
-                "the backup failed verification and was not used: {}",
-                report.problems.join("; ")
-            ),
+            detail: if report.could_not_run() {
+                format!(
+                    "the backup could not be verified and was not used: {}",
+                    report.unfinished.as_deref().unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "the backup failed verification and was not used: {}",
+                    report.problems.join("; ")
+                )
+            },
         });
     }
     let backup_age = std::fs::metadata(from)
