@@ -144,8 +144,21 @@ impl Opener {
             );
         }
         if first && c.quick_check_on_open {
-            let found =
-                quick_check(&mut conn, 20, Bound::Bounded).map_err(|e| self.open_error(e))?;
+            let found = quick_check(&mut conn, 20, Bound::Bounded).map_err(|e| {
+                match self.open_error(e) {
+                    // Said as the check's, not as the file's (review 218).
+                    Error::Open { path, reason } => Error::Open {
+                        path,
+                        reason: format!(
+                            "{}: {reason}; the file is not served unchecked \
+                             (`litebridge check --db FILE` tells more; \
+                             db.quick_check_on_open = false starts without the check)",
+                            crate::db::CHECK_COULD_NOT_RUN
+                        ),
+                    },
+                    other => other,
+                }
+            })?;
             if let Some(why) = &found.unfinished {
                 tracing::warn!(db = %self.path.display(), "opened without a whole check: {why}");
             }
