@@ -728,26 +728,34 @@ function positive(value, name, fallback) {
  * MAX_EVENT is dropped.
  */
 function sseParser(onEvent) {
-  let partial = '';
+  // A line's pieces and an event's data lines are kept apart until they
+  // end: strings added to a piece at a time are ropes, which held 170 MB
+  // for a million one-byte pieces (review 218).
+  let pieces = [];
+  let held = 0; // the length of `pieces` together
   let skipping = false; // the rest of a line too long to keep
   let afterCr = false; // the last chunk ended with CR: a LF first in the next ends no line
-  let data; // undefined until the event's first data line
+  let data = []; // the event's data lines
+  let size = 0; // their length together, with the LFs that will join them
   let id;
   let dropped = false; // the event being read had a line or data too long
   const line = (text) => {
     if (text === '') {
-      if (data && !dropped) onEvent(id, data);
-      data = undefined;
+      const joined = data.join('\n');
+      if (joined && !dropped) onEvent(id, joined);
+      data = [];
+      size = 0;
       id = undefined;
       dropped = false;
     } else if (text.startsWith('data:')) {
       const value = text.startsWith('data: ') ? text.slice(6) : text.slice(5);
-      const length = data === undefined ? value.length : data.length + 1 + value.length;
-      if (length > MAX_EVENT) {
+      size += value.length + (data.length ? 1 : 0);
+      if (size > MAX_EVENT) {
         dropped = true;
-        data = '';
+        data = [];
+        size = 0;
       } else if (!dropped) {
-        data = data === undefined ? value : `${data}\n${value}`;
+        data.push(value);
       }
     } else if (text.startsWith('id:')) {
       id = text.slice(3).trim();
@@ -771,16 +779,20 @@ function sseParser(onEvent) {
         skipping = false;
         continue;
       }
-      if (partial) {
-        text = partial + text;
-        partial = '';
+      if (pieces.length) {
+        pieces.push(text);
+        text = pieces.join('');
+        pieces = [];
+        held = 0;
       }
       line(text);
     }
-    if (!skipping) {
-      partial += chunk.slice(start);
-      if (partial.length > MAX_EVENT) {
-        partial = '';
+    if (!skipping && start < chunk.length) {
+      pieces.push(chunk.slice(start));
+      held += chunk.length - start;
+      if (held > MAX_EVENT) {
+        pieces = [];
+        held = 0;
         skipping = true;
         dropped = true;
       }
