@@ -378,7 +378,7 @@ pub(crate) const METHODS: &[Method] = &[
     Method {
         name: "admin.check",
         scope: Scope::Admin,
-        description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, data_problems, foreign_key_violations, unfinished, elapsed_ms}: unfinished says why the check stopped before the end (computing a generated column failed), which is not damage. ok is false for damage to the file, and when the check could not run at all (unfinished then starts with \"the check could not run\", problems is empty); data_problems and foreign_key_violations are the data's.",
+        description: "Check the database's integrity (quick by default). Returns {ok, problems, virtual_table_problems, data_problems, foreign_key_violations, unfinished, elapsed_ms}: unfinished says why the check stopped before the end (computing a generated column failed), which is not damage. ok is false for damage to the file, and when the check could not run at all (unfinished then starts with \"the check could not run\"); data_problems and foreign_key_violations are the data's.",
         example: r#"{"full":false}"#,
         handler: handler::<super::admin::AdminCheck>(),
         read_only: true,

@@ -934,7 +934,7 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 pub struct CheckReport {
     /// True when the check ran and found no damage to the file (`problems`
     /// is empty); false also when it could not run
-    /// ([`CheckReport::could_not_run`], `problems` empty).
+    /// ([`CheckReport::could_not_run`]).
     pub ok: bool,
     /// Damage reported by `quick_check` / `integrity_check` (first 100).
     pub problems: Vec<String>,
@@ -971,12 +971,15 @@ pub struct CheckReport {
 
 impl CheckReport {
     /// Whether the check stopped before it read anything
-    /// ([`CHECK_COULD_NOT_RUN`]): `ok` then says nothing of the file, which
-    /// is neither sound nor damaged as far as anyone knows.
+    /// ([`CHECK_COULD_NOT_RUN`]) and found nothing else (a full check's
+    /// foreign-key phase may still find damage, which is damage): the file
+    /// is then neither sound nor damaged as far as anyone knows.
     pub fn could_not_run(&self) -> bool {
-        self.unfinished
-            .as_deref()
-            .is_some_and(|u| u.starts_with(CHECK_COULD_NOT_RUN))
+        self.problems.is_empty()
+            && self
+                .unfinished
+                .as_deref()
+                .is_some_and(|u| u.starts_with(CHECK_COULD_NOT_RUN))
     }
 }
 

@@ -146,16 +146,19 @@ impl Opener {
         if first && c.quick_check_on_open {
             let found = quick_check(&mut conn, 20, Bound::Bounded).map_err(|e| {
                 match self.open_error(e) {
-                    // Said as the check's, not as the file's (review 218).
-                    Error::Open { path, reason } => Error::Open {
-                        path,
-                        reason: format!(
-                            "{}: {reason}; the file is not served unchecked \
+                    // Said as the check's, not as the file's (review 218);
+                    // a file that is no database is said as such (review 219).
+                    Error::Open { path, reason } if reason != super::NOT_A_DATABASE => {
+                        Error::Open {
+                            path,
+                            reason: format!(
+                                "{}: {reason}; the file is not served unchecked \
                              (`litebridge check --db FILE` tells more; \
                              db.quick_check_on_open = false starts without the check)",
-                            crate::db::CHECK_COULD_NOT_RUN
-                        ),
-                    },
+                                crate::db::CHECK_COULD_NOT_RUN
+                            ),
+                        }
+                    }
                     other => other,
                 }
             })?;
@@ -328,7 +331,7 @@ impl Opener {
     fn open_error(&self, e: rusqlite::Error) -> Error {
         let reason = match Error::from(e) {
             Error::Corrupt { detail, .. } if detail.contains("not a database") => {
-                "the file is not a SQLite database".to_owned()
+                super::NOT_A_DATABASE.to_owned()
             }
             Error::Corrupt { detail, .. } => {
                 return Error::Corrupt {

@@ -112,20 +112,24 @@ pub fn restore_file(
         });
     }
     let report = check_file_bounded(from)?;
+    if report.could_not_run() {
+        // Not "corrupt": nothing was read (review 219).
+        return Err(Error::CheckFailed {
+            path: from.to_path_buf(),
+            detail: format!(
+                "{}, so the backup was not used (`litebridge check --db {}` tells more)",
+                report.unfinished.as_deref().unwrap_or_default(),
+                from.display()
+            ),
+        });
+    }
     if !report.ok {
         return Err(Error::Corrupt {
             path: from.to_path_buf(),
-            detail: if report.could_not_run() {
-                format!(
-                    "the backup could not be verified and was not used: {}",
-                    report.unfinished.as_deref().unwrap_or_default()
-                )
-            } else {
-                format!(
-                    "the backup failed verification and was not used: {}",
-                    report.problems.join("; ")
-                )
-            },
+            detail: format!(
+                "the backup failed verification and was not used: {}",
+                report.problems.join("; ")
+            ),
         });
     }
     let backup_age = std::fs::metadata(from)
