@@ -5,10 +5,13 @@
 //! It runs on the read lane as litebridge's own code (it reads the planner
 //! statistics, which client SQL may not) and shows what a `query` could see:
 //! litebridge's own tables and SQLite's internal and shadow tables are left
-//! out, and so are views a client's `SELECT` would be refused. Row counts
-//! are estimates, cheap on any size: the `ANALYZE` statistics when there are
-//! some, otherwise the largest rowid (an upper bound after deletes), and none
-//! for views and WITHOUT ROWID tables without statistics.
+//! out, and so are views and virtual tables a client's `SELECT` would be
+//! refused (a view's columns are those of that `SELECT`), and any one
+//! object SQLite cannot describe. Row counts are estimates, cheap on any
+//! size: the `ANALYZE` statistics when there are some, otherwise the
+//! largest rowid (an upper bound after deletes; none when columns take
+//! every name of the rowid), and none for views and WITHOUT ROWID tables
+//! without statistics.
 
 use std::collections::HashMap;
 
