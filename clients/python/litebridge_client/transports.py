@@ -163,6 +163,12 @@ class _Deadline:
         self.expired = False
         self.cancelled = False
 
+    def passed(self):
+        """Whether the deadline has come: set by the watchdog, or due by the
+        clock (a socket timeout as long as the deadline may fail the read
+        before the watchdog wakes, and the failure is the deadline's)."""
+        return self.expired or time.monotonic() >= self.at
+
 
 class _Watchdog:
     """Shuts the connection of every HTTP call still running at its
@@ -810,7 +816,7 @@ class HttpTransport:
             except (OSError, http.client.HTTPException) as x:
                 if deadline.cancelled and self.closing:
                     raise self._cut_off(ran) from None
-                if deadline.expired:
+                if deadline.passed():
                     raise _late(what, seconds, ran, True) from x
                 raise OutcomeUnknownError(
                     "%s/rpc answered %d, then the connection failed (%s): the request may or may not have run"
@@ -822,7 +828,7 @@ class HttpTransport:
         except _TooLong as e:
             if deadline.cancelled and self.closing:
                 raise self._cut_off(ran) from None
-            if deadline.expired:
+            if deadline.passed():
                 raise _late(what, seconds, ran, True) from None
             raise _too_long(what, status, e.limit, ran) from None
         except http.client.InvalidURL as e:
@@ -839,7 +845,7 @@ class HttpTransport:
                 raise ConnectionError("cannot send to %s: %s" % (self.url, e.reason), kind="unavailable") from e
             if deadline.cancelled and self.closing:
                 raise self._cut_off(ran) from None
-            if deadline.expired:
+            if deadline.passed():
                 raise _late(what, seconds, ran, status is not None) from e
             # Reset, closed or timed out once connected: the request may have been
             # read, and run, by the time the connection failed.
