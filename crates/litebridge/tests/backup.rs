@@ -398,6 +398,20 @@ fn a_planted_table_that_stops_the_check_hides_no_other_tables_damage() {
     }
 }
 
+/// A connection to `path` as another program's, with a function `myf`
+/// litebridge does not have (for schemas that call it).
+fn with_myf(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.create_scalar_function(
+        "myf",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| ctx.get::<rusqlite::types::Value>(0),
+    )
+    .unwrap();
+    c
+}
+
 /// Review 215: a full-text table whose content table was dropped cannot be
 /// connected, and SQLite connects every virtual table as it prepares a
 /// check: the file is sound, and it is opened (it was refused at every
@@ -463,14 +477,7 @@ async fn a_virtual_table_that_cannot_be_connected_neither_fails_an_open_nor_hide
     // a whole one, which missed the shared page.
     let unknown = dir.path().join("unknown.db");
     std::fs::copy(&shared, &unknown).unwrap();
-    let c = rusqlite::Connection::open(&unknown).unwrap();
-    c.create_scalar_function(
-        "myf",
-        1,
-        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| ctx.get::<rusqlite::types::Value>(0),
-    )
-    .unwrap();
+    let c = with_myf(&unknown);
     c.execute_batch("CREATE TABLE g(x, y AS (myf(x)) NOT NULL); INSERT INTO g(x) VALUES (1);")
         .unwrap();
     drop(c);
@@ -493,14 +500,7 @@ async fn a_virtual_table_that_cannot_be_connected_neither_fails_an_open_nor_hide
     // Review 218: a CHECK constraint calling such a function is not
     // evaluated by a check, so it prepares, and is checked whole.
     let check = dir.path().join("check.db");
-    let c = rusqlite::Connection::open(&check).unwrap();
-    c.create_scalar_function(
-        "myf",
-        1,
-        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| ctx.get::<rusqlite::types::Value>(0),
-    )
-    .unwrap();
+    let c = with_myf(&check);
     c.execute_batch("CREATE TABLE k(a CHECK (myf(a))); INSERT INTO k VALUES (1);")
         .unwrap();
     drop(c);
