@@ -9,6 +9,8 @@
 #   scripts/pg-failover.sh primary # the data directory of the node the monitor last saw as primary (may lag a switchover)
 #   scripts/pg-failover.sh switchover  # a planned switchover (pg_autoctl perform switchover)
 #   scripts/pg-failover.sh kill DATADIR  # kill -9 of a node's postgres and keeper
+#   scripts/pg-failover.sh revive DATADIR  # starts a killed node's keeper again (it rejoins as a standby)
+#   scripts/pg-failover.sh events  # the monitor's events (state changes, with positions), oldest first
 #   scripts/pg-failover.sh stop    # stops it and removes its files
 #
 # Loopback only. Ports: LB_PGAF_PORT (monitor, default 26540: below the
@@ -55,7 +57,7 @@ running() { [ -f "$dir/monitor/postmaster.pid" ]; }
 # Runs a pg_autoctl service in the background, its output in a log.
 serve() {
   local name=$1
-  as_pg nohup pg_autoctl run --pgdata "$dir/$name" >"$dir/$name.log" 2>&1 &
+  as_pg nohup pg_autoctl run --pgdata "$dir/$name" >>"$dir/$name.log" 2>&1 &
 }
 
 psql_at() {
@@ -143,6 +145,15 @@ kill_node() {
   return 0
 }
 
+# A killed node's keeper started again, as its service manager would: it
+# finds the formation failed over, rewinds and follows the new primary.
+revive_node() {
+  local name
+  name=$(basename "$1")
+  case "$name" in node1 | node2) ;; *) echo "revive: not a node's data directory: $1" >&2; exit 2 ;; esac
+  serve "$name"
+}
+
 # A planned switchover: the secondary becomes primary.
 switchover() {
   as_pg pg_autoctl perform switchover --pgdata "$dir/monitor" >"$dir/switchover.log" 2>&1
@@ -180,6 +191,9 @@ case "$cmd" in
   state) state "$2" ;;
   switchover) switchover ;;
   kill) kill_node "$2" ;;
+  revive) revive_node "$2" ;;
+  events) psql_at "$port" -d pg_auto_failover -c \
+    "SELECT eventtime, nodename, reportedstate, goalstate, reportedlsn, description FROM pgautofailover.event ORDER BY eventid" ;;
   stop) stop ;;
-  *) echo "usage: $0 start|env|primary|state NODE|switchover|kill DATADIR|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|env|primary|state NODE|switchover|kill DATADIR|revive DATADIR|events|stop" >&2; exit 2 ;;
 esac

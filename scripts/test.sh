@@ -41,4 +41,9 @@ if ! failover_env=$(scripts/pg-failover.sh start); then
   failover_env=$(scripts/pg-failover.sh start)
 fi
 eval "$failover_env"
-cargo test -p litebridge-cli --test failover -- --ignored --nocapture
+# A failure prints what the monitor decided, for the formation goes with the run.
+if ! cargo test -p litebridge-cli --test failover -- --ignored --nocapture; then
+  echo "== the failover stage failed; the monitor's events:" >&2
+  scripts/pg-failover.sh events >&2 || true
+  exit 1
+fi

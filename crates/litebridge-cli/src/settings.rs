@@ -257,6 +257,13 @@ const KEYS: &[Key] = &[
         help: "a statement's later writes in two round trips instead of three, their values in the query's text: other API keys can read them in pg_stat_activity (docs/postgres.md)",
     },
     Key {
+        name: "postgres.replicated_to",
+        env: &[],
+        kind: int_kind(0, 64),
+        default: || int(pg().replicated_to),
+        help: "acknowledge a write only once this many standbys flushed it, else outcome_unknown at its deadline (0: the server's acknowledgement; needs pg_read_all_stats for litebridge's role; docs/postgres.md)",
+    },
+    Key {
         name: "postgres.health_check_interval_ms",
         env: &[],
         kind: int_kind(100, 60_000),
@@ -1209,6 +1216,7 @@ impl Settings {
         c.writes_per_message = self.int("postgres.writes_per_message") as usize;
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
+        c.replicated_to = self.int("postgres.replicated_to") as usize;
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;
         c.validate().map_err(|e| self.refused(e))?;

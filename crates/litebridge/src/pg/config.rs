@@ -89,6 +89,19 @@ pub struct PgConfig {
     /// How often the primary and the replicas are probed for health and
     /// lag. Default: 5 s.
     pub health_check_interval: Duration,
+    /// How many standbys must have flushed a write before it is
+    /// acknowledged: after its `COMMIT`, litebridge waits, within the
+    /// write's deadline, until that many physical standbys streaming from
+    /// the primary report a flush position at or past the commit, and
+    /// answers `outcome_unknown` when they do not (the write committed on
+    /// the primary and may be lost with it) or when the primary changed
+    /// before they did. The primary's own `synchronous_standby_names` is
+    /// not enough where the cluster's manager turns it off while a standby
+    /// catches up (pg_auto_failover's `wait_primary`) and may then promote
+    /// that standby (docs/postgres.md). Needs litebridge's own role to read
+    /// `pg_stat_replication` in full (`pg_read_all_stats`). 0 trusts the
+    /// server's acknowledgement. Default: 0.
+    pub replicated_to: usize,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -115,6 +128,7 @@ impl std::fmt::Debug for PgConfig {
             .field("writes_per_message", &self.writes_per_message)
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
+            .field("replicated_to", &self.replicated_to)
             .finish()
     }
 }
@@ -141,6 +155,7 @@ impl PgConfig {
             writes_per_message: 8,
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
+            replicated_to: 0,
         }
     }
 
@@ -401,6 +416,7 @@ impl PgConfig {
             1,
             64,
         )?;
+        range("postgres.replicated_to", self.replicated_to, 0, 64)?;
         let below = self.reads_together_below.as_millis();
         range(
             "postgres.reads_together_below_ms",
@@ -576,6 +592,19 @@ mod tests {
         ] {
             assert_eq!(redact(url), shown, "{url}");
         }
+    }
+
+    #[test]
+    fn more_standbys_than_a_cluster_could_have_are_refused_naming_the_key() {
+        let mut c = PgConfig::new("postgres://u@h/db").client("c", None);
+        c.replicated_to = 64;
+        c.validate().unwrap();
+        c.replicated_to = 65;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("postgres.replicated_to") && e.contains("65"),
+            "{e}"
+        );
     }
 
     #[test]

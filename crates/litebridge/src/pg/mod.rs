@@ -70,6 +70,7 @@ mod fast;
 mod lease;
 mod listen;
 mod monitor;
+mod replicated;
 mod schema;
 mod sql;
 mod together;
@@ -203,6 +204,12 @@ impl Inner {
                 .fetch_max(t.timeline, Ordering::Relaxed);
         }
         at
+    }
+    /// Whether `who`'s writes read their position after their `COMMIT`:
+    /// the clients' for read-your-writes on replicas, everyone's to wait
+    /// for standbys ([`PgConfig::replicated_to`]).
+    fn tracks_writes(&self, who: Who) -> bool {
+        (who == Who::Client && !self.replicas.is_empty()) || self.config.replicated_to > 0
     }
     /// The token of a transaction whose `COMMIT` came before the primary's
     /// insert position `insert` ([`Inner::primary_at`] of its commit's end).
@@ -471,6 +478,41 @@ impl PgDatabase {
                  pg_terminate_backend(integer, bigint) and pg_stat_get_activity(integer), \
                  then restart"
             );
+        }
+        // `replicated_to` reads the standbys' flush positions, which
+        // PostgreSQL shows only to that role: every write would wait to its
+        // deadline without them.
+        if config.replicated_to > 0 && !sees {
+            return Err(Error::Config {
+                key: "postgres.replicated_to".into(),
+                value: config.replicated_to.to_string(),
+                expected: "0, unless litebridge's own PostgreSQL role may read the standbys' \
+                           flush positions in pg_stat_replication (GRANT pg_read_all_stats TO \
+                           <its role>)"
+                    .into(),
+            });
+        }
+        // Standbys stream from the primary, and writes are acknowledged on
+        // the primary's word alone: a failover can lose some (`replicated`).
+        if config.replicated_to == 0 {
+            let standbys = owner
+                .query_one(
+                    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_get_wal_senders()",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0);
+            if standbys > 0 {
+                tracing::warn!(
+                    "{standbys} standby(s) stream from this PostgreSQL primary, and \
+                     postgres.replicated_to is 0: a write is acknowledged once the primary \
+                     commits it, and a failover that promotes a standby which had not \
+                     received it loses it (pg_auto_failover can, while its standby catches \
+                     up). Set postgres.replicated_to to 1 to acknowledge a write only once a \
+                     standby flushed it (docs/postgres.md)"
+                );
+            }
         }
         // Without it a replica's timeline is unknown: see `received_timeline`.
         let sees_timelines = config.replicas.is_empty() || sees;
@@ -1500,8 +1542,9 @@ impl PgDatabase {
         Ok(done.into_iter().next().unwrap_or_default())
     }
 
-    /// Runs `statements` in one transaction: `BEGIN` and the statements sent
-    /// together, then `COMMIT`.
+    /// Runs `statements` in one transaction ([`PgDatabase::committed`]),
+    /// answered once [`PgConfig::replicated_to`] standbys flushed it
+    /// ([`PgDatabase::replicated`]).
     async fn write(
         &self,
         who: Who,
@@ -1511,6 +1554,31 @@ impl PgDatabase {
     ) -> Result<Vec<Done>> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
         let deadline = Instant::now() + timeout;
+        let mut done = self
+            .committed(who, statements, options, shape, (deadline, timeout))
+            .await?;
+        if self.inner.config.replicated_to > 0 && !done.is_empty() {
+            self.replicated(done[0].token, deadline, timeout).await?;
+            if who == Who::Own || self.inner.replicas.is_empty() {
+                // Read for the wait alone: no replica to read it back from.
+                for d in &mut done {
+                    d.token = None;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Runs `statements` in one transaction: `BEGIN` and the statements sent
+    /// together, then `COMMIT`.
+    async fn committed(
+        &self,
+        who: Who,
+        statements: Vec<Prepared>,
+        options: WriteOptions,
+        shape: Shape,
+        (deadline, timeout): (Instant, Duration),
+    ) -> Result<Vec<Done>> {
         // A named caller's single-statement write with no idempotency key
         // may go in a message with its caller's other writes that wait for
         // a connection (`writes_together`).
@@ -1852,7 +1920,7 @@ impl PgDatabase {
         }
         // With replicas, the write's position in the log, read after its
         // COMMIT (in the same message): the token of read-your-writes.
-        let want_token = who == Who::Client && !self.inner.replicas.is_empty();
+        let want_token = self.inner.tracks_writes(who);
         // COMMIT, the position, and the tidy-up in one message: an error
         // skips the rest of it, and the index of the statement it belongs
         // to tells whether the COMMIT went through.
@@ -1863,6 +1931,7 @@ impl PgDatabase {
             self.inner.tidy
         };
         let end = match who {
+            Who::Own if want_token => format!("COMMIT; {WAL_INSERT_POSITION}"),
             Who::Own => "COMMIT".to_owned(),
             Who::Client if want_token => format!("COMMIT; {WAL_INSERT_POSITION}; {tidy}"),
             Who::Client => format!("COMMIT; {tidy}"),
@@ -2024,7 +2093,7 @@ impl PgDatabase {
         deadline: Instant,
     ) -> Result<Vec<Done>> {
         let results = crate::idempotency::decode(stored, fingerprint);
-        let want_token = !self.inner.replicas.is_empty();
+        let want_token = self.inner.tracks_writes(who);
         // The statements parsed for it may have run the clients' code (a
         // domain's `CHECK` on a literal): the tidy-up and its check follow.
         let rollback = match who {

@@ -162,7 +162,7 @@ impl PgDatabase {
             },
         );
         answers.insert(0, answer);
-        let track = !self.inner.replicas.is_empty();
+        let track = self.inner.tracks_writes(Who::Client);
         tokio::spawn(
             self.clone()
                 .run_writes(conn, members, answers, caller, track),

@@ -1,0 +1,284 @@
+//! Writes answered once standbys flushed them (`postgres.replicated_to`):
+//! with as many standbys as stream, the clients' writes and the stores'
+//! are answered; asking for more than stream, a write answers
+//! `outcome_unknown` at its deadline, committed on the primary, and its
+//! retry with the same idempotency key does not apply it twice; a standby
+//! that stops flushing (its WAL receiver stopped with SIGSTOP) holds the
+//! acknowledgement until it goes on; a role
+//! that cannot see the standbys' positions is refused at connect. Needs the
+//! cluster of scripts/pg-cluster.sh (a primary and two streaming replicas).
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use litebridge::pg::{PgConfig, PgDatabase};
+use litebridge::store::{StateStore, StateUpdate, SystemClock};
+use litebridge::{ErrorKind, QueryOptions, Value, WriteOptions, params};
+
+/// The standbys scripts/pg-cluster.sh starts, both streaming from the
+/// primary (the delayed one replays late, but flushes at once).
+const STANDBYS: usize = 2;
+
+async fn count(db: &PgDatabase) -> i64 {
+    let rows = db
+        .query_with("SELECT count(*) FROM t", (), QueryOptions::default())
+        .await
+        .unwrap();
+    match rows.rows[0][0] {
+        Value::Integer(n) => n,
+        ref v => panic!("a count: {v:?}"),
+    }
+}
+
+fn keyed(key: &str, timeout: Duration) -> WriteOptions {
+    WriteOptions {
+        timeout: Some(timeout),
+        idempotency_key: Some(litebridge::IdempotencyKey::new(1, key).unwrap()),
+        ..WriteOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_answered_once_the_standbys_flushed_them() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.replicated_to = STANDBYS;
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    for i in 0..50i64 {
+        let (_, token) = db
+            .execute_at(
+                "INSERT INTO t VALUES (?1)",
+                params![i],
+                keyed(&format!("k{i}"), Duration::from_secs(10)),
+            )
+            .await
+            .unwrap();
+        // No replicas to read from: the position was read for the wait alone.
+        assert_eq!(token, None);
+    }
+    assert_eq!(count(&db).await, 50);
+    // The stores' writes wait too.
+    let store = StateStore::new(db.clone(), Arc::new(SystemClock));
+    store
+        .save(StateUpdate {
+            run_id: "r1".into(),
+            state: serde_json::json!({"step": 1}),
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+    db.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_no_standby_set_can_confirm_is_outcome_unknown_and_applied_once() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let plain = schema.open().await;
+    plain
+        .execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut config = schema.config();
+    config.replicated_to = STANDBYS + 1;
+    // The stores' writes below run to the default deadline.
+    config.default_timeout = Duration::from_secs(1);
+    let db = PgDatabase::connect(config).await.unwrap();
+    let deadline = Duration::from_millis(400);
+    for attempt in 0..2 {
+        let sent = Instant::now();
+        let e = db
+            .execute_with("INSERT INTO t VALUES (1)", (), keyed("once", deadline))
+            .await
+            .expect_err("more standbys asked for than stream");
+        let took = sent.elapsed();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("postgres.replicated_to")
+                && message.contains(" of them flushed it (at ")
+                && message.contains("idempotency key"),
+            "attempt {attempt}: {message}"
+        );
+        // Given up at most one pause (20 ms) before the deadline.
+        assert!(
+            took + Duration::from_millis(25) >= deadline
+                && took < deadline + Duration::from_secs(1),
+            "answered after {took:?}"
+        );
+        // Committed on the primary, once: the retry found the record.
+        assert_eq!(count(&plain).await, 1, "attempt {attempt}");
+    }
+    // The stores' writes are held to it too.
+    let store = StateStore::new(db.clone(), Arc::new(SystemClock));
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.save(StateUpdate {
+            run_id: "r1".into(),
+            state: serde_json::json!({"step": 1}),
+            ..StateUpdate::default()
+        }),
+    )
+    .await
+    .expect("answered by the default deadline")
+    .expect_err("not confirmed");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    db.close();
+    plain.close();
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_see_the_standbys_is_refused_naming_the_setting() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    let _ = admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE lb_t_blind_owner LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .await;
+    admin
+        .batch_execute(
+            "REVOKE pg_read_all_stats FROM lb_t_blind_owner; \
+             GRANT CREATE ON DATABASE postgres TO lb_t_blind_owner",
+        )
+        .await
+        .unwrap();
+    let url = schema
+        .url
+        .replacen("://postgres@", "://lb_t_blind_owner@", 1);
+    assert_ne!(url, schema.url, "the admin URL's user is postgres");
+    let mut config = PgConfig::new(url)
+        .client(common::pg::CLIENT_ROLE, None)
+        .client_schema(schema.name.clone())
+        .schema(schema.own());
+    config.replicated_to = 1;
+    let e = PgDatabase::connect(config.clone())
+        .await
+        .expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("postgres.replicated_to") && message.contains("pg_read_all_stats"),
+        "{message}"
+    );
+    // Without it, the same role connects.
+    config.replicated_to = 0;
+    PgDatabase::connect(config).await.unwrap().close();
+    schema.drop_now().await;
+    admin
+        .batch_execute("REVOKE CREATE ON DATABASE postgres FROM lb_t_blind_owner")
+        .await
+        .unwrap();
+}
+
+/// A standby's WAL receiver, stopped (SIGSTOP) until dropped.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        signal("-STOP", pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: i32) {
+    let ok = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        ok,
+        "kill {which} {pid} (the tests run as root or as PostgreSQL's user)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let replica = std::env::var("LB_TEST_PG_REPLICAS")
+        .expect("set with LB_TEST_PG")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The first replica's WAL receiver, asked on the replica itself.
+    let (_, rest) = schema.url.split_once('@').unwrap();
+    let (_, db_name) = rest.split_once('/').unwrap();
+    let on_replica = format!("postgres://postgres@{replica}/{db_name}");
+    let pid: i32 = common::pg::admin(&on_replica)
+        .await
+        .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut config = schema.config();
+    config.replicated_to = STANDBYS;
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let stopped = Stopped::new(pid);
+    let e = db
+        .execute_with(
+            "INSERT INTO t VALUES (1)",
+            (),
+            keyed("held", Duration::from_millis(500)),
+        )
+        .await
+        .expect_err("one standby does not flush");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    assert!(e.to_string().contains("1 of them flushed it (at "), "{e}");
+    // Let go while a write waits: it is answered then.
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.execute_with(
+                "INSERT INTO t VALUES (2)",
+                (),
+                keyed("waits", Duration::from_secs(10)),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "answered before the standby flushed it"
+    );
+    drop(stopped);
+    waiting.await.unwrap().unwrap();
+    // The first one's retry finds it committed, now on both standbys.
+    db.execute_with(
+        "INSERT INTO t VALUES (1)",
+        (),
+        keyed("held", Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&db).await, 2);
+    db.close();
+    schema.drop_now().await;
+}
