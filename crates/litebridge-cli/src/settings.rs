@@ -264,6 +264,13 @@ const KEYS: &[Key] = &[
         help: "acknowledge a write only once this many standbys flushed it, else outcome_unknown at its deadline (0: the server's acknowledgement; needs pg_read_all_stats for litebridge's role; docs/postgres.md)",
     },
     Key {
+        name: "postgres.replicated_standbys",
+        env: &[],
+        kind: Kind::Text,
+        default: || text(""),
+        help: "the standbys replicated_to counts, application_name patterns (LIKE) separated by commas, such as pgautofailover_standby_% (empty: every physical sender streaming from the primary, pg_receivewal and pg_basebackup included)",
+    },
+    Key {
         name: "postgres.health_check_interval_ms",
         env: &[],
         kind: int_kind(100, 60_000),
@@ -1217,6 +1224,13 @@ impl Settings {
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.replicated_to = self.int("postgres.replicated_to") as usize;
+        c.replicated_standbys = self
+            .get("postgres.replicated_standbys")
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;
         c.validate().map_err(|e| self.refused(e))?;

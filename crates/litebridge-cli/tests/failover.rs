@@ -281,7 +281,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         format!(
             "[backend]\nkind = \"postgres\"\n[postgres]\nurl = \"{url}\"\nclient_user = \"{CLIENT_ROLE}\"\n\
              client_schema = \"{schema}\"\nschema = \"{schema}_own\"\nconnections = 4\n\
-             connect_timeout_ms = 1000\nhealth_check_interval_ms = 500\nreplicated_to = 1\n\
+             connect_timeout_ms = 1000\nhealth_check_interval_ms = 500\nreplicated_to = 1\nreplicated_standbys = \"pgautofailover_standby_%\"\n\
              replicas = \"{}\"\n",
             nodes(&url)
         ),

@@ -4,7 +4,9 @@
 //! `outcome_unknown` at its deadline, committed on the primary, and its
 //! retry with the same idempotency key does not apply it twice; a standby
 //! that stops flushing (its WAL receiver stopped with SIGSTOP) holds the
-//! acknowledgement until it goes on; a role
+//! acknowledgement until it goes on, while a standby not named in
+//! `replicated_standbys` does not count; a quota flush not confirmed is
+//! not counted again; a role
 //! that cannot see the standbys' positions is refused at connect. Needs the
 //! cluster of scripts/pg-cluster.sh (a primary and two streaming replicas).
 #![cfg(feature = "postgres")]
@@ -213,30 +215,47 @@ fn signal(which: &str, pid: i32) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
-    let Some(schema) = common::pg::Schema::new().await else {
-        return;
-    };
+/// The tests that stop the first replica's WAL receiver take turns.
+static RECEIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The first replica's WAL receiver, asked on the replica itself.
+async fn receiver(schema: &common::pg::Schema) -> i32 {
     let replica = std::env::var("LB_TEST_PG_REPLICAS")
         .expect("set with LB_TEST_PG")
         .split(',')
         .next()
         .unwrap()
         .to_owned();
-    // The first replica's WAL receiver, asked on the replica itself.
     let (_, rest) = schema.url.split_once('@').unwrap();
     let (_, db_name) = rest.split_once('/').unwrap();
     let on_replica = format!("postgres://postgres@{replica}/{db_name}");
-    let pid: i32 = common::pg::admin(&on_replica)
+    common::pg::admin(&on_replica)
         .await
         .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
         .await
         .unwrap()
-        .get(0);
+        .get(0)
+}
+
+/// Counts the first replica alone (scripts/pg-cluster.sh names it
+/// `replica`; the other, `delayed`, goes on streaming and is not counted).
+fn first_replica_alone(schema: &common::pg::Schema) -> PgConfig {
     let mut config = schema.config();
-    config.replicated_to = STANDBYS;
-    let db = PgDatabase::connect(config).await.unwrap();
+    config.replicated_to = 1;
+    config.replicated_standbys = vec!["repl_ca".into()];
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let _turn = RECEIVER.lock().await;
+    let pid = receiver(&schema).await;
+    let db = PgDatabase::connect(first_replica_alone(&schema))
+        .await
+        .unwrap();
     db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
         .await
         .unwrap();
@@ -250,7 +269,7 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
         .await
         .expect_err("one standby does not flush");
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
-    assert!(e.to_string().contains("1 of them flushed it (at "), "{e}");
+    assert!(e.to_string().contains("0 of them flushed it (at "), "{e}");
     // Let go while a write waits: it is answered then.
     let waiting = tokio::spawn({
         let db = db.clone();
@@ -270,7 +289,7 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
     );
     drop(stopped);
     waiting.await.unwrap().unwrap();
-    // The first one's retry finds it committed, now on both standbys.
+    // The first one's retry finds it committed, now on that standby.
     db.execute_with(
         "INSERT INTO t VALUES (1)",
         (),
@@ -280,5 +299,66 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
     .unwrap();
     assert_eq!(count(&db).await, 2);
     db.close();
+    schema.drop_now().await;
+}
+
+/// A quota flush whose standbys do not confirm it committed on the
+/// primary: its counts are not kept for the next flush, which would write
+/// them again at every flush while the standbys lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_flush_not_confirmed_is_not_counted_again() {
+    use litebridge::auth::{Auth, NewKey, Scopes, TierLimits, Tiers, create_key};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut tiers = Tiers::default();
+    tiers.set(
+        "tiny",
+        TierLimits {
+            daily: Some(100),
+            monthly: Some(100),
+            concurrent: Some(2),
+        },
+    );
+    let plain = schema.open().await;
+    let (_, secret) = create_key(
+        plain.clone(),
+        &tiers,
+        NewKey {
+            name: Some("k".into()),
+            scopes: "read".parse::<Scopes>().unwrap(),
+            tier: "tiny".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut config = first_replica_alone(&schema);
+    config.default_timeout = Duration::from_millis(300);
+    let db = PgDatabase::connect(config).await.unwrap();
+    let auth = Auth::open(db.clone(), tiers.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let caller = auth.authenticate(&secret).unwrap();
+    caller.charge().unwrap();
+    caller.charge().unwrap();
+    {
+        let _turn = RECEIVER.lock().await;
+        let _stopped = Stopped::new(receiver(&schema).await);
+        let e = auth.flush().await.expect_err("not confirmed");
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+        // Nothing left to write: the counts were not kept for it.
+        auth.flush().await.unwrap();
+        auth.flush().await.unwrap();
+    }
+    // Counted once on the primary, not once a flush.
+    let other = Auth::open(plain.clone(), tiers, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.authenticate(&secret).unwrap().key().unwrap().used(),
+        (2, 2)
+    );
+    db.close();
+    plain.close();
     schema.drop_now().await;
 }

@@ -585,8 +585,16 @@ impl Auth {
         // Every key's counts in one transaction: all written or all kept.
         let written = db.own_batch(statements).await;
         if let Err(e) = written {
-            for (entry, pending, last) in taken {
-                lock(&entry.meter.usage).restore_pending(pending, last);
+            // Kept for the next flush, unless they may be written already:
+            // an unknown outcome is most often a commit that was made (on
+            // PostgreSQL, one that standbys did not confirm in time,
+            // `postgres.replicated_to`), and counting it again at every
+            // flush while that lasts would refuse keys for calls they did
+            // not make. At most one flush's counts are lost instead.
+            if e.kind() != crate::ErrorKind::OutcomeUnknown {
+                for (entry, pending, last) in taken {
+                    lock(&entry.meter.usage).restore_pending(pending, last);
+                }
             }
             return Err(e);
         }

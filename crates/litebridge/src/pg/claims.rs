@@ -16,6 +16,11 @@
 //!   committed: two sends of one write never both run.
 //! - `settle(k, result)` stores the result, sent before `COMMIT`.
 //!
+//! `standbys_flushed(at, names)` is not about claims either: it counts
+//! the standbys that flushed a write, on the session that committed it,
+//! which PostgreSQL shows only to roles with `pg_read_all_stats`
+//! (`replicated`).
+//!
 //! A third function, `received_timeline()`, is not about claims: on a
 //! replica it answers the timeline its WAL receiver last received, which
 //! PostgreSQL shows only to roles with `pg_read_all_stats` (NULL without it),
@@ -136,11 +141,26 @@ pub(super) async fn install(
              SELECT r.received_tli FROM pg_catalog.pg_stat_wal_receiver r
               WHERE pg_catalog.pg_last_wal_replay_lsn() OPERATOR(pg_catalog.<=) r.written_lsn
          $f$;
+         CREATE OR REPLACE FUNCTION {schema}_claims.standbys_flushed(
+                 at pg_catalog.pg_lsn, names pg_catalog.text[])
+             RETURNS TABLE(flushed pg_catalog.int8, furthest pg_catalog.text)
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+             SELECT pg_catalog.count(*) FILTER (WHERE w.flush_lsn OPERATOR(pg_catalog.>=) at),
+                    pg_catalog.max(w.flush_lsn)::pg_catalog.text
+               FROM pg_catalog.pg_stat_get_wal_senders() w
+              WHERE w.state OPERATOR(pg_catalog.=) 'streaming'
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(w.pid) a
+                             WHERE a.datid IS NULL
+                               AND (names IS NULL
+                                    OR a.application_name OPERATOR(pg_catalog.~~) ANY (names)))
+         $f$;
          REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
-             {schema}_claims.received_timeline() FROM PUBLIC;
+             {schema}_claims.received_timeline(),
+             {schema}_claims.standbys_flushed(pg_lsn, text[]) FROM PUBLIC;
          GRANT USAGE ON SCHEMA {schema}_claims TO {client};
          GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
-             {schema}_claims.received_timeline() TO {client};"
+             {schema}_claims.received_timeline(),
+             {schema}_claims.standbys_flushed(pg_lsn, text[]) TO {client};"
     ))
     .await
     .map_err(fail)?;

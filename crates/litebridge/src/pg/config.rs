@@ -102,6 +102,13 @@ pub struct PgConfig {
     /// `pg_stat_replication` in full (`pg_read_all_stats`). 0 trusts the
     /// server's acknowledgement. Default: 0.
     pub replicated_to: usize,
+    /// The standbys [`PgConfig::replicated_to`] counts, as patterns of
+    /// their `application_name` (`LIKE`: `%` any run, `_` any one
+    /// character), such as pg_auto_failover's `pgautofailover_standby_%`:
+    /// a `pg_receivewal`, a `pg_basebackup` or an archiver streams from the
+    /// primary too, and holds the log without being a server to fail over
+    /// to. Empty counts every physical sender that streams. Default: empty.
+    pub replicated_standbys: Vec<String>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -129,6 +136,7 @@ impl std::fmt::Debug for PgConfig {
             .field("replicas", &self.replicas)
             .field("health_check_interval", &self.health_check_interval)
             .field("replicated_to", &self.replicated_to)
+            .field("replicated_standbys", &self.replicated_standbys)
             .finish()
     }
 }
@@ -156,6 +164,7 @@ impl PgConfig {
             replicas: Vec::new(),
             health_check_interval: Duration::from_secs(5),
             replicated_to: 0,
+            replicated_standbys: Vec::new(),
         }
     }
 
@@ -417,6 +426,18 @@ impl PgConfig {
             64,
         )?;
         range("postgres.replicated_to", self.replicated_to, 0, 64)?;
+        for name in &self.replicated_standbys {
+            let plain = |c: char| c.is_ascii_alphanumeric() || "_%.-".contains(c);
+            if name.is_empty() || name.len() > 63 || !name.chars().all(plain) {
+                return Err(Error::Config {
+                    key: "postgres.replicated_standbys".into(),
+                    value: format!("{name:?}"),
+                    expected: "application_name patterns of up to 63 letters, digits, `_`, `%`, \
+                               `.` or `-`, separated by commas"
+                        .into(),
+                });
+            }
+        }
         let below = self.reads_together_below.as_millis();
         range(
             "postgres.reads_together_below_ms",
@@ -603,6 +624,15 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(
             e.contains("postgres.replicated_to") && e.contains("65"),
+            "{e}"
+        );
+        c.replicated_to = 1;
+        c.replicated_standbys = vec!["pgautofailover_standby_%".into()];
+        c.validate().unwrap();
+        c.replicated_standbys = vec!["x', NULL]); DROP TABLE t; --".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("postgres.replicated_standbys") && e.contains("DROP"),
             "{e}"
         );
     }

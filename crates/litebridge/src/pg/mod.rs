@@ -492,6 +492,37 @@ impl PgDatabase {
                     .into(),
             });
         }
+        // The count each write will make, made once now: a function it
+        // needs that cannot run refuses the start; fewer standbys streaming
+        // than asked for make every write wait, which is said.
+        if config.replicated_to > 0 {
+            let count = format!(
+                "SELECT flushed FROM {}_claims.standbys_flushed('0/0'::pg_catalog.pg_lsn, {})",
+                config.schema,
+                replicated::names_sql(&config.replicated_standbys)
+            );
+            let streaming = owner
+                .query_one(&count, &[])
+                .await
+                .map_err(|e| Error::Config {
+                    key: "postgres.replicated_to".into(),
+                    value: config.replicated_to.to_string(),
+                    expected: format!(
+                        "0, unless litebridge's own role can count the standbys: {}",
+                        error::error_chain(&e)
+                    ),
+                })?;
+            let streaming = usize::try_from(streaming.get::<_, i64>(0)).unwrap_or(0);
+            if streaming < config.replicated_to {
+                tracing::warn!(
+                    "postgres.replicated_to is {} but {streaming} standby(s) counted by it \
+                     stream from the primary now (postgres.replicated_standbys: {:?}): every \
+                     write will wait for more until its deadline, then answer outcome_unknown",
+                    config.replicated_to,
+                    config.replicated_standbys
+                );
+            }
+        }
         // Standbys stream from the primary, and writes are acknowledged on
         // the primary's word alone: a failover can lose some (`replicated`).
         if config.replicated_to == 0 {
@@ -1544,7 +1575,7 @@ impl PgDatabase {
 
     /// Runs `statements` in one transaction ([`PgDatabase::committed`]),
     /// answered once [`PgConfig::replicated_to`] standbys flushed it
-    /// ([`PgDatabase::replicated`]).
+    /// ([`PgDatabase::replicated_on`], on the session that committed it).
     async fn write(
         &self,
         who: Who,
@@ -1557,13 +1588,11 @@ impl PgDatabase {
         let mut done = self
             .committed(who, statements, options, shape, (deadline, timeout))
             .await?;
-        if self.inner.config.replicated_to > 0 && !done.is_empty() {
-            self.replicated(done[0].token, deadline, timeout).await?;
-            if who == Who::Own || self.inner.replicas.is_empty() {
-                // Read for the wait alone: no replica to read it back from.
-                for d in &mut done {
-                    d.token = None;
-                }
+        if who == Who::Own || self.inner.replicas.is_empty() {
+            // Read for the standbys' count alone (`replicated`): no
+            // replica to read it back from.
+            for d in &mut done {
+                d.token = None;
             }
         }
         Ok(done)
@@ -1590,6 +1619,8 @@ impl PgDatabase {
                 && options.idempotency_key.is_none()
                 && config.one_message_writes
                 && config.writes_per_message > 1
+                // Each write waits for the standbys on its own session.
+                && config.replicated_to == 0
         });
         let Some(caller) = together else {
             let conn = self
@@ -1886,7 +1917,7 @@ impl PgDatabase {
                 // Sent before and committed: its first answer, again.
                 let fp = fingerprint.as_deref().unwrap_or_default();
                 return self
-                    .replay(conn, who, options.caller, &stored, fp, deadline)
+                    .replay(conn, who, options.caller, &stored, fp, (deadline, timeout))
                     .await;
             }
             Ok(Err(Error::ReadOnly { message })) => {
@@ -1988,7 +2019,10 @@ impl PgDatabase {
             Ok(answered) => answered,
             Err(_) => {
                 self.stop(Node::Primary, who, conn);
-                if committed.load(Ordering::Relaxed) && recorded.load(Ordering::Relaxed) {
+                if committed.load(Ordering::Relaxed)
+                    && recorded.load(Ordering::Relaxed)
+                    && self.inner.config.replicated_to == 0
+                {
                     // The COMMIT was answered; what came after it was not.
                     let mut results = results;
                     for d in &mut results {
@@ -2054,9 +2088,18 @@ impl PgDatabase {
                 Err(unknown("the COMMIT was not answered".into()))
             }
             (Ok(()), failed) => {
-                // Committed. A tidy-up that failed (or did not answer)
-                // closes the connection; a position that did not come is
-                // unknown.
+                // Committed. With `replicated_to`, answered once the
+                // standbys flushed it, counted on this session (the server
+                // that committed it).
+                if self.inner.config.replicated_to > 0 {
+                    let at = self.inner.committed_at(primary_token(&position));
+                    if let Err(e) = self.replicated_on(&conn, who, at, deadline, timeout).await {
+                        self.stop(Node::Primary, who, conn);
+                        return Err(e);
+                    }
+                }
+                // A tidy-up that failed (or did not answer) closes the
+                // connection; a position that did not come is unknown.
                 if prepared.load(Ordering::Relaxed) {
                     self.prepared_with_sql(Node::Primary, who, conn);
                 } else if failed.is_none() && ended.done == statements {
@@ -2090,7 +2133,7 @@ impl PgDatabase {
         caller: Option<u64>,
         stored: &str,
         fingerprint: &str,
-        deadline: Instant,
+        (deadline, timeout): (Instant, Duration),
     ) -> Result<Vec<Done>> {
         let results = crate::idempotency::decode(stored, fingerprint);
         let want_token = self.inner.tracks_writes(who);
@@ -2103,7 +2146,9 @@ impl PgDatabase {
         let end = async {
             let (rolled, position) = tokio::join!(conn.simple_query(&rollback), async {
                 if want_token {
-                    let at = self.inner.primary_at(insert_position(&conn).await);
+                    // Past the first write's commit: as a commit's own
+                    // position, at a page boundary when just past one.
+                    let at = self.inner.committed_at(insert_position(&conn).await);
                     Some(at.unwrap_or_else(unknown_position))
                 } else {
                     None
@@ -2116,24 +2161,34 @@ impl PgDatabase {
         // the answer whatever becomes of this connection's empty
         // transaction. Answered `unavailable` or `timeout` ("nothing
         // committed"), a client would have sent it again without its key.
-        let token = match tokio::time::timeout_at(deadline, end).await {
-            Ok((Ok(true), token)) => {
-                self.keep(Node::Primary, who, conn, caller);
-                token
-            }
-            Ok((Ok(false), token)) => {
-                self.prepared_with_sql(Node::Primary, who, conn);
-                token
-            }
-            Ok((Err(_), _)) => {
-                self.discard(Node::Primary, who, conn);
-                want_token.then(unknown_position)
-            }
-            Err(_) => {
-                self.stop(Node::Primary, who, conn);
-                want_token.then(unknown_position)
-            }
+        let (clean, token) = match tokio::time::timeout_at(deadline, end).await {
+            Ok((Ok(clean), token)) => (Some(clean), token),
+            Ok((Err(_), _)) => (None, want_token.then(unknown_position)),
+            Err(_) => (None, want_token.then(unknown_position)),
         };
+        // With `replicated_to`, answered once the standbys flushed the
+        // position, on this session: the first write is before it.
+        if self.inner.config.replicated_to > 0 {
+            let counted = match clean {
+                Some(_) => {
+                    self.replicated_on(&conn, who, token, deadline, timeout)
+                        .await
+                }
+                None => {
+                    self.replicated_on(&conn, who, None, deadline, timeout)
+                        .await
+                }
+            };
+            if let Err(e) = counted {
+                self.stop(Node::Primary, who, conn);
+                return Err(e);
+            }
+        }
+        match clean {
+            Some(true) => self.keep(Node::Primary, who, conn, caller),
+            Some(false) => self.prepared_with_sql(Node::Primary, who, conn),
+            None => self.stop(Node::Primary, who, conn),
+        }
         Ok(results?
             .into_iter()
             .map(|result| Done { result, token })
