@@ -1206,13 +1206,7 @@ impl Settings {
         c.client_password = optional("postgres.client_password");
         c.client_schema = optional("postgres.client_schema");
         c.schema = self.get("postgres.schema").trim().to_owned();
-        c.replicas = self
-            .get("postgres.replicas")
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect();
+        c.replicas = self.list("postgres.replicas");
         c.connections = self.int("postgres.connections") as usize;
         c.connect_timeout = self.ms("postgres.connect_timeout_ms");
         c.statement_cache = self.int("postgres.statement_cache") as usize;
@@ -1224,17 +1218,22 @@ impl Settings {
         c.one_message_writes = self.bool("postgres.one_message_writes");
         c.health_check_interval = self.ms("postgres.health_check_interval_ms");
         c.replicated_to = self.int("postgres.replicated_to") as usize;
-        c.replicated_standbys = self
-            .get("postgres.replicated_standbys")
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect();
+        c.replicated_standbys = self.list("postgres.replicated_standbys");
         c.default_timeout = self.ms("db.timeout_ms");
         c.max_result_bytes = self.int("db.max_result_bytes") as usize;
         c.validate().map_err(|e| self.refused(e))?;
         Ok(Some(c))
+    }
+
+    /// A key's value as a list: its items separated by commas, trimmed,
+    /// the empty ones left out.
+    fn list(&self, key: &str) -> Vec<String> {
+        self.get(key)
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     pub(crate) fn db_path(&self) -> PathBuf {

@@ -206,6 +206,23 @@ fn writable_since(url: &str, from: Instant) -> Instant {
     }
 }
 
+/// Runs `scripts/pg-failover.sh` with `args`, which must succeed.
+fn formation(args: &[&str]) {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/pg-failover.sh"
+    ))
+    .args(args)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "pg-failover.sh {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// When the formation's primary (through the URL) first has a standby
 /// streaming from it.
 fn streaming_since(url: &str, from: Instant) -> Instant {
@@ -315,18 +332,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         served.push(replica_reads(&fronts[1]));
         // A planned switchover.
         let switched = Instant::now();
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/pg-failover.sh"
-        ))
-        .arg("switchover")
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "switchover: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        formation(&["switchover"]);
         writable_since(&psql_url, switched);
         std::thread::sleep(Duration::from_secs(3));
         served.push(replica_reads(&fronts[1]));
@@ -336,18 +342,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         let primary = psql(&psql_url, "SELECT current_setting('data_directory')").unwrap();
         assert!(!primary.is_empty(), "no primary to kill");
         let killed = Instant::now();
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/pg-failover.sh"
-        ))
-        .args(["kill", &primary])
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "kill: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        formation(&["kill", &primary]);
         let writable = writable_since(&psql_url, killed);
         // From here on no node is in recovery: the killed one is down and
         // the other promoted. No read may be served as from a replica.
@@ -358,18 +353,7 @@ fn writes_survive_a_switchover_and_a_killed_primary() {
         // The killed node started again: it rewinds and follows the new
         // primary, and writes are acknowledged again once it streams.
         let revived = Instant::now();
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/pg-failover.sh"
-        ))
-        .args(["revive", &primary])
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "revive: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        formation(&["revive", &primary]);
         let streaming = streaming_since(&psql_url, revived);
         std::thread::sleep(Duration::from_secs(3));
         stop.store(true, Ordering::Relaxed);

@@ -144,7 +144,7 @@ pub(super) async fn install(
          CREATE OR REPLACE FUNCTION {schema}_claims.standbys_flushed(
                  at pg_catalog.pg_lsn, names pg_catalog.text[])
              RETURNS TABLE(flushed pg_catalog.int8, furthest pg_catalog.text)
-             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+             LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
              SELECT pg_catalog.count(*) FILTER (WHERE w.flush_lsn OPERATOR(pg_catalog.>=) at),
                     pg_catalog.max(w.flush_lsn)::pg_catalog.text
                FROM pg_catalog.pg_stat_get_wal_senders() w

@@ -2030,12 +2030,22 @@ impl PgDatabase {
                     }
                     return Ok(results);
                 }
+                let reason =
+                    if committed.load(Ordering::Relaxed) && recorded.load(Ordering::Relaxed) {
+                        format!(
+                            "it committed, but its standbys were not counted within the deadline \
+                         of {} ms (postgres.replicated_to)",
+                            timeout.as_millis()
+                        )
+                    } else {
+                        format!(
+                            "no answer to COMMIT within the deadline of {} ms",
+                            timeout.as_millis()
+                        )
+                    };
                 return Err(Error::OutcomeUnknown {
                     what: "the write".into(),
-                    reason: format!(
-                        "no answer to COMMIT within the deadline of {} ms",
-                        timeout.as_millis()
-                    ),
+                    reason,
                 });
             }
         };

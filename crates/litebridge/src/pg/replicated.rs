@@ -28,7 +28,10 @@
 //! other's history), or the same server after a crash restart that lost
 //! an asynchronous commit's record and wrote others over its position.
 //! Neither keeps a session: a crash restart ends every one, so the count
-//! fails and the write answers `outcome_unknown`.
+//! fails and the write answers `outcome_unknown`. (So each of litebridge's
+//! connections must be one server session: a direct connection, or a
+//! pooler in session mode. The timeline is compared too, which catches a
+//! pooler in transaction mode that moved to a promoted server.)
 //!
 //! A standby's flush position only moves forward, and a promotion replays
 //! everything a standby flushed. When the count falls short, litebridge
@@ -117,6 +120,23 @@ impl PgDatabase {
                 Err(_) => break last,
             };
             let (flushed, furthest) = first_two(&answer).unwrap_or_default();
+            // The session is the server's (above); its timeline is checked
+            // too, should something between them make it another's.
+            let file = answer.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2),
+                _ => None,
+            });
+            let timeline = file
+                .and_then(|f| f.get(..8))
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+                .unwrap_or(0);
+            if timeline != token.timeline {
+                return Err(unknown(format!(
+                    "the server its session reaches now writes on timeline {timeline}, not \
+                     the write's {}",
+                    token.timeline
+                )));
+            }
             let flushed: usize = flushed.parse().unwrap_or(0);
             if flushed >= need {
                 return Ok(());
@@ -153,12 +173,14 @@ impl PgDatabase {
     }
 }
 
-/// How many of the standbys counted flushed `token`'s position, and the
-/// furthest flush position among them (for the error message).
+/// How many of the standbys counted flushed `token`'s position, the
+/// furthest flush position among them (for the error message), and the
+/// log file written now (its name's first eight digits are the timeline).
 fn count_sql(schema: &str, token: Token, names: &[String]) -> String {
     let at = Token::new(0, token.lsn);
     format!(
-        "SELECT flushed::pg_catalog.text, COALESCE(furthest, '') \
+        "SELECT flushed::pg_catalog.text, COALESCE(furthest, ''), \
+         pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()) \
          FROM {schema}_claims.standbys_flushed('{at}'::pg_catalog.pg_lsn, {})",
         names_sql(names)
     )
