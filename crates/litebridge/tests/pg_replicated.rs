@@ -362,3 +362,72 @@ async fn a_quota_flush_not_confirmed_is_not_counted_again() {
     plain.close();
     schema.drop_now().await;
 }
+
+/// One caller's one-message writes, several waiting for a connection at
+/// once (which without `replicated_to` would go several to a message,
+/// answered as the message is): none is acknowledged while the standby
+/// does not flush, each once it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_writes_of_one_caller_each_wait_for_the_standby() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = first_replica_alone(&schema);
+    config.one_message_writes = true;
+    config.connections = 1;
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let write = |id: i64, timeout: Duration| {
+        let db = db.clone();
+        async move {
+            db.execute_with(
+                "INSERT INTO t VALUES (?1)",
+                params![id],
+                WriteOptions {
+                    timeout: Some(timeout),
+                    caller: Some(7),
+                    ..WriteOptions::default()
+                },
+            )
+            .await
+        }
+    };
+    // Prepared on the caller's connection, and quick alone, as writes sent
+    // several to a message need.
+    for i in 0..4 {
+        write(i, Duration::from_secs(10)).await.unwrap();
+    }
+    let _turn = RECEIVER.lock().await;
+    let stopped = Stopped::new(receiver(&schema).await);
+    // The first holds the only connection until its deadline; the others
+    // wait for it meanwhile, then have the connection after it.
+    let first = tokio::spawn(write(100, Duration::from_millis(300)));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiting: Vec<_> = (0..7)
+        .map(|i| tokio::spawn(write(101 + i, Duration::from_millis(1500))))
+        .collect();
+    let e = first
+        .await
+        .unwrap()
+        .expect_err("not flushed by the standby");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    for h in waiting {
+        let e = h.await.unwrap().expect_err("not flushed by the standby");
+        assert!(
+            matches!(e.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Timeout),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("after 0 ms"), "{e}");
+    }
+    drop(stopped);
+    let after: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(write(200 + i, Duration::from_secs(10))))
+        .collect();
+    for h in after {
+        h.await.unwrap().unwrap();
+    }
+    db.close();
+    schema.drop_now().await;
+}

@@ -251,13 +251,13 @@ impl Backends {
     pub(super) async fn name(
         &self,
         conn: &tokio_postgres::Client,
-        deadline: Instant,
+        (deadline, timeout): (Instant, Duration),
         faults: &Faults,
     ) -> Result<Option<Backend>, Error> {
         let named = tokio::time::timeout_at(deadline, Backend::of(conn, &self.own, faults))
             .await
             .map_err(|_| Error::Timeout {
-                after: Duration::ZERO,
+                after: timeout,
                 stage: TimeoutStage::Queued,
             })?;
         let e = match named {

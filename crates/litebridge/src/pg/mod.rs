@@ -768,7 +768,9 @@ impl PgDatabase {
         let deadline = Instant::now() + self.inner.config.connect_timeout;
         // Never released: dropped, the lease closes the connection, which
         // ends the transaction and its lock.
-        let conn = self.connection(Who::Own, None, deadline).await?;
+        let conn = self
+            .connection(Who::Own, None, deadline, self.inner.config.connect_timeout)
+            .await?;
         let sql = format!(
             "BEGIN; LOCK TABLE {}.litebridge_{table} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT",
             self.own_schema()
@@ -2264,9 +2266,9 @@ impl PgDatabase {
     ) -> Result<Lease> {
         loop {
             let conn = match node {
-                Node::Primary => self.connection(who, caller, deadline).await?,
+                Node::Primary => self.connection(who, caller, deadline, timeout).await?,
                 Node::Replica(i) => Lease::watched(
-                    replica_connection(&self.inner.replicas[i].pool, deadline).await?,
+                    replica_connection(&self.inner.replicas[i].pool, deadline, timeout).await?,
                     Arc::downgrade(&self.inner),
                     node,
                 ),
@@ -2300,7 +2302,7 @@ impl PgDatabase {
         if let Some(conn) = &ready
             && who == Who::Client
         {
-            self.name_process(node, conn, deadline).await?;
+            self.name_process(node, conn, deadline, timeout).await?;
         }
         Ok(ready)
     }
@@ -2308,7 +2310,13 @@ impl PgDatabase {
     /// Notes the server process of a clients' connection to `node`,
     /// leased, the first time, when litebridge's own role may end it
     /// ([`backend`]).
-    async fn name_process(&self, node: Node, conn: &Lease, deadline: Instant) -> Result<()> {
+    async fn name_process(
+        &self,
+        node: Node,
+        conn: &Lease,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<()> {
         let id = Object::id(conn);
         let backends = self.inner.backends(node);
         if !self.inner.ends_runaways || backends.lease(id) {
@@ -2316,7 +2324,9 @@ impl PgDatabase {
         }
         // Not named (litebridge's role may not see when it started): no
         // backstop for it, and no lookup again.
-        let backend = backends.name(conn, deadline, &self.inner.faults).await?;
+        let backend = backends
+            .name(conn, (deadline, timeout), &self.inner.faults)
+            .await?;
         let most = 4 * self.inner.config.connections;
         backends.insert(id, backend, most);
         Ok(())
@@ -2419,8 +2429,15 @@ impl PgDatabase {
         }
     }
 
-    /// A connection of `who`'s pool, waited for until `deadline`.
-    async fn connection(&self, who: Who, caller: Option<u64>, deadline: Instant) -> Result<Lease> {
+    /// A connection of `who`'s pool, waited for until `deadline` (of a
+    /// request of `timeout`, which a timeout names).
+    async fn connection(
+        &self,
+        who: Who,
+        caller: Option<u64>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Lease> {
         let pool = match who {
             Who::Client => &self.inner.client,
             Who::Own => &self.inner.own,
@@ -2441,7 +2458,7 @@ impl PgDatabase {
                 reason: e.to_string(),
             }),
             Err(_) => Err(Error::Timeout {
-                after: deadline.saturating_duration_since(Instant::now()),
+                after: timeout,
                 stage: TimeoutStage::Queued,
             }),
         }
@@ -2848,8 +2865,9 @@ fn first_two(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<(&str, &
     })
 }
 
-/// A connection of a replica's pool, by `deadline`.
-async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
+/// A connection of a replica's pool, by `deadline` (of a request of
+/// `timeout`, which a timeout names).
+async fn replica_connection(pool: &Pool, deadline: Instant, timeout: Duration) -> Result<Object> {
     match tokio::time::timeout_at(deadline, pool.get()).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(Error::Unavailable {
@@ -2857,7 +2875,7 @@ async fn replica_connection(pool: &Pool, deadline: Instant) -> Result<Object> {
             reason: e.to_string(),
         }),
         Err(_) => Err(Error::Timeout {
-            after: Duration::ZERO,
+            after: timeout,
             stage: TimeoutStage::Queued,
         }),
     }

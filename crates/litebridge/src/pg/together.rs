@@ -320,7 +320,7 @@ impl PgDatabase {
         let got = tokio::select! {
             biased;
             _ = &mut was_taken => None,
-            got = self.connection(Who::Client, Some(caller), deadline) => Some(got),
+            got = self.connection(Who::Client, Some(caller), deadline, timeout) => Some(got),
         };
         if let Some(got) = got {
             if queued.withdraw() {
