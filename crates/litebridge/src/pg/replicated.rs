@@ -46,7 +46,9 @@
 //! What the count cannot know: which standby the cluster's manager will
 //! promote. `replicated_to` as large as the number of standbys that can be
 //! promoted is safe whatever the manager picks; a smaller one relies on
-//! the manager promoting the most advanced standby.
+//! the manager promoting the most advanced standby, and on the old primary
+//! taking no more writes once another node is promoted (docs/postgres.md,
+//! "Failover").
 
 use std::time::Duration;
 
