@@ -186,22 +186,49 @@ fn replica_reads(server: &Server) -> u64 {
 
 /// When the formation's URL first reaches a writable primary again.
 fn writable_since(url: &str, from: Instant) -> Instant {
+    probe_until(
+        url,
+        "SELECT pg_is_in_recovery()",
+        |f| f == "f",
+        from,
+        "no primary came back",
+    )
+}
+
+/// When the formation's primary (through the URL) first has a standby
+/// streaming from it.
+fn streaming_since(url: &str, from: Instant) -> Instant {
+    probe_until(
+        url,
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        |n| n != "0",
+        from,
+        "the killed node never streamed from the new primary",
+    )
+}
+
+/// When `sql` through `url` first answers what `done` accepts, probed
+/// every 50 ms from `from` (each new answer printed), for up to 90 s.
+fn probe_until(
+    url: &str,
+    sql: &str,
+    done: impl Fn(&str) -> bool,
+    from: Instant,
+    never: &str,
+) -> Instant {
     let mut said = String::new();
     loop {
-        match psql(url, "SELECT pg_is_in_recovery()") {
-            Ok(f) if f == "f" => return Instant::now(),
+        match psql(url, sql) {
+            Ok(answer) if done(&answer) => return Instant::now(),
             other => {
                 let now = format!("{other:?}");
                 if now != said {
-                    eprintln!("probe at {:?}: {now}", from.elapsed());
+                    eprintln!("probe ({sql}) at {:?}: {now}", from.elapsed());
                     said = now;
                 }
             }
         }
-        assert!(
-            from.elapsed() < Duration::from_secs(90),
-            "no primary came back"
-        );
+        assert!(from.elapsed() < Duration::from_secs(90), "{never}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -221,32 +248,6 @@ fn formation(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// When the formation's primary (through the URL) first has a standby
-/// streaming from it.
-fn streaming_since(url: &str, from: Instant) -> Instant {
-    let mut said = String::new();
-    loop {
-        match psql(
-            url,
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-        ) {
-            Ok(n) if n != "0" => return Instant::now(),
-            other => {
-                let now = format!("{other:?}");
-                if now != said {
-                    eprintln!("standby probe at {:?}: {now}", from.elapsed());
-                    said = now;
-                }
-            }
-        }
-        assert!(
-            from.elapsed() < Duration::from_secs(90),
-            "the killed node never streamed from the new primary"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The URL's hosts, `host:port` separated by commas.

@@ -2021,10 +2021,9 @@ impl PgDatabase {
             Ok(answered) => answered,
             Err(_) => {
                 self.stop(Node::Primary, who, conn);
-                if committed.load(Ordering::Relaxed)
-                    && recorded.load(Ordering::Relaxed)
-                    && self.inner.config.replicated_to == 0
-                {
+                let answered =
+                    committed.load(Ordering::Relaxed) && recorded.load(Ordering::Relaxed);
+                if answered && self.inner.config.replicated_to == 0 {
                     // The COMMIT was answered; what came after it was not.
                     let mut results = results;
                     for d in &mut results {
@@ -2032,19 +2031,18 @@ impl PgDatabase {
                     }
                     return Ok(results);
                 }
-                let reason =
-                    if committed.load(Ordering::Relaxed) && recorded.load(Ordering::Relaxed) {
-                        format!(
-                            "it committed, but its standbys were not counted within the deadline \
+                let reason = if answered {
+                    format!(
+                        "it committed, but its standbys were not counted within the deadline \
                          of {} ms (postgres.replicated_to)",
-                            timeout.as_millis()
-                        )
-                    } else {
-                        format!(
-                            "no answer to COMMIT within the deadline of {} ms",
-                            timeout.as_millis()
-                        )
-                    };
+                        timeout.as_millis()
+                    )
+                } else {
+                    format!(
+                        "no answer to COMMIT within the deadline of {} ms",
+                        timeout.as_millis()
+                    )
+                };
                 return Err(Error::OutcomeUnknown {
                     what: "the write".into(),
                     reason,
@@ -2103,12 +2101,12 @@ impl PgDatabase {
                 // Committed. With `replicated_to`, answered once the
                 // standbys flushed it, counted on this session (the server
                 // that committed it).
-                if self.inner.config.replicated_to > 0 {
-                    let at = self.inner.committed_at(primary_token(&position));
-                    if let Err(e) = self.replicated_on(&conn, who, at, deadline, timeout).await {
-                        self.stop(Node::Primary, who, conn);
-                        return Err(e);
-                    }
+                let at = self.inner.committed_at(primary_token(&position));
+                if self.inner.config.replicated_to > 0
+                    && let Err(e) = self.replicated_on(&conn, who, at, deadline, timeout).await
+                {
+                    self.stop(Node::Primary, who, conn);
+                    return Err(e);
                 }
                 // A tidy-up that failed (or did not answer) closes the
                 // connection; a position that did not come is unknown.
@@ -2119,11 +2117,7 @@ impl PgDatabase {
                 } else {
                     self.discard(Node::Primary, who, conn);
                 }
-                let token = want_token.then(|| {
-                    self.inner
-                        .committed_at(primary_token(&position))
-                        .unwrap_or_else(unknown_position)
-                });
+                let token = want_token.then(|| at.unwrap_or_else(unknown_position));
                 let mut results = results;
                 for d in &mut results {
                     d.token = token;
@@ -2840,10 +2834,16 @@ async fn insert_position(conn: &Object) -> Option<Token> {
     primary_token(&m)
 }
 
+/// The timeline of a log file's name (`pg_walfile_name`): its first eight
+/// hexadecimal digits.
+fn walfile_timeline(file: &str) -> Option<u32> {
+    u32::from_str_radix(file.get(..8)?, 16).ok()
+}
+
 /// A position and a log file's name, as [`WAL_INSERT_POSITION`] answers.
 fn primary_token(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<Token> {
     let (position, file) = first_two(messages)?;
-    let timeline = u32::from_str_radix(file.get(..8)?, 16).ok()?;
+    let timeline = walfile_timeline(file)?;
     let at: Token = position.parse().ok()?;
     Some(Token::new(timeline, at.lsn))
 }

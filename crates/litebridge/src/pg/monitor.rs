@@ -168,10 +168,7 @@ async fn probe(pool: &Pool, fresh: bool) -> Result<Probe, String> {
             // A primary's timeline, from its log file's name (a replica's
             // is not shown to every role: none).
             position: row.get(1).and_then(|t| t.parse::<Token>().ok()).map(|t| {
-                let timeline = row
-                    .get(3)
-                    .and_then(|f| f.get(..8))
-                    .and_then(|tl| u32::from_str_radix(tl, 16).ok());
+                let timeline = row.get(3).and_then(super::walfile_timeline);
                 Token::new(timeline.unwrap_or(0), t.lsn)
             }),
             address: row.get(2).filter(|a| !a.is_empty()).map(str::to_owned),

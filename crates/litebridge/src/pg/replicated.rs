@@ -56,7 +56,7 @@ use tokio::time::Instant;
 
 use deadpool_postgres::Object;
 
-use super::{PgDatabase, Who, first_two};
+use super::{PgDatabase, Who, first_two, walfile_timeline};
 use crate::consistency::Token;
 use crate::error::{Error, Result};
 
@@ -128,10 +128,7 @@ impl PgDatabase {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2),
                 _ => None,
             });
-            let timeline = file
-                .and_then(|f| f.get(..8))
-                .and_then(|t| u32::from_str_radix(t, 16).ok())
-                .unwrap_or(0);
+            let timeline = file.and_then(walfile_timeline).unwrap_or(0);
             if timeline != token.timeline {
                 return Err(unknown(format!(
                     "the server its session reaches now writes on timeline {timeline}, not \
