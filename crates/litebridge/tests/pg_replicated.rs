@@ -6,8 +6,9 @@
 //! that stops flushing (its WAL receiver stopped with SIGSTOP) holds the
 //! acknowledgement until it goes on, while a standby not named in
 //! `replicated_standbys` does not count; a quota flush not confirmed is
-//! not counted again; a role
-//! that cannot see the standbys' positions is refused at connect. Needs the
+//! not counted again; one caller's writes waiting for a connection go one
+//! to a message; a role that cannot see the standbys' positions is refused
+//! at connect. Needs the
 //! cluster of scripts/pg-cluster.sh (a primary and two streaming replicas).
 #![cfg(feature = "postgres")]
 
@@ -368,8 +369,8 @@ async fn a_quota_flush_not_confirmed_is_not_counted_again() {
 /// it does, and one that waited past its deadline names it. (They do not
 /// go several to a message here: the first one's connection is closed at
 /// its deadline, and the next one's new connection has not prepared the
-/// statement. That `replicated_to` keeps writes apart is not shown by a
-/// test that could fail.)
+/// statement: `writes_waiting_for_a_connection_go_apart_while_standbys_are_counted`
+/// shows that `replicated_to` keeps them apart.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_writes_of_one_caller_each_wait_for_the_standby() {
     let Some(schema) = common::pg::Schema::new().await else {
@@ -432,5 +433,67 @@ async fn one_message_writes_of_one_caller_each_wait_for_the_standby() {
         h.await.unwrap().unwrap();
     }
     db.close();
+    schema.drop_now().await;
+}
+
+/// With `replicated_to`, one caller's writes that wait for a connection
+/// go one to a message, each counted on its own session; without it the
+/// same writes go several to a message (the first round, which shows the
+/// test would see them go together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_a_connection_go_apart_while_standbys_are_counted() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    for replicated_to in [0, STANDBYS] {
+        let mut config = schema.config();
+        config.replicated_to = replicated_to;
+        config.one_message_writes = true;
+        config.connections = 1;
+        let db = PgDatabase::connect(config).await.unwrap();
+        let (w, q) = (
+            WriteOptions {
+                caller: Some(7),
+                ..WriteOptions::default()
+            },
+            QueryOptions {
+                caller: Some(7),
+                ..QueryOptions::default()
+            },
+        );
+        db.execute_with("CREATE TABLE IF NOT EXISTS t(id bigint)", (), w)
+            .await
+            .unwrap();
+        let write = |id: i64| db.execute_with("INSERT INTO t VALUES (?1)", params![id], w);
+        // Prepared on the one connection, and quick alone, as writes sent
+        // several to a message need.
+        for i in 0..4 {
+            write(i).await.unwrap();
+        }
+        let before = db.writes_together();
+        // The one connection held while two writes queue behind it.
+        let hold = db.query_with("SELECT pg_sleep(0.3)::text AS held", (), q);
+        let queued = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::join!(write(10), async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                write(11).await
+            })
+        };
+        let (held, (first, second)) = tokio::join!(hold, queued);
+        held.unwrap();
+        first.unwrap();
+        second.unwrap();
+        let together = db.writes_together() - before;
+        if replicated_to == 0 {
+            assert!(
+                together > 0,
+                "the writes went together without replicated_to"
+            );
+        } else {
+            assert_eq!(together, 0, "writes went together with replicated_to");
+        }
+        db.close();
+    }
     schema.drop_now().await;
 }
