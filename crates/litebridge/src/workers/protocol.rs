@@ -29,7 +29,7 @@ pub struct MethodInfo {
     pub positional: bool,
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "nats"))]
 impl MethodInfo {
     /// A method of this name, described no further.
     pub(crate) fn named(name: &str, idempotent: bool) -> MethodInfo {
