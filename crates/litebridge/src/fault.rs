@@ -20,6 +20,7 @@ pub struct Faults {
     lose_before_commits: AtomicUsize,
     reused_pid: AtomicI64,
     other_server: AtomicUsize,
+    count_elsewhere: AtomicUsize,
 }
 
 impl Faults {
@@ -120,6 +121,18 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_other_server(&self) -> bool {
         take_one(&self.other_server)
+    }
+
+    /// Makes the standbys' count of the next `n` PostgreSQL writes
+    /// (`postgres.replicated_to`) run on another server session than the
+    /// one that committed them, as a pooler in transaction mode would.
+    pub fn count_elsewhere(&self, n: usize) {
+        self.count_elsewhere.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn take_count_elsewhere(&self) -> bool {
+        take_one(&self.count_elsewhere)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

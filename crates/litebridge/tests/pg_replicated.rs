@@ -497,3 +497,137 @@ async fn writes_waiting_for_a_connection_go_apart_while_standbys_are_counted() {
     }
     schema.drop_now().await;
 }
+
+/// A `pg_receivewal` of the test's, killed when dropped, and its folder.
+struct Receivewal {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receivewal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sender that keeps the log but replays none of it (`pg_receivewal`,
+/// as archivers run it, flushing each write) could never be promoted: it
+/// does not count, even named in `replicated_standbys` (review 223).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_replays_nothing_does_not_count() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let name = format!("lb_receivewal_{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let (_, rest) = schema.url.split_once('@').unwrap();
+    let (server, _) = rest.split_once('/').unwrap();
+    let child = std::process::Command::new("pg_receivewal")
+        .arg("-d")
+        .arg(format!(
+            "postgres://postgres@{server}/postgres?application_name={name}"
+        ))
+        .arg("-D")
+        .arg(dir.path())
+        .args(["--synchronous", "--no-loop"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pg_receivewal (Debian's postgresql-client)");
+    let _receivewal = Receivewal { child, _dir: dir };
+    let admin = common::pg::admin(&schema.url).await;
+    let since = Instant::now();
+    loop {
+        let streaming = admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_replication \
+                 WHERE application_name = $1 AND state = 'streaming' AND flush_lsn IS NOT NULL",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        if streaming.is_some() {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "pg_receivewal never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut config = first_replica_alone(&schema);
+    config.replicated_standbys.push(name);
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let _turn = RECEIVER.lock().await;
+    let stopped = Stopped::new(receiver(&schema).await);
+    let e = db
+        .execute_with(
+            "INSERT INTO t VALUES (1)",
+            (),
+            keyed("archived", Duration::from_millis(500)),
+        )
+        .await
+        .expect_err("only pg_receivewal flushed it");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    drop(stopped);
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Standbys counted on another server session than the one that committed
+/// the write (as a pooler in transaction mode gives each transaction) do
+/// not acknowledge it: that session may be on a server restarted since, or
+/// on another (review 223).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_counted_on_another_session_do_not_acknowledge_a_write() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.replicated_to = 1;
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    for who in ["the clients'", "litebridge's own"] {
+        db.faults().count_elsewhere(1);
+        let e = if who == "the clients'" {
+            db.execute_with(
+                "INSERT INTO t VALUES (1)",
+                (),
+                keyed("elsewhere", Duration::from_secs(5)),
+            )
+            .await
+            .expect_err("counted on another session")
+        } else {
+            let store = StateStore::new(db.clone(), Arc::new(SystemClock));
+            store
+                .save(StateUpdate {
+                    run_id: "r1".into(),
+                    state: serde_json::json!({"step": 1}),
+                    ..StateUpdate::default()
+                })
+                .await
+                .expect_err("counted on another session")
+        };
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{who}: {e}");
+        assert!(
+            e.to_string().contains("another server session"),
+            "{who}: {e}"
+        );
+    }
+    // The retry, counted on its own session, finds the first write.
+    db.execute_with(
+        "INSERT INTO t VALUES (1)",
+        (),
+        keyed("elsewhere", Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&db).await, 1);
+    db.close();
+    schema.drop_now().await;
+}

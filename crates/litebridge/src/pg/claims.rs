@@ -17,7 +17,8 @@
 //! - `settle(k, result)` stores the result, sent before `COMMIT`.
 //!
 //! `standbys_flushed(at, names)` is not about claims either: it counts
-//! the standbys that flushed a write, on the session that committed it,
+//! the standbys (senders that replay what they receive, not pg_receivewal)
+//! that flushed a write, on the session that committed it,
 //! which PostgreSQL shows only to roles with `pg_read_all_stats`
 //! (`replicated`).
 //!
@@ -149,6 +150,10 @@ pub(super) async fn install(
                     pg_catalog.max(w.flush_lsn)::pg_catalog.text
                FROM pg_catalog.pg_stat_get_wal_senders() w
               WHERE w.state OPERATOR(pg_catalog.=) 'streaming'
+                -- A standby: it replays what it receives. pg_receivewal and
+                -- pg_basebackup (archivers use them) report no replay
+                -- position, and could never be promoted (review 223).
+                AND w.replay_lsn IS NOT NULL
                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(w.pid) a
                              WHERE a.datid IS NULL
                                AND (names IS NULL

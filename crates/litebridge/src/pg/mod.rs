@@ -1963,10 +1963,16 @@ impl PgDatabase {
         } else {
             self.inner.tidy
         };
+        // With `replicated_to`, the session that committed is read too.
+        let position_sql = if self.inner.config.replicated_to > 0 {
+            WAL_INSERT_POSITION_IN_SESSION
+        } else {
+            WAL_INSERT_POSITION
+        };
         let end = match who {
-            Who::Own if want_token => format!("COMMIT; {WAL_INSERT_POSITION}"),
+            Who::Own if want_token => format!("COMMIT; {position_sql}"),
             Who::Own => "COMMIT".to_owned(),
-            Who::Client if want_token => format!("COMMIT; {WAL_INSERT_POSITION}; {tidy}"),
+            Who::Client if want_token => format!("COMMIT; {position_sql}; {tidy}"),
             Who::Client => format!("COMMIT; {tidy}"),
         };
         let statements = statements_in(&end);
@@ -2103,7 +2109,9 @@ impl PgDatabase {
                 // that committed it).
                 let at = self.inner.committed_at(primary_token(&position));
                 if self.inner.config.replicated_to > 0
-                    && let Err(e) = self.replicated_on(&conn, who, at, deadline, timeout).await
+                    && let Err(e) = self
+                        .replicated_on(&conn, who, at, session_of(&position), deadline, timeout)
+                        .await
                 {
                     self.stop(Node::Primary, who, conn);
                     return Err(e);
@@ -2150,38 +2158,38 @@ impl PgDatabase {
             Who::Own => "ROLLBACK".to_owned(),
         };
         let end = async {
-            let (rolled, position) = tokio::join!(conn.simple_query(&rollback), async {
+            let (rolled, (position, session)) = tokio::join!(conn.simple_query(&rollback), async {
                 if want_token {
                     // Past the first write's commit: as a commit's own
                     // position, at a page boundary when just past one.
-                    let at = self.inner.committed_at(insert_position(&conn).await);
-                    Some(at.unwrap_or_else(unknown_position))
+                    let (at, session) = insert_position(&conn).await;
+                    let at = self.inner.committed_at(at);
+                    (Some(at.unwrap_or_else(unknown_position)), session)
                 } else {
-                    None
+                    (None, None)
                 }
             });
             let rolled = rolled.map(|answer| !found_prepared_in(&answer, statements_in(&rollback)));
-            (rolled, position)
+            (rolled, position, session)
         };
         // The write committed before, and its results were read: they are
         // the answer whatever becomes of this connection's empty
         // transaction. Answered `unavailable` or `timeout` ("nothing
         // committed"), a client would have sent it again without its key.
-        let (clean, token) = match tokio::time::timeout_at(deadline, end).await {
-            Ok((Ok(clean), token)) => (Some(clean), token),
-            Ok((Err(_), _)) => (None, want_token.then(unknown_position)),
-            Err(_) => (None, want_token.then(unknown_position)),
+        let (clean, token, session) = match tokio::time::timeout_at(deadline, end).await {
+            Ok((Ok(clean), token, session)) => (Some(clean), token, session),
+            Ok((Err(_), _, _)) | Err(_) => (None, want_token.then(unknown_position), None),
         };
         // With `replicated_to`, answered once the standbys flushed the
         // position, on this session: the first write is before it.
         if self.inner.config.replicated_to > 0 {
             let counted = match clean {
                 Some(_) => {
-                    self.replicated_on(&conn, who, token, deadline, timeout)
+                    self.replicated_on(&conn, who, token, session, deadline, timeout)
                         .await
                 }
                 None => {
-                    self.replicated_on(&conn, who, None, deadline, timeout)
+                    self.replicated_on(&conn, who, None, None, deadline, timeout)
                         .await
                 }
             };
@@ -2768,6 +2776,27 @@ const WAL_INSERT_POSITION: &str = "SELECT l::pg_catalog.text, \
      pg_catalog.pg_walfile_name(l) \
      FROM pg_catalog.pg_current_wal_insert_lsn() AS l";
 
+/// The session that runs it, as a third column: its server process and
+/// when that started, in seconds (a number, which no setting of the
+/// session's changes the text of). With `replicated_to`, a write's
+/// standbys are counted on the session that committed it, and this tells
+/// that they are (`replicated`).
+macro_rules! this_session {
+    () => {
+        "pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) ' '          OPERATOR(pg_catalog.||) COALESCE((SELECT pg_catalog.extract('epoch', a.backend_start)\
+         ::pg_catalog.text FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a), '')"
+    };
+}
+pub(crate) use this_session;
+
+/// [`WAL_INSERT_POSITION`], and the session that read it
+/// ([`this_session`]).
+const WAL_INSERT_POSITION_IN_SESSION: &str = concat!(
+    "SELECT l::pg_catalog.text, pg_catalog.pg_walfile_name(l), ",
+    this_session!(),
+    " FROM pg_catalog.pg_current_wal_insert_lsn() AS l"
+);
+
 /// The guard a read runs on a replica before its statement. It aborts the
 /// transaction before the statement is parsed: with a numeric overflow
 /// (22003) when the node is not in recovery (a promoted one keeps its last
@@ -2828,10 +2857,22 @@ fn not_the_primary(message: &str) -> Error {
     }
 }
 
-/// The primary's insert position now ([`WAL_INSERT_POSITION`]), if it answers.
-async fn insert_position(conn: &Object) -> Option<Token> {
-    let m = conn.simple_query(WAL_INSERT_POSITION).await.ok()?;
-    primary_token(&m)
+/// The primary's insert position now, and the session that read it
+/// ([`WAL_INSERT_POSITION_IN_SESSION`]), if it answers.
+async fn insert_position(conn: &Object) -> (Option<Token>, Option<String>) {
+    match conn.simple_query(WAL_INSERT_POSITION_IN_SESSION).await {
+        Ok(m) => (primary_token(&m), session_of(&m)),
+        Err(_) => (None, None),
+    }
+}
+
+/// The session a position was read in, as
+/// [`WAL_INSERT_POSITION_IN_SESSION`] answers it (its third column).
+fn session_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2).map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The timeline of a log file's name (`pg_walfile_name`): its first eight

@@ -20,7 +20,9 @@
 //! streaming from the primary whose flush position is at or past it
 //! (`<schema>_claims.standbys_flushed`, a function of litebridge's role,
 //! which may read the senders' positions; `pg_stat_get_wal_senders()`,
-//! less the logical senders, whose sessions are in a database, and, when
+//! less the logical senders, whose sessions are in a database, and those
+//! that report no replay position (`pg_receivewal`, `pg_basebackup`: they
+//! keep the log but could never be promoted), and, when
 //! [`PgConfig::replicated_standbys`](super::PgConfig::replicated_standbys)
 //! names them, the others). The session is what ties the count to the
 //! server that committed: a pooled connection could reach another primary
@@ -30,8 +32,10 @@
 //! Neither keeps a session: a crash restart ends every one, so the count
 //! fails and the write answers `outcome_unknown`. (So each of litebridge's
 //! connections must be one server session: a direct connection, or a
-//! pooler in session mode. The timeline is compared too, which catches a
-//! pooler in transaction mode that moved to a promoted server.)
+//! pooler in session mode. The message of the `COMMIT` reads its session,
+//! its server process and when that started, and each count reads its own:
+//! another session, as a pooler in transaction mode would give, answers
+//! `outcome_unknown` (review 223). The timeline is compared too.)
 //!
 //! A standby's flush position only moves forward, and a promotion replays
 //! everything a standby flushed. When the count falls short, litebridge
@@ -56,7 +60,7 @@ use tokio::time::Instant;
 
 use deadpool_postgres::Object;
 
-use super::{PgDatabase, Who, first_two, walfile_timeline};
+use super::{PgDatabase, Who, first_two, this_session, walfile_timeline};
 use crate::consistency::Token;
 use crate::error::{Error, Result};
 
@@ -81,6 +85,7 @@ impl PgDatabase {
         conn: &Object,
         who: Who,
         token: Option<Token>,
+        session: Option<String>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<()> {
@@ -97,7 +102,7 @@ impl PgDatabase {
                  primary: {retry}"
             ),
         };
-        let Some(token) = token.filter(|t| t.timeline != 0) else {
+        let (Some(token), Some(session)) = (token.filter(|t| t.timeline != 0), session) else {
             return Err(unknown("its position was not read after its COMMIT".into()));
         };
         let sql = count_sql(
@@ -105,6 +110,14 @@ impl PgDatabase {
             token,
             &self.inner.config.replicated_standbys,
         );
+        // The fault of a pooler in transaction mode: another session.
+        let elsewhere = match self.inner.faults.take_count_elsewhere() {
+            true => Some(self.inner.own.get().await.map_err(|e| {
+                unknown(format!("no other session for the fault to count on ({e})"))
+            })?),
+            false => None,
+        };
+        let conn = elsewhere.as_ref().unwrap_or(conn);
         let mut pause = Duration::from_millis(1);
         let mut asked = 0;
         // The last count and the furthest flush position, for the message
@@ -122,13 +135,24 @@ impl PgDatabase {
                 Err(_) => break last,
             };
             let (flushed, furthest) = first_two(&answer).unwrap_or_default();
-            // The session is the server's (above); its timeline is checked
-            // too, should something between them make it another's.
-            let file = answer.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2),
-                _ => None,
-            });
-            let timeline = file.and_then(walfile_timeline).unwrap_or(0);
+            let column = |i| {
+                answer.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(i),
+                    _ => None,
+                })
+            };
+            // The session that counts must be the one that committed: a
+            // pooler in transaction mode gives each transaction a session
+            // of its own (review 223).
+            let counting = column(3).unwrap_or_default();
+            if counting != session {
+                return Err(unknown(format!(
+                    "its standbys were counted on another server session than the one that                      committed it (process and start {counting:?}, not {session:?}: a pooler                      in transaction mode between litebridge and PostgreSQL?)"
+                )));
+            }
+            // Its timeline is checked too, should something between them
+            // make the session another server's.
+            let timeline = column(2).and_then(walfile_timeline).unwrap_or(0);
             if timeline != token.timeline {
                 return Err(unknown(format!(
                     "the server its session reaches now writes on timeline {timeline}, not \
@@ -173,14 +197,16 @@ impl PgDatabase {
 }
 
 /// How many of the standbys counted flushed `token`'s position, the
-/// furthest flush position among them (for the error message), and the
-/// log file written now (its name's first eight digits are the timeline).
+/// furthest flush position among them (for the error message), the log
+/// file written now (its name's first eight digits are the timeline), and
+/// the session counting ([`this_session`]).
 fn count_sql(schema: &str, token: Token, names: &[String]) -> String {
     let at = Token::new(0, token.lsn);
     format!(
         "SELECT flushed::pg_catalog.text, COALESCE(furthest, ''), \
-         pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()) \
+         pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()), {} \
          FROM {schema}_claims.standbys_flushed('{at}'::pg_catalog.pg_lsn, {})",
+        this_session!(),
         names_sql(names)
     )
 }
