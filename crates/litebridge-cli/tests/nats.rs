@@ -1105,6 +1105,131 @@ async fn another_deployment_can_neither_read_answers_nor_answer_discovery() {
     answering.abort();
 }
 
+/// Review 225: a peer that may answer the services protocol's requests
+/// answered a front end's discovery in a live host's name, with the host's
+/// own instance, saying its method `record_once` was idempotent. Taken as
+/// the host's, it would have let a call of it whose outcome was unknown
+/// run again on another host. An INFO is now taken only when it hashes to
+/// what the host's heartbeats announce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_a_hosts_name_that_its_heartbeats_do_not_announce_is_not_taken() {
+    use futures_util::StreamExt;
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _host = Host::start(&url, "h1", 1, &[]);
+    let liar = peer(&url).await;
+    let service = "$SRV.INFO.litebridge_workers_lb";
+    let real = liar.request(service, "".into()).await.unwrap();
+    let mut forged: Json = serde_json::from_slice(&real.payload).unwrap();
+    let instance = forged["id"].as_str().unwrap().to_owned();
+    let mut changed = false;
+    for e in forged["endpoints"].as_array_mut().unwrap() {
+        if e["metadata"]["method"] == "record_once" {
+            e["metadata"]["idempotent"] = json!("true");
+            changed = true;
+        }
+    }
+    assert!(changed, "h1 announces record_once: {forged}");
+    // Answered late, after h1's own answer and after a heartbeat of its.
+    let mut asked = liar.subscribe(service).await.unwrap();
+    let mut asked_of = liar
+        .subscribe(format!("{service}.{instance}"))
+        .await
+        .unwrap();
+    synced(&liar).await;
+    let answering = tokio::spawn({
+        let liar = liar.clone();
+        async move {
+            loop {
+                let m = tokio::select! {
+                    Some(m) = asked.next() => m,
+                    Some(m) = asked_of.next() => m,
+                    else => return,
+                };
+                let Some(reply) = m.reply else { continue };
+                let (liar, forged) = (liar.clone(), forged.to_string());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let _ = liar.publish(reply, forged.into()).await;
+                    let _ = liar.flush().await;
+                });
+            }
+        }
+    });
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    // Several heartbeats, and answers to any reading again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(bridge.idempotent("record_idem"), "h1's methods were read");
+    assert!(
+        !bridge.idempotent("record_once"),
+        "a forged announcement was taken"
+    );
+    let once = bridge
+        .methods()
+        .into_iter()
+        .find(|m| m.name == "record_once")
+        .unwrap();
+    assert!(!once.idempotent, "{once:?}");
+    answering.abort();
+}
+
+/// Review 225: each heartbeat saying a host's methods changed made every
+/// front end ask the host for them: a peer forging 2,000 in a second had
+/// each front end send the host 2,000 requests, each answered with its
+/// whole announcement. Now at most once a heartbeat's time a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_heartbeats_make_a_front_end_ask_a_host_once_a_heartbeat() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let (evil, _beats, first) = h1_heartbeats(&setup.url).await;
+    let spy = peer(&setup.url).await;
+    let mut asked = spy
+        .subscribe("$SRV.INFO.litebridge_workers_lb.>")
+        .await
+        .unwrap();
+    synced(&spy).await;
+    let started = Instant::now();
+    for i in 0..2000u32 {
+        let mut beat = first.clone();
+        beat["methods_hash"] = json!(format!("{i:016x}"));
+        evil.publish("lb.v1.hb.h1", beat.to_string().into())
+            .await
+            .unwrap();
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    synced(&evil).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), asked.next()).await {
+        seen += 1;
+    }
+    // One a heartbeat (200 ms here) while they came, and one more.
+    let most = took.as_millis() / 200 + 3;
+    assert!(
+        seen <= most,
+        "{seen} requests for 2,000 forged heartbeats in {took:?}"
+    );
+    // The host's methods are still the ones it announces.
+    assert!(setup.bridge.idempotent("record_idem"));
+    assert!(!setup.bridge.idempotent("record_once"));
+    assert_eq!(
+        setup
+            .bridge
+            .call("echo", json!(["still"]), opts(5_000))
+            .await
+            .unwrap(),
+        json!("still")
+    );
+}
+
 /// A raw NATS client: a peer on the bus that is not litebridge.
 /// Publishes one message with `headers` written as they are (a status
 /// line included, which the client library does not let a publisher

@@ -128,6 +128,10 @@ struct Known {
     /// A `let_go_retired` runs for it: one at a time, however many
     /// heartbeats say it retired.
     letting_go: bool,
+    /// When its INFO was last asked for: once a heartbeat's time at most,
+    /// however many heartbeats say its methods changed (review 225: each
+    /// forged one made every front end ask it).
+    asked: Option<Instant>,
 }
 
 /// What reaches a call waiting for its answer.
@@ -1053,9 +1057,17 @@ impl NatsBridge {
 
     /// Whether `method` may be retried after its outcome became unknown:
     /// every host announcing it declares it idempotent (so a host on an
-    /// older version that does not cannot be sent a retry).
+    /// older version that does not cannot be sent a retry), and no host
+    /// whose methods were read takes any name (generic mode declares
+    /// nothing of a method, and its hosts may be sent the call: review 225).
     pub fn idempotent(&self, method: &str) -> bool {
         let hosts = read(&self.shared.hosts);
+        if hosts
+            .values()
+            .any(|h| h.dynamic && h.read_for.is_some() && h.methods.get(method).is_none())
+        {
+            return false;
+        }
         let mut said = hosts
             .values()
             .filter_map(|h| h.methods.get(method))
@@ -1063,15 +1075,44 @@ impl NatsBridge {
         said.peek().is_some() && said.all(|m| m.idempotent)
     }
 
-    /// The methods the hosts announce, one entry a name.
+    /// The methods the hosts announce, one entry a name. Where hosts
+    /// announce one name differently, what all of them allow: idempotent
+    /// only if every one says so (and [`NatsBridge::idempotent`] agrees),
+    /// cached for the shortest time any declares, and its parameters
+    /// unknown unless all describe them alike (review 225: the first host
+    /// found decided, which a hostile or older host could be).
     pub fn methods(&self) -> Vec<MethodInfo> {
-        let mut by_name: HashMap<String, MethodInfo> = HashMap::new();
-        for h in read(&self.shared.hosts).values() {
+        let hosts = read(&self.shared.hosts);
+        let mut ids: Vec<&String> = hosts.keys().collect();
+        ids.sort();
+        let generic = |h: &Known| h.dynamic && h.read_for.is_some();
+        // Each name, and how many hosts in generic mode announce it.
+        let mut by_name: HashMap<String, (MethodInfo, usize)> = HashMap::new();
+        for h in ids.into_iter().map(|id| &hosts[id]) {
             for m in h.methods.iter() {
-                by_name.entry(m.name.clone()).or_insert_with(|| m.clone());
+                let (kept, n) = by_name
+                    .entry(m.name.clone())
+                    .or_insert_with(|| (m.clone(), 0));
+                *n += usize::from(generic(h));
+                kept.idempotent &= m.idempotent;
+                kept.cache_ttl_s = kept.cache_ttl_s.zip(m.cache_ttl_s).map(|(a, b)| a.min(b));
+                if (&kept.params, kept.positional) != (&m.params, m.positional) {
+                    kept.params = None;
+                    kept.positional = false;
+                }
             }
         }
-        let mut v: Vec<_> = by_name.into_values().collect();
+        // As `idempotent`: a host in generic mode that does not announce a
+        // name may be sent its calls.
+        let generic_hosts = hosts.values().filter(|h| generic(h)).count();
+        drop(hosts);
+        let mut v: Vec<_> = by_name
+            .into_values()
+            .map(|(mut m, n)| {
+                m.idempotent &= n == generic_hosts;
+                m
+            })
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -1318,6 +1359,7 @@ impl Known {
             read_for: None,
             instances: Vec::new(),
             letting_go: false,
+            asked: None,
         }
     }
 }
@@ -1333,12 +1375,14 @@ impl Front {
         }
     }
 
-    /// Takes in a host's INFO: its id (metadata `host`) and methods.
-    fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) {
+    /// Takes in a host's INFO: its id (metadata `host`) and methods, when
+    /// they hash to `hash`, or else to what the host's last heartbeat says
+    /// (any, before one came). Whether it was taken.
+    fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) -> bool {
         // Another deployment's host (the services protocol's subjects are
         // shared by every deployment on the server).
         if info.metadata.get("prefix") != Some(&self.config.prefix) {
-            return;
+            return false;
         }
         // Held to the rules of heartbeats: the id names a subject.
         let Some(id) = info
@@ -1346,7 +1390,7 @@ impl Front {
             .get("host")
             .filter(|id| super::config::is_token(id))
         else {
-            return;
+            return false;
         };
         if super::config::is_token(&info.id) {
             lock(&self.instances).heard(&info.id);
@@ -1383,21 +1427,33 @@ impl Front {
             .endpoints
             .iter()
             .any(|e| e.metadata.get("dynamic").is_some_and(|d| d == "true"));
+        let announced: Vec<_> = info
+            .endpoints
+            .iter()
+            .filter(|e| e.metadata.contains_key("method"))
+            .map(|e| e.metadata.clone())
+            .collect();
+        let announced = wire::methods_hash(&announced, dynamic);
         let mut hosts = write(&self.hosts);
         if !hosts.contains_key(id) && hosts.len() >= MAX_HOSTS {
-            return;
+            return false;
         }
         let known = hosts.entry(id.clone()).or_insert_with(Known::new);
         // An answer about an instance that is gone (the host restarted).
         if known.beat.as_ref().is_some_and(|b| b.service_id != info.id) {
-            return;
+            return false;
         }
         let hash = hash
             .or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()))
             .unwrap_or_default();
         // Its endpoints are still being added: read again once they are.
         if hash == wire::NONE_ANNOUNCED {
-            return;
+            return false;
+        }
+        // Not what the host's heartbeats announce: another's answer for it
+        // (review 225), or an INFO older than its last heartbeat.
+        if !hash.is_empty() && hash != announced {
+            return false;
         }
         known.methods = Methods::new(methods);
         known.dynamic = dynamic;
@@ -1409,7 +1465,7 @@ impl Front {
         // who may publish one nothing, and each new id logged a line and
         // took a place of the events' ring (review 191).
         let joined = known.read_for.is_none();
-        known.read_for = Some((info.id.clone(), hash));
+        known.read_for = Some((info.id.clone(), announced));
         drop(hosts);
         if joined {
             tracing::info!(host = %id, "worker host joined");
@@ -1418,6 +1474,7 @@ impl Front {
                 .events
                 .send(PoolEvent::HostJoined { host: id.clone() });
         }
+        true
     }
 
     /// Whether this end's link to NATS works now: it sends itself a probe
@@ -1842,7 +1899,13 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             known.heard = Some(now);
             let stale = known.read_for.as_ref()
                 != Some(&(beat.service_id.clone(), beat.methods_hash.clone()))
-                && beat.methods_hash != wire::NONE_ANNOUNCED;
+                && beat.methods_hash != wire::NONE_ANNOUNCED
+                && known
+                    .asked
+                    .is_none_or(|at| now.duration_since(at) >= f.config.heartbeat);
+            if stale {
+                known.asked = Some(now);
+            }
             known.beat = Some(beat.clone());
             known.letting_go |= let_go;
             (stale, replaced, let_go)
@@ -1894,17 +1957,31 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 beat.service_id
             );
             let weak = front.clone();
+            // Every answer is looked at, until one hashes to the heartbeat's
+            // hash: another's answer may come first (review 225).
+            let wait = f.config.heartbeat.max(Duration::from_millis(500));
             tokio::spawn(async move {
-                let Ok(m) = client.request(subject, Default::default()).await else {
+                let inbox = client.new_inbox();
+                let Ok(mut answers) = client.subscribe(inbox.clone()).await else {
                     return;
                 };
-                let (Some(f), Ok(info)) = (
-                    weak.upgrade(),
-                    serde_json::from_slice::<async_nats::service::Info>(&m.payload),
-                ) else {
+                if client
+                    .publish_with_reply(subject, inbox, Default::default())
+                    .await
+                    .is_err()
+                {
                     return;
-                };
-                f.learn(&info, Some(hash));
+                }
+                let until = Instant::now() + wait;
+                while let Ok(Some(m)) = tokio::time::timeout_at(until, answers.next()).await {
+                    let Some(f) = weak.upgrade() else { return };
+                    if let Ok(info) =
+                        serde_json::from_slice::<async_nats::service::Info>(&m.payload)
+                        && f.learn(&info, Some(hash.clone()))
+                    {
+                        return;
+                    }
+                }
             });
         }
     }

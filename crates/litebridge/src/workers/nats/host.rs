@@ -1227,36 +1227,15 @@ async fn cancel_on_request(host: Arc<Host>, mut cancels: async_nats::Subscriber)
     }
 }
 
-/// A hash of what a pool announces: every method with its metadata
-/// (idempotency, cache lifetime, description, parameters) and generic mode,
-/// so front ends read the methods again when any of it changes.
+/// The hash of what a pool announces ([`wire::methods_hash`]): every
+/// method it serves on NATS, with its metadata, and generic mode.
 fn methods_hash(methods: &[crate::workers::MethodInfo], dynamic: bool) -> String {
-    use sha2::Digest;
-    let mut described: Vec<Vec<(String, String)>> = methods
+    let announced: Vec<_> = methods
         .iter()
-        .map(|m| {
-            let mut meta: Vec<_> = wire::method_metadata(m).into_iter().collect();
-            meta.sort();
-            meta
-        })
+        .filter(|m| wire::method_is_subject_safe(&m.name))
+        .map(wire::method_metadata)
         .collect();
-    described.sort();
-    let mut h = sha2::Sha256::new();
-    for meta in &described {
-        for (k, v) in meta {
-            for part in [k, v] {
-                h.update((part.len() as u64).to_le_bytes());
-                h.update(part.as_bytes());
-            }
-        }
-        h.update([0xff]);
-    }
-    h.update([u8::from(dynamic)]);
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    wire::methods_hash(&announced, dynamic)
 }
 
 /// Answers to questions a host lets wait to be published, at most.

@@ -146,6 +146,41 @@ pub(crate) fn method_is_subject_safe(method: &str) -> bool {
 /// before then may list some of them only).
 pub(crate) const NONE_ANNOUNCED: &str = "starting";
 
+/// The `methods_hash` of an announcement: the endpoint metadata of every
+/// method announced, in any order, and generic mode, so front ends read the
+/// methods again when any of it changes. A front end takes a host's INFO
+/// only when it hashes to what the host's heartbeats say: anyone who may
+/// answer the services protocol's requests may answer for another host,
+/// and once made a method that was not idempotent look so (review 225).
+pub(crate) fn methods_hash(announced: &[HashMap<String, String>], dynamic: bool) -> String {
+    use sha2::Digest;
+    let mut described: Vec<Vec<(&String, &String)>> = announced
+        .iter()
+        .map(|meta| {
+            let mut meta: Vec<_> = meta.iter().collect();
+            meta.sort();
+            meta
+        })
+        .collect();
+    described.sort();
+    let mut h = sha2::Sha256::new();
+    for meta in &described {
+        for (k, v) in meta {
+            for part in [k, v] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.update([0xff]);
+    }
+    h.update([u8::from(dynamic)]);
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What a host announces every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
