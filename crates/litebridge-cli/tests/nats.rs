@@ -1230,6 +1230,37 @@ async fn forged_heartbeats_make_a_front_end_ask_a_host_once_a_heartbeat() {
     );
 }
 
+/// Review 225: a heartbeat forged under another instance of a host while
+/// the host was paused for a moment (its `PING` unanswered for a
+/// heartbeat's time) had the host taken as restarted, and its calls in
+/// flight failed while they ran. It is now asked again for a dead host's
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_restart_of_a_host_paused_for_a_moment_fails_none_of_its_calls() {
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let (evil, _beats, first) = h1_heartbeats(&setup.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let b = setup.bridge.clone();
+    // Not idempotent: failed, it would not be sent again.
+    let params = json!({"path": ran, "token": "once", "delay": 1.5});
+    let call = tokio::spawn(async move { b.call("record_once", params, opts(10_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    setup.hosts[0].signal(19);
+    let mut forged = first.clone();
+    forged["service_id"] = json!("FORGED0instance");
+    evil.publish("lb.v1.hb.h1", forged.to_string().into())
+        .await
+        .unwrap();
+    synced(&evil).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    setup.hosts[0].signal(18);
+    assert_eq!(call.await.unwrap().unwrap(), json!("h1"));
+    assert_eq!(lines(&ran), ["once"]);
+}
+
 /// A raw NATS client: a peer on the bus that is not litebridge.
 /// Publishes one message with `headers` written as they are (a status
 /// line included, which the client library does not let a publisher
@@ -3063,6 +3094,34 @@ async fn a_call_given_up_on_keeps_its_place_until_its_hosts_worker_is_done() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(places.held(), 0, "a failed call's place was kept");
     drop(host);
+}
+
+/// Review 225: losing the connection to NATS gave back the place of every
+/// call given up on, while their workers ran on (a host cancels its calls
+/// only once its own link has been down for a dead host's time): a key
+/// could start as many again after any restart of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_on_keeps_its_place_across_a_lost_connection() {
+    let Some(mut server) = Server::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let _host = Host::start(&url, "h1", 1, &[]);
+    let bridge = front(&url).await;
+    until_hosts(&bridge, 1).await;
+    let places = Places::default();
+    let e = bridge
+        .call("nap", json!({"ms": 3000}), places.options(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert_eq!(places.held(), 1);
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.run();
+    assert_eq!(places.held(), 1, "given back with the connection");
+    // Its worker's end, or the default deadline past its own.
+    places.until_none(Duration::from_secs(15)).await;
 }
 
 /// A bundle as the format in `workers/nats/bundle.rs` lays it out, written

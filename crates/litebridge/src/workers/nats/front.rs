@@ -177,10 +177,10 @@ struct Pending {
 /// A call its caller gave up on (or that its host's deadline ended) while
 /// a worker may still run it: it keeps a place of its caller's key
 /// ([`CallOptions::abandoned`]) until its host says `done`, answers it
-/// after all, or is lost; until NATS is lost; until its
-/// acknowledgement's time passes with no host known to have it; and at
-/// most the default deadline past its own (by then its host has found
-/// the worker stuck and replaced it).
+/// after all, or is lost; until its acknowledgement's time passes with no
+/// host known to have it; and at most the default deadline past its own
+/// (by then its host has found the worker stuck and replaced it). Losing
+/// the connection to NATS gives none back.
 struct Kept {
     _place: Box<dyn std::any::Any + Send>,
     host: Option<(String, String)>,
@@ -234,10 +234,13 @@ struct Front {
     late: AtomicU64,
     /// When [`Front::warn_once_a_minute`] last logged.
     warned: Mutex<Option<Instant>>,
-    /// Where this end sends itself probes of its link, and the probes'
-    /// nonces that came back (the latest few), with a wake-up for each.
+    /// Where this end sends itself probes of its link, the nonces of the
+    /// probes sent and not back yet (with whether each came back), and a
+    /// wake-up for each that comes. Only those: a peer that may publish on
+    /// the subject flooded made-up nonces through a ring of the latest
+    /// ones, and pushed each real one out (review 225).
     probe_subject: String,
-    probes_back: Mutex<std::collections::VecDeque<u64>>,
+    probes_out: Mutex<HashMap<u64, bool>>,
     probe_came: tokio::sync::Notify,
     /// When a warning about the probes was last logged (a limiter of its
     /// own: peers on the bus can trigger the other warnings at will).
@@ -398,7 +401,7 @@ impl NatsBridge {
             late: AtomicU64::new(0),
             warned: Mutex::new(None),
             probe_subject,
-            probes_back: Mutex::new(std::collections::VecDeque::new()),
+            probes_out: Mutex::new(HashMap::new()),
             probe_came: tokio::sync::Notify::new(),
             warned_probe: Mutex::new(None),
             closing: AtomicBool::new(false),
@@ -1495,14 +1498,17 @@ impl Front {
         came.as_mut().enable();
         let wait = self.config.heartbeat.max(Duration::from_millis(200));
         let until = sent + wait;
+        lock(&self.probes_out).insert(nonce, false);
         let published = self
             .client
             .publish(self.probe_subject.clone(), nonce.to_string().into())
             .await;
+        let mut back = false;
         if published.is_ok() {
             loop {
-                if lock(&self.probes_back).contains(&nonce) {
-                    return true;
+                if lock(&self.probes_out).get(&nonce) == Some(&true) {
+                    back = true;
+                    break;
                 }
                 if tokio::time::timeout_at(until, came.as_mut()).await.is_err() {
                     break;
@@ -1510,6 +1516,10 @@ impl Front {
                 came.set(self.probe_came.notified());
                 came.as_mut().enable();
             }
+        }
+        lock(&self.probes_out).remove(&nonce);
+        if back {
+            return true;
         }
         let heard = read(&self.hosts)
             .values()
@@ -1590,12 +1600,10 @@ async fn follow_probes(front: std::sync::Weak<Front>, mut probes: async_nats::Su
         else {
             continue;
         };
-        {
-            let mut back = lock(&f.probes_back);
-            if back.len() >= 64 {
-                back.pop_front();
-            }
-            back.push_back(nonce);
+        if let Some(back) = lock(&f.probes_out).get_mut(&nonce) {
+            *back = true;
+        } else {
+            continue;
         }
         f.probe_came.notify_waiters();
     }
@@ -1926,8 +1934,21 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
             let (client, host) = (f.client.clone(), beat.host.clone());
             let prefix = f.config.prefix.clone();
             let wait = f.config.heartbeat.max(Duration::from_millis(200));
+            let dead_after = f.config.dead_after();
             tokio::spawn(async move {
-                let found = ping_instance(&client, &prefix, &old, wait).await;
+                // One that does not answer is asked again for a dead host's
+                // time: a host paused for a moment is no host restarted, and
+                // a heartbeat anyone may forge must not take its calls
+                // (review 225).
+                let until = Instant::now() + dead_after;
+                let found = loop {
+                    let asked = Instant::now();
+                    let found = ping_instance(&client, &prefix, &old, wait).await;
+                    if found != Found::Unknown || asked + wait >= until {
+                        break found;
+                    }
+                    tokio::time::sleep_until(asked + wait).await;
+                };
                 let Some(f) = weak.upgrade() else { return };
                 if found == Found::Alive {
                     f.warn_once_a_minute(&format!(
@@ -2194,8 +2215,12 @@ async fn follow_connection(
                 f.connected.send_replace(false);
                 tracing::warn!(url = f.config.url, "lost the connection to NATS");
                 let mut calls = lock(&f.calls);
-                // Their `done` may be lost with the connection.
-                lock(&f.kept).clear();
+                // Calls given up on keep their places: their workers run on
+                // (a host cancels its calls only once its own link has been
+                // down for a dead host's time), and a `done` lost with the
+                // connection leaves them to their bound (`Kept`), as a key
+                // could otherwise start as many again after any restart of
+                // the server (review 225).
                 for p in calls.values_mut() {
                     // Failed here, it keeps no place when its waiter drops it.
                     p.done = true;
