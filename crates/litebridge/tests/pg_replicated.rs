@@ -8,7 +8,9 @@
 //! `replicated_standbys` does not count; a quota flush not confirmed is
 //! not counted again; one caller's writes waiting for a connection go one
 //! to a message; a role that cannot see the standbys' positions is refused
-//! at connect. Needs the
+//! at connect; senders that replay nothing and counts on another session do
+//! not acknowledge; a front end whose idempotency secret a failover lost
+//! writes nothing with it. Needs the
 //! cluster of scripts/pg-cluster.sh (a primary and two streaming replicas).
 #![cfg(feature = "postgres")]
 
@@ -629,5 +631,55 @@ async fn standbys_counted_on_another_session_do_not_acknowledge_a_write() {
     .unwrap();
     assert_eq!(count(&db).await, 1);
     db.close();
+    schema.drop_now().await;
+}
+
+/// Review 223: a failover that lost the idempotency secret (written at the
+/// first start, before any write was counted), and a front end started
+/// after it that made another, left the first front end keying records
+/// with the lost one: a retry of its write through the second applied the
+/// write again. Now the first is told by its claim, reads the database's
+/// secret, and writes nothing that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_with_it() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let a = schema.open().await;
+    a.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    // The failover: the secret is gone, and a front end started after it
+    // makes another.
+    common::pg::admin(&schema.url)
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM {}.litebridge_meta WHERE key = 'claims_secret'",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    let b = schema.open().await;
+    let write = |db: PgDatabase| async move {
+        db.execute_with(
+            "INSERT INTO t VALUES (1)",
+            (),
+            keyed("once", Duration::from_secs(5)),
+        )
+        .await
+    };
+    let e = write(a.clone())
+        .await
+        .expect_err("keyed with a secret that is gone");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("idempotency secret"), "{e}");
+    assert_eq!(count(&a).await, 0, "written with it");
+    // Sent again, it is written once, and its retry through the other
+    // front end finds it.
+    write(a.clone()).await.unwrap();
+    write(b.clone()).await.unwrap();
+    assert_eq!(count(&b).await, 1);
+    a.close();
+    b.close();
     schema.drop_now().await;
 }

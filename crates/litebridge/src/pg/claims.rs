@@ -35,6 +35,14 @@
 //! `guard_sql`); the schema is where litebridge keeps what the clients' role
 //! may call.
 //!
+//! Front ends claim through `claim(k, f)`, which checks `f`, SHA-256 of
+//! the secret the front end holds, against the database's first: a
+//! failover that lost the secret, and a front end started after it that
+//! made another, had front ends keying records differently, so a retry
+//! through another front end applied a write again (review 223). A front
+//! end told so reads the secret again and answers `unavailable` (nothing
+//! was written). `claim(k)` stays for front ends of earlier versions.
+//!
 //! The clients' SQL can call the functions too, so the row's key is not the
 //! caller's key itself but SHA-256 of a secret (made once, kept in
 //! litebridge's schema, which the clients' role cannot read) and that key:
@@ -123,6 +131,23 @@ pub(super) async fn install(
                  END IF;
              END LOOP;
          END $f$;
+         -- The claim of front ends of this version: the secret the key was
+         -- made with must be the database's. A failover that lost the one a
+         -- front end read, and a front end started after it that made
+         -- another, left front ends keying records differently, so a
+         -- retry through the other applied a write twice (review 223).
+         CREATE OR REPLACE FUNCTION {schema}_claims.claim(k pg_catalog.bytea, f pg_catalog.bytea)
+             RETURNS pg_catalog.text
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+         BEGIN
+             IF f IS DISTINCT FROM (SELECT pg_catalog.sha256(pg_catalog.convert_to(m.value, 'UTF8'))
+                                      FROM {schema}.litebridge_meta m
+                                     WHERE m.key OPERATOR(pg_catalog.=) 'claims_secret') THEN
+                 RAISE EXCEPTION 'litebridge: this front end''s idempotency secret is not the database''s'
+                     USING ERRCODE = 'LB001';
+             END IF;
+             RETURN {schema}_claims.claim(k);
+         END $f$;
          CREATE OR REPLACE FUNCTION {schema}_claims.settle(k pg_catalog.bytea, r pg_catalog.text)
              RETURNS void
              LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
@@ -159,11 +184,13 @@ pub(super) async fn install(
                                AND (names IS NULL
                                     OR a.application_name OPERATOR(pg_catalog.~~) ANY (names)))
          $f$;
-         REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
+         REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.claim(BYTEA, BYTEA),
+             {schema}_claims.settle(BYTEA, TEXT),
              {schema}_claims.received_timeline(),
              {schema}_claims.standbys_flushed(pg_lsn, text[]) FROM PUBLIC;
          GRANT USAGE ON SCHEMA {schema}_claims TO {client};
-         GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.settle(BYTEA, TEXT),
+         GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.claim(BYTEA, BYTEA),
+             {schema}_claims.settle(BYTEA, TEXT),
              {schema}_claims.received_timeline(),
              {schema}_claims.standbys_flushed(pg_lsn, text[]) TO {client};"
     ))
@@ -192,6 +219,30 @@ pub(super) async fn install(
         .map_err(fail)?
         .get(0);
     tx.commit().await.map_err(fail)?;
+    from_hex(&stored, schema)
+}
+
+/// The secret as the database holds it now (another than the one read at
+/// start when a failover lost that one: see `claim(k, f)`).
+pub(super) async fn read(owner: &tokio_postgres::Client, schema: &str) -> Result<[u8; 32]> {
+    let stored: String = owner
+        .query_one(
+            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: "the PostgreSQL schema",
+            reason: format!(
+                "cannot read the idempotency secret in {schema}.litebridge_meta: {}",
+                super::error::error_chain(&e)
+            ),
+        })?
+        .get(0);
+    from_hex(&stored, schema)
+}
+
+fn from_hex(stored: &str, schema: &str) -> Result<[u8; 32]> {
     let mut secret = [0u8; 32];
     for (i, b) in secret.iter_mut().enumerate() {
         *b = stored
@@ -205,6 +256,15 @@ pub(super) async fn install(
     }
     Ok(secret)
 }
+
+/// What `claim(k, f)` checks the secret by: SHA-256 of its text as stored.
+pub(super) fn fingerprint(secret: &[u8; 32]) -> Vec<u8> {
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    sha2::Sha256::digest(hex.as_bytes()).to_vec()
+}
+
+/// The code `claim(k, f)` raises when the secret is not the database's.
+pub(super) const OTHER_SECRET: &str = "LB001";
 
 /// The channel of the cache's notifications between front ends
 /// (`store/cache_peers.rs`): the schema's name (cut to fit, for operators

@@ -191,8 +191,9 @@ struct Inner {
     /// The end of a clients' read: [`END_READ`], or without
     /// [`PgConfig::isolate_requests`] its shorter form.
     end_read: &'static str,
-    /// The secret the idempotency records are keyed with (`claims`).
-    claims_secret: [u8; 32],
+    /// The secret the idempotency records are keyed with (`claims`), and
+    /// its fingerprint, read again when the database's is found another.
+    claims_secret: std::sync::RwLock<([u8; 32], Vec<u8>)>,
 }
 
 impl Inner {
@@ -676,7 +677,10 @@ impl PgDatabase {
             probes,
             tidy,
             end_read,
-            claims_secret,
+            claims_secret: std::sync::RwLock::new((
+                claims_secret,
+                claims::fingerprint(&claims_secret),
+            )),
         });
         monitor::probe_all(&inner).await;
         monitor::watch(Arc::downgrade(&inner), every);
@@ -923,7 +927,41 @@ impl PgDatabase {
     /// The channel of the cache's notifications between front ends, which
     /// the clients' role cannot name (`claims::channel`).
     pub(crate) fn cache_channel(&self) -> String {
-        claims::channel(&self.inner.claims_secret, &self.inner.config.schema)
+        claims::channel(
+            &crate::sync::read(&self.inner.claims_secret).0,
+            &self.inner.config.schema,
+        )
+    }
+
+    /// The answer to a write whose claim found this front end's
+    /// idempotency secret not the database's (`claims`): the database's is
+    /// read for the next writes, and this one wrote nothing.
+    async fn other_secret(&self) -> Error {
+        let schema = self.own_schema();
+        let read = match self.inner.own.get().await {
+            Ok(owner) => claims::read(&owner, schema).await,
+            Err(e) => Err(Error::Unavailable {
+                what: "the PostgreSQL schema",
+                reason: e.to_string(),
+            }),
+        };
+        let now = match read {
+            Ok(secret) => {
+                *crate::sync::write(&self.inner.claims_secret) =
+                    (secret, claims::fingerprint(&secret));
+                tracing::error!(
+                    "the idempotency secret in {schema}.litebridge_meta is not the one this                      front end read at its start (a failover lost that one, and a front end                      made another): records are keyed with the database's from now on;                      restart this front end to hear the others' cache notifications again"
+                );
+                "it holds the database's now".to_owned()
+            }
+            Err(e) => format!("reading the database's failed too: {e}"),
+        };
+        Error::Unavailable {
+            what: "the idempotency record",
+            reason: format!(
+                "this front end's idempotency secret was not the database's (a failover lost                  the one it read at its start); nothing was written, retry ({now})"
+            ),
+        }
     }
 
     /// Runs one statement read-only.
@@ -1730,7 +1768,10 @@ impl PgDatabase {
         let many = statements.len() > 1;
         // With an idempotency key, the record's key (see `claims`).
         let claim = match (who, options.idempotency_key) {
-            (Who::Client, Some(k)) => Some(claims::row_key(&self.inner.claims_secret, k)),
+            (Who::Client, Some(k)) => {
+                let (secret, fingerprint) = crate::sync::read(&self.inner.claims_secret).clone();
+                Some((claims::row_key(&secret, k), fingerprint))
+            }
             _ => None,
         };
         let schema = self.own_schema();
@@ -1830,8 +1871,8 @@ impl PgDatabase {
                 // After the preparations (one may begin the transaction
                 // again), before anything runs: a record of the key means
                 // the write ran and committed; its result is the answer.
-                if let Some(k) = &claim {
-                    let claim_sql = format!("SELECT {schema}_claims.claim($1)");
+                if let Some((k, secret)) = &claim {
+                    let claim_sql = format!("SELECT {schema}_claims.claim($1, $2)");
                     let settle_sql = format!("SELECT {schema}_claims.settle($1, $2)");
                     let (stmt, settling) = tokio::join!(
                         conn.prepare_cached(&claim_sql),
@@ -1839,10 +1880,13 @@ impl PgDatabase {
                     );
                     let stmt = stmt.map_err(|e| from_pg(&e, timeout))?;
                     settle = Some(settling.map_err(|e| from_pg(&e, timeout))?);
-                    let row = conn
-                        .query_one(&stmt, &[k])
-                        .await
-                        .map_err(|e| from_pg(&e, timeout))?;
+                    let row = match conn.query_one(&stmt, &[k, secret]).await {
+                        Ok(row) => row,
+                        Err(e) if e.code().map(SqlState::code) == Some(claims::OTHER_SECRET) => {
+                            return Err(self.other_secret().await);
+                        }
+                        Err(e) => return Err(from_pg(&e, timeout)),
+                    };
                     if let Some(stored) = row.get::<_, Option<String>>(0) {
                         return Ok(Err(stored));
                     }
@@ -1991,7 +2035,7 @@ impl PgDatabase {
             // committed, and the record's error is the answer).
             let settled = async {
                 let r = match (&claim, &settle, &fingerprint) {
-                    (Some(k), Some(stmt), Some(fp)) => {
+                    (Some((k, _)), Some(stmt), Some(fp)) => {
                         let record = if self.inner.faults.take_fail_settle() {
                             // A record too large, which the server refuses.
                             "r".repeat(1_000_001)
