@@ -4,14 +4,14 @@
 //! `outcome_unknown` at its deadline, committed on the primary, and its
 //! retry with the same idempotency key does not apply it twice; a standby
 //! that stops flushing (its WAL receiver stopped with SIGSTOP) holds the
-//! acknowledgement until it goes on, while a standby not named in
-//! `replicated_standbys` does not count; a quota flush not confirmed is
-//! not counted again; one caller's writes waiting for a connection go one
-//! to a message; a role that cannot see the standbys' positions is refused
-//! at connect; senders that replay nothing and counts on another session do
-//! not acknowledge; a front end whose idempotency secret a failover lost
-//! writes nothing with it. Needs the
-//! cluster of scripts/pg-cluster.sh (a primary and two streaming replicas).
+//! acknowledgement of every kind of write until it goes on, while a standby
+//! not named in `replicated_standbys` does not count, nor a sender that
+//! replays nothing, nor a count on another session; a quota flush not
+//! confirmed is not counted again; one caller's writes waiting for a
+//! connection go one to a message; a role that cannot see the standbys'
+//! positions is refused at connect; a front end whose idempotency secret a
+//! failover lost writes nothing with it. Needs the cluster of
+//! scripts/pg-cluster.sh (a primary and two streaming replicas).
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -681,5 +681,88 @@ async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_wit
     assert_eq!(count(&b).await, 1);
     a.close();
     b.close();
+    schema.drop_now().await;
+}
+
+/// Every kind of write waits for the standby, not only the keyed single
+/// statements the tests above send (review 223): a write without a key, a
+/// batch, `execute_many`, and the stores' writes each commit on the primary
+/// and answer `outcome_unknown` at their deadline while it does not flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_write_waits_for_the_standby() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let _turn = RECEIVER.lock().await;
+    let pid = receiver(&schema).await;
+    let mut config = first_replica_alone(&schema);
+    // The stores' writes take the default deadline.
+    config.default_timeout = Duration::from_millis(500);
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let short = WriteOptions {
+        timeout: Some(Duration::from_millis(500)),
+        ..WriteOptions::default()
+    };
+    let memory = litebridge::store::MemoryStore::new(db.clone(), Arc::new(SystemClock));
+    let state = StateStore::new(db.clone(), Arc::new(SystemClock));
+    let stopped = Stopped::new(pid);
+    let outcomes = [
+        (
+            "a write without a key",
+            db.execute_with("INSERT INTO t VALUES (1)", (), short)
+                .await
+                .map(drop),
+        ),
+        (
+            "a batch",
+            db.batch(
+                vec![
+                    litebridge::Statement::new("INSERT INTO t VALUES (2)", ()),
+                    litebridge::Statement::new("INSERT INTO t VALUES (3)", ()),
+                ],
+                short,
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "execute_many",
+            db.execute_many(
+                "INSERT INTO t VALUES (?1)",
+                vec![params![4], params![5]],
+                short,
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "memory.store",
+            memory
+                .store("agent", "k", &serde_json::json!(1), None)
+                .await,
+        ),
+        (
+            "state.save",
+            state
+                .save(StateUpdate {
+                    run_id: "r".into(),
+                    state: serde_json::json!({}),
+                    ..StateUpdate::default()
+                })
+                .await
+                .map(drop),
+        ),
+    ];
+    for (what, outcome) in outcomes {
+        let e = outcome.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{what}: {e}");
+    }
+    drop(stopped);
+    // Each committed on the primary.
+    assert_eq!(count(&db).await, 5);
+    db.close();
     schema.drop_now().await;
 }
