@@ -1261,6 +1261,101 @@ async fn a_forged_restart_of_a_host_paused_for_a_moment_fails_none_of_its_calls(
     assert_eq!(lines(&ran), ["once"]);
 }
 
+/// The `methods_hash` of an INFO's endpoints, as hosts and front ends
+/// compute it (`wire::methods_hash`), written again here as a peer would.
+fn methods_hash(endpoints: &[Json], dynamic: bool) -> String {
+    use sha2::Digest;
+    let mut described: Vec<Vec<(String, String)>> = endpoints
+        .iter()
+        .filter(|e| e["metadata"].get("method").is_some())
+        .map(|e| {
+            let mut meta: Vec<_> = e["metadata"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            meta.sort();
+            meta
+        })
+        .collect();
+    described.sort();
+    let mut h = sha2::Sha256::new();
+    for meta in &described {
+        for (k, v) in meta {
+            for part in [k, v] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.update([0xff]);
+    }
+    h.update([u8::from(dynamic)]);
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Review 227: a peer allowed to publish heartbeats under its own id (a
+/// host with a user of its own) answered the request for its own INFO in
+/// another host's name, with that host's instance and methods of its
+/// choosing that hash to its own heartbeats: they were taken as the other
+/// host's, and a method that was not idempotent looked so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_asked_of_one_host_cannot_speak_for_another() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let (evil, _beats, first) = h1_heartbeats(&setup.url).await;
+    let instance = first["service_id"].as_str().unwrap().to_owned();
+    let service = "$SRV.INFO.litebridge_workers_lb";
+    let real = evil
+        .request(format!("{service}.{instance}"), "".into())
+        .await
+        .unwrap();
+    let mut forged: Json = serde_json::from_slice(&real.payload).unwrap();
+    for e in forged["endpoints"].as_array_mut().unwrap() {
+        if e["metadata"]["method"] == "record_once" {
+            e["metadata"]["idempotent"] = json!("true");
+        }
+    }
+    let hash = methods_hash(forged["endpoints"].as_array().unwrap(), false);
+    let mut asked = evil
+        .subscribe(format!("{service}.EVIL0instance"))
+        .await
+        .unwrap();
+    synced(&evil).await;
+    let answering = tokio::spawn({
+        let (evil, forged) = (evil.clone(), forged.to_string());
+        async move {
+            while let Some(m) = asked.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = evil.publish(reply, forged.clone().into()).await;
+                }
+            }
+        }
+    });
+    let mut beat = first.clone();
+    beat["host"] = json!("evil");
+    beat["service_id"] = json!("EVIL0instance");
+    beat["methods_hash"] = json!(hash);
+    beat["workers"] = json!([]);
+    for _ in 0..30 {
+        evil.publish("lb.v1.hb.evil", beat.to_string().into())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !setup.bridge.idempotent("record_once"),
+            "another's answer was taken as h1's"
+        );
+    }
+    answering.abort();
+}
+
 /// A raw NATS client: a peer on the bus that is not litebridge.
 /// Publishes one message with `headers` written as they are (a status
 /// line included, which the client library does not let a publisher
@@ -3116,10 +3211,17 @@ async fn a_call_given_up_on_keeps_its_place_across_a_lost_connection() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert_eq!(places.held(), 1);
+    // And a call still awaited when the connection goes (review 227).
+    let b = bridge.clone();
+    let options = places.options(10_000);
+    let in_flight = tokio::spawn(async move { b.call("nap", json!({"ms": 3000}), options).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.stop();
+    let e = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.run();
-    assert_eq!(places.held(), 1, "given back with the connection");
+    assert_eq!(places.held(), 2, "given back with the connection");
     // Its worker's end, or the default deadline past its own.
     places.until_none(Duration::from_secs(15)).await;
 }

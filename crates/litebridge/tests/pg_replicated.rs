@@ -679,6 +679,33 @@ async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_wit
     write(a.clone()).await.unwrap();
     write(b.clone()).await.unwrap();
     assert_eq!(count(&b).await, 1);
+    // Lost with no front end started after: the first keyed write to find
+    // it gone makes it again (review 226: every keyed write failed until a
+    // front end started).
+    common::pg::admin(&schema.url)
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM {}.litebridge_meta WHERE key = 'claims_secret'",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    let again = |db: PgDatabase| async move {
+        db.execute_with(
+            "INSERT INTO t VALUES (2)",
+            (),
+            keyed("twice", Duration::from_secs(5)),
+        )
+        .await
+    };
+    let e = again(a.clone()).await.expect_err("no secret to check");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    again(a.clone()).await.unwrap();
+    again(b.clone())
+        .await
+        .expect_err("the other front end's is not the new one");
+    again(b.clone()).await.unwrap();
+    assert_eq!(count(&b).await, 2);
     a.close();
     b.close();
     schema.drop_now().await;
@@ -764,5 +791,52 @@ async fn every_kind_of_write_waits_for_the_standby() {
     // Each committed on the primary.
     assert_eq!(count(&db).await, 5);
     db.close();
+    schema.drop_now().await;
+}
+
+/// Review 226: the session a write committed on was read as the clients'
+/// role, through `pg_stat_get_activity(integer)`, which docs/postgres.md
+/// tells operators they may revoke from `PUBLIC`: every write then
+/// answered `outcome_unknown`. It is read through a function of
+/// litebridge's role now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_acknowledged_where_the_clients_may_not_read_the_activity() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    let grant = |verb: &'static str| {
+        format!(
+            "{verb} EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer) {} PUBLIC",
+            if verb == "GRANT" { "TO" } else { "FROM" }
+        )
+    };
+    admin.batch_execute(&grant("REVOKE")).await.unwrap();
+    let config = {
+        let mut c = schema.config();
+        c.replicated_to = 1;
+        c
+    };
+    let body = tokio::spawn(async move {
+        let db = PgDatabase::connect(config).await.unwrap();
+        db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+            .await
+            .unwrap();
+        let write = || {
+            db.execute_with(
+                "INSERT INTO t VALUES (1)",
+                (),
+                keyed("hardened", Duration::from_secs(5)),
+            )
+        };
+        write().await.unwrap();
+        // Its retry, counted from the position read after its rollback.
+        write().await.unwrap();
+        assert_eq!(count(&db).await, 1);
+        db.close();
+    })
+    .await;
+    admin.batch_execute(&grant("GRANT")).await.unwrap();
+    body.unwrap();
     schema.drop_now().await;
 }

@@ -60,7 +60,7 @@ pub(super) async fn install(
     owner: &mut tokio_postgres::Client,
     schema: &str,
     client_user: &str,
-) -> Result<[u8; 32]> {
+) -> Result<Secret> {
     let fail = |e: tokio_postgres::Error| Error::Unavailable {
         what: "the PostgreSQL schema",
         reason: format!(
@@ -184,14 +184,27 @@ pub(super) async fn install(
                                AND (names IS NULL
                                     OR a.application_name OPERATOR(pg_catalog.~~) ANY (names)))
          $f$;
+         -- The session that runs it (its server process, and when that
+         -- started), which `replicated_to` reads after a COMMIT and at each
+         -- count: as litebridge's role, as the clients' role may not read
+         -- pg_stat_get_activity (docs/postgres.md revokes it: review 226).
+         -- NULL when it cannot be read.
+         CREATE OR REPLACE FUNCTION {schema}_claims.this_session()
+             RETURNS pg_catalog.text
+             LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+             SELECT pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) ' '
+                    OPERATOR(pg_catalog.||)
+                    pg_catalog.extract('epoch', a.backend_start)::pg_catalog.text
+               FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a
+         $f$;
          REVOKE ALL ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.claim(BYTEA, BYTEA),
              {schema}_claims.settle(BYTEA, TEXT),
-             {schema}_claims.received_timeline(),
+             {schema}_claims.received_timeline(), {schema}_claims.this_session(),
              {schema}_claims.standbys_flushed(pg_lsn, text[]) FROM PUBLIC;
          GRANT USAGE ON SCHEMA {schema}_claims TO {client};
          GRANT EXECUTE ON FUNCTION {schema}_claims.claim(BYTEA), {schema}_claims.claim(BYTEA, BYTEA),
              {schema}_claims.settle(BYTEA, TEXT),
-             {schema}_claims.received_timeline(),
+             {schema}_claims.received_timeline(), {schema}_claims.this_session(),
              {schema}_claims.standbys_flushed(pg_lsn, text[]) TO {client};"
     ))
     .await
@@ -219,48 +232,35 @@ pub(super) async fn install(
         .map_err(fail)?
         .get(0);
     tx.commit().await.map_err(fail)?;
-    from_hex(&stored, schema)
+    Secret::new(&stored, schema)
 }
 
-/// The secret as the database holds it now (another than the one read at
-/// start when a failover lost that one: see `claim(k, f)`).
-pub(super) async fn read(owner: &tokio_postgres::Client, schema: &str) -> Result<[u8; 32]> {
-    let stored: String = owner
-        .query_one(
-            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
-            &[],
-        )
-        .await
-        .map_err(|e| Error::Unavailable {
-            what: "the PostgreSQL schema",
-            reason: format!(
-                "cannot read the idempotency secret in {schema}.litebridge_meta: {}",
-                super::error::error_chain(&e)
-            ),
-        })?
-        .get(0);
-    from_hex(&stored, schema)
+/// The secret, and what `claim(k, f)` checks it by: SHA-256 of its text
+/// as stored.
+#[derive(Clone)]
+pub(super) struct Secret {
+    pub(super) key: [u8; 32],
+    pub(super) fingerprint: Vec<u8>,
 }
 
-fn from_hex(stored: &str, schema: &str) -> Result<[u8; 32]> {
-    let mut secret = [0u8; 32];
-    for (i, b) in secret.iter_mut().enumerate() {
-        *b = stored
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(|| Error::Internal {
-                message: format!(
-                    "the idempotency secret in {schema}.litebridge_meta is not 64 hex digits"
-                ),
-            })?;
+impl Secret {
+    fn new(stored: &str, schema: &str) -> Result<Secret> {
+        let mut key = [0u8; 32];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = stored
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::Internal {
+                    message: format!(
+                        "the idempotency secret in {schema}.litebridge_meta is not 64 hex digits"
+                    ),
+                })?;
+        }
+        Ok(Secret {
+            key,
+            fingerprint: sha2::Sha256::digest(stored.as_bytes()).to_vec(),
+        })
     }
-    Ok(secret)
-}
-
-/// What `claim(k, f)` checks the secret by: SHA-256 of its text as stored.
-pub(super) fn fingerprint(secret: &[u8; 32]) -> Vec<u8> {
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    sha2::Sha256::digest(hex.as_bytes()).to_vec()
 }
 
 /// The code `claim(k, f)` raises when the secret is not the database's.

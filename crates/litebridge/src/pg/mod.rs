@@ -191,9 +191,12 @@ struct Inner {
     /// The end of a clients' read: [`END_READ`], or without
     /// [`PgConfig::isolate_requests`] its shorter form.
     end_read: &'static str,
+    /// What a write reads after its `COMMIT`: [`WAL_INSERT_POSITION`], or
+    /// with `replicated_to` [`position_in_session_sql`].
+    position_sql: String,
     /// The secret the idempotency records are keyed with (`claims`), and
     /// its fingerprint, read again when the database's is found another.
-    claims_secret: std::sync::RwLock<([u8; 32], Vec<u8>)>,
+    claims_secret: std::sync::RwLock<claims::Secret>,
 }
 
 impl Inner {
@@ -216,6 +219,11 @@ impl Inner {
     /// insert position `insert` ([`Inner::primary_at`] of its commit's end).
     fn committed_at(&self, insert: Option<Token>) -> Option<Token> {
         self.primary_at(insert.map(|t| Token::after_commit(t, self.wal)))
+    }
+
+    /// What a write reads after its `COMMIT` ([`Inner::position_sql`]).
+    fn position_sql(&self) -> &str {
+        &self.position_sql
     }
 }
 
@@ -642,6 +650,11 @@ impl PgDatabase {
         };
         let cluster = ClusterStatus::configured(config.hosts(), &config.replicas);
         let every = config.health_check_interval;
+        let position_sql = if config.replicated_to > 0 {
+            position_in_session_sql(&config.schema)
+        } else {
+            WAL_INSERT_POSITION.to_owned()
+        };
         let inner = Arc::new(Inner {
             config,
             client,
@@ -677,10 +690,8 @@ impl PgDatabase {
             probes,
             tidy,
             end_read,
-            claims_secret: std::sync::RwLock::new((
-                claims_secret,
-                claims::fingerprint(&claims_secret),
-            )),
+            position_sql,
+            claims_secret: std::sync::RwLock::new(claims_secret),
         });
         monitor::probe_all(&inner).await;
         monitor::watch(Arc::downgrade(&inner), every);
@@ -928,30 +939,42 @@ impl PgDatabase {
     /// the clients' role cannot name (`claims::channel`).
     pub(crate) fn cache_channel(&self) -> String {
         claims::channel(
-            &crate::sync::read(&self.inner.claims_secret).0,
+            &crate::sync::read(&self.inner.claims_secret).key,
             &self.inner.config.schema,
         )
     }
 
     /// The answer to a write whose claim found this front end's
     /// idempotency secret not the database's (`claims`): the database's is
-    /// read for the next writes, and this one wrote nothing.
+    /// read for the next writes, made again if a failover lost it (with the
+    /// functions), and this write wrote nothing.
     async fn other_secret(&self) -> Error {
         let schema = self.own_schema();
-        let read = match self.inner.own.get().await {
-            Ok(owner) => claims::read(&owner, schema).await,
+        let client_user = self.inner.config.client_user.clone().unwrap_or_default();
+        let installed = match self.inner.own.get().await {
+            Ok(mut owner) => claims::install(&mut owner, schema, &client_user).await,
             Err(e) => Err(Error::Unavailable {
                 what: "the PostgreSQL schema",
                 reason: e.to_string(),
             }),
         };
-        let now = match read {
+        let now = match installed {
             Ok(secret) => {
-                *crate::sync::write(&self.inner.claims_secret) =
-                    (secret, claims::fingerprint(&secret));
-                tracing::error!(
-                    "the idempotency secret in {schema}.litebridge_meta is not the one this                      front end read at its start (a failover lost that one, and a front end                      made another): records are keyed with the database's from now on;                      restart this front end to hear the others' cache notifications again"
-                );
+                let changed = {
+                    let mut held = crate::sync::write(&self.inner.claims_secret);
+                    let changed = held.fingerprint != secret.fingerprint;
+                    *held = secret;
+                    changed
+                };
+                if changed {
+                    tracing::error!(
+                        "the idempotency secret in {schema}.litebridge_meta is not the one this \
+                         front end read at its start (a failover lost that one, and a front end \
+                         made another): records are keyed with the database's from now on; \
+                         restart this front end, and the front ends started before it, to hear \
+                         each other's cache notifications again"
+                    );
+                }
                 "it holds the database's now".to_owned()
             }
             Err(e) => format!("reading the database's failed too: {e}"),
@@ -959,7 +982,8 @@ impl PgDatabase {
         Error::Unavailable {
             what: "the idempotency record",
             reason: format!(
-                "this front end's idempotency secret was not the database's (a failover lost                  the one it read at its start); nothing was written, retry ({now})"
+                "this front end's idempotency secret was not the database's (a failover lost \
+                 the one it read at its start); nothing was written, retry ({now})"
             ),
         }
     }
@@ -1769,8 +1793,8 @@ impl PgDatabase {
         // With an idempotency key, the record's key (see `claims`).
         let claim = match (who, options.idempotency_key) {
             (Who::Client, Some(k)) => {
-                let (secret, fingerprint) = crate::sync::read(&self.inner.claims_secret).clone();
-                Some((claims::row_key(&secret, k), fingerprint))
+                let secret = crate::sync::read(&self.inner.claims_secret).clone();
+                Some((claims::row_key(&secret.key, k), secret.fingerprint))
             }
             _ => None,
         };
@@ -1882,7 +1906,14 @@ impl PgDatabase {
                     settle = Some(settling.map_err(|e| from_pg(&e, timeout))?);
                     let row = match conn.query_one(&stmt, &[k, secret]).await {
                         Ok(row) => row,
-                        Err(e) if e.code().map(SqlState::code) == Some(claims::OTHER_SECRET) => {
+                        // Another secret, or none, or a claim function that
+                        // a failover lost with its upgrade's install.
+                        Err(e)
+                            if e.code().is_some_and(|c| {
+                                c.code() == claims::OTHER_SECRET
+                                    || c == &SqlState::UNDEFINED_FUNCTION
+                            }) =>
+                        {
                             return Err(self.other_secret().await);
                         }
                         Err(e) => return Err(from_pg(&e, timeout)),
@@ -2008,11 +2039,7 @@ impl PgDatabase {
             self.inner.tidy
         };
         // With `replicated_to`, the session that committed is read too.
-        let position_sql = if self.inner.config.replicated_to > 0 {
-            WAL_INSERT_POSITION_IN_SESSION
-        } else {
-            WAL_INSERT_POSITION
-        };
+        let position_sql = self.inner.position_sql();
         let end = match who {
             Who::Own if want_token => format!("COMMIT; {position_sql}"),
             Who::Own => "COMMIT".to_owned(),
@@ -2206,7 +2233,7 @@ impl PgDatabase {
                 if want_token {
                     // Past the first write's commit: as a commit's own
                     // position, at a page boundary when just past one.
-                    let (at, session) = insert_position(&conn).await;
+                    let (at, session) = insert_position(&conn, self.inner.position_sql()).await;
                     let at = self.inner.committed_at(at);
                     (Some(at.unwrap_or_else(unknown_position)), session)
                 } else {
@@ -2820,26 +2847,16 @@ const WAL_INSERT_POSITION: &str = "SELECT l::pg_catalog.text, \
      pg_catalog.pg_walfile_name(l) \
      FROM pg_catalog.pg_current_wal_insert_lsn() AS l";
 
-/// The session that runs it, as a third column: its server process and
-/// when that started, in seconds (a number, which no setting of the
-/// session's changes the text of). With `replicated_to`, a write's
-/// standbys are counted on the session that committed it, and this tells
-/// that they are (`replicated`).
-macro_rules! this_session {
-    () => {
-        "pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) ' '          OPERATOR(pg_catalog.||) COALESCE((SELECT pg_catalog.extract('epoch', a.backend_start)\
-         ::pg_catalog.text FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a), '')"
-    };
+/// [`WAL_INSERT_POSITION`] and, as a third column, the session that reads
+/// it (its server process and when that started, `this_session()` of
+/// `claims`): with `replicated_to`, a write's standbys are counted on the
+/// session that committed it, and this tells that they are (`replicated`).
+fn position_in_session_sql(schema: &str) -> String {
+    format!(
+        "SELECT l::pg_catalog.text, pg_catalog.pg_walfile_name(l), \
+         {schema}_claims.this_session() FROM pg_catalog.pg_current_wal_insert_lsn() AS l"
+    )
 }
-pub(crate) use this_session;
-
-/// [`WAL_INSERT_POSITION`], and the session that read it
-/// ([`this_session`]).
-const WAL_INSERT_POSITION_IN_SESSION: &str = concat!(
-    "SELECT l::pg_catalog.text, pg_catalog.pg_walfile_name(l), ",
-    this_session!(),
-    " FROM pg_catalog.pg_current_wal_insert_lsn() AS l"
-);
 
 /// The guard a read runs on a replica before its statement. It aborts the
 /// transaction before the statement is parsed: with a numeric overflow
@@ -2901,17 +2918,17 @@ fn not_the_primary(message: &str) -> Error {
     }
 }
 
-/// The primary's insert position now, and the session that read it
-/// ([`WAL_INSERT_POSITION_IN_SESSION`]), if it answers.
-async fn insert_position(conn: &Object) -> (Option<Token>, Option<String>) {
-    match conn.simple_query(WAL_INSERT_POSITION_IN_SESSION).await {
+/// The primary's insert position now, and, when `sql` reads it
+/// ([`position_in_session_sql`]), the session that read it, if it answers.
+async fn insert_position(conn: &Object, sql: &str) -> (Option<Token>, Option<String>) {
+    match conn.simple_query(sql).await {
         Ok(m) => (primary_token(&m), session_of(&m)),
         Err(_) => (None, None),
     }
 }
 
-/// The session a position was read in, as
-/// [`WAL_INSERT_POSITION_IN_SESSION`] answers it (its third column).
+/// The session a position was read in, as [`position_in_session_sql`]
+/// answers it (its third column).
 fn session_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
     messages.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2).map(str::to_owned),

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 
 use deadpool_postgres::Object;
 
-use super::{PgDatabase, Who, first_two, this_session, walfile_timeline};
+use super::{PgDatabase, Who, first_two, walfile_timeline};
 use crate::consistency::Token;
 use crate::error::{Error, Result};
 
@@ -147,7 +147,9 @@ impl PgDatabase {
             let counting = column(3).unwrap_or_default();
             if counting != session {
                 return Err(unknown(format!(
-                    "its standbys were counted on another server session than the one that                      committed it (process and start {counting:?}, not {session:?}: a pooler                      in transaction mode between litebridge and PostgreSQL?)"
+                    "its standbys were counted on another server session than the one that \
+                     committed it (process and start {counting:?}, not {session:?}: a pooler \
+                     in transaction mode between litebridge and PostgreSQL?)"
                 )));
             }
             // Its timeline is checked too, should something between them
@@ -199,14 +201,14 @@ impl PgDatabase {
 /// How many of the standbys counted flushed `token`'s position, the
 /// furthest flush position among them (for the error message), the log
 /// file written now (its name's first eight digits are the timeline), and
-/// the session counting ([`this_session`]).
+/// the session counting (`this_session()` of `claims`).
 fn count_sql(schema: &str, token: Token, names: &[String]) -> String {
     let at = Token::new(0, token.lsn);
     format!(
         "SELECT flushed::pg_catalog.text, COALESCE(furthest, ''), \
-         pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()), {} \
+         pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()), \
+         {schema}_claims.this_session() \
          FROM {schema}_claims.standbys_flushed('{at}'::pg_catalog.pg_lsn, {})",
-        this_session!(),
         names_sql(names)
     )
 }

@@ -6,7 +6,9 @@
 //! schema's name in front of each table. The version numbers are this
 //! schema's own: SQLite's version 4 adds the idempotency records, which
 //! PostgreSQL keeps through `claims.rs` (made at every start, `IF NOT
-//! EXISTS`); PostgreSQL's version 4 makes memory's keys `COLLATE "C"`. Migrations run in one
+//! EXISTS`); PostgreSQL's version 4 makes memory's keys `COLLATE "C"`,
+//! and version 5 keeps front ends of earlier versions from replacing the
+//! functions of `claims.rs` with theirs. Migrations run in one
 //! transaction under a transaction-level advisory lock, so front ends that
 //! start together migrate one after the other and the second finds the work
 //! done. `PUBLIC` has no rights on the schema, and a clients' role that can
@@ -15,7 +17,7 @@
 use crate::error::{Error, Result};
 
 /// The version of litebridge's schema on PostgreSQL that this build writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Migration `n` takes the schema from version `n` to `n + 1`; `{s}` is the
 /// schema's name.
@@ -71,6 +73,13 @@ const MIGRATIONS: &[&str] = &[
     // contradicted, listing keys outside a prefix and missing others
     // (review 144).
     "ALTER TABLE {s}.litebridge_memory ALTER COLUMN key TYPE TEXT COLLATE \"C\";",
+    // Nothing to change in the tables: version 5 marks the functions
+    // `claims.rs` makes at every start since (a claim that checks the
+    // secret, `this_session()`, a count of standbys only), which a front
+    // end of an earlier version would replace with its own at its start,
+    // counting `pg_receivewal` as a standby again (review 226). Such a
+    // front end now refuses to start on this schema.
+    "SELECT 1;",
 ];
 
 // One migration per version.

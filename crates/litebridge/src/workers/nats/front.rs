@@ -1092,10 +1092,15 @@ impl NatsBridge {
         // Each name, and how many hosts in generic mode announce it.
         let mut by_name: HashMap<String, (MethodInfo, usize)> = HashMap::new();
         for h in ids.into_iter().map(|id| &hosts[id]) {
-            for m in h.methods.iter() {
-                let (kept, n) = by_name
-                    .entry(m.name.clone())
-                    .or_insert_with(|| (m.clone(), 0));
+            // Each name once a host (the first of a name announced twice, as
+            // `Methods::get`), and cloned only when new.
+            for m in h.methods.by_name.values().map(|&i| &h.methods.list[i]) {
+                let (kept, n) = match by_name.get_mut(&m.name) {
+                    Some(entry) => entry,
+                    None => by_name
+                        .entry(m.name.clone())
+                        .or_insert_with(|| (m.clone(), 0)),
+                };
                 *n += usize::from(generic(h));
                 kept.idempotent &= m.idempotent;
                 kept.cache_ttl_s = kept.cache_ttl_s.zip(m.cache_ttl_s).map(|(a, b)| a.min(b));
@@ -1379,9 +1384,11 @@ impl Front {
     }
 
     /// Takes in a host's INFO: its id (metadata `host`) and methods, when
-    /// they hash to `hash`, or else to what the host's last heartbeat says
-    /// (any, before one came). Whether it was taken.
-    fn learn(&self, info: &async_nats::service::Info, hash: Option<String>) -> bool {
+    /// they hash to what the host's last heartbeat says (any, before one
+    /// came), or, for an INFO `asked` of a host's instance after its
+    /// heartbeat with a hash, when it is that host's and instance's and
+    /// hashes to that. Whether it was taken.
+    fn learn(&self, info: &async_nats::service::Info, asked: Option<(&str, &str, &str)>) -> bool {
         // Another deployment's host (the services protocol's subjects are
         // shared by every deployment on the server).
         if info.metadata.get("prefix") != Some(&self.config.prefix) {
@@ -1395,8 +1402,11 @@ impl Front {
         else {
             return false;
         };
-        if super::config::is_token(&info.id) {
-            lock(&self.instances).heard(&info.id);
+        // Asked of one host's instance, an answer speaks for that one only:
+        // a peer asked under its own id answered in another host's name, and
+        // its methods were taken as that host's (review 227).
+        if asked.is_some_and(|(host, instance, _)| id != host || info.id != instance) {
+            return false;
         }
         let mut left = MAX_ANNOUNCED_BYTES;
         let mut cut = false;
@@ -1446,7 +1456,8 @@ impl Front {
         if known.beat.as_ref().is_some_and(|b| b.service_id != info.id) {
             return false;
         }
-        let hash = hash
+        let hash = asked
+            .map(|(_, _, hash)| hash.to_owned())
             .or_else(|| known.beat.as_ref().map(|b| b.methods_hash.clone()))
             .unwrap_or_default();
         // Its endpoints are still being added: read again once they are.
@@ -1470,6 +1481,11 @@ impl Front {
         let joined = known.read_for.is_none();
         known.read_for = Some((info.id.clone(), announced));
         drop(hosts);
+        // Heard only once taken (review 227: every answer in the window
+        // took a place of the table of instances).
+        if super::config::is_token(&info.id) {
+            lock(&self.instances).heard(&info.id);
+        }
         if joined {
             tracing::info!(host = %id, "worker host joined");
             let _ = self
@@ -1588,9 +1604,8 @@ impl Front {
     }
 }
 
-/// Keeps the nonces of this end's probes that came back (the latest few:
-/// anything else on the subject pushes them out, and only proves the link
-/// works all the same).
+/// Marks this end's probes that came back: only those it sent and waits
+/// for (`probes_out`); anything else on the subject is ignored.
 async fn follow_probes(front: std::sync::Weak<Front>, mut probes: async_nats::Subscriber) {
     while let Some(m) = probes.next().await {
         let Some(f) = front.upgrade() else { return };
@@ -1939,8 +1954,10 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 // One that does not answer is asked again for a dead host's
                 // time: a host paused for a moment is no host restarted, and
                 // a heartbeat anyone may forge must not take its calls
-                // (review 225).
-                let until = Instant::now() + dead_after;
+                // (review 225). Only the instance whose methods were read
+                // (one a heartbeat at most): made-up ones, one each forged
+                // heartbeat, are asked once (review 227).
+                let until = Instant::now() + if read { dead_after } else { Duration::ZERO };
                 let found = loop {
                     let asked = Instant::now();
                     let found = ping_instance(&client, &prefix, &old, wait).await;
@@ -1972,6 +1989,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         }
         if stale {
             let (client, hash) = (f.client.clone(), beat.methods_hash.clone());
+            let (host, instance) = (beat.host.clone(), beat.service_id.clone());
             let subject = format!(
                 "$SRV.INFO.{}.{}",
                 wire::service(&f.config.prefix),
@@ -1998,7 +2016,7 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                     let Some(f) = weak.upgrade() else { return };
                     if let Ok(info) =
                         serde_json::from_slice::<async_nats::service::Info>(&m.payload)
-                        && f.learn(&info, Some(hash.clone()))
+                        && f.learn(&info, Some((&host, &instance, &hash)))
                     {
                         return;
                     }
@@ -2222,8 +2240,9 @@ async fn follow_connection(
                 // could otherwise start as many again after any restart of
                 // the server (review 225).
                 for p in calls.values_mut() {
-                    // Failed here, it keeps no place when its waiter drops it.
-                    p.done = true;
+                    // Failed here, it keeps its place when its waiter drops
+                    // it, as a call given up on does: its worker runs on
+                    // (review 227).
                     let _ = p.tx.send(Reply::Lost(
                         Error::CallOutcomeUnknown {
                             method: p.method.clone(),

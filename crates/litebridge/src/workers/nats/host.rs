@@ -167,10 +167,14 @@ impl WorkerHost {
             .await
             .map_err(|e| unavailable(&e))?;
         let seen_span = (2 * config.ack_within()).max(Duration::from_secs(5));
-        let endpoints = pool
-            .methods()
-            .into_iter()
-            .map(|m| m.name)
+        // One look at what the pool serves, for the hash its heartbeats
+        // carry and for the endpoints announced: a worker replaced between
+        // two looks (its pool then lists nothing) made them differ, and
+        // front ends never took the host's INFO (review 227).
+        let (announced, dynamic) = (pool.methods(), pool.accepts_any_method());
+        let endpoints = announced
+            .iter()
+            .map(|m| m.name.clone())
             .filter(|m| wire::method_is_subject_safe(m))
             .collect();
         let inner = Arc::new(Host {
@@ -178,7 +182,7 @@ impl WorkerHost {
             stats: client.statistics(),
             id,
             service_id: service.info().await.id,
-            methods_hash: methods_hash(&pool.methods(), pool.accepts_any_method()),
+            methods_hash: methods_hash(&announced, dynamic),
             endpoints_ready: AtomicBool::new(false),
             client,
             seen: Mutex::new(Seen::new(seen_span)),
@@ -208,17 +212,17 @@ impl WorkerHost {
             Ok(Err(e)) => return Err(unavailable(&e)),
             Err(_) => return Err(unavailable(&"no heartbeat written within connect_timeout")),
         }
-        let (pool, subjects) = (&inner.pool, &inner.subjects);
+        let subjects = &inner.subjects;
         let mut endpoints = Vec::new();
         // An endpoint's name is only what operators' tools show (a front
         // end reads the method from its metadata), but the services library
         // keeps one endpoint a name: `a.b` and `a-b` (dots become dashes)
         // each get one of their own, or one was never announced (review 191).
         let mut names = std::collections::HashSet::new();
-        if pool.accepts_any_method() {
+        if dynamic {
             names.insert("dynamic".to_owned());
         }
-        for m in pool.methods() {
+        for m in announced {
             if !wire::method_is_subject_safe(&m.name) {
                 tracing::warn!(
                     method = m.name,
@@ -242,7 +246,7 @@ impl WorkerHost {
                 .map_err(|e| unavailable(&e))?;
             endpoints.push(e);
         }
-        if pool.accepts_any_method() {
+        if dynamic {
             let e = service
                 .endpoint_builder()
                 .name("dynamic")
