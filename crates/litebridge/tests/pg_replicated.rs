@@ -840,3 +840,76 @@ async fn writes_are_acknowledged_where_the_clients_may_not_read_the_activity() {
     body.unwrap();
     schema.drop_now().await;
 }
+
+/// Review 228: a failover that lost the install of this version's start
+/// (its functions) left every keyed write failing with "function does not
+/// exist" (found at Parse, on a new connection, before the claim's error
+/// was looked at), and with `replicated_to` every write answering
+/// `outcome_unknown` (its session unread), until a restart. They are made
+/// again by the first write to find them gone; not over a schema a newer
+/// litebridge wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_a_failover_lost_are_made_again() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    let mut config = schema.config();
+    config.replicated_to = 1;
+    config.connections = 1;
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let own = schema.own();
+    let write = |id: i64, key: Option<&'static str>| {
+        let db = db.clone();
+        async move {
+            let options = match key {
+                Some(k) => keyed(k, Duration::from_secs(5)),
+                None => WriteOptions::default(),
+            };
+            db.execute_with("INSERT INTO t VALUES (?1)", params![id], options)
+                .await
+        }
+    };
+    // The claim lost, before this connection first prepared it; over a
+    // schema of a newer version first, which is left as it is.
+    admin
+        .batch_execute(&format!(
+            "DROP FUNCTION {own}_claims.claim(bytea, bytea); \
+             UPDATE {own}.litebridge_meta SET value = '6' WHERE key = 'schema_version'"
+        ))
+        .await
+        .unwrap();
+    let e = write(1, Some("a")).await.expect_err("no claim function");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("newer litebridge"), "{e}");
+    admin
+        .batch_execute(&format!(
+            "UPDATE {own}.litebridge_meta SET value = '5' WHERE key = 'schema_version'"
+        ))
+        .await
+        .unwrap();
+    let e = write(1, Some("a")).await.expect_err("no claim function");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    write(1, Some("a")).await.unwrap();
+    // The session's function lost: the write committed, its count could
+    // not be made; the next writes are acknowledged once it is back.
+    admin
+        .batch_execute(&format!("DROP FUNCTION {own}_claims.this_session()"))
+        .await
+        .unwrap();
+    let e = write(2, None).await.expect_err("its session unread");
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
+    let since = Instant::now();
+    while write(3, None).await.is_err() {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the function was not made again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close();
+    schema.drop_now().await;
+}

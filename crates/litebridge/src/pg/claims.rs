@@ -263,6 +263,26 @@ impl Secret {
     }
 }
 
+/// The secret as the database holds it now, if it does.
+pub(super) async fn read(owner: &tokio_postgres::Client, schema: &str) -> Result<Option<Secret>> {
+    let stored = owner
+        .query_opt(
+            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: "the PostgreSQL schema",
+            reason: format!(
+                "cannot read the idempotency secret in {schema}.litebridge_meta: {}",
+                super::error::error_chain(&e)
+            ),
+        })?;
+    stored
+        .map(|r| Secret::new(&r.get::<_, String>(0), schema))
+        .transpose()
+}
+
 /// The code `claim(k, f)` raises when the secret is not the database's.
 pub(super) const OTHER_SECRET: &str = "LB001";
 

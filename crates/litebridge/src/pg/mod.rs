@@ -191,6 +191,8 @@ struct Inner {
     /// The end of a clients' read: [`END_READ`], or without
     /// [`PgConfig::isolate_requests`] its shorter form.
     end_read: &'static str,
+    /// One reinstall at a time ([`PgDatabase::reinstall`]).
+    reinstalling: tokio::sync::Mutex<()>,
     /// What a write reads after its `COMMIT`: [`WAL_INSERT_POSITION`], or
     /// with `replicated_to` [`position_in_session_sql`].
     position_sql: String,
@@ -691,6 +693,7 @@ impl PgDatabase {
             tidy,
             end_read,
             position_sql,
+            reinstalling: tokio::sync::Mutex::new(()),
             claims_secret: std::sync::RwLock::new(claims_secret),
         });
         monitor::probe_all(&inner).await;
@@ -945,47 +948,72 @@ impl PgDatabase {
     }
 
     /// The answer to a write whose claim found this front end's
-    /// idempotency secret not the database's (`claims`): the database's is
-    /// read for the next writes, made again if a failover lost it (with the
-    /// functions), and this write wrote nothing.
-    async fn other_secret(&self) -> Error {
-        let schema = self.own_schema();
-        let client_user = self.inner.config.client_user.clone().unwrap_or_default();
-        let installed = match self.inner.own.get().await {
-            Ok(mut owner) => claims::install(&mut owner, schema, &client_user).await,
-            Err(e) => Err(Error::Unavailable {
-                what: "the PostgreSQL schema",
-                reason: e.to_string(),
-            }),
-        };
-        let now = match installed {
-            Ok(secret) => {
-                let changed = {
-                    let mut held = crate::sync::write(&self.inner.claims_secret);
-                    let changed = held.fingerprint != secret.fingerprint;
-                    *held = secret;
-                    changed
-                };
-                if changed {
-                    tracing::error!(
-                        "the idempotency secret in {schema}.litebridge_meta is not the one this \
-                         front end read at its start (a failover lost that one, and a front end \
-                         made another): records are keyed with the database's from now on; \
-                         restart this front end, and the front ends started before it, to hear \
-                         each other's cache notifications again"
-                    );
-                }
-                "it holds the database's now".to_owned()
-            }
+    /// idempotency secret (fingerprinted `used`) not the database's, or a
+    /// function of `claims` missing (`missing`): the database's secret is
+    /// read for the next writes, and the functions and the secret made again
+    /// when a failover lost them ([`PgDatabase::reinstall`]). This write
+    /// wrote nothing.
+    async fn other_secret(&self, used: &[u8], missing: bool) -> Error {
+        let now = match self.reinstall(Some(used), missing).await {
+            Ok(()) => "it holds the database's now".to_owned(),
             Err(e) => format!("reading the database's failed too: {e}"),
         };
         Error::Unavailable {
             what: "the idempotency record",
             reason: format!(
                 "this front end's idempotency secret was not the database's (a failover lost \
-                 the one it read at its start); nothing was written, retry ({now})"
+                 the one it read at its start, or litebridge's functions); nothing was \
+                 written, retry ({now})"
             ),
         }
+    }
+
+    /// Reads the database's idempotency secret again, and with `missing`
+    /// (a function of `claims` not found: a failover lost the install of
+    /// this version's start) installs the functions and the secret again,
+    /// as at start: one at a time, and not at all when another did since
+    /// the secret fingerprinted `used` was read (review 228: each write in
+    /// flight ran the whole install, one after the other under its lock).
+    async fn reinstall(&self, used: Option<&[u8]>, missing: bool) -> Result<()> {
+        let _one = self.inner.reinstalling.lock().await;
+        if used.is_some_and(|used| crate::sync::read(&self.inner.claims_secret).fingerprint != used)
+        {
+            return Ok(());
+        }
+        let schema = self.own_schema();
+        let mut owner = self.inner.own.get().await.map_err(|e| Error::Unavailable {
+            what: "the PostgreSQL schema",
+            reason: e.to_string(),
+        })?;
+        let secret = match claims::read(&owner, schema).await {
+            Ok(Some(secret)) if !missing => secret,
+            _ => {
+                let client_user = self.inner.config.client_user.clone().unwrap_or_default();
+                schema::refuse_newer(&owner, schema).await?;
+                claims::install(&mut owner, schema, &client_user).await?
+            }
+        };
+        let changed = {
+            let mut held = crate::sync::write(&self.inner.claims_secret);
+            let changed = held.fingerprint != secret.fingerprint;
+            *held = secret;
+            changed
+        };
+        if changed {
+            tracing::error!(
+                "the idempotency secret in {schema}.litebridge_meta is not the one this front \
+                 end read at its start (a failover lost that one, and a front end made \
+                 another): records are keyed with the database's from now on; restart this \
+                 front end, and the front ends started before it, to hear each other's cache \
+                 notifications again"
+            );
+        } else if missing {
+            tracing::error!(
+                "litebridge's functions in {schema}_claims were missing (a failover lost their \
+                 install): made again"
+            );
+        }
+        Ok(())
     }
 
     /// Runs one statement read-only.
@@ -1902,21 +1930,34 @@ impl PgDatabase {
                         conn.prepare_cached(&claim_sql),
                         conn.prepare_cached(&settle_sql)
                     );
-                    let stmt = stmt.map_err(|e| from_pg(&e, timeout))?;
-                    settle = Some(settling.map_err(|e| from_pg(&e, timeout))?);
+                    // Another secret, or none, or a function that a failover
+                    // lost with its version's install (found at Parse, on a
+                    // new connection: review 228).
+                    let lost = |e: &tokio_postgres::Error| {
+                        e.code().and_then(|c| {
+                            (c == &SqlState::UNDEFINED_FUNCTION)
+                                .then_some(true)
+                                .or((c.code() == claims::OTHER_SECRET).then_some(false))
+                        })
+                    };
+                    let (stmt, settling) = match (stmt, settling) {
+                        (Ok(stmt), Ok(settling)) => (stmt, settling),
+                        (Err(e), _) | (_, Err(e)) => {
+                            return Err(match lost(&e) {
+                                Some(missing) => self.other_secret(secret, missing).await,
+                                None => from_pg(&e, timeout),
+                            });
+                        }
+                    };
+                    settle = Some(settling);
                     let row = match conn.query_one(&stmt, &[k, secret]).await {
                         Ok(row) => row,
-                        // Another secret, or none, or a claim function that
-                        // a failover lost with its upgrade's install.
-                        Err(e)
-                            if e.code().is_some_and(|c| {
-                                c.code() == claims::OTHER_SECRET
-                                    || c == &SqlState::UNDEFINED_FUNCTION
-                            }) =>
-                        {
-                            return Err(self.other_secret().await);
+                        Err(e) => {
+                            return Err(match lost(&e) {
+                                Some(missing) => self.other_secret(secret, missing).await,
+                                None => from_pg(&e, timeout),
+                            });
                         }
-                        Err(e) => return Err(from_pg(&e, timeout)),
                     };
                     if let Some(stored) = row.get::<_, Option<String>>(0) {
                         return Ok(Err(stored));
@@ -2179,6 +2220,22 @@ impl PgDatabase {
                 // standbys flushed it, counted on this session (the server
                 // that committed it).
                 let at = self.inner.committed_at(primary_token(&position));
+                // Its session not read for want of `this_session()`: a
+                // failover lost the install of this version's start, and
+                // every write would answer `outcome_unknown` until a
+                // restart (review 228). Made again for the next writes.
+                if self.inner.config.replicated_to > 0
+                    && failed
+                        .as_ref()
+                        .is_some_and(|f| f.code == Some(SqlState::UNDEFINED_FUNCTION))
+                {
+                    let db = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = db.reinstall(None, true).await {
+                            tracing::warn!("litebridge's functions could not be made again: {e}");
+                        }
+                    });
+                }
                 if self.inner.config.replicated_to > 0
                     && let Err(e) = self
                         .replicated_on(&conn, who, at, session_of(&position), deadline, timeout)

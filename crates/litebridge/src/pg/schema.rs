@@ -85,6 +85,42 @@ const MIGRATIONS: &[&str] = &[
 // One migration per version.
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
+/// Refuses a schema a newer litebridge wrote: its functions are not this
+/// version's to replace (review 228: a front end reinstalling them after a
+/// failover lost its own).
+pub(crate) async fn refuse_newer(conn: &tokio_postgres::Client, schema: &str) -> Result<()> {
+    let found: i64 = conn
+        .query_opt(
+            &format!(
+                "SELECT value::bigint FROM {schema}.litebridge_meta WHERE key = 'schema_version'"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: "the PostgreSQL schema",
+            reason: format!(
+                "cannot read the version of schema {schema}: {}",
+                super::error::error_chain(&e)
+            ),
+        })?
+        .map_or(0, |r| r.get(0));
+    if found > SCHEMA_VERSION {
+        return Err(newer(schema, found));
+    }
+    Ok(())
+}
+
+fn newer(schema: &str, found: i64) -> Error {
+    Error::Unavailable {
+        what: "the PostgreSQL schema",
+        reason: format!(
+            "schema {schema} was written by a newer litebridge (version {found}; this one \
+             knows up to {SCHEMA_VERSION}); upgrade litebridge"
+        ),
+    }
+}
+
 /// Brings litebridge's schema to [`SCHEMA_VERSION`]; returns the version
 /// it found.
 pub(crate) async fn migrate(
@@ -124,13 +160,7 @@ pub(crate) async fn migrate(
         .map_err(fail)?
         .map_or(0, |r| r.get(0));
     if found > SCHEMA_VERSION {
-        return Err(Error::Unavailable {
-            what: "the PostgreSQL schema",
-            reason: format!(
-                "schema {schema} was written by a newer litebridge (version {found}; this one \
-                 knows up to {SCHEMA_VERSION}); upgrade litebridge"
-            ),
-        });
+        return Err(newer(schema, found));
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.batch_execute(&sql.replace("{s}", schema))

@@ -1945,6 +1945,14 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
         if let Some((old, read)) = replaced {
             // Asked of the old instance itself: one that answers is alive,
             // and its calls are not lost.
+            let with_calls = {
+                let with = |h: &Option<(String, String)>| {
+                    h.as_ref()
+                        .is_some_and(|(h, i)| *h == beat.host && *i == old)
+                };
+                lock(&f.calls).values().any(|p| with(&p.host))
+                    || lock(&f.kept).values().any(|k| with(&k.host))
+            };
             let weak = front.clone();
             let (client, host) = (f.client.clone(), beat.host.clone());
             let prefix = f.config.prefix.clone();
@@ -1954,10 +1962,17 @@ async fn follow_heartbeats(front: std::sync::Weak<Front>, mut beats: async_nats:
                 // One that does not answer is asked again for a dead host's
                 // time: a host paused for a moment is no host restarted, and
                 // a heartbeat anyone may forge must not take its calls
-                // (review 225). Only the instance whose methods were read
-                // (one a heartbeat at most): made-up ones, one each forged
-                // heartbeat, are asked once (review 227).
-                let until = Instant::now() + if read { dead_after } else { Duration::ZERO };
+                // (review 225). Only an instance whose methods were read, or
+                // that has calls of this end (one a heartbeat at most):
+                // made-up ones, one each forged heartbeat, are asked once
+                // (reviews 227, 228).
+                let asks_again = read || with_calls;
+                let until = Instant::now()
+                    + if asks_again {
+                        dead_after
+                    } else {
+                        Duration::ZERO
+                    };
                 let found = loop {
                     let asked = Instant::now();
                     let found = ping_instance(&client, &prefix, &old, wait).await;
