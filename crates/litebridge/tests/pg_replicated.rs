@@ -38,6 +38,30 @@ async fn count(db: &PgDatabase) -> i64 {
     }
 }
 
+/// A database of `config`, with the table `t(id bigint)` the tests write.
+async fn with_table(config: PgConfig) -> PgDatabase {
+    let db = PgDatabase::connect(config).await.unwrap();
+    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    db
+}
+
+/// Inserts `id` into `t` with the idempotency key `key`.
+async fn insert_keyed(
+    db: &PgDatabase,
+    id: i64,
+    key: &str,
+    timeout: Duration,
+) -> litebridge::Result<litebridge::ExecResult> {
+    db.execute_with(
+        "INSERT INTO t VALUES (?1)",
+        params![id],
+        keyed(key, timeout),
+    )
+    .await
+}
+
 fn keyed(key: &str, timeout: Duration) -> WriteOptions {
     WriteOptions {
         timeout: Some(timeout),
@@ -53,10 +77,7 @@ async fn writes_are_answered_once_the_standbys_flushed_them() {
     };
     let mut config = schema.config();
     config.replicated_to = STANDBYS;
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     for i in 0..50i64 {
         let (_, token) = db
             .execute_at(
@@ -89,11 +110,7 @@ async fn a_write_no_standby_set_can_confirm_is_outcome_unknown_and_applied_once(
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let plain = schema.open().await;
-    plain
-        .execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let plain = with_table(schema.config()).await;
     let mut config = schema.config();
     config.replicated_to = STANDBYS + 1;
     // The stores' writes below run to the default deadline.
@@ -256,19 +273,9 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
     };
     let _turn = RECEIVER.lock().await;
     let pid = receiver(&schema).await;
-    let db = PgDatabase::connect(first_replica_alone(&schema))
-        .await
-        .unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(first_replica_alone(&schema)).await;
     let stopped = Stopped::new(pid);
-    let e = db
-        .execute_with(
-            "INSERT INTO t VALUES (1)",
-            (),
-            keyed("held", Duration::from_millis(500)),
-        )
+    let e = insert_keyed(&db, 1, "held", Duration::from_millis(500))
         .await
         .expect_err("one standby does not flush");
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
@@ -276,14 +283,7 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
     // Let go while a write waits: it is answered then.
     let waiting = tokio::spawn({
         let db = db.clone();
-        async move {
-            db.execute_with(
-                "INSERT INTO t VALUES (2)",
-                (),
-                keyed("waits", Duration::from_secs(10)),
-            )
-            .await
-        }
+        async move { insert_keyed(&db, 2, "waits", Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -293,13 +293,9 @@ async fn a_standby_that_stops_flushing_holds_the_acknowledgement() {
     drop(stopped);
     waiting.await.unwrap().unwrap();
     // The first one's retry finds it committed, now on that standby.
-    db.execute_with(
-        "INSERT INTO t VALUES (1)",
-        (),
-        keyed("held", Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    insert_keyed(&db, 1, "held", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(count(&db).await, 2);
     db.close();
     schema.drop_now().await;
@@ -381,10 +377,7 @@ async fn one_message_writes_of_one_caller_each_wait_for_the_standby() {
     let mut config = first_replica_alone(&schema);
     config.one_message_writes = true;
     config.connections = 1;
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     let write = |id: i64, timeout: Duration| {
         let db = db.clone();
         async move {
@@ -559,18 +552,10 @@ async fn a_sender_that_replays_nothing_does_not_count() {
     }
     let mut config = first_replica_alone(&schema);
     config.replicated_standbys.push(name);
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     let _turn = RECEIVER.lock().await;
     let stopped = Stopped::new(receiver(&schema).await);
-    let e = db
-        .execute_with(
-            "INSERT INTO t VALUES (1)",
-            (),
-            keyed("archived", Duration::from_millis(500)),
-        )
+    let e = insert_keyed(&db, 1, "archived", Duration::from_millis(500))
         .await
         .expect_err("only pg_receivewal flushed it");
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
@@ -590,20 +575,13 @@ async fn standbys_counted_on_another_session_do_not_acknowledge_a_write() {
     };
     let mut config = schema.config();
     config.replicated_to = 1;
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     for who in ["the clients'", "litebridge's own"] {
         db.faults().count_elsewhere(1);
         let e = if who == "the clients'" {
-            db.execute_with(
-                "INSERT INTO t VALUES (1)",
-                (),
-                keyed("elsewhere", Duration::from_secs(5)),
-            )
-            .await
-            .expect_err("counted on another session")
+            insert_keyed(&db, 1, "elsewhere", Duration::from_secs(5))
+                .await
+                .expect_err("counted on another session")
         } else {
             let store = StateStore::new(db.clone(), Arc::new(SystemClock));
             store
@@ -622,13 +600,9 @@ async fn standbys_counted_on_another_session_do_not_acknowledge_a_write() {
         );
     }
     // The retry, counted on its own session, finds the first write.
-    db.execute_with(
-        "INSERT INTO t VALUES (1)",
-        (),
-        keyed("elsewhere", Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    insert_keyed(&db, 1, "elsewhere", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(count(&db).await, 1);
     db.close();
     schema.drop_now().await;
@@ -645,10 +619,7 @@ async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_wit
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let a = schema.open().await;
-    a.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let a = with_table(schema.config()).await;
     // The failover: the secret is gone, and a front end started after it
     // makes another.
     common::pg::admin(&schema.url)
@@ -660,14 +631,8 @@ async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_wit
         .await
         .unwrap();
     let b = schema.open().await;
-    let write = |db: PgDatabase| async move {
-        db.execute_with(
-            "INSERT INTO t VALUES (1)",
-            (),
-            keyed("once", Duration::from_secs(5)),
-        )
-        .await
-    };
+    let write =
+        |db: PgDatabase| async move { insert_keyed(&db, 1, "once", Duration::from_secs(5)).await };
     let e = write(a.clone())
         .await
         .expect_err("keyed with a secret that is gone");
@@ -690,14 +655,8 @@ async fn a_front_end_whose_idempotency_secret_a_failover_lost_writes_nothing_wit
         ))
         .await
         .unwrap();
-    let again = |db: PgDatabase| async move {
-        db.execute_with(
-            "INSERT INTO t VALUES (2)",
-            (),
-            keyed("twice", Duration::from_secs(5)),
-        )
-        .await
-    };
+    let again =
+        |db: PgDatabase| async move { insert_keyed(&db, 2, "twice", Duration::from_secs(5)).await };
     let e = again(a.clone()).await.expect_err("no secret to check");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     again(a.clone()).await.unwrap();
@@ -725,10 +684,7 @@ async fn every_kind_of_write_waits_for_the_standby() {
     let mut config = first_replica_alone(&schema);
     // The stores' writes take the default deadline.
     config.default_timeout = Duration::from_millis(500);
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     let short = WriteOptions {
         timeout: Some(Duration::from_millis(500)),
         ..WriteOptions::default()
@@ -818,10 +774,7 @@ async fn writes_are_acknowledged_where_the_clients_may_not_read_the_activity() {
         c
     };
     let body = tokio::spawn(async move {
-        let db = PgDatabase::connect(config).await.unwrap();
-        db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-            .await
-            .unwrap();
+        let db = with_table(config).await;
         let write = || {
             db.execute_with(
                 "INSERT INTO t VALUES (1)",
@@ -857,10 +810,7 @@ async fn functions_a_failover_lost_are_made_again() {
     let mut config = schema.config();
     config.replicated_to = 1;
     config.connections = 1;
-    let db = PgDatabase::connect(config).await.unwrap();
-    db.execute_with("CREATE TABLE t(id bigint)", (), WriteOptions::default())
-        .await
-        .unwrap();
+    let db = with_table(config).await;
     let own = schema.own();
     let write = |id: i64, key: Option<&'static str>| {
         let db = db.clone();

@@ -223,14 +223,7 @@ pub(super) async fn install(
     )
     .await
     .map_err(fail)?;
-    let stored: String = tx
-        .query_one(
-            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
-            &[],
-        )
-        .await
-        .map_err(fail)?
-        .get(0);
+    let stored = stored(&tx, schema).await.map_err(fail)?.unwrap_or_default();
     tx.commit().await.map_err(fail)?;
     Secret::new(&stored, schema)
 }
@@ -265,11 +258,7 @@ impl Secret {
 
 /// The secret as the database holds it now, if it does.
 pub(super) async fn read(owner: &tokio_postgres::Client, schema: &str) -> Result<Option<Secret>> {
-    let stored = owner
-        .query_opt(
-            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
-            &[],
-        )
+    stored(owner, schema)
         .await
         .map_err(|e| Error::Unavailable {
             what: "the PostgreSQL schema",
@@ -277,10 +266,23 @@ pub(super) async fn read(owner: &tokio_postgres::Client, schema: &str) -> Result
                 "cannot read the idempotency secret in {schema}.litebridge_meta: {}",
                 super::error::error_chain(&e)
             ),
-        })?;
-    stored
-        .map(|r| Secret::new(&r.get::<_, String>(0), schema))
+        })?
+        .map(|stored| Secret::new(&stored, schema))
         .transpose()
+}
+
+/// The secret's text, as stored.
+async fn stored(
+    conn: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+    Ok(conn
+        .query_opt(
+            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// The code `claim(k, f)` raises when the secret is not the database's.

@@ -2988,7 +2988,11 @@ async fn insert_position(conn: &Object, sql: &str) -> (Option<Token>, Option<Str
 /// answers it (its third column).
 fn session_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
     messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2).map(str::to_owned),
+        // `try_get`: `get` panics on a column the row does not have (a
+        // position read without its session, with `replicated_to` 0).
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.try_get(2).ok().flatten().map(str::to_owned)
+        }
         _ => None,
     })
 }

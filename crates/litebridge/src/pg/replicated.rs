@@ -137,7 +137,7 @@ impl PgDatabase {
             let (flushed, furthest) = first_two(&answer).unwrap_or_default();
             let column = |i| {
                 answer.iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(i),
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.try_get(i).ok().flatten(),
                     _ => None,
                 })
             };

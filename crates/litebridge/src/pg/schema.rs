@@ -89,13 +89,7 @@ const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 /// version's to replace (review 228: a front end reinstalling them after a
 /// failover lost its own).
 pub(crate) async fn refuse_newer(conn: &tokio_postgres::Client, schema: &str) -> Result<()> {
-    let found: i64 = conn
-        .query_opt(
-            &format!(
-                "SELECT value::bigint FROM {schema}.litebridge_meta WHERE key = 'schema_version'"
-            ),
-            &[],
-        )
+    let found = version(conn, schema)
         .await
         .map_err(|e| Error::Unavailable {
             what: "the PostgreSQL schema",
@@ -103,12 +97,27 @@ pub(crate) async fn refuse_newer(conn: &tokio_postgres::Client, schema: &str) ->
                 "cannot read the version of schema {schema}: {}",
                 super::error::error_chain(&e)
             ),
-        })?
-        .map_or(0, |r| r.get(0));
+        })?;
     if found > SCHEMA_VERSION {
         return Err(newer(schema, found));
     }
     Ok(())
+}
+
+/// The version of litebridge's schema, 0 before the first migration.
+async fn version(
+    conn: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    Ok(conn
+        .query_opt(
+            &format!(
+                "SELECT value::bigint FROM {schema}.litebridge_meta WHERE key = 'schema_version'"
+            ),
+            &[],
+        )
+        .await?
+        .map_or(0, |r| r.get(0)))
 }
 
 fn newer(schema: &str, found: i64) -> Error {
@@ -149,16 +158,7 @@ pub(crate) async fn migrate(
     ))
     .await
     .map_err(fail)?;
-    let found: i64 = tx
-        .query_opt(
-            &format!(
-                "SELECT value::bigint FROM {schema}.litebridge_meta WHERE key = 'schema_version'"
-            ),
-            &[],
-        )
-        .await
-        .map_err(fail)?
-        .map_or(0, |r| r.get(0));
+    let found = version(&tx, schema).await.map_err(fail)?;
     if found > SCHEMA_VERSION {
         return Err(newer(schema, found));
     }
