@@ -1356,6 +1356,51 @@ async fn an_answer_asked_of_one_host_cannot_speak_for_another() {
     answering.abort();
 }
 
+/// Review 227: a heartbeat under a made-up instance of a host had the
+/// instance before it (itself made up) asked for a dead host's time, again
+/// and again while it did not answer: a flood of such heartbeats sent each
+/// front end's PINGs a few times over. An instance neither read nor with
+/// calls of the front end is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_instances_of_a_host_are_asked_once_each() {
+    use futures_util::StreamExt;
+    let Some(setup) = Setup::start(&[], &["h1"], 1).await else {
+        return;
+    };
+    let (evil, _beats, first) = h1_heartbeats(&setup.url).await;
+    // Every PING to a made-up instance, seen by a listener that does not
+    // answer (so none is found gone, nor alive).
+    let watcher = peer(&setup.url).await;
+    let mut all = watcher
+        .subscribe("$SRV.PING.litebridge_workers_lb.>")
+        .await
+        .unwrap();
+    synced(&watcher).await;
+    for i in 0..100 {
+        let mut beat = first.clone();
+        beat["service_id"] = json!(format!("madeup{i}"));
+        evil.publish("lb.v1.hb.h1", beat.to_string().into())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    synced(&evil).await;
+    // Each made-up one's ask, and its asks again (a dead host's time:
+    // 600 ms here), are over by then.
+    let mut seen = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(m)) =
+        tokio::time::timeout(until.saturating_duration_since(Instant::now()), all.next()).await
+    {
+        if m.subject.as_str().contains(".madeup") {
+            seen += 1;
+        }
+    }
+    assert!(seen <= 100, "{seen} PINGs for 100 made-up instances");
+    let r = setup.bridge.call("tag", json!({}), opts(5_000)).await;
+    assert_eq!(r.unwrap(), json!("h1"));
+}
+
 /// A raw NATS client: a peer on the bus that is not litebridge.
 /// Publishes one message with `headers` written as they are (a status
 /// line included, which the client library does not let a publisher

@@ -863,3 +863,54 @@ async fn functions_a_failover_lost_are_made_again() {
     db.close();
     schema.drop_now().await;
 }
+
+/// A front end refuses a schema a newer version wrote, naming both
+/// versions, before it touches the functions of `claims`: what keeps a
+/// front end of version 4 from replacing version 5's (review 226; the
+/// version is 5 for that alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_a_newer_version_wrote_is_refused_and_left_as_it_is() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    schema.open().await.close();
+    let own = schema.own();
+    let admin = common::pg::admin(&schema.url).await;
+    let definition = || async {
+        admin
+            .query_one(
+                &format!(
+                    "SELECT pg_get_functiondef('{own}_claims.standbys_flushed(pg_lsn, text[])'::regprocedure)"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = definition().await;
+    admin
+        .batch_execute(&format!(
+            "UPDATE {own}.litebridge_meta SET value = '6' WHERE key = 'schema_version'; \
+             CREATE OR REPLACE FUNCTION {own}_claims.standbys_flushed(at pg_lsn, names text[]) \
+             RETURNS TABLE(flushed int8, furthest text) LANGUAGE sql AS $$ SELECT 7::int8, '' $$"
+        ))
+        .await
+        .unwrap();
+    let newer = definition().await;
+    assert_ne!(newer, before);
+    let e = PgDatabase::connect(schema.config())
+        .await
+        .expect_err("a newer schema");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(
+        e.to_string().contains("newer litebridge") && e.to_string().contains("version 6"),
+        "{e}"
+    );
+    assert_eq!(
+        definition().await,
+        newer,
+        "the newer version's function replaced"
+    );
+    schema.drop_now().await;
+}
