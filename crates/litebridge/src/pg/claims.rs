@@ -18,9 +18,10 @@
 //!
 //! `standbys_flushed(at, names)` is not about claims either: it counts
 //! the standbys (senders that replay what they receive, not pg_receivewal)
-//! that flushed a write, on the session that committed it,
-//! which PostgreSQL shows only to roles with `pg_read_all_stats`
-//! (`replicated`).
+//! that flushed a write, on the session that committed it, which
+//! PostgreSQL shows only to roles with `pg_read_all_stats` (`replicated`);
+//! nor is `this_session()`, which names that session (its server process
+//! and when that started) for the same reason.
 //!
 //! A third function, `received_timeline()`, is not about claims: on a
 //! replica it answers the timeline its WAL receiver last received, which
@@ -40,8 +41,10 @@
 //! failover that lost the secret, and a front end started after it that
 //! made another, had front ends keying records differently, so a retry
 //! through another front end applied a write again (review 223). A front
-//! end told so reads the secret again and answers `unavailable` (nothing
-//! was written). `claim(k)` stays for front ends of earlier versions.
+//! end told so reads the secret again (or makes it, and the functions,
+//! again when a failover lost them: `PgDatabase::reinstall`) and answers
+//! `unavailable` (nothing was written). `claim(k)` stays for front ends of
+//! earlier versions.
 //!
 //! The clients' SQL can call the functions too, so the row's key is not the
 //! caller's key itself but SHA-256 of a secret (made once, kept in

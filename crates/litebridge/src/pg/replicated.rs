@@ -33,8 +33,9 @@
 //! fails and the write answers `outcome_unknown`. (So each of litebridge's
 //! connections must be one server session: a direct connection, or a
 //! pooler in session mode. The message of the `COMMIT` reads its session,
-//! its server process and when that started, and each count reads its own:
-//! another session, as a pooler in transaction mode would give, answers
+//! its server process and when that started (`<schema>_claims.this_session()`,
+//! as litebridge's role: review 226), and each count reads its own: another
+//! session, as a pooler in transaction mode would give, answers
 //! `outcome_unknown` (review 223). The timeline is compared too.)
 //!
 //! A standby's flush position only moves forward, and a promotion replays
