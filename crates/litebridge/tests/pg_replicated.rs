@@ -914,3 +914,64 @@ async fn a_schema_a_newer_version_wrote_is_refused_and_left_as_it_is() {
     );
     schema.drop_now().await;
 }
+
+/// Review 228: after a failover lost the idempotency secret, every keyed
+/// write in flight ran the whole install (its functions, grants and secret)
+/// one after the other under its lock, each holding a connection of its
+/// own. One install serves them all now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_find_the_secret_gone_together_install_it_once() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 8;
+    let db = with_table(config).await;
+    // Each connection ready to claim, so that the writes race to the claim.
+    let warm: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                insert_keyed(&db, i, &format!("warm{i}"), Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+    common::pg::admin(&schema.url)
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM {}.litebridge_meta WHERE key = 'claims_secret'",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    let racing: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                insert_keyed(&db, 100 + i, &format!("race{i}"), Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    // Those that claimed before the install are refused (nothing
+    // written); one that came after it goes through.
+    let mut refused = 0;
+    for r in racing {
+        match r.await.unwrap() {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "none found the secret gone");
+    assert_eq!(db.reinstalls(), 1);
+    insert_keyed(&db, 200, "after", Duration::from_secs(5))
+        .await
+        .unwrap();
+    db.close();
+    schema.drop_now().await;
+}

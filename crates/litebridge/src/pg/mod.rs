@@ -193,6 +193,8 @@ struct Inner {
     end_read: &'static str,
     /// One reinstall at a time ([`PgDatabase::reinstall`]).
     reinstalling: tokio::sync::Mutex<()>,
+    /// Installs it ran ([`PgDatabase::reinstalls`]).
+    reinstalls: AtomicU64,
     /// What a write reads after its `COMMIT`: [`WAL_INSERT_POSITION`], or
     /// with `replicated_to` [`position_in_session_sql`].
     position_sql: String,
@@ -694,6 +696,7 @@ impl PgDatabase {
             end_read,
             position_sql,
             reinstalling: tokio::sync::Mutex::new(()),
+            reinstalls: AtomicU64::new(0),
             claims_secret: std::sync::RwLock::new(claims_secret),
         });
         monitor::probe_all(&inner).await;
@@ -947,6 +950,12 @@ impl PgDatabase {
         )
     }
 
+    /// Times the functions of `claims` and the idempotency secret were made
+    /// again after a failover lost them, one install at a time.
+    pub fn reinstalls(&self) -> u64 {
+        self.inner.reinstalls.load(Ordering::Relaxed)
+    }
+
     /// The answer to a write whose claim found this front end's
     /// idempotency secret (fingerprinted `used`) not the database's, or a
     /// function of `claims` missing (`missing`): the database's secret is
@@ -990,6 +999,7 @@ impl PgDatabase {
             _ => {
                 let client_user = self.inner.config.client_user.clone().unwrap_or_default();
                 schema::refuse_newer(&owner, schema).await?;
+                self.inner.reinstalls.fetch_add(1, Ordering::Relaxed);
                 claims::install(&mut owner, schema, &client_user).await?
             }
         };
