@@ -707,6 +707,82 @@ async fn postgres_cache_writes_reach_the_other_front_ends_memory() {
     schema.drop_now().await;
 }
 
+/// Review 226: the cache's channel is named after the idempotency secret,
+/// and a failover that lost it, with a front end started after it that
+/// made another, left front ends on two channels: each served from memory
+/// what the other changed, until it was restarted. A front end that makes
+/// no keyed write never noticed. Each listener now follows the database's
+/// secret, and one that moves asks the others to empty their memory.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let listening = |c: &Cache| c.stats().listening == Some(true);
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !f() {
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let clock = Arc::new(litebridge::store::SystemClock);
+    let da = schema.open().await;
+    let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
+    until("a listening", &|| listening(&a));
+    // The failover lost the secret a read, and a front end started after
+    // it made another.
+    common::pg::admin(&schema.url)
+        .await
+        .batch_execute(&format!(
+            "UPDATE {}.litebridge_meta SET value = md5('lost') || md5('secret') \
+             WHERE key = 'claims_secret'",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    let db_ = schema.open().await;
+    let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
+    until("b listening", &|| listening(&b));
+    // A value in b's memory, changed through a.
+    a.set("k", json!(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
+    let hits = b.stats().l1_hits;
+    assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
+    assert_eq!(b.stats().l1_hits, hits + 1, "served from memory");
+    a.set("k", json!(2), None).await.unwrap();
+    let changed = std::time::Instant::now();
+    while b.get("k").await.unwrap() != Some(json!(2)) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "b served a's old value for 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("b saw a's write after {:?}", changed.elapsed());
+    // Both on one channel now: each hears the other's writes at once.
+    until("a listening", &|| listening(&a));
+    for (n, (writer, reader)) in [(&a, &b), (&b, &a), (&a, &b)].into_iter().enumerate() {
+        let value = json!(10 + n);
+        assert!(reader.get("k").await.unwrap().is_some());
+        writer.set("k", value.clone(), None).await.unwrap();
+        let written = std::time::Instant::now();
+        while reader.get("k").await.unwrap() != Some(value.clone()) {
+            assert!(
+                written.elapsed() < Duration::from_secs(1),
+                "write {n} unheard"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    da.close();
+    db_.close();
+    schema.drop_now().await;
+}
+
 /// Memory's keys compare by byte order on PostgreSQL whatever the
 /// database's collation (the column is `COLLATE "C"`): on a database of
 /// en-US's, a prefix ending in a digit listed nothing, `A` listed `á` and

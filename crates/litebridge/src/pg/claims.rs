@@ -280,12 +280,20 @@ async fn stored(
     schema: &str,
 ) -> std::result::Result<Option<String>, tokio_postgres::Error> {
     Ok(conn
-        .query_opt(
-            &format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'"),
-            &[],
-        )
+        .query_opt(&stored_sql(schema), &[])
         .await?
         .map(|r| r.get(0)))
+}
+
+/// The query of the secret's text (one row, or none).
+pub(super) fn stored_sql(schema: &str) -> String {
+    format!("SELECT value FROM {schema}.litebridge_meta WHERE key = 'claims_secret'")
+}
+
+/// Whether `stored` (the secret's text, as read) is the secret
+/// fingerprinted `fingerprint`.
+pub(super) fn is(stored: &str, fingerprint: &[u8]) -> bool {
+    sha2::Sha256::digest(stored.as_bytes()).as_slice() == fingerprint
 }
 
 /// The code `claim(k, f)` raises when the secret is not the database's.

@@ -1,15 +1,29 @@
-//! A `LISTEN` connection: PostgreSQL's notifications on one channel, handed
-//! to a callback, with the connection's losses and returns.
+//! A `LISTEN` connection: PostgreSQL's notifications on the cache's channel,
+//! handed to a callback, with the connection's losses and returns.
 //!
 //! The cache uses it to drop from memory what another front end changed
 //! (`store/cache.rs`). Notifications are not kept for a session that was
 //! not listening, so a lost connection is an event of its own: the
 //! listener must assume it missed some. It reconnects every second until
-//! the callback says to stop. A connection that goes silent (its server's
-//! machine gone, a partition: nothing closes it, and TCP's keepalive takes
-//! hours) is found by a query every [`PROBE`] it has heard nothing, answered
-//! within [`PROBE`] or taken as lost (review 160: memory was trusted, and
-//! other front ends' writes went unheard, until then).
+//! the callback says to stop.
+//!
+//! Every [`CHECK`], whatever it has heard, the listener reads the
+//! idempotency secret on its connection, answered within [`PROBE`] or the
+//! connection is taken as lost. That finds two things:
+//! - **A connection gone silent** (its server's machine gone, a partition:
+//!   nothing closes it, and TCP's keepalive takes hours; review 160: memory
+//!   was trusted, and other front ends' writes went unheard, until then).
+//! - **A channel that moved.** The channel is named after the secret
+//!   (`claims::channel`), which a failover can lose; a front end started
+//!   after it makes another (review 226). Front ends that read different
+//!   secrets notify different channels and do not hear each other. A
+//!   front end that finds the database's secret is not the one it holds
+//!   takes the database's ([`PgDatabase::follow_secret`]), listens on the
+//!   new channel, and tells it `moved` (the cache: "empty your memory"),
+//!   since those listening there did not hear what it wrote meanwhile; its
+//!   own memory is emptied as after any loss. So front ends serve what
+//!   another changed for at most a [`CHECK`] and a [`PROBE`] after such a
+//!   failover, not until they are restarted.
 
 use std::time::Duration;
 
@@ -25,7 +39,7 @@ pub(crate) enum Heard {
     Listening,
     /// A notification's payload.
     Payload(String),
-    /// The connection was lost (or could not be made).
+    /// The connection was lost (or could not be made), or the channel moved.
     Lost,
     /// Nothing for a second: answer whether to go on listening.
     Idle,
@@ -34,31 +48,49 @@ pub(crate) enum Heard {
 /// How long the listener waits before connecting again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// How long the listener goes without a word from its connection before
-/// asking it one, and how long it waits for the answer.
+/// How often the listener reads the secret on its connection.
+const CHECK: Duration = Duration::from_secs(1);
+
+/// How long the listener waits for the answer to its `LISTEN`, and to its
+/// look at the secret, before taking its connection as lost.
 const PROBE: Duration = Duration::from_secs(5);
 
+/// How a look at the secret ended.
+enum Looked {
+    /// The channel listened on is not the database's (the secret changed): listen again, on the new one.
+    Moved,
+    /// No answer within [`PROBE`], or an error: the connection is lost.
+    Lost,
+}
+
 impl PgDatabase {
-    /// Listens on `channel` as litebridge's own role, calling `on` with
-    /// what it hears, until `on` answers `false` or the database is closed.
-    pub(crate) fn listen<F, Fut>(&self, channel: String, mut on: F)
+    /// Listens on the cache's channel ([`PgDatabase::cache_channel`]) as
+    /// litebridge's own role, calling `on` with what it hears, until `on`
+    /// answers `false` or the database is closed. `moved` is the payload
+    /// sent on a channel the listener moved to.
+    pub(crate) fn listen<F, Fut>(&self, moved: String, mut on: F)
     where
         F: FnMut(Heard) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = bool> + Send,
     {
         let weak = self.downgrade();
         tokio::spawn(async move {
+            // Whether `moved` is still to be told on the channel listened on.
+            let mut to_tell = false;
             loop {
                 let Some(db) = weak.upgrade() else { return };
                 if !db.is_open() {
                     return;
                 }
                 let config = db.inner.config.own_config();
+                let channel = db.cache_channel();
+                let secret_sql = super::claims::stored_sql(db.own_schema());
                 drop(db);
                 let connected = match config {
                     Ok(c) => c.connect(NoTls).await.ok(),
                     Err(_) => None,
                 };
+                let mut looked = Looked::Lost;
                 if let Some((client, mut connection)) = connected {
                     // The connection is driven by a task of its own, which
                     // passes the notifications on and ends with it.
@@ -76,36 +108,44 @@ impl PgDatabase {
                     });
                     // Within a probe's time too: a server gone silent here
                     // left memory unused until TCP gave up.
-                    let statement = format!("LISTEN \"{channel}\"");
-                    let listen = client.batch_execute(&statement);
+                    let listen = async {
+                        client
+                            .batch_execute(&format!("LISTEN \"{channel}\""))
+                            .await?;
+                        if to_tell {
+                            client
+                                .execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &moved])
+                                .await?;
+                        }
+                        Ok::<_, tokio_postgres::Error>(())
+                    };
                     if matches!(tokio::time::timeout(PROBE, listen).await, Ok(Ok(()))) {
+                        to_tell = false;
                         if !on(Heard::Listening).await {
                             driver.abort();
                             return;
                         }
-                        let mut last_word = tokio::time::Instant::now();
-                        loop {
+                        let mut last_look = tokio::time::Instant::now();
+                        looked = loop {
                             let heard = tokio::select! {
                                 p = rx.recv() => match p {
                                     Some(payload) => Heard::Payload(payload),
-                                    None => break,
+                                    None => break Looked::Lost,
                                 },
                                 () = tokio::time::sleep(RETRY) => Heard::Idle,
                             };
-                            if matches!(heard, Heard::Payload(_)) {
-                                last_word = tokio::time::Instant::now();
-                            } else if last_word.elapsed() >= PROBE {
+                            if last_look.elapsed() >= CHECK {
                                 // Notifications are passed on while the
-                                // probe waits: queued ahead of its answer,
+                                // look waits: queued ahead of its answer,
                                 // unread, they would hold the answer back
                                 // (review 161).
-                                let probe = client.batch_execute("SELECT 1");
-                                tokio::pin!(probe);
+                                let look = client.query_opt(&secret_sql, &[]);
+                                tokio::pin!(look);
                                 let deadline = tokio::time::sleep(PROBE);
                                 tokio::pin!(deadline);
-                                let answered = loop {
+                                let stored = loop {
                                     tokio::select! {
-                                        r = &mut probe => break r.is_ok(),
+                                        r = &mut look => break r.ok(),
                                         p = rx.recv() => match p {
                                             Some(payload) => {
                                                 if !on(Heard::Payload(payload)).await {
@@ -113,15 +153,23 @@ impl PgDatabase {
                                                     return;
                                                 }
                                             }
-                                            None => break false,
+                                            None => break None,
                                         },
-                                        () = &mut deadline => break false,
+                                        () = &mut deadline => break None,
                                     }
                                 };
-                                if !answered {
-                                    break;
+                                let Some(row) = stored else {
+                                    break Looked::Lost;
+                                };
+                                let Some(db) = weak.upgrade() else {
+                                    driver.abort();
+                                    return;
+                                };
+                                db.follow_secret(row.and_then(|r| r.try_get(0).ok())).await;
+                                if db.cache_channel() != channel {
+                                    break Looked::Moved;
                                 }
-                                last_word = tokio::time::Instant::now();
+                                last_look = tokio::time::Instant::now();
                             }
                             let open = matches!(&heard, Heard::Payload(_))
                                 || weak.upgrade().is_some_and(|db| db.is_open());
@@ -129,14 +177,18 @@ impl PgDatabase {
                                 driver.abort();
                                 return;
                             }
-                        }
+                        };
                     }
                     driver.abort();
                 }
                 if !on(Heard::Lost).await {
                     return;
                 }
-                tokio::time::sleep(RETRY).await;
+                match looked {
+                    // At once: its memory is not used meanwhile.
+                    Looked::Moved => to_tell = true,
+                    Looked::Lost => tokio::time::sleep(RETRY).await,
+                }
             }
         });
     }

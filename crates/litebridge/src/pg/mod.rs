@@ -977,6 +977,25 @@ impl PgDatabase {
         }
     }
 
+    /// Takes the database's idempotency secret, whose text the cache's
+    /// listener read as `stored` (`None`: there is none), if it is not the
+    /// one this front end holds, making it again if it is gone
+    /// ([`PgDatabase::reinstall`]). A front end that makes no keyed write
+    /// would otherwise never notice, and would notify and listen on the
+    /// cache's old channel (`listen.rs`). Errors are logged; the listener
+    /// looks again.
+    pub(crate) async fn follow_secret(&self, stored: Option<String>) {
+        let held = crate::sync::read(&self.inner.claims_secret)
+            .fingerprint
+            .clone();
+        if stored.is_some_and(|s| claims::is(&s, &held)) {
+            return;
+        }
+        if let Err(e) = self.reinstall(Some(&held), false).await {
+            tracing::warn!("cannot take the database's idempotency secret: {e}");
+        }
+    }
+
     /// Reads the database's idempotency secret again, and with `missing`
     /// (a function of `claims` not found: a failover lost the install of
     /// this version's start) installs the functions and the secret again,
@@ -1012,10 +1031,9 @@ impl PgDatabase {
         if changed {
             tracing::error!(
                 "the idempotency secret in {schema}.litebridge_meta is not the one this front \
-                 end read at its start (a failover lost that one, and a front end made \
-                 another): records are keyed with the database's from now on; restart this \
-                 front end, and the front ends started before it, to hear each other's cache \
-                 notifications again"
+                 end held (a failover lost that one, and a front end made another, or this \
+                 one found it gone): records are keyed with the database's \
+                 from now on, and the cache's notifications go on its channel"
             );
         } else if missing {
             tracing::error!(

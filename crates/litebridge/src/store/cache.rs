@@ -371,9 +371,9 @@ fn listen_to_peers(
     l1: &moka::future::Cache<String, Entry>,
 ) -> Arc<super::cache_peers::Peers> {
     use crate::pg::Heard;
-    let peers = super::cache_peers::Peers::new(pg.cache_channel());
+    let peers = super::cache_peers::Peers::new();
     let (weak, l1) = (Arc::downgrade(&peers), l1.clone());
-    pg.listen(peers.channel.clone(), move |heard| {
+    pg.listen(peers.everything(), move |heard| {
         let (weak, l1) = (weak.clone(), l1.clone());
         async move {
             let Some(p) = weak.upgrade() else {
@@ -651,10 +651,10 @@ impl Cache {
         #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
         let mut statements = vec![write];
         #[cfg(feature = "postgres")]
-        if let Some(p) = &self.peers {
+        if let (Some(p), Some(Backend::Postgres(pg))) = (&self.peers, &self.db) {
             statements.push((
                 "SELECT pg_catalog.pg_notify(?1, ?2)".to_owned(),
-                params![p.channel.clone(), p.payload(key)],
+                params![pg.cache_channel(), p.payload(key)],
             ));
         }
         #[cfg(not(feature = "postgres"))]
@@ -1439,7 +1439,7 @@ mod tests {
     #[cfg(feature = "postgres")]
     async fn with_peers() -> (Cache, Arc<super::super::cache_peers::Peers>) {
         let mut cache = Cache::open(None, CacheConfig::default()).await.unwrap();
-        let peers = super::super::cache_peers::Peers::new("lbc_test".into());
+        let peers = super::super::cache_peers::Peers::new();
         peers.set_listening(true);
         cache.peers = Some(peers.clone());
         (cache, peers)

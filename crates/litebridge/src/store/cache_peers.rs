@@ -10,7 +10,7 @@
 //! the key from its L1; its own notifications are recognised by the front
 //! end's id and skipped.
 //!
-//! Two gaps are closed:
+//! Three gaps are closed:
 //! - **A lost listener.** PostgreSQL keeps no notifications for a session
 //!   that is not listening. While the listener is down the L1 is neither
 //!   read nor filled, and it is emptied when listening starts again: every
@@ -20,9 +20,15 @@
 //!   one was handled. Every notification bumps a generation; a `get` copies
 //!   what it read into the L1 only if the generation did not move while it
 //!   read.
+//! - **A channel that moved.** The channel is named after a secret a
+//!   failover can lose (below); front ends that read different ones do not
+//!   hear each other. Each listener looks at the database's secret every
+//!   second and moves to its channel, asking those there to empty their
+//!   memory (`pg/listen.rs`).
 //!
 //! So an L1 is stale for at most the time a notification takes to arrive
-//! (under a millisecond on loopback). PostgreSQL does not guard channels:
+//! (under a millisecond on loopback), or after a failover that lost the
+//! secret, for a few seconds. PostgreSQL does not guard channels:
 //! any role may notify any channel it can name. The clients' role cannot
 //! name this one (it ends in a hash of a secret kept in litebridge's
 //! schema: `pg/claims.rs`), so the clients' SQL can neither flood the
@@ -37,8 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub(super) struct Peers {
     /// This front end's id in the payloads.
     id: u64,
-    /// The channel, from litebridge's own schema.
-    pub(super) channel: String,
     /// Bumped by every notification from another front end and every loss.
     generation: AtomicU64,
     /// Whether the listener is listening: the L1 is used only then.
@@ -50,13 +54,12 @@ pub(super) struct Peers {
 const MAX_PAYLOAD: usize = 7_000;
 
 impl Peers {
-    pub(super) fn new(channel: String) -> Arc<Peers> {
+    pub(super) fn new() -> Arc<Peers> {
         let mut id = [0u8; 8];
         // A clash of two front ends' ids costs L1 invalidations, not values.
         let _ = getrandom::fill(&mut id);
         Arc::new(Peers {
             id: u64::from_le_bytes(id),
-            channel,
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
         })
@@ -74,10 +77,17 @@ impl Peers {
     /// The payload announcing a write of `key`.
     pub(super) fn payload(&self, key: &str) -> String {
         if key.len() > MAX_PAYLOAD {
-            format!("{}:*", self.id)
+            self.everything()
         } else {
             format!("{}:{key}", self.id)
         }
+    }
+
+    /// The payload asking the others to empty their memory: sent for a key
+    /// too long to name, and by a front end whose channel moved (its writes
+    /// until then went unheard on the new one: `pg/listen.rs`).
+    pub(super) fn everything(&self) -> String {
+        format!("{}:*", self.id)
     }
 
     /// What a payload asks of this front end: `None` for its own or an
@@ -109,8 +119,8 @@ mod tests {
 
     #[test]
     fn payloads_name_the_sender_and_the_key() {
-        let a = Peers::new("lbc_litebridge".into());
-        let b = Peers::new("lbc_litebridge".into());
+        let a = Peers::new();
+        let b = Peers::new();
         let p = a.payload("user:x:y");
         assert_eq!(a.heard(&p), None, "its own");
         let g = b.generation();
