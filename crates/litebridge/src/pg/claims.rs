@@ -237,6 +237,8 @@ pub(super) async fn install(
 pub(super) struct Secret {
     pub(super) key: [u8; 32],
     pub(super) fingerprint: Vec<u8>,
+    /// The cache's channel ([`channel`]), named once.
+    pub(super) channel: String,
 }
 
 impl Secret {
@@ -255,6 +257,7 @@ impl Secret {
         Ok(Secret {
             key,
             fingerprint: sha2::Sha256::digest(stored.as_bytes()).to_vec(),
+            channel: channel(&key, schema),
         })
     }
 }

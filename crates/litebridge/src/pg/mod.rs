@@ -942,12 +942,10 @@ impl PgDatabase {
     }
 
     /// The channel of the cache's notifications between front ends, which
-    /// the clients' role cannot name (`claims::channel`).
+    /// the clients' role cannot name (`claims::channel`); it moves with the
+    /// idempotency secret (`listen.rs`).
     pub(crate) fn cache_channel(&self) -> String {
-        claims::channel(
-            &crate::sync::read(&self.inner.claims_secret).key,
-            &self.inner.config.schema,
-        )
+        crate::sync::read(&self.inner.claims_secret).channel.clone()
     }
 
     /// Times the functions of `claims` and the idempotency secret were made
