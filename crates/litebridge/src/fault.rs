@@ -21,6 +21,7 @@ pub struct Faults {
     reused_pid: AtomicI64,
     other_server: AtomicUsize,
     count_elsewhere: AtomicUsize,
+    hold_secret_looks: AtomicBool,
 }
 
 impl Faults {
@@ -133,6 +134,17 @@ impl Faults {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn take_count_elsewhere(&self) -> bool {
         take_one(&self.count_elsewhere)
+    }
+
+    /// Holds the PostgreSQL cache listeners' looks at the idempotency
+    /// secret while on, as if each next look were not due yet.
+    pub fn hold_secret_looks(&self, on: bool) {
+        self.hold_secret_looks.store(on, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn secret_looks_held(&self) -> bool {
+        self.hold_secret_looks.load(Ordering::SeqCst)
     }
 
     /// Makes the writer thread panic in the middle of its next batch.

@@ -707,33 +707,27 @@ async fn postgres_cache_writes_reach_the_other_front_ends_memory() {
     schema.drop_now().await;
 }
 
-/// Review 226: the cache's channel is named after the idempotency secret,
-/// and a failover that lost it, with a front end started after it that
-/// made another, left front ends on two channels: each served from memory
-/// what the other changed, until it was restarted. A front end that makes
-/// no keyed write never noticed. Each listener now follows the database's
-/// secret, and one that moves asks the others to empty their memory.
+/// Two front ends' caches on one PostgreSQL L2 split as a failover that
+/// lost the idempotency secret leaves them: `a` holds the secret it read at
+/// its start, and the database another, which `b`, started after, holds.
+/// `a`'s listener does not look at the secret until the test lets it.
 #[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
+async fn split_caches(
+    schema: &common::pg::Schema,
+) -> (
+    litebridge::store::Cache,
+    litebridge::store::Cache,
+    litebridge::pg::PgDatabase,
+    litebridge::pg::PgDatabase,
+) {
     use litebridge::store::{Cache, CacheConfig};
-    let Some(schema) = common::pg::Schema::new().await else {
-        return;
-    };
-    let listening = |c: &Cache| c.stats().listening == Some(true);
-    let until = |what: &str, f: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !f() {
-            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     let clock = Arc::new(litebridge::store::SystemClock);
     let da = schema.open().await;
     let a = Cache::with_backend(da.clone().into(), CacheConfig::default(), clock.clone());
-    until("a listening", &|| listening(&a));
-    // The failover lost the secret a read, and a front end started after
-    // it made another.
+    wait_until("a listening", Duration::from_secs(5), || {
+        a.stats().listening == Some(true)
+    });
+    da.faults().hold_secret_looks(true);
     common::pg::admin(&schema.url)
         .await
         .batch_execute(&format!(
@@ -745,26 +739,63 @@ async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
         .unwrap();
     let db_ = schema.open().await;
     let b = Cache::with_backend(db_.clone().into(), CacheConfig::default(), clock);
-    until("b listening", &|| listening(&b));
-    // A value in b's memory, changed through a.
+    wait_until("b listening", Duration::from_secs(5), || {
+        b.stats().listening == Some(true)
+    });
+    // A value in b's memory, written through a.
     a.set("k", json!(1), None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
     let hits = b.stats().l1_hits;
     assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
     assert_eq!(b.stats().l1_hits, hits + 1, "served from memory");
+    (a, b, da, db_)
+}
+
+#[cfg(feature = "postgres")]
+fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !f() {
+        assert!(started.elapsed() < within, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Review 226: the cache's channel is named after the idempotency secret,
+/// and a failover that lost it, with a front end started after it that
+/// made another, left front ends on two channels: each served from memory
+/// what the other changed, until it was restarted. A front end that makes
+/// no keyed write never noticed. Each listener now follows the database's
+/// secret, and one that moves asks the others to empty their memory.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (a, b, da, db_) = split_caches(&schema).await;
+    // The split: b does not hear a.
     a.set("k", json!(2), None).await.unwrap();
-    let changed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.get("k").await.unwrap(), Some(json!(1)), "b heard a");
+    // a's listener looks, takes the database's secret and moves.
+    da.faults().hold_secret_looks(false);
+    let released = std::time::Instant::now();
     while b.get("k").await.unwrap() != Some(json!(2)) {
         assert!(
-            changed.elapsed() < Duration::from_secs(10),
-            "b served a's old value for 10 s"
+            released.elapsed() < Duration::from_secs(3),
+            "b served a's old value for 3 s after a's listener could look"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eprintln!("b saw a's write after {:?}", changed.elapsed());
+    eprintln!(
+        "b saw a's write {:?} after a's listener could look",
+        released.elapsed()
+    );
     // Both on one channel now: each hears the other's writes at once.
-    until("a listening", &|| listening(&a));
+    wait_until("a listening", Duration::from_secs(5), || {
+        a.stats().listening == Some(true)
+    });
     for (n, (writer, reader)) in [(&a, &b), (&b, &a), (&a, &b)].into_iter().enumerate() {
         let value = json!(10 + n);
         assert!(reader.get("k").await.unwrap().is_some());
@@ -780,6 +811,248 @@ async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
     }
     da.close();
     db_.close();
+    schema.drop_now().await;
+}
+
+/// Review 229: a write that named the cache's channel before its front end
+/// moved, and committed after, was told on the old channel alone. The
+/// move's request to empty memory had gone before it committed, so a front
+/// end on the new channel read the old value again and kept it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_write_committed_after_its_front_end_moved_is_heard() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (a, b, da, db_) = split_caches(&schema).await;
+    let own = schema.own();
+    // Another session holds k's row: a's write waits, its notification
+    // named for the old channel.
+    let holder = common::pg::admin(&schema.url).await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {own}.litebridge_cache WHERE key = 'k' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let writer = tokio::spawn({
+        let a = a.clone();
+        async move { a.set("k", json!(2), None).await }
+    });
+    let watcher = common::pg::admin(&schema.url).await;
+    let count = |sql: String| {
+        let watcher = &watcher;
+        async move { watcher.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let started = std::time::Instant::now();
+    while count(format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE 'INSERT INTO {own}.litebridge_cache%'"
+    ))
+    .await
+        < 1
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a's write never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // a moves to the database's channel; b, told to, empties its memory.
+    da.faults().hold_secret_looks(false);
+    let listeners = format!(
+        "SELECT count(DISTINCT query) FROM pg_stat_activity WHERE query ~ '^LISTEN \"lbc_{own}_'"
+    );
+    while count(listeners.clone()).await != 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "a never moved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_until("a listening", Duration::from_secs(5), || {
+        a.stats().listening == Some(true)
+    });
+    // b, its memory emptied, reads the old value again, into memory.
+    let from_l2 = b.stats().l2_hits;
+    while b.stats().l2_hits == from_l2 {
+        assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b's memory never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hits = b.stats().l1_hits;
+    assert_eq!(b.get("k").await.unwrap(), Some(json!(1)));
+    assert_eq!(b.stats().l1_hits, hits + 1, "b kept it in memory");
+    holder.batch_execute("COMMIT").await.unwrap();
+    writer.await.unwrap().unwrap();
+    let committed = std::time::Instant::now();
+    while b.get("k").await.unwrap() != Some(json!(2)) {
+        assert!(
+            committed.elapsed() < Duration::from_secs(1),
+            "b kept the value a's write replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    da.close();
+    db_.close();
+    schema.drop_now().await;
+}
+
+/// Review 229: a front end whose keyed write took the database's secret
+/// while its listener was away (its connection lost) listened on the new
+/// channel when it came back without asking those there to empty their
+/// memory: what it wrote on the old channel before stayed unheard there.
+/// (`a`'s listener never looks at the secret here: its move is found by
+/// the channel alone.)
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_front_end_that_moved_while_its_listener_was_away_tells_the_others() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (a, b, da, db_) = split_caches(&schema).await;
+    da.execute_with("CREATE TABLE t(id bigint)", (), Default::default())
+        .await
+        .unwrap();
+    // Unheard by b: a is on the old channel.
+    a.set("k", json!(2), None).await.unwrap();
+    // a's listener loses its connection, and a keyed write through a finds
+    // the database's secret is not a's and takes it.
+    let admin = common::pg::admin(&schema.url).await;
+    // a's listener started first.
+    let ended: bool = admin
+        .query_one(
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query ~ '^LISTEN \"lbc_{}_' ORDER BY backend_start LIMIT 1",
+                schema.own()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    let keyed = litebridge::WriteOptions {
+        idempotency_key: Some(litebridge::IdempotencyKey::new(1, "moved").unwrap()),
+        ..Default::default()
+    };
+    let e = da
+        .execute_with("INSERT INTO t VALUES (1)", (), keyed)
+        .await
+        .expect_err("keyed with the secret the failover lost");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let took = std::time::Instant::now();
+    while b.get("k").await.unwrap() != Some(json!(2)) {
+        assert!(
+            took.elapsed() < Duration::from_secs(4),
+            "b kept what a wrote on the old channel"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    da.close();
+    db_.close();
+    schema.drop_now().await;
+}
+
+/// Review 229: a listener that found the database's secret gone, and could
+/// not make it again (another session held the table its install locks),
+/// waited for the install with no bound, its memory trusted meanwhile,
+/// while it heard nothing. It now stops listening first, gives the install
+/// a bound, and listens again once it is done.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_listener_that_cannot_take_the_secret_leaves_memory_unused() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let da = schema.open().await;
+    let a = Cache::with_backend(
+        da.clone().into(),
+        CacheConfig::default(),
+        Arc::new(litebridge::store::SystemClock),
+    );
+    let listening = || a.stats().listening == Some(true);
+    wait_until("a listening", Duration::from_secs(5), listening);
+    let own = schema.own();
+    let admin = common::pg::admin(&schema.url).await;
+    admin
+        .batch_execute(&format!(
+            "DELETE FROM {own}.litebridge_meta WHERE key = 'claims_secret'"
+        ))
+        .await
+        .unwrap();
+    let holder = common::pg::admin(&schema.url).await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {own}.litebridge_meta IN SHARE MODE"
+        ))
+        .await
+        .unwrap();
+    wait_until("a stopped listening", Duration::from_secs(5), || {
+        !listening()
+    });
+    // Not listening while the install waits, through its bound (5 s).
+    let stopped = std::time::Instant::now();
+    while stopped.elapsed() < Duration::from_secs(7) {
+        assert!(!listening(), "memory trusted after {:?}", stopped.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(da.reinstalls(), 0, "made while the table was held");
+    holder.batch_execute("COMMIT").await.unwrap();
+    wait_until("a listening again", Duration::from_secs(10), listening);
+    assert_eq!(da.reinstalls(), 1, "the secret made again, once");
+    da.close();
+    schema.drop_now().await;
+}
+
+/// Review 229: a secret that cannot be read (not 64 hex digits) had the
+/// cache's listener run the whole install every second. It is not made
+/// again; the listener stops listening until it can be read.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_listener_leaves_an_unreadable_secret_alone() {
+    use litebridge::store::{Cache, CacheConfig};
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let da = schema.open().await;
+    let a = Cache::with_backend(
+        da.clone().into(),
+        CacheConfig::default(),
+        Arc::new(litebridge::store::SystemClock),
+    );
+    let listening = || a.stats().listening == Some(true);
+    wait_until("a listening", Duration::from_secs(5), listening);
+    let admin = common::pg::admin(&schema.url).await;
+    // Each install writes the claim functions again (new row versions).
+    let claim_versions = format!(
+        "SELECT xmin::text FROM pg_proc WHERE proname = 'claim' \
+         AND pronamespace = '{}_claims'::regnamespace ORDER BY 1",
+        schema.own()
+    );
+    let versions =
+        |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<String>>();
+    let before = versions(admin.query(&claim_versions, &[]).await.unwrap());
+    admin
+        .batch_execute(&format!(
+            "UPDATE {}.litebridge_meta SET value = 'zz' WHERE key = 'claims_secret'",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    wait_until("a stopped listening", Duration::from_secs(5), || {
+        !listening()
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!listening());
+    assert_eq!(
+        versions(admin.query(&claim_versions, &[]).await.unwrap()),
+        before,
+        "installed over an unreadable secret"
+    );
+    da.close();
     schema.drop_now().await;
 }
 

@@ -7,23 +7,29 @@
 //! listener must assume it missed some. It reconnects every second until
 //! the callback says to stop.
 //!
-//! Every [`CHECK`], whatever it has heard, the listener reads the
-//! idempotency secret on its connection, answered within [`PROBE`] or the
-//! connection is taken as lost. That finds two things:
+//! Every [`CHECK`] the listener reads the idempotency secret on its
+//! connection, whatever it has heard, passing on the notifications that
+//! come meanwhile (review 161: queued ahead of the answer, unread, they
+//! held it back). An answer not back within [`PROBE`] loses the
+//! connection. That finds two things:
 //! - **A connection gone silent** (its server's machine gone, a partition:
 //!   nothing closes it, and TCP's keepalive takes hours; review 160: memory
 //!   was trusted, and other front ends' writes went unheard, until then).
 //! - **A channel that moved.** The channel is named after the secret
 //!   (`claims::channel`), which a failover can lose; a front end started
-//!   after it makes another (review 226). Front ends that read different
+//!   after it makes another (review 226). Front ends that hold different
 //!   secrets notify different channels and do not hear each other. A
-//!   front end that finds the database's secret is not the one it holds
-//!   takes the database's ([`PgDatabase::follow_secret`]), listens on the
-//!   new channel, and tells it `moved` (the cache: "empty your memory"),
-//!   since those listening there did not hear what it wrote meanwhile; its
-//!   own memory is emptied as after any loss. So front ends serve what
-//!   another changed for at most a [`CHECK`] and a [`PROBE`] after such a
-//!   failover, not until they are restarted.
+//!   listener that finds the database's secret is not its front end's, or
+//!   that its front end took another (a keyed write finds it too), stops
+//!   listening at once (memory is not used meanwhile), takes the database's
+//!   secret ([`PgDatabase::follow_secret`], within [`PROBE`], again every
+//!   second until it can), listens on the new channel, and tells it `moved`
+//!   (the cache: "empty your memory"): those listening there did not hear
+//!   what its front end wrote on the old one. So a front end serves what
+//!   another changed for at most a [`CHECK`] (and the look's round trip)
+//!   after such a failover, not until it is restarted. (A write that named
+//!   the old channel and commits after the move is told on the new one by
+//!   its writer: `store/cache.rs`.)
 
 use std::time::Duration;
 
@@ -51,23 +57,24 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often the listener reads the secret on its connection.
 const CHECK: Duration = Duration::from_secs(1);
 
-/// How long the listener waits for the answer to its `LISTEN`, and to its
-/// look at the secret, before taking its connection as lost.
+/// How long the listener waits for the answer to its `LISTEN`, to its look
+/// at the secret, and for the secret to be taken, before giving up on them.
 const PROBE: Duration = Duration::from_secs(5);
 
-/// How a look at the secret ended.
-enum Looked {
-    /// The channel listened on is not the database's (the secret changed): listen again, on the new one.
-    Moved,
-    /// No answer within [`PROBE`], or an error: the connection is lost.
+/// Why the listener stopped listening.
+enum Stopped {
+    /// The connection was lost, or could not be made.
     Lost,
+    /// The channel moved: listen again at once, after taking the secret
+    /// read (`Some`: the secret's text, or `None` for none) if there is one.
+    Moved(Option<Option<String>>),
 }
 
 impl PgDatabase {
     /// Listens on the cache's channel ([`PgDatabase::cache_channel`]) as
     /// litebridge's own role, calling `on` with what it hears, until `on`
     /// answers `false` or the database is closed. `moved` is the payload
-    /// sent on a channel the listener moved to.
+    /// told on a channel the listener moved to.
     pub(crate) fn listen<F, Fut>(&self, moved: String, mut on: F)
     where
         F: FnMut(Heard) -> Fut + Send + 'static,
@@ -75,12 +82,46 @@ impl PgDatabase {
     {
         let weak = self.downgrade();
         tokio::spawn(async move {
-            // Whether `moved` is still to be told on the channel listened on.
-            let mut to_tell = false;
+            // The channel last listened on, with `moved` told there if owed.
+            let mut listened: Option<String> = None;
+            // A secret read that is not the front end's, to take first.
+            let mut follow: Option<Option<String>> = None;
+            // Whether taking it failed last time (logged once).
+            let mut failing = false;
             loop {
                 let Some(db) = weak.upgrade() else { return };
                 if !db.is_open() {
                     return;
+                }
+                if let Some(stored) = follow.take() {
+                    let took = tokio::time::timeout(PROBE, db.follow_secret(stored.clone())).await;
+                    match took {
+                        Ok(Ok(())) => {
+                            if failing {
+                                tracing::info!(
+                                    "the cache's listener took the database's idempotency secret"
+                                );
+                            }
+                            failing = false;
+                        }
+                        failed => {
+                            if !failing {
+                                let why = match failed {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => format!("no answer within {} s", PROBE.as_secs()),
+                                };
+                                tracing::warn!(
+                                    "the cache's listener cannot take the database's idempotency \
+                                     secret, and does not listen until it can (memory unused): {why}"
+                                );
+                            }
+                            failing = true;
+                            follow = Some(stored);
+                            drop(db);
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
+                    }
                 }
                 let config = db.inner.config.own_config();
                 let channel = db.cache_channel();
@@ -90,7 +131,7 @@ impl PgDatabase {
                     Ok(c) => c.connect(NoTls).await.ok(),
                     Err(_) => None,
                 };
-                let mut looked = Looked::Lost;
+                let mut stopped = Stopped::Lost;
                 if let Some((client, mut connection)) = connected {
                     // The connection is driven by a task of its own, which
                     // passes the notifications on and ends with it.
@@ -108,11 +149,12 @@ impl PgDatabase {
                     });
                     // Within a probe's time too: a server gone silent here
                     // left memory unused until TCP gave up.
+                    let tell = listened.as_ref().is_some_and(|l| *l != channel);
                     let listen = async {
                         client
                             .batch_execute(&format!("LISTEN \"{channel}\""))
                             .await?;
-                        if to_tell {
+                        if tell {
                             client
                                 .execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &moved])
                                 .await?;
@@ -120,63 +162,75 @@ impl PgDatabase {
                         Ok::<_, tokio_postgres::Error>(())
                     };
                     if matches!(tokio::time::timeout(PROBE, listen).await, Ok(Ok(()))) {
-                        to_tell = false;
+                        listened = Some(channel.clone());
                         if !on(Heard::Listening).await {
                             driver.abort();
                             return;
                         }
                         let mut last_look = tokio::time::Instant::now();
-                        looked = loop {
+                        stopped = loop {
                             let heard = tokio::select! {
                                 p = rx.recv() => match p {
                                     Some(payload) => Heard::Payload(payload),
-                                    None => break Looked::Lost,
+                                    None => break Stopped::Lost,
                                 },
                                 () = tokio::time::sleep(RETRY) => Heard::Idle,
                             };
-                            if last_look.elapsed() >= CHECK {
-                                // Notifications are passed on while the
-                                // look waits: queued ahead of its answer,
-                                // unread, they would hold the answer back
-                                // (review 161).
-                                let look = client.query_opt(&secret_sql, &[]);
-                                tokio::pin!(look);
-                                let deadline = tokio::time::sleep(PROBE);
-                                tokio::pin!(deadline);
-                                let stored = loop {
-                                    tokio::select! {
-                                        r = &mut look => break r.ok(),
-                                        p = rx.recv() => match p {
-                                            Some(payload) => {
-                                                if !on(Heard::Payload(payload)).await {
-                                                    driver.abort();
-                                                    return;
-                                                }
-                                            }
-                                            None => break None,
-                                        },
-                                        () = &mut deadline => break None,
-                                    }
-                                };
-                                let Some(row) = stored else {
-                                    break Looked::Lost;
-                                };
-                                let Some(db) = weak.upgrade() else {
-                                    driver.abort();
-                                    return;
-                                };
-                                db.follow_secret(row.and_then(|r| r.try_get(0).ok())).await;
-                                if db.cache_channel() != channel {
-                                    break Looked::Moved;
-                                }
-                                last_look = tokio::time::Instant::now();
-                            }
                             let open = matches!(&heard, Heard::Payload(_))
                                 || weak.upgrade().is_some_and(|db| db.is_open());
                             if !open || !on(heard).await {
                                 driver.abort();
                                 return;
                             }
+                            let Some(db) = weak.upgrade() else {
+                                driver.abort();
+                                return;
+                            };
+                            if last_look.elapsed() < CHECK || db.inner.faults.secret_looks_held() {
+                                continue;
+                            }
+                            drop(db);
+                            let look = client.query_opt(&secret_sql, &[]);
+                            tokio::pin!(look);
+                            let deadline = tokio::time::sleep(PROBE);
+                            tokio::pin!(deadline);
+                            let answer = loop {
+                                tokio::select! {
+                                    r = &mut look => break Some(r),
+                                    p = rx.recv() => match p {
+                                        Some(payload) => {
+                                            if !on(Heard::Payload(payload)).await {
+                                                driver.abort();
+                                                return;
+                                            }
+                                        }
+                                        None => break None,
+                                    },
+                                    () = &mut deadline => break None,
+                                }
+                            };
+                            let stored: Option<String> = match answer {
+                                Some(Ok(row)) => row.and_then(|r| r.try_get(0).ok()),
+                                // The connection answers, with an error (the
+                                // table gone, a right revoked): nothing to
+                                // follow, and nothing to reconnect for.
+                                Some(Err(e)) if e.as_db_error().is_some() => {
+                                    last_look = tokio::time::Instant::now();
+                                    continue;
+                                }
+                                Some(Err(_)) | None => break Stopped::Lost,
+                            };
+                            let Some(db) = weak.upgrade() else {
+                                driver.abort();
+                                return;
+                            };
+                            if !db.holds_secret(stored.as_deref()) {
+                                break Stopped::Moved(Some(stored));
+                            }
+                            if db.cache_channel() != channel {
+                                break Stopped::Moved(None);
+                            }
+                            last_look = tokio::time::Instant::now();
                         };
                     }
                     driver.abort();
@@ -184,10 +238,10 @@ impl PgDatabase {
                 if !on(Heard::Lost).await {
                     return;
                 }
-                match looked {
-                    // At once: its memory is not used meanwhile.
-                    Looked::Moved => to_tell = true,
-                    Looked::Lost => tokio::time::sleep(RETRY).await,
+                match stopped {
+                    // At once: memory is not used meanwhile.
+                    Stopped::Moved(stored) => follow = stored,
+                    Stopped::Lost => tokio::time::sleep(RETRY).await,
                 }
             }
         });

@@ -980,18 +980,22 @@ impl PgDatabase {
     /// one this front end holds, making it again if it is gone
     /// ([`PgDatabase::reinstall`]). A front end that makes no keyed write
     /// would otherwise never notice, and would notify and listen on the
-    /// cache's old channel (`listen.rs`). Errors are logged; the listener
-    /// looks again.
-    pub(crate) async fn follow_secret(&self, stored: Option<String>) {
+    /// cache's old channel (`listen.rs`).
+    pub(crate) async fn follow_secret(&self, stored: Option<String>) -> Result<()> {
+        if self.holds_secret(stored.as_deref()) {
+            return Ok(());
+        }
         let held = crate::sync::read(&self.inner.claims_secret)
             .fingerprint
             .clone();
-        if stored.is_some_and(|s| claims::is(&s, &held)) {
-            return;
-        }
-        if let Err(e) = self.reinstall(Some(&held), false).await {
-            tracing::warn!("cannot take the database's idempotency secret: {e}");
-        }
+        self.reinstall(Some(&held), false).await
+    }
+
+    /// Whether `stored` (the secret's text, as read; `None`: there is none)
+    /// is the idempotency secret this front end holds.
+    pub(crate) fn holds_secret(&self, stored: Option<&str>) -> bool {
+        let held = crate::sync::read(&self.inner.claims_secret);
+        stored.is_some_and(|s| claims::is(s, &held.fingerprint))
     }
 
     /// Reads the database's idempotency secret again, and with `missing`
@@ -1011,13 +1015,18 @@ impl PgDatabase {
             what: "the PostgreSQL schema",
             reason: e.to_string(),
         })?;
-        let secret = match claims::read(&owner, schema).await {
-            Ok(Some(secret)) if !missing => secret,
+        // A secret that cannot be read (not 64 hex digits) is not made
+        // again: the install would keep it (review 229: the cache's
+        // listener ran the whole install every second).
+        let secret = match (claims::read(&owner, schema).await, missing) {
+            (Ok(Some(secret)), false) => secret,
+            (Err(e), false) => return Err(e),
             _ => {
                 let client_user = self.inner.config.client_user.clone().unwrap_or_default();
                 schema::refuse_newer(&owner, schema).await?;
+                let made = claims::install(&mut owner, schema, &client_user).await?;
                 self.inner.reinstalls.fetch_add(1, Ordering::Relaxed);
-                claims::install(&mut owner, schema, &client_user).await?
+                made
             }
         };
         let changed = {

@@ -641,25 +641,46 @@ impl Cache {
         self.watch().unwrap_or(u64::MAX)
     }
 
-    /// The statements of an L2 write of `key`: `write`, and the
-    /// notification other front ends drop the key on, sent with it.
-    fn announced(
+    /// An L2 write of `key` on `db`: `write`, and the notification other
+    /// front ends drop the key on, sent with it. A write that named the
+    /// cache's channel before it moved (`pg/listen.rs`) and committed after
+    /// is told on the new one too: the move's request to empty memory went
+    /// out before it committed, and those on the new channel could have
+    /// read the old value again since (review 229).
+    async fn announced(
         &self,
+        db: &Backend,
         key: &str,
         write: (String, crate::value::Params),
-    ) -> Vec<(String, crate::value::Params)> {
-        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
-        let mut statements = vec![write];
+    ) -> Result<Vec<crate::ExecResult>> {
         #[cfg(feature = "postgres")]
-        if let (Some(p), Some(Backend::Postgres(pg))) = (&self.peers, &self.db) {
-            statements.push((
-                "SELECT pg_catalog.pg_notify(?1, ?2)".to_owned(),
-                params![pg.cache_channel(), p.payload(key)],
-            ));
+        if let (Some(p), Backend::Postgres(pg)) = (&self.peers, db) {
+            let channel = pg.cache_channel();
+            let notify = "SELECT pg_catalog.pg_notify(?1, ?2)";
+            let done = db
+                .own_batch(vec![
+                    write,
+                    (notify.to_owned(), params![channel.clone(), p.payload(key)]),
+                ])
+                .await?;
+            let now = pg.cache_channel();
+            if now != channel
+                && let Err(e) = db
+                    .own_batch(vec![(notify.to_owned(), params![now, p.payload(key)])])
+                    .await
+            {
+                // Unheard, as a notification lost with its listener would
+                // be. (The key is the caller's data: not logged.)
+                tracing::warn!(
+                    "a cache write could not be told on the cache's new channel, so other front \
+                     ends may serve its key's old value from memory until its TTL: {e}"
+                );
+            }
+            return Ok(done);
         }
         #[cfg(not(feature = "postgres"))]
         let _ = key;
-        statements
+        db.own_batch(vec![write]).await
     }
 
     /// The lock that orders writes of `key` against copies of it into memory.
@@ -806,7 +827,7 @@ impl Cache {
                 ),
                 params![key, text, expires.map(micros)],
             );
-            if let Err(e) = db.own_batch(self.announced(key, write)).await {
+            if let Err(e) = self.announced(db, key, write).await {
                 self.counters.l2_failed("write", &e);
                 if !keep_on_failure {
                     return Err(e);
@@ -846,7 +867,7 @@ impl Cache {
                     format!("DELETE FROM {} WHERE key = ?1", db.own("cache")),
                     params![key],
                 );
-                db.own_batch(self.announced(key, write)).await?[0].changes > 0
+                self.announced(db, key, write).await?[0].changes > 0
             }
             None => false,
         };

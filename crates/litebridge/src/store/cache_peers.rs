@@ -24,11 +24,12 @@
 //!   failover can lose (below); front ends that read different ones do not
 //!   hear each other. Each listener looks at the database's secret every
 //!   second and moves to its channel, asking those there to empty their
-//!   memory (`pg/listen.rs`).
+//!   memory (`pg/listen.rs`); a write that named the old channel and
+//!   commits after the move is told on the new one too (`cache.rs`).
 //!
 //! So an L1 is stale for at most the time a notification takes to arrive
 //! (under a millisecond on loopback), or after a failover that lost the
-//! secret, for a few seconds. PostgreSQL does not guard channels:
+//! secret, for about a second. PostgreSQL does not guard channels:
 //! any role may notify any channel it can name. The clients' role cannot
 //! name this one (it ends in a hash of a secret kept in litebridge's
 //! schema: `pg/claims.rs`), so the clients' SQL can neither flood the
