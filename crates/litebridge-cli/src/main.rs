@@ -5,7 +5,6 @@ mod cli;
 mod commands;
 mod dashboard;
 mod events;
-mod json;
 mod logging;
 mod metrics;
 mod output;

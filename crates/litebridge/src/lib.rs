@@ -85,6 +85,8 @@ pub mod exact;
 pub mod fault;
 mod histogram;
 mod idempotency;
+#[doc(hidden)]
+pub mod json;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod resilience;

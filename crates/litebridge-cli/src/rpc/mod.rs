@@ -146,13 +146,13 @@ async fn handle_in_span(
 ) -> Option<Json> {
     // The tree's memory stays counted until the message is answered.
     let owner = caller.key().map_or("", |k| k.name());
-    let (value, _held): (Json, _) = match crate::json::parse(input, owner) {
+    let (value, _held): (Json, _) = match litebridge::json::parse(input, owner) {
         Ok(parsed) => parsed,
         // JSON nested too deep is JSON, refused for its depth: answered with
         // its id, as the refusals below are, where it can be read.
-        Err(crate::json::Unreadable::Syntax(e)) => {
+        Err(litebridge::json::Unreadable::Syntax(e)) => {
             let id = if e.contains("recursion limit exceeded") {
-                crate::json::top_level_id(input).unwrap_or(Json::Null)
+                litebridge::json::top_level_id(input).unwrap_or(Json::Null)
             } else {
                 Json::Null
             };
@@ -164,7 +164,7 @@ async fn handle_in_span(
             } else {
                 RpcError::InvalidRequest(unreadable.refusal().unwrap_or_default())
             };
-            let id = crate::json::top_level_id(input).unwrap_or(Json::Null);
+            let id = litebridge::json::top_level_id(input).unwrap_or(Json::Null);
             return Some(error_reply(id, &charged(caller, e)));
         }
     };

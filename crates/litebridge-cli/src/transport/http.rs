@@ -690,7 +690,7 @@ pub(crate) async fn read_whole(
     (
         Request,
         Result<serde_json::Value, String>,
-        crate::json::Held,
+        litebridge::json::Held,
     ),
     Response,
 > {
@@ -716,7 +716,7 @@ pub(crate) async fn read_whole(
         }
     };
     let (parsed, held) =
-        match crate::json::parse_for_sdk(&bytes, caller.key().map_or("", |k| k.name())) {
+        match litebridge::json::parse_for_sdk(&bytes, caller.key().map_or("", |k| k.name())) {
             Ok((tree, held)) => (Ok(tree), held),
             Err(unreadable) if unreadable.is_over_memory() => {
                 let e = rpc::RpcError::App(unreadable.error());
@@ -729,10 +729,10 @@ pub(crate) async fn read_whole(
                 }
                 None => {
                     let why = match unreadable {
-                        crate::json::Unreadable::Syntax(why) => why,
+                        litebridge::json::Unreadable::Syntax(why) => why,
                         _ => "not JSON".to_owned(),
                     };
-                    (Err(why), crate::json::Held::default())
+                    (Err(why), litebridge::json::Held::default())
                 }
             },
         };

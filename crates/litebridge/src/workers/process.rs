@@ -513,7 +513,9 @@ impl Process {
         (exit, lock(&self.stderr).back().cloned())
     }
 
-    fn answer(&self, id: u64, outcome: Result<Json>) {
+    /// Hands call `id` its answer; a result is read into a tree only for a
+    /// call still waiting for it (`protocol::tree`).
+    fn answer(&self, id: u64, outcome: Result<protocol::Raw>) {
         let (waiting, was_cancelled) = {
             let mut pending = lock(&self.pending);
             let waiting = pending.remove(&id);
@@ -523,8 +525,10 @@ impl Process {
             self.load.fetch_sub(1, Ordering::AcqRel);
             self.freed.notify_one();
         }
-        if let Some(tx) = waiting {
-            let _ = tx.send(outcome);
+        if let Some(tx) = waiting
+            && !tx.is_closed()
+        {
+            let _ = tx.send(outcome.and_then(|raw| protocol::tree(&raw)));
         }
     }
 }

@@ -80,25 +80,33 @@ pub(crate) struct Ready {
     pub(crate) prefixes: Option<Vec<String>>,
 }
 
+/// A response's result as the worker wrote it: read into a tree
+/// ([`tree`]) only for a call that waits for it.
+pub(crate) type Raw = Box<serde_json::value::RawValue>;
+
 /// One line from a worker.
 #[derive(Debug)]
 pub(crate) enum Incoming {
     Ready(Ready),
     Response {
         id: u64,
-        outcome: Result<Json, Error>,
+        outcome: Result<Raw, Error>,
     },
     /// A notification other than `$/ready` (ignored, logged).
     Notification(String),
 }
 
+/// A line as read: its parameters, result and error's data are kept as
+/// text, not trees (review 230: a worker's line of 64 MiB of small objects
+/// took gigabytes as a tree, read before anything looked whether a call
+/// waited for it).
 #[derive(Deserialize)]
 struct Line {
     jsonrpc: Option<String>,
     id: Option<Json>,
     method: Option<String>,
-    params: Option<Json>,
-    result: Option<Json>,
+    params: Option<Raw>,
+    result: Option<Raw>,
     error: Option<WireError>,
 }
 
@@ -106,7 +114,67 @@ struct Line {
 struct WireError {
     code: i64,
     message: String,
-    data: Option<Json>,
+    data: Option<Raw>,
+}
+
+/// What litebridge reads of an error's `data` (the rest is skipped, not
+/// built).
+#[derive(Deserialize, Default)]
+struct ErrorData {
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    traceback: Option<String>,
+    deliberate: Option<bool>,
+}
+
+/// Whose share of [`crate::json::MAX_TREES_BYTES`] workers' answers are
+/// counted in while they are read: no key's name (those are printable).
+const WORKERS: &str = "\0workers";
+
+/// The tree of an answer's result, its memory counted as it is built, as a
+/// request's is (`crate::json`): past [`crate::json::MAX_TREE_BYTES`] the
+/// call fails with `too_large`, and while the messages and answers being
+/// read hold [`crate::json::MAX_TREES_BYTES`], with `unavailable`.
+pub(crate) fn tree(raw: &serde_json::value::RawValue) -> Result<Json, Error> {
+    use crate::json::Unreadable;
+    match crate::json::parse(raw.get().as_bytes(), WORKERS) {
+        Ok((tree, _counted_while_read)) => Ok(tree),
+        Err(Unreadable::TooLarge { limit }) => Err(Error::TooLarge {
+            what: "the worker's answer, read into memory (its objects and values are many for \
+                   its size): return fewer values, or large data as a string,"
+                .into(),
+            limit: limit as u64,
+        }),
+        Err(Unreadable::Busy { .. }) => Err(Error::Unavailable {
+            what: "the worker's answer",
+            reason: format!(
+                "the messages and answers being read hold {} MiB of memory already; call again \
+                 shortly",
+                crate::json::MAX_TREES_BYTES >> 20
+            ),
+        }),
+        Err(Unreadable::Duplicate(member)) => Err(protocol_error(format!(
+            "the worker's answer names the member {member:?} twice in one object"
+        ))),
+        Err(Unreadable::Inexact(number)) => Err(protocol_error(format!(
+            "the worker's answer holds {}: return it as a string",
+            crate::exact::inexact_integer_named(&number)
+        ))),
+        Err(Unreadable::Syntax(e)) => Err(protocol_error(format!(
+            "the worker's answer cannot be read: {e}"
+        ))),
+    }
+}
+
+/// A `ProtocolError`: the worker's answer broke the protocol.
+fn protocol_error(message: String) -> Error {
+    Error::WorkerError {
+        code: -32603,
+        message,
+        type_name: "ProtocolError".into(),
+        traceback: String::new(),
+        deliberate: false,
+    }
 }
 
 /// Parses one line (with its `\n`, when it came whole); `Err` describes
@@ -126,8 +194,9 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
     }
     if let Some(method) = l.method {
         if method == "$/ready" {
-            let ready: Ready = serde_json::from_value(l.params.unwrap_or(Json::Null))
-                .map_err(|e| format!("bad $/ready: {e}"))?;
+            let params = l.params.as_deref().map_or("null", |p| p.get());
+            let ready: Ready =
+                serde_json::from_str(params).map_err(|e| format!("bad $/ready: {e}"))?;
             return Ok(Incoming::Ready(ready));
         }
         return Ok(Incoming::Notification(method));
@@ -141,19 +210,13 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
         // Read rounded (found by review 121: Python's integers have no
         // bound): the caller gets an error, not a changed number.
         (Some(_), None) if let Some(number) = crate::exact::inexact_integer(line) => {
-            Err(Error::WorkerError {
-                code: -32603,
-                message: format!(
-                    "the worker's answer holds {}: return it as a string",
-                    crate::exact::inexact_integer_named(number)
-                ),
-                type_name: "ProtocolError".into(),
-                traceback: String::new(),
-                deliberate: false,
-            })
+            Err(protocol_error(format!(
+                "the worker's answer holds {}: return it as a string",
+                crate::exact::inexact_integer_named(number)
+            )))
         }
         (Some(r), None) => Ok(r),
-        (None, None) => Ok(Json::Null),
+        (None, None) => Ok(null()),
     };
     Ok(Incoming::Response { id, outcome })
 }
@@ -187,13 +250,7 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
     match id.or_else(|| leading_id(line)) {
         Some(id) => Ok(Incoming::Response {
             id,
-            outcome: Err(Error::WorkerError {
-                code: -32603,
-                message: format!("the worker's answer {why}"),
-                type_name: "ProtocolError".into(),
-                traceback: String::new(),
-                deliberate: false,
-            }),
+            outcome: Err(protocol_error(format!("the worker's answer {why}"))),
         }),
         None => Err(format!("not JSON-RPC: {e}")),
     }
@@ -238,32 +295,31 @@ pub(crate) fn trailing_id(tail: &[u8]) -> Option<u64> {
     std::str::from_utf8(number).ok()?.parse().ok()
 }
 
+/// A `null` result.
+fn null() -> Raw {
+    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+}
+
 fn worker_error(e: WireError) -> Error {
-    let field = |k: &str| {
-        e.data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    // Fields of another type than litebridge reads are left out, as an
+    // object's other members are.
+    let data: ErrorData = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d.get()).ok())
+        .unwrap_or_default();
     match e.code {
         -32601 => Error::invalid("method", e.message),
         -32602 => Error::invalid("params", e.message),
         _ => Error::WorkerError {
             code: e.code,
             message: e.message,
-            type_name: {
-                let t = field("type");
-                if t.is_empty() { "Error".to_owned() } else { t }
-            },
-            traceback: field("traceback"),
-            deliberate: e
-                .data
-                .as_ref()
-                .and_then(|d| d.get("deliberate"))
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
+            type_name: data
+                .type_name
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "Error".to_owned()),
+            traceback: data.traceback.unwrap_or_default(),
+            deliberate: data.deliberate.unwrap_or(false),
         },
     }
 }
@@ -331,7 +387,7 @@ mod tests {
             Incoming::Response {
                 id: 3,
                 outcome: Ok(v),
-            } => assert_eq!(v, serde_json::json!([1, 2])),
+            } => assert_eq!(tree(&v).unwrap(), serde_json::json!([1, 2])),
             other => panic!("{other:?}"),
         }
         match parse(br#"{"jsonrpc":"2.0","id":4,"error":{"code":-32004,"message":"boom","data":{"type":"ValueError","traceback":"tb"}}}"#).unwrap() {

@@ -382,7 +382,7 @@ pub(crate) async fn authenticate(
                     _ => None,
                 };
                 if let Some(e) = malformed {
-                    let id = crate::json::top_level_id(&bytes).unwrap_or_default();
+                    let id = litebridge::json::top_level_id(&bytes).unwrap_or_default();
                     return crate::transport::http::rpc_error_of(
                         axum::http::StatusCode::BAD_REQUEST,
                         id,
@@ -397,7 +397,7 @@ pub(crate) async fn authenticate(
                     );
                 }
                 if let Some(e) = parsed.as_ref().and_then(shape::refusal) {
-                    let id = crate::json::top_level_id(&bytes).unwrap_or_default();
+                    let id = litebridge::json::top_level_id(&bytes).unwrap_or_default();
                     return crate::transport::http::rpc_error_of(
                         axum::http::StatusCode::BAD_REQUEST,
                         id,

@@ -31,9 +31,9 @@ use tokio::io::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::json::{Held, Unreadable};
 use crate::rpc::{RpcError, error_reply};
 use crate::transport::stdio::{MAX_IN_FLIGHT, MAX_LINE, read_line};
+use litebridge::json::{Held, Unreadable};
 
 /// The requests with the SDK, by id (as JSON text), not answered yet: each
 /// holds a place of [`MAX_IN_FLIGHT`] and its tree's memory.
@@ -173,7 +173,7 @@ where
                         output.flush().await?;
                         // The server sends no requests: a line of the
                         // SDK's with an id answers one of the client's.
-                        if let Some(id) = crate::json::top_level_id(&line).as_ref().and_then(key_of) {
+                        if let Some(id) = litebridge::json::top_level_id(&line).as_ref().and_then(key_of) {
                             pending.answered(&id);
                         }
                         line.clear();
@@ -207,7 +207,7 @@ fn check(line: &[u8]) -> Checked {
     let error = if whole > MAX_LINE {
         RpcError::InvalidRequest(format!("a line longer than {MAX_LINE} bytes"))
     } else {
-        match crate::json::parse_for_sdk(line, "") {
+        match litebridge::json::parse_for_sdk(line, "") {
             // The SDK dropped a line that is not JSON without a word, and
             // its client waited for an answer that never came.
             Err(Unreadable::Syntax(e)) => RpcError::Parse(e),
@@ -238,7 +238,7 @@ fn check(line: &[u8]) -> Checked {
                         Err(_) if request.is_none() => return Checked::Other,
                         Err(e) => {
                             return Checked::Refused(answer(
-                                crate::json::top_level_id(line).unwrap_or(Value::Null),
+                                litebridge::json::top_level_id(line).unwrap_or(Value::Null),
                                 &RpcError::InvalidRequest(format!(
                                     "not a message MCP reads: {}",
                                     crate::rpc::shortened(&e.to_string(), 300)
@@ -261,7 +261,7 @@ fn check(line: &[u8]) -> Checked {
     // size must not be read whole again here), as `/rpc` reads it: none
     // when it is named twice, not a string or an integer, or the line is
     // not an object.
-    let id = crate::json::top_level_id(line).unwrap_or(Value::Null);
+    let id = litebridge::json::top_level_id(line).unwrap_or(Value::Null);
     Checked::Refused(answer(id, &error))
 }
 

@@ -1,5 +1,6 @@
-//! Reading a request's JSON, refusing an object that names a member twice,
-//! and an integer litebridge would read inexactly.
+//! Reading a request's JSON (and a worker's answer: `workers/protocol.rs`),
+//! refusing an object that names a member twice, and an integer litebridge
+//! would read inexactly.
 //!
 //! JSON allows a member twice and serde_json keeps the last one silently,
 //! but a proxy or a filter in front of litebridge may have read the first
@@ -16,7 +17,11 @@
 //! message is refused past [`MAX_TREE_BYTES`] (`too_large`); and the
 //! messages being handled at once may hold at most [`MAX_TREES_BYTES`]
 //! between them (past it, `unavailable`: try again), counted from the
-//! first MiB of a tree until the request is answered ([`Held`]).
+//! first MiB of a tree until the request is answered ([`Held`]). A worker's
+//! answer counts in the same total while it is read (review 230), under an
+//! owner of its own.
+//!
+//! The binary's transports use it; hidden from the library's documentation.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +31,7 @@ use serde_json::{Map, Value};
 
 /// Why a message could not be read.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Unreadable {
+pub enum Unreadable {
     /// It is not JSON (serde_json's message, with its position).
     Syntax(String),
     /// An object has this member twice.
@@ -44,10 +49,10 @@ pub(crate) enum Unreadable {
 /// The most memory one message's tree may take, by [`Budget`]'s estimate:
 /// 1 GiB. A bulk insert of 16 MiB (`execute_many`, rows of two numbers)
 /// takes about 550 MiB.
-pub(crate) const MAX_TREE_BYTES: usize = 1 << 30;
+pub const MAX_TREE_BYTES: usize = 1 << 30;
 
 /// The most the trees of the messages being handled may take at once: 2 GiB.
-pub(crate) const MAX_TREES_BYTES: usize = 2 << 30;
+pub const MAX_TREES_BYTES: usize = 2 << 30;
 
 /// Trees under this are not counted against [`MAX_TREES_BYTES`] (the
 /// connection and request limits bound them): a tree reserves its share
@@ -75,7 +80,7 @@ fn reserve(owner: &str, mine: usize, bytes: usize, limits: (usize, usize)) -> Re
     if mine + bytes > limits.0 {
         return Err(Refused::TooLarge);
     }
-    let mut by = crate::lock(&HELD_BY);
+    let mut by = crate::sync::lock(&HELD_BY);
     let by = by.get_or_insert_with(Default::default);
     if by.get(owner).copied().unwrap_or(0) + bytes > limits.0 {
         return Err(Refused::Busy { own: true });
@@ -94,7 +99,7 @@ fn release(owner: &str, bytes: usize) {
         return;
     }
     HELD.fetch_sub(bytes, Ordering::AcqRel);
-    let mut by = crate::lock(&HELD_BY);
+    let mut by = crate::sync::lock(&HELD_BY);
     if let Some(map) = by.as_mut()
         && let Some(held) = map.get_mut(owner)
     {
@@ -110,7 +115,7 @@ fn release(owner: &str, bytes: usize) {
 /// answered.
 #[derive(Debug, Default)]
 #[must_use = "the tree's memory is counted until this is dropped"]
-pub(crate) struct Held {
+pub struct Held {
     bytes: usize,
     owner: String,
 }
@@ -232,13 +237,13 @@ impl Drop for Budget<'_> {
 
 impl Unreadable {
     /// What a message that is JSON but cannot be taken as it is, is told.
-    pub(crate) fn refusal(&self) -> Option<String> {
+    pub fn refusal(&self) -> Option<String> {
         match self {
             Unreadable::Syntax(_) => None,
             Unreadable::Duplicate(member) => Some(duplicate_refusal(member)),
             Unreadable::Inexact(number) => Some(format!(
                 "{}: send it as a string; nothing was done",
-                litebridge::exact::inexact_integer_named(number)
+                crate::exact::inexact_integer_named(number)
             )),
             Unreadable::TooLarge { .. } | Unreadable::Busy { .. } => Some(self.error().to_string()),
         }
@@ -248,43 +253,43 @@ impl Unreadable {
     /// trees are full, is answered with; only for those
     /// ([`is_over_memory`](Self::is_over_memory)): the others' answers are
     /// the protocol's (a parse error, an invalid request).
-    pub(crate) fn error(&self) -> litebridge::Error {
+    pub fn error(&self) -> crate::Error {
         match self {
-            Unreadable::Busy { own: false } => litebridge::Error::Unavailable {
+            Unreadable::Busy { own: false } => crate::Error::Unavailable {
                 what: "the server",
                 reason: format!(
                     "the messages it is reading hold {} MiB of memory already; nothing was done, send it again shortly",
                     MAX_TREES_BYTES >> 20
                 ),
             },
-            Unreadable::Busy { own: true } => litebridge::Error::Unavailable {
+            Unreadable::Busy { own: true } => crate::Error::Unavailable {
                 what: "the server",
                 reason: format!(
                     "the messages of this key (or, without one, of the local user) being handled hold {} MiB of memory already; nothing was done, send it again once they are answered",
                     MAX_TREE_BYTES >> 20
                 ),
             },
-            Unreadable::TooLarge { limit } => litebridge::Error::TooLarge {
+            Unreadable::TooLarge { limit } => crate::Error::TooLarge {
                 what:
                     "the message, read into memory (its objects and values are many for its size), \
                        nothing was done; send fewer values per message, or large data as a string,"
                         .into(),
                 limit: *limit as u64,
             },
-            _ => litebridge::Error::Internal {
+            _ => crate::Error::Internal {
                 message: "a message refused for its syntax, a duplicate or an inexact integer has no memory error".into(),
             },
         }
     }
 
     /// Whether this is answered with [`Unreadable::error`].
-    pub(crate) fn is_over_memory(&self) -> bool {
+    pub fn is_over_memory(&self) -> bool {
         matches!(self, Unreadable::TooLarge { .. } | Unreadable::Busy { .. })
     }
 }
 
 /// What a request that names a member twice is told.
-pub(crate) fn duplicate_refusal(member: &str) -> String {
+pub fn duplicate_refusal(member: &str) -> String {
     format!(
         "an object names the member {member:?} twice; which one was meant is not clear, so nothing was done"
     )
@@ -294,13 +299,13 @@ pub(crate) fn duplicate_refusal(member: &str) -> String {
 /// user), as one JSON value whose objects name each member once, within
 /// the memory limits; the tree, and its share of [`MAX_TREES_BYTES`] to
 /// keep until the message is answered.
-pub(crate) fn parse(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
+pub fn parse(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
     parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, 1)
 }
 
 /// [`parse`] for a message the MCP SDK reads again: its memory counted
 /// twice (see [`Budget::copies`]).
-pub(crate) fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
+pub fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
     parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, SDK_COPIES)
 }
 
@@ -327,7 +332,7 @@ fn parse_within(
             limit: limits.0 / copies,
         }),
         (_, None, Some(Refused::Busy { own })) => Err(Unreadable::Busy { own }),
-        (Ok(v), None, None) => match litebridge::exact::inexact_integer(input) {
+        (Ok(v), None, None) => match crate::exact::inexact_integer(input) {
             Some(number) => Err(Unreadable::Inexact(number.to_owned())),
             None => Ok((v, budget.held())),
         },
@@ -341,7 +346,7 @@ fn parse_within(
 /// it is a string or an integer and named once. Answered with it, a
 /// client over stdio matches the refusal to its call (answered with a null
 /// id, the JS and Python clients waited for good: review 159).
-pub(crate) fn top_level_id(input: &[u8]) -> Option<Value> {
+pub fn top_level_id(input: &[u8]) -> Option<Value> {
     let mut at = skip_space(input, 0);
     if input.get(at) != Some(&b'{') {
         return None;
