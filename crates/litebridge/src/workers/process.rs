@@ -212,10 +212,24 @@ impl Process {
                     Ok(Read::Line) => return Err("its stdout closed".to_owned()),
                     Err(e) => return Err(e.to_string()),
                 }
+                // Said by its kind: what a line holds may be a call's data
+                // (review 230: a whole answer was logged).
                 match protocol::parse(&line) {
                     Ok(Incoming::Ready(r)) => return Ok(r),
-                    Ok(other) => tracing::warn!(worker = id, pid, "before $/ready: {other:?}"),
-                    Err(e) => tracing::warn!(worker = id, pid, "before $/ready: {e}"),
+                    Ok(Incoming::Response { id: call, .. }) => tracing::warn!(
+                        worker = id,
+                        pid,
+                        "before $/ready: an answer to call {call}, ignored"
+                    ),
+                    Ok(Incoming::Notification(_)) => {
+                        tracing::warn!(worker = id, pid, "before $/ready: a notification, ignored")
+                    }
+                    Err(_) => tracing::warn!(
+                        worker = id,
+                        pid,
+                        "before $/ready: a line that is not JSON-RPC ({} bytes), ignored",
+                        line.len()
+                    ),
                 }
             }
         })
@@ -229,7 +243,7 @@ impl Process {
                 control.signal(libc::SIGKILL);
                 entered.disarm();
                 let exit = exit.await;
-                let _ = tokio::time::timeout(STDERR_DRAIN, stderr_done).await;
+                drain_stderr(stderr_done).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -720,6 +734,28 @@ async fn write_stdin(
     Ok(())
 }
 
+/// Waits up to [`STDERR_DRAIN`] for the stderr forwarder to read the pipe
+/// to its end, then stops it: a process the worker started in a session of
+/// its own can hold the pipe open for good, and the forwarder with it (a
+/// task and a descriptor per worker that died: review 230).
+async fn drain_stderr(mut forwarder: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(STDERR_DRAIN, &mut forwarder)
+        .await
+        .is_err()
+    {
+        forwarder.abort();
+    }
+}
+
+/// A worker's stdout buffer past this, after a line, is given back.
+const SHRINK_PAST: usize = 1 << 20;
+
+/// Stderr lines logged per worker each [`STDERR_WINDOW`]; the rest are
+/// counted, and the count logged when the next window opens (review 230: a
+/// handler printing in a loop filled the log, every line at `info`).
+const STDERR_LINES_PER_WINDOW: u32 = 200;
+const STDERR_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The longest stderr line kept whole; the rest of a longer one is dropped
 /// (and the line marked so): a worker printing megabytes without a newline
 /// cannot make litebridge hold them.
@@ -739,6 +775,7 @@ async fn forward_stderr(
     let mut reader = BufReader::new(pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
+    let (mut window, mut logged, mut suppressed) = (tokio::time::Instant::now(), 0u32, 0u64);
     loop {
         let (done, used, eof) = match reader.fill_buf().await {
             Ok([]) | Err(_) => (true, 0, true),
@@ -759,7 +796,24 @@ async fn forward_stderr(
             if cut {
                 text.push_str(" [line cut: longer than 16 KiB]");
             }
-            tracing::info!(target: "litebridge::worker", worker = id, pid, "{text}");
+            if window.elapsed() >= STDERR_WINDOW {
+                if suppressed > 0 {
+                    tracing::info!(
+                        target: "litebridge::worker",
+                        worker = id,
+                        pid,
+                        "[{suppressed} stderr lines not logged: more than \
+                         {STDERR_LINES_PER_WINDOW} a second]"
+                    );
+                }
+                (window, logged, suppressed) = (tokio::time::Instant::now(), 0, 0);
+            }
+            if logged < STDERR_LINES_PER_WINDOW {
+                logged += 1;
+                tracing::info!(target: "litebridge::worker", worker = id, pid, "{text}");
+            } else {
+                suppressed += 1;
+            }
             let mut t = lock(&tail);
             if t.len() >= keep.max(1) {
                 t.pop_front();
@@ -889,7 +943,7 @@ async fn read_stdout(
                         break;
                     }
                 }
-                line.clear();
+                line = Vec::new();
                 continue;
             }
             Err(e) => {
@@ -918,6 +972,11 @@ async fn read_stdout(
             }
         }
         line.clear();
+        // One large answer does not keep its room for the worker's life
+        // (up to `max_reply_mb` a worker: review 230).
+        if line.capacity() > SHRINK_PAST {
+            line = Vec::new();
+        }
     }
     // Stdout is closed, or the process ended: it is ending (or closed its
     // stdout; then it is killed).
@@ -932,7 +991,7 @@ async fn read_stdout(
         },
     };
     // Its last stderr lines, which explain the crash, before it is reported.
-    let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
+    drain_stderr(stderr).await;
     process.dead.store(true, Ordering::Release);
     let _ = exited.send(Some(exit.clone()));
     let stderr: Vec<String> = lock(&process.stderr).iter().cloned().collect();
