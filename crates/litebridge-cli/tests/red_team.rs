@@ -1530,6 +1530,45 @@ fn a_workers_reply_took_memory_without_bound() {
     assert!(server.stop().success());
 }
 
+/// Review 230: every line a worker wrote to stderr was logged at `info`, so
+/// a handler printing in a loop filled the operator's disk. At most 200 a
+/// second are logged per worker now, and the rest counted.
+#[test]
+fn a_worker_flooding_its_stderr_does_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flood.db");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--workers",
+            "python3 crates/litebridge/tests/workers/test_worker.py",
+            "--processes",
+            "1",
+        ],
+        &[("PYTHONPATH", "python")],
+    );
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "flood_stderr", "params": [20000]}),
+    ));
+    assert_eq!(r["result"], 20000, "{r}");
+    // The count is logged with the next line past the second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "flood_stderr", "params": [1]}),
+    ));
+    assert_eq!(r["result"], 1, "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log_file = server.log.clone();
+    assert!(server.stop().success());
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let logged = log.matches("flooded line").count();
+    assert!(logged <= 201, "{logged} of 20,001 lines logged");
+    assert!(logged >= 100, "{logged} lines logged");
+    assert!(log.contains("stderr lines not logged"), "no count logged");
+}
+
 #[test]
 fn a_web_pages_img_tag_reaches_a_keyless_server_without_an_origin() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,6 +120,29 @@ def start_child(path, then_die=False, keep_stdout=False):
     return child.pid
 
 
+@worker.method(idempotent=False)
+def die_leaving_stderr(path):
+    """Starts a subprocess in a session of its own that holds the worker's
+    stderr open for half a minute, writes its pid to `path`, and dies."""
+    child = subprocess.Popen(
+        ["sleep", "30"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    with open(path, "w") as f:
+        f.write(str(child.pid))
+    os._exit(1)
+
+
+@worker.method()
+def flood_stderr(lines):
+    """Writes `lines` lines to stderr as fast as it can."""
+    chunk = b"".join(b"flooded line %d\n" % i for i in range(lines))
+    os.write(2, chunk)
+    return lines
+
+
 @worker.method()
 def crash_after(path, seconds):
     with open(path, "a") as f:
