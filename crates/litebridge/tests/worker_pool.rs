@@ -965,58 +965,6 @@ async fn worker_stderr_with_huge_lines_and_invalid_utf8_stays_readable() {
     );
 }
 
-/// Review 230: a worker that died leaving its stderr open (a process it
-/// started in a session of its own holds it) kept litebridge's reader of
-/// that stderr, and a descriptor, for good: one of each per death. The
-/// reader is now stopped after its half-second drain.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-    let mut c = crashing(1, Duration::from_millis(50), 1000);
-    c.call_timeout = Duration::from_secs(10);
-    let pool = WorkerPool::start(c).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // Settled: one call made, so what the first calls open is open.
-    pool.call("echo", json!([0]), CallOptions::default())
-        .await
-        .unwrap();
-    let before = fds();
-    let mut children = Vec::new();
-    for i in 0..8 {
-        let path = dir.path().join(format!("child{i}"));
-        let e = pool
-            .call(
-                "die_leaving_stderr",
-                json!([path.display().to_string()]),
-                CallOptions::default(),
-            )
-            .await
-            .expect_err("it dies");
-        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
-        children.push(std::fs::read_to_string(&path).unwrap());
-        // Replaced, and the dead one's end seen to (its drain is 0.5 s).
-        let started = Instant::now();
-        while pool
-            .call("echo", json!([i]), CallOptions::default())
-            .await
-            .is_err()
-        {
-            assert!(started.elapsed() < Duration::from_secs(10), "not replaced");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
-    let after = fds();
-    for pid in &children {
-        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-    }
-    pool.shutdown().await;
-    assert!(
-        after <= before + 2,
-        "descriptors: {before} before eight deaths, {after} after"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_closed_its_stdin_is_replaced_without_failing_calls() {
     let mut c = config("test_worker.py");

@@ -35,6 +35,9 @@ pub(crate) enum Act {
     Flood,
     /// Prints a line that never ends, past what the pool passes over.
     Endless,
+    /// Stops reading and answering anything, pings included, as a worker
+    /// whose event loop a handler blocks does, until it is signalled.
+    Freeze,
 }
 
 /// One fake worker's part: the `n`th started (from 1) gets `script(n)`.
@@ -211,6 +214,7 @@ impl Worker {
                             Act::Endless => {
                                 let _ = self.stdout.write_all(&vec![b'x'; 17 * self.max_line]).await;
                             }
+                            Act::Freeze => return killed(signals.recv().await),
                         },
                         _ => {}
                     }
@@ -253,6 +257,7 @@ mod tests {
         ("flood", true),
         ("endless", true),
         ("llm", false),
+        ("freeze", false),
     ];
 
     fn act(method: &str) -> Act {
@@ -270,6 +275,7 @@ mod tests {
             "garbage" => Act::Garbage,
             "flood" => Act::Flood,
             "endless" => Act::Endless,
+            "freeze" => Act::Freeze,
             _ => Act::Answer(Duration::from_millis(5)),
         }
     }
@@ -430,6 +436,59 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(pool.status().recycled, 0);
+        pool.shutdown().await;
+    }
+
+    /// Review 230: the health checks looked at the slots one after the
+    /// other, so a slot whose stuck worker's replacement took its whole
+    /// start timeout to fail held up every other slot's ping: a worker that
+    /// stopped answering was found that much later, taking calls meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_whose_replacement_cannot_start_holds_up_no_other_slots_checks() {
+        // The first two start; none after them ever gets ready.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n <= 2).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(2);
+        c.start_timeout = Duration::from_secs(300);
+        let (interval, ping) = (c.health_interval, c.ping_timeout);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let pids: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+        // One worker stuck on a call given up on: each check tries to
+        // replace it, and the replacement waits out its 300 s.
+        let e = pool
+            .call("hang", json!({}), CallOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        until("a replacement tried", || fakes.started() == 3).await;
+        // The other stops answering anything (its call not given up on
+        // meanwhile: a stuck worker is replaced, not pinged).
+        let frozen = tokio::time::Instant::now();
+        let pool2 = pool.clone();
+        let freeze = tokio::spawn(async move {
+            let patient = CallOptions {
+                timeout: Some(Duration::from_secs(3600)),
+                ..CallOptions::default()
+            };
+            pool2.call("freeze", json!({}), patient).await
+        });
+        until("the frozen worker killed", || {
+            pool.status()
+                .workers
+                .iter()
+                .filter(|w| pids.contains(&w.pid))
+                .count()
+                < 2
+        })
+        .await;
+        let took = frozen.elapsed();
+        assert!(
+            took <= interval + ping + Duration::from_millis(100),
+            "the frozen worker was found after {took:?}"
+        );
+        let _ = freeze.await;
         pool.shutdown().await;
     }
 

@@ -1191,89 +1191,101 @@ fn recycle_wait(failures: u32) -> u64 {
 /// The pool is held only while a worker is looked at, not while a ping is
 /// answered or a replacement starts: a pool dropped meanwhile stops its
 /// workers then, not a `ping_timeout` per worker (or a `start_timeout`)
-/// later.
+/// later. Each slot is looked after on its own: one whose replacement
+/// takes its whole `start_timeout` to fail, or whose worker answers pings
+/// slowly, holds up no other slot's checks (review 230: a worker that
+/// stopped answering was found a start timeout late, and kept taking calls
+/// meanwhile).
 async fn maintain(shared: std::sync::Weak<Shared>) {
-    let (interval, slots) = match shared.upgrade() {
-        Some(s) => (s.config.health_interval, s.slots.len()),
+    let slots = match shared.upgrade() {
+        Some(s) => s.slots.len(),
         None => return,
     };
-    // By slot: the worker whose recycling failed, how many times in a row,
-    // and at which round of checks it is tried again (`recycle_wait`).
-    let mut postponed: Vec<Option<(u64, u32, u64)>> = vec![None; slots];
+    futures_util::future::join_all((0..slots).map(|slot| maintain_slot(shared.clone(), slot)))
+        .await;
+}
+
+/// [`maintain`] for one slot.
+async fn maintain_slot(shared: std::sync::Weak<Shared>, slot: usize) {
+    let interval = match shared.upgrade() {
+        Some(s) => s.config.health_interval,
+        None => return,
+    };
+    // The worker whose recycling failed, how many times in a row, and at
+    // which round of checks it is tried again (`recycle_wait`).
+    let mut postponed: Option<(u64, u32, u64)> = None;
     for round in 0u64.. {
         tokio::time::sleep(interval).await;
-        for (slot, postponed) in postponed.iter_mut().enumerate() {
-            let Some(mut s) = shared.upgrade() else {
-                return;
+        let Some(mut s) = shared.upgrade() else {
+            return;
+        };
+        if s.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(p) = read(&s.slots[slot]).clone() else {
+            continue;
+        };
+        if p.is_dead() {
+            continue;
+        }
+        let reason = recycle_reason(&s.config, &p);
+        if reason.is_none() {
+            // No longer due: failures counted before do not carry over.
+            postponed = None;
+        }
+        if let Some(reason) = reason {
+            // As many retiring as there are slots at most: a caller
+            // that gets worker after worker stuck (a 1 ms deadline on a
+            // handler that ignores cancellation) could otherwise pile
+            // up processes finishing their calls. Past that, a stuck
+            // worker is killed, as before there was recycling for it.
+            let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
+            let (failures, due) = match postponed {
+                Some((id, failures, at)) if id == p.id => (failures, round >= at),
+                _ => (0, true),
             };
-            if s.closing.load(Ordering::Acquire) {
-                return;
-            }
-            let Some(p) = read(&s.slots[slot]).clone() else {
-                continue;
-            };
-            if p.is_dead() {
-                continue;
-            }
-            let reason = recycle_reason(&s.config, &p);
-            if reason.is_none() {
-                // No longer due: failures counted before do not carry over.
-                *postponed = None;
-            }
-            if let Some(reason) = reason {
-                // As many retiring as there are slots at most: a caller
-                // that gets worker after worker stuck (a 1 ms deadline on a
-                // handler that ignores cancellation) could otherwise pile
-                // up processes finishing their calls. Past that, a stuck
-                // worker is killed, as before there was recycling for it.
-                let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
-                let (failures, due) = match *postponed {
-                    Some((id, failures, at)) if id == p.id => (failures, round >= at),
-                    _ => (0, true),
+            // A stuck worker is tried at every check, as before: its
+            // other calls finish on it if a replacement starts.
+            if (room || !p.is_stuck()) && (due || p.is_stuck()) {
+                drop(s);
+                let wait = if p.is_stuck() {
+                    1
+                } else {
+                    recycle_wait(failures + 1)
                 };
-                // A stuck worker is tried at every check, as before: its
-                // other calls finish on it if a replacement starts.
-                if (room || !p.is_stuck()) && (due || p.is_stuck()) {
-                    drop(s);
-                    let wait = if p.is_stuck() {
-                        1
-                    } else {
-                        recycle_wait(failures + 1)
-                    };
-                    if recycle(&shared, slot, &p, reason, wait).await {
-                        *postponed = None;
-                        continue;
-                    }
-                    *postponed = Some((p.id, failures + 1, round + wait));
-                    let Some(again) = shared.upgrade() else {
-                        return;
-                    };
-                    if again.closing.load(Ordering::Acquire) {
-                        return;
-                    }
-                    s = again;
-                }
-                // Not replaced (no room, or its replacement cannot start),
-                // and stuck on a cancelled call for longer than a call's
-                // default deadline (at once when there is no room): killed,
-                // as a worker that stops answering pings is.
-                if p.stuck_for()
-                    .is_some_and(|t| !room || t >= s.config.call_timeout)
-                {
-                    tracing::warn!(
-                        worker = p.id,
-                        pid = p.pid,
-                        "still stuck on a cancelled call and not replaced: killing the worker"
-                    );
-                    p.signal(libc::SIGKILL);
+                if recycle(&shared, slot, &p, reason, wait).await {
+                    postponed = None;
                     continue;
                 }
+                postponed = Some((p.id, failures + 1, round + wait));
+                let Some(again) = shared.upgrade() else {
+                    return;
+                };
+                if again.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                s = again;
             }
-            let id = s.next_call.fetch_add(1, Ordering::Relaxed);
-            let within = s.config.ping_timeout;
-            drop(s);
-            ping(id, within, &p).await;
+            // Not replaced (no room, or its replacement cannot start),
+            // and stuck on a cancelled call for longer than a call's
+            // default deadline (at once when there is no room): killed,
+            // as a worker that stops answering pings is.
+            if p.stuck_for()
+                .is_some_and(|t| !room || t >= s.config.call_timeout)
+            {
+                tracing::warn!(
+                    worker = p.id,
+                    pid = p.pid,
+                    "still stuck on a cancelled call and not replaced: killing the worker"
+                );
+                p.signal(libc::SIGKILL);
+                continue;
+            }
         }
+        let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+        let within = s.config.ping_timeout;
+        drop(s);
+        ping(id, within, &p).await;
     }
 }
 

@@ -1,0 +1,156 @@
+//! What misbehaving workers can hold of litebridge's process: memory and
+//! descriptors. A process of its own, its tests one at a time, so its peak
+//! resident size and its open descriptors say what each case costs.
+//!
+//! A worker's answer cannot hold gigabytes: a line of small objects takes
+//! about a hundred times its size as a tree, so an answer is read into one
+//! only for a call that waits for it, and its memory is counted as it is
+//! built, as a request's is (review 230: a stray line of 8 MB took about
+//! 700 MB; an answer of 48 MB, about 4 GB).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use litebridge::ErrorKind;
+use litebridge::resilience::BreakerConfig;
+use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
+use serde_json::json;
+
+/// One test at a time: each measures the whole process.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A pool of `processes` of the SDK's test worker, restarted after `restart`.
+fn crashing(processes: usize, restart: Duration, failures: u32) -> WorkerConfig {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut c = WorkerConfig::new([
+        "python3".to_owned(),
+        repo.join("crates/litebridge/tests/workers/test_worker.py")
+            .display()
+            .to_string(),
+    ]);
+    c.env.push((
+        "PYTHONPATH".into(),
+        repo.join("python").display().to_string(),
+    ));
+    c.start_timeout = Duration::from_secs(20);
+    c.processes = processes;
+    c.restart_backoff.growth = litebridge::resilience::Growth::Constant(restart);
+    c.restart_backoff.full_jitter = false;
+    c.breaker = BreakerConfig {
+        consecutive_failures: Some(failures),
+        ..BreakerConfig::default()
+    };
+    c
+}
+
+fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// A worker written by hand: `stray` answers a call nobody made with a
+/// million small objects first, then its own; `bomb` answers its own with
+/// six million.
+const WORKER: &str = r#"
+import json, os, sys
+def objects(n):
+    return "[" + '{"a":0},' * (n - 1) + '{"a":0}]'
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": os.getpid(),
+    "methods": [{"name": "stray"}, {"name": "bomb"}]}}) + "\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    call = json.loads(line)
+    if "id" not in call:
+        continue
+    if call["method"] == "stray":
+        sys.stdout.write('{"jsonrpc":"2.0","id":999999,"result":' + objects(1000000) + "}\n")
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
+    elif call["method"] == "bomb":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (call["id"], objects(6000000)))
+    sys.stdout.flush()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
+    let _turn = TURN.lock().await;
+    let mut config = WorkerConfig::new(["python3", "-c", WORKER]);
+    config.processes = 1;
+    config.start_timeout = Duration::from_secs(20);
+    config.call_timeout = Duration::from_secs(60);
+    let pool = WorkerPool::start(config).await.unwrap();
+    let before = peak_rss_mb();
+    let answer = pool.call("stray", json!([]), CallOptions::default()).await;
+    assert_eq!(answer.unwrap(), json!("ok"));
+    let stray = peak_rss_mb() - before;
+    assert!(stray < 150, "a stray answer of 8 MB took {stray} MB");
+    let e = pool
+        .call("bomb", json!([]), CallOptions::default())
+        .await
+        .expect_err("a tree past 1 GiB");
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("the worker's answer"), "{e}");
+    let bomb = peak_rss_mb() - before;
+    assert!(bomb < 1400, "an answer of 48 MB took {bomb} MB");
+    eprintln!("peak growth: {stray} MB after the stray answer, {bomb} MB after the bomb");
+    // The worker goes on.
+    let answer = pool.call("stray", json!([]), CallOptions::default()).await;
+    assert_eq!(answer.unwrap(), json!("ok"));
+    pool.shutdown().await;
+}
+
+/// Review 230: a worker that died leaving its stderr open (a process it
+/// started in a session of its own holds it) kept litebridge's reader of
+/// that stderr, and a descriptor, for good: one of each per death. The
+/// reader is now stopped after its half-second drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
+    let _turn = TURN.lock().await;
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let mut c = crashing(1, Duration::from_millis(50), 1000);
+    c.call_timeout = Duration::from_secs(10);
+    let pool = WorkerPool::start(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Settled: one call made, so what the first calls open is open.
+    pool.call("echo", json!([0]), CallOptions::default())
+        .await
+        .unwrap();
+    let before = fds();
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let path = dir.path().join(format!("child{i}"));
+        let e = pool
+            .call(
+                "die_leaving_stderr",
+                json!([path.display().to_string()]),
+                CallOptions::default(),
+            )
+            .await
+            .expect_err("it dies");
+        assert_eq!(e.kind(), ErrorKind::WorkerCrashed, "{e}");
+        children.push(std::fs::read_to_string(&path).unwrap());
+        // Replaced, and the dead one's end seen to (its drain is 0.5 s).
+        let started = Instant::now();
+        while pool
+            .call("echo", json!([i]), CallOptions::default())
+            .await
+            .is_err()
+        {
+            assert!(started.elapsed() < Duration::from_secs(10), "not replaced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let after = fds();
+    for pid in &children {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    pool.shutdown().await;
+    assert!(
+        after <= before + 2,
+        "descriptors: {before} before eight deaths, {after} after"
+    );
+}
