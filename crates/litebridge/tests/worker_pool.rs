@@ -965,6 +965,29 @@ async fn worker_stderr_with_huge_lines_and_invalid_utf8_stays_readable() {
     );
 }
 
+/// A `$/ready` that cannot be taken (here, a method's name past 256 bytes:
+/// review 230) fails the worker's start at once, saying why; it waited out
+/// the start timeout, the reason only in a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_ready_cannot_be_taken_fails_its_start_at_once_saying_why() {
+    let mut c = inline(
+        "import json, os, sys, time\n\
+         sys.stdout.write(json.dumps({'jsonrpc': '2.0', 'method': '$/ready', 'params': \
+         {'pid': os.getpid(), 'methods': [{'name': 'x' * 300}]}}) + '\\n')\n\
+         sys.stdout.flush()\n\
+         time.sleep(30)\n",
+    );
+    c.start_timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let e = WorkerPool::start(c).await.unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("bad $/ready") && e.contains("300 bytes"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_closed_its_stdin_is_replaced_without_failing_calls() {
     let mut c = config("test_worker.py");

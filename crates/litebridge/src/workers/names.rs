@@ -27,9 +27,18 @@ pub(crate) const MAX_DYNAMIC: usize = 256;
 /// The state shared by dynamic names past [`MAX_DYNAMIC`].
 pub(crate) const OTHER: &str = "(other)";
 
+/// The most names kept of every worker's announcements: the same command
+/// announces the same names at each start, but one announcing others each
+/// time grew them (and the message refusing an unknown name, which lists
+/// them) without bound (review 230). Past it, new names are not learnt
+/// (their calls are refused as unknown) and it is logged once.
+pub(crate) const MAX_LEARNT: usize = 4 * crate::workers::protocol::MAX_METHODS;
+
 #[derive(Default)]
 struct Known {
     announced: HashSet<String>,
+    /// Whether a name was left unlearnt past [`MAX_LEARNT`] (logged once).
+    full: bool,
     dynamic: bool,
     /// `None`: a dynamic worker that announced no prefixes (any name).
     prefixes: Option<Vec<String>>,
@@ -47,13 +56,42 @@ impl MethodNames {
     /// Adds what a worker announced (every worker runs the same command, so
     /// this is the same set each time; the union survives restarts).
     pub(crate) fn learn(&self, p: &Process) {
+        self.learn_names(
+            p.methods.keys().map(String::as_str),
+            p.dynamic,
+            p.prefixes.as_ref(),
+        );
+    }
+
+    fn learn_names<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+        dynamic: bool,
+        prefixes: Option<&Vec<String>>,
+    ) {
         let mut k = write(&self.known);
-        k.announced.extend(p.methods.keys().cloned());
-        if p.dynamic {
+        for name in names {
+            if k.announced.contains(name) {
+                continue;
+            }
+            if k.announced.len() >= MAX_LEARNT {
+                if !k.full {
+                    k.full = true;
+                    tracing::warn!(
+                        "the workers have announced {MAX_LEARNT} different method names since \
+                         litebridge started: names announced past that are not served (restart \
+                         litebridge to learn them)"
+                    );
+                }
+                break;
+            }
+            k.announced.insert(name.to_owned());
+        }
+        if dynamic {
             let first = !k.dynamic;
             k.dynamic = true;
-            k.prefixes = match (first, k.prefixes.take(), &p.prefixes) {
-                (true, _, announced) => announced.clone(),
+            k.prefixes = match (first, k.prefixes.take(), prefixes) {
+                (true, _, announced) => announced.cloned(),
                 (false, Some(mut had), Some(more)) => {
                     had.extend(
                         more.iter()
@@ -142,4 +180,28 @@ impl MethodNames {
 fn under(name: &str, prefix: &str) -> bool {
     name.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_announced_at_each_start_are_kept_up_to_a_bound() {
+        let names = MethodNames::default();
+        for start in 0..5 {
+            let announced: Vec<String> = (0..crate::workers::protocol::MAX_METHODS)
+                .map(|i| format!("m{start}_{i}"))
+                .collect();
+            names.learn_names(announced.iter().map(String::as_str), false, None);
+        }
+        let k = read(&names.known);
+        assert_eq!(k.announced.len(), MAX_LEARNT);
+        assert!(k.full);
+        drop(k);
+        assert!(names.check("m0_0").is_ok());
+        assert!(names.check("m4_0").is_err(), "past the bound");
+        let e = names.check("nothing").unwrap_err().to_string();
+        assert!(e.contains(&format!("and {} more", MAX_LEARNT - 20)), "{e}");
+    }
 }

@@ -224,6 +224,10 @@ impl Process {
                     Ok(Incoming::Notification(_)) => {
                         tracing::warn!(worker = id, pid, "before $/ready: a notification, ignored")
                     }
+                    // It will not send another: the start fails at once,
+                    // saying why (the methods' descriptions, not a call's
+                    // data).
+                    Err(e) if e.starts_with(protocol::BAD_READY) => return Err(e),
                     Err(_) => tracing::warn!(
                         worker = id,
                         pid,

@@ -166,6 +166,58 @@ pub(crate) fn tree(raw: &serde_json::value::RawValue) -> Result<Json, Error> {
     }
 }
 
+/// How the error of a `$/ready` that cannot be taken begins.
+pub(crate) const BAD_READY: &str = "bad $/ready";
+
+/// The most methods one `$/ready` may announce, and the longest name: the
+/// names of every start are kept (`names.rs`), and a worker announcing
+/// others at each start grew them without bound (review 230).
+pub(crate) const MAX_METHODS: usize = 4096;
+pub(crate) const MAX_METHOD_NAME: usize = 256;
+
+fn within_limits(ready: &Ready) -> Result<(), String> {
+    if ready.methods.len() > MAX_METHODS {
+        return Err(format!(
+            "it announces {} methods, more than {MAX_METHODS}",
+            ready.methods.len()
+        ));
+    }
+    if let Some(m) = ready
+        .methods
+        .iter()
+        .find(|m| m.name.len() > MAX_METHOD_NAME)
+    {
+        return Err(format!(
+            "a method's name is {} bytes long, longer than {MAX_METHOD_NAME} ({}...)",
+            m.name.len(),
+            m.name.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// The call a response's id names, and whether it is written as the
+/// integer the call was sent with.
+struct CallId {
+    call: u64,
+    exact: bool,
+}
+
+fn as_call_id(id: &Json) -> Option<CallId> {
+    if let Some(call) = id.as_u64() {
+        return Some(CallId { call, exact: true });
+    }
+    let call = match id {
+        Json::Number(n) => n
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
+            .map(|f| f as u64),
+        Json::String(s) => s.parse::<u64>().ok(),
+        _ => None,
+    }?;
+    Some(CallId { call, exact: false })
+}
+
 /// A `ProtocolError`: the worker's answer broke the protocol.
 fn protocol_error(message: String) -> Error {
     Error::WorkerError {
@@ -196,15 +248,29 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
         if method == "$/ready" {
             let params = l.params.as_deref().map_or("null", |p| p.get());
             let ready: Ready =
-                serde_json::from_str(params).map_err(|e| format!("bad $/ready: {e}"))?;
-            return Ok(Incoming::Ready(ready));
+                serde_json::from_str(params).map_err(|e| format!("{BAD_READY}: {e}"))?;
+            return within_limits(&ready)
+                .map(|()| Incoming::Ready(ready))
+                .map_err(|e| format!("{BAD_READY}: {e}"));
         }
         return Ok(Incoming::Notification(method));
     }
-    let id =
-        l.id.as_ref()
-            .and_then(Json::as_u64)
-            .ok_or_else(|| "a response without a numeric id".to_owned())?;
+    let id = match l.id.as_ref().map(|id| (id, as_call_id(id))) {
+        Some((_, Some(id))) if id.exact => id.call,
+        // The number of a call, written otherwise (`1.0`, `"1"`): that call
+        // fails at once, not at its deadline (review 230).
+        Some((written, Some(id))) => {
+            return Ok(Incoming::Response {
+                id: id.call,
+                outcome: Err(protocol_error(format!(
+                    "the worker answered call {} with the id {written}: answer with the id as it \
+                     was sent, the integer {}",
+                    id.call, id.call
+                ))),
+            });
+        }
+        _ => return Err("a response without an id of a call (an integer)".to_owned()),
+    };
     let outcome = match (l.result, l.error) {
         (_, Some(e)) => Err(worker_error(e)),
         // Read rounded (found by review 121: Python's integers have no
@@ -417,6 +483,59 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Review 230: an id written otherwise than the integer the call was
+    /// sent with (`1.0`, `"1"`) left the call waiting for its deadline.
+    #[test]
+    fn an_answer_naming_its_call_otherwise_fails_it_at_once() {
+        for (line, want) in [
+            (&br#"{"jsonrpc":"2.0","id":1.0,"result":1}"#[..], 1),
+            (br#"{"jsonrpc":"2.0","id":"7","result":1}"#, 7),
+            (
+                br#"{"jsonrpc":"2.0","error":{"code":1,"message":"m"},"id":3.0}"#,
+                3,
+            ),
+        ] {
+            match parse(line) {
+                Ok(Incoming::Response {
+                    id,
+                    outcome: Err(e @ Error::WorkerError { .. }),
+                }) if id == want => assert!(e.to_string().contains("with the id"), "{e}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(line)),
+            }
+        }
+        for line in [
+            &br#"{"jsonrpc":"2.0","id":-1,"result":1}"#[..],
+            br#"{"jsonrpc":"2.0","id":1.5,"result":1}"#,
+            br#"{"jsonrpc":"2.0","id":"x","result":1}"#,
+            br#"{"jsonrpc":"2.0","id":[1],"result":1}"#,
+        ] {
+            assert!(parse(line).is_err(), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// Review 230: a `$/ready` may announce at most [`MAX_METHODS`]
+    /// methods, each named in at most [`MAX_METHOD_NAME`] bytes.
+    #[test]
+    fn a_ready_past_its_limits_is_refused_naming_them() {
+        let ready = |methods: Vec<String>| {
+            let methods: Vec<Json> = methods
+                .into_iter()
+                .map(|m| serde_json::json!({"name": m}))
+                .collect();
+            let line = serde_json::json!({"jsonrpc": "2.0", "method": "$/ready", "params": {"methods": methods}});
+            parse(line.to_string().as_bytes())
+        };
+        assert!(ready((0..MAX_METHODS).map(|i| format!("m{i}")).collect()).is_ok());
+        let e = ready((0..=MAX_METHODS).map(|i| format!("m{i}")).collect()).unwrap_err();
+        assert!(
+            e.starts_with(BAD_READY) && e.contains("4097 methods"),
+            "{e}"
+        );
+        assert!(ready(vec!["x".repeat(MAX_METHOD_NAME)]).is_ok());
+        let e = ready(vec!["x".repeat(MAX_METHOD_NAME + 1)]).unwrap_err();
+        assert!(e.starts_with(BAD_READY) && e.contains("257 bytes"), "{e}");
     }
 
     #[test]
