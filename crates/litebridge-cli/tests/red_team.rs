@@ -1552,21 +1552,18 @@ fn a_worker_flooding_its_stderr_does_not_flood_the_log() {
         json!({"method": "flood_stderr", "params": [20000]}),
     ));
     assert_eq!(r["result"], 20000, "{r}");
-    // The count is logged with the next line past the second.
-    std::thread::sleep(Duration::from_millis(1200));
-    let r = server.rpc(call(
-        "bridge.call",
-        json!({"method": "flood_stderr", "params": [1]}),
-    ));
-    assert_eq!(r["result"], 1, "{r}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The count is logged when the worker ends too (review 231: only with
+    // a line after the second, which may never come).
     let log_file = server.log.clone();
     assert!(server.stop().success());
     let log = std::fs::read_to_string(&log_file).unwrap();
     let logged = log.matches("flooded line").count();
-    assert!(logged <= 201, "{logged} of 20,001 lines logged");
+    assert!(logged <= 200, "{logged} of 20,000 lines logged");
     assert!(logged >= 100, "{logged} lines logged");
-    assert!(log.contains("stderr lines not logged"), "no count logged");
+    assert!(
+        log.contains(&format!("[{} stderr lines not logged", 20000 - logged)),
+        "no count logged"
+    );
 }
 
 #[test]

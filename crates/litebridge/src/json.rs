@@ -18,8 +18,7 @@
 //! messages being handled at once may hold at most [`MAX_TREES_BYTES`]
 //! between them (past it, `unavailable`: try again), counted from the
 //! first MiB of a tree until the request is answered ([`Held`]). A worker's
-//! answer counts in the same total while it is read (review 230), under an
-//! owner of its own.
+//! answer is counted against [`MAX_TREE_BYTES`] alone ([`parse_alone`]).
 //!
 //! The binary's transports use it; hidden from the library's documentation.
 
@@ -141,7 +140,8 @@ struct Budget<'a> {
     /// through its untagged and flattened types, lighter than a tree, then
     /// builds a tree of its own; this one is dropped first). A message's
     /// share is at most a caller's, so its tree at most
-    /// [`MAX_TREE_BYTES`] / `copies`.
+    /// [`MAX_TREE_BYTES`] / `copies`. 0: a tree that reserves no share
+    /// ([`parse_alone`]).
     copies: usize,
     used: Cell<usize>,
     reserved: Cell<usize>,
@@ -208,7 +208,7 @@ impl<'a> Budget<'a> {
         }
         let reserved = self.reserved.get();
         let needed = used.saturating_mul(self.copies);
-        if used > STEP && needed > reserved {
+        if self.copies > 0 && used > STEP && needed > reserved {
             let more = needed.next_multiple_of(STEP) - reserved;
             if let Err(refused) = reserve(self.owner, reserved, more, self.limits) {
                 self.refused.set(Some(refused));
@@ -309,6 +309,14 @@ pub fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreada
     parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, SDK_COPIES)
 }
 
+/// [`parse`] of a tree counted against `limit` alone, not in the shares of
+/// the messages being handled: a worker's answer (`workers/protocol.rs`),
+/// whose call ran already, so that a server busy with requests cannot
+/// answer it `unavailable`, a retry's cue (review 231).
+pub fn parse_alone(input: &[u8], limit: usize) -> Result<Value, Unreadable> {
+    parse_within(input, (limit, usize::MAX), "", 0).map(|(tree, _nothing_held)| tree)
+}
+
 /// The trees a message for the MCP SDK counts (see [`Budget::copies`]).
 const SDK_COPIES: usize = 2;
 
@@ -329,7 +337,7 @@ fn parse_within(
     match (parsed, duplicate.into_inner(), budget.refused.get()) {
         (_, Some(member), _) => Err(Unreadable::Duplicate(member)),
         (_, None, Some(Refused::TooLarge)) => Err(Unreadable::TooLarge {
-            limit: limits.0 / copies,
+            limit: limits.0 / copies.max(1),
         }),
         (_, None, Some(Refused::Busy { own })) => Err(Unreadable::Busy { own }),
         (Ok(v), None, None) => match crate::exact::inexact_integer(input) {

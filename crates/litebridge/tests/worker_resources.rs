@@ -53,14 +53,15 @@ fn peak_rss_mb() -> u64 {
 }
 
 /// A worker written by hand: `stray` answers a call nobody made with a
-/// million small objects first, then its own; `bomb` answers its own with
-/// six million.
+/// million small objects first, then its own; `stray_id` writes an answer
+/// whose id is those objects; `ready_again` sends a `$/ready` of four
+/// million methods; `bomb` answers its own call with six million objects.
 const WORKER: &str = r#"
 import json, os, sys
 def objects(n):
     return "[" + '{"a":0},' * (n - 1) + '{"a":0}]'
 sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": os.getpid(),
-    "methods": [{"name": "stray"}, {"name": "bomb"}]}}) + "\n")
+    "methods": [{"name": "stray"}, {"name": "bomb"}, {"name": "stray_id"}, {"name": "ready_again"}]}}) + "\n")
 sys.stdout.flush()
 for line in sys.stdin:
     call = json.loads(line)
@@ -68,6 +69,13 @@ for line in sys.stdin:
         continue
     if call["method"] == "stray":
         sys.stdout.write('{"jsonrpc":"2.0","id":999999,"result":' + objects(1000000) + "}\n")
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
+    elif call["method"] == "stray_id":
+        sys.stdout.write('{"jsonrpc":"2.0","id":' + objects(1000000) + ',"result":1}\n')
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
+    elif call["method"] == "ready_again":
+        names = "[" + '{"name":"a"},' * 3999999 + '{"name":"a"}]'
+        sys.stdout.write('{"jsonrpc":"2.0","method":"$/ready","params":{"methods":' + names + '}}\n')
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
     elif call["method"] == "bomb":
         sys.stdout.write('{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (call["id"], objects(6000000)))
@@ -87,6 +95,14 @@ async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
     assert_eq!(answer.unwrap(), json!("ok"));
     let stray = peak_rss_mb() - before;
     assert!(stray < 150, "a stray answer of 8 MB took {stray} MB");
+    // An id of 8 MB (review 231: built whole), and a `$/ready` of four
+    // million methods sent again once ready (built, then ignored).
+    for method in ["stray_id", "ready_again"] {
+        let answer = pool.call(method, json!([]), CallOptions::default()).await;
+        assert_eq!(answer.unwrap(), json!("ok"));
+        let grew = peak_rss_mb() - before;
+        assert!(grew < 150, "{method} took {grew} MB");
+    }
     let e = pool
         .call("bomb", json!([]), CallOptions::default())
         .await
@@ -152,5 +168,46 @@ async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
     assert!(
         after <= before + 2,
         "descriptors: {before} before eight deaths, {after} after"
+    );
+}
+
+/// Review 231: a worker that never sent `$/ready`, and left its stderr
+/// open (a process it started in a session of its own holds it), kept
+/// litebridge's reader of that stderr, and a descriptor, for good: one of
+/// each per start given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_gets_ready_leaving_its_stderr_open_leaks_no_descriptor() {
+    let _turn = TURN.lock().await;
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let dir = tempfile::tempdir().unwrap();
+    let before = fds();
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let path = dir.path().join(format!("child{i}"));
+        let mut c = WorkerConfig::new([
+            "python3".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "import subprocess, time\n\
+                 c = subprocess.Popen(['sleep', '30'], stdin=subprocess.DEVNULL, \
+                 stdout=subprocess.DEVNULL, start_new_session=True)\n\
+                 open({:?}, 'w').write(str(c.pid))\n\
+                 time.sleep(30)\n",
+                path.display().to_string()
+            ),
+        ]);
+        c.processes = 1;
+        c.start_timeout = Duration::from_millis(500);
+        let e = WorkerPool::start(c).await.expect_err("never ready");
+        assert!(e.to_string().contains("did not send $/ready"), "{e}");
+        children.push(std::fs::read_to_string(&path).unwrap_or_default());
+    }
+    let after = fds();
+    for pid in &children {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    assert!(
+        after <= before + 2,
+        "descriptors: {before} before eight starts given up, {after} after"
     );
 }

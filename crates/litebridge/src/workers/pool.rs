@@ -1201,12 +1201,24 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
         Some(s) => s.slots.len(),
         None => return,
     };
-    futures_util::future::join_all((0..slots).map(|slot| maintain_slot(shared.clone(), slot)))
-        .await;
+    // Replacements start one at a time, as when the slots were looked at
+    // in turn (review 231: workers due together, by `max_age` say, were
+    // all replaced at once, twice the processes for a moment, and the
+    // rule of as many retiring as slots was checked by each before any
+    // counted).
+    let starts = tokio::sync::Semaphore::new(1);
+    futures_util::future::join_all(
+        (0..slots).map(|slot| maintain_slot(shared.clone(), slot, &starts)),
+    )
+    .await;
 }
 
-/// [`maintain`] for one slot.
-async fn maintain_slot(shared: std::sync::Weak<Shared>, slot: usize) {
+/// [`maintain`] for one slot; `starts` lets one replacement start at a time.
+async fn maintain_slot(
+    shared: std::sync::Weak<Shared>,
+    slot: usize,
+    starts: &tokio::sync::Semaphore,
+) {
     let interval = match shared.upgrade() {
         Some(s) => s.config.health_interval,
         None => return,
@@ -1239,7 +1251,7 @@ async fn maintain_slot(shared: std::sync::Weak<Shared>, slot: usize) {
             // handler that ignores cancellation) could otherwise pile
             // up processes finishing their calls. Past that, a stuck
             // worker is killed, as before there was recycling for it.
-            let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
+            let mut room = s.retiring.load(Ordering::Acquire) < s.slots.len();
             let (failures, due) = match postponed {
                 Some((id, failures, at)) if id == p.id => (failures, round >= at),
                 _ => (0, true),
@@ -1253,18 +1265,40 @@ async fn maintain_slot(shared: std::sync::Weak<Shared>, slot: usize) {
                 } else {
                     recycle_wait(failures + 1)
                 };
-                if recycle(&shared, slot, &p, reason, wait).await {
-                    postponed = None;
-                    continue;
-                }
-                postponed = Some((p.id, failures + 1, round + wait));
+                // Its turn to start a replacement; then the slot and the
+                // room are looked at again.
+                let turn = starts.acquire().await;
                 let Some(again) = shared.upgrade() else {
                     return;
                 };
                 if again.closing.load(Ordering::Acquire) {
                     return;
                 }
+                let still = read(&again.slots[slot])
+                    .as_ref()
+                    .is_some_and(|q| q.id == p.id);
+                if !still || p.is_dead() {
+                    continue;
+                }
+                room = again.retiring.load(Ordering::Acquire) < again.slots.len();
                 s = again;
+                if room || !p.is_stuck() {
+                    drop(s);
+                    let replaced = recycle(&shared, slot, &p, reason, wait).await;
+                    drop(turn);
+                    if replaced {
+                        postponed = None;
+                        continue;
+                    }
+                    postponed = Some((p.id, failures + 1, round + wait));
+                    let Some(again) = shared.upgrade() else {
+                        return;
+                    };
+                    if again.closing.load(Ordering::Acquire) {
+                        return;
+                    }
+                    s = again;
+                }
             }
             // Not replaced (no room, or its replacement cannot start),
             // and stuck on a cancelled call for longer than a call's

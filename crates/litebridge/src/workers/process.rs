@@ -186,13 +186,14 @@ impl Process {
         // killed at once: the pool is closing already).
         let mut entered = starting.enter(id, &control);
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
-        let stderr_done = tokio::spawn(forward_stderr(
+        // Stopped if this start is given up (dropped) before it is handed on.
+        let mut stderr_done = Forwarder(Some(tokio::spawn(forward_stderr(
             stderr_pipe,
             stderr.clone(),
             id,
             pid,
             config.stderr_lines,
-        ));
+        ))));
 
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
         let mut line = Vec::new();
@@ -247,7 +248,7 @@ impl Process {
                 control.signal(libc::SIGKILL);
                 entered.disarm();
                 let exit = exit.await;
-                drain_stderr(stderr_done).await;
+                drain_stderr(stderr_done.take()).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -260,6 +261,9 @@ impl Process {
                 control.signal(libc::SIGKILL);
                 entered.disarm();
                 let _ = (&mut exit).await;
+                // As after any other end (review 231: a grandchild holding
+                // the pipe kept the reader, and a descriptor, for good).
+                drain_stderr(stderr_done.take()).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -326,7 +330,7 @@ impl Process {
             reader,
             Ended {
                 exit,
-                stderr: stderr_done,
+                stderr: stderr_done.take(),
                 exited: exited_tx,
                 on_exit,
             },
@@ -738,6 +742,55 @@ async fn write_stdin(
     Ok(())
 }
 
+/// The stderr forwarder of a worker starting: stopped if the start is
+/// dropped before [`Forwarder::take`].
+struct Forwarder(Option<tokio::task::JoinHandle<()>>);
+
+impl Forwarder {
+    fn take(&mut self) -> tokio::task::JoinHandle<()> {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(forwarder) = self.0.take() {
+            forwarder.abort();
+        }
+    }
+}
+
+/// Lines of a worker's stderr not logged ([`STDERR_LINES_PER_WINDOW`]),
+/// their count logged when a window ends, and when the forwarder ends or is
+/// stopped (review 231: a flood followed by the worker's end was never
+/// counted).
+struct Unlogged {
+    worker: u64,
+    pid: u32,
+    count: u64,
+}
+
+impl Unlogged {
+    fn log(&mut self) {
+        if self.count > 0 {
+            tracing::info!(
+                target: "litebridge::worker",
+                worker = self.worker,
+                pid = self.pid,
+                "[{} stderr lines not logged: more than {STDERR_LINES_PER_WINDOW} a second]",
+                self.count
+            );
+            self.count = 0;
+        }
+    }
+}
+
+impl Drop for Unlogged {
+    fn drop(&mut self) {
+        self.log();
+    }
+}
+
 /// Waits up to [`STDERR_DRAIN`] for the stderr forwarder to read the pipe
 /// to its end, then stops it: a process the worker started in a session of
 /// its own can hold the pipe open for good, and the forwarder with it (a
@@ -779,7 +832,12 @@ async fn forward_stderr(
     let mut reader = BufReader::new(pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
-    let (mut window, mut logged, mut suppressed) = (tokio::time::Instant::now(), 0u32, 0u64);
+    let (mut window, mut logged) = (tokio::time::Instant::now(), 0u32);
+    let mut unlogged = Unlogged {
+        worker: id,
+        pid,
+        count: 0,
+    };
     loop {
         let (done, used, eof) = match reader.fill_buf().await {
             Ok([]) | Err(_) => (true, 0, true),
@@ -801,22 +859,14 @@ async fn forward_stderr(
                 text.push_str(" [line cut: longer than 16 KiB]");
             }
             if window.elapsed() >= STDERR_WINDOW {
-                if suppressed > 0 {
-                    tracing::info!(
-                        target: "litebridge::worker",
-                        worker = id,
-                        pid,
-                        "[{suppressed} stderr lines not logged: more than \
-                         {STDERR_LINES_PER_WINDOW} a second]"
-                    );
-                }
-                (window, logged, suppressed) = (tokio::time::Instant::now(), 0, 0);
+                unlogged.log();
+                (window, logged) = (tokio::time::Instant::now(), 0);
             }
             if logged < STDERR_LINES_PER_WINDOW {
                 logged += 1;
                 tracing::info!(target: "litebridge::worker", worker = id, pid, "{text}");
             } else {
-                suppressed += 1;
+                unlogged.count += 1;
             }
             let mut t = lock(&tail);
             if t.len() >= keep.max(1) {
@@ -960,7 +1010,7 @@ async fn read_stdout(
                 break;
             }
         }
-        match protocol::parse(&line) {
+        match protocol::parse_after_ready(&line) {
             Ok(Incoming::Response { id, outcome }) => process.answer(id, outcome),
             Ok(Incoming::Notification(m)) => {
                 tracing::debug!(worker = process.id, "notification {m}");

@@ -20,8 +20,9 @@ pub struct MethodInfo {
     /// What the method does (the first paragraph of its docstring).
     #[serde(default)]
     pub description: Option<String>,
-    /// Its named parameters, when the worker could describe them.
-    #[serde(default)]
+    /// Its named parameters, when the worker could describe them (at most
+    /// [`MAX_PARAMS`]).
+    #[serde(default, deserialize_with = "some_at_most::<MAX_PARAMS, _, _>")]
     pub params: Option<Vec<ParamInfo>>,
     /// It takes its arguments by position only (`*args`, positional-only
     /// parameters, no `**kwargs`), when it has no `params`.
@@ -70,14 +71,77 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Ready {
     pub(crate) pid: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most::<MAX_METHODS, _, _>")]
     pub(crate) methods: Vec<MethodInfo>,
     /// Whether it accepts names it did not list (generic dotted-path mode).
     #[serde(default)]
     pub(crate) dynamic: bool,
     /// In generic mode, the dotted prefixes it serves (`None`: not said).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_at_most::<MAX_METHODS, _, _>")]
     pub(crate) prefixes: Option<Vec<String>>,
+}
+
+/// The most parameters one method may describe.
+pub(crate) const MAX_PARAMS: usize = 256;
+
+/// A list of at most `N` items, refused as it is read past that (review
+/// 231: a `$/ready` of millions was built whole, then counted).
+fn at_most<'de, const N: usize, T, D>(d: D) -> Result<Vec<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    struct Bounded<const N: usize, T>(std::marker::PhantomData<T>);
+    impl<'de, const N: usize, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<N, T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(serde::de::Error::custom(format!(
+                        "a list of more than {N} items"
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded::<N, T>(std::marker::PhantomData))
+}
+
+/// [`at_most`] of a list that may be `null`.
+fn some_at_most<'de, const N: usize, T, D>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    struct Maybe<const N: usize, T>(std::marker::PhantomData<T>);
+    impl<'de, const N: usize, T: Deserialize<'de>> serde::de::Visitor<'de> for Maybe<N, T> {
+        type Value = Option<Vec<T>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "null or a list of at most {N} items")
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<S: serde::Deserializer<'de>>(self, d: S) -> Result<Self::Value, S::Error> {
+            at_most::<N, T, S>(d).map(Some)
+        }
+    }
+    d.deserialize_option(Maybe::<N, T>(std::marker::PhantomData))
 }
 
 /// A response's result as the worker wrote it: read into a tree
@@ -103,7 +167,7 @@ pub(crate) enum Incoming {
 #[derive(Deserialize)]
 struct Line {
     jsonrpc: Option<String>,
-    id: Option<Json>,
+    id: Option<Raw>,
     method: Option<String>,
     params: Option<Raw>,
     result: Option<Raw>,
@@ -118,40 +182,43 @@ struct WireError {
 }
 
 /// What litebridge reads of an error's `data` (the rest is skipped, not
-/// built).
+/// built), each member on its own: one of another type leaves the others
+/// read (review 231).
 #[derive(Deserialize, Default)]
 struct ErrorData {
     #[serde(rename = "type")]
-    type_name: Option<String>,
-    traceback: Option<String>,
-    deliberate: Option<bool>,
+    type_name: Option<Raw>,
+    traceback: Option<Raw>,
+    deliberate: Option<Raw>,
 }
 
-/// Whose share of [`crate::json::MAX_TREES_BYTES`] workers' answers are
-/// counted in while they are read: no key's name (those are printable).
-const WORKERS: &str = "\0workers";
+impl ErrorData {
+    /// The data of an error, if it is an object.
+    fn of(data: Option<&serde_json::value::RawValue>) -> ErrorData {
+        data.filter(|d| d.get().starts_with('{'))
+            .and_then(|d| serde_json::from_str(d.get()).ok())
+            .unwrap_or_default()
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(member: Option<&Raw>) -> Option<T> {
+        serde_json::from_str(member?.get()).ok()
+    }
+}
 
 /// The tree of an answer's result, its memory counted as it is built, as a
 /// request's is (`crate::json`): past [`crate::json::MAX_TREE_BYTES`] the
-/// call fails with `too_large`, and while the messages and answers being
-/// read hold [`crate::json::MAX_TREES_BYTES`], with `unavailable`.
+/// call fails with `too_large`. Counted against that alone, not in the
+/// shares of the requests being read: the call ran, and `unavailable`, a
+/// retry's cue, would have it run again (review 231).
 pub(crate) fn tree(raw: &serde_json::value::RawValue) -> Result<Json, Error> {
     use crate::json::Unreadable;
-    match crate::json::parse(raw.get().as_bytes(), WORKERS) {
-        Ok((tree, _counted_while_read)) => Ok(tree),
+    match crate::json::parse_alone(raw.get().as_bytes(), crate::json::MAX_TREE_BYTES) {
+        Ok(tree) => Ok(tree),
         Err(Unreadable::TooLarge { limit }) => Err(Error::TooLarge {
             what: "the worker's answer, read into memory (its objects and values are many for \
                    its size): return fewer values, or large data as a string,"
                 .into(),
             limit: limit as u64,
-        }),
-        Err(Unreadable::Busy { .. }) => Err(Error::Unavailable {
-            what: "the worker's answer",
-            reason: format!(
-                "the messages and answers being read hold {} MiB of memory already; call again \
-                 shortly",
-                crate::json::MAX_TREES_BYTES >> 20
-            ),
         }),
         Err(Unreadable::Duplicate(member)) => Err(protocol_error(format!(
             "the worker's answer names the member {member:?} twice in one object"
@@ -160,8 +227,8 @@ pub(crate) fn tree(raw: &serde_json::value::RawValue) -> Result<Json, Error> {
             "the worker's answer holds {}: return it as a string",
             crate::exact::inexact_integer_named(&number)
         ))),
-        Err(Unreadable::Syntax(e)) => Err(protocol_error(format!(
-            "the worker's answer cannot be read: {e}"
+        Err(e @ (Unreadable::Syntax(_) | Unreadable::Busy { .. })) => Err(protocol_error(format!(
+            "the worker's answer cannot be read: {e:?}"
         ))),
     }
 }
@@ -175,13 +242,8 @@ pub(crate) const BAD_READY: &str = "bad $/ready";
 pub(crate) const MAX_METHODS: usize = 4096;
 pub(crate) const MAX_METHOD_NAME: usize = 256;
 
+/// The names' lengths (their count is bounded as they are read).
 fn within_limits(ready: &Ready) -> Result<(), String> {
-    if ready.methods.len() > MAX_METHODS {
-        return Err(format!(
-            "it announces {} methods, more than {MAX_METHODS}",
-            ready.methods.len()
-        ));
-    }
     if let Some(m) = ready
         .methods
         .iter()
@@ -203,11 +265,17 @@ struct CallId {
     exact: bool,
 }
 
-fn as_call_id(id: &Json) -> Option<CallId> {
+fn as_call_id(raw: &serde_json::value::RawValue) -> Option<CallId> {
+    // Read only when it is short: an id of megabytes was built whole
+    // (review 231).
+    if raw.get().len() > 40 {
+        return None;
+    }
+    let id: Json = serde_json::from_str(raw.get()).ok()?;
     if let Some(call) = id.as_u64() {
         return Some(CallId { call, exact: true });
     }
-    let call = match id {
+    let call = match &id {
         Json::Number(n) => n
             .as_f64()
             .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
@@ -237,6 +305,17 @@ fn protocol_error(message: String) -> Error {
 /// leave its caller waiting for its deadline. A line cut short by the
 /// worker's end is left to the crash that ends the call.
 pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
+    parse_line(line, true)
+}
+
+/// [`parse`] of a line from a worker that is ready: a `$/ready` is a
+/// notification like any other, not read (review 231: one of millions of
+/// methods was built, then ignored, as often as it was sent).
+pub(crate) fn parse_after_ready(line: &[u8]) -> Result<Incoming, String> {
+    parse_line(line, false)
+}
+
+fn parse_line(line: &[u8], ready_wanted: bool) -> Result<Incoming, String> {
     let l: Line = match serde_json::from_slice(line) {
         Ok(l) => l,
         Err(e) => return unreadable(line, &e),
@@ -245,7 +324,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
         return Err("missing \"jsonrpc\": \"2.0\"".into());
     }
     if let Some(method) = l.method {
-        if method == "$/ready" {
+        if method == "$/ready" && ready_wanted {
             let params = l.params.as_deref().map_or("null", |p| p.get());
             let ready: Ready =
                 serde_json::from_str(params).map_err(|e| format!("{BAD_READY}: {e}"))?;
@@ -255,7 +334,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Incoming, String> {
         }
         return Ok(Incoming::Notification(method));
     }
-    let id = match l.id.as_ref().map(|id| (id, as_call_id(id))) {
+    let id = match l.id.as_deref().map(|id| (id.get(), as_call_id(id))) {
         Some((_, Some(id))) if id.exact => id.call,
         // The number of a call, written otherwise (`1.0`, `"1"`): that call
         // fails at once, not at its deadline (review 230).
@@ -299,7 +378,9 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
             let id = serde_json::from_str::<Line>(&String::from_utf8_lossy(line))
                 .ok()
                 .filter(|l| l.method.is_none() && l.jsonrpc.as_deref() == Some("2.0"))
-                .and_then(|l| l.id.as_ref().and_then(Json::as_u64));
+                .and_then(|l| l.id.as_deref().and_then(as_call_id))
+                .filter(|id| id.exact)
+                .map(|id| id.call);
             let why = format!(
                 "is not valid UTF-8 (byte {} of the line): text the handler returned holds bytes that are not Unicode",
                 bad.valid_up_to()
@@ -369,23 +450,18 @@ fn null() -> Raw {
 fn worker_error(e: WireError) -> Error {
     // Fields of another type than litebridge reads are left out, as an
     // object's other members are.
-    let data: ErrorData = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str(d.get()).ok())
-        .unwrap_or_default();
+    let data = ErrorData::of(e.data.as_deref());
     match e.code {
         -32601 => Error::invalid("method", e.message),
         -32602 => Error::invalid("params", e.message),
         _ => Error::WorkerError {
             code: e.code,
             message: e.message,
-            type_name: data
-                .type_name
+            type_name: ErrorData::read::<String>(data.type_name.as_ref())
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "Error".to_owned()),
-            traceback: data.traceback.unwrap_or_default(),
-            deliberate: data.deliberate.unwrap_or(false),
+            traceback: ErrorData::read(data.traceback.as_ref()).unwrap_or_default(),
+            deliberate: ErrorData::read(data.deliberate.as_ref()).unwrap_or(false),
         },
     }
 }
@@ -485,6 +561,42 @@ mod tests {
         }
     }
 
+    /// Review 231: each member of an error's data is read on its own.
+    #[test]
+    fn an_errors_data_is_read_member_by_member() {
+        let error = |data: &str| {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":-32004,"message":"m","data":{data}}}}}"#
+            );
+            match parse(line.as_bytes()) {
+                Ok(Incoming::Response {
+                    outcome:
+                        Err(Error::WorkerError {
+                            type_name,
+                            traceback,
+                            deliberate,
+                            ..
+                        }),
+                    ..
+                }) => (type_name, traceback, deliberate),
+                other => panic!("{data}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            error(r#"{"type":"ValueError","traceback":["a"],"deliberate":true}"#),
+            ("ValueError".into(), String::new(), true)
+        );
+        assert_eq!(
+            error(r#"{"type":7,"traceback":"tb","deliberate":1,"other":[1,2]}"#),
+            ("Error".into(), "tb".into(), false)
+        );
+        assert_eq!(
+            error(r#"["ValueError","tb",true]"#),
+            ("Error".into(), String::new(), false),
+            "not read by position"
+        );
+    }
+
     /// Review 230: an id written otherwise than the integer the call was
     /// sent with (`1.0`, `"1"`) left the call waiting for its deadline.
     #[test]
@@ -530,7 +642,7 @@ mod tests {
         assert!(ready((0..MAX_METHODS).map(|i| format!("m{i}")).collect()).is_ok());
         let e = ready((0..=MAX_METHODS).map(|i| format!("m{i}")).collect()).unwrap_err();
         assert!(
-            e.starts_with(BAD_READY) && e.contains("4097 methods"),
+            e.starts_with(BAD_READY) && e.contains("more than 4096 items"),
             "{e}"
         );
         assert!(ready(vec!["x".repeat(MAX_METHOD_NAME)]).is_ok());
