@@ -575,6 +575,51 @@ mod tests {
         pool.shutdown().await;
     }
 
+    /// Review 232: a slot whose worker was due waited for its turn to start
+    /// a replacement before its ping: with workers due together, each
+    /// waited out the start timeouts of those ahead of it, its worker
+    /// unpinged (and frozen here) meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn slots_waiting_for_their_turn_to_replace_still_ping() {
+        // The first three start; none after them ever gets ready.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n <= 3).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(3);
+        c.max_age = Some(Duration::from_secs(1));
+        let (interval, ping) = (c.health_interval, c.ping_timeout);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first: Vec<u32> = pool.status().workers.iter().map(|w| w.pid).collect();
+        let frozen = tokio::time::Instant::now();
+        let patient = CallOptions {
+            timeout: Some(Duration::from_secs(3600)),
+            ..CallOptions::default()
+        };
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, o) = (pool.clone(), patient.clone());
+                tokio::spawn(async move { p.call("freeze", json!({}), o).await })
+            })
+            .collect();
+        tokio::time::sleep(interval + ping + Duration::from_millis(100)).await;
+        let left = pool
+            .status()
+            .workers
+            .iter()
+            .filter(|w| first.contains(&w.pid))
+            .count();
+        assert!(
+            left <= 1,
+            "{left} of 3 frozen workers still served after {:?}",
+            frozen.elapsed()
+        );
+        for c in calls {
+            let _ = c.await;
+        }
+        pool.shutdown().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_worker_whose_replacements_cannot_start_is_recycled_ever_less_often() {
         // The first worker starts; the next four never get ready (a bad

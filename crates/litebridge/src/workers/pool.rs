@@ -1205,7 +1205,7 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
     // in turn (review 231: workers due together, by `max_age` say, were
     // all replaced at once, twice the processes for a moment, and the
     // rule of as many retiring as slots was checked by each before any
-    // counted).
+    // counted); a slot never waits for the turn (`maintain_slot`).
     let starts = tokio::sync::Semaphore::new(1);
     futures_util::future::join_all(
         (0..slots).map(|slot| maintain_slot(shared.clone(), slot, &starts)),
@@ -1251,54 +1251,42 @@ async fn maintain_slot(
             // handler that ignores cancellation) could otherwise pile
             // up processes finishing their calls. Past that, a stuck
             // worker is killed, as before there was recycling for it.
-            let mut room = s.retiring.load(Ordering::Acquire) < s.slots.len();
+            let room = s.retiring.load(Ordering::Acquire) < s.slots.len();
             let (failures, due) = match postponed {
                 Some((id, failures, at)) if id == p.id => (failures, round >= at),
                 _ => (0, true),
             };
             // A stuck worker is tried at every check, as before: its
             // other calls finish on it if a replacement starts.
-            if (room || !p.is_stuck()) && (due || p.is_stuck()) {
+            // One replacement starts at a time: while another slot's
+            // starts, this one's waits for a later check (not counted as a
+            // failure), and its worker is still looked at below (review
+            // 232: waiting for the turn held up its ping and the kill
+            // rule, a start timeout per slot in line).
+            if (room || !p.is_stuck())
+                && (due || p.is_stuck())
+                && let Ok(turn) = starts.try_acquire()
+            {
                 drop(s);
                 let wait = if p.is_stuck() {
                     1
                 } else {
                     recycle_wait(failures + 1)
                 };
-                // Its turn to start a replacement; then the slot and the
-                // room are looked at again.
-                let turn = starts.acquire().await;
+                let replaced = recycle(&shared, slot, &p, reason, wait).await;
+                drop(turn);
+                if replaced {
+                    postponed = None;
+                    continue;
+                }
+                postponed = Some((p.id, failures + 1, round + wait));
                 let Some(again) = shared.upgrade() else {
                     return;
                 };
                 if again.closing.load(Ordering::Acquire) {
                     return;
                 }
-                let still = read(&again.slots[slot])
-                    .as_ref()
-                    .is_some_and(|q| q.id == p.id);
-                if !still || p.is_dead() {
-                    continue;
-                }
-                room = again.retiring.load(Ordering::Acquire) < again.slots.len();
                 s = again;
-                if room || !p.is_stuck() {
-                    drop(s);
-                    let replaced = recycle(&shared, slot, &p, reason, wait).await;
-                    drop(turn);
-                    if replaced {
-                        postponed = None;
-                        continue;
-                    }
-                    postponed = Some((p.id, failures + 1, round + wait));
-                    let Some(again) = shared.upgrade() else {
-                        return;
-                    };
-                    if again.closing.load(Ordering::Acquire) {
-                        return;
-                    }
-                    s = again;
-                }
             }
             // Not replaced (no room, or its replacement cannot start),
             // and stuck on a cancelled call for longer than a call's

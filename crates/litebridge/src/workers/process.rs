@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -187,13 +186,13 @@ impl Process {
         let mut entered = starting.enter(id, &control);
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(config.stderr_lines)));
         // Stopped if this start is given up (dropped) before it is handed on.
-        let mut stderr_done = Forwarder(Some(tokio::spawn(forward_stderr(
+        let stderr_done = Forwarder(tokio::spawn(forward_stderr(
             stderr_pipe,
             stderr.clone(),
             id,
             pid,
             config.stderr_lines,
-        ))));
+        )));
 
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
         let mut line = Vec::new();
@@ -248,7 +247,7 @@ impl Process {
                 control.signal(libc::SIGKILL);
                 entered.disarm();
                 let exit = exit.await;
-                drain_stderr(stderr_done.take()).await;
+                drain_stderr(stderr_done).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -263,7 +262,7 @@ impl Process {
                 let _ = (&mut exit).await;
                 // As after any other end (review 231: a grandchild holding
                 // the pipe kept the reader, and a descriptor, for good).
-                drain_stderr(stderr_done.take()).await;
+                drain_stderr(stderr_done).await;
                 return Err(Error::Unavailable {
                     what: "workers",
                     reason: format!(
@@ -330,7 +329,7 @@ impl Process {
             reader,
             Ended {
                 exit,
-                stderr: stderr_done.take(),
+                stderr: stderr_done,
                 exited: exited_tx,
                 on_exit,
             },
@@ -742,21 +741,13 @@ async fn write_stdin(
     Ok(())
 }
 
-/// The stderr forwarder of a worker starting: stopped if the start is
-/// dropped before [`Forwarder::take`].
-struct Forwarder(Option<tokio::task::JoinHandle<()>>);
-
-impl Forwarder {
-    fn take(&mut self) -> tokio::task::JoinHandle<()> {
-        self.0.take().expect("taken once")
-    }
-}
+/// A worker's stderr forwarder, stopped if dropped before it ends (a
+/// start given up, or a drain whose caller goes away: review 232).
+struct Forwarder(tokio::task::JoinHandle<()>);
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        if let Some(forwarder) = self.0.take() {
-            forwarder.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -795,13 +786,9 @@ impl Drop for Unlogged {
 /// to its end, then stops it: a process the worker started in a session of
 /// its own can hold the pipe open for good, and the forwarder with it (a
 /// task and a descriptor per worker that died: review 230).
-async fn drain_stderr(mut forwarder: tokio::task::JoinHandle<()>) {
-    if tokio::time::timeout(STDERR_DRAIN, &mut forwarder)
-        .await
-        .is_err()
-    {
-        forwarder.abort();
-    }
+async fn drain_stderr(mut forwarder: Forwarder) {
+    // Past the drain, dropped: stopped.
+    let _ = tokio::time::timeout(STDERR_DRAIN, &mut forwarder.0).await;
 }
 
 /// A worker's stdout buffer past this, after a line, is given back.
@@ -894,7 +881,7 @@ struct Ended {
     /// Resolves to how the worker ended.
     exit: Exit,
     /// The stderr forwarder, which ends when stderr does.
-    stderr: JoinHandle<()>,
+    stderr: Forwarder,
     exited: watch::Sender<Option<String>>,
     on_exit: mpsc::UnboundedSender<u64>,
 }
@@ -1013,7 +1000,7 @@ async fn read_stdout(
         match protocol::parse_after_ready(&line) {
             Ok(Incoming::Response { id, outcome }) => process.answer(id, outcome),
             Ok(Incoming::Notification(m)) => {
-                tracing::debug!(worker = process.id, "notification {m}");
+                tracing::debug!(worker = process.id, "notification {}", protocol::cut(&m));
             }
             Ok(Incoming::Ready(_)) => {}
             Err(e) => {

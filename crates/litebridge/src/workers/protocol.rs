@@ -242,8 +242,17 @@ pub(crate) const BAD_READY: &str = "bad $/ready";
 pub(crate) const MAX_METHODS: usize = 4096;
 pub(crate) const MAX_METHOD_NAME: usize = 256;
 
-/// The names' lengths (their count is bounded as they are read).
-fn within_limits(ready: &Ready) -> Result<(), String> {
+/// The most of a method's description kept (bytes; a longer one is cut).
+pub(crate) const MAX_DESCRIPTION: usize = 4096;
+
+/// The most parameters one `$/ready` may describe, its methods together.
+pub(crate) const MAX_ALL_PARAMS: usize = 16_384;
+
+/// `ready` within its limits: the names' lengths and the parameters of all
+/// its methods (their counts are bounded as they are read), its
+/// descriptions cut to [`MAX_DESCRIPTION`] (review 232: a worker kept
+/// megabytes of them, copied at each MCP tool call).
+fn checked(mut ready: Ready) -> Result<Ready, String> {
     if let Some(m) = ready
         .methods
         .iter()
@@ -255,7 +264,30 @@ fn within_limits(ready: &Ready) -> Result<(), String> {
             m.name.chars().take(40).collect::<String>()
         ));
     }
-    Ok(())
+    let params: usize = ready
+        .methods
+        .iter()
+        .map(|m| m.params.as_ref().map_or(0, Vec::len))
+        .sum();
+    if params > MAX_ALL_PARAMS {
+        return Err(format!(
+            "its methods describe {params} parameters, more than {MAX_ALL_PARAMS}"
+        ));
+    }
+    for d in ready
+        .methods
+        .iter_mut()
+        .filter_map(|m| m.description.as_mut())
+    {
+        if d.len() > MAX_DESCRIPTION {
+            let mut at = MAX_DESCRIPTION;
+            while !d.is_char_boundary(at) {
+                at -= 1;
+            }
+            d.truncate(at);
+        }
+    }
+    Ok(ready)
 }
 
 /// The call a response's id names, and whether it is written as the
@@ -285,6 +317,24 @@ fn as_call_id(raw: &serde_json::value::RawValue) -> Option<CallId> {
     }?;
     Some(CallId { call, exact: false })
 }
+
+/// A parse error's text, cut short: serde quotes a string of the wrong
+/// type whole, so a worker's line of 64 MiB made a message (a log line, a
+/// call's error) of as much (review 232).
+fn short(e: &serde_json::Error) -> String {
+    cut(&e.to_string())
+}
+
+/// `text`, at most [`SHOWN`] characters of it.
+pub(crate) fn cut(text: &str) -> String {
+    match text.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
+}
+
+/// The most characters of a worker's text quoted in a message.
+const SHOWN: usize = 200;
 
 /// A `ProtocolError`: the worker's answer broke the protocol.
 fn protocol_error(message: String) -> Error {
@@ -327,9 +377,9 @@ fn parse_line(line: &[u8], ready_wanted: bool) -> Result<Incoming, String> {
         if method == "$/ready" && ready_wanted {
             let params = l.params.as_deref().map_or("null", |p| p.get());
             let ready: Ready =
-                serde_json::from_str(params).map_err(|e| format!("{BAD_READY}: {e}"))?;
-            return within_limits(&ready)
-                .map(|()| Incoming::Ready(ready))
+                serde_json::from_str(params).map_err(|e| format!("{BAD_READY}: {}", short(&e)))?;
+            return checked(ready)
+                .map(Incoming::Ready)
                 .map_err(|e| format!("{BAD_READY}: {e}"));
         }
         return Ok(Incoming::Notification(method));
@@ -370,7 +420,7 @@ fn parse_line(line: &[u8], ready_wanted: bool) -> Result<Incoming, String> {
 /// gets an error.
 fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
     if !line.ends_with(b"\n") {
-        return Err(format!("not JSON-RPC: {e}"));
+        return Err(format!("not JSON-RPC: {}", short(e)));
     }
     let (id, why) = match std::str::from_utf8(line) {
         Err(bad) => {
@@ -390,7 +440,8 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
         Ok(_) => (
             None,
             format!(
-                "is not JSON that litebridge can read ({e}) (NaN or Infinity in a result, say)"
+                "is not JSON that litebridge can read ({}) (NaN or Infinity in a result, say)",
+                short(e)
             ),
         ),
     };
@@ -399,7 +450,7 @@ fn unreadable(line: &[u8], e: &serde_json::Error) -> Result<Incoming, String> {
             id,
             outcome: Err(protocol_error(format!("the worker's answer {why}"))),
         }),
-        None => Err(format!("not JSON-RPC: {e}")),
+        None => Err(format!("not JSON-RPC: {}", short(e))),
     }
 }
 
@@ -561,6 +612,23 @@ mod tests {
         }
     }
 
+    /// Review 232: serde quotes a string of the wrong type whole, so a line
+    /// of 64 MiB made a log line, or a call's error, of as much.
+    #[test]
+    fn what_a_line_cannot_be_read_for_is_said_in_few_words() {
+        let big = "\u{85}".repeat(1 << 20);
+        let e = parse(format!(r#"{{"jsonrpc":"2.0","error":"{big}"}}"#).as_bytes()).unwrap_err();
+        assert!(e.len() < 4096, "{} bytes", e.len());
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{{\"code\":\"{big}\"}}}}\n");
+        match parse(line.as_bytes()) {
+            Ok(Incoming::Response {
+                id: 1,
+                outcome: Err(e),
+            }) => assert!(e.to_string().len() < 4096, "{} bytes", e.to_string().len()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Review 231: each member of an error's data is read on its own.
     #[test]
     fn an_errors_data_is_read_member_by_member() {
@@ -645,6 +713,29 @@ mod tests {
             e.starts_with(BAD_READY) && e.contains("more than 4096 items"),
             "{e}"
         );
+        // Review 232: all methods' parameters together, and descriptions.
+        let line = |methods: Json| {
+            serde_json::json!({"jsonrpc": "2.0", "method": "$/ready", "params": {"methods": methods}})
+                .to_string()
+        };
+        let many: Vec<Json> = (0..65)
+            .map(|i| serde_json::json!({"name": format!("m{i}"), "params": vec![serde_json::json!({"name": "p"}); 256]}))
+            .collect();
+        let e = parse(line(Json::Array(many)).as_bytes()).unwrap_err();
+        assert!(e.contains("16640 parameters, more than 16384"), "{e}");
+        let long = serde_json::json!([{"name": "m", "description": "é".repeat(1 << 19)}]);
+        match parse(line(long).as_bytes()).unwrap() {
+            Incoming::Ready(r) => {
+                let d = r.methods[0].description.as_deref().unwrap();
+                assert_eq!(d.len(), MAX_DESCRIPTION);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(line(serde_json::json!([{"name": 1}])).as_bytes()).unwrap_err();
+        assert!(e.starts_with(BAD_READY), "{e}");
+        // A string of the wrong type, quoted by serde, is cut (review 232).
+        let e = parse(line(Json::String("\u{85}".repeat(1 << 20))).as_bytes()).unwrap_err();
+        assert!(e.len() < 4096, "{} bytes", e.len());
         assert!(ready(vec!["x".repeat(MAX_METHOD_NAME)]).is_ok());
         let e = ready(vec!["x".repeat(MAX_METHOD_NAME + 1)]).unwrap_err();
         assert!(e.starts_with(BAD_READY) && e.contains("257 bytes"), "{e}");

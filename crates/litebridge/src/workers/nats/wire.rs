@@ -291,8 +291,9 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
     })
 }
 
-/// The most of a method's description a front end keeps (bytes).
-pub(crate) const MAX_DESCRIPTION: usize = 4096;
+/// The most of a method's description a front end keeps (bytes), as a
+/// worker's own.
+pub(crate) const MAX_DESCRIPTION: usize = crate::workers::protocol::MAX_DESCRIPTION;
 /// The longest text of a method's parameters read (a longer one is not
 /// read: the method is taken without them).
 const MAX_PARAMS_TEXT: usize = 16 * 1024;
