@@ -330,10 +330,18 @@ pub(crate) fn answer_body(outcome: &Result<Json, Error>) -> Vec<u8> {
 
 /// An answer as read: an object with a result (which may be `null`) or an
 /// error; any other member is ignored, and of a member given twice the
-/// last counts.
+/// last counts. Each member is kept as text and read into a tree counted as
+/// it is built, as a local worker's answer is (`protocol::tree`): a peer on
+/// the bus sending an answer of small objects built a tree of a hundred
+/// times its size, uncounted.
 struct Answer {
-    result: Option<Json>,
-    error: Option<Json>,
+    result: Option<Box<serde_json::value::RawValue>>,
+    error: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `raw` read into a tree within [`crate::json::MAX_TREE_BYTES`].
+fn counted(raw: &serde_json::value::RawValue) -> Result<Json, crate::json::Unreadable> {
+    crate::json::parse_alone(raw.get().as_bytes(), crate::json::MAX_TREE_BYTES)
 }
 
 impl<'de> Deserialize<'de> for Answer {
@@ -370,7 +378,10 @@ impl<'de> Deserialize<'de> for Answer {
                         // nesting past the parser's depth) still makes the
                         // answer unreadable (review 171).
                         Member::Other => {
-                            map.next_value::<Json>()?;
+                            let raw: Box<serde_json::value::RawValue> = map.next_value()?;
+                            counted(&raw).map_err(|e| {
+                                serde::de::Error::custom(format!("a member cannot be read: {e:?}"))
+                            })?;
                         }
                     }
                 }
@@ -519,11 +530,25 @@ pub(crate) fn decode_answer(body: &[u8], host: &str) -> Result<Json, Error> {
             ),
         });
     }
+    let read = |raw: &serde_json::value::RawValue| {
+        counted(raw).map_err(|e| Error::Internal {
+            message: format!(
+                "worker host {host} sent an answer that cannot be read: {}",
+                match e {
+                    crate::json::Unreadable::TooLarge { limit } => format!(
+                        "its tree would take more than {} MiB of memory",
+                        limit >> 20
+                    ),
+                    other => crate::workers::protocol::cut(&format!("{other:?}")),
+                }
+            ),
+        })
+    };
     match v {
         Answer {
             result: Some(r), ..
-        } => Ok(r),
-        Answer { error: Some(e), .. } => Err(decode_error(&e, host)),
+        } => read(&r),
+        Answer { error: Some(e), .. } => Err(decode_error(&read(&e)?, host)),
         Answer { .. } => Err(Error::Internal {
             message: format!("worker host {host} sent an answer with neither result nor error"),
         }),
