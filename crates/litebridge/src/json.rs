@@ -45,7 +45,7 @@ pub enum Unreadable {
     Busy { own: bool },
 }
 
-/// The most memory one message's tree may take, by [`Budget`]'s estimate:
+/// The most memory one message's tree may take, by `Budget`'s estimate:
 /// 1 GiB. A bulk insert of 16 MiB (`execute_many`, rows of two numbers)
 /// takes about 550 MiB.
 pub const MAX_TREE_BYTES: usize = 1 << 30;
@@ -304,7 +304,7 @@ pub fn parse(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
 }
 
 /// [`parse`] for a message the MCP SDK reads again: its memory counted
-/// twice (see [`Budget::copies`]).
+/// twice (see `Budget::copies`).
 pub fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreadable> {
     parse_within(input, (MAX_TREE_BYTES, MAX_TREES_BYTES), owner, SDK_COPIES)
 }

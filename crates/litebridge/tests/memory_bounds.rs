@@ -7,17 +7,8 @@
 
 mod common;
 
-use common::config;
+use common::{config, peak_rss_mb};
 use litebridge::{Database, ErrorKind, Lane, QueryOptions};
-
-fn peak_rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
 
 /// One row of `n` values of 7 MB each, all held at once by the subquery,
 /// summed to one small number.

@@ -752,6 +752,24 @@ async fn split_caches(
     (a, b, da, db_)
 }
 
+/// A cache on a PostgreSQL L2 of its own front end, listening.
+#[cfg(feature = "postgres")]
+async fn listening_cache(
+    schema: &common::pg::Schema,
+) -> (litebridge::store::Cache, litebridge::pg::PgDatabase) {
+    use litebridge::store::{Cache, CacheConfig};
+    let db = schema.open().await;
+    let cache = Cache::with_backend(
+        db.clone().into(),
+        CacheConfig::default(),
+        Arc::new(litebridge::store::SystemClock),
+    );
+    wait_until("listening", Duration::from_secs(5), || {
+        cache.stats().listening == Some(true)
+    });
+    (cache, db)
+}
+
 #[cfg(feature = "postgres")]
 fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
     let started = std::time::Instant::now();
@@ -963,18 +981,11 @@ async fn postgres_cache_front_end_that_moved_while_its_listener_was_away_tells_t
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cache_listener_that_cannot_take_the_secret_leaves_memory_unused() {
-    use litebridge::store::{Cache, CacheConfig};
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let da = schema.open().await;
-    let a = Cache::with_backend(
-        da.clone().into(),
-        CacheConfig::default(),
-        Arc::new(litebridge::store::SystemClock),
-    );
+    let (a, da) = listening_cache(&schema).await;
     let listening = || a.stats().listening == Some(true);
-    wait_until("a listening", Duration::from_secs(5), listening);
     let own = schema.own();
     let admin = common::pg::admin(&schema.url).await;
     admin
@@ -1013,18 +1024,11 @@ async fn postgres_cache_listener_that_cannot_take_the_secret_leaves_memory_unuse
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cache_listener_leaves_an_unreadable_secret_alone() {
-    use litebridge::store::{Cache, CacheConfig};
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
-    let da = schema.open().await;
-    let a = Cache::with_backend(
-        da.clone().into(),
-        CacheConfig::default(),
-        Arc::new(litebridge::store::SystemClock),
-    );
+    let (a, da) = listening_cache(&schema).await;
     let listening = || a.stats().listening == Some(true);
-    wait_until("a listening", Duration::from_secs(5), listening);
     let admin = common::pg::admin(&schema.url).await;
     // Each install writes the claim functions again (new row versions).
     let claim_versions = format!(

@@ -8,9 +8,12 @@
 //! built, as a request's is (review 230: a stray line of 8 MB took about
 //! 700 MB; an answer of 48 MB, about 4 GB).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::peak_rss_mb;
 use litebridge::ErrorKind;
 use litebridge::resilience::BreakerConfig;
 use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
@@ -41,15 +44,6 @@ fn crashing(processes: usize, restart: Duration, failures: u32) -> WorkerConfig 
         ..BreakerConfig::default()
     };
     c
-}
-
-fn peak_rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 /// A worker written by hand: `stray` answers a call nobody made with a

@@ -21,7 +21,7 @@ pub struct MethodInfo {
     #[serde(default)]
     pub description: Option<String>,
     /// Its named parameters, when the worker could describe them (at most
-    /// [`MAX_PARAMS`]).
+    /// 256).
     #[serde(default, deserialize_with = "some_at_most::<MAX_PARAMS, _, _>")]
     pub params: Option<Vec<ParamInfo>>,
     /// It takes its arguments by position only (`*args`, positional-only

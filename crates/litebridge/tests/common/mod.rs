@@ -111,3 +111,13 @@ pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bo
 }
 #[cfg(feature = "postgres")]
 pub mod pg;
+
+/// This process's peak resident size, in MB (`VmHWM`).
+pub fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
