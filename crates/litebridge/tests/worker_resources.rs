@@ -154,7 +154,15 @@ async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let after = fds();
+    // A stopped reader's task is dropped, its descriptor closed, when the
+    // runtime next gets to it: a moment under load (CI saw 4 still open
+    // at once). Without the stop they stay open for the children's 30 s.
+    let settled = Instant::now();
+    let mut after = fds();
+    while after > before + 2 && settled.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = fds();
+    }
     for pid in &children {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
@@ -196,7 +204,15 @@ async fn a_worker_that_never_gets_ready_leaving_its_stderr_open_leaks_no_descrip
         assert!(e.to_string().contains("did not send $/ready"), "{e}");
         children.push(std::fs::read_to_string(&path).unwrap_or_default());
     }
-    let after = fds();
+    // A stopped reader's task is dropped, its descriptor closed, when the
+    // runtime next gets to it: a moment under load (CI saw 4 still open
+    // at once). Without the stop they stay open for the children's 30 s.
+    let settled = Instant::now();
+    let mut after = fds();
+    while after > before + 2 && settled.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = fds();
+    }
     for pid in &children {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
