@@ -1530,6 +1530,38 @@ fn a_workers_reply_took_memory_without_bound() {
     assert!(server.stop().success());
 }
 
+/// Review 230: a line a worker wrote before `$/ready` was logged whole at
+/// `warn` (an answer with its result, say: a call's data, which the log
+/// never holds at its default level). It is logged by its kind now.
+#[test]
+fn what_a_worker_writes_before_it_is_ready_is_logged_by_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("early.db");
+    let worker = dir.path().join("early.py");
+    std::fs::write(
+        &worker,
+        "import runpy, sys\n\
+         sys.stdout.write('{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":\"secret-value-xyz\"}\\n')\n\
+         sys.stdout.write('{\"jsonrpc\":\"2.0\",\"method\":\"note\",\"params\":\"secret-value-abc\"}\\n')\n\
+         sys.stdout.flush()\n\
+         runpy.run_path('examples/worker.py', run_name='__main__')\n",
+    )
+    .unwrap();
+    let command = format!("python3 {}", worker.display());
+    let server = Server::start(&db, &["--workers", &command, "--processes", "1"]);
+    let r = server.rpc(call(
+        "bridge.call",
+        json!({"method": "echo", "params": ["ok"]}),
+    ));
+    assert_eq!(r["result"], "ok", "{r}");
+    let log_file = server.log.clone();
+    assert!(server.stop().success());
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("before $/ready: an answer to call 5"), "{log}");
+    assert!(log.contains("before $/ready: a notification"), "{log}");
+    assert!(!log.contains("secret-value"), "{log}");
+}
+
 /// Review 230: every line a worker wrote to stderr was logged at `info`, so
 /// a handler printing in a loop filled the operator's disk. At most 200 a
 /// second are logged per worker now, and the rest counted.
