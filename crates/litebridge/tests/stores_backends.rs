@@ -770,6 +770,23 @@ async fn listening_cache(
     (cache, db)
 }
 
+/// Waits until `cache` serves `value` for `k`, failing with `what` past
+/// `within`; how long it took.
+#[cfg(feature = "postgres")]
+async fn until_served(
+    cache: &litebridge::store::Cache,
+    value: serde_json::Value,
+    within: Duration,
+    what: &str,
+) -> Duration {
+    let started = std::time::Instant::now();
+    while cache.get("k").await.unwrap() != Some(value.clone()) {
+        assert!(started.elapsed() < within, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
 #[cfg(feature = "postgres")]
 fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
     let started = std::time::Instant::now();
@@ -798,18 +815,14 @@ async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
     assert_eq!(b.get("k").await.unwrap(), Some(json!(1)), "b heard a");
     // a's listener looks, takes the database's secret and moves.
     da.faults().hold_secret_looks(false);
-    let released = std::time::Instant::now();
-    while b.get("k").await.unwrap() != Some(json!(2)) {
-        assert!(
-            released.elapsed() < Duration::from_secs(3),
-            "b served a's old value for 3 s after a's listener could look"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    eprintln!(
-        "b saw a's write {:?} after a's listener could look",
-        released.elapsed()
-    );
+    let released = until_served(
+        &b,
+        json!(2),
+        Duration::from_secs(3),
+        "b served a's old value for 3 s after a's listener could look",
+    )
+    .await;
+    eprintln!("b saw a's write {released:?} after a's listener could look");
     // Both on one channel now: each hears the other's writes at once.
     wait_until("a listening", Duration::from_secs(5), || {
         a.stats().listening == Some(true)
@@ -818,14 +831,13 @@ async fn postgres_caches_hear_each_other_after_a_failover_changed_the_secret() {
         let value = json!(10 + n);
         assert!(reader.get("k").await.unwrap().is_some());
         writer.set("k", value.clone(), None).await.unwrap();
-        let written = std::time::Instant::now();
-        while reader.get("k").await.unwrap() != Some(value.clone()) {
-            assert!(
-                written.elapsed() < Duration::from_secs(1),
-                "write {n} unheard"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until_served(
+            reader,
+            value,
+            Duration::from_secs(1),
+            &format!("write {n} unheard"),
+        )
+        .await;
     }
     da.close();
     db_.close();
@@ -903,14 +915,13 @@ async fn postgres_cache_write_committed_after_its_front_end_moved_is_heard() {
     assert_eq!(b.stats().l1_hits, hits + 1, "b kept it in memory");
     holder.batch_execute("COMMIT").await.unwrap();
     writer.await.unwrap().unwrap();
-    let committed = std::time::Instant::now();
-    while b.get("k").await.unwrap() != Some(json!(2)) {
-        assert!(
-            committed.elapsed() < Duration::from_secs(1),
-            "b kept the value a's write replaced"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until_served(
+        &b,
+        json!(2),
+        Duration::from_secs(1),
+        "b kept the value a's write replaced",
+    )
+    .await;
     da.close();
     db_.close();
     schema.drop_now().await;
@@ -960,14 +971,13 @@ async fn postgres_cache_front_end_that_moved_while_its_listener_was_away_tells_t
         .await
         .expect_err("keyed with the secret the failover lost");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    let took = std::time::Instant::now();
-    while b.get("k").await.unwrap() != Some(json!(2)) {
-        assert!(
-            took.elapsed() < Duration::from_secs(4),
-            "b kept what a wrote on the old channel"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_served(
+        &b,
+        json!(2),
+        Duration::from_secs(4),
+        "b kept what a wrote on the old channel",
+    )
+    .await;
     da.close();
     db_.close();
     schema.drop_now().await;

@@ -119,7 +119,6 @@ async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
     let _turn = TURN.lock().await;
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let mut c = crashing(1, Duration::from_millis(50), 1000);
     c.call_timeout = Duration::from_secs(10);
     let pool = WorkerPool::start(c).await.unwrap();
@@ -128,7 +127,7 @@ async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
     pool.call("echo", json!([0]), CallOptions::default())
         .await
         .unwrap();
-    let before = fds();
+    let before = open_descriptors();
     let mut children = Vec::new();
     for i in 0..8 {
         let path = dir.path().join(format!("child{i}"));
@@ -154,15 +153,7 @@ async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    // A stopped reader's task is dropped, its descriptor closed, when the
-    // runtime next gets to it: a moment under load (CI saw 4 still open
-    // at once). Without the stop they stay open for the children's 30 s.
-    let settled = Instant::now();
-    let mut after = fds();
-    while after > before + 2 && settled.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = fds();
-    }
+    let after = open_descriptors_settled(before + 2).await;
     for pid in &children {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
@@ -180,9 +171,8 @@ async fn a_worker_that_dies_leaving_its_stderr_open_leaks_no_descriptor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_gets_ready_leaving_its_stderr_open_leaks_no_descriptor() {
     let _turn = TURN.lock().await;
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let dir = tempfile::tempdir().unwrap();
-    let before = fds();
+    let before = open_descriptors();
     let mut children = Vec::new();
     for i in 0..8 {
         let path = dir.path().join(format!("child{i}"));
@@ -204,15 +194,7 @@ async fn a_worker_that_never_gets_ready_leaving_its_stderr_open_leaks_no_descrip
         assert!(e.to_string().contains("did not send $/ready"), "{e}");
         children.push(std::fs::read_to_string(&path).unwrap_or_default());
     }
-    // A stopped reader's task is dropped, its descriptor closed, when the
-    // runtime next gets to it: a moment under load (CI saw 4 still open
-    // at once). Without the stop they stay open for the children's 30 s.
-    let settled = Instant::now();
-    let mut after = fds();
-    while after > before + 2 && settled.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = fds();
-    }
+    let after = open_descriptors_settled(before + 2).await;
     for pid in &children {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
@@ -220,4 +202,22 @@ async fn a_worker_that_never_gets_ready_leaving_its_stderr_open_leaks_no_descrip
         after <= before + 2,
         "descriptors: {before} before eight starts given up, {after} after"
     );
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The descriptors open once at most `expected` are, or after 3 s. A
+/// stopped reader's task is dropped, its descriptor closed, when the
+/// runtime next gets to it: a moment under load (CI saw 4 still open at
+/// once). Without the stop they stay open for the children's 30 s.
+async fn open_descriptors_settled(expected: usize) -> usize {
+    let settled = Instant::now();
+    let mut open = open_descriptors();
+    while open > expected && settled.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = open_descriptors();
+    }
+    open
 }

@@ -279,15 +279,22 @@ fn checked(mut ready: Ready) -> Result<Ready, String> {
         .iter_mut()
         .filter_map(|m| m.description.as_mut())
     {
-        if d.len() > MAX_DESCRIPTION {
-            let mut at = MAX_DESCRIPTION;
-            while !d.is_char_boundary(at) {
-                at -= 1;
-            }
-            d.truncate(at);
-        }
+        let kept = prefix(d, MAX_DESCRIPTION).len();
+        d.truncate(kept);
     }
     Ok(ready)
+}
+
+/// `text` cut to at most `max` bytes, at a character's boundary.
+pub(crate) fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The call a response's id names, and whether it is written as the

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::error::{Error, TimeoutStage};
+use crate::workers::protocol::prefix;
 use crate::workers::{MethodInfo, ParamInfo};
 
 /// The services-protocol name of the worker hosts of the deployment whose
@@ -285,7 +286,7 @@ pub(crate) fn method_from_metadata(meta: &HashMap<String, String>) -> Option<Met
         cache_ttl_s: meta.get("cache_ttl_s").and_then(|v| v.parse().ok()),
         description: meta
             .get("description")
-            .map(|d| cut(d, MAX_DESCRIPTION).to_owned()),
+            .map(|d| prefix(d, MAX_DESCRIPTION).to_owned()),
         params,
         positional: meta.get("positional").is_some_and(|v| v == "true"),
     })
@@ -301,18 +302,6 @@ const MAX_PARAMS_TEXT: usize = 16 * 1024;
 const MAX_PARAMS: usize = 64;
 /// The longest name or type of a parameter kept.
 const MAX_NAME: usize = 128;
-
-/// `text` cut to at most `max` bytes, at a character's boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
 
 /// An answer's body: `{"result": ...}` or `{"error": {...}}`.
 pub(crate) fn answer_body(outcome: &Result<Json, Error>) -> Vec<u8> {
