@@ -609,14 +609,54 @@ mod tests {
             .iter()
             .filter(|w| first.contains(&w.pid))
             .count();
+        // Not even the one whose replacement is starting (review 233).
         assert!(
-            left <= 1,
+            left == 0,
             "{left} of 3 frozen workers still served after {:?}",
             frozen.elapsed()
         );
         for c in calls {
             let _ = c.await;
         }
+        pool.shutdown().await;
+    }
+
+    /// Review 233: a worker whose replacement was starting was not pinged
+    /// until that start ended, a whole `start_timeout` (300 s here) when
+    /// the replacement never gets ready: frozen, it kept its slot and its
+    /// calls meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_is_pinged_while_its_replacement_starts() {
+        // The first starts; none after it ever gets ready.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n == 1).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_age = Some(Duration::from_secs(1));
+        c.start_timeout = Duration::from_secs(300);
+        let (interval, ping) = (c.health_interval, c.ping_timeout);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first = pool.status().workers[0].pid;
+        let frozen = tokio::time::Instant::now();
+        let patient = CallOptions {
+            timeout: Some(Duration::from_secs(3600)),
+            ..CallOptions::default()
+        };
+        let pool2 = pool.clone();
+        let call = tokio::spawn(async move { pool2.call("freeze", json!({}), patient).await });
+        until("the frozen worker killed", || {
+            pool.status().workers.iter().all(|w| w.pid != first)
+        })
+        .await;
+        let took = frozen.elapsed();
+        assert!(fakes.started() >= 2, "no replacement was started");
+        assert!(
+            took <= interval + ping + Duration::from_millis(100),
+            "the frozen worker was found after {took:?}"
+        );
+        let e = call.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::WorkerCrashed { .. }), "{e}");
         pool.shutdown().await;
     }
 

@@ -1273,7 +1273,14 @@ async fn maintain_slot(
                 } else {
                     recycle_wait(failures + 1)
                 };
-                let replaced = recycle(&shared, slot, &p, reason, wait).await;
+                // Its worker is still pinged while the replacement starts
+                // (up to `start_timeout`): one that stops answering
+                // meanwhile is killed then, not once the start ends.
+                let replaced = tokio::select! {
+                    biased;
+                    replaced = recycle(&shared, slot, &p, reason, wait) => replaced,
+                    never = ping_while_replaced(&shared, interval, &p) => match never {},
+                };
                 drop(turn);
                 if replaced {
                     postponed = None;
@@ -1308,6 +1315,29 @@ async fn maintain_slot(
         let within = s.config.ping_timeout;
         drop(s);
         ping(id, within, &p).await;
+    }
+}
+
+/// Pings `p` now and every `interval` after, for as long as it is polled:
+/// a worker whose replacement is starting. Stops (pending) once the pool
+/// is gone or closing, or the worker dead.
+async fn ping_while_replaced(
+    shared: &std::sync::Weak<Shared>,
+    interval: Duration,
+    p: &Arc<Process>,
+) -> std::convert::Infallible {
+    loop {
+        let Some(s) = shared
+            .upgrade()
+            .filter(|s| !s.closing.load(Ordering::Acquire) && !p.is_dead())
+        else {
+            return std::future::pending().await;
+        };
+        let id = s.next_call.fetch_add(1, Ordering::Relaxed);
+        let within = s.config.ping_timeout;
+        drop(s);
+        ping(id, within, p).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
