@@ -741,6 +741,33 @@ async fn payloads_over_the_servers_limit_are_refused_naming_it() {
     );
 }
 
+/// Answers over 1 MiB are read in the turn of large answers, off the
+/// runtime's threads, on the host (from its worker) and on the front end
+/// (from the bus): they arrive whole, several at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_a_mebibyte_arrive_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 8388608\n").unwrap();
+    let Some(setup) = Setup::start(&["-c", conf.to_str().unwrap()], &["h1"], 2).await else {
+        return;
+    };
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let bridge = setup.bridge.clone();
+            tokio::spawn(async move {
+                bridge
+                    .call("big", json!([2_000_000 + i]), opts(20_000))
+                    .await
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer, json!("x".repeat(2_000_000 + i)));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
     let Some(server) = Server::start(&["--auth", "s3cret-token"]) else {

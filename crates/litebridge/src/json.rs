@@ -18,7 +18,8 @@
 //! messages being handled at once may hold at most [`MAX_TREES_BYTES`]
 //! between them (past it, `unavailable`: try again), counted from the
 //! first MiB of a tree until the request is answered ([`Held`]). A worker's
-//! answer is counted against [`MAX_TREE_BYTES`] alone ([`parse_alone`]).
+//! answer is counted against [`MAX_TREE_BYTES`] alone ([`parse_alone`]),
+//! and large ones are read one at a time ([`read_large_answer`]).
 //!
 //! The binary's transports use it; hidden from the library's documentation.
 
@@ -315,6 +316,40 @@ pub fn parse_for_sdk(input: &[u8], owner: &str) -> Result<(Value, Held), Unreada
 /// answer it `unavailable`, a retry's cue (review 231).
 pub fn parse_alone(input: &[u8], limit: usize) -> Result<Value, Unreadable> {
     parse_within(input, (limit, usize::MAX), "", 0).map(|(tree, _nothing_held)| tree)
+}
+
+/// Answers longer than this are read into trees one at a time in the
+/// process, off the runtime's threads ([`read_large_answer`]): 1 MiB, whose
+/// tree takes at most about 100 MiB however it is written.
+pub const LARGE_ANSWER_BYTES: usize = 1 << 20;
+
+/// The turn of large answers ([`read_large_answer`]).
+static LARGE_ANSWERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// `read` (an answer read into a tree with [`parse_alone`]) in the turn
+/// of large answers, on a thread that may block (a tree of a gigabyte
+/// takes seconds to build); `None` if the turn did not come by `until`.
+///
+/// Each answer's tree is held to [`MAX_TREE_BYTES`], not to a share of a
+/// total (its call ran: refusing it for room would lose what it did), so
+/// answers read at once held that much each, some 1.2 GiB a worker (review
+/// 233). In turn, large answers hold at most one such tree while it is
+/// built, and each other answer at most about 100 MiB. (A tree handed to
+/// its caller lives until the call is answered, as a request's result
+/// does.)
+pub async fn read_large_answer<T: Send + 'static>(
+    until: Option<tokio::time::Instant>,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let turn = LARGE_ANSWERS.acquire();
+    let _turn = match until {
+        Some(until) => tokio::time::timeout_at(until, turn).await.ok()?,
+        None => turn.await,
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(tree) => Some(tree),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// The trees a message for the MCP SDK counts (see [`Budget::copies`]).

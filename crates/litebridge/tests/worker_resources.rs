@@ -19,6 +19,13 @@ use litebridge::resilience::BreakerConfig;
 use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
 use serde_json::json;
 
+// The binary's allocator, whose memory freed on one thread serves the
+// next tree built on another: glibc's arenas keep a tree's memory on the
+// thread that built it, so trees built in turn on two threads measure as
+// two.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One test at a time: each measures the whole process.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -49,13 +56,15 @@ fn crashing(processes: usize, restart: Duration, failures: u32) -> WorkerConfig 
 /// A worker written by hand: `stray` answers a call nobody made with a
 /// million small objects first, then its own; `stray_id` writes an answer
 /// whose id is those objects; `ready_again` sends a `$/ready` of four
-/// million methods; `bomb` answers its own call with six million objects.
+/// million methods; `bomb` answers its own call with six million objects;
+/// `big` with a string of 2 MB.
 const WORKER: &str = r#"
 import json, os, sys
 def objects(n):
     return "[" + '{"a":0},' * (n - 1) + '{"a":0}]'
 sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": os.getpid(),
-    "methods": [{"name": "stray"}, {"name": "bomb"}, {"name": "stray_id"}, {"name": "ready_again"}]}}) + "\n")
+    "methods": [{"name": "stray"}, {"name": "bomb"}, {"name": "stray_id"}, {"name": "ready_again"},
+    {"name": "big"}]}}) + "\n")
 sys.stdout.flush()
 for line in sys.stdin:
     call = json.loads(line)
@@ -71,16 +80,18 @@ for line in sys.stdin:
         names = "[" + '{"name":"a"},' * 3999999 + '{"name":"a"}]'
         sys.stdout.write('{"jsonrpc":"2.0","method":"$/ready","params":{"methods":' + names + '}}\n')
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
+    elif call["method"] == "big":
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "x" * 2000000}) + "\n")
     elif call["method"] == "bomb":
         sys.stdout.write('{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (call["id"], objects(6000000)))
     sys.stdout.flush()
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
     let _turn = TURN.lock().await;
     let mut config = WorkerConfig::new(["python3", "-c", WORKER]);
-    config.processes = 1;
+    config.processes = 4;
     config.start_timeout = Duration::from_secs(20);
     config.call_timeout = Duration::from_secs(60);
     let pool = WorkerPool::start(config).await.unwrap();
@@ -105,7 +116,31 @@ async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
     assert!(e.to_string().contains("the worker's answer"), "{e}");
     let bomb = peak_rss_mb() - before;
     assert!(bomb < 1400, "an answer of 48 MB took {bomb} MB");
-    eprintln!("peak growth: {stray} MB after the stray answer, {bomb} MB after the bomb");
+    // Review 233: four at once, from four workers, each on a thread of its
+    // own, were each held to 1 GiB, together four; large answers are now
+    // read one at a time.
+    let bombs: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call("bomb", json!([]), CallOptions::default()).await })
+        })
+        .collect();
+    for b in bombs {
+        let e = b.await.unwrap().expect_err("a tree past 1 GiB");
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    }
+    let bombs = peak_rss_mb() - before;
+    assert!(
+        bombs < 1500,
+        "four answers of 48 MB at once took {bombs} MB"
+    );
+    // A large answer that fits is read and handed over.
+    let big = pool.call("big", json!([]), CallOptions::default()).await;
+    assert_eq!(big.unwrap().as_str().map(str::len), Some(2_000_000));
+    eprintln!(
+        "peak growth: {stray} MB after the stray answer, {bomb} MB after the bomb, \
+         {bombs} MB after four at once"
+    );
     // The worker goes on.
     let answer = pool.call("stray", json!([]), CallOptions::default()).await;
     assert_eq!(answer.unwrap(), json!("ok"));

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::json::LARGE_ANSWER_BYTES;
 use crate::sync::lock;
 use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Control, Launched, Launcher};
@@ -537,6 +538,14 @@ impl Process {
     /// Hands call `id` its answer; a result is read into a tree only for a
     /// call still waiting for it (`protocol::tree`).
     fn answer(&self, id: u64, outcome: Result<protocol::Raw>) {
+        if let Some(tx) = self.take_waiting(id) {
+            let _ = tx.send(outcome.and_then(|raw| protocol::tree(&raw)));
+        }
+    }
+
+    /// Call `id` answered: the worker's load freed, and where its answer
+    /// goes, if its caller still waits for it.
+    fn take_waiting(&self, id: u64) -> Option<Reply> {
         let (waiting, was_cancelled) = {
             let mut pending = lock(&self.pending);
             let waiting = pending.remove(&id);
@@ -546,11 +555,7 @@ impl Process {
             self.load.fetch_sub(1, Ordering::AcqRel);
             self.freed.notify_one();
         }
-        if let Some(tx) = waiting
-            && !tx.is_closed()
-        {
-            let _ = tx.send(outcome.and_then(|raw| protocol::tree(&raw)));
-        }
+        waiting.filter(|tx| !tx.is_closed())
     }
 }
 
@@ -998,7 +1003,27 @@ async fn read_stdout(
             }
         }
         match protocol::parse_after_ready(&line) {
-            Ok(Incoming::Response { id, outcome }) => process.answer(id, outcome),
+            Ok(Incoming::Response { id, outcome }) if line.len() <= LARGE_ANSWER_BYTES => {
+                process.answer(id, outcome);
+            }
+            // Read in the turn of large answers, off this reader, which
+            // goes on reading the worker's other lines (its pings'
+            // answers among them) meanwhile. Only for a call that waits:
+            // each call's answer is read once, so those queued are at most
+            // the worker's calls.
+            Ok(Incoming::Response { id, outcome }) => {
+                if let Some(tx) = process.take_waiting(id) {
+                    tokio::spawn(async move {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        let read = move || outcome.and_then(|raw| protocol::tree(&raw));
+                        if let Some(tree) = crate::json::read_large_answer(None, read).await {
+                            let _ = tx.send(tree);
+                        }
+                    });
+                }
+            }
             Ok(Incoming::Notification(m)) => {
                 tracing::debug!(worker = process.id, "notification {}", protocol::cut(&m));
             }

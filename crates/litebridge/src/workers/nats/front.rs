@@ -864,7 +864,19 @@ impl NatsBridge {
                         guard.cancel = false;
                         // Answered at its host's deadline, its worker running on.
                         guard.runs_on = h.get(Name::RunsOn) == Some("1");
-                        let r = wire::decode_answer(&m.payload, host);
+                        // A large answer is read in the turn of large
+                        // answers (`crate::json::read_large_answer`), which
+                        // it waits for within the call's deadline.
+                        let r = if m.payload.len() <= crate::json::LARGE_ANSWER_BYTES {
+                            wire::decode_answer(&m.payload, host)
+                        } else {
+                            let (payload, named) = (m.payload.clone(), host.to_owned());
+                            let read = move || wire::decode_answer(&payload, &named);
+                            match crate::json::read_large_answer(Some(deadline), read).await {
+                                Some(r) => r,
+                                None => return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } }),
+                            }
+                        };
                         if let Err(Error::WorkerCrashed { worker, .. }) = &r {
                             // Named by the instance that acknowledged the
                             // call, if one did; else (a host of an older
