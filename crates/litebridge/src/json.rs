@@ -329,6 +329,9 @@ static LARGE_ANSWERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new
 /// `read` (an answer read into a tree with [`parse_alone`]) in the turn
 /// of large answers, on a thread that may block (a tree of a gigabyte
 /// takes seconds to build); `None` if the turn did not come by `until`.
+/// The turn is the thread's until `read` returns, whatever becomes of this
+/// future: dropped while `read` runs, it let the next answer be read at
+/// once (review 233). A panic in `read` is an `internal` error.
 ///
 /// Each answer's tree is held to [`MAX_TREE_BYTES`], not to a share of a
 /// total (its call ran: refusing it for room would lose what it did), so
@@ -337,19 +340,35 @@ static LARGE_ANSWERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new
 /// built, and each other answer at most about 100 MiB. (A tree handed to
 /// its caller lives until the call is answered, as a request's result
 /// does.)
-pub async fn read_large_answer<T: Send + 'static>(
+pub async fn read_large_answer(
     until: Option<tokio::time::Instant>,
-    read: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
+    read: impl FnOnce() -> crate::Result<Value> + Send + 'static,
+) -> Option<crate::Result<Value>> {
     let turn = LARGE_ANSWERS.acquire();
-    let _turn = match until {
+    let turn = match until {
         Some(until) => tokio::time::timeout_at(until, turn).await.ok()?,
         None => turn.await,
-    };
-    match tokio::task::spawn_blocking(read).await {
-        Ok(tree) => Some(tree),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+    .expect("the turn of large answers is never closed");
+    let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        read()
+    })
+    .await;
+    Some(built.unwrap_or_else(|e| {
+        let why = e
+            .try_into_panic()
+            .ok()
+            .and_then(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+            })
+            .unwrap_or_default();
+        Err(crate::Error::Internal {
+            message: format!("reading a worker's answer failed: {why}"),
+        })
+    }))
 }
 
 /// The trees a message for the MCP SDK counts (see [`Budget::copies`]).
@@ -581,6 +600,45 @@ impl<'de> Visitor<'de> for Strict<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 233: the turn was the future's, so a caller gone while its
+    /// answer was read let the next be read at once, beside it; a panic
+    /// reading one is an error, and a turn that does not come by `until`
+    /// is `None`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_answers_are_read_one_at_a_time_whatever_their_callers_do() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let read = |ms: u64| {
+            let (now, most) = (now.clone(), most.clone());
+            move || {
+                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(at_once, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(Value::Null)
+            }
+        };
+        let first = tokio::spawn(read_large_answer(None, read(300)));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        first.abort();
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+        assert!(
+            read_large_answer(Some(soon), read(0)).await.is_none(),
+            "the turn came while the first was read"
+        );
+        assert!(read_large_answer(None, read(10)).await.unwrap().is_ok());
+        assert_eq!(most.load(Ordering::SeqCst), 1, "read at once");
+        let e = read_large_answer(None, || panic!("a bug"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal, "{e}");
+        assert!(e.to_string().contains("a bug"), "{e}");
+        // The turn is free again after the panic.
+        assert!(read_large_answer(None, read(0)).await.unwrap().is_ok());
+    }
 
     #[test]
     fn a_member_named_twice_is_refused_at_any_depth() {

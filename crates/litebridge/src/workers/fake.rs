@@ -38,6 +38,9 @@ pub(crate) enum Act {
     /// Stops reading and answering anything, pings included, as a worker
     /// whose event loop a handler blocks does, until it is signalled.
     Freeze,
+    /// Answers at once `{"echo": params, "pad": "x..."}`, a line of this
+    /// many bytes and more.
+    Large(usize),
 }
 
 /// One fake worker's part: the `n`th started (from 1) gets `script(n)`.
@@ -60,6 +63,8 @@ pub(crate) struct Fakes {
     started: AtomicU64,
     /// Workers launched and not yet ready (nor ended), and the most at once.
     starting: Arc<(AtomicU64, AtomicU64)>,
+    /// Workers launched and not yet ended.
+    running: Arc<AtomicU64>,
 }
 
 impl Fakes {
@@ -68,7 +73,13 @@ impl Fakes {
             script: Box::new(script),
             started: AtomicU64::new(0),
             starting: Arc::default(),
+            running: Arc::default(),
         })
+    }
+
+    /// Workers launched and not yet ended.
+    pub(crate) fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Workers started so far.
@@ -120,9 +131,12 @@ impl Launcher for Fakes {
             stdout: worker_stdout,
             starting: Some(Starting::new(&self.starting)),
         };
+        let running = self.running.clone();
+        running.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut stderr = worker_stderr;
             let (how, last_words) = worker.run(worker_stdin, signalled).await;
+            running.fetch_sub(1, Ordering::Relaxed);
             // As with a real process, the exit can be seen before the last
             // stderr lines are read: they come a moment later here.
             let _ = exited.send(how);
@@ -250,6 +264,10 @@ impl Worker {
                                 let _ = self.stdout.write_all(&vec![b'x'; 17 * self.max_line]).await;
                             }
                             Act::Freeze => return killed(signals.recv().await),
+                            Act::Large(len) => {
+                                let pad = "x".repeat(len);
+                                self.line(json!({"jsonrpc": "2.0", "id": id, "result": {"echo": call["params"], "pad": pad}})).await;
+                            }
                         },
                         _ => {}
                     }
@@ -293,6 +311,7 @@ mod tests {
         ("endless", true),
         ("llm", false),
         ("freeze", false),
+        ("large", true),
     ];
 
     fn act(method: &str) -> Act {
@@ -311,6 +330,7 @@ mod tests {
             "flood" => Act::Flood,
             "endless" => Act::Endless,
             "freeze" => Act::Freeze,
+            "large" => Act::Large(1_200_000),
             _ => Act::Answer(Duration::from_millis(5)),
         }
     }
@@ -657,6 +677,77 @@ mod tests {
         );
         let e = call.await.unwrap().unwrap_err();
         assert!(matches!(e, Error::WorkerCrashed { .. }), "{e}");
+        pool.shutdown().await;
+    }
+
+    /// Review 233: a ping left unanswered when its worker was swapped out
+    /// (`ping_while_replaced` dropped with it) stayed among the calls the
+    /// retired worker's drain waits for: a frozen worker lived on for the
+    /// drain's hour.
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_cut_short_by_the_swap_holds_up_no_drain() {
+        // Replacements get ready in 2 s, within the ping's 5.
+        let fakes = Fakes::new(|n| Script {
+            ready_after: Some(if n == 1 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(2)
+            }),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_age = Some(Duration::from_secs(1));
+        let (interval, grace) = (c.health_interval, c.shutdown_grace);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first = pool.status().workers[0].pid;
+        // Frozen just before its recycling, its call given up on.
+        tokio::time::sleep(interval - Duration::from_millis(500)).await;
+        let brief = CallOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..CallOptions::default()
+        };
+        let e = pool.call("freeze", json!({}), brief).await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        until("swapped out", || {
+            pool.status().workers.iter().all(|w| w.pid != first)
+        })
+        .await;
+        let swapped = tokio::time::Instant::now();
+        until("the retired worker ended", || fakes.running() == 1).await;
+        let took = swapped.elapsed();
+        assert!(
+            took <= 2 * grace + Duration::from_millis(100),
+            "the retired worker ended {took:?} after the swap"
+        );
+        pool.shutdown().await;
+    }
+
+    /// Answers over 1 MiB are read off the worker's reader, one at a time
+    /// in the process: pipelined on one worker, each reaches its caller,
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_answers_pipelined_on_one_worker_each_reach_their_caller() {
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(1);
+        c.max_line_bytes = 4 << 20;
+        c.call_timeout = Duration::from_secs(30);
+        let pool = WorkerPool::start_with(c, fakes).await.unwrap();
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(
+                    async move { pool.call("large", json!([i]), CallOptions::default()).await },
+                )
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let answer = call.await.unwrap().unwrap();
+            assert_eq!(answer["echo"], json!([i]));
+            assert_eq!(answer["pad"].as_str().map(str::len), Some(1_200_000));
+        }
+        // Its load given back.
+        let status = pool.status();
+        assert_eq!(status.workers[0].in_flight, 0, "{status:?}");
         pool.shutdown().await;
     }
 

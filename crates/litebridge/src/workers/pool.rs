@@ -705,10 +705,18 @@ impl WorkerPool {
                     idempotent: false,
                 })
             }
-            Err(_) => Err(Error::Timeout {
-                after: timeout,
-                stage: TimeoutStage::InWorker { idempotent: false },
-            }),
+            Err(_) => {
+                // Answered in time, its tree waiting for the turn of large
+                // answers (`process.rs`): the wait is the pool's, not the
+                // method's.
+                if process.answered(id) {
+                    fair.store(false, Ordering::Relaxed);
+                }
+                Err(Error::Timeout {
+                    after: timeout,
+                    stage: TimeoutStage::InWorker { idempotent: false },
+                })
+            }
         };
         drop(guard);
         if let Err(Error::WorkerCrashed { .. }) = &r {
@@ -1366,12 +1374,26 @@ async fn spawn_unheld(
 /// Kills a worker that does not answer `$/ping` (call `id`) `within` (it
 /// is then replaced).
 async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
+    /// Forgets a ping dropped before its answer (its worker swapped out
+    /// meanwhile: `ping_while_replaced`): left waiting, it held the retired
+    /// worker's drain, which waits for its calls, up to `MAX_DRAIN`
+    /// (review 233).
+    struct Forget<'a>(&'a Process, u64, bool);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            if self.2 {
+                self.0.forget(self.1);
+            }
+        }
+    }
     let Ok(reply) = p.send(id, "$/ping", &Json::Null, None) else {
         return;
     };
+    let mut waiting = Forget(p, id, true);
     match tokio::time::timeout(within, reply).await {
         Ok(_) => {}
         Err(_) => {
+            waiting.2 = false;
             tracing::warn!(
                 worker = p.id,
                 pid = p.pid,

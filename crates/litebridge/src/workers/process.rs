@@ -543,6 +543,17 @@ impl Process {
         }
     }
 
+    /// Whether call `id`, sent, is no longer waited for from the worker:
+    /// answered (or the worker ended).
+    pub(crate) fn answered(&self, id: u64) -> bool {
+        !lock(&self.pending).contains_key(&id)
+    }
+
+    /// Forgets call `id` (a ping whose waiter went away), as if answered.
+    pub(crate) fn forget(&self, id: u64) {
+        let _ = self.take_waiting(id);
+    }
+
     /// Call `id` answered: the worker's load freed, and where its answer
     /// goes, if its caller still waits for it.
     fn take_waiting(&self, id: u64) -> Option<Reply> {
@@ -920,6 +931,8 @@ async fn read_stdout(
     }
     let unknown = |_| "exit status unknown".to_owned();
     let mut line = Vec::new();
+    // The worker's last large answer, being read (`deliver_large`).
+    let mut reading: Option<tokio::task::JoinHandle<()>> = None;
     // How it ended, once it did, and until when what it wrote is read.
     let mut ended: Option<(String, tokio::time::Instant)> = None;
     loop {
@@ -1003,27 +1016,25 @@ async fn read_stdout(
             }
         }
         match protocol::parse_after_ready(&line) {
-            Ok(Incoming::Response { id, outcome }) if line.len() <= LARGE_ANSWER_BYTES => {
-                process.answer(id, outcome);
-            }
-            // Read in the turn of large answers, off this reader, which
-            // goes on reading the worker's other lines (its pings'
-            // answers among them) meanwhile. Only for a call that waits:
-            // each call's answer is read once, so those queued are at most
-            // the worker's calls.
-            Ok(Incoming::Response { id, outcome }) => {
+            // Read in the turn of large answers, off this reader, which goes
+            // on reading the worker's other lines (its pings' answers)
+            // meanwhile. One of the worker's at a time: the reader waits for
+            // its last before it queues another, so a worker has at most one
+            // answer's copy waiting, as it had one line before (review 233:
+            // one waited for each call, and a worker answering every call at
+            // once with 64 MiB could fill memory).
+            Ok(Incoming::Response {
+                id,
+                outcome: Ok(raw),
+            }) if line.len() > LARGE_ANSWER_BYTES => {
                 if let Some(tx) = process.take_waiting(id) {
-                    tokio::spawn(async move {
-                        if tx.is_closed() {
-                            return;
-                        }
-                        let read = move || outcome.and_then(|raw| protocol::tree(&raw));
-                        if let Some(tree) = crate::json::read_large_answer(None, read).await {
-                            let _ = tx.send(tree);
-                        }
-                    });
+                    if let Some(last) = reading.take() {
+                        let _ = last.await;
+                    }
+                    reading = Some(tokio::spawn(deliver_large(tx, raw)));
                 }
             }
+            Ok(Incoming::Response { id, outcome }) => process.answer(id, outcome),
             Ok(Incoming::Notification(m)) => {
                 tracing::debug!(worker = process.id, "notification {}", protocol::cut(&m));
             }
@@ -1074,6 +1085,22 @@ async fn read_stdout(
         }));
     }
     let _ = on_exit.send(process.id);
+}
+
+/// A large answer read into a tree in the turn of large answers
+/// (`crate::json::read_large_answer`), then handed to its caller; not read
+/// once its caller went away (review 233: it held the turn for a tree
+/// nobody would take).
+async fn deliver_large(mut tx: Reply, raw: protocol::Raw) {
+    let read = move || protocol::tree(&raw);
+    tokio::select! {
+        built = crate::json::read_large_answer(None, read) => {
+            if let Some(tree) = built {
+                let _ = tx.send(tree);
+            }
+        }
+        () = tx.closed() => {}
+    }
 }
 
 #[cfg(test)]

@@ -874,7 +874,12 @@ impl NatsBridge {
                             let read = move || wire::decode_answer(&payload, &named);
                             match crate::json::read_large_answer(Some(deadline), read).await {
                                 Some(r) => r,
-                                None => return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } }),
+                                // Answered in time: the wait is this
+                                // process's, not the method's.
+                                None => {
+                                    fair.store(false, Ordering::Relaxed);
+                                    return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
+                                }
                             }
                         };
                         if let Err(Error::WorkerCrashed { worker, .. }) = &r {
