@@ -344,7 +344,16 @@ pub async fn read_large_answer(
     until: Option<tokio::time::Instant>,
     read: impl FnOnce() -> crate::Result<Value> + Send + 'static,
 ) -> Option<crate::Result<Value>> {
-    let turn = LARGE_ANSWERS.acquire();
+    read_in_turn(&LARGE_ANSWERS, until, read).await
+}
+
+/// [`read_large_answer`] in the turns of `turns`.
+async fn read_in_turn(
+    turns: &'static tokio::sync::Semaphore,
+    until: Option<tokio::time::Instant>,
+    read: impl FnOnce() -> crate::Result<Value> + Send + 'static,
+) -> Option<crate::Result<Value>> {
+    let turn = turns.acquire();
     let turn = match until {
         Some(until) => tokio::time::timeout_at(until, turn).await.ok()?,
         None => turn.await,
@@ -356,6 +365,12 @@ pub async fn read_large_answer(
     })
     .await;
     Some(built.unwrap_or_else(|e| {
+        if e.is_cancelled() {
+            return Err(crate::Error::Unavailable {
+                what: "workers",
+                reason: "the runtime stopped while a worker's answer was read".into(),
+            });
+        }
         let why = e
             .try_into_panic()
             .ok()
@@ -609,6 +624,8 @@ mod tests {
     async fn large_answers_are_read_one_at_a_time_whatever_their_callers_do() {
         use std::sync::Arc;
         use std::sync::atomic::AtomicUsize;
+        // A turn of its own: the other tests' answers take the process's.
+        static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let read = |ms: u64| {
             let (now, most) = (now.clone(), most.clone());
@@ -620,24 +637,24 @@ mod tests {
                 Ok(Value::Null)
             }
         };
-        let first = tokio::spawn(read_large_answer(None, read(300)));
+        let first = tokio::spawn(read_in_turn(&TURNS, None, read(300)));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         first.abort();
         let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
         assert!(
-            read_large_answer(Some(soon), read(0)).await.is_none(),
+            read_in_turn(&TURNS, Some(soon), read(0)).await.is_none(),
             "the turn came while the first was read"
         );
-        assert!(read_large_answer(None, read(10)).await.unwrap().is_ok());
+        assert!(read_in_turn(&TURNS, None, read(10)).await.unwrap().is_ok());
         assert_eq!(most.load(Ordering::SeqCst), 1, "read at once");
-        let e = read_large_answer(None, || panic!("a bug"))
+        let e = read_in_turn(&TURNS, None, || panic!("a bug"))
             .await
             .unwrap()
             .unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Internal, "{e}");
         assert!(e.to_string().contains("a bug"), "{e}");
         // The turn is free again after the panic.
-        assert!(read_large_answer(None, read(0)).await.unwrap().is_ok());
+        assert!(read_in_turn(&TURNS, None, read(0)).await.unwrap().is_ok());
     }
 
     #[test]

@@ -751,6 +751,53 @@ mod tests {
         pool.shutdown().await;
     }
 
+    /// Review 234: a worker whose reader waited for the turn of large
+    /// answers (its second large answer behind its first, which waited for
+    /// another's) read nothing meanwhile, its pings' answers included: it
+    /// was killed for them, and its calls' timeouts were counted by their
+    /// methods' breakers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_whose_large_answers_wait_for_the_turn_is_not_blamed() {
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(1);
+        c.max_line_bytes = 4 << 20;
+        c.call_timeout = Duration::from_millis(800);
+        c.health_interval = Duration::from_millis(100);
+        c.ping_timeout = Duration::from_millis(200);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let pid = pool.status().workers[0].pid;
+        // Another answer holds the process's turn for 2 s.
+        let held = tokio::spawn(crate::json::read_large_answer(None, || {
+            std::thread::sleep(Duration::from_secs(2));
+            Ok(Json::Null)
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls: Vec<_> = ["large", "large", "echo"]
+            .into_iter()
+            .map(|method| {
+                let pool = pool.clone();
+                tokio::spawn(
+                    async move { pool.call(method, json!([]), CallOptions::default()).await },
+                )
+            })
+            .collect();
+        for call in calls {
+            if let Err(e) = call.await.unwrap() {
+                assert!(matches!(e, Error::Timeout { .. }), "{e}");
+            }
+        }
+        held.await.unwrap().unwrap().unwrap();
+        let answer = pool.call("echo", json!([1]), CallOptions::default()).await;
+        assert_eq!(answer.unwrap()["echo"], json!([1]));
+        let status = pool.status();
+        assert_eq!(status.workers[0].pid, pid, "the worker was replaced");
+        assert_eq!(fakes.started(), 1);
+        for b in &status.breakers {
+            assert_eq!(b.consecutive_failures, 0, "{b:?}");
+        }
+        pool.shutdown().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_worker_whose_replacements_cannot_start_is_recycled_ever_less_often() {
         // The first worker starts; the next four never get ready (a bad

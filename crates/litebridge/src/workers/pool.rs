@@ -689,13 +689,23 @@ impl WorkerPool {
             armed: true,
             abandoned: abandoned.cloned(),
         };
-        let outcome = tokio::time::timeout_at(deadline, reply).await;
+        let mut reply = reply;
+        let waits = process.reader_waits();
+        let outcome = match tokio::time::timeout_at(deadline, &mut reply).await {
+            Ok(got) => Some(got.ok()),
+            // What came with the deadline counts: a crash, an answer.
+            Err(_) => match reply.try_recv() {
+                Ok(got) => Some(Some(got)),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(None),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            },
+        };
         let r = match outcome {
-            Ok(Ok(r)) => {
+            Some(Some(r)) => {
                 guard.armed = false;
                 r
             }
-            Ok(Err(_)) => {
+            Some(None) => {
                 guard.armed = false;
                 Err(Error::WorkerCrashed {
                     pid: process.pid,
@@ -705,11 +715,13 @@ impl WorkerPool {
                     idempotent: false,
                 })
             }
-            Err(_) => {
+            None => {
                 // Answered in time, its tree waiting for the turn of large
-                // answers (`process.rs`): the wait is the pool's, not the
-                // method's.
-                if process.answered(id) {
+                // answers, or its answer unread behind the worker's that
+                // wait for it (`process.rs`): the wait is the pool's, not
+                // the method's.
+                let now = process.reader_waits();
+                if process.answered(id) || now != waits || !now.is_multiple_of(2) {
                     fair.store(false, Ordering::Relaxed);
                 }
                 Err(Error::Timeout {
@@ -1390,19 +1402,28 @@ async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
         return;
     };
     let mut waiting = Forget(p, id, true);
-    match tokio::time::timeout(within, reply).await {
-        Ok(_) => {}
-        Err(_) => {
-            waiting.2 = false;
-            tracing::warn!(
-                worker = p.id,
-                pid = p.pid,
-                "no answer to $/ping: killing the worker"
-            );
-            p.abandon(id, Instant::now(), None);
-            p.signal(libc::SIGKILL);
+    let mut reply = reply;
+    loop {
+        let waits = p.reader_waits();
+        if tokio::time::timeout(within, &mut reply).await.is_ok() {
+            return;
+        }
+        // Its answer waited behind the worker's large answers, which wait
+        // for the process's turn (`process.rs`): not the worker's fault,
+        // and read once the turn comes (review 234).
+        let now = p.reader_waits();
+        if now == waits && now.is_multiple_of(2) {
+            break;
         }
     }
+    waiting.2 = false;
+    tracing::warn!(
+        worker = p.id,
+        pid = p.pid,
+        "no answer to $/ping: killing the worker"
+    );
+    p.abandon(id, Instant::now(), None);
+    p.signal(libc::SIGKILL);
 }
 
 /// Starts a replacement, swaps it in, then lets the old worker finish its

@@ -77,6 +77,9 @@ pub(crate) struct Process {
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Cancelled>>,
     dead: AtomicBool,
+    /// How many times its stdout reader began or ended waiting for the
+    /// turn of large answers ([`Process::reader_waits`]): odd while it waits.
+    reader_waits: AtomicU64,
     /// Since when a call it was told to cancel still ran `cancel_grace`
     /// later: the pool replaces it (its other calls finish first).
     stuck: Mutex<Option<Instant>>,
@@ -296,6 +299,7 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
+            reader_waits: AtomicU64::new(0),
             stuck: Mutex::new(None),
             exited: exited_rx,
             stderr,
@@ -563,10 +567,22 @@ impl Process {
             (waiting, lock(&self.cancelled).remove(&id).is_some())
         };
         if waiting.is_some() || was_cancelled {
-            self.load.fetch_sub(1, Ordering::AcqRel);
+            // Saturating: the exit path sets it to 0, and a ping forgotten
+            // after it (`forget`) would wrap it (review 234).
+            let _ = self
+                .load
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             self.freed.notify_one();
         }
         waiting.filter(|tx| !tx.is_closed())
+    }
+
+    /// How many times its stdout reader began or ended waiting for the
+    /// turn of large answers (see `read_stdout`), odd while it waits: what
+    /// the worker wrote meanwhile waits with it, pings' answers included.
+    /// Whether it waited between two looks: the two differ, or are odd.
+    pub(crate) fn reader_waits(&self) -> u64 {
+        self.reader_waits.load(Ordering::Acquire)
     }
 }
 
@@ -1019,17 +1035,27 @@ async fn read_stdout(
             // Read in the turn of large answers, off this reader, which goes
             // on reading the worker's other lines (its pings' answers)
             // meanwhile. One of the worker's at a time: the reader waits for
-            // its last before it queues another, so a worker has at most one
-            // answer's copy waiting, as it had one line before (review 233:
-            // one waited for each call, and a worker answering every call at
-            // once with 64 MiB could fill memory).
+            // its last before it queues another, so a worker has at most two
+            // answers' copies waiting, where it had a line and its copy
+            // before (review 233: one waited for each call, and a worker
+            // answering every call at once with 64 MiB could fill memory).
+            // While the reader waits, it reads nothing of this worker.
             Ok(Incoming::Response {
                 id,
                 outcome: Ok(raw),
             }) if line.len() > LARGE_ANSWER_BYTES => {
                 if let Some(tx) = process.take_waiting(id) {
                     if let Some(last) = reading.take() {
+                        // The line is copied in `raw`: not held twice.
+                        line = Vec::new();
+                        // Meanwhile this worker's pings are not held
+                        // against it, nor its calls' timeouts against
+                        // their methods (review 234: a worker writing two
+                        // large answers while another's held the turn was
+                        // killed for its unread ping's answer).
+                        process.reader_waits.fetch_add(1, Ordering::AcqRel);
                         let _ = last.await;
+                        process.reader_waits.fetch_add(1, Ordering::AcqRel);
                     }
                     reading = Some(tokio::spawn(deliver_large(tx, raw)));
                 }
