@@ -55,6 +55,8 @@ pub(crate) struct Script {
     pub(crate) methods: &'static [(&'static str, bool)],
     /// What it does with a call of a method.
     pub(crate) act: fn(&str) -> Act,
+    /// It never answers `$/ping` (and serves on).
+    pub(crate) deaf: bool,
 }
 
 /// Starts fake workers; counts them.
@@ -237,6 +239,7 @@ impl Worker {
                                 self.line(json!({"jsonrpc": "2.0", "id": target, "error": {"code": -32004, "message": "cancelled", "data": {"type": "CancelledError"}}})).await;
                             }
                         }
+                        ("$/ping", Some(_)) if self.script.deaf => {}
                         ("$/ping", Some(id)) => {
                             self.line(json!({"jsonrpc": "2.0", "id": id, "result": "pong"})).await;
                         }
@@ -353,6 +356,7 @@ mod tests {
             ready_after: Some(Duration::ZERO),
             methods: METHODS,
             act,
+            deaf: false,
         }
     }
 
@@ -795,6 +799,85 @@ mod tests {
         for b in &status.breakers {
             assert_eq!(b.consecutive_failures, 0, "{b:?}");
         }
+        pool.shutdown().await;
+    }
+
+    /// Review 235: the excuse for a reader waiting for the turn was given
+    /// whenever the worker had answered large twice, waited or not: a
+    /// worker deaf to pings that answered large now and then was never
+    /// killed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_deaf_to_pings_is_killed_however_large_it_answers() {
+        let fakes = Fakes::new(|n| Script {
+            deaf: n == 1,
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_line_bytes = 4 << 20;
+        c.call_timeout = Duration::from_secs(1);
+        c.health_interval = Duration::from_millis(100);
+        c.ping_timeout = Duration::from_millis(200);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let started = std::time::Instant::now();
+        // Large answers all the time, two at once: its reader may wait for
+        // the turn now and then (and another test may hold the turn for
+        // 2 s), for which it is excused for 1 s in all.
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, fakes) = (pool.clone(), fakes.clone());
+                tokio::spawn(async move {
+                    while fakes.started() < 2 && started.elapsed() < Duration::from_secs(6) {
+                        let _ = pool.call("large", json!([]), CallOptions::default()).await;
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
+        assert!(
+            fakes.started() >= 2,
+            "a worker deaf to pings still served after 6 s"
+        );
+        pool.shutdown().await;
+    }
+
+    /// Review 235: a call's timeout was taken for the pool's whenever the
+    /// worker's reader had waited for the turn during the call, even long
+    /// before its deadline: a method that hung was not counted by its
+    /// breaker. Only a wait at the deadline excuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hang_after_a_wait_for_the_turn_counts() {
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(1);
+        c.max_line_bytes = 4 << 20;
+        c.call_timeout = Duration::from_millis(1500);
+        let pool = WorkerPool::start_with(c, fakes).await.unwrap();
+        // Another answer holds the process's turn for 300 ms: this
+        // worker's second large answer waits for its first.
+        let held = tokio::spawn(crate::json::read_large_answer(None, || {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Json::Null)
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let calls: Vec<_> = ["large", "large", "hang"]
+            .into_iter()
+            .map(|method| {
+                let pool = pool.clone();
+                tokio::spawn(
+                    async move { pool.call(method, json!([]), CallOptions::default()).await },
+                )
+            })
+            .collect();
+        let results: Vec<_> = futures_util::future::join_all(calls).await;
+        held.await.unwrap().unwrap().unwrap();
+        assert!(
+            matches!(results[2], Ok(Err(Error::Timeout { .. }))),
+            "{results:?}"
+        );
+        let status = pool.status();
+        let hang = status.breakers.iter().find(|b| &*b.name == "hang").unwrap();
+        assert_eq!(hang.consecutive_failures, 1, "{hang:?}");
         pool.shutdown().await;
     }
 

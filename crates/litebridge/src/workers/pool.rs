@@ -690,7 +690,6 @@ impl WorkerPool {
             abandoned: abandoned.cloned(),
         };
         let mut reply = reply;
-        let waits = process.reader_waits();
         let outcome = match tokio::time::timeout_at(deadline, &mut reply).await {
             Ok(got) => Some(got.ok()),
             // What came with the deadline counts: a crash, an answer.
@@ -717,11 +716,11 @@ impl WorkerPool {
             }
             None => {
                 // Answered in time, its tree waiting for the turn of large
-                // answers, or its answer unread behind the worker's that
-                // wait for it (`process.rs`): the wait is the pool's, not
-                // the method's.
-                let now = process.reader_waits();
-                if process.answered(id) || now != waits || !now.is_multiple_of(2) {
+                // answers, or its answer perhaps unread behind the worker's
+                // that wait for it, at the deadline (`process.rs`): the wait
+                // is the pool's, not the method's. (Only then: a wait
+                // earlier in the call excused a hang, review 235.)
+                if process.answered(id) || process.reader_waited_within(BACKLOG) {
                     fair.store(false, Ordering::Relaxed);
                 }
                 Err(Error::Timeout {
@@ -1403,16 +1402,16 @@ async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
     };
     let mut waiting = Forget(p, id, true);
     let mut reply = reply;
+    let sent = Instant::now();
     loop {
-        let waits = p.reader_waits();
         if tokio::time::timeout(within, &mut reply).await.is_ok() {
             return;
         }
         // Its answer waited behind the worker's large answers, which wait
         // for the process's turn (`process.rs`): not the worker's fault,
-        // and read once the turn comes (review 234).
-        let now = p.reader_waits();
-        if now == waits && now.is_multiple_of(2) {
+        // and read once the turn comes (review 234); for a call's default
+        // deadline at most (review 235).
+        if !p.reader_waited_within(within) || sent.elapsed() >= within + p.ping_excuse() {
             break;
         }
     }
@@ -1546,6 +1545,10 @@ async fn recycle(
 fn declares_idempotent(process: &Process, method: &str) -> bool {
     process.methods.get(method).is_some_and(|m| m.idempotent)
 }
+
+/// How long after its stdout reader stopped waiting for the turn of large
+/// answers a worker's answer may still be unread behind it.
+const BACKLOG: Duration = Duration::from_millis(100);
 
 /// The longest a retired worker is left to answer the calls it has (each
 /// also ends at its caller's deadline): the longest deadline a request may

@@ -77,9 +77,9 @@ pub(crate) struct Process {
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Cancelled>>,
     dead: AtomicBool,
-    /// How many times its stdout reader began or ended waiting for the
-    /// turn of large answers ([`Process::reader_waits`]): odd while it waits.
-    reader_waits: AtomicU64,
+    /// Since when its stdout reader waits for the turn of large answers,
+    /// and when it last stopped ([`Process::reader_waited_within`]).
+    reader_waits: Mutex<(Option<Instant>, Option<Instant>)>,
     /// Since when a call it was told to cancel still ran `cancel_grace`
     /// later: the pool replaces it (its other calls finish first).
     stuck: Mutex<Option<Instant>>,
@@ -299,7 +299,7 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
-            reader_waits: AtomicU64::new(0),
+            reader_waits: Mutex::new((None, None)),
             stuck: Mutex::new(None),
             exited: exited_rx,
             stderr,
@@ -577,12 +577,34 @@ impl Process {
         waiting.filter(|tx| !tx.is_closed())
     }
 
-    /// How many times its stdout reader began or ended waiting for the
-    /// turn of large answers (see `read_stdout`), odd while it waits: what
-    /// the worker wrote meanwhile waits with it, pings' answers included.
-    /// Whether it waited between two looks: the two differ, or are odd.
-    pub(crate) fn reader_waits(&self) -> u64 {
-        self.reader_waits.load(Ordering::Acquire)
+    /// Whether its stdout reader waits for the turn of large answers (see
+    /// `read_stdout`), or stopped less than `window` ago: what the worker
+    /// wrote meanwhile waited with it, pings' answers included.
+    pub(crate) fn reader_waited_within(&self, window: Duration) -> bool {
+        match *lock(&self.reader_waits) {
+            (Some(_), _) => true,
+            (None, Some(ended)) => ended.elapsed() < window,
+            (None, None) => false,
+        }
+    }
+
+    /// The stdout reader begins (`true`) or stops waiting for the turn.
+    fn reader_waits(&self, waits: bool) {
+        let mut w = lock(&self.reader_waits);
+        let now = Instant::now();
+        *w = if waits {
+            (Some(now), w.1)
+        } else {
+            (None, Some(now))
+        };
+    }
+
+    /// The longest its pings' answers are waited for past `ping_timeout`
+    /// while its reader waits for the turn: a call's default deadline
+    /// (review 235: a worker that kept its reader waiting was never found
+    /// frozen).
+    pub(crate) fn ping_excuse(&self) -> Duration {
+        self.call_timeout
     }
 }
 
@@ -1045,17 +1067,20 @@ async fn read_stdout(
                 outcome: Ok(raw),
             }) if line.len() > LARGE_ANSWER_BYTES => {
                 if let Some(tx) = process.take_waiting(id) {
-                    if let Some(last) = reading.take() {
+                    if let Some(last) = reading.take()
+                        && !last.is_finished()
+                    {
                         // The line is copied in `raw`: not held twice.
                         line = Vec::new();
                         // Meanwhile this worker's pings are not held
-                        // against it, nor its calls' timeouts against
+                        // against it (for a while: `Process::ping_excuse`),
+                        // nor its calls' timeouts at that moment against
                         // their methods (review 234: a worker writing two
                         // large answers while another's held the turn was
                         // killed for its unread ping's answer).
-                        process.reader_waits.fetch_add(1, Ordering::AcqRel);
+                        process.reader_waits(true);
                         let _ = last.await;
-                        process.reader_waits.fetch_add(1, Ordering::AcqRel);
+                        process.reader_waits(false);
                     }
                     reading = Some(tokio::spawn(deliver_large(tx, raw)));
                 }
