@@ -77,9 +77,9 @@ pub(crate) struct Process {
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Cancelled>>,
     dead: AtomicBool,
-    /// Since when its stdout reader waits for the turn of large answers,
-    /// and when it last stopped ([`Process::reader_waited_within`]).
-    reader_waits: Mutex<(Option<Instant>, Option<Instant>)>,
+    /// Whether its stdout reader waits for the turn of large answers, and
+    /// when it last stopped ([`Process::reader_waited_within`]).
+    reader_waits: Mutex<(bool, Option<Instant>)>,
     /// Since when a call it was told to cancel still ran `cancel_grace`
     /// later: the pool replaces it (its other calls finish first).
     stuck: Mutex<Option<Instant>>,
@@ -299,7 +299,7 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
-            reader_waits: Mutex::new((None, None)),
+            reader_waits: Mutex::new((false, None)),
             stuck: Mutex::new(None),
             exited: exited_rx,
             stderr,
@@ -582,29 +582,16 @@ impl Process {
     /// wrote meanwhile waited with it, pings' answers included.
     pub(crate) fn reader_waited_within(&self, window: Duration) -> bool {
         match *lock(&self.reader_waits) {
-            (Some(_), _) => true,
-            (None, Some(ended)) => ended.elapsed() < window,
-            (None, None) => false,
+            (true, _) => true,
+            (false, Some(ended)) => ended.elapsed() < window,
+            (false, None) => false,
         }
     }
 
     /// The stdout reader begins (`true`) or stops waiting for the turn.
     fn reader_waits(&self, waits: bool) {
         let mut w = lock(&self.reader_waits);
-        let now = Instant::now();
-        *w = if waits {
-            (Some(now), w.1)
-        } else {
-            (None, Some(now))
-        };
-    }
-
-    /// The longest its pings' answers are waited for past `ping_timeout`
-    /// while its reader waits for the turn: a call's default deadline
-    /// (review 235: a worker that kept its reader waiting was never found
-    /// frozen).
-    pub(crate) fn ping_excuse(&self) -> Duration {
-        self.call_timeout
+        *w = (waits, if waits { w.1 } else { Some(Instant::now()) });
     }
 }
 
@@ -1073,11 +1060,11 @@ async fn read_stdout(
                         // The line is copied in `raw`: not held twice.
                         line = Vec::new();
                         // Meanwhile this worker's pings are not held
-                        // against it (for a while: `Process::ping_excuse`),
-                        // nor its calls' timeouts at that moment against
-                        // their methods (review 234: a worker writing two
-                        // large answers while another's held the turn was
-                        // killed for its unread ping's answer).
+                        // against it, nor its calls' timeouts at that
+                        // moment against their methods (review 234: a
+                        // worker writing two large answers while another's
+                        // held the turn was killed for its unread ping's
+                        // answer).
                         process.reader_waits(true);
                         let _ = last.await;
                         process.reader_waits(false);
