@@ -865,18 +865,20 @@ impl NatsBridge {
                         // Answered at its host's deadline, its worker running on.
                         guard.runs_on = h.get(Name::RunsOn) == Some("1");
                         // A large answer is read in the turn of large
-                        // answers (`crate::json::read_large_answer`), which
-                        // it waits for within the call's deadline.
+                        // answers (`crate::json::read_large_answer`), within
+                        // the call's deadline: the turn's wait and the read
+                        // both (a read past it goes on, unwaited for).
                         let r = if m.payload.len() <= crate::json::LARGE_ANSWER_BYTES {
                             wire::decode_answer(&m.payload, host)
                         } else {
                             let (payload, named) = (m.payload.clone(), host.to_owned());
                             let read = move || wire::decode_answer(&payload, &named);
-                            match crate::json::read_large_answer(Some(deadline), read).await {
-                                Some(r) => r,
+                            let read = crate::json::read_large_answer(Some(deadline), read);
+                            match tokio::time::timeout_at(deadline, read).await {
+                                Ok(Some(r)) => r,
                                 // Answered in time: the wait is this
                                 // process's, not the method's.
-                                None => {
+                                _ => {
                                     fair.store(false, Ordering::Relaxed);
                                     return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
                                 }
