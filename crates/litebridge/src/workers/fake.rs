@@ -817,6 +817,52 @@ mod tests {
         pool.shutdown().await;
     }
 
+    /// Review 236: a worker that ended while its reader waited for the
+    /// turn (its second large answer behind its first) was seen to only
+    /// once the turn came: its other calls waited for it to fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_ends_while_its_reader_waits_fails_its_calls_at_once() {
+        let _alone = HOLDING_THE_TURN.lock().await;
+        let fakes = Fakes::new(ready_at_once);
+        let mut c = config(1);
+        c.max_line_bytes = 4 << 20;
+        c.call_timeout = Duration::from_secs(20);
+        let pool = WorkerPool::start_with(c, fakes).await.unwrap();
+        // Another answer holds the process's turn for 3 s.
+        let held = tokio::spawn(crate::json::read_large_answer(None, || {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(Json::Null)
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let large: Vec<_> = (0..2)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(
+                    async move { pool.call("large", json!([i]), CallOptions::default()).await },
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let asked = std::time::Instant::now();
+        let e = pool
+            .call("boom", json!([]), CallOptions::default())
+            .await
+            .unwrap_err();
+        let took = asked.elapsed();
+        assert!(matches!(e, Error::WorkerCrashed { .. }), "{e}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "the crash was told after {took:?}"
+        );
+        // The large answers it wrote before it ended still reach their
+        // callers once the turn comes.
+        held.await.unwrap().unwrap().unwrap();
+        for call in large {
+            assert!(call.await.unwrap().unwrap()["pad"].is_string());
+        }
+        pool.shutdown().await;
+    }
+
     /// Review 235: the excuse for a reader waiting for the turn was given
     /// whenever the worker had answered large twice, waited or not: a
     /// worker deaf to pings that answered large now and then was never

@@ -34,6 +34,10 @@ type Exit = Pin<Box<dyn Future<Output = String> + Send>>;
 /// arrive (a process it started may still hold stderr open).
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
+/// How long what a worker wrote to stdout is read after it ended, if
+/// something outside its group holds its stdout open (`read_stdout`).
+const AFTER_EXIT: Duration = Duration::from_millis(500);
+
 type Reply = oneshot::Sender<Result<Json>>;
 
 /// A call whose caller gave up while the worker still runs it.
@@ -968,7 +972,7 @@ async fn read_stdout(
                 h = &mut how => {
                     // `line` keeps what was read of a line (`read_line`
                     // appends what it consumes before it waits).
-                    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+                    let until = tokio::time::Instant::now() + AFTER_EXIT;
                     ended = Some((h.unwrap_or_else(unknown), until));
                     continue;
                 }
@@ -1054,7 +1058,7 @@ async fn read_stdout(
                 outcome: Ok(raw),
             }) if line.len() > LARGE_ANSWER_BYTES => {
                 if let Some(tx) = process.take_waiting(id) {
-                    if let Some(last) = reading.take()
+                    if let Some(mut last) = reading.take()
                         && !last.is_finished()
                     {
                         // The line is copied in `raw`: not held twice.
@@ -1066,7 +1070,22 @@ async fn read_stdout(
                         // held the turn was killed for its unread ping's
                         // answer).
                         process.reader_waits(true);
-                        let _ = last.await;
+                        // A worker that ends meanwhile is seen to at once,
+                        // and what it wrote after is read for its half
+                        // second, as ever (review 236: its calls waited
+                        // for the turn to fail); its last answer waits on.
+                        match ended {
+                            None => tokio::select! {
+                                _ = &mut last => {}
+                                h = &mut how => {
+                                    let until = tokio::time::Instant::now() + AFTER_EXIT;
+                                    ended = Some((h.unwrap_or_else(unknown), until));
+                                }
+                            },
+                            Some((_, until)) => {
+                                let _ = tokio::time::timeout_at(until, &mut last).await;
+                            }
+                        }
                         process.reader_waits(false);
                     }
                     reading = Some(tokio::spawn(deliver_large(tx, raw)));
