@@ -1073,7 +1073,10 @@ async fn read_stdout(
                         // A worker that ends meanwhile is seen to at once,
                         // and what it wrote after is read for its half
                         // second, as ever (review 236: its calls waited
-                        // for the turn to fail); its last answer waits on.
+                        // for the turn to fail); its last answer waits on,
+                        // unwaited for. Once it has ended, its answers
+                        // are queued one at a time again (review 237: a
+                        // wait cut short at its end let them all queue).
                         match ended {
                             None => tokio::select! {
                                 _ = &mut last => {}
@@ -1082,8 +1085,8 @@ async fn read_stdout(
                                     ended = Some((h.unwrap_or_else(unknown), until));
                                 }
                             },
-                            Some((_, until)) => {
-                                let _ = tokio::time::timeout_at(until, &mut last).await;
+                            Some(_) => {
+                                let _ = last.await;
                             }
                         }
                         process.reader_waits(false);

@@ -870,6 +870,11 @@ impl NatsBridge {
                         // both (a read past it goes on, unwaited for).
                         let r = if m.payload.len() <= crate::json::LARGE_ANSWER_BYTES {
                             wire::decode_answer(&m.payload, host)
+                        } else if Instant::now() >= deadline {
+                            // Come with the deadline: not read for nothing
+                            // (review 237: it took the turn, then timed out).
+                            fair.store(false, Ordering::Relaxed);
+                            return Err(Error::Timeout { after: timeout, stage: TimeoutStage::InWorker { idempotent: false } });
                         } else {
                             let (payload, named) = (m.payload.clone(), host.to_owned());
                             let read = move || wire::decode_answer(&payload, &named);
