@@ -354,6 +354,17 @@ mod tests {
     /// time: another's hold would move their waits.
     static HOLDING_THE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+    /// Another answer's read holding the process's turn of large answers
+    /// for `how_long`, once it has it; ends with `Ok(Null)`.
+    async fn hold_the_turn(how_long: Duration) -> tokio::task::JoinHandle<Option<Result<Json>>> {
+        let held = tokio::spawn(crate::json::read_large_answer(None, move || {
+            std::thread::sleep(how_long);
+            Ok(Json::Null)
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held
+    }
+
     fn ready_at_once(_: u64) -> Script {
         Script {
             long_ready: false,
@@ -776,11 +787,7 @@ mod tests {
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
         let pid = pool.status().workers[0].pid;
         // Another answer holds the process's turn for 2 s.
-        let held = tokio::spawn(crate::json::read_large_answer(None, || {
-            std::thread::sleep(Duration::from_secs(2));
-            Ok(Json::Null)
-        }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let held = hold_the_turn(Duration::from_secs(2)).await;
         // The large calls wait past `call_timeout` and `ping_timeout` both
         // (review 236: an excuse limited to them killed the worker, and
         // lost its answers); the small one gives up at its default.
@@ -829,11 +836,7 @@ mod tests {
         c.call_timeout = Duration::from_secs(20);
         let pool = WorkerPool::start_with(c, fakes).await.unwrap();
         // Another answer holds the process's turn for 3 s.
-        let held = tokio::spawn(crate::json::read_large_answer(None, || {
-            std::thread::sleep(Duration::from_secs(3));
-            Ok(Json::Null)
-        }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let held = hold_the_turn(Duration::from_secs(3)).await;
         let large: Vec<_> = (0..2)
             .map(|i| {
                 let pool = pool.clone();
@@ -917,11 +920,7 @@ mod tests {
         let pool = WorkerPool::start_with(c, fakes).await.unwrap();
         // Another answer holds the process's turn for 300 ms: this
         // worker's second large answer waits for its first.
-        let held = tokio::spawn(crate::json::read_large_answer(None, || {
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(Json::Null)
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let held = hold_the_turn(Duration::from_millis(300)).await;
         let calls: Vec<_> = ["large", "large", "hang"]
             .into_iter()
             .map(|method| {
