@@ -768,6 +768,66 @@ async fn answers_over_a_mebibyte_arrive_whole() {
     }
 }
 
+/// A front end reads answers over 1 MiB into trees one at a time in its
+/// process (`litebridge::json::read_large_answer`), within each call's
+/// deadline. A call answered in time whose turn does not come ends at its
+/// deadline, `timeout`, and is not counted against its method: the wait is
+/// this process's (review 237). Six such timeouts, more than open a
+/// breaker, leave it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_kept_waiting_for_its_turn_ends_at_its_deadline_not_against_its_method() {
+    use litebridge::resilience::BreakerState;
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 8388608\n").unwrap();
+    let Some(setup) = Setup::start(&["-c", conf.to_str().unwrap()], &["h1"], 2).await else {
+        return;
+    };
+    // Calls with the whole default deadline, whose timeouts would count.
+    let mut w = calls();
+    w.call_timeout = Duration::from_secs(1);
+    let bridge = NatsBridge::connect(front_config(&setup.url), &w)
+        .await
+        .unwrap();
+    until_hosts(&bridge, 1).await;
+    let answer = bridge.call("big", json!([2_000_000]), CallOptions::default());
+    assert_eq!(answer.await.unwrap(), json!("x".repeat(2_000_000)));
+
+    // The turn held for 4 s (by another answer, as far as the calls know).
+    let (taken, turn_taken) = std::sync::mpsc::channel();
+    let held = tokio::spawn(litebridge::json::read_large_answer(None, move || {
+        taken.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(Json::Null)
+    }));
+    tokio::task::spawn_blocking(move || turn_taken.recv().unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let bridge = bridge.clone();
+            tokio::spawn(async move {
+                let r = bridge
+                    .call("big", json!([2_000_000]), CallOptions::default())
+                    .await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (r, took) = call.await.unwrap();
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(took < Duration::from_millis(1_800), "ended after {took:?}");
+    }
+    assert_eq!(breaker(&bridge, "big"), BreakerState::Closed);
+    held.await.unwrap().unwrap().unwrap();
+    let answer = bridge.call("big", json!([2_000_000]), CallOptions::default());
+    assert_eq!(answer.await.unwrap(), json!("x".repeat(2_000_000)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_authenticate_and_prefixes_keep_deployments_apart() {
     let Some(server) = Server::start(&["--auth", "s3cret-token"]) else {

@@ -699,6 +699,108 @@ mod tests {
         pool.shutdown().await;
     }
 
+    /// A worker killed by its ping while its replacement started had that
+    /// replacement thrown away once ready (its slot had changed), and its
+    /// slot started again after the restart's backoff: a start wasted, and
+    /// the slot empty longer. The replacement takes the slot now, and the
+    /// restart waits for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_dies_while_its_replacement_starts_is_replaced_by_it() {
+        let ready_in = Duration::from_secs(20);
+        let fakes = Fakes::new(move |n| Script {
+            ready_after: Some(if n == 1 { Duration::ZERO } else { ready_in }),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_age = Some(Duration::from_secs(1));
+        c.start_timeout = Duration::from_secs(300);
+        let (interval, ping) = (c.health_interval, c.ping_timeout);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let first = pool.status().workers[0].pid;
+        let frozen = tokio::time::Instant::now();
+        let pool2 = pool.clone();
+        let call = tokio::spawn(async move {
+            let patient = CallOptions {
+                timeout: Some(Duration::from_secs(3600)),
+                ..CallOptions::default()
+            };
+            pool2.call("freeze", json!({}), patient).await
+        });
+        until("the frozen worker killed", || {
+            pool.status().workers.is_empty()
+        })
+        .await;
+        assert!(frozen.elapsed() <= interval + ping + Duration::from_millis(100));
+        let e = call.await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::WorkerCrashed { .. }), "{e}");
+        until("the slot served again", || pool.status().workers.len() == 1).await;
+        // Filled by the replacement, ready `ready_in` after its start at
+        // the first check, not by a start of its own after a backoff.
+        let took = frozen.elapsed();
+        assert!(
+            took <= interval + ready_in + Duration::from_millis(100),
+            "served again after {took:?}"
+        );
+        // Before the next check, which recycles this one too (`max_age`).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = pool.status();
+        assert_eq!(fakes.started(), 2, "a start wasted");
+        assert_eq!(status.workers.len(), 1);
+        assert_ne!(status.workers[0].pid, first);
+        assert_eq!(
+            (status.restarts, status.crashes, status.recycled),
+            (1, 1, 0)
+        );
+        let answer = pool.call("echo", json!(1), CallOptions::default()).await;
+        assert_eq!(answer.unwrap()["worker"], json!(2));
+        pool.shutdown().await;
+    }
+
+    /// The replacement a restart waits for (above) may fail to start: the
+    /// restart then goes ahead, and the slot is served again.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waiting_for_a_replacement_that_fails_starts_the_slot_again() {
+        let fakes = Fakes::new(|n| Script {
+            ready_after: (n != 2).then_some(Duration::ZERO),
+            ..ready_at_once(0)
+        });
+        let mut c = config(1);
+        c.max_age = Some(Duration::from_secs(1));
+        c.start_timeout = Duration::from_secs(30);
+        let (interval, start) = (c.health_interval, c.start_timeout);
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let frozen = tokio::time::Instant::now();
+        let pool2 = pool.clone();
+        let call = tokio::spawn(async move {
+            let patient = CallOptions {
+                timeout: Some(Duration::from_secs(3600)),
+                ..CallOptions::default()
+            };
+            pool2.call("freeze", json!({}), patient).await
+        });
+        until("the frozen worker killed", || {
+            pool.status().workers.is_empty()
+        })
+        .await;
+        // Well past the restart's backoff (100 ms).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            fakes.started(),
+            2,
+            "restarted before its replacement's start ended"
+        );
+        let _ = call.await.unwrap();
+        until("the slot served again", || pool.status().workers.len() == 1).await;
+        let took = frozen.elapsed();
+        assert!(took >= interval + start, "served again after {took:?}");
+        assert_eq!(fakes.started(), 3);
+        let status = pool.status();
+        assert_eq!((status.restarts, status.crashes), (1, 1));
+        let answer = pool.call("echo", json!(1), CallOptions::default()).await;
+        assert_eq!(answer.unwrap()["worker"], json!(3));
+        pool.shutdown().await;
+    }
+
     /// Review 233: a ping left unanswered when its worker was swapped out
     /// (`ping_while_replaced` dropped with it) stayed among the calls the
     /// retired worker's drain waits for: a frozen worker lived on for the

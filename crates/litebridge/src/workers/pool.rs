@@ -294,6 +294,11 @@ struct Shared {
     retry_crashes: RetryPolicy,
     no_retry: RetryPolicy,
     slots: Vec<RwLock<Option<Arc<Process>>>>,
+    /// Per slot, whether a replacement is starting for its worker
+    /// (`recycle`). A worker that dies meanwhile has its restart wait for
+    /// that start, which takes the slot once ready: a second start for the
+    /// slot was wasted, and the ready replacement thrown away.
+    replacing: Vec<tokio::sync::watch::Sender<bool>>,
     next_call: AtomicU64,
     next_process: AtomicU64,
     capacity: Arc<Notify>,
@@ -396,6 +401,9 @@ impl WorkerPool {
             retry_crashes,
             no_retry: RetryPolicy::none(),
             slots: (0..config.processes).map(|_| RwLock::new(None)).collect(),
+            replacing: (0..config.processes)
+                .map(|_| tokio::sync::watch::Sender::new(false))
+                .collect(),
             next_call: AtomicU64::new(1),
             next_process: AtomicU64::new(1),
             capacity: Arc::new(Notify::new()),
@@ -1107,10 +1115,21 @@ async fn restart(
         } else {
             s.config.restart_backoff.ceiling(attempt)
         };
+        let mut replacing = s.replacing[slot].subscribe();
         drop(s);
         tokio::time::sleep(wait).await;
+        // A replacement starting for the worker that died (`recycle`)
+        // takes the slot once ready: waited for, not started twice. The
+        // channel ends with the pool.
+        if replacing.wait_for(|r| !*r).await.is_err() {
+            return;
+        }
         match shared.upgrade() {
-            Some(s) if !s.closing.load(Ordering::Acquire) => {}
+            Some(s) if !s.closing.load(Ordering::Acquire) => {
+                if read(&s.slots[slot]).as_ref().is_some_and(|c| !c.is_dead()) {
+                    return;
+                }
+            }
             _ => return,
         }
         let Some((id, started)) = spawn_unheld(&shared, exit_tx.clone()).await else {
@@ -1430,9 +1449,9 @@ async fn ping(id: u64, within: Duration, p: &Arc<Process>) {
 
 /// Starts a replacement, swaps it in, then lets the old worker finish its
 /// calls and exit (stdin closed), with SIGTERM and SIGKILL as a last resort.
-/// Whether the old worker was swapped out (or the pool is gone); if not,
-/// it is tried again after `wait` health checks (logged). The pool is not
-/// held while the replacement starts.
+/// Whether the old worker was swapped out (or died meanwhile, or the pool
+/// is gone); if not, it is tried again after `wait` health checks
+/// (logged). The pool is not held while the replacement starts.
 async fn recycle(
     shared: &std::sync::Weak<Shared>,
     slot: usize,
@@ -1440,14 +1459,32 @@ async fn recycle(
     reason: String,
     wait: u64,
 ) -> bool {
-    let Some(exit_tx) = shared.upgrade().map(|s| s.exit_tx.clone()) else {
+    /// Ends the slot's `replacing` mark, and with it the wait of a restart
+    /// for the worker, if it died meanwhile: after the slot was filled, or
+    /// not, however `recycle` ends.
+    struct Replacing<'a>(&'a std::sync::Weak<Shared>, usize);
+    impl Drop for Replacing<'_> {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.upgrade() {
+                s.replacing[self.1].send_replace(false);
+            }
+        }
+    }
+    let Some(s) = shared.upgrade() else {
         return true;
     };
+    let exit_tx = s.exit_tx.clone();
+    s.replacing[slot].send_replace(true);
+    let _replacing = Replacing(shared, slot);
+    drop(s);
     let Some((id, started)) = spawn_unheld(shared, exit_tx).await else {
         return true;
     };
     let fresh = match started {
         Ok(p) => p,
+        // The worker died meanwhile: its restart, waiting for this start,
+        // goes ahead.
+        Err(_) if old.is_dead() => return true,
         Err(e) => {
             if shared
                 .upgrade()
@@ -1473,19 +1510,38 @@ async fn recycle(
         // `retired`, so each worker is in one of them when they look
         // (review 144 found windows where a worker was in neither).
         let mut current = write(&s.slots[slot]);
-        // `dead` is set before its exit is told, so a worker that died
-        // meanwhile is seen here, and its restart fills the slot (review
-        // 151: both filled it, and the first worker put there was left
-        // in neither the slot nor `retired`, outliving the pool).
         if s.closing.load(Ordering::Acquire)
-            || !current
-                .as_ref()
-                .is_some_and(|p| Arc::ptr_eq(p, old) && !p.is_dead())
+            || !current.as_ref().is_some_and(|p| Arc::ptr_eq(p, old))
         {
             drop(current);
-            // Closing, or the slot changed meanwhile (the old worker died):
-            // the new one never served, and goes.
+            // Closing, or the slot filled meanwhile: the new one never
+            // served, and goes.
             fresh.signal(libc::SIGKILL);
+            return true;
+        }
+        // `dead` is set before its exit is told, so a worker that died
+        // meanwhile (killed by a ping, say) is seen here: the replacement
+        // takes its place as its restart would have, and that restart,
+        // waiting for this start, ends (review 151: the slot is filled
+        // once, every worker in it or in `retired`). A replacement dead
+        // already leaves it to the restart.
+        if old.is_dead() {
+            if fresh.is_dead() {
+                return true;
+            }
+            *current = Some(fresh.clone());
+            drop(current);
+            tracing::info!(
+                worker = id,
+                pid = fresh.pid,
+                "worker restarted: its replacement was starting as it ended"
+            );
+            let _ = s
+                .ledger
+                .events
+                .send(PoolEvent::WorkerRestarted { id, pid: fresh.pid });
+            s.restarts.fetch_add(1, Ordering::Relaxed);
+            s.capacity.notify_waiters();
             return true;
         }
         // Dead already (right after `$/ready`): not swapped in, where its
