@@ -57,14 +57,14 @@ fn crashing(processes: usize, restart: Duration, failures: u32) -> WorkerConfig 
 /// million small objects first, then its own; `stray_id` writes an answer
 /// whose id is those objects; `ready_again` sends a `$/ready` of four
 /// million methods; `bomb` answers its own call with six million objects;
-/// `big` with a string of 2 MB.
+/// `big` with a string of 2 MB, `huge` of 40 MB.
 const WORKER: &str = r#"
 import json, os, sys
 def objects(n):
     return "[" + '{"a":0},' * (n - 1) + '{"a":0}]'
 sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "$/ready", "params": {"pid": os.getpid(),
     "methods": [{"name": "stray"}, {"name": "bomb"}, {"name": "stray_id"}, {"name": "ready_again"},
-    {"name": "big"}]}}) + "\n")
+    {"name": "big"}, {"name": "huge"}]}}) + "\n")
 sys.stdout.flush()
 for line in sys.stdin:
     call = json.loads(line)
@@ -82,6 +82,8 @@ for line in sys.stdin:
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "ok"}) + "\n")
     elif call["method"] == "big":
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "x" * 2000000}) + "\n")
+    elif call["method"] == "huge":
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": "x" * 40000000}) + "\n")
     elif call["method"] == "bomb":
         sys.stdout.write('{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (call["id"], objects(6000000)))
     sys.stdout.flush()
@@ -145,6 +147,65 @@ async fn a_workers_answers_of_small_objects_hold_a_bounded_tree() {
     let answer = pool.call("stray", json!([]), CallOptions::default()).await;
     assert_eq!(answer.unwrap(), json!("ok"));
     pool.shutdown().await;
+}
+
+/// A worker's stdout buffer grows to its longest line; one past 1 MiB is
+/// given back after it (review 230: each worker kept the room of its
+/// largest answer for its life, up to `max_reply_mb`). Six workers that
+/// each answered 40 MB hold none of it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_largest_answer_does_not_keep_its_room() {
+    let _turn = TURN.lock().await;
+    let mut config = WorkerConfig::new(["python3", "-c", WORKER]);
+    config.processes = 6;
+    config.start_timeout = Duration::from_secs(20);
+    config.call_timeout = Duration::from_secs(60);
+    let pool = WorkerPool::start(config).await.unwrap();
+    let answer = pool.call("big", json!([]), CallOptions::default()).await;
+    assert!(answer.is_ok());
+    let before = rss_mb();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call("huge", json!([]), CallOptions::default()).await })
+        })
+        .collect();
+    for call in calls {
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer.as_str().map(str::len), Some(40_000_000));
+    }
+    let used = pool.status().workers.iter().filter(|w| w.calls > 0).count();
+    give_back_freed_memory();
+    let kept = rss_mb().saturating_sub(before);
+    eprintln!("{kept} MB kept after {used} workers answered 40 MB each");
+    assert!(used >= 3, "the answers went to {used} workers");
+    assert!(
+        kept < 60,
+        "{used} workers that answered 40 MB each kept {kept} MB"
+    );
+    pool.shutdown().await;
+}
+
+/// Has the allocator give the memory freed so far back to the system
+/// now, not after its delay (which it waits out only on its next calls).
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    // mimalloc's own, in the library the allocator above links.
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: takes no pointers; safe to call from any thread at any time.
+    unsafe { mi_collect(true) }
+}
+
+/// The process's resident memory now, in MB.
+fn rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
 
 /// Review 230: a worker that died leaving its stderr open (a process it
