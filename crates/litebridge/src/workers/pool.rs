@@ -16,7 +16,7 @@ use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Launcher, Processes};
 use crate::workers::ledger::{FirstUnknown, Ledger};
 use crate::workers::names::MethodNames;
-use crate::workers::process::{Process, Starting};
+use crate::workers::process::{Process, STDERR_DRAIN, Starting};
 
 /// Options of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1061,24 +1061,37 @@ async fn supervise(shared: std::sync::Weak<Shared>, mut exits: mpsc::UnboundedRe
         else {
             continue;
         };
-        s.crashes.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = read(&s.slots[slot]).as_ref() {
-            let (exit, last_stderr) = p.ending();
-            let _ = s.ledger.events.send(PoolEvent::WorkerExited {
-                id: p.id,
-                pid: p.pid,
-                exit,
-                last_stderr,
-            });
+        {
+            // Counted once: here, or by the replacement that took its
+            // place meanwhile (`recycle`), which then needs no restart.
+            let current = read(&s.slots[slot]);
+            let Some(p) = current.as_ref().filter(|p| p.id == id && p.count_exit()) else {
+                continue;
+            };
+            crashed(&s, p);
         }
         let (weak, tx) = (Arc::downgrade(&s), s.exit_tx.clone());
         drop(s);
-        tokio::spawn(async move { restart(weak, slot, tx).await });
+        tokio::spawn(async move { restart(weak, slot, id, tx).await });
     }
 }
 
-/// Starts a worker in `slot` again, with backoff, until one starts or the
-/// pool closes or goes.
+/// Counts the crash of `p`, a slot's worker, and tells it with its exit and
+/// last stderr lines.
+fn crashed(s: &Shared, p: &Process) {
+    s.crashes.fetch_add(1, Ordering::Relaxed);
+    let (exit, last_stderr) = p.ending();
+    let _ = s.ledger.events.send(PoolEvent::WorkerExited {
+        id: p.id,
+        pid: p.pid,
+        exit,
+        last_stderr,
+    });
+}
+
+/// Starts a worker in `slot`, whose worker `dead` died, again, with
+/// backoff, until one starts, the pool closes or goes, or another takes
+/// the slot (a replacement that was starting: `recycle`).
 ///
 /// The pool is not held while it waits, nor while a worker starts
 /// (`spawn_unheld`): a pool whose last handle went while its workers could
@@ -1087,6 +1100,7 @@ async fn supervise(shared: std::sync::Weak<Shared>, mut exits: mpsc::UnboundedRe
 async fn restart(
     shared: std::sync::Weak<Shared>,
     slot: usize,
+    dead: u64,
     exit_tx: mpsc::UnboundedSender<u64>,
 ) {
     let mut attempt = 0u32;
@@ -1120,13 +1134,19 @@ async fn restart(
         tokio::time::sleep(wait).await;
         // A replacement starting for the worker that died (`recycle`)
         // takes the slot once ready: waited for, not started twice. The
-        // channel ends with the pool.
+        // channel ends with the pool. (A replacement that never gets
+        // ready holds the slot empty up to its `start_timeout`; it
+        // started first, with the same command, so it is ready first
+        // otherwise.)
         if replacing.wait_for(|r| !*r).await.is_err() {
             return;
         }
         match shared.upgrade() {
+            // Taken by another meanwhile: its own end, if it died too,
+            // brings its own restart (review 238: two loops started the
+            // slot, each start after the first wasted).
             Some(s) if !s.closing.load(Ordering::Acquire) => {
-                if read(&s.slots[slot]).as_ref().is_some_and(|c| !c.is_dead()) {
+                if !holds(&s, slot, dead) {
                     return;
                 }
             }
@@ -1149,10 +1169,10 @@ async fn restart(
                     // where no shutdown would look for it any more; looked
                     // at under the slot's lock, as in `recycle` (review 144).
                     let mut current = write(&s.slots[slot]);
-                    // A live worker there (a recycle's replacement, put in
-                    // while this one started) keeps the slot.
+                    // Another there (a recycle's replacement, put in while
+                    // this one started) keeps the slot.
                     if s.closing.load(Ordering::Acquire)
-                        || current.as_ref().is_some_and(|c| !c.is_dead())
+                        || current.as_ref().is_none_or(|c| c.id != dead)
                     {
                         drop(current);
                         p.signal(libc::SIGKILL);
@@ -1180,6 +1200,11 @@ async fn restart(
             Err(e) => tracing::warn!("restarting a worker failed: {e}"),
         }
     }
+}
+
+/// Whether `slot` holds the worker `id`.
+fn holds(s: &Shared, slot: usize, id: u64) -> bool {
+    read(&s.slots[slot]).as_ref().is_some_and(|p| p.id == id)
 }
 
 /// Why a worker is recycled, if it should be.
@@ -1498,6 +1523,13 @@ async fn recycle(
             return false;
         }
     };
+    // Killed meanwhile (by its ping) and not yet seen dead (its stderr is
+    // read first): waited for, so that it is counted as the crash it is
+    // and replaced as one, not retired as if recycled (review 238: its
+    // end was then not counted, depending on a few milliseconds).
+    if old.killed() && !old.is_dead() {
+        old.wait_exit(STDERR_DRAIN + Duration::from_secs(1)).await;
+    }
     let Some(s) = shared.upgrade() else {
         // Dropped while it started: it never served, and goes.
         fresh.signal(libc::SIGKILL);
@@ -1521,13 +1553,19 @@ async fn recycle(
         }
         // `dead` is set before its exit is told, so a worker that died
         // meanwhile (killed by a ping, say) is seen here: the replacement
-        // takes its place as its restart would have, and that restart,
-        // waiting for this start, ends (review 151: the slot is filled
-        // once, every worker in it or in `retired`). A replacement dead
-        // already leaves it to the restart.
+        // takes its place as a restart would have, and a restart that
+        // `supervise` started for it, waiting for this start, ends (review
+        // 151: the slot is filled once, every worker in it or in
+        // `retired`). A replacement dead already leaves the slot to that
+        // restart.
         if old.is_dead() {
             if fresh.is_dead() {
                 return true;
+            }
+            // Its end counted here if `supervise` has not yet (then it
+            // finds the slot taken, and starts no restart).
+            if old.count_exit() {
+                crashed(&s, old);
             }
             *current = Some(fresh.clone());
             drop(current);

@@ -32,7 +32,7 @@ type Exit = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// How long the last stderr lines of a worker that ended may take to
 /// arrive (a process it started may still hold stderr open).
-const STDERR_DRAIN: Duration = Duration::from_millis(500);
+pub(crate) const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 /// How long what a worker wrote to stdout is read after it ended, if
 /// something outside its group holds its stdout open (`read_stdout`).
@@ -81,6 +81,11 @@ pub(crate) struct Process {
     /// Calls given up by their caller that the worker has not answered yet.
     cancelled: Mutex<HashMap<u64, Cancelled>>,
     dead: AtomicBool,
+    /// Sent SIGKILL: it will be dead once its end is read
+    /// ([`Process::killed`]).
+    killed: AtomicBool,
+    /// Its end counted by the pool ([`Process::count_exit`]).
+    exit_counted: AtomicBool,
     /// Whether its stdout reader waits for the turn of large answers, and
     /// when it last stopped ([`Process::reader_waited_within`]).
     reader_waits: Mutex<(bool, Option<Instant>)>,
@@ -303,6 +308,8 @@ impl Process {
             pending: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            exit_counted: AtomicBool::new(false),
             reader_waits: Mutex::new((false, None)),
             stuck: Mutex::new(None),
             exited: exited_rx,
@@ -350,6 +357,18 @@ impl Process {
 
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
+    }
+
+    /// Whether it was sent SIGKILL: dead, or about to be seen so (its end
+    /// is read after its stderr, up to [`STDERR_DRAIN`]).
+    pub(crate) fn killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// True the first time only: the one who counts its end (a crash, its
+    /// event) and sees to its slot.
+    pub(crate) fn count_exit(&self) -> bool {
+        !self.exit_counted.swap(true, Ordering::AcqRel)
     }
 
     /// Sends a call; the answer arrives on the returned channel.
@@ -509,6 +528,9 @@ impl Process {
 
     pub(crate) fn signal(&self, sig: i32) {
         if !self.is_dead() {
+            if sig == libc::SIGKILL {
+                self.killed.store(true, Ordering::Release);
+            }
             self.control.signal(sig);
         }
     }
@@ -954,7 +976,7 @@ async fn read_stdout(
         let process = process.clone();
         tokio::spawn(async move {
             let how = exit.await;
-            process.control.signal(libc::SIGKILL);
+            process.signal(libc::SIGKILL);
             let _ = ended_tx.send(how);
         });
     }
@@ -1027,7 +1049,7 @@ async fn read_stdout(
                             "protocol broken (a line longer than {limit} bytes, \
                              workers.max_reply_mb, naming no call): killing the worker"
                         );
-                        process.control.signal(libc::SIGKILL);
+                        process.signal(libc::SIGKILL);
                         break;
                     }
                 }
@@ -1040,7 +1062,7 @@ async fn read_stdout(
                     pid = process.pid,
                     "protocol broken ({e}): killing the worker"
                 );
-                process.control.signal(libc::SIGKILL);
+                process.signal(libc::SIGKILL);
                 break;
             }
         }
@@ -1122,7 +1144,7 @@ async fn read_stdout(
         None => match tokio::time::timeout(Duration::from_secs(2), &mut how).await {
             Ok(how) => how.unwrap_or_else(unknown),
             Err(_) => {
-                process.control.signal(libc::SIGKILL);
+                process.signal(libc::SIGKILL);
                 how.await.unwrap_or_else(unknown)
             }
         },
