@@ -1943,10 +1943,12 @@ async fn left_running(pids: Vec<u32>, within: Duration) -> Vec<u32> {
     left
 }
 
-/// A worker being recycled dies while its replacement starts: its restart
-/// and the recycle both start one, and only one may have the slot; the
-/// other is stopped (review 151: both were put there, the first was then in
-/// neither the slot nor the retired list, and outlived the pool).
+/// A worker being recycled dies while its replacement starts: the
+/// replacement takes the slot, and its restart, which waits for that start,
+/// starts none (review 151: a restart and the recycle both put one there,
+/// the first was then in neither the slot nor the retired list, and
+/// outlived the pool). Whichever way it goes, no worker is left outside
+/// the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_while_being_recycled_leaves_no_worker_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -57,7 +57,8 @@ pub(crate) struct Script {
     pub(crate) act: fn(&str) -> Act,
     /// It never answers `$/ping` (and serves on).
     pub(crate) deaf: bool,
-    /// It exits (code 3) this long after `$/ready`.
+    /// It exits (code 3) this long after `$/ready`, unless frozen
+    /// (`Act::Freeze`) by then.
     pub(crate) lives: Option<Duration>,
 }
 
@@ -823,6 +824,42 @@ mod tests {
             );
             pool.shutdown().await;
         }
+    }
+
+    /// Review 239: while a recycle waits for its worker, killed by its
+    /// ping, to be seen dead (above), the replacement, ready and so no
+    /// longer among the workers starting, was in no list the pool's
+    /// `kill_now`, `shutdown` or drop read: it outlived them until the wait
+    /// ended, or for good if the runtime went first.
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_waiting_for_its_killed_worker_is_killed_with_the_pool() {
+        let mut c = config(1);
+        c.max_age = Some(Duration::from_secs(1));
+        c.start_timeout = Duration::from_secs(300);
+        let (interval, ping) = (c.health_interval, c.ping_timeout);
+        let ready_in = ping + Duration::from_millis(1);
+        let fakes = Fakes::new(move |n| Script {
+            ready_after: Some(if n == 1 { Duration::ZERO } else { ready_in }),
+            ..ready_at_once(0)
+        });
+        let started = tokio::time::Instant::now();
+        let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
+        let pool2 = pool.clone();
+        let call = tokio::spawn(async move {
+            let patient = CallOptions {
+                timeout: Some(Duration::from_secs(3600)),
+                ..CallOptions::default()
+            };
+            pool2.call("freeze", json!({}), patient).await
+        });
+        // The worker killed at `interval + ping`, its replacement ready 1
+        // ms after, its end seen 10 ms after the kill.
+        tokio::time::sleep_until(started + interval + ping + Duration::from_millis(3)).await;
+        assert_eq!(fakes.started(), 2);
+        pool.kill_now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(fakes.running(), 0, "a worker outlived kill_now");
+        let _ = call.await.unwrap();
     }
 
     /// Review 238: a replacement that took the place of a worker that died

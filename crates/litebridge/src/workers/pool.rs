@@ -16,7 +16,7 @@ use crate::workers::config::WorkerConfig;
 use crate::workers::launch::{Launcher, Processes};
 use crate::workers::ledger::{FirstUnknown, Ledger};
 use crate::workers::names::MethodNames;
-use crate::workers::process::{Process, STDERR_DRAIN, Starting};
+use crate::workers::process::{Process, SEEN_DEAD_AFTER_KILL, Starting};
 
 /// Options of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1076,8 +1076,9 @@ async fn supervise(shared: std::sync::Weak<Shared>, mut exits: mpsc::UnboundedRe
     }
 }
 
-/// Counts the crash of `p`, a slot's worker, and tells it with its exit and
-/// last stderr lines.
+/// Counts the crash of `p` (a slot's worker, or one that died right after
+/// it got ready, before it had a slot) and tells it with its exit and last
+/// stderr lines.
 fn crashed(s: &Shared, p: &Process) {
     s.crashes.fetch_add(1, Ordering::Relaxed);
     let (exit, last_stderr) = p.ending();
@@ -1181,7 +1182,11 @@ async fn restart(
                     // Dead already (it died right after `$/ready`): its
                     // exit found no slot to restart, so this loop starts
                     // another (review 153: the slot kept a dead worker).
+                    // A crash all the same (review 239: not counted).
                     if p.is_dead() {
+                        if p.count_exit() {
+                            crashed(&s, &p);
+                        }
                         continue;
                     }
                     *current = Some(p.clone());
@@ -1527,9 +1532,30 @@ async fn recycle(
     // read first): waited for, so that it is counted as the crash it is
     // and replaced as one, not retired as if recycled (review 238: its
     // end was then not counted, depending on a few milliseconds).
-    if old.killed() && !old.is_dead() {
-        old.wait_exit(STDERR_DRAIN + Duration::from_secs(1)).await;
-    }
+    // Meanwhile the new worker is in `retired`, where `kill_now`,
+    // `shutdown` and a drop find it (review 239: out of `starting` once
+    // ready, it was in no list for the wait), until it is in the slot or
+    // killed (`Parked`).
+    let _parked = if old.killed() && !old.is_dead() {
+        let Some(s) = shared.upgrade() else {
+            fresh.signal(libc::SIGKILL);
+            return true;
+        };
+        lock(&s.retired).push(fresh.clone());
+        let parked = Parked(s.retired.clone(), fresh.clone());
+        drop(s);
+        if !old.wait_exit(SEEN_DEAD_AFTER_KILL).await {
+            tracing::warn!(
+                worker = old.id,
+                pid = old.pid,
+                "killed {} ms ago and not yet ended: recycled as if alive",
+                SEEN_DEAD_AFTER_KILL.as_millis()
+            );
+        }
+        Some(parked)
+    } else {
+        None
+    };
     let Some(s) = shared.upgrade() else {
         // Dropped while it started: it never served, and goes.
         fresh.signal(libc::SIGKILL);
@@ -1560,6 +1586,9 @@ async fn recycle(
         // restart.
         if old.is_dead() {
             if fresh.is_dead() {
+                if fresh.count_exit() {
+                    crashed(&s, &fresh);
+                }
                 return true;
             }
             // Its end counted here if `supervise` has not yet (then it
@@ -1590,6 +1619,9 @@ async fn recycle(
                 worker = old.id,
                 "recycling postponed for {wait} health checks: the replacement ended right after it was ready"
             );
+            if fresh.count_exit() {
+                crashed(&s, &fresh);
+            }
             return false;
         }
         lock(&s.retired).push(old.clone());
@@ -1636,6 +1668,16 @@ async fn recycle(
         lock(&retired).retain(|p| !Arc::ptr_eq(p, &old));
     });
     true
+}
+
+/// A new worker kept in `retired` while its recycle waits (`recycle`);
+/// taken out when dropped, once it is in its slot or killed.
+struct Parked(Arc<Mutex<Vec<Arc<Process>>>>, Arc<Process>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        lock(&self.0).retain(|p| !Arc::ptr_eq(p, &self.1));
+    }
 }
 
 /// Whether `process` announced `method` as idempotent.

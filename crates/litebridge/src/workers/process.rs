@@ -32,11 +32,16 @@ type Exit = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// How long the last stderr lines of a worker that ended may take to
 /// arrive (a process it started may still hold stderr open).
-pub(crate) const STDERR_DRAIN: Duration = Duration::from_millis(500);
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 /// How long what a worker wrote to stdout is read after it ended, if
 /// something outside its group holds its stdout open (`read_stdout`).
 const AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// A worker sent SIGKILL is seen dead within about this ([`Process::killed`]):
+/// its end, then what it wrote, then its last stderr lines, and a margin
+/// for a loaded machine.
+pub(crate) const SEEN_DEAD_AFTER_KILL: Duration = Duration::from_millis(2_000);
 
 type Reply = oneshot::Sender<Result<Json>>;
 
@@ -93,6 +98,10 @@ pub(crate) struct Process {
     /// later: the pool replaces it (its other calls finish first).
     stuck: Mutex<Option<Instant>>,
     exited: watch::Receiver<Option<String>>,
+    /// How it ended, set before `dead`: whoever sees it dead can tell how
+    /// ([`Process::ending`]; review 239: between the two, a crash was told
+    /// as "it is stopping").
+    exit: std::sync::OnceLock<String>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     cancel_grace: Duration,
     /// A call's default deadline (`call_timeout`): a call cancelled by a
@@ -313,6 +322,7 @@ impl Process {
             reader_waits: Mutex::new((false, None)),
             stuck: Mutex::new(None),
             exited: exited_rx,
+            exit: std::sync::OnceLock::new(),
             stderr,
             cancel_grace: config.cancel_grace,
             call_timeout: config.call_timeout,
@@ -337,7 +347,7 @@ impl Process {
                 for id in unsent {
                     p.answer(id, Err(p.not_sent()));
                 }
-                p.control.signal(libc::SIGKILL);
+                p.signal(libc::SIGKILL);
             }
         });
         tokio::spawn(read_stdout(
@@ -360,7 +370,8 @@ impl Process {
     }
 
     /// Whether it was sent SIGKILL: dead, or about to be seen so (its end
-    /// is read after its stderr, up to [`STDERR_DRAIN`]).
+    /// is read after its stderr, up to [`STDERR_DRAIN`]; see
+    /// [`SEEN_DEAD_AFTER_KILL`]).
     pub(crate) fn killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
@@ -558,9 +569,9 @@ impl Process {
     /// How the process ended, and its last stderr line, for events.
     pub(crate) fn ending(&self) -> (String, Option<String>) {
         let exit = self
-            .exited
-            .borrow()
-            .clone()
+            .exit
+            .get()
+            .cloned()
             .unwrap_or_else(|| "it is stopping".into());
         (exit, lock(&self.stderr).back().cloned())
     }
@@ -1151,6 +1162,7 @@ async fn read_stdout(
     };
     // Its last stderr lines, which explain the crash, before it is reported.
     drain_stderr(stderr).await;
+    let _ = process.exit.set(exit.clone());
     process.dead.store(true, Ordering::Release);
     let _ = exited.send(Some(exit.clone()));
     let stderr: Vec<String> = lock(&process.stderr).iter().cloned().collect();
