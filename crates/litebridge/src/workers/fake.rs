@@ -855,7 +855,12 @@ mod tests {
         // The worker killed at `interval + ping`, its replacement ready 1
         // ms after, its end seen 10 ms after the kill.
         tokio::time::sleep_until(started + interval + ping + Duration::from_millis(3)).await;
+        // The replacement is ready (not among those starting, which the
+        // pool's end stops anyway), and not yet in the slot.
         assert_eq!(fakes.started(), 2);
+        fakes.count_starting_from_now();
+        assert_eq!(fakes.most_starting(), 0);
+        assert_eq!(pool.status().restarts + pool.status().recycled, 0);
         pool.kill_now();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(fakes.running(), 0, "a worker outlived kill_now");

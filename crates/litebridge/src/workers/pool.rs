@@ -113,7 +113,9 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
     },
-    /// A worker process ended without being asked to.
+    /// A worker process ended without being asked to; also one that ended
+    /// right after it got ready, before it was put to work, which no
+    /// `WorkerStarted` or `WorkerRestarted` named.
     WorkerExited {
         /// The pool's number for it.
         id: u64,
@@ -1536,13 +1538,13 @@ async fn recycle(
     // `shutdown` and a drop find it (review 239: out of `starting` once
     // ready, it was in no list for the wait), until it is in the slot or
     // killed (`Parked`).
-    let _parked = if old.killed() && !old.is_dead() {
+    let mut parked = if old.killed() && !old.is_dead() {
         let Some(s) = shared.upgrade() else {
             fresh.signal(libc::SIGKILL);
             return true;
         };
         lock(&s.retired).push(fresh.clone());
-        let parked = Parked(s.retired.clone(), fresh.clone());
+        let parked = Parked(s.retired.clone(), fresh.clone(), true);
         drop(s);
         if !old.wait_exit(SEEN_DEAD_AFTER_KILL).await {
             tracing::warn!(
@@ -1597,6 +1599,9 @@ async fn recycle(
                 crashed(&s, old);
             }
             *current = Some(fresh.clone());
+            if let Some(p) = parked.take() {
+                p.placed();
+            }
             drop(current);
             tracing::info!(
                 worker = id,
@@ -1626,6 +1631,9 @@ async fn recycle(
         }
         lock(&s.retired).push(old.clone());
         *current = Some(fresh.clone());
+        if let Some(p) = parked.take() {
+            p.placed();
+        }
     }
     s.recycled.fetch_add(1, Ordering::Relaxed);
     s.capacity.notify_waiters();
@@ -1670,13 +1678,26 @@ async fn recycle(
     true
 }
 
-/// A new worker kept in `retired` while its recycle waits (`recycle`);
-/// taken out when dropped, once it is in its slot or killed.
-struct Parked(Arc<Mutex<Vec<Arc<Process>>>>, Arc<Process>);
+/// A new worker kept in `retired` while its recycle waits (`recycle`):
+/// taken out, under its slot's lock, once it is in the slot
+/// ([`Parked::placed`]); otherwise killed as well (the recycle dropped
+/// during its wait, or its worker not wanted: review 240 found a dropped
+/// recycle left it running, in no list).
+struct Parked(Arc<Mutex<Vec<Arc<Process>>>>, Arc<Process>, bool);
+
+impl Parked {
+    /// It is in its slot: out of `retired`, and kept.
+    fn placed(mut self) {
+        self.2 = false;
+    }
+}
 
 impl Drop for Parked {
     fn drop(&mut self) {
         lock(&self.0).retain(|p| !Arc::ptr_eq(p, &self.1));
+        if self.2 {
+            self.1.signal(libc::SIGKILL);
+        }
     }
 }
 
