@@ -135,7 +135,8 @@ def run_case(case, calls, warmup, depth):
             lines = _Lines(p.stdout.fileno())
             inp = p.stdin.fileno()
             if not case.startswith("raw"):
-                lines.next()  # $/ready
+                while not lines.next().strip():  # a blank line, then $/ready
+                    pass
             for i in range(warmup):
                 os.write(inp, _request(i))
                 lines.next()

@@ -111,6 +111,18 @@ def _identity(value):
     return value
 
 
+def _refuse_constant(name):
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON: a line that
+    holds one is a parse error (review 241: read as Python's floats, a NaN
+    reached handlers, and an id of NaN was echoed in a reply no JSON reader
+    takes)."""
+    raise ValueError("%s is not JSON" % name)
+
+
+# json.loads's reading, without the constants JSON does not have.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _fast_decoder():
     """json.loads for a line that is one JSON value and nothing else (but
     the line's end), at half its cost: the scanner behind it, called
@@ -120,27 +132,29 @@ def _fast_decoder():
     without the C scanner) goes to json.loads itself, so the answer and
     every error are json.loads's. A line read alone keeps its newline: it
     went to json.loads, and each call read one at a time was parsed twice."""
+    decode = _DECODER.decode
     try:
         from json.scanner import c_make_scanner
         if c_make_scanner is None:
-            return json.loads
-        scan = c_make_scanner(json.JSONDecoder())
+            return decode
+        scan = c_make_scanner(_DECODER)
     except Exception:
-        return json.loads
+        return decode
 
     def loads(s):
         try:
             value, end = scan(s, 0)
         except (StopIteration, ValueError):
-            return json.loads(s)
+            return decode(s)
         if end != len(s) and (end != len(s) - 1 or s[end] != "\n"):
-            return json.loads(s)
+            return decode(s)
         return value
 
     return loads
 
 
 _LOADS = _fast_decoder()
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 # Values JSON has no word for, as litebridge's clients send and read them:
@@ -666,6 +680,25 @@ def current_request_id():
     Log records carry it as ``request_id`` (see ``Worker.run``)."""
     call = _current.get()
     return None if call is None else call.request_id
+
+
+def _install_request_ids():
+    """Has every log record carry ``request_id``, whatever logger or handler
+    formats it: a filter on the root's handlers reached neither a logger
+    that does not propagate nor handlers set up after ``run()`` began, and
+    a ``%(request_id)s`` format there failed on every record (review 241).
+    Installed once, over whatever factory the program set."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_litebridge_request_id", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        record.request_id = current_request_id() or "-"
+        return record
+
+    factory._litebridge_request_id = True
+    logging.setLogRecordFactory(factory)
 
 
 class RequestIdFilter(logging.Filter):
@@ -1399,6 +1432,7 @@ class Worker:
             root.setLevel(logging.INFO)
         for handler in root.handlers:
             handler.addFilter(RequestIdFilter())
+        _install_request_ids()
         if hasattr(select, "epoll"):
             threading.Thread(target=self._watchdog.watch, args=(self._in,),
                              name="litebridge-watchdog", daemon=True).start()
@@ -1422,9 +1456,16 @@ class Worker:
                     self._watchdog.finished.set()
 
     def _take_stdout(self):
-        sys.stdout.flush()
         self._out = os.dup(1)
         os.dup2(2, 1)
+        # What the program printed before run() and Python still buffers
+        # (stdout is a pipe: block-buffered) goes to stderr with the rest:
+        # flushed onto the protocol's channel, a line without its newline
+        # ran into $/ready, and the worker never got ready (review 241).
+        try:
+            sys.stdout.flush()
+        except BaseException:
+            pass
         # fd 1 is stderr's pipe now. sys.stdout gets an object of its own
         # onto it (not sys.stderr itself, which a handler's close() would
         # close for logging too), buffered as stderr is: by line, or not at
@@ -1469,6 +1510,11 @@ class Worker:
         }
         if self._resolver is not None and self._prefixes is not None:
             ready["prefixes"] = self._prefixes
+        # On a line of its own whatever was written to the real stdout
+        # before run() (a print(..., end="") under PYTHONUNBUFFERED, a
+        # process started at import): it ran into $/ready, and the worker
+        # never got ready (review 241). litebridge passes over blank lines.
+        self._send_now(b"\n")
         self._notify("$/ready", ready)
         await self._eof
         self._loop.remove_reader(fd)
@@ -1601,7 +1647,7 @@ class Worker:
             # Bytes and infinities a client sent ({"$blob"}, {"$real"}) as
             # Python's own; only a line that names one pays for the hook.
             if b'"$blob"' in line or b'"$real"' in line:
-                msg = json.loads(text, object_hook=_revive)
+                msg = json.loads(text, object_hook=_revive, parse_constant=_refuse_constant)
             else:
                 msg = _LOADS(text)
         except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
@@ -1616,7 +1662,11 @@ class Worker:
                               INVALID_REQUEST, "invalid request")
             return
         rid = msg.get("id")
-        if rid is not None and type(rid) not in (int, float, str):
+        # An id past a float's range (1e999) reads as an infinity, which no
+        # reply could carry back as JSON.
+        if rid is not None and (
+            type(rid) not in (int, float, str) or (type(rid) is float and rid in _INFINITIES)
+        ):
             self._reply_error(None, INVALID_REQUEST, "invalid request: the id must be a number or a string")
             return
         try:
@@ -1696,7 +1746,7 @@ class Worker:
             try:
                 self._pool.submit(contextvars.copy_context().run, self._run_sync, flag, func, args, kwargs)
             except BaseException:
-                self._inflight.pop(rid, None)
+                self._untrack(rid, flag)
                 raise
 
     def _eager_gathering(self, func, flag, args, kwargs):
@@ -1739,10 +1789,20 @@ class Worker:
         except BaseException:  # a hash that fails now: the call answers itself
             pass
 
+    def _untrack(self, rid, flag):
+        """Forgets call ``rid`` if it is the one ``flag`` belongs to: a
+        call sent again under the id of one in flight (a buggy sender) keeps
+        its place when the first ends (review 241: the first took it, so a
+        cancel of the second was lost, and at the end of stdin nothing was
+        waited for)."""
+        entry = self._inflight.get(rid)
+        if entry is not None and entry[1] is flag:
+            self._inflight.pop(rid, None)
+
     def _track(self, rid, task, flag):
         """Keeps a Task that goes on waiting where ``$/cancelRequest`` finds it."""
         self._inflight[rid] = (task, flag, True)
-        task.add_done_callback(lambda _t, rid=rid: self._inflight.pop(rid, None))
+        task.add_done_callback(lambda _t, rid=rid, flag=flag: self._untrack(rid, flag))
         if flag.cancelled:  # cancelled while a sync handler handed it over
             task.cancel()
 
@@ -1769,6 +1829,12 @@ class Worker:
         rid = flag.id
         handed_over = False
         try:
+            if flag.cancelled:
+                # Cancelled while it waited for a thread: never started
+                # (review 241: it ran in full, after litebridge had told its
+                # caller it was cancelled).
+                self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+                return
             try:
                 result = func(*args, **kwargs)
             except BaseException as e:  # SystemExit would end the thread with no answer
@@ -1784,7 +1850,7 @@ class Worker:
             self._reply(rid, result)
         finally:
             if rid is not None and not handed_over:
-                self._inflight.pop(rid, None)
+                self._untrack(rid, flag)
 
     def _hand_over(self, flag, awaitable):
         """Has the loop await what a sync handler returned (an ``async def``
@@ -1811,12 +1877,12 @@ class Worker:
         try:
             task = _eager_task(self._loop, self._run_async(flag, _identity, (awaitable,), {}))
         except BaseException as e:
-            self._inflight.pop(flag.id, None)
+            self._untrack(flag.id, flag)
             self._reply_exception(flag.id, e)
             return
         if flag.id is not None:
             if task.done():
-                self._inflight.pop(flag.id, None)
+                self._untrack(flag.id, flag)
             else:
                 self._track(flag.id, task, flag)
 
@@ -1829,8 +1895,14 @@ class Worker:
         rid = flag.id
         try:
             result = await func(*args, **kwargs)
-        except asyncio.CancelledError:
-            self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+        except asyncio.CancelledError as e:
+            if flag.cancelled:
+                self._reply_error(rid, WORKER_ERROR, "cancelled", {"type": "CancelledError", "traceback": ""})
+            else:
+                # Not litebridge's cancel (an awaited future something else
+                # cancelled): an error of the handler's, with its traceback
+                # (review 241).
+                self._reply_exception(rid, e)
             return
         except BaseException as e:  # SystemExit out of a Task would stop the event loop
             self._reply_exception(rid, e)
@@ -1963,7 +2035,9 @@ class Worker:
             return
         type_name, message, tb = _describe_exception(e)
         data = {"type": type_name, "traceback": tb}
-        if isinstance(e, WorkerError):
+        # Its type, not its __class__, which may be a property that raises
+        # (review 241: isinstance() read it, and the call went unanswered).
+        if issubclass(type(e), WorkerError):
             # Raised on purpose: an answer (a refusal of the input, say), which
             # litebridge does not count against the method's circuit breaker.
             data["deliberate"] = True

@@ -119,6 +119,8 @@ class GatheringTest(unittest.TestCase):
 
     def read(self):
         line = self.proc.stdout.readline()
+        while line == b"\n":  # before $/ready
+            line = self.proc.stdout.readline()
         if not line:
             raise EOFError("the worker closed stdout")
         return json.loads(line)
@@ -225,6 +227,7 @@ class GatheringTest(unittest.TestCase):
                                 env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
         b.close()
         with a, a.makefile("rb") as f:
+            self.assertEqual(f.readline(), b"\n")
             self.assertIn(b"$/ready", f.readline())
             a.sendall(b"".join((json.dumps({"jsonrpc": "2.0", "id": i, "method": "big",
                                             "params": [20000]}) + "\n").encode() for i in range(40)))
@@ -295,7 +298,8 @@ class HostileCallablesTest(unittest.TestCase):
             [sys.executable, "-c", HOSTILE_WORKER], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
-        self.proc.stdout.readline()
+        self.assertEqual(self.proc.stdout.readline(), b"\n")
+        self.assertIn(b"$/ready", self.proc.stdout.readline())
 
     def tearDown(self):
         self.proc.stdin.close()

@@ -33,7 +33,11 @@ class Peer:
         self.proc.stdin.flush()
 
     def read(self):
+        """The next message; blank lines (one comes before `$/ready`) are
+        passed over, as litebridge does."""
         line = self.proc.stdout.readline()
+        while line.strip() == b"" and line:
+            line = self.proc.stdout.readline()
         if not line:
             raise EOFError("the worker closed stdout; stderr: %s" % self.proc.stderr.read().decode())
         return json.loads(line)

@@ -234,6 +234,12 @@ impl Process {
                     Ok(Read::Line) => return Err("its stdout closed".to_owned()),
                     Err(e) => return Err(e.to_string()),
                 }
+                // A blank line, which the SDK writes before `$/ready` to end
+                // whatever the program wrote to stdout before it began
+                // (review 241), is passed over without a word.
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
                 // Said by its kind: what a line holds may be a call's data
                 // (review 230: a whole answer was logged).
                 match protocol::parse(&line) {
