@@ -699,13 +699,34 @@ def _install_request_ids():
 
     factory._litebridge_request_id = True
     logging.setLogRecordFactory(factory)
+    # A record's `extra` may not name what the factory set (makeRecord
+    # refuses to overwrite it): a handler's own `extra={"request_id": ...}`
+    # (or a LoggerAdapter's) failed the call (review 242). Its value wins.
+    make = logging.Logger.makeRecord
+    if getattr(make, "_litebridge_request_id", False):
+        return
+
+    def make_record(self, name, level, fn, lno, msg, args, exc_info, func=None, extra=None,
+                    sinfo=None):
+        if extra is not None and "request_id" in extra:
+            extra = dict(extra)
+            own = extra.pop("request_id")
+            record = make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+            record.request_id = own
+            return record
+        return make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+
+    make_record._litebridge_request_id = True
+    logging.Logger.makeRecord = make_record
 
 
 class RequestIdFilter(logging.Filter):
     """Adds ``record.request_id`` (``-`` outside a call) to every log record."""
 
     def filter(self, record):
-        record.request_id = current_request_id() or "-"
+        # A record made by the program's own means; one's own value is kept.
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id() or "-"
         return True
 
 
@@ -1514,8 +1535,8 @@ class Worker:
         # before run() (a print(..., end="") under PYTHONUNBUFFERED, a
         # process started at import): it ran into $/ready, and the worker
         # never got ready (review 241). litebridge passes over blank lines.
-        self._send_now(b"\n")
-        self._notify("$/ready", ready)
+        line = self._encode({"jsonrpc": "2.0", "method": "$/ready", "params": ready})
+        self._send_now(("\n" + line + "\n").encode("utf-8", "replace"))
         await self._eof
         self._loop.remove_reader(fd)
         deadline = self._loop.time() + self._drain_timeout
@@ -1535,6 +1556,10 @@ class Worker:
         pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
         if not pending:
             return
+        # The calls among them are cancelled by the worker, as litebridge
+        # would: answered "cancelled", not as the handler's own error.
+        for entry in list(self._inflight.values()):
+            entry[1].cancelled = True
         for t in pending:
             t.cancel()
         _, still = await asyncio.wait(pending, timeout=_CANCEL_GRACE)

@@ -163,6 +163,62 @@ class RequestIdsInLogsTest(unittest.TestCase):
             self.assertNotIn("Formatting field not found", err)
 
 
+class OwnRequestIdTest(unittest.TestCase):
+    def test_a_handler_logging_a_request_id_of_its_own_is_answered_and_keeps_it(self):
+        # Review 242: the record factory's request_id made `extra` naming it
+        # raise (makeRecord refuses to overwrite), and each call failed.
+        with script_worker_running((
+                "import logging, sys\n"
+                "log = logging.getLogger('app')\n"
+                "log.propagate = False\n"
+                "h = logging.StreamHandler(sys.stderr)\n"
+                "h.setFormatter(logging.Formatter('APP [%(request_id)s] %(message)s'))\n"
+                "log.addHandler(h)\n"
+                "log.setLevel(logging.INFO)\n"
+                "adapter = logging.LoggerAdapter(log, {'request_id': 'adapted'})\n"
+                "@w.method()\n"
+                "def sync():\n"
+                "    log.info('sync', extra={'request_id': 'mine'})\n"
+                "    adapter.info('through an adapter')\n"
+                "    return 'ok'\n"
+                "@w.method()\n"
+                "async def eager():\n"
+                "    log.warning('eager', extra={'request_id': 'mine too'})\n"
+                "    return 'ok'\n"
+        )) as peer:
+            for rid, method in enumerate(["sync", "eager"], 1):
+                peer.send({"jsonrpc": "2.0", "id": rid, "method": method, "meta": {"request_id": "R9"}})
+                self.assertEqual(read_within(peer, 5).get("result"), "ok", method)
+            peer.proc.stdin.close()
+            err = peer.proc.stderr.read().decode()
+            for line in ["APP [mine] sync", "APP [adapted] through an adapter", "APP [mine too] eager"]:
+                self.assertIn(line, err)
+
+
+class DrainEndTest(unittest.TestCase):
+    def test_an_async_call_cut_off_at_the_end_of_the_drain_is_answered_cancelled(self):
+        # Review 242: cancelled by the worker itself, it was answered as
+        # the handler's own CancelledError, with a traceback.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "w.py")
+            with open(path, "w") as f:
+                f.write("import asyncio\n"
+                        "from litebridge_worker import Worker\n"
+                        "w = Worker(drain_timeout=0.2)\n"
+                        "@w.method()\n"
+                        "async def slow():\n"
+                        "    await asyncio.sleep(10)\n"
+                        "w.run()\n")
+            peer = Peer([sys.executable, path])
+            try:
+                peer.send({"jsonrpc": "2.0", "id": 1, "method": "slow"})
+                peer.proc.stdin.close()
+                e = peer.read()["error"]
+                self.assertEqual((e["message"], e["data"]["type"]), ("cancelled", "CancelledError"), e)
+            finally:
+                peer.close()
+
+
 class NotJsonTest(unittest.TestCase):
     def test_nan_and_infinities_are_parse_errors_and_an_infinite_id_is_refused(self):
         with script_worker_running((
