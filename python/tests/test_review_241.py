@@ -20,6 +20,14 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 
 
+def worker_file(d, body):
+    """A worker's script in ``d``: ``body`` (which makes ``w``), then ``w.run()``."""
+    path = os.path.join(d, "w.py")
+    with open(path, "w") as f:
+        f.write("from litebridge_worker import Worker\n" + body + "w.run()\n")
+    return path
+
+
 class UnansweredTest(unittest.TestCase):
     def test_an_exception_whose_class_attribute_raises_is_answered(self):
         with script_worker_running((
@@ -111,9 +119,7 @@ class PrintedBeforeRunTest(unittest.TestCase):
         # Unflushed, without its newline: flushed onto the protocol's
         # channel, it ran into `$/ready`.
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "w.py")
-            with open(path, "w") as f:
-                f.write("from litebridge_worker import Worker\nw = Worker()\n" + self.SOURCE + "w.run()\n")
+            path = worker_file(d, "w = Worker()\n" + self.SOURCE)
             peer = Peer([sys.executable, path], env={"PYTHONUNBUFFERED": ""})
             try:
                 self.assertEqual(peer.ready["method"], "$/ready")
@@ -125,9 +131,7 @@ class PrintedBeforeRunTest(unittest.TestCase):
 
     def test_what_was_written_to_stdout_before_run_does_not_run_into_ready(self):
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "w.py")
-            with open(path, "w") as f:
-                f.write("from litebridge_worker import Worker\nw = Worker()\n" + self.SOURCE + "w.run()\n")
+            path = worker_file(d, "w = Worker()\n" + self.SOURCE)
             proc = subprocess.Popen([sys.executable, path], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     env=dict(os.environ, PYTHONPATH=PYTHON_DIR, PYTHONUNBUFFERED="1"))
@@ -200,15 +204,13 @@ class DrainEndTest(unittest.TestCase):
         # Review 242: cancelled by the worker itself, it was answered as
         # the handler's own CancelledError, with a traceback.
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "w.py")
-            with open(path, "w") as f:
-                f.write("import asyncio\n"
-                        "from litebridge_worker import Worker\n"
-                        "w = Worker(drain_timeout=0.2)\n"
-                        "@w.method()\n"
-                        "async def slow():\n"
-                        "    await asyncio.sleep(10)\n"
-                        "w.run()\n")
+            path = worker_file(d, (
+                "import asyncio\n"
+                "w = Worker(drain_timeout=0.2)\n"
+                "@w.method()\n"
+                "async def slow():\n"
+                "    await asyncio.sleep(10)\n"
+            ))
             peer = Peer([sys.executable, path])
             try:
                 peer.send({"jsonrpc": "2.0", "id": 1, "method": "slow"})

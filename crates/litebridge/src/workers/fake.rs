@@ -392,6 +392,19 @@ mod tests {
         c
     }
 
+    /// A call that freezes its worker (`Act::Freeze`), waited for by a
+    /// caller with an hour to give: it ends only as its worker does.
+    fn freeze_patiently(pool: &WorkerPool) -> tokio::task::JoinHandle<Result<Json>> {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let patient = CallOptions {
+                timeout: Some(Duration::from_secs(3600)),
+                ..CallOptions::default()
+            };
+            pool.call("freeze", json!({}), patient).await
+        })
+    }
+
     async fn until(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..10_000 {
             if done() {
@@ -685,12 +698,7 @@ mod tests {
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
         let first = pool.status().workers[0].pid;
         let frozen = tokio::time::Instant::now();
-        let patient = CallOptions {
-            timeout: Some(Duration::from_secs(3600)),
-            ..CallOptions::default()
-        };
-        let pool2 = pool.clone();
-        let call = tokio::spawn(async move { pool2.call("freeze", json!({}), patient).await });
+        let call = freeze_patiently(&pool);
         until("the frozen worker killed", || {
             pool.status().workers.iter().all(|w| w.pid != first)
         })
@@ -725,14 +733,7 @@ mod tests {
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
         let first = pool.status().workers[0].pid;
         let frozen = tokio::time::Instant::now();
-        let pool2 = pool.clone();
-        let call = tokio::spawn(async move {
-            let patient = CallOptions {
-                timeout: Some(Duration::from_secs(3600)),
-                ..CallOptions::default()
-            };
-            pool2.call("freeze", json!({}), patient).await
-        });
+        let call = freeze_patiently(&pool);
         until("the frozen worker killed", || {
             pool.status().workers.is_empty()
         })
@@ -782,14 +783,7 @@ mod tests {
             c.start_timeout = Duration::from_secs(300);
             let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
             let mut events = pool.subscribe();
-            let pool2 = pool.clone();
-            let call = tokio::spawn(async move {
-                let patient = CallOptions {
-                    timeout: Some(Duration::from_secs(3600)),
-                    ..CallOptions::default()
-                };
-                pool2.call("freeze", json!({}), patient).await
-            });
+            let call = freeze_patiently(&pool);
             until("the slot served by the replacement", || {
                 pool.status().workers.iter().any(|w| w.id == 2)
             })
@@ -844,14 +838,7 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
-        let pool2 = pool.clone();
-        let call = tokio::spawn(async move {
-            let patient = CallOptions {
-                timeout: Some(Duration::from_secs(3600)),
-                ..CallOptions::default()
-            };
-            pool2.call("freeze", json!({}), patient).await
-        });
+        let call = freeze_patiently(&pool);
         // The worker killed at `interval + ping`, its replacement ready 1
         // ms after, its end seen 10 ms after the kill.
         tokio::time::sleep_until(started + interval + ping + Duration::from_millis(3)).await;
@@ -883,14 +870,7 @@ mod tests {
         let mut c = config(1);
         c.max_age = Some(Duration::from_secs(1));
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
-        let pool2 = pool.clone();
-        let call = tokio::spawn(async move {
-            let patient = CallOptions {
-                timeout: Some(Duration::from_secs(3600)),
-                ..CallOptions::default()
-            };
-            pool2.call("freeze", json!({}), patient).await
-        });
+        let call = freeze_patiently(&pool);
         until("served again after the replacement", || {
             pool.status().workers.iter().any(|w| w.id > 2)
         })
@@ -920,14 +900,7 @@ mod tests {
         let (interval, start) = (c.health_interval, c.start_timeout);
         let pool = WorkerPool::start_with(c, fakes.clone()).await.unwrap();
         let frozen = tokio::time::Instant::now();
-        let pool2 = pool.clone();
-        let call = tokio::spawn(async move {
-            let patient = CallOptions {
-                timeout: Some(Duration::from_secs(3600)),
-                ..CallOptions::default()
-            };
-            pool2.call("freeze", json!({}), patient).await
-        });
+        let call = freeze_patiently(&pool);
         until("the frozen worker killed", || {
             pool.status().workers.is_empty()
         })

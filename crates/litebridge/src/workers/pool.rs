@@ -1078,6 +1078,17 @@ async fn supervise(shared: std::sync::Weak<Shared>, mut exits: mpsc::UnboundedRe
     }
 }
 
+/// Counts `p`, put in a slot whose worker died, as a restart, tells it,
+/// and wakes the calls waiting for a worker.
+fn restarted(s: &Shared, p: &Process) {
+    let _ = s.ledger.events.send(PoolEvent::WorkerRestarted {
+        id: p.id,
+        pid: p.pid,
+    });
+    s.restarts.fetch_add(1, Ordering::Relaxed);
+    s.capacity.notify_waiters();
+}
+
 /// Counts the crash of `p` (a slot's worker, or one that died right after
 /// it got ready, before it had a slot) and tells it with its exit and last
 /// stderr lines.
@@ -1194,12 +1205,7 @@ async fn restart(
                     *current = Some(p.clone());
                 }
                 tracing::info!(worker = id, pid = p.pid, "worker restarted");
-                let _ = s
-                    .ledger
-                    .events
-                    .send(PoolEvent::WorkerRestarted { id, pid: p.pid });
-                s.restarts.fetch_add(1, Ordering::Relaxed);
-                s.capacity.notify_waiters();
+                restarted(&s, &p);
                 return;
             }
             // Not worth a warning when it was stopped for the pool's closing.
@@ -1608,12 +1614,7 @@ async fn recycle(
                 pid = fresh.pid,
                 "worker restarted: its replacement was starting as it ended"
             );
-            let _ = s
-                .ledger
-                .events
-                .send(PoolEvent::WorkerRestarted { id, pid: fresh.pid });
-            s.restarts.fetch_add(1, Ordering::Relaxed);
-            s.capacity.notify_waiters();
+            restarted(&s, &fresh);
             return true;
         }
         // Dead already (right after `$/ready`): not swapped in, where its
