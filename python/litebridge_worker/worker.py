@@ -687,37 +687,51 @@ def _install_request_ids():
     formats it: a filter on the root's handlers reached neither a logger
     that does not propagate nor handlers set up after ``run()`` began, and
     a ``%(request_id)s`` format there failed on every record (review 241).
-    Installed once, over whatever factory the program set."""
+    Installed once, over whatever factory the program set; a value the
+    program's own factory gave is kept (review 243).
+
+    ``Logger.makeRecord`` is wrapped first: a record's ``extra`` may not
+    name what a factory set (it refuses to overwrite it), so a handler's own
+    ``extra={"request_id": ...}`` (or a ``LoggerAdapter``'s) failed its call
+    (review 242); its value now wins. A ``Logger`` subclass whose own
+    ``makeRecord`` does not call the base class's is not reached."""
+    make = logging.Logger.makeRecord
+    if not getattr(make, "_litebridge_request_id", False):
+
+        def make_record(self, name, level, fn, lno, msg, args, exc_info, func=None, extra=None,
+                        sinfo=None):
+            own = _NO_ID
+            if extra is not None:
+                try:
+                    if "request_id" in extra:
+                        # Read as makeRecord reads it: its keys, each looked up.
+                        rest = {k: extra[k] for k in extra if k != "request_id"}
+                        own = extra["request_id"]
+                        extra = rest
+                except Exception:  # an odd mapping: makeRecord's to judge
+                    own = _NO_ID
+            record = make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+            if own is not _NO_ID:
+                record.request_id = own
+            return record
+
+        make_record._litebridge_request_id = True
+        logging.Logger.makeRecord = make_record
     previous = logging.getLogRecordFactory()
     if getattr(previous, "_litebridge_request_id", False):
         return
 
     def factory(*args, **kwargs):
         record = previous(*args, **kwargs)
-        record.request_id = current_request_id() or "-"
+        if "request_id" not in record.__dict__:
+            record.request_id = current_request_id() or "-"
         return record
 
     factory._litebridge_request_id = True
     logging.setLogRecordFactory(factory)
-    # A record's `extra` may not name what the factory set (makeRecord
-    # refuses to overwrite it): a handler's own `extra={"request_id": ...}`
-    # (or a LoggerAdapter's) failed the call (review 242). Its value wins.
-    make = logging.Logger.makeRecord
-    if getattr(make, "_litebridge_request_id", False):
-        return
 
-    def make_record(self, name, level, fn, lno, msg, args, exc_info, func=None, extra=None,
-                    sinfo=None):
-        if extra is not None and "request_id" in extra:
-            extra = dict(extra)
-            own = extra.pop("request_id")
-            record = make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
-            record.request_id = own
-            return record
-        return make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
 
-    make_record._litebridge_request_id = True
-    logging.Logger.makeRecord = make_record
+_NO_ID = object()
 
 
 class RequestIdFilter(logging.Filter):
@@ -1556,10 +1570,14 @@ class Worker:
         pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
         if not pending:
             return
-        # The calls among them are cancelled by the worker, as litebridge
-        # would: answered "cancelled", not as the handler's own error.
-        for entry in list(self._inflight.values()):
-            entry[1].cancelled = True
+        # The async calls among them are cancelled by the worker, as
+        # litebridge would: answered "cancelled", not as the handler's own
+        # error. Not the `def` calls still running: told so, one would
+        # return early, and its cut-short result go out as an answer
+        # (review 243).
+        for _task, flag, is_async in list(self._inflight.values()):
+            if is_async:
+                flag.cancelled = True
         for t in pending:
             t.cancel()
         _, still = await asyncio.wait(pending, timeout=_CANCEL_GRACE)

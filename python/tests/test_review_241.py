@@ -221,6 +221,80 @@ class DrainEndTest(unittest.TestCase):
                 peer.close()
 
 
+class ReviewTwoFortyThreeTest(unittest.TestCase):
+    def test_a_def_call_running_at_the_end_of_the_drain_is_not_told_it_was_cancelled(self):
+        # Review 243: told so, with an async call still pending beside it,
+        # it returned early, and its cut-short result went out as an answer.
+        with tempfile.TemporaryDirectory() as d:
+            path = worker_file(d, (
+                "import asyncio, time\n"
+                "from litebridge_worker import cancelled\n"
+                "w = Worker(drain_timeout=0.3)\n"
+                "@w.method()\n"
+                "def report():\n"
+                "    n = 0\n"
+                "    while not cancelled() and n < 500:\n"
+                "        n += 1\n"
+                "        time.sleep(0.01)\n"
+                "    return {'rows': n}\n"
+                "@w.method()\n"
+                "async def slow():\n"
+                "    try:\n"
+                "        await asyncio.sleep(10)\n"
+                "    finally:\n"
+                "        await asyncio.sleep(0.1)\n"
+            ))
+            peer = Peer([sys.executable, path])
+            try:
+                peer.send({"jsonrpc": "2.0", "id": 1, "method": "report"})
+                peer.send({"jsonrpc": "2.0", "id": 2, "method": "slow"})
+                time.sleep(0.1)
+                peer.proc.stdin.close()
+                replies = {}
+                while True:
+                    try:
+                        r = peer.read()
+                    except EOFError:
+                        break
+                    replies[r["id"]] = r
+                self.assertEqual(replies[2]["error"]["message"], "cancelled", replies)
+                self.assertNotIn("result", replies.get(1, {}), replies)
+            finally:
+                peer.close()
+
+    def test_a_request_id_the_programs_own_factory_gives_is_kept(self):
+        with script_worker_running((
+                "import logging, sys\n"
+                "base = logging.getLogRecordFactory()\n"
+                "def mine(*args, **kwargs):\n"
+                "    record = base(*args, **kwargs)\n"
+                "    record.request_id = 'from-the-program'\n"
+                "    return record\n"
+                "logging.setLogRecordFactory(mine)\n"
+                "log = logging.getLogger('app')\n"
+                "log.propagate = False\n"
+                "h = logging.StreamHandler(sys.stderr)\n"
+                "h.setFormatter(logging.Formatter('APP [%(request_id)s] %(message)s'))\n"
+                "log.addHandler(h)\n"
+                "class Odd:\n"
+                "    def __contains__(self, key):\n"
+                "        raise RuntimeError('no')\n"
+                "    def __iter__(self):\n"
+                "        return iter(())\n"
+                "@w.method()\n"
+                "def logs():\n"
+                "    log.warning('inside')\n"
+                "    log.warning('odd extra', extra=Odd())\n"
+                "    return 'ok'\n"
+        )) as peer:
+            peer.send({"jsonrpc": "2.0", "id": 1, "method": "logs", "meta": {"request_id": "R1"}})
+            self.assertEqual(read_within(peer, 5).get("result"), "ok")
+            peer.proc.stdin.close()
+            err = peer.proc.stderr.read().decode()
+            self.assertIn("APP [from-the-program] inside", err)
+            self.assertIn("APP [from-the-program] odd extra", err)
+
+
 class NotJsonTest(unittest.TestCase):
     def test_nan_and_infinities_are_parse_errors_and_an_infinite_id_is_refused(self):
         with script_worker_running((
