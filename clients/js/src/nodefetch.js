@@ -46,6 +46,9 @@ export const NOT_CONNECTED = 'LITEBRIDGE_NOT_CONNECTED';
 /** The `code` of a failure's cause once the connection was made (the socket's error is its cause). */
 export const CONNECTED = 'LITEBRIDGE_CONNECTED';
 
+/** Sockets given a listener for errors after their requests settled (see the 'socket' handler). */
+const quieted = new WeakSet();
+
 /** fetch's failure: a TypeError whose `cause` is `e`. */
 function failed(e) {
   return new TypeError('fetch failed', { cause: e });
@@ -122,6 +125,16 @@ export function nodeFetch() {
         return;
       }
       req.on('socket', (socket) => {
+        // An error on the socket after its request settled (the server
+        // answered before it read the body, then reset: EPIPE, ECONNRESET
+        // while the body is still written) reaches no request, and node:http
+        // throws it as an uncaught 'error' event, which ended the caller's
+        // process (review 244; nodejs/node#54366). Errors during a request
+        // still reach it through node:http's own listener.
+        if (!quieted.has(socket)) {
+          quieted.add(socket);
+          socket.on('error', () => {});
+        }
         // Destroyed already (close() in the same tick): never connected.
         if (socket.destroyed) return;
         const tls = target.protocol === 'https:';

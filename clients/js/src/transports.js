@@ -138,12 +138,14 @@ function isOwnError(reply, id) {
  * carries: litebridge's own, else a ConnectionError (a GET runs nothing, so
  * it is never an `OutcomeUnknownError`).
  */
-async function errorOf(res, what) {
+async function errorOf(res, what, redact) {
   let said;
   try {
     const reply = parse(await readBody(res, MAX_ERROR_BODY));
     if (isOwnError(reply, null)) return fromWire(reply.error);
     said = saidOf(reply);
+    // A proxy's page may quote the request's headers, the key among them.
+    if (said !== undefined) said = redact(said);
   } catch {
     // not JSON, too long, or cut short
   }
@@ -842,6 +844,16 @@ export class HttpTransport {
     return this.#key ? s.split(this.#key).join('<the key>') : s;
   }
 
+  /**
+   * What a non-litebridge answer's `{"error": ...}` said, the key blanked: a
+   * proxy's or a debugging server's page may quote the request's headers
+   * (review 244: the key reached error messages, which go to logs).
+   */
+  said(reply) {
+    const said = saidOf(reply);
+    return said === undefined ? undefined : this.redact(said);
+  }
+
   /** Throws, the request not sent, once `close()` was called. */
   open(what) {
     if (this.closer.signal.aborted) {
@@ -954,7 +966,7 @@ export class HttpTransport {
       try {
         if (text !== undefined) reply = parse(text);
       } catch {
-        if (ok) throw new Failed((ran) => notReply(what, res, ran, `with no JSON: ${text.slice(0, 200)}`));
+        if (ok) throw new Failed((ran) => notReply(what, res, ran, `with no JSON: ${this.redact(text).slice(0, 200)}`));
       }
       return { res, ok, reply };
     } finally {
@@ -973,7 +985,7 @@ export class HttpTransport {
       const what = `${this.url}/rpc`;
       if (ok) throw notReply(what, res, ran, 'with JSON that is not a JSON-RPC reply to this request');
       // Not litebridge's reply: a proxy's answer, or the standby's.
-      throw statusError(what, res, ran, saidOf(reply));
+      throw statusError(what, res, ran, this.said(reply));
     } catch (e) {
       throw settle(e, ran);
     }
@@ -982,6 +994,16 @@ export class HttpTransport {
   async request(obj, signal) {
     // Written now: a value JSON cannot carry fails this call, not its batch.
     const body = stringify(obj);
+    // Past what litebridge reads: refused here, unsent (review 244: sent,
+    // it was refused by its length, and the reset that followed could
+    // report a write that certainly did not run as one that may have).
+    const bytes = body.length > MAX_BODY / 3 ? Buffer.byteLength(body) : body.length;
+    if (bytes > MAX_BODY) {
+      throw new TooLargeError(
+        `the request is ${bytes} bytes; litebridge reads bodies of ${MAX_BODY} at most (it was not sent)`,
+        { kind: 'too_large' },
+      );
+    }
     if (!this.batch || signal) return this.single(obj, body, signal);
     // Gathered until the end of this tick, sent as one batch under the
     // server's body limit.
@@ -1032,7 +1054,7 @@ export class HttpTransport {
       }
       for (const q of queue) {
         const ran = !READS.has(q.obj.method);
-        q.reject(ok ? notReply(what, res, ran, 'with JSON that is not a JSON-RPC batch reply') : statusError(what, res, ran, saidOf(reply)));
+        q.reject(ok ? notReply(what, res, ran, 'with JSON that is not a JSON-RPC batch reply') : statusError(what, res, ran, this.said(reply)));
       }
     } catch (e) {
       for (const q of queue) q.reject(settle(e, !READS.has(q.obj.method)));
@@ -1070,7 +1092,7 @@ export class HttpTransport {
         discard(res);
         throw redirected(what, res);
       }
-      if (!res.ok) throw await errorOf(res, what);
+      if (!res.ok) throw await errorOf(res, what, (said) => this.redact(said));
       if (encoded(res)) {
         discard(res);
         throw notReply(what, res, false, 'in an encoding not asked for');
@@ -1144,7 +1166,7 @@ export class HttpTransport {
             return;
           }
           if (!res.ok) {
-            const error = await errorOf(res, 'GET /events');
+            const error = await errorOf(res, 'GET /events', (said) => this.redact(said));
             if (res.status === 401 || res.status === 403) {
               end(error);
               return;

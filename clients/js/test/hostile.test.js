@@ -645,3 +645,41 @@ test("a query result of another shape is a ConnectionError, not a TypeError (rev
     await c.close();
   }
 });
+
+test('a request past the 16 MiB litebridge reads is refused unsent, alone and in a batch (review 244)', async (t) => {
+  // Sent, it was refused by its length, and the reset after could report a
+  // write that never ran as one that may have.
+  const { url, requests } = await fakeServer(t, reply(200, '{}'));
+  for (const batch of [false, true]) {
+    const c = Client.connect(url, { batch });
+    const e = await c.execute('INSERT INTO t VALUES (?1)', ['x'.repeat(17 << 20)]).catch((x) => x);
+    assert.ok(e instanceof TooLargeError, `batch ${batch}: ${inspect(e)}`);
+    assert.match(e.message, /not sent/);
+    c.close();
+  }
+  assert.equal(requests.length, 0);
+});
+
+test("the key never reaches an error's message through an answer that quotes the request (review 244)", async (t) => {
+  const key = 'lb_SECRET_KEY_4f1e';
+  const echoes = [
+    ['200 with no JSON', (s, r) => reply(200, r.head)(s)],
+    ['503 saying it in JSON', (s, r) => reply(503, JSON.stringify({ error: r.head }), { 'content-type': 'application/json' })(s)],
+  ];
+  for (const [name, answer] of echoes) {
+    const { url } = await fakeServer(t, answer);
+    const c = Client.connect(url, { key });
+    for (const [what, call] of [
+      ['execute', () => c.execute(WRITE)],
+      ['query', () => c.query('SELECT 1')],
+      ['metrics', () => c.metrics()],
+    ]) {
+      const e = await call().catch((x) => x);
+      // A 200 to GET /metrics is its text, handed back as it came.
+      if (what === 'metrics' && name.startsWith('200')) continue;
+      assert.ok(e instanceof Error, `${name}, ${what}: ${inspect(e)}`);
+      assert.ok(!e.message.includes(key), `${name}, ${what}: ${e.message}`);
+    }
+    c.close();
+  }
+});

@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { createServer } from 'node:http';
 import net from 'node:net';
 
-import { Client, ConnectionError, LitebridgeError, OutcomeUnknownError, TimeoutError } from '../src/index.js';
+import { Client, ConnectionError, LitebridgeError, OutcomeUnknownError, TimeoutError, UnauthorizedError } from '../src/index.js';
 import { IDLE_MS } from '../src/nodefetch.js';
 import { fakeServer } from './helpers.js';
 
@@ -272,4 +272,39 @@ test('a connection that fails after the request was read (EHOSTUNREACH on a read
       await c.close();
     }
   }
+});
+
+test('an answer before the body was read, then a reset, does not end the process (review 244; nodejs/node#54366)', async (t) => {
+  // The server answers 401 as soon as it has the head, and resets while the
+  // 8 MiB body is still being written on the kept-alive socket: the EPIPE or
+  // ECONNRESET that follows reached no request, and node:http threw it.
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    let head = '';
+    const onData = (d) => {
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      socket.off('data', onData);
+      socket.pause();
+      const body =
+        '{"jsonrpc":"2.0","id":null,"error":{"code":-32006,"message":"bad key","data":{"kind":"unauthorized","recoverable":false}}}';
+      socket.write(`HTTP/1.1 401 X\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      socket.destroy();
+    };
+    socket.on('data', onData);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise((r) => server.close(r));
+  });
+  const c = Client.connect(`http://127.0.0.1:${server.address().port}`, { key: 'lb_revoked' });
+  t.after(() => c.close());
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(c.execute('INSERT INTO t VALUES (?1)', ['x'.repeat(8 << 20)]), UnauthorizedError);
+  }
+  // Long enough for a late socket error to surface.
+  await new Promise((r) => setTimeout(r, 200));
 });
