@@ -570,9 +570,10 @@ def _read_capped(res, limit):
             raise _TooLong(limit)
 
 
-def _http_error(e, what):
+def _http_error(e, what, redact):
     """The litebridge error a GET's HTTP error answer carries, else a ConnectionError
-    (``GET /events`` runs nothing, so it is never an ``OutcomeUnknownError``)."""
+    (``GET /events`` runs nothing, so it is never an ``OutcomeUnknownError``);
+    what it said is passed through ``redact``."""
     from .errors import from_wire
     said = None
     try:
@@ -580,7 +581,7 @@ def _http_error(e, what):
         if _is_own_error(reply, None):
             return from_wire(reply["error"])
         error = reply.get("error") if isinstance(reply, dict) else None
-        said = error if isinstance(error, str) else None
+        said = redact(error) if isinstance(error, str) else None
     except (ValueError, RecursionError, TypeError, OSError, http.client.HTTPException, _TooLong):
         pass
     return _status_error(what, e.code, e.headers, may_have_run=False, said=said)
@@ -868,13 +869,16 @@ class HttpTransport:
             if _is_reply(reply, rid):
                 return reply
             if reply is _NO_JSON:
-                raise _not_reply(what, status, ran, "with no JSON: %r" % text[:200])
+                # A proxy's or a debugging server's page may quote the
+                # request's headers: the key is blanked (as review 244 found
+                # in the JavaScript client).
+                raise _not_reply(what, status, ran, "with no JSON: %s" % self._redact(repr(text[:1000]))[:200])
             raise _not_reply(what, status, ran, "with JSON that is not a JSON-RPC reply to this request")
         if _is_own_error(reply, rid):
             return reply
         # Not litebridge's reply: a proxy's answer, or the standby's.
         said = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else None
-        raise _status_error(what, status, headers, may_have_run=ran, said=said)
+        raise _status_error(what, status, headers, may_have_run=ran, said=None if said is None else self._redact(said))
 
     def call(self, obj):
         """Sends ``obj`` and returns its reply (a dict), in this thread."""
@@ -974,7 +978,7 @@ class HttpTransport:
                     if 300 <= e.code < 400:
                         stream.end(_redirected("GET /events", e.code))
                         return
-                    error = _http_error(e, "GET /events")
+                    error = _http_error(e, "GET /events", self._redact)
                 if e.code in (401, 403):
                     stream.end(error)
                     return

@@ -1429,6 +1429,36 @@ def _alive(pid):
         return False
 
 
+class KeyInQuotedAnswersTest(unittest.TestCase):
+    def test_the_key_never_reaches_an_error_through_an_answer_quoting_the_request(self):
+        # A proxy's or a debugging server's page may echo the request's
+        # headers (review 244 found the key in the JavaScript client's
+        # messages this way; this client quoted such answers too).
+        key = "lb_SECRET_KEY_4f1e"
+        servers = []
+
+        def echo_text(conn):
+            _reply(200, servers[-1].heads[-1].encode())(conn)
+
+        def echo_json(conn):
+            body = json.dumps({"error": servers[-1].heads[-1]}).encode()
+            _reply(503, body, [("Content-Type", "application/json")])(conn)
+
+        for answer in (echo_text, echo_json):
+            servers.append(_FakeServer(answer))
+            try:
+                c = lb.Client.connect(servers[-1].url, key=key)
+                for what, call in [("execute", lambda: c.execute("INSERT INTO t VALUES (1)")),
+                                   ("query", lambda: c.query("SELECT 1"))]:
+                    with self.assertRaises(lb.LitebridgeError) as e:
+                        call()
+                    self.assertIn(key, servers[-1].heads[-1])
+                    self.assertNotIn(key, str(e.exception), (answer.__name__, what))
+                c.close()
+            finally:
+                servers[-1].close()
+
+
 class ShutdownTest(unittest.TestCase):
     def test_close_commits_and_leaves_no_process_behind(self):
         with tempfile.TemporaryDirectory() as d:
