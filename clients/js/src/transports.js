@@ -941,7 +941,7 @@ export class HttpTransport {
       const encoding = encoded(res);
       if (ok && encoding) {
         discard(res);
-        throw new Failed((ran) => notReply(what, res, ran, `in the encoding ${encoding.slice(0, 40)}, not asked for`));
+        throw new Failed((ran) => notReply(what, res, ran, `in the encoding ${this.redact(encoding).slice(0, 40)}, not asked for`));
       }
       let text;
       try {

@@ -665,6 +665,9 @@ test("the key never reaches an error's message through an answer that quotes the
   const echoes = [
     ['200 with no JSON', (s, r) => reply(200, r.head)(s)],
     ['503 saying it in JSON', (s, r) => reply(503, JSON.stringify({ error: r.head }), { 'content-type': 'application/json' })(s)],
+    // Review 245: cut to 40 characters before it was blanked, a prefix of
+    // the key was left.
+    ['200 in an encoding named by the key', (s, r) => reply(200, '{}', { 'content-encoding': /authorization: ([^\r\n]*)/i.exec(r.head)[1] })(s)],
   ];
   for (const [name, answer] of echoes) {
     const { url } = await fakeServer(t, answer);
@@ -678,7 +681,7 @@ test("the key never reaches an error's message through an answer that quotes the
       // A 200 to GET /metrics is its text, handed back as it came.
       if (what === 'metrics' && name.startsWith('200')) continue;
       assert.ok(e instanceof Error, `${name}, ${what}: ${inspect(e)}`);
-      assert.ok(!e.message.includes(key), `${name}, ${what}: ${e.message}`);
+      assert.ok(!e.message.includes(key.slice(0, 8)), `${name}, ${what}: ${e.message}`);
     }
     c.close();
   }

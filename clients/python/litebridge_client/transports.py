@@ -570,6 +570,11 @@ def _read_capped(res, limit):
             raise _TooLong(limit)
 
 
+def _text_of(body):
+    """A body as text, to quote it (bytes decoded, what is not UTF-8 replaced)."""
+    return body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
+
+
 def _http_error(e, what, redact):
     """The litebridge error a GET's HTTP error answer carries, else a ConnectionError
     (``GET /events`` runs nothing, so it is never an ``OutcomeUnknownError``);
@@ -825,7 +830,7 @@ class HttpTransport:
             finally:
                 e.close()
         except _Unasked as e:
-            raise _not_reply(what, status, ran, "in the encoding %s, not asked for" % str(e)[:40]) from None
+            raise _not_reply(what, status, ran, "in the encoding %s, not asked for" % self._redact(str(e))[:40]) from None
         except _TooLong as e:
             if deadline.cancelled and self.closing:
                 raise self._cut_off(ran) from None
@@ -872,7 +877,7 @@ class HttpTransport:
                 # A proxy's or a debugging server's page may quote the
                 # request's headers: the key is blanked (as review 244 found
                 # in the JavaScript client).
-                raise _not_reply(what, status, ran, "with no JSON: %s" % self._redact(repr(text[:1000]))[:200])
+                raise _not_reply(what, status, ran, "with no JSON: %s" % repr(self._redact(_text_of(text)))[:200])
             raise _not_reply(what, status, ran, "with JSON that is not a JSON-RPC reply to this request")
         if _is_own_error(reply, rid):
             return reply
