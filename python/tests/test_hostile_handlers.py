@@ -18,11 +18,16 @@ METHOD_NOT_FOUND = -32601
 WORKER_ERROR = -32004
 
 
-def script_worker(d, source):
+def worker_file(d, body):
+    """A worker's script in ``d``: ``body`` (which makes ``w``), then ``w.run()``."""
     path = os.path.join(d, "w.py")
     with open(path, "w") as f:
-        f.write("from litebridge_worker import Worker\nw = Worker()\n" + source + "w.run()\n")
-    return Peer([sys.executable, path])
+        f.write("from litebridge_worker import Worker\n" + body + "w.run()\n")
+    return path
+
+
+def script_worker(d, source):
+    return Peer([sys.executable, worker_file(d, "w = Worker()\n" + source)])
 
 
 @contextlib.contextmanager

@@ -12,20 +12,12 @@ import tempfile
 import time
 import unittest
 
-from tests.test_hostile_handlers import read_within, script_worker, script_worker_running
+from tests.test_hostile_handlers import read_within, script_worker, script_worker_running, worker_file
 from tests.test_worker import PYTHON_DIR, Peer
 
 WORKER_ERROR = -32004
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-
-
-def worker_file(d, body):
-    """A worker's script in ``d``: ``body`` (which makes ``w``), then ``w.run()``."""
-    path = os.path.join(d, "w.py")
-    with open(path, "w") as f:
-        f.write("from litebridge_worker import Worker\n" + body + "w.run()\n")
-    return path
 
 
 class UnansweredTest(unittest.TestCase):

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::peak_rss_mb;
+use common::{peak_rss_mb, rss_mb};
 use litebridge::ErrorKind;
 use litebridge::resilience::BreakerConfig;
 use litebridge::workers::{CallOptions, WorkerConfig, WorkerPool};
@@ -196,16 +196,6 @@ fn give_back_freed_memory() {
     }
     // SAFETY: takes no pointers; safe to call from any thread at any time.
     unsafe { mi_collect(true) }
-}
-
-/// The process's resident memory now, in MB.
-fn rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 /// Review 230: a worker that died leaving its stderr open (a process it

@@ -114,10 +114,20 @@ pub mod pg;
 
 /// This process's peak resident size, in MB (`VmHWM`).
 pub fn peak_rss_mb() -> u64 {
+    status_mb("VmHWM:")
+}
+
+/// This process's resident size now, in MB (`VmRSS`).
+pub fn rss_mb() -> u64 {
+    status_mb("VmRSS:")
+}
+
+/// A size `/proc/self/status` gives in kB under `field`, in MB.
+fn status_mb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
 }
