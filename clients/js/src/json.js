@@ -17,26 +17,45 @@ export function parse(text) {
   return new Parser(text).value();
 }
 
-function hasUnsafe(v) {
-  // An integer of 309 digits or more is Infinity to JSON.parse.
-  if (typeof v === 'number') return !Number.isSafeInteger(v) && (Number.isInteger(v) || !Number.isFinite(v));
-  if (Array.isArray(v)) return v.some(hasUnsafe);
-  if (v && typeof v === 'object') return Object.values(v).some(hasUnsafe);
+function hasUnsafe(root) {
+  // With a stack of its own, not recursion: a reply nested thousands of
+  // levels deep, which JSON.parse reads, overflowed the call stack here.
+  const stack = [root];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    // An integer of 309 digits or more is Infinity to JSON.parse.
+    if (typeof v === 'number') {
+      if (!Number.isSafeInteger(v) && (Number.isInteger(v) || !Number.isFinite(v))) return true;
+    } else if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) stack.push(v[i]);
+    } else if (v && typeof v === 'object') {
+      for (const k in v) if (Object.hasOwn(v, k)) stack.push(v[k]);
+    }
+  }
   return false;
 }
+
+/** How deep the hand parser goes (it recurses); litebridge's own JSON stops at 128. */
+export const MAX_DEPTH = 2048;
 
 class Parser {
   constructor(text) {
     this.s = text;
     this.i = 0;
+    this.depth = 0;
   }
 
   value() {
     this.ws();
     const c = this.s[this.i];
     let v;
-    if (c === '{') v = this.object();
-    else if (c === '[') v = this.array();
+    if (c === '{' || c === '[') {
+      if (++this.depth > MAX_DEPTH) {
+        throw new SyntaxError(`JSON nested deeper than ${MAX_DEPTH} levels, with an integer past 2^53 (read by hand, to keep it exact)`);
+      }
+      v = c === '{' ? this.object() : this.array();
+      this.depth--;
+    }
     else if (c === '"') v = this.string();
     else if (c === 't') v = this.word('true', true);
     else if (c === 'f') v = this.word('false', false);
@@ -223,30 +242,47 @@ function put(out, k, v) {
  * (as better-sqlite3 does), never rounded.
  */
 export function revive(value, { bigint = false } = {}) {
-  return reviveValue(value, bigint);
+  // In place (the tree is the reply's own, fresh from `parse`), with a stack
+  // of its own, not recursion: any depth JSON.parse reads is revived.
+  const holder = [value];
+  const stack = [holder];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        const x = v[i];
+        const r = reviveLeaf(x, bigint);
+        if (r !== x) v[i] = r;
+        else if (x !== null && typeof x === 'object') stack.push(x);
+      }
+    } else {
+      for (const k of Object.keys(v)) {
+        const x = v[k];
+        const r = reviveLeaf(x, bigint);
+        if (r !== x) put(v, k, r);
+        else if (x !== null && typeof x === 'object') stack.push(x);
+      }
+    }
+  }
+  return holder[0];
 }
 
-function reviveValue(value, bigint) {
-  if (value === null || (typeof value !== 'object' && typeof value !== 'bigint')) return value;
+/** A value revived on its own: a BigInt, a blob or a real; anything else as it is. */
+function reviveLeaf(value, bigint) {
   if (typeof value === 'bigint') {
     if (bigint) return value;
     throw new RangeError(
       "an integer of the result is past JavaScript's safe range (2^53): pass { bigint: true } to get it as a BigInt",
     );
   }
-  if (Array.isArray(value)) {
-    const out = new Array(value.length);
-    for (let i = 0; i < value.length; i++) out[i] = reviveValue(value[i], bigint);
-    return out;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+  let only;
+  for (const k in value) {
+    if (!Object.hasOwn(value, k)) continue;
+    if (only !== undefined) return value; // two members or more
+    only = k;
   }
-  const keys = Object.keys(value);
-  if (keys.length === 1 && keys[0] === '$blob' && typeof value.$blob === 'string') {
-    return new Uint8Array(Buffer.from(value.$blob, 'base64'));
-  }
-  if (keys.length === 1 && keys[0] === '$real' && typeof value.$real === 'string') {
-    return Number(value.$real); // Infinity, -Infinity
-  }
-  const out = {};
-  for (const k of keys) put(out, k, reviveValue(value[k], bigint));
-  return out;
+  if (only === '$blob' && typeof value.$blob === 'string') return new Uint8Array(Buffer.from(value.$blob, 'base64'));
+  if (only === '$real' && typeof value.$real === 'string') return Number(value.$real); // Infinity, -Infinity
+  return value;
 }

@@ -142,7 +142,7 @@ async function errorOf(res, what, redact) {
   let said;
   try {
     const reply = parse(await readBody(res, MAX_ERROR_BODY));
-    if (isOwnError(reply, null)) return fromWire(reply.error);
+    if (isOwnError(reply, null)) return fromWire(blanked(reply, redact).error);
     said = saidOf(reply);
     // A proxy's page may quote the request's headers, the key among them.
     if (said !== undefined) said = redact(said);
@@ -150,6 +150,17 @@ async function errorOf(res, what, redact) {
     // not JSON, too long, or cut short
   }
   return statusError(what, res, false, said);
+}
+
+/**
+ * `reply` with the key blanked in its error's message: litebridge never
+ * quotes it, but a server of its shape (a proxy's, a debugging one's) may
+ * quote the request's headers, and error messages go to logs.
+ */
+function blanked(reply, redact) {
+  const e = reply?.error;
+  if (e !== null && typeof e === 'object' && typeof e.message === 'string') e.message = redact(e.message);
+  return reply;
 }
 
 /** The longest body of an HTTP error answer read (litebridge's are short). */
@@ -965,8 +976,9 @@ export class HttpTransport {
       let reply;
       try {
         if (text !== undefined) reply = parse(text);
-      } catch {
-        if (ok) throw new Failed((ran) => notReply(what, res, ran, `with no JSON: ${this.redact(text).slice(0, 200)}`));
+      } catch (e) {
+        const why = e?.message?.startsWith('JSON nested deeper') ? e.message : `no JSON: ${this.redact(text).slice(0, 200)}`;
+        if (ok) throw new Failed((ran) => notReply(what, res, ran, `with ${why}`));
       }
       return { res, ok, reply };
     } finally {
@@ -981,7 +993,7 @@ export class HttpTransport {
     const ran = !READS.has(obj.method);
     try {
       const { res, ok, reply } = await this.exchange(body, this.deadlineOf(obj), signal);
-      if (ok ? isReply(reply, obj.id) : isOwnError(reply, obj.id)) return reply;
+      if (ok ? isReply(reply, obj.id) : isOwnError(reply, obj.id)) return blanked(reply, (s) => this.redact(s));
       const what = `${this.url}/rpc`;
       if (ok) throw notReply(what, res, ran, 'with JSON that is not a JSON-RPC reply to this request');
       // Not litebridge's reply: a proxy's answer, or the standby's.
@@ -1039,7 +1051,7 @@ export class HttpTransport {
         for (const r of reply) if (r !== null && typeof r === 'object' && r.id != null) byId.set(r.id, r);
         for (const q of queue) {
           const r = byId.get(q.obj.id);
-          if (isReply(r, q.obj.id)) q.resolve(r);
+          if (isReply(r, q.obj.id)) q.resolve(blanked(r, (s) => this.redact(s)));
           else {
             const how = r === undefined ? 'a batch reply with no answer for this request' : 'an answer for this request that is not a JSON-RPC reply';
             q.reject(notReply(what, res, !READS.has(q.obj.method), `with ${how}`));
@@ -1049,7 +1061,8 @@ export class HttpTransport {
       }
       // One answer for the whole batch (a bad key, overloaded, too large): everyone's.
       if (ok ? isReply(reply, null) && 'error' in reply : isOwnError(reply, null)) {
-        for (const q of queue) q.reject(fromWire(reply.error));
+        const error = blanked(reply, (s) => this.redact(s)).error;
+        for (const q of queue) q.reject(fromWire(error));
         return;
       }
       for (const q of queue) {

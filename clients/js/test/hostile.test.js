@@ -686,3 +686,64 @@ test("the key never reaches an error's message through an answer that quotes the
     c.close();
   }
 });
+
+test('a reply nested 50,000 levels deep is read whole, where it was a RangeError after the call ran (review 244)', async (t) => {
+  const depth = 50_000;
+  const nested = (leaf) => '['.repeat(depth) + leaf + ']'.repeat(depth);
+  const leaves = { plain: '{"$blob":"AQI="}', unsafe: '9007199254740993' };
+  const { url } = await fakeServer(t, (socket, request) => {
+    const { id } = JSON.parse(request.body);
+    const leaf = leaves[request.body.includes('unsafe') ? 'unsafe' : 'plain'];
+    reply(200, `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${nested(leaf)}}`)(socket);
+  });
+  const c = Client.connect(url);
+  t.after(() => c.close());
+  let v = await c.call('tree', ['plain']);
+  for (let i = 0; i < depth; i++) {
+    assert.ok(Array.isArray(v) && v.length === 1, `level ${i}`);
+    v = v[0];
+  }
+  assert.deepEqual(v, new Uint8Array([1, 2]), 'a blob at the bottom is revived');
+  // An integer past 2^53 is read by hand to keep it exact, to a depth of 2048:
+  // deeper, the call (which ran) may have run, and the error says why.
+  const got = await c.call('tree', ['unsafe']).then(
+    () => null,
+    (e) => e,
+  );
+  assert.ok(got instanceof OutcomeUnknownError, inspect(got));
+  assert.match(got.message, /nested deeper than 2048 levels/);
+});
+
+test("the key never reaches an error's message through litebridge-shaped errors or an events refusal quoting the request", async (t) => {
+  const key = 'lb_SECRET_KEY_4f1e';
+  const own = (id, head) => JSON.stringify({ jsonrpc: '2.0', id, error: { code: -32603, message: `failed: ${head}`, data: { kind: 'internal' } } });
+  const answers = [
+    ['200 with an error of its shape', (s, r) => reply(200, own(JSON.parse(r.body || '{"id":null}').id, r.head), { 'content-type': 'application/json' })(s)],
+    ['401 with an error of its shape', (s, r) => reply(401, own(null, r.head), { 'content-type': 'application/json' })(s)],
+    ['401 saying it in JSON', (s, r) => reply(401, JSON.stringify({ error: r.head }), { 'content-type': 'application/json' })(s)],
+  ];
+  for (const [name, answer] of answers) {
+    for (const batch of [false, true]) {
+      const { url } = await fakeServer(t, answer);
+      const c = Client.connect(url, { key, batch });
+      const errors = [];
+      c.on('error', (e) => errors.push(e));
+      c.on('started', () => {});
+      for (const [what, call] of [
+        ['execute', () => c.execute(WRITE)],
+        ['query', () => c.query('SELECT 1')],
+      ]) {
+        const e = await call().catch((x) => x);
+        assert.ok(e instanceof Error, `${name}, ${what}: ${inspect(e)}`);
+        assert.ok(!e.message.includes(key.slice(0, 8)), `${name}, batch ${batch}, ${what}: ${e.message}`);
+      }
+      if (name.startsWith('401')) {
+        // GET /events refused for good: the stream ends with an error event.
+        for (let i = 0; i < 100 && errors.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+        assert.equal(errors.length, 1, `${name}: the events' refusal`);
+        assert.ok(!errors[0].message.includes(key.slice(0, 8)), `${name}, events: ${errors[0].message}`);
+      }
+      c.close();
+    }
+  }
+});

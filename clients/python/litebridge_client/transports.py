@@ -584,12 +584,22 @@ def _http_error(e, what, redact):
     try:
         reply = json.loads(_read_capped(getattr(e, "fp", None), _MAX_ERROR_BODY))
         if _is_own_error(reply, None):
-            return from_wire(reply["error"])
+            return from_wire(_blanked(reply, redact)["error"])
         error = reply.get("error") if isinstance(reply, dict) else None
         said = redact(error) if isinstance(error, str) else None
     except (ValueError, RecursionError, TypeError, OSError, http.client.HTTPException, _TooLong):
         pass
     return _status_error(what, e.code, e.headers, may_have_run=False, said=said)
+
+
+def _blanked(reply, redact):
+    """``reply`` with the key blanked in its error's message: litebridge never
+    quotes it, but a server of its shape (a proxy's, a debugging one's) may
+    quote the request's headers, and error messages go to logs."""
+    error = reply.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = redact(error["message"])
+    return reply
 
 
 def _retry_after(headers):
@@ -872,7 +882,7 @@ class HttpTransport:
             reply = _NO_JSON
         if ok:
             if _is_reply(reply, rid):
-                return reply
+                return _blanked(reply, self._redact)
             if reply is _NO_JSON:
                 # A proxy's or a debugging server's page may quote the
                 # request's headers: the key is blanked (as review 244 found
@@ -880,7 +890,7 @@ class HttpTransport:
                 raise _not_reply(what, status, ran, "with no JSON: %s" % repr(self._redact(_text_of(text)))[:200])
             raise _not_reply(what, status, ran, "with JSON that is not a JSON-RPC reply to this request")
         if _is_own_error(reply, rid):
-            return reply
+            return _blanked(reply, self._redact)
         # Not litebridge's reply: a proxy's answer, or the standby's.
         said = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else None
         raise _status_error(what, status, headers, may_have_run=ran, said=None if said is None else self._redact(said))

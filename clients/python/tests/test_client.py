@@ -1469,6 +1469,40 @@ class KeyInQuotedAnswersTest(unittest.TestCase):
             finally:
                 servers[-1].close()
 
+    def test_the_key_never_reaches_an_error_through_an_error_of_litebridges_shape_or_an_events_refusal(self):
+        key = "lb_SECRET_KEY_4f1e" + "a1b2c3d4e5f6g7h8i9j0k1l2m3n4"
+        servers = []
+
+        def own(rid):
+            error = {"code": -32603, "message": "failed: " + servers[-1].heads[-1], "data": {"kind": "internal"}}
+            return json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode()
+
+        def own_200(conn):
+            _reply(200, own(json.loads(servers[-1].bodies[-1])["id"]), [("Content-Type", "application/json")])(conn)
+
+        def own_401(conn):
+            _reply(401, own(None), [("Content-Type", "application/json")])(conn)
+
+        def said_401(conn):
+            _reply(401, json.dumps({"error": servers[-1].heads[-1]}).encode(), [("Content-Type", "application/json")])(conn)
+
+        for answer in (own_200, own_401, said_401):
+            servers.append(_FakeServer(answer))
+            try:
+                c = lb.Client.connect(servers[-1].url, key=key)
+                calls = [("execute", lambda: c.execute("INSERT INTO t VALUES (1)")),
+                         ("query", lambda: c.query("SELECT 1"))]
+                if answer is not own_200:  # GET /events refused for good
+                    calls.append(("events", lambda: next(c.events())))
+                for what, call in calls:
+                    with self.assertRaises(lb.LitebridgeError) as e:
+                        call()
+                    self.assertIn(key, servers[-1].heads[-1])
+                    self.assertNotIn(key[:8], str(e.exception), (answer.__name__, what))
+                c.close()
+            finally:
+                servers[-1].close()
+
 
 class ShutdownTest(unittest.TestCase):
     def test_close_commits_and_leaves_no_process_behind(self):
