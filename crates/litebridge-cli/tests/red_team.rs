@@ -2119,6 +2119,66 @@ fn a_request_sent_then_closed_before_it_was_accepted_is_not_roots() {
     assert!(server.stop().success());
 }
 
+/// Review 246: the look at who connected failed once the server had no
+/// descriptor left, and a failed look was taken for a system that cannot
+/// tell, so the request was let in as the local user's. Another user's
+/// idle connections ran a server under the common limit of 1,024 files
+/// out of descriptors, and its next keyless request created an admin key.
+/// A look that fails is now a refusal (503, to be tried again); here the
+/// server runs under a hard limit of 160 files, which it cannot raise.
+#[test]
+fn a_server_out_of_descriptors_lets_no_keyless_request_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("starved.db");
+    let log = db.with_extension("log");
+    let (child, addr) = common::spawn_serve_under(
+        &["prlimit", "--nofile=160:160"],
+        &db,
+        &[],
+        &[],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let server = Server { child, addr, log };
+    let list = call("admin.keys.list", json!({})).to_string();
+    let post = |s: &mut TcpStream| {
+        let head = format!(
+            "POST /rpc HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            server.addr,
+            list.len()
+        );
+        s.write_all(format!("{head}{list}").as_bytes()).unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    // Accepted while descriptors were free; its request comes later.
+    let mut victim = TcpStream::connect(&server.addr).unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Past the limit: the last wait in the listen backlog.
+    let to: std::net::SocketAddr = server.addr.parse().unwrap();
+    let idle: Vec<TcpStream> = (0..200)
+        .map_while(|_| TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let said = post(&mut victim);
+    assert!(said.starts_with("HTTP/1.1 503 "), "{said}");
+    assert!(said.contains("could not look up which user"), "{said}");
+    assert!(said.contains("Too many open files"), "{said}");
+    assert!(said.contains("-32010"), "{said}");
+    // Descriptors back: the same connection is let in.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    let said = post(&mut victim);
+    assert!(said.starts_with("HTTP/1.1 200 "), "{said}");
+    assert!(said.contains(r#""keys":[]"#), "{said}");
+    drop(victim);
+    assert!(server.stop().success());
+}
+
 /// Whether the tests run as root (who may run a client as another user).
 fn root() -> bool {
     std::fs::read_to_string("/proc/self/status")

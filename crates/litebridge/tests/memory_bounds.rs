@@ -40,6 +40,15 @@ async fn one_read_request_holds_gigabytes() {
     assert!(litebridge::install_memory_budgets(), "budgets enforced");
     let before = peak_rss_mb();
     let wide = wide_row(120);
+    // Empty values counted 0 bytes, so a long result of them passed any
+    // limit (review 246: 9 GB for one read key's query of `x''`).
+    let empties = |value: &str, rows: usize| {
+        format!(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {rows}) SELECT {} FROM c",
+            vec![value; 100].join(", ")
+        )
+    };
+    let (empty_blobs, empty_texts) = (empties("x''", 10_000), empties("''", 30_000));
     for (sql, lane) in [
         (
             "SELECT length(a) + length(b) + length(c) FROM \
@@ -62,6 +71,8 @@ async fn one_read_request_holds_gigabytes() {
         // subquery's row): SQLite's memory for the request is capped.
         (wide.as_str(), Lane::Read),
         (wide.as_str(), Lane::Heavy),
+        (empty_blobs.as_str(), Lane::Read),
+        (empty_texts.as_str(), Lane::Heavy),
     ] {
         let e = db
             .query_with(
@@ -73,6 +84,7 @@ async fn one_read_request_holds_gigabytes() {
                 },
             )
             .await
+            .map(|r| format!("{} rows", r.rows.len()))
             .expect_err(&sql[..sql.len().min(120)]);
         assert_eq!(e.kind(), ErrorKind::TooLarge, "{sql}: {e}");
     }

@@ -67,6 +67,10 @@ pub(crate) async fn serve_with(
     shutdown: impl Future<Output = ()>,
     rules: standby::Rules,
 ) {
+    room_for(limits.max_connections);
+    // Whether the system tells who connected is found now, with
+    // descriptors to spare (`peer`).
+    crate::transport::peer::probe();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let builder = http1(limits);
@@ -262,5 +266,52 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Patient<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Descriptors kept beside the connections, for the database's files, the
+/// workers' pipes, backups, the standby acceptor and the logs.
+const RESERVE: u64 = 1024;
+
+/// Raises this process's soft limit on open files, within its hard limit,
+/// to hold `max_connections` connections and [`RESERVE`] more, with a
+/// warning naming the setting when the hard limit is lower. With the common
+/// soft limit of 1,024 and `server.max_connections` at its default of
+/// 1,024, a stranger's idle connections took every descriptor, and the
+/// server's own (its database's files, its look at who connected) failed
+/// (review 246). Worker processes started after inherit the raised limit.
+#[allow(unsafe_code)]
+fn room_for(max_connections: usize) {
+    let want = max_connections as u64 + RESERVE;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the limit into `lim`, a live value of its type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY {
+            want
+        } else {
+            want.min(lim.rlim_max)
+        },
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit(2) reads `raised`, a live value of its type.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    let now = if ok { raised.rlim_cur } else { lim.rlim_cur };
+    if now < want {
+        tracing::warn!(
+            open_files = now,
+            "server.max_connections = {max_connections} wants {want} open files with room for \
+             the database and workers, and this process may open {now} (its hard limit): \
+             connections past what the limit holds fail to be accepted; raise the limit \
+             (`ulimit -Hn`, systemd's LimitNOFILE=) or lower server.max_connections"
+        );
     }
 }

@@ -436,15 +436,29 @@ fn local_user(extensions: &axum::http::Extensions) -> Result<(), litebridge::Err
         Some(Verdict::Unknown) => {
             refuse("the program that connected could not be told (its socket was not found)")
         }
+        // Never let in for want of an answer (review 246: a stranger ran
+        // the server out of descriptors, and the next keyless request was
+        // taken for the local user's).
+        Some(Verdict::Unchecked(errno)) => Err(litebridge::Error::Unavailable {
+            what: "the check of who connected",
+            reason: format!(
+                "this server has no API keys and answers its own user's programs only, and \
+                 could not look up which user runs the program that connected ({}); \
+                 the request was not run: try again",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        }),
     }
 }
 
-/// The 401 (429 past a quota, with `Retry-After` in whole seconds, 403
-/// otherwise) for a refused request.
+/// The 401 (429 past a quota, with `Retry-After` in whole seconds; 503
+/// when who connected could not be looked up; 403 otherwise) for a
+/// refused request.
 pub(crate) fn refused(e: litebridge::Error) -> Response {
     let status = match e.kind() {
         litebridge::ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         litebridge::ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        litebridge::ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::FORBIDDEN,
     };
     let retry = match &e {

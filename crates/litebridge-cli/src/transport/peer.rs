@@ -24,6 +24,15 @@
 //! keyless requests, once per connection. Where neither can be asked
 //! (another system, `/proc` not mounted), callers are let in as before,
 //! with a warning at the first: nothing tells them apart there.
+//!
+//! Whether the system can tell is found once, at the first lookup (the
+//! server makes it before it accepts a connection), with litebridge's own
+//! uid. A lookup that fails after that (out of file descriptors, say) is
+//! [`Verdict::Unchecked`]: the request is refused, to be tried again, and
+//! the connection asks again at its next request. It used to be taken as
+//! "the system does not tell", and so let in: review 246 had another user
+//! exhaust the server's descriptors with idle connections and create an
+//! admin key on the next keyless request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -51,6 +60,9 @@ pub(crate) enum Verdict {
     Unknown,
     /// The system does not tell (no `/proc/net/tcp`).
     Untold,
+    /// The system tells, but this lookup failed (its `errno`): refused,
+    /// and looked up again at the connection's next request.
+    Unchecked(i32),
 }
 
 impl Peer {
@@ -62,25 +74,49 @@ impl Peer {
         }))
     }
 
-    /// Who the caller is (read from the system the first time).
+    /// Who the caller is (read from the system the first time it is told).
     pub(crate) fn verdict(&self) -> Verdict {
-        *self
-            .0
-            .verdict
-            .get_or_init(|| verdict(self.0.local, self.0.remote))
+        if let Some(v) = self.0.verdict.get() {
+            return *v;
+        }
+        let v = verdict(self.0.local, self.0.remote);
+        if matches!(v, Verdict::Unchecked(_)) {
+            return v;
+        }
+        *self.0.verdict.get_or_init(|| v)
     }
 }
 
+/// Finds, once, whether this system tells who holds a socket: before the
+/// server accepts connections, so that a lookup failing later for want of
+/// a descriptor is not taken for a system that does not tell.
+pub(crate) fn probe() {
+    let _ = own();
+}
+
+/// litebridge's own uid, if this system tells sockets' owners (found once).
+fn own() -> Option<u32> {
+    static OWN: OnceLock<Option<u32>> = OnceLock::new();
+    *OWN.get_or_init(|| {
+        let me = own_uid()?;
+        // Netlink answers for a socket nobody has, or the table is read.
+        let nowhere: SocketAddr = "127.0.0.1:1".parse().expect("an address");
+        let tells = diag::owner(nowhere, nowhere).is_ok()
+            || std::fs::metadata("/proc/self/net/tcp").is_ok();
+        tells.then_some(me)
+    })
+}
+
 fn verdict(local: SocketAddr, remote: SocketAddr) -> Verdict {
-    let Some(me) = own_uid() else {
+    let Some(me) = own() else {
         return untold();
     };
     // The caller's socket: its local end is our remote, and the other way.
     let found = match diag::owner(remote, local) {
         Ok(found) => found,
         Err(_) => match scan(local, remote) {
-            Some(found) => found,
-            None => return untold(),
+            Ok(found) => found,
+            Err(e) => return Verdict::Unchecked(e.raw_os_error().unwrap_or(0)),
         },
     };
     match found {
@@ -91,21 +127,27 @@ fn verdict(local: SocketAddr, remote: SocketAddr) -> Verdict {
 }
 
 /// The owner of the caller's socket from `/proc/self/net/tcp*` (see the
-/// module's note on its cost); `None` when the tables cannot be read.
-fn scan(local: SocketAddr, remote: SocketAddr) -> Option<Option<u32>> {
-    let read = |table: &str| std::fs::read_to_string(format!("/proc/self/net/{table}"));
-    Some(match (remote, local) {
-        (SocketAddr::V4(r), SocketAddr::V4(l)) => {
-            let v4 = read("tcp").ok()?;
-            owner(&v4, remote, local).or_else(|| {
-                // From an IPv6 socket, as an IPv4-mapped address.
+/// module's note on its cost); `Err` when the tables cannot be read.
+fn scan(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Option<u32>> {
+    // A table the system does not have (no IPv6) holds no socket; one that
+    // cannot be read now (no descriptor left) is an error.
+    let read = |table: &str| match std::fs::read_to_string(format!("/proc/self/net/{table}")) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    };
+    Ok(match (remote, local) {
+        (SocketAddr::V4(r), SocketAddr::V4(l)) => match owner(&read("tcp")?, remote, local) {
+            Some(uid) => Some(uid),
+            // From an IPv6 socket, as an IPv4-mapped address.
+            None => {
                 let mapped = |a: std::net::SocketAddrV4| {
                     SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
                 };
-                owner(&read("tcp6").ok()?, mapped(r), mapped(l))
-            })
-        }
-        _ => owner(&read("tcp6").ok()?, remote, local),
+                owner(&read("tcp6")?, mapped(r), mapped(l))
+            }
+        },
+        _ => owner(&read("tcp6")?, remote, local),
     })
 }
 
@@ -307,7 +349,7 @@ mod tests {
         // Netlink and the tables agree on its owner.
         let by_netlink = diag::owner(remote, local).unwrap();
         assert!(by_netlink.is_some());
-        assert_eq!(Some(by_netlink), scan(local, remote));
+        assert_eq!(by_netlink, scan(local, remote).unwrap());
         // Closed by its program: no owner, by either.
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -587,10 +587,7 @@ fn collect(
         for i in 0..ncols {
             let value = heap::lenient(|| row.get_ref(i))?;
             // Counted before it is copied out of SQLite.
-            bytes += match value {
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.len(),
-                _ => 8,
-            };
+            bytes += crate::value::cost(value);
             if bytes > max_bytes {
                 return Err(Error::TooLarge {
                     what: format!("{what} ({} rows so far{advice})", out.len()),

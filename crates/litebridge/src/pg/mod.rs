@@ -2893,12 +2893,9 @@ fn names(columns: &[tokio_postgres::Column]) -> Vec<String> {
     columns.iter().map(|c| c.name().to_owned()).collect()
 }
 
+/// What a value counts against `max_result_bytes`, as on SQLite.
 fn value_size(v: &Value) -> usize {
-    16 + match v {
-        Value::Text(s) => s.len(),
-        Value::Blob(b) => b.len(),
-        _ => 0,
-    }
+    v.cost()
 }
 
 /// The timeline a replica replays on: the one its WAL receiver last
