@@ -417,6 +417,16 @@ fn hostile_input_leaves_the_server_up_and_healthy() {
         serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
         -32700
     );
+    // A number past a double's range is JSON: refused with the request's
+    // id, which can be read (review 246: answered with `id: null`).
+    let huge = br#"{"jsonrpc":"2.0","method":"sql.query","params":["SELECT ?1",[1e400]],"id":77}"#;
+    let (status, body) = server.request("POST", "/rpc", Some("application/json"), huge);
+    let r: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, &r["error"]["code"], &r["id"]),
+        (200, &json!(-32700), &json!(77)),
+        "{r}"
+    );
     // Binary garbage and wrong types.
     let (_, body) = server.request(
         "POST",

@@ -654,7 +654,7 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     let config = dir.path().join("q.toml");
-    std::fs::write(&config, "[quota]\nfree_daily = 13\n").unwrap();
+    std::fs::write(&config, "[quota]\nfree_daily = 14\n").unwrap();
     let secret = common::create_key(&db, "agent", "read", "free");
     let server = common::Server::start(&db, &["--config", config.to_str().unwrap()]);
     let tool = |id: u64, params: Value| {
@@ -720,6 +720,16 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
         br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
     );
     assert_eq!(twice, 400);
+    // Answered with the request's id where it is named once (review 246).
+    let (twice, _, body) = server.request_with(
+        "POST",
+        "/mcp",
+        Some("application/json"),
+        &[auth, accept],
+        br#"{"jsonrpc":"2.0","id":9,"method":"ping","params":{"a":1,"a":2}}"#,
+    );
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((twice, &r["id"]), (400, &serde_json::json!(9)), "{r}");
     let (free, _, _) = server.request_with(
         "POST",
         "/mcp",
@@ -728,7 +738,7 @@ fn calls_refused_for_their_name_shape_or_scope_count_against_the_quota() {
         br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
     assert!(free < 300, "{free}");
-    // The thirteenth call is the last the day allows; the next is refused.
+    // The fourteenth call is the last the day allows; the next is refused.
     let (_, ok) = server.rpc_as(
         Some(&secret),
         &json!({"jsonrpc": "2.0", "id": 7, "method": "sql.query", "params": ["SELECT 1"]}),

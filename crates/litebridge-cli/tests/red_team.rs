@@ -490,6 +490,24 @@ fn admin_backup_writes_over_any_file_the_service_can_write() {
         let r = server.rpc(call("admin.backup", json!({"to": to})));
         assert_ne!(code(&r), 0, "to {to:?}: {r}");
     }
+    // Review 246: SQLite's own names were refused by the copy as
+    // `unavailable`, and names an operator's shell or terminal misreads
+    // were taken. Each is the caller's bad `to` now.
+    for to in [
+        "foo-wal",
+        "foo-shm",
+        "foo-journal",
+        "-rf",
+        "x\u{202e}yz",
+        "a\u{200b}b",
+    ] {
+        let r = server.rpc(call("admin.backup", json!({"to": to})));
+        assert_eq!(code(&r), -32602, "to {to:?}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("`to`"),
+            "{r}"
+        );
+    }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     // A plain name goes into the backup directory, once.
     let r = server.rpc(call("admin.backup", json!({"to": "nightly.db"})));
@@ -1823,6 +1841,94 @@ fn two_authorization_headers_let_the_first_one_speak() {
         );
         assert_eq!(status, 401, "{reply}");
         assert!(reply.contains("more than one Authorization"), "{reply}");
+    }
+    assert!(server.stop().success());
+}
+
+/// Review 246: a key whose daily quota was spent still had each request's
+/// body read and parsed before it was refused (eight bodies of 16 MB took
+/// 9.5 s of the server's CPU), and its MCP notifications were read and
+/// accepted. Such a key is now refused before its body: here a head whose
+/// body never comes is answered 429 at once, on `/rpc` and on `/mcp`.
+#[test]
+fn a_key_whose_quota_is_spent_is_refused_before_its_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("spent.db");
+    let config = dir.path().join("spent.toml");
+    std::fs::write(&config, "[quota]\nfree_daily = 1\n").unwrap();
+    let key = create_key(&db, "spent", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let (status, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
+    assert_eq!(status, 200, "{r}");
+    let auth = format!("\r\nAuthorization: Bearer {key}");
+    for path in ["/rpc", "/mcp"] {
+        let head = rpc_head(&server.addr, &auth, 1 << 20).replacen("/rpc", path, 1);
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let extra = if path == "/mcp" {
+            "\r\nAccept: application/json, text/event-stream"
+        } else {
+            ""
+        };
+        s.write_all(format!("{head}{extra}\r\n\r\n").as_bytes())
+            .unwrap();
+        let started = Instant::now();
+        let mut answer = [0u8; 4096];
+        let n = s.read(&mut answer).unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 429"), "{path}: {text}");
+        assert!(text.contains("\"daily\""), "{path}: {text}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}");
+    }
+    assert!(server.stop().success());
+}
+
+/// Review 246: litebridge's own reads (the keys' refresh among them) took
+/// the read lane's connections as clients' reads do, so a key holding every
+/// reader with long reads kept a revocation from taking effect, and
+/// `admin.keys.revoke` from answering, until those reads ended. One
+/// connection is kept for litebridge's own reads now.
+#[test]
+fn a_key_holding_every_reader_does_not_hold_back_a_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lane.db");
+    let hog = create_key(&db, "hog", "read", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let victim = create_key(&db, "victim", "read", "pro");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_DB_READERS", "2")]);
+    let long = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 15_000})).to_string();
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, long) = (server.addr.clone(), long.clone());
+            let head = rpc_head(
+                &addr,
+                &format!("\r\nAuthorization: Bearer {hog}"),
+                long.len(),
+            );
+            std::thread::spawn(move || raw(&addr, &head, long.as_bytes()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, r) = server.rpc_as(
+        Some(&admin),
+        &call("admin.keys.revoke", json!({"name": "victim"})),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, r) = server.rpc_as(Some(&victim), &call("pool.health", json!({})));
+    assert_eq!(status, 401, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for h in holders {
+        let _ = h.join();
     }
     assert!(server.stop().success());
 }

@@ -398,7 +398,9 @@ fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
 /// one with a directory in it, a hidden one (`.x`, where partial copies are
 /// written), one with control characters and one named like a scheduled
 /// backup (`<db>.<time>.backup`, or `LATEST` and `LATEST.partial`) are
-/// refused, and so is a name
+/// refused, as are names starting with `-`, holding bidirectional or
+/// invisible format characters, or ending like SQLite's own files
+/// (`-wal`, `-shm`, `-journal`), and so is a name
 /// that exists already: a request never chooses where the service writes,
 /// replaces a file, or passes its copy off as a scheduled backup.
 ///
@@ -406,11 +408,14 @@ fn verified_first(candidates: Vec<PathBuf>) -> Option<(PathBuf, Duration)> {
 /// [`Error::InvalidArgument`] naming `to` for a name that is not plain;
 /// otherwise as [`Database::backup_to`].
 pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Result<BackupReport> {
+    // Nor a name an operator's shell or terminal would misread: one taken
+    // for an option (`-rf`), or one whose text reads in another order than
+    // its letters (bidirectional and invisible format characters).
     let plain = !name.is_empty()
         && name.len() <= 255
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
         && !name.contains(['/', '\\'])
-        && !name.chars().any(char::is_control);
+        && !name.chars().any(|c| c.is_control() || invisible(c));
     if !plain {
         return Err(Error::invalid(
             "to",
@@ -418,6 +423,20 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
                 "{:?} is not a plain file name; a backup is written to the backup directory \
                  under a name of its own (no directory, not starting with a dot)",
                 name.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    // SQLite's own files beside a database: refused by name here, as the
+    // caller's to change (review 246: said as `unavailable` by the copy).
+    if let Some(end) = ["-wal", "-shm", "-journal"]
+        .iter()
+        .find(|e| name.ends_with(*e))
+    {
+        return Err(Error::invalid(
+            "to",
+            format!(
+                "{name:?} ends in {end}, the name SQLite gives a database's log or index \
+                 beside it; give another name"
             ),
         ));
     }
@@ -457,6 +476,12 @@ pub async fn take_named(db: &Database, policy: &BackupPolicy, name: &str) -> Res
         ));
     }
     db.backup_to(dest, |_| {}).await
+}
+
+/// A character that changes how a name reads without showing itself:
+/// bidirectional controls and marks, zero-width characters, the BOM.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Takes one verified backup of `db` into the policy's directory, records

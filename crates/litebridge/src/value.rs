@@ -104,6 +104,7 @@ impl Value {
     }
 
     /// What this value counts against `db.max_result_bytes` (see [`cost`]).
+    #[cfg(feature = "postgres")]
     pub(crate) fn cost(&self) -> usize {
         match self {
             Value::Null | Value::Integer(_) => cost(ValueRef::Null),

@@ -4750,3 +4750,97 @@ async fn postgres_reads_that_wait_are_spread_over_the_pool() {
     db.close();
     schema.drop_now().await;
 }
+
+/// Review 247: migrations took an advisory lock, which any key's SQL may
+/// take too, so a read key holding it kept every front end from starting;
+/// and a start ran `CREATE INDEX IF NOT EXISTS` on the claims' table,
+/// whose share lock waited for any keyed write in flight, while every
+/// keyed write of every front end waited for the start. Here a session
+/// holds that advisory lock and a keyed write's row lock on the claims:
+/// a second front end starts all the same, and keyed writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_start_waits_for_no_keys_lock_and_no_keyed_write() {
+    let Some((schema, db)) = pg_with(|_| {}).await else {
+        return;
+    };
+    db.execute_with("CREATE TABLE t(n BIGINT)", (), WriteOptions::default())
+        .await
+        .unwrap();
+    let other = common::pg::admin(&schema.url).await;
+    other
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock(hashtext('litebridge migrate {own}'));
+             BEGIN;
+             INSERT INTO {own}.litebridge_claims VALUES (decode(repeat('ab', 32), 'hex'), '', 0);",
+            own = schema.own()
+        ))
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        PgDatabase::connect(schema.config()),
+    )
+    .await
+    .expect("the second front end waited for the lock or the keyed write")
+    .unwrap();
+    for (i, db) in [&db, &second].into_iter().enumerate() {
+        let wrote = tokio::time::timeout(
+            Duration::from_secs(20),
+            db.execute_with("INSERT INTO t VALUES (1)", (), once(1, &format!("k{i}"))),
+        )
+        .await
+        .expect("a keyed write waited")
+        .unwrap();
+        assert_eq!(wrote.changes, 1);
+    }
+    other.batch_execute("ROLLBACK").await.unwrap();
+    drop(other);
+    second.close();
+    db.close();
+    schema.drop_now().await;
+}
+
+/// Review 247: a write key set its role's `local_preload_libraries` to a
+/// library that is not there, and every later connection of the clients'
+/// role failed (a front end could start no more) until a superuser reset
+/// it. The connections' start-up options pin it empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
+    let Some((schema, db)) = pg_with(|_| {}).await else {
+        return;
+    };
+    let admin = common::pg::admin(&schema.url).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} SET local_preload_libraries = 'nonexistent_lib';
+             ALTER ROLE {role} SET log_parameter_max_length_on_error = -1",
+            role = common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    let started = PgDatabase::connect(schema.config()).await;
+    let read = match &started {
+        Ok(second) => second
+            .query_with(
+                "SELECT current_setting('log_parameter_max_length_on_error')",
+                (),
+                QueryOptions::default(),
+            )
+            .await
+            .map(|r| r.rows),
+        Err(e) => Err(e.clone()),
+    };
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} RESET local_preload_libraries;
+             ALTER ROLE {role} RESET log_parameter_max_length_on_error",
+            role = common::pg::CLIENT_ROLE
+        ))
+        .await
+        .unwrap();
+    let second = started.expect("a front end starts");
+    assert_eq!(read.unwrap(), [[Value::Text("0".into())]]);
+    second.close();
+    db.close();
+    schema.drop_now().await;
+}

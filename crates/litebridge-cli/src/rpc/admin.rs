@@ -12,7 +12,8 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminBackup {
     /// A file name for the backup in the backup directory (no directory; a
-    /// new name). Default: a timestamped name.
+    /// new name; not starting with `.` or `-`, nor ending in `-wal`, `-shm`
+    /// or `-journal`). Default: a timestamped name.
     #[serde(default)]
     to: Option<String>,
 }

@@ -148,10 +148,12 @@ async fn handle_in_span(
     let owner = caller.key().map_or("", |k| k.name());
     let (value, _held): (Json, _) = match litebridge::json::parse(input, owner) {
         Ok(parsed) => parsed,
-        // JSON nested too deep is JSON, refused for its depth: answered with
-        // its id, as the refusals below are, where it can be read.
+        // JSON nested too deep, or with a number past a double's range, is
+        // JSON, refused for its depth or its number: answered with its id,
+        // as the refusals below are, where it can be read.
         Err(litebridge::json::Unreadable::Syntax(e)) => {
-            let id = if e.contains("recursion limit exceeded") {
+            let id = if e.contains("recursion limit exceeded") || e.contains("number out of range")
+            {
                 litebridge::json::top_level_id(input).unwrap_or(Json::Null)
             } else {
                 Json::Null

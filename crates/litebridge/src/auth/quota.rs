@@ -243,6 +243,25 @@ impl Meter {
         let (day, month, ms) = periods(self.clock.now());
         let mut u = self.usage();
         u.roll(day, month);
+        self.left(&u, (day, month, ms))?;
+        u.day_count += 1;
+        u.month_count += 1;
+        u.add_pending(day);
+        u.add_pending(month);
+        u.last_used_ms = Some(ms);
+        Ok(())
+    }
+
+    /// Whether a request could be counted now, without counting it.
+    pub(crate) fn spent(&self) -> Result<()> {
+        let now = periods(self.clock.now());
+        let mut u = self.usage();
+        u.roll(now.0, now.1);
+        self.left(&u, now)
+    }
+
+    /// `Ok` while both quotas have a request left in their periods.
+    fn left(&self, u: &Usage, (day, month, ms): (Period, Period, i64)) -> Result<()> {
         if let Some(limit) = self.limits.daily
             && u.day_count >= limit
         {
@@ -253,11 +272,6 @@ impl Meter {
         {
             return Err(self.exceeded("monthly", limit, until_next(month, ms)));
         }
-        u.day_count += 1;
-        u.month_count += 1;
-        u.add_pending(day);
-        u.add_pending(month);
-        u.last_used_ms = Some(ms);
         Ok(())
     }
 

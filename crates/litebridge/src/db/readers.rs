@@ -14,6 +14,11 @@
 //! still belong on the heavy lane, and every read carries a deadline
 //! enforced inside SQLite.
 //!
+//! One connection more than `db.readers` is kept for litebridge's own
+//! reads (the keys' refresh, quota totals, the stores' lookups), taken
+//! only when the others are all busy: a key sending long reads to every
+//! reader held revocation back until they ended (review 246).
+//!
 //! Read-your-writes: WAL readers see every transaction committed before their
 //! read transaction starts. A statement here starts and ends its own read
 //! transaction (statements are reset when returned to the cache, and the
@@ -46,6 +51,9 @@ struct Slot {
 pub(crate) struct ReaderPool {
     idle: Mutex<VecDeque<Slot>>,
     permits: Semaphore,
+    /// The place kept for litebridge's own reads (its connection is one
+    /// of `idle`'s).
+    reserved: Semaphore,
     size: usize,
     opener: Opener,
     counters: Arc<Counters>,
@@ -59,7 +67,7 @@ impl ReaderPool {
         keeper: Arc<Keeper>,
     ) -> Result<ReaderPool> {
         let size = opener.config.readers;
-        let idle = (0..size)
+        let idle = (0..=size)
             .map(|_| {
                 Ok(Slot {
                     conn: opener.open_reader()?,
@@ -70,6 +78,7 @@ impl ReaderPool {
         Ok(ReaderPool {
             idle: Mutex::new(idle),
             permits: Semaphore::new(size),
+            reserved: Semaphore::new(1),
             size,
             opener,
             counters,
@@ -112,20 +121,7 @@ impl ReaderPool {
         if self.opener.halt.load(Ordering::Relaxed) {
             return Err(guard::halted_error());
         }
-        let _permit = match self.permits.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                self.counters.read_waiters.fetch_add(1, Ordering::Relaxed);
-                let acquired = match budget.deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), self.permits.acquire())
-                        .await
-                        .map_err(|_| budget.timeout_error(TimeoutStage::Queued)),
-                    None => Ok(self.permits.acquire().await),
-                };
-                self.counters.read_waiters.fetch_sub(1, Ordering::Relaxed);
-                acquired?.map_err(|_| Error::closed())?
-            }
-        };
+        let _permit = self.place(budget).await?;
         self.keeper.used();
         let mut slot = self.checkout();
         let mut result = match Self::attempt(&mut slot, budget, &mut f, inline) {
@@ -157,6 +153,38 @@ impl ReaderPool {
         }
         self.idle().push_back(slot);
         result
+    }
+
+    /// A place on the lane, waited for up to the budget's deadline: one of
+    /// `size`, or for litebridge's own reads the one kept for them too.
+    async fn place(&self, budget: &Budget) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Ok(p);
+        }
+        if budget.own
+            && let Ok(p) = self.reserved.try_acquire()
+        {
+            return Ok(p);
+        }
+        self.counters.read_waiters.fetch_add(1, Ordering::Relaxed);
+        let wait = async {
+            if budget.own {
+                tokio::select! {
+                    p = self.permits.acquire() => p,
+                    p = self.reserved.acquire() => p,
+                }
+            } else {
+                self.permits.acquire().await
+            }
+        };
+        let acquired = match budget.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), wait)
+                .await
+                .map_err(|_| budget.timeout_error(TimeoutStage::Queued)),
+            None => Ok(wait.await),
+        };
+        self.counters.read_waiters.fetch_sub(1, Ordering::Relaxed);
+        acquired?.map_err(|_| Error::closed())
     }
 
     /// Runs `f` once; `None` when it ran `inline` past its budget there and
@@ -200,8 +228,12 @@ impl ReaderPool {
     /// Checks idle connections not checked within `interval`, replacing broken ones.
     /// Runs on the health thread; never waits for a busy connection.
     pub(crate) fn health_check(&self, interval: Duration) {
-        for _ in 0..self.size {
-            let Ok(permit) = self.permits.try_acquire() else {
+        for _ in 0..=self.size {
+            let Ok(permit) = self
+                .permits
+                .try_acquire()
+                .or_else(|_| self.reserved.try_acquire())
+            else {
                 return;
             };
             let Some(mut slot) = self.idle().pop_front() else {
@@ -229,6 +261,7 @@ impl ReaderPool {
 
     pub(crate) fn close(&self) {
         self.permits.close();
+        self.reserved.close();
         self.idle().clear();
     }
 }

@@ -99,17 +99,36 @@ pub(super) async fn install(
             ),
         });
     }
+    // Made only where missing: `CREATE INDEX IF NOT EXISTS` takes its
+    // table's share lock before it looks, so a start waited for any keyed
+    // write in flight, and every keyed write of every front end then waited
+    // for the start (review 247: a write key's long keyed write held them
+    // all).
+    let indexed: bool = tx
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.litebridge_claims_created")],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    if !indexed {
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.litebridge_claims(
+                 key BYTEA PRIMARY KEY,
+                 result TEXT NOT NULL,
+                 created_at BIGINT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS litebridge_claims_created ON {schema}.litebridge_claims(created_at);"
+        ))
+        .await
+        .map_err(fail)?;
+    }
     // The client's role name is quoted as an identifier; the schema's is
     // checked to need no quoting (config.rs).
     let client = format!("\"{}\"", client_user.replace('"', "\"\""));
     tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {schema}.litebridge_claims(
-             key BYTEA PRIMARY KEY,
-             result TEXT NOT NULL,
-             created_at BIGINT NOT NULL
-         );
-         CREATE INDEX IF NOT EXISTS litebridge_claims_created ON {schema}.litebridge_claims(created_at);
-         CREATE SCHEMA IF NOT EXISTS {schema}_claims;
+        "CREATE SCHEMA IF NOT EXISTS {schema}_claims;
          REVOKE ALL ON SCHEMA {schema}_claims FROM PUBLIC;
          CREATE OR REPLACE FUNCTION {schema}_claims.claim(k pg_catalog.bytea)
              RETURNS pg_catalog.text

@@ -480,7 +480,11 @@ pub(crate) struct Server {
 const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
 
 /// The clients' sessions also fix what decides how their SQL is read and
-/// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`).
+/// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`),
+/// and what such a default could use to lock the role out or make the
+/// server log other keys' values: no `local_preload_libraries` (one naming
+/// a library that is not there failed every later connection, review 247)
+/// and no bound values in the log of a failed statement.
 /// Not `default_transaction_read_only`: pg_auto_failover fences a node it
 /// is promoting with it (the server's own setting), and a write must meet
 /// that fence, not override it (the failover test caught writes accepted
@@ -490,7 +494,8 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
      -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default \
-     -c gin_fuzzy_search_limit=0";
+     -c gin_fuzzy_search_limit=0 -c local_preload_libraries= \
+     -c log_parameter_max_length_on_error=0";
 
 /// With one-message requests on, what decides how their text results read
 /// (`fast`), whatever a role's own defaults say.

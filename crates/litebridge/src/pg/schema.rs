@@ -9,9 +9,12 @@
 //! EXISTS`); PostgreSQL's version 4 makes memory's keys `COLLATE "C"`,
 //! and version 5 keeps front ends of earlier versions from replacing the
 //! functions of `claims.rs` with theirs. Migrations run in one
-//! transaction under a transaction-level advisory lock, so front ends that
-//! start together migrate one after the other and the second finds the work
-//! done. `PUBLIC` has no rights on the schema, and a clients' role that can
+//! transaction holding a lock on the schema's `litebridge_meta` table, so
+//! front ends that start together migrate one after the other and the
+//! second finds the work done. Only litebridge's role can take that lock:
+//! the advisory lock used before could be taken by any key's SQL, and
+//! review 247 had a read key hold it and keep every front end (and
+//! `litebridge keys --config`) from starting. `PUBLIC` has no rights on the schema, and a clients' role that can
 //! use it stops the start: the clients' SQL must not reach these tables.
 
 use crate::error::{Error, Result};
@@ -104,6 +107,21 @@ pub(crate) async fn refuse_newer(conn: &tokio_postgres::Client, schema: &str) ->
     Ok(())
 }
 
+/// Whether `e` says another session made what `IF NOT EXISTS` was making
+/// at the same moment (PostgreSQL checks before it inserts the catalog row).
+fn made_meanwhile(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_SCHEMA,
+            SqlState::DUPLICATE_OBJECT,
+        ]
+        .contains(c)
+    })
+}
+
 /// The version of litebridge's schema, 0 before the first migration.
 async fn version(
     conn: &impl tokio_postgres::GenericClient,
@@ -144,17 +162,24 @@ pub(crate) async fn migrate(
             super::error::error_chain(&e)
         ),
     };
-    let tx = conn.transaction().await.map_err(fail)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('litebridge migrate ' || $1::text))",
-        &[&schema],
-    )
-    .await
-    .map_err(fail)?;
-    tx.batch_execute(&format!(
+    // The schema and the table whose lock the migrations take, made by
+    // whichever front end comes first: one starting at the same moment may
+    // find them half made (a unique or duplicate error) and looks again.
+    let made = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
          CREATE TABLE IF NOT EXISTS {schema}.litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    );
+    for attempt in 1.. {
+        match conn.batch_execute(&made).await {
+            Ok(()) => break,
+            Err(e) if attempt < 5 && made_meanwhile(&e) => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let tx = conn.transaction().await.map_err(fail)?;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {schema}.litebridge_meta IN SHARE ROW EXCLUSIVE MODE"
     ))
     .await
     .map_err(fail)?;

@@ -305,6 +305,12 @@ pub(crate) async fn authenticate(
                 Ok(slot) => slot,
                 Err(e) => return crate::transport::http::refused(e),
             };
+            // A key whose quota is spent is refused before a large body is
+            // read, notifications included, as on `/rpc`.
+            if let Some(refusal) = crate::transport::http::spent_unread(&caller, request.headers())
+            {
+                return refusal;
+            }
             // And one of the server's places, as on `/rpc`.
             let Some(_permit) = crate::transport::http::in_flight(&state) else {
                 return crate::transport::http::overloaded(&state);
