@@ -4844,3 +4844,112 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
     db.close();
     schema.drop_now().await;
 }
+
+/// Review 247: a number past a `real`'s (or, as text, a double's) range
+/// was stored as an infinity or a zero, where PostgreSQL refuses it; a
+/// composite type a key named `citext` came back as its binary form; and
+/// `"char"` past ASCII read as U+FFFD, its zero byte as NUL. Both reading
+/// paths (bound and one-message) read `"char"` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_values_past_a_types_range_and_odd_types_are_refused_or_read_as_printed() {
+    for one_message in [false, true] {
+        let Some((schema, db)) = pg_with(|c| c.one_message_reads = one_message).await else {
+            return;
+        };
+        for sql in [
+            "CREATE TABLE vc(r real, d float8)",
+            "CREATE TYPE citext AS (a int, b bigint)",
+        ] {
+            db.execute_with(sql, (), WriteOptions::default())
+                .await
+                .unwrap();
+        }
+        for (sql, value) in [
+            ("INSERT INTO vc(r) VALUES ($1)", Value::Real(1e39)),
+            ("INSERT INTO vc(r) VALUES ($1)", Value::Real(1e-50)),
+            ("INSERT INTO vc(d) VALUES ($1)", Value::Text("1e500".into())),
+            (
+                "INSERT INTO vc(d) VALUES ($1)",
+                Value::Text("1e-400".into()),
+            ),
+        ] {
+            let e = db
+                .execute_with(sql, vec![value.clone()], WriteOptions::default())
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{value:?}: {e}");
+            assert!(e.to_string().contains("out of range"), "{value:?}: {e}");
+        }
+        // What is in range, and the infinities named, still go in.
+        for (sql, value) in [
+            ("INSERT INTO vc(r) VALUES ($1)", Value::Real(1.5e38)),
+            (
+                "INSERT INTO vc(d) VALUES ($1)",
+                Value::Text("-Infinity".into()),
+            ),
+            ("INSERT INTO vc(d) VALUES ($1)", Value::Text("0.000".into())),
+        ] {
+            db.execute_with(sql, vec![value], WriteOptions::default())
+                .await
+                .unwrap();
+        }
+        let e = db
+            .query_with(
+                "SELECT ROW(65, 66)::citext AS c",
+                (),
+                QueryOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("\"c\""), "{e}");
+        let r = db
+            .query_with(
+                "SELECT 'é'::\"char\", ''::\"char\", 'y'::\"char\"",
+                (),
+                QueryOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.rows[0],
+            [
+                Value::Text("\\303".into()),
+                Value::Text(String::new()),
+                Value::Text("y".into())
+            ],
+            "one message: {one_message}"
+        );
+        db.close();
+        schema.drop_now().await;
+    }
+}
+
+/// Review 247: a value the server could not take for its parameter's type
+/// (bad date text, a NUL in text) was a `sql` error naming no parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_value_the_server_refuses_names_its_parameter() {
+    let Some((schema, db)) = pg_with(|_| {}).await else {
+        return;
+    };
+    for (sql, params, param) in [
+        (
+            "SELECT $1::date, $2::date",
+            vec![Value::Text("2020-01-01".into()), Value::Text("bad".into())],
+            "params[1]",
+        ),
+        (
+            "SELECT $1::text",
+            vec![Value::Text("a\0b".into())],
+            "params[0]",
+        ),
+    ] {
+        let e = db
+            .query_with(sql, params, QueryOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{sql}: {e}");
+        assert!(e.to_string().contains(param), "{sql}: {e}");
+    }
+    db.close();
+    schema.drop_now().await;
+}

@@ -42,6 +42,18 @@ fn is_parameter_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// The litebridge error for `e`, raised while running the client's SQL.
+/// The parameter (1 for `$1`) a server error's context names, as
+/// PostgreSQL names the one it failed to read while binding a statement
+/// (`unnamed portal parameter $2`, with its value when logged).
+fn portal_parameter(context: &str) -> Option<usize> {
+    let at = context.find("portal parameter $")? + "portal parameter $".len();
+    let digits: String = context[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().filter(|n| *n >= 1)
+}
+
 pub(crate) fn from_pg(e: &tokio_postgres::Error, timeout: Duration) -> Error {
     let Some(db) = e.as_db_error() else {
         if is_parameter_error(e) {
@@ -70,6 +82,14 @@ pub(crate) fn from_pg(e: &tokio_postgres::Error, timeout: Duration) -> Error {
         message.push(')');
     }
     let code = db.code();
+    // A value the server could not take for its parameter's type (bad
+    // date text, a NUL in text): said of that parameter, as the values
+    // refused before they are sent are (review 247).
+    if code.code().starts_with("22")
+        && let Some(n) = db.where_().and_then(portal_parameter)
+    {
+        return Error::invalid(format!("params[{}]", n - 1), message);
+    }
     match code {
         &SqlState::READ_ONLY_SQL_TRANSACTION => Error::ReadOnly { message },
         &SqlState::QUERY_CANCELED => Error::Timeout {

@@ -224,7 +224,7 @@ pub(super) fn cell(ty: &Type, text: Option<&str>) -> Result<Value, BoxError> {
                 }
                 _ => return Err(format!("{text:?} is not a \"char\"").into()),
             };
-            Value::Text(String::from_utf8_lossy(&[byte]).into_owned())
+            Value::Text(super::types::char_text(byte))
         }
         _ => Value::Text(text.to_owned()),
     })
@@ -787,11 +787,11 @@ mod tests {
         // `"char"` as its byte: nothing is 0, `\ooo` past ASCII.
         assert_eq!(
             cell(&Type::CHAR, Some("")).unwrap(),
-            Value::Text("\0".into())
+            Value::Text(String::new())
         );
         assert_eq!(
             cell(&Type::CHAR, Some("\\303")).unwrap(),
-            Value::Text("\u{FFFD}".into())
+            Value::Text("\\303".into())
         );
         assert_eq!(
             cell(&Type::CHAR, Some("\\")).unwrap(),

@@ -81,7 +81,7 @@ impl ToSql for Param<'_> {
             (Value::Integer(i), &Type::INT8) => out.put_i64(*i),
             (Value::Integer(i), &Type::FLOAT4) => out.put_f32(*i as f32),
             (Value::Integer(i), &Type::FLOAT8) => out.put_f64(*i as f64),
-            (Value::Real(f), &Type::FLOAT4) => out.put_f32(*f as f32),
+            (Value::Real(f), &Type::FLOAT4) => out.put_f32(real4(*f, ty)?),
             (Value::Real(f), &Type::FLOAT8) => out.put_f64(*f),
             (Value::Real(f), &Type::INT2 | &Type::INT4 | &Type::INT8)
                 if f.fract() == 0.0 && f.abs() < 9.0e15 =>
@@ -138,6 +138,11 @@ impl ToSql for Param<'_> {
                     }
                     Type::FLOAT4 | Type::FLOAT8 => {
                         let f: f64 = s.trim().parse().map_err(|_| mismatch(v, ty))?;
+                        // Past a double's range, as PostgreSQL refuses it (Rust's
+                        // parser gives an infinity or a zero).
+                        if f.is_infinite() && !names_infinity(s) || f == 0.0 && nonzero(s) {
+                            return Err(out_of_range(s, ty));
+                        }
                         return Param(&Value::Real(f)).to_sql(ty, out);
                     }
                     _ => return Err(mismatch(v, ty)),
@@ -179,6 +184,38 @@ pub(super) fn real_text<F: std::fmt::Debug + Into<f64> + Copy>(f: F) -> String {
 
 fn narrow<T: TryFrom<i64>>(i: i64, ty: &Type) -> Result<T, BoxError> {
     T::try_from(i).map_err(|_| format!("{i} is out of range for type {}", ty.name()).into())
+}
+
+/// `f` as a `real`, refused where the narrowing would make it an infinity
+/// or a zero (PostgreSQL refuses such a value as out of range; it was
+/// stored changed: review 247).
+fn real4(f: f64, ty: &Type) -> Result<f32, BoxError> {
+    let narrowed = f as f32;
+    if narrowed.is_infinite() && f.is_finite() || narrowed == 0.0 && f != 0.0 {
+        return Err(format!("{} is out of range for type {}", real_text(f), ty.name()).into());
+    }
+    Ok(narrowed)
+}
+
+/// Whether `text` spells an infinity (`inf`, `Infinity`, signed).
+fn names_infinity(text: &str) -> bool {
+    let t = text
+        .trim()
+        .trim_start_matches(['+', '-'])
+        .to_ascii_lowercase();
+    t == "inf" || t == "infinity"
+}
+
+/// Whether `text`, a number, has a digit other than 0 before its exponent.
+fn nonzero(text: &str) -> bool {
+    text.split(['e', 'E'])
+        .next()
+        .is_some_and(|m| m.bytes().any(|b| matches!(b, b'1'..=b'9')))
+}
+
+/// The refusal of `text`, a number past `ty`'s range.
+fn out_of_range(text: &str, ty: &Type) -> BoxError {
+    format!("{:?} is out of range for type {}", text.trim(), ty.name()).into()
 }
 
 fn mismatch(v: &Value, ty: &Type) -> BoxError {
@@ -239,7 +276,24 @@ pub(crate) fn readable(ty: &Type) -> bool {
             | Type::TIMESTAMP
             | Type::TIMESTAMPTZ
             | Type::VOID
-    ) || ty.name() == "citext"
+    ) || citext(ty)
+}
+
+/// The `citext` extension's type (a base type, read as its text); a
+/// composite type or domain a key named `citext` is not read as text
+/// (review 247: its binary form came back as text).
+fn citext(ty: &Type) -> bool {
+    ty.name() == "citext" && matches!(ty.kind(), tokio_postgres::types::Kind::Simple)
+}
+
+/// A `"char"` byte as PostgreSQL prints it: nothing for 0, the character
+/// for ASCII, `\ooo` past it (review 247: it was read as U+FFFD and NUL).
+pub(crate) fn char_text(byte: u8) -> String {
+    match byte {
+        0 => String::new(),
+        b if b.is_ascii() => char::from(b).to_string(),
+        b => format!("\\{b:03o}"),
+    }
 }
 
 impl<'a> FromSql<'a> for Cell {
@@ -253,8 +307,8 @@ impl<'a> FromSql<'a> for Cell {
             Type::INT4 => Value::Integer(i64::from(i32::from_sql(ty, raw)?)),
             Type::INT8 => Value::Integer(i64::from_sql(ty, raw)?),
             Type::OID => Value::Integer(i64::from(u32::from_sql(ty, raw)?)),
-            // `"char"`: one byte, read as text (as PostgreSQL prints it).
-            Type::CHAR => Value::Text(String::from_utf8_lossy(raw).into_owned()),
+            // `"char"`: one byte, read as text as PostgreSQL prints it.
+            Type::CHAR => Value::Text(char_text(raw.first().copied().unwrap_or(0))),
             Type::FLOAT4 => real(f64::from(f32::from_sql(ty, raw)?)),
             Type::FLOAT8 => real(f64::from_sql(ty, raw)?),
             Type::NUMERIC => Value::Text(numeric(raw)?),
