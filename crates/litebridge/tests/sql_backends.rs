@@ -781,7 +781,8 @@ async fn postgres_parameters_bind_to_the_inferred_types() {
         )
         .await
         .expect_err("bad uuid");
-    assert_eq!(e.kind(), ErrorKind::Sql, "{e}");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("params[0]"), "{e}");
     // A parameter the server cannot type takes the value's type.
     let r = db
         .query_with(
