@@ -153,13 +153,25 @@ async function errorOf(res, what, redact) {
 }
 
 /**
- * `reply` with the key blanked in its error's message: litebridge never
+ * `reply` with the key blanked in its error's strings: litebridge never
  * quotes it, but a server of its shape (a proxy's, a debugging one's) may
  * quote the request's headers, and error messages go to logs.
  */
 function blanked(reply, redact) {
   const e = reply?.error;
-  if (e !== null && typeof e === 'object' && typeof e.message === 'string') e.message = redact(e.message);
+  if (e === null || typeof e !== 'object') return reply;
+  // Every string of the error, `data` too (review 248: inspect() and
+  // JSON.stringify of the error showed a key quoted there).
+  const stack = [e];
+  while (stack.length > 0) {
+    const o = stack.pop();
+    for (const k of Object.keys(o)) {
+      const v = o[k];
+      if (typeof v === 'string') {
+        Object.defineProperty(o, k, { value: redact(v), enumerable: true, writable: true, configurable: true });
+      } else if (v !== null && typeof v === 'object') stack.push(v);
+    }
+  }
   return reply;
 }
 

@@ -716,7 +716,8 @@ test('a reply nested 50,000 levels deep is read whole, where it was a RangeError
 
 test("the key never reaches an error's message through litebridge-shaped errors or an events refusal quoting the request", async (t) => {
   const key = 'lb_SECRET_KEY_4f1e';
-  const own = (id, head) => JSON.stringify({ jsonrpc: '2.0', id, error: { code: -32603, message: `failed: ${head}`, data: { kind: 'internal' } } });
+  const own = (id, head) =>
+    JSON.stringify({ jsonrpc: '2.0', id, error: { code: -32603, message: `failed: ${head}`, data: { kind: 'internal', seen: [{ head }] } } });
   const answers = [
     ['200 with an error of its shape', (s, r) => reply(200, own(JSON.parse(r.body || '{"id":null}').id, r.head), { 'content-type': 'application/json' })(s)],
     ['401 with an error of its shape', (s, r) => reply(401, own(null, r.head), { 'content-type': 'application/json' })(s)],
@@ -735,7 +736,10 @@ test("the key never reaches an error's message through litebridge-shaped errors 
       ]) {
         const e = await call().catch((x) => x);
         assert.ok(e instanceof Error, `${name}, ${what}: ${inspect(e)}`);
-        assert.ok(!e.message.includes(key.slice(0, 8)), `${name}, batch ${batch}, ${what}: ${e.message}`);
+        // Nor anywhere the error is shown: its data too (review 248).
+        for (const shown of [e.message, inspect(e, { depth: null }), JSON.stringify(e)]) {
+          assert.ok(!shown.includes(key.slice(0, 8)), `${name}, batch ${batch}, ${what}: ${shown}`);
+        }
       }
       if (name.startsWith('401')) {
         // GET /events refused for good: the stream ends with an error event.

@@ -593,12 +593,19 @@ def _http_error(e, what, redact):
 
 
 def _blanked(reply, redact):
-    """``reply`` with the key blanked in its error's message: litebridge never
-    quotes it, but a server of its shape (a proxy's, a debugging one's) may
-    quote the request's headers, and error messages go to logs."""
-    error = reply.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        error["message"] = redact(error["message"])
+    """``reply`` with the key blanked in every string of its error (``data``
+    too): litebridge never quotes it, but a server of its shape (a proxy's,
+    a debugging one's) may quote the request's headers, and errors go to
+    logs."""
+    stack = [reply.get("error")]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in list(items):
+            if isinstance(v, str):
+                node[k] = redact(v)
+            elif isinstance(v, (dict, list)):
+                stack.append(v)
     return reply
 
 

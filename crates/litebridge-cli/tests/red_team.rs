@@ -1896,7 +1896,7 @@ fn a_key_holding_every_reader_does_not_hold_back_a_revocation() {
     let admin = create_key(&db, "admin", "admin", "pro");
     let victim = create_key(&db, "victim", "read", "pro");
     let server = Server::start_with(&db, &[], &[("LITEBRIDGE_DB_READERS", "2")]);
-    let long = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 15_000})).to_string();
+    let long = call("sql.query", json!({"sql": ENDLESS, "timeout_ms": 8_000})).to_string();
     let holders: Vec<_> = (0..2)
         .map(|_| {
             let (addr, long) = (server.addr.clone(), long.clone());
@@ -1910,6 +1910,23 @@ fn a_key_holding_every_reader_does_not_hold_back_a_revocation() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
+    // A store's read, which any key may ask for, waits for a reader: the
+    // kept one is the keys' (review 248: `memory.list` loops held it).
+    let store = {
+        let (addr, hog) = (server.addr.clone(), hog);
+        std::thread::spawn(move || {
+            let body = call("memory.get", json!({"namespace": "n", "key": "k"})).to_string();
+            let head = rpc_head(
+                &addr,
+                &format!("\r\nAuthorization: Bearer {hog}"),
+                body.len(),
+            );
+            let asked = Instant::now();
+            let (status, _) = raw(&addr, &head, body.as_bytes());
+            (status, asked.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
     let (status, r) = server.rpc_as(
         Some(&admin),
         &call("admin.keys.revoke", json!({"name": "victim"})),
@@ -1927,9 +1944,77 @@ fn a_key_holding_every_reader_does_not_hold_back_a_revocation() {
         "{:?}",
         started.elapsed()
     );
+    let (status, waited) = store.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited > Duration::from_secs(5),
+        "a store's read took the kept reader: {waited:?}"
+    );
     for h in holders {
         let _ = h.join();
     }
+    assert!(server.stop().success());
+}
+
+/// Review 248: a revocation is a write, queued behind every key's writes,
+/// so a write key whose long writes kept the writer busy kept its own
+/// revocation from taking effect. `admin.keys.revoke` now refuses the key
+/// on its server at once, before the write is done.
+#[test]
+fn a_write_key_keeping_the_writer_busy_is_refused_once_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let writer = create_key(&db, "wf", "write", "pro");
+    let admin = create_key(&db, "admin", "admin", "pro");
+    let server = Server::start_with(&db, &[], &[("LITEBRIDGE_DB_MAX_WRITE_HOLD_MS", "4000")]);
+    let (status, r) = server.rpc_as(
+        Some(&writer),
+        &call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})),
+    );
+    assert_eq!(status, 200, "{r}");
+    let long = call(
+        "sql.execute",
+        json!({"sql": format!("INSERT INTO t {ENDLESS}"), "timeout_ms": 60_000}),
+    )
+    .to_string();
+    let hold = {
+        let (addr, head) = (
+            server.addr.clone(),
+            rpc_head(
+                &server.addr,
+                &format!("\r\nAuthorization: Bearer {writer}"),
+                long.len(),
+            ),
+        );
+        std::thread::spawn(move || raw(&addr, &head, long.as_bytes()))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let revoke = {
+        let (addr, body) = (
+            server.addr.clone(),
+            call("admin.keys.revoke", json!({"name": "wf"})).to_string(),
+        );
+        let head = rpc_head(
+            &addr,
+            &format!("\r\nAuthorization: Bearer {admin}"),
+            body.len(),
+        );
+        std::thread::spawn(move || raw(&addr, &head, body.as_bytes()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (status, r) = server.rpc_as(
+        Some(&writer),
+        &call("sql.query", json!({"sql": "SELECT 1"})),
+    );
+    assert_eq!(
+        status, 401,
+        "the key still worked while its revocation waited: {r}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    let (status, said) = revoke.join().unwrap();
+    assert_eq!(status, 200, "{said}");
+    let _ = hold.join();
     assert!(server.stop().success());
 }
 

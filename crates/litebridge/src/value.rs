@@ -132,8 +132,8 @@ impl Value {
 }
 
 /// What a value of a result counts against `db.max_result_bytes`, before
-/// it is copied: its bytes, and what it costs beyond them on its way to the
-/// wire. A value takes a slot in its row and another in the JSON tree the
+/// it is copied: its bytes as the reply writes them (a text's escapes
+/// too), and what it costs beyond them on its way to the wire. A value takes a slot in its row and another in the JSON tree the
 /// reply is made from ([`CELL`]); a blob, or a REAL JSON has no number for,
 /// is a JSON object there ([`OBJECT`]), and a blob's base64 a third more
 /// than its bytes. Counted so, a result's memory on its way out stays
@@ -146,9 +146,23 @@ pub(crate) fn cost(v: ValueRef<'_>) -> usize {
         ValueRef::Null | ValueRef::Integer(_) => CELL,
         ValueRef::Real(f) if f.is_finite() => CELL,
         ValueRef::Real(_) => CELL + OBJECT,
-        ValueRef::Text(t) => CELL + t.len(),
+        ValueRef::Text(t) => CELL + t.len() + escapes(t),
         ValueRef::Blob(b) => CELL + OBJECT + b.len().div_ceil(3) * 4,
     }
+}
+
+/// What JSON adds to `text` escaping it: 5 bytes for a control character
+/// (`\u0001` for one byte), 1 for `"` and `\`. A text of control
+/// characters is six times its length in the reply (review 248: 60 MB of
+/// `char(1)` took 745 MB).
+fn escapes(text: &[u8]) -> usize {
+    text.iter()
+        .map(|&b| match b {
+            0..=0x1f => 5,
+            b'"' | b'\\' => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// A value's slots, counted against `db.max_result_bytes` (see [`cost`]).

@@ -73,6 +73,8 @@ async fn one_read_request_holds_gigabytes() {
         (wide.as_str(), Lane::Heavy),
         (empty_blobs.as_str(), Lane::Read),
         (empty_texts.as_str(), Lane::Heavy),
+        // Control characters are six bytes each in the reply (review 248).
+        ("SELECT printf('%.*c', 2000000, char(1))", Lane::Read),
     ] {
         let e = db
             .query_with(

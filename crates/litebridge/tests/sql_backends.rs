@@ -516,10 +516,11 @@ async fn a_write_returning_too_much_writes_nothing_body(b: &Backend) {
         Ok(_) => panic!("60 KB of rows in all were returned"),
     }
     assert_eq!(b.count("big").await, 3);
-    // A keyed write within the limit keeps its rows in its record, whatever
-    // their JSON takes (a control character is six bytes of it: review
-    // 146 found such a write refused with a key and taken without).
-    let body = "\u{1}".repeat(7_000);
+    // A keyed write within the limit keeps its rows in its record (a
+    // control character is six bytes of their JSON: review 146 found such a
+    // write refused with a key and taken without). The limit counts those
+    // six bytes (review 248), so 3,000 of them twice fit in 50 KB.
+    let body = "\u{1}".repeat(3_000);
     let keyed = || b.execute_with(insert, params![20, body.clone()], once(1, "ctl"));
     let first = keyed().await.unwrap();
     assert_eq!(keyed().await.unwrap(), first);
@@ -4810,11 +4811,20 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
     let Some((schema, db)) = pg_with(|_| {}).await else {
         return;
     };
+    db.execute_with(
+        "CREATE VIEW v AS SELECT 1 AS one",
+        (),
+        WriteOptions::default(),
+    )
+    .await
+    .unwrap();
     let admin = common::pg::admin(&schema.url).await;
     admin
         .batch_execute(&format!(
             "ALTER ROLE {role} SET local_preload_libraries = 'nonexistent_lib';
-             ALTER ROLE {role} SET log_parameter_max_length_on_error = -1",
+             ALTER ROLE {role} SET log_parameter_max_length_on_error = -1;
+             ALTER ROLE {role} SET debug_print_parse = on;
+             ALTER ROLE {role} SET restrict_nonsystem_relation_kind = 'view'",
             role = common::pg::CLIENT_ROLE
         ))
         .await
@@ -4823,7 +4833,8 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
     let read = match &started {
         Ok(second) => second
             .query_with(
-                "SELECT current_setting('log_parameter_max_length_on_error')",
+                "SELECT current_setting('log_parameter_max_length_on_error') || \
+                 current_setting('debug_print_parse') || one FROM v",
                 (),
                 QueryOptions::default(),
             )
@@ -4834,13 +4845,15 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
     admin
         .batch_execute(&format!(
             "ALTER ROLE {role} RESET local_preload_libraries;
-             ALTER ROLE {role} RESET log_parameter_max_length_on_error",
+             ALTER ROLE {role} RESET log_parameter_max_length_on_error;
+             ALTER ROLE {role} RESET debug_print_parse;
+             ALTER ROLE {role} RESET restrict_nonsystem_relation_kind",
             role = common::pg::CLIENT_ROLE
         ))
         .await
         .unwrap();
     let second = started.expect("a front end starts");
-    assert_eq!(read.unwrap(), [[Value::Text("0".into())]]);
+    assert_eq!(read.unwrap(), [[Value::Text("0off1".into())]]);
     second.close();
     db.close();
     schema.drop_now().await;

@@ -181,6 +181,8 @@ impl Handler for KeysRevoke {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
             let Ctx { app, caller, .. } = cx;
+            // Refused here at once, whatever the write waits behind.
+            app.auth.revoke_here(&self.name);
             let revoked = litebridge::auth::revoke_key(&app.service.db, &self.name).await?;
             // Effective at once here; other servers on the file at their next refresh.
             app.auth.refresh().await?;

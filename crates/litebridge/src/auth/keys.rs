@@ -176,7 +176,7 @@ pub async fn create_key(
     .await
     .map_err(taken)?;
     let rows = db
-        .own_query(
+        .keys_query(
             &format!("SELECT id FROM {} WHERE name = ?1", db.own("keys")),
             params![name.clone()],
         )
@@ -208,7 +208,7 @@ pub async fn create_key(
 pub async fn list_keys(db: impl Into<Backend>) -> Result<Vec<KeyInfo>> {
     let db = db.into();
     let rows = db
-        .own_query(
+        .keys_query(
             &format!(
                 "SELECT id, name, scopes, tier, created_at, revoked_at, last_used_at
                  FROM {} ORDER BY id",
@@ -285,7 +285,7 @@ pub async fn revoke_key(db: impl Into<Backend>, name: &str) -> Result<bool> {
 /// The version of the key table, bumped by every change.
 pub(crate) async fn version(db: &Backend) -> Result<Option<String>> {
     let rows = db
-        .own_query(
+        .keys_query(
             &format!(
                 "SELECT value FROM {} WHERE key = 'keys_version'",
                 db.own("meta")

@@ -94,6 +94,9 @@ pub(crate) struct Budget {
     /// acting in them is another program's, on litebridge's tables, and is
     /// refused ([`authorize`]). Implies `trusted`.
     pub(crate) own: bool,
+    /// The keys' and quotas' reads, which may take the read lane's kept
+    /// connection (`readers`). Implies `own`.
+    pub(crate) keys: bool,
     /// The most memory SQLite may take for client SQL of this operation
     /// (`DbConfig::max_request_memory`; see `heap`).
     pub(crate) memory: Option<usize>,
@@ -109,6 +112,7 @@ impl Budget {
             cancelled: None,
             trusted: false,
             own: false,
+            keys: false,
             memory: None,
         }
     }
@@ -126,6 +130,14 @@ impl Budget {
         Budget {
             trusted: true,
             ..self
+        }
+    }
+
+    /// The same budget, marked as a read of the keys or quotas.
+    pub(crate) fn keys(self) -> Budget {
+        Budget {
+            keys: true,
+            ..self.own()
         }
     }
 

@@ -745,6 +745,14 @@ impl Database {
         self.query_in(sql, params.into(), options, budget).await
     }
 
+    /// [`query_trusted`](Self::query_trusted) for the keys and quotas: it
+    /// may take the read lane's kept connection (see `readers`).
+    pub(crate) async fn query_keys(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
+        let options = QueryOptions::default();
+        let budget = self.inner.budget(options.timeout).keys();
+        self.query_in(sql, params.into(), options, budget).await
+    }
+
     /// A write of the stores: may use litebridge's own tables (see `guard`).
     pub(crate) fn execute_trusted(
         &self,

@@ -14,10 +14,11 @@
 //! still belong on the heavy lane, and every read carries a deadline
 //! enforced inside SQLite.
 //!
-//! One connection more than `db.readers` is kept for litebridge's own
-//! reads (the keys' refresh, quota totals, the stores' lookups), taken
-//! only when the others are all busy: a key sending long reads to every
-//! reader held revocation back until they ended (review 246).
+//! One connection more than `db.readers` is kept for the reads of the keys
+//! and quotas (their refresh, revocations), taken only when the others are
+//! all busy: a key sending long reads to every reader held revocation back
+//! until they ended (review 246). Not for the stores' reads, which clients
+//! ask for (review 248).
 //!
 //! Read-your-writes: WAL readers see every transaction committed before their
 //! read transaction starts. A statement here starts and ends its own read
@@ -156,19 +157,19 @@ impl ReaderPool {
     }
 
     /// A place on the lane, waited for up to the budget's deadline: one of
-    /// `size`, or for litebridge's own reads the one kept for them too.
+    /// `size`, or for the keys' reads the one kept for them too.
     async fn place(&self, budget: &Budget) -> Result<tokio::sync::SemaphorePermit<'_>> {
         if let Ok(p) = self.permits.try_acquire() {
             return Ok(p);
         }
-        if budget.own
+        if budget.keys
             && let Ok(p) = self.reserved.try_acquire()
         {
             return Ok(p);
         }
         self.counters.read_waiters.fetch_add(1, Ordering::Relaxed);
         let wait = async {
-            if budget.own {
+            if budget.keys {
                 tokio::select! {
                     p = self.permits.acquire() => p,
                     p = self.reserved.acquire() => p,

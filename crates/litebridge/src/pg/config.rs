@@ -273,6 +273,15 @@ impl PgConfig {
         if server.version >= 170_000 {
             options.push_str(" -c transaction_timeout=0");
         }
+        if server.version >= 120_000 {
+            options.push_str(" -c tcp_user_timeout=0");
+        }
+        // Added in the minor releases of August 2024 (17, 16.4, 15.8, 14.13,
+        // 13.16, 12.20): a role's default of `view` failed every key's
+        // query of a view (review 248).
+        if restricts_relation_kinds(server.version) {
+            options.push_str(" -c restrict_nonsystem_relation_kind=");
+        }
         // Pinned too when not configured (PostgreSQL's own default), so
         // that a role-level default cannot put the clients' functions
         // before pg_catalog's in every new session.
@@ -476,15 +485,32 @@ pub(crate) struct Server {
     pub(crate) watches_clients: bool,
 }
 
+/// Whether a server of `version` (`server_version_num`) knows
+/// `restrict_nonsystem_relation_kind`.
+fn restricts_relation_kinds(version: u32) -> bool {
+    let (major, minor) = (version / 10_000, version % 10_000);
+    match major {
+        17.. => true,
+        16 => minor >= 4,
+        15 => minor >= 8,
+        14 => minor >= 13,
+        13 => minor >= 16,
+        12 => minor >= 20,
+        _ => false,
+    }
+}
+
 /// Every session's settings: times printed as the result mapping reads them.
 const SESSION: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601";
 
 /// The clients' sessions also fix what decides how their SQL is read and
 /// run, whatever a role's own defaults say (`ALTER ROLE CURRENT_USER SET`),
 /// and what such a default could use to lock the role out or make the
-/// server log other keys' values: no `local_preload_libraries` (one naming
-/// a library that is not there failed every later connection, review 247)
-/// and no bound values in the log of a failed statement.
+/// server log other keys' statements and values: no
+/// `local_preload_libraries` (one naming a library that is not there
+/// failed every later connection, review 247), no bound values in the log
+/// of a failed statement, no parse trees or plans in the log (they hold
+/// each statement's literals, review 248).
 /// Not `default_transaction_read_only`: pg_auto_failover fences a node it
 /// is promoting with it (the server's own setting), and a write must meet
 /// that fence, not override it (the failover test caught writes accepted
@@ -495,7 +521,8 @@ const CLIENT_SESSION: &str = "-c role=none -c standard_conforming_strings=on \
      -c idle_session_timeout=0 -c row_security=on -c transform_null_equals=off \
      -c array_nulls=on -c exit_on_error=off -c timezone_abbreviations=Default \
      -c gin_fuzzy_search_limit=0 -c local_preload_libraries= \
-     -c log_parameter_max_length_on_error=0";
+     -c log_parameter_max_length_on_error=0 -c debug_print_parse=off \
+     -c debug_print_rewritten=off -c debug_print_plan=off";
 
 /// With one-message requests on, what decides how their text results read
 /// (`fast`), whatever a role's own defaults say.

@@ -167,7 +167,6 @@ pub(crate) async fn migrate(
     // find them half made (a unique or duplicate error) and looks again.
     let made = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
-         REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
          CREATE TABLE IF NOT EXISTS {schema}.litebridge_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     );
     for attempt in 1.. {
@@ -178,8 +177,11 @@ pub(crate) async fn migrate(
         }
     }
     let tx = conn.transaction().await.map_err(fail)?;
+    // The schema's rights under the lock: two front ends changing them at
+    // once fail with "tuple concurrently updated" (review 248).
     tx.batch_execute(&format!(
-        "LOCK TABLE {schema}.litebridge_meta IN SHARE ROW EXCLUSIVE MODE"
+        "LOCK TABLE {schema}.litebridge_meta IN SHARE ROW EXCLUSIVE MODE;
+         REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;"
     ))
     .await
     .map_err(fail)?;
