@@ -49,6 +49,8 @@ async fn one_read_request_holds_gigabytes() {
         )
     };
     let (empty_blobs, empty_texts) = (empties("x''", 10_000), empties("''", 30_000));
+    // Text that is not UTF-8 goes out as a blob, and counts as one (review 249).
+    let not_utf8 = empties("CAST(x'ff' AS TEXT)", 2_000);
     for (sql, lane) in [
         (
             "SELECT length(a) + length(b) + length(c) FROM \
@@ -73,6 +75,7 @@ async fn one_read_request_holds_gigabytes() {
         (wide.as_str(), Lane::Heavy),
         (empty_blobs.as_str(), Lane::Read),
         (empty_texts.as_str(), Lane::Heavy),
+        (not_utf8.as_str(), Lane::Read),
         // Control characters are six bytes each in the reply (review 248).
         ("SELECT printf('%.*c', 2000000, char(1))", Lane::Read),
     ] {

@@ -4823,8 +4823,7 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
         .batch_execute(&format!(
             "ALTER ROLE {role} SET local_preload_libraries = 'nonexistent_lib';
              ALTER ROLE {role} SET log_parameter_max_length_on_error = -1;
-             ALTER ROLE {role} SET debug_print_parse = on;
-             ALTER ROLE {role} SET restrict_nonsystem_relation_kind = 'view'",
+             ALTER ROLE {role} SET debug_print_parse = on",
             role = common::pg::CLIENT_ROLE
         ))
         .await
@@ -4846,8 +4845,7 @@ async fn postgres_a_role_setting_of_a_key_cannot_lock_the_clients_out() {
         .batch_execute(&format!(
             "ALTER ROLE {role} RESET local_preload_libraries;
              ALTER ROLE {role} RESET log_parameter_max_length_on_error;
-             ALTER ROLE {role} RESET debug_print_parse;
-             ALTER ROLE {role} RESET restrict_nonsystem_relation_kind",
+             ALTER ROLE {role} RESET debug_print_parse",
             role = common::pg::CLIENT_ROLE
         ))
         .await

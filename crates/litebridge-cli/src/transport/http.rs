@@ -566,6 +566,10 @@ impl EventStream {
                     continue;
                 }
             };
+            // Revoked while it waited: not this event either (review 249).
+            if !self.app.auth.still_valid(&self.caller) {
+                return None;
+            }
             let event = match &item {
                 crate::events::Item::Event(e) => axum::response::sse::Event::default()
                     .id(self.app.events.sse_id(e))

@@ -291,6 +291,9 @@ struct Inner {
     busy: tokio::sync::Mutex<()>,
     /// Keys dropped from the registry with counts not yet written.
     retired: Mutex<Vec<Arc<KeyEntry>>>,
+    /// Names revoked here whose revocation the database may not show yet:
+    /// a refresh meanwhile loads them refused (`revoke_here`).
+    revoked_here: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The keys and quotas of one service.
@@ -313,6 +316,7 @@ impl Auth {
                 registry: RwLock::new(Arc::new(Registry::default())),
                 busy: tokio::sync::Mutex::new(()),
                 retired: Mutex::new(Vec::new()),
+                revoked_here: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         auth.prune().await?;
@@ -361,8 +365,10 @@ impl Auth {
     /// its revocation is written (which waits for the writer, behind any
     /// key's writes: review 248 had a write key's long writes keep its own
     /// revocation from taking effect). It stays refused here whatever
-    /// becomes of the write; true when such a key was known.
+    /// becomes of the write, a refresh before the write is done included;
+    /// true when such a key was known.
     pub fn revoke_here(&self, name: &str) -> bool {
+        lock(&self.inner.revoked_here).insert(name.to_owned());
         let registry = self.registry();
         let mut found = false;
         for k in registry.by_hash.values().filter(|k| k.name == name) {
@@ -482,9 +488,9 @@ impl Auth {
                             )),
                             clock: self.inner.clock.clone(),
                         }),
+                        revoked: AtomicBool::new(lock(&self.inner.revoked_here).contains(&name)),
                         name,
                         tier,
-                        revoked: AtomicBool::new(false),
                     })
                 }
             };
@@ -500,6 +506,8 @@ impl Auth {
         for k in &gone {
             k.revoked.store(true, Ordering::Release);
         }
+        // Revoked in the database now: nothing left to remember.
+        lock(&self.inner.revoked_here).retain(|n| next.by_hash.values().any(|k| &k.name == n));
         if !gone.is_empty() {
             tracing::info!(keys = gone.len(), "revoked keys no longer accepted");
             lock(&self.inner.retired).extend(gone);

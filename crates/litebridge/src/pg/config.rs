@@ -273,13 +273,13 @@ impl PgConfig {
         if server.version >= 170_000 {
             options.push_str(" -c transaction_timeout=0");
         }
-        if server.version >= 120_000 {
-            options.push_str(" -c tcp_user_timeout=0");
-        }
-        // Added in the minor releases of August 2024 (17, 16.4, 15.8, 14.13,
-        // 13.16, 12.20): a role's default of `view` failed every key's
-        // query of a view (review 248).
-        if restricts_relation_kinds(server.version) {
+        options.push_str(" -c tcp_user_timeout=0");
+        // Every release of 17 knows it (and the minor releases of 12-16
+        // of August 2024): a role's default of `view` failed every key's
+        // query of a view (review 248). Pinned from 17 only: the version
+        // read is the primary's, and a standby of an older minor release
+        // would refuse the name (review 249).
+        if server.version >= 170_000 {
             options.push_str(" -c restrict_nonsystem_relation_kind=");
         }
         // Pinned too when not configured (PostgreSQL's own default), so
@@ -483,21 +483,6 @@ pub(crate) struct Server {
     /// Whether it takes `client_connection_check_interval` (its platform
     /// can watch a socket for its peer's close).
     pub(crate) watches_clients: bool,
-}
-
-/// Whether a server of `version` (`server_version_num`) knows
-/// `restrict_nonsystem_relation_kind`.
-fn restricts_relation_kinds(version: u32) -> bool {
-    let (major, minor) = (version / 10_000, version % 10_000);
-    match major {
-        17.. => true,
-        16 => minor >= 4,
-        15 => minor >= 8,
-        14 => minor >= 13,
-        13 => minor >= 16,
-        12 => minor >= 20,
-        _ => false,
-    }
 }
 
 /// Every session's settings: times printed as the result mapping reads them.

@@ -584,6 +584,18 @@ impl PgDatabase {
             )
             .await
             .map_err(|e| from_pg(&e, Duration::ZERO))?;
+        let version: i32 = facts.get(1);
+        if version < MIN_VERSION {
+            return Err(Error::Unavailable {
+                what: "the PostgreSQL server",
+                reason: format!(
+                    "it is version {}.{} (server_version_num {version}); litebridge needs \
+                     PostgreSQL 14 or later (the settings it fixes for each session)",
+                    version / 10_000,
+                    version % 10_000
+                ),
+            });
+        }
         // Whether the server can watch its clients' sockets during a
         // statement (Linux, macOS and the BSDs can; a server that cannot
         // refuses any other value than 0).
@@ -2892,6 +2904,11 @@ fn too_large(max_bytes: usize) -> Error {
 fn names(columns: &[tokio_postgres::Column]) -> Vec<String> {
     columns.iter().map(|c| c.name().to_owned()).collect()
 }
+
+/// The oldest PostgreSQL litebridge runs on (`server_version_num`): 14
+/// brought `idle_session_timeout` and `client_connection_check_interval`,
+/// which every client session fixes.
+const MIN_VERSION: i32 = 140_000;
 
 /// What a value counts against `max_result_bytes`, as on SQLite.
 fn value_size(v: &Value) -> usize {
