@@ -2018,6 +2018,50 @@ fn a_write_key_keeping_the_writer_busy_is_refused_once_revoked() {
     assert!(server.stop().success());
 }
 
+/// Review 248: a reply was held by the server until its client read it,
+/// while the key's place among its requests in flight was given back at
+/// once: one request at a time, never read, held 2.5 GB. A large reply now
+/// keeps its key's place until it is written.
+#[test]
+fn a_key_that_does_not_read_its_replies_holds_its_places_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("unread.db");
+    let config = dir.path().join("unread.toml");
+    std::fs::write(&config, "[quota]\nfree_concurrent = 1\n").unwrap();
+    let key = create_key(&db, "reader", "read", "free");
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // 24 MB of reply, more than the sockets' buffers hold.
+    let big = call(
+        "sql.query",
+        json!({"sql": "SELECT printf('%.*c', 24000000, 'x')"}),
+    )
+    .to_string();
+    let auth = format!("\r\nAuthorization: Bearer {key}\r\nConnection: close");
+    let mut unread = TcpStream::connect(&server.addr).unwrap();
+    unread
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    unread
+        .write_all(format!("{}\r\n\r\n{big}", rpc_head(&server.addr, &auth, big.len())).as_bytes())
+        .unwrap();
+    let mut head = [0u8; 4096];
+    let n = unread.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(500));
+    // Its reply not read: the key's one place is still taken.
+    let (status, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
+    assert_eq!(status, 429, "{r}");
+    assert_eq!(r["error"]["data"]["quota"], "concurrent", "{r}");
+    // Read to its end, the place is given back.
+    let mut rest = Vec::new();
+    let _ = unread.read_to_end(&mut rest);
+    drop(unread);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
+    assert_eq!(status, 200, "{r}");
+    assert!(server.stop().success());
+}
+
 #[test]
 fn a_key_at_its_limit_held_the_servers_places_with_slow_bodies() {
     let dir = tempfile::tempdir().unwrap();

@@ -318,6 +318,46 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
         .into_response()
 }
 
+/// A reply of `/rpc`: one past [`HELD_REPLY`] bytes holds a place of its
+/// key's requests in flight until it is written (see
+/// `Caller::hold_reply`), written in pieces so that the place is given
+/// back only once the last is handed to the connection.
+fn held_reply(caller: &litebridge::auth::Caller, reply: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(reply).unwrap_or_default();
+    if body.len() <= HELD_REPLY {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    let length = body.len();
+    let pieces = futures_util::stream::unfold(
+        (Bytes::from(body), caller.hold_reply()),
+        |(mut rest, held)| async move {
+            if rest.is_empty() {
+                return None;
+            }
+            let piece = rest.split_to(rest.len().min(HELD_REPLY));
+            Some((Ok::<_, std::convert::Infallible>(piece), (rest, held)))
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
+/// The size of a reply past which it holds a place of its key while it is
+/// written, and of the pieces it is written in.
+const HELD_REPLY: usize = 64 * 1024;
+
 /// A JSON-RPC error with `id: null` (the request was not read), with `status`.
 pub(crate) fn rpc_error(status: StatusCode, e: &rpc::RpcError) -> Response {
     rpc_error_of(status, serde_json::Value::Null, e)
@@ -652,7 +692,7 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
     };
     let mut response =
         match rpc::handle_holding(&state.app, &caller, Some(slot), &body, &request_id).await {
-            Some(reply) => json_response(StatusCode::OK, &reply),
+            Some(reply) => held_reply(&caller, &reply),
             None => StatusCode::NO_CONTENT.into_response(),
         };
     if let Ok(v) = header::HeaderValue::from_str(&request_id) {

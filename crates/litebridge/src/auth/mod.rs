@@ -262,6 +262,18 @@ impl Caller {
         }))
     }
 
+    /// A place among the key's requests in flight for a reply still being
+    /// written to its client, past the limit if it must be (the request
+    /// had one), given back on drop: a client that does not read its
+    /// replies cannot have more of them held in the server than its key may
+    /// have requests at once (review 248: one at a time, never read, held
+    /// 2.5 GB). A place of nobody without a key.
+    pub fn hold_reply(&self) -> InFlight {
+        self.key
+            .as_ref()
+            .map_or_else(InFlight::none, |k| k.meter.keep_abandoned())
+    }
+
     /// Whether the key is past its limit of requests in flight (its
     /// abandoned worker calls count): a batch starts no more of its
     /// requests then.
