@@ -2059,6 +2059,21 @@ fn a_key_that_does_not_read_its_replies_holds_its_places_with_them() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, r) = server.rpc_as(Some(&key), &call("sql.query", json!({"sql": "SELECT 1"})));
     assert_eq!(status, 200, "{r}");
+    // A client that reads each reply whole before its next request never
+    // finds the place still taken.
+    let medium = call(
+        "sql.query",
+        json!({"sql": "SELECT printf('%.*c', 300000, 'x')"}),
+    )
+    .to_string();
+    for i in 0..30 {
+        let (status, said) = raw(
+            &server.addr,
+            &rpc_head(&server.addr, &auth, medium.len()),
+            medium.as_bytes(),
+        );
+        assert_eq!(status, 200, "round {i}: {}", &said[..said.len().min(300)]);
+    }
     assert!(server.stop().success());
 }
 

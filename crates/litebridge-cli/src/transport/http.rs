@@ -334,12 +334,18 @@ fn held_reply(caller: &litebridge::auth::Caller, reply: &serde_json::Value) -> R
     }
     let length = body.len();
     let pieces = futures_util::stream::unfold(
-        (Bytes::from(body), caller.hold_reply()),
-        |(mut rest, held)| async move {
+        (Bytes::from(body), Some(caller.hold_reply())),
+        |(mut rest, mut held)| async move {
             if rest.is_empty() {
                 return None;
             }
             let piece = rest.split_to(rest.len().min(HELD_REPLY));
+            // Given back with the last piece, before the client can have
+            // read it: one that sends its next request once it has the
+            // whole reply never finds the place still taken.
+            if rest.is_empty() {
+                held = None;
+            }
             Some((Ok::<_, std::convert::Infallible>(piece), (rest, held)))
         },
     );
