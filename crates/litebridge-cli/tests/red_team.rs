@@ -1078,6 +1078,47 @@ fn one_batchs_replies_took_memory_without_bound() {
     assert!(server.stop().success());
 }
 
+/// Review 249: a batch counted its replies as their JSON text but held
+/// them as trees, and a reply of small blobs takes about 50 times its text
+/// as a tree: a batch under `db.max_result_bytes` of text held hundreds of
+/// megabytes.
+#[test]
+fn a_batch_of_small_blobs_held_many_times_what_it_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("blobs.db");
+    let config = dir.path().join("blobs.toml");
+    std::fs::write(&config, "[db]\nmax_result_bytes = 2097152\n").unwrap();
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    // 2,000 empty blobs: about 1.3 MB counted as values (under the limit),
+    // 30 kB of text; the text of about 70 of them fills the batch's share.
+    // Held as trees, they took 120 MB; as text, under 30.
+    let rows = "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2000) \
+                SELECT x'' FROM s";
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "sql.query", "params": {"sql": rows}}))
+        .collect();
+    let before = peak_rss_mb(&server);
+    let (status, reply) = server.rpc_as(None, &Value::Array(batch));
+    assert_eq!(status, 200);
+    let replies = reply.as_array().unwrap();
+    assert_eq!(replies.len(), 1000);
+    let served = replies.iter().filter(|r| r["result"].is_object()).count();
+    assert!(served >= 40, "{served} served");
+    let grown = peak_rss_mb(&server) - before;
+    assert!(grown < 70, "the batch took {grown} MB more at its peak");
+    assert!(server.stop().success());
+}
+
+/// The peak resident size of `server`'s process, in MB.
+fn peak_rss_mb(server: &Server) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
 #[test]
 fn a_bridge_key_stored_cache_keys_of_any_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -227,7 +227,8 @@ pub struct DbConfig {
     /// a write's statements may return (`RETURNING`, all of a request's
     /// together), and the longest single value (text or blob) client SQL
     /// may build (SQLite's length limit on client connections): refused
-    /// with `too_large` before more is built.
+    /// with `too_large` before more is built. Also the most a stored value
+    /// (memory, state, cache) may take read back into a JSON tree.
     /// Default: [`DEFAULT_MAX_RESULT_BYTES`].
     pub max_result_bytes: usize,
     /// The most memory SQLite may take for one client request (what it

@@ -255,7 +255,16 @@ async fn a_store_on_an_unmigrated_database_says_to_migrate() {
 async fn a_page_of_large_values_ends_early_with_its_cursor() {
     use litebridge::store::{MemoryStore, PAGE_BYTES, footprint};
     let dir = tempfile::tempdir().unwrap();
-    let db = open(&dir.path().join("p.db")).await;
+    // A stored value's tree is held to the result limit: 512 MiB here.
+    let config = DbConfig::builder()
+        .max_result_bytes(512 << 20)
+        .max_request_memory(1 << 30)
+        .build()
+        .unwrap();
+    let db = Database::open(dir.path().join("p.db"), config)
+        .await
+        .unwrap();
+    migrate(&db).await.unwrap();
     let mem = MemoryStore::new(db, Arc::new(litebridge::store::SystemClock));
     // 400,000 one-member objects: 2.8 MB of JSON, more than PAGE_BYTES of tree.
     let big = serde_json::Value::Array(vec![json!({"": 0}); 400_000]);

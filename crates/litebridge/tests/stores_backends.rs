@@ -1257,3 +1257,122 @@ async fn a_page_is_held_to_the_configured_result_limit() {
     assert_eq!(pages, [vec!["a"], vec!["b"], vec!["c"]]);
     db.close().await;
 }
+
+/// Review 248: a stored value was read into a tree however large: a value
+/// of small objects, its tree a hundred times its text, was one gigabyte
+/// of memory each time any `read` key asked for it. A value is stored only
+/// if its tree fits `max_result_bytes`, and read within it; one stored
+/// before the limit was lowered is refused naming its key and the setting,
+/// and can still be deleted.
+async fn stored_values_are_held_to_the_result_limit(roomy: Backend, tight: Backend) {
+    let clock = TestClock::new();
+    let objects = |n: usize| json!(vec![json!({"": 0}); n]);
+    let (mem, runs) = (
+        MemoryStore::new(roomy.clone(), clock.clone()),
+        StateStore::new(roomy.clone(), clock.clone()),
+    );
+    // 2,000 objects: 14 kB of text, some 1.4 MB of tree, past 1 MiB.
+    let e = mem
+        .store("n", "big", &objects(2000), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(
+        e.to_string().contains("value") && e.to_string().contains("db.max_result_bytes"),
+        "{e}"
+    );
+    let e = runs.save(update("big", objects(2000))).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("state"), "{e}");
+    assert_eq!(mem.get("n", "big").await.unwrap(), None, "nothing stored");
+    assert!(runs.load("big").await.unwrap().is_none(), "nothing stored");
+    // 1,000 fit, and a string of 200 kB (its tree is its text).
+    mem.store("n", "fits", &objects(1000), None).await.unwrap();
+    mem.store("n", "text", &json!("x".repeat(200_000)), None)
+        .await
+        .unwrap();
+    runs.save(update("fits", objects(1000))).await.unwrap();
+    assert_eq!(mem.get("n", "fits").await.unwrap(), Some(objects(1000)));
+    // Read where the limit is lower: refused, naming the key.
+    let (mem, runs) = (
+        MemoryStore::new(tight.clone(), clock.clone()),
+        StateStore::new(tight.clone(), clock),
+    );
+    let e = mem.get("n", "fits").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    let said = e.to_string();
+    assert!(
+        said.contains("\"fits\"") && said.contains("db.max_result_bytes"),
+        "{said}"
+    );
+    let e = mem.page("n", None, 10, None).await.unwrap_err();
+    assert!(e.to_string().contains("\"fits\""), "{e}");
+    let e = mem.list("n", None, 10, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    let e = runs.load("fits").await.unwrap_err();
+    assert!(e.to_string().contains("run \"fits\""), "{e}");
+    let e = runs.page(None, 10, None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    // What is not a tree of objects is read as before.
+    assert_eq!(
+        mem.get("n", "text")
+            .await
+            .unwrap()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .len(),
+        200_000
+    );
+    // Deleted, the rest of the namespace lists again.
+    assert!(mem.delete("n", "fits").await.unwrap());
+    assert!(runs.delete("fits").await.unwrap());
+    let page = mem.page("n", None, 10, None).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(runs.page(None, 10, None).await.unwrap().items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_values_are_held_to_the_result_limit_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |limit: usize| {
+        let path = dir.path().join("t.db");
+        async move {
+            let config = DbConfig::builder().max_result_bytes(limit).build().unwrap();
+            Database::open(path, config).await.unwrap()
+        }
+    };
+    let roomy = open(1 << 20).await;
+    migrate(&roomy).await.unwrap();
+    let tight = open(256 << 10).await;
+    stored_values_are_held_to_the_result_limit(
+        Backend::Sqlite(roomy.clone()),
+        Backend::Sqlite(tight.clone()),
+    )
+    .await;
+    tight.close().await;
+    roomy.close().await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_values_are_held_to_the_result_limit_postgres() {
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let open = |limit: usize| {
+        let mut config = schema.config();
+        config.max_result_bytes = limit;
+        async move { litebridge::pg::PgDatabase::connect(config).await.unwrap() }
+    };
+    let roomy = open(1 << 20).await;
+    let tight = open(256 << 10).await;
+    stored_values_are_held_to_the_result_limit(
+        Backend::Postgres(roomy.clone()),
+        Backend::Postgres(tight.clone()),
+    )
+    .await;
+    tight.close();
+    roomy.close();
+    schema.drop_now().await;
+}

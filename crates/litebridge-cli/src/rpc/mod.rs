@@ -35,6 +35,7 @@ use litebridge::{
     CheckpointMode, Consistency, Error, ErrorKind, Lane, Params, QueryOptions, Service, Statement,
     Token, WriteOptions,
 };
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 mod admin;
@@ -107,6 +108,39 @@ impl App {
     }
 }
 
+/// The answer to one message: a request's reply, or a batch's replies each
+/// held as its JSON text (see [`run_batch`]). Transports write it as JSON.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    One(Json),
+    Batch(Vec<Box<RawValue>>),
+}
+
+impl serde::Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Reply::One(reply) => reply.serialize(s),
+            Reply::Batch(replies) => replies.serialize(s),
+        }
+    }
+}
+
+impl Reply {
+    /// The reply as a tree (parsed again for a batch).
+    #[cfg(test)]
+    pub(crate) fn into_json(self) -> Json {
+        match self {
+            Reply::One(reply) => reply,
+            Reply::Batch(replies) => Json::Array(
+                replies
+                    .iter()
+                    .map(|r| serde_json::from_str(r.get()).expect("written by serde_json"))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// Answers one line of input (a request or a batch) from `caller`; `None`
 /// when nothing is to be answered (notifications only). Everything it logs
 /// carries `request_id` (also passed to the workers) and the key's name.
@@ -115,7 +149,7 @@ pub(crate) async fn handle(
     caller: &Caller,
     input: &[u8],
     request_id: &str,
-) -> Option<Json> {
+) -> Option<Reply> {
     handle_holding(app, caller, None, input, request_id).await
 }
 
@@ -129,7 +163,7 @@ pub(crate) async fn handle_holding(
     slot: Option<litebridge::auth::InFlight>,
     input: &[u8],
     request_id: &str,
-) -> Option<Json> {
+) -> Option<Reply> {
     use tracing::Instrument as _;
     let span = tracing::info_span!("request", request_id = %request_id, key = caller.key().map(|k| k.name()));
     handle_in_span(app, caller, slot, input, request_id)
@@ -143,7 +177,7 @@ async fn handle_in_span(
     slot: Option<litebridge::auth::InFlight>,
     input: &[u8],
     request_id: &str,
-) -> Option<Json> {
+) -> Option<Reply> {
     // The tree's memory stays counted until the message is answered.
     let owner = caller.key().map_or("", |k| k.name());
     let (value, _held): (Json, _) = match litebridge::json::parse(input, owner) {
@@ -158,7 +192,10 @@ async fn handle_in_span(
             } else {
                 Json::Null
             };
-            return Some(error_reply(id, &charged(caller, RpcError::Parse(e))));
+            return Some(Reply::One(error_reply(
+                id,
+                &charged(caller, RpcError::Parse(e)),
+            )));
         }
         Err(unreadable) => {
             let e = if unreadable.is_over_memory() {
@@ -167,20 +204,20 @@ async fn handle_in_span(
                 RpcError::InvalidRequest(unreadable.refusal().unwrap_or_default())
             };
             let id = litebridge::json::top_level_id(input).unwrap_or(Json::Null);
-            return Some(error_reply(id, &charged(caller, e)));
+            return Some(Reply::One(error_reply(id, &charged(caller, e))));
         }
     };
     // One concurrent-request slot of the caller's key for the whole message.
     let _slot = match slot.map_or_else(|| caller.enter(), Ok) {
         Ok(slot) => slot,
-        Err(e) => return refuse_all(value, &RpcError::App(e)),
+        Err(e) => return refuse_all(value, &RpcError::App(e)).map(Reply::One),
     };
     match value {
-        Json::Array(items) if items.is_empty() => Some(error_reply(
+        Json::Array(items) if items.is_empty() => Some(Reply::One(error_reply(
             Json::Null,
             &charged(caller, RpcError::InvalidRequest("an empty batch".into())),
-        )),
-        Json::Array(items) if items.len() > MAX_BATCH => Some(error_reply(
+        ))),
+        Json::Array(items) if items.len() > MAX_BATCH => Some(Reply::One(error_reply(
             Json::Null,
             &charged(
                 caller,
@@ -189,12 +226,14 @@ async fn handle_in_span(
                     items.len()
                 )),
             ),
-        )),
+        ))),
         Json::Array(items) => {
             let replies = run_batch(app, caller, items, request_id).await;
-            (!replies.is_empty()).then_some(Json::Array(replies))
+            (!replies.is_empty()).then_some(Reply::Batch(replies))
         }
-        single => handle_one(app, caller, single, request_id).await,
+        single => handle_one(app, caller, single, request_id)
+            .await
+            .map(Reply::One),
     }
 }
 
@@ -210,7 +249,9 @@ pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
 ///   waits for one of the batch's own to finish while the key has none free
 ///   (so a batch never fails for want of a slot, nor runs more than the key
 ///   may). Never more than [`MAX_BATCH_PARALLEL`], keys or not.
-/// - **In memory:** the replies are held until the last is done, so
+/// - **In memory:** the replies are held until the last is done, each as
+///   its JSON text (as a tree, a reply of small values takes many times its
+///   text: a blob of none, 12 bytes of text, is a map of some 600), so
 ///   together they may take what one request's result may
 ///   (`db.max_result_bytes`, measured as the JSON sent). Once they do, the
 ///   requests not started yet are answered `too_large` without running
@@ -218,13 +259,18 @@ pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
 ///   request that ran keeps its reply when it is small ([`SMALL_REPLY`]: a
 ///   write's acknowledgement, an error, a new key's secret); a larger one
 ///   that does not fit is answered `too_large`, saying that the request ran.
-async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &str) -> Vec<Json> {
+async fn run_batch(
+    app: &App,
+    caller: &Caller,
+    items: Vec<Json>,
+    request_id: &str,
+) -> Vec<Box<RawValue>> {
     use futures_util::StreamExt as _;
     use futures_util::stream::FuturesUnordered;
 
     let budget = app.service.db.max_result_bytes();
     let mut held = 0usize;
-    let mut replies: Vec<Option<Json>> = Vec::with_capacity(items.len());
+    let mut replies: Vec<Option<Box<RawValue>>> = Vec::with_capacity(items.len());
     replies.resize_with(items.len(), || None);
     let mut waiting = items.into_iter().enumerate().peekable();
     let mut running = FuturesUnordered::new();
@@ -240,7 +286,7 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
                     what: "the batch's replies, which hold db.max_result_bytes already (this request did not run; send it again, in a smaller batch)".into(),
                     limit: budget as u64,
                 });
-                replies[*i] = refusal(request, &e);
+                replies[*i] = refusal(request, &e).map(|r| text(&r));
                 waiting.next();
                 continue;
             }
@@ -256,7 +302,7 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
                     Ok(slot) => Some(slot),
                     // Nothing of the batch's own to wait for.
                     Err(e) if running.is_empty() => {
-                        replies[*i] = refusal(request, &RpcError::App(e));
+                        replies[*i] = refusal(request, &RpcError::App(e)).map(|r| text(&r));
                         waiting.next();
                         continue;
                     }
@@ -277,7 +323,8 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
             break;
         };
         replies[i] = reply.map(|reply| {
-            let len = json_len(&reply);
+            let reply = text(&reply);
+            let len = reply.get().len();
             if len <= SMALL_REPLY || held.saturating_add(len) <= budget {
                 held = held.saturating_add(len);
                 return reply;
@@ -288,10 +335,15 @@ async fn run_batch(app: &App, caller: &Caller, items: Vec<Json>, request_id: &st
                 ),
                 limit: budget as u64,
             });
-            error_reply(id.unwrap_or(Json::Null), &e)
+            text(&error_reply(id.unwrap_or(Json::Null), &e))
         });
     }
     replies.into_iter().flatten().collect()
+}
+
+/// `reply` as JSON text.
+fn text(reply: &Json) -> Box<RawValue> {
+    serde_json::value::to_raw_value(reply).expect("a tree of JSON is written without fail")
 }
 
 /// A reply a batch keeps whatever its others took, in bytes: 1,000 of them
@@ -307,23 +359,6 @@ fn refusal(request: &Json, e: &RpcError) -> Option<Json> {
             .map(|id| error_reply(if valid_id(id) { id.clone() } else { Json::Null }, e)),
         _ => Some(error_reply(Json::Null, e)),
     }
-}
-
-/// The length of `value` as JSON text, without writing it anywhere.
-fn json_len(value: &Json) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// The same error for every request of a message, each with its own id

@@ -181,7 +181,9 @@ fn every_input_is_answered_per_the_specification() {
     });
     runner
         .run(&input(), |bytes| {
-            let reply = rt.block_on(handle(&app, &caller, &bytes, "prop"));
+            let reply = rt
+                .block_on(handle(&app, &caller, &bytes, "prop"))
+                .map(super::Reply::into_json);
             let parsed: Result<Json, _> = serde_json::from_slice(&bytes);
             match (&parsed, &reply) {
                 (Err(_), Some(r)) => {
@@ -239,7 +241,8 @@ fn every_method_of_the_table_is_served() {
             let request = json!({"jsonrpc": "2.0", "method": m.name, "params": {}, "id": 1});
             let reply = handle(&app, &caller, request.to_string().as_bytes(), "m")
                 .await
-                .unwrap();
+                .unwrap()
+                .into_json();
             assert_ne!(reply["error"]["code"], json!(-32601), "{}: {reply}", m.name);
         }
         let discovered = handle(
@@ -249,7 +252,8 @@ fn every_method_of_the_table_is_served() {
             "m",
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_json();
         assert_eq!(discovered["result"]["openrpc"], "1.3.2");
         app.service.shutdown().await;
     });

@@ -322,7 +322,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 /// key's requests in flight until it is written (see
 /// `Caller::hold_reply`), written in pieces so that the place is given
 /// back only once the last is handed to the connection.
-fn held_reply(caller: &litebridge::auth::Caller, reply: &serde_json::Value) -> Response {
+fn held_reply(caller: &litebridge::auth::Caller, reply: &rpc::Reply) -> Response {
     let body = serde_json::to_vec(reply).unwrap_or_default();
     if body.len() <= HELD_REPLY {
         return (

@@ -161,7 +161,7 @@ where
                         reply = work => reply,
                         () = token.cancelled() => {
                             let id = serde_json::from_str(id).unwrap_or(serde_json::Value::Null);
-                            Some(rpc::error_reply(id, &rpc::RpcError::Cancelled))
+                            Some(rpc::Reply::One(rpc::error_reply(id, &rpc::RpcError::Cancelled)))
                         }
                     };
                     let mut map = lock(&withdrawable);

@@ -32,7 +32,8 @@ pub struct PgConfig {
     /// The deadline of a request that gives none. Default: 30 s.
     pub default_timeout: Duration,
     /// The most bytes a query's rows may hold, and the rows a write's
-    /// statements return (`RETURNING`), all of a request's together.
+    /// statements return (`RETURNING`), all of a request's together; and
+    /// the most a stored value may take read back into a JSON tree.
     /// Default: the SQLite backend's
     /// [`DEFAULT_MAX_RESULT_BYTES`](crate::DEFAULT_MAX_RESULT_BYTES).
     pub max_result_bytes: usize,

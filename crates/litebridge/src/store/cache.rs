@@ -772,7 +772,16 @@ impl Cache {
             _ => None,
         };
         let value = match row.into_iter().next() {
-            Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
+            Some(Value::Text(t)) => {
+                match super::read_tree(&t, db, || format!("the cached value of key {key:?}")) {
+                    Ok(value) => value.unwrap_or(Json::Null),
+                    // Stored before the limit was lowered: a miss.
+                    Err(e) => {
+                        self.counters.l2_failed("read", &e);
+                        return None;
+                    }
+                }
+            }
             _ => Json::Null,
         };
         let e = self.weights.entry(value, expires, generation);
@@ -818,6 +827,7 @@ impl Cache {
         if let Some(db) = &self.db {
             let text = serde_json::to_string(&value)
                 .map_err(|e| Error::invalid("value", e.to_string()))?;
+            super::storable(&text, db, "value")?;
             let write = (
                 format!(
                     "INSERT INTO {}(key, value, expires_at) VALUES (?1, ?2, ?3)

@@ -67,26 +67,34 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-/// An entry of a listing's row: key, value's text, expiry.
-fn entry(row: Vec<Value>) -> MemoryEntry {
+/// An entry of a listing's row (key, value's text, expiry) in `namespace`
+/// of `db`.
+fn entry(row: Vec<Value>, namespace: &str, db: &Backend) -> Result<MemoryEntry> {
     let mut it = row.into_iter();
     let key = match it.next() {
         Some(Value::Text(t)) => t,
         _ => String::new(),
     };
     let value = match it.next() {
-        Some(Value::Text(t)) => serde_json::from_str(&t).unwrap_or(Json::Null),
+        Some(Value::Text(t)) => {
+            super::read_tree(&t, db, || value_name(namespace, &key))?.unwrap_or(Json::Null)
+        }
         _ => Json::Null,
     };
     let expires_at = match it.next() {
         Some(Value::Integer(i)) => Some(i),
         _ => None,
     };
-    MemoryEntry {
+    Ok(MemoryEntry {
         key,
         value,
         expires_at,
-    }
+    })
+}
+
+/// How an error names the value of `key` in `namespace`.
+fn value_name(namespace: &str, key: &str) -> String {
+    format!("the value of memory key {key:?} in namespace {namespace:?}")
 }
 
 impl MemoryStore {
@@ -127,6 +135,7 @@ impl MemoryStore {
             ttl.map(|t| now.saturating_add(i64::try_from(t.as_micros()).unwrap_or(i64::MAX)));
         let text =
             serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
+        super::storable(&text, &self.db, "value")?;
         self.db
             .own_execute(
                 format!(
@@ -161,14 +170,15 @@ impl MemoryStore {
                 params![namespace, key, self.now_us()],
             )
             .await?;
-        Ok(rows
+        match rows
             .rows
             .into_iter()
             .next()
-            .and_then(|r| match r.into_iter().next() {
-                Some(Value::Text(t)) => serde_json::from_str(&t).ok(),
-                _ => None,
-            }))
+            .and_then(|r| r.into_iter().next())
+        {
+            Some(Value::Text(t)) => super::read_tree(&t, &self.db, || value_name(namespace, key)),
+            _ => Ok(None),
+        }
     }
 
     /// Live entries of a namespace in key order, optionally with a key
@@ -184,7 +194,9 @@ impl MemoryStore {
         after: Option<&str>,
     ) -> Result<Vec<MemoryEntry>> {
         let rows = self.rows(namespace, prefix, limit, after).await?;
-        Ok(rows.into_iter().map(entry).collect())
+        rows.into_iter()
+            .map(|row| entry(row, namespace, &self.db))
+            .collect()
     }
 
     /// As [`list`](Self::list), a page that ends early once its values'
@@ -203,8 +215,10 @@ impl MemoryStore {
         let (rows, left) =
             super::text_bounded(self.select(namespace, prefix, limit, after, true).await?);
         let full = rows.len() == limit;
-        let (items, cut) =
-            super::within_page_bytes(rows.into_iter().map(entry), |e| super::footprint(&e.value));
+        let (items, cut) = super::within_page_bytes(
+            rows.into_iter().map(|row| entry(row, namespace, &self.db)),
+            |e| super::footprint(&e.value),
+        )?;
         let next = (full || left || cut)
             .then(|| items.last().map(|e| e.key.clone()))
             .flatten();

@@ -65,6 +65,59 @@ fn page_text_bytes(db: &crate::Backend) -> i64 {
     i64::try_from(db.max_result_bytes() / 2).unwrap_or(i64::MAX)
 }
 
+/// A stored value's text past which its tree may take more than the
+/// result limit, as a multiple of the limit: a tree takes at most about a
+/// hundred times its text (`{"":0}`, six bytes, is an object's first node
+/// of 648), so a text under a 128th of the limit is never looked at twice.
+const TREE_PER_TEXT: usize = 128;
+
+/// Refuses a value about to be stored (`text`, named by `what`) whose tree
+/// would take more than `db.max_result_bytes` read back, as the request
+/// parser estimates it: a value is read as a query's result is, within
+/// that limit ([`read_tree`]), so any `read` key could otherwise have one
+/// stored value of a gigabyte's tree read over and over (review 248).
+fn storable(text: &str, db: &crate::Backend, what: &str) -> crate::Result<()> {
+    let limit = db.max_result_bytes();
+    if text.len().saturating_mul(TREE_PER_TEXT) <= limit {
+        return Ok(());
+    }
+    match crate::json::parse_alone(text.as_bytes(), limit) {
+        Err(crate::json::Unreadable::TooLarge { .. }) => Err(crate::Error::TooLarge {
+            what: format!(
+                "{what}, read back into a tree (db.max_result_bytes bounds a stored value as it does a result)"
+            ),
+            limit: limit as u64,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A stored value's `text` read into a tree within `db.max_result_bytes`
+/// (see [`storable`]); `None` for text that is not a value (never written
+/// by litebridge). Past the limit (it was lowered since the value was
+/// stored), `too_large` naming `what` and the setting that would read it.
+fn read_tree(
+    text: &str,
+    db: &crate::Backend,
+    what: impl FnOnce() -> String,
+) -> crate::Result<Option<serde_json::Value>> {
+    let limit = db.max_result_bytes();
+    if text.len().saturating_mul(TREE_PER_TEXT) <= limit {
+        return Ok(serde_json::from_str(text).ok());
+    }
+    match crate::json::parse_alone(text.as_bytes(), limit) {
+        Ok(tree) => Ok(Some(tree)),
+        Err(crate::json::Unreadable::TooLarge { .. }) => Err(crate::Error::TooLarge {
+            what: format!(
+                "{}, read into a tree (stored before db.max_result_bytes was lowered: raise it to read or list it, or delete it)",
+                what()
+            ),
+            limit: limit as u64,
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The rows of a page read within [`page_text_bytes`], each ending with the
 /// count of rows there were before the bound: those rows without it, and
 /// whether any was left out.
@@ -86,18 +139,19 @@ fn text_bounded(mut rows: Vec<Vec<crate::Value>>) -> (Vec<Vec<crate::Value>>, bo
 /// (so a page peaks at [`PAGE_BYTES`] and one value more, with its rows'
 /// text read first).
 fn within_page_bytes<T>(
-    items: impl Iterator<Item = T>,
+    items: impl Iterator<Item = crate::Result<T>>,
     weight: impl Fn(&T) -> u64,
-) -> (Vec<T>, bool) {
+) -> crate::Result<(Vec<T>, bool)> {
     let mut taken = Vec::new();
     let mut total = 0u64;
     for item in items {
+        let item = item?;
         let w = weight(&item);
         if !taken.is_empty() && total.saturating_add(w) > PAGE_BYTES {
-            return (taken, true);
+            return Ok((taken, true));
         }
         total = total.saturating_add(w);
         taken.push(item);
     }
-    (taken, false)
+    Ok((taken, false))
 }

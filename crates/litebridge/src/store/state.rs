@@ -95,7 +95,8 @@ fn check_run_id(run_id: &str) -> Result<()> {
 
 const COLUMNS: &str = "run_id, state, status, total_steps, error_message, execution_time_ms, memory_usage_mb, created_at, updated_at";
 
-fn record(row: Vec<Value>) -> StateRecord {
+/// A run's row, as [`COLUMNS`] lists it, in `db`.
+fn record(row: Vec<Value>, db: &Backend) -> Result<StateRecord> {
     let mut it = row.into_iter();
     let mut next = || it.next().unwrap_or(Value::Null);
     let text = |v: Value| match v {
@@ -106,11 +107,15 @@ fn record(row: Vec<Value>) -> StateRecord {
         Value::Integer(i) => Some(i),
         _ => None,
     };
-    StateRecord {
-        run_id: text(next()).unwrap_or_default(),
-        state: text(next())
-            .and_then(|t| serde_json::from_str(&t).ok())
+    let run_id = text(next()).unwrap_or_default();
+    let state = match text(next()) {
+        Some(t) => super::read_tree(&t, db, || format!("the state of run {run_id:?}"))?
             .unwrap_or(Json::Null),
+        None => Json::Null,
+    };
+    Ok(StateRecord {
+        run_id,
+        state,
         status: text(next()),
         total_steps: int(next()),
         error_message: text(next()),
@@ -122,7 +127,7 @@ fn record(row: Vec<Value>) -> StateRecord {
         },
         created_at: int(next()).unwrap_or(0),
         updated_at: int(next()).unwrap_or(0),
-    }
+    })
 }
 
 impl StateStore {
@@ -143,6 +148,7 @@ impl StateStore {
         let now = now_us(self.clock.as_ref());
         let state =
             serde_json::to_string(&u.state).map_err(|e| Error::invalid("state", e.to_string()))?;
+        super::storable(&state, &self.db, "state")?;
         // One trip through the writer: the upsert returns the row as stored,
         // in the same transaction, so no concurrent save can come between.
         let sql = format!(
@@ -183,7 +189,7 @@ impl StateStore {
             .ok_or_else(|| Error::Internal {
                 message: "an upsert returned no row".into(),
             })?;
-        Ok(record(row))
+        record(row, &self.db)
     }
 
     /// The run, or `None`.
@@ -202,7 +208,11 @@ impl StateStore {
                 params![run_id],
             )
             .await?;
-        Ok(rows.rows.into_iter().next().map(record))
+        rows.rows
+            .into_iter()
+            .next()
+            .map(|row| record(row, &self.db))
+            .transpose()
     }
 
     /// Up to `limit` runs after the run id `after` (in key order), optionally
@@ -217,7 +227,7 @@ impl StateStore {
         after: Option<&str>,
     ) -> Result<Vec<StateRecord>> {
         let rows = self.rows(status, limit, after).await?;
-        Ok(rows.into_iter().map(record).collect())
+        rows.into_iter().map(|row| record(row, &self.db)).collect()
     }
 
     /// As [`list`](Self::list), a page that ends early once its states'
@@ -235,7 +245,9 @@ impl StateStore {
         let (rows, left) = super::text_bounded(self.select(status, limit, after, true).await?);
         let full = rows.len() == limit;
         let (items, cut) =
-            super::within_page_bytes(rows.into_iter().map(record), |r| super::footprint(&r.state));
+            super::within_page_bytes(rows.into_iter().map(|row| record(row, &self.db)), |r| {
+                super::footprint(&r.state)
+            })?;
         let next = (full || left || cut)
             .then(|| items.last().map(|r| r.run_id.clone()))
             .flatten();
