@@ -1376,3 +1376,66 @@ async fn stored_values_are_held_to_the_result_limit_postgres() {
     roomy.close();
     schema.drop_now().await;
 }
+
+/// A front end's refresh of the keys waited for its flush of the quota
+/// counts, a write: while the flush waited (here for a lock another session
+/// holds on the counts; in production for the writer, or the standbys), a
+/// key revoked through another front end was still accepted here.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
+    use litebridge::auth::{Auth, NewKey, Tiers, create_key, revoke_key};
+    use litebridge::store::SystemClock;
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (a_db, b_db) = (schema.open().await, schema.open().await);
+    let tiers = Tiers::default();
+    let new = NewKey {
+        name: Some("slow".into()),
+        scopes: "read".parse().unwrap(),
+        tier: "free".into(),
+    };
+    let (_, secret) = create_key(Backend::Postgres(b_db.clone()), &tiers, new)
+        .await
+        .unwrap();
+    let a = Auth::open(
+        Backend::Postgres(a_db.clone()),
+        tiers,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let maintain = a.maintain(Duration::from_millis(100));
+    // Counts to write, and a lock that keeps them from being written.
+    a.authenticate(&secret).unwrap().charge().unwrap();
+    let admin = common::pg::admin(&common::pg::url().unwrap()).await;
+    admin
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.litebridge_quota IN EXCLUSIVE MODE",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        revoke_key(Backend::Postgres(b_db.clone()), "slow")
+            .await
+            .unwrap()
+    );
+    let revoked = std::time::Instant::now();
+    while a.authenticate(&secret).is_ok() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(3),
+            "the key was still accepted while the flush waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    // The counts were kept, and are written once the lock is gone.
+    a.flush().await.unwrap();
+    maintain.abort();
+    a_db.close();
+    b_db.close();
+    schema.drop_now().await;
+}

@@ -299,8 +299,14 @@ struct Inner {
     tiers: Tiers,
     clock: Arc<dyn Clock>,
     registry: RwLock<Arc<Registry>>,
-    /// One refresh or flush at a time.
-    busy: tokio::sync::Mutex<()>,
+    /// One refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// One write or read of the counts at a time (a read between a write's
+    /// taking the pending counts and its commit would count them nowhere).
+    /// Not the refresh's: it reads the counts of new keys only, which have
+    /// none pending, and a refresh waiting for a flush (a write, behind the
+    /// writer or the standbys) kept a revocation from taking effect.
+    counting: tokio::sync::Mutex<()>,
     /// Keys dropped from the registry with counts not yet written.
     retired: Mutex<Vec<Arc<KeyEntry>>>,
     /// Names revoked here whose revocation the database may not show yet:
@@ -326,7 +332,8 @@ impl Auth {
                 tiers,
                 clock,
                 registry: RwLock::new(Arc::new(Registry::default())),
-                busy: tokio::sync::Mutex::new(()),
+                refreshing: tokio::sync::Mutex::new(()),
+                counting: tokio::sync::Mutex::new(()),
                 retired: Mutex::new(Vec::new()),
                 revoked_here: Mutex::new(std::collections::HashSet::new()),
             }),
@@ -428,7 +435,7 @@ impl Auth {
     /// # Errors
     /// SQLite errors (the keys in memory stay as they were).
     pub async fn refresh(&self) -> Result<bool> {
-        let _one = self.inner.busy.lock().await;
+        let _one = self.inner.refreshing.lock().await;
         let current = self.registry();
         let db = &self.inner.db;
         let version = keys::version(db).await?;
@@ -545,7 +552,7 @@ impl Auth {
     /// Sets each key's counts of the current day and month to the
     /// database's totals plus what is pending here.
     async fn read_totals(&self) -> Result<()> {
-        let _one = self.inner.busy.lock().await;
+        let _one = self.inner.counting.lock().await;
         let (day, month, _) = periods(self.inner.clock.now());
         let db = &self.inner.db;
         // Two lookups by primary key per key, every flush: the counts of
@@ -580,7 +587,7 @@ impl Auth {
     }
 
     async fn write_counts(&self) -> Result<()> {
-        let _one = self.inner.busy.lock().await;
+        let _one = self.inner.counting.lock().await;
         let retired = std::mem::take(&mut *lock(&self.inner.retired));
         let entries: Vec<Arc<KeyEntry>> = self
             .registry()
@@ -674,28 +681,38 @@ impl Auth {
     }
 
     /// Refreshes the keys and flushes the counters every `interval` until
-    /// the database closes. Stop it by aborting the handle; call
-    /// [`Auth::flush`] once more at shutdown.
+    /// the database closes, each on its own beat: a flush is a write, which
+    /// may wait long (behind the writer, for the standbys), and the keys'
+    /// refresh, a revocation's way in from other servers, does not wait
+    /// for it. Stop it by aborting the handle; call [`Auth::flush`] once
+    /// more at shutdown.
     pub fn maintain(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let auth = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if !auth.inner.db.is_open() {
-                    continue;
-                }
-                if let Err(e) = auth.refresh().await {
-                    tracing::warn!("re-reading the API keys failed: {e}");
-                }
-                if let Err(e) = auth.flush().await {
-                    tracing::warn!(
-                        "writing the quota counters failed (kept for the next try): {e}"
-                    );
-                }
+        let refreshing = every(self.clone(), interval, |auth| async move {
+            if let Err(e) = auth.refresh().await {
+                tracing::warn!("re-reading the API keys failed: {e}");
             }
+        });
+        let flushing = every(self.clone(), interval, |auth| async move {
+            if let Err(e) = auth.flush().await {
+                tracing::warn!("writing the quota counters failed (kept for the next try): {e}");
+            }
+        });
+        tokio::spawn(async move {
+            tokio::join!(refreshing, flushing);
         })
+    }
+}
+
+/// Runs `work` on `auth` every `interval` (counted from the end of the
+/// last run) while its database is open.
+async fn every<W: Future<Output = ()>>(auth: Auth, interval: Duration, work: impl Fn(Auth) -> W) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if auth.inner.db.is_open() {
+            work(auth.clone()).await;
+        }
     }
 }
