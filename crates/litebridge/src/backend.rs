@@ -349,13 +349,14 @@ impl Backend {
     }
 
     /// A read of the keys or quotas: on SQLite it may take the read lane's
-    /// connection kept for them, so that clients' reads holding every
-    /// other one do not hold back a revocation.
+    /// connection kept for them, on PostgreSQL it has a connection of its
+    /// own, so that reads holding every other one do not hold back a
+    /// revocation.
     pub(crate) async fn keys_query(&self, sql: &str, params: impl Into<Params>) -> Result<Rows> {
         match self {
             Backend::Sqlite(db) => db.query_keys(sql, params).await.map_err(unmigrated),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.own_query(sql, params.into()).await,
+            Backend::Postgres(db) => db.keys_query(sql, params.into()).await,
         }
     }
 

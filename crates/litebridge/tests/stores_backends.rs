@@ -1439,3 +1439,73 @@ async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
     b_db.close();
     schema.drop_now().await;
 }
+
+/// Review 249: on PostgreSQL the reads of the keys shared litebridge's own
+/// pool with the stores' reads, which any key asks for: store reads holding
+/// every connection (here waiting for a lock another session holds) kept a
+/// refresh, and so a revocation, waiting. The keys have a connection of
+/// their own.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_reads_holding_the_pool_do_not_hold_back_a_revocation_postgres() {
+    use litebridge::auth::{Auth, NewKey, Tiers, create_key, revoke_key};
+    use litebridge::store::SystemClock;
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let mut config = schema.config();
+    config.connections = 3;
+    let a_db = litebridge::pg::PgDatabase::connect(config).await.unwrap();
+    let b_db = schema.open().await;
+    let tiers = Tiers::default();
+    let new = NewKey {
+        name: Some("held".into()),
+        scopes: "read".parse().unwrap(),
+        tier: "free".into(),
+    };
+    let (_, secret) = create_key(Backend::Postgres(b_db.clone()), &tiers, new)
+        .await
+        .unwrap();
+    let a = Auth::open(
+        Backend::Postgres(a_db.clone()),
+        tiers,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let admin = common::pg::admin(&common::pg::url().unwrap()).await;
+    admin
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.litebridge_memory IN ACCESS EXCLUSIVE MODE",
+            schema.own()
+        ))
+        .await
+        .unwrap();
+    // More store reads than the pool has connections, each waiting.
+    let mem = MemoryStore::new(Backend::Postgres(a_db.clone()), TestClock::new());
+    let reads: Vec<_> = (0..6)
+        .map(|i| {
+            let mem = mem.clone();
+            tokio::spawn(async move { mem.get("n", &format!("k{i}")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        revoke_key(Backend::Postgres(b_db.clone()), "held")
+            .await
+            .unwrap()
+    );
+    let refreshed = tokio::time::timeout(Duration::from_secs(3), a.refresh()).await;
+    assert!(
+        matches!(refreshed, Ok(Ok(true))),
+        "the refresh waited for the stores' reads: {refreshed:?}"
+    );
+    assert!(a.authenticate(&secret).is_err());
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), None);
+    }
+    a_db.close();
+    b_db.close();
+    schema.drop_now().await;
+}

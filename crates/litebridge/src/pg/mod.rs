@@ -122,6 +122,12 @@ struct Inner {
     client: Pool,
     /// litebridge's own work (the stores), as the URL's user.
     own: Pool,
+    /// One connection more, as the URL's user, for the reads of the keys
+    /// and the quota totals alone (`keys_query`): any key's store reads
+    /// (`memory.list` loops) may hold every connection of `own`, and a
+    /// revocation would wait for them (review 249; on SQLite a reader is
+    /// kept for them the same way).
+    keys: Pool,
     /// The server process of each of the clients' connections to the
     /// primary, for ending a statement that goes on after litebridge gave
     /// up on it (`backend`); kept only when `ends_runaways`. Each replica
@@ -343,11 +349,14 @@ enum Node {
 }
 
 /// Whose SQL a request runs: the clients' (checked, on their role) or
-/// litebridge's own (the stores' fixed statements, on the owner's role).
+/// litebridge's own (the stores' fixed statements, on the owner's role);
+/// the reads of the keys and quota totals are litebridge's own too, on a
+/// connection of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
     Client,
     Own,
+    Keys,
 }
 
 impl std::fmt::Debug for PgDatabase {
@@ -664,6 +673,7 @@ impl PgDatabase {
                 .map(|r| pool(config.replica_config(r, &sync)?, 1))
                 .collect::<Result<Vec<_>>>()?,
         };
+        let keys = pool(config.own_config()?, 1)?;
         let cluster = ClusterStatus::configured(config.hosts(), &config.replicas);
         let every = config.health_check_interval;
         let position_sql = if config.replicated_to > 0 {
@@ -680,6 +690,7 @@ impl PgDatabase {
                 own.clone(),
             ),
             own,
+            keys,
             backstops: Arc::default(),
             ends_runaways: sees && ends,
             prepared_with_sql: AtomicU64::new(0),
@@ -908,6 +919,12 @@ impl PgDatabase {
     pub(crate) async fn own_query(&self, sql: &str, params: Params) -> Result<Rows> {
         let p = Prepared::own(sql, params)?;
         self.read(Who::Own, p, QueryOptions::default()).await
+    }
+
+    /// A read of the keys or the quota totals, on their own connection.
+    pub(crate) async fn keys_query(&self, sql: &str, params: Params) -> Result<Rows> {
+        let p = Prepared::own(sql, params)?;
+        self.read(Who::Keys, p, QueryOptions::default()).await
     }
 
     /// A write of the stores.
@@ -1437,7 +1454,7 @@ impl PgDatabase {
                 // (the connection is closed).
                 let end_read = match who {
                     Who::Client => self.inner.end_read,
-                    Who::Own => "COMMIT",
+                    Who::Own | Who::Keys => "COMMIT",
                 };
                 let end = conn.simple_query(end_read);
                 let (rows, position, ended) = tokio::join!(rows, position, end);
@@ -1687,6 +1704,7 @@ impl PgDatabase {
     pub fn close(&self) {
         self.inner.client.close();
         self.inner.own.close();
+        self.inner.keys.close();
         for r in &self.inner.replicas {
             r.pool.close();
             r.backends.close();
@@ -1727,7 +1745,7 @@ impl PgDatabase {
         let mut done = self
             .committed(who, statements, options, shape, (deadline, timeout))
             .await?;
-        if who == Who::Own || self.inner.replicas.is_empty() {
+        if who != Who::Client || self.inner.replicas.is_empty() {
             // Read for the standbys' count alone (`replicated`): no
             // replica to read it back from.
             for d in &mut done {
@@ -2129,8 +2147,8 @@ impl PgDatabase {
         // With `replicated_to`, the session that committed is read too.
         let position_sql = self.inner.position_sql();
         let end = match who {
-            Who::Own if want_token => format!("COMMIT; {position_sql}"),
-            Who::Own => "COMMIT".to_owned(),
+            Who::Own | Who::Keys if want_token => format!("COMMIT; {position_sql}"),
+            Who::Own | Who::Keys => "COMMIT".to_owned(),
             Who::Client if want_token => format!("COMMIT; {position_sql}; {tidy}"),
             Who::Client => format!("COMMIT; {tidy}"),
         };
@@ -2330,7 +2348,7 @@ impl PgDatabase {
         // domain's `CHECK` on a literal): the tidy-up and its check follow.
         let rollback = match who {
             Who::Client => format!("ROLLBACK; {}", self.inner.tidy),
-            Who::Own => "ROLLBACK".to_owned(),
+            Who::Own | Who::Keys => "ROLLBACK".to_owned(),
         };
         let end = async {
             let (rolled, (position, session)) = tokio::join!(conn.simple_query(&rollback), async {
@@ -2519,7 +2537,7 @@ impl PgDatabase {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Option<Lease>> {
-        if who == Who::Own {
+        if who != Who::Client {
             return Ok(Some(conn));
         }
         // A connection never handed out before needs no reset; one that
@@ -2558,7 +2576,7 @@ impl PgDatabase {
 
     /// Back to the pool after a clean request of `caller`.
     fn keep(&self, node: Node, who: Who, conn: Lease, caller: Option<u64>) {
-        if who == Who::Own {
+        if who != Who::Client {
             // litebridge's own pool numbers its connections apart.
             conn.release();
             return;
@@ -2618,9 +2636,10 @@ impl PgDatabase {
         let pool = match who {
             Who::Client => &self.inner.client,
             Who::Own => &self.inner.own,
+            Who::Keys => &self.inner.keys,
         };
         match tokio::time::timeout_at(deadline, pool.get()).await {
-            Ok(Ok(c)) if who == Who::Own => Ok(Lease::new(c)),
+            Ok(Ok(c)) if who != Who::Client => Ok(Lease::new(c)),
             Ok(Ok(c)) => {
                 let c = self.for_caller(c, caller).await;
                 let c = Lease::watched(c, Arc::downgrade(&self.inner), Node::Primary);

@@ -93,7 +93,7 @@ impl PgDatabase {
         let need = self.inner.config.replicated_to;
         let retry = match who {
             Who::Client => "retry it with its idempotency key",
-            Who::Own => "it may be there or not",
+            Who::Own | Who::Keys => "it may be there or not",
         };
         let unknown = |why: String| Error::OutcomeUnknown {
             what: "the write".into(),
