@@ -1078,6 +1078,86 @@ fn one_batchs_replies_took_memory_without_bound() {
     assert!(server.stop().success());
 }
 
+/// Review 250: a read of a stored value built its tree twice (`json!`
+/// copied it into the reply), so one value of 62 MB of tree, under the
+/// result limit, took 140 MB at each read.
+#[test]
+fn a_read_of_a_stored_value_built_its_tree_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("twice.db");
+    let server = Server::start(&db, &[]);
+    // 90,000 objects of one member: 630 kB of text, some 62 MB of tree.
+    let value = Value::Array(vec![json!({"": 0}); 90_000]);
+    let r = server.rpc(call(
+        "memory.store",
+        json!({"namespace": "n", "key": "k", "value": value}),
+    ));
+    assert_eq!(code(&r), 0, "{r}");
+    let r = server.rpc(call("state.save", json!({"run_id": "r", "state": value})));
+    assert_eq!(code(&r), 0, "{r}");
+    // Read by a server that has not held them yet.
+    assert!(server.stop().success());
+    let server = Server::start(&db, &[]);
+    let before = peak_rss_mb(&server);
+    let r = server.rpc(call("memory.get", json!({"namespace": "n", "key": "k"})));
+    assert_eq!(r["result"]["value"].as_array().map(Vec::len), Some(90_000));
+    let r = server.rpc(call("state.load", json!({"run_id": "r"})));
+    assert_eq!(r["result"]["state"].as_array().map(Vec::len), Some(90_000));
+    let grown = peak_rss_mb(&server) - before;
+    // Once: 84 MB; twice: 143.
+    assert!(grown < 110, "a read took {grown} MB more at its peak");
+    assert!(server.stop().success());
+}
+
+/// Review 250: a batch whose replies did not fit went on starting its
+/// requests, and dropped their replies: 190 of 200 inserts with large
+/// `RETURNING` rows ran, each answered "the request ran", which its client
+/// could only send again, writing it twice. Once a reply does not fit, the
+/// requests not started yet do not run.
+#[test]
+fn a_full_batch_ran_its_writes_only_to_drop_their_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("full.db");
+    let config = dir.path().join("full.toml");
+    std::fs::write(&config, "[db]\nmax_result_bytes = 1048576\n").unwrap();
+    let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
+    let r = server.rpc(call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})));
+    assert_eq!(code(&r), 0, "{r}");
+    let batch: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"jsonrpc": "2.0", "id": i, "method": "sql.execute", "params": {
+                "sql": "INSERT INTO t VALUES (?1) RETURNING x, printf('%.*c', 100000, 'y')",
+                "params": [i]}})
+        })
+        .collect();
+    let (status, reply) = server.rpc_as(None, &Value::Array(batch));
+    assert_eq!(status, 200);
+    let replies = reply.as_array().unwrap();
+    assert_eq!(replies.len(), 200);
+    let said = |r: &&Value| r["error"]["message"].as_str().unwrap_or("").to_owned();
+    let served = replies.iter().filter(|r| r["result"].is_object()).count();
+    let ran = replies
+        .iter()
+        .filter(|r| said(r).contains("the request ran"))
+        .count();
+    let not_run = replies
+        .iter()
+        .filter(|r| said(r).contains("did not run"))
+        .count();
+    assert_eq!(served + ran + not_run, 200, "{reply}");
+    // What ran is what the replies say ran: no more.
+    let rows = server.rpc(call(
+        "sql.query",
+        json!({"sql": "SELECT count(*) AS n FROM t"}),
+    ));
+    assert_eq!(rows["result"]["rows"][0][0], json!(served + ran), "{rows}");
+    // At most one round of requests in flight ran past the first that did
+    // not fit (32 at once for a batch).
+    assert!(ran <= 32, "{ran} ran only to be dropped");
+    assert!(not_run >= 150, "{not_run}");
+    assert!(server.stop().success());
+}
+
 /// Review 249: a batch counted its replies as their JSON text but held
 /// them as trees, and a reply of small blobs takes about 50 times its text
 /// as a tree: a batch under `db.max_result_bytes` of text held hundreds of

@@ -386,7 +386,26 @@ async fn read_in_turn(
     }))
 }
 
-/// The trees a message for the MCP SDK counts (see [`Budget::copies`]).
+/// Whether `input`'s tree, as [`parse_alone`] would count it, fits within
+/// `limit`, found without building it: [`Unreadable::TooLarge`] when it
+/// does not, [`Unreadable::Syntax`] for what is not JSON. (Members named
+/// twice and inexact integers are not looked for.) Checking a value about
+/// to be stored this way costs a walk, not a tree of up to `limit` beside
+/// the request's own (review 250).
+pub fn fits_within(input: &[u8], limit: usize) -> Result<(), Unreadable> {
+    let budget = Budget::new((limit, usize::MAX), "", 0);
+    let mut de = serde_json::Deserializer::from_slice(input);
+    let walked = Measure(&budget)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match (walked, budget.refused.get()) {
+        (_, Some(_)) => Err(Unreadable::TooLarge { limit }),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(Unreadable::Syntax(e.to_string())),
+    }
+}
+
+/// The trees a message for the MCP SDK counts (see [`Budget::copies`])./// The trees a message for the MCP SDK counts (see [`Budget::copies`]).
 const SDK_COPIES: usize = 2;
 
 /// [`parse`] with other limits than [`MAX_TREE_BYTES`] and
@@ -612,9 +631,136 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 }
 
+/// [`Strict`]'s count of a value, building nothing ([`fits_within`]).
+#[derive(Clone, Copy)]
+struct Measure<'a>(&'a Budget<'a>);
+
+impl Measure<'_> {
+    fn take<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
+        if self.0.take(bytes) {
+            Ok(())
+        } else {
+            Err(E::custom("the value takes too much memory to read"))
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Measure<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Measure<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.take(block(v.len()))
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut len = 0;
+        while seq.next_element_seed(self)?.is_some() {
+            self.take(element(len))?;
+            len += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut members = 0;
+        while let Some(key) = map.next_key_seed(KeyLength)? {
+            self.take(if members == 0 { NODE } else { MEMBER } + block(key))?;
+            map.next_value_seed(self)?;
+            members += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A member's name read for its length alone: the capacity of the
+/// `String` [`Strict`] reads it into.
+struct KeyLength;
+
+impl<'de> DeserializeSeed<'de> for KeyLength {
+    type Value = usize;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyLength {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member's name")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<usize, E> {
+        Ok(v.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value's walk counts what its tree counts, to the byte: a value
+    /// checked with `fits_within` when stored is read back with
+    /// `parse_alone` within the same limit.
+    #[test]
+    fn a_walk_counts_what_a_tree_counts() {
+        let samples = [
+            r#"{"":0}"#,
+            r#"[{"":0},{"":0},{"":0},{"":0},{"":0}]"#,
+            r#"{"a":{"b":{"c":[1,2,3,"four",null,true]}},"k":"v\n\u00e9"}"#,
+            r#"[[],[[]],[[[]]],{},[{}],"",[""]]"#,
+            r#"{"one":1,"two":2,"three":3,"four":4,"five":5,"six":6,"seven":7,"eight":8,"nine":9,"ten":10,"eleven":11,"twelve":12,"thirteen":13}"#,
+            r#""a string of some length, with an escape \" inside""#,
+            r#"[1.5e300,-0.0,18446744073709551615,-9223372036854775808]"#,
+        ];
+        for sample in samples {
+            assert!(parse_alone(sample.as_bytes(), 1 << 20).is_ok(), "{sample}");
+            for limit in (0..6000).step_by(7) {
+                assert_eq!(
+                    fits_within(sample.as_bytes(), limit).is_ok(),
+                    parse_alone(sample.as_bytes(), limit).is_ok(),
+                    "{sample} within {limit}"
+                );
+            }
+        }
+        assert!(matches!(
+            fits_within(b"[1,", 1 << 20),
+            Err(Unreadable::Syntax(_))
+        ));
+    }
 
     /// Review 233: the turn was the future's, so a caller gone while its
     /// answer was read let the next be read at once, beside it; a panic

@@ -942,3 +942,41 @@ async fn the_commit_that_lets_memory_serve_is_asked_again_after_a_refusal() {
     }
     assert!(hits >= 10, "{:?}", cache.stats());
 }
+
+/// A loaded value whose tree passes the result limit is the caller's, and
+/// is not cached: a read of it would build that tree again for any caller
+/// (review 250: it was silently dropped after a copy of it was made). One
+/// set directly is refused, naming the setting.
+#[tokio::test]
+async fn a_loaded_value_past_the_result_limit_is_answered_and_not_cached() {
+    let (_dir, db) = common::open_kv(common::config().max_result_bytes(64 << 10)).await;
+    let cache = Cache::open(Some(db.clone()), CacheConfig::default())
+        .await
+        .unwrap();
+    // 2,000 objects: 14 kB of text, some 1.4 MB of tree.
+    let big = json!(vec![json!({"": 0}); 2000]);
+    let loads = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..2 {
+        let got = cache
+            .get_or_load("big", None, || async {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(big.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, big);
+    }
+    assert_eq!(loads.into_inner(), 2, "loaded again: not cached");
+    assert_eq!(cache.get("big").await.unwrap(), None);
+    assert_eq!(cache.stats().l2_errors, 0, "not an L2 failure");
+    let e = cache.set("big", big, None).await.unwrap_err();
+    assert_eq!(e.kind(), litebridge::ErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("db.max_result_bytes"), "{e}");
+    // A small one is cached as before.
+    let small = cache
+        .get_or_load("small", None, || async { Ok(json!([1, 2])) })
+        .await
+        .unwrap();
+    assert_eq!(cache.get("small").await.unwrap(), Some(small));
+    db.close().await;
+}

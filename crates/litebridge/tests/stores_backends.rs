@@ -1292,6 +1292,8 @@ async fn stored_values_are_held_to_the_result_limit(roomy: Backend, tight: Backe
         .await
         .unwrap();
     runs.save(update("fits", objects(1000))).await.unwrap();
+    mem.store("n", "a", &json!(1), None).await.unwrap();
+    runs.save(update("a", json!(1))).await.unwrap();
     assert_eq!(mem.get("n", "fits").await.unwrap(), Some(objects(1000)));
     // Read where the limit is lower: refused, naming the key.
     let (mem, runs) = (
@@ -1305,13 +1307,26 @@ async fn stored_values_are_held_to_the_result_limit(roomy: Backend, tight: Backe
         said.contains("\"fits\"") && said.contains("db.max_result_bytes"),
         "{said}"
     );
-    let e = mem.page("n", None, 10, None).await.unwrap_err();
-    assert!(e.to_string().contains("\"fits\""), "{e}");
+    // A page ends before it; first on its page, it is refused, saying how
+    // to list past it.
+    let page = mem.page("n", None, 10, None).await.unwrap();
+    let keys: Vec<_> = page.items.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!((keys, page.next.as_deref()), (vec!["a"], Some("a")));
+    let e = mem.page("n", None, 10, Some("a")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    assert!(
+        e.to_string().contains("\"fits\"") && e.to_string().contains("`after`"),
+        "{e}"
+    );
+    let page = mem.page("n", None, 10, Some("fits")).await.unwrap();
+    assert_eq!(page.items[0].key, "text");
     let e = mem.list("n", None, 10, None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
     let e = runs.load("fits").await.unwrap_err();
     assert!(e.to_string().contains("run \"fits\""), "{e}");
-    let e = runs.page(None, 10, None).await.unwrap_err();
+    let page = runs.page(None, 10, None).await.unwrap();
+    assert_eq!((page.items.len(), page.next.as_deref()), (1, Some("a")));
+    let e = runs.page(None, 10, Some("a")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
     // What is not a tree of objects is read as before.
     assert_eq!(
@@ -1327,9 +1342,9 @@ async fn stored_values_are_held_to_the_result_limit(roomy: Backend, tight: Backe
     // Deleted, the rest of the namespace lists again.
     assert!(mem.delete("n", "fits").await.unwrap());
     assert!(runs.delete("fits").await.unwrap());
-    let page = mem.page("n", None, 10, None).await.unwrap();
-    assert_eq!(page.items.len(), 1);
-    assert!(runs.page(None, 10, None).await.unwrap().items.is_empty());
+    let page = mem.page("n", None, 10, Some("a")).await.unwrap();
+    assert_eq!(page.items[0].key, "text");
+    assert_eq!(runs.page(None, 10, None).await.unwrap().items.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1508,4 +1523,62 @@ async fn store_reads_holding_the_pool_do_not_hold_back_a_revocation_postgres() {
     a_db.close();
     b_db.close();
     schema.drop_now().await;
+}
+
+/// Review 250: a page's trees were bounded by 256 MiB whatever the result
+/// limit (a page under a limit of 1 MiB built 55 MB of trees), and a page
+/// of runs counted their states alone, so runs of long error messages
+/// passed the result limit and every listing failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_held_to_a_low_result_limit_with_all_of_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DbConfig::builder()
+        .max_result_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let db = Database::open(dir.path().join("t.db"), config)
+        .await
+        .unwrap();
+    migrate(&db).await.unwrap();
+    let clock = TestClock::new();
+    let mem = MemoryStore::new(Backend::Sqlite(db.clone()), clock.clone());
+    let runs = StateStore::new(Backend::Sqlite(db.clone()), clock);
+    // Ten values of 7 kB of text, some 700 kB of tree each.
+    let value = json!(vec![json!({"": 0}); 1000]);
+    for i in 0..10 {
+        mem.store("n", &format!("k{i}"), &value, None)
+            .await
+            .unwrap();
+        runs.save(StateUpdate {
+            run_id: format!("r{i}"),
+            state: json!(1),
+            error_message: Some("e".repeat(400_000)),
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (mut seen, mut after, mut pages) = (0, None::<String>, 0);
+    loop {
+        let page = mem.page("n", None, 100, after.as_deref()).await.unwrap();
+        assert_eq!(page.items.len(), 1, "one tree of 700 kB a page");
+        (seen, pages) = (seen + page.items.len(), pages + 1);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (10, 10));
+    let (mut seen, mut after) = (0, None::<String>);
+    loop {
+        let page = runs.page(None, 100, after.as_deref()).await.unwrap();
+        assert!(page.items.len() <= 2, "{}", page.items.len());
+        seen += page.items.len();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 10);
+    db.close().await;
 }

@@ -253,9 +253,10 @@ pub(crate) const MAX_BATCH_PARALLEL: usize = 32;
 ///   its JSON text (as a tree, a reply of small values takes many times its
 ///   text: a blob of none, 12 bytes of text, is a map of some 600), so
 ///   together they may take what one request's result may
-///   (`db.max_result_bytes`, measured as the JSON sent). Once they do, the
-///   requests not started yet are answered `too_large` without running
-///   (notifications, which hold no reply, still run). A
+///   (`db.max_result_bytes`, measured as the JSON sent). Once they do, or
+///   once a reply did not fit, the requests not started yet are answered
+///   `too_large` without running (notifications, which hold no reply,
+///   still run). A
 ///   request that ran keeps its reply when it is small ([`SMALL_REPLY`]: a
 ///   write's acknowledgement, an error, a new key's secret); a larger one
 ///   that does not fit is answered `too_large`, saying that the request ran.
@@ -270,6 +271,11 @@ async fn run_batch(
 
     let budget = app.service.db.max_result_bytes();
     let mut held = 0usize;
+    // Once a reply that ran did not fit, the batch is full for replies of
+    // its size: starting more would run them only to drop their replies
+    // (review 250: 190 of 200 inserts ran, each answered "send it alone",
+    // and sent again they would have been written twice).
+    let mut full = false;
     let mut replies: Vec<Option<Box<RawValue>>> = Vec::with_capacity(items.len());
     replies.resize_with(items.len(), || None);
     let mut waiting = items.into_iter().enumerate().peekable();
@@ -281,9 +287,9 @@ async fn run_batch(
             // Full: a request not started yet does not run. A notification
             // still does: it holds no reply, and nothing could tell its
             // sender it did not run.
-            if held >= budget && request.get("id").is_some() {
+            if (full || held >= budget) && request.get("id").is_some() {
                 let e = RpcError::App(litebridge::Error::TooLarge {
-                    what: "the batch's replies, which hold db.max_result_bytes already (this request did not run; send it again, in a smaller batch)".into(),
+                    what: "the batch's replies, which fill db.max_result_bytes already, or one of which did not fit (this request did not run; send it again, in a smaller batch)".into(),
                     limit: budget as u64,
                 });
                 replies[*i] = refusal(request, &e).map(|r| text(&r));
@@ -329,6 +335,7 @@ async fn run_batch(
                 held = held.saturating_add(len);
                 return reply;
             }
+            full = true;
             let e = RpcError::App(litebridge::Error::TooLarge {
                 what: format!(
                     "this request's reply ({len} bytes) with the batch's others (db.max_result_bytes counts them together); the request ran: send it alone to get its reply"

@@ -453,7 +453,11 @@ impl Handler for SqlBatch {
                 .await
                 .map_err(failed_write)?;
             Ok(with_token(
-                json!({ "results": to_json(&results)? }),
+                // Moved in: `json!` would copy the tree.
+                Json::Object(serde_json::Map::from_iter([(
+                    "results".to_owned(),
+                    to_json(&results)?,
+                )])),
                 n,
                 token,
                 Did::Wrote,

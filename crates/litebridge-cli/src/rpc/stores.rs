@@ -44,7 +44,7 @@ impl Handler for StateSave {
                     memory_usage_mb: self.memory_usage_mb,
                 })
                 .await?;
-            to_json(&saved)
+            record_reply(saved)
         })
     }
 }
@@ -69,7 +69,12 @@ pub(super) struct StateDelete(RunId);
 
 impl Handler for StateLoad {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
-        Box::pin(async move { to_json(&cx.app.service.state.load(&self.0.run_id).await?) })
+        Box::pin(async move {
+            match cx.app.service.state.load(&self.0.run_id).await? {
+                Some(record) => record_reply(record),
+                None => Ok(Json::Null),
+            }
+        })
     }
 }
 
@@ -108,10 +113,7 @@ impl Handler for StateList {
             let runs = page
                 .items
                 .into_iter()
-                .map(|mut r| {
-                    let state = std::mem::take(&mut r.state);
-                    moved_in(&r, "state", state)
-                })
+                .map(record_reply)
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(page_reply("runs", runs, page.next))
         })
@@ -167,7 +169,7 @@ impl Handler for MemoryGet {
         Box::pin(async move {
             let MemoryKey { namespace, key } = self.0;
             let value = cx.app.service.memory.get(&namespace, &key).await?;
-            Ok(json!({ "found": value.is_some(), "value": value }))
+            Ok(found(value))
         })
     }
 }
@@ -244,7 +246,7 @@ impl Handler for CacheGet {
     fn run(self, cx: Ctx<'_>) -> Answer<'_> {
         Box::pin(async move {
             let value = cx.app.service.cache.get(&user_key(&self.0.key.0)).await?;
-            Ok(json!({ "found": value.is_some(), "value": value }))
+            Ok(found(value))
         })
     }
 }
@@ -296,6 +298,21 @@ fn moved_in<T: serde::Serialize>(item: &T, name: &str, value: Json) -> Result<Js
         members.insert(name.to_owned(), value);
     }
     Ok(v)
+}
+
+/// `{found, value}`, the value moved in (`json!` would copy it: a read of
+/// a large value built its tree twice, review 250).
+fn found(value: Option<Json>) -> Json {
+    let mut reply = serde_json::Map::new();
+    reply.insert("found".to_owned(), Json::Bool(value.is_some()));
+    reply.insert("value".to_owned(), value.unwrap_or(Json::Null));
+    Json::Object(reply)
+}
+
+/// A run's record as JSON, its state moved in.
+fn record_reply(mut record: litebridge::store::StateRecord) -> Result<Json, RpcError> {
+    let state = std::mem::take(&mut record.state);
+    moved_in(&record, "state", state)
 }
 
 /// `{<name>: items, next}`, the items moved in (`json!` would copy them).

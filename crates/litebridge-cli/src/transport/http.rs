@@ -321,32 +321,56 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 /// A reply of `/rpc`: one past [`HELD_REPLY`] bytes holds a place of its
 /// key's requests in flight until it is written (see
 /// `Caller::hold_reply`), written in pieces so that the place is given
-/// back only once the last is handed to the connection.
-fn held_reply(caller: &litebridge::auth::Caller, reply: &rpc::Reply) -> Response {
-    let body = serde_json::to_vec(reply).unwrap_or_default();
-    if body.len() <= HELD_REPLY {
+/// back only once the last is handed to the connection. A batch's replies,
+/// held as text, are written as they are, not copied into one body first.
+fn held_reply(caller: &litebridge::auth::Caller, reply: rpc::Reply) -> Response {
+    let parts: std::collections::VecDeque<Bytes> = match reply {
+        rpc::Reply::One(reply) => {
+            [Bytes::from(serde_json::to_vec(&reply).unwrap_or_default())].into()
+        }
+        rpc::Reply::Batch(replies) => {
+            let mut parts = std::collections::VecDeque::with_capacity(2 * replies.len() + 1);
+            parts.push_back(Bytes::from_static(b"["));
+            for (i, reply) in replies.into_iter().enumerate() {
+                if i > 0 {
+                    parts.push_back(Bytes::from_static(b","));
+                }
+                parts.push_back(Bytes::from(Box::<str>::from(reply).into_string()));
+            }
+            parts.push_back(Bytes::from_static(b"]"));
+            parts
+        }
+    };
+    let length: usize = parts.iter().map(Bytes::len).sum();
+    if length <= HELD_REPLY {
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            body,
+            parts.into_iter().flatten().collect::<Vec<u8>>(),
         )
             .into_response();
     }
-    let length = body.len();
     let pieces = futures_util::stream::unfold(
-        (Bytes::from(body), Some(caller.hold_reply())),
-        |(mut rest, mut held)| async move {
-            if rest.is_empty() {
-                return None;
+        (parts, Some(caller.hold_reply())),
+        |(mut parts, mut held)| async move {
+            let mut part = loop {
+                match parts.pop_front() {
+                    Some(part) if part.is_empty() => continue,
+                    Some(part) => break part,
+                    None => return None,
+                }
+            };
+            let piece = part.split_to(part.len().min(HELD_REPLY));
+            if !part.is_empty() {
+                parts.push_front(part);
             }
-            let piece = rest.split_to(rest.len().min(HELD_REPLY));
             // Given back with the last piece, before the client can have
             // read it: one that sends its next request once it has the
             // whole reply never finds the place still taken.
-            if rest.is_empty() {
+            if parts.is_empty() {
                 held = None;
             }
-            Some((Ok::<_, std::convert::Infallible>(piece), (rest, held)))
+            Some((Ok::<_, std::convert::Infallible>(piece), (parts, held)))
         },
     );
     (
@@ -698,7 +722,7 @@ async fn rpc_handler(State(state): State<AppState>, request: Request) -> Respons
     };
     let mut response =
         match rpc::handle_holding(&state.app, &caller, Some(slot), &body, &request_id).await {
-            Some(reply) => held_reply(&caller, &reply),
+            Some(reply) => held_reply(&caller, reply),
             None => StatusCode::NO_CONTENT.into_response(),
         };
     if let Ok(v) = header::HeaderValue::from_str(&request_id) {

@@ -228,18 +228,36 @@ impl Counters {
         }
     }
 
-    /// Counts an L2 failure, and logs it unless one was logged in the last
-    /// ten seconds (a full disk fails every write).
+    /// Counts an L2 failure, and logs it unless a warning was logged in
+    /// the last ten seconds (a full disk fails every write).
     fn l2_failed(&self, what: &str, e: &Error) {
         let n = self.l2_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = crate::sync::lock(&self.last_warning);
-        let now = std::time::Instant::now();
-        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-            *last = Some(now);
+        if self.warning_due() {
             tracing::warn!(
                 "the cache's L2 (table litebridge_cache) failed to {what}, going on in memory ({n} failures so far): {e}"
             );
         }
+    }
+
+    /// Logs, as [`Counters::l2_failed`] does, a loaded value not cached.
+    fn not_kept(&self, key: &str, e: &Error) {
+        if self.warning_due() {
+            tracing::warn!(
+                "a loaded value for the cache key {key:?} is not cached (each call loads it again): {e}"
+            );
+        }
+    }
+
+    /// Whether no warning was logged in the last ten seconds (then one is
+    /// now).
+    fn warning_due(&self) -> bool {
+        let mut last = crate::sync::lock(&self.last_warning);
+        let now = std::time::Instant::now();
+        let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 }
 
@@ -444,6 +462,18 @@ impl Weights {
 }
 
 impl Entry {
+    /// `value` as an entry memory never keeps, read at `generation` (a
+    /// shared load hands its value to the other callers through moka, which
+    /// drops it at its next housekeeping).
+    fn too_heavy(value: Json, generation: u64) -> Entry {
+        Entry {
+            value: Arc::new(value),
+            expires: None,
+            weight: u32::MAX,
+            generation,
+        }
+    }
+
     /// Whether memory may keep it.
     fn fits(&self) -> bool {
         self.weight != u32::MAX
@@ -803,17 +833,44 @@ impl Cache {
     /// is out of memory, and L2 holds what it held before: see the module's
     /// note).
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
+        let text = self.l2_text(&value)?;
         let _turn = self.stripe(key).lock().await;
         self.l1.invalidate(key).await;
-        self.store(key, value, ttl, false).await
+        self.store(key, value, text, ttl, false).await
     }
 
-    /// Writes L2, then memory; when L2 fails the error is counted and
-    /// returned, and memory gets the value only if `keep_on_failure`.
+    /// `value`'s text for L2 (`None` without one), refused past what a
+    /// stored value may be read back within (`storable`).
+    fn l2_text(&self, value: &Json) -> Result<Option<String>> {
+        let Some(db) = &self.db else {
+            return Ok(None);
+        };
+        let text =
+            serde_json::to_string(value).map_err(|e| Error::invalid("value", e.to_string()))?;
+        super::storable(&text, db, "value")?;
+        Ok(Some(text))
+    }
+
+    /// A loaded value's text for L2, or `None` (logged) when it is not to
+    /// be kept at all: the caller has it, and the next call loads it again.
+    fn loaded_text(&self, key: &str, value: &Json) -> Option<Option<String>> {
+        match self.l2_text(value) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                self.counters.not_kept(key, &e);
+                None
+            }
+        }
+    }
+
+    /// Writes L2 (`text`, from [`Cache::l2_text`]), then memory; when L2
+    /// fails the error is counted and returned, and memory gets the value
+    /// only if `keep_on_failure`.
     async fn store(
         &self,
         key: &str,
         value: Json,
+        text: Option<String>,
         ttl: Option<Duration>,
         keep_on_failure: bool,
     ) -> Result<()> {
@@ -824,10 +881,7 @@ impl Cache {
         // before this value went into memory, which then served it until
         // its TTL).
         let generation = self.generation();
-        if let Some(db) = &self.db {
-            let text = serde_json::to_string(&value)
-                .map_err(|e| Error::invalid("value", e.to_string()))?;
-            super::storable(&text, db, "value")?;
+        if let (Some(db), Some(text)) = (&self.db, text) {
             let write = (
                 format!(
                     "INSERT INTO {}(key, value, expires_at) VALUES (?1, ?2, ?3)
@@ -948,15 +1002,15 @@ impl Cache {
         }
         // After it: the caller has its value. Storing it is waited for
         // until the deadline, and finished in the background past it.
-        let keep = |value: Json| async move {
+        let keep_text = |value: Json, text: Option<String>| async move {
             match deadline {
                 None => {
-                    let _ = self.store(key, value, ttl, true).await;
+                    let _ = self.store(key, value, text, ttl, true).await;
                 }
                 Some((at, _)) => {
                     let (cache, key) = (self.clone(), key.to_owned());
                     let mut store =
-                        Box::pin(async move { cache.store(&key, value, ttl, true).await });
+                        Box::pin(async move { cache.store(&key, value, text, ttl, true).await });
                     tokio::select! {
                         biased;
                         _ = &mut store => {}
@@ -967,13 +1021,23 @@ impl Cache {
                 }
             }
         };
+        // A value too large to keep (see `storable`) is not copied.
+        let keep = |value: &Json| {
+            let text = self.loaded_text(key, value);
+            let value = text.is_some().then(|| value.clone());
+            async move {
+                if let (Some(value), Some(text)) = (value, text) {
+                    keep_text(value, text).await;
+                }
+            }
+        };
         let Some(start) = self.watch() else {
             // Not hearing the other front ends: nothing goes into memory.
             if let Some(e) = by(deadline, self.l2_get(key, 0)).await? {
                 return Ok((*e.value).clone());
             }
             let value = load().await?;
-            keep(value.clone()).await;
+            keep(&value).await;
             return Ok(value);
         };
         // Armed for the whole of it: a caller that goes away after moka put
@@ -998,8 +1062,14 @@ impl Cache {
                         return Ok(e);
                     }
                     let value = load().await?;
-                    // Kept in memory even if L2 fails (counted): the load succeeded.
-                    keep(value.clone()).await;
+                    // Kept in memory even if L2 fails (counted): the load
+                    // succeeded. One too large to keep in L2 is kept in
+                    // neither (memory refuses it too: it weighs more than
+                    // moka admits, below).
+                    let Some(text) = self.loaded_text(key, &value) else {
+                        return Ok(Entry::too_heavy(value, start));
+                    };
+                    keep_text(value.clone(), text).await;
                     // moka keeps what this returns, but an entry that does not
                     // fit weighs more than it admits: it goes at its next
                     // housekeeping, or below.
@@ -1045,7 +1115,7 @@ impl Cache {
                         );
                         let load = load.take().expect("not run: its waiter never ran a load");
                         let value = load().await?;
-                        keep(value.clone()).await;
+                        keep(&value).await;
                         break value;
                     }
                 };
@@ -1075,7 +1145,7 @@ impl Cache {
                             break Arc::unwrap_or_clone(e.value);
                         }
                         let value = load().await?;
-                        keep(value.clone()).await;
+                        keep(&value).await;
                         break value;
                     }
                     Ok(entry) if entry.fits() => break (*entry.value).clone(),
@@ -1095,7 +1165,7 @@ impl Cache {
                     Err(_) => {
                         let load = load.take().expect("not run yet");
                         let value = load().await?;
-                        keep(value.clone()).await;
+                        keep(&value).await;
                         break value;
                     }
                 }

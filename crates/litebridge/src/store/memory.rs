@@ -200,8 +200,9 @@ impl MemoryStore {
     }
 
     /// As [`list`](Self::list), a page that ends early once its values'
-    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES), with the cursor of the
-    /// next page: what a server answers a caller with.
+    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES) (or the result limit,
+    /// where lower), or before a value too large to read, with the cursor
+    /// of the next page: what a server answers a caller with.
     ///
     /// # Errors
     /// Read errors; bad names.
@@ -216,6 +217,7 @@ impl MemoryStore {
             super::text_bounded(self.select(namespace, prefix, limit, after, true).await?);
         let full = rows.len() == limit;
         let (items, cut) = super::within_page_bytes(
+            &self.db,
             rows.into_iter().map(|row| entry(row, namespace, &self.db)),
             |e| super::footprint(&e.value),
         )?;

@@ -44,7 +44,8 @@ pub struct Page<T> {
     /// The items, in key order.
     pub items: Vec<T>,
     /// The last item's key when more may follow: the page was full, or
-    /// ended early at [`PAGE_BYTES`].
+    /// ended early at [`PAGE_BYTES`] (or the result limit, where lower),
+    /// or before a value too large to read.
     pub next: Option<String>,
 }
 
@@ -52,7 +53,8 @@ pub struct Page<T> {
 /// [`footprint`]) before the page ends early, its `next` set: 256 MiB. A
 /// stored value's tree may take a hundred times its text (small objects),
 /// so a page of a few large values took gigabytes for a `read` key
-/// (review 159). A page always holds at least one item.
+/// (review 159). A page always holds at least one item. Where the result
+/// limit (`max_result_bytes`) is lower, it is the bound.
 pub const PAGE_BYTES: u64 = 256 << 20;
 
 /// The most bytes of stored text a page of `db` reads, its first item
@@ -81,7 +83,7 @@ fn storable(text: &str, db: &crate::Backend, what: &str) -> crate::Result<()> {
     if text.len().saturating_mul(TREE_PER_TEXT) <= limit {
         return Ok(());
     }
-    match crate::json::parse_alone(text.as_bytes(), limit) {
+    match crate::json::fits_within(text.as_bytes(), limit) {
         Err(crate::json::Unreadable::TooLarge { .. }) => Err(crate::Error::TooLarge {
             what: format!(
                 "{what}, read back into a tree (db.max_result_bytes bounds a stored value as it does a result)"
@@ -109,7 +111,7 @@ fn read_tree(
         Ok(tree) => Ok(Some(tree)),
         Err(crate::json::Unreadable::TooLarge { .. }) => Err(crate::Error::TooLarge {
             what: format!(
-                "{}, read into a tree (stored before db.max_result_bytes was lowered: raise it to read or list it, or delete it)",
+                "{}, read into a tree (stored by an earlier version, or before db.max_result_bytes was lowered: raise it to read it, or delete it)",
                 what()
             ),
             limit: limit as u64,
@@ -133,21 +135,45 @@ fn text_bounded(mut rows: Vec<Vec<crate::Value>>) -> (Vec<Vec<crate::Value>>, bo
     (rows, left)
 }
 
+/// The most memory a page of `db`'s values takes read into trees:
+/// [`PAGE_BYTES`], or the result limit where it is lower (review 250: a
+/// page under a limit of 1 MiB built 55 MB of trees).
+fn page_tree_bytes(db: &crate::Backend) -> u64 {
+    PAGE_BYTES.min(db.max_result_bytes() as u64)
+}
+
 /// Takes `items` while their values' trees (`weight`) stay within
-/// [`PAGE_BYTES`], at least one; whether it stopped early. The item that
-/// passes the limit is made and dropped; those after it are never made
-/// (so a page peaks at [`PAGE_BYTES`] and one value more, with its rows'
+/// [`page_tree_bytes`], at least one; whether it stopped early. The item
+/// that passes the limit is made and dropped; those after it are never
+/// made (so a page peaks at the limit and one value more, with its rows'
 /// text read first).
 fn within_page_bytes<T>(
+    db: &crate::Backend,
     items: impl Iterator<Item = crate::Result<T>>,
     weight: impl Fn(&T) -> u64,
 ) -> crate::Result<(Vec<T>, bool)> {
+    let most = page_tree_bytes(db);
     let mut taken = Vec::new();
     let mut total = 0u64;
     for item in items {
-        let item = item?;
+        let item = match item {
+            Ok(item) => item,
+            // A value past the limit (`read_tree`) ends the page before it,
+            // so the items before it are listed; first on its page, it is
+            // the answer, saying how to list past it.
+            Err(_) if !taken.is_empty() => return Ok((taken, true)),
+            Err(crate::Error::TooLarge { what, limit }) => {
+                return Err(crate::Error::TooLarge {
+                    what: format!(
+                        "{what}; the listing goes on past it with `after` set to its key"
+                    ),
+                    limit,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let w = weight(&item);
-        if !taken.is_empty() && total.saturating_add(w) > PAGE_BYTES {
+        if !taken.is_empty() && total.saturating_add(w) > most {
             return Ok((taken, true));
         }
         total = total.saturating_add(w);

@@ -231,8 +231,9 @@ impl StateStore {
     }
 
     /// As [`list`](Self::list), a page that ends early once its states'
-    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES), with the cursor of the
-    /// next page: what a server answers a caller with.
+    /// trees take [`PAGE_BYTES`](super::PAGE_BYTES) (or the result limit,
+    /// where lower), or before a value too large to read, with the cursor
+    /// of the next page: what a server answers a caller with.
     ///
     /// # Errors
     /// Read errors.
@@ -244,10 +245,15 @@ impl StateStore {
     ) -> Result<super::Page<StateRecord>> {
         let (rows, left) = super::text_bounded(self.select(status, limit, after, true).await?);
         let full = rows.len() == limit;
-        let (items, cut) =
-            super::within_page_bytes(rows.into_iter().map(|row| record(row, &self.db)), |r| {
-                super::footprint(&r.state)
-            })?;
+        // A run's status and error message count too (review 250: runs of
+        // 15 MiB error messages passed the result limit, failing every
+        // listing).
+        let text = |t: &Option<String>| t.as_ref().map_or(0, |t| t.len() as u64);
+        let (items, cut) = super::within_page_bytes(
+            &self.db,
+            rows.into_iter().map(|row| record(row, &self.db)),
+            |r| super::footprint(&r.state) + text(&r.status) + text(&r.error_message),
+        )?;
         let next = (full || left || cut)
             .then(|| items.last().map(|r| r.run_id.clone()))
             .flatten();
@@ -296,7 +302,10 @@ impl StateStore {
                                 sum(lb_own) OVER (ORDER BY lb_id ROWS UNBOUNDED PRECEDING) AS lb_upto,
                                 row_number() OVER (ORDER BY lb_id) AS lb_n,
                                 count(*) OVER () AS lb_chosen
-                           FROM (SELECT run_id AS lb_id, octet_length(state) AS lb_own {chosen}) AS chosen)
+                           FROM (SELECT run_id AS lb_id,
+                                        octet_length(state) + coalesce(octet_length(status), 0)
+                                            + coalesce(octet_length(error_message), 0) AS lb_own
+                                   {chosen}) AS chosen)
                         AS sized
                    JOIN {t} ON run_id = sized.lb_id
                   WHERE sized.lb_upto <= ?4 OR sized.lb_n = 1
