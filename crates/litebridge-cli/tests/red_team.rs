@@ -1078,6 +1078,84 @@ fn one_batchs_replies_took_memory_without_bound() {
     assert!(server.stop().success());
 }
 
+/// Review 251: at shutdown the connections' tasks ran on past the grace
+/// period (only the database's halt ended a long write), and the flush of
+/// the quota counts under way was aborted, losing what it had taken: calls
+/// made in the last moments before a stop were not counted, those of every
+/// key. The connections end with the drain now, and the flush under way is
+/// waited for.
+#[test]
+fn calls_before_a_stop_behind_a_long_write_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("counted.db");
+    let writer = create_key(&db, "w", "read,write", "pro");
+    let reader = create_key(&db, "r", "read", "pro");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &[
+            ("LITEBRIDGE_SECURITY_KEY_REFRESH_MS", "50"),
+            ("LITEBRIDGE_SERVER_SHUTDOWN_GRACE_MS", "2000"),
+        ],
+    );
+    let (_, r) = server.rpc_as(
+        Some(&writer),
+        &call("sql.execute", json!({"sql": "CREATE TABLE t(x)"})),
+    );
+    assert_eq!(code(&r), 0, "{r}");
+    let long = call(
+        "sql.execute",
+        json!({"sql": format!("INSERT INTO t {ENDLESS}"), "timeout_ms": 60_000}),
+    )
+    .to_string();
+    let hold = {
+        let head = rpc_head(
+            &server.addr,
+            &format!("\r\nAuthorization: Bearer {writer}"),
+            long.len(),
+        );
+        let addr = server.addr.clone();
+        std::thread::spawn(move || raw(&addr, &head, long.as_bytes()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let until = Instant::now() + Duration::from_millis(1000);
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, key) = (server.addr.clone(), reader.clone());
+            std::thread::spawn(move || {
+                let body = call("sql.query", json!({"sql": "SELECT 1"})).to_string();
+                let head = rpc_head(
+                    &addr,
+                    &format!("\r\nAuthorization: Bearer {key}"),
+                    body.len(),
+                );
+                let mut ok = 0;
+                while Instant::now() < until {
+                    if raw(&addr, &head, body.as_bytes()).0 == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: i64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(ok > 10, "{ok}");
+    server.stop();
+    let _ = hold.join();
+    let file = rusqlite::Connection::open(&db).unwrap();
+    let counted: i64 = file
+        .query_row(
+            "SELECT coalesce(sum(count), 0) FROM litebridge_quota q
+               JOIN litebridge_keys k ON k.id = q.key_id
+              WHERE k.name = 'r' AND q.period LIKE 'd%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counted, ok, "every call answered was counted");
+}
+
 /// Review 250: a read of a stored value built its tree twice (`json!`
 /// copied it into the reply), so one value of 62 MB of tree, under the
 /// result limit, took 140 MB at each read.

@@ -157,11 +157,11 @@ enum Refused {
 
 /// An object's first B-tree node (11 members' room: 632 bytes), allocated
 /// with its first member.
-const NODE: usize = 632 + 16;
+pub(crate) const NODE: usize = 632 + 16;
 /// Each further member's share of the B-tree: a leaf of 5 to 11 members
 /// and the internal nodes (744 bytes) above every 6 to 12 leaves; one of
 /// 12 members takes 2,040 bytes (review 161: counted at 1,836).
-const MEMBER: usize = NODE / 5;
+pub(crate) const MEMBER: usize = NODE / 5;
 /// An array's first element: its first allocation, room for four `Value`s
 /// (review 160: counted as one, `[[[0]]]` took twice the estimate).
 const FIRST_ELEMENTS: usize = 4 * std::mem::size_of::<Value>() + 16;
@@ -179,7 +179,7 @@ fn element(len: usize) -> usize {
 }
 
 /// A heap block of `len` bytes, as allocated (none for nothing).
-fn block(len: usize) -> usize {
+pub(crate) fn block(len: usize) -> usize {
     if len == 0 {
         0
     } else {

@@ -301,3 +301,45 @@ async fn two_servers_on_one_database_count_against_one_quota() {
     assert_eq!(b.key().unwrap().used(), (2, 5));
     assert_eq!(quota(b.charge().unwrap_err()).0, "monthly");
 }
+
+/// Review 251: a revoked key's counts not written yet were kept only in the
+/// list of retired keys, which a flush empties as it starts: a flush that
+/// failed put them back in the key's meter, which nothing looked at again,
+/// and they were lost. They are written by the next flush.
+#[tokio::test]
+async fn a_revoked_keys_counts_survive_a_failed_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DbConfig::builder()
+        .busy_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let db = Database::open(dir.path().join("app.db"), config)
+        .await
+        .unwrap();
+    migrate(&db).await.unwrap();
+    let secret = key(&db, "gone", "read", "pro").await;
+    let auth = Auth::open(db.clone(), tiers(), TestClock::new())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        auth.authenticate(&secret).unwrap().charge().unwrap();
+    }
+    assert!(revoke_key(&db, "gone").await.unwrap());
+    assert!(auth.refresh().await.unwrap());
+    // Another program holds the write lock: the flush fails.
+    let other = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    auth.flush().await.expect_err("the file is locked");
+    other.execute_batch("ROLLBACK").unwrap();
+    auth.flush().await.unwrap();
+    let counted: i64 = other
+        .query_row(
+            "SELECT sum(count) FROM litebridge_quota q JOIN litebridge_keys k ON k.id = q.key_id
+             WHERE k.name = 'gone' AND q.period LIKE 'd%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counted, 5, "the revoked key's calls were counted");
+    db.close().await;
+}

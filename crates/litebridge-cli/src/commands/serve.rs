@@ -346,11 +346,10 @@ pub(crate) async fn http(
         }
     }
     let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + reserve);
-    upkeep.abort();
     if let Some(sampler) = sampler {
         sampler.abort();
     }
-    close(&app, deadline, reserve).await;
+    close(&app, upkeep, deadline, reserve).await;
     signals::stopped()
 }
 
@@ -417,14 +416,23 @@ async fn bind(s: &Settings, recover: bool) -> CliResult<Bound> {
     }
 }
 
-/// Writes the quota counters, stops the workers and closes the database by
+/// Writes the quota counters, stops `upkeep` (the keys' refresh and the
+/// counters' flush), stops the workers and closes the database by
 /// `deadline`: what still runs `reserve / 2` before it is interrupted (it
 /// is not committed); a second signal leaves at once.
-async fn close(app: &rpc::App, deadline: tokio::time::Instant, reserve: std::time::Duration) {
+async fn close(
+    app: &rpc::App,
+    upkeep: tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+    reserve: std::time::Duration,
+) {
     let close = async {
+        // After a flush under way, if any (its counts are taken out of the
+        // keys' until it is done: aborted, it lost them, review 251).
         if let Err(e) = app.auth.flush().await {
             tracing::warn!("writing the quota counters at shutdown failed: {e}");
         }
+        upkeep.abort();
         app.service.shutdown().await;
     };
     tokio::pin!(close);
@@ -557,10 +565,11 @@ pub(crate) async fn mcp(args: &ServiceArgs) -> CliResult {
     };
     let app = Arc::new(app);
     let served = crate::transport::mcp::serve_stdio(app.clone(), caller).await;
-    upkeep.abort();
+    // After a flush under way (aborted, it lost its counts).
     if let Err(e) = app.auth.flush().await {
         tracing::warn!("writing the quota counters at shutdown failed: {e}");
     }
+    upkeep.abort();
     app.service.shutdown().await;
     served.map_err(|e| Failure::new(format!("mcp: {e}")))
 }

@@ -289,7 +289,7 @@ async fn run_batch(
             // sender it did not run.
             if (full || held >= budget) && request.get("id").is_some() {
                 let e = RpcError::App(litebridge::Error::TooLarge {
-                    what: "the batch's replies, which fill db.max_result_bytes already, or one of which did not fit (this request did not run; send it again, in a smaller batch)".into(),
+                    what: "the room db.max_result_bytes gives this batch's replies, filled or passed by those before (this request did not run: send it again, in a smaller batch),".into(),
                     limit: budget as u64,
                 });
                 replies[*i] = refusal(request, &e).map(|r| text(&r));
@@ -338,7 +338,7 @@ async fn run_batch(
             full = true;
             let e = RpcError::App(litebridge::Error::TooLarge {
                 what: format!(
-                    "this request's reply ({len} bytes) with the batch's others (db.max_result_bytes counts them together); the request ran: send it alone to get its reply"
+                    "this request's reply ({len} bytes) with the batch's others, which db.max_result_bytes counts together (the request ran, and what it wrote is written: sent again, a write is done again; send such requests alone, or with an idempotency_key),"
                 ),
                 limit: budget as u64,
             });

@@ -75,11 +75,18 @@ pub(crate) async fn serve_with(
     let graceful = GracefulShutdown::new();
     let builder = http1(limits);
     let standby = Standby::start(&listener, router.clone(), limits, permits.clone(), rules);
+    // The connections' tasks are this future's: dropped at the end of the
+    // grace period, it ends what they still run (a request's write is
+    // interrupted, uncommitted). Spawned apart, they ran on until the
+    // database was halted, and the quota counts written at shutdown
+    // waited behind them and failed (review 251).
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            Some(_) = connections.join_next() => continue,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
@@ -101,7 +108,7 @@ pub(crate) async fn serve_with(
         let service = with_peer(&router, &stream, remote);
         let conn = builder.serve_connection(io(stream, limits), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended: {e}");
             }
@@ -125,6 +132,8 @@ pub(crate) async fn serve_with(
         }
         None => graceful.shutdown().await,
     }
+    // `graceful` saw every connection end; their tasks end with them.
+    connections.join_all().await;
 }
 
 /// `router`, serving one connection: each request carries the connection's

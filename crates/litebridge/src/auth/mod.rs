@@ -594,7 +594,7 @@ impl Auth {
             .by_hash
             .values()
             .cloned()
-            .chain(retired)
+            .chain(retired.iter().cloned())
             .collect();
         let mut taken = Vec::new();
         for e in &entries {
@@ -653,6 +653,9 @@ impl Auth {
                 for (entry, pending, last) in taken {
                     lock(&entry.meter.usage).restore_pending(pending, last);
                 }
+                // Revoked keys' counts too: out of the registry, they are
+                // found only there (review 251: they were dropped).
+                lock(&self.inner.retired).extend(retired);
             }
             return Err(e);
         }

@@ -129,13 +129,16 @@ struct Entry {
     generation: u64,
 }
 
-/// How many bytes `value`'s tree takes in memory, estimated: every node,
-/// every array's and string's allocation (by capacity), and for every
-/// object the nodes of its map (serde_json's is a `BTreeMap`, whose nodes
-/// of up to 11 members take about 640 bytes, counted half full) and its
-/// members' names. An array of 8 million zeros is 16 MiB of JSON and about
-/// 256 MiB of tree; `[{"":0}, ...]` is 8 bytes of JSON and about 670 of
-/// tree per element. It is the tree that memory keeps.
+/// How many bytes `value`'s tree takes in memory, estimated as the request
+/// parser estimates a tree as it builds one (`json`'s `Budget`): every
+/// node, every array's and string's allocation (by capacity, each with its
+/// allocator's overhead), and for every object the nodes of its map
+/// (serde_json's is a `BTreeMap`, whose first node takes 632 bytes and
+/// holds up to 11 members) and its members' names. An array of 8 million
+/// zeros is 16 MiB of JSON and about 256 MiB of tree; `[{"":0}, ...]` is 8
+/// bytes of JSON and about 700 of tree per element. It is the tree that
+/// memory keeps. (A short string counted by its bytes alone let a page of
+/// them hold twice its bound: review 251.)
 pub fn footprint(value: &Json) -> u64 {
     footprint_past(value, u64::MAX)
 }
@@ -143,23 +146,23 @@ pub fn footprint(value: &Json) -> u64 {
 /// [`footprint`], stopping once it is past `limit` (a huge value is not
 /// walked whole to learn that it is too large).
 fn footprint_past(value: &Json, limit: u64) -> u64 {
+    use crate::json::{MEMBER, NODE as MAP_NODE, block};
     const NODE: u64 = std::mem::size_of::<Json>() as u64;
-    const MAP_NODE: u64 = 640;
-    const MEMBERS_PER_NODE: u64 = 6;
     let mut total = NODE;
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {
         match v {
-            Json::String(s) => total += s.capacity() as u64,
+            Json::String(s) => total += block(s.capacity()) as u64,
             Json::Array(a) => {
-                total += a.capacity() as u64 * NODE;
+                total += block(a.capacity() * NODE as usize) as u64;
                 stack.extend(a.iter());
             }
             Json::Object(o) => {
-                let members = o.len() as u64;
-                total += members.div_ceil(MEMBERS_PER_NODE).max(1) * MAP_NODE;
+                if !o.is_empty() {
+                    total += (MAP_NODE + (o.len() - 1) * MEMBER) as u64;
+                }
                 for (k, v) in o {
-                    total += k.capacity() as u64;
+                    total += block(k.capacity()) as u64;
                     stack.push(v);
                 }
             }
@@ -1150,8 +1153,14 @@ impl Cache {
                     }
                     Ok(entry) if entry.fits() => break (*entry.value).clone(),
                     Ok(entry) => {
+                        // Memory does not keep it: out of moka (its pending
+                        // work too, which holds a copy of the entry), it is
+                        // this caller's alone unless other callers shared
+                        // the load, and is not copied (review 251: a value
+                        // too large to cache was copied, 200 MB more).
                         self.l1.invalidate(key).await;
-                        break (*entry.value).clone();
+                        self.l1.run_pending_tasks().await;
+                        break Arc::try_unwrap(entry.value).unwrap_or_else(|v| (*v).clone());
                     }
                     // This caller's own failure, or the method's (it raised, or
                     // crashed its worker): the answer.

@@ -68,10 +68,11 @@ fn page_text_bytes(db: &crate::Backend) -> i64 {
 }
 
 /// A stored value's text past which its tree may take more than the
-/// result limit, as a multiple of the limit: a tree takes at most about a
-/// hundred times its text (`{"":0}`, six bytes, is an object's first node
-/// of 648), so a text under a 128th of the limit is never looked at twice.
-const TREE_PER_TEXT: usize = 128;
+/// result limit, as a multiple of the limit: a tree takes at most about
+/// 130 times its text (`{"":0}`, six bytes, is an object's first node of
+/// 648; nested, `{"":` is one for five bytes: review 251), so a text under
+/// a 256th of the limit is never looked at twice.
+const TREE_PER_TEXT: usize = 256;
 
 /// Refuses a value about to be stored (`text`, named by `what`) whose tree
 /// would take more than `db.max_result_bytes` read back, as the request
@@ -162,13 +163,15 @@ fn within_page_bytes<T>(
             // so the items before it are listed; first on its page, it is
             // the answer, saying how to list past it.
             Err(_) if !taken.is_empty() => return Ok((taken, true)),
-            Err(crate::Error::TooLarge { what, limit }) => {
-                return Err(crate::Error::TooLarge {
-                    what: format!(
-                        "{what}; the listing goes on past it with `after` set to its key"
-                    ),
-                    limit,
-                });
+            Err(crate::Error::TooLarge { mut what, limit }) => {
+                // Inside `read_tree`'s parentheses: the message goes on
+                // "is over the limit of ...".
+                let hint = "a listing goes on past it with `after` set to its key";
+                what = match what.strip_suffix(')') {
+                    Some(head) => format!("{head}; {hint})"),
+                    None => format!("{what} ({hint})"),
+                };
+                return Err(crate::Error::TooLarge { what, limit });
             }
             Err(e) => return Err(e),
         };
