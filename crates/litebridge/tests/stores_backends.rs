@@ -1392,22 +1392,21 @@ async fn stored_values_are_held_to_the_result_limit_postgres() {
     schema.drop_now().await;
 }
 
-/// A front end's refresh of the keys waited for its flush of the quota
-/// counts, a write: while the flush waited (here for a lock another session
-/// holds on the counts; in production for the writer, or the standbys), a
-/// key revoked through another front end was still accepted here.
+/// Front end A (on `a_db`) and the other front end's database, a key made
+/// there (its secret), A's keys, and an admin session holding `lock` on
+/// litebridge's table `table` in a transaction: the revocation tests'
+/// setting.
 #[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
-    use litebridge::auth::{Auth, NewKey, Tiers, create_key, revoke_key};
-    use litebridge::store::SystemClock;
-    let Some(schema) = common::pg::Schema::new().await else {
-        return;
-    };
-    let (a_db, b_db) = (schema.open().await, schema.open().await);
+async fn revocation_against(
+    schema: &common::pg::Schema,
+    a_db: &litebridge::pg::PgDatabase,
+    b_db: &litebridge::pg::PgDatabase,
+    (table, lock): (&str, &str),
+) -> (String, litebridge::auth::Auth, tokio_postgres::Client) {
+    use litebridge::auth::{Auth, NewKey, Tiers, create_key};
     let tiers = Tiers::default();
     let new = NewKey {
-        name: Some("slow".into()),
+        name: Some("k".into()),
         scopes: "read".parse().unwrap(),
         tier: "free".into(),
     };
@@ -1417,24 +1416,41 @@ async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
     let a = Auth::open(
         Backend::Postgres(a_db.clone()),
         tiers,
-        Arc::new(SystemClock),
+        Arc::new(litebridge::store::SystemClock),
     )
     .await
     .unwrap();
-    let maintain = a.maintain(Duration::from_millis(100));
-    // Counts to write, and a lock that keeps them from being written.
-    a.authenticate(&secret).unwrap().charge().unwrap();
     let admin = common::pg::admin(&common::pg::url().unwrap()).await;
     admin
         .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {}.litebridge_quota IN EXCLUSIVE MODE",
+            "BEGIN; LOCK TABLE {}.litebridge_{table} IN {lock} MODE",
             schema.own()
         ))
         .await
         .unwrap();
+    (secret, a, admin)
+}
+
+/// A front end's refresh of the keys waited for its flush of the quota
+/// counts, a write: while the flush waited (here for a lock another session
+/// holds on the counts; in production for the writer, or the standbys), a
+/// key revoked through another front end was still accepted here.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
+    use litebridge::auth::revoke_key;
+    let Some(schema) = common::pg::Schema::new().await else {
+        return;
+    };
+    let (a_db, b_db) = (schema.open().await, schema.open().await);
+    // Counts to write, and a lock that keeps them from being written.
+    let (secret, a, admin) =
+        revocation_against(&schema, &a_db, &b_db, ("quota", "EXCLUSIVE")).await;
+    let maintain = a.maintain(Duration::from_millis(100));
+    a.authenticate(&secret).unwrap().charge().unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
-        revoke_key(Backend::Postgres(b_db.clone()), "slow")
+        revoke_key(Backend::Postgres(b_db.clone()), "k")
             .await
             .unwrap()
     );
@@ -1463,8 +1479,7 @@ async fn a_slow_quota_flush_does_not_hold_back_a_revocation_postgres() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_reads_holding_the_pool_do_not_hold_back_a_revocation_postgres() {
-    use litebridge::auth::{Auth, NewKey, Tiers, create_key, revoke_key};
-    use litebridge::store::SystemClock;
+    use litebridge::auth::revoke_key;
     let Some(schema) = common::pg::Schema::new().await else {
         return;
     };
@@ -1472,30 +1487,8 @@ async fn store_reads_holding_the_pool_do_not_hold_back_a_revocation_postgres() {
     config.connections = 3;
     let a_db = litebridge::pg::PgDatabase::connect(config).await.unwrap();
     let b_db = schema.open().await;
-    let tiers = Tiers::default();
-    let new = NewKey {
-        name: Some("held".into()),
-        scopes: "read".parse().unwrap(),
-        tier: "free".into(),
-    };
-    let (_, secret) = create_key(Backend::Postgres(b_db.clone()), &tiers, new)
-        .await
-        .unwrap();
-    let a = Auth::open(
-        Backend::Postgres(a_db.clone()),
-        tiers,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let admin = common::pg::admin(&common::pg::url().unwrap()).await;
-    admin
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {}.litebridge_memory IN ACCESS EXCLUSIVE MODE",
-            schema.own()
-        ))
-        .await
-        .unwrap();
+    let (secret, a, admin) =
+        revocation_against(&schema, &a_db, &b_db, ("memory", "ACCESS EXCLUSIVE")).await;
     // More store reads than the pool has connections, each waiting.
     let mem = MemoryStore::new(Backend::Postgres(a_db.clone()), TestClock::new());
     let reads: Vec<_> = (0..6)
@@ -1506,7 +1499,7 @@ async fn store_reads_holding_the_pool_do_not_hold_back_a_revocation_postgres() {
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        revoke_key(Backend::Postgres(b_db.clone()), "held")
+        revoke_key(Backend::Postgres(b_db.clone()), "k")
             .await
             .unwrap()
     );
