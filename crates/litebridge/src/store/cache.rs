@@ -832,9 +832,10 @@ impl Cache {
     /// Stores `value` under `key` for `ttl` (or the default), in both levels.
     ///
     /// # Errors
-    /// `value` cannot be written as JSON, or writing L2 failed (then the key
-    /// is out of memory, and L2 holds what it held before: see the module's
-    /// note).
+    /// `value` cannot be written as JSON; with an L2, [`Error::TooLarge`]
+    /// when its tree would pass the database's `max_result_bytes` (nothing
+    /// changed); or writing L2 failed (then the key is out of memory, and
+    /// L2 holds what it held before: see the module's note).
     pub async fn set(&self, key: &str, value: Json, ttl: Option<Duration>) -> Result<()> {
         let text = self.l2_text(&value)?;
         let _turn = self.stripe(key).lock().await;

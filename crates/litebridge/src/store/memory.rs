@@ -120,7 +120,9 @@ impl MemoryStore {
     /// Stores `value` under `namespace`/`key`, for `ttl` if given.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for empty or overlong names; write errors.
+    /// [`Error::InvalidArgument`] for empty or overlong names;
+    /// [`Error::TooLarge`] for a value whose tree would pass the database's
+    /// `max_result_bytes`; write errors.
     pub async fn store(
         &self,
         namespace: &str,
@@ -155,7 +157,9 @@ impl MemoryStore {
     /// The value, unless absent or expired.
     ///
     /// # Errors
-    /// Read errors; bad names.
+    /// Read errors; bad names; [`Error::TooLarge`] for a value whose tree
+    /// passes the database's `max_result_bytes` (stored by an earlier
+    /// version, or before the limit was lowered).
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Json>> {
         check(namespace, "namespace")?;
         check(key, "key")?;

@@ -142,7 +142,9 @@ impl StateStore {
     /// Inserts or updates a run; returns it as stored.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an empty or overlong run id; write errors.
+    /// [`Error::InvalidArgument`] for an empty or overlong run id;
+    /// [`Error::TooLarge`] for a state whose tree would pass the database's
+    /// `max_result_bytes`; write errors.
     pub async fn save(&self, u: StateUpdate) -> Result<StateRecord> {
         check_run_id(&u.run_id)?;
         let now = now_us(self.clock.as_ref());
