@@ -324,7 +324,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 /// back only once the last is handed to the connection. A batch's replies,
 /// held as text, are written as they are, not copied into one body first.
 fn held_reply(caller: &litebridge::auth::Caller, reply: rpc::Reply) -> Response {
-    let parts: std::collections::VecDeque<Bytes> = match reply {
+    let mut parts: std::collections::VecDeque<Bytes> = match reply {
         rpc::Reply::One(reply) => {
             [Bytes::from(serde_json::to_vec(&reply).unwrap_or_default())].into()
         }
@@ -343,10 +343,21 @@ fn held_reply(caller: &litebridge::auth::Caller, reply: rpc::Reply) -> Response 
     };
     let length: usize = parts.iter().map(Bytes::len).sum();
     if length <= HELD_REPLY {
+        // One request's reply as it was written; a small batch's joined.
+        let body = match parts.len() {
+            1 => parts.pop_front().unwrap_or_default(),
+            _ => {
+                let mut body = Vec::with_capacity(length);
+                for part in &parts {
+                    body.extend_from_slice(part);
+                }
+                Bytes::from(body)
+            }
+        };
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            parts.into_iter().flatten().collect::<Vec<u8>>(),
+            body,
         )
             .into_response();
     }

@@ -808,7 +808,8 @@ impl Cache {
             Some(Value::Text(t)) => {
                 match super::read_tree(&t, db, || format!("the cached value of key {key:?}")) {
                     Ok(value) => value.unwrap_or(Json::Null),
-                    // Stored before the limit was lowered: a miss.
+                    // Stored by an earlier version, or before the limit
+                    // was lowered: a miss.
                     Err(e) => {
                         self.counters.l2_failed("read", &e);
                         return None;
